@@ -1,0 +1,443 @@
+/* util.c: see util.h. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define PIN_MAX 256
+
+const char *util_strerror(int err)
+{
+    switch (err) {
+    case UTIL_OK: return "success";
+    case UTIL_E_NOMEM: return "out of memory";
+    case UTIL_E_IO: return "I/O error";
+    case UTIL_E_TOOBIG: return "input too large";
+    case UTIL_E_FORMAT: return "malformed input";
+    case UTIL_E_PERM: return "file permissions too open for a secret (want 0600)";
+    case UTIL_E_NOTFOUND: return "not found";
+    case UTIL_E_ARGS: return "invalid arguments";
+    }
+    return "unknown error";
+}
+
+void util_secret_free(void *p, size_t len)
+{
+    if (p == NULL)
+        return;
+    OPENSSL_cleanse(p, len);
+    free(p);
+}
+
+int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
+{
+    int rc = UTIL_E_IO, fd = -1;
+    unsigned char *buf = NULL;
+    size_t used = 0, cap = 0;
+    struct stat st;
+
+    *out = NULL;
+    *len = 0;
+    if (path == NULL || max == SIZE_MAX)
+        return UTIL_E_ARGS;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+        goto out;
+    }
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > max) {
+        rc = UTIL_E_TOOBIG;
+        goto out;
+    }
+    cap = 4096;
+    if ((buf = malloc(cap + 1)) == NULL) {
+        rc = UTIL_E_NOMEM;
+        goto out;
+    }
+    for (;;) {
+        if (used == cap) {
+            size_t ncap = cap * 2;
+            unsigned char *nb;
+            if (cap >= max + 1) {
+                rc = UTIL_E_TOOBIG;
+                goto out;
+            }
+            if (ncap > max + 1)
+                ncap = max + 1;
+            if ((nb = malloc(ncap + 1)) == NULL) {
+                rc = UTIL_E_NOMEM;
+                goto out;
+            }
+            memcpy(nb, buf, used);
+            OPENSSL_cleanse(buf, cap); /* the file may be a secret */
+            free(buf);
+            buf = nb;
+            cap = ncap;
+        }
+        ssize_t n = read(fd, buf + used, cap - used);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        used += (size_t)n;
+        if (used > max) {
+            rc = UTIL_E_TOOBIG;
+            goto out;
+        }
+    }
+    buf[used] = '\0';
+    *out = buf;
+    *len = used;
+    buf = NULL;
+    rc = UTIL_OK;
+out:
+    if (buf != NULL)
+        util_secret_free(buf, cap + 1);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+struct util_atomic_file {
+    FILE *fp;
+    char *path;
+    char *tmp;
+};
+
+static int fsync_parent_dir(const char *path)
+{
+    char *dup = strdup(path);
+    int rc = UTIL_E_IO, fd;
+    if (dup == NULL)
+        return UTIL_E_NOMEM;
+    char *slash = strrchr(dup, '/');
+    const char *dir = ".";
+    if (slash == dup)
+        dir = "/";
+    else if (slash != NULL) {
+        *slash = '\0';
+        dir = dup;
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (fsync(fd) == 0)
+            rc = UTIL_OK;
+        close(fd);
+    }
+    free(dup);
+    return rc;
+}
+
+int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)
+{
+    util_atomic_file *af = NULL;
+    int rc = UTIL_E_NOMEM, fd = -1;
+    size_t n;
+
+    *afp = NULL;
+    if (path == NULL || *path == '\0')
+        return UTIL_E_ARGS;
+    if ((af = calloc(1, sizeof(*af))) == NULL)
+        goto out;
+    if ((af->path = strdup(path)) == NULL)
+        goto out;
+    n = strlen(path) + sizeof(".tmp.XXXXXX");
+    if ((af->tmp = malloc(n)) == NULL)
+        goto out;
+    snprintf(af->tmp, n, "%s.tmp.XXXXXX", path);
+    fd = mkstemp(af->tmp);
+    if (fd < 0) {
+        free(af->tmp);
+        af->tmp = NULL;
+        rc = UTIL_E_IO;
+        goto out;
+    }
+    if (fchmod(fd, mode) != 0 || (af->fp = fdopen(fd, "w")) == NULL) {
+        rc = UTIL_E_IO;
+        goto out;
+    }
+    fd = -1;
+    *afp = af;
+    af = NULL;
+    rc = UTIL_OK;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (af != NULL)
+        util_atomic_abort(af);
+    return rc;
+}
+
+void *util_atomic_fp(util_atomic_file *af) { return af->fp; }
+
+void util_atomic_abort(util_atomic_file *af)
+{
+    if (af == NULL)
+        return;
+    if (af->fp != NULL)
+        fclose(af->fp);
+    if (af->tmp != NULL)
+        unlink(af->tmp);
+    free(af->tmp);
+    free(af->path);
+    free(af);
+}
+
+int util_atomic_commit(util_atomic_file *af)
+{
+    int rc = UTIL_E_IO;
+    if (af == NULL)
+        return UTIL_E_ARGS;
+    if (fflush(af->fp) != 0 || ferror(af->fp) || fsync(fileno(af->fp)) != 0)
+        goto out;
+    if (fclose(af->fp) != 0) {
+        af->fp = NULL;
+        goto out;
+    }
+    af->fp = NULL;
+    if (rename(af->tmp, af->path) != 0)
+        goto out;
+    free(af->tmp);
+    af->tmp = NULL; /* renamed: nothing to unlink */
+    rc = fsync_parent_dir(af->path);
+out:
+    util_atomic_abort(af);
+    return rc;
+}
+
+int util_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode)
+{
+    util_atomic_file *af = NULL;
+    int rc = util_atomic_open(path, mode, &af);
+    if (rc != UTIL_OK)
+        return rc;
+    if (len > 0 && fwrite(data, 1, len, af->fp) != len) {
+        util_atomic_abort(af);
+        return UTIL_E_IO;
+    }
+    return util_atomic_commit(af);
+}
+
+int util_read_pin_source(const char *source, char **pin, size_t *len)
+{
+    int rc;
+    unsigned char *buf = NULL;
+    size_t n = 0;
+
+    *pin = NULL;
+    *len = 0;
+    if (source == NULL || *source == '\0')
+        return UTIL_E_ARGS;
+    if (strncmp(source, "env:", 4) == 0) {
+        const char *v = getenv(source + 4);
+        if (v == NULL)
+            return UTIL_E_NOTFOUND;
+        n = strlen(v);
+        if (n > PIN_MAX)
+            return UTIL_E_TOOBIG;
+        if ((buf = malloc(n + 1)) == NULL)
+            return UTIL_E_NOMEM;
+        memcpy(buf, v, n + 1);
+    } else {
+        const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+        if ((st.st_mode & 077) != 0)
+            return UTIL_E_PERM;
+        rc = util_read_file(path, PIN_MAX + 2, &buf, &n);
+        if (rc != UTIL_OK)
+            return rc;
+    }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    if (n == 0 || n > PIN_MAX) {
+        util_secret_free(buf, n + 1);
+        return n == 0 ? UTIL_E_FORMAT : UTIL_E_TOOBIG;
+    }
+    *pin = (char *)buf;
+    *len = n;
+    return UTIL_OK;
+}
+
+int util_b64_encode(const unsigned char *in, size_t len, char **out)
+{
+    size_t need;
+    *out = NULL;
+    if (len > (size_t)INT_MAX / 4 * 3 - 3)
+        return UTIL_E_TOOBIG;
+    need = (len + 2) / 3 * 4 + 1;
+    if ((*out = malloc(need)) == NULL)
+        return UTIL_E_NOMEM;
+    EVP_EncodeBlock((unsigned char *)*out, in, (int)len);
+    return UTIL_OK;
+}
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+int util_b64_decode(const char *in, size_t inlen, size_t max_in, unsigned char **out, size_t *outlen)
+{
+    unsigned char *buf;
+    size_t pad = 0, o = 0;
+
+    *out = NULL;
+    *outlen = 0;
+    if (in == NULL)
+        return UTIL_E_ARGS;
+    if (inlen > max_in)
+        return UTIL_E_TOOBIG;
+    if (inlen % 4 != 0)
+        return UTIL_E_FORMAT;
+    if (inlen >= 1 && in[inlen - 1] == '=')
+        pad++;
+    if (inlen >= 2 && in[inlen - 2] == '=')
+        pad++;
+    if ((buf = malloc(inlen / 4 * 3 + 1)) == NULL)
+        return UTIL_E_NOMEM;
+    for (size_t i = 0; i < inlen; i += 4) {
+        int v[4];
+        for (int k = 0; k < 4; k++) {
+            unsigned char c = (unsigned char)in[i + (size_t)k];
+            int last = (i + 4 == inlen);
+            if (c == '=' && last && (size_t)k >= 4 - pad)
+                v[k] = 0;
+            else if ((v[k] = b64_value(c)) < 0)
+                goto bad;
+        }
+        uint32_t w = ((uint32_t)v[0] << 18) | ((uint32_t)v[1] << 12) | ((uint32_t)v[2] << 6) | (uint32_t)v[3];
+        buf[o++] = (unsigned char)(w >> 16);
+        if (!(i + 4 == inlen && pad == 2))
+            buf[o++] = (unsigned char)(w >> 8);
+        if (!(i + 4 == inlen && pad >= 1))
+            buf[o++] = (unsigned char)w;
+        /* canonical: the unused low bits of the last group must be zero */
+        if (i + 4 == inlen && ((pad == 2 && (w & 0xffff)) || (pad == 1 && (w & 0xff))))
+            goto bad;
+    }
+    *out = buf;
+    *outlen = o;
+    return UTIL_OK;
+bad:
+    OPENSSL_cleanse(buf, inlen / 4 * 3 + 1);
+    free(buf);
+    return UTIL_E_FORMAT;
+}
+
+void util_hex(const unsigned char *in, size_t len, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hx[in[i] >> 4];
+        out[2 * i + 1] = hx[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+int util_strlcpy(char *dst, const char *src, size_t size)
+{
+    size_t n;
+    if (size == 0)
+        return UTIL_E_ARGS;
+    n = strlen(src);
+    if (n >= size) {
+        memcpy(dst, src, size - 1);
+        dst[size - 1] = '\0';
+        return UTIL_E_TOOBIG;
+    }
+    memcpy(dst, src, n + 1);
+    return UTIL_OK;
+}
+
+int util_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end = NULL;
+    unsigned long long v;
+    if (s == NULL || *s < '0' || *s > '9')
+        return UTIL_E_FORMAT;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return UTIL_E_FORMAT;
+    *out = (uint64_t)v;
+    return UTIL_OK;
+}
+
+int util_parse_int(const char *s, long min, long max, long *out)
+{
+    char *end = NULL;
+    long v;
+    if (s == NULL || *s == '\0')
+        return UTIL_E_FORMAT;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return UTIL_E_FORMAT;
+    *out = v;
+    return UTIL_OK;
+}
+
+int util_size_add(size_t a, size_t b, size_t *out)
+{
+    if (a > SIZE_MAX - b)
+        return UTIL_E_TOOBIG;
+    *out = a + b;
+    return UTIL_OK;
+}
+
+int util_size_mul(size_t a, size_t b, size_t *out)
+{
+    if (a != 0 && b > SIZE_MAX / a)
+        return UTIL_E_TOOBIG;
+    *out = a * b;
+    return UTIL_OK;
+}
+
+int util_random_id(char *out, size_t nbytes)
+{
+    unsigned char r[16];
+    if (nbytes > sizeof(r))
+        return UTIL_E_ARGS;
+    if (RAND_bytes(r, (int)nbytes) != 1)
+        return UTIL_E_IO;
+    util_hex(r, nbytes, out);
+    return UTIL_OK;
+}
+
+int util_mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    if (util_strlcpy(buf, path, sizeof(buf)) != UTIL_OK)
+        return UTIL_E_TOOBIG;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) != 0 && errno != EEXIST)
+            return UTIL_E_IO;
+        *p = '/';
+    }
+    if (mkdir(buf, mode) != 0 && errno != EEXIST)
+        return UTIL_E_IO;
+    return UTIL_OK;
+}

@@ -1,0 +1,79 @@
+/*
+ * util.h: small shared helpers: bounded file I/O, atomic 0600 writes,
+ * PIN sources, strict base64, bounded string and number parsing.
+ * Library code: returns 0 on success or a negative UTIL_E* code, never exits.
+ */
+#ifndef GS_UTIL_H
+#define GS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum util_err {
+    UTIL_OK = 0,
+    UTIL_E_NOMEM = -1,
+    UTIL_E_IO = -2,       /* open/read/write/rename failed; errno kept */
+    UTIL_E_TOOBIG = -3,   /* input exceeds the caller's cap */
+    UTIL_E_FORMAT = -4,   /* malformed input (base64, number, ...) */
+    UTIL_E_PERM = -5,     /* file mode too open for a secret */
+    UTIL_E_NOTFOUND = -6, /* file or environment variable absent */
+    UTIL_E_ARGS = -7,
+};
+const char *util_strerror(int err);
+
+#define GS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Reads a whole file of at most max bytes into a fresh buffer (NUL-terminated
+ * for convenience; *len excludes the NUL). Caller frees (wipes if secret). */
+int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len);
+
+/* Writes data to path atomically: temp file in the same directory with the
+ * given mode, write, fsync, rename, fsync the directory. */
+int util_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+
+/* Same, but streaming: util_atomic_open gives a FILE* on a temp file next to
+ * path; util_atomic_commit fsyncs and renames it into place (and closes);
+ * util_atomic_abort unlinks it. Both free *af. */
+typedef struct util_atomic_file util_atomic_file;
+int util_atomic_open(const char *path, mode_t mode, util_atomic_file **af);
+void *util_atomic_fp(util_atomic_file *af); /* FILE * */
+int util_atomic_commit(util_atomic_file *af);
+void util_atomic_abort(util_atomic_file *af);
+
+/* A PIN source: "env:NAME" reads the environment variable NAME, "file:PATH"
+ * or a bare PATH reads the file (which must not be group/world readable).
+ * Trailing newline stripped. *pin is NUL-terminated, at most 256 bytes;
+ * release with util_secret_free(pin, len). */
+int util_read_pin_source(const char *source, char **pin, size_t *len);
+
+/* Wipes and frees a secret buffer (NULL is fine). */
+void util_secret_free(void *p, size_t len);
+
+/* Standard base64 (RFC 4648), no line breaks on encode. Decode is strict:
+ * rejects characters outside the alphabet, bad padding and input longer
+ * than max_in; whitespace is not accepted. Caller frees the output. */
+int util_b64_encode(const unsigned char *in, size_t len, char **out);
+int util_b64_decode(const char *in, size_t inlen, size_t max_in, unsigned char **out, size_t *outlen);
+
+/* Hex of bytes into a NUL-terminated buffer of 2*len+1. */
+void util_hex(const unsigned char *in, size_t len, char *out);
+
+/* Bounded copy: always NUL-terminates; returns UTIL_E_TOOBIG on truncation. */
+int util_strlcpy(char *dst, const char *src, size_t size);
+
+/* Strict decimal parsing: whole string, no sign for unsigned, range checked. */
+int util_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+int util_parse_int(const char *s, long min, long max, long *out);
+
+/* Overflow-checked size arithmetic: 0 on success. */
+int util_size_add(size_t a, size_t b, size_t *out);
+int util_size_mul(size_t a, size_t b, size_t *out);
+
+/* Random hex id of 2*nbytes chars (nbytes <= 16) from the OpenSSL DRBG. */
+int util_random_id(char *out, size_t nbytes);
+
+/* mkdir -p with the given mode for created components. */
+int util_mkdir_p(const char *path, mode_t mode);
+
+#endif

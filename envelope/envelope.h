@@ -1,0 +1,179 @@
+/*
+ * envelope.h: CMS / S/MIME messages for groupsrv (RFC 5652, 5083/5084,
+ * 3560/8017 RSA-OAEP key transport, 5753 ECDH, 3394/5649 KEK wrap, 8551).
+ *
+ * The only place in groupsrv that touches CMS internals. Built on
+ * OpenSSL 3's CMS and ASN.1 template APIs; no hand-written DER parser.
+ *
+ * Streaming: messages are read and written in bounded memory. A parsed
+ * env_message keeps its (possibly 100 MB) encrypted content in a private
+ * temporary file, never in RAM, and copies it byte-for-byte on write.
+ *
+ * Decryption writes plaintext to a BIO as it goes; for GCM the tag is only
+ * known good at the end. Callers that write files must write to a temp
+ * file (util_atomic_open) and commit only on ENV_OK.
+ *
+ * Ownership: *_new/*_read/*_parse results are freed by the matching *_free
+ * (NULL fine). Buffers returned through unsigned char ** are malloc'd and
+ * owned by the caller (content keys: wipe with OPENSSL_cleanse).
+ * X509/EVP_PKEY/BIO arguments are borrowed, never freed by this library.
+ */
+#ifndef GS_ENVELOPE_H
+#define GS_ENVELOPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+typedef enum env_err {
+    ENV_OK = 0,
+    ENV_ERR_NOMEM,
+    ENV_ERR_ARGS,
+    ENV_ERR_IO,            /* reading or writing a BIO / temp file failed */
+    ENV_ERR_TRUNCATED,     /* input ends inside the structure */
+    ENV_ERR_NOT_CMS,       /* not DER/BER CMS, nor S/MIME around it */
+    ENV_ERR_MIME,          /* S/MIME framing malformed (headers, base64) */
+    ENV_ERR_CONTENT_TYPE,  /* CMS but not (Auth)EnvelopedData */
+    ENV_ERR_NO_RECIPIENT,  /* no RecipientInfo for the given certificate / key id */
+    ENV_ERR_UNSUPPORTED,   /* algorithm or RecipientInfo type we do not do */
+    ENV_ERR_AUTH,          /* GCM tag mismatch or CBC padding error: content tampered or wrong key */
+    ENV_ERR_KEY,           /* content key or KEK of the wrong length, or unwrap failed */
+    ENV_ERR_CERT,          /* certificate unusable (no RSA/EC key, malformed) */
+    ENV_ERR_TOO_LARGE,     /* over a configured cap */
+    ENV_ERR_CRYPTO,        /* any other OpenSSL failure */
+} env_err;
+
+const char *env_strerror(env_err err);
+
+typedef enum env_format {
+    ENV_FORMAT_AUTO = 0, /* input only: S/MIME, PEM or DER by sniffing */
+    ENV_FORMAT_SMIME,    /* RFC 8551 application/pkcs7-mime, base64 */
+    ENV_FORMAT_DER,
+    ENV_FORMAT_PEM,
+} env_format;
+
+typedef enum env_cipher {
+    ENV_CIPHER_AES256_GCM = 1, /* AuthEnvelopedData (default) */
+    ENV_CIPHER_AES256_CBC,     /* EnvelopedData, for old clients */
+    ENV_CIPHER_AES128_GCM,     /* accepted on input */
+    ENV_CIPHER_AES128_CBC,     /* accepted on input */
+} env_cipher;
+
+typedef enum env_kt_alg {
+    ENV_KT_RSA_OAEP_SHA1 = 1, /* RSAES-OAEP default parameters */
+    ENV_KT_RSA_OAEP_SHA256,   /* SHA-256, MGF1-SHA-256 */
+    ENV_KT_RSA_PKCS1V15,      /* parsed, never produced */
+    ENV_KT_ECDH,              /* KARI, dhSinglePass-stdDH-sha*kdf-scheme */
+} env_kt_alg;
+
+/* ---- one RecipientInfo (what travels to and from the group server) ---- */
+
+typedef enum env_ri_type { ENV_RI_KTRI = 1, ENV_RI_KARI, ENV_RI_KEKRI, ENV_RI_OTHER } env_ri_type;
+
+typedef struct env_recipient env_recipient;
+
+/* Parses one DER RecipientInfo (the CHOICE, e.g. as sent to /unwrap). */
+env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out);
+void env_recipient_free(env_recipient *ri);
+env_ri_type env_recipient_type(const env_recipient *ri);
+/* Key transport algorithm (KTRI) or ENV_KT_ECDH (KARI). */
+env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
+/* Does this KTRI/KARI name the certificate (issuerAndSerialNumber or
+ * subjectKeyIdentifier)? */
+bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert);
+/* KTRI: the encrypted key. KEKRI: the wrapped key. KARI: the wrapped key of
+ * the RecipientEncryptedKey matching cert (cert may be NULL for the first).
+ * The pointer is borrowed from ri. */
+env_err env_recipient_encrypted_key(const env_recipient *ri, X509 *cert, const unsigned char **key, size_t *len);
+/* KEKRI: the key identifier (borrowed). */
+env_err env_recipient_kek_id(const env_recipient *ri, const unsigned char **id, size_t *len);
+
+/* KARI parameters for the token-side ECDH unwrap (see hsm_ecdh_input). */
+typedef struct env_kari_params {
+    unsigned char *peer_point;   /* originator's ephemeral public point, uncompressed */
+    size_t peer_point_len;
+    int kdf_sha256;              /* 1: sha256kdf, 0: sha1kdf */
+    size_t kek_len;              /* from the key wrap algorithm */
+    unsigned char *shared_info;  /* DER ECC-CMS-SharedInfo for the X9.63 KDF */
+    size_t shared_info_len;
+    unsigned char *wrapped_key;
+    size_t wrapped_key_len;
+} env_kari_params;
+env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_params *out);
+void env_kari_params_clear(env_kari_params *p);
+
+/* Client-side helpers: recover the content key from an RI with a key the
+ * caller holds (own key file; or a group secret key version). */
+env_err env_recipient_decrypt_with_pkey(const env_recipient *ri, X509 *cert, EVP_PKEY *pkey,
+                                        unsigned char *cek, size_t cekcap, size_t *ceklen);
+env_err env_recipient_decrypt_kekri(const env_recipient *ri, const unsigned char *kek, size_t keklen,
+                                    unsigned char *cek, size_t cekcap, size_t *ceklen);
+
+/* Builders (server side). DER out, caller frees. */
+/* KTRI to a member certificate, issuerAndSerialNumber, with the given
+ * already-encrypted key (wrapped inside the token). */
+env_err env_ktri_build(X509 *recipient, env_kt_alg alg, const unsigned char *enc_key, size_t enc_len,
+                       unsigned char **der, size_t *len);
+/* KEKRI: kekid = our key version id, AES key wrap (RFC 3394) with a
+ * kek_bits-bit KEK (128/192/256), or RFC 5649 when pad is true. */
+env_err env_kekri_build(const unsigned char *kek_id, size_t kek_id_len, unsigned kek_bits, bool pad,
+                        const unsigned char *wrapped, size_t wrapped_len, unsigned char **der, size_t *len);
+
+/* ---- whole messages ---------------------------------------------------- */
+
+typedef struct env_message env_message;
+
+/* Reads a message (S/MIME mail with outer headers, PEM or DER CMS). The
+ * encrypted content is spooled to an unlinked temp file. max_size caps the
+ * input (0 = 1 GiB). */
+env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out);
+void env_message_free(env_message *msg);
+
+env_cipher env_message_cipher(const env_message *msg);
+size_t env_message_recipient_count(const env_message *msg);
+/* DER of RecipientInfo i (caller frees). */
+env_err env_message_recipient_der(const env_message *msg, size_t i, unsigned char **der, size_t *len);
+/* Index of the KTRI/KARI that names cert, or of the KEKRI with kek_id. */
+env_err env_message_find_recipient(const env_message *msg, X509 *cert, size_t *index);
+env_err env_message_find_kekri(const env_message *msg, const unsigned char *kek_id, size_t kek_id_len,
+                               size_t *index);
+/* Replaces all RecipientInfos (each a DER RecipientInfo) without touching
+ * the encrypted content. To add, pass the old ones too. */
+env_err env_message_set_recipients(env_message *msg, const unsigned char *const *ders, const size_t *lens,
+                                   size_t n);
+
+/* Outer RFC 5322 header block of an S/MIME input (raw lines, LF or CRLF as
+ * read, without MIME-Version/Content-* lines, which are regenerated on
+ * write); "" for DER/PEM input. Borrowed. */
+const char *env_message_outer_headers(const env_message *msg);
+
+/* Decrypts the content with a known content key into out (the inner MIME
+ * entity for S/MIME). ENV_ERR_AUTH on tag or padding failure. */
+env_err env_message_decrypt(const env_message *msg, const unsigned char *cek, size_t ceklen, BIO *out);
+/* Convenience for option C / own keys: find and decrypt our RI with pkey. */
+env_err env_message_decrypt_with_pkey(const env_message *msg, X509 *cert, EVP_PKEY *pkey, BIO *out);
+
+/* Writes the message. For S/MIME: outer_headers (NULL = the ones read)
+ * followed by the pkcs7-mime headers and base64 body. */
+env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out);
+
+/* ---- encryption --------------------------------------------------------- */
+
+typedef struct env_encrypt_opts {
+    env_cipher cipher;     /* 0 = AES-256-GCM */
+    env_kt_alg kt;         /* RSA recipients: 0 = OAEP-SHA256; EC recipients use ECDH */
+    env_format out_format; /* 0 = S/MIME */
+    bool input_is_mime;    /* S/MIME output: input is an RFC 5322 message whose routing
+                              headers (From To Cc Date Message-ID Subject Reply-To
+                              In-Reply-To References) are copied outside; the whole
+                              message stays inside. false: input is opaque bytes. */
+} env_encrypt_opts;
+
+/* Encrypts in (streamed) to every certificate: one content key, one
+ * RecipientInfo per certificate. */
+env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n, BIO *in, BIO *out);
+
+#endif

@@ -1,0 +1,242 @@
+/*
+ * hsm.h: the PKCS#11 layer. The only place in groupsrv that calls PKCS#11.
+ *
+ * The API is deliberately narrow: whole operations ("unwrap this key
+ * inside the token and wrap it out to that public key"), never a generic
+ * "call C_X". Every argument is plain bytes, so the layer can later move
+ * behind a process boundary (as OpenSSH's ssh-pkcs11-helper) without
+ * changing callers. Keys are named by PKCS#11 URI (RFC 7512) or by label.
+ *
+ * Threads: an hsm_ctx is shared by all threads; each call borrows a session
+ * from an internal pool, so concurrent callers never share a session.
+ * The layer recovers by itself from a closed or invalid session, a lost
+ * login, and a token that was removed and came back.
+ *
+ * Ownership: functions named *_new/*_open return objects the caller frees
+ * with the matching *_free/*_close (NULL is fine). Output buffers passed as
+ * (out, outcap, &outlen) are caller-owned; secrets written there must be
+ * wiped by the caller (OPENSSL_cleanse). On failure outputs are cleared.
+ *
+ * Never fork after hsm_open() (PKCS#11 modules do not survive fork).
+ */
+#ifndef GS_HSM_H
+#define GS_HSM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum hsm_err {
+    HSM_OK = 0,
+    HSM_ERR_NOMEM,
+    HSM_ERR_ARGS,               /* caller passed something invalid */
+    HSM_ERR_MODULE,             /* module could not be loaded or initialised */
+    HSM_ERR_URI,                /* malformed PKCS#11 URI */
+    HSM_ERR_TOKEN_NOT_FOUND,    /* no token matches the URI */
+    HSM_ERR_TOKEN_ABSENT,       /* CKR_DEVICE_REMOVED / CKR_TOKEN_NOT_PRESENT: try later */
+    HSM_ERR_PIN_SOURCE,         /* PIN source unreadable, empty or too open */
+    HSM_ERR_PIN_INCORRECT,      /* CKR_PIN_INCORRECT (remembered: never retried) */
+    HSM_ERR_PIN_LOCKED,         /* CKR_PIN_LOCKED */
+    HSM_ERR_NOT_LOGGED_IN,      /* login lost and could not be restored */
+    HSM_ERR_SESSION,            /* session invalid/closed and recovery failed */
+    HSM_ERR_KEY_NOT_FOUND,
+    HSM_ERR_KEY_AMBIGUOUS,      /* the URI/label matches more than one key */
+    HSM_ERR_KEY_EXISTS,         /* creating a key whose label/id is taken */
+    HSM_ERR_MECHANISM,          /* the token does not support this mechanism/parameters */
+    HSM_ERR_KEY_POLICY,         /* the key's attributes forbid this use */
+    HSM_ERR_DECRYPT,            /* decryption/unwrap failed (bad ciphertext or wrong key) */
+    HSM_ERR_BUFFER,             /* output buffer too small */
+    HSM_ERR_PUBLIC_KEY,         /* a public key given to us is malformed/unsupported */
+    HSM_ERR_DEVICE,             /* CKR_DEVICE_ERROR, CKR_GENERAL_ERROR, ... */
+    HSM_ERR_PKCS11,             /* any other CK_RV */
+} hsm_err;
+
+/* Static text for an error code. */
+const char *hsm_strerror(hsm_err err);
+/* Per-thread detail of the last failure in this thread, e.g.
+ * "C_Decrypt: CKR_MECHANISM_PARAM_INVALID"; "" when none. Never secret. */
+const char *hsm_last_error_detail(void);
+
+typedef struct hsm_ctx hsm_ctx; /* a loaded module, a token, a login, a session pool */
+typedef struct hsm_key hsm_key; /* a reference to one key object on the token */
+
+typedef struct hsm_config {
+    const char *module;      /* path to a .so, or a p11-kit module name */
+    const char *token_uri;   /* "pkcs11:token=groupsrv" (RFC 7512; token attributes only) */
+    const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login */
+    unsigned max_sessions;   /* pool size; 0 = default (8) */
+} hsm_config;
+
+/* Loads the module (p11_kit_module_load for a path, else a p11-kit config
+ * module by name), C_Initialize with CKF_OS_LOCKING_OK, finds the token and
+ * logs in as user. The PIN is read from pin_source, kept (wiped on close)
+ * for re-login after token loss, unless it was rejected. */
+hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out);
+void hsm_close(hsm_ctx *ctx);
+
+/* Token reachable and logged in (C_GetSessionInfo on a pooled session). */
+hsm_err hsm_ping(hsm_ctx *ctx);
+
+typedef struct hsm_token_info {
+    char label[33], manufacturer[33], model[17], serial[17];
+    unsigned long sessions_in_use, sessions_idle;
+} hsm_token_info;
+hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out);
+
+/* Is this mechanism (and, for OAEP, this hash) usable on the token? Used by
+ * callers to choose, and to produce the clear "unsupported" error early. */
+typedef enum hsm_oaep_hash { HSM_OAEP_SHA1 = 1, HSM_OAEP_SHA256 } hsm_oaep_hash;
+
+/* ---- keys ---------------------------------------------------------- */
+
+typedef enum hsm_key_class { HSM_CLASS_PRIVATE = 1, HSM_CLASS_PUBLIC, HSM_CLASS_SECRET } hsm_key_class;
+typedef enum hsm_key_type { HSM_KEYTYPE_RSA = 1, HSM_KEYTYPE_EC, HSM_KEYTYPE_AES, HSM_KEYTYPE_GENERIC_SECRET } hsm_key_type;
+
+/* Finds exactly one key: `ref` is a PKCS#11 URI ("pkcs11:object=eng-v1;type=private")
+ * or a plain label; `cls` restricts the class (0 = any, then the URI's type= decides). */
+hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out);
+void hsm_key_free(hsm_key *key);
+/* Deletes the object from the token (retire). The hsm_key is still freed by the caller. */
+hsm_err hsm_key_destroy(hsm_ctx *ctx, hsm_key *key);
+
+/* Usage flags: exactly these are set true on the created key; every other
+ * usage is set false explicitly (tokens add defaults otherwise). */
+enum hsm_usage {
+    HSM_USE_DECRYPT = 1u << 0, /* C_Decrypt: plain key out (method F) */
+    HSM_USE_UNWRAP = 1u << 1,  /* C_UnwrapKey into a sensitive session key */
+    HSM_USE_SIGN = 1u << 2,
+    HSM_USE_DERIVE = 1u << 3,  /* ECDH */
+    HSM_USE_WRAP = 1u << 4,    /* secret keys: AES key wrap of session keys */
+    HSM_USE_ENCRYPT = 1u << 5,
+    HSM_USE_PKCS1V15 = 1u << 6, /* also allow CKM_RSA_PKCS (implicit rejection only) */
+};
+
+typedef struct hsm_keygen_spec {
+    const char *label;        /* CKA_LABEL, required, unique on the token */
+    const unsigned char *id;  /* CKA_ID; NULL = derived from the label */
+    size_t id_len;
+    hsm_key_type type;        /* RSA or EC for pairs; AES or GENERIC_SECRET for secrets */
+    unsigned bits;            /* RSA 2048/3072/4096; EC 256/384; AES 256; HMAC 256 */
+    unsigned usage;           /* enum hsm_usage bits */
+    bool extractable;         /* secret keys only: may leave wrapped (group secret keys) */
+} hsm_keygen_spec;
+
+/* Generates a key pair on the token: private CKA_TOKEN, CKA_PRIVATE,
+ * CKA_SENSITIVE, not CKA_EXTRACTABLE, with exactly `usage` (plus
+ * CKA_UNWRAP_TEMPLATE forcing unwrapped keys sensitive, and
+ * CKA_ALLOWED_MECHANISMS limited to what `usage` needs). Reads every
+ * attribute back and fails with HSM_ERR_KEY_POLICY (destroying the pair)
+ * if the token added a usage. Either output may be NULL. */
+hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv);
+/* Generates a secret key (AES-256 group secret key, or HMAC key for
+ * implicit rejection) on the token: sensitive, extractable only if asked. */
+hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out);
+
+typedef struct hsm_key_info {
+    hsm_key_class cls;
+    hsm_key_type type;
+    unsigned bits;            /* RSA modulus bits, EC field bits, secret key bits */
+    char label[128];
+    unsigned char id[64];
+    size_t id_len;
+    bool token, private_, sensitive, always_sensitive, extractable, never_extractable;
+    bool decrypt, unwrap, sign, derive, wrap, encrypt, verify, sign_recover;
+    bool value_readable;      /* C_GetAttributeValue(CKA_VALUE) succeeded: must be false */
+    bool has_unwrap_template; /* CKA_UNWRAP_TEMPLATE present */
+    bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
+    unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */
+    size_t n_allowed_mechanisms;          /* 0 = attribute absent (any mechanism) */
+} hsm_key_info;
+hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out);
+
+/* Every key on the token whose label starts with prefix ("" = all): the
+ * callback gets each key (borrowed for the call only). Returns the first
+ * non-zero callback value as HSM_ERR_ARGS, or HSM_OK. */
+hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix,
+                     int (*cb)(void *arg, hsm_ctx *ctx, hsm_key *key), void *arg);
+
+/* DER SubjectPublicKeyInfo of an RSA or EC key (public or private object;
+ * for a private key the matching public attributes are read). Caller frees. */
+hsm_err hsm_key_export_public(hsm_ctx *ctx, hsm_key *key, unsigned char **spki_der, size_t *len);
+
+/* ---- the message key operations ------------------------------------- */
+
+/* How a content key was wrapped to a group RSA key. */
+typedef enum hsm_kt_alg {
+    HSM_KT_RSA_OAEP_SHA1 = 1,   /* OAEP, SHA-1, MGF1-SHA-1, no label (CMS default) */
+    HSM_KT_RSA_OAEP_SHA256,     /* OAEP, SHA-256, MGF1-SHA-256, no label */
+    HSM_KT_RSA_PKCS1V15,        /* only via implicit rejection; see below */
+} hsm_kt_alg;
+
+/* PKCS#1 v1.5 implicit rejection: on any padding failure the result is a
+ * deterministic substitute (HMAC-SHA-256 of the ciphertext under
+ * reject_key, truncated to expected_len), chosen without a data-dependent
+ * branch, so callers cannot tell valid from invalid padding. Used for every
+ * HSM_KT_RSA_PKCS1V15 operation below; reject_key must then be given. */
+typedef struct hsm_unwrap_input {
+    hsm_key *group_key;               /* the group private key */
+    hsm_kt_alg alg;
+    const unsigned char *encrypted_key;
+    size_t encrypted_key_len;
+    size_t expected_len;              /* content key length: 16, 24 or 32 (needed for v1.5) */
+    hsm_key *reject_key;              /* HMAC key for implicit rejection (v1.5 only) */
+} hsm_unwrap_input;
+
+/* Method F: the plain content key, for return over mutual TLS. Needs
+ * CKA_DECRYPT on the group key. out must hold expected_len (or 64) bytes. */
+hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in,
+                                unsigned char *out, size_t outcap, size_t *outlen);
+
+/* Methods E/G and member-certs: C_UnwrapKey into a sensitive session key,
+ * then C_WrapKey with RSA-OAEP to each recipient public key (DER SPKI),
+ * so the content key never enters our memory. outs[i] is allocated (caller
+ * frees), lens[i] set. One unwrap for all n recipients. */
+hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
+                                  hsm_oaep_hash out_hash,
+                                  const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                  unsigned char **outs, size_t *lens);
+
+/* Group-secret method: unwrap as above, wrap with AES key wrap under a
+ * token AES key: RFC 3394 (CKM_AES_KEY_WRAP) when the key length is a
+ * multiple of 8, else RFC 5649 (CKM_AES_KEY_WRAP_PAD). Caller frees *out. */
+hsm_err hsm_rewrap_to_secret_key(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_key *kek,
+                                 unsigned char **out, size_t *outlen);
+
+/* GET secret-keys: wraps a token secret key (the group secret key itself)
+ * with RSA-OAEP to a recipient public key. Caller frees *out. */
+hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash,
+                                      const unsigned char *spki, size_t spki_len,
+                                      unsigned char **out, size_t *outlen);
+
+/* ECDH (RFC 5753 KeyAgreeRecipientInfo, dhSinglePass-stdDH-sha*kdf):
+ * derive the shared secret with the group EC key and the originator's
+ * public point, run the X9.63 KDF with shared_info (the DER
+ * ECC-CMS-SharedInfo) into a KEK inside the token, and AES-unwrap the
+ * wrapped content key into a session key, then re-wrap it like the
+ * functions above. kdf_hash is HSM_OAEP_SHA1 or _SHA256 (the KDF hash). */
+typedef struct hsm_ecdh_input {
+    hsm_key *group_key;
+    const unsigned char *peer_point; /* uncompressed EC point, 0x04||X||Y */
+    size_t peer_point_len;
+    hsm_oaep_hash kdf_hash;
+    const unsigned char *shared_info;
+    size_t shared_info_len;
+    size_t kek_len;                  /* 16, 24 or 32 */
+    const unsigned char *wrapped_key;/* RFC 3394 wrapped content key */
+    size_t wrapped_key_len;
+} hsm_ecdh_input;
+/* Plain content key out (method F with an EC group). */
+hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in,
+                                     unsigned char *out, size_t outcap, size_t *outlen);
+
+/* ---- signing (certificates) ----------------------------------------- */
+typedef enum hsm_sig_alg {
+    HSM_SIG_RSA_PKCS1_SHA256 = 1, /* CKM_SHA256_RSA_PKCS */
+    HSM_SIG_ECDSA_SHA256,         /* CKM_ECDSA_SHA256 (or CKM_ECDSA over our digest) */
+} hsm_sig_alg;
+/* Signs data; for ECDSA the output is DER Ecdsa-Sig-Value (ready for X.509),
+ * not PKCS#11's raw r||s. Caller frees *sig. */
+hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
+                 unsigned char **sig, size_t *siglen);
+
+#endif
