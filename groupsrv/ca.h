@@ -1,0 +1,111 @@
+/*
+ * ca.h: the local CA. Its key pair lives on the token (non-extractable,
+ * CKA_SIGN only); its self-signed certificate is in the store. Every
+ * certificate is built with OpenSSL, its TBSCertificate DER signed on the
+ * token with hsm_sign(), assembled with OpenSSL's ASN.1 API, re-parsed and
+ * verified against the CA public key before it is returned.
+ *
+ * Threads: after gs_ca_load() a gs_ca is read-only and may be shared by all
+ * threads (the hsm_ctx does its own session handling).
+ *
+ * Ownership: gs_ca_load/gs_ca_init return a gs_ca freed with gs_ca_free.
+ * X509/EVP_PKEY/X509_REQ arguments are borrowed. Certificates returned
+ * through X509 ** are new references the caller frees (X509_free).
+ */
+#ifndef GS_CA_H
+#define GS_CA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/x509.h>
+
+#include "gs_error.h"
+#include "hsm.h"
+#include "store.h"
+
+typedef struct gs_ca gs_ca;
+
+/* Key specs for token key pairs: "rsa:2048", "rsa:3072", "rsa:4096",
+ * "ec:p256", "ec:p384". */
+gs_err gs_keyspec_parse(const char *spec, hsm_key_type *type, unsigned *bits);
+
+/* `groupsrv ca init`: generates the CA key pair on the token under label
+ * (usage SIGN only), issues the self-signed CA certificate (CN=subject_cn,
+ * basicConstraints CA:TRUE critical, keyUsage keyCertSign,cRLSign
+ * critical, SKI), stores it. EXISTS if the store has a CA or the label is
+ * taken on the token. On any failure the token keys are destroyed again. */
+gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
+                  unsigned days, gs_ca **out);
+/* Loads the CA: certificate from the store, key handle from the token.
+ * NOT_FOUND before `ca init`. */
+gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out);
+void gs_ca_free(gs_ca *ca);
+X509 *gs_ca_cert(const gs_ca *ca);        /* borrowed */
+hsm_key *gs_ca_key(const gs_ca *ca);      /* borrowed */
+
+enum gs_ku { /* keyUsage bits (marked critical) */
+    GS_KU_DIGITAL_SIGNATURE = 1u << 0,
+    GS_KU_KEY_ENCIPHERMENT = 1u << 1,
+    GS_KU_KEY_AGREEMENT = 1u << 2,
+};
+enum gs_eku {
+    GS_EKU_CLIENT_AUTH = 1u << 0,
+    GS_EKU_EMAIL_PROTECTION = 1u << 1,
+    GS_EKU_SERVER_AUTH = 1u << 2,
+};
+
+typedef struct gs_cert_spec {
+    EVP_PKEY *pubkey;          /* subject public key (borrowed; only public part used) */
+    const char *subject_cn;    /* CN=..., or NULL */
+    const char *subject_o;     /* O=..., or NULL */
+    const char *subject_ou;    /* OU=..., or NULL */
+    const char *san_email;     /* SAN rfc822Name, or NULL */
+    const char *san_uri;       /* SAN URI, or NULL */
+    const char *san_dns;       /* SAN dNSName, or NULL (server certificates for demos) */
+    unsigned key_usage;        /* enum gs_ku; 0 = omit */
+    unsigned ext_key_usage;    /* enum gs_eku; 0 = omit */
+    long lifetime;             /* seconds from notBefore; > 0 */
+    long backdate;             /* notBefore = now - backdate (clock skew), >= 0 */
+} gs_cert_spec;
+
+/* Issues a certificate: random positive 127-bit serial, issuer = CA
+ * subject, SKI, AKI keyid, basicConstraints CA:FALSE. The subject must have
+ * at least one of CN/O/OU or a SAN. Returns GS_ERR_ARGS for a bad spec,
+ * GS_ERR_HSM if signing fails, GS_ERR_CRYPTO if the self-check fails. */
+gs_err gs_ca_issue(const gs_ca *ca, hsm_ctx *hsm, const gs_cert_spec *spec, X509 **out);
+
+/* The certificate server's membership certificate: from a PEM/DER CSR
+ * whose self-signature is verified; the CSR's subject and extensions are
+ * ignored. Subject O=groupsrv membership, OU=<group>; SAN URI
+ * urn:groupsrv:group:<group>; NO identity (no CN, no email). keyUsage
+ * digitalSignature + keyEncipherment (RSA) or keyAgreement (EC); EKU
+ * clientAuth, emailProtection; lifetime seconds (backdated 60 s).
+ * Returns GS_ERR_CERT for an invalid CSR (bad signature, weak key: RSA
+ * below 2048 bits or a key type other than RSA/EC). */
+gs_err gs_ca_issue_membership(const gs_ca *ca, hsm_ctx *hsm, X509_REQ *csr, const char *group, long lifetime,
+                              X509 **out);
+#define GS_MEMBERSHIP_O "groupsrv membership"
+#define GS_MEMBERSHIP_URI_PREFIX "urn:groupsrv:group:"
+
+/* Is cert a membership certificate for group (SAN URI, issued by ca and
+ * valid now)? Convenience for the server; cert chain verification by TLS
+ * is still required. */
+bool gs_cert_is_membership_for(X509 *cert, const char *group);
+
+/* ---- certificate helpers (no token needed) ------------------------------- */
+
+/* Parses one certificate from PEM or DER bytes. GS_ERR_CERT if invalid. */
+gs_err gs_cert_parse(const unsigned char *buf, size_t len, X509 **out);
+/* PEM text of cert (caller frees with free()). */
+gs_err gs_cert_to_pem(X509 *cert, char **pem);
+/* The identity email: first SAN rfc822Name, else subject emailAddress.
+ * GS_ERR_CERT (detail "certificate has no email address") if none.
+ * Writes a NUL-terminated copy into buf. */
+gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize);
+/* Does cert carry exactly the public key given as DER SubjectPublicKeyInfo? */
+bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len);
+/* SHA-256 fingerprint of the DER certificate, lowercase hex (65 bytes). */
+void gs_cert_fingerprint(X509 *cert, char out[65]);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * config.h: groupsrv.conf (INI, read with inih). Every key is documented in
+ * docs/groupsrv.1.md. Unknown sections or keys, malformed values and
+ * duplicate keys are errors naming the key and the line.
+ *
+ * Ownership: gs_config_load() returns a config the caller frees with
+ * gs_config_free() (NULL fine). All strings inside are owned by the config
+ * and are NUL-terminated; absent optional strings are NULL. A loaded config
+ * is read-only and may be shared by all threads.
+ */
+#ifndef GS_CONFIG_H
+#define GS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gs_error.h"
+
+/* Default config path when neither -c nor $GROUPSRV_CONF is given. */
+#define GS_CONFIG_DEFAULT_PATH "/etc/groupsrv/groupsrv.conf"
+
+struct gs_config {
+    char *path;                 /* the file this was loaded from */
+    struct {
+        char *listen;           /* "host:port", default "127.0.0.1:8443" */
+        unsigned threads;       /* 1..256, default 4 */
+        size_t max_body;        /* request body cap in bytes, default 65536 (1 KiB..16 MiB) */
+        unsigned unwrap_batch_max;     /* items per unwrap-batch, default 100 (1..10000) */
+        unsigned rate_limit;    /* requests per second per client identity; 0 = off (default) */
+        unsigned rate_burst;    /* token-bucket burst, default 2 * rate_limit */
+        unsigned timeout;       /* seconds per request (read+write), default 30 */
+        unsigned max_connections;      /* default 1024 */
+        bool auto_rotate_secret_on_remove; /* default yes */
+        char *metrics;          /* who may GET /metrics: "off", "any", "admin"; default "admin" */
+        char *log_level;        /* error|warn|info|debug, default "info" */
+    } server;
+    struct {
+        char *cert;             /* server certificate chain, PEM (required for serve) */
+        char *key;              /* a PEM file or a pkcs11: URI */
+        char *client_ca;        /* CAs accepted for client certificates; NULL = the local CA cert */
+    } tls;
+    struct {
+        char *module;           /* path to a .so or a p11-kit module name (required) */
+        char *token;            /* PKCS#11 token URI, default "pkcs11:token=groupsrv" */
+        char *pin_source;       /* "env:NAME", "file:PATH" or PATH (required) */
+        unsigned max_sessions;  /* session pool size, 0 = hsm default */
+    } hsm;
+    struct {
+        char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db" */
+    } db;
+    struct {
+        char *path;             /* JSON-lines audit log, default "/var/log/groupsrv/audit.jsonl" */
+    } audit;
+    struct {
+        char *listen;           /* "host:port"; NULL (absent) = no certificate server */
+        unsigned lifetime;      /* membership certificate lifetime in seconds, default 3600 (60..604800) */
+        char *url;              /* advertised as "certificate_server"; default "https://<listen>" */
+    } certsrv;
+    struct {
+        char *key_label;        /* token label of the CA key, default "gs:ca" */
+        unsigned group_cert_days;   /* group certificate lifetime, default 825 */
+        unsigned member_cert_days;  /* member client certificates (--issue-cert), default 365 */
+        unsigned ca_days;       /* self-signed CA certificate lifetime, default 3650 */
+    } ca;
+};
+
+/* Loads and validates path. On failure *out is NULL and gs_err_detail()
+ * says what and where ("groupsrv.conf:7: unknown key 'lisen' in [server]"). */
+gs_err gs_config_load(const char *path, struct gs_config **out);
+/* Same, from a string (tests); name is used in messages. */
+gs_err gs_config_load_string(const char *text, const char *name, struct gs_config **out);
+void gs_config_free(struct gs_config *cfg);
+
+/* Which file to load: explicit (from -c) if non-NULL, else $GROUPSRV_CONF,
+ * else GS_CONFIG_DEFAULT_PATH. Returned pointer is borrowed. */
+const char *gs_config_choose_path(const char *explicit_path);
+
+#endif

@@ -1,0 +1,156 @@
+/*
+ * groups.h: groups as the server and the admin commands see them: the
+ * store's rows joined with key handles on the token, plus the admin
+ * operations (create, rotate, retire, import a certificate, rotate the
+ * secret key, add/remove members) and the key attribute audit run by
+ * `groupsrv check` and at `groupsrv serve` start.
+ *
+ * Token object labels (see docs/operations.md):
+ *   gs:ca                    CA key pair (sign only)
+ *   gs:group:<name>:v<N>     group key pair version N (pub and priv share label and CKA_ID)
+ *   gs:secret:<name>:v<N>    group secret key version N (AES-256, wrap only, extractable only wrapped)
+ *   gs:reject:<name>         implicit-rejection HMAC key (groups that allow PKCS#1 v1.5)
+ *
+ * Threads: a gs_group is a snapshot; it is read-only after gs_group_load
+ * and may be shared by threads, but membership is NOT in it: ask the store
+ * (gs_store_member_get) on every request. Reload the group (cheap: one
+ * query plus C_FindObjects per version) when key versions may have changed,
+ * e.g. per request or on a short timer.
+ *
+ * Ownership: gs_group_load returns a gs_group freed with gs_group_free;
+ * the X509 and hsm_key pointers in its refs are borrowed from it.
+ */
+#ifndef GS_GROUPS_H
+#define GS_GROUPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "config.h"
+#include "gs_error.h"
+#include "hsm.h"
+#include "store.h"
+
+typedef struct gs_group gs_group;
+
+typedef struct gs_group_key_ref {
+    unsigned version;
+    bool current;
+    X509 *cert;          /* the group certificate of this version (borrowed) */
+    hsm_key *key;        /* the group private key on the token (borrowed) */
+    hsm_key_type type;   /* RSA or EC */
+} gs_group_key_ref;
+
+typedef struct gs_group_secret_ref {
+    unsigned version;
+    bool current;
+    unsigned char kek_id[GS_KEK_ID_LEN];
+    hsm_key *key;        /* the AES-256 secret key on the token (borrowed) */
+} gs_group_secret_ref;
+
+/* Loads group `name` with every non-retired key version and secret key
+ * version, finding each on the token. NOT_FOUND for an unknown group;
+ * GS_ERR_HSM (detail names the label) when a recorded key is missing from
+ * the token. Does not audit attributes (see gs_keys_audit). */
+gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
+void gs_group_free(gs_group *g);
+
+const gs_store_group *gs_group_info(const gs_group *g);  /* name, address, methods, ... (borrowed) */
+int64_t gs_group_id(const gs_group *g);
+/* Key versions, newest first; index 0 is the current one. */
+size_t gs_group_key_count(const gs_group *g);
+const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i);
+const gs_group_key_ref *gs_group_current_key(const gs_group *g);
+/* Secret key versions, newest first; 0 of them if the group has no
+ * group-secret method. */
+size_t gs_group_secret_count(const gs_group *g);
+const gs_group_secret_ref *gs_group_secret_at(const gs_group *g, size_t i);
+const gs_group_secret_ref *gs_group_current_secret(const gs_group *g); /* NULL if none */
+const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const unsigned char *id, size_t len);
+/* The implicit-rejection HMAC key, or NULL when the group does not allow PKCS#1 v1.5. */
+hsm_key *gs_group_reject_key(const gs_group *g);
+/* PEM chain for GET /certificate: current group cert, then the CA cert if
+ * it issued it (ca may be NULL). Caller frees. */
+gs_err gs_group_cert_chain_pem(const gs_group *g, const gs_ca *ca, char **pem);
+
+/* ---- admin operations (commands and the admin REST API) ------------------ */
+
+typedef struct gs_group_spec {
+    const char *name;
+    const char *address;       /* LIST@DOMAIN, the SAN rfc822Name */
+    const char *keyspec;       /* NULL = "rsa:3072" */
+    unsigned methods;          /* 0 = GS_METHODS_DEFAULT */
+    bool allow_pkcs1v15;
+} gs_group_spec;
+
+/* The hsm usage bits a group key version must have and nothing more. */
+unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
+
+/* Creates the group: key pair v1 on the token with exactly the usage its
+ * policy needs (attributes read back and checked), the group certificate
+ * from the CA (CN=name, SAN rfc822Name=address, keyUsage keyEncipherment
+ * (RSA) or keyAgreement (EC), EKU emailProtection), the secret key v1 when
+ * group-secret is allowed, the rejection key when PKCS#1 v1.5 is, and the
+ * rows. On failure nothing is left behind (token objects destroyed).
+ * EXISTS for a duplicate name or taken labels. */
+gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                       const gs_group_spec *spec, unsigned *version_out);
+/* New key version (same policy) with a new certificate; old versions stay
+ * usable for decryption until retired. */
+gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                       const char *name, unsigned *version_out);
+/* Retires every version < before (not the current one: STATE): marks
+ * them retired, then destroys their token objects. *n_retired may be NULL. */
+gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired);
+/* Replaces the certificate of `version` (0 = current) with one signed
+ * elsewhere: must parse, carry the token key's public key and the list
+ * address as rfc822Name (GS_ERR_CERT otherwise). */
+gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert);
+/* New group secret key version (AES-256 on the token). STATE if the group
+ * does not allow group-secret. */
+gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out);
+/* Adds a member. cert may be NULL (then members authenticate with a
+ * certificate from a configured client CA whose email matches); when
+ * given it must be valid X.509 with an email equal (case-insensitive) to
+ * email (GS_ERR_CERT otherwise). EXISTS for a duplicate member. */
+gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert);
+/* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
+ * group uses group-secret, a new secret key version is made on the token
+ * first and recorded in the same transaction as the removal.
+ * *rotated_version (may be NULL) gets the new version or 0. */
+gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg, const char *group,
+                        const char *email, unsigned *rotated_version);
+
+/* ---- key attribute audit ---------------------------------------------------- */
+
+typedef struct gs_key_audit_row {
+    const char *label;        /* token label */
+    const char *kind;         /* "ca", "group", "secret", "reject" */
+    const char *group;        /* group name or "" */
+    unsigned version;         /* 0 when not versioned */
+    bool present;             /* found on the token */
+    const hsm_key_info *info; /* attributes read (NULL if absent) */
+    bool ok;
+    const char *problem;      /* first problem found, "" when ok */
+} gs_key_audit_row;
+
+/* Checks every key the store records (CA, each non-retired group key
+ * version, secret key versions, rejection keys): present, sensitive,
+ * always sensitive, never extractable (secret keys: extractable only by
+ * wrapping, value unreadable), exactly the usage its policy allows, unwrap
+ * template forcing sensitive, allowed mechanisms within policy, and the
+ * group certificate's key equals the token's. cb (may be NULL) gets each
+ * row (borrowed for the call). *problems = number of bad rows.
+ * Returns GS_OK when the audit ran (whatever it found). */
+gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
+                     unsigned *problems);
+
+/* Opens the token named in cfg->hsm (wrong PIN etc. -> GS_ERR_TOKEN with
+ * detail). */
+gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out);
+
+#endif

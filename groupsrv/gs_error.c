@@ -1,0 +1,54 @@
+/* gs_error.c: see gs_error.h. */
+#include "gs_error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static _Thread_local char detail[512];
+
+const char *gs_strerror(gs_err err)
+{
+    switch (err) {
+    case GS_OK: return "ok";
+    case GS_ERR_NOMEM: return "out of memory";
+    case GS_ERR_ARGS: return "invalid argument";
+    case GS_ERR_CONFIG: return "invalid configuration";
+    case GS_ERR_IO: return "I/O error";
+    case GS_ERR_DB: return "database error";
+    case GS_ERR_SCHEMA: return "database schema mismatch";
+    case GS_ERR_NOT_FOUND: return "not found";
+    case GS_ERR_EXISTS: return "already exists";
+    case GS_ERR_CERT: return "invalid certificate";
+    case GS_ERR_HSM: return "token operation failed";
+    case GS_ERR_TOKEN: return "token unavailable";
+    case GS_ERR_POLICY: return "key violates its policy";
+    case GS_ERR_CRYPTO: return "cryptographic operation failed";
+    case GS_ERR_STATE: return "operation not allowed in this state";
+    }
+    return "unknown error";
+}
+
+const char *gs_err_detail(void) { return detail; }
+
+void gs_err_clear(void) { detail[0] = '\0'; }
+
+gs_err gs_err_set(gs_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+int gs_err_exit_code(gs_err err)
+{
+    switch (err) {
+    case GS_OK: return 0;
+    case GS_ERR_NOT_FOUND:
+    case GS_ERR_EXISTS: return 3;
+    case GS_ERR_TOKEN: return 4;
+    case GS_ERR_CONFIG: return 5;
+    default: return 1;
+    }
+}

@@ -1,0 +1,44 @@
+/*
+ * gs_error.h: the one error table of the groupsrv core library
+ * (config, store, ca, groups). Library functions return gs_err and never
+ * print or exit; the program turns the code plus gs_err_detail() into a
+ * one-line message and an exit code (gs_err_exit_code()).
+ */
+#ifndef GS_GS_ERROR_H
+#define GS_GS_ERROR_H
+
+typedef enum gs_err {
+    GS_OK = 0,
+    GS_ERR_NOMEM,
+    GS_ERR_ARGS,       /* invalid argument (bad name, address, option value) */
+    GS_ERR_CONFIG,     /* config file unreadable or invalid (detail names key and line) */
+    GS_ERR_IO,         /* file read/write failed */
+    GS_ERR_DB,         /* SQLite failure (detail has the SQLite message) */
+    GS_ERR_SCHEMA,     /* database schema newer than this program, or corrupt */
+    GS_ERR_NOT_FOUND,  /* unknown group, member, key version, CA not initialised */
+    GS_ERR_EXISTS,     /* duplicate group, member, CA already initialised */
+    GS_ERR_CERT,       /* certificate/CSR invalid, lacks an email, key mismatch */
+    GS_ERR_HSM,        /* token operation failed (detail has hsm_strerror + CKR) */
+    GS_ERR_TOKEN,      /* token unreachable, wrong PIN, PIN locked */
+    GS_ERR_POLICY,     /* a key's attributes violate its policy (extractable, ...) */
+    GS_ERR_CRYPTO,     /* other OpenSSL failure */
+    GS_ERR_STATE,      /* operation not allowed in this state (retire current key, ...) */
+} gs_err;
+
+/* Static text for a code. */
+const char *gs_strerror(gs_err err);
+
+/* Per-thread detail of the last failure in this thread, e.g.
+ * "unknown key 'foo' in [server] at line 7"; "" when none. Never secret. */
+const char *gs_err_detail(void);
+/* Sets the detail (printf-style, truncated to 512 bytes); returns err so
+ * callers can write `return gs_err_set(GS_ERR_ARGS, "...")`. */
+gs_err gs_err_set(gs_err err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void gs_err_clear(void);
+
+/* Exit code for admin commands (see docs/groupsrv.1.md):
+ * 0 ok; 1 operation failed; 3 not found / duplicate; 4 token or PIN;
+ * 5 config. Usage errors (2) are decided by the program. */
+int gs_err_exit_code(gs_err err);
+
+#endif

@@ -1,0 +1,171 @@
+/*
+ * store.h: the group server's SQLite database (WAL, versioned schema with
+ * migrations applied by gs_store_open).
+ *
+ * Threads: a gs_store is one SQLite connection and must be used by one
+ * thread at a time. Open one per thread (gs_store_open is cheap once the
+ * schema is current: it opens, sets pragmas and reads user_version).
+ * Writers in other connections/processes are waited for (busy timeout 5 s).
+ *
+ * No caching: every getter reads the database, so a member removed by
+ * `groupsrv member remove` in another process is refused on the very next
+ * request that calls gs_store_member_get().
+ *
+ * Ownership: getters return freshly allocated records/arrays; free them
+ * with the matching *_free (NULL fine). Strings in records are owned by
+ * the record. On failure outputs are NULL/0.
+ * Returns GS_OK, GS_ERR_NOT_FOUND (no such row), GS_ERR_EXISTS (unique
+ * constraint), GS_ERR_DB, GS_ERR_SCHEMA, GS_ERR_NOMEM, GS_ERR_ARGS.
+ */
+#ifndef GS_STORE_H
+#define GS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gs_error.h"
+
+/* Current schema version written by this program. */
+#define GS_STORE_SCHEMA_VERSION 1
+
+/* Caps on names (also checked by gs_valid_* below). */
+#define GS_NAME_MAX 64      /* group name */
+#define GS_EMAIL_MAX 254    /* member email / list address */
+#define GS_LABEL_MAX 127    /* token label */
+#define GS_KEK_ID_LEN 16    /* group secret key identifier (KEKRecipientInfo kekid) */
+
+/* Delivery methods a group allows (bit set). */
+enum gs_method {
+    GS_METHOD_TLS = 1u << 0,             /* F: plain content key over mTLS (needs CKA_DECRYPT) */
+    GS_METHOD_RECIPIENT_KEY = 1u << 1,   /* E: re-wrapped to the caller's certificate key */
+    GS_METHOD_GROUP_SECRET = 1u << 2,    /* KEKRecipientInfo under the group secret key */
+    GS_METHOD_MEMBERSHIP_CERT = 1u << 3, /* G: membership certificates from the certificate server */
+};
+#define GS_METHODS_DEFAULT \
+    (GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY | GS_METHOD_GROUP_SECRET | GS_METHOD_MEMBERSHIP_CERT)
+/* "tls,recipient-key,group-secret,membership-cert" <-> bits. Parse rejects
+ * unknown or empty names (GS_ERR_ARGS, detail names the word). */
+gs_err gs_methods_parse(const char *list, unsigned *out);
+/* Writes the canonical comma list into buf (always NUL-terminated). */
+void gs_methods_format(unsigned methods, char *buf, size_t bufsize);
+
+typedef enum gs_role { GS_ROLE_MEMBER = 1, GS_ROLE_EXPLODER, GS_ROLE_ADMIN } gs_role;
+const char *gs_role_name(gs_role role);          /* "member", "exploder", "admin" */
+gs_err gs_role_parse(const char *name, gs_role *out);
+
+/* Validation of names we put in labels, URLs and certificates:
+ * group names: 1..64 of [a-z0-9._-], starting with a letter or digit;
+ * emails/addresses: local@domain, printable ASCII without spaces, quotes,
+ * angle brackets or commas, at most 254 bytes, exactly one '@'. */
+bool gs_valid_group_name(const char *name);
+bool gs_valid_email(const char *email);
+
+typedef struct gs_store gs_store;
+
+enum gs_store_flags {
+    GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */
+    GS_STORE_READONLY = 1u << 1, /* open read-only (check, list, show) */
+};
+/* Opens path. Without GS_STORE_CREATE a missing file is GS_ERR_NOT_FOUND.
+ * An existing database with an older schema is migrated (unless
+ * read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA. */
+gs_err gs_store_open(const char *path, unsigned flags, gs_store **out);
+void gs_store_close(gs_store *st);
+int gs_store_schema_version(gs_store *st);
+
+/* Explicit transactions (BEGIN IMMEDIATE). Calls between begin and commit
+ * are atomic; single calls outside are atomic on their own. Nesting is
+ * GS_ERR_ARGS. rollback is a no-op without an open transaction. */
+gs_err gs_store_begin(gs_store *st);
+gs_err gs_store_commit(gs_store *st);
+void gs_store_rollback(gs_store *st);
+
+/* ---- CA ------------------------------------------------------------- */
+typedef struct gs_store_ca {
+    char *key_label;   /* token label of the CA private key */
+    char *cert_pem;    /* self-signed CA certificate */
+    int64_t created;   /* unix seconds */
+} gs_store_ca;
+gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out); /* NOT_FOUND before `ca init` */
+gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem); /* EXISTS if set */
+void gs_store_ca_free(gs_store_ca *ca);
+
+/* ---- groups ---------------------------------------------------------- */
+typedef struct gs_store_group {
+    int64_t id;
+    char *name;
+    char *address;        /* LIST@DOMAIN */
+    unsigned methods;     /* enum gs_method bits */
+    char *key_spec;       /* "rsa:3072", "rsa:2048", "ec:p256" */
+    bool allow_pkcs1v15;
+    char *reject_label;   /* token label of the implicit-rejection HMAC key, or NULL */
+    int64_t created;
+} gs_store_group;
+/* Adds a group; *id (may be NULL) gets its row id. EXISTS on duplicate name. */
+gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id);
+gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out);
+/* All groups ordered by name; *out is an array of n pointers. */
+gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n);
+void gs_store_group_free(gs_store_group *g);
+void gs_store_group_list_free(gs_store_group **list, size_t n);
+
+/* ---- group key versions ---------------------------------------------- */
+typedef enum gs_key_state { GS_KEY_CURRENT = 1, GS_KEY_OLD, GS_KEY_RETIRED } gs_key_state;
+const char *gs_key_state_name(gs_key_state s); /* "current", "old", "retired" */
+
+typedef struct gs_store_group_key {
+    unsigned version;     /* 1, 2, ... */
+    char *token_label;    /* "gs:group:<name>:v<N>" (private and public share it) */
+    char *cert_pem;       /* the group certificate of this version */
+    gs_key_state state;
+    int64_t created;
+    int64_t retired;      /* 0 unless retired */
+} gs_store_group_key;
+/* Adds version `version` as current and demotes the previous current to
+ * old, atomically. EXISTS if the version exists. */
+gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const char *cert_pem);
+/* Replaces the certificate of a version (import-cert). */
+gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem);
+/* Marks a non-current version retired (STATE for the current one). */
+gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version);
+/* Every version of the group, newest first (retired included). */
+gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n);
+void gs_store_group_keys_free(gs_store_group_key *keys, size_t n);
+
+/* ---- group secret key versions ----------------------------------------- */
+typedef struct gs_store_secret {
+    unsigned version;
+    char *token_label;                  /* "gs:secret:<name>:v<N>" */
+    unsigned char kek_id[GS_KEK_ID_LEN];/* random; the KEKRecipientInfo kekid */
+    gs_key_state state;                 /* CURRENT or OLD (RETIRED reserved) */
+    int64_t created;
+} gs_store_secret;
+gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                           const unsigned char kek_id[GS_KEK_ID_LEN]);
+/* Newest first. */
+gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
+/* The version with this kek id (any group), NOT_FOUND otherwise. */
+gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,
+                                 unsigned *version);
+void gs_store_secrets_free(gs_store_secret *s, size_t n);
+
+/* ---- members ------------------------------------------------------------ */
+typedef struct gs_store_member {
+    char *email;          /* as added; compared case-insensitively */
+    gs_role role;
+    char *cert_pem;       /* the member's certificate, or NULL */
+    int64_t added;
+} gs_store_member;
+gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role,
+                           const char *cert_pem); /* EXISTS on duplicate */
+gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email); /* NOT_FOUND */
+/* Reads the database on every call (no cache). */
+gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out);
+/* Ordered by email; *out is an array of n records (free with _list_free). */
+gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n);
+void gs_store_member_free(gs_store_member *m);
+void gs_store_member_list_free(gs_store_member *list, size_t n);
+
+#endif
