@@ -1,0 +1,1064 @@
+/* restclient.c: see restclient.h. libcurl for HTTPS, jansson for JSON. */
+#include "restclient.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "log.h"
+#include "util.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define DEFAULT_TIMEOUT_MS 30000L
+#define DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
+#define MAX_GROUP_LEN 255
+#define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo, DER */
+#define MAX_KEY_LEN 64                /* content key or secret key */
+#define MAX_LIST_ITEMS 100000         /* RIs in a rewrap answer (one per member) */
+#define MAX_INFO_ITEMS 1024           /* methods, key versions, secret key versions */
+#define MAX_CSR_LEN (64u * 1024)
+
+struct gs_rest {
+    CURL *curl;
+    char *base;                 /* without trailing '/' */
+    unsigned char *cert_pem;    /* copies for CURLOPT_SSLCERT_BLOB / SSLKEY_BLOB */
+    size_t cert_pem_len;
+    unsigned char *key_pem;     /* secret: wiped on free */
+    size_t key_pem_len;
+    size_t max_response;
+    /* response being received */
+    unsigned char *buf;
+    size_t len, cap;
+    bool overflow;
+    /* details of the last call */
+    long status;
+    long retry_after;
+    char code[64];
+    char message[256];
+    char detail[CURL_ERROR_SIZE];
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+const char *gs_rest_strerror(gs_rest_err err)
+{
+    switch (err) {
+    case GS_REST_OK: return "success";
+    case GS_REST_ERR_NOMEM: return "out of memory";
+    case GS_REST_ERR_ARGS: return "invalid arguments";
+    case GS_REST_ERR_CLIENT_CERT: return "client certificate or key unusable";
+    case GS_REST_ERR_UNREACHABLE: return "server unreachable";
+    case GS_REST_ERR_TIMEOUT: return "server timed out";
+    case GS_REST_ERR_TLS: return "TLS handshake or server certificate verification failed";
+    case GS_REST_ERR_PIN: return "server public key does not match the pin";
+    case GS_REST_ERR_UNAUTHORIZED: return "not authenticated (401)";
+    case GS_REST_ERR_FORBIDDEN: return "refused: not a member or not allowed (403)";
+    case GS_REST_ERR_NOT_FOUND: return "not found (404)";
+    case GS_REST_ERR_RATE_LIMITED: return "rate limited (429)";
+    case GS_REST_ERR_UNAVAILABLE: return "service unavailable (503)";
+    case GS_REST_ERR_REJECTED: return "request rejected";
+    case GS_REST_ERR_SERVER: return "server error";
+    case GS_REST_ERR_BAD_ANSWER: return "malformed server answer";
+    case GS_REST_ERR_TOO_LARGE: return "server answer too large";
+    }
+    return "unknown error";
+}
+
+const char *gs_deliver_name(gs_deliver d)
+{
+    switch (d) {
+    case GS_DELIVER_TLS: return "tls";
+    case GS_DELIVER_RECIPIENT_KEY: return "recipient-key";
+    case GS_DELIVER_GROUP_SECRET: return "group-secret";
+    }
+    return "tls";
+}
+
+long gs_rest_last_status(const gs_rest *r) { return r != NULL ? r->status : 0; }
+const char *gs_rest_last_code(const gs_rest *r) { return r != NULL ? r->code : ""; }
+const char *gs_rest_last_message(const gs_rest *r) { return r != NULL ? r->message : ""; }
+const char *gs_rest_last_detail(const gs_rest *r) { return r != NULL ? r->detail : ""; }
+long gs_rest_last_retry_after(const gs_rest *r) { return r != NULL ? r->retry_after : -1; }
+
+/* Copies an untrusted string for display: printable ASCII only, bounded. */
+static void copy_sanitised(char *dst, size_t size, const char *src)
+{
+    size_t o = 0;
+    if (size == 0)
+        return;
+    for (const unsigned char *p = (const unsigned char *)src; src != NULL && *p && o + 1 < size; p++)
+        dst[o++] = (*p >= 0x20 && *p <= 0x7e) ? (char)*p : '?';
+    dst[o] = '\0';
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    gs_rest *r = userdata;
+    size_t n = size * nmemb, need;
+
+    if (util_size_add(r->len, n, &need) != 0 || need > r->max_response) {
+        r->overflow = true;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    if (need + 1 > r->cap) {
+        size_t ncap = r->cap ? r->cap : 4096;
+        while (ncap < need + 1)
+            ncap *= 2;
+        if (ncap > r->max_response + 1)
+            ncap = r->max_response + 1;
+        unsigned char *nb = malloc(ncap);
+        if (nb == NULL)
+            return 0;
+        if (r->buf != NULL) {
+            memcpy(nb, r->buf, r->len);
+            OPENSSL_clear_free(r->buf, r->cap); /* may hold a content key */
+        }
+        r->buf = nb;
+        r->cap = ncap;
+    }
+    memcpy(r->buf + r->len, ptr, n);
+    r->len += n;
+    r->buf[r->len] = '\0';
+    return n;
+}
+
+static void response_reset(gs_rest *r)
+{
+    if (r->buf != NULL)
+        OPENSSL_clear_free(r->buf, r->cap);
+    r->buf = NULL;
+    r->len = r->cap = 0;
+    r->overflow = false;
+}
+
+void gs_rest_free(gs_rest *r)
+{
+    if (r == NULL)
+        return;
+    if (r->curl != NULL)
+        curl_easy_cleanup(r->curl);
+    response_reset(r);
+    free(r->base);
+    free(r->cert_pem);
+    if (r->key_pem != NULL)
+        OPENSSL_clear_free(r->key_pem, r->key_pem_len);
+    free(r);
+}
+
+static unsigned char *memdup(const unsigned char *p, size_t n)
+{
+    unsigned char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+#define SETOPT(opt, val)                                                     \
+    do {                                                                     \
+        if (curl_easy_setopt(r->curl, opt, val) != CURLE_OK) {               \
+            log_error("curl_easy_setopt failed opt=%s", #opt);               \
+            goto out;                                                        \
+        }                                                                    \
+    } while (0)
+
+gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
+{
+    gs_rest_err err = GS_REST_ERR_ARGS;
+    gs_rest *r = NULL;
+    size_t blen;
+
+    if (out == NULL)
+        return GS_REST_ERR_ARGS;
+    *out = NULL;
+    if (opts == NULL || opts->base_url == NULL || strncasecmp(opts->base_url, "https://", 8) != 0) {
+        log_error("group server URL must be https://");
+        return GS_REST_ERR_ARGS;
+    }
+    blen = strlen(opts->base_url);
+    if (blen <= 8 || blen > 2048)
+        return GS_REST_ERR_ARGS;
+    if (opts->connect_timeout_ms < 0 || opts->timeout_ms < 0)
+        return GS_REST_ERR_ARGS;
+    if ((opts->key_pem != NULL && opts->key_pem_len == 0) || (opts->cert_pem != NULL && opts->cert_pem_len == 0))
+        return GS_REST_ERR_ARGS;
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return GS_REST_ERR_NOMEM;
+
+    err = GS_REST_ERR_NOMEM;
+    if ((r = calloc(1, sizeof(*r))) == NULL)
+        goto out;
+    r->retry_after = -1;
+    r->max_response = opts->max_response ? opts->max_response : DEFAULT_MAX_RESPONSE;
+    if (r->max_response > (size_t)INT_MAX) {
+        err = GS_REST_ERR_ARGS;
+        goto out;
+    }
+    if ((r->base = strdup(opts->base_url)) == NULL)
+        goto out;
+    while (blen > 8 && r->base[blen - 1] == '/')
+        r->base[--blen] = '\0';
+    if ((r->curl = curl_easy_init()) == NULL)
+        goto out;
+
+    err = GS_REST_ERR_ARGS; /* a failing setopt means an option curl does not take */
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_ERRORBUFFER, r->detail);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "https");
+    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+    SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+    SETOPT(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
+    SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
+    SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms ? opts->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS);
+    SETOPT(CURLOPT_TIMEOUT_MS, opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS);
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
+    SETOPT(CURLOPT_WRITEFUNCTION, write_cb);
+    SETOPT(CURLOPT_WRITEDATA, r);
+    SETOPT(CURLOPT_USERAGENT, opts->user_agent ? opts->user_agent : "groupsrv-restclient/0.1");
+    if (opts->ca_file != NULL)
+        SETOPT(CURLOPT_CAINFO, opts->ca_file);
+    if (opts->pinned_pubkey != NULL)
+        SETOPT(CURLOPT_PINNEDPUBLICKEY, opts->pinned_pubkey);
+    if (opts->cert_file != NULL) {
+        SETOPT(CURLOPT_SSLCERT, opts->cert_file);
+        SETOPT(CURLOPT_SSLCERTTYPE, "PEM");
+        SETOPT(CURLOPT_SSLKEY, opts->key_file ? opts->key_file : opts->cert_file);
+        SETOPT(CURLOPT_SSLKEYTYPE, "PEM");
+    } else if (opts->cert_pem != NULL) {
+        struct curl_blob cb, kb;
+        if (opts->key_pem == NULL)
+            goto out;
+        err = GS_REST_ERR_NOMEM;
+        if ((r->cert_pem = memdup(opts->cert_pem, opts->cert_pem_len)) == NULL ||
+            (r->key_pem = memdup(opts->key_pem, opts->key_pem_len)) == NULL)
+            goto out;
+        r->cert_pem_len = opts->cert_pem_len;
+        r->key_pem_len = opts->key_pem_len + 1; /* the copy has a NUL: wipe it too */
+        err = GS_REST_ERR_ARGS;
+        /* NOCOPY: curl keeps pointing at our copies, which we wipe. */
+        cb = (struct curl_blob){.data = r->cert_pem, .len = r->cert_pem_len, .flags = CURL_BLOB_NOCOPY};
+        kb = (struct curl_blob){.data = r->key_pem, .len = opts->key_pem_len, .flags = CURL_BLOB_NOCOPY};
+        SETOPT(CURLOPT_SSLCERT_BLOB, &cb);
+        SETOPT(CURLOPT_SSLCERTTYPE, "PEM");
+        SETOPT(CURLOPT_SSLKEY_BLOB, &kb);
+        SETOPT(CURLOPT_SSLKEYTYPE, "PEM");
+    }
+    *out = r;
+    r = NULL;
+    err = GS_REST_OK;
+out:
+    gs_rest_free(r);
+    return err;
+}
+
+static gs_rest_err map_curl(gs_rest *r, CURLcode cc)
+{
+    switch (cc) {
+    case CURLE_OK: return GS_REST_OK;
+    case CURLE_OUT_OF_MEMORY: return GS_REST_ERR_NOMEM;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT: return GS_REST_ERR_ARGS;
+    case CURLE_OPERATION_TIMEDOUT: return GS_REST_ERR_TIMEOUT;
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH: return GS_REST_ERR_PIN;
+    case CURLE_SSL_CERTPROBLEM: return GS_REST_ERR_CLIENT_CERT;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED: return GS_REST_ERR_TLS;
+    case CURLE_FILESIZE_EXCEEDED: return GS_REST_ERR_TOO_LARGE;
+    case CURLE_WRITE_ERROR: return r->overflow ? GS_REST_ERR_TOO_LARGE : GS_REST_ERR_NOMEM;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING: return GS_REST_ERR_BAD_ANSWER;
+    case CURLE_RECV_ERROR:
+        /* TLS 1.3: a server that refuses our client certificate says so
+         * with an alert after the handshake, seen here as a read error. */
+        if (strstr(r->detail, "alert") != NULL)
+            return GS_REST_ERR_TLS;
+        return GS_REST_ERR_UNREACHABLE;
+    default: return GS_REST_ERR_UNREACHABLE;
+    }
+}
+
+static gs_rest_err map_status(long status)
+{
+    if (status >= 200 && status < 300)
+        return GS_REST_OK;
+    switch (status) {
+    case 401: return GS_REST_ERR_UNAUTHORIZED;
+    case 403: return GS_REST_ERR_FORBIDDEN;
+    case 404: return GS_REST_ERR_NOT_FOUND;
+    case 429: return GS_REST_ERR_RATE_LIMITED;
+    case 503: return GS_REST_ERR_UNAVAILABLE;
+    default: break;
+    }
+    if (status >= 400 && status < 500)
+        return GS_REST_ERR_REJECTED;
+    if (status >= 500 && status < 600)
+        return GS_REST_ERR_SERVER;
+    return GS_REST_ERR_BAD_ANSWER;
+}
+
+/* Reads {"error": {"code", "message"}} into code/message; silent on any
+ * other shape (an error page from a proxy, say). */
+static void parse_error_body(gs_rest *r, const unsigned char *body, size_t len, char *code, size_t codesz,
+                             char *msg, size_t msgsz)
+{
+    json_t *root = NULL, *e, *c, *m;
+
+    code[0] = msg[0] = '\0';
+    if (body == NULL || len == 0)
+        return;
+    root = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, NULL);
+    if (root == NULL || !json_is_object(root))
+        goto out;
+    e = json_object_get(root, "error");
+    if (!json_is_object(e))
+        goto out;
+    c = json_object_get(e, "code");
+    m = json_object_get(e, "message");
+    if (json_is_string(c))
+        copy_sanitised(code, codesz, json_string_value(c));
+    if (json_is_string(m))
+        copy_sanitised(msg, msgsz, json_string_value(m));
+out:
+    (void)r;
+    json_decref(root);
+}
+
+/* Builds base + "/v1/groups/" + escaped group + suffix. */
+static gs_rest_err group_url(gs_rest *r, const char *base, const char *group, const char *suffix, char **url)
+{
+    char *esc = NULL;
+    size_t n;
+    gs_rest_err err = GS_REST_ERR_ARGS;
+
+    *url = NULL;
+    if (group == NULL || *group == '\0' || strlen(group) > MAX_GROUP_LEN)
+        return GS_REST_ERR_ARGS;
+    if ((esc = curl_easy_escape(r->curl, group, 0)) == NULL)
+        return GS_REST_ERR_NOMEM;
+    n = strlen(base) + strlen("/v1/groups/") + strlen(esc) + strlen(suffix) + 1;
+    err = GS_REST_ERR_NOMEM;
+    if ((*url = malloc(n)) == NULL)
+        goto out;
+    snprintf(*url, n, "%s/v1/groups/%s%s", base, esc, suffix);
+    err = GS_REST_OK;
+out:
+    curl_free(esc);
+    return err;
+}
+
+/* One HTTP exchange. On GS_REST_OK the body is in r->buf/r->len (wiped by
+ * the next call or gs_rest_free); the status was 2xx. */
+static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, const void *body, size_t body_len,
+                              const char *accept)
+{
+    gs_rest_err err = GS_REST_ERR_NOMEM;
+    struct curl_slist *hdrs = NULL, *t;
+    char hbuf[128];
+    CURLcode cc;
+    curl_off_t ra = -1;
+
+    response_reset(r);
+    r->status = 0;
+    r->retry_after = -1;
+    r->code[0] = r->message[0] = r->detail[0] = '\0';
+
+    snprintf(hbuf, sizeof(hbuf), "Accept: %s", accept);
+    if ((t = curl_slist_append(hdrs, hbuf)) == NULL)
+        goto out;
+    hdrs = t;
+    if (body != NULL) {
+        snprintf(hbuf, sizeof(hbuf), "Content-Type: %s", ctype);
+        if ((t = curl_slist_append(hdrs, hbuf)) == NULL)
+            goto out;
+        hdrs = t;
+        if ((t = curl_slist_append(hdrs, "Expect:")) == NULL)
+            goto out;
+        hdrs = t;
+    }
+    err = GS_REST_ERR_ARGS;
+    SETOPT(CURLOPT_URL, url);
+    SETOPT(CURLOPT_HTTPHEADER, hdrs);
+    if (body != NULL) {
+        SETOPT(CURLOPT_POST, 1L);
+        SETOPT(CURLOPT_POSTFIELDS, body);
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    } else {
+        SETOPT(CURLOPT_HTTPGET, 1L);
+    }
+    cc = curl_easy_perform(r->curl);
+    if (cc != CURLE_OK) {
+        err = map_curl(r, cc);
+        if (r->detail[0] == '\0')
+            copy_sanitised(r->detail, sizeof(r->detail), curl_easy_strerror(cc));
+        log_debug("request failed url=%s curl=%d", url, (int)cc);
+        goto out;
+    }
+    if (curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &r->status) != CURLE_OK) {
+        err = GS_REST_ERR_BAD_ANSWER;
+        goto out;
+    }
+    if (curl_easy_getinfo(r->curl, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra >= 0 && ra < LONG_MAX)
+        r->retry_after = (long)ra;
+    err = map_status(r->status);
+    if (err != GS_REST_OK) {
+        parse_error_body(r, r->buf, r->len, r->code, sizeof(r->code), r->message, sizeof(r->message));
+        response_reset(r);
+        goto out;
+    }
+    r->retry_after = -1;
+    err = GS_REST_OK;
+out:
+    /* The slist dies here: detach it from the handle first. */
+    curl_easy_setopt(r->curl, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(r->curl, CURLOPT_POSTFIELDS, NULL);
+    curl_slist_free_all(hdrs);
+    return err;
+}
+
+/* ---- JSON helpers ------------------------------------------------------ */
+
+static gs_rest_err parse_json_object(gs_rest *r, json_t **root)
+{
+    json_error_t jerr;
+    *root = NULL;
+    if (r->buf == NULL || r->len == 0)
+        return GS_REST_ERR_BAD_ANSWER;
+    *root = json_loadb((const char *)r->buf, r->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (*root == NULL || !json_is_object(*root)) {
+        copy_sanitised(r->detail, sizeof(r->detail), *root == NULL ? jerr.text : "JSON answer is not an object");
+        json_decref(*root);
+        *root = NULL;
+        return GS_REST_ERR_BAD_ANSWER;
+    }
+    return GS_REST_OK;
+}
+
+/* Decodes a base64 string member; max is the decoded size cap. */
+static gs_rest_err get_b64(json_t *obj, const char *name, size_t max, unsigned char **out, size_t *len)
+{
+    json_t *v = json_object_get(obj, name);
+    size_t maxin;
+    *out = NULL;
+    *len = 0;
+    if (!json_is_string(v))
+        return GS_REST_ERR_BAD_ANSWER;
+    maxin = (max / 3 + 1) * 4;
+    if (util_b64_decode(json_string_value(v), json_string_length(v), maxin, out, len) != UTIL_OK || *len == 0 ||
+        *len > max) {
+        if (*out != NULL)
+            OPENSSL_clear_free(*out, *len);
+        *out = NULL;
+        *len = 0;
+        return GS_REST_ERR_BAD_ANSWER;
+    }
+    return GS_REST_OK;
+}
+
+/* jansson frees without wiping: clear a string that held a secret first.
+ * The buffer is jansson's own heap copy, so writing to it is safe. */
+static void wipe_json_string(json_t *obj, const char *name)
+{
+    json_t *v = json_object_get(obj, name);
+    if (json_is_string(v) && json_string_length(v) > 0)
+        OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
+}
+
+static int64_t get_version(json_t *obj, const char *name)
+{
+    json_t *v = json_object_get(obj, name);
+    if (json_is_integer(v) && json_integer_value(v) >= 0)
+        return (int64_t)json_integer_value(v);
+    return -1;
+}
+
+static gs_rest_err dump_json(json_t *obj, char **body, size_t *len)
+{
+    *body = json_dumps(obj, JSON_COMPACT);
+    if (*body == NULL)
+        return GS_REST_ERR_NOMEM;
+    *len = strlen(*body);
+    return GS_REST_OK;
+}
+
+static gs_rest_err set_b64(json_t *obj, const char *name, const unsigned char *p, size_t n)
+{
+    char *b = NULL;
+    gs_rest_err err = GS_REST_ERR_NOMEM;
+    if (util_b64_encode(p, n, &b) != UTIL_OK)
+        return GS_REST_ERR_NOMEM;
+    if (json_object_set_new(obj, name, json_string(b)) == 0)
+        err = GS_REST_OK;
+    free(b);
+    return err;
+}
+
+/* ---- group info ------------------------------------------------------- */
+
+void gs_group_info_clear(gs_group_info *gi)
+{
+    if (gi == NULL)
+        return;
+    free(gi->name);
+    free(gi->address);
+    free(gi->certificate_server);
+    for (size_t i = 0; i < gi->n_methods; i++)
+        free(gi->methods[i]);
+    free(gi->methods);
+    free(gi->key_versions);
+    memset(gi, 0, sizeof(*gi));
+}
+
+static char *dup_string_member(json_t *obj, const char *name, bool required, bool *bad)
+{
+    json_t *v = json_object_get(obj, name);
+    if (v == NULL && !required)
+        return strdup("");
+    if (!json_is_string(v) || json_string_length(v) > 4096 || strlen(json_string_value(v)) != json_string_length(v)) {
+        *bad = true;
+        return NULL;
+    }
+    return strdup(json_string_value(v));
+}
+
+gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out)
+{
+    gs_rest_err err;
+    char *url = NULL;
+    json_t *root = NULL, *a, *v;
+    bool bad = false;
+    size_t i;
+    gs_group_info gi = {0};
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (r == NULL || out == NULL)
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "", &url)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, NULL, NULL, 0, "application/json")) != GS_REST_OK)
+        goto out;
+    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_NOMEM;
+    gi.name = dup_string_member(root, "name", true, &bad);
+    gi.address = dup_string_member(root, "address", false, &bad);
+    gi.certificate_server = dup_string_member(root, "certificate_server", false, &bad);
+    if (bad) {
+        err = GS_REST_ERR_BAD_ANSWER;
+        goto out;
+    }
+    if (gi.name == NULL || gi.address == NULL || gi.certificate_server == NULL)
+        goto out;
+    a = json_object_get(root, "methods");
+    if (a != NULL) {
+        if (!json_is_array(a) || json_array_size(a) > MAX_INFO_ITEMS) {
+            err = GS_REST_ERR_BAD_ANSWER;
+            goto out;
+        }
+        if (json_array_size(a) > 0 && (gi.methods = calloc(json_array_size(a), sizeof(char *))) == NULL)
+            goto out;
+        json_array_foreach(a, i, v)
+        {
+            if (!json_is_string(v) || json_string_length(v) > 64) {
+                err = GS_REST_ERR_BAD_ANSWER;
+                goto out;
+            }
+            if ((gi.methods[i] = strdup(json_string_value(v))) == NULL)
+                goto out;
+            gi.n_methods = i + 1;
+        }
+    }
+    a = json_object_get(root, "key_versions");
+    if (a != NULL) {
+        if (!json_is_array(a) || json_array_size(a) > MAX_INFO_ITEMS) {
+            err = GS_REST_ERR_BAD_ANSWER;
+            goto out;
+        }
+        if (json_array_size(a) > 0 && (gi.key_versions = calloc(json_array_size(a), sizeof(uint64_t))) == NULL)
+            goto out;
+        json_array_foreach(a, i, v)
+        {
+            /* a bare number, or an object with "version" */
+            json_t *n = json_is_object(v) ? json_object_get(v, "version") : v;
+            if (!json_is_integer(n) || json_integer_value(n) < 0) {
+                err = GS_REST_ERR_BAD_ANSWER;
+                goto out;
+            }
+            gi.key_versions[i] = (uint64_t)json_integer_value(n);
+            gi.n_key_versions = i + 1;
+        }
+    }
+    *out = gi;
+    memset(&gi, 0, sizeof(gi));
+    err = GS_REST_OK;
+out:
+    gs_group_info_clear(&gi);
+    json_decref(root);
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+/* ---- PEM answers ------------------------------------------------------ */
+
+/* The body must be text holding at least one `marker` block. */
+static gs_rest_err take_pem(gs_rest *r, const char *marker, char **pem, size_t *len)
+{
+    if (r->buf == NULL || r->len == 0 || memchr(r->buf, '\0', r->len) != NULL ||
+        strstr((const char *)r->buf, marker) == NULL) {
+        copy_sanitised(r->detail, sizeof(r->detail), "answer is not PEM");
+        return GS_REST_ERR_BAD_ANSWER;
+    }
+    if ((*pem = (char *)memdup(r->buf, r->len)) == NULL)
+        return GS_REST_ERR_NOMEM;
+    if (len != NULL)
+        *len = r->len;
+    return GS_REST_OK;
+}
+
+gs_rest_err gs_rest_group_certificate(gs_rest *r, const char *group, char **pem, size_t *len)
+{
+    gs_rest_err err;
+    char *url = NULL;
+
+    if (pem != NULL)
+        *pem = NULL;
+    if (len != NULL)
+        *len = 0;
+    if (r == NULL || pem == NULL)
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "/certificate", &url)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, NULL, NULL, 0, "application/pem-certificate-chain, application/x-pem-file, */*")) !=
+        GS_REST_OK)
+        goto out;
+    err = take_pem(r, "-----BEGIN CERTIFICATE-----", pem, len);
+out:
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+gs_rest_err gs_rest_membership_certificate(gs_rest *r, const char *certsrv_url, const char *group,
+                                           const char *csr_pem, size_t csr_len, char **cert_pem, size_t *cert_len)
+{
+    gs_rest_err err;
+    char *url = NULL, *base = NULL;
+    size_t n;
+
+    if (cert_pem != NULL)
+        *cert_pem = NULL;
+    if (cert_len != NULL)
+        *cert_len = 0;
+    if (r == NULL || cert_pem == NULL || csr_pem == NULL || csr_len == 0 || csr_len > MAX_CSR_LEN)
+        return GS_REST_ERR_ARGS;
+    if (certsrv_url == NULL || *certsrv_url == '\0')
+        certsrv_url = r->base;
+    if (strncasecmp(certsrv_url, "https://", 8) != 0 || strlen(certsrv_url) > 2048)
+        return GS_REST_ERR_ARGS;
+    if ((base = strdup(certsrv_url)) == NULL)
+        return GS_REST_ERR_NOMEM;
+    n = strlen(base);
+    while (n > 8 && base[n - 1] == '/')
+        base[--n] = '\0';
+    if ((err = group_url(r, base, group, "/membership-certificates", &url)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, "application/pkcs10", csr_pem, csr_len,
+                          "application/pem-certificate-chain, application/x-pem-file, */*")) != GS_REST_OK)
+        goto out;
+    err = take_pem(r, "-----BEGIN CERTIFICATE-----", cert_pem, cert_len);
+out:
+    free(base);
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+/* ---- unwrap ------------------------------------------------------------ */
+
+void gs_unwrap_result_clear(gs_unwrap_result *res)
+{
+    if (res == NULL)
+        return;
+    if (res->key != NULL)
+        OPENSSL_clear_free(res->key, res->key_len);
+    free(res->recipient_info);
+    memset(res, 0, sizeof(*res));
+    res->key_version = res->secret_version = -1;
+}
+
+static gs_rest_err unwrap_req_json(const gs_unwrap_req *req, json_t **out)
+{
+    json_t *o = NULL;
+    gs_rest_err err = GS_REST_ERR_ARGS;
+
+    *out = NULL;
+    if (req == NULL)
+        return GS_REST_ERR_ARGS;
+    if (req->deliver != GS_DELIVER_TLS && req->deliver != GS_DELIVER_RECIPIENT_KEY &&
+        req->deliver != GS_DELIVER_GROUP_SECRET)
+        return GS_REST_ERR_ARGS;
+    if ((req->recipient_info != NULL) == (req->encrypted_key != NULL))
+        return GS_REST_ERR_ARGS; /* exactly one of the two forms */
+    if ((o = json_object()) == NULL)
+        return GS_REST_ERR_NOMEM;
+    if (req->recipient_info != NULL) {
+        if (req->recipient_info_len == 0 || req->recipient_info_len > MAX_RI_LEN)
+            goto out;
+        if ((err = set_b64(o, "recipient_info", req->recipient_info, req->recipient_info_len)) != GS_REST_OK)
+            goto out;
+    } else {
+        err = GS_REST_ERR_ARGS;
+        if (req->encrypted_key_len == 0 || req->encrypted_key_len > 2048 || req->algorithm == NULL ||
+            (strcmp(req->algorithm, "RSA-OAEP") != 0 && strcmp(req->algorithm, "RSA-OAEP-256") != 0))
+            goto out;
+        if ((err = set_b64(o, "encrypted_key", req->encrypted_key, req->encrypted_key_len)) != GS_REST_OK)
+            goto out;
+        err = GS_REST_ERR_NOMEM;
+        if (json_object_set_new(o, "algorithm", json_string(req->algorithm)) != 0)
+            goto out;
+    }
+    err = GS_REST_ERR_NOMEM;
+    if (json_object_set_new(o, "deliver", json_string(gs_deliver_name(req->deliver))) != 0)
+        goto out;
+    *out = o;
+    o = NULL;
+    err = GS_REST_OK;
+out:
+    json_decref(o);
+    return err;
+}
+
+/* Reads one unwrap answer object for the requested delivery. */
+static gs_rest_err unwrap_parse(json_t *obj, gs_deliver deliver, gs_unwrap_result *res)
+{
+    gs_rest_err err;
+
+    gs_unwrap_result_clear(res);
+    res->key_version = get_version(obj, "key_version");
+    res->secret_version = get_version(obj, "secret_version");
+    if (deliver == GS_DELIVER_TLS) {
+        err = get_b64(obj, "key", MAX_KEY_LEN, &res->key, &res->key_len);
+        wipe_json_string(obj, "key");
+        if (err == GS_REST_OK && res->key_len != 16 && res->key_len != 24 && res->key_len != 32)
+            err = GS_REST_ERR_BAD_ANSWER;
+    } else {
+        err = get_b64(obj, "recipient_info", MAX_RI_LEN, &res->recipient_info, &res->recipient_info_len);
+    }
+    if (err != GS_REST_OK)
+        gs_unwrap_result_clear(res);
+    return err;
+}
+
+gs_rest_err gs_rest_unwrap(gs_rest *r, const char *group, const gs_unwrap_req *req, gs_unwrap_result *out)
+{
+    gs_rest_err err;
+    char *url = NULL, *body = NULL;
+    size_t blen = 0;
+    json_t *jreq = NULL, *root = NULL;
+
+    if (out != NULL) {
+        memset(out, 0, sizeof(*out));
+        out->key_version = out->secret_version = -1;
+    }
+    if (r == NULL || out == NULL || req == NULL)
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "/unwrap", &url)) != GS_REST_OK)
+        goto out;
+    if ((err = unwrap_req_json(req, &jreq)) != GS_REST_OK || (err = dump_json(jreq, &body, &blen)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
+        goto out;
+    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
+        goto out;
+    err = unwrap_parse(root, req->deliver, out);
+out:
+    json_decref(jreq);
+    json_decref(root);
+    free(body);
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+/* Error code of a batch item -> our enum (same meaning as the HTTP status). */
+static gs_rest_err item_error(json_t *item)
+{
+    json_t *e = json_object_get(item, "error");
+    json_t *st = json_object_get(item, "status");
+    const char *code = NULL;
+
+    if (json_is_integer(st) && json_integer_value(st) >= 400)
+        return map_status((long)json_integer_value(st));
+    if (json_is_object(e) && json_is_string(json_object_get(e, "code")))
+        code = json_string_value(json_object_get(e, "code"));
+    if (code == NULL)
+        return GS_REST_ERR_BAD_ANSWER;
+    if (strcmp(code, "not_a_member") == 0 || strcmp(code, "forbidden") == 0 || strcmp(code, "refused") == 0)
+        return GS_REST_ERR_FORBIDDEN;
+    if (strcmp(code, "rate_limited") == 0)
+        return GS_REST_ERR_RATE_LIMITED;
+    if (strcmp(code, "unavailable") == 0 || strcmp(code, "token_unavailable") == 0)
+        return GS_REST_ERR_UNAVAILABLE;
+    if (strcmp(code, "not_found") == 0)
+        return GS_REST_ERR_NOT_FOUND;
+    return GS_REST_ERR_REJECTED;
+}
+
+gs_rest_err gs_rest_unwrap_batch(gs_rest *r, const char *group, const gs_unwrap_req *reqs, size_t n,
+                                 gs_unwrap_result *outs, gs_rest_err *item_errs)
+{
+    gs_rest_err err = GS_REST_ERR_NOMEM;
+    char *url = NULL, *body = NULL;
+    size_t blen = 0, i;
+    json_t *jreq = NULL, *items = NULL, *root = NULL, *res;
+
+    for (i = 0; outs != NULL && item_errs != NULL && i < n && i <= GS_REST_BATCH_MAX; i++) {
+        memset(&outs[i], 0, sizeof(outs[i]));
+        outs[i].key_version = outs[i].secret_version = -1;
+        item_errs[i] = GS_REST_ERR_ARGS;
+    }
+    if (r == NULL || reqs == NULL || outs == NULL || item_errs == NULL || n == 0 || n > GS_REST_BATCH_MAX)
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "/unwrap-batch", &url)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_NOMEM;
+    if ((jreq = json_object()) == NULL || (items = json_array()) == NULL)
+        goto out;
+    for (i = 0; i < n; i++) {
+        json_t *it = NULL;
+        if ((err = unwrap_req_json(&reqs[i], &it)) != GS_REST_OK)
+            goto out;
+        if (json_array_append_new(items, it) != 0) {
+            err = GS_REST_ERR_NOMEM;
+            goto out;
+        }
+    }
+    err = GS_REST_ERR_NOMEM;
+    if (json_object_set_new(jreq, "items", items) != 0) {
+        items = NULL;
+        goto out;
+    }
+    items = NULL;
+    if ((err = dump_json(jreq, &body, &blen)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
+        goto out;
+    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
+        goto out;
+    res = json_object_get(root, "results");
+    if (res == NULL)
+        res = json_object_get(root, "items");
+    err = GS_REST_ERR_BAD_ANSWER;
+    if (!json_is_array(res) || json_array_size(res) != n)
+        goto out;
+    for (i = 0; i < n; i++) {
+        json_t *it = json_array_get(res, i);
+        if (!json_is_object(it))
+            goto out;
+        if (json_object_get(it, "error") != NULL ||
+            (json_is_integer(json_object_get(it, "status")) && json_integer_value(json_object_get(it, "status")) >= 400))
+            item_errs[i] = item_error(it);
+        else
+            item_errs[i] = unwrap_parse(it, reqs[i].deliver, &outs[i]);
+    }
+    err = GS_REST_OK;
+out:
+    if (err != GS_REST_OK)
+        for (i = 0; i < n; i++)
+            gs_unwrap_result_clear(&outs[i]);
+    json_decref(items);
+    json_decref(jreq);
+    json_decref(root);
+    free(body);
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+/* ---- rewrap ------------------------------------------------------------ */
+
+void gs_ri_list_clear(gs_ri_list *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        free(l->der[i]);
+    free(l->der);
+    free(l->len);
+    memset(l, 0, sizeof(*l));
+}
+
+gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len, gs_rewrap_to to,
+                           gs_ri_list *out)
+{
+    gs_rest_err err = GS_REST_ERR_NOMEM;
+    char *url = NULL, *body = NULL;
+    size_t blen = 0, i, n;
+    json_t *jreq = NULL, *root = NULL, *arr, *v;
+    gs_ri_list l = {0};
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (r == NULL || out == NULL || ri == NULL || ri_len == 0 || ri_len > MAX_RI_LEN ||
+        (to != GS_REWRAP_GROUP_SECRET && to != GS_REWRAP_MEMBERS))
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "/rewrap", &url)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_NOMEM;
+    if ((jreq = json_object()) == NULL)
+        goto out;
+    if ((err = set_b64(jreq, "recipient_info", ri, ri_len)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_NOMEM;
+    if (json_object_set_new(jreq, "to", json_string(to == GS_REWRAP_MEMBERS ? "members" : "group-secret")) != 0)
+        goto out;
+    if ((err = dump_json(jreq, &body, &blen)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
+        goto out;
+    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_BAD_ANSWER;
+    if (to == GS_REWRAP_GROUP_SECRET && (arr = json_object_get(root, "recipient_info")) != NULL) {
+        n = 1;
+        arr = NULL;
+    } else {
+        arr = json_object_get(root, "recipient_infos");
+        if (!json_is_array(arr) || json_array_size(arr) > MAX_LIST_ITEMS)
+            goto out;
+        n = json_array_size(arr);
+        if (n == 0 && to == GS_REWRAP_GROUP_SECRET)
+            goto out;
+    }
+    err = GS_REST_ERR_NOMEM;
+    if (n > 0 && ((l.der = calloc(n, sizeof(*l.der))) == NULL || (l.len = calloc(n, sizeof(*l.len))) == NULL))
+        goto out;
+    if (arr == NULL) {
+        if ((err = get_b64(root, "recipient_info", MAX_RI_LEN, &l.der[0], &l.len[0])) != GS_REST_OK)
+            goto out;
+        l.n = 1;
+    } else {
+        json_array_foreach(arr, i, v)
+        {
+            json_t *wrap = json_object();
+            if (wrap == NULL) {
+                err = GS_REST_ERR_NOMEM;
+                goto out;
+            }
+            /* reuse get_b64's checks on a one-member object */
+            json_object_set(wrap, "v", v);
+            err = get_b64(wrap, "v", MAX_RI_LEN, &l.der[i], &l.len[i]);
+            json_decref(wrap);
+            if (err != GS_REST_OK)
+                goto out;
+            l.n = i + 1;
+        }
+    }
+    *out = l;
+    memset(&l, 0, sizeof(l));
+    err = GS_REST_OK;
+out:
+    gs_ri_list_clear(&l);
+    json_decref(jreq);
+    json_decref(root);
+    free(body);
+    free(url);
+    response_reset(r);
+    return err;
+}
+
+/* ---- secret keys ------------------------------------------------------- */
+
+void gs_secret_keys_clear(gs_secret_keys *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->keys[i].kek_id);
+        free(s->keys[i].wrapped_key); /* wrapped: not a secret in this form */
+    }
+    free(s->keys);
+    memset(s, 0, sizeof(*s));
+}
+
+gs_rest_err gs_rest_secret_keys(gs_rest *r, const char *group, gs_secret_keys *out)
+{
+    gs_rest_err err;
+    char *url = NULL;
+    json_t *root = NULL, *arr, *v;
+    size_t i, n;
+    gs_secret_keys s = {0};
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (r == NULL || out == NULL)
+        return GS_REST_ERR_ARGS;
+    if ((err = group_url(r, r->base, group, "/secret-keys", &url)) != GS_REST_OK)
+        goto out;
+    if ((err = do_request(r, url, NULL, NULL, 0, "application/json")) != GS_REST_OK)
+        goto out;
+    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
+        goto out;
+    err = GS_REST_ERR_BAD_ANSWER;
+    arr = json_object_get(root, "keys");
+    if (!json_is_array(arr) || json_array_size(arr) > MAX_INFO_ITEMS)
+        goto out;
+    n = json_array_size(arr);
+    err = GS_REST_ERR_NOMEM;
+    if (n > 0 && (s.keys = calloc(n, sizeof(*s.keys))) == NULL)
+        goto out;
+    json_array_foreach(arr, i, v)
+    {
+        gs_secret_key *k = &s.keys[i];
+        json_t *alg, *ver;
+        err = GS_REST_ERR_BAD_ANSWER;
+        if (!json_is_object(v))
+            goto out;
+        s.n = i + 1;
+        ver = json_object_get(v, "version");
+        if (!json_is_integer(ver) || json_integer_value(ver) < 0)
+            goto out;
+        k->version = (uint64_t)json_integer_value(ver);
+        if ((err = get_b64(v, "kek_id", 256, &k->kek_id, &k->kek_id_len)) != GS_REST_OK ||
+            (err = get_b64(v, "wrapped_key", 2048, &k->wrapped_key, &k->wrapped_key_len)) != GS_REST_OK)
+            goto out;
+        err = GS_REST_ERR_BAD_ANSWER;
+        alg = json_object_get(v, "algorithm");
+        if (alg == NULL)
+            util_strlcpy(k->algorithm, "RSA-OAEP", sizeof(k->algorithm));
+        else if (!json_is_string(alg) || util_strlcpy(k->algorithm, json_string_value(alg), sizeof(k->algorithm)) != 0)
+            goto out;
+    }
+    *out = s;
+    memset(&s, 0, sizeof(s));
+    err = GS_REST_OK;
+out:
+    gs_secret_keys_clear(&s);
+    json_decref(root);
+    free(url);
+    response_reset(r);
+    return err;
+}
