@@ -5,7 +5,10 @@
  * (ECDH) for an EC one. The same file feeds p11rate (--ri) and
  * unwrap-load (--ri), so the server and the limit decrypt the same thing.
  *
- *   mkri --cert GROUP.pem [--kt oaep-sha1|oaep-sha256] --out RI.der
+ *   mkri --cert GROUP.pem [--kt oaep-sha1|oaep-sha256] --out RI.der [--ek-out EK.bin]
+ *
+ * --ek-out also writes the bare encrypted key of a KTRI, the input of
+ * `pkcs11-tool --decrypt` in the one-process-per-message comparison.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,12 +25,13 @@
 
 int main(int argc, char **argv)
 {
-    const char *cert_path = NULL, *out_path = NULL;
+    const char *cert_path = NULL, *out_path = NULL, *ek_path = NULL;
     env_encrypt_opts eo;
     X509 *cert = NULL;
     FILE *f = NULL;
     BIO *in = NULL, *mem = NULL;
     env_message *msg = NULL;
+    env_recipient *ri = NULL;
     unsigned char *der = NULL;
     size_t len = 0;
     env_err e;
@@ -41,6 +45,8 @@ int main(int argc, char **argv)
             cert_path = argv[a + 1];
         else if (strcmp(argv[a], "--out") == 0)
             out_path = argv[a + 1];
+        else if (strcmp(argv[a], "--ek-out") == 0)
+            ek_path = argv[a + 1];
         else if (strcmp(argv[a], "--kt") == 0 && strcmp(argv[a + 1], "oaep-sha1") == 0)
             eo.kt = ENV_KT_RSA_OAEP_SHA1;
         else if (strcmp(argv[a], "--kt") == 0 && strcmp(argv[a + 1], "oaep-sha256") == 0)
@@ -49,7 +55,7 @@ int main(int argc, char **argv)
             break;
     }
     if (a != argc || cert_path == NULL || out_path == NULL) {
-        fprintf(stderr, "usage: " PROG " --cert GROUP.pem [--kt oaep-sha1|oaep-sha256] --out RI.der\n");
+        fprintf(stderr, "usage: " PROG " --cert GROUP.pem [--kt oaep-sha1|oaep-sha256] --out RI.der [--ek-out EK.bin]\n");
         return 1;
     }
     if ((f = fopen(cert_path, "r")) == NULL || (cert = PEM_read_X509(f, NULL, NULL, NULL)) == NULL) {
@@ -68,8 +74,19 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": cannot write %s\n", out_path);
         goto out;
     }
+    if (ek_path != NULL) {
+        const unsigned char *ek;
+        size_t eklen;
+        if ((e = env_recipient_parse(der, len, &ri)) != ENV_OK || env_recipient_type(ri) != ENV_RI_KTRI ||
+            (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK ||
+            util_write_file_atomic(ek_path, ek, eklen, 0644) != 0) {
+            fprintf(stderr, PROG ": cannot write the encrypted key (KTRI only) to %s\n", ek_path);
+            goto out;
+        }
+    }
     rc = 0;
 out:
+    env_recipient_free(ri);
     if (f != NULL)
         fclose(f);
     free(der);
