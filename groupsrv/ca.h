@@ -65,7 +65,7 @@ typedef struct gs_cert_spec {
     const char *san_dns;       /* SAN dNSName, or NULL (server certificates for demos) */
     unsigned key_usage;        /* enum gs_ku; 0 = omit */
     unsigned ext_key_usage;    /* enum gs_eku; 0 = omit */
-    long lifetime;             /* seconds from notBefore; > 0 */
+    long lifetime;             /* notAfter = now + lifetime seconds; > 0 */
     long backdate;             /* notBefore = now - backdate (clock skew), >= 0 */
 } gs_cert_spec;
 
@@ -88,9 +88,9 @@ gs_err gs_ca_issue_membership(const gs_ca *ca, hsm_ctx *hsm, X509_REQ *csr, cons
 #define GS_MEMBERSHIP_O "groupsrv membership"
 #define GS_MEMBERSHIP_URI_PREFIX "urn:groupsrv:group:"
 
-/* Is cert a membership certificate for group (SAN URI, issued by ca and
- * valid now)? Convenience for the server; cert chain verification by TLS
- * is still required. */
+/* Is cert a membership certificate for group (SAN URI
+ * urn:groupsrv:group:<group>, valid now)? Says nothing about the issuer:
+ * the TLS layer must have verified the chain to the local CA. */
 bool gs_cert_is_membership_for(X509 *cert, const char *group);
 
 /* ---- certificate helpers (no token needed) ------------------------------- */

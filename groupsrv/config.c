@@ -1,0 +1,315 @@
+/* config.c: see config.h. Table-driven: every key has one row saying its
+ * section, type, range and where it goes, so unknown keys, duplicates and
+ * out-of-range values all get the same one-line treatment. */
+#include "config.h"
+
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "util.h"
+
+enum ktype { K_STR, K_UINT, K_SIZE, K_BOOL };
+
+struct key_def {
+    const char *section;
+    const char *name;
+    enum ktype type;
+    size_t offset;
+    uint64_t min, max;
+};
+
+#define OFF(f) offsetof(struct gs_config, f)
+static const struct key_def keys[] = {
+    {"server", "listen", K_STR, OFF(server.listen), 0, 0},
+    {"server", "threads", K_UINT, OFF(server.threads), 1, 256},
+    {"server", "max_body", K_SIZE, OFF(server.max_body), 1024, 16u * 1024 * 1024},
+    {"server", "unwrap_batch_max", K_UINT, OFF(server.unwrap_batch_max), 1, 10000},
+    {"server", "rate_limit", K_UINT, OFF(server.rate_limit), 0, 1000000},
+    {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000},
+    {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600},
+    {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000},
+    {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0},
+    {"server", "metrics", K_STR, OFF(server.metrics), 0, 0},
+    {"server", "log_level", K_STR, OFF(server.log_level), 0, 0},
+    {"tls", "cert", K_STR, OFF(tls.cert), 0, 0},
+    {"tls", "key", K_STR, OFF(tls.key), 0, 0},
+    {"tls", "client_ca", K_STR, OFF(tls.client_ca), 0, 0},
+    {"hsm", "module", K_STR, OFF(hsm.module), 0, 0},
+    {"hsm", "token", K_STR, OFF(hsm.token), 0, 0},
+    {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
+    {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
+    {"db", "path", K_STR, OFF(db.path), 0, 0},
+    {"audit", "path", K_STR, OFF(audit.path), 0, 0},
+    {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
+    {"certsrv", "lifetime", K_UINT, OFF(certsrv.lifetime), 60, 604800},
+    {"certsrv", "url", K_STR, OFF(certsrv.url), 0, 0},
+    {"ca", "key_label", K_STR, OFF(ca.key_label), 0, 0},
+    {"ca", "group_cert_days", K_UINT, OFF(ca.group_cert_days), 1, 36500},
+    {"ca", "member_cert_days", K_UINT, OFF(ca.member_cert_days), 1, 36500},
+    {"ca", "ca_days", K_UINT, OFF(ca.ca_days), 1, 36500},
+};
+#undef OFF
+
+/* Longest accepted value: paths and URIs. */
+#define VALUE_MAX 1024
+
+struct parse_state {
+    struct gs_config *cfg;
+    bool seen[GS_ARRAY_LEN(keys)];
+    bool rate_burst_set;
+    char first_error[256]; /* message of the first bad key; line comes from inih */
+};
+
+static int fail(struct parse_state *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(struct parse_state *ps, const char *fmt, ...)
+{
+    if (ps->first_error[0] == '\0') {
+        va_list ap;
+        va_start(ap, fmt);
+        (void)vsnprintf(ps->first_error, sizeof(ps->first_error), fmt, ap);
+        va_end(ap);
+    }
+    return 0; /* inih: error on this line */
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < GS_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_state *ps = user;
+    const struct key_def *def = NULL;
+    size_t idx = 0;
+    bool section_known = false;
+    char qs[64], qn[64];
+
+    /* Section and key names come from the file: quote them for messages. */
+    (void)log_quote(qs, sizeof(qs), section);
+    (void)log_quote(qn, sizeof(qn), name);
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++) {
+        if (strcmp(keys[i].section, section) != 0)
+            continue;
+        section_known = true;
+        if (strcmp(keys[i].name, name) == 0) {
+            def = &keys[i];
+            idx = i;
+            break;
+        }
+    }
+    if (!section_known)
+        return fail(ps, "unknown section [%s] (key '%s')", qs, qn);
+    if (def == NULL)
+        return fail(ps, "unknown key '%s' in [%s]", qn, qs);
+    if (ps->seen[idx])
+        return fail(ps, "duplicate key '%s' in [%s]", qn, qs);
+    ps->seen[idx] = true;
+    if (strlen(value) > VALUE_MAX)
+        return fail(ps, "value of '%s' in [%s] is too long", qn, qs);
+
+    char *base = (char *)ps->cfg;
+    switch (def->type) {
+    case K_STR: {
+        if (value[0] == '\0')
+            return fail(ps, "empty value for '%s' in [%s]", qn, qs);
+        char **slot = (char **)(void *)(base + def->offset);
+        char *copy = strdup(value);
+        if (copy == NULL)
+            return fail(ps, "out of memory at '%s' in [%s]", qn, qs);
+        free(*slot); /* the default */
+        *slot = copy;
+        break;
+    }
+    case K_UINT:
+    case K_SIZE: {
+        uint64_t v = 0;
+        if (util_parse_u64(value, def->min, def->max, &v) != UTIL_OK)
+            return fail(ps, "bad value for '%s' in [%s] (not a number in range)", qn, qs);
+        if (def->type == K_UINT)
+            *(unsigned *)(void *)(base + def->offset) = (unsigned)v;
+        else
+            *(size_t *)(void *)(base + def->offset) = (size_t)v;
+        if (strcmp(name, "rate_burst") == 0)
+            ps->rate_burst_set = true;
+        break;
+    }
+    case K_BOOL:
+        if (parse_bool(value, (bool *)(void *)(base + def->offset)) != 0)
+            return fail(ps, "bad value for '%s' in [%s] (expected yes or no)", qn, qs);
+        break;
+    }
+    return 1;
+}
+
+static gs_err set_default(char **slot, const char *v)
+{
+    *slot = strdup(v);
+    return *slot ? GS_OK : GS_ERR_NOMEM;
+}
+
+static struct gs_config *config_new(void)
+{
+    struct gs_config *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->server.threads = 4;
+    c->server.max_body = 65536;
+    c->server.unwrap_batch_max = 100;
+    c->server.timeout = 30;
+    c->server.max_connections = 1024;
+    c->server.auto_rotate_secret_on_remove = true;
+    c->certsrv.lifetime = 3600;
+    c->ca.group_cert_days = 825;
+    c->ca.member_cert_days = 365;
+    c->ca.ca_days = 3650;
+    if (set_default(&c->server.listen, "127.0.0.1:8443") || set_default(&c->server.metrics, "admin") ||
+        set_default(&c->server.log_level, "info") || set_default(&c->hsm.token, "pkcs11:token=groupsrv") ||
+        set_default(&c->db.path, "/var/lib/groupsrv/groupsrv.db") ||
+        set_default(&c->audit.path, "/var/log/groupsrv/audit.jsonl") || set_default(&c->ca.key_label, "gs:ca")) {
+        gs_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* "host:port" or "[v6]:port", port 1..65535. */
+static bool valid_listen(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    uint64_t port = 0;
+    if (colon == NULL || colon == s || util_parse_u64(colon + 1, 1, 65535, &port) != UTIL_OK)
+        return false;
+    if (s[0] == '[' && colon[-1] != ']')
+        return false;
+    return true;
+}
+
+/* Cross-key checks after parsing. */
+static gs_err validate(const char *name, struct gs_config *c)
+{
+    if (c->hsm.module == NULL)
+        return gs_err_set(GS_ERR_CONFIG, "%s: missing required key 'module' in [hsm]", name);
+    if (c->hsm.pin_source == NULL)
+        return gs_err_set(GS_ERR_CONFIG, "%s: missing required key 'pin_source' in [hsm]", name);
+    if (strncmp(c->hsm.token, "pkcs11:", 7) != 0)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'token' in [hsm] must be a pkcs11: URI", name);
+    if (!valid_listen(c->server.listen))
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [server] must be host:port", name);
+    if (c->certsrv.listen != NULL && !valid_listen(c->certsrv.listen))
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [certsrv] must be host:port", name);
+    if (strcmp(c->server.metrics, "off") != 0 && strcmp(c->server.metrics, "any") != 0 &&
+        strcmp(c->server.metrics, "admin") != 0)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'metrics' in [server] must be off, any or admin", name);
+    if (log_level_parse(c->server.log_level) < 0)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'log_level' in [server] must be error, warn, info or debug", name);
+    if (strlen(c->ca.key_label) > 127)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'key_label' in [ca] is longer than 127 bytes", name);
+    if (c->certsrv.listen != NULL && c->certsrv.url == NULL) {
+        size_t n = strlen(c->certsrv.listen) + sizeof("https://");
+        c->certsrv.url = malloc(n);
+        if (c->certsrv.url == NULL)
+            return GS_ERR_NOMEM;
+        (void)snprintf(c->certsrv.url, n, "https://%s", c->certsrv.listen);
+    }
+    return GS_OK;
+}
+
+static gs_err load(const char *text, const char *path, const char *name, struct gs_config **out)
+{
+    struct parse_state ps;
+    gs_err err = GS_ERR_NOMEM;
+    int rc;
+
+    *out = NULL;
+    gs_err_clear();
+    memset(&ps, 0, sizeof(ps));
+    ps.cfg = config_new();
+    if (ps.cfg == NULL)
+        goto out;
+    ps.cfg->path = strdup(name);
+    if (ps.cfg->path == NULL)
+        goto out;
+    rc = text ? ini_parse_string(text, handler, &ps) : ini_parse(path, handler, &ps);
+    if (rc == -1) {
+        err = gs_err_set(GS_ERR_CONFIG, "%s: cannot open config file", name);
+        goto out;
+    }
+    if (rc == -2)
+        goto out;
+    if (rc > 0) {
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, rc,
+                         ps.first_error[0] ? ps.first_error : "syntax error (expected [section] or key = value)");
+        goto out;
+    }
+    if (!ps.rate_burst_set)
+        ps.cfg->server.rate_burst = ps.cfg->server.rate_limit ? 2 * ps.cfg->server.rate_limit : 0;
+    err = validate(name, ps.cfg);
+    if (err != GS_OK)
+        goto out;
+    *out = ps.cfg;
+    ps.cfg = NULL;
+out:
+    gs_config_free(ps.cfg);
+    return err;
+}
+
+gs_err gs_config_load(const char *path, struct gs_config **out)
+{
+    if (out)
+        *out = NULL;
+    if (path == NULL || out == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no config path");
+    return load(NULL, path, path, out);
+}
+
+gs_err gs_config_load_string(const char *text, const char *name, struct gs_config **out)
+{
+    if (out)
+        *out = NULL;
+    if (text == NULL || out == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no config text");
+    return load(text, NULL, name ? name : "(string)", out);
+}
+
+void gs_config_free(struct gs_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++) {
+        if (keys[i].type == K_STR)
+            free(*(char **)(void *)((char *)cfg + keys[i].offset));
+    }
+    free(cfg->path);
+    free(cfg);
+}
+
+const char *gs_config_choose_path(const char *explicit_path)
+{
+    const char *env;
+    if (explicit_path != NULL && explicit_path[0] != '\0')
+        return explicit_path;
+    env = getenv("GROUPSRV_CONF");
+    if (env != NULL && env[0] != '\0')
+        return env;
+    return GS_CONFIG_DEFAULT_PATH;
+}

@@ -1,0 +1,1083 @@
+/* store.c: see store.h. One SQLite connection per gs_store; every query is
+ * a prepared statement with bound parameters. */
+#include "store.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+struct gs_store {
+    sqlite3 *db;
+    bool in_tx;
+    bool readonly;
+    int schema;
+};
+
+/* Migrations: migrations[i] takes the schema from version i to i+1. Never
+ * edit a released step; append a new one. */
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE ca ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  key_label TEXT NOT NULL,"
+    "  cert_pem TEXT NOT NULL,"
+    "  created INTEGER NOT NULL);"
+    "CREATE TABLE groups ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  address TEXT NOT NULL,"
+    "  methods INTEGER NOT NULL,"
+    "  key_spec TEXT NOT NULL,"
+    "  allow_pkcs1v15 INTEGER NOT NULL,"
+    "  reject_label TEXT,"
+    "  created INTEGER NOT NULL);"
+    "CREATE TABLE group_keys ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version INTEGER NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  cert_pem TEXT NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  retired INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE secret_keys ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version INTEGER NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  kek_id BLOB NOT NULL UNIQUE,"
+    "  state INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE members ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  email TEXT NOT NULL COLLATE NOCASE,"
+    "  role INTEGER NOT NULL,"
+    "  cert_pem TEXT,"
+    "  added INTEGER NOT NULL,"
+    "  PRIMARY KEY (group_id, email));",
+};
+
+/* ---- names and enums -------------------------------------------------- */
+
+static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
+
+gs_err gs_methods_parse(const char *list, unsigned *out)
+{
+    unsigned m = 0;
+    const char *p = list;
+    *out = 0;
+    if (list == NULL || *list == '\0')
+        return gs_err_set(GS_ERR_ARGS, "empty method list");
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        bool found = false;
+        for (size_t i = 0; i < GS_ARRAY_LEN(method_names); i++) {
+            if (strlen(method_names[i]) == n && strncmp(method_names[i], p, n) == 0) {
+                m |= 1u << i;
+                found = true;
+            }
+        }
+        if (!found) {
+            char word[64], q[80];
+            (void)snprintf(word, sizeof(word), "%.*s", (int)(n < 60 ? n : 60), p);
+            return gs_err_set(GS_ERR_ARGS, "unknown method '%s' (expected tls, recipient-key, group-secret, "
+                              "membership-cert)", log_quote(q, sizeof(q), word));
+        }
+        p = end ? end + 1 : p + n;
+        if (end && *p == '\0')
+            return gs_err_set(GS_ERR_ARGS, "empty method name in list");
+    }
+    *out = m;
+    return GS_OK;
+}
+
+void gs_methods_format(unsigned methods, char *buf, size_t bufsize)
+{
+    size_t used = 0;
+    if (bufsize == 0)
+        return;
+    buf[0] = '\0';
+    for (size_t i = 0; i < GS_ARRAY_LEN(method_names); i++) {
+        if (!(methods & (1u << i)))
+            continue;
+        int n = snprintf(buf + used, bufsize - used, "%s%s", used ? "," : "", method_names[i]);
+        if (n < 0 || (size_t)n >= bufsize - used)
+            return;
+        used += (size_t)n;
+    }
+}
+
+const char *gs_role_name(gs_role role)
+{
+    switch (role) {
+    case GS_ROLE_MEMBER: return "member";
+    case GS_ROLE_EXPLODER: return "exploder";
+    case GS_ROLE_ADMIN: return "admin";
+    }
+    return "?";
+}
+
+gs_err gs_role_parse(const char *name, gs_role *out)
+{
+    static const gs_role roles[] = {GS_ROLE_MEMBER, GS_ROLE_EXPLODER, GS_ROLE_ADMIN};
+    for (size_t i = 0; i < GS_ARRAY_LEN(roles); i++) {
+        if (name && strcmp(name, gs_role_name(roles[i])) == 0) {
+            *out = roles[i];
+            return GS_OK;
+        }
+    }
+    return gs_err_set(GS_ERR_ARGS, "unknown role (expected member, exploder or admin)");
+}
+
+const char *gs_key_state_name(gs_key_state s)
+{
+    switch (s) {
+    case GS_KEY_CURRENT: return "current";
+    case GS_KEY_OLD: return "old";
+    case GS_KEY_RETIRED: return "retired";
+    }
+    return "?";
+}
+
+bool gs_valid_group_name(const char *name)
+{
+    size_t n;
+    if (name == NULL || (n = strlen(name)) == 0 || n > GS_NAME_MAX)
+        return false;
+    if (!islower((unsigned char)name[0]) && !isdigit((unsigned char)name[0]))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!(islower(c) || isdigit(c) || c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+bool gs_valid_email(const char *email)
+{
+    size_t n, at_count = 0;
+    const char *at;
+    if (email == NULL || (n = strlen(email)) < 3 || n > GS_EMAIL_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)email[i];
+        if (c <= 0x20 || c >= 0x7f || strchr("\"<>(),;:[]\\", c) != NULL)
+            return false;
+        if (c == '@')
+            at_count++;
+    }
+    at = strchr(email, '@');
+    return at_count == 1 && at != email && at[1] != '\0' && at[1] != '.' && email[n - 1] != '.';
+}
+
+/* ---- connection ------------------------------------------------------------ */
+
+static gs_err db_error(gs_store *st, const char *what)
+{
+    int code = sqlite3_extended_errcode(st->db);
+    if ((code & 0xff) == SQLITE_CONSTRAINT)
+        return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, sqlite3_errmsg(st->db));
+    return gs_err_set(GS_ERR_DB, "%s: %s", what, sqlite3_errmsg(st->db));
+}
+
+static gs_err exec(gs_store *st, const char *sql)
+{
+    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return db_error(st, "sqlite");
+    return GS_OK;
+}
+
+static gs_err prepare(gs_store *st, const char *sql, sqlite3_stmt **stmt)
+{
+    if (sqlite3_prepare_v2(st->db, sql, -1, stmt, NULL) != SQLITE_OK) {
+        *stmt = NULL;
+        return db_error(st, "prepare");
+    }
+    return GS_OK;
+}
+
+static gs_err read_user_version(gs_store *st, int *v)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st, "PRAGMA user_version", &s);
+    if (err)
+        return err;
+    if (sqlite3_step(s) != SQLITE_ROW) {
+        err = db_error(st, "user_version");
+    } else {
+        *v = sqlite3_column_int(s, 0);
+    }
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err migrate(gs_store *st)
+{
+    gs_err err;
+    int v = 0;
+    char sql[64];
+
+    /* IMMEDIATE: two processes creating the same database serialise here. */
+    err = exec(st, "BEGIN IMMEDIATE");
+    if (err)
+        return err;
+    err = read_user_version(st, &v);
+    if (err)
+        goto out;
+    if (v > (int)GS_ARRAY_LEN(migrations)) {
+        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
+                         GS_STORE_SCHEMA_VERSION);
+        goto out;
+    }
+    for (; v < (int)GS_ARRAY_LEN(migrations); v++) {
+        err = exec(st, migrations[v]);
+        if (err)
+            goto out;
+        (void)snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
+        err = exec(st, sql);
+        if (err)
+            goto out;
+        log_info("database migrated version=%d", v + 1);
+    }
+    err = exec(st, "COMMIT");
+out:
+    if (err)
+        (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    else
+        st->schema = v;
+    return err;
+}
+
+gs_err gs_store_open(const char *path, unsigned flags, gs_store **out)
+{
+    gs_store *st = NULL;
+    gs_err err = GS_ERR_NOMEM;
+    int oflags;
+    int v = 0;
+    struct stat sb;
+
+    if (out)
+        *out = NULL;
+    if (path == NULL || out == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no database path");
+    if (stat(path, &sb) != 0) {
+        if (!(flags & GS_STORE_CREATE))
+            return gs_err_set(GS_ERR_NOT_FOUND, "database %s does not exist (run `groupsrv ca init` first)", path);
+        /* Create it 0600 ourselves: SQLite would use the umask. */
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            return gs_err_set(GS_ERR_IO, "cannot create database %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        goto out;
+    st->readonly = (flags & GS_STORE_READONLY) != 0;
+    oflags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &st->db, oflags, NULL) != SQLITE_OK) {
+        err = gs_err_set(GS_ERR_DB, "cannot open database %s: %s", path,
+                         st->db ? sqlite3_errmsg(st->db) : "out of memory");
+        goto out;
+    }
+    sqlite3_extended_result_codes(st->db, 1);
+    (void)sqlite3_busy_timeout(st->db, 5000);
+    err = exec(st, "PRAGMA foreign_keys = ON");
+    if (err)
+        goto out;
+    if (!st->readonly) {
+        err = exec(st, "PRAGMA journal_mode = WAL");
+        if (err)
+            goto out;
+        err = exec(st, "PRAGMA synchronous = FULL");
+        if (err)
+            goto out;
+    }
+    err = read_user_version(st, &v);
+    if (err)
+        goto out;
+    if (v != GS_STORE_SCHEMA_VERSION) {
+        if (v > GS_STORE_SCHEMA_VERSION || st->readonly) {
+            err = gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", path, v,
+                             GS_STORE_SCHEMA_VERSION);
+            goto out;
+        }
+        err = migrate(st);
+        if (err)
+            goto out;
+    }
+    st->schema = GS_STORE_SCHEMA_VERSION;
+    *out = st;
+    st = NULL;
+    err = GS_OK;
+out:
+    gs_store_close(st);
+    return err;
+}
+
+void gs_store_close(gs_store *st)
+{
+    if (st == NULL)
+        return;
+    if (st->in_tx)
+        gs_store_rollback(st);
+    (void)sqlite3_close(st->db);
+    free(st);
+}
+
+int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
+
+gs_err gs_store_begin(gs_store *st)
+{
+    gs_err err;
+    if (st->in_tx)
+        return gs_err_set(GS_ERR_ARGS, "transaction already open");
+    err = exec(st, "BEGIN IMMEDIATE");
+    if (err == GS_OK)
+        st->in_tx = true;
+    return err;
+}
+
+gs_err gs_store_commit(gs_store *st)
+{
+    gs_err err;
+    if (!st->in_tx)
+        return gs_err_set(GS_ERR_ARGS, "no transaction open");
+    err = exec(st, "COMMIT");
+    if (err) {
+        gs_store_rollback(st);
+        return err;
+    }
+    st->in_tx = false;
+    return GS_OK;
+}
+
+void gs_store_rollback(gs_store *st)
+{
+    if (st == NULL || !st->in_tx)
+        return;
+    (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    st->in_tx = false;
+}
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static char *col_strdup(sqlite3_stmt *s, int i, bool *oom)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    char *r;
+    if (t == NULL)
+        return NULL;
+    r = strdup((const char *)t);
+    if (r == NULL)
+        *oom = true;
+    return r;
+}
+
+static int bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return v ? sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, i);
+}
+
+/* Steps a statement that returns no rows; counts changed rows. */
+static gs_err step_done(gs_store *st, sqlite3_stmt *s, const char *what, int *changes)
+{
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_DONE)
+        return db_error(st, what);
+    if (changes)
+        *changes = sqlite3_changes(st->db);
+    return GS_OK;
+}
+
+/* ---- CA ---------------------------------------------------------------- */
+
+gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_ca *ca = NULL;
+    bool oom = false;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    err = prepare(st, "SELECT key_label, cert_pem, created FROM ca WHERE id = 1", &s);
+    if (err)
+        return err;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        err = db_error(st, "read ca");
+        goto out;
+    }
+    ca = calloc(1, sizeof(*ca));
+    if (ca == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    ca->key_label = col_strdup(s, 0, &oom);
+    ca->cert_pem = col_strdup(s, 1, &oom);
+    ca->created = sqlite3_column_int64(s, 2);
+    if (oom || ca->key_label == NULL || ca->cert_pem == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    *out = ca;
+    ca = NULL;
+out:
+    gs_store_ca_free(ca);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    if (key_label == NULL || cert_pem == NULL)
+        return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
+    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created) VALUES (1, ?, ?, ?)", &s);
+    if (err)
+        return err;
+    bind_text(s, 1, key_label);
+    bind_text(s, 2, cert_pem);
+    sqlite3_bind_int64(s, 3, (sqlite3_int64)time(NULL));
+    err = step_done(st, s, "store ca", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_ca_free(gs_store_ca *ca)
+{
+    if (ca == NULL)
+        return;
+    free(ca->key_label);
+    free(ca->cert_pem);
+    free(ca);
+}
+
+/* ---- groups --------------------------------------------------------------- */
+
+gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    if (id)
+        *id = 0;
+    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->key_spec == NULL)
+        return gs_err_set(GS_ERR_ARGS, "invalid group record");
+    err = prepare(st,
+                  "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        return err;
+    bind_text(s, 1, g->name);
+    bind_text(s, 2, g->address);
+    sqlite3_bind_int64(s, 3, g->methods);
+    bind_text(s, 4, g->key_spec);
+    sqlite3_bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0);
+    bind_text(s, 6, g->reject_label);
+    sqlite3_bind_int64(s, 7, (sqlite3_int64)time(NULL));
+    err = step_done(st, s, "add group", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
+    else if (err == GS_OK && id)
+        *id = sqlite3_last_insert_rowid(st->db);
+    sqlite3_finalize(s);
+    return err;
+}
+
+#define GROUP_COLS "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created"
+
+static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
+{
+    bool oom = false;
+    gs_store_group *g = calloc(1, sizeof(*g));
+    *out = NULL;
+    if (g == NULL)
+        return GS_ERR_NOMEM;
+    g->id = sqlite3_column_int64(s, 0);
+    g->name = col_strdup(s, 1, &oom);
+    g->address = col_strdup(s, 2, &oom);
+    g->methods = (unsigned)sqlite3_column_int64(s, 3);
+    g->key_spec = col_strdup(s, 4, &oom);
+    g->allow_pkcs1v15 = sqlite3_column_int(s, 5) != 0;
+    g->reject_label = col_strdup(s, 6, &oom);
+    g->created = sqlite3_column_int64(s, 7);
+    if (oom || g->name == NULL || g->address == NULL || g->key_spec == NULL) {
+        gs_store_group_free(g);
+        return GS_ERR_NOMEM;
+    }
+    *out = g;
+    return GS_OK;
+}
+
+gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    int rc;
+    char q[80];
+
+    *out = NULL;
+    if (name == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no group name");
+    err = prepare(st, "SELECT " GROUP_COLS " FROM groups WHERE name = ?", &s);
+    if (err)
+        return err;
+    bind_text(s, 1, name);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        err = group_from_row(s, out);
+    else if (rc == SQLITE_DONE)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "unknown group %s", log_quote(q, sizeof(q), name));
+    else
+        err = db_error(st, "read group");
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_group **list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    err = prepare(st, "SELECT " GROUP_COLS " FROM groups ORDER BY name", &s);
+    if (err)
+        return err;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 8, bytes;
+            gs_store_group **nl;
+            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+            cap = ncap;
+        }
+        err = group_from_row(s, &list[count]);
+        if (err)
+            goto out;
+        count++;
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list groups");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_group_list_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_group_free(gs_store_group *g)
+{
+    if (g == NULL)
+        return;
+    free(g->name);
+    free(g->address);
+    free(g->key_spec);
+    free(g->reject_label);
+    free(g);
+}
+
+void gs_store_group_list_free(gs_store_group **list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        gs_store_group_free(list[i]);
+    free(list);
+}
+
+/* ---- group key versions ------------------------------------------------------ */
+
+/* Runs fn inside a transaction unless the caller already opened one. */
+static gs_err tx_begin_if_needed(gs_store *st, bool *mine)
+{
+    *mine = false;
+    if (st->in_tx)
+        return GS_OK;
+    gs_err err = gs_store_begin(st);
+    if (err == GS_OK)
+        *mine = true;
+    return err;
+}
+
+static gs_err tx_end_if_mine(gs_store *st, bool mine, gs_err err)
+{
+    if (!mine)
+        return err;
+    if (err) {
+        gs_store_rollback(st);
+        return err;
+    }
+    return gs_store_commit(st);
+}
+
+gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    bool mine = false;
+    gs_err err;
+
+    if (version == 0 || token_label == NULL || cert_pem == NULL)
+        return gs_err_set(GS_ERR_ARGS, "invalid key version record");
+    err = tx_begin_if_needed(st, &mine);
+    if (err)
+        return err;
+    err = prepare(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
+    if (err)
+        goto out;
+    sqlite3_bind_int(s, 1, GS_KEY_OLD);
+    sqlite3_bind_int64(s, 2, group_id);
+    sqlite3_bind_int(s, 3, GS_KEY_CURRENT);
+    err = step_done(st, s, "demote key", NULL);
+    sqlite3_finalize(s);
+    s = NULL;
+    if (err)
+        goto out;
+    err = prepare(st,
+                  "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        goto out;
+    sqlite3_bind_int64(s, 1, group_id);
+    sqlite3_bind_int64(s, 2, version);
+    bind_text(s, 3, token_label);
+    bind_text(s, 4, cert_pem);
+    sqlite3_bind_int(s, 5, GS_KEY_CURRENT);
+    sqlite3_bind_int64(s, 6, (sqlite3_int64)time(NULL));
+    err = step_done(st, s, "add key version", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
+out:
+    sqlite3_finalize(s);
+    return tx_end_if_mine(st, mine, err);
+}
+
+gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st, "UPDATE group_keys SET cert_pem = ? WHERE group_id = ? AND version = ?", &s);
+    if (err)
+        return err;
+    bind_text(s, 1, cert_pem);
+    sqlite3_bind_int64(s, 2, group_id);
+    sqlite3_bind_int64(s, 3, version);
+    err = step_done(st, s, "set certificate", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no key version %u", version);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st,
+                         "UPDATE group_keys SET state = ?, retired = ? WHERE group_id = ? AND version = ? "
+                         "AND state = ?",
+                         &s);
+    if (err)
+        return err;
+    sqlite3_bind_int(s, 1, GS_KEY_RETIRED);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)time(NULL));
+    sqlite3_bind_int64(s, 3, group_id);
+    sqlite3_bind_int64(s, 4, version);
+    sqlite3_bind_int(s, 5, GS_KEY_OLD);
+    err = step_done(st, s, "retire key", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_group_key *list = NULL;
+    size_t count = 0, cap = 0;
+    bool oom = false;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    err = prepare(st,
+                  "SELECT version, token_label, cert_pem, state, created, retired FROM group_keys "
+                  "WHERE group_id = ? ORDER BY version DESC",
+                  &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 4, bytes;
+            gs_store_group_key *nl;
+            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+            cap = ncap;
+        }
+        gs_store_group_key *k = &list[count++];
+        memset(k, 0, sizeof(*k));
+        k->version = (unsigned)sqlite3_column_int64(s, 0);
+        k->token_label = col_strdup(s, 1, &oom);
+        k->cert_pem = col_strdup(s, 2, &oom);
+        k->state = (gs_key_state)sqlite3_column_int(s, 3);
+        k->created = sqlite3_column_int64(s, 4);
+        k->retired = sqlite3_column_int64(s, 5);
+        if (oom || !k->token_label || !k->cert_pem) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list key versions");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_group_keys_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_group_keys_free(gs_store_group_key *keys, size_t n)
+{
+    if (keys == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(keys[i].token_label);
+        free(keys[i].cert_pem);
+    }
+    free(keys);
+}
+
+/* ---- secret key versions -------------------------------------------------------- */
+
+gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                           const unsigned char kek_id[GS_KEK_ID_LEN])
+{
+    sqlite3_stmt *s = NULL;
+    bool mine = false;
+    gs_err err;
+
+    if (version == 0 || token_label == NULL || kek_id == NULL)
+        return gs_err_set(GS_ERR_ARGS, "invalid secret key record");
+    err = tx_begin_if_needed(st, &mine);
+    if (err)
+        return err;
+    err = prepare(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
+    if (err)
+        goto out;
+    sqlite3_bind_int(s, 1, GS_KEY_OLD);
+    sqlite3_bind_int64(s, 2, group_id);
+    sqlite3_bind_int(s, 3, GS_KEY_CURRENT);
+    err = step_done(st, s, "demote secret", NULL);
+    sqlite3_finalize(s);
+    s = NULL;
+    if (err)
+        goto out;
+    err = prepare(st,
+                  "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        goto out;
+    sqlite3_bind_int64(s, 1, group_id);
+    sqlite3_bind_int64(s, 2, version);
+    bind_text(s, 3, token_label);
+    sqlite3_bind_blob(s, 4, kek_id, GS_KEK_ID_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int(s, 5, GS_KEY_CURRENT);
+    sqlite3_bind_int64(s, 6, (sqlite3_int64)time(NULL));
+    err = step_done(st, s, "add secret version", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
+out:
+    sqlite3_finalize(s);
+    return tx_end_if_mine(st, mine, err);
+}
+
+gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_secret *list = NULL;
+    size_t count = 0, cap = 0;
+    bool oom = false;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    err = prepare(st,
+                  "SELECT version, token_label, kek_id, state, created FROM secret_keys "
+                  "WHERE group_id = ? ORDER BY version DESC",
+                  &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 4, bytes;
+            gs_store_secret *nl;
+            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+            cap = ncap;
+        }
+        gs_store_secret *k = &list[count++];
+        memset(k, 0, sizeof(*k));
+        k->version = (unsigned)sqlite3_column_int64(s, 0);
+        k->token_label = col_strdup(s, 1, &oom);
+        if (sqlite3_column_bytes(s, 2) == GS_KEK_ID_LEN)
+            memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
+        k->state = (gs_key_state)sqlite3_column_int(s, 3);
+        k->created = sqlite3_column_int64(s, 4);
+        if (oom || !k->token_label) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list secret versions");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_secrets_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,
+                                 unsigned *version)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    int rc;
+    *group_id = 0;
+    *version = 0;
+    if (kek_id == NULL || len != GS_KEK_ID_LEN)
+        return gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
+    err = prepare(st, "SELECT group_id, version FROM secret_keys WHERE kek_id = ?", &s);
+    if (err)
+        return err;
+    sqlite3_bind_blob(s, 1, kek_id, (int)len, SQLITE_TRANSIENT);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *group_id = sqlite3_column_int64(s, 0);
+        *version = (unsigned)sqlite3_column_int64(s, 1);
+    } else if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
+    } else {
+        err = db_error(st, "find secret");
+    }
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_secrets_free(gs_store_secret *s, size_t n)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(s[i].token_label);
+    free(s);
+}
+
+/* ---- members ---------------------------------------------------------------- */
+
+gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    if (!gs_valid_email(email) || role < GS_ROLE_MEMBER || role > GS_ROLE_ADMIN)
+        return gs_err_set(GS_ERR_ARGS, "invalid member email or role");
+    err = prepare(st, "INSERT INTO members (group_id, email, role, cert_pem, added) VALUES (?, ?, ?, ?, ?)", &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    bind_text(s, 2, email);
+    sqlite3_bind_int(s, 3, (int)role);
+    bind_text(s, 4, cert_pem);
+    sqlite3_bind_int64(s, 5, (sqlite3_int64)time(NULL));
+    err = step_done(st, s, "add member", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", email);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    char q[GS_EMAIL_MAX + 16];
+    gs_err err = prepare(st, "DELETE FROM members WHERE group_id = ? AND email = ?", &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    bind_text(s, 2, email);
+    err = step_done(st, s, "remove member", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email ? email : ""));
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err member_from_row(sqlite3_stmt *s, gs_store_member *m)
+{
+    bool oom = false;
+    memset(m, 0, sizeof(*m));
+    m->email = col_strdup(s, 0, &oom);
+    m->role = (gs_role)sqlite3_column_int(s, 1);
+    m->cert_pem = col_strdup(s, 2, &oom);
+    m->added = sqlite3_column_int64(s, 3);
+    return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
+}
+
+gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_member *m = NULL;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    if (email == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no email");
+    err = prepare(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? AND email = ?", &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    bind_text(s, 2, email);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "not a member");
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        err = db_error(st, "read member");
+        goto out;
+    }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    err = member_from_row(s, m);
+    if (err)
+        goto out;
+    *out = m;
+    m = NULL;
+out:
+    gs_store_member_free(m);
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_member *list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    err = prepare(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email", &s);
+    if (err)
+        return err;
+    sqlite3_bind_int64(s, 1, group_id);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 8, bytes;
+            gs_store_member *nl;
+            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+            cap = ncap;
+        }
+        err = member_from_row(s, &list[count++]);
+        if (err)
+            goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list members");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_member_list_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_member_free(gs_store_member *m)
+{
+    if (m == NULL)
+        return;
+    free(m->email);
+    free(m->cert_pem);
+    free(m);
+}
+
+void gs_store_member_list_free(gs_store_member *list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(list[i].email);
+        free(list[i].cert_pem);
+    }
+    free(list);
+}
