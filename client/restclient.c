@@ -835,13 +835,13 @@ gs_rest_err gs_rest_unwrap_batch(gs_rest *r, const char *group, const gs_unwrap_
     size_t blen = 0, i;
     json_t *jreq = NULL, *items = NULL, *root = NULL, *res;
 
-    for (i = 0; outs != NULL && item_errs != NULL && i < n && i <= GS_REST_BATCH_MAX; i++) {
+    if (r == NULL || reqs == NULL || outs == NULL || item_errs == NULL || n == 0 || n > GS_REST_BATCH_MAX)
+        return GS_REST_ERR_ARGS;
+    for (i = 0; i < n; i++) {
         memset(&outs[i], 0, sizeof(outs[i]));
         outs[i].key_version = outs[i].secret_version = -1;
         item_errs[i] = GS_REST_ERR_ARGS;
     }
-    if (r == NULL || reqs == NULL || outs == NULL || item_errs == NULL || n == 0 || n > GS_REST_BATCH_MAX)
-        return GS_REST_ERR_ARGS;
     if ((err = group_url(r, r->base, group, "/unwrap-batch", &url)) != GS_REST_OK)
         goto out;
     err = GS_REST_ERR_NOMEM;
