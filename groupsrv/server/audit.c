@@ -1,0 +1,313 @@
+/*
+ * audit.c: hash-chained, synchronously flushed audit log (see audit.h).
+ */
+#include "audit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "log.h"
+#include "util.h"
+
+/* Lines are small records; a longer line is corruption, not data. */
+#define AUDIT_MAX_LINE 8192
+
+struct audit_log {
+    pthread_mutex_t mu;
+    int fd;
+    char *path;
+    char prev_hex[2 * SHA256_DIGEST_LENGTH + 1];
+    int failed; /* the last append failed: checked by audit_check */
+};
+
+const char *audit_strerror(audit_err err)
+{
+    switch (err) {
+    case AUDIT_OK: return "ok";
+    case AUDIT_ERR_NOMEM: return "out of memory";
+    case AUDIT_ERR_ARGS: return "invalid arguments";
+    case AUDIT_ERR_IO: return "audit log cannot be written";
+    case AUDIT_ERR_FORMAT: return "audit log line malformed";
+    case AUDIT_ERR_CHAIN: return "audit log hash chain broken";
+    }
+    return "unknown audit error";
+}
+
+static void hash_line(const char *line, size_t len, char hex[2 * SHA256_DIGEST_LENGTH + 1])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+
+    SHA256((const unsigned char *)line, len, md);
+    util_hex(md, sizeof(md), hex);
+}
+
+/* Finds the last line of the file and hashes it into log->prev_hex. */
+static audit_err load_chain_head(struct audit_log *log)
+{
+    audit_err rc = AUDIT_ERR_IO;
+    struct stat st;
+    char *buf = NULL;
+    size_t want, got = 0;
+    off_t start;
+
+    memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
+    log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
+    if (fstat(log->fd, &st) != 0)
+        goto out;
+    if (st.st_size == 0) {
+        rc = AUDIT_OK;
+        goto out;
+    }
+    want = st.st_size > AUDIT_MAX_LINE + 1 ? AUDIT_MAX_LINE + 1 : (size_t)st.st_size;
+    start = st.st_size - (off_t)want;
+    if ((buf = malloc(want)) == NULL) {
+        rc = AUDIT_ERR_NOMEM;
+        goto out;
+    }
+    while (got < want) {
+        ssize_t n = pread(log->fd, buf + got, want - got, start + (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        got += (size_t)n;
+    }
+    if (buf[want - 1] != '\n') {
+        rc = AUDIT_ERR_FORMAT; /* torn last write */
+        goto out;
+    }
+    size_t end = want - 1, begin = end;
+    while (begin > 0 && buf[begin - 1] != '\n')
+        begin--;
+    if (begin == 0 && start != 0) {
+        rc = AUDIT_ERR_FORMAT; /* last line longer than any line we write */
+        goto out;
+    }
+    hash_line(buf + begin, end - begin, log->prev_hex);
+    rc = AUDIT_OK;
+out:
+    free(buf);
+    return rc;
+}
+
+audit_err audit_open(const char *path, audit_log **out)
+{
+    audit_err rc = AUDIT_ERR_NOMEM;
+    struct audit_log *log = NULL;
+
+    *out = NULL;
+    if (path == NULL || *path == '\0')
+        return AUDIT_ERR_ARGS;
+    if ((log = calloc(1, sizeof(*log))) == NULL)
+        goto out;
+    log->fd = -1;
+    pthread_mutex_init(&log->mu, NULL);
+    if ((log->path = strdup(path)) == NULL)
+        goto out;
+    log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (log->fd < 0) {
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
+    /* pread needs a readable descriptor: reopen read-only just for the head. */
+    int rfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) {
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
+    int wfd = log->fd;
+    log->fd = rfd;
+    rc = load_chain_head(log);
+    log->fd = wfd;
+    close(rfd);
+    if (rc != AUDIT_OK)
+        goto out;
+    *out = log;
+    log = NULL;
+out:
+    audit_close(log);
+    return rc;
+}
+
+void audit_close(audit_log *log)
+{
+    if (log == NULL)
+        return;
+    if (log->fd >= 0)
+        close(log->fd);
+    pthread_mutex_destroy(&log->mu);
+    free(log->path);
+    free(log);
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+audit_err audit_check(audit_log *log)
+{
+    audit_err rc = AUDIT_OK;
+    struct stat st;
+
+    if (log == NULL)
+        return AUDIT_ERR_ARGS;
+    pthread_mutex_lock(&log->mu);
+    /* The file must still be the one we write (not deleted or replaced). */
+    struct stat cur;
+    if (fstat(log->fd, &st) != 0 || stat(log->path, &cur) != 0 || st.st_ino != cur.st_ino ||
+        st.st_dev != cur.st_dev || fdatasync(log->fd) != 0)
+        rc = AUDIT_ERR_IO;
+    else if (log->failed) {
+        log->failed = 0; /* an empty sync works again: let the next append try */
+    }
+    pthread_mutex_unlock(&log->mu);
+    return rc;
+}
+
+static void now_iso(char *buf, size_t cap)
+{
+    struct timespec ts;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+static int set_str(json_t *o, const char *k, const char *v)
+{
+    if (v == NULL)
+        return 0;
+    return json_object_set_new(o, k, json_string(v));
+}
+
+audit_err audit_append(audit_log *log, const audit_record *rec)
+{
+    audit_err rc = AUDIT_ERR_NOMEM;
+    json_t *o = NULL;
+    char *line = NULL;
+    char when[40];
+    int locked = 0;
+
+    if (log == NULL || rec == NULL)
+        return AUDIT_ERR_ARGS;
+    now_iso(when, sizeof(when));
+    if ((o = json_object()) == NULL)
+        goto out;
+    if (set_str(o, "time", when) || set_str(o, "request_id", rec->request_id) ||
+        set_str(o, "action", rec->action) || set_str(o, "identity", rec->identity) ||
+        set_str(o, "group", rec->group) || set_str(o, "method", rec->method))
+        goto out;
+    if (rec->key_version >= 0 && json_object_set_new(o, "key_version", json_integer(rec->key_version)))
+        goto out;
+    if (set_str(o, "outcome", rec->outcome))
+        goto out;
+    if (rec->extra != NULL && json_is_object((json_t *)rec->extra) &&
+        json_object_update(o, (json_t *)rec->extra) != 0)
+        goto out;
+
+    pthread_mutex_lock(&log->mu);
+    locked = 1;
+    if (json_object_set_new(o, "prev", json_string(log->prev_hex)))
+        goto out;
+    if ((line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
+        goto out;
+    size_t len = strlen(line);
+    if (len >= AUDIT_MAX_LINE) {
+        rc = AUDIT_ERR_ARGS;
+        goto out;
+    }
+    line[len] = '\n'; /* json_dumps's NUL becomes the newline; we track len */
+    rc = AUDIT_ERR_IO;
+    if (write_all(log->fd, line, len + 1) != 0 || fdatasync(log->fd) != 0) {
+        log->failed = 1;
+        log_error("audit append failed path=%s errno=%d", log->path, errno);
+        goto out;
+    }
+    line[len] = '\0';
+    hash_line(line, len, log->prev_hex);
+    log->failed = 0;
+    rc = AUDIT_OK;
+out:
+    if (locked)
+        pthread_mutex_unlock(&log->mu);
+    free(line);
+    json_decref(o);
+    return rc;
+}
+
+audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex)
+{
+    audit_err rc = AUDIT_ERR_IO;
+    FILE *fp = NULL;
+    char *line = NULL;
+    size_t cap = 0, n = 0;
+    char prev[2 * SHA256_DIGEST_LENGTH + 1];
+    ssize_t len;
+
+    *lines = 0;
+    *bad_line = 0;
+    memset(prev, '0', sizeof(prev) - 1);
+    prev[sizeof(prev) - 1] = '\0';
+    if ((fp = fopen(path, "re")) == NULL)
+        goto out;
+    while ((len = getline(&line, &cap, fp)) >= 0) {
+        n++;
+        if (len == 0 || line[len - 1] != '\n' || len > AUDIT_MAX_LINE) {
+            rc = AUDIT_ERR_FORMAT;
+            *bad_line = n;
+            goto out;
+        }
+        line[--len] = '\0';
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
+        const char *p = o ? json_string_value(json_object_get(o, "prev")) : NULL;
+        if (p == NULL) {
+            json_decref(o);
+            rc = AUDIT_ERR_FORMAT;
+            *bad_line = n;
+            goto out;
+        }
+        int same = strcmp(p, prev) == 0;
+        json_decref(o);
+        if (!same) {
+            rc = AUDIT_ERR_CHAIN;
+            *bad_line = n;
+            goto out;
+        }
+        hash_line(line, (size_t)len, prev);
+        *lines = n;
+    }
+    if (ferror(fp))
+        goto out;
+    rc = AUDIT_OK;
+out:
+    if (head_hex != NULL)
+        memcpy(head_hex, prev, sizeof(prev));
+    free(line);
+    if (fp != NULL)
+        fclose(fp);
+    return rc;
+}

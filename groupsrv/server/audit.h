@@ -1,0 +1,64 @@
+/*
+ * audit.h: the hash-chained audit log of the group server (JSON lines).
+ * Owned by groupsrv/server/. Not the diagnostic log (common/log.h).
+ *
+ * One appender per file, shared by all threads (internal mutex). Each line is
+ * one JSON object whose "prev" field is the hex SHA-256 of the previous line
+ * (without its newline; 64 zeros for the first line), so deleting or editing
+ * a line breaks the chain at the next line. Lines are written with one
+ * write(2) on an O_APPEND descriptor followed by fdatasync(2) before
+ * audit_append returns: a caller that gets AUDIT_OK may answer its client.
+ */
+#ifndef GS_SRV_AUDIT_H
+#define GS_SRV_AUDIT_H
+
+#include <stddef.h>
+
+typedef enum audit_err {
+    AUDIT_OK = 0,
+    AUDIT_ERR_NOMEM,
+    AUDIT_ERR_ARGS,
+    AUDIT_ERR_IO,       /* open/write/fdatasync failed: the caller must fail closed */
+    AUDIT_ERR_FORMAT,   /* verify: a line is not JSON, too long, or lacks "prev" */
+    AUDIT_ERR_CHAIN,    /* verify: a line's "prev" does not match the previous line */
+} audit_err;
+
+const char *audit_strerror(audit_err err);
+
+typedef struct audit_log audit_log;
+
+/* Opens (creating, mode 0600) path for appending and reads the last line to
+ * continue the chain. A file whose last line is unterminated or too long is
+ * refused (AUDIT_ERR_FORMAT): repair it with `groupsrv audit verify` first. */
+audit_err audit_open(const char *path, audit_log **out);
+void audit_close(audit_log *log);
+
+/* Re-checks that the file can still be written (used by /healthz and before
+ * sensitive operations); AUDIT_ERR_IO when the last append failed and a
+ * retry of an empty fdatasync still fails. */
+audit_err audit_check(audit_log *log);
+
+/* One record. Strings are copied into the JSON; NULL fields are omitted.
+ * key_version < 0 is omitted. `extra` (may be NULL) is a jansson object
+ * (json_t *) whose members are added (borrowed). */
+typedef struct audit_record {
+    const char *request_id;
+    const char *action;      /* "unwrap", "rewrap", "secret-keys", "member-add", "certify", ... */
+    const char *identity;    /* an identity, or "anonymous member" */
+    const char *group;
+    long key_version;
+    const char *method;      /* "tls", "recipient-key", "group-secret", "members", ... */
+    const char *outcome;     /* "ok", "unwrap_failed", "not_a_member", ... */
+    void *extra;
+} audit_record;
+
+/* Appends and syncs one line; thread-safe. AUDIT_ERR_IO if it was not
+ * durably written (the chain head is then unchanged). */
+audit_err audit_append(audit_log *log, const audit_record *rec);
+
+/* Verifies a whole file. On return *lines is the number of good lines and
+ * *bad_line the 1-based line number of the first problem (0 if none);
+ * head_hex (65 bytes, may be NULL) receives the hash of the last line. */
+audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex);
+
+#endif

@@ -1,0 +1,629 @@
+/*
+ * core.c: event-loop threads, TLS connections, request dispatch, reply and
+ * input helpers, per-request authentication (see server.h).
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+
+#include "log.h"
+#include "util.h"
+
+double srv_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+/* Runs when OpenSSL frees a connection's SSL (the bufferevent owns it). */
+static void conn_freed(void *arg)
+{
+    struct srv_thread *t = arg;
+
+    atomic_fetch_sub(&t->nconns, 1);
+    metrics_connection(-1);
+}
+
+static void pause_accept(struct srv_thread *t, int pause)
+{
+    struct evhttp_bound_socket *b[2] = {t->bound, t->certbound};
+
+    for (int i = 0; i < 2; i++) {
+        if (b[i] == NULL)
+            continue;
+        struct evconnlistener *l = evhttp_bound_socket_get_listener(b[i]);
+        if (pause)
+            evconnlistener_disable(l);
+        else
+            evconnlistener_enable(l);
+    }
+    t->accept_paused = pause;
+}
+
+/* evhttp asks for a bufferevent per accepted connection: a TLS one with a
+ * fresh SSL from the current (reloadable) context. */
+static struct bufferevent *make_bev(struct event_base *base, void *arg)
+{
+    struct srv_thread *t = arg;
+    tls_state *tls = tls_current_get();
+    SSL *ssl = NULL;
+    struct bufferevent *bev = NULL;
+
+    if (tls == NULL || (ssl = SSL_new(tls_state_ctx(tls))) == NULL) {
+        tls_state_unref(tls);
+        log_error("SSL_new failed");
+        return NULL;
+    }
+    tls_state_unref(tls); /* the SSL holds its own SSL_CTX reference */
+    atomic_fetch_add(&t->nconns, 1);
+    metrics_connection(1);
+    SSL_set_ex_data(ssl, tls_conn_index(), t);
+    bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    /* Above the connection cap stop accepting; the tick resumes it. Those
+     * already accepted wait in the kernel backlog meanwhile. */
+    if (metrics_connections() >= t->srv->max_conns)
+        pause_accept(t, 1);
+    return bev;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_thread *t = arg;
+    (void)fd; (void)what;
+    if (t->accept_paused && !atomic_load(&t->srv->shutting_down) && metrics_connections() < t->srv->max_conns)
+        pause_accept(t, 0);
+}
+
+/* ---- replies ------------------------------------------------------------- */
+
+static void add_common_headers(struct srv_req *r, const char *content_type)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+
+    evhttp_add_header(h, "Content-Type", content_type);
+    evhttp_add_header(h, "X-Request-Id", r->id);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+    if (atomic_load(&r->srv->shutting_down))
+        evhttp_add_header(h, "Connection", "close");
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    }
+    return "Status";
+}
+
+void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len)
+{
+    struct evbuffer *buf;
+
+    if (r->replied) {
+        log_error("second reply suppressed status=%d", status);
+        return;
+    }
+    r->replied = 1;
+    add_common_headers(r, content_type);
+    buf = evbuffer_new();
+    if (buf == NULL || (len > 0 && evbuffer_add(buf, data, len) != 0)) {
+        evbuffer_free(buf);
+        evhttp_send_error(r->req, 500, NULL);
+        metrics_request(r->ep, 500);
+        return;
+    }
+    evhttp_send_reply(r->req, status, reason(status), buf);
+    evbuffer_free(buf);
+    metrics_request(r->ep, status);
+}
+
+void srv_reply_json(struct srv_req *r, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+    json_decref(body);
+    if (text == NULL) {
+        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
+        srv_reply_bytes(r, 500, "application/json", oom, sizeof(oom) - 1);
+        return;
+    }
+    size_t n = strlen(text);
+    text[n] = '\n'; /* replaces the NUL: a trailing newline is friendlier to curl users */
+    srv_reply_bytes(r, status, "application/json", text, n + 1);
+    free(text);
+}
+
+static void reply_error_v(struct srv_req *r, int status, const char *code, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+    srv_reply_json(r, status, o);
+}
+
+void srv_reply_error(struct srv_req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    reply_error_v(r, status, code, fmt, ap);
+    va_end(ap);
+}
+
+void srv_reply_retry(struct srv_req *r, int status, unsigned retry_after, const char *code, const char *msg)
+{
+    char v[16];
+
+    snprintf(v, sizeof(v), "%u", retry_after ? retry_after : 1);
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", v);
+    srv_reply_error(r, status, code, "%s", msg);
+}
+
+/* ---- input --------------------------------------------------------------- */
+
+int srv_body(struct srv_req *r, char **body, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t n = evbuffer_get_length(in);
+    char *p;
+
+    *body = NULL;
+    *len = 0;
+    if (n > r->srv->max_body) {
+        srv_reply_error(r, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n,
+                        r->srv->max_body);
+        return -1;
+    }
+    if ((p = malloc(n + 1)) == NULL) {
+        srv_reply_error(r, 500, "internal", "out of memory");
+        return -1;
+    }
+    if (n > 0 && evbuffer_remove(in, p, n) != (int)n) {
+        free(p);
+        srv_reply_error(r, 500, "internal", "could not read the body");
+        return -1;
+    }
+    p[n] = '\0';
+    *body = p;
+    *len = n;
+    return 0;
+}
+
+json_t *srv_json_body(struct srv_req *r)
+{
+    char *body = NULL;
+    size_t len = 0;
+    json_error_t err;
+    json_t *o = NULL;
+
+    if (srv_body(r, &body, &len) != 0)
+        return NULL;
+    if (len == 0) {
+        srv_reply_error(r, 400, "bad_request", "a JSON object body is required");
+        goto out;
+    }
+    /* Depth and size are bounded by the body cap; reject NULs and duplicate keys. */
+    o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+    if (o == NULL) {
+        char where[64];
+        snprintf(where, sizeof(where), "line %d column %d", err.line, err.column);
+        srv_reply_error(r, 400, "bad_json", "malformed JSON at %s", where);
+        goto out;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        o = NULL;
+        srv_reply_error(r, 400, "bad_json", "the body must be a JSON object");
+    }
+out:
+    free(body);
+    return o;
+}
+
+const char *srv_json_str(struct srv_req *r, json_t *o, const char *key, int *bad)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (v == NULL)
+        return NULL;
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
+        *bad = 1;
+        srv_reply_error(r, 400, "bad_request", "\"%s\" must be a string", key);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsigned char **out, size_t *len)
+{
+    json_t *v = json_object_get(o, key);
+    size_t max_in;
+
+    *out = NULL;
+    *len = 0;
+    if (v == NULL)
+        return 0;
+    if (!json_is_string(v)) {
+        srv_reply_error(r, 400, "bad_request", "\"%s\" must be a base64 string", key);
+        return -1;
+    }
+    max_in = (max + 2) / 3 * 4;
+    int rc = util_b64_decode(json_string_value(v), json_string_length(v), max_in, out, len);
+    if (rc == UTIL_E_TOOBIG || (rc == UTIL_OK && *len > max)) {
+        free(*out);
+        *out = NULL;
+        srv_reply_error(r, 413, "too_large", "\"%s\" exceeds %zu bytes", key, max);
+        return -1;
+    }
+    if (rc != UTIL_OK || *len == 0) {
+        free(*out);
+        *out = NULL;
+        srv_reply_error(r, 400, "bad_base64", "\"%s\" is not valid standard base64", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+const peer_info *srv_peer(struct srv_req *r)
+{
+    if (!r->peer_checked) {
+        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+        struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+        SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+        tls_state *tls = tls_current_get();
+        if (tls != NULL)
+            tls_peer_check(tls, ssl, &r->peer);
+        else
+            memset(&r->peer, 0, sizeof(r->peer));
+        tls_state_unref(tls);
+        r->peer_checked = 1;
+    }
+    return &r->peer;
+}
+
+int srv_require_cert(struct srv_req *r)
+{
+    const peer_info *p = srv_peer(r);
+
+    switch (p->status) {
+    case PEER_MEMBER_CERT:
+    case PEER_MEMBERSHIP:
+        return 0;
+    case PEER_NONE:
+        srv_reply_error(r, 401, "no_client_certificate", "a client certificate is required");
+        return -1;
+    case PEER_EXPIRED:
+        srv_reply_error(r, 401, "certificate_expired", "the client certificate is expired or not yet valid");
+        return -1;
+    case PEER_NO_IDENTITY:
+        srv_reply_error(r, 401, "no_identity", "the client certificate names no email address or CN");
+        return -1;
+    case PEER_UNTRUSTED:
+        break;
+    }
+    srv_reply_error(r, 401, "untrusted_certificate", "the client certificate is not trusted");
+    return -1;
+}
+
+int srv_rate_limit(struct srv_req *r)
+{
+    const peer_info *p = srv_peer(r);
+    char key[300];
+    unsigned retry = 0;
+
+    if (p->status == PEER_MEMBER_CERT)
+        snprintf(key, sizeof(key), "id:%s", p->identity);
+    else if (p->status == PEER_MEMBERSHIP)
+        snprintf(key, sizeof(key), "membership:%s", p->group); /* anonymous: one bucket per group */
+    else
+        return 0;
+    rl_verdict v = ratelimit_take(r->srv->rl, key, &retry);
+    if (v == RL_LIMITED) {
+        srv_reply_retry(r, 429, retry, "rate_limited", "too many requests; slow down");
+        return -1;
+    }
+    if (v == RL_SUSPENDED) {
+        srv_reply_retry(r, 429, retry, "suspended", "suspended after too many failed unwraps");
+        return -1;
+    }
+    return 0;
+}
+
+static int hsm_err_is_unavailable(hsm_err err)
+{
+    switch (err) {
+    case HSM_ERR_TOKEN_ABSENT:
+    case HSM_ERR_TOKEN_NOT_FOUND:
+    case HSM_ERR_NOT_LOGGED_IN:
+    case HSM_ERR_SESSION:
+    case HSM_ERR_DEVICE:
+    case HSM_ERR_MODULE:
+    case HSM_ERR_PIN_INCORRECT:
+    case HSM_ERR_PIN_LOCKED:
+    case HSM_ERR_PIN_SOURCE:
+    case HSM_ERR_PKCS11:
+    case HSM_ERR_NOMEM:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what)
+{
+    metrics_token_error();
+    log_error("token operation failed op=%s err=%s detail=%s", what, hsm_strerror(err), hsm_last_error_detail());
+    if (hsm_err_is_unavailable(err))
+        srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
+    else
+        srv_reply_error(r, 500, "internal", "token operation failed");
+}
+
+void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
+{
+    switch (err) {
+    case GS_ERR_NOT_FOUND:
+        srv_reply_error(r, 404, "not_found", "%s not found", what);
+        return;
+    case GS_ERR_EXISTS:
+        srv_reply_error(r, 400, "exists", "%s already exists", what);
+        return;
+    case GS_ERR_ARGS:
+    case GS_ERR_CERT:
+        srv_reply_error(r, 400, "bad_request", "%s: %s", what, gs_err_detail());
+        return;
+    case GS_ERR_HSM:
+    case GS_ERR_TOKEN:
+        metrics_token_error();
+        log_error("token failure op=%s detail=%s", what, gs_err_detail());
+        srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
+        return;
+    case GS_ERR_DB:
+    case GS_ERR_IO:
+        log_error("store failure op=%s detail=%s", what, gs_err_detail());
+        srv_reply_retry(r, 503, 5, "store_unavailable", "the membership database is not available");
+        return;
+    default:
+        log_error("failure op=%s err=%s detail=%s", what, gs_strerror(err), gs_err_detail());
+        srv_reply_error(r, 500, "internal", "internal error");
+        return;
+    }
+}
+
+int srv_audit(struct srv_req *r, const audit_record *rec)
+{
+    audit_record copy = *rec;
+
+    copy.request_id = r->id;
+    if (audit_append(r->srv->audit, &copy) != AUDIT_OK) {
+        srv_reply_retry(r, 503, 5, "audit_unavailable", "the audit log cannot be written; refusing to answer");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)
+{
+    struct srv_req r = {.t = t, .srv = t->srv, .req = req, .certsrv = certsrv};
+
+    r.start = srv_now();
+    if (util_random_id(r.id, 8) != 0)
+        snprintf(r.id, sizeof(r.id), "0");
+    log_set_request_id(r.id);
+    if (metrics_connections() > t->srv->max_conns)
+        srv_reply_retry(&r, 503, 1, "too_many_connections", "the server is at its connection limit");
+    else if (certsrv)
+        certsrv_route(&r);
+    else
+        api_route(&r);
+    if (!r.replied) {
+        log_error("handler ended without a reply");
+        srv_reply_error(&r, 500, "internal", "internal error");
+    }
+    log_debug("request done status_ep=%s ms=%.1f", metrics_endpoint_name(r.ep), (srv_now() - r.start) * 1e3);
+    log_set_request_id(NULL);
+}
+
+static void api_cb(struct evhttp_request *req, void *arg) { handle(req, arg, 0); }
+static void certsrv_cb(struct evhttp_request *req, void *arg) { handle(req, arg, 1); }
+
+/* ---- threads ------------------------------------------------------------- */
+
+static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struct evhttp_bound_socket **bound)
+{
+    struct srv *s = t->srv;
+    struct evhttp *http = evhttp_new(t->base);
+    int dfd = -1;
+
+    *bound = NULL;
+    if (http == NULL)
+        return NULL;
+    evhttp_set_bevcb(http, make_bev, t);
+    evhttp_set_gencb(http, certsrv ? certsrv_cb : api_cb, t);
+    /* libevent's own (HTML) 413 only for bodies far over our JSON-answered cap. */
+    evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));
+    evhttp_set_max_headers_size(http, 16384);
+    struct timeval tv = {.tv_sec = s->timeout};
+    evhttp_set_timeout_tv(http, &tv);
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                         EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    /* Each thread accepts on its own duplicate of the shared listening
+     * socket: whichever loop is free takes the next connection. */
+    if ((dfd = dup(fd)) < 0 || (*bound = evhttp_accept_socket_with_handle(http, dfd)) == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        evhttp_free(http);
+        return NULL;
+    }
+    return http;
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_thread *t = arg;
+    (void)fd; (void)what;
+
+    /* Handlers run to completion before this fires, so only connections
+     * still sending a request (or idle keep-alives) remain. */
+    if (atomic_load(&t->nconns) > 0 && srv_now() < t->drain_deadline) {
+        struct timeval tv = {0, 100000};
+        event_add(t->drain_ev, &tv);
+        return;
+    }
+    event_base_loopbreak(t->base);
+}
+
+static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_thread *t = arg;
+    (void)fd; (void)what;
+
+    if (t->bound != NULL)
+        evhttp_del_accept_socket(t->http, t->bound);
+    if (t->certbound != NULL)
+        evhttp_del_accept_socket(t->certhttp, t->certbound);
+    t->bound = t->certbound = NULL;
+    t->drain_deadline = srv_now() + 5.0;
+    struct timeval tv = {0, 0};
+    event_add(t->drain_ev, &tv);
+}
+
+static void *thread_main(void *arg)
+{
+    struct srv_thread *t = arg;
+
+    event_base_dispatch(t->base);
+    return NULL;
+}
+
+static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
+{
+    gs_err ge;
+
+    t->srv = s;
+    t->index = i;
+    atomic_init(&t->nconns, 0);
+    if ((ge = gs_store_open(s->cfg->db.path, 0, &t->store)) != GS_OK) {
+        log_error("cannot open the database path=%s err=%s detail=%s", s->cfg->db.path, gs_strerror(ge),
+                  gs_err_detail());
+        return -1;
+    }
+    if ((t->base = event_base_new()) == NULL)
+        return -1;
+    if ((t->http = make_http(t, s->listen_fd, 0, &t->bound)) == NULL)
+        return -1;
+    if (s->certsrv_fd >= 0 && (t->certhttp = make_http(t, s->certsrv_fd, 1, &t->certbound)) == NULL)
+        return -1;
+    t->shutdown_ev = event_new(t->base, -1, 0, shutdown_cb, t);
+    t->drain_ev = evtimer_new(t->base, drain_cb, t);
+    t->tick_ev = event_new(t->base, -1, EV_PERSIST, tick_cb, t);
+    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL)
+        return -1;
+    struct timeval tick = {0, 250000};
+    event_add(t->tick_ev, &tick);
+    return 0;
+}
+
+static void thread_free(struct srv_thread *t)
+{
+    if (t->http != NULL)
+        evhttp_free(t->http);
+    if (t->certhttp != NULL)
+        evhttp_free(t->certhttp);
+    if (t->shutdown_ev != NULL)
+        event_free(t->shutdown_ev);
+    if (t->drain_ev != NULL)
+        event_free(t->drain_ev);
+    if (t->tick_ev != NULL)
+        event_free(t->tick_ev);
+    if (t->base != NULL)
+        event_base_free(t->base);
+    gs_store_close(t->store);
+    memset(t, 0, sizeof(*t));
+}
+
+int srv_threads_start(struct srv *s)
+{
+    sigset_t all, old;
+    unsigned started = 0;
+
+    tls_set_conn_free_cb(conn_freed);
+    if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)
+        return -1;
+    for (unsigned i = 0; i < s->nthreads; i++)
+        if (thread_init(s, &s->threads[i], i) != 0)
+            goto fail;
+    /* Workers never take signals: the main thread's loop handles them. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (; started < s->nthreads; started++)
+        if (pthread_create(&s->threads[started].tid, NULL, thread_main, &s->threads[started]) != 0)
+            break;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started == s->nthreads)
+        return 0;
+    s->nthreads = started;
+    srv_threads_stop(s);
+    return -1;
+fail:
+    for (unsigned i = 0; i < s->nthreads; i++)
+        thread_free(&s->threads[i]);
+    free(s->threads);
+    s->threads = NULL;
+    return -1;
+}
+
+void srv_threads_stop(struct srv *s)
+{
+    if (s->threads == NULL)
+        return;
+    atomic_store(&s->shutting_down, 1);
+    for (unsigned i = 0; i < s->nthreads; i++)
+        event_active(s->threads[i].shutdown_ev, 0, 0);
+    for (unsigned i = 0; i < s->nthreads; i++)
+        pthread_join(s->threads[i].tid, NULL);
+    for (unsigned i = 0; i < s->nthreads; i++)
+        thread_free(&s->threads[i]);
+    free(s->threads);
+    s->threads = NULL;
+}

@@ -1,0 +1,152 @@
+/*
+ * metrics.c: Prometheus counters (see metrics.h).
+ */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int status_codes[] = {200, 201, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503};
+#define N_STATUS (sizeof(status_codes) / sizeof(status_codes[0]))
+/* Histogram upper bounds in seconds; the +Inf bucket is the count. */
+static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+static atomic_ulong req_count[EP_COUNT][N_STATUS + 1]; /* last column: other statuses */
+static atomic_ulong lat_bucket[N_BUCKETS];
+static atomic_ulong lat_count;
+static atomic_ulong lat_sum_us;
+static atomic_ulong token_errors;
+static atomic_long connections;
+
+static const char *ep_names[EP_COUNT] = {
+    [EP_OTHER] = "other", [EP_DISCOVERY] = "discovery", [EP_CERTIFICATE] = "certificate",
+    [EP_UNWRAP] = "unwrap", [EP_UNWRAP_BATCH] = "unwrap_batch", [EP_REWRAP] = "rewrap",
+    [EP_SECRET_KEYS] = "secret_keys", [EP_MEMBERS] = "members", [EP_GROUPS] = "groups",
+    [EP_MEMBERSHIP_CERT] = "membership_certificates", [EP_HEALTHZ] = "healthz", [EP_METRICS] = "metrics",
+};
+
+const char *metrics_endpoint_name(enum metrics_endpoint ep)
+{
+    return (unsigned)ep < EP_COUNT ? ep_names[ep] : "other";
+}
+
+void metrics_request(enum metrics_endpoint ep, int status)
+{
+    size_t i;
+
+    if ((unsigned)ep >= EP_COUNT)
+        ep = EP_OTHER;
+    for (i = 0; i < N_STATUS; i++)
+        if (status_codes[i] == status)
+            break;
+    atomic_fetch_add(&req_count[ep][i], 1);
+}
+
+void metrics_unwrap_latency(double seconds)
+{
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        if (seconds <= buckets[i])
+            atomic_fetch_add(&lat_bucket[i], 1);
+    atomic_fetch_add(&lat_count, 1);
+    atomic_fetch_add(&lat_sum_us, (unsigned long)(seconds * 1e6));
+}
+
+void metrics_token_error(void) { atomic_fetch_add(&token_errors, 1); }
+void metrics_connection(int delta) { atomic_fetch_add(&connections, delta); }
+long metrics_connections(void) { return atomic_load(&connections); }
+
+/* A bounded growing string; on overflow or OOM it latches failure. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int bad;
+};
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (b->bad)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->bad = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        if (b->cap >= (1u << 20)) {
+            b->bad = 1;
+            return;
+        }
+        char *np = realloc(b->p, b->cap * 2);
+        if (np == NULL) {
+            b->bad = 1;
+            return;
+        }
+        b->p = np;
+        b->cap *= 2;
+    }
+}
+
+char *metrics_render(long sessions_in_use, long sessions_idle, int token_up, int audit_up)
+{
+    struct sbuf b = {.cap = 8192};
+
+    if ((b.p = malloc(b.cap)) == NULL)
+        return NULL;
+    b.p[0] = '\0';
+    sb_printf(&b, "# HELP groupsrv_requests_total HTTP requests by endpoint and status.\n"
+                  "# TYPE groupsrv_requests_total counter\n");
+    for (size_t e = 0; e < EP_COUNT; e++)
+        for (size_t s = 0; s <= N_STATUS; s++) {
+            unsigned long v = atomic_load(&req_count[e][s]);
+            if (v == 0)
+                continue;
+            if (s < N_STATUS)
+                sb_printf(&b, "groupsrv_requests_total{endpoint=\"%s\",status=\"%d\"} %lu\n", ep_names[e],
+                          status_codes[s], v);
+            else
+                sb_printf(&b, "groupsrv_requests_total{endpoint=\"%s\",status=\"other\"} %lu\n", ep_names[e], v);
+        }
+    sb_printf(&b, "# HELP groupsrv_unwrap_duration_seconds Token time of unwrap and rewrap operations.\n"
+                  "# TYPE groupsrv_unwrap_duration_seconds histogram\n");
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i],
+                  atomic_load(&lat_bucket[i]));
+    unsigned long cnt = atomic_load(&lat_count);
+    sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
+    sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)atomic_load(&lat_sum_us) / 1e6);
+    sb_printf(&b, "groupsrv_unwrap_duration_seconds_count %lu\n", cnt);
+    sb_printf(&b, "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
+                  "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
+              atomic_load(&token_errors));
+    if (sessions_in_use >= 0)
+        sb_printf(&b, "# HELP groupsrv_token_sessions_in_use Token sessions borrowed from the pool.\n"
+                      "# TYPE groupsrv_token_sessions_in_use gauge\ngroupsrv_token_sessions_in_use %ld\n"
+                      "# HELP groupsrv_token_sessions_idle Token sessions idle in the pool.\n"
+                      "# TYPE groupsrv_token_sessions_idle gauge\ngroupsrv_token_sessions_idle %ld\n",
+                  sessions_in_use, sessions_idle);
+    sb_printf(&b, "# HELP groupsrv_connections Open client connections.\n"
+                  "# TYPE groupsrv_connections gauge\ngroupsrv_connections %ld\n",
+              atomic_load(&connections));
+    sb_printf(&b, "# HELP groupsrv_token_up 1 when the token answers.\n"
+                  "# TYPE groupsrv_token_up gauge\ngroupsrv_token_up %d\n"
+                  "# HELP groupsrv_audit_up 1 when the audit log is writable.\n"
+                  "# TYPE groupsrv_audit_up gauge\ngroupsrv_audit_up %d\n",
+              token_up, audit_up);
+    if (b.bad) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

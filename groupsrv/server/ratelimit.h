@@ -1,0 +1,26 @@
+/*
+ * ratelimit.h: per-identity token bucket (429) and a cap on failed unwraps
+ * (suspension). Owned by groupsrv/server/. Thread-safe (one mutex); the
+ * table is bounded: when full, the stalest idle entry is recycled.
+ */
+#ifndef GS_SRV_RATELIMIT_H
+#define GS_SRV_RATELIMIT_H
+
+#include <stdbool.h>
+
+typedef struct ratelimit ratelimit;
+
+/* rate: tokens per second; burst: bucket size; max_failures: failed unwraps
+ * (within suspend_seconds of each other) that suspend an identity for
+ * suspend_seconds; 0 disables the respective check. */
+ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsigned suspend_seconds);
+void ratelimit_free(ratelimit *rl);
+
+typedef enum rl_verdict { RL_OK = 0, RL_LIMITED, RL_SUSPENDED } rl_verdict;
+
+/* Takes one token for identity; *retry_after gets seconds to wait when not OK. */
+rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_after);
+/* Records a failed unwrap; returns true when this failure suspended identity. */
+bool ratelimit_failure(ratelimit *rl, const char *identity);
+
+#endif

@@ -1,0 +1,296 @@
+/*
+ * serve.c: `groupsrv serve` (process wiring, signals, reload) and
+ * `groupsrv audit verify`.
+ */
+#include "serve.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "log.h"
+#include "server.h"
+#include "util.h"
+
+/* Failed unwraps per identity within the window that suspend it, and for
+ * how long (seconds). Not configurable yet (no [server] key). */
+#define GS_MAX_FAILED_UNWRAPS 20
+#define GS_SUSPEND_SECONDS 600
+
+static int listen_on(const char *hostport, int *fd_out)
+{
+    char host[256], *colon;
+    struct addrinfo hints, *ai = NULL;
+    int fd = -1, one = 1, rc = -1;
+
+    *fd_out = -1;
+    if (util_strlcpy(host, hostport, sizeof(host)) != 0 || (colon = strrchr(host, ':')) == NULL)
+        return -1;
+    *colon = '\0';
+    const char *port = colon + 1;
+    char *h = host;
+    if (h[0] == '[' && colon > h && colon[-1] == ']') { /* [::1]:8443 */
+        h++;
+        colon[-1] = '\0';
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(*h ? h : NULL, port, &hints, &ai) != 0 || ai == NULL)
+        goto out;
+    if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+        goto out;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 511) != 0)
+        goto out;
+    *fd_out = fd;
+    fd = -1;
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (ai != NULL)
+        freeaddrinfo(ai);
+    return rc;
+}
+
+struct main_loop {
+    struct event_base *base;
+    const struct gs_config *cfg;
+    gs_ca *ca;
+};
+
+static int load_tls(const struct gs_config *cfg, gs_ca *ca)
+{
+    tls_opts o = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key, .client_ca_file = cfg->tls.client_ca,
+                  .local_ca = ca ? gs_ca_cert(ca) : NULL};
+    tls_state *st = NULL;
+    char err[512];
+
+    if (tls_state_new(&o, &st, err, sizeof(err)) != 0) {
+        log_error("TLS setup failed reason=\"%s\"", err);
+        return -1;
+    }
+    tls_current_set(st);
+    tls_state_unref(st);
+    return 0;
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    struct main_loop *m = arg;
+    (void)what;
+    log_info("shutting down signal=%d", (int)sig);
+    event_base_loopbreak(m->base);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    struct main_loop *m = arg;
+    (void)sig; (void)what;
+    /* New connections use the new certificate/key/CAs/CRLs; requests on
+     * existing connections are verified against the new stores too. */
+    if (load_tls(m->cfg, m->ca) == 0)
+        log_info("reloaded TLS certificate, key, client CAs and CRLs");
+    else
+        log_error("reload failed; keeping the previous TLS configuration");
+}
+
+static void key_audit_row(void *arg, const gs_key_audit_row *row)
+{
+    unsigned *bad = arg;
+    if (!row->ok) {
+        log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
+        (*bad)++;
+    }
+}
+
+int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
+{
+    struct srv s;
+    struct gs_config hcfg;
+    gs_store *st = NULL;
+    struct main_loop m = {0};
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
+    int rc = 1;
+    gs_err ge;
+
+    memset(&s, 0, sizeof(s));
+    s.listen_fd = s.certsrv_fd = -1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fprintf(stderr, "usage: groupsrv [-c FILE] serve\n");
+            return 0;
+        }
+        fprintf(stderr, "groupsrv serve: unknown argument '%s'\n", argv[i]);
+        return 2;
+    }
+    if (cfg->tls.cert == NULL || cfg->tls.key == NULL) {
+        fprintf(stderr, "groupsrv serve: [tls] cert and key are required\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        fprintf(stderr, "groupsrv serve: libevent threading unavailable\n");
+        return 1;
+    }
+    s.cfg = cfg;
+    s.nthreads = cfg->server.threads ? cfg->server.threads : 4;
+    s.max_body = cfg->server.max_body ? cfg->server.max_body : 65536;
+    s.timeout = cfg->server.timeout ? cfg->server.timeout : 30;
+    s.max_conns = cfg->server.max_connections ? (long)cfg->server.max_connections : 1024;
+    s.max_failures = GS_MAX_FAILED_UNWRAPS;
+    s.suspend_seconds = GS_SUSPEND_SECONDS;
+
+    /* The audit log first: without it nothing may be served. */
+    {
+        char *dup = strdup(cfg->audit.path);
+        if (dup == NULL)
+            goto out;
+        util_mkdir_p(dirname(dup), 0700);
+        free(dup);
+        audit_err ae = audit_open(cfg->audit.path, &s.audit);
+        if (ae != AUDIT_OK) {
+            fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
+            goto out;
+        }
+    }
+    /* One token session per event-loop thread, plus headroom for /healthz. */
+    hcfg = *cfg;
+    if (hcfg.hsm.max_sessions < s.nthreads + 2)
+        hcfg.hsm.max_sessions = s.nthreads + 2;
+    if ((ge = gs_hsm_open(&hcfg, &s.hsm)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    if ((ge = gs_store_open(cfg->db.path, 0, &st)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: database %s: %s\n", cfg->db.path,
+                gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    ge = gs_ca_load(st, s.hsm, &s.ca);
+    if (ge == GS_ERR_NOT_FOUND)
+        log_warn("no local CA (groupsrv ca init): no membership certificates, no group creation");
+    else if (ge != GS_OK) {
+        fprintf(stderr, "groupsrv serve: CA: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    unsigned problems = 0, bad_rows = 0;
+    if ((ge = gs_keys_audit(st, s.hsm, key_audit_row, &bad_rows, &problems)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: key audit: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    if (problems > 0) {
+        fprintf(stderr, "groupsrv serve: %u token key(s) violate their policy (see groupsrv check); refusing to start\n",
+                problems);
+        goto out;
+    }
+    gs_store_close(st);
+    st = NULL;
+    if (load_tls(cfg, s.ca) != 0) {
+        fprintf(stderr, "groupsrv serve: TLS configuration failed (see log)\n");
+        goto out;
+    }
+    s.rl = ratelimit_new((double)cfg->server.rate_limit,
+                         (double)(cfg->server.rate_burst ? cfg->server.rate_burst : 2 * cfg->server.rate_limit),
+                         s.max_failures, s.suspend_seconds);
+    if (s.rl == NULL)
+        goto out;
+    const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
+    if (listen_on(listen, &s.listen_fd) != 0) {
+        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, strerror(errno));
+        goto out;
+    }
+    if (cfg->certsrv.listen != NULL && listen_on(cfg->certsrv.listen, &s.certsrv_fd) != 0) {
+        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", cfg->certsrv.listen, strerror(errno));
+        goto out;
+    }
+    m.cfg = cfg;
+    m.ca = s.ca;
+    if ((m.base = event_base_new()) == NULL)
+        goto out;
+    ev_term = evsignal_new(m.base, SIGTERM, on_term, &m);
+    ev_int = evsignal_new(m.base, SIGINT, on_term, &m);
+    ev_hup = evsignal_new(m.base, SIGHUP, on_hup, &m);
+    if (ev_term == NULL || ev_int == NULL || ev_hup == NULL || evsignal_add(ev_term, NULL) != 0 ||
+        evsignal_add(ev_int, NULL) != 0 || evsignal_add(ev_hup, NULL) != 0)
+        goto out;
+    if (srv_threads_start(&s) != 0) {
+        fprintf(stderr, "groupsrv serve: could not start the event-loop threads (see log)\n");
+        goto out;
+    }
+    log_info("listening addr=%s certsrv=%s threads=%u", listen, cfg->certsrv.listen ? cfg->certsrv.listen : "off",
+             s.nthreads);
+    event_base_dispatch(m.base);
+    srv_threads_stop(&s);
+    log_info("stopped");
+    rc = 0;
+out:
+    srv_threads_stop(&s);
+    if (ev_term != NULL)
+        event_free(ev_term);
+    if (ev_int != NULL)
+        event_free(ev_int);
+    if (ev_hup != NULL)
+        event_free(ev_hup);
+    if (m.base != NULL)
+        event_base_free(m.base);
+    if (s.listen_fd >= 0)
+        close(s.listen_fd);
+    if (s.certsrv_fd >= 0)
+        close(s.certsrv_fd);
+    tls_current_set(NULL);
+    ratelimit_free(s.rl);
+    gs_store_close(st);
+    gs_ca_free(s.ca);
+    hsm_close(s.hsm);
+    audit_close(s.audit);
+    return rc;
+}
+
+int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
+{
+    const char *file = cfg ? cfg->audit.path : NULL;
+    size_t lines = 0, bad = 0;
+    char head[65];
+
+    if (argc < 2 || strcmp(argv[1], "verify") != 0) {
+        fprintf(stderr, "usage: groupsrv [-c FILE] audit verify [--file PATH]\n");
+        return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--file") == 0 && i + 1 < argc)
+            file = argv[++i];
+        else {
+            fprintf(stderr, "usage: groupsrv [-c FILE] audit verify [--file PATH]\n");
+            return 2;
+        }
+    }
+    if (file == NULL) {
+        fprintf(stderr, "groupsrv audit verify: no audit file ([audit] path or --file)\n");
+        return 2;
+    }
+    audit_err e = audit_verify_file(file, &lines, &bad, head);
+    if (e == AUDIT_OK) {
+        printf("ok: %zu lines, chain head %s\n", lines, head);
+        return 0;
+    }
+    if (e == AUDIT_ERR_IO) {
+        fprintf(stderr, "groupsrv audit verify: %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    fprintf(stderr, "groupsrv audit verify: %s: line %zu: %s (%zu good lines before it)\n", file, bad,
+            audit_strerror(e), lines);
+    return 3;
+}

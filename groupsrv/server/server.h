@@ -1,0 +1,124 @@
+/*
+ * server.h: internals shared by the files of groupsrv/server/ (not a public
+ * API). core.c runs the event-loop threads and offers the request helpers
+ * below; api.c implements the endpoints; serve.c wires the process.
+ *
+ * Every request is handled to completion on the thread that read it: token
+ * calls block that thread only (each thread borrows its own session from the
+ * hsm pool), other threads keep serving. Every handler ends in exactly one
+ * reply through srv_reply_* (the helpers refuse a second one).
+ */
+#ifndef GS_SRV_SERVER_H
+#define GS_SRV_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+
+#include "audit.h"
+#include "ca.h"
+#include "config.h"
+#include "groups.h"
+#include "hsm.h"
+#include "metrics.h"
+#include "ratelimit.h"
+#include "store.h"
+#include "tls.h"
+
+struct srv_thread;
+
+struct srv {
+    const struct gs_config *cfg;
+    hsm_ctx *hsm;
+    gs_ca *ca;                /* NULL when `groupsrv ca init` has not run */
+    audit_log *audit;
+    ratelimit *rl;
+    int listen_fd, certsrv_fd; /* certsrv_fd -1 when [certsrv] listen is absent */
+    unsigned nthreads;
+    struct srv_thread *threads;
+    atomic_int shutting_down;
+    size_t max_body;
+    unsigned timeout;
+    long max_conns;
+    unsigned max_failures, suspend_seconds;
+};
+
+struct srv_thread {
+    struct srv *srv;
+    unsigned index;
+    pthread_t tid;
+    struct event_base *base;
+    struct evhttp *http, *certhttp;
+    struct evhttp_bound_socket *bound, *certbound;
+    gs_store *store;          /* this thread's SQLite connection */
+    struct event *shutdown_ev, *tick_ev, *drain_ev;
+    atomic_long nconns;
+    int accept_paused;
+    double drain_deadline;
+};
+
+struct srv_req {
+    struct srv_thread *t;
+    struct srv *srv;
+    struct evhttp_request *req;
+    enum metrics_endpoint ep;
+    int certsrv;              /* arrived on the certificate-server listener */
+    char id[33];              /* request id, also sent as X-Request-Id */
+    int replied;
+    int peer_checked;
+    peer_info peer;
+    double start;
+};
+
+/* ---- replies (exactly one per request) ---- */
+/* Sends body as JSON (steals the reference). */
+void srv_reply_json(struct srv_req *r, int status, json_t *body);
+/* {"error": {"code": code, "message": ...}}; 429/503 get Retry-After. */
+void srv_reply_error(struct srv_req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void srv_reply_retry(struct srv_req *r, int status, unsigned retry_after, const char *code, const char *msg);
+void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len);
+
+/* ---- input ---- */
+/* The request body (NUL-terminated copy, caller frees); replies 413 and
+ * returns -1 when over the cap. */
+int srv_body(struct srv_req *r, char **body, size_t *len);
+/* The body parsed as a JSON object; replies 400/413 and returns NULL otherwise. */
+json_t *srv_json_body(struct srv_req *r);
+/* Optional string member: NULL if absent; replies 400 and sets *bad when
+ * present but not a string. */
+const char *srv_json_str(struct srv_req *r, json_t *o, const char *key, int *bad);
+/* Base64 member decoded with a cap on the decoded size; replies 400 (bad
+ * type or base64) or 413 (too large) and returns -1. Absent: 0 with *out NULL. */
+int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsigned char **out, size_t *len);
+
+/* ---- authentication and authorisation (every request, no cache) ---- */
+const peer_info *srv_peer(struct srv_req *r);
+/* Replies 401 for a missing/untrusted/expired certificate and returns -1. */
+int srv_require_cert(struct srv_req *r);
+/* Rate limit by identity (or the membership certificate's group); replies
+ * 429 and returns -1 when over. */
+int srv_rate_limit(struct srv_req *r);
+/* Maps token and store errors to answers: 503 for an unreachable token or
+ * database, 500 otherwise. */
+void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what);
+void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what);
+/* Audit one record; on failure replies 503 (fail closed) and returns -1. */
+int srv_audit(struct srv_req *r, const audit_record *rec);
+
+double srv_now(void);
+
+/* ---- endpoints (api.c, certsrv.c) ---- */
+void api_route(struct srv_req *r);
+void certsrv_route(struct srv_req *r);
+
+/* ---- process (core.c) ---- */
+int srv_threads_start(struct srv *s);
+void srv_threads_stop(struct srv *s); /* graceful: stop accepting, drain, join */
+
+#endif

@@ -1,0 +1,329 @@
+/*
+ * tls.c: server SSL_CTX, reload, and per-request client verification.
+ */
+#include "tls.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "ca.h"
+#include "log.h"
+#include "util.h"
+
+struct tls_state {
+    atomic_int refs;
+    SSL_CTX *ctx;
+    X509_STORE *clients;     /* client CAs (+ CRLs) for identity certificates */
+    X509_STORE *membership;  /* the local CA only, for membership certificates */
+};
+
+static const char tls12_ciphers[] =
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+
+static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
+static tls_state *cur_state;
+
+static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
+static int conn_idx = -1;
+static void (*conn_free_cb)(void *arg);
+
+static void conn_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    /* Called for every SSL freed; only ours carry a non-NULL marker. */
+    if (ptr != NULL && conn_free_cb != NULL)
+        conn_free_cb(ptr);
+}
+
+static void make_idx(void)
+{
+    conn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, conn_ex_free);
+}
+
+int tls_conn_index(void)
+{
+    pthread_once(&idx_once, make_idx);
+    return conn_idx;
+}
+
+void tls_set_conn_free_cb(void (*cb)(void *arg))
+{
+    conn_free_cb = cb;
+}
+
+static void ssl_err_text(char *buf, size_t len, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    char tmp[256] = "";
+
+    if (e != 0)
+        ERR_error_string_n(e, tmp, sizeof(tmp));
+    snprintf(buf, len, "%s%s%s", what, *tmp ? ": " : "", tmp);
+    ERR_clear_error();
+}
+
+/* Accept any certificate at the TLS layer: each request is authorised on
+ * its own (tls_peer_check), so a refusal is a JSON answer, not an alert. */
+static int verify_accept_all(int ok, X509_STORE_CTX *x)
+{
+    (void)ok; (void)x;
+    return 1;
+}
+
+/* Adds every certificate and CRL of a PEM file to store (and certificate
+ * names to names, if given). Returns the number of CRLs, or -1. */
+static int load_pem_into_store(const char *file, X509_STORE *store, STACK_OF(X509_NAME) *names, int *ncerts)
+{
+    BIO *bio = NULL;
+    STACK_OF(X509_INFO) *infos = NULL;
+    int ncrl = -1;
+
+    *ncerts = 0;
+    if ((bio = BIO_new_file(file, "r")) == NULL)
+        goto out;
+    if ((infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL)) == NULL)
+        goto out;
+    ncrl = 0;
+    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *xi = sk_X509_INFO_value(infos, i);
+        if (xi->x509 != NULL) {
+            if (!X509_STORE_add_cert(store, xi->x509)) {
+                ncrl = -1;
+                goto out;
+            }
+            if (names != NULL) {
+                X509_NAME *n = X509_NAME_dup(X509_get_subject_name(xi->x509));
+                if (n == NULL || !sk_X509_NAME_push(names, n)) {
+                    X509_NAME_free(n);
+                    ncrl = -1;
+                    goto out;
+                }
+            }
+            (*ncerts)++;
+        }
+        if (xi->crl != NULL) {
+            if (!X509_STORE_add_crl(store, xi->crl)) {
+                ncrl = -1;
+                goto out;
+            }
+            ncrl++;
+        }
+    }
+out:
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    BIO_free(bio);
+    return ncrl;
+}
+
+int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t errlen)
+{
+    struct tls_state *st = NULL;
+    STACK_OF(X509_NAME) *names = NULL;
+    int rc = -1, ncerts = 0;
+
+    *out = NULL;
+    errbuf[0] = '\0';
+    if ((st = calloc(1, sizeof(*st))) == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        goto out;
+    }
+    atomic_init(&st->refs, 1);
+    if ((st->ctx = SSL_CTX_new(TLS_server_method())) == NULL || (st->clients = X509_STORE_new()) == NULL ||
+        (st->membership = X509_STORE_new()) == NULL || (names = sk_X509_NAME_new_null()) == NULL) {
+        ssl_err_text(errbuf, errlen, "TLS context");
+        goto out;
+    }
+    SSL_CTX_set_min_proto_version(st->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(st->ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (!SSL_CTX_set_cipher_list(st->ctx, tls12_ciphers)) {
+        ssl_err_text(errbuf, errlen, "cipher list");
+        goto out;
+    }
+    if (SSL_CTX_use_certificate_chain_file(st->ctx, opts->cert_file) != 1) {
+        ssl_err_text(errbuf, errlen, "server certificate");
+        goto out;
+    }
+    if (opts->key_file == NULL || strncmp(opts->key_file, "pkcs11:", 7) == 0) {
+        snprintf(errbuf, errlen, "[tls] key must be a PEM file (pkcs11: URIs are not supported for the TLS key yet)");
+        goto out;
+    }
+    if (SSL_CTX_use_PrivateKey_file(st->ctx, opts->key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(st->ctx) != 1) {
+        ssl_err_text(errbuf, errlen, "server key");
+        goto out;
+    }
+    /* Resumption needs a context id when client certificates are asked for. */
+    SSL_CTX_set_session_id_context(st->ctx, (const unsigned char *)"groupsrv", 8);
+    SSL_CTX_set_session_cache_mode(st->ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_set_verify(st->ctx, SSL_VERIFY_PEER, verify_accept_all);
+
+    if (opts->client_ca_file != NULL) {
+        int ncrl = load_pem_into_store(opts->client_ca_file, st->clients, names, &ncerts);
+        if (ncrl < 0 || ncerts == 0) {
+            ssl_err_text(errbuf, errlen, "client CA file unreadable or without certificates");
+            goto out;
+        }
+        if (ncrl > 0)
+            X509_STORE_set_flags(st->clients, X509_V_FLAG_CRL_CHECK);
+    }
+    if (opts->local_ca != NULL) {
+        /* Without [tls] client_ca the local CA also vouches for identities. */
+        if (!X509_STORE_add_cert(st->membership, opts->local_ca) ||
+            (opts->client_ca_file == NULL && !X509_STORE_add_cert(st->clients, opts->local_ca))) {
+            ssl_err_text(errbuf, errlen, "local CA");
+            goto out;
+        }
+        X509_NAME *n = X509_NAME_dup(X509_get_subject_name(opts->local_ca));
+        if (n == NULL || !sk_X509_NAME_push(names, n)) {
+            X509_NAME_free(n);
+            snprintf(errbuf, errlen, "out of memory");
+            goto out;
+        }
+    }
+    SSL_CTX_set_client_CA_list(st->ctx, names);
+    names = NULL;
+    *out = st;
+    st = NULL;
+    rc = 0;
+out:
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    tls_state_unref(st);
+    return rc;
+}
+
+void tls_state_ref(tls_state *st)
+{
+    if (st != NULL)
+        atomic_fetch_add(&st->refs, 1);
+}
+
+void tls_state_unref(tls_state *st)
+{
+    if (st == NULL || atomic_fetch_sub(&st->refs, 1) != 1)
+        return;
+    SSL_CTX_free(st->ctx);
+    X509_STORE_free(st->clients);
+    X509_STORE_free(st->membership);
+    free(st);
+}
+
+SSL_CTX *tls_state_ctx(tls_state *st) { return st->ctx; }
+
+tls_state *tls_current_get(void)
+{
+    pthread_mutex_lock(&cur_mu);
+    tls_state *st = cur_state;
+    tls_state_ref(st);
+    pthread_mutex_unlock(&cur_mu);
+    return st;
+}
+
+void tls_current_set(tls_state *st)
+{
+    tls_state_ref(st);
+    pthread_mutex_lock(&cur_mu);
+    tls_state *old = cur_state;
+    cur_state = st;
+    pthread_mutex_unlock(&cur_mu);
+    tls_state_unref(old);
+}
+
+/* The group of a membership certificate (SAN URI urn:groupsrv:group:G),
+ * copied into buf; 0 if the certificate has none. */
+static int membership_group(X509 *cert, char *buf, size_t len)
+{
+    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int found = 0;
+    size_t plen = strlen(GS_MEMBERSHIP_URI_PREFIX);
+
+    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && !found; i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type != GEN_URI)
+            continue;
+        const unsigned char *p = ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+        int n = ASN1_STRING_length(g->d.uniformResourceIdentifier);
+        if (n > (int)plen && (size_t)n - plen < len && memcmp(p, GS_MEMBERSHIP_URI_PREFIX, plen) == 0 &&
+            memchr(p, '\0', (size_t)n) == NULL) {
+            memcpy(buf, p + plen, (size_t)n - plen);
+            buf[(size_t)n - plen] = '\0';
+            found = 1;
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    return found;
+}
+
+static int cert_identity(X509 *cert, char *buf, size_t len)
+{
+    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int found = 0;
+
+    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && !found; i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type != GEN_EMAIL)
+            continue;
+        const unsigned char *p = ASN1_STRING_get0_data(g->d.rfc822Name);
+        int n = ASN1_STRING_length(g->d.rfc822Name);
+        if (n > 0 && (size_t)n < len && memchr(p, '\0', (size_t)n) == NULL) {
+            memcpy(buf, p, (size_t)n);
+            buf[n] = '\0';
+            found = 1;
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    if (!found) {
+        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, buf, (int)len);
+        found = n > 0 && (size_t)n < len && strlen(buf) == (size_t)n;
+    }
+    if (!found)
+        buf[0] = '\0';
+    return found;
+}
+
+void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
+{
+    X509_STORE_CTX *xc = NULL;
+    char group[sizeof(out->group)];
+
+    memset(out, 0, sizeof(*out));
+    out->status = PEER_NONE;
+    if (ssl == NULL || (out->cert = SSL_get0_peer_certificate(ssl)) == NULL)
+        return;
+    out->status = PEER_UNTRUSTED;
+    int is_membership = membership_group(out->cert, group, sizeof(group));
+    /* Membership certificates are trusted only from the local CA, so a
+     * client CA cannot mint "members" of a group. */
+    X509_STORE *store = is_membership ? st->membership : st->clients;
+    if ((xc = X509_STORE_CTX_new()) == NULL)
+        goto out;
+    if (!X509_STORE_CTX_init(xc, store, out->cert, SSL_get_peer_cert_chain(ssl)))
+        goto out;
+    X509_STORE_CTX_set_purpose(xc, X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(xc) != 1) {
+        int e = X509_STORE_CTX_get_error(xc);
+        if (e == X509_V_ERR_CERT_HAS_EXPIRED || e == X509_V_ERR_CERT_NOT_YET_VALID)
+            out->status = PEER_EXPIRED;
+        goto out;
+    }
+    if (is_membership) {
+        if (!gs_valid_group_name(group))
+            goto out;
+        util_strlcpy(out->group, group, sizeof(out->group));
+        out->status = PEER_MEMBERSHIP;
+        goto out;
+    }
+    out->status = cert_identity(out->cert, out->identity, sizeof(out->identity)) ? PEER_MEMBER_CERT
+                                                                                   : PEER_NO_IDENTITY;
+out:
+    X509_STORE_CTX_free(xc);
+    ERR_clear_error();
+}
