@@ -13,7 +13,7 @@
  * known good at the end. Callers that write files must write to a temp
  * file (util_atomic_open) and commit only on ENV_OK.
  *
- * Ownership: *_new/*_read/*_parse results are freed by the matching *_free
+ * Ownership: x_new, x_read and x_parse results are freed by the matching x_free
  * (NULL fine). Buffers returned through unsigned char ** are malloc'd and
  * owned by the caller (content keys: wipe with OPENSSL_cleanse).
  * X509/EVP_PKEY/BIO arguments are borrowed, never freed by this library.

@@ -1,0 +1,316 @@
+/*
+ * env_encrypt.c: encryption to group certificates with OpenSSL's public CMS
+ * API in streaming mode (BIO_new_CMS), so a message of any size is
+ * encrypted in bounded memory: AuthEnvelopedData with AES-GCM (the default)
+ * or EnvelopedData with AES-CBC; RSA-OAEP key transport or ECDH key
+ * agreement (RFC 5753) chosen by the certificate's key type.
+ */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/cms.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+
+#include "env_internal.h"
+
+#define ENC_CHUNK (64u * 1024)
+#define MIME_HDR_CAP (1024u * 1024)
+
+static env_err write_all(BIO *b, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    while (n) {
+        int w = BIO_write(b, c, n > INT_MAX ? INT_MAX : (int)n);
+        if (w <= 0)
+            return ENV_ERR_IO;
+        c += w;
+        n -= (size_t)w;
+    }
+    return ENV_OK;
+}
+
+/* Plaintext writer; for MIME input, bare LF becomes CRLF (RFC 8551 sec 3.1.1
+ * canonical form), which is what every S/MIME reader expects inside. */
+typedef struct ptw {
+    BIO *b;
+    bool crlf, prev_cr;
+    unsigned char *tmp; /* 2 * ENC_CHUNK */
+} ptw;
+
+static env_err ptw_write(ptw *w, const unsigned char *p, size_t n)
+{
+    env_err rv;
+    if (!w->crlf)
+        return write_all(w->b, p, n);
+    while (n) {
+        size_t k = n > ENC_CHUNK ? ENC_CHUNK : n, o = 0;
+        for (size_t i = 0; i < k; i++) {
+            if (p[i] == '\n' && !w->prev_cr)
+                w->tmp[o++] = '\r';
+            w->tmp[o++] = p[i];
+            w->prev_cr = p[i] == '\r';
+        }
+        if ((rv = write_all(w->b, w->tmp, o)) != ENV_OK)
+            return rv;
+        p += k;
+        n -= k;
+    }
+    return ENV_OK;
+}
+
+static const char *const routing_headers[] = {"From", "To", "Cc", "Date", "Message-ID", "Subject",
+                                              "Reply-To", "In-Reply-To", "References"};
+
+static bool is_routing(const char *line, size_t len)
+{
+    for (size_t i = 0; i < sizeof(routing_headers) / sizeof(routing_headers[0]); i++) {
+        size_t n = strlen(routing_headers[i]);
+        if (len > n && strncasecmp(line, routing_headers[i], n) == 0 && line[n] == ':')
+            return true;
+    }
+    return false;
+}
+
+/* Reads the RFC 5322 header block of in into *hdr (with what follows it in
+ * the same reads: *hdrlen is the header block incl. the blank line, *got
+ * all bytes read). */
+static env_err read_header_block(BIO *in, unsigned char **buf, size_t *hdrlen, size_t *got)
+{
+    size_t cap = ENC_CHUNK, n = 0;
+    unsigned char *b = malloc(cap);
+
+    *buf = NULL;
+    *hdrlen = *got = 0;
+    if (!b)
+        return ENV_ERR_NOMEM;
+    for (;;) {
+        int r;
+        /* Search for the end of headers in what we have. */
+        for (size_t i = 0; i < n; i++) {
+            if (b[i] != '\n')
+                continue;
+            if (i == 0 || (i + 1 < n && b[i + 1] == '\n')) {
+                *hdrlen = i == 0 ? 1 : i + 2;
+                goto done;
+            }
+            if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') {
+                *hdrlen = i + 3;
+                goto done;
+            }
+        }
+        if (n == cap) {
+            unsigned char *t;
+            if (cap >= MIME_HDR_CAP) {
+                free(b);
+                return ENV_ERR_TOO_LARGE;
+            }
+            if (!(t = realloc(b, cap * 2))) {
+                free(b);
+                return ENV_ERR_NOMEM;
+            }
+            b = t;
+            cap *= 2;
+        }
+        r = BIO_read(in, b + n, (int)(cap - n));
+        if (r <= 0) { /* no body: the whole input is headers */
+            *hdrlen = n;
+            goto done;
+        }
+        n += (size_t)r;
+    }
+done:
+    *buf = b;
+    *got = n;
+    return ENV_OK;
+}
+
+/* Copies the routing header fields (with folded lines) to out. */
+static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
+{
+    size_t i = 0;
+    bool keep = false;
+    env_err rv;
+
+    while (i < len) {
+        size_t e = i;
+        while (e < len && h[e] != '\n')
+            e++;
+        if (e < len)
+            e++;
+        if (h[i] == '\r' || h[i] == '\n')
+            break; /* the blank line */
+        if (h[i] != ' ' && h[i] != '\t')
+            keep = is_routing((const char *)h + i, e - i);
+        if (keep && (rv = write_all(out, h + i, e - i)) != ENV_OK)
+            return rv;
+        i = e;
+    }
+    return ENV_OK;
+}
+
+static env_err add_recipient(CMS_ContentInfo *cms, X509 *cert, env_kt_alg kt)
+{
+    EVP_PKEY *pub = X509_get0_pubkey(cert);
+    CMS_RecipientInfo *ri;
+    EVP_PKEY_CTX *pctx;
+
+    if (!pub)
+        return ENV_ERR_CERT;
+    if (EVP_PKEY_is_a(pub, "RSA")) {
+        const EVP_MD *md;
+        if (kt == ENV_KT_RSA_OAEP_SHA1)
+            md = EVP_sha1();
+        else if (kt == ENV_KT_RSA_OAEP_SHA256)
+            md = EVP_sha256();
+        else
+            return ENV_ERR_ARGS; /* PKCS#1 v1.5 is never produced */
+        if (!(ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM)))
+            return ENV_ERR_CERT;
+        if (!(pctx = CMS_RecipientInfo_get0_pkey_ctx(ri)) ||
+            EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+            EVP_PKEY_CTX_set_rsa_oaep_md(pctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)
+            return ENV_ERR_CRYPTO;
+        return ENV_OK;
+    }
+    if (EVP_PKEY_is_a(pub, "EC")) {
+        /* KARI, dhSinglePass-stdDH-sha256kdf-scheme, AES key wrap sized to
+         * the content cipher (OpenSSL picks the wrap). */
+        if (!(ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM)))
+            return ENV_ERR_CERT;
+        if (!(pctx = CMS_RecipientInfo_get0_pkey_ctx(ri)) || EVP_PKEY_CTX_set_ecdh_kdf_md(pctx, EVP_sha256()) <= 0)
+            return ENV_ERR_CRYPTO;
+        return ENV_OK;
+    }
+    return ENV_ERR_CERT;
+}
+
+env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n, BIO *in, BIO *out)
+{
+    env_err rv = ENV_ERR_ARGS;
+    env_encrypt_opts o;
+    const EVP_CIPHER *cipher;
+    CMS_ContentInfo *cms = NULL;
+    BIO *b64 = NULL, *sink = out, *cmsbio = NULL;
+    unsigned char *hdr = NULL, *buf = NULL, *tmp = NULL;
+    size_t hdrlen = 0, got = 0;
+    bool auth;
+    ptw w;
+
+    memset(&o, 0, sizeof(o));
+    if (opts)
+        o = *opts;
+    if (!o.cipher)
+        o.cipher = ENV_CIPHER_AES256_GCM;
+    if (!o.kt)
+        o.kt = ENV_KT_RSA_OAEP_SHA256;
+    if (!o.out_format)
+        o.out_format = ENV_FORMAT_SMIME;
+    if (!recips || n == 0 || n > ENV_MAX_RECIPIENTS || !in || !out)
+        return ENV_ERR_ARGS;
+    switch (o.cipher) {
+    case ENV_CIPHER_AES256_GCM: cipher = EVP_aes_256_gcm(); auth = true; break;
+    case ENV_CIPHER_AES128_GCM: cipher = EVP_aes_128_gcm(); auth = true; break;
+    case ENV_CIPHER_AES256_CBC: cipher = EVP_aes_256_cbc(); auth = false; break;
+    case ENV_CIPHER_AES128_CBC: cipher = EVP_aes_128_cbc(); auth = false; break;
+    default: return ENV_ERR_ARGS;
+    }
+    if (o.out_format != ENV_FORMAT_SMIME && o.out_format != ENV_FORMAT_DER && o.out_format != ENV_FORMAT_PEM)
+        return ENV_ERR_ARGS;
+    rv = ENV_ERR_CRYPTO;
+    cms = auth ? CMS_AuthEnvelopedData_create(cipher) : CMS_EnvelopedData_create(cipher);
+    if (!cms)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!recips[i]) {
+            rv = ENV_ERR_ARGS;
+            goto out;
+        }
+        if ((rv = add_recipient(cms, recips[i], o.kt)) != ENV_OK)
+            goto out;
+    }
+    rv = ENV_ERR_NOMEM;
+    if (!(buf = malloc(ENC_CHUNK)) || !(tmp = malloc(2 * ENC_CHUNK)))
+        goto out;
+    if (o.input_is_mime && (rv = read_header_block(in, &hdr, &hdrlen, &got)) != ENV_OK)
+        goto out;
+
+    rv = ENV_ERR_IO;
+    if (o.out_format == ENV_FORMAT_SMIME) {
+        if (hdr && (rv = write_routing(out, hdr, hdrlen)) != ENV_OK)
+            goto out;
+        if (BIO_printf(out,
+                       "MIME-Version: 1.0\n"
+                       "Content-Disposition: attachment; filename=\"smime.p7m\"\n"
+                       "Content-Type: application/pkcs7-mime; smime-type=%s; name=\"smime.p7m\"\n"
+                       "Content-Transfer-Encoding: base64\n\n",
+                       auth ? "authEnveloped-data" : "enveloped-data") <= 0) {
+            rv = ENV_ERR_IO;
+            goto out;
+        }
+    } else if (o.out_format == ENV_FORMAT_PEM && BIO_puts(out, "-----BEGIN CMS-----\n") <= 0) {
+        goto out;
+    }
+    if (o.out_format != ENV_FORMAT_DER) {
+        rv = ENV_ERR_NOMEM;
+        if (!(b64 = BIO_new(BIO_f_base64())))
+            goto out;
+        sink = BIO_push(b64, out);
+    }
+    /* Streaming: the RecipientInfos and header go out now, the content as
+     * we write it, the tag (GCM) on flush. */
+    rv = ENV_ERR_CRYPTO;
+    if (!(cmsbio = BIO_new_CMS(sink, cms)))
+        goto out;
+    w.b = cmsbio;
+    w.crlf = o.input_is_mime;
+    w.prev_cr = false;
+    w.tmp = tmp;
+    if (hdr && (rv = ptw_write(&w, hdr, got)) != ENV_OK)
+        goto out;
+    for (;;) {
+        int r = BIO_read(in, buf, ENC_CHUNK);
+        if (r <= 0)
+            break;
+        if ((rv = ptw_write(&w, buf, (size_t)r)) != ENV_OK)
+            goto out;
+    }
+    rv = ENV_ERR_CRYPTO;
+    if (BIO_flush(cmsbio) <= 0)
+        goto out;
+    rv = ENV_ERR_IO;
+    if (b64 && BIO_flush(b64) <= 0)
+        goto out;
+    if (o.out_format == ENV_FORMAT_PEM && BIO_puts(out, "-----END CMS-----\n") <= 0)
+        goto out;
+    if (BIO_flush(out) <= 0)
+        goto out;
+    rv = ENV_OK;
+out:
+    /* Free the BIOs BIO_new_CMS pushed, down to (not including) sink. */
+    while (cmsbio && cmsbio != sink) {
+        BIO *next = BIO_pop(cmsbio);
+        BIO_free(cmsbio);
+        cmsbio = next;
+    }
+    if (b64) {
+        BIO_pop(b64);
+        BIO_free(b64);
+    }
+    /* Plaintext passed through these: wipe before freeing. */
+    if (buf)
+        OPENSSL_cleanse(buf, ENC_CHUNK);
+    if (tmp)
+        OPENSSL_cleanse(tmp, 2 * ENC_CHUNK);
+    if (hdr)
+        OPENSSL_cleanse(hdr, got);
+    free(buf);
+    free(tmp);
+    free(hdr);
+    CMS_ContentInfo_free(cms);
+    ERR_clear_error();
+    return rv;
+}

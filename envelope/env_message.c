@@ -1,0 +1,1314 @@
+/*
+ * env_message.c: reading, modifying, decrypting and writing whole
+ * (Auth)EnvelopedData messages in bounded memory.
+ *
+ * Reading: the input (S/MIME, PEM or DER/BER) is decoded into an unlinked
+ * temporary file. The structure is then walked with ASN1_get_object() for
+ * the outer TLV headers, while every small element (version, originatorInfo,
+ * recipientInfos, algorithms, attributes, mac) is decoded by OpenSSL's ASN.1
+ * templates from a bounded window. Only the position of encryptedContent
+ * (primitive, or constructed and possibly indefinite BER as `openssl cms
+ * -stream` writes it) is remembered; its bytes stay in the file.
+ *
+ * Writing re-encodes the small parts with definite lengths and copies the
+ * encryptedContent TLV verbatim from the file; decryption reads its OCTET
+ * STRING chunks from the file and feeds EVP in 64 KiB pieces.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/objects.h>
+
+#include "env_internal.h"
+#include "util.h"
+
+#define IO_CHUNK (64u * 1024)
+#define HDR_LINE_CAP (16u * 1024)     /* one outer header line */
+#define HDR_BLOCK_CAP (1024u * 1024)  /* all outer headers */
+#define MAX_NESTING 8                 /* constructed OCTET STRING depth */
+
+struct env_message {
+    int fd; /* unlinked temp file: the decoded DER/BER of the ContentInfo */
+    off_t size;
+    bool auth;
+    long version;
+    ENV_ORIGINFO *orig;
+    unsigned char **ri_der;
+    size_t *ri_len;
+    size_t nri;
+    ASN1_OBJECT *inner_type;
+    X509_ALGOR *calg;
+    bool gcm;
+    size_t keylen, ivlen, taglen;
+    unsigned char iv[64];
+    off_t ec_off, ec_end; /* the [0] encryptedContent TLV */
+    STACK_OF(X509_ATTRIBUTE) *attrs1; /* unprotectedAttrs (Env) or authAttrs (Auth) */
+    ASN1_OCTET_STRING *mac;            /* Auth only */
+    STACK_OF(X509_ATTRIBUTE) *attrs2;  /* unauthAttrs (Auth only) */
+    char *outer;
+    unsigned char *win; /* read window for small elements */
+    off_t win_off;
+    size_t win_len;
+};
+
+/* ---- temp file ---------------------------------------------------------- */
+
+static int tmp_open(void)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    int fd, n;
+
+    if (!dir || !*dir)
+        dir = "/tmp";
+    n = snprintf(path, sizeof(path), "%s/gs-envelope-XXXXXX", dir);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -1;
+    if ((fd = mkstemp(path)) < 0)
+        return -1;
+    /* Unlinked at once: nothing is left behind whatever happens to us. */
+    (void)unlink(path);
+    return fd;
+}
+
+typedef struct spool {
+    int fd;
+    off_t size;
+    uint64_t max;
+    unsigned char *buf;
+    size_t n;
+} spool;
+
+static env_err spool_flush(spool *s)
+{
+    size_t done = 0;
+    while (done < s->n) {
+        ssize_t w = write(s->fd, s->buf + done, s->n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return ENV_ERR_IO;
+        done += (size_t)w;
+    }
+    s->n = 0;
+    return ENV_OK;
+}
+
+static env_err spool_write(spool *s, const unsigned char *p, size_t n)
+{
+    env_err rv;
+    if ((uint64_t)s->size + n > s->max)
+        return ENV_ERR_TOO_LARGE;
+    s->size += (off_t)n;
+    while (n) {
+        size_t k = IO_CHUNK - s->n < n ? IO_CHUNK - s->n : n;
+        memcpy(s->buf + s->n, p, k);
+        s->n += k;
+        p += k;
+        n -= k;
+        if (s->n == IO_CHUNK && (rv = spool_flush(s)) != ENV_OK)
+            return rv;
+    }
+    return ENV_OK;
+}
+
+static env_err read_at(const env_message *m, off_t off, void *buf, size_t n)
+{
+    size_t done = 0;
+    if (off < 0 || off + (off_t)n > m->size)
+        return ENV_ERR_TRUNCATED;
+    while (done < n) {
+        ssize_t r = pread(m->fd, (unsigned char *)buf + done, n - done, off + (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return ENV_ERR_IO;
+        done += (size_t)r;
+    }
+    return ENV_OK;
+}
+
+/* ---- input reader: buffered, capped ------------------------------------- */
+
+typedef struct reader {
+    BIO *in;
+    unsigned char *buf;
+    size_t pos, len;
+    uint64_t total, max;
+    bool eof;
+    env_err err;
+} reader;
+
+static bool rd_fill(reader *r)
+{
+    int n;
+    if (r->pos < r->len)
+        return true;
+    if (r->eof)
+        return false;
+    r->pos = r->len = 0;
+    n = BIO_read(r->in, r->buf, IO_CHUNK);
+    if (n <= 0) {
+        /* BIO_read returns <= 0 both at EOF and on error; retryable BIOs are
+         * not supported (callers hand us blocking BIOs). */
+        r->eof = true;
+        return false;
+    }
+    r->total += (uint64_t)n;
+    if (r->total > r->max) {
+        r->err = ENV_ERR_TOO_LARGE;
+        r->eof = true;
+        return false;
+    }
+    r->len = (size_t)n;
+    return true;
+}
+
+/* One line including its '\n' into line (NUL-terminated). A line longer
+ * than cap-1 is returned in pieces with *partial set. 0 bytes = EOF. */
+static size_t rd_line(reader *r, char *line, size_t cap, bool *partial)
+{
+    size_t n = 0;
+    *partial = false;
+    while (n + 1 < cap) {
+        unsigned char c;
+        if (!rd_fill(r))
+            break;
+        c = r->buf[r->pos++];
+        line[n++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    if (n + 1 >= cap && line[n - 1] != '\n')
+        *partial = true;
+    line[n] = '\0';
+    return n;
+}
+
+/* ---- input decoding into the spool --------------------------------------- */
+
+static env_err b64_chunk(EVP_ENCODE_CTX *ctx, spool *s, const char *p, size_t n, bool *stop)
+{
+    unsigned char out[(HDR_LINE_CAP / 4) * 3 + 64];
+    int outl = 0, r;
+    env_err rv = ENV_OK;
+
+    while (n && !*stop) {
+        size_t k = n > HDR_LINE_CAP ? HDR_LINE_CAP : n;
+        r = EVP_DecodeUpdate(ctx, out, &outl, (const unsigned char *)p, (int)k);
+        if (r < 0)
+            return ENV_ERR_MIME;
+        if (outl > 0 && (rv = spool_write(s, out, (size_t)outl)) != ENV_OK)
+            return rv;
+        if (r == 0 && memchr(p, '-', k)) /* '-' ends base64 for the decoder */
+            *stop = true;
+        p += k;
+        n -= k;
+    }
+    return rv;
+}
+
+static env_err b64_final(EVP_ENCODE_CTX *ctx, spool *s)
+{
+    unsigned char out[64];
+    int outl = 0;
+    if (EVP_DecodeFinal(ctx, out, &outl) < 0)
+        return ENV_ERR_TRUNCATED; /* base64 stops mid-quantum: input was cut */
+    return outl > 0 ? spool_write(s, out, (size_t)outl) : ENV_OK;
+}
+
+static bool blank_line(const char *l)
+{
+    return strcmp(l, "\n") == 0 || strcmp(l, "\r\n") == 0;
+}
+
+/* Case-insensitive "name:" prefix test. */
+static bool header_is(const char *line, const char *name)
+{
+    size_t n = strlen(name);
+    return strncasecmp(line, name, n) == 0 && line[n] == ':';
+}
+
+static void trim_value(const char *line, char *v, size_t cap)
+{
+    const char *p = strchr(line, ':');
+    size_t n = 0;
+    p = p ? p + 1 : line;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    while (*p && *p != '\r' && *p != '\n' && n + 1 < cap)
+        v[n++] = (char)tolower((unsigned char)*p++);
+    v[n] = '\0';
+}
+
+static bool mime_type_is(const char *v, const char *type)
+{
+    size_t n = strlen(type);
+    return strncmp(v, type, n) == 0 && (v[n] == '\0' || v[n] == ';' || v[n] == ' ' || v[n] == '\t');
+}
+
+static bool looks_like_header(const char *l)
+{
+    const char *c = strchr(l, ':');
+    if (!c || c == l)
+        return false;
+    for (const char *p = l; p < c; p++)
+        if (*p <= ' ' || *p > '~')
+            return false;
+    return true;
+}
+
+/* Appends to a growing capped string. */
+static env_err str_append(char **s, size_t *len, const char *add, size_t cap)
+{
+    size_t n = strlen(add), nl;
+    char *t;
+    if (util_size_add(*len, n, &nl) || nl + 1 > cap)
+        return ENV_ERR_TOO_LARGE;
+    if (!(t = realloc(*s, nl + 1)))
+        return ENV_ERR_NOMEM;
+    memcpy(t + *len, add, n + 1);
+    *s = t;
+    *len = nl;
+    return ENV_OK;
+}
+
+/* S/MIME: outer headers, then the base64 application/pkcs7-mime body. */
+static env_err read_smime(env_message *m, reader *r, spool *s)
+{
+    env_err rv = ENV_OK;
+    char *line = NULL, ctype[256] = "", cte[64] = "";
+    size_t outer_len = 0, hdr_total = 0, n;
+    bool partial, first = true, keep = true, stop = false, have_ct = false, have_cte = false;
+    EVP_ENCODE_CTX *ctx = NULL;
+
+    if (!(line = malloc(HDR_LINE_CAP)) || !(m->outer = calloc(1, 1)) || !(ctx = EVP_ENCODE_CTX_new())) {
+        rv = ENV_ERR_NOMEM;
+        goto out;
+    }
+    for (;;) {
+        n = rd_line(r, line, HDR_LINE_CAP, &partial);
+        if (r->err) {
+            rv = r->err;
+            goto out;
+        }
+        if (n == 0) { /* EOF inside the header block */
+            rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_TRUNCATED;
+            goto out;
+        }
+        if (partial) {
+            rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
+            goto out;
+        }
+        hdr_total += n;
+        if (hdr_total > HDR_BLOCK_CAP) {
+            rv = ENV_ERR_TOO_LARGE;
+            goto out;
+        }
+        if (blank_line(line))
+            break;
+        if (line[0] == ' ' || line[0] == '\t') { /* folded continuation */
+            if (first) {
+                rv = ENV_ERR_NOT_CMS;
+                goto out;
+            }
+        } else {
+            if (!looks_like_header(line)) {
+                rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
+                goto out;
+            }
+            /* MIME-Version and Content-* describe the body: regenerated on write. */
+            keep = !(header_is(line, "MIME-Version") || strncasecmp(line, "Content-", 8) == 0);
+            if (header_is(line, "Content-Type")) {
+                trim_value(line, ctype, sizeof(ctype));
+                have_ct = true;
+            } else if (header_is(line, "Content-Transfer-Encoding")) {
+                trim_value(line, cte, sizeof(cte));
+                have_cte = true;
+            }
+        }
+        first = false;
+        if (keep && (rv = str_append(&m->outer, &outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
+            goto out;
+    }
+    if (!have_ct) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (mime_type_is(ctype, "multipart/signed")) {
+        rv = ENV_ERR_CONTENT_TYPE;
+        goto out;
+    }
+    if (!mime_type_is(ctype, "application/pkcs7-mime") && !mime_type_is(ctype, "application/x-pkcs7-mime")) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (!have_cte || strcmp(cte, "base64") != 0) {
+        rv = ENV_ERR_MIME;
+        goto out;
+    }
+    EVP_DecodeInit(ctx);
+    while (!stop) {
+        n = rd_line(r, line, HDR_LINE_CAP, &partial);
+        if (r->err) {
+            rv = r->err;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        if ((rv = b64_chunk(ctx, s, line, n, &stop)) != ENV_OK)
+            goto out;
+    }
+    rv = b64_final(ctx, s);
+out:
+    free(line);
+    EVP_ENCODE_CTX_free(ctx);
+    return rv;
+}
+
+static env_err read_pem(reader *r, spool *s)
+{
+    env_err rv = ENV_OK;
+    char *line = NULL;
+    size_t n;
+    bool partial, begun = false, ended = false, stop = false;
+    EVP_ENCODE_CTX *ctx = NULL;
+
+    if (!(line = malloc(HDR_LINE_CAP)) || !(ctx = EVP_ENCODE_CTX_new())) {
+        rv = ENV_ERR_NOMEM;
+        goto out;
+    }
+    EVP_DecodeInit(ctx);
+    while (!ended) {
+        n = rd_line(r, line, HDR_LINE_CAP, &partial);
+        if (r->err) {
+            rv = r->err;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        if (!begun) {
+            if (blank_line(line))
+                continue;
+            if (strncmp(line, "-----BEGIN CMS-----", 19) != 0 && strncmp(line, "-----BEGIN PKCS7-----", 21) != 0) {
+                rv = ENV_ERR_NOT_CMS;
+                goto out;
+            }
+            begun = true;
+            continue;
+        }
+        if (strncmp(line, "-----END ", 9) == 0) {
+            ended = true;
+            break;
+        }
+        if ((rv = b64_chunk(ctx, s, line, n, &stop)) != ENV_OK)
+            goto out;
+        if (stop) {
+            rv = ENV_ERR_MIME;
+            goto out;
+        }
+    }
+    if (!begun) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (!ended) {
+        rv = ENV_ERR_TRUNCATED;
+        goto out;
+    }
+    rv = b64_final(ctx, s);
+out:
+    free(line);
+    EVP_ENCODE_CTX_free(ctx);
+    return rv;
+}
+
+static env_err read_der(reader *r, spool *s)
+{
+    env_err rv;
+    while (rd_fill(r)) {
+        if ((rv = spool_write(s, r->buf + r->pos, r->len - r->pos)) != ENV_OK)
+            return rv;
+        r->pos = r->len;
+    }
+    return r->err;
+}
+
+/* ---- BER structure walk over the temp file -------------------------------- */
+
+typedef struct tlv {
+    off_t off;
+    size_t hl;
+    long len;
+    int tag, xclass;
+    bool cons, indef;
+} tlv;
+
+static bool is_eoc(const tlv *t)
+{
+    return t->tag == V_ASN1_EOC && t->xclass == V_ASN1_UNIVERSAL && !t->cons && t->len == 0;
+}
+
+/* TLV header at off, inside a container ending at limit. */
+static env_err hdr_at(const env_message *m, off_t off, off_t limit, tlv *t)
+{
+    unsigned char buf[256];
+    const unsigned char *p = buf;
+    size_t avail;
+    long len = 0;
+    int tag = 0, xclass = 0, r;
+    env_err rv;
+
+    memset(t, 0, sizeof(*t));
+    if (off >= limit)
+        return limit >= m->size ? ENV_ERR_TRUNCATED : ENV_ERR_NOT_CMS;
+    /* A header is at most ~140 bytes (5-byte tag, 1+127 length bytes). */
+    avail = limit - off < (off_t)sizeof(buf) ? (size_t)(limit - off) : sizeof(buf);
+    if ((rv = read_at(m, off, buf, avail)) != ENV_OK)
+        return rv;
+    r = ASN1_get_object(&p, &len, &tag, &xclass, (long)(limit - off));
+    ERR_clear_error();
+    if (r & 0x80) {
+        if (p == buf) /* unparseable header */
+            return (limit >= m->size && avail < 16) ? ENV_ERR_TRUNCATED : ENV_ERR_NOT_CMS;
+        /* length runs past the container */
+        return off + (off_t)(p - buf) + len > m->size ? ENV_ERR_TRUNCATED : ENV_ERR_NOT_CMS;
+    }
+    t->off = off;
+    t->hl = (size_t)(p - buf);
+    t->len = len;
+    t->tag = tag;
+    t->xclass = xclass;
+    t->cons = (r & V_ASN1_CONSTRUCTED) != 0;
+    t->indef = (r & 1) != 0;
+    return ENV_OK;
+}
+
+static off_t tlv_end(const tlv *t, off_t limit)
+{
+    return t->indef ? limit : t->off + (off_t)t->hl + t->len;
+}
+
+/* Pointer to at most cap bytes of the file from off (bounded by limit). */
+static env_err window(env_message *m, off_t off, off_t limit, size_t cap, const unsigned char **p, size_t *n)
+{
+    size_t want = limit - off < (off_t)cap ? (size_t)(limit - off) : cap;
+    env_err rv;
+
+    if (m->win && off >= m->win_off && off + (off_t)want <= m->win_off + (off_t)m->win_len) {
+        *p = m->win + (off - m->win_off);
+        *n = want;
+        return ENV_OK;
+    }
+    if (!m->win && !(m->win = malloc(ENV_HDR_CAP)))
+        return ENV_ERR_NOMEM;
+    if ((rv = read_at(m, off, m->win, want)) != ENV_OK)
+        return rv;
+    m->win_off = off;
+    m->win_len = want;
+    *p = m->win;
+    *n = want;
+    return ENV_OK;
+}
+
+/* Decodes one element at *pos with an ASN.1 template item. */
+static env_err elem_at(env_message *m, off_t *pos, off_t limit, size_t cap, const ASN1_ITEM *it, void *out)
+{
+    tlv t;
+    const unsigned char *w, *p;
+    size_t n;
+    env_err rv;
+    ASN1_VALUE *v;
+
+    *(ASN1_VALUE **)out = NULL;
+    if ((rv = hdr_at(m, *pos, limit, &t)) != ENV_OK)
+        return rv;
+    if ((rv = window(m, *pos, limit, cap, &w, &n)) != ENV_OK)
+        return rv;
+    p = w;
+    v = ASN1_item_d2i(NULL, &p, (long)n, it);
+    ERR_clear_error();
+    if (!v) {
+        if (!t.indef && t.hl + (size_t)t.len <= n)
+            return ENV_ERR_NOT_CMS;
+        if (!t.indef)
+            return ENV_ERR_TOO_LARGE;
+        return *pos + (off_t)n >= m->size ? ENV_ERR_TRUNCATED : ENV_ERR_TOO_LARGE;
+    }
+    *pos += (off_t)(p - w);
+    *(ASN1_VALUE **)out = v;
+    return ENV_OK;
+}
+
+/* Is the next thing in this container its end? */
+static env_err at_end(const env_message *m, off_t pos, bool indef, off_t end, bool *yes)
+{
+    tlv t;
+    env_err rv;
+    *yes = false;
+    if (!indef) {
+        if (pos > end)
+            return ENV_ERR_NOT_CMS;
+        *yes = pos == end;
+        return ENV_OK;
+    }
+    if ((rv = hdr_at(m, pos, end, &t)) != ENV_OK)
+        return rv;
+    *yes = is_eoc(&t);
+    return ENV_OK;
+}
+
+static env_err close_container(const env_message *m, off_t *pos, bool indef, off_t end)
+{
+    tlv t;
+    env_err rv;
+    if (!indef)
+        return *pos == end ? ENV_OK : ENV_ERR_NOT_CMS;
+    if ((rv = hdr_at(m, *pos, end, &t)) != ENV_OK)
+        return rv;
+    if (!is_eoc(&t))
+        return ENV_ERR_NOT_CMS;
+    *pos += (off_t)t.hl;
+    return ENV_OK;
+}
+
+typedef env_err (*chunk_fn)(void *arg, const env_message *m, off_t off, size_t len);
+
+/* Walks an OCTET STRING (primitive or constructed, BER) calling fn for each
+ * primitive piece; *end is just past it. */
+static env_err walk_octets(const env_message *m, const tlv *t, off_t limit, int depth, chunk_fn fn, void *arg,
+                           off_t *end)
+{
+    env_err rv = ENV_OK;
+    off_t pos = t->off + (off_t)t->hl, cend;
+
+    if (!t->cons) {
+        if (fn && t->len > 0 && (rv = fn(arg, m, pos, (size_t)t->len)) != ENV_OK)
+            return rv;
+        *end = pos + t->len;
+        return ENV_OK;
+    }
+    if (depth >= MAX_NESTING)
+        return ENV_ERR_NOT_CMS;
+    cend = tlv_end(t, limit);
+    for (;;) {
+        tlv c;
+        if (!t->indef && pos == cend)
+            break;
+        if ((rv = hdr_at(m, pos, cend, &c)) != ENV_OK)
+            return rv;
+        if (t->indef && is_eoc(&c)) {
+            pos += (off_t)c.hl;
+            break;
+        }
+        if (c.tag != V_ASN1_OCTET_STRING || c.xclass != V_ASN1_UNIVERSAL)
+            return ENV_ERR_NOT_CMS;
+        if ((rv = walk_octets(m, &c, cend, depth + 1, fn, arg, &pos)) != ENV_OK)
+            return rv;
+    }
+    *end = pos;
+    return ENV_OK;
+}
+
+static env_err set_ris(env_message *m, STACK_OF(ENV_RI) *ris)
+{
+    size_t n = (size_t)sk_ENV_RI_num(ris);
+    env_err rv = ENV_ERR_NOMEM;
+
+    if (n == 0)
+        return ENV_ERR_NO_RECIPIENT;
+    if (n > ENV_MAX_RECIPIENTS)
+        return ENV_ERR_TOO_LARGE;
+    if (!(m->ri_der = calloc(n, sizeof(*m->ri_der))) || !(m->ri_len = calloc(n, sizeof(*m->ri_len))))
+        return ENV_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char *p = NULL;
+        int len = i2d_ENV_RI(sk_ENV_RI_value(ris, (int)i), &p);
+        if (len <= 0)
+            goto out;
+        m->ri_der[i] = malloc((size_t)len);
+        if (!m->ri_der[i]) {
+            OPENSSL_free(p);
+            goto out;
+        }
+        memcpy(m->ri_der[i], p, (size_t)len);
+        OPENSSL_free(p);
+        m->ri_len[i] = (size_t)len;
+        m->nri = i + 1;
+    }
+    rv = ENV_OK;
+out:
+    return rv;
+}
+
+static env_err parse_cms(env_message *m)
+{
+    env_err rv;
+    tlv ci, c0, ed, eci, ec, t;
+    off_t pos, end_ci, end_c0, end_ed, end_eci;
+    ASN1_OBJECT *ct = NULL;
+    ASN1_INTEGER *ver = NULL;
+    STACK_OF(ENV_RI) *ris = NULL;
+    bool yes;
+    int nid;
+
+    if (m->size == 0)
+        return ENV_ERR_TRUNCATED;
+    if ((rv = hdr_at(m, 0, m->size, &ci)) != ENV_OK)
+        goto out;
+    if (ci.tag != V_ASN1_SEQUENCE || ci.xclass != V_ASN1_UNIVERSAL || !ci.cons) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    pos = (off_t)ci.hl;
+    end_ci = tlv_end(&ci, m->size);
+    if ((rv = elem_at(m, &pos, end_ci, 4096, ASN1_ITEM_rptr(ASN1_OBJECT), &ct)) != ENV_OK) {
+        if (rv != ENV_ERR_TRUNCATED)
+            rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    nid = OBJ_obj2nid(ct);
+    if (nid == NID_pkcs7_enveloped) {
+        m->auth = false;
+    } else if (nid == NID_id_smime_ct_authEnvelopedData) {
+        m->auth = true;
+    } else {
+        rv = ENV_ERR_CONTENT_TYPE;
+        goto out;
+    }
+    if ((rv = hdr_at(m, pos, end_ci, &c0)) != ENV_OK)
+        goto out;
+    if (c0.tag != 0 || c0.xclass != V_ASN1_CONTEXT_SPECIFIC || !c0.cons) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    pos += (off_t)c0.hl;
+    end_c0 = tlv_end(&c0, end_ci);
+    if ((rv = hdr_at(m, pos, end_c0, &ed)) != ENV_OK)
+        goto out;
+    if (ed.tag != V_ASN1_SEQUENCE || ed.xclass != V_ASN1_UNIVERSAL || !ed.cons) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    pos += (off_t)ed.hl;
+    end_ed = tlv_end(&ed, end_c0);
+    if ((rv = elem_at(m, &pos, end_ed, 64, ASN1_ITEM_rptr(ASN1_INTEGER), &ver)) != ENV_OK)
+        goto out;
+    m->version = ASN1_INTEGER_get(ver);
+    if ((rv = hdr_at(m, pos, end_ed, &t)) != ENV_OK)
+        goto out;
+    if (t.tag == 0 && t.xclass == V_ASN1_CONTEXT_SPECIFIC && t.cons) {
+        if ((rv = elem_at(m, &pos, end_ed, ENV_HDR_CAP, ASN1_ITEM_rptr(ENV_ORIGINFO_IMP0), &m->orig)) != ENV_OK)
+            goto out;
+    }
+    if ((rv = elem_at(m, &pos, end_ed, ENV_HDR_CAP, ASN1_ITEM_rptr(ENV_RIS), &ris)) != ENV_OK)
+        goto out;
+    if ((rv = set_ris(m, ris)) != ENV_OK)
+        goto out;
+    /* (Auth)EncryptedContentInfo */
+    if ((rv = hdr_at(m, pos, end_ed, &eci)) != ENV_OK)
+        goto out;
+    if (eci.tag != V_ASN1_SEQUENCE || eci.xclass != V_ASN1_UNIVERSAL || !eci.cons) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    pos += (off_t)eci.hl;
+    end_eci = tlv_end(&eci, end_ed);
+    if ((rv = elem_at(m, &pos, end_eci, 4096, ASN1_ITEM_rptr(ASN1_OBJECT), &m->inner_type)) != ENV_OK)
+        goto out;
+    if ((rv = elem_at(m, &pos, end_eci, 4096, ASN1_ITEM_rptr(X509_ALGOR), &m->calg)) != ENV_OK)
+        goto out;
+    if ((rv = env_cipher_from_algor(m->calg, &m->gcm, &m->keylen, m->iv, &m->ivlen, &m->taglen)) != ENV_OK)
+        goto out;
+    if (m->gcm != m->auth) { /* GCM only in AuthEnvelopedData (RFC 5084), CBC only in EnvelopedData */
+        rv = ENV_ERR_UNSUPPORTED;
+        goto out;
+    }
+    if ((rv = at_end(m, pos, eci.indef, end_eci, &yes)) != ENV_OK)
+        goto out;
+    if (yes) { /* detached content: not something a mail ever carries */
+        rv = ENV_ERR_UNSUPPORTED;
+        goto out;
+    }
+    if ((rv = hdr_at(m, pos, end_eci, &ec)) != ENV_OK)
+        goto out;
+    if (ec.tag != 0 || ec.xclass != V_ASN1_CONTEXT_SPECIFIC) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    m->ec_off = pos;
+    if ((rv = walk_octets(m, &ec, end_eci, 0, NULL, NULL, &m->ec_end)) != ENV_OK)
+        goto out;
+    pos = m->ec_end;
+    if ((rv = close_container(m, &pos, eci.indef, end_eci)) != ENV_OK)
+        goto out;
+    /* After the content: [1] attrs; for Auth also the mac and [2] attrs. */
+    if ((rv = at_end(m, pos, ed.indef, end_ed, &yes)) != ENV_OK)
+        goto out;
+    if (!yes && (rv = hdr_at(m, pos, end_ed, &t)) == ENV_OK && t.tag == 1 && t.xclass == V_ASN1_CONTEXT_SPECIFIC) {
+        if ((rv = elem_at(m, &pos, end_ed, ENV_TAIL_CAP, ASN1_ITEM_rptr(ENV_ATTRS_IMP1), &m->attrs1)) != ENV_OK)
+            goto out;
+    }
+    if (rv != ENV_OK)
+        goto out;
+    if (m->auth) {
+        if ((rv = elem_at(m, &pos, end_ed, 4096, ASN1_ITEM_rptr(ASN1_OCTET_STRING), &m->mac)) != ENV_OK)
+            goto out;
+        if ((rv = at_end(m, pos, ed.indef, end_ed, &yes)) != ENV_OK)
+            goto out;
+        if (!yes &&
+            (rv = elem_at(m, &pos, end_ed, ENV_TAIL_CAP, ASN1_ITEM_rptr(ENV_ATTRS_IMP2), &m->attrs2)) != ENV_OK)
+            goto out;
+    }
+    if ((rv = close_container(m, &pos, ed.indef, end_ed)) != ENV_OK)
+        goto out;
+    if ((rv = close_container(m, &pos, c0.indef, end_c0)) != ENV_OK)
+        goto out;
+    rv = close_container(m, &pos, ci.indef, end_ci);
+out:
+    ASN1_OBJECT_free(ct);
+    ASN1_INTEGER_free(ver);
+    sk_ENV_RI_pop_free(ris, ENV_RI_free);
+    ERR_clear_error();
+    return rv;
+}
+
+env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out)
+{
+    env_err rv = ENV_ERR_NOMEM;
+    env_message *m = NULL;
+    reader r;
+    spool s;
+
+    memset(&r, 0, sizeof(r));
+    memset(&s, 0, sizeof(s));
+    if (out)
+        *out = NULL;
+    if (!in || !out || fmt < ENV_FORMAT_AUTO || fmt > ENV_FORMAT_PEM)
+        return ENV_ERR_ARGS;
+    if (!(m = calloc(1, sizeof(*m))))
+        goto out;
+    m->fd = -1;
+    r.in = in;
+    r.max = max_size ? max_size : ENV_DEFAULT_MAX;
+    if (!(r.buf = malloc(IO_CHUNK)) || !(s.buf = malloc(IO_CHUNK)))
+        goto out;
+    s.max = r.max;
+    if ((m->fd = s.fd = tmp_open()) < 0) {
+        rv = ENV_ERR_IO;
+        goto out;
+    }
+    if (fmt == ENV_FORMAT_AUTO) {
+        if (!rd_fill(&r)) {
+            rv = r.err ? r.err : ENV_ERR_TRUNCATED;
+            goto out;
+        }
+        if (r.buf[0] == 0x30)
+            fmt = ENV_FORMAT_DER;
+        else if (r.len >= 5 && memcmp(r.buf, "-----", 5) == 0)
+            fmt = ENV_FORMAT_PEM;
+        else
+            fmt = ENV_FORMAT_SMIME;
+    }
+    if (fmt == ENV_FORMAT_DER)
+        rv = read_der(&r, &s);
+    else if (fmt == ENV_FORMAT_PEM)
+        rv = read_pem(&r, &s);
+    else
+        rv = read_smime(m, &r, &s);
+    if (rv != ENV_OK)
+        goto out;
+    if ((rv = spool_flush(&s)) != ENV_OK)
+        goto out;
+    m->size = s.size;
+    if (!m->outer && !(m->outer = calloc(1, 1))) {
+        rv = ENV_ERR_NOMEM;
+        goto out;
+    }
+    if ((rv = parse_cms(m)) != ENV_OK)
+        goto out;
+    /* The header window is only needed while parsing. */
+    free(m->win);
+    m->win = NULL;
+    *out = m;
+    m = NULL;
+out:
+    free(r.buf);
+    free(s.buf);
+    env_message_free(m);
+    return rv;
+}
+
+static void free_ris(env_message *m)
+{
+    for (size_t i = 0; i < m->nri; i++)
+        free(m->ri_der[i]);
+    free(m->ri_der);
+    free(m->ri_len);
+    m->ri_der = NULL;
+    m->ri_len = NULL;
+    m->nri = 0;
+}
+
+void env_message_free(env_message *msg)
+{
+    if (!msg)
+        return;
+    if (msg->fd >= 0)
+        close(msg->fd);
+    ENV_ORIGINFO_free(msg->orig);
+    free_ris(msg);
+    ASN1_OBJECT_free(msg->inner_type);
+    X509_ALGOR_free(msg->calg);
+    sk_X509_ATTRIBUTE_pop_free(msg->attrs1, X509_ATTRIBUTE_free);
+    sk_X509_ATTRIBUTE_pop_free(msg->attrs2, X509_ATTRIBUTE_free);
+    ASN1_OCTET_STRING_free(msg->mac);
+    free(msg->outer);
+    free(msg->win);
+    free(msg);
+}
+
+env_cipher env_message_cipher(const env_message *msg)
+{
+    if (!msg)
+        return 0;
+    if (msg->gcm)
+        return msg->keylen == 16 ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES256_GCM;
+    return msg->keylen == 16 ? ENV_CIPHER_AES128_CBC : ENV_CIPHER_AES256_CBC;
+}
+
+size_t env_message_recipient_count(const env_message *msg)
+{
+    return msg ? msg->nri : 0;
+}
+
+env_err env_message_recipient_der(const env_message *msg, size_t i, unsigned char **der, size_t *len)
+{
+    if (der)
+        *der = NULL;
+    if (len)
+        *len = 0;
+    if (!msg || !der || !len || i >= msg->nri)
+        return ENV_ERR_ARGS;
+    if (!(*der = malloc(msg->ri_len[i])))
+        return ENV_ERR_NOMEM;
+    memcpy(*der, msg->ri_der[i], msg->ri_len[i]);
+    *len = msg->ri_len[i];
+    return ENV_OK;
+}
+
+env_err env_message_find_recipient(const env_message *msg, X509 *cert, size_t *index)
+{
+    if (index)
+        *index = 0;
+    if (!msg || !cert || !index)
+        return ENV_ERR_ARGS;
+    for (size_t i = 0; i < msg->nri; i++) {
+        env_recipient *ri = NULL;
+        bool match;
+        if (env_recipient_parse(msg->ri_der[i], msg->ri_len[i], &ri) != ENV_OK)
+            continue;
+        match = env_recipient_matches_cert(ri, cert);
+        env_recipient_free(ri);
+        if (match) {
+            *index = i;
+            return ENV_OK;
+        }
+    }
+    return ENV_ERR_NO_RECIPIENT;
+}
+
+env_err env_message_find_kekri(const env_message *msg, const unsigned char *kek_id, size_t kek_id_len,
+                               size_t *index)
+{
+    if (index)
+        *index = 0;
+    if (!msg || !kek_id || !index)
+        return ENV_ERR_ARGS;
+    for (size_t i = 0; i < msg->nri; i++) {
+        env_recipient *ri = NULL;
+        const unsigned char *id;
+        size_t idlen;
+        bool match = false;
+        if (env_recipient_parse(msg->ri_der[i], msg->ri_len[i], &ri) != ENV_OK)
+            continue;
+        if (env_recipient_kek_id(ri, &id, &idlen) == ENV_OK)
+            match = idlen == kek_id_len && memcmp(id, kek_id, idlen) == 0;
+        env_recipient_free(ri);
+        if (match) {
+            *index = i;
+            return ENV_OK;
+        }
+    }
+    return ENV_ERR_NO_RECIPIENT;
+}
+
+env_err env_message_set_recipients(env_message *msg, const unsigned char *const *ders, const size_t *lens, size_t n)
+{
+    env_err rv = ENV_ERR_NOMEM;
+    unsigned char **nd = NULL;
+    size_t *nl = NULL, done = 0;
+
+    if (!msg || !ders || !lens || n == 0)
+        return ENV_ERR_ARGS;
+    if (n > ENV_MAX_RECIPIENTS)
+        return ENV_ERR_TOO_LARGE;
+    if (!(nd = calloc(n, sizeof(*nd))) || !(nl = calloc(n, sizeof(*nl))))
+        goto out;
+    for (; done < n; done++) {
+        env_recipient *ri = NULL;
+        /* Each must be exactly one well-formed RecipientInfo. */
+        if (!ders[done] || (rv = env_recipient_parse(ders[done], lens[done], &ri)) != ENV_OK) {
+            rv = ENV_ERR_ARGS;
+            goto out;
+        }
+        env_recipient_free(ri);
+        rv = ENV_ERR_NOMEM;
+        if (!(nd[done] = malloc(lens[done])))
+            goto out;
+        memcpy(nd[done], ders[done], lens[done]);
+        nl[done] = lens[done];
+    }
+    free_ris(msg);
+    msg->ri_der = nd;
+    msg->ri_len = nl;
+    msg->nri = n;
+    nd = NULL;
+    nl = NULL;
+    rv = ENV_OK;
+out:
+    if (nd)
+        for (size_t i = 0; i < done; i++)
+            free(nd[i]);
+    free(nd);
+    free(nl);
+    return rv;
+}
+
+const char *env_message_outer_headers(const env_message *msg)
+{
+    return msg && msg->outer ? msg->outer : "";
+}
+
+/* ---- decryption ------------------------------------------------------------ */
+
+typedef struct dec_state {
+    EVP_CIPHER_CTX *ctx;
+    BIO *out;
+    unsigned char *in, *plain;
+} dec_state;
+
+static env_err bio_write_all(BIO *b, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    while (n) {
+        int k = n > INT_MAX ? INT_MAX : (int)n;
+        int w = BIO_write(b, c, k);
+        if (w <= 0)
+            return ENV_ERR_IO;
+        c += w;
+        n -= (size_t)w;
+    }
+    return ENV_OK;
+}
+
+static env_err dec_chunk(void *arg, const env_message *m, off_t off, size_t len)
+{
+    dec_state *d = arg;
+    env_err rv;
+    while (len) {
+        size_t k = len > IO_CHUNK ? IO_CHUNK : len;
+        int outl = 0;
+        if ((rv = read_at(m, off, d->in, k)) != ENV_OK)
+            return rv;
+        if (!EVP_DecryptUpdate(d->ctx, d->plain, &outl, d->in, (int)k))
+            return ENV_ERR_CRYPTO;
+        if (outl > 0 && (rv = bio_write_all(d->out, d->plain, (size_t)outl)) != ENV_OK)
+            return rv;
+        off += (off_t)k;
+        len -= k;
+    }
+    return ENV_OK;
+}
+
+env_err env_message_decrypt(const env_message *msg, const unsigned char *cek, size_t ceklen, BIO *out)
+{
+    env_err rv = ENV_ERR_NOMEM;
+    dec_state d;
+    const EVP_CIPHER *c;
+    unsigned char *aad = NULL;
+    int aadlen = 0, outl = 0;
+    tlv ec;
+    off_t end;
+
+    memset(&d, 0, sizeof(d));
+    if (!msg || !cek || !out)
+        return ENV_ERR_ARGS;
+    if (ceklen != msg->keylen)
+        return ENV_ERR_KEY;
+    if (!(c = EVP_get_cipherbynid(OBJ_obj2nid(msg->calg->algorithm))))
+        return ENV_ERR_UNSUPPORTED;
+    d.out = out;
+    if (!(d.ctx = EVP_CIPHER_CTX_new()) || !(d.in = malloc(IO_CHUNK)) || !(d.plain = malloc(IO_CHUNK + 64)))
+        goto out;
+    rv = ENV_ERR_CRYPTO;
+    if (!EVP_DecryptInit_ex(d.ctx, c, NULL, NULL, NULL))
+        goto out;
+    if (msg->gcm && !EVP_CIPHER_CTX_ctrl(d.ctx, EVP_CTRL_GCM_SET_IVLEN, (int)msg->ivlen, NULL))
+        goto out;
+    if (!EVP_DecryptInit_ex(d.ctx, NULL, NULL, cek, msg->iv))
+        goto out;
+    if (msg->gcm) {
+        /* RFC 5083 sec 2.2: the AAD is the DER of authAttrs with a SET OF tag. */
+        if (msg->attrs1) {
+            if ((aadlen = ASN1_item_i2d((ASN1_VALUE *)msg->attrs1, &aad, ASN1_ITEM_rptr(ENV_ATTRS))) <= 0)
+                goto out;
+            if (!EVP_DecryptUpdate(d.ctx, NULL, &outl, aad, aadlen))
+                goto out;
+        }
+        if (!msg->mac || (size_t)msg->mac->length != msg->taglen) {
+            rv = ENV_ERR_AUTH;
+            goto out;
+        }
+    }
+    if ((rv = hdr_at(msg, msg->ec_off, msg->ec_end, &ec)) != ENV_OK)
+        goto out;
+    if ((rv = walk_octets(msg, &ec, msg->ec_end, 0, dec_chunk, &d, &end)) != ENV_OK)
+        goto out;
+    if (msg->gcm &&
+        !EVP_CIPHER_CTX_ctrl(d.ctx, EVP_CTRL_GCM_SET_TAG, (int)msg->taglen, msg->mac->data)) {
+        rv = ENV_ERR_CRYPTO;
+        goto out;
+    }
+    if (!EVP_DecryptFinal_ex(d.ctx, d.plain, &outl)) {
+        rv = ENV_ERR_AUTH;
+        goto out;
+    }
+    if (outl > 0 && (rv = bio_write_all(out, d.plain, (size_t)outl)) != ENV_OK)
+        goto out;
+    if (BIO_flush(out) <= 0) {
+        rv = ENV_ERR_IO;
+        goto out;
+    }
+    rv = ENV_OK;
+out:
+    EVP_CIPHER_CTX_free(d.ctx);
+    free(d.in);
+    if (d.plain)
+        OPENSSL_cleanse(d.plain, IO_CHUNK + 64);
+    free(d.plain);
+    OPENSSL_free(aad);
+    ERR_clear_error();
+    return rv;
+}
+
+env_err env_message_decrypt_with_pkey(const env_message *msg, X509 *cert, EVP_PKEY *pkey, BIO *out)
+{
+    env_err rv;
+    size_t idx, keylen = 0;
+    env_recipient *ri = NULL;
+    unsigned char key[64];
+
+    if (!msg || !cert || !pkey || !out)
+        return ENV_ERR_ARGS;
+    if ((rv = env_message_find_recipient(msg, cert, &idx)) != ENV_OK)
+        return rv;
+    if ((rv = env_recipient_parse(msg->ri_der[idx], msg->ri_len[idx], &ri)) != ENV_OK)
+        return rv;
+    if ((rv = env_recipient_decrypt_with_pkey(ri, cert, pkey, key, sizeof(key), &keylen)) != ENV_OK)
+        goto out;
+    rv = env_message_decrypt(msg, key, keylen, out);
+out:
+    OPENSSL_cleanse(key, sizeof(key));
+    env_recipient_free(ri);
+    return rv;
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+/* Version per RFC 5652 sec 6.1 (EnvelopedData) or 0 (AuthEnvelopedData). */
+static long env_version(const env_message *m)
+{
+    long v = 0;
+    if (m->auth)
+        return 0;
+    for (size_t i = 0; i < m->nri; i++) {
+        /* pwri/ori force v3; anything but a v0 KTRI (issuerAndSerialNumber) v2. */
+        env_recipient *ri = NULL;
+        if (env_recipient_parse(m->ri_der[i], m->ri_len[i], &ri) != ENV_OK)
+            continue;
+        if (env_recipient_type(ri) == ENV_RI_OTHER)
+            v = 3;
+        else if (v < 2 && env_recipient_version(ri) != 0)
+            v = 2;
+        env_recipient_free(ri);
+    }
+    if (v < 2 && (m->orig || m->attrs1))
+        v = 2;
+    if (m->version == 4)
+        v = 4; /* originatorInfo with other certificate/CRL formats: keep */
+    return v;
+}
+
+typedef struct part {
+    unsigned char *der;
+    int len;
+} part;
+
+env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out)
+{
+    env_err rv = ENV_ERR_NOMEM;
+    part ct = {0}, ver = {0}, orig = {0}, inner = {0}, calg = {0}, a1 = {0}, mac = {0}, a2 = {0};
+    ASN1_INTEGER *vi = NULL;
+    BIO *b64 = NULL, *sink = out;
+    size_t ris = 0;
+    long ec_len, eci_len, ed_len, tail;
+    int set_tlv, eci_tlv, ed_tlv, c0_tlv, ci_tlv;
+    unsigned char hdr[32], *p, *buf = NULL;
+    const ASN1_ITEM *a1_it = ASN1_ITEM_rptr(ENV_ATTRS_IMP1);
+
+    if (!msg || !out || fmt < ENV_FORMAT_AUTO || fmt > ENV_FORMAT_PEM)
+        return ENV_ERR_ARGS;
+    if (fmt == ENV_FORMAT_AUTO)
+        fmt = ENV_FORMAT_SMIME;
+    for (size_t i = 0; i < msg->nri; i++)
+        if (util_size_add(ris, msg->ri_len[i], &ris) || ris > INT_MAX / 2)
+            return ENV_ERR_TOO_LARGE;
+    ec_len = (long)(msg->ec_end - msg->ec_off);
+    if (!(vi = ASN1_INTEGER_new()) || !ASN1_INTEGER_set(vi, env_version(msg)))
+        goto out;
+    rv = ENV_ERR_CRYPTO;
+    if ((ct.len = i2d_ASN1_OBJECT(OBJ_nid2obj(msg->auth ? NID_id_smime_ct_authEnvelopedData : NID_pkcs7_enveloped),
+                                  &ct.der)) <= 0 ||
+        (ver.len = i2d_ASN1_INTEGER(vi, &ver.der)) <= 0 ||
+        (inner.len = i2d_ASN1_OBJECT(msg->inner_type, &inner.der)) <= 0 ||
+        (calg.len = i2d_X509_ALGOR(msg->calg, &calg.der)) <= 0)
+        goto out;
+    if (msg->orig && (orig.len = ASN1_item_i2d((ASN1_VALUE *)msg->orig, &orig.der, ASN1_ITEM_rptr(ENV_ORIGINFO_IMP0))) <= 0)
+        goto out;
+    if (msg->attrs1 && (a1.len = ASN1_item_i2d((ASN1_VALUE *)msg->attrs1, &a1.der, a1_it)) <= 0)
+        goto out;
+    if (msg->mac && (mac.len = i2d_ASN1_OCTET_STRING(msg->mac, &mac.der)) <= 0)
+        goto out;
+    if (msg->attrs2 && (a2.len = ASN1_item_i2d((ASN1_VALUE *)msg->attrs2, &a2.der, ASN1_ITEM_rptr(ENV_ATTRS_IMP2))) <= 0)
+        goto out;
+    /* Definite lengths all the way out; the content TLV may itself be
+     * indefinite BER, which is fine inside definite wrappers. */
+    rv = ENV_ERR_TOO_LARGE;
+    tail = (long)a1.len + mac.len + a2.len;
+    if ((set_tlv = ASN1_object_size(1, (int)ris, V_ASN1_SET)) < 0)
+        goto out;
+    if (ec_len > INT_MAX / 2)
+        goto out;
+    eci_len = inner.len + calg.len + ec_len;
+    if ((eci_tlv = ASN1_object_size(1, (int)eci_len, V_ASN1_SEQUENCE)) < 0)
+        goto out;
+    ed_len = (long)ver.len + orig.len + set_tlv + eci_tlv + tail;
+    if (ed_len > INT_MAX / 2 || (ed_tlv = ASN1_object_size(1, (int)ed_len, V_ASN1_SEQUENCE)) < 0 ||
+        (c0_tlv = ASN1_object_size(1, ed_tlv, 0)) < 0 ||
+        (ci_tlv = ASN1_object_size(1, ct.len + c0_tlv, V_ASN1_SEQUENCE)) < 0)
+        goto out;
+    (void)ci_tlv;
+
+    rv = ENV_ERR_IO;
+    if (fmt == ENV_FORMAT_SMIME) {
+        const char *oh = outer_headers ? outer_headers : msg->outer;
+        const char *st = msg->auth ? "authEnveloped-data" : "enveloped-data";
+        size_t ol = oh ? strlen(oh) : 0;
+        if (ol && BIO_write(out, oh, (int)ol) != (int)ol)
+            goto out;
+        if (ol && oh[ol - 1] != '\n' && BIO_puts(out, "\n") <= 0)
+            goto out;
+        if (BIO_printf(out,
+                       "MIME-Version: 1.0\n"
+                       "Content-Disposition: attachment; filename=\"smime.p7m\"\n"
+                       "Content-Type: application/pkcs7-mime; smime-type=%s; name=\"smime.p7m\"\n"
+                       "Content-Transfer-Encoding: base64\n\n",
+                       st) <= 0)
+            goto out;
+    } else if (fmt == ENV_FORMAT_PEM) {
+        if (BIO_puts(out, "-----BEGIN CMS-----\n") <= 0)
+            goto out;
+    }
+    if (fmt != ENV_FORMAT_DER) {
+        rv = ENV_ERR_NOMEM;
+        if (!(b64 = BIO_new(BIO_f_base64())))
+            goto out;
+        sink = BIO_push(b64, out);
+    }
+    rv = ENV_ERR_IO;
+#define PUT_HDR(cons, len, tag, cls)                                                                         \
+    do {                                                                                                     \
+        p = hdr;                                                                                             \
+        ASN1_put_object(&p, cons, (int)(len), tag, cls);                                                     \
+        if ((rv = bio_write_all(sink, hdr, (size_t)(p - hdr))) != ENV_OK)                                    \
+            goto out;                                                                                        \
+    } while (0)
+#define PUT_PART(pt)                                                                                         \
+    do {                                                                                                     \
+        if ((pt).len > 0 && (rv = bio_write_all(sink, (pt).der, (size_t)(pt).len)) != ENV_OK)                \
+            goto out;                                                                                        \
+    } while (0)
+    PUT_HDR(1, ct.len + c0_tlv, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    PUT_PART(ct);
+    PUT_HDR(1, ed_tlv, 0, V_ASN1_CONTEXT_SPECIFIC);
+    PUT_HDR(1, ed_len, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    PUT_PART(ver);
+    PUT_PART(orig);
+    PUT_HDR(1, ris, V_ASN1_SET, V_ASN1_UNIVERSAL);
+    for (size_t i = 0; i < msg->nri; i++)
+        if ((rv = bio_write_all(sink, msg->ri_der[i], msg->ri_len[i])) != ENV_OK)
+            goto out;
+    PUT_HDR(1, eci_len, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    PUT_PART(inner);
+    PUT_PART(calg);
+    /* The encrypted content, byte for byte. */
+    rv = ENV_ERR_NOMEM;
+    if (!(buf = malloc(IO_CHUNK)))
+        goto out;
+    for (off_t o = msg->ec_off; o < msg->ec_end;) {
+        size_t k = msg->ec_end - o > (off_t)IO_CHUNK ? IO_CHUNK : (size_t)(msg->ec_end - o);
+        if ((rv = read_at(msg, o, buf, k)) != ENV_OK || (rv = bio_write_all(sink, buf, k)) != ENV_OK)
+            goto out;
+        o += (off_t)k;
+    }
+    PUT_PART(a1);
+    PUT_PART(mac);
+    PUT_PART(a2);
+#undef PUT_HDR
+#undef PUT_PART
+    rv = ENV_ERR_IO;
+    if (BIO_flush(sink) <= 0)
+        goto out;
+    if (fmt == ENV_FORMAT_PEM && BIO_puts(out, "-----END CMS-----\n") <= 0)
+        goto out;
+    if (BIO_flush(out) <= 0)
+        goto out;
+    rv = ENV_OK;
+out:
+    if (b64) {
+        BIO_pop(b64);
+        BIO_free(b64);
+    }
+    free(buf);
+    ASN1_INTEGER_free(vi);
+    OPENSSL_free(ct.der);
+    OPENSSL_free(ver.der);
+    OPENSSL_free(orig.der);
+    OPENSSL_free(inner.der);
+    OPENSSL_free(calg.der);
+    OPENSSL_free(a1.der);
+    OPENSSL_free(mac.der);
+    OPENSSL_free(a2.der);
+    ERR_clear_error();
+    return rv;
+}
