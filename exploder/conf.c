@@ -1,0 +1,193 @@
+/* conf.c: exploder.conf (INI via inih) and the error table. See xp.h. */
+#include "xp.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <ini.h>
+
+#include "log.h"
+#include "util.h"
+
+const char *xp_strerror(xp_err err)
+{
+    switch (err) {
+    case XP_OK: return "success";
+    case XP_ERR_NOMEM: return "out of memory";
+    case XP_ERR_ARGS: return "invalid arguments";
+    case XP_ERR_IO: return "I/O error";
+    case XP_ERR_DB: return "spool database error";
+    case XP_ERR_CONFIG: return "configuration error";
+    case XP_ERR_NOTFOUND: return "not found";
+    case XP_ERR_EXISTS: return "already exists";
+    case XP_ERR_FORMAT: return "malformed message";
+    case XP_ERR_TOO_LARGE: return "message too large";
+    case XP_ERR_NOT_ENCRYPTED: return "message is not encrypted (CMS EnvelopedData)";
+    case XP_ERR_WRONG_RECIPIENT: return "message is not encrypted to the list's group certificate";
+    case XP_ERR_REFUSED: return "refused by list policy";
+    case XP_ERR_TEMP: return "temporary failure";
+    case XP_ERR_PERM: return "permanent failure";
+    case XP_ERR_CRYPTO: return "CMS processing failed";
+    case XP_ERR_BUSY: return "another queue runner is active on this spool";
+    }
+    return "unknown error";
+}
+
+void xp_conf_free(xp_conf *c)
+{
+    if (c == NULL)
+        return;
+    free(c->spool_path);
+    free(c->relay);
+    free(c->envelope_from);
+    free(c->bounce_from);
+    free(c->relay_cacert);
+    free(c->relay_user);
+    free(c->relay_password_file);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_ca);
+    free(c);
+}
+
+static int set_str(char **dst, const char *v)
+{
+    char *d = strdup(v);
+    if (d == NULL)
+        return 0;
+    free(*dst);
+    *dst = d;
+    return 1;
+}
+
+static int set_u64(uint64_t *dst, const char *v, uint64_t min, uint64_t max)
+{
+    return util_parse_u64(v, min, max, dst) == UTIL_OK;
+}
+
+static int set_bool(int *dst, const char *v)
+{
+    if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0)
+        *dst = 1;
+    else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        *dst = 0;
+    else
+        return 0;
+    return 1;
+}
+
+/* inih callback: returns nonzero on success; unknown keys are errors so a
+ * typo does not silently fall back to a default. */
+static int conf_handler(void *user, const char *section, const char *name, const char *value)
+{
+    xp_conf *c = user;
+    uint64_t u = 0;
+
+    if (strcmp(section, "spool") == 0) {
+        if (strcmp(name, "path") == 0)
+            return set_str(&c->spool_path, value);
+        if (strcmp(name, "max_message_size") == 0)
+            return set_u64(&c->max_message_size, value, 1024, (uint64_t)1 << 30);
+    } else if (strcmp(section, "delivery") == 0) {
+        if (strcmp(name, "relay") == 0) {
+            if (strncmp(value, "smtp://", 7) != 0 && strncmp(value, "smtps://", 8) != 0 &&
+                strncmp(value, "maildir:", 8) != 0)
+                return 0;
+            return set_str(&c->relay, value);
+        }
+        if (strcmp(name, "batch_size") == 0) {
+            if (!set_u64(&u, value, 1, 1000))
+                return 0;
+            c->batch_size = (unsigned)u;
+            return 1;
+        }
+        if (strcmp(name, "max_age") == 0)
+            return set_u64(&c->max_age, value, 1, 90ULL * 86400);
+        if (strcmp(name, "retry_min") == 0)
+            return set_u64(&c->retry_min, value, 1, 86400);
+        if (strcmp(name, "retry_max") == 0)
+            return set_u64(&c->retry_max, value, 1, 7ULL * 86400);
+        if (strcmp(name, "poll_interval") == 0)
+            return set_u64(&c->poll_interval, value, 1, 3600);
+        if (strcmp(name, "relay_timeout") == 0)
+            return set_u64(&c->relay_timeout, value, 1, 3600);
+        if (strcmp(name, "envelope_from") == 0)
+            return set_str(&c->envelope_from, value);
+        if (strcmp(name, "bounce_from") == 0)
+            return set_str(&c->bounce_from, value);
+        if (strcmp(name, "starttls") == 0) {
+            if (strcasecmp(value, "no") == 0)
+                c->starttls = XP_STARTTLS_NO;
+            else if (strcasecmp(value, "yes") == 0)
+                c->starttls = XP_STARTTLS_YES;
+            else if (strcasecmp(value, "required") == 0)
+                c->starttls = XP_STARTTLS_REQUIRED;
+            else
+                return 0;
+            return 1;
+        }
+        if (strcmp(name, "relay_cacert") == 0)
+            return set_str(&c->relay_cacert, value);
+        if (strcmp(name, "relay_verify") == 0)
+            return set_bool(&c->relay_verify, value);
+        if (strcmp(name, "relay_user") == 0)
+            return set_str(&c->relay_user, value);
+        if (strcmp(name, "relay_password_file") == 0)
+            return set_str(&c->relay_password_file, value);
+    } else if (strcmp(section, "tls") == 0) {
+        if (strcmp(name, "cert") == 0)
+            return set_str(&c->tls_cert, value);
+        if (strcmp(name, "key") == 0)
+            return set_str(&c->tls_key, value);
+        if (strcmp(name, "ca") == 0)
+            return set_str(&c->tls_ca, value);
+    } else if (strcmp(section, "log") == 0) {
+        if (strcmp(name, "level") == 0) {
+            int l = log_level_parse(value);
+            if (l < 0)
+                return 0;
+            c->log_level = l;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line)
+{
+    xp_conf *c = NULL;
+    xp_err rc = XP_ERR_NOMEM;
+    int r;
+
+    *out = NULL;
+    *err_line = 0;
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        goto out;
+    c->max_message_size = 32u << 20;
+    c->batch_size = 100;
+    c->max_age = 5 * 86400;
+    c->retry_min = 60;
+    c->retry_max = 3600;
+    c->poll_interval = 10;
+    c->relay_timeout = 120;
+    c->starttls = XP_STARTTLS_YES;
+    c->relay_verify = 1;
+    c->log_level = LOG_LVL_INFO;
+    if (path != NULL) {
+        r = ini_parse(path, conf_handler, c);
+        if (r != 0) {
+            *err_line = r > 0 ? r : 0;
+            rc = r == -2 ? XP_ERR_NOMEM : XP_ERR_CONFIG;
+            goto out;
+        }
+    }
+    if (c->retry_max < c->retry_min)
+        c->retry_max = c->retry_min;
+    *out = c;
+    c = NULL;
+    rc = XP_OK;
+out:
+    xp_conf_free(c);
+    return rc;
+}

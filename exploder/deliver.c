@@ -1,0 +1,223 @@
+/* deliver.c: `exploder deliver --list ADDR [--sender ADDR] < message`, run by
+ * the MTA's pipe transport. The answer is the exit code (sysexits.h): 0
+ * only once the message and all its recipients are committed to the spool. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "mail.h"
+#include "prepare.h"
+#include "spool.h"
+#include "util.h"
+
+/* Reads all of fd, at most max bytes (XP_ERR_TOO_LARGE beyond). */
+static xp_err read_all(int fd, size_t max, unsigned char **out, size_t *len)
+{
+    unsigned char *buf = NULL, *nb;
+    size_t used = 0, cap = 0;
+    xp_err rc = XP_ERR_NOMEM;
+
+    *out = NULL;
+    *len = 0;
+    for (;;) {
+        if (used == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            if (cap > max) {
+                rc = XP_ERR_TOO_LARGE;
+                goto out;
+            }
+            if (ncap > max + 1)
+                ncap = max + 1;
+            if ((nb = realloc(buf, ncap + 1)) == NULL)
+                goto out;
+            buf = nb;
+            cap = ncap;
+        }
+        ssize_t n = read(fd, buf + used, cap - used);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = XP_ERR_IO;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        used += (size_t)n;
+        if (used > max) {
+            rc = XP_ERR_TOO_LARGE;
+            goto out;
+        }
+    }
+    buf[used] = '\0';
+    *out = buf;
+    *len = used;
+    buf = NULL;
+    rc = XP_OK;
+out:
+    free(buf);
+    return rc;
+}
+
+/* A header value reduced to something safe to store and log. */
+static void clean_value(const char *v, char *out, size_t outsz)
+{
+    size_t o = 0;
+    for (const char *p = v; p != NULL && *p && o + 1 < outsz; p++)
+        out[o++] = (*p >= 32 && *p < 127) ? *p : '?';
+    out[o] = '\0';
+}
+
+/* Does a List-Id value ("phrase <id>" or "<id>") name id? */
+static bool same_list_id(const char *v, const char *id)
+{
+    const char *b = strrchr(v, '<'), *e;
+    size_t n = strlen(id);
+    if (b == NULL || (e = strchr(b, '>')) == NULL)
+        return false;
+    b++;
+    return (size_t)(e - b) == n && strncasecmp(b, id, n) == 0;
+}
+
+static void usage_deliver(void) { fprintf(stderr, "usage: exploder deliver --list ADDR [--sender ADDR] < message\n"); }
+
+int cmd_deliver(const xp_conf *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"list", required_argument, NULL, 'l'}, {"sender", required_argument, NULL, 's'}, {NULL, 0, NULL, 0}};
+    const char *list_addr = NULL, *sender_arg = NULL;
+    unsigned char *data = NULL;
+    size_t len = 0, hdr_end, body_start;
+    bool crlf;
+    spool *s = NULL;
+    xp_list *l = NULL;
+    char sender[MAIL_MAX_ADDR + 1] = "", from[MAIL_MAX_ADDR + 1] = "", msgid[256] = "", q[128];
+    char list_id[MAIL_MAX_ADDR + 1];
+    char *v = NULL;
+    int ex = XP_EX_TEMPFAIL, opt;
+    int64_t id = 0;
+    xp_err rc;
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "l:s:", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'l': list_addr = optarg; break;
+        case 's': sender_arg = optarg; break;
+        default: usage_deliver(); return XP_EX_USAGE;
+        }
+    }
+    if (list_addr == NULL || optind != argc) {
+        usage_deliver();
+        return XP_EX_USAGE;
+    }
+    rc = read_all(STDIN_FILENO, (size_t)c->max_message_size, &data, &len);
+    if (rc == XP_ERR_TOO_LARGE) {
+        log_warn("refused: message too large list=%s max=%llu", log_quote(q, sizeof(q), list_addr),
+                 (unsigned long long)c->max_message_size);
+        fprintf(stderr, "exploder: message too large (limit %llu bytes)\n", (unsigned long long)c->max_message_size);
+        ex = XP_EX_DATAERR;
+        goto out;
+    }
+    if (rc != XP_OK) {
+        log_error("cannot read message from stdin err=\"%s\"", xp_strerror(rc));
+        goto out; /* 75: the MTA keeps it */
+    }
+    if ((rc = spool_open(c->spool_path, &s)) != XP_OK)
+        goto out;
+    rc = spool_list_get(s, list_addr, &l);
+    if (rc == XP_ERR_NOTFOUND) {
+        log_warn("refused: no such list list=%s", log_quote(q, sizeof(q), list_addr));
+        fprintf(stderr, "exploder: no such list: %s\n", q);
+        ex = XP_EX_NOUSER;
+        goto out;
+    }
+    if (rc != XP_OK)
+        goto out;
+    if ((rc = mail_split((const char *)data, len, &hdr_end, &body_start, &crlf)) != XP_OK) {
+        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
+        fprintf(stderr, "exploder: malformed message: %s\n", xp_strerror(rc));
+        ex = XP_EX_DATAERR;
+        goto out;
+    }
+    /* a copy we sent ourselves coming back is a loop, not a new post */
+    if ((v = mail_header_get((const char *)data, hdr_end, "List-Id")) != NULL &&
+        mail_list_id(l->address, list_id, sizeof(list_id)) == XP_OK && same_list_id(v, list_id)) {
+        log_warn("refused: mail loop list=%s", l->address);
+        fprintf(stderr, "exploder: mail loop: message already carries List-Id <%s>\n", list_id);
+        ex = XP_EX_DATAERR;
+        goto out;
+    }
+    free(v);
+    v = NULL;
+    /* envelope sender: the MTA's (--sender ${sender}), else Return-Path */
+    if (sender_arg != NULL) {
+        if (*sender_arg != '\0' && strcmp(sender_arg, "<>") != 0 &&
+            mail_addr_spec(sender_arg, sender, sizeof(sender)) != XP_OK) {
+            fprintf(stderr, "exploder: bad --sender address\n");
+            ex = XP_EX_USAGE;
+            goto out;
+        }
+    } else if ((v = mail_header_get((const char *)data, hdr_end, "Return-Path")) != NULL) {
+        if (mail_addr_spec(v, sender, sizeof(sender)) != XP_OK)
+            sender[0] = '\0';
+        free(v);
+        v = NULL;
+    }
+    if ((v = mail_header_get((const char *)data, hdr_end, "From")) != NULL) {
+        if (mail_addr_spec(v, from, sizeof(from)) != XP_OK)
+            from[0] = '\0';
+        free(v);
+        v = NULL;
+    }
+    if (sender_arg == NULL && sender[0] == '\0')
+        memcpy(sender, from, sizeof(sender));
+    if ((v = mail_header_get((const char *)data, hdr_end, "Message-ID")) != NULL) {
+        clean_value(v, msgid, sizeof(msgid));
+        free(v);
+        v = NULL;
+    }
+    if (l->members_only && !(from[0] != '\0' && spool_member_is(s, l->id, from)) &&
+        !(sender[0] != '\0' && spool_member_is(s, l->id, sender))) {
+        log_warn("refused: sender not a member list=%s from=%s", l->address, log_quote(q, sizeof(q), from));
+        fprintf(stderr, "exploder: %s accepts mail from its members only\n", l->address);
+        ex = XP_EX_NOPERM;
+        goto out;
+    }
+    rc = xp_check_message(c, l, data, len);
+    switch (rc) {
+    case XP_OK: break;
+    case XP_ERR_FORMAT:
+    case XP_ERR_TOO_LARGE:
+        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
+        fprintf(stderr, "exploder: malformed message: %s\n", xp_strerror(rc));
+        ex = XP_EX_DATAERR;
+        goto out;
+    case XP_ERR_NOT_ENCRYPTED:
+    case XP_ERR_WRONG_RECIPIENT:
+        log_warn("refused list=%s reason=\"%s\"", l->address, xp_strerror(rc));
+        fprintf(stderr, "exploder: %s: %s\n", l->address, xp_strerror(rc));
+        ex = XP_EX_NOPERM;
+        goto out;
+    default:
+        log_error("cannot check message list=%s err=\"%s\"", l->address, xp_strerror(rc));
+        goto out; /* 75: an admin can fix the list and the MTA retries */
+    }
+    if ((rc = spool_accept(s, l, sender, msgid, data, len, &id)) != XP_OK) {
+        log_error("cannot spool message list=%s err=\"%s\"", l->address, xp_strerror(rc));
+        goto out;
+    }
+    log_info("accepted list=%s id=%lld size=%zu sender=%s message_id=%s", l->address, (long long)id, len,
+             log_quote(q, sizeof(q), sender), msgid);
+    ex = XP_EX_OK;
+out:
+    free(v);
+    free(data);
+    xp_list_free(l);
+    spool_close(s);
+    return ex;
+}

@@ -1,0 +1,303 @@
+/* listcmd.c: `exploder list create|add|remove|show`. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "mail.h"
+#include "prepare.h"
+#include "spool.h"
+#include "util.h"
+
+#define MAX_MEMBERS_PER_CALL 100000u
+#define MAX_CERT_FILE (256u * 1024u)
+
+static void usage_list(void)
+{
+    fprintf(stderr,
+            "usage: exploder list create ADDR --group-server URL --group G --mode forward|group-secret|member-certs\n"
+            "                    [--cert F --key F --cacert F] [--group-cert FILE]\n"
+            "                    [--members-only] [--allow-unencrypted]\n"
+            "       exploder list add ADDR MEMBER-ADDR...    (\"-\": one address per line on stdin)\n"
+            "       exploder list remove ADDR MEMBER-ADDR...\n"
+            "       exploder list show ADDR\n");
+}
+
+static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
+{
+    static const struct option opts[] = {{"group-server", required_argument, NULL, 's'},
+                                         {"group", required_argument, NULL, 'g'},
+                                         {"mode", required_argument, NULL, 'm'},
+                                         {"cert", required_argument, NULL, 'c'},
+                                         {"key", required_argument, NULL, 'k'},
+                                         {"cacert", required_argument, NULL, 'a'},
+                                         {"group-cert", required_argument, NULL, 'G'},
+                                         {"members-only", no_argument, NULL, 'M'},
+                                         {"allow-unencrypted", no_argument, NULL, 'U'},
+                                         {NULL, 0, NULL, 0}};
+    xp_list l;
+    const char *group_cert_file = NULL;
+    char *subject = NULL, why[512] = "";
+    unsigned char *pem = NULL;
+    size_t pemlen = 0;
+    int opt, ex = 1;
+    xp_err rc;
+
+    memset(&l, 0, sizeof(l));
+    l.require_encrypted = true;
+    optind = 2; /* argv[0] = "create", argv[1] = ADDR */
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 's': l.server = optarg; break;
+        case 'g': l.group = optarg; break;
+        case 'm': l.mode = xp_mode_parse(optarg); break;
+        case 'c': l.cert = optarg; break;
+        case 'k': l.key = optarg; break;
+        case 'a': l.cacert = optarg; break;
+        case 'G': group_cert_file = optarg; break;
+        case 'M': l.members_only = true; break;
+        case 'U': l.require_encrypted = false; break;
+        default: usage_list(); return XP_EX_USAGE;
+        }
+    }
+    l.address = argv[1];
+    if (optind != argc || l.server == NULL || l.group == NULL || l.mode == 0) {
+        usage_list();
+        return XP_EX_USAGE;
+    }
+    if (!mail_addr_valid(l.address)) {
+        fprintf(stderr, "exploder: not a list address: %s\n", l.address);
+        return XP_EX_USAGE;
+    }
+    if (strncmp(l.server, "https://", 8) != 0) {
+        fprintf(stderr, "exploder: --group-server must be an https:// URL\n");
+        return XP_EX_USAGE;
+    }
+    if (!l.require_encrypted && l.mode != XP_MODE_FORWARD) {
+        fprintf(stderr, "exploder: --allow-unencrypted only makes sense for --mode forward\n");
+        return XP_EX_USAGE;
+    }
+    if (group_cert_file != NULL) {
+        if (util_read_file(group_cert_file, MAX_CERT_FILE, &pem, &pemlen) != UTIL_OK) {
+            fprintf(stderr, "exploder: cannot read %s\n", group_cert_file);
+            goto out;
+        }
+        l.group_cert = (char *)pem;
+    } else {
+        rc = xp_fetch_group_cert(c, &l, &l.group_cert, why, sizeof(why));
+        if (rc != XP_OK) {
+            if (!l.require_encrypted && l.mode == XP_MODE_FORWARD) {
+                fprintf(stderr, "exploder: warning: no group certificate (%s); the list forwards anything\n", why);
+            } else {
+                fprintf(stderr, "exploder: cannot fetch the group certificate: %s (or pass --group-cert FILE)\n",
+                        why);
+                goto out;
+            }
+        }
+        pem = (unsigned char *)l.group_cert;
+    }
+    if (l.group_cert != NULL && xp_cert_check(l.group_cert, &subject) != XP_OK) {
+        fprintf(stderr, "exploder: the group certificate is not a PEM certificate\n");
+        goto out;
+    }
+    rc = spool_list_create(s, &l);
+    if (rc == XP_ERR_EXISTS) {
+        fprintf(stderr, "exploder: list %s already exists\n", l.address);
+        goto out;
+    }
+    if (rc != XP_OK) {
+        fprintf(stderr, "exploder: cannot create list: %s\n", xp_strerror(rc));
+        goto out;
+    }
+    printf("created %s mode=%s group=%s group_cert=%s\n", l.address, xp_mode_name(l.mode), l.group,
+           subject != NULL ? subject : "(none)");
+    ex = 0;
+out:
+    OPENSSL_free(subject);
+    free(pem);
+    return ex;
+}
+
+/* Collects member addresses from argv[2..] ("-" = stdin lines). */
+static int collect_members(int argc, char **argv, char ***out, size_t *n)
+{
+    char **v = NULL, line[MAIL_MAX_ADDR + 8];
+    size_t cnt = 0, cap = 0;
+    int rc = -1;
+
+    *out = NULL;
+    *n = 0;
+    for (int i = 2; i < argc; i++) {
+        bool from_stdin = strcmp(argv[i], "-") == 0;
+        for (;;) {
+            const char *a;
+            if (from_stdin) {
+                if (fgets(line, sizeof(line), stdin) == NULL)
+                    break;
+                line[strcspn(line, "\r\n")] = '\0';
+                if (line[0] == '\0' || line[0] == '#')
+                    continue;
+                a = line;
+            } else
+                a = argv[i];
+            if (!mail_addr_valid(a)) {
+                fprintf(stderr, "exploder: not an address: %.80s\n", a);
+                goto out;
+            }
+            if (cnt == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                char **nv;
+                if (ncap > MAX_MEMBERS_PER_CALL || (nv = realloc(v, ncap * sizeof(*v))) == NULL) {
+                    fprintf(stderr, "exploder: too many addresses in one call\n");
+                    goto out;
+                }
+                v = nv;
+                cap = ncap;
+            }
+            if ((v[cnt] = strdup(a)) == NULL)
+                goto out;
+            mail_addr_normalize(v[cnt]);
+            cnt++;
+            if (!from_stdin)
+                break;
+        }
+    }
+    *out = v;
+    *n = cnt;
+    v = NULL;
+    rc = 0;
+out:
+    xp_strv_free(v, cnt);
+    return rc;
+}
+
+static int list_members(spool *s, int argc, char **argv, bool add)
+{
+    xp_list *l = NULL;
+    char **addrs = NULL;
+    size_t n = 0, changed = 0;
+    int ex = 1;
+    xp_err rc;
+
+    if (argc < 3) {
+        usage_list();
+        return XP_EX_USAGE;
+    }
+    if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
+        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        return 1;
+    }
+    if (collect_members(argc, argv, &addrs, &n) != 0)
+        goto out;
+    if (add) {
+        if ((rc = spool_members_add(s, l->id, addrs, n, &changed)) != XP_OK) {
+            fprintf(stderr, "exploder: cannot add members: %s\n", xp_strerror(rc));
+            goto out;
+        }
+        if (n == 1 && changed == 0) {
+            fprintf(stderr, "exploder: %s is already a member of %s\n", addrs[0], l->address);
+            goto out;
+        }
+        printf("added %zu member(s) to %s\n", changed, l->address);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            rc = spool_member_remove(s, l->id, addrs[i]);
+            if (rc == XP_ERR_NOTFOUND) {
+                fprintf(stderr, "exploder: %s is not a member of %s\n", addrs[i], l->address);
+                goto out;
+            }
+            if (rc != XP_OK) {
+                fprintf(stderr, "exploder: cannot remove member: %s\n", xp_strerror(rc));
+                goto out;
+            }
+            changed++;
+        }
+        printf("removed %zu member(s) from %s\n", changed, l->address);
+    }
+    ex = 0;
+out:
+    xp_strv_free(addrs, n);
+    xp_list_free(l);
+    return ex;
+}
+
+static int list_show(spool *s, int argc, char **argv)
+{
+    xp_list *l = NULL;
+    char **m = NULL, *subject = NULL;
+    size_t n = 0;
+    int64_t msgs = 0, pending = 0;
+    xp_err rc;
+    int ex = 1;
+
+    if (argc != 2) {
+        usage_list();
+        return XP_EX_USAGE;
+    }
+    if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
+        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        return 1;
+    }
+    if ((rc = spool_members(s, l->id, &m, &n)) != XP_OK || (rc = spool_list_stats(s, l->id, &msgs, &pending)) != XP_OK) {
+        fprintf(stderr, "exploder: %s\n", xp_strerror(rc));
+        goto out;
+    }
+    if (l->group_cert != NULL)
+        (void)xp_cert_check(l->group_cert, &subject);
+    printf("list: %s\n", l->address);
+    printf("mode: %s\n", xp_mode_name(l->mode));
+    printf("group-server: %s\n", l->server);
+    printf("group: %s\n", l->group);
+    printf("cert: %s\n", l->cert != NULL ? l->cert : "(from [tls])");
+    printf("key: %s\n", l->key != NULL ? l->key : "(from [tls])");
+    printf("cacert: %s\n", l->cacert != NULL ? l->cacert : "(from [tls])");
+    printf("group-cert: %s\n", subject != NULL ? subject : "(none)");
+    printf("require-encrypted: %s\n", l->require_encrypted ? "yes" : "no");
+    printf("members-only: %s\n", l->members_only ? "yes" : "no");
+    printf("queued-messages: %lld\n", (long long)msgs);
+    printf("pending-recipients: %lld\n", (long long)pending);
+    printf("members: %zu\n", n);
+    for (size_t i = 0; i < n; i++)
+        printf("  %s\n", m[i]);
+    ex = 0;
+out:
+    OPENSSL_free(subject);
+    xp_strv_free(m, n);
+    xp_list_free(l);
+    return ex;
+}
+
+int cmd_list(const xp_conf *c, int argc, char **argv)
+{
+    spool *s = NULL;
+    xp_err rc;
+    int ex;
+
+    /* argv[0] is the verb */
+    if (argc < 2) {
+        usage_list();
+        return XP_EX_USAGE;
+    }
+    if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
+        fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
+        return 1;
+    }
+    if (strcmp(argv[0], "create") == 0)
+        ex = list_create(c, s, argc, argv);
+    else if (strcmp(argv[0], "add") == 0)
+        ex = list_members(s, argc, argv, true);
+    else if (strcmp(argv[0], "remove") == 0)
+        ex = list_members(s, argc, argv, false);
+    else if (strcmp(argv[0], "show") == 0)
+        ex = list_show(s, argc, argv);
+    else {
+        usage_list();
+        ex = XP_EX_USAGE;
+    }
+    spool_close(s);
+    return ex;
+}

@@ -1,0 +1,60 @@
+/*
+ * mail.h: the little RFC 5322 handling the exploder needs: split a message
+ * into header block and body, read one header, pull an addr-spec out of an
+ * address header, and rewrite the header block with the list headers of
+ * RFC 2919 (List-Id) and RFC 2369 (List-Post, List-Unsubscribe).
+ *
+ * The body is never touched: callers copy bytes [body_start, len) as they
+ * are, so encrypted content stays byte-identical.
+ *
+ * All functions are pure (no I/O). Returned strings are malloc'd, owned by
+ * the caller.
+ */
+#ifndef GS_XP_MAIL_H
+#define GS_XP_MAIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "xp.h"
+
+#define MAIL_MAX_HEADER_BLOCK (256u * 1024u) /* bytes of header block we parse */
+#define MAIL_MAX_HEADER_LINES 4000u
+#define MAIL_MAX_ADDR 320u                   /* RFC 5321: 64 + 1 + 255 */
+
+/* Splits buf into headers [0, *hdr_end) (the last header line's newline
+ * included) and body [*body_start, len). Each header line must be
+ * "Name: value" with a printable name, or a folded continuation; NUL bytes,
+ * a missing blank line or an empty header block are XP_ERR_FORMAT. *crlf is
+ * set when the first line ends in CRLF (we then write CRLF too). */
+xp_err mail_split(const char *buf, size_t len, size_t *hdr_end, size_t *body_start, bool *crlf);
+
+/* The unfolded, trimmed value of the first header called name (case
+ * insensitive) in hdrs[0, len), or NULL when absent (or out of memory). */
+char *mail_header_get(const char *hdrs, size_t len, const char *name);
+
+/* The addr-spec of an address header value ("Name <a@b>" or "a@b"),
+ * validated (one '@', non-empty parts, printable, no spaces) and at most
+ * MAIL_MAX_ADDR bytes. XP_ERR_FORMAT otherwise. */
+xp_err mail_addr_spec(const char *value, char *out, size_t outsz);
+
+/* True if s is a plausible bare address (same checks as mail_addr_spec). */
+bool mail_addr_valid(const char *s);
+
+/* RFC 2919 list identifier of a list address: "eng@lists.example.org" ->
+ * "eng.lists.example.org". */
+xp_err mail_list_id(const char *list_addr, char *out, size_t outsz);
+
+/* The header block to send: our List-Id, List-Post, List-Unsubscribe and
+ * Precedence first, then hdrs[0, len) without any incoming List-* or
+ * Precedence header (a sender must not be able to forge them). Newlines as
+ * crlf says. len may be 0. *out is NUL-terminated and ends with a newline
+ * (the blank separator line is NOT included). */
+xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
+                         size_t *outlen);
+
+/* Lower-cases the domain part in place (local parts are case-sensitive in
+ * theory; we compare them case-insensitively like every list manager). */
+void mail_addr_normalize(char *addr);
+
+#endif

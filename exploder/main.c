@@ -1,0 +1,87 @@
+/* main.c: `exploder [-c FILE] [-v] deliver|run|list ...` (docs/exploder.1.md). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <curl/curl.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "xp.h"
+
+#define DEFAULT_CONF "/etc/groupsrv/exploder.conf"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: exploder [-c exploder.conf] [-v] COMMAND ...\n"
+                    "  deliver --list ADDR [--sender ADDR] < message   (MTA pipe; sysexits.h exit codes)\n"
+                    "  run [--once]                                    (queue runner)\n"
+                    "  list create|add|remove|show ...                 (list administration)\n"
+                    "config: -c FILE, else $EXPLODER_CONF, else " DEFAULT_CONF "\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf_path = NULL, *cmd;
+    xp_conf *c = NULL;
+    int i = 1, verbose = 0, ex, line = 0;
+    xp_err rc;
+
+    umask(077); /* spool files hold other people's mail */
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+            conf_path = argv[++i];
+        else if (strcmp(argv[i], "-v") == 0)
+            verbose = 1;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage();
+            return 0;
+        } else {
+            usage();
+            return XP_EX_USAGE;
+        }
+    }
+    if (i >= argc) {
+        usage();
+        return XP_EX_USAGE;
+    }
+    cmd = argv[i];
+    if (conf_path == NULL)
+        conf_path = getenv("EXPLODER_CONF");
+    if (conf_path == NULL)
+        conf_path = DEFAULT_CONF;
+    log_init("exploder", LOG_LVL_INFO, NULL);
+    rc = xp_conf_load(conf_path, &c, &line);
+    if (rc != XP_OK) {
+        if (line > 0)
+            fprintf(stderr, "exploder: %s: bad or unknown setting on line %d\n", conf_path, line);
+        else
+            fprintf(stderr, "exploder: cannot read %s: %s\n", conf_path, xp_strerror(rc));
+        /* deliver: the MTA keeps the mail while the admin fixes the config */
+        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+    }
+    log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
+    if (c->spool_path == NULL) {
+        fprintf(stderr, "exploder: %s: [spool] path is required\n", conf_path);
+        xp_conf_free(c);
+        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        xp_conf_free(c);
+        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : 1;
+    }
+    if (strcmp(cmd, "deliver") == 0)
+        ex = cmd_deliver(c, argc - i, argv + i);
+    else if (strcmp(cmd, "run") == 0)
+        ex = cmd_run(c, argc - i, argv + i);
+    else if (strcmp(cmd, "list") == 0)
+        ex = cmd_list(c, argc - i - 1, argv + i + 1);
+    else {
+        usage();
+        ex = XP_EX_USAGE;
+    }
+    curl_global_cleanup();
+    xp_conf_free(c);
+    return ex;
+}

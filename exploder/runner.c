@@ -1,0 +1,449 @@
+/* runner.c: `exploder run [--once]`, the queue runner.
+ *
+ * One pass: prepare new messages (forward: add List-* headers; group-secret
+ * and member-certs: one rewrap call each), send due recipients in batches
+ * of batch_size per SMTP transaction, give up on recipients older than
+ * max_age, and finish messages with nothing pending (bouncing to the sender
+ * when some recipients failed). Every state change is committed before the
+ * next step, and a recipient is only marked delivered after the relay
+ * accepted it, so kill -9 at any point loses nothing (a batch in flight is
+ * sent again: duplicates, never losses).
+ *
+ * Only one runner works on a spool at a time (flock on SPOOL/runner.lock,
+ * released by the kernel if the runner dies). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "mail.h"
+#include "prepare.h"
+#include "spool.h"
+#include "transport.h"
+#include "util.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int64_t now_s(void) { return (int64_t)time(NULL); }
+
+uint64_t xp_backoff(const xp_conf *c, int64_t attempts)
+{
+    uint64_t d = c->retry_min;
+    for (int64_t i = 1; i < attempts && d < c->retry_max; i++)
+        d *= 2;
+    return d > c->retry_max ? c->retry_max : d;
+}
+
+/* "LOCAL-owner@DOMAIN" of a list, or [delivery] envelope_from. */
+static void envelope_from(const xp_conf *c, const char *list_addr, char *out, size_t outsz)
+{
+    const char *at = strrchr(list_addr, '@');
+    if (c->envelope_from != NULL) {
+        snprintf(out, outsz, "%s", c->envelope_from);
+        return;
+    }
+    if (at == NULL) {
+        snprintf(out, outsz, "%s", list_addr);
+        return;
+    }
+    snprintf(out, outsz, "%.*s-owner%s", (int)(at - list_addr), list_addr, at);
+}
+
+/* ---- prepare ------------------------------------------------------------ */
+
+static void out_name(const char *in, char *out, size_t outsz)
+{
+    size_t n = strlen(in);
+    if (n > 3 && strcmp(in + n - 3, ".in") == 0)
+        n -= 3;
+    snprintf(out, outsz, "%.*s.out", (int)n, in);
+}
+
+static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m)
+{
+    xp_list *l = NULL;
+    util_atomic_file *af = NULL;
+    char name[128], in_path[4096], out_path[4096], why[512] = "";
+    xp_err rc;
+
+    rc = spool_list_get_by_id(s, m->list_id, &l);
+    if (rc == XP_ERR_NOTFOUND) {
+        log_error("message of a deleted list id=%lld", (long long)m->id);
+        return spool_fail_pending(s, m->id, "list no longer exists");
+    }
+    if (rc != XP_OK)
+        return rc;
+    out_name(m->file, name, sizeof(name));
+    if ((rc = spool_msg_path(s, m->file, in_path, sizeof(in_path))) != XP_OK ||
+        (rc = spool_msg_path(s, name, out_path, sizeof(out_path))) != XP_OK)
+        goto out;
+    if (util_atomic_open(out_path, 0600, &af) != UTIL_OK) {
+        log_error("cannot create spool file path=%s errno=%d", out_path, errno);
+        rc = XP_ERR_IO;
+        goto out;
+    }
+    rc = xp_prepare(c, l, in_path, util_atomic_fp(af), why, sizeof(why));
+    if (rc == XP_OK) {
+        /* the prepared file is on disk before the row says so */
+        if (util_atomic_commit(af) != UTIL_OK) {
+            af = NULL;
+            rc = XP_ERR_IO;
+            snprintf(why, sizeof(why), "cannot commit prepared message");
+        } else {
+            af = NULL;
+            rc = spool_mark_ready(s, m->id, name);
+            goto out;
+        }
+    }
+    util_atomic_abort(af);
+    af = NULL;
+    if (rc == XP_ERR_TEMP || rc == XP_ERR_IO || rc == XP_ERR_NOMEM) {
+        uint64_t d = xp_backoff(c, m->attempts + 1);
+        log_warn("cannot prepare message, will retry id=%lld list=%s in=%llus reason=\"%s\"", (long long)m->id,
+                 l->address, (unsigned long long)d, why);
+        rc = spool_defer_prepare(s, m->id, now_s() + (int64_t)d, why);
+    } else {
+        log_error("cannot prepare message, giving up id=%lld list=%s reason=\"%s\"", (long long)m->id, l->address,
+                  why[0] ? why : xp_strerror(rc));
+        rc = spool_fail_pending(s, m->id, why[0] ? why : xp_strerror(rc));
+    }
+out:
+    util_atomic_abort(af);
+    xp_list_free(l);
+    return rc;
+}
+
+/* ---- deliver one batch ------------------------------------------------ */
+
+static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_batch *b)
+{
+    xp_list *l = NULL;
+    xp_send_result res;
+    xp_rcpt_outcome *outcome = NULL;
+    int64_t *next_at = NULL;
+    char **why = NULL;
+    char from[MAIL_MAX_ADDR + 16] = "", path[4096], q[128];
+    size_t delivered = 0, failed = 0, deferred = 0;
+    int64_t now = now_s();
+    xp_err rc = XP_ERR_NOMEM, sent;
+
+    memset(&res, 0, sizeof(res));
+    if ((res.rcpt_code = calloc(b->n, sizeof(int))) == NULL || (outcome = calloc(b->n, sizeof(*outcome))) == NULL ||
+        (next_at = calloc(b->n, sizeof(*next_at))) == NULL || (why = calloc(b->n, sizeof(*why))) == NULL)
+        goto out;
+    if (b->msg->kind == XP_KIND_LIST) {
+        if ((rc = spool_list_get_by_id(s, b->msg->list_id, &l)) != XP_OK && rc != XP_ERR_NOTFOUND)
+            goto out;
+        envelope_from(c, l != NULL ? l->address : "postmaster", from, sizeof(from));
+    } /* bounces go out with the null reverse-path so they never bounce back */
+    if ((rc = spool_msg_path(s, b->msg->out_file != NULL ? b->msg->out_file : b->msg->file, path, sizeof(path))) !=
+        XP_OK)
+        goto out;
+    sent = xp_transport_send(t, from, b->rcpts, b->n, path, &res);
+    for (size_t i = 0; i < b->n; i++) {
+        int code = res.rcpt_code[i];
+        char line[300];
+        if (code / 100 == 5) {
+            outcome[i] = XP_RCPT_FAILED; /* refused for good, whatever happened next */
+            snprintf(line, sizeof(line), "RCPT %d", code);
+        } else if (code / 100 == 2 && sent == XP_OK) {
+            outcome[i] = XP_RCPT_DELIVERED;
+            line[0] = '\0';
+        } else if (code / 100 == 2 && sent == XP_ERR_PERM) {
+            outcome[i] = XP_RCPT_FAILED;
+            snprintf(line, sizeof(line), "%s", res.detail);
+        } else {
+            outcome[i] = XP_RCPT_DEFERRED;
+            next_at[i] = now + (int64_t)xp_backoff(c, b->attempts[i] + 1);
+            if (code != 0)
+                snprintf(line, sizeof(line), "RCPT %d", code);
+            else
+                snprintf(line, sizeof(line), "%s", res.detail[0] ? res.detail : "not sent");
+        }
+        if (line[0] != '\0' && (why[i] = strdup(line)) == NULL) {
+            rc = XP_ERR_NOMEM;
+            goto out;
+        }
+        if (outcome[i] == XP_RCPT_DELIVERED)
+            delivered++;
+        else if (outcome[i] == XP_RCPT_FAILED) {
+            failed++;
+            log_warn("recipient refused id=%lld rcpt=%s reason=\"%s\"", (long long)b->msg->id,
+                     log_quote(q, sizeof(q), b->rcpts[i]), line);
+        } else
+            deferred++;
+    }
+    /* one transaction for the whole batch, after the relay answered */
+    if ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK)
+        goto out;
+    if (deferred > 0)
+        log_warn("batch deferred id=%lld delivered=%zu failed=%zu deferred=%zu reason=\"%s\"", (long long)b->msg->id,
+                 delivered, failed, deferred, log_quote(q, sizeof(q), res.detail));
+    else
+        log_info("batch sent id=%lld delivered=%zu failed=%zu", (long long)b->msg->id, delivered, failed);
+out:
+    if (why != NULL)
+        xp_strv_free(why, b->n);
+    free(next_at);
+    free(outcome);
+    free(res.rcpt_code);
+    xp_list_free(l);
+    return rc;
+}
+
+/* ---- finish ----------------------------------------------------------- */
+
+static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *list_addr, char **out, size_t *outlen)
+{
+    char date[64], rdate[64], from[MAIL_MAX_ADDR + 32], id[33], *buf = NULL;
+    const char *domain = strrchr(list_addr, '@');
+    time_t now = time(NULL), rcv = (time_t)f->msg->received;
+    struct tm tm;
+    size_t cap = 4096;
+    int n;
+
+    *out = NULL;
+    *outlen = 0;
+    domain = domain != NULL ? domain + 1 : "localhost";
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    gmtime_r(&rcv, &tm);
+    strftime(rdate, sizeof(rdate), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    if (c->bounce_from != NULL)
+        snprintf(from, sizeof(from), "%s", c->bounce_from);
+    else
+        snprintf(from, sizeof(from), "MAILER-DAEMON@%s", domain);
+    if (util_random_id(id, 12) != UTIL_OK)
+        return XP_ERR_CRYPTO;
+    if ((buf = malloc(cap)) == NULL)
+        return XP_ERR_NOMEM;
+    /* Member addresses stay out of the bounce: the sender may be outside
+     * the list, and the membership is not theirs to learn. The log has them. */
+    n = snprintf(buf, cap,
+                 "From: Mail Delivery System <%s>\n"
+                 "To: <%s>\n"
+                 "Subject: Undelivered mail to list %s\n"
+                 "Date: %s\n"
+                 "Message-ID: <%s@%s>\n"
+                 "Auto-Submitted: auto-replied\n"
+                 "MIME-Version: 1.0\n"
+                 "Content-Type: text/plain; charset=us-ascii\n"
+                 "\n"
+                 "Your message %s to the list %s, accepted on %s,\n"
+                 "could not be delivered to %lld of %lld list members.\n"
+                 "%s"
+                 "\n"
+                 "The encrypted message was not read by the list; the list\n"
+                 "administrator can see the details in the exploder's log.\n",
+                 from, f->msg->sender, list_addr, date, id, domain,
+                 f->msg->message_id[0] ? f->msg->message_id : "(without Message-ID)", list_addr, rdate,
+                 (long long)f->failed, (long long)(f->failed + f->delivered),
+                 f->msg->out_file == NULL ? "The list could not re-encrypt it for the members in time.\n" : "");
+    if (n < 0 || (size_t)n >= cap) {
+        free(buf);
+        return XP_ERR_TOO_LARGE;
+    }
+    *out = buf;
+    *outlen = (size_t)n;
+    return XP_OK;
+}
+
+static xp_err finish_one(const xp_conf *c, spool *s, const xp_finished *f)
+{
+    xp_list *l = NULL;
+    char *text = NULL, q[128];
+    size_t len = 0;
+    xp_err rc;
+    bool bounce = f->msg->kind == XP_KIND_LIST && f->failed > 0 && f->msg->sender[0] != '\0';
+
+    if (bounce) {
+        rc = spool_list_get_by_id(s, f->msg->list_id, &l);
+        if (rc != XP_OK && rc != XP_ERR_NOTFOUND)
+            return rc;
+        if ((rc = bounce_text(c, f, l != NULL ? l->address : "unknown-list@localhost", &text, &len)) != XP_OK)
+            goto out;
+    }
+    rc = spool_finish(s, f->msg, bounce ? f->msg->sender : NULL, text, len);
+    if (rc == XP_OK)
+        log_info("message done id=%lld kind=%s delivered=%lld failed=%lld bounce=%s", (long long)f->msg->id,
+                 f->msg->kind == XP_KIND_BOUNCE ? "bounce" : "list", (long long)f->delivered,
+                 (long long)f->failed, bounce ? log_quote(q, sizeof(q), f->msg->sender) : "no");
+out:
+    free(text);
+    xp_list_free(l);
+    return rc;
+}
+
+/* ---- the loop --------------------------------------------------------- */
+
+/* One pass over everything due now; *work counts what was done. */
+static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work)
+{
+    xp_err rc;
+    int64_t now = now_s(), expired = 0;
+
+    *work = 0;
+    while (!stop_requested) {
+        xp_msg *m = NULL;
+        rc = spool_next_to_prepare(s, now, &m);
+        if (rc == XP_ERR_NOTFOUND)
+            break;
+        if (rc != XP_OK)
+            return rc;
+        rc = prepare_one(c, s, m);
+        xp_msg_free(m);
+        if (rc != XP_OK)
+            return rc;
+        (*work)++;
+    }
+    while (!stop_requested) {
+        xp_batch *b = NULL;
+        rc = spool_next_batch(s, now, c->batch_size, &b);
+        if (rc == XP_ERR_NOTFOUND)
+            break;
+        if (rc != XP_OK)
+            return rc;
+        rc = send_batch(c, s, t, b);
+        xp_batch_free(b);
+        if (rc != XP_OK)
+            return rc;
+        (*work)++;
+    }
+    if ((rc = spool_expire(s, now_s() - (int64_t)c->max_age, &expired)) != XP_OK)
+        return rc;
+    if (expired > 0)
+        log_warn("gave up on recipients after max_age count=%lld max_age=%llu", (long long)expired,
+                 (unsigned long long)c->max_age);
+    while (!stop_requested) {
+        xp_finished f;
+        rc = spool_next_finished(s, &f);
+        if (rc == XP_ERR_NOTFOUND)
+            break;
+        if (rc != XP_OK)
+            return rc;
+        rc = finish_one(c, s, &f);
+        xp_finished_clear(&f);
+        if (rc != XP_OK)
+            return rc;
+        (*work)++;
+    }
+    return XP_OK;
+}
+
+static void usage_run(void) { fprintf(stderr, "usage: exploder run [--once]\n"); }
+
+int cmd_run(const xp_conf *c, int argc, char **argv)
+{
+    static const struct option opts[] = {{"once", no_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
+    bool once = false;
+    spool *s = NULL;
+    xp_transport *t = NULL;
+    char lockpath[4096];
+    int lockfd = -1, opt, ex = 1, n;
+    struct sigaction sa;
+    xp_err rc;
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "o", opts, NULL)) != -1) {
+        if (opt == 'o')
+            once = true;
+        else {
+            usage_run();
+            return XP_EX_USAGE;
+        }
+    }
+    if (optind != argc) {
+        usage_run();
+        return XP_EX_USAGE;
+    }
+    if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
+        fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
+        ex = XP_EX_TEMPFAIL;
+        goto out;
+    }
+    n = snprintf(lockpath, sizeof(lockpath), "%s/runner.lock", c->spool_path);
+    if (n < 0 || (size_t)n >= sizeof(lockpath) ||
+        (lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+        fprintf(stderr, "exploder: cannot open %s\n", lockpath);
+        goto out;
+    }
+    if (flock(lockfd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "exploder: %s\n", xp_strerror(XP_ERR_BUSY));
+        ex = XP_EX_TEMPFAIL;
+        goto out;
+    }
+    if ((rc = xp_transport_new(c, &t)) != XP_OK) {
+        fprintf(stderr, "exploder: delivery: %s\n", xp_strerror(rc));
+        ex = XP_EX_CONFIG;
+        goto out;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    (void)spool_sweep(s, now_s(), 3600);
+    log_info("queue runner started once=%s relay=%s batch_size=%u", once ? "yes" : "no", c->relay, c->batch_size);
+    for (unsigned pass = 0; !stop_requested; pass++) {
+        size_t work = 0;
+        int64_t due = 0, now;
+        if ((rc = run_pass(c, s, t, &work)) != XP_OK) {
+            log_error("queue pass failed err=\"%s\"", xp_strerror(rc));
+            if (once)
+                break;
+        }
+        if (once && (work == 0 || pass > 100000))
+            break;
+        if (once)
+            continue;
+        /* idle until the next due item or the poll interval, whichever first */
+        if (spool_next_due(s, &due) != XP_OK)
+            due = 0;
+        now = now_s();
+        int64_t wait = (int64_t)c->poll_interval;
+        if (due > 0 && due - now < wait)
+            wait = due - now;
+        if (work > 0 || wait < 0)
+            wait = 0;
+        for (int64_t i = 0; i < wait * 10 && !stop_requested; i++) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+        if (wait == 0 && work == 0) {
+            struct timespec ts = {0, 200000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (once) {
+        int64_t pending = 0;
+        if (spool_pending_count(s, &pending) != XP_OK)
+            pending = 1;
+        ex = pending == 0 ? XP_EX_OK : XP_EX_TEMPFAIL;
+        if (pending > 0)
+            log_info("queue not empty, deferred recipients remain pending=%lld", (long long)pending);
+    } else
+        ex = 0;
+    log_info("queue runner stopped");
+out:
+    xp_transport_free(t);
+    if (lockfd >= 0)
+        close(lockfd);
+    spool_close(s);
+    return ex;
+}

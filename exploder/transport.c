@@ -1,0 +1,401 @@
+/* transport.c: SMTP (libcurl) and maildir delivery. See transport.h. */
+#include "transport.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "log.h"
+#include "mail.h"
+#include "util.h"
+
+/* libcurl 7.69 to 8.1 spell it with three Ls; 8.2 added the fixed name. */
+#ifndef CURLOPT_MAIL_RCPT_ALLOWFAILS
+#define CURLOPT_MAIL_RCPT_ALLOWFAILS CURLOPT_MAIL_RCPT_ALLLOWFAILS
+#endif
+
+struct xp_transport {
+    const xp_conf *conf;
+    CURL *curl;
+    char *maildir; /* non-NULL for maildir: targets */
+    char *password;
+    size_t password_len;
+};
+
+xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
+{
+    xp_transport *t = NULL;
+    xp_err rc = XP_ERR_NOMEM;
+
+    *out = NULL;
+    if (conf->relay == NULL) {
+        log_error("no [delivery] relay configured");
+        return XP_ERR_CONFIG;
+    }
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        goto out;
+    t->conf = conf;
+    if (strncmp(conf->relay, "maildir:", 8) == 0) {
+        if (conf->relay[8] == '\0') {
+            rc = XP_ERR_CONFIG;
+            goto out;
+        }
+        if ((t->maildir = strdup(conf->relay + 8)) == NULL)
+            goto out;
+    } else {
+        if ((t->curl = curl_easy_init()) == NULL)
+            goto out;
+        if (conf->relay_user != NULL) {
+            char *pw = NULL;
+            size_t pwlen = 0;
+            if (conf->relay_password_file == NULL ||
+                util_read_pin_source(conf->relay_password_file, &pw, &pwlen) != UTIL_OK) {
+                log_error("relay_user set but relay_password_file missing or unreadable (want mode 0600)");
+                rc = XP_ERR_CONFIG;
+                goto out;
+            }
+            t->password = pw;
+            t->password_len = pwlen;
+        }
+    }
+    *out = t;
+    t = NULL;
+    rc = XP_OK;
+out:
+    xp_transport_free(t);
+    return rc;
+}
+
+void xp_transport_free(xp_transport *t)
+{
+    if (t == NULL)
+        return;
+    if (t->curl != NULL)
+        curl_easy_cleanup(t->curl);
+    free(t->maildir);
+    util_secret_free(t->password, t->password_len);
+    free(t);
+}
+
+/* ---- SMTP ------------------------------------------------------------------ */
+
+/* Where we are in the SMTP dialogue, learned from libcurl's debug stream:
+ * libcurl does not pipeline, so every command is followed by its reply. */
+enum dlg_state { DLG_OTHER = 0, DLG_RCPT, DLG_DATA, DLG_POSTDATA };
+
+typedef struct send_ctx {
+    FILE *fp;
+    bool prev_cr;          /* last byte handed out was CR */
+    bool pending_lf;       /* LF still owed after an inserted CR */
+    enum dlg_state state;
+    size_t rcpt_sent;      /* RCPT TO commands seen so far */
+    size_t n;
+    int *codes;
+    int final_code;
+    int last_code;
+    char last_reply[160];
+} send_ctx;
+
+/* Reads the message and turns bare LF into CRLF (SMTP's line ending; we
+ * cannot use CURLOPT_CRLF, which would also double existing CRLFs). */
+static size_t read_cb(char *buf, size_t size, size_t nitems, void *user)
+{
+    send_ctx *c = user;
+    size_t cap = size * nitems, o = 0;
+    char tmp[8192];
+
+    if (cap < 2)
+        return CURL_READFUNC_ABORT;
+    if (c->pending_lf) {
+        buf[o++] = '\n';
+        c->pending_lf = false;
+        c->prev_cr = false;
+    }
+    while (o + 2 <= cap) {
+        size_t want = (cap - o) / 2;
+        if (want > sizeof(tmp))
+            want = sizeof(tmp);
+        size_t got = fread(tmp, 1, want, c->fp);
+        if (got == 0) {
+            if (ferror(c->fp))
+                return CURL_READFUNC_ABORT;
+            break;
+        }
+        for (size_t i = 0; i < got; i++) {
+            if (tmp[i] == '\n' && !c->prev_cr)
+                buf[o++] = '\r';
+            buf[o++] = tmp[i];
+            c->prev_cr = tmp[i] == '\r';
+        }
+    }
+    return o;
+}
+
+static int reply_code(const char *p, size_t n, bool *final)
+{
+    *final = false;
+    if (n < 3 || !isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]) || !isdigit((unsigned char)p[2]))
+        return 0;
+    *final = n == 3 || p[3] == ' ' || p[3] == '\r' || p[3] == '\n';
+    return (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+}
+
+static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *user)
+{
+    send_ctx *c = user;
+    (void)h;
+    if (type == CURLINFO_HEADER_OUT) {
+        if (size >= 8 && strncasecmp(data, "RCPT TO:", 8) == 0) {
+            c->state = DLG_RCPT;
+            c->rcpt_sent++;
+        } else if (size >= 4 && strncasecmp(data, "DATA", 4) == 0) {
+            c->state = DLG_DATA;
+        } else {
+            c->state = DLG_OTHER;
+        }
+    } else if (type == CURLINFO_HEADER_IN) {
+        bool final;
+        int code = reply_code(data, size, &final);
+        if (code == 0 || !final)
+            return 0;
+        c->last_code = code;
+        size_t n = size;
+        while (n > 0 && (data[n - 1] == '\r' || data[n - 1] == '\n'))
+            n--;
+        if (n >= sizeof(c->last_reply))
+            n = sizeof(c->last_reply) - 1;
+        memcpy(c->last_reply, data, n);
+        c->last_reply[n] = '\0';
+        switch (c->state) {
+        case DLG_RCPT:
+            if (c->rcpt_sent >= 1 && c->rcpt_sent <= c->n)
+                c->codes[c->rcpt_sent - 1] = code;
+            c->state = DLG_OTHER;
+            break;
+        case DLG_DATA:
+            c->state = code == 354 ? DLG_POSTDATA : DLG_OTHER;
+            break;
+        case DLG_POSTDATA:
+            c->final_code = code;
+            c->state = DLG_OTHER;
+            break;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
+#define CK(x)                                                                                                \
+    do {                                                                                                     \
+        if ((cr = (x)) != CURLE_OK)                                                                          \
+            goto setup_failed;                                                                               \
+    } while (0)
+
+static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcpts, size_t n, const char *path,
+                        xp_send_result *res)
+{
+    const xp_conf *conf = t->conf;
+    struct curl_slist *rl = NULL;
+    send_ctx ctx;
+    char from[MAIL_MAX_ADDR + 3], errbuf[CURL_ERROR_SIZE] = "";
+    CURLcode cr = CURLE_OK;
+    xp_err rc = XP_ERR_TEMP;
+    CURL *h = t->curl;
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.n = n;
+    ctx.codes = res->rcpt_code;
+    if ((ctx.fp = fopen(path, "rb")) == NULL) {
+        snprintf(res->detail, sizeof(res->detail), "cannot open spool file (errno %d)", errno);
+        rc = XP_ERR_IO;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char line[MAIL_MAX_ADDR + 3];
+        struct curl_slist *nl;
+        snprintf(line, sizeof(line), "<%s>", rcpts[i]);
+        if ((nl = curl_slist_append(rl, line)) == NULL) {
+            rc = XP_ERR_NOMEM;
+            goto out;
+        }
+        rl = nl;
+    }
+    curl_easy_reset(h);
+    CK(curl_easy_setopt(h, CURLOPT_URL, conf->relay));
+    CK(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+    CK(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+    if (mail_from != NULL && *mail_from != '\0') {
+        snprintf(from, sizeof(from), "<%s>", mail_from);
+        CK(curl_easy_setopt(h, CURLOPT_MAIL_FROM, from));
+    } /* else: libcurl sends the null reverse-path "<>" */
+    CK(curl_easy_setopt(h, CURLOPT_MAIL_RCPT, rl));
+    CK(curl_easy_setopt(h, CURLOPT_MAIL_RCPT_ALLOWFAILS, 1L));
+    CK(curl_easy_setopt(h, CURLOPT_UPLOAD, 1L));
+    CK(curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb));
+    CK(curl_easy_setopt(h, CURLOPT_READDATA, &ctx));
+    CK(curl_easy_setopt(h, CURLOPT_VERBOSE, 1L)); /* needed for the debug callback */
+    CK(curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, debug_cb));
+    CK(curl_easy_setopt(h, CURLOPT_DEBUGDATA, &ctx));
+    CK(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L));
+    CK(curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)conf->relay_timeout));
+    CK(curl_easy_setopt(h, CURLOPT_USE_SSL, conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
+                                            : conf->starttls == XP_STARTTLS_YES    ? (long)CURLUSESSL_TRY
+                                                                                   : (long)CURLUSESSL_NONE));
+    CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, conf->relay_verify ? 1L : 0L));
+    CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, conf->relay_verify ? 2L : 0L));
+    if (conf->relay_cacert != NULL)
+        CK(curl_easy_setopt(h, CURLOPT_CAINFO, conf->relay_cacert));
+    if (conf->relay_user != NULL) {
+        CK(curl_easy_setopt(h, CURLOPT_USERNAME, conf->relay_user));
+        CK(curl_easy_setopt(h, CURLOPT_PASSWORD, t->password));
+    }
+    cr = curl_easy_perform(h);
+    res->final_code = ctx.final_code;
+    if (cr == CURLE_OK && ctx.final_code / 100 == 2) {
+        rc = XP_OK;
+        goto out;
+    }
+    if (ctx.final_code / 100 == 5)
+        rc = XP_ERR_PERM; /* the message itself was refused */
+    else
+        rc = XP_ERR_TEMP;
+    if (ctx.last_reply[0] != '\0' && ctx.last_code / 100 != 2)
+        snprintf(res->detail, sizeof(res->detail), "%s", ctx.last_reply);
+    else
+        snprintf(res->detail, sizeof(res->detail), "%s", errbuf[0] ? errbuf : curl_easy_strerror(cr));
+    goto out;
+setup_failed:
+    snprintf(res->detail, sizeof(res->detail), "libcurl setup: %s", curl_easy_strerror(cr));
+    rc = XP_ERR_TEMP;
+out:
+    if (h != NULL) {
+        /* drop pointers into our stack before returning */
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+        curl_easy_setopt(h, CURLOPT_MAIL_RCPT, NULL);
+        curl_easy_setopt(h, CURLOPT_READDATA, NULL);
+        curl_easy_setopt(h, CURLOPT_DEBUGDATA, NULL);
+    }
+    curl_slist_free_all(rl);
+    if (ctx.fp != NULL)
+        fclose(ctx.fp);
+    return rc;
+}
+
+/* ---- maildir --------------------------------------------------------------- */
+
+/* A file-system-safe directory name for an address. */
+static void safe_name(const char *addr, char *out, size_t outsz)
+{
+    size_t o = 0;
+    for (const char *p = addr; *p && o + 1 < outsz; p++) {
+        unsigned char ch = (unsigned char)*p;
+        out[o++] = (isalnum(ch) || ch == '@' || ch == '.' || ch == '-' || ch == '_' || ch == '+') ? (char)ch : '_';
+    }
+    out[o] = '\0';
+    if (out[0] == '.')
+        out[0] = '_';
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = -1;
+    if (fd >= 0) {
+        r = fsync(fd);
+        close(fd);
+    }
+    return r;
+}
+
+/* Maildir delivery: write into tmp/, fsync, rename into new/, fsync new/. */
+static int maildir_one(const char *root, const char *rcpt, const unsigned char *data, size_t len)
+{
+    char name[MAIL_MAX_ADDR + 1], base[4096], tmp[4600], fin[4600], nd[4200], id[33];
+    int n, fd = -1, rc = -1;
+    size_t off = 0;
+
+    safe_name(rcpt, name, sizeof(name));
+    n = snprintf(base, sizeof(base), "%s/%s", root, name);
+    if (n < 0 || (size_t)n >= sizeof(base))
+        return -1;
+    snprintf(nd, sizeof(nd), "%s/new", base);
+    snprintf(tmp, sizeof(tmp), "%s/cur", base);
+    if (util_mkdir_p(nd, 0700) != UTIL_OK || util_mkdir_p(tmp, 0700) != UTIL_OK)
+        return -1;
+    snprintf(tmp, sizeof(tmp), "%s/tmp", base);
+    if (util_mkdir_p(tmp, 0700) != UTIL_OK || util_random_id(id, 8) != UTIL_OK)
+        return -1;
+    snprintf(tmp, sizeof(tmp), "%s/tmp/%lld.%d.%s.exploder", base, (long long)time(NULL), (int)getpid(), id);
+    snprintf(fin, sizeof(fin), "%s/new/%lld.%d.%s.exploder", base, (long long)time(NULL), (int)getpid(), id);
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
+        return -1;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            goto out;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0)
+        goto out;
+    close(fd);
+    fd = -1;
+    if (rename(tmp, fin) != 0 || fsync_dir(nd) != 0)
+        goto out;
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (rc != 0)
+        unlink(tmp);
+    return rc;
+}
+
+static xp_err maildir_send(xp_transport *t, char *const *rcpts, size_t n, const char *path, xp_send_result *res)
+{
+    unsigned char *data = NULL;
+    size_t len = 0;
+    size_t ok = 0;
+
+    if (util_read_file(path, t->conf->max_message_size * 2 + (1u << 20), &data, &len) != UTIL_OK) {
+        snprintf(res->detail, sizeof(res->detail), "cannot read spool file");
+        return XP_ERR_IO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (maildir_one(t->maildir, rcpts[i], data, len) == 0) {
+            res->rcpt_code[i] = 250;
+            ok++;
+        } else {
+            res->rcpt_code[i] = 451;
+            snprintf(res->detail, sizeof(res->detail), "maildir write failed (errno %d)", errno);
+        }
+    }
+    free(data);
+    res->final_code = ok > 0 ? 250 : 451;
+    return ok > 0 ? XP_OK : XP_ERR_TEMP;
+}
+
+xp_err xp_transport_send(xp_transport *t, const char *mail_from, char *const *rcpts, size_t n, const char *path,
+                         xp_send_result *res)
+{
+    res->final_code = 0;
+    res->detail[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        res->rcpt_code[i] = 0;
+    if (n == 0)
+        return XP_OK;
+    if (t->maildir != NULL)
+        return maildir_send(t, rcpts, n, path, res);
+    return smtp_send(t, mail_from, rcpts, n, path, res);
+}

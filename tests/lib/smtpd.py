@@ -1,0 +1,221 @@
+#!/usr/bin/python3
+"""smtpd.py: a real SMTP server on loopback for groupsrv's tests.
+
+Built on Debian's python3-aiosmtpd; run it with /usr/bin/python3 (the pyenv
+python3 on PATH does not have aiosmtpd). It speaks real SMTP (EHLO, optional
+STARTTLS, MAIL, RCPT, DATA with dot-unstuffing) so the code under test talks
+to it exactly as it would to Postfix.
+
+Serving:
+  smtpd.py --dir DIR [--port N] [--port-file F] [--pid-file F] [options]
+
+Storage (maildir-like, in DIR):
+  DIR/tmp/            messages being written
+  DIR/new/<id>        each accepted message, one file, written to tmp/ then
+                      renamed (never half-visible). Bytes as received, with
+                      CRLF turned into LF the way a local MDA stores mail.
+  DIR/envelope.log    after a message is stored: one line per accepted
+                      recipient: "<id> <mail-from> <rcpt>" (mail-from "<>" if null)
+  DIR/rcpt.log        every RCPT TO as answered: "<session> <code> <rcpt>"
+
+Options:
+  --dir DIR           storage directory (created if missing)                 [required]
+  --host ADDR         listen address                                          [127.0.0.1]
+  --port N            listen port; 0 picks a free one                         [0]
+  --port-file F       write the listening port here (atomically) once ready
+  --pid-file F        write our pid here once ready
+  --refuse-rcpt RE    answer 550 to RCPT addresses matching the regex (permanent failure)
+  --defer-rcpt RE     answer 450 to RCPT addresses matching the regex (temporary failure)
+  --down-file F       while file F exists, answer 421 to MAIL FROM (the relay is "down"
+                      without closing the port); remove F to bring it "up"
+  --refuse-data       answer 554 at the end of DATA (message refused as a whole)
+  --data-delay SECS   sleep before answering the end of DATA (to slow a fan-out so a
+                      test can kill the sender in the middle)
+  --tls-cert F --tls-key F
+                      offer STARTTLS with this certificate and key
+  --require-starttls  refuse MAIL before STARTTLS (530)
+  --max-size BYTES    DATA size limit                                          [33554432]
+
+Reading results (no server started):
+  smtpd.py --dir DIR --list-accepted   print every accepted recipient, one per line
+                                        (duplicates kept: a re-sent copy shows twice)
+  smtpd.py --dir DIR --list-messages   print the path of every stored message
+
+Stop the server with SIGTERM or SIGINT. It binds only to the given address
+(loopback by default) and never relays anything.
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+import re
+import signal
+import ssl
+import sys
+import time
+
+try:
+    from aiosmtpd.smtp import SMTP
+except ImportError:  # pragma: no cover
+    sys.stderr.write("smtpd.py: python3-aiosmtpd missing; run it with /usr/bin/python3\n")
+    sys.exit(2)
+
+
+def write_atomic(path, text):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def append_line(path, line):
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+class Handler:
+    def __init__(self, args):
+        self.args = args
+        self.dir = args.dir
+        self.refuse = re.compile(args.refuse_rcpt) if args.refuse_rcpt else None
+        self.defer = re.compile(args.defer_rcpt) if args.defer_rcpt else None
+        self.seq = itertools.count(1)
+
+    def session_id(self, session):
+        sid = getattr(session, "_gs_id", None)
+        if sid is None:
+            sid = "%d.%d.%d" % (int(time.time()), os.getpid(), next(self.seq))
+            session._gs_id = sid
+        return sid
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.args.down_file and os.path.exists(self.args.down_file):
+            return "421 4.3.2 service not available (down-file present)"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        sid = self.session_id(session)
+        if self.refuse and self.refuse.search(address):
+            code, reply = 550, "550 5.1.1 recipient refused"
+        elif self.defer and self.defer.search(address):
+            code, reply = 450, "450 4.2.1 recipient deferred, try later"
+        else:
+            code, reply = 250, "250 OK"
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        append_line(os.path.join(self.dir, "rcpt.log"), "%s %d %s" % (sid, code, address))
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.args.data_delay > 0:
+            await asyncio.sleep(self.args.data_delay)
+        if self.args.refuse_data:
+            return "554 5.6.0 message refused"
+        mid = "%s.%d" % (self.session_id(session), next(self.seq))
+        data = envelope.original_content or envelope.content
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        data = data.replace(b"\r\n", b"\n")
+        tmp = os.path.join(self.dir, "tmp", mid)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(self.dir, "new", mid))
+        sender = envelope.mail_from or "<>"
+        with open(os.path.join(self.dir, "envelope.log"), "a") as f:
+            for r in envelope.rcpt_tos:
+                f.write("%s %s %s\n" % (mid, sender, r))
+            f.flush()
+        # Only now, with the copy stored, is the message accepted.
+        return "250 2.0.0 stored as %s" % mid
+
+
+def list_accepted(d):
+    try:
+        with open(os.path.join(d, "envelope.log")) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    print(parts[2])
+    except FileNotFoundError:
+        pass
+
+
+def list_messages(d):
+    nd = os.path.join(d, "new")
+    if os.path.isdir(nd):
+        for name in sorted(os.listdir(nd)):
+            print(os.path.join(nd, name))
+
+
+async def serve(args):
+    loop = asyncio.get_running_loop()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    handler = Handler(args)
+
+    def factory():
+        return SMTP(handler, hostname="smtpd.test", data_size_limit=args.max_size,
+                    tls_context=tls, require_starttls=args.require_starttls,
+                    enable_SMTPUTF8=True, timeout=60)
+
+    server = await loop.create_server(factory, host=args.host, port=args.port)
+    port = server.sockets[0].getsockname()[1]
+    if args.pid_file:
+        write_atomic(args.pid_file, "%d\n" % os.getpid())
+    if args.port_file:
+        write_atomic(args.port_file, "%d\n" % port)
+    stop = loop.create_future()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, lambda: stop.done() or stop.set_result(None))
+    await stop
+    server.close()
+    await server.wait_closed()
+
+
+def main():
+    p = argparse.ArgumentParser(description="SMTP server on loopback for tests (see header)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port-file")
+    p.add_argument("--pid-file")
+    p.add_argument("--refuse-rcpt")
+    p.add_argument("--defer-rcpt")
+    p.add_argument("--down-file")
+    p.add_argument("--refuse-data", action="store_true")
+    p.add_argument("--data-delay", type=float, default=0.0)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--require-starttls", action="store_true")
+    p.add_argument("--max-size", type=int, default=33554432)
+    p.add_argument("--list-accepted", action="store_true")
+    p.add_argument("--list-messages", action="store_true")
+    args = p.parse_args()
+    if args.list_accepted:
+        list_accepted(args.dir)
+        return 0
+    if args.list_messages:
+        list_messages(args.dir)
+        return 0
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    for sub in ("tmp", "new"):
+        os.makedirs(os.path.join(args.dir, sub), exist_ok=True)
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
