@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char detail[512];
 
@@ -34,10 +35,14 @@ void gs_err_clear(void) { detail[0] = '\0'; }
 
 gs_err gs_err_set(gs_err err, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers may pass gs_err_detail()
+     * itself as an argument to prefix it. */
+    char tmp[sizeof(detail)];
     va_list ap;
     va_start(ap, fmt);
-    (void)vsnprintf(detail, sizeof(detail), fmt, ap);
+    (void)vsnprintf(tmp, sizeof(tmp), fmt, ap);
     va_end(ap);
+    memcpy(detail, tmp, sizeof(detail));
     return err;
 }
 

@@ -172,7 +172,7 @@ bool gs_valid_email(const char *email)
         return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)email[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("\"<>(),;:[]\\", c) != NULL)
+        if (c <= 0x20 || c >= 0x7f || strchr("\"<>(),;:[]\\/", c) != NULL)
             return false;
         if (c == '@')
             at_count++;

@@ -57,7 +57,7 @@ gs_err gs_role_parse(const char *name, gs_role *out);
 /* Validation of names we put in labels, URLs and certificates:
  * group names: 1..64 of [a-z0-9._-], starting with a letter or digit;
  * emails/addresses: local@domain, printable ASCII without spaces, quotes,
- * angle brackets or commas, at most 254 bytes, exactly one '@'. */
+ * angle brackets, commas or slashes, at most 254 bytes, exactly one '@'. */
 bool gs_valid_group_name(const char *name);
 bool gs_valid_email(const char *email);
 

@@ -1,0 +1,839 @@
+/*
+ * main.c: the groupsrv program. Admin subcommands on the token and the
+ * database (see docs/groupsrv.1.md), plus `serve` and `audit`, which are
+ * dispatched to groupsrv/server/ when it is built in (GS_HAVE_SERVER).
+ *
+ * Every failure is one line on stderr ("groupsrv: what is wrong") and an
+ * exit code: 0 ok, 1 failed / check found problems, 2 usage, 3 not found
+ * or duplicate, 4 token or PIN, 5 configuration.
+ */
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ca.h"
+#include "config.h"
+#include "groups.h"
+#include "gs_error.h"
+#include "hsm.h"
+#include "log.h"
+#include "store.h"
+#include "util.h"
+#ifdef GS_HAVE_SERVER
+#include "serve.h"
+#endif
+
+#define EXIT_USAGE 2
+#define MAX_ARGS 32
+#define CERT_FILE_MAX 65536
+
+static const char usage_text[] =
+    "usage: groupsrv [-c FILE] COMMAND ...\n"
+    "  ca init [--key rsa:3072|ec:p256] [--subject CN] [--days N]\n"
+    "  ca show\n"
+    "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256]\n"
+    "               [--methods tls,recipient-key,group-secret,membership-cert] [--allow-pkcs1v15]\n"
+    "  group rotate NAME\n"
+    "  group retire NAME --before VERSION\n"
+    "  group import-cert NAME --cert FILE [--version N]\n"
+    "  group list\n"
+    "  group show NAME [--cert | --pubkey]\n"
+    "  secret rotate NAME\n"
+    "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
+    "  member remove NAME EMAIL\n"
+    "  member list NAME\n"
+    "  check\n"
+    "  serve\n"
+    "  audit verify [--file PATH]\n"
+    "config: -c FILE, else $GROUPSRV_CONF, else " GS_CONFIG_DEFAULT_PATH "\n";
+
+/* ---- argument handling ------------------------------------------------------ */
+
+struct opt_def {
+    const char *name; /* "--key" */
+    bool has_arg;
+};
+
+struct args {
+    const char *pos[MAX_ARGS];
+    size_t npos;
+    const char *opt_name[MAX_ARGS];
+    const char *opt_val[MAX_ARGS];
+    size_t nopt;
+};
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "groupsrv: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(groupsrv --help for usage)\n");
+    return EXIT_USAGE;
+}
+
+/* Splits argv into positionals and the options in defs; unknown options,
+ * missing values and repeated options are usage errors (returns 2). */
+static int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a)
+{
+    memset(a, 0, sizeof(*a));
+    for (int i = 0; i < argc; i++) {
+        const char *s = argv[i];
+        if (strncmp(s, "--", 2) == 0) {
+            const char *eq = strchr(s, '=');
+            size_t nlen = eq ? (size_t)(eq - s) : strlen(s);
+            const struct opt_def *d = NULL;
+            for (size_t k = 0; k < ndefs; k++)
+                if (strlen(defs[k].name) == nlen && strncmp(defs[k].name, s, nlen) == 0)
+                    d = &defs[k];
+            if (d == NULL)
+                return usage_error("unknown option %s", s);
+            for (size_t k = 0; k < a->nopt; k++)
+                if (strcmp(a->opt_name[k], d->name) == 0)
+                    return usage_error("option %s given twice", d->name);
+            if (a->nopt == MAX_ARGS)
+                return usage_error("too many options%s", "");
+            a->opt_name[a->nopt] = d->name;
+            if (d->has_arg) {
+                if (eq)
+                    a->opt_val[a->nopt] = eq + 1;
+                else if (i + 1 < argc)
+                    a->opt_val[a->nopt] = argv[++i];
+                else
+                    return usage_error("option %s needs a value", d->name);
+            } else if (eq) {
+                return usage_error("option %s takes no value", d->name);
+            } else {
+                a->opt_val[a->nopt] = "";
+            }
+            a->nopt++;
+        } else {
+            if (a->npos == MAX_ARGS)
+                return usage_error("too many arguments%s", "");
+            a->pos[a->npos++] = s;
+        }
+    }
+    return 0;
+}
+
+static const char *opt(const struct args *a, const char *name)
+{
+    for (size_t k = 0; k < a->nopt; k++)
+        if (strcmp(a->opt_name[k], name) == 0)
+            return a->opt_val[k];
+    return NULL;
+}
+
+static int fail(gs_err err)
+{
+    const char *d = gs_err_detail();
+    fprintf(stderr, "groupsrv: %s\n", d && d[0] ? d : gs_strerror(err));
+    return gs_err_exit_code(err);
+}
+
+/* ---- shared set-up ------------------------------------------------------------- */
+
+struct env {
+    const struct gs_config *cfg;
+    gs_store *st;
+    hsm_ctx *hsm;
+    gs_ca *ca;
+};
+
+enum need { NEED_DB = 1u << 0, NEED_DB_CREATE = 1u << 1, NEED_TOKEN = 1u << 2, NEED_CA = 1u << 3, NEED_DB_RO = 1u << 4 };
+
+static void env_close(struct env *e)
+{
+    gs_ca_free(e->ca);
+    hsm_close(e->hsm);
+    gs_store_close(e->st);
+    e->ca = NULL;
+    e->hsm = NULL;
+    e->st = NULL;
+}
+
+static gs_err env_open(struct env *e, unsigned need)
+{
+    gs_err err = GS_OK;
+    if (need & NEED_DB_CREATE) {
+        /* The database's directory: created private if absent. */
+        char dir[4096];
+        char *slash;
+        if (util_strlcpy(dir, e->cfg->db.path, sizeof(dir)) != UTIL_OK)
+            return gs_err_set(GS_ERR_CONFIG, "[db] path too long");
+        slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            if (util_mkdir_p(dir, 0700) != UTIL_OK)
+                return gs_err_set(GS_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
+        }
+    }
+    if (need & (NEED_DB | NEED_DB_CREATE | NEED_DB_RO)) {
+        unsigned fl = (need & NEED_DB_CREATE) ? GS_STORE_CREATE : 0;
+        if (need & NEED_DB_RO)
+            fl |= GS_STORE_READONLY;
+        err = gs_store_open(e->cfg->db.path, fl, &e->st);
+        if (err)
+            return err;
+    }
+    if (need & (NEED_TOKEN | NEED_CA)) {
+        err = gs_hsm_open(e->cfg, &e->hsm);
+        if (err)
+            return err;
+    }
+    if (need & NEED_CA)
+        err = gs_ca_load(e->st, e->hsm, &e->ca);
+    return err;
+}
+
+static gs_err read_cert_file(const char *path, X509 **out)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    gs_err err;
+    int rc = util_read_file(path, CERT_FILE_MAX, &buf, &len);
+    *out = NULL;
+    if (rc != UTIL_OK)
+        return gs_err_set(rc == UTIL_E_NOTFOUND ? GS_ERR_NOT_FOUND : GS_ERR_IO, "cannot read %s: %s", path,
+                          util_strerror(rc));
+    err = gs_cert_parse(buf, len, out);
+    if (err)
+        err = gs_err_set(err, "%s: %s", path, gs_err_detail());
+    free(buf);
+    return err;
+}
+
+static void print_time(FILE *f, int64_t t)
+{
+    char buf[32];
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (gmtime_r(&tt, &tm) && strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm))
+        fputs(buf, f);
+    else
+        fputs("?", f);
+}
+
+/* ---- ca ---------------------------------------------------------------------------- */
+
+static int cmd_ca(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}};
+    struct args a;
+    gs_err err;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+    if (rc)
+        return rc;
+    if (a.npos != 1)
+        return usage_error("ca: expected init or show%s", "");
+    if (strcmp(a.pos[0], "init") == 0) {
+        unsigned days = e->cfg->ca.ca_days;
+        const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
+        if (opt(&a, "--days")) {
+            uint64_t d;
+            if (util_parse_u64(opt(&a, "--days"), 1, 36500, &d) != UTIL_OK)
+                return usage_error("--days: expected 1..36500, got %s", opt(&a, "--days"));
+            days = (unsigned)d;
+        }
+        err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
+        if (!err)
+            err = gs_ca_init(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), subject, days, &e->ca);
+        if (err)
+            return fail(err);
+        char fp[65];
+        gs_cert_fingerprint(gs_ca_cert(e->ca), fp);
+        printf("CA initialised: label %s, certificate sha256 %s\n", e->cfg->ca.key_label, fp);
+        return 0;
+    }
+    if (strcmp(a.pos[0], "show") == 0) {
+        gs_store_ca *row = NULL;
+        if (a.nopt)
+            return usage_error("ca show takes no options%s", "");
+        err = env_open(e, NEED_DB_RO);
+        if (!err)
+            err = gs_store_ca_get(e->st, &row);
+        if (err)
+            return fail(err);
+        fputs(row->cert_pem, stdout);
+        gs_store_ca_free(row);
+        return 0;
+    }
+    return usage_error("ca: unknown subcommand %s", a.pos[0]);
+}
+
+/* ---- group ----------------------------------------------------------------------- */
+
+static int group_show(struct env *e, const struct args *a)
+{
+    gs_store_group *g = NULL;
+    gs_store_group_key *keys = NULL;
+    gs_store_secret *secrets = NULL;
+    gs_store_member *members = NULL;
+    size_t nk = 0, ns = 0, nm = 0;
+    X509 *cert = NULL;
+    char methods[128];
+    gs_err err;
+    int rc = 0;
+
+    if (opt(a, "--cert") && opt(a, "--pubkey"))
+        return usage_error("group show: --cert and --pubkey exclude each other%s", "");
+    err = env_open(e, NEED_DB_RO);
+    if (!err)
+        err = gs_store_group_get(e->st, a->pos[1], &g);
+    if (!err)
+        err = gs_store_group_keys(e->st, g->id, &keys, &nk);
+    if (!err)
+        err = gs_store_secrets(e->st, g->id, &secrets, &ns);
+    if (!err)
+        err = gs_store_member_list(e->st, g->id, &members, &nm);
+    if (err) {
+        rc = fail(err);
+        goto out;
+    }
+    for (size_t i = 0; i < nk; i++) {
+        if (keys[i].state != GS_KEY_CURRENT)
+            continue;
+        err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &cert);
+        if (err) {
+            rc = fail(err);
+            goto out;
+        }
+    }
+    if (opt(a, "--cert")) {
+        if (cert == NULL || PEM_write_X509(stdout, cert) != 1)
+            rc = fail(gs_err_set(GS_ERR_STATE, "group %s has no current certificate", g->name));
+        goto out;
+    }
+    if (opt(a, "--pubkey")) {
+        if (cert == NULL || PEM_write_PUBKEY(stdout, X509_get0_pubkey(cert)) != 1)
+            rc = fail(gs_err_set(GS_ERR_STATE, "group %s has no current key", g->name));
+        goto out;
+    }
+    gs_methods_format(g->methods, methods, sizeof(methods));
+    printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n",
+           g->name, g->address, methods, g->key_spec, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
+    printf("created:        ");
+    print_time(stdout, g->created);
+    printf("\nmembers:        %zu\nkey versions:\n", nm);
+    for (size_t i = 0; i < nk; i++) {
+        X509 *c = NULL;
+        char fp[65] = "";
+        if (gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &c) == GS_OK)
+            gs_cert_fingerprint(c, fp);
+        printf("  v%-4u %-8s %-28s sha256 %s\n", keys[i].version, gs_key_state_name(keys[i].state),
+               keys[i].token_label, fp);
+        X509_free(c);
+    }
+    if (ns)
+        printf("secret key versions:\n");
+    for (size_t i = 0; i < ns; i++) {
+        char hex[2 * GS_KEK_ID_LEN + 1];
+        util_hex(secrets[i].kek_id, GS_KEK_ID_LEN, hex);
+        printf("  v%-4u %-8s %-28s kek-id %s\n", secrets[i].version, gs_key_state_name(secrets[i].state),
+               secrets[i].token_label, hex);
+    }
+    if (g->reject_label)
+        printf("rejection key:  %s\n", g->reject_label);
+out:
+    X509_free(cert);
+    gs_store_member_list_free(members, nm);
+    gs_store_secrets_free(secrets, ns);
+    gs_store_group_keys_free(keys, nk);
+    gs_store_group_free(g);
+    return rc;
+}
+
+static int cmd_group(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {{"--address", true}, {"--key", true},   {"--methods", true},
+                                          {"--allow-pkcs1v15", false}, {"--before", true}, {"--cert", true},
+                                          {"--version", true}, {"--pubkey", false}};
+    static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
+    struct args a;
+    gs_err err;
+    int rc;
+    const char *sub = argc > 0 ? argv[0] : "";
+
+    if (strcmp(sub, "show") == 0)
+        rc = parse_args(argc, argv, show_defs, GS_ARRAY_LEN(show_defs), &a);
+    else
+        rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+    if (rc)
+        return rc;
+    if (a.npos == 0)
+        return usage_error("group: expected create, rotate, retire, import-cert, list or show%s", "");
+    if (strcmp(sub, "list") == 0) {
+        gs_store_group **list = NULL;
+        size_t n = 0;
+        if (a.npos != 1 || a.nopt)
+            return usage_error("group list takes no arguments%s", "");
+        err = env_open(e, NEED_DB_RO);
+        if (!err)
+            err = gs_store_group_list(e->st, &list, &n);
+        if (err)
+            return fail(err);
+        for (size_t i = 0; i < n; i++) {
+            char methods[128];
+            gs_methods_format(list[i]->methods, methods, sizeof(methods));
+            printf("%-24s %-32s %-9s %s\n", list[i]->name, list[i]->address, list[i]->key_spec, methods);
+        }
+        gs_store_group_list_free(list, n);
+        return 0;
+    }
+    if (a.npos != 2)
+        return usage_error("group %s: expected one group NAME", sub);
+    if (strcmp(sub, "show") == 0)
+        return group_show(e, &a);
+    if (strcmp(sub, "create") == 0) {
+        gs_group_spec spec;
+        unsigned v = 0;
+        memset(&spec, 0, sizeof(spec));
+        spec.name = a.pos[1];
+        spec.address = opt(&a, "--address");
+        spec.keyspec = opt(&a, "--key");
+        spec.allow_pkcs1v15 = opt(&a, "--allow-pkcs1v15") != NULL;
+        if (spec.address == NULL)
+            return usage_error("group create: --address LIST@DOMAIN is required%s", "");
+        if (opt(&a, "--before") || opt(&a, "--cert") || opt(&a, "--version"))
+            return usage_error("group create: unexpected option%s", "");
+        if (opt(&a, "--methods") && gs_methods_parse(opt(&a, "--methods"), &spec.methods) != GS_OK)
+            return usage_error("group create: %s", gs_err_detail());
+        if (!gs_valid_group_name(spec.name))
+            return fail(gs_err_set(GS_ERR_ARGS, "invalid group name (1-64 of a-z 0-9 . _ -)"));
+        if (!gs_valid_email(spec.address))
+            return fail(gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)"));
+        err = env_open(e, NEED_DB | NEED_CA);
+        if (!err)
+            err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
+        if (err)
+            return fail(err);
+        printf("group %s created: key version %u\n", spec.name, v);
+        return 0;
+    }
+    if (strcmp(sub, "rotate") == 0) {
+        unsigned v = 0;
+        if (a.nopt)
+            return usage_error("group rotate takes no options%s", "");
+        err = env_open(e, NEED_DB | NEED_CA);
+        if (!err)
+            err = gs_group_rotate(e->st, e->hsm, e->ca, e->cfg, a.pos[1], &v);
+        if (err)
+            return fail(err);
+        printf("group %s: new key version %u\n", a.pos[1], v);
+        return 0;
+    }
+    if (strcmp(sub, "retire") == 0) {
+        uint64_t before = 0;
+        size_t n = 0;
+        if (opt(&a, "--before") == NULL || a.nopt != 1)
+            return usage_error("group retire: --before VERSION is required%s", "");
+        if (util_parse_u64(opt(&a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
+            return usage_error("group retire: bad --before %s", opt(&a, "--before"));
+        err = env_open(e, NEED_DB | NEED_TOKEN);
+        if (!err)
+            err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n);
+        if (err)
+            return fail(err);
+        printf("group %s: %zu key version(s) retired\n", a.pos[1], n);
+        return 0;
+    }
+    if (strcmp(sub, "import-cert") == 0) {
+        uint64_t version = 0;
+        X509 *cert = NULL;
+        if (opt(&a, "--cert") == NULL)
+            return usage_error("group import-cert: --cert FILE is required%s", "");
+        if (opt(&a, "--version") && util_parse_u64(opt(&a, "--version"), 1, UINT32_MAX, &version) != UTIL_OK)
+            return usage_error("group import-cert: bad --version %s", opt(&a, "--version"));
+        err = read_cert_file(opt(&a, "--cert"), &cert);
+        if (!err)
+            err = env_open(e, NEED_DB | NEED_TOKEN);
+        if (!err)
+            err = gs_group_import_cert(e->st, e->hsm, a.pos[1], (unsigned)version, cert);
+        X509_free(cert);
+        if (err)
+            return fail(err);
+        printf("group %s: certificate imported\n", a.pos[1]);
+        return 0;
+    }
+    return usage_error("group: unknown subcommand %s", sub);
+}
+
+/* ---- secret ---------------------------------------------------------------------- */
+
+static int cmd_secret(struct env *e, int argc, char **argv)
+{
+    struct args a;
+    unsigned v = 0;
+    gs_err err;
+    int rc = parse_args(argc, argv, NULL, 0, &a);
+    if (rc)
+        return rc;
+    if (a.npos != 2 || strcmp(a.pos[0], "rotate") != 0)
+        return usage_error("secret: expected `secret rotate NAME`%s", "");
+    err = env_open(e, NEED_DB | NEED_TOKEN);
+    if (!err)
+        err = gs_secret_rotate(e->st, e->hsm, a.pos[1], &v);
+    if (err)
+        return fail(err);
+    printf("group %s: new secret key version %u\n", a.pos[1], v);
+    return 0;
+}
+
+/* ---- member ---------------------------------------------------------------------- */
+
+static gs_err path_join(char *buf, size_t n, const char *dir, const char *email, const char *ext)
+{
+    int w = snprintf(buf, n, "%s/%s%s", dir, email, ext);
+    if (w < 0 || (size_t)w >= n)
+        return gs_err_set(GS_ERR_ARGS, "output path too long");
+    return GS_OK;
+}
+
+/* --issue-cert: a software RSA-2048 key (the member's own key, 0600) and a
+ * client certificate from the local CA. Files first, then the row; a
+ * failure to record removes the files again. */
+static gs_err issue_member_cert(struct env *e, const char *email, const char *outdir, X509 **cert_out,
+                                char *keypath, char *certpath, size_t pathsize)
+{
+    EVP_PKEY *pk = NULL;
+    X509 *cert = NULL;
+    BIO *kbio = NULL;
+    char *kdata = NULL, *pem = NULL;
+    long klen;
+    gs_cert_spec spec;
+    struct stat sb;
+    gs_err err;
+
+    *cert_out = NULL;
+    if (stat(outdir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return gs_err_set(GS_ERR_IO, "--out %s is not a directory", outdir);
+    err = path_join(keypath, pathsize, outdir, email, ".key");
+    if (!err)
+        err = path_join(certpath, pathsize, outdir, email, ".pem");
+    if (err)
+        return err;
+    if (stat(keypath, &sb) == 0 || stat(certpath, &sb) == 0)
+        return gs_err_set(GS_ERR_EXISTS, "%s or %s already exists", keypath, certpath);
+    pk = EVP_RSA_gen(2048);
+    if (pk == NULL) {
+        err = gs_err_set(GS_ERR_CRYPTO, "RSA key generation failed");
+        goto out;
+    }
+    memset(&spec, 0, sizeof(spec));
+    spec.pubkey = pk;
+    /* CN is at most 64 characters (X.520); longer addresses are in the SAN only. */
+    spec.subject_cn = strlen(email) <= 64 ? email : NULL;
+    spec.san_email = email;
+    spec.key_usage = GS_KU_DIGITAL_SIGNATURE | GS_KU_KEY_ENCIPHERMENT;
+    spec.ext_key_usage = GS_EKU_CLIENT_AUTH | GS_EKU_EMAIL_PROTECTION;
+    spec.lifetime = (long)e->cfg->ca.member_cert_days * 86400L;
+    spec.backdate = 300;
+    err = gs_ca_issue(e->ca, e->hsm, &spec, &cert);
+    if (err)
+        goto out;
+    err = gs_cert_to_pem(cert, &pem);
+    if (err)
+        goto out;
+    /* Secure-heap BIO: the PEM private key is wiped when freed. */
+    kbio = BIO_new(BIO_s_secmem());
+    if (kbio == NULL || PEM_write_bio_PrivateKey(kbio, pk, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (klen = BIO_get_mem_data(kbio, &kdata)) <= 0) {
+        err = gs_err_set(GS_ERR_CRYPTO, "cannot encode the member key");
+        goto out;
+    }
+    if (util_write_file_atomic(keypath, kdata, (size_t)klen, 0600) != UTIL_OK) {
+        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", keypath, strerror(errno));
+        goto out;
+    }
+    if (util_write_file_atomic(certpath, pem, strlen(pem), 0644) != UTIL_OK) {
+        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", certpath, strerror(errno));
+        (void)unlink(keypath);
+        goto out;
+    }
+    *cert_out = cert;
+    cert = NULL;
+out:
+    BIO_free(kbio);
+    free(pem);
+    X509_free(cert);
+    EVP_PKEY_free(pk);
+    return err;
+}
+
+static int cmd_member(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {
+        {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}};
+    struct args a;
+    gs_err err;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+    const char *sub;
+    if (rc)
+        return rc;
+    if (a.npos < 2)
+        return usage_error("member: expected add, remove or list with a group NAME%s", "");
+    sub = a.pos[0];
+    if (strcmp(sub, "list") == 0) {
+        gs_store_group *g = NULL;
+        gs_store_member *m = NULL;
+        size_t n = 0;
+        if (a.npos != 2 || a.nopt)
+            return usage_error("member list: expected NAME only%s", "");
+        err = env_open(e, NEED_DB_RO);
+        if (!err)
+            err = gs_store_group_get(e->st, a.pos[1], &g);
+        if (!err)
+            err = gs_store_member_list(e->st, g->id, &m, &n);
+        gs_store_group_free(g);
+        if (err)
+            return fail(err);
+        for (size_t i = 0; i < n; i++) {
+            char fp[65] = "-";
+            X509 *c = NULL;
+            if (m[i].cert_pem &&
+                gs_cert_parse((const unsigned char *)m[i].cert_pem, strlen(m[i].cert_pem), &c) == GS_OK)
+                gs_cert_fingerprint(c, fp);
+            X509_free(c);
+            printf("%-40s %-9s %s\n", m[i].email, gs_role_name(m[i].role), fp);
+        }
+        gs_store_member_list_free(m, n);
+        return 0;
+    }
+    if (a.npos != 3)
+        return usage_error("member %s: expected NAME EMAIL", sub);
+    if (!gs_valid_email(a.pos[2]))
+        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address"));
+    if (strcmp(sub, "remove") == 0) {
+        unsigned v = 0;
+        if (a.nopt)
+            return usage_error("member remove takes no options%s", "");
+        err = env_open(e, NEED_DB | NEED_TOKEN);
+        if (!err)
+            err = gs_member_remove(e->st, e->hsm, e->cfg, a.pos[1], a.pos[2], &v);
+        if (err)
+            return fail(err);
+        if (v)
+            printf("member %s removed from %s; new secret key version %u\n", a.pos[2], a.pos[1], v);
+        else
+            printf("member %s removed from %s\n", a.pos[2], a.pos[1]);
+        return 0;
+    }
+    if (strcmp(sub, "add") == 0) {
+        gs_role role = GS_ROLE_MEMBER;
+        const char *certfile = opt(&a, "--cert"), *outdir = opt(&a, "--out");
+        bool issue = opt(&a, "--issue-cert") != NULL;
+        char keypath[4096], certpath[4096];
+        X509 *cert = NULL;
+        bool wrote = false;
+        if (opt(&a, "--role") && gs_role_parse(opt(&a, "--role"), &role) != GS_OK)
+            return usage_error("member add: unknown --role %s (member, exploder, admin)", opt(&a, "--role"));
+        if ((certfile != NULL) == issue)
+            return usage_error("member add: give exactly one of --cert FILE or --issue-cert --out DIR%s", "");
+        if (issue != (outdir != NULL))
+            return usage_error("member add: --issue-cert and --out DIR go together%s", "");
+        if (certfile) {
+            err = read_cert_file(certfile, &cert);
+            if (!err)
+                err = env_open(e, NEED_DB);
+        } else {
+            gs_store_group *g = NULL;
+            gs_store_member *m = NULL;
+            err = env_open(e, NEED_DB);
+            /* Refuse a duplicate or an unknown group before making files. */
+            if (!err)
+                err = gs_store_group_get(e->st, a.pos[1], &g);
+            if (!err) {
+                err = gs_store_member_get(e->st, g->id, a.pos[2], &m);
+                if (err == GS_OK)
+                    err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", a.pos[2]);
+                else if (err == GS_ERR_NOT_FOUND)
+                    err = GS_OK;
+            }
+            gs_store_member_free(m);
+            gs_store_group_free(g);
+            if (!err)
+                err = env_open(e, NEED_CA);
+            if (!err) {
+                err = issue_member_cert(e, a.pos[2], outdir, &cert, keypath, certpath, sizeof(keypath));
+                wrote = err == GS_OK;
+            }
+        }
+        if (!err)
+            err = gs_member_add(e->st, a.pos[1], a.pos[2], role, cert);
+        X509_free(cert);
+        if (err) {
+            if (wrote) {
+                (void)unlink(keypath);
+                (void)unlink(certpath);
+            }
+            return fail(err);
+        }
+        printf("member %s added to %s as %s\n", a.pos[2], a.pos[1], gs_role_name(role));
+        if (wrote)
+            printf("wrote %s and %s\n", certpath, keypath);
+        return 0;
+    }
+    return usage_error("member: unknown subcommand %s", sub);
+}
+
+/* ---- check ----------------------------------------------------------------------- */
+
+static const char *yn(bool b) { return b ? "yes" : "no"; }
+
+static void check_row(void *arg, const gs_key_audit_row *r)
+{
+    (void)arg;
+    char ver[16] = "-";
+    if (r->version)
+        (void)snprintf(ver, sizeof(ver), "v%u", r->version);
+    if (r->info) {
+        const hsm_key_info *i = r->info;
+        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s\n", r->kind,
+               r->group[0] ? r->group : "-", ver, r->label, yn(i->sensitive), yn(i->always_sensitive),
+               yn(i->never_extractable), yn(i->extractable), yn(i->decrypt), yn(i->unwrap), yn(i->sign),
+               yn(i->wrap), r->ok ? "OK" : "PROBLEM: ", r->problem);
+    } else {
+        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s\n", r->kind,
+               r->group[0] ? r->group : "-", ver, r->label[0] ? r->label : "-", "-", "-", "-", "-", "-", "-", "-",
+               "-", r->ok ? "OK" : "PROBLEM: ", r->problem);
+    }
+}
+
+static int cmd_check(struct env *e, int argc, char **argv)
+{
+    struct args a;
+    hsm_token_info ti;
+    unsigned problems = 0;
+    gs_err err;
+    hsm_err he;
+    int rc = parse_args(argc, argv, NULL, 0, &a);
+    if (rc)
+        return rc;
+    if (a.npos != 1)
+        return usage_error("check takes no arguments%s", "");
+    printf("config    OK   %s\n", e->cfg->path);
+    err = env_open(e, NEED_DB_RO);
+    if (err) {
+        printf("database  PROBLEM: %s\n", gs_err_detail());
+        return 1;
+    }
+    printf("database  OK   %s (schema %d)\n", e->cfg->db.path, gs_store_schema_version(e->st));
+    err = env_open(e, NEED_TOKEN);
+    if (err) {
+        printf("token     PROBLEM: %s\n", gs_err_detail());
+        return 1;
+    }
+    he = hsm_ping(e->hsm);
+    if (he == HSM_OK)
+        he = hsm_token_info_get(e->hsm, &ti);
+    if (he != HSM_OK) {
+        printf("token     PROBLEM: %s (%s)\n", hsm_strerror(he), hsm_last_error_detail());
+        return 1;
+    }
+    printf("token     OK   %s (label \"%s\", %s %s, serial %s)\n", e->cfg->hsm.token, ti.label, ti.manufacturer,
+           ti.model, ti.serial);
+    printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", "GROUP", "VER", "LABEL",
+           "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
+    err = gs_keys_audit(e->st, e->hsm, check_row, NULL, &problems);
+    if (err) {
+        printf("audit     PROBLEM: %s\n", gs_err_detail());
+        return 1;
+    }
+    if (problems) {
+        printf("%u problem(s) found\n", problems);
+        return 1;
+    }
+    printf("all keys OK\n");
+    return 0;
+}
+
+/* ---- main ---------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    const char *cfg_path = NULL;
+    struct gs_config *cfg = NULL;
+    struct env e;
+    char *sub_argv[MAX_ARGS + 1];
+    int sub_argc = 0, rc;
+    const char *cmd;
+    gs_err err;
+
+    log_init("groupsrv", LOG_LVL_WARN, NULL);
+    memset(&e, 0, sizeof(e));
+    /* -c FILE may appear anywhere; everything else is the command line. */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc)
+                return usage_error("%s needs a FILE", argv[i]);
+            if (cfg_path)
+                return usage_error("-c given twice%s", "");
+            cfg_path = argv[++i];
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "-v") == 0 && sub_argc == 0) {
+            log_set_level(LOG_LVL_INFO);
+        } else {
+            if (sub_argc == MAX_ARGS)
+                return usage_error("too many arguments%s", "");
+            sub_argv[sub_argc++] = argv[i];
+        }
+    }
+    sub_argv[sub_argc] = NULL;
+    if (sub_argc == 0) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    cmd = sub_argv[0];
+    if (strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "ca") && strcmp(cmd, "group") && strcmp(cmd, "secret") && strcmp(cmd, "member") &&
+        strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit"))
+        return usage_error("unknown command %s", cmd);
+
+    err = gs_config_load(gs_config_choose_path(cfg_path), &cfg);
+    if (err) {
+        rc = fail(err);
+        return strcmp(cmd, "check") == 0 ? 1 : rc;
+    }
+    e.cfg = cfg;
+    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "audit") == 0) {
+#ifdef GS_HAVE_SERVER
+        int lvl = log_level_parse(cfg->server.log_level);
+        log_set_level(lvl < 0 ? LOG_LVL_INFO : (enum log_level)lvl);
+        rc = strcmp(cmd, "serve") == 0 ? gs_cmd_serve(cfg, sub_argc, sub_argv) : gs_cmd_audit(cfg, sub_argc, sub_argv);
+#else
+        fprintf(stderr, "groupsrv: %s: this build has no server (groupsrv/server/ not built)\n", cmd);
+        rc = 1;
+#endif
+    } else if (strcmp(cmd, "ca") == 0) {
+        rc = cmd_ca(&e, sub_argc - 1, sub_argv + 1);
+    } else if (strcmp(cmd, "group") == 0) {
+        rc = cmd_group(&e, sub_argc - 1, sub_argv + 1);
+    } else if (strcmp(cmd, "secret") == 0) {
+        rc = cmd_secret(&e, sub_argc - 1, sub_argv + 1);
+    } else if (strcmp(cmd, "member") == 0) {
+        rc = cmd_member(&e, sub_argc - 1, sub_argv + 1);
+    } else {
+        rc = cmd_check(&e, sub_argc, sub_argv);
+    }
+    env_close(&e);
+    gs_config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Every groupsrv admin subcommand on a throw-away SoftHSM token, with the
+# bad-input cases: each fails with a one-line error and an exit code and
+# changes nothing.
+set -euo pipefail
+. "$(dirname "$0")/provision-lib.sh"
+
+# --- usage and config errors
+expect_rc 2 "$G"
+expect_rc 2 "$G" -c "$CONF" frobnicate
+expect_rc 2 "$G" -c "$CONF" group create eng --address eng@example.org --bogus
+printf '[server]\nlisten = 127.0.0.1:8443\nlisen = x\n' > "$T/bad.conf"
+expect_rc 5 "$G" -c "$T/bad.conf" group list
+expect_err "bad.conf:3: unknown key 'lisen' in \[server\]"
+expect_rc 1 "$G" -c "$T/bad.conf" check
+
+# --- nothing exists yet
+expect_rc 3 "$G" -c "$CONF" group list
+expect_rc 1 "$G" -c "$CONF" check
+
+# --- CA
+expect_rc 0 "$G" -c "$CONF" ca init --key rsa:2048 --subject "Test CA"
+expect_rc 3 "$G" -c "$CONF" ca init --key rsa:2048
+expect_err "already initialised"
+"$G" -c "$CONF" ca show > "$T/ca.pem"
+openssl x509 -in "$T/ca.pem" -noout -subject | grep -q "Test CA" || fail "CA subject"
+[ "$(stat -c %a "$T/db/groupsrv.db")" = 600 ] || fail "database not 0600"
+
+# --- group create, with GROUPSRV_CONF instead of -c
+GROUPSRV_CONF="$CONF" expect_rc 0 "$G" group create eng --address eng@example.org --key rsa:2048
+"$G" -c "$CONF" group show eng --cert > "$T/eng.pem"
+openssl x509 -in "$T/eng.pem" -noout -text > "$T/eng.txt" || fail "group cert does not parse"
+grep -q "Subject: CN *= *eng" "$T/eng.txt" || fail "group cert subject"
+grep -q "email:eng@example.org" "$T/eng.txt" || fail "group cert SAN"
+grep -q "Key Encipherment" "$T/eng.txt" || fail "group cert keyUsage"
+grep -q "E-mail Protection" "$T/eng.txt" || fail "group cert EKU"
+openssl verify -CAfile "$T/ca.pem" -purpose smimeencrypt "$T/eng.pem" > /dev/null || fail "group cert does not verify"
+# its public key is the token's
+p11 --read-object --type pubkey --label gs:group:eng:v1 -o "$T/tokpub.der" > /dev/null 2>&1
+openssl pkey -pubin -inform DER -in "$T/tokpub.der" -outform PEM > "$T/tokpub.pem"
+openssl x509 -in "$T/eng.pem" -noout -pubkey > "$T/certpub.pem"
+cmp -s "$T/tokpub.pem" "$T/certpub.pem" || fail "certificate key differs from the token key"
+"$G" -c "$CONF" group show eng --pubkey | cmp -s - "$T/certpub.pem" || fail "group show --pubkey"
+# the private key: sensitive, always sensitive, never extractable; OAEP only; no sign
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:eng:v1/{f=1} f&&/Access:/{print; exit}' "$T/objs" > "$T/access"
+grep -q "sensitive, always sensitive, never extractable" "$T/access" || { cat "$T/objs"; fail "group key access flags"; }
+awk '/label: *gs:group:eng:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "group key usage"
+awk '/label: *gs:group:eng:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS-OAEP$" || fail "group key mechanisms"
+# method set without tls: no CKA_DECRYPT; v1.5 allowed: RSA-PKCS too; a rejection key
+expect_rc 0 "$G" -c "$CONF" group create v15 --address v15@example.org --key rsa:2048 --methods recipient-key --allow-pkcs1v15
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "v15 key usage"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "v15 key has decrypt"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS,RSA-PKCS-OAEP$" || fail "v15 mechanisms"
+p11 --list-objects > "$T/objs" 2>/dev/null
+grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"
+grep -q "gs:secret:v15" "$T/objs" && fail "secret key for a group without group-secret"
+
+# --- bad group input changes nothing
+before=$(db_sum)
+expect_rc 3 "$G" -c "$CONF" group create eng --address eng@example.org --key rsa:2048
+expect_err "group eng already exists"
+expect_rc 1 "$G" -c "$CONF" group create Bad/Name --address x@example.org
+expect_rc 1 "$G" -c "$CONF" group create ok2 --address not-an-address
+expect_err "invalid list address"
+expect_rc 2 "$G" -c "$CONF" group create ok3 --address a@example.org --methods tls,carrier-pigeon
+expect_rc 1 "$G" -c "$CONF" group create ok4 --address a@example.org --key dsa:1024
+expect_rc 3 "$G" -c "$CONF" group show nosuch
+expect_err "unknown group nosuch"
+expect_rc 3 "$G" -c "$CONF" group rotate nosuch
+[ "$(db_sum)" = "$before" ] || fail "a failed command changed the database"
+p11 --list-objects > "$T/objs2" 2>/dev/null
+cmp -s "$T/objs" "$T/objs2" || fail "a failed command changed the token"
+
+# --- list / show
+"$G" -c "$CONF" group list > "$T/list"
+grep -q "^eng .*eng@example.org" "$T/list" && grep -q "^v15 " "$T/list" || fail "group list"
+"$G" -c "$CONF" group show eng > "$T/show"
+grep -q "gs:group:eng:v1" "$T/show" && grep -q "gs:secret:eng:v1" "$T/show" || fail "group show"
+
+# --- members
+mkdir "$T/m"
+expect_rc 0 "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out "$T/m"
+[ "$(stat -c %a "$T/m/alice@example.org.key")" = 600 ] || fail "member key not 0600"
+openssl verify -CAfile "$T/ca.pem" -purpose sslclient "$T/m/alice@example.org.pem" > /dev/null || fail "member cert"
+openssl x509 -in "$T/m/alice@example.org.pem" -noout -text | grep -q "TLS Web Client Authentication" || fail "member EKU"
+[ "$(openssl x509 -in "$T/m/alice@example.org.pem" -noout -pubkey)" = \
+  "$(openssl pkey -in "$T/m/alice@example.org.key" -pubout)" ] || fail "member key/cert mismatch"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/bob.key" -out "$T/bob.pem" -days 2 \
+  -subj "/CN=Bob" -addext "subjectAltName=email:bob@example.org" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/anon.key" -out "$T/anon.pem" -days 2 -subj "/CN=anon" 2>/dev/null
+before=$(db_sum)
+expect_rc 3 "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out "$T/m"
+expect_err "already a member"
+expect_rc 3 "$G" -c "$CONF" member add eng ALICE@example.org --cert "$T/m/alice@example.org.pem"
+expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$T/anon.pem"
+expect_err "no email"
+expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$CONF"
+expect_err "not a valid X.509"
+expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$T/bob.pem"
+expect_err "certificate is for bob@example.org"
+expect_rc 3 "$G" -c "$CONF" member add nosuch bob@example.org --cert "$T/bob.pem"
+expect_rc 2 "$G" -c "$CONF" member add eng bob@example.org --cert "$T/bob.pem" --role king
+expect_rc 2 "$G" -c "$CONF" member add eng bob@example.org
+expect_rc 3 "$G" -c "$CONF" member remove eng nobody@example.org
+[ "$(db_sum)" = "$before" ] || fail "a failed member command changed the database"
+expect_rc 0 "$G" -c "$CONF" member add eng bob@example.org --cert "$T/bob.pem"
+expect_rc 0 "$G" -c "$CONF" member add eng list@example.org --issue-cert --out "$T/m" --role exploder
+"$G" -c "$CONF" member list eng > "$T/members"
+grep -q "^alice@example.org  *member" "$T/members" && grep -q "^bob@example.org  *member" "$T/members" &&
+  grep -q "^list@example.org  *exploder" "$T/members" || { cat "$T/members"; fail "member list"; }
+
+# --- removing a member rotates the secret key
+expect_rc 0 "$G" -c "$CONF" member remove eng bob@example.org
+grep -q "new secret key version 2" "$T/out" || fail "no secret rotation on remove"
+"$G" -c "$CONF" member list eng | grep -q bob && fail "bob still listed"
+"$G" -c "$CONF" group show eng | grep -q "v2 *current *gs:secret:eng:v2" || fail "secret v2 not current"
+expect_rc 0 "$G" -c "$CONF" secret rotate eng
+grep -q "version 3" "$T/out" || fail "secret rotate"
+p11 --list-objects --type secrkey > "$T/sk" 2>/dev/null
+grep -q "gs:secret:eng:v3" "$T/sk" || fail "secret v3 not on token"
+expect_rc 1 "$G" -c "$CONF" secret rotate v15
+expect_err "does not use group-secret"
+# auto rotation can be turned off
+cp "$CONF" "$T/norot.conf"; printf '[server]\nauto_rotate_secret_on_remove = no\n' >> "$T/norot.conf"
+expect_rc 0 "$G" -c "$T/norot.conf" member remove eng alice@example.org
+grep -q "new secret key" "$T/out" && fail "rotated although disabled"
+
+# --- import a certificate signed elsewhere
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/org.key" -out "$T/org.pem" -days 2 -subj "/CN=Org CA" 2>/dev/null
+"$G" -c "$CONF" group show eng --pubkey > "$T/engpub.pem"
+printf 'subjectAltName=email:eng@example.org\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n' > "$T/ext"
+openssl x509 -new -force_pubkey "$T/engpub.pem" -subj "/CN=eng" -CA "$T/org.pem" -CAkey "$T/org.key" \
+  -days 2 -extfile "$T/ext" -out "$T/eng-org.pem" 2>/dev/null ||
+openssl x509 -req -in <(openssl req -new -key "$T/org.key" -subj "/CN=eng") -force_pubkey "$T/engpub.pem" \
+  -CA "$T/org.pem" -CAkey "$T/org.key" -days 2 -extfile "$T/ext" -out "$T/eng-org.pem" 2>/dev/null
+expect_rc 1 "$G" -c "$CONF" group import-cert eng --cert "$T/bob.pem"
+expect_rc 0 "$G" -c "$CONF" group import-cert eng --cert "$T/eng-org.pem"
+"$G" -c "$CONF" group show eng --cert | openssl x509 -noout -issuer | grep -q "Org CA" || fail "import-cert"
+
+# --- check: all good, then a key that allows more than its policy
+expect_rc 0 "$G" -c "$CONF" check
+grep -q "all keys OK" "$T/out" || fail "check output"
+grep -q "^group  *eng  *v1 .*OK" "$T/out" || { cat "$T/out"; fail "check table"; }
+# replace eng's key with one made by hand (no unwrap template, no mechanism limit)
+p11 --delete-object --type privkey --label gs:group:eng:v1 > /dev/null 2>&1
+p11 --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --usage-decrypt --usage-sign > /dev/null 2>&1
+expect_rc 1 "$G" -c "$CONF" check
+grep -q "^group  *eng  *v1 .*PROBLEM" "$T/out" || { cat "$T/out"; fail "check did not flag the bad key"; }
+# a secret key made readable
+p11 --delete-object --type secrkey --label gs:secret:eng:v3 > /dev/null 2>&1
+p11 --keygen --key-type AES:32 --label gs:secret:eng:v3 --usage-wrap > /dev/null 2>&1
+expect_rc 1 "$G" -c "$CONF" check
+grep -q "^secret  *eng  *v3 .*PROBLEM" "$T/out" || { cat "$T/out"; fail "check did not flag the secret key"; }
+
+# --- wrong PIN
+printf '0000\n' > "$T/wrong-pin"; chmod 600 "$T/wrong-pin"
+sed "s|^pin_source = .*|pin_source = $T/wrong-pin|" "$CONF" > "$T/wrongpin.conf"
+expect_rc 4 "$G" -c "$T/wrongpin.conf" group rotate eng
+expect_err "PIN"
+expect_rc 1 "$G" -c "$T/wrongpin.conf" check
+echo "provision-cli: OK"

@@ -1,0 +1,33 @@
+# Tests of groupsrv's core (config, store) and its admin commands on a
+# throw-away SoftHSM token (tests/integration/provision-*.sh).
+if(TARGET gs_groupsrv_core)
+  add_executable(test_config ${GS_TEST_DIR}/unit/test_config.c)
+  target_link_libraries(test_config PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
+  gs_target_warnings(test_config)
+  target_compile_options(test_config PRIVATE -Wno-comment)
+  add_test(NAME unit_config COMMAND test_config)
+  set_tests_properties(unit_config PROPERTIES LABELS "unit")
+
+  add_executable(test_store ${GS_TEST_DIR}/unit/test_store.c)
+  target_link_libraries(test_store PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
+  gs_target_warnings(test_store)
+  target_compile_options(test_store PRIVATE -Wno-comment)
+  add_test(NAME unit_store COMMAND test_store)
+  set_tests_properties(unit_store PROPERTIES LABELS "unit" ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+endif()
+
+if(TARGET groupsrv)
+  add_executable(provision-decrypt ${GS_TEST_DIR}/integration/provision-decrypt.c)
+  target_link_libraries(provision-decrypt PRIVATE gs_groupsrv_core)
+  gs_target_warnings(provision-decrypt)
+  target_compile_options(provision-decrypt PRIVATE -Wno-comment)
+
+  set(GS_PROVISION_ENV
+    "GS_BIN=${GS_TEST_BIN}" "GS_SRC=${PROJECT_SOURCE_DIR}" "GS_WORK=${GS_TEST_WORK}"
+    "SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+  foreach(t cli rotate)
+    add_test(NAME provision_${t} COMMAND bash ${GS_TEST_DIR}/integration/provision-${t}.sh)
+    set_tests_properties(provision_${t} PROPERTIES LABELS "integration" ENVIRONMENT "${GS_PROVISION_ENV}"
+      TIMEOUT 180)
+  endforeach()
+endif()

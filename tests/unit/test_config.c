@@ -1,0 +1,151 @@
+/* Unit tests for groupsrv/config.c: defaults, every section, and the
+ * one-line errors naming key and line. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define MIN_HSM "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = env:PIN\n"
+
+static struct gs_config *load_ok(const char *text)
+{
+    struct gs_config *c = NULL;
+    gs_err err = gs_config_load_string(text, "t.conf", &c);
+    if (err != GS_OK)
+        fail_msg("config rejected: %s", gs_err_detail());
+    return c;
+}
+
+static void expect_error(const char *text, const char *detail)
+{
+    struct gs_config *c = (struct gs_config *)0x1;
+    assert_int_equal(gs_config_load_string(text, "t.conf", &c), GS_ERR_CONFIG);
+    assert_null(c);
+    if (strstr(gs_err_detail(), detail) == NULL)
+        fail_msg("detail '%s' lacks '%s'", gs_err_detail(), detail);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    struct gs_config *c = load_ok(MIN_HSM);
+    assert_string_equal(c->server.listen, "127.0.0.1:8443");
+    assert_int_equal(c->server.threads, 4);
+    assert_int_equal(c->server.max_body, 65536);
+    assert_int_equal(c->server.unwrap_batch_max, 100);
+    assert_true(c->server.auto_rotate_secret_on_remove);
+    assert_int_equal(c->server.rate_limit, 0);
+    assert_string_equal(c->hsm.token, "pkcs11:token=groupsrv");
+    assert_string_equal(c->db.path, "/var/lib/groupsrv/groupsrv.db");
+    assert_string_equal(c->audit.path, "/var/log/groupsrv/audit.jsonl");
+    assert_null(c->certsrv.listen);
+    assert_null(c->certsrv.url);
+    assert_int_equal(c->certsrv.lifetime, 3600);
+    assert_string_equal(c->ca.key_label, "gs:ca");
+    assert_null(c->tls.cert);
+    assert_string_equal(c->path, "t.conf");
+    gs_config_free(c);
+}
+
+static void test_full(void **state)
+{
+    (void)state;
+    struct gs_config *c = load_ok("; comment\n"
+                                  "[server]\nlisten = 0.0.0.0:9443 ; inline comment\nthreads = 8\nmax_body = 2048\n"
+                                  "unwrap_batch_max = 50\nrate_limit = 10\ntimeout = 5\nmax_connections = 10\n"
+                                  "auto_rotate_secret_on_remove = no\nmetrics = any\nlog_level = debug\n"
+                                  "[tls]\ncert = /c.pem\nkey = pkcs11:object=tls\nclient_ca = /ca.pem\n"
+                                  "[hsm]\nmodule = softhsm2\ntoken = pkcs11:token=x\npin_source = /pin\n"
+                                  "max_sessions = 16\n"
+                                  "[db]\npath = /tmp/x.db\n[audit]\npath = /tmp/a.jsonl\n"
+                                  "[certsrv]\nlisten = [::1]:8444\nlifetime = 600\n"
+                                  "[ca]\nkey_label = my:ca\ngroup_cert_days = 10\nmember_cert_days = 5\nca_days = 20\n");
+    assert_string_equal(c->server.listen, "0.0.0.0:9443");
+    assert_int_equal(c->server.threads, 8);
+    assert_int_equal(c->server.max_body, 2048);
+    assert_int_equal(c->server.rate_limit, 10);
+    assert_int_equal(c->server.rate_burst, 20); /* default 2 * rate_limit */
+    assert_false(c->server.auto_rotate_secret_on_remove);
+    assert_string_equal(c->server.metrics, "any");
+    assert_string_equal(c->tls.key, "pkcs11:object=tls");
+    assert_string_equal(c->hsm.module, "softhsm2");
+    assert_int_equal(c->hsm.max_sessions, 16);
+    assert_string_equal(c->certsrv.listen, "[::1]:8444");
+    assert_string_equal(c->certsrv.url, "https://[::1]:8444");
+    assert_int_equal(c->certsrv.lifetime, 600);
+    assert_string_equal(c->ca.key_label, "my:ca");
+    assert_int_equal(c->ca.ca_days, 20);
+    gs_config_free(c);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    expect_error(MIN_HSM "[server]\nlisten = 1.2.3.4:1\nlisen = x\n", "t.conf:6: unknown key 'lisen' in [server]");
+    expect_error(MIN_HSM "[servr]\nlisten = x\n", "t.conf:5: unknown section [servr]");
+    expect_error(MIN_HSM "[server]\nthreads = 2\nthreads = 3\n", "t.conf:6: duplicate key 'threads'");
+    expect_error(MIN_HSM "[server]\nthreads = 0\n", "t.conf:5: bad value for 'threads'");
+    expect_error(MIN_HSM "[server]\nthreads = 4x\n", "bad value for 'threads'");
+    expect_error(MIN_HSM "[server]\nthreads = -1\n", "bad value for 'threads'");
+    expect_error(MIN_HSM "[server]\nauto_rotate_secret_on_remove = maybe\n", "expected yes or no");
+    expect_error(MIN_HSM "[server]\nlisten = nohost\n", "'listen' in [server] must be host:port");
+    expect_error(MIN_HSM "[server]\nlisten = h:70000\n", "must be host:port");
+    expect_error(MIN_HSM "[server]\nmetrics = everyone\n", "'metrics'");
+    expect_error(MIN_HSM "[server]\nlog_level = loud\n", "'log_level'");
+    expect_error(MIN_HSM "[certsrv]\nlifetime = 10\n", "bad value for 'lifetime'");
+    expect_error("[hsm]\nmodule = m\n", "missing required key 'pin_source' in [hsm]");
+    expect_error("[hsm]\npin_source = p\n", "missing required key 'module' in [hsm]");
+    expect_error(MIN_HSM "token = groupsrv\n", "must be a pkcs11: URI");
+    expect_error(MIN_HSM "this is not ini\n", "t.conf:4: syntax error");
+    expect_error(MIN_HSM "[db]\npath =\n", "empty value for 'path'");
+    /* untrusted names are quoted, not echoed raw */
+    expect_error(MIN_HSM "[server]\nx\"y = 1\n", "unknown key 'x\\\"y'");
+}
+
+static void test_file_and_path(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs_test_config.XXXXXX", path[64];
+    struct gs_config *c = NULL;
+    FILE *f;
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(path, sizeof(path), "%s/g.conf", dir);
+    assert_int_equal(gs_config_load(path, &c), GS_ERR_CONFIG);
+    assert_non_null(strstr(gs_err_detail(), "cannot open"));
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(MIN_HSM, f);
+    fclose(f);
+    assert_int_equal(gs_config_load(path, &c), GS_OK);
+    assert_string_equal(c->path, path);
+    gs_config_free(c);
+    gs_config_free(NULL);
+
+    unsetenv("GROUPSRV_CONF");
+    assert_string_equal(gs_config_choose_path(NULL), GS_CONFIG_DEFAULT_PATH);
+    setenv("GROUPSRV_CONF", path, 1);
+    assert_string_equal(gs_config_choose_path(NULL), path);
+    assert_string_equal(gs_config_choose_path("/x.conf"), "/x.conf");
+    unsetenv("GROUPSRV_CONF");
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_full),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_file_and_path),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

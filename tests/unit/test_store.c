@@ -1,0 +1,315 @@
+/* Unit tests for groupsrv/store.c: schema and migrations, groups, key and
+ * secret versions, members (no cache across connections), transactions,
+ * and the name/method/role helpers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+struct fx {
+    char dir[256];
+    char path[300];
+    gs_store *st;
+    int64_t gid;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    const char *work = getenv("GS_TEST_WORK");
+    gs_store_group g = {0};
+    if (f == NULL)
+        return -1;
+    (void)snprintf(f->dir, sizeof(f->dir), "%s/store.XXXXXX", work && *work ? work : "/tmp");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    (void)snprintf(f->path, sizeof(f->path), "%s/gs.db", f->dir);
+    if (gs_store_open(f->path, GS_STORE_CREATE, &f->st) != GS_OK)
+        return -1;
+    g.name = "eng";
+    g.address = "eng@example.org";
+    g.methods = GS_METHODS_DEFAULT;
+    g.key_spec = "rsa:2048";
+    if (gs_store_group_add(f->st, &g, &f->gid) != GS_OK)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    char p[400];
+    gs_store_close(f->st);
+    static const char *const sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        (void)snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static void test_open_schema(void **state)
+{
+    struct fx *f = *state;
+    struct stat sb;
+    gs_store *st = NULL, *ro = NULL;
+    char missing[320];
+    assert_int_equal(gs_store_schema_version(f->st), GS_STORE_SCHEMA_VERSION);
+    assert_int_equal(stat(f->path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    (void)snprintf(missing, sizeof(missing), "%s/none.db", f->dir);
+    assert_int_equal(gs_store_open(missing, 0, &st), GS_ERR_NOT_FOUND);
+    assert_null(st);
+    /* reopen: no migration needed; read-only works too */
+    assert_int_equal(gs_store_open(f->path, 0, &st), GS_OK);
+    assert_int_equal(gs_store_open(f->path, GS_STORE_READONLY, &ro), GS_OK);
+    gs_store_close(ro);
+    gs_store_close(st);
+    gs_store_close(NULL);
+}
+
+static void test_newer_schema_refused(void **state)
+{
+    struct fx *f = *state;
+    sqlite3 *db = NULL;
+    gs_store *st = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(gs_store_open(f->path, 0, &st), GS_ERR_SCHEMA);
+    assert_null(st);
+    assert_non_null(strstr(gs_err_detail(), "99"));
+}
+
+static void test_groups(void **state)
+{
+    struct fx *f = *state;
+    gs_store_group g = {0}, *got = NULL, **list = NULL;
+    size_t n = 0;
+    int64_t id = 0;
+
+    assert_int_equal(gs_store_group_get(f->st, "eng", &got), GS_OK);
+    assert_string_equal(got->address, "eng@example.org");
+    assert_int_equal(got->methods, GS_METHODS_DEFAULT);
+    assert_false(got->allow_pkcs1v15);
+    assert_null(got->reject_label);
+    gs_store_group_free(got);
+    assert_int_equal(gs_store_group_get(f->st, "nope", &got), GS_ERR_NOT_FOUND);
+    assert_null(got);
+    assert_non_null(strstr(gs_err_detail(), "unknown group nope"));
+
+    g.name = "eng";
+    g.address = "other@example.org";
+    g.key_spec = "rsa:3072";
+    g.methods = GS_METHOD_TLS;
+    assert_int_equal(gs_store_group_add(f->st, &g, &id), GS_ERR_EXISTS);
+    g.name = "Bad Name";
+    assert_int_equal(gs_store_group_add(f->st, &g, &id), GS_ERR_ARGS);
+    g.name = "abc";
+    g.allow_pkcs1v15 = true;
+    g.reject_label = "gs:reject:abc";
+    assert_int_equal(gs_store_group_add(f->st, &g, &id), GS_OK);
+    assert_true(id > 0);
+    assert_int_equal(gs_store_group_list(f->st, &list, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0]->name, "abc");
+    assert_string_equal(list[0]->reject_label, "gs:reject:abc");
+    assert_true(list[0]->allow_pkcs1v15);
+    assert_string_equal(list[1]->name, "eng");
+    gs_store_group_list_free(list, n);
+}
+
+static void test_key_versions(void **state)
+{
+    struct fx *f = *state;
+    gs_store_group_key *k = NULL;
+    size_t n = 0;
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "PEM1"), GS_OK);
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 2, "gs:group:eng:v2", "PEM2"), GS_OK);
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 2, "gs:group:eng:v2x", "PEM2"), GS_ERR_EXISTS);
+    assert_int_equal(gs_store_group_keys(f->st, f->gid, &k, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(k[0].version, 2);
+    assert_int_equal(k[0].state, GS_KEY_CURRENT);
+    assert_int_equal(k[1].state, GS_KEY_OLD);
+    assert_string_equal(k[1].token_label, "gs:group:eng:v1");
+    gs_store_group_keys_free(k, n);
+    /* the current version cannot be retired; an old one can, once */
+    assert_int_equal(gs_store_group_key_retire(f->st, f->gid, 2), GS_ERR_STATE);
+    assert_int_equal(gs_store_group_key_retire(f->st, f->gid, 1), GS_OK);
+    assert_int_equal(gs_store_group_key_retire(f->st, f->gid, 1), GS_ERR_STATE);
+    assert_int_equal(gs_store_group_key_set_cert(f->st, f->gid, 2, "NEWPEM"), GS_OK);
+    assert_int_equal(gs_store_group_key_set_cert(f->st, f->gid, 9, "X"), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_group_keys(f->st, f->gid, &k, &n), GS_OK);
+    assert_int_equal(k[1].state, GS_KEY_RETIRED);
+    assert_true(k[1].retired > 0);
+    assert_string_equal(k[0].cert_pem, "NEWPEM");
+    gs_store_group_keys_free(k, n);
+    assert_string_equal(gs_key_state_name(GS_KEY_RETIRED), "retired");
+}
+
+static void test_secrets(void **state)
+{
+    struct fx *f = *state;
+    unsigned char id1[GS_KEK_ID_LEN], id2[GS_KEK_ID_LEN];
+    gs_store_secret *s = NULL;
+    size_t n = 0;
+    int64_t gid = 0;
+    unsigned v = 0;
+    memset(id1, 1, sizeof(id1));
+    memset(id2, 2, sizeof(id2));
+    assert_int_equal(gs_store_secret_add(f->st, f->gid, 1, "gs:secret:eng:v1", id1), GS_OK);
+    assert_int_equal(gs_store_secret_add(f->st, f->gid, 2, "gs:secret:eng:v2", id2), GS_OK);
+    assert_int_equal(gs_store_secret_add(f->st, f->gid, 3, "gs:secret:eng:v3", id2), GS_ERR_EXISTS);
+    assert_int_equal(gs_store_secrets(f->st, f->gid, &s, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(s[0].version, 2);
+    assert_int_equal(s[0].state, GS_KEY_CURRENT);
+    assert_int_equal(s[1].state, GS_KEY_OLD);
+    assert_memory_equal(s[1].kek_id, id1, GS_KEK_ID_LEN);
+    gs_store_secrets_free(s, n);
+    assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, GS_KEK_ID_LEN, &gid, &v), GS_OK);
+    assert_int_equal(gid, f->gid);
+    assert_int_equal(v, 1);
+    memset(id1, 9, sizeof(id1));
+    assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, GS_KEK_ID_LEN, &gid, &v), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, 3, &gid, &v), GS_ERR_NOT_FOUND);
+}
+
+static void test_members_no_cache(void **state)
+{
+    struct fx *f = *state;
+    gs_store *other = NULL;
+    gs_store_member *m = NULL, *list = NULL;
+    size_t n = 0;
+
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "alice@example.org", GS_ROLE_MEMBER, "CERT"), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "ALICE@example.org", GS_ROLE_MEMBER, NULL), GS_ERR_EXISTS);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "list@example.org", GS_ROLE_EXPLODER, NULL), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "bad address", GS_ROLE_MEMBER, NULL), GS_ERR_ARGS);
+    /* a second connection (another thread or process) */
+    assert_int_equal(gs_store_open(f->path, 0, &other), GS_OK);
+    assert_int_equal(gs_store_member_get(other, f->gid, "Alice@Example.org", &m), GS_OK);
+    assert_string_equal(m->email, "alice@example.org");
+    assert_int_equal(m->role, GS_ROLE_MEMBER);
+    assert_string_equal(m->cert_pem, "CERT");
+    gs_store_member_free(m);
+    m = NULL;
+    /* removed in one connection: refused by the other on the very next call */
+    assert_int_equal(gs_store_member_remove(f->st, f->gid, "alice@example.org"), GS_OK);
+    assert_int_equal(gs_store_member_get(other, f->gid, "alice@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_null(m);
+    assert_int_equal(gs_store_member_remove(f->st, f->gid, "alice@example.org"), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_member_list(other, f->gid, &list, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].email, "list@example.org");
+    assert_int_equal(list[0].role, GS_ROLE_EXPLODER);
+    assert_null(list[0].cert_pem);
+    gs_store_member_list_free(list, n);
+    gs_store_close(other);
+}
+
+static void test_transactions(void **state)
+{
+    struct fx *f = *state;
+    gs_store_member *m = NULL;
+    gs_store_ca *ca = NULL;
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_begin(f->st), GS_ERR_ARGS);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "x@example.org", GS_ROLE_ADMIN, NULL), GS_OK);
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "P"), GS_OK); /* joins the tx */
+    gs_store_rollback(f->st);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "x@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_commit(f->st), GS_ERR_ARGS);
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "x@example.org", GS_ROLE_ADMIN, NULL), GS_OK);
+    assert_int_equal(gs_store_commit(f->st), GS_OK);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "x@example.org", &m), GS_OK);
+    assert_int_equal(m->role, GS_ROLE_ADMIN);
+    gs_store_member_free(m);
+    /* CA row */
+    assert_int_equal(gs_store_ca_get(f->st, &ca), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_ca_put(f->st, "gs:ca", "CAPEM"), GS_OK);
+    assert_int_equal(gs_store_ca_put(f->st, "gs:ca", "CAPEM2"), GS_ERR_EXISTS);
+    assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
+    assert_string_equal(ca->key_label, "gs:ca");
+    assert_string_equal(ca->cert_pem, "CAPEM");
+    gs_store_ca_free(ca);
+}
+
+static void test_helpers(void **state)
+{
+    (void)state;
+    unsigned m = 0;
+    char buf[128];
+    gs_role r;
+    assert_int_equal(gs_methods_parse("tls,group-secret", &m), GS_OK);
+    assert_int_equal(m, GS_METHOD_TLS | GS_METHOD_GROUP_SECRET);
+    gs_methods_format(GS_METHODS_DEFAULT, buf, sizeof(buf));
+    assert_string_equal(buf, "tls,recipient-key,group-secret,membership-cert");
+    assert_int_equal(gs_methods_parse(buf, &m), GS_OK);
+    assert_int_equal(m, GS_METHODS_DEFAULT);
+    assert_int_equal(gs_methods_parse("tls,pigeon", &m), GS_ERR_ARGS);
+    assert_non_null(strstr(gs_err_detail(), "pigeon"));
+    assert_int_equal(gs_methods_parse("", &m), GS_ERR_ARGS);
+    assert_int_equal(gs_methods_parse("tls,", &m), GS_ERR_ARGS);
+    assert_int_equal(gs_methods_parse("tls,,group-secret", &m), GS_ERR_ARGS);
+    assert_int_equal(gs_role_parse("exploder", &r), GS_OK);
+    assert_int_equal(r, GS_ROLE_EXPLODER);
+    assert_string_equal(gs_role_name(GS_ROLE_ADMIN), "admin");
+    assert_int_equal(gs_role_parse("root", &r), GS_ERR_ARGS);
+
+    assert_true(gs_valid_group_name("eng"));
+    assert_true(gs_valid_group_name("team-1.dev_x"));
+    assert_false(gs_valid_group_name(""));
+    assert_false(gs_valid_group_name("Eng"));
+    assert_false(gs_valid_group_name("-x"));
+    assert_false(gs_valid_group_name("a/b"));
+    assert_false(gs_valid_group_name("a:b"));
+    memset(buf, 'a', 65);
+    buf[65] = '\0';
+    assert_false(gs_valid_group_name(buf));
+    buf[64] = '\0';
+    assert_true(gs_valid_group_name(buf));
+
+    assert_true(gs_valid_email("a@b.org"));
+    assert_true(gs_valid_email("first.last+tag@sub.example.org"));
+    assert_false(gs_valid_email("nobody"));
+    assert_false(gs_valid_email("a@@b"));
+    assert_false(gs_valid_email("a@b@c"));
+    assert_false(gs_valid_email("@b.org"));
+    assert_false(gs_valid_email("a@"));
+    assert_false(gs_valid_email("a b@c.org"));
+    assert_false(gs_valid_email("a/b@c.org"));
+    assert_false(gs_valid_email("<a@b.org>"));
+    assert_false(gs_valid_email("a,b@c.org"));
+    assert_false(gs_valid_email(NULL));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
+        cmocka_unit_test(test_helpers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
