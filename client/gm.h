@@ -1,0 +1,98 @@
+/*
+ * gm.h: internals of the groupmail program (not a library: these may
+ * print and decide exit codes). See docs/groupmail.1.md.
+ */
+#ifndef GS_GM_H
+#define GS_GM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "envelope.h"
+#include "hsm.h"
+#include "restclient.h"
+
+/* Exit codes (documented in docs/groupmail.1.md). */
+enum gm_exit {
+    GM_EXIT_OK = 0,
+    GM_EXIT_ERROR = 1,       /* local problem: files, configuration, token */
+    GM_EXIT_USAGE = 2,
+    GM_EXIT_REFUSED = 3,     /* not a member, refused by the server */
+    GM_EXIT_UNREACHABLE = 4, /* server unreachable or unusable (TLS, pin, garbage, 5xx) */
+    GM_EXIT_BAD_MESSAGE = 5, /* not a message for this group, tampered, malformed */
+};
+
+/* Everything a command may need, merged from config file, environment
+ * and flags (flags win). Strings are malloc'd, NULL when unset. */
+typedef struct gm_config {
+    char *config_file;
+    char *server, *group, *cacert, *pin, *certsrv, *group_ca, *group_cert;
+    char *cert, *key, *tls_cert, *tls_key;
+    char *hsm_module, *hsm_token, *hsm_pin_source, *group_key;
+    char *store;
+    char *smtp, *from, *to;
+    char *via, *in, *out, *recipient_info;
+    char *oaep;    /* sha1 | sha256 (encrypt) */
+    char *format;  /* smime | pem | der (encrypt output) */
+    long timeout;  /* seconds */
+    bool cbc, mime, repin, verbose, quiet, encrypt_first;
+} gm_config;
+
+void gm_config_clear(gm_config *c);
+/* Loads `path` (INI) into c for keys still unset. Missing file: ok when
+ * !required. Returns 0, or -1 after printing an error. */
+int gm_config_load_file(gm_config *c, const char *path, bool required);
+/* Fills keys still unset from GROUPMAIL_* environment variables. */
+int gm_config_load_env(gm_config *c);
+/* Default config path: $XDG_CONFIG_HOME/groupmail/config or
+ * ~/.config/groupmail/config. Caller frees; NULL if no HOME. */
+char *gm_default_config_path(void);
+char *gm_default_store_path(void);
+
+/* ---- messages to the user ------------------------------------------ */
+void gm_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void gm_progress(const gm_config *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Exit code and one-line error for a REST failure. */
+int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what);
+int gm_env_exit(env_err e);
+
+/* ---- the local store (pins, secret keys, membership certificates) ---- */
+/* "<group>@<host_port>" made filename-safe, from server URL and group. */
+int gm_store_id(const char *server, const char *group, char *out, size_t outsz);
+/* Path under the store dir (created 0700); caller frees. */
+char *gm_store_path(const gm_config *c, const char *sub, const char *name);
+
+/* ---- the member's own identity --------------------------------------- */
+typedef struct gm_member {
+    X509 *cert;      /* the member certificate (--cert) */
+    EVP_PKEY *pkey;  /* its key from a file, or NULL */
+    hsm_ctx *hsm;    /* or on a token (--key pkcs11:...) */
+    hsm_key *hkey;
+} gm_member;
+int gm_member_load(const gm_config *c, gm_member *m);
+void gm_member_clear(gm_member *m);
+/* RSA-OAEP decrypt of a small secret (content key, secret key) with the
+ * member key; sha256 picks the OAEP hash. 0 or -1 (error printed). */
+int gm_member_oaep_decrypt(gm_member *m, bool sha256, const unsigned char *in, size_t inlen, unsigned char *out,
+                           size_t outcap, size_t *outlen);
+/* Content key from a RecipientInfo (KTRI) addressed to the member. */
+int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *cek, size_t cekcap, size_t *ceklen);
+
+/* Opens the [hsm] token for a key URI (token from [hsm] token, else the
+ * token attributes of the URI; PIN from [hsm] pin_source or pin-source=). */
+int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key);
+
+/* REST handle for the configured server with the member's TLS identity
+ * (tls_cert/tls_key, else cert/key when the key is a file). */
+int gm_rest_open(const gm_config *c, const char *url, gs_rest **r);
+
+/* Loads PEM certificates (up to 16) from bytes. */
+int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out);
+X509 *gm_read_cert_file(const char *path);
+X509 *gm_read_cert_file_quiet(const char *path); /* no message when absent */
+
+#endif

@@ -1,0 +1,628 @@
+/* gm_common.c: groupmail configuration, messages, store paths, the
+ * member's identity (file or token key) and the REST handle. */
+#include "gm.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ini.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "util.h"
+
+#define MAX_CERT_FILE (256u * 1024)
+#define MAX_KEY_FILE (64u * 1024)
+
+/* ---- messages ------------------------------------------------------------ */
+
+void gm_err(const char *fmt, ...)
+{
+    va_list ap;
+    char line[1024];
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* one line, whatever the (possibly server-provided) parts contained */
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    fprintf(stderr, "groupmail: %s\n", line);
+}
+
+void gm_progress(const gm_config *c, const char *fmt, ...)
+{
+    va_list ap;
+    if (c->quiet || !isatty(STDERR_FILENO))
+        return;
+    va_start(ap, fmt);
+    fputs("groupmail: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
+{
+    const char *code = gs_rest_last_code(r), *msg = gs_rest_last_message(r), *detail = gs_rest_last_detail(r);
+    int rc;
+
+    switch (err) {
+    case GS_REST_ERR_UNAUTHORIZED:
+    case GS_REST_ERR_FORBIDDEN: rc = GM_EXIT_REFUSED; break;
+    case GS_REST_ERR_REJECTED:
+        if (strcmp(code, "unwrap_failed") == 0 || strcmp(code, "bad_recipient_info") == 0 ||
+            strcmp(code, "unknown_recipient") == 0 || strcmp(code, "no_recipient") == 0)
+            rc = GM_EXIT_BAD_MESSAGE;
+        else if (strcmp(code, "not_a_member") == 0 || strcmp(code, "method_not_allowed") == 0)
+            rc = GM_EXIT_REFUSED;
+        else
+            rc = GM_EXIT_ERROR;
+        break;
+    case GS_REST_ERR_UNREACHABLE:
+    case GS_REST_ERR_TIMEOUT:
+    case GS_REST_ERR_TLS:
+    case GS_REST_ERR_PIN:
+    case GS_REST_ERR_RATE_LIMITED:
+    case GS_REST_ERR_UNAVAILABLE:
+    case GS_REST_ERR_SERVER:
+    case GS_REST_ERR_BAD_ANSWER:
+    case GS_REST_ERR_TOO_LARGE: rc = GM_EXIT_UNREACHABLE; break;
+    default: rc = GM_EXIT_ERROR; break;
+    }
+    if (code[0] != '\0')
+        gm_err("%s: %s (%s: %s)", what, gs_rest_strerror(err), code, msg);
+    else if (detail[0] != '\0')
+        gm_err("%s: %s (%s)", what, gs_rest_strerror(err), detail);
+    else
+        gm_err("%s: %s", what, gs_rest_strerror(err));
+    return rc;
+}
+
+int gm_env_exit(env_err e)
+{
+    switch (e) {
+    case ENV_ERR_TRUNCATED:
+    case ENV_ERR_NOT_CMS:
+    case ENV_ERR_MIME:
+    case ENV_ERR_CONTENT_TYPE:
+    case ENV_ERR_NO_RECIPIENT:
+    case ENV_ERR_UNSUPPORTED:
+    case ENV_ERR_AUTH:
+    case ENV_ERR_KEY:
+    case ENV_ERR_TOO_LARGE: return GM_EXIT_BAD_MESSAGE;
+    default: return GM_EXIT_ERROR;
+    }
+}
+
+/* ---- configuration -------------------------------------------------------- */
+
+void gm_config_clear(gm_config *c)
+{
+    char **strs[] = {&c->config_file, &c->server, &c->group, &c->cacert, &c->pin, &c->certsrv, &c->group_ca,
+                     &c->group_cert, &c->cert, &c->key, &c->tls_cert, &c->tls_key, &c->hsm_module, &c->hsm_token,
+                     &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->from, &c->to, &c->via, &c->in,
+                     &c->out, &c->recipient_info, &c->oaep, &c->format};
+    for (size_t i = 0; i < GS_ARRAY_LEN(strs); i++) {
+        free(*strs[i]);
+        *strs[i] = NULL;
+    }
+}
+
+static char *expand_home(const char *v)
+{
+    const char *home = getenv("HOME");
+    if (v[0] == '~' && v[1] == '/' && home != NULL) {
+        size_t n = strlen(home) + strlen(v);
+        char *p = malloc(n);
+        if (p != NULL)
+            snprintf(p, n, "%s%s", home, v + 1);
+        return p;
+    }
+    return strdup(v);
+}
+
+static int set_if_unset(char **dst, const char *v)
+{
+    if (*dst != NULL)
+        return 0;
+    if ((*dst = expand_home(v)) == NULL)
+        return -1;
+    return 0;
+}
+
+struct ini_key {
+    const char *section, *name;
+    size_t off;
+};
+#define K(s, n, f) {s, n, offsetof(gm_config, f)}
+static const struct ini_key ini_keys[] = {
+    K("server", "url", server),         K("server", "group", group),
+    K("server", "cacert", cacert),      K("server", "pin", pin),
+    K("server", "certificate_server", certsrv), K("server", "group_ca", group_ca),
+    K("server", "group_cert", group_cert),
+    K("identity", "cert", cert),        K("identity", "key", key),
+    K("identity", "tls_cert", tls_cert), K("identity", "tls_key", tls_key),
+    K("hsm", "module", hsm_module),     K("hsm", "token", hsm_token),
+    K("hsm", "pin_source", hsm_pin_source), K("hsm", "group_key", group_key),
+    K("store", "dir", store),           K("smtp", "relay", smtp),
+    K("smtp", "from", from),            K("decrypt", "via", via),
+    K("encrypt", "oaep", oaep),         K("encrypt", "format", format),
+};
+#undef K
+
+struct ini_state {
+    gm_config *c;
+    const char *path;
+    int bad;
+};
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value)
+{
+    struct ini_state *st = user;
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++) {
+        if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0) {
+            char **dst = (char **)((char *)st->c + ini_keys[i].off);
+            if (set_if_unset(dst, value) != 0)
+                st->bad = 1;
+            return 1;
+        }
+    }
+    if (strcmp(section, "server") == 0 && strcmp(name, "timeout") == 0) {
+        long t;
+        if (util_parse_int(value, 1, 3600, &t) != UTIL_OK) {
+            gm_err("%s: [server] timeout must be 1..3600 seconds", st->path);
+            st->bad = 1;
+        } else if (st->c->timeout == 0) {
+            st->c->timeout = t;
+        }
+        return 1;
+    }
+    if (strcmp(section, "encrypt") == 0 && strcmp(name, "cipher") == 0) {
+        if (strcmp(value, "cbc") == 0 || strcmp(value, "aes-256-cbc") == 0)
+            st->c->cbc = true;
+        return 1;
+    }
+    gm_err("%s: unknown key [%s] %s", st->path, section, name);
+    st->bad = 1;
+    return 1;
+}
+
+int gm_config_load_file(gm_config *c, const char *path, bool required)
+{
+    struct ini_state st = {.c = c, .path = path};
+    FILE *f = fopen(path, "r");
+    int rc;
+
+    if (f == NULL) {
+        if (!required && errno == ENOENT)
+            return 0;
+        gm_err("cannot read config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    rc = ini_parse_file(f, ini_cb, &st);
+    fclose(f);
+    if (rc != 0) {
+        gm_err("%s: syntax error on line %d", path, rc);
+        return -1;
+    }
+    return st.bad ? -1 : 0;
+}
+
+int gm_config_load_env(gm_config *c)
+{
+    static const struct {
+        const char *var;
+        size_t off;
+    } vars[] = {
+        {"GROUPMAIL_SERVER", offsetof(gm_config, server)},   {"GROUPMAIL_GROUP", offsetof(gm_config, group)},
+        {"GROUPMAIL_CACERT", offsetof(gm_config, cacert)},   {"GROUPMAIL_CERT", offsetof(gm_config, cert)},
+        {"GROUPMAIL_KEY", offsetof(gm_config, key)},         {"GROUPMAIL_TLS_CERT", offsetof(gm_config, tls_cert)},
+        {"GROUPMAIL_TLS_KEY", offsetof(gm_config, tls_key)}, {"GROUPMAIL_STORE", offsetof(gm_config, store)},
+        {"GROUPMAIL_VIA", offsetof(gm_config, via)},         {"GROUPMAIL_SMTP", offsetof(gm_config, smtp)},
+        {"GROUPMAIL_PIN_SOURCE", offsetof(gm_config, hsm_pin_source)},
+        {"GROUPMAIL_HSM_MODULE", offsetof(gm_config, hsm_module)},
+    };
+    for (size_t i = 0; i < GS_ARRAY_LEN(vars); i++) {
+        const char *v = getenv(vars[i].var);
+        if (v != NULL && *v != '\0' && set_if_unset((char **)((char *)c + vars[i].off), v) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static char *xdg_path(const char *xdg_var, const char *fallback, const char *leaf)
+{
+    const char *x = getenv(xdg_var), *home = getenv("HOME");
+    char buf[4096];
+    if (x != NULL && x[0] == '/')
+        snprintf(buf, sizeof(buf), "%s/groupmail%s", x, leaf);
+    else if (home != NULL && home[0] != '\0')
+        snprintf(buf, sizeof(buf), "%s/%s/groupmail%s", home, fallback, leaf);
+    else
+        return NULL;
+    return strdup(buf);
+}
+
+char *gm_default_config_path(void) { return xdg_path("XDG_CONFIG_HOME", ".config", "/config"); }
+char *gm_default_store_path(void) { return xdg_path("XDG_DATA_HOME", ".local/share", ""); }
+
+/* ---- store ---------------------------------------------------------------- */
+
+static void safe_name(char *dst, size_t dsz, const char *src)
+{
+    size_t o = 0;
+    for (; *src && o + 1 < dsz; src++)
+        dst[o++] = ((*src >= 'a' && *src <= 'z') || (*src >= 'A' && *src <= 'Z') || (*src >= '0' && *src <= '9') ||
+                    *src == '.' || *src == '-' || *src == '@')
+                       ? *src
+                       : '_';
+    dst[o] = '\0';
+}
+
+int gm_store_id(const char *server, const char *group, char *out, size_t outsz)
+{
+    char host[256], g[256], raw[600];
+    const char *h;
+    size_t n;
+    if (server == NULL || group == NULL)
+        return -1;
+    h = strstr(server, "://");
+    h = h ? h + 3 : server;
+    n = strcspn(h, "/");
+    if (n >= sizeof(host))
+        return -1;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    safe_name(g, sizeof(g), group);
+    snprintf(raw, sizeof(raw), "%s@%s", g, host);
+    safe_name(out, outsz, raw);
+    return 0;
+}
+
+char *gm_store_path(const gm_config *c, const char *sub, const char *name)
+{
+    char buf[4096];
+    if (c->store == NULL)
+        return NULL;
+    if (sub != NULL)
+        snprintf(buf, sizeof(buf), "%s/%s", c->store, sub);
+    else
+        snprintf(buf, sizeof(buf), "%s", c->store);
+    if (util_mkdir_p(buf, 0700) != UTIL_OK) {
+        gm_err("cannot create store directory %s: %s", buf, strerror(errno));
+        return NULL;
+    }
+    if (name != NULL) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, sizeof(buf) - l, "/%s", name);
+    }
+    return strdup(buf);
+}
+
+/* ---- certificates ------------------------------------------------------- */
+
+int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out)
+{
+    BIO *b = NULL;
+    X509 *x;
+    int rc = -1;
+    STACK_OF(X509) *sk = sk_X509_new_null();
+
+    *out = NULL;
+    if (sk == NULL || len > INT_MAX || (b = BIO_new_mem_buf(pem, (int)len)) == NULL)
+        goto out;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_num(sk) >= 16 || !sk_X509_push(sk, x)) {
+            X509_free(x);
+            goto out;
+        }
+    }
+    ERR_clear_error();
+    if (sk_X509_num(sk) == 0)
+        goto out;
+    *out = sk;
+    sk = NULL;
+    rc = 0;
+out:
+    BIO_free(b);
+    sk_X509_pop_free(sk, X509_free);
+    return rc;
+}
+
+static X509 *read_cert_file(const char *path, bool quiet)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    STACK_OF(X509) *sk = NULL;
+    X509 *x = NULL;
+
+    if (util_read_file(path, MAX_CERT_FILE, &buf, &len) != UTIL_OK) {
+        if (!quiet)
+            gm_err("cannot read certificate %s", path);
+        return NULL;
+    }
+    if (gm_pem_certs(buf, len, &sk) == 0) {
+        x = sk_X509_shift(sk);
+    } else {
+        const unsigned char *p = buf;
+        x = d2i_X509(NULL, &p, (long)len);
+        if (x == NULL && !quiet)
+            gm_err("%s: not a PEM or DER certificate", path);
+    }
+    ERR_clear_error();
+    sk_X509_pop_free(sk, X509_free);
+    free(buf);
+    return x;
+}
+
+X509 *gm_read_cert_file(const char *path) { return read_cert_file(path, false); }
+X509 *gm_read_cert_file_quiet(const char *path) { return read_cert_file(path, true); }
+
+static EVP_PKEY *read_key_file(const char *path)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    BIO *b = NULL;
+    EVP_PKEY *k = NULL;
+
+    if (util_read_file(path, MAX_KEY_FILE, &buf, &len) != UTIL_OK) {
+        gm_err("cannot read key %s", path);
+        return NULL;
+    }
+    if ((b = BIO_new_mem_buf(buf, (int)len)) != NULL)
+        k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    if (k == NULL) {
+        const unsigned char *p = buf;
+        k = d2i_AutoPrivateKey(NULL, &p, (long)len);
+    }
+    if (k == NULL)
+        gm_err("%s: not a usable private key (PEM or DER, unencrypted)", path);
+    ERR_clear_error();
+    BIO_free(b);
+    util_secret_free(buf, len);
+    return k;
+}
+
+/* ---- tokens ---------------------------------------------------------------- */
+
+/* The token part of a key URI: "pkcs11:token=x;serial=y" from
+ * "pkcs11:token=x;object=k;serial=y?pin-source=...". */
+static char *token_uri_of(const char *key_uri)
+{
+    static const char *keep[] = {"token=", "manufacturer=", "serial=", "model="};
+    const char *p = key_uri + strlen("pkcs11:");
+    size_t plen = strcspn(p, "?"), cap = strlen(key_uri) + 8;
+    char *out = malloc(cap), *seg = strndup(p, plen);
+    bool first = true;
+
+    if (out == NULL || seg == NULL) {
+        free(out);
+        free(seg);
+        return NULL;
+    }
+    snprintf(out, cap, "pkcs11:");
+    for (char *t = seg; t != NULL && *t != '\0';) {
+        char *semi = strchr(t, ';');
+        if (semi != NULL)
+            *semi = '\0';
+        for (size_t i = 0; i < GS_ARRAY_LEN(keep); i++) {
+            if (strncmp(t, keep[i], strlen(keep[i])) == 0) {
+                size_t l = strlen(out);
+                snprintf(out + l, cap - l, "%s%s", first ? "" : ";", t);
+                first = false;
+            }
+        }
+        t = semi != NULL ? semi + 1 : NULL;
+    }
+    free(seg);
+    return out;
+}
+
+/* RFC 7512 pin-source query attribute, if any (malloc'd). */
+static char *pin_source_of(const char *key_uri)
+{
+    const char *q = strchr(key_uri, '?');
+    while (q != NULL) {
+        q++;
+        if (strncmp(q, "pin-source=", 11) == 0) {
+            /* RFC 7512 "file:PATH" is also our pin source syntax */
+            return strndup(q + 11, strcspn(q + 11, "&"));
+        }
+        q = strchr(q, '&');
+    }
+    return NULL;
+}
+
+int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key)
+{
+    hsm_config hc = {0};
+    char *tok = NULL, *pinsrc = NULL;
+    hsm_err he;
+    int rc = -1;
+
+    *ctx = NULL;
+    *key = NULL;
+    hc.module = c->hsm_module;
+    if (hc.module == NULL) {
+        gm_err("a pkcs11: key needs [hsm] module (the PKCS#11 module path)");
+        return -1;
+    }
+    if (c->hsm_token != NULL)
+        hc.token_uri = c->hsm_token;
+    else if ((tok = token_uri_of(key_uri)) == NULL)
+        goto out;
+    else
+        hc.token_uri = tok;
+    if (c->hsm_pin_source != NULL)
+        hc.pin_source = c->hsm_pin_source;
+    else
+        hc.pin_source = pinsrc = pin_source_of(key_uri);
+    hc.max_sessions = 2;
+    if ((he = hsm_open(&hc, ctx)) != HSM_OK) {
+        gm_err("token %s: %s %s", hc.token_uri, hsm_strerror(he), hsm_last_error_detail());
+        goto out;
+    }
+    if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
+        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
+        hsm_close(*ctx);
+        *ctx = NULL;
+        goto out;
+    }
+    rc = 0;
+out:
+    free(tok);
+    free(pinsrc);
+    return rc;
+}
+
+/* ---- the member ------------------------------------------------------------ */
+
+void gm_member_clear(gm_member *m)
+{
+    X509_free(m->cert);
+    EVP_PKEY_free(m->pkey);
+    hsm_key_free(m->hkey);
+    hsm_close(m->hsm);
+    memset(m, 0, sizeof(*m));
+}
+
+int gm_member_load(const gm_config *c, gm_member *m)
+{
+    memset(m, 0, sizeof(*m));
+    if (c->cert == NULL || c->key == NULL) {
+        gm_err("this needs the member certificate and key (--cert FILE --key FILE|pkcs11:URI)");
+        return -1;
+    }
+    if ((m->cert = gm_read_cert_file(c->cert)) == NULL)
+        goto fail;
+    if (strncmp(c->key, "pkcs11:", 7) == 0) {
+        if (gm_hsm_open_for(c, c->key, &m->hsm, &m->hkey) != 0)
+            goto fail;
+    } else {
+        if ((m->pkey = read_key_file(c->key)) == NULL)
+            goto fail;
+        if (X509_check_private_key(m->cert, m->pkey) != 1) {
+            ERR_clear_error();
+            gm_err("%s does not match the certificate %s", c->key, c->cert);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    gm_member_clear(m);
+    return -1;
+}
+
+int gm_member_oaep_decrypt(gm_member *m, bool sha256, const unsigned char *in, size_t inlen, unsigned char *out,
+                           size_t outcap, size_t *outlen)
+{
+    EVP_PKEY_CTX *pc = NULL;
+    unsigned char *tmp = NULL;
+    size_t tlen = 0;
+    int rc = -1;
+
+    *outlen = 0;
+    if (m->hkey != NULL) {
+        hsm_unwrap_input hi = {.group_key = m->hkey,
+                               .alg = sha256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1,
+                               .encrypted_key = in,
+                               .encrypted_key_len = inlen};
+        hsm_err he = hsm_decrypt_content_key(m->hsm, &hi, out, outcap, outlen);
+        if (he != HSM_OK) {
+            gm_err("token decryption failed: %s %s", hsm_strerror(he), hsm_last_error_detail());
+            return -1;
+        }
+        return 0;
+    }
+    if (m->pkey == NULL)
+        return -1;
+    const EVP_MD *md = sha256 ? EVP_sha256() : EVP_sha1();
+    if ((pc = EVP_PKEY_CTX_new(m->pkey, NULL)) == NULL || EVP_PKEY_decrypt_init(pc) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING) <= 0 || EVP_PKEY_CTX_set_rsa_oaep_md(pc, md) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(pc, md) <= 0 || EVP_PKEY_decrypt(pc, NULL, &tlen, in, inlen) <= 0)
+        goto out;
+    if ((tmp = malloc(tlen)) == NULL || EVP_PKEY_decrypt(pc, tmp, &tlen, in, inlen) <= 0 || tlen > outcap)
+        goto out;
+    memcpy(out, tmp, tlen);
+    *outlen = tlen;
+    rc = 0;
+out:
+    if (rc != 0)
+        gm_err("RSA-OAEP decryption with the member key failed");
+    ERR_clear_error();
+    if (tmp != NULL)
+        OPENSSL_clear_free(tmp, tlen);
+    EVP_PKEY_CTX_free(pc);
+    return rc;
+}
+
+int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *cek, size_t cekcap, size_t *ceklen)
+{
+    env_err e;
+    env_kt_alg alg;
+    const unsigned char *ek;
+    size_t eklen;
+
+    *ceklen = 0;
+    if (env_recipient_type(ri) != ENV_RI_KTRI) {
+        gm_err("the server answered a RecipientInfo that is not key transport");
+        return -1;
+    }
+    if (!env_recipient_matches_cert(ri, m->cert)) {
+        gm_err("the server re-wrapped the key to another certificate than --cert");
+        return -1;
+    }
+    if (m->pkey != NULL) {
+        if ((e = env_recipient_decrypt_with_pkey(ri, m->cert, m->pkey, cek, cekcap, ceklen)) != ENV_OK) {
+            gm_err("cannot decrypt the re-wrapped key: %s", env_strerror(e));
+            return -1;
+        }
+        return 0;
+    }
+    if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK || (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK) {
+        gm_err("re-wrapped key unusable: %s", env_strerror(e));
+        return -1;
+    }
+    if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256) {
+        gm_err("re-wrapped key uses an unsupported algorithm");
+        return -1;
+    }
+    return gm_member_oaep_decrypt(m, alg == ENV_KT_RSA_OAEP_SHA256, ek, eklen, cek, cekcap, ceklen);
+}
+
+/* ---- REST ------------------------------------------------------------------ */
+
+int gm_rest_open(const gm_config *c, const char *url, gs_rest **r)
+{
+    gs_rest_opts o = {0};
+    gs_rest_err e;
+
+    *r = NULL;
+    o.base_url = url != NULL ? url : c->server;
+    if (o.base_url == NULL) {
+        gm_err("no group server: give --server URL (or [server] url)");
+        return GM_EXIT_USAGE;
+    }
+    o.ca_file = c->cacert;
+    o.pinned_pubkey = c->pin;
+    o.timeout_ms = c->timeout > 0 ? c->timeout * 1000 : 0;
+    if (c->tls_cert != NULL) {
+        o.cert_file = c->tls_cert;
+        o.key_file = c->tls_key;
+    } else if (c->cert != NULL && c->key != NULL && strncmp(c->key, "pkcs11:", 7) != 0) {
+        o.cert_file = c->cert;
+        o.key_file = c->key;
+    }
+    if ((e = gs_rest_new(&o, r)) != GS_REST_OK) {
+        gm_err("cannot use server URL %s: %s", o.base_url, gs_rest_strerror(e));
+        return GM_EXIT_USAGE;
+    }
+    return GM_EXIT_OK;
+}

@@ -1,0 +1,345 @@
+/* gm_store.c: groupmail's local stores: pinned group certificates, the
+ * group secret keys (kept wrapped to the member key, as the server sent
+ * them) and cached membership certificates. Every file 0600, written
+ * atomically; directories 0700. */
+#include "gm_store.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+
+#include "util.h"
+
+#define MAX_PIN_FILE (256u * 1024)
+#define MAX_SECRET_FILE (16u * 1024)
+
+/* ---- pinned group certificates ------------------------------------------ */
+
+char *gm_pin_path(const gm_config *c)
+{
+    char id[600];
+    size_t n;
+    if (gm_store_id(c->server, c->group, id, sizeof(id) - 8) != 0)
+        return NULL;
+    n = strlen(id);
+    snprintf(id + n, sizeof(id) - n, ".pem");
+    return gm_store_path(c, "pins", id);
+}
+
+int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain)
+{
+    char *p = gm_pin_path(c);
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    *chain = NULL;
+    if (p == NULL)
+        return -1;
+    if (util_read_file(p, MAX_PIN_FILE, &buf, &len) != UTIL_OK)
+        goto out;
+    if (gm_pem_certs(buf, len, chain) != 0) {
+        gm_err("pinned certificate %s is corrupt", p);
+        rc = -2;
+        goto out;
+    }
+    rc = 0;
+out:
+    free(buf);
+    free(p);
+    return rc;
+}
+
+int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain)
+{
+    char *p = gm_pin_path(c);
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long n;
+    int rc = -1;
+
+    if (p == NULL || b == NULL)
+        goto out;
+    for (int i = 0; i < sk_X509_num(chain); i++)
+        if (!PEM_write_bio_X509(b, sk_X509_value(chain, i)))
+            goto out;
+    n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || util_write_file_atomic(p, data, (size_t)n, 0600) != UTIL_OK) {
+        gm_err("cannot write %s", p);
+        goto out;
+    }
+    rc = 0;
+out:
+    BIO_free(b);
+    free(p);
+    return rc;
+}
+
+/* ---- secret keys ------------------------------------------------------------ */
+
+static char *secret_dir(const gm_config *c)
+{
+    char id[600], sub[700];
+    if (gm_store_id(c->server, c->group, id, sizeof(id)) != 0)
+        return NULL;
+    snprintf(sub, sizeof(sub), "secret-keys/%s", id);
+    return gm_store_path(c, sub, NULL);
+}
+
+static int cert_sha256_hex(X509 *cert, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (!X509_digest(cert, EVP_sha256(), md, &mdlen) || mdlen != 32)
+        return -1;
+    util_hex(md, 32, out);
+    return 0;
+}
+
+int gm_secret_store_save(const gm_config *c, X509 *member_cert, const gs_secret_keys *keys)
+{
+    char *dir = secret_dir(c), path[4200], fp[65] = "";
+    int rc = -1;
+
+    if (dir == NULL)
+        return -1;
+    if (member_cert != NULL && cert_sha256_hex(member_cert, fp) != 0)
+        goto out;
+    for (size_t i = 0; i < keys->n; i++) {
+        const gs_secret_key *k = &keys->keys[i];
+        char *kid = NULL, *wk = NULL, *text = NULL;
+        json_t *o = NULL;
+        int bad = 1;
+        if (util_b64_encode(k->kek_id, k->kek_id_len, &kid) == UTIL_OK &&
+            util_b64_encode(k->wrapped_key, k->wrapped_key_len, &wk) == UTIL_OK &&
+            (o = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:s}", "group", c->group, "server", c->server, "version",
+                           (json_int_t)k->version, "kek_id", kid, "wrapped_key", wk, "algorithm", k->algorithm,
+                           "member_cert_sha256", fp)) != NULL &&
+            (text = json_dumps(o, JSON_INDENT(1))) != NULL) {
+            snprintf(path, sizeof(path), "%s/v%llu.json", dir, (unsigned long long)k->version);
+            if (util_write_file_atomic(path, text, strlen(text), 0600) == UTIL_OK)
+                bad = 0;
+            else
+                gm_err("cannot write %s", path);
+        }
+        free(kid);
+        free(wk);
+        free(text);
+        json_decref(o);
+        if (bad)
+            goto out;
+    }
+    rc = 0;
+out:
+    free(dir);
+    return rc;
+}
+
+int gm_secret_store_find(const gm_config *c, const unsigned char *kek_id, size_t kek_id_len, gm_stored_secret *out)
+{
+    char *dir = secret_dir(c), path[4200];
+    DIR *d = NULL;
+    struct dirent *de;
+    int rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    if (dir == NULL || (d = opendir(dir)) == NULL)
+        goto out;
+    while ((de = readdir(d)) != NULL) {
+        unsigned char *buf = NULL, *kid = NULL;
+        size_t len = 0, kidlen = 0, l = strlen(de->d_name);
+        json_t *o = NULL;
+        if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0 || de->d_name[0] != 'v')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
+            continue;
+        o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
+        free(buf);
+        json_t *jk = json_object_get(o, "kek_id"), *jw = json_object_get(o, "wrapped_key"),
+               *ja = json_object_get(o, "algorithm"), *jv = json_object_get(o, "version");
+        if (json_is_string(jk) && json_is_string(jw) && json_is_integer(jv) &&
+            util_b64_decode(json_string_value(jk), json_string_length(jk), 1024, &kid, &kidlen) == UTIL_OK &&
+            kidlen == kek_id_len && memcmp(kid, kek_id, kidlen) == 0 &&
+            util_b64_decode(json_string_value(jw), json_string_length(jw), 4096, &out->wrapped_key,
+                            &out->wrapped_key_len) == UTIL_OK) {
+            out->version = (uint64_t)json_integer_value(jv);
+            out->sha256 = json_is_string(ja) && strcmp(json_string_value(ja), "RSA-OAEP-256") == 0;
+            rc = 0;
+        }
+        free(kid);
+        json_decref(o);
+        if (rc == 0)
+            break;
+    }
+out:
+    if (d != NULL)
+        closedir(d);
+    free(dir);
+    return rc;
+}
+
+void gm_stored_secret_clear(gm_stored_secret *s)
+{
+    free(s->wrapped_key);
+    memset(s, 0, sizeof(*s));
+}
+
+/* ---- membership certificates -------------------------------------------------- */
+
+static char *mc_path(const gm_config *c, const char *ext)
+{
+    char id[600];
+    size_t n;
+    if (gm_store_id(c->server, c->group, id, sizeof(id) - 8) != 0)
+        return NULL;
+    n = strlen(id);
+    snprintf(id + n, sizeof(id) - n, "%s", ext);
+    return gm_store_path(c, "membership", id);
+}
+
+void gm_mcert_clear(gm_mcert *m)
+{
+    X509_free(m->cert);
+    EVP_PKEY_free(m->pkey);
+    free(m->cert_pem);
+    if (m->key_pem != NULL)
+        OPENSSL_clear_free(m->key_pem, m->key_pem_len);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Fills the PEM buffers from cert/pkey. */
+static int mcert_pems(gm_mcert *m)
+{
+    BIO *b = NULL;
+    char *data;
+    long n;
+    int rc = -1;
+
+    if ((b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, m->cert) ||
+        (n = BIO_get_mem_data(b, &data)) <= 0 || (m->cert_pem = malloc((size_t)n)) == NULL)
+        goto out;
+    memcpy(m->cert_pem, data, (size_t)n);
+    m->cert_pem_len = (size_t)n;
+    BIO_free(b);
+    /* BIO_s_secmem: the key PEM is wiped when the BIO is freed */
+    if ((b = BIO_new(BIO_s_secmem())) == NULL || !PEM_write_bio_PrivateKey(b, m->pkey, NULL, NULL, 0, NULL, NULL) ||
+        (n = BIO_get_mem_data(b, &data)) <= 0 || (m->key_pem = malloc((size_t)n)) == NULL)
+        goto out;
+    memcpy(m->key_pem, data, (size_t)n);
+    m->key_pem_len = (size_t)n;
+    rc = 0;
+out:
+    BIO_free(b);
+    return rc;
+}
+
+int gm_mcert_load(const gm_config *c, long min_validity, gm_mcert *m)
+{
+    char *cp = mc_path(c, ".pem"), *kp = mc_path(c, ".key");
+    unsigned char *kbuf = NULL;
+    size_t klen = 0;
+    BIO *b = NULL;
+    time_t limit = time(NULL) + min_validity;
+    int rc = -1;
+
+    memset(m, 0, sizeof(*m));
+    if (cp == NULL || kp == NULL)
+        goto out;
+    if ((m->cert = gm_read_cert_file_quiet(cp)) == NULL)
+        goto out;
+    if (X509_cmp_time(X509_get0_notAfter(m->cert), &limit) <= 0)
+        goto out; /* expired, or about to */
+    if (util_read_file(kp, 64 * 1024, &kbuf, &klen) != UTIL_OK || (b = BIO_new_mem_buf(kbuf, (int)klen)) == NULL ||
+        (m->pkey = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL || X509_check_private_key(m->cert, m->pkey) != 1)
+        goto out;
+    if (mcert_pems(m) != 0)
+        goto out;
+    rc = 0;
+out:
+    ERR_clear_error();
+    if (rc != 0)
+        gm_mcert_clear(m);
+    BIO_free(b);
+    util_secret_free(kbuf, klen);
+    free(cp);
+    free(kp);
+    return rc;
+}
+
+int gm_mcert_new_key(gm_mcert *m, char **csr_pem, size_t *csr_len)
+{
+    X509_REQ *req = NULL;
+    X509_NAME *nm = NULL;
+    BIO *b = NULL;
+    char *data;
+    long n;
+    int rc = -1;
+
+    *csr_pem = NULL;
+    *csr_len = 0;
+    /* RSA-2048: the group server re-wraps with RSA-OAEP only. */
+    if ((m->pkey = EVP_RSA_gen(2048)) == NULL)
+        goto out;
+    if ((req = X509_REQ_new()) == NULL || !X509_REQ_set_version(req, 0) || (nm = X509_NAME_new()) == NULL ||
+        !X509_REQ_set_subject_name(req, nm) || !X509_REQ_set_pubkey(req, m->pkey) ||
+        X509_REQ_sign(req, m->pkey, EVP_sha256()) <= 0)
+        goto out;
+    if ((b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509_REQ(b, req) ||
+        (n = BIO_get_mem_data(b, &data)) <= 0 || (*csr_pem = malloc((size_t)n + 1)) == NULL)
+        goto out;
+    memcpy(*csr_pem, data, (size_t)n);
+    (*csr_pem)[n] = '\0';
+    *csr_len = (size_t)n;
+    rc = 0;
+out:
+    if (rc != 0)
+        gm_err("cannot make a key pair and CSR for a membership certificate");
+    ERR_clear_error();
+    BIO_free(b);
+    X509_NAME_free(nm);
+    X509_REQ_free(req);
+    return rc;
+}
+
+int gm_mcert_accept(const gm_config *c, gm_mcert *m, const char *cert_pem, size_t cert_len)
+{
+    STACK_OF(X509) *sk = NULL;
+    char *cp = NULL, *kp = NULL;
+    int rc = -1;
+
+    if (gm_pem_certs((const unsigned char *)cert_pem, cert_len, &sk) != 0) {
+        gm_err("the certificate server answered no certificate");
+        goto out;
+    }
+    m->cert = sk_X509_shift(sk);
+    if (X509_check_private_key(m->cert, m->pkey) != 1) {
+        gm_err("the certificate server answered a certificate for another key");
+        goto out;
+    }
+    if (mcert_pems(m) != 0)
+        goto out;
+    /* The key first: a cached certificate without its key is never used. */
+    if ((cp = mc_path(c, ".pem")) == NULL || (kp = mc_path(c, ".key")) == NULL ||
+        util_write_file_atomic(kp, m->key_pem, m->key_pem_len, 0600) != UTIL_OK ||
+        util_write_file_atomic(cp, m->cert_pem, m->cert_pem_len, 0600) != UTIL_OK) {
+        gm_err("cannot store the membership certificate");
+        goto out;
+    }
+    rc = 0;
+out:
+    ERR_clear_error();
+    sk_X509_pop_free(sk, X509_free);
+    free(cp);
+    free(kp);
+    return rc;
+}
+
+char *gm_mcert_path(const gm_config *c) { return mc_path(c, ".pem"); }

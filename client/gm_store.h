@@ -1,0 +1,46 @@
+/*
+ * gm_store.h: groupmail's local stores under the store directory
+ * ([store] dir, default ~/.local/share/groupmail), one subdirectory each:
+ *   pins/<group>@<host_port>.pem           pinned group certificate chain
+ *   secret-keys/<group>@<host_port>/vN.json  group secret key version N,
+ *                                            still RSA-OAEP-wrapped to the member key
+ *   membership/<group>@<host_port>.pem/.key  cached membership certificate and key
+ * Files 0600, written atomically (temp file + rename); directories 0700.
+ */
+#ifndef GS_GM_STORE_H
+#define GS_GM_STORE_H
+
+#include "gm.h"
+
+char *gm_pin_path(const gm_config *c);
+/* 0 and the chain (leaf first); -1 when there is no pin; -2 corrupt. */
+int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain);
+int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain);
+
+int gm_secret_store_save(const gm_config *c, X509 *member_cert, const gs_secret_keys *keys);
+typedef struct gm_stored_secret {
+    uint64_t version;
+    unsigned char *wrapped_key; /* RSA-OAEP to the member key */
+    size_t wrapped_key_len;
+    bool sha256;                /* RSA-OAEP-256 */
+} gm_stored_secret;
+/* 0 when a stored version has this KEK identifier. */
+int gm_secret_store_find(const gm_config *c, const unsigned char *kek_id, size_t kek_id_len, gm_stored_secret *out);
+void gm_stored_secret_clear(gm_stored_secret *s);
+
+typedef struct gm_mcert {
+    X509 *cert;
+    EVP_PKEY *pkey;
+    unsigned char *cert_pem, *key_pem; /* for gs_rest_opts; key_pem wiped on clear */
+    size_t cert_pem_len, key_pem_len;
+} gm_mcert;
+/* A cached membership certificate valid for at least min_validity more seconds. */
+int gm_mcert_load(const gm_config *c, long min_validity, gm_mcert *m);
+/* A fresh RSA-2048 key in m and a CSR without identity (PEM, caller frees). */
+int gm_mcert_new_key(gm_mcert *m, char **csr_pem, size_t *csr_len);
+/* Checks the issued certificate matches m's key, stores both (0600). */
+int gm_mcert_accept(const gm_config *c, gm_mcert *m, const char *cert_pem, size_t cert_len);
+void gm_mcert_clear(gm_mcert *m);
+char *gm_mcert_path(const gm_config *c);
+
+#endif

@@ -1,0 +1,1271 @@
+/*
+ * groupmail: the member's and sender's tool (docs/groupmail.1.md).
+ *   fetch-cert | encrypt | send | decrypt | unwrap | certify | keys sync|list
+ * Exit codes: 0 ok, 1 local error, 2 usage, 3 not a member / refused,
+ * 4 server unreachable or unusable, 5 bad message.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "gm.h"
+#include "gm_store.h"
+#include "log.h"
+#include "util.h"
+
+#define MAX_CEK 64
+#define MC_MIN_VALIDITY 60 /* seconds a cached membership certificate must still live */
+
+static void usage(FILE *f)
+{
+    fputs("usage: groupmail COMMAND [options]\n"
+          "  fetch-cert --server URL --group G [--cacert FILE] [--group-ca FILE] [--repin] [--out FILE]\n"
+          "  encrypt    (--group-cert FILE | --server URL --group G) [--cbc] [--mime] [--oaep sha1|sha256]\n"
+          "             [--format smime|pem|der] [--in FILE] [--out FILE]\n"
+          "  send       --smtp smtp://HOST:PORT --to LIST@DOMAIN [--from ADDR] [--encrypt ...] [--in FILE]\n"
+          "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key\n"
+          "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
+          "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE] [--in FILE]\n"
+          "  certify    --server URL --group G --cert FILE --key FILE\n"
+          "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
+          "  keys list  --server URL --group G\n"
+          "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
+          "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
+          "        --timeout SECONDS -v/--verbose -q/--quiet\n"
+          "exit: 0 ok, 1 error, 2 usage, 3 not a member/refused, 4 server unreachable, 5 bad message\n",
+          f);
+}
+
+/* ---- options -------------------------------------------------------------- */
+
+enum {
+    O_SERVER = 256, O_GROUP, O_CERT, O_KEY, O_CACERT, O_TLS_CERT, O_TLS_KEY, O_PIN, O_CERTSRV, O_GROUP_CA,
+    O_GROUP_CERT, O_GROUP_KEY, O_HSM_MODULE, O_HSM_TOKEN, O_PIN_SOURCE, O_STORE, O_SMTP, O_FROM, O_TO, O_VIA,
+    O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT,
+};
+
+static const struct option long_opts[] = {
+    {"server", required_argument, NULL, O_SERVER},       {"group", required_argument, NULL, O_GROUP},
+    {"cert", required_argument, NULL, O_CERT},           {"key", required_argument, NULL, O_KEY},
+    {"cacert", required_argument, NULL, O_CACERT},       {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},     {"pin", required_argument, NULL, O_PIN},
+    {"certsrv", required_argument, NULL, O_CERTSRV},     {"group-ca", required_argument, NULL, O_GROUP_CA},
+    {"group-cert", required_argument, NULL, O_GROUP_CERT}, {"group-key", required_argument, NULL, O_GROUP_KEY},
+    {"hsm-module", required_argument, NULL, O_HSM_MODULE}, {"hsm-token", required_argument, NULL, O_HSM_TOKEN},
+    {"pin-source", required_argument, NULL, O_PIN_SOURCE}, {"store", required_argument, NULL, O_STORE},
+    {"smtp", required_argument, NULL, O_SMTP},           {"from", required_argument, NULL, O_FROM},
+    {"to", required_argument, NULL, O_TO},               {"via", required_argument, NULL, O_VIA},
+    {"in", required_argument, NULL, O_IN},               {"out", required_argument, NULL, O_OUT},
+    {"recipient-info", required_argument, NULL, O_RI},   {"oaep", required_argument, NULL, O_OAEP},
+    {"format", required_argument, NULL, O_FORMAT},       {"timeout", required_argument, NULL, O_TIMEOUT},
+    {"cbc", no_argument, NULL, O_CBC},                   {"mime", no_argument, NULL, O_MIME},
+    {"repin", no_argument, NULL, O_REPIN},               {"encrypt", no_argument, NULL, O_ENCRYPT},
+    {"config", required_argument, NULL, 'c'},            {"verbose", no_argument, NULL, 'v'},
+    {"quiet", no_argument, NULL, 'q'},                   {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static int set_str(char **dst, const char *v)
+{
+    free(*dst);
+    return (*dst = strdup(v)) == NULL ? -1 : 0;
+}
+
+/* Flags into c; then environment, then the config file fill what is unset. */
+static int parse_options(int argc, char **argv, gm_config *c)
+{
+    int ch;
+    long t;
+    char **dst;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:vqh", long_opts, NULL)) != -1) {
+        dst = NULL;
+        switch (ch) {
+        case O_SERVER: dst = &c->server; break;
+        case O_GROUP: dst = &c->group; break;
+        case O_CERT: dst = &c->cert; break;
+        case O_KEY: dst = &c->key; break;
+        case O_CACERT: dst = &c->cacert; break;
+        case O_TLS_CERT: dst = &c->tls_cert; break;
+        case O_TLS_KEY: dst = &c->tls_key; break;
+        case O_PIN: dst = &c->pin; break;
+        case O_CERTSRV: dst = &c->certsrv; break;
+        case O_GROUP_CA: dst = &c->group_ca; break;
+        case O_GROUP_CERT: dst = &c->group_cert; break;
+        case O_GROUP_KEY: dst = &c->group_key; break;
+        case O_HSM_MODULE: dst = &c->hsm_module; break;
+        case O_HSM_TOKEN: dst = &c->hsm_token; break;
+        case O_PIN_SOURCE: dst = &c->hsm_pin_source; break;
+        case O_STORE: dst = &c->store; break;
+        case O_SMTP: dst = &c->smtp; break;
+        case O_FROM: dst = &c->from; break;
+        case O_TO: dst = &c->to; break;
+        case O_VIA: dst = &c->via; break;
+        case O_IN: dst = &c->in; break;
+        case O_OUT: dst = &c->out; break;
+        case O_RI: dst = &c->recipient_info; break;
+        case O_OAEP: dst = &c->oaep; break;
+        case O_FORMAT: dst = &c->format; break;
+        case 'c': dst = &c->config_file; break;
+        case O_TIMEOUT:
+            if (util_parse_int(optarg, 1, 3600, &t) != UTIL_OK) {
+                gm_err("--timeout must be 1..3600 seconds");
+                return GM_EXIT_USAGE;
+            }
+            c->timeout = t;
+            break;
+        case O_CBC: c->cbc = true; break;
+        case O_MIME: c->mime = true; break;
+        case O_REPIN: c->repin = true; break;
+        case O_ENCRYPT: c->encrypt_first = true; break;
+        case 'v': c->verbose = true; break;
+        case 'q': c->quiet = true; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return GM_EXIT_USAGE;
+        }
+        if (dst != NULL && set_str(dst, optarg) != 0)
+            return GM_EXIT_ERROR;
+    }
+    if (optind != argc) {
+        gm_err("unexpected argument '%s'", argv[optind]);
+        return GM_EXIT_USAGE;
+    }
+    if (gm_config_load_env(c) != 0)
+        return GM_EXIT_ERROR;
+    if (c->config_file == NULL) {
+        const char *e = getenv("GROUPMAIL_CONFIG");
+        char *def = NULL;
+        if (e != NULL && *e != '\0') {
+            if (gm_config_load_file(c, e, true) != 0)
+                return GM_EXIT_USAGE;
+        } else if ((def = gm_default_config_path()) != NULL) {
+            int rc = gm_config_load_file(c, def, false);
+            free(def);
+            if (rc != 0)
+                return GM_EXIT_USAGE;
+        }
+    } else if (gm_config_load_file(c, c->config_file, true) != 0) {
+        return GM_EXIT_USAGE;
+    }
+    if (c->store == NULL && (c->store = gm_default_store_path()) == NULL) {
+        gm_err("no store directory: set HOME, --store or [store] dir");
+        return GM_EXIT_USAGE;
+    }
+    if (c->timeout == 0)
+        c->timeout = 30;
+    return GM_EXIT_OK;
+}
+
+static int need(const char *v, const char *what)
+{
+    if (v == NULL) {
+        gm_err("missing %s", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- group certificate: fetch, verify, pin ---------------------------------- */
+
+static int verify_chain(const char *cafile, STACK_OF(X509) *chain)
+{
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    STACK_OF(X509) *untrusted = NULL;
+    int rc = -1;
+
+    if (st == NULL || ctx == NULL || (untrusted = sk_X509_dup(chain)) == NULL)
+        goto out;
+    if (X509_STORE_load_file(st, cafile) != 1) {
+        gm_err("cannot load CA file %s", cafile);
+        goto out;
+    }
+    (void)sk_X509_shift(untrusted); /* the leaf */
+    if (X509_STORE_CTX_init(ctx, st, sk_X509_value(chain, 0), untrusted) != 1)
+        goto out;
+    if (X509_verify_cert(ctx) != 1) {
+        gm_err("group certificate does not verify against %s: %s", cafile,
+               X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+        goto out;
+    }
+    rc = 0;
+out:
+    ERR_clear_error();
+    sk_X509_free(untrusted);
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(st);
+    return rc;
+}
+
+static int rest_lazy(const gm_config *c, gs_rest **r)
+{
+    if (*r != NULL)
+        return GM_EXIT_OK;
+    return gm_rest_open(c, NULL, r);
+}
+
+/* Fetches the group certificate, verifies it against the group CA, checks
+ * it names the list address and matches any earlier pin, and pins it. */
+static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
+{
+    gs_group_info gi = {0};
+    char *pem = NULL;
+    size_t pemlen = 0;
+    STACK_OF(X509) *chain = NULL, *old = NULL;
+    const char *ca = c->group_ca ? c->group_ca : c->cacert;
+    gs_rest_err e;
+    int rc;
+
+    if (leaf_out != NULL)
+        *leaf_out = NULL;
+    if (need(c->server, "--server URL") || need(c->group, "--group G"))
+        return GM_EXIT_USAGE;
+    if (ca == NULL) {
+        gm_err("no CA to verify the group certificate: give --group-ca or --cacert");
+        return GM_EXIT_USAGE;
+    }
+    if ((rc = rest_lazy(c, r)) != GM_EXIT_OK)
+        return rc;
+    gm_progress(c, "fetching the certificate of group %s", c->group);
+    if ((e = gs_rest_group_info(*r, c->group, &gi)) != GS_REST_OK)
+        return gm_rest_fail(*r, e, "group info");
+    if ((e = gs_rest_group_certificate(*r, c->group, &pem, &pemlen)) != GS_REST_OK) {
+        rc = gm_rest_fail(*r, e, "group certificate");
+        goto out;
+    }
+    rc = GM_EXIT_UNREACHABLE;
+    if (gm_pem_certs((unsigned char *)pem, pemlen, &chain) != 0) {
+        gm_err("the server's group certificate is not PEM");
+        goto out;
+    }
+    if (verify_chain(ca, chain) != 0)
+        goto out;
+    if (gi.address[0] != '\0' && X509_check_email(sk_X509_value(chain, 0), gi.address, 0, 0) != 1) {
+        gm_err("group certificate does not name the list address %s", gi.address);
+        goto out;
+    }
+    if (gm_pin_load(c, &old) == 0 && X509_cmp(sk_X509_value(old, 0), sk_X509_value(chain, 0)) != 0 && !c->repin) {
+        char *p = gm_pin_path(c);
+        gm_err("group certificate differs from the one pinned in %s (re-key?): check, then fetch-cert --repin",
+               p ? p : "the store");
+        free(p);
+        goto out;
+    }
+    rc = GM_EXIT_ERROR;
+    if (gm_pin_save(c, chain) != 0)
+        goto out;
+    if (leaf_out != NULL) {
+        *leaf_out = sk_X509_value(chain, 0);
+        X509_up_ref(*leaf_out);
+    }
+    rc = GM_EXIT_OK;
+out:
+    sk_X509_pop_free(chain, X509_free);
+    sk_X509_pop_free(old, X509_free);
+    gs_group_info_clear(&gi);
+    free(pem);
+    return rc;
+}
+
+/* The group certificate: --group-cert, else the pin, else fetch and pin. */
+static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 **out)
+{
+    STACK_OF(X509) *chain = NULL;
+    int pr;
+
+    *out = NULL;
+    if (c->group_cert != NULL)
+        return (*out = gm_read_cert_file(c->group_cert)) != NULL ? GM_EXIT_OK : GM_EXIT_ERROR;
+    if (c->server == NULL || c->group == NULL) {
+        if (!may_fetch)
+            return GM_EXIT_OK; /* optional */
+        gm_err("give --group-cert FILE, or --server URL and --group G");
+        return GM_EXIT_USAGE;
+    }
+    pr = gm_pin_load(c, &chain);
+    if (pr == 0) {
+        *out = sk_X509_shift(chain);
+        sk_X509_pop_free(chain, X509_free);
+        return GM_EXIT_OK;
+    }
+    if (pr == -2)
+        return GM_EXIT_ERROR;
+    if (!may_fetch)
+        return GM_EXIT_OK;
+    return fetch_and_pin(c, r, out);
+}
+
+static int cmd_fetch_cert(gm_config *c)
+{
+    gs_rest *r = NULL;
+    X509 *leaf = NULL;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    char hex[65], *p = NULL;
+    int rc = fetch_and_pin(c, &r, &leaf);
+
+    if (rc != GM_EXIT_OK)
+        goto out;
+    if (c->out != NULL) {
+        BIO *b = BIO_new(BIO_s_mem());
+        char *data;
+        long n;
+        if (b == NULL || !PEM_write_bio_X509(b, leaf) || (n = BIO_get_mem_data(b, &data)) <= 0 ||
+            util_write_file_atomic(c->out, data, (size_t)n, 0644) != UTIL_OK) {
+            gm_err("cannot write %s", c->out);
+            rc = GM_EXIT_ERROR;
+        }
+        BIO_free(b);
+        if (rc != GM_EXIT_OK)
+            goto out;
+    }
+    X509_digest(leaf, EVP_sha256(), md, &mdlen);
+    util_hex(md, 32, hex);
+    p = gm_pin_path(c);
+    printf("pinned %s sha256=%s\n", p ? p : "", hex);
+out:
+    free(p);
+    X509_free(leaf);
+    gs_rest_free(r);
+    return rc;
+}
+
+/* ---- encrypt ----------------------------------------------------------------- */
+
+static int open_in(const gm_config *c, BIO **in)
+{
+    *in = c->in != NULL ? BIO_new_file(c->in, "rb") : BIO_new_fp(stdin, BIO_NOCLOSE);
+    if (*in == NULL) {
+        gm_err("cannot open %s", c->in ? c->in : "stdin");
+        return GM_EXIT_ERROR;
+    }
+    return GM_EXIT_OK;
+}
+
+/* Output through a temp file either way: --out is committed by rename,
+ * stdout gets a copy; both only after the whole operation succeeded. */
+typedef struct gm_out {
+    util_atomic_file *af;
+    FILE *tmp;
+    BIO *bio;
+} gm_out;
+
+static int out_open(const gm_config *c, gm_out *o, mode_t mode)
+{
+    memset(o, 0, sizeof(*o));
+    if (c->out != NULL) {
+        if (util_atomic_open(c->out, mode, &o->af) != UTIL_OK) {
+            gm_err("cannot create %s", c->out);
+            return GM_EXIT_ERROR;
+        }
+        o->bio = BIO_new_fp(util_atomic_fp(o->af), BIO_NOCLOSE);
+    } else {
+        if ((o->tmp = tmpfile()) == NULL) {
+            gm_err("cannot create a temporary file");
+            return GM_EXIT_ERROR;
+        }
+        o->bio = BIO_new_fp(o->tmp, BIO_NOCLOSE);
+    }
+    return o->bio != NULL ? GM_EXIT_OK : GM_EXIT_ERROR;
+}
+
+static void out_abort(gm_out *o)
+{
+    BIO_free(o->bio);
+    if (o->af != NULL)
+        util_atomic_abort(o->af);
+    if (o->tmp != NULL)
+        fclose(o->tmp); /* unlinked by tmpfile(): nothing left behind */
+    memset(o, 0, sizeof(*o));
+}
+
+static int out_commit(gm_out *o)
+{
+    int rc = GM_EXIT_OK;
+    char buf[65536];
+    size_t n;
+
+    if (BIO_flush(o->bio) != 1)
+        rc = GM_EXIT_ERROR;
+    BIO_free(o->bio);
+    o->bio = NULL;
+    if (o->af != NULL) {
+        if (rc == GM_EXIT_OK && util_atomic_commit(o->af) != UTIL_OK)
+            rc = GM_EXIT_ERROR;
+        else if (rc != GM_EXIT_OK)
+            util_atomic_abort(o->af);
+        o->af = NULL;
+    } else if (o->tmp != NULL) {
+        if (fflush(o->tmp) != 0 || fseek(o->tmp, 0, SEEK_SET) != 0)
+            rc = GM_EXIT_ERROR;
+        while (rc == GM_EXIT_OK && (n = fread(buf, 1, sizeof(buf), o->tmp)) > 0)
+            if (fwrite(buf, 1, n, stdout) != n)
+                rc = GM_EXIT_ERROR;
+        if (ferror(o->tmp) || fflush(stdout) != 0)
+            rc = GM_EXIT_ERROR;
+        OPENSSL_cleanse(buf, sizeof(buf));
+        fclose(o->tmp);
+        o->tmp = NULL;
+    }
+    if (rc != GM_EXIT_OK)
+        gm_err("cannot write the output");
+    return rc;
+}
+
+static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out)
+{
+    X509 *gc = NULL;
+    env_encrypt_opts eo = {0};
+    env_err e;
+    int rc;
+
+    if ((rc = group_cert_get(c, r, true, &gc)) != GM_EXIT_OK)
+        return rc;
+    eo.cipher = c->cbc ? ENV_CIPHER_AES256_CBC : ENV_CIPHER_AES256_GCM;
+    /* OAEP with SHA-1 (the CMS default parameters) unless asked: tokens
+     * such as SoftHSM 2.6 decrypt OAEP with SHA-1 only. */
+    eo.kt = (c->oaep != NULL && strcmp(c->oaep, "sha256") == 0) ? ENV_KT_RSA_OAEP_SHA256 : ENV_KT_RSA_OAEP_SHA1;
+    if (c->oaep != NULL && strcmp(c->oaep, "sha256") != 0 && strcmp(c->oaep, "sha1") != 0) {
+        gm_err("--oaep must be sha1 or sha256");
+        rc = GM_EXIT_USAGE;
+        goto out;
+    }
+    eo.out_format = ENV_FORMAT_SMIME;
+    if (c->format != NULL) {
+        if (strcmp(c->format, "pem") == 0)
+            eo.out_format = ENV_FORMAT_PEM;
+        else if (strcmp(c->format, "der") == 0)
+            eo.out_format = ENV_FORMAT_DER;
+        else if (strcmp(c->format, "smime") != 0) {
+            gm_err("--format must be smime, pem or der");
+            rc = GM_EXIT_USAGE;
+            goto out;
+        }
+    }
+    eo.input_is_mime = c->mime;
+    if ((e = env_encrypt(&eo, &gc, 1, in, out)) != ENV_OK) {
+        gm_err("encryption failed: %s", env_strerror(e));
+        rc = e == ENV_ERR_CERT ? GM_EXIT_ERROR : gm_env_exit(e);
+        if (rc == GM_EXIT_BAD_MESSAGE && c->mime)
+            gm_err("(with --mime the input must be an RFC 5322 message)");
+        goto out;
+    }
+    rc = GM_EXIT_OK;
+out:
+    X509_free(gc);
+    return rc;
+}
+
+static int cmd_encrypt(gm_config *c)
+{
+    gs_rest *r = NULL;
+    BIO *in = NULL;
+    gm_out o = {0};
+    int rc;
+
+    if ((rc = open_in(c, &in)) != GM_EXIT_OK)
+        goto out;
+    if ((rc = out_open(c, &o, 0644)) != GM_EXIT_OK)
+        goto out;
+    if ((rc = encrypt_to(c, &r, in, o.bio)) != GM_EXIT_OK)
+        goto out;
+    rc = out_commit(&o);
+out:
+    out_abort(&o);
+    BIO_free(in);
+    gs_rest_free(r);
+    return rc;
+}
+
+/* ---- send (SMTP via libcurl) --------------------------------------------------- */
+
+/* Copies src to dst with CRLF line ends, adding To/From if the header
+ * block lacks them. */
+static int smtp_prepare(FILE *src, FILE *dst, const char *to, const char *from)
+{
+    char line[8192];
+    bool in_headers = true, have_to = false, have_from = false, first = true;
+    FILE *hdr = tmpfile();
+
+    if (hdr == NULL)
+        return -1;
+    /* headers go to hdr first so To/From can be added before them */
+    while (fgets(line, sizeof(line), src) != NULL) {
+        size_t n = strlen(line);
+        bool eol = n > 0 && line[n - 1] == '\n';
+        if (eol) {
+            line[--n] = '\0';
+            if (n > 0 && line[n - 1] == '\r')
+                line[--n] = '\0';
+        }
+        if (in_headers && first && n == 0)
+            in_headers = false;
+        if (in_headers) {
+            if (n == 0) {
+                if (!have_to)
+                    fprintf(dst, "To: %s\r\n", to);
+                if (!have_from && from != NULL)
+                    fprintf(dst, "From: %s\r\n", from);
+                rewind(hdr);
+                int ch;
+                while ((ch = fgetc(hdr)) != EOF)
+                    fputc(ch, dst);
+                in_headers = false;
+                fputs("\r\n", dst);
+                first = false;
+                continue;
+            }
+            if (strncasecmp(line, "To:", 3) == 0)
+                have_to = true;
+            if (strncasecmp(line, "From:", 5) == 0)
+                have_from = true;
+            fprintf(hdr, "%s%s", line, eol ? "\r\n" : "");
+        } else {
+            fprintf(dst, "%s%s", line, eol ? "\r\n" : "");
+        }
+        first = false;
+    }
+    fclose(hdr);
+    return ferror(src) || ferror(dst) || in_headers ? -1 : 0;
+}
+
+static size_t smtp_read(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    return fread(buf, size, nitems, (FILE *)userdata);
+}
+
+static int cmd_send(gm_config *c)
+{
+    gs_rest *r = NULL;
+    BIO *in = NULL, *tb = NULL;
+    FILE *enc = NULL, *wire = NULL;
+    env_message *msg = NULL;
+    CURL *cu = NULL;
+    struct curl_slist *rcpts = NULL, *t;
+    char *tos = NULL, *save, errbuf[CURL_ERROR_SIZE] = "";
+    int rc = GM_EXIT_ERROR;
+    env_err e;
+
+    if (need(c->smtp, "--smtp smtp://HOST:PORT") || need(c->to, "--to LIST@DOMAIN"))
+        return GM_EXIT_USAGE;
+    if (strncasecmp(c->smtp, "smtp://", 7) != 0 && strncasecmp(c->smtp, "smtps://", 8) != 0) {
+        gm_err("--smtp must be smtp:// or smtps://");
+        return GM_EXIT_USAGE;
+    }
+    if ((rc = open_in(c, &in)) != GM_EXIT_OK)
+        goto out;
+    rc = GM_EXIT_ERROR;
+    if ((enc = tmpfile()) == NULL || (wire = tmpfile()) == NULL || (tb = BIO_new_fp(enc, BIO_NOCLOSE)) == NULL)
+        goto out;
+    if (c->encrypt_first) {
+        if ((rc = encrypt_to(c, &r, in, tb)) != GM_EXIT_OK)
+            goto out;
+    } else {
+        char buf[65536];
+        int n;
+        while ((n = BIO_read(in, buf, sizeof(buf))) > 0)
+            if (BIO_write(tb, buf, n) != n)
+                goto out;
+    }
+    if (BIO_flush(tb) != 1 || fseek(enc, 0, SEEK_SET) != 0)
+        goto out;
+    /* Never send plaintext by mistake: the message must be S/MIME enveloped. */
+    BIO_free(tb);
+    if ((tb = BIO_new_fp(enc, BIO_NOCLOSE)) == NULL)
+        goto out;
+    if ((e = env_message_read(tb, ENV_FORMAT_SMIME, 0, &msg)) != ENV_OK) {
+        gm_err("refusing to send: the input is not an S/MIME encrypted message (%s); use --encrypt",
+               env_strerror(e));
+        rc = GM_EXIT_BAD_MESSAGE;
+        goto out;
+    }
+    if (fseek(enc, 0, SEEK_SET) != 0 || smtp_prepare(enc, wire, c->to, c->from) != 0 || fflush(wire) != 0 ||
+        fseek(wire, 0, SEEK_SET) != 0) {
+        gm_err("cannot prepare the message for SMTP");
+        goto out;
+    }
+    if ((tos = strdup(c->to)) == NULL)
+        goto out;
+    for (char *a = tos; a != NULL; a = save) {
+        save = strchr(a, ',');
+        if (save != NULL)
+            *save++ = '\0';
+        while (*a == ' ')
+            a++;
+        if (*a == '\0')
+            continue;
+        if ((t = curl_slist_append(rcpts, a)) == NULL)
+            goto out;
+        rcpts = t;
+    }
+    if ((cu = curl_easy_init()) == NULL)
+        goto out;
+    curl_easy_setopt(cu, CURLOPT_URL, c->smtp);
+    curl_easy_setopt(cu, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+    curl_easy_setopt(cu, CURLOPT_MAIL_FROM, c->from != NULL ? c->from : "");
+    curl_easy_setopt(cu, CURLOPT_MAIL_RCPT, rcpts);
+    curl_easy_setopt(cu, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(cu, CURLOPT_READFUNCTION, smtp_read);
+    curl_easy_setopt(cu, CURLOPT_READDATA, wire);
+    curl_easy_setopt(cu, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT, c->timeout);
+    curl_easy_setopt(cu, CURLOPT_TIMEOUT, c->timeout * 4);
+    if (c->cacert != NULL)
+        curl_easy_setopt(cu, CURLOPT_CAINFO, c->cacert);
+    gm_progress(c, "sending to %s via %s", c->to, c->smtp);
+    CURLcode cc = curl_easy_perform(cu);
+    if (cc != CURLE_OK) {
+        gm_err("SMTP delivery failed: %s", errbuf[0] ? errbuf : curl_easy_strerror(cc));
+        rc = (cc == CURLE_COULDNT_CONNECT || cc == CURLE_OPERATION_TIMEDOUT || cc == CURLE_COULDNT_RESOLVE_HOST)
+                 ? GM_EXIT_UNREACHABLE
+                 : GM_EXIT_REFUSED;
+        goto out;
+    }
+    rc = GM_EXIT_OK;
+out:
+    if (cu != NULL)
+        curl_easy_cleanup(cu);
+    curl_slist_free_all(rcpts);
+    free(tos);
+    env_message_free(msg);
+    BIO_free(tb);
+    BIO_free(in);
+    if (enc != NULL)
+        fclose(enc);
+    if (wire != NULL)
+        fclose(wire);
+    gs_rest_free(r);
+    return rc;
+}
+
+/* ---- decrypt and unwrap --------------------------------------------------------- */
+
+enum via { VIA_TLS, VIA_RECIPIENT_KEY, VIA_MEMBERSHIP_CERT, VIA_GROUP_SECRET, VIA_LOCAL_KEY };
+
+static int parse_via(const char *s, enum via *v)
+{
+    static const char *names[] = {"tls", "recipient-key", "membership-cert", "group-secret", "local-key"};
+    for (size_t i = 0; s != NULL && i < GS_ARRAY_LEN(names); i++)
+        if (strcmp(s, names[i]) == 0) {
+            *v = (enum via)i;
+            return 0;
+        }
+    gm_err("--via must be tls, recipient-key, membership-cert, group-secret or local-key");
+    return -1;
+}
+
+/* The state of one decrypt/unwrap run. */
+typedef struct job {
+    gm_config *c;
+    gs_rest *r;
+    env_message *msg;
+    X509 *group_cert;
+    unsigned char *ri;  /* the group's RecipientInfo, DER */
+    size_t ri_len;
+} job;
+
+static void job_clear(job *j)
+{
+    gs_rest_free(j->r);
+    env_message_free(j->msg);
+    X509_free(j->group_cert);
+    free(j->ri);
+}
+
+/* Finds the group's RecipientInfo in the message (or reads --recipient-info). */
+static int job_group_ri(job *j)
+{
+    size_t idx = 0;
+    env_err e;
+    int rc;
+
+    if (j->ri != NULL)
+        return GM_EXIT_OK;
+    if (j->msg == NULL) {
+        gm_err("no message");
+        return GM_EXIT_USAGE;
+    }
+    if ((rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
+        return rc;
+    if ((e = env_message_find_recipient(j->msg, j->group_cert, &idx)) != ENV_OK) {
+        if (e == ENV_ERR_NO_RECIPIENT)
+            gm_err("the message is not encrypted to group %s", j->c->group ? j->c->group : "(--group-cert)");
+        else
+            gm_err("bad message: %s", env_strerror(e));
+        return gm_env_exit(e);
+    }
+    if ((e = env_message_recipient_der(j->msg, idx, &j->ri, &j->ri_len)) != ENV_OK) {
+        gm_err("bad message: %s", env_strerror(e));
+        return gm_env_exit(e);
+    }
+    return GM_EXIT_OK;
+}
+
+static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
+{
+    gs_unwrap_req req = {0};
+    gs_rest_err e;
+    int rc;
+
+    if ((rc = job_group_ri(j)) != GM_EXIT_OK)
+        return rc;
+    if (need(j->c->group, "--group G"))
+        return GM_EXIT_USAGE;
+    if ((rc = rest_lazy(j->c, &j->r)) != GM_EXIT_OK)
+        return rc;
+    req.recipient_info = j->ri;
+    req.recipient_info_len = j->ri_len;
+    req.deliver = d;
+    gm_progress(j->c, "asking %s to unwrap (deliver=%s)", j->c->server, gs_deliver_name(d));
+    if ((e = gs_rest_unwrap(j->r, j->c->group, &req, res)) != GS_REST_OK)
+        return gm_rest_fail(j->r, e, "unwrap");
+    return GM_EXIT_OK;
+}
+
+/* Membership certificate (method G): cached, else a fresh key pair and a
+ * certificate from the certificate server. */
+static int membership_cert(job *j, gm_mcert *mc)
+{
+    gm_config *c = j->c;
+    gs_group_info gi = {0};
+    char *csr = NULL, *cert = NULL;
+    size_t csrlen = 0, certlen = 0;
+    const char *url = c->certsrv;
+    gs_rest_err e;
+    int rc;
+
+    if (need(c->server, "--server URL") || need(c->group, "--group G"))
+        return GM_EXIT_USAGE;
+    if (gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0)
+        return GM_EXIT_OK;
+    if ((rc = rest_lazy(c, &j->r)) != GM_EXIT_OK)
+        return rc;
+    if (url == NULL) {
+        if ((e = gs_rest_group_info(j->r, c->group, &gi)) != GS_REST_OK)
+            return gm_rest_fail(j->r, e, "group info");
+        if (gi.certificate_server[0] == '\0') {
+            gm_err("group %s has no certificate server (give --certsrv URL)", c->group);
+            rc = GM_EXIT_REFUSED;
+            goto out;
+        }
+        url = gi.certificate_server;
+    }
+    rc = GM_EXIT_ERROR;
+    if (gm_mcert_new_key(mc, &csr, &csrlen) != 0)
+        goto out;
+    gm_progress(c, "requesting a membership certificate from %s", url);
+    if ((e = gs_rest_membership_certificate(j->r, url, c->group, csr, csrlen, &cert, &certlen)) != GS_REST_OK) {
+        rc = gm_rest_fail(j->r, e, "membership certificate");
+        goto out;
+    }
+    if (gm_mcert_accept(c, mc, cert, certlen) != 0) {
+        rc = GM_EXIT_UNREACHABLE;
+        goto out;
+    }
+    rc = GM_EXIT_OK;
+out:
+    if (rc != GM_EXIT_OK)
+        gm_mcert_clear(mc);
+    gs_group_info_clear(&gi);
+    free(csr);
+    free(cert);
+    return rc;
+}
+
+static int cmd_certify(gm_config *c)
+{
+    job j = {.c = c};
+    gm_mcert mc = {0};
+    char *p = NULL;
+    int rc = membership_cert(&j, &mc);
+    if (rc == GM_EXIT_OK) {
+        BIO *b = BIO_new_fp(stdout, BIO_NOCLOSE);
+        p = gm_mcert_path(c);
+        printf("%s expires ", p ? p : "");
+        fflush(stdout);
+        if (b != NULL) {
+            ASN1_TIME_print(b, X509_get0_notAfter(mc.cert));
+            BIO_free(b);
+        }
+        printf("\n");
+    }
+    free(p);
+    gm_mcert_clear(&mc);
+    job_clear(&j);
+    return rc;
+}
+
+static int keys_sync(gm_config *c, gs_rest **r, X509 *member_cert)
+{
+    gs_secret_keys keys = {0};
+    gs_rest_err e;
+    int rc;
+
+    if (need(c->server, "--server URL") || need(c->group, "--group G"))
+        return GM_EXIT_USAGE;
+    if ((rc = rest_lazy(c, r)) != GM_EXIT_OK)
+        return rc;
+    gm_progress(c, "fetching the secret keys of group %s", c->group);
+    if ((e = gs_rest_secret_keys(*r, c->group, &keys)) != GS_REST_OK)
+        return gm_rest_fail(*r, e, "secret keys");
+    rc = gm_secret_store_save(c, member_cert, &keys) == 0 ? GM_EXIT_OK : GM_EXIT_ERROR;
+    if (rc == GM_EXIT_OK)
+        gm_progress(c, "%zu secret key version(s) stored", keys.n);
+    gs_secret_keys_clear(&keys);
+    return rc;
+}
+
+static int cmd_keys(gm_config *c, const char *sub)
+{
+    gs_rest *r = NULL;
+    X509 *mcert = NULL;
+    int rc;
+
+    if (strcmp(sub, "sync") == 0) {
+        if (c->cert != NULL && (mcert = gm_read_cert_file(c->cert)) == NULL)
+            return GM_EXIT_ERROR;
+        rc = keys_sync(c, &r, mcert);
+        if (rc == GM_EXIT_OK)
+            printf("synced secret keys of %s\n", c->group);
+    } else {
+        gm_err("keys: only 'sync' is implemented");
+        rc = GM_EXIT_USAGE;
+    }
+    X509_free(mcert);
+    gs_rest_free(r);
+    return rc;
+}
+
+/* Content key from a KEKRI with the locally stored group secret key. */
+static int cek_from_kekri(job *j, gm_member *m, const env_recipient *kri, bool may_sync, unsigned char *cek,
+                          size_t *ceklen)
+{
+    const unsigned char *kid;
+    size_t kidlen, keklen = 0;
+    unsigned char kek[MAX_CEK];
+    gm_stored_secret ss = {0};
+    env_err e;
+    int rc;
+
+    if ((e = env_recipient_kek_id(kri, &kid, &kidlen)) != ENV_OK) {
+        gm_err("bad KEKRecipientInfo: %s", env_strerror(e));
+        return GM_EXIT_BAD_MESSAGE;
+    }
+    if (gm_secret_store_find(j->c, kid, kidlen, &ss) != 0) {
+        if (!may_sync) {
+            gm_err("no stored group secret key for this message (run groupmail keys sync)");
+            return GM_EXIT_BAD_MESSAGE;
+        }
+        if ((rc = keys_sync(j->c, &j->r, m->cert)) != GM_EXIT_OK)
+            return rc;
+        if (gm_secret_store_find(j->c, kid, kidlen, &ss) != 0) {
+            gm_err("the message needs a group secret key this member does not have");
+            return GM_EXIT_BAD_MESSAGE;
+        }
+    }
+    rc = GM_EXIT_ERROR;
+    if (gm_member_oaep_decrypt(m, ss.sha256, ss.wrapped_key, ss.wrapped_key_len, kek, sizeof(kek), &keklen) != 0)
+        goto out;
+    if ((e = env_recipient_decrypt_kekri(kri, kek, keklen, cek, MAX_CEK, ceklen)) != ENV_OK) {
+        gm_err("cannot unwrap the content key with secret key version %llu: %s", (unsigned long long)ss.version,
+               env_strerror(e));
+        rc = gm_env_exit(e);
+        goto out;
+    }
+    rc = GM_EXIT_OK;
+out:
+    OPENSSL_cleanse(kek, sizeof(kek));
+    gm_stored_secret_clear(&ss);
+    return rc;
+}
+
+/* The message's own KEKRI, if any. */
+static env_recipient *message_kekri(env_message *msg)
+{
+    for (size_t i = 0; msg != NULL && i < env_message_recipient_count(msg); i++) {
+        unsigned char *der = NULL;
+        size_t len = 0;
+        env_recipient *ri = NULL;
+        if (env_message_recipient_der(msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
+            env_recipient_type(ri) == ENV_RI_KEKRI) {
+            free(der);
+            return ri;
+        }
+        env_recipient_free(ri);
+        free(der);
+    }
+    return NULL;
+}
+
+/* Option C: the group private key on our own token (or in a file). */
+static int cek_local_key(job *j, unsigned char *cek, size_t *ceklen)
+{
+    gm_config *c = j->c;
+    hsm_ctx *hc = NULL;
+    hsm_key *hk = NULL;
+    env_recipient *ri = NULL;
+    env_kt_alg alg;
+    env_kari_params kp;
+    hsm_err he = HSM_OK;
+    env_err e;
+    int rc;
+
+    memset(&kp, 0, sizeof(kp));
+    if (need(c->group_key, "--group-key pkcs11:URI (or [hsm] group_key)"))
+        return GM_EXIT_USAGE;
+    if (strncmp(c->group_key, "pkcs11:", 7) != 0) {
+        gm_err("--group-key must be a pkcs11: URI for local-key (files: use openssl cms -decrypt)");
+        return GM_EXIT_USAGE;
+    }
+    /* The group's RI: by the group certificate if we have one, else the
+     * only key-transport/agreement RI of the message. */
+    if ((rc = group_cert_get(c, &j->r, false, &j->group_cert)) != GM_EXIT_OK)
+        return rc;
+    if (j->group_cert != NULL) {
+        if ((rc = job_group_ri(j)) != GM_EXIT_OK)
+            return rc;
+    } else if (env_message_recipient_count(j->msg) == 1) {
+        if ((e = env_message_recipient_der(j->msg, 0, &j->ri, &j->ri_len)) != ENV_OK)
+            return gm_env_exit(e);
+    } else {
+        gm_err("several recipients: give --group-cert (or --server/--group with a pinned certificate)");
+        return GM_EXIT_USAGE;
+    }
+    if ((e = env_recipient_parse(j->ri, j->ri_len, &ri)) != ENV_OK) {
+        gm_err("bad RecipientInfo: %s", env_strerror(e));
+        return gm_env_exit(e);
+    }
+    if (gm_hsm_open_for(c, c->group_key, &hc, &hk) != 0) {
+        rc = GM_EXIT_ERROR;
+        goto out;
+    }
+    rc = GM_EXIT_BAD_MESSAGE;
+    if (env_recipient_type(ri) == ENV_RI_KTRI) {
+        const unsigned char *ek;
+        size_t eklen;
+        if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK || (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK)
+            goto out;
+        if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256) {
+            gm_err("local-key decrypts RSA-OAEP key transport only");
+            goto out;
+        }
+        hsm_unwrap_input hi = {.group_key = hk,
+                               .alg = alg == ENV_KT_RSA_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1,
+                               .encrypted_key = ek,
+                               .encrypted_key_len = eklen};
+        he = hsm_decrypt_content_key(hc, &hi, cek, MAX_CEK, ceklen);
+    } else if (env_recipient_type(ri) == ENV_RI_KARI) {
+        if ((e = env_recipient_kari_params(ri, j->group_cert, &kp)) != ENV_OK)
+            goto out;
+        hsm_ecdh_input ei = {.group_key = hk,
+                             .peer_point = kp.peer_point,
+                             .peer_point_len = kp.peer_point_len,
+                             .kdf_hash = kp.kdf_sha256 ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1,
+                             .shared_info = kp.shared_info,
+                             .shared_info_len = kp.shared_info_len,
+                             .kek_len = kp.kek_len,
+                             .wrapped_key = kp.wrapped_key,
+                             .wrapped_key_len = kp.wrapped_key_len};
+        he = hsm_ecdh_decrypt_content_key(hc, &ei, cek, MAX_CEK, ceklen);
+    } else {
+        gm_err("the group's RecipientInfo is neither key transport nor key agreement");
+        goto out;
+    }
+    if (he != HSM_OK) {
+        gm_err("token could not decrypt the content key: %s %s", hsm_strerror(he), hsm_last_error_detail());
+        rc = he == HSM_ERR_DECRYPT ? GM_EXIT_BAD_MESSAGE : GM_EXIT_ERROR;
+        goto out;
+    }
+    rc = GM_EXIT_OK;
+out:
+    env_kari_params_clear(&kp);
+    env_recipient_free(ri);
+    hsm_key_free(hk);
+    hsm_close(hc);
+    return rc;
+}
+
+/* Gets the content key by the chosen method. For unwrap_only (the unwrap
+ * command) the server's answer is printed instead, and cek stays empty. */
+static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, size_t *ceklen)
+{
+    gm_config *c = j->c;
+    gm_member m = {0};
+    gm_mcert mc = {0};
+    gs_unwrap_result res = {0};
+    env_recipient *ri = NULL;
+    gs_rest *mr = NULL;
+    env_err e;
+    int rc = GM_EXIT_ERROR;
+
+    *ceklen = 0;
+    switch (v) {
+    case VIA_TLS:
+        if ((rc = job_unwrap(j, GS_DELIVER_TLS, &res)) != GM_EXIT_OK)
+            goto out;
+        if (res.key_len > MAX_CEK) {
+            rc = GM_EXIT_UNREACHABLE;
+            goto out;
+        }
+        memcpy(cek, res.key, res.key_len);
+        *ceklen = res.key_len;
+        break;
+    case VIA_RECIPIENT_KEY:
+        if (!unwrap_only && gm_member_load(c, &m) != 0) {
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
+        if ((rc = job_unwrap(j, GS_DELIVER_RECIPIENT_KEY, &res)) != GM_EXIT_OK || unwrap_only)
+            goto out;
+        if ((e = env_recipient_parse(res.recipient_info, res.recipient_info_len, &ri)) != ENV_OK) {
+            gm_err("the server answered a malformed RecipientInfo");
+            rc = GM_EXIT_UNREACHABLE;
+            goto out;
+        }
+        rc = gm_member_decrypt_ri(&m, ri, cek, MAX_CEK, ceklen) == 0 ? GM_EXIT_OK : GM_EXIT_ERROR;
+        break;
+    case VIA_MEMBERSHIP_CERT: {
+        gs_rest_opts o = {0};
+        gs_unwrap_req req = {0};
+        gs_rest_err re;
+        if ((rc = membership_cert(j, &mc)) != GM_EXIT_OK || (rc = job_group_ri(j)) != GM_EXIT_OK)
+            goto out;
+        /* A new connection that shows only the membership certificate. */
+        o.base_url = c->server;
+        o.ca_file = c->cacert;
+        o.pinned_pubkey = c->pin;
+        o.timeout_ms = c->timeout * 1000;
+        o.cert_pem = mc.cert_pem;
+        o.cert_pem_len = mc.cert_pem_len;
+        o.key_pem = mc.key_pem;
+        o.key_pem_len = mc.key_pem_len;
+        if ((re = gs_rest_new(&o, &mr)) != GS_REST_OK) {
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
+        req.recipient_info = j->ri;
+        req.recipient_info_len = j->ri_len;
+        req.deliver = GS_DELIVER_RECIPIENT_KEY;
+        gm_progress(c, "unwrapping with the membership certificate");
+        if ((re = gs_rest_unwrap(mr, c->group, &req, &res)) != GS_REST_OK) {
+            rc = gm_rest_fail(mr, re, "unwrap");
+            goto out;
+        }
+        if (unwrap_only)
+            break;
+        if ((e = env_recipient_parse(res.recipient_info, res.recipient_info_len, &ri)) != ENV_OK ||
+            (e = env_recipient_decrypt_with_pkey(ri, mc.cert, mc.pkey, cek, MAX_CEK, ceklen)) != ENV_OK) {
+            gm_err("cannot decrypt the re-wrapped key: %s", env_strerror(e));
+            rc = GM_EXIT_UNREACHABLE;
+            goto out;
+        }
+        break;
+    }
+    case VIA_GROUP_SECRET: {
+        env_recipient *kri = unwrap_only ? NULL : message_kekri(j->msg);
+        if (!unwrap_only && gm_member_load(c, &m) != 0) {
+            env_recipient_free(kri);
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
+        if (kri == NULL) {
+            /* Only the group KTRI: have the server re-wrap it under the secret key. */
+            if ((rc = job_unwrap(j, GS_DELIVER_GROUP_SECRET, &res)) != GM_EXIT_OK || unwrap_only)
+                goto out;
+            if (env_recipient_parse(res.recipient_info, res.recipient_info_len, &kri) != ENV_OK ||
+                env_recipient_type(kri) != ENV_RI_KEKRI) {
+                env_recipient_free(kri);
+                gm_err("the server answered a malformed KEKRecipientInfo");
+                rc = GM_EXIT_UNREACHABLE;
+                goto out;
+            }
+        }
+        rc = cek_from_kekri(j, &m, kri, c->server != NULL && c->group != NULL, cek, ceklen);
+        env_recipient_free(kri);
+        break;
+    }
+    case VIA_LOCAL_KEY:
+        rc = cek_local_key(j, cek, ceklen);
+        break;
+    }
+    if (rc == GM_EXIT_OK && unwrap_only) {
+        /* the unwrap command: print what the server delivered */
+        char *b64 = NULL;
+        if (v == VIA_TLS) {
+            char hex[2 * MAX_CEK + 1];
+            util_hex(res.key, res.key_len, hex);
+            printf("%s\n", hex);
+            OPENSSL_cleanse(hex, sizeof(hex));
+        } else if (util_b64_encode(res.recipient_info, res.recipient_info_len, &b64) == UTIL_OK) {
+            printf("%s\n", b64);
+        } else {
+            rc = GM_EXIT_ERROR;
+        }
+        free(b64);
+        if (fflush(stdout) != 0)
+            rc = GM_EXIT_ERROR;
+    }
+out:
+    env_recipient_free(ri);
+    gs_unwrap_result_clear(&res);
+    gs_rest_free(mr);
+    gm_mcert_clear(&mc);
+    gm_member_clear(&m);
+    return rc;
+}
+
+static int read_message(job *j)
+{
+    BIO *in = NULL;
+    env_err e;
+    int rc = open_in(j->c, &in);
+    if (rc != GM_EXIT_OK)
+        return rc;
+    if ((e = env_message_read(in, ENV_FORMAT_AUTO, 0, &j->msg)) != ENV_OK) {
+        gm_err("not an encrypted S/MIME or CMS message: %s", env_strerror(e));
+        rc = gm_env_exit(e) == GM_EXIT_ERROR && e != ENV_ERR_IO ? GM_EXIT_BAD_MESSAGE : gm_env_exit(e);
+    }
+    BIO_free(in);
+    return rc;
+}
+
+static int cmd_decrypt(gm_config *c)
+{
+    job j = {.c = c};
+    enum via v;
+    unsigned char cek[MAX_CEK];
+    size_t ceklen = 0;
+    gm_out o = {0};
+    env_err e;
+    int rc;
+
+    if (parse_via(c->via != NULL ? c->via : "tls", &v) != 0)
+        return GM_EXIT_USAGE;
+    if ((rc = read_message(&j)) != GM_EXIT_OK)
+        goto out;
+    if ((rc = get_cek(&j, v, false, cek, &ceklen)) != GM_EXIT_OK)
+        goto out;
+    if ((rc = out_open(c, &o, 0600)) != GM_EXIT_OK)
+        goto out;
+    if ((e = env_message_decrypt(j.msg, cek, ceklen, o.bio)) != ENV_OK) {
+        gm_err(e == ENV_ERR_AUTH ? "decryption failed: the message was altered (or the key is wrong)"
+                                 : "decryption failed: %s",
+               env_strerror(e));
+        rc = gm_env_exit(e);
+        goto out;
+    }
+    rc = out_commit(&o);
+out:
+    out_abort(&o);
+    OPENSSL_cleanse(cek, sizeof(cek));
+    job_clear(&j);
+    return rc;
+}
+
+static int cmd_unwrap(gm_config *c)
+{
+    job j = {.c = c};
+    enum via v;
+    unsigned char cek[MAX_CEK];
+    size_t ceklen = 0;
+    int rc;
+
+    if (parse_via(c->via != NULL ? c->via : "tls", &v) != 0)
+        return GM_EXIT_USAGE;
+    if (v == VIA_LOCAL_KEY) {
+        gm_err("unwrap asks the server: --via local-key is for decrypt");
+        return GM_EXIT_USAGE;
+    }
+    if (c->recipient_info != NULL) {
+        /* a RecipientInfo given directly: DER, or base64 text */
+        unsigned char *buf = NULL;
+        size_t len = 0;
+        if (util_read_file(c->recipient_info, 256 * 1024, &buf, &len) != UTIL_OK) {
+            gm_err("cannot read %s", c->recipient_info);
+            return GM_EXIT_ERROR;
+        }
+        if (len > 0 && buf[0] == 0x30) {
+            j.ri = buf;
+            j.ri_len = len;
+        } else {
+            while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+                len--;
+            rc = util_b64_decode((char *)buf, len, 256 * 1024, &j.ri, &j.ri_len);
+            free(buf);
+            if (rc != UTIL_OK) {
+                gm_err("%s: neither DER nor base64", c->recipient_info);
+                return GM_EXIT_BAD_MESSAGE;
+            }
+        }
+    } else if ((rc = read_message(&j)) != GM_EXIT_OK) {
+        goto out;
+    }
+    rc = get_cek(&j, v, true, cek, &ceklen);
+out:
+    OPENSSL_cleanse(cek, sizeof(cek));
+    job_clear(&j);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    gm_config c;
+    const char *cmd;
+    int rc, shift = 1;
+    FILE *devnull = NULL;
+
+    memset(&c, 0, sizeof(c));
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? GM_EXIT_USAGE : GM_EXIT_OK;
+    }
+    cmd = argv[1];
+    if (strcmp(cmd, "keys") == 0) {
+        if (argc < 3) {
+            usage(stderr);
+            return GM_EXIT_USAGE;
+        }
+        shift = 2;
+    }
+    if ((rc = parse_options(argc - shift, argv + shift, &c)) != GM_EXIT_OK)
+        goto out;
+    /* Library diagnostics only with -v: the user gets one line from us. */
+    if (c.verbose)
+        log_init("groupmail", LOG_LVL_DEBUG, stderr);
+    else if ((devnull = fopen("/dev/null", "w")) != NULL)
+        log_init("groupmail", LOG_LVL_ERROR, devnull);
+    if (strcmp(cmd, "fetch-cert") == 0)
+        rc = cmd_fetch_cert(&c);
+    else if (strcmp(cmd, "encrypt") == 0)
+        rc = cmd_encrypt(&c);
+    else if (strcmp(cmd, "send") == 0)
+        rc = cmd_send(&c);
+    else if (strcmp(cmd, "decrypt") == 0)
+        rc = cmd_decrypt(&c);
+    else if (strcmp(cmd, "unwrap") == 0)
+        rc = cmd_unwrap(&c);
+    else if (strcmp(cmd, "certify") == 0)
+        rc = cmd_certify(&c);
+    else if (strcmp(cmd, "keys") == 0)
+        rc = cmd_keys(&c, argv[2]);
+    else {
+        gm_err("unknown command '%s'", cmd);
+        usage(stderr);
+        rc = GM_EXIT_USAGE;
+    }
+out:
+    gm_config_clear(&c);
+    if (devnull != NULL)
+        fclose(devnull);
+    return rc;
+}
