@@ -57,6 +57,13 @@ p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"
 grep -q "gs:secret:v15" "$T/objs" && fail "secret key for a group without group-secret"
 
+# an EC group: derive only, keyAgreement certificate
+expect_rc 0 "$G" -c "$CONF" group create ecg --address ecg@example.org --key ec:p256 --methods recipient-key
+"$G" -c "$CONF" group show ecg --cert | openssl x509 -noout -text | grep -q "Key Agreement" || fail "EC group keyUsage"
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:ecg:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "derive$" || fail "EC key usage"
+p11 --list-objects > "$T/objs" 2>/dev/null
+
 # --- bad group input changes nothing
 before=$(db_sum)
 expect_rc 3 "$G" -c "$CONF" group create eng --address eng@example.org --key rsa:2048
