@@ -374,8 +374,10 @@ static int hsm_err_unavailable(hsm_err err)
 
 static json_t *hsm_item_fail(struct item_err *e, hsm_err err, const char *op)
 {
-    if (hsm_failure_is_decrypt(err))
+    if (hsm_failure_is_decrypt(err)) {
+        log_info("unwrap failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
         return item_fail(e, 400, "unwrap_failed", "the key could not be unwrapped");
+    }
     metrics_token_error();
     log_error("token operation failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
     if (err == HSM_ERR_MECHANISM)
@@ -385,6 +387,40 @@ static json_t *hsm_item_fail(struct item_err *e, hsm_err err, const char *op)
     if (hsm_err_unavailable(err))
         return item_fail(e, 503, "token_unavailable", "the key token is not reachable; try again later");
     return item_fail(e, 500, "internal", "token operation failed");
+}
+
+/* Re-wrapping unwraps into a token AES key object, which needs the content
+ * key length. A RecipientInfo does not say it: unless the caller gave
+ * "key_length", try AES-256 (our and openssl's default), then 128, then
+ * 192. Each try fails the same way for any bad input, so nothing about the
+ * padding is revealed. SoftHSM 2.6 wraps out only with OAEP SHA-1. */
+static const size_t cek_tries[] = {32, 16, 24};
+
+static hsm_err rewrap_public(hsm_ctx *h, hsm_unwrap_input *in, const unsigned char *const *spki,
+                             const size_t *spki_len, size_t n, unsigned char **outs, size_t *lens)
+{
+    hsm_err he = HSM_ERR_DECRYPT;
+
+    if (in->expected_len != 0)
+        return hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
+    for (size_t i = 0; i < GS_ARRAY_LEN(cek_tries) && he == HSM_ERR_DECRYPT; i++) {
+        in->expected_len = cek_tries[i];
+        he = hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
+    }
+    return he;
+}
+
+static hsm_err rewrap_secret(hsm_ctx *h, hsm_unwrap_input *in, hsm_key *kek, unsigned char **out, size_t *outlen)
+{
+    hsm_err he = HSM_ERR_DECRYPT;
+
+    if (in->expected_len != 0)
+        return hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
+    for (size_t i = 0; i < GS_ARRAY_LEN(cek_tries) && he == HSM_ERR_DECRYPT; i++) {
+        in->expected_len = cek_tries[i];
+        he = hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
+    }
+    return he;
 }
 
 /* Token work for one item; returns the answer object or NULL with e set. */
@@ -458,7 +494,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         sp[0] = spki;
         sl[0] = spki_len;
         /* SoftHSM 2.6 wraps only with OAEP SHA-1: the CMS default parameters. */
-        he = hsm_rewrap_to_public_keys(r->srv->hsm, &in, HSM_OAEP_SHA1, sp, sl, 1, &wrapped, &wrapped_len);
+        he = rewrap_public(r->srv->hsm, &in, sp, sl, 1, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
             res = hsm_item_fail(e, he, "rewrap");
@@ -481,7 +517,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
             res = item_fail(e, 403, "method_not_allowed", "the group has no secret key");
             goto out;
         }
-        he = hsm_rewrap_to_secret_key(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
+        he = rewrap_secret(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
             res = hsm_item_fail(e, he, "rewrap-secret");
@@ -815,8 +851,8 @@ static void h_rewrap(struct srv_req *r, const char *group)
         if (n > 0) {
             double t0 = srv_now();
             /* One unwrap inside the token for all members. */
-            hsm_err he = hsm_rewrap_to_public_keys(r->srv->hsm, &in, HSM_OAEP_SHA1,
-                                                   (const unsigned char *const *)spki, spki_len, n, outs, out_lens);
+            hsm_err he = rewrap_public(r->srv->hsm, &in, (const unsigned char *const *)spki, spki_len, n, outs,
+                                       out_lens);
             metrics_unwrap_latency(srv_now() - t0);
             if (he != HSM_OK) {
                 json_decref(res);

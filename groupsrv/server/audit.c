@@ -241,6 +241,15 @@ audit_err audit_append(audit_log *log, const audit_record *rec)
     }
     line[len] = '\n'; /* json_dumps's NUL becomes the newline; we track len */
     rc = AUDIT_ERR_IO;
+    /* Records must land in the configured file: if it was deleted or
+     * moved away, writing to the orphaned inode would lose them. */
+    struct stat fst, pst;
+    if (fstat(log->fd, &fst) != 0 || stat(log->path, &pst) != 0 || fst.st_ino != pst.st_ino ||
+        fst.st_dev != pst.st_dev) {
+        log->failed = 1;
+        log_error("audit log is no longer at its path path=%s", log->path);
+        goto out;
+    }
     if (write_all(log->fd, line, len + 1) != 0 || fdatasync(log->fd) != 0) {
         log->failed = 1;
         log_error("audit append failed path=%s errno=%d", log->path, errno);

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# server-e2e.sh BIN SRC: every endpoint and delivery method of `groupsrv serve`
+# against a SoftHSM token, with curl; content keys checked against a message
+# made by `openssl cms`.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+start_server
+
+# ---- discovery, certificate, health ----
+expect_status 200 "" "healthz" -- anon "$base/healthz"
+expect_status 200 "" "discovery without a client certificate" -- anon "$base/v1/groups/eng"
+[ "$(json_get "$work/body" name)" = eng ] || fail "discovery name"
+[ "$(json_get "$work/body" address)" = eng@example.org ] || fail "discovery address"
+[ "$(json_get "$work/body" certificate_server)" = "https://127.0.0.1:$cport" ] || fail "discovery certificate_server"
+grep -q '"key_versions":\[1\]' "$work/body" || fail "discovery key_versions: $(cat "$work/body")"
+grep -q '"recipient-key"' "$work/body" || fail "discovery methods"
+expect_status 404 not_found "unknown group" -- anon "$base/v1/groups/nope"
+expect_status 200 "" "group certificate" -- anon "$base/v1/groups/eng/certificate"
+openssl x509 -in "$work/body" -noout -ext subjectAltName | grep -q eng@example.org || fail "certificate chain PEM"
+expect_status 405 method_not_allowed "wrong method" -- anon -X DELETE "$base/v1/groups/eng"
+
+# ---- method F: deliver=tls ----
+printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+expect_status 200 "" "unwrap tls (F)" -- c alice -H 'Content-Type: application/json' --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+[ "$(json_get "$work/body" key_version)" = 1 ] || fail "key_version"
+check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
+ok "F key decrypts the openssl cms message"
+
+# bare encrypted key + algorithm, default deliver
+cms ek "$work/ri.der" "$work/ek.bin"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/ek.bin")" > "$work/req-bare.json"
+expect_status 200 "" "unwrap bare encrypted_key" -- c alice --data-binary @"$work/req-bare.json" "$base/v1/groups/eng/unwrap"
+check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
+
+# ---- method E: deliver=recipient-key ----
+printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri.der")" > "$work/req-rk.json"
+expect_status 200 "" "unwrap recipient-key (E)" -- c alice --data-binary @"$work/req-rk.json" "$base/v1/groups/eng/unwrap"
+b64d "$(json_get "$work/body" recipient_info)" > "$work/ri-alice.der"
+check_ktri "$work/ri-alice.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
+ok "E KTRI decrypts with openssl cms -decrypt"
+
+# ---- group-secret ----
+printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/req-gs.json"
+expect_status 200 "" "unwrap group-secret" -- c alice --data-binary @"$work/req-gs.json" "$base/v1/groups/eng/unwrap"
+b64d "$(json_get "$work/body" recipient_info)" > "$work/ri-kek.der"
+kekid=$(b64d "$(json_get "$work/body" kek_id)" | od -An -tx1 | tr -d ' \n')
+sv=$(json_get "$work/body" secret_version)
+expect_status 200 "" "secret-keys" -- c alice "$base/v1/groups/eng/secret-keys"
+[ "$(json_get "$work/body" keys 0 version)" = "$sv" ] || fail "secret version"
+[ "$(b64d "$(json_get "$work/body" keys 0 kek_id)" | od -An -tx1 | tr -d ' \n')" = "$kekid" ] || fail "kek_id"
+b64d "$(json_get "$work/body" keys 0 wrapped_key)" > "$work/wsk.bin"
+openssl pkeyutl -decrypt -inkey "$certs/alice@example.org.key" -pkeyopt rsa_padding_mode:oaep -in "$work/wsk.bin" \
+  -out "$work/sk.bin" || fail "secret key unwrap with alice's key"
+sk=$(od -An -tx1 "$work/sk.bin" | tr -d ' \n')
+cms swap "$work/msg.der" "$work/ri-kek.der" "$work/kek.der"
+openssl cms -decrypt -inform DER -in "$work/kek.der" -secretkey "$sk" -secretkeyid "$kekid" -out "$work/dec.txt" 2>"$work/cms.err" ||
+  fail "openssl cms -secretkey: $(cat "$work/cms.err")"
+cmp -s "$work/dec.txt" "$work/msg.txt" || fail "group-secret text differs"
+ok "group-secret KEKRI decrypts with openssl cms -secretkey"
+
+# ---- method G: membership certificate ----
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=whoever" -keyout "$work/g.key" -out "$work/g.csr" 2>/dev/null
+expect_status 200 "" "certsrv issues a membership certificate" -- c bob -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+cp "$work/body" "$work/g.pem"
+openssl x509 -in "$work/g.pem" -noout -subject -ext subjectAltName > "$work/g.txt"
+grep -q 'urn:groupsrv:group:eng' "$work/g.txt" || fail "membership cert names the group"
+grep -qi 'bob\|email' "$work/g.txt" && fail "membership cert carries an identity"
+printf '{"csr":%s}' "$(/usr/bin/python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/g.csr")" > "$work/csr.json"
+expect_status 200 "" "certsrv accepts a JSON CSR" -- c bob -H 'Content-Type: application/json' \
+  --data-binary @"$work/csr.json" "$cbase/v1/groups/eng/membership-certificates"
+expect_status 403 not_a_member "certsrv refuses a non-member" -- c carol -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+expect_status 401 no_client_certificate "certsrv refuses without a certificate" -- anon --data-binary @"$work/g.csr" \
+  "$cbase/v1/groups/eng/membership-certificates"
+gcurl() { curl -sS --cacert "$certs/tca.pem" --cert "$work/g.pem" --key "$work/g.key" "$@"; }
+expect_status 200 "" "unwrap with a membership certificate (G)" -- gcurl --data-binary @"$work/req-rk.json" "$base/v1/groups/eng/unwrap"
+b64d "$(json_get "$work/body" recipient_info)" > "$work/ri-g.der"
+check_ktri "$work/ri-g.der" "$work/g.pem" "$work/g.key"
+ok "G KTRI decrypts with openssl cms -decrypt"
+expect_status 403 not_a_member "membership certificate refused for deliver=tls" -- gcurl --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+expect_status 403 not_a_member "membership certificate refused for secret-keys" -- gcurl "$base/v1/groups/eng/secret-keys"
+tail -n 20 "$work/audit.jsonl" | grep '"action":"certify"' | grep -q 'bob@example.org' || fail "certsrv audit names the member"
+grep '"action":"certify"' "$work/audit.jsonl" | grep -qi 'serial\|fingerprint' && fail "certsrv audit links the certificate"
+grep '"identity":"anonymous member"' "$work/audit.jsonl" | grep -q '"action":"unwrap"' || fail "anonymous unwrap audited"
+ok "audit: who got a certificate, not which; unwrap as anonymous member"
+
+# ---- unwrap-batch ----
+garbage=$(head -c 256 /dev/urandom | base64 -w0)
+printf '{"items":[{"recipient_info":"%s"},{"encrypted_key":"%s","algorithm":"RSA-OAEP"},{"recipient_info":"%s","deliver":"recipient-key"}]}' \
+  "$(b64 "$work/ri.der")" "$garbage" "$(b64 "$work/ri.der")" > "$work/batch.json"
+expect_status 200 "" "unwrap-batch" -- c alice --data-binary @"$work/batch.json" "$base/v1/groups/eng/unwrap-batch"
+check_cek "$(b64d "$(json_get "$work/body" results 0 key)" | od -An -tx1 | tr -d ' \n')"
+[ "$(json_get "$work/body" results 1 error code)" = unwrap_failed ] || fail "batch item 1 should fail uniformly"
+b64d "$(json_get "$work/body" results 2 recipient_info)" > "$work/ri-b.der"
+check_ktri "$work/ri-b.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
+/usr/bin/python3 -c 'import json,sys; print(json.dumps({"items":[{"encrypted_key":"AAAA","algorithm":"RSA-OAEP"}]*11}))' > "$work/batch11.json"
+expect_status 413 too_many_items "unwrap-batch over the item cap" -- c alice --data-binary @"$work/batch11.json" "$base/v1/groups/eng/unwrap-batch"
+
+# ---- rewrap (exploder) ----
+printf '{"recipient_info":"%s","to":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/rw-gs.json"
+expect_status 200 "" "rewrap to group-secret" -- c dle --data-binary @"$work/rw-gs.json" "$base/v1/groups/eng/rewrap"
+b64d "$(json_get "$work/body" recipient_info)" > "$work/rw-kek.der"
+cms swap "$work/msg.der" "$work/rw-kek.der" "$work/kek2.der"
+openssl cms -decrypt -inform DER -in "$work/kek2.der" -secretkey "$sk" -secretkeyid "$kekid" -out "$work/dec.txt" 2>/dev/null ||
+  fail "rewrap KEKRI does not decrypt"
+cmp -s "$work/dec.txt" "$work/msg.txt" || fail "rewrap text differs"
+printf '{"recipient_info":"%s","to":"members"}' "$(b64 "$work/ri.der")" > "$work/rw-m.json"
+expect_status 200 "" "rewrap to members" -- c dle --data-binary @"$work/rw-m.json" "$base/v1/groups/eng/rewrap"
+n=$(/usr/bin/python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["recipient_infos"]))' "$work/body")
+# readers with certificates: alice bob dave erin fuzz mallory rl admin (not dle, not carol)
+[ "$n" = 8 ] || fail "rewrap to members: $n RecipientInfos, wanted 8"
+found=0
+for i in $(seq 0 $((n - 1))); do
+  b64d "$(json_get "$work/body" recipient_infos "$i")" > "$work/rm.der"
+  cms swap "$work/msg.der" "$work/rm.der" "$work/rm-msg.der"
+  if openssl cms -decrypt -inform DER -in "$work/rm-msg.der" -recip "$certs/erin@example.org.pem" \
+       -inkey "$certs/erin@example.org.key" -out "$work/dec.txt" 2>/dev/null && cmp -s "$work/dec.txt" "$work/msg.txt"; then
+    found=1
+  fi
+done
+[ "$found" = 1 ] || fail "no member KTRI decrypts for erin"
+ok "rewrap to members: erin's KTRI decrypts with openssl cms"
+expect_status 403 forbidden "rewrap refused for a plain member" -- c alice --data-binary @"$work/rw-m.json" "$base/v1/groups/eng/rewrap"
+expect_status 403 forbidden "exploder may not unwrap" -- c dle --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+
+# ---- admin ----
+expect_status 200 "" "admin lists members" -- c admin "$base/v1/groups/eng/members"
+grep -q '"email":"alice@example.org"' "$work/body" || fail "member list"
+expect_status 403 forbidden "member list refused for a member" -- c alice "$base/v1/groups/eng/members"
+expect_status 201 "" "admin adds a member" -- c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/frank@example.org"
+expect_status 200 "" "admin reads a member" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/groups/eng/members/frank@example.org"
+expect_status 404 not_found "removed member is gone" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
+expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
+expect_status 403 forbidden "group creation refused for a member" -- c alice --data-binary '{"name":"ops2","address":"ops2@example.org"}' "$base/v1/groups"
+
+# ---- metrics ----
+expect_status 200 "" "metrics for an admin" -- c admin "$base/metrics"
+grep -q 'groupsrv_requests_total{endpoint="unwrap",status="200"}' "$work/body" || fail "metrics requests"
+grep -q 'groupsrv_unwrap_duration_seconds_bucket{le="+Inf"}' "$work/body" || fail "metrics histogram"
+grep -q 'groupsrv_token_errors_total' "$work/body" || fail "metrics token errors"
+grep -q 'groupsrv_token_sessions_in_use' "$work/body" || fail "metrics sessions"
+expect_status 403 forbidden "metrics refused for a member" -- c alice "$base/metrics"
+
+# ---- audit chain ----
+"$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit verify on a good log"
+lines=$(wc -l < "$work/audit.jsonl")
+[ "$lines" -gt 10 ] || fail "audit has $lines lines"
+ok "audit verify passes ($lines lines)"
+
+# ---- graceful stop ----
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "server exit status after SIGTERM"
+srv_pid=
+ok "SIGTERM: clean exit"

@@ -1,0 +1,151 @@
+# server-lib.sh: shared set-up for the groupsrv server integration tests.
+# Sourced by server-*.sh with BIN (build/bin) and SRC (source dir) set.
+# Makes a throw-away SoftHSM token, a local CA, group "eng" with members,
+# a server certificate from a file-based test CA, and starts `groupsrv serve`
+# on free loopback ports. Everything lives under $work and is removed by
+# the EXIT trap (the server is stopped first).
+
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/server.XXXXXX")
+srv_pid=
+cleanup() {
+  if [ -n "$srv_pid" ] && kill -0 "$srv_pid" 2>/dev/null; then
+    kill -TERM "$srv_pid" 2>/dev/null || true
+    wait "$srv_pid" 2>/dev/null || true
+  fi
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; [ -f "$work/server.log" ] && tail -n 30 "$work/server.log" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+export SOFTHSM2_CONF=$work/token/softhsm2.conf
+module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+port=$(free_port)
+cport=$(free_port)
+while [ "$cport" = "$port" ]; do cport=$(free_port); done
+certs=$work/certs
+mkdir -p "$certs"
+
+# File-based test CA: the server certificate, plus client certificates
+# that the local CA on the token cannot make (expired ones).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=test server CA" \
+  -keyout "$certs/tca.key" -out "$certs/tca.pem" 2>/dev/null
+mkserver() { # mkserver NAME: server cert for 127.0.0.1 signed by the test CA
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$certs/$1.key" -out "$certs/$1.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$certs/$1.ext"
+  openssl x509 -req -in "$certs/$1.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial \
+    -days 2 -extfile "$certs/$1.ext" -out "$certs/$1.pem" 2>/dev/null
+}
+mkserver server
+
+conf=$work/groupsrv.conf
+cat > "$conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+threads = ${SRV_THREADS:-4}
+max_body = 65536
+unwrap_batch_max = 10
+rate_limit = ${SRV_RATE:-0}
+timeout = 10
+metrics = admin
+log_level = info
+[tls]
+cert = $certs/server.pem
+key = $certs/server.key
+client_ca = $certs/clients.pem
+[hsm]
+module = $module
+token = pkcs11:token=groupsrv
+pin_source = $work/token/user-pin
+[db]
+path = $work/groupsrv.db
+[audit]
+path = $work/audit.jsonl
+[certsrv]
+listen = 127.0.0.1:$cport
+lifetime = 3600
+CONF
+
+gs() { "$BIN/groupsrv" -c "$conf" "$@"; }
+gs ca init --key rsa:2048 >/dev/null
+gs group create eng --address eng@example.org --key rsa:2048 \
+  --methods tls,recipient-key,group-secret,membership-cert >/dev/null
+gs group show eng --cert > "$certs/group.pem"
+for m in alice bob dave erin fuzz mallory rl; do
+  gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null
+done
+gs member add eng dle@example.org --issue-cert --out "$certs" --role exploder >/dev/null
+gs member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
+# carol: a valid certificate from the local CA, but no longer a member.
+gs member add eng carol@example.org --issue-cert --out "$certs" >/dev/null
+gs member remove eng carol@example.org >/dev/null
+gs ca show > "$certs/localca.pem"
+# Client CAs: the local CA and the file test CA (for the expired certificate).
+cat "$certs/localca.pem" "$certs/tca.pem" > "$certs/clients.pem"
+
+# curl as a given member: c NAME ARGS...; anon: no client certificate.
+c() {
+  local who=$1; shift
+  curl -sS --cacert "$certs/tca.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"
+}
+anon() { curl -sS --cacert "$certs/tca.pem" "$@"; }
+base=https://127.0.0.1:$port
+cbase=https://127.0.0.1:$cport
+
+start_server() {
+  "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+  srv_pid=$!
+  for _ in $(seq 1 100); do
+    if anon -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi
+    kill -0 "$srv_pid" 2>/dev/null || fail "server exited at start"
+    sleep 0.1
+  done
+  fail "server did not become healthy"
+}
+
+# status METHOD-ARGS...: prints the HTTP status only (body to $work/body)
+status() { "$@" -o "$work/body" -w '%{http_code}' || true; }
+expect_status() { # expect_status WANT CODE-OR-EMPTY DESC -- command...
+  local want=$1 code=$2 desc=$3; shift 4
+  local got
+  got=$(status "$@")
+  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
+  if [ -n "$code" ]; then
+    grep -q "\"code\":\"$code\"" "$work/body" || fail "$desc: wanted error code $code: $(head -c 300 "$work/body")"
+  fi
+  ok "$desc ($want${code:+ $code})"
+}
+
+b64() { base64 -w0 "$1"; }
+json_get() { /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); 
+for k in sys.argv[2:]: v=v[int(k)] if isinstance(v,list) else v[k]
+print(v)' "$@"; }
+b64d() { /usr/bin/python3 -c 'import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))' "$1"; }
+cms() { /usr/bin/python3 "$SRC/tests/integration/server-cms.py" "$@"; }
+
+# A message to the group, made by a stock tool.
+printf 'Subject: test\n\nhello group, this is the secret body\n' > "$work/msg.txt"
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg.der" \
+  -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+cms ri "$work/msg.der" "$work/ri.der"
+
+# check_cek HEXKEY: the content key decrypts the message
+check_cek() {
+  local iv
+  iv=$(cms content "$work/msg.der" "$work/ct.bin")
+  openssl enc -d -aes-256-cbc -K "$1" -iv "$iv" -in "$work/ct.bin" -out "$work/dec.txt" 2>/dev/null ||
+    fail "content key does not decrypt the message"
+  cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
+}
+# check_ktri RI.der CERT KEY: a KTRI answer decrypts the message with openssl cms
+check_ktri() {
+  cms swap "$work/msg.der" "$1" "$work/swapped.der"
+  openssl cms -decrypt -inform DER -in "$work/swapped.der" -recip "$2" -inkey "$3" -out "$work/dec.txt" 2>"$work/cms.err" ||
+    fail "openssl cms cannot decrypt with the returned KTRI: $(cat "$work/cms.err")"
+  cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# server-refusals.sh BIN SRC: the security rules of SECURITY.md, against a
+# real `groupsrv serve` on a SoftHSM token: authentication and membership
+# per request (also on kept-alive connections and resumed TLS sessions),
+# uniform unwrap failures, input limits, malformed input, fail-closed audit,
+# audit chain verification, failed-unwrap suspension, rate limiting,
+# concurrency, reload and shutdown.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+start_server
+url=$base/v1/groups/eng/unwrap
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+
+# ---- authentication ----
+expect_status 401 no_client_certificate "no client certificate" -- anon --data-binary @"$work/req-tls.json" "$url"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=alice@example.org" \
+  -addext "subjectAltName=email:alice@example.org" -keyout "$work/self.key" -out "$work/self.pem" 2>/dev/null
+expect_status 401 untrusted_certificate "self-signed client certificate" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/self.pem" --key "$work/self.key" --data-binary @"$work/req-tls.json" "$url"
+# An expired certificate from a trusted CA (openssl ca can backdate).
+mkdir -p "$work/ca/newcerts" && : > "$work/ca/index.txt" && echo 01 > "$work/ca/serial"
+cat > "$work/ca/ca.cnf" <<CNF
+[ca]
+default_ca = t
+[t]
+dir = $work/ca
+database = \$dir/index.txt
+new_certs_dir = \$dir/newcerts
+serial = \$dir/serial
+default_md = sha256
+policy = p
+copy_extensions = copy
+[p]
+commonName = supplied
+CNF
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=alice@example.org" -addext "subjectAltName=email:alice@example.org" \
+  -keyout "$work/old.key" -out "$work/old.csr" 2>/dev/null
+openssl ca -batch -config "$work/ca/ca.cnf" -cert "$certs/tca.pem" -keyfile "$certs/tca.key" -in "$work/old.csr" \
+  -out "$work/old.pem" -startdate 20200101000000Z -enddate 20200102000000Z 2>/dev/null
+expect_status 401 certificate_expired "expired client certificate" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/old.pem" --key "$work/old.key" --data-binary @"$work/req-tls.json" "$url"
+expect_status 403 not_a_member "removed member (carol)" -- c carol --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "current member (alice)" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
+# ---- revocation on the very next request: kept-alive connection ----
+revoke_during() { # revoke_during MODE WHO STEPS
+  local mode=$1 who=$2 steps=$3 fifo=$work/uc.fifo out=$work/uc.out pid
+  rm -f "$fifo"; mkfifo "$fifo"
+  UC_CERT="$certs/$who@example.org.pem" UC_KEY="$certs/$who@example.org.key" UC_CACERT="$certs/tca.pem" \
+    "$BIN/unwrapclient" steps "$mode" "$url" "$work/req-tls.json" "$steps" <"$fifo" >"$out" 2>&1 &
+  pid=$!
+  exec 7>"$fifo"
+  for _ in $(seq 1 300); do grep -q '^WAITING' "$out" && break; sleep 0.1; done
+  grep -q '^WAITING' "$out" || fail "$mode client did not get to the revocation: $(cat "$out")"
+  "$BIN/groupsrv" -c "$conf" member remove eng "$who@example.org" >/dev/null
+  echo go >&7
+  exec 7>&-
+  wait "$pid" || fail "$mode revocation: $(cat "$out")"
+  grep -q '"code":"not_a_member"' "$out" || fail "$mode revocation answer: $(cat "$out")"
+  ok "member removed mid-$mode is refused on the next request"
+}
+revoke_during keepalive bob 200,200,wait,403
+revoke_during resume dave 200,200,wait,403
+
+# ---- uniform unwrap failures ----
+head -c 256 /dev/urandom > "$work/g1.bin"
+head -c 100 /dev/urandom > "$work/g2.bin"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/g1.bin")" > "$work/bad1.json"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/g2.bin")" > "$work/bad2.json"
+expect_status 400 unwrap_failed "garbage ciphertext" -- c erin --data-binary @"$work/bad1.json" "$url"
+cp "$work/body" "$work/b1"
+expect_status 400 unwrap_failed "short ciphertext" -- c erin --data-binary @"$work/bad2.json" "$url"
+cmp -s "$work/body" "$work/b1" || fail "unwrap failures differ: $(cat "$work/b1") vs $(cat "$work/body")"
+ok "every decryption failure is the same answer"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5"}' "$(b64 "$work/g1.bin")" > "$work/v15.json"
+expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 off by default" -- c erin --data-binary @"$work/v15.json" "$url"
+printf '{"encrypted_key":"%s","algorithm":"RSA"}' "$(b64 "$work/g1.bin")" > "$work/raw.json"
+expect_status 400 unsupported_algorithm "no raw RSA" -- c erin --data-binary @"$work/raw.json" "$url"
+
+# ---- input errors ----
+expect_status 400 bad_json "bad JSON" -- c erin --data-binary '{"recipient_info":' "$url"
+expect_status 400 bad_request "wrong type" -- c erin --data-binary '{"recipient_info":42}' "$url"
+expect_status 400 bad_base64 "bad base64" -- c erin --data-binary '{"recipient_info":"@@@@"}' "$url"
+expect_status 400 bad_recipient_info "not a RecipientInfo" -- c erin --data-binary '{"recipient_info":"MAA="}' "$url"
+/usr/bin/python3 -c 'print("{\"recipient_info\":\"" + "A"*70000 + "\"}")' > "$work/big.json"
+expect_status 413 too_large "body over max_body" -- c erin --data-binary @"$work/big.json" "$url"
+expect_status 404 not_found "unknown path" -- c erin "$base/v2/whatever"
+
+# ---- 1,000 malformed requests, then a good one ----
+/usr/bin/python3 "$SRC/tests/integration/server-malformed.py" 127.0.0.1 "$port" "$certs/tca.pem" \
+  "$certs/fuzz@example.org.pem" "$certs/fuzz@example.org.key" eng 1000 || fail "malformed requests"
+kill -0 "$srv_pid" || fail "server died under malformed input"
+expect_status 200 "" "good request after 1,000 malformed ones" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
+# ---- concurrent clients ----
+UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
+  "$BIN/unwrapclient" load "$url" "$work/req-tls.json" 8 25 200 || fail "concurrent clients"
+ok "8 concurrent clients x 25 unwraps"
+
+# ---- failed-unwrap cap: suspension ----
+for i in $(seq 1 19); do
+  got=$(status c mallory --data-binary @"$work/bad1.json" "$url")
+  [ "$got" = 400 ] || fail "failed unwrap $i: $got"
+done
+expect_status 400 unwrap_failed "20th failed unwrap" -- c mallory --data-binary @"$work/bad1.json" "$url"
+expect_status 429 suspended "suspended after too many failed unwraps" -- c mallory --data-binary @"$work/req-tls.json" "$url"
+grep '"action":"suspend"' "$work/audit.jsonl" | grep -q mallory || fail "suspension not audited"
+grep -q 'ALERT' "$work/server.log" || fail "suspension alert not logged"
+
+# ---- audit: fail closed, recover ----
+mv "$work/audit.jsonl" "$work/audit.moved"
+expect_status 503 audit_unavailable "audit log gone: unwrap refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
+grep -qi '^retry-after' <(c alice -D - -o /dev/null --data-binary @"$work/req-tls.json" "$url") || fail "503 without Retry-After"
+expect_status 503 "" "healthz reports the audit log" -- anon "$base/healthz"
+grep -q '"audit":"audit log cannot be written"' "$work/body" || fail "healthz body: $(cat "$work/body")"
+mv "$work/audit.moved" "$work/audit.jsonl"
+expect_status 200 "" "audit log back: healthz" -- anon "$base/healthz"
+expect_status 200 "" "audit log back: unwrap" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
+# ---- audit chain ----
+"$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit verify"
+n=$(wc -l < "$work/audit.jsonl")
+sed '5d' "$work/audit.jsonl" > "$work/audit-del.jsonl"
+set +e; "$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-del.jsonl" 2>/dev/null; rc=$?; set -e
+[ "$rc" = 3 ] || fail "deleted line not detected (rc $rc)"
+sed '7s/"outcome":"[a-z_]*"/"outcome":"ok"/; 7s/"identity":"[^"]*"/"identity":"nobody@example.org"/' "$work/audit.jsonl" > "$work/audit-edit.jsonl"
+cmp -s "$work/audit.jsonl" "$work/audit-edit.jsonl" && fail "edit did not change line 7"
+set +e; "$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-edit.jsonl" 2>/dev/null; rc=$?; set -e
+[ "$rc" = 3 ] || fail "edited line not detected (rc $rc)"
+ok "audit verify detects a deleted and an edited line ($n lines)"
+
+# ---- SIGHUP: certificate reload ----
+old_serial=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem" </dev/null 2>/dev/null | openssl x509 -noout -serial)
+mkserver server2
+cp "$certs/server2.pem" "$certs/server.pem"
+cp "$certs/server2.key" "$certs/server.key"
+kill -HUP "$srv_pid"
+sleep 0.5
+new_serial=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem" </dev/null 2>/dev/null | openssl x509 -noout -serial)
+[ -n "$new_serial" ] && [ "$new_serial" != "$old_serial" ] || fail "SIGHUP did not reload the certificate ($old_serial / $new_serial)"
+expect_status 200 "" "service after reload" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
+# ---- rate limit: restart with a tight bucket ----
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
+sed -i 's/^rate_limit = .*/rate_limit = 2\nrate_burst = 3/' "$conf"
+start_server
+codes=$(for i in $(seq 1 8); do printf '%s\n' "$url"; done | sed 's/^/url = /' |
+  c rl -K - -s -o /dev/null -w '%{http_code}\n' --data-binary '{}' | sort | uniq -c)
+echo "$codes" | grep -q ' 429$' || fail "no 429 from the rate limit: $codes"
+echo "$codes" | grep -q ' 400$' || fail "rate limit refused everything: $codes"
+ok "rate limit answers 429"
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
+ok "SIGTERM: clean exit"

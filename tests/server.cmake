@@ -1,0 +1,12 @@
+# groupsrv/server: integration tests against a real `groupsrv serve` on a
+# throw-away SoftHSM token, with curl, openssl cms and the libcurl client.
+add_executable(unwrapclient ${GS_TEST_DIR}/tools/unwrapclient.c)
+target_link_libraries(unwrapclient PRIVATE PkgConfig::CURL PkgConfig::OPENSSL Threads::Threads)
+gs_target_warnings(unwrapclient)
+
+foreach(t e2e refusals)
+  add_test(NAME server_${t}
+    COMMAND bash ${GS_TEST_DIR}/integration/server-${t}.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(server_${t} PROPERTIES LABELS "integration" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endforeach()
