@@ -582,7 +582,7 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
         goto out;
     }
     ca->alg = sig_alg_for(ca->pub);
-    he = hsm_key_find(hsm, row->key_label, HSM_CLASS_PRIVATE, &ca->key);
+    he = hsm_key_find(hsm, row->label, HSM_CLASS_PRIVATE, &ca->key);
     if (he != HSM_OK) {
         err = hsm_fail(he, "CA key");
         goto out;
@@ -593,7 +593,7 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
         goto out;
     }
     if (!gs_cert_matches_spki(ca->cert, spki, spki_len)) {
-        err = gs_err_set(GS_ERR_CERT, "CA certificate does not match the token key %s", row->key_label);
+        err = gs_err_set(GS_ERR_CERT, "CA certificate does not match the token key %s", row->label);
         goto out;
     }
     *out = ca;

@@ -20,10 +20,10 @@
 
 struct gs_group {
     gs_store_group *info;
-    gs_group_key_ref *keys;
-    size_t n_keys;
-    gs_group_secret_ref *secrets;
-    size_t n_secrets;
+    gs_group_key_ref *versions;         /* group key pair versions, newest first */
+    size_t n_versions;
+    gs_group_secret_ref *kek_versions;  /* group secret key (KEK) versions, newest first */
+    size_t n_kek_versions;
     hsm_key *reject;
 };
 
@@ -255,14 +255,14 @@ void gs_group_free(gs_group *g)
 {
     if (g == NULL)
         return;
-    for (size_t i = 0; i < g->n_keys; i++) {
-        X509_free(g->keys[i].cert);
-        hsm_key_free(g->keys[i].key);
+    for (size_t i = 0; i < g->n_versions; i++) {
+        X509_free(g->versions[i].cert);
+        hsm_key_free(g->versions[i].key);
     }
-    free(g->keys);
-    for (size_t i = 0; i < g->n_secrets; i++)
-        hsm_key_free(g->secrets[i].key);
-    free(g->secrets);
+    free(g->versions);
+    for (size_t i = 0; i < g->n_kek_versions; i++)
+        hsm_key_free(g->kek_versions[i].key);
+    free(g->kek_versions);
     hsm_key_free(g->reject);
     gs_store_group_free(g->info);
     free(g);
@@ -286,7 +286,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     err = gs_store_group_get(st, name, &g->info);
     if (err)
         goto out;
-    err = gs_keyspec_parse(g->info->key_spec, &type, &bits);
+    err = gs_keyspec_parse(g->info->algorithm, &type, &bits);
     if (err)
         goto out;
     err = gs_store_group_keys(st, g->info->id, &keys, &nk);
@@ -295,15 +295,15 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     if (err)
         goto out;
     err = GS_ERR_NOMEM;
-    g->keys = calloc(nk ? nk : 1, sizeof(*g->keys));
-    g->secrets = calloc(ns ? ns : 1, sizeof(*g->secrets));
-    if (g->keys == NULL || g->secrets == NULL)
+    g->versions = calloc(nk ? nk : 1, sizeof(*g->versions));
+    g->kek_versions = calloc(ns ? ns : 1, sizeof(*g->kek_versions));
+    if (g->versions == NULL || g->kek_versions == NULL)
         goto out;
     for (size_t i = 0; i < nk; i++) {
         gs_group_key_ref *r;
         if (keys[i].state == GS_KEY_RETIRED)
             continue;
-        r = &g->keys[g->n_keys++];
+        r = &g->versions[g->n_versions++];
         r->version = keys[i].version;
         r->current = keys[i].state == GS_KEY_CURRENT;
         r->type = type;
@@ -320,7 +320,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         gs_group_secret_ref *r;
         if (secrets[i].state == GS_KEY_RETIRED)
             continue;
-        r = &g->secrets[g->n_secrets++];
+        r = &g->kek_versions[g->n_kek_versions++];
         r->version = secrets[i].version;
         r->current = secrets[i].state == GS_KEY_CURRENT;
         memcpy(r->kek_id, secrets[i].kek_id, GS_KEK_ID_LEN);
@@ -337,7 +337,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             goto out;
         }
     }
-    if (g->n_keys == 0 || !g->keys[0].current) {
+    if (g->n_versions == 0 || !g->versions[0].current) {
         err = gs_err_set(GS_ERR_STATE, "group %s has no current key version", name);
         goto out;
     }
@@ -353,25 +353,25 @@ out:
 
 const gs_store_group *gs_group_info(const gs_group *g) { return g->info; }
 int64_t gs_group_id(const gs_group *g) { return g->info->id; }
-size_t gs_group_key_count(const gs_group *g) { return g->n_keys; }
-const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i) { return i < g->n_keys ? &g->keys[i] : NULL; }
-const gs_group_key_ref *gs_group_current_key(const gs_group *g) { return g->n_keys ? &g->keys[0] : NULL; }
-size_t gs_group_secret_count(const gs_group *g) { return g->n_secrets; }
+size_t gs_group_key_count(const gs_group *g) { return g->n_versions; }
+const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i) { return i < g->n_versions ? &g->versions[i] : NULL; }
+const gs_group_key_ref *gs_group_current_key(const gs_group *g) { return g->n_versions ? &g->versions[0] : NULL; }
+size_t gs_group_secret_count(const gs_group *g) { return g->n_kek_versions; }
 const gs_group_secret_ref *gs_group_secret_at(const gs_group *g, size_t i)
 {
-    return i < g->n_secrets ? &g->secrets[i] : NULL;
+    return i < g->n_kek_versions ? &g->kek_versions[i] : NULL;
 }
 const gs_group_secret_ref *gs_group_current_secret(const gs_group *g)
 {
-    return g->n_secrets && g->secrets[0].current ? &g->secrets[0] : NULL;
+    return g->n_kek_versions && g->kek_versions[0].current ? &g->kek_versions[0] : NULL;
 }
 const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const unsigned char *id, size_t len)
 {
     if (id == NULL || len != GS_KEK_ID_LEN)
         return NULL;
-    for (size_t i = 0; i < g->n_secrets; i++)
-        if (memcmp(g->secrets[i].kek_id, id, GS_KEK_ID_LEN) == 0)
-            return &g->secrets[i];
+    for (size_t i = 0; i < g->n_kek_versions; i++)
+        if (memcmp(g->kek_versions[i].kek_id, id, GS_KEK_ID_LEN) == 0)
+            return &g->kek_versions[i];
     return NULL;
 }
 hsm_key *gs_group_reject_key(const gs_group *g) { return g->reject; }
@@ -628,7 +628,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     row.name = (char *)spec->name;
     row.address = (char *)spec->address;
     row.methods = methods;
-    row.key_spec = (char *)(spec->keyspec ? spec->keyspec : "rsa:3072");
+    row.algorithm = (char *)(spec->keyspec ? spec->keyspec : "rsa:3072");
     row.allow_pkcs1v15 = spec->allow_pkcs1v15;
     row.reject_label = spec->allow_pkcs1v15 ? rlabel : NULL;
     err = gs_store_begin(st);
@@ -695,7 +695,7 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
-    err = gs_keyspec_parse(g->key_spec, &type, &bits);
+    err = gs_keyspec_parse(g->algorithm, &type, &bits);
     if (!err)
         err = gs_store_group_keys(st, g->id, &keys, &nk);
     if (err)
@@ -1051,7 +1051,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     gs_key_audit_row row;
     hsm_key_info info;
 
-    if (gs_keyspec_parse(g->key_spec, &type, &bits) != GS_OK || gs_store_group_keys(st, g->id, &keys, &nk) != GS_OK ||
+    if (gs_keyspec_parse(g->algorithm, &type, &bits) != GS_OK || gs_store_group_keys(st, g->id, &keys, &nk) != GS_OK ||
         gs_store_secrets(st, g->id, &secrets, &ns) != GS_OK) {
         memset(&row, 0, sizeof(row));
         row.label = "";
@@ -1161,8 +1161,8 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
         return err;
     } else {
         hsm_key *k = NULL;
-        row.label = ca->key_label;
-        row.problem = fetch(&a, ca->key_label, HSM_CLASS_PRIVATE, &info, &k);
+        row.label = ca->label;
+        row.problem = fetch(&a, ca->label, HSM_CLASS_PRIVATE, &info, &k);
         row.present = row.problem == NULL || strcmp(row.problem, "missing from the token") != 0;
         if (row.problem == NULL) {
             row.info = &info;

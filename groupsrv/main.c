@@ -324,7 +324,7 @@ static int group_show(struct env *e, const struct args *a)
     }
     gs_methods_format(g->methods, methods, sizeof(methods));
     printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n",
-           g->name, g->address, methods, g->key_spec, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
+           g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
     printf("created:        ");
     print_time(stdout, g->created);
     printf("\nmembers:        %zu\nkey versions:\n", nm);
@@ -388,7 +388,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
         for (size_t i = 0; i < n; i++) {
             char methods[128];
             gs_methods_format(list[i]->methods, methods, sizeof(methods));
-            printf("%-24s %-32s %-9s %s\n", list[i]->name, list[i]->address, list[i]->key_spec, methods);
+            printf("%-24s %-32s %-9s %s\n", list[i]->name, list[i]->address, list[i]->algorithm, methods);
         }
         gs_store_group_list_free(list, n);
         return 0;

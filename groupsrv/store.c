@@ -429,10 +429,10 @@ gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
         err = GS_ERR_NOMEM;
         goto out;
     }
-    ca->key_label = col_strdup(s, 0, &oom);
+    ca->label = col_strdup(s, 0, &oom);
     ca->cert_pem = col_strdup(s, 1, &oom);
     ca->created = sqlite3_column_int64(s, 2);
-    if (oom || ca->key_label == NULL || ca->cert_pem == NULL) {
+    if (oom || ca->label == NULL || ca->cert_pem == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -467,7 +467,7 @@ void gs_store_ca_free(gs_store_ca *ca)
 {
     if (ca == NULL)
         return;
-    free(ca->key_label);
+    free(ca->label);
     free(ca->cert_pem);
     free(ca);
 }
@@ -480,7 +480,7 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
     gs_err err;
     if (id)
         *id = 0;
-    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->key_spec == NULL)
+    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->algorithm == NULL)
         return gs_err_set(GS_ERR_ARGS, "invalid group record");
     err = prepare(st,
                   "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created) "
@@ -491,7 +491,7 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
     bind_text(s, 1, g->name);
     bind_text(s, 2, g->address);
     sqlite3_bind_int64(s, 3, g->methods);
-    bind_text(s, 4, g->key_spec);
+    bind_text(s, 4, g->algorithm);
     sqlite3_bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0);
     bind_text(s, 6, g->reject_label);
     sqlite3_bind_int64(s, 7, (sqlite3_int64)time(NULL));
@@ -517,11 +517,11 @@ static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
     g->name = col_strdup(s, 1, &oom);
     g->address = col_strdup(s, 2, &oom);
     g->methods = (unsigned)sqlite3_column_int64(s, 3);
-    g->key_spec = col_strdup(s, 4, &oom);
+    g->algorithm = col_strdup(s, 4, &oom);
     g->allow_pkcs1v15 = sqlite3_column_int(s, 5) != 0;
     g->reject_label = col_strdup(s, 6, &oom);
     g->created = sqlite3_column_int64(s, 7);
-    if (oom || g->name == NULL || g->address == NULL || g->key_spec == NULL) {
+    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL) {
         gs_store_group_free(g);
         return GS_ERR_NOMEM;
     }
@@ -603,7 +603,7 @@ void gs_store_group_free(gs_store_group *g)
         return;
     free(g->name);
     free(g->address);
-    free(g->key_spec);
+    free(g->algorithm);
     free(g->reject_label);
     free(g);
 }
@@ -780,15 +780,15 @@ out:
     return err;
 }
 
-void gs_store_group_keys_free(gs_store_group_key *keys, size_t n)
+void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
 {
-    if (keys == NULL)
+    if (list == NULL)
         return;
     for (size_t i = 0; i < n; i++) {
-        free(keys[i].token_label);
-        free(keys[i].cert_pem);
+        free(list[i].token_label);
+        free(list[i].cert_pem);
     }
-    free(keys);
+    free(list);
 }
 
 /* ---- secret key versions -------------------------------------------------------- */

@@ -83,7 +83,7 @@ void gs_store_rollback(gs_store *st);
 
 /* ---- CA ------------------------------------------------------------- */
 typedef struct gs_store_ca {
-    char *key_label;   /* token label of the CA private key */
+    char *label;       /* token label of the CA private key */
     char *cert_pem;    /* self-signed CA certificate */
     int64_t created;   /* unix seconds */
 } gs_store_ca;
@@ -97,7 +97,7 @@ typedef struct gs_store_group {
     char *name;
     char *address;        /* LIST@DOMAIN */
     unsigned methods;     /* enum gs_method bits */
-    char *key_spec;       /* "rsa:3072", "rsa:2048", "ec:p256" */
+    char *algorithm;      /* key spec: "rsa:3072", "rsa:2048", "ec:p256" */
     bool allow_pkcs1v15;
     char *reject_label;   /* token label of the implicit-rejection HMAC key, or NULL */
     int64_t created;
@@ -132,7 +132,7 @@ gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned vers
 gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version);
 /* Every version of the group, newest first (retired included). */
 gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n);
-void gs_store_group_keys_free(gs_store_group_key *keys, size_t n);
+void gs_store_group_keys_free(gs_store_group_key *list, size_t n);
 
 /* ---- group secret key versions ----------------------------------------- */
 typedef struct gs_store_secret {

@@ -39,7 +39,7 @@ static int setup(void **state)
     g.name = "eng";
     g.address = "eng@example.org";
     g.methods = GS_METHODS_DEFAULT;
-    g.key_spec = "rsa:2048";
+    g.algorithm = "rsa:2048";
     if (gs_store_group_add(f->st, &g, &f->gid) != GS_OK)
         return -1;
     *state = f;
@@ -113,7 +113,7 @@ static void test_groups(void **state)
 
     g.name = "eng";
     g.address = "other@example.org";
-    g.key_spec = "rsa:3072";
+    g.algorithm = "rsa:3072";
     g.methods = GS_METHOD_TLS;
     assert_int_equal(gs_store_group_add(f->st, &g, &id), GS_ERR_EXISTS);
     g.name = "Bad Name";
@@ -245,7 +245,7 @@ static void test_transactions(void **state)
     assert_int_equal(gs_store_ca_put(f->st, "gs:ca", "CAPEM"), GS_OK);
     assert_int_equal(gs_store_ca_put(f->st, "gs:ca", "CAPEM2"), GS_ERR_EXISTS);
     assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
-    assert_string_equal(ca->key_label, "gs:ca");
+    assert_string_equal(ca->label, "gs:ca");
     assert_string_equal(ca->cert_pem, "CAPEM");
     gs_store_ca_free(ca);
 }
