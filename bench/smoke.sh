@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/smoke.sh BIN-DIR: keeps the bench tools compiling and working (ctest
+# label "bench-smoke"). Runs each tool for 20 operations against a
+# throw-away token and server and asserts only that every operation
+# completed without errors. Never asserts a rate or a latency.
+set -euo pipefail
+
+BIN=$1
+top=$(cd "$(dirname "$0")/.." && pwd)
+SOFTHSM=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+P11KIT_CLIENT=${P11KIT_CLIENT:-/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so}
+NCPU=2
+N=20
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/bench-smoke.XXXXXX")
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+log() { echo "bench-smoke: $*" >&2; }
+die() {
+  echo "FAIL: $*" >&2
+  [ -f "$work/server.log" ] && tail -n 20 "$work/server.log" >&2
+  exit 1
+}
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# check_row CSV-LINE WANT-OPS DESC: ops == WANT-OPS (or > 0 if WANT-OPS is "any") and errors == 0
+check_row() {
+  local ops errs
+  ops=$(echo "$1" | cut -d, -f5)
+  errs=$(echo "$1" | cut -d, -f6)
+  [ "$errs" = 0 ] || die "$3: $errs errors ($1)"
+  if [ "$2" = any ]; then
+    [ "$ops" -gt 0 ] || die "$3: no operations ($1)"
+  else
+    [ "$ops" = "$2" ] || die "$3: $ops operations, wanted $2 ($1)"
+  fi
+  echo "ok: $3 ($ops ops)"
+}
+
+"$top/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+export SOFTHSM2_CONF=$work/token/softhsm2.conf
+PIN_FILE=$work/token/user-pin
+[ -f "$SOFTHSM" ] || die "SoftHSM module $SOFTHSM missing"
+
+source "$top/bench/lib-groupsrv.sh"
+gs_setup "$work"
+gs_group_create bench-rsa2048 rsa:2048
+"$BIN/mkri" --kt oaep-sha1 --cert "$work/group-rsa2048.pem" --out "$work/ri.der" --ek-out "$work/ek.bin" ||
+  die "mkri"
+[ -s "$work/ri.der" ] && [ -s "$work/ek.bin" ] || die "mkri wrote nothing"
+key=gs:group:bench-rsa2048:v1
+
+# p11rate: the group key, the benchmark RecipientInfo, 2 threads.
+row=$("$BIN/p11rate" --module "$SOFTHSM" --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" \
+  --key "$key" --ri "$work/ri.der" --cert "$work/group-rsa2048.pem" --threads 2 --count $N) ||
+  die "p11rate exited $?"
+check_row "$row" $N "p11rate softhsm"
+# ... and with its own OAEP ciphertext (no --ri).
+row=$("$BIN/p11rate" --module "$SOFTHSM" --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" \
+  --key "$key" --alg oaep-sha1 --threads 1 --count $N) || die "p11rate (own ciphertext) exited $?"
+check_row "$row" $N "p11rate own ciphertext"
+
+# p11rate through p11-kit server.
+sock=$work/p11kit.sock
+p11-kit server -f --provider "$SOFTHSM" -n "$sock" "pkcs11:token=groupsrv" >"$work/p11kit.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || die "p11-kit server did not start: $(cat "$work/p11kit.log")"
+row=$(P11_KIT_SERVER_ADDRESS="unix:path=$sock" "$BIN/p11rate" --module "$P11KIT_CLIENT" \
+  --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" --ri "$work/ri.der" \
+  --threads 2 --count $N --variant p11-kit-server) || die "p11rate via p11-kit exited $?"
+check_row "$row" $N "p11rate via p11-kit server"
+
+# unwrap-load against a real groupsrv serve.
+gs_server_start
+L=("$BIN/unwrap-load" --url "$URL_BASE/v1/groups/bench-rsa2048/unwrap" --cert "$CLIENT_CERT"
+  --key "$CLIENT_KEY" --cacert "$CA_CERT" --ri "$work/ri.der")
+for mode in keepalive new-conn new-conn-resume; do
+  row=$("${L[@]}" -c 2 --mode $mode --count $N) || die "unwrap-load $mode exited $?"
+  check_row "$row" $N "unwrap-load $mode"
+done
+row=$("${L[@]}" -c 4 --rate 50 --duration 0.5 --lat-out "$work/lat.csv") || die "unwrap-load --rate exited $?"
+check_row "$row" any "unwrap-load open loop"
+[ "$(wc -l < "$work/lat.csv")" -gt 100 ] || die "latency distribution file too short"
+for d in recipient-key group-secret; do
+  row=$("${L[@]}" -c 2 --deliver $d --expect '"recipient_info"' --count $N) || die "unwrap-load deliver=$d exited $?"
+  check_row "$row" $N "unwrap-load deliver=$d"
+done
+# A wrong answer must count as an error, not as an operation.
+if row=$("${L[@]}" --expect '"no-such-field"' --warmup 0 --count 3 2>/dev/null); then
+  die "unwrap-load accepted answers without the expected field"
+fi
+[ "$(echo "$row" | cut -d, -f6)" = 3 ] || die "unwrap-load did not count 3 errors: $row"
+echo "ok: unwrap-load counts bad answers as errors"
+
+# The report generator on the rows of this run.
+mkdir -p "$work/res" "$work/docs"
+{
+  echo "date_utc=smoke"
+  echo "cores=$NCPU"
+} > "$work/res/machine.txt"
+printf '# t\n\n<!-- bench:begin -->\n<!-- bench:end -->\n' > "$work/docs/performance.md"
+echo "tool,variant,key,conc,ops,errors,seconds,ops_per_s,p50_ms,p90_ms,p99_ms,cpu_s" > "$work/res/results.csv"
+"$BIN/p11rate" --module "$SOFTHSM" --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" \
+  --ri "$work/ri.der" --threads 1 --count $N --name rsa2048 >> "$work/res/results.csv"
+"${L[@]}" -c 1 --count $N --name rsa2048 >> "$work/res/results.csv"
+/usr/bin/python3 "$top/bench/report.py" "$work/res" "$work/docs" || die "report.py"
+grep -q "groupsrv / p11rate" "$work/docs/performance.md" || die "report.py wrote no table"
+[ -s "$work/docs/perf-throughput-rsa2048.png" ] || die "no throughput plot"
+echo "ok: report.py and gnuplot"
+gs_server_stop
+echo "bench smoke: all passed"
