@@ -12,8 +12,8 @@
  * The layer recovers by itself from a closed or invalid session, a lost
  * login, and a token that was removed and came back.
  *
- * Ownership: functions named *_new/*_open return objects the caller frees
- * with the matching *_free/*_close (NULL is fine). Output buffers passed as
+ * Ownership: functions named x_new or x_open return objects the caller frees
+ * with the matching x_free or x_close (NULL is fine). Output buffers passed as
  * (out, outcap, &outlen) are caller-owned; secrets written there must be
  * wiped by the caller (OPENSSL_cleanse). On failure outputs are cleared.
  *

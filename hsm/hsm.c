@@ -1,0 +1,555 @@
+/*
+ * hsm.c: module loading, token lookup by URI, login, the session pool and
+ * recovery (hsm_run). See hsm.h for the contract.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "log.h"
+#include "util.h"
+#include "hsm_internal.h"
+
+/* ---- PINs the token rejected: never sent again (no lock-outs) -------- */
+
+/* Process-wide, so that a second hsm_open() with the same bad PIN does not
+ * burn another try on the token. Stored as SHA-256(token identity || PIN),
+ * never the PIN itself. */
+#define REJECTED_MAX 32
+static pthread_mutex_t rejected_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char rejected[REJECTED_MAX][32];
+static unsigned n_rejected, next_rejected;
+
+static int pin_digest(const CK_TOKEN_INFO *ti, const char *pin, size_t pin_len, unsigned char md[32])
+{
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    unsigned int mdlen = 0;
+    int ok = mctx != NULL && EVP_DigestInit_ex(mctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(mctx, ti->label, sizeof(ti->label)) == 1 &&
+             EVP_DigestUpdate(mctx, ti->manufacturerID, sizeof(ti->manufacturerID)) == 1 &&
+             EVP_DigestUpdate(mctx, ti->model, sizeof(ti->model)) == 1 &&
+             EVP_DigestUpdate(mctx, ti->serialNumber, sizeof(ti->serialNumber)) == 1 &&
+             EVP_DigestUpdate(mctx, pin, pin_len) == 1 && EVP_DigestFinal_ex(mctx, md, &mdlen) == 1;
+    EVP_MD_CTX_free(mctx);
+    return ok && mdlen == 32 ? 0 : -1;
+}
+
+static bool pin_is_rejected(const CK_TOKEN_INFO *ti, const char *pin, size_t pin_len)
+{
+    unsigned char md[32];
+    bool found = false;
+    unsigned i;
+
+    if (pin_digest(ti, pin, pin_len, md) != 0)
+        return false;
+    pthread_mutex_lock(&rejected_mu);
+    for (i = 0; i < n_rejected; i++)
+        if (CRYPTO_memcmp(rejected[i], md, 32) == 0)
+            found = true;
+    pthread_mutex_unlock(&rejected_mu);
+    OPENSSL_cleanse(md, sizeof(md));
+    return found;
+}
+
+static void pin_remember_rejected(const CK_TOKEN_INFO *ti, const char *pin, size_t pin_len)
+{
+    unsigned char md[32];
+
+    if (pin_digest(ti, pin, pin_len, md) != 0)
+        return;
+    pthread_mutex_lock(&rejected_mu);
+    memcpy(rejected[next_rejected], md, 32);
+    next_rejected = (next_rejected + 1) % REJECTED_MAX;
+    if (n_rejected < REJECTED_MAX)
+        n_rejected++;
+    pthread_mutex_unlock(&rejected_mu);
+    OPENSSL_cleanse(md, sizeof(md));
+}
+
+/* ---- token lookup ------------------------------------------------------- */
+
+/* Finds the first slot whose token matches the URI. Returns
+ * HSM_ERR_TOKEN_ABSENT when none matches (the caller decides whether that
+ * means "not found" at open or "gone" later). */
+static hsm_err find_token(hsm_ctx *ctx)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0, i;
+    CK_TOKEN_INFO ti;
+    hsm_err err;
+
+    err = P11(ctx, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (err != HSM_OK)
+        goto out;
+    if (n == 0 || n > 4096) {
+        err = HSM_ERR_TOKEN_ABSENT;
+        goto out;
+    }
+    if ((slots = calloc(n, sizeof(*slots))) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    err = P11(ctx, C_GetSlotList, CK_TRUE, slots, &n);
+    if (err != HSM_OK)
+        goto out;
+    err = HSM_ERR_TOKEN_ABSENT;
+    for (i = 0; i < n; i++) {
+        memset(&ti, 0, sizeof(ti));
+        /* A slot whose token vanished between the calls is skipped. */
+        if (P11(ctx, C_GetTokenInfo, slots[i], &ti) != HSM_OK)
+            continue;
+        if (p11_kit_uri_match_token_info(ctx->token_uri, &ti) == 1) {
+            ctx->slot = slots[i];
+            ctx->tinfo = ti;
+            err = HSM_OK;
+            break;
+        }
+    }
+    if (err == HSM_ERR_TOKEN_ABSENT)
+        hsm_set_detail("no token present matches the token URI");
+out:
+    free(slots);
+    return err;
+}
+
+/* ---- login -------------------------------------------------------------- */
+
+static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
+{
+    hsm_err err = HSM_OK;
+
+    pthread_mutex_lock(&ctx->login_mu);
+    if (!ctx->want_login)
+        goto out;
+    if (ctx->pin_rejected || pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
+        /* Never resend a PIN the token said was wrong: each try counts
+         * towards the token's lock-out. */
+        ctx->pin_rejected = true;
+        hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
+        err = HSM_ERR_PIN_INCORRECT;
+        goto out;
+    }
+    err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+    if (err == HSM_OK) {
+        /* A new login (after all sessions were lost) may renumber private
+         * objects (SoftHSM does): cached handles are stale. */
+        pthread_mutex_lock(&ctx->key_mu);
+        ctx->key_gen++;
+        pthread_mutex_unlock(&ctx->key_mu);
+        goto out;
+    }
+    if (hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN) {
+        err = HSM_OK;
+        goto out;
+    }
+    if (err == HSM_ERR_PIN_INCORRECT) {
+        ctx->pin_rejected = true;
+        pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
+        /* The PIN is useless now: do not keep it in memory. */
+        OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+        log_warn("token rejected the PIN; it will not be tried again");
+    }
+out:
+    pthread_mutex_unlock(&ctx->login_mu);
+    return err;
+}
+
+/* A fresh session is logged in if any session of the application is; if
+ * not (first session, or all sessions were closed), log in now. */
+static hsm_err ensure_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, bool force)
+{
+    CK_SESSION_INFO si;
+    hsm_err err;
+
+    if (!ctx->want_login)
+        return HSM_OK;
+    if (!force) {
+        memset(&si, 0, sizeof(si));
+        err = P11(ctx, C_GetSessionInfo, s, &si);
+        if (err != HSM_OK)
+            return err;
+        if (si.state == CKS_RW_USER_FUNCTIONS || si.state == CKS_RO_USER_FUNCTIONS)
+            return HSM_OK;
+    }
+    return do_login(ctx, s);
+}
+
+/* ---- the session pool --------------------------------------------------- */
+
+static void close_session(hsm_ctx *ctx, CK_SESSION_HANDLE h)
+{
+    hsm_errsave sv;
+
+    hsm_err_save(&sv);
+    (void)P11(ctx, C_CloseSession, h);
+    hsm_err_restore(&sv);
+}
+
+/* Token gone: every session and object handle is dead. Idle sessions are
+ * closed now, borrowed ones when they come back (their epoch is old). */
+static void mark_token_lost(hsm_ctx *ctx)
+{
+    hsm_session *idle = NULL;
+    unsigned n = 0, i;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    if (!ctx->token_lost) {
+        ctx->token_lost = true;
+        ctx->sess_epoch++;
+        n = ctx->n_idle;
+        if (n > 0 && (idle = malloc(n * sizeof(*idle))) != NULL)
+            memcpy(idle, ctx->idle, n * sizeof(*idle));
+        ctx->n_open -= ctx->n_idle;
+        ctx->n_idle = 0;
+        pthread_cond_broadcast(&ctx->pool_cv);
+    }
+    pthread_mutex_unlock(&ctx->pool_mu);
+    pthread_mutex_lock(&ctx->key_mu);
+    ctx->key_gen++;
+    pthread_mutex_unlock(&ctx->key_mu);
+    for (i = 0; idle != NULL && i < n; i++)
+        close_session(ctx, idle[i].h);
+    free(idle);
+    log_warn("token lost; sessions dropped, will re-find the token on next use");
+}
+
+/* Borrows a session for one operation; opens one (up to max_sessions) or
+ * waits for one. After token loss the token is looked up again first: if
+ * it is still absent, fails at once with HSM_ERR_TOKEN_ABSENT. */
+static hsm_err borrow(hsm_ctx *ctx, hsm_session *out, bool force_login)
+{
+    hsm_err err = HSM_OK;
+    bool need_open = false;
+
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&ctx->pool_mu);
+    if (ctx->token_lost) {
+        /* Under pool_mu so that one thread re-finds the token for all. */
+        err = find_token(ctx);
+        if (err != HSM_OK) {
+            pthread_mutex_unlock(&ctx->pool_mu);
+            return err == HSM_ERR_TOKEN_ABSENT ? err : HSM_ERR_TOKEN_ABSENT;
+        }
+        ctx->token_lost = false;
+        log_info("token is back slot=%lu", (unsigned long)ctx->slot);
+    }
+    while (ctx->n_idle == 0 && ctx->n_open >= ctx->max_sessions)
+        pthread_cond_wait(&ctx->pool_cv, &ctx->pool_mu);
+    if (ctx->n_idle > 0) {
+        *out = ctx->idle[--ctx->n_idle];
+    } else {
+        ctx->n_open++;
+        need_open = true;
+        out->epoch = ctx->sess_epoch;
+    }
+    CK_SLOT_ID slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+
+    if (need_open) {
+        err = P11(ctx, C_OpenSession, slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &out->h);
+        if (err != HSM_OK) {
+            pthread_mutex_lock(&ctx->pool_mu);
+            ctx->n_open--;
+            pthread_cond_signal(&ctx->pool_cv);
+            pthread_mutex_unlock(&ctx->pool_mu);
+            return err;
+        }
+    }
+    /* Pooled sessions were logged in when opened; a lost login shows up
+     * as CKR_USER_NOT_LOGGED_IN and comes back here with force_login. */
+    if (!need_open && !force_login)
+        return HSM_OK;
+    err = ensure_login(ctx, out->h, force_login);
+    if (err != HSM_OK)
+        out->broken = err == HSM_ERR_SESSION || err == HSM_ERR_TOKEN_ABSENT;
+    return err;
+}
+
+static void release(hsm_ctx *ctx, hsm_session *s, hsm_err err)
+{
+    bool drop;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    /* After a device or unexpected error the session may still hold an
+     * unfinished operation (CKR_OPERATION_ACTIVE next time): do not reuse it. */
+    drop = s->broken || err == HSM_ERR_SESSION || err == HSM_ERR_TOKEN_ABSENT || err == HSM_ERR_DEVICE ||
+           err == HSM_ERR_PKCS11 || s->epoch != ctx->sess_epoch;
+    if (!drop) {
+        ctx->idle[ctx->n_idle++] = *s;
+    } else if (s->epoch == ctx->sess_epoch) {
+        ctx->n_open--;
+    }
+    /* A session of an older epoch was already uncounted by mark_token_lost. */
+    pthread_cond_signal(&ctx->pool_cv);
+    pthread_mutex_unlock(&ctx->pool_mu);
+    if (drop)
+        close_session(ctx, s->h);
+}
+
+static bool stale_handle_rv(CK_RV rv)
+{
+    return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
+           rv == CKR_WRAPPING_KEY_HANDLE_INVALID;
+}
+
+hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
+{
+    hsm_session s;
+    hsm_err err = HSM_ERR_ARGS;
+    bool force_login = false;
+    int attempt;
+
+    if (ctx == NULL || op == NULL)
+        return HSM_ERR_ARGS;
+    hsm_clear_detail();
+    for (attempt = 0; attempt < 2; attempt++) {
+        bool from_borrow;
+        CK_RV rv;
+
+        err = borrow(ctx, &s, force_login);
+        from_borrow = err != HSM_OK;
+        if (!from_borrow)
+            err = op(ctx, s.h, arg);
+        rv = hsm_last_rv();
+        if (!from_borrow || s.h != 0)
+            release(ctx, &s, err);
+        if (err == HSM_OK || attempt == 1)
+            break;
+        switch (err) {
+        case HSM_ERR_TOKEN_ABSENT:
+            /* Re-finding already failed: answer quickly, no waiting. */
+            if (from_borrow && ctx->token_lost)
+                return err;
+            mark_token_lost(ctx);
+            break;
+        case HSM_ERR_PKCS11:
+            /* A session left busy by an earlier failure: it was dropped. */
+            if (rv != CKR_OPERATION_ACTIVE)
+                return err;
+            /* fall through */
+        case HSM_ERR_SESSION:
+            log_info("session lost, retrying with a new one detail=%s", hsm_last_error_detail());
+            break;
+        case HSM_ERR_NOT_LOGGED_IN:
+            if (!ctx->want_login || ctx->pin_rejected)
+                return err;
+            log_info("login lost, logging in again");
+            force_login = true;
+            break;
+        case HSM_ERR_KEY_NOT_FOUND:
+            if (!stale_handle_rv(rv))
+                return err;
+            pthread_mutex_lock(&ctx->key_mu);
+            ctx->key_gen++;
+            pthread_mutex_unlock(&ctx->key_mu);
+            break;
+        default:
+            return err;
+        }
+    }
+    return err;
+}
+
+/* ---- open / close --------------------------------------------------------- */
+
+static hsm_err load_module(hsm_ctx *ctx, const char *module)
+{
+    if (strchr(module, '/') != NULL) {
+        /* Managed (flags 0): p11-kit gives us our own instance of the module,
+         * so two contexts in one process do not finalize each other. */
+        ctx->fl = p11_kit_module_load(module, 0);
+        if (ctx->fl == NULL) {
+            hsm_set_detail("p11_kit_module_load: %s", p11_kit_message() ? p11_kit_message() : "failed");
+            return HSM_ERR_MODULE;
+        }
+        return HSM_OK;
+    }
+    ctx->modlist = p11_kit_modules_load(NULL, 0);
+    if (ctx->modlist == NULL) {
+        hsm_set_detail("p11_kit_modules_load: %s", p11_kit_message() ? p11_kit_message() : "failed");
+        return HSM_ERR_MODULE;
+    }
+    ctx->fl = p11_kit_module_for_name(ctx->modlist, module);
+    if (ctx->fl == NULL) {
+        hsm_set_detail("no p11-kit module named %.64s is configured (or enabled for this program)", module);
+        return HSM_ERR_MODULE;
+    }
+    return HSM_OK;
+}
+
+hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
+{
+    hsm_ctx *ctx = NULL;
+    hsm_err err;
+    CK_C_INITIALIZE_ARGS init;
+    hsm_session s;
+    int rc;
+
+    if (out != NULL)
+        *out = NULL;
+    hsm_clear_detail();
+    if (cfg == NULL || out == NULL || cfg->module == NULL || *cfg->module == '\0')
+        return HSM_ERR_ARGS;
+    if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
+        return HSM_ERR_NOMEM;
+    pthread_mutex_init(&ctx->pool_mu, NULL);
+    pthread_cond_init(&ctx->pool_cv, NULL);
+    pthread_mutex_init(&ctx->login_mu, NULL);
+    pthread_mutex_init(&ctx->key_mu, NULL);
+    ctx->key_gen = 1;
+    ctx->max_sessions = cfg->max_sessions == 0 ? HSM_DEFAULT_SESSIONS : cfg->max_sessions;
+    if (ctx->max_sessions > HSM_MAX_SESSIONS) {
+        err = HSM_ERR_ARGS;
+        goto out;
+    }
+    if ((ctx->idle = calloc(ctx->max_sessions, sizeof(*ctx->idle))) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+
+    if ((ctx->token_uri = p11_kit_uri_new()) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    rc = p11_kit_uri_parse(cfg->token_uri != NULL ? cfg->token_uri : "pkcs11:", P11_KIT_URI_FOR_TOKEN,
+                           ctx->token_uri);
+    if (rc != P11_KIT_URI_OK) {
+        hsm_set_detail("token URI: %s", p11_kit_uri_message(rc));
+        err = HSM_ERR_URI;
+        goto out;
+    }
+
+    /* The PIN first: a bad pin-source should fail before the token is touched. */
+    if (cfg->pin_source != NULL) {
+        rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
+        if (rc != UTIL_OK) {
+            hsm_set_detail("pin source: %s", util_strerror(rc));
+            err = HSM_ERR_PIN_SOURCE;
+            goto out;
+        }
+        ctx->want_login = true;
+    }
+
+    if ((err = load_module(ctx, cfg->module)) != HSM_OK)
+        goto out;
+    memset(&init, 0, sizeof(init));
+    init.flags = CKF_OS_LOCKING_OK;
+    err = P11(ctx, C_Initialize, &init);
+    if (err != HSM_OK)
+        goto out;
+    ctx->initialized = true;
+
+    err = find_token(ctx);
+    if (err == HSM_ERR_TOKEN_ABSENT) {
+        err = HSM_ERR_TOKEN_NOT_FOUND;
+        goto out;
+    }
+    if (err != HSM_OK)
+        goto out;
+
+    /* Log in now (and keep the session pooled: the login lives as long as
+     * any session of ours is open). */
+    err = borrow(ctx, &s, false);
+    if (err != HSM_OK) {
+        if (s.h != 0)
+            release(ctx, &s, HSM_ERR_SESSION);
+        goto out;
+    }
+    release(ctx, &s, HSM_OK);
+    log_debug("token opened slot=%lu sessions=%u", (unsigned long)ctx->slot, ctx->max_sessions);
+    *out = ctx;
+    ctx = NULL;
+    err = HSM_OK;
+out:
+    if (ctx != NULL) {
+        hsm_errsave sv;
+        hsm_err_save(&sv);
+        hsm_close(ctx);
+        hsm_err_restore(&sv);
+    }
+    return err;
+}
+
+void hsm_close(hsm_ctx *ctx)
+{
+    unsigned i;
+
+    if (ctx == NULL)
+        return;
+    if (ctx->fl != NULL && ctx->initialized) {
+        for (i = 0; i < ctx->n_idle; i++)
+            close_session(ctx, ctx->idle[i].h);
+        ctx->n_idle = 0;
+        /* C_Finalize of our managed instance closes whatever is left. */
+        (void)P11(ctx, C_Finalize, NULL);
+    }
+    if (ctx->modlist != NULL)
+        p11_kit_modules_release(ctx->modlist);
+    else if (ctx->fl != NULL)
+        p11_kit_module_release(ctx->fl);
+    if (ctx->token_uri != NULL)
+        p11_kit_uri_free(ctx->token_uri);
+    if (ctx->pin != NULL)
+        util_secret_free(ctx->pin, ctx->pin_len + 1);
+    free(ctx->idle);
+    pthread_mutex_destroy(&ctx->pool_mu);
+    pthread_cond_destroy(&ctx->pool_cv);
+    pthread_mutex_destroy(&ctx->login_mu);
+    pthread_mutex_destroy(&ctx->key_mu);
+    OPENSSL_cleanse(ctx, sizeof(*ctx));
+    free(ctx);
+}
+
+/* ---- ping / info ------------------------------------------------------------ */
+
+static hsm_err op_ping(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    CK_SESSION_INFO si;
+    hsm_err err;
+
+    memset(&si, 0, sizeof(si));
+    err = P11(ctx, C_GetSessionInfo, s, &si);
+    if (err != HSM_OK)
+        return err;
+    if (ctx->want_login && si.state != CKS_RW_USER_FUNCTIONS && si.state != CKS_RO_USER_FUNCTIONS) {
+        hsm_set_detail("session is not logged in (state %lu)", (unsigned long)si.state);
+        return HSM_ERR_NOT_LOGGED_IN;
+    }
+    return HSM_OK;
+}
+
+hsm_err hsm_ping(hsm_ctx *ctx)
+{
+    return hsm_run(ctx, op_ping, NULL);
+}
+
+/* Copies a blank-padded PKCS#11 string field without the padding. */
+static void copy_padded(char *dst, size_t cap, const unsigned char *src, size_t n)
+{
+    while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
+        n--;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out)
+{
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (ctx == NULL || out == NULL)
+        return HSM_ERR_ARGS;
+    pthread_mutex_lock(&ctx->pool_mu);
+    copy_padded(out->label, sizeof(out->label), ctx->tinfo.label, sizeof(ctx->tinfo.label));
+    copy_padded(out->manufacturer, sizeof(out->manufacturer), ctx->tinfo.manufacturerID,
+                sizeof(ctx->tinfo.manufacturerID));
+    copy_padded(out->model, sizeof(out->model), ctx->tinfo.model, sizeof(ctx->tinfo.model));
+    copy_padded(out->serial, sizeof(out->serial), ctx->tinfo.serialNumber, sizeof(ctx->tinfo.serialNumber));
+    out->sessions_idle = ctx->n_idle;
+    out->sessions_in_use = ctx->n_open - ctx->n_idle;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    return HSM_OK;
+}

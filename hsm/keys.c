@@ -1,0 +1,1329 @@
+/*
+ * keys.c: key references (find by URI or label, handle cache with
+ * re-find after recovery), key generation with an exact usage policy,
+ * attribute read-back, public key export as DER SPKI.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
+
+#include "log.h"
+#include "util.h"
+#include "hsm_internal.h"
+
+#define FIND_MAX 16
+#define ATTR_MAX (64u * 1024u)
+#define LIST_MAX 4096
+
+static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+
+/* DER OIDs for CKA_EC_PARAMS (namedCurve). */
+static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const unsigned char oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+
+static hsm_key_class class_to_hsm(CK_OBJECT_CLASS c)
+{
+    switch (c) {
+    case CKO_PRIVATE_KEY:
+        return HSM_CLASS_PRIVATE;
+    case CKO_PUBLIC_KEY:
+        return HSM_CLASS_PUBLIC;
+    case CKO_SECRET_KEY:
+        return HSM_CLASS_SECRET;
+    default:
+        return 0;
+    }
+}
+
+static CK_OBJECT_CLASS hsm_to_class(hsm_key_class c)
+{
+    switch (c) {
+    case HSM_CLASS_PRIVATE:
+        return CKO_PRIVATE_KEY;
+    case HSM_CLASS_PUBLIC:
+        return CKO_PUBLIC_KEY;
+    case HSM_CLASS_SECRET:
+        return CKO_SECRET_KEY;
+    }
+    return (CK_OBJECT_CLASS)-1;
+}
+
+static bool is_key_class(CK_OBJECT_CLASS c)
+{
+    return c == CKO_PRIVATE_KEY || c == CKO_PUBLIC_KEY || c == CKO_SECRET_KEY;
+}
+
+/* ---- attribute helpers ---------------------------------------------------- */
+
+hsm_err hsm_get_attr(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type,
+                     unsigned char **val, size_t *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    unsigned char *buf = NULL;
+    hsm_err err;
+
+    *val = NULL;
+    *len = 0;
+    err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+    if (err != HSM_OK)
+        return err;
+    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > ATTR_MAX)
+        return HSM_ERR_PKCS11;
+    /* One spare byte so that strings can be NUL-terminated by callers. */
+    if ((buf = calloc(1, a.ulValueLen + 1)) == NULL)
+        return HSM_ERR_NOMEM;
+    a.pValue = buf;
+    err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+    if (err != HSM_OK) {
+        OPENSSL_clear_free(buf, a.ulValueLen + 1);
+        return err;
+    }
+    *val = buf;
+    *len = a.ulValueLen;
+    return HSM_OK;
+}
+
+hsm_err hsm_get_ulong(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type,
+                      CK_ULONG *out)
+{
+    CK_ATTRIBUTE a = {type, out, sizeof(*out)};
+
+    *out = 0;
+    return P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+}
+
+/* A boolean attribute; absent or unreadable counts as false, without
+ * leaving an error detail behind. */
+static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL b = CK_FALSE;
+    CK_ATTRIBUTE a = {type, &b, sizeof(b)};
+    hsm_errsave sv;
+    hsm_err err;
+
+    hsm_err_save(&sv);
+    err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+    hsm_err_restore(&sv);
+    return err == HSM_OK && a.ulValueLen == sizeof(b) && b == CK_TRUE;
+}
+
+void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h)
+{
+    hsm_errsave sv;
+
+    if (*h == CK_INVALID_HANDLE)
+        return;
+    hsm_err_save(&sv);
+    (void)P11(ctx, C_DestroyObject, s, *h);
+    hsm_err_restore(&sv);
+    *h = CK_INVALID_HANDLE;
+}
+
+/* Finds up to cap key objects matching tmpl (non-key objects skipped). */
+static hsm_err find_keys(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                         CK_OBJECT_HANDLE *found, CK_ULONG cap, CK_ULONG *nfound)
+{
+    CK_OBJECT_HANDLE hs[FIND_MAX];
+    CK_ULONG got = 0, i;
+    hsm_err err, err2;
+
+    *nfound = 0;
+    err = P11(ctx, C_FindObjectsInit, s, tmpl, n);
+    if (err != HSM_OK)
+        return err;
+    err = P11(ctx, C_FindObjects, s, hs, FIND_MAX, &got);
+    err2 = P11(ctx, C_FindObjectsFinal, s);
+    if (err == HSM_OK)
+        err = err2;
+    if (err != HSM_OK)
+        return err;
+    for (i = 0; i < got && *nfound < cap; i++) {
+        CK_ULONG cls = 0;
+        if (hsm_get_ulong(ctx, s, hs[i], CKA_CLASS, &cls) != HSM_OK)
+            continue;
+        if (is_key_class(cls))
+            found[(*nfound)++] = hs[i];
+    }
+    return HSM_OK;
+}
+
+/* Template naming key: class, label, id (whatever is known). */
+static CK_ULONG key_template(hsm_key *key, CK_ATTRIBUTE *t)
+{
+    CK_ULONG n = 0;
+
+    if (key->cls != (CK_OBJECT_CLASS)-1) {
+        t[n].type = CKA_CLASS;
+        t[n].pValue = &key->cls;
+        t[n++].ulValueLen = sizeof(key->cls);
+    }
+    if (key->label[0] != '\0') {
+        t[n].type = CKA_LABEL;
+        t[n].pValue = key->label;
+        t[n++].ulValueLen = strlen(key->label);
+    }
+    if (key->id_len > 0) {
+        t[n].type = CKA_ID;
+        t[n].pValue = key->id;
+        t[n++].ulValueLen = key->id_len;
+    }
+    return n;
+}
+
+/* Fills key's identity (class, type, label, id) from the object. */
+static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+{
+    unsigned char *v = NULL;
+    size_t n = 0;
+    CK_ULONG ul = 0;
+    hsm_err err;
+
+    if ((err = hsm_get_ulong(ctx, s, h, CKA_CLASS, &ul)) != HSM_OK)
+        return err;
+    key->cls = ul;
+    if ((err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &ul)) != HSM_OK)
+        return err;
+    key->ktype = ul;
+    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
+        if (n >= sizeof(key->label))
+            n = sizeof(key->label) - 1;
+        memcpy(key->label, v, n);
+        key->label[n] = '\0';
+        free(v);
+    }
+    v = NULL;
+    if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(key->id)) {
+        memcpy(key->id, v, n);
+        key->id_len = n;
+    }
+    free(v);
+    return HSM_OK;
+}
+
+hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJECT_HANDLE *h)
+{
+    CK_ATTRIBUTE t[3];
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    unsigned gen;
+    hsm_err err;
+
+    *h = CK_INVALID_HANDLE;
+    if (key == NULL)
+        return HSM_ERR_ARGS;
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    if (key->gen == gen && key->handle != CK_INVALID_HANDLE)
+        *h = key->handle;
+    pthread_mutex_unlock(&ctx->key_mu);
+    if (*h != CK_INVALID_HANDLE)
+        return HSM_OK;
+
+    /* Handles are per token insertion: find the object again by identity. */
+    err = find_keys(ctx, s, t, key_template(key, t), found, 2, &n);
+    if (err != HSM_OK)
+        return err;
+    if (n != 1) {
+        char q[80];
+        hsm_set_detail("key %s %s", log_quote(q, sizeof(q), key->label),
+                       n == 0 ? "not on the token" : "is no longer unique");
+        return n == 0 ? HSM_ERR_KEY_NOT_FOUND : HSM_ERR_KEY_AMBIGUOUS;
+    }
+    pthread_mutex_lock(&ctx->key_mu);
+    key->handle = found[0];
+    key->gen = gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    *h = found[0];
+    return HSM_OK;
+}
+
+static hsm_key *key_new(void)
+{
+    hsm_key *k = calloc(1, sizeof(*k));
+    if (k != NULL)
+        k->cls = (CK_OBJECT_CLASS)-1;
+    return k;
+}
+
+void hsm_key_free(hsm_key *key)
+{
+    free(key);
+}
+
+/* ---- find ------------------------------------------------------------------ */
+
+struct find_arg {
+    hsm_key *key; /* identity to search for; filled on success */
+};
+
+static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct find_arg *fa = arg;
+    CK_ATTRIBUTE t[3];
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    unsigned gen;
+    hsm_err err;
+    char q[80];
+
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    err = find_keys(ctx, s, t, key_template(fa->key, t), found, 2, &n);
+    if (err != HSM_OK)
+        return err;
+    if (n == 0) {
+        hsm_set_detail("no key %s on the token", log_quote(q, sizeof(q), fa->key->label));
+        return HSM_ERR_KEY_NOT_FOUND;
+    }
+    if (n > 1) {
+        hsm_set_detail("more than one key matches %s", log_quote(q, sizeof(q), fa->key->label));
+        return HSM_ERR_KEY_AMBIGUOUS;
+    }
+    if ((err = key_fill(ctx, s, found[0], fa->key)) != HSM_OK)
+        return err;
+    fa->key->handle = found[0];
+    fa->key->gen = gen;
+    return HSM_OK;
+}
+
+hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out)
+{
+    hsm_key *key = NULL;
+    P11KitUri *uri = NULL;
+    struct find_arg fa;
+    hsm_err err;
+
+    if (out != NULL)
+        *out = NULL;
+    hsm_clear_detail();
+    if (ctx == NULL || ref == NULL || out == NULL || *ref == '\0' || strlen(ref) > 1024)
+        return HSM_ERR_ARGS;
+    if ((key = key_new()) == NULL)
+        return HSM_ERR_NOMEM;
+    if (cls != 0)
+        key->cls = hsm_to_class(cls);
+
+    if (strncmp(ref, "pkcs11:", 7) == 0) {
+        CK_ATTRIBUTE *a;
+        int rc;
+
+        if ((uri = p11_kit_uri_new()) == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+        rc = p11_kit_uri_parse(ref, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, uri);
+        if (rc != P11_KIT_URI_OK) {
+            hsm_set_detail("key URI: %s", p11_kit_uri_message(rc));
+            err = HSM_ERR_URI;
+            goto out;
+        }
+        /* token=/serial=/... in the key URI must name our token. */
+        if (p11_kit_uri_match_token_info(uri, &ctx->tinfo) != 1) {
+            hsm_set_detail("key URI names another token");
+            err = HSM_ERR_KEY_NOT_FOUND;
+            goto out;
+        }
+        if ((a = p11_kit_uri_get_attribute(uri, CKA_LABEL)) != NULL && a->pValue != NULL) {
+            if (a->ulValueLen >= sizeof(key->label)) {
+                err = HSM_ERR_ARGS;
+                goto out;
+            }
+            memcpy(key->label, a->pValue, a->ulValueLen);
+            key->label[a->ulValueLen] = '\0';
+        }
+        if ((a = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL && a->pValue != NULL) {
+            if (a->ulValueLen > sizeof(key->id)) {
+                err = HSM_ERR_ARGS;
+                goto out;
+            }
+            memcpy(key->id, a->pValue, a->ulValueLen);
+            key->id_len = a->ulValueLen;
+        }
+        if ((a = p11_kit_uri_get_attribute(uri, CKA_CLASS)) != NULL && a->ulValueLen == sizeof(CK_OBJECT_CLASS)) {
+            CK_OBJECT_CLASS c;
+            memcpy(&c, a->pValue, sizeof(c));
+            if (cls != 0 && c != key->cls) {
+                hsm_set_detail("key URI type= contradicts the requested key class");
+                err = HSM_ERR_KEY_NOT_FOUND;
+                goto out;
+            }
+            key->cls = c;
+        }
+        if (key->label[0] == '\0' && key->id_len == 0) {
+            hsm_set_detail("key URI needs object= or id=");
+            err = HSM_ERR_URI;
+            goto out;
+        }
+    } else {
+        if (util_strlcpy(key->label, ref, sizeof(key->label)) != UTIL_OK) {
+            err = HSM_ERR_ARGS;
+            goto out;
+        }
+    }
+
+    fa.key = key;
+    err = hsm_run(ctx, op_find, &fa);
+    if (err != HSM_OK)
+        goto out;
+    *out = key;
+    key = NULL;
+out:
+    if (uri != NULL)
+        p11_kit_uri_free(uri);
+    hsm_key_free(key);
+    return err;
+}
+
+/* ---- destroy ------------------------------------------------------------------ */
+
+static hsm_err op_destroy(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    hsm_key *key = arg;
+    CK_OBJECT_HANDLE h;
+    hsm_err err;
+
+    if ((err = hsm_key_handle(ctx, s, key, &h)) != HSM_OK)
+        return err;
+    err = P11(ctx, C_DestroyObject, s, h);
+    if (err == HSM_OK) {
+        pthread_mutex_lock(&ctx->key_mu);
+        key->handle = CK_INVALID_HANDLE;
+        key->gen = 0;
+        pthread_mutex_unlock(&ctx->key_mu);
+    }
+    return err;
+}
+
+hsm_err hsm_key_destroy(hsm_ctx *ctx, hsm_key *key)
+{
+    if (ctx == NULL || key == NULL)
+        return HSM_ERR_ARGS;
+    return hsm_run(ctx, op_destroy, key);
+}
+
+/* ---- generation ----------------------------------------------------------- */
+
+#define TMPL_MAX 32
+
+typedef struct tmpl {
+    CK_ATTRIBUTE a[TMPL_MAX];
+    CK_ULONG n;
+} tmpl;
+
+static void t_add(tmpl *t, CK_ATTRIBUTE_TYPE type, void *v, CK_ULONG len)
+{
+    /* TMPL_MAX is sized for the largest template below; never exceeded. */
+    if (t->n < TMPL_MAX) {
+        t->a[t->n].type = type;
+        t->a[t->n].pValue = v;
+        t->a[t->n].ulValueLen = len;
+        t->n++;
+    }
+}
+
+static void t_bool(tmpl *t, CK_ATTRIBUTE_TYPE type, bool v)
+{
+    t_add(t, type, v ? &ck_true : &ck_false, sizeof(CK_BBOOL));
+}
+
+struct gen_arg {
+    const hsm_keygen_spec *spec;
+    unsigned char id[64];
+    size_t id_len;
+    hsm_key *pub, *priv, *secret;
+};
+
+/* Fails with HSM_ERR_KEY_EXISTS when a key with this label or id exists. */
+static hsm_err check_unique(hsm_ctx *ctx, CK_SESSION_HANDLE s, const char *label, const unsigned char *id,
+                            size_t id_len)
+{
+    CK_ATTRIBUTE t;
+    CK_OBJECT_HANDLE found[1];
+    CK_ULONG n = 0;
+    hsm_err err;
+    char q[80];
+
+    t.type = CKA_LABEL;
+    t.pValue = (void *)label;
+    t.ulValueLen = strlen(label);
+    if ((err = find_keys(ctx, s, &t, 1, found, 1, &n)) != HSM_OK)
+        return err;
+    if (n == 0) {
+        t.type = CKA_ID;
+        t.pValue = (void *)id;
+        t.ulValueLen = id_len;
+        if ((err = find_keys(ctx, s, &t, 1, found, 1, &n)) != HSM_OK)
+            return err;
+    }
+    if (n != 0) {
+        hsm_set_detail("a key labelled %s (or with its id) exists", log_quote(q, sizeof(q), label));
+        return HSM_ERR_KEY_EXISTS;
+    }
+    return HSM_OK;
+}
+
+/* CKA_ALLOWED_MECHANISMS for a private key with this usage: only what the
+ * usage needs, so a stolen session cannot e.g. raw-RSA decrypt. */
+static CK_ULONG pair_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
+{
+    CK_ULONG n = 0;
+
+    if (spec->type == HSM_KEYTYPE_RSA) {
+        if (spec->usage & (HSM_USE_DECRYPT | HSM_USE_UNWRAP)) {
+            m[n++] = CKM_RSA_PKCS_OAEP;
+            if (spec->usage & HSM_USE_PKCS1V15)
+                m[n++] = CKM_RSA_PKCS;
+        }
+        if (spec->usage & HSM_USE_SIGN)
+            m[n++] = CKM_SHA256_RSA_PKCS;
+    } else {
+        if (spec->usage & HSM_USE_SIGN) {
+            m[n++] = CKM_ECDSA;
+            m[n++] = CKM_ECDSA_SHA256;
+        }
+        if (spec->usage & HSM_USE_DERIVE)
+            m[n++] = CKM_ECDH1_DERIVE;
+    }
+    return n;
+}
+
+static CK_ULONG secret_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
+{
+    CK_ULONG n = 0;
+
+    if (spec->type == HSM_KEYTYPE_AES) {
+        if (spec->usage & (HSM_USE_WRAP | HSM_USE_UNWRAP)) {
+            m[n++] = CKM_AES_KEY_WRAP;
+            m[n++] = CKM_AES_KEY_WRAP_PAD;
+        }
+        if (spec->usage & (HSM_USE_ENCRYPT | HSM_USE_DECRYPT)) {
+            m[n++] = CKM_AES_GCM;
+            m[n++] = CKM_AES_CBC_PAD;
+        }
+    } else if (spec->usage & HSM_USE_SIGN) {
+        m[n++] = CKM_SHA256_HMAC;
+    }
+    return n;
+}
+
+/* Reads the usage attributes back: the token must not have added any. */
+static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls,
+                             unsigned usage, bool extractable)
+{
+    struct {
+        CK_ATTRIBUTE_TYPE type;
+        bool want;
+    } chk[10];
+    size_t n = 0, i;
+
+    if (cls == CKO_PRIVATE_KEY) {
+        chk[n].type = CKA_DECRYPT, chk[n++].want = (usage & HSM_USE_DECRYPT) != 0;
+        chk[n].type = CKA_UNWRAP, chk[n++].want = (usage & HSM_USE_UNWRAP) != 0;
+        chk[n].type = CKA_SIGN, chk[n++].want = (usage & HSM_USE_SIGN) != 0;
+        chk[n].type = CKA_SIGN_RECOVER, chk[n++].want = false;
+        chk[n].type = CKA_DERIVE, chk[n++].want = (usage & HSM_USE_DERIVE) != 0;
+        chk[n].type = CKA_SENSITIVE, chk[n++].want = true;
+        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = false;
+    } else if (cls == CKO_PUBLIC_KEY) {
+        chk[n].type = CKA_ENCRYPT, chk[n++].want = (usage & HSM_USE_DECRYPT) != 0;
+        chk[n].type = CKA_WRAP, chk[n++].want = (usage & HSM_USE_UNWRAP) != 0;
+        chk[n].type = CKA_VERIFY, chk[n++].want = (usage & HSM_USE_SIGN) != 0;
+        chk[n].type = CKA_VERIFY_RECOVER, chk[n++].want = false;
+        chk[n].type = CKA_DERIVE, chk[n++].want = false;
+    } else {
+        chk[n].type = CKA_ENCRYPT, chk[n++].want = (usage & HSM_USE_ENCRYPT) != 0;
+        chk[n].type = CKA_DECRYPT, chk[n++].want = (usage & HSM_USE_DECRYPT) != 0;
+        chk[n].type = CKA_WRAP, chk[n++].want = (usage & HSM_USE_WRAP) != 0;
+        chk[n].type = CKA_UNWRAP, chk[n++].want = (usage & HSM_USE_UNWRAP) != 0;
+        chk[n].type = CKA_SIGN, chk[n++].want = (usage & HSM_USE_SIGN) != 0;
+        chk[n].type = CKA_VERIFY, chk[n++].want = false;
+        chk[n].type = CKA_DERIVE, chk[n++].want = (usage & HSM_USE_DERIVE) != 0;
+        chk[n].type = CKA_SENSITIVE, chk[n++].want = true;
+        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = extractable;
+    }
+    for (i = 0; i < n; i++) {
+        if (get_bool(ctx, s, h, chk[i].type) != chk[i].want) {
+            hsm_set_detail("token changed key attribute 0x%lx (want %s)", (unsigned long)chk[i].type,
+                           chk[i].want ? "true" : "false");
+            return HSM_ERR_KEY_POLICY;
+        }
+    }
+    return HSM_OK;
+}
+
+static hsm_err make_key_ref(const struct gen_arg *ga, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_OBJECT_HANDLE h,
+                            unsigned gen, hsm_key **out)
+{
+    hsm_key *k = key_new();
+
+    *out = NULL;
+    if (k == NULL)
+        return HSM_ERR_NOMEM;
+    k->cls = cls;
+    k->ktype = kt;
+    util_strlcpy(k->label, ga->spec->label, sizeof(k->label));
+    memcpy(k->id, ga->id, ga->id_len);
+    k->id_len = ga->id_len;
+    k->handle = h;
+    k->gen = gen;
+    *out = k;
+    return HSM_OK;
+}
+
+static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct gen_arg *ga = arg;
+    const hsm_keygen_spec *spec = ga->spec;
+    CK_OBJECT_CLASS pubc = CKO_PUBLIC_KEY, privc = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = spec->type == HSM_KEYTYPE_RSA ? CKK_RSA : CKK_EC;
+    CK_ULONG modbits = spec->bits;
+    unsigned char e65537[] = {0x01, 0x00, 0x01};
+    CK_MECHANISM mech = {spec->type == HSM_KEYTYPE_RSA ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_MECHANISM_TYPE mechs[8];
+    CK_ULONG nmechs = pair_mechs(spec, mechs);
+    /* Keys unwrapped with this key are born sensitive, whatever the caller asks. */
+    CK_ATTRIBUTE unwrap_tmpl[] = {{CKA_SENSITIVE, &ck_true, sizeof(ck_true)}};
+    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+    tmpl pt = {.n = 0}, kt_ = {.n = 0};
+    unsigned gen;
+    unsigned u = spec->usage;
+    hsm_err err;
+
+    if ((err = check_unique(ctx, s, spec->label, ga->id, ga->id_len)) != HSM_OK)
+        return err;
+
+    t_add(&pt, CKA_CLASS, &pubc, sizeof(pubc));
+    t_add(&pt, CKA_KEY_TYPE, &kt, sizeof(kt));
+    t_bool(&pt, CKA_TOKEN, true);
+    t_bool(&pt, CKA_PRIVATE, false);
+    t_add(&pt, CKA_LABEL, (void *)spec->label, strlen(spec->label));
+    t_add(&pt, CKA_ID, ga->id, ga->id_len);
+    t_bool(&pt, CKA_ENCRYPT, kt == CKK_RSA && (u & HSM_USE_DECRYPT));
+    t_bool(&pt, CKA_WRAP, kt == CKK_RSA && (u & HSM_USE_UNWRAP));
+    t_bool(&pt, CKA_VERIFY, (u & HSM_USE_SIGN) != 0);
+    t_bool(&pt, CKA_VERIFY_RECOVER, false);
+    t_bool(&pt, CKA_DERIVE, false);
+    if (kt == CKK_RSA) {
+        t_add(&pt, CKA_MODULUS_BITS, &modbits, sizeof(modbits));
+        t_add(&pt, CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537));
+    } else if (spec->bits == 256) {
+        t_add(&pt, CKA_EC_PARAMS, (void *)oid_p256, sizeof(oid_p256));
+    } else {
+        t_add(&pt, CKA_EC_PARAMS, (void *)oid_p384, sizeof(oid_p384));
+    }
+
+    t_add(&kt_, CKA_CLASS, &privc, sizeof(privc));
+    t_add(&kt_, CKA_KEY_TYPE, &kt, sizeof(kt));
+    t_bool(&kt_, CKA_TOKEN, true);
+    t_bool(&kt_, CKA_PRIVATE, true);
+    t_bool(&kt_, CKA_SENSITIVE, true);
+    t_bool(&kt_, CKA_EXTRACTABLE, false);
+    t_add(&kt_, CKA_LABEL, (void *)spec->label, strlen(spec->label));
+    t_add(&kt_, CKA_ID, ga->id, ga->id_len);
+    t_bool(&kt_, CKA_DECRYPT, kt == CKK_RSA && (u & HSM_USE_DECRYPT));
+    t_bool(&kt_, CKA_UNWRAP, kt == CKK_RSA && (u & HSM_USE_UNWRAP));
+    t_bool(&kt_, CKA_SIGN, (u & HSM_USE_SIGN) != 0);
+    t_bool(&kt_, CKA_SIGN_RECOVER, false);
+    t_bool(&kt_, CKA_DERIVE, kt == CKK_EC && (u & HSM_USE_DERIVE));
+    if (u & HSM_USE_UNWRAP)
+        t_add(&kt_, CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl));
+    if (nmechs > 0)
+        t_add(&kt_, CKA_ALLOWED_MECHANISMS, mechs, nmechs * sizeof(mechs[0]));
+
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    err = P11(ctx, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_.a, kt_.n, &hpub, &hpriv);
+    if (err != HSM_OK)
+        goto out;
+    if ((err = verify_policy(ctx, s, hpriv, CKO_PRIVATE_KEY, u, false)) != HSM_OK ||
+        (err = verify_policy(ctx, s, hpub, CKO_PUBLIC_KEY, u, false)) != HSM_OK)
+        goto out;
+    if ((err = make_key_ref(ga, CKO_PUBLIC_KEY, kt, hpub, gen, &ga->pub)) != HSM_OK ||
+        (err = make_key_ref(ga, CKO_PRIVATE_KEY, kt, hpriv, gen, &ga->priv)) != HSM_OK)
+        goto out;
+    hpub = hpriv = CK_INVALID_HANDLE;
+out:
+    if (err != HSM_OK) {
+        /* Never leave a half-made or over-permissive pair on the token. */
+        hsm_destroy_session_obj(ctx, s, &hpub);
+        hsm_destroy_session_obj(ctx, s, &hpriv);
+        hsm_key_free(ga->pub);
+        hsm_key_free(ga->priv);
+        ga->pub = ga->priv = NULL;
+    }
+    return err;
+}
+
+static hsm_err check_spec(const hsm_keygen_spec *spec, struct gen_arg *ga)
+{
+    memset(ga, 0, sizeof(*ga));
+    ga->spec = spec;
+    if (spec == NULL || spec->label == NULL || spec->label[0] == '\0' || strlen(spec->label) >= 128)
+        return HSM_ERR_ARGS;
+    if (spec->id != NULL) {
+        if (spec->id_len == 0 || spec->id_len > sizeof(ga->id))
+            return HSM_ERR_ARGS;
+        memcpy(ga->id, spec->id, spec->id_len);
+        ga->id_len = spec->id_len;
+    } else {
+        /* id = first 16 bytes of SHA-256(label): stable, so tools that pair
+         * keys and certificates by CKA_ID find them. */
+        unsigned char md[32];
+        if (EVP_Digest(spec->label, strlen(spec->label), md, NULL, EVP_sha256(), NULL) != 1)
+            return HSM_ERR_NOMEM;
+        memcpy(ga->id, md, 16);
+        ga->id_len = 16;
+    }
+    return HSM_OK;
+}
+
+hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv)
+{
+    struct gen_arg ga;
+    hsm_err err;
+    const unsigned known = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_DERIVE | HSM_USE_PKCS1V15;
+
+    if (pub != NULL)
+        *pub = NULL;
+    if (priv != NULL)
+        *priv = NULL;
+    hsm_clear_detail();
+    if (ctx == NULL || (err = check_spec(spec, &ga)) != HSM_OK)
+        return HSM_ERR_ARGS;
+    if ((spec->usage & ~known) != 0 || spec->extractable)
+        return HSM_ERR_ARGS;
+    if (spec->type == HSM_KEYTYPE_RSA) {
+        if (spec->bits != 2048 && spec->bits != 3072 && spec->bits != 4096)
+            return HSM_ERR_ARGS;
+        if (spec->usage & HSM_USE_DERIVE)
+            return HSM_ERR_ARGS;
+    } else if (spec->type == HSM_KEYTYPE_EC) {
+        if (spec->bits != 256 && spec->bits != 384)
+            return HSM_ERR_ARGS;
+        if (spec->usage & (HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15))
+            return HSM_ERR_ARGS;
+    } else {
+        return HSM_ERR_ARGS;
+    }
+    err = hsm_run(ctx, op_gen_pair, &ga);
+    if (err != HSM_OK)
+        return err;
+    if (pub != NULL)
+        *pub = ga.pub;
+    else
+        hsm_key_free(ga.pub);
+    if (priv != NULL)
+        *priv = ga.priv;
+    else
+        hsm_key_free(ga.priv);
+    return HSM_OK;
+}
+
+static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct gen_arg *ga = arg;
+    const hsm_keygen_spec *spec = ga->spec;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = spec->type == HSM_KEYTYPE_AES ? CKK_AES : CKK_GENERIC_SECRET;
+    CK_ULONG vlen = spec->bits / 8;
+    CK_MECHANISM mech = {kt == CKK_AES ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_MECHANISM_TYPE mechs[8];
+    CK_ULONG nmechs = secret_mechs(spec, mechs);
+    CK_ATTRIBUTE unwrap_tmpl[] = {{CKA_SENSITIVE, &ck_true, sizeof(ck_true)}};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    tmpl t = {.n = 0};
+    unsigned u = spec->usage, gen;
+    hsm_err err;
+
+    if ((err = check_unique(ctx, s, spec->label, ga->id, ga->id_len)) != HSM_OK)
+        return err;
+    t_add(&t, CKA_CLASS, &cls, sizeof(cls));
+    t_add(&t, CKA_KEY_TYPE, &kt, sizeof(kt));
+    t_add(&t, CKA_VALUE_LEN, &vlen, sizeof(vlen));
+    t_bool(&t, CKA_TOKEN, true);
+    t_bool(&t, CKA_PRIVATE, true);
+    t_bool(&t, CKA_SENSITIVE, true);
+    /* Sensitive + extractable = can leave the token only wrapped. */
+    t_bool(&t, CKA_EXTRACTABLE, spec->extractable);
+    t_add(&t, CKA_LABEL, (void *)spec->label, strlen(spec->label));
+    t_add(&t, CKA_ID, ga->id, ga->id_len);
+    t_bool(&t, CKA_ENCRYPT, (u & HSM_USE_ENCRYPT) != 0);
+    t_bool(&t, CKA_DECRYPT, (u & HSM_USE_DECRYPT) != 0);
+    t_bool(&t, CKA_WRAP, (u & HSM_USE_WRAP) != 0);
+    t_bool(&t, CKA_UNWRAP, (u & HSM_USE_UNWRAP) != 0);
+    t_bool(&t, CKA_SIGN, (u & HSM_USE_SIGN) != 0);
+    t_bool(&t, CKA_VERIFY, false);
+    t_bool(&t, CKA_DERIVE, (u & HSM_USE_DERIVE) != 0);
+    if (u & HSM_USE_UNWRAP)
+        t_add(&t, CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl));
+    if (nmechs > 0)
+        t_add(&t, CKA_ALLOWED_MECHANISMS, mechs, nmechs * sizeof(mechs[0]));
+
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    err = P11(ctx, C_GenerateKey, s, &mech, t.a, t.n, &h);
+    if (err != HSM_OK)
+        goto out;
+    if ((err = verify_policy(ctx, s, h, CKO_SECRET_KEY, u, spec->extractable)) != HSM_OK)
+        goto out;
+    hsm_key_free(ga->secret);
+    ga->secret = NULL;
+    if ((err = make_key_ref(ga, CKO_SECRET_KEY, kt, h, gen, &ga->secret)) != HSM_OK)
+        goto out;
+    h = CK_INVALID_HANDLE;
+out:
+    if (err != HSM_OK)
+        hsm_destroy_session_obj(ctx, s, &h);
+    return err;
+}
+
+hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out)
+{
+    struct gen_arg ga;
+    hsm_err err;
+    const unsigned known = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_WRAP | HSM_USE_ENCRYPT;
+
+    if (out != NULL)
+        *out = NULL;
+    hsm_clear_detail();
+    if (ctx == NULL || out == NULL || check_spec(spec, &ga) != HSM_OK)
+        return HSM_ERR_ARGS;
+    if ((spec->usage & ~known) != 0)
+        return HSM_ERR_ARGS;
+    if (spec->type == HSM_KEYTYPE_AES) {
+        if (spec->bits != 128 && spec->bits != 192 && spec->bits != 256)
+            return HSM_ERR_ARGS;
+        if (spec->usage & HSM_USE_SIGN)
+            return HSM_ERR_ARGS;
+    } else if (spec->type == HSM_KEYTYPE_GENERIC_SECRET) {
+        if (spec->bits < 128 || spec->bits > 512 || spec->bits % 8 != 0)
+            return HSM_ERR_ARGS;
+        if (spec->usage & ~(unsigned)HSM_USE_SIGN)
+            return HSM_ERR_ARGS;
+    } else {
+        return HSM_ERR_ARGS;
+    }
+    err = hsm_run(ctx, op_gen_secret, &ga);
+    if (err != HSM_OK) {
+        hsm_key_free(ga.secret);
+        return err;
+    }
+    *out = ga.secret;
+    return HSM_OK;
+}
+
+/* ---- info --------------------------------------------------------------------- */
+
+static int curve_nid(const unsigned char *params, size_t len)
+{
+    const unsigned char *p = params;
+    ASN1_OBJECT *obj = d2i_ASN1_OBJECT(NULL, &p, (long)len);
+    int nid = NID_undef;
+
+    if (obj != NULL && p == params + len)
+        nid = OBJ_obj2nid(obj);
+    ASN1_OBJECT_free(obj);
+    return nid;
+}
+
+static unsigned curve_bits(int nid)
+{
+    EC_GROUP *g = nid != NID_undef ? EC_GROUP_new_by_curve_name(nid) : NULL;
+    unsigned bits = g != NULL ? (unsigned)EC_GROUP_get_degree(g) : 0;
+    EC_GROUP_free(g);
+    return bits;
+}
+
+/* Reads CKA_UNWRAP_TEMPLATE: present? does it force CKA_SENSITIVE true? */
+static void read_unwrap_template(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key_info *out)
+{
+    CK_ATTRIBUTE a = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+    CK_ATTRIBUTE *arr = NULL;
+    CK_BBOOL vals[32];
+    CK_ULONG n, i;
+    hsm_errsave sv;
+
+    hsm_err_save(&sv);
+    if (P11(ctx, C_GetAttributeValue, s, h, &a, 1) != HSM_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+        a.ulValueLen == 0 || a.ulValueLen % sizeof(CK_ATTRIBUTE) != 0)
+        goto out;
+    n = a.ulValueLen / sizeof(CK_ATTRIBUTE);
+    if (n > 32 || (arr = calloc(n, sizeof(*arr))) == NULL)
+        goto out;
+    /* Second call: the attribute types and value lengths. */
+    a.pValue = arr;
+    if (P11(ctx, C_GetAttributeValue, s, h, &a, 1) != HSM_OK)
+        goto out;
+    out->has_unwrap_template = true;
+    for (i = 0; i < n; i++) {
+        if (arr[i].ulValueLen != sizeof(CK_BBOOL))
+            arr[i].ulValueLen = 0; /* only booleans interest us */
+        arr[i].pValue = arr[i].ulValueLen != 0 ? &vals[i] : NULL;
+    }
+    if (P11(ctx, C_GetAttributeValue, s, h, &a, 1) != HSM_OK)
+        goto out;
+    for (i = 0; i < n; i++)
+        if (arr[i].type == CKA_SENSITIVE && arr[i].pValue != NULL && vals[i] == CK_TRUE)
+            out->unwrap_template_sensitive = true;
+out:
+    free(arr);
+    hsm_err_restore(&sv);
+}
+
+static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct {
+        hsm_key *key;
+        hsm_key_info *info;
+    } *ia = arg;
+    hsm_key_info *out = ia->info;
+    CK_OBJECT_HANDLE h;
+    CK_ULONG ul = 0;
+    unsigned char *v = NULL;
+    size_t n = 0;
+    CK_ATTRIBUTE va = {CKA_VALUE, NULL, 0};
+    hsm_errsave sv;
+    hsm_err err;
+
+    memset(out, 0, sizeof(*out));
+    if ((err = hsm_key_handle(ctx, s, ia->key, &h)) != HSM_OK)
+        return err;
+    if ((err = hsm_get_ulong(ctx, s, h, CKA_CLASS, &ul)) != HSM_OK)
+        return err;
+    out->cls = class_to_hsm(ul);
+    if ((err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &ul)) != HSM_OK)
+        return err;
+    switch (ul) {
+    case CKK_RSA:
+        out->type = HSM_KEYTYPE_RSA;
+        if (hsm_get_attr(ctx, s, h, CKA_MODULUS, &v, &n) == HSM_OK)
+            out->bits = (unsigned)(n * 8);
+        break;
+    case CKK_EC:
+        out->type = HSM_KEYTYPE_EC;
+        if (hsm_get_attr(ctx, s, h, CKA_EC_PARAMS, &v, &n) == HSM_OK)
+            out->bits = curve_bits(curve_nid(v, n));
+        break;
+    case CKK_AES:
+        out->type = HSM_KEYTYPE_AES;
+        break;
+    default:
+        out->type = HSM_KEYTYPE_GENERIC_SECRET;
+        break;
+    }
+    free(v);
+    v = NULL;
+    if (out->cls == HSM_CLASS_SECRET && hsm_get_ulong(ctx, s, h, CKA_VALUE_LEN, &ul) == HSM_OK)
+        out->bits = (unsigned)(ul * 8);
+    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
+        if (n >= sizeof(out->label))
+            n = sizeof(out->label) - 1;
+        memcpy(out->label, v, n);
+    }
+    free(v);
+    v = NULL;
+    if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(out->id)) {
+        memcpy(out->id, v, n);
+        out->id_len = n;
+    }
+    free(v);
+    v = NULL;
+    out->token = get_bool(ctx, s, h, CKA_TOKEN);
+    out->private_ = get_bool(ctx, s, h, CKA_PRIVATE);
+    out->sensitive = get_bool(ctx, s, h, CKA_SENSITIVE);
+    out->always_sensitive = get_bool(ctx, s, h, CKA_ALWAYS_SENSITIVE);
+    out->extractable = get_bool(ctx, s, h, CKA_EXTRACTABLE);
+    out->never_extractable = get_bool(ctx, s, h, CKA_NEVER_EXTRACTABLE);
+    out->decrypt = get_bool(ctx, s, h, CKA_DECRYPT);
+    out->unwrap = get_bool(ctx, s, h, CKA_UNWRAP);
+    out->sign = get_bool(ctx, s, h, CKA_SIGN);
+    out->derive = get_bool(ctx, s, h, CKA_DERIVE);
+    out->wrap = get_bool(ctx, s, h, CKA_WRAP);
+    out->encrypt = get_bool(ctx, s, h, CKA_ENCRYPT);
+    out->verify = get_bool(ctx, s, h, CKA_VERIFY);
+    out->sign_recover = get_bool(ctx, s, h, CKA_SIGN_RECOVER);
+
+    /* The value itself must not be readable (only its length is asked). */
+    if (out->cls != HSM_CLASS_PUBLIC) {
+        hsm_err_save(&sv);
+        if (P11(ctx, C_GetAttributeValue, s, h, &va, 1) == HSM_OK && va.ulValueLen != CK_UNAVAILABLE_INFORMATION)
+            out->value_readable = true;
+        if (out->type == HSM_KEYTYPE_RSA) {
+            CK_ATTRIBUTE pa = {CKA_PRIVATE_EXPONENT, NULL, 0};
+            if (P11(ctx, C_GetAttributeValue, s, h, &pa, 1) == HSM_OK && pa.ulValueLen != CK_UNAVAILABLE_INFORMATION)
+                out->value_readable = true;
+        }
+        hsm_err_restore(&sv);
+    }
+    read_unwrap_template(ctx, s, h, out);
+
+    hsm_err_save(&sv);
+    if (hsm_get_attr(ctx, s, h, CKA_ALLOWED_MECHANISMS, &v, &n) == HSM_OK) {
+        size_t i, cnt = n / sizeof(CK_MECHANISM_TYPE);
+        for (i = 0; i < cnt && i < GS_ARRAY_LEN(out->allowed_mechanisms); i++) {
+            CK_MECHANISM_TYPE m;
+            memcpy(&m, v + i * sizeof(m), sizeof(m));
+            out->allowed_mechanisms[i] = m;
+        }
+        out->n_allowed_mechanisms = i;
+    }
+    free(v);
+    hsm_err_restore(&sv);
+    return HSM_OK;
+}
+
+hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out)
+{
+    struct {
+        hsm_key *key;
+        hsm_key_info *info;
+    } ia = {key, out};
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (ctx == NULL || key == NULL || out == NULL)
+        return HSM_ERR_ARGS;
+    return hsm_run(ctx, op_info, &ia);
+}
+
+/* ---- list ------------------------------------------------------------------------ */
+
+struct list_arg {
+    const char *prefix;
+    hsm_key **keys;
+    size_t n;
+};
+
+static void list_clear(struct list_arg *la)
+{
+    size_t i;
+
+    for (i = 0; i < la->n; i++)
+        hsm_key_free(la->keys[i]);
+    free(la->keys);
+    la->keys = NULL;
+    la->n = 0;
+}
+
+static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct list_arg *la = arg;
+    CK_OBJECT_HANDLE *hs = NULL;
+    CK_ULONG got = 0, total = 0, i;
+    size_t plen = strlen(la->prefix);
+    unsigned gen;
+    hsm_err err, err2;
+
+    list_clear(la);
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    if ((hs = calloc(LIST_MAX, sizeof(*hs))) == NULL)
+        return HSM_ERR_NOMEM;
+    err = P11(ctx, C_FindObjectsInit, s, NULL, 0);
+    if (err != HSM_OK)
+        goto out;
+    do {
+        err = P11(ctx, C_FindObjects, s, hs + total, LIST_MAX - total > 64 ? 64 : LIST_MAX - total, &got);
+        if (err != HSM_OK)
+            break;
+        total += got;
+    } while (got > 0 && total < LIST_MAX);
+    err2 = P11(ctx, C_FindObjectsFinal, s);
+    if (err == HSM_OK)
+        err = err2;
+    if (err != HSM_OK)
+        goto out;
+    if ((la->keys = calloc(total + 1, sizeof(*la->keys))) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    for (i = 0; i < total; i++) {
+        hsm_key *k = key_new();
+        if (k == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+        if (key_fill(ctx, s, hs[i], k) != HSM_OK || !is_key_class(k->cls) ||
+            strncmp(k->label, la->prefix, plen) != 0) {
+            hsm_key_free(k);
+            continue;
+        }
+        k->handle = hs[i];
+        k->gen = gen;
+        la->keys[la->n++] = k;
+    }
+    hsm_clear_detail();
+out:
+    free(hs);
+    if (err != HSM_OK)
+        list_clear(la);
+    return err;
+}
+
+hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix, int (*cb)(void *arg, hsm_ctx *ctx, hsm_key *key),
+                     void *arg)
+{
+    struct list_arg la = {label_prefix != NULL ? label_prefix : "", NULL, 0};
+    hsm_err err;
+    size_t i;
+
+    if (ctx == NULL || cb == NULL)
+        return HSM_ERR_ARGS;
+    err = hsm_run(ctx, op_list, &la);
+    if (err != HSM_OK)
+        return err;
+    /* Callbacks run with no session held: they may call back into hsm_*. */
+    for (i = 0; i < la.n; i++) {
+        if (cb(arg, ctx, la.keys[i]) != 0) {
+            err = HSM_ERR_ARGS;
+            break;
+        }
+    }
+    list_clear(&la);
+    return err;
+}
+
+/* ---- public key export -------------------------------------------------------------- */
+
+/* CKA_EC_POINT is DER OCTET STRING per the standard; some tokens return the
+ * raw point. Accept both; *pt points into buf. */
+static int ec_point_unwrap(const unsigned char *buf, size_t len, const unsigned char **pt, size_t *ptlen)
+{
+    const unsigned char *p = buf;
+    ASN1_OCTET_STRING *os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)len);
+
+    if (os != NULL && p == buf + len && os->length > 0 && os->data[0] == 0x04) {
+        size_t off = len - (size_t)os->length;
+        ASN1_OCTET_STRING_free(os);
+        *pt = buf + off;
+        *ptlen = len - off;
+        return 0;
+    }
+    ASN1_OCTET_STRING_free(os);
+    if (len > 0 && buf[0] == 0x04) {
+        *pt = buf;
+        *ptlen = len;
+        return 0;
+    }
+    return -1;
+}
+
+struct export_arg {
+    hsm_key *key;
+    unsigned char *der;
+    size_t len;
+};
+
+static hsm_err build_spki(EVP_PKEY_CTX *pctx, OSSL_PARAM_BLD *bld, struct export_arg *ea)
+{
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
+    EVP_PKEY *pkey = NULL;
+    unsigned char *der = NULL;
+    int len;
+    hsm_err err = HSM_ERR_PUBLIC_KEY;
+
+    if (params == NULL || EVP_PKEY_fromdata_init(pctx) != 1 ||
+        EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        goto out;
+    if ((len = i2d_PUBKEY(pkey, &der)) <= 0)
+        goto out;
+    /* i2d allocated with OPENSSL_malloc: hand out a malloc'd copy. */
+    if ((ea->der = malloc((size_t)len)) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(ea->der, der, (size_t)len);
+    ea->len = (size_t)len;
+    err = HSM_OK;
+out:
+    if (err == HSM_ERR_PUBLIC_KEY)
+        hsm_set_detail("could not encode the token's public key");
+    OPENSSL_free(der);
+    EVP_PKEY_free(pkey);
+    OSSL_PARAM_free(params);
+    return err;
+}
+
+static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct export_arg *ea = arg;
+    CK_OBJECT_HANDLE h;
+    CK_ULONG cls = 0, kt = 0;
+    unsigned char *a1 = NULL, *a2 = NULL;
+    size_t l1 = 0, l2 = 0;
+    BIGNUM *n = NULL, *e = NULL;
+    OSSL_PARAM_BLD *bld = NULL;
+    EVP_PKEY_CTX *pctx = NULL;
+    hsm_err err;
+
+    free(ea->der);
+    ea->der = NULL;
+    ea->len = 0;
+    if ((err = hsm_key_handle(ctx, s, ea->key, &h)) != HSM_OK)
+        goto out;
+    if ((err = hsm_get_ulong(ctx, s, h, CKA_CLASS, &cls)) != HSM_OK ||
+        (err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &kt)) != HSM_OK)
+        goto out;
+    if ((cls != CKO_PUBLIC_KEY && cls != CKO_PRIVATE_KEY) || (kt != CKK_RSA && kt != CKK_EC)) {
+        hsm_set_detail("not an RSA or EC key pair object");
+        err = HSM_ERR_ARGS;
+        goto out;
+    }
+    if ((bld = OSSL_PARAM_BLD_new()) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    if (kt == CKK_RSA) {
+        if ((err = hsm_get_attr(ctx, s, h, CKA_MODULUS, &a1, &l1)) != HSM_OK ||
+            (err = hsm_get_attr(ctx, s, h, CKA_PUBLIC_EXPONENT, &a2, &l2)) != HSM_OK)
+            goto out;
+        n = BN_bin2bn(a1, (int)l1, NULL);
+        e = BN_bin2bn(a2, (int)l2, NULL);
+        if (n == NULL || e == NULL || OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
+            OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1 ||
+            (pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+    } else {
+        CK_OBJECT_HANDLE ph = h;
+        const unsigned char *pt;
+        size_t ptlen;
+        int nid;
+
+        if ((err = hsm_get_attr(ctx, s, h, CKA_EC_PARAMS, &a1, &l1)) != HSM_OK)
+            goto out;
+        if (cls == CKO_PRIVATE_KEY) {
+            /* The point lives on the public object of the pair (same CKA_ID). */
+            CK_OBJECT_CLASS pc = CKO_PUBLIC_KEY;
+            CK_ATTRIBUTE t[2] = {{CKA_CLASS, &pc, sizeof(pc)}, {CKA_ID, ea->key->id, ea->key->id_len}};
+            CK_OBJECT_HANDLE found[2];
+            CK_ULONG nf = 0;
+            if ((err = find_keys(ctx, s, t, 2, found, 2, &nf)) != HSM_OK)
+                goto out;
+            if (nf != 1) {
+                hsm_set_detail("no unique public key object for this EC private key");
+                err = HSM_ERR_KEY_NOT_FOUND;
+                goto out;
+            }
+            ph = found[0];
+        }
+        if ((err = hsm_get_attr(ctx, s, ph, CKA_EC_POINT, &a2, &l2)) != HSM_OK)
+            goto out;
+        nid = curve_nid(a1, l1);
+        if (nid == NID_undef || ec_point_unwrap(a2, l2, &pt, &ptlen) != 0) {
+            hsm_set_detail("unsupported EC parameters or point on the token");
+            err = HSM_ERR_PUBLIC_KEY;
+            goto out;
+        }
+        if (OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, OBJ_nid2sn(nid), 0) != 1 ||
+            OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, ptlen) != 1 ||
+            (pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+    }
+    err = build_spki(pctx, bld, ea);
+out:
+    free(a1);
+    free(a2);
+    BN_free(n);
+    BN_free(e);
+    OSSL_PARAM_BLD_free(bld);
+    EVP_PKEY_CTX_free(pctx);
+    return err;
+}
+
+hsm_err hsm_key_export_public(hsm_ctx *ctx, hsm_key *key, unsigned char **spki_der, size_t *len)
+{
+    struct export_arg ea = {key, NULL, 0};
+    hsm_err err;
+
+    if (spki_der != NULL)
+        *spki_der = NULL;
+    if (len != NULL)
+        *len = 0;
+    if (ctx == NULL || key == NULL || spki_der == NULL || len == NULL)
+        return HSM_ERR_ARGS;
+    err = hsm_run(ctx, op_export, &ea);
+    if (err != HSM_OK) {
+        free(ea.der);
+        return err;
+    }
+    *spki_der = ea.der;
+    *len = ea.len;
+    return HSM_OK;
+}
+
+/* ---- recipient public keys as session objects ------------------------------------- */
+
+#define SPKI_MAX 16384
+
+hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
+                               CK_OBJECT_HANDLE *h)
+{
+    const unsigned char *p = spki;
+    EVP_PKEY *pkey = NULL;
+    BIGNUM *n = NULL, *e = NULL;
+    unsigned char *nb = NULL, *eb = NULL;
+    int nl, el;
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_RSA;
+    tmpl t = {.n = 0};
+    hsm_err err = HSM_ERR_PUBLIC_KEY;
+
+    *h = CK_INVALID_HANDLE;
+    if (spki == NULL || spki_len == 0 || spki_len > SPKI_MAX) {
+        hsm_set_detail("recipient public key missing or too large");
+        return HSM_ERR_PUBLIC_KEY;
+    }
+    pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    if (pkey == NULL || p != spki + spki_len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
+        hsm_set_detail("recipient public key is not a DER RSA SubjectPublicKeyInfo");
+        goto out;
+    }
+    if (EVP_PKEY_get_bits(pkey) < 2048 || EVP_PKEY_get_bits(pkey) > 16384) {
+        hsm_set_detail("recipient RSA key size %d not accepted (2048..16384)", EVP_PKEY_get_bits(pkey));
+        goto out;
+    }
+    if (EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) != 1 ||
+        EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) != 1)
+        goto out;
+    nl = BN_num_bytes(n);
+    el = BN_num_bytes(e);
+    if ((nb = malloc((size_t)nl)) == NULL || (eb = malloc((size_t)el)) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    BN_bn2bin(n, nb);
+    BN_bn2bin(e, eb);
+    t_add(&t, CKA_CLASS, &cls, sizeof(cls));
+    t_add(&t, CKA_KEY_TYPE, &kt, sizeof(kt));
+    t_bool(&t, CKA_TOKEN, false);
+    t_bool(&t, CKA_PRIVATE, false);
+    t_bool(&t, CKA_WRAP, true);
+    t_bool(&t, CKA_ENCRYPT, false);
+    t_bool(&t, CKA_VERIFY, false);
+    t_add(&t, CKA_MODULUS, nb, (CK_ULONG)nl);
+    t_add(&t, CKA_PUBLIC_EXPONENT, eb, (CK_ULONG)el);
+    err = P11(ctx, C_CreateObject, s, t.a, t.n, h);
+out:
+    EVP_PKEY_free(pkey);
+    BN_free(n);
+    BN_free(e);
+    free(nb);
+    free(eb);
+    return err;
+}

@@ -1,0 +1,811 @@
+/*
+ * ops.c: the message key operations: RSA-OAEP decrypt, PKCS#1 v1.5 with
+ * implicit rejection, unwrap into a session key and wrap out (to public
+ * keys or under an AES key), ECDH, signing.
+ *
+ * Raw RSA (CKM_RSA_X_509) is never used. Session objects made here
+ * (content keys, imported recipient keys, KEKs) are destroyed on every path.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+
+#include "log.h"
+#include "util.h"
+#include "hsm_internal.h"
+
+#define CT_MAX 2048       /* encrypted key: RSA up to 16384 bits */
+#define RSA_OUT_MAX 2048  /* wrap/sign output of an RSA key up to 16384 bits */
+#define RECIPIENTS_MAX 4096
+#define SIGN_DATA_MAX (1024u * 1024u)
+
+static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+
+/* ---- constant-time helpers (no branch on secret data) -------------------- */
+
+/* All ones when x == 0, else 0. */
+static size_t ct_is_zero(size_t x)
+{
+    return (size_t)0 - ((~x & (x - 1)) >> (sizeof(size_t) * 8 - 1));
+}
+
+static size_t ct_eq(size_t a, size_t b)
+{
+    return ct_is_zero(a ^ b);
+}
+
+/* ---- common pieces -------------------------------------------------------- */
+
+static bool recoverable_rv(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_KEY_HANDLE_INVALID:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->hashAlg = hash == HSM_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
+    p->mgf = hash == HSM_OAEP_SHA256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1;
+    p->source = CKZ_DATA_SPECIFIED;
+    p->pSourceData = NULL;
+    p->ulSourceDataLen = 0;
+}
+
+/* SoftHSM 2.6.1 accepts only SHA-1 in CK_RSA_PKCS_OAEP_PARAMS and answers
+ * CKR_ARGUMENTS_BAD (others say MECHANISM_PARAM_INVALID): turn that into
+ * a clear "unsupported" instead of a generic failure, and remember it. */
+static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
+{
+    CK_RV rv = hsm_last_rv();
+    char prev[192];
+
+    if (err == HSM_OK)
+        return err;
+    if (hash == HSM_OAEP_SHA256 &&
+        (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_INVALID)) {
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("token does not support RSA-OAEP with SHA-256 (%s)", prev);
+        atomic_store(&ctx->no_oaep256, true);
+        return HSM_ERR_MECHANISM;
+    }
+    if (rv == CKR_MECHANISM_INVALID) {
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("token does not support RSA-OAEP (%s)", prev);
+    }
+    return err;
+}
+
+static hsm_err oaep_fast_fail(hsm_ctx *ctx, hsm_oaep_hash hash)
+{
+    if (hash == HSM_OAEP_SHA256 && atomic_load(&ctx->no_oaep256)) {
+        hsm_set_detail("token does not support RSA-OAEP with SHA-256");
+        return HSM_ERR_MECHANISM;
+    }
+    return HSM_OK;
+}
+
+/* SoftHSM reports a ciphertext that does not decrypt as CKR_GENERAL_ERROR;
+ * for C_Decrypt/C_UnwrapKey that is a decryption failure, not a device one. */
+static hsm_err decrypt_check(hsm_err err)
+{
+    if (err == HSM_ERR_DEVICE && hsm_last_rv() == CKR_GENERAL_ERROR)
+        return HSM_ERR_DECRYPT;
+    return err;
+}
+
+static hsm_err check_unwrap_input(const hsm_unwrap_input *in)
+{
+    if (in == NULL || in->group_key == NULL || in->encrypted_key == NULL || in->encrypted_key_len == 0 ||
+        in->encrypted_key_len > CT_MAX)
+        return HSM_ERR_ARGS;
+    switch (in->alg) {
+    case HSM_KT_RSA_OAEP_SHA1:
+    case HSM_KT_RSA_OAEP_SHA256:
+        if (in->expected_len > 64)
+            return HSM_ERR_ARGS;
+        return HSM_OK;
+    case HSM_KT_RSA_PKCS1V15:
+        if (in->reject_key == NULL ||
+            (in->expected_len != 16 && in->expected_len != 24 && in->expected_len != 32)) {
+            hsm_set_detail("PKCS#1 v1.5 needs reject_key and expected_len 16, 24 or 32");
+            return HSM_ERR_ARGS;
+        }
+        return HSM_OK;
+    }
+    return HSM_ERR_ARGS;
+}
+
+static hsm_oaep_hash kt_hash(hsm_kt_alg alg)
+{
+    return alg == HSM_KT_RSA_OAEP_SHA256 ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
+}
+
+/* ---- PKCS#1 v1.5 with implicit rejection ------------------------------------ */
+
+/* Writes in->expected_len bytes to out: the decrypted key when the padding
+ * is valid and the plaintext has the expected length, else the first
+ * expected_len bytes of HMAC-SHA-256(ciphertext) under reject_key. Both
+ * candidates are computed every time and the choice is a mask, so nothing
+ * here branches on the padding result. (What the token itself leaks in
+ * C_Decrypt timing is beyond our reach; SoftHSM/OpenSSL 3.0 is not
+ * constant-time there.) Errors returned are only ones independent of the
+ * ciphertext: session, login, token, key policy. */
+static hsm_err ir_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in, unsigned char *out)
+{
+    unsigned char mac[32], pt[CT_MAX];
+    CK_ULONG maclen = sizeof(mac), ptlen = sizeof(pt);
+    CK_MECHANISM hm = {CKM_SHA256_HMAC, NULL, 0}, rm = {CKM_RSA_PKCS, NULL, 0};
+    CK_OBJECT_HANDLE rk, gk;
+    CK_RV rv;
+    size_t good, i;
+    hsm_errsave sv;
+    hsm_err err;
+
+    memset(out, 0, in->expected_len);
+    memset(pt, 0, sizeof(pt));
+    if ((err = hsm_key_handle(ctx, s, in->reject_key, &rk)) != HSM_OK ||
+        (err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+        goto out;
+    err = P11(ctx, C_SignInit, s, &hm, rk);
+    if (err == HSM_OK)
+        err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, mac, &maclen);
+    if (err != HSM_OK)
+        goto out;
+    if (maclen != sizeof(mac)) {
+        err = HSM_ERR_DEVICE;
+        goto out;
+    }
+    if ((err = P11(ctx, C_DecryptInit, s, &rm, gk)) != HSM_OK)
+        goto out;
+
+    hsm_err_save(&sv);
+    hsm_p11_quiet(true);
+    err = P11(ctx, C_Decrypt, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, pt, &ptlen);
+    hsm_p11_quiet(false);
+    rv = hsm_last_rv();
+    if (recoverable_rv(rv)) {
+        /* Not about the data: the session/login/token went away. */
+        hsm_set_detail("C_Decrypt: %s", hsm_ckr_name(rv));
+        goto out;
+    }
+    hsm_err_restore(&sv);
+    /* Any other outcome (bad padding, CKR_GENERAL_ERROR from SoftHSM, a
+     * wrong-length plaintext) selects the substitute. */
+    good = ct_eq((size_t)rv, (size_t)CKR_OK) & ct_eq((size_t)ptlen, in->expected_len);
+    for (i = 0; i < in->expected_len; i++)
+        out[i] = (unsigned char)((pt[i] & (unsigned char)good) | (mac[i] & (unsigned char)~good));
+    err = HSM_OK;
+out:
+    OPENSSL_cleanse(pt, sizeof(pt));
+    OPENSSL_cleanse(mac, sizeof(mac));
+    if (err != HSM_OK)
+        OPENSSL_cleanse(out, in->expected_len);
+    return err;
+}
+
+/* ---- method F: plain content key ---------------------------------------------- */
+
+struct decrypt_arg {
+    const hsm_unwrap_input *in;
+    unsigned char *out;
+    size_t outcap, outlen;
+};
+
+static hsm_err op_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct decrypt_arg *da = arg;
+    const hsm_unwrap_input *in = da->in;
+    unsigned char pt[CT_MAX];
+    CK_ULONG ptlen = sizeof(pt);
+    CK_RSA_PKCS_OAEP_PARAMS op;
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    CK_OBJECT_HANDLE gk;
+    hsm_err err;
+
+    OPENSSL_cleanse(da->out, da->outcap);
+    da->outlen = 0;
+    if (in->alg == HSM_KT_RSA_PKCS1V15) {
+        if ((err = ir_decrypt(ctx, s, in, da->out)) == HSM_OK)
+            da->outlen = in->expected_len;
+        return err;
+    }
+    oaep_params(kt_hash(in->alg), &op);
+    if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+        return err;
+    err = oaep_check(ctx, P11(ctx, C_DecryptInit, s, &m, gk), kt_hash(in->alg));
+    if (err != HSM_OK)
+        return err;
+    err = P11(ctx, C_Decrypt, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, pt, &ptlen);
+    err = oaep_check(ctx, decrypt_check(err), kt_hash(in->alg));
+    if (err != HSM_OK)
+        goto out;
+    if (in->expected_len != 0 && ptlen != in->expected_len) {
+        hsm_set_detail("decrypted key has the wrong length");
+        err = HSM_ERR_DECRYPT;
+        goto out;
+    }
+    if (ptlen > da->outcap) {
+        err = HSM_ERR_BUFFER;
+        goto out;
+    }
+    memcpy(da->out, pt, ptlen);
+    da->outlen = ptlen;
+out:
+    OPENSSL_cleanse(pt, sizeof(pt));
+    return err;
+}
+
+hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in, unsigned char *out, size_t outcap,
+                                size_t *outlen)
+{
+    struct decrypt_arg da = {in, out, outcap, 0};
+    hsm_err err;
+
+    if (outlen != NULL)
+        *outlen = 0;
+    if (out != NULL)
+        OPENSSL_cleanse(out, outcap);
+    hsm_clear_detail();
+    if (ctx == NULL || out == NULL || outlen == NULL || (err = check_unwrap_input(in)) != HSM_OK)
+        return HSM_ERR_ARGS;
+    if (outcap < (in->expected_len != 0 ? in->expected_len : 1))
+        return HSM_ERR_BUFFER;
+    if ((err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK && in->alg != HSM_KT_RSA_PKCS1V15)
+        return err;
+    err = hsm_run(ctx, op_decrypt, &da);
+    if (err != HSM_OK) {
+        OPENSSL_cleanse(out, outcap);
+        return err;
+    }
+    *outlen = da.outlen;
+    return HSM_OK;
+}
+
+/* ---- content key as a session object ---------------------------------------- */
+
+/* Template of a content key held in the token for re-wrapping: a session
+ * object, sensitive (never readable), extractable only so that it can be
+ * wrapped out, and good for nothing else. */
+static CK_ULONG ck_template(CK_ATTRIBUTE *t, CK_OBJECT_CLASS *cls, CK_KEY_TYPE *kt)
+{
+    CK_ULONG n = 0;
+
+#define A(ty, p, l) (t[n].type = (ty), t[n].pValue = (p), t[n].ulValueLen = (l), n++)
+    A(CKA_CLASS, cls, sizeof(*cls));
+    A(CKA_KEY_TYPE, kt, sizeof(*kt));
+    A(CKA_TOKEN, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_PRIVATE, &ck_true, sizeof(CK_BBOOL));
+    A(CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL));
+    A(CKA_EXTRACTABLE, &ck_true, sizeof(CK_BBOOL));
+    A(CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_WRAP, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_UNWRAP, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_SIGN, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_VERIFY, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_DERIVE, &ck_false, sizeof(CK_BBOOL));
+#undef A
+    return n;
+}
+
+/* Puts the content key of `in` into a session object *ck. For OAEP this is
+ * C_UnwrapKey: the key never enters our memory. For PKCS#1 v1.5 it cannot
+ * be: implicit rejection needs the decrypted bytes to choose between them
+ * and the substitute, so the key passes through process memory (wiped
+ * right after C_CreateObject). That exposure is one reason v1.5 is off by
+ * default. */
+static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in,
+                                  CK_OBJECT_HANDLE *ck, size_t *klen)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    size_t el = in->expected_len;
+    CK_KEY_TYPE kt = (el == 16 || el == 24 || el == 32) ? CKK_AES : CKK_GENERIC_SECRET;
+    CK_ATTRIBUTE t[16];
+    CK_ULONG n = ck_template(t, &cls, &kt);
+    CK_ULONG vlen = 0;
+    hsm_err err;
+
+    *ck = CK_INVALID_HANDLE;
+    *klen = 0;
+    if (in->alg == HSM_KT_RSA_PKCS1V15) {
+        unsigned char key[32];
+        if ((err = ir_decrypt(ctx, s, in, key)) != HSM_OK)
+            return err;
+        t[n].type = CKA_VALUE;
+        t[n].pValue = key;
+        t[n++].ulValueLen = el;
+        err = P11(ctx, C_CreateObject, s, t, n, ck);
+        OPENSSL_cleanse(key, sizeof(key));
+        if (err == HSM_OK)
+            *klen = el;
+        return err;
+    } else {
+        CK_RSA_PKCS_OAEP_PARAMS op;
+        CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+        CK_OBJECT_HANDLE gk;
+
+        oaep_params(kt_hash(in->alg), &op);
+        if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+            return err;
+        err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, t,
+                  n, ck);
+        /* An AES-typed unwrap of a wrong-length plaintext is a decryption failure too. */
+        if (err == HSM_ERR_ARGS && kt == CKK_AES)
+            err = HSM_ERR_DECRYPT;
+        err = oaep_check(ctx, decrypt_check(err), kt_hash(in->alg));
+        if (err != HSM_OK)
+            return err;
+        if ((err = hsm_get_ulong(ctx, s, *ck, CKA_VALUE_LEN, &vlen)) != HSM_OK) {
+            hsm_destroy_session_obj(ctx, s, ck);
+            return err;
+        }
+        /* SoftHSM 2.6.1 does not set CKA_VALUE_LEN on unwrapped keys (reads
+         * back 0) and refuses it in the unwrap template
+         * (CKR_ATTRIBUTE_READ_ONLY), so there the length cannot be checked
+         * without reading the key, which we never do: trust expected_len. */
+        if (vlen == 0)
+            vlen = el;
+        if (vlen == 0 || (el != 0 && vlen != el)) {
+            hsm_destroy_session_obj(ctx, s, ck);
+            hsm_set_detail("decrypted key has the wrong length");
+            return HSM_ERR_DECRYPT;
+        }
+        *klen = vlen;
+        return HSM_OK;
+    }
+}
+
+/* ---- E/G/member-certs: re-wrap to public keys --------------------------------- */
+
+struct rewrap_arg {
+    const hsm_unwrap_input *in;
+    hsm_oaep_hash out_hash;
+    const unsigned char *const *spki;
+    const size_t *spki_len;
+    size_t n;
+    unsigned char **outs;
+    size_t *lens;
+    hsm_key *kek;
+    unsigned char *out;
+    size_t outlen;
+};
+
+static void rewrap_clear(struct rewrap_arg *ra)
+{
+    size_t i;
+
+    for (i = 0; ra->outs != NULL && i < ra->n; i++) {
+        free(ra->outs[i]);
+        ra->outs[i] = NULL;
+        ra->lens[i] = 0;
+    }
+    free(ra->out);
+    ra->out = NULL;
+    ra->outlen = 0;
+}
+
+/* Wraps key `ck` with RSA-OAEP to the recipient spki into a fresh buffer. */
+static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ck, hsm_oaep_hash hash,
+                            const unsigned char *spki, size_t spki_len, unsigned char **out, size_t *outlen)
+{
+    CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
+    CK_RSA_PKCS_OAEP_PARAMS op;
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    unsigned char buf[RSA_OUT_MAX];
+    CK_ULONG len = sizeof(buf);
+    hsm_err err;
+
+    *out = NULL;
+    *outlen = 0;
+    oaep_params(hash, &op);
+    if ((err = hsm_import_wrap_pubkey(ctx, s, spki, spki_len, &pub)) != HSM_OK)
+        goto out;
+    err = oaep_check(ctx, P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len), hash);
+    if (err != HSM_OK)
+        goto out;
+    if ((*out = malloc(len)) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(*out, buf, len);
+    *outlen = len;
+out:
+    hsm_destroy_session_obj(ctx, s, &pub);
+    return err;
+}
+
+static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct rewrap_arg *ra = arg;
+    CK_OBJECT_HANDLE ck = CK_INVALID_HANDLE;
+    size_t klen, i;
+    hsm_err err;
+
+    rewrap_clear(ra);
+    if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
+        goto out;
+    for (i = 0; i < ra->n; i++) {
+        err = wrap_to_spki(ctx, s, ck, ra->out_hash, ra->spki[i], ra->spki_len[i], &ra->outs[i], &ra->lens[i]);
+        if (err != HSM_OK)
+            goto out;
+    }
+out:
+    hsm_destroy_session_obj(ctx, s, &ck);
+    if (err != HSM_OK)
+        rewrap_clear(ra);
+    return err;
+}
+
+hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_oaep_hash out_hash,
+                                  const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                  unsigned char **outs, size_t *lens)
+{
+    struct rewrap_arg ra;
+    size_t i;
+    hsm_err err;
+
+    hsm_clear_detail();
+    if (outs != NULL && lens != NULL && n <= RECIPIENTS_MAX)
+        for (i = 0; i < n; i++) {
+            outs[i] = NULL;
+            lens[i] = 0;
+        }
+    if (ctx == NULL || spki == NULL || spki_len == NULL || outs == NULL || lens == NULL || n == 0 ||
+        n > RECIPIENTS_MAX || (out_hash != HSM_OAEP_SHA1 && out_hash != HSM_OAEP_SHA256))
+        return HSM_ERR_ARGS;
+    if ((err = check_unwrap_input(in)) != HSM_OK)
+        return err;
+    if ((err = oaep_fast_fail(ctx, out_hash)) != HSM_OK)
+        return err;
+    if (in->alg != HSM_KT_RSA_PKCS1V15 && (err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK)
+        return err;
+    memset(&ra, 0, sizeof(ra));
+    ra.in = in;
+    ra.out_hash = out_hash;
+    ra.spki = spki;
+    ra.spki_len = spki_len;
+    ra.n = n;
+    ra.outs = outs;
+    ra.lens = lens;
+    return hsm_run(ctx, op_rewrap_pub, &ra);
+}
+
+/* ---- group-secret: re-wrap under a token AES key ------------------------------ */
+
+static hsm_err op_rewrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct rewrap_arg *ra = arg;
+    CK_OBJECT_HANDLE ck = CK_INVALID_HANDLE, kek;
+    CK_MECHANISM m = {CKM_AES_KEY_WRAP, NULL, 0};
+    unsigned char buf[128];
+    CK_ULONG len = sizeof(buf);
+    size_t klen;
+    hsm_err err;
+
+    rewrap_clear(ra);
+    if ((err = hsm_key_handle(ctx, s, ra->kek, &kek)) != HSM_OK)
+        goto out;
+    if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
+        goto out;
+    /* RFC 3394 needs whole 64-bit blocks (and at least two); else RFC 5649. */
+    if (klen % 8 != 0 || klen < 16)
+        m.mechanism = CKM_AES_KEY_WRAP_PAD;
+    err = P11(ctx, C_WrapKey, s, &m, kek, ck, buf, &len);
+    if (err != HSM_OK)
+        goto out;
+    if ((ra->out = malloc(len)) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(ra->out, buf, len);
+    ra->outlen = len;
+out:
+    hsm_destroy_session_obj(ctx, s, &ck);
+    if (err != HSM_OK)
+        rewrap_clear(ra);
+    return err;
+}
+
+hsm_err hsm_rewrap_to_secret_key(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_key *kek, unsigned char **out,
+                                 size_t *outlen)
+{
+    struct rewrap_arg ra;
+    hsm_err err;
+
+    if (out != NULL)
+        *out = NULL;
+    if (outlen != NULL)
+        *outlen = 0;
+    hsm_clear_detail();
+    if (ctx == NULL || kek == NULL || out == NULL || outlen == NULL)
+        return HSM_ERR_ARGS;
+    if ((err = check_unwrap_input(in)) != HSM_OK)
+        return err;
+    if (in->alg != HSM_KT_RSA_PKCS1V15 && (err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK)
+        return err;
+    memset(&ra, 0, sizeof(ra));
+    ra.in = in;
+    ra.kek = kek;
+    if ((err = hsm_run(ctx, op_rewrap_secret, &ra)) != HSM_OK)
+        return err;
+    *out = ra.out;
+    *outlen = ra.outlen;
+    return HSM_OK;
+}
+
+/* ---- secret-keys: wrap a token secret key to a public key --------------------- */
+
+struct wrapsec_arg {
+    hsm_key *secret;
+    hsm_oaep_hash hash;
+    const unsigned char *spki;
+    size_t spki_len;
+    unsigned char *out;
+    size_t outlen;
+};
+
+static hsm_err op_wrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct wrapsec_arg *wa = arg;
+    CK_OBJECT_HANDLE h;
+    hsm_err err;
+
+    free(wa->out);
+    wa->out = NULL;
+    wa->outlen = 0;
+    if ((err = hsm_key_handle(ctx, s, wa->secret, &h)) != HSM_OK)
+        return err;
+    return wrap_to_spki(ctx, s, h, wa->hash, wa->spki, wa->spki_len, &wa->out, &wa->outlen);
+}
+
+hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash, const unsigned char *spki,
+                                      size_t spki_len, unsigned char **out, size_t *outlen)
+{
+    struct wrapsec_arg wa = {secret, hash, spki, spki_len, NULL, 0};
+    hsm_err err;
+
+    if (out != NULL)
+        *out = NULL;
+    if (outlen != NULL)
+        *outlen = 0;
+    hsm_clear_detail();
+    if (ctx == NULL || secret == NULL || spki == NULL || out == NULL || outlen == NULL ||
+        (hash != HSM_OAEP_SHA1 && hash != HSM_OAEP_SHA256))
+        return HSM_ERR_ARGS;
+    if ((err = oaep_fast_fail(ctx, hash)) != HSM_OK)
+        return err;
+    if ((err = hsm_run(ctx, op_wrap_secret, &wa)) != HSM_OK) {
+        free(wa.out);
+        return err;
+    }
+    *out = wa.out;
+    *outlen = wa.outlen;
+    return HSM_OK;
+}
+
+/* ---- ECDH (RFC 5753) ---------------------------------------------------------- */
+
+struct ecdh_arg {
+    const hsm_ecdh_input *in;
+    unsigned char *out;
+    size_t outcap, outlen;
+};
+
+static hsm_err op_ecdh(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct ecdh_arg *ea = arg;
+    const hsm_ecdh_input *in = ea->in;
+    CK_ECDH1_DERIVE_PARAMS dp;
+    CK_MECHANISM dm = {CKM_ECDH1_DERIVE, &dp, sizeof(dp)};
+    CK_MECHANISM wm = {CKM_AES_KEY_WRAP, NULL, 0};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
+    CK_ULONG kek_len = in->kek_len;
+    CK_ATTRIBUTE kt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},           {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)}, {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)}, {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},   {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)}, {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
+    };
+    /* Method F hands the key out anyway: a readable session object. */
+    CK_ATTRIBUTE ct[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &gen, sizeof(gen)},
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_true, sizeof(CK_BBOOL)},
+    };
+    CK_OBJECT_HANDLE gk, kek = CK_INVALID_HANDLE, ck = CK_INVALID_HANDLE;
+    unsigned char *v = NULL;
+    size_t vlen = 0;
+    hsm_err err;
+
+    OPENSSL_cleanse(ea->out, ea->outcap);
+    ea->outlen = 0;
+    if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+        goto out;
+    memset(&dp, 0, sizeof(dp));
+    dp.kdf = in->kdf_hash == HSM_OAEP_SHA256 ? CKD_SHA256_KDF : CKD_SHA1_KDF;
+    dp.pSharedData = (CK_BYTE_PTR)in->shared_info;
+    dp.ulSharedDataLen = in->shared_info_len;
+    dp.pPublicData = (CK_BYTE_PTR)in->peer_point;
+    dp.ulPublicDataLen = in->peer_point_len;
+    err = P11(ctx, C_DeriveKey, s, &dm, gk, kt, GS_ARRAY_LEN(kt), &kek);
+    if (err != HSM_OK) {
+        CK_RV rv = hsm_last_rv();
+        if (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_INVALID) {
+            char prev[192];
+            util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+            /* SoftHSM 2.6.1 accepts only CKD_NULL (the bare shared secret),
+             * which would have to leave the token for the KDF. */
+            hsm_set_detail("token does not support ECDH with the X9.63 KDF (%s with shared info) (%s)",
+                           in->kdf_hash == HSM_OAEP_SHA256 ? "CKD_SHA256_KDF" : "CKD_SHA1_KDF", prev);
+            err = HSM_ERR_MECHANISM;
+        }
+        goto out;
+    }
+    err = decrypt_check(P11(ctx, C_UnwrapKey, s, &wm, kek, (CK_BYTE_PTR)in->wrapped_key,
+                            (CK_ULONG)in->wrapped_key_len, ct, GS_ARRAY_LEN(ct), &ck));
+    if (err != HSM_OK)
+        goto out;
+    if ((err = hsm_get_attr(ctx, s, ck, CKA_VALUE, &v, &vlen)) != HSM_OK)
+        goto out;
+    if (vlen > ea->outcap) {
+        err = HSM_ERR_BUFFER;
+        goto out;
+    }
+    memcpy(ea->out, v, vlen);
+    ea->outlen = vlen;
+out:
+    if (v != NULL)
+        OPENSSL_clear_free(v, vlen + 1);
+    hsm_destroy_session_obj(ctx, s, &ck);
+    hsm_destroy_session_obj(ctx, s, &kek);
+    return err;
+}
+
+hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in, unsigned char *out, size_t outcap,
+                                     size_t *outlen)
+{
+    struct ecdh_arg ea = {in, out, outcap, 0};
+    hsm_err err;
+
+    if (outlen != NULL)
+        *outlen = 0;
+    if (out != NULL)
+        OPENSSL_cleanse(out, outcap);
+    hsm_clear_detail();
+    if (ctx == NULL || in == NULL || out == NULL || outlen == NULL || in->group_key == NULL ||
+        in->peer_point == NULL || in->peer_point_len < 3 || in->peer_point_len > 133 ||
+        (in->shared_info == NULL && in->shared_info_len != 0) || in->shared_info_len > 1024 ||
+        (in->kek_len != 16 && in->kek_len != 24 && in->kek_len != 32) || in->wrapped_key == NULL ||
+        in->wrapped_key_len < 24 || in->wrapped_key_len > 72 || in->wrapped_key_len % 8 != 0 ||
+        (in->kdf_hash != HSM_OAEP_SHA1 && in->kdf_hash != HSM_OAEP_SHA256))
+        return HSM_ERR_ARGS;
+    if ((err = hsm_run(ctx, op_ecdh, &ea)) != HSM_OK) {
+        OPENSSL_cleanse(out, outcap);
+        return err;
+    }
+    *outlen = ea.outlen;
+    return HSM_OK;
+}
+
+/* ---- signing ------------------------------------------------------------------ */
+
+struct sign_arg {
+    hsm_key *key;
+    hsm_sig_alg alg;
+    const unsigned char *data;
+    size_t len;
+    unsigned char *sig;
+    size_t siglen;
+};
+
+/* PKCS#11 ECDSA gives r||s; X.509 wants DER Ecdsa-Sig-Value. */
+static hsm_err ecdsa_to_der(const unsigned char *raw, size_t rawlen, unsigned char **der, size_t *derlen)
+{
+    ECDSA_SIG *sig = NULL;
+    BIGNUM *r = NULL, *s = NULL;
+    unsigned char *p = NULL;
+    int len;
+    hsm_err err = HSM_ERR_DEVICE;
+
+    if (rawlen == 0 || rawlen % 2 != 0 || rawlen > 264)
+        goto out;
+    r = BN_bin2bn(raw, (int)(rawlen / 2), NULL);
+    s = BN_bin2bn(raw + rawlen / 2, (int)(rawlen / 2), NULL);
+    if (r == NULL || s == NULL || (sig = ECDSA_SIG_new()) == NULL || ECDSA_SIG_set0(sig, r, s) != 1)
+        goto out;
+    r = s = NULL; /* owned by sig now */
+    if ((len = i2d_ECDSA_SIG(sig, NULL)) <= 0 || (*der = malloc((size_t)len)) == NULL)
+        goto out;
+    p = *der;
+    if (i2d_ECDSA_SIG(sig, &p) != len) {
+        free(*der);
+        *der = NULL;
+        goto out;
+    }
+    *derlen = (size_t)len;
+    err = HSM_OK;
+out:
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(sig);
+    return err;
+}
+
+static hsm_err op_sign(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct sign_arg *sa = arg;
+    CK_OBJECT_HANDLE h;
+    CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    unsigned char md[32], buf[RSA_OUT_MAX];
+    const unsigned char *in = sa->data;
+    CK_ULONG inlen = sa->len, len = sizeof(buf);
+    hsm_err err;
+
+    free(sa->sig);
+    sa->sig = NULL;
+    sa->siglen = 0;
+    if ((err = hsm_key_handle(ctx, s, sa->key, &h)) != HSM_OK)
+        return err;
+    if (sa->alg == HSM_SIG_ECDSA_SHA256) {
+        /* Hash here and sign with plain CKM_ECDSA: every token has it,
+         * not every token has CKM_ECDSA_SHA256. */
+        if (EVP_Digest(sa->data, sa->len, md, NULL, EVP_sha256(), NULL) != 1)
+            return HSM_ERR_NOMEM;
+        m.mechanism = CKM_ECDSA;
+        in = md;
+        inlen = sizeof(md);
+    }
+    if ((err = P11(ctx, C_SignInit, s, &m, h)) != HSM_OK)
+        return err;
+    if ((err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in, inlen, buf, &len)) != HSM_OK)
+        return err;
+    if (sa->alg == HSM_SIG_ECDSA_SHA256)
+        return ecdsa_to_der(buf, len, &sa->sig, &sa->siglen);
+    if ((sa->sig = malloc(len)) == NULL)
+        return HSM_ERR_NOMEM;
+    memcpy(sa->sig, buf, len);
+    sa->siglen = len;
+    return HSM_OK;
+}
+
+hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
+                 unsigned char **sig, size_t *siglen)
+{
+    struct sign_arg sa = {key, alg, data, len, NULL, 0};
+    hsm_err err;
+
+    if (sig != NULL)
+        *sig = NULL;
+    if (siglen != NULL)
+        *siglen = 0;
+    hsm_clear_detail();
+    if (ctx == NULL || key == NULL || (data == NULL && len != 0) || len > SIGN_DATA_MAX || sig == NULL ||
+        siglen == NULL || (alg != HSM_SIG_RSA_PKCS1_SHA256 && alg != HSM_SIG_ECDSA_SHA256))
+        return HSM_ERR_ARGS;
+    if ((err = hsm_run(ctx, op_sign, &sa)) != HSM_OK) {
+        free(sa.sig);
+        return err;
+    }
+    *sig = sa.sig;
+    *siglen = sa.siglen;
+    return HSM_OK;
+}

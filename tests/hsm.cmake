@@ -1,0 +1,32 @@
+# hsm/: the fault-injecting PKCS#11 module, the shared test-support library
+# (throw-away SoftHSM tokens; other areas link gs_testsupport too) and the
+# unit tests of gs_hsm.
+
+# tests/p11fault: forwards to SoftHSM (or $GS_P11FAULT_TARGET), injects CK_RVs.
+add_library(p11fault SHARED ${GS_TEST_DIR}/p11fault/p11fault.c)
+target_include_directories(p11fault PRIVATE ${P11KIT_INCLUDE_DIRS})
+target_link_libraries(p11fault PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
+target_compile_definitions(p11fault PRIVATE GS_P11FAULT_DEFAULT_TARGET="${SOFTHSM2_MODULE}")
+set_target_properties(p11fault PROPERTIES
+  LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/lib
+  C_VISIBILITY_PRESET hidden)
+gs_target_warnings(p11fault)
+
+# tests/support: gs_testsupport (see tests/support/testsupport.h).
+get_filename_component(GS_HSM_SRC_ROOT ${GS_TEST_DIR} DIRECTORY)
+add_library(gs_testsupport STATIC ${GS_TEST_DIR}/support/testsupport.c)
+target_include_directories(gs_testsupport PUBLIC ${GS_TEST_DIR}/support)
+target_link_libraries(gs_testsupport PUBLIC PkgConfig::OPENSSL ${CMAKE_DL_LIBS})
+target_compile_definitions(gs_testsupport PRIVATE
+  GS_SOURCE_DIR="${GS_HSM_SRC_ROOT}"
+  GS_TEST_WORK_DIR="${GS_TEST_WORK}"
+  GS_SOFTHSM2_MODULE="${SOFTHSM2_MODULE}"
+  GS_P11FAULT_MODULE="$<TARGET_FILE:p11fault>")
+add_dependencies(gs_testsupport p11fault)
+gs_target_warnings(gs_testsupport)
+
+add_executable(test_hsm ${GS_TEST_DIR}/unit/test_hsm.c)
+target_link_libraries(test_hsm PRIVATE gs_hsm gs_testsupport PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_hsm)
+add_test(NAME unit_hsm COMMAND test_hsm)
+set_tests_properties(unit_hsm PROPERTIES LABELS "unit" TIMEOUT 300)

@@ -1,0 +1,1067 @@
+/*
+ * p11fault: a fault-injecting forwarding PKCS#11 module, for tests only.
+ *
+ * It loads the real module named by the environment variable
+ * GS_P11FAULT_TARGET (default: the SoftHSM2 module found at build time),
+ * passes every call through its own CK_FUNCTION_LIST, and on demand
+ * answers chosen calls with a chosen CK_RV instead of forwarding them: the
+ * token behaviours SoftHSM cannot be made to show (device removed, session
+ * invalidated, login lost, device error) become testable.
+ *
+ * Control API (exported; tests reach it with
+ * dlopen(path, RTLD_NOW | RTLD_NOLOAD) + dlsym, since p11-kit loaded it):
+ *   void p11fault_inject(const char *func, CK_RV rv, int count);
+ *       the next `count` calls of func ("C_Decrypt") return rv without
+ *       reaching the real module; count < 0: until p11fault_clear().
+ *   void p11fault_clear(void);            drops every pending fault
+ *   unsigned long p11fault_calls(const char *func);
+ *       calls of func since load (injected ones included); "" = all calls
+ *   void p11fault_reset_calls(void);
+ *   CK_RV p11fault_close_all_sessions(void);
+ *       really closes every session in the real module (C_CloseAllSessions
+ *       on each slot): "the session was closed under us".
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+#ifndef GS_P11FAULT_DEFAULT_TARGET
+#define GS_P11FAULT_DEFAULT_TARGET "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+
+#define P11FAULT_EXPORT __attribute__((visibility("default")))
+
+P11FAULT_EXPORT void p11fault_inject(const char *func, CK_RV rv, int n);
+P11FAULT_EXPORT void p11fault_clear(void);
+P11FAULT_EXPORT unsigned long p11fault_calls(const char *func);
+P11FAULT_EXPORT void p11fault_reset_calls(void);
+P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
+P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
+
+static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *real_dl;
+static CK_FUNCTION_LIST *real;
+
+static int fault_take(int idx, CK_RV *rv);
+
+static CK_RV fw_C_Initialize(void *init_args);
+static CK_RV fw_C_Finalize(void *reserved);
+
+/* Generated from p11-kit's pkcs11.h (PKCS#11 2.40 function list): one
+ * forwarder per function, each counting the call and consulting the
+ * fault table first. */
+enum fw_index {
+    FW_C_Initialize,
+    FW_C_Finalize,
+    FW_C_GetInfo,
+    FW_C_GetSlotList,
+    FW_C_GetSlotInfo,
+    FW_C_GetTokenInfo,
+    FW_C_WaitForSlotEvent,
+    FW_C_GetMechanismList,
+    FW_C_GetMechanismInfo,
+    FW_C_InitToken,
+    FW_C_InitPIN,
+    FW_C_SetPIN,
+    FW_C_OpenSession,
+    FW_C_CloseSession,
+    FW_C_CloseAllSessions,
+    FW_C_GetSessionInfo,
+    FW_C_GetOperationState,
+    FW_C_SetOperationState,
+    FW_C_Login,
+    FW_C_Logout,
+    FW_C_CreateObject,
+    FW_C_CopyObject,
+    FW_C_DestroyObject,
+    FW_C_GetObjectSize,
+    FW_C_GetAttributeValue,
+    FW_C_SetAttributeValue,
+    FW_C_FindObjectsInit,
+    FW_C_FindObjects,
+    FW_C_FindObjectsFinal,
+    FW_C_EncryptInit,
+    FW_C_Encrypt,
+    FW_C_EncryptUpdate,
+    FW_C_EncryptFinal,
+    FW_C_DecryptInit,
+    FW_C_Decrypt,
+    FW_C_DecryptUpdate,
+    FW_C_DecryptFinal,
+    FW_C_DigestInit,
+    FW_C_Digest,
+    FW_C_DigestUpdate,
+    FW_C_DigestKey,
+    FW_C_DigestFinal,
+    FW_C_SignInit,
+    FW_C_Sign,
+    FW_C_SignUpdate,
+    FW_C_SignFinal,
+    FW_C_SignRecoverInit,
+    FW_C_SignRecover,
+    FW_C_VerifyInit,
+    FW_C_Verify,
+    FW_C_VerifyUpdate,
+    FW_C_VerifyFinal,
+    FW_C_VerifyRecoverInit,
+    FW_C_VerifyRecover,
+    FW_C_DigestEncryptUpdate,
+    FW_C_DecryptDigestUpdate,
+    FW_C_SignEncryptUpdate,
+    FW_C_DecryptVerifyUpdate,
+    FW_C_GenerateKey,
+    FW_C_GenerateKeyPair,
+    FW_C_WrapKey,
+    FW_C_UnwrapKey,
+    FW_C_DeriveKey,
+    FW_C_SeedRandom,
+    FW_C_GenerateRandom,
+    FW_C_GetFunctionStatus,
+    FW_C_CancelFunction,
+    FW_COUNT_
+};
+static const char *const fw_names[FW_COUNT_] = {
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_WaitForSlotEvent",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_OpenSession",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_GetSessionInfo",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_Login",
+    "C_Logout",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DestroyObject",
+    "C_GetObjectSize",
+    "C_GetAttributeValue",
+    "C_SetAttributeValue",
+    "C_FindObjectsInit",
+    "C_FindObjects",
+    "C_FindObjectsFinal",
+    "C_EncryptInit",
+    "C_Encrypt",
+    "C_EncryptUpdate",
+    "C_EncryptFinal",
+    "C_DecryptInit",
+    "C_Decrypt",
+    "C_DecryptUpdate",
+    "C_DecryptFinal",
+    "C_DigestInit",
+    "C_Digest",
+    "C_DigestUpdate",
+    "C_DigestKey",
+    "C_DigestFinal",
+    "C_SignInit",
+    "C_Sign",
+    "C_SignUpdate",
+    "C_SignFinal",
+    "C_SignRecoverInit",
+    "C_SignRecover",
+    "C_VerifyInit",
+    "C_Verify",
+    "C_VerifyUpdate",
+    "C_VerifyFinal",
+    "C_VerifyRecoverInit",
+    "C_VerifyRecover",
+    "C_DigestEncryptUpdate",
+    "C_DecryptDigestUpdate",
+    "C_SignEncryptUpdate",
+    "C_DecryptVerifyUpdate",
+    "C_GenerateKey",
+    "C_GenerateKeyPair",
+    "C_WrapKey",
+    "C_UnwrapKey",
+    "C_DeriveKey",
+    "C_SeedRandom",
+    "C_GenerateRandom",
+    "C_GetFunctionStatus",
+    "C_CancelFunction",
+};
+
+static CK_RV fw_C_GetInfo(struct _CK_INFO *info)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetInfo, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetInfo == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetInfo(info);
+}
+
+static CK_RV fw_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list, unsigned long *count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetSlotList, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetSlotList == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetSlotList(token_present, slot_list, count);
+}
+
+static CK_RV fw_C_GetSlotInfo(CK_SLOT_ID slot_id, struct _CK_SLOT_INFO *info)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetSlotInfo, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetSlotInfo == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetSlotInfo(slot_id, info);
+}
+
+static CK_RV fw_C_GetTokenInfo(CK_SLOT_ID slot_id, struct _CK_TOKEN_INFO *info)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetTokenInfo, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetTokenInfo == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetTokenInfo(slot_id, info);
+}
+
+static CK_RV fw_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_WaitForSlotEvent, &rv_))
+        return rv_;
+    if (real == NULL || real->C_WaitForSlotEvent == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_WaitForSlotEvent(flags, slot, reserved);
+}
+
+static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetMechanismList, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetMechanismList == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetMechanismList(slot_id, mechanism_list, count);
+}
+
+static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, struct _CK_MECHANISM_INFO *info)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetMechanismInfo, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetMechanismInfo == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetMechanismInfo(slot_id, type, info);
+}
+
+static CK_RV fw_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_InitToken, &rv_))
+        return rv_;
+    if (real == NULL || real->C_InitToken == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_InitToken(slot_id, pin, pin_len, label);
+}
+
+static CK_RV fw_C_InitPIN(CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_InitPIN, &rv_))
+        return rv_;
+    if (real == NULL || real->C_InitPIN == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_InitPIN(session, pin, pin_len);
+}
+
+static CK_RV fw_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SetPIN, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SetPIN == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SetPIN(session, old_pin, old_len, new_pin, new_len);
+}
+
+static CK_RV fw_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify, CK_SESSION_HANDLE *session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_OpenSession, &rv_))
+        return rv_;
+    if (real == NULL || real->C_OpenSession == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_OpenSession(slot_id, flags, application, notify, session);
+}
+
+static CK_RV fw_C_CloseSession(CK_SESSION_HANDLE session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_CloseSession, &rv_))
+        return rv_;
+    if (real == NULL || real->C_CloseSession == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_CloseSession(session);
+}
+
+static CK_RV fw_C_CloseAllSessions(CK_SLOT_ID slot_id)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_CloseAllSessions, &rv_))
+        return rv_;
+    if (real == NULL || real->C_CloseAllSessions == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_CloseAllSessions(slot_id);
+}
+
+static CK_RV fw_C_GetSessionInfo(CK_SESSION_HANDLE session, struct _CK_SESSION_INFO *info)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetSessionInfo, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetSessionInfo == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetSessionInfo(session, info);
+}
+
+static CK_RV fw_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetOperationState, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetOperationState == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetOperationState(session, operation_state, operation_state_len);
+}
+
+static CK_RV fw_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SetOperationState, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SetOperationState == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key, authentiation_key);
+}
+
+static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Login, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Login == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Login(session, user_type, pin, pin_len);
+}
+
+static CK_RV fw_C_Logout(CK_SESSION_HANDLE session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Logout, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Logout == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Logout(session);
+}
+
+static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_CreateObject, &rv_))
+        return rv_;
+    if (real == NULL || real->C_CreateObject == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_CreateObject(session, templ, count, object);
+}
+
+static CK_RV fw_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_CopyObject, &rv_))
+        return rv_;
+    if (real == NULL || real->C_CopyObject == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_CopyObject(session, object, templ, count, new_object);
+}
+
+static CK_RV fw_C_DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DestroyObject, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DestroyObject == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DestroyObject(session, object);
+}
+
+static CK_RV fw_C_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetObjectSize, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetObjectSize == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetObjectSize(session, object, size);
+}
+
+static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetAttributeValue, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetAttributeValue == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetAttributeValue(session, object, templ, count);
+}
+
+static CK_RV fw_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SetAttributeValue, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SetAttributeValue == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SetAttributeValue(session, object, templ, count);
+}
+
+static CK_RV fw_C_FindObjectsInit(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_FindObjectsInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_FindObjectsInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_FindObjectsInit(session, templ, count);
+}
+
+static CK_RV fw_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_FindObjects, &rv_))
+        return rv_;
+    if (real == NULL || real->C_FindObjects == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_FindObjects(session, object, max_object_count, object_count);
+}
+
+static CK_RV fw_C_FindObjectsFinal(CK_SESSION_HANDLE session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_FindObjectsFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_FindObjectsFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_FindObjectsFinal(session);
+}
+
+static CK_RV fw_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_EncryptInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_EncryptInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_EncryptInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Encrypt, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Encrypt == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Encrypt(session, data, data_len, encrypted_data, encrypted_data_len);
+}
+
+static CK_RV fw_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_EncryptUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_EncryptUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_EncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+}
+
+static CK_RV fw_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_EncryptFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_EncryptFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
+}
+
+static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DecryptInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DecryptInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DecryptInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Decrypt, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Decrypt == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+}
+
+static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DecryptUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DecryptUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+}
+
+static CK_RV fw_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DecryptFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DecryptFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DecryptFinal(session, last_part, last_part_len);
+}
+
+static CK_RV fw_C_DigestInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DigestInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DigestInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DigestInit(session, mechanism);
+}
+
+static CK_RV fw_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Digest, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Digest == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Digest(session, data, data_len, digest, digest_len);
+}
+
+static CK_RV fw_C_DigestUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DigestUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DigestUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DigestUpdate(session, part, part_len);
+}
+
+static CK_RV fw_C_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DigestKey, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DigestKey == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DigestKey(session, key);
+}
+
+static CK_RV fw_C_DigestFinal(CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DigestFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DigestFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DigestFinal(session, digest, digest_len);
+}
+
+static CK_RV fw_C_SignInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Sign, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Sign == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Sign(session, data, data_len, signature, signature_len);
+}
+
+static CK_RV fw_C_SignUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignUpdate(session, part, part_len);
+}
+
+static CK_RV fw_C_SignFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignFinal(session, signature, signature_len);
+}
+
+static CK_RV fw_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignRecoverInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignRecoverInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignRecoverInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignRecover, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignRecover == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignRecover(session, data, data_len, signature, signature_len);
+}
+
+static CK_RV fw_C_VerifyInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_VerifyInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_VerifyInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_VerifyInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_Verify, &rv_))
+        return rv_;
+    if (real == NULL || real->C_Verify == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_Verify(session, data, data_len, signature, signature_len);
+}
+
+static CK_RV fw_C_VerifyUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_VerifyUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_VerifyUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_VerifyUpdate(session, part, part_len);
+}
+
+static CK_RV fw_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_VerifyFinal, &rv_))
+        return rv_;
+    if (real == NULL || real->C_VerifyFinal == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_VerifyFinal(session, signature, signature_len);
+}
+
+static CK_RV fw_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_VerifyRecoverInit, &rv_))
+        return rv_;
+    if (real == NULL || real->C_VerifyRecoverInit == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_VerifyRecoverInit(session, mechanism, key);
+}
+
+static CK_RV fw_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_VerifyRecover, &rv_))
+        return rv_;
+    if (real == NULL || real->C_VerifyRecover == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_VerifyRecover(session, signature, signature_len, data, data_len);
+}
+
+static CK_RV fw_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DigestEncryptUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DigestEncryptUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DigestEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+}
+
+static CK_RV fw_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DecryptDigestUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DecryptDigestUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DecryptDigestUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+}
+
+static CK_RV fw_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SignEncryptUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SignEncryptUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SignEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+}
+
+static CK_RV fw_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DecryptVerifyUpdate, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DecryptVerifyUpdate == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DecryptVerifyUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+}
+
+static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GenerateKey, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GenerateKey == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GenerateKey(session, mechanism, templ, count, key);
+}
+
+static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, struct _CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GenerateKeyPair, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GenerateKeyPair == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key);
+}
+
+static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_WrapKey, &rv_))
+        return rv_;
+    if (real == NULL || real->C_WrapKey == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
+}
+
+static CK_RV fw_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_UnwrapKey, &rv_))
+        return rv_;
+    if (real == NULL || real->C_UnwrapKey == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key);
+}
+
+static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_DeriveKey, &rv_))
+        return rv_;
+    if (real == NULL || real->C_DeriveKey == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
+}
+
+static CK_RV fw_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_SeedRandom, &rv_))
+        return rv_;
+    if (real == NULL || real->C_SeedRandom == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_SeedRandom(session, seed, seed_len);
+}
+
+static CK_RV fw_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GenerateRandom, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GenerateRandom == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GenerateRandom(session, random_data, random_len);
+}
+
+static CK_RV fw_C_GetFunctionStatus(CK_SESSION_HANDLE session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_GetFunctionStatus, &rv_))
+        return rv_;
+    if (real == NULL || real->C_GetFunctionStatus == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_GetFunctionStatus(session);
+}
+
+static CK_RV fw_C_CancelFunction(CK_SESSION_HANDLE session)
+{
+    CK_RV rv_;
+    if (fault_take(FW_C_CancelFunction, &rv_))
+        return rv_;
+    if (real == NULL || real->C_CancelFunction == NULL)
+        return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    return real->C_CancelFunction(session);
+}
+
+
+/* ---- fault table -------------------------------------------------------- */
+
+static struct {
+    CK_RV rv;
+    int remaining; /* > 0: that many more; < 0: forever; 0: none */
+} faults[FW_COUNT_];
+static unsigned long calls[FW_COUNT_];
+
+static int fw_lookup(const char *func)
+{
+    int i;
+
+    for (i = 0; func != NULL && i < FW_COUNT_; i++)
+        if (strcmp(fw_names[i], func) == 0)
+            return i;
+    return -1;
+}
+
+static int fault_take(int idx, CK_RV *rv)
+{
+    int hit = 0;
+
+    pthread_mutex_lock(&fault_mu);
+    calls[idx]++;
+    if (faults[idx].remaining != 0) {
+        *rv = faults[idx].rv;
+        if (faults[idx].remaining > 0)
+            faults[idx].remaining--;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&fault_mu);
+    return hit;
+}
+
+void p11fault_inject(const char *func, CK_RV rv, int n)
+{
+    int i = fw_lookup(func);
+
+    if (i < 0)
+        return;
+    pthread_mutex_lock(&fault_mu);
+    faults[i].rv = rv;
+    faults[i].remaining = n;
+    pthread_mutex_unlock(&fault_mu);
+}
+
+void p11fault_clear(void)
+{
+    pthread_mutex_lock(&fault_mu);
+    memset(faults, 0, sizeof(faults));
+    pthread_mutex_unlock(&fault_mu);
+}
+
+unsigned long p11fault_calls(const char *func)
+{
+    unsigned long n = 0;
+    int i;
+
+    pthread_mutex_lock(&fault_mu);
+    if (func != NULL && *func == '\0') {
+        for (i = 0; i < FW_COUNT_; i++)
+            n += calls[i];
+    } else if ((i = fw_lookup(func)) >= 0) {
+        n = calls[i];
+    }
+    pthread_mutex_unlock(&fault_mu);
+    return n;
+}
+
+void p11fault_reset_calls(void)
+{
+    pthread_mutex_lock(&fault_mu);
+    memset(calls, 0, sizeof(calls));
+    pthread_mutex_unlock(&fault_mu);
+}
+
+CK_RV p11fault_close_all_sessions(void)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64, i;
+    CK_RV rv;
+
+    if (real == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if ((rv = real->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK)
+        return rv;
+    for (i = 0; i < n; i++)
+        if ((rv = real->C_CloseAllSessions(slots[i])) != CKR_OK)
+            return rv;
+    return CKR_OK;
+}
+
+/* ---- loading the real module ------------------------------------------- */
+
+static CK_RV load_real(void)
+{
+    const char *path = getenv("GS_P11FAULT_TARGET");
+    CK_RV (*gfl)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_RV rv;
+
+    if (real != NULL)
+        return CKR_OK;
+    if (path == NULL || *path == '\0')
+        path = GS_P11FAULT_DEFAULT_TARGET;
+    if ((real_dl = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL)
+        return CKR_GENERAL_ERROR;
+    *(void **)(&gfl) = dlsym(real_dl, "C_GetFunctionList");
+    if (gfl == NULL)
+        return CKR_GENERAL_ERROR;
+    rv = gfl(&real);
+    if (rv != CKR_OK)
+        real = NULL;
+    return rv;
+}
+
+static CK_RV fw_C_Initialize(void *init_args)
+{
+    CK_RV rv;
+
+    if (fault_take(FW_C_Initialize, &rv))
+        return rv;
+    pthread_mutex_lock(&fault_mu);
+    rv = load_real();
+    pthread_mutex_unlock(&fault_mu);
+    if (rv != CKR_OK)
+        return rv;
+    return real->C_Initialize(init_args);
+}
+
+/* The real module stays loaded after C_Finalize: a later C_Initialize
+ * reuses it (and dlclose of a PKCS#11 module is often unsafe anyway). */
+static CK_RV fw_C_Finalize(void *reserved)
+{
+    CK_RV rv;
+
+    if (fault_take(FW_C_Finalize, &rv))
+        return rv;
+    if (real == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    return real->C_Finalize(reserved);
+}
+
+static CK_FUNCTION_LIST fw_list = {
+    .version = {2, 40},
+    .C_Initialize = fw_C_Initialize,
+    .C_Finalize = fw_C_Finalize,
+    .C_GetInfo = fw_C_GetInfo,
+    .C_GetSlotList = fw_C_GetSlotList,
+    .C_GetSlotInfo = fw_C_GetSlotInfo,
+    .C_GetTokenInfo = fw_C_GetTokenInfo,
+    .C_WaitForSlotEvent = fw_C_WaitForSlotEvent,
+    .C_GetMechanismList = fw_C_GetMechanismList,
+    .C_GetMechanismInfo = fw_C_GetMechanismInfo,
+    .C_InitToken = fw_C_InitToken,
+    .C_InitPIN = fw_C_InitPIN,
+    .C_SetPIN = fw_C_SetPIN,
+    .C_OpenSession = fw_C_OpenSession,
+    .C_CloseSession = fw_C_CloseSession,
+    .C_CloseAllSessions = fw_C_CloseAllSessions,
+    .C_GetSessionInfo = fw_C_GetSessionInfo,
+    .C_GetOperationState = fw_C_GetOperationState,
+    .C_SetOperationState = fw_C_SetOperationState,
+    .C_Login = fw_C_Login,
+    .C_Logout = fw_C_Logout,
+    .C_CreateObject = fw_C_CreateObject,
+    .C_CopyObject = fw_C_CopyObject,
+    .C_DestroyObject = fw_C_DestroyObject,
+    .C_GetObjectSize = fw_C_GetObjectSize,
+    .C_GetAttributeValue = fw_C_GetAttributeValue,
+    .C_SetAttributeValue = fw_C_SetAttributeValue,
+    .C_FindObjectsInit = fw_C_FindObjectsInit,
+    .C_FindObjects = fw_C_FindObjects,
+    .C_FindObjectsFinal = fw_C_FindObjectsFinal,
+    .C_EncryptInit = fw_C_EncryptInit,
+    .C_Encrypt = fw_C_Encrypt,
+    .C_EncryptUpdate = fw_C_EncryptUpdate,
+    .C_EncryptFinal = fw_C_EncryptFinal,
+    .C_DecryptInit = fw_C_DecryptInit,
+    .C_Decrypt = fw_C_Decrypt,
+    .C_DecryptUpdate = fw_C_DecryptUpdate,
+    .C_DecryptFinal = fw_C_DecryptFinal,
+    .C_DigestInit = fw_C_DigestInit,
+    .C_Digest = fw_C_Digest,
+    .C_DigestUpdate = fw_C_DigestUpdate,
+    .C_DigestKey = fw_C_DigestKey,
+    .C_DigestFinal = fw_C_DigestFinal,
+    .C_SignInit = fw_C_SignInit,
+    .C_Sign = fw_C_Sign,
+    .C_SignUpdate = fw_C_SignUpdate,
+    .C_SignFinal = fw_C_SignFinal,
+    .C_SignRecoverInit = fw_C_SignRecoverInit,
+    .C_SignRecover = fw_C_SignRecover,
+    .C_VerifyInit = fw_C_VerifyInit,
+    .C_Verify = fw_C_Verify,
+    .C_VerifyUpdate = fw_C_VerifyUpdate,
+    .C_VerifyFinal = fw_C_VerifyFinal,
+    .C_VerifyRecoverInit = fw_C_VerifyRecoverInit,
+    .C_VerifyRecover = fw_C_VerifyRecover,
+    .C_DigestEncryptUpdate = fw_C_DigestEncryptUpdate,
+    .C_DecryptDigestUpdate = fw_C_DecryptDigestUpdate,
+    .C_SignEncryptUpdate = fw_C_SignEncryptUpdate,
+    .C_DecryptVerifyUpdate = fw_C_DecryptVerifyUpdate,
+    .C_GenerateKey = fw_C_GenerateKey,
+    .C_GenerateKeyPair = fw_C_GenerateKeyPair,
+    .C_WrapKey = fw_C_WrapKey,
+    .C_UnwrapKey = fw_C_UnwrapKey,
+    .C_DeriveKey = fw_C_DeriveKey,
+    .C_SeedRandom = fw_C_SeedRandom,
+    .C_GenerateRandom = fw_C_GenerateRandom,
+    .C_GetFunctionStatus = fw_C_GetFunctionStatus,
+    .C_CancelFunction = fw_C_CancelFunction,
+    .C_GetFunctionList = C_GetFunctionList,
+};
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+    if (list == NULL)
+        return CKR_ARGUMENTS_BAD;
+    *list = &fw_list;
+    return CKR_OK;
+}

@@ -1,0 +1,249 @@
+/* testsupport.c: see testsupport.h. Test code: reports problems on stderr. */
+#define _XOPEN_SOURCE 700
+#include "testsupport.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/ec.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#ifndef GS_SOURCE_DIR
+#error "GS_SOURCE_DIR must be defined by the build"
+#endif
+#ifndef GS_TEST_WORK_DIR
+#error "GS_TEST_WORK_DIR must be defined by the build"
+#endif
+#ifndef GS_SOFTHSM2_MODULE
+#define GS_SOFTHSM2_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+#ifndef GS_P11FAULT_MODULE
+#define GS_P11FAULT_MODULE ""
+#endif
+
+const char *testtoken_softhsm_module(void)
+{
+    return GS_SOFTHSM2_MODULE;
+}
+
+const char *testtoken_p11fault_module(void)
+{
+    return GS_P11FAULT_MODULE;
+}
+
+static int run_provision(const char *dir, const char *label)
+{
+    char script[1024];
+    pid_t pid;
+    int status = 0;
+
+    snprintf(script, sizeof(script), "%s/scripts/provision-softhsm", GS_SOURCE_DIR);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            close(fd);
+        }
+        setenv("SOFTHSM2_MODULE", GS_SOFTHSM2_MODULE, 1);
+        execl(script, script, dir, label, (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "testtoken_make: %s failed (status %d)\n", script, status);
+        return -1;
+    }
+    return 0;
+}
+
+int testtoken_make(const char *label, char *dir_out, size_t cap)
+{
+    char tmpl[1024], conf[1100], safe[33];
+    size_t i, n = 0;
+    struct stat st;
+
+    if (dir_out != NULL && cap > 0)
+        dir_out[0] = '\0';
+    if (label == NULL || *label == '\0' || strlen(label) > 32 || dir_out == NULL)
+        return -1;
+    if (stat(GS_SOFTHSM2_MODULE, &st) != 0) {
+        fprintf(stderr, "testtoken_make: SoftHSM module %s missing (run scripts/setup)\n", GS_SOFTHSM2_MODULE);
+        return -1;
+    }
+    for (i = 0; label[i] != '\0' && n < sizeof(safe) - 1; i++)
+        safe[n++] = (label[i] >= 'a' && label[i] <= 'z') || (label[i] >= 'A' && label[i] <= 'Z') ||
+                            (label[i] >= '0' && label[i] <= '9')
+                        ? label[i]
+                        : '_';
+    safe[n] = '\0';
+    if (mkdir(GS_TEST_WORK_DIR, 0700) != 0 && errno != EEXIST)
+        return -1;
+    if ((size_t)snprintf(tmpl, sizeof(tmpl), "%s/tok-%s-XXXXXX", GS_TEST_WORK_DIR, safe) >= sizeof(tmpl))
+        return -1;
+    if (mkdtemp(tmpl) == NULL) {
+        fprintf(stderr, "testtoken_make: mkdtemp %s: %s\n", tmpl, strerror(errno));
+        return -1;
+    }
+    if (run_provision(tmpl, label) != 0)
+        return -1;
+    snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tmpl);
+    if (stat(conf, &st) != 0 || setenv("SOFTHSM2_CONF", conf, 1) != 0)
+        return -1;
+    if (strlen(tmpl) >= cap)
+        return -1;
+    memcpy(dir_out, tmpl, strlen(tmpl) + 1);
+    return 0;
+}
+
+int testtoken_pin_source(const char *dir, char *buf, size_t cap)
+{
+    if (dir == NULL || buf == NULL)
+        return -1;
+    return (size_t)snprintf(buf, cap, "%s/user-pin", dir) < cap ? 0 : -1;
+}
+
+int testtoken_read_pin(const char *dir, char *buf, size_t cap)
+{
+    char path[1100];
+    FILE *f;
+    size_t n;
+
+    if (testtoken_pin_source(dir, path, sizeof(path)) != 0 || cap == 0)
+        return -1;
+    if ((f = fopen(path, "r")) == NULL)
+        return -1;
+    n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    return n > 0 ? 0 : -1;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int testtoken_remove(const char *dir)
+{
+    if (dir == NULL || *dir == '\0' || strstr(dir, "/tok-") == NULL)
+        return -1; /* only directories we made */
+    return nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- fault module control ---------------------------------------------- */
+
+static void *fault_sym(const char *name)
+{
+    static void *dl;
+
+    if (dl == NULL && GS_P11FAULT_MODULE[0] != '\0') {
+        /* Normally p11-kit has loaded it already (same path: same handle);
+         * otherwise load it now, which also keeps its counters alive
+         * across hsm_close(). */
+        dl = dlopen(GS_P11FAULT_MODULE, RTLD_NOW | RTLD_NOLOAD);
+        if (dl == NULL)
+            dl = dlopen(GS_P11FAULT_MODULE, RTLD_NOW | RTLD_LOCAL);
+    }
+    return dl != NULL ? dlsym(dl, name) : NULL;
+}
+
+int testfault_inject(const char *func, unsigned long rv, int count)
+{
+    void (*fn)(const char *, unsigned long, int);
+
+    *(void **)(&fn) = fault_sym("p11fault_inject");
+    if (fn == NULL)
+        return -1;
+    fn(func, rv, count);
+    return 0;
+}
+
+int testfault_clear(void)
+{
+    void (*fn)(void);
+
+    *(void **)(&fn) = fault_sym("p11fault_clear");
+    if (fn == NULL)
+        return -1;
+    fn();
+    return 0;
+}
+
+unsigned long testfault_calls(const char *func)
+{
+    unsigned long (*fn)(const char *);
+
+    *(void **)(&fn) = fault_sym("p11fault_calls");
+    return fn != NULL ? fn(func) : 0;
+}
+
+long testfault_close_all_sessions(void)
+{
+    unsigned long (*fn)(void);
+
+    *(void **)(&fn) = fault_sym("p11fault_close_all_sessions");
+    return fn != NULL ? (long)fn() : -1;
+}
+
+/* ---- software keys --------------------------------------------------------- */
+
+EVP_PKEY *testkey_rsa(unsigned bits)
+{
+    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)bits);
+}
+
+EVP_PKEY *testkey_ec(const char *curve)
+{
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", curve);
+}
+
+int testkey_spki(EVP_PKEY *pkey, unsigned char **der, size_t *len)
+{
+    unsigned char *tmp = NULL;
+    int n;
+
+    *der = NULL;
+    *len = 0;
+    if ((n = i2d_PUBKEY(pkey, &tmp)) <= 0)
+        return -1;
+    if ((*der = malloc((size_t)n)) == NULL) {
+        OPENSSL_free(tmp);
+        return -1;
+    }
+    memcpy(*der, tmp, (size_t)n);
+    *len = (size_t)n;
+    OPENSSL_free(tmp);
+    return 0;
+}
+
+EVP_PKEY *testkey_from_spki(const unsigned char *der, size_t len)
+{
+    const unsigned char *p = der;
+    EVP_PKEY *k = d2i_PUBKEY(NULL, &p, (long)len);
+
+    if (k != NULL && p != der + len) {
+        EVP_PKEY_free(k);
+        return NULL;
+    }
+    return k;
+}

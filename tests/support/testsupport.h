@@ -1,0 +1,79 @@
+/*
+ * testsupport.h: helpers for cmocka tests that need a PKCS#11 token
+ * (library gs_testsupport; link it from your tests/<area>.cmake:
+ *   target_link_libraries(test_x PRIVATE gs_testsupport ...)).
+ *
+ * Throw-away SoftHSM tokens:
+ *   char dir[512];
+ *   if (testtoken_make("grp", dir, sizeof(dir)) != 0) fail();
+ *   // SOFTHSM2_CONF now points at dir/softhsm2.conf; the user PIN is in
+ *   // dir/user-pin (0600): use testtoken_pin_source() as hsm pin_source.
+ *   hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=grp", pin_source, 0};
+ *
+ * Rules (SoftHSM and PKCS#11 impose them):
+ *  - Make every token the process needs BEFORE the first hsm_open():
+ *    testtoken_make forks and execs scripts/provision-softhsm, and nothing
+ *    may fork after C_Initialize. SoftHSM reads SOFTHSM2_CONF at
+ *    C_Initialize, so a process sees the token of the last testtoken_make
+ *    call (one token per process is simplest; a cmocka group setup is the
+ *    place for it).
+ *  - Tokens live under the build tree (build/testwork/tok-LABEL-XXXXXX),
+ *    never in the machine's default token store. testtoken_remove()
+ *    deletes one (optional: the build tree is throw-away).
+ *  - A missing SoftHSM or pkcs11-tool makes testtoken_make fail: treat
+ *    that as a test failure, not a skip.
+ *
+ * Fault injection (tests/p11fault): use testtoken_p11fault_module() as the
+ * hsm module; it forwards to SoftHSM and the testfault_* calls below make
+ * chosen PKCS#11 functions fail with a chosen CK_RV.
+ *
+ * Software keys: testkey_rsa()/testkey_spki() make an OpenSSL key pair and
+ * its DER SubjectPublicKeyInfo (e.g. a recipient key for rewrap tests).
+ */
+#ifndef GS_TESTSUPPORT_H
+#define GS_TESTSUPPORT_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+
+/* Creates a fresh SoftHSM token labelled `label` in a new directory, sets
+ * SOFTHSM2_CONF for this process, and writes the directory path to
+ * dir_out. Returns 0, or -1 (reason on stderr). */
+int testtoken_make(const char *label, char *dir_out, size_t cap);
+
+/* "DIR/user-pin" (a pin-source for hsm_config). Returns 0 or -1. */
+int testtoken_pin_source(const char *dir, char *buf, size_t cap);
+
+/* Reads the user PIN into buf (NUL-terminated, no newline). 0 or -1. */
+int testtoken_read_pin(const char *dir, char *buf, size_t cap);
+
+/* Deletes the token directory recursively. 0 or -1. */
+int testtoken_remove(const char *dir);
+
+/* Path of the SoftHSM2 module found by the build. */
+const char *testtoken_softhsm_module(void);
+/* Path of the fault-injecting module (build/lib/libp11fault.so). */
+const char *testtoken_p11fault_module(void);
+
+/* Fault control (see tests/p11fault/p11fault.c). rv is a CK_RV value.
+ * count > 0: the next count calls of func fail; count < 0: until
+ * testfault_clear(). Return -1 if the module cannot be reached. */
+int testfault_inject(const char *func, unsigned long rv, int count);
+int testfault_clear(void);
+/* Calls of func so far (faulted ones included); "" = all functions. */
+unsigned long testfault_calls(const char *func);
+/* Really closes every session in the real module (behind the caller's
+ * back). Returns the CK_RV, or -1 if the module cannot be reached. */
+long testfault_close_all_sessions(void);
+
+/* An RSA key pair made in software (e = 65537). Caller EVP_PKEY_free()s. */
+EVP_PKEY *testkey_rsa(unsigned bits);
+/* An EC key pair on a named curve ("P-256", "P-384"). */
+EVP_PKEY *testkey_ec(const char *curve);
+/* DER SubjectPublicKeyInfo of pkey (malloc'd; caller frees). 0 or -1. */
+int testkey_spki(EVP_PKEY *pkey, unsigned char **der, size_t *len);
+/* Parses DER SPKI. NULL on error. */
+EVP_PKEY *testkey_from_spki(const unsigned char *der, size_t len);
+
+#endif

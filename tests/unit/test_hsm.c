@@ -1,0 +1,1330 @@
+/*
+ * test_hsm.c: gs_hsm against a throw-away SoftHSM token made for this run
+ * (before any C_Initialize in the process), and against tests/p11fault for
+ * what SoftHSM cannot do by itself (device removed, lost login, ...).
+ *
+ * Every test opens its own hsm_ctx and closes it, so that the SoftHSM and
+ * the fault module (which loads SoftHSM itself) are never initialised at
+ * the same time.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#include "hsm.h"
+#include "log.h"
+#include "testsupport.h"
+
+/* CK_RV / CKM_ values used below (from PKCS#11 2.40). */
+#define T_CKR_DEVICE_ERROR 0x30UL
+#define T_CKR_DEVICE_REMOVED 0x32UL
+#define T_CKR_SESSION_HANDLE_INVALID 0xB3UL
+#define T_CKR_SESSION_CLOSED 0xB0UL
+#define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
+#define T_CKR_USER_NOT_LOGGED_IN 0x101UL
+#define T_CKM_RSA_PKCS 0x1UL
+#define T_CKM_RSA_X_509 0x3UL
+#define T_CKM_RSA_PKCS_OAEP 0x9UL
+#define T_CKM_ECDH1_DERIVE 0x1050UL
+
+#define TOKEN_LABEL "hsmtest"
+#define TOKEN_URI "pkcs11:token=" TOKEN_LABEL
+
+static char tokdir[512];
+static char pinsrc[600];
+
+/* Keys made once in the group setup. */
+#define GRP_RSA "grp-rsa"      /* OAEP only: DECRYPT|UNWRAP */
+#define GRP_V15 "grp-v15"      /* DECRYPT|UNWRAP|PKCS1V15 */
+#define GRP_REJ "grp-reject"   /* HMAC key for implicit rejection */
+#define GRP_KEK "grp-kek"      /* AES-256, WRAP, extractable (to learn it) */
+#define GRP_GSK "grp-gsk"      /* AES-256, WRAP, not extractable */
+
+/* Every context a test opens is tracked, so that the per-test teardown
+ * closes it even when an assertion fails half-way: a context left open
+ * would keep SoftHSM initialised and logged in for the next tests. */
+static hsm_ctx *g_open[8];
+
+static void t_close(hsm_ctx *ctx)
+{
+    size_t i;
+
+    for (i = 0; i < 8; i++)
+        if (g_open[i] == ctx)
+            g_open[i] = NULL;
+    hsm_close(ctx);
+}
+
+static int t_teardown(void **state)
+{
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < 8; i++) {
+        hsm_close(g_open[i]);
+        g_open[i] = NULL;
+    }
+    return 0;
+}
+
+static hsm_ctx *open_with(const char *module, const char *pin_source, unsigned max, hsm_err *err)
+{
+    hsm_config cfg = {module, TOKEN_URI, pin_source, max};
+    hsm_ctx *ctx = NULL;
+    size_t i;
+
+    *err = hsm_open(&cfg, &ctx);
+    for (i = 0; ctx != NULL && i < 8; i++)
+        if (g_open[i] == NULL) {
+            g_open[i] = ctx;
+            break;
+        }
+    return ctx;
+}
+
+static hsm_ctx *open_ok(const char *module, unsigned max)
+{
+    hsm_err err;
+    hsm_ctx *ctx = open_with(module, pinsrc, max, &err);
+
+    if (err != HSM_OK)
+        fprintf(stderr, "hsm_open: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    assert_non_null(ctx);
+    return ctx;
+}
+
+static hsm_key *find_ok(hsm_ctx *ctx, const char *ref, hsm_key_class cls)
+{
+    hsm_key *k = NULL;
+    hsm_err err = hsm_key_find(ctx, ref, cls, &k);
+
+    if (err != HSM_OK)
+        fprintf(stderr, "hsm_key_find %s: %s (%s)\n", ref, hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    return k;
+}
+
+static EVP_PKEY *export_pub(hsm_ctx *ctx, hsm_key *k)
+{
+    unsigned char *der = NULL;
+    size_t len = 0;
+    EVP_PKEY *pk;
+
+    assert_int_equal(hsm_key_export_public(ctx, k, &der, &len), HSM_OK);
+    pk = testkey_from_spki(der, len);
+    assert_non_null(pk);
+    free(der);
+    return pk;
+}
+
+/* RSA encryption in software: OAEP (md = "SHA1"/"SHA256") or v1.5 (md NULL). */
+static size_t rsa_encrypt(EVP_PKEY *pk, const char *md, const unsigned char *in, size_t inlen, unsigned char *out,
+                          size_t cap)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(pk, NULL);
+    size_t outlen = cap;
+
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_encrypt_init(c), 1);
+    if (md != NULL) {
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_oaep_md_name(c, md, NULL), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md_name(c, md, NULL), 1);
+    } else {
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING), 1);
+    }
+    assert_int_equal(EVP_PKEY_encrypt(c, out, &outlen, in, inlen), 1);
+    EVP_PKEY_CTX_free(c);
+    return outlen;
+}
+
+static size_t rsa_decrypt_oaep(EVP_PKEY *pk, const char *md, const unsigned char *in, size_t inlen,
+                               unsigned char *out, size_t cap)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(pk, NULL);
+    unsigned char buf[1024];
+    size_t outlen = sizeof(buf);
+
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_decrypt_init(c), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_oaep_md_name(c, md, NULL), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md_name(c, md, NULL), 1);
+    /* OpenSSL wants room for a whole modulus, whatever the plaintext. */
+    assert_int_equal(EVP_PKEY_decrypt(c, buf, &outlen, in, inlen), 1);
+    assert_true(outlen <= cap);
+    memcpy(out, buf, outlen);
+    EVP_PKEY_CTX_free(c);
+    return outlen;
+}
+
+static bool has_mech(const hsm_key_info *ki, unsigned long m)
+{
+    size_t i;
+    for (i = 0; i < ki->n_allowed_mechanisms; i++)
+        if (ki->allowed_mechanisms[i] == m)
+            return true;
+    return false;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+static int group_setup(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_err err;
+    hsm_key *k = NULL;
+    hsm_keygen_spec rsa = {GRP_RSA, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_spec v15 = {GRP_V15, NULL, 0, HSM_KEYTYPE_RSA, 2048,
+                           HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15, false};
+    hsm_keygen_spec rej = {GRP_REJ, NULL, 0, HSM_KEYTYPE_GENERIC_SECRET, 256, HSM_USE_SIGN, false};
+    hsm_keygen_spec kek = {GRP_KEK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, true};
+    hsm_keygen_spec gsk = {GRP_GSK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+
+    (void)state;
+    /* The token first: nothing may fork after C_Initialize. */
+    if (testtoken_make(TOKEN_LABEL, tokdir, sizeof(tokdir)) != 0)
+        return -1;
+    if (testtoken_pin_source(tokdir, pinsrc, sizeof(pinsrc)) != 0)
+        return -1;
+    ctx = open_with(testtoken_softhsm_module(), pinsrc, 0, &err);
+    if (err != HSM_OK) {
+        fprintf(stderr, "open: %s %s\n", hsm_strerror(err), hsm_last_error_detail());
+        return -1;
+    }
+    hsm_keygen_spec *specs[] = {&rsa, &v15};
+    for (size_t i = 0; i < 2; i++) {
+        err = hsm_generate_keypair(ctx, specs[i], NULL, NULL);
+        if (err != HSM_OK) {
+            fprintf(stderr, "keypair %s: %s %s\n", specs[i]->label, hsm_strerror(err), hsm_last_error_detail());
+            t_close(ctx);
+            return -1;
+        }
+    }
+    hsm_keygen_spec *secs[] = {&rej, &kek, &gsk};
+    for (size_t i = 0; i < 3; i++) {
+        err = hsm_generate_secret_key(ctx, secs[i], &k);
+        if (err != HSM_OK) {
+            fprintf(stderr, "secret %s: %s %s\n", secs[i]->label, hsm_strerror(err), hsm_last_error_detail());
+            t_close(ctx);
+            return -1;
+        }
+        hsm_key_free(k);
+    }
+    t_close(ctx);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return 0;
+}
+
+/* ---- basics ------------------------------------------------------------------- */
+
+static void test_strerror(void **state)
+{
+    int e;
+    (void)state;
+    for (e = HSM_OK; e <= HSM_ERR_PKCS11; e++) {
+        const char *s = hsm_strerror((hsm_err)e);
+        assert_non_null(s);
+        assert_true(strlen(s) > 0);
+        assert_null(strstr(s, "unknown"));
+    }
+    assert_non_null(hsm_last_error_detail());
+}
+
+static void test_open_info_ping(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_token_info ti;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 2);
+    assert_int_equal(hsm_ping(ctx), HSM_OK);
+    assert_int_equal(hsm_token_info_get(ctx, &ti), HSM_OK);
+    assert_string_equal(ti.label, TOKEN_LABEL);
+    assert_true(strlen(ti.serial) > 0);
+    assert_int_equal(ti.sessions_in_use, 0);
+    assert_true(ti.sessions_idle >= 1);
+    t_close(ctx);
+    hsm_close(NULL);
+}
+
+static void test_open_errors(void **state)
+{
+    hsm_err err;
+    hsm_ctx *ctx;
+    hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=no-such-token", pinsrc, 0};
+    (void)state;
+
+    ctx = NULL;
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_TOKEN_NOT_FOUND);
+    assert_null(ctx);
+    cfg.token_uri = "pkcs11:token=%zz";
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_URI);
+    cfg.token_uri = TOKEN_URI;
+    cfg.pin_source = "env:GS_TEST_NO_SUCH_VARIABLE";
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_PIN_SOURCE);
+    cfg.pin_source = pinsrc;
+    cfg.module = "/nonexistent/module.so";
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_MODULE);
+    cfg.module = "no-such-p11-kit-module";
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_MODULE);
+    /* No pin source: opens without login. */
+    ctx = open_with(testtoken_softhsm_module(), NULL, 0, &err);
+    assert_int_equal(err, HSM_OK);
+    t_close(ctx);
+}
+
+/* ---- keys -------------------------------------------------------------------------- */
+
+static void test_keypair_policy(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *pub = NULL, *priv = NULL;
+    hsm_key_info ki;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_int_equal(ki.cls, HSM_CLASS_PRIVATE);
+    assert_int_equal(ki.type, HSM_KEYTYPE_RSA);
+    assert_int_equal(ki.bits, 2048);
+    assert_string_equal(ki.label, GRP_RSA);
+    assert_int_equal(ki.id_len, 16);
+    assert_true(ki.token && ki.private_ && ki.sensitive);
+    assert_true(ki.always_sensitive);
+    assert_true(ki.never_extractable);
+    assert_false(ki.extractable);
+    assert_false(ki.value_readable);
+    assert_true(ki.decrypt && ki.unwrap);
+    assert_false(ki.sign || ki.derive || ki.sign_recover || ki.wrap || ki.encrypt || ki.verify);
+    assert_true(ki.has_unwrap_template);
+    assert_true(ki.unwrap_template_sensitive);
+    assert_true(ki.n_allowed_mechanisms >= 1);
+    assert_true(has_mech(&ki, T_CKM_RSA_PKCS_OAEP));
+    assert_false(has_mech(&ki, T_CKM_RSA_PKCS));
+    assert_false(has_mech(&ki, T_CKM_RSA_X_509));
+
+    pub = find_ok(ctx, GRP_RSA, HSM_CLASS_PUBLIC);
+    assert_int_equal(hsm_key_get_info(ctx, pub, &ki), HSM_OK);
+    assert_int_equal(ki.cls, HSM_CLASS_PUBLIC);
+    assert_true(ki.encrypt && ki.wrap);
+    assert_false(ki.verify || ki.derive || ki.private_);
+    hsm_key_free(pub);
+    hsm_key_free(priv);
+
+    priv = find_ok(ctx, GRP_V15, HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_true(has_mech(&ki, T_CKM_RSA_PKCS_OAEP));
+    assert_true(has_mech(&ki, T_CKM_RSA_PKCS));
+    assert_false(has_mech(&ki, T_CKM_RSA_X_509));
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+static void test_keypair_sizes_and_exists(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *pub = NULL, *priv = NULL;
+    hsm_key_info ki;
+    unsigned char id[] = {1, 2, 3, 4};
+    hsm_keygen_spec sp = {"kp-sign-3072", id, sizeof(id), HSM_KEYTYPE_RSA, 3072, HSM_USE_SIGN, false};
+    EVP_PKEY *pk;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, &pub, &priv), HSM_OK);
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_int_equal(ki.bits, 3072);
+    assert_true(ki.sign);
+    assert_false(ki.decrypt || ki.unwrap || ki.derive);
+    assert_false(ki.has_unwrap_template);
+    assert_memory_equal(ki.id, id, sizeof(id));
+    pk = export_pub(ctx, priv);
+    assert_int_equal(EVP_PKEY_get_bits(pk), 3072);
+    EVP_PKEY_free(pk);
+    /* Same label again. */
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, NULL, NULL), HSM_ERR_KEY_EXISTS);
+    /* Bad specs. */
+    sp.label = "kp-bad";
+    sp.bits = 1024;
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, NULL, NULL), HSM_ERR_ARGS);
+    sp.bits = 2048;
+    sp.usage = HSM_USE_DERIVE;
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, NULL, NULL), HSM_ERR_ARGS);
+    hsm_key_free(pub);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+static void test_find(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k = NULL;
+    hsm_key_info ki;
+    char uri[256], idhex[64];
+    size_t i;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    k = find_ok(ctx, "pkcs11:" "token=" TOKEN_LABEL ";object=" GRP_RSA ";type=private", 0);
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_int_equal(ki.cls, HSM_CLASS_PRIVATE);
+    hsm_key_free(k);
+    /* By id= (percent-encoded) and type=public. */
+    for (i = 0; i < ki.id_len; i++)
+        snprintf(idhex + 3 * i, sizeof(idhex) - 3 * i, "%%%02x", ki.id[i]);
+    snprintf(uri, sizeof(uri), "pkcs11:id=%s;type=public", idhex);
+    k = find_ok(ctx, uri, 0);
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_int_equal(ki.cls, HSM_CLASS_PUBLIC);
+    assert_string_equal(ki.label, GRP_RSA);
+    hsm_key_free(k);
+    k = find_ok(ctx, GRP_GSK, HSM_CLASS_SECRET);
+    hsm_key_free(k);
+    k = NULL;
+
+    /* Missing, ambiguous (pair without class), bad URI, other token. */
+    assert_int_equal(hsm_key_find(ctx, "no-such-key", 0, &k), HSM_ERR_KEY_NOT_FOUND);
+    assert_null(k);
+    assert_non_null(strstr(hsm_last_error_detail(), "no-such-key"));
+    assert_int_equal(hsm_key_find(ctx, GRP_RSA, 0, &k), HSM_ERR_KEY_AMBIGUOUS);
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:object=%zz", 0, &k), HSM_ERR_URI);
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:token=other;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
+                     HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:object=" GRP_RSA ";type=public", HSM_CLASS_PRIVATE, &k),
+                     HSM_ERR_KEY_NOT_FOUND);
+    assert_null(k);
+    t_close(ctx);
+}
+
+struct list_state {
+    int n;
+    bool saw_rsa_priv;
+};
+
+static int list_cb(void *arg, hsm_ctx *ctx, hsm_key *key)
+{
+    struct list_state *ls = arg;
+    hsm_key_info ki;
+
+    /* Calling back into the library from the callback must work. */
+    if (hsm_key_get_info(ctx, key, &ki) != HSM_OK)
+        return 1;
+    ls->n++;
+    if (strcmp(ki.label, GRP_RSA) == 0 && ki.cls == HSM_CLASS_PRIVATE)
+        ls->saw_rsa_priv = true;
+    return 0;
+}
+
+static void test_list_destroy(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k = NULL, *k2 = NULL;
+    struct list_state ls = {0, false};
+    hsm_keygen_spec sp = {"tmp-destroy", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 1); /* one session: callbacks must not deadlock */
+    assert_int_equal(hsm_key_list(ctx, "grp-", list_cb, &ls), HSM_OK);
+    assert_int_equal(ls.n, 2 + 2 + 3);
+    assert_true(ls.saw_rsa_priv);
+    ls.n = 0;
+    assert_int_equal(hsm_key_list(ctx, "grp-rsa", list_cb, &ls), HSM_OK);
+    assert_int_equal(ls.n, 2);
+
+    assert_int_equal(hsm_generate_secret_key(ctx, &sp, &k), HSM_OK);
+    k2 = find_ok(ctx, "tmp-destroy", HSM_CLASS_SECRET);
+    assert_int_equal(hsm_key_destroy(ctx, k), HSM_OK);
+    hsm_key_free(k);
+    k = NULL;
+    assert_int_equal(hsm_key_find(ctx, "tmp-destroy", 0, &k), HSM_ERR_KEY_NOT_FOUND);
+    /* A stale reference to a destroyed key fails cleanly. */
+    {
+        hsm_key_info ki;
+        assert_int_not_equal(hsm_key_get_info(ctx, k2, &ki), HSM_OK);
+    }
+    hsm_key_free(k2);
+    t_close(ctx);
+}
+
+static void test_secret_keys(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k;
+    hsm_key_info ki;
+    hsm_keygen_spec bad = {"sk-bad", NULL, 0, HSM_KEYTYPE_AES, 100, HSM_USE_WRAP, false};
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    k = find_ok(ctx, GRP_GSK, HSM_CLASS_SECRET);
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_int_equal(ki.type, HSM_KEYTYPE_AES);
+    assert_int_equal(ki.bits, 256);
+    assert_true(ki.sensitive && ki.always_sensitive && ki.never_extractable);
+    assert_false(ki.extractable);
+    assert_false(ki.value_readable);
+    assert_true(ki.wrap);
+    assert_false(ki.unwrap || ki.encrypt || ki.decrypt || ki.sign);
+    hsm_key_free(k);
+
+    k = find_ok(ctx, GRP_KEK, HSM_CLASS_SECRET);
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_true(ki.sensitive && ki.extractable);
+    assert_false(ki.never_extractable);
+    assert_false(ki.value_readable);
+    hsm_key_free(k);
+
+    k = find_ok(ctx, GRP_REJ, HSM_CLASS_SECRET);
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_int_equal(ki.type, HSM_KEYTYPE_GENERIC_SECRET);
+    assert_true(ki.sign);
+    assert_false(ki.verify || ki.extractable || ki.value_readable);
+    hsm_key_free(k);
+
+    k = NULL;
+    assert_int_equal(hsm_generate_secret_key(ctx, &bad, &k), HSM_ERR_ARGS);
+    assert_null(k);
+    t_close(ctx);
+}
+
+/* ---- decrypt ------------------------------------------------------------------------- */
+
+static void test_oaep_decrypt(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv, *pub;
+    EVP_PKEY *pk;
+    unsigned char cek[32], ct[512], out[64];
+    size_t ctlen, outlen = 99;
+    hsm_unwrap_input in;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pub = find_ok(ctx, GRP_RSA, HSM_CLASS_PUBLIC);
+    pk = export_pub(ctx, pub);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
+
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.alg = HSM_KT_RSA_OAEP_SHA1;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_OK);
+    assert_int_equal(outlen, 32);
+    assert_memory_equal(out, cek, 32);
+
+    /* Wrong expected length: a decryption failure, output cleared. */
+    in.expected_len = 16;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_ERR_DECRYPT);
+    assert_int_equal(outlen, 0);
+    /* Corrupt ciphertext. */
+    in.expected_len = 32;
+    ct[10] ^= 1;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_ERR_DECRYPT);
+    ct[10] ^= 1;
+    /* Output buffer too small. */
+    in.expected_len = 0;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, 8, &outlen), HSM_ERR_BUFFER);
+    /* A public key cannot decrypt. */
+    in.group_key = pub;
+    in.expected_len = 32;
+    assert_int_not_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_OK);
+
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    t_close(ctx);
+}
+
+static void test_oaep_sha256_unsupported(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv;
+    EVP_PKEY *pk, *rk;
+    unsigned char cek[32], ct[512], out[64], *spki = NULL, *outs[1] = {NULL};
+    size_t ctlen, outlen, spki_len, lens[1];
+    hsm_unwrap_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA256", cek, sizeof(cek), ct, sizeof(ct));
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.alg = HSM_KT_RSA_OAEP_SHA256;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    /* SoftHSM 2.6.1 implements OAEP with SHA-1 only. */
+    err = hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen);
+    assert_int_equal(err, HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "token does not support RSA-OAEP with SHA-256"));
+
+    /* Same for wrapping out with SHA-256. */
+    rk = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(rk, &spki, &spki_len), 0);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
+    in.alg = HSM_KT_RSA_OAEP_SHA1;
+    in.encrypted_key_len = ctlen;
+    const unsigned char *sp[1] = {spki};
+    err = hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA256, sp, &spki_len, 1, outs, lens);
+    assert_int_equal(err, HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "SHA-256"));
+    assert_null(outs[0]);
+    free(spki);
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+/* ---- rewrap ---------------------------------------------------------------------------- */
+
+static void test_rewrap_to_public(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv;
+    EVP_PKEY *pk, *r1, *r2;
+    unsigned char cek[32], ct[512], got[64], *s1, *s2, *outs[2];
+    size_t ctlen, l1, l2, lens[2], n;
+    hsm_unwrap_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pk = export_pub(ctx, priv);
+    r1 = testkey_rsa(2048);
+    r2 = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(r1, &s1, &l1), 0);
+    assert_int_equal(testkey_spki(r2, &s2, &l2), 0);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.alg = HSM_KT_RSA_OAEP_SHA1;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+
+    const unsigned char *sp[2] = {s1, s2};
+    size_t sl[2] = {l1, l2};
+    err = hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, sl, 2, outs, lens);
+    if (err != HSM_OK)
+        fprintf(stderr, "rewrap: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    /* Each recipient's own private key recovers the content key. */
+    n = rsa_decrypt_oaep(r1, "SHA1", outs[0], lens[0], got, sizeof(got));
+    assert_int_equal(n, 32);
+    assert_memory_equal(got, cek, 32);
+    n = rsa_decrypt_oaep(r2, "SHA1", outs[1], lens[1], got, sizeof(got));
+    assert_int_equal(n, 32);
+    assert_memory_equal(got, cek, 32);
+    free(outs[0]);
+    free(outs[1]);
+
+    /* A malformed recipient key: clean failure, nothing allocated. */
+    sl[1] = l2 - 3;
+    err = hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, sl, 2, outs, lens);
+    assert_int_equal(err, HSM_ERR_PUBLIC_KEY);
+    assert_null(outs[0]);
+    assert_null(outs[1]);
+    /* A bad ciphertext. */
+    ct[0] ^= 0x40;
+    sl[1] = l2;
+    err = hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, sl, 2, outs, lens);
+    assert_int_equal(err, HSM_ERR_DECRYPT);
+
+    free(s1);
+    free(s2);
+    EVP_PKEY_free(r1);
+    EVP_PKEY_free(r2);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+/* Learns the value of the (extractable) KEK by wrapping it to a software key. */
+static void learn_kek(hsm_ctx *ctx, hsm_key *kek, unsigned char out[32])
+{
+    EVP_PKEY *r = testkey_rsa(2048);
+    unsigned char *spki = NULL, *w = NULL, buf[64];
+    size_t spki_len = 0, wl = 0, n;
+    hsm_err err;
+
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+    err = hsm_wrap_secret_key_to_public(ctx, kek, HSM_OAEP_SHA1, spki, spki_len, &w, &wl);
+    if (err != HSM_OK)
+        fprintf(stderr, "wrap kek: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    n = rsa_decrypt_oaep(r, "SHA1", w, wl, buf, sizeof(buf));
+    assert_int_equal(n, 32);
+    memcpy(out, buf, 32);
+    free(w);
+    free(spki);
+    EVP_PKEY_free(r);
+}
+
+static size_t aes_unwrap(const unsigned char kek[32], bool pad, const unsigned char *in, size_t inlen,
+                         unsigned char *out)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int l1 = 0, l2 = 0;
+
+    assert_non_null(c);
+    EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+    assert_int_equal(EVP_DecryptInit_ex(c, pad ? EVP_aes_256_wrap_pad() : EVP_aes_256_wrap(), NULL, kek, NULL), 1);
+    assert_int_equal(EVP_DecryptUpdate(c, out, &l1, in, (int)inlen), 1);
+    assert_int_equal(EVP_DecryptFinal_ex(c, out + l1, &l2), 1);
+    EVP_CIPHER_CTX_free(c);
+    return (size_t)(l1 + l2);
+}
+
+static void test_rewrap_to_secret(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv, *kek, *gsk;
+    EVP_PKEY *pk;
+    unsigned char kekv[32], cek[32], ct[512], got[64], *w = NULL;
+    size_t ctlen, wl = 0, n;
+    hsm_unwrap_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    kek = find_ok(ctx, GRP_KEK, HSM_CLASS_SECRET);
+    gsk = find_ok(ctx, GRP_GSK, HSM_CLASS_SECRET);
+    pk = export_pub(ctx, priv);
+    learn_kek(ctx, kek, kekv);
+
+    /* 32-byte content key: RFC 3394. */
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, 32, ct, sizeof(ct));
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.alg = HSM_KT_RSA_OAEP_SHA1;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    err = hsm_rewrap_to_secret_key(ctx, &in, kek, &w, &wl);
+    if (err != HSM_OK)
+        fprintf(stderr, "rewrap secret: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    assert_int_equal(wl, 40);
+    n = aes_unwrap(kekv, false, w, wl, got);
+    assert_int_equal(n, 32);
+    assert_memory_equal(got, cek, 32);
+    free(w);
+    w = NULL;
+
+    /* 20-byte key (not a multiple of 8): RFC 5649. */
+    ctlen = rsa_encrypt(pk, "SHA1", cek, 20, ct, sizeof(ct));
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 20;
+    err = hsm_rewrap_to_secret_key(ctx, &in, kek, &w, &wl);
+    if (err != HSM_OK)
+        fprintf(stderr, "rewrap secret pad: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    n = aes_unwrap(kekv, true, w, wl, got);
+    assert_int_equal(wl, 32);
+    assert_memory_equal(got, cek, 20);
+    /* RFC 5649 says MLI = 20. SoftHSM 2.6.1 zero-pads the key to 24 bytes
+     * before wrapping (its bug: MLI = 24, four zero bytes appended); accept
+     * exactly that and nothing else. CMS content keys are 16/24/32 bytes,
+     * which take the RFC 3394 path above. */
+    if (n != 20) {
+        static const unsigned char zero4[4] = {0, 0, 0, 0};
+        assert_int_equal(n, 24);
+        assert_memory_equal(got + 20, zero4, 4);
+    }
+    free(w);
+    w = NULL;
+
+    /* The non-extractable group secret key wraps too, but cannot leave. */
+    ctlen = rsa_encrypt(pk, "SHA1", cek, 32, ct, sizeof(ct));
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    assert_int_equal(hsm_rewrap_to_secret_key(ctx, &in, gsk, &w, &wl), HSM_OK);
+    assert_int_equal(wl, 40);
+    free(w);
+    w = NULL;
+    {
+        EVP_PKEY *r = testkey_rsa(2048);
+        unsigned char *spki = NULL;
+        size_t sl = 0;
+        assert_int_equal(testkey_spki(r, &spki, &sl), 0);
+        assert_int_equal(hsm_wrap_secret_key_to_public(ctx, gsk, HSM_OAEP_SHA1, spki, sl, &w, &wl),
+                         HSM_ERR_KEY_POLICY);
+        assert_null(w);
+        free(spki);
+        EVP_PKEY_free(r);
+    }
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    hsm_key_free(kek);
+    hsm_key_free(gsk);
+    t_close(ctx);
+}
+
+/* ---- PKCS#1 v1.5 with implicit rejection -------------------------------------------- */
+
+static void test_implicit_rejection(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv, *rej, *oaep_only;
+    EVP_PKEY *pk, *r;
+    unsigned char cek[32], ct[512], ct2[512], a[64], b[64], c[64], *spki, *outs[1];
+    size_t ctlen, ct2len, al, bl, cl, spki_len, lens[1], n;
+    hsm_unwrap_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_V15, HSM_CLASS_PRIVATE);
+    rej = find_ok(ctx, GRP_REJ, HSM_CLASS_SECRET);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, NULL, cek, 32, ct, sizeof(ct));
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.alg = HSM_KT_RSA_PKCS1V15;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    in.reject_key = rej;
+
+    /* Valid padding: the real key. */
+    err = hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al);
+    if (err != HSM_OK)
+        fprintf(stderr, "v1.5: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    assert_int_equal(al, 32);
+    assert_memory_equal(a, cek, 32);
+
+    /* Invalid padding: a substitute, deterministic, of the right length. */
+    ct[ctlen - 1] ^= 0x01;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al), HSM_OK);
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, b, sizeof(b), &bl), HSM_OK);
+    assert_int_equal(al, 32);
+    assert_int_equal(bl, 32);
+    assert_memory_equal(a, b, 32);
+    assert_memory_not_equal(a, cek, 32);
+    assert_string_equal(hsm_last_error_detail(), ""); /* nothing tells the two apart */
+    ct[ctlen - 2] ^= 0x01;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, c, sizeof(c), &cl), HSM_OK);
+    assert_int_equal(cl, 32);
+    assert_memory_not_equal(a, c, 32);
+
+    /* Valid padding but the wrong length (20 bytes for a 32-byte key) counts
+     * as a padding failure too. */
+    ct2len = rsa_encrypt(pk, NULL, cek, 20, ct2, sizeof(ct2));
+    in.encrypted_key = ct2;
+    in.encrypted_key_len = ct2len;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al), HSM_OK);
+    assert_int_equal(al, 32);
+    assert_memory_not_equal(a, cek, 32);
+    assert_memory_not_equal(a, cek, 20);
+    /* 16-byte expected length: truncated substitute. */
+    in.expected_len = 16;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, b, sizeof(b), &bl), HSM_OK);
+    assert_int_equal(bl, 16);
+    assert_memory_equal(a, b, 16);
+
+    /* Rewrap through v1.5: the valid ciphertext gives the real key to the
+     * recipient, an invalid one the substitute. */
+    r = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+    const unsigned char *sp[1] = {spki};
+    ctlen = rsa_encrypt(pk, NULL, cek, 32, ct, sizeof(ct));
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens), HSM_OK);
+    n = rsa_decrypt_oaep(r, "SHA1", outs[0], lens[0], a, sizeof(a));
+    assert_int_equal(n, 32);
+    assert_memory_equal(a, cek, 32);
+    free(outs[0]);
+    ct[5] ^= 0x80;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, b, sizeof(b), &bl), HSM_OK);
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens), HSM_OK);
+    n = rsa_decrypt_oaep(r, "SHA1", outs[0], lens[0], a, sizeof(a));
+    assert_int_equal(n, 32);
+    assert_memory_equal(a, b, 32);
+    free(outs[0]);
+
+    /* v1.5 needs the reject key and a fixed length. */
+    in.reject_key = NULL;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al), HSM_ERR_ARGS);
+    in.reject_key = rej;
+    in.expected_len = 0;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al), HSM_ERR_ARGS);
+
+    /* A key made without HSM_USE_PKCS1V15 refuses v1.5 outright. */
+    oaep_only = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    in.group_key = oaep_only;
+    in.expected_len = 32;
+    err = hsm_decrypt_content_key(ctx, &in, a, sizeof(a), &al);
+    assert_true(err == HSM_ERR_MECHANISM || err == HSM_ERR_KEY_POLICY);
+
+    free(spki);
+    EVP_PKEY_free(r);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    hsm_key_free(rej);
+    hsm_key_free(oaep_only);
+    t_close(ctx);
+}
+
+/* ---- signing, EC, ECDH --------------------------------------------------------------- */
+
+static void verify_sig(EVP_PKEY *pk, const unsigned char *data, size_t len, const unsigned char *sig, size_t siglen)
+{
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    assert_non_null(m);
+    assert_int_equal(EVP_DigestVerifyInit(m, NULL, EVP_sha256(), NULL, pk), 1);
+    assert_int_equal(EVP_DigestVerify(m, sig, siglen, data, len), 1);
+    EVP_MD_CTX_free(m);
+}
+
+static void test_sign(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv = NULL, *pub = NULL;
+    EVP_PKEY *pk;
+    unsigned char *sig = NULL;
+    size_t siglen = 0;
+    const unsigned char data[] = "to be signed: a TBSCertificate";
+    hsm_keygen_spec rs = {"sign-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false};
+    hsm_keygen_spec es = {"sign-ec", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false};
+    hsm_keygen_spec es384 = {"sign-ec384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false};
+    hsm_key_info ki;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &rs, NULL, &priv), HSM_OK);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_RSA_PKCS1_SHA256, data, sizeof(data), &sig, &siglen), HSM_OK);
+    assert_int_equal(siglen, 256);
+    verify_sig(pk, data, sizeof(data), sig, siglen);
+    free(sig);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+
+    err = hsm_generate_keypair(ctx, &es, &pub, &priv);
+    if (err != HSM_OK)
+        fprintf(stderr, "ec keygen: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_int_equal(ki.type, HSM_KEYTYPE_EC);
+    assert_int_equal(ki.bits, 256);
+    assert_true(ki.sign && ki.never_extractable && !ki.value_readable);
+    assert_false(ki.derive || ki.decrypt);
+    /* The SPKI from the private and from the public object agree. */
+    pk = export_pub(ctx, priv);
+    {
+        EVP_PKEY *pk2 = export_pub(ctx, pub);
+        assert_int_equal(EVP_PKEY_eq(pk, pk2), 1);
+        EVP_PKEY_free(pk2);
+    }
+    err = hsm_sign(ctx, priv, HSM_SIG_ECDSA_SHA256, data, sizeof(data), &sig, &siglen);
+    assert_int_equal(err, HSM_OK);
+    assert_int_equal(sig[0], 0x30); /* DER SEQUENCE, not r||s */
+    verify_sig(pk, data, sizeof(data), sig, siglen);
+    free(sig);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+
+    assert_int_equal(hsm_generate_keypair(ctx, &es384, NULL, &priv), HSM_OK);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(EVP_PKEY_get_bits(pk), 384);
+    assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_ECDSA_SHA256, data, sizeof(data), &sig, &siglen), HSM_OK);
+    verify_sig(pk, data, sizeof(data), sig, siglen);
+    free(sig);
+    EVP_PKEY_free(pk);
+
+    /* A decrypt-only key cannot sign. */
+    hsm_key_free(priv);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    sig = NULL;
+    err = hsm_sign(ctx, priv, HSM_SIG_RSA_PKCS1_SHA256, data, sizeof(data), &sig, &siglen);
+    assert_true(err == HSM_ERR_KEY_POLICY || err == HSM_ERR_MECHANISM);
+    assert_null(sig);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+static void test_ecdh(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv = NULL;
+    hsm_key_info ki;
+    hsm_keygen_spec sp = {"ecdh-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_DERIVE, false};
+    EVP_PKEY *peer;
+    unsigned char point[133], wrapped[40], out[64], sinfo[] = {0x30, 0x03, 0x02, 0x01, 0x00};
+    size_t plen = 0, outlen;
+    hsm_ecdh_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, NULL, &priv), HSM_OK);
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_true(ki.derive);
+    assert_false(ki.sign || ki.decrypt || ki.unwrap);
+    assert_true(has_mech(&ki, T_CKM_ECDH1_DERIVE));
+
+    peer = testkey_ec("P-256");
+    assert_non_null(peer);
+    assert_int_equal(EVP_PKEY_get_octet_string_param(peer, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &plen), 1);
+    memset(wrapped, 0xa5, sizeof(wrapped));
+    memset(&in, 0, sizeof(in));
+    in.group_key = priv;
+    in.peer_point = point;
+    in.peer_point_len = plen;
+    in.kdf_hash = HSM_OAEP_SHA256;
+    in.shared_info = sinfo;
+    in.shared_info_len = sizeof(sinfo);
+    in.kek_len = 32;
+    in.wrapped_key = wrapped;
+    in.wrapped_key_len = sizeof(wrapped);
+    /* SoftHSM 2.6.1's CKM_ECDH1_DERIVE accepts only CKD_NULL: the X9.63 KDF
+     * cannot run inside it, so the layer must say so clearly. */
+    err = hsm_ecdh_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen);
+    assert_int_equal(err, HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "token does not support ECDH with the X9.63 KDF"));
+    in.kdf_hash = HSM_OAEP_SHA1;
+    err = hsm_ecdh_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen);
+    assert_int_equal(err, HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKD_SHA1_KDF"));
+    in.kek_len = 20;
+    assert_int_equal(hsm_ecdh_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_ERR_ARGS);
+    EVP_PKEY_free(peer);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+/* ---- concurrency --------------------------------------------------------------------- */
+
+struct thr {
+    hsm_ctx *ctx;
+    hsm_unwrap_input in;
+    const unsigned char *cek;
+    int ok, fail;
+    hsm_err last;
+};
+
+static void *thr_main(void *arg)
+{
+    struct thr *t = arg;
+    unsigned char out[64];
+    size_t outlen;
+    int i;
+
+    for (i = 0; i < 12; i++) {
+        hsm_err e = hsm_decrypt_content_key(t->ctx, &t->in, out, sizeof(out), &outlen);
+        if (e == HSM_OK && outlen == 32 && memcmp(out, t->cek, 32) == 0) {
+            t->ok++;
+        } else {
+            t->fail++;
+            t->last = e;
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv;
+    EVP_PKEY *pk;
+    unsigned char cek[32], ct[512];
+    size_t ctlen;
+    struct thr th[8];
+    pthread_t tid[8];
+    hsm_token_info ti;
+    int i;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 4); /* fewer sessions than threads: they must wait */
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, 32, ct, sizeof(ct));
+    for (i = 0; i < 8; i++) {
+        memset(&th[i], 0, sizeof(th[i]));
+        th[i].ctx = ctx;
+        th[i].in.group_key = priv;
+        th[i].in.alg = HSM_KT_RSA_OAEP_SHA1;
+        th[i].in.encrypted_key = ct;
+        th[i].in.encrypted_key_len = ctlen;
+        th[i].in.expected_len = 32;
+        th[i].cek = cek;
+        assert_int_equal(pthread_create(&tid[i], NULL, thr_main, &th[i]), 0);
+    }
+    for (i = 0; i < 8; i++) {
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+        if (th[i].fail)
+            fprintf(stderr, "thread %d: %d failures, last %s\n", i, th[i].fail, hsm_strerror(th[i].last));
+        assert_int_equal(th[i].fail, 0);
+        assert_int_equal(th[i].ok, 12);
+    }
+    assert_int_equal(hsm_token_info_get(ctx, &ti), HSM_OK);
+    assert_int_equal(ti.sessions_in_use, 0);
+    assert_true(ti.sessions_idle <= 4);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+/* ---- wrong PIN, recovery, faults (through tests/p11fault) ---------------------------- */
+
+static void test_wrong_pin(void **state)
+{
+    char bad[700];
+    FILE *f;
+    hsm_err err;
+    hsm_ctx *ctx;
+    unsigned long logins;
+    (void)state;
+
+    snprintf(bad, sizeof(bad), "%s/wrong-pin", tokdir);
+    f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("0000definitelywrong\n", f);
+    fclose(f);
+    assert_int_equal(chmod(bad, 0600), 0);
+
+    ctx = open_with(testtoken_p11fault_module(), bad, 0, &err);
+    assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
+    assert_null(ctx);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_PIN_INCORRECT"));
+    logins = testfault_calls("C_Login");
+    assert_true(logins >= 1);
+
+    /* Same PIN again: refused without another C_Login (no lock-out). */
+    ctx = open_with(testtoken_p11fault_module(), bad, 0, &err);
+    assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
+    assert_null(ctx);
+    assert_int_equal(testfault_calls("C_Login"), logins);
+    /* Also through another module path to the same token. */
+    ctx = open_with(testtoken_softhsm_module(), bad, 0, &err);
+    assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
+
+    /* The right PIN still works. */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_calls("C_Login"), logins + 1);
+    t_close(ctx);
+}
+
+/* The fixture for recovery tests: the fault module, the group key and a
+ * ciphertext. */
+struct rec {
+    hsm_ctx *ctx;
+    hsm_key *priv;
+    unsigned char cek[32], ct[512];
+    hsm_unwrap_input in;
+};
+
+static void rec_open(struct rec *r)
+{
+    EVP_PKEY *pk;
+    size_t ctlen;
+
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(testfault_clear(), 0);
+    r->ctx = open_ok(testtoken_p11fault_module(), 2);
+    r->priv = find_ok(r->ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pk = export_pub(r->ctx, r->priv);
+    assert_int_equal(RAND_bytes(r->cek, sizeof(r->cek)), 1);
+    ctlen = rsa_encrypt(pk, "SHA1", r->cek, 32, r->ct, sizeof(r->ct));
+    EVP_PKEY_free(pk);
+    r->in.group_key = r->priv;
+    r->in.alg = HSM_KT_RSA_OAEP_SHA1;
+    r->in.encrypted_key = r->ct;
+    r->in.encrypted_key_len = ctlen;
+    r->in.expected_len = 32;
+}
+
+static hsm_err rec_decrypt(struct rec *r)
+{
+    unsigned char out[64];
+    size_t outlen = 0;
+    hsm_err err = hsm_decrypt_content_key(r->ctx, &r->in, out, sizeof(out), &outlen);
+
+    if (err == HSM_OK) {
+        assert_int_equal(outlen, 32);
+        assert_memory_equal(out, r->cek, 32);
+    }
+    return err;
+}
+
+static void rec_close(struct rec *r)
+{
+    testfault_clear();
+    hsm_key_free(r->priv);
+    t_close(r->ctx);
+}
+
+static void test_recover_session_closed(void **state)
+{
+    struct rec r;
+    (void)state;
+
+    rec_open(&r);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    /* Really close every session (and so the login) behind our back. */
+    assert_int_equal(testfault_close_all_sessions(), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_int_equal(hsm_ping(r.ctx), HSM_OK);
+    rec_close(&r);
+}
+
+static void test_recover_session_invalid(void **state)
+{
+    struct rec r;
+    unsigned long opens;
+    (void)state;
+
+    rec_open(&r);
+    opens = testfault_calls("C_OpenSession");
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_SESSION_HANDLE_INVALID, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_true(testfault_calls("C_OpenSession") > opens); /* a new session was used */
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_SESSION_CLOSED, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    /* Retried once only: a session that keeps failing is an error. */
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_SESSION_HANDLE_INVALID, 2), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_SESSION);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_SESSION_HANDLE_INVALID"));
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
+static void test_recover_not_logged_in(void **state)
+{
+    struct rec r;
+    unsigned long logins;
+    (void)state;
+
+    rec_open(&r);
+    logins = testfault_calls("C_Login");
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_int_equal(testfault_calls("C_Login"), logins + 1); /* logged in again */
+    /* Persistently not logged in: mapped, not looped. */
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 2), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_NOT_LOGGED_IN);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
+static void test_recover_device_removed(void **state)
+{
+    struct rec r;
+    unsigned long slotlists, decrypts;
+    (void)state;
+
+    rec_open(&r);
+    /* Removed and back at once: recovered within the call. */
+    slotlists = testfault_calls("C_GetSlotList");
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_DEVICE_REMOVED, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_true(testfault_calls("C_GetSlotList") > slotlists); /* the token was looked up again */
+
+    /* Removed and staying away: HSM_ERR_TOKEN_ABSENT, quickly. */
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_DEVICE_REMOVED, 1), 0);
+    assert_int_equal(testfault_inject("C_GetTokenInfo", T_CKR_TOKEN_NOT_PRESENT, -1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_TOKEN_ABSENT);
+    decrypts = testfault_calls("C_Decrypt");
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_TOKEN_ABSENT);
+    assert_int_equal(hsm_ping(r.ctx), HSM_ERR_TOKEN_ABSENT);
+    assert_int_equal(testfault_calls("C_Decrypt"), decrypts); /* no token call without a token */
+
+    /* The token comes back: the next call re-finds it, logs in, works;
+     * the key handle is found again. */
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_int_equal(hsm_ping(r.ctx), HSM_OK);
+
+    /* Same with CKR_TOKEN_NOT_PRESENT from an operation. */
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_TOKEN_NOT_PRESENT, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
+static void test_device_error(void **state)
+{
+    struct rec r;
+    (void)state;
+
+    rec_open(&r);
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_DEVICE_ERROR, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_DEVICE);
+    assert_string_equal(hsm_last_error_detail(), "C_Decrypt: CKR_DEVICE_ERROR");
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_int_equal(hsm_ping(r.ctx), HSM_OK);
+    rec_close(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_strerror, t_teardown),
+        cmocka_unit_test_teardown(test_open_info_ping, t_teardown),
+        cmocka_unit_test_teardown(test_open_errors, t_teardown),
+        cmocka_unit_test_teardown(test_keypair_policy, t_teardown),
+        cmocka_unit_test_teardown(test_keypair_sizes_and_exists, t_teardown),
+        cmocka_unit_test_teardown(test_find, t_teardown),
+        cmocka_unit_test_teardown(test_list_destroy, t_teardown),
+        cmocka_unit_test_teardown(test_secret_keys, t_teardown),
+        cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
+        cmocka_unit_test_teardown(test_oaep_sha256_unsupported, t_teardown),
+        cmocka_unit_test_teardown(test_rewrap_to_public, t_teardown),
+        cmocka_unit_test_teardown(test_rewrap_to_secret, t_teardown),
+        cmocka_unit_test_teardown(test_implicit_rejection, t_teardown),
+        cmocka_unit_test_teardown(test_sign, t_teardown),
+        cmocka_unit_test_teardown(test_ecdh, t_teardown),
+        cmocka_unit_test_teardown(test_concurrent, t_teardown),
+        cmocka_unit_test_teardown(test_wrong_pin, t_teardown),
+        cmocka_unit_test_teardown(test_recover_session_closed, t_teardown),
+        cmocka_unit_test_teardown(test_recover_session_invalid, t_teardown),
+        cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
+        cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
+        cmocka_unit_test_teardown(test_device_error, t_teardown),
+    };
+    /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every C_* call. */
+    if (getenv("HSM_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("HSM_TEST_FILTER"));
+    log_init("test_hsm", getenv("HSM_TEST_DEBUG") != NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN, NULL);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
