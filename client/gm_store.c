@@ -84,12 +84,18 @@ out:
 
 /* ---- secret keys ------------------------------------------------------------ */
 
-static char *secret_dir(const gm_config *c)
+static int cert_sha256_hex(X509 *cert, char out[65]);
+
+/* One directory per group and member certificate: keys wrapped to
+ * another member's key are never mixed in. */
+static char *secret_dir(const gm_config *c, X509 *member_cert)
 {
-    char id[600], sub[700];
-    if (gm_store_id(c->server, c->group, id, sizeof(id)) != 0)
+    char id[600], sub[800], fp[65];
+    if (member_cert == NULL || cert_sha256_hex(member_cert, fp) != 0 ||
+        gm_store_id(c->server, c->group, id, sizeof(id)) != 0)
         return NULL;
-    snprintf(sub, sizeof(sub), "secret-keys/%s", id);
+    fp[16] = '\0';
+    snprintf(sub, sizeof(sub), "secret-keys/%s/%s", id, fp);
     return gm_store_path(c, sub, NULL);
 }
 
@@ -105,12 +111,12 @@ static int cert_sha256_hex(X509 *cert, char out[65])
 
 int gm_secret_store_save(const gm_config *c, X509 *member_cert, const gs_secret_keys *keys)
 {
-    char *dir = secret_dir(c), path[4200], fp[65] = "";
+    char *dir = secret_dir(c, member_cert), path[4200], fp[65] = "";
     int rc = -1;
 
     if (dir == NULL)
         return -1;
-    if (member_cert != NULL && cert_sha256_hex(member_cert, fp) != 0)
+    if (cert_sha256_hex(member_cert, fp) != 0)
         goto out;
     for (size_t i = 0; i < keys->n; i++) {
         const gs_secret_key *k = &keys->keys[i];
@@ -142,9 +148,10 @@ out:
     return rc;
 }
 
-int gm_secret_store_find(const gm_config *c, const unsigned char *kek_id, size_t kek_id_len, gm_stored_secret *out)
+int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned char *kek_id, size_t kek_id_len,
+                         gm_stored_secret *out)
 {
-    char *dir = secret_dir(c), path[4200];
+    char *dir = secret_dir(c, member_cert), path[4200];
     DIR *d = NULL;
     struct dirent *de;
     int rc = -1;

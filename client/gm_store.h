@@ -2,7 +2,7 @@
  * gm_store.h: groupmail's local stores under the store directory
  * ([store] dir, default ~/.local/share/groupmail), one subdirectory each:
  *   pins/<group>@<host_port>.pem           pinned group certificate chain
- *   secret-keys/<group>@<host_port>/vN.json  group secret key version N,
+ *   secret-keys/<group>@<host_port>/<member cert sha256, 16 hex>/vN.json: version N,
  *                                            still RSA-OAEP-wrapped to the member key
  *   membership/<group>@<host_port>.pem/.key  cached membership certificate and key
  * Files 0600, written atomically (temp file + rename); directories 0700.
@@ -25,7 +25,8 @@ typedef struct gm_stored_secret {
     bool sha256;                /* RSA-OAEP-256 */
 } gm_stored_secret;
 /* 0 when a stored version has this KEK identifier. */
-int gm_secret_store_find(const gm_config *c, const unsigned char *kek_id, size_t kek_id_len, gm_stored_secret *out);
+int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned char *kek_id, size_t kek_id_len,
+                         gm_stored_secret *out);
 void gm_stored_secret_clear(gm_stored_secret *s);
 
 typedef struct gm_mcert {

@@ -832,8 +832,8 @@ static int cmd_keys(gm_config *c, const char *sub)
     int rc;
 
     if (strcmp(sub, "sync") == 0) {
-        if (c->cert != NULL && (mcert = gm_read_cert_file(c->cert)) == NULL)
-            return GM_EXIT_ERROR;
+        if (need(c->cert, "--cert FILE (the keys are wrapped to it)") || (mcert = gm_read_cert_file(c->cert)) == NULL)
+            return c->cert == NULL ? GM_EXIT_USAGE : GM_EXIT_ERROR;
         rc = keys_sync(c, &r, mcert);
         if (rc == GM_EXIT_OK)
             printf("synced secret keys of %s\n", c->group);
@@ -861,14 +861,14 @@ static int cek_from_kekri(job *j, gm_member *m, const env_recipient *kri, bool m
         gm_err("bad KEKRecipientInfo: %s", env_strerror(e));
         return GM_EXIT_BAD_MESSAGE;
     }
-    if (gm_secret_store_find(j->c, kid, kidlen, &ss) != 0) {
+    if (gm_secret_store_find(j->c, m->cert, kid, kidlen, &ss) != 0) {
         if (!may_sync) {
             gm_err("no stored group secret key for this message (run groupmail keys sync)");
             return GM_EXIT_BAD_MESSAGE;
         }
         if ((rc = keys_sync(j->c, &j->r, m->cert)) != GM_EXIT_OK)
             return rc;
-        if (gm_secret_store_find(j->c, kid, kidlen, &ss) != 0) {
+        if (gm_secret_store_find(j->c, m->cert, kid, kidlen, &ss) != 0) {
             gm_err("the message needs a group secret key this member does not have");
             return GM_EXIT_BAD_MESSAGE;
         }
@@ -1025,8 +1025,10 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
             rc = GM_EXIT_ERROR;
             goto out;
         }
-        if ((rc = job_unwrap(j, GS_DELIVER_RECIPIENT_KEY, &res)) != GM_EXIT_OK || unwrap_only)
+        if ((rc = job_unwrap(j, GS_DELIVER_RECIPIENT_KEY, &res)) != GM_EXIT_OK)
             goto out;
+        if (unwrap_only)
+            break;
         if ((e = env_recipient_parse(res.recipient_info, res.recipient_info_len, &ri)) != ENV_OK) {
             gm_err("the server answered a malformed RecipientInfo");
             rc = GM_EXIT_UNREACHABLE;
@@ -1080,8 +1082,10 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
         }
         if (kri == NULL) {
             /* Only the group KTRI: have the server re-wrap it under the secret key. */
-            if ((rc = job_unwrap(j, GS_DELIVER_GROUP_SECRET, &res)) != GM_EXIT_OK || unwrap_only)
+            if ((rc = job_unwrap(j, GS_DELIVER_GROUP_SECRET, &res)) != GM_EXIT_OK)
                 goto out;
+            if (unwrap_only)
+                break;
             if (env_recipient_parse(res.recipient_info, res.recipient_info_len, &kri) != ENV_OK ||
                 env_recipient_type(kri) != ENV_RI_KEKRI) {
                 env_recipient_free(kri);

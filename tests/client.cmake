@@ -8,3 +8,8 @@ gs_target_warnings(test_restclient)
 add_test(NAME unit_restclient COMMAND test_restclient)
 set_tests_properties(unit_restclient PROPERTIES LABELS "unit;client" TIMEOUT 120
   ENVIRONMENT "GM_STUB=${GM_STUB};GM_MKCERTS=${GM_MKCERTS};GM_WORK=${GS_TEST_WORK}")
+
+# groupmail against a real group server on SoftHSM (tests/integration/server-lib.sh).
+add_test(NAME groupmail_e2e COMMAND bash ${GS_TEST_DIR}/integration/groupmail-e2e.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_e2e PROPERTIES LABELS "integration;client" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

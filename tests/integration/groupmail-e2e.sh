@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# groupmail-e2e.sh BIN SRC: groupmail against a real `groupsrv serve` on a
+# throw-away SoftHSM token (set up by server-lib.sh): every decrypt method
+# on a message made by `openssl cms`, groupmail encrypt -> decrypt, send over
+# SMTP, a removed member, tampered / foreign messages, pin mismatch.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+start_server
+
+gm_home=$work/gmhome
+mkdir -p "$gm_home"
+export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
+unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
+# The config file carries the server and trust settings; flags add the rest.
+mkdir -p "$gm_home/.config/groupmail"
+cat > "$gm_home/.config/groupmail/config" <<CONF
+[server]
+url = $base
+group = eng
+cacert = $certs/tca.pem
+group_ca = $certs/localca.pem
+timeout = 10
+[hsm]
+module = $module
+CONF
+gm() { "$BIN/groupmail" "$@"; }
+as() { local who=$1; shift; gm "$@" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key"; }
+expect_rc() { # expect_rc WANT DESC -- command...
+  local want=$1 desc=$2; shift 3
+  local got=0
+  "$@" >"$work/gm.out" 2>"$work/gm.err" || got=$?
+  [ "$got" = "$want" ] || fail "$desc: exit $got, wanted $want: $(head -c 400 "$work/gm.err")"
+  if [ "$want" != 0 ]; then
+    [ "$(wc -l < "$work/gm.err")" -le 1 ] || fail "$desc: error is not one line: $(cat "$work/gm.err")"
+  fi
+  ok "$desc (exit $want)"
+}
+same() { cmp -s "$1" "$2" || fail "$3: output differs from the original"; }
+# --mime input is canonicalised to CRLF inside S/MIME (RFC 8551): compare text
+same_text() { cmp -s <(tr -d '\r' < "$1") <(tr -d '\r' < "$2") || fail "$3: text differs from the original"; }
+
+# fetch-cert: verified against the group CA and pinned 0600
+expect_rc 0 "fetch-cert" -- gm fetch-cert
+pin=$gm_home/.local/share/groupmail/pins/eng@127.0.0.1_$port.pem
+[ -f "$pin" ] || fail "no pin file at $pin"
+[ "$(stat -c %a "$pin")" = 600 ] || fail "pin file mode $(stat -c %a "$pin")"
+cmp -s <(openssl x509 -in "$pin" -outform DER) <(openssl x509 -in "$certs/group.pem" -outform DER) || fail "pinned cert"
+expect_rc 4 "fetch-cert with the wrong group CA" -- gm fetch-cert --group-ca "$certs/tca.pem" --store "$work/other-store"
+
+# A stock S/MIME message to the group (GCM, OAEP SHA-1) and msg.der (CBC) from server-lib.
+printf 'Subject: e2e\n\nthe body of the e2e message\n' > "$work/m.txt"
+openssl cms -encrypt -binary -aes-256-gcm -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep \
+  -in "$work/m.txt" -out "$work/m.smime" 2>/dev/null
+
+for via in tls recipient-key membership-cert group-secret; do
+  rm -f "$work/out.txt"
+  expect_rc 0 "decrypt --via $via (openssl cms GCM message)" -- as alice decrypt --via "$via" --in "$work/m.smime" --out "$work/out.txt"
+  same "$work/out.txt" "$work/m.txt" "$via"
+  [ "$(stat -c %a "$work/out.txt")" = 600 ] || fail "plaintext mode"
+  expect_rc 0 "decrypt --via $via (openssl cms CBC DER message, stdout)" -- as alice decrypt --via "$via" --in "$work/msg.der"
+  same "$work/gm.out" "$work/msg.txt" "$via DER"
+done
+ls "$gm_home/.local/share/groupmail/membership/" | grep -q '\.key$' || fail "membership key not cached"
+[ "$(stat -c %a "$gm_home"/.local/share/groupmail/membership/*.key)" = 600 ] || fail "membership key mode"
+for f in "$gm_home"/.local/share/groupmail/secret-keys/*/*/v*.json; do
+  [ "$(stat -c %a "$f")" = 600 ] || fail "secret key file mode"
+  grep -q wrapped_key "$f" || fail "secret key stored unwrapped?"
+done
+ok "stores are 0600, secret keys kept wrapped"
+
+# local-key (option C): the group key on "our own" token (here: the server's token)
+expect_rc 0 "decrypt --via local-key" -- gm decrypt --via local-key \
+  --group-key "pkcs11:token=groupsrv;object=gs:group:eng:v1;type=private" --pin-source "$work/token/user-pin" \
+  --in "$work/m.smime" --out "$work/out-c.txt"
+same "$work/out-c.txt" "$work/m.txt" "local-key"
+
+# recipient-key with the member key on a token: alice's key imported into
+# her own SoftHSM token; TLS uses her key file (see docs/groupmail.1.md).
+"$SRC/scripts/provision-softhsm" "$work/alicetok" alice >/dev/null
+SOFTHSM2_CONF=$work/alicetok/softhsm2.conf GS_USER_PIN=$(cat "$work/alicetok/user-pin") \
+  pkcs11-tool --module "$module" --token-label alice --login --pin env:GS_USER_PIN \
+  --write-object <(openssl pkey -in "$certs/alice@example.org.key" -outform DER) --type privkey \
+  --label alice --id 0a --usage-decrypt >/dev/null 2>&1 || fail "import alice's key"
+expect_rc 0 "decrypt --via recipient-key with the key on a token" -- env SOFTHSM2_CONF="$work/alicetok/softhsm2.conf" \
+  "$BIN/groupmail" decrypt --via recipient-key --cert "$certs/alice@example.org.pem" \
+  --key "pkcs11:token=alice;object=alice;type=private" --pin-source "$work/alicetok/user-pin" \
+  --tls-cert "$certs/alice@example.org.pem" --tls-key "$certs/alice@example.org.key" --in "$work/m.smime"
+same "$work/gm.out" "$work/m.txt" "recipient-key token"
+
+# group-secret with a KEKRI message (the exploder's group-secret mode)
+cms ri "$work/msg.der" "$work/ri.der"
+printf '{"recipient_info":"%s","to":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/rw.json"
+c dle --data-binary @"$work/rw.json" "$base/v1/groups/eng/rewrap" > "$work/rw.out"
+b64d "$(json_get "$work/rw.out" recipient_infos 0 2>/dev/null || json_get "$work/rw.out" recipient_info)" > "$work/kekri.der"
+cms swap "$work/msg.der" "$work/kekri.der" "$work/kek-msg.der"
+expect_rc 0 "decrypt --via group-secret of a KEKRI-only message (local key store)" -- \
+  as bob decrypt --via group-secret --in "$work/kek-msg.der"
+same "$work/gm.out" "$work/msg.txt" "group-secret KEKRI"
+
+# unwrap for scripts
+expect_rc 0 "unwrap --via tls prints the key" -- as alice unwrap --via tls --in "$work/msg.der"
+check_cek "$(cat "$work/gm.out")"
+expect_rc 0 "unwrap --via recipient-key prints a KTRI" -- as alice unwrap --via recipient-key --recipient-info "$work/ri.der"
+b64d "$(cat "$work/gm.out")" > "$work/ri-a.der"
+check_ktri "$work/ri-a.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
+
+# groupmail encrypt (from the pin) -> groupmail decrypt via the server
+expect_rc 0 "encrypt to the pinned group certificate" -- gm encrypt --mime --in "$work/m.txt" --out "$work/gm.smime"
+expect_rc 0 "decrypt a groupmail message --via tls" -- as alice decrypt --in "$work/gm.smime"
+same_text "$work/gm.out" "$work/m.txt" "groupmail encrypt"
+
+# send over SMTP to a real (aiosmtpd) server, then decrypt what arrived
+/usr/bin/python3 "$SRC/tests/lib/smtpd.py" --dir "$work/mail" --port-file "$work/smtp.port" --pid-file "$work/smtp.pid" &
+smtp_pid=$!
+trap 'kill $smtp_pid 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 1 100); do [ -s "$work/smtp.port" ] && break; sleep 0.1; done
+expect_rc 0 "send --encrypt via SMTP" -- gm send --encrypt --mime --smtp "smtp://127.0.0.1:$(cat "$work/smtp.port")" \
+  --to eng@example.org --from alice@example.org --in "$work/m.txt"
+expect_rc 5 "send refuses plaintext" -- gm send --smtp "smtp://127.0.0.1:$(cat "$work/smtp.port")" \
+  --to eng@example.org --from alice@example.org --in "$work/m.txt"
+got=$(ls "$work/mail/new" | head -n1)
+[ -n "$got" ] || fail "no mail arrived"
+grep -q 'eng@example.org' "$work/mail/envelope.log" || fail "envelope recipient"
+expect_rc 0 "decrypt the mail that arrived" -- as bob decrypt --via recipient-key --in "$work/mail/new/$got"
+same_text "$work/gm.out" "$work/m.txt" "sent mail"
+
+# ---- refusals and bad input ----
+rm -f "$work/x.txt"
+expect_rc 3 "removed member gets exit 3 (tls)" -- as carol decrypt --via tls --in "$work/m.smime" --out "$work/x.txt"
+[ ! -e "$work/x.txt" ] || fail "plaintext file left behind"
+expect_rc 3 "removed member gets exit 3 (membership-cert)" -- as carol decrypt --via membership-cert --store "$work/carol-store" --in "$work/m.smime"
+expect_rc 3 "removed member gets exit 3 (keys sync)" -- as carol keys sync --store "$work/carol-store"
+
+# tampered: flip a byte of the GCM ciphertext (near the end of the base64)
+/usr/bin/python3 - "$work/m.smime" "$work/t.smime" <<'PY'
+import base64, sys
+raw = open(sys.argv[1]).read()
+head, body = raw.split("\n\n", 1)
+der = bytearray(base64.b64decode("".join(body.split())))
+der[-40] ^= 1
+open(sys.argv[2], "w").write(head + "\n\n" + base64.encodebytes(bytes(der)).decode())
+PY
+expect_rc 5 "tampered message: exit 5" -- as alice decrypt --via tls --in "$work/t.smime" --out "$work/x.txt"
+[ ! -e "$work/x.txt" ] || fail "plaintext file left behind after tampering"
+ls "$work" | grep -q 'x.txt.tmp' && fail "temp file left behind"
+
+# a message not for this group
+openssl cms -encrypt -aes-256-gcm -recip "$certs/alice@example.org.pem" -in "$work/m.txt" -out "$work/alien.smime" 2>/dev/null
+expect_rc 5 "message not for the group: exit 5" -- as alice decrypt --via tls --in "$work/alien.smime" --out "$work/x.txt"
+[ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
+printf 'not a message\n' > "$work/junk.txt"
+expect_rc 5 "not a message: exit 5" -- as alice decrypt --in "$work/junk.txt"
+
+# TLS pin of the server: mismatch -> exit 4; the right pin works
+expect_rc 4 "server pin mismatch: exit 4" -- as alice decrypt --pin "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" --in "$work/m.smime"
+openssl x509 -in "$certs/server.pem" -pubkey -noout > "$work/server-pub.pem"
+expect_rc 0 "server pin match" -- as alice decrypt --pin "$work/server-pub.pem" --in "$work/m.smime"
+
+# server down / unreachable -> exit 4
+expect_rc 4 "server unreachable: exit 4" -- as alice decrypt --server "https://127.0.0.1:$(free_port)" --in "$work/m.smime"
+expect_rc 2 "usage error: exit 2" -- gm decrypt --via carrier-pigeon
+echo "groupmail-e2e: all passed"
