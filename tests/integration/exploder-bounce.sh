@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Giving up: a recipient the relay refuses for good (550) is not retried;
+# one it keeps deferring (450) is given up after [delivery] max_age; the
+# sender then gets one bounce (null reverse-path) that names no member.
+set -euo pipefail
+. "$(dirname "$0")/exploder-lib.sh"
+xp_setup bounce
+
+xp_cert group eng@lists.example.org
+xp_smtpd_start "$W/smtp" --refuse-rcpt '^gone@' --defer-rcpt '^slow@'
+xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "max_age = 2" "bounce_from = lists-daemon@lists.example.org"
+L=eng@lists.example.org
+xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+xp list add $L ok@example.net gone@example.net slow@example.net >/dev/null
+xp_encrypt "$W/group.pem" "$W/in.eml" "bounce me"
+xp deliver --list $L --sender alice@example.org <"$W/in.eml" || fail "deliver refused"
+
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 75 ] || fail "slow@ deferred: want 75, got $rc"
+[ "$(xp_accepted "$W/smtp" | tr '\n' ' ')" = "ok@example.net " ] || fail "only ok@ should be delivered"
+[ "$(grep -c ' 550 gone@' "$W/smtp/rcpt.log")" = 1 ] || fail "gone@ tried once"
+sleep 3 # past max_age
+xp_drain
+[ "$(grep -c ' 550 gone@' "$W/smtp/rcpt.log")" = 1 ] || fail "a 550 must not be retried"
+grep -q '^[^ ]* <> alice@example.org$' "$W/smtp/envelope.log" || fail "no bounce to alice with null sender"
+b=$(grep -l '^Subject: Undelivered mail to list eng@lists.example.org' "$W"/smtp/new/*) || fail "bounce not found"
+[ "$(echo "$b" | wc -l)" = 1 ] || fail "want exactly one bounce"
+grep -q '^From: Mail Delivery System <lists-daemon@lists.example.org>' $b || fail "bounce_from not used"
+grep -q 'could not be delivered to 2 of 3 list members' $b || fail "bounce text: $(cat $b)"
+grep -q -e 'gone@' -e 'slow@' $b && fail "bounce must not reveal member addresses"
+xp_spool_empty
+echo "exploder bounce: ok"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# exploder deliver refuses what the list must not take, with the sysexits
+# code the MTA needs, and leaves nothing half-written in the spool:
+#   malformed mail -> 65, unencrypted -> 77, encrypted to another key -> 77,
+#   unknown list -> 67, non-member on a members-only list -> 77,
+#   too large -> 65, mail loop (our own List-Id) -> 65,
+#   spool not writable -> 75 (the MTA keeps the mail).
+set -euo pipefail
+. "$(dirname "$0")/exploder-lib.sh"
+xp_setup refuse
+
+xp_cert group eng@lists.example.org
+xp_cert other someone-else
+xp_conf "maildir:$W/md" "[spool]" "max_message_size = 20000"
+L=eng@lists.example.org
+xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+xp list create closed@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/group.pem" --members-only >/dev/null
+xp list add $L m1@example.net >/dev/null
+xp list add closed@lists.example.org m1@example.net >/dev/null
+
+expect() { # expect CODE LIST FILE [deliver args]
+  local want=$1 list=$2 file=$3 rc=0
+  shift 3
+  xp deliver --list "$list" "$@" <"$file" 2>>"$W/deliver.log" || rc=$?
+  [ "$rc" = "$want" ] || fail "$(basename "$file") to $list: exit $rc, want $want"
+  xp_spool_empty
+}
+
+printf 'this is not a mail message, no header, no blank line' >"$W/garbage"
+expect 65 $L "$W/garbage"
+printf 'From: a@example.org\nSubject: x\nno blank line ever' >"$W/noblank"
+expect 65 $L "$W/noblank"
+printf 'From: a@example.org\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n\nbm90IENNUw==\n' >"$W/badcms"
+expect 65 $L "$W/badcms"
+printf 'From: a@example.org\nTo: %s\nSubject: plain\n\nhello in the clear\n' $L >"$W/plain"
+expect 77 $L "$W/plain"
+xp_encrypt "$W/other.pem" "$W/wrong.eml" wrong
+expect 77 $L "$W/wrong.eml"
+xp_encrypt "$W/group.pem" "$W/good.eml" good
+expect 67 nosuchlist@lists.example.org "$W/good.eml"
+expect 77 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
+head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
+expect 65 $L "$W/big"
+{ echo "List-Id: Eng <eng.lists.example.org>"; cat "$W/good.eml"; } >"$W/loop.eml"
+expect 65 $L "$W/loop.eml"
+
+# a spool that cannot be written: temporary failure, never "accepted"
+chmod 0500 "$W/spool/msg"
+if [ "$(id -u)" != 0 ]; then
+  rc=0
+  xp deliver --list $L <"$W/good.eml" 2>>"$W/deliver.log" || rc=$?
+  [ "$rc" = 75 ] || fail "unwritable spool: exit $rc, want 75"
+fi
+chmod 0700 "$W/spool/msg"
+xp_spool_empty
+
+# and what is acceptable is accepted (members-only with a member sender too)
+xp deliver --list $L <"$W/good.eml" || fail "good mail refused"
+xp deliver --list closed@lists.example.org --sender m1@example.net <"$W/good.eml" || fail "member refused"
+[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 2 ] || fail "want 2 spooled messages"
+xp_drain
+xp_spool_empty
+echo "exploder refuse: ok"

@@ -1,0 +1,295 @@
+/* Unit tests of exploder/: header parsing and list headers (mail.c), the
+ * spool's state machine (spool.c) and the backoff schedule. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "log.h"
+#include "mail.h"
+#include "spool.h"
+#include "util.h"
+#include "xp.h"
+
+static void test_split_ok(void **state)
+{
+    (void)state;
+    const char *m = "From: a@b.org\nSubject: x\n  folded\n\nbody\n";
+    size_t he, bs;
+    bool crlf;
+    assert_int_equal(mail_split(m, strlen(m), &he, &bs, &crlf), XP_OK);
+    assert_false(crlf);
+    assert_int_equal(he, strlen("From: a@b.org\nSubject: x\n  folded\n"));
+    assert_string_equal(m + bs, "body\n");
+
+    const char *c = "From: a@b.org\r\n\r\nbody";
+    assert_int_equal(mail_split(c, strlen(c), &he, &bs, &crlf), XP_OK);
+    assert_true(crlf);
+    assert_string_equal(c + bs, "body");
+}
+
+static void test_split_rejects(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "",                            /* empty */
+        "\nbody\n",                    /* no headers */
+        "From: a@b.org\nno body sep",  /* no blank line */
+        " folded: first\n\nx\n",       /* continuation first */
+        "Bad Header: x\n\nx\n",        /* space in field name */
+        "NoColon\n\nx\n",
+        ": empty name\n\nx\n",
+    };
+    size_t he, bs;
+    bool crlf;
+    for (size_t i = 0; i < GS_ARRAY_LEN(bad); i++)
+        assert_int_not_equal(mail_split(bad[i], strlen(bad[i]), &he, &bs, &crlf), XP_OK);
+    const char nul[] = "From: a\0b\n\nx\n";
+    assert_int_equal(mail_split(nul, sizeof(nul) - 1, &he, &bs, &crlf), XP_ERR_FORMAT);
+}
+
+static void test_header_get(void **state)
+{
+    (void)state;
+    const char *h = "From: Alice <alice@Example.ORG>\nsubject:  hello\n world \nX: 1\n";
+    char *v = mail_header_get(h, strlen(h), "Subject");
+    assert_non_null(v);
+    assert_string_equal(v, "hello world");
+    free(v);
+    assert_null(mail_header_get(h, strlen(h), "To"));
+    v = mail_header_get(h, strlen(h), "from");
+    char addr[MAIL_MAX_ADDR + 1];
+    assert_int_equal(mail_addr_spec(v, addr, sizeof(addr)), XP_OK);
+    assert_string_equal(addr, "alice@Example.ORG");
+    mail_addr_normalize(addr);
+    assert_string_equal(addr, "alice@example.org");
+    free(v);
+}
+
+static void test_addr(void **state)
+{
+    (void)state;
+    char a[MAIL_MAX_ADDR + 1];
+    assert_int_equal(mail_addr_spec("bob@x.org", a, sizeof(a)), XP_OK);
+    assert_int_equal(mail_addr_spec("  <bob@x.org> ", a, sizeof(a)), XP_OK);
+    assert_string_equal(a, "bob@x.org");
+    assert_int_not_equal(mail_addr_spec("bob", a, sizeof(a)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("<>", a, sizeof(a)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("a@b@c", a, sizeof(a)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("<a b@c>", a, sizeof(a)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("<a@b", a, sizeof(a)), XP_OK);
+    assert_false(mail_addr_valid("@x.org"));
+    assert_false(mail_addr_valid("x@"));
+    assert_true(mail_addr_valid("first.last+tag@sub.example.org"));
+}
+
+static void test_list_headers(void **state)
+{
+    (void)state;
+    const char *h = "From: a@b.org\nList-Id: <forged.example>\nList-Unsubscribe:\n <mailto:x>\nPrecedence: bulk\n"
+                    "Subject: s\n";
+    char *out = NULL, id[64];
+    size_t len = 0;
+    assert_int_equal(mail_list_id("Eng@Lists.Example.org", id, sizeof(id)), XP_OK);
+    assert_string_equal(id, "eng.lists.example.org");
+    assert_int_equal(mail_list_headers(h, strlen(h), "eng@lists.example.org", false, &out, &len), XP_OK);
+    assert_string_equal(out, "List-Id: <eng.lists.example.org>\n"
+                             "List-Post: <mailto:eng@lists.example.org>\n"
+                             "List-Unsubscribe: <mailto:eng-request@lists.example.org?subject=unsubscribe>\n"
+                             "Precedence: list\n"
+                             "From: a@b.org\nSubject: s\n");
+    assert_int_equal(len, strlen(out));
+    free(out);
+    /* CRLF in, CRLF out; a block without its last newline gets one */
+    assert_int_equal(mail_list_headers("To: x@y.org", 11, "l@d.org", true, &out, &len), XP_OK);
+    assert_non_null(strstr(out, "Precedence: list\r\nTo: x@y.org\r\n"));
+    free(out);
+}
+
+static void test_backoff(void **state)
+{
+    (void)state;
+    xp_conf c;
+    memset(&c, 0, sizeof(c));
+    c.retry_min = 60;
+    c.retry_max = 3600;
+    assert_int_equal(xp_backoff(&c, 1), 60);
+    assert_int_equal(xp_backoff(&c, 2), 120);
+    assert_int_equal(xp_backoff(&c, 4), 480);
+    assert_int_equal(xp_backoff(&c, 7), 3600);
+    assert_int_equal(xp_backoff(&c, 1000000), 3600);
+}
+
+static char *tmpdir(void)
+{
+    char tmpl[] = "/tmp/test_exploder.XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static int count_files(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "test $(ls -A %s | wc -l) -eq 0", dir);
+    return system(cmd) == 0 ? 0 : 1;
+}
+
+static void test_spool_flow(void **state)
+{
+    (void)state;
+    char *dir = tmpdir(), msgdir[512];
+    spool *s = NULL;
+    xp_list l, *got = NULL;
+    int64_t id = 0, n = 0, when = 0;
+    xp_batch *b = NULL;
+    xp_msg *m = NULL;
+    xp_finished f;
+    size_t added = 0;
+    char *addrs[] = {"a@x.org", "b@x.org", "c@x.org"};
+
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    memset(&l, 0, sizeof(l));
+    l.address = "eng@lists.example.org";
+    l.server = "https://gs.example:8443";
+    l.group = "eng";
+    l.mode = XP_MODE_FORWARD;
+    l.require_encrypted = true;
+    assert_int_equal(spool_list_create(s, &l), XP_OK);
+    assert_int_equal(spool_list_create(s, &l), XP_ERR_EXISTS);
+    assert_int_equal(spool_list_get(s, "ENG@lists.example.org", &got), XP_OK);
+    assert_int_equal(got->mode, XP_MODE_FORWARD);
+    assert_true(got->require_encrypted);
+    assert_int_equal(spool_members_add(s, got->id, addrs, 3, &added), XP_OK);
+    assert_int_equal(added, 3);
+    assert_int_equal(spool_member_add(s, got->id, "a@x.org"), XP_ERR_EXISTS);
+    assert_true(spool_member_is(s, got->id, "B@x.org"));
+    assert_int_equal(spool_member_remove(s, got->id, "nobody@x.org"), XP_ERR_NOTFOUND);
+
+    assert_int_equal(spool_accept(s, got, "a@x.org", "<1@x>", "From: a\n\nx\n", 11, &id), XP_OK);
+    assert_true(id > 0);
+    /* not ready yet: nothing to send, one to prepare */
+    assert_int_equal(spool_next_batch(s, INT64_MAX / 2, 10, &b), XP_ERR_NOTFOUND);
+    assert_int_equal(spool_next_to_prepare(s, INT64_MAX / 2, &m), XP_OK);
+    assert_int_equal(m->id, id);
+    assert_int_equal(spool_mark_ready(s, m->id, m->file), XP_OK);
+    xp_msg_free(m);
+
+    /* batch of 2, first delivered, second deferred */
+    assert_int_equal(spool_next_batch(s, INT64_MAX / 2, 2, &b), XP_OK);
+    assert_int_equal(b->n, 2);
+    xp_rcpt_outcome oc[2] = {XP_RCPT_DELIVERED, XP_RCPT_DEFERRED};
+    int64_t next[2] = {0, 5000000000LL};
+    assert_int_equal(spool_batch_done(s, b, oc, next, NULL), XP_OK);
+    xp_batch_free(b);
+    /* the third, then nothing due before 5e9 */
+    assert_int_equal(spool_next_batch(s, 4000000000LL, 10, &b), XP_OK);
+    assert_int_equal(b->n, 1);
+    assert_string_equal(b->rcpts[0], "c@x.org");
+    xp_rcpt_outcome oc1[1] = {XP_RCPT_FAILED};
+    char *why[1] = {"RCPT 550"};
+    assert_int_equal(spool_batch_done(s, b, oc1, next, why), XP_OK);
+    xp_batch_free(b);
+    assert_int_equal(spool_next_batch(s, 4000000000LL, 10, &b), XP_ERR_NOTFOUND);
+    assert_int_equal(spool_next_due(s, &when), XP_OK);
+    assert_int_equal(when, 5000000000LL);
+    assert_int_equal(spool_next_finished(s, &f), XP_ERR_NOTFOUND);
+
+    /* expiry gives up on the deferred one; the message is then finished */
+    assert_int_equal(spool_expire(s, INT64_MAX / 2, &n), XP_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(spool_next_finished(s, &f), XP_OK);
+    assert_int_equal(f.delivered, 1);
+    assert_int_equal(f.failed, 2);
+    assert_int_equal(spool_finish(s, f.msg, "a@x.org", "bounce\n", 7), XP_OK);
+    xp_finished_clear(&f);
+    /* the bounce is queued, ready, to the sender */
+    assert_int_equal(spool_next_batch(s, INT64_MAX / 2, 10, &b), XP_OK);
+    assert_int_equal(b->msg->kind, XP_KIND_BOUNCE);
+    assert_string_equal(b->rcpts[0], "a@x.org");
+    xp_rcpt_outcome oc2[1] = {XP_RCPT_DELIVERED};
+    assert_int_equal(spool_batch_done(s, b, oc2, next, NULL), XP_OK);
+    xp_batch_free(b);
+    assert_int_equal(spool_next_finished(s, &f), XP_OK);
+    assert_int_equal(spool_finish(s, f.msg, NULL, NULL, 0), XP_OK);
+    xp_finished_clear(&f);
+    assert_int_equal(spool_pending_count(s, &n), XP_OK);
+    assert_int_equal(n, 0);
+    snprintf(msgdir, sizeof(msgdir), "%s/msg", dir);
+    assert_int_equal(count_files(msgdir), 0); /* every file removed with its rows */
+
+    xp_list_free(got);
+    spool_close(s);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+static void test_spool_sweep(void **state)
+{
+    (void)state;
+    char *dir = tmpdir(), path[600], cmd[600];
+    spool *s = NULL;
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    /* an orphan from a crash between file write and commit */
+    snprintf(path, sizeof(path), "%s/msg/orphan.in", dir);
+    assert_int_equal(util_write_file_atomic(path, "x", 1, 0600), UTIL_OK);
+    assert_int_equal(spool_sweep(s, (int64_t)time(NULL), 3600), XP_OK);
+    assert_int_equal(access(path, F_OK), 0); /* too young: could be a deliver in progress */
+    assert_int_equal(spool_sweep(s, (int64_t)time(NULL) + 7200, 3600), XP_OK);
+    assert_int_not_equal(access(path, F_OK), 0);
+    spool_close(s);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+static void test_conf(void **state)
+{
+    (void)state;
+    char *dir = tmpdir(), path[600], cmd[600];
+    xp_conf *c = NULL;
+    int line = 0;
+    snprintf(path, sizeof(path), "%s/x.conf", dir);
+    const char *good = "[spool]\npath = /var/spool/x\n[delivery]\nrelay = smtp://127.0.0.1:25\nbatch_size = 7\n"
+                       "starttls = required\nmax_age = 60\n";
+    assert_int_equal(util_write_file_atomic(path, good, strlen(good), 0600), UTIL_OK);
+    assert_int_equal(xp_conf_load(path, &c, &line), XP_OK);
+    assert_string_equal(c->spool_path, "/var/spool/x");
+    assert_int_equal(c->batch_size, 7);
+    assert_int_equal(c->starttls, XP_STARTTLS_REQUIRED);
+    assert_int_equal(c->max_age, 60);
+    assert_int_equal(c->retry_min, 60);
+    xp_conf_free(c);
+    const char *bad = "[spool]\npath = /x\n[delivery]\nbatch_sise = 7\n";
+    assert_int_equal(util_write_file_atomic(path, bad, strlen(bad), 0600), UTIL_OK);
+    assert_int_equal(xp_conf_load(path, &c, &line), XP_ERR_CONFIG);
+    assert_int_equal(line, 4);
+    const char *badrelay = "[delivery]\nrelay = http://x\n";
+    assert_int_equal(util_write_file_atomic(path, badrelay, strlen(badrelay), 0600), UTIL_OK);
+    assert_int_equal(xp_conf_load(path, &c, &line), XP_ERR_CONFIG);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+int main(void)
+{
+    log_init("test_exploder", LOG_LVL_ERROR, NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
+        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
