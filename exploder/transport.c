@@ -101,8 +101,7 @@ typedef struct send_ctx {
     size_t n;
     int *codes;
     int final_code;
-    int last_code;
-    char last_reply[160];
+    char fail_reply[160]; /* the first 4xx/5xx reply of the transaction */
 } send_ctx;
 
 /* Reads the message and turns bare LF into CRLF (SMTP's line ending; we
@@ -167,14 +166,15 @@ static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *
         int code = reply_code(data, size, &final);
         if (code == 0 || !final)
             return 0;
-        c->last_code = code;
-        size_t n = size;
-        while (n > 0 && (data[n - 1] == '\r' || data[n - 1] == '\n'))
-            n--;
-        if (n >= sizeof(c->last_reply))
-            n = sizeof(c->last_reply) - 1;
-        memcpy(c->last_reply, data, n);
-        c->last_reply[n] = '\0';
+        if (code >= 400 && c->fail_reply[0] == '\0') {
+            size_t n = size;
+            while (n > 0 && (data[n - 1] == '\r' || data[n - 1] == '\n'))
+                n--;
+            if (n >= sizeof(c->fail_reply))
+                n = sizeof(c->fail_reply) - 1;
+            memcpy(c->fail_reply, data, n);
+            c->fail_reply[n] = '\0';
+        }
         switch (c->state) {
         case DLG_RCPT:
             if (c->rcpt_sent >= 1 && c->rcpt_sent <= c->n)
@@ -269,8 +269,8 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
         rc = XP_ERR_PERM; /* the message itself was refused */
     else
         rc = XP_ERR_TEMP;
-    if (ctx.last_reply[0] != '\0' && ctx.last_code / 100 != 2)
-        snprintf(res->detail, sizeof(res->detail), "%s", ctx.last_reply);
+    if (ctx.fail_reply[0] != '\0')
+        snprintf(res->detail, sizeof(res->detail), "%s", ctx.fail_reply);
     else
         snprintf(res->detail, sizeof(res->detail), "%s", errbuf[0] ? errbuf : curl_easy_strerror(cr));
     goto out;
