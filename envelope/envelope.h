@@ -11,7 +11,13 @@
  *
  * Decryption writes plaintext to a BIO as it goes; for GCM the tag is only
  * known good at the end. Callers that write files must write to a temp
- * file (util_atomic_open) and commit only on ENV_OK.
+ * file (util_atomic_open) and commit only on ENV_OK; on any error the bytes
+ * already written are garbage to be discarded.
+ *
+ * Temporary files are created in $TMPDIR (else /tmp) and unlinked at once.
+ * Memory: a message uses about 64 KiB of buffers plus at most 4 MiB for
+ * the parts before the content (originatorInfo, RecipientInfos) and 1 MiB
+ * for those after it, whatever the content size.
  *
  * Ownership: x_new, x_read and x_parse results are freed by the matching x_free
  * (NULL fine). Buffers returned through unsigned char ** are malloc'd and
@@ -75,7 +81,9 @@ typedef enum env_ri_type { ENV_RI_KTRI = 1, ENV_RI_KARI, ENV_RI_KEKRI, ENV_RI_OT
 
 typedef struct env_recipient env_recipient;
 
-/* Parses one DER RecipientInfo (the CHOICE, e.g. as sent to /unwrap). */
+/* Parses one DER RecipientInfo (the CHOICE, e.g. as sent to /unwrap).
+ * Exactly one: trailing bytes are ENV_ERR_NOT_CMS. Input cap 64 KiB.
+ * pwri/ori RecipientInfos parse as ENV_RI_OTHER. */
 env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out);
 void env_recipient_free(env_recipient *ri);
 env_ri_type env_recipient_type(const env_recipient *ri);
@@ -128,7 +136,15 @@ typedef struct env_message env_message;
 
 /* Reads a message (S/MIME mail with outer headers, PEM or DER CMS). The
  * encrypted content is spooled to an unlinked temp file. max_size caps the
- * input (0 = 1 GiB). */
+ * input (0 = 1 GiB). S/MIME: Content-Type application/pkcs7-mime or
+ * application/x-pkcs7-mime, base64; LF or CRLF. DER may be BER with
+ * indefinite lengths (openssl cms -stream).
+ * Errors: ENV_ERR_TRUNCATED (cut anywhere), ENV_ERR_NOT_CMS (not CMS, or a
+ * mail that is not pkcs7-mime), ENV_ERR_MIME (bad base64 / transfer
+ * encoding), ENV_ERR_CONTENT_TYPE (SignedData etc., multipart/signed),
+ * ENV_ERR_UNSUPPORTED (content cipher other than AES-CBC in EnvelopedData or
+ * AES-GCM in AuthEnvelopedData, e.g. 3DES or RC2; detached content),
+ * ENV_ERR_NO_RECIPIENT (no RecipientInfo at all), ENV_ERR_TOO_LARGE. */
 env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out);
 void env_message_free(env_message *msg);
 
@@ -141,7 +157,8 @@ env_err env_message_find_recipient(const env_message *msg, X509 *cert, size_t *i
 env_err env_message_find_kekri(const env_message *msg, const unsigned char *kek_id, size_t kek_id_len,
                                size_t *index);
 /* Replaces all RecipientInfos (each a DER RecipientInfo) without touching
- * the encrypted content. To add, pass the old ones too. */
+ * the encrypted content. To add, pass the old ones too. Each is checked to
+ * be one well-formed RecipientInfo (ENV_ERR_ARGS otherwise; msg unchanged). */
 env_err env_message_set_recipients(env_message *msg, const unsigned char *const *ders, const size_t *lens,
                                    size_t n);
 
@@ -156,8 +173,13 @@ env_err env_message_decrypt(const env_message *msg, const unsigned char *cek, si
 /* Convenience for option C / own keys: find and decrypt our RI with pkey. */
 env_err env_message_decrypt_with_pkey(const env_message *msg, X509 *cert, EVP_PKEY *pkey, BIO *out);
 
-/* Writes the message. For S/MIME: outer_headers (NULL = the ones read)
- * followed by the pkcs7-mime headers and base64 body. */
+/* Writes the message. For S/MIME: outer_headers (NULL = the ones read;
+ * raw header lines, a missing final newline is added) followed by the
+ * pkcs7-mime headers and base64 body (LF line ends; smime-type is
+ * authEnveloped-data for AuthEnvelopedData per RFC 8551, else
+ * enveloped-data). The small parts are re-encoded as DER with definite
+ * lengths (EnvelopedData version recomputed per RFC 5652 6.1 for the new
+ * RecipientInfos); the encryptedContent is copied byte for byte. */
 env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out);
 
 /* ---- encryption --------------------------------------------------------- */
@@ -173,7 +195,12 @@ typedef struct env_encrypt_opts {
 } env_encrypt_opts;
 
 /* Encrypts in (streamed) to every certificate: one content key, one
- * RecipientInfo per certificate. */
+ * RecipientInfo per certificate (issuerAndSerialNumber). RSA: KTRI with
+ * RSA-OAEP (opts->kt); EC: KARI, dhSinglePass-stdDH-sha256kdf-scheme with
+ * the AES key wrap of the content key's size. With input_is_mime the inner
+ * message is put in canonical CRLF form (RFC 8551 3.1.1); otherwise the
+ * bytes are encrypted as they are. ENV_ERR_CERT for keys neither RSA nor EC,
+ * ENV_ERR_ARGS for PKCS#1 v1.5 or ECDH asked for an RSA key. */
 env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n, BIO *in, BIO *out);
 
 #endif

@@ -30,6 +30,14 @@ for c in -aes-256-gcm -aes-256-cbc; do
     done
   done
 done
+# subjectKeyIdentifier recipients (-keyid), and S/MIME with CRLF line ends.
+openssl cms -encrypt -recip "$W/group.pem" -keyid -keyopt rsa_padding_mode:oaep -aes-256-gcm -in "$body" -out "$W/ski.smime"
+$T extract-ri --cert "$W/group.pem" --in "$W/ski.smime" --out "$W/ski.ri"
+$T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/ski.smime" --out "$W/ski.out"
+tr -d '\r' <"$W/ski.out" | cmp - "$body" || fail "keyid recipient"
+sed 's/$/\r/' "$W/ski.smime" >"$W/crlf.smime"
+$T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/crlf.smime" --out "$W/crlf.out"
+cmp "$W/crlf.out" "$W/ski.out" || fail "CRLF S/MIME"
 # PEM and a PKCS#1 v1.5 sender (what old clients send): parsed, alg reported.
 openssl cms -encrypt -recip "$W/group.pem" -aes-256-cbc -outform PEM -in "$body" -out "$W/v15.pem"
 $T extract-ri --cert "$W/group.pem" --in "$W/v15.pem" --out "$W/v15.ri"

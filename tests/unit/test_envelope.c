@@ -106,7 +106,8 @@ static env_err decrypt_mem(const env_message *msg, X509 *cert, EVP_PKEY *pk, cha
     char *p = NULL;
     long n = BIO_get_mem_data(mem, &p);
     *out = calloc(1, (size_t)n + 1);
-    memcpy(*out, p, (size_t)n);
+    if (n > 0)
+        memcpy(*out, p, (size_t)n);
     *outlen = (size_t)n;
     BIO_free(mem);
     return e;
