@@ -204,6 +204,7 @@ static void mark_token_lost(hsm_ctx *ctx)
         ctx->n_open -= ctx->n_idle;
         ctx->n_idle = 0;
         pthread_cond_broadcast(&ctx->pool_cv);
+        log_warn("token lost; sessions dropped, will re-find the token on next use");
     }
     pthread_mutex_unlock(&ctx->pool_mu);
     pthread_mutex_lock(&ctx->key_mu);
@@ -212,7 +213,26 @@ static void mark_token_lost(hsm_ctx *ctx)
     for (i = 0; idle != NULL && i < n; i++)
         close_session(ctx, idle[i].h);
     free(idle);
-    log_warn("token lost; sessions dropped, will re-find the token on next use");
+}
+
+static bool token_is_lost(hsm_ctx *ctx)
+{
+    bool lost;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    lost = ctx->token_lost;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    return lost;
+}
+
+static bool pin_was_rejected(hsm_ctx *ctx)
+{
+    bool r;
+
+    pthread_mutex_lock(&ctx->login_mu);
+    r = ctx->pin_rejected;
+    pthread_mutex_unlock(&ctx->login_mu);
+    return r;
 }
 
 /* Borrows a session for one operation; opens one (up to max_sessions) or
@@ -320,7 +340,7 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
         switch (err) {
         case HSM_ERR_TOKEN_ABSENT:
             /* Re-finding already failed: answer quickly, no waiting. */
-            if (from_borrow && ctx->token_lost)
+            if (from_borrow && token_is_lost(ctx))
                 return err;
             mark_token_lost(ctx);
             break;
@@ -333,7 +353,7 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
             log_info("session lost, retrying with a new one detail=%s", hsm_last_error_detail());
             break;
         case HSM_ERR_NOT_LOGGED_IN:
-            if (!ctx->want_login || ctx->pin_rejected)
+            if (!ctx->want_login || pin_was_rejected(ctx))
                 return err;
             log_info("login lost, logging in again");
             force_login = true;

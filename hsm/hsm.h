@@ -64,13 +64,19 @@ typedef struct hsm_config {
     const char *module;      /* path to a .so, or a p11-kit module name */
     const char *token_uri;   /* "pkcs11:token=groupsrv" (RFC 7512; token attributes only) */
     const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login */
-    unsigned max_sessions;   /* pool size; 0 = default (8) */
+    unsigned max_sessions;   /* pool size; 0 = default (8), at most 256 */
 } hsm_config;
 
 /* Loads the module (p11_kit_module_load for a path, else a p11-kit config
  * module by name), C_Initialize with CKF_OS_LOCKING_OK, finds the token and
  * logs in as user. The PIN is read from pin_source, kept (wiped on close)
- * for re-login after token loss, unless it was rejected. */
+ * for re-login after token loss, unless it was rejected.
+ * Errors: HSM_ERR_MODULE, _URI, _TOKEN_NOT_FOUND, _PIN_SOURCE,
+ * _PIN_INCORRECT (also, without calling C_Login, for a PIN this process
+ * already saw rejected by the same token), _PIN_LOCKED.
+ * A module given as a path is loaded directly (p11-kit "managed", so two
+ * contexts in one process each get their own instance); a name is looked
+ * up in p11-kit's module registry (pkcs11-config/README.md). */
 hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out);
 void hsm_close(hsm_ctx *ctx);
 
@@ -93,7 +99,12 @@ typedef enum hsm_key_class { HSM_CLASS_PRIVATE = 1, HSM_CLASS_PUBLIC, HSM_CLASS_
 typedef enum hsm_key_type { HSM_KEYTYPE_RSA = 1, HSM_KEYTYPE_EC, HSM_KEYTYPE_AES, HSM_KEYTYPE_GENERIC_SECRET } hsm_key_type;
 
 /* Finds exactly one key: `ref` is a PKCS#11 URI ("pkcs11:object=eng-v1;type=private")
- * or a plain label; `cls` restricts the class (0 = any, then the URI's type= decides). */
+ * or a plain label; `cls` restricts the class (0 = any, then the URI's type= decides).
+ * A label shared by a key pair with cls 0 gives HSM_ERR_KEY_AMBIGUOUS. A
+ * URI naming another token (token=, serial=, ...) gives HSM_ERR_KEY_NOT_FOUND.
+ * The hsm_key keeps label, id and class, and finds its object again after
+ * the token was re-inserted or the login renewed. It may be shared by
+ * threads; free it only when no call uses it. */
 hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out);
 void hsm_key_free(hsm_key *key);
 /* Deletes the object from the token (retire). The hsm_key is still freed by the caller. */
@@ -113,7 +124,7 @@ enum hsm_usage {
 
 typedef struct hsm_keygen_spec {
     const char *label;        /* CKA_LABEL, required, unique on the token */
-    const unsigned char *id;  /* CKA_ID; NULL = derived from the label */
+    const unsigned char *id;  /* CKA_ID; NULL = first 16 bytes of SHA-256(label) */
     size_t id_len;
     hsm_key_type type;        /* RSA or EC for pairs; AES or GENERIC_SECRET for secrets */
     unsigned bits;            /* RSA 2048/3072/4096; EC 256/384; AES 256; HMAC 256 */
@@ -151,7 +162,8 @@ hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out);
 
 /* Every key on the token whose label starts with prefix ("" = all): the
  * callback gets each key (borrowed for the call only). Returns the first
- * non-zero callback value as HSM_ERR_ARGS, or HSM_OK. */
+ * non-zero callback value as HSM_ERR_ARGS, or HSM_OK. No session is held
+ * while callbacks run: they may call hsm_* on the same ctx. */
 hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix,
                      int (*cb)(void *arg, hsm_ctx *ctx, hsm_key *key), void *arg);
 
@@ -183,14 +195,22 @@ typedef struct hsm_unwrap_input {
 } hsm_unwrap_input;
 
 /* Method F: the plain content key, for return over mutual TLS. Needs
- * CKA_DECRYPT on the group key. out must hold expected_len (or 64) bytes. */
+ * CKA_DECRYPT on the group key. out must hold expected_len (or 64) bytes.
+ * expected_len 0 (OAEP only) accepts any length. A ciphertext that does not
+ * decrypt, or decrypts to the wrong length, gives HSM_ERR_DECRYPT; OAEP
+ * with SHA-256 on a token without it (SoftHSM 2.6) gives HSM_ERR_MECHANISM
+ * with detail "token does not support RSA-OAEP with SHA-256 (...)". */
 hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in,
                                 unsigned char *out, size_t outcap, size_t *outlen);
 
 /* Methods E/G and member-certs: C_UnwrapKey into a sensitive session key,
  * then C_WrapKey with RSA-OAEP to each recipient public key (DER SPKI),
  * so the content key never enters our memory. outs[i] is allocated (caller
- * frees), lens[i] set. One unwrap for all n recipients. */
+ * frees), lens[i] set. One unwrap for all n recipients (n <= 4096).
+ * Recipient keys must be RSA, 2048..16384 bits (else HSM_ERR_PUBLIC_KEY);
+ * on any failure every outs[i] is NULL. With HSM_KT_RSA_PKCS1V15 the key
+ * is decrypted into memory (implicit rejection needs the bytes) and then
+ * imported as the session key. */
 hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
                                   hsm_oaep_hash out_hash,
                                   const unsigned char *const *spki, const size_t *spki_len, size_t n,
@@ -225,7 +245,10 @@ typedef struct hsm_ecdh_input {
     const unsigned char *wrapped_key;/* RFC 3394 wrapped content key */
     size_t wrapped_key_len;
 } hsm_ecdh_input;
-/* Plain content key out (method F with an EC group). */
+/* Plain content key out (method F with an EC group). Tokens without the
+ * X9.63 KDF in CKM_ECDH1_DERIVE (SoftHSM 2.6.1 accepts only CKD_NULL) give
+ * HSM_ERR_MECHANISM with detail "token does not support ECDH with the
+ * X9.63 KDF (...)": the shared secret is never taken out of the token. */
 hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in,
                                      unsigned char *out, size_t outcap, size_t *outlen);
 

@@ -3,15 +3,15 @@
  * not for callers. Defines the context, the key reference, the session pool
  * and the one PKCS#11 call wrapper (P11()).
  *
- * Lock order: ctx->pool_mu, then ctx->login_mu, then ctx->key_mu; none of
- * them is held across a C_* call except login_mu (so that only one thread
- * logs in at a time) and pool_mu while the pool is torn down.
+ * Lock order: ctx->pool_mu, then ctx->login_mu, then ctx->key_mu. Held
+ * across C_* calls only: login_mu around C_Login (one thread logs in at a
+ * time) and pool_mu while a lost token is looked up again (one thread
+ * re-finds it for all). key_mu never.
  */
 #ifndef GS_HSM_INTERNAL_H
 #define GS_HSM_INTERNAL_H
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -62,9 +62,6 @@ struct hsm_ctx {
     /* Object handle cache generation: bumped whenever handles may be stale. */
     pthread_mutex_t key_mu;
     unsigned key_gen;
-
-    /* Learned once: the token rejects OAEP with SHA-256 (SoftHSM 2.6). */
-    atomic_bool no_oaep256;
 };
 
 struct hsm_key {

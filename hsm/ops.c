@@ -68,7 +68,8 @@ static void oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
 
 /* SoftHSM 2.6.1 accepts only SHA-1 in CK_RSA_PKCS_OAEP_PARAMS and answers
  * CKR_ARGUMENTS_BAD (others say MECHANISM_PARAM_INVALID): turn that into
- * a clear "unsupported" instead of a generic failure, and remember it. */
+ * a clear "unsupported" instead of a generic failure. Not cached: a token
+ * may support SHA-256 for C_Decrypt but not for C_WrapKey. */
 static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
 {
     CK_RV rv = hsm_last_rv();
@@ -80,7 +81,6 @@ static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
         (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_INVALID)) {
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         hsm_set_detail("token does not support RSA-OAEP with SHA-256 (%s)", prev);
-        atomic_store(&ctx->no_oaep256, true);
         return HSM_ERR_MECHANISM;
     }
     if (rv == CKR_MECHANISM_INVALID) {
@@ -88,15 +88,6 @@ static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
         hsm_set_detail("token does not support RSA-OAEP (%s)", prev);
     }
     return err;
-}
-
-static hsm_err oaep_fast_fail(hsm_ctx *ctx, hsm_oaep_hash hash)
-{
-    if (hash == HSM_OAEP_SHA256 && atomic_load(&ctx->no_oaep256)) {
-        hsm_set_detail("token does not support RSA-OAEP with SHA-256");
-        return HSM_ERR_MECHANISM;
-    }
-    return HSM_OK;
 }
 
 /* SoftHSM reports a ciphertext that does not decrypt as CKR_GENERAL_ERROR;
@@ -265,8 +256,6 @@ hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in, unsign
         return HSM_ERR_ARGS;
     if (outcap < (in->expected_len != 0 ? in->expected_len : 1))
         return HSM_ERR_BUFFER;
-    if ((err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK && in->alg != HSM_KT_RSA_PKCS1V15)
-        return err;
     err = hsm_run(ctx, op_decrypt, &da);
     if (err != HSM_OK) {
         OPENSSL_cleanse(out, outcap);
@@ -470,10 +459,6 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_
         return HSM_ERR_ARGS;
     if ((err = check_unwrap_input(in)) != HSM_OK)
         return err;
-    if ((err = oaep_fast_fail(ctx, out_hash)) != HSM_OK)
-        return err;
-    if (in->alg != HSM_KT_RSA_PKCS1V15 && (err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK)
-        return err;
     memset(&ra, 0, sizeof(ra));
     ra.in = in;
     ra.out_hash = out_hash;
@@ -536,8 +521,6 @@ hsm_err hsm_rewrap_to_secret_key(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_k
         return HSM_ERR_ARGS;
     if ((err = check_unwrap_input(in)) != HSM_OK)
         return err;
-    if (in->alg != HSM_KT_RSA_PKCS1V15 && (err = oaep_fast_fail(ctx, kt_hash(in->alg))) != HSM_OK)
-        return err;
     memset(&ra, 0, sizeof(ra));
     ra.in = in;
     ra.kek = kek;
@@ -587,8 +570,6 @@ hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_ha
     if (ctx == NULL || secret == NULL || spki == NULL || out == NULL || outlen == NULL ||
         (hash != HSM_OAEP_SHA1 && hash != HSM_OAEP_SHA256))
         return HSM_ERR_ARGS;
-    if ((err = oaep_fast_fail(ctx, hash)) != HSM_OK)
-        return err;
     if ((err = hsm_run(ctx, op_wrap_secret, &wa)) != HSM_OK) {
         free(wa.out);
         return err;

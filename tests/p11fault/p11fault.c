@@ -17,6 +17,10 @@
  *   unsigned long p11fault_calls(const char *func);
  *       calls of func since load (injected ones included); "" = all calls
  *   void p11fault_reset_calls(void);
+ *   void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
+ *       C_GetAttributeValue reports this boolean attribute as value (0/1)
+ *       on every object, as a token that adds usages would; value < 0
+ *       removes the override (p11fault_clear() removes all).
  *   CK_RV p11fault_close_all_sessions(void);
  *       really closes every session in the real module (C_CloseAllSessions
  *       on each slot): "the session was closed under us".
@@ -39,6 +43,7 @@ P11FAULT_EXPORT void p11fault_clear(void);
 P11FAULT_EXPORT unsigned long p11fault_calls(const char *func);
 P11FAULT_EXPORT void p11fault_reset_calls(void);
 P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
+P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -46,6 +51,7 @@ static void *real_dl;
 static CK_FUNCTION_LIST *real;
 
 static int fault_take(int idx, CK_RV *rv);
+static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
 
 static CK_RV fw_C_Initialize(void *init_args);
 static CK_RV fw_C_Finalize(void *reserved);
@@ -420,7 +426,10 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
         return rv_;
     if (real == NULL || real->C_GetAttributeValue == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GetAttributeValue(session, object, templ, count);
+    rv_ = real->C_GetAttributeValue(session, object, templ, count);
+    if (rv_ == CKR_OK)
+        override_bools(templ, count);
+    return rv_;
 }
 
 static CK_RV fw_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
@@ -890,10 +899,57 @@ void p11fault_inject(const char *func, CK_RV rv, int n)
     pthread_mutex_unlock(&fault_mu);
 }
 
+#define OVERRIDE_MAX 8
+static struct {
+    CK_ATTRIBUTE_TYPE type;
+    int value; /* -1: slot unused */
+} overrides[OVERRIDE_MAX] = {{0, -1}, {0, -1}, {0, -1}, {0, -1}, {0, -1}, {0, -1}, {0, -1}, {0, -1}};
+
+void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value)
+{
+    int i, slot = -1;
+
+    pthread_mutex_lock(&fault_mu);
+    for (i = 0; i < OVERRIDE_MAX; i++) {
+        if (overrides[i].value >= 0 && overrides[i].type == type) {
+            slot = i;
+            break;
+        }
+        if (overrides[i].value < 0 && slot < 0)
+            slot = i;
+    }
+    if (slot >= 0) {
+        overrides[slot].type = type;
+        overrides[slot].value = value < 0 ? -1 : value != 0;
+    }
+    pthread_mutex_unlock(&fault_mu);
+}
+
+static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n)
+{
+    CK_ULONG j;
+    int i;
+
+    pthread_mutex_lock(&fault_mu);
+    for (i = 0; i < OVERRIDE_MAX; i++) {
+        if (overrides[i].value < 0)
+            continue;
+        for (j = 0; j < n; j++)
+            if (templ[j].type == overrides[i].type && templ[j].pValue != NULL &&
+                templ[j].ulValueLen == sizeof(CK_BBOOL))
+                *(CK_BBOOL *)templ[j].pValue = (CK_BBOOL)overrides[i].value;
+    }
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void p11fault_clear(void)
 {
+    int i;
+
     pthread_mutex_lock(&fault_mu);
     memset(faults, 0, sizeof(faults));
+    for (i = 0; i < OVERRIDE_MAX; i++)
+        overrides[i].value = -1;
     pthread_mutex_unlock(&fault_mu);
 }
 

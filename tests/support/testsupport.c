@@ -197,6 +197,17 @@ unsigned long testfault_calls(const char *func)
     return fn != NULL ? fn(func) : 0;
 }
 
+int testfault_override_bool(unsigned long type, int value)
+{
+    void (*fn)(unsigned long, int);
+
+    *(void **)(&fn) = fault_sym("p11fault_override_bool");
+    if (fn == NULL)
+        return -1;
+    fn(type, value);
+    return 0;
+}
+
 long testfault_close_all_sessions(void)
 {
     unsigned long (*fn)(void);

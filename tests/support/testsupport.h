@@ -63,6 +63,9 @@ int testfault_inject(const char *func, unsigned long rv, int count);
 int testfault_clear(void);
 /* Calls of func so far (faulted ones included); "" = all functions. */
 unsigned long testfault_calls(const char *func);
+/* C_GetAttributeValue reports boolean attribute `type` (a CKA_ value) as
+ * value (0/1) on every object; value < 0 removes it. 0 or -1. */
+int testfault_override_bool(unsigned long type, int value);
 /* Really closes every session in the real module (behind the caller's
  * back). Returns the CK_RV, or -1 if the module cannot be reached. */
 long testfault_close_all_sessions(void);

@@ -36,6 +36,8 @@
 #define T_CKR_SESSION_CLOSED 0xB0UL
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
+#define T_CKA_SIGN 0x108UL
+#define T_CKA_EXTRACTABLE 0x162UL
 #define T_CKM_RSA_PKCS 0x1UL
 #define T_CKM_RSA_X_509 0x3UL
 #define T_CKM_RSA_PKCS_OAEP 0x9UL
@@ -266,6 +268,20 @@ static void test_open_info_ping(void **state)
     assert_true(ti.sessions_idle >= 1);
     t_close(ctx);
     hsm_close(NULL);
+}
+
+/* By p11-kit module name: Debian's softhsm2 package installs
+ * /usr/share/p11-kit/modules/softhsm2.module. */
+static void test_open_by_name(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k;
+    (void)state;
+
+    ctx = open_ok("softhsm2", 0);
+    k = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    hsm_key_free(k);
+    t_close(ctx);
 }
 
 static void test_open_errors(void **state)
@@ -1282,6 +1298,66 @@ static void test_recover_device_removed(void **state)
     rec_close(&r);
 }
 
+/* A token that adds a usage (or makes a key extractable) behind our back:
+ * generation fails with HSM_ERR_KEY_POLICY and leaves nothing behind. */
+static void test_token_adds_usage(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *pub = NULL, *priv = NULL, *k = NULL;
+    hsm_keygen_spec sp = {"policy-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false};
+    hsm_keygen_spec ss = {"policy-aes", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+    (void)state;
+
+    assert_int_equal(testfault_clear(), 0);
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_override_bool(T_CKA_SIGN, 1), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, &pub, &priv), HSM_ERR_KEY_POLICY);
+    assert_null(pub);
+    assert_null(priv);
+    assert_non_null(strstr(hsm_last_error_detail(), "token changed key attribute"));
+    assert_int_equal(testfault_override_bool(T_CKA_SIGN, -1), 0);
+    assert_int_equal(hsm_key_find(ctx, "policy-rsa", 0, &k), HSM_ERR_KEY_NOT_FOUND);
+
+    assert_int_equal(testfault_override_bool(T_CKA_EXTRACTABLE, 1), 0);
+    assert_int_equal(hsm_generate_secret_key(ctx, &ss, &k), HSM_ERR_KEY_POLICY);
+    assert_null(k);
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(hsm_key_find(ctx, "policy-aes", 0, &k), HSM_ERR_KEY_NOT_FOUND);
+    /* Without the interference the same specs work. */
+    assert_int_equal(hsm_generate_keypair(ctx, &sp, NULL, NULL), HSM_OK);
+    t_close(ctx);
+}
+
+/* Debug logging names calls and results, never PINs or key bytes. */
+static void test_log_has_no_secrets(void **state)
+{
+    FILE *f = tmpfile();
+    char pin[300], buf[65536];
+    size_t n;
+    hsm_ctx *ctx;
+    struct rec r;
+    (void)state;
+
+    assert_non_null(f);
+    assert_int_equal(testtoken_read_pin(tokdir, pin, sizeof(pin)), 0);
+    log_init("test_hsm", LOG_LVL_DEBUG, f);
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    t_close(ctx);
+    rec_open(&r);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    assert_int_equal(testfault_close_all_sessions(), 0); /* forces a re-login */
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+    log_init("test_hsm", getenv("HSM_TEST_DEBUG") != NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN, NULL);
+    rewind(f);
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "call=C_Login rv=CKR_OK"));
+    assert_non_null(strstr(buf, "call=C_Decrypt rv=CKR_OK"));
+    assert_null(strstr(buf, pin));
+}
+
 static void test_device_error(void **state)
 {
     struct rec r;
@@ -1301,6 +1377,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_strerror, t_teardown),
         cmocka_unit_test_teardown(test_open_info_ping, t_teardown),
+        cmocka_unit_test_teardown(test_open_by_name, t_teardown),
         cmocka_unit_test_teardown(test_open_errors, t_teardown),
         cmocka_unit_test_teardown(test_keypair_policy, t_teardown),
         cmocka_unit_test_teardown(test_keypair_sizes_and_exists, t_teardown),
@@ -1321,6 +1398,8 @@ int main(void)
         cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
+        cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
+        cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
     };
     /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every C_* call. */
     if (getenv("HSM_TEST_FILTER") != NULL)
