@@ -478,7 +478,8 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     rc = 0;
 out:
     free(tok);
-    free(pinsrc);
+    if (pinsrc != NULL)
+        util_secret_free(pinsrc, strlen(pinsrc)); /* a source name, wiped anyway */
     return rc;
 }
 

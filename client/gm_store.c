@@ -195,7 +195,7 @@ out:
 
 void gm_stored_secret_clear(gm_stored_secret *s)
 {
-    free(s->wrapped_key);
+    OPENSSL_clear_free(s->wrapped_key, s->wrapped_key_len);
     memset(s, 0, sizeof(*s));
 }
 

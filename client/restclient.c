@@ -526,7 +526,7 @@ void gs_group_info_clear(gs_group_info *gi)
     for (size_t i = 0; i < gi->n_methods; i++)
         free(gi->methods[i]);
     free(gi->methods);
-    free(gi->key_versions);
+    OPENSSL_free(gi->key_versions); /* version numbers, nothing secret */
     memset(gi, 0, sizeof(*gi));
 }
 
@@ -596,7 +596,7 @@ gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out
             err = GS_REST_ERR_BAD_ANSWER;
             goto out;
         }
-        if (json_array_size(a) > 0 && (gi.key_versions = calloc(json_array_size(a), sizeof(uint64_t))) == NULL)
+        if (json_array_size(a) > 0 && (gi.key_versions = OPENSSL_zalloc(json_array_size(a) * sizeof(uint64_t))) == NULL)
             goto out;
         json_array_foreach(a, i, v)
         {
@@ -997,10 +997,10 @@ void gs_secret_keys_clear(gs_secret_keys *s)
     if (s == NULL)
         return;
     for (size_t i = 0; i < s->n; i++) {
-        free(s->keys[i].kek_id);
-        free(s->keys[i].wrapped_key); /* wrapped: not a secret in this form */
+        OPENSSL_clear_free(s->keys[i].kek_id, s->keys[i].kek_id_len);
+        OPENSSL_clear_free(s->keys[i].wrapped_key, s->keys[i].wrapped_key_len);
     }
-    free(s->keys);
+    OPENSSL_free(s->keys);
     memset(s, 0, sizeof(*s));
 }
 
@@ -1028,7 +1028,7 @@ gs_rest_err gs_rest_secret_keys(gs_rest *r, const char *group, gs_secret_keys *o
         goto out;
     n = json_array_size(arr);
     err = GS_REST_ERR_NOMEM;
-    if (n > 0 && (s.keys = calloc(n, sizeof(*s.keys))) == NULL)
+    if (n > 0 && (s.keys = OPENSSL_zalloc(n * sizeof(*s.keys))) == NULL)
         goto out;
     json_array_foreach(arr, i, v)
     {

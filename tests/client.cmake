@@ -13,3 +13,8 @@ set_tests_properties(unit_restclient PROPERTIES LABELS "unit;client" TIMEOUT 120
 add_test(NAME groupmail_e2e COMMAND bash ${GS_TEST_DIR}/integration/groupmail-e2e.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_e2e PROPERTIES LABELS "integration;client" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# docs/curl-recipes.md run as written against a real group server.
+add_test(NAME groupmail_recipes COMMAND bash ${GS_TEST_DIR}/integration/groupmail-recipes.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_recipes PROPERTIES LABELS "integration;client" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
