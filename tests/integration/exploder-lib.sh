@@ -31,6 +31,8 @@ xp_cleanup() {
     [ -n "$p" ] && wait "$p" 2>/dev/null || true
   done
   if [ -n "${W:-}" ] && [ -z "${KEEP:-}" ]; then rm -rf "$W"; fi
+  # the group server of server-lib.sh, when a test sourced it
+  if declare -F cleanup >/dev/null; then cleanup; fi
 }
 
 xp_setup() {
