@@ -89,7 +89,7 @@ for i in range(n):
     status = data.split(b" ", 2)[1] if data.startswith(b"HTTP/1.1 ") else b""
     # 4xx for bad requests; 501 is libevent's answer to an unknown method.
     if data and not (status.startswith(b"4") or (not must_answer and status == b"501")):
-        print("request %d: status %r" % (i, data[:80]))
+        print("request %d: status %r" % (i, data[:400] if bad < 3 else data[:80]))
         bad += 1
     elif must_answer and not status:
         print("request %d: no answer" % i)
