@@ -197,7 +197,8 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
     BIO *b64 = NULL, *sink = out, *cmsbio = NULL;
     unsigned char *hdr = NULL, *buf = NULL, *tmp = NULL;
     size_t hdrlen = 0, got = 0;
-    bool auth;
+    bool auth, crlf = false;
+    int firstlen = 0;
     ptw w;
 
     memset(&o, 0, sizeof(o));
@@ -240,47 +241,61 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
 
     rv = ENV_ERR_IO;
     if (o.out_format == ENV_FORMAT_SMIME) {
+        /* CRLF in the input's header block: CRLF throughout the output. */
+        for (size_t i = 0; hdr && i + 1 < hdrlen && !crlf; i++)
+            crlf = hdr[i] == '\r' && hdr[i + 1] == '\n';
         if (hdr && (rv = write_routing(out, hdr, hdrlen)) != ENV_OK)
             goto out;
-        if (BIO_printf(out,
-                       "MIME-Version: 1.0\n"
-                       "Content-Disposition: attachment; filename=\"smime.p7m\"\n"
-                       "Content-Type: application/pkcs7-mime; smime-type=%s; name=\"smime.p7m\"\n"
-                       "Content-Transfer-Encoding: base64\n\n",
-                       auth ? "authEnveloped-data" : "enveloped-data") <= 0) {
-            rv = ENV_ERR_IO;
+        if ((rv = env_write_mime_headers(out, auth, crlf)) != ENV_OK)
             goto out;
-        }
     } else if (o.out_format == ENV_FORMAT_PEM && BIO_puts(out, "-----BEGIN CMS-----\n") <= 0) {
         goto out;
     }
     if (o.out_format != ENV_FORMAT_DER) {
         rv = ENV_ERR_NOMEM;
-        if (!(b64 = BIO_new(BIO_f_base64())))
+        if (!(b64 = env_b64_new(crlf)))
             goto out;
         sink = BIO_push(b64, out);
     }
     /* Streaming: the RecipientInfos and header go out now, the content as
      * we write it, the tag (GCM) on flush. */
     rv = ENV_ERR_CRYPTO;
-    if (!(cmsbio = BIO_new_CMS(sink, cms)))
-        goto out;
-    w.b = cmsbio;
-    w.crlf = o.input_is_mime;
-    w.prev_cr = false;
-    w.tmp = tmp;
-    if (hdr && (rv = ptw_write(&w, hdr, got)) != ENV_OK)
-        goto out;
-    for (;;) {
-        int r = BIO_read(in, buf, ENC_CHUNK);
-        if (r <= 0)
-            break;
-        if ((rv = ptw_write(&w, buf, (size_t)r)) != ENV_OK)
+    if (!hdr) /* look ahead: is there any content at all? */
+        firstlen = BIO_read(in, buf, ENC_CHUNK);
+    if (!hdr && firstlen <= 0) {
+        /* Empty content: OpenSSL 3.0 cannot stream an empty AES-GCM
+         * content (no tag is produced), so encrypt it in one go. */
+        BIO *empty = BIO_new(BIO_s_mem());
+        if (!empty || !CMS_set_detached(cms, 0) || !CMS_final(cms, empty, NULL, CMS_BINARY) ||
+            i2d_CMS_bio(sink, cms) <= 0) {
+            BIO_free(empty);
+            goto out;
+        }
+        BIO_free(empty);
+        if (BIO_flush(sink) <= 0)
+            goto out;
+    } else {
+        if (!(cmsbio = BIO_new_CMS(sink, cms)))
+            goto out;
+        w.b = cmsbio;
+        w.crlf = o.input_is_mime;
+        w.prev_cr = false;
+        w.tmp = tmp;
+        if (hdr && (rv = ptw_write(&w, hdr, got)) != ENV_OK)
+            goto out;
+        if (!hdr && (rv = ptw_write(&w, buf, (size_t)firstlen)) != ENV_OK)
+            goto out;
+        for (;;) {
+            int r = BIO_read(in, buf, ENC_CHUNK);
+            if (r <= 0)
+                break;
+            if ((rv = ptw_write(&w, buf, (size_t)r)) != ENV_OK)
+                goto out;
+        }
+        rv = ENV_ERR_CRYPTO;
+        if (BIO_flush(cmsbio) <= 0)
             goto out;
     }
-    rv = ENV_ERR_CRYPTO;
-    if (BIO_flush(cmsbio) <= 0)
-        goto out;
     rv = ENV_ERR_IO;
     if (b64 && BIO_flush(b64) <= 0)
         goto out;

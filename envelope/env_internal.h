@@ -162,6 +162,12 @@ DECLARE_ASN1_ITEM(ENV_ATTRS)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP1)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP2)
 
+/* A write-only base64 filter BIO (env_b64.c): 64-character lines ending
+ * in CRLF or LF; BIO_flush writes the final line. Push onto the sink. */
+BIO *env_b64_new(bool crlf);
+/* MIME-Version, Content-* lines of an S/MIME message and the blank line. */
+env_err env_write_mime_headers(BIO *out, bool auth, bool crlf);
+
 /* Helpers shared between the source files (env_recipient.c). */
 env_err env_cipher_from_algor(const X509_ALGOR *alg, bool *gcm, size_t *keylen, unsigned char *iv,
                               size_t *ivlen, size_t *taglen);

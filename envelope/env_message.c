@@ -316,6 +316,9 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
         }
         if (blank_line(line))
             break;
+        /* An mbox "From " separator line as some MTA pipes prepend: drop it. */
+        if (first && strncmp(line, "From ", 5) == 0 && !looks_like_header(line))
+            continue;
         if (line[0] == ' ' || line[0] == '\t') { /* folded continuation */
             if (first) {
                 rv = ENV_ERR_NOT_CMS;
@@ -1170,6 +1173,7 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     part ct = {0}, ver = {0}, orig = {0}, inner = {0}, calg = {0}, a1 = {0}, mac = {0}, a2 = {0};
     ASN1_INTEGER *vi = NULL;
     BIO *b64 = NULL, *sink = out;
+    bool crlf = false;
     size_t ris = 0;
     long ec_len, eci_len, ed_len, tail;
     int set_tlv, eci_tlv, ed_tlv, c0_tlv, ci_tlv;
@@ -1222,18 +1226,14 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     rv = ENV_ERR_IO;
     if (fmt == ENV_FORMAT_SMIME) {
         const char *oh = outer_headers ? outer_headers : msg->outer;
-        const char *st = msg->auth ? "authEnveloped-data" : "enveloped-data";
         size_t ol = oh ? strlen(oh) : 0;
+        /* Line ends follow the outer headers: CRLF there means CRLF throughout. */
+        crlf = oh && strstr(oh, "\r\n") != NULL;
         if (ol && BIO_write(out, oh, (int)ol) != (int)ol)
             goto out;
-        if (ol && oh[ol - 1] != '\n' && BIO_puts(out, "\n") <= 0)
+        if (ol && oh[ol - 1] != '\n' && BIO_puts(out, crlf ? "\r\n" : "\n") <= 0)
             goto out;
-        if (BIO_printf(out,
-                       "MIME-Version: 1.0\n"
-                       "Content-Disposition: attachment; filename=\"smime.p7m\"\n"
-                       "Content-Type: application/pkcs7-mime; smime-type=%s; name=\"smime.p7m\"\n"
-                       "Content-Transfer-Encoding: base64\n\n",
-                       st) <= 0)
+        if ((rv = env_write_mime_headers(out, msg->auth, crlf)) != ENV_OK)
             goto out;
     } else if (fmt == ENV_FORMAT_PEM) {
         if (BIO_puts(out, "-----BEGIN CMS-----\n") <= 0)
@@ -1241,7 +1241,7 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     }
     if (fmt != ENV_FORMAT_DER) {
         rv = ENV_ERR_NOMEM;
-        if (!(b64 = BIO_new(BIO_f_base64())))
+        if (!(b64 = env_b64_new(crlf)))
             goto out;
         sink = BIO_push(b64, out);
     }

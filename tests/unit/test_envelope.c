@@ -242,6 +242,72 @@ static void test_mime_framing(void **state)
     free(enc);
 }
 
+static void assert_all_crlf(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\n')
+            assert_true(i > 0 && p[i - 1] == '\r');
+}
+
+/* CRLF headers in: CRLF throughout out (headers, MIME lines, base64 body),
+ * on encryption and on re-writing; an mbox From_ line is tolerated. */
+static void test_crlf(void **state)
+{
+    static const char mail[] = "From: a@example.org\r\nTo: l@example.org\r\nSubject: crlf\r\n\r\nbody\r\n";
+    env_encrypt_opts o = {.input_is_mime = true};
+    unsigned char *enc = NULL, *withfrom;
+    size_t enclen, outlen;
+    env_message *msg = NULL;
+    BIO *mem;
+    char *p, *out = NULL;
+    long n;
+    (void)state;
+
+    assert_int_equal(encrypt_mem(&o, rsa_cert, mail, strlen(mail), &enc, &enclen), ENV_OK);
+    assert_all_crlf(enc, enclen);
+    withfrom = malloc(enclen + 64);
+    n = snprintf((char *)withfrom, 64, "From a@example.org Sun Nov 29 20:00:00 2026\n");
+    memcpy(withfrom + n, enc, enclen);
+    assert_int_equal(read_mem(withfrom, enclen + (size_t)n, &msg), ENV_OK);
+    free(withfrom);
+    assert_string_equal(env_message_outer_headers(msg), "From: a@example.org\r\nTo: l@example.org\r\nSubject: crlf\r\n");
+    mem = BIO_new(BIO_s_mem());
+    assert_int_equal(env_message_write(msg, ENV_FORMAT_SMIME, NULL, mem), ENV_OK);
+    n = BIO_get_mem_data(mem, &p);
+    assert_all_crlf((unsigned char *)p, (size_t)n);
+    BIO_free(mem);
+    assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+    assert_string_equal(out, mail);
+    free(out);
+    env_message_free(msg);
+    free(enc);
+}
+
+/* Content sizes around the base64 line and AES block boundaries. */
+static void test_sizes(void **state)
+{
+    unsigned char buf[300];
+    (void)state;
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (unsigned char)(i * 7);
+    for (size_t len = 0; len < sizeof(buf); len += (len < 100 ? 1 : 37)) {
+        env_encrypt_opts o = {.cipher = len % 2 ? ENV_CIPHER_AES256_CBC : ENV_CIPHER_AES256_GCM};
+        unsigned char *enc = NULL;
+        size_t enclen, outlen;
+        env_message *msg = NULL;
+        char *out = NULL;
+        assert_int_equal(encrypt_mem(&o, rsa_cert, buf, len, &enc, &enclen), ENV_OK);
+        assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
+        assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+        assert_int_equal(outlen, len);
+        if (len)
+            assert_memory_equal(out, buf, len);
+        free(out);
+        env_message_free(msg);
+        free(enc);
+    }
+}
+
 static void test_builders(void **state)
 {
     unsigned char cek[32], ek[256], *der = NULL, wrapped[40], got[64];
@@ -579,6 +645,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_rsa),  cmocka_unit_test(test_roundtrip_ecdh),
         cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing),
+        cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),
