@@ -46,7 +46,7 @@ void xp_conf_free(xp_conf *c)
     free(c->relay_user);
     free(c->relay_password_file);
     free(c->tls_cert);
-    free(c->tls_key);
+    free(c->tls_priv_path);
     free(c->tls_ca);
     free(c);
 }
@@ -139,7 +139,7 @@ static int conf_handler(void *user, const char *section, const char *name, const
         if (strcmp(name, "cert") == 0)
             return set_str(&c->tls_cert, value);
         if (strcmp(name, "key") == 0)
-            return set_str(&c->tls_key, value);
+            return set_str(&c->tls_priv_path, value);
         if (strcmp(name, "ca") == 0)
             return set_str(&c->tls_ca, value);
     } else if (strcmp(section, "log") == 0) {

@@ -156,11 +156,13 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     v = NULL;
     /* envelope sender: the MTA's (--sender ${sender}), else Return-Path */
     if (sender_arg != NULL) {
+        /* The MTA's null sender may come as "", "<>" or MAILER-DAEMON: all
+         * mean "do not bounce to anyone". Never refuse mail over it. */
         if (*sender_arg != '\0' && strcmp(sender_arg, "<>") != 0 &&
             mail_addr_spec(sender_arg, sender, sizeof(sender)) != XP_OK) {
-            fprintf(stderr, "exploder: bad --sender address\n");
-            ex = XP_EX_USAGE;
-            goto out;
+            log_info("envelope sender is not an address, treated as null sender=%s",
+                     log_quote(q, sizeof(q), sender_arg));
+            sender[0] = '\0';
         }
     } else if ((v = mail_header_get((const char *)data, hdr_end, "Return-Path")) != NULL) {
         if (mail_addr_spec(v, sender, sizeof(sender)) != XP_OK)

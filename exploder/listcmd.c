@@ -56,7 +56,7 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
         case 'g': l.group = optarg; break;
         case 'm': l.mode = xp_mode_parse(optarg); break;
         case 'c': l.cert = optarg; break;
-        case 'k': l.key = optarg; break;
+        case 'k': l.priv_path = optarg; break;
         case 'a': l.cacert = optarg; break;
         case 'G': group_cert_file = optarg; break;
         case 'M': l.members_only = true; break;
@@ -253,7 +253,7 @@ static int list_show(spool *s, int argc, char **argv)
     printf("group-server: %s\n", l->server);
     printf("group: %s\n", l->group);
     printf("cert: %s\n", l->cert != NULL ? l->cert : "(from [tls])");
-    printf("key: %s\n", l->key != NULL ? l->key : "(from [tls])");
+    printf("key: %s\n", l->priv_path != NULL ? l->priv_path : "(from [tls])");
     printf("cacert: %s\n", l->cacert != NULL ? l->cacert : "(from [tls])");
     printf("group-cert: %s\n", subject != NULL ? subject : "(none)");
     printf("require-encrypted: %s\n", l->require_encrypted ? "yes" : "no");

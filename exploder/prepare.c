@@ -125,7 +125,7 @@ static void rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
     memset(o, 0, sizeof(*o));
     o->base_url = l->server;
     o->cert_file = l->cert != NULL ? l->cert : c->tls_cert;
-    o->key_file = l->key != NULL ? l->key : c->tls_key;
+    o->key_file = l->priv_path != NULL ? l->priv_path : c->tls_priv_path;
     o->ca_file = l->cacert != NULL ? l->cacert : c->tls_ca;
     o->user_agent = "groupsrv-exploder/0.1";
 }

@@ -244,7 +244,7 @@ void xp_list_free(xp_list *l)
     free(l->server);
     free(l->group);
     free(l->cert);
-    free(l->key);
+    free(l->priv_path);
     free(l->cacert);
     free(l->group_cert);
     free(l);
@@ -277,7 +277,7 @@ xp_err spool_list_create(spool *s, const xp_list *l)
     sqlite3_bind_text(st, 3, l->group, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 4, xp_mode_name(l->mode), -1, SQLITE_STATIC);
     bind_opt(st, 5, l->cert);
-    bind_opt(st, 6, l->key);
+    bind_opt(st, 6, l->priv_path);
     bind_opt(st, 7, l->cacert);
     bind_opt(st, 8, l->group_cert);
     sqlite3_bind_int(st, 9, l->require_encrypted ? 1 : 0);
@@ -329,7 +329,7 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     l->group = col_dup(st, 3);
     l->mode = xp_mode_parse((const char *)sqlite3_column_text(st, 4));
     l->cert = col_dup(st, 5);
-    l->key = col_dup(st, 6);
+    l->priv_path = col_dup(st, 6);
     l->cacert = col_dup(st, 7);
     l->group_cert = col_dup(st, 8);
     l->require_encrypted = sqlite3_column_int(st, 9) != 0;

@@ -42,7 +42,7 @@ typedef struct xp_list {
     char *server;         /* group server base URL */
     char *group;          /* group name on the server */
     xp_mode mode;
-    char *cert, *key, *cacert; /* client certificate for the group server (paths; NULL = [tls]) */
+    char *cert, *priv_path, *cacert; /* client certificate, its private key FILE, CA: paths only, NULL = [tls] */
     char *group_cert;     /* PEM of the group certificate (chain), NULL if not stored */
     bool require_encrypted; /* refuse mail not encrypted to group_cert (default) */
     bool members_only;      /* refuse senders that are not members */

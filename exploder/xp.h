@@ -55,7 +55,7 @@ typedef struct xp_conf {
     char *relay_user;          /* optional SMTP AUTH */
     char *relay_password_file; /* file (0600) holding the SMTP AUTH password */
     /* [tls]: default client certificate for the group server */
-    char *tls_cert, *tls_key, *tls_ca;
+    char *tls_cert, *tls_priv_path, *tls_ca; /* paths; tls_priv_path: the private key FILE (never the key) */
     /* [log] */
     int log_level;
 } xp_conf;

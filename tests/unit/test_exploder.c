@@ -139,7 +139,7 @@ static char *tmpdir(void)
 
 static int count_files(const char *dir)
 {
-    char cmd[512];
+    char cmd[600];
     snprintf(cmd, sizeof(cmd), "test $(ls -A %s | wc -l) -eq 0", dir);
     return system(cmd) == 0 ? 0 : 1;
 }
