@@ -24,6 +24,8 @@ static void usage_list(void)
             "                    [--members-only] [--allow-unencrypted]\n"
             "       exploder list add ADDR MEMBER-ADDR...    (\"-\": one address per line on stdin)\n"
             "       exploder list remove ADDR MEMBER-ADDR...\n"
+            "       exploder list set ADDR [--mode forward|group-secret|member-certs]\n"
+            "                    [--members-only|--open] [--require-encrypted|--allow-unencrypted]\n"
             "       exploder list show ADDR\n");
 }
 
@@ -225,6 +227,66 @@ out:
     return ex;
 }
 
+/* `list set`: change mode or sender policy of an existing list. */
+static int list_set(spool *s, int argc, char **argv)
+{
+    static const struct option opts[] = {{"mode", required_argument, NULL, 'm'},
+                                         {"members-only", no_argument, NULL, 'M'},
+                                         {"open", no_argument, NULL, 'O'},
+                                         {"require-encrypted", no_argument, NULL, 'R'},
+                                         {"allow-unencrypted", no_argument, NULL, 'U'},
+                                         {NULL, 0, NULL, 0}};
+    xp_list *l = NULL;
+    int opt, ex = 1;
+    xp_err rc;
+
+    if (argc < 3) {
+        usage_list();
+        return XP_EX_USAGE;
+    }
+    if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
+        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        return 1;
+    }
+    optind = 2; /* argv[0] = "set", argv[1] = ADDR */
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'm':
+            if ((l->mode = xp_mode_parse(optarg)) == 0) {
+                fprintf(stderr, "exploder: unknown mode: %.40s\n", optarg);
+                ex = XP_EX_USAGE;
+                goto out;
+            }
+            break;
+        case 'M': l->members_only = true; break;
+        case 'O': l->members_only = false; break;
+        case 'R': l->require_encrypted = true; break;
+        case 'U': l->require_encrypted = false; break;
+        default: usage_list(); ex = XP_EX_USAGE; goto out;
+        }
+    }
+    if (optind != argc) {
+        usage_list();
+        ex = XP_EX_USAGE;
+        goto out;
+    }
+    if (!l->require_encrypted && l->mode != XP_MODE_FORWARD) {
+        fprintf(stderr, "exploder: --allow-unencrypted only makes sense for --mode forward\n");
+        ex = XP_EX_USAGE;
+        goto out;
+    }
+    if ((rc = spool_list_set_policy(s, l)) != XP_OK) {
+        fprintf(stderr, "exploder: cannot change list %s: %s\n", l->address, xp_strerror(rc));
+        goto out;
+    }
+    printf("%s mode=%s members-only=%s require-encrypted=%s\n", l->address, xp_mode_name(l->mode),
+           l->members_only ? "yes" : "no", l->require_encrypted ? "yes" : "no");
+    ex = 0;
+out:
+    xp_list_free(l);
+    return ex;
+}
+
 static int list_show(spool *s, int argc, char **argv)
 {
     xp_list *l = NULL;
@@ -294,6 +356,8 @@ int cmd_list(const xp_conf *c, int argc, char **argv)
         ex = list_members(s, argc, argv, false);
     else if (strcmp(argv[0], "show") == 0)
         ex = list_show(s, argc, argv);
+    else if (strcmp(argv[0], "set") == 0)
+        ex = list_set(s, argc, argv);
     else {
         usage_list();
         ex = XP_EX_USAGE;

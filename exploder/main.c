@@ -17,7 +17,7 @@ static void usage(void)
     fprintf(stderr, "usage: exploder [-c exploder.conf] [-v] COMMAND ...\n"
                     "  deliver --list ADDR [--sender ADDR] < message   (MTA pipe; sysexits.h exit codes)\n"
                     "  run [--once]                                    (queue runner)\n"
-                    "  list create|add|remove|show ...                 (list administration)\n"
+                    "  list create|add|remove|set|show ...             (list administration)\n"
                     "config: -c FILE, else $EXPLODER_CONF, else " DEFAULT_CONF "\n");
 }
 

@@ -292,6 +292,30 @@ xp_err spool_list_create(spool *s, const xp_list *l)
     return rc;
 }
 
+xp_err spool_list_set_policy(spool *s, const xp_list *l)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc;
+    int r;
+
+    if (xp_mode_name(l->mode)[0] == '?' || (!l->require_encrypted && l->mode != XP_MODE_FORWARD))
+        return XP_ERR_ARGS;
+    rc = prep(s, "UPDATE lists SET mode=?, members_only=?, require_encrypted=? WHERE id=?", &st);
+    if (rc != XP_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, xp_mode_name(l->mode), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, l->members_only ? 1 : 0);
+    sqlite3_bind_int(st, 3, l->require_encrypted ? 1 : 0);
+    sqlite3_bind_int64(st, 4, l->id);
+    r = sqlite3_step(st);
+    if (r != SQLITE_DONE)
+        rc = db_fail(s, "list set");
+    else if (sqlite3_changes(s->db) != 1)
+        rc = XP_ERR_NOTFOUND;
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static xp_err list_query(spool *s, const char *where, const char *text, int64_t id, xp_list **out)
 {
     sqlite3_stmt *st = NULL;

@@ -58,6 +58,9 @@ xp_err spool_msg_path(const spool *s, const char *name, char *buf, size_t bufsz)
 /* ---- lists ---- */
 xp_err spool_list_create(spool *s, const xp_list *l);
 xp_err spool_list_get(spool *s, const char *address, xp_list **out); /* XP_ERR_NOTFOUND */
+/* Changes a list's mode and sender policy (l->id names it). Messages not yet
+ * prepared are prepared under the new mode. */
+xp_err spool_list_set_policy(spool *s, const xp_list *l);
 xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts
