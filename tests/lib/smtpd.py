@@ -35,6 +35,11 @@ Options:
                       offer STARTTLS with this certificate and key
   --require-starttls  refuse MAIL before STARTTLS (530)
   --max-size BYTES    DATA size limit                                          [33554432]
+  --pipe ADDR=COMMAND mail for ADDR is not stored but handed to COMMAND on stdin, the
+                      way Postfix's pipe(8) transport feeds a list manager. COMMAND is
+                      split like a shell line (no shell runs); {sender} and {recipient}
+                      in it are replaced. Exit 0 accepts, 75 (EX_TEMPFAIL) answers 451,
+                      any other code 554, as Postfix does. Repeatable.
 
 Reading results (no server started):
   smtpd.py --dir DIR --list-accepted   print every accepted recipient, one per line
@@ -50,6 +55,7 @@ import asyncio
 import itertools
 import os
 import re
+import shlex
 import signal
 import ssl
 import sys
@@ -84,6 +90,22 @@ class Handler:
         self.refuse = re.compile(args.refuse_rcpt) if args.refuse_rcpt else None
         self.defer = re.compile(args.defer_rcpt) if args.defer_rcpt else None
         self.seq = itertools.count(1)
+        self.pipes = {}
+        for spec in args.pipe or []:
+            addr, sep, cmd = spec.partition("=")
+            if not sep or not addr or not cmd:
+                raise SystemExit("smtpd.py: --pipe wants ADDR=COMMAND")
+            self.pipes[addr.lower()] = cmd
+
+    async def run_pipe(self, cmd, sender, rcpt, data):
+        argv = [a.replace("{sender}", sender).replace("{recipient}", rcpt) for a in shlex.split(cmd)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate(data)
+        append_line(os.path.join(self.dir, "pipe.log"), "%d %s %s" % (proc.returncode, rcpt,
+                    err.decode("utf-8", "replace").strip().replace("\n", " | ")[:300]))
+        return proc.returncode
 
     def session_id(self, session):
         sid = getattr(session, "_gs_id", None)
@@ -129,8 +151,24 @@ class Handler:
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(self.dir, "new", mid))
         sender = envelope.mail_from or "<>"
+        stored = []
+        for r in envelope.rcpt_tos:
+            cmd = self.pipes.get(r.lower())
+            if cmd is None:
+                stored.append(r)
+                continue
+            rc = await self.run_pipe(cmd, envelope.mail_from or "", r, data)
+            if rc == 75:
+                os.unlink(os.path.join(self.dir, "new", mid))
+                return "451 4.3.0 pipe to %s: temporary failure, try later" % r
+            if rc != 0:
+                os.unlink(os.path.join(self.dir, "new", mid))
+                return "554 5.3.0 pipe to %s: refused (exit %d)" % (r, rc)
+        if not stored:
+            os.unlink(os.path.join(self.dir, "new", mid))
+            return "250 2.0.0 delivered to pipe"
         with open(os.path.join(self.dir, "envelope.log"), "a") as f:
-            for r in envelope.rcpt_tos:
+            for r in stored:
                 f.write("%s %s %s\n" % (mid, sender, r))
             f.flush()
         # Only now, with the copy stored, is the message accepted.
@@ -200,6 +238,7 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--require-starttls", action="store_true")
     p.add_argument("--max-size", type=int, default=33554432)
+    p.add_argument("--pipe", action="append")
     p.add_argument("--list-accepted", action="store_true")
     p.add_argument("--list-messages", action="store_true")
     args = p.parse_args()
