@@ -116,6 +116,13 @@ out:
 
 /* ---- login -------------------------------------------------------------- */
 
+static void bump_key_gen(hsm_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->key_mu);
+    ctx->key_gen++;
+    pthread_mutex_unlock(&ctx->key_mu);
+}
+
 static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     hsm_err err = HSM_OK;
@@ -131,13 +138,14 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_PIN_INCORRECT;
         goto out;
     }
+    /* A new login (after all sessions were lost) renumbers private objects
+     * on some tokens (SoftHSM): cached handles are stale. Bumped before the
+     * call too, so that a thread which sees the session logged in already
+     * also sees the new generation. */
+    bump_key_gen(ctx);
     err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
     if (err == HSM_OK) {
-        /* A new login (after all sessions were lost) may renumber private
-         * objects (SoftHSM does): cached handles are stale. */
-        pthread_mutex_lock(&ctx->key_mu);
-        ctx->key_gen++;
-        pthread_mutex_unlock(&ctx->key_mu);
+        bump_key_gen(ctx);
         goto out;
     }
     if (hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN) {
@@ -187,16 +195,20 @@ static void close_session(hsm_ctx *ctx, CK_SESSION_HANDLE h)
     hsm_err_restore(&sv);
 }
 
-/* Token gone: every session and object handle is dead. Idle sessions are
- * closed now, borrowed ones when they come back (their epoch is old). */
-static void mark_token_lost(hsm_ctx *ctx)
+/* Starts a new session epoch: idle sessions are closed now, borrowed ones
+ * when they come back (their epoch is old). Token gone (token_gone): every
+ * session and object handle is dead, and the token is looked up again
+ * before the next use. A session that died otherwise: its siblings in the
+ * pool probably died with it (token reset, failover, logout), and a retry
+ * must not pick another dead one, so they go too. */
+static void drop_sessions(hsm_ctx *ctx, bool token_gone)
 {
     hsm_session *idle = NULL;
     unsigned n = 0, i;
 
     pthread_mutex_lock(&ctx->pool_mu);
     if (!ctx->token_lost) {
-        ctx->token_lost = true;
+        ctx->token_lost = token_gone;
         ctx->sess_epoch++;
         n = ctx->n_idle;
         if (n > 0 && (idle = malloc(n * sizeof(*idle))) != NULL)
@@ -204,12 +216,11 @@ static void mark_token_lost(hsm_ctx *ctx)
         ctx->n_open -= ctx->n_idle;
         ctx->n_idle = 0;
         pthread_cond_broadcast(&ctx->pool_cv);
-        log_warn("token lost; sessions dropped, will re-find the token on next use");
+        if (token_gone)
+            log_warn("token lost; sessions dropped, will re-find the token on next use");
     }
     pthread_mutex_unlock(&ctx->pool_mu);
-    pthread_mutex_lock(&ctx->key_mu);
-    ctx->key_gen++;
-    pthread_mutex_unlock(&ctx->key_mu);
+    bump_key_gen(ctx);
     for (i = 0; idle != NULL && i < n; i++)
         close_session(ctx, idle[i].h);
     free(idle);
@@ -296,12 +307,12 @@ static void release(hsm_ctx *ctx, hsm_session *s, hsm_err err)
      * unfinished operation (CKR_OPERATION_ACTIVE next time): do not reuse it. */
     drop = s->broken || err == HSM_ERR_SESSION || err == HSM_ERR_TOKEN_ABSENT || err == HSM_ERR_DEVICE ||
            err == HSM_ERR_PKCS11 || s->epoch != ctx->sess_epoch;
-    if (!drop) {
+    /* Borrowed sessions stay counted in n_open until they come back here,
+     * whatever their epoch (drop_sessions uncounts only idle ones). */
+    if (!drop)
         ctx->idle[ctx->n_idle++] = *s;
-    } else if (s->epoch == ctx->sess_epoch) {
+    else
         ctx->n_open--;
-    }
-    /* A session of an older epoch was already uncounted by mark_token_lost. */
     pthread_cond_signal(&ctx->pool_cv);
     pthread_mutex_unlock(&ctx->pool_mu);
     if (drop)
@@ -318,13 +329,16 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
 {
     hsm_session s;
     hsm_err err = HSM_ERR_ARGS;
-    bool force_login = false;
-    int attempt;
+    bool force_login = false, stale_retry = false;
+    int attempt, max_attempts = 2;
 
     if (ctx == NULL || op == NULL)
         return HSM_ERR_ARGS;
     hsm_clear_detail();
-    for (attempt = 0; attempt < 2; attempt++) {
+    /* One retry after a recovery; one more if only an object handle went
+     * stale (re-finding is cheap, and a concurrent re-login can make the
+     * handle found by the first retry stale again). */
+    for (attempt = 0; attempt < max_attempts; attempt++) {
         bool from_borrow;
         CK_RV rv;
 
@@ -335,14 +349,20 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
         rv = hsm_last_rv();
         if (!from_borrow || s.h != 0)
             release(ctx, &s, err);
-        if (err == HSM_OK || attempt == 1)
+        if (err == HSM_OK)
+            break;
+        if (err == HSM_ERR_KEY_NOT_FOUND && stale_handle_rv(rv) && !stale_retry) {
+            stale_retry = true;
+            max_attempts++;
+        }
+        if (attempt + 1 >= max_attempts)
             break;
         switch (err) {
         case HSM_ERR_TOKEN_ABSENT:
             /* Re-finding already failed: answer quickly, no waiting. */
             if (from_borrow && token_is_lost(ctx))
                 return err;
-            mark_token_lost(ctx);
+            drop_sessions(ctx, true);
             break;
         case HSM_ERR_PKCS11:
             /* A session left busy by an earlier failure: it was dropped. */
@@ -351,6 +371,7 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
             /* fall through */
         case HSM_ERR_SESSION:
             log_info("session lost, retrying with a new one detail=%s", hsm_last_error_detail());
+            drop_sessions(ctx, false);
             break;
         case HSM_ERR_NOT_LOGGED_IN:
             if (!ctx->want_login || pin_was_rejected(ctx))
@@ -361,9 +382,7 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
         case HSM_ERR_KEY_NOT_FOUND:
             if (!stale_handle_rv(rv))
                 return err;
-            pthread_mutex_lock(&ctx->key_mu);
-            ctx->key_gen++;
-            pthread_mutex_unlock(&ctx->key_mu);
+            bump_key_gen(ctx);
             break;
         default:
             return err;

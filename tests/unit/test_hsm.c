@@ -1057,6 +1057,7 @@ struct thr {
     const unsigned char *cek;
     int ok, fail;
     hsm_err last;
+    char detail[200];
 };
 
 static void *thr_main(void *arg)
@@ -1073,6 +1074,7 @@ static void *thr_main(void *arg)
         } else {
             t->fail++;
             t->last = e;
+            snprintf(t->detail, sizeof(t->detail), "%s", hsm_last_error_detail());
         }
     }
     return NULL;
@@ -1206,6 +1208,12 @@ static hsm_err rec_decrypt(struct rec *r)
 
 static void rec_close(struct rec *r)
 {
+    hsm_token_info ti;
+
+    /* After any recovery, the pool's books balance: nothing borrowed. */
+    assert_int_equal(hsm_token_info_get(r->ctx, &ti), HSM_OK);
+    assert_int_equal(ti.sessions_in_use, 0);
+    assert_true(ti.sessions_idle <= 2);
     testfault_clear();
     hsm_key_free(r->priv);
     t_close(r->ctx);
@@ -1358,6 +1366,68 @@ static void test_log_has_no_secrets(void **state)
     assert_null(strstr(buf, pin));
 }
 
+/* Every session closed under 8 threads that use the context: each thread's
+ * next call finds its pooled session dead and recovers by itself (new
+ * session, one of them logs in again, keys found again), concurrently.
+ * The sessions are closed while no call is in flight (a barrier): SoftHSM
+ * 2.6.1 itself crashes (use after free in C_Decrypt) when another thread
+ * runs C_CloseAllSessions during an operation, so a real token's
+ * mid-operation loss is covered by the injected faults above instead. */
+struct bthr {
+    struct thr t;
+    pthread_barrier_t *bar;
+};
+
+static void *bthr_main(void *arg)
+{
+    struct bthr *b = arg;
+
+    thr_main(&b->t);
+    pthread_barrier_wait(b->bar); /* all idle */
+    pthread_barrier_wait(b->bar); /* sessions closed */
+    thr_main(&b->t);
+    return NULL;
+}
+
+static void test_concurrent_recovery(void **state)
+{
+    struct rec r;
+    struct bthr th[8];
+    pthread_t tid[8];
+    pthread_barrier_t bar;
+    unsigned long logins;
+    int i;
+    (void)state;
+
+    rec_open(&r);
+    assert_int_equal(pthread_barrier_init(&bar, NULL, 9), 0);
+    for (i = 0; i < 8; i++) {
+        memset(&th[i], 0, sizeof(th[i]));
+        th[i].t.ctx = r.ctx;
+        th[i].t.in = r.in;
+        th[i].t.cek = r.cek;
+        th[i].bar = &bar;
+        assert_int_equal(pthread_create(&tid[i], NULL, bthr_main, &th[i]), 0);
+    }
+    pthread_barrier_wait(&bar);
+    logins = testfault_calls("C_Login");
+    assert_int_equal(testfault_close_all_sessions(), 0);
+    pthread_barrier_wait(&bar);
+    for (i = 0; i < 8; i++)
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+    pthread_barrier_destroy(&bar);
+    for (i = 0; i < 8; i++) {
+        if (th[i].t.fail)
+            fprintf(stderr, "thread %d: %d failures, last %s (%s)\n", i, th[i].t.fail,
+                    hsm_strerror(th[i].t.last), th[i].t.detail);
+        assert_int_equal(th[i].t.fail, 0);
+        assert_int_equal(th[i].t.ok, 24);
+    }
+    assert_true(testfault_calls("C_Login") > logins);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
 static void test_device_error(void **state)
 {
     struct rec r;
@@ -1398,6 +1468,7 @@ int main(void)
         cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
+        cmocka_unit_test_teardown(test_concurrent_recovery, t_teardown),
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
     };
