@@ -18,3 +18,8 @@ set_tests_properties(groupmail_e2e PROPERTIES LABELS "integration;client" TIMEOU
 add_test(NAME groupmail_recipes COMMAND bash ${GS_TEST_DIR}/integration/groupmail-recipes.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_recipes PROPERTIES LABELS "integration;client" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# groupmail encrypt output decrypted by openssl cms given the group key (standard output).
+add_test(NAME groupmail_interop COMMAND bash ${GS_TEST_DIR}/integration/groupmail-interop.sh ${GS_TEST_BIN})
+set_tests_properties(groupmail_interop PROPERTIES LABELS "interop;client" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
