@@ -127,7 +127,7 @@ typedef struct env_gcmparams_st {
 
 /* ECC-CMS-SharedInfo (RFC 5753 sec 7.2) */
 typedef struct env_sharedinfo_st {
-    X509_ALGOR *keyinfo;
+    X509_ALGOR *wrap_alg;
     ASN1_OCTET_STRING *entityuinfo;
     ASN1_OCTET_STRING *supppubinfo;
 } ENV_SHAREDINFO;

@@ -18,6 +18,7 @@
 #include <openssl/x509v3.h>
 
 #include "env_internal.h"
+#include "util.h"
 
 struct env_recipient {
     ENV_RI *ri;
@@ -311,7 +312,7 @@ void env_kari_params_clear(env_kari_params *p)
         return;
     free(p->peer_point);
     free(p->shared_info);
-    free(p->wrapped_key);
+    util_secret_free(p->wrapped_key, p->wrapped_key_len);
     memset(p, 0, sizeof(*p));
 }
 
@@ -367,8 +368,8 @@ env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_
     rv = ENV_ERR_NOMEM;
     if (!(si = ENV_SHAREDINFO_new()))
         goto out;
-    X509_ALGOR_free(si->keyinfo);
-    si->keyinfo = wrap; /* keyInfo is the wrap algorithm exactly as sent */
+    X509_ALGOR_free(si->wrap_alg);
+    si->wrap_alg = wrap; /* keyInfo is the wrap algorithm exactly as sent */
     wrap = NULL;
     if (kari->ukm && !(si->entityuinfo = ASN1_OCTET_STRING_dup(kari->ukm)))
         goto out;

@@ -81,6 +81,12 @@ expect_rc $E_UNSUPPORTED dec "$W/des.der"
 if openssl cms -encrypt -recip "$W/group.pem" -rc2 -outform DER -in "$body" -out "$W/rc2.der" 2>/dev/null; then
   expect_rc $E_UNSUPPORTED dec "$W/rc2.der"
 fi
+# Key transport with an OAEP hash we do not do (SHA-384).
+openssl cms -encrypt -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 \
+  -aes-256-gcm -in "$body" -out "$W/oaep384.smime"
+$T extract-ri --cert "$W/group.pem" --in "$W/oaep384.smime" --out "$W/oaep384.ri"
+$T ri-info --ri "$W/oaep384.ri" | grep -q '^alg=unsupported' || fail "OAEP-SHA384 not reported unsupported"
+expect_rc $E_UNSUPPORTED dec "$W/oaep384.smime"
 no_output unsupported
 
 # Malformed S/MIME framing.
