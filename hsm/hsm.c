@@ -374,8 +374,12 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
             drop_sessions(ctx, false);
             break;
         case HSM_ERR_NOT_LOGGED_IN:
-            if (!ctx->want_login || pin_was_rejected(ctx))
+            if (!ctx->want_login)
                 return err;
+            if (pin_was_rejected(ctx)) {
+                hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
+                return HSM_ERR_PIN_INCORRECT;
+            }
             log_info("login lost, logging in again");
             force_login = true;
             break;
@@ -488,6 +492,13 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     if (err != HSM_OK)
         goto out;
 
+    /* A PIN this process already saw rejected by this token is refused
+     * up front, even if the token happens to be logged in already. */
+    if (ctx->want_login && pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
+        hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
+        err = HSM_ERR_PIN_INCORRECT;
+        goto out;
+    }
     /* Log in now (and keep the session pooled: the login lives as long as
      * any session of ours is open). */
     err = borrow(ctx, &s, false);

@@ -36,6 +36,7 @@
 #define T_CKR_SESSION_CLOSED 0xB0UL
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
+#define T_CKR_PIN_INCORRECT 0xA0UL
 #define T_CKA_SIGN 0x108UL
 #define T_CKA_EXTRACTABLE 0x162UL
 #define T_CKM_RSA_PKCS 0x1UL
@@ -1442,6 +1443,39 @@ static void test_device_error(void **state)
     rec_close(&r);
 }
 
+/* The token rejects the kept PIN on a re-login (PIN changed under a running
+ * server): the layer stops sending it. Runs LAST: the rejection is
+ * remembered for the whole process (by token and PIN), so the token's PIN
+ * is unusable for any later test in this process. */
+static void test_relogin_pin_rejected_last(void **state)
+{
+    struct rec r;
+    unsigned long logins;
+    hsm_ctx *ctx2;
+    hsm_err err;
+    (void)state;
+
+    rec_open(&r);
+    logins = testfault_calls("C_Login");
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 1), 0);
+    assert_int_equal(testfault_inject("C_Login", T_CKR_PIN_INCORRECT, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_PIN_INCORRECT);
+    assert_int_equal(testfault_calls("C_Login"), logins + 1);
+    /* Login lost again: refused at once, C_Login not called. */
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_PIN_INCORRECT);
+    assert_non_null(strstr(hsm_last_error_detail(), "not attempted"));
+    assert_int_equal(testfault_calls("C_Login"), logins + 1);
+    /* The session that is still logged in keeps working meanwhile. */
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    /* And a new context with that PIN is refused without a C_Login. */
+    ctx2 = open_with(testtoken_p11fault_module(), pinsrc, 0, &err);
+    assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
+    assert_null(ctx2);
+    assert_int_equal(testfault_calls("C_Login"), logins + 1);
+    rec_close(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1471,6 +1505,7 @@ int main(void)
         cmocka_unit_test_teardown(test_concurrent_recovery, t_teardown),
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
+        cmocka_unit_test_teardown(test_relogin_pin_rejected_last, t_teardown), /* keep last */
     };
     /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every C_* call. */
     if (getenv("HSM_TEST_FILTER") != NULL)
