@@ -114,7 +114,13 @@ env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_
 void env_kari_params_clear(env_kari_params *p);
 
 /* Client-side helpers: recover the content key from an RI with a key the
- * caller holds (own key file; or a group secret key version). */
+ * caller holds (own key file; or a group secret key version).
+ * with_pkey: KTRI (RSA-OAEP SHA-1/SHA-256, PKCS#1 v1.5) or KARI (software
+ * ECDH, X9.63 KDF, AES unwrap); cert, when given, must be named by the RI
+ * (else ENV_ERR_NO_RECIPIENT) and picks the KARI RecipientEncryptedKey.
+ * ENV_ERR_KEY when the key does not decrypt, ENV_ERR_UNSUPPORTED for other
+ * algorithms (e.g. OAEP with SHA-384). kekri: RFC 3394 or RFC 5649 unwrap;
+ * ENV_ERR_KEY for a wrong or wrong-length KEK. cek gets at most cekcap bytes. */
 env_err env_recipient_decrypt_with_pkey(const env_recipient *ri, X509 *cert, EVP_PKEY *pkey,
                                         unsigned char *cek, size_t cekcap, size_t *ceklen);
 env_err env_recipient_decrypt_kekri(const env_recipient *ri, const unsigned char *kek, size_t keklen,
