@@ -14,6 +14,7 @@ not measured shows as "not measured", never as an estimate.
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -103,19 +104,26 @@ def main():
           "p11rate through `p11-kit-client.so`. Targets: groupsrv/p11rate >= 0.85, "
           "groupsrv/p11-kit >= 2.")
         w("")
+        diag = any(r["variant"] == "keepalive-nodelay" for r in rows)
         for k in keys:
             w(f"**{k}**")
             w("")
-            w("| conns / threads | p11rate | groupsrv | p11-kit server | groupsrv / p11rate | groupsrv / p11-kit | p50 ms | p99 ms |")
-            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            extra_h = " groupsrv, TCP_NODELAY forced (diagnosis) | its ratio to p11rate |" if diag else ""
+            extra_s = " ---: | ---: |" if diag else ""
+            w("| conns / threads | p11rate | groupsrv | p11-kit server | groupsrv / p11rate | groupsrv / p11-kit | p50 ms | p99 ms |" + extra_h)
+            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + extra_s)
             dat = []
             for c in concs:
                 a = rate("p11rate", "softhsm", k, c)
                 g = rate("unwrap-load", "keepalive", k, c)
                 p = rate("p11rate", "p11-kit-server", k, c)
                 gr = get("unwrap-load", "keepalive", k, c)
+                extra = ""
+                if diag:
+                    n = rate("unwrap-load", "keepalive-nodelay", k, c)
+                    extra = f" {fmt(n)} | {ratio(n, a)} |"
                 w(f"| {c} | {fmt(a)} | {fmt(g)} | {fmt(p)} | {ratio(g, a)} | {ratio(g, p)} | "
-                  f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |")
+                  f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |" + extra)
                 dat.append(f"{c} {a if a is not None else '-'} {g if g is not None else '-'} "
                            f"{p if p is not None else '-'}")
             w("")
@@ -213,6 +221,29 @@ def main():
         else:
             w("not measured")
             w("")
+
+    prof = os.path.join(rdir, "profile.txt")
+    if os.path.exists(prof):
+        w("### Where the server's CPU goes (perf, 2 keep-alive connections)")
+        w("")
+        w("Inclusive share of the server process's CPU samples for groupsrv's own functions and the "
+          "library calls they make (`perf report --children`; full list in "
+          "`bench/results/latest/profile.txt`):")
+        w("")
+        w("```")
+        want = ("api_route", "handle", "authorise", "unwrap_item", "hsm_decrypt_content_key", "hsm_ecdh", "hsm_rewrap", "C_Decrypt",
+                "RSA_setup_blinding", "gs_group_load", "hsm_key_find", "C_FindObjects", "C_GetAttributeValue",
+                "gs_cert_parse", "audit_append", "fdatasync", "srv_require_cert", "X509_verify_cert",
+                "gs_store_member_get", "sqlite3_step", "SSL_write", "SSL_read", "json_loadb", "json_dumps")
+        seen = set()
+        with open(prof) as f:
+            for line in f:
+                m = re.match(r"\s*([\d.]+%)\s+[\d.]+%\s+\[.\]\s+(\S+)", line)
+                if m and m.group(2) in want and m.group(2) not in seen:
+                    seen.add(m.group(2))
+                    w(f"{m.group(1):>8}  {m.group(2)}")
+        w("```")
+        w("")
 
     rss = read_csv(os.path.join(rdir, "rss.csv"))
     w("### Server memory (VmRSS)")
