@@ -45,9 +45,9 @@ struct hsm_ctx {
     /* The session pool. */
     pthread_mutex_t pool_mu;
     pthread_cond_t pool_cv;
-    hsm_session *idle;  /* stack of idle sessions */
+    hsm_session *idle; /* stack of idle sessions */
     unsigned n_idle;
-    unsigned n_open;    /* idle + borrowed */
+    unsigned n_open; /* idle + borrowed */
     unsigned max_sessions;
     unsigned sess_epoch; /* bumped on token loss: older sessions are dead */
     bool token_lost;     /* DEVICE_REMOVED seen: re-find the token before use */
@@ -82,7 +82,7 @@ struct hsm_key {
  * hsm_err. The raw CK_RV of the last call in this thread is hsm_last_rv(). */
 hsm_err hsm_p11_done(const char *fn, CK_RV rv);
 CK_RV hsm_p11_missing(const char *fn);
-#define P11(ctx, fn, ...)                                                                            \
+#define P11(ctx, fn, ...)                                                                                    \
     hsm_p11_done(#fn, (ctx)->fl->fn != NULL ? (ctx)->fl->fn(__VA_ARGS__) : hsm_p11_missing(#fn))
 
 CK_RV hsm_last_rv(void);
@@ -122,8 +122,8 @@ hsm_err hsm_get_ulong(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
                       CK_ULONG *out);
 /* Imports an RSA public key (DER SPKI) as a session object usable for
  * C_WrapKey; caller destroys *h. */
-hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki,
-                               size_t spki_len, CK_OBJECT_HANDLE *h);
+hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
+                               CK_OBJECT_HANDLE *h);
 void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h);
 
 #endif

@@ -348,7 +348,8 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
             memcpy(key->id, a->pValue, a->ulValueLen);
             key->id_len = a->ulValueLen;
         }
-        if ((a = p11_kit_uri_get_attribute(uri, CKA_CLASS)) != NULL && a->ulValueLen == sizeof(CK_OBJECT_CLASS)) {
+        if ((a = p11_kit_uri_get_attribute(uri, CKA_CLASS)) != NULL &&
+            a->ulValueLen == sizeof(CK_OBJECT_CLASS)) {
             CK_OBJECT_CLASS c;
             memcpy(&c, a->pValue, sizeof(c));
             if (cls != 0 && c != key->cls) {
@@ -587,7 +588,8 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_KEY_TYPE kt = spec->type == HSM_KEYTYPE_RSA ? CKK_RSA : CKK_EC;
     CK_ULONG modbits = spec->bits;
     unsigned char e65537[] = {0x01, 0x00, 0x01};
-    CK_MECHANISM mech = {spec->type == HSM_KEYTYPE_RSA ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_MECHANISM mech = {spec->type == HSM_KEYTYPE_RSA ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN,
+                         NULL, 0};
     CK_MECHANISM_TYPE mechs[8];
     CK_ULONG nmechs = pair_mechs(spec, mechs);
     /* Keys unwrapped with this key are born sensitive, whatever the caller asks. */
@@ -691,7 +693,8 @@ hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key 
 {
     struct gen_arg ga;
     hsm_err err;
-    const unsigned known = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_DERIVE | HSM_USE_PKCS1V15;
+    const unsigned known =
+        HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_DERIVE | HSM_USE_PKCS1V15;
 
     if (pub != NULL)
         *pub = NULL;
@@ -957,11 +960,13 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     /* The value itself must not be readable (only its length is asked). */
     if (out->cls != HSM_CLASS_PUBLIC) {
         hsm_err_save(&sv);
-        if (P11(ctx, C_GetAttributeValue, s, h, &va, 1) == HSM_OK && va.ulValueLen != CK_UNAVAILABLE_INFORMATION)
+        if (P11(ctx, C_GetAttributeValue, s, h, &va, 1) == HSM_OK &&
+            va.ulValueLen != CK_UNAVAILABLE_INFORMATION)
             out->value_readable = true;
         if (out->type == HSM_KEYTYPE_RSA) {
             CK_ATTRIBUTE pa = {CKA_PRIVATE_EXPONENT, NULL, 0};
-            if (P11(ctx, C_GetAttributeValue, s, h, &pa, 1) == HSM_OK && pa.ulValueLen != CK_UNAVAILABLE_INFORMATION)
+            if (P11(ctx, C_GetAttributeValue, s, h, &pa, 1) == HSM_OK &&
+                pa.ulValueLen != CK_UNAVAILABLE_INFORMATION)
                 out->value_readable = true;
         }
         hsm_err_restore(&sv);

@@ -18,8 +18,8 @@
 #include "util.h"
 #include "hsm_internal.h"
 
-#define CT_MAX 2048       /* encrypted key: RSA up to 16384 bits */
-#define RSA_OUT_MAX 2048  /* wrap/sign output of an RSA key up to 16384 bits */
+#define CT_MAX 2048      /* encrypted key: RSA up to 16384 bits */
+#define RSA_OUT_MAX 2048 /* wrap/sign output of an RSA key up to 16384 bits */
 #define RECIPIENTS_MAX 4096
 #define SIGN_DATA_MAX (1024u * 1024u)
 
@@ -154,7 +154,8 @@ static hsm_err ir_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_in
         goto out;
     err = P11(ctx, C_SignInit, s, &hm, rk);
     if (err == HSM_OK)
-        err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, mac, &maclen);
+        err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, mac,
+                  &maclen);
     if (err != HSM_OK)
         goto out;
     if (maclen != sizeof(mac)) {
@@ -331,8 +332,8 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
         oaep_params(kt_hash(in->alg), &op);
         if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
             return err;
-        err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, t,
-                  n, ck);
+        err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key,
+                  (CK_ULONG)in->encrypted_key_len, t, n, ck);
         /* An AES-typed unwrap of a wrong-length plaintext is a decryption failure too. */
         if (err == HSM_ERR_ARGS && kt == CKK_AES)
             err = HSM_ERR_DECRYPT;
@@ -429,7 +430,8 @@ static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
         goto out;
     for (i = 0; i < ra->n; i++) {
-        err = wrap_to_spki(ctx, s, ck, ra->out_hash, ra->spki[i], ra->spki_len[i], &ra->outs[i], &ra->lens[i]);
+        err =
+            wrap_to_spki(ctx, s, ck, ra->out_hash, ra->spki[i], ra->spki_len[i], &ra->outs[i], &ra->lens[i]);
         if (err != HSM_OK)
             goto out;
     }
@@ -556,8 +558,9 @@ static hsm_err op_wrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     return wrap_to_spki(ctx, s, h, wa->hash, wa->spki, wa->spki_len, &wa->out, &wa->outlen);
 }
 
-hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash, const unsigned char *spki,
-                                      size_t spki_len, unsigned char **out, size_t *outlen)
+hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash,
+                                      const unsigned char *spki, size_t spki_len, unsigned char **out,
+                                      size_t *outlen)
 {
     struct wrapsec_arg wa = {secret, hash, spki, spki_len, NULL, 0};
     hsm_err err;
@@ -598,11 +601,16 @@ static hsm_err op_ecdh(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
     CK_ULONG kek_len = in->kek_len;
     CK_ATTRIBUTE kt[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},           {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)}, {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)}, {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},   {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)}, {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)},
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
     };
     /* Method F hands the key out anyway: a readable session object. */
     CK_ATTRIBUTE ct[] = {
@@ -661,8 +669,8 @@ out:
     return err;
 }
 
-hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in, unsigned char *out, size_t outcap,
-                                     size_t *outlen)
+hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in, unsigned char *out,
+                                     size_t outcap, size_t *outlen)
 {
     struct ecdh_arg ea = {in, out, outcap, 0};
     hsm_err err;

@@ -135,7 +135,8 @@ const char *hsm_ckr_name(CK_RV rv)
         if (ckr_names[i].rv == rv)
             return ckr_names[i].name;
     if (rv & CKR_VENDOR_DEFINED)
-        snprintf(unknown, sizeof(unknown), "CKR_VENDOR_DEFINED+0x%lx", (unsigned long)(rv & ~CKR_VENDOR_DEFINED));
+        snprintf(unknown, sizeof(unknown), "CKR_VENDOR_DEFINED+0x%lx",
+                 (unsigned long)(rv & ~CKR_VENDOR_DEFINED));
     else
         snprintf(unknown, sizeof(unknown), "CKR_0x%lx", (unsigned long)rv);
     return unknown;

@@ -249,7 +249,8 @@ static CK_RV fw_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reser
     return real->C_WaitForSlotEvent(flags, slot, reserved);
 }
 
-static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count)
+static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list,
+                                   unsigned long *count)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GetMechanismList, &rv_))
@@ -259,7 +260,8 @@ static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechan
     return real->C_GetMechanismList(slot_id, mechanism_list, count);
 }
 
-static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, struct _CK_MECHANISM_INFO *info)
+static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type,
+                                   struct _CK_MECHANISM_INFO *info)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GetMechanismInfo, &rv_))
@@ -269,7 +271,8 @@ static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, s
     return real->C_GetMechanismInfo(slot_id, type, info);
 }
 
-static CK_RV fw_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label)
+static CK_RV fw_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len,
+                            unsigned char *label)
 {
     CK_RV rv_;
     if (fault_take(FW_C_InitToken, &rv_))
@@ -289,7 +292,8 @@ static CK_RV fw_C_InitPIN(CK_SESSION_HANDLE session, unsigned char *pin, unsigne
     return real->C_InitPIN(session, pin, pin_len);
 }
 
-static CK_RV fw_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len)
+static CK_RV fw_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len,
+                         unsigned char *new_pin, unsigned long new_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SetPIN, &rv_))
@@ -299,7 +303,8 @@ static CK_RV fw_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsi
     return real->C_SetPIN(session, old_pin, old_len, new_pin, new_len);
 }
 
-static CK_RV fw_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify, CK_SESSION_HANDLE *session)
+static CK_RV fw_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify,
+                              CK_SESSION_HANDLE *session)
 {
     CK_RV rv_;
     if (fault_take(FW_C_OpenSession, &rv_))
@@ -339,7 +344,8 @@ static CK_RV fw_C_GetSessionInfo(CK_SESSION_HANDLE session, struct _CK_SESSION_I
     return real->C_GetSessionInfo(session, info);
 }
 
-static CK_RV fw_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len)
+static CK_RV fw_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state,
+                                    unsigned long *operation_state_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GetOperationState, &rv_))
@@ -349,17 +355,21 @@ static CK_RV fw_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *op
     return real->C_GetOperationState(session, operation_state, operation_state_len);
 }
 
-static CK_RV fw_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key)
+static CK_RV fw_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state,
+                                    unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key,
+                                    CK_OBJECT_HANDLE authentiation_key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SetOperationState, &rv_))
         return rv_;
     if (real == NULL || real->C_SetOperationState == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key, authentiation_key);
+    return real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key,
+                                     authentiation_key);
 }
 
-static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len)
+static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin,
+                        unsigned long pin_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Login, &rv_))
@@ -379,7 +389,8 @@ static CK_RV fw_C_Logout(CK_SESSION_HANDLE session)
     return real->C_Logout(session);
 }
 
-static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object)
+static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count,
+                               CK_OBJECT_HANDLE *object)
 {
     CK_RV rv_;
     if (fault_take(FW_C_CreateObject, &rv_))
@@ -389,7 +400,8 @@ static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *
     return real->C_CreateObject(session, templ, count, object);
 }
 
-static CK_RV fw_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object)
+static CK_RV fw_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ,
+                             unsigned long count, CK_OBJECT_HANDLE *new_object)
 {
     CK_RV rv_;
     if (fault_take(FW_C_CopyObject, &rv_))
@@ -419,7 +431,8 @@ static CK_RV fw_C_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE obje
     return real->C_GetObjectSize(session, object, size);
 }
 
-static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
+static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
+                                    struct _CK_ATTRIBUTE *templ, unsigned long count)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GetAttributeValue, &rv_))
@@ -432,7 +445,8 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
     return rv_;
 }
 
-static CK_RV fw_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
+static CK_RV fw_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object,
+                                    struct _CK_ATTRIBUTE *templ, unsigned long count)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SetAttributeValue, &rv_))
@@ -452,7 +466,8 @@ static CK_RV fw_C_FindObjectsInit(CK_SESSION_HANDLE session, struct _CK_ATTRIBUT
     return real->C_FindObjectsInit(session, templ, count);
 }
 
-static CK_RV fw_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count)
+static CK_RV fw_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object,
+                              unsigned long max_object_count, unsigned long *object_count)
 {
     CK_RV rv_;
     if (fault_take(FW_C_FindObjects, &rv_))
@@ -472,7 +487,8 @@ static CK_RV fw_C_FindObjectsFinal(CK_SESSION_HANDLE session)
     return real->C_FindObjectsFinal(session);
 }
 
-static CK_RV fw_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+static CK_RV fw_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                              CK_OBJECT_HANDLE key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_EncryptInit, &rv_))
@@ -482,7 +498,8 @@ static CK_RV fw_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
     return real->C_EncryptInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len)
+static CK_RV fw_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
+                          unsigned char *encrypted_data, unsigned long *encrypted_data_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Encrypt, &rv_))
@@ -492,7 +509,8 @@ static CK_RV fw_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsign
     return real->C_Encrypt(session, data, data_len, encrypted_data, encrypted_data_len);
 }
 
-static CK_RV fw_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+static CK_RV fw_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len,
+                                unsigned char *encrypted_part, unsigned long *encrypted_part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_EncryptUpdate, &rv_))
@@ -502,7 +520,8 @@ static CK_RV fw_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, 
     return real->C_EncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
 }
 
-static CK_RV fw_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len)
+static CK_RV fw_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_encrypted_part,
+                               unsigned long *last_encrypted_part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_EncryptFinal, &rv_))
@@ -512,7 +531,8 @@ static CK_RV fw_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_en
     return real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
 }
 
-static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                              CK_OBJECT_HANDLE key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptInit, &rv_))
@@ -522,7 +542,8 @@ static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
     return real->C_DecryptInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
+static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data,
+                          unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Decrypt, &rv_))
@@ -532,7 +553,9 @@ static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_da
     return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
 }
 
-static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part,
+                                unsigned long encrypted_part_len, unsigned char *part,
+                                unsigned long *part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptUpdate, &rv_))
@@ -542,7 +565,8 @@ static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encryp
     return real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
 }
 
-static CK_RV fw_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len)
+static CK_RV fw_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part,
+                               unsigned long *last_part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptFinal, &rv_))
@@ -562,7 +586,8 @@ static CK_RV fw_C_DigestInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
     return real->C_DigestInit(session, mechanism);
 }
 
-static CK_RV fw_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len)
+static CK_RV fw_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
+                         unsigned char *digest, unsigned long *digest_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Digest, &rv_))
@@ -612,7 +637,8 @@ static CK_RV fw_C_SignInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mech
     return real->C_SignInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
+static CK_RV fw_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
+                       unsigned char *signature, unsigned long *signature_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Sign, &rv_))
@@ -642,7 +668,8 @@ static CK_RV fw_C_SignFinal(CK_SESSION_HANDLE session, unsigned char *signature,
     return real->C_SignFinal(session, signature, signature_len);
 }
 
-static CK_RV fw_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+static CK_RV fw_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                                  CK_OBJECT_HANDLE key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SignRecoverInit, &rv_))
@@ -652,7 +679,8 @@ static CK_RV fw_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANIS
     return real->C_SignRecoverInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
+static CK_RV fw_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
+                              unsigned char *signature, unsigned long *signature_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SignRecover, &rv_))
@@ -672,7 +700,8 @@ static CK_RV fw_C_VerifyInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
     return real->C_VerifyInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len)
+static CK_RV fw_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
+                         unsigned char *signature, unsigned long signature_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_Verify, &rv_))
@@ -692,7 +721,8 @@ static CK_RV fw_C_VerifyUpdate(CK_SESSION_HANDLE session, unsigned char *part, u
     return real->C_VerifyUpdate(session, part, part_len);
 }
 
-static CK_RV fw_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len)
+static CK_RV fw_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature,
+                              unsigned long signature_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_VerifyFinal, &rv_))
@@ -702,7 +732,8 @@ static CK_RV fw_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signatur
     return real->C_VerifyFinal(session, signature, signature_len);
 }
 
-static CK_RV fw_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
+static CK_RV fw_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                                    CK_OBJECT_HANDLE key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_VerifyRecoverInit, &rv_))
@@ -712,7 +743,8 @@ static CK_RV fw_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHAN
     return real->C_VerifyRecoverInit(session, mechanism, key);
 }
 
-static CK_RV fw_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len)
+static CK_RV fw_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signature,
+                                unsigned long signature_len, unsigned char *data, unsigned long *data_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_VerifyRecover, &rv_))
@@ -722,7 +754,8 @@ static CK_RV fw_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signat
     return real->C_VerifyRecover(session, signature, signature_len, data, data_len);
 }
 
-static CK_RV fw_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+static CK_RV fw_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len,
+                                      unsigned char *encrypted_part, unsigned long *encrypted_part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DigestEncryptUpdate, &rv_))
@@ -732,7 +765,9 @@ static CK_RV fw_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *
     return real->C_DigestEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
 }
 
-static CK_RV fw_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+static CK_RV fw_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part,
+                                      unsigned long encrypted_part_len, unsigned char *part,
+                                      unsigned long *part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptDigestUpdate, &rv_))
@@ -742,7 +777,8 @@ static CK_RV fw_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *
     return real->C_DecryptDigestUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
 }
 
-static CK_RV fw_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
+static CK_RV fw_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len,
+                                    unsigned char *encrypted_part, unsigned long *encrypted_part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_SignEncryptUpdate, &rv_))
@@ -752,7 +788,9 @@ static CK_RV fw_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *pa
     return real->C_SignEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
 }
 
-static CK_RV fw_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
+static CK_RV fw_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part,
+                                      unsigned long encrypted_part_len, unsigned char *part,
+                                      unsigned long *part_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptVerifyUpdate, &rv_))
@@ -762,7 +800,8 @@ static CK_RV fw_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *
     return real->C_DecryptVerifyUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
 }
 
-static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key)
+static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                              struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GenerateKey, &rv_))
@@ -772,17 +811,26 @@ static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
     return real->C_GenerateKey(session, mechanism, templ, count, key);
 }
 
-static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, struct _CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key)
+static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                                  struct _CK_ATTRIBUTE *public_key_template,
+                                  unsigned long public_key_attribute_count,
+                                  struct _CK_ATTRIBUTE *private_key_template,
+                                  unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key,
+                                  CK_OBJECT_HANDLE *private_key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GenerateKeyPair, &rv_))
         return rv_;
     if (real == NULL || real->C_GenerateKeyPair == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key);
+    return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count,
+                                   private_key_template, private_key_attribute_count, public_key,
+                                   private_key);
 }
 
-static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len)
+static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                          CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key,
+                          unsigned long *wrapped_key_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_WrapKey, &rv_))
@@ -792,17 +840,23 @@ static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mecha
     return real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
 }
 
-static CK_RV fw_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
+static CK_RV fw_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                            CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key,
+                            unsigned long wrapped_key_len, struct _CK_ATTRIBUTE *templ,
+                            unsigned long attribute_count, CK_OBJECT_HANDLE *key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_UnwrapKey, &rv_))
         return rv_;
     if (real == NULL || real->C_UnwrapKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key);
+    return real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ,
+                             attribute_count, key);
 }
 
-static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
+static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
+                            CK_OBJECT_HANDLE base_key, struct _CK_ATTRIBUTE *templ,
+                            unsigned long attribute_count, CK_OBJECT_HANDLE *key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DeriveKey, &rv_))
@@ -822,7 +876,8 @@ static CK_RV fw_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, uns
     return real->C_SeedRandom(session, seed, seed_len);
 }
 
-static CK_RV fw_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len)
+static CK_RV fw_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random_data,
+                                 unsigned long random_len)
 {
     CK_RV rv_;
     if (fault_take(FW_C_GenerateRandom, &rv_))
@@ -851,7 +906,6 @@ static CK_RV fw_C_CancelFunction(CK_SESSION_HANDLE session)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
     return real->C_CancelFunction(session);
 }
-
 
 /* ---- fault table -------------------------------------------------------- */
 

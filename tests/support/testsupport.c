@@ -82,7 +82,8 @@ int testtoken_make(const char *label, char *dir_out, size_t cap)
     if (label == NULL || *label == '\0' || strlen(label) > 32 || dir_out == NULL)
         return -1;
     if (stat(GS_SOFTHSM2_MODULE, &st) != 0) {
-        fprintf(stderr, "testtoken_make: SoftHSM module %s missing (run scripts/setup)\n", GS_SOFTHSM2_MODULE);
+        fprintf(stderr, "testtoken_make: SoftHSM module %s missing (run scripts/setup)\n",
+                GS_SOFTHSM2_MODULE);
         return -1;
     }
     for (i = 0; label[i] != '\0' && n < sizeof(safe) - 1; i++)

@@ -51,11 +51,11 @@ static char tokdir[512];
 static char pinsrc[600];
 
 /* Keys made once in the group setup. */
-#define GRP_RSA "grp-rsa"      /* OAEP only: DECRYPT|UNWRAP */
-#define GRP_V15 "grp-v15"      /* DECRYPT|UNWRAP|PKCS1V15 */
-#define GRP_REJ "grp-reject"   /* HMAC key for implicit rejection */
-#define GRP_KEK "grp-kek"      /* AES-256, WRAP, extractable (to learn it) */
-#define GRP_GSK "grp-gsk"      /* AES-256, WRAP, not extractable */
+#define GRP_RSA "grp-rsa"    /* OAEP only: DECRYPT|UNWRAP */
+#define GRP_V15 "grp-v15"    /* DECRYPT|UNWRAP|PKCS1V15 */
+#define GRP_REJ "grp-reject" /* HMAC key for implicit rejection */
+#define GRP_KEK "grp-kek"    /* AES-256, WRAP, extractable (to learn it) */
+#define GRP_GSK "grp-gsk"    /* AES-256, WRAP, not extractable */
 
 /* Every context a test opens is tracked, so that the per-test teardown
  * closes it even when an assertion fails half-way: a context left open
@@ -136,8 +136,8 @@ static EVP_PKEY *export_pub(hsm_ctx *ctx, hsm_key *k)
 }
 
 /* RSA encryption in software: OAEP (md = "SHA1"/"SHA256") or v1.5 (md NULL). */
-static size_t rsa_encrypt(EVP_PKEY *pk, const char *md, const unsigned char *in, size_t inlen, unsigned char *out,
-                          size_t cap)
+static size_t rsa_encrypt(EVP_PKEY *pk, const char *md, const unsigned char *in, size_t inlen,
+                          unsigned char *out, size_t cap)
 {
     EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(pk, NULL);
     size_t outlen = cap;
@@ -193,8 +193,8 @@ static int group_setup(void **state)
     hsm_err err;
     hsm_key *k = NULL;
     hsm_keygen_spec rsa = {GRP_RSA, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
-    hsm_keygen_spec v15 = {GRP_V15, NULL, 0, HSM_KEYTYPE_RSA, 2048,
-                           HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15, false};
+    hsm_keygen_spec v15 = {
+        GRP_V15, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15, false};
     hsm_keygen_spec rej = {GRP_REJ, NULL, 0, HSM_KEYTYPE_GENERIC_SECRET, 256, HSM_USE_SIGN, false};
     hsm_keygen_spec kek = {GRP_KEK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, true};
     hsm_keygen_spec gsk = {GRP_GSK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
@@ -214,7 +214,8 @@ static int group_setup(void **state)
     for (size_t i = 0; i < 2; i++) {
         err = hsm_generate_keypair(ctx, specs[i], NULL, NULL);
         if (err != HSM_OK) {
-            fprintf(stderr, "keypair %s: %s %s\n", specs[i]->label, hsm_strerror(err), hsm_last_error_detail());
+            fprintf(stderr, "keypair %s: %s %s\n", specs[i]->label, hsm_strerror(err),
+                    hsm_last_error_detail());
             t_close(ctx);
             return -1;
         }
@@ -404,7 +405,10 @@ static void test_find(void **state)
     (void)state;
 
     ctx = open_ok(testtoken_softhsm_module(), 0);
-    k = find_ok(ctx, "pkcs11:" "token=" TOKEN_LABEL ";object=" GRP_RSA ";type=private", 0);
+    k = find_ok(ctx,
+                "pkcs11:"
+                "token=" TOKEN_LABEL ";object=" GRP_RSA ";type=private",
+                0);
     assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
     assert_int_equal(ki.cls, HSM_CLASS_PRIVATE);
     hsm_key_free(k);
@@ -717,7 +721,8 @@ static size_t aes_unwrap(const unsigned char kek[32], bool pad, const unsigned c
 
     assert_non_null(c);
     EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-    assert_int_equal(EVP_DecryptInit_ex(c, pad ? EVP_aes_256_wrap_pad() : EVP_aes_256_wrap(), NULL, kek, NULL), 1);
+    assert_int_equal(
+        EVP_DecryptInit_ex(c, pad ? EVP_aes_256_wrap_pad() : EVP_aes_256_wrap(), NULL, kek, NULL), 1);
     assert_int_equal(EVP_DecryptUpdate(c, out, &l1, in, (int)inlen), 1);
     assert_int_equal(EVP_DecryptFinal_ex(c, out + l1, &l2), 1);
     EVP_CIPHER_CTX_free(c);
@@ -884,14 +889,16 @@ static void test_implicit_rejection(void **state)
     in.encrypted_key = ct;
     in.encrypted_key_len = ctlen;
     in.expected_len = 32;
-    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens), HSM_OK);
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens),
+                     HSM_OK);
     n = rsa_decrypt_oaep(r, "SHA1", outs[0], lens[0], a, sizeof(a));
     assert_int_equal(n, 32);
     assert_memory_equal(a, cek, 32);
     free(outs[0]);
     ct[5] ^= 0x80;
     assert_int_equal(hsm_decrypt_content_key(ctx, &in, b, sizeof(b), &bl), HSM_OK);
-    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens), HSM_OK);
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens),
+                     HSM_OK);
     n = rsa_decrypt_oaep(r, "SHA1", outs[0], lens[0], a, sizeof(a));
     assert_int_equal(n, 32);
     assert_memory_equal(a, b, 32);
@@ -922,7 +929,8 @@ static void test_implicit_rejection(void **state)
 
 /* ---- signing, EC, ECDH --------------------------------------------------------------- */
 
-static void verify_sig(EVP_PKEY *pk, const unsigned char *data, size_t len, const unsigned char *sig, size_t siglen)
+static void verify_sig(EVP_PKEY *pk, const unsigned char *data, size_t len, const unsigned char *sig,
+                       size_t siglen)
 {
     EVP_MD_CTX *m = EVP_MD_CTX_new();
     assert_non_null(m);
@@ -949,7 +957,8 @@ static void test_sign(void **state)
     ctx = open_ok(testtoken_softhsm_module(), 0);
     assert_int_equal(hsm_generate_keypair(ctx, &rs, NULL, &priv), HSM_OK);
     pk = export_pub(ctx, priv);
-    assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_RSA_PKCS1_SHA256, data, sizeof(data), &sig, &siglen), HSM_OK);
+    assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_RSA_PKCS1_SHA256, data, sizeof(data), &sig, &siglen),
+                     HSM_OK);
     assert_int_equal(siglen, 256);
     verify_sig(pk, data, sizeof(data), sig, siglen);
     free(sig);
@@ -1022,7 +1031,8 @@ static void test_ecdh(void **state)
 
     peer = testkey_ec("P-256");
     assert_non_null(peer);
-    assert_int_equal(EVP_PKEY_get_octet_string_param(peer, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &plen), 1);
+    assert_int_equal(
+        EVP_PKEY_get_octet_string_param(peer, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point), &plen), 1);
     memset(wrapped, 0xa5, sizeof(wrapped));
     memset(&in, 0, sizeof(in));
     in.group_key = priv;
