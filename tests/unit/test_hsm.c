@@ -237,6 +237,9 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
+    /* Every context is closed by now; HSM_TEST_KEEP=1 keeps the token. */
+    if (getenv("HSM_TEST_KEEP") == NULL && tokdir[0] != '\0')
+        testtoken_remove(tokdir);
     return 0;
 }
 
@@ -1517,7 +1520,8 @@ int main(void)
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
         cmocka_unit_test_teardown(test_relogin_pin_rejected_last, t_teardown), /* keep last */
     };
-    /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every C_* call. */
+    /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every
+     * C_* call; HSM_TEST_KEEP=1 keeps the token directory. */
     if (getenv("HSM_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("HSM_TEST_FILTER"));
     log_init("test_hsm", getenv("HSM_TEST_DEBUG") != NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN, NULL);
