@@ -319,6 +319,13 @@ static void release(hsm_ctx *ctx, hsm_session *s, hsm_err err)
         close_session(ctx, s->h);
 }
 
+static _Thread_local bool tls_taint;
+
+void hsm_taint_session(void)
+{
+    tls_taint = true;
+}
+
 static bool stale_handle_rv(CK_RV rv)
 {
     return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
@@ -344,8 +351,13 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
 
         err = borrow(ctx, &s, force_login);
         from_borrow = err != HSM_OK;
-        if (!from_borrow)
+        if (!from_borrow) {
+            tls_taint = false;
             err = op(ctx, s.h, arg);
+            if (tls_taint)
+                s.broken = true;
+            tls_taint = false;
+        }
         rv = hsm_last_rv();
         if (!from_borrow || s.h != 0)
             release(ctx, &s, err);

@@ -266,6 +266,58 @@ hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in, unsign
     return HSM_OK;
 }
 
+/* ---- probing a key transport algorithm -------------------------------------- */
+
+struct check_arg {
+    hsm_key *key;
+    hsm_kt_alg alg;
+};
+
+static hsm_err op_check(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct check_arg *ca = arg;
+    CK_RSA_PKCS_OAEP_PARAMS op;
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    CK_OBJECT_HANDLE h;
+    hsm_err err;
+
+    if ((err = hsm_key_handle(ctx, s, ca->key, &h)) != HSM_OK)
+        return err;
+    if (ca->alg == HSM_KT_RSA_PKCS1V15) {
+        m.mechanism = CKM_RSA_PKCS;
+        m.pParameter = NULL;
+        m.ulParameterLen = 0;
+    } else {
+        oaep_params(kt_hash(ca->alg), &op);
+    }
+    err = P11(ctx, C_DecryptInit, s, &m, h);
+    if (err == HSM_OK) {
+        /* PKCS#11 2.40 has no way to cancel: the session is closed instead. */
+        hsm_taint_session();
+        return HSM_OK;
+    }
+    if (ca->alg == HSM_KT_RSA_PKCS1V15) {
+        if (hsm_last_rv() == CKR_MECHANISM_INVALID) {
+            char prev[192];
+            util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+            hsm_set_detail("key or token does not allow RSA PKCS#1 v1.5 (%s)", prev);
+        }
+        return err;
+    }
+    return oaep_check(ctx, err, kt_hash(ca->alg));
+}
+
+hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
+{
+    struct check_arg ca = {group_key, alg};
+
+    hsm_clear_detail();
+    if (ctx == NULL || group_key == NULL ||
+        (alg != HSM_KT_RSA_OAEP_SHA1 && alg != HSM_KT_RSA_OAEP_SHA256 && alg != HSM_KT_RSA_PKCS1V15))
+        return HSM_ERR_ARGS;
+    return hsm_run(ctx, op_check, &ca);
+}
+
 /* ---- content key as a session object ---------------------------------------- */
 
 /* Template of a content key held in the token for re-wrapping: a session

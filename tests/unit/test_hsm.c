@@ -584,6 +584,33 @@ static void test_oaep_decrypt(void **state)
     t_close(ctx);
 }
 
+static void test_check_kt_alg(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *oaep, *v15;
+    hsm_token_info ti;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 2);
+    oaep = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    v15 = find_ok(ctx, GRP_V15, HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_check_kt_alg(ctx, oaep, HSM_KT_RSA_OAEP_SHA1), HSM_OK);
+    assert_int_equal(hsm_check_kt_alg(ctx, oaep, HSM_KT_RSA_OAEP_SHA256), HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "token does not support RSA-OAEP with SHA-256"));
+    /* CKA_ALLOWED_MECHANISMS keeps v1.5 off the OAEP-only key. */
+    assert_int_equal(hsm_check_kt_alg(ctx, oaep, HSM_KT_RSA_PKCS1V15), HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "PKCS#1 v1.5"));
+    assert_int_equal(hsm_check_kt_alg(ctx, v15, HSM_KT_RSA_PKCS1V15), HSM_OK);
+    /* Probing leaves no session busy: real work goes on. */
+    assert_int_equal(hsm_token_info_get(ctx, &ti), HSM_OK);
+    assert_int_equal(ti.sessions_in_use, 0);
+    assert_int_equal(hsm_check_kt_alg(ctx, oaep, HSM_KT_RSA_OAEP_SHA1), HSM_OK);
+    assert_int_equal(hsm_ping(ctx), HSM_OK);
+    hsm_key_free(oaep);
+    hsm_key_free(v15);
+    t_close(ctx);
+}
+
 static void test_oaep_sha256_unsupported(void **state)
 {
     hsm_ctx *ctx;
@@ -1502,6 +1529,7 @@ int main(void)
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
+        cmocka_unit_test_teardown(test_check_kt_alg, t_teardown),
         cmocka_unit_test_teardown(test_oaep_sha256_unsupported, t_teardown),
         cmocka_unit_test_teardown(test_rewrap_to_public, t_teardown),
         cmocka_unit_test_teardown(test_rewrap_to_secret, t_teardown),
