@@ -5,6 +5,7 @@
 #include "gm_store.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,129 @@ void gm_stored_secret_clear(gm_stored_secret *s)
 {
     OPENSSL_clear_free(s->wrapped_key, s->wrapped_key_len);
     memset(s, 0, sizeof(*s));
+}
+
+/* One listed version (gm_secret_store_list). */
+typedef struct listed_secret {
+    uint64_t version;
+    char line[2400];
+} listed_secret;
+
+static int listed_cmp(const void *a, const void *b)
+{
+    const listed_secret *x = a, *y = b;
+    return x->version < y->version ? -1 : x->version > y->version;
+}
+
+#define MAX_LISTED 4096u
+
+/* Reads every vN.json of one member directory into *v (grown, capped). */
+static int list_member_dir(const char *dir, const char *fp16, listed_secret **v, size_t *n, size_t *cap)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char path[4200];
+
+    if (d == NULL)
+        return errno == ENOENT ? 0 : -1;
+    while ((de = readdir(d)) != NULL) {
+        unsigned char *buf = NULL, *kid = NULL;
+        size_t len = 0, kidlen = 0, l = strlen(de->d_name);
+        json_t *o, *jk, *ja, *jv, *jw;
+        char hex[2 * 1024 + 1];
+        if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0 || de->d_name[0] != 'v')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
+            continue;
+        o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
+        free(buf);
+        jk = json_object_get(o, "kek_id");
+        ja = json_object_get(o, "algorithm");
+        jv = json_object_get(o, "version");
+        jw = json_object_get(o, "wrapped_key");
+        /* Only well-formed entries that still hold a wrapped key. */
+        if (json_is_string(jk) && json_is_integer(jv) && json_integer_value(jv) >= 0 && json_is_string(jw) &&
+            util_b64_decode(json_string_value(jk), json_string_length(jk), 1024, &kid, &kidlen) == UTIL_OK) {
+            if (*n == *cap) {
+                listed_secret *nv;
+                size_t ncap = *cap ? *cap * 2 : 8;
+                if (ncap > MAX_LISTED || (nv = realloc(*v, ncap * sizeof(**v))) == NULL) {
+                    free(kid);
+                    json_decref(o);
+                    closedir(d);
+                    return -1;
+                }
+                *v = nv;
+                *cap = ncap;
+            }
+            util_hex(kid, kidlen, hex);
+            (*v)[*n].version = (uint64_t)json_integer_value(jv);
+            snprintf((*v)[*n].line, sizeof((*v)[*n].line), "v%llu kek_id=%s algorithm=%s member_cert=%s",
+                     (unsigned long long)json_integer_value(jv), hex,
+                     json_is_string(ja) ? json_string_value(ja) : "?", fp16);
+            (*n)++;
+        }
+        free(kid);
+        json_decref(o);
+    }
+    closedir(d);
+    return 0;
+}
+
+long gm_secret_store_list(const gm_config *c, X509 *member_cert, FILE *out)
+{
+    char id[600], gdir[4096], mdir[4200], fp[65];
+    listed_secret *v = NULL;
+    size_t n = 0, cap = 0;
+    long rc = -1;
+    DIR *d = NULL;
+    struct dirent *de;
+
+    if (c->store == NULL || gm_store_id(c->server, c->group, id, sizeof(id)) != 0) {
+        gm_err("keys list: no store directory or group");
+        return -1;
+    }
+    /* Built by hand: listing must not create the store. */
+    snprintf(gdir, sizeof(gdir), "%s/secret-keys/%s", c->store, id);
+    if (member_cert != NULL) {
+        if (cert_sha256_hex(member_cert, fp) != 0)
+            goto out;
+        fp[16] = '\0';
+        snprintf(mdir, sizeof(mdir), "%s/%s", gdir, fp);
+        if (list_member_dir(mdir, fp, &v, &n, &cap) != 0) {
+            gm_err("cannot read %s", mdir);
+            goto out;
+        }
+    } else if ((d = opendir(gdir)) != NULL) {
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.' || strlen(de->d_name) != 16)
+                continue;
+            snprintf(mdir, sizeof(mdir), "%s/%s", gdir, de->d_name);
+            if (list_member_dir(mdir, de->d_name, &v, &n, &cap) != 0) {
+                gm_err("cannot read %s", mdir);
+                goto out;
+            }
+        }
+    } else if (errno != ENOENT) {
+        gm_err("cannot read %s: %s", gdir, strerror(errno));
+        goto out;
+    }
+    if (n > 1)
+        qsort(v, n, sizeof(*v), listed_cmp);
+    for (size_t i = 0; i < n; i++)
+        if (fprintf(out, "%s\n", v[i].line) < 0)
+            goto out;
+    if (fflush(out) != 0) {
+        gm_err("cannot write the output");
+        goto out;
+    }
+    rc = (long)n;
+out:
+    if (d != NULL)
+        closedir(d);
+    free(v);
+    return rc;
 }
 
 /* ---- membership certificates -------------------------------------------------- */

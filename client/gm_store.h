@@ -28,6 +28,12 @@ typedef struct gm_stored_secret {
 int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned char *kek_id, size_t kek_id_len,
                          gm_stored_secret *out);
 void gm_stored_secret_clear(gm_stored_secret *s);
+/* Prints the stored secret key versions of the configured group to out,
+ * one line each ("vN kek_id=HEX algorithm=ALG member_cert=FP16"), sorted
+ * by version, without unwrapping anything: only member_cert's directory,
+ * or every member certificate's when NULL. Creates nothing. Returns the
+ * number of versions listed, or -1 after printing an error. */
+long gm_secret_store_list(const gm_config *c, X509 *member_cert, FILE *out);
 
 typedef struct gm_mcert {
     X509 *cert;

@@ -37,7 +37,7 @@ static void usage(FILE *f)
           "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE] [--in FILE]\n"
           "  certify    --server URL --group G --cert FILE --key FILE\n"
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
-          "  keys list  --server URL --group G\n"
+          "  keys list  --server URL --group G [--cert FILE]\n"
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
           "        --timeout SECONDS -v/--verbose -q/--quiet\n"
@@ -837,8 +837,19 @@ static int cmd_keys(gm_config *c, const char *sub)
         rc = keys_sync(c, &r, mcert);
         if (rc == GM_EXIT_OK)
             printf("synced secret keys of %s\n", c->group);
+    } else if (strcmp(sub, "list") == 0) {
+        long n;
+        if (need(c->server, "--server URL") || need(c->group, "--group G"))
+            return GM_EXIT_USAGE;
+        /* --cert narrows the list to the keys wrapped to that certificate. */
+        if (c->cert != NULL && (mcert = gm_read_cert_file(c->cert)) == NULL)
+            return GM_EXIT_ERROR;
+        n = gm_secret_store_list(c, mcert, stdout);
+        rc = n < 0 ? GM_EXIT_ERROR : GM_EXIT_OK;
+        if (n == 0)
+            gm_progress(c, "no secret keys stored for group %s (run groupmail keys sync)", c->group);
     } else {
-        gm_err("keys: only 'sync' is implemented");
+        gm_err("keys: unknown subcommand '%s' (sync or list)", sub);
         rc = GM_EXIT_USAGE;
     }
     X509_free(mcert);

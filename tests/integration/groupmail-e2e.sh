@@ -69,6 +69,20 @@ for f in "$gm_home"/.local/share/groupmail/secret-keys/*/*/v*.json; do
 done
 ok "stores are 0600, secret keys kept wrapped"
 
+# keys list: the synced versions from the store, nothing unwrapped, nothing created
+expect_rc 0 "keys list" -- gm keys list
+grep -Eq '^v1 kek_id=[0-9a-f]+ algorithm=RSA-OAEP(-256)? member_cert=[0-9a-f]{16}$' "$work/gm.out" ||
+  fail "keys list output: $(cat "$work/gm.out")"
+nlisted=$(wc -l < "$work/gm.out")
+nstored=$(ls "$gm_home"/.local/share/groupmail/secret-keys/*/*/v*.json | wc -l)
+[ "$nlisted" = "$nstored" ] || fail "keys list shows $nlisted versions, the store has $nstored"
+expect_rc 0 "keys list --cert (alice's directory only)" -- as alice keys list
+[ "$(wc -l < "$work/gm.out")" -ge 1 ] || fail "keys list --cert lists nothing for alice"
+expect_rc 0 "keys list on an empty store" -- gm keys list --store "$work/empty-store"
+[ ! -s "$work/gm.out" ] || fail "keys list on an empty store printed: $(cat "$work/gm.out")"
+[ ! -e "$work/empty-store" ] || fail "keys list created the store"
+expect_rc 2 "keys with an unknown subcommand" -- gm keys frob
+
 # local-key (option C): the group key on "our own" token (here: the server's token)
 expect_rc 0 "decrypt --via local-key" -- gm decrypt --via local-key \
   --group-key "pkcs11:token=groupsrv;object=gs:group:eng:v1;type=private" --pin-source "$work/token/user-pin" \
