@@ -695,7 +695,8 @@ static int job_group_ri(job *j)
         gm_err("no message");
         return GM_EXIT_USAGE;
     }
-    if ((rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
+    /* local-key may have loaded it already: loading again would leak it */
+    if (j->group_cert == NULL && (rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
         return rc;
     if ((e = env_message_find_recipient(j->msg, j->group_cert, &idx)) != ENV_OK) {
         if (e == ENV_ERR_NO_RECIPIENT)
