@@ -19,13 +19,11 @@ n=$(grep -c '^```sh$' "$SRC/docs/curl-recipes.md")
 mkdir -p "$work/recipes"
 out=$(cd "$work/recipes" && env SERVER="$base" CERTSRV="$cbase" GROUP=eng CACERT="$certs/tca.pem" \
   CERT="$certs/alice@example.org.pem" KEY="$certs/alice@example.org.key" MSG="$work/msg.der" \
-  P11_MODULE="$module" \
+  P11_MODULE="$module" GROUP_KEY_LABEL="gs:group:eng:v1" GROUP_TOKEN_PIN="$(cat "$work/token/user-pin")" \
   bash "$script" 2>&1) || fail "recipes failed: $(tail -n 20 <<<"$out")"
 grep -q RECIPES-DONE <<<"$out" || fail "recipes did not finish"
-# The option C block is not run here: pkcs11-tool 0.23 gets
-# CKR_KEY_FUNCTION_NOT_PERMITTED from SoftHSM on the server's group key
-# (CKA_ALLOWED_MECHANISMS = RSA-PKCS-OAEP); groupmail-e2e covers local-key.
-for f in cek-e.bin cek-g.bin cek-s.bin; do
+# Option C runs on the server's own token (SOFTHSM2_CONF from server-lib.sh).
+for f in cek-e.bin cek-g.bin cek-s.bin cek-c.bin; do
   cmp -s "$work/recipes/cek.bin" "$work/recipes/$f" || fail "recipe result $f differs from the F key"
 done
 ok "all $n recipe blocks of docs/curl-recipes.md ran as written"
