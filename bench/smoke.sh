@@ -114,5 +114,19 @@ echo "tool,variant,key,conc,ops,errors,seconds,ops_per_s,p50_ms,p90_ms,p99_ms,cp
 grep -q "groupsrv / p11rate" "$work/docs/performance.md" || die "report.py wrote no table"
 [ -s "$work/docs/perf-throughput-rsa2048.png" ] || die "no throughput plot"
 echo "ok: report.py and gnuplot"
+# Part 2 tooling: a 10-member list in group-secret and forward mode.
+if [ -x "$BIN/exploder" ]; then
+  LISTS=(10)
+  PGP_N=(3)
+  source "$top/bench/lib-exploder.sh"
+  mkdir -p "$work/x"
+  exploder_bench "$work/x"
+  awk -F, 'NR > 1 && ($6 != 10 || ($1 == "group-secret" && $7 != 1) || ($1 == "forward" && $7 != 0)) {bad = 1}
+    END {exit bad}' "$work/x/exploder.csv" || die "exploder bench: $(cat "$work/x/exploder.csv")"
+  [ "$(wc -l < "$work/x/sizes.csv")" = 2 ] || die "sizes.csv: $(cat "$work/x/sizes.csv")"
+  echo "ok: exploder bench (10 delivered per mode, 1 rewrap call in group-secret mode)"
+else
+  die "exploder binary missing: $BIN/exploder"
+fi
 gs_server_stop
 echo "bench smoke: all passed"
