@@ -154,6 +154,13 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     }
     free(v);
     v = NULL;
+    /* our copy back through another list, which replaced our List-Id */
+    if (mail_been_there((const char *)data, hdr_end, l->address)) {
+        log_warn("refused: mail loop list=%s", l->address);
+        fprintf(stderr, "exploder: mail loop: message already went through %s (X-BeenThere)\n", l->address);
+        ex = XP_EX_DATAERR;
+        goto out;
+    }
     /* envelope sender: the MTA's (--sender ${sender}), else Return-Path */
     if (sender_arg != NULL) {
         /* The MTA's null sender may come as "", "<>" or MAILER-DAEMON: all

@@ -208,6 +208,28 @@ xp_err mail_list_id(const char *list_addr, char *out, size_t outsz)
     return XP_OK;
 }
 
+bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
+{
+    static const char name[] = "X-BeenThere";
+    size_t pos = 0, start, end, nlen, want = sizeof(name) - 1;
+    char addr[MAIL_MAX_ADDR + 1];
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
+        char *v;
+        bool hit;
+        if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
+            continue;
+        /* each occurrence on its own: mail_header_get only finds the first */
+        if ((v = mail_header_get(hdrs + start, end - start, name)) == NULL)
+            continue;
+        hit = mail_addr_spec(v, addr, sizeof(addr)) == XP_OK && strcasecmp(addr, list_addr) == 0;
+        free(v);
+        if (hit)
+            return true;
+    }
+    return false;
+}
+
 static bool is_dropped(const char *name, size_t n)
 {
     if (n >= 5 && strncasecmp(name, "List-", 5) == 0)
@@ -220,7 +242,7 @@ static bool is_dropped(const char *name, size_t n)
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
                          size_t *outlen)
 {
-    char id[MAIL_MAX_ADDR + 1], local[MAIL_MAX_ADDR + 1], ours[4 * MAIL_MAX_ADDR + 256];
+    char id[MAIL_MAX_ADDR + 1], local[MAIL_MAX_ADDR + 1], ours[5 * MAIL_MAX_ADDR + 256];
     const char *eol = crlf ? "\r\n" : "\n";
     const char *at;
     size_t pos = 0, start, end, nlen, o, cap;
@@ -239,8 +261,9 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
                  "List-Id: <%s>%s"
                  "List-Post: <mailto:%s>%s"
                  "List-Unsubscribe: <mailto:%s-request%s?subject=unsubscribe>%s"
-                 "Precedence: list%s",
-                 id, eol, list_addr, eol, local, at, eol, eol);
+                 "Precedence: list%s"
+                 "X-BeenThere: %s%s",
+                 id, eol, list_addr, eol, local, at, eol, eol, list_addr, eol);
     if (n < 0 || (size_t)n >= sizeof(ours))
         return XP_ERR_TOO_LARGE;
     if (len > MAIL_MAX_HEADER_BLOCK * 4u)

@@ -45,13 +45,21 @@ bool mail_addr_valid(const char *s);
  * "eng.lists.example.org". */
 xp_err mail_list_id(const char *list_addr, char *out, size_t outsz);
 
-/* The header block to send: our List-Id, List-Post, List-Unsubscribe and
- * Precedence first, then hdrs[0, len) without any incoming List-* or
- * Precedence header (a sender must not be able to forge them). Newlines as
- * crlf says. len may be 0. *out is NUL-terminated and ends with a newline
- * (the blank separator line is NOT included). */
+/* The header block to send: our List-Id, List-Post, List-Unsubscribe,
+ * Precedence and X-BeenThere first, then hdrs[0, len) without any incoming
+ * List-* or Precedence header (a sender must not be able to forge them).
+ * Incoming X-BeenThere headers are kept: they are the trail that lets a
+ * list see its own copy come back through another list, which has replaced
+ * our List-Id with its own. Newlines as crlf says. len may be 0. *out is
+ * NUL-terminated and ends with a newline (the blank separator line is NOT
+ * included). */
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
                          size_t *outlen);
+
+/* True if any X-BeenThere header of hdrs[0, len) names list_addr (an
+ * addr-spec, compared case-insensitively): the message went through this
+ * list already (the Mailman convention, kept by other list managers). */
+bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 
 /* Lower-cases the domain part in place (local parts are case-sensitive in
  * theory; we compare them case-insensitively like every list manager). */

@@ -3,7 +3,7 @@
 # code the MTA needs, and leaves nothing half-written in the spool:
 #   malformed mail -> 65, unencrypted -> 77, encrypted to another key -> 77,
 #   unknown list -> 67, non-member on a members-only list -> 77,
-#   too large -> 65, mail loop (our own List-Id) -> 65,
+#   too large -> 65, mail loop (our own List-Id, or our X-BeenThere) -> 65,
 #   spool not writable -> 75 (the MTA keeps the mail).
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
@@ -44,6 +44,10 @@ head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.o
 expect 65 $L "$W/big"
 { echo "List-Id: Eng <eng.lists.example.org>"; cat "$W/good.eml"; } >"$W/loop.eml"
 expect 65 $L "$W/loop.eml"
+# our copy back through another list that replaced our List-Id with its own
+{ printf 'List-Id: <other.lists.example.org>\nX-BeenThere: other@lists.example.org\nX-BeenThere: %s\n' $L
+  cat "$W/good.eml"; } >"$W/loop2.eml"
+expect 65 $L "$W/loop2.eml"
 
 # a spool that cannot be written: temporary failure, never "accepted"
 chmod 0500 "$W/spool/msg"

@@ -106,13 +106,36 @@ static void test_list_headers(void **state)
                              "List-Post: <mailto:eng@lists.example.org>\n"
                              "List-Unsubscribe: <mailto:eng-request@lists.example.org?subject=unsubscribe>\n"
                              "Precedence: list\n"
+                             "X-BeenThere: eng@lists.example.org\n"
                              "From: a@b.org\nSubject: s\n");
     assert_int_equal(len, strlen(out));
     free(out);
     /* CRLF in, CRLF out; a block without its last newline gets one */
     assert_int_equal(mail_list_headers("To: x@y.org", 11, "l@d.org", true, &out, &len), XP_OK);
-    assert_non_null(strstr(out, "Precedence: list\r\nTo: x@y.org\r\n"));
+    assert_non_null(strstr(out, "X-BeenThere: l@d.org\r\nTo: x@y.org\r\n"));
     free(out);
+    /* another list's X-BeenThere is kept (the loop trail), List-Id is not */
+    h = "X-BeenThere: other@lists.example.org\nList-Id: <other.lists.example.org>\nSubject: s\n";
+    assert_int_equal(mail_list_headers(h, strlen(h), "eng@lists.example.org", false, &out, &len), XP_OK);
+    assert_non_null(strstr(out, "X-BeenThere: other@lists.example.org\n"));
+    assert_null(strstr(out, "<other.lists.example.org>"));
+    assert_true(mail_been_there(out, len, "eng@lists.example.org"));
+    assert_true(mail_been_there(out, len, "OTHER@lists.example.org"));
+    free(out);
+}
+
+static void test_been_there(void **state)
+{
+    (void)state;
+    /* any occurrence counts, not only the first; folded values too */
+    const char *h = "From: a@b.org\nX-BeenThere: x@lists.example.org\nX-BeenThere:\n eng@lists.example.org\n";
+    assert_true(mail_been_there(h, strlen(h), "eng@lists.example.org"));
+    assert_true(mail_been_there(h, strlen(h), "x@lists.example.org"));
+    assert_false(mail_been_there(h, strlen(h), "eng2@lists.example.org"));
+    assert_false(mail_been_there(h, strlen(h), "ng@lists.example.org"));
+    h = "X-BeenThereNot: eng@lists.example.org\nSubject: eng@lists.example.org\n";
+    assert_false(mail_been_there(h, strlen(h), "eng@lists.example.org"));
+    assert_false(mail_been_there("", 0, "eng@lists.example.org"));
 }
 
 static void test_backoff(void **state)
@@ -288,7 +311,7 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
-        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
