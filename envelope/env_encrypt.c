@@ -33,6 +33,17 @@ static env_err write_all(BIO *b, const void *p, size_t n)
     return ENV_OK;
 }
 
+/* BIO_read that tells the end of the input from a read error: 0 at EOF
+ * (or a retryable "no data now"), -1 on an error. Without this a failing
+ * input would be encrypted, truncated, as if it were the whole message. */
+static int read_in(BIO *in, void *buf, int len)
+{
+    int r = BIO_read(in, buf, len);
+    if (r > 0)
+        return r;
+    return r < 0 && !BIO_should_retry(in) ? -1 : 0;
+}
+
 /* Plaintext writer; for MIME input, bare LF becomes CRLF (RFC 8551 sec 3.1.1
  * canonical form), which is what every S/MIME reader expects inside. */
 typedef struct ptw {
@@ -115,8 +126,12 @@ static env_err read_header_block(BIO *in, unsigned char **buf, size_t *hdrlen, s
             b = t;
             cap *= 2;
         }
-        r = BIO_read(in, b + n, (int)(cap - n));
-        if (r <= 0) { /* no body: the whole input is headers */
+        r = read_in(in, b + n, (int)(cap - n));
+        if (r < 0) {
+            free(b);
+            return ENV_ERR_IO;
+        }
+        if (r == 0) { /* no body: the whole input is headers */
             *hdrlen = n;
             goto done;
         }
@@ -260,9 +275,11 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
     /* Streaming: the RecipientInfos and header go out now, the content as
      * we write it, the tag (GCM) on flush. */
     rv = ENV_ERR_CRYPTO;
-    if (!hdr) /* look ahead: is there any content at all? */
-        firstlen = BIO_read(in, buf, ENC_CHUNK);
-    if (!hdr && firstlen <= 0) {
+    if (!hdr && (firstlen = read_in(in, buf, ENC_CHUNK)) < 0) { /* look ahead: any content at all? */
+        rv = ENV_ERR_IO;
+        goto out;
+    }
+    if (!hdr && firstlen == 0) {
         /* Empty content: OpenSSL 3.0 cannot stream an empty AES-GCM
          * content (no tag is produced), so encrypt it in one go. */
         BIO *empty = BIO_new(BIO_s_mem());
@@ -286,8 +303,12 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
         if (!hdr && (rv = ptw_write(&w, buf, (size_t)firstlen)) != ENV_OK)
             goto out;
         for (;;) {
-            int r = BIO_read(in, buf, ENC_CHUNK);
-            if (r <= 0)
+            int r = read_in(in, buf, ENC_CHUNK);
+            if (r < 0) {
+                rv = ENV_ERR_IO;
+                goto out;
+            }
+            if (r == 0)
                 break;
             if ((rv = ptw_write(&w, buf, (size_t)r)) != ENV_OK)
                 goto out;

@@ -159,7 +159,10 @@ static bool rd_fill(reader *r)
     n = BIO_read(r->in, r->buf, IO_CHUNK);
     if (n <= 0) {
         /* BIO_read returns <= 0 both at EOF and on error; retryable BIOs are
-         * not supported (callers hand us blocking BIOs). */
+         * not supported (callers hand us blocking BIOs). A read error is
+         * ENV_ERR_IO, not a message that looks truncated. */
+        if (n < 0 && !BIO_should_retry(r->in))
+            r->err = ENV_ERR_IO;
         r->eof = true;
         return false;
     }

@@ -640,6 +640,72 @@ static void test_bad_inputs(void **state)
     env_kari_params_clear(NULL);
 }
 
+/* An input BIO that hands out `left` bytes of 'a', then fails (an EIO
+ * from a pipe or disk: BIO_read -1, not retryable). */
+static int failing_read(BIO *b, char *buf, int len)
+{
+    long *left = BIO_get_data(b);
+    int n = *left < len ? (int)*left : len;
+    BIO_clear_retry_flags(b);
+    if (n <= 0)
+        return -1;
+    memset(buf, 'a', (size_t)n);
+    *left -= n;
+    return n;
+}
+
+static long failing_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO *failing_bio(BIO_METHOD **m, long *left)
+{
+    BIO *b;
+    assert_non_null(*m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "failing"));
+    assert_int_equal(BIO_meth_set_read(*m, failing_read), 1);
+    assert_int_equal(BIO_meth_set_ctrl(*m, failing_ctrl), 1);
+    assert_non_null(b = BIO_new(*m));
+    BIO_set_data(b, left);
+    BIO_set_init(b, 1);
+    return b;
+}
+
+/* A read error of the input is ENV_ERR_IO, never a complete-looking
+ * encryption of what came before it, nor a "truncated" message. */
+static void test_input_read_error(void **state)
+{
+    static const long sizes[] = {0, 100, 70000, 200000};
+    X509 *certs[1] = {rsa_cert};
+    (void)state;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        for (int mime = 0; mime < 2; mime++) {
+            BIO_METHOD *m = NULL;
+            long left = sizes[i];
+            BIO *in = failing_bio(&m, &left), *out = BIO_new(BIO_s_mem());
+            env_encrypt_opts o = {.input_is_mime = mime != 0};
+            assert_non_null(out);
+            assert_int_equal(env_encrypt(&o, certs, 1, in, out), ENV_ERR_IO);
+            BIO_free(in);
+            BIO_free(out);
+            BIO_meth_free(m);
+        }
+    }
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        BIO_METHOD *m = NULL;
+        long left = sizes[i];
+        BIO *in = failing_bio(&m, &left);
+        env_message *msg = NULL;
+        assert_int_equal(env_message_read(in, ENV_FORMAT_DER, 0, &msg), ENV_ERR_IO);
+        assert_null(msg);
+        BIO_free(in);
+        BIO_meth_free(m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -648,7 +714,7 @@ int main(void)
         cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
-        cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
