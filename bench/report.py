@@ -208,19 +208,25 @@ def main():
             w("")
 
         # Deliver methods.
-        dr = [r for r in rows if r["variant"].startswith("deliver-")]
         w("### Cost of each deliver method (keep-alive)")
         w("")
-        if dr:
-            tls = next((float(r["ops_per_s"]) for r in dr if r["variant"] == "deliver-tls"), None)
+        any_d = False
+        for prefix, title in (("deliver-", "as shipped"), ("deliver_nodelay-", "TCP_NODELAY forced (diagnosis)")):
+            dr = [r for r in rows if r["variant"].startswith(prefix)]
+            if not dr:
+                continue
+            any_d = True
+            tls = next((float(r["ops_per_s"]) for r in dr if r["variant"] == prefix + "tls"), None)
+            w(f"Server {title}:")
+            w("")
             w("| key | conns | deliver | unwraps/s | relative to tls | p50 ms | p99 ms | errors |")
             w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
             for r in dr:
                 v = float(r["ops_per_s"])
-                w(f"| {r['key']} | {r['conc']} | {r['variant'][8:]} | {fmt(v)} | {ratio(v, tls)} | "
+                w(f"| {r['key']} | {r['conc']} | {r['variant'][len(prefix):]} | {fmt(v)} | {ratio(v, tls)} | "
                   f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
             w("")
-        else:
+        if not any_d:
             w("not measured")
             w("")
 
