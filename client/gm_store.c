@@ -149,10 +149,29 @@ out:
     return rc;
 }
 
+/* The JSON of one stored version, dir/name, when name is "vN.json" and
+ * the file reads and parses (bounded); NULL otherwise. */
+static json_t *secret_entry_load(const char *dir, const char *name)
+{
+    char path[4200];
+    unsigned char *buf = NULL;
+    size_t len = 0, l = strlen(name);
+    json_t *o;
+
+    if (l < 6 || strcmp(name + l - 5, ".json") != 0 || name[0] != 'v')
+        return NULL;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
+        return NULL;
+    o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
+    free(buf);
+    return o;
+}
+
 int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned char *kek_id, size_t kek_id_len,
                          gm_stored_secret *out)
 {
-    char *dir = secret_dir(c, member_cert), path[4200];
+    char *dir = secret_dir(c, member_cert);
     DIR *d = NULL;
     struct dirent *de;
     int rc = -1;
@@ -161,16 +180,11 @@ int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned c
     if (dir == NULL || (d = opendir(dir)) == NULL)
         goto out;
     while ((de = readdir(d)) != NULL) {
-        unsigned char *buf = NULL, *kid = NULL;
-        size_t len = 0, kidlen = 0, l = strlen(de->d_name);
-        json_t *o = NULL;
-        if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0 || de->d_name[0] != 'v')
+        unsigned char *kid = NULL;
+        size_t kidlen = 0;
+        json_t *o = secret_entry_load(dir, de->d_name);
+        if (o == NULL)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
-            continue;
-        o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
-        free(buf);
         json_t *jk = json_object_get(o, "kek_id"), *jw = json_object_get(o, "wrapped_key"),
                *ja = json_object_get(o, "algorithm"), *jv = json_object_get(o, "version");
         if (json_is_string(jk) && json_is_string(jw) && json_is_integer(jv) &&
@@ -219,22 +233,16 @@ static int list_member_dir(const char *dir, const char *fp16, listed_secret **v,
 {
     DIR *d = opendir(dir);
     struct dirent *de;
-    char path[4200];
 
     if (d == NULL)
         return errno == ENOENT ? 0 : -1;
     while ((de = readdir(d)) != NULL) {
-        unsigned char *buf = NULL, *kid = NULL;
-        size_t len = 0, kidlen = 0, l = strlen(de->d_name);
-        json_t *o, *jk, *ja, *jv, *jw;
+        unsigned char *kid = NULL;
+        size_t kidlen = 0;
+        json_t *o = secret_entry_load(dir, de->d_name), *jk, *ja, *jv, *jw;
         char hex[2 * 1024 + 1];
-        if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0 || de->d_name[0] != 'v')
+        if (o == NULL)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
-            continue;
-        o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
-        free(buf);
         jk = json_object_get(o, "kek_id");
         ja = json_object_get(o, "algorithm");
         jv = json_object_get(o, "version");
