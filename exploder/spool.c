@@ -700,24 +700,31 @@ static xp_err msg_from_row(sqlite3_stmt *st, xp_msg **out)
     return XP_OK;
 }
 
-static xp_err msg_get(spool *s, int64_t id, xp_msg **out)
+/* Runs a bound one-message query: *out from its row, XP_ERR_NOTFOUND
+ * when none, else the DB error (what names it). Finalizes st. */
+static xp_err msg_step(spool *s, sqlite3_stmt *st, const char *what, xp_msg **out)
 {
-    sqlite3_stmt *st = NULL;
-    xp_err rc = prep(s, "SELECT " MSG_COLS " FROM messages WHERE id=?", &st);
-    int r;
-    *out = NULL;
-    if (rc != XP_OK)
-        return rc;
-    sqlite3_bind_int64(st, 1, id);
-    r = sqlite3_step(st);
+    xp_err rc;
+    int r = sqlite3_step(st);
     if (r == SQLITE_ROW)
         rc = msg_from_row(st, out);
     else if (r == SQLITE_DONE)
         rc = XP_ERR_NOTFOUND;
     else
-        rc = db_fail(s, "message get");
+        rc = db_fail(s, what);
     sqlite3_finalize(st);
     return rc;
+}
+
+static xp_err msg_get(spool *s, int64_t id, xp_msg **out)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "SELECT " MSG_COLS " FROM messages WHERE id=?", &st);
+    *out = NULL;
+    if (rc != XP_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    return msg_step(s, st, "message get", out);
 }
 
 xp_err spool_next_to_prepare(spool *s, int64_t now, xp_msg **out)
@@ -728,20 +735,11 @@ xp_err spool_next_to_prepare(spool *s, int64_t now, xp_msg **out)
                      "AND EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
                      "ORDER BY next_attempt, id LIMIT 1",
                      &st);
-    int r;
     *out = NULL;
     if (rc != XP_OK)
         return rc;
     sqlite3_bind_int64(st, 1, now);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW)
-        rc = msg_from_row(st, out);
-    else if (r == SQLITE_DONE)
-        rc = XP_ERR_NOTFOUND;
-    else
-        rc = db_fail(s, "next to prepare");
-    sqlite3_finalize(st);
-    return rc;
+    return msg_step(s, st, "next to prepare", out);
 }
 
 xp_err spool_mark_ready(spool *s, int64_t msg_id, const char *out_file)
