@@ -347,7 +347,8 @@ int main(int argc, char **argv)
     pthread_barrier_wait(&j.start);
     memset(&res, 0, sizeof(res));
     for (i = 0; i < threads; i++) {
-        pthread_join(w[i].tid, NULL);
+        if (pthread_join(w[i].tid, NULL) != 0)
+            exit(1); /* cannot happen for a joinable thread we started */
         res.ops += w[i].ops;
         res.errors += w[i].errors;
         bench_lat_merge(all, w[i].lat);

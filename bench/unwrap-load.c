@@ -183,9 +183,11 @@ static int run_phase(CURLM *m, slot *slots, const opts *o, uint64_t count, doubl
             curl_off_t appc = 0, conc = 0;
             if (msg->msg != CURLMSG_DONE)
                 continue;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+            if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) != CURLE_OK || s == NULL)
+                return -1;
             now = bench_now_ns();
-            curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &code);
+            if (curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK)
+                code = 0;
             if (msg->data.result != CURLE_OK)
                 note_error(st, "curl", s->errbuf[0] ? s->errbuf : curl_easy_strerror(msg->data.result),
                            (long)msg->data.result);
@@ -413,10 +415,13 @@ int main(int argc, char **argv)
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (m = curl_multi_init()) == NULL)
         goto out;
-    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)o.conns);
-    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)o.conns);
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)o.conns);
-    curl_multi_setopt(m, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
+    /* At most C connections, kept open between requests; HTTP/1.1 without
+     * pipelining or multiplexing: one request per connection at a time. */
+    if (curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)o.conns) != CURLM_OK ||
+        curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)o.conns) != CURLM_OK ||
+        curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)o.conns) != CURLM_OK ||
+        curl_multi_setopt(m, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING) != CURLM_OK)
+        goto out;
     if (o.mode == MODE_NEW_CONN_RESUME) {
         /* One TLS session cache for all handles: every new connection resumes. */
         if ((share = curl_share_init()) == NULL ||
