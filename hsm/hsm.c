@@ -328,8 +328,9 @@ void hsm_taint_session(void)
 
 static bool stale_handle_rv(CK_RV rv)
 {
+    /* C_UnwrapKey names a stale group key handle UNWRAPPING_KEY_HANDLE_INVALID. */
     return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
-           rv == CKR_WRAPPING_KEY_HANDLE_INVALID;
+           rv == CKR_WRAPPING_KEY_HANDLE_INVALID || rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID;
 }
 
 hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)

@@ -37,6 +37,7 @@
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
 #define T_CKR_PIN_INCORRECT 0xA0UL
+#define T_CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL
 #define T_CKA_SIGN 0x108UL
 #define T_CKA_EXTRACTABLE 0x162UL
 #define T_CKM_RSA_PKCS 0x1UL
@@ -1165,6 +1166,176 @@ static void test_concurrent(void **state)
     t_close(ctx);
 }
 
+/* ---- many failing decrypts keep the pool whole ------------------------------------ */
+
+/* What the server does with bad input at volume: random ciphertexts and
+ * OAEP ciphertexts of a key of the wrong length, through decrypt, both
+ * rewraps (trying 32/16/24 like the server) and v1.5. */
+struct fthr {
+    hsm_ctx *ctx;
+    hsm_key *priv, *v15, *rej, *kek;
+    const unsigned char *good_ct, *short_ct, *v15_ct;
+    size_t good_len, short_len, v15_len;
+    const unsigned char *spki;
+    size_t spki_len;
+    int bad;          /* answers other than the expected ones */
+    hsm_err last;
+    char detail[200];
+};
+
+#define fthr_expect(t, got, want) fthr_expect_(t, got, want, __LINE__)
+static void fthr_expect_(struct fthr *t, hsm_err got, hsm_err want, int line)
+{
+    if (got != want) {
+        t->bad++;
+        t->last = got;
+        snprintf(t->detail, sizeof(t->detail), "line %d: %s", line, hsm_last_error_detail());
+    }
+}
+
+static void *fthr_main(void *arg)
+{
+    struct fthr *t = arg;
+    unsigned char rnd[256], out[64], *w, *outs[1];
+    size_t outlen, wl, lens[1], j;
+    const size_t tries[3] = {32, 16, 24};
+    hsm_unwrap_input in;
+    int i;
+
+    for (i = 0; i < 6; i++) {
+        const unsigned char *sp[1] = {t->spki};
+        size_t sl[1] = {t->spki_len};
+        hsm_err e;
+
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+            t->bad++;
+        rnd[0] &= 0x7f; /* below the modulus, so the token tries to decrypt it */
+        memset(&in, 0, sizeof(in));
+        in.group_key = t->priv;
+        in.alg = HSM_KT_RSA_OAEP_SHA1;
+        in.encrypted_key = rnd;
+        in.encrypted_key_len = sizeof(rnd);
+        in.expected_len = 32;
+        fthr_expect(t, hsm_decrypt_content_key(t->ctx, &in, out, sizeof(out), &outlen), HSM_ERR_DECRYPT);
+        for (j = 0; j < 3; j++) {
+            in.expected_len = tries[j];
+            fthr_expect(t, hsm_rewrap_to_public_keys(t->ctx, &in, HSM_OAEP_SHA1, sp, sl, 1, outs, lens),
+                        HSM_ERR_DECRYPT);
+            w = NULL;
+            fthr_expect(t, hsm_rewrap_to_secret_key(t->ctx, &in, t->kek, &w, &wl), HSM_ERR_DECRYPT);
+            free(w);
+        }
+        /* A valid OAEP ciphertext of a 20-byte key: wrong length for every
+         * try. SoftHSM 2.6.1 cannot say so (CKA_VALUE_LEN of an unwrapped
+         * key reads 0), so success is accepted; any error must be DECRYPT. */
+        in.encrypted_key = t->short_ct;
+        in.encrypted_key_len = t->short_len;
+        for (j = 0; j < 3; j++) {
+            in.expected_len = tries[j];
+            e = hsm_rewrap_to_public_keys(t->ctx, &in, HSM_OAEP_SHA1, sp, sl, 1, outs, lens);
+            if (e == HSM_OK)
+                free(outs[0]);
+            fthr_expect(t, e == HSM_OK ? HSM_ERR_DECRYPT : e, HSM_ERR_DECRYPT);
+            w = NULL;
+            e = hsm_rewrap_to_secret_key(t->ctx, &in, t->kek, &w, &wl);
+            fthr_expect(t, e == HSM_OK ? HSM_ERR_DECRYPT : e, HSM_ERR_DECRYPT);
+            free(w);
+        }
+        /* v1.5 garbage: a substitute, never an error. */
+        in.group_key = t->v15;
+        in.alg = HSM_KT_RSA_PKCS1V15;
+        in.reject_key = t->rej;
+        in.encrypted_key = rnd;
+        in.expected_len = 32;
+        fthr_expect(t, hsm_decrypt_content_key(t->ctx, &in, out, sizeof(out), &outlen), HSM_OK);
+        /* And the good one still works in between. */
+        in.group_key = t->priv;
+        in.alg = HSM_KT_RSA_OAEP_SHA1;
+        in.reject_key = NULL;
+        in.encrypted_key = t->good_ct;
+        in.encrypted_key_len = t->good_len;
+        e = hsm_rewrap_to_public_keys(t->ctx, &in, HSM_OAEP_SHA1, sp, sl, 1, outs, lens);
+        if (e == HSM_OK)
+            free(outs[0]);
+        fthr_expect(t, e, HSM_OK);
+    }
+    return NULL;
+}
+
+static void test_failing_decrypts_keep_pool(void **state)
+{
+    hsm_ctx *ctx;
+    EVP_PKEY *pk, *r;
+    unsigned char cek[32], good[512], shortct[512], v15ct[512], *spki = NULL;
+    size_t good_len, short_len, v15_len, spki_len = 0;
+    unsigned long closes, logins;
+    struct fthr th[8];
+    pthread_t tid[8];
+    hsm_token_info ti;
+    hsm_key *priv, *v15, *rej, *kek;
+    int i;
+    (void)state;
+
+    assert_int_equal(testfault_clear(), 0);
+    ctx = open_ok(testtoken_p11fault_module(), 4);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    v15 = find_ok(ctx, GRP_V15, HSM_CLASS_PRIVATE);
+    rej = find_ok(ctx, GRP_REJ, HSM_CLASS_SECRET);
+    kek = find_ok(ctx, GRP_KEK, HSM_CLASS_SECRET);
+    pk = export_pub(ctx, priv);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    good_len = rsa_encrypt(pk, "SHA1", cek, 32, good, sizeof(good));
+    short_len = rsa_encrypt(pk, "SHA1", cek, 20, shortct, sizeof(shortct));
+    EVP_PKEY_free(pk);
+    pk = export_pub(ctx, v15);
+    v15_len = rsa_encrypt(pk, NULL, cek, 32, v15ct, sizeof(v15ct));
+    EVP_PKEY_free(pk);
+    r = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+
+    closes = testfault_calls("C_CloseSession");
+    logins = testfault_calls("C_Login");
+    for (i = 0; i < 8; i++) {
+        memset(&th[i], 0, sizeof(th[i]));
+        th[i].ctx = ctx;
+        th[i].priv = priv;
+        th[i].v15 = v15;
+        th[i].rej = rej;
+        th[i].kek = kek;
+        th[i].good_ct = good;
+        th[i].good_len = good_len;
+        th[i].short_ct = shortct;
+        th[i].short_len = short_len;
+        th[i].v15_ct = v15ct;
+        th[i].v15_len = v15_len;
+        th[i].spki = spki;
+        th[i].spki_len = spki_len;
+        assert_int_equal(pthread_create(&tid[i], NULL, fthr_main, &th[i]), 0);
+    }
+    for (i = 0; i < 8; i++)
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+    for (i = 0; i < 8; i++) {
+        if (th[i].bad)
+            fprintf(stderr, "thread %d: %d unexpected answers, last %s (%s)\n", i, th[i].bad,
+                    hsm_strerror(th[i].last), th[i].detail);
+        assert_int_equal(th[i].bad, 0);
+    }
+    /* Bad ciphertexts are the caller's problem, not the session's: no
+     * session was dropped, no new login was needed. */
+    assert_int_equal(testfault_calls("C_CloseSession"), closes);
+    assert_int_equal(testfault_calls("C_Login"), logins);
+    assert_int_equal(hsm_token_info_get(ctx, &ti), HSM_OK);
+    assert_int_equal(ti.sessions_in_use, 0);
+    assert_true(ti.sessions_idle <= 4);
+    free(spki);
+    EVP_PKEY_free(r);
+    hsm_key_free(priv);
+    hsm_key_free(v15);
+    hsm_key_free(rej);
+    hsm_key_free(kek);
+    t_close(ctx);
+}
+
 /* ---- wrong PIN, recovery, faults (through tests/p11fault) ---------------------------- */
 
 static void test_wrong_pin(void **state)
@@ -1483,6 +1654,40 @@ static void test_device_error(void **state)
     rec_close(&r);
 }
 
+/* C_UnwrapKey reports a stale group key handle as
+ * CKR_UNWRAPPING_KEY_HANDLE_INVALID (not OBJECT/KEY_HANDLE_INVALID): the
+ * key is found again and the call succeeds, and the session is kept. */
+static void test_recover_stale_unwrap_handle(void **state)
+{
+    struct rec r;
+    EVP_PKEY *rk;
+    unsigned char *spki = NULL, *outs[1] = {NULL};
+    size_t spki_len = 0, lens[1] = {0};
+    unsigned long closes, finds;
+    hsm_err err;
+    (void)state;
+
+    rec_open(&r);
+    rk = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(rk, &spki, &spki_len), 0);
+    const unsigned char *sp[1] = {spki};
+    assert_int_equal(hsm_rewrap_to_public_keys(r.ctx, &r.in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens), HSM_OK);
+    free(outs[0]);
+    closes = testfault_calls("C_CloseSession");
+    finds = testfault_calls("C_FindObjectsInit");
+    assert_int_equal(testfault_inject("C_UnwrapKey", T_CKR_UNWRAPPING_KEY_HANDLE_INVALID, 1), 0);
+    err = hsm_rewrap_to_public_keys(r.ctx, &r.in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens);
+    if (err != HSM_OK)
+        fprintf(stderr, "rewrap: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    free(outs[0]);
+    assert_true(testfault_calls("C_FindObjectsInit") > finds); /* found again */
+    assert_int_equal(testfault_calls("C_CloseSession"), closes);
+    free(spki);
+    EVP_PKEY_free(rk);
+    rec_close(&r);
+}
+
 /* The token rejects the kept PIN on a re-login (PIN changed under a running
  * server): the layer stops sending it. Runs LAST: the rejection is
  * remembered for the whole process (by token and PIN), so the token's PIN
@@ -1537,12 +1742,14 @@ int main(void)
         cmocka_unit_test_teardown(test_sign, t_teardown),
         cmocka_unit_test_teardown(test_ecdh, t_teardown),
         cmocka_unit_test_teardown(test_concurrent, t_teardown),
+        cmocka_unit_test_teardown(test_failing_decrypts_keep_pool, t_teardown),
         cmocka_unit_test_teardown(test_wrong_pin, t_teardown),
         cmocka_unit_test_teardown(test_recover_session_closed, t_teardown),
         cmocka_unit_test_teardown(test_recover_session_invalid, t_teardown),
         cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
+        cmocka_unit_test_teardown(test_recover_stale_unwrap_handle, t_teardown),
         cmocka_unit_test_teardown(test_concurrent_recovery, t_teardown),
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
