@@ -190,7 +190,8 @@ typedef struct hsm_unwrap_input {
     hsm_kt_alg alg;
     const unsigned char *encrypted_key;
     size_t encrypted_key_len;
-    size_t expected_len;              /* content key length: 16, 24 or 32 (needed for v1.5) */
+    size_t expected_len;              /* content key length: 16, 24 or 32 (needed for v1.5);
+                                         0 (OAEP) = whatever length the plaintext has */
     hsm_key *reject_key;              /* HMAC key for implicit rejection (v1.5 only) */
 } hsm_unwrap_input;
 
@@ -208,7 +209,11 @@ hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in,
  * so the content key never enters our memory. outs[i] is allocated (caller
  * frees), lens[i] set. One unwrap for all n recipients (n <= 4096).
  * Recipient keys must be RSA, 2048..16384 bits (else HSM_ERR_PUBLIC_KEY);
- * on any failure every outs[i] is NULL. With HSM_KT_RSA_PKCS1V15 the key
+ * on any failure every outs[i] is NULL. expected_len 0 (OAEP) unwraps the
+ * key at its own length: callers need not guess. A wrong non-zero
+ * expected_len is HSM_ERR_DECRYPT only on tokens that report CKA_VALUE_LEN
+ * of unwrapped keys (SoftHSM 2.6.1 does not; there the key is wrapped out
+ * at its real length). With HSM_KT_RSA_PKCS1V15 the key
  * is decrypted into memory (implicit rejection needs the bytes) and then
  * imported as the session key. */
 hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
@@ -218,7 +223,10 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
 
 /* Group-secret method: unwrap as above, wrap with AES key wrap under a
  * token AES key: RFC 3394 (CKM_AES_KEY_WRAP) when the key length is a
- * multiple of 8, else RFC 5649 (CKM_AES_KEY_WRAP_PAD). Caller frees *out. */
+ * multiple of 8, else RFC 5649 (CKM_AES_KEY_WRAP_PAD). expected_len 0
+ * works as above; when the token does not report the length, RFC 3394 is
+ * used (CMS content keys are 16, 24 or 32 bytes) and *outlen - 8 is the
+ * key length. Caller frees *out. */
 hsm_err hsm_rewrap_to_secret_key(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_key *kek,
                                  unsigned char **out, size_t *outlen);
 

@@ -399,10 +399,15 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
         /* SoftHSM 2.6.1 does not set CKA_VALUE_LEN on unwrapped keys (reads
          * back 0) and refuses it in the unwrap template
          * (CKR_ATTRIBUTE_READ_ONLY), so there the length cannot be checked
-         * without reading the key, which we never do: trust expected_len. */
+         * without reading the key, which we never do: trust expected_len.
+         * With expected_len 0 the key was unwrapped as a generic secret of
+         * the plaintext's own length; *klen 0 then means "not known", and
+         * the wrap steps cope (OAEP wraps any length; the AES wrap learns
+         * it from its output). OAEP already proved the plaintext is what
+         * the sender wrapped, so nothing is lost by not knowing. */
         if (vlen == 0)
             vlen = el;
-        if (vlen == 0 || (el != 0 && vlen != el)) {
+        if (el != 0 && vlen != el) {
             hsm_destroy_session_obj(ctx, s, ck);
             hsm_set_detail("decrypted key has the wrong length");
             return HSM_ERR_DECRYPT;
@@ -541,10 +546,20 @@ static hsm_err op_rewrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         goto out;
     if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
         goto out;
-    /* RFC 3394 needs whole 64-bit blocks (and at least two); else RFC 5649. */
-    if (klen % 8 != 0 || klen < 16)
+    /* RFC 3394 needs whole 64-bit blocks (and at least two); else RFC 5649.
+     * Length not known (expected_len 0 on a token that does not report
+     * CKA_VALUE_LEN): RFC 3394 first, as every CMS content key (AES, 3DES)
+     * is 16, 24 or 32 bytes; a token that refuses the length gets RFC 5649. */
+    if (klen != 0 && (klen % 8 != 0 || klen < 16))
         m.mechanism = CKM_AES_KEY_WRAP_PAD;
     err = P11(ctx, C_WrapKey, s, &m, kek, ck, buf, &len);
+    if (err != HSM_OK && klen == 0 &&
+        (hsm_last_rv() == CKR_KEY_SIZE_RANGE || hsm_last_rv() == CKR_DATA_LEN_RANGE ||
+         hsm_last_rv() == CKR_WRAPPED_KEY_LEN_RANGE)) {
+        m.mechanism = CKM_AES_KEY_WRAP_PAD;
+        len = sizeof(buf);
+        err = P11(ctx, C_WrapKey, s, &m, kek, ck, buf, &len);
+    }
     if (err != HSM_OK)
         goto out;
     if ((ra->out = malloc(len)) == NULL) {

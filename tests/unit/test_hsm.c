@@ -45,6 +45,8 @@
 #define T_CKM_RSA_PKCS_OAEP 0x9UL
 #define T_CKM_ECDH1_DERIVE 0x1050UL
 
+#define GS_TEST_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
 #define TOKEN_LABEL "hsmtest"
 #define TOKEN_URI "pkcs11:token=" TOKEN_LABEL
 
@@ -844,6 +846,80 @@ static void test_rewrap_to_secret(void **state)
     hsm_key_free(priv);
     hsm_key_free(kek);
     hsm_key_free(gsk);
+    t_close(ctx);
+}
+
+/* expected_len 0: the content key is unwrapped at its own length (no
+ * guessing 32/16/24 by the caller) and re-wrapped exactly, to public keys
+ * and under an AES key (RFC 3394), on a token (SoftHSM 2.6.1) that does
+ * not report CKA_VALUE_LEN of unwrapped keys. */
+static void test_rewrap_any_length(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv, *kek;
+    EVP_PKEY *pk, *r;
+    unsigned char kekv[32], cek[32], ct[512], got[64], *spki = NULL, *outs[1], *w;
+    size_t ctlen, spki_len = 0, lens[1], wl, n, i;
+    const size_t sizes[] = {16, 24, 32, 20};
+    hsm_unwrap_input in;
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    kek = find_ok(ctx, GRP_KEK, HSM_CLASS_SECRET);
+    pk = export_pub(ctx, priv);
+    learn_kek(ctx, kek, kekv);
+    r = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+    const unsigned char *sp[1] = {spki};
+
+    for (i = 0; i < GS_TEST_ARRAY_LEN(sizes); i++) {
+        assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+        ctlen = rsa_encrypt(pk, "SHA1", cek, sizes[i], ct, sizeof(ct));
+        memset(&in, 0, sizeof(in));
+        in.group_key = priv;
+        in.alg = HSM_KT_RSA_OAEP_SHA1;
+        in.encrypted_key = ct;
+        in.encrypted_key_len = ctlen;
+        in.expected_len = 0;
+
+        err = hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens);
+        if (err != HSM_OK)
+            fprintf(stderr, "rewrap %zu: %s (%s)\n", sizes[i], hsm_strerror(err), hsm_last_error_detail());
+        assert_int_equal(err, HSM_OK);
+        n = rsa_decrypt_oaep(r, "SHA1", outs[0], lens[0], got, sizeof(got));
+        assert_int_equal(n, sizes[i]);
+        assert_memory_equal(got, cek, sizes[i]);
+        free(outs[0]);
+
+        if (sizes[i] % 8 != 0)
+            continue; /* no CMS content key has such a length; see ops.c */
+        w = NULL;
+        err = hsm_rewrap_to_secret_key(ctx, &in, kek, &w, &wl);
+        if (err != HSM_OK)
+            fprintf(stderr, "rewrap secret %zu: %s (%s)\n", sizes[i], hsm_strerror(err), hsm_last_error_detail());
+        assert_int_equal(err, HSM_OK);
+        assert_int_equal(wl, sizes[i] + 8);
+        n = aes_unwrap(kekv, false, w, wl, got);
+        assert_int_equal(n, sizes[i]);
+        assert_memory_equal(got, cek, sizes[i]);
+        free(w);
+    }
+    /* A ciphertext that does not decrypt is still HSM_ERR_DECRYPT. */
+    ct[0] ^= 0x40;
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, &spki_len, 1, outs, lens),
+                     HSM_ERR_DECRYPT);
+    assert_null(outs[0]);
+    w = NULL;
+    assert_int_equal(hsm_rewrap_to_secret_key(ctx, &in, kek, &w, &wl), HSM_ERR_DECRYPT);
+    assert_null(w);
+
+    free(spki);
+    EVP_PKEY_free(r);
+    EVP_PKEY_free(pk);
+    hsm_key_free(priv);
+    hsm_key_free(kek);
     t_close(ctx);
 }
 
@@ -1738,6 +1814,7 @@ int main(void)
         cmocka_unit_test_teardown(test_oaep_sha256_unsupported, t_teardown),
         cmocka_unit_test_teardown(test_rewrap_to_public, t_teardown),
         cmocka_unit_test_teardown(test_rewrap_to_secret, t_teardown),
+        cmocka_unit_test_teardown(test_rewrap_any_length, t_teardown),
         cmocka_unit_test_teardown(test_implicit_rejection, t_teardown),
         cmocka_unit_test_teardown(test_sign, t_teardown),
         cmocka_unit_test_teardown(test_ecdh, t_teardown),
