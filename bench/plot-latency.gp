@@ -1,7 +1,7 @@
 # Latency distribution at 80% of peak throughput, one line per key type.
 # gnuplot -e "outfile='docs/perf-latency.png'; files='a.dat b.dat'; names='rsa2048 rsa3072'" plot-latency.gp
 # each file: percentile latency_ms (whitespace separated)
-set terminal pngcairo size 800,500 font ",10"
+set terminal pngcairo size 800,500 font ",10" noenhanced
 set output outfile
 set title "groupsrv unwrap latency at 80% of peak, open loop, keep-alive (64 connections)"
 set xlabel "percentile"

@@ -124,12 +124,12 @@ def main():
                     extra = f" {fmt(n)} | {ratio(n, a)} |"
                 w(f"| {c} | {fmt(a)} | {fmt(g)} | {fmt(p)} | {ratio(g, a)} | {ratio(g, p)} | "
                   f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |" + extra)
-                dat.append(f"{c} {a if a is not None else '-'} {g if g is not None else '-'} "
-                           f"{p if p is not None else '-'}")
+                nd = rate("unwrap-load", "keepalive-nodelay", k, c)
+                dat.append(" ".join(str(v) if v is not None else "-" for v in (c, a, g, p, nd)))
             w("")
             datf = os.path.join(rdir, f"plot-throughput-{k}.dat")
             with open(datf, "w") as f:
-                f.write("# conc p11rate groupsrv p11kit\n" + "\n".join(dat) + "\n")
+                f.write("# conc p11rate groupsrv p11kit groupsrv-nodelay\n" + "\n".join(dat) + "\n")
             png = os.path.join(ddir, f"perf-throughput-{k}.png")
             subprocess.run(["gnuplot", "-e", f"datafile='{datf}'; keyname='{k}'; outfile='{png}'",
                             os.path.join(here, "plot-throughput.gp")], check=True)
