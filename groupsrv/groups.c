@@ -472,12 +472,17 @@ out:
     return err;
 }
 
-static gs_err make_secret_key(hsm_ctx *hsm, const char *label)
+/* Generates a symmetric key on the token with exactly the given use, reads
+ * its attributes back and destroys it again if `check` finds a problem
+ * (tokens may add usages). `what` names it in errors. */
+static gs_err make_sym_key(hsm_ctx *hsm, const char *label, hsm_key_type type, unsigned usage, bool extractable,
+                           const char *(*check)(const hsm_key_info *), const char *what)
 {
     hsm_keygen_spec ks;
     hsm_key *k = NULL;
     hsm_key_info info;
     const char *problem;
+    char doing[64];
     gs_err err;
     hsm_err he;
 
@@ -486,17 +491,19 @@ static gs_err make_secret_key(hsm_ctx *hsm, const char *label)
         return err;
     memset(&ks, 0, sizeof(ks));
     ks.label = label;
-    ks.type = HSM_KEYTYPE_AES;
+    ks.type = type;
     ks.bits = 256;
-    ks.usage = HSM_USE_WRAP;
-    ks.extractable = true; /* only ever leaves wrapped (GET secret-keys) */
+    ks.usage = usage;
+    ks.extractable = extractable;
     he = hsm_generate_secret_key(hsm, &ks, &k);
-    if (he != HSM_OK)
-        return hsm_fail(he, "generating secret key", label);
+    if (he != HSM_OK) {
+        (void)snprintf(doing, sizeof(doing), "generating %s", what);
+        return hsm_fail(he, doing, label);
+    }
     he = hsm_key_get_info(hsm, k, &info);
     if (he != HSM_OK) {
         err = hsm_fail(he, "reading attributes of", label);
-    } else if ((problem = check_secret_key(&info)) != NULL) {
+    } else if ((problem = check(&info)) != NULL) {
         err = gs_err_set(GS_ERR_POLICY, "new key %s: %s", label, problem);
     }
     if (err)
@@ -505,36 +512,17 @@ static gs_err make_secret_key(hsm_ctx *hsm, const char *label)
     return err;
 }
 
+/* AES-256 group secret key: only ever leaves wrapped (GET secret-keys). */
+static gs_err make_secret_key(hsm_ctx *hsm, const char *label)
+{
+    return make_sym_key(hsm, label, HSM_KEYTYPE_AES, HSM_USE_WRAP, true, check_secret_key, "secret key");
+}
+
+/* HMAC key for PKCS#1 v1.5 implicit rejection: never leaves. */
 static gs_err make_reject_key(hsm_ctx *hsm, const char *label)
 {
-    hsm_keygen_spec ks;
-    hsm_key *k = NULL;
-    hsm_key_info info;
-    const char *problem;
-    gs_err err;
-    hsm_err he;
-
-    err = label_free(hsm, label);
-    if (err)
-        return err;
-    memset(&ks, 0, sizeof(ks));
-    ks.label = label;
-    ks.type = HSM_KEYTYPE_GENERIC_SECRET;
-    ks.bits = 256;
-    ks.usage = HSM_USE_SIGN;
-    he = hsm_generate_secret_key(hsm, &ks, &k);
-    if (he != HSM_OK)
-        return hsm_fail(he, "generating rejection key", label);
-    he = hsm_key_get_info(hsm, k, &info);
-    if (he != HSM_OK) {
-        err = hsm_fail(he, "reading attributes of", label);
-    } else if ((problem = check_reject_key(&info)) != NULL) {
-        err = gs_err_set(GS_ERR_POLICY, "new key %s: %s", label, problem);
-    }
-    if (err)
-        (void)hsm_key_destroy(hsm, k);
-    hsm_key_free(k);
-    return err;
+    return make_sym_key(hsm, label, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, check_reject_key,
+                        "rejection key");
 }
 
 static gs_err issue_group_cert(const gs_ca *ca, hsm_ctx *hsm, const struct gs_config *cfg, const char *name,
