@@ -257,6 +257,8 @@ def main():
     w("### Server memory (VmRSS)")
     w("")
     if rss:
+        w("In the run above (the same server process served every groupsrv row first):")
+        w("")
         w("| requests served | RSS (KiB) |")
         w("| ---: | ---: |")
         for r in rss:
@@ -264,6 +266,25 @@ def main():
         w("")
     else:
         w("not measured")
+        w("")
+
+    mdir = os.path.join(os.path.dirname(os.path.abspath(rdir)), "memory")
+    mrss = read_csv(os.path.join(mdir, "rss.csv"))
+    if mrss:
+        mm = {}
+        with open(os.path.join(mdir, "machine.txt")) as f:
+            for line in f:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    mm[k] = v
+        w(f"Longer memory run (`./bench/run --part memory`, {mm.get('date_utc', '?')}, commit "
+          f"`{mm.get('git', '?')}`, `{mm.get('args', '')}`; its own server process, RSA-2048 group, "
+          "8 keep-alive connections):")
+        w("")
+        w("| requests served | RSS (KiB) |")
+        w("| ---: | ---: |")
+        for r in mrss:
+            w(f"| {int(r['requests']):,} | {int(r['rss_kb']):,} |")
         w("")
 
     ex = read_csv(os.path.join(rdir, "exploder.csv"))
