@@ -1,9 +1,11 @@
 /* util.c: see util.h. */
+#define _GNU_SOURCE /* O_TMPFILE, linkat, strndup */
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +116,8 @@ out:
 struct util_atomic_file {
     FILE *fp;
     char *path;
-    char *tmp;
+    char *tmp; /* named temp file (mkstemp fallback); NULL while unnamed */
+    bool unnamed; /* O_TMPFILE: invisible until committed */
 };
 
 static int fsync_parent_dir(const char *path)
@@ -141,10 +144,22 @@ static int fsync_parent_dir(const char *path)
     return rc;
 }
 
+/* The directory part of path ("." if none), malloc'd. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
 int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)
 {
     util_atomic_file *af = NULL;
     int rc = UTIL_E_NOMEM, fd = -1;
+    char *dir = NULL;
     size_t n;
 
     *afp = NULL;
@@ -152,18 +167,27 @@ int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)
         return UTIL_E_ARGS;
     if ((af = calloc(1, sizeof(*af))) == NULL)
         goto out;
-    if ((af->path = strdup(path)) == NULL)
+    if ((af->path = strdup(path)) == NULL || (dir = dir_of(path)) == NULL)
         goto out;
-    n = strlen(path) + sizeof(".tmp.XXXXXX");
-    if ((af->tmp = malloc(n)) == NULL)
-        goto out;
-    snprintf(af->tmp, n, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(af->tmp);
-    if (fd < 0) {
-        free(af->tmp);
-        af->tmp = NULL;
-        rc = UTIL_E_IO;
-        goto out;
+#ifdef O_TMPFILE
+    /* An unnamed file: a crash, kill -9 or Ctrl-C before commit leaves
+     * nothing behind (no half-written plaintext or spool file). */
+    fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
+    if (fd >= 0)
+        af->unnamed = true;
+#endif
+    if (fd < 0) { /* filesystem without O_TMPFILE: a named temp file */
+        n = strlen(path) + sizeof(".tmp.XXXXXX");
+        if ((af->tmp = malloc(n)) == NULL)
+            goto out;
+        snprintf(af->tmp, n, "%s.tmp.XXXXXX", path);
+        fd = mkstemp(af->tmp);
+        if (fd < 0) {
+            free(af->tmp);
+            af->tmp = NULL;
+            rc = UTIL_E_IO;
+            goto out;
+        }
     }
     if (fchmod(fd, mode) != 0 || (af->fp = fdopen(fd, "w")) == NULL) {
         rc = UTIL_E_IO;
@@ -176,6 +200,7 @@ int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)
 out:
     if (fd >= 0)
         close(fd);
+    free(dir);
     if (af != NULL)
         util_atomic_abort(af);
     return rc;
@@ -196,6 +221,30 @@ void util_atomic_abort(util_atomic_file *af)
     free(af);
 }
 
+/* Gives the unnamed file a unique temporary name next to its target (it
+ * must have one to be renamed over the target atomically). */
+static int name_unnamed(util_atomic_file *af)
+{
+    char proc[64], suffix[17];
+    size_t n = strlen(af->path) + sizeof(".tmp.") + sizeof(suffix);
+
+    if ((af->tmp = malloc(n)) == NULL)
+        return UTIL_E_NOMEM;
+    for (int tries = 0; tries < 8; tries++) {
+        if (util_random_id(suffix, 8) != UTIL_OK)
+            break;
+        snprintf(af->tmp, n, "%s.tmp.%s", af->path, suffix);
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fileno(af->fp));
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, af->tmp, AT_SYMLINK_FOLLOW) == 0)
+            return UTIL_OK;
+        if (errno != EEXIST)
+            break;
+    }
+    free(af->tmp);
+    af->tmp = NULL;
+    return UTIL_E_IO;
+}
+
 int util_atomic_commit(util_atomic_file *af)
 {
     int rc = UTIL_E_IO;
@@ -203,6 +252,9 @@ int util_atomic_commit(util_atomic_file *af)
         return UTIL_E_ARGS;
     if (fflush(af->fp) != 0 || ferror(af->fp) || fsync(fileno(af->fp)) != 0)
         goto out;
+    if (af->unnamed && (rc = name_unnamed(af)) != UTIL_OK)
+        goto out;
+    rc = UTIL_E_IO;
     if (fclose(af->fp) != 0) {
         af->fp = NULL;
         goto out;
