@@ -10,3 +10,10 @@ foreach(t e2e refusals)
   set_tests_properties(server_${t} PROPERTIES LABELS "integration" TIMEOUT 300
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endforeach()
+
+# Token removal and return, device errors and the startup key audit, with
+# tests/p11fault (steered through its control file) in front of SoftHSM.
+add_test(NAME server_token
+  COMMAND bash ${GS_TEST_DIR}/integration/server-token.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_token PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -24,6 +24,9 @@ free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("12
 "$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
 export SOFTHSM2_CONF=$work/token/softhsm2.conf
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+# SRV_MODULE: the module the server and the admin commands load (e.g. the
+# fault-injecting tests/p11fault in front of SoftHSM); default SoftHSM.
+if [ -n "${SRV_MODULE:-}" ]; then export GS_P11FAULT_TARGET=$module; module=$SRV_MODULE; fi
 port=$(free_port)
 cport=$(free_port)
 while [ "$cport" = "$port" ]; do cport=$(free_port); done
@@ -53,7 +56,7 @@ unwrap_batch_max = 10
 rate_limit = ${SRV_RATE:-0}
 timeout = 10
 metrics = admin
-log_level = info
+log_level = ${SRV_LOG_LEVEL:-info}
 [tls]
 cert = $certs/server.pem
 key = $certs/server.key

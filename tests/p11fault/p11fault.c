@@ -24,11 +24,37 @@
  *   CK_RV p11fault_close_all_sessions(void);
  *       really closes every session in the real module (C_CloseAllSessions
  *       on each slot): "the session was closed under us".
+ *
+ * Out-of-process control (for servers under test, which cannot be reached
+ * through the C API): if the environment variable GS_P11FAULT_CONTROL names
+ * a file, every call checks that file (a stat(): inode, size, mtime) and,
+ * when it changed, re-reads its rules. One rule per line:
+ *   FUNC RV [COUNT]     e.g. "C_Decrypt CKR_DEVICE_ERROR 3"
+ * FUNC is a function name or "*" (every call except C_Initialize,
+ * C_Finalize, C_GetInfo, C_GetSlotList, C_GetSlotInfo and
+ * C_WaitForSlotEvent); RV a CKR_ name or a number (0x...); COUNT how many
+ * calls (from the time the file was read) get RV, default: all of them.
+ * "#" starts a comment. An empty or absent file means pass-through.
+ * A line "bool ATTR 0|1" (ATTR a CKA_ name or a number) makes
+ * C_GetAttributeValue report that boolean attribute so on every object,
+ * like p11fault_override_bool(). A line "logout" logs the application out
+ * of the token (a real C_Logout) once, when the file is read: sessions stay
+ * open but lose their login, as when another application or the token
+ * itself ends the login.
+ * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
+ * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
+ * CKF_TOKEN_PRESENT, slot calls (C_GetTokenInfo, C_OpenSession, ...) answer
+ * CKR_TOKEN_NOT_PRESENT, session calls the rule's RV; and on removal every
+ * real session is closed, as a real removal would (the login is gone
+ * when the token comes back). Rules of the C API above apply first.
+ * Write the file atomically (write a temporary, rename it over).
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -52,6 +78,7 @@ static CK_FUNCTION_LIST *real;
 
 static int fault_take(int idx, CK_RV *rv);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
+static int ctl_token_removed(void);
 
 static CK_RV fw_C_Initialize(void *init_args);
 static CK_RV fw_C_Finalize(void *reserved);
@@ -216,6 +243,13 @@ static CK_RV fw_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list
         return rv_;
     if (real == NULL || real->C_GetSlotList == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (token_present && ctl_token_removed()) {
+        /* A removed token: its slot has no token present. */
+        if (count == NULL)
+            return CKR_ARGUMENTS_BAD;
+        *count = 0;
+        return CKR_OK;
+    }
     return real->C_GetSlotList(token_present, slot_list, count);
 }
 
@@ -226,7 +260,10 @@ static CK_RV fw_C_GetSlotInfo(CK_SLOT_ID slot_id, struct _CK_SLOT_INFO *info)
         return rv_;
     if (real == NULL || real->C_GetSlotInfo == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GetSlotInfo(slot_id, info);
+    rv_ = real->C_GetSlotInfo(slot_id, info);
+    if (rv_ == CKR_OK && info != NULL && ctl_token_removed())
+        info->flags &= ~(CK_FLAGS)CKF_TOKEN_PRESENT;
+    return rv_;
 }
 
 static CK_RV fw_C_GetTokenInfo(CK_SLOT_ID slot_id, struct _CK_TOKEN_INFO *info)
@@ -925,19 +962,328 @@ static int fw_lookup(const char *func)
     return -1;
 }
 
+/* ---- out-of-process control file (GS_P11FAULT_CONTROL) ---------------- */
+
+#define CTL_RULES_MAX 32
+#define CTL_FILE_MAX 8192
+#define CTL_ALL (-1)
+
+static struct {
+    int idx; /* fw_index, or CTL_ALL */
+    CK_RV rv;
+    int remaining; /* > 0: that many more; < 0: forever; 0: used up */
+} ctl_rules[CTL_RULES_MAX];
+static unsigned ctl_nrules;
+static int ctl_inited;
+static const char *ctl_path; /* NULL: no control file */
+static struct stat ctl_st;   /* of the file last read */
+static int ctl_have_st;
+static int ctl_removed; /* a "*" removal rule is in force */
+#define CTL_BOOLS_MAX 8
+static struct {
+    CK_ATTRIBUTE_TYPE type;
+    int value;
+} ctl_bools[CTL_BOOLS_MAX];
+static unsigned ctl_nbools;
+static int ctl_logout_pending; /* a "logout" line was just read */
+
+static const struct {
+    const char *name;
+    CK_ATTRIBUTE_TYPE type;
+} cka_names[] = {
+    {"CKA_TOKEN", CKA_TOKEN},
+    {"CKA_PRIVATE", CKA_PRIVATE},
+    {"CKA_SENSITIVE", CKA_SENSITIVE},
+    {"CKA_EXTRACTABLE", CKA_EXTRACTABLE},
+    {"CKA_NEVER_EXTRACTABLE", CKA_NEVER_EXTRACTABLE},
+    {"CKA_ALWAYS_SENSITIVE", CKA_ALWAYS_SENSITIVE},
+    {"CKA_MODIFIABLE", CKA_MODIFIABLE},
+    {"CKA_DECRYPT", CKA_DECRYPT},
+    {"CKA_ENCRYPT", CKA_ENCRYPT},
+    {"CKA_SIGN", CKA_SIGN},
+    {"CKA_VERIFY", CKA_VERIFY},
+    {"CKA_WRAP", CKA_WRAP},
+    {"CKA_UNWRAP", CKA_UNWRAP},
+    {"CKA_DERIVE", CKA_DERIVE},
+};
+
+static const struct {
+    const char *name;
+    CK_RV rv;
+} ckr_names[] = {
+    {"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
+    {"CKR_FUNCTION_FAILED", CKR_FUNCTION_FAILED},
+    {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+    {"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
+    {"CKR_DEVICE_MEMORY", CKR_DEVICE_MEMORY},
+    {"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},
+    {"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+    {"CKR_TOKEN_NOT_RECOGNIZED", CKR_TOKEN_NOT_RECOGNIZED},
+    {"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
+    {"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
+    {"CKR_SESSION_COUNT", CKR_SESSION_COUNT},
+    {"CKR_USER_NOT_LOGGED_IN", CKR_USER_NOT_LOGGED_IN},
+    {"CKR_PIN_INCORRECT", CKR_PIN_INCORRECT},
+    {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
+    {"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
+    {"CKR_OBJECT_HANDLE_INVALID", CKR_OBJECT_HANDLE_INVALID},
+    {"CKR_OPERATION_ACTIVE", CKR_OPERATION_ACTIVE},
+    {"CKR_OPERATION_NOT_INITIALIZED", CKR_OPERATION_NOT_INITIALIZED},
+    {"CKR_ENCRYPTED_DATA_INVALID", CKR_ENCRYPTED_DATA_INVALID},
+    {"CKR_MECHANISM_INVALID", CKR_MECHANISM_INVALID},
+    {"CKR_ARGUMENTS_BAD", CKR_ARGUMENTS_BAD},
+    {"CKR_FUNCTION_NOT_SUPPORTED", CKR_FUNCTION_NOT_SUPPORTED},
+    {"CKR_CRYPTOKI_NOT_INITIALIZED", CKR_CRYPTOKI_NOT_INITIALIZED},
+};
+
+static int is_removal_rv(CK_RV rv)
+{
+    return rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT;
+}
+
+/* Calls a "*" rule leaves alone: loading, and the slot view (which a
+ * removal rule changes in its own way). */
+static int ctl_exempt(int idx)
+{
+    return idx == FW_C_Initialize || idx == FW_C_Finalize || idx == FW_C_GetInfo || idx == FW_C_GetSlotList ||
+           idx == FW_C_GetSlotInfo || idx == FW_C_WaitForSlotEvent;
+}
+
+/* Calls on a slot (not a session): with the token removed they answer
+ * CKR_TOKEN_NOT_PRESENT. */
+static int slot_call(int idx)
+{
+    return idx == FW_C_GetTokenInfo || idx == FW_C_GetMechanismList || idx == FW_C_GetMechanismInfo ||
+           idx == FW_C_InitToken || idx == FW_C_OpenSession || idx == FW_C_CloseAllSessions;
+}
+
+/* Next whitespace-separated word of *p (NUL-terminated in place). */
+static char *next_word(char **p)
+{
+    char *s = *p, *w;
+
+    while (*s == ' ' || *s == '\t' || *s == '\r')
+        s++;
+    if (*s == '\0' || *s == '#') {
+        *p = s;
+        return NULL;
+    }
+    w = s;
+    while (*s != '\0' && *s != ' ' && *s != '\t' && *s != '\r')
+        s++;
+    if (*s != '\0')
+        *s++ = '\0';
+    *p = s;
+    return w;
+}
+
+static int parse_rv(const char *w, CK_RV *rv)
+{
+    char *end = NULL;
+    unsigned long v;
+    size_t i;
+
+    for (i = 0; i < sizeof(ckr_names) / sizeof(ckr_names[0]); i++)
+        if (strcmp(ckr_names[i].name, w) == 0) {
+            *rv = ckr_names[i].rv;
+            return 0;
+        }
+    v = strtoul(w, &end, 0);
+    if (end == w || *end != '\0' || v == 0)
+        return -1;
+    *rv = (CK_RV)v;
+    return 0;
+}
+
+/* "bool ATTR 0|1": an attribute override. Called locked. */
+static void ctl_parse_bool(const char *attr, const char *val)
+{
+    CK_ATTRIBUTE_TYPE type = 0;
+    char *end = NULL;
+    size_t i;
+    int found = 0;
+
+    if (attr == NULL || val == NULL || (strcmp(val, "0") != 0 && strcmp(val, "1") != 0) ||
+        ctl_nbools >= CTL_BOOLS_MAX) {
+        fprintf(stderr, "p11fault: ignoring control line: bool %.60s\n", attr ? attr : "");
+        return;
+    }
+    for (i = 0; i < sizeof(cka_names) / sizeof(cka_names[0]) && !found; i++)
+        if (strcmp(cka_names[i].name, attr) == 0) {
+            type = cka_names[i].type;
+            found = 1;
+        }
+    if (!found) {
+        type = (CK_ATTRIBUTE_TYPE)strtoul(attr, &end, 0);
+        if (end == attr || *end != '\0') {
+            fprintf(stderr, "p11fault: ignoring control line: bool %.60s\n", attr);
+            return;
+        }
+    }
+    ctl_bools[ctl_nbools].type = type;
+    ctl_bools[ctl_nbools].value = val[0] == '1';
+    ctl_nbools++;
+}
+
+/* Parses the control file's text into the rule table. Called locked. */
+static void ctl_parse_locked(char *text)
+{
+    char *line = text, *nl, *p, *wf, *wr, *wc;
+    CK_RV rv;
+    int idx, count;
+
+    ctl_nrules = 0;
+    ctl_nbools = 0;
+    for (; line != NULL && ctl_nrules < CTL_RULES_MAX; line = nl) {
+        if ((nl = strchr(line, '\n')) != NULL)
+            *nl++ = '\0';
+        p = line;
+        if ((wf = next_word(&p)) == NULL)
+            continue;
+        wr = next_word(&p);
+        wc = next_word(&p);
+        if (strcmp(wf, "logout") == 0) {
+            ctl_logout_pending = 1;
+            continue;
+        }
+        if (strcmp(wf, "bool") == 0) {
+            ctl_parse_bool(wr, wc);
+            continue;
+        }
+        idx = strcmp(wf, "*") == 0 ? CTL_ALL : fw_lookup(wf);
+        count = -1;
+        if (wc != NULL) {
+            char *end = NULL;
+            long n = strtol(wc, &end, 10);
+            if (end == wc || *end != '\0' || n < 1 || n > 1000000)
+                wr = NULL; /* a bad count makes the line invalid */
+            else
+                count = (int)n;
+        }
+        if ((idx < 0 && idx != CTL_ALL) || wr == NULL || parse_rv(wr, &rv) != 0) {
+            fprintf(stderr, "p11fault: ignoring control line: %.80s\n", wf);
+            continue;
+        }
+        ctl_rules[ctl_nrules].idx = idx;
+        ctl_rules[ctl_nrules].rv = rv;
+        ctl_rules[ctl_nrules].remaining = count;
+        ctl_nrules++;
+    }
+}
+
+static int ctl_removal_active_locked(void)
+{
+    unsigned i;
+
+    for (i = 0; i < ctl_nrules; i++)
+        if (ctl_rules[i].idx == CTL_ALL && ctl_rules[i].remaining != 0 && is_removal_rv(ctl_rules[i].rv))
+            return 1;
+    return 0;
+}
+
+/* Re-reads the control file if it changed (a stat per call). Returns 1
+ * when a removal rule just came into force: the caller closes the real
+ * sessions (unlocked). Called locked. */
+static int ctl_refresh_locked(void)
+{
+    struct stat st;
+    char *text = NULL;
+    FILE *f = NULL;
+    size_t n = 0;
+    int was_removed = ctl_removed;
+
+    if (!ctl_inited) {
+        const char *p = getenv("GS_P11FAULT_CONTROL");
+        ctl_path = p != NULL && *p != '\0' ? p : NULL;
+        ctl_inited = 1;
+    }
+    if (ctl_path == NULL)
+        return 0;
+    if (stat(ctl_path, &st) != 0) {
+        ctl_nrules = 0; /* absent: pass-through */
+        ctl_nbools = 0;
+        ctl_have_st = 0;
+        ctl_removed = 0;
+        return 0;
+    }
+    if (ctl_have_st && st.st_ino == ctl_st.st_ino && st.st_dev == ctl_st.st_dev && st.st_size == ctl_st.st_size &&
+        st.st_mtim.tv_sec == ctl_st.st_mtim.tv_sec && st.st_mtim.tv_nsec == ctl_st.st_mtim.tv_nsec)
+        return 0;
+    ctl_st = st;
+    ctl_have_st = 1;
+    ctl_nrules = 0;
+    ctl_nbools = 0;
+    if ((text = calloc(1, CTL_FILE_MAX + 1)) != NULL && (f = fopen(ctl_path, "r")) != NULL) {
+        n = fread(text, 1, CTL_FILE_MAX, f);
+        text[n] = '\0';
+        ctl_parse_locked(text);
+    }
+    if (f != NULL)
+        fclose(f);
+    free(text);
+    ctl_removed = ctl_removal_active_locked();
+    return ctl_removed && !was_removed;
+}
+
+/* The first control rule for this call, if any. Called locked. */
+static int ctl_take_locked(int idx, CK_RV *rv)
+{
+    unsigned i;
+
+    for (i = 0; i < ctl_nrules; i++) {
+        if (ctl_rules[i].remaining == 0)
+            continue;
+        if (ctl_rules[i].idx != idx && (ctl_rules[i].idx != CTL_ALL || ctl_exempt(idx)))
+            continue;
+        *rv = ctl_rules[i].rv;
+        if (ctl_rules[i].idx == CTL_ALL && is_removal_rv(*rv) && slot_call(idx))
+            *rv = CKR_TOKEN_NOT_PRESENT;
+        if (ctl_rules[i].remaining > 0)
+            ctl_rules[i].remaining--;
+        if (ctl_rules[i].remaining == 0)
+            ctl_removed = ctl_removal_active_locked();
+        return 1;
+    }
+    return 0;
+}
+
+static int ctl_token_removed(void)
+{
+    int r;
+
+    pthread_mutex_lock(&fault_mu);
+    r = ctl_removed;
+    pthread_mutex_unlock(&fault_mu);
+    return r;
+}
+
+static void close_real_sessions(void);
+static void logout_real(void);
+
 static int fault_take(int idx, CK_RV *rv)
 {
-    int hit = 0;
+    int hit = 0, removed_now, logout_now;
 
     pthread_mutex_lock(&fault_mu);
     calls[idx]++;
+    removed_now = ctl_refresh_locked();
+    logout_now = ctl_logout_pending && idx != FW_C_Initialize && idx != FW_C_Finalize;
+    if (logout_now)
+        ctl_logout_pending = 0;
     if (faults[idx].remaining != 0) {
         *rv = faults[idx].rv;
         if (faults[idx].remaining > 0)
             faults[idx].remaining--;
         hit = 1;
+    } else {
+        hit = ctl_take_locked(idx, rv);
     }
     pthread_mutex_unlock(&fault_mu);
+    /* A removed token loses every session and its login. */
+    if (removed_now)
+        close_real_sessions();
+    if (logout_now)
+        logout_real();
     return hit;
 }
 
@@ -993,6 +1339,11 @@ static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n)
                 templ[j].ulValueLen == sizeof(CK_BBOOL))
                 *(CK_BBOOL *)templ[j].pValue = (CK_BBOOL)overrides[i].value;
     }
+    for (i = 0; i < (int)ctl_nbools; i++)
+        for (j = 0; j < n; j++)
+            if (templ[j].type == ctl_bools[i].type && templ[j].pValue != NULL &&
+                templ[j].ulValueLen == sizeof(CK_BBOOL))
+                *(CK_BBOOL *)templ[j].pValue = (CK_BBOOL)ctl_bools[i].value;
     pthread_mutex_unlock(&fault_mu);
 }
 
@@ -1028,6 +1379,29 @@ void p11fault_reset_calls(void)
     pthread_mutex_lock(&fault_mu);
     memset(calls, 0, sizeof(calls));
     pthread_mutex_unlock(&fault_mu);
+}
+
+static void close_real_sessions(void)
+{
+    (void)p11fault_close_all_sessions();
+}
+
+/* C_Logout through a fresh session on each slot: the login of the whole
+ * application ends, the other sessions stay open. */
+static void logout_real(void)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64, i;
+    CK_SESSION_HANDLE h;
+
+    if (real == NULL || real->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return;
+    for (i = 0; i < n; i++) {
+        if (real->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &h) != CKR_OK)
+            continue;
+        (void)real->C_Logout(h);
+        (void)real->C_CloseSession(h);
+    }
 }
 
 CK_RV p11fault_close_all_sessions(void)

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# server-token.sh BIN SRC P11FAULT: fail closed when the token goes away,
+# and service again without a restart when it comes back. The server loads
+# tests/p11fault in front of SoftHSM and is steered through its control
+# file (GS_P11FAULT_CONTROL): "* CKR_DEVICE_REMOVED" is a removed token (no
+# token in the slot, every session call fails, every session closed).
+# Also: a transient device error is a 503 for that request only, and
+# `groupsrv serve` refuses to start on a group key that fails the key audit.
+set -euo pipefail
+BIN=$1 SRC=$2 SRV_MODULE=$3
+[ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
+. "$SRC/tests/integration/server-lib.sh"
+ctl=$work/p11fault.ctl
+export GS_P11FAULT_CONTROL=$ctl
+# control FILE-TEXT: replaces the control file atomically
+control() { printf '%s\n' "$@" > "$ctl.tmp" && mv -f "$ctl.tmp" "$ctl"; }
+
+start_server
+url=$base/v1/groups/eng/unwrap
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri.der")" > "$work/req-rk.json"
+printf '{"items":[{"recipient_info":"%s"}]}' "$(b64 "$work/ri.der")" > "$work/req-batch.json"
+pid0=$srv_pid
+
+retry_after() { # retry_after DESC -- command...: the answer carries Retry-After
+  local desc=$1; shift 2
+  "$@" -D "$work/hdr" -o /dev/null || true
+  grep -qi '^retry-after: *[0-9]' "$work/hdr" || fail "$desc: no Retry-After: $(cat "$work/hdr")"
+  ok "$desc has Retry-After"
+}
+
+# ---- token present ----
+expect_status 200 "" "healthz with the token" -- anon "$base/healthz"
+expect_status 200 "" "unwrap with the token" -- c alice --data-binary @"$work/req-tls.json" "$url"
+check_cek "$(/usr/bin/python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' "$work/body")"
+
+# ---- a transient device error: 503 for that request, the next one works ----
+control "C_Decrypt CKR_DEVICE_ERROR 1"
+retry_after "device error on C_Decrypt" -- c alice --data-binary @"$work/req-tls.json" "$url"
+control "C_Decrypt CKR_DEVICE_ERROR 1 # again"
+expect_status 503 token_unavailable "device error on C_Decrypt" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "the request after a device error" -- c alice --data-binary @"$work/req-tls.json" "$url"
+control ""
+
+# ---- token removed: fail closed ----
+audit_lines=$(wc -l < "$work/audit.jsonl")
+control "* CKR_DEVICE_REMOVED"
+expect_status 503 token_unavailable "healthz without the token" -- anon "$base/healthz"
+grep -q '"token":"ok"' "$work/body" && fail "healthz says the token is ok: $(cat "$work/body")"
+retry_after "healthz 503" -- anon "$base/healthz"
+expect_status 503 token_unavailable "unwrap (tls) without the token" -- c alice --data-binary @"$work/req-tls.json" "$url"
+grep -q '"key"' "$work/body" && fail "a key was answered without the token"
+retry_after "unwrap 503" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 503 token_unavailable "unwrap (recipient-key) without the token" -- \
+  c alice --data-binary @"$work/req-rk.json" "$url"
+expect_status 503 token_unavailable "unwrap-batch without the token" -- \
+  c alice --data-binary @"$work/req-batch.json" "$base/v1/groups/eng/unwrap-batch"
+expect_status 503 token_unavailable "rewrap without the token" -- \
+  c dle --data-binary "{\"recipient_info\":\"$(b64 "$work/ri.der")\",\"to\":\"group-secret\"}" "$base/v1/groups/eng/rewrap"
+expect_status 503 "" "certificate server without the token" -- anon "$cbase/healthz"
+# Still refused several seconds later (no fallback once the pool is empty).
+sleep 2
+expect_status 503 token_unavailable "unwrap still refused while the token is away" -- \
+  c alice --data-binary @"$work/req-tls.json" "$url"
+kill -0 "$srv_pid" || fail "server died without its token"
+grep -q '"outcome":"ok"' <(sed -n "$((audit_lines + 1)),\$p" "$work/audit.jsonl") && fail "an unwrap succeeded without the token"
+ok "no software fallback: every key request refused"
+
+# ---- token back: service within seconds, same process ----
+control ""
+up=0
+for _ in $(seq 1 50); do
+  got=$(status anon "$base/healthz")
+  if [ "$got" = 200 ]; then up=1; break; fi
+  sleep 0.1
+done
+[ "$up" = 1 ] || fail "healthz not 200 within 5 s of the token coming back: $(cat "$work/body")"
+ok "healthz 200 again after the token came back"
+expect_status 200 "" "unwrap after the token came back" -- c alice --data-binary @"$work/req-tls.json" "$url"
+check_cek "$(/usr/bin/python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' "$work/body")"
+expect_status 200 "" "recipient-key after the token came back" -- c alice --data-binary @"$work/req-rk.json" "$url"
+[ "$srv_pid" = "$pid0" ] && kill -0 "$srv_pid" || fail "not the same server process"
+grep -q 'token is back' "$work/server.log" || fail "no 'token is back' in the server log"
+ok "same server process serves again"
+
+# ---- removed twice in a row, under concurrent load, then back ----
+control "* CKR_DEVICE_REMOVED"
+UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
+  "$BIN/unwrapclient" load "$url" "$work/req-tls.json" 4 5 503 >/dev/null 2>&1 || fail "concurrent clients while the token is away did not all get 503"
+control ""
+for _ in $(seq 1 50); do [ "$(status anon "$base/healthz")" = 200 ] && break; sleep 0.1; done
+UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
+  "$BIN/unwrapclient" load "$url" "$work/req-tls.json" 4 10 200 || fail "concurrent clients after the token came back"
+ok "4 concurrent clients: 503 while away, 200 after"
+
+# ---- logged out under us (sessions kept, login gone): recovers ----
+control "C_FindObjectsInit CKR_USER_NOT_LOGGED_IN 1"
+expect_status 200 "" "unwrap after a lost login (CKR_USER_NOT_LOGGED_IN)" -- c alice --data-binary @"$work/req-tls.json" "$url"
+# A real logout: pooled sessions stay open but private keys are invisible
+# (C_FindObjects finds nothing, no error code says why).
+control "logout"
+expect_status 200 "" "discovery after a silent logout" -- c alice "$base/v1/groups/eng"
+expect_status 200 "" "unwrap after a silent logout" -- c alice --data-binary @"$work/req-tls.json" "$url"
+control "logout # twice"
+expect_status 200 "" "healthz after a silent logout" -- anon "$base/healthz"
+expect_status 200 "" "unwrap after a second silent logout" -- c alice --data-binary @"$work/req-tls.json" "$url"
+control ""
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
+
+# ---- startup key audit: a bad group key means no start ----
+# The token reports every key as extractable (a token that adds usages or
+# a key imported carelessly): serve must refuse, with a clear message.
+control "bool CKA_EXTRACTABLE 1"
+set +e
+timeout 60 "$BIN/groupsrv" -c "$conf" serve >"$work/serve-bad.log" 2>&1
+rc=$?
+set -e
+[ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "serve with an extractable group key: exit $rc: $(cat "$work/serve-bad.log")"
+grep -q 'violate their policy' "$work/serve-bad.log" || fail "no clear refusal: $(cat "$work/serve-bad.log")"
+grep -q 'CKA_EXTRACTABLE is true' "$work/serve-bad.log" || fail "the bad attribute is not named: $(cat "$work/serve-bad.log")"
+ok "serve refuses to start on an extractable group key (exit $rc)"
+control ""
+start_server
+expect_status 200 "" "serve starts again with sound keys" -- c alice --data-binary @"$work/req-tls.json" "$url"
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
+ok "token absent: fail closed; token back: service without a restart"
