@@ -333,6 +333,25 @@ static bool stale_handle_rv(CK_RV rv)
            rv == CKR_WRAPPING_KEY_HANDLE_INVALID || rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID;
 }
 
+/* A session that lost its login (the token or another application logged
+ * out, a token-side timeout) does not fail C_FindObjects: private objects
+ * are just invisible, and the op says "key not found". Pooled sessions
+ * are not re-checked before use, so ask the session when a key seems
+ * missing; true also when the question itself fails (keep that answer). */
+static bool session_logged_in(hsm_ctx *ctx, CK_SESSION_HANDLE h)
+{
+    CK_SESSION_INFO si;
+    hsm_errsave sv;
+    bool in = true;
+
+    hsm_err_save(&sv);
+    memset(&si, 0, sizeof(si));
+    if (P11(ctx, C_GetSessionInfo, h, &si) == HSM_OK)
+        in = si.state == CKS_RW_USER_FUNCTIONS || si.state == CKS_RO_USER_FUNCTIONS;
+    hsm_err_restore(&sv);
+    return in;
+}
+
 hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
 {
     hsm_session s;
@@ -358,6 +377,11 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
             if (tls_taint)
                 s.broken = true;
             tls_taint = false;
+            if (err == HSM_ERR_KEY_NOT_FOUND && ctx->want_login && !stale_handle_rv(hsm_last_rv()) &&
+                !session_logged_in(ctx, s.h)) {
+                hsm_set_detail("key lookup on a session that lost its login (private keys are invisible)");
+                err = HSM_ERR_NOT_LOGGED_IN;
+            }
         }
         rv = hsm_last_rv();
         if (!from_borrow || s.h != 0)
