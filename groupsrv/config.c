@@ -34,6 +34,8 @@ static const struct key_def keys[] = {
     {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000},
     {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600},
     {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000},
+    {"server", "max_failed_unwraps", K_UINT, OFF(server.max_failed_unwraps), 0, 1000000},
+    {"server", "suspend_seconds", K_UINT, OFF(server.suspend_seconds), 1, 86400 * 30},
     {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0},
     {"server", "metrics", K_STR, OFF(server.metrics), 0, 0},
     {"server", "log_level", K_STR, OFF(server.log_level), 0, 0},
@@ -177,6 +179,8 @@ static struct gs_config *config_new(void)
     c->server.unwrap_batch_max = 100;
     c->server.timeout = 30;
     c->server.max_connections = 1024;
+    c->server.max_failed_unwraps = 20;
+    c->server.suspend_seconds = 600;
     c->server.auto_rotate_secret_on_remove = true;
     c->certsrv.lifetime = 3600;
     c->ca.group_cert_days = 825;

@@ -30,6 +30,8 @@ struct gs_config {
         unsigned rate_burst;    /* token-bucket burst, default 2 * rate_limit */
         unsigned timeout;       /* seconds per request (read+write), default 30 */
         unsigned max_connections;      /* default 1024 */
+        unsigned max_failed_unwraps;   /* failed unwraps per identity that suspend it, default 20; 0 = off */
+        unsigned suspend_seconds;      /* failure window and suspension length, default 600 */
         bool auto_rotate_secret_on_remove; /* default yes */
         char *metrics;          /* who may GET /metrics: "off", "any", "admin"; default "admin" */
         char *log_level;        /* error|warn|info|debug, default "info" */

@@ -39,6 +39,18 @@ static X509_REQ *parse_csr(const char *text, size_t len)
     return req;
 }
 
+/* Same public key as the member's recorded certificate? */
+static int cert_matches_member(X509 *cert, const char *pem)
+{
+    X509 *rec = NULL;
+    int ok = 0;
+
+    if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) == GS_OK)
+        ok = EVP_PKEY_eq(X509_get0_pubkey(rec), X509_get0_pubkey(cert)) == 1;
+    X509_free(rec);
+    return ok;
+}
+
 static void h_membership_cert(struct srv_req *r, const char *group)
 {
     gs_group *g = NULL;
@@ -75,6 +87,15 @@ static void h_membership_cert(struct srv_req *r, const char *group)
     }
     if (e != GS_OK) {
         srv_reply_gs_error(r, e, "member");
+        goto out;
+    }
+    /* As on the API listener: a member recorded with a certificate must
+     * present that key, not another certificate with the same address. */
+    if (m->cert_pem != NULL && !cert_matches_member(p->cert, m->cert_pem)) {
+        audit_record rec = {.action = "certify", .identity = p->identity, .group = group, .key_version = -1,
+                            .outcome = "certificate_mismatch"};
+        if (srv_audit(r, &rec) == 0)
+            srv_reply_error(r, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
         goto out;
     }
     if (!(gs_group_info(g)->methods & GS_METHOD_MEMBERSHIP_CERT)) {

@@ -179,8 +179,13 @@ static void reply_error_v(struct srv_req *r, int status, const char *code, const
 
 void srv_reply_error(struct srv_req *r, int status, const char *code, const char *fmt, ...)
 {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
     va_list ap;
 
+    /* Every 429 and 503 tells the client when to come back, also on paths
+     * that did not go through srv_reply_retry. */
+    if ((status == 429 || status == 503) && !r->replied && evhttp_find_header(h, "Retry-After") == NULL)
+        evhttp_add_header(h, "Retry-After", "5");
     va_start(ap, fmt);
     reply_error_v(r, status, code, fmt, ap);
     va_end(ap);

@@ -22,11 +22,6 @@
 #include "server.h"
 #include "util.h"
 
-/* Failed unwraps per identity within the window that suspend it, and for
- * how long (seconds). Not configurable yet (no [server] key). */
-#define GS_MAX_FAILED_UNWRAPS 20
-#define GS_SUSPEND_SECONDS 600
-
 static int listen_on(const char *hostport, int *fd_out)
 {
     char host[256], *colon;
@@ -150,8 +145,9 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     s.max_body = cfg->server.max_body ? cfg->server.max_body : 65536;
     s.timeout = cfg->server.timeout ? cfg->server.timeout : 30;
     s.max_conns = cfg->server.max_connections ? (long)cfg->server.max_connections : 1024;
-    s.max_failures = GS_MAX_FAILED_UNWRAPS;
-    s.suspend_seconds = GS_SUSPEND_SECONDS;
+    /* [server] max_failed_unwraps, suspend_seconds (defaults 20, 600). */
+    s.max_failures = cfg->server.max_failed_unwraps;
+    s.suspend_seconds = cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600;
 
     /* The audit log first: without it nothing may be served. */
     {

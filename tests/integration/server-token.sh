@@ -15,6 +15,8 @@ export GS_P11FAULT_CONTROL=$ctl
 # control FILE-TEXT: replaces the control file atomically
 control() { printf '%s\n' "$@" > "$ctl.tmp" && mv -f "$ctl.tmp" "$ctl"; }
 
+# A small failed-unwrap cap, to test that [server] keys set it.
+sed -i 's/^\[server\]$/[server]\nmax_failed_unwraps = 3\nsuspend_seconds = 2/' "$conf"
 start_server
 url=$base/v1/groups/eng/unwrap
 printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
@@ -105,6 +107,33 @@ control "logout # twice"
 expect_status 200 "" "healthz after a silent logout" -- anon "$base/healthz"
 expect_status 200 "" "unwrap after a second silent logout" -- c alice --data-binary @"$work/req-tls.json" "$url"
 control ""
+
+# ---- the recorded certificate, on both listeners ----
+# alice@example.org, but signed by the other trusted client CA: not the
+# certificate recorded for alice.
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=alice@example.org" -keyout "$work/alice2.key" \
+  -out "$work/alice2.csr" 2>/dev/null
+printf 'subjectAltName=email:alice@example.org\nextendedKeyUsage=clientAuth\n' > "$work/alice2.ext"
+openssl x509 -req -in "$work/alice2.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+  -extfile "$work/alice2.ext" -out "$work/alice2.pem" 2>/dev/null
+a2() { curl -sS --cacert "$certs/tca.pem" --cert "$work/alice2.pem" --key "$work/alice2.key" "$@"; }
+expect_status 403 certificate_mismatch "unwrap with another certificate for alice" -- a2 --data-binary @"$work/req-tls.json" "$url"
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=member" -keyout "$work/g.key" -out "$work/g.csr" 2>/dev/null
+expect_status 403 certificate_mismatch "membership certificate for another certificate of alice" -- \
+  a2 -H 'Content-Type: application/pkcs10' --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+expect_status 200 "" "membership certificate for alice's own certificate" -- \
+  c alice -H 'Content-Type: application/pkcs10' --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+
+# ---- failed-unwrap cap from [server] max_failed_unwraps / suspend_seconds ----
+head -c 256 /dev/urandom > "$work/g1.bin"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/g1.bin")" > "$work/bad1.json"
+for i in 1 2 3; do
+  expect_status 400 unwrap_failed "failed unwrap $i of 3" -- c mallory --data-binary @"$work/bad1.json" "$url"
+done
+expect_status 429 suspended "suspended after max_failed_unwraps = 3" -- c mallory --data-binary @"$work/req-tls.json" "$url"
+retry_after "suspension 429" -- c mallory --data-binary @"$work/req-tls.json" "$url"
+sleep 3
+expect_status 200 "" "served again after suspend_seconds = 2" -- c mallory --data-binary @"$work/req-tls.json" "$url"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
 
 # ---- startup key audit: a bad group key means no start ----
