@@ -304,7 +304,11 @@ long gm_secret_store_list(const gm_config *c, X509 *member_cert, FILE *out)
         while ((de = readdir(d)) != NULL) {
             if (de->d_name[0] == '.' || strlen(de->d_name) != 16)
                 continue;
-            snprintf(mdir, sizeof(mdir), "%s/%s", gdir, de->d_name);
+            int w = snprintf(mdir, sizeof(mdir), "%s/%s", gdir, de->d_name);
+            if (w < 0 || (size_t)w >= sizeof(mdir)) {
+                gm_err("store path too long: %s", gdir);
+                goto out;
+            }
             if (list_member_dir(mdir, de->d_name, &v, &n, &cap) != 0) {
                 gm_err("cannot read %s", mdir);
                 goto out;
