@@ -255,7 +255,8 @@ static hsm_key *key_new(void)
 
 void hsm_key_free(hsm_key *key)
 {
-    free(key);
+    /* A reference (label, id, cached handle), not key material; cleared anyway. */
+    OPENSSL_clear_free(key, sizeof(*key));
 }
 
 /* ---- find ------------------------------------------------------------------ */
@@ -1006,7 +1007,7 @@ hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out)
 
 struct list_arg {
     const char *prefix;
-    hsm_key **keys;
+    hsm_key **refs;
     size_t n;
 };
 
@@ -1015,9 +1016,9 @@ static void list_clear(struct list_arg *la)
     size_t i;
 
     for (i = 0; i < la->n; i++)
-        hsm_key_free(la->keys[i]);
-    free(la->keys);
-    la->keys = NULL;
+        hsm_key_free(la->refs[i]);
+    free(la->refs);
+    la->refs = NULL;
     la->n = 0;
 }
 
@@ -1050,7 +1051,7 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         err = err2;
     if (err != HSM_OK)
         goto out;
-    if ((la->keys = calloc(total + 1, sizeof(*la->keys))) == NULL) {
+    if ((la->refs = calloc(total + 1, sizeof(*la->refs))) == NULL) {
         err = HSM_ERR_NOMEM;
         goto out;
     }
@@ -1067,7 +1068,7 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         }
         k->handle = hs[i];
         k->gen = gen;
-        la->keys[la->n++] = k;
+        la->refs[la->n++] = k;
     }
     hsm_clear_detail();
 out:
@@ -1091,7 +1092,7 @@ hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix, int (*cb)(void *arg
         return err;
     /* Callbacks run with no session held: they may call back into hsm_*. */
     for (i = 0; i < la.n; i++) {
-        if (cb(arg, ctx, la.keys[i]) != 0) {
+        if (cb(arg, ctx, la.refs[i]) != 0) {
             err = HSM_ERR_ARGS;
             break;
         }

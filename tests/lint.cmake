@@ -1,0 +1,4 @@
+# The boring rules, enforced on every run: banned functions, secrets freed
+# without wiping, PKCS#11 outside hsm/, CMS internals outside envelope/.
+add_test(NAME lint_banned COMMAND bash ${GS_TEST_DIR}/lint/banned.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_banned PROPERTIES LABELS "unit;lint")
