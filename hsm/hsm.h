@@ -64,7 +64,7 @@ typedef struct hsm_config {
     const char *module;      /* path to a .so, or a p11-kit module name */
     const char *token_uri;   /* "pkcs11:token=groupsrv" (RFC 7512; token attributes only) */
     const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login */
-    unsigned max_sessions;   /* pool size; 0 = default (8), at most 256 */
+    unsigned max_sessions;   /* pool size; 0 = default (8), at most 1024 */
 } hsm_config;
 
 /* Loads the module (p11_kit_module_load for a path, else a p11-kit config

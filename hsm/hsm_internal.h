@@ -24,7 +24,7 @@
 #include <p11-kit/uri.h>
 
 #define HSM_DEFAULT_SESSIONS 8u
-#define HSM_MAX_SESSIONS 256u
+#define HSM_MAX_SESSIONS 1024u /* groupsrv.conf [hsm] max_sessions allows 1..1024 */
 #define HSM_PIN_MAX 256u
 
 typedef struct hsm_session {

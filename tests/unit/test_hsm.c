@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -208,6 +209,14 @@ static int group_setup(void **state)
         return -1;
     if (testtoken_pin_source(tokdir, pinsrc, sizeof(pinsrc)) != 0)
         return -1;
+    /* p11fault reads this once, at its first call: its control file
+     * (absent = pass-through) is used by test_recover_silent_logout. */
+    {
+        char ctl[700];
+        snprintf(ctl, sizeof(ctl), "%s/p11fault-control", tokdir);
+        if (setenv("GS_P11FAULT_CONTROL", ctl, 1) != 0)
+            return -1;
+    }
     ctx = open_with(testtoken_softhsm_module(), pinsrc, 0, &err);
     if (err != HSM_OK) {
         fprintf(stderr, "open: %s %s\n", hsm_strerror(err), hsm_last_error_detail());
@@ -316,6 +325,14 @@ static void test_open_errors(void **state)
     ctx = open_with(testtoken_softhsm_module(), NULL, 0, &err);
     assert_int_equal(err, HSM_OK);
     t_close(ctx);
+    /* Pool size: groupsrv.conf allows up to 1024 (and serve asks for
+     * threads + 2, threads up to 256); one more is refused. */
+    ctx = open_with(testtoken_softhsm_module(), pinsrc, 1024, &err);
+    assert_int_equal(err, HSM_OK);
+    t_close(ctx);
+    ctx = open_with(testtoken_softhsm_module(), pinsrc, 1025, &err);
+    assert_int_equal(err, HSM_ERR_ARGS);
+    assert_null(ctx);
 }
 
 /* ---- keys -------------------------------------------------------------------------- */
@@ -1764,6 +1781,54 @@ static void test_recover_stale_unwrap_handle(void **state)
     rec_close(&r);
 }
 
+/* The token logs us out silently (sessions stay, private keys vanish from
+ * C_FindObjects, no error says why): finding a key logs in again instead
+ * of answering "key not found". Uses p11fault's control-file "logout". */
+static void test_recover_silent_logout(void **state)
+{
+    struct rec r;
+    char ctl[700], tmp[720];
+    hsm_key *k = NULL;
+    unsigned char *der = NULL;
+    size_t derlen = 0;
+    unsigned long logins;
+    FILE *f;
+    hsm_err err;
+    (void)state;
+
+    snprintf(ctl, sizeof(ctl), "%s/p11fault-control", tokdir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ctl);
+    rec_open(&r);
+    logins = testfault_calls("C_Login");
+    f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs("logout\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, ctl), 0);
+    /* A key whose cached handle died with the login (discovery in the
+     * server reads the group public key this way). */
+    err = hsm_key_export_public(r.ctx, r.priv, &der, &derlen);
+    if (err != HSM_OK)
+        fprintf(stderr, "export after logout: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    free(der);
+    assert_true(testfault_calls("C_Login") > logins);
+    /* A fresh find after a second logout. */
+    f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs("logout # again\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, ctl), 0);
+    err = hsm_key_find(r.ctx, GRP_RSA, HSM_CLASS_PRIVATE, &k);
+    if (err != HSM_OK)
+        fprintf(stderr, "find after logout: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    hsm_key_free(k);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    unlink(ctl);
+    rec_close(&r);
+}
+
 /* The token rejects the kept PIN on a re-login (PIN changed under a running
  * server): the layer stops sending it. Runs LAST: the rejection is
  * remembered for the whole process (by token and PIN), so the token's PIN
@@ -1827,6 +1892,7 @@ int main(void)
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
         cmocka_unit_test_teardown(test_recover_stale_unwrap_handle, t_teardown),
+        cmocka_unit_test_teardown(test_recover_silent_logout, t_teardown),
         cmocka_unit_test_teardown(test_concurrent_recovery, t_teardown),
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
