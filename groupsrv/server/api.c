@@ -389,38 +389,29 @@ static json_t *hsm_item_fail(struct item_err *e, hsm_err err, const char *op)
     return item_fail(e, 500, "internal", "token operation failed");
 }
 
-/* Re-wrapping unwraps into a token AES key object, which needs the content
- * key length. A RecipientInfo does not say it: unless the caller gave
- * "key_length", try AES-256 (our and openssl's default), then 128, then
- * 192. Each try fails the same way for any bad input, so nothing about the
- * padding is revealed. SoftHSM 2.6 wraps out only with OAEP SHA-1. */
-static const size_t cek_tries[] = {32, 16, 24};
+/* Re-wrapping unwraps into a session secret key. A RecipientInfo does not
+ * say how long the content key is; for OAEP a zero expected_len lets the
+ * token take the key at its own length (one RSA operation, whatever the
+ * content cipher). PKCS#1 v1.5 must know the length to make its
+ * implicit-rejection substitute: AES-256 unless the caller said
+ * "key_length". SoftHSM 2.6 wraps out only with OAEP SHA-1. */
+static void rewrap_default_length(hsm_unwrap_input *in)
+{
+    if (in->alg == HSM_KT_RSA_PKCS1V15 && in->expected_len == 0)
+        in->expected_len = 32;
+}
 
 static hsm_err rewrap_public(hsm_ctx *h, hsm_unwrap_input *in, const unsigned char *const *spki,
                              const size_t *spki_len, size_t n, unsigned char **outs, size_t *lens)
 {
-    hsm_err he = HSM_ERR_DECRYPT;
-
-    if (in->expected_len != 0)
-        return hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
-    for (size_t i = 0; i < GS_ARRAY_LEN(cek_tries) && he == HSM_ERR_DECRYPT; i++) {
-        in->expected_len = cek_tries[i];
-        he = hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
-    }
-    return he;
+    rewrap_default_length(in);
+    return hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
 }
 
 static hsm_err rewrap_secret(hsm_ctx *h, hsm_unwrap_input *in, hsm_key *kek, unsigned char **out, size_t *outlen)
 {
-    hsm_err he = HSM_ERR_DECRYPT;
-
-    if (in->expected_len != 0)
-        return hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
-    for (size_t i = 0; i < GS_ARRAY_LEN(cek_tries) && he == HSM_ERR_DECRYPT; i++) {
-        in->expected_len = cek_tries[i];
-        he = hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
-    }
-    return he;
+    rewrap_default_length(in);
+    return hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
 }
 
 /* Token work for one item; returns the answer object or NULL with e set. */

@@ -59,6 +59,23 @@ openssl cms -decrypt -inform DER -in "$work/kek.der" -secretkey "$sk" -secretkey
 cmp -s "$work/dec.txt" "$work/msg.txt" || fail "group-secret text differs"
 ok "group-secret KEKRI decrypts with openssl cms -secretkey"
 
+# ---- content keys of other lengths are re-wrapped at their own length ----
+for ciph in aes-128-cbc aes-192-cbc; do
+  openssl cms -encrypt -binary -$ciph -in "$work/msg.txt" -outform DER -out "$work/m-$ciph.der" \
+    -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+  cms ri "$work/m-$ciph.der" "$work/ri-$ciph.der"
+  printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri-$ciph.der")" > "$work/req-$ciph.json"
+  expect_status 200 "" "unwrap recipient-key, $ciph content key" -- c alice --data-binary @"$work/req-$ciph.json" \
+    "$base/v1/groups/eng/unwrap"
+  b64d "$(json_get "$work/body" recipient_info)" > "$work/rk-$ciph.der"
+  cms swap "$work/m-$ciph.der" "$work/rk-$ciph.der" "$work/sw-$ciph.der"
+  openssl cms -decrypt -inform DER -in "$work/sw-$ciph.der" -recip "$certs/alice@example.org.pem" \
+    -inkey "$certs/alice@example.org.key" -out "$work/dec.txt" 2>"$work/cms.err" ||
+    fail "$ciph: openssl cms cannot decrypt with the returned KTRI: $(cat "$work/cms.err")"
+  cmp -s "$work/dec.txt" "$work/msg.txt" || fail "$ciph: decrypted text differs"
+  ok "E KTRI for a $ciph content key decrypts with openssl cms"
+done
+
 # ---- method G: membership certificate ----
 openssl req -new -newkey rsa:2048 -nodes -subj "/CN=whoever" -keyout "$work/g.key" -out "$work/g.csr" 2>/dev/null
 expect_status 200 "" "certsrv issues a membership certificate" -- c bob -H 'Content-Type: application/pkcs10' \
