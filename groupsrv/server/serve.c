@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +48,14 @@ static int listen_on(const char *hostport, int *fd_out)
         goto out;
     if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
         goto out;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+        log_warn("SO_REUSEADDR failed addr=%s", hostport);
+    /* Answers are small and go out as several TLS records: without
+     * TCP_NODELAY, Nagle holds the last one until the client's delayed ACK
+     * (~40 ms per request on a kept-alive connection). Accepted sockets
+     * inherit it from the listener on Linux and the BSDs. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+        log_warn("TCP_NODELAY failed addr=%s", hostport);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 511) != 0)
         goto out;
     *fd_out = fd;
