@@ -292,6 +292,7 @@ gs_err gs_store_open(const char *path, unsigned flags, gs_store **out)
         goto out;
     }
     sqlite3_extended_result_codes(st->db, 1);
+    (void)sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, GS_STORE_VALUE_MAX);
     (void)sqlite3_busy_timeout(st->db, 5000);
     err = exec(st, "PRAGMA foreign_keys = ON");
     if (err)
@@ -385,10 +386,41 @@ static char *col_strdup(sqlite3_stmt *s, int i, bool *oom)
     return r;
 }
 
-static int bind_text(sqlite3_stmt *s, int i, const char *v)
+/* Every bind is checked: a failed bind (SQLITE_TOOBIG over
+ * GS_STORE_VALUE_MAX, SQLITE_NOMEM, SQLITE_RANGE) leaves the parameter
+ * NULL, and a nullable column (a member's certificate) would store that
+ * silently. */
+static gs_err bind_check(int rc, int i)
 {
-    return v ? sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, i);
+    if (rc == SQLITE_OK)
+        return GS_OK;
+    if (rc == SQLITE_TOOBIG)
+        return gs_err_set(GS_ERR_ARGS, "value too long for the database (parameter %d, at most %d bytes)", i,
+                          GS_STORE_VALUE_MAX);
+    if (rc == SQLITE_NOMEM)
+        return gs_err_set(GS_ERR_NOMEM, "out of memory binding parameter %d", i);
+    return gs_err_set(GS_ERR_DB, "binding parameter %d: %s", i, sqlite3_errstr(rc));
 }
+
+/* NULL binds SQL NULL. */
+static gs_err bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return bind_check(v ? sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, i), i);
+}
+
+static gs_err bind_int(sqlite3_stmt *s, int i, int64_t v)
+{
+    return bind_check(sqlite3_bind_int64(s, i, (sqlite3_int64)v), i);
+}
+
+static gs_err bind_blob(sqlite3_stmt *s, int i, const void *v, size_t len)
+{
+    if (len > (size_t)GS_STORE_VALUE_MAX)
+        return bind_check(SQLITE_TOOBIG, i);
+    return bind_check(sqlite3_bind_blob(s, i, v, (int)len, SQLITE_TRANSIENT), i);
+}
+
+static int64_t now(void) { return (int64_t)time(NULL); }
 
 /* Steps a statement that returns no rows; counts changed rows. */
 static gs_err step_done(gs_store *st, sqlite3_stmt *s, const char *what, int *changes)
@@ -453,12 +485,12 @@ gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem
     err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created) VALUES (1, ?, ?, ?)", &s);
     if (err)
         return err;
-    bind_text(s, 1, key_label);
-    bind_text(s, 2, cert_pem);
-    sqlite3_bind_int64(s, 3, (sqlite3_int64)time(NULL));
+    if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) || (err = bind_int(s, 3, now())))
+        goto out;
     err = step_done(st, s, "store ca", NULL);
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -488,18 +520,17 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
                   &s);
     if (err)
         return err;
-    bind_text(s, 1, g->name);
-    bind_text(s, 2, g->address);
-    sqlite3_bind_int64(s, 3, g->methods);
-    bind_text(s, 4, g->algorithm);
-    sqlite3_bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0);
-    bind_text(s, 6, g->reject_label);
-    sqlite3_bind_int64(s, 7, (sqlite3_int64)time(NULL));
+    if ((err = bind_text(s, 1, g->name)) || (err = bind_text(s, 2, g->address)) ||
+        (err = bind_int(s, 3, g->methods)) || (err = bind_text(s, 4, g->algorithm)) ||
+        (err = bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0)) || (err = bind_text(s, 6, g->reject_label)) ||
+        (err = bind_int(s, 7, now())))
+        goto out;
     err = step_done(st, s, "add group", NULL);
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
     else if (err == GS_OK && id)
         *id = sqlite3_last_insert_rowid(st->db);
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -542,7 +573,9 @@ gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
     err = prepare(st, "SELECT " GROUP_COLS " FROM groups WHERE name = ?", &s);
     if (err)
         return err;
-    bind_text(s, 1, name);
+    err = bind_text(s, 1, name);
+    if (err)
+        goto out;
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
         err = group_from_row(s, out);
@@ -550,6 +583,7 @@ gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
         err = gs_err_set(GS_ERR_NOT_FOUND, "unknown group %s", log_quote(q, sizeof(q), name));
     else
         err = db_error(st, "read group");
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -657,9 +691,9 @@ gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, 
     err = prepare(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
     if (err)
         goto out;
-    sqlite3_bind_int(s, 1, GS_KEY_OLD);
-    sqlite3_bind_int64(s, 2, group_id);
-    sqlite3_bind_int(s, 3, GS_KEY_CURRENT);
+    if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
+        (err = bind_int(s, 3, GS_KEY_CURRENT)))
+        goto out;
     err = step_done(st, s, "demote key", NULL);
     sqlite3_finalize(s);
     s = NULL;
@@ -671,12 +705,9 @@ gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, 
                   &s);
     if (err)
         goto out;
-    sqlite3_bind_int64(s, 1, group_id);
-    sqlite3_bind_int64(s, 2, version);
-    bind_text(s, 3, token_label);
-    bind_text(s, 4, cert_pem);
-    sqlite3_bind_int(s, 5, GS_KEY_CURRENT);
-    sqlite3_bind_int64(s, 6, (sqlite3_int64)time(NULL));
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) || (err = bind_int(s, 6, now())))
+        goto out;
     err = step_done(st, s, "add key version", NULL);
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
@@ -692,12 +723,12 @@ gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned vers
     gs_err err = prepare(st, "UPDATE group_keys SET cert_pem = ? WHERE group_id = ? AND version = ?", &s);
     if (err)
         return err;
-    bind_text(s, 1, cert_pem);
-    sqlite3_bind_int64(s, 2, group_id);
-    sqlite3_bind_int64(s, 3, version);
+    if ((err = bind_text(s, 1, cert_pem)) || (err = bind_int(s, 2, group_id)) || (err = bind_int(s, 3, version)))
+        goto out;
     err = step_done(st, s, "set certificate", &changes);
     if (err == GS_OK && changes == 0)
         err = gs_err_set(GS_ERR_NOT_FOUND, "no key version %u", version);
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -712,14 +743,13 @@ gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned versio
                          &s);
     if (err)
         return err;
-    sqlite3_bind_int(s, 1, GS_KEY_RETIRED);
-    sqlite3_bind_int64(s, 2, (sqlite3_int64)time(NULL));
-    sqlite3_bind_int64(s, 3, group_id);
-    sqlite3_bind_int64(s, 4, version);
-    sqlite3_bind_int(s, 5, GS_KEY_OLD);
+    if ((err = bind_int(s, 1, GS_KEY_RETIRED)) || (err = bind_int(s, 2, now())) || (err = bind_int(s, 3, group_id)) ||
+        (err = bind_int(s, 4, version)) || (err = bind_int(s, 5, GS_KEY_OLD)))
+        goto out;
     err = step_done(st, s, "retire key", &changes);
     if (err == GS_OK && changes == 0)
         err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -741,7 +771,9 @@ gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **
                   &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
+    err = bind_int(s, 1, group_id);
+    if (err)
+        goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 4, bytes;
@@ -808,9 +840,9 @@ gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, con
     err = prepare(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
     if (err)
         goto out;
-    sqlite3_bind_int(s, 1, GS_KEY_OLD);
-    sqlite3_bind_int64(s, 2, group_id);
-    sqlite3_bind_int(s, 3, GS_KEY_CURRENT);
+    if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
+        (err = bind_int(s, 3, GS_KEY_CURRENT)))
+        goto out;
     err = step_done(st, s, "demote secret", NULL);
     sqlite3_finalize(s);
     s = NULL;
@@ -822,12 +854,10 @@ gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, con
                   &s);
     if (err)
         goto out;
-    sqlite3_bind_int64(s, 1, group_id);
-    sqlite3_bind_int64(s, 2, version);
-    bind_text(s, 3, token_label);
-    sqlite3_bind_blob(s, 4, kek_id, GS_KEK_ID_LEN, SQLITE_TRANSIENT);
-    sqlite3_bind_int(s, 5, GS_KEY_CURRENT);
-    sqlite3_bind_int64(s, 6, (sqlite3_int64)time(NULL));
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
+        (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) ||
+        (err = bind_int(s, 6, now())))
+        goto out;
     err = step_done(st, s, "add secret version", NULL);
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
@@ -853,7 +883,9 @@ gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, s
                   &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
+    err = bind_int(s, 1, group_id);
+    if (err)
+        goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 4, bytes;
@@ -905,7 +937,9 @@ gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size
     err = prepare(st, "SELECT group_id, version FROM secret_keys WHERE kek_id = ?", &s);
     if (err)
         return err;
-    sqlite3_bind_blob(s, 1, kek_id, (int)len, SQLITE_TRANSIENT);
+    err = bind_blob(s, 1, kek_id, len);
+    if (err)
+        goto out;
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         *group_id = sqlite3_column_int64(s, 0);
@@ -915,6 +949,7 @@ gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size
     } else {
         err = db_error(st, "find secret");
     }
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -939,14 +974,13 @@ gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs
     err = prepare(st, "INSERT INTO members (group_id, email, role, cert_pem, added) VALUES (?, ?, ?, ?, ?)", &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
-    bind_text(s, 2, email);
-    sqlite3_bind_int(s, 3, (int)role);
-    bind_text(s, 4, cert_pem);
-    sqlite3_bind_int64(s, 5, (sqlite3_int64)time(NULL));
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)) || (err = bind_int(s, 3, (int)role)) ||
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, now())))
+        goto out;
     err = step_done(st, s, "add member", NULL);
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", email);
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -959,11 +993,12 @@ gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
     gs_err err = prepare(st, "DELETE FROM members WHERE group_id = ? AND email = ?", &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
-    bind_text(s, 2, email);
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
+        goto out;
     err = step_done(st, s, "remove member", &changes);
     if (err == GS_OK && changes == 0)
         err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email ? email : ""));
+out:
     sqlite3_finalize(s);
     return err;
 }
@@ -992,8 +1027,8 @@ gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs
     err = prepare(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? AND email = ?", &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
-    bind_text(s, 2, email);
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
+        goto out;
     rc = sqlite3_step(s);
     if (rc == SQLITE_DONE) {
         err = gs_err_set(GS_ERR_NOT_FOUND, "not a member");
@@ -1032,7 +1067,9 @@ gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **ou
     err = prepare(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email", &s);
     if (err)
         return err;
-    sqlite3_bind_int64(s, 1, group_id);
+    err = bind_int(s, 1, group_id);
+    if (err)
+        goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : 8, bytes;

@@ -15,7 +15,8 @@
  * with the matching *_free (NULL fine). Strings in records are owned by
  * the record. On failure outputs are NULL/0.
  * Returns GS_OK, GS_ERR_NOT_FOUND (no such row), GS_ERR_EXISTS (unique
- * constraint), GS_ERR_DB, GS_ERR_SCHEMA, GS_ERR_NOMEM, GS_ERR_ARGS.
+ * constraint), GS_ERR_DB, GS_ERR_SCHEMA, GS_ERR_NOMEM, GS_ERR_ARGS (also
+ * for a value longer than GS_STORE_VALUE_MAX: nothing is written).
  */
 #ifndef GS_STORE_H
 #define GS_STORE_H
@@ -34,6 +35,10 @@
 #define GS_EMAIL_MAX 254    /* member email / list address */
 #define GS_LABEL_MAX 127    /* token label */
 #define GS_KEK_ID_LEN 16    /* group secret key identifier (KEKRecipientInfo kekid) */
+/* Longest string or blob the database takes (certificates are far below;
+ * set as SQLite's per-connection length limit). Longer values are
+ * GS_ERR_ARGS, never stored as NULL. */
+#define GS_STORE_VALUE_MAX (1024 * 1024)
 
 /* Delivery methods a group allows (bit set). */
 enum gs_method {

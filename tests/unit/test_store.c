@@ -222,6 +222,44 @@ static void test_members_no_cache(void **state)
     gs_store_close(other);
 }
 
+/* A value SQLite refuses to bind (over GS_STORE_VALUE_MAX) is an error,
+ * never a NULL stored in its place: the member's certificate column is
+ * nullable, and an unchecked bind added the member without it. */
+static void test_bind_too_long(void **state)
+{
+    struct fx *f = *state;
+    gs_store_member *m = NULL;
+    gs_store_group_key *keys = NULL;
+    size_t n = 0;
+    char *big = malloc((size_t)GS_STORE_VALUE_MAX + 2);
+    assert_non_null(big);
+    memset(big, 'A', (size_t)GS_STORE_VALUE_MAX + 1);
+    big[GS_STORE_VALUE_MAX + 1] = '\0';
+
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "big@example.org", GS_ROLE_MEMBER, big), GS_ERR_ARGS);
+    assert_non_null(strstr(gs_err_detail(), "too long"));
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "big@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_null(m);
+    /* a NOT NULL column: the error is the length, not a constraint (EXISTS) */
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", big), GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_keys(f->st, f->gid, &keys, &n), GS_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "PEM"), GS_OK);
+    assert_int_equal(gs_store_group_key_set_cert(f->st, f->gid, 1, big), GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_keys(f->st, f->gid, &keys, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(keys[0].cert_pem, "PEM");
+    gs_store_group_keys_free(keys, n);
+    /* a long value within the limit is fine (the row holds other columns too) */
+    big[GS_STORE_VALUE_MAX / 2] = '\0';
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "big@example.org", GS_ROLE_MEMBER, big), GS_OK);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "big@example.org", &m), GS_OK);
+    assert_non_null(m->cert_pem);
+    assert_int_equal(strlen(m->cert_pem), GS_STORE_VALUE_MAX / 2);
+    gs_store_member_free(m);
+    free(big);
+}
+
 static void test_transactions(void **state)
 {
     struct fx *f = *state;
@@ -308,6 +346,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test(test_helpers),
     };
