@@ -29,6 +29,7 @@
 #include "hsm.h"
 #include "log.h"
 #include "store.h"
+#include "tlscmd.h"
 #include "util.h"
 #ifdef GS_HAVE_SERVER
 #include "serve.h"
@@ -54,6 +55,7 @@ static const char usage_text[] =
     "  member remove NAME EMAIL\n"
     "  member list NAME\n"
     "  check\n"
+    "  tls init --dns NAME --out FILE [--key ec:p256|ec:p384] [--subject CN] [--label LABEL] [--days N]\n"
     "  serve\n"
     "  audit verify [--file PATH]\n"
     "config: -c FILE, else $GROUPSRV_CONF, else " GS_CONFIG_DEFAULT_PATH "\n";
@@ -303,7 +305,10 @@ static int group_show(struct env *e, const struct args *a)
         rc = fail(err);
         goto out;
     }
-    for (size_t i = 0; i < nk; i++) {
+    /* Keys come newest first: the newest current version is the one shown.
+     * A database with two current versions (damaged, or edited by hand)
+     * must not have the first parsed certificate overwritten and leaked. */
+    for (size_t i = 0; i < nk && cert == NULL; i++) {
         if (keys[i].state != GS_KEY_CURRENT)
             continue;
         err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &cert);
@@ -804,7 +809,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "ca") && strcmp(cmd, "group") && strcmp(cmd, "secret") && strcmp(cmd, "member") &&
-        strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit"))
+        strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit") &&
+        strcmp(cmd, "tls"))
         return usage_error("unknown command %s", cmd);
 
     err = gs_config_load(gs_config_choose_path(cfg_path), &cfg);
@@ -830,6 +836,8 @@ int main(int argc, char **argv)
         rc = cmd_secret(&e, sub_argc - 1, sub_argv + 1);
     } else if (strcmp(cmd, "member") == 0) {
         rc = cmd_member(&e, sub_argc - 1, sub_argv + 1);
+    } else if (strcmp(cmd, "tls") == 0) {
+        rc = gs_cmd_tls(cfg, sub_argc, sub_argv); /* tlscmd.c */
     } else {
         rc = cmd_check(&e, sub_argc, sub_argv);
     }

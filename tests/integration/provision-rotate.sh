@@ -67,4 +67,9 @@ expect_rc 0 "$G" -c "$CONF" check
 p11 --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --usage-decrypt > /dev/null 2>&1
 expect_rc 1 "$G" -c "$CONF" check
 grep -q "retired but still on the token" "$T/out" || fail "check missed a retired key"
+# a damaged database with two current versions: show prints the newest
+# (it used to print the older one and leak the newer's certificate)
+sqlite3 "$T/db/groupsrv.db" "UPDATE group_keys SET state = 1 WHERE version = 2"
+"$G" -c "$CONF" group show eng --cert > "$T/shown.pem" || fail "group show with two current versions"
+cmp -s "$T/shown.pem" "$T/eng-v3.pem" || fail "group show --cert did not print the newest current version"
 echo "provision-rotate: OK"
