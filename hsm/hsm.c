@@ -203,16 +203,20 @@ static void close_session(hsm_ctx *ctx, CK_SESSION_HANDLE h)
  * must not pick another dead one, so they go too. */
 static void drop_sessions(hsm_ctx *ctx, bool token_gone)
 {
-    hsm_session *idle = NULL;
+    /* The handles are copied out so that they are closed outside pool_mu.
+     * No allocation: a failed malloc here used to leave the idle sessions
+     * open until C_Finalize. The pool never holds more than
+     * max_sessions <= HSM_MAX_SESSIONS (hsm_open checks; 8 KiB of handles
+     * on the stack). */
+    CK_SESSION_HANDLE dead[HSM_MAX_SESSIONS];
     unsigned n = 0, i;
 
     pthread_mutex_lock(&ctx->pool_mu);
     if (!ctx->token_lost) {
         ctx->token_lost = token_gone;
         ctx->sess_epoch++;
-        n = ctx->n_idle;
-        if (n > 0 && (idle = malloc(n * sizeof(*idle))) != NULL)
-            memcpy(idle, ctx->idle, n * sizeof(*idle));
+        for (i = 0; i < ctx->n_idle && n < HSM_MAX_SESSIONS; i++)
+            dead[n++] = ctx->idle[i].h;
         ctx->n_open -= ctx->n_idle;
         ctx->n_idle = 0;
         pthread_cond_broadcast(&ctx->pool_cv);
@@ -221,9 +225,8 @@ static void drop_sessions(hsm_ctx *ctx, bool token_gone)
     }
     pthread_mutex_unlock(&ctx->pool_mu);
     bump_key_gen(ctx);
-    for (i = 0; idle != NULL && i < n; i++)
-        close_session(ctx, idle[i].h);
-    free(idle);
+    for (i = 0; i < n; i++)
+        close_session(ctx, dead[i]);
 }
 
 static bool token_is_lost(hsm_ctx *ctx)
