@@ -1,0 +1,241 @@
+/*
+ * tlscmd.c: `groupsrv tls init`: the TLS server key made on the token and
+ * its certificate issued by the local CA, so that `[tls] key` can be a
+ * pkcs11: URI (groupsrv/server/tls_tokenkey.c). OpenSSL's own tools cannot
+ * make a CSR for a token key without an engine or provider, hence this.
+ *
+ * Only EC keys: an RSA key on the token would need raw RSA for TLS 1.3's
+ * RSA-PSS through OpenSSL 3.0, which groupsrv never offers.
+ */
+#include "tlscmd.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "config.h"
+#include "groups.h"
+#include "gs_error.h"
+#include "hsm.h"
+#include "store.h"
+#include "util.h"
+
+#define TLS_USAGE                                                                                              \
+    "usage: groupsrv [-c FILE] tls init --dns NAME --out FILE [--key ec:p256|ec:p384] [--subject CN]\n"      \
+    "                [--label LABEL] [--days N]\n"
+#define TLS_LABEL_MAX 64
+#define TLS_DNS_MAX 253
+
+struct tls_init_args {
+    const char *dns, *out, *key, *subject, *label, *days;
+};
+
+static int tls_usage(const char *why, const char *what)
+{
+    fprintf(stderr, "groupsrv tls: %s%s\n" TLS_USAGE, why, what ? what : "");
+    return 2;
+}
+
+static int tls_fail(gs_err err)
+{
+    const char *d = gs_err_detail();
+    fprintf(stderr, "groupsrv: %s\n", d && d[0] ? d : gs_strerror(err));
+    return gs_err_exit_code(err);
+}
+
+/* Letters, digits and those of extra: labels and DNS names we put in
+ * URIs and certificates unescaped. */
+static int plain_name(const char *s, size_t max, const char *extra)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr(extra, c)))
+            return 0;
+    }
+    return s[0] != '.' && s[0] != '-';
+}
+
+/* RFC 7512 value: percent-encode all but unreserved characters. */
+static void uri_escape(const char *in, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *in && o + 4 < cap; in++) {
+        unsigned char c = (unsigned char)*in;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~", c)) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
+static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
+{
+    struct {
+        const char *name;
+        const char **val;
+    } opts[] = {{"--dns", &a->dns},         {"--out", &a->out},     {"--key", &a->key},
+                {"--subject", &a->subject}, {"--label", &a->label}, {"--days", &a->days}};
+
+    memset(a, 0, sizeof(*a));
+    for (int i = 0; i < argc; i++) {
+        size_t k;
+        for (k = 0; k < sizeof(opts) / sizeof(opts[0]); k++)
+            if (strcmp(argv[i], opts[k].name) == 0)
+                break;
+        if (k == sizeof(opts) / sizeof(opts[0]))
+            return tls_usage("unknown argument ", argv[i]);
+        if (i + 1 >= argc)
+            return tls_usage("missing value for ", argv[i]);
+        if (*opts[k].val != NULL)
+            return tls_usage("option given twice: ", argv[i]);
+        *opts[k].val = argv[++i];
+    }
+    if (a->dns == NULL || a->out == NULL)
+        return tls_usage("--dns and --out are required", NULL);
+    if (!plain_name(a->dns, TLS_DNS_MAX, ".-"))
+        return tls_usage("--dns: expected a host name (letters, digits, '.', '-'), got ", a->dns);
+    if (a->label == NULL)
+        a->label = "tls";
+    if (!plain_name(a->label, TLS_LABEL_MAX, "._-"))
+        return tls_usage("--label: expected 1-64 of A-Z a-z 0-9 . _ -, got ", a->label);
+    if (a->key == NULL)
+        a->key = "ec:p256";
+    if (a->subject == NULL)
+        a->subject = a->dns;
+    return 0;
+}
+
+static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
+{
+    hsm_keygen_spec ks;
+    hsm_key_type type;
+    hsm_key *pub = NULL, *priv = NULL;
+    hsm_key_info ki;
+    hsm_token_info ti;
+    hsm_ctx *hsm = NULL;
+    gs_store *st = NULL;
+    gs_ca *ca = NULL;
+    gs_cert_spec cs;
+    unsigned bits;
+    uint64_t days = 365;
+    unsigned char *spki = NULL;
+    const unsigned char *p;
+    size_t spki_len = 0;
+    EVP_PKEY *pk = NULL;
+    X509 *cert = NULL;
+    char *pem = NULL, fp[65], tok[3 * sizeof(ti.label) + 1];
+    bool made = false;
+    gs_err err;
+    hsm_err he;
+    int rc = 1, ur;
+
+    if (a->days != NULL && util_parse_u64(a->days, 1, 3650, &days) != UTIL_OK)
+        return tls_usage("--days: expected 1..3650, got ", a->days);
+    if (gs_keyspec_parse(a->key, &type, &bits) != GS_OK)
+        return tls_usage("--key: expected ec:p256 or ec:p384, got ", a->key);
+    if (type != HSM_KEYTYPE_EC)
+        return tls_usage("--key: the TLS key on the token must be EC (ec:p256 or ec:p384): an RSA key would "
+                         "need raw RSA for TLS 1.3's RSA-PSS signatures, which groupsrv never offers; got ",
+                         a->key);
+    if ((err = gs_store_open(cfg->db.path, GS_STORE_READONLY, &st)) != GS_OK ||
+        (err = gs_hsm_open(cfg, &hsm)) != GS_OK || (err = gs_ca_load(st, hsm, &ca)) != GS_OK) {
+        rc = tls_fail(err);
+        goto out;
+    }
+    memset(&ks, 0, sizeof(ks));
+    ks.label = a->label;
+    ks.type = HSM_KEYTYPE_EC;
+    ks.bits = bits;
+    ks.usage = HSM_USE_SIGN;
+    if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK) {
+        if (he == HSM_ERR_KEY_EXISTS)
+            rc = tls_fail(gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label));
+        else
+            rc = tls_fail(gs_err_set(GS_ERR_HSM, "generating the TLS key: %s (%s)", hsm_strerror(he),
+                                     hsm_last_error_detail()));
+        goto out;
+    }
+    made = true;
+    /* What `groupsrv serve` will insist on, checked now rather than there. */
+    if ((he = hsm_key_get_info(hsm, priv, &ki)) != HSM_OK || !ki.sign || !ki.sensitive || ki.extractable ||
+        !ki.never_extractable || ki.value_readable) {
+        rc = tls_fail(gs_err_set(GS_ERR_POLICY, "the new TLS key is not a sensitive, non-extractable signing key"));
+        goto out;
+    }
+    if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
+        rc = tls_fail(gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he)));
+        goto out;
+    }
+    p = spki;
+    if ((pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL) {
+        rc = tls_fail(gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse"));
+        goto out;
+    }
+    memset(&cs, 0, sizeof(cs));
+    cs.pubkey = pk;
+    cs.subject_cn = a->subject;
+    cs.san_dns = a->dns;
+    cs.key_usage = GS_KU_DIGITAL_SIGNATURE;
+    cs.ext_key_usage = GS_EKU_SERVER_AUTH;
+    cs.lifetime = (long)days * 86400L;
+    cs.backdate = 300;
+    if ((err = gs_ca_issue(ca, hsm, &cs, &cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK) {
+        rc = tls_fail(err);
+        goto out;
+    }
+    if ((ur = util_write_file_atomic(a->out, pem, strlen(pem), 0644)) != UTIL_OK) {
+        rc = tls_fail(gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur)));
+        goto out;
+    }
+    made = false; /* done: the key stays */
+    gs_cert_fingerprint(cert, fp);
+    if (hsm_token_info_get(hsm, &ti) == HSM_OK)
+        uri_escape(ti.label, tok, sizeof(tok));
+    else
+        util_strlcpy(tok, "groupsrv", sizeof(tok));
+    printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n"
+           "certificate for %s written to %s (sha256 %s), issued by the local CA\n"
+           "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
+           a->label, bits, a->dns, a->out, fp, a->out, tok, a->label);
+    rc = 0;
+out:
+    if (made) { /* no half-made TLS key left behind */
+        if (priv != NULL)
+            (void)hsm_key_destroy(hsm, priv);
+        if (pub != NULL)
+            (void)hsm_key_destroy(hsm, pub);
+    }
+    free(pem);
+    X509_free(cert);
+    EVP_PKEY_free(pk);
+    free(spki);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    gs_ca_free(ca);
+    hsm_close(hsm);
+    gs_store_close(st);
+    return rc;
+}
+
+int gs_cmd_tls(const struct gs_config *cfg, int argc, char **argv)
+{
+    struct tls_init_args a;
+    int rc;
+
+    if (argc < 2 || strcmp(argv[1], "init") != 0)
+        return tls_usage("expected: tls init", NULL);
+    if ((rc = parse_tls_init(argc - 2, argv + 2, &a)) != 0)
+        return rc;
+    return tls_init(cfg, &a);
+}
