@@ -75,15 +75,27 @@ struct args {
     size_t nopt;
 };
 
+/* Every error is exactly one line on stderr, "groupsrv: what is wrong":
+ * control characters that came from arguments or files (a newline in an
+ * argument) are shown as '?' so they cannot start a second line. */
+static void error_line(const char *msg, const char *suffix)
+{
+    fputs("groupsrv: ", stderr);
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
+        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    fputs(suffix, stderr);
+    fputc('\n', stderr);
+}
+
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
 {
+    char msg[512];
     va_list ap;
-    fprintf(stderr, "groupsrv: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    (void)vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(groupsrv --help for usage)\n");
+    error_line(msg, " (see groupsrv --help)");
     return EXIT_USAGE;
 }
 
@@ -142,7 +154,7 @@ static const char *opt(const struct args *a, const char *name)
 static int fail(gs_err err)
 {
     const char *d = gs_err_detail();
-    fprintf(stderr, "groupsrv: %s\n", d && d[0] ? d : gs_strerror(err));
+    error_line(d && d[0] ? d : gs_strerror(err), "");
     return gs_err_exit_code(err);
 }
 
@@ -777,7 +789,10 @@ int main(int argc, char **argv)
     const char *cmd;
     gs_err err;
 
-    log_init("groupsrv", LOG_LVL_WARN, NULL);
+    /* Admin commands: an error is the one line fail()/usage_error() print;
+     * library warnings (e.g. the hsm layer's "token rejected the PIN")
+     * would make it two. -v shows them; serve sets its own level. */
+    log_init("groupsrv", LOG_LVL_ERROR, NULL);
     memset(&e, 0, sizeof(e));
     /* -c FILE may appear anywhere; everything else is the command line. */
     for (int i = 1; i < argc; i++) {
@@ -799,10 +814,8 @@ int main(int argc, char **argv)
         }
     }
     sub_argv[sub_argc] = NULL;
-    if (sub_argc == 0) {
-        fputs(usage_text, stderr);
-        return EXIT_USAGE;
-    }
+    if (sub_argc == 0)
+        return usage_error("no command given%s", "");
     cmd = sub_argv[0];
     if (strcmp(cmd, "help") == 0) {
         fputs(usage_text, stdout);

@@ -5,10 +5,20 @@
 set -euo pipefail
 . "$(dirname "$0")/provision-lib.sh"
 
-# --- usage and config errors
+# --- usage and config errors: one line each, hint included
 expect_rc 2 "$G"
+expect_err "no command given (see groupsrv --help)"
 expect_rc 2 "$G" -c "$CONF" frobnicate
+expect_err "unknown command frobnicate"
 expect_rc 2 "$G" -c "$CONF" group create eng --address eng@example.org --bogus
+expect_err "unknown option --bogus (see groupsrv --help)"
+expect_rc 2 "$G" -c "$CONF" group show
+one_line
+expect_rc 2 "$G" -c
+one_line
+# a newline inside an argument does not start a second line
+expect_rc 2 "$G" -c "$CONF" "$(printf 'frob\nnicate')"
+expect_err "unknown command frob?nicate"
 printf '[server]\nlisten = 127.0.0.1:8443\nlisen = x\n' > "$T/bad.conf"
 expect_rc 5 "$G" -c "$T/bad.conf" group list
 expect_err "bad.conf:3: unknown key 'lisen' in \[server\]"

@@ -36,10 +36,13 @@ expect_rc() {
     fail "expected exit $want, got $got: $*"
   fi
 }
-# The error message must be one line naming what is wrong.
+# The error message must be exactly one line naming what is wrong.
+one_line() {
+  [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err"; fail "error is not exactly one line"; }
+}
 expect_err() {
   grep -q -- "$1" "$T/err" || { cat "$T/err"; fail "stderr lacks '$1'"; }
-  [ "$(wc -l < "$T/err")" -eq 2 ] || [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err"; fail "error is not one line"; }
+  one_line
 }
 p11() { GS_PIN=$(cat "$T/tok/user-pin") pkcs11-tool --module "$SOFTHSM2_MODULE" --token-label groupsrv --login --pin env:GS_PIN "$@"; }
 db_sum() { sqlite3 "$T/db/groupsrv.db" '.dump' | sha256sum; }
