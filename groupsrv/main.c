@@ -729,11 +729,155 @@ static void check_row(void *arg, const gs_key_audit_row *r)
     }
 }
 
+/* One row of the file checks; returns 1 for a problem (added up). */
+static unsigned file_row(const char *what, bool ok, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static unsigned file_row(const char *what, bool ok, const char *fmt, ...)
+{
+    va_list ap;
+    printf("%-10s%s", what, ok ? "OK   " : "PROBLEM: ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    return ok ? 0 : 1;
+}
+
+/* An encrypted key is a problem (serve has no passphrase to give), and
+ * must never prompt on the terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+/* The first certificate of a PEM chain file (what serve uses as its own). */
+static const char *read_leaf_cert(const char *path, X509 **out)
+{
+    BIO *bio = BIO_new_file(path, "r");
+    *out = NULL;
+    if (bio == NULL) {
+        ERR_clear_error();
+        return "unreadable";
+    }
+    *out = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
+    BIO_free(bio);
+    ERR_clear_error();
+    return *out ? NULL : "no PEM certificate in it";
+}
+
+/* [tls] cert, key, client_ca: what serve will load, checked the same way:
+ * the files are readable, the key is the certificate's, the certificate is
+ * valid now, the client CA file holds at least one certificate. A key that
+ * is a pkcs11: URI is on the token; serve checks it there at start. */
+static unsigned check_tls(const struct gs_config *cfg)
+{
+    unsigned problems = 0;
+    X509 *cert = NULL;
+    EVP_PKEY *pkey = NULL;
+    const char *why;
+
+    if (cfg->tls.cert == NULL && cfg->tls.key == NULL) {
+        printf("%-10s-    [tls] cert and key not set (serve needs them)\n", "tls");
+    } else if (cfg->tls.cert == NULL || cfg->tls.key == NULL) {
+        problems += file_row("tls", false, "[tls] %s is set but %s is not", cfg->tls.cert ? "cert" : "key",
+                             cfg->tls.cert ? "key" : "cert");
+    } else {
+        why = read_leaf_cert(cfg->tls.cert, &cert);
+        if (why == NULL && X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
+            why = "certificate expired";
+        else if (why == NULL && X509_cmp_current_time(X509_get0_notBefore(cert)) > 0)
+            why = "certificate not valid yet";
+        problems += file_row("tls cert", why == NULL, "%s%s%s", cfg->tls.cert, why ? ": " : "", why ? why : "");
+        if (strncmp(cfg->tls.key, "pkcs11:", 7) == 0) {
+            printf("%-10sOK   the key is on the token (%s); serve checks it at start\n", "tls key", cfg->tls.key);
+        } else {
+            BIO *bio = BIO_new_file(cfg->tls.key, "r");
+            why = NULL;
+            if (bio == NULL)
+                why = "unreadable";
+            else if ((pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)) == NULL)
+                why = "no unencrypted PEM private key in it";
+            else if (cert != NULL && X509_check_private_key(cert, pkey) != 1)
+                why = "does not match the [tls] cert";
+            BIO_free(bio);
+            ERR_clear_error();
+            problems += file_row("tls key", why == NULL, "%s%s%s", cfg->tls.key, why ? ": " : "", why ? why : "");
+        }
+    }
+    if (cfg->tls.client_ca == NULL) {
+        printf("%-10sOK   not set: client certificates from the local CA\n", "client_ca");
+    } else {
+        STACK_OF(X509_INFO) *infos = NULL;
+        BIO *bio = BIO_new_file(cfg->tls.client_ca, "r");
+        int n = 0;
+        why = NULL;
+        if (bio == NULL)
+            why = "unreadable";
+        else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, no_passphrase, NULL)) == NULL)
+            why = "not PEM";
+        for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++)
+            n += sk_X509_INFO_value(infos, i)->x509 != NULL;
+        if (why == NULL && n == 0)
+            why = "no certificate in it";
+        sk_X509_INFO_pop_free(infos, X509_INFO_free);
+        BIO_free(bio);
+        ERR_clear_error();
+        problems += file_row("client_ca", why == NULL, "%s%s%s", cfg->tls.client_ca, why ? ": " : "", why ? why : "");
+    }
+    EVP_PKEY_free(pkey);
+    X509_free(cert);
+    return problems;
+}
+
+/* [audit] path: serve appends to it, creating the file and any missing
+ * directories (0700). So: an existing file must be a writable regular
+ * file; otherwise the nearest existing ancestor must be a writable
+ * directory. */
+static unsigned check_audit_path(const struct gs_config *cfg)
+{
+    char dir[4096];
+    struct stat sb;
+    const char *why = NULL;
+    char *slash;
+
+    if (stat(cfg->audit.path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode))
+            why = "not a regular file";
+        else if (access(cfg->audit.path, W_OK) != 0)
+            why = "not writable";
+        return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : "", why ? why : "");
+    }
+    if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
+        return file_row("audit log", false, "%s: path too long", cfg->audit.path);
+    for (;;) {
+        slash = strrchr(dir, '/');
+        if (slash == NULL) {
+            (void)util_strlcpy(dir, ".", sizeof(dir));
+        } else if (slash == dir) {
+            dir[1] = '\0';
+        } else {
+            *slash = '\0';
+        }
+        if (stat(dir, &sb) == 0)
+            break;
+        if (errno != ENOENT || slash == NULL || slash == dir) {
+            why = "directory unreachable";
+            break;
+        }
+    }
+    if (why == NULL && !S_ISDIR(sb.st_mode))
+        why = "a path component is not a directory";
+    else if (why == NULL && access(dir, W_OK | X_OK) != 0)
+        why = "directory not writable";
+    return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : " (will be created)",
+                    why ? why : "");
+}
+
 static int cmd_check(struct env *e, int argc, char **argv)
 {
     struct args a;
     hsm_token_info ti;
-    unsigned problems = 0;
+    unsigned problems = 0, key_problems = 0;
     gs_err err;
     hsm_err he;
     int rc = parse_args(argc, argv, NULL, 0, &a);
@@ -742,6 +886,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
     if (a.npos != 1)
         return usage_error("check takes no arguments%s", "");
     printf("config    OK   %s\n", e->cfg->path);
+    problems += check_tls(e->cfg);
+    problems += check_audit_path(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err) {
         printf("database  PROBLEM: %s\n", gs_err_detail());
@@ -764,16 +910,18 @@ static int cmd_check(struct env *e, int argc, char **argv)
            ti.model, ti.serial);
     printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", "GROUP", "VER", "LABEL",
            "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
-    err = gs_keys_audit(e->st, e->hsm, check_row, NULL, &problems);
+    err = gs_keys_audit(e->st, e->hsm, check_row, NULL, &key_problems);
     if (err) {
-        printf("audit     PROBLEM: %s\n", gs_err_detail());
+        printf("keys      PROBLEM: %s\n", gs_err_detail());
         return 1;
     }
+    if (key_problems == 0)
+        printf("all keys OK\n");
+    problems += key_problems;
     if (problems) {
         printf("%u problem(s) found\n", problems);
         return 1;
     }
-    printf("all keys OK\n");
     return 0;
 }
 

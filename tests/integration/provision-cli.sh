@@ -160,6 +160,56 @@ expect_rc 0 "$G" -c "$CONF" group import-cert eng --cert "$T/eng-org.pem"
 expect_rc 0 "$G" -c "$CONF" check
 grep -q "all keys OK" "$T/out" || fail "check output"
 grep -q "^group  *eng  *v1 .*OK" "$T/out" || { cat "$T/out"; fail "check table"; }
+# --- check: the [tls] files and the audit log directory
+grep -q "^tls  *- *\[tls\] cert and key not set" "$T/out" || { cat "$T/out"; fail "check: unset [tls] not reported"; }
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/srv.key" -out "$T/srv.pem" \
+  -days 2 -subj /CN=localhost 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/other.key" -out "$T/other.pem" \
+  -days 2 -subj /CN=other 2>/dev/null
+# tlsconf NAME CERT KEY CLIENT_CA AUDIT: $CONF plus [tls] and [audit], as $T/NAME.conf
+tlsconf() {
+  { cat "$CONF"; printf '[tls]\ncert = %s\nkey = %s\nclient_ca = %s\n[audit]\npath = %s\n' "$2" "$3" "$4" "$5"; } > "$T/$1.conf"
+}
+tlsconf tlsok "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/logs/sub/audit.jsonl"
+expect_rc 0 "$G" -c "$T/tlsok.conf" check
+for row in "tls cert  OK" "tls key   OK" "client_ca OK" "audit log OK .*will be created"; do
+  grep -q "^$row" "$T/out" || { cat "$T/out"; fail "check: no '$row' row"; }
+done
+# expect_check_problem NAME PATTERN: check on $T/NAME.conf exits 1 with a PROBLEM row matching PATTERN
+expect_check_problem() {
+  expect_rc 1 "$G" -c "$T/$1.conf" check
+  grep -q "$2" "$T/out" || { cat "$T/out"; fail "check ($1) did not report '$2'"; }
+  grep -q "problem(s) found" "$T/out" || { cat "$T/out"; fail "check ($1): no problem count"; }
+}
+tlsconf nocert "$T/missing.pem" "$T/srv.key" "$T/ca.pem" "$T/audit.jsonl"
+expect_check_problem nocert "^tls cert  PROBLEM: .*missing.pem: unreadable"
+tlsconf nokey "$T/srv.pem" "$T/missing.key" "$T/ca.pem" "$T/audit.jsonl"
+expect_check_problem nokey "^tls key   PROBLEM: .*missing.key: unreadable"
+tlsconf mismatch "$T/srv.pem" "$T/other.key" "$T/ca.pem" "$T/audit.jsonl"
+expect_check_problem mismatch "^tls key   PROBLEM: .*does not match the \[tls\] cert"
+tlsconf certnotkey "$T/srv.pem" "$T/srv.pem" "$T/ca.pem" "$T/audit.jsonl"
+expect_check_problem certnotkey "^tls key   PROBLEM: .*no unencrypted PEM private key"
+tlsconf noca "$T/srv.pem" "$T/srv.key" "$T/missing-ca.pem" "$T/audit.jsonl"
+expect_check_problem noca "^client_ca PROBLEM: .*unreadable"
+tlsconf emptyca "$T/srv.pem" "$T/srv.key" "$T/srv.key" "$T/audit.jsonl"
+expect_check_problem emptyca "^client_ca PROBLEM: .*srv.key: "
+touch "$T/afile"
+tlsconf auditfile "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/afile/audit.jsonl"
+expect_check_problem auditfile "^audit log PROBLEM: .*not a directory"
+mkdir "$T/adir"
+tlsconf auditdir "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/adir"
+expect_check_problem auditdir "^audit log PROBLEM: .*adir: not a regular file"
+if [ "$(id -u)" -ne 0 ]; then   # root writes anywhere
+  mkdir "$T/ro"; chmod 500 "$T/ro"
+  tlsconf auditro "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/ro/audit.jsonl"
+  expect_check_problem auditro "^audit log PROBLEM: .*directory not writable"
+fi
+# a key on the token: only the certificate file is checked here
+tlsconf tokkey "$T/srv.pem" "pkcs11:token=groupsrv;object=tls;type=private" "$T/ca.pem" "$T/audit.jsonl"
+expect_rc 0 "$G" -c "$T/tokkey.conf" check
+grep -q "^tls key   OK .*on the token" "$T/out" || { cat "$T/out"; fail "check: pkcs11 key row"; }
+tlsconf tokkeynocert "$T/missing.pem" "pkcs11:token=groupsrv;object=tls;type=private" "$T/ca.pem" "$T/audit.jsonl"
+expect_check_problem tokkeynocert "^tls cert  PROBLEM: .*unreadable"
 # replace eng's key with one made by hand (no unwrap template, no mechanism limit)
 p11 --delete-object --type privkey --label gs:group:eng:v1 > /dev/null 2>&1
 p11 --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --usage-decrypt --usage-sign > /dev/null 2>&1
