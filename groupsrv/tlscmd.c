@@ -23,9 +23,6 @@
 #include "store.h"
 #include "util.h"
 
-#define TLS_USAGE                                                                                              \
-    "usage: groupsrv [-c FILE] tls init --dns NAME --out FILE [--key ec:p256|ec:p384] [--subject CN]\n"      \
-    "                [--label LABEL] [--days N]\n"
 #define TLS_LABEL_MAX 64
 #define TLS_DNS_MAX 253
 
@@ -33,16 +30,29 @@ struct tls_init_args {
     const char *dns, *out, *key, *subject, *label, *days;
 };
 
+/* One line on stderr, as main.c's errors: control characters (from
+ * arguments) shown as '?' so they cannot start a second line. */
+static void error_line(const char *a, const char *b, const char *suffix)
+{
+    const char *parts[] = {a, b};
+    fputs("groupsrv: ", stderr);
+    for (size_t i = 0; i < 2; i++)
+        for (const unsigned char *p = (const unsigned char *)parts[i]; p != NULL && *p; p++)
+            fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    fputs(suffix, stderr);
+    fputc('\n', stderr);
+}
+
 static int tls_usage(const char *why, const char *what)
 {
-    fprintf(stderr, "groupsrv tls: %s%s\n" TLS_USAGE, why, what ? what : "");
+    error_line(why, what, " (see groupsrv --help)");
     return 2;
 }
 
 static int tls_fail(gs_err err)
 {
     const char *d = gs_err_detail();
-    fprintf(stderr, "groupsrv: %s\n", d && d[0] ? d : gs_strerror(err));
+    error_line(d && d[0] ? d : gs_strerror(err), NULL, "");
     return gs_err_exit_code(err);
 }
 
@@ -102,7 +112,7 @@ static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
         *opts[k].val = argv[++i];
     }
     if (a->dns == NULL || a->out == NULL)
-        return tls_usage("--dns and --out are required", NULL);
+        return tls_usage("tls init: --dns NAME and --out FILE are required", NULL);
     if (!plain_name(a->dns, TLS_DNS_MAX, ".-"))
         return tls_usage("--dns: expected a host name (letters, digits, '.', '-'), got ", a->dns);
     if (a->label == NULL)
@@ -234,7 +244,7 @@ int gs_cmd_tls(const struct gs_config *cfg, int argc, char **argv)
     int rc;
 
     if (argc < 2 || strcmp(argv[1], "init") != 0)
-        return tls_usage("expected: tls init", NULL);
+        return tls_usage("tls: expected init", NULL);
     if ((rc = parse_tls_init(argc - 2, argv + 2, &a)) != 0)
         return rc;
     return tls_init(cfg, &a);

@@ -272,9 +272,14 @@ hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg);
 typedef enum hsm_sig_alg {
     HSM_SIG_RSA_PKCS1_SHA256 = 1, /* CKM_SHA256_RSA_PKCS */
     HSM_SIG_ECDSA_SHA256,         /* CKM_ECDSA_SHA256 (or CKM_ECDSA over our digest) */
+    HSM_SIG_ECDSA_DIGEST,         /* CKM_ECDSA over data that already is a digest
+                                     (20..64 bytes, the caller hashed): TLS server keys */
 } hsm_sig_alg;
-/* Signs data; for ECDSA the output is DER Ecdsa-Sig-Value (ready for X.509),
- * not PKCS#11's raw r||s. Caller frees *sig. */
+/* Signs data; for ECDSA the output is DER Ecdsa-Sig-Value (ready for X.509
+ * and TLS), not PKCS#11's raw r||s. With HSM_SIG_ECDSA_DIGEST, data is the
+ * digest itself and len must be 20..64 (else HSM_ERR_ARGS); the token
+ * truncates a digest longer than the curve order as ECDSA says. Caller
+ * frees *sig. */
 hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
                  unsigned char **sig, size_t *siglen);
 

@@ -22,6 +22,8 @@
 #define RSA_OUT_MAX 2048 /* wrap/sign output of an RSA key up to 16384 bits */
 #define RECIPIENTS_MAX 4096
 #define SIGN_DATA_MAX (1024u * 1024u)
+#define ECDSA_DIGEST_MIN 20u /* SHA-1 (TLS 1.2 peers may still ask) */
+#define ECDSA_DIGEST_MAX 64u /* SHA-512 */
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
 
@@ -829,12 +831,15 @@ static hsm_err op_sign(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         m.mechanism = CKM_ECDSA;
         in = md;
         inlen = sizeof(md);
+    } else if (sa->alg == HSM_SIG_ECDSA_DIGEST) {
+        /* The caller (TLS) hashed with the hash its signature scheme names. */
+        m.mechanism = CKM_ECDSA;
     }
     if ((err = P11(ctx, C_SignInit, s, &m, h)) != HSM_OK)
         return err;
     if ((err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in, inlen, buf, &len)) != HSM_OK)
         return err;
-    if (sa->alg == HSM_SIG_ECDSA_SHA256)
+    if (m.mechanism == CKM_ECDSA)
         return ecdsa_to_der(buf, len, &sa->sig, &sa->siglen);
     if ((sa->sig = malloc(len)) == NULL)
         return HSM_ERR_NOMEM;
@@ -855,7 +860,9 @@ hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned cha
         *siglen = 0;
     hsm_clear_detail();
     if (ctx == NULL || key == NULL || (data == NULL && len != 0) || len > SIGN_DATA_MAX || sig == NULL ||
-        siglen == NULL || (alg != HSM_SIG_RSA_PKCS1_SHA256 && alg != HSM_SIG_ECDSA_SHA256))
+        siglen == NULL ||
+        (alg != HSM_SIG_RSA_PKCS1_SHA256 && alg != HSM_SIG_ECDSA_SHA256 && alg != HSM_SIG_ECDSA_DIGEST) ||
+        (alg == HSM_SIG_ECDSA_DIGEST && (len < ECDSA_DIGEST_MIN || len > ECDSA_DIGEST_MAX)))
         return HSM_ERR_ARGS;
     if ((err = hsm_run(ctx, op_sign, &sa)) != HSM_OK) {
         free(sa.sig);

@@ -73,12 +73,14 @@ struct main_loop {
     struct event_base *base;
     const struct gs_config *cfg;
     gs_ca *ca;
+    hsm_ctx *hsm;
 };
 
-static int load_tls(const struct gs_config *cfg, gs_ca *ca)
+/* hsm: for [tls] key = pkcs11:URI (the token is open before TLS set-up). */
+static int load_tls(const struct gs_config *cfg, gs_ca *ca, hsm_ctx *hsm)
 {
     tls_opts o = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key, .client_ca_file = cfg->tls.client_ca,
-                  .local_ca = ca ? gs_ca_cert(ca) : NULL};
+                  .local_ca = ca ? gs_ca_cert(ca) : NULL, .hsm = hsm};
     tls_state *st = NULL;
     char err[512];
 
@@ -105,7 +107,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     (void)sig; (void)what;
     /* New connections use the new certificate/key/CAs/CRLs; requests on
      * existing connections are verified against the new stores too. */
-    if (load_tls(m->cfg, m->ca) == 0)
+    if (load_tls(m->cfg, m->ca, m->hsm) == 0)
         log_info("reloaded TLS certificate, key, client CAs and CRLs");
     else
         log_error("reload failed; keeping the previous TLS configuration");
@@ -203,7 +205,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     }
     gs_store_close(st);
     st = NULL;
-    if (load_tls(cfg, s.ca) != 0) {
+    if (load_tls(cfg, s.ca, s.hsm) != 0) {
         fprintf(stderr, "groupsrv serve: TLS configuration failed (see log)\n");
         goto out;
     }
@@ -223,6 +225,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     }
     m.cfg = cfg;
     m.ca = s.ca;
+    m.hsm = s.hsm;
     if ((m.base = event_base_new()) == NULL)
         goto out;
     ev_term = evsignal_new(m.base, SIGTERM, on_term, &m);

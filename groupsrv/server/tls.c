@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca.h"
+#include "tls_tokenkey.h"
 #include "log.h"
 #include "util.h"
 
@@ -128,6 +129,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
 {
     struct tls_state *st = NULL;
     STACK_OF(X509_NAME) *names = NULL;
+    EVP_PKEY *tokenkey = NULL;
     int rc = -1, ncerts = 0;
 
     *out = NULL;
@@ -152,12 +154,20 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
         ssl_err_text(errbuf, errlen, "server certificate");
         goto out;
     }
-    if (opts->key_file == NULL || strncmp(opts->key_file, "pkcs11:", 7) == 0) {
-        snprintf(errbuf, errlen, "[tls] key must be a PEM file (pkcs11: URIs are not supported for the TLS key yet)");
+    if (opts->key_file == NULL) {
+        snprintf(errbuf, errlen, "[tls] key is required");
         goto out;
     }
-    if (SSL_CTX_use_PrivateKey_file(st->ctx, opts->key_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(st->ctx) != 1) {
+    if (strncmp(opts->key_file, "pkcs11:", 7) == 0) {
+        /* The key stays on the token; each handshake signs there. */
+        if (tls_tokenkey_load(opts->hsm, opts->key_file, &tokenkey, errbuf, errlen) != 0)
+            goto out;
+        if (SSL_CTX_use_PrivateKey(st->ctx, tokenkey) != 1 || SSL_CTX_check_private_key(st->ctx) != 1) {
+            ssl_err_text(errbuf, errlen, "the key on the token does not match the [tls] cert");
+            goto out;
+        }
+    } else if (SSL_CTX_use_PrivateKey_file(st->ctx, opts->key_file, SSL_FILETYPE_PEM) != 1 ||
+               SSL_CTX_check_private_key(st->ctx) != 1) {
         ssl_err_text(errbuf, errlen, "server key");
         goto out;
     }
@@ -195,6 +205,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     st = NULL;
     rc = 0;
 out:
+    EVP_PKEY_free(tokenkey); /* the SSL_CTX holds its own reference */
     sk_X509_NAME_pop_free(names, X509_NAME_free);
     tls_state_unref(st);
     return rc;

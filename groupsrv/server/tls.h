@@ -22,13 +22,17 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "hsm.h"
+
 typedef struct tls_state tls_state;
 
 typedef struct tls_opts {
     const char *cert_file;       /* server certificate chain, PEM */
-    const char *key_file;        /* its key, PEM (RSA or ECDSA) */
+    const char *key_file;        /* its key: PEM file (RSA or ECDSA), or a pkcs11: URI of an EC
+                                    P-256/P-384 key on the token (tls_tokenkey.h; RSA refused) */
     const char *client_ca_file;  /* CAs for member/admin client certificates (PEM, may hold CRLs); may be NULL */
     X509 *local_ca;              /* the local CA (membership certificates); may be NULL (borrowed) */
+    hsm_ctx *hsm;                /* the token, for a pkcs11: key (borrowed; must outlive the state) */
 } tls_opts;
 
 /* Builds a new state; on failure *out is NULL and errbuf says why. */

@@ -1133,6 +1133,70 @@ static void test_sign(void **state)
     t_close(ctx);
 }
 
+/* ECDSA over a digest the caller made (the TLS server key): P-256 and
+ * P-384 with SHA-256/384/512 digests, each verified by OpenSSL as a
+ * signature over that digest; the output is DER, not r||s. */
+static void test_sign_digest(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv = NULL;
+    EVP_PKEY *pk;
+    unsigned char *sig = NULL, md[64];
+    size_t siglen = 0;
+    unsigned mdlen = 0;
+    const unsigned char data[] = "TLS 1.3, server CertificateVerify";
+    const EVP_MD *mds[] = {EVP_sha256(), EVP_sha384(), EVP_sha512()};
+    hsm_keygen_spec specs[] = {{"tls-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false},
+                               {"tls-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false}};
+    hsm_err err;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    for (size_t k = 0; k < GS_TEST_ARRAY_LEN(specs); k++) {
+        err = hsm_generate_keypair(ctx, &specs[k], NULL, &priv);
+        if (err != HSM_OK)
+            fprintf(stderr, "ec keygen: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+        assert_int_equal(err, HSM_OK);
+        pk = export_pub(ctx, priv);
+        for (size_t i = 0; i < GS_TEST_ARRAY_LEN(mds); i++) {
+            EVP_PKEY_CTX *vc = EVP_PKEY_CTX_new(pk, NULL);
+            assert_int_equal(EVP_Digest(data, sizeof(data), md, &mdlen, mds[i], NULL), 1);
+            err = hsm_sign(ctx, priv, HSM_SIG_ECDSA_DIGEST, md, mdlen, &sig, &siglen);
+            if (err != HSM_OK)
+                fprintf(stderr, "sign digest: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+            assert_int_equal(err, HSM_OK);
+            assert_true(siglen > 8);
+            assert_int_equal(sig[0], 0x30); /* DER Ecdsa-Sig-Value */
+            assert_non_null(vc);
+            assert_int_equal(EVP_PKEY_verify_init(vc), 1);
+            assert_int_equal(EVP_PKEY_verify(vc, sig, siglen, md, mdlen), 1);
+            /* ...and over that digest only. */
+            md[0] ^= 1;
+            assert_int_not_equal(EVP_PKEY_verify(vc, sig, siglen, md, mdlen), 1);
+            EVP_PKEY_CTX_free(vc);
+            free(sig);
+            sig = NULL;
+        }
+        /* A digest of no known length is refused before the token sees it. */
+        siglen = 7;
+        assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_ECDSA_DIGEST, md, 19, &sig, &siglen), HSM_ERR_ARGS);
+        assert_null(sig);
+        assert_int_equal(siglen, 0);
+        assert_int_equal(hsm_sign(ctx, priv, HSM_SIG_ECDSA_DIGEST, md, 65, &sig, &siglen), HSM_ERR_ARGS);
+        assert_null(sig);
+        EVP_PKEY_free(pk);
+        hsm_key_free(priv);
+        priv = NULL;
+    }
+    /* An RSA key is not an ECDSA key: the token refuses, no signature. */
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    err = hsm_sign(ctx, priv, HSM_SIG_ECDSA_DIGEST, md, 32, &sig, &siglen);
+    assert_int_not_equal(err, HSM_OK);
+    assert_null(sig);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
 static void test_ecdh(void **state)
 {
     hsm_ctx *ctx;
@@ -1882,6 +1946,7 @@ int main(void)
         cmocka_unit_test_teardown(test_rewrap_any_length, t_teardown),
         cmocka_unit_test_teardown(test_implicit_rejection, t_teardown),
         cmocka_unit_test_teardown(test_sign, t_teardown),
+        cmocka_unit_test_teardown(test_sign_digest, t_teardown),
         cmocka_unit_test_teardown(test_ecdh, t_teardown),
         cmocka_unit_test_teardown(test_concurrent, t_teardown),
         cmocka_unit_test_teardown(test_failing_decrypts_keep_pool, t_teardown),

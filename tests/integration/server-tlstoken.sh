@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# server-tlstoken.sh BIN SRC: `groupsrv serve` with its TLS server key on the
+# token ([tls] key = pkcs11:...): `groupsrv tls init` makes the EC key and the
+# certificate; curl and openssl s_client (TLS 1.3 and 1.2) handshake, see the
+# expected certificate and unwrap; pkcs11-tool shows the key sensitive and
+# never extractable; SIGHUP reloads it; RSA, extractable, missing and
+# mismatched token keys are refused at start with a clear message.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+
+name=groupsrv.test
+tlsuri="pkcs11:token=groupsrv;object=tls;type=private"
+export GS_PIN
+GS_PIN=$(cat "$work/token/user-pin")
+p11() { pkcs11-tool --module "${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" --token-label groupsrv \
+  --login --pin env:GS_PIN "$@"; }
+
+# ---- provisioning ----
+set +e
+gs tls init --dns "$name" --key rsa:2048 --out "$certs/rsa.pem" >"$work/out" 2>&1
+rc=$?
+set -e
+[ "$rc" = 2 ] || fail "tls init --key rsa:2048: exit $rc, wanted 2: $(cat "$work/out")"
+grep -q "must be EC" "$work/out" || fail "tls init rsa: no reason given: $(cat "$work/out")"
+[ ! -e "$certs/rsa.pem" ] || fail "tls init rsa wrote a certificate"
+ok "tls init refuses an RSA key (exit 2, says why)"
+
+gs tls init --dns "$name" --out "$certs/tls.pem" >"$work/out" || fail "tls init: $(cat "$work/out")"
+grep -qF "key = $tlsuri" "$work/out" || fail "tls init does not print the key URI: $(cat "$work/out")"
+openssl verify -CAfile "$certs/localca.pem" -purpose sslserver "$certs/tls.pem" >/dev/null ||
+  fail "TLS certificate does not verify against the local CA as a server certificate"
+openssl x509 -in "$certs/tls.pem" -noout -ext subjectAltName | grep -q "DNS:$name" || fail "TLS certificate SAN"
+openssl x509 -in "$certs/tls.pem" -noout -text | grep -q "ASN1 OID: prime256v1" || fail "TLS key is not P-256"
+[ "$(grep -c 'BEGIN' "$certs/tls.pem")" = 1 ] || fail "tls init wrote more than one PEM block (a key?)"
+set +e
+gs tls init --dns "$name" --out "$certs/again.pem" >"$work/out" 2>&1
+rc=$?
+set -e
+[ "$rc" = 3 ] || fail "tls init with a taken label: exit $rc, wanted 3: $(cat "$work/out")"
+ok "tls init: EC P-256 key on the token, serverAuth certificate from the local CA; label taken -> 3"
+
+# The key on the token: sign only, sensitive, never extractable.
+p11 --list-objects --type privkey >"$work/objs" 2>&1 || fail "pkcs11-tool --list-objects: $(cat "$work/objs")"
+awk '/^Private Key Object/{k=$0} /label: +tls$/{found=1} found&&/Access:/{print; exit}' "$work/objs" >"$work/access"
+grep -q "never extractable" "$work/access" || fail "TLS key access: $(cat "$work/objs")"
+grep -q "always sensitive" "$work/access" || fail "TLS key not always sensitive: $(cat "$work/objs")"
+awk '/label: +tls$/{found=1} found&&/Usage:/{print; exit}' "$work/objs" | grep -qx ' *Usage: *sign' ||
+  fail "TLS key usage is not sign only: $(cat "$work/objs")"
+ok "pkcs11-tool: TLS key sensitive, always sensitive, never extractable, sign only"
+
+# ---- serve with the key on the token ----
+sed -i -e "s|^cert = .*|cert = $certs/tls.pem|" -e "s|^key = .*|key = $tlsuri|" "$conf"
+grep -qF "key = $tlsuri" "$conf" || fail "config rewrite"
+cacert=$certs/localca.pem
+anon() { curl -sS --cacert "$cacert" --resolve "$name:$port:127.0.0.1" "$@"; }
+c() {
+  local who=$1; shift
+  anon --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"
+}
+base=https://$name:$port
+start_server
+grep -q 'msg="TLS key on the token"' "$work/server.log" || fail "server log does not name the token key"
+
+expect_status 200 "" "healthz over TLS with the token key (curl verifies chain and name)" -- anon "$base/healthz"
+printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ri.der")" >"$work/req-tls.json"
+expect_status 200 "" "unwrap (F) over TLS with the token key" -- \
+  c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
+ok "unwrapped content key decrypts the message"
+
+want_fp=$(openssl x509 -in "$certs/tls.pem" -noout -fingerprint -sha256)
+# handshake VERSION [s_client args...]: full verification, the served
+# certificate must be tls.pem, the protocol the one asked for.
+handshake() {
+  local v=$1; shift
+  openssl s_client -connect "127.0.0.1:$port" -servername "$name" -verify_hostname "$name" -CAfile "$cacert" \
+    -verify_return_error "-$v" "$@" </dev/null >"$work/sclient.out" 2>&1 ||
+    fail "s_client -$v $*: $(tail -n 20 "$work/sclient.out")"
+  grep -q "Verification: OK" "$work/sclient.out" || fail "s_client -$v: not verified"
+  grep -q "Peer signature type: ECDSA" "$work/sclient.out" || fail "s_client -$v: no ECDSA signature"
+  case $v in
+    tls1_3) grep -q "^New, TLSv1.3" "$work/sclient.out" || fail "s_client: not TLS 1.3" ;;
+    tls1_2) grep -q "^New, TLSv1.2" "$work/sclient.out" || fail "s_client: not TLS 1.2" ;;
+  esac
+  local got
+  got=$(openssl x509 -noout -fingerprint -sha256 <"$work/sclient.out")
+  [ "$got" = "$want_fp" ] || fail "s_client -$v: served certificate $got, wanted $want_fp"
+}
+handshake tls1_3
+ok "openssl s_client -tls1_3: verified, ECDSA by the token, certificate is tls.pem"
+handshake tls1_2
+ok "openssl s_client -tls1_2: verified, ECDSA by the token, certificate is tls.pem"
+# Other digest lengths through HSM_SIG_ECDSA_DIGEST (TLS 1.2 lets the client choose).
+handshake tls1_2 -sigalgs ECDSA+SHA384
+grep -q "Peer signing digest: SHA384" "$work/sclient.out" || fail "no SHA-384 signature"
+handshake tls1_2 -sigalgs ECDSA+SHA512
+grep -q "Peer signing digest: SHA512" "$work/sclient.out" || fail "no SHA-512 signature"
+ok "TLS 1.2 ECDSA with SHA-384 and SHA-512 digests"
+# Many handshakes at once: signatures on the event-loop threads share the session pool.
+for i in 1 2 3 4 5 6 7 8; do anon -o /dev/null "$base/healthz" & done
+wait_fail=0
+for j in $(jobs -p); do [ "$j" = "$srv_pid" ] && continue; wait "$j" || wait_fail=1; done
+[ "$wait_fail" = 0 ] || fail "concurrent handshakes failed"
+ok "8 concurrent handshakes"
+
+# ---- SIGHUP reloads the token key ----
+n0=$(grep -c 'msg="TLS key on the token"' "$work/server.log")
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do grep -q "reloaded TLS" "$work/server.log" && break; sleep 0.1; done
+grep -q "reloaded TLS" "$work/server.log" || fail "SIGHUP: no reload"
+[ "$(grep -c 'msg="TLS key on the token"' "$work/server.log")" -gt "$n0" ] || fail "SIGHUP did not reload the token key"
+handshake tls1_3
+expect_status 200 "" "healthz after SIGHUP" -- anon "$base/healthz"
+kill -0 "$srv_pid" || fail "server died on SIGHUP"
+ok "SIGHUP reloads the token key; handshakes still work"
+kill -TERM "$srv_pid"
+wait "$srv_pid" || true
+srv_pid=
+
+# ---- refusals at start ----
+# refuse KEYURI GREP DESC: serve exits non-zero before listening, saying GREP.
+refuse() {
+  local uri=$1 want=$2 desc=$3 rc
+  sed -i -e "s|^key = .*|key = $uri|" "$conf"
+  set +e
+  timeout 60 "$BIN/groupsrv" -c "$conf" serve >"$work/refuse.log" 2>&1
+  rc=$?
+  set -e
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "$desc: serve exit $rc: $(cat "$work/refuse.log")"
+  grep -q -- "$want" "$work/refuse.log" || fail "$desc: message lacks '$want': $(cat "$work/refuse.log")"
+  ok "$desc (exit $rc)"
+}
+p11 --keypairgen --key-type rsa:2048 --label tlsrsa --usage-sign --sensitive >/dev/null 2>&1 ||
+  fail "pkcs11-tool: RSA key generation"
+refuse "pkcs11:token=groupsrv;object=tlsrsa;type=private" "RSA-PSS.*raw RSA.*EC key" \
+  "an RSA key on the token is refused (RSA-PSS needs raw RSA; use an EC key)"
+grep -q "P-256 or P-384" "$work/refuse.log" || fail "RSA refusal does not say what to use"
+p11 --keypairgen --key-type EC:prime256v1 --label tlsx --usage-sign --extractable >/dev/null 2>&1 ||
+  fail "pkcs11-tool: extractable EC key generation"
+refuse "pkcs11:token=groupsrv;object=tlsx;type=private" "not sensitive and non-extractable" \
+  "an extractable EC key is refused"
+refuse "pkcs11:token=groupsrv;object=nosuchkey;type=private" "key not found" "a missing key is refused"
+gs tls init --dns other.test --key ec:p384 --label tls384 --out "$certs/tls384.pem" >/dev/null ||
+  fail "tls init P-384"
+refuse "pkcs11:token=groupsrv;object=tls384;type=private" "does not match" \
+  "a token key that is not the certificate's is refused"
+
+# ---- P-384 ----
+sed -i -e "s|^cert = .*|cert = $certs/tls384.pem|" -e "s|^key = .*|key = pkcs11:token=groupsrv;object=tls384;type=private|" "$conf"
+name=other.test
+base=https://$name:$port
+start_server
+want_fp=$(openssl x509 -in "$certs/tls384.pem" -noout -fingerprint -sha256)
+handshake tls1_3
+handshake tls1_2
+ok "P-384 token key: TLS 1.3 and 1.2"
+echo "server-tlstoken: all passed"
