@@ -556,6 +556,32 @@ void gs_ca_free(gs_ca *ca)
 X509 *gs_ca_cert(const gs_ca *ca) { return ca ? ca->cert : NULL; }
 hsm_key *gs_ca_key(const gs_ca *ca) { return ca ? ca->key : NULL; }
 
+gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm)
+{
+    hsm_key_info info;
+    const char *why = NULL;
+    hsm_err he;
+    if (ca == NULL || hsm == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no CA");
+    he = hsm_key_get_info(hsm, ca->key, &info);
+    if (he != HSM_OK)
+        return hsm_fail(he, "CA key attributes");
+    if (info.extractable)
+        why = "CKA_EXTRACTABLE is true";
+    else if (!info.never_extractable)
+        why = "CKA_NEVER_EXTRACTABLE is false";
+    else if (!info.sensitive)
+        why = "CKA_SENSITIVE is false";
+    else if (!info.always_sensitive)
+        why = "CKA_ALWAYS_SENSITIVE is false";
+    else if (info.value_readable)
+        why = "key value is readable";
+    if (why)
+        return gs_err_set(GS_ERR_POLICY, "CA key %s is extractable or not sensitive (%s): refusing to use it",
+                          info.label[0] ? info.label : "gs:ca", why);
+    return GS_OK;
+}
+
 gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
 {
     gs_store_ca *row = NULL;
@@ -576,12 +602,6 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
     err = gs_cert_parse((const unsigned char *)row->cert_pem, strlen(row->cert_pem), &ca->cert);
     if (err)
         goto out;
-    ca->pub = X509_get_pubkey(ca->cert);
-    if (ca->pub == NULL) {
-        err = ossl_err(GS_ERR_CERT, "CA certificate key");
-        goto out;
-    }
-    ca->alg = sig_alg_for(ca->pub);
     he = hsm_key_find(hsm, row->label, HSM_CLASS_PRIVATE, &ca->key);
     if (he != HSM_OK) {
         err = hsm_fail(he, "CA key");
@@ -596,6 +616,12 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
         err = gs_err_set(GS_ERR_CERT, "CA certificate does not match the token key %s", row->label);
         goto out;
     }
+    /* Every issued certificate is verified with the token's own public
+     * key (equal to the certificate's, checked just above). */
+    err = spki_to_pkey(spki, spki_len, &ca->pub);
+    if (err)
+        goto out;
+    ca->alg = sig_alg_for(ca->pub);
     *out = ca;
     ca = NULL;
     err = GS_OK;

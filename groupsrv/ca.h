@@ -38,8 +38,15 @@ gs_err gs_keyspec_parse(const char *spec, hsm_key_type *type, unsigned *bits);
 gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
                   unsigned days, gs_ca **out);
 /* Loads the CA: certificate from the store, key handle from the token.
- * NOT_FOUND before `ca init`. */
+ * NOT_FOUND before `ca init`; GS_ERR_CERT if the stored certificate is
+ * not the token key's. Issued certificates are verified with the public
+ * key read from the token. Does not audit the key's attributes: serve's
+ * startup audit does, admin commands call gs_ca_check_key. */
 gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out);
+/* GS_ERR_POLICY (detail names the attribute) unless the CA private key
+ * is sensitive, always sensitive, never extractable and unreadable: a key
+ * that may have been copied must not sign. */
+gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm);
 void gs_ca_free(gs_ca *ca);
 X509 *gs_ca_cert(const gs_ca *ca);        /* borrowed */
 hsm_key *gs_ca_key(const gs_ca *ca);      /* borrowed */

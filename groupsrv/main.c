@@ -182,6 +182,13 @@ static void env_close(struct env *e)
 static gs_err env_open(struct env *e, unsigned need)
 {
     gs_err err = GS_OK;
+    /* Creating the database (ca init): the token first, so that a wrong
+     * PIN or an absent token leaves no empty database behind. */
+    if ((need & NEED_DB_CREATE) && (need & NEED_TOKEN) && e->hsm == NULL) {
+        err = gs_hsm_open(e->cfg, &e->hsm);
+        if (err)
+            return err;
+    }
     if (need & NEED_DB_CREATE) {
         /* The database's directory: created private if absent. */
         char dir[4096];
@@ -203,13 +210,16 @@ static gs_err env_open(struct env *e, unsigned need)
         if (err)
             return err;
     }
-    if (need & (NEED_TOKEN | NEED_CA)) {
+    if ((need & (NEED_TOKEN | NEED_CA)) && e->hsm == NULL) {
         err = gs_hsm_open(e->cfg, &e->hsm);
         if (err)
             return err;
     }
-    if (need & NEED_CA)
+    if ((need & NEED_CA) && e->ca == NULL) {
         err = gs_ca_load(e->st, e->hsm, &e->ca);
+        if (!err)
+            err = gs_ca_check_key(e->ca, e->hsm);
+    }
     return err;
 }
 

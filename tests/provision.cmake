@@ -30,4 +30,10 @@ if(TARGET groupsrv)
     set_tests_properties(provision_${t} PROPERTIES LABELS "integration" ENVIRONMENT "${GS_PROVISION_ENV}"
       TIMEOUT 180)
   endforeach()
+  # Bad input for every admin command (tests/p11fault shows an extractable key).
+  if(TARGET p11fault)
+    add_test(NAME provision_refuse COMMAND bash ${GS_TEST_DIR}/integration/provision-refuse.sh)
+    set_tests_properties(provision_refuse PROPERTIES LABELS "integration" TIMEOUT 180
+      ENVIRONMENT "${GS_PROVISION_ENV};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
+  endif()
 endif()

@@ -94,6 +94,64 @@ static void test_newer_schema_refused(void **state)
     assert_non_null(strstr(gs_err_detail(), "99"));
 }
 
+static void rm_db(const char *path)
+{
+    char p[400];
+    static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        (void)snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+        unlink(p);
+    }
+}
+
+/* An older database (here version 0: an existing SQLite file without our
+ * tables) is migrated on a read-write open, refused read-only, and a
+ * migration that fails leaves it exactly as it was (one transaction). */
+static void test_older_schema_migrated(void **state)
+{
+    struct fx *f = *state;
+    char path[320];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    gs_store *st = NULL;
+    gs_store_group *g = NULL;
+
+    (void)snprintf(path, sizeof(path), "%s/old.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE unrelated (x INTEGER)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(gs_store_open(path, GS_STORE_READONLY, &st), GS_ERR_SCHEMA);
+    assert_null(st);
+    assert_int_equal(gs_store_open(path, 0, &st), GS_OK);
+    assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
+    assert_int_equal(gs_store_group_get(st, "eng", &g), GS_ERR_NOT_FOUND); /* tables exist, empty */
+    gs_store_close(st);
+    st = NULL;
+    assert_int_equal(gs_store_open(path, GS_STORE_READONLY, &st), GS_OK);
+    gs_store_close(st);
+    st = NULL;
+    rm_db(path);
+
+    /* a step that fails half-way (a table it creates is already there) */
+    (void)snprintf(path, sizeof(path), "%s/clash.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE members (x INTEGER)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    db = NULL;
+    assert_int_equal(gs_store_open(path, 0, &st), GS_ERR_DB);
+    assert_null(st);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM sqlite_master), "
+                                            "(SELECT user_version FROM pragma_user_version)", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 1); /* only the clashing table: no ca, groups, ... */
+    assert_int_equal(sqlite3_column_int(q, 1), 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    rm_db(path);
+}
+
 static void test_groups(void **state)
 {
     struct fx *f = *state;
@@ -342,6 +400,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_older_schema_migrated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Bad input for every admin command that can meet it: unknown group,
+# duplicate member, invalid certificate, certificate without email, wrong
+# PIN, an extractable CA key, a database schema from the future. Each gets
+# a one-line error and its documented exit code (docs/groupsrv.1.md), and
+# changes nothing: database dump and token object list are compared.
+# The extractable key is shown by tests/p11fault in front of SoftHSM
+# ("bool CKA_EXTRACTABLE 1" in its control file).
+set -euo pipefail
+. "$(dirname "$0")/provision-lib.sh"
+: "${GS_P11FAULT_MODULE:?}"
+[ -f "$GS_P11FAULT_MODULE" ] || fail "no p11fault module at $GS_P11FAULT_MODULE"
+
+expect_rc 0 "$G" -c "$CONF" ca init --key rsa:2048
+expect_rc 0 "$G" -c "$CONF" group create eng --address eng@example.org --key rsa:2048
+expect_rc 0 "$G" -c "$CONF" group create nosecret --address ns@example.org --key rsa:2048 --methods recipient-key
+mkdir "$T/m" "$T/m2"
+expect_rc 0 "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out "$T/m"
+"$G" -c "$CONF" group show eng --cert > "$T/eng.pem"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/bob.key" -out "$T/bob.pem" -days 2 \
+  -subj "/CN=Bob" -addext "subjectAltName=email:bob@example.org" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/anon.key" -out "$T/anon.pem" -days 2 -subj "/CN=anon" 2>/dev/null
+printf 'not a certificate\n' > "$T/garbage.pem"
+
+tok_sum() { p11 --list-objects 2>/dev/null | sha256sum; }
+db0=$(db_sum)
+tok0=$(tok_sum)
+# refuse CODE PATTERN CMD...: exit CODE, one stderr line containing
+# PATTERN, database and token unchanged, no member files written.
+refuse() {
+  local code=$1 pat=$2; shift 2
+  expect_rc "$code" "$@"
+  expect_err "$pat"
+  [ "$(db_sum)" = "$db0" ] || fail "database changed by: $*"
+  [ "$(tok_sum)" = "$tok0" ] || fail "token changed by: $*"
+  [ -z "$(ls -A "$T/m2")" ] || fail "files left in --out by: $*"
+}
+
+# --- unknown group: 3, with every command that takes a group
+for cmd in "group show nosuch" "group rotate nosuch" "group retire nosuch --before 1" \
+           "group import-cert nosuch --cert $T/eng.pem" "secret rotate nosuch" \
+           "member add nosuch bob@example.org --cert $T/bob.pem" \
+           "member add nosuch bob@example.org --issue-cert --out $T/m2" \
+           "member remove nosuch alice@example.org" "member list nosuch"; do
+  # shellcheck disable=SC2086
+  refuse 3 "unknown group nosuch" "$G" -c "$CONF" $cmd
+done
+
+# --- duplicate member: 3, also case-insensitively, before any file is made
+refuse 3 "already a member" "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out "$T/m2"
+refuse 3 "already a member" "$G" -c "$CONF" member add eng Alice@Example.org --cert "$T/m/alice@example.org.pem"
+refuse 3 "is not a member" "$G" -c "$CONF" member remove eng nobody@example.org
+
+# --- invalid certificate, certificate without email: 1
+refuse 1 "not a valid X.509" "$G" -c "$CONF" member add eng bob@example.org --cert "$T/garbage.pem"
+refuse 1 "not a valid X.509" "$G" -c "$CONF" group import-cert eng --cert "$T/garbage.pem"
+refuse 3 "cannot read" "$G" -c "$CONF" member add eng bob@example.org --cert "$T/missing.pem"
+refuse 1 "no email" "$G" -c "$CONF" member add eng anon@example.org --cert "$T/anon.pem"
+refuse 1 "no email" "$G" -c "$CONF" group import-cert eng --cert "$T/anon.pem"
+refuse 1 "certificate is for bob@example.org" "$G" -c "$CONF" group import-cert eng --cert "$T/bob.pem"
+# a certificate with the list address but another key
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/fake.key" -out "$T/fake.pem" -days 2 \
+  -subj "/CN=eng" -addext "subjectAltName=email:eng@example.org" 2>/dev/null
+refuse 1 "does not match token key" "$G" -c "$CONF" group import-cert eng --cert "$T/fake.pem"
+refuse 1 "does not use group-secret" "$G" -c "$CONF" secret rotate nosecret
+refuse 1 "must be between 1 and the current version 1" "$G" -c "$CONF" group retire eng --before 2
+
+# --- wrong PIN: 4 for every command that needs the token
+printf '0000\n' > "$T/wrong-pin"; chmod 600 "$T/wrong-pin"
+sed "s|^pin_source = .*|pin_source = $T/wrong-pin|" "$CONF" > "$T/wrongpin.conf"
+for cmd in "group create new --address new@example.org --key rsa:2048" "group rotate eng" \
+           "group retire eng --before 1" "group import-cert eng --cert $T/eng.pem" "secret rotate eng" \
+           "member remove eng alice@example.org" "member add eng carol@example.org --issue-cert --out $T/m2"; do
+  # shellcheck disable=SC2086
+  refuse 4 "PIN incorrect" "$G" -c "$T/wrongpin.conf" $cmd
+done
+# ca init with a wrong PIN leaves no database behind
+sed "s|^path = .*|path = $T/db2/new.db|" "$T/wrongpin.conf" > "$T/wrongpin-new.conf"
+refuse 4 "PIN incorrect" "$G" -c "$T/wrongpin-new.conf" ca init --key rsa:2048
+[ ! -e "$T/db2" ] || fail "ca init with a wrong PIN created $T/db2"
+# the right PIN still works (nothing locked)
+expect_rc 0 "$G" -c "$CONF" group show eng
+
+# --- an extractable CA key is never used to sign; check flags it
+sed "s|^module = .*|module = $GS_P11FAULT_MODULE|" "$CONF" > "$T/fault.conf"
+export GS_P11FAULT_CONTROL="$T/p11fault.ctl"
+printf 'bool CKA_EXTRACTABLE 1\n' > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+for cmd in "group create new --address new@example.org --key rsa:2048" "group rotate eng" \
+           "member add eng carol@example.org --issue-cert --out $T/m2"; do
+  # shellcheck disable=SC2086
+  refuse 1 "CA key gs:ca is extractable or not sensitive (CKA_EXTRACTABLE is true)" "$G" -c "$T/fault.conf" $cmd
+done
+expect_rc 1 "$G" -c "$T/fault.conf" check
+grep -q "^ca .*PROBLEM: CKA_EXTRACTABLE is true" "$T/out" || { cat "$T/out"; fail "check: extractable CA key"; }
+grep -q "^group  *eng  *v1 .*PROBLEM: CKA_EXTRACTABLE is true" "$T/out" || { cat "$T/out"; fail "check: extractable group key"; }
+# the same module without the override: usable again
+: > "$GS_P11FAULT_CONTROL"
+expect_rc 0 "$G" -c "$T/fault.conf" check
+unset GS_P11FAULT_CONTROL
+
+# --- a database from a newer program: refused, untouched
+cp "$T/db/groupsrv.db" "$T/newer.db"
+sqlite3 "$T/newer.db" "PRAGMA user_version = 99"
+sed "s|^path = .*|path = $T/newer.db|" "$CONF" > "$T/newer.conf"
+newer0=$(sqlite3 "$T/newer.db" .dump | sha256sum)
+for cmd in "group list" "group rotate eng" "member list eng" "member add eng bob@example.org --cert $T/bob.pem"; do
+  # shellcheck disable=SC2086
+  refuse 1 "schema version 99" "$G" -c "$T/newer.conf" $cmd
+done
+expect_rc 1 "$G" -c "$T/newer.conf" check
+grep -q "^database  PROBLEM: .*schema version 99" "$T/out" || { cat "$T/out"; fail "check: newer schema"; }
+[ "$(sqlite3 "$T/newer.db" .dump | sha256sum)" = "$newer0" ] || fail "the newer database was changed"
+[ "$(sqlite3 "$T/newer.db" 'PRAGMA user_version')" = 99 ] || fail "the newer database's version was changed"
+echo "provision-refuse: OK"
