@@ -86,8 +86,22 @@ int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *c
  * token attributes of the URI; PIN from [hsm] pin_source or pin-source=). */
 int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key);
 
+/* The member's TLS client key on a token (--key pkcs11:URI without
+ * --tls-cert): opens the token once per run and makes an EVP_PKEY that
+ * signs there (EC P-256/P-384 only; an RSA token key is refused with the
+ * reason, exit 1). Call before the first gm_rest_open of a command that
+ * authenticates; a no-op for key files. GM_EXIT_OK or an exit code
+ * (error printed). gm_tls_token_close at exit, after every gs_rest_free. */
+int gm_tls_token_prepare(const gm_config *c);
+void gm_tls_token_close(void);
+/* Methods where the server re-wraps to the TLS certificate's key
+ * (recipient-key, keys sync / group-secret) need it to be RSA: else one
+ * line saying which methods work (tls, membership-cert) and GM_EXIT_USAGE. */
+int gm_need_rsa_tls_cert(const gm_config *c, const char *what);
+
 /* REST handle for the configured server with the member's TLS identity
- * (tls_cert/tls_key, else cert/key when the key is a file). */
+ * (tls_cert/tls_key, else cert/key when the key is a file, else cert and
+ * the token key prepared by gm_tls_token_prepare). */
 int gm_rest_open(const gm_config *c, const char *url, gs_rest **r);
 
 /* Loads PEM certificates (up to 16) from bytes. */

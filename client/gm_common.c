@@ -598,6 +598,93 @@ int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *c
     return gm_member_oaep_decrypt(m, alg == ENV_KT_RSA_OAEP_SHA256, ek, eklen, cek, cekcap, ceklen);
 }
 
+/* ---- the TLS identity on a token ------------------------------------------ */
+
+/* The member's TLS client key on their token, for the whole run (one
+ * login): the EVP_PKEY borrows the hsm_ctx, and every gs_rest handle made
+ * by gm_rest_open holds the EVP_PKEY. Closed by gm_tls_token_close. */
+static struct {
+    hsm_ctx *hsm;
+    EVP_PKEY *pkey;
+} tls_tok;
+
+static bool key_is_token(const gm_config *c)
+{
+    return c->tls_cert == NULL && c->cert != NULL && c->key != NULL && strncmp(c->key, "pkcs11:", 7) == 0;
+}
+
+int gm_tls_token_prepare(const gm_config *c)
+{
+    hsm_ctx *hc = NULL;
+    hsm_key *hk = NULL;
+    hsm_key_info ki;
+    const char *backend = NULL;
+    hsm_err he;
+    int rc = GM_EXIT_ERROR;
+
+    if (!key_is_token(c) || tls_tok.pkey != NULL)
+        return GM_EXIT_OK;
+    if (!gs_rest_pkey_supported(&backend)) {
+        gm_err("a TLS client key on a token needs libcurl built with OpenSSL (this one uses %s); "
+               "use a key file (--tls-cert/--tls-key)", backend);
+        return GM_EXIT_ERROR;
+    }
+    if (gm_hsm_open_for(c, c->key, &hc, &hk) != 0)
+        return GM_EXIT_ERROR;
+    if ((he = hsm_key_get_info(hc, hk, &ki)) != HSM_OK) {
+        gm_err("key %s: %s %s", c->key, hsm_strerror(he), hsm_last_error_detail());
+        goto out;
+    }
+    if (ki.type == HSM_KEYTYPE_RSA) {
+        /* TLS 1.3 client auth signs with RSA-PSS, which OpenSSL 3.0 would
+         * hand to a token only as a raw RSA private operation: never done. */
+        gm_err("the member key on the token is RSA, which cannot authenticate TLS without raw RSA on the token: "
+               "use a key file (--tls-cert/--tls-key) or an EC (P-256/P-384) token key");
+        goto out;
+    }
+    if (ki.type != HSM_KEYTYPE_EC || (ki.bits != 256 && ki.bits != 384) || !ki.sign) {
+        gm_err("the member key on the token must be EC P-256 or P-384 with CKA_SIGN for TLS");
+        goto out;
+    }
+    if ((he = hsm_key_evp_pkey(hc, hk, &tls_tok.pkey)) != HSM_OK) {
+        gm_err("key %s: %s %s", c->key, hsm_strerror(he), hsm_last_error_detail());
+        goto out;
+    }
+    tls_tok.hsm = hc;
+    hc = NULL;
+    rc = GM_EXIT_OK;
+out:
+    hsm_key_free(hk);
+    hsm_close(hc);
+    return rc;
+}
+
+void gm_tls_token_close(void)
+{
+    /* The EVP_PKEY first: it borrows the context. */
+    EVP_PKEY_free(tls_tok.pkey);
+    hsm_close(tls_tok.hsm);
+    memset(&tls_tok, 0, sizeof(tls_tok));
+}
+
+int gm_need_rsa_tls_cert(const gm_config *c, const char *what)
+{
+    const char *path = c->tls_cert != NULL ? c->tls_cert : c->cert;
+    X509 *x;
+    int id;
+
+    if (path == NULL || (x = gm_read_cert_file_quiet(path)) == NULL)
+        return GM_EXIT_OK; /* whoever needs it says so */
+    id = EVP_PKEY_get_base_id(X509_get0_pubkey(x));
+    X509_free(x);
+    if (id == EVP_PKEY_RSA)
+        return GM_EXIT_OK;
+    gm_err("%s needs an RSA member certificate (the server re-wraps keys to it with RSA-OAEP), "
+           "and %s has an %s key: with it use --via tls or --via membership-cert",
+           what, path, id == EVP_PKEY_EC ? "EC" : "other");
+    return GM_EXIT_USAGE;
+}
+
 /* ---- REST ------------------------------------------------------------------ */
 
 int gm_rest_open(const gm_config *c, const char *url, gs_rest **r)
@@ -620,8 +707,16 @@ int gm_rest_open(const gm_config *c, const char *url, gs_rest **r)
     } else if (c->cert != NULL && c->key != NULL && strncmp(c->key, "pkcs11:", 7) != 0) {
         o.cert_file = c->cert;
         o.key_file = c->key;
+    } else if (key_is_token(c) && tls_tok.pkey != NULL) {
+        /* gm_tls_token_prepare ran: the key on the token signs the handshake */
+        o.cert_file = c->cert;
+        o.client_pkey = tls_tok.pkey;
     }
     if ((e = gs_rest_new(&o, r)) != GS_REST_OK) {
+        if (e == GS_REST_ERR_CLIENT_CERT && o.client_pkey != NULL) {
+            gm_err("cannot use %s with the key on the token (unreadable, or not that key's certificate)", o.cert_file);
+            return GM_EXIT_ERROR;
+        }
         gm_err("cannot use server URL %s: %s", o.base_url, gs_rest_strerror(e));
         return GM_EXIT_USAGE;
     }

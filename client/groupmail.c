@@ -35,9 +35,10 @@ static void usage(FILE *f)
           "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key\n"
           "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
           "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE] [--in FILE]\n"
-          "  certify    --server URL --group G --cert FILE --key FILE\n"
+          "  certify    --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys list  --server URL --group G [--cert FILE]\n"
+          "  csr        --key pkcs11:URI --from ADDR [--out FILE]   (a CSR signed on the token)\n"
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
           "        --timeout SECONDS -v/--verbose -q/--quiet\n"
@@ -749,6 +750,9 @@ static int membership_cert(job *j, gm_mcert *mc)
         return GM_EXIT_USAGE;
     if (gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0)
         return GM_EXIT_OK;
+    /* the certificate server wants the member's own TLS identity */
+    if ((rc = gm_tls_token_prepare(c)) != GM_EXIT_OK)
+        return rc;
     if ((rc = rest_lazy(c, &j->r)) != GM_EXIT_OK)
         return rc;
     if (url == NULL) {
@@ -835,6 +839,10 @@ static int cmd_keys(gm_config *c, const char *sub)
     if (strcmp(sub, "sync") == 0) {
         if (need(c->cert, "--cert FILE (the keys are wrapped to it)") || (mcert = gm_read_cert_file(c->cert)) == NULL)
             return c->cert == NULL ? GM_EXIT_USAGE : GM_EXIT_ERROR;
+        if ((rc = gm_need_rsa_tls_cert(c, "keys sync")) != GM_EXIT_OK || (rc = gm_tls_token_prepare(c)) != GM_EXIT_OK) {
+            X509_free(mcert);
+            return rc;
+        }
         rc = keys_sync(c, &r, mcert);
         if (rc == GM_EXIT_OK)
             printf("synced secret keys of %s\n", c->group);
@@ -1021,6 +1029,14 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
     int rc = GM_EXIT_ERROR;
 
     *ceklen = 0;
+    /* Where the server re-wraps to our certificate key, that key must be
+     * RSA; and the TLS identity on a token is made before any connection. */
+    if (v == VIA_RECIPIENT_KEY && (rc = gm_need_rsa_tls_cert(c, "--via recipient-key")) != GM_EXIT_OK)
+        goto out;
+    if (v == VIA_GROUP_SECRET && (rc = gm_need_rsa_tls_cert(c, "--via group-secret")) != GM_EXIT_OK)
+        goto out;
+    if (v != VIA_LOCAL_KEY && (rc = gm_tls_token_prepare(c)) != GM_EXIT_OK)
+        goto out;
     switch (v) {
     case VIA_TLS:
         if ((rc = job_unwrap(j, GS_DELIVER_TLS, &res)) != GM_EXIT_OK)
@@ -1233,6 +1249,74 @@ out:
     return rc;
 }
 
+/* A PKCS#10 request for the member key on a token, signed there (for a
+ * key file, openssl req does this): subject CN and rfc822Name = --from. */
+static int cmd_csr(gm_config *c)
+{
+    hsm_ctx *hc = NULL;
+    hsm_key *hk = NULL;
+    EVP_PKEY *pk = NULL;
+    X509_REQ *req = NULL;
+    X509_NAME *name = NULL;
+    STACK_OF(X509_EXTENSION) *exts = NULL;
+    X509_EXTENSION *ext = NULL;
+    gm_out o = {0};
+    char san[320];
+    hsm_err he;
+    int rc = GM_EXIT_USAGE;
+
+    if (need(c->key, "--key pkcs11:URI (the key on your token)") || need(c->from, "--from ADDR (your address)"))
+        return GM_EXIT_USAGE;
+    if (strncmp(c->key, "pkcs11:", 7) != 0) {
+        gm_err("csr is for a key on a token (--key pkcs11:URI); for a key file use openssl req");
+        return GM_EXIT_USAGE;
+    }
+    if (strlen(c->from) > 254 || strchr(c->from, '@') == NULL || strpbrk(c->from, ",\r\n") != NULL) {
+        gm_err("--from must be one mail address");
+        return GM_EXIT_USAGE;
+    }
+    rc = GM_EXIT_ERROR;
+    if (gm_hsm_open_for(c, c->key, &hc, &hk) != 0)
+        goto out;
+    if ((he = hsm_key_evp_pkey(hc, hk, &pk)) != HSM_OK) {
+        gm_err("key %s: %s %s", c->key, hsm_strerror(he), hsm_last_error_detail());
+        goto out;
+    }
+    snprintf(san, sizeof(san), "email:%s", c->from);
+    if ((req = X509_REQ_new()) == NULL || X509_REQ_set_version(req, 0) != 1 || (name = X509_NAME_new()) == NULL ||
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)c->from, -1, -1, 0) != 1 ||
+        X509_REQ_set_subject_name(req, name) != 1 || X509_REQ_set_pubkey(req, pk) != 1 ||
+        (exts = sk_X509_EXTENSION_new_null()) == NULL ||
+        (ext = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san)) == NULL ||
+        sk_X509_EXTENSION_push(exts, ext) <= 0) {
+        gm_err("cannot build the certificate request");
+        goto out;
+    }
+    ext = NULL; /* in exts */
+    if (X509_REQ_add_extensions(req, exts) != 1 || X509_REQ_sign(req, pk, EVP_sha256()) <= 0) {
+        gm_err("cannot sign the certificate request with the key on the token");
+        goto out;
+    }
+    if ((rc = out_open(c, &o, 0644)) != GM_EXIT_OK)
+        goto out;
+    if (PEM_write_bio_X509_REQ(o.bio, req) != 1) {
+        rc = GM_EXIT_ERROR;
+        goto out;
+    }
+    rc = out_commit(&o);
+out:
+    out_abort(&o);
+    ERR_clear_error();
+    X509_EXTENSION_free(ext);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_NAME_free(name);
+    X509_REQ_free(req);
+    EVP_PKEY_free(pk); /* before the context it borrows */
+    hsm_key_free(hk);
+    hsm_close(hc);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     gm_config c;
@@ -1274,12 +1358,15 @@ int main(int argc, char **argv)
         rc = cmd_certify(&c);
     else if (strcmp(cmd, "keys") == 0)
         rc = cmd_keys(&c, argv[2]);
+    else if (strcmp(cmd, "csr") == 0)
+        rc = cmd_csr(&c);
     else {
         gm_err("unknown command '%s'", cmd);
         usage(stderr);
         rc = GM_EXIT_USAGE;
     }
 out:
+    gm_tls_token_close(); /* every gs_rest handle is gone by now */
     gm_config_clear(&c);
     if (devnull != NULL)
         fclose(devnull);

@@ -11,6 +11,11 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "log.h"
 #include "util.h"
@@ -24,6 +29,7 @@
 #define MAX_LIST_ITEMS 100000         /* RIs in a rewrap answer (one per member) */
 #define MAX_INFO_ITEMS 1024           /* methods, key versions, secret key versions */
 #define MAX_CSR_LEN (64u * 1024)
+#define MAX_CHAIN 16                  /* certificates in a client cert_file */
 
 struct gs_rest {
     CURL *curl;
@@ -32,6 +38,10 @@ struct gs_rest {
     size_t cert_pem_len;
     unsigned char *key_pem;     /* secret: wiped on free */
     size_t key_pem_len;
+    /* client_pkey: installed by ssl_ctx_cb into every new connection */
+    X509 *tls_cert;
+    STACK_OF(X509) *tls_chain;
+    EVP_PKEY *tls_pkey;
     size_t max_response;
     /* response being received */
     unsigned char *buf;
@@ -152,6 +162,9 @@ void gs_rest_free(gs_rest *r)
     free(r->cert_pem);
     if (r->key_pem != NULL)
         OPENSSL_clear_free(r->key_pem, r->key_pem_len);
+    X509_free(r->tls_cert);
+    sk_X509_pop_free(r->tls_chain, X509_free);
+    EVP_PKEY_free(r->tls_pkey);
     free(r);
 }
 
@@ -163,6 +176,78 @@ static unsigned char *memdup(const unsigned char *p, size_t n)
         d[n] = '\0';
     }
     return d;
+}
+
+bool gs_rest_pkey_supported(const char **backend)
+{
+    const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+    const char *ssl = vi != NULL && vi->ssl_version != NULL ? vi->ssl_version : "none";
+
+    if (backend != NULL)
+        *backend = ssl;
+    /* A multi-SSL libcurl names the inactive backends in parentheses. */
+    return strncmp(ssl, "OpenSSL/", 8) == 0;
+}
+
+/* CURLOPT_SSL_CTX_FUNCTION: our certificate and EVP_PKEY in the new
+ * connection's SSL_CTX, as CURLOPT_SSLCERT/SSLKEY would have put them. */
+static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *arg)
+{
+    gs_rest *r = arg;
+    SSL_CTX *ctx = sslctx;
+
+    (void)curl;
+    if (SSL_CTX_use_certificate(ctx, r->tls_cert) != 1 || SSL_CTX_use_PrivateKey(ctx, r->tls_pkey) != 1)
+        goto fail;
+    for (int i = 0; i < sk_X509_num(r->tls_chain); i++)
+        if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(r->tls_chain, i)) != 1)
+            goto fail;
+    return CURLE_OK;
+fail:
+    ERR_clear_error();
+    return CURLE_SSL_CERTPROBLEM;
+}
+
+/* The certificate (and any chain after it) from a PEM file, for client_pkey. */
+static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKEY *pkey)
+{
+    gs_rest_err err = GS_REST_ERR_CLIENT_CERT;
+    const char *backend = NULL;
+    char q[256];
+    BIO *b = NULL;
+    X509 *x = NULL;
+
+    if (!gs_rest_pkey_supported(&backend)) {
+        log_error("a client key on a token needs libcurl built with OpenSSL backend=%s", log_quote(q, sizeof(q), backend));
+        goto out;
+    }
+    if ((b = BIO_new_file(cert_file, "r")) == NULL || (r->tls_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
+        log_error("client certificate unreadable path=%s", log_quote(q, sizeof(q), cert_file));
+        goto out;
+    }
+    if ((r->tls_chain = sk_X509_new_null()) == NULL) {
+        err = GS_REST_ERR_NOMEM;
+        goto out;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_num(r->tls_chain) >= MAX_CHAIN || sk_X509_push(r->tls_chain, x) <= 0) {
+            log_error("client certificate file holds too many certificates path=%s", log_quote(q, sizeof(q), cert_file));
+            X509_free(x);
+            goto out;
+        }
+    }
+    if (X509_check_private_key(r->tls_cert, pkey) != 1) {
+        log_error("client key does not match the certificate path=%s", log_quote(q, sizeof(q), cert_file));
+        goto out;
+    }
+    if (EVP_PKEY_up_ref(pkey) != 1)
+        goto out;
+    r->tls_pkey = pkey;
+    err = GS_REST_OK;
+out:
+    ERR_clear_error();
+    BIO_free(b);
+    return err;
 }
 
 #define SETOPT(opt, val)                                                     \
@@ -233,7 +318,16 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
         SETOPT(CURLOPT_CAINFO, opts->ca_file);
     if (opts->pinned_pubkey != NULL)
         SETOPT(CURLOPT_PINNEDPUBLICKEY, opts->pinned_pubkey);
-    if (opts->cert_file != NULL) {
+    if (opts->client_pkey != NULL) {
+        if (opts->cert_file == NULL)
+            goto out;
+        if ((err = load_pkey_identity(r, opts->cert_file, opts->client_pkey)) != GS_REST_OK)
+            goto out;
+        err = GS_REST_ERR_CLIENT_CERT; /* "not built in": a libcurl without SSL_CTX access */
+        SETOPT(CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
+        SETOPT(CURLOPT_SSL_CTX_DATA, r);
+        err = GS_REST_ERR_ARGS;
+    } else if (opts->cert_file != NULL) {
         SETOPT(CURLOPT_SSLCERT, opts->cert_file);
         SETOPT(CURLOPT_SSLCERTTYPE, "PEM");
         SETOPT(CURLOPT_SSLKEY, opts->key_file ? opts->key_file : opts->cert_file);

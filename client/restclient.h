@@ -8,10 +8,10 @@
  * TLS: HTTPS only, TLS 1.2 or newer, the server verified against ca_file
  * (else the system store), optionally pinned to a public key. The client
  * certificate and key (mutual TLS) come from PEM files or PEM bytes in
- * memory. A key on a PKCS#11 token cannot be used for TLS here (libcurl
- * would need the OpenSSL pkcs11 engine); callers whose member key lives on
- * a token authenticate TLS with a file key and decrypt with the token
- * through hsm/ (see docs/groupmail.1.md).
+ * memory, or the certificate from a file and the key as an OpenSSL
+ * EVP_PKEY (client_pkey: a key on a PKCS#11 token made by hsm_key_evp_pkey,
+ * so the private key never leaves the token); that needs libcurl built
+ * with OpenSSL, checked at run time (see docs/groupmail.1.md).
  *
  * Errors: every call returns a gs_rest_err. After a failed call the handle
  * keeps the HTTP status, the server's error code and message (sanitised,
@@ -74,7 +74,21 @@ typedef struct gs_rest_opts {
     long timeout_ms;           /* whole request; 0 = 30000 */
     size_t max_response;       /* response body cap; 0 = 4 MiB */
     const char *user_agent;    /* NULL = "groupsrv-restclient/0.1" */
+    /* The client key as an OpenSSL EVP_PKEY (an EC key on a token from
+     * hsm_key_evp_pkey), with the certificate (and chain) from cert_file;
+     * key_file and the PEM bytes are then not used. Installed into each
+     * connection's SSL_CTX by CURLOPT_SSL_CTX_FUNCTION, so libcurl must use
+     * OpenSSL: otherwise, or if the key does not match the certificate,
+     * gs_rest_new fails with GS_REST_ERR_CLIENT_CERT (and logs why). The
+     * handle takes its own reference (EVP_PKEY_up_ref), released by
+     * gs_rest_free; whatever the key borrows (the hsm_ctx) must outlive
+     * the handle. NULL = not used. */
+    struct evp_pkey_st *client_pkey;
 } gs_rest_opts;
+
+/* Does this libcurl take client_pkey (is its TLS backend OpenSSL)? If not
+ * and backend is not NULL, *backend is its TLS library ("GnuTLS/3.7.9"). */
+bool gs_rest_pkey_supported(const char **backend);
 
 /* Makes a handle; checks the URL is https:// and the sizes are sane. Does
  * not connect. *out is NULL on failure. */

@@ -283,4 +283,21 @@ typedef enum hsm_sig_alg {
 hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
                  unsigned char **sig, size_t *siglen);
 
+/* ---- OpenSSL key object (TLS client/server keys on a token) --------- */
+typedef struct evp_pkey_st EVP_PKEY; /* <openssl/evp.h> (same typedef) */
+/* A new EVP_PKEY (caller frees with EVP_PKEY_free) that holds only the
+ * public key of the EC private key `key` and whose ECDSA signing calls
+ * hsm_sign(HSM_SIG_ECDSA_DIGEST) on the token: for SSL_CTX_use_PrivateKey,
+ * X509_REQ_sign and the like; the private key never leaves the token.
+ * `key` is borrowed for the call (the EVP_PKEY keeps its own reference, so
+ * the caller may free `key` at once); `ctx` is borrowed and must stay open
+ * as long as the EVP_PKEY, and anything holding it (SSL_CTX, SSL), lives.
+ * Signing may run on any thread (each call borrows a pool session).
+ * The key must be a private EC key (P-256, P-384 or P-521) with CKA_SIGN:
+ * else HSM_ERR_KEY_POLICY (detail says why; RSA keys are refused: TLS 1.3
+ * RSA-PSS would need raw RSA on the token) or HSM_ERR_PUBLIC_KEY. Callers
+ * check anything else they require (sensitive, curve, ...) themselves.
+ * Implemented with OpenSSL 3.0's legacy EC_KEY_METHOD (hsm/hsm_evp.c). */
+hsm_err hsm_key_evp_pkey(hsm_ctx *ctx, hsm_key *key, EVP_PKEY **out);
+
 #endif

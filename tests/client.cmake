@@ -23,3 +23,9 @@ set_tests_properties(groupmail_recipes PROPERTIES LABELS "integration;client" TI
 add_test(NAME groupmail_interop COMMAND bash ${GS_TEST_DIR}/integration/groupmail-interop.sh ${GS_TEST_BIN})
 set_tests_properties(groupmail_interop PROPERTIES LABELS "interop;client" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# A member whose EC key lives only on their own SoftHSM token: groupmail csr,
+# --via tls and membership-cert with TLS signed on the token, clear errors.
+add_test(NAME groupmail_token COMMAND bash ${GS_TEST_DIR}/integration/groupmail-token.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_token PROPERTIES LABELS "integration;client" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -2,7 +2,8 @@
  * tls_tokenkey.h: the TLS server key on the token ([tls] key = pkcs11:URI).
  * Owned by groupsrv/server/.
  *
- * The key never leaves the token: OpenSSL gets an EVP_PKEY holding only
+ * The key never leaves the token: OpenSSL gets an EVP_PKEY (made by
+ * hsm_key_evp_pkey, hsm/hsm_evp.c) holding only
  * the public key, whose ECDSA signing calls hsm_sign(HSM_SIG_ECDSA_DIGEST)
  * with the digest the TLS handshake made. The signing runs on the
  * event-loop threads; each call borrows a session from the hsm pool.

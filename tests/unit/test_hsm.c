@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 
 #include "hsm.h"
 #include "log.h"
@@ -1136,6 +1137,77 @@ static void test_sign(void **state)
 /* ECDSA over a digest the caller made (the TLS server key): P-256 and
  * P-384 with SHA-256/384/512 digests, each verified by OpenSSL as a
  * signature over that digest; the output is DER, not r||s. */
+/* hsm_key_evp_pkey: an EVP_PKEY whose ECDSA signing runs on the token,
+ * usable by plain OpenSSL code (EVP_DigestSign, X509_REQ_sign) and
+ * verified by OpenSSL with the exported public key. */
+static void test_key_evp_pkey(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv = NULL, *pub = NULL;
+    EVP_PKEY *tk = NULL, *vk;
+    EVP_MD_CTX *mc;
+    X509_REQ *req;
+    unsigned char sig[256];
+    size_t siglen;
+    const unsigned char data[] = "a member's TLS 1.3 CertificateVerify";
+    hsm_keygen_spec specs[] = {{"evp-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false},
+                               {"evp-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false}};
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    for (size_t k = 0; k < GS_TEST_ARRAY_LEN(specs); k++) {
+        assert_int_equal(hsm_generate_keypair(ctx, &specs[k], NULL, &priv), HSM_OK);
+        vk = export_pub(ctx, priv);
+        assert_int_equal(hsm_key_evp_pkey(ctx, priv, &tk), HSM_OK);
+        assert_non_null(tk);
+        /* The EVP_PKEY keeps its own reference: the caller's may go now. */
+        hsm_key_free(priv);
+        priv = NULL;
+        assert_int_equal(EVP_PKEY_eq(tk, vk), 1);
+        assert_int_equal(EVP_PKEY_get_bits(tk), (int)specs[k].bits);
+
+        mc = EVP_MD_CTX_new();
+        siglen = sizeof(sig);
+        assert_int_equal(EVP_DigestSignInit(mc, NULL, EVP_sha256(), NULL, tk), 1);
+        assert_int_equal(EVP_DigestSign(mc, sig, &siglen, data, sizeof(data)), 1);
+        EVP_MD_CTX_free(mc);
+        mc = EVP_MD_CTX_new();
+        assert_int_equal(EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, vk), 1);
+        assert_int_equal(EVP_DigestVerify(mc, sig, siglen, data, sizeof(data)), 1);
+        EVP_MD_CTX_free(mc);
+        /* ...over exactly that data. */
+        mc = EVP_MD_CTX_new();
+        assert_int_equal(EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, vk), 1);
+        assert_int_not_equal(EVP_DigestVerify(mc, sig, siglen, data, sizeof(data) - 1), 1);
+        EVP_MD_CTX_free(mc);
+
+        /* A CSR signed on the token verifies with its own public key. */
+        req = X509_REQ_new();
+        assert_non_null(req);
+        assert_int_equal(X509_REQ_set_pubkey(req, tk), 1);
+        assert_true(X509_REQ_sign(req, tk, EVP_sha384()) > 0);
+        assert_int_equal(X509_REQ_verify(req, vk), 1);
+        X509_REQ_free(req);
+        EVP_PKEY_free(tk);
+        tk = NULL;
+        EVP_PKEY_free(vk);
+    }
+    /* RSA: refused with the reason, nothing returned. */
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    tk = (EVP_PKEY *)1;
+    assert_int_equal(hsm_key_evp_pkey(ctx, priv, &tk), HSM_ERR_KEY_POLICY);
+    assert_null(tk);
+    assert_non_null(strstr(hsm_last_error_detail(), "RSA"));
+    hsm_key_free(priv);
+    /* A public key object has nothing to sign with. */
+    pub = find_ok(ctx, "evp-p256", HSM_CLASS_PUBLIC);
+    assert_int_equal(hsm_key_evp_pkey(ctx, pub, &tk), HSM_ERR_KEY_POLICY);
+    assert_null(tk);
+    hsm_key_free(pub);
+    assert_int_equal(hsm_key_evp_pkey(ctx, NULL, &tk), HSM_ERR_ARGS);
+    t_close(ctx);
+}
+
 static void test_sign_digest(void **state)
 {
     hsm_ctx *ctx;
@@ -1947,6 +2019,7 @@ int main(void)
         cmocka_unit_test_teardown(test_implicit_rejection, t_teardown),
         cmocka_unit_test_teardown(test_sign, t_teardown),
         cmocka_unit_test_teardown(test_sign_digest, t_teardown),
+        cmocka_unit_test_teardown(test_key_evp_pkey, t_teardown),
         cmocka_unit_test_teardown(test_ecdh, t_teardown),
         cmocka_unit_test_teardown(test_concurrent, t_teardown),
         cmocka_unit_test_teardown(test_failing_decrypts_keep_pool, t_teardown),
