@@ -339,6 +339,27 @@ void gs_store_close(gs_store *st)
 
 int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
 
+gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    *stamp = 0;
+    if (st == NULL)
+        return GS_ERR_ARGS;
+    /* data_version only moves for other connections' commits; this
+     * connection's own writes show in its total change count. */
+    if ((err = prepare(st, "PRAGMA data_version", &s)) != GS_OK)
+        return err;
+    if (sqlite3_step(s) != SQLITE_ROW) {
+        err = db_error(st, "data_version");
+    } else {
+        *stamp = ((uint64_t)sqlite3_column_int64(s, 0) << 32) ^ (uint64_t)sqlite3_total_changes64(st->db);
+    }
+    sqlite3_finalize(s);
+    return err;
+}
+
 gs_err gs_store_begin(gs_store *st)
 {
     gs_err err;

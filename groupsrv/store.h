@@ -79,6 +79,14 @@ gs_err gs_store_open(const char *path, unsigned flags, gs_store **out);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
 
+/* A stamp that differs from the previous call's whenever the database may
+ * have changed in between: a commit by another connection or process
+ * (PRAGMA data_version) or a change through this connection (its total
+ * change count). For caches of data derived from the database (the
+ * server's loaded groups and keys), never for membership answers. GS_OK,
+ * or GS_ERR_DB (then *stamp is 0). */
+gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
+
 /* Explicit transactions (BEGIN IMMEDIATE). Calls between begin and commit
  * are atomic; single calls outside are atomic on their own. Nesting is
  * GS_ERR_ARGS. rollback is a no-op without an open transaction. */
