@@ -1,8 +1,9 @@
 /*
  * api.c: the REST endpoints of the group server listener (DESIGN.md "REST
  * API", docs/api.md). Every request is authorised from scratch: the client
- * certificate is verified now, membership is read from SQLite now, the
- * group and its keys are loaded now.
+ * certificate is verified now, membership is read from SQLite now; the
+ * group and its keys come from the thread's cache, reloaded whenever the
+ * database changed (gcache.h).
  */
 #include "server.h"
 
@@ -66,20 +67,6 @@ static json_t *b64_json(const unsigned char *p, size_t len)
     return j;
 }
 
-/* Same public key as the certificate recorded for the member? Members
- * added with a certificate must present that key; renewal keeps the key or
- * is recorded again by an admin. */
-static int cert_matches_pem(X509 *cert, const char *pem)
-{
-    X509 *rec = NULL;
-    int ok = 0;
-
-    if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) == GS_OK)
-        ok = EVP_PKEY_eq(X509_get0_pubkey(rec), X509_get0_pubkey(cert)) == 1;
-    X509_free(rec);
-    return ok;
-}
-
 static int audit_refusal(struct srv_req *r, const char *action, const char *identity, const char *group,
                          const char *outcome)
 {
@@ -88,7 +75,9 @@ static int audit_refusal(struct srv_req *r, const char *action, const char *iden
     return srv_audit(r, &rec);
 }
 
-/* Loads the group; replies 404/503 on failure. */
+/* The group from this thread's cache (reloaded when the database changed;
+ * borrowed for the rest of the request: never freed by the handler);
+ * replies 404/503 on failure. */
 static gs_group *load_group(struct srv_req *r, const char *name)
 {
     gs_group *g = NULL;
@@ -98,7 +87,7 @@ static gs_group *load_group(struct srv_req *r, const char *name)
         srv_reply_error(r, 404, "not_found", "no such group");
         return NULL;
     }
-    if ((e = gs_group_load(r->t->store, r->srv->hsm, name, &g)) != GS_OK) {
+    if ((e = gcache_group(r->t->gcache, r->t->store, r->srv->hsm, name, &g)) != GS_OK) {
         srv_reply_gs_error(r, e, "group");
         return NULL;
     }
@@ -143,7 +132,7 @@ static int authorise(struct srv_req *r, gs_group *g, unsigned roles, int allow_a
         srv_reply_gs_error(r, e, "member");
         return -1;
     }
-    if (c->member->cert_pem != NULL && !cert_matches_pem(c->peer->cert, c->member->cert_pem)) {
+    if (c->member->cert_pem != NULL && !gcache_cert_matches_pem(r->t->gcache, c->peer->cert, c->member->cert_pem)) {
         audit_refusal(r, action, c->identity, gi->name, "certificate_mismatch");
         if (!r->replied)
             srv_reply_error(r, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
@@ -372,8 +361,12 @@ static int hsm_err_unavailable(hsm_err err)
            err == HSM_ERR_PIN_INCORRECT || err == HSM_ERR_PIN_LOCKED || err == HSM_ERR_NOMEM;
 }
 
-static json_t *hsm_item_fail(struct item_err *e, hsm_err err, const char *op)
+static json_t *hsm_item_fail(struct srv_req *r, struct item_err *e, hsm_err err, const char *op)
 {
+    /* A cached key that failed for another reason than the ciphertext may
+     * be gone or changed on the token: load the group afresh next time. */
+    if (!hsm_failure_is_decrypt(err))
+        gcache_mark_stale(r->t->gcache);
     if (hsm_failure_is_decrypt(err)) {
         log_info("unwrap failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
         return item_fail(e, 400, "unwrap_failed", "the key could not be unwrapped");
@@ -384,7 +377,7 @@ static json_t *hsm_item_fail(struct item_err *e, hsm_err err, const char *op)
         return item_fail(e, 400, "unsupported_algorithm", "the token does not support this algorithm");
     if (err == HSM_ERR_PUBLIC_KEY)
         return item_fail(e, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
-    if (hsm_err_unavailable(err))
+    if (hsm_err_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND)
         return item_fail(e, 503, "token_unavailable", "the key token is not reachable; try again later");
     return item_fail(e, 500, "internal", "token operation failed");
 }
@@ -462,7 +455,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         }
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
-            res = hsm_item_fail(e, he, "decrypt");
+            res = hsm_item_fail(r, e, he, "decrypt");
             goto out;
         }
         res = json_object();
@@ -488,7 +481,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         he = rewrap_public(r->srv->hsm, &in, sp, sl, 1, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
-            res = hsm_item_fail(e, he, "rewrap");
+            res = hsm_item_fail(r, e, he, "rewrap");
             goto out;
         }
         if (env_ktri_build(c->peer->cert, ENV_KT_RSA_OAEP_SHA1, wrapped, wrapped_len, &der, &der_len) != ENV_OK) {
@@ -511,7 +504,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         he = rewrap_secret(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
-            res = hsm_item_fail(e, he, "rewrap-secret");
+            res = hsm_item_fail(r, e, he, "rewrap-secret");
             goto out;
         }
         /* Content keys of 16/24/32 bytes: RFC 3394 (wrapped = key + 8). */
@@ -652,7 +645,6 @@ static void h_unwrap(struct srv_req *r, const char *group)
 out:
     caller_clear(&c);
     json_decref(body);
-    gs_group_free(g);
 }
 
 static void h_unwrap_batch(struct srv_req *r, const char *group)
@@ -721,7 +713,6 @@ out:
     }
     caller_clear(&c);
     json_decref(body);
-    gs_group_free(g);
 }
 
 /* ---- rewrap (the exploder) ------------------------------------------------- */
@@ -847,7 +838,7 @@ static void h_rewrap(struct srv_req *r, const char *group)
             metrics_unwrap_latency(srv_now() - t0);
             if (he != HSM_OK) {
                 json_decref(res);
-                res = hsm_item_fail(&e, he, "rewrap-members");
+                res = hsm_item_fail(r, &e, he, "rewrap-members");
                 outcome = e.code;
             }
             for (size_t i = 0; res != NULL && i < n; i++) {
@@ -898,7 +889,6 @@ out:
     unwrap_in_clear(&u);
     caller_clear(&c);
     json_decref(body);
-    gs_group_free(g);
 }
 
 /* ---- secret keys ------------------------------------------------------------ */
@@ -969,7 +959,6 @@ out:
     json_decref(keys);
     free(spki);
     caller_clear(&c);
-    gs_group_free(g);
 }
 
 /* ---- discovery ------------------------------------------------------------- */
@@ -1000,7 +989,6 @@ static void h_group_info(struct srv_req *r, const char *group)
             snprintf(url, sizeof(url), "https://%s", cfg->certsrv.listen);
         json_object_set_new(o, "certificate_server", json_string(url));
     }
-    gs_group_free(g);
     if (o == NULL) {
         srv_reply_error(r, 500, "internal", "out of memory");
         return;
@@ -1021,7 +1009,6 @@ static void h_group_cert(struct srv_req *r, const char *group)
     else
         srv_reply_bytes(r, 200, "application/pem-certificate-chain", pem, strlen(pem));
     free(pem);
-    gs_group_free(g);
 }
 
 /* ---- admin ------------------------------------------------------------------ */
@@ -1057,7 +1044,6 @@ static void h_members_list(struct srv_req *r, const char *group)
 out:
     gs_store_member_list_free(list, n);
     caller_clear(&c);
-    gs_group_free(g);
 }
 
 static void h_member(struct srv_req *r, const char *group, const char *email, enum evhttp_cmd_type cmd)
@@ -1155,7 +1141,6 @@ out:
     json_decref(body);
     gs_store_member_free(m);
     caller_clear(&c);
-    gs_group_free(g);
 }
 
 /* An admin of any group may create groups (and becomes admin of the new one). */
@@ -1180,7 +1165,7 @@ static int require_any_admin(struct srv_req *r, char *identity, size_t idlen)
     for (size_t i = 0; i < n && !ok; i++) {
         gs_store_member *m = NULL;
         if (gs_store_member_get(r->t->store, groups[i]->id, p->identity, &m) == GS_OK && m->role == GS_ROLE_ADMIN &&
-            (m->cert_pem == NULL || cert_matches_pem(p->cert, m->cert_pem)))
+            (m->cert_pem == NULL || gcache_cert_matches_pem(r->t->gcache, p->cert, m->cert_pem)))
             ok = 1;
         gs_store_member_free(m);
     }

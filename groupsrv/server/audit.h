@@ -6,8 +6,10 @@
  * one JSON object whose "prev" field is the hex SHA-256 of the previous line
  * (without its newline; 64 zeros for the first line), so deleting or editing
  * a line breaks the chain at the next line. Lines are written with one
- * write(2) on an O_APPEND descriptor followed by fdatasync(2) before
- * audit_append returns: a caller that gets AUDIT_OK may answer its client.
+ * write(2) on an O_APPEND descriptor, and audit_append returns only after an
+ * fdatasync(2) that started after that write succeeded: a caller that gets
+ * AUDIT_OK may answer its client. Concurrent appenders share one
+ * fdatasync (group commit); a failed one fails every append it covered.
  */
 #ifndef GS_SRV_AUDIT_H
 #define GS_SRV_AUDIT_H
@@ -53,7 +55,9 @@ typedef struct audit_record {
 } audit_record;
 
 /* Appends and syncs one line; thread-safe. AUDIT_ERR_IO if it was not
- * durably written (the chain head is then unchanged). */
+ * durably written: the write failed (the chain head is then unchanged) or
+ * the fdatasync covering it failed (the line may be in the file, and the
+ * chain continues from it, so `audit verify` still passes). */
 audit_err audit_append(audit_log *log, const audit_record *rec);
 
 /* Verifies a whole file. On return *lines is the number of good lines and

@@ -395,8 +395,9 @@ static int hsm_err_is_unavailable(hsm_err err)
 void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what)
 {
     metrics_token_error();
+    gcache_mark_stale(r->t->gcache); /* reload the group's keys next time */
     log_error("token operation failed op=%s err=%s detail=%s", what, hsm_strerror(err), hsm_last_error_detail());
-    if (hsm_err_is_unavailable(err))
+    if (hsm_err_is_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND)
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
     else
         srv_reply_error(r, 500, "internal", "token operation failed");
@@ -548,6 +549,8 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
     t->srv = s;
     t->index = i;
     atomic_init(&t->nconns, 0);
+    if ((t->gcache = gcache_new()) == NULL)
+        return -1;
     if ((ge = gs_store_open(s->cfg->db.path, 0, &t->store)) != GS_OK) {
         log_error("cannot open the database path=%s err=%s detail=%s", s->cfg->db.path, gs_strerror(ge),
                   gs_err_detail());
@@ -583,6 +586,7 @@ static void thread_free(struct srv_thread *t)
         event_free(t->tick_ev);
     if (t->base != NULL)
         event_base_free(t->base);
+    gcache_free(t->gcache); /* before the store and the hsm it borrowed from */
     gs_store_close(t->store);
     memset(t, 0, sizeof(*t));
 }

@@ -23,6 +23,7 @@
 #include "audit.h"
 #include "ca.h"
 #include "config.h"
+#include "gcache.h"
 #include "groups.h"
 #include "hsm.h"
 #include "metrics.h"
@@ -56,6 +57,7 @@ struct srv_thread {
     struct evhttp *http, *certhttp;
     struct evhttp_bound_socket *bound, *certbound;
     gs_store *store;          /* this thread's SQLite connection */
+    gcache *gcache;           /* loaded groups, reloaded when the database changes */
     struct event *shutdown_ev, *tick_ev, *drain_ev;
     atomic_long nconns;
     int accept_paused;
@@ -97,7 +99,7 @@ const char *srv_json_str(struct srv_req *r, json_t *o, const char *key, int *bad
  * type or base64) or 413 (too large) and returns -1. Absent: 0 with *out NULL. */
 int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsigned char **out, size_t *len);
 
-/* ---- authentication and authorisation (every request, no cache) ---- */
+/* ---- authentication and authorisation (every request; membership never cached) ---- */
 const peer_info *srv_peer(struct srv_req *r);
 /* Replies 401 for a missing/untrusted/expired certificate and returns -1. */
 int srv_require_cert(struct srv_req *r);

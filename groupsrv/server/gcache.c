@@ -1,0 +1,155 @@
+/*
+ * gcache.c: per-thread cache of loaded groups and recorded member keys
+ * (see gcache.h).
+ */
+#include "gcache.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "log.h"
+#include "util.h"
+
+/* Bounded: a server with more groups than this reloads the least recently
+ * used, as it did on every request before. */
+#define GCACHE_GROUPS 32
+#define GCACHE_PKEYS 32
+
+struct gcache_group {
+    char name[GS_NAME_MAX + 1];
+    gs_group *g;
+    uint64_t used;
+};
+
+struct gcache_pkey {
+    char *pem;
+    EVP_PKEY *pk;
+};
+
+struct gcache {
+    uint64_t stamp;
+    int have_stamp;
+    int stale;
+    uint64_t tick;
+    struct gcache_group groups[GCACHE_GROUPS];
+    struct gcache_pkey pkeys[GCACHE_PKEYS];
+    unsigned pkey_next;
+};
+
+gcache *gcache_new(void) { return calloc(1, sizeof(struct gcache)); }
+
+static void flush(gcache *c)
+{
+    for (size_t i = 0; i < GCACHE_GROUPS; i++) {
+        gs_group_free(c->groups[i].g);
+        memset(&c->groups[i], 0, sizeof(c->groups[i]));
+    }
+    for (size_t i = 0; i < GCACHE_PKEYS; i++) {
+        free(c->pkeys[i].pem);
+        EVP_PKEY_free(c->pkeys[i].pk);
+        memset(&c->pkeys[i], 0, sizeof(c->pkeys[i]));
+    }
+    c->pkey_next = 0;
+    c->stale = 0;
+}
+
+void gcache_free(gcache *c)
+{
+    if (c == NULL)
+        return;
+    flush(c);
+    free(c);
+}
+
+void gcache_mark_stale(gcache *c)
+{
+    if (c != NULL)
+        c->stale = 1;
+}
+
+gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
+{
+    uint64_t stamp = 0;
+    gs_err e;
+    struct gcache_group *slot = NULL;
+
+    *out = NULL;
+    if (c == NULL || name == NULL || strlen(name) > GS_NAME_MAX)
+        return GS_ERR_ARGS;
+    if ((e = gs_store_change_stamp(st, &stamp)) != GS_OK)
+        return e;
+    if (!c->have_stamp || stamp != c->stamp || c->stale) {
+        if (c->have_stamp)
+            log_debug("database changed: cached groups dropped");
+        flush(c);
+        c->stamp = stamp;
+        c->have_stamp = 1;
+    }
+    c->tick++;
+    for (size_t i = 0; i < GCACHE_GROUPS; i++) {
+        if (c->groups[i].g != NULL && strcmp(c->groups[i].name, name) == 0) {
+            c->groups[i].used = c->tick;
+            *out = c->groups[i].g;
+            return GS_OK;
+        }
+    }
+    /* A change committed after the stamp was read may already be in what
+     * we load now; the next request then sees a new stamp and reloads. */
+    gs_group *g = NULL;
+    if ((e = gs_group_load(st, hsm, name, &g)) != GS_OK)
+        return e;
+    /* An empty slot, else the least recently used one. */
+    for (size_t i = 0; i < GCACHE_GROUPS; i++) {
+        struct gcache_group *cand = &c->groups[i];
+        if (cand->g == NULL) {
+            slot = cand;
+            break;
+        }
+        if (slot == NULL || cand->used < slot->used)
+            slot = cand;
+    }
+    gs_group_free(slot->g);
+    util_strlcpy(slot->name, name, sizeof(slot->name));
+    slot->g = g;
+    slot->used = c->tick;
+    *out = g;
+    return GS_OK;
+}
+
+int gcache_cert_matches_pem(gcache *c, X509 *cert, const char *pem)
+{
+    EVP_PKEY *pk = NULL;
+    X509 *rec = NULL;
+
+    if (cert == NULL || pem == NULL)
+        return 0;
+    for (size_t i = 0; c != NULL && i < GCACHE_PKEYS; i++)
+        if (c->pkeys[i].pem != NULL && strcmp(c->pkeys[i].pem, pem) == 0) {
+            pk = c->pkeys[i].pk;
+            break;
+        }
+    if (pk == NULL) {
+        if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) != GS_OK) {
+            X509_free(rec);
+            return 0;
+        }
+        pk = X509_get0_pubkey(rec);
+        char *copy = c != NULL ? strdup(pem) : NULL;
+        if (pk != NULL && copy != NULL && EVP_PKEY_up_ref(pk) == 1) {
+            struct gcache_pkey *s = &c->pkeys[c->pkey_next];
+            c->pkey_next = (c->pkey_next + 1) % GCACHE_PKEYS;
+            free(s->pem);
+            EVP_PKEY_free(s->pk);
+            s->pem = copy;
+            s->pk = pk;
+        } else {
+            free(copy);
+        }
+    }
+    int ok = pk != NULL && EVP_PKEY_eq(pk, X509_get0_pubkey(cert)) == 1;
+    X509_free(rec); /* the cache holds its own reference to pk */
+    return ok;
+}

@@ -1,0 +1,49 @@
+/*
+ * gcache.h: per event-loop thread caches of data derived from the database
+ * (not a public API; owned by groupsrv/server/).
+ *
+ * Loading a group (gs_group_load: rows, PEM certificates parsed, keys found
+ * on the token) cost about as much CPU as the token's own RSA operation, on
+ * every request. Each thread now keeps its loaded groups and reloads them
+ * when gs_store_change_stamp says the database changed (any commit by
+ * another connection or process, or a write through this thread's own
+ * connection). Membership is NOT cached here: it is read from the store on
+ * every request. The hsm_key objects in a cached group find their token
+ * objects again after token loss (hsm/), so a cached group survives it.
+ *
+ * Also cached: the public key parsed from a member's recorded certificate
+ * PEM, keyed by the exact PEM text (a changed record is a different key).
+ *
+ * Threads: a gcache belongs to one srv_thread and is used only by it.
+ */
+#ifndef GS_SRV_GCACHE_H
+#define GS_SRV_GCACHE_H
+
+#include <openssl/x509.h>
+
+#include "groups.h"
+#include "hsm.h"
+#include "store.h"
+
+typedef struct gcache gcache;
+
+gcache *gcache_new(void);
+void gcache_free(gcache *c); /* NULL fine */
+
+/* The loaded group `name`, borrowed: valid until the next gcache_group or
+ * gcache_free on this cache (so for the rest of the current request).
+ * Checks the store's change stamp first and drops every cached group when
+ * it moved or gcache_mark_stale was called. Errors as gs_group_load
+ * (GS_ERR_NOT_FOUND, GS_ERR_HSM, GS_ERR_DB, ...); failures are not cached. */
+gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
+
+/* A token operation with a cached key failed in a way a fresh load might
+ * explain (key missing from the token): reload on the next request. Does
+ * not free anything now (the current request may still use the group). */
+void gcache_mark_stale(gcache *c);
+
+/* 1 when cert carries the same public key as the certificate in pem (the
+ * member's recorded one), else 0 (also for an unparsable pem). */
+int gcache_cert_matches_pem(gcache *c, X509 *cert, const char *pem);
+
+#endif
