@@ -279,7 +279,7 @@ def main():
                     mm[k] = v
         w(f"Longer memory run (`./bench/run --part memory`, {mm.get('date_utc', '?')}, commit "
           f"`{mm.get('git', '?')}`, `{mm.get('args', '')}`; its own server process, RSA-2048 group, "
-          "8 keep-alive connections):")
+          "8 keep-alive connections)" + (f"; {mm['note']}" if mm.get("note") else "") + ":")
         w("")
         w("| requests served | RSS (KiB) |")
         w("| ---: | ---: |")
