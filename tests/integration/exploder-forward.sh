@@ -51,6 +51,6 @@ for m in $members; do
   grep -q '^List-Id: <eng.lists.example.org>$' "$f" || fail "maildir copy lacks List-Id"
   cmp -s <(body "$W/in2.eml") <(body "$f") || fail "maildir body changed"
 done
-[ -z "$(find "$W/md" -path '*/tmp/*' -type f)" ] || fail "maildir tmp/ not empty"
+[ -z "$(find "$W/md" -path "$W/md/*/tmp/*" -type f)" ] || fail "maildir tmp/ not empty"
 xp_spool_empty
 echo "exploder forward: ok"
