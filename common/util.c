@@ -41,47 +41,41 @@ void util_secret_free(void *p, size_t len)
     free(p);
 }
 
-int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
+int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len)
 {
-    int rc = UTIL_E_IO, fd = -1;
+    int rc = UTIL_E_IO;
     unsigned char *buf = NULL;
-    size_t used = 0, cap = 0;
-    struct stat st;
+    size_t used = 0, cap;
 
     *out = NULL;
     *len = 0;
-    if (path == NULL || max == SIZE_MAX)
+    if (fd < 0 || max == SIZE_MAX)
         return UTIL_E_ARGS;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        rc = errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
-        goto out;
-    }
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > max) {
-        rc = UTIL_E_TOOBIG;
-        goto out;
-    }
-    cap = 4096;
-    if ((buf = malloc(cap + 1)) == NULL) {
-        rc = UTIL_E_NOMEM;
-        goto out;
-    }
+    cap = max < 4096 ? max : 4096;
+    if ((buf = malloc(cap + 1)) == NULL)
+        return UTIL_E_NOMEM;
     for (;;) {
+        if (used == cap && cap == max) {
+            /* Full at the cap: the input fits only if it ends here. */
+            unsigned char probe;
+            ssize_t m;
+            do
+                m = read(fd, &probe, 1);
+            while (m < 0 && errno == EINTR);
+            if (m == 0)
+                break;
+            rc = m < 0 ? UTIL_E_IO : UTIL_E_TOOBIG;
+            goto out;
+        }
         if (used == cap) {
-            size_t ncap = cap * 2;
-            unsigned char *nb;
-            if (cap >= max + 1) {
-                rc = UTIL_E_TOOBIG;
-                goto out;
-            }
-            if (ncap > max + 1)
-                ncap = max + 1;
-            if ((nb = malloc(ncap + 1)) == NULL) {
+            size_t ncap = cap > max / 2 ? max : cap * 2;
+            unsigned char *nb = malloc(ncap + 1);
+            if (nb == NULL) {
                 rc = UTIL_E_NOMEM;
                 goto out;
             }
             memcpy(nb, buf, used);
-            OPENSSL_cleanse(buf, cap); /* the file may be a secret */
+            OPENSSL_cleanse(buf, cap); /* the data may be a secret */
             free(buf);
             buf = nb;
             cap = ncap;
@@ -95,10 +89,6 @@ int util_read_file(const char *path, size_t max, unsigned char **out, size_t *le
         if (n == 0)
             break;
         used += (size_t)n;
-        if (used > max) {
-            rc = UTIL_E_TOOBIG;
-            goto out;
-        }
     }
     buf[used] = '\0';
     *out = buf;
@@ -108,8 +98,26 @@ int util_read_file(const char *path, size_t max, unsigned char **out, size_t *le
 out:
     if (buf != NULL)
         util_secret_free(buf, cap + 1);
-    if (fd >= 0)
-        close(fd);
+    return rc;
+}
+
+int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
+{
+    int rc, fd;
+    struct stat st;
+
+    *out = NULL;
+    *len = 0;
+    if (path == NULL || max == SIZE_MAX)
+        return UTIL_E_ARGS;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
+        rc = UTIL_E_TOOBIG;
+    else
+        rc = util_read_fd(fd, max, out, len);
+    close(fd);
     return rc;
 }
 

@@ -27,6 +27,9 @@ const char *util_strerror(int err);
 /* Reads a whole file of at most max bytes into a fresh buffer (NUL-terminated
  * for convenience; *len excludes the NUL). Caller frees (wipes if secret). */
 int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len);
+/* The same for an open descriptor read to its end (stdin of a pipe):
+ * UTIL_E_TOOBIG as soon as more than max bytes arrive. */
+int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len);
 
 /* Writes data to path atomically: temp file in the same directory with the
  * given mode, write, fsync, rename, fsync the directory. */

@@ -19,49 +19,12 @@
 /* Reads all of fd, at most max bytes (XP_ERR_TOO_LARGE beyond). */
 static xp_err read_all(int fd, size_t max, unsigned char **out, size_t *len)
 {
-    unsigned char *buf = NULL, *nb;
-    size_t used = 0, cap = 0;
-    xp_err rc = XP_ERR_NOMEM;
-
-    *out = NULL;
-    *len = 0;
-    for (;;) {
-        if (used == cap) {
-            size_t ncap = cap ? cap * 2 : 65536;
-            if (cap > max) {
-                rc = XP_ERR_TOO_LARGE;
-                goto out;
-            }
-            if (ncap > max + 1)
-                ncap = max + 1;
-            if ((nb = realloc(buf, ncap + 1)) == NULL)
-                goto out;
-            buf = nb;
-            cap = ncap;
-        }
-        ssize_t n = read(fd, buf + used, cap - used);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = XP_ERR_IO;
-            goto out;
-        }
-        if (n == 0)
-            break;
-        used += (size_t)n;
-        if (used > max) {
-            rc = XP_ERR_TOO_LARGE;
-            goto out;
-        }
+    switch (util_read_fd(fd, max, out, len)) {
+    case UTIL_OK: return XP_OK;
+    case UTIL_E_TOOBIG: return XP_ERR_TOO_LARGE;
+    case UTIL_E_NOMEM: return XP_ERR_NOMEM;
+    default: return XP_ERR_IO;
     }
-    buf[used] = '\0';
-    *out = buf;
-    *len = used;
-    buf = NULL;
-    rc = XP_OK;
-out:
-    free(buf);
-    return rc;
 }
 
 /* A header value reduced to something safe to store and log. */

@@ -164,6 +164,50 @@ static void test_atomic_killed_writer_leaves_nothing(void **state)
         assert_int_equal(rmdir(dir), 0);
 }
 
+/* util_read_fd: exactly max bytes fit, max+1 is too big, 0 bytes is fine. */
+static void test_read_fd_cap(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 10000};
+    for (size_t i = 0; i < GS_ARRAY_LEN(sizes); i++) {
+        for (int extra = 0; extra <= 1; extra++) {
+            size_t n = sizes[i] + (size_t)extra, len = 0;
+            unsigned char *data = NULL, *got = NULL;
+            int p[2];
+            FILE *w;
+            assert_int_equal(pipe(p), 0);
+            data = malloc(n + 1);
+            assert_non_null(data);
+            for (size_t k = 0; k < n; k++)
+                data[k] = (unsigned char)(k * 7);
+            pid_t pid = fork();
+            assert_true(pid >= 0);
+            if (pid == 0) {
+                close(p[0]);
+                w = fdopen(p[1], "w");
+                if (w == NULL || (n > 0 && fwrite(data, 1, n, w) != n))
+                    _exit(1);
+                fclose(w);
+                _exit(0);
+            }
+            close(p[1]);
+            int rc = util_read_fd(p[0], sizes[i], &got, &len);
+            close(p[0]);
+            waitpid(pid, NULL, 0);
+            if (extra == 0) {
+                assert_int_equal(rc, UTIL_OK);
+                assert_int_equal(len, n);
+                assert_memory_equal(got, data, n);
+                free(got);
+            } else {
+                assert_int_equal(rc, UTIL_E_TOOBIG);
+                assert_null(got);
+            }
+            free(data);
+        }
+    }
+}
+
 static void test_parse_numbers(void **state)
 {
     (void)state;
@@ -199,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_b64_roundtrip),   cmocka_unit_test(test_b64_rejects),
         cmocka_unit_test(test_pin_source),      cmocka_unit_test(test_atomic_write_mode),
         cmocka_unit_test(test_atomic_killed_writer_leaves_nothing),
+        cmocka_unit_test(test_read_fd_cap),
         cmocka_unit_test(test_parse_numbers),   cmocka_unit_test(test_log_quote),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
