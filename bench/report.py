@@ -55,17 +55,23 @@ def main():
                 machine[k] = v
     rows = read_csv(os.path.join(rdir, "results.csv"))
 
+    def matching(tool, variant, key, conc=None):
+        return [r for r in rows if r["tool"] == tool and r["variant"] == variant and r["key"] == key
+                and (conc is None or int(r["conc"]) == conc)]
+
     def get(tool, variant, key, conc=None):
-        for r in rows:
-            if r["tool"] == tool and r["variant"] == variant and r["key"] == key and (
-                conc is None or int(r["conc"]) == conc
-            ):
-                return r
-        return None
+        """The row with the median rate among repeated rounds (the only row otherwise)."""
+        m = sorted(matching(tool, variant, key, conc), key=lambda r: float(r["ops_per_s"]))
+        return m[(len(m) - 1) // 2] if m else None
 
     def rate(tool, variant, key, conc=None):
         r = get(tool, variant, key, conc)
         return float(r["ops_per_s"]) if r else None
+
+    def spread(tool, variant, key, conc):
+        """"min-max" of the rates when a point was measured more than once, else ""."""
+        m = [float(r["ops_per_s"]) for r in matching(tool, variant, key, conc)]
+        return f" ({min(m):,.0f}-{max(m):,.0f})" if len(m) > 1 else ""
 
     keys = [k for k in KEY_ORDER if any(r["key"] == k for r in rows)]
     concs = sorted({int(r["conc"]) for r in rows if r["tool"] == "p11rate"})
@@ -103,6 +109,10 @@ def main():
           "p11rate = in-process `hsm_decrypt_content_key` (the limit); p11-kit server = the same "
           "p11rate through `p11-kit-client.so`. Targets: groupsrv/p11rate >= 0.85, "
           "groupsrv/p11-kit >= 2.")
+        if int(machine.get("rounds", "1") or 1) > 1:
+            w("")
+            w(f"Each point was measured {machine['rounds']} times, the contenders interleaved; the table "
+              "shows the median (and the range in brackets); ratios and latencies are of the median rows.")
         w("")
         diag = any(r["variant"] == "keepalive-nodelay" for r in rows)
         for k in keys:
@@ -122,7 +132,9 @@ def main():
                 if diag:
                     n = rate("unwrap-load", "keepalive-nodelay", k, c)
                     extra = f" {fmt(n)} | {ratio(n, a)} |"
-                w(f"| {c} | {fmt(a)} | {fmt(g)} | {fmt(p)} | {ratio(g, a)} | {ratio(g, p)} | "
+                w(f"| {c} | {fmt(a)}{spread('p11rate', 'softhsm', k, c)} | "
+                  f"{fmt(g)}{spread('unwrap-load', 'keepalive', k, c)} | "
+                  f"{fmt(p)}{spread('p11rate', 'p11-kit-server', k, c)} | {ratio(g, a)} | {ratio(g, p)} | "
                   f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |" + extra)
                 nd = rate("unwrap-load", "keepalive-nodelay", k, c)
                 dat.append(" ".join(str(v) if v is not None else "-" for v in (c, a, g, p, nd)))
