@@ -4,6 +4,7 @@
  */
 #include "server.h"
 
+#include <limits.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,16 +34,8 @@ double srv_now(void)
 
 /* ---- connections --------------------------------------------------------- */
 
-/* Runs when OpenSSL frees a connection's SSL (the bufferevent owns it). */
-static void conn_freed(void *arg)
-{
-    struct srv_thread *t = arg;
 
-    atomic_fetch_sub(&t->nconns, 1);
-    metrics_connection(-1);
-}
-
-static void pause_accept(struct srv_thread *t, int pause)
+static void set_listeners(struct srv_thread *t, int enable)
 {
     struct evhttp_bound_socket *b[2] = {t->bound, t->certbound};
 
@@ -50,12 +43,80 @@ static void pause_accept(struct srv_thread *t, int pause)
         if (b[i] == NULL)
             continue;
         struct evconnlistener *l = evhttp_bound_socket_get_listener(b[i]);
-        if (pause)
-            evconnlistener_disable(l);
-        else
+        if (enable)
             evconnlistener_enable(l);
+        else
+            evconnlistener_disable(l);
     }
+}
+
+static void pause_accept(struct srv_thread *t, int pause)
+{
+    if (pause == t->accept_paused)
+        return;
+    set_listeners(t, !pause);
     t->accept_paused = pause;
+    atomic_fetch_add(&t->srv->accepting, pause ? -1 : 1);
+}
+
+/* Fewest connections held by any other thread (LONG_MAX if none). */
+static long other_min_conns(const struct srv_thread *t)
+{
+    const struct srv *s = t->srv;
+    long min = LONG_MAX;
+
+    for (unsigned i = 0; i < s->nthreads; i++) {
+        if (&s->threads[i] == t)
+            continue;
+        long n = atomic_load(&s->threads[i].nconns);
+        if (n < min)
+            min = n;
+    }
+    return min;
+}
+
+/* Threads share one listening socket and the first to wake accepts every
+ * pending connection, so a client opening two connections at once often
+ * gets both on one thread while the other idles: with blocking token calls
+ * that halves throughput. A thread holding more connections than another
+ * steps back from accepting, but never the last one accepting (a CAS on
+ * the count), so new connections are never left waiting; the tick lets it
+ * accept again once the others have caught up. */
+static void balance_accept(struct srv_thread *t)
+{
+    int n = atomic_load(&t->srv->accepting);
+
+    if (t->accept_paused || atomic_load(&t->nconns) <= other_min_conns(t))
+        return;
+    while (n > 1) {
+        if (atomic_compare_exchange_weak(&t->srv->accepting, &n, n - 1)) {
+            set_listeners(t, 0);
+            t->accept_paused = 1;
+            return;
+        }
+    }
+}
+
+/* Accept again if this thread stepped back and is no longer ahead. */
+static void maybe_resume_accept(struct srv_thread *t)
+{
+    if (t->accept_paused && !atomic_load(&t->srv->shutting_down) && t->bound != NULL &&
+        metrics_connections() < t->srv->max_conns && atomic_load(&t->nconns) <= other_min_conns(t))
+        pause_accept(t, 0);
+}
+
+/* Runs when OpenSSL frees a connection's SSL (the bufferevent owns it), on
+ * the connection's own thread: a thread that stepped back from accepting
+ * takes new connections again as soon as it is no longer ahead, not at the
+ * next tick (a client's connections opened meanwhile would all land on
+ * the other threads). */
+static void conn_freed(void *arg)
+{
+    struct srv_thread *t = arg;
+
+    atomic_fetch_sub(&t->nconns, 1);
+    metrics_connection(-1);
+    maybe_resume_accept(t);
 }
 
 /* evhttp asks for a bufferevent per accepted connection: a TLS one with a
@@ -86,6 +147,8 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
      * already accepted wait in the kernel backlog meanwhile. */
     if (metrics_connections() >= t->srv->max_conns)
         pause_accept(t, 1);
+    else
+        balance_accept(t);
     return bev;
 }
 
@@ -93,8 +156,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct srv_thread *t = arg;
     (void)fd; (void)what;
-    if (t->accept_paused && !atomic_load(&t->srv->shutting_down) && metrics_connections() < t->srv->max_conns)
-        pause_accept(t, 0);
+    maybe_resume_accept(t);
 }
 
 /* ---- replies ------------------------------------------------------------- */
@@ -602,6 +664,7 @@ int srv_threads_start(struct srv *s)
     for (unsigned i = 0; i < s->nthreads; i++)
         if (thread_init(s, &s->threads[i], i) != 0)
             goto fail;
+    atomic_store(&s->accepting, (int)s->nthreads);
     /* Workers never take signals: the main thread's loop handles them. */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);

@@ -43,6 +43,7 @@ struct srv {
     unsigned nthreads;
     struct srv_thread *threads;
     atomic_int shutting_down;
+    atomic_int accepting;     /* threads whose listeners are enabled */
     size_t max_body;
     unsigned timeout;
     long max_conns;
@@ -60,7 +61,7 @@ struct srv_thread {
     gcache *gcache;           /* loaded groups, reloaded when the database changes */
     struct event *shutdown_ev, *tick_ev, *drain_ev;
     atomic_long nconns;
-    int accept_paused;
+    int accept_paused;        /* this thread's listeners disabled (cap or balance) */
     double drain_deadline;
 };
 
