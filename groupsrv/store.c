@@ -609,6 +609,20 @@ out:
     return err;
 }
 
+/* Room for more rows in a result array: doubles *cap (first when empty),
+ * overflow checked. Returns the (maybe moved) array, or NULL with the old
+ * one untouched and *cap unchanged. */
+static void *grow_array(void *list, size_t *cap, size_t elem, size_t first)
+{
+    size_t ncap = *cap ? *cap * 2 : first, bytes;
+    void *nl;
+
+    if (ncap < *cap || util_size_mul(ncap, elem, &bytes) != 0 || (nl = realloc(list, bytes)) == NULL)
+        return NULL;
+    *cap = ncap;
+    return nl;
+}
+
 gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
 {
     sqlite3_stmt *s = NULL;
@@ -624,14 +638,12 @@ gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
         return err;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 8, bytes;
-            gs_store_group **nl;
-            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+            gs_store_group **nl = grow_array(list, &cap, sizeof(*nl), 8);
+            if (nl == NULL) {
                 err = GS_ERR_NOMEM;
                 goto out;
             }
             list = nl;
-            cap = ncap;
         }
         err = group_from_row(s, &list[count]);
         if (err)
@@ -797,14 +809,12 @@ gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **
         goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 4, bytes;
-            gs_store_group_key *nl;
-            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+            gs_store_group_key *nl = grow_array(list, &cap, sizeof(*nl), 4);
+            if (nl == NULL) {
                 err = GS_ERR_NOMEM;
                 goto out;
             }
             list = nl;
-            cap = ncap;
         }
         gs_store_group_key *k = &list[count++];
         memset(k, 0, sizeof(*k));
@@ -909,14 +919,12 @@ gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, s
         goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 4, bytes;
-            gs_store_secret *nl;
-            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+            gs_store_secret *nl = grow_array(list, &cap, sizeof(*nl), 4);
+            if (nl == NULL) {
                 err = GS_ERR_NOMEM;
                 goto out;
             }
             list = nl;
-            cap = ncap;
         }
         gs_store_secret *k = &list[count++];
         memset(k, 0, sizeof(*k));
@@ -1093,14 +1101,12 @@ gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **ou
         goto out;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 8, bytes;
-            gs_store_member *nl;
-            if (util_size_mul(ncap, sizeof(*nl), &bytes) != 0 || (nl = realloc(list, bytes)) == NULL) {
+            gs_store_member *nl = grow_array(list, &cap, sizeof(*nl), 8);
+            if (nl == NULL) {
                 err = GS_ERR_NOMEM;
                 goto out;
             }
             list = nl;
-            cap = ncap;
         }
         err = member_from_row(s, &list[count++]);
         if (err)
