@@ -4,7 +4,7 @@ add_executable(unwrapclient ${GS_TEST_DIR}/tools/unwrapclient.c)
 target_link_libraries(unwrapclient PRIVATE PkgConfig::CURL PkgConfig::OPENSSL Threads::Threads)
 gs_target_warnings(unwrapclient)
 
-foreach(t e2e refusals cache)
+foreach(t e2e refusals cache api_examples)
   add_test(NAME server_${t}
     COMMAND bash ${GS_TEST_DIR}/integration/server-${t}.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_${t} PROPERTIES LABELS "integration" TIMEOUT 300
