@@ -128,27 +128,15 @@ struct util_atomic_file {
     bool unnamed; /* O_TMPFILE: invisible until committed */
 };
 
-static int fsync_parent_dir(const char *path)
+int util_fsync_dir(const char *dir)
 {
-    char *dup = strdup(path);
-    int rc = UTIL_E_IO, fd;
-    if (dup == NULL)
-        return UTIL_E_NOMEM;
-    char *slash = strrchr(dup, '/');
-    const char *dir = ".";
-    if (slash == dup)
-        dir = "/";
-    else if (slash != NULL) {
-        *slash = '\0';
-        dir = dup;
-    }
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = UTIL_E_IO, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
     if (fd >= 0) {
         if (fsync(fd) == 0)
             rc = UTIL_OK;
         close(fd);
     }
-    free(dup);
     return rc;
 }
 
@@ -161,6 +149,18 @@ static char *dir_of(const char *path)
     if (slash == path)
         return strdup("/");
     return strndup(path, (size_t)(slash - path));
+}
+
+static int fsync_parent_dir(const char *path)
+{
+    char *dir = dir_of(path);
+    int rc;
+
+    if (dir == NULL)
+        return UTIL_E_NOMEM;
+    rc = util_fsync_dir(dir);
+    free(dir);
+    return rc;
 }
 
 int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)

@@ -35,7 +35,10 @@ int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len);
  * given mode, write, fsync, rename, fsync the directory. */
 int util_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 
-/* Same, but streaming: util_atomic_open gives a FILE* on a temp file next to
+/* fsync of a directory, so a rename into it survives a crash. */
+int util_fsync_dir(const char *dir);
+
+/* Same as util_write_file_atomic, but streaming: util_atomic_open gives a FILE* on a temp file next to
  * path; util_atomic_commit fsyncs and renames it into place (and closes);
  * util_atomic_abort unlinks it. Both free *af. */
 typedef struct util_atomic_file util_atomic_file;

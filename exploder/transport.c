@@ -306,16 +306,6 @@ static void safe_name(const char *addr, char *out, size_t outsz)
         out[0] = '_';
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = -1;
-    if (fd >= 0) {
-        r = fsync(fd);
-        close(fd);
-    }
-    return r;
-}
-
 /* Maildir delivery: write into tmp/, fsync, rename into new/, fsync new/. */
 static int maildir_one(const char *root, const char *rcpt, const unsigned char *data, size_t len)
 {
@@ -351,7 +341,7 @@ static int maildir_one(const char *root, const char *rcpt, const unsigned char *
         goto out;
     close(fd);
     fd = -1;
-    if (rename(tmp, fin) != 0 || fsync_dir(nd) != 0)
+    if (rename(tmp, fin) != 0 || util_fsync_dir(nd) != UTIL_OK)
         goto out;
     rc = 0;
 out:
