@@ -567,7 +567,7 @@ static json_t *unwrap_item(struct srv_req *r, gs_group *g, struct caller *c, jso
     audit_record rec = {.request_id = r->id, .action = "unwrap", .identity = c->identity, .group = gname,
                         .key_version = (long)u.ref->version, .method = dn,
                         .outcome = res != NULL ? "ok" : e->code, .extra = extra};
-    audit_err ae = audit_append(r->srv->audit, &rec);
+    audit_err ae = srv_audit_write(r, &rec);
     json_decref(extra);
     if (ae != AUDIT_OK) {
         json_t *o = res;
@@ -592,7 +592,8 @@ static json_t *unwrap_item(struct srv_req *r, gs_group *g, struct caller *c, jso
                       log_quote(q, sizeof(q), c->identity), gname);
             audit_record al = {.request_id = r->id, .action = "suspend", .identity = c->identity, .group = gname,
                                .key_version = -1, .outcome = "too_many_failed_unwraps"};
-            audit_append(r->srv->audit, &al);
+            if (srv_audit_write(r, &al) != AUDIT_OK)
+                log_error("audit of a suspension failed identity=%s", log_quote(q, sizeof(q), c->identity));
         }
     }
     unwrap_in_clear(&u);

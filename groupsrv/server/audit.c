@@ -39,6 +39,16 @@ struct audit_log {
      * sync proves nothing about them). */
     unsigned long long written_seq, synced_seq, failed_seq;
     int syncing; /* one appender runs fdatasync, without the mutex */
+    unsigned long long rounds; /* sync rounds completed */
+    /* Optional background syncer (audit_syncer_start): appenders that do
+     * not wait (audit_write) wake it, and it tells its owner after every
+     * round, so an event loop can answer when its records are durable
+     * instead of blocking in fdatasync. */
+    pthread_cond_t work;
+    pthread_t syncer;
+    int syncer_running, syncer_stop;
+    audit_durable_cb durable_cb;
+    void *durable_arg;
 };
 
 const char *audit_strerror(audit_err err)
@@ -124,6 +134,7 @@ audit_err audit_open(const char *path, audit_log **out)
     log->fd = -1;
     pthread_mutex_init(&log->mu, NULL);
     pthread_cond_init(&log->synced, NULL);
+    pthread_cond_init(&log->work, NULL);
     if ((log->path = strdup(path)) == NULL)
         goto out;
     log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -155,10 +166,12 @@ void audit_close(audit_log *log)
 {
     if (log == NULL)
         return;
+    audit_syncer_stop(log);
     if (log->fd >= 0)
         close(log->fd);
     pthread_mutex_destroy(&log->mu);
     pthread_cond_destroy(&log->synced);
+    pthread_cond_destroy(&log->work);
     free(log->path);
     free(log);
 }
@@ -218,102 +231,247 @@ static int set_str(json_t *o, const char *k, const char *v)
     return json_object_set_new(o, k, json_string(v));
 }
 
-audit_err audit_append(audit_log *log, const audit_record *rec)
+/* Formats rec as one JSON line chained to the current head (caller holds
+ * the mutex); the line ends in '\n', *len counts it. */
+static audit_err format_line(struct audit_log *log, json_t *o, char **line, size_t *len)
 {
-    audit_err rc = AUDIT_ERR_NOMEM;
-    json_t *o = NULL;
-    char *line = NULL;
-    char when[40];
-    int locked = 0;
-
-    if (log == NULL || rec == NULL)
+    *line = NULL;
+    if (json_object_set_new(o, "prev", json_string(log->prev_hex)))
+        return AUDIT_ERR_NOMEM;
+    if ((*line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
+        return AUDIT_ERR_NOMEM;
+    *len = strlen(*line);
+    if (*len >= AUDIT_MAX_LINE) {
+        free(*line);
+        *line = NULL;
         return AUDIT_ERR_ARGS;
+    }
+    (*line)[(*len)++] = '\n'; /* json_dumps's NUL becomes the newline */
+    return AUDIT_OK;
+}
+
+static json_t *record_json(const audit_record *rec)
+{
+    char when[40];
+    json_t *o = json_object();
+
     now_iso(when, sizeof(when));
-    if ((o = json_object()) == NULL)
-        goto out;
+    if (o == NULL)
+        return NULL;
     if (set_str(o, "time", when) || set_str(o, "request_id", rec->request_id) ||
         set_str(o, "action", rec->action) || set_str(o, "identity", rec->identity) ||
-        set_str(o, "group", rec->group) || set_str(o, "method", rec->method))
-        goto out;
-    if (rec->key_version >= 0 && json_object_set_new(o, "key_version", json_integer(rec->key_version)))
-        goto out;
-    if (set_str(o, "outcome", rec->outcome))
-        goto out;
-    if (rec->extra != NULL && json_is_object((json_t *)rec->extra) &&
-        json_object_update(o, (json_t *)rec->extra) != 0)
-        goto out;
-
-    pthread_mutex_lock(&log->mu);
-    locked = 1;
-    if (json_object_set_new(o, "prev", json_string(log->prev_hex)))
-        goto out;
-    if ((line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
-        goto out;
-    size_t len = strlen(line);
-    if (len >= AUDIT_MAX_LINE) {
-        rc = AUDIT_ERR_ARGS;
-        goto out;
+        set_str(o, "group", rec->group) || set_str(o, "method", rec->method) ||
+        (rec->key_version >= 0 && json_object_set_new(o, "key_version", json_integer(rec->key_version))) ||
+        set_str(o, "outcome", rec->outcome) ||
+        (rec->extra != NULL && json_is_object((json_t *)rec->extra) &&
+         json_object_update(o, (json_t *)rec->extra) != 0)) {
+        json_decref(o);
+        return NULL;
     }
-    line[len] = '\n'; /* json_dumps's NUL becomes the newline; we track len */
+    return o;
+}
+
+/* Writes one line (mutex held) and returns its sequence number in *seq. */
+static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+{
+    audit_err rc;
+    char *line = NULL;
+    size_t len = 0;
+    struct stat fst, pst;
+
+    if ((rc = format_line(log, o, &line, &len)) != AUDIT_OK)
+        goto out;
     rc = AUDIT_ERR_IO;
     /* Records must land in the configured file: if it was deleted or
      * moved away, writing to the orphaned inode would lose them. */
-    struct stat fst, pst;
     if (fstat(log->fd, &fst) != 0 || stat(log->path, &pst) != 0 || fst.st_ino != pst.st_ino ||
         fst.st_dev != pst.st_dev) {
         log->failed = 1;
         log_error("audit log is no longer at its path path=%s", log->path);
         goto out;
     }
-    if (write_all(log->fd, line, len + 1) != 0) {
+    if (write_all(log->fd, line, len) != 0) {
         log->failed = 1;
         log_error("audit append failed path=%s errno=%d", log->path, errno);
         goto out;
     }
     /* The line is in the file: the next one chains to it, whatever the
-     * sync below says (the chain follows the file's order). */
-    line[len] = '\0';
-    hash_line(line, len, log->prev_hex);
-    unsigned long long mine = ++log->written_seq;
+     * sync says (the chain follows the file's order). */
+    hash_line(line, len - 1, log->prev_hex);
+    *seq = ++log->written_seq;
+    rc = AUDIT_OK;
+out:
+    free(line);
+    return rc;
+}
+
+/* One group-commit round (mutex held, released during fdatasync): covers
+ * every line written before it started. */
+static void sync_round_locked(struct audit_log *log)
+{
+    unsigned long long upto = log->written_seq;
+
+    log->syncing = 1;
+    pthread_mutex_unlock(&log->mu);
+    int src = fdatasync(log->fd);
+    int serr = errno;
+    pthread_mutex_lock(&log->mu);
+    log->syncing = 0;
+    log->rounds++;
+    if (src != 0) {
+        log->failed = 1;
+        if (upto > log->failed_seq)
+            log->failed_seq = upto;
+        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr, upto - log->synced_seq);
+    } else if (upto > log->synced_seq) {
+        log->synced_seq = upto;
+    }
+    pthread_cond_broadcast(&log->synced);
+    if (log->syncer_running)
+        pthread_cond_signal(&log->work);
+}
+
+static int seq_state_locked(const struct audit_log *log, unsigned long long seq)
+{
+    if (seq <= log->failed_seq)
+        return -1;
+    return seq <= log->synced_seq ? 1 : 0;
+}
+
+audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq)
+{
+    audit_err rc;
+    json_t *o;
+
+    if (log == NULL || rec == NULL || seq == NULL)
+        return AUDIT_ERR_ARGS;
+    *seq = 0;
+    if ((o = record_json(rec)) == NULL)
+        return AUDIT_ERR_NOMEM;
+    pthread_mutex_lock(&log->mu);
+    rc = write_locked(log, o, seq);
+    if (rc == AUDIT_OK && log->syncer_running)
+        pthread_cond_signal(&log->work);
+    pthread_mutex_unlock(&log->mu);
+    json_decref(o);
+    return rc;
+}
+
+int audit_seq_state(audit_log *log, unsigned long long seq)
+{
+    pthread_mutex_lock(&log->mu);
+    int st = seq_state_locked(log, seq);
+    pthread_mutex_unlock(&log->mu);
+    return st;
+}
+
+audit_err audit_wait_durable(audit_log *log, unsigned long long seq)
+{
+    audit_err rc = AUDIT_OK;
+
+    if (log == NULL)
+        return AUDIT_ERR_ARGS;
+    pthread_mutex_lock(&log->mu);
     /* Group commit: one fdatasync covers every line written before it
      * started; the others wait for a round that covers their own line. */
     for (;;) {
-        if (mine <= log->failed_seq) {
+        int st = seq_state_locked(log, seq);
+        if (st < 0) {
             rc = AUDIT_ERR_IO;
-            goto out;
-        }
-        if (mine <= log->synced_seq)
             break;
-        if (log->syncing) {
+        }
+        if (st > 0) {
+            log->failed = 0;
+            break;
+        }
+        if (log->syncing)
             pthread_cond_wait(&log->synced, &log->mu);
+        else
+            sync_round_locked(log);
+    }
+    pthread_mutex_unlock(&log->mu);
+    return rc;
+}
+
+audit_err audit_append(audit_log *log, const audit_record *rec)
+{
+    unsigned long long seq = 0;
+    audit_err rc = audit_write(log, rec, &seq);
+
+    return rc == AUDIT_OK ? audit_wait_durable(log, seq) : rc;
+}
+
+static void *syncer_main(void *arg)
+{
+    struct audit_log *log = arg;
+    unsigned long long notified = 0;
+
+    pthread_mutex_lock(&log->mu);
+    for (;;) {
+        /* Tell the owner about every round, also those run by a blocking
+         * audit_append in another thread. */
+        if (log->rounds != notified) {
+            notified = log->rounds;
+            if (log->durable_cb != NULL) {
+                pthread_mutex_unlock(&log->mu);
+                log->durable_cb(log->durable_arg);
+                pthread_mutex_lock(&log->mu);
+            }
             continue;
         }
-        unsigned long long upto = log->written_seq;
-        log->syncing = 1;
-        pthread_mutex_unlock(&log->mu);
-        int src = fdatasync(log->fd);
-        int serr = errno;
-        pthread_mutex_lock(&log->mu);
-        log->syncing = 0;
-        if (src != 0) {
-            log->failed = 1;
-            if (upto > log->failed_seq)
-                log->failed_seq = upto;
-            log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr,
-                      upto - log->synced_seq);
-        } else if (upto > log->synced_seq) {
-            log->synced_seq = upto;
+        int pending = log->written_seq > log->synced_seq && log->written_seq > log->failed_seq;
+        if (!pending && log->syncer_stop)
+            break;
+        if (!pending || log->syncing) {
+            pthread_cond_wait(pending ? &log->synced : &log->work, &log->mu);
+            continue;
         }
-        pthread_cond_broadcast(&log->synced);
+        sync_round_locked(log);
     }
-    log->failed = 0;
-    rc = AUDIT_OK;
+    pthread_mutex_unlock(&log->mu);
+    return NULL;
+}
+
+audit_err audit_syncer_start(audit_log *log, audit_durable_cb cb, void *arg)
+{
+    audit_err rc = AUDIT_OK;
+
+    if (log == NULL)
+        return AUDIT_ERR_ARGS;
+    pthread_mutex_lock(&log->mu);
+    if (log->syncer_running) {
+        rc = AUDIT_ERR_ARGS;
+        goto out;
+    }
+    log->durable_cb = cb;
+    log->durable_arg = arg;
+    log->syncer_stop = 0;
+    if (pthread_create(&log->syncer, NULL, syncer_main, log) != 0) {
+        rc = AUDIT_ERR_NOMEM;
+        goto out;
+    }
+    log->syncer_running = 1;
 out:
-    if (locked)
-        pthread_mutex_unlock(&log->mu);
-    free(line);
-    json_decref(o);
+    pthread_mutex_unlock(&log->mu);
     return rc;
+}
+
+void audit_syncer_stop(audit_log *log)
+{
+    if (log == NULL)
+        return;
+    pthread_mutex_lock(&log->mu);
+    int running = log->syncer_running;
+    log->syncer_stop = 1;
+    pthread_cond_broadcast(&log->work);
+    pthread_mutex_unlock(&log->mu);
+    if (!running)
+        return;
+    pthread_join(log->syncer, NULL); /* it syncs what is still pending first */
+    pthread_mutex_lock(&log->mu);
+    log->syncer_running = 0;
+    log->durable_cb = NULL;
+    pthread_mutex_unlock(&log->mu);
 }
 
 audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex)

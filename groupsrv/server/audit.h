@@ -10,6 +10,8 @@
  * fdatasync(2) that started after that write succeeded: a caller that gets
  * AUDIT_OK may answer its client. Concurrent appenders share one
  * fdatasync (group commit); a failed one fails every append it covered.
+ * The server writes without waiting (audit_write) and holds each answer
+ * until the syncer thread reports its records durable.
  */
 #ifndef GS_SRV_AUDIT_H
 #define GS_SRV_AUDIT_H
@@ -59,6 +61,26 @@ typedef struct audit_record {
  * the fdatasync covering it failed (the line may be in the file, and the
  * chain continues from it, so `audit verify` still passes). */
 audit_err audit_append(audit_log *log, const audit_record *rec);
+
+/* audit_append in two halves, for callers that must not block in
+ * fdatasync (the server's event loops). audit_write writes the line and
+ * returns its sequence number; the line is durable once
+ * audit_seq_state(seq) is 1 (-1: the fdatasync covering it failed: treat
+ * as AUDIT_ERR_IO; 0: not yet). audit_wait_durable blocks until it is
+ * known, running a sync round itself if no one else is. */
+audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq);
+int audit_seq_state(audit_log *log, unsigned long long seq);
+audit_err audit_wait_durable(audit_log *log, unsigned long long seq);
+
+/* A background thread that syncs whatever audit_write wrote (one
+ * fdatasync per round, covering every line written before it started)
+ * and calls cb(arg) from that thread after every round, so its owner can
+ * look at audit_seq_state again. cb must be quick and thread-safe (the
+ * server uses event_active). audit_syncer_stop syncs what is pending,
+ * then joins; audit_close calls it. */
+typedef void (*audit_durable_cb)(void *arg);
+audit_err audit_syncer_start(audit_log *log, audit_durable_cb cb, void *arg);
+void audit_syncer_stop(audit_log *log);
 
 /* Verifies a whole file. On return *lines is the number of good lines and
  * *bad_line the 1-based line number of the first problem (0 if none);

@@ -20,6 +20,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 
 #include "log.h"
@@ -192,9 +193,143 @@ static const char *reason(int status)
     return "Status";
 }
 
+/* An answer held until its audit records are durable (see server.h). */
+struct srv_pending {
+    struct srv_pending *next;
+    struct evhttp_request *req;
+    unsigned long long seq;
+    int status;
+    enum metrics_endpoint ep;
+    unsigned char *body; /* may hold a plain content key: wiped when freed */
+    size_t len;
+};
+
+/* libevent calls this when the bytes have been handed to TLS (or the
+ * connection is gone): answers may carry a plain content key. */
+static void wipe_body_cb(const void *data, size_t len, void *extra)
+{
+    (void)extra;
+    OPENSSL_cleanse((void *)data, len);
+    free((void *)data);
+}
+
+static void wipe_free(unsigned char *body, size_t len)
+{
+    if (body != NULL)
+        OPENSSL_cleanse(body, len);
+    free(body);
+}
+
+/* Sends body (owned; wiped after use) now. */
+static void send_now(struct evhttp_request *req, enum metrics_endpoint ep, int status, unsigned char *body,
+                     size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    if (buf == NULL || (len > 0 && evbuffer_add_reference(buf, body, len, wipe_body_cb, NULL) != 0)) {
+        wipe_free(body, len);
+        evbuffer_free(buf);
+        evhttp_send_error(req, 500, NULL);
+        metrics_request(ep, 500);
+        return;
+    }
+    if (len == 0)
+        free(body);
+    evhttp_send_reply(req, status, reason(status), buf);
+    evbuffer_free(buf);
+    metrics_request(ep, status);
+}
+
+/* The answer was not audited durably: drop it (wiped) and fail closed. */
+static void send_audit_failure(struct evhttp_request *req, enum metrics_endpoint ep, unsigned char *body,
+                               size_t len)
+{
+    static const char msg[] = "{\"error\":{\"code\":\"audit_unavailable\",\"message\":"
+                              "\"the audit log cannot be written; refusing to answer\"}}\n";
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    unsigned char *copy = malloc(sizeof(msg) - 1);
+
+    wipe_free(body, len);
+    log_error("answer dropped: its audit record is not durable");
+    evhttp_remove_header(h, "Retry-After");
+    evhttp_add_header(h, "Retry-After", "5");
+    if (copy == NULL) {
+        evhttp_send_error(req, 503, NULL);
+        metrics_request(ep, 503);
+        return;
+    }
+    memcpy(copy, msg, sizeof(msg) - 1);
+    send_now(req, ep, 503, copy, sizeof(msg) - 1);
+}
+
+/* Sends every held answer whose records are now known durable (or failed). */
+static void flush_pending(struct srv_thread *t)
+{
+    struct srv_pending *p;
+
+    while ((p = t->pending_head) != NULL) {
+        int st = audit_seq_state(t->srv->audit, p->seq);
+        if (st == 0)
+            break;
+        t->pending_head = p->next;
+        if (t->pending_head == NULL)
+            t->pending_tail = NULL;
+        atomic_fetch_sub(&t->npending, 1);
+        if (st > 0)
+            send_now(p->req, p->ep, p->status, p->body, p->len);
+        else
+            send_audit_failure(p->req, p->ep, p->body, p->len);
+        free(p);
+    }
+}
+
+static void audit_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    flush_pending(arg);
+}
+
+/* Called by the audit syncer thread after every fdatasync round. */
+static void audit_durable(void *arg)
+{
+    struct srv *s = arg;
+
+    for (unsigned i = 0; i < s->nthreads; i++)
+        if (atomic_load(&s->threads[i].npending) > 0)
+            event_active(s->threads[i].audit_ev, 0, 0);
+}
+
+/* Queues the answer until r's audit records are durable. */
+static void hold_until_audited(struct srv_req *r, int status, unsigned char *body, size_t len)
+{
+    struct srv_thread *t = r->t;
+    struct srv_pending *p = calloc(1, sizeof(*p));
+
+    if (p == NULL) {
+        /* No memory to wait without blocking: wait here instead. */
+        if (audit_wait_durable(r->srv->audit, r->audit_seq) == AUDIT_OK)
+            send_now(r->req, r->ep, status, body, len);
+        else
+            send_audit_failure(r->req, r->ep, body, len);
+        return;
+    }
+    *p = (struct srv_pending){.req = r->req, .seq = r->audit_seq, .status = status, .ep = r->ep,
+                              .body = body, .len = len};
+    if (t->pending_tail != NULL)
+        t->pending_tail->next = p;
+    else
+        t->pending_head = p;
+    t->pending_tail = p;
+    atomic_fetch_add(&t->npending, 1);
+    /* The round covering it may have ended before npending was raised,
+     * and then the syncer did not wake us: look once more. */
+    if (audit_seq_state(r->srv->audit, r->audit_seq) != 0)
+        event_active(t->audit_ev, 0, 0);
+}
+
 void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len)
 {
-    struct evbuffer *buf;
+    unsigned char *body = NULL;
 
     if (r->replied) {
         log_error("second reply suppressed status=%d", status);
@@ -202,16 +337,28 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
     }
     r->replied = 1;
     add_common_headers(r, content_type);
-    buf = evbuffer_new();
-    if (buf == NULL || (len > 0 && evbuffer_add(buf, data, len) != 0)) {
-        evbuffer_free(buf);
+    /* Our own copy, wiped when libevent is done with it. */
+    if ((body = malloc(len > 0 ? len : 1)) == NULL) {
         evhttp_send_error(r->req, 500, NULL);
         metrics_request(r->ep, 500);
         return;
     }
-    evhttp_send_reply(r->req, status, reason(status), buf);
-    evbuffer_free(buf);
-    metrics_request(r->ep, status);
+    if (len > 0)
+        memcpy(body, data, len);
+    if (r->audit_seq != 0) {
+        int st = audit_seq_state(r->srv->audit, r->audit_seq);
+        if (st == 0 && r->t->audit_ev != NULL) {
+            hold_until_audited(r, status, body, len);
+            return;
+        }
+        if (st == 0)
+            st = audit_wait_durable(r->srv->audit, r->audit_seq) == AUDIT_OK ? 1 : -1;
+        if (st < 0) {
+            send_audit_failure(r->req, r->ep, body, len);
+            return;
+        }
+    }
+    send_now(r->req, r->ep, status, body, len);
 }
 
 void srv_reply_json(struct srv_req *r, int status, json_t *body)
@@ -496,12 +643,21 @@ void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
     }
 }
 
-int srv_audit(struct srv_req *r, const audit_record *rec)
+audit_err srv_audit_write(struct srv_req *r, const audit_record *rec)
 {
     audit_record copy = *rec;
+    unsigned long long seq = 0;
 
     copy.request_id = r->id;
-    if (audit_append(r->srv->audit, &copy) != AUDIT_OK) {
+    audit_err ae = audit_write(r->srv->audit, &copy, &seq);
+    if (ae == AUDIT_OK && seq > r->audit_seq)
+        r->audit_seq = seq;
+    return ae;
+}
+
+int srv_audit(struct srv_req *r, const audit_record *rec)
+{
+    if (srv_audit_write(r, rec) != AUDIT_OK) {
         srv_reply_retry(r, 503, 5, "audit_unavailable", "the audit log cannot be written; refusing to answer");
         return -1;
     }
@@ -573,7 +729,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 
     /* Handlers run to completion before this fires, so only connections
      * still sending a request (or idle keep-alives) remain. */
-    if (atomic_load(&t->nconns) > 0 && srv_now() < t->drain_deadline) {
+    if ((atomic_load(&t->nconns) > 0 || t->pending_head != NULL) && srv_now() < t->drain_deadline) {
         struct timeval tv = {0, 100000};
         event_add(t->drain_ev, &tv);
         return;
@@ -627,7 +783,9 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
     t->shutdown_ev = event_new(t->base, -1, 0, shutdown_cb, t);
     t->drain_ev = evtimer_new(t->base, drain_cb, t);
     t->tick_ev = event_new(t->base, -1, EV_PERSIST, tick_cb, t);
-    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL)
+    t->audit_ev = event_new(t->base, -1, 0, audit_done_cb, t);
+    atomic_init(&t->npending, 0);
+    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL || t->audit_ev == NULL)
         return -1;
     struct timeval tick = {0, 250000};
     event_add(t->tick_ev, &tick);
@@ -636,6 +794,16 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
 
 static void thread_free(struct srv_thread *t)
 {
+    /* The loop has ended and the syncer has synced what was pending:
+     * settle held answers so their requests and buffers are released. */
+    if (t->srv != NULL && t->audit_ev != NULL)
+        flush_pending(t);
+    for (struct srv_pending *p = t->pending_head, *next; p != NULL; p = next) {
+        next = p->next;
+        send_audit_failure(p->req, p->ep, p->body, p->len);
+        free(p);
+    }
+    t->pending_head = t->pending_tail = NULL;
     if (t->http != NULL)
         evhttp_free(t->http);
     if (t->certhttp != NULL)
@@ -646,6 +814,8 @@ static void thread_free(struct srv_thread *t)
         event_free(t->drain_ev);
     if (t->tick_ev != NULL)
         event_free(t->tick_ev);
+    if (t->audit_ev != NULL)
+        event_free(t->audit_ev);
     if (t->base != NULL)
         event_base_free(t->base);
     gcache_free(t->gcache); /* before the store and the hsm it borrowed from */
@@ -665,6 +835,10 @@ int srv_threads_start(struct srv *s)
         if (thread_init(s, &s->threads[i], i) != 0)
             goto fail;
     atomic_store(&s->accepting, (int)s->nthreads);
+    if (audit_syncer_start(s->audit, audit_durable, s) != AUDIT_OK) {
+        log_error("cannot start the audit syncer thread");
+        goto fail;
+    }
     /* Workers never take signals: the main thread's loop handles them. */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -694,6 +868,8 @@ void srv_threads_stop(struct srv *s)
         event_active(s->threads[i].shutdown_ev, 0, 0);
     for (unsigned i = 0; i < s->nthreads; i++)
         pthread_join(s->threads[i].tid, NULL);
+    /* Its callback reads s->threads: stop it (after a last sync) first. */
+    audit_syncer_stop(s->audit);
     for (unsigned i = 0; i < s->nthreads; i++)
         thread_free(&s->threads[i]);
     free(s->threads);

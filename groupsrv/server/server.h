@@ -32,6 +32,7 @@
 #include "tls.h"
 
 struct srv_thread;
+struct srv_pending;
 
 struct srv {
     const struct gs_config *cfg;
@@ -60,6 +61,13 @@ struct srv_thread {
     gs_store *store;          /* this thread's SQLite connection */
     gcache *gcache;           /* loaded groups, reloaded when the database changes */
     struct event *shutdown_ev, *tick_ev, *drain_ev;
+    /* Answers held until their audit records are durable, in the order
+     * their records were written (so in sequence order); only this
+     * thread touches the list. audit_ev is activated by the audit syncer
+     * thread after each fdatasync round when npending > 0. */
+    struct event *audit_ev;
+    struct srv_pending *pending_head, *pending_tail;
+    atomic_int npending;
     atomic_long nconns;
     int accept_paused;        /* this thread's listeners disabled (cap or balance) */
     double drain_deadline;
@@ -73,12 +81,18 @@ struct srv_req {
     int certsrv;              /* arrived on the certificate-server listener */
     char id[33];              /* request id, also sent as X-Request-Id */
     int replied;
+    unsigned long long audit_seq; /* last audit record of this request (0: none) */
     int peer_checked;
     peer_info peer;
     double start;
 };
 
-/* ---- replies (exactly one per request) ---- */
+/* ---- replies (exactly one per request) ----
+ * A request that wrote audit records (srv_audit, srv_audit_write) is
+ * answered only once they are durable: the reply is queued and sent by the
+ * thread's audit_ev, so the loop serves other connections meanwhile; if
+ * the fdatasync fails the queued answer is wiped and replaced by 503
+ * audit_unavailable. */
 /* Sends body as JSON (steals the reference). */
 void srv_reply_json(struct srv_req *r, int status, json_t *body);
 /* {"error": {"code": code, "message": ...}}; 429/503 get Retry-After. */
@@ -113,6 +127,9 @@ void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what);
 void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what);
 /* Audit one record; on failure replies 503 (fail closed) and returns -1. */
 int srv_audit(struct srv_req *r, const audit_record *rec);
+/* Writes one record for this request (its request id filled in) without
+ * replying; the request's answer then waits until it is durable. */
+audit_err srv_audit_write(struct srv_req *r, const audit_record *rec);
 
 double srv_now(void);
 

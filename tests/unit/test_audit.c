@@ -1,0 +1,340 @@
+/*
+ * test_audit.c: the server's hash-chained audit log (groupsrv/server/audit.c):
+ * the chain, group commit, the background syncer that lets event loops hold
+ * answers instead of blocking, and what a failed fdatasync does. fdatasync
+ * is wrapped at link time (-Wl,--wrap=fdatasync) so a test can make it fail
+ * or slow it down; everything else is the real file system.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "audit.h"
+
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+
+static atomic_int fail_syncs;   /* fail the next N calls with EIO */
+static atomic_int sync_calls;
+static atomic_int sync_delay_ms; /* each call sleeps this long first */
+
+int __wrap_fdatasync(int fd)
+{
+    atomic_fetch_add(&sync_calls, 1);
+    int ms = atomic_load(&sync_delay_ms);
+    if (ms > 0) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (atomic_load(&fail_syncs) > 0) {
+        atomic_fetch_sub(&fail_syncs, 1);
+        errno = EIO;
+        return -1;
+    }
+    return __real_fdatasync(fd);
+}
+
+struct fx {
+    char dir[64];
+    char path[96];
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -1;
+    snprintf(f->dir, sizeof(f->dir), "/tmp/test-audit.XXXXXX");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    snprintf(f->path, sizeof(f->path), "%s/audit.jsonl", f->dir);
+    atomic_store(&fail_syncs, 0);
+    atomic_store(&sync_calls, 0);
+    atomic_store(&sync_delay_ms, 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    unlink(f->path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static audit_record rec(const char *outcome)
+{
+    return (audit_record){.request_id = "r1", .action = "unwrap", .identity = "alice@example.org",
+                          .group = "staff", .key_version = 1, .method = "tls", .outcome = outcome};
+}
+
+static size_t verify(const char *path)
+{
+    size_t lines = 0, bad = 0;
+    char head[65];
+    assert_int_equal(audit_verify_file(path, &lines, &bad, head), AUDIT_OK);
+    assert_int_equal(bad, 0);
+    return lines;
+}
+
+static void test_append_chains_and_reopen_continues(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 4);
+}
+
+static void test_edited_line_breaks_chain(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    /* Change "alice" to "mallo" in the first line only. */
+    FILE *fp = fopen(f->path, "r+");
+    assert_non_null(fp);
+    char line[1024];
+    assert_non_null(fgets(line, sizeof(line), fp));
+    char *p = strstr(line, "alice");
+    assert_non_null(p);
+    assert_int_equal(fseek(fp, (long)(p - line), SEEK_SET), 0);
+    assert_int_equal(fwrite("mallo", 1, 5, fp), 5);
+    fclose(fp);
+    size_t lines = 0, bad = 0;
+    assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_CHAIN);
+    assert_int_equal(bad, 2);
+}
+
+static void test_write_is_not_durable_until_synced(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0, b = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &b), AUDIT_OK);
+    assert_true(b > a);
+    assert_int_equal(audit_seq_state(log, a), 0);
+    assert_int_equal(atomic_load(&sync_calls), 0);
+    /* One wait syncs both (group commit). */
+    assert_int_equal(audit_wait_durable(log, b), AUDIT_OK);
+    assert_int_equal(atomic_load(&sync_calls), 1);
+    assert_int_equal(audit_seq_state(log, a), 1);
+    assert_int_equal(audit_seq_state(log, b), 1);
+    assert_int_equal(audit_wait_durable(log, a), AUDIT_OK);
+    assert_int_equal(atomic_load(&sync_calls), 1);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 2);
+}
+
+static void test_failed_sync_fails_every_record_it_covered(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0, b = 0, c = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &b), AUDIT_OK);
+    atomic_store(&fail_syncs, 1);
+    assert_int_equal(audit_wait_durable(log, b), AUDIT_ERR_IO);
+    assert_int_equal(audit_seq_state(log, a), -1);
+    assert_int_equal(audit_seq_state(log, b), -1);
+    /* A later successful sync proves nothing about them ... */
+    assert_int_equal(audit_write(log, &r, &c), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, c), AUDIT_OK);
+    assert_int_equal(audit_seq_state(log, a), -1);
+    /* ... but the next record is durable, and the chain still verifies. */
+    assert_int_equal(audit_seq_state(log, c), 1);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 4);
+}
+
+/* The syncer thread: records written without waiting become durable and
+ * the owner is told, with no one calling audit_wait_durable. */
+struct notified {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls;
+};
+
+static void on_durable(void *arg)
+{
+    struct notified *n = arg;
+    pthread_mutex_lock(&n->mu);
+    n->calls++;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* Waits (at most 10 s) until seq is no longer pending; returns its state. */
+static int wait_state(audit_log *log, struct notified *n, unsigned long long seq)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&n->mu);
+    int st;
+    while ((st = audit_seq_state(log, seq)) == 0)
+        if (pthread_cond_timedwait(&n->cv, &n->mu, &deadline) != 0)
+            break;
+    pthread_mutex_unlock(&n->mu);
+    return st;
+}
+
+static void test_syncer_makes_writes_durable_and_notifies(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    struct notified n = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    unsigned long long last = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_ERR_ARGS);
+    /* Slow syncs: many writes land in one round. */
+    atomic_store(&sync_delay_ms, 20);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(audit_write(log, &r, &last), AUDIT_OK);
+    assert_int_equal(wait_state(log, &n, last), 1);
+    assert_true(n.calls >= 1);
+    assert_true(atomic_load(&sync_calls) < 50);
+    /* A failing round is reported too, as failed. */
+    atomic_store(&sync_delay_ms, 0);
+    atomic_store(&fail_syncs, 1);
+    unsigned long long bad = 0;
+    assert_int_equal(audit_write(log, &r, &bad), AUDIT_OK);
+    assert_int_equal(wait_state(log, &n, bad), -1);
+    /* And the log recovers for the next record. */
+    assert_int_equal(audit_write(log, &r, &last), AUDIT_OK);
+    assert_int_equal(wait_state(log, &n, last), 1);
+    audit_close(log); /* stops the syncer */
+    assert_int_equal(verify(f->path), 52);
+}
+
+/* Stopping the syncer syncs what was written first. */
+static void test_syncer_stop_syncs_pending(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long seq = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
+    atomic_store(&sync_delay_ms, 50);
+    assert_int_equal(audit_write(log, &r, &seq), AUDIT_OK);
+    audit_syncer_stop(log);
+    assert_int_equal(audit_seq_state(log, seq), 1);
+    /* Blocking appends still work without the syncer. */
+    atomic_store(&sync_delay_ms, 0);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+}
+
+/* Concurrent blocking appenders and a syncer share rounds and keep one chain. */
+struct appender {
+    audit_log *log;
+    int n;
+    int failures;
+};
+
+static void *append_many(void *arg)
+{
+    struct appender *a = arg;
+    audit_record r = rec("ok");
+    for (int i = 0; i < a->n; i++)
+        if (audit_append(a->log, &r) != AUDIT_OK)
+            a->failures++;
+    return NULL;
+}
+
+static void test_concurrent_appenders_one_chain(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    pthread_t th[4];
+    struct appender a[4];
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
+    atomic_store(&sync_delay_ms, 2);
+    for (int i = 0; i < 4; i++) {
+        a[i] = (struct appender){.log = log, .n = 40};
+        assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].failures, 0);
+    }
+    assert_true(atomic_load(&sync_calls) < 160);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 160);
+}
+
+static void test_torn_last_line_refused(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    int fd = open(f->path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "{\"time\":", 8), 8);
+    close(fd);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_ERR_FORMAT);
+    assert_null(log);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_append_chains_and_reopen_continues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_edited_line_breaks_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_is_not_durable_until_synced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_sync_fails_every_record_it_covered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_syncer_makes_writes_durable_and_notifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_syncer_stop_syncs_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_last_line_refused, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
