@@ -114,39 +114,58 @@ def main():
             w(f"Each point was measured {machine['rounds']} times, the contenders interleaved; the table "
               "shows the median (and the range in brackets); ratios and latencies are of the median rows.")
         w("")
-        diag = any(r["variant"] == "keepalive-nodelay" for r in rows)
+        def throughput(k, sfx, label):
+            """One key's table and plot; sfx picks the variants ("" or "-model")."""
+            v_lim = "softhsm" if not sfx else "model"
+            v_kit, v_gs = "p11-kit-server" + sfx, "keepalive" + sfx
+            w("| conns / threads | p11rate | groupsrv | p11-kit server | groupsrv / p11rate | groupsrv / p11-kit | p50 ms | p99 ms |")
+            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            dat = []
+            for c in concs:
+                a = rate("p11rate", v_lim, k, c)
+                g = rate("unwrap-load", v_gs, k, c)
+                p = rate("p11rate", v_kit, k, c)
+                gr = get("unwrap-load", v_gs, k, c)
+                if a is None and g is None:
+                    continue
+                w(f"| {c} | {fmt(a)}{spread('p11rate', v_lim, k, c)} | "
+                  f"{fmt(g)}{spread('unwrap-load', v_gs, k, c)} | "
+                  f"{fmt(p)}{spread('p11rate', v_kit, k, c)} | {ratio(g, a)} | {ratio(g, p)} | "
+                  f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |")
+                dat.append(" ".join(str(v) if v is not None else "-" for v in (c, a, g, p)))
+            w("")
+            name = k + sfx
+            datf = os.path.join(rdir, f"plot-throughput-{name}.dat")
+            with open(datf, "w") as f:
+                f.write("# conc p11rate groupsrv p11kit\n" + "\n".join(dat) + "\n")
+            png = os.path.join(ddir, f"perf-throughput-{name}.png")
+            subprocess.run(["gnuplot", "-e", f"datafile='{datf}'; keyname='{k}'; label='{label}'; outfile='{png}'",
+                            os.path.join(here, "plot-throughput.gp")], check=True)
+            w(f"![throughput {name}](perf-throughput-{name}.png)")
+            w("")
+
         for k in keys:
             w(f"**{k}**")
             w("")
-            extra_h = " groupsrv, TCP_NODELAY forced (diagnosis) | its ratio to p11rate |" if diag else ""
-            extra_s = " ---: | ---: |" if diag else ""
-            w("| conns / threads | p11rate | groupsrv | p11-kit server | groupsrv / p11rate | groupsrv / p11-kit | p50 ms | p99 ms |" + extra_h)
-            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + extra_s)
-            dat = []
-            for c in concs:
-                a = rate("p11rate", "softhsm", k, c)
-                g = rate("unwrap-load", "keepalive", k, c)
-                p = rate("p11rate", "p11-kit-server", k, c)
-                gr = get("unwrap-load", "keepalive", k, c)
-                extra = ""
-                if diag:
-                    n = rate("unwrap-load", "keepalive-nodelay", k, c)
-                    extra = f" {fmt(n)} | {ratio(n, a)} |"
-                w(f"| {c} | {fmt(a)}{spread('p11rate', 'softhsm', k, c)} | "
-                  f"{fmt(g)}{spread('unwrap-load', 'keepalive', k, c)} | "
-                  f"{fmt(p)}{spread('p11rate', 'p11-kit-server', k, c)} | {ratio(g, a)} | {ratio(g, p)} | "
-                  f"{gr['p50_ms'] if gr else '-'} | {gr['p99_ms'] if gr else '-'} |" + extra)
-                nd = rate("unwrap-load", "keepalive-nodelay", k, c)
-                dat.append(" ".join(str(v) if v is not None else "-" for v in (c, a, g, p, nd)))
+            throughput(k, "", "SoftHSM, 2 cores shared by all processes")
+
+        mrows = [r for r in rows if r["variant"] == "model"]
+        if mrows:
+            mk = mrows[0]["key"]
+            us, eng = machine.get("model_us", "?"), machine.get("model_engines", "?")
+            w("### The same, with the token as the limit (hardware-token model)")
             w("")
-            datf = os.path.join(rdir, f"plot-throughput-{k}.dat")
-            with open(datf, "w") as f:
-                f.write("# conc p11rate groupsrv p11kit groupsrv-nodelay\n" + "\n".join(dat) + "\n")
-            png = os.path.join(ddir, f"perf-throughput-{k}.png")
-            subprocess.run(["gnuplot", "-e", f"datafile='{datf}'; keyname='{k}'; outfile='{png}'",
-                            os.path.join(here, "plot-throughput.gp")], check=True)
-            w(f"![throughput {k}](perf-throughput-{k}.png)")
+            w(f"SoftHSM behind `tests/p11fault` with `GS_P11FAULT_SERVICE_US={us}` and "
+              f"`GS_P11FAULT_ENGINES={eng}`: every private-key operation is really done by SoftHSM and "
+              f"then held until {int(us) / 1000:g} ms have passed, on one of {eng} engines, so the token "
+              f"does at most {int(eng) * 1e6 / int(us):,.0f} operations a second whatever the host CPU does, "
+              "as a network HSM with its own processors would. groupsrv runs "
+              f"{machine.get('model_threads', '?')} event-loop threads (twice the engines); p11rate and "
+              "p11-kit server use the same model. Same columns as above.")
             w("")
+            w(f"**{mk}, token model**")
+            w("")
+            throughput(mk, "-model", f"token model: {eng} engines x {int(us) / 1000:g} ms")
 
         # One process per message.
         pt = [r for r in rows if r["tool"] == "pkcs11-tool"]
@@ -223,7 +242,7 @@ def main():
         w("### Cost of each deliver method (keep-alive)")
         w("")
         any_d = False
-        for prefix, title in (("deliver-", "as shipped"), ("deliver_nodelay-", "TCP_NODELAY forced (diagnosis)")):
+        for prefix, title in (("deliver-", "as shipped"),):
             dr = [r for r in rows if r["variant"].startswith(prefix)]
             if not dr:
                 continue

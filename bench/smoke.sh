@@ -66,6 +66,19 @@ row=$("$BIN/p11rate" --module "$SOFTHSM" --token pkcs11:token=groupsrv --pin-sou
   --key "$key" --alg oaep-sha1 --threads 1 --count $N) || die "p11rate (own ciphertext) exited $?"
 check_row "$row" $N "p11rate own ciphertext"
 
+# p11rate through tests/p11fault's hardware-token model (bench/run's model
+# series): every operation is still done by SoftHSM, and one engine of
+# 20 ms means 10 operations cannot take less than 200 ms (a lower bound
+# the model guarantees, not a performance figure).
+P11FAULT=$(dirname "$BIN")/lib/libp11fault.so
+[ -f "$P11FAULT" ] || die "p11fault module missing: $P11FAULT"
+row=$(GS_P11FAULT_TARGET=$SOFTHSM GS_P11FAULT_SERVICE_US=20000 GS_P11FAULT_ENGINES=1 "$BIN/p11rate" \
+  --module "$P11FAULT" --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" \
+  --ri "$work/ri.der" --threads 2 --count 10 --variant model) || die "p11rate via the token model exited $?"
+check_row "$row" 10 "p11rate via the token model"
+awk -F, '{exit !($7 >= 0.2)}' <<<"$row" || die "token model: 10 operations on one 20 ms engine in $(cut -d, -f7 <<<"$row") s"
+echo "ok: the token model holds each operation for its service time"
+
 # p11rate through p11-kit server.
 sock=$work/p11kit.sock
 p11-kit server -f --provider "$SOFTHSM" -n "$sock" "pkcs11:token=groupsrv" >"$work/p11kit.log" 2>&1 &

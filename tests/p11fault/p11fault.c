@@ -48,13 +48,25 @@
  * real session is closed, as a real removal would (the login is gone
  * when the token comes back). Rules of the C API above apply first.
  * Write the file atomically (write a temporary, rename it over).
+ *
+ * Token model (bench/run's "hardware token" series): with
+ * GS_P11FAULT_SERVICE_US=D set (microseconds, at C_Initialize), every
+ * private-key operation (C_Decrypt with an output buffer, C_UnwrapKey,
+ * C_DeriveKey) takes at least D: the real call runs, then the caller
+ * sleeps until D has passed since it started. GS_P11FAULT_ENGINES=K
+ * (default 1) lets K such operations run at once; more wait for a free
+ * engine. So the token does at most K/D operations a second whatever the
+ * host's CPU, as a hardware token with K crypto engines would, while every
+ * operation is still really done by the target module.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -77,6 +89,8 @@ static void *real_dl;
 static CK_FUNCTION_LIST *real;
 
 static int fault_take(int idx, CK_RV *rv);
+static long model_begin(struct timespec *t0);
+static void model_end(const struct timespec *t0, long ns);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
 static int ctl_token_removed(void);
 
@@ -587,7 +601,13 @@ static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_da
         return rv_;
     if (real == NULL || real->C_Decrypt == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+    if (data == NULL) /* a length query is not an operation */
+        return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+    struct timespec t0;
+    long ns_ = model_begin(&t0);
+    rv_ = real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+    model_end(&t0, ns_);
+    return rv_;
 }
 
 static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part,
@@ -887,8 +907,12 @@ static CK_RV fw_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
         return rv_;
     if (real == NULL || real->C_UnwrapKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ,
-                             attribute_count, key);
+    struct timespec t0;
+    long ns_ = model_begin(&t0);
+    rv_ = real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ,
+                            attribute_count, key);
+    model_end(&t0, ns_);
+    return rv_;
 }
 
 static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
@@ -900,7 +924,11 @@ static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
         return rv_;
     if (real == NULL || real->C_DeriveKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
+    struct timespec t0;
+    long ns_ = model_begin(&t0);
+    rv_ = real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
+    model_end(&t0, ns_);
+    return rv_;
 }
 
 static CK_RV fw_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len)
@@ -1443,12 +1471,80 @@ static CK_RV load_real(void)
     return rv;
 }
 
+/* ---- token model (GS_P11FAULT_SERVICE_US, GS_P11FAULT_ENGINES) ---------- */
+
+static pthread_mutex_t model_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t model_free = PTHREAD_COND_INITIALIZER;
+static long model_service_ns; /* 0: no model */
+static long model_engines = 1, model_busy;
+
+static long env_long(const char *name, long min, long max, long deflt)
+{
+    const char *v = getenv(name);
+    char *end = NULL;
+    long n;
+
+    if (v == NULL || *v == '\0')
+        return deflt;
+    n = strtol(v, &end, 10);
+    if (*end != '\0' || n < min || n > max) {
+        fprintf(stderr, "p11fault: ignoring %s=%.20s (want %ld..%ld)\n", name, v, min, max);
+        return deflt;
+    }
+    return n;
+}
+
+static void model_load(void)
+{
+    pthread_mutex_lock(&model_mu);
+    model_service_ns = env_long("GS_P11FAULT_SERVICE_US", 0, 10000000, 0) * 1000L;
+    model_engines = env_long("GS_P11FAULT_ENGINES", 1, 1024, 1);
+    pthread_mutex_unlock(&model_mu);
+}
+
+/* Takes an engine (waiting for one) and notes the start time; returns
+ * the service time to hold it for (0: no model). */
+static long model_begin(struct timespec *t0)
+{
+    pthread_mutex_lock(&model_mu);
+    long ns = model_service_ns;
+    if (ns > 0) {
+        while (model_busy >= model_engines)
+            pthread_cond_wait(&model_free, &model_mu);
+        model_busy++;
+    }
+    pthread_mutex_unlock(&model_mu);
+    clock_gettime(CLOCK_MONOTONIC, t0);
+    return ns;
+}
+
+/* Holds the engine until the service time has passed, then frees it. */
+static void model_end(const struct timespec *t0, long ns)
+{
+    if (ns <= 0)
+        return;
+    struct timespec until = *t0;
+    until.tv_sec += ns / 1000000000L;
+    until.tv_nsec += ns % 1000000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+        ;
+    pthread_mutex_lock(&model_mu);
+    model_busy--;
+    pthread_cond_signal(&model_free);
+    pthread_mutex_unlock(&model_mu);
+}
+
 static CK_RV fw_C_Initialize(void *init_args)
 {
     CK_RV rv;
 
     if (fault_take(FW_C_Initialize, &rv))
         return rv;
+    model_load();
     pthread_mutex_lock(&fault_mu);
     rv = load_real();
     pthread_mutex_unlock(&fault_mu);
