@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 
 struct tls_state {
     atomic_int refs;
+    unsigned long generation; /* unique per state: a reload makes a new one */
     SSL_CTX *ctx;
     X509_STORE *clients;     /* client CAs (+ CRLs) for identity certificates */
     X509_STORE *membership;  /* the local CA only, for membership certificates */
@@ -34,8 +36,35 @@ static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
 static tls_state *cur_state;
 
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
-static int conn_idx = -1;
+static int conn_idx = -1, verified_idx = -1;
 static void (*conn_free_cb)(void *arg);
+static atomic_ulong next_generation = 1;
+
+/* The last successful verification of a connection's client certificate.
+ * Verifying the chain cost about 4% of an unwrap's CPU, on every request
+ * of a kept-alive connection, to learn the same answer again. It is reused
+ * only for the same certificate object, under the same tls_state (a SIGHUP
+ * reload of the CAs or CRLs makes a new one, so a new revocation applies
+ * at the next request), and only until the earliest notAfter in the chain,
+ * and at most VERIFIED_TTL seconds (bounding how long an expired CRL goes
+ * unnoticed). Membership is never cached: that is the store's job. */
+#define VERIFIED_TTL 60
+struct verified {
+    unsigned long generation;
+    X509 *cert;       /* a reference, so the pointer cannot be reused */
+    time_t until;
+    peer_info info;
+};
+
+static void verified_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    struct verified *v = ptr;
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    if (v != NULL) {
+        X509_free(v->cert);
+        free(v);
+    }
+}
 
 static void conn_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -48,6 +77,7 @@ static void conn_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, l
 static void make_idx(void)
 {
     conn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, conn_ex_free);
+    verified_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, verified_ex_free);
 }
 
 int tls_conn_index(void)
@@ -139,6 +169,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
         goto out;
     }
     atomic_init(&st->refs, 1);
+    st->generation = atomic_fetch_add(&next_generation, 1);
     if ((st->ctx = SSL_CTX_new(TLS_server_method())) == NULL || (st->clients = X509_STORE_new()) == NULL ||
         (st->membership = X509_STORE_new()) == NULL || (names = sk_X509_NAME_new_null()) == NULL) {
         ssl_err_text(errbuf, errlen, "TLS context");
@@ -300,6 +331,49 @@ static int cert_identity(X509 *cert, char *buf, size_t len)
     return found;
 }
 
+/* The earliest notAfter of a verified chain, as a time_t (0 if unreadable). */
+static time_t chain_not_after(STACK_OF(X509) *chain, time_t now)
+{
+    time_t min = 0;
+
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
+        int days = 0, secs = 0;
+        if (!ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(sk_X509_value(chain, i))))
+            return 0;
+        if (days < 0 || secs < 0)
+            return 0; /* expired meanwhile: do not remember */
+        time_t t = now + (time_t)days * 86400 + secs;
+        if (min == 0 || t < min)
+            min = t;
+    }
+    return min;
+}
+
+static void remember_verified(tls_state *st, SSL *ssl, const peer_info *info, STACK_OF(X509) *chain)
+{
+    struct verified *v = SSL_get_ex_data(ssl, verified_idx);
+    time_t now = time(NULL), until = chain_not_after(chain, now);
+
+    if (until == 0)
+        return;
+    if (until > now + VERIFIED_TTL)
+        until = now + VERIFIED_TTL;
+    if (v == NULL) {
+        if ((v = calloc(1, sizeof(*v))) == NULL)
+            return;
+        if (!SSL_set_ex_data(ssl, verified_idx, v)) {
+            free(v);
+            return;
+        }
+    }
+    X509_free(v->cert);
+    X509_up_ref(info->cert);
+    v->cert = info->cert;
+    v->generation = st->generation;
+    v->until = until;
+    v->info = *info;
+}
+
 void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
 {
     X509_STORE_CTX *xc = NULL;
@@ -309,6 +383,12 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
     out->status = PEER_NONE;
     if (ssl == NULL || (out->cert = SSL_get0_peer_certificate(ssl)) == NULL)
         return;
+    pthread_once(&idx_once, make_idx);
+    const struct verified *v = SSL_get_ex_data(ssl, verified_idx);
+    if (v != NULL && v->cert == out->cert && v->generation == st->generation && time(NULL) < v->until) {
+        *out = v->info;
+        return;
+    }
     out->status = PEER_UNTRUSTED;
     int is_membership = membership_group(out->cert, group, sizeof(group));
     /* Membership certificates are trusted only from the local CA, so a
@@ -330,10 +410,11 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
             goto out;
         util_strlcpy(out->group, group, sizeof(out->group));
         out->status = PEER_MEMBERSHIP;
-        goto out;
+    } else {
+        out->status = cert_identity(out->cert, out->identity, sizeof(out->identity)) ? PEER_MEMBER_CERT
+                                                                                       : PEER_NO_IDENTITY;
     }
-    out->status = cert_identity(out->cert, out->identity, sizeof(out->identity)) ? PEER_MEMBER_CERT
-                                                                                   : PEER_NO_IDENTITY;
+    remember_verified(st, ssl, out, X509_STORE_CTX_get0_chain(xc));
 out:
     X509_STORE_CTX_free(xc);
     ERR_clear_error();

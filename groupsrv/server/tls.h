@@ -10,8 +10,11 @@
  * The TLS layer asks for a client certificate but accepts a connection
  * without one (or with an untrusted one): /healthz and discovery work for
  * anyone, and refusals are JSON 401/403 answers, decided per request by
- * tls_peer_check() at the time of the request, never cached per handshake
- * or session.
+ * tls_peer_check() at the time of the request. A connection remembers its
+ * last successful chain verification for the same certificate and the
+ * same tls_state (a reload makes a new one), until the chain's earliest
+ * notAfter and at most 60 s; membership is read from the store on every
+ * request.
  */
 #ifndef GS_SRV_TLS_H
 #define GS_SRV_TLS_H
@@ -64,7 +67,8 @@ typedef struct peer_info {
 
 /* Verifies the peer certificate of ssl now, against the stores of st: an
  * identity certificate against the client CAs, a membership certificate
- * (SAN URI urn:groupsrv:group:...) against the local CA only. */
+ * (SAN URI urn:groupsrv:group:...) against the local CA only; or reuses
+ * the connection's remembered verification (see above). */
 void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out);
 
 /* ex_data slot on SSL objects used by the server to count connections. */

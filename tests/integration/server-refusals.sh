@@ -141,6 +141,45 @@ new_serial=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem
 [ -n "$new_serial" ] && [ "$new_serial" != "$old_serial" ] || fail "SIGHUP did not reload the certificate ($old_serial / $new_serial)"
 expect_status 200 "" "service after reload" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
+# ---- SIGHUP: a new CRL applies on the next request of a kept-alive connection ----
+# frank's certificate comes from the file test CA (openssl ca, so it can be
+# revoked); the connection verified it before, and must not keep trusting
+# it after the reload.
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=frank@example.org" \
+  -addext "subjectAltName=email:frank@example.org" -keyout "$certs/frank@example.org.key" \
+  -out "$work/frank.csr" 2>/dev/null
+openssl ca -batch -config "$work/ca/ca.cnf" -cert "$certs/tca.pem" -keyfile "$certs/tca.key" -in "$work/frank.csr" \
+  -out "$certs/frank@example.org.pem" -days 1 2>/dev/null
+"$BIN/groupsrv" -c "$conf" member add eng frank@example.org --cert "$certs/frank@example.org.pem" >/dev/null
+cp "$certs/clients.pem" "$work/clients-nocrl.pem"
+rm -f "$work/uc.fifo"; mkfifo "$work/uc.fifo"
+UC_CERT="$certs/frank@example.org.pem" UC_KEY="$certs/frank@example.org.key" UC_CACERT="$certs/tca.pem" \
+  "$BIN/unwrapclient" steps keepalive "$url" "$work/req-tls.json" 200,200,wait,401 <"$work/uc.fifo" >"$work/uc.out" 2>&1 &
+uc_pid=$!
+exec 7>"$work/uc.fifo"
+for _ in $(seq 1 300); do grep -q '^WAITING' "$work/uc.out" && break; sleep 0.1; done
+grep -q '^WAITING' "$work/uc.out" || fail "client did not get to the revocation: $(cat "$work/uc.out")"
+openssl ca -config "$work/ca/ca.cnf" -cert "$certs/tca.pem" -keyfile "$certs/tca.key" \
+  -revoke "$certs/frank@example.org.pem" 2>/dev/null
+openssl ca -config "$work/ca/ca.cnf" -cert "$certs/tca.pem" -keyfile "$certs/tca.key" -gencrl -crldays 1 \
+  -out "$work/tca.crl" 2>/dev/null
+cat "$work/clients-nocrl.pem" "$work/tca.crl" > "$certs/clients.pem"
+reloads=$(grep -c "reloaded TLS" "$work/server.log" || true)
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log" || true)" -gt "$reloads" ] && break; sleep 0.1; done
+echo go >&7
+exec 7>&-
+wait "$uc_pid" || fail "CRL on a kept-alive connection: $(cat "$work/uc.out")"
+grep -q '"code":"untrusted_certificate"' "$work/uc.out" || fail "CRL answer: $(cat "$work/uc.out")"
+ok "a certificate revoked by a reloaded CRL is refused on the kept-alive connection's next request"
+# With a CRL in the file every CA in it needs one (as nginx's ssl_crl):
+# the local CA has none here, so back to the file without it.
+cp "$work/clients-nocrl.pem" "$certs/clients.pem"
+reloads=$(grep -c "reloaded TLS" "$work/server.log" || true)
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log" || true)" -gt "$reloads" ] && break; sleep 0.1; done
+expect_status 200 "" "service after the CRL is gone" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
 # ---- rate limit: restart with a tight bucket ----
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
 sed -i 's/^rate_limit = .*/rate_limit = 2\nrate_burst = 3/' "$conf"
