@@ -82,6 +82,18 @@ static audit_record rec(const char *outcome)
                           .group = "staff", .key_version = 1, .method = "tls", .outcome = outcome};
 }
 
+/* A new log at f->path with n records, closed again. */
+static void write_records(struct fx *f, int n)
+{
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+}
+
 static size_t verify(const char *path)
 {
     size_t lines = 0, bad = 0;
@@ -97,10 +109,7 @@ static void test_append_chains_and_reopen_continues(void **state)
     audit_log *log = NULL;
     audit_record r = rec("ok");
 
-    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(audit_append(log, &r), AUDIT_OK);
-    audit_close(log);
+    write_records(f, 3);
     struct stat st;
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
@@ -113,13 +122,8 @@ static void test_append_chains_and_reopen_continues(void **state)
 static void test_edited_line_breaks_chain(void **state)
 {
     struct fx *f = *state;
-    audit_log *log = NULL;
-    audit_record r = rec("ok");
 
-    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(audit_append(log, &r), AUDIT_OK);
-    audit_close(log);
+    write_records(f, 3);
     /* Change "alice" to "mallo" in the first line only. */
     FILE *fp = fopen(f->path, "r+");
     assert_non_null(fp);
@@ -311,11 +315,8 @@ static void test_torn_last_line_refused(void **state)
 {
     struct fx *f = *state;
     audit_log *log = NULL;
-    audit_record r = rec("ok");
 
-    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    assert_int_equal(audit_append(log, &r), AUDIT_OK);
-    audit_close(log);
+    write_records(f, 1);
     int fd = open(f->path, O_WRONLY | O_APPEND);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, "{\"time\":", 8), 8);
