@@ -51,6 +51,8 @@ struct audit_log {
     void *durable_arg;
 };
 
+static int sync_round_when_free_locked(struct audit_log *log);
+
 const char *audit_strerror(audit_err err)
 {
     switch (err) {
@@ -193,18 +195,23 @@ static int write_all(int fd, const char *p, size_t len)
 audit_err audit_check(audit_log *log)
 {
     audit_err rc = AUDIT_OK;
-    struct stat st;
+    struct stat st, cur;
 
     if (log == NULL)
         return AUDIT_ERR_ARGS;
     pthread_mutex_lock(&log->mu);
     /* The file must still be the one we write (not deleted or replaced). */
-    struct stat cur;
     if (fstat(log->fd, &st) != 0 || stat(log->path, &cur) != 0 || st.st_ino != cur.st_ino ||
-        st.st_dev != cur.st_dev || fdatasync(log->fd) != 0)
+        st.st_dev != cur.st_dev) {
         rc = AUDIT_ERR_IO;
-    else if (log->failed) {
-        log->failed = 0; /* an empty sync works again: let the next append try */
+    } else if (log->failed) {
+        /* After a failure, a sync round (bookkept like any other, so a
+         * failure fails what it covered) tells whether the disk works
+         * again; then the next append may try. */
+        if (sync_round_when_free_locked(log) != 0)
+            rc = AUDIT_ERR_IO;
+        else
+            log->failed = 0;
     }
     pthread_mutex_unlock(&log->mu);
     return rc;
@@ -306,8 +313,9 @@ out:
 }
 
 /* One group-commit round (mutex held, released during fdatasync): covers
- * every line written before it started. */
-static void sync_round_locked(struct audit_log *log)
+ * every line written before it started. The caller has checked that no
+ * other round is running. Returns 0, or -1 if the fdatasync failed. */
+static int sync_round_locked(struct audit_log *log)
 {
     unsigned long long upto = log->written_seq;
 
@@ -319,23 +327,39 @@ static void sync_round_locked(struct audit_log *log)
     log->syncing = 0;
     log->rounds++;
     if (src != 0) {
+        /* Lines written while the failed sync ran may share its pages, and
+         * Linux reports a write-back error only once: a later successful
+         * sync proves nothing about them either. Fail them all. */
         log->failed = 1;
-        if (upto > log->failed_seq)
-            log->failed_seq = upto;
-        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr, upto - log->synced_seq);
+        if (log->written_seq > log->failed_seq)
+            log->failed_seq = log->written_seq;
+        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr,
+                  log->written_seq - log->synced_seq);
     } else if (upto > log->synced_seq) {
         log->synced_seq = upto;
     }
     pthread_cond_broadcast(&log->synced);
     if (log->syncer_running)
         pthread_cond_signal(&log->work);
+    return src != 0 ? -1 : 0;
 }
 
-static int seq_state_locked(const struct audit_log *log, unsigned long long seq)
+/* Runs a round once no other is running (mutex held). */
+static int sync_round_when_free_locked(struct audit_log *log)
 {
-    if (seq <= log->failed_seq)
+    while (log->syncing)
+        pthread_cond_wait(&log->synced, &log->mu);
+    return sync_round_locked(log);
+}
+
+/* Records first..last (one request's) are durable only if no failed
+ * round covered any of them; a record synced before a later failure, whose
+ * answer was still held when it happened, is then failed too (fail closed). */
+static int range_state_locked(const struct audit_log *log, unsigned long long first, unsigned long long last)
+{
+    if (first <= log->failed_seq)
         return -1;
-    return seq <= log->synced_seq ? 1 : 0;
+    return last <= log->synced_seq ? 1 : 0;
 }
 
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq)
@@ -357,25 +381,30 @@ audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long lon
     return rc;
 }
 
-int audit_seq_state(audit_log *log, unsigned long long seq)
+int audit_range_state(audit_log *log, unsigned long long first, unsigned long long last)
 {
     pthread_mutex_lock(&log->mu);
-    int st = seq_state_locked(log, seq);
+    int st = range_state_locked(log, first, last);
     pthread_mutex_unlock(&log->mu);
     return st;
 }
 
-audit_err audit_wait_durable(audit_log *log, unsigned long long seq)
+int audit_seq_state(audit_log *log, unsigned long long seq)
+{
+    return audit_range_state(log, seq, seq);
+}
+
+audit_err audit_wait_durable(audit_log *log, unsigned long long first, unsigned long long last)
 {
     audit_err rc = AUDIT_OK;
 
-    if (log == NULL)
+    if (log == NULL || first == 0 || last < first)
         return AUDIT_ERR_ARGS;
     pthread_mutex_lock(&log->mu);
     /* Group commit: one fdatasync covers every line written before it
-     * started; the others wait for a round that covers their own line. */
+     * started; the others wait for a round that covers their own lines. */
     for (;;) {
-        int st = seq_state_locked(log, seq);
+        int st = range_state_locked(log, first, last);
         if (st < 0) {
             rc = AUDIT_ERR_IO;
             break;
@@ -398,7 +427,7 @@ audit_err audit_append(audit_log *log, const audit_record *rec)
     unsigned long long seq = 0;
     audit_err rc = audit_write(log, rec, &seq);
 
-    return rc == AUDIT_OK ? audit_wait_durable(log, seq) : rc;
+    return rc == AUDIT_OK ? audit_wait_durable(log, seq, seq) : rc;
 }
 
 static void *syncer_main(void *arg)

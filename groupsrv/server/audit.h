@@ -38,8 +38,9 @@ audit_err audit_open(const char *path, audit_log **out);
 void audit_close(audit_log *log);
 
 /* Re-checks that the file can still be written (used by /healthz and before
- * sensitive operations); AUDIT_ERR_IO when the last append failed and a
- * retry of an empty fdatasync still fails. */
+ * sensitive operations): AUDIT_ERR_IO when the file is no longer at its
+ * path, or when the last append or sync failed and a new sync round still
+ * fails. Cheap when all is well (no fdatasync). */
 audit_err audit_check(audit_log *log);
 
 /* One record. Strings are copied into the JSON; NULL fields are omitted.
@@ -64,13 +65,16 @@ audit_err audit_append(audit_log *log, const audit_record *rec);
 
 /* audit_append in two halves, for callers that must not block in
  * fdatasync (the server's event loops). audit_write writes the line and
- * returns its sequence number; the line is durable once
- * audit_seq_state(seq) is 1 (-1: the fdatasync covering it failed: treat
- * as AUDIT_ERR_IO; 0: not yet). audit_wait_durable blocks until it is
- * known, running a sync round itself if no one else is. */
+ * returns its sequence number (numbers grow in file order). The records
+ * first..last of one request are durable once audit_range_state is 1;
+ * -1: a failed fdatasync covered one of them (treat as AUDIT_ERR_IO:
+ * fail closed); 0: not yet. audit_seq_state is the same for one record.
+ * audit_wait_durable blocks until it is known, running a sync round itself
+ * if no one else is. */
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq);
+int audit_range_state(audit_log *log, unsigned long long first, unsigned long long last);
 int audit_seq_state(audit_log *log, unsigned long long seq);
-audit_err audit_wait_durable(audit_log *log, unsigned long long seq);
+audit_err audit_wait_durable(audit_log *log, unsigned long long first, unsigned long long last);
 
 /* A background thread that syncs whatever audit_write wrote (one
  * fdatasync per round, covering every line written before it started)

@@ -197,7 +197,7 @@ static const char *reason(int status)
 struct srv_pending {
     struct srv_pending *next;
     struct evhttp_request *req;
-    unsigned long long seq;
+    unsigned long long first, last; /* its audit records */
     int status;
     enum metrics_endpoint ep;
     unsigned char *body; /* may hold a plain content key: wiped when freed */
@@ -253,6 +253,8 @@ static void send_audit_failure(struct evhttp_request *req, enum metrics_endpoint
     log_error("answer dropped: its audit record is not durable");
     evhttp_remove_header(h, "Retry-After");
     evhttp_add_header(h, "Retry-After", "5");
+    evhttp_remove_header(h, "Content-Type"); /* the held answer's may not be JSON */
+    evhttp_add_header(h, "Content-Type", "application/json");
     if (copy == NULL) {
         evhttp_send_error(req, 503, NULL);
         metrics_request(ep, 503);
@@ -268,13 +270,18 @@ static void flush_pending(struct srv_thread *t)
     struct srv_pending *p;
 
     while ((p = t->pending_head) != NULL) {
-        int st = audit_seq_state(t->srv->audit, p->seq);
+        int st = audit_range_state(t->srv->audit, p->first, p->last);
         if (st == 0)
             break;
         t->pending_head = p->next;
         if (t->pending_head == NULL)
             t->pending_tail = NULL;
         atomic_fetch_sub(&t->npending, 1);
+        /* Held across the start of a shutdown: tell the client, as
+         * add_common_headers does for answers sent at once. */
+        struct evkeyvalq *h = evhttp_request_get_output_headers(p->req);
+        if (atomic_load(&t->srv->shutting_down) && evhttp_find_header(h, "Connection") == NULL)
+            evhttp_add_header(h, "Connection", "close");
         if (st > 0)
             send_now(p->req, p->ep, p->status, p->body, p->len);
         else
@@ -307,14 +314,14 @@ static void hold_until_audited(struct srv_req *r, int status, unsigned char *bod
 
     if (p == NULL) {
         /* No memory to wait without blocking: wait here instead. */
-        if (audit_wait_durable(r->srv->audit, r->audit_seq) == AUDIT_OK)
+        if (audit_wait_durable(r->srv->audit, r->audit_first, r->audit_last) == AUDIT_OK)
             send_now(r->req, r->ep, status, body, len);
         else
             send_audit_failure(r->req, r->ep, body, len);
         return;
     }
-    *p = (struct srv_pending){.req = r->req, .seq = r->audit_seq, .status = status, .ep = r->ep,
-                              .body = body, .len = len};
+    *p = (struct srv_pending){.req = r->req, .first = r->audit_first, .last = r->audit_last, .status = status,
+                              .ep = r->ep, .body = body, .len = len};
     if (t->pending_tail != NULL)
         t->pending_tail->next = p;
     else
@@ -323,7 +330,7 @@ static void hold_until_audited(struct srv_req *r, int status, unsigned char *bod
     atomic_fetch_add(&t->npending, 1);
     /* The round covering it may have ended before npending was raised,
      * and then the syncer did not wake us: look once more. */
-    if (audit_seq_state(r->srv->audit, r->audit_seq) != 0)
+    if (audit_range_state(r->srv->audit, r->audit_first, r->audit_last) != 0)
         event_active(t->audit_ev, 0, 0);
 }
 
@@ -345,14 +352,14 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
     }
     if (len > 0)
         memcpy(body, data, len);
-    if (r->audit_seq != 0) {
-        int st = audit_seq_state(r->srv->audit, r->audit_seq);
+    if (r->audit_last != 0) {
+        int st = audit_range_state(r->srv->audit, r->audit_first, r->audit_last);
         if (st == 0 && r->t->audit_ev != NULL) {
             hold_until_audited(r, status, body, len);
             return;
         }
         if (st == 0)
-            st = audit_wait_durable(r->srv->audit, r->audit_seq) == AUDIT_OK ? 1 : -1;
+            st = audit_wait_durable(r->srv->audit, r->audit_first, r->audit_last) == AUDIT_OK ? 1 : -1;
         if (st < 0) {
             send_audit_failure(r->req, r->ep, body, len);
             return;
@@ -374,6 +381,7 @@ void srv_reply_json(struct srv_req *r, int status, json_t *body)
     size_t n = strlen(text);
     text[n] = '\n'; /* replaces the NUL: a trailing newline is friendlier to curl users */
     srv_reply_bytes(r, status, "application/json", text, n + 1);
+    OPENSSL_cleanse(text, n + 1);
     free(text);
 }
 
@@ -650,8 +658,13 @@ audit_err srv_audit_write(struct srv_req *r, const audit_record *rec)
 
     copy.request_id = r->id;
     audit_err ae = audit_write(r->srv->audit, &copy, &seq);
-    if (ae == AUDIT_OK && seq > r->audit_seq)
-        r->audit_seq = seq;
+    if (ae == AUDIT_OK) {
+        /* Every record of the request must be durable, not just the last:
+         * a batch's records may fall into different sync rounds. */
+        if (r->audit_first == 0)
+            r->audit_first = seq;
+        r->audit_last = seq;
+    }
     return ae;
 }
 
@@ -835,13 +848,15 @@ int srv_threads_start(struct srv *s)
         if (thread_init(s, &s->threads[i], i) != 0)
             goto fail;
     atomic_store(&s->accepting, (int)s->nthreads);
+    /* Workers (and the audit syncer) never take signals: the main
+     * thread's loop handles them. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     if (audit_syncer_start(s->audit, audit_durable, s) != AUDIT_OK) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         log_error("cannot start the audit syncer thread");
         goto fail;
     }
-    /* Workers never take signals: the main thread's loop handles them. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
     for (; started < s->nthreads; started++)
         if (pthread_create(&s->threads[started].tid, NULL, thread_main, &s->threads[started]) != 0)
             break;

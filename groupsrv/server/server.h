@@ -81,7 +81,7 @@ struct srv_req {
     int certsrv;              /* arrived on the certificate-server listener */
     char id[33];              /* request id, also sent as X-Request-Id */
     int replied;
-    unsigned long long audit_seq; /* last audit record of this request (0: none) */
+    unsigned long long audit_first, audit_last; /* this request's audit records (0: none) */
     int peer_checked;
     peer_info peer;
     double start;

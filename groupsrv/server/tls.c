@@ -52,9 +52,18 @@ static atomic_ulong next_generation = 1;
 struct verified {
     unsigned long generation;
     X509 *cert;       /* a reference, so the pointer cannot be reused */
-    time_t until;
+    time_t not_after; /* the chain's earliest notAfter (wall clock) */
+    time_t ttl_end;   /* VERIFIED_TTL from the verification (monotonic: a
+                         clock set back must not stretch it) */
     peer_info info;
 };
+
+static time_t monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
 
 static void verified_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
@@ -352,12 +361,10 @@ static time_t chain_not_after(STACK_OF(X509) *chain, time_t now)
 static void remember_verified(tls_state *st, SSL *ssl, const peer_info *info, STACK_OF(X509) *chain)
 {
     struct verified *v = SSL_get_ex_data(ssl, verified_idx);
-    time_t now = time(NULL), until = chain_not_after(chain, now);
+    time_t not_after = chain_not_after(chain, time(NULL));
 
-    if (until == 0)
+    if (not_after == 0)
         return;
-    if (until > now + VERIFIED_TTL)
-        until = now + VERIFIED_TTL;
     if (v == NULL) {
         if ((v = calloc(1, sizeof(*v))) == NULL)
             return;
@@ -370,7 +377,8 @@ static void remember_verified(tls_state *st, SSL *ssl, const peer_info *info, ST
     X509_up_ref(info->cert);
     v->cert = info->cert;
     v->generation = st->generation;
-    v->until = until;
+    v->not_after = not_after;
+    v->ttl_end = monotonic_now() + VERIFIED_TTL;
     v->info = *info;
 }
 
@@ -385,7 +393,8 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
         return;
     pthread_once(&idx_once, make_idx);
     const struct verified *v = SSL_get_ex_data(ssl, verified_idx);
-    if (v != NULL && v->cert == out->cert && v->generation == st->generation && time(NULL) < v->until) {
+    if (v != NULL && v->cert == out->cert && v->generation == st->generation && monotonic_now() < v->ttl_end &&
+        time(NULL) < v->not_after) {
         *out = v->info;
         return;
     }

@@ -29,10 +29,16 @@ int __wrap_fdatasync(int fd);
 static atomic_int fail_syncs;   /* fail the next N calls with EIO */
 static atomic_int sync_calls;
 static atomic_int sync_delay_ms; /* each call sleeps this long first */
+static void (*during_sync)(void); /* run once inside the next call */
 
 int __wrap_fdatasync(int fd)
 {
     atomic_fetch_add(&sync_calls, 1);
+    if (during_sync != NULL) {
+        void (*hook)(void) = during_sync;
+        during_sync = NULL;
+        hook();
+    }
     int ms = atomic_load(&sync_delay_ms);
     if (ms > 0) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)ms * 1000000L};
@@ -153,11 +159,11 @@ static void test_write_is_not_durable_until_synced(void **state)
     assert_int_equal(audit_seq_state(log, a), 0);
     assert_int_equal(atomic_load(&sync_calls), 0);
     /* One wait syncs both (group commit). */
-    assert_int_equal(audit_wait_durable(log, b), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, b, b), AUDIT_OK);
     assert_int_equal(atomic_load(&sync_calls), 1);
     assert_int_equal(audit_seq_state(log, a), 1);
     assert_int_equal(audit_seq_state(log, b), 1);
-    assert_int_equal(audit_wait_durable(log, a), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, a, a), AUDIT_OK);
     assert_int_equal(atomic_load(&sync_calls), 1);
     audit_close(log);
     assert_int_equal(verify(f->path), 2);
@@ -174,15 +180,111 @@ static void test_failed_sync_fails_every_record_it_covered(void **state)
     assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
     assert_int_equal(audit_write(log, &r, &b), AUDIT_OK);
     atomic_store(&fail_syncs, 1);
-    assert_int_equal(audit_wait_durable(log, b), AUDIT_ERR_IO);
+    assert_int_equal(audit_wait_durable(log, b, b), AUDIT_ERR_IO);
     assert_int_equal(audit_seq_state(log, a), -1);
     assert_int_equal(audit_seq_state(log, b), -1);
     /* A later successful sync proves nothing about them ... */
     assert_int_equal(audit_write(log, &r, &c), AUDIT_OK);
-    assert_int_equal(audit_wait_durable(log, c), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, c, c), AUDIT_OK);
     assert_int_equal(audit_seq_state(log, a), -1);
     /* ... but the next record is durable, and the chain still verifies. */
     assert_int_equal(audit_seq_state(log, c), 1);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 4);
+}
+
+/* One request's records may fall into different rounds: if any of them
+ * was covered by a failed round the request fails, even when its last
+ * record was synced fine later. */
+static void test_request_range_fails_if_any_record_failed(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long first = 0, second = 0, other = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &first), AUDIT_OK);
+    atomic_store(&fail_syncs, 1);
+    assert_int_equal(audit_wait_durable(log, first, first), AUDIT_ERR_IO);
+    assert_int_equal(audit_write(log, &r, &second), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &other), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, second, second), AUDIT_OK);
+    assert_int_equal(audit_seq_state(log, second), 1);
+    assert_int_equal(audit_range_state(log, first, second), -1);
+    assert_int_equal(audit_wait_durable(log, first, second), AUDIT_ERR_IO);
+    assert_int_equal(audit_range_state(log, second, other), 1);
+    assert_int_equal(audit_wait_durable(log, 0, 1), AUDIT_ERR_ARGS);
+    audit_close(log);
+}
+
+/* Lines written while a failing fdatasync runs are failed with it: Linux
+ * reports a write-back error once, so the next successful sync proves
+ * nothing about pages they may share. The write happens inside the
+ * wrapped fdatasync (the log's mutex is not held during a sync). */
+static audit_log *late_log;
+static unsigned long long late_seq;
+
+static void write_during_sync(void)
+{
+    audit_record r = rec("ok");
+    if (audit_write(late_log, &r, &late_seq) != AUDIT_OK)
+        late_seq = 0;
+}
+
+static void test_writes_during_failed_sync_fail_too(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    late_log = log;
+    late_seq = 0;
+    during_sync = write_during_sync;
+    atomic_store(&fail_syncs, 1);
+    assert_int_equal(audit_wait_durable(log, a, a), AUDIT_ERR_IO);
+    assert_true(late_seq > a);
+    assert_int_equal(audit_seq_state(log, late_seq), -1);
+    assert_int_equal(audit_wait_durable(log, late_seq, late_seq), AUDIT_ERR_IO);
+    /* The next record is fine again. */
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 3);
+}
+
+/* audit_check: cheap while all is well; after a failure it runs a real
+ * round and clears the failure only if that works. */
+static void test_check_after_failure(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    int before = atomic_load(&sync_calls);
+    assert_int_equal(audit_check(log), AUDIT_OK);
+    assert_int_equal(atomic_load(&sync_calls), before);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    atomic_store(&fail_syncs, 2);
+    assert_int_equal(audit_wait_durable(log, a, a), AUDIT_ERR_IO);
+    assert_int_equal(audit_check(log), AUDIT_ERR_IO); /* the disk still fails */
+    assert_int_equal(audit_check(log), AUDIT_OK);     /* now it works */
+    assert_int_equal(audit_seq_state(log, a), -1);    /* still never durable */
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    /* A file moved away is reported at once. */
+    char moved[128];
+    snprintf(moved, sizeof(moved), "%s.moved", f->path);
+    assert_int_equal(rename(f->path, moved), 0);
+    assert_int_equal(audit_check(log), AUDIT_ERR_IO);
+    assert_int_equal(audit_append(log, &r), AUDIT_ERR_IO);
+    assert_int_equal(rename(moved, f->path), 0);
+    assert_int_equal(audit_check(log), AUDIT_OK);
     assert_int_equal(audit_append(log, &r), AUDIT_OK);
     audit_close(log);
     assert_int_equal(verify(f->path), 4);
@@ -332,6 +434,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_edited_line_breaks_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_is_not_durable_until_synced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_fails_every_record_it_covered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_range_fails_if_any_record_failed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writes_during_failed_sync_fail_too, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_after_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syncer_makes_writes_durable_and_notifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syncer_stop_syncs_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
