@@ -247,15 +247,21 @@ def main():
             if not dr:
                 continue
             any_d = True
-            tls = next((float(r["ops_per_s"]) for r in dr if r["variant"] == prefix + "tls"), None)
-            w(f"Server {title}:")
+            kd = dr[0]["key"]
+            tls = rate("unwrap-load", prefix + "tls", kd)
+            w(f"Server {title}" + (f"; medians of {machine['rounds']} interleaved rounds (range in brackets)"
+                                   if int(machine.get("rounds", "1") or 1) > 1 else "") + ":")
             w("")
             w("| key | conns | deliver | unwraps/s | relative to tls | p50 ms | p99 ms | errors |")
             w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-            for r in dr:
+            for d in ("tls", "recipient-key", "group-secret"):
+                r = get("unwrap-load", prefix + d, kd)
+                if r is None:
+                    continue
                 v = float(r["ops_per_s"])
-                w(f"| {r['key']} | {r['conc']} | {r['variant'][len(prefix):]} | {fmt(v)} | {ratio(v, tls)} | "
-                  f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+                errs = sum(int(x["errors"]) for x in matching("unwrap-load", prefix + d, kd))
+                w(f"| {kd} | {r['conc']} | {d} | {fmt(v)}{spread('unwrap-load', prefix + d, kd, int(r['conc']))} | "
+                  f"{ratio(v, tls)} | {r['p50_ms']} | {r['p99_ms']} | {errs} |")
             w("")
         if not any_d:
             w("not measured")
