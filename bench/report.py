@@ -277,8 +277,9 @@ def main():
         w("")
         w("```")
         want = ("api_route", "handle", "authorise", "unwrap_item", "hsm_decrypt_content_key", "hsm_ecdh", "hsm_rewrap", "C_Decrypt",
-                "RSA_setup_blinding", "gs_group_load", "hsm_key_find", "C_FindObjects", "C_GetAttributeValue",
-                "gs_cert_parse", "audit_append", "fdatasync", "srv_require_cert", "X509_verify_cert",
+                "C_DecryptInit", "RSA_setup_blinding", "gs_group_load", "hsm_key_find", "C_FindObjects",
+                "C_GetAttributeValue", "gs_cert_parse", "audit_append", "audit_write", "syncer_main",
+                "__GI_fdatasync", "fdatasync", "srv_require_cert", "tls_peer_check", "X509_verify_cert",
                 "gs_store_member_get", "sqlite3_step", "SSL_write", "SSL_read", "json_loadb", "json_dumps")
         seen = set()
         with open(prof) as f:
