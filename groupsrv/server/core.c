@@ -863,6 +863,11 @@ int srv_threads_start(struct srv *s)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (started == s->nthreads)
         return 0;
+    /* Some threads did not start: free those, stop the started ones. The
+     * syncer goes first, as its callback reads s->nthreads. */
+    audit_syncer_stop(s->audit);
+    for (unsigned i = started; i < s->nthreads; i++)
+        thread_free(&s->threads[i]);
     s->nthreads = started;
     srv_threads_stop(s);
     return -1;
