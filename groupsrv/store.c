@@ -653,6 +653,55 @@ static void *grow_array(void *list, size_t *cap, size_t elem, size_t first)
     return nl;
 }
 
+/* Per-group list queries: SQL with one parameter (the group id), one
+ * array element per row, read by `row` into a zeroed element. On failure
+ * `release` frees the elements read so far and the array. */
+typedef gs_err (*row_reader)(sqlite3_stmt *s, void *elem);
+typedef void (*rows_release)(void *list, size_t n);
+
+static gs_err read_group_rows(gs_store *st, const char *sql, int64_t group_id, size_t elem, size_t first,
+                              row_reader row, rows_release release, const char *what, void **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    unsigned char *list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if ((err = prepare(st, sql, &s)) != GS_OK)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) != GS_OK)
+        goto out;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            unsigned char *nl = grow_array(list, &cap, elem, first);
+            if (nl == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+        }
+        void *e = list + count++ * elem;
+        memset(e, 0, elem);
+        if ((err = row(s, e)) != GS_OK)
+            goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, what);
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    release(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
 gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
 {
     sqlite3_stmt *s = NULL;
@@ -817,59 +866,31 @@ out:
     return err;
 }
 
+static gs_err group_key_from_row(sqlite3_stmt *s, void *elem)
+{
+    gs_store_group_key *k = elem;
+    bool oom = false;
+
+    k->version = (unsigned)sqlite3_column_int64(s, 0);
+    k->token_label = col_strdup(s, 1, &oom);
+    k->cert_pem = col_strdup(s, 2, &oom);
+    k->state = (gs_key_state)sqlite3_column_int(s, 3);
+    k->created = sqlite3_column_int64(s, 4);
+    k->retired = sqlite3_column_int64(s, 5);
+    return (oom || !k->token_label || !k->cert_pem) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_group_keys(void *list, size_t n) { gs_store_group_keys_free(list, n); }
+
 gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
 {
-    sqlite3_stmt *s = NULL;
-    gs_store_group_key *list = NULL;
-    size_t count = 0, cap = 0;
-    bool oom = false;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    *n = 0;
-    err = prepare(st,
-                  "SELECT version, token_label, cert_pem, state, created, retired FROM group_keys "
-                  "WHERE group_id = ? ORDER BY version DESC",
-                  &s);
-    if (err)
-        return err;
-    err = bind_int(s, 1, group_id);
-    if (err)
-        goto out;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            gs_store_group_key *nl = grow_array(list, &cap, sizeof(*nl), 4);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        gs_store_group_key *k = &list[count++];
-        memset(k, 0, sizeof(*k));
-        k->version = (unsigned)sqlite3_column_int64(s, 0);
-        k->token_label = col_strdup(s, 1, &oom);
-        k->cert_pem = col_strdup(s, 2, &oom);
-        k->state = (gs_key_state)sqlite3_column_int(s, 3);
-        k->created = sqlite3_column_int64(s, 4);
-        k->retired = sqlite3_column_int64(s, 5);
-        if (oom || !k->token_label || !k->cert_pem) {
-            err = GS_ERR_NOMEM;
-            goto out;
-        }
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, "list key versions");
-        goto out;
-    }
+    void *list = NULL;
+    gs_err err = read_group_rows(st,
+                                 "SELECT version, token_label, cert_pem, state, created, retired FROM group_keys "
+                                 "WHERE group_id = ? ORDER BY version DESC",
+                                 group_id, sizeof(**out), 4, group_key_from_row, release_group_keys,
+                                 "list key versions", &list, n);
     *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_group_keys_free(list, count);
-    sqlite3_finalize(s);
     return err;
 }
 
@@ -927,59 +948,31 @@ out:
     return tx_end_if_mine(st, mine, err);
 }
 
+static gs_err secret_from_row(sqlite3_stmt *s, void *elem)
+{
+    gs_store_secret *k = elem;
+    bool oom = false;
+
+    k->version = (unsigned)sqlite3_column_int64(s, 0);
+    k->token_label = col_strdup(s, 1, &oom);
+    if (sqlite3_column_bytes(s, 2) == GS_KEK_ID_LEN)
+        memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
+    k->state = (gs_key_state)sqlite3_column_int(s, 3);
+    k->created = sqlite3_column_int64(s, 4);
+    return (oom || !k->token_label) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_secrets(void *list, size_t n) { gs_store_secrets_free(list, n); }
+
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
 {
-    sqlite3_stmt *s = NULL;
-    gs_store_secret *list = NULL;
-    size_t count = 0, cap = 0;
-    bool oom = false;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    *n = 0;
-    err = prepare(st,
-                  "SELECT version, token_label, kek_id, state, created FROM secret_keys "
-                  "WHERE group_id = ? ORDER BY version DESC",
-                  &s);
-    if (err)
-        return err;
-    err = bind_int(s, 1, group_id);
-    if (err)
-        goto out;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            gs_store_secret *nl = grow_array(list, &cap, sizeof(*nl), 4);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        gs_store_secret *k = &list[count++];
-        memset(k, 0, sizeof(*k));
-        k->version = (unsigned)sqlite3_column_int64(s, 0);
-        k->token_label = col_strdup(s, 1, &oom);
-        if (sqlite3_column_bytes(s, 2) == GS_KEK_ID_LEN)
-            memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
-        k->state = (gs_key_state)sqlite3_column_int(s, 3);
-        k->created = sqlite3_column_int64(s, 4);
-        if (oom || !k->token_label) {
-            err = GS_ERR_NOMEM;
-            goto out;
-        }
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, "list secret versions");
-        goto out;
-    }
+    void *list = NULL;
+    gs_err err = read_group_rows(st,
+                                 "SELECT version, token_label, kek_id, state, created FROM secret_keys "
+                                 "WHERE group_id = ? ORDER BY version DESC",
+                                 group_id, sizeof(**out), 4, secret_from_row, release_secrets,
+                                 "list secret versions", &list, n);
     *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_secrets_free(list, count);
-    sqlite3_finalize(s);
     return err;
 }
 
@@ -1062,8 +1055,9 @@ out:
     return err;
 }
 
-static gs_err member_from_row(sqlite3_stmt *s, gs_store_member *m)
+static gs_err member_from_row(sqlite3_stmt *s, void *elem)
 {
+    gs_store_member *m = elem;
     bool oom = false;
     memset(m, 0, sizeof(*m));
     m->email = col_strdup(s, 0, &oom);
@@ -1114,46 +1108,15 @@ out:
     return err;
 }
 
+static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
+
 gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
 {
-    sqlite3_stmt *s = NULL;
-    gs_store_member *list = NULL;
-    size_t count = 0, cap = 0;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    *n = 0;
-    err = prepare(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email", &s);
-    if (err)
-        return err;
-    err = bind_int(s, 1, group_id);
-    if (err)
-        goto out;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            gs_store_member *nl = grow_array(list, &cap, sizeof(*nl), 8);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        err = member_from_row(s, &list[count++]);
-        if (err)
-            goto out;
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, "list members");
-        goto out;
-    }
+    void *list = NULL;
+    gs_err err = read_group_rows(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email",
+                                 group_id, sizeof(**out), 8, member_from_row, release_members, "list members", &list,
+                                 n);
     *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_member_list_free(list, count);
-    sqlite3_finalize(s);
     return err;
 }
 
