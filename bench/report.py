@@ -23,6 +23,24 @@ END = "<!-- bench:end -->"
 KEY_ORDER = ["rsa2048", "rsa3072", "p256"]
 
 
+def read_kv(path):
+    """KEY=VALUE lines (machine.txt) as a dict."""
+    kv = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                kv[k] = v
+    return kv
+
+
+def rss_table(w, rows):
+    w("| requests served | RSS (KiB) |")
+    w("| ---: | ---: |")
+    for r in rows:
+        w(f"| {int(r['requests']):,} | {int(r['rss_kb']):,} |")
+
+
 def read_csv(path):
     if not os.path.exists(path):
         return []
@@ -47,12 +65,7 @@ def main():
         sys.exit("usage: report.py RESULTS-DIR DOCS-DIR")
     rdir, ddir = sys.argv[1], sys.argv[2]
     here = os.path.dirname(os.path.abspath(__file__))
-    machine = {}
-    with open(os.path.join(rdir, "machine.txt")) as f:
-        for line in f:
-            if "=" in line:
-                k, v = line.rstrip("\n").split("=", 1)
-                machine[k] = v
+    machine = read_kv(os.path.join(rdir, "machine.txt"))
     rows = read_csv(os.path.join(rdir, "results.csv"))
 
     def matching(tool, variant, key, conc=None):
@@ -297,10 +310,7 @@ def main():
     if rss:
         w("In the run above (the same server process served every groupsrv row first):")
         w("")
-        w("| requests served | RSS (KiB) |")
-        w("| ---: | ---: |")
-        for r in rss:
-            w(f"| {int(r['requests']):,} | {int(r['rss_kb']):,} |")
+        rss_table(w, rss)
         w("")
     else:
         w("not measured")
@@ -309,20 +319,12 @@ def main():
     mdir = os.path.join(os.path.dirname(os.path.abspath(rdir)), "memory")
     mrss = read_csv(os.path.join(mdir, "rss.csv"))
     if mrss:
-        mm = {}
-        with open(os.path.join(mdir, "machine.txt")) as f:
-            for line in f:
-                if "=" in line:
-                    k, v = line.rstrip("\n").split("=", 1)
-                    mm[k] = v
+        mm = read_kv(os.path.join(mdir, "machine.txt"))
         w(f"Longer memory run (`./bench/run --part memory`, {mm.get('date_utc', '?')}, commit "
           f"`{mm.get('git', '?')}`, `{mm.get('args', '')}`; its own server process, RSA-2048 group, "
           "8 keep-alive connections)" + (f"; {mm['note']}" if mm.get("note") else "") + ":")
         w("")
-        w("| requests served | RSS (KiB) |")
-        w("| ---: | ---: |")
-        for r in mrss:
-            w(f"| {int(r['requests']):,} | {int(r['rss_kb']):,} |")
+        rss_table(w, mrss)
         w("")
 
     ex = read_csv(os.path.join(rdir, "exploder.csv"))
