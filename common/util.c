@@ -140,8 +140,7 @@ int util_fsync_dir(const char *dir)
     return rc;
 }
 
-/* The directory part of path ("." if none), malloc'd. */
-static char *dir_of(const char *path)
+char *util_dir_of(const char *path)
 {
     const char *slash = strrchr(path, '/');
     if (slash == NULL)
@@ -153,7 +152,7 @@ static char *dir_of(const char *path)
 
 static int fsync_parent_dir(const char *path)
 {
-    char *dir = dir_of(path);
+    char *dir = util_dir_of(path);
     int rc;
 
     if (dir == NULL)
@@ -175,7 +174,7 @@ int util_atomic_open(const char *path, mode_t mode, util_atomic_file **afp)
         return UTIL_E_ARGS;
     if ((af = calloc(1, sizeof(*af))) == NULL)
         goto out;
-    if ((af->path = strdup(path)) == NULL || (dir = dir_of(path)) == NULL)
+    if ((af->path = strdup(path)) == NULL || (dir = util_dir_of(path)) == NULL)
         goto out;
 #ifdef O_TMPFILE
     /* An unnamed file: a crash, kill -9 or Ctrl-C before commit leaves

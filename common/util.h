@@ -38,6 +38,10 @@ int util_write_file_atomic(const char *path, const void *data, size_t len, mode_
 /* fsync of a directory, so a rename into it survives a crash. */
 int util_fsync_dir(const char *dir);
 
+/* The directory part of path ("." if it has none, "/" for a file in /),
+ * malloc'd (the caller frees it); NULL when out of memory. */
+char *util_dir_of(const char *path);
+
 /* Same as util_write_file_atomic, but streaming: util_atomic_open gives a FILE* on a temp file next to
  * path; util_atomic_commit fsyncs and renames it into place (and closes);
  * util_atomic_abort unlinks it. Both free *af. */

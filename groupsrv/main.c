@@ -57,7 +57,8 @@ static const char usage_text[] =
     "  check\n"
     "  tls init --dns NAME --out FILE [--key ec:p256|ec:p384] [--subject CN] [--label LABEL] [--days N]\n"
     "  serve\n"
-    "  audit verify [--file PATH]\n"
+    "  audit verify [--file PATH] [--no-follow]\n"
+    "  audit rotate [--file PATH]\n"
     "config: -c FILE, else $GROUPSRV_CONF, else " GS_CONFIG_DEFAULT_PATH "\n";
 
 /* ---- argument handling ------------------------------------------------------ */

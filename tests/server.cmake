@@ -28,3 +28,10 @@ target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync)
 gs_target_warnings(test_audit)
 add_test(NAME unit_audit COMMAND test_audit)
 set_tests_properties(unit_audit PROPERTIES LABELS "unit")
+
+# `groupsrv audit rotate` while the server answers requests, and `audit
+# verify` across the rotated files.
+add_test(NAME server_audit_rotate
+  COMMAND bash ${GS_TEST_DIR}/integration/server-audit-rotate.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_audit_rotate PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

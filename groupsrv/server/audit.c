@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,6 +53,9 @@ struct audit_log {
 };
 
 static int sync_round_when_free_locked(struct audit_log *log);
+static void account_sync_locked(struct audit_log *log, unsigned long long upto, int src, int serr);
+static audit_err lock_current_locked(struct audit_log *log);
+static void unlock_file(int fd);
 
 const char *audit_strerror(audit_err err)
 {
@@ -62,6 +66,7 @@ const char *audit_strerror(audit_err err)
     case AUDIT_ERR_IO: return "audit log cannot be written";
     case AUDIT_ERR_FORMAT: return "audit log line malformed";
     case AUDIT_ERR_CHAIN: return "audit log hash chain broken";
+    case AUDIT_ERR_MISSING: return "an earlier audit log file named by the chain is missing";
     }
     return "unknown audit error";
 }
@@ -74,8 +79,9 @@ static void hash_line(const char *line, size_t len, char hex[2 * SHA256_DIGEST_L
     util_hex(md, sizeof(md), hex);
 }
 
-/* Finds the last line of the file and hashes it into log->prev_hex. */
-static audit_err load_chain_head(struct audit_log *log)
+/* Reads the last line of fd (a readable descriptor) into *line (malloc'd,
+ * NUL instead of its newline; NULL for an empty file). */
+static audit_err read_last_line(int fd, char **line, size_t *len)
 {
     audit_err rc = AUDIT_ERR_IO;
     struct stat st;
@@ -83,9 +89,9 @@ static audit_err load_chain_head(struct audit_log *log)
     size_t want, got = 0;
     off_t start;
 
-    memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
-    log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
-    if (fstat(log->fd, &st) != 0)
+    *line = NULL;
+    *len = 0;
+    if (fstat(fd, &st) != 0)
         goto out;
     if (st.st_size == 0) {
         rc = AUDIT_OK;
@@ -98,7 +104,7 @@ static audit_err load_chain_head(struct audit_log *log)
         goto out;
     }
     while (got < want) {
-        ssize_t n = pread(log->fd, buf + got, want - got, start + (off_t)got);
+        ssize_t n = pread(fd, buf + got, want - got, start + (off_t)got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -116,10 +122,29 @@ static audit_err load_chain_head(struct audit_log *log)
         rc = AUDIT_ERR_FORMAT; /* last line longer than any line we write */
         goto out;
     }
-    hash_line(buf + begin, end - begin, log->prev_hex);
+    memmove(buf, buf + begin, end - begin);
+    buf[end - begin] = '\0';
+    *len = end - begin;
+    *line = buf;
+    buf = NULL;
     rc = AUDIT_OK;
 out:
     free(buf);
+    return rc;
+}
+
+/* Hashes the last line of log->fd into log->prev_hex (zeros if empty). */
+static audit_err load_chain_head(struct audit_log *log)
+{
+    char *line = NULL;
+    size_t len = 0;
+    audit_err rc = read_last_line(log->fd, &line, &len);
+
+    memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
+    log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
+    if (rc == AUDIT_OK && line != NULL)
+        hash_line(line, len, log->prev_hex);
+    free(line);
     return rc;
 }
 
@@ -139,7 +164,8 @@ audit_err audit_open(const char *path, audit_log **out)
     pthread_cond_init(&log->work, NULL);
     if ((log->path = strdup(path)) == NULL)
         goto out;
-    log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    /* Readable too: following a rotation reads the sealed file's end. */
+    log->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (log->fd < 0) {
         rc = AUDIT_ERR_IO;
         goto out;
@@ -195,16 +221,18 @@ static int write_all(int fd, const char *p, size_t len)
 audit_err audit_check(audit_log *log)
 {
     audit_err rc = AUDIT_OK;
-    struct stat st, cur;
 
     if (log == NULL)
         return AUDIT_ERR_ARGS;
     pthread_mutex_lock(&log->mu);
-    /* The file must still be the one we write (not deleted or replaced). */
-    if (fstat(log->fd, &st) != 0 || stat(log->path, &cur) != 0 || st.st_ino != cur.st_ino ||
-        st.st_dev != cur.st_dev) {
+    /* The file must still be the one we write (not deleted or replaced),
+     * or its successor after `audit rotate`. */
+    if (lock_current_locked(log) != AUDIT_OK) {
         rc = AUDIT_ERR_IO;
-    } else if (log->failed) {
+        goto out;
+    }
+    unlock_file(log->fd);
+    if (log->failed) {
         /* After a failure, a sync round (bookkept like any other, so a
          * failure fails what it covered) tells whether the disk works
          * again; then the next append may try. */
@@ -213,6 +241,7 @@ audit_err audit_check(audit_log *log)
         else
             log->failed = 0;
     }
+out:
     pthread_mutex_unlock(&log->mu);
     return rc;
 }
@@ -278,25 +307,17 @@ static json_t *record_json(const audit_record *rec)
     return o;
 }
 
-/* Writes one line (mutex held) and returns its sequence number in *seq. */
-static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+/* Appends o as one line chained to the head (mutex and flock held) and
+ * returns its sequence number in *seq. */
+static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
 {
     audit_err rc;
     char *line = NULL;
     size_t len = 0;
-    struct stat fst, pst;
 
     if ((rc = format_line(log, o, &line, &len)) != AUDIT_OK)
         goto out;
     rc = AUDIT_ERR_IO;
-    /* Records must land in the configured file: if it was deleted or
-     * moved away, writing to the orphaned inode would lose them. */
-    if (fstat(log->fd, &fst) != 0 || stat(log->path, &pst) != 0 || fst.st_ino != pst.st_ino ||
-        fst.st_dev != pst.st_dev) {
-        log->failed = 1;
-        log_error("audit log is no longer at its path path=%s", log->path);
-        goto out;
-    }
     if (write_all(log->fd, line, len) != 0) {
         log->failed = 1;
         log_error("audit append failed path=%s errno=%d", log->path, errno);
@@ -309,6 +330,23 @@ static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long lo
     rc = AUDIT_OK;
 out:
     free(line);
+    return rc;
+}
+
+/* Writes one line (mutex held) and returns its sequence number in *seq. */
+static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+{
+    audit_err rc;
+
+    /* Records must land in the configured file: if it was deleted or
+     * moved away, writing to the orphaned inode would lose them. */
+    if (lock_current_locked(log) != AUDIT_OK) {
+        log->failed = 1;
+        log_error("audit log is no longer at its path path=%s", log->path);
+        return AUDIT_ERR_IO;
+    }
+    rc = put_line_locked(log, o, seq);
+    unlock_file(log->fd);
     return rc;
 }
 
@@ -325,6 +363,14 @@ static int sync_round_locked(struct audit_log *log)
     int serr = errno;
     pthread_mutex_lock(&log->mu);
     log->syncing = 0;
+    account_sync_locked(log, upto, src, serr);
+    return src != 0 ? -1 : 0;
+}
+
+/* Books the result of an fdatasync that covered every record up to upto
+ * (mutex held) and wakes whoever waits for it. */
+static void account_sync_locked(struct audit_log *log, unsigned long long upto, int src, int serr)
+{
     log->rounds++;
     if (src != 0) {
         /* Lines written while the failed sync ran may share its pages, and
@@ -341,7 +387,6 @@ static int sync_round_locked(struct audit_log *log)
     pthread_cond_broadcast(&log->synced);
     if (log->syncer_running)
         pthread_cond_signal(&log->work);
-    return src != 0 ? -1 : 0;
 }
 
 /* Runs a round once no other is running (mutex held). */
@@ -503,19 +548,21 @@ void audit_syncer_stop(audit_log *log)
     pthread_mutex_unlock(&log->mu);
 }
 
-audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex)
+/* Checks the lines of one file against the chain, starting from prev (in:
+ * the hash the first line must name; out: the hash of the last good line).
+ * trust_first: take the first line's "prev" as given (a file checked alone
+ * whose predecessors are elsewhere). */
+static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH + 1], int trust_first,
+                            size_t *lines, size_t *bad_line)
 {
     audit_err rc = AUDIT_ERR_IO;
     FILE *fp = NULL;
     char *line = NULL;
     size_t cap = 0, n = 0;
-    char prev[2 * SHA256_DIGEST_LENGTH + 1];
     ssize_t len;
 
     *lines = 0;
     *bad_line = 0;
-    memset(prev, '0', sizeof(prev) - 1);
-    prev[sizeof(prev) - 1] = '\0';
     if ((fp = fopen(path, "re")) == NULL)
         goto out;
     while ((len = getline(&line, &cap, fp)) >= 0) {
@@ -529,12 +576,14 @@ audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, c
         json_error_t jerr;
         json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
         const char *p = o ? json_string_value(json_object_get(o, "prev")) : NULL;
-        if (p == NULL) {
+        if (p == NULL || strlen(p) != 2 * SHA256_DIGEST_LENGTH) {
             json_decref(o);
             rc = AUDIT_ERR_FORMAT;
             *bad_line = n;
             goto out;
         }
+        if (n == 1 && trust_first)
+            memcpy(prev, p, 2 * SHA256_DIGEST_LENGTH);
         int same = strcmp(p, prev) == 0;
         json_decref(o);
         if (!same) {
@@ -549,10 +598,436 @@ audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, c
         goto out;
     rc = AUDIT_OK;
 out:
-    if (head_hex != NULL)
-        memcpy(head_hex, prev, sizeof(prev));
     free(line);
     if (fp != NULL)
         fclose(fp);
+    return rc;
+}
+
+audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex)
+{
+    char prev[2 * SHA256_DIGEST_LENGTH + 1];
+
+    memset(prev, '0', sizeof(prev) - 1);
+    prev[sizeof(prev) - 1] = '\0';
+    audit_err rc = verify_one(path, prev, 0, lines, bad_line);
+    if (head_hex != NULL)
+        memcpy(head_hex, prev, sizeof(prev));
+    return rc;
+}
+
+/*
+ * Rotation. `groupsrv audit rotate` seals the file with an "audit-rotate"
+ * record naming the archive the file is linked to, and puts at the path a
+ * new file whose first record, "audit-continue", names that archive and
+ * chains to the seal: the hash chain runs on across files, so archiving
+ * never breaks it. Every appender holds flock(2) on its file while it
+ * writes, so a rotation in another process (the admin command while the
+ * server runs) never interleaves with a record; an appender whose file was
+ * sealed and replaced continues in the successor.
+ */
+
+static void unlock_file(int fd)
+{
+    (void)flock(fd, LOCK_UN); /* cannot fail on a descriptor we locked */
+}
+
+static int is_at_path(int fd, const char *path)
+{
+    struct stat fst, pst;
+
+    return fstat(fd, &fst) == 0 && stat(path, &pst) == 0 && fst.st_ino == pst.st_ino &&
+           fst.st_dev == pst.st_dev;
+}
+
+static int fd_at_path(const struct audit_log *log)
+{
+    return is_at_path(log->fd, log->path);
+}
+
+/* Opens the file at path and locks it; a file rotated away while we waited
+ * for its lock is let go and the new one tried. -1 if there is none. */
+static int open_locked_at_path(const char *path)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        if (flock(fd, LOCK_EX) == 0 && is_at_path(fd, path))
+            return fd;
+        close(fd);
+    }
+    return -1;
+}
+
+/* Reads the first line of fd (from offset 0) into *line (malloc'd, NUL in
+ * place of its newline). AUDIT_ERR_FORMAT: empty, unterminated or too long. */
+static audit_err read_first_line(int fd, char **line, size_t *len)
+{
+    char *buf = malloc(AUDIT_MAX_LINE + 1);
+    size_t got = 0;
+    char *nl = NULL;
+
+    *line = NULL;
+    *len = 0;
+    if (buf == NULL)
+        return AUDIT_ERR_NOMEM;
+    while (nl == NULL && got < AUDIT_MAX_LINE + 1) {
+        ssize_t n = pread(fd, buf + got, AUDIT_MAX_LINE + 1 - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            free(buf);
+            return AUDIT_ERR_IO;
+        }
+        if (n == 0)
+            break;
+        nl = memchr(buf + got, '\n', (size_t)n);
+        got += (size_t)n;
+    }
+    if (nl == NULL) {
+        free(buf);
+        return AUDIT_ERR_FORMAT;
+    }
+    *nl = '\0';
+    *len = (size_t)(nl - buf);
+    *line = buf;
+    return AUDIT_OK;
+}
+
+/* 1 if line is a record with this action; *field (may be NULL) receives a
+ * copy of its string member `name` (NULL if absent). */
+static int record_is(const char *line, size_t len, const char *action, const char *name, char **field)
+{
+    json_error_t jerr;
+    json_t *o = line ? json_loadb(line, len, 0, &jerr) : NULL;
+    const char *a = o ? json_string_value(json_object_get(o, "action")) : NULL;
+    const char *v = o && name ? json_string_value(json_object_get(o, name)) : NULL;
+    int yes = a != NULL && strcmp(a, action) == 0;
+
+    if (field != NULL)
+        *field = yes && v != NULL ? strdup(v) : NULL;
+    json_decref(o);
+    return yes && (field == NULL || *field != NULL);
+}
+
+/* Our file is no longer at its path (mutex and our flock held, no sync
+ * round running). If it was sealed chained to our head and the file now at
+ * the path starts with "audit-continue", continue there: what we wrote
+ * before the seal is synced (and booked), the new file locked, its head
+ * loaded. Otherwise the log was deleted or replaced: AUDIT_ERR_IO, with our
+ * flock released. The links between the files are `audit verify`'s to check. */
+static audit_err follow_successor_locked(struct audit_log *log)
+{
+    audit_err rc = AUDIT_ERR_IO;
+    char *last = NULL, *first = NULL, *sealed_prev = NULL;
+    size_t len = 0;
+    int nfd = -1;
+
+    if (read_last_line(log->fd, &last, &len) != AUDIT_OK ||
+        !record_is(last, len, "audit-rotate", "prev", &sealed_prev) ||
+        strcmp(sealed_prev, log->prev_hex) != 0)
+        goto out;
+    if ((nfd = open_locked_at_path(log->path)) < 0)
+        goto out;
+    if (read_first_line(nfd, &first, &len) != AUDIT_OK ||
+        !record_is(first, len, "audit-continue", NULL, NULL))
+        goto out;
+    int src = fdatasync(log->fd);
+    account_sync_locked(log, log->written_seq, src, errno);
+    int sealed_fd = log->fd;
+    char sealed_head[sizeof(log->prev_hex)];
+    memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
+    log->fd = nfd;
+    if ((rc = load_chain_head(log)) != AUDIT_OK) {
+        log->fd = sealed_fd; /* nfd is closed below */
+        memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
+        goto out;
+    }
+    nfd = sealed_fd; /* closing it below drops our lock on the sealed file */
+    log_info("audit log rotated: continuing in the new file path=%s", log->path);
+out:
+    if (rc != AUDIT_OK)
+        unlock_file(log->fd);
+    if (nfd >= 0)
+        close(nfd);
+    free(last);
+    free(first);
+    free(sealed_prev);
+    return rc;
+}
+
+/* Takes the cross-process append lock on the current file (mutex held),
+ * first following it to its successor if it was rotated. May wait for a
+ * running sync round (which uses the descriptor). On failure nothing is
+ * locked. */
+static audit_err lock_current_locked(struct audit_log *log)
+{
+    for (;;) {
+        if (flock(log->fd, LOCK_EX) != 0)
+            return AUDIT_ERR_IO;
+        if (fd_at_path(log))
+            return AUDIT_OK;
+        if (!log->syncing)
+            return follow_successor_locked(log);
+        unlock_file(log->fd);
+        pthread_cond_wait(&log->synced, &log->mu);
+    }
+}
+
+/* a, b and c in one malloc'd string (NULL when out of memory). */
+static char *concat3(const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c), n;
+    char *s;
+
+    if (util_size_add(la, lb, &n) != 0 || util_size_add(n, lc + 1, &n) != 0 || (s = malloc(n)) == NULL)
+        return NULL;
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc + 1);
+    return s;
+}
+
+/* The archive name for a rotation now: PATH.YYYYmmddTHHMMSSZ, with -2, -3,
+ * ... when rotations come faster than once a second. link(2) claims the
+ * name atomically; the first free one is kept, linked to our file. */
+static audit_err link_archive(const char *path, char *archive, size_t cap)
+{
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+
+    if (gmtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
+        return AUDIT_ERR_IO;
+    for (int i = 1; i < 100; i++) {
+        int n = i == 1 ? snprintf(archive, cap, "%s.%s", path, stamp)
+                       : snprintf(archive, cap, "%s.%s-%d", path, stamp, i);
+        if (n < 0 || (size_t)n >= cap)
+            return AUDIT_ERR_ARGS;
+        if (link(path, archive) == 0)
+            return AUDIT_OK;
+        if (errno != EEXIST)
+            return AUDIT_ERR_IO;
+    }
+    return AUDIT_ERR_IO;
+}
+
+/* One rotation record (no request fields) with a string member. */
+static json_t *rotation_json(const char *action, const char *name, const char *value)
+{
+    audit_record r = {.action = action, .key_version = -1};
+    json_t *o = record_json(&r);
+
+    if (o != NULL && json_object_set_new(o, name, json_string(value)) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
+}
+
+/* The successor file (mutex and flock held): a temp file next to the log,
+ * owned like the sealed one so the server's user can append to it when root
+ * rotates; returned locked. */
+static int open_successor(const char *tmp, const struct stat *sealed)
+{
+    int fd = open(tmp, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0)
+        return -1;
+    if ((geteuid() == 0 && fchown(fd, sealed->st_uid, sealed->st_gid) != 0) || flock(fd, LOCK_EX) != 0) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    return fd;
+}
+
+audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
+{
+    audit_err rc = AUDIT_ERR_ARGS;
+    json_t *seal = NULL, *cont = NULL;
+    char *tmp = NULL, *dir = NULL;
+    const char *base;
+    unsigned long long seq = 0;
+    int locked = 0, linked = 0, sealed_fd = -1;
+    struct stat st;
+    char sealed_head[sizeof(log->prev_hex)];
+
+    if (log == NULL || archive == NULL || cap == 0)
+        return AUDIT_ERR_ARGS;
+    archive[0] = '\0';
+    pthread_mutex_lock(&log->mu);
+    /* The descriptor changes below: no sync round may be using it. */
+    for (;;) {
+        if ((rc = lock_current_locked(log)) != AUDIT_OK)
+            goto out;
+        if (!log->syncing)
+            break;
+        unlock_file(log->fd);
+        pthread_cond_wait(&log->synced, &log->mu);
+    }
+    locked = 1;
+    /* Another process may have appended since we read the head. */
+    if ((rc = load_chain_head(log)) != AUDIT_OK)
+        goto out;
+    rc = AUDIT_ERR_NOMEM;
+    if ((dir = util_dir_of(log->path)) == NULL || (tmp = concat3(log->path, ".rotating", "")) == NULL)
+        goto out;
+    rc = AUDIT_ERR_IO;
+    if (fstat(log->fd, &st) != 0)
+        goto out;
+    if ((rc = link_archive(log->path, archive, cap)) != AUDIT_OK)
+        goto out;
+    linked = 1;
+    base = strrchr(archive, '/') ? strrchr(archive, '/') + 1 : archive;
+    rc = AUDIT_ERR_NOMEM;
+    if ((seal = rotation_json("audit-rotate", "archive", base)) == NULL ||
+        (cont = rotation_json("audit-continue", "previous", base)) == NULL)
+        goto out;
+    /* Seal: after this record nothing more goes into this file. */
+    if ((rc = put_line_locked(log, seal, &seq)) != AUDIT_OK)
+        goto out;
+    int src = fdatasync(log->fd);
+    account_sync_locked(log, log->written_seq, src, errno);
+    rc = AUDIT_ERR_IO;
+    if (src != 0)
+        goto out;
+    memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
+    /* The successor starts with a record chained to the seal, and is in
+     * place (rename, directory synced) before anyone may look. */
+    if ((sealed_fd = open_successor(tmp, &st)) < 0)
+        goto out;
+    int t = sealed_fd;
+    sealed_fd = log->fd;
+    log->fd = t;
+    if ((rc = put_line_locked(log, cont, &seq)) != AUDIT_OK)
+        goto out;
+    src = fsync(log->fd);
+    account_sync_locked(log, log->written_seq, src, errno);
+    rc = AUDIT_ERR_IO;
+    if (src != 0 || rename(tmp, log->path) != 0)
+        goto out;
+    linked = 0;
+    if (util_fsync_dir(dir) != UTIL_OK)
+        log_warn("audit rotate: directory sync failed dir=%s", dir);
+    log_info("audit log sealed path=%s archive=%s", log->path, archive);
+    rc = AUDIT_OK;
+out:
+    if (rc != AUDIT_OK && sealed_fd >= 0) {
+        /* Back to the sealed file, still at the path: records go on after
+         * the seal, which verify accepts (a seal is only a record). */
+        close(log->fd);
+        unlink(tmp);
+        log->fd = sealed_fd;
+        sealed_fd = -1;
+        memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
+    }
+    if (sealed_fd >= 0)
+        close(sealed_fd); /* drops the lock: other appenders follow now */
+    if (linked && unlink(archive) == 0)
+        archive[0] = '\0';
+    if (locked)
+        unlock_file(log->fd);
+    pthread_mutex_unlock(&log->mu);
+    json_decref(seal);
+    json_decref(cont);
+    free(tmp);
+    free(dir);
+    return rc;
+}
+
+/* The file named by the "previous" member of path's first record, in
+ * path's directory (malloc'd), or NULL when path starts the chain. The name
+ * must be a plain file name: the chain never leaves the directory. */
+static audit_err predecessor_of(const char *path, char **prev_path)
+{
+    audit_err rc;
+    char *line = NULL, *name = NULL, *dir = NULL;
+    size_t len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    *prev_path = NULL;
+    if (fd < 0)
+        return AUDIT_ERR_IO;
+    rc = read_first_line(fd, &line, &len);
+    close(fd);
+    if (rc == AUDIT_ERR_FORMAT) /* empty or torn: verify_one says where */
+        rc = AUDIT_OK;
+    if (rc != AUDIT_OK || !record_is(line, len, "audit-continue", "previous", &name))
+        goto out;
+    rc = AUDIT_ERR_FORMAT;
+    if (name[0] == '\0' || strchr(name, '/') != NULL || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        goto out;
+    rc = AUDIT_ERR_NOMEM;
+    if ((dir = util_dir_of(path)) == NULL || (*prev_path = concat3(dir, "/", name)) == NULL)
+        goto out;
+    rc = AUDIT_OK;
+out:
+    free(line);
+    free(name);
+    free(dir);
+    return rc;
+}
+
+/* A problem at a file: names it in res. */
+static audit_err chain_fail(audit_verify_result *res, audit_err rc, const char *file, size_t line)
+{
+    (void)util_strlcpy(res->bad_file, file, sizeof(res->bad_file));
+    res->bad_line = line;
+    return rc;
+}
+
+audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res)
+{
+    audit_err rc = AUDIT_ERR_ARGS;
+    char **files = NULL, *prev_path = NULL;
+    size_t nfiles = 0, lines = 0, bad = 0;
+
+    if (path == NULL || res == NULL)
+        return AUDIT_ERR_ARGS;
+    memset(res, 0, sizeof(*res));
+    memset(res->head, '0', sizeof(res->head) - 1);
+    /* Newest first: walk back along the "previous" names. */
+    rc = AUDIT_ERR_NOMEM;
+    if ((files = calloc(AUDIT_MAX_FILES, sizeof(*files))) == NULL || (files[0] = strdup(path)) == NULL)
+        goto out;
+    nfiles = 1;
+    while (follow) {
+        if ((rc = predecessor_of(files[nfiles - 1], &prev_path)) != AUDIT_OK) {
+            rc = chain_fail(res, rc, files[nfiles - 1], 1);
+            goto out;
+        }
+        if (prev_path == NULL)
+            break;
+        if (access(prev_path, F_OK) != 0) {
+            rc = chain_fail(res, AUDIT_ERR_MISSING, prev_path, 0);
+            goto out;
+        }
+        if (nfiles == AUDIT_MAX_FILES) {
+            rc = chain_fail(res, AUDIT_ERR_FORMAT, prev_path, 0);
+            goto out;
+        }
+        files[nfiles++] = prev_path;
+        prev_path = NULL;
+    }
+    /* Oldest first, the chain carried from file to file. */
+    for (size_t i = nfiles; i-- > 0;) {
+        rc = verify_one(files[i], res->head, !follow && i == 0, &lines, &bad);
+        res->lines += lines;
+        res->files++;
+        if (rc != AUDIT_OK) {
+            if (rc == AUDIT_ERR_IO)
+                bad = 0;
+            rc = chain_fail(res, rc, files[i], bad);
+            goto out;
+        }
+    }
+    rc = AUDIT_OK;
+out:
+    for (size_t i = 0; files != NULL && i < nfiles; i++)
+        free(files[i]);
+    free(files);
+    free(prev_path);
     return rc;
 }

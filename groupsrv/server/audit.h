@@ -25,6 +25,7 @@ typedef enum audit_err {
     AUDIT_ERR_IO,       /* open/write/fdatasync failed: the caller must fail closed */
     AUDIT_ERR_FORMAT,   /* verify: a line is not JSON, too long, or lacks "prev" */
     AUDIT_ERR_CHAIN,    /* verify: a line's "prev" does not match the previous line */
+    AUDIT_ERR_MISSING,  /* verify: the earlier file a rotated log names is not there */
 } audit_err;
 
 const char *audit_strerror(audit_err err);
@@ -86,9 +87,36 @@ typedef void (*audit_durable_cb)(void *arg);
 audit_err audit_syncer_start(audit_log *log, audit_durable_cb cb, void *arg);
 void audit_syncer_stop(audit_log *log);
 
+/* Seals the log and continues its chain in a new file (`groupsrv audit
+ * rotate`): links the file to ARCHIVE = PATH.YYYYmmddTHHMMSSZ, appends an
+ * "audit-rotate" record naming it, and puts at PATH a new file (mode 0600,
+ * same owner) whose first record, "audit-continue", names ARCHIVE and
+ * chains to the seal. Everything is synced before it returns. Appenders in
+ * other processes (a running server) hold flock(2) while they write, so the
+ * seal is the archive's last line; they continue in the new file at their
+ * next write or audit_check. archive (cap bytes) receives ARCHIVE's path.
+ * AUDIT_ERR_FORMAT: the last line is torn (repair it first); AUDIT_ERR_IO:
+ * nothing was rotated, or (seal written, new file not in place) records go
+ * on after the seal in the same file. */
+audit_err audit_rotate(audit_log *log, char *archive, size_t cap);
+
 /* Verifies a whole file. On return *lines is the number of good lines and
  * *bad_line the 1-based line number of the first problem (0 if none);
  * head_hex (65 bytes, may be NULL) receives the hash of the last line. */
 audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, char *head_hex);
+
+/* Verifies a rotated log: path and, following each file's "audit-continue"
+ * record back to its "previous" file (in the same directory), every file
+ * before it, oldest first, the chain carried across files. follow = 0:
+ * path alone, its first line's "prev" taken as given. */
+#define AUDIT_MAX_FILES 100000
+typedef struct audit_verify_result {
+    size_t files;         /* files checked */
+    size_t lines;         /* good lines in them */
+    size_t bad_line;      /* 1-based line of the problem in bad_file; 0 if none or the file is missing */
+    char bad_file[4096];  /* the file with the problem, or the missing one */
+    char head[65];        /* hex hash of the last good line */
+} audit_verify_result;
+audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res);
 
 #endif

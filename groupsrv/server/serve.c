@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -267,38 +268,85 @@ out:
     return rc;
 }
 
+#define AUDIT_USAGE                                                                                          \
+    "usage: groupsrv [-c FILE] audit verify [--file PATH] [--no-follow]\n"                                   \
+    "       groupsrv [-c FILE] audit rotate [--file PATH]\n"
+
+/* groupsrv audit verify: exit 0 good, 1 unreadable or an earlier file
+ * missing, 3 broken chain or malformed line. */
+static int audit_verify_cmd(const char *file, int follow)
+{
+    audit_verify_result res;
+    audit_err e = audit_verify_chain(file, follow, &res);
+
+    if (e == AUDIT_OK) {
+        if (res.files > 1)
+            printf("ok: %zu lines in %zu files, chain head %s\n", res.lines, res.files, res.head);
+        else
+            printf("ok: %zu lines, chain head %s\n", res.lines, res.head);
+        return 0;
+    }
+    if (e == AUDIT_ERR_MISSING) {
+        fprintf(stderr, "groupsrv audit verify: %s: %s (%zu good lines after it)\n", res.bad_file,
+                audit_strerror(e), res.lines);
+        return 1;
+    }
+    if (e == AUDIT_ERR_IO || e == AUDIT_ERR_NOMEM || e == AUDIT_ERR_ARGS) {
+        fprintf(stderr, "groupsrv audit verify: %s: %s\n", res.bad_file[0] ? res.bad_file : file,
+                e == AUDIT_ERR_IO ? strerror(errno) : audit_strerror(e));
+        return 1;
+    }
+    fprintf(stderr, "groupsrv audit verify: %s: line %zu: %s (%zu good lines before it)\n", res.bad_file,
+            res.bad_line, audit_strerror(e), res.lines);
+    return 3;
+}
+
+/* groupsrv audit rotate: exit 0 rotated, 1 failed, 3 last line torn. */
+static int audit_rotate_cmd(const char *file)
+{
+    audit_log *log = NULL;
+    char archive[4096];
+    struct stat st;
+    audit_err e;
+
+    if (stat(file, &st) != 0) {
+        fprintf(stderr, "groupsrv audit rotate: %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    if ((e = audit_open(file, &log)) == AUDIT_OK)
+        e = audit_rotate(log, archive, sizeof(archive));
+    audit_close(log);
+    if (e == AUDIT_OK) {
+        printf("sealed %s as %s; %s continues the chain\n", file, archive, file);
+        return 0;
+    }
+    fprintf(stderr, "groupsrv audit rotate: %s: %s\n", file, audit_strerror(e));
+    return e == AUDIT_ERR_FORMAT ? 3 : 1;
+}
+
 int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
 {
     const char *file = cfg ? cfg->audit.path : NULL;
-    size_t lines = 0, bad = 0;
-    char head[65];
+    int follow = 1, verify;
 
-    if (argc < 2 || strcmp(argv[1], "verify") != 0) {
-        fprintf(stderr, "usage: groupsrv [-c FILE] audit verify [--file PATH]\n");
+    if (argc < 2 || (strcmp(argv[1], "verify") != 0 && strcmp(argv[1], "rotate") != 0)) {
+        fprintf(stderr, AUDIT_USAGE);
         return 2;
     }
+    verify = strcmp(argv[1], "verify") == 0;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--file") == 0 && i + 1 < argc)
             file = argv[++i];
+        else if (verify && strcmp(argv[i], "--no-follow") == 0)
+            follow = 0;
         else {
-            fprintf(stderr, "usage: groupsrv [-c FILE] audit verify [--file PATH]\n");
+            fprintf(stderr, AUDIT_USAGE);
             return 2;
         }
     }
     if (file == NULL) {
-        fprintf(stderr, "groupsrv audit verify: no audit file ([audit] path or --file)\n");
+        fprintf(stderr, "groupsrv audit %s: no audit file ([audit] path or --file)\n", argv[1]);
         return 2;
     }
-    audit_err e = audit_verify_file(file, &lines, &bad, head);
-    if (e == AUDIT_OK) {
-        printf("ok: %zu lines, chain head %s\n", lines, head);
-        return 0;
-    }
-    if (e == AUDIT_ERR_IO) {
-        fprintf(stderr, "groupsrv audit verify: %s: %s\n", file, strerror(errno));
-        return 1;
-    }
-    fprintf(stderr, "groupsrv audit verify: %s: line %zu: %s (%zu good lines before it)\n", file, bad,
-            audit_strerror(e), lines);
-    return 3;
+    return verify ? audit_verify_cmd(file, follow) : audit_rotate_cmd(file);
 }

@@ -5,6 +5,7 @@
  * is wrapped at link time (-Wl,--wrap=fdatasync) so a test can make it fail
  * or slow it down; everything else is the real file system.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -427,6 +428,216 @@ static void test_torn_last_line_refused(void **state)
     assert_null(log);
 }
 
+/* Rotation tests leave archives next to the log: remove every file. */
+static int teardown_all(void **state)
+{
+    struct fx *f = *state;
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    char p[512];
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
+        unlink(p);
+    }
+    if (d != NULL)
+        closedir(d);
+    return teardown(state);
+}
+
+static audit_verify_result chain_ok(const char *path, size_t files, size_t lines)
+{
+    audit_verify_result res;
+    audit_err rc = audit_verify_chain(path, 1, &res);
+    if (rc != AUDIT_OK)
+        fail_msg("verify_chain: %s at %s:%zu", audit_strerror(rc), res.bad_file, res.bad_line);
+    assert_int_equal(res.files, files);
+    assert_int_equal(res.lines, lines);
+    return res;
+}
+
+/* The last line of a file, without its newline. */
+static void last_line(const char *path, char *buf, size_t cap)
+{
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    buf[0] = '\0';
+    char line[8192];
+    while (fgets(line, sizeof(line), fp) != NULL)
+        snprintf(buf, cap, "%s", line);
+    fclose(fp);
+    buf[strcspn(buf, "\n")] = '\0';
+}
+
+static void test_rotate_continues_chain_in_new_file(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char archive[256], line[8192];
+
+    write_records(f, 3);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, archive, sizeof(archive)), AUDIT_OK);
+    assert_int_equal(strncmp(archive, f->path, strlen(f->path)), 0);
+    assert_int_equal(archive[strlen(f->path)], '.');
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+
+    /* archive: 3 records and the seal naming it; new file: the
+     * continuation naming the archive, then the 2 new records */
+    last_line(archive, line, sizeof(line));
+    assert_non_null(strstr(line, "\"action\":\"audit-rotate\""));
+    assert_non_null(strstr(line, strrchr(archive, '/') + 1));
+    assert_int_equal(verify(archive), 4);
+    chain_ok(f->path, 2, 7);
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* alone, the new file does not start the chain; --no-follow takes its
+     * first link as given */
+    size_t lines = 0, bad = 0;
+    assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_CHAIN);
+    assert_int_equal(bad, 1);
+    audit_verify_result res;
+    assert_int_equal(audit_verify_chain(f->path, 0, &res), AUDIT_OK);
+    assert_int_equal(res.lines, 3);
+}
+
+/* A running server's log (a) is rotated by another process's handle (b):
+ * a's next check and write land in the new file, on the same chain. */
+static void test_appender_follows_rotation_by_another(void **state)
+{
+    struct fx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+    char archive[256];
+
+    assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &b), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK); /* after b read the head */
+    assert_int_equal(audit_rotate(b, archive, sizeof(archive)), AUDIT_OK);
+    audit_close(b);
+    assert_int_equal(audit_check(a), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    audit_close(a);
+    assert_int_equal(verify(archive), 3);
+    chain_ok(f->path, 2, 5);
+}
+
+/* A file at the path that is not the sealed log's successor (a restore
+ * or a mistake) is never written to: records would be lost from the chain. */
+static void test_replaced_file_not_followed(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char moved[128];
+
+    write_records(f, 2);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    snprintf(moved, sizeof(moved), "%s/moved", f->dir);
+    assert_int_equal(rename(f->path, moved), 0);
+    write_records(f, 1); /* a fresh log at the path */
+    assert_int_equal(audit_check(log), AUDIT_ERR_IO);
+    assert_int_equal(audit_append(log, &r), AUDIT_ERR_IO);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 1);
+    assert_int_equal(verify(moved), 2);
+}
+
+static void test_verify_names_missing_and_edited_archive(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    char first[256], second[256], save[300];
+    audit_verify_result res;
+
+    write_records(f, 2);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, first, sizeof(first)), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, second, sizeof(second)), AUDIT_OK);
+    audit_close(log);
+    assert_string_not_equal(first, second); /* same second: -2 suffix */
+    chain_ok(f->path, 3, 2 + 2 + 2);
+
+    snprintf(save, sizeof(save), "%s.save", first);
+    assert_int_equal(rename(first, save), 0);
+    assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_MISSING);
+    assert_string_equal(res.bad_file, first);
+
+    /* an edited record in the oldest file breaks the chain there */
+    FILE *in = fopen(save, "r"), *out = fopen(first, "w");
+    assert_non_null(in);
+    assert_non_null(out);
+    char line[8192];
+    for (int n = 1; fgets(line, sizeof(line), in) != NULL; n++) {
+        char *p = n == 2 ? strstr(line, "\"outcome\":\"ok\"") : NULL;
+        if (p != NULL)
+            memcpy(p, "\"outcome\":\"no\"", 14);
+        fputs(line, out);
+    }
+    fclose(in);
+    fclose(out);
+    unlink(save);
+    assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_CHAIN);
+    assert_string_equal(res.bad_file, first);
+    assert_int_equal(res.bad_line, 3);
+}
+
+struct rotator {
+    const char *path;
+    int n;
+    int failures;
+};
+
+static void *rotate_many(void *arg)
+{
+    struct rotator *ro = arg;
+    char archive[256];
+    for (int i = 0; i < ro->n; i++) {
+        audit_log *log = NULL;
+        if (audit_open(ro->path, &log) != AUDIT_OK || audit_rotate(log, archive, sizeof(archive)) != AUDIT_OK)
+            ro->failures++;
+        audit_close(log);
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 3000000L};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+/* Appenders (with the background syncer, as the server runs) and another
+ * handle rotating over and over: no record lost, one chain across files. */
+static void test_rotation_under_concurrent_appends(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    pthread_t th[3], rt;
+    struct appender a[3];
+    struct rotator ro = {.path = f->path, .n = 5};
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
+    atomic_store(&sync_delay_ms, 1);
+    for (int i = 0; i < 3; i++) {
+        a[i] = (struct appender){.log = log, .n = 40};
+        assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
+    }
+    assert_int_equal(pthread_create(&rt, NULL, rotate_many, &ro), 0);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].failures, 0);
+    }
+    pthread_join(rt, NULL);
+    assert_int_equal(ro.failures, 0);
+    audit_close(log);
+    chain_ok(f->path, 6, 120 + 2 * 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +652,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_syncer_stop_syncs_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_last_line_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_verify_names_missing_and_edited_archive, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_rotation_under_concurrent_appends, setup, teardown_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
