@@ -48,6 +48,7 @@ void xp_conf_free(xp_conf *c)
     free(c->tls_cert);
     free(c->tls_priv_path);
     free(c->tls_ca);
+    free(c->log_file);
     free(c);
 }
 
@@ -150,6 +151,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
             c->log_level = l;
             return 1;
         }
+        if (strcmp(name, "file") == 0)
+            return set_str(&c->log_file, value);
     }
     return 0;
 }

@@ -25,6 +25,7 @@ int main(int argc, char **argv)
 {
     const char *conf_path = NULL, *cmd;
     xp_conf *c = NULL;
+    FILE *log_fp = NULL;
     int i = 1, verbose = 0, ex, line = 0;
     xp_err rc;
 
@@ -62,6 +63,14 @@ int main(int argc, char **argv)
         return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
     }
     log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
+    /* Under an MTA's pipe transport, stderr becomes the bounce text: the
+     * diagnostic log goes to its file, stderr keeps the one-line reason. */
+    if (c->log_file != NULL) {
+        if ((log_fp = fopen(c->log_file, "ae")) != NULL)
+            log_init("exploder", verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level, log_fp);
+        else
+            log_warn("cannot open the log file, logging to stderr path=%s", c->log_file);
+    }
     if (c->spool_path == NULL) {
         fprintf(stderr, "exploder: %s: [spool] path is required\n", conf_path);
         xp_conf_free(c);
@@ -83,5 +92,9 @@ int main(int argc, char **argv)
     }
     curl_global_cleanup();
     xp_conf_free(c);
+    if (log_fp != NULL) {
+        log_init("exploder", LOG_LVL_ERROR, NULL);
+        fclose(log_fp);
+    }
     return ex;
 }

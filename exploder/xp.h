@@ -58,6 +58,7 @@ typedef struct xp_conf {
     char *tls_cert, *tls_priv_path, *tls_ca; /* paths; tls_priv_path: the private key FILE (never the key) */
     /* [log] */
     int log_level;
+    char *log_file;            /* diagnostic log appended to (NULL: standard error) */
 } xp_conf;
 
 /* Reads an INI file (NULL path: defaults only, spool path required later).

@@ -285,7 +285,7 @@ static void test_conf(void **state)
     int line = 0;
     snprintf(path, sizeof(path), "%s/x.conf", dir);
     const char *good = "[spool]\npath = /var/spool/x\n[delivery]\nrelay = smtp://127.0.0.1:25\nbatch_size = 7\n"
-                       "starttls = required\nmax_age = 60\n";
+                       "starttls = required\nmax_age = 60\n[log]\nfile = /var/log/x/exploder.log\n";
     assert_int_equal(util_write_file_atomic(path, good, strlen(good), 0600), UTIL_OK);
     assert_int_equal(xp_conf_load(path, &c, &line), XP_OK);
     assert_string_equal(c->spool_path, "/var/spool/x");
@@ -293,6 +293,7 @@ static void test_conf(void **state)
     assert_int_equal(c->starttls, XP_STARTTLS_REQUIRED);
     assert_int_equal(c->max_age, 60);
     assert_int_equal(c->retry_min, 60);
+    assert_string_equal(c->log_file, "/var/log/x/exploder.log");
     xp_conf_free(c);
     const char *bad = "[spool]\npath = /x\n[delivery]\nbatch_sise = 7\n";
     assert_int_equal(util_write_file_atomic(path, bad, strlen(bad), 0600), UTIL_OK);
