@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# package-install-tree.sh BUILD SRC PREFIX: `cmake --install` of this build
+# into an empty DESTDIR installs exactly the files listed in
+# tests/package/install-tree.txt (mode and path below the prefix) and
+# nothing outside the prefix; the example configurations load in the
+# programs; the man pages have a NAME line and render without a groff
+# warning (lintian's check, at its two widths); the logrotate files parse
+# and never name the audit log.
+set -euo pipefail
+BUILD=$1 SRC=$2 PREFIX=$3
+W=$(mktemp -d "${GS_TEST_WORK:-/tmp}/install-tree.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+DESTDIR="$W/root" cmake --install "$BUILD" >"$W/install.log" 2>&1 || fail "cmake --install: $(tail -5 "$W/install.log")"
+root=$W/root$PREFIX
+[ -d "$root" ] || fail "nothing installed below $PREFIX"
+outside=$(find "$W/root" -mindepth 1 \( -type f -o -type l \) -not -path "$root/*")
+[ -z "$outside" ] || fail "installed outside the prefix: $outside"
+(cd "$root" && find . -mindepth 1 \( -type f -o -type l \) -printf '%m %P\n' | LC_ALL=C sort) >"$W/tree"
+if ! diff -u <(grep -v '^#' "$SRC/tests/package/install-tree.txt") "$W/tree" >"$W/tree.diff"; then
+  fail "installed tree differs from tests/package/install-tree.txt (- expected, + installed):
+$(cat "$W/tree.diff")"
+fi
+ok "installed tree: $(wc -l <"$W/tree") files as listed"
+
+# The units name the installed programs and configuration.
+grep -qx "ExecStart=$PREFIX/bin/groupsrv -c .*/groupsrv/groupsrv.conf serve" "$root/lib/systemd/system/groupsrv.service" ||
+  fail "groupsrv.service ExecStart: $(grep ExecStart "$root/lib/systemd/system/groupsrv.service")"
+grep -qx "ExecStart=$PREFIX/bin/exploder -c .*/groupsrv/exploder.conf run" "$root/lib/systemd/system/exploder.service" ||
+  fail "exploder.service ExecStart"
+
+# Example configurations: every key known (a bad one is exit 5 / 78).
+doc=$root/share/doc
+rc=0
+"$root/bin/groupsrv" -c "$doc/groupsrv/examples/groupsrv.conf" group list >/dev/null 2>"$W/gs.err" || rc=$?
+[ "$rc" = 3 ] && grep -q "does not exist" "$W/gs.err" || fail "groupsrv example config: exit $rc: $(cat "$W/gs.err")"
+sed -e "s|/var/spool/exploder|$W/spool|" -e "s|/var/log/exploder/|$W/|" "$doc/exploder/examples/exploder.conf" >"$W/xp.conf"
+cmp -s "$W/xp.conf" "$doc/exploder/examples/exploder.conf" && fail "exploder example: paths not replaced"
+rc=0
+"$root/bin/exploder" -c "$W/xp.conf" list show nosuch@lists.example.org >/dev/null 2>"$W/xp.err" || rc=$?
+[ "$rc" = 1 ] && grep -q "not found" "$W/xp.err" || fail "exploder example config: exit $rc: $(cat "$W/xp.err")"
+ok "example configurations load"
+
+for p in groupsrv exploder groupmail; do
+  page=$root/share/man/man1/$p.1
+  lexgrog "$page" | grep -q "\"$p - " || fail "$p.1: no NAME line: $(lexgrog "$page" 2>&1)"
+  for width in 80 120; do
+    warn=$(env -i PATH="$PATH" LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=$width \
+      man --warnings -E UTF-8 -l -Tutf8 -Z "$page" 2>&1 >/dev/null)
+    [ -z "$warn" ] || fail "$p.1 at width $width: $warn"
+  done
+  MANWIDTH=80 man -l "$page" 2>/dev/null | grep -q '^SYNOPSIS' || fail "$p.1 has no SYNOPSIS"
+done
+ok "man pages: NAME lines, no groff warnings"
+
+for f in groupsrv exploder; do
+  logrotate -d -s "$W/logrotate.state" "$root/etc/logrotate.d/$f" >"$W/lr.log" 2>&1 ||
+    fail "logrotate $f: $(tail -5 "$W/lr.log")"
+  grep -v '^#' "$root/etc/logrotate.d/$f" | grep -q audit && fail "logrotate $f names the audit log"
+done
+ok "logrotate files parse"
