@@ -6,3 +6,22 @@ add_test(NAME package_install_tree
           ${CMAKE_INSTALL_PREFIX})
 set_tests_properties(package_install_tree PROPERTIES LABELS "integration" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# The Debian packages: built from this tree with dpkg-buildpackage and
+# checked by lintian (package_deb_build), then installed on this machine,
+# used (the group server as docs/operations.md sets it up, docs/postfix.md
+# step by step with a private Postfix) and purged (package_deb_system; it
+# needs root, as CI has, and holds a lock so two runs on one machine take
+# turns). Release pass only (label "package", excluded by scripts/test
+# from the sanitizer pass): the package build makes its own optimised
+# build of the programs, so an ASan/UBSan build adds nothing here.
+set(GS_DEB_DIR ${GS_TEST_WORK}/debs)
+add_test(NAME package_deb_build
+  COMMAND bash ${GS_TEST_DIR}/integration/package-deb-build.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
+set_tests_properties(package_deb_build PROPERTIES LABELS "integration;package" TIMEOUT 600
+  FIXTURES_SETUP gs_debs)
+add_test(NAME package_deb_system
+  COMMAND bash ${GS_TEST_DIR}/integration/package-deb-system.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
+set_tests_properties(package_deb_system PROPERTIES LABELS "integration;package" TIMEOUT 600
+  FIXTURES_REQUIRED gs_debs RESOURCE_LOCK gs_system_packages
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# package-deb-system.sh SRC DEBS: the Debian packages that
+# package-deb-build.sh left in DEBS, installed on this machine (as root,
+# as CI runs), used and purged again:
+#   - the service users and their directories, with their owners and modes;
+#   - `systemd-analyze verify` on the units, and the exposure
+#     `systemd-analyze security --offline=true` gives them (<= 2.0, and the
+#     figure docs/operations.md reports);
+#   - `groupsrv --help`, `man groupsrv` (and the other two);
+#   - a group server set up as docs/operations.md says (a SoftHSM token of
+#     its own in /var/lib/groupsrv, the TLS key on it), `groupsrv check` as
+#     the service user, `groupsrv serve` running as groupsrv;
+#   - docs/postfix.md run step by step (package-postfix.sh);
+#   - `groupsrv audit rotate` by root under the running server, logrotate
+#     on the diagnostic logs, the audit log left alone;
+#   - purge: nothing left but the two system users (Debian policy keeps them).
+# One run at a time on a machine (a lock), and the packages are purged
+# whatever happens, so other test runs see a clean system.
+set -euo pipefail
+SRC=$1 DEBS=$2
+PKGS=(groupsrv exploder groupmail)
+fail() {
+  echo "FAIL: $*" >&2
+  [ -f /var/log/groupsrv/groupsrv.log ] && tail -n 20 /var/log/groupsrv/groupsrv.log >&2
+  exit 1
+}
+ok() { echo "ok: $*"; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+installed() { dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null | grep -qv '^not-installed$'; }
+purge() { flock /tmp/apt.lock dpkg --purge "${PKGS[@]}" >>"$W/purge.log" 2>&1; }
+
+[ "$(id -u)" = 0 ] || fail "installs packages: run as root (CI does)"
+for p in "${PKGS[@]}"; do compgen -G "$DEBS/${p}_*.deb" >/dev/null || fail "no $p package in $DEBS"; done
+W=$(mktemp -d "${GS_TEST_WORK:-/tmp}/package.XXXXXX")
+chmod 0755 "$W" # Postfix, its delivery agents and the service users look in here
+srv_pid=
+cleanup() {
+  set +e
+  [ -n "$srv_pid" ] && kill "$srv_pid" 2>/dev/null && wait "$srv_pid" 2>/dev/null
+  declare -F postfix_cleanup >/dev/null && postfix_cleanup
+  # KEEP_INSTALLED=1 (debugging only) leaves a failed run's packages installed.
+  if [ "${KEEP_INSTALLED:-0}" != 1 ]; then
+    for p in "${PKGS[@]}"; do installed "$p" && { purge; break; }; done
+  fi
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+exec 9>/tmp/groupsrv-package-test.lock
+flock 9
+for p in "${PKGS[@]}"; do installed "$p" && { echo "purging $p left by an earlier run" >&2; purge; }; done
+
+# ---- install ----
+flock /tmp/apt.lock dpkg -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb "$DEBS"/groupmail_*.deb \
+  >"$W/install.log" 2>&1 || fail "dpkg -i: $(tail -20 "$W/install.log")"
+grep -qi 'warning\|error\|fail' "$W/install.log" && fail "dpkg -i said: $(grep -i 'warning\|error\|fail' "$W/install.log")"
+ok "installed ${PKGS[*]}"
+for u in groupsrv:/var/lib/groupsrv exploder:/var/spool/exploder; do
+  ent=$(getent passwd "${u%%:*}") || fail "no user ${u%%:*}"
+  [ "$(cut -d: -f6,7 <<<"$ent")" = "${u#*:}:/usr/sbin/nologin" ] || fail "user ${u%%:*}: $ent"
+  [ "$(cut -d: -f3 <<<"$ent")" -lt 1000 ] || fail "${u%%:*} is not a system user: $ent"
+done
+want_mode() { [ "$(stat -c '%U:%G %a' "$1")" = "$2" ] || fail "$1: $(stat -c '%U:%G %a' "$1"), want $2"; }
+want_mode /etc/groupsrv "root:root 755"
+want_mode /var/lib/groupsrv "groupsrv:groupsrv 700"
+want_mode /var/log/groupsrv "groupsrv:groupsrv 750"
+want_mode /var/spool/exploder "exploder:exploder 700"
+want_mode /var/log/exploder "exploder:exploder 750"
+ok "users and directories"
+
+# ---- units ----
+units=(/lib/systemd/system/groupsrv.service /lib/systemd/system/exploder.service)
+# verify also runs `man 1 PROG` for Documentation=man:...: at a width other
+# than man's default, man-db keeps no formatted copy in /var/cache/man (the
+# package does not own those; man-db's cron clears them).
+out=$(MANWIDTH=100 systemd-analyze verify "${units[@]}" 2>&1) || fail "systemd-analyze verify: $out"
+[ -z "$out" ] || fail "systemd-analyze verify: $out"
+ok "systemd-analyze verify: no complaint"
+for u in "${units[@]}"; do
+  n=$(basename "$u")
+  systemd-analyze security --offline=true "$u" >"$W/security-$n" 2>&1 || true
+  level=$(sed -n "s/^→ Overall exposure level for $n: \([0-9.]*\) .*/\1/p" "$W/security-$n")
+  [ -n "$level" ] || fail "no exposure for $n: $(tail -3 "$W/security-$n")"
+  awk -v l="$level" 'BEGIN { exit !(l <= 2.0) }' || fail "$n: exposure $level > 2.0: $(grep '✗' "$W/security-$n")"
+  grep -q "| \`$n\` | $level |" "$SRC/docs/operations.md" ||
+    fail "docs/operations.md does not report $n at $level: $(grep '✗' "$W/security-$n")"
+  ok "systemd-analyze security --offline=true: $n exposure $level"
+done
+
+# ---- commands and manuals ----
+groupsrv --help | grep -q '^usage: groupsrv' || fail "groupsrv --help"
+exploder --help 2>&1 | grep -q '^usage: exploder' || fail "exploder --help"
+groupmail --help 2>&1 | grep -q '^usage: groupmail' || fail "groupmail --help"
+# (MANWIDTH: see systemd-analyze verify above.)
+for p in groupsrv exploder groupmail; do
+  page=$(MANPAGER=cat MANWIDTH=100 man "$p" 2>"$W/man.err") || fail "man $p: $(cat "$W/man.err")"
+  grep -q "^NAME" <<<"$page" && grep -Eq "^ +$p +- " <<<"$page" || fail "man $p: no NAME: $(head -5 <<<"$page")"
+done
+man -w groupsrv | grep -qx /usr/share/man/man1/groupsrv.1.gz || fail "man -w groupsrv: $(man -w groupsrv)"
+ok "--help and man pages of the three programs"
+
+# ---- a group server, set up as docs/operations.md says ----
+export SOFTHSM2_CONF=/var/lib/groupsrv/softhsm/softhsm2.conf
+"$SRC/scripts/provision-softhsm" /var/lib/groupsrv/softhsm groupsrv >/dev/null
+chown -R groupsrv:groupsrv /var/lib/groupsrv/softhsm
+install -m 0600 -o groupsrv -g groupsrv /var/lib/groupsrv/softhsm/user-pin /etc/groupsrv/pin
+GSPORT=$(free_port)
+CPORT=$(free_port)
+sed -e "s|^listen = 0.0.0.0:8443|listen = 127.0.0.1:$GSPORT|" -e "s|^listen = 0.0.0.0:8444|listen = 127.0.0.1:$CPORT|" \
+  -e "s|^key = /etc/groupsrv/server.key|key = pkcs11:token=groupsrv;object=tls;type=private|" \
+  -e "s|^module = .*|module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}|" \
+  /usr/share/doc/groupsrv/examples/groupsrv.conf | install -m 0640 -o root -g groupsrv /dev/stdin /etc/groupsrv/groupsrv.conf
+gs() { runuser -u groupsrv -- groupsrv "$@"; }
+gs ca init --key rsa:2048 >/dev/null || fail "ca init as groupsrv"
+gs group create eng --address eng@lists.example.org --key rsa:2048 >/dev/null ||
+  fail "group create"
+gs tls init --dns localhost --out /var/lib/groupsrv/server.pem >/dev/null || fail "tls init"
+install -m 0644 /var/lib/groupsrv/server.pem /etc/groupsrv/server.pem
+MEMBERS=$W/members
+install -d -m 0700 -o groupsrv -g groupsrv /var/lib/groupsrv/members
+for m in alice bob; do
+  gs member add eng "$m@example.org" --issue-cert --out /var/lib/groupsrv/members >/dev/null || fail "member add $m"
+done
+mv /var/lib/groupsrv/members "$MEMBERS"
+gs check >"$W/check.out" 2>&1 || fail "groupsrv check as groupsrv: $(cat "$W/check.out")"
+grep -q PROBLEM "$W/check.out" && fail "groupsrv check: $(cat "$W/check.out")"
+ok "groupsrv check as the service user: $(grep -c ' OK' "$W/check.out") rows OK"
+# As the unit runs it: the service user, the diagnostic log appended to.
+runuser -u groupsrv -- /usr/bin/groupsrv -c /etc/groupsrv/groupsrv.conf serve >>/var/log/groupsrv/groupsrv.log 2>&1 &
+srv_pid=$!
+gs ca show >"$W/localca.pem"
+for _ in $(seq 1 100); do
+  curl -sS --cacert "$W/localca.pem" -o /dev/null "https://localhost:$GSPORT/healthz" 2>/dev/null && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "groupsrv serve exited"
+  sleep 0.1
+done
+curl -sS --cacert "$W/localca.pem" -o /dev/null "https://localhost:$GSPORT/healthz" || fail "server not healthy"
+ok "groupsrv serve runs as groupsrv, TLS key on the token"
+
+# ---- docs/postfix.md, every step ----
+. "$SRC/tests/integration/package-postfix.sh"
+
+# ---- the audit log: rotated by root under the running server ----
+audit=/var/log/groupsrv/audit.jsonl
+before=$(wc -l <"$audit")
+groupsrv audit rotate >"$W/rotate.out" || fail "audit rotate as root: $(cat "$W/rotate.out")"
+want_mode "$audit" "groupsrv:groupsrv 600"
+pf_send_encrypted "after the rotation" "$W/third.eml"
+pf_wait_mail alice "after the rotation"
+[ "$(wc -l <"$audit")" -gt 1 ] || fail "the server did not write on in the new audit file"
+v=$(gs audit verify) || fail "audit verify: $v"
+[[ "$v" == "ok: "*" lines in 2 files, chain head "* ]] || fail "audit verify: $v"
+ok "audit rotate by root while serving ($before records sealed): $v"
+
+# ---- logrotate: the diagnostic logs, never the audit log ----
+audit_id=$(stat -c %i "$audit")
+archive=$(sed -n 's/^sealed .* as \(.*\); .* continues the chain$/\1/p' "$W/rotate.out")
+logrotate -f -s "$W/logrotate.state" /etc/logrotate.d/groupsrv /etc/logrotate.d/exploder >"$W/logrotate.log" 2>&1 ||
+  fail "logrotate: $(cat "$W/logrotate.log")"
+for l in /var/log/groupsrv/groupsrv.log /var/log/exploder/exploder.log; do
+  [ -s "$l.1" ] || fail "logrotate did not rotate $l: $(ls -l "$(dirname "$l")")"
+done
+[ "$(stat -c %i "$audit")" = "$audit_id" ] && [ -f "$archive" ] || fail "logrotate touched the audit log"
+gs audit verify >/dev/null || fail "audit chain after logrotate"
+ok "logrotate rotated groupsrv.log and exploder.log, not the audit log"
+
+# ---- purge ----
+kill "$srv_pid"
+wait "$srv_pid" 2>/dev/null || true
+srv_pid=
+postfix_cleanup
+purge || fail "dpkg --purge: $(tail -20 "$W/purge.log")"
+for p in "${PKGS[@]}"; do installed "$p" && fail "$p still known to dpkg after purge"; done
+left=$(find /etc /usr /lib /var/lib /var/log /var/spool /var/cache/man \
+  \( -name '*groupsrv*' -o -name '*exploder*' -o -name '*groupmail*' \) -not -path "$W/*" 2>/dev/null || true)
+[ -z "$left" ] || fail "left after purge: $left"
+getent passwd groupsrv >/dev/null && getent passwd exploder >/dev/null || fail "purge removed a system user"
+ok "purged: nothing left but the users groupsrv and exploder (kept by policy)"
