@@ -391,24 +391,37 @@ static void *append_many(void *arg)
     return NULL;
 }
 
+/* nthreads threads append 40 records each to log (its syncer running, as
+ * in the server); during(arg), if given, runs meanwhile. All must succeed. */
+static void run_appenders(audit_log *log, int nthreads, void *(*during)(void *), void *arg)
+{
+    pthread_t th[8], other;
+    struct appender a[8];
+
+    assert_true(nthreads <= 8);
+    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
+    for (int i = 0; i < nthreads; i++) {
+        a[i] = (struct appender){.log = log, .n = 40};
+        assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
+    }
+    if (during != NULL)
+        assert_int_equal(pthread_create(&other, NULL, during, arg), 0);
+    for (int i = 0; i < nthreads; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].failures, 0);
+    }
+    if (during != NULL)
+        pthread_join(other, NULL);
+}
+
 static void test_concurrent_appenders_one_chain(void **state)
 {
     struct fx *f = *state;
     audit_log *log = NULL;
-    pthread_t th[4];
-    struct appender a[4];
 
     assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
     atomic_store(&sync_delay_ms, 2);
-    for (int i = 0; i < 4; i++) {
-        a[i] = (struct appender){.log = log, .n = 40};
-        assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(a[i].failures, 0);
-    }
+    run_appenders(log, 4, NULL, NULL);
     assert_true(atomic_load(&sync_calls) < 160);
     audit_close(log);
     assert_int_equal(verify(f->path), 160);
@@ -616,23 +629,11 @@ static void test_rotation_under_concurrent_appends(void **state)
 {
     struct fx *f = *state;
     audit_log *log = NULL;
-    pthread_t th[3], rt;
-    struct appender a[3];
     struct rotator ro = {.path = f->path, .n = 5};
 
     assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
     atomic_store(&sync_delay_ms, 1);
-    for (int i = 0; i < 3; i++) {
-        a[i] = (struct appender){.log = log, .n = 40};
-        assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
-    }
-    assert_int_equal(pthread_create(&rt, NULL, rotate_many, &ro), 0);
-    for (int i = 0; i < 3; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(a[i].failures, 0);
-    }
-    pthread_join(rt, NULL);
+    run_appenders(log, 3, rotate_many, &ro);
     assert_int_equal(ro.failures, 0);
     audit_close(log);
     chain_ok(f->path, 6, 120 + 2 * 5);
