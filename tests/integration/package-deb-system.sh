@@ -74,7 +74,10 @@ units=(/lib/systemd/system/groupsrv.service /lib/systemd/system/exploder.service
 # package does not own those; man-db's cron clears them).
 out=$(MANWIDTH=100 systemd-analyze verify "${units[@]}" 2>&1) || fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify: $out"
-ok "systemd-analyze verify: no complaint"
+for doc in $(sed -n 's/^Documentation=//p' "${units[@]}" | tr ' ' '\n' | sed -n 's|^file:||p'); do
+  [ -f "$doc" ] || fail "a unit's Documentation= names $doc, which is not installed"
+done
+ok "systemd-analyze verify: no complaint; Documentation= pages and files installed"
 for u in "${units[@]}"; do
   n=$(basename "$u")
   systemd-analyze security --offline=true "$u" >"$W/security-$n" 2>&1 || true
