@@ -33,6 +33,7 @@ struct audit_log {
     char *path;
     char prev_hex[2 * SHA256_DIGEST_LENGTH + 1];
     int failed; /* the last append failed: checked by audit_check */
+    off_t end;  /* file size after our last line: another size means another process appended */
     /* Group commit: records are numbered in write order. Every record
      * <= synced_seq is durable; every record <= failed_seq was covered by
      * a failed fdatasync and is never reported durable (after a failed
@@ -138,12 +139,15 @@ static audit_err load_chain_head(struct audit_log *log)
 {
     char *line = NULL;
     size_t len = 0;
+    struct stat st;
     audit_err rc = read_last_line(log->fd, &line, &len);
 
     memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
     log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
     if (rc == AUDIT_OK && line != NULL)
         hash_line(line, len, log->prev_hex);
+    if (rc == AUDIT_OK && fstat(log->fd, &st) == 0)
+        log->end = st.st_size;
     free(line);
     return rc;
 }
@@ -326,6 +330,7 @@ static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long
     /* The line is in the file: the next one chains to it, whatever the
      * sync says (the chain follows the file's order). */
     hash_line(line, len - 1, log->prev_hex);
+    log->end += (off_t)len;
     *seq = ++log->written_seq;
     rc = AUDIT_OK;
 out:
@@ -342,7 +347,7 @@ static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long lo
      * moved away, writing to the orphaned inode would lose them. */
     if (lock_current_locked(log) != AUDIT_OK) {
         log->failed = 1;
-        log_error("audit log is no longer at its path path=%s", log->path);
+        log_error("audit log cannot be appended to (not at its path, or its last line torn) path=%s", log->path);
         return AUDIT_ERR_IO;
     }
     rc = put_line_locked(log, o, seq);
@@ -758,16 +763,24 @@ out:
 }
 
 /* Takes the cross-process append lock on the current file (mutex held),
- * first following it to its successor if it was rotated. May wait for a
- * running sync round (which uses the descriptor). On failure nothing is
- * locked. */
+ * first following it to its successor if it was rotated, and reloads the
+ * head if another process appended. May wait for a running sync round
+ * (which uses the descriptor). On failure nothing is locked. */
 static audit_err lock_current_locked(struct audit_log *log)
 {
+    struct stat st;
+
     for (;;) {
         if (flock(log->fd, LOCK_EX) != 0)
             return AUDIT_ERR_IO;
-        if (fd_at_path(log))
-            return AUDIT_OK;
+        if (fd_at_path(log) && fstat(log->fd, &st) == 0) {
+            /* Another process appended (a rotation that sealed the file
+             * but could not replace it): continue from its last line. */
+            audit_err rc = st.st_size == log->end ? AUDIT_OK : load_chain_head(log);
+            if (rc != AUDIT_OK)
+                unlock_file(log->fd);
+            return rc;
+        }
         if (!log->syncing)
             return follow_successor_locked(log);
         unlock_file(log->fd);
@@ -853,6 +866,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     int locked = 0, linked = 0, sealed_fd = -1;
     struct stat st;
     char sealed_head[sizeof(log->prev_hex)];
+    off_t sealed_end = 0;
 
     if (log == NULL || archive == NULL || cap == 0)
         return AUDIT_ERR_ARGS;
@@ -894,6 +908,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     if (src != 0)
         goto out;
     memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
+    sealed_end = log->end;
     /* The successor starts with a record chained to the seal, and is in
      * place (rename, directory synced) before anyone may look. */
     if ((sealed_fd = open_successor(tmp, &st)) < 0)
@@ -901,6 +916,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     int t = sealed_fd;
     sealed_fd = log->fd;
     log->fd = t;
+    log->end = 0;
     if ((rc = put_line_locked(log, cont, &seq)) != AUDIT_OK)
         goto out;
     src = fsync(log->fd);
@@ -922,6 +938,7 @@ out:
         log->fd = sealed_fd;
         sealed_fd = -1;
         memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
+        log->end = sealed_end;
     }
     if (sealed_fd >= 0)
         close(sealed_fd); /* drops the lock: other appenders follow now */

@@ -2,7 +2,9 @@
  * audit.h: the hash-chained audit log of the group server (JSON lines).
  * Owned by groupsrv/server/. Not the diagnostic log (common/log.h).
  *
- * One appender per file, shared by all threads (internal mutex). Each line is
+ * One appender per process, shared by all threads (internal mutex); each
+ * holds flock(2) on the file while it writes and continues from the file's
+ * last line if another process appended (`groupsrv audit rotate`). Each line is
  * one JSON object whose "prev" field is the hex SHA-256 of the previous line
  * (without its newline; 64 zeros for the first line), so deleting or editing
  * a line breaks the chain at the next line. Lines are written with one

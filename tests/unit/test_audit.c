@@ -542,6 +542,26 @@ static void test_appender_follows_rotation_by_another(void **state)
     chain_ok(f->path, 2, 5);
 }
 
+/* Two handles on one file (what a server sees when a rotation sealed its
+ * file but could not replace it): each continues from the other's line. */
+static void test_appenders_in_two_processes_share_one_chain(void **state)
+{
+    struct fx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &b), AUDIT_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(audit_append(a, &r), AUDIT_OK);
+        assert_int_equal(audit_append(b, &r), AUDIT_OK);
+    }
+    assert_int_equal(audit_check(a), AUDIT_OK);
+    audit_close(a);
+    audit_close(b);
+    assert_int_equal(verify(f->path), 6);
+}
+
 /* A file at the path that is not the sealed log's successor (a restore
  * or a mistake) is never written to: records would be lost from the chain. */
 static void test_replaced_file_not_followed(void **state)
@@ -655,6 +675,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_torn_last_line_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_verify_names_missing_and_edited_archive, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_under_concurrent_appends, setup, teardown_all),
