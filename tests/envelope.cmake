@@ -1,4 +1,4 @@
-# envelope: unit tests, the envtool driver, interop with `openssl cms`, fuzz replay.
+# envelope: unit tests, the envtool driver, interop with `openssl cms` (its fuzz target: tests/fuzz.cmake).
 add_executable(envtool ${GS_TEST_DIR}/tools/envtool.c)
 target_link_libraries(envtool PRIVATE gs_envelope gs_common)
 set_target_properties(envtool PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${GS_TEST_BIN})
@@ -17,16 +17,3 @@ foreach(t interop badinput stream)
 endforeach()
 set_tests_properties(envelope_interop envelope_badinput PROPERTIES LABELS "interop")
 set_tests_properties(envelope_stream PROPERTIES LABELS "interop" TIMEOUT 120)
-
-# Parser fuzz target: libFuzzer with -DFUZZ=ON, else a replay of the seeds.
-add_executable(fuzz_envelope ${GS_TEST_DIR}/fuzz/fuzz_envelope.c)
-target_link_libraries(fuzz_envelope PRIVATE gs_envelope gs_common)
-set_target_properties(fuzz_envelope PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${GS_TEST_BIN})
-gs_target_warnings(fuzz_envelope)
-if(FUZZ)
-  target_compile_definitions(fuzz_envelope PRIVATE GS_LIBFUZZER)
-  target_link_options(fuzz_envelope PRIVATE -fsanitize=fuzzer)
-else()
-  add_test(NAME fuzz_envelope_replay COMMAND fuzz_envelope ${GS_TEST_DIR}/fuzz/corpus/envelope)
-  set_tests_properties(fuzz_envelope_replay PROPERTIES LABELS "unit" ENVIRONMENT "TMPDIR=${GS_TEST_WORK}")
-endif()

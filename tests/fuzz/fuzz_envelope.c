@@ -5,24 +5,18 @@
  * env_message_read (S/MIME, PEM or DER/BER) followed by RecipientInfo
  * access, re-encoding and a decryption attempt with a fixed key.
  *
- * Built with -DFUZZ=ON (clang, -fsanitize=fuzzer) it is a libFuzzer binary;
- * otherwise main() below replays the files or directories given on the
- * command line (the seed corpus), so the target stays compiled and tested.
+ * See fuzz.h for how targets are built, run and replayed.
  */
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
 
 #include "envelope.h"
-#include "util.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static void poke_recipient(const env_recipient *ri)
 {
@@ -87,53 +81,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ERR_clear_error();
     return 0;
 }
-
-#ifndef GS_LIBFUZZER
-static int replay_file(const char *path)
-{
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    if (util_read_file(path, 4u << 20, &buf, &len) != UTIL_OK) {
-        fprintf(stderr, "fuzz_envelope: cannot read %s\n", path);
-        return -1;
-    }
-    LLVMFuzzerTestOneInput(buf, len);
-    free(buf);
-    return 1;
-}
-
-int main(int argc, char **argv)
-{
-    long n = 0;
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        DIR *d;
-        struct dirent *e;
-        if (stat(argv[i], &st) != 0)
-            return 1;
-        if (!S_ISDIR(st.st_mode)) {
-            if (replay_file(argv[i]) < 0)
-                return 1;
-            n++;
-            continue;
-        }
-        if (!(d = opendir(argv[i])))
-            return 1;
-        while ((e = readdir(d))) {
-            char path[4096];
-            int k;
-            if (e->d_name[0] == '.')
-                continue;
-            k = snprintf(path, sizeof(path), "%s/%s", argv[i], e->d_name);
-            if (k < 0 || (size_t)k >= sizeof(path) || replay_file(path) < 0) {
-                closedir(d);
-                return 1;
-            }
-            n++;
-        }
-        closedir(d);
-    }
-    printf("fuzz_envelope: replayed %ld inputs\n", n);
-    return n > 0 ? 0 : 1; /* an empty corpus is a broken test */
-}
-#endif

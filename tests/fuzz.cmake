@@ -1,0 +1,3 @@
+# Fuzz targets of every parser of untrusted input (tests/fuzz/README.md):
+# one line each, gs_fuzz_target(NAME LIBS...) from tests/fuzz/gs_fuzz.cmake.
+gs_fuzz_target(envelope gs_envelope)
