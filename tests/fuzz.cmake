@@ -1,3 +1,4 @@
 # Fuzz targets of every parser of untrusted input (tests/fuzz/README.md):
 # one line each, gs_fuzz_target(NAME LIBS...) from tests/fuzz/gs_fuzz.cmake.
 gs_fuzz_target(envelope gs_envelope)
+gs_fuzz_target(mail gs_exploder_core)
