@@ -1,4 +1,5 @@
-/* restclient.c: see restclient.h. libcurl for HTTPS, jansson for JSON. */
+/* restclient.c: see restclient.h. libcurl for HTTPS, jansson for the
+ * requests; the answers are parsed by restparse.c. */
 #include "restclient.h"
 
 #include <ctype.h>
@@ -18,16 +19,14 @@
 #include <openssl/x509.h>
 
 #include "log.h"
+#include "restparse.h"
 #include "util.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define DEFAULT_TIMEOUT_MS 30000L
 #define DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
 #define MAX_GROUP_LEN 255
-#define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo, DER */
-#define MAX_KEY_LEN 64                /* content key or secret key */
-#define MAX_LIST_ITEMS 100000         /* RIs in a rewrap answer (one per member) */
-#define MAX_INFO_ITEMS 1024           /* methods, key versions, secret key versions */
+#define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo we send, DER */
 #define MAX_CSR_LEN (64u * 1024)
 #define MAX_CHAIN 16                  /* certificates in a client cert_file */
 
@@ -99,17 +98,6 @@ const char *gs_rest_last_code(const gs_rest *r) { return r != NULL ? r->code : "
 const char *gs_rest_last_message(const gs_rest *r) { return r != NULL ? r->message : ""; }
 const char *gs_rest_last_detail(const gs_rest *r) { return r != NULL ? r->detail : ""; }
 long gs_rest_last_retry_after(const gs_rest *r) { return r != NULL ? r->retry_after : -1; }
-
-/* Copies an untrusted string for display: printable ASCII only, bounded. */
-static void copy_sanitised(char *dst, size_t size, const char *src)
-{
-    size_t o = 0;
-    if (size == 0)
-        return;
-    for (const unsigned char *p = (const unsigned char *)src; src != NULL && *p && o + 1 < size; p++)
-        dst[o++] = (*p >= 0x20 && *p <= 0x7e) ? (char)*p : '?';
-    dst[o] = '\0';
-}
 
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -393,52 +381,6 @@ static gs_rest_err map_curl(gs_rest *r, CURLcode cc)
     }
 }
 
-static gs_rest_err map_status(long status)
-{
-    if (status >= 200 && status < 300)
-        return GS_REST_OK;
-    switch (status) {
-    case 401: return GS_REST_ERR_UNAUTHORIZED;
-    case 403: return GS_REST_ERR_FORBIDDEN;
-    case 404: return GS_REST_ERR_NOT_FOUND;
-    case 429: return GS_REST_ERR_RATE_LIMITED;
-    case 503: return GS_REST_ERR_UNAVAILABLE;
-    default: break;
-    }
-    if (status >= 400 && status < 500)
-        return GS_REST_ERR_REJECTED;
-    if (status >= 500 && status < 600)
-        return GS_REST_ERR_SERVER;
-    return GS_REST_ERR_BAD_ANSWER;
-}
-
-/* Reads {"error": {"code", "message"}} into code/message; silent on any
- * other shape (an error page from a proxy, say). */
-static void parse_error_body(gs_rest *r, const unsigned char *body, size_t len, char *code, size_t codesz,
-                             char *msg, size_t msgsz)
-{
-    json_t *root = NULL, *e, *c, *m;
-
-    code[0] = msg[0] = '\0';
-    if (body == NULL || len == 0)
-        return;
-    root = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, NULL);
-    if (root == NULL || !json_is_object(root))
-        goto out;
-    e = json_object_get(root, "error");
-    if (!json_is_object(e))
-        goto out;
-    c = json_object_get(e, "code");
-    m = json_object_get(e, "message");
-    if (json_is_string(c))
-        copy_sanitised(code, codesz, json_string_value(c));
-    if (json_is_string(m))
-        copy_sanitised(msg, msgsz, json_string_value(m));
-out:
-    (void)r;
-    json_decref(root);
-}
-
 /* Builds base + "/v1/groups/" + escaped group + suffix. */
 static gs_rest_err group_url(gs_rest *r, const char *base, const char *group, const char *suffix, char **url)
 {
@@ -505,7 +447,7 @@ static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, co
     if (cc != CURLE_OK) {
         err = map_curl(r, cc);
         if (r->detail[0] == '\0')
-            copy_sanitised(r->detail, sizeof(r->detail), curl_easy_strerror(cc));
+            gs_rest_sanitise(r->detail, sizeof(r->detail), curl_easy_strerror(cc));
         log_debug("request failed url=%s curl=%d", url, (int)cc);
         goto out;
     }
@@ -515,9 +457,9 @@ static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, co
     }
     if (curl_easy_getinfo(r->curl, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra >= 0 && ra < LONG_MAX)
         r->retry_after = (long)ra;
-    err = map_status(r->status);
+    err = gs_rest_parse_status(r->status);
     if (err != GS_REST_OK) {
-        parse_error_body(r, r->buf, r->len, r->code, sizeof(r->code), r->message, sizeof(r->message));
+        gs_rest_parse_error(r->buf, r->len, r->code, sizeof(r->code), r->message, sizeof(r->message));
         response_reset(r);
         goto out;
     }
@@ -531,61 +473,7 @@ out:
     return err;
 }
 
-/* ---- JSON helpers ------------------------------------------------------ */
-
-static gs_rest_err parse_json_object(gs_rest *r, json_t **root)
-{
-    json_error_t jerr;
-    *root = NULL;
-    if (r->buf == NULL || r->len == 0)
-        return GS_REST_ERR_BAD_ANSWER;
-    *root = json_loadb((const char *)r->buf, r->len, JSON_REJECT_DUPLICATES, &jerr);
-    if (*root == NULL || !json_is_object(*root)) {
-        copy_sanitised(r->detail, sizeof(r->detail), *root == NULL ? jerr.text : "JSON answer is not an object");
-        json_decref(*root);
-        *root = NULL;
-        return GS_REST_ERR_BAD_ANSWER;
-    }
-    return GS_REST_OK;
-}
-
-/* Decodes a base64 string member; max is the decoded size cap. */
-static gs_rest_err get_b64(json_t *obj, const char *name, size_t max, unsigned char **out, size_t *len)
-{
-    json_t *v = json_object_get(obj, name);
-    size_t maxin;
-    *out = NULL;
-    *len = 0;
-    if (!json_is_string(v))
-        return GS_REST_ERR_BAD_ANSWER;
-    maxin = (max / 3 + 1) * 4;
-    if (util_b64_decode(json_string_value(v), json_string_length(v), maxin, out, len) != UTIL_OK || *len == 0 ||
-        *len > max) {
-        if (*out != NULL)
-            OPENSSL_clear_free(*out, *len);
-        *out = NULL;
-        *len = 0;
-        return GS_REST_ERR_BAD_ANSWER;
-    }
-    return GS_REST_OK;
-}
-
-/* jansson frees without wiping: clear a string that held a secret first.
- * The buffer is jansson's own heap copy, so writing to it is safe. */
-static void wipe_json_string(json_t *obj, const char *name)
-{
-    json_t *v = json_object_get(obj, name);
-    if (json_is_string(v) && json_string_length(v) > 0)
-        OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
-}
-
-static int64_t get_version(json_t *obj, const char *name)
-{
-    json_t *v = json_object_get(obj, name);
-    if (json_is_integer(v) && json_integer_value(v) >= 0)
-        return (int64_t)json_integer_value(v);
-    return -1;
-}
+/* ---- request bodies ----------------------------------------------------- */
 
 static gs_rest_err dump_json(json_t *obj, char **body, size_t *len)
 {
@@ -610,40 +498,10 @@ static gs_rest_err set_b64(json_t *obj, const char *name, const unsigned char *p
 
 /* ---- group info ------------------------------------------------------- */
 
-void gs_group_info_clear(gs_group_info *gi)
-{
-    if (gi == NULL)
-        return;
-    free(gi->name);
-    free(gi->address);
-    free(gi->certificate_server);
-    for (size_t i = 0; i < gi->n_methods; i++)
-        free(gi->methods[i]);
-    free(gi->methods);
-    OPENSSL_free(gi->key_versions); /* version numbers, nothing secret */
-    memset(gi, 0, sizeof(*gi));
-}
-
-static char *dup_string_member(json_t *obj, const char *name, bool required, bool *bad)
-{
-    json_t *v = json_object_get(obj, name);
-    if (v == NULL && !required)
-        return strdup("");
-    if (!json_is_string(v) || json_string_length(v) > 4096 || strlen(json_string_value(v)) != json_string_length(v)) {
-        *bad = true;
-        return NULL;
-    }
-    return strdup(json_string_value(v));
-}
-
 gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out)
 {
     gs_rest_err err;
     char *url = NULL;
-    json_t *root = NULL, *a, *v;
-    bool bad = false;
-    size_t i;
-    gs_group_info gi = {0};
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
@@ -653,84 +511,14 @@ gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out
         goto out;
     if ((err = do_request(r, url, NULL, NULL, 0, "application/json")) != GS_REST_OK)
         goto out;
-    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
-        goto out;
-    err = GS_REST_ERR_NOMEM;
-    gi.name = dup_string_member(root, "name", true, &bad);
-    gi.address = dup_string_member(root, "address", false, &bad);
-    gi.certificate_server = dup_string_member(root, "certificate_server", false, &bad);
-    if (bad) {
-        err = GS_REST_ERR_BAD_ANSWER;
-        goto out;
-    }
-    if (gi.name == NULL || gi.address == NULL || gi.certificate_server == NULL)
-        goto out;
-    a = json_object_get(root, "methods");
-    if (a != NULL) {
-        if (!json_is_array(a) || json_array_size(a) > MAX_INFO_ITEMS) {
-            err = GS_REST_ERR_BAD_ANSWER;
-            goto out;
-        }
-        if (json_array_size(a) > 0 && (gi.methods = calloc(json_array_size(a), sizeof(char *))) == NULL)
-            goto out;
-        json_array_foreach(a, i, v)
-        {
-            if (!json_is_string(v) || json_string_length(v) > 64) {
-                err = GS_REST_ERR_BAD_ANSWER;
-                goto out;
-            }
-            if ((gi.methods[i] = strdup(json_string_value(v))) == NULL)
-                goto out;
-            gi.n_methods = i + 1;
-        }
-    }
-    a = json_object_get(root, "key_versions");
-    if (a != NULL) {
-        if (!json_is_array(a) || json_array_size(a) > MAX_INFO_ITEMS) {
-            err = GS_REST_ERR_BAD_ANSWER;
-            goto out;
-        }
-        if (json_array_size(a) > 0 && (gi.key_versions = OPENSSL_zalloc(json_array_size(a) * sizeof(uint64_t))) == NULL)
-            goto out;
-        json_array_foreach(a, i, v)
-        {
-            /* a bare number, or an object with "version" */
-            json_t *n = json_is_object(v) ? json_object_get(v, "version") : v;
-            if (!json_is_integer(n) || json_integer_value(n) < 0) {
-                err = GS_REST_ERR_BAD_ANSWER;
-                goto out;
-            }
-            gi.key_versions[i] = (uint64_t)json_integer_value(n);
-            gi.n_key_versions = i + 1;
-        }
-    }
-    *out = gi;
-    memset(&gi, 0, sizeof(gi));
-    err = GS_REST_OK;
+    err = gs_rest_parse_group_info(r->buf, r->len, out, r->detail, sizeof(r->detail));
 out:
-    gs_group_info_clear(&gi);
-    json_decref(root);
     free(url);
     response_reset(r);
     return err;
 }
 
 /* ---- PEM answers ------------------------------------------------------ */
-
-/* The body must be text holding at least one `marker` block. */
-static gs_rest_err take_pem(gs_rest *r, const char *marker, char **pem, size_t *len)
-{
-    if (r->buf == NULL || r->len == 0 || memchr(r->buf, '\0', r->len) != NULL ||
-        strstr((const char *)r->buf, marker) == NULL) {
-        copy_sanitised(r->detail, sizeof(r->detail), "answer is not PEM");
-        return GS_REST_ERR_BAD_ANSWER;
-    }
-    if ((*pem = (char *)memdup(r->buf, r->len)) == NULL)
-        return GS_REST_ERR_NOMEM;
-    if (len != NULL)
-        *len = r->len;
-    return GS_REST_OK;
-}
 
 gs_rest_err gs_rest_group_certificate(gs_rest *r, const char *group, char **pem, size_t *len)
 {
@@ -748,7 +536,7 @@ gs_rest_err gs_rest_group_certificate(gs_rest *r, const char *group, char **pem,
     if ((err = do_request(r, url, NULL, NULL, 0, "application/pem-certificate-chain, application/x-pem-file, */*")) !=
         GS_REST_OK)
         goto out;
-    err = take_pem(r, "-----BEGIN CERTIFICATE-----", pem, len);
+    err = gs_rest_parse_pem(r->buf, r->len, pem, len, r->detail, sizeof(r->detail));
 out:
     free(url);
     response_reset(r);
@@ -782,7 +570,7 @@ gs_rest_err gs_rest_membership_certificate(gs_rest *r, const char *certsrv_url, 
     if ((err = do_request(r, url, "application/pkcs10", csr_pem, csr_len,
                           "application/pem-certificate-chain, application/x-pem-file, */*")) != GS_REST_OK)
         goto out;
-    err = take_pem(r, "-----BEGIN CERTIFICATE-----", cert_pem, cert_len);
+    err = gs_rest_parse_pem(r->buf, r->len, cert_pem, cert_len, r->detail, sizeof(r->detail));
 out:
     free(base);
     free(url);
@@ -791,17 +579,6 @@ out:
 }
 
 /* ---- unwrap ------------------------------------------------------------ */
-
-void gs_unwrap_result_clear(gs_unwrap_result *res)
-{
-    if (res == NULL)
-        return;
-    if (res->key != NULL)
-        OPENSSL_clear_free(res->key, res->key_len);
-    free(res->recipient_info);
-    memset(res, 0, sizeof(*res));
-    res->key_version = res->secret_version = -1;
-}
 
 static gs_rest_err unwrap_req_json(const gs_unwrap_req *req, json_t **out)
 {
@@ -845,33 +622,12 @@ out:
     return err;
 }
 
-/* Reads one unwrap answer object for the requested delivery. */
-static gs_rest_err unwrap_parse(json_t *obj, gs_deliver deliver, gs_unwrap_result *res)
-{
-    gs_rest_err err;
-
-    gs_unwrap_result_clear(res);
-    res->key_version = get_version(obj, "key_version");
-    res->secret_version = get_version(obj, "secret_version");
-    if (deliver == GS_DELIVER_TLS) {
-        err = get_b64(obj, "key", MAX_KEY_LEN, &res->key, &res->key_len);
-        wipe_json_string(obj, "key");
-        if (err == GS_REST_OK && res->key_len != 16 && res->key_len != 24 && res->key_len != 32)
-            err = GS_REST_ERR_BAD_ANSWER;
-    } else {
-        err = get_b64(obj, "recipient_info", MAX_RI_LEN, &res->recipient_info, &res->recipient_info_len);
-    }
-    if (err != GS_REST_OK)
-        gs_unwrap_result_clear(res);
-    return err;
-}
-
 gs_rest_err gs_rest_unwrap(gs_rest *r, const char *group, const gs_unwrap_req *req, gs_unwrap_result *out)
 {
     gs_rest_err err;
     char *url = NULL, *body = NULL;
     size_t blen = 0;
-    json_t *jreq = NULL, *root = NULL;
+    json_t *jreq = NULL;
 
     if (out != NULL) {
         memset(out, 0, sizeof(*out));
@@ -885,40 +641,13 @@ gs_rest_err gs_rest_unwrap(gs_rest *r, const char *group, const gs_unwrap_req *r
         goto out;
     if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
         goto out;
-    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
-        goto out;
-    err = unwrap_parse(root, req->deliver, out);
+    err = gs_rest_parse_unwrap(r->buf, r->len, req->deliver, out, r->detail, sizeof(r->detail));
 out:
     json_decref(jreq);
-    json_decref(root);
     free(body);
     free(url);
     response_reset(r);
     return err;
-}
-
-/* Error code of a batch item -> our enum (same meaning as the HTTP status). */
-static gs_rest_err item_error(json_t *item)
-{
-    json_t *e = json_object_get(item, "error");
-    json_t *st = json_object_get(item, "status");
-    const char *code = NULL;
-
-    if (json_is_integer(st) && json_integer_value(st) >= 400)
-        return map_status((long)json_integer_value(st));
-    if (json_is_object(e) && json_is_string(json_object_get(e, "code")))
-        code = json_string_value(json_object_get(e, "code"));
-    if (code == NULL)
-        return GS_REST_ERR_BAD_ANSWER;
-    if (strcmp(code, "not_a_member") == 0 || strcmp(code, "forbidden") == 0 || strcmp(code, "refused") == 0)
-        return GS_REST_ERR_FORBIDDEN;
-    if (strcmp(code, "rate_limited") == 0)
-        return GS_REST_ERR_RATE_LIMITED;
-    if (strcmp(code, "unavailable") == 0 || strcmp(code, "token_unavailable") == 0)
-        return GS_REST_ERR_UNAVAILABLE;
-    if (strcmp(code, "not_found") == 0)
-        return GS_REST_ERR_NOT_FOUND;
-    return GS_REST_ERR_REJECTED;
 }
 
 gs_rest_err gs_rest_unwrap_batch(gs_rest *r, const char *group, const gs_unwrap_req *reqs, size_t n,
@@ -927,7 +656,8 @@ gs_rest_err gs_rest_unwrap_batch(gs_rest *r, const char *group, const gs_unwrap_
     gs_rest_err err = GS_REST_ERR_NOMEM;
     char *url = NULL, *body = NULL;
     size_t blen = 0, i;
-    json_t *jreq = NULL, *items = NULL, *root = NULL, *res;
+    json_t *jreq = NULL, *items = NULL;
+    gs_deliver delivers[GS_REST_BATCH_MAX];
 
     if (r == NULL || reqs == NULL || outs == NULL || item_errs == NULL || n == 0 || n > GS_REST_BATCH_MAX)
         return GS_REST_ERR_ARGS;
@@ -960,32 +690,15 @@ gs_rest_err gs_rest_unwrap_batch(gs_rest *r, const char *group, const gs_unwrap_
         goto out;
     if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
         goto out;
-    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
-        goto out;
-    res = json_object_get(root, "results");
-    if (res == NULL)
-        res = json_object_get(root, "items");
-    err = GS_REST_ERR_BAD_ANSWER;
-    if (!json_is_array(res) || json_array_size(res) != n)
-        goto out;
-    for (i = 0; i < n; i++) {
-        json_t *it = json_array_get(res, i);
-        if (!json_is_object(it))
-            goto out;
-        if (json_object_get(it, "error") != NULL ||
-            (json_is_integer(json_object_get(it, "status")) && json_integer_value(json_object_get(it, "status")) >= 400))
-            item_errs[i] = item_error(it);
-        else
-            item_errs[i] = unwrap_parse(it, reqs[i].deliver, &outs[i]);
-    }
-    err = GS_REST_OK;
+    for (i = 0; i < n; i++)
+        delivers[i] = reqs[i].deliver;
+    err = gs_rest_parse_unwrap_batch(r->buf, r->len, delivers, n, outs, item_errs, r->detail, sizeof(r->detail));
 out:
     if (err != GS_REST_OK)
         for (i = 0; i < n; i++)
             gs_unwrap_result_clear(&outs[i]);
     json_decref(items);
     json_decref(jreq);
-    json_decref(root);
     free(body);
     free(url);
     response_reset(r);
@@ -994,25 +707,13 @@ out:
 
 /* ---- rewrap ------------------------------------------------------------ */
 
-void gs_ri_list_clear(gs_ri_list *l)
-{
-    if (l == NULL)
-        return;
-    for (size_t i = 0; i < l->n; i++)
-        free(l->der[i]);
-    free(l->der);
-    free(l->len);
-    memset(l, 0, sizeof(*l));
-}
-
 gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len, gs_rewrap_to to,
                            gs_ri_list *out)
 {
     gs_rest_err err = GS_REST_ERR_NOMEM;
     char *url = NULL, *body = NULL;
-    size_t blen = 0, i, n;
-    json_t *jreq = NULL, *root = NULL, *arr, *v;
-    gs_ri_list l = {0};
+    size_t blen = 0;
+    json_t *jreq = NULL;
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
@@ -1033,51 +734,9 @@ gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *r
         goto out;
     if ((err = do_request(r, url, "application/json", body, blen, "application/json")) != GS_REST_OK)
         goto out;
-    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
-        goto out;
-    err = GS_REST_ERR_BAD_ANSWER;
-    if (to == GS_REWRAP_GROUP_SECRET && (arr = json_object_get(root, "recipient_info")) != NULL) {
-        n = 1;
-        arr = NULL;
-    } else {
-        arr = json_object_get(root, "recipient_infos");
-        if (!json_is_array(arr) || json_array_size(arr) > MAX_LIST_ITEMS)
-            goto out;
-        n = json_array_size(arr);
-        if (n == 0 && to == GS_REWRAP_GROUP_SECRET)
-            goto out;
-    }
-    err = GS_REST_ERR_NOMEM;
-    if (n > 0 && ((l.der = calloc(n, sizeof(*l.der))) == NULL || (l.len = calloc(n, sizeof(*l.len))) == NULL))
-        goto out;
-    if (arr == NULL) {
-        if ((err = get_b64(root, "recipient_info", MAX_RI_LEN, &l.der[0], &l.len[0])) != GS_REST_OK)
-            goto out;
-        l.n = 1;
-    } else {
-        json_array_foreach(arr, i, v)
-        {
-            json_t *wrap = json_object();
-            if (wrap == NULL) {
-                err = GS_REST_ERR_NOMEM;
-                goto out;
-            }
-            /* reuse get_b64's checks on a one-member object */
-            json_object_set(wrap, "v", v);
-            err = get_b64(wrap, "v", MAX_RI_LEN, &l.der[i], &l.len[i]);
-            json_decref(wrap);
-            if (err != GS_REST_OK)
-                goto out;
-            l.n = i + 1;
-        }
-    }
-    *out = l;
-    memset(&l, 0, sizeof(l));
-    err = GS_REST_OK;
+    err = gs_rest_parse_rewrap(r->buf, r->len, to, out, r->detail, sizeof(r->detail));
 out:
-    gs_ri_list_clear(&l);
     json_decref(jreq);
-    json_decref(root);
     free(body);
     free(url);
     response_reset(r);
@@ -1086,25 +745,10 @@ out:
 
 /* ---- secret keys ------------------------------------------------------- */
 
-void gs_secret_keys_clear(gs_secret_keys *s)
-{
-    if (s == NULL)
-        return;
-    for (size_t i = 0; i < s->n; i++) {
-        OPENSSL_clear_free(s->keys[i].kek_id, s->keys[i].kek_id_len);
-        OPENSSL_clear_free(s->keys[i].wrapped_key, s->keys[i].wrapped_key_len);
-    }
-    OPENSSL_free(s->keys);
-    memset(s, 0, sizeof(*s));
-}
-
 gs_rest_err gs_rest_secret_keys(gs_rest *r, const char *group, gs_secret_keys *out)
 {
     gs_rest_err err;
     char *url = NULL;
-    json_t *root = NULL, *arr, *v;
-    size_t i, n;
-    gs_secret_keys s = {0};
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
@@ -1114,44 +758,8 @@ gs_rest_err gs_rest_secret_keys(gs_rest *r, const char *group, gs_secret_keys *o
         goto out;
     if ((err = do_request(r, url, NULL, NULL, 0, "application/json")) != GS_REST_OK)
         goto out;
-    if ((err = parse_json_object(r, &root)) != GS_REST_OK)
-        goto out;
-    err = GS_REST_ERR_BAD_ANSWER;
-    arr = json_object_get(root, "keys");
-    if (!json_is_array(arr) || json_array_size(arr) > MAX_INFO_ITEMS)
-        goto out;
-    n = json_array_size(arr);
-    err = GS_REST_ERR_NOMEM;
-    if (n > 0 && (s.keys = OPENSSL_zalloc(n * sizeof(*s.keys))) == NULL)
-        goto out;
-    json_array_foreach(arr, i, v)
-    {
-        gs_secret_key *k = &s.keys[i];
-        json_t *alg, *ver;
-        err = GS_REST_ERR_BAD_ANSWER;
-        if (!json_is_object(v))
-            goto out;
-        s.n = i + 1;
-        ver = json_object_get(v, "version");
-        if (!json_is_integer(ver) || json_integer_value(ver) < 0)
-            goto out;
-        k->version = (uint64_t)json_integer_value(ver);
-        if ((err = get_b64(v, "kek_id", 256, &k->kek_id, &k->kek_id_len)) != GS_REST_OK ||
-            (err = get_b64(v, "wrapped_key", 2048, &k->wrapped_key, &k->wrapped_key_len)) != GS_REST_OK)
-            goto out;
-        err = GS_REST_ERR_BAD_ANSWER;
-        alg = json_object_get(v, "algorithm");
-        if (alg == NULL)
-            util_strlcpy(k->algorithm, "RSA-OAEP", sizeof(k->algorithm));
-        else if (!json_is_string(alg) || util_strlcpy(k->algorithm, json_string_value(alg), sizeof(k->algorithm)) != 0)
-            goto out;
-    }
-    *out = s;
-    memset(&s, 0, sizeof(s));
-    err = GS_REST_OK;
+    err = gs_rest_parse_secret_keys(r->buf, r->len, out, r->detail, sizeof(r->detail));
 out:
-    gs_secret_keys_clear(&s);
-    json_decref(root);
     free(url);
     response_reset(r);
     return err;

@@ -2,3 +2,4 @@
 # one line each, gs_fuzz_target(NAME LIBS...) from tests/fuzz/gs_fuzz.cmake.
 gs_fuzz_target(envelope gs_envelope)
 gs_fuzz_target(mail gs_exploder_core)
+gs_fuzz_target(restclient gs_restclient)
