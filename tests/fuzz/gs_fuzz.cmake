@@ -1,6 +1,6 @@
 # gs_fuzz_target(NAME LIB...): the fuzz target tests/fuzz/fuzz_NAME.c,
 # linked with LIB..., its seed corpus in tests/fuzz/corpus/NAME/ and an
-# optional libFuzzer dictionary tests/fuzz/NAME.dict. Adding a target is
+# optional libFuzzer dictionary tests/fuzz/corpus/NAME.dict. Adding a target is
 # one such line in tests/fuzz.cmake (or in an area's own fragment) plus the
 # source and the seeds; tests/fuzz/README.md says how.
 #
