@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -46,6 +47,8 @@ void gm_config_clear(gm_config *c);
 /* Loads `path` (INI) into c for keys still unset. Missing file: ok when
  * !required. Returns 0, or -1 after printing an error. */
 int gm_config_load_file(gm_config *c, const char *path, bool required);
+/* The same from an open stream (name is for messages). */
+int gm_config_load_stream(gm_config *c, FILE *f, const char *name);
 /* Fills keys still unset from GROUPMAIL_* environment variables. */
 int gm_config_load_env(gm_config *c);
 /* Default config path: $XDG_CONFIG_HOME/groupmail/config or

@@ -194,9 +194,20 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
     return 1;
 }
 
+int gm_config_load_stream(gm_config *c, FILE *f, const char *name)
+{
+    struct ini_state st = {.c = c, .path = name};
+    int rc = ini_parse_file(f, ini_cb, &st);
+
+    if (rc != 0) {
+        gm_err("%s: syntax error on line %d", name, rc);
+        return -1;
+    }
+    return st.bad ? -1 : 0;
+}
+
 int gm_config_load_file(gm_config *c, const char *path, bool required)
 {
-    struct ini_state st = {.c = c, .path = path};
     FILE *f = fopen(path, "r");
     int rc;
 
@@ -206,13 +217,9 @@ int gm_config_load_file(gm_config *c, const char *path, bool required)
         gm_err("cannot read config %s: %s", path, strerror(errno));
         return -1;
     }
-    rc = ini_parse_file(f, ini_cb, &st);
+    rc = gm_config_load_stream(c, f, path);
     fclose(f);
-    if (rc != 0) {
-        gm_err("%s: syntax error on line %d", path, rc);
-        return -1;
-    }
-    return st.bad ? -1 : 0;
+    return rc;
 }
 
 int gm_config_load_env(gm_config *c)

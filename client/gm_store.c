@@ -149,23 +149,61 @@ out:
     return rc;
 }
 
-/* The JSON of one stored version, dir/name, when name is "vN.json" and
- * the file reads and parses (bounded); NULL otherwise. */
-static json_t *secret_entry_load(const char *dir, const char *name)
+void gm_secret_entry_clear(gm_secret_entry *e)
+{
+    OPENSSL_clear_free(e->kek_id, e->kek_id_len);
+    OPENSSL_clear_free(e->wrapped_key, e->wrapped_key_len);
+    memset(e, 0, sizeof(*e));
+}
+
+int gm_secret_entry_parse(const unsigned char *buf, size_t len, gm_secret_entry *out)
+{
+    json_t *o, *jk, *jw, *ja, *jv;
+    int rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    if ((o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL)) == NULL)
+        return -1;
+    jk = json_object_get(o, "kek_id");
+    jw = json_object_get(o, "wrapped_key");
+    ja = json_object_get(o, "algorithm");
+    jv = json_object_get(o, "version");
+    if (!json_is_string(jk) || !json_is_string(jw) || !json_is_integer(jv) || json_integer_value(jv) < 0 ||
+        util_b64_decode(json_string_value(jk), json_string_length(jk), 1024, &out->kek_id, &out->kek_id_len) !=
+            UTIL_OK ||
+        util_b64_decode(json_string_value(jw), json_string_length(jw), 4096, &out->wrapped_key,
+                        &out->wrapped_key_len) != UTIL_OK)
+        goto out;
+    out->version = (uint64_t)json_integer_value(jv);
+    /* shown by keys list; only "RSA-OAEP-256" changes what we do */
+    if (!json_is_string(ja) || util_strlcpy(out->algorithm, json_string_value(ja), sizeof(out->algorithm)) != UTIL_OK)
+        util_strlcpy(out->algorithm, "?", sizeof(out->algorithm));
+    rc = 0;
+out:
+    if (rc != 0)
+        gm_secret_entry_clear(out);
+    json_decref(o);
+    return rc;
+}
+
+/* One stored version, dir/name, when name is "vN.json" and the file reads
+ * (bounded) and parses: 0, else -1. */
+static int secret_entry_load(const char *dir, const char *name, gm_secret_entry *e)
 {
     char path[4200];
     unsigned char *buf = NULL;
     size_t len = 0, l = strlen(name);
-    json_t *o;
+    int rc;
 
+    memset(e, 0, sizeof(*e));
     if (l < 6 || strcmp(name + l - 5, ".json") != 0 || name[0] != 'v')
-        return NULL;
+        return -1;
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     if (util_read_file(path, MAX_SECRET_FILE, &buf, &len) != UTIL_OK)
-        return NULL;
-    o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
+        return -1;
+    rc = gm_secret_entry_parse(buf, len, e);
     free(buf);
-    return o;
+    return rc;
 }
 
 int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned char *kek_id, size_t kek_id_len,
@@ -179,27 +217,20 @@ int gm_secret_store_find(const gm_config *c, X509 *member_cert, const unsigned c
     memset(out, 0, sizeof(*out));
     if (dir == NULL || (d = opendir(dir)) == NULL)
         goto out;
-    while ((de = readdir(d)) != NULL) {
-        unsigned char *kid = NULL;
-        size_t kidlen = 0;
-        json_t *o = secret_entry_load(dir, de->d_name);
-        if (o == NULL)
+    while (rc != 0 && (de = readdir(d)) != NULL) {
+        gm_secret_entry e;
+        if (secret_entry_load(dir, de->d_name, &e) != 0)
             continue;
-        json_t *jk = json_object_get(o, "kek_id"), *jw = json_object_get(o, "wrapped_key"),
-               *ja = json_object_get(o, "algorithm"), *jv = json_object_get(o, "version");
-        if (json_is_string(jk) && json_is_string(jw) && json_is_integer(jv) &&
-            util_b64_decode(json_string_value(jk), json_string_length(jk), 1024, &kid, &kidlen) == UTIL_OK &&
-            kidlen == kek_id_len && memcmp(kid, kek_id, kidlen) == 0 &&
-            util_b64_decode(json_string_value(jw), json_string_length(jw), 4096, &out->wrapped_key,
-                            &out->wrapped_key_len) == UTIL_OK) {
-            out->version = (uint64_t)json_integer_value(jv);
-            out->sha256 = json_is_string(ja) && strcmp(json_string_value(ja), "RSA-OAEP-256") == 0;
+        if (e.kek_id_len == kek_id_len && memcmp(e.kek_id, kek_id, kek_id_len) == 0) {
+            out->version = e.version;
+            out->sha256 = strcmp(e.algorithm, "RSA-OAEP-256") == 0;
+            out->wrapped_key = e.wrapped_key;
+            out->wrapped_key_len = e.wrapped_key_len;
+            e.wrapped_key = NULL;
+            e.wrapped_key_len = 0;
             rc = 0;
         }
-        free(kid);
-        json_decref(o);
-        if (rc == 0)
-            break;
+        gm_secret_entry_clear(&e);
     }
 out:
     if (d != NULL)
@@ -237,40 +268,27 @@ static int list_member_dir(const char *dir, const char *fp16, listed_secret **v,
     if (d == NULL)
         return errno == ENOENT ? 0 : -1;
     while ((de = readdir(d)) != NULL) {
-        unsigned char *kid = NULL;
-        size_t kidlen = 0;
-        json_t *o = secret_entry_load(dir, de->d_name), *jk, *ja, *jv, *jw;
-        char hex[2 * 1024 + 1];
-        if (o == NULL)
+        gm_secret_entry e;
+        char hex[2 * 768 + 1];
+        if (secret_entry_load(dir, de->d_name, &e) != 0)
             continue;
-        jk = json_object_get(o, "kek_id");
-        ja = json_object_get(o, "algorithm");
-        jv = json_object_get(o, "version");
-        jw = json_object_get(o, "wrapped_key");
-        /* Only well-formed entries that still hold a wrapped key. */
-        if (json_is_string(jk) && json_is_integer(jv) && json_integer_value(jv) >= 0 && json_is_string(jw) &&
-            util_b64_decode(json_string_value(jk), json_string_length(jk), 1024, &kid, &kidlen) == UTIL_OK) {
-            if (*n == *cap) {
-                listed_secret *nv;
-                size_t ncap = *cap ? *cap * 2 : 8;
-                if (ncap > MAX_LISTED || (nv = realloc(*v, ncap * sizeof(**v))) == NULL) {
-                    free(kid);
-                    json_decref(o);
-                    closedir(d);
-                    return -1;
-                }
-                *v = nv;
-                *cap = ncap;
+        if (*n == *cap) {
+            listed_secret *nv;
+            size_t ncap = *cap ? *cap * 2 : 8;
+            if (ncap > MAX_LISTED || (nv = realloc(*v, ncap * sizeof(**v))) == NULL) {
+                gm_secret_entry_clear(&e);
+                closedir(d);
+                return -1;
             }
-            util_hex(kid, kidlen, hex);
-            (*v)[*n].version = (uint64_t)json_integer_value(jv);
-            snprintf((*v)[*n].line, sizeof((*v)[*n].line), "v%llu kek_id=%s algorithm=%s member_cert=%s",
-                     (unsigned long long)json_integer_value(jv), hex,
-                     json_is_string(ja) ? json_string_value(ja) : "?", fp16);
-            (*n)++;
+            *v = nv;
+            *cap = ncap;
         }
-        free(kid);
-        json_decref(o);
+        util_hex(e.kek_id, e.kek_id_len, hex);
+        (*v)[*n].version = e.version;
+        snprintf((*v)[*n].line, sizeof((*v)[*n].line), "v%llu kek_id=%s algorithm=%s member_cert=%s",
+                 (unsigned long long)e.version, hex, e.algorithm, fp16);
+        (*n)++;
+        gm_secret_entry_clear(&e);
     }
     closedir(d);
     return 0;

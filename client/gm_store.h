@@ -18,6 +18,22 @@ int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain);
 int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain);
 
 int gm_secret_store_save(const gm_config *c, X509 *member_cert, const gs_secret_keys *keys);
+/* One stored secret key version, as read back from its vN.json. */
+typedef struct gm_secret_entry {
+    uint64_t version;
+    unsigned char *kek_id;      /* KEKRI key identifier */
+    size_t kek_id_len;
+    unsigned char *wrapped_key; /* still RSA-OAEP-wrapped to the member key */
+    size_t wrapped_key_len;
+    char algorithm[32];         /* as stored ("RSA-OAEP", "RSA-OAEP-256"); "?" if absent or too long */
+} gm_secret_entry;
+/* Parses one stored version (JSON: version >= 0, base64 kek_id and
+ * wrapped_key, optional algorithm). The store is groupmail's own, but
+ * anything running as the user may have changed it: 0, or -1 when it is
+ * not a well-formed entry (out empty). Clear with gm_secret_entry_clear. */
+int gm_secret_entry_parse(const unsigned char *buf, size_t len, gm_secret_entry *out);
+void gm_secret_entry_clear(gm_secret_entry *e);
+
 typedef struct gm_stored_secret {
     uint64_t version;
     unsigned char *wrapped_key; /* RSA-OAEP to the member key */

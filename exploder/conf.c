@@ -157,7 +157,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
     return 0;
 }
 
-xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line)
+/* From a file (path) or a string (text), whichever is not NULL. */
+static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *err_line)
 {
     xp_conf *c = NULL;
     xp_err rc = XP_ERR_NOMEM;
@@ -177,8 +178,8 @@ xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line)
     c->starttls = XP_STARTTLS_YES;
     c->relay_verify = 1;
     c->log_level = LOG_LVL_INFO;
-    if (path != NULL) {
-        r = ini_parse(path, conf_handler, c);
+    if (path != NULL || text != NULL) {
+        r = text != NULL ? ini_parse_string(text, conf_handler, c) : ini_parse(path, conf_handler, c);
         if (r != 0) {
             *err_line = r > 0 ? r : 0;
             rc = r == -2 ? XP_ERR_NOMEM : XP_ERR_CONFIG;
@@ -193,4 +194,16 @@ xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line)
 out:
     xp_conf_free(c);
     return rc;
+}
+
+xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line) { return conf_load(path, NULL, out, err_line); }
+
+xp_err xp_conf_load_string(const char *text, xp_conf **out, int *err_line)
+{
+    if (text == NULL) {
+        *out = NULL;
+        *err_line = 0;
+        return XP_ERR_ARGS;
+    }
+    return conf_load(NULL, text, out, err_line);
 }

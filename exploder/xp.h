@@ -64,6 +64,8 @@ typedef struct xp_conf {
 /* Reads an INI file (NULL path: defaults only, spool path required later).
  * On failure *err_line is the offending line (0 = file not readable). */
 xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line);
+/* The same from INI text (tests and tests/fuzz/fuzz_config.c). */
+xp_err xp_conf_load_string(const char *text, xp_conf **out, int *err_line);
 void xp_conf_free(xp_conf *c);
 
 /* sysexits.h codes used by `exploder deliver` (spelled out so the mapping is

@@ -3,3 +3,4 @@
 gs_fuzz_target(envelope gs_envelope)
 gs_fuzz_target(mail gs_exploder_core)
 gs_fuzz_target(restclient gs_restclient)
+gs_fuzz_target(config gs_groupsrv_core gs_exploder_core gs_groupmail_core)

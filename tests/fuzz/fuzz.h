@@ -23,13 +23,17 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-/* Aborts (a finding) when an invariant of the code under test is broken. */
-#define FUZZ_CHECK(cond)                                                                 \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                     \
-        }                                                                                \
+/* Aborts (a finding) when an invariant of the code under test is broken.
+ * The message goes to standard output: fuzz runs close the standard error
+ * of the code under test (-close_fd_mask=2, its diagnostics are not
+ * findings), while libFuzzer and the sanitizers keep their own copy. */
+#define FUZZ_CHECK(cond)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            printf("%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #cond);                              \
+            fflush(stdout);                                                                                  \
+            abort();                                                                                         \
+        }                                                                                                    \
     } while (0)
 
 #endif

@@ -20,6 +20,7 @@ args=(
   -malloc_limit_mb=512
   -print_final_stats=1
   -artifact_prefix="$work/artifacts/"
+  -close_fd_mask=2       # the code's own diagnostics; crash reports still show
 )
 [ -f "$seeds.dict" ] && args+=(-dict="$seeds.dict")
 export TMPDIR="$work"  # env_message_read spools content to temp files

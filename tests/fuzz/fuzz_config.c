@@ -1,0 +1,143 @@
+/*
+ * fuzz_config: the readers of the programs' configuration files and of
+ * groupmail's local store. They are not read from the network, but an
+ * admin's typo, a half-copied file or another user's tampering must give
+ * a one-line error, never a crash. The first input byte picks the reader,
+ * the rest is the file:
+ *
+ *   0  groupsrv.conf             gs_config_load_string (groupsrv/config.c)
+ *   1  exploder.conf             xp_conf_load_string (exploder/conf.c)
+ *   2  groupmail config          gm_config_load_stream (client/gm_common.c)
+ *   3  a stored secret key       gm_secret_entry_parse (client/gm_store.c)
+ *   4  a pinned certificate chain gm_pem_certs (client/gm_common.c)
+ *
+ * Invariants checked: a loaded configuration holds values inside the
+ * documented ranges; an error names a line (exploder) or says what is wrong
+ * in one line (groupsrv).
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "config.h"
+#include "fuzz.h"
+#include "gm.h"
+#include "gm_store.h"
+#include "gs_error.h"
+#include "log.h"
+#include "xp.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    log_init("fuzz_config", LOG_LVL_ERROR, NULL);
+    /* groupmail expands ~/ with $HOME: keep it fixed */
+    return setenv("HOME", "/nonexistent", 1);
+}
+
+static void groupsrv_conf(const char *text)
+{
+    struct gs_config *cfg = NULL;
+    gs_err e = gs_config_load_string(text, "fuzz.conf", &cfg);
+
+    if (e == GS_OK) {
+        FUZZ_CHECK(cfg != NULL && cfg->server.listen != NULL && cfg->hsm.module != NULL);
+        FUZZ_CHECK(cfg->server.threads >= 1 && cfg->server.threads <= 256);
+        FUZZ_CHECK(cfg->server.max_body >= 1024 && cfg->server.max_body <= 16u * 1024 * 1024);
+        FUZZ_CHECK(cfg->certsrv.lifetime >= 60 && cfg->certsrv.lifetime <= 604800);
+        FUZZ_CHECK(cfg->certsrv.listen == NULL || cfg->certsrv.url != NULL);
+    } else {
+        FUZZ_CHECK(cfg == NULL && strchr(gs_err_detail(), '\n') == NULL);
+    }
+    gs_config_free(cfg);
+}
+
+static void exploder_conf(const char *text)
+{
+    xp_conf *c = NULL;
+    int line = -1;
+    xp_err e = xp_conf_load_string(text, &c, &line);
+
+    if (e == XP_OK) {
+        FUZZ_CHECK(c != NULL && line == 0);
+        FUZZ_CHECK(c->batch_size >= 1 && c->batch_size <= 1000);
+        FUZZ_CHECK(c->retry_min >= 1 && c->retry_max >= c->retry_min);
+        FUZZ_CHECK(c->relay == NULL || strncmp(c->relay, "smtp://", 7) == 0 || strncmp(c->relay, "smtps://", 8) == 0 ||
+                   strncmp(c->relay, "maildir:", 8) == 0);
+    } else {
+        FUZZ_CHECK(c == NULL && (e == XP_ERR_NOMEM || line > 0));
+    }
+    xp_conf_free(c);
+}
+
+static void groupmail_conf(const uint8_t *data, size_t size)
+{
+    gm_config c;
+    FILE *f;
+
+    if (size == 0)
+        return; /* fmemopen refuses an empty buffer */
+    memset(&c, 0, sizeof(c));
+    FUZZ_CHECK((f = fmemopen((void *)data, size, "r")) != NULL);
+    if (gm_config_load_stream(&c, f, "fuzz.conf") == 0)
+        FUZZ_CHECK(c.timeout >= 0 && c.timeout <= 3600);
+    fclose(f);
+    gm_config_clear(&c);
+}
+
+static void secret_entry(const uint8_t *data, size_t size)
+{
+    gm_secret_entry e;
+
+    if (gm_secret_entry_parse(data, size, &e) == 0) {
+        FUZZ_CHECK(e.kek_id != NULL && e.wrapped_key != NULL);
+        FUZZ_CHECK(e.kek_id_len <= 768 && e.wrapped_key_len <= 3072);
+        FUZZ_CHECK(memchr(e.algorithm, '\0', sizeof(e.algorithm)) != NULL && e.algorithm[0] != '\0');
+    } else {
+        FUZZ_CHECK(e.kek_id == NULL && e.wrapped_key == NULL);
+    }
+    gm_secret_entry_clear(&e);
+}
+
+static void pin_chain(const uint8_t *data, size_t size)
+{
+    STACK_OF(X509) *chain = NULL;
+
+    if (gm_pem_certs(data, size, &chain) == 0)
+        FUZZ_CHECK(sk_X509_num(chain) >= 1 && sk_X509_num(chain) <= 16);
+    else
+        FUZZ_CHECK(chain == NULL);
+    sk_X509_pop_free(chain, X509_free);
+    ERR_clear_error();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text;
+
+    if (size < 1 || size > 64 * 1024)
+        return 0;
+    switch (data[0] % 5) {
+    case 0:
+    case 1:
+        /* the INI readers take NUL-terminated text */
+        FUZZ_CHECK((text = malloc(size)) != NULL);
+        memcpy(text, data + 1, size - 1);
+        text[size - 1] = '\0';
+        if (data[0] % 5 == 0)
+            groupsrv_conf(text);
+        else
+            exploder_conf(text);
+        free(text);
+        break;
+    case 2: groupmail_conf(data + 1, size - 1); break;
+    case 3: secret_entry(data + 1, size - 1); break;
+    default: pin_chain(data + 1, size - 1); break;
+    }
+    return 0;
+}
