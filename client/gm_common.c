@@ -80,6 +80,8 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
         gm_err("%s: %s (%s: %s)", what, gs_rest_strerror(err), code, msg);
     else if (detail[0] != '\0')
         gm_err("%s: %s (%s)", what, gs_rest_strerror(err), detail);
+    else if (gs_rest_last_status(r) > 0)
+        gm_err("%s: %s (HTTP %ld)", what, gs_rest_strerror(err), gs_rest_last_status(r));
     else
         gm_err("%s: %s", what, gs_rest_strerror(err));
     return rc;

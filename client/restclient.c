@@ -66,7 +66,7 @@ const char *gs_rest_strerror(gs_rest_err err)
     case GS_REST_ERR_NOMEM: return "out of memory";
     case GS_REST_ERR_ARGS: return "invalid arguments";
     case GS_REST_ERR_CLIENT_CERT: return "client certificate or key unusable";
-    case GS_REST_ERR_UNREACHABLE: return "server unreachable";
+    case GS_REST_ERR_UNREACHABLE: return "server unreachable or connection lost";
     case GS_REST_ERR_TIMEOUT: return "server timed out";
     case GS_REST_ERR_TLS: return "TLS handshake or server certificate verification failed";
     case GS_REST_ERR_PIN: return "server public key does not match the pin";
@@ -349,11 +349,22 @@ out:
 
 static gs_rest_err map_curl(gs_rest *r, CURLcode cc)
 {
+    long status = 0;
+
     switch (cc) {
     case CURLE_OK: return GS_REST_OK;
-    case CURLE_OUT_OF_MEMORY: return GS_REST_ERR_NOMEM;
-    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_OUT_OF_MEMORY:
+        /* libcurl 7.88 reports a header line over its 100 KiB cap as out
+         * of memory: once an answer has started, that is what it was */
+        if (curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status > 0) {
+            snprintf(r->detail, sizeof(r->detail), "answer headers too large");
+            return GS_REST_ERR_TOO_LARGE;
+        }
+        return GS_REST_ERR_NOMEM;
     case CURLE_URL_MALFORMAT: return GS_REST_ERR_ARGS;
+    /* our URLs are https:// (checked) and redirects are not followed:
+     * libcurl says this only of an answer ("Unsupported HTTP version") */
+    case CURLE_UNSUPPORTED_PROTOCOL: return GS_REST_ERR_BAD_ANSWER;
     case CURLE_OPERATION_TIMEDOUT: return GS_REST_ERR_TIMEOUT;
     case CURLE_SSL_PINNEDPUBKEYNOTMATCH: return GS_REST_ERR_PIN;
     case CURLE_SSL_CERTPROBLEM: return GS_REST_ERR_CLIENT_CERT;
@@ -365,8 +376,12 @@ static gs_rest_err map_curl(gs_rest *r, CURLcode cc)
     case CURLE_SSL_CRL_BADFILE:
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_SSL_SHUTDOWN_FAILED: return GS_REST_ERR_TLS;
-    case CURLE_FILESIZE_EXCEEDED: return GS_REST_ERR_TOO_LARGE;
-    case CURLE_WRITE_ERROR: return r->overflow ? GS_REST_ERR_TOO_LARGE : GS_REST_ERR_NOMEM;
+    case CURLE_FILESIZE_EXCEEDED:
+    case CURLE_WRITE_ERROR:
+        if (cc == CURLE_WRITE_ERROR && !r->overflow)
+            return GS_REST_ERR_NOMEM;
+        snprintf(r->detail, sizeof(r->detail), "answer over the %zu-byte limit", r->max_response);
+        return GS_REST_ERR_TOO_LARGE;
     case CURLE_WEIRD_SERVER_REPLY:
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
@@ -405,7 +420,8 @@ out:
 }
 
 /* One HTTP exchange. On GS_REST_OK the body is in r->buf/r->len (wiped by
- * the next call or gs_rest_free); the status was 2xx. */
+ * the next call or gs_rest_free); the status was 2xx and, when we asked
+ * for JSON, the answer says it is JSON (a proxy's HTML page is not). */
 static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, const void *body, size_t body_len,
                               const char *accept)
 {
@@ -414,6 +430,7 @@ static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, co
     char hbuf[128];
     CURLcode cc;
     curl_off_t ra = -1;
+    char *ct = NULL;
 
     response_reset(r);
     r->status = 0;
@@ -446,8 +463,8 @@ static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, co
     cc = curl_easy_perform(r->curl);
     if (cc != CURLE_OK) {
         err = map_curl(r, cc);
-        if (r->detail[0] == '\0')
-            gs_rest_sanitise(r->detail, sizeof(r->detail), curl_easy_strerror(cc));
+        /* libcurl's text may quote the server: printable ASCII only */
+        gs_rest_sanitise(r->detail, sizeof(r->detail), r->detail[0] ? r->detail : curl_easy_strerror(cc));
         log_debug("request failed url=%s curl=%d", url, (int)cc);
         goto out;
     }
@@ -459,11 +476,24 @@ static gs_rest_err do_request(gs_rest *r, const char *url, const char *ctype, co
         r->retry_after = (long)ra;
     err = gs_rest_parse_status(r->status);
     if (err != GS_REST_OK) {
-        gs_rest_parse_error(r->buf, r->len, r->code, sizeof(r->code), r->message, sizeof(r->message));
+        if (err == GS_REST_ERR_BAD_ANSWER) /* 1xx, 3xx, 6xx...: no refusal to read */
+            snprintf(r->detail, sizeof(r->detail), "unexpected HTTP status %ld%s", r->status,
+                     r->status >= 300 && r->status < 400 ? "; redirects are not followed" : "");
+        else
+            gs_rest_parse_error(r->buf, r->len, r->code, sizeof(r->code), r->message, sizeof(r->message));
         response_reset(r);
         goto out;
     }
     r->retry_after = -1;
+    if (strcmp(accept, "application/json") == 0 &&
+        (curl_easy_getinfo(r->curl, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || !gs_rest_parse_is_json(ct))) {
+        char shown[64];
+        gs_rest_sanitise(shown, sizeof(shown), ct != NULL ? ct : "(none)");
+        snprintf(r->detail, sizeof(r->detail), "answer is not JSON: Content-Type %s", shown);
+        response_reset(r);
+        err = GS_REST_ERR_BAD_ANSWER;
+        goto out;
+    }
     err = GS_REST_OK;
 out:
     /* The slist dies here: detach it from the handle first. */

@@ -36,7 +36,7 @@ typedef enum gs_rest_err {
     GS_REST_ERR_NOMEM,
     GS_REST_ERR_ARGS,         /* caller passed something invalid (URL, sizes, missing field) */
     GS_REST_ERR_CLIENT_CERT,  /* our client certificate/key could not be loaded */
-    GS_REST_ERR_UNREACHABLE,  /* DNS, connect refused, connection dropped */
+    GS_REST_ERR_UNREACHABLE,  /* DNS, connect refused, connection dropped or answer cut short */
     GS_REST_ERR_TIMEOUT,      /* connect or whole-request timeout */
     GS_REST_ERR_TLS,          /* handshake failed, server certificate not trusted */
     GS_REST_ERR_PIN,          /* server public key does not match the pin */
@@ -47,8 +47,10 @@ typedef enum gs_rest_err {
     GS_REST_ERR_UNAVAILABLE,  /* HTTP 503: token unreachable, try later */
     GS_REST_ERR_REJECTED,     /* other 4xx (400 bad request, 405, 413, unwrap_failed...) */
     GS_REST_ERR_SERVER,       /* other 5xx */
-    GS_REST_ERR_BAD_ANSWER,   /* malformed JSON/base64/PEM, missing fields, unexpected status */
-    GS_REST_ERR_TOO_LARGE,    /* response over max_response */
+    GS_REST_ERR_BAD_ANSWER,   /* malformed JSON/base64/PEM, missing fields, not JSON by its
+                                 Content-Type, unexpected status (1xx, 3xx: redirects are
+                                 never followed), not HTTP */
+    GS_REST_ERR_TOO_LARGE,    /* response body over max_response, or a header over libcurl's cap */
 } gs_rest_err;
 
 /* Static text for an error code. */

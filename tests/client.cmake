@@ -29,3 +29,9 @@ set_tests_properties(groupmail_interop PROPERTIES LABELS "interop;client" TIMEOU
 add_test(NAME groupmail_token COMMAND bash ${GS_TEST_DIR}/integration/groupmail-token.sh ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_token PROPERTIES LABELS "integration;client" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# groupmail against a hostile group server (tests/lib/hostile_groupsrv.py):
+# every misbehaviour a clean, documented failure; nothing written; bounded.
+add_test(NAME groupmail_hostile COMMAND /usr/bin/python3 ${GS_TEST_DIR}/integration/hostile-groupmail.py ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_hostile PROPERTIES LABELS "integration;client;hostile" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
