@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,13 +74,16 @@ static void out_name(const char *in, char *out, size_t outsz)
     snprintf(out, outsz, "%.*s.out", (int)n, in);
 }
 
-static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m)
+/* *settled: the message left the "new" state (prepared, or failed for
+ * good), rather than being deferred. */
+static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *settled)
 {
     xp_list *l = NULL;
     util_atomic_file *af = NULL;
     char name[128], in_path[4096], out_path[4096], why[512] = "";
     xp_err rc;
 
+    *settled = true;
     rc = spool_list_get_by_id(s, m->list_id, &l);
     if (rc == XP_ERR_NOTFOUND) {
         log_error("message of a deleted list id=%lld", (long long)m->id);
@@ -116,6 +120,7 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m)
         log_warn("cannot prepare message, will retry id=%lld list=%s in=%llus reason=\"%s\"", (long long)m->id,
                  l->address, (unsigned long long)d, why);
         rc = spool_defer_prepare(s, m->id, now_s() + (int64_t)d, why);
+        *settled = false;
     } else {
         log_error("cannot prepare message, giving up id=%lld list=%s reason=\"%s\"", (long long)m->id, l->address,
                   why[0] ? why : xp_strerror(rc));
@@ -129,7 +134,8 @@ out:
 
 /* ---- deliver one batch ------------------------------------------------ */
 
-static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_batch *b)
+/* *settled: some recipient of the batch was delivered or failed for good. */
+static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_batch *b, bool *settled)
 {
     xp_list *l = NULL;
     xp_send_result res;
@@ -141,6 +147,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     int64_t now = now_s();
     xp_err rc = XP_ERR_NOMEM, sent;
 
+    *settled = false;
     memset(&res, 0, sizeof(res));
     if ((res.rcpt_code = calloc(b->n, sizeof(int))) == NULL || (outcome = calloc(b->n, sizeof(*outcome))) == NULL ||
         (next_at = calloc(b->n, sizeof(*next_at))) == NULL || (why = calloc(b->n, sizeof(*why))) == NULL)
@@ -190,6 +197,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     /* one transaction for the whole batch, after the relay answered */
     if ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK)
         goto out;
+    *settled = delivered + failed > 0;
     if (deferred > 0)
         log_warn("batch deferred id=%lld delivered=%zu failed=%zu deferred=%zu reason=\"%s\"", (long long)b->msg->id,
                  delivered, failed, deferred, log_quote(q, sizeof(q), res.detail));
@@ -290,41 +298,47 @@ out:
 
 /* ---- the loop --------------------------------------------------------- */
 
-/* One pass over everything due now; *work counts what was done. */
-static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work)
+/* One pass over everything due now; *work counts what was tried,
+ * *settled what came to an end (a deferral does not). */
+static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work, size_t *settled)
 {
     xp_err rc;
     int64_t now = now_s(), expired = 0;
 
-    *work = 0;
+    *work = *settled = 0;
     while (!stop_requested) {
         xp_msg *m = NULL;
+        bool done = false;
         rc = spool_next_to_prepare(s, now, &m);
         if (rc == XP_ERR_NOTFOUND)
             break;
         if (rc != XP_OK)
             return rc;
-        rc = prepare_one(c, s, m);
+        rc = prepare_one(c, s, m, &done);
         xp_msg_free(m);
         if (rc != XP_OK)
             return rc;
         (*work)++;
+        *settled += done;
     }
     while (!stop_requested) {
         xp_batch *b = NULL;
+        bool done = false;
         rc = spool_next_batch(s, now, c->batch_size, &b);
         if (rc == XP_ERR_NOTFOUND)
             break;
         if (rc != XP_OK)
             return rc;
-        rc = send_batch(c, s, t, b);
+        rc = send_batch(c, s, t, b, &done);
         xp_batch_free(b);
         if (rc != XP_OK)
             return rc;
         (*work)++;
+        *settled += done;
     }
     if ((rc = spool_expire(s, now_s() - (int64_t)c->max_age, &expired)) != XP_OK)
         return rc;
+    *settled += (size_t)expired;
     if (expired > 0)
         log_warn("gave up on recipients after max_age count=%lld max_age=%llu", (long long)expired,
                  (unsigned long long)c->max_age);
@@ -340,6 +354,7 @@ static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work
         if (rc != XP_OK)
             return rc;
         (*work)++;
+        (*settled)++;
     }
     return XP_OK;
 }
@@ -401,14 +416,17 @@ int cmd_run(const xp_conf *c, int argc, char **argv)
     (void)spool_sweep(s, now_s(), 3600);
     log_info("queue runner started once=%s relay=%s batch_size=%u", once ? "yes" : "no", c->relay, c->batch_size);
     for (unsigned pass = 0; !stop_requested; pass++) {
-        size_t work = 0;
+        size_t work = 0, settled = 0;
         int64_t due = 0, now;
-        if ((rc = run_pass(c, s, t, &work)) != XP_OK) {
+        if ((rc = run_pass(c, s, t, &work, &settled)) != XP_OK) {
             log_error("queue pass failed err=\"%s\"", xp_strerror(rc));
             if (once)
                 break;
         }
-        if (once && (work == 0 || pass > 100000))
+        /* --once passes again only while something comes to an end: a
+         * pass that only defers would find the same items due again
+         * whenever a pass outlasts the backoff (a slow group server). */
+        if (once && (settled == 0 || pass > 100000))
             break;
         if (once)
             continue;
