@@ -143,6 +143,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_str(&c->tls_priv_path, value);
         if (strcmp(name, "ca") == 0)
             return set_str(&c->tls_ca, value);
+        if (strcmp(name, "timeout") == 0)
+            return set_u64(&c->tls_timeout, value, 1, 3600);
     } else if (strcmp(section, "log") == 0) {
         if (strcmp(name, "level") == 0) {
             int l = log_level_parse(value);
@@ -175,6 +177,7 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
     c->retry_max = 3600;
     c->poll_interval = 10;
     c->relay_timeout = 120;
+    c->tls_timeout = 30;
     c->starttls = XP_STARTTLS_YES;
     c->relay_verify = 1;
     c->log_level = LOG_LVL_INFO;

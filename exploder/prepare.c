@@ -128,13 +128,36 @@ static void rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
     o->key_file = l->priv_path != NULL ? l->priv_path : c->tls_priv_path;
     o->ca_file = l->cacert != NULL ? l->cacert : c->tls_ca;
     o->user_agent = "groupsrv-exploder/0.1";
+    o->timeout_ms = (long)c->tls_timeout * 1000;
+}
+
+/* Whether to ask again (docs/exploder.1.md, "Group server answers"): a 4xx
+ * other than 429 says the request itself is refused (not the list's
+ * exploder, no such group, a RecipientInfo the group cannot unwrap), and
+ * asking again gets the same answer: the message fails now and bounces
+ * once. 429, 5xx, connection, timeout and TLS trouble, and malformed
+ * answers are the server's or the network's: retried with backoff until
+ * max_age. */
+static xp_err rest_class(gs_rest_err e)
+{
+    switch (e) {
+    case GS_REST_ERR_UNAUTHORIZED:
+    case GS_REST_ERR_FORBIDDEN:
+    case GS_REST_ERR_NOT_FOUND:
+    case GS_REST_ERR_REJECTED: return XP_ERR_PERM;
+    default: return XP_ERR_TEMP;
+    }
 }
 
 static void rest_why(gs_rest *r, gs_rest_err e, char *why, size_t whysz)
 {
-    snprintf(why, whysz, "group server: %s (status %ld%s%s%s%s)", gs_rest_strerror(e), gs_rest_last_status(r),
-             gs_rest_last_code(r)[0] ? ", " : "", gs_rest_last_code(r), gs_rest_last_detail(r)[0] ? ", " : "",
-             gs_rest_last_detail(r));
+    const char *code = gs_rest_last_code(r), *detail = gs_rest_last_detail(r);
+    char status[32] = "";
+
+    if (gs_rest_last_status(r) > 0)
+        snprintf(status, sizeof(status), "HTTP %ld", gs_rest_last_status(r));
+    snprintf(why, whysz, "group server: %s (%s%s%s%s%s)", gs_rest_strerror(e), status,
+             status[0] && code[0] ? ", " : "", code, (status[0] || code[0]) && detail[0] ? ", " : "", detail);
 }
 
 xp_err xp_fetch_group_cert(const xp_conf *c, const xp_list *l, char **pem, char *why, size_t whysz)
@@ -248,7 +271,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
                         l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS, &ris);
     if (ge != GS_REST_OK) {
         rest_why(r, ge, why, whysz);
-        rc = XP_ERR_TEMP; /* retried with backoff until max_age, then bounced */
+        rc = rest_class(ge);
         goto out;
     }
     if (ris.n == 0) {
@@ -259,8 +282,9 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     /* only the returned RecipientInfos: the group's KTRI and any other
      * recipient of the original do not travel on to the members */
     if ((e = env_message_set_recipients(msg, (const unsigned char *const *)ris.der, ris.len, ris.n)) != ENV_OK) {
-        snprintf(why, whysz, "setting RecipientInfos: %s", env_strerror(e));
-        rc = env_to_xp(e);
+        /* a malformed answer, like a 5xx: the server's fault, not the message's */
+        snprintf(why, whysz, "group server answered an unusable RecipientInfo: %s", env_strerror(e));
+        rc = e == ENV_ERR_NOMEM ? XP_ERR_NOMEM : XP_ERR_TEMP;
         goto out;
     }
     outer = env_message_outer_headers(msg);

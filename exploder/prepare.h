@@ -27,8 +27,10 @@
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len);
 
 /* Writes the outgoing form of the message at in_path to out.
- * XP_ERR_TEMP: the group server could not be used now (retry later);
- * other errors are permanent for this message. why gets one line. */
+ * XP_ERR_TEMP: the group server could not be used now (429, 5xx, transport
+ * or TLS failure, malformed answer: retry later); XP_ERR_PERM: it refused
+ * the rewrap with another 4xx (bounce, do not retry); other errors are
+ * permanent for this message too. why gets one line. */
 xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why, size_t whysz);
 
 /* Fetches GET {server}/v1/groups/{group}/certificate (PEM chain, checked to

@@ -56,6 +56,7 @@ typedef struct xp_conf {
     char *relay_password_file; /* file (0600) holding the SMTP AUTH password */
     /* [tls]: default client certificate for the group server */
     char *tls_cert, *tls_priv_path, *tls_ca; /* paths; tls_priv_path: the private key FILE (never the key) */
+    uint64_t tls_timeout;      /* seconds for one group server request, connection included */
     /* [log] */
     int log_level;
     char *log_file;            /* diagnostic log appended to (NULL: standard error) */

@@ -15,8 +15,10 @@ Usage: hostile_groupsrv.py --cert F --key F --client-ca F --port-file F
                            --mode-file F --log F [--group-cert F]
 
 The behaviour is the word in --mode-file, read at every connection (so a
-test switches it between runs). Every request is appended to --log as
-"METHOD PATH MODE". Modes:
+test switches it between runs); "by-group" takes it from the group name of
+each request instead (/v1/groups/MODE/...), so one server misbehaves in
+every way at once, a different way for each list. Every request is
+appended to --log as "METHOD PATH MODE". Modes:
 
   ok                well-formed answers for every endpoint
   status-NNN        status NNN with a JSON error body (3xx: Location too)
@@ -247,6 +249,9 @@ def handle(raw, ctx):
         if req is None:
             return
         method, path, body = req
+        if m == "by-group":
+            parts = path.split("/")
+            m = parts[3] if len(parts) > 3 else "ok"
         log("%s %s %s" % (method, path, m))
         serve_request(conn, m, method, path, body)
     except (OSError, ValueError, ssl.SSLError):
