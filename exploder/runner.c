@@ -143,6 +143,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     int64_t *next_at = NULL;
     char **why = NULL;
     char from[MAIL_MAX_ADDR + 16] = "", path[4096], q[128];
+    const char *deferred_why = NULL;
     size_t delivered = 0, failed = 0, deferred = 0;
     int64_t now = now_s();
     xp_err rc = XP_ERR_NOMEM, sent;
@@ -171,26 +172,30 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
             outcome[i] = XP_RCPT_DELIVERED;
             line[0] = '\0';
         } else if (code / 100 == 2 && sent == XP_ERR_PERM) {
+            /* the message refused as a whole (a 5xx to DATA or to its end) */
             outcome[i] = XP_RCPT_FAILED;
             snprintf(line, sizeof(line), "%s", res.detail);
         } else {
             outcome[i] = XP_RCPT_DEFERRED;
             next_at[i] = now + (int64_t)xp_backoff(c, b->attempts[i] + 1);
-            if (code != 0)
+            if (code / 100 == 4)
                 snprintf(line, sizeof(line), "RCPT %d", code);
-            else
+            else /* accepted at RCPT (or never asked): what failed came later */
                 snprintf(line, sizeof(line), "%s", res.detail[0] ? res.detail : "not sent");
         }
         if (line[0] != '\0' && (why[i] = strdup(line)) == NULL) {
             rc = XP_ERR_NOMEM;
             goto out;
         }
+        if (outcome[i] == XP_RCPT_DEFERRED && deferred_why == NULL)
+            deferred_why = why[i];
         if (outcome[i] == XP_RCPT_DELIVERED)
             delivered++;
         else if (outcome[i] == XP_RCPT_FAILED) {
             failed++;
+            char qr[320];
             log_warn("recipient refused id=%lld rcpt=%s reason=\"%s\"", (long long)b->msg->id,
-                     log_quote(q, sizeof(q), b->rcpts[i]), line);
+                     log_quote(q, sizeof(q), b->rcpts[i]), log_quote(qr, sizeof(qr), line));
         } else
             deferred++;
     }
@@ -200,7 +205,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     *settled = delivered + failed > 0;
     if (deferred > 0)
         log_warn("batch deferred id=%lld delivered=%zu failed=%zu deferred=%zu reason=\"%s\"", (long long)b->msg->id,
-                 delivered, failed, deferred, log_quote(q, sizeof(q), res.detail));
+                 delivered, failed, deferred, log_quote(q, sizeof(q), res.detail[0] ? res.detail : deferred_why));
     else
         log_info("batch sent id=%lld delivered=%zu failed=%zu", (long long)b->msg->id, delivered, failed);
 out:

@@ -90,7 +90,7 @@ void xp_transport_free(xp_transport *t)
 
 /* Where we are in the SMTP dialogue, learned from libcurl's debug stream:
  * libcurl does not pipeline, so every command is followed by its reply. */
-enum dlg_state { DLG_OTHER = 0, DLG_RCPT, DLG_DATA, DLG_POSTDATA };
+enum dlg_state { DLG_OTHER = 0, DLG_MAIL, DLG_RCPT, DLG_DATA, DLG_POSTDATA };
 
 typedef struct send_ctx {
     FILE *fp;
@@ -101,7 +101,10 @@ typedef struct send_ctx {
     size_t n;
     int *codes;
     int final_code;
-    char fail_reply[160]; /* the first 4xx/5xx reply of the transaction */
+    int refused_code;     /* a 5xx to DATA: the message as a whole refused */
+    const char *waiting;  /* the reply we wait for, for messages */
+    bool sent_all;        /* the whole message went out: only the relay's last reply is missing */
+    char fail_reply[160]; /* the last 4xx/5xx reply but to RCPT, printable ASCII */
 } send_ctx;
 
 /* Reads the message and turns bare LF into CRLF (SMTP's line ending; we
@@ -127,6 +130,7 @@ static size_t read_cb(char *buf, size_t size, size_t nitems, void *user)
         if (got == 0) {
             if (ferror(c->fp))
                 return CURL_READFUNC_ABORT;
+            c->sent_all = o == 0;
             break;
         }
         for (size_t i = 0; i < got; i++) {
@@ -153,35 +157,50 @@ static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *
     send_ctx *c = user;
     (void)h;
     if (type == CURLINFO_HEADER_OUT) {
-        if (size >= 8 && strncasecmp(data, "RCPT TO:", 8) == 0) {
+        if (size >= 10 && strncasecmp(data, "MAIL FROM:", 10) == 0) {
+            c->state = DLG_MAIL;
+            c->waiting = "the reply to MAIL FROM";
+        } else if (size >= 8 && strncasecmp(data, "RCPT TO:", 8) == 0) {
             c->state = DLG_RCPT;
+            c->waiting = "the reply to RCPT TO";
             c->rcpt_sent++;
         } else if (size >= 4 && strncasecmp(data, "DATA", 4) == 0) {
             c->state = DLG_DATA;
+            c->waiting = "the reply to DATA";
         } else {
             c->state = DLG_OTHER;
+            c->waiting = size >= 4 && strncasecmp(data, "EHLO", 4) == 0 ? "the reply to EHLO" : "a reply";
         }
     } else if (type == CURLINFO_HEADER_IN) {
         bool final;
         int code = reply_code(data, size, &final);
         if (code == 0 || !final)
             return 0;
-        if (code >= 400 && c->fail_reply[0] == '\0') {
-            size_t n = size;
+        if (code >= 400 && c->state != DLG_RCPT) {
+            /* the reply that ended the transaction (a refused RCPT is its
+             * recipient's own code); to the log and the spool: printable only */
+            size_t n = size, o;
             while (n > 0 && (data[n - 1] == '\r' || data[n - 1] == '\n'))
                 n--;
-            if (n >= sizeof(c->fail_reply))
-                n = sizeof(c->fail_reply) - 1;
-            memcpy(c->fail_reply, data, n);
-            c->fail_reply[n] = '\0';
+            for (o = 0; o < n && o + 1 < sizeof(c->fail_reply); o++)
+                c->fail_reply[o] = data[o] >= 0x20 && data[o] < 0x7f ? data[o] : '?';
+            c->fail_reply[o] = '\0';
         }
         switch (c->state) {
+        case DLG_MAIL:
+            /* a 5xx here refuses our own envelope sender (the list owner,
+             * or <> for bounces): the relay's or our configuration, which
+             * an admin fixes, not the message: it stays a deferral */
+            c->state = DLG_OTHER;
+            break;
         case DLG_RCPT:
             if (c->rcpt_sent >= 1 && c->rcpt_sent <= c->n)
                 c->codes[c->rcpt_sent - 1] = code;
             c->state = DLG_OTHER;
             break;
         case DLG_DATA:
+            if (code / 100 == 5)
+                c->refused_code = code;
             c->state = code == 354 ? DLG_POSTDATA : DLG_OTHER;
             break;
         case DLG_POSTDATA:
@@ -193,6 +212,20 @@ static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *
         }
     }
     return 0;
+}
+
+/* After a failed transaction the connection's dialogue may be out of step:
+ * libcurl 7.88 keeps a connection whose last reply timed out, and the reply
+ * that comes late is then read as the answer to the next command (a stale
+ * 250 taken for another transaction's). Never reuse it: a new handle, a new
+ * connection. The old one's QUIT is bounded by SERVER_RESPONSE_TIMEOUT. */
+static void fresh_handle(xp_transport *t)
+{
+    CURL *h = curl_easy_init();
+    if (h == NULL)
+        return; /* keep the old one: the next transaction may fail, no worse */
+    curl_easy_cleanup(t->curl);
+    t->curl = h;
 }
 
 #define CK(x)                                                                                                \
@@ -248,6 +281,9 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
     CK(curl_easy_setopt(h, CURLOPT_DEBUGDATA, &ctx));
     CK(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L));
     CK(curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)conf->relay_timeout));
+    /* also bounds the QUIT at disconnect, which CURLOPT_TIMEOUT does not:
+     * else a stalled relay holds the runner for libcurl's 120 s default */
+    CK(curl_easy_setopt(h, CURLOPT_SERVER_RESPONSE_TIMEOUT, (long)conf->relay_timeout));
     CK(curl_easy_setopt(h, CURLOPT_USE_SSL, conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
                                             : conf->starttls == XP_STARTTLS_YES    ? (long)CURLUSESSL_TRY
                                                                                    : (long)CURLUSESSL_NONE));
@@ -259,20 +295,31 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
         CK(curl_easy_setopt(h, CURLOPT_USERNAME, conf->relay_user));
         CK(curl_easy_setopt(h, CURLOPT_PASSWORD, t->password));
     }
+    ctx.waiting = "the greeting";
     cr = curl_easy_perform(h);
     res->final_code = ctx.final_code;
-    if (cr == CURLE_OK && ctx.final_code / 100 == 2) {
+    /* a 2xx to the end of DATA is the relay taking the message, whatever
+     * libcurl thinks of what came after: sending again would duplicate it */
+    if (ctx.final_code / 100 == 2) {
         rc = XP_OK;
         goto out;
     }
-    if (ctx.final_code / 100 == 5)
-        rc = XP_ERR_PERM; /* the message itself was refused */
+    if (ctx.final_code / 100 == 5 || ctx.refused_code != 0)
+        rc = XP_ERR_PERM; /* the message itself was refused (DATA or its end) */
     else
         rc = XP_ERR_TEMP;
     if (ctx.fail_reply[0] != '\0')
         snprintf(res->detail, sizeof(res->detail), "%s", ctx.fail_reply);
+    else if (ctx.state == DLG_POSTDATA && ctx.sent_all)
+        /* SMTP's duplicate window (RFC 1047): the relay may have the message */
+        snprintf(res->detail, sizeof(res->detail), "no reply to the end of DATA: %.160s; sent again, may duplicate",
+                 errbuf[0] ? errbuf : curl_easy_strerror(cr));
+    else if (ctx.state == DLG_POSTDATA)
+        snprintf(res->detail, sizeof(res->detail), "%.200s (while sending DATA)",
+                 errbuf[0] ? errbuf : curl_easy_strerror(cr));
     else
-        snprintf(res->detail, sizeof(res->detail), "%s", errbuf[0] ? errbuf : curl_easy_strerror(cr));
+        snprintf(res->detail, sizeof(res->detail), "%.200s (waiting for %s)",
+                 errbuf[0] ? errbuf : curl_easy_strerror(cr), ctx.waiting);
     goto out;
 setup_failed:
     snprintf(res->detail, sizeof(res->detail), "libcurl setup: %s", curl_easy_strerror(cr));
@@ -285,6 +332,8 @@ out:
         curl_easy_setopt(h, CURLOPT_READDATA, NULL);
         curl_easy_setopt(h, CURLOPT_DEBUGDATA, NULL);
     }
+    if (rc != XP_OK && h != NULL)
+        fresh_handle(t);
     curl_slist_free_all(rl);
     if (ctx.fp != NULL)
         fclose(ctx.fp);
