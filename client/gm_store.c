@@ -5,6 +5,7 @@
 #include "gm_store.h"
 
 #include <dirent.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,6 +157,17 @@ void gm_secret_entry_clear(gm_secret_entry *e)
     memset(e, 0, sizeof(*e));
 }
 
+/* Non-empty, printable ASCII without spaces. */
+static bool is_token(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (*s <= 0x20 || *s >= 0x7f)
+            return false;
+    return true;
+}
+
 int gm_secret_entry_parse(const unsigned char *buf, size_t len, gm_secret_entry *out)
 {
     json_t *o, *jk, *jw, *ja, *jv;
@@ -175,8 +187,11 @@ int gm_secret_entry_parse(const unsigned char *buf, size_t len, gm_secret_entry 
                         &out->wrapped_key_len) != UTIL_OK)
         goto out;
     out->version = (uint64_t)json_integer_value(jv);
-    /* shown by keys list; only "RSA-OAEP-256" changes what we do */
-    if (!json_is_string(ja) || util_strlcpy(out->algorithm, json_string_value(ja), sizeof(out->algorithm)) != UTIL_OK)
+    /* shown by keys list, one line per version: a name, or "?" (an empty
+     * or odd one must not break or forge lines); only "RSA-OAEP-256"
+     * changes what we do */
+    if (!json_is_string(ja) || !is_token(json_string_value(ja)) ||
+        util_strlcpy(out->algorithm, json_string_value(ja), sizeof(out->algorithm)) != UTIL_OK)
         util_strlcpy(out->algorithm, "?", sizeof(out->algorithm));
     rc = 0;
 out:

@@ -25,7 +25,8 @@ typedef struct gm_secret_entry {
     size_t kek_id_len;
     unsigned char *wrapped_key; /* still RSA-OAEP-wrapped to the member key */
     size_t wrapped_key_len;
-    char algorithm[32];         /* as stored ("RSA-OAEP", "RSA-OAEP-256"); "?" if absent or too long */
+    char algorithm[32];         /* as stored ("RSA-OAEP", "RSA-OAEP-256"); "?" if absent, empty,
+                                   too long, or not printable ASCII without spaces */
 } gm_secret_entry;
 /* Parses one stored version (JSON: version >= 0, base64 kek_id and
  * wrapped_key, optional algorithm). The store is groupmail's own, but

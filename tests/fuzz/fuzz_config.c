@@ -98,6 +98,8 @@ static void secret_entry(const uint8_t *data, size_t size)
         FUZZ_CHECK(e.kek_id != NULL && e.wrapped_key != NULL);
         FUZZ_CHECK(e.kek_id_len <= 768 && e.wrapped_key_len <= 3072);
         FUZZ_CHECK(memchr(e.algorithm, '\0', sizeof(e.algorithm)) != NULL && e.algorithm[0] != '\0');
+        for (const char *a = e.algorithm; *a; a++) /* one token on a line of keys list */
+            FUZZ_CHECK(*a > 0x20 && *a < 0x7f);
     } else {
         FUZZ_CHECK(e.kek_id == NULL && e.wrapped_key == NULL);
     }
