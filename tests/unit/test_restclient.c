@@ -2,7 +2,8 @@
  * test_restclient.c: gs_restclient against a local HTTPS stub
  * (tests/integration/groupmail-stub.py) with a throw-away PKI
  * (groupmail-mkcerts.sh): answers, errors, garbage, timeouts, caps, pins,
- * mutual TLS from files and from memory, connection reuse.
+ * mutual TLS from files and from memory, connection reuse; and the
+ * answer parsers of restparse.c on hostile bytes, without a server.
  * Environment (set by tests/client.cmake): GM_STUB, GM_MKCERTS, GM_WORK.
  */
 #include <setjmp.h>
@@ -23,13 +24,17 @@
 #include <unistd.h>
 
 #include "restclient.h"
+#include "restparse.h"
 #include "util.h"
 
 static char dir[512];
 static char base[128];
 static pid_t stub_pid = -1;
 
-static void path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", dir, name); }
+static void path(char *buf, size_t n, const char *name)
+{
+    snprintf(buf, n, "%s/%s", dir, name);
+}
 
 static int setup(void **state)
 {
@@ -261,7 +266,9 @@ static void test_unwrap(void **state)
     gs_unwrap_result_clear(&res);
 
     /* bare encrypted key form */
-    gs_unwrap_req req2 = {.encrypted_key = ri, .encrypted_key_len = sizeof(ri), .algorithm = "RSA-OAEP-256",
+    gs_unwrap_req req2 = {.encrypted_key = ri,
+                          .encrypted_key_len = sizeof(ri),
+                          .algorithm = "RSA-OAEP-256",
                           .deliver = GS_DELIVER_RECIPIENT_KEY};
     assert_int_equal(gs_rest_unwrap(r, "ok", &req2, &res), GS_REST_OK);
     gs_unwrap_result_clear(&res);
@@ -307,7 +314,8 @@ static void test_unwrap_batch(void **state)
     assert_memory_equal(outs[2].recipient_info, "RI:", 3);
     for (int i = 0; i < 3; i++)
         gs_unwrap_result_clear(&outs[i]);
-    assert_int_equal(gs_rest_unwrap_batch(r, "ok", reqs, GS_REST_BATCH_MAX + 1, outs, errs), GS_REST_ERR_ARGS);
+    assert_int_equal(gs_rest_unwrap_batch(r, "ok", reqs, GS_REST_BATCH_MAX + 1, outs, errs),
+                     GS_REST_ERR_ARGS);
     gs_rest_free(r);
 }
 
@@ -326,9 +334,11 @@ static void test_rewrap(void **state)
     assert_int_equal(l.n, 2);
     assert_memory_equal(l.der[1], "M2:", 3);
     gs_ri_list_clear(&l);
-    assert_int_equal(gs_rest_rewrap(r, "badb64", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l), GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(gs_rest_rewrap(r, "badb64", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l),
+                     GS_REST_ERR_BAD_ANSWER);
     assert_int_equal(l.n, 0);
-    assert_int_equal(gs_rest_rewrap(r, "forbidden", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l), GS_REST_ERR_FORBIDDEN);
+    assert_int_equal(gs_rest_rewrap(r, "forbidden", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l),
+                     GS_REST_ERR_FORBIDDEN);
     gs_rest_free(r);
 }
 
@@ -360,7 +370,8 @@ static void test_membership_certificate(void **state)
     assert_int_equal(gs_rest_membership_certificate(r, NULL, "ok", csr, strlen(csr), &pem, &len), GS_REST_OK);
     assert_non_null(strstr(pem, "BEGIN CERTIFICATE"));
     free(pem);
-    assert_int_equal(gs_rest_membership_certificate(r, base, "ok", "junk", 4, &pem, &len), GS_REST_ERR_REJECTED);
+    assert_int_equal(gs_rest_membership_certificate(r, base, "ok", "junk", 4, &pem, &len),
+                     GS_REST_ERR_REJECTED);
     assert_string_equal(gs_rest_last_code(r), "bad_request");
     assert_int_equal(gs_rest_membership_certificate(r, "http://x", "ok", csr, strlen(csr), &pem, &len),
                      GS_REST_ERR_ARGS);
@@ -476,6 +487,90 @@ static void test_pin(void **state)
     gs_rest_free(r);
 }
 
+/* ---- restparse.c: answers parsed from bytes, no server needed ---------- */
+
+#define B(s) (const unsigned char *)(s), strlen(s)
+
+static void test_parse_status_and_type(void **state)
+{
+    (void)state;
+    assert_int_equal(gs_rest_parse_status(200), GS_REST_OK);
+    assert_int_equal(gs_rest_parse_status(204), GS_REST_OK);
+    assert_int_equal(gs_rest_parse_status(302), GS_REST_ERR_BAD_ANSWER); /* never followed */
+    assert_int_equal(gs_rest_parse_status(101), GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(gs_rest_parse_status(400), GS_REST_ERR_REJECTED);
+    assert_int_equal(gs_rest_parse_status(401), GS_REST_ERR_UNAUTHORIZED);
+    assert_int_equal(gs_rest_parse_status(403), GS_REST_ERR_FORBIDDEN);
+    assert_int_equal(gs_rest_parse_status(404), GS_REST_ERR_NOT_FOUND);
+    assert_int_equal(gs_rest_parse_status(429), GS_REST_ERR_RATE_LIMITED);
+    assert_int_equal(gs_rest_parse_status(503), GS_REST_ERR_UNAVAILABLE);
+    assert_int_equal(gs_rest_parse_status(504), GS_REST_ERR_SERVER);
+    assert_int_equal(gs_rest_parse_status(600), GS_REST_ERR_BAD_ANSWER);
+    assert_true(gs_rest_parse_is_json("application/json"));
+    assert_true(gs_rest_parse_is_json("Application/JSON; charset=utf-8"));
+    assert_true(gs_rest_parse_is_json(" application/json "));
+    assert_false(gs_rest_parse_is_json("application/jsonp"));
+    assert_false(gs_rest_parse_is_json("text/html"));
+    assert_false(gs_rest_parse_is_json(""));
+    assert_false(gs_rest_parse_is_json(NULL));
+}
+
+static void test_parse_hostile_answers(void **state)
+{
+    char code[16], msg[32], why[128];
+    gs_unwrap_result u;
+    gs_ri_list l;
+    char *pem = (char *)1;
+    size_t plen = 1;
+
+    (void)state;
+    /* a refusal's code and message: cut, control characters replaced */
+    gs_rest_parse_error(B("{\"error\":{\"code\":\"evil\\u001b[31m\",\"message\":\"line\\r\\nbreak "
+                          "and a very long tail\"}}"),
+                        code, sizeof(code), msg, sizeof(msg));
+    assert_string_equal(code, "evil?[31m");
+    assert_string_equal(msg, "line??break and a very long tai");
+    gs_rest_parse_error(B("<html>502</html>"), code, sizeof(code), msg, sizeof(msg));
+    assert_string_equal(code, "");
+    assert_string_equal(msg, "");
+    /* each malformed answer says what was wrong, and leaves nothing */
+    assert_int_equal(
+        gs_rest_parse_unwrap(B("{\"key\":\"AAAAAAAAAAAAAAAAAAAA\"}"), GS_DELIVER_TLS, &u, why, sizeof(why)),
+        GS_REST_ERR_BAD_ANSWER);
+    assert_string_equal(why, "'key' is 15 bytes, not 16, 24 or 32");
+    assert_null(u.key);
+    assert_int_equal(gs_rest_parse_unwrap(B("{\"key\":[1]}"), GS_DELIVER_TLS, &u, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_string_equal(why, "'key' is not a string");
+    assert_int_equal(gs_rest_parse_unwrap(B("{}"), GS_DELIVER_RECIPIENT_KEY, &u, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_string_equal(why, "'recipient_info' missing");
+    assert_int_equal(
+        gs_rest_parse_unwrap(B("{\"key\":\"a\",\"key\":\"b\"}"), GS_DELIVER_TLS, &u, why, sizeof(why)),
+        GS_REST_ERR_BAD_ANSWER); /* duplicate names refused */
+    assert_non_null(strstr(why, "not JSON"));
+    assert_int_equal(gs_rest_parse_unwrap((const unsigned char *)"", 0, GS_DELIVER_TLS, &u, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_string_equal(why, "empty answer");
+    assert_int_equal(gs_rest_parse_rewrap(B("{\"recipient_infos\":[\"AAAA\",\"@@\"]}"), GS_REWRAP_MEMBERS, &l,
+                                          why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_string_equal(why, "'recipient_infos' item 1 is not base64 of 1 to 65536 bytes");
+    assert_int_equal(l.n, 0);
+    assert_int_equal(
+        gs_rest_parse_rewrap(B("{\"recipient_infos\":[]}"), GS_REWRAP_GROUP_SECRET, &l, why, sizeof(why)),
+        GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(gs_rest_parse_rewrap(B("{\"recipient_infos\":[]}"), GS_REWRAP_MEMBERS, &l, NULL, 0),
+                     GS_REST_OK);
+    assert_int_equal(l.n, 0);
+    /* PEM: text holding a certificate block, nothing else */
+    assert_int_equal(gs_rest_parse_pem((const unsigned char *)"-----BEGIN CERTIFICATE-----\0x", 29, &pem,
+                                       &plen, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_null(pem);
+    assert_int_equal(plen, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -497,6 +592,8 @@ int main(void)
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_tls_untrusted),
         cmocka_unit_test(test_pin),
+        cmocka_unit_test(test_parse_status_and_type),
+        cmocka_unit_test(test_parse_hostile_answers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
