@@ -58,16 +58,14 @@ import sys
 import threading
 import time
 
+import loopback
+
 ARGS = None
 LOG_LOCK = threading.Lock()
 
 
 def mode():
-    try:
-        with open(ARGS.mode_file) as f:
-            return f.read().strip() or "ok"
-    except OSError:
-        return "ok"
+    return loopback.read_mode(ARGS.mode_file)
 
 
 def log(line):
@@ -275,17 +273,7 @@ def main():
     ctx.load_cert_chain(ARGS.cert, ARGS.key)
     ctx.load_verify_locations(ARGS.client_ca)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    tmp = ARGS.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(srv.getsockname()[1]))
-    os.rename(tmp, ARGS.port_file)
-    while True:
-        raw, _ = srv.accept()
-        threading.Thread(target=handle, args=(raw, ctx), daemon=True).start()
+    loopback.serve_forever(ARGS.port_file, lambda raw: handle(raw, ctx))
 
 
 if __name__ == "__main__":

@@ -45,10 +45,11 @@ escape sequences and quotes: they must not reach a log or the spool.)
 import argparse
 import itertools
 import os
-import socket
 import sys
 import threading
 import time
+
+import loopback
 
 ARGS = None
 SEQ = itertools.count(1)
@@ -57,11 +58,7 @@ SLOW = 120
 
 
 def mode():
-    try:
-        with open(ARGS.mode_file) as f:
-            return f.read().strip() or "ok"
-    except OSError:
-        return "ok"
+    return loopback.read_mode(ARGS.mode_file)
 
 
 def transcript(cid, direction, line):
@@ -241,17 +238,7 @@ def main():
     ARGS = p.parse_args()
     for sub in ("tmp", "new"):
         os.makedirs(os.path.join(ARGS.dir, sub), exist_ok=True)
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    tmp = ARGS.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(srv.getsockname()[1]))
-    os.rename(tmp, ARGS.port_file)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    loopback.serve_forever(ARGS.port_file, handle)
 
 
 if __name__ == "__main__":
