@@ -29,7 +29,7 @@ rc=0
 
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
 cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/log" | tail -1)
-corp=$(grep -oE 'corp: [0-9]+/[0-9]+[bKM]b' "$work/log" | tail -1)
+corp=$(grep -oE 'corp: [0-9]+/[0-9]+[KM]?b' "$work/log" | tail -1)
 echo "$name: ${secs}s, ${execs:-?} executions, ${cov:-cov: ?}, ${corp:-corp: ?}, exit $rc"
 if [ "$rc" != 0 ]; then
   tail -60 "$work/log"
