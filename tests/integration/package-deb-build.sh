@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # package-deb-build.sh SRC OUT: builds the Debian packages from this tree
 # as the README says (`dpkg-buildpackage -us -uc -b`, in a copy of the
-# tree so nothing lands next to the worktree) and checks them with
-# lintian: every tag lintian reports (errors, warnings, info, pedantic)
-# must be overridden with a reason in debian/*.lintian-overrides. The
-# packages are left in OUT for package-deb-system.sh.
+# tree so nothing lands next to the worktree), checks that their
+# maintainer scripts restart the services after an upgrade and stop them
+# on removal, and checks them with lintian: every tag lintian reports
+# (errors, warnings, info, pedantic) must be overridden with a reason in
+# debian/*.lintian-overrides. The packages are left in OUT for
+# package-deb-system.sh.
 set -euo pipefail
 SRC=$1 OUT=$2
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -24,6 +26,23 @@ for p in groupsrv exploder groupmail; do
   compgen -G "$OUT/${p}_*.deb" >/dev/null || fail "no $p package"
 done
 ls "$OUT"/*.deb | sed 's|.*/|  |'
+
+# The services' life cycle across upgrade and removal (systemd is not
+# running here, so this reads what the maintainer scripts would do): an
+# upgrade restarts a service that is running or enabled (never a stop in
+# the preinst with nothing to start it again) and removal stops it.
+for p in groupsrv exploder; do
+  ctl=$OUT/control-$p
+  dpkg-deb -e "$OUT/${p}_"*.deb "$ctl"
+  grep -q 'deb-systemd-invoke stop' "$ctl/preinst" 2>/dev/null &&
+    fail "$p preinst stops the service on upgrade: $(cat "$ctl/preinst")"
+  grep -q '_dh_action=restart' "$ctl/postinst" && grep -q 'deb-systemd-invoke $_dh_action' "$ctl/postinst" ||
+    fail "$p postinst does not restart the service after an upgrade: $(cat "$ctl/postinst")"
+  grep -q '"$1" = remove' "$ctl/prerm" 2>/dev/null && grep -q "deb-systemd-invoke stop '$p.service'" "$ctl/prerm" ||
+    fail "$p prerm does not stop the service on removal: $(cat "$ctl/prerm" 2>&1)"
+  rm -rf "$ctl"
+done
+ok "maintainer scripts: restart after upgrade, stop on removal"
 
 # lintian as root warns about itself on stderr; its report is stdout.
 set +e
