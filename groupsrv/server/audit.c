@@ -841,16 +841,23 @@ static json_t *rotation_json(const char *action, const char *name, const char *v
 
 /* The successor file (mutex and flock held): a temp file next to the log,
  * owned like the sealed one so the server's user can append to it when root
- * rotates; returned locked. */
+ * rotates; returned locked. Every rotation takes the current file's flock
+ * before it gets here, so a temp file already there is one a rotation left
+ * when it crashed before its rename: it is removed, or it would block every
+ * later rotation. O_EXCL: never through a link someone put there. */
 static int open_successor(const char *tmp, const struct stat *sealed)
 {
-    int fd = open(tmp, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd;
 
-    if (fd < 0)
+    if (unlink(tmp) != 0 && errno != ENOENT)
+        return -1;
+    if ((fd = open(tmp, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
         return -1;
     if ((geteuid() == 0 && fchown(fd, sealed->st_uid, sealed->st_gid) != 0) || flock(fd, LOCK_EX) != 0) {
+        int err = errno; /* for the caller's message */
         close(fd);
         unlink(tmp);
+        errno = err;
         return -1;
     }
     return fd;
@@ -863,7 +870,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     char *tmp = NULL, *dir = NULL;
     const char *base;
     unsigned long long seq = 0;
-    int locked = 0, linked = 0, sealed_fd = -1;
+    int locked = 0, linked = 0, sealed_fd = -1, new_fd = -1;
     struct stat st;
     char sealed_head[sizeof(log->prev_hex)];
     off_t sealed_end = 0;
@@ -891,6 +898,12 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     rc = AUDIT_ERR_IO;
     if (fstat(log->fd, &st) != 0)
         goto out;
+    /* The successor first: a rotation that cannot make it (a full disk, a
+     * directory it may not write) fails before the seal, changing nothing. */
+    if ((new_fd = open_successor(tmp, &st)) < 0) {
+        log_error("audit rotate: cannot create the new file path=%s errno=%d", tmp, errno);
+        goto out;
+    }
     if ((rc = link_archive(log->path, archive, cap)) != AUDIT_OK)
         goto out;
     linked = 1;
@@ -911,11 +924,9 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     sealed_end = log->end;
     /* The successor starts with a record chained to the seal, and is in
      * place (rename, directory synced) before anyone may look. */
-    if ((sealed_fd = open_successor(tmp, &st)) < 0)
-        goto out;
-    int t = sealed_fd;
     sealed_fd = log->fd;
-    log->fd = t;
+    log->fd = new_fd;
+    new_fd = -1;
     log->end = 0;
     if ((rc = put_line_locked(log, cont, &seq)) != AUDIT_OK)
         goto out;
@@ -933,12 +944,16 @@ out:
     if (rc != AUDIT_OK && sealed_fd >= 0) {
         /* Back to the sealed file, still at the path: records go on after
          * the seal, which verify accepts (a seal is only a record). */
-        close(log->fd);
-        unlink(tmp);
+        new_fd = log->fd;
         log->fd = sealed_fd;
         sealed_fd = -1;
         memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
         log->end = sealed_end;
+    }
+    if (new_fd >= 0) {
+        /* never put in place */
+        close(new_fd);
+        unlink(tmp);
     }
     if (sealed_fd >= 0)
         close(sealed_fd); /* drops the lock: other appenders follow now */

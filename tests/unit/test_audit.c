@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -659,6 +660,109 @@ static void test_rotation_under_concurrent_appends(void **state)
     chain_ok(f->path, 6, 120 + 2 * 5);
 }
 
+/* How many files in f->dir have names starting with the log's. */
+static int files_like_log(const struct fx *f)
+{
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL)
+        n += strncmp(e->d_name, "audit.jsonl", 11) == 0;
+    closedir(d);
+    return n;
+}
+
+/* A rotation that crashed after it made the new file but before it put it
+ * in place leaves PATH.rotating: the next rotation replaces it instead of
+ * failing (it would have failed for good, adding a seal each time). */
+static void test_rotate_after_leftover_new_file(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    char tmp[128], archive[256];
+
+    write_records(f, 3);
+    snprintf(tmp, sizeof(tmp), "%s.rotating", f->path);
+    FILE *fp = fopen(tmp, "w");
+    assert_non_null(fp);
+    fputs("{\"action\":\"audit-contin", fp); /* torn, as a crash leaves it */
+    fclose(fp);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, archive, sizeof(archive)), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(access(tmp, F_OK), -1);
+    chain_ok(f->path, 2, 3 + 1 + 1);
+}
+
+/* A rotation that cannot make the new file fails before it seals the log
+ * or links an archive: the log is as it was. */
+static void test_rotate_failing_early_changes_nothing(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char tmp[128], inside[160], archive[256], line[8192];
+
+    write_records(f, 3);
+    /* a directory at the new file's name: neither removed nor replaced */
+    snprintf(tmp, sizeof(tmp), "%s.rotating", f->path);
+    snprintf(inside, sizeof(inside), "%s/x", tmp);
+    assert_int_equal(mkdir(tmp, 0700), 0);
+    assert_int_equal(mkdir(inside, 0700), 0);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, archive, sizeof(archive)), AUDIT_ERR_IO);
+    assert_string_equal(archive, "");
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 4);
+    last_line(f->path, line, sizeof(line));
+    assert_null(strstr(line, "audit-rotate"));
+    assert_int_equal(files_like_log(f), 2); /* the log and the directory */
+    rmdir(inside);
+    rmdir(tmp);
+}
+
+static void crash_now(void)
+{
+    _exit(0);
+}
+
+/* A rotation killed half-way (here in the seal's fdatasync): a server that
+ * opens the log afterwards writes on after the seal, the next rotation
+ * works, and the chain verifies across the files. */
+static void test_rotation_killed_half_way(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char archive[256];
+    int status = 0;
+
+    write_records(f, 3);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        audit_log *child = NULL;
+        if (audit_open(f->path, &child) != AUDIT_OK)
+            _exit(2);
+        during_sync = crash_now;
+        audit_rotate(child, archive, sizeof(archive));
+        _exit(3); /* not reached: crash_now ran */
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, archive, sizeof(archive)), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    /* 3 records, the first seal, 1 record, the second seal | continuation, 1 record */
+    chain_ok(f->path, 2, 3 + 1 + 1 + 1 + 1 + 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -679,6 +783,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_verify_names_missing_and_edited_archive, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_under_concurrent_appends, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_rotate_after_leftover_new_file, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_rotate_failing_early_changes_nothing, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_rotation_killed_half_way, setup, teardown_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
