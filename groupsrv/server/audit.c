@@ -168,8 +168,11 @@ audit_err audit_open(const char *path, audit_log **out)
     pthread_cond_init(&log->work, NULL);
     if ((log->path = strdup(path)) == NULL)
         goto out;
-    /* Readable too: following a rotation reads the sealed file's end. */
-    log->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    /* Readable too: following a rotation reads the sealed file's end.
+     * Never through a symbolic link: `audit rotate` runs as root in a
+     * directory the server's user owns, and a link there would make it
+     * append its seal to any file (and rotation replaces the path anyway). */
+    log->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (log->fd < 0) {
         rc = AUDIT_ERR_IO;
         goto out;
@@ -655,7 +658,7 @@ static int fd_at_path(const struct audit_log *log)
 static int open_locked_at_path(const char *path)
 {
     for (int tries = 0; tries < 100; tries++) {
-        int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC);
+        int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0)
             return -1;
         if (flock(fd, LOCK_EX) == 0 && is_at_path(fd, path))

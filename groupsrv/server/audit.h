@@ -36,7 +36,8 @@ typedef struct audit_log audit_log;
 
 /* Opens (creating, mode 0600) path for appending and reads the last line to
  * continue the chain. A file whose last line is unterminated or too long is
- * refused (AUDIT_ERR_FORMAT): repair it with `groupsrv audit verify` first. */
+ * refused (AUDIT_ERR_FORMAT): repair it with `groupsrv audit verify` first.
+ * A symbolic link at path is refused (AUDIT_ERR_IO). */
 audit_err audit_open(const char *path, audit_log **out);
 void audit_close(audit_log *log);
 

@@ -309,8 +309,14 @@ static int audit_rotate_cmd(const char *file)
     struct stat st;
     audit_err e;
 
-    if (stat(file, &st) != 0) {
+    /* An existing regular file only: rotating must not create a log (as
+     * root, one the server could not write), nor follow a link. */
+    if (lstat(file, &st) != 0) {
         fprintf(stderr, "groupsrv audit rotate: %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "groupsrv audit rotate: %s: not a regular file\n", file);
         return 1;
     }
     if ((e = audit_open(file, &log)) == AUDIT_OK)

@@ -763,6 +763,28 @@ static void test_rotation_killed_half_way(void **state)
     chain_ok(f->path, 2, 3 + 1 + 1 + 1 + 1 + 1);
 }
 
+/* A symbolic link at the log's path is refused: `audit rotate` runs as
+ * root in a directory the server's user owns, and must not append to
+ * whatever file that user points it at. */
+static void test_symlink_at_path_refused(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    char target[128];
+    struct stat st;
+
+    snprintf(target, sizeof(target), "%s/target", f->dir);
+    FILE *fp = fopen(target, "w");
+    assert_non_null(fp);
+    fputs("not an audit log\n", fp);
+    fclose(fp);
+    assert_int_equal(symlink(target, f->path), 0);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_ERR_IO);
+    assert_null(log);
+    assert_int_equal(stat(target, &st), 0);
+    assert_int_equal(st.st_size, 17);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -786,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotate_after_leftover_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotate_failing_early_changes_nothing, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_killed_half_way, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_symlink_at_path_refused, setup, teardown_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
