@@ -177,18 +177,7 @@ audit_err audit_open(const char *path, audit_log **out)
         rc = AUDIT_ERR_IO;
         goto out;
     }
-    /* pread needs a readable descriptor: reopen read-only just for the head. */
-    int rfd = open(path, O_RDONLY | O_CLOEXEC);
-    if (rfd < 0) {
-        rc = AUDIT_ERR_IO;
-        goto out;
-    }
-    int wfd = log->fd;
-    log->fd = rfd;
-    rc = load_chain_head(log);
-    log->fd = wfd;
-    close(rfd);
-    if (rc != AUDIT_OK)
+    if ((rc = load_chain_head(log)) != AUDIT_OK)
         goto out;
     *out = log;
     log = NULL;
