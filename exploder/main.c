@@ -1,8 +1,10 @@
 /* main.c: `exploder [-c FILE] [-v] deliver|run|list ...` (docs/exploder.1.md). */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -19,6 +21,22 @@ static void usage(void)
                     "  run [--once]                                    (queue runner)\n"
                     "  list create|add|remove|set|show ...             (list administration)\n"
                     "config: -c FILE, else $EXPLODER_CONF, else " DEFAULT_CONF "\n");
+}
+
+/* The diagnostic log file, appended to (0600 when created), never through
+ * a symbolic link: an admin who runs a list command as root must not
+ * append to a file the exploder's user linked into its log directory.
+ * NULL on failure. */
+static FILE *open_log(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    FILE *fp;
+
+    if (fd < 0)
+        return NULL;
+    if ((fp = fdopen(fd, "a")) == NULL)
+        close(fd);
+    return fp;
 }
 
 int main(int argc, char **argv)
@@ -65,20 +83,18 @@ int main(int argc, char **argv)
     log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
     /* Under an MTA's pipe transport, stderr becomes the bounce text: the
      * diagnostic log goes to its file, stderr keeps the one-line reason. */
-    if (c->log_file != NULL) {
-        if ((log_fp = fopen(c->log_file, "ae")) != NULL)
-            log_init("exploder", verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level, log_fp);
-        else
-            log_warn("cannot open the log file, logging to stderr path=%s", c->log_file);
-    }
+    if (c->log_file != NULL && (log_fp = open_log(c->log_file)) != NULL)
+        log_init("exploder", verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level, log_fp);
+    else if (c->log_file != NULL)
+        log_warn("cannot open the log file, logging to stderr path=%s", c->log_file);
     if (c->spool_path == NULL) {
         fprintf(stderr, "exploder: %s: [spool] path is required\n", conf_path);
-        xp_conf_free(c);
-        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+        ex = strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+        goto out;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        xp_conf_free(c);
-        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : 1;
+        ex = strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : 1;
+        goto out;
     }
     if (strcmp(cmd, "deliver") == 0)
         ex = cmd_deliver(c, argc - i, argv + i);
@@ -91,6 +107,7 @@ int main(int argc, char **argv)
         ex = XP_EX_USAGE;
     }
     curl_global_cleanup();
+out:
     xp_conf_free(c);
     if (log_fp != NULL) {
         log_init("exploder", LOG_LVL_ERROR, NULL);

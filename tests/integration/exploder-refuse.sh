@@ -5,6 +5,8 @@
 #   unknown list -> 67, non-member on a members-only list -> 77,
 #   too large -> 65, mail loop (our own List-Id, or our X-BeenThere) -> 65,
 #   spool not writable -> 75 (the MTA keeps the mail).
+# With [log] file, standard error carries only the one-line reason and the
+# log file is never opened through a symbolic link.
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup refuse
@@ -65,4 +67,25 @@ xp deliver --list closed@lists.example.org --sender m1@example.net <"$W/good.eml
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 2 ] || fail "want 2 spooled messages"
 xp_drain
 xp_spool_empty
+# [log] file: the diagnostic log goes there (0600), standard error keeps
+# only the one-line reason (the MTA's bounce text); a symbolic link at that
+# path is not followed (an admin may run list commands as root).
+xp_conf "maildir:$W/md" "[spool]" "max_message_size = 20000" "[log]" "file = $W/exploder.log"
+rc=0
+xp deliver --list $L <"$W/plain" 2>"$W/stderr1" || rc=$?
+[ "$rc" = 77 ] || fail "plain mail with [log] file: exit $rc"
+[ "$(wc -l <"$W/stderr1")" = 1 ] && grep -q "^exploder: $L: message is not encrypted" "$W/stderr1" ||
+  fail "stderr with [log] file: $(cat "$W/stderr1")"
+grep -q "msg=\"refused\" list=$L" "$W/exploder.log" || fail "the refusal is not in [log] file"
+[ "$(stat -c %a "$W/exploder.log")" = 600 ] || fail "log file mode $(stat -c %a "$W/exploder.log")"
+rm "$W/exploder.log"
+echo "not a log" >"$W/target"
+ln -s "$W/target" "$W/exploder.log"
+rc=0
+xp deliver --list $L <"$W/plain" 2>"$W/stderr2" || rc=$?
+[ "$rc" = 77 ] || fail "plain mail with a link at [log] file: exit $rc"
+[ "$(cat "$W/target")" = "not a log" ] || fail "the log was written through a symbolic link"
+grep -q 'cannot open the log file' "$W/stderr2" || fail "no warning about the log file: $(cat "$W/stderr2")"
+xp_spool_empty
+
 echo "exploder refuse: ok"
