@@ -21,7 +21,7 @@ SRC=$1 DEBS=$2
 PKGS=(groupsrv exploder groupmail)
 fail() {
   echo "FAIL: $*" >&2
-  [ -f /var/log/groupsrv/groupsrv.log ] && tail -n 20 /var/log/groupsrv/groupsrv.log >&2
+  [ -f /var/log/groupsrv.log ] && tail -n 20 /var/log/groupsrv.log >&2
   exit 1
 }
 ok() { echo "ok: $*"; }
@@ -78,6 +78,15 @@ for doc in $(sed -n 's/^Documentation=//p' "${units[@]}" | tr ' ' '\n' | sed -n 
   [ -f "$doc" ] || fail "a unit's Documentation= names $doc, which is not installed"
 done
 ok "systemd-analyze verify: no complaint; Documentation= pages and files installed"
+# systemd opens a unit's output file as root, before it switches to User=,
+# following links: in a directory the service user may write, that user
+# could point it at any file and have root open it for the service.
+for f in $(sed -n 's/^Standard\(Output\|Error\)=\(append\|file\|truncate\)://p' "${units[@]}" | sort -u); do
+  d=$(dirname "$f")
+  [ "$(stat -c %u "$d")" = 0 ] && [ $(( 0$(stat -c %a "$d") & 022 )) = 0 ] ||
+    fail "a unit writes its output to $f, in $d: $(stat -c '%U:%G %a' "$d"), which not only root may write"
+done
+ok "the units' output files are in directories only root may write"
 for u in "${units[@]}"; do
   n=$(basename "$u")
   systemd-analyze security --offline=true "$u" >"$W/security-$n" 2>&1 || true
@@ -128,7 +137,7 @@ gs check >"$W/check.out" 2>&1 || fail "groupsrv check as groupsrv: $(cat "$W/che
 grep -q PROBLEM "$W/check.out" && fail "groupsrv check: $(cat "$W/check.out")"
 ok "groupsrv check as the service user: $(grep -c ' OK' "$W/check.out") rows OK"
 # As the unit runs it: the service user, the diagnostic log appended to.
-runuser -u groupsrv -- /usr/bin/groupsrv -c /etc/groupsrv/groupsrv.conf serve >>/var/log/groupsrv/groupsrv.log 2>&1 &
+runuser -u groupsrv -- /usr/bin/groupsrv -c /etc/groupsrv/groupsrv.conf serve >>/var/log/groupsrv.log 2>&1 &
 srv_pid=$!
 gs ca show >"$W/localca.pem"
 for _ in $(seq 1 100); do
@@ -159,7 +168,7 @@ audit_id=$(stat -c %i "$audit")
 archive=$(sed -n 's/^sealed .* as \(.*\); .* continues the chain$/\1/p' "$W/rotate.out")
 logrotate -f -s "$W/logrotate.state" /etc/logrotate.d/groupsrv /etc/logrotate.d/exploder >"$W/logrotate.log" 2>&1 ||
   fail "logrotate: $(cat "$W/logrotate.log")"
-for l in /var/log/groupsrv/groupsrv.log /var/log/exploder/exploder.log; do
+for l in /var/log/groupsrv.log /var/log/exploder/exploder.log; do
   [ -s "$l.1" ] || fail "logrotate did not rotate $l: $(ls -l "$(dirname "$l")")"
 done
 [ "$(stat -c %i "$audit")" = "$audit_id" ] && [ -f "$archive" ] || fail "logrotate touched the audit log"
