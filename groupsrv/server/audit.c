@@ -1007,6 +1007,7 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
     audit_err rc = AUDIT_ERR_ARGS;
     char **files = NULL, *prev_path = NULL;
     size_t nfiles = 0, lines = 0, bad = 0;
+    int missing = 0;
 
     if (path == NULL || res == NULL)
         return AUDIT_ERR_ARGS;
@@ -1025,8 +1026,11 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
         if (prev_path == NULL)
             break;
         if (access(prev_path, F_OK) != 0) {
-            rc = chain_fail(res, AUDIT_ERR_MISSING, prev_path, 0);
-            goto out;
+            /* The files after it are still checked (the oldest one's first
+             * link taken as given), so the admin learns whether they are
+             * intact. */
+            missing = 1;
+            break;
         }
         if (nfiles == AUDIT_MAX_FILES) {
             rc = chain_fail(res, AUDIT_ERR_FORMAT, prev_path, 0);
@@ -1037,7 +1041,8 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
     }
     /* Oldest first, the chain carried from file to file. */
     for (size_t i = nfiles; i-- > 0;) {
-        rc = verify_one(files[i], res->head, !follow && i == 0, &lines, &bad);
+        int trust_first = (!follow && i == 0) || (missing && i == nfiles - 1);
+        rc = verify_one(files[i], res->head, trust_first, &lines, &bad);
         res->lines += lines;
         res->files++;
         if (rc != AUDIT_OK) {
@@ -1047,7 +1052,7 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
             goto out;
         }
     }
-    rc = AUDIT_OK;
+    rc = missing ? chain_fail(res, AUDIT_ERR_MISSING, prev_path, 0) : AUDIT_OK;
 out:
     for (size_t i = 0; files != NULL && i < nfiles; i++)
         free(files[i]);

@@ -111,7 +111,9 @@ audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, c
 /* Verifies a rotated log: path and, following each file's "audit-continue"
  * record back to its "previous" file (in the same directory), every file
  * before it, oldest first, the chain carried across files. follow = 0:
- * path alone, its first line's "prev" taken as given. */
+ * path alone, its first line's "prev" taken as given. AUDIT_ERR_MISSING:
+ * bad_file, named by the chain, is not there, and the files after it are
+ * intact (lines counts theirs; a broken one is reported instead). */
 #define AUDIT_MAX_FILES 100000
 typedef struct audit_verify_result {
     size_t files;         /* files checked */

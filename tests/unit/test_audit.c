@@ -603,6 +603,10 @@ static void test_verify_names_missing_and_edited_archive(void **state)
     assert_int_equal(rename(first, save), 0);
     assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_MISSING);
     assert_string_equal(res.bad_file, first);
+    /* the files after the missing one were checked: the second archive
+     * (continuation, seal) and the current file (continuation) */
+    assert_int_equal(res.files, 2);
+    assert_int_equal(res.lines, 3);
 
     /* an edited record in the oldest file breaks the chain there */
     FILE *in = fopen(save, "r"), *out = fopen(first, "w");
@@ -621,6 +625,46 @@ static void test_verify_names_missing_and_edited_archive(void **state)
     assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_CHAIN);
     assert_string_equal(res.bad_file, first);
     assert_int_equal(res.bad_line, 3);
+}
+
+/* With an archive missing, a file after it that was edited is reported
+ * (exit 3 in the command), not only the missing one. */
+static void test_verify_missing_archive_still_checks_the_rest(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char first[256], second[256];
+    audit_verify_result res;
+
+    write_records(f, 1);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, first, sizeof(first)), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_rotate(log, second, sizeof(second)), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(unlink(first), 0);
+    assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_MISSING);
+
+    /* drop the second archive's middle record: its next line no longer chains */
+    FILE *fp = fopen(second, "r");
+    assert_non_null(fp);
+    char lines[4][8192];
+    int n = 0;
+    while (n < 4 && fgets(lines[n], sizeof(lines[n]), fp) != NULL)
+        n++;
+    fclose(fp);
+    assert_int_equal(n, 4); /* continuation, 2 records, seal */
+    fp = fopen(second, "w");
+    assert_non_null(fp);
+    fputs(lines[0], fp);
+    fputs(lines[2], fp);
+    fputs(lines[3], fp);
+    fclose(fp);
+    assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_CHAIN);
+    assert_string_equal(res.bad_file, second);
+    assert_int_equal(res.bad_line, 2);
 }
 
 struct rotator {
@@ -804,6 +848,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_verify_names_missing_and_edited_archive, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_verify_missing_archive_still_checks_the_rest, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_under_concurrent_appends, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotate_after_leftover_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotate_failing_early_changes_nothing, setup, teardown_all),
