@@ -24,4 +24,4 @@ add_test(NAME package_deb_system
   COMMAND bash ${GS_TEST_DIR}/integration/package-deb-system.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
 set_tests_properties(package_deb_system PROPERTIES LABELS "integration;package" TIMEOUT 600
   FIXTURES_REQUIRED gs_debs RESOURCE_LOCK gs_system_packages
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+  ENVIRONMENT "SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -31,8 +31,11 @@ purge() { flock /tmp/apt.lock dpkg --purge "${PKGS[@]}" >>"$W/purge.log" 2>&1; }
 
 [ "$(id -u)" = 0 ] || fail "installs packages: run as root (CI does)"
 for p in "${PKGS[@]}"; do compgen -G "$DEBS/${p}_*.deb" >/dev/null || fail "no $p package in $DEBS"; done
-W=$(mktemp -d "${GS_TEST_WORK:-/tmp}/package.XXXXXX")
-chmod 0755 "$W" # Postfix, its delivery agents and the service users look in here
+# Postfix, its delivery agents and the service users look in here, so it
+# is in /tmp, not in the build tree: a checkout in a directory they cannot
+# enter (/root on a fresh CI machine) would stop Postfix at its start.
+W=$(mktemp -d /tmp/groupsrv-package.XXXXXX)
+chmod 0755 "$W"
 srv_pid=
 cleanup() {
   set +e
