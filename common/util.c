@@ -332,6 +332,16 @@ int util_read_pin_source(const char *source, char **pin, size_t *len)
     return UTIL_OK;
 }
 
+void util_forget_env_source(const char *source)
+{
+    char *v;
+
+    if (source == NULL || strncmp(source, "env:", 4) != 0 || (v = getenv(source + 4)) == NULL)
+        return;
+    OPENSSL_cleanse(v, strlen(v));
+    unsetenv(source + 4);
+}
+
 int util_b64_encode(const unsigned char *in, size_t len, char **out)
 {
     size_t need;

@@ -57,6 +57,13 @@ void util_atomic_abort(util_atomic_file *af);
  * release with util_secret_free(pin, len). */
 int util_read_pin_source(const char *source, char **pin, size_t *len);
 
+/* For an "env:NAME" source: wipes the variable's value in place (it stays
+ * readable in /proc/PID/environ otherwise) and removes it from the
+ * environment, so child processes and later readers do not see it. Other
+ * sources: nothing. Call once the secret was read. Not thread-safe
+ * (environment), like setenv. */
+void util_forget_env_source(const char *source);
+
 /* Wipes and frees a secret buffer (NULL is fine). */
 void util_secret_free(void *p, size_t len);
 

@@ -108,6 +108,19 @@ long env_recipient_version(const env_recipient *ri)
     }
 }
 
+bool env_recipient_version_valid(const env_recipient *ri)
+{
+    if (ri == NULL)
+        return false;
+    long v = env_recipient_version(ri);
+    switch (ri->ri->type) {
+    case ENV_RI_T_KTRI: return v == (ri->ri->d.ktri->rid->type == 0 ? 0 : 2);
+    case ENV_RI_T_KARI: return v == 3;
+    case ENV_RI_T_KEKRI: return v == 4;
+    default: return false;
+    }
+}
+
 /* Hash NID inside an AlgorithmIdentifier carried as a SEQUENCE parameter
  * (the MGF1 hash), or NID_undef. */
 static int inner_algor_nid(const ASN1_TYPE *param)

@@ -87,6 +87,11 @@ typedef struct env_recipient env_recipient;
 env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out);
 void env_recipient_free(env_recipient *ri);
 env_ri_type env_recipient_type(const env_recipient *ri);
+/* Whether the RecipientInfo's version is the one RFC 5652 6.2 fixes for
+ * its kind: KTRI 0 (issuerAndSerialNumber) or 2 (subjectKeyIdentifier),
+ * KARI 3, KEKRI 4. Parsing accepts any version; a server that acts on
+ * the RecipientInfo checks it. */
+bool env_recipient_version_valid(const env_recipient *ri);
 /* Key transport algorithm (KTRI) or ENV_KT_ECDH (KARI). */
 env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
 /* Does this KTRI/KARI name the certificate (issuerAndSerialNumber or

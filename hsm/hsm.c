@@ -127,10 +127,17 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     hsm_err err = HSM_OK;
 
+    CK_TOKEN_INFO ti;
+
+    /* find_token rewrites tinfo under pool_mu (another thread may be
+     * finding the token again): read a copy. */
+    pthread_mutex_lock(&ctx->pool_mu);
+    ti = ctx->tinfo;
+    pthread_mutex_unlock(&ctx->pool_mu);
     pthread_mutex_lock(&ctx->login_mu);
     if (!ctx->want_login)
         goto out;
-    if (ctx->pin_rejected || pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
+    if (ctx->pin_rejected || pin_is_rejected(&ti, ctx->pin, ctx->pin_len)) {
         /* Never resend a PIN the token said was wrong: each try counts
          * towards the token's lock-out. */
         ctx->pin_rejected = true;
@@ -154,7 +161,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     }
     if (err == HSM_ERR_PIN_INCORRECT) {
         ctx->pin_rejected = true;
-        pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
+        pin_remember_rejected(&ti, ctx->pin, ctx->pin_len);
         /* The PIN is useless now: do not keep it in memory. */
         OPENSSL_cleanse(ctx->pin, ctx->pin_len);
         log_warn("token rejected the PIN; it will not be tried again");
@@ -512,6 +519,7 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
             err = HSM_ERR_PIN_SOURCE;
             goto out;
         }
+        util_forget_env_source(cfg->pin_source);
         ctx->want_login = true;
     }
 

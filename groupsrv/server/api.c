@@ -7,6 +7,7 @@
  */
 #include "server.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,8 +64,59 @@ static json_t *b64_json(const unsigned char *p, size_t len)
     if (util_b64_encode(p, len, &s) != UTIL_OK)
         return NULL;
     j = json_string(s);
+    /* It may be the text of a plain content key (deliver=tls). */
+    OPENSSL_cleanse(s, strlen(s));
     free(s);
     return j;
+}
+
+/* json_dumps grows its buffer with realloc, leaving copies of a plain key
+ * in freed memory: answers that may hold one are serialised through this
+ * buffer, which wipes what it leaves behind. */
+struct wiped_text {
+    char *p;
+    size_t len, cap;
+};
+
+static int wiped_text_add(const char *data, size_t n, void *arg)
+{
+    struct wiped_text *t = arg;
+
+    if (n > SIZE_MAX / 2 - t->len - 2)
+        return -1;
+    if (t->len + n + 2 > t->cap) {
+        size_t cap = (t->len + n + 2) * 2;
+        char *p = malloc(cap);
+        if (p == NULL)
+            return -1;
+        if (t->len > 0)
+            memcpy(p, t->p, t->len);
+        if (t->p != NULL)
+            OPENSSL_cleanse(t->p, t->cap);
+        free(t->p);
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, data, n);
+    t->len += n;
+    return 0;
+}
+
+/* o as compact JSON and a newline; NULL when out of memory. Wipe it after use. */
+static char *dump_wiped(const json_t *o, size_t *len)
+{
+    struct wiped_text t = {NULL, 0, 0};
+
+    *len = 0;
+    if (json_dump_callback(o, wiped_text_add, &t, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0 ||
+        wiped_text_add("\n", 1, &t) != 0) {
+        if (t.p != NULL)
+            OPENSSL_cleanse(t.p, t.cap);
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
 }
 
 static int audit_refusal(struct srv_req *r, const char *action, const char *identity, const char *group,
@@ -211,12 +263,49 @@ static void unwrap_in_clear(struct unwrap_in *u)
     memset(u, 0, sizeof(*u));
 }
 
+/* The item's optional "key_version": *ref is NULL when absent, else the
+ * group's key of that version. -1 with e filled when it is not an integer
+ * or names no key version of the group. */
+static int item_key_version(json_t *item, gs_group *g, const gs_group_key_ref **ref, struct item_err *e)
+{
+    json_t *jv = json_object_get(item, "key_version");
+
+    *ref = NULL;
+    if (jv == NULL)
+        return 0;
+    if (!json_is_integer(jv)) {
+        item_fail(e, 400, "bad_request", "\"key_version\" must be an integer");
+        return -1;
+    }
+    for (size_t i = 0; i < gs_group_key_count(g) && *ref == NULL; i++)
+        if ((json_int_t)gs_group_key_at(g, i)->version == json_integer_value(jv))
+            *ref = gs_group_key_at(g, i);
+    if (*ref == NULL) {
+        item_fail(e, 400, "unknown_key_version", "no such key version");
+        return -1;
+    }
+    return 0;
+}
+
+/* An RSA ciphertext is exactly as long as the modulus (RFC 8017 7.1.2,
+ * 7.2.2): any other length is refused here, before any token call. True
+ * when the length fits or the key size is unknown. */
+static bool rsa_ciphertext_len_ok(const gs_group_key_ref *ref, size_t len)
+{
+    EVP_PKEY *pub = ref->cert != NULL ? X509_get0_pubkey(ref->cert) : NULL;
+
+    if (pub == NULL || EVP_PKEY_get_base_id(pub) != EVP_PKEY_RSA)
+        return true;
+    return len == (size_t)EVP_PKEY_get_size(pub);
+}
+
 /* Parses the item's input into u; NULL return means e is filled. */
 static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, struct item_err *e)
 {
     json_t *jri = json_object_get(item, "recipient_info"), *jek = json_object_get(item, "encrypted_key");
     unsigned char *der = NULL;
     size_t der_len = 0;
+    const gs_group_key_ref *named = NULL;
     int rc = -1;
 
     memset(u, 0, sizeof(*u));
@@ -257,6 +346,10 @@ static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, st
             item_fail(e, 400, "unsupported", "only KeyTransRecipientInfo and KeyAgreeRecipientInfo can be unwrapped");
             goto out;
         }
+        if (!env_recipient_version_valid(u->ri)) {
+            item_fail(e, 400, "bad_recipient_info", "the RecipientInfo version is not the one RFC 5652 requires");
+            goto out;
+        }
         /* The identifier names the group key version. */
         for (size_t i = 0; i < gs_group_key_count(g) && u->ref == NULL; i++) {
             const gs_group_key_ref *k = gs_group_key_at(g, i);
@@ -265,6 +358,14 @@ static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, st
         }
         if (u->ref == NULL) {
             item_fail(e, 400, "unknown_recipient", "the RecipientInfo names no key version of this group");
+            goto out;
+        }
+        /* An optional "key_version" is checked as with "encrypted_key",
+         * and must name the version the RecipientInfo names. */
+        if (item_key_version(item, g, &named, e) != 0)
+            goto out;
+        if (named != NULL && named != u->ref) {
+            item_fail(e, 400, "unknown_key_version", "\"key_version\" is not the version the RecipientInfo names");
             goto out;
         }
         env_kt_alg ka;
@@ -314,20 +415,9 @@ static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, st
         }
         u->enc = u->raw;
         u->enc_len = u->raw_len;
-        json_t *jv = json_object_get(item, "key_version");
-        if (jv != NULL && !json_is_integer(jv)) {
-            item_fail(e, 400, "bad_request", "\"key_version\" must be an integer");
+        if (item_key_version(item, g, &named, e) != 0)
             goto out;
-        }
-        if (jv != NULL) {
-            for (size_t i = 0; i < gs_group_key_count(g) && u->ref == NULL; i++)
-                if ((json_int_t)gs_group_key_at(g, i)->version == json_integer_value(jv))
-                    u->ref = gs_group_key_at(g, i);
-            if (u->ref == NULL) {
-                item_fail(e, 400, "unknown_key_version", "no such key version");
-                goto out;
-            }
-        } else if ((u->ref = gs_group_current_key(g)) == NULL) {
+        if ((u->ref = named) == NULL && (u->ref = gs_group_current_key(g)) == NULL) {
             item_fail(e, 503, "no_group_key", "the group has no current key");
             goto out;
         }
@@ -435,6 +525,10 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
     }
     if (u->ecdh && d != DELIVER_TLS)
         return item_fail(e, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
+    /* The same answer as a ciphertext the token refuses (the caller must
+     * not tell length from padding), audited and counted alike. */
+    if (!u->ecdh && !rsa_ciphertext_len_ok(u->ref, u->enc_len))
+        return item_fail(e, 400, "unwrap_failed", "the key could not be unwrapped");
 
     switch (d) {
     case DELIVER_TLS:
@@ -581,12 +675,8 @@ static json_t *unwrap_item(struct srv_req *r, gs_group *g, struct caller *c, jso
         }
         item_fail(e, 503, "audit_unavailable", "the audit log cannot be written; refusing to answer");
     } else if (res == NULL && strcmp(e->code, "unwrap_failed") == 0) {
-        char key[300];
-        if (c->anonymous)
-            snprintf(key, sizeof(key), "membership:%s", gname);
-        else
-            snprintf(key, sizeof(key), "id:%s", c->identity);
-        if (ratelimit_failure(r->srv->rl, key)) {
+        char key[SRV_RL_KEY_MAX];
+        if (srv_rl_key(c->peer, key, sizeof(key)) && ratelimit_failure(r->srv->rl, key)) {
             char q[128];
             log_error("ALERT identity suspended after repeated failed unwraps identity=%s group=%s",
                       log_quote(q, sizeof(q), c->identity), gname);
@@ -603,7 +693,8 @@ static json_t *unwrap_item(struct srv_req *r, gs_group *g, struct caller *c, jso
 /* Wipes a reply carrying a plain key after it was serialised. */
 static void reply_key_json(struct srv_req *r, json_t *o)
 {
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    size_t n = 0;
+    char *text = dump_wiped(o, &n);
     json_t *k = json_object_get(o, "key");
 
     if (k != NULL)
@@ -613,10 +704,8 @@ static void reply_key_json(struct srv_req *r, json_t *o)
         srv_reply_error(r, 500, "internal", "out of memory");
         return;
     }
-    size_t n = strlen(text);
-    text[n] = '\n';
-    srv_reply_bytes(r, 200, "application/json", text, n + 1);
-    OPENSSL_cleanse(text, n + 1);
+    srv_reply_bytes(r, 200, "application/json", text, n);
+    OPENSSL_cleanse(text, n);
     free(text);
 }
 
@@ -680,8 +769,16 @@ static void h_unwrap_batch(struct srv_req *r, const char *group)
     }
     for (size_t i = 0; i < json_array_size(items); i++) {
         struct item_err e;
+        char key[SRV_RL_KEY_MAX];
+        unsigned retry = 0;
+        json_t *res = NULL;
         memset(&e, 0, sizeof(e));
-        json_t *res = unwrap_item(r, g, &c, json_array_get(items, i), deflt ? deflt : "tls", &e);
+        /* An item's failure may suspend the caller: the items after it
+         * get no token operation. */
+        if (srv_rl_key(c.peer, key, sizeof(key)) && ratelimit_suspended(r->srv->rl, key, &retry))
+            item_fail(&e, 429, "suspended", "suspended after too many failed unwraps; retry in %u s", retry);
+        else
+            res = unwrap_item(r, g, &c, json_array_get(items, i), deflt ? deflt : "tls", &e);
         if (res == NULL && (e.status == 503 || e.status == 500)) {
             /* Token or audit down: the whole batch fails closed. */
             if (e.retry)
@@ -831,7 +928,11 @@ static void h_rewrap(struct srv_req *r, const char *group)
             srv_reply_error(r, 500, "internal", "out of memory");
             goto out;
         }
-        if (n > 0) {
+        if (!rsa_ciphertext_len_ok(u.ref, u.enc_len)) {
+            json_decref(res);
+            res = item_fail(&e, 400, "unwrap_failed", "the key could not be unwrapped");
+            outcome = e.code;
+        } else if (n > 0) {
             double t0 = srv_now();
             /* One unwrap inside the token for all members. */
             hsm_err he = rewrap_public(r->srv->hsm, &in, (const unsigned char *const *)spki, spki_len, n, outs,

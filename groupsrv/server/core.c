@@ -565,17 +565,33 @@ int srv_require_cert(struct srv_req *r)
     return -1;
 }
 
+int srv_rl_key(const peer_info *p, char *buf, size_t len)
+{
+    int n;
+
+    if (p->status == PEER_MEMBER_CERT)
+        n = snprintf(buf, len, "id:%s", p->identity);
+    else if (p->status == PEER_MEMBERSHIP)
+        n = snprintf(buf, len, "membership:%s", p->group); /* anonymous: one bucket per group */
+    else
+        return 0;
+    if (n < 0 || (size_t)n >= len)
+        return 0;
+    /* Membership compares e-mail addresses without ASCII case (SQLite
+     * NOCASE): ALICE@ and alice@ are one member, so one bucket. */
+    for (char *c = buf; *c != '\0'; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    return 1;
+}
+
 int srv_rate_limit(struct srv_req *r)
 {
     const peer_info *p = srv_peer(r);
-    char key[300];
+    char key[SRV_RL_KEY_MAX];
     unsigned retry = 0;
 
-    if (p->status == PEER_MEMBER_CERT)
-        snprintf(key, sizeof(key), "id:%s", p->identity);
-    else if (p->status == PEER_MEMBERSHIP)
-        snprintf(key, sizeof(key), "membership:%s", p->group); /* anonymous: one bucket per group */
-    else
+    if (!srv_rl_key(p, key, sizeof(key)))
         return 0;
     rl_verdict v = ratelimit_take(r->srv->rl, key, &retry);
     if (v == RL_LIMITED) {

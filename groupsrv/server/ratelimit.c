@@ -8,13 +8,20 @@
 #include <string.h>
 #include <time.h>
 
-#include "util.h"
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #define RL_SLOTS 4096
-#define RL_ID_MAX 256
+#define RL_WINDOW 16
 
+/* Entries are keyed by a salted SHA-256 of the whole identity, so an
+ * identity of any length has exactly one entry (a stored prefix let long
+ * identities share or miss theirs), and a client cannot aim identities at
+ * one probe window (the salt is random per process). */
 struct rl_entry {
-    char id[RL_ID_MAX];
+    unsigned char id[SHA256_DIGEST_LENGTH];
     double tokens;
     double last;          /* monotonic seconds of the last refill */
     unsigned failures;
@@ -27,6 +34,7 @@ struct ratelimit {
     pthread_mutex_t mu;
     double rate, burst;
     unsigned max_failures, suspend_seconds;
+    unsigned char salt[16];
     struct rl_entry slots[RL_SLOTS];
 };
 
@@ -43,6 +51,10 @@ ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsig
 
     if (rl == NULL)
         return NULL;
+    if (RAND_bytes(rl->salt, sizeof(rl->salt)) != 1) {
+        free(rl);
+        return NULL;
+    }
     pthread_mutex_init(&rl->mu, NULL);
     rl->rate = rate;
     rl->burst = burst < 1 ? 1 : burst;
@@ -59,24 +71,34 @@ void ratelimit_free(ratelimit *rl)
     free(rl);
 }
 
-static unsigned long fnv1a(const char *s)
+/* The entry key of identity; all zeros if hashing fails (then every such
+ * identity shares one entry: limited together, never unlimited). */
+static void identity_digest(const struct ratelimit *rl, const char *identity, unsigned char md[SHA256_DIGEST_LENGTH])
 {
-    unsigned long h = 1469598103934665603UL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211UL;
-    return h;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+
+    if (c == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(c, rl->salt, sizeof(rl->salt)) != 1 ||
+        EVP_DigestUpdate(c, identity, strlen(identity)) != 1 || EVP_DigestFinal_ex(c, md, NULL) != 1)
+        memset(md, 0, SHA256_DIGEST_LENGTH);
+    EVP_MD_CTX_free(c);
 }
 
 /* Open addressing over a short probe window; recycles the stalest
- * unsuspended entry of the window when none matches. Called locked. */
-static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *id, double now)
+ * unsuspended entry of the window when none matches. A suspension is never
+ * recycled: when every entry of the window is suspended, NULL (the caller
+ * refuses, failing closed). Called locked. */
+static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *identity, double now)
 {
-    unsigned long h = fnv1a(id);
+    unsigned char md[SHA256_DIGEST_LENGTH];
     struct rl_entry *victim = NULL;
+    unsigned long h;
 
-    for (unsigned i = 0; i < 16; i++) {
+    identity_digest(rl, identity, md);
+    memcpy(&h, md, sizeof(h));
+    for (unsigned i = 0; i < RL_WINDOW; i++) {
         struct rl_entry *e = &rl->slots[(h + i) % RL_SLOTS];
-        if (e->used && strcmp(e->id, id) == 0)
+        if (e->used && CRYPTO_memcmp(e->id, md, sizeof(md)) == 0)
             return e;
         if (!e->used) {
             if (victim == NULL || victim->used)
@@ -86,9 +108,9 @@ static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *id, doub
         }
     }
     if (victim == NULL)
-        victim = &rl->slots[h % RL_SLOTS];
+        return NULL;
     memset(victim, 0, sizeof(*victim));
-    util_strlcpy(victim->id, id, sizeof(victim->id));
+    memcpy(victim->id, md, sizeof(md));
     victim->used = 1;
     victim->tokens = rl->burst;
     victim->last = now;
@@ -105,6 +127,11 @@ rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_a
         return RL_OK;
     pthread_mutex_lock(&rl->mu);
     struct rl_entry *e = lookup_locked(rl, identity, now);
+    if (e == NULL) {
+        *retry_after = 1;
+        v = RL_LIMITED;
+        goto out;
+    }
     if (e->suspended_until > now) {
         *retry_after = (unsigned)(e->suspended_until - now) + 1;
         v = RL_SUSPENDED;
@@ -127,6 +154,24 @@ out:
     return v;
 }
 
+bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_after)
+{
+    bool suspended = false;
+    double now = now_mono();
+
+    *retry_after = 0;
+    if (rl == NULL || identity == NULL || rl->max_failures == 0)
+        return false;
+    pthread_mutex_lock(&rl->mu);
+    struct rl_entry *e = lookup_locked(rl, identity, now);
+    if (e == NULL || e->suspended_until > now) {
+        *retry_after = e == NULL ? 1 : (unsigned)(e->suspended_until - now) + 1;
+        suspended = true;
+    }
+    pthread_mutex_unlock(&rl->mu);
+    return suspended;
+}
+
 bool ratelimit_failure(ratelimit *rl, const char *identity)
 {
     bool suspended = false;
@@ -136,6 +181,8 @@ bool ratelimit_failure(ratelimit *rl, const char *identity)
         return false;
     pthread_mutex_lock(&rl->mu);
     struct rl_entry *e = lookup_locked(rl, identity, now);
+    if (e == NULL)
+        goto out;
     /* Failures count within one suspension window; older ones are forgiven. */
     if (e->failures == 0 || now - e->first_failure > rl->suspend_seconds) {
         e->failures = 0;
@@ -146,6 +193,7 @@ bool ratelimit_failure(ratelimit *rl, const char *identity)
         e->failures = 0;
         suspended = true;
     }
+out:
     pthread_mutex_unlock(&rl->mu);
     return suspended;
 }

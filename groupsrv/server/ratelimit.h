@@ -20,6 +20,10 @@ typedef enum rl_verdict { RL_OK = 0, RL_LIMITED, RL_SUSPENDED } rl_verdict;
 
 /* Takes one token for identity; *retry_after gets seconds to wait when not OK. */
 rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_after);
+/* Whether identity is suspended now (no token taken); *retry_after gets
+ * the seconds left. A batch asks before each item, so it stops at the
+ * failure that suspends its caller. */
+bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_after);
 /* Records a failed unwrap; returns true when this failure suspended identity. */
 bool ratelimit_failure(ratelimit *rl, const char *identity);
 

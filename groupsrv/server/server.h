@@ -118,6 +118,11 @@ int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsi
 const peer_info *srv_peer(struct srv_req *r);
 /* Replies 401 for a missing/untrusted/expired certificate and returns -1. */
 int srv_require_cert(struct srv_req *r);
+/* The caller's rate-limit and suspension key into buf: "id:" and the
+ * identity in ASCII lower case, or "membership:" and the group of an
+ * anonymous membership certificate. Returns 0 (no key) for other callers. */
+#define SRV_RL_KEY_MAX (sizeof("membership:") + sizeof(((peer_info *)0)->identity))
+int srv_rl_key(const peer_info *p, char *buf, size_t len);
 /* Rate limit by identity (or the membership certificate's group); replies
  * 429 and returns -1 when over. */
 int srv_rate_limit(struct srv_req *r);

@@ -222,8 +222,10 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
             ssl_err_text(errbuf, errlen, "client CA file unreadable or without certificates");
             goto out;
         }
+        /* Every certificate of the chain, intermediates included (as
+         * nginx's ssl_crl): a revoked intermediate CA revokes its members. */
         if (ncrl > 0)
-            X509_STORE_set_flags(st->clients, X509_V_FLAG_CRL_CHECK);
+            X509_STORE_set_flags(st->clients, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     }
     if (opts->local_ca != NULL) {
         /* Without [tls] client_ca the local CA also vouches for identities. */
@@ -313,15 +315,20 @@ static int membership_group(X509 *cert, char *buf, size_t len)
     return found;
 }
 
+/* The identity of a verified certificate: its first SAN e-mail address,
+ * or, only when the SAN names no e-mail address at all, the subject CN.
+ * A SAN e-mail that cannot be used (too long, a NUL) means no identity:
+ * falling back to the CN would let the certificate claim another name. */
 static int cert_identity(X509 *cert, char *buf, size_t len)
 {
     GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    int found = 0;
+    int found = 0, has_email = 0;
 
-    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && !found; i++) {
+    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && !has_email; i++) {
         GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
         if (g->type != GEN_EMAIL)
             continue;
+        has_email = 1;
         const unsigned char *p = ASN1_STRING_get0_data(g->d.rfc822Name);
         int n = ASN1_STRING_length(g->d.rfc822Name);
         if (n > 0 && (size_t)n < len && memchr(p, '\0', (size_t)n) == NULL) {
@@ -331,7 +338,7 @@ static int cert_identity(X509 *cert, char *buf, size_t len)
         }
     }
     GENERAL_NAMES_free(gens);
-    if (!found) {
+    if (!found && !has_email) {
         int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, buf, (int)len);
         found = n > 0 && (size_t)n < len && strlen(buf) == (size_t)n;
     }
