@@ -35,3 +35,10 @@ add_test(NAME server_audit_rotate
   COMMAND bash ${GS_TEST_DIR}/integration/server-audit-rotate.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(server_audit_rotate PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# Issue 15's findings, each as its reproduction against a real server;
+# tests/p11fault counts the token calls (GS_P11FAULT_COUNTS).
+add_test(NAME server_findings
+  COMMAND bash ${GS_TEST_DIR}/integration/server-findings.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_findings PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

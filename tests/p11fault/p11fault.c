@@ -49,6 +49,11 @@
  * when the token comes back). Rules of the C API above apply first.
  * Write the file atomically (write a temporary, rename it over).
  *
+ * Call counts for servers under test: if GS_P11FAULT_COUNTS names a file,
+ * every call rewrites it (atomically: a temporary renamed over it) with
+ * one line "FUNC N" per function called so far in this process, so a test
+ * can tell how many token calls a request made ("C_Decrypt 0" when none).
+ *
  * Token model (bench/run's "hardware token" series): with
  * GS_P11FAULT_SERVICE_US=D set (microseconds, at C_Initialize), every
  * private-key operation (C_Decrypt with an output buffer, C_UnwrapKey,
@@ -1288,12 +1293,36 @@ static int ctl_token_removed(void)
 static void close_real_sessions(void);
 static void logout_real(void);
 
+/* Writes every function's call count to GS_P11FAULT_COUNTS (see above).
+ * Called locked. */
+static void counts_write_locked(void)
+{
+    static int inited;
+    static const char *path;
+    char tmp[4096];
+    FILE *f;
+
+    if (!inited) {
+        path = getenv("GS_P11FAULT_COUNTS");
+        inited = 1;
+    }
+    if (path == NULL || snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+        return;
+    if ((f = fopen(tmp, "w")) == NULL)
+        return;
+    for (int i = 0; i < FW_COUNT_; i++)
+        fprintf(f, "%s %lu\n", fw_names[i], calls[i]);
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
+
 static int fault_take(int idx, CK_RV *rv)
 {
     int hit = 0, removed_now, logout_now;
 
     pthread_mutex_lock(&fault_mu);
     calls[idx]++;
+    counts_write_locked();
     removed_now = ctl_refresh_locked();
     logout_now = ctl_logout_pending && idx != FW_C_Initialize && idx != FW_C_Finalize;
     if (logout_now)

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# server-findings.sh BIN SRC P11FAULT: issue 15's findings 6-11 against a
+# real server, each as the reproduction that showed it: the token is
+# tests/p11fault in front of SoftHSM, counting calls (GS_P11FAULT_COUNTS),
+# so "refused before any token call" is measured, not assumed.
+#   - a ciphertext of the wrong length, a KTRI of a wrong version and a
+#     bad key_version beside recipient_info are refused without a token call
+#   - a 254-byte identity is rate limited and suspended like any other
+#   - an unwrap-batch stops at the item whose failure suspends its caller
+#   - rate limit and membership agree on case (NOCERT@ is nocert@)
+#   - an env: PIN is gone from the server's environment once read
+#   - a SAN e-mail that cannot be used never falls back to the CN
+#   - a CRL revoking an intermediate CA revokes the certificates under it
+set -euo pipefail
+BIN=$1 SRC=$2 SRV_MODULE=$3
+[ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
+. "$SRC/tests/integration/server-lib.sh"
+counts=$work/p11.counts
+export GS_P11FAULT_COUNTS=$counts
+# token_ops: private-key operations the server has asked of the token so far
+token_ops() { awk '$1 ~ /^C_(Decrypt|DecryptInit|UnwrapKey|DeriveKey|WrapKey|Sign|SignInit)$/ {n += $2} END {print n+0}' "$counts"; }
+all_calls() { awk '{n += $2} END {print n+0}' "$counts"; }
+
+# A 254-byte identity (the longest an address may be), issued by the local CA.
+long_id=$(/usr/bin/python3 -c 'l="x"*63; d=".".join([l,l,l]); a="u@"+d+"."; a+= "y"*(254-len(a)-4)+".org"; print(a)')
+[ "${#long_id}" = 254 ] || fail "test set-up: identity is ${#long_id} bytes"
+mkmail() { # mkmail NAME ADDRESS: a client certificate from the test CA
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=test $1" \
+    -keyout "$certs/$1.key" -out "$work/$1.csr" 2>/dev/null
+  printf 'subjectAltName=email:%s\nextendedKeyUsage=clientAuth\n' "$2" > "$work/$1.ext"
+  openssl x509 -req -in "$work/$1.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+    -extfile "$work/$1.ext" -out "$certs/$1.pem" 2>/dev/null
+}
+mkmail long "$long_id"
+sed -i 's/^\[server\]$/[server]\nmax_failed_unwraps = 3\nsuspend_seconds = 30/' "$conf"
+start_server
+url=$base/v1/groups/eng/unwrap
+# Members with no recorded certificate (the API allows it): the 254-byte
+# identity and nocert@.
+for m in "$long_id" nocert@example.org; do
+  expect_status 201 "" "add ${m:0:12}... without a certificate" -- \
+    c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/$m"
+done
+lc() { curl -sS --cacert "$certs/tca.pem" --cert "$certs/long.pem" --key "$certs/long.key" "$@"; }
+
+ri_b64=$(b64 "$work/ri.der")
+printf '{"recipient_info":"%s"}' "$ri_b64" > "$work/req-tls.json"
+expect_status 200 "" "unwrap (warms the group cache)" -- c alice --data-binary @"$work/req-tls.json" "$url"
+
+# ---- finding 6: refused by their form, before any token call ----
+ops0=$(token_ops)
+expect_status 400 unwrap_failed "encrypted_key of 3 bytes" -- \
+  c bob --data-binary '{"encrypted_key":"AAAA","algorithm":"RSA-OAEP"}' "$url"
+/usr/bin/python3 - "$work/ri.der" "$work/ri-v7f.der" <<'PY'
+import sys
+der = bytearray(open(sys.argv[1], 'rb').read())
+# KTRI ::= SEQUENCE { version INTEGER (0), rid, ... }: the first INTEGER.
+hl = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7f)
+assert der[hl:hl + 3] == b'\x02\x01\x00', der[:8].hex()
+der[hl + 2] = 0x7f
+open(sys.argv[2], 'wb').write(der)
+PY
+expect_status 400 bad_recipient_info "KTRI version 0x7f" -- \
+  c bob --data-binary "{\"recipient_info\":\"$(b64 "$work/ri-v7f.der")\"}" "$url"
+for kv in 1.5 '"1"'; do
+  expect_status 400 bad_request "recipient_info with key_version $kv" -- \
+    c bob --data-binary "{\"recipient_info\":\"$ri_b64\",\"key_version\":$kv}" "$url"
+done
+for kv in -1 2147483648 2; do
+  expect_status 400 unknown_key_version "recipient_info with key_version $kv" -- \
+    c bob --data-binary "{\"recipient_info\":\"$ri_b64\",\"key_version\":$kv}" "$url"
+done
+ops1=$(token_ops)
+[ "$ops1" = "$ops0" ] || fail "malformed unwraps reached the token: $((ops1 - ops0)) private-key operations"
+ok "no token operation for any of them"
+expect_status 200 "" "recipient_info with its own key_version 1" -- \
+  c bob --data-binary "{\"recipient_info\":\"$ri_b64\",\"key_version\":1}" "$url"
+[ "$(token_ops)" -gt "$ops1" ] || fail "the token-call counter does not count (a good unwrap made none)"
+ok "the counter counts a good unwrap"
+
+# ---- rate limits: restart with a tight bucket ----
+kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+sed -i 's/^rate_limit = .*/rate_limit = 2\nrate_burst = 3/' "$conf"
+start_server
+
+# ---- finding 11: case between membership and the rate limit ----
+# nocert@ (no recorded certificate) and NOCERT@ are one member (membership
+# ignores ASCII case), so they must share one bucket (burst 3).
+mkmail lower nocert@example.org
+mkmail upper NOCERT@EXAMPLE.ORG
+as() { local n=$1; shift; curl -sS --cacert "$certs/tca.pem" --cert "$certs/$n.pem" --key "$certs/$n.key" "$@"; }
+sleep 2 # refill every bucket
+codes=$(for i in 1 2 3; do status as lower --data-binary @"$work/req-tls.json" "$url"; echo; done | tr '\n' ' ')
+[ "$codes" = "200 200 200 " ] || fail "nocert@ within its burst: $codes"
+expect_status 429 rate_limited "NOCERT@ right after nocert@ used the burst" -- \
+  as upper --data-binary @"$work/req-tls.json" "$url"
+
+# ---- finding 9: a 254-byte identity is rate limited ----
+sleep 2
+codes=$(for i in 1 2 3 4 5 6 7 8; do status lc --data-binary @"$work/req-tls.json" "$url"; echo; done | sort | uniq -c | tr '\n' ' ')
+echo "$codes" | grep -q ' 429' || fail "a 254-byte identity is never rate limited: $codes"
+echo "$codes" | grep -q ' 200' || fail "a 254-byte identity is refused throughout: $codes"
+ok "a 254-byte identity is rate limited ($codes)"
+
+# ---- findings 9 and 10: suspension, also inside one batch ----
+bad=$(head -c 256 /dev/urandom | base64 -w0)
+item="{\"encrypted_key\":\"$bad\",\"algorithm\":\"RSA-OAEP\"}"
+batch="{\"items\":[$item,$item,$item,$item,$item,$item,$item,$item]}"
+sed -i -e 's/^rate_limit = .*/rate_limit = 0/' -e '/^rate_burst/d' "$conf"
+kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+start_server
+expect_status 200 "" "unwrap after the restart (warms the cache)" -- c alice --data-binary @"$work/req-tls.json" "$url"
+d0=$(token_ops)
+expect_status 200 "" "a batch of 8 undecryptable items" -- c bob --data-binary "$batch" "$base/v1/groups/eng/unwrap-batch"
+st=$(/usr/bin/python3 -c 'import json,sys; print(" ".join(str(r["status"]) for r in json.load(open(sys.argv[1]))["results"]))' "$work/body")
+[ "$st" = "400 400 400 429 429 429 429 429" ] || fail "batch past the suspension threshold: statuses $st"
+grep -q '"code":"suspended"' "$work/body" || fail "batch: no suspended item: $(head -c 300 "$work/body")"
+d1=$(token_ops)
+[ "$((d1 - d0))" -le 6 ] || fail "the batch ran $((d1 - d0)) token operations after 3 failures suspended its caller"
+ok "the batch stopped at the third failure ($st; $((d1 - d0)) token operations)"
+expect_status 429 suspended "bob suspended after the batch" -- c bob --data-binary @"$work/req-tls.json" "$url"
+for i in 1 2 3; do status lc --data-binary "$item" "$url" >/dev/null; done
+expect_status 429 suspended "a 254-byte identity is suspended after 3 failures" -- \
+  lc --data-binary @"$work/req-tls.json" "$url"
+
+# ---- finding 11: the env: PIN is not left in the environment ----
+kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+pin=$(cat "$work/token/user-pin")
+sed -i "s|^pin_source = .*|pin_source = env:GS_TEST_PIN|" "$conf"
+GS_TEST_PIN=$pin start_server
+expect_status 200 "" "unwrap with an env: PIN" -- c alice --data-binary @"$work/req-tls.json" "$url"
+# /proc/PID/environ shows the environment the process started with (the
+# name stays there, its value wiped); children see the current one.
+tr '\0' '\n' < "/proc/$srv_pid/environ" | grep -q "^GS_TEST_PIN=." && fail "GS_TEST_PIN keeps its value"
+grep -qaF "$pin" "/proc/$srv_pid/environ" && fail "the PIN is still readable in /proc/PID/environ"
+ok "the env: PIN is wiped and unset once read"
+
+# ---- finding 8: a SAN e-mail that cannot be used, and a CN naming a member ----
+longmail=$(printf 'a%.0s' $(seq 1 250))@example.org
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=nocert@example.org" \
+  -keyout "$certs/san.key" -out "$work/san.csr" 2>/dev/null
+printf 'subjectAltName=email:%s\nextendedKeyUsage=clientAuth\n' "$longmail" > "$work/san.ext"
+openssl x509 -req -in "$work/san.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+  -extfile "$work/san.ext" -out "$certs/san.pem" 2>/dev/null
+alines=$(wc -l < "$work/audit.jsonl")
+expect_status 401 no_identity "a 262-byte SAN e-mail with CN=nocert@example.org" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$certs/san.pem" --key "$certs/san.key" --data-binary @"$work/req-tls.json" "$url"
+tail -n +"$((alines + 1))" "$work/audit.jsonl" | grep -q '"identity":"nocert@example.org"' && fail "the CN was audited as the identity"
+ok "no fallback to the CN when the SAN has an e-mail address"
+
+# ---- finding 7: a CRL of the root revoking an intermediate CA ----
+mkdir -p "$work/pki"
+mini_ca() { # mini_ca DIR: an openssl ca directory
+  mkdir -p "$1/new"; : > "$1/index.txt"; echo 1000 > "$1/serial"; echo 1000 > "$1/crlnumber"
+  cat > "$1/ca.cnf" <<CNF
+[ca]
+default_ca = t
+[t]
+dir = $1
+database = \$dir/index.txt
+new_certs_dir = \$dir/new
+serial = \$dir/serial
+crlnumber = \$dir/crlnumber
+default_md = sha256
+default_crl_days = 1
+policy = p
+copy_extensions = copy
+[p]
+commonName = supplied
+[v3_ca]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+CNF
+}
+mini_ca "$work/pki/root"; mini_ca "$work/pki/int"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=findings root" \
+  -keyout "$work/pki/root.key" -out "$work/pki/root.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=findings intermediate" \
+  -keyout "$work/pki/int.key" -out "$work/pki/int.csr" 2>/dev/null
+openssl ca -batch -config "$work/pki/root/ca.cnf" -cert "$work/pki/root.pem" -keyfile "$work/pki/root.key" \
+  -extensions v3_ca -days 1 -in "$work/pki/int.csr" -out "$work/pki/int.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=ivan@example.org" \
+  -addext "subjectAltName=email:ivan@example.org" -addext "extendedKeyUsage=clientAuth" \
+  -keyout "$certs/ivan.key" -out "$work/pki/ivan.csr" 2>/dev/null
+openssl ca -batch -config "$work/pki/int/ca.cnf" -cert "$work/pki/int.pem" -keyfile "$work/pki/int.key" \
+  -days 1 -in "$work/pki/ivan.csr" -out "$certs/ivan.pem" 2>/dev/null
+cat "$certs/ivan.pem" "$work/pki/int.pem" > "$certs/ivan-chain.pem"
+gs member add eng ivan@example.org --cert "$certs/ivan.pem" >/dev/null
+crls() { # crls: fresh CRLs of both CAs
+  openssl ca -config "$work/pki/root/ca.cnf" -cert "$work/pki/root.pem" -keyfile "$work/pki/root.key" \
+    -gencrl -out "$work/pki/root.crl" 2>/dev/null
+  openssl ca -config "$work/pki/int/ca.cnf" -cert "$work/pki/int.pem" -keyfile "$work/pki/int.key" \
+    -gencrl -out "$work/pki/int.crl" 2>/dev/null
+  cat "$work/pki/root.pem" "$work/pki/int.pem" "$work/pki/root.crl" "$work/pki/int.crl" > "$certs/clients.pem"
+}
+reload() {
+  local n
+  n=$(grep -c "reloaded TLS" "$work/server.log" || true)
+  kill -HUP "$srv_pid"
+  for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log" || true)" -gt "$n" ] && return 0; sleep 0.1; done
+  fail "SIGHUP did not reload"
+}
+ivan() { curl -sS --cacert "$certs/tca.pem" --cert "$certs/ivan-chain.pem" --key "$certs/ivan.key" "$@"; }
+crls
+reload
+expect_status 200 "" "ivan through an intermediate, CRLs of both CAs current" -- ivan --data-binary @"$work/req-tls.json" "$url"
+openssl ca -config "$work/pki/root/ca.cnf" -cert "$work/pki/root.pem" -keyfile "$work/pki/root.key" \
+  -revoke "$work/pki/int.pem" 2>/dev/null
+crls
+openssl verify -crl_check_all -CAfile "$certs/clients.pem" -untrusted "$work/pki/int.pem" "$certs/ivan.pem" >/dev/null 2>&1 &&
+  fail "test set-up: openssl verify -crl_check_all accepts the chain"
+reload
+expect_status 401 untrusted_certificate "ivan after the root's CRL revoked his intermediate CA" -- \
+  ivan --data-binary @"$work/req-tls.json" "$url"
+ok "all findings hold"
