@@ -3,10 +3,12 @@
  * Appends are serialised by the mutex; their fdatasync is shared (group
  * commit), so a slow disk delays answers but no longer serialises them.
  */
+#define _GNU_SOURCE /* fallocate */
 #include "audit.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +70,7 @@ const char *audit_strerror(audit_err err)
     case AUDIT_ERR_FORMAT: return "audit log line malformed";
     case AUDIT_ERR_CHAIN: return "audit log hash chain broken";
     case AUDIT_ERR_MISSING: return "an earlier audit log file named by the chain is missing";
+    case AUDIT_ERR_TORN: return "audit log ends in an incomplete record (an interrupted write)";
     }
     return "unknown audit error";
 }
@@ -152,6 +155,48 @@ static audit_err load_chain_head(struct audit_log *log)
     return rc;
 }
 
+/* A write cut short (a crash, a full disk) leaves a fragment after the
+ * last newline: it is no record, and the next record would land on it.
+ * Cuts fd (readable and writable) back to its last complete line, or to
+ * nothing if it has none. AUDIT_ERR_FORMAT: the unterminated tail is longer
+ * than any record we write (not ours: left for `audit verify`). The
+ * caller holds the file's flock. */
+static audit_err cut_torn_tail(int fd, const char *path)
+{
+    struct stat st;
+    char buf[AUDIT_MAX_LINE + 1];
+    size_t want, got = 0;
+    off_t start;
+
+    if (fstat(fd, &st) != 0)
+        return AUDIT_ERR_IO;
+    if (st.st_size == 0)
+        return AUDIT_OK;
+    want = st.st_size > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)st.st_size;
+    start = st.st_size - (off_t)want;
+    while (got < want) {
+        ssize_t n = pread(fd, buf + got, want - got, start + (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return AUDIT_ERR_IO;
+        got += (size_t)n;
+    }
+    if (buf[want - 1] == '\n')
+        return AUDIT_OK;
+    size_t end = want - 1;
+    while (end > 0 && buf[end] != '\n')
+        end--;
+    if (buf[end] != '\n' && start != 0)
+        return AUDIT_ERR_FORMAT;
+    off_t cut = buf[end] == '\n' ? start + (off_t)end + 1 : 0;
+    if (ftruncate(fd, cut) != 0 || fdatasync(fd) != 0)
+        return AUDIT_ERR_IO;
+    log_warn("audit log ended in an incomplete record (an interrupted write); cut it off path=%s bytes=%lld", path,
+             (long long)(st.st_size - cut));
+    return AUDIT_OK;
+}
+
 audit_err audit_open(const char *path, audit_log **out)
 {
     audit_err rc = AUDIT_ERR_NOMEM;
@@ -177,6 +222,16 @@ audit_err audit_open(const char *path, audit_log **out)
         rc = AUDIT_ERR_IO;
         goto out;
     }
+    /* A torn tail is cut before the chain head is read (under the lock
+     * other appenders write under). */
+    if (flock(log->fd, LOCK_EX) != 0) {
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
+    rc = cut_torn_tail(log->fd, path);
+    unlock_file(log->fd);
+    if (rc != AUDIT_OK)
+        goto out;
     if ((rc = load_chain_head(log)) != AUDIT_OK)
         goto out;
     *out = log;
@@ -214,6 +269,34 @@ static int write_all(int fd, const char *p, size_t len)
     return 0;
 }
 
+/* fdatasync succeeds on a full disk: whether the next records fit is
+ * learnt by reserving room for one more past the end of the file
+ * (fallocate with KEEP_SIZE: content and size stay, the blocks are kept
+ * for the records). Where the file system cannot, by writing a probe file
+ * beside the log. 0 if there is room. */
+static int reserve_space(int fd, const char *path)
+{
+    struct stat st;
+    char probe[4096];
+    int pfd, rc;
+
+    if (fstat(fd, &st) != 0)
+        return -1;
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, AUDIT_MAX_LINE) == 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != ENOSYS)
+        return -1;
+    if (snprintf(probe, sizeof(probe), "%s.space-probe", path) >= (int)sizeof(probe))
+        return -1;
+    if ((pfd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
+        return -1;
+    unlink(probe);
+    memset(probe, 0, sizeof(probe));
+    rc = write_all(pfd, probe, sizeof(probe)) == 0 && fdatasync(pfd) == 0 ? 0 : -1;
+    close(pfd);
+    return rc;
+}
+
 audit_err audit_check(audit_log *log)
 {
     audit_err rc = AUDIT_OK;
@@ -227,7 +310,12 @@ audit_err audit_check(audit_log *log)
         rc = AUDIT_ERR_IO;
         goto out;
     }
+    int room = reserve_space(log->fd, log->path);
     unlock_file(log->fd);
+    if (room != 0) {
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
     if (log->failed) {
         /* After a failure, a sync round (bookkept like any other, so a
          * failure fails what it covered) tells whether the disk works
@@ -315,8 +403,14 @@ static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long
         goto out;
     rc = AUDIT_ERR_IO;
     if (write_all(log->fd, line, len) != 0) {
+        int werr = errno;
         log->failed = 1;
-        log_error("audit append failed path=%s errno=%d", log->path, errno);
+        log_error("audit append failed path=%s errno=%d", log->path, werr);
+        /* A short write (a full disk) leaves a fragment: cut it off now, or
+         * the next record lands on it. If that fails too, the next lock
+         * finds the file longer than our last line and cuts it then. */
+        if (ftruncate(log->fd, log->end) != 0)
+            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
         goto out;
     }
     /* The line is in the file: the next one chains to it, whatever the
@@ -564,6 +658,13 @@ static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH
         goto out;
     while ((len = getline(&line, &cap, fp)) >= 0) {
         n++;
+        if (len > 0 && line[len - 1] != '\n' && len <= AUDIT_MAX_LINE) {
+            /* The last line, unterminated: an interrupted write, not an
+             * edit (the writer cuts it off before writing again). */
+            rc = AUDIT_ERR_TORN;
+            *bad_line = n;
+            goto out;
+        }
         if (len == 0 || line[len - 1] != '\n' || len > AUDIT_MAX_LINE) {
             rc = AUDIT_ERR_FORMAT;
             *bad_line = n;
@@ -758,6 +859,18 @@ out:
  * first following it to its successor if it was rotated, and reloads the
  * head if another process appended. May wait for a running sync round
  * (which uses the descriptor). On failure nothing is locked. */
+/* The file is not as we left it (mutex and flock held): continue from its
+ * last line, after cutting off a torn tail (a write of ours whose fragment
+ * could not be cut at once, or another process's cut short). */
+static audit_err continue_from_file_locked(struct audit_log *log)
+{
+    audit_err rc = load_chain_head(log);
+
+    if (rc == AUDIT_ERR_FORMAT && cut_torn_tail(log->fd, log->path) == AUDIT_OK)
+        rc = load_chain_head(log);
+    return rc;
+}
+
 static audit_err lock_current_locked(struct audit_log *log)
 {
     struct stat st;
@@ -768,7 +881,7 @@ static audit_err lock_current_locked(struct audit_log *log)
         if (fd_at_path(log) && fstat(log->fd, &st) == 0) {
             /* Another process appended (a rotation that sealed the file
              * but could not replace it): continue from its last line. */
-            audit_err rc = st.st_size == log->end ? AUDIT_OK : load_chain_head(log);
+            audit_err rc = st.st_size == log->end ? AUDIT_OK : continue_from_file_locked(log);
             if (rc != AUDIT_OK)
                 unlock_file(log->fd);
             return rc;
@@ -1058,5 +1171,52 @@ out:
         free(files[i]);
     free(files);
     free(prev_path);
+    return rc;
+}
+
+audit_err audit_reopen(audit_log *log)
+{
+    audit_err rc = AUDIT_OK;
+    int nfd = -1;
+
+    if (log == NULL)
+        return AUDIT_ERR_ARGS;
+    pthread_mutex_lock(&log->mu);
+    if (fd_at_path(log))
+        goto out; /* still the file at the path (or a rotation's, followed at the next write) */
+    /* No sync round may run on the old descriptor while it is swapped. */
+    while (log->syncing)
+        pthread_cond_wait(&log->synced, &log->mu);
+    if ((nfd = open(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 || flock(nfd, LOCK_EX) != 0 ||
+        (rc = cut_torn_tail(nfd, log->path)) != AUDIT_OK) {
+        if (rc == AUDIT_OK)
+            rc = AUDIT_ERR_IO;
+        log_error("cannot reopen the audit log path=%s err=%s", log->path, audit_strerror(rc));
+        goto out;
+    }
+    /* Records written to the old file before it went away and not yet
+     * synced: sync them there (they are in that file; their answers wait). */
+    int src = fdatasync(log->fd);
+    account_sync_locked(log, log->written_seq, src, errno);
+    int old = log->fd;
+    char old_head[sizeof(log->prev_hex)];
+    memcpy(old_head, log->prev_hex, sizeof(old_head));
+    log->fd = nfd;
+    if ((rc = load_chain_head(log)) != AUDIT_OK) {
+        log->fd = old;
+        memcpy(log->prev_hex, old_head, sizeof(old_head));
+        goto out;
+    }
+    nfd = old; /* closed below */
+    log->failed = 0;
+    log_info("audit log reopened (a new file at its path starts a new chain) path=%s", log->path);
+out:
+    if (nfd >= 0) {
+        unlock_file(nfd);
+        close(nfd);
+    }
+    if (rc == AUDIT_OK && log->fd >= 0)
+        unlock_file(log->fd);
+    pthread_mutex_unlock(&log->mu);
     return rc;
 }

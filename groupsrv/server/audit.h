@@ -28,6 +28,8 @@ typedef enum audit_err {
     AUDIT_ERR_FORMAT,   /* verify: a line is not JSON, too long, or lacks "prev" */
     AUDIT_ERR_CHAIN,    /* verify: a line's "prev" does not match the previous line */
     AUDIT_ERR_MISSING,  /* verify: the earlier file a rotated log names is not there */
+    AUDIT_ERR_TORN,     /* verify: every complete line verifies, but the file ends in an
+                           unterminated one (an interrupted write, not tampering) */
 } audit_err;
 
 const char *audit_strerror(audit_err err);
@@ -35,17 +37,28 @@ const char *audit_strerror(audit_err err);
 typedef struct audit_log audit_log;
 
 /* Opens (creating, mode 0600) path for appending and reads the last line to
- * continue the chain. A file whose last line is unterminated or too long is
- * refused (AUDIT_ERR_FORMAT): repair it with `groupsrv audit verify` first.
- * A symbolic link at path is refused (AUDIT_ERR_IO). */
+ * continue the chain. A file that ends in an unterminated line (a write cut
+ * short by a crash or a full disk) is cut back to its last complete record
+ * (logged); one whose unterminated tail is longer than any record is
+ * refused (AUDIT_ERR_FORMAT). A record is in the file whole or not at all:
+ * a short write is cut back before anything else is written. A symbolic
+ * link at path is refused (AUDIT_ERR_IO). */
 audit_err audit_open(const char *path, audit_log **out);
 void audit_close(audit_log *log);
 
 /* Re-checks that the file can still be written (used by /healthz and before
  * sensitive operations): AUDIT_ERR_IO when the file is no longer at its
- * path, or when the last append or sync failed and a new sync round still
- * fails. Cheap when all is well (no fdatasync). */
+ * path, when there is no room for another record (fdatasync succeeds on a
+ * full disk: room for one is reserved past the end of the file instead),
+ * or when the last append or sync failed and a new sync round still fails.
+ * Cheap when all is well (no fdatasync). */
 audit_err audit_check(audit_log *log);
+
+/* When the file at the path is no longer the one open and is not its
+ * rotation's successor (deleted and made anew, moved away): opens the one
+ * at the path and continues its chain (a new file starts a new one). For
+ * SIGHUP. AUDIT_OK when nothing had to be done too. */
+audit_err audit_reopen(audit_log *log);
 
 /* One record. Strings are copied into the JSON; NULL fields are omitted.
  * key_version < 0 is omitted. `extra` (may be NULL) is a jansson object
@@ -98,7 +111,8 @@ void audit_syncer_stop(audit_log *log);
  * other processes (a running server) hold flock(2) while they write, so the
  * seal is the archive's last line; they continue in the new file at their
  * next write or audit_check. archive (cap bytes) receives ARCHIVE's path.
- * AUDIT_ERR_FORMAT: the last line is torn (repair it first); AUDIT_ERR_IO:
+ * AUDIT_ERR_FORMAT: the last line is no record (audit_open cuts off a torn
+ * one, so only a line longer than any record); AUDIT_ERR_IO:
  * nothing was rotated, or (seal written, new file not in place) records go
  * on after the seal in the same file. */
 audit_err audit_rotate(audit_log *log, char *archive, size_t cap);

@@ -75,6 +75,7 @@ struct main_loop {
     const struct gs_config *cfg;
     gs_ca *ca;
     hsm_ctx *hsm;
+    audit_log *audit;
 };
 
 /* hsm: for [tls] key = pkcs11:URI (the token is open before TLS set-up). */
@@ -112,6 +113,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         log_info("reloaded TLS certificate, key, client CAs and CRLs");
     else
         log_error("reload failed; keeping the previous TLS configuration");
+    /* An audit log deleted (or moved away) and made anew at its path:
+     * write there from now on, without a restart. */
+    if (audit_reopen(m->audit) != AUDIT_OK)
+        log_error("the audit log at its path cannot be opened; key requests stay refused");
 }
 
 static void key_audit_row(void *arg, const gs_key_audit_row *row)
@@ -227,6 +232,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     m.cfg = cfg;
     m.ca = s.ca;
     m.hsm = s.hsm;
+    m.audit = s.audit;
     if ((m.base = event_base_new()) == NULL)
         goto out;
     ev_term = evsignal_new(m.base, SIGTERM, on_term, &m);
@@ -273,7 +279,7 @@ out:
     "       groupsrv [-c FILE] audit rotate [--file PATH]\n"
 
 /* groupsrv audit verify: exit 0 good, 1 unreadable or an earlier file
- * missing, 3 broken chain or malformed line. */
+ * missing, 3 broken chain or malformed line, 6 a torn tail only. */
 static int audit_verify_cmd(const char *file, int follow)
 {
     audit_verify_result res;
@@ -295,6 +301,15 @@ static int audit_verify_cmd(const char *file, int follow)
         fprintf(stderr, "groupsrv audit verify: %s: %s\n", res.bad_file[0] ? res.bad_file : file,
                 e == AUDIT_ERR_IO ? strerror(errno) : audit_strerror(e));
         return 1;
+    }
+    if (e == AUDIT_ERR_TORN) {
+        /* Not tampering: a write cut short (crash, full disk), which the
+         * server cuts off when it next opens or writes the file. */
+        fprintf(stderr,
+                "groupsrv audit verify: %s: torn tail: line %zu is an incomplete record (an interrupted write, "
+                "not an edit); the %zu lines before it verify; `groupsrv serve` cuts it off at start\n",
+                res.bad_file, res.bad_line, res.lines);
+        return 6;
     }
     fprintf(stderr, "groupsrv audit verify: %s: line %zu: %s (%zu good lines before it)\n", res.bad_file,
             res.bad_line, audit_strerror(e), res.lines);

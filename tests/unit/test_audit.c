@@ -1,9 +1,11 @@
 /*
  * test_audit.c: the server's hash-chained audit log (groupsrv/server/audit.c):
  * the chain, group commit, the background syncer that lets event loops hold
- * answers instead of blocking, and what a failed fdatasync does. fdatasync
- * is wrapped at link time (-Wl,--wrap=fdatasync) so a test can make it fail
- * or slow it down; everything else is the real file system.
+ * answers instead of blocking, what a failed fdatasync does, and that a
+ * record is written whole or not at all. fdatasync and write are wrapped at
+ * link time (-Wl,--wrap=...) so a test can make a sync fail or slow, or a
+ * write stop short as on a full disk; everything else is the real file
+ * system.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,6 +28,36 @@
 #include "audit.h"
 
 int __real_fdatasync(int fd);
+ssize_t __real_write(int fd, const void *buf, size_t n);
+ssize_t __wrap_write(int fd, const void *buf, size_t n);
+
+/* A full disk: the next write of a record (> 16 bytes) writes half of it,
+ * and the call after that fails with ENOSPC, as write(2) does when space
+ * runs out part way. */
+static atomic_int disk_full_writes;
+static atomic_int enospc_next;
+
+ssize_t __wrap_write(int fd, const void *buf, size_t n)
+{
+    if (atomic_load(&enospc_next)) {
+        atomic_store(&enospc_next, 0);
+        errno = ENOSPC;
+        return -1;
+    }
+    if (n > 16 && atomic_load(&disk_full_writes) > 0) {
+        atomic_fetch_sub(&disk_full_writes, 1);
+        atomic_store(&enospc_next, 1);
+        return __real_write(fd, buf, n / 2);
+    }
+    return __real_write(fd, buf, n);
+}
+int __wrap_fdatasync(int fd);
+
+static atomic_int fail_syncs;   /* fail the next N calls with EIO */
+static atomic_int sync_calls;
+static atomic_int sync_delay_ms; /* each call sleeps this long first */
+static void (*during_sync)(void); /* run once inside the next call */
+
 int __wrap_fdatasync(int fd);
 
 static atomic_int fail_syncs;   /* fail the next N calls with EIO */
@@ -71,6 +103,8 @@ static int setup(void **state)
     atomic_store(&fail_syncs, 0);
     atomic_store(&sync_calls, 0);
     atomic_store(&sync_delay_ms, 0);
+    atomic_store(&disk_full_writes, 0);
+    atomic_store(&enospc_next, 0);
     *state = f;
     return 0;
 }
@@ -428,18 +462,87 @@ static void test_concurrent_appenders_one_chain(void **state)
     assert_int_equal(verify(f->path), 160);
 }
 
-static void test_torn_last_line_refused(void **state)
+/* A crash or a full disk left half a record: `audit verify` calls it a
+ * torn tail (not tampering), and opening the log cuts it off. */
+static void test_torn_tail_cut_at_open(void **state)
 {
     struct fx *f = *state;
     audit_log *log = NULL;
+    audit_record r = rec("ok");
+    size_t lines = 0, bad = 0;
+    char head[65];
 
-    write_records(f, 1);
+    write_records(f, 2);
     int fd = open(f->path, O_WRONLY | O_APPEND);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, "{\"time\":", 8), 8);
     close(fd);
+    assert_int_equal(audit_verify_file(f->path, &lines, &bad, head), AUDIT_ERR_TORN);
+    assert_int_equal(lines, 2);
+    assert_int_equal(bad, 3);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 3);
+}
+
+/* A line longer than any record, unterminated, is not a torn write of ours. */
+static void test_overlong_tail_refused(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    char junk[9000];
+
+    write_records(f, 1);
+    memset(junk, 'x', sizeof(junk));
+    int fd = open(f->path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+    close(fd);
     assert_int_equal(audit_open(f->path, &log), AUDIT_ERR_FORMAT);
     assert_null(log);
+}
+
+/* A short write (a full disk) fails its record and leaves no fragment for
+ * the next record to land on. */
+static void test_short_write_cut_back(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    atomic_store(&disk_full_writes, 1);
+    assert_int_equal(audit_append(log, &r), AUDIT_ERR_IO);
+    assert_int_equal(verify(f->path), 1);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 2);
+}
+
+/* Deleted and made anew at its path: SIGHUP's audit_reopen writes there. */
+static void test_reopen_after_delete(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_reopen(log), AUDIT_OK); /* nothing to do */
+    assert_int_equal(unlink(f->path), 0);
+    assert_int_equal(audit_append(log, &r), AUDIT_ERR_IO);
+    assert_int_equal(audit_check(log), AUDIT_ERR_IO);
+    int fd = open(f->path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(audit_check(log), AUDIT_ERR_IO); /* not before the reopen */
+    assert_int_equal(audit_reopen(log), AUDIT_OK);
+    assert_int_equal(audit_check(log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 1);
 }
 
 /* Rotation tests leave archives next to the log: remove every file. */
@@ -842,7 +945,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_syncer_makes_writes_durable_and_notifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syncer_stop_syncs_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_torn_last_line_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_tail_cut_at_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlong_tail_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
