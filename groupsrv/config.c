@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -34,6 +35,10 @@ static const struct key_def keys[] = {
     {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000},
     {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600},
     {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000},
+    {"server", "reserved_connections", K_UINT, OFF(server.reserved_connections), 0, 1000000},
+    {"server", "max_connections_per_address", K_UINT, OFF(server.max_connections_per_address), 1, 1000000},
+    {"server", "handshake_timeout", K_UINT, OFF(server.handshake_timeout), 1, 3600},
+    {"server", "request_timeout", K_UINT, OFF(server.request_timeout), 1, 3600},
     {"server", "max_failed_unwraps", K_UINT, OFF(server.max_failed_unwraps), 0, 1000000},
     {"server", "suspend_seconds", K_UINT, OFF(server.suspend_seconds), 1, 86400 * 30},
     {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0},
@@ -50,6 +55,7 @@ static const struct key_def keys[] = {
     {"audit", "path", K_STR, OFF(audit.path), 0, 0},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
     {"certsrv", "lifetime", K_UINT, OFF(certsrv.lifetime), 60, 604800},
+    {"certsrv", "max_connections", K_UINT, OFF(certsrv.max_connections), 1, 1000000},
     {"certsrv", "url", K_STR, OFF(certsrv.url), 0, 0},
     {"ca", "key_label", K_STR, OFF(ca.key_label), 0, 0},
     {"ca", "group_cert_days", K_UINT, OFF(ca.group_cert_days), 1, 36500},
@@ -179,6 +185,11 @@ static struct gs_config *config_new(void)
     c->server.unwrap_batch_max = 100;
     c->server.timeout = 30;
     c->server.max_connections = 1024;
+    c->server.reserved_connections = UINT_MAX; /* unset: a quarter of max_connections */
+    c->server.max_connections_per_address = 32;
+    c->server.handshake_timeout = 10;
+    c->server.request_timeout = 20;
+    c->certsrv.max_connections = 256;
     c->server.max_failed_unwraps = 20;
     c->server.suspend_seconds = 600;
     c->server.auto_rotate_secret_on_remove = true;
@@ -219,6 +230,11 @@ static gs_err validate(const char *name, struct gs_config *c)
         return gs_err_set(GS_ERR_CONFIG, "%s: 'token' in [hsm] must be a pkcs11: URI", name);
     if (!valid_listen(c->server.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [server] must be host:port", name);
+    if (c->server.reserved_connections == UINT_MAX)
+        c->server.reserved_connections = c->server.max_connections / 4;
+    if (c->server.reserved_connections >= c->server.max_connections)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'reserved_connections' in [server] must be below max_connections",
+                          name);
     if (c->certsrv.listen != NULL && !valid_listen(c->certsrv.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [certsrv] must be host:port", name);
     if (strcmp(c->server.metrics, "off") != 0 && strcmp(c->server.metrics, "any") != 0 &&

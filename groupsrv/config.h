@@ -29,7 +29,14 @@ struct gs_config {
         unsigned rate_limit;    /* requests per second per client identity; 0 = off (default) */
         unsigned rate_burst;    /* token-bucket burst, default 2 * rate_limit */
         unsigned timeout;       /* seconds per request (read+write), default 30 */
-        unsigned max_connections;      /* default 1024 */
+        unsigned max_connections;      /* API listener's connections, default 1024 */
+        unsigned reserved_connections; /* of those, kept for connections with a trusted client
+                                          certificate; default max_connections / 4 */
+        unsigned max_connections_per_address; /* connections without a trusted client certificate
+                                                 from one address, default 32 */
+        unsigned handshake_timeout;    /* seconds from accept to the end of the TLS handshake, default 10 */
+        unsigned request_timeout;      /* seconds from the handshake (or the previous answer) until the
+                                          whole request head and body are in, default 20 */
         unsigned max_failed_unwraps;   /* failed unwraps per identity that suspend it, default 20; 0 = off */
         unsigned suspend_seconds;      /* failure window and suspension length, default 600 */
         bool auto_rotate_secret_on_remove; /* default yes */
@@ -56,6 +63,8 @@ struct gs_config {
     struct {
         char *listen;           /* "host:port"; NULL (absent) = no certificate server */
         unsigned lifetime;      /* membership certificate lifetime in seconds, default 3600 (60..604800) */
+        unsigned max_connections; /* the certificate server listener's own budget, default 256
+                                     (a quarter kept for trusted client certificates) */
         char *url;              /* advertised as "certificate_server"; default "https://<listen>" */
     } certsrv;
     struct {

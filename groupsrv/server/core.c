@@ -11,8 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -102,8 +105,251 @@ static void balance_accept(struct srv_thread *t)
 static void maybe_resume_accept(struct srv_thread *t)
 {
     if (t->accept_paused && !atomic_load(&t->srv->shutting_down) && t->bound != NULL &&
-        metrics_connections() < t->srv->max_conns && atomic_load(&t->nconns) <= other_min_conns(t))
+        atomic_load(&t->nconns) <= other_min_conns(t))
         pause_accept(t, 0);
+}
+
+/* ---- admission ------------------------------------------------------------
+ * An unauthenticated peer must not be able to lock members out (slowloris:
+ * many connections that each trickle a request). Every connection has a
+ * deadline for its TLS handshake ([server] handshake_timeout) and then for
+ * its whole request, head and body ([server] request_timeout, counted again
+ * from each answer on a kept-alive connection). Each listener has its own
+ * budget; connections without a trusted client certificate may use only
+ * part of it and only [server] max_connections_per_address from one
+ * address; the rest is kept for members. When a new connection finds its
+ * listener full, the oldest connection of the same thread that has no
+ * trusted certificate and is not being answered is closed to make room, or
+ * else the new one is closed at once: never a hang in the backlog.
+ * Connections are closed with shutdown(2), so libevent frees them through
+ * its own error path. */
+
+enum conn_stage { CONN_ADMIT, CONN_HANDSHAKE, CONN_WAIT_REQUEST, CONN_IN_SERVICE, CONN_CLOSING };
+
+struct srv_conn {
+    struct srv_thread *t;
+    struct srv_conn *prev, *next;
+    enum srv_listener which;
+    enum conn_stage stage;
+    struct bufferevent *bev;
+    struct event *deadline;
+    int authenticated;    /* a trusted client certificate at the handshake */
+    int addr_counted;     /* counted in the per-address table */
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+};
+
+/* Connections without a trusted client certificate per address, shared by
+ * the threads (mutex). */
+#define ADDR_BUCKETS 1024
+struct addr_node {
+    struct addr_node *next;
+    unsigned char key[17]; /* family, then up to 16 address bytes */
+    unsigned n;
+};
+struct srv_addr_table {
+    pthread_mutex_t mu;
+    struct addr_node *b[ADDR_BUCKETS];
+};
+
+static size_t addr_key(const struct sockaddr_storage *sa, unsigned char key[17])
+{
+    memset(key, 0, 17);
+    key[0] = (unsigned char)sa->ss_family;
+    if (sa->ss_family == AF_INET)
+        memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    else if (sa->ss_family == AF_INET6)
+        memcpy(key + 1, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    return 17;
+}
+
+/* Adds delta to the count of addr; returns the new count (0 on no memory
+ * for a new address: the caller then admits, as no count can be kept). */
+static unsigned addr_count(struct srv_addr_table *a, const struct sockaddr_storage *sa, int delta)
+{
+    unsigned char key[17];
+    unsigned h = 2166136261u, n = 0;
+
+    addr_key(sa, key);
+    for (size_t i = 0; i < sizeof(key); i++)
+        h = (h ^ key[i]) * 16777619u;
+    pthread_mutex_lock(&a->mu);
+    struct addr_node **pp = &a->b[h % ADDR_BUCKETS];
+    while (*pp != NULL && memcmp((*pp)->key, key, sizeof(key)) != 0)
+        pp = &(*pp)->next;
+    if (*pp == NULL && delta > 0 && (*pp = calloc(1, sizeof(**pp))) != NULL)
+        memcpy((*pp)->key, key, sizeof(key));
+    if (*pp != NULL) {
+        (*pp)->n = delta < 0 && (*pp)->n == 0 ? 0 : (unsigned)((int)(*pp)->n + delta);
+        n = (*pp)->n;
+        if (n == 0) {
+            struct addr_node *dead = *pp;
+            *pp = dead->next;
+            free(dead);
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+struct srv_addr_table *srv_addr_table_new(void)
+{
+    struct srv_addr_table *a = calloc(1, sizeof(*a));
+    if (a != NULL)
+        pthread_mutex_init(&a->mu, NULL);
+    return a;
+}
+
+void srv_addr_table_free(struct srv_addr_table *a)
+{
+    if (a == NULL)
+        return;
+    for (size_t i = 0; i < ADDR_BUCKETS; i++)
+        for (struct addr_node *n = a->b[i], *next; n != NULL; n = next) {
+            next = n->next;
+            free(n);
+        }
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+/* The connection no longer counts as one without a trusted certificate. */
+static void conn_leave_unauth(struct srv_conn *c)
+{
+    struct srv *s = c->t->srv;
+
+    atomic_fetch_sub(&s->unauth[c->which], 1);
+    if (c->addr_counted)
+        addr_count(s->addrs, &c->addr, -1);
+    c->addr_counted = 0;
+}
+
+static void conn_arm(struct srv_conn *c, enum conn_stage stage, unsigned seconds)
+{
+    struct timeval tv = {.tv_sec = seconds};
+
+    c->stage = stage;
+    event_add(c->deadline, &tv);
+}
+
+/* Closes the connection through libevent's own error path. */
+static void conn_close(struct srv_conn *c, const char *why)
+{
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+
+    if (c->stage == CONN_CLOSING)
+        return;
+    c->stage = CONN_CLOSING;
+    event_del(c->deadline);
+    log_debug("connection closed reason=%s listener=%s", why, c->which == SRV_API ? "api" : "certsrv");
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+}
+
+/* The oldest connection of this thread and listener without a trusted
+ * certificate that is not being answered, other than self; NULL if none. */
+static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener which, const struct srv_conn *self)
+{
+    for (struct srv_conn *c = t->conn_head; c != NULL; c = c->next)
+        if (c != self && c->which == which && !c->authenticated &&
+            (c->stage == CONN_HANDSHAKE || c->stage == CONN_WAIT_REQUEST))
+            return c;
+    return NULL;
+}
+
+/* Runs right after accept (the socket is set by then) and at each deadline. */
+static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_conn *c = arg;
+    struct srv *s = c->t->srv;
+    (void)fd; (void)what;
+
+    switch (c->stage) {
+    case CONN_ADMIT:
+        c->addr_len = sizeof(c->addr);
+        if (getpeername(bufferevent_getfd(c->bev), (struct sockaddr *)&c->addr, &c->addr_len) != 0) {
+            conn_close(c, "no_peer_address");
+            return;
+        }
+        c->addr_counted = 1;
+        if (addr_count(s->addrs, &c->addr, 1) > s->per_address) {
+            conn_close(c, "per_address_limit");
+            return;
+        }
+        if (atomic_load(&s->conns[c->which]) > s->budget[c->which] ||
+            atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
+            struct srv_conn *old = conn_evictable(c->t, c->which, c);
+            if (old == NULL) {
+                conn_close(c, "listener_full");
+                return;
+            }
+            conn_close(old, "evicted_for_new_connection");
+        }
+        conn_arm(c, CONN_HANDSHAKE, s->handshake_timeout);
+        return;
+    case CONN_HANDSHAKE:
+        conn_close(c, "handshake_timeout");
+        return;
+    case CONN_WAIT_REQUEST:
+        conn_close(c, "request_timeout");
+        return;
+    case CONN_IN_SERVICE:
+    case CONN_CLOSING:
+        return;
+    }
+}
+
+/* OpenSSL's info callback: at the end of the handshake the request
+ * deadline starts, and a trusted client certificate moves the connection
+ * into the members' share (the verification is remembered for its first
+ * request, so it is not repeated). */
+static void conn_info_cb(const SSL *ssl, int where, int ret)
+{
+    struct srv_conn *c = SSL_get_ex_data(ssl, tls_conn_index());
+    (void)ret;
+
+    if (c == NULL || !(where & SSL_CB_HANDSHAKE_DONE) || c->stage != CONN_HANDSHAKE)
+        return;
+    tls_state *tls = tls_current_get();
+    peer_info info;
+    if (tls != NULL) {
+        tls_peer_check(tls, (SSL *)ssl, &info);
+        if (info.status == PEER_MEMBER_CERT || info.status == PEER_MEMBERSHIP) {
+            c->authenticated = 1;
+            conn_leave_unauth(c);
+        }
+    }
+    tls_state_unref(tls);
+    conn_arm(c, CONN_WAIT_REQUEST, c->t->srv->request_timeout);
+}
+
+static struct srv_conn *req_conn(struct evhttp_request *req)
+{
+    struct evhttp_connection *ec = req ? evhttp_request_get_connection(req) : NULL;
+    struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+
+    return ssl ? SSL_get_ex_data(ssl, tls_conn_index()) : NULL;
+}
+
+/* The whole request is in: no deadline while it is being answered. */
+static void conn_in_service(struct evhttp_request *req)
+{
+    struct srv_conn *c = req_conn(req);
+
+    if (c != NULL && c->stage == CONN_WAIT_REQUEST) {
+        event_del(c->deadline);
+        c->stage = CONN_IN_SERVICE;
+    }
+}
+
+/* Answered: the next request on the connection has its own deadline. */
+static void conn_answered(struct evhttp_request *req)
+{
+    struct srv_conn *c = req_conn(req);
+
+    if (c != NULL && c->stage == CONN_IN_SERVICE)
+        conn_arm(c, CONN_WAIT_REQUEST, c->t->srv->request_timeout);
 }
 
 /* Runs when OpenSSL frees a connection's SSL (the bufferevent owns it), on
@@ -113,21 +359,38 @@ static void maybe_resume_accept(struct srv_thread *t)
  * the other threads). */
 static void conn_freed(void *arg)
 {
-    struct srv_thread *t = arg;
+    struct srv_conn *c = arg;
+    struct srv_thread *t = c->t;
 
+    if (!c->authenticated)
+        conn_leave_unauth(c);
+    atomic_fetch_sub(&t->srv->conns[c->which], 1);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        t->conn_head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        t->conn_tail = c->prev;
+    event_free(c->deadline);
+    free(c);
     atomic_fetch_sub(&t->nconns, 1);
     metrics_connection(-1);
     maybe_resume_accept(t);
 }
 
 /* evhttp asks for a bufferevent per accepted connection: a TLS one with a
- * fresh SSL from the current (reloadable) context. */
+ * fresh SSL from the current (reloadable) context, and the connection's
+ * admission state in the SSL's ex_data. */
 static struct bufferevent *make_bev(struct event_base *base, void *arg)
 {
-    struct srv_thread *t = arg;
+    struct srv_listener_ctx *lc = arg;
+    struct srv_thread *t = lc->t;
     tls_state *tls = tls_current_get();
     SSL *ssl = NULL;
     struct bufferevent *bev = NULL;
+    struct srv_conn *c = NULL;
 
     if (tls == NULL || (ssl = SSL_new(tls_state_ctx(tls))) == NULL) {
         tls_state_unref(tls);
@@ -135,21 +398,39 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
         return NULL;
     }
     tls_state_unref(tls); /* the SSL holds its own SSL_CTX reference */
-    atomic_fetch_add(&t->nconns, 1);
-    metrics_connection(1);
-    SSL_set_ex_data(ssl, tls_conn_index(), t);
-    bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
+    if ((c = calloc(1, sizeof(*c))) == NULL ||
+        (c->deadline = evtimer_new(base, conn_deadline_cb, c)) == NULL) {
+        free(c);
         SSL_free(ssl);
+        log_error("out of memory for a connection");
         return NULL;
     }
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    /* Above the connection cap stop accepting; the tick resumes it. Those
-     * already accepted wait in the kernel backlog meanwhile. */
-    if (metrics_connections() >= t->srv->max_conns)
-        pause_accept(t, 1);
+    c->t = t;
+    c->which = lc->which;
+    c->stage = CONN_ADMIT;
+    SSL_set_ex_data(ssl, tls_conn_index(), c);
+    SSL_set_info_callback(ssl, conn_info_cb);
+    atomic_fetch_add(&t->nconns, 1);
+    atomic_fetch_add(&t->srv->conns[c->which], 1);
+    atomic_fetch_add(&t->srv->unauth[c->which], 1);
+    metrics_connection(1);
+    c->prev = t->conn_tail;
+    if (t->conn_tail != NULL)
+        t->conn_tail->next = c;
     else
-        balance_accept(t);
+        t->conn_head = c;
+    t->conn_tail = c;
+    bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl); /* conn_freed undoes the counts */
+        return NULL;
+    }
+    c->bev = bev;
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    /* Admission runs once evhttp has given the bufferevent its socket. */
+    struct timeval now = {0, 0};
+    event_add(c->deadline, &now);
+    balance_accept(t);
     return bev;
 }
 
@@ -235,6 +516,7 @@ static void send_now(struct evhttp_request *req, enum metrics_endpoint ep, int s
     }
     if (len == 0)
         free(body);
+    conn_answered(req);
     evhttp_send_reply(req, status, reason(status), buf);
     evbuffer_free(buf);
     metrics_request(ep, status);
@@ -695,15 +977,33 @@ int srv_audit(struct srv_req *r, const audit_record *rec)
 
 /* ---- dispatch ------------------------------------------------------------ */
 
+/* How many times the request carries header name (case-insensitive). */
+static unsigned header_count(struct evhttp_request *req, const char *name)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    unsigned n = 0;
+
+    for (struct evkeyval *kv = h ? h->tqh_first : NULL; kv != NULL; kv = kv->next.tqe_next)
+        if (strcasecmp(kv->key, name) == 0)
+            n++;
+    return n;
+}
+
 static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)
 {
     struct srv_req r = {.t = t, .srv = t->srv, .req = req, .certsrv = certsrv};
 
     r.start = srv_now();
+    conn_in_service(req);
     if (util_random_id(r.id, 8) != 0)
         snprintf(r.id, sizeof(r.id), "0");
     log_set_request_id(r.id);
-    if (metrics_connections() > t->srv->max_conns)
+    if (header_count(req, "Content-Length") > 1) {
+        /* libevent reads the body by the first one; a proxy in front may
+         * have used another (RFC 7230 3.3.3: reject, and close). */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        srv_reply_error(&r, 400, "bad_request", "more than one Content-Length header");
+    } else if (atomic_load(&t->srv->conns[certsrv ? SRV_CERTSRV : SRV_API]) > t->srv->budget[certsrv ? SRV_CERTSRV : SRV_API])
         srv_reply_retry(&r, 503, 1, "too_many_connections", "the server is at its connection limit");
     else if (certsrv)
         certsrv_route(&r);
@@ -727,11 +1027,14 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
     struct srv *s = t->srv;
     struct evhttp *http = evhttp_new(t->base);
     int dfd = -1;
+    enum srv_listener which = certsrv ? SRV_CERTSRV : SRV_API;
 
     *bound = NULL;
     if (http == NULL)
         return NULL;
-    evhttp_set_bevcb(http, make_bev, t);
+    t->lctx[which].t = t;
+    t->lctx[which].which = which;
+    evhttp_set_bevcb(http, make_bev, &t->lctx[which]);
     evhttp_set_gencb(http, certsrv ? certsrv_cb : api_cb, t);
     /* libevent's own (HTML) 413 only for bodies far over our JSON-answered cap. */
     evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));

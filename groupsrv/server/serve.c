@@ -162,6 +162,15 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     s.max_body = cfg->server.max_body ? cfg->server.max_body : 65536;
     s.timeout = cfg->server.timeout ? cfg->server.timeout : 30;
     s.max_conns = cfg->server.max_connections ? (long)cfg->server.max_connections : 1024;
+    s.budget[SRV_API] = s.max_conns;
+    s.unauth_budget[SRV_API] = s.max_conns - (long)cfg->server.reserved_connections;
+    s.budget[SRV_CERTSRV] = cfg->certsrv.max_connections ? (long)cfg->certsrv.max_connections : 256;
+    s.unauth_budget[SRV_CERTSRV] = s.budget[SRV_CERTSRV] - s.budget[SRV_CERTSRV] / 4;
+    s.per_address = cfg->server.max_connections_per_address ? cfg->server.max_connections_per_address : 32;
+    s.handshake_timeout = cfg->server.handshake_timeout ? cfg->server.handshake_timeout : 10;
+    s.request_timeout = cfg->server.request_timeout ? cfg->server.request_timeout : 20;
+    if ((s.addrs = srv_addr_table_new()) == NULL)
+        return 1;
     /* [server] max_failed_unwraps, suspend_seconds (defaults 20, 600). */
     s.max_failures = cfg->server.max_failed_unwraps;
     s.suspend_seconds = cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600;
@@ -267,6 +276,7 @@ out:
         close(s.certsrv_fd);
     tls_current_set(NULL);
     ratelimit_free(s.rl);
+    srv_addr_table_free(s.addrs);
     gs_store_close(st);
     gs_ca_free(s.ca);
     hsm_close(s.hsm);

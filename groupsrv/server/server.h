@@ -33,6 +33,11 @@
 
 struct srv_thread;
 struct srv_pending;
+struct srv_conn;
+struct srv_addr_table;
+
+/* The two listeners, each with its own connection budget. */
+enum srv_listener { SRV_API = 0, SRV_CERTSRV = 1 };
 
 struct srv {
     const struct gs_config *cfg;
@@ -48,6 +53,14 @@ struct srv {
     size_t max_body;
     unsigned timeout;
     long max_conns;
+    /* Admission (core.c): per listener, the connection budget, how many
+     * of it connections without a trusted client certificate may use (the
+     * rest is kept for members), and the counts now; connections without
+     * a trusted client certificate per client address. */
+    long budget[2], unauth_budget[2];
+    atomic_long conns[2], unauth[2];
+    unsigned per_address, handshake_timeout, request_timeout;
+    struct srv_addr_table *addrs;
     unsigned max_failures, suspend_seconds;
 };
 
@@ -58,6 +71,11 @@ struct srv_thread {
     struct event_base *base;
     struct evhttp *http, *certhttp;
     struct evhttp_bound_socket *bound, *certbound;
+    struct srv_listener_ctx {
+        struct srv_thread *t;
+        enum srv_listener which;
+    } lctx[2];
+    struct srv_conn *conn_head, *conn_tail; /* this thread's connections, oldest first */
     gs_store *store;          /* this thread's SQLite connection */
     gcache *gcache;           /* loaded groups, reloaded when the database changes */
     struct event *shutdown_ev, *tick_ev, *drain_ev;
@@ -143,6 +161,9 @@ void api_route(struct srv_req *r);
 void certsrv_route(struct srv_req *r);
 
 /* ---- process (core.c) ---- */
+/* The per-address counts of admission (see core.c). */
+struct srv_addr_table *srv_addr_table_new(void);
+void srv_addr_table_free(struct srv_addr_table *a);
 int srv_threads_start(struct srv *s);
 void srv_threads_stop(struct srv *s); /* graceful: stop accepting, drain, join */
 
