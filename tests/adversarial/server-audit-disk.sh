@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# server-audit-disk.sh BIN SRC: the audit log on a full disk (a 64 KiB
+# tmpfs, as CI runs as root; the unit test test_audit injects short writes
+# where no file system can be mounted) and the audit log deleted and made
+# anew, against a real server:
+#   - while the disk is full every key request is refused (503
+#     audit_unavailable) and /healthz says so (fdatasync succeeds on a full
+#     disk: the server checks for room);
+#   - once there is room again both recover without a restart, and
+#     `groupsrv audit verify` passes: no torn record, no merged line;
+#   - a log deleted and made anew at its path is written again after SIGHUP.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+fs=$work/auditfs
+mkdir -p "$fs"
+mount -t tmpfs -o size=64k,mode=0700 tmpfs "$fs" || fail "cannot mount a tmpfs (this test runs as root, as CI does)"
+umount_fs() { # the server first: it holds the log open
+  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; srv_pid=; fi
+  umount "$fs" 2>/dev/null || true
+}
+trap 'umount_fs; cleanup' EXIT
+sed -i "s|^path = $work/audit.jsonl|path = $fs/audit.jsonl|" "$conf"
+audit=$fs/audit.jsonl
+start_server
+url=$base/v1/groups/eng/unwrap
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+expect_status 200 "" "unwrap with room" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "healthz with room" -- anon "$base/healthz"
+
+# Fill the file system, leaving less than one record of room.
+dd if=/dev/zero of="$fs/filler" bs=1k count=200 2>/dev/null || true
+dd if=/dev/zero of="$fs/filler2" bs=64 count=100 2>/dev/null || true
+# The room kept past the end of the log is used up first.
+codes=""
+for i in $(seq 1 150); do
+  got=$(status c alice --data-binary @"$work/req-tls.json" "$url")
+  codes="$codes $got"
+  [ "$got" = 503 ] && break
+done
+[ "$got" = 503 ] || fail "no 503 with the audit disk full after 150 unwraps"
+expect_status 503 audit_unavailable "unwrap with the audit disk full" -- c alice --data-binary @"$work/req-tls.json" "$url"
+grep -q '"key"' "$work/body" && fail "a key was answered without its audit record"
+expect_status 503 audit_unavailable "healthz with the audit disk full" -- anon "$base/healthz"
+grep -q '"audit":"ok"' "$work/body" && fail "healthz says the audit log is ok: $(cat "$work/body")"
+ok "full disk: key requests and healthz refuse (after $(echo "$codes" | wc -w) unwraps)"
+
+rm -f "$fs/filler" "$fs/filler2"
+up=0
+for _ in $(seq 1 50); do
+  [ "$(status anon "$base/healthz")" = 200 ] && { up=1; break; }
+  sleep 0.1
+done
+[ "$up" = 1 ] || fail "healthz not 200 once there is room again: $(cat "$work/body")"
+ok "healthz 200 again once there is room"
+for i in $(seq 1 20); do
+  expect_status 200 "" "unwrap $i after the disk had room again" -- c alice --data-binary @"$work/req-tls.json" "$url" >/dev/null
+done
+ok "20 unwraps after the disk had room again"
+out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify after the full disk: $out"
+ok "audit verify: $out"
+
+# ---- deleted and made anew: SIGHUP ----
+rm -f "$audit"
+expect_status 503 audit_unavailable "unwrap with the audit log deleted" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 503 audit_unavailable "healthz with the audit log deleted" -- anon "$base/healthz"
+touch "$audit"; chmod 600 "$audit"
+kill -HUP "$srv_pid"
+up=0
+for _ in $(seq 1 50); do
+  [ "$(status anon "$base/healthz")" = 200 ] && { up=1; break; }
+  sleep 0.1
+done
+[ "$up" = 1 ] || fail "healthz not 200 after the audit log was made anew and SIGHUP: $(cat "$work/body")"
+expect_status 200 "" "unwrap after the audit log was made anew and SIGHUP" -- c alice --data-binary @"$work/req-tls.json" "$url"
+grep -q '"action":"unwrap"' "$audit" || fail "the new audit log has no record of the unwrap"
+out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the new log: $out"
+ok "new audit log written after SIGHUP; $out"
+kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
