@@ -17,3 +17,18 @@ add_test(NAME adversarial_audit_disk
   COMMAND bash ${GS_TEST_DIR}/adversarial/server-audit-disk.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(adversarial_audit_disk PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# The SoftHSM token directory moved away under load and back: refusals and
+# a /healthz that tells the truth (it checks the token's objects).
+add_test(NAME adversarial_token_vanish
+  COMMAND bash ${GS_TEST_DIR}/adversarial/server-token-vanish.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(adversarial_token_vanish PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# The malformed-input corpus and non-member requests make no token call at
+# all (tests/p11fault counts every PKCS#11 call).
+add_test(NAME adversarial_malformed_count
+  COMMAND bash ${GS_TEST_DIR}/adversarial/server-malformed-count.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR}
+    $<TARGET_FILE:p11fault>)
+set_tests_properties(adversarial_malformed_count PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -1355,7 +1355,7 @@ out:
 
 static void h_healthz(struct srv_req *r)
 {
-    hsm_err he = hsm_ping(r->srv->hsm);
+    hsm_err he = srv_token_health(r->srv);
     audit_err ae = audit_check(r->srv->audit);
     int db_ok = gs_store_schema_version(r->t->store) > 0;
 

@@ -172,7 +172,7 @@ void certsrv_route(struct srv_req *r)
 
     if (path != NULL && strcmp(path, "/healthz") == 0) {
         r->ep = EP_HEALTHZ;
-        hsm_err he = hsm_ping(r->srv->hsm);
+        hsm_err he = srv_token_health(r->srv);
         if (he == HSM_OK && audit_check(r->srv->audit) == AUDIT_OK)
             srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
         else

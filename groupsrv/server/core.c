@@ -887,6 +887,16 @@ int srv_rate_limit(struct srv_req *r)
     return 0;
 }
 
+hsm_err srv_token_health(struct srv *s)
+{
+    hsm_key_info ki;
+    hsm_err he = hsm_ping(s->hsm);
+
+    if (he != HSM_OK || s->ca == NULL)
+        return he;
+    return hsm_key_get_info(s->hsm, gs_ca_key(s->ca), &ki);
+}
+
 static int hsm_err_is_unavailable(hsm_err err)
 {
     switch (err) {
