@@ -32,3 +32,10 @@ add_test(NAME adversarial_malformed_count
     $<TARGET_FILE:p11fault>)
 set_tests_properties(adversarial_malformed_count PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# Strict HTTP framing: two Content-Length headers refused and closed; a body
+# far over the cap always gets its 413, never a reset (lingering close).
+add_test(NAME adversarial_strict_http
+  COMMAND bash ${GS_TEST_DIR}/adversarial/server-strict-http.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(adversarial_strict_http PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

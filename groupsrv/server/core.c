@@ -1046,8 +1046,14 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
     t->lctx[which].which = which;
     evhttp_set_bevcb(http, make_bev, &t->lctx[which]);
     evhttp_set_gencb(http, certsrv ? certsrv_cb : api_cb, t);
-    /* libevent's own (HTML) 413 only for bodies far over our JSON-answered cap. */
+    /* libevent's own (HTML) 413 only for bodies far over our JSON-answered
+     * cap, and only once it has read (and dropped) the whole body: closing
+     * while the client still sends makes the kernel answer with a reset,
+     * which can destroy the 413 before the client reads it (a lingering
+     * close; the request deadline bounds how long it may take). */
     evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));
+    if (evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE) != 0)
+        log_warn("libevent has no lingering close: a body far over the cap may get a reset, not its 413");
     evhttp_set_max_headers_size(http, 16384);
     struct timeval tv = {.tv_sec = s->timeout};
     evhttp_set_timeout_tv(http, &tv);
