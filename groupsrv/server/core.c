@@ -116,11 +116,12 @@ static void maybe_resume_accept(struct srv_thread *t)
  * its whole request, head and body ([server] request_timeout, counted again
  * from each answer on a kept-alive connection). Each listener has its own
  * budget; connections without a trusted client certificate may use only
- * part of it and only [server] max_connections_per_address from one
- * address; the rest is kept for members. When a new connection finds its
- * listener full, the oldest connection of the same thread that has no
- * trusted certificate and is not being answered is closed to make room, or
- * else the new one is closed at once: never a hang in the backlog.
+ * part of it, and once their handshake is done only [server]
+ * max_connections_per_address from one address; the rest is kept for
+ * members. When a new connection finds its listener full, the oldest
+ * connection of the same thread that has no trusted certificate and is not
+ * being answered is closed to make room, or else the new one is closed at
+ * once: never a hang in the backlog.
  * Connections are closed with shutdown(2), so libevent frees them through
  * its own error path. */
 
@@ -271,11 +272,6 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c, "no_peer_address");
             return;
         }
-        c->addr_counted = 1;
-        if (addr_count(s->addrs, &c->addr, 1) > s->per_address) {
-            conn_close(c, "per_address_limit");
-            return;
-        }
         if (atomic_load(&s->conns[c->which]) > s->budget[c->which] ||
             atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
             struct srv_conn *old = conn_evictable(c->t, c->which, c);
@@ -320,6 +316,17 @@ static void conn_info_cb(const SSL *ssl, int where, int ret)
         }
     }
     tls_state_unref(tls);
+    /* Counted per address from here on: handshakes still under way are
+     * not, so members opening many connections at once from one address
+     * (or through one proxy) are never refused for it before they could
+     * show their certificate. */
+    if (!c->authenticated) {
+        c->addr_counted = 1;
+        if (addr_count(c->t->srv->addrs, &c->addr, 1) > c->t->srv->per_address) {
+            conn_close(c, "per_address_limit");
+            return;
+        }
+    }
     conn_arm(c, CONN_WAIT_REQUEST, c->t->srv->request_timeout);
 }
 

@@ -46,12 +46,7 @@ grep -q '"audit":"ok"' "$work/body" && fail "healthz says the audit log is ok: $
 ok "full disk: key requests and healthz refuse (after $(echo "$codes" | wc -w) unwraps)"
 
 rm -f "$fs/filler" "$fs/filler2"
-up=0
-for _ in $(seq 1 50); do
-  [ "$(status anon "$base/healthz")" = 200 ] && { up=1; break; }
-  sleep 0.1
-done
-[ "$up" = 1 ] || fail "healthz not 200 once there is room again: $(cat "$work/body")"
+wait_healthz || fail "healthz not 200 once there is room again: $(cat "$work/body")"
 ok "healthz 200 again once there is room"
 for i in $(seq 1 20); do
   expect_status 200 "" "unwrap $i after the disk had room again" -- c alice --data-binary @"$work/req-tls.json" "$url" >/dev/null
@@ -66,12 +61,7 @@ expect_status 503 audit_unavailable "unwrap with the audit log deleted" -- c ali
 expect_status 503 audit_unavailable "healthz with the audit log deleted" -- anon "$base/healthz"
 touch "$audit"; chmod 600 "$audit"
 kill -HUP "$srv_pid"
-up=0
-for _ in $(seq 1 50); do
-  [ "$(status anon "$base/healthz")" = 200 ] && { up=1; break; }
-  sleep 0.1
-done
-[ "$up" = 1 ] || fail "healthz not 200 after the audit log was made anew and SIGHUP: $(cat "$work/body")"
+wait_healthz || fail "healthz not 200 after the audit log was made anew and SIGHUP: $(cat "$work/body")"
 expect_status 200 "" "unwrap after the audit log was made anew and SIGHUP" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -q '"action":"unwrap"' "$audit" || fail "the new audit log has no record of the unwrap"
 out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the new log: $out"

@@ -42,12 +42,7 @@ expect_status 503 "" "healthz with the token directory away" -- anon "$base/heal
 grep -q '"token":"ok"' "$work/body" && fail "healthz says the token is ok: $(cat "$work/body")"
 sleep 1
 mv "$work/token/tokens.away" "$work/token/tokens"
-up=0
-for _ in $(seq 1 50); do
-  [ "$(status anon "$base/healthz")" = 200 ] && { up=1; break; }
-  sleep 0.1
-done
-if [ "$up" = 1 ]; then
+if wait_healthz; then
   ok "healthz 200 again after the token directory came back"
   expect_status 200 "" "unwrap (tls) after the token directory came back" -- c alice --data-binary @"$work/req-tls.json" "$url"
   check_cek "$(/usr/bin/python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' "$work/body")"

@@ -124,6 +124,17 @@ expect_status() { # expect_status WANT CODE-OR-EMPTY DESC -- command...
   ok "$desc ($want${code:+ $code})"
 }
 
+# wait_healthz [TENTHS]: until /healthz answers 200 (default 5 s); fails
+# (non-zero, its last answer in $work/body) if it never did.
+wait_healthz() {
+  local i
+  for i in $(seq 1 "${1:-50}"); do
+    [ "$(status anon "$base/healthz")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 b64() { base64 -w0 "$1"; }
 json_get() { /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); 
 for k in sys.argv[2:]: v=v[int(k)] if isinstance(v,list) else v[k]
