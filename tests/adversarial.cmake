@@ -9,7 +9,7 @@
 add_test(NAME adversarial_slowloris
   COMMAND bash ${GS_TEST_DIR}/adversarial/server-slowloris.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(adversarial_slowloris PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};LORIS_SECONDS=8")
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};LORIS_SECONDS=6")
 
 # The audit log on a full 64 KiB tmpfs (CI runs as root), then deleted and
 # made anew with SIGHUP: refusals, honest /healthz, recovery, audit verify.

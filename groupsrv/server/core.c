@@ -120,12 +120,14 @@ static void maybe_resume_accept(struct srv_thread *t)
  * max_connections_per_address from one address; the rest is kept for
  * members. When a new connection finds its listener full, the oldest
  * connection of the same thread that has no trusted certificate and is not
- * being answered is closed to make room, or else the new one is closed at
- * once: never a hang in the backlog.
+ * being answered is closed to make room; if there is none (full of members
+ * and answers under way), a few more (a sixteenth of the budget) are let in
+ * to be answered 503 too_many_connections, and beyond those the new one is
+ * closed at once: never a hang in the backlog.
  * Connections are closed with shutdown(2), so libevent frees them through
  * its own error path. */
 
-enum conn_stage { CONN_ADMIT, CONN_HANDSHAKE, CONN_WAIT_REQUEST, CONN_IN_SERVICE, CONN_CLOSING };
+enum conn_stage { CONN_HANDSHAKE, CONN_WAIT_REQUEST, CONN_IN_SERVICE, CONN_CLOSING };
 
 struct srv_conn {
     struct srv_thread *t;
@@ -134,8 +136,11 @@ struct srv_conn {
     enum conn_stage stage;
     struct bufferevent *bev;
     struct event *deadline;
+    int admitted;         /* admission has run (a timer due at once after accept;
+                             the handshake may end before it runs) */
     int authenticated;    /* a trusted client certificate at the handshake */
     int addr_counted;     /* counted in the per-address table */
+    int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -225,12 +230,33 @@ static void conn_leave_unauth(struct srv_conn *c)
     c->addr_counted = 0;
 }
 
-static void conn_arm(struct srv_conn *c, enum conn_stage stage, unsigned seconds)
+/* Enters stage, with its deadline once admitted (until then the admission
+ * timer stays due; it arms the deadline of the stage it finds). */
+static void conn_arm(struct srv_conn *c, enum conn_stage stage)
 {
-    struct timeval tv = {.tv_sec = seconds};
+    const struct srv *s = c->t->srv;
+    struct timeval tv = {.tv_sec = stage == CONN_HANDSHAKE ? s->handshake_timeout : s->request_timeout};
 
     c->stage = stage;
-    event_add(c->deadline, &tv);
+    if (!c->admitted)
+        return;
+    if (stage == CONN_HANDSHAKE || stage == CONN_WAIT_REQUEST)
+        event_add(c->deadline, &tv);
+    else
+        event_del(c->deadline);
+}
+
+/* The client's address, read once. 0 if known. */
+static int conn_peer_addr(struct srv_conn *c)
+{
+    if (c->addr_len > 0)
+        return 0;
+    c->addr_len = sizeof(c->addr);
+    if (getpeername(bufferevent_getfd(c->bev), (struct sockaddr *)&c->addr, &c->addr_len) != 0) {
+        c->addr_len = 0;
+        return -1;
+    }
+    return 0;
 }
 
 /* Closes the connection through libevent's own error path. */
@@ -247,15 +273,25 @@ static void conn_close(struct srv_conn *c, const char *why)
         shutdown(fd, SHUT_RDWR);
 }
 
-/* The oldest connection of this thread and listener without a trusted
- * certificate that is not being answered, other than self; NULL if none. */
+/* The connection to close for a new one (other than self), on this thread
+ * and listener: the oldest that finished its handshake without a trusted
+ * certificate and is waiting for its request; else the oldest still in its
+ * handshake (a member's takes milliseconds, a slow one is suspect); NULL if
+ * none. Connections with a trusted certificate and those being answered
+ * are never chosen. */
 static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener which, const struct srv_conn *self)
 {
-    for (struct srv_conn *c = t->conn_head; c != NULL; c = c->next)
-        if (c != self && c->which == which && !c->authenticated &&
-            (c->stage == CONN_HANDSHAKE || c->stage == CONN_WAIT_REQUEST))
+    struct srv_conn *handshaking = NULL;
+
+    for (struct srv_conn *c = t->conn_head; c != NULL; c = c->next) {
+        if (c == self || c->which != which || c->authenticated)
+            continue;
+        if (c->stage == CONN_WAIT_REQUEST)
             return c;
-    return NULL;
+        if (c->stage == CONN_HANDSHAKE && handshaking == NULL)
+            handshaking = c;
+    }
+    return handshaking;
 }
 
 /* Runs right after accept (the socket is set by then) and at each deadline. */
@@ -265,24 +301,31 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct srv *s = c->t->srv;
     (void)fd; (void)what;
 
-    switch (c->stage) {
-    case CONN_ADMIT:
-        c->addr_len = sizeof(c->addr);
-        if (getpeername(bufferevent_getfd(c->bev), (struct sockaddr *)&c->addr, &c->addr_len) != 0) {
+    if (!c->admitted && c->stage != CONN_CLOSING) {
+        if (conn_peer_addr(c) != 0) {
             conn_close(c, "no_peer_address");
             return;
         }
         if (atomic_load(&s->conns[c->which]) > s->budget[c->which] ||
             atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
             struct srv_conn *old = conn_evictable(c->t, c->which, c);
-            if (old == NULL) {
+            if (old != NULL) {
+                conn_close(old, "evicted_for_new_connection");
+            } else if (atomic_fetch_add(&s->over_budget[c->which], 1) < s->budget[c->which] / 16 + 1) {
+                /* Full of members and answers under way: a few more may
+                 * come in to be told so (503 too_many_connections). */
+                c->over_budget = 1;
+            } else {
+                atomic_fetch_sub(&s->over_budget[c->which], 1);
                 conn_close(c, "listener_full");
                 return;
             }
-            conn_close(old, "evicted_for_new_connection");
         }
-        conn_arm(c, CONN_HANDSHAKE, s->handshake_timeout);
+        c->admitted = 1;
+        conn_arm(c, c->stage);
         return;
+    }
+    switch (c->stage) {
     case CONN_HANDSHAKE:
         conn_close(c, "handshake_timeout");
         return;
@@ -321,13 +364,17 @@ static void conn_info_cb(const SSL *ssl, int where, int ret)
      * (or through one proxy) are never refused for it before they could
      * show their certificate. */
     if (!c->authenticated) {
+        if (conn_peer_addr(c) != 0) {
+            conn_close(c, "no_peer_address");
+            return;
+        }
         c->addr_counted = 1;
         if (addr_count(c->t->srv->addrs, &c->addr, 1) > c->t->srv->per_address) {
             conn_close(c, "per_address_limit");
             return;
         }
     }
-    conn_arm(c, CONN_WAIT_REQUEST, c->t->srv->request_timeout);
+    conn_arm(c, CONN_WAIT_REQUEST);
 }
 
 static struct srv_conn *req_conn(struct evhttp_request *req)
@@ -339,15 +386,15 @@ static struct srv_conn *req_conn(struct evhttp_request *req)
     return ssl ? SSL_get_ex_data(ssl, tls_conn_index()) : NULL;
 }
 
-/* The whole request is in: no deadline while it is being answered. */
-static void conn_in_service(struct evhttp_request *req)
+/* The whole request is in: no deadline while it is being answered.
+ * Returns 1 if the connection was admitted past a full listener. */
+static int conn_in_service(struct evhttp_request *req)
 {
     struct srv_conn *c = req_conn(req);
 
-    if (c != NULL && c->stage == CONN_WAIT_REQUEST) {
-        event_del(c->deadline);
-        c->stage = CONN_IN_SERVICE;
-    }
+    if (c != NULL && c->stage == CONN_WAIT_REQUEST)
+        conn_arm(c, CONN_IN_SERVICE);
+    return c != NULL && c->over_budget;
 }
 
 /* Answered: the next request on the connection has its own deadline. */
@@ -356,7 +403,7 @@ static void conn_answered(struct evhttp_request *req)
     struct srv_conn *c = req_conn(req);
 
     if (c != NULL && c->stage == CONN_IN_SERVICE)
-        conn_arm(c, CONN_WAIT_REQUEST, c->t->srv->request_timeout);
+        conn_arm(c, CONN_WAIT_REQUEST);
 }
 
 /* Runs when OpenSSL frees a connection's SSL (the bufferevent owns it), on
@@ -372,6 +419,8 @@ static void conn_freed(void *arg)
     if (!c->authenticated)
         conn_leave_unauth(c);
     atomic_fetch_sub(&t->srv->conns[c->which], 1);
+    if (c->over_budget)
+        atomic_fetch_sub(&t->srv->over_budget[c->which], 1);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -414,7 +463,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     }
     c->t = t;
     c->which = lc->which;
-    c->stage = CONN_ADMIT;
+    c->stage = CONN_HANDSHAKE;
     SSL_set_ex_data(ssl, tls_conn_index(), c);
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
@@ -1011,7 +1060,7 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     struct srv_req r = {.t = t, .srv = t->srv, .req = req, .certsrv = certsrv};
 
     r.start = srv_now();
-    conn_in_service(req);
+    int over_budget = conn_in_service(req);
     if (util_random_id(r.id, 8) != 0)
         snprintf(r.id, sizeof(r.id), "0");
     log_set_request_id(r.id);
@@ -1020,9 +1069,10 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
          * have used another (RFC 7230 3.3.3: reject, and close). */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_error(&r, 400, "bad_request", "more than one Content-Length header");
-    } else if (atomic_load(&t->srv->conns[certsrv ? SRV_CERTSRV : SRV_API]) > t->srv->budget[certsrv ? SRV_CERTSRV : SRV_API])
+    } else if (over_budget) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_retry(&r, 503, 1, "too_many_connections", "the server is at its connection limit");
-    else if (certsrv)
+    } else if (certsrv)
         certsrv_route(&r);
     else
         api_route(&r);

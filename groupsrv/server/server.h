@@ -58,7 +58,7 @@ struct srv {
      * rest is kept for members), and the counts now; connections without
      * a trusted client certificate per client address. */
     long budget[2], unauth_budget[2];
-    atomic_long conns[2], unauth[2];
+    atomic_long conns[2], unauth[2], over_budget[2];
     unsigned per_address, handshake_timeout, request_timeout;
     struct srv_addr_table *addrs;
     unsigned max_failures, suspend_seconds;

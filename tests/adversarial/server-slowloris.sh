@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # server-slowloris.sh BIN SRC: slowloris on each listener of a real server
 # while a member connects anew for every request: at least 99 % of the
-# member's requests answered, none hanging. The limits are small so the
+# member's requests answered, none hanging; and a listener full of members
+# answers the next connection 503 too_many_connections. The limits are small so the
 # attack that exceeds them is small too (the attack is scaled to them):
 # 64 connections per listener, 16 kept for members, 8 per address without
 # a client certificate, 2 s for a handshake, 3 s for a request.
@@ -27,5 +28,10 @@ ok "$out"
 out=$(loris "$cport" "$cport" /healthz -) || fail "certificate server under slowloris: $out"
 ok "$out"
 kill -0 "$srv_pid" || fail "server died under the attack"
+# A listener full of members (never closed to make room): the next
+# connection is told so, 503 too_many_connections, instead of hanging.
+out=$(/usr/bin/python3 "$SRC/tests/adversarial/fill-members.py" "$port" "$certs/alice@example.org.pem" \
+  "$certs/alice@example.org.key" "$certs/tca.pem" 64) || fail "listener full of members: $out"
+ok "$out"
 ok "RSS ${rss0} kB before, $(rss) kB after three attacks"
 expect_status 200 "" "unwrap after the attack" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
