@@ -123,17 +123,20 @@ static void bump_key_gen(hsm_ctx *ctx)
     pthread_mutex_unlock(&ctx->key_mu);
 }
 
+void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
+{
+    pthread_mutex_lock(&ctx->pool_mu);
+    *out = ctx->tinfo;
+    pthread_mutex_unlock(&ctx->pool_mu);
+}
+
 static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     hsm_err err = HSM_OK;
 
     CK_TOKEN_INFO ti;
 
-    /* find_token rewrites tinfo under pool_mu (another thread may be
-     * finding the token again): read a copy. */
-    pthread_mutex_lock(&ctx->pool_mu);
-    ti = ctx->tinfo;
-    pthread_mutex_unlock(&ctx->pool_mu);
+    hsm_token_info_copy(ctx, &ti);
     pthread_mutex_lock(&ctx->login_mu);
     if (!ctx->want_login)
         goto out;

@@ -110,6 +110,10 @@ void hsm_err_restore(const hsm_errsave *sv);
  * it once more. op must clear its outputs on entry (it may run twice). */
 typedef hsm_err (*hsm_op_fn)(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg);
 hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg);
+
+/* A copy of ctx->tinfo, read under pool_mu: a thread that finds the token
+ * again after its loss rewrites it there. */
+void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out);
 /* Called by an op: the session must not go back to the pool (e.g. an
  * operation was started and deliberately not finished). */
 void hsm_taint_session(void);

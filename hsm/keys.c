@@ -328,7 +328,9 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
             goto out;
         }
         /* token=/serial=/... in the key URI must name our token. */
-        if (p11_kit_uri_match_token_info(uri, &ctx->tinfo) != 1) {
+        CK_TOKEN_INFO ti;
+        hsm_token_info_copy(ctx, &ti);
+        if (p11_kit_uri_match_token_info(uri, &ti) != 1) {
             hsm_set_detail("key URI names another token");
             err = HSM_ERR_KEY_NOT_FOUND;
             goto out;
