@@ -327,6 +327,33 @@ def main():
         rss_table(w, mrss)
         w("")
 
+    sdir = os.path.join(os.path.dirname(os.path.abspath(rdir)), "soak")
+    soak = read_csv(os.path.join(sdir, "soak.csv"))
+    w("### Soak: 80 % of capacity, open loop")
+    w("")
+    if soak:
+        sm = read_kv(os.path.join(sdir, "machine.txt"))
+        total = sum(int(r["requests"]) for r in soak)
+        errors = sum(int(r["errors"]) for r in soak)
+        rss = [int(r["rss_kb"]) for r in soak]
+        w(f"`./bench/run --part soak` ({sm.get('date_utc', '?')}, commit `{sm.get('git', '?')}`, "
+          f"`{sm.get('args', '')}`; load average {sm.get('loadavg_at_start', '?')} at the start, "
+          f"{sm.get('loadavg_at_end', '?')} at the end): its own server process, "
+          f"{sm.get('key', '?')} group, 64 keep-alive connections, requests due at "
+          f"{sm.get('rate_per_s', '?')}/s = 80 % of the peak of {sm.get('peak_per_s', '?')}/s measured "
+          f"right before. {total:,} requests, **{errors} errors**; RSS after the first minute "
+          f"{rss[0]:,} KiB, after the last {rss[-1]:,} KiB ({rss[-1] - rss[0]:+,} KiB).")
+        w("")
+        w("| minute | requests | errors | ops/s | p50 (ms) | p99 (ms) | RSS (KiB) |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in soak:
+            w(f"| {r['chunk']} | {int(r['requests']):,} | {r['errors']} | {r['ops_per_s']} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {int(r['rss_kb']):,} |")
+        w("")
+    else:
+        w("not measured")
+        w("")
+
     ex = read_csv(os.path.join(rdir, "exploder.csv"))
     w("### Exploder: one 100 KB message")
     w("")
