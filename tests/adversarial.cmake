@@ -1,41 +1,29 @@
-# The adversarial suite (issue 15): hostile clients and a failing disk
-# against a real `groupsrv serve` on a throw-away SoftHSM token. Loopback
-# only; every attack is bounded in time and scaled to the small limits the
-# tests configure.
+# The adversarial suite (issue 15): hostile clients, a failing disk and a
+# token that goes away, against a real `groupsrv serve` on a throw-away
+# SoftHSM token. Loopback only; every attack is bounded in time and scaled
+# to the small limits the tests configure. All run in both passes: the
+# connection bookkeeping they drive (deadlines, eviction, frees) and the
+# audit log's error paths are what the sanitizers should see.
+function(gs_adversarial_test name script)
+  add_test(NAME adversarial_${name}
+    COMMAND bash ${GS_TEST_DIR}/adversarial/${script} ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} ${ARGN})
+  set_tests_properties(adversarial_${name} PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};LORIS_SECONDS=6")
+endfunction()
 
 # Slowloris on each listener while a member connects anew per request
-# (>= 99 % answered, none hanging). Both passes: the connection bookkeeping
-# it drives (deadlines, eviction, frees) is what the sanitizers should see.
-add_test(NAME adversarial_slowloris
-  COMMAND bash ${GS_TEST_DIR}/adversarial/server-slowloris.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-set_tests_properties(adversarial_slowloris PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};LORIS_SECONDS=6")
-
+# (>= 99 % answered, none hanging); a kept-alive connection outlives both
+# deadlines; a listener full of members answers 503 too_many_connections.
+gs_adversarial_test(slowloris server-slowloris.sh)
 # The audit log on a full 64 KiB tmpfs (CI runs as root), then deleted and
 # made anew with SIGHUP: refusals, honest /healthz, recovery, audit verify.
-add_test(NAME adversarial_audit_disk
-  COMMAND bash ${GS_TEST_DIR}/adversarial/server-audit-disk.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-set_tests_properties(adversarial_audit_disk PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
-
+gs_adversarial_test(audit_disk server-audit-disk.sh)
 # The SoftHSM token directory moved away under load and back: refusals and
 # a /healthz that tells the truth (it checks the token's objects).
-add_test(NAME adversarial_token_vanish
-  COMMAND bash ${GS_TEST_DIR}/adversarial/server-token-vanish.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-set_tests_properties(adversarial_token_vanish PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
-
+gs_adversarial_test(token_vanish server-token-vanish.sh)
 # The malformed-input corpus and non-member requests make no token call at
 # all (tests/p11fault counts every PKCS#11 call).
-add_test(NAME adversarial_malformed_count
-  COMMAND bash ${GS_TEST_DIR}/adversarial/server-malformed-count.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR}
-    $<TARGET_FILE:p11fault>)
-set_tests_properties(adversarial_malformed_count PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
-
+gs_adversarial_test(malformed_count server-malformed-count.sh $<TARGET_FILE:p11fault>)
 # Strict HTTP framing: two Content-Length headers refused and closed; a body
 # far over the cap always gets its 413, never a reset (lingering close).
-add_test(NAME adversarial_strict_http
-  COMMAND bash ${GS_TEST_DIR}/adversarial/server-strict-http.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-set_tests_properties(adversarial_strict_http PROPERTIES LABELS "integration;adversarial" TIMEOUT 300
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+gs_adversarial_test(strict_http server-strict-http.sh)
