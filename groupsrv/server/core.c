@@ -6,6 +6,7 @@
 
 #include <limits.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -140,6 +141,7 @@ struct srv_conn {
                              the handshake may end before it runs) */
     int authenticated;    /* a trusted client certificate at the handshake */
     int addr_counted;     /* counted in the per-address table */
+    int linger_fd;        /* a duplicate of the socket for the lingering close, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct sockaddr_storage addr;
     socklen_t addr_len;
@@ -294,6 +296,97 @@ static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener w
     return handshaking;
 }
 
+/* ---- lingering close --------------------------------------------------------
+ * libevent closes a connection as soon as its answer is written, also when
+ * it refused a request before reading all of it (a body far over the cap
+ * gets libevent's 413 at once). The client may still be sending, and Linux
+ * answers unread data on a closed socket with a reset, which can destroy
+ * the answer before the client has read it. So each connection keeps a
+ * duplicate of its socket: once libevent has closed its own, the duplicate
+ * sends the FIN (shutdown SHUT_WR), then reads and drops what still comes
+ * until the client closes, LINGER_SECONDS pass or LINGER_BYTES were
+ * dropped (nginx's lingering_close). A client that sends nothing more sees
+ * the answer and the FIN at once. Bounded per thread; not at shutdown. */
+#define LINGER_SECONDS 2
+#define LINGER_BYTES (1024 * 1024)
+#define LINGER_MAX_PER_THREAD 1024
+
+struct srv_linger {
+    struct srv_linger *prev, *next;
+    struct srv_thread *t;
+    struct event *ev;
+    int fd;
+    size_t dropped;
+};
+
+static void linger_end(struct srv_linger *l)
+{
+    struct srv_thread *t = l->t;
+
+    if (l->prev != NULL)
+        l->prev->next = l->next;
+    else
+        t->lingering = l->next;
+    if (l->next != NULL)
+        l->next->prev = l->prev;
+    t->nlingering--;
+    event_free(l->ev);
+    close(l->fd);
+    free(l);
+}
+
+static void linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_linger *l = arg;
+    char buf[16384];
+
+    if (what & EV_TIMEOUT) {
+        linger_end(l);
+        return;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0 && (l->dropped += (size_t)n) < LINGER_BYTES)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return; /* more may come: wait for it (the timeout still runs) */
+        linger_end(l); /* the client closed, an error, or enough dropped */
+        return;
+    }
+}
+
+/* Takes over fd, a duplicate of the socket of a connection libevent closed. */
+static void linger_start(struct srv_thread *t, int fd)
+{
+    struct srv_linger *l = NULL;
+    struct timeval tv = {LINGER_SECONDS, 0};
+
+    if (atomic_load(&t->srv->shutting_down) || t->nlingering >= LINGER_MAX_PER_THREAD ||
+        shutdown(fd, SHUT_WR) != 0 || evutil_make_socket_nonblocking(fd) != 0 ||
+        (l = calloc(1, sizeof(*l))) == NULL ||
+        (l->ev = event_new(t->base, fd, EV_READ | EV_PERSIST, linger_cb, l)) == NULL ||
+        event_add(l->ev, &tv) != 0) {
+        if (l != NULL && l->ev != NULL)
+            event_free(l->ev);
+        free(l);
+        close(fd);
+        return;
+    }
+    l->t = t;
+    l->fd = fd;
+    l->next = t->lingering;
+    if (t->lingering != NULL)
+        t->lingering->prev = l;
+    t->lingering = l;
+    t->nlingering++;
+}
+
+static void linger_free_all(struct srv_thread *t)
+{
+    while (t->lingering != NULL)
+        linger_end(t->lingering);
+}
+
 /* Runs right after accept (the socket is set by then) and at each deadline. */
 static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -306,6 +399,7 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c, "no_peer_address");
             return;
         }
+        c->linger_fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 0); /* -1: closed plainly */
         if (atomic_load(&s->conns[c->which]) > s->budget[c->which] ||
             atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
             struct srv_conn *old = conn_evictable(c->t, c->which, c);
@@ -430,6 +524,8 @@ static void conn_freed(void *arg)
     else
         t->conn_tail = c->prev;
     event_free(c->deadline);
+    if (c->linger_fd >= 0)
+        linger_start(t, c->linger_fd);
     free(c);
     atomic_fetch_sub(&t->nconns, 1);
     metrics_connection(-1);
@@ -464,6 +560,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     c->t = t;
     c->which = lc->which;
     c->stage = CONN_HANDSHAKE;
+    c->linger_fd = -1;
     SSL_set_ex_data(ssl, tls_conn_index(), c);
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
@@ -1104,13 +1201,11 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
     evhttp_set_bevcb(http, make_bev, &t->lctx[which]);
     evhttp_set_gencb(http, certsrv ? certsrv_cb : api_cb, t);
     /* libevent's own (HTML) 413 only for bodies far over our JSON-answered
-     * cap, and only once it has read (and dropped) the whole body: closing
-     * while the client still sends makes the kernel answer with a reset,
-     * which can destroy the 413 before the client reads it (a lingering
-     * close; the request deadline bounds how long it may take). */
+     * cap (sent at once, then a lingering close: see above). libevent's own
+     * EVHTTP_SERVER_LINGERING_CLOSE would read the whole declared length
+     * first, holding a client that declares much and sends nothing until
+     * its timeout. */
     evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));
-    if (evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE) != 0)
-        log_warn("libevent has no lingering close: a body far over the cap may get a reset, not its 413");
     evhttp_set_max_headers_size(http, 16384);
     struct timeval tv = {.tv_sec = s->timeout};
     evhttp_set_timeout_tv(http, &tv);
@@ -1213,6 +1308,7 @@ static void thread_free(struct srv_thread *t)
         evhttp_free(t->http);
     if (t->certhttp != NULL)
         evhttp_free(t->certhttp);
+    linger_free_all(t); /* after the connections, before the base */
     if (t->shutdown_ev != NULL)
         event_free(t->shutdown_ev);
     if (t->drain_ev != NULL)

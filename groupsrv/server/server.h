@@ -34,6 +34,7 @@
 struct srv_thread;
 struct srv_pending;
 struct srv_conn;
+struct srv_linger;
 struct srv_addr_table;
 
 /* The two listeners, each with its own connection budget. */
@@ -76,6 +77,8 @@ struct srv_thread {
         enum srv_listener which;
     } lctx[2];
     struct srv_conn *conn_head, *conn_tail; /* this thread's connections, oldest first */
+    struct srv_linger *lingering;           /* closed connections still draining (core.c) */
+    unsigned nlingering;
     gs_store *store;          /* this thread's SQLite connection */
     gcache *gcache;           /* loaded groups, reloaded when the database changes */
     struct event *shutdown_ev, *tick_ev, *drain_ev;
