@@ -66,4 +66,4 @@ expect_status 200 "" "unwrap after the audit log was made anew and SIGHUP" -- c 
 grep -q '"action":"unwrap"' "$audit" || fail "the new audit log has no record of the unwrap"
 out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the new log: $out"
 ok "new audit log written after SIGHUP; $out"
-kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+stop_server

@@ -61,3 +61,4 @@ ok "malformed CMS input and 50 non-member requests: 0 token calls"
 expect_status 200 "" "a good unwrap" -- c alice --data-binary @"$work/req-tls.json" "$url"
 [ "$(calls)" -gt "$n2" ] || fail "the counter did not count the good unwrap's token calls"
 ok "the good unwrap made $(($(calls) - n2)) token calls"
+stop_server

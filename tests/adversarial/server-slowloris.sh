@@ -35,3 +35,4 @@ out=$(/usr/bin/python3 "$SRC/tests/adversarial/fill-members.py" "$port" "$certs/
 ok "$out"
 ok "RSS ${rss0} kB before, $(rss) kB after three attacks"
 expect_status 200 "" "unwrap after the attack" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+stop_server

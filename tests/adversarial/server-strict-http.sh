@@ -51,3 +51,4 @@ done | sort | uniq -c | tr '\n' ' ')
 [ "$codes" = "     ${EARLY413_N:-80} 413 " ] || fail "bodies of 200 KB (cap 64 KiB): $codes"
 ok "${EARLY413_N:-80} bodies of 200 KB: every one answered 413"
 expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$url"
+stop_server

@@ -59,3 +59,4 @@ wait "$load_pid" || true
 codes=$(sort "$work/load.codes" | uniq -c | tr '\n' ' ')
 grep -qvE '^(200|503)$' "$work/load.codes" && fail "answers under load other than 200/503: $codes"
 ok "same process throughout; answers under load: $codes"
+stop_server

@@ -79,7 +79,7 @@ expect_status 200 "" "recipient_info with its own key_version 1" -- \
 ok "the counter counts a good unwrap"
 
 # ---- rate limits: restart with a tight bucket ----
-kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+stop_server
 sed -i 's/^rate_limit = .*/rate_limit = 2\nrate_burst = 3/' "$conf"
 start_server
 
@@ -107,7 +107,7 @@ bad=$(head -c 256 /dev/urandom | base64 -w0)
 item="{\"encrypted_key\":\"$bad\",\"algorithm\":\"RSA-OAEP\"}"
 batch="{\"items\":[$item,$item,$item,$item,$item,$item,$item,$item]}"
 sed -i -e 's/^rate_limit = .*/rate_limit = 0/' -e '/^rate_burst/d' "$conf"
-kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+stop_server
 start_server
 expect_status 200 "" "unwrap after the restart (warms the cache)" -- c alice --data-binary @"$work/req-tls.json" "$url"
 d0=$(token_ops)
@@ -124,7 +124,7 @@ expect_status 429 suspended "a 254-byte identity is suspended after 3 failures" 
   lc --data-binary @"$work/req-tls.json" "$url"
 
 # ---- finding 11: the env: PIN is not left in the environment ----
-kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+stop_server
 pin=$(cat "$work/token/user-pin")
 sed -i "s|^pin_source = .*|pin_source = env:GS_TEST_PIN|" "$conf"
 GS_TEST_PIN=$pin start_server
@@ -213,3 +213,4 @@ reload
 expect_status 401 untrusted_certificate "ivan after the root's CRL revoked his intermediate CA" -- \
   ivan --data-binary @"$work/req-tls.json" "$url"
 ok "all findings hold"
+stop_server

@@ -124,6 +124,14 @@ expect_status() { # expect_status WANT CODE-OR-EMPTY DESC -- command...
   ok "$desc ($want${code:+ $code})"
 }
 
+# stop_server: SIGTERM, and the exit status must be 0 (a sanitizer build
+# exits non-zero on a leak or an error, reported in the server log).
+stop_server() {
+  kill -TERM "$srv_pid"
+  wait "$srv_pid" || { srv_pid=; fail "the server exited non-zero at SIGTERM"; }
+  srv_pid=
+}
+
 # wait_healthz [TENTHS]: until /healthz answers 200 (default 5 s); fails
 # (non-zero, its last answer in $work/body) if it never did.
 wait_healthz() {
