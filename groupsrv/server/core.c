@@ -116,14 +116,16 @@ static void maybe_resume_accept(struct srv_thread *t)
  * deadline for its TLS handshake ([server] handshake_timeout) and then for
  * its whole request, head and body ([server] request_timeout, counted again
  * from each answer on a kept-alive connection). Each listener has its own
- * budget; connections without a trusted client certificate may use only
- * part of it, and once their handshake is done only [server]
- * max_connections_per_address from one address; the rest is kept for
- * members. When a new connection finds its listener full, the oldest
- * connection of the same thread that has no trusted certificate and is not
- * being answered is closed to make room; if there is none (full of members
- * and answers under way), a few more (a sixteenth of the budget) are let in
- * to be answered 503 too_many_connections, and beyond those the new one is
+ * budget. Connections that finished their handshake without a trusted
+ * client certificate may use only part of it (the rest is kept for
+ * members), and only [server] max_connections_per_address from one
+ * address; one more closes the oldest such connection waiting for its
+ * request, or itself. When a new connection finds its listener full, the
+ * oldest connection of the same thread without a trusted certificate that
+ * waits for its request, or else is stuck in its handshake for a second,
+ * is closed to make room; if there is none (full of members and answers
+ * under way), a few more (a sixteenth of the budget) are let in to be
+ * answered 503 too_many_connections, and beyond those the new one is
  * closed at once: never a hang in the backlog.
  * Connections are closed with shutdown(2), so libevent frees them through
  * its own error path. */
@@ -140,7 +142,10 @@ struct srv_conn {
     int admitted;         /* admission has run (a timer due at once after accept;
                              the handshake may end before it runs) */
     int authenticated;    /* a trusted client certificate at the handshake */
-    int addr_counted;     /* counted in the per-address table */
+    int unauth_counted;   /* finished its handshake without a trusted certificate:
+                             counted in srv.unauth and the per-address table */
+    int released;         /* no longer counted against the budgets (closing or freed) */
+    double accepted;      /* srv_now() at accept */
     int linger_fd;        /* a duplicate of the socket for the lingering close, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct sockaddr_storage addr;
@@ -221,15 +226,24 @@ void srv_addr_table_free(struct srv_addr_table *a)
     free(a);
 }
 
-/* The connection no longer counts as one without a trusted certificate. */
-static void conn_leave_unauth(struct srv_conn *c)
+/* Stops counting the connection against its listener's budgets: when it
+ * is being closed (libevent frees it a little later, and closing
+ * connections must not make a listener look full) or freed. Once. */
+static void conn_release(struct srv_conn *c)
 {
     struct srv *s = c->t->srv;
 
-    atomic_fetch_sub(&s->unauth[c->which], 1);
-    if (c->addr_counted)
+    if (c->released)
+        return;
+    c->released = 1;
+    if (c->unauth_counted) {
+        atomic_fetch_sub(&s->unauth[c->which], 1);
         addr_count(s->addrs, &c->addr, -1);
-    c->addr_counted = 0;
+        c->unauth_counted = 0;
+    }
+    atomic_fetch_sub(&s->conns[c->which], 1);
+    if (c->over_budget)
+        atomic_fetch_sub(&s->over_budget[c->which], 1);
 }
 
 /* Enters stage, with its deadline once admitted (until then the admission
@@ -269,28 +283,36 @@ static void conn_close(struct srv_conn *c, const char *why)
     if (c->stage == CONN_CLOSING)
         return;
     c->stage = CONN_CLOSING;
+    conn_release(c);
     event_del(c->deadline);
     log_debug("connection closed reason=%s listener=%s", why, c->which == SRV_API ? "api" : "certsrv");
     if (fd >= 0)
         shutdown(fd, SHUT_RDWR);
 }
 
-/* The connection to close for a new one (other than self), on this thread
+/* A member's handshake takes milliseconds; one still under way after this
+ * long is suspect, and may be closed to make room for a new connection. */
+#define HANDSHAKE_EVICT_AGE 1.0
+
+/* The connection to close to make room (other than self), on this thread
  * and listener: the oldest that finished its handshake without a trusted
- * certificate and is waiting for its request; else the oldest still in its
- * handshake (a member's takes milliseconds, a slow one is suspect); NULL if
- * none. Connections with a trusted certificate and those being answered
- * are never chosen. */
-static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener which, const struct srv_conn *self)
+ * certificate and is waiting for its request; else, when handshakes may be
+ * taken too, the oldest still in its handshake after HANDSHAKE_EVICT_AGE;
+ * NULL if none. Connections with a trusted certificate, those being
+ * answered and young handshakes (a member's, most likely) are never
+ * chosen. */
+static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener which, const struct srv_conn *self,
+                                       int handshakes_too)
 {
     struct srv_conn *handshaking = NULL;
+    double old_enough = srv_now() - HANDSHAKE_EVICT_AGE;
 
     for (struct srv_conn *c = t->conn_head; c != NULL; c = c->next) {
         if (c == self || c->which != which || c->authenticated)
             continue;
-        if (c->stage == CONN_WAIT_REQUEST)
+        if (c->stage == CONN_WAIT_REQUEST && c->unauth_counted)
             return c;
-        if (c->stage == CONN_HANDSHAKE && handshaking == NULL)
+        if (handshakes_too && handshaking == NULL && c->stage == CONN_HANDSHAKE && c->accepted <= old_enough)
             handshaking = c;
     }
     return handshaking;
@@ -400,9 +422,8 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         c->linger_fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 0); /* -1: closed plainly */
-        if (atomic_load(&s->conns[c->which]) > s->budget[c->which] ||
-            atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
-            struct srv_conn *old = conn_evictable(c->t, c->which, c);
+        if (atomic_load(&s->conns[c->which]) > s->budget[c->which]) {
+            struct srv_conn *old = conn_evictable(c->t, c->which, c, 1);
             if (old != NULL) {
                 conn_close(old, "evicted_for_new_connection");
             } else if (atomic_fetch_add(&s->over_budget[c->which], 1) < s->budget[c->which] / 16 + 1) {
@@ -443,29 +464,37 @@ static void conn_info_cb(const SSL *ssl, int where, int ret)
 
     if (c == NULL || !(where & SSL_CB_HANDSHAKE_DONE) || c->stage != CONN_HANDSHAKE)
         return;
+    struct srv *s = c->t->srv;
     tls_state *tls = tls_current_get();
     peer_info info;
     if (tls != NULL) {
         tls_peer_check(tls, (SSL *)ssl, &info);
-        if (info.status == PEER_MEMBER_CERT || info.status == PEER_MEMBERSHIP) {
-            c->authenticated = 1;
-            conn_leave_unauth(c);
-        }
+        c->authenticated = info.status == PEER_MEMBER_CERT || info.status == PEER_MEMBERSHIP;
     }
     tls_state_unref(tls);
-    /* Counted per address from here on: handshakes still under way are
-     * not, so members opening many connections at once from one address
-     * (or through one proxy) are never refused for it before they could
-     * show their certificate. */
+    /* Without a trusted certificate it takes a place in the listener's
+     * unauthenticated share and in its address's count from here on.
+     * Handshakes under way are not counted there, so members opening many
+     * connections at once from one address (or through one proxy) are
+     * never refused before they could show their certificate. */
     if (!c->authenticated) {
         if (conn_peer_addr(c) != 0) {
             conn_close(c, "no_peer_address");
             return;
         }
-        c->addr_counted = 1;
-        if (addr_count(c->t->srv->addrs, &c->addr, 1) > c->t->srv->per_address) {
+        c->unauth_counted = 1;
+        atomic_fetch_add(&s->unauth[c->which], 1);
+        if (addr_count(s->addrs, &c->addr, 1) > s->per_address) {
             conn_close(c, "per_address_limit");
             return;
+        }
+        if (atomic_load(&s->unauth[c->which]) > s->unauth_budget[c->which]) {
+            struct srv_conn *old = conn_evictable(c->t, c->which, c, 0);
+            if (old == NULL) {
+                conn_close(c, "unauthenticated_share_full");
+                return;
+            }
+            conn_close(old, "evicted_for_new_connection");
         }
     }
     conn_arm(c, CONN_WAIT_REQUEST);
@@ -510,11 +539,7 @@ static void conn_freed(void *arg)
     struct srv_conn *c = arg;
     struct srv_thread *t = c->t;
 
-    if (!c->authenticated)
-        conn_leave_unauth(c);
-    atomic_fetch_sub(&t->srv->conns[c->which], 1);
-    if (c->over_budget)
-        atomic_fetch_sub(&t->srv->over_budget[c->which], 1);
+    conn_release(c);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -565,7 +590,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
     atomic_fetch_add(&t->srv->conns[c->which], 1);
-    atomic_fetch_add(&t->srv->unauth[c->which], 1);
+    c->accepted = srv_now();
     metrics_connection(1);
     c->prev = t->conn_tail;
     if (t->conn_tail != NULL)

@@ -3,7 +3,7 @@
 
   fill-members.py PORT CERT KEY CA N
 
-One kept-alive member connection first asks every second for 7 s, longer
+One kept-alive member connection first asks every second for 9 s, longer
 than the handshake and request deadlines together: all answered. Then it
 opens N TLS connections with a member's certificate (from 127.0.0.3) and
 keeps them open (members' connections are never closed to make room); each
@@ -44,9 +44,9 @@ def ask(s):
 
 # First, deadlines are per request, not per connection: one kept-alive
 # connection asks every second for longer than handshake_timeout and
-# request_timeout together (2 + 3 s in the test), and keeps being answered.
+# request_timeout together (3 + 4 s in the test), and keeps being answered.
 k = connect()
-for i in range(7):
+for i in range(9):
     first = ask(k).split(b"\r\n", 1)[0]
     if not first.startswith(b"HTTP/1.1 200"):
         print("fill-members: kept-alive request %d answered %r" % (i, first))

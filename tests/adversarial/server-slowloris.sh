@@ -5,11 +5,11 @@
 # answers the next connection 503 too_many_connections. The limits are small so the
 # attack that exceeds them is small too (the attack is scaled to them):
 # 64 connections per listener, 16 kept for members, 8 per address without
-# a client certificate, 2 s for a handshake, 3 s for a request.
+# a client certificate, 3 s for a handshake, 4 s for a request.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
-sed -i 's/^\[server\]$/[server]\nmax_connections = 64\nreserved_connections = 16\nmax_connections_per_address = 8\nhandshake_timeout = 2\nrequest_timeout = 3/' "$conf"
+sed -i 's/^\[server\]$/[server]\nmax_connections = 64\nreserved_connections = 16\nmax_connections_per_address = 8\nhandshake_timeout = 3\nrequest_timeout = 4/' "$conf"
 sed -i 's/^\[certsrv\]$/[certsrv]\nmax_connections = 64/' "$conf"
 start_server
 printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
