@@ -342,7 +342,8 @@ def main():
           f"{sm.get('key', '?')} group, 64 keep-alive connections, requests due at "
           f"{sm.get('rate_per_s', '?')}/s = 80 % of the peak of {sm.get('peak_per_s', '?')}/s measured "
           f"right before. {total:,} requests, **{errors} errors**; RSS after the first minute "
-          f"{rss[0]:,} KiB, after the last {rss[-1]:,} KiB ({rss[-1] - rss[0]:+,} KiB).")
+          f"{rss[0]:,} KiB, after the last {rss[-1]:,} KiB ({rss[-1] - rss[0]:+,} KiB)."
+          + (f" Conditions: {sm['note']}" if sm.get("note") else ""))
         w("")
         w("| minute | requests | errors | ops/s | p50 (ms) | p99 (ms) | RSS (KiB) |")
         w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
