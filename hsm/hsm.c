@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -70,6 +71,21 @@ static void pin_remember_rejected(const CK_TOKEN_INFO *ti, const char *pin, size
 
 /* ---- token lookup ------------------------------------------------------- */
 
+/* A token that allows fewer sessions than the pool would open (smartcards:
+ * one or two) gets no more than that: C_OpenSession beyond its limit
+ * fails with CKR_SESSION_COUNT, so callers wait for a pooled one instead.
+ * Called with pool_mu held or before the ctx is shared. */
+static void clamp_sessions(hsm_ctx *ctx)
+{
+    CK_ULONG lim = ctx->tinfo.ulMaxSessionCount;
+
+    /* 0 means no limit; ~0 unknown, and opencryptoki reports ~1. */
+    if (lim == CK_EFFECTIVELY_INFINITE || lim > 65536 || lim >= ctx->max_sessions)
+        return;
+    log_info("token allows %lu sessions; session pool lowered from %u", (unsigned long)lim, ctx->max_sessions);
+    ctx->max_sessions = (unsigned)lim;
+}
+
 /* Finds the first slot whose token matches the URI. Returns
  * HSM_ERR_TOKEN_ABSENT when none matches (the caller decides whether that
  * means "not found" at open or "gone" later). */
@@ -103,6 +119,7 @@ static hsm_err find_token(hsm_ctx *ctx)
         if (p11_kit_uri_match_token_info(ctx->token_uri, &ti) == 1) {
             ctx->slot = slots[i];
             ctx->tinfo = ti;
+            clamp_sessions(ctx);
             err = HSM_OK;
             break;
         }
@@ -365,23 +382,173 @@ static bool session_logged_in(hsm_ctx *ctx, CK_SESSION_HANDLE h)
     return in;
 }
 
-hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
+/* Milliseconds of CLOCK_MONOTONIC. */
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Codes after which the module itself may be broken (a network HSM's
+ * client lost its server, p11-kit's RPC lost its remote end): the
+ * slot-level health check decides. */
+static bool module_suspect_rv(CK_RV rv)
+{
+    return rv == CKR_DEVICE_ERROR || rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_GENERAL_ERROR ||
+           rv == CKR_FUNCTION_FAILED || rv == CKR_DEVICE_MEMORY;
+}
+
+static hsm_err init_module(hsm_ctx *ctx)
+{
+    CK_C_INITIALIZE_ARGS init;
+    hsm_err err;
+
+    if (ctx->modlist != NULL) {
+        /* By name: NULL, so that p11-kit hands the module its module
+         * file's x-init-reserved (it does so only for NULL arguments). */
+        err = P11(ctx, C_Initialize, NULL);
+    } else {
+        memset(&init, 0, sizeof(init));
+        init.flags = CKF_OS_LOCKING_OK;
+        init.pReserved = ctx->init_args;
+        err = P11(ctx, C_Initialize, &init);
+    }
+    if (err == HSM_OK) {
+        ctx->initialized = true;
+    } else if (hsm_last_rv() == CKR_ARGUMENTS_BAD) {
+        hsm_set_detail("C_Initialize: CKR_ARGUMENTS_BAD: the module needs initialisation arguments "
+                       "(NSS softokn: configdir=...): set [hsm] init_args with the module's path, "
+                       "or x-init-reserved in its p11-kit module file");
+        err = HSM_ERR_MODULE;
+    }
+    return err;
+}
+
+/* Finalizes and initialises the module again, under life_mu for writing
+ * (no operation holds a session meanwhile). Sessions and object handles of
+ * the old instance are forgotten, not closed: C_Finalize ended them, and
+ * their numbers may be reused by the new instance. */
+static hsm_err reinit_locked(hsm_ctx *ctx)
+{
+    hsm_errsave sv;
+    hsm_err err;
+
+    ctx->last_init_ms = now_ms();
+    pthread_mutex_lock(&ctx->pool_mu);
+    ctx->n_open -= ctx->n_idle;
+    ctx->n_idle = 0;
+    ctx->sess_epoch++;
+    pthread_cond_broadcast(&ctx->pool_cv);
+    pthread_mutex_unlock(&ctx->pool_mu);
+    bump_key_gen(ctx);
+    if (ctx->initialized) {
+        hsm_err_save(&sv);
+        (void)P11(ctx, C_Finalize, NULL);
+        hsm_err_restore(&sv);
+        ctx->initialized = false;
+    }
+    err = init_module(ctx);
+    if (err != HSM_OK) {
+        char prev[192];
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("module down, re-initialising it failed (%s); retrying", prev);
+        ctx->module_down = true;
+        return HSM_ERR_DEVICE;
+    }
+    ctx->module_down = false;
+    ctx->life_gen++;
+    pthread_mutex_lock(&ctx->pool_mu);
+    err = find_token(ctx);
+    /* Not there (yet): the usual lost-token path looks again on use. */
+    ctx->token_lost = err != HSM_OK;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    log_warn("PKCS#11 module re-initialised generation=%u token=%s", ctx->life_gen,
+             err == HSM_OK ? "found" : "not present yet");
+    return HSM_OK;
+}
+
+/* Health check: a slot-level call, no session needed. A transient device
+ * error of one operation leaves it answering; a module that lost its
+ * connection fails it too. Returns that call's CK_RV. */
+static CK_RV module_health(hsm_ctx *ctx)
+{
+    CK_TOKEN_INFO ti;
+    hsm_errsave sv;
+    CK_RV rv;
+
+    hsm_err_save(&sv);
+    memset(&ti, 0, sizeof(ti));
+    (void)P11(ctx, C_GetTokenInfo, ctx->slot, &ti);
+    rv = hsm_last_rv();
+    hsm_err_restore(&sv);
+    return rv;
+}
+
+hsm_err hsm_module_recover(hsm_ctx *ctx, unsigned seen_gen, bool *reinitialised)
+{
+    hsm_err err = HSM_OK;
+    CK_RV rv = CKR_OK;
+
+    *reinitialised = false;
+    /* The check under the read lock, so that other operations go on. */
+    pthread_rwlock_rdlock(&ctx->life_mu);
+    if (ctx->life_gen == seen_gen && !ctx->module_down && ctx->initialized)
+        rv = module_health(ctx);
+    bool healthy = ctx->life_gen != seen_gen || (!ctx->module_down && !module_suspect_rv(rv));
+    pthread_rwlock_unlock(&ctx->life_mu);
+    if (healthy)
+        return HSM_OK;
+
+    pthread_rwlock_wrlock(&ctx->life_mu);
+    if (ctx->life_gen != seen_gen && !ctx->module_down)
+        goto out; /* another thread re-initialised it meanwhile */
+    if (ctx->module_down && now_ms() - ctx->last_init_ms < HSM_REINIT_INTERVAL_MS) {
+        hsm_set_detail("module down; the last attempt to initialise it failed moments ago");
+        err = HSM_ERR_DEVICE;
+        goto out;
+    }
+    if (!ctx->module_down)
+        log_warn("PKCS#11 module broken (C_GetTokenInfo: %s); finalizing and initialising it again",
+                 hsm_ckr_name(rv));
+    err = reinit_locked(ctx);
+    *reinitialised = err == HSM_OK;
+out:
+    pthread_rwlock_unlock(&ctx->life_mu);
+    return err;
+}
+
+/* hsm_run and hsm_run_once. */
+static hsm_err run(hsm_ctx *ctx, hsm_op_fn op, void *arg, bool once)
 {
     hsm_session s;
     hsm_err err = HSM_ERR_ARGS;
-    bool force_login = false, stale_retry = false;
-    int attempt, max_attempts = 2;
+    bool force_login = false, stale_retry = false, reinit_retry = false;
+    int attempt, max_attempts = once ? 1 : 2;
 
     if (ctx == NULL || op == NULL)
         return HSM_ERR_ARGS;
     hsm_clear_detail();
     /* One retry after a recovery; one more if only an object handle went
      * stale (re-finding is cheap, and a concurrent re-login can make the
-     * handle found by the first retry stale again). */
+     * handle found by the first retry stale again), and one more after the
+     * module was re-initialised. */
     for (attempt = 0; attempt < max_attempts; attempt++) {
-        bool from_borrow;
+        bool from_borrow, again = false;
+        unsigned gen;
         CK_RV rv;
 
+        pthread_rwlock_rdlock(&ctx->life_mu);
+        gen = ctx->life_gen;
+        if (ctx->module_down) {
+            pthread_rwlock_unlock(&ctx->life_mu);
+            err = hsm_module_recover(ctx, gen, &again);
+            if (err != HSM_OK)
+                return err;
+            pthread_rwlock_rdlock(&ctx->life_mu);
+            gen = ctx->life_gen;
+        }
         err = borrow(ctx, &s, force_login);
         from_borrow = err != HSM_OK;
         if (!from_borrow) {
@@ -399,9 +566,28 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
         rv = hsm_last_rv();
         if (!from_borrow || s.h != 0)
             release(ctx, &s, err);
+        pthread_rwlock_unlock(&ctx->life_mu);
         if (err == HSM_OK)
             break;
-        if (err == HSM_ERR_KEY_NOT_FOUND && stale_handle_rv(rv) && !stale_retry) {
+        if (module_suspect_rv(rv) && (err == HSM_ERR_DEVICE || err == HSM_ERR_MODULE)) {
+            hsm_errsave sv;
+            bool reinit = false;
+            hsm_err_save(&sv);
+            hsm_err rerr = hsm_module_recover(ctx, gen, &reinit);
+            if (rerr != HSM_OK)
+                return rerr;
+            hsm_err_restore(&sv);
+            /* A transient device error fails only this call; a broken
+             * module, now working again, gets the call once more. */
+            if (!reinit && rv != CKR_CRYPTOKI_NOT_INITIALIZED)
+                return err;
+            if (once || reinit_retry)
+                return err;
+            reinit_retry = true;
+            max_attempts++;
+            continue;
+        }
+        if (err == HSM_ERR_KEY_NOT_FOUND && stale_handle_rv(rv) && !stale_retry && !once) {
             stale_retry = true;
             max_attempts++;
         }
@@ -445,6 +631,50 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
     return err;
 }
 
+hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg)
+{
+    return run(ctx, op, arg, false);
+}
+
+hsm_err hsm_run_once(hsm_ctx *ctx, hsm_op_fn op, void *arg)
+{
+    return run(ctx, op, arg, true);
+}
+
+/* ---- per-operation login (CKA_ALWAYS_AUTHENTICATE) --------------------- */
+
+hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
+{
+    hsm_err err;
+
+    if (key == NULL || !key->always_auth)
+        return HSM_OK;
+    pthread_mutex_lock(&ctx->login_mu);
+    if (!ctx->want_login || ctx->pin_rejected) {
+        pthread_mutex_unlock(&ctx->login_mu);
+        hsm_set_detail("key %.60s needs a login per use (CKA_ALWAYS_AUTHENTICATE) and no usable PIN is set",
+                       key->label);
+        return HSM_ERR_NOT_LOGGED_IN;
+    }
+    /* The PIN again, for this one operation (the card checks it). */
+    err = P11(ctx, C_Login, s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+    if (err == HSM_ERR_PIN_INCORRECT) {
+        ctx->pin_rejected = true;
+        pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
+        OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+        log_warn("token rejected the PIN at a context-specific login; it will not be tried again");
+    }
+    pthread_mutex_unlock(&ctx->login_mu);
+    if (err != HSM_OK) {
+        char prev[192];
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("context-specific login for key %.60s (CKA_ALWAYS_AUTHENTICATE): %s", key->label, prev);
+        /* The operation started by Init is left pending: do not reuse the session. */
+        hsm_taint_session();
+    }
+    return err;
+}
+
 /* ---- open / close --------------------------------------------------------- */
 
 static hsm_err load_module(hsm_ctx *ctx, const char *module)
@@ -476,7 +706,6 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
 {
     hsm_ctx *ctx = NULL;
     hsm_err err;
-    CK_C_INITIALIZE_ARGS init;
     hsm_session s;
     int rc;
 
@@ -491,6 +720,8 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     pthread_cond_init(&ctx->pool_cv, NULL);
     pthread_mutex_init(&ctx->login_mu, NULL);
     pthread_mutex_init(&ctx->key_mu, NULL);
+    pthread_mutex_init(&ctx->caps_mu, NULL);
+    pthread_rwlock_init(&ctx->life_mu, NULL);
     ctx->key_gen = 1;
     ctx->max_sessions = cfg->max_sessions == 0 ? HSM_DEFAULT_SESSIONS : cfg->max_sessions;
     if (ctx->max_sessions > HSM_MAX_SESSIONS) {
@@ -500,6 +731,18 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     if ((ctx->idle = calloc(ctx->max_sessions, sizeof(*ctx->idle))) == NULL) {
         err = HSM_ERR_NOMEM;
         goto out;
+    }
+    if (cfg->init_args != NULL) {
+        if (strchr(cfg->module, '/') == NULL) {
+            hsm_set_detail("init arguments apply to a module given by path; a p11-kit module by name "
+                           "takes them from x-init-reserved in its module file");
+            err = HSM_ERR_ARGS;
+            goto out;
+        }
+        if (strlen(cfg->init_args) > 1024 || (ctx->init_args = strdup(cfg->init_args)) == NULL) {
+            err = strlen(cfg->init_args) > 1024 ? HSM_ERR_ARGS : HSM_ERR_NOMEM;
+            goto out;
+        }
     }
 
     if ((ctx->token_uri = p11_kit_uri_new()) == NULL) {
@@ -528,12 +771,8 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
 
     if ((err = load_module(ctx, cfg->module)) != HSM_OK)
         goto out;
-    memset(&init, 0, sizeof(init));
-    init.flags = CKF_OS_LOCKING_OK;
-    err = P11(ctx, C_Initialize, &init);
-    if (err != HSM_OK)
+    if ((err = init_module(ctx)) != HSM_OK)
         goto out;
-    ctx->initialized = true;
 
     err = find_token(ctx);
     if (err == HSM_ERR_TOKEN_ABSENT) {
@@ -595,10 +834,13 @@ void hsm_close(hsm_ctx *ctx)
     if (ctx->pin != NULL)
         util_secret_free(ctx->pin, ctx->pin_len + 1);
     free(ctx->idle);
+    free(ctx->init_args);
     pthread_mutex_destroy(&ctx->pool_mu);
     pthread_cond_destroy(&ctx->pool_cv);
     pthread_mutex_destroy(&ctx->login_mu);
     pthread_mutex_destroy(&ctx->key_mu);
+    pthread_mutex_destroy(&ctx->caps_mu);
+    pthread_rwlock_destroy(&ctx->life_mu);
     OPENSSL_cleanse(ctx, sizeof(*ctx));
     free(ctx);
 }

@@ -10,7 +10,18 @@
  * Threads: an hsm_ctx is shared by all threads; each call borrows a session
  * from an internal pool, so concurrent callers never share a session.
  * The layer recovers by itself from a closed or invalid session, a lost
- * login, and a token that was removed and came back.
+ * login, a token that was removed and came back, and a module whose
+ * connection broke (persistent CKR_DEVICE_ERROR or
+ * CKR_CRYPTOKI_NOT_INITIALIZED: it is finalized and initialised again, as
+ * network-HSM client libraries and p11-kit's RPC client need).
+ *
+ * Tokens differ: hsm/ learns what the token can do (hsm_caps_get) and
+ * chooses by it where a choice keeps keys on the token (CA signatures over
+ * a DigestInfo without CKM_SHA256_RSA_PKCS, RFC 3394 on CKM_AES_ECB without
+ * AES key wrap, a context-specific login for CKA_ALWAYS_AUTHENTICATE keys,
+ * the session limit of C_GetTokenInfo). What weakens a key's protection
+ * is never chosen here: callers ask for it (hsm_generate_*_best,
+ * HSM_REWRAP_SOFTWARE, sealed secret keys) and record it.
  *
  * Ownership: functions named x_new or x_open return objects the caller frees
  * with the matching x_free or x_close (NULL is fine). Output buffers passed as
@@ -47,14 +58,17 @@ typedef enum hsm_err {
     HSM_ERR_DECRYPT,            /* decryption/unwrap failed (bad ciphertext or wrong key) */
     HSM_ERR_BUFFER,             /* output buffer too small */
     HSM_ERR_PUBLIC_KEY,         /* a public key given to us is malformed/unsupported */
-    HSM_ERR_DEVICE,             /* CKR_DEVICE_ERROR, CKR_GENERAL_ERROR, ... */
+    HSM_ERR_DEVICE,             /* CKR_DEVICE_ERROR, CKR_GENERAL_ERROR, ...; also a module
+                                   that is down (re-initialising it failed): try later */
     HSM_ERR_PKCS11,             /* any other CK_RV */
 } hsm_err;
 
 /* Static text for an error code. */
 const char *hsm_strerror(hsm_err err);
 /* Per-thread detail of the last failure in this thread, e.g.
- * "C_Decrypt: CKR_MECHANISM_PARAM_INVALID"; "" when none. Never secret. */
+ * "C_Decrypt: CKR_MECHANISM_PARAM_INVALID"; "" when none. Never secret.
+ * Where the token refused something we asked for, the detail names it
+ * (the mechanism or attribute, the CKR_ name) and what to do. */
 const char *hsm_last_error_detail(void);
 
 typedef struct hsm_ctx hsm_ctx; /* a loaded module, a token, a login, a session pool */
@@ -64,14 +78,23 @@ typedef struct hsm_config {
     const char *module;      /* path to a .so, or a p11-kit module name */
     const char *token_uri;   /* "pkcs11:token=groupsrv" (RFC 7512; token attributes only) */
     const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login */
-    unsigned max_sessions;   /* pool size; 0 = default (8), at most 1024 */
+    unsigned max_sessions;   /* pool size; 0 = default (8), at most 1024; lowered to the
+                                token's ulMaxSessionCount when that is smaller */
+    const char *init_args;   /* module by path only: the string C_Initialize gets as
+                                pReserved (NSS softokn: "configdir='sql:DIR' certPrefix=''
+                                keyPrefix='' secmod='secmod.db' flags="); NULL = none.
+                                At most 1024 bytes. Copied. */
 } hsm_config;
 
 /* Loads the module (p11_kit_module_load for a path, else a p11-kit config
- * module by name), C_Initialize with CKF_OS_LOCKING_OK, finds the token and
- * logs in as user. The PIN is read from pin_source, kept (wiped on close)
+ * module by name), C_Initialize, finds the token and logs in as user.
+ * A module by path gets CKF_OS_LOCKING_OK and init_args; a module by name
+ * gets NULL arguments, so that p11-kit applies its module file's
+ * x-init-reserved (init_args with a name is HSM_ERR_ARGS).
+ * The PIN is read from pin_source, kept (wiped on close)
  * for re-login after token loss, unless it was rejected.
- * Errors: HSM_ERR_MODULE, _URI, _TOKEN_NOT_FOUND, _PIN_SOURCE,
+ * Errors: HSM_ERR_MODULE (detail says what to do for CKR_ARGUMENTS_BAD:
+ * the module wants init arguments), _URI, _TOKEN_NOT_FOUND, _PIN_SOURCE,
  * _PIN_INCORRECT (also, without calling C_Login, for a PIN this process
  * already saw rejected by the same token), _PIN_LOCKED.
  * A module given as a path is loaded directly (p11-kit "managed", so two
@@ -92,6 +115,87 @@ hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out);
 /* Is this mechanism (and, for OAEP, this hash) usable on the token? Used by
  * callers to choose, and to produce the clear "unsupported" error early. */
 typedef enum hsm_oaep_hash { HSM_OAEP_SHA1 = 1, HSM_OAEP_SHA256 } hsm_oaep_hash;
+
+/* ---- what the token can do ----------------------------------------- */
+
+/* The mechanisms groupsrv may use, each probed with C_GetMechanismList and
+ * C_GetMechanismInfo. */
+typedef enum hsm_mech {
+    HSM_MECH_RSA_KEYGEN = 0,   /* CKM_RSA_PKCS_KEY_PAIR_GEN */
+    HSM_MECH_RSA_OAEP,         /* CKM_RSA_PKCS_OAEP: decrypt, unwrap, wrap */
+    HSM_MECH_RSA_PKCS,         /* CKM_RSA_PKCS: v1.5 decrypt, CA signatures over a DigestInfo */
+    HSM_MECH_SHA256_RSA_PKCS,  /* CKM_SHA256_RSA_PKCS: CA signatures */
+    HSM_MECH_EC_KEYGEN,        /* CKM_EC_KEY_PAIR_GEN */
+    HSM_MECH_ECDSA,            /* CKM_ECDSA */
+    HSM_MECH_ECDH,             /* CKM_ECDH1_DERIVE */
+    HSM_MECH_AES_KEYGEN,       /* CKM_AES_KEY_GEN: group secret keys */
+    HSM_MECH_AES_KEY_WRAP,     /* CKM_AES_KEY_WRAP (RFC 3394) */
+    HSM_MECH_AES_KEY_WRAP_PAD, /* CKM_AES_KEY_WRAP_PAD (RFC 5649) */
+    HSM_MECH_AES_ECB,          /* CKM_AES_ECB: RFC 3394/5649 built on it */
+    HSM_MECH_GENERIC_KEYGEN,   /* CKM_GENERIC_SECRET_KEY_GEN: the rejection key */
+    HSM_MECH_SHA256_HMAC,      /* CKM_SHA256_HMAC: implicit rejection */
+    HSM_MECH_COUNT_
+} hsm_mech;
+
+/* What a mechanism may do (from CK_MECHANISM_INFO.flags). */
+enum hsm_mech_flag {
+    HSM_MF_ENCRYPT = 1u << 0,
+    HSM_MF_DECRYPT = 1u << 1,
+    HSM_MF_SIGN = 1u << 2,
+    HSM_MF_WRAP = 1u << 3,
+    HSM_MF_UNWRAP = 1u << 4,
+    HSM_MF_DERIVE = 1u << 5,
+    HSM_MF_GENERATE = 1u << 6,     /* key or key pair generation */
+};
+
+/* The optional key protections (attributes a token may not store). */
+enum hsm_protection {
+    HSM_PROT_ALLOWED_MECHANISMS = 1u << 0, /* CKA_ALLOWED_MECHANISMS */
+    HSM_PROT_UNWRAP_TEMPLATE = 1u << 1,    /* CKA_UNWRAP_TEMPLATE forcing unwrapped keys sensitive */
+};
+#define HSM_PROT_ALL (HSM_PROT_ALLOWED_MECHANISMS | HSM_PROT_UNWRAP_TEMPLATE)
+
+typedef enum hsm_attr_support {
+    HSM_ATTR_NO = 0,        /* refused (or the trial could not be made) */
+    HSM_ATTR_YES,           /* stored and read back, on session and token objects */
+    HSM_ATTR_SESSION_ONLY,  /* stored on session objects; key generation (token
+                               objects) refused it (NSS softokn: CKA_ALLOWED_MECHANISMS) */
+} hsm_attr_support;
+
+typedef struct hsm_caps {
+    /* C_GetTokenInfo */
+    unsigned long max_sessions;     /* ulMaxSessionCount; 0 = no limit reported */
+    bool login_required;            /* CKF_LOGIN_REQUIRED */
+    bool protected_auth_path;       /* CKF_PROTECTED_AUTHENTICATION_PATH (PIN pad) */
+    /* C_GetMechanismList / C_GetMechanismInfo */
+    struct {
+        bool present;
+        unsigned flags;             /* enum hsm_mech_flag */
+        unsigned long min_bits, max_bits;
+    } mech[HSM_MECH_COUNT_];
+    /* Attributes, by a trial on a session object (created, read back,
+     * destroyed), corrected by what key generation then showed. */
+    hsm_attr_support allowed_mechanisms, unwrap_template;
+    char allowed_mechanisms_why[160], unwrap_template_why[160]; /* the refusal, "" if none */
+    /* Derived, for choosing a group's path:
+     * rewrap_on_token: C_UnwrapKey (RSA-OAEP) into a session key and
+     * C_WrapKey (RSA-OAEP) out of it both offered;
+     * secret_on_token: AES keys can be made and wrapped (AES key wrap, or
+     * CKM_AES_ECB to build it on) and delivered (RSA-OAEP C_WrapKey);
+     * hmac_on_token: the implicit-rejection key can be made and used. */
+    bool rewrap_on_token, secret_on_token, hmac_on_token;
+    bool module_reinitialised;      /* a probe broke the module's connection (survived) */
+} hsm_caps;
+
+/* The capability set of the token, probed on first use and kept (cheap
+ * afterwards). Writes *out. Errors only for a bad ctx/out (HSM_ERR_ARGS):
+ * what cannot be probed reads as unsupported, with the reason. */
+hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
+/* "CKM_RSA_PKCS_OAEP" etc. for a hsm_mech (static text). */
+const char *hsm_mech_name(hsm_mech m);
+/* Is the mechanism offered with all of `flags`? */
+bool hsm_caps_has(const hsm_caps *caps, hsm_mech m, unsigned flags);
+
 
 /* ---- keys ---------------------------------------------------------- */
 
@@ -120,6 +224,9 @@ enum hsm_usage {
     HSM_USE_WRAP = 1u << 4,    /* secret keys: AES key wrap of session keys */
     HSM_USE_ENCRYPT = 1u << 5,
     HSM_USE_PKCS1V15 = 1u << 6, /* also allow CKM_RSA_PKCS (implicit rejection only) */
+    HSM_USE_WRAP_ECB = 1u << 7, /* AES secret keys on a token without AES key wrap:
+                                   CKA_ENCRYPT limited to CKM_AES_ECB, on which RFC 3394/5649
+                                   is built (the content key then passes through memory) */
 };
 
 typedef struct hsm_keygen_spec {
@@ -143,6 +250,27 @@ hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key 
  * implicit rejection) on the token: sensitive, extractable only if asked. */
 hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out);
 
+/* What the *_best generators gave a key. */
+typedef struct hsm_keygen_result {
+    unsigned protections;   /* enum hsm_protection the key has */
+    unsigned missing;       /* protections it lacks because the token cannot store them */
+    char why[192];          /* the token's refusal, e.g. "C_GenerateKeyPair refused
+                               CKA_ALLOWED_MECHANISMS (CKR_GENERAL_ERROR)"; "" if none */
+} hsm_keygen_result;
+/* As hsm_generate_keypair / hsm_generate_secret_key, with every optional
+ * protection the token supports (hsm_caps_get) instead of all of them:
+ * what it cannot store is left out and reported in *res, never silently
+ * (callers record it as an accepted weakening and show it). A token that
+ * refuses a protection at generation although the session-object probe
+ * accepted it (NSS softokn) is asked again without it, and the capability
+ * set is corrected. Sensitive, never extractable (and the exact usage) are
+ * never given up. *res is always written. The strict functions above fail
+ * instead, with HSM_ERR_ARGS and a detail naming the refused attribute. */
+hsm_err hsm_generate_keypair_best(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_keygen_result *res,
+                                  hsm_key **pub, hsm_key **priv);
+hsm_err hsm_generate_secret_key_best(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_keygen_result *res,
+                                     hsm_key **out);
+
 typedef struct hsm_key_info {
     hsm_key_class cls;
     hsm_key_type type;
@@ -157,8 +285,53 @@ typedef struct hsm_key_info {
     bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
     unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */
     size_t n_allowed_mechanisms;          /* 0 = attribute absent (any mechanism) */
+    bool always_authenticate;             /* CKA_ALWAYS_AUTHENTICATE: a login per use */
+    /* The token (or the module in front of it) cannot store, or cannot
+     * return, the attribute (hsm_caps_get): absent or not, it was not
+     * read. p11-kit 0.24.1's RPC server crashes when asked for a stored
+     * CKA_UNWRAP_TEMPLATE, so it is never asked where the probe failed. */
+    bool allowed_mechanisms_unknown, unwrap_template_unknown;
+    bool sealed;                          /* a sealed secret key (hsm_key_from_sealed): the
+                                             attributes above are its seal key's */
 } hsm_key_info;
 hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out);
+
+/* Which RSA-OAEP hashes key works with here, by real trials: a random
+ * value encrypted in software to the key's public key with each hash, then
+ * C_Decrypt (if the key has CKA_DECRYPT) and C_UnwrapKey into a session
+ * key (if it has CKA_UNWRAP); the results are wiped or destroyed. Bit
+ * (1u << HSM_OAEP_SHA1 / _SHA256) set in *decrypt / *unwrap for each that
+ * worked. Up to four private-key operations. Errors: HSM_ERR_ARGS (not an
+ * RSA private key), or what finding the key gave. */
+hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsigned *unwrap);
+
+/* ---- sealed secret keys ---------------------------------------------- */
+
+/* For tokens that cannot keep secret keys or wrap them out (smartcards):
+ * the secret lives outside the token, RSA-OAEP-encrypted ("sealed") to a
+ * token key pair that may only decrypt, and is opened on the token, into
+ * locked memory, for each use and wiped at once. Weaker than a secret key
+ * on the token (its value is in process memory while in use): callers
+ * record it as an accepted weakening.
+ *
+ * A new random secret (HSM_KEYTYPE_AES of 128/192/256 bits, or
+ * HSM_KEYTYPE_GENERIC_SECRET of 256 bits for HMAC), made in locked memory
+ * and sealed to seal's public key (RSA-OAEP SHA-1; seal: an RSA private
+ * key with CKA_DECRYPT). *blob (caller frees; not secret) is what to keep.
+ * Errors: HSM_ERR_ARGS, HSM_ERR_NOMEM (also: no locked memory), what
+ * reading seal's public key gave. */
+hsm_err hsm_sealed_secret_new(hsm_ctx *ctx, hsm_key *seal, hsm_key_type type, unsigned bits,
+                              unsigned char **blob, size_t *len);
+/* A key reference to a sealed secret, for hsm_rewrap_to_secret_key (kek),
+ * hsm_wrap_secret_key_to_public (secret) and implicit rejection
+ * (reject_key). seal is copied (the caller keeps its own); blob is copied
+ * (at most 1024 bytes). Nothing is opened here. Free with hsm_key_free. */
+hsm_err hsm_key_from_sealed(hsm_ctx *ctx, hsm_key *seal, hsm_key_type type, unsigned bits,
+                            const unsigned char *blob, size_t len, hsm_key **out);
+/* Opens the sealed secret once and checks its length (a trial for
+ * `groupsrv check`); nothing is kept. HSM_OK, HSM_ERR_DECRYPT (does not
+ * open with its seal key), or the token's error. */
+hsm_err hsm_sealed_check(hsm_ctx *ctx, hsm_key *key);
 
 /* Every key on the token whose label starts with prefix ("" = all): the
  * callback gets each key (borrowed for the call only). Returns the first
@@ -185,6 +358,16 @@ typedef enum hsm_kt_alg {
  * reject_key, truncated to expected_len), chosen without a data-dependent
  * branch, so callers cannot tell valid from invalid padding. Used for every
  * HSM_KT_RSA_PKCS1V15 operation below; reject_key must then be given. */
+/* Where the content key is re-wrapped (recipient-key, membership
+ * certificates, group-secret, rewrap). */
+typedef enum hsm_rewrap_path {
+    HSM_REWRAP_TOKEN = 0,  /* C_UnwrapKey into a sensitive session key, C_WrapKey out of it:
+                              the content key never enters this process's memory */
+    HSM_REWRAP_SOFTWARE,   /* tokens that cannot unwrap into a session key or wrap
+                              (smartcards): C_Decrypt into locked memory, re-wrapped with
+                              OpenSSL, wiped at once. Needs CKA_DECRYPT on the group key. */
+} hsm_rewrap_path;
+
 typedef struct hsm_unwrap_input {
     hsm_key *group_key;               /* the group private key */
     hsm_kt_alg alg;
@@ -193,6 +376,7 @@ typedef struct hsm_unwrap_input {
     size_t expected_len;              /* content key length: 16, 24 or 32 (needed for v1.5);
                                          0 (OAEP) = whatever length the plaintext has */
     hsm_key *reject_key;              /* HMAC key for implicit rejection (v1.5 only) */
+    hsm_rewrap_path rewrap;           /* the group's recorded path; 0 = on the token */
 } hsm_unwrap_input;
 
 /* Method F: the plain content key, for return over mutual TLS. Needs
@@ -226,12 +410,18 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
  * multiple of 8, else RFC 5649 (CKM_AES_KEY_WRAP_PAD). expected_len 0
  * works as above; when the token does not report the length, RFC 3394 is
  * used (CMS content keys are 16, 24 or 32 bytes) and *outlen - 8 is the
- * key length. Caller frees *out. */
+ * key length. Caller frees *out.
+ * A kek made with HSM_USE_WRAP_ECB (no AES key wrap on the token): the
+ * content key is decrypted into locked memory and RFC 3394/5649 computed
+ * here on the token's CKM_AES_ECB (the kek stays on the token). A sealed
+ * kek: the content key and the kek are both opened into locked memory and
+ * wrapped with OpenSSL. Both need CKA_DECRYPT on the group key. */
 hsm_err hsm_rewrap_to_secret_key(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_key *kek,
                                  unsigned char **out, size_t *outlen);
 
 /* GET secret-keys: wraps a token secret key (the group secret key itself)
- * with RSA-OAEP to a recipient public key. Caller frees *out. */
+ * with RSA-OAEP to a recipient public key. Caller frees *out. A sealed
+ * secret is opened into locked memory and encrypted with OpenSSL. */
 hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash,
                                       const unsigned char *spki, size_t spki_len,
                                       unsigned char **out, size_t *outlen);
@@ -279,7 +469,10 @@ typedef enum hsm_sig_alg {
  * and TLS), not PKCS#11's raw r||s. With HSM_SIG_ECDSA_DIGEST, data is the
  * digest itself and len must be 20..64 (else HSM_ERR_ARGS); the token
  * truncates a digest longer than the curve order as ECDSA says. Caller
- * frees *sig. */
+ * frees *sig. HSM_SIG_RSA_PKCS1_SHA256 on a token without
+ * CKM_SHA256_RSA_PKCS (opencryptoki 3.8, many smartcards) hashes here and
+ * signs the DigestInfo with CKM_RSA_PKCS on the token: the same signature.
+ * A key with CKA_ALWAYS_AUTHENTICATE gets its context-specific login. */
 hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
                  unsigned char **sig, size_t *siglen);
 

@@ -3,10 +3,13 @@
  * not for callers. Defines the context, the key reference, the session pool
  * and the one PKCS#11 call wrapper (P11()).
  *
- * Lock order: ctx->pool_mu, then ctx->login_mu, then ctx->key_mu. Held
- * across C_* calls only: login_mu around C_Login (one thread logs in at a
- * time) and pool_mu while a lost token is looked up again (one thread
- * re-finds it for all). key_mu never.
+ * Lock order: ctx->life_mu, then ctx->pool_mu, then ctx->login_mu, then
+ * ctx->key_mu; ctx->caps_mu stands alone (taken with none of the others
+ * held). Held across C_* calls only: life_mu (read-locked by every
+ * operation, write-locked while the module is finalized and initialised
+ * again), login_mu around C_Login (one thread logs in at a time) and
+ * pool_mu while a lost token is looked up again (one thread re-finds it
+ * for all). key_mu never.
  */
 #ifndef GS_HSM_INTERNAL_H
 #define GS_HSM_INTERNAL_H
@@ -27,6 +30,11 @@
 #define HSM_MAX_SESSIONS 1024u /* groupsrv.conf [hsm] max_sessions allows 1..1024 */
 #define HSM_PIN_MAX 256u
 
+/* Fewest milliseconds between two attempts to initialise a module that
+ * is down (a network HSM whose client library cannot reach its server):
+ * requests meanwhile fail at once instead of queueing on the attempt. */
+#define HSM_REINIT_INTERVAL_MS 250
+
 typedef struct hsm_session {
     CK_SESSION_HANDLE h;
     unsigned epoch; /* ctx->sess_epoch when opened; stale sessions are closed */
@@ -38,6 +46,15 @@ struct hsm_ctx {
     CK_FUNCTION_LIST **modlist; /* set when loaded by name: released on close */
     bool initialized;
     P11KitUri *token_uri;
+    char *init_args;            /* [hsm] init_args (module by path), or NULL */
+
+    /* The module's life: every operation holds life_mu for reading; a
+     * re-initialisation (C_Finalize, C_Initialize) holds it for writing,
+     * so no session or handle of the old instance is in use meanwhile. */
+    pthread_rwlock_t life_mu;
+    unsigned life_gen;          /* bumped by every re-initialisation */
+    bool module_down;           /* C_Initialize failed on the last attempt */
+    long long last_init_ms;     /* monotonic time of the last attempt */
 
     CK_SLOT_ID slot;
     CK_TOKEN_INFO tinfo;
@@ -62,6 +79,11 @@ struct hsm_ctx {
     /* Object handle cache generation: bumped whenever handles may be stale. */
     pthread_mutex_t key_mu;
     unsigned key_gen;
+
+    /* The capability set (caps.c), probed once on first use. */
+    pthread_mutex_t caps_mu;
+    bool caps_done;
+    hsm_caps caps;
 };
 
 struct hsm_key {
@@ -72,6 +94,19 @@ struct hsm_key {
     size_t id_len;
     CK_OBJECT_HANDLE handle; /* valid while gen == ctx->key_gen */
     unsigned gen;
+    bool always_auth;        /* CKA_ALWAYS_AUTHENTICATE: C_Login(CKU_CONTEXT_SPECIFIC) per use */
+    /* A sealed secret key (hsm_key_from_sealed): not a token object; its
+     * value is RSA-OAEP ciphertext to `seal`, opened on the token for
+     * each use. NULL for token objects. */
+    struct hsm_sealed *sealed;
+};
+
+struct hsm_sealed {
+    hsm_key *seal;           /* the token key pair that opens it (owned) */
+    hsm_key_type type;       /* HSM_KEYTYPE_AES or HSM_KEYTYPE_GENERIC_SECRET */
+    unsigned bits;
+    unsigned char blob[1024];
+    size_t blob_len;
 };
 
 /* ---- p11.c: the wrapper and error tables --------------------------- */
@@ -98,7 +133,7 @@ void hsm_p11_quiet(bool on);
  * session objects) that may fail too. */
 typedef struct hsm_errsave {
     CK_RV rv;
-    char detail[192];
+    char detail[384];
 } hsm_errsave;
 void hsm_err_save(hsm_errsave *sv);
 void hsm_err_restore(const hsm_errsave *sv);
@@ -106,14 +141,26 @@ void hsm_err_restore(const hsm_errsave *sv);
 /* ---- hsm.c: sessions and recovery ----------------------------------- */
 
 /* Runs op once with a borrowed session; on a recoverable failure (session
- * gone, login lost, token removed, stale object handle) recovers and runs
- * it once more. op must clear its outputs on entry (it may run twice). */
+ * gone, login lost, token removed, stale object handle, a module whose
+ * connection broke and was re-initialised) recovers and runs it once
+ * more. op must clear its outputs on entry (it may run twice). */
 typedef hsm_err (*hsm_op_fn)(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg);
 hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg);
 
 /* A copy of ctx->tinfo, read under pool_mu: a thread that finds the token
  * again after its loss rewrites it there. */
 void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out);
+/* The same, run at most once: a trial (capability probe) whose failure
+ * is the answer. A broken module is still re-initialised afterwards. */
+hsm_err hsm_run_once(hsm_ctx *ctx, hsm_op_fn op, void *arg);
+/* After an op saw CKR_DEVICE_ERROR & co.: is the module itself broken (a
+ * slot-level call fails too)? Then finalize and initialise it again.
+ * Returns HSM_OK when the module works (again), else the error. Callers
+ * hold no session and no lock. *reinitialised tells whether it did. */
+hsm_err hsm_module_recover(hsm_ctx *ctx, unsigned seen_gen, bool *reinitialised);
+/* Context-specific login (CKA_ALWAYS_AUTHENTICATE) right after an
+ * operation's Init call on key. HSM_OK when the key needs none. */
+hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key);
 /* Called by an op: the session must not go back to the pool (e.g. an
  * operation was started and deliberately not finished). */
 void hsm_taint_session(void);
@@ -132,5 +179,61 @@ hsm_err hsm_get_ulong(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
 hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
                                CK_OBJECT_HANDLE *h);
 void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h);
+/* Reads CKA_ALLOWED_MECHANISMS into m (cap entries) with one call of a
+ * fixed-size buffer (p11-kit's RPC fails the length query of this array
+ * attribute with CKR_DEVICE_ERROR). *n = 0 when absent. */
+hsm_err hsm_get_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_MECHANISM_TYPE *m, size_t cap,
+                      size_t *n, bool *present);
+
+/* A boolean attribute; absent or unreadable counts as false (no detail left). */
+bool hsm_get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type);
+
+/* ---- ops.c: shared with soft.c ----------------------------------------- */
+
+void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p);
+/* Turns a refused OAEP hash into HSM_ERR_MECHANISM with a clear detail. */
+hsm_err hsm_oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash);
+/* SoftHSM's CKR_GENERAL_ERROR for a ciphertext that does not decrypt. */
+hsm_err hsm_decrypt_check(hsm_err err);
+
+/* ---- caps.c ------------------------------------------------------------ */
+
+/* The capability set, probing it on first use (ctx->caps). Never fails:
+ * what could not be probed reads as unsupported. Copies into *out. */
+void hsm_caps_load(hsm_ctx *ctx, hsm_caps *out);
+/* Marks an attribute as refused on token objects after key generation
+ * showed it (NSS stores CKA_ALLOWED_MECHANISMS on session objects only). */
+void hsm_caps_note_refused(hsm_ctx *ctx, unsigned protection, const char *detail);
+const char *hsm_mech_ckm_name(CK_MECHANISM_TYPE m);
+
+/* ---- soft.c: key bytes outside the token ------------------------------- */
+
+/* Locked (mlock), non-dumped memory for key bytes that must pass through
+ * the process (software re-wrap, sealed secrets). NULL when it cannot be
+ * had (the caller fails closed). hsm_secmem_free wipes (NULL is fine). */
+unsigned char *hsm_secmem_new(size_t len);
+void hsm_secmem_free(unsigned char *p, size_t len);
+
+#define HSM_SEALED_MAX 2048u /* room for a sealed secret opened (a whole RSA block) */
+
+/* Opens a sealed secret key on the token (C_Decrypt with its seal key,
+ * RSA-OAEP SHA-1) into out (locked memory of HSM_SEALED_MAX bytes).
+ * *len is its length, checked against the key's size. */
+hsm_err hsm_sealed_open(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, unsigned char *out, size_t cap,
+                        size_t *len);
+/* HMAC-SHA-256 of data under a sealed (generic secret) key. */
+hsm_err hsm_sealed_hmac(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, const unsigned char *data,
+                        size_t len, unsigned char mac[32]);
+/* RSA-OAEP encryption of msg to a DER SPKI (RSA 2048..16384) in software.
+ * *out is malloc'd (caller frees). */
+hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,
+                              const unsigned char *msg, size_t len, unsigned char **out, size_t *outlen);
+/* AES key wrap in software: RFC 3394 for whole 64-bit blocks of at least
+ * 16 bytes, else RFC 5649 (as the token path chooses). */
+hsm_err hsm_soft_aes_wrap(const unsigned char *kek, size_t keklen, const unsigned char *key, size_t keylen,
+                          unsigned char *out, size_t cap, size_t *outlen);
+/* The same, built on the token's CKM_AES_ECB under the token key kek. */
+hsm_err hsm_token_ecb_wrap(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE kek, const unsigned char *key,
+                           size_t keylen, unsigned char *out, size_t cap, size_t *outlen);
 
 #endif

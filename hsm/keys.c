@@ -115,6 +115,38 @@ static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_A
     return err == HSM_OK && a.ulValueLen == sizeof(b) && b == CK_TRUE;
 }
 
+bool hsm_get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    return get_bool(ctx, s, h, type);
+}
+
+hsm_err hsm_get_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_MECHANISM_TYPE *m, size_t cap,
+                      size_t *n, bool *present)
+{
+    CK_MECHANISM_TYPE buf[64];
+    CK_ATTRIBUTE a = {CKA_ALLOWED_MECHANISMS, buf, sizeof(buf)};
+    size_t i, cnt;
+    hsm_err err;
+
+    *n = 0;
+    *present = false;
+    err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+    if (err != HSM_OK) {
+        /* Not stored (or unknown to the token): no limit on this key. */
+        if (hsm_last_rv() == CKR_ATTRIBUTE_TYPE_INVALID)
+            return HSM_OK;
+        return err;
+    }
+    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen % sizeof(CK_MECHANISM_TYPE) != 0)
+        return HSM_ERR_PKCS11;
+    cnt = a.ulValueLen / sizeof(CK_MECHANISM_TYPE);
+    *present = true;
+    for (i = 0; i < cnt && i < cap; i++)
+        m[i] = buf[i];
+    *n = i;
+    return HSM_OK;
+}
+
 void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h)
 {
     hsm_errsave sv;
@@ -205,6 +237,8 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
         key->id_len = n;
     }
     free(v);
+    /* Smartcards mark decryption keys "a PIN per use"; absent = false. */
+    key->always_auth = key->cls == CKO_PRIVATE_KEY && get_bool(ctx, s, h, CKA_ALWAYS_AUTHENTICATE);
     return HSM_OK;
 }
 
@@ -219,6 +253,10 @@ hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJEC
     *h = CK_INVALID_HANDLE;
     if (key == NULL)
         return HSM_ERR_ARGS;
+    if (key->sealed != NULL) {
+        hsm_set_detail("a sealed secret key is not a token object");
+        return HSM_ERR_ARGS;
+    }
     pthread_mutex_lock(&ctx->key_mu);
     gen = ctx->key_gen;
     if (key->gen == gen && key->handle != CK_INVALID_HANDLE)
@@ -255,6 +293,12 @@ static hsm_key *key_new(void)
 
 void hsm_key_free(hsm_key *key)
 {
+    if (key == NULL)
+        return;
+    if (key->sealed != NULL) {
+        hsm_key_free(key->sealed->seal);
+        OPENSSL_clear_free(key->sealed, sizeof(*key->sealed));
+    }
     /* A reference (label, id, cached handle), not key material; cleared anyway. */
     OPENSSL_clear_free(key, sizeof(*key));
 }
@@ -409,7 +453,7 @@ static hsm_err op_destroy(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
 hsm_err hsm_key_destroy(hsm_ctx *ctx, hsm_key *key)
 {
-    if (ctx == NULL || key == NULL)
+    if (ctx == NULL || key == NULL || key->sealed != NULL)
         return HSM_ERR_ARGS;
     return hsm_run(ctx, op_destroy, key);
 }
@@ -443,6 +487,9 @@ struct gen_arg {
     const hsm_keygen_spec *spec;
     unsigned char id[64];
     size_t id_len;
+    unsigned prot;        /* enum hsm_protection to put on the key */
+    unsigned stored;      /* ...and what was read back */
+    hsm_caps caps;        /* loaded before the op (never inside one) */
     hsm_key *pub, *priv, *secret;
 };
 
@@ -476,8 +523,10 @@ static hsm_err check_unique(hsm_ctx *ctx, CK_SESSION_HANDLE s, const char *label
 }
 
 /* CKA_ALLOWED_MECHANISMS for a private key with this usage: only what the
- * usage needs, so a stolen session cannot e.g. raw-RSA decrypt. */
-static CK_ULONG pair_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
+ * usage needs, so a stolen session cannot e.g. raw-RSA decrypt. A CA key
+ * signs with CKM_SHA256_RSA_PKCS, or where the token lacks it with
+ * CKM_RSA_PKCS over a DigestInfo made in software (hsm_sign). */
+static CK_ULONG pair_mechs(const hsm_keygen_spec *spec, const hsm_caps *caps, CK_MECHANISM_TYPE *m)
 {
     CK_ULONG n = 0;
 
@@ -487,8 +536,13 @@ static CK_ULONG pair_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
             if (spec->usage & HSM_USE_PKCS1V15)
                 m[n++] = CKM_RSA_PKCS;
         }
-        if (spec->usage & HSM_USE_SIGN)
-            m[n++] = CKM_SHA256_RSA_PKCS;
+        if (spec->usage & HSM_USE_SIGN) {
+            if (hsm_caps_has(caps, HSM_MECH_SHA256_RSA_PKCS, HSM_MF_SIGN) ||
+                !hsm_caps_has(caps, HSM_MECH_RSA_PKCS, HSM_MF_SIGN))
+                m[n++] = CKM_SHA256_RSA_PKCS;
+            else if (!(spec->usage & HSM_USE_PKCS1V15))
+                m[n++] = CKM_RSA_PKCS;
+        }
     } else {
         if (spec->usage & HSM_USE_SIGN) {
             m[n++] = CKM_ECDSA;
@@ -509,6 +563,8 @@ static CK_ULONG secret_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
             m[n++] = CKM_AES_KEY_WRAP;
             m[n++] = CKM_AES_KEY_WRAP_PAD;
         }
+        if (spec->usage & HSM_USE_WRAP_ECB)
+            m[n++] = CKM_AES_ECB;
         if (spec->usage & (HSM_USE_ENCRYPT | HSM_USE_DECRYPT)) {
             m[n++] = CKM_AES_GCM;
             m[n++] = CKM_AES_CBC_PAD;
@@ -517,6 +573,24 @@ static CK_ULONG secret_mechs(const hsm_keygen_spec *spec, CK_MECHANISM_TYPE *m)
         m[n++] = CKM_SHA256_HMAC;
     }
     return n;
+}
+
+static const char *attr_name(CK_ATTRIBUTE_TYPE t)
+{
+    switch (t) {
+    case CKA_DECRYPT: return "CKA_DECRYPT";
+    case CKA_UNWRAP: return "CKA_UNWRAP";
+    case CKA_SIGN: return "CKA_SIGN";
+    case CKA_SIGN_RECOVER: return "CKA_SIGN_RECOVER";
+    case CKA_DERIVE: return "CKA_DERIVE";
+    case CKA_SENSITIVE: return "CKA_SENSITIVE";
+    case CKA_EXTRACTABLE: return "CKA_EXTRACTABLE";
+    case CKA_ENCRYPT: return "CKA_ENCRYPT";
+    case CKA_WRAP: return "CKA_WRAP";
+    case CKA_VERIFY: return "CKA_VERIFY";
+    case CKA_VERIFY_RECOVER: return "CKA_VERIFY_RECOVER";
+    default: return "an attribute";
+    }
 }
 
 /* Reads the usage attributes back: the token must not have added any. */
@@ -544,7 +618,7 @@ static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
         chk[n].type = CKA_VERIFY_RECOVER, chk[n++].want = false;
         chk[n].type = CKA_DERIVE, chk[n++].want = false;
     } else {
-        chk[n].type = CKA_ENCRYPT, chk[n++].want = (usage & HSM_USE_ENCRYPT) != 0;
+        chk[n].type = CKA_ENCRYPT, chk[n++].want = (usage & (HSM_USE_ENCRYPT | HSM_USE_WRAP_ECB)) != 0;
         chk[n].type = CKA_DECRYPT, chk[n++].want = (usage & HSM_USE_DECRYPT) != 0;
         chk[n].type = CKA_WRAP, chk[n++].want = (usage & HSM_USE_WRAP) != 0;
         chk[n].type = CKA_UNWRAP, chk[n++].want = (usage & HSM_USE_UNWRAP) != 0;
@@ -556,7 +630,7 @@ static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     }
     for (i = 0; i < n; i++) {
         if (get_bool(ctx, s, h, chk[i].type) != chk[i].want) {
-            hsm_set_detail("token changed key attribute 0x%lx (want %s)", (unsigned long)chk[i].type,
+            hsm_set_detail("token changed key attribute %s (want %s)", attr_name(chk[i].type),
                            chk[i].want ? "true" : "false");
             return HSM_ERR_KEY_POLICY;
         }
@@ -564,8 +638,32 @@ static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     return HSM_OK;
 }
 
+/* Which of the protections asked for the token kept (read back). */
+static unsigned read_back_prot(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, unsigned asked)
+{
+    unsigned got = 0;
+    hsm_errsave sv;
+
+    hsm_err_save(&sv);
+    if (asked & HSM_PROT_ALLOWED_MECHANISMS) {
+        CK_MECHANISM_TYPE m[16];
+        size_t n = 0;
+        bool present = false;
+        if (hsm_get_mechs(ctx, s, h, m, GS_ARRAY_LEN(m), &n, &present) == HSM_OK && present && n > 0)
+            got |= HSM_PROT_ALLOWED_MECHANISMS;
+    }
+    if (asked & HSM_PROT_UNWRAP_TEMPLATE) {
+        CK_ATTRIBUTE q = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+        if (P11(ctx, C_GetAttributeValue, s, h, &q, 1) == HSM_OK && q.ulValueLen != CK_UNAVAILABLE_INFORMATION &&
+            q.ulValueLen >= sizeof(CK_ATTRIBUTE))
+            got |= HSM_PROT_UNWRAP_TEMPLATE;
+    }
+    hsm_err_restore(&sv);
+    return got;
+}
+
 static hsm_err make_key_ref(const struct gen_arg *ga, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt, CK_OBJECT_HANDLE h,
-                            unsigned gen, hsm_key **out)
+                            unsigned gen, bool always_auth, hsm_key **out)
 {
     hsm_key *k = key_new();
 
@@ -579,8 +677,60 @@ static hsm_err make_key_ref(const struct gen_arg *ga, CK_OBJECT_CLASS cls, CK_KE
     k->id_len = ga->id_len;
     k->handle = h;
     k->gen = gen;
+    k->always_auth = always_auth;
     *out = k;
     return HSM_OK;
+}
+
+/* What a generation asked for, for messages: "RSA-3072, CKA_UNWRAP_TEMPLATE". */
+static void describe_request(const struct gen_arg *ga, char *buf, size_t cap)
+{
+    const hsm_keygen_spec *spec = ga->spec;
+    const char *kind = spec->type == HSM_KEYTYPE_RSA ? "RSA" : spec->type == HSM_KEYTYPE_EC ? "EC"
+                       : spec->type == HSM_KEYTYPE_AES ? "AES" : "generic secret";
+
+    snprintf(buf, cap, "%s-%u%s%s", kind, spec->bits,
+             (ga->prot & HSM_PROT_ALLOWED_MECHANISMS) ? ", CKA_ALLOWED_MECHANISMS" : "",
+             (ga->prot & HSM_PROT_UNWRAP_TEMPLATE) ? ", CKA_UNWRAP_TEMPLATE" : "");
+}
+
+/* After a refused generation: name what was asked and what to do. */
+static void explain_gen_failure(const struct gen_arg *ga, const char *fn)
+{
+    char what[96], prev[192];
+    CK_RV rv = hsm_last_rv();
+    const char *hint = "";
+
+    describe_request(ga, what, sizeof(what));
+    util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+    switch (rv) {
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_TEMPLATE_INCONSISTENT:
+        hint = ": the token refuses an attribute of this key; `groupsrv check` shows which it supports";
+        break;
+    case CKR_MECHANISM_INVALID:
+        hint = ": the token cannot generate this kind of key; make it with the token's own tool and "
+               "adopt it (--use-key)";
+        break;
+    case CKR_KEY_SIZE_RANGE:
+        hint = ": the token does not offer this key size (try another --key)";
+        break;
+    default:
+        break;
+    }
+    hsm_set_detail("%s(%s): %s%s", fn, what, hsm_ckr_name(rv), hint);
+    (void)prev;
+}
+
+static bool attr_refusal_rv(CK_RV rv)
+{
+    /* NSS softokn says CKR_GENERAL_ERROR for an attribute it cannot store
+     * on a token object; p11-kit's RPC CKR_DEVICE_ERROR for one it cannot
+     * carry. */
+    return rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
+           rv == CKR_TEMPLATE_INCONSISTENT || rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR ||
+           rv == CKR_FUNCTION_FAILED;
 }
 
 static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
@@ -594,7 +744,7 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_MECHANISM mech = {spec->type == HSM_KEYTYPE_RSA ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN,
                          NULL, 0};
     CK_MECHANISM_TYPE mechs[8];
-    CK_ULONG nmechs = pair_mechs(spec, mechs);
+    CK_ULONG nmechs = pair_mechs(spec, &ga->caps, mechs);
     /* Keys unwrapped with this key are born sensitive, whatever the caller asks. */
     CK_ATTRIBUTE unwrap_tmpl[] = {{CKA_SENSITIVE, &ck_true, sizeof(ck_true)}};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
@@ -603,6 +753,7 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     unsigned u = spec->usage;
     hsm_err err;
 
+    ga->stored = 0;
     if ((err = check_unique(ctx, s, spec->label, ga->id, ga->id_len)) != HSM_OK)
         return err;
 
@@ -639,22 +790,27 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     t_bool(&kt_, CKA_SIGN, (u & HSM_USE_SIGN) != 0);
     t_bool(&kt_, CKA_SIGN_RECOVER, false);
     t_bool(&kt_, CKA_DERIVE, kt == CKK_EC && (u & HSM_USE_DERIVE));
-    if (u & HSM_USE_UNWRAP)
+    if ((u & HSM_USE_UNWRAP) && (ga->prot & HSM_PROT_UNWRAP_TEMPLATE))
         t_add(&kt_, CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl));
-    if (nmechs > 0)
+    if (nmechs > 0 && (ga->prot & HSM_PROT_ALLOWED_MECHANISMS))
         t_add(&kt_, CKA_ALLOWED_MECHANISMS, mechs, nmechs * sizeof(mechs[0]));
 
     pthread_mutex_lock(&ctx->key_mu);
     gen = ctx->key_gen;
     pthread_mutex_unlock(&ctx->key_mu);
     err = P11(ctx, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_.a, kt_.n, &hpub, &hpriv);
-    if (err != HSM_OK)
+    if (err != HSM_OK) {
+        explain_gen_failure(ga, "C_GenerateKeyPair");
         goto out;
+    }
     if ((err = verify_policy(ctx, s, hpriv, CKO_PRIVATE_KEY, u, false)) != HSM_OK ||
         (err = verify_policy(ctx, s, hpub, CKO_PUBLIC_KEY, u, false)) != HSM_OK)
         goto out;
-    if ((err = make_key_ref(ga, CKO_PUBLIC_KEY, kt, hpub, gen, &ga->pub)) != HSM_OK ||
-        (err = make_key_ref(ga, CKO_PRIVATE_KEY, kt, hpriv, gen, &ga->priv)) != HSM_OK)
+    ga->stored = read_back_prot(ctx, s, hpriv, ga->prot & ((u & HSM_USE_UNWRAP) ? HSM_PROT_ALL
+                                                            : HSM_PROT_ALLOWED_MECHANISMS));
+    if ((err = make_key_ref(ga, CKO_PUBLIC_KEY, kt, hpub, gen, false, &ga->pub)) != HSM_OK ||
+        (err = make_key_ref(ga, CKO_PRIVATE_KEY, kt, hpriv, gen, get_bool(ctx, s, hpriv, CKA_ALWAYS_AUTHENTICATE),
+                            &ga->priv)) != HSM_OK)
         goto out;
     hpub = hpriv = CK_INVALID_HANDLE;
 out:
@@ -692,7 +848,100 @@ static hsm_err check_spec(const hsm_keygen_spec *spec, struct gen_arg *ga)
     return HSM_OK;
 }
 
-hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv)
+/* The protections a key of this usage can carry at all. */
+static unsigned prot_applicable(const hsm_keygen_spec *spec)
+{
+    unsigned p = HSM_PROT_ALLOWED_MECHANISMS;
+
+    if (spec->usage & HSM_USE_UNWRAP)
+        p |= HSM_PROT_UNWRAP_TEMPLATE;
+    return p;
+}
+
+/* The protections the capability set says the token stores. */
+static unsigned prot_supported(const hsm_caps *caps)
+{
+    unsigned p = 0;
+
+    if (caps->allowed_mechanisms == HSM_ATTR_YES)
+        p |= HSM_PROT_ALLOWED_MECHANISMS;
+    if (caps->unwrap_template == HSM_ATTR_YES)
+        p |= HSM_PROT_UNWRAP_TEMPLATE;
+    return p;
+}
+
+static const char *prot_name(unsigned p)
+{
+    return p == HSM_PROT_ALLOWED_MECHANISMS ? "CKA_ALLOWED_MECHANISMS"
+           : p == HSM_PROT_UNWRAP_TEMPLATE ? "CKA_UNWRAP_TEMPLATE"
+                                           : "CKA_ALLOWED_MECHANISMS and CKA_UNWRAP_TEMPLATE";
+}
+
+/* Runs a generation op. best: with what the token supports, and again
+ * without a protection it refuses at generation; else with all of them
+ * (strict). res may be NULL (strict). */
+static hsm_err generate(hsm_ctx *ctx, hsm_op_fn op, struct gen_arg *ga, bool best, hsm_keygen_result *res,
+                        const char *fn)
+{
+    unsigned want = prot_applicable(ga->spec), drops[3];
+    CK_MECHANISM_TYPE m[8];
+    size_t ndrops = 0, i;
+    hsm_err err;
+
+    hsm_caps_load(ctx, &ga->caps);
+    /* A key whose usage needs no mechanism gets no mechanism list. */
+    if ((op == op_gen_pair ? pair_mechs(ga->spec, &ga->caps, m) : secret_mechs(ga->spec, m)) == 0)
+        want &= ~(unsigned)HSM_PROT_ALLOWED_MECHANISMS;
+    ga->prot = best ? want & prot_supported(&ga->caps) : want;
+    err = hsm_run(ctx, op, ga);
+    if (err != HSM_OK && best && ga->prot != 0 && attr_refusal_rv(hsm_last_rv())) {
+        /* The session-object probe said yes, the token object said no:
+         * find which protection it refuses, most likely first. */
+        char first[192];
+        util_strlcpy(first, hsm_last_error_detail(), sizeof(first));
+        if (ga->prot & HSM_PROT_ALLOWED_MECHANISMS)
+            drops[ndrops++] = HSM_PROT_ALLOWED_MECHANISMS;
+        if (ga->prot & HSM_PROT_UNWRAP_TEMPLATE)
+            drops[ndrops++] = HSM_PROT_UNWRAP_TEMPLATE;
+        if (ndrops == 2)
+            drops[ndrops++] = HSM_PROT_ALL;
+        unsigned asked = ga->prot;
+        for (i = 0; i < ndrops && err != HSM_OK; i++) {
+            ga->prot = asked & ~drops[i];
+            err = hsm_run(ctx, op, ga);
+            if (err == HSM_OK) {
+                char why[192];
+                /* Name the token's own answer, kept from the first try. */
+                snprintf(why, sizeof(why), "%s refused %s on a token key: %.100s", fn, prot_name(drops[i]), first);
+                hsm_caps_note_refused(ctx, drops[i], why);
+                if (res != NULL)
+                    util_strlcpy(res->why, why, sizeof(res->why));
+                log_warn("%s; the key is made without it (a recorded weakening)", why);
+            }
+        }
+        if (err != HSM_OK)
+            hsm_set_detail("%s", first);
+    }
+    if (err == HSM_OK && res != NULL) {
+        res->protections = ga->stored;
+        res->missing = want & ~ga->stored;
+        if (res->missing != 0 && res->why[0] == '\0') {
+            const char *w = (res->missing & HSM_PROT_ALLOWED_MECHANISMS) ? ga->caps.allowed_mechanisms_why
+                                                                          : ga->caps.unwrap_template_why;
+            snprintf(res->why, sizeof(res->why), "%s", w[0] ? w : "the token did not keep it");
+        }
+    }
+    if (err == HSM_OK && !best && ga->stored != want) {
+        /* Strict: a token that silently dropped a protection fails too. */
+        hsm_set_detail("%s: the token did not keep %s (accepted, not stored); `groupsrv check` shows what it "
+                       "supports", fn, prot_name(want & ~ga->stored));
+        err = HSM_ERR_KEY_POLICY;
+    }
+    return err;
+}
+
+static hsm_err gen_pair_common(hsm_ctx *ctx, const hsm_keygen_spec *spec, bool best, hsm_keygen_result *res,
+                               hsm_key **pub, hsm_key **priv)
 {
     struct gen_arg ga;
     hsm_err err;
@@ -703,6 +952,8 @@ hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key 
         *pub = NULL;
     if (priv != NULL)
         *priv = NULL;
+    if (res != NULL)
+        memset(res, 0, sizeof(*res));
     hsm_clear_detail();
     if (ctx == NULL || (err = check_spec(spec, &ga)) != HSM_OK)
         return HSM_ERR_ARGS;
@@ -721,9 +972,12 @@ hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key 
     } else {
         return HSM_ERR_ARGS;
     }
-    err = hsm_run(ctx, op_gen_pair, &ga);
-    if (err != HSM_OK)
+    err = generate(ctx, op_gen_pair, &ga, best, res, "C_GenerateKeyPair");
+    if (err != HSM_OK) {
+        hsm_key_free(ga.pub);
+        hsm_key_free(ga.priv);
         return err;
+    }
     if (pub != NULL)
         *pub = ga.pub;
     else
@@ -733,6 +987,24 @@ hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key 
     else
         hsm_key_free(ga.priv);
     return HSM_OK;
+}
+
+hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv)
+{
+    return gen_pair_common(ctx, spec, false, NULL, pub, priv);
+}
+
+hsm_err hsm_generate_keypair_best(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_keygen_result *res,
+                                  hsm_key **pub, hsm_key **priv)
+{
+    if (res == NULL) {
+        if (pub != NULL)
+            *pub = NULL;
+        if (priv != NULL)
+            *priv = NULL;
+        return HSM_ERR_ARGS;
+    }
+    return gen_pair_common(ctx, spec, true, res, pub, priv);
 }
 
 static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
@@ -751,6 +1023,7 @@ static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     unsigned u = spec->usage, gen;
     hsm_err err;
 
+    ga->stored = 0;
     if ((err = check_unique(ctx, s, spec->label, ga->id, ga->id_len)) != HSM_OK)
         return err;
     t_add(&t, CKA_CLASS, &cls, sizeof(cls));
@@ -763,29 +1036,33 @@ static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     t_bool(&t, CKA_EXTRACTABLE, spec->extractable);
     t_add(&t, CKA_LABEL, (void *)spec->label, strlen(spec->label));
     t_add(&t, CKA_ID, ga->id, ga->id_len);
-    t_bool(&t, CKA_ENCRYPT, (u & HSM_USE_ENCRYPT) != 0);
+    t_bool(&t, CKA_ENCRYPT, (u & (HSM_USE_ENCRYPT | HSM_USE_WRAP_ECB)) != 0);
     t_bool(&t, CKA_DECRYPT, (u & HSM_USE_DECRYPT) != 0);
     t_bool(&t, CKA_WRAP, (u & HSM_USE_WRAP) != 0);
     t_bool(&t, CKA_UNWRAP, (u & HSM_USE_UNWRAP) != 0);
     t_bool(&t, CKA_SIGN, (u & HSM_USE_SIGN) != 0);
     t_bool(&t, CKA_VERIFY, false);
     t_bool(&t, CKA_DERIVE, (u & HSM_USE_DERIVE) != 0);
-    if (u & HSM_USE_UNWRAP)
+    if ((u & HSM_USE_UNWRAP) && (ga->prot & HSM_PROT_UNWRAP_TEMPLATE))
         t_add(&t, CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl));
-    if (nmechs > 0)
+    if (nmechs > 0 && (ga->prot & HSM_PROT_ALLOWED_MECHANISMS))
         t_add(&t, CKA_ALLOWED_MECHANISMS, mechs, nmechs * sizeof(mechs[0]));
 
     pthread_mutex_lock(&ctx->key_mu);
     gen = ctx->key_gen;
     pthread_mutex_unlock(&ctx->key_mu);
     err = P11(ctx, C_GenerateKey, s, &mech, t.a, t.n, &h);
-    if (err != HSM_OK)
+    if (err != HSM_OK) {
+        explain_gen_failure(ga, "C_GenerateKey");
         goto out;
+    }
     if ((err = verify_policy(ctx, s, h, CKO_SECRET_KEY, u, spec->extractable)) != HSM_OK)
         goto out;
+    ga->stored = read_back_prot(ctx, s, h, ga->prot & ((u & HSM_USE_UNWRAP) ? HSM_PROT_ALL
+                                                        : HSM_PROT_ALLOWED_MECHANISMS));
     hsm_key_free(ga->secret);
     ga->secret = NULL;
-    if ((err = make_key_ref(ga, CKO_SECRET_KEY, kt, h, gen, &ga->secret)) != HSM_OK)
+    if ((err = make_key_ref(ga, CKO_SECRET_KEY, kt, h, gen, false, &ga->secret)) != HSM_OK)
         goto out;
     h = CK_INVALID_HANDLE;
 out:
@@ -794,14 +1071,18 @@ out:
     return err;
 }
 
-hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out)
+static hsm_err gen_secret_common(hsm_ctx *ctx, const hsm_keygen_spec *spec, bool best, hsm_keygen_result *res,
+                                 hsm_key **out)
 {
     struct gen_arg ga;
     hsm_err err;
-    const unsigned known = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_WRAP | HSM_USE_ENCRYPT;
+    const unsigned known =
+        HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_WRAP | HSM_USE_ENCRYPT | HSM_USE_WRAP_ECB;
 
     if (out != NULL)
         *out = NULL;
+    if (res != NULL)
+        memset(res, 0, sizeof(*res));
     hsm_clear_detail();
     if (ctx == NULL || out == NULL || check_spec(spec, &ga) != HSM_OK)
         return HSM_ERR_ARGS;
@@ -820,13 +1101,29 @@ hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_k
     } else {
         return HSM_ERR_ARGS;
     }
-    err = hsm_run(ctx, op_gen_secret, &ga);
+    err = generate(ctx, op_gen_secret, &ga, best, res, "C_GenerateKey");
     if (err != HSM_OK) {
         hsm_key_free(ga.secret);
         return err;
     }
     *out = ga.secret;
     return HSM_OK;
+}
+
+hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out)
+{
+    return gen_secret_common(ctx, spec, false, NULL, out);
+}
+
+hsm_err hsm_generate_secret_key_best(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_keygen_result *res,
+                                     hsm_key **out)
+{
+    if (res == NULL) {
+        if (out != NULL)
+            *out = NULL;
+        return HSM_ERR_ARGS;
+    }
+    return gen_secret_common(ctx, spec, true, res, out);
 }
 
 /* ---- info --------------------------------------------------------------------- */
@@ -887,12 +1184,15 @@ out:
     hsm_err_restore(&sv);
 }
 
+struct info_arg {
+    hsm_key *key;
+    hsm_key_info *info;
+    hsm_caps caps;
+};
+
 static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
-    struct {
-        hsm_key *key;
-        hsm_key_info *info;
-    } *ia = arg;
+    struct info_arg *ia = arg;
     hsm_key_info *out = ia->info;
     CK_OBJECT_HANDLE h;
     CK_ULONG ul = 0;
@@ -959,6 +1259,7 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     out->encrypt = get_bool(ctx, s, h, CKA_ENCRYPT);
     out->verify = get_bool(ctx, s, h, CKA_VERIFY);
     out->sign_recover = get_bool(ctx, s, h, CKA_SIGN_RECOVER);
+    out->always_authenticate = get_bool(ctx, s, h, CKA_ALWAYS_AUTHENTICATE);
 
     /* The value itself must not be readable (only its length is asked). */
     if (out->cls != HSM_CLASS_PUBLIC) {
@@ -974,35 +1275,54 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         }
         hsm_err_restore(&sv);
     }
-    read_unwrap_template(ctx, s, h, out);
+    /* Asking p11-kit 0.24.1's RPC for a stored unwrap template crashes
+     * its server: only where the probe showed the token keeps one. */
+    if (ia->caps.unwrap_template != HSM_ATTR_NO)
+        read_unwrap_template(ctx, s, h, out);
+    else
+        out->unwrap_template_unknown = true;
 
     hsm_err_save(&sv);
-    if (hsm_get_attr(ctx, s, h, CKA_ALLOWED_MECHANISMS, &v, &n) == HSM_OK) {
-        size_t i, cnt = n / sizeof(CK_MECHANISM_TYPE);
-        for (i = 0; i < cnt && i < GS_ARRAY_LEN(out->allowed_mechanisms); i++) {
-            CK_MECHANISM_TYPE m;
-            memcpy(&m, v + i * sizeof(m), sizeof(m));
-            out->allowed_mechanisms[i] = m;
+    {
+        CK_MECHANISM_TYPE m[GS_ARRAY_LEN(out->allowed_mechanisms)];
+        size_t i, cnt = 0;
+        bool present = false;
+        if (hsm_get_mechs(ctx, s, h, m, GS_ARRAY_LEN(m), &cnt, &present) == HSM_OK) {
+            for (i = 0; i < cnt; i++)
+                out->allowed_mechanisms[i] = m[i];
+            out->n_allowed_mechanisms = cnt;
+        } else {
+            out->allowed_mechanisms_unknown = true;
         }
-        out->n_allowed_mechanisms = i;
+        if (!present && ia->caps.allowed_mechanisms == HSM_ATTR_NO)
+            out->allowed_mechanisms_unknown = true;
     }
-    free(v);
     hsm_err_restore(&sv);
     return HSM_OK;
 }
 
 hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out)
 {
-    struct {
-        hsm_key *key;
-        hsm_key_info *info;
-    } ia = {key, out};
+    struct info_arg ia;
+    hsm_err err;
 
     if (out != NULL)
         memset(out, 0, sizeof(*out));
     if (ctx == NULL || key == NULL || out == NULL)
         return HSM_ERR_ARGS;
-    return hsm_run(ctx, op_info, &ia);
+    memset(&ia, 0, sizeof(ia));
+    /* A sealed secret is described by its seal key (what protects it). */
+    ia.key = key->sealed != NULL ? key->sealed->seal : key;
+    ia.info = out;
+    hsm_caps_load(ctx, &ia.caps);
+    err = hsm_run(ctx, op_info, &ia);
+    if (err == HSM_OK && key->sealed != NULL) {
+        out->sealed = true;
+        out->cls = HSM_CLASS_SECRET;
+        out->type = key->sealed->type;
+        out->bits = key->sealed->bits;
+    }
+    return err;
 }
 
 /* ---- list ------------------------------------------------------------------------ */

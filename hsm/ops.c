@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "log.h"
 #include "util.h"
@@ -58,7 +59,7 @@ static bool recoverable_rv(CK_RV rv)
     }
 }
 
-static void oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
+void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
 {
     memset(p, 0, sizeof(*p));
     p->hashAlg = hash == HSM_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
@@ -72,7 +73,7 @@ static void oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
  * CKR_ARGUMENTS_BAD (others say MECHANISM_PARAM_INVALID): turn that into
  * a clear "unsupported" instead of a generic failure. Not cached: a token
  * may support SHA-256 for C_Decrypt but not for C_WrapKey. */
-static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
+hsm_err hsm_oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
 {
     CK_RV rv = hsm_last_rv();
     char prev[192];
@@ -94,7 +95,7 @@ static hsm_err oaep_check(hsm_ctx *ctx, hsm_err err, hsm_oaep_hash hash)
 
 /* SoftHSM reports a ciphertext that does not decrypt as CKR_GENERAL_ERROR;
  * for C_Decrypt/C_UnwrapKey that is a decryption failure, not a device one. */
-static hsm_err decrypt_check(hsm_err err)
+hsm_err hsm_decrypt_check(hsm_err err)
 {
     if (err == HSM_ERR_DEVICE && hsm_last_rv() == CKR_GENERAL_ERROR)
         return HSM_ERR_DECRYPT;
@@ -130,6 +131,28 @@ static hsm_oaep_hash kt_hash(hsm_kt_alg alg)
 
 /* ---- PKCS#1 v1.5 with implicit rejection ------------------------------------ */
 
+/* HMAC-SHA-256 of the ciphertext under the rejection key: on the token, or
+ * for a sealed rejection key (a token without HMAC) opened into locked
+ * memory and computed here. */
+static hsm_err reject_mac(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in, unsigned char mac[32])
+{
+    CK_MECHANISM hm = {CKM_SHA256_HMAC, NULL, 0};
+    CK_ULONG maclen = 32;
+    CK_OBJECT_HANDLE rk;
+    hsm_err err;
+
+    if (in->reject_key->sealed != NULL)
+        return hsm_sealed_hmac(ctx, s, in->reject_key, in->encrypted_key, in->encrypted_key_len, mac);
+    if ((err = hsm_key_handle(ctx, s, in->reject_key, &rk)) != HSM_OK)
+        return err;
+    err = P11(ctx, C_SignInit, s, &hm, rk);
+    if (err == HSM_OK)
+        err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, mac, &maclen);
+    if (err == HSM_OK && maclen != 32)
+        err = HSM_ERR_DEVICE;
+    return err;
+}
+
 /* Writes in->expected_len bytes to out: the decrypted key when the padding
  * is valid and the plaintext has the expected length, else the first
  * expected_len bytes of HMAC-SHA-256(ciphertext) under reject_key. Both
@@ -141,9 +164,9 @@ static hsm_oaep_hash kt_hash(hsm_kt_alg alg)
 static hsm_err ir_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in, unsigned char *out)
 {
     unsigned char mac[32], pt[CT_MAX];
-    CK_ULONG maclen = sizeof(mac), ptlen = sizeof(pt);
-    CK_MECHANISM hm = {CKM_SHA256_HMAC, NULL, 0}, rm = {CKM_RSA_PKCS, NULL, 0};
-    CK_OBJECT_HANDLE rk, gk;
+    CK_ULONG ptlen = sizeof(pt);
+    CK_MECHANISM rm = {CKM_RSA_PKCS, NULL, 0};
+    CK_OBJECT_HANDLE gk;
     CK_RV rv;
     size_t good, i;
     hsm_errsave sv;
@@ -151,20 +174,14 @@ static hsm_err ir_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_in
 
     memset(out, 0, in->expected_len);
     memset(pt, 0, sizeof(pt));
-    if ((err = hsm_key_handle(ctx, s, in->reject_key, &rk)) != HSM_OK ||
-        (err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+    memset(mac, 0, sizeof(mac));
+    if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
         goto out;
-    err = P11(ctx, C_SignInit, s, &hm, rk);
-    if (err == HSM_OK)
-        err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, mac,
-                  &maclen);
-    if (err != HSM_OK)
+    if ((err = reject_mac(ctx, s, in, mac)) != HSM_OK)
         goto out;
-    if (maclen != sizeof(mac)) {
-        err = HSM_ERR_DEVICE;
-        goto out;
-    }
     if ((err = P11(ctx, C_DecryptInit, s, &rm, gk)) != HSM_OK)
+        goto out;
+    if ((err = hsm_context_login(ctx, s, in->group_key)) != HSM_OK)
         goto out;
 
     hsm_err_save(&sv);
@@ -192,6 +209,51 @@ out:
     return err;
 }
 
+/* ---- the content key in memory ------------------------------------------------- */
+
+/* Decrypts the content key of `in` into out (cap bytes; at least CT_MAX
+ * for OAEP: tokens want room for a whole modulus), *len its length. For
+ * method F and every path that re-wraps in software; the caller wipes. */
+static hsm_err decrypt_into(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in, unsigned char *out,
+                            size_t cap, size_t *len)
+{
+    CK_ULONG ptlen = cap;
+    CK_RSA_PKCS_OAEP_PARAMS op;
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    CK_OBJECT_HANDLE gk;
+    hsm_err err;
+
+    *len = 0;
+    if (in->alg == HSM_KT_RSA_PKCS1V15) {
+        if (cap < in->expected_len)
+            return HSM_ERR_BUFFER;
+        if ((err = ir_decrypt(ctx, s, in, out)) == HSM_OK)
+            *len = in->expected_len;
+        return err;
+    }
+    hsm_oaep_params(kt_hash(in->alg), &op);
+    if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
+        return err;
+    err = hsm_oaep_check(ctx, P11(ctx, C_DecryptInit, s, &m, gk), kt_hash(in->alg));
+    if (err != HSM_OK)
+        return err;
+    if ((err = hsm_context_login(ctx, s, in->group_key)) != HSM_OK)
+        return err;
+    err = P11(ctx, C_Decrypt, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, out, &ptlen);
+    err = hsm_oaep_check(ctx, hsm_decrypt_check(err), kt_hash(in->alg));
+    if (err != HSM_OK) {
+        OPENSSL_cleanse(out, cap);
+        return err;
+    }
+    if (in->expected_len != 0 && ptlen != in->expected_len) {
+        OPENSSL_cleanse(out, cap);
+        hsm_set_detail("decrypted key has the wrong length");
+        return HSM_ERR_DECRYPT;
+    }
+    *len = ptlen;
+    return HSM_OK;
+}
+
 /* ---- method F: plain content key ---------------------------------------------- */
 
 struct decrypt_arg {
@@ -203,36 +265,14 @@ struct decrypt_arg {
 static hsm_err op_decrypt(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct decrypt_arg *da = arg;
-    const hsm_unwrap_input *in = da->in;
     unsigned char pt[CT_MAX];
-    CK_ULONG ptlen = sizeof(pt);
-    CK_RSA_PKCS_OAEP_PARAMS op;
-    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
-    CK_OBJECT_HANDLE gk;
+    size_t ptlen = 0;
     hsm_err err;
 
     OPENSSL_cleanse(da->out, da->outcap);
     da->outlen = 0;
-    if (in->alg == HSM_KT_RSA_PKCS1V15) {
-        if ((err = ir_decrypt(ctx, s, in, da->out)) == HSM_OK)
-            da->outlen = in->expected_len;
-        return err;
-    }
-    oaep_params(kt_hash(in->alg), &op);
-    if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
-        return err;
-    err = oaep_check(ctx, P11(ctx, C_DecryptInit, s, &m, gk), kt_hash(in->alg));
-    if (err != HSM_OK)
-        return err;
-    err = P11(ctx, C_Decrypt, s, (CK_BYTE_PTR)in->encrypted_key, (CK_ULONG)in->encrypted_key_len, pt, &ptlen);
-    err = oaep_check(ctx, decrypt_check(err), kt_hash(in->alg));
-    if (err != HSM_OK)
+    if ((err = decrypt_into(ctx, s, da->in, pt, sizeof(pt), &ptlen)) != HSM_OK)
         goto out;
-    if (in->expected_len != 0 && ptlen != in->expected_len) {
-        hsm_set_detail("decrypted key has the wrong length");
-        err = HSM_ERR_DECRYPT;
-        goto out;
-    }
     if (ptlen > da->outcap) {
         err = HSM_ERR_BUFFER;
         goto out;
@@ -290,7 +330,7 @@ static hsm_err op_check(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         m.pParameter = NULL;
         m.ulParameterLen = 0;
     } else {
-        oaep_params(kt_hash(ca->alg), &op);
+        hsm_oaep_params(kt_hash(ca->alg), &op);
     }
     err = P11(ctx, C_DecryptInit, s, &m, h);
     if (err == HSM_OK) {
@@ -306,7 +346,7 @@ static hsm_err op_check(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         }
         return err;
     }
-    return oaep_check(ctx, err, kt_hash(ca->alg));
+    return hsm_oaep_check(ctx, err, kt_hash(ca->alg));
 }
 
 hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
@@ -366,24 +406,35 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
 
     *ck = CK_INVALID_HANDLE;
     *klen = 0;
-    if (in->alg == HSM_KT_RSA_PKCS1V15) {
-        unsigned char key[32];
-        if ((err = ir_decrypt(ctx, s, in, key)) != HSM_OK)
-            return err;
-        t[n].type = CKA_VALUE;
-        t[n].pValue = key;
-        t[n++].ulValueLen = el;
-        err = P11(ctx, C_CreateObject, s, t, n, ck);
-        OPENSSL_cleanse(key, sizeof(key));
+    if (in->alg == HSM_KT_RSA_PKCS1V15 || in->rewrap == HSM_REWRAP_SOFTWARE) {
+        /* The bytes pass through locked memory into a session object. */
+        unsigned char *key = hsm_secmem_new(CT_MAX);
+        size_t len = 0;
+        if (key == NULL)
+            return HSM_ERR_NOMEM;
+        err = decrypt_into(ctx, s, in, key, CT_MAX, &len);
+        if (err == HSM_OK && len > 64) {
+            hsm_set_detail("decrypted key has the wrong length");
+            err = HSM_ERR_DECRYPT;
+        }
+        if (err == HSM_OK) {
+            if (len != el)
+                kt = (len == 16 || len == 24 || len == 32) ? CKK_AES : CKK_GENERIC_SECRET;
+            t[n].type = CKA_VALUE;
+            t[n].pValue = key;
+            t[n++].ulValueLen = len;
+            err = P11(ctx, C_CreateObject, s, t, n, ck);
+        }
+        hsm_secmem_free(key, CT_MAX);
         if (err == HSM_OK)
-            *klen = el;
+            *klen = len;
         return err;
     } else {
         CK_RSA_PKCS_OAEP_PARAMS op;
         CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
         CK_OBJECT_HANDLE gk;
 
-        oaep_params(kt_hash(in->alg), &op);
+        hsm_oaep_params(kt_hash(in->alg), &op);
         if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
             return err;
         err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key,
@@ -391,7 +442,7 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
         /* An AES-typed unwrap of a wrong-length plaintext is a decryption failure too. */
         if (err == HSM_ERR_ARGS && kt == CKK_AES)
             err = HSM_ERR_DECRYPT;
-        err = oaep_check(ctx, decrypt_check(err), kt_hash(in->alg));
+        err = hsm_oaep_check(ctx, hsm_decrypt_check(err), kt_hash(in->alg));
         if (err != HSM_OK)
             return err;
         if ((err = hsm_get_ulong(ctx, s, *ck, CKA_VALUE_LEN, &vlen)) != HSM_OK) {
@@ -417,6 +468,88 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
         *klen = vlen;
         return HSM_OK;
     }
+}
+
+/* ---- which OAEP hashes a key works with ---------------------------------------- */
+
+struct probe_arg {
+    hsm_unwrap_input in;
+    bool unwrap;          /* try C_UnwrapKey, else C_Decrypt */
+};
+
+static hsm_err op_probe_oaep(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct probe_arg *pa = arg;
+    unsigned char *pt;
+    CK_OBJECT_HANDLE ck = CK_INVALID_HANDLE;
+    size_t len = 0;
+    hsm_err err;
+
+    if (pa->unwrap) {
+        err = content_key_object(ctx, s, &pa->in, &ck, &len);
+        hsm_destroy_session_obj(ctx, s, &ck);
+        return err;
+    }
+    if ((pt = hsm_secmem_new(CT_MAX)) == NULL)
+        return HSM_ERR_NOMEM;
+    err = decrypt_into(ctx, s, &pa->in, pt, CT_MAX, &len);
+    hsm_secmem_free(pt, CT_MAX);
+    return err;
+}
+
+hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsigned *unwrap)
+{
+    static const hsm_oaep_hash hashes[] = {HSM_OAEP_SHA1, HSM_OAEP_SHA256};
+    hsm_key_info ki;
+    unsigned char *spki = NULL, *ct = NULL, value[32];
+    size_t spki_len = 0, ct_len = 0, i;
+    hsm_err err;
+
+    if (decrypt != NULL)
+        *decrypt = 0;
+    if (unwrap != NULL)
+        *unwrap = 0;
+    hsm_clear_detail();
+    if (ctx == NULL || key == NULL || decrypt == NULL || unwrap == NULL || key->sealed != NULL)
+        return HSM_ERR_ARGS;
+    if ((err = hsm_key_get_info(ctx, key, &ki)) != HSM_OK)
+        return err;
+    if (ki.cls != HSM_CLASS_PRIVATE || ki.type != HSM_KEYTYPE_RSA)
+        return HSM_ERR_ARGS;
+    if ((err = hsm_key_export_public(ctx, key, &spki, &spki_len)) != HSM_OK)
+        return err;
+    for (i = 0; i < GS_ARRAY_LEN(hashes); i++) {
+        struct probe_arg pa;
+        int k;
+
+        /* A random value, not a secret: the trial's result is discarded. */
+        if (RAND_bytes(value, sizeof(value)) != 1) {
+            err = HSM_ERR_NOMEM;
+            break;
+        }
+        free(ct);
+        ct = NULL;
+        if ((err = hsm_soft_oaep_encrypt(spki, spki_len, hashes[i], value, sizeof(value), &ct, &ct_len)) != HSM_OK)
+            break;
+        for (k = 0; k < 2; k++) {
+            if ((k == 0 && !ki.decrypt) || (k == 1 && !ki.unwrap))
+                continue;
+            memset(&pa, 0, sizeof(pa));
+            pa.in.group_key = key;
+            pa.in.alg = hashes[i] == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1;
+            pa.in.encrypted_key = ct;
+            pa.in.encrypted_key_len = ct_len;
+            pa.in.expected_len = sizeof(value);
+            pa.unwrap = k == 1;
+            if (hsm_run_once(ctx, op_probe_oaep, &pa) == HSM_OK)
+                *(k == 0 ? decrypt : unwrap) |= 1u << hashes[i];
+        }
+    }
+    OPENSSL_cleanse(value, sizeof(value));
+    free(ct);
+    free(spki);
+    hsm_clear_detail();
+    return err;
 }
 
 /* ---- E/G/member-certs: re-wrap to public keys --------------------------------- */
@@ -461,10 +594,10 @@ static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
 
     *out = NULL;
     *outlen = 0;
-    oaep_params(hash, &op);
+    hsm_oaep_params(hash, &op);
     if ((err = hsm_import_wrap_pubkey(ctx, s, spki, spki_len, &pub)) != HSM_OK)
         goto out;
-    err = oaep_check(ctx, P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len), hash);
+    err = hsm_oaep_check(ctx, P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len), hash);
     if (err != HSM_OK)
         goto out;
     if ((*out = malloc(len)) == NULL) {
@@ -478,6 +611,29 @@ out:
     return err;
 }
 
+/* The software path (HSM_REWRAP_SOFTWARE): the content key is decrypted
+ * into locked memory and encrypted to each recipient with OpenSSL. */
+static hsm_err rewrap_pub_software(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct rewrap_arg *ra)
+{
+    unsigned char *key = hsm_secmem_new(CT_MAX);
+    size_t klen = 0, i;
+    hsm_err err;
+
+    if (key == NULL)
+        return HSM_ERR_NOMEM;
+    if ((err = decrypt_into(ctx, s, ra->in, key, CT_MAX, &klen)) != HSM_OK)
+        goto out;
+    for (i = 0; i < ra->n; i++) {
+        err = hsm_soft_oaep_encrypt(ra->spki[i], ra->spki_len[i], ra->out_hash, key, klen, &ra->outs[i],
+                                    &ra->lens[i]);
+        if (err != HSM_OK)
+            goto out;
+    }
+out:
+    hsm_secmem_free(key, CT_MAX);
+    return err;
+}
+
 static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct rewrap_arg *ra = arg;
@@ -486,6 +642,11 @@ static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     hsm_err err;
 
     rewrap_clear(ra);
+    if (ra->in->rewrap == HSM_REWRAP_SOFTWARE) {
+        if ((err = rewrap_pub_software(ctx, s, ra)) != HSM_OK)
+            rewrap_clear(ra);
+        return err;
+    }
     if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
         goto out;
     for (i = 0; i < ra->n; i++) {
@@ -533,19 +694,80 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_
 
 /* ---- group-secret: re-wrap under a token AES key ------------------------------ */
 
+/* How a group secret key wraps. */
+enum kek_kind { KEK_WRAP, KEK_ECB, KEK_SEALED };
+
+static enum kek_kind kek_kind_of(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *kek, CK_OBJECT_HANDLE h)
+{
+    if (kek->sealed != NULL)
+        return KEK_SEALED;
+    /* Made with HSM_USE_WRAP_ECB: encrypt (ECB only), no wrap. */
+    return hsm_get_bool(ctx, s, h, CKA_WRAP) ? KEK_WRAP : KEK_ECB;
+}
+
+/* RFC 3394/5649 with the content key in locked memory: on the token's
+ * CKM_AES_ECB (the kek stays there), or in software under a sealed kek
+ * opened into locked memory too. */
+static hsm_err rewrap_secret_in_memory(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct rewrap_arg *ra,
+                                       enum kek_kind kind, CK_OBJECT_HANDLE kek)
+{
+    unsigned char *key = hsm_secmem_new(CT_MAX), *kv = NULL, buf[128];
+    size_t klen = 0, kvlen = 0, outlen = 0;
+    hsm_err err;
+
+    if (key == NULL)
+        return HSM_ERR_NOMEM;
+    if ((err = decrypt_into(ctx, s, ra->in, key, CT_MAX, &klen)) != HSM_OK)
+        goto out;
+    if (klen < 1 || klen > 64) {
+        hsm_set_detail("decrypted key has the wrong length");
+        err = HSM_ERR_DECRYPT;
+        goto out;
+    }
+    if (kind == KEK_ECB) {
+        err = hsm_token_ecb_wrap(ctx, s, kek, key, klen, buf, sizeof(buf), &outlen);
+    } else {
+        if ((kv = hsm_secmem_new(HSM_SEALED_MAX)) == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+        if ((err = hsm_sealed_open(ctx, s, ra->kek, kv, HSM_SEALED_MAX, &kvlen)) == HSM_OK)
+            err = hsm_soft_aes_wrap(kv, kvlen, key, klen, buf, sizeof(buf), &outlen);
+    }
+    if (err != HSM_OK)
+        goto out;
+    if ((ra->out = malloc(outlen)) == NULL) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(ra->out, buf, outlen);
+    ra->outlen = outlen;
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    hsm_secmem_free(kv, HSM_SEALED_MAX);
+    hsm_secmem_free(key, CT_MAX);
+    return err;
+}
+
 static hsm_err op_rewrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct rewrap_arg *ra = arg;
-    CK_OBJECT_HANDLE ck = CK_INVALID_HANDLE, kek;
+    CK_OBJECT_HANDLE ck = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE;
     CK_MECHANISM m = {CKM_AES_KEY_WRAP, NULL, 0};
     unsigned char buf[128];
     CK_ULONG len = sizeof(buf);
+    enum kek_kind kind;
     size_t klen;
     hsm_err err;
 
     rewrap_clear(ra);
-    if ((err = hsm_key_handle(ctx, s, ra->kek, &kek)) != HSM_OK)
+    if (ra->kek->sealed == NULL && (err = hsm_key_handle(ctx, s, ra->kek, &kek)) != HSM_OK)
         goto out;
+    kind = kek_kind_of(ctx, s, ra->kek, kek);
+    if (kind != KEK_WRAP) {
+        err = rewrap_secret_in_memory(ctx, s, ra, kind, kek);
+        goto out;
+    }
     if ((err = content_key_object(ctx, s, ra->in, &ck, &klen)) != HSM_OK)
         goto out;
     /* RFC 3394 needs whole 64-bit blocks (and at least two); else RFC 5649.
@@ -622,6 +844,18 @@ static hsm_err op_wrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     free(wa->out);
     wa->out = NULL;
     wa->outlen = 0;
+    if (wa->secret->sealed != NULL) {
+        /* Opened into locked memory, encrypted to the member here. */
+        unsigned char *kv = hsm_secmem_new(HSM_SEALED_MAX);
+        size_t kvlen = 0;
+        if (kv == NULL)
+            return HSM_ERR_NOMEM;
+        err = hsm_sealed_open(ctx, s, wa->secret, kv, HSM_SEALED_MAX, &kvlen);
+        if (err == HSM_OK)
+            err = hsm_soft_oaep_encrypt(wa->spki, wa->spki_len, wa->hash, kv, kvlen, &wa->out, &wa->outlen);
+        hsm_secmem_free(kv, HSM_SEALED_MAX);
+        return err;
+    }
     if ((err = hsm_key_handle(ctx, s, wa->secret, &h)) != HSM_OK)
         return err;
     return wrap_to_spki(ctx, s, h, wa->hash, wa->spki, wa->spki_len, &wa->out, &wa->outlen);
@@ -718,7 +952,7 @@ static hsm_err op_ecdh(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         }
         goto out;
     }
-    err = decrypt_check(P11(ctx, C_UnwrapKey, s, &wm, kek, (CK_BYTE_PTR)in->wrapped_key,
+    err = hsm_decrypt_check(P11(ctx, C_UnwrapKey, s, &wm, kek, (CK_BYTE_PTR)in->wrapped_key,
                             (CK_ULONG)in->wrapped_key_len, ct, GS_ARRAY_LEN(ct), &ck));
     if (err != HSM_OK)
         goto out;
@@ -773,6 +1007,7 @@ struct sign_arg {
     size_t len;
     unsigned char *sig;
     size_t siglen;
+    bool digestinfo;   /* the token lacks CKM_SHA256_RSA_PKCS: CKM_RSA_PKCS over a DigestInfo */
 };
 
 /* PKCS#11 ECDSA gives r||s; X.509 wants DER Ecdsa-Sig-Value. */
@@ -808,12 +1043,16 @@ out:
     return err;
 }
 
+/* DER DigestInfo prefix of SHA-256 (RFC 8017 section 9.2, note 1). */
+static const unsigned char sha256_digestinfo[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65,
+                                                  0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+
 static hsm_err op_sign(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct sign_arg *sa = arg;
     CK_OBJECT_HANDLE h;
     CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
-    unsigned char md[32], buf[RSA_OUT_MAX];
+    unsigned char md[sizeof(sha256_digestinfo) + 32], buf[RSA_OUT_MAX];
     const unsigned char *in = sa->data;
     CK_ULONG inlen = sa->len, len = sizeof(buf);
     hsm_err err;
@@ -823,19 +1062,34 @@ static hsm_err op_sign(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     sa->siglen = 0;
     if ((err = hsm_key_handle(ctx, s, sa->key, &h)) != HSM_OK)
         return err;
-    if (sa->alg == HSM_SIG_ECDSA_SHA256) {
+    if (sa->alg == HSM_SIG_RSA_PKCS1_SHA256 && sa->digestinfo) {
+        /* The same PKCS#1 v1.5 signature, the hash made here: the key
+         * stays on the token, which pads and signs the DigestInfo. */
+        memcpy(md, sha256_digestinfo, sizeof(sha256_digestinfo));
+        if (EVP_Digest(sa->data, sa->len, md + sizeof(sha256_digestinfo), NULL, EVP_sha256(), NULL) != 1)
+            return HSM_ERR_NOMEM;
+        m.mechanism = CKM_RSA_PKCS;
+        in = md;
+        inlen = sizeof(md);
+    } else if (sa->alg == HSM_SIG_ECDSA_SHA256) {
         /* Hash here and sign with plain CKM_ECDSA: every token has it,
          * not every token has CKM_ECDSA_SHA256. */
         if (EVP_Digest(sa->data, sa->len, md, NULL, EVP_sha256(), NULL) != 1)
             return HSM_ERR_NOMEM;
         m.mechanism = CKM_ECDSA;
         in = md;
-        inlen = sizeof(md);
+        inlen = 32;
     } else if (sa->alg == HSM_SIG_ECDSA_DIGEST) {
         /* The caller (TLS) hashed with the hash its signature scheme names. */
         m.mechanism = CKM_ECDSA;
     }
-    if ((err = P11(ctx, C_SignInit, s, &m, h)) != HSM_OK)
+    if ((err = P11(ctx, C_SignInit, s, &m, h)) != HSM_OK) {
+        char prev[192];
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("C_SignInit(%s): %s", hsm_mech_ckm_name(m.mechanism), prev);
+        return err;
+    }
+    if ((err = hsm_context_login(ctx, s, sa->key)) != HSM_OK)
         return err;
     if ((err = P11(ctx, C_Sign, s, (CK_BYTE_PTR)in, inlen, buf, &len)) != HSM_OK)
         return err;
@@ -851,7 +1105,8 @@ static hsm_err op_sign(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned char *data, size_t len,
                  unsigned char **sig, size_t *siglen)
 {
-    struct sign_arg sa = {key, alg, data, len, NULL, 0};
+    struct sign_arg sa = {key, alg, data, len, NULL, 0, false};
+    hsm_caps caps;
     hsm_err err;
 
     if (sig != NULL)
@@ -864,6 +1119,11 @@ hsm_err hsm_sign(hsm_ctx *ctx, hsm_key *key, hsm_sig_alg alg, const unsigned cha
         (alg != HSM_SIG_RSA_PKCS1_SHA256 && alg != HSM_SIG_ECDSA_SHA256 && alg != HSM_SIG_ECDSA_DIGEST) ||
         (alg == HSM_SIG_ECDSA_DIGEST && (len < ECDSA_DIGEST_MIN || len > ECDSA_DIGEST_MAX)))
         return HSM_ERR_ARGS;
+    if (alg == HSM_SIG_RSA_PKCS1_SHA256) {
+        hsm_caps_load(ctx, &caps);
+        sa.digestinfo = !hsm_caps_has(&caps, HSM_MECH_SHA256_RSA_PKCS, HSM_MF_SIGN) &&
+                        hsm_caps_has(&caps, HSM_MECH_RSA_PKCS, HSM_MF_SIGN);
+    }
     if ((err = hsm_run(ctx, op_sign, &sa)) != HSM_OK) {
         free(sa.sig);
         return err;

@@ -20,7 +20,7 @@
 #define CKR_KEY_EXHAUSTED (0x203UL)
 #endif
 
-static _Thread_local char tls_detail[192];
+static _Thread_local char tls_detail[384];
 static _Thread_local CK_RV tls_last_rv;
 static _Thread_local bool tls_quiet;
 

@@ -8,7 +8,7 @@
  *   if (testtoken_make("grp", dir, sizeof(dir)) != 0) fail();
  *   // SOFTHSM2_CONF now points at dir/softhsm2.conf; the user PIN is in
  *   // dir/user-pin (0600): use testtoken_pin_source() as hsm pin_source.
- *   hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=grp", pin_source, 0};
+ *   hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=grp", pin_source, 0, NULL};
  *
  * Rules (SoftHSM and PKCS#11 impose them):
  *  - Make every token the process needs BEFORE the first hsm_open():

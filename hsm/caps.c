@@ -1,0 +1,348 @@
+/*
+ * caps.c: what the token can do (hsm_caps_get): C_GetTokenInfo, the
+ * mechanisms groupsrv may use with their C_GetMechanismInfo flags, and the
+ * optional key attributes, tried on a session object because PKCS#11 has
+ * no other way to ask. Probed once per context, on first use.
+ *
+ * A trial may break the module: p11-kit 0.24.1's RPC answers an unwrap
+ * template it cannot carry with CKR_DEVICE_ERROR, and its server side
+ * crashes when asked to return one (every later call then fails). The
+ * trials run through hsm_run_once, whose recovery re-initialises such a
+ * module; the attribute is then simply unsupported.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "log.h"
+#include "util.h"
+#include "hsm_internal.h"
+
+static const struct {
+    CK_MECHANISM_TYPE ckm;
+    const char *name;
+} mech_table[HSM_MECH_COUNT_] = {
+    [HSM_MECH_RSA_KEYGEN] = {CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"},
+    [HSM_MECH_RSA_OAEP] = {CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
+    [HSM_MECH_RSA_PKCS] = {CKM_RSA_PKCS, "CKM_RSA_PKCS"},
+    [HSM_MECH_SHA256_RSA_PKCS] = {CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS"},
+    [HSM_MECH_EC_KEYGEN] = {CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
+    [HSM_MECH_ECDSA] = {CKM_ECDSA, "CKM_ECDSA"},
+    [HSM_MECH_ECDH] = {CKM_ECDH1_DERIVE, "CKM_ECDH1_DERIVE"},
+    [HSM_MECH_AES_KEYGEN] = {CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"},
+    [HSM_MECH_AES_KEY_WRAP] = {CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP"},
+    [HSM_MECH_AES_KEY_WRAP_PAD] = {CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
+    [HSM_MECH_AES_ECB] = {CKM_AES_ECB, "CKM_AES_ECB"},
+    [HSM_MECH_GENERIC_KEYGEN] = {CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
+    [HSM_MECH_SHA256_HMAC] = {CKM_SHA256_HMAC, "CKM_SHA256_HMAC"},
+};
+
+/* Names of mechanisms that may appear in CKA_ALLOWED_MECHANISMS of our
+ * keys, for messages ("CKM_0x..." otherwise). */
+const char *hsm_mech_ckm_name(CK_MECHANISM_TYPE m)
+{
+    static _Thread_local char other[32];
+    size_t i;
+
+    for (i = 0; i < GS_ARRAY_LEN(mech_table); i++)
+        if (mech_table[i].ckm == m)
+            return mech_table[i].name;
+    switch (m) {
+    case CKM_ECDSA_SHA256:
+        return "CKM_ECDSA_SHA256";
+    case CKM_AES_GCM:
+        return "CKM_AES_GCM";
+    case CKM_AES_CBC_PAD:
+        return "CKM_AES_CBC_PAD";
+    case CKM_SHA256_HMAC_GENERAL:
+        return "CKM_SHA256_HMAC_GENERAL";
+    default:
+        snprintf(other, sizeof(other), "CKM_0x%lx", (unsigned long)m);
+        return other;
+    }
+}
+
+const char *hsm_mech_name(hsm_mech m)
+{
+    return (unsigned)m < HSM_MECH_COUNT_ ? mech_table[m].name : "unknown mechanism";
+}
+
+bool hsm_caps_has(const hsm_caps *caps, hsm_mech m, unsigned flags)
+{
+    return caps != NULL && (unsigned)m < HSM_MECH_COUNT_ && caps->mech[m].present &&
+           (caps->mech[m].flags & flags) == flags;
+}
+
+static unsigned flags_from_ck(CK_FLAGS f)
+{
+    unsigned r = 0;
+
+    if (f & CKF_ENCRYPT)
+        r |= HSM_MF_ENCRYPT;
+    if (f & CKF_DECRYPT)
+        r |= HSM_MF_DECRYPT;
+    if (f & CKF_SIGN)
+        r |= HSM_MF_SIGN;
+    if (f & CKF_WRAP)
+        r |= HSM_MF_WRAP;
+    if (f & CKF_UNWRAP)
+        r |= HSM_MF_UNWRAP;
+    if (f & CKF_DERIVE)
+        r |= HSM_MF_DERIVE;
+    if (f & (CKF_GENERATE | CKF_GENERATE_KEY_PAIR))
+        r |= HSM_MF_GENERATE;
+    return r;
+}
+
+/* ---- mechanisms ------------------------------------------------------------ */
+
+#define MECH_LIST_MAX 4096
+/* Larger session counts are sentinels (or no limit in practice). */
+#define HSM_MAX_SESSIONS_REPORTED 65536ul
+
+static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    hsm_caps *c = arg;
+    CK_MECHANISM_TYPE *list = NULL;
+    CK_ULONG n = 0, i, k;
+    CK_SLOT_ID slot;
+    hsm_err err;
+
+    (void)s;
+    pthread_mutex_lock(&ctx->pool_mu);
+    slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    for (k = 0; k < HSM_MECH_COUNT_; k++)
+        memset(&c->mech[k], 0, sizeof(c->mech[k]));
+    if ((err = P11(ctx, C_GetMechanismList, slot, NULL, &n)) != HSM_OK)
+        return err;
+    if (n == 0)
+        return HSM_OK;
+    if (n > MECH_LIST_MAX)
+        n = MECH_LIST_MAX;
+    if ((list = calloc(n, sizeof(*list))) == NULL)
+        return HSM_ERR_NOMEM;
+    err = P11(ctx, C_GetMechanismList, slot, list, &n);
+    if (err == HSM_ERR_BUFFER) /* the list grew between the calls: take what fits */
+        err = HSM_OK;
+    for (i = 0; err == HSM_OK && i < n; i++) {
+        for (k = 0; k < HSM_MECH_COUNT_; k++) {
+            CK_MECHANISM_INFO mi;
+            hsm_errsave sv;
+
+            if (mech_table[k].ckm != list[i])
+                continue;
+            memset(&mi, 0, sizeof(mi));
+            hsm_err_save(&sv);
+            /* Listed but no info: counted as offered without flags. */
+            if (P11(ctx, C_GetMechanismInfo, slot, list[i], &mi) == HSM_OK) {
+                c->mech[k].flags = flags_from_ck(mi.flags);
+                c->mech[k].min_bits = mi.ulMinKeySize;
+                c->mech[k].max_bits = mi.ulMaxKeySize;
+            }
+            hsm_err_restore(&sv);
+            c->mech[k].present = true;
+        }
+    }
+    free(list);
+    return err;
+}
+
+/* ---- attribute trials --------------------------------------------------------- */
+
+struct trial {
+    CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
+    bool stored;            /* read back after creation */
+};
+
+static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+
+/* Creates a session AES key (random value, not secret: it is destroyed at
+ * once) carrying the attribute, reads it back, destroys it. */
+static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct trial *t = arg;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    unsigned char value[16];
+    CK_MECHANISM_TYPE mechs[] = {CKM_AES_KEY_WRAP};
+    CK_ATTRIBUTE utmpl[] = {{CKA_SENSITIVE, &ck_true, sizeof(ck_true)}};
+    CK_ATTRIBUTE tmpl[10];
+    CK_ULONG n = 0;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    hsm_err err;
+
+    t->stored = false;
+    if (RAND_bytes(value, sizeof(value)) != 1)
+        return HSM_ERR_NOMEM;
+#define A(ty, p, l) (tmpl[n].type = (ty), tmpl[n].pValue = (p), tmpl[n].ulValueLen = (l), n++)
+    A(CKA_CLASS, &cls, sizeof(cls));
+    A(CKA_KEY_TYPE, &kt, sizeof(kt));
+    A(CKA_TOKEN, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_VALUE, value, sizeof(value));
+    A(CKA_WRAP, &ck_false, sizeof(CK_BBOOL));
+    A(CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL));
+    if (t->attr == CKA_ALLOWED_MECHANISMS)
+        A(CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs));
+    else if (t->attr == CKA_UNWRAP_TEMPLATE)
+        A(CKA_UNWRAP_TEMPLATE, utmpl, sizeof(utmpl));
+#undef A
+    err = P11(ctx, C_CreateObject, s, tmpl, n, &h);
+    OPENSSL_cleanse(value, sizeof(value));
+    if (err != HSM_OK)
+        return err;
+    if (t->attr == CKA_ALLOWED_MECHANISMS) {
+        CK_MECHANISM_TYPE got[8];
+        size_t ngot = 0;
+        bool present = false;
+        hsm_errsave sv;
+
+        hsm_err_save(&sv);
+        if (hsm_get_mechs(ctx, s, h, got, GS_ARRAY_LEN(got), &ngot, &present) == HSM_OK)
+            t->stored = present && ngot == 1 && got[0] == CKM_AES_KEY_WRAP;
+        hsm_err_restore(&sv);
+    } else if (t->attr == CKA_UNWRAP_TEMPLATE) {
+        CK_ATTRIBUTE q = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+        hsm_errsave sv;
+
+        hsm_err_save(&sv);
+        if (P11(ctx, C_GetAttributeValue, s, h, &q, 1) == HSM_OK)
+            t->stored = q.ulValueLen == sizeof(utmpl);
+        hsm_err_restore(&sv);
+    } else {
+        t->stored = true;
+    }
+    hsm_destroy_session_obj(ctx, s, &h);
+    return HSM_OK;
+}
+
+/* Tries one attribute; writes the verdict and, when refused, why. */
+static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const char *name, char *why, size_t whycap,
+                                 bool *reinit)
+{
+    struct trial t = {attr, false};
+    unsigned gen0, gen1;
+    hsm_err err;
+
+    pthread_rwlock_rdlock(&ctx->life_mu);
+    gen0 = ctx->life_gen;
+    pthread_rwlock_unlock(&ctx->life_mu);
+    err = hsm_run_once(ctx, op_trial, &t);
+    pthread_rwlock_rdlock(&ctx->life_mu);
+    gen1 = ctx->life_gen;
+    pthread_rwlock_unlock(&ctx->life_mu);
+    if (gen1 != gen0) {
+        *reinit = true;
+        snprintf(why, whycap, "%s on a session key broke the module's connection (%s); re-initialised", name,
+                 hsm_last_error_detail());
+        return HSM_ATTR_NO;
+    }
+    if (err == HSM_OK && t.stored) {
+        why[0] = '\0';
+        return HSM_ATTR_YES;
+    }
+    if (err == HSM_OK) {
+        snprintf(why, whycap, "the token accepted %s on a session key but did not keep it", name);
+        return HSM_ATTR_NO;
+    }
+    {
+        char prev[192];
+        struct trial base = {0, false};
+
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        /* Without the attribute: does the token make such keys at all? */
+        if (hsm_run_once(ctx, op_trial, &base) == HSM_OK)
+            snprintf(why, whycap, "C_CreateObject refused %s on a session key (%.80s)", name, prev);
+        else
+            snprintf(why, whycap, "not probed: the token makes no session AES keys (%.80s)",
+                     hsm_last_error_detail());
+    }
+    return HSM_ATTR_NO;
+}
+
+/* ---- the set ------------------------------------------------------------------- */
+
+static void probe(hsm_ctx *ctx, hsm_caps *c)
+{
+    bool reinit = false;
+
+    memset(c, 0, sizeof(*c));
+    pthread_mutex_lock(&ctx->pool_mu);
+    c->max_sessions = ctx->tinfo.ulMaxSessionCount;
+    /* 0 is "effectively infinite", ~0 "unavailable"; opencryptoki says ~1. */
+    if (c->max_sessions > HSM_MAX_SESSIONS_REPORTED)
+        c->max_sessions = 0;
+    c->login_required = (ctx->tinfo.flags & CKF_LOGIN_REQUIRED) != 0;
+    c->protected_auth_path = (ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH) != 0;
+    pthread_mutex_unlock(&ctx->pool_mu);
+
+    if (hsm_run_once(ctx, op_mechs, c) != HSM_OK)
+        log_warn("could not list the token's mechanisms detail=%s", hsm_last_error_detail());
+    c->allowed_mechanisms = try_attr(ctx, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
+                                     c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit);
+    c->unwrap_template = try_attr(ctx, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
+                                  sizeof(c->unwrap_template_why), &reinit);
+    c->module_reinitialised = reinit;
+    c->rewrap_on_token = hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP | HSM_MF_WRAP);
+    c->secret_on_token = hsm_caps_has(c, HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE) &&
+                         hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_WRAP) &&
+                         (hsm_caps_has(c, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP) ||
+                          hsm_caps_has(c, HSM_MECH_AES_ECB, HSM_MF_ENCRYPT));
+    c->hmac_on_token =
+        hsm_caps_has(c, HSM_MECH_GENERIC_KEYGEN, HSM_MF_GENERATE) && hsm_caps_has(c, HSM_MECH_SHA256_HMAC, HSM_MF_SIGN);
+    hsm_clear_detail();
+    log_debug("token capabilities probed allowed_mechanisms=%d unwrap_template=%d rewrap_on_token=%d "
+              "secret_on_token=%d",
+              (int)c->allowed_mechanisms, (int)c->unwrap_template, (int)c->rewrap_on_token,
+              (int)c->secret_on_token);
+}
+
+void hsm_caps_load(hsm_ctx *ctx, hsm_caps *out)
+{
+    hsm_caps fresh;
+    bool have;
+
+    pthread_mutex_lock(&ctx->caps_mu);
+    have = ctx->caps_done;
+    if (have)
+        *out = ctx->caps;
+    pthread_mutex_unlock(&ctx->caps_mu);
+    if (have)
+        return;
+    /* Probed without caps_mu (the trials take the other locks); two
+     * threads racing here both probe, the first result is kept. */
+    probe(ctx, &fresh);
+    pthread_mutex_lock(&ctx->caps_mu);
+    if (!ctx->caps_done) {
+        ctx->caps = fresh;
+        ctx->caps_done = true;
+    }
+    *out = ctx->caps;
+    pthread_mutex_unlock(&ctx->caps_mu);
+}
+
+hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out)
+{
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (ctx == NULL || out == NULL)
+        return HSM_ERR_ARGS;
+    hsm_caps_load(ctx, out);
+    return HSM_OK;
+}
+
+void hsm_caps_note_refused(hsm_ctx *ctx, unsigned protection, const char *detail)
+{
+    pthread_mutex_lock(&ctx->caps_mu);
+    if (ctx->caps_done && (protection & HSM_PROT_ALLOWED_MECHANISMS) &&
+        ctx->caps.allowed_mechanisms == HSM_ATTR_YES) {
+        ctx->caps.allowed_mechanisms = HSM_ATTR_SESSION_ONLY;
+        util_strlcpy(ctx->caps.allowed_mechanisms_why, detail, sizeof(ctx->caps.allowed_mechanisms_why));
+    }
+    if (ctx->caps_done && (protection & HSM_PROT_UNWRAP_TEMPLATE) && ctx->caps.unwrap_template == HSM_ATTR_YES) {
+        ctx->caps.unwrap_template = HSM_ATTR_SESSION_ONLY;
+        util_strlcpy(ctx->caps.unwrap_template_why, detail, sizeof(ctx->caps.unwrap_template_why));
+    }
+    pthread_mutex_unlock(&ctx->caps_mu);
+}
