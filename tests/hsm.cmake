@@ -3,7 +3,7 @@
 # unit tests of gs_hsm.
 
 # tests/p11fault: forwards to SoftHSM (or $GS_P11FAULT_TARGET), injects CK_RVs.
-add_library(p11fault SHARED ${GS_TEST_DIR}/p11fault/p11fault.c)
+add_library(p11fault SHARED ${GS_TEST_DIR}/p11fault/p11fault.c ${GS_TEST_DIR}/p11fault/profile.c)
 target_include_directories(p11fault PRIVATE ${P11KIT_INCLUDE_DIRS})
 target_link_libraries(p11fault PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
 target_compile_definitions(p11fault PRIVATE GS_P11FAULT_DEFAULT_TARGET="${SOFTHSM2_MODULE}")

@@ -24,6 +24,11 @@
  *   CK_RV p11fault_close_all_sessions(void);
  *       really closes every session in the real module (C_CloseAllSessions
  *       on each slot): "the session was closed under us".
+ *   void p11fault_disconnect(void);
+ *       a lost connection, as a network HSM's client library or p11-kit's
+ *       RPC client sees it: every call but C_Initialize and C_Finalize
+ *       answers CKR_DEVICE_ERROR until the module is finalized and
+ *       initialised again.
  *
  * Out-of-process control (for servers under test, which cannot be reached
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
@@ -40,7 +45,8 @@
  * like p11fault_override_bool(). A line "logout" logs the application out
  * of the token (a real C_Logout) once, when the file is read: sessions stay
  * open but lose their login, as when another application or the token
- * itself ends the login.
+ * itself ends the login. A line "disconnect" is p11fault_disconnect(),
+ * once, when the file is read.
  * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
  * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
  * CKF_TOKEN_PRESENT, slot calls (C_GetTokenInfo, C_OpenSession, ...) answer
@@ -63,6 +69,11 @@
  * engine. So the token does at most K/D operations a second whatever the
  * host's CPU, as a hardware token with K crypto engines would, while every
  * operation is still really done by the target module.
+ *
+ * Token profiles (profile.h): GS_P11FAULT_PROFILE=smartcard makes the
+ * target look like a decrypt-only smartcard (few mechanisms, no wrap or
+ * unwrap, no CKA_ALLOWED_MECHANISMS/CKA_UNWRAP_TEMPLATE, a login per use,
+ * two sessions).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -74,6 +85,8 @@
 #include <time.h>
 
 #include <p11-kit/pkcs11.h>
+
+#include "profile.h"
 
 #ifndef GS_P11FAULT_DEFAULT_TARGET
 #define GS_P11FAULT_DEFAULT_TARGET "/usr/lib/softhsm/libsofthsm2.so"
@@ -87,6 +100,7 @@ P11FAULT_EXPORT unsigned long p11fault_calls(const char *func);
 P11FAULT_EXPORT void p11fault_reset_calls(void);
 P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
 P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
+P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -292,7 +306,10 @@ static CK_RV fw_C_GetTokenInfo(CK_SLOT_ID slot_id, struct _CK_TOKEN_INFO *info)
         return rv_;
     if (real == NULL || real->C_GetTokenInfo == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GetTokenInfo(slot_id, info);
+    rv_ = real->C_GetTokenInfo(slot_id, info);
+    if (rv_ == CKR_OK)
+        prof_token_info_post(info);
+    return rv_;
 }
 
 static CK_RV fw_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved)
@@ -313,7 +330,10 @@ static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechan
         return rv_;
     if (real == NULL || real->C_GetMechanismList == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GetMechanismList(slot_id, mechanism_list, count);
+    rv_ = real->C_GetMechanismList(slot_id, mechanism_list, count);
+    if (rv_ == CKR_OK)
+        prof_mech_list_post(mechanism_list, count, mechanism_list == NULL);
+    return rv_;
 }
 
 static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type,
@@ -324,7 +344,12 @@ static CK_RV fw_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type,
         return rv_;
     if (real == NULL || real->C_GetMechanismInfo == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_GetMechanismInfo(slot_id, type, info);
+    if ((rv_ = prof_mech_info_pre(type)) != CKR_OK)
+        return rv_;
+    rv_ = real->C_GetMechanismInfo(slot_id, type, info);
+    if (rv_ == CKR_OK)
+        prof_mech_info_post(type, info);
+    return rv_;
 }
 
 static CK_RV fw_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len,
@@ -367,7 +392,12 @@ static CK_RV fw_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *applicat
         return rv_;
     if (real == NULL || real->C_OpenSession == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_OpenSession(slot_id, flags, application, notify, session);
+    if ((rv_ = prof_open_session_pre()) != CKR_OK)
+        return rv_;
+    rv_ = real->C_OpenSession(slot_id, flags, application, notify, session);
+    if (rv_ == CKR_OK && session != NULL)
+        prof_session_opened(*session);
+    return rv_;
 }
 
 static CK_RV fw_C_CloseSession(CK_SESSION_HANDLE session)
@@ -377,7 +407,10 @@ static CK_RV fw_C_CloseSession(CK_SESSION_HANDLE session)
         return rv_;
     if (real == NULL || real->C_CloseSession == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_CloseSession(session);
+    rv_ = real->C_CloseSession(session);
+    if (rv_ == CKR_OK)
+        prof_session_closed(session);
+    return rv_;
 }
 
 static CK_RV fw_C_CloseAllSessions(CK_SLOT_ID slot_id)
@@ -387,7 +420,10 @@ static CK_RV fw_C_CloseAllSessions(CK_SLOT_ID slot_id)
         return rv_;
     if (real == NULL || real->C_CloseAllSessions == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_CloseAllSessions(slot_id);
+    rv_ = real->C_CloseAllSessions(slot_id);
+    if (rv_ == CKR_OK)
+        prof_all_sessions_closed();
+    return rv_;
 }
 
 static CK_RV fw_C_GetSessionInfo(CK_SESSION_HANDLE session, struct _CK_SESSION_INFO *info)
@@ -432,7 +468,12 @@ static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsig
         return rv_;
     if (real == NULL || real->C_Login == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_Login(session, user_type, pin, pin_len);
+    if (prof_login(session, user_type, pin, pin_len, &rv_))
+        return rv_;
+    rv_ = real->C_Login(session, user_type, pin, pin_len);
+    if (rv_ == CKR_OK || rv_ == CKR_USER_ALREADY_LOGGED_IN)
+        prof_login_post(user_type, pin, pin_len);
+    return rv_;
 }
 
 static CK_RV fw_C_Logout(CK_SESSION_HANDLE session)
@@ -453,6 +494,8 @@ static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *
         return rv_;
     if (real == NULL || real->C_CreateObject == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_create_object_pre(templ, count)) != CKR_OK)
+        return rv_;
     return real->C_CreateObject(session, templ, count, object);
 }
 
@@ -495,7 +538,7 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
         return rv_;
     if (real == NULL || real->C_GetAttributeValue == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    rv_ = real->C_GetAttributeValue(session, object, templ, count);
+    rv_ = prof_get_attributes(session, object, templ, count);
     if (rv_ == CKR_OK)
         override_bools(templ, count);
     return rv_;
@@ -551,6 +594,8 @@ static CK_RV fw_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
         return rv_;
     if (real == NULL || real->C_EncryptInit == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (prof_active())
+        return CKR_MECHANISM_INVALID; /* a card encrypts nothing itself */
     return real->C_EncryptInit(session, mechanism, key);
 }
 
@@ -595,7 +640,12 @@ static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
         return rv_;
     if (real == NULL || real->C_DecryptInit == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_DecryptInit(session, mechanism, key);
+    if ((rv_ = prof_check_mech(mechanism, 0)) != CKR_OK)
+        return rv_;
+    rv_ = real->C_DecryptInit(session, mechanism, key);
+    if (rv_ == CKR_OK)
+        prof_op_init(session, key);
+    return rv_;
 }
 
 static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data,
@@ -606,6 +656,8 @@ static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_da
         return rv_;
     if (real == NULL || real->C_Decrypt == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_op_use(session)) != CKR_OK)
+        return rv_;
     if (data == NULL) /* a length query is not an operation */
         return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
     struct timespec t0;
@@ -624,6 +676,8 @@ static CK_RV fw_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encryp
         return rv_;
     if (real == NULL || real->C_DecryptUpdate == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_op_use(session)) != CKR_OK)
+        return rv_;
     return real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
 }
 
@@ -696,7 +750,12 @@ static CK_RV fw_C_SignInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mech
         return rv_;
     if (real == NULL || real->C_SignInit == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    return real->C_SignInit(session, mechanism, key);
+    if ((rv_ = prof_check_mech(mechanism, 1)) != CKR_OK)
+        return rv_;
+    rv_ = real->C_SignInit(session, mechanism, key);
+    if (rv_ == CKR_OK)
+        prof_op_init(session, key);
+    return rv_;
 }
 
 static CK_RV fw_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len,
@@ -707,6 +766,8 @@ static CK_RV fw_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned 
         return rv_;
     if (real == NULL || real->C_Sign == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_op_use(session)) != CKR_OK)
+        return rv_;
     return real->C_Sign(session, data, data_len, signature, signature_len);
 }
 
@@ -717,6 +778,8 @@ static CK_RV fw_C_SignUpdate(CK_SESSION_HANDLE session, unsigned char *part, uns
         return rv_;
     if (real == NULL || real->C_SignUpdate == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_op_use(session)) != CKR_OK)
+        return rv_;
     return real->C_SignUpdate(session, part, part_len);
 }
 
@@ -759,6 +822,8 @@ static CK_RV fw_C_VerifyInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
         return rv_;
     if (real == NULL || real->C_VerifyInit == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (prof_active())
+        return CKR_MECHANISM_INVALID; /* verification is the host's business */
     return real->C_VerifyInit(session, mechanism, key);
 }
 
@@ -870,6 +935,8 @@ static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
         return rv_;
     if (real == NULL || real->C_GenerateKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_unsupported()) != CKR_OK)
+        return rv_;
     return real->C_GenerateKey(session, mechanism, templ, count, key);
 }
 
@@ -885,6 +952,10 @@ static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANIS
         return rv_;
     if (real == NULL || real->C_GenerateKeyPair == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_check_mech(mechanism, 0)) != CKR_OK ||
+        (rv_ = prof_check_template(public_key_template, public_key_attribute_count)) != CKR_OK ||
+        (rv_ = prof_check_template(private_key_template, private_key_attribute_count)) != CKR_OK)
+        return rv_;
     return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count,
                                    private_key_template, private_key_attribute_count, public_key,
                                    private_key);
@@ -899,6 +970,8 @@ static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mecha
         return rv_;
     if (real == NULL || real->C_WrapKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_unsupported()) != CKR_OK)
+        return rv_;
     return real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
 }
 
@@ -912,6 +985,8 @@ static CK_RV fw_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
         return rv_;
     if (real == NULL || real->C_UnwrapKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_unsupported()) != CKR_OK)
+        return rv_;
     struct timespec t0;
     long ns_ = model_begin(&t0);
     rv_ = real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ,
@@ -929,6 +1004,8 @@ static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
         return rv_;
     if (real == NULL || real->C_DeriveKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_unsupported()) != CKR_OK)
+        return rv_;
     struct timespec t0;
     long ns_ = model_begin(&t0);
     rv_ = real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
@@ -1019,6 +1096,10 @@ static struct {
 } ctl_bools[CTL_BOOLS_MAX];
 static unsigned ctl_nbools;
 static int ctl_logout_pending; /* a "logout" line was just read */
+/* A lost connection (a network HSM's client, p11-kit's RPC after its
+ * server died): every call fails with CKR_DEVICE_ERROR until the module
+ * is finalized and initialised again. */
+static int disconnected;
 
 static const struct {
     const char *name;
@@ -1179,6 +1260,10 @@ static void ctl_parse_locked(char *text)
             ctl_logout_pending = 1;
             continue;
         }
+        if (strcmp(wf, "disconnect") == 0) {
+            disconnected = 1;
+            continue;
+        }
         if (strcmp(wf, "bool") == 0) {
             ctl_parse_bool(wr, wc);
             continue;
@@ -1327,7 +1412,10 @@ static int fault_take(int idx, CK_RV *rv)
     logout_now = ctl_logout_pending && idx != FW_C_Initialize && idx != FW_C_Finalize;
     if (logout_now)
         ctl_logout_pending = 0;
-    if (faults[idx].remaining != 0) {
+    if (disconnected && idx != FW_C_Initialize && idx != FW_C_Finalize) {
+        *rv = CKR_DEVICE_ERROR;
+        hit = 1;
+    } else if (faults[idx].remaining != 0) {
         *rv = faults[idx].rv;
         if (faults[idx].remaining > 0)
             faults[idx].remaining--;
@@ -1404,6 +1492,18 @@ static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n)
     pthread_mutex_unlock(&fault_mu);
 }
 
+void p11fault_disconnect(void)
+{
+    pthread_mutex_lock(&fault_mu);
+    disconnected = 1;
+    pthread_mutex_unlock(&fault_mu);
+}
+
+CK_FUNCTION_LIST *p11f_real(void)
+{
+    return real;
+}
+
 void p11fault_clear(void)
 {
     int i;
@@ -1474,6 +1574,7 @@ CK_RV p11fault_close_all_sessions(void)
     for (i = 0; i < n; i++)
         if ((rv = real->C_CloseAllSessions(slots[i])) != CKR_OK)
             return rv;
+    prof_all_sessions_closed();
     return CKR_OK;
 }
 
@@ -1574,6 +1675,8 @@ static CK_RV fw_C_Initialize(void *init_args)
     if (fault_take(FW_C_Initialize, &rv))
         return rv;
     model_load();
+    prof_load();
+    prof_reset();
     pthread_mutex_lock(&fault_mu);
     rv = load_real();
     pthread_mutex_unlock(&fault_mu);
@@ -1592,6 +1695,11 @@ static CK_RV fw_C_Finalize(void *reserved)
         return rv;
     if (real == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    /* A new C_Initialize is a new connection. */
+    pthread_mutex_lock(&fault_mu);
+    disconnected = 0;
+    pthread_mutex_unlock(&fault_mu);
+    prof_reset();
     return real->C_Finalize(reserved);
 }
 

@@ -1,0 +1,336 @@
+/*
+ * profile.c: the token profiles of p11fault (see profile.h). Tests only:
+ * it models what a real smartcard refuses, in front of SoftHSM, which
+ * really does every operation it lets through.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "profile.h"
+
+#define SC_SESSIONS_MAX 2
+#define TRACK_MAX 64
+#define PIN_MAX 256
+
+static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
+static int smartcard;
+static unsigned open_sessions;
+static struct {
+    CK_SESSION_HANDLE h;
+    int need_ctx_login; /* an operation on an always-authenticate key was started */
+} track[TRACK_MAX];
+static unsigned char user_pin[PIN_MAX];
+static CK_ULONG user_pin_len;
+
+static const CK_MECHANISM_TYPE sc_mechs[] = {CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP,
+                                             CKM_SHA_1, CKM_SHA256};
+
+void prof_load(void)
+{
+    const char *p = getenv("GS_P11FAULT_PROFILE");
+
+    pthread_mutex_lock(&prof_mu);
+    smartcard = p != NULL && strcmp(p, "smartcard") == 0;
+    pthread_mutex_unlock(&prof_mu);
+}
+
+void prof_reset(void)
+{
+    pthread_mutex_lock(&prof_mu);
+    open_sessions = 0;
+    memset(track, 0, sizeof(track));
+    pthread_mutex_unlock(&prof_mu);
+}
+
+int prof_active(void)
+{
+    int a;
+
+    pthread_mutex_lock(&prof_mu);
+    a = smartcard;
+    pthread_mutex_unlock(&prof_mu);
+    return a;
+}
+
+static int sc_mech_known(CK_MECHANISM_TYPE m)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(sc_mechs) / sizeof(sc_mechs[0]); i++)
+        if (sc_mechs[i] == m)
+            return 1;
+    return 0;
+}
+
+CK_RV prof_unsupported(void)
+{
+    return prof_active() ? CKR_FUNCTION_NOT_SUPPORTED : CKR_OK;
+}
+
+CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type)
+{
+    return prof_active() && !sc_mech_known(type) ? CKR_MECHANISM_INVALID : CKR_OK;
+}
+
+void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
+{
+    if (!prof_active() || info == NULL)
+        return;
+    /* What the card does itself: private-key operations only. */
+    switch (type) {
+    case CKM_RSA_PKCS_OAEP:
+        info->flags = CKF_HW | CKF_DECRYPT;
+        break;
+    case CKM_RSA_PKCS:
+        info->flags = CKF_HW | CKF_DECRYPT | CKF_SIGN;
+        break;
+    case CKM_RSA_PKCS_KEY_PAIR_GEN:
+        info->flags = CKF_HW | CKF_GENERATE_KEY_PAIR;
+        break;
+    default:
+        info->flags &= CKF_DIGEST;
+        break;
+    }
+}
+
+void prof_mech_list_post(CK_MECHANISM_TYPE *list, CK_ULONG *count, int count_only)
+{
+    CK_ULONG i, n = 0;
+
+    if (!prof_active() || count == NULL)
+        return;
+    if (count_only) {
+        /* Room for the real list; filtered when it is fetched. */
+        return;
+    }
+    for (i = 0; i < *count; i++)
+        if (sc_mech_known(list[i]))
+            list[n++] = list[i];
+    *count = n;
+}
+
+CK_RV prof_check_mech(const CK_MECHANISM *m, int sign)
+{
+    if (!prof_active())
+        return CKR_OK;
+    if (m == NULL || !sc_mech_known(m->mechanism))
+        return CKR_MECHANISM_INVALID;
+    if (m->mechanism == CKM_RSA_PKCS_OAEP) {
+        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+        if (sign)
+            return CKR_MECHANISM_INVALID;
+        if (p == NULL || m->ulParameterLen != sizeof(*p) || p->hashAlg != CKM_SHA_1 || p->mgf != CKG_MGF1_SHA1)
+            return CKR_MECHANISM_PARAM_INVALID;
+    }
+    return CKR_OK;
+}
+
+CK_RV prof_check_template(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG i;
+
+    if (!prof_active())
+        return CKR_OK;
+    for (i = 0; t != NULL && i < n; i++)
+        if (t[i].type == CKA_ALLOWED_MECHANISMS || t[i].type == CKA_UNWRAP_TEMPLATE)
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+    return CKR_OK;
+}
+
+CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG i;
+    CK_RV rv;
+
+    if (!prof_active())
+        return CKR_OK;
+    if ((rv = prof_check_template(t, n)) != CKR_OK)
+        return rv;
+    for (i = 0; t != NULL && i < n; i++) {
+        if (t[i].type == CKA_CLASS && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_OBJECT_CLASS)) {
+            CK_OBJECT_CLASS c;
+            memcpy(&c, t[i].pValue, sizeof(c));
+            if (c == CKO_PRIVATE_KEY || c == CKO_SECRET_KEY)
+                return CKR_TEMPLATE_INCONSISTENT;
+        }
+    }
+    return CKR_OK;
+}
+
+CK_RV prof_open_session_pre(void)
+{
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&prof_mu);
+    if (smartcard && open_sessions >= SC_SESSIONS_MAX)
+        rv = CKR_SESSION_COUNT;
+    pthread_mutex_unlock(&prof_mu);
+    return rv;
+}
+
+void prof_session_opened(CK_SESSION_HANDLE s)
+{
+    unsigned i;
+
+    pthread_mutex_lock(&prof_mu);
+    if (smartcard) {
+        open_sessions++;
+        for (i = 0; i < TRACK_MAX; i++)
+            if (track[i].h == 0) {
+                track[i].h = s;
+                track[i].need_ctx_login = 0;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&prof_mu);
+}
+
+void prof_session_closed(CK_SESSION_HANDLE s)
+{
+    unsigned i;
+
+    pthread_mutex_lock(&prof_mu);
+    if (smartcard) {
+        if (open_sessions > 0)
+            open_sessions--;
+        for (i = 0; i < TRACK_MAX; i++)
+            if (track[i].h == s)
+                track[i].h = 0;
+    }
+    pthread_mutex_unlock(&prof_mu);
+}
+
+void prof_all_sessions_closed(void)
+{
+    prof_reset();
+}
+
+void prof_token_info_post(CK_TOKEN_INFO *info)
+{
+    if (!prof_active() || info == NULL)
+        return;
+    info->ulMaxSessionCount = SC_SESSIONS_MAX;
+    info->ulMaxRwSessionCount = SC_SESSIONS_MAX;
+}
+
+static int is_private_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+    CK_FUNCTION_LIST *r = p11f_real();
+    CK_OBJECT_CLASS c = 0;
+    CK_ATTRIBUTE a = {CKA_CLASS, &c, sizeof(c)};
+
+    return r != NULL && r->C_GetAttributeValue(s, o, &a, 1) == CKR_OK && c == CKO_PRIVATE_KEY;
+}
+
+void prof_op_init(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
+{
+    int priv;
+    unsigned i;
+
+    if (!prof_active())
+        return;
+    priv = is_private_key(s, key);
+    pthread_mutex_lock(&prof_mu);
+    for (i = 0; i < TRACK_MAX; i++)
+        if (track[i].h == s)
+            track[i].need_ctx_login = priv;
+    pthread_mutex_unlock(&prof_mu);
+}
+
+CK_RV prof_op_use(CK_SESSION_HANDLE s)
+{
+    CK_RV rv = CKR_OK;
+    unsigned i;
+
+    pthread_mutex_lock(&prof_mu);
+    for (i = 0; smartcard && i < TRACK_MAX; i++)
+        if (track[i].h == s && track[i].need_ctx_login)
+            rv = CKR_USER_NOT_LOGGED_IN;
+    pthread_mutex_unlock(&prof_mu);
+    return rv;
+}
+
+int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len, CK_RV *rv)
+{
+    unsigned i;
+    int found = 0;
+
+    if (!prof_active() || type != CKU_CONTEXT_SPECIFIC)
+        return 0;
+    pthread_mutex_lock(&prof_mu);
+    for (i = 0; i < TRACK_MAX; i++) {
+        if (track[i].h != s || !track[i].need_ctx_login)
+            continue;
+        found = 1;
+        if (pin == NULL || len != user_pin_len || user_pin_len == 0 || memcmp(pin, user_pin, len) != 0) {
+            *rv = CKR_PIN_INCORRECT;
+        } else {
+            track[i].need_ctx_login = 0;
+            *rv = CKR_OK;
+        }
+    }
+    if (!found)
+        *rv = CKR_OPERATION_NOT_INITIALIZED;
+    pthread_mutex_unlock(&prof_mu);
+    return 1;
+}
+
+void prof_login_post(CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len)
+{
+    if (!prof_active() || type != CKU_USER || pin == NULL || len > PIN_MAX)
+        return;
+    pthread_mutex_lock(&prof_mu);
+    memcpy(user_pin, pin, len);
+    user_pin_len = len;
+    pthread_mutex_unlock(&prof_mu);
+}
+
+CK_RV prof_get_attributes(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_FUNCTION_LIST *r = p11f_real();
+    CK_ATTRIBUTE *fw = NULL;
+    CK_ULONG *map = NULL, i, m = 0;
+    CK_RV rv = CKR_OK, rv2;
+    int unknown = 0;
+
+    if (r == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (!prof_active())
+        return r->C_GetAttributeValue(s, o, t, n);
+    if (n > 0 && ((fw = calloc(n, sizeof(*fw))) == NULL || (map = calloc(n, sizeof(*map))) == NULL)) {
+        free(fw);
+        return CKR_HOST_MEMORY;
+    }
+    for (i = 0; i < n; i++) {
+        if (t[i].type == CKA_ALLOWED_MECHANISMS || t[i].type == CKA_UNWRAP_TEMPLATE) {
+            t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            unknown = 1;
+        } else if (t[i].type == CKA_ALWAYS_AUTHENTICATE && is_private_key(s, o)) {
+            if (t[i].pValue == NULL) {
+                t[i].ulValueLen = sizeof(CK_BBOOL);
+            } else if (t[i].ulValueLen < sizeof(CK_BBOOL)) {
+                t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                rv = CKR_BUFFER_TOO_SMALL;
+            } else {
+                *(CK_BBOOL *)t[i].pValue = CK_TRUE;
+                t[i].ulValueLen = sizeof(CK_BBOOL);
+            }
+        } else {
+            fw[m] = t[i];
+            map[m++] = i;
+        }
+    }
+    if (m > 0) {
+        rv2 = r->C_GetAttributeValue(s, o, fw, m);
+        for (i = 0; i < m; i++)
+            t[map[i]].ulValueLen = fw[i].ulValueLen;
+        if (rv2 != CKR_OK)
+            rv = rv2;
+    }
+    if (rv == CKR_OK && unknown)
+        rv = CKR_ATTRIBUTE_TYPE_INVALID;
+    free(fw);
+    free(map);
+    return rv;
+}

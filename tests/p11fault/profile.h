@@ -1,0 +1,62 @@
+/*
+ * profile.h: token profiles of the p11fault module (tests only): the
+ * forwarders in p11fault.c call these hooks so that SoftHSM behind them
+ * behaves like another kind of token. Chosen at C_Initialize by the
+ * environment variable GS_P11FAULT_PROFILE (unset: none, plain
+ * forwarding).
+ *
+ * "smartcard" models a decrypt-only smartcard as OpenSC presents one:
+ *  - mechanisms: CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS (decrypt, sign),
+ *    CKM_RSA_PKCS_OAEP (decrypt only, SHA-1/MGF1-SHA-1 only), CKM_SHA_1,
+ *    CKM_SHA256 (digests); any other mechanism is CKR_MECHANISM_INVALID,
+ *    other OAEP parameters CKR_MECHANISM_PARAM_INVALID;
+ *  - no C_WrapKey, C_UnwrapKey, C_DeriveKey, C_GenerateKey
+ *    (CKR_FUNCTION_NOT_SUPPORTED); C_CreateObject of private or secret
+ *    keys is refused (CKR_TEMPLATE_INCONSISTENT): nothing is imported;
+ *  - CKA_ALLOWED_MECHANISMS and CKA_UNWRAP_TEMPLATE unknown
+ *    (CKR_ATTRIBUTE_TYPE_INVALID in templates and when read);
+ *  - every private key has CKA_ALWAYS_AUTHENTICATE: after C_DecryptInit
+ *    or C_SignInit with it, C_Decrypt / C_Sign answer
+ *    CKR_USER_NOT_LOGGED_IN until C_Login(CKU_CONTEXT_SPECIFIC) with the
+ *    user PIN (compared with the one of the last successful CKU_USER
+ *    login of this process: the card checks it again);
+ *  - at most 2 sessions (ulMaxSessionCount 2, C_OpenSession beyond it
+ *    CKR_SESSION_COUNT).
+ */
+#ifndef GS_P11FAULT_PROFILE_H
+#define GS_P11FAULT_PROFILE_H
+
+#include <p11-kit/pkcs11.h>
+
+/* The real module's function list (p11fault.c); NULL before C_Initialize. */
+CK_FUNCTION_LIST *p11f_real(void);
+
+void prof_load(void);                 /* at C_Initialize */
+void prof_reset(void);                /* at C_Finalize: sessions gone */
+int prof_active(void);
+
+/* Pre-hooks: CKR_OK lets the call through, anything else is its answer. */
+CK_RV prof_unsupported(void);         /* C_WrapKey, C_UnwrapKey, C_DeriveKey, C_GenerateKey */
+CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type);
+CK_RV prof_check_mech(const CK_MECHANISM *m, int sign);   /* *Init, key pair generation */
+CK_RV prof_check_template(const CK_ATTRIBUTE *t, CK_ULONG n);
+CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n);
+CK_RV prof_open_session_pre(void);
+CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
+/* C_Login: returns 1 and sets *rv when the profile answered it itself. */
+int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len, CK_RV *rv);
+
+/* Post-hooks, after a successful real call. */
+void prof_mech_list_post(CK_MECHANISM_TYPE *list, CK_ULONG *count, int count_only);
+void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info);
+void prof_token_info_post(CK_TOKEN_INFO *info);
+void prof_session_opened(CK_SESSION_HANDLE s);
+void prof_session_closed(CK_SESSION_HANDLE s);
+void prof_all_sessions_closed(void);
+void prof_op_init(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key);  /* after C_DecryptInit/C_SignInit */
+void prof_login_post(CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len);
+/* C_GetAttributeValue: the profile's attributes answered here, the rest
+ * forwarded; returns the call's result. */
+CK_RV prof_get_attributes(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *t, CK_ULONG n);
+
+#endif
