@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "policy.h"
 #include "util.h"
 
 /* Cap on certificate/CSR input we parse (PEM of a 16k-bit RSA cert is far below). */
@@ -635,18 +636,94 @@ out:
 gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
                   unsigned days, gs_ca **out)
 {
+    return gs_ca_init2(st, hsm, label, keyspec, NULL, subject_cn, days, out);
+}
+
+/* The CA key pair: generated on the token with every protection it stores
+ * (*made true), or the existing private key named by use_key (adopted,
+ * never destroyed by us), checked as a CA key either way. *missing gets
+ * its weakenings, *ref its store label (label, or the URI). */
+static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key, hsm_key **pub,
+                     hsm_key **priv, bool *made, unsigned *missing)
+{
+    hsm_keygen_spec ks;
+    hsm_keygen_result res;
+    hsm_key_info info;
+    hsm_caps caps;
+    gs_key_expect e;
+    hsm_key_type type;
+    const char *problem;
+    unsigned bits;
+    gs_err err;
+    hsm_err he;
+
+    *pub = *priv = NULL;
+    *made = false;
+    *missing = 0;
+    memset(&e, 0, sizeof(e));
+    e.kind = GS_KIND_CA;
+    if (use_key != NULL) {
+        char q[160];
+        (void)log_quote(q, sizeof(q), use_key);
+        if (strncmp(use_key, "pkcs11:", 7) != 0)
+            return gs_err_set(GS_ERR_ARGS, "--use-key needs a pkcs11: URI of a private key");
+        (void)hsm_caps_get(hsm, &caps);
+        he = hsm_key_find(hsm, use_key, HSM_CLASS_PRIVATE, priv);
+        if (he == HSM_OK)
+            he = hsm_key_get_info(hsm, *priv, &info);
+        if (he != HSM_OK)
+            return hsm_fail(he, "--use-key");
+        if (info.type != HSM_KEYTYPE_RSA && info.type != HSM_KEYTYPE_EC)
+            return gs_err_set(GS_ERR_POLICY, "--use-key %s: an RSA or EC key is needed", q);
+        e.missing = gs_policy_caps_missing(&caps);
+        if ((problem = gs_key_check(&info, &e, NULL)) != NULL)
+            return gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: a CA key must be made on the token, sensitive, "
+                              "never extractable, sign only%s", q, problem,
+                              strstr(problem, "ALLOWED") ? " (and with CKA_ALLOWED_MECHANISMS: this token stores it)"
+                                                         : "");
+        if (info.n_allowed_mechanisms == 0)
+            *missing = HSM_PROT_ALLOWED_MECHANISMS;
+        return GS_OK;
+    }
+    err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
+    if (err)
+        return err;
+    memset(&ks, 0, sizeof(ks));
+    ks.label = label;
+    ks.type = type;
+    ks.bits = bits;
+    ks.usage = HSM_USE_SIGN;
+    he = hsm_generate_keypair_best(hsm, &ks, &res, pub, priv);
+    if (he != HSM_OK)
+        return hsm_fail(he, "generating the CA key");
+    *made = true;
+    e.missing = res.missing;
+    he = hsm_key_get_info(hsm, *priv, &info);
+    if (he != HSM_OK)
+        return hsm_fail(he, "reading the CA key's attributes");
+    if ((problem = gs_key_check(&info, &e, NULL)) != NULL)
+        return gs_err_set(GS_ERR_POLICY, "new CA key %s: %s", label, problem);
+    *missing = res.missing;
+    if (res.missing != 0)
+        log_warn("CA key made without CKA_ALLOWED_MECHANISMS (an accepted weakening, recorded) why=\"%s\"", res.why);
+    return GS_OK;
+}
+
+gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
+                   const char *subject_cn, unsigned days, gs_ca **out)
+{
     gs_store_ca *existing = NULL;
     hsm_key *probe = NULL, *pub = NULL, *priv = NULL;
-    hsm_keygen_spec ks;
-    hsm_key_type type;
-    unsigned bits;
     unsigned char *spki = NULL;
     size_t spki_len = 0;
     EVP_PKEY *pk = NULL;
     X509 *unsigned_cert = NULL, *cert = NULL;
-    char *pem = NULL;
+    char *pem = NULL, weak[64];
+    const char *ref = use_key != NULL ? use_key : label;
     gs_ca *ca = NULL;
     gs_cert_spec spec;
+    bool made = false;
+    unsigned missing = 0;
     gs_err err;
     hsm_err he;
 
@@ -654,30 +731,32 @@ gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *key
         *out = NULL;
     if (label == NULL || strlen(label) > GS_LABEL_MAX || subject_cn == NULL || days == 0)
         return gs_err_set(GS_ERR_ARGS, "CA needs a label, a subject and a lifetime");
-    err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
-    if (err)
-        return err;
+    if (use_key != NULL && strlen(use_key) > GS_LABEL_MAX)
+        return gs_err_set(GS_ERR_ARGS, "--use-key URI longer than %d bytes", GS_LABEL_MAX);
+    if (use_key == NULL) {
+        hsm_key_type type;
+        unsigned bits;
+        err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
+        if (err)
+            return err;
+    }
     err = gs_store_ca_get(st, &existing);
     gs_store_ca_free(existing);
     if (err == GS_OK)
         return gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
     if (err != GS_ERR_NOT_FOUND)
         return err;
-    he = hsm_key_find(hsm, label, 0, &probe);
-    hsm_key_free(probe);
-    if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
-        return gs_err_set(GS_ERR_EXISTS, "token already has an object labelled %s", label);
-    if (he != HSM_ERR_KEY_NOT_FOUND)
-        return hsm_fail(he, "token");
-
-    memset(&ks, 0, sizeof(ks));
-    ks.label = label;
-    ks.type = type;
-    ks.bits = bits;
-    ks.usage = HSM_USE_SIGN;
-    he = hsm_generate_keypair(hsm, &ks, &pub, &priv);
-    if (he != HSM_OK)
-        return hsm_fail(he, "generating the CA key");
+    if (use_key == NULL) {
+        he = hsm_key_find(hsm, label, 0, &probe);
+        hsm_key_free(probe);
+        if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
+            return gs_err_set(GS_ERR_EXISTS, "token already has an object labelled %s", label);
+        if (he != HSM_ERR_KEY_NOT_FOUND)
+            return hsm_fail(he, "token");
+    }
+    err = ca_key(hsm, label, keyspec, use_key, &pub, &priv, &made, &missing);
+    if (err)
+        goto out;
     he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
     if (he != HSM_OK) {
         err = hsm_fail(he, "reading the CA public key");
@@ -700,10 +779,14 @@ gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *key
     err = gs_cert_to_pem(cert, &pem);
     if (err)
         goto out;
-    err = gs_store_ca_put(st, label, pem);
+    gs_weak_format(missing, weak, sizeof(weak));
+    {
+        gs_store_keyrec rec = {.weakenings = weak};
+        err = gs_store_ca_put2(st, ref, pem, &rec);
+    }
     if (err)
         goto out;
-    log_info("CA initialised label=%s", label);
+    log_info("CA initialised label=%s adopted=%s", ref, use_key != NULL ? "yes" : "no");
     if (out) {
         ca = calloc(1, sizeof(*ca));
         if (ca == NULL) {
@@ -721,8 +804,9 @@ gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *key
     }
     err = GS_OK;
 out:
-    if (err && priv) {
-        /* Leave nothing behind on the token for a CA that was not recorded. */
+    if (err && made && priv) {
+        /* Leave nothing behind on the token for a CA that was not recorded
+         * (an adopted key is the owner's: never destroyed). */
         (void)hsm_key_destroy(hsm, priv);
         if (pub)
             (void)hsm_key_destroy(hsm, pub);

@@ -37,6 +37,16 @@ gs_err gs_keyspec_parse(const char *spec, hsm_key_type *type, unsigned *bits);
  * taken on the token. On any failure the token keys are destroyed again. */
 gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
                   unsigned days, gs_ca **out);
+/* The same, with every protection the token stores (what it cannot is
+ * recorded as the CA key's weakening), or with use_key (a pkcs11: URI,
+ * else NULL) adopting an existing private key made by the token's own
+ * tool instead of generating one: it must be sensitive, never
+ * extractable and sign only (GS_ERR_POLICY naming what is wrong
+ * otherwise), and carry CKA_ALLOWED_MECHANISMS where the token stores it.
+ * The store records the URI as the CA's label. keyspec is ignored then.
+ * An adopted key is never destroyed, also on failure. */
+gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
+                   const char *subject_cn, unsigned days, gs_ca **out);
 /* Loads the CA: certificate from the store, key handle from the token.
  * NOT_FOUND before `ca init`; GS_ERR_CERT if the stored certificate is
  * not the token key's. Issued certificates are verified with the public

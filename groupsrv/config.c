@@ -51,6 +51,7 @@ static const struct key_def keys[] = {
     {"hsm", "token", K_STR, OFF(hsm.token), 0, 0},
     {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
     {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
+    {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0},
     {"db", "path", K_STR, OFF(db.path), 0, 0},
     {"audit", "path", K_STR, OFF(audit.path), 0, 0},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
@@ -228,6 +229,11 @@ static gs_err validate(const char *name, struct gs_config *c)
         return gs_err_set(GS_ERR_CONFIG, "%s: missing required key 'pin_source' in [hsm]", name);
     if (strncmp(c->hsm.token, "pkcs11:", 7) != 0)
         return gs_err_set(GS_ERR_CONFIG, "%s: 'token' in [hsm] must be a pkcs11: URI", name);
+    /* A module by name gets its arguments from x-init-reserved in its
+     * p11-kit module file (p11-kit applies it only for NULL arguments). */
+    if (c->hsm.init_args != NULL && strchr(c->hsm.module, '/') == NULL)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'init_args' in [hsm] needs a module given by path; for a p11-kit "
+                          "module name put x-init-reserved in its module file", name);
     if (!valid_listen(c->server.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [server] must be host:port", name);
     if (c->server.reserved_connections == UINT_MAX)

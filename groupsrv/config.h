@@ -53,6 +53,7 @@ struct gs_config {
         char *token;            /* PKCS#11 token URI, default "pkcs11:token=groupsrv" */
         char *pin_source;       /* "env:NAME", "file:PATH" or PATH (required) */
         unsigned max_sessions;  /* session pool size, 0 = hsm default */
+        char *init_args;        /* C_Initialize arguments for a module by path (NSS softokn), or NULL */
     } hsm;
     struct {
         char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db" */

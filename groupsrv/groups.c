@@ -6,7 +6,6 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
-#include <p11-kit/pkcs11.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -14,12 +13,9 @@
 #include "log.h"
 #include "util.h"
 
-#ifndef CKM_AES_KEY_WRAP_KWP
-#define CKM_AES_KEY_WRAP_KWP 0x210bUL
-#endif
-
 struct gs_group {
     gs_store_group *info;
+    gs_policy policy;
     gs_group_key_ref *versions;         /* group key pair versions, newest first */
     size_t n_versions;
     gs_group_secret_ref *kek_versions;  /* group secret key (KEK) versions, newest first */
@@ -83,152 +79,12 @@ static void destroy_pair(hsm_ctx *hsm, const char *label)
         log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(a != HSM_OK ? a : b));
 }
 
-static bool mech_in(unsigned long m, const unsigned long *set, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (set[i] == m)
-            return true;
-    return false;
-}
-
-/* Every allowed mechanism must be in `allowed`; with require_list an
- * absent CKA_ALLOWED_MECHANISMS (= any mechanism) is a problem too. */
-static const char *check_mechs(const hsm_key_info *i, const unsigned long *allowed, size_t n, bool require_list)
-{
-    if (i->n_allowed_mechanisms == 0)
-        return require_list ? "CKA_ALLOWED_MECHANISMS absent (any mechanism allowed)" : NULL;
-    for (size_t k = 0; k < i->n_allowed_mechanisms; k++)
-        if (!mech_in(i->allowed_mechanisms[k], allowed, n))
-            return "CKA_ALLOWED_MECHANISMS allows a mechanism outside the policy";
-    return NULL;
-}
-
-/* Common to every private or never-leaving key. */
-static const char *check_locked(const hsm_key_info *i)
-{
-    if (!i->token)
-        return "not a token object";
-    if (!i->private_)
-        return "CKA_PRIVATE is false";
-    if (!i->sensitive)
-        return "CKA_SENSITIVE is false";
-    if (!i->always_sensitive)
-        return "CKA_ALWAYS_SENSITIVE is false";
-    if (i->value_readable)
-        return "key value is readable";
-    return NULL;
-}
-
-static const char *check_group_key(const hsm_key_info *i, hsm_key_type type, unsigned bits, unsigned methods,
-                                   bool allow_pkcs1v15)
-{
-    const char *p;
-    bool want_decrypt = type == HSM_KEYTYPE_RSA && (methods & GS_METHOD_TLS);
-    if (i->cls != HSM_CLASS_PRIVATE || i->type != type)
-        return "wrong key class or type";
-    if (i->bits != 0 && i->bits != bits)
-        return "wrong key size";
-    if ((p = check_locked(i)) != NULL)
-        return p;
-    if (i->extractable)
-        return "CKA_EXTRACTABLE is true";
-    if (!i->never_extractable)
-        return "CKA_NEVER_EXTRACTABLE is false";
-    if (i->sign || i->sign_recover)
-        return "CKA_SIGN allowed (policy: no signing)";
-    if (i->wrap || i->encrypt || i->verify)
-        return "wrap/encrypt/verify usage set";
-    if (i->decrypt != want_decrypt)
-        return want_decrypt ? "CKA_DECRYPT missing (group allows tls)" : "CKA_DECRYPT set but the group does not allow tls";
-    if (type == HSM_KEYTYPE_RSA) {
-        static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
-        static const unsigned long oaep_v15[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS};
-        if (!i->unwrap)
-            return "CKA_UNWRAP missing";
-        if (i->derive)
-            return "CKA_DERIVE set on an RSA key";
-        if (!i->has_unwrap_template || !i->unwrap_template_sensitive)
-            return "CKA_UNWRAP_TEMPLATE missing or does not force CKA_SENSITIVE";
-        p = allow_pkcs1v15 ? check_mechs(i, oaep_v15, 2, true) : check_mechs(i, oaep, 1, true);
-        if (p)
-            return p;
-        if (!mech_in(CKM_RSA_PKCS_OAEP, i->allowed_mechanisms, i->n_allowed_mechanisms))
-            return "CKA_ALLOWED_MECHANISMS lacks RSA-OAEP";
-    } else {
-        static const unsigned long ecdh[] = {CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE};
-        if (!i->derive)
-            return "CKA_DERIVE missing";
-        if (i->unwrap)
-            return "CKA_UNWRAP set on an EC key";
-        if ((p = check_mechs(i, ecdh, 2, true)) != NULL)
-            return p;
-    }
-    return NULL;
-}
-
-static const char *check_ca_key(const hsm_key_info *i)
-{
-    static const unsigned long sig[] = {CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS, CKM_ECDSA, CKM_ECDSA_SHA256};
-    const char *p;
-    if (i->cls != HSM_CLASS_PRIVATE)
-        return "not a private key";
-    if ((p = check_locked(i)) != NULL)
-        return p;
-    if (i->extractable)
-        return "CKA_EXTRACTABLE is true";
-    if (!i->never_extractable)
-        return "CKA_NEVER_EXTRACTABLE is false";
-    if (!i->sign)
-        return "CKA_SIGN missing";
-    if (i->decrypt || i->unwrap || i->derive || i->wrap || i->encrypt || i->sign_recover)
-        return "usage beyond signing set";
-    return check_mechs(i, sig, GS_ARRAY_LEN(sig), false);
-}
-
-static const char *check_secret_key(const hsm_key_info *i)
-{
-    static const unsigned long kw[] = {CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_KWP};
-    const char *p;
-    if (i->cls != HSM_CLASS_SECRET || i->type != HSM_KEYTYPE_AES)
-        return "not an AES secret key";
-    if (i->bits != 0 && i->bits != 256)
-        return "not 256 bits";
-    if ((p = check_locked(i)) != NULL)
-        return p;
-    /* Extractable by design (delivered wrapped to members); sensitive and
-     * an unreadable value keep it from leaving in the clear. */
-    if (!i->wrap)
-        return "CKA_WRAP missing";
-    if (i->decrypt || i->encrypt || i->sign || i->verify || i->derive || i->unwrap || i->sign_recover)
-        return "usage beyond key wrapping set";
-    return check_mechs(i, kw, GS_ARRAY_LEN(kw), false);
-}
-
-static const char *check_reject_key(const hsm_key_info *i)
-{
-    static const unsigned long hmac[] = {CKM_SHA256_HMAC, CKM_SHA256_HMAC_GENERAL};
-    const char *p;
-    if (i->cls != HSM_CLASS_SECRET)
-        return "not a secret key";
-    if ((p = check_locked(i)) != NULL)
-        return p;
-    if (i->extractable)
-        return "CKA_EXTRACTABLE is true";
-    if (!i->never_extractable)
-        return "CKA_NEVER_EXTRACTABLE is false";
-    if (!i->sign)
-        return "CKA_SIGN (HMAC) missing";
-    if (i->decrypt || i->encrypt || i->wrap || i->unwrap || i->derive)
-        return "usage beyond HMAC set";
-    return check_mechs(i, hmac, GS_ARRAY_LEN(hmac), false);
-}
-
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15)
 {
-    if (type == HSM_KEYTYPE_EC)
-        return HSM_USE_DERIVE;
-    return HSM_USE_UNWRAP | ((methods & GS_METHOD_TLS) ? HSM_USE_DECRYPT : 0u) |
-           (allow_pkcs1v15 ? HSM_USE_PKCS1V15 : 0u);
+    gs_policy everything_on_token;
+
+    memset(&everything_on_token, 0, sizeof(everything_on_token));
+    return gs_policy_group_usage(&everything_on_token, type, methods, allow_pkcs1v15);
 }
 
 gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
@@ -241,6 +97,7 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
     hc.token_uri = cfg->hsm.token;
     hc.pin_source = cfg->hsm.pin_source;
     hc.max_sessions = cfg->hsm.max_sessions;
+    hc.init_args = cfg->hsm.init_args;
     he = hsm_open(&hc, out);
     if (he != HSM_OK) {
         gs_err err = hsm_fail(he, "opening token", cfg->hsm.token);
@@ -268,6 +125,26 @@ void gs_group_free(gs_group *g)
     free(g);
 }
 
+/* A sealed secret key of the store as an hsm key reference: its seal key
+ * pair found on the token. */
+static gs_err load_sealed(hsm_ctx *hsm, const char *seal_label, const unsigned char *blob, size_t len,
+                          hsm_key_type type, unsigned bits, const char *what, hsm_key **out)
+{
+    hsm_key *seal = NULL;
+    hsm_err he;
+
+    *out = NULL;
+    if (seal_label == NULL || blob == NULL)
+        return gs_err_set(GS_ERR_SCHEMA, "%s is sealed but its seal key or blob is not recorded", what);
+    he = hsm_key_find(hsm, seal_label, HSM_CLASS_PRIVATE, &seal);
+    if (he == HSM_OK)
+        he = hsm_key_from_sealed(hsm, seal, type, bits, blob, len, out);
+    hsm_key_free(seal);
+    if (he != HSM_OK)
+        return hsm_fail(he, what, seal_label);
+    return GS_OK;
+}
+
 gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
 {
     gs_group *g = NULL;
@@ -286,7 +163,9 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     err = gs_store_group_get(st, name, &g->info);
     if (err)
         goto out;
-    err = gs_keyspec_parse(g->info->algorithm, &type, &bits);
+    err = gs_policy_parse(g->info->policy, &g->policy);
+    if (!err)
+        err = gs_keyspec_parse(g->info->algorithm, &type, &bits);
     if (err)
         goto out;
     err = gs_store_group_keys(st, g->info->id, &keys, &nk);
@@ -307,6 +186,9 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         r->version = keys[i].version;
         r->current = keys[i].state == GS_KEY_CURRENT;
         r->type = type;
+        err = gs_weak_parse(keys[i].weakenings, &r->missing);
+        if (err)
+            goto out;
         err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &r->cert);
         if (err)
             goto out;
@@ -324,13 +206,25 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         r->version = secrets[i].version;
         r->current = secrets[i].state == GS_KEY_CURRENT;
         memcpy(r->kek_id, secrets[i].kek_id, GS_KEK_ID_LEN);
+        if (secrets[i].sealed != NULL) {
+            err = load_sealed(hsm, secrets[i].seal_label, secrets[i].sealed, secrets[i].sealed_len,
+                              HSM_KEYTYPE_AES, 256, "sealed secret key", &r->key);
+            if (err)
+                goto out;
+            continue;
+        }
         he = hsm_key_find(hsm, secrets[i].token_label, HSM_CLASS_SECRET, &r->key);
         if (he != HSM_OK) {
             err = hsm_fail(he, "secret key", secrets[i].token_label);
             goto out;
         }
     }
-    if (g->info->reject_label != NULL) {
+    if (g->info->reject_sealed != NULL) {
+        err = load_sealed(hsm, g->info->reject_seal_label, g->info->reject_sealed, g->info->reject_sealed_len,
+                          HSM_KEYTYPE_GENERIC_SECRET, 256, "sealed rejection key", &g->reject);
+        if (err)
+            goto out;
+    } else if (g->info->reject_label != NULL) {
         he = hsm_key_find(hsm, g->info->reject_label, HSM_CLASS_SECRET, &g->reject);
         if (he != HSM_OK) {
             err = hsm_fail(he, "rejection key", g->info->reject_label);
@@ -375,6 +269,11 @@ const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const un
     return NULL;
 }
 hsm_key *gs_group_reject_key(const gs_group *g) { return g->reject; }
+const gs_policy *gs_group_policy(const gs_group *g) { return &g->policy; }
+hsm_rewrap_path gs_group_rewrap_path(const gs_group *g)
+{
+    return g->policy.rewrap == GS_REWRAP_SOFTWARE ? HSM_REWRAP_SOFTWARE : HSM_REWRAP_TOKEN;
+}
 
 gs_err gs_group_cert_chain_pem(const gs_group *g, const gs_ca *ca, char **pem)
 {
@@ -414,22 +313,67 @@ out:
 
 /* ---- creating keys ------------------------------------------------------------ */
 
-/* Generates one group key version on the token, reads every attribute back
- * and checks it against the policy, and returns its public key. */
-static gs_err make_group_key(hsm_ctx *hsm, const char *label, hsm_key_type type, unsigned bits, unsigned methods,
-                             bool allow_pkcs1v15, EVP_PKEY **pub_out)
+#define SEAL_LABEL "gs:seal"
+
+/* Reads a new or adopted key's attributes back and checks them against
+ * what it must be; returns its public key when asked (pub_out). */
+static gs_err check_new_key(hsm_ctx *hsm, hsm_key *priv, const char *label, const gs_key_expect *e,
+                            EVP_PKEY **pub_out)
 {
-    hsm_keygen_spec ks;
-    hsm_key *pub = NULL, *priv = NULL;
     hsm_key_info info;
     unsigned char *spki = NULL;
     size_t spki_len = 0;
     const unsigned char *p;
     const char *problem;
+    gs_err err = GS_OK;
+    hsm_err he;
+
+    if (pub_out != NULL)
+        *pub_out = NULL;
+    he = hsm_key_get_info(hsm, priv, &info);
+    if (he != HSM_OK)
+        return hsm_fail(he, "reading attributes of", label);
+    if ((problem = gs_key_check(&info, e, NULL)) != NULL)
+        return gs_err_set(GS_ERR_POLICY, "key %s: %s", label, problem);
+    if (pub_out == NULL)
+        return GS_OK;
+    he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
+    if (he != HSM_OK)
+        return hsm_fail(he, "reading public key of", label);
+    p = spki;
+    *pub_out = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    if (*pub_out == NULL)
+        err = gs_err_set(GS_ERR_CRYPTO, "token public key of %s unreadable", label);
+    free(spki);
+    return err;
+}
+
+static void log_weakening(const char *label, const hsm_keygen_result *res)
+{
+    char weak[64];
+
+    if (res->missing == 0)
+        return;
+    gs_weak_format(res->missing, weak, sizeof(weak));
+    log_warn("key made without every protection (an accepted weakening, recorded) label=%s weakenings=%s why=\"%s\"",
+             label, weak, res->why);
+}
+
+/* Generates a key pair on the token with exactly `usage` and every
+ * protection the token stores, checks it, and returns its public key;
+ * *missing gets the protections it could not have. */
+static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_key_type type, unsigned bits,
+                        unsigned usage, bool allow_pkcs1v15, EVP_PKEY **pub_out, unsigned *missing)
+{
+    hsm_keygen_spec ks;
+    hsm_keygen_result res;
+    hsm_key *pub = NULL, *priv = NULL;
+    gs_key_expect e;
     gs_err err;
     hsm_err he;
 
     *pub_out = NULL;
+    *missing = 0;
     err = label_free(hsm, label);
     if (err)
         return err;
@@ -437,34 +381,22 @@ static gs_err make_group_key(hsm_ctx *hsm, const char *label, hsm_key_type type,
     ks.label = label;
     ks.type = type;
     ks.bits = bits;
-    ks.usage = gs_group_key_usage(type, methods, allow_pkcs1v15);
-    he = hsm_generate_keypair(hsm, &ks, &pub, &priv);
+    ks.usage = usage;
+    he = hsm_generate_keypair_best(hsm, &ks, &res, &pub, &priv);
     if (he != HSM_OK)
-        return hsm_fail(he, "generating group key", label);
-    he = hsm_key_get_info(hsm, priv, &info);
-    if (he != HSM_OK) {
-        err = hsm_fail(he, "reading attributes of", label);
-        goto out;
+        return hsm_fail(he, "generating key", label);
+    memset(&e, 0, sizeof(e));
+    e.kind = kind;
+    e.type = type;
+    e.bits = bits;
+    e.usage = usage;
+    e.allow_pkcs1v15 = allow_pkcs1v15;
+    e.missing = res.missing;
+    err = check_new_key(hsm, priv, label, &e, pub_out);
+    if (err == GS_OK) {
+        *missing = res.missing;
+        log_weakening(label, &res);
     }
-    problem = check_group_key(&info, type, bits, methods, allow_pkcs1v15);
-    if (problem) {
-        err = gs_err_set(GS_ERR_POLICY, "new key %s: %s", label, problem);
-        goto out;
-    }
-    he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
-    if (he != HSM_OK) {
-        err = hsm_fail(he, "reading public key of", label);
-        goto out;
-    }
-    p = spki;
-    *pub_out = d2i_PUBKEY(NULL, &p, (long)spki_len);
-    if (*pub_out == NULL) {
-        err = gs_err_set(GS_ERR_CRYPTO, "token public key of %s unreadable", label);
-        goto out;
-    }
-    err = GS_OK;
-out:
-    free(spki);
     hsm_key_free(pub);
     hsm_key_free(priv);
     if (err)
@@ -472,20 +404,20 @@ out:
     return err;
 }
 
-/* Generates a symmetric key on the token with exactly the given use, reads
- * its attributes back and destroys it again if `check` finds a problem
- * (tokens may add usages). `what` names it in errors. */
-static gs_err make_sym_key(hsm_ctx *hsm, const char *label, hsm_key_type type, unsigned usage, bool extractable,
-                           const char *(*check)(const hsm_key_info *), const char *what)
+/* Generates a symmetric key on the token with exactly the given use and
+ * every protection the token stores, checks it, and destroys it again on
+ * a problem (tokens may add usages). */
+static gs_err make_sym_key(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_key_type type, unsigned usage,
+                           bool extractable, unsigned *missing)
 {
     hsm_keygen_spec ks;
+    hsm_keygen_result res;
     hsm_key *k = NULL;
-    hsm_key_info info;
-    const char *problem;
-    char doing[64];
+    gs_key_expect e;
     gs_err err;
     hsm_err he;
 
+    *missing = 0;
     err = label_free(hsm, label);
     if (err)
         return err;
@@ -495,34 +427,110 @@ static gs_err make_sym_key(hsm_ctx *hsm, const char *label, hsm_key_type type, u
     ks.bits = 256;
     ks.usage = usage;
     ks.extractable = extractable;
-    he = hsm_generate_secret_key(hsm, &ks, &k);
-    if (he != HSM_OK) {
-        (void)snprintf(doing, sizeof(doing), "generating %s", what);
-        return hsm_fail(he, doing, label);
-    }
-    he = hsm_key_get_info(hsm, k, &info);
-    if (he != HSM_OK) {
-        err = hsm_fail(he, "reading attributes of", label);
-    } else if ((problem = check(&info)) != NULL) {
-        err = gs_err_set(GS_ERR_POLICY, "new key %s: %s", label, problem);
-    }
+    he = hsm_generate_secret_key_best(hsm, &ks, &res, &k);
+    if (he != HSM_OK)
+        return hsm_fail(he, kind == GS_KIND_SECRET ? "generating secret key" : "generating rejection key", label);
+    memset(&e, 0, sizeof(e));
+    e.kind = kind;
+    e.usage = usage;
+    e.missing = res.missing;
+    err = check_new_key(hsm, k, label, &e, NULL);
     if (err)
         (void)hsm_key_destroy(hsm, k);
+    else {
+        *missing = res.missing;
+        log_weakening(label, &res);
+    }
     hsm_key_free(k);
     return err;
 }
 
-/* AES-256 group secret key: only ever leaves wrapped (GET secret-keys). */
-static gs_err make_secret_key(hsm_ctx *hsm, const char *label)
+/* The token key pair sealed secrets open with: found (and checked), or
+ * made (decrypt only). *made tells the caller to destroy it on failure
+ * and to record it; *seal is the caller's. */
+static gs_err ensure_seal_key(hsm_ctx *hsm, const hsm_caps *caps, hsm_key **seal, bool *made, unsigned *missing)
 {
-    return make_sym_key(hsm, label, HSM_KEYTYPE_AES, HSM_USE_WRAP, true, check_secret_key, "secret key");
+    gs_key_expect e;
+    EVP_PKEY *pk = NULL;
+    gs_err err;
+    hsm_err he;
+
+    *seal = NULL;
+    *made = false;
+    *missing = 0;
+    he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, seal);
+    if (he == HSM_OK) {
+        memset(&e, 0, sizeof(e));
+        e.kind = GS_KIND_SEAL;
+        e.missing = gs_policy_caps_missing(caps);
+        return check_new_key(hsm, *seal, SEAL_LABEL, &e, NULL);
+    }
+    if (he != HSM_ERR_KEY_NOT_FOUND)
+        return hsm_fail(he, "looking up", SEAL_LABEL);
+    /* RSA-3072 where the token makes it, else RSA-2048 (smartcards). */
+    err = make_pair(hsm, SEAL_LABEL, GS_KIND_SEAL, HSM_KEYTYPE_RSA,
+                    caps->mech[HSM_MECH_RSA_KEYGEN].max_bits >= 3072 || caps->mech[HSM_MECH_RSA_KEYGEN].max_bits == 0
+                        ? 3072
+                        : 2048,
+                    HSM_USE_DECRYPT, false, &pk, missing);
+    EVP_PKEY_free(pk);
+    if (err)
+        return err;
+    *made = true;
+    he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, seal);
+    if (he != HSM_OK)
+        return hsm_fail(he, "finding the new seal key", SEAL_LABEL);
+    log_info("seal key made label=%s", SEAL_LABEL);
+    return GS_OK;
+}
+
+/* A group secret key (or the rejection key) as the policy says: on the
+ * token, or sealed (then *sealed, the caller's, holds the blob). */
+struct made_secret {
+    bool on_token;          /* a token object was made (destroy on failure) */
+    unsigned missing;       /* its weakenings */
+    unsigned char *sealed;  /* sealed: the blob */
+    size_t sealed_len;
+};
+
+static void made_secret_clear(struct made_secret *m)
+{
+    free(m->sealed);
+    memset(m, 0, sizeof(*m));
+}
+
+static gs_err make_secret(hsm_ctx *hsm, gs_secret_store where, hsm_key *seal, const char *label,
+                          struct made_secret *m)
+{
+    hsm_err he;
+    gs_err err;
+
+    memset(m, 0, sizeof(*m));
+    if (where == GS_SECRETS_SEALED) {
+        he = hsm_sealed_secret_new(hsm, seal, HSM_KEYTYPE_AES, 256, &m->sealed, &m->sealed_len);
+        return he == HSM_OK ? GS_OK : hsm_fail(he, "sealing a new secret key to", SEAL_LABEL);
+    }
+    /* Extractable only by wrapping: delivered wrapped to members. */
+    err = make_sym_key(hsm, label, GS_KIND_SECRET, HSM_KEYTYPE_AES,
+                       where == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP, true, &m->missing);
+    m->on_token = err == GS_OK;
+    return err;
 }
 
 /* HMAC key for PKCS#1 v1.5 implicit rejection: never leaves. */
-static gs_err make_reject_key(hsm_ctx *hsm, const char *label)
+static gs_err make_reject(hsm_ctx *hsm, bool sealed, hsm_key *seal, const char *label, struct made_secret *m)
 {
-    return make_sym_key(hsm, label, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, check_reject_key,
-                        "rejection key");
+    hsm_err he;
+    gs_err err;
+
+    memset(m, 0, sizeof(*m));
+    if (sealed) {
+        he = hsm_sealed_secret_new(hsm, seal, HSM_KEYTYPE_GENERIC_SECRET, 256, &m->sealed, &m->sealed_len);
+        return he == HSM_OK ? GS_OK : hsm_fail(he, "sealing a new rejection key to", SEAL_LABEL);
+    }
+    err = make_sym_key(hsm, label, GS_KIND_REJECT, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, &m->missing);
+    m->on_token = err == GS_OK;
+    return err;
 }
 
 static gs_err issue_group_cert(const gs_ca *ca, hsm_ctx *hsm, const struct gs_config *cfg, const char *name,
@@ -555,78 +563,218 @@ static gs_err new_kek_id(unsigned char id[GS_KEK_ID_LEN])
     return GS_OK;
 }
 
+/* What to do about an adopted key that falls short. */
+static const char *adopt_hint(const char *problem)
+{
+    if (strstr(problem, "CKA_ALLOWED_MECHANISMS") != NULL)
+        return "the token stores CKA_ALLOWED_MECHANISMS: make the key with it (pkcs11-tool "
+               "--allowed-mechanisms RSA-PKCS-OAEP)";
+    if (strstr(problem, "CKA_UNWRAP_TEMPLATE") != NULL)
+        return "the token stores CKA_UNWRAP_TEMPLATE: make the key with one forcing CKA_SENSITIVE, or "
+               "without CKA_UNWRAP";
+    if (strstr(problem, "SENSITIVE") != NULL || strstr(problem, "EXTRACTABLE") != NULL ||
+        strstr(problem, "readable") != NULL)
+        return "a group key must be generated on the token, sensitive and never extractable";
+    return "make the key with exactly the usage groupsrv check shows for the group's policy";
+}
+
+/* `group create --use-key URI`: the key made by the token's own tool,
+ * checked against the policy this token allows. */
+static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const char *uri, unsigned methods, bool v15,
+                              gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
+                              EVP_PKEY **pk)
+{
+    hsm_key *key = NULL;
+    hsm_key_info info;
+    gs_key_expect e;
+    const char *problem;
+    char q[160];
+    gs_err err;
+    hsm_err he;
+
+    *pk = NULL;
+    *missing = 0;
+    (void)log_quote(q, sizeof(q), uri);
+    if (strncmp(uri, "pkcs11:", 7) != 0)
+        return gs_err_set(GS_ERR_ARGS, "--use-key needs a pkcs11: URI of a private key");
+    he = hsm_key_find(hsm, uri, HSM_CLASS_PRIVATE, &key);
+    if (he == HSM_OK)
+        he = hsm_key_get_info(hsm, key, &info);
+    if (he != HSM_OK) {
+        err = hsm_fail(he, "--use-key", q);
+        goto out;
+    }
+    *type = info.type;
+    *bits = info.bits;
+    if (!((info.type == HSM_KEYTYPE_RSA && (info.bits == 2048 || info.bits == 3072 || info.bits == 4096)) ||
+          (info.type == HSM_KEYTYPE_EC && (info.bits == 256 || info.bits == 384)))) {
+        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: an RSA key of 2048, 3072 or 4096 bits or an EC key on "
+                         "P-256 or P-384 is needed", q);
+        goto out;
+    }
+    if (v15 && info.type != HSM_KEYTYPE_RSA) {
+        err = gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
+        goto out;
+    }
+    err = gs_policy_choose(caps, info.type, methods, v15, info.unwrap, pol);
+    if (err)
+        goto out;
+    memset(&e, 0, sizeof(e));
+    e.kind = GS_KIND_GROUP;
+    e.type = info.type;
+    e.bits = info.bits;
+    e.usage = gs_policy_group_usage(pol, info.type, methods, v15);
+    e.allow_pkcs1v15 = v15;
+    e.missing = gs_policy_caps_missing(caps);
+    if ((problem = gs_key_check(&info, &e, NULL)) != NULL) {
+        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: %s", q, problem, adopt_hint(problem));
+        goto out;
+    }
+    /* What the key lacks of what applies to it: its recorded weakenings. */
+    if (info.n_allowed_mechanisms == 0)
+        *missing |= HSM_PROT_ALLOWED_MECHANISMS;
+    if ((e.usage & HSM_USE_UNWRAP) && !info.has_unwrap_template)
+        *missing |= HSM_PROT_UNWRAP_TEMPLATE;
+    err = check_new_key(hsm, key, q, &e, pk);
+out:
+    hsm_key_free(key);
+    return err;
+}
+
+/* The group's new key version 1, generated or adopted. */
+static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
+                              gs_policy *pol, char *label, size_t label_size, char *keyspec, size_t keyspec_size,
+                              unsigned *missing, EVP_PKEY **pk)
+{
+    hsm_key_type type;
+    unsigned bits;
+    gs_err err;
+
+    if (spec->use_key != NULL) {
+        err = adopt_group_key(hsm, caps, spec->use_key, methods, spec->allow_pkcs1v15, pol, &type, &bits, missing,
+                              pk);
+        if (err)
+            return err;
+        if (util_strlcpy(label, spec->use_key, label_size) != UTIL_OK)
+            return gs_err_set(GS_ERR_ARGS, "--use-key URI longer than %zu bytes", label_size - 1);
+        (void)snprintf(keyspec, keyspec_size, "%s:%s%u", type == HSM_KEYTYPE_RSA ? "rsa" : "ec",
+                       type == HSM_KEYTYPE_RSA ? "" : "p", bits);
+        return GS_OK;
+    }
+    (void)util_strlcpy(keyspec, spec->keyspec ? spec->keyspec : "rsa:3072", keyspec_size);
+    err = gs_keyspec_parse(keyspec, &type, &bits);
+    if (!err)
+        err = gs_policy_choose(caps, type, methods, spec->allow_pkcs1v15, true, pol);
+    if (err)
+        return err;
+    label_group(label, label_size, spec->name, 1);
+    return make_pair(hsm, label, GS_KIND_GROUP, type, bits,
+                     gs_policy_group_usage(pol, type, methods, spec->allow_pkcs1v15), spec->allow_pkcs1v15, pk,
+                     missing);
+}
+
 gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out)
 {
     gs_store_group row, *existing = NULL;
     char klabel[GS_LABEL_MAX + 1], slabel[GS_LABEL_MAX + 1], rlabel[GS_LABEL_MAX + 1];
+    char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64];
     unsigned char kek_id[GS_KEK_ID_LEN];
-    bool made_key = false, made_secret = false, made_reject = false;
+    struct made_secret sec, rej;
+    bool made_key = false, made_seal = false;
+    hsm_key *seal = NULL;
+    gs_policy pol;
+    hsm_caps caps;
     EVP_PKEY *pk = NULL;
     char *pem = NULL;
-    hsm_key_type type;
-    unsigned bits, methods;
+    unsigned methods, kmissing = 0, seal_missing = 0;
     int64_t id = 0;
     gs_err err;
 
+    memset(&sec, 0, sizeof(sec));
+    memset(&rej, 0, sizeof(rej));
     if (version_out)
         *version_out = 0;
     if (spec == NULL || !gs_valid_group_name(spec->name))
         return gs_err_set(GS_ERR_ARGS, "invalid group name (1-64 of a-z 0-9 . _ -, starting with a letter or digit)");
     if (!gs_valid_email(spec->address))
         return gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)");
-    err = gs_keyspec_parse(spec->keyspec ? spec->keyspec : "rsa:3072", &type, &bits);
-    if (err)
-        return err;
+    if (spec->use_key == NULL) {
+        hsm_key_type type;
+        unsigned bits;
+        err = gs_keyspec_parse(spec->keyspec ? spec->keyspec : "rsa:3072", &type, &bits);
+        if (err)
+            return err;
+        if (spec->allow_pkcs1v15 && type != HSM_KEYTYPE_RSA)
+            return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
+    }
     methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
-    if (spec->allow_pkcs1v15 && type != HSM_KEYTYPE_RSA)
-        return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
     err = gs_store_group_get(st, spec->name, &existing);
     gs_store_group_free(existing);
     if (err == GS_OK)
         return gs_err_set(GS_ERR_EXISTS, "group %s already exists", spec->name);
     if (err != GS_ERR_NOT_FOUND)
         return err;
+    (void)hsm_caps_get(hsm, &caps);
 
-    label_group(klabel, sizeof(klabel), spec->name, 1);
     label_secret(slabel, sizeof(slabel), spec->name, 1);
     label_reject(rlabel, sizeof(rlabel), spec->name);
-    err = make_group_key(hsm, klabel, type, bits, methods, spec->allow_pkcs1v15, &pk);
+    err = first_group_key(hsm, &caps, spec, methods, &pol, klabel, sizeof(klabel), keyspec, sizeof(keyspec),
+                          &kmissing, &pk);
     if (err)
         goto out;
-    made_key = true;
+    made_key = spec->use_key == NULL;
     err = issue_group_cert(ca, hsm, cfg, spec->name, spec->address, pk, &pem);
     if (err)
         goto out;
+    if (((methods & GS_METHOD_GROUP_SECRET) && pol.secrets == GS_SECRETS_SEALED) ||
+        (spec->allow_pkcs1v15 && pol.reject_sealed)) {
+        err = ensure_seal_key(hsm, &caps, &seal, &made_seal, &seal_missing);
+        if (err)
+            goto out;
+    }
     if (methods & GS_METHOD_GROUP_SECRET) {
         err = new_kek_id(kek_id);
         if (!err)
-            err = make_secret_key(hsm, slabel);
+            err = make_secret(hsm, pol.secrets, seal, slabel, &sec);
         if (err)
             goto out;
-        made_secret = true;
     }
     if (spec->allow_pkcs1v15) {
-        err = make_reject_key(hsm, rlabel);
+        err = make_reject(hsm, pol.reject_sealed, seal, rlabel, &rej);
         if (err)
             goto out;
-        made_reject = true;
     }
+    gs_policy_format(&pol, policy, sizeof(policy));
+    gs_weak_format(kmissing, kweak, sizeof(kweak));
+    gs_weak_format(sec.missing, sweak, sizeof(sweak));
+    gs_weak_format(seal_missing, seal_weak, sizeof(seal_weak));
     memset(&row, 0, sizeof(row));
     row.name = (char *)spec->name;
     row.address = (char *)spec->address;
     row.methods = methods;
-    row.algorithm = (char *)(spec->keyspec ? spec->keyspec : "rsa:3072");
+    row.algorithm = keyspec;
     row.allow_pkcs1v15 = spec->allow_pkcs1v15;
     row.reject_label = spec->allow_pkcs1v15 ? rlabel : NULL;
+    row.policy = policy;
+    row.reject_seal_label = rej.sealed ? SEAL_LABEL : NULL;
+    row.reject_sealed = rej.sealed;
+    row.reject_sealed_len = rej.sealed_len;
     err = gs_store_begin(st);
     if (err)
         goto out;
     err = gs_store_group_add(st, &row, &id);
-    if (!err)
-        err = gs_store_group_key_add(st, id, 1, klabel, pem);
-    if (!err && made_secret)
-        err = gs_store_secret_add(st, id, 1, slabel, kek_id);
+    if (!err) {
+        gs_store_keyrec kr = {.weakenings = kweak};
+        err = gs_store_group_key_add2(st, id, 1, klabel, pem, &kr);
+    }
+    if (!err && (methods & GS_METHOD_GROUP_SECRET)) {
+        gs_store_keyrec sr = {.weakenings = sweak, .seal_label = sec.sealed ? SEAL_LABEL : NULL,
+                              .sealed = sec.sealed, .sealed_len = sec.sealed_len};
+        err = gs_store_secret_add2(st, id, 1, slabel, kek_id, &sr);
+    }
+    if (!err && seal != NULL)
+        err = gs_store_seal_key_put(st, SEAL_LABEL, seal_weak);
     if (err) {
         gs_store_rollback(st);
         goto out;
@@ -634,7 +782,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("group created group=%s label=%s", spec->name, klabel);
+    log_info("group created group=%s label=%s policy=%s", spec->name, klabel, policy);
     if (version_out)
         *version_out = 1;
 out:
@@ -644,12 +792,17 @@ out:
         (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
         if (made_key)
             destroy_pair(hsm, klabel);
-        if (made_secret)
+        if (sec.on_token)
             (void)destroy_label(hsm, slabel, HSM_CLASS_SECRET);
-        if (made_reject)
+        if (rej.on_token)
             (void)destroy_label(hsm, rlabel, HSM_CLASS_SECRET);
+        if (made_seal)
+            destroy_pair(hsm, SEAL_LABEL);
         err = gs_err_set(saved, "%s", detail);
     }
+    made_secret_clear(&sec);
+    made_secret_clear(&rej);
+    hsm_key_free(seal);
     EVP_PKEY_free(pk);
     free(pem);
     return err;
@@ -670,12 +823,13 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
     size_t nk = 0;
-    char label[GS_LABEL_MAX + 1];
+    char label[GS_LABEL_MAX + 1], weak[64];
     bool made = false;
     EVP_PKEY *pk = NULL;
     char *pem = NULL;
     hsm_key_type type;
-    unsigned bits, v;
+    unsigned bits, v, missing = 0;
+    gs_policy pol;
     gs_err err;
 
     if (version_out)
@@ -685,18 +839,27 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
         return err;
     err = gs_keyspec_parse(g->algorithm, &type, &bits);
     if (!err)
+        err = gs_policy_parse(g->policy, &pol);
+    if (!err)
         err = gs_store_group_keys(st, g->id, &keys, &nk);
     if (err)
         goto out;
     v = max_key_version(keys, nk) + 1;
     label_group(label, sizeof(label), name, v);
-    err = make_group_key(hsm, label, type, bits, g->methods, g->allow_pkcs1v15, &pk);
+    /* The recorded policy, not today's capabilities: the group's path
+     * stays what was decided (and shown) at creation. */
+    err = make_pair(hsm, label, GS_KIND_GROUP, type, bits,
+                    gs_policy_group_usage(&pol, type, g->methods, g->allow_pkcs1v15), g->allow_pkcs1v15, &pk,
+                    &missing);
     if (err)
         goto out;
     made = true;
+    gs_weak_format(missing, weak, sizeof(weak));
     err = issue_group_cert(ca, hsm, cfg, g->name, g->address, pk, &pem);
-    if (!err)
-        err = gs_store_group_key_add(st, g->id, v, label, pem);
+    if (!err) {
+        gs_store_keyrec kr = {.weakenings = weak};
+        err = gs_store_group_key_add2(st, g->id, v, label, pem, &kr);
+    }
     if (err)
         goto out;
     log_info("group key rotated group=%s version=%u", name, v);
@@ -837,60 +1000,99 @@ out:
     return err;
 }
 
-/* Makes the next secret key version on the token; the caller records it. */
-static gs_err next_secret(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, unsigned *version, char *label,
-                          size_t label_size, unsigned char kek_id[GS_KEK_ID_LEN])
+/* The next secret key version, made as the group's policy says (on the
+ * token, or sealed); the caller records it with *rec and destroys a token
+ * object again (destroy_next_secret) if that fails. */
+struct next_secret {
+    unsigned version;
+    char label[GS_LABEL_MAX + 1];
+    unsigned char kek_id[GS_KEK_ID_LEN];
+    char weak[64];
+    struct made_secret made;
+    gs_store_keyrec rec;
+};
+
+static gs_err next_secret(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, struct next_secret *ns)
 {
     gs_store_secret *s = NULL;
-    size_t ns = 0;
+    size_t n = 0;
     unsigned v = 0;
+    hsm_key *seal = NULL;
+    gs_policy pol;
     gs_err err;
+    hsm_err he;
 
+    memset(ns, 0, sizeof(*ns));
     if (!(g->methods & GS_METHOD_GROUP_SECRET))
         return gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
-    err = gs_store_secrets(st, g->id, &s, &ns);
+    err = gs_policy_parse(g->policy, &pol);
+    if (!err)
+        err = gs_store_secrets(st, g->id, &s, &n);
     if (err)
         return err;
-    for (size_t i = 0; i < ns; i++)
+    for (size_t i = 0; i < n; i++)
         if (s[i].version > v)
             v = s[i].version;
-    gs_store_secrets_free(s, ns);
-    *version = v + 1;
-    label_secret(label, label_size, g->name, *version);
-    err = new_kek_id(kek_id);
-    if (!err)
-        err = make_secret_key(hsm, label);
-    return err;
+    gs_store_secrets_free(s, n);
+    ns->version = v + 1;
+    label_secret(ns->label, sizeof(ns->label), g->name, ns->version);
+    err = new_kek_id(ns->kek_id);
+    if (err)
+        return err;
+    if (pol.secrets == GS_SECRETS_SEALED) {
+        he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, &seal);
+        if (he != HSM_OK)
+            return hsm_fail(he, "seal key", SEAL_LABEL);
+    }
+    err = make_secret(hsm, pol.secrets, seal, ns->label, &ns->made);
+    hsm_key_free(seal);
+    if (err)
+        return err;
+    gs_weak_format(ns->made.missing, ns->weak, sizeof(ns->weak));
+    ns->rec.weakenings = ns->weak;
+    ns->rec.seal_label = ns->made.sealed ? SEAL_LABEL : NULL;
+    ns->rec.sealed = ns->made.sealed;
+    ns->rec.sealed_len = ns->made.sealed_len;
+    return GS_OK;
+}
+
+/* After a failure to record it: the token object goes again; the detail
+ * of the failure is kept. Frees what next_secret made. */
+static void next_secret_undo(hsm_ctx *hsm, struct next_secret *ns, bool destroy)
+{
+    if (destroy && ns->made.on_token) {
+        char detail[512];
+        gs_err saved = GS_OK;
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+        (void)destroy_label(hsm, ns->label, HSM_CLASS_SECRET);
+        (void)gs_err_set(saved, "%s", detail);
+    }
+    made_secret_clear(&ns->made);
 }
 
 gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out)
 {
     gs_store_group *g = NULL;
-    char label[GS_LABEL_MAX + 1];
-    unsigned char kek_id[GS_KEK_ID_LEN];
-    unsigned v = 0;
+    struct next_secret ns;
     gs_err err;
 
+    memset(&ns, 0, sizeof(ns));
     if (version_out)
         *version_out = 0;
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
-    err = next_secret(st, hsm, g, &v, label, sizeof(label), kek_id);
+    err = next_secret(st, hsm, g, &ns);
     if (err)
         goto out;
-    err = gs_store_secret_add(st, g->id, v, label, kek_id);
-    if (err) {
-        char detail[512];
-        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-        (void)destroy_label(hsm, label, HSM_CLASS_SECRET);
-        err = gs_err_set(err, "%s", detail);
+    err = gs_store_secret_add2(st, g->id, ns.version, ns.label, ns.kek_id, &ns.rec);
+    if (err)
         goto out;
-    }
-    log_info("secret key rotated group=%s version=%u", name, v);
+    log_info("secret key rotated group=%s version=%u", name, ns.version);
     if (version_out)
-        *version_out = v;
+        *version_out = ns.version;
 out:
+    next_secret_undo(hsm, &ns, err != GS_OK);
     gs_store_group_free(g);
     return err;
 }
@@ -935,12 +1137,11 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
 {
     gs_store_group *g = NULL;
     gs_store_member *m = NULL;
-    char label[GS_LABEL_MAX + 1];
-    unsigned char kek_id[GS_KEK_ID_LEN];
-    unsigned v = 0;
+    struct next_secret ns;
     bool rotate, made = false;
     gs_err err;
 
+    memset(&ns, 0, sizeof(ns));
     if (rotated_version)
         *rotated_version = 0;
     err = gs_store_group_get(st, group, &g);
@@ -959,7 +1160,7 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
             err = gs_err_set(GS_ERR_ARGS, "removing a member rotates the secret key: token needed");
             goto out;
         }
-        err = next_secret(st, hsm, g, &v, label, sizeof(label), kek_id);
+        err = next_secret(st, hsm, g, &ns);
         if (err)
             goto out;
         made = true;
@@ -970,7 +1171,7 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
         goto out;
     err = gs_store_member_remove(st, g->id, email);
     if (!err && rotate)
-        err = gs_store_secret_add(st, g->id, v, label, kek_id);
+        err = gs_store_secret_add2(st, g->id, ns.version, ns.label, ns.kek_id, &ns.rec);
     if (err) {
         gs_store_rollback(st);
         goto out;
@@ -978,16 +1179,12 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("member removed group=%s member=%s secret_version=%u", group, email, v);
+    log_info("member removed group=%s member=%s secret_version=%u", group, email, ns.version);
     if (rotated_version)
-        *rotated_version = v;
+        *rotated_version = ns.version;
 out:
-    if (err && made) {
-        char detail[512];
-        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-        (void)destroy_label(hsm, label, HSM_CLASS_SECRET);
-        err = gs_err_set(err, "%s", detail);
-    }
+    if (made)
+        next_secret_undo(hsm, &ns, err != GS_OK);
     gs_store_member_free(m);
     gs_store_group_free(g);
     return err;
@@ -1007,6 +1204,10 @@ static void report(struct audit *a, gs_key_audit_row *row)
     row->ok = row->problem == NULL || row->problem[0] == '\0';
     if (row->problem == NULL)
         row->problem = "";
+    if (row->accepted == NULL)
+        row->accepted = "";
+    if (row->note == NULL)
+        row->note = "";
     if (!row->ok)
         a->problems++;
     if (a->cb)
@@ -1029,6 +1230,59 @@ static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, 
     return NULL;
 }
 
+/* One token key: found, attributes checked against e (its recorded
+ * weakenings accepted). Fills row; the key stays in *key for more checks. */
+static void audit_key(struct audit *a, gs_key_audit_row *row, const char *label, hsm_key_class cls,
+                      const gs_key_expect *e, hsm_key_info *info, hsm_key **key)
+{
+    row->problem = fetch(a, label, cls, info, key);
+    row->present = row->problem == NULL || strcmp(row->problem, "missing from the token") != 0;
+    if (row->problem == NULL) {
+        row->info = info;
+        row->problem = gs_key_check(info, e, &row->note);
+    }
+}
+
+/* Reads a recorded weakenings text; a damaged one is the row's problem. */
+static unsigned row_missing(gs_key_audit_row *row, const char *text)
+{
+    unsigned m = 0;
+
+    row->accepted = text != NULL ? text : "";
+    if (gs_weak_parse(text, &m) != GS_OK)
+        row->problem = "unknown weakening recorded in the database";
+    return m;
+}
+
+static void audit_sealed(struct audit *a, gs_key_audit_row *row, const char *seal_label, const unsigned char *blob,
+                         size_t len, hsm_key_type type)
+{
+    hsm_key *seal = NULL, *k = NULL;
+    hsm_err he;
+
+    row->present = false;
+    if (seal_label == NULL || blob == NULL) {
+        row->problem = "sealed, but its seal key or blob is not recorded";
+        return;
+    }
+    he = hsm_key_find(a->hsm, seal_label, HSM_CLASS_PRIVATE, &seal);
+    if (he == HSM_OK)
+        he = hsm_key_from_sealed(a->hsm, seal, type, 256, blob, len, &k);
+    if (he == HSM_OK)
+        he = hsm_sealed_check(a->hsm, k);
+    if (he == HSM_ERR_KEY_NOT_FOUND)
+        row->problem = "its seal key is missing from the token";
+    else if (he == HSM_ERR_DECRYPT)
+        row->problem = "does not open with its seal key";
+    else if (he != HSM_OK)
+        row->problem = "could not be opened on the token";
+    else
+        row->present = true;
+    row->accepted = type == HSM_KEYTYPE_AES ? "secret-sealed" : "reject-sealed";
+    hsm_key_free(k);
+    hsm_key_free(seal);
+}
+
 static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
 {
     gs_store_group_key *keys = NULL;
@@ -1038,9 +1292,11 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     unsigned bits = 0;
     gs_key_audit_row row;
     hsm_key_info info;
+    gs_key_expect e;
+    gs_policy pol;
 
-    if (gs_keyspec_parse(g->algorithm, &type, &bits) != GS_OK || gs_store_group_keys(st, g->id, &keys, &nk) != GS_OK ||
-        gs_store_secrets(st, g->id, &secrets, &ns) != GS_OK) {
+    if (gs_keyspec_parse(g->algorithm, &type, &bits) != GS_OK || gs_policy_parse(g->policy, &pol) != GS_OK ||
+        gs_store_group_keys(st, g->id, &keys, &nk) != GS_OK || gs_store_secrets(st, g->id, &secrets, &ns) != GS_OK) {
         memset(&row, 0, sizeof(row));
         row.label = "";
         row.kind = "group";
@@ -1067,12 +1323,15 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             report(a, &row);
             continue;
         }
-        row.problem = fetch(a, keys[i].token_label, HSM_CLASS_PRIVATE, &info, &k);
-        row.present = row.problem == NULL || strcmp(row.problem, "missing from the token") != 0;
-        if (row.problem == NULL) {
-            row.info = &info;
-            row.problem = check_group_key(&info, type, bits, g->methods, g->allow_pkcs1v15);
-        }
+        memset(&e, 0, sizeof(e));
+        e.kind = GS_KIND_GROUP;
+        e.type = type;
+        e.bits = bits;
+        e.usage = gs_policy_group_usage(&pol, type, g->methods, g->allow_pkcs1v15);
+        e.allow_pkcs1v15 = g->allow_pkcs1v15;
+        e.missing = row_missing(&row, keys[i].weakenings);
+        if (row.problem == NULL)
+            audit_key(a, &row, keys[i].token_label, HSM_CLASS_PRIVATE, &e, &info, &k);
         if (row.problem == NULL) {
             unsigned char *spki = NULL;
             size_t spki_len = 0;
@@ -1096,11 +1355,15 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         row.kind = "secret";
         row.group = g->name;
         row.version = secrets[i].version;
-        row.problem = fetch(a, secrets[i].token_label, HSM_CLASS_SECRET, &info, &k);
-        row.present = row.problem == NULL || strcmp(row.problem, "missing from the token") != 0;
-        if (row.problem == NULL) {
-            row.info = &info;
-            row.problem = check_secret_key(&info);
+        if (secrets[i].sealed != NULL) {
+            audit_sealed(a, &row, secrets[i].seal_label, secrets[i].sealed, secrets[i].sealed_len, HSM_KEYTYPE_AES);
+        } else {
+            memset(&e, 0, sizeof(e));
+            e.kind = GS_KIND_SECRET;
+            e.usage = pol.secrets == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP;
+            e.missing = row_missing(&row, secrets[i].weakenings);
+            if (row.problem == NULL)
+                audit_key(a, &row, secrets[i].token_label, HSM_CLASS_SECRET, &e, &info, &k);
         }
         hsm_key_free(k);
         report(a, &row);
@@ -1111,11 +1374,13 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         row.label = g->reject_label;
         row.kind = "reject";
         row.group = g->name;
-        row.problem = fetch(a, g->reject_label, HSM_CLASS_SECRET, &info, &k);
-        row.present = row.problem == NULL || strcmp(row.problem, "missing from the token") != 0;
-        if (row.problem == NULL) {
-            row.info = &info;
-            row.problem = check_reject_key(&info);
+        if (g->reject_sealed != NULL) {
+            audit_sealed(a, &row, g->reject_seal_label, g->reject_sealed, g->reject_sealed_len,
+                         HSM_KEYTYPE_GENERIC_SECRET);
+        } else {
+            memset(&e, 0, sizeof(e));
+            e.kind = GS_KIND_REJECT;
+            audit_key(a, &row, g->reject_label, HSM_CLASS_SECRET, &e, &info, &k);
         }
         hsm_key_free(k);
         report(a, &row);
@@ -1131,9 +1396,11 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
     struct audit a = {hsm, cb, arg, 0};
     gs_store_ca *ca = NULL;
     gs_store_group **groups = NULL;
-    size_t ng = 0;
+    gs_store_seal_key *seals = NULL;
+    size_t ng = 0, nseal = 0;
     gs_key_audit_row row;
     hsm_key_info info;
+    gs_key_expect e;
     gs_err err;
 
     *problems = 0;
@@ -1150,22 +1417,40 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
     } else {
         hsm_key *k = NULL;
         row.label = ca->label;
-        row.problem = fetch(&a, ca->label, HSM_CLASS_PRIVATE, &info, &k);
-        row.present = row.problem == NULL || strcmp(row.problem, "missing from the token") != 0;
-        if (row.problem == NULL) {
-            row.info = &info;
-            row.problem = check_ca_key(&info);
-        }
+        memset(&e, 0, sizeof(e));
+        e.kind = GS_KIND_CA;
+        e.missing = row_missing(&row, ca->weakenings);
+        if (row.problem == NULL)
+            audit_key(&a, &row, ca->label, HSM_CLASS_PRIVATE, &e, &info, &k);
         hsm_key_free(k);
         report(&a, &row);
     }
-    gs_store_ca_free(ca);
+    err = gs_store_seal_keys(st, &seals, &nseal);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < nseal; i++) {
+        hsm_key *k = NULL;
+        memset(&row, 0, sizeof(row));
+        row.kind = "seal";
+        row.group = "";
+        row.label = seals[i].label;
+        memset(&e, 0, sizeof(e));
+        e.kind = GS_KIND_SEAL;
+        e.missing = row_missing(&row, seals[i].weakenings);
+        if (row.problem == NULL)
+            audit_key(&a, &row, seals[i].label, HSM_CLASS_PRIVATE, &e, &info, &k);
+        hsm_key_free(k);
+        report(&a, &row);
+    }
     err = gs_store_group_list(st, &groups, &ng);
     if (err)
-        return err;
+        goto out;
     for (size_t i = 0; i < ng; i++)
         audit_group(&a, st, groups[i]);
-    gs_store_group_list_free(groups, ng);
     *problems = a.problems;
-    return GS_OK;
+out:
+    gs_store_ca_free(ca);
+    gs_store_seal_keys_free(seals, nseal);
+    gs_store_group_list_free(groups, ng);
+    return err;
 }

@@ -10,6 +10,10 @@
  *   gs:group:<name>:v<N>     group key pair version N (pub and priv share label and CKA_ID)
  *   gs:secret:<name>:v<N>    group secret key version N (AES-256, wrap only, extractable only wrapped)
  *   gs:reject:<name>         implicit-rejection HMAC key (groups that allow PKCS#1 v1.5)
+ *   gs:seal                  RSA key pair (decrypt only) that sealed secret keys open with, on
+ *                            tokens that cannot keep secret keys (policy.h: secret-sealed)
+ * A group key adopted with --use-key keeps its own label: the store holds
+ * the pkcs11: URI it was given by.
  *
  * Threads: a gs_group is a snapshot; it is read-only after gs_group_load
  * and may be shared by threads, but membership is NOT in it: ask the store
@@ -33,6 +37,7 @@
 #include "config.h"
 #include "gs_error.h"
 #include "hsm.h"
+#include "policy.h"
 #include "store.h"
 
 typedef struct gs_group gs_group;
@@ -43,13 +48,14 @@ typedef struct gs_group_key_ref {
     X509 *cert;          /* the group certificate of this version (borrowed) */
     hsm_key *key;        /* the group private key on the token (borrowed) */
     hsm_key_type type;   /* RSA or EC */
+    unsigned missing;    /* its accepted key-level weakenings (enum hsm_protection) */
 } gs_group_key_ref;
 
 typedef struct gs_group_secret_ref {
     unsigned version;
     bool current;
     unsigned char kek_id[GS_KEK_ID_LEN];
-    hsm_key *key;        /* the AES-256 secret key on the token (borrowed) */
+    hsm_key *key;        /* the AES-256 secret key on the token, or sealed (borrowed) */
 } gs_group_secret_ref;
 
 /* Loads group `name` with every non-retired key version and secret key
@@ -71,8 +77,13 @@ size_t gs_group_secret_count(const gs_group *g);
 const gs_group_secret_ref *gs_group_secret_at(const gs_group *g, size_t i);
 const gs_group_secret_ref *gs_group_current_secret(const gs_group *g); /* NULL if none */
 const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const unsigned char *id, size_t len);
-/* The implicit-rejection HMAC key, or NULL when the group does not allow PKCS#1 v1.5. */
+/* The implicit-rejection HMAC key (on the token, or sealed), or NULL when
+ * the group does not allow PKCS#1 v1.5. */
 hsm_key *gs_group_reject_key(const gs_group *g);
+/* The group's recorded key policy (borrowed). */
+const gs_policy *gs_group_policy(const gs_group *g);
+/* Where hsm/ re-wraps this group's content keys (from its policy). */
+hsm_rewrap_path gs_group_rewrap_path(const gs_group *g);
 /* PEM chain for GET /certificate: current group cert, then the CA cert if
  * it issued it (ca may be NULL). Caller frees. */
 gs_err gs_group_cert_chain_pem(const gs_group *g, const gs_ca *ca, char **pem);
@@ -85,17 +96,24 @@ typedef struct gs_group_spec {
     const char *keyspec;       /* NULL = "rsa:3072" */
     unsigned methods;          /* 0 = GS_METHODS_DEFAULT */
     bool allow_pkcs1v15;
+    const char *use_key;       /* a pkcs11: URI of an existing private key to adopt instead of
+                                  generating one (keyspec is then taken from the key); NULL */
 } gs_group_spec;
 
 /* The hsm usage bits a group key version must have and nothing more. */
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
 
-/* Creates the group: key pair v1 on the token with exactly the usage its
- * policy needs (attributes read back and checked), the group certificate
- * from the CA (CN=name, SAN rfc822Name=address, keyUsage keyEncipherment
- * (RSA) or keyAgreement (EC), EKU emailProtection), the secret key v1 when
- * group-secret is allowed, the rejection key when PKCS#1 v1.5 is, and the
- * rows. On failure nothing is left behind (token objects destroyed).
+/* Creates the group: its key policy chosen from the token's capability
+ * set (policy.h), key pair v1 on the token with exactly the usage that
+ * policy needs and every protection the token stores (attributes read
+ * back and checked; what it cannot store recorded as a weakening), or the
+ * key named by spec->use_key adopted after the same checks (POLICY, with
+ * what to do, if it falls short of what the token allows), the group
+ * certificate from the CA (CN=name, SAN rfc822Name=address, keyUsage
+ * keyEncipherment (RSA) or keyAgreement (EC), EKU emailProtection), the
+ * secret key v1 when group-secret is allowed, the rejection key when
+ * PKCS#1 v1.5 is, and the rows. On failure nothing is left behind (token
+ * objects made here destroyed; an adopted key is never destroyed).
  * EXISTS for a duplicate name or taken labels. */
 gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out);
@@ -136,16 +154,20 @@ typedef struct gs_key_audit_row {
     const hsm_key_info *info; /* attributes read (NULL if absent) */
     bool ok;
     const char *problem;      /* first problem found, "" when ok */
+    const char *accepted;     /* the key's recorded weakenings ("no-allowed-mechanisms,..."), "" */
+    const char *note;         /* what could not be verified through this module, "" */
 } gs_key_audit_row;
 
 /* Checks every key the store records (CA, each non-retired group key
- * version, secret key versions, rejection keys): present, sensitive,
- * always sensitive, never extractable (secret keys: extractable only by
- * wrapping, value unreadable), exactly the usage its policy allows, unwrap
- * template forcing sensitive, allowed mechanisms within policy, and the
- * group certificate's key equals the token's. cb (may be NULL) gets each
- * row (borrowed for the call). *problems = number of bad rows.
- * Returns GS_OK when the audit ran (whatever it found). */
+ * version, secret key versions, rejection keys, seal keys): present,
+ * sensitive, always sensitive, never extractable (secret keys: extractable
+ * only by wrapping, value unreadable), exactly the usage its group's
+ * policy allows, and every protection it was recorded with (unwrap
+ * template forcing sensitive, allowed mechanisms within policy): the
+ * policy that was possible on its token, not more; the group
+ * certificate's key equals the token's; a sealed secret opens. cb (may be
+ * NULL) gets each row (borrowed for the call). *problems = number of bad
+ * rows. Returns GS_OK when the audit ran (whatever it found). */
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems);
 

@@ -41,9 +41,9 @@
 
 static const char usage_text[] =
     "usage: groupsrv [-c FILE] COMMAND ...\n"
-    "  ca init [--key rsa:3072|ec:p256] [--subject CN] [--days N]\n"
+    "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N]\n"
     "  ca show\n"
-    "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256]\n"
+    "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
     "               [--methods tls,recipient-key,group-secret,membership-cert] [--allow-pkcs1v15]\n"
     "  group rotate NAME\n"
     "  group retire NAME --before VERSION\n"
@@ -252,11 +252,82 @@ static void print_time(FILE *f, int64_t t)
         fputs("?", f);
 }
 
+/* ---- key policy, as the commands show it -------------------------------------------- */
+
+/* Appends ", word" (or "word" first) to buf; false when it is full. */
+static bool append_word(char *buf, size_t n, size_t *used, const char *word, size_t wlen)
+{
+    int w = snprintf(buf + *used, n - *used, "%s%.*s", *used ? ", " : "", (int)wlen, word);
+
+    if (w < 0 || (size_t)w >= n - *used)
+        return false;
+    *used += (size_t)w;
+    return true;
+}
+
+/* "none", or the names of a group's accepted weakenings (group level and
+ * those of key version `weak`, a comma list), comma separated. */
+static void weakenings_line(const gs_store_group *g, const char *weak, char *buf, size_t n)
+{
+    const char *names[8];
+    gs_policy pol;
+    size_t k, used = 0;
+
+    buf[0] = '\0';
+    if (gs_policy_parse(g->policy, &pol) != GS_OK) {
+        (void)util_strlcpy(buf, "(unreadable policy)", n);
+        return;
+    }
+    k = gs_policy_weakenings(&pol, g->methods, g->allow_pkcs1v15, names, GS_ARRAY_LEN(names));
+    for (size_t i = 0; i < k; i++)
+        if (!append_word(buf, n, &used, names[i], strlen(names[i])))
+            return;
+    for (const char *p = weak; p != NULL && *p != '\0';) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (!append_word(buf, n, &used, p, len))
+            return;
+        p = end ? end + 1 : p + len;
+    }
+    if (buf[0] == '\0')
+        (void)util_strlcpy(buf, "none", n);
+}
+
+/* The policy lines `group create` and `group show` print. */
+static void print_group_policy(const gs_store_group *g, const char *weak)
+{
+    char line[512];
+    gs_policy pol;
+
+    if (gs_policy_parse(g->policy, &pol) != GS_OK)
+        return;
+    printf("key policy:     rewrap on the %s; secret keys %s; rejection key %s\n",
+           pol.rewrap == GS_REWRAP_SOFTWARE ? "host (software re-wrap: content keys in locked server memory)"
+                                            : "token (content keys never in server memory)",
+           !(g->methods & GS_METHOD_GROUP_SECRET) ? "none"
+           : pol.secrets == GS_SECRETS_SEALED     ? "sealed to a token key pair"
+           : pol.secrets == GS_SECRETS_TOKEN_ECB  ? "on the token (AES key wrap built on CKM_AES_ECB)"
+                                                  : "on the token (AES key wrap)",
+           !g->allow_pkcs1v15 ? "none" : pol.reject_sealed ? "sealed to a token key pair" : "on the token");
+    weakenings_line(g, weak, line, sizeof(line));
+    printf("weakenings:     %s\n", line);
+}
+
+static void print_ca_weakenings(struct env *e)
+{
+    gs_store_ca *row = NULL;
+
+    if (gs_store_ca_get(e->st, &row) != GS_OK)
+        return;
+    printf("weakenings:     %s\n", row->weakenings[0] ? row->weakenings : "none");
+    gs_store_ca_free(row);
+}
+
 /* ---- ca ---------------------------------------------------------------------------- */
 
 static int cmd_ca(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}};
+    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}, {"--use-key", true}};
     struct args a;
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
@@ -273,14 +344,19 @@ static int cmd_ca(struct env *e, int argc, char **argv)
                 return usage_error("--days: expected 1..36500, got %s", opt(&a, "--days"));
             days = (unsigned)d;
         }
+        if (opt(&a, "--key") && opt(&a, "--use-key"))
+            return usage_error("ca init: --key and --use-key exclude each other%s", "");
         err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
         if (!err)
-            err = gs_ca_init(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), subject, days, &e->ca);
+            err = gs_ca_init2(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
+                              days, &e->ca);
         if (err)
             return fail(err);
         char fp[65];
         gs_cert_fingerprint(gs_ca_cert(e->ca), fp);
-        printf("CA initialised: label %s, certificate sha256 %s\n", e->cfg->ca.key_label, fp);
+        printf("CA initialised: label %s, certificate sha256 %s\n",
+               opt(&a, "--use-key") ? opt(&a, "--use-key") : e->cfg->ca.key_label, fp);
+        print_ca_weakenings(e);
         return 0;
     }
     if (strcmp(a.pos[0], "show") == 0) {
@@ -353,6 +429,11 @@ static int group_show(struct env *e, const struct args *a)
     gs_methods_format(g->methods, methods, sizeof(methods));
     printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n",
            g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
+    for (size_t i = 0; i < nk; i++)
+        if (keys[i].state == GS_KEY_CURRENT) {
+            print_group_policy(g, keys[i].weakenings);
+            break;
+        }
     printf("created:        ");
     print_time(stdout, g->created);
     printf("\nmembers:        %zu\nkey versions:\n", nm);
@@ -361,8 +442,8 @@ static int group_show(struct env *e, const struct args *a)
         char fp[65] = "";
         if (gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &c) == GS_OK)
             gs_cert_fingerprint(c, fp);
-        printf("  v%-4u %-8s %-28s sha256 %s\n", keys[i].version, gs_key_state_name(keys[i].state),
-               keys[i].token_label, fp);
+        printf("  v%-4u %-8s %-28s sha256 %s%s%s\n", keys[i].version, gs_key_state_name(keys[i].state),
+               keys[i].token_label, fp, keys[i].weakenings[0] ? " weakenings " : "", keys[i].weakenings);
         X509_free(c);
     }
     if (ns)
@@ -370,8 +451,9 @@ static int group_show(struct env *e, const struct args *a)
     for (size_t i = 0; i < ns; i++) {
         char hex[2 * GS_KEK_ID_LEN + 1];
         util_hex(secrets[i].kek_id, GS_KEK_ID_LEN, hex);
-        printf("  v%-4u %-8s %-28s kek-id %s\n", secrets[i].version, gs_key_state_name(secrets[i].state),
-               secrets[i].token_label, hex);
+        printf("  v%-4u %-8s %-28s kek-id %s%s%s\n", secrets[i].version, gs_key_state_name(secrets[i].state),
+               secrets[i].token_label, hex, secrets[i].sealed ? " sealed to " : "",
+               secrets[i].sealed ? secrets[i].seal_label : "");
     }
     if (g->reject_label)
         printf("rejection key:  %s\n", g->reject_label);
@@ -388,7 +470,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--address", true}, {"--key", true},   {"--methods", true},
                                           {"--allow-pkcs1v15", false}, {"--before", true}, {"--cert", true},
-                                          {"--version", true}, {"--pubkey", false}};
+                                          {"--version", true}, {"--pubkey", false}, {"--use-key", true}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
     gs_err err;
@@ -432,9 +514,12 @@ static int cmd_group(struct env *e, int argc, char **argv)
         spec.name = a.pos[1];
         spec.address = opt(&a, "--address");
         spec.keyspec = opt(&a, "--key");
+        spec.use_key = opt(&a, "--use-key");
         spec.allow_pkcs1v15 = opt(&a, "--allow-pkcs1v15") != NULL;
         if (spec.address == NULL)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
+        if (spec.keyspec && spec.use_key)
+            return usage_error("group create: --key and --use-key exclude each other%s", "");
         if (opt(&a, "--before") || opt(&a, "--cert") || opt(&a, "--version"))
             return usage_error("group create: unexpected option%s", "");
         if (opt(&a, "--methods") && gs_methods_parse(opt(&a, "--methods"), &spec.methods) != GS_OK)
@@ -449,6 +534,16 @@ static int cmd_group(struct env *e, int argc, char **argv)
         if (err)
             return fail(err);
         printf("group %s created: key version %u\n", spec.name, v);
+        {
+            gs_store_group *g = NULL;
+            gs_store_group_key *keys = NULL;
+            size_t nk = 0;
+            if (gs_store_group_get(e->st, spec.name, &g) == GS_OK &&
+                gs_store_group_keys(e->st, g->id, &keys, &nk) == GS_OK && nk > 0)
+                print_group_policy(g, keys[0].weakenings);
+            gs_store_group_keys_free(keys, nk);
+            gs_store_group_free(g);
+        }
         return 0;
     }
     if (strcmp(sub, "rotate") == 0) {
@@ -724,20 +819,151 @@ static const char *yn(bool b) { return b ? "yes" : "no"; }
 static void check_row(void *arg, const gs_key_audit_row *r)
 {
     (void)arg;
-    char ver[16] = "-";
+    char ver[16] = "-", extra[320] = "";
     if (r->version)
         (void)snprintf(ver, sizeof(ver), "v%u", r->version);
+    /* An accepted weakening is named on the key's own row, never silent. */
+    if (r->accepted[0] || r->note[0])
+        (void)snprintf(extra, sizeof(extra), "%s%s%s%s%s", r->accepted[0] ? " (accepted weakening: " : "",
+                       r->accepted, r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
     if (r->info) {
         const hsm_key_info *i = r->info;
-        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s\n", r->kind,
+        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
                r->group[0] ? r->group : "-", ver, r->label, yn(i->sensitive), yn(i->always_sensitive),
                yn(i->never_extractable), yn(i->extractable), yn(i->decrypt), yn(i->unwrap), yn(i->sign),
-               yn(i->wrap), r->ok ? "OK" : "PROBLEM: ", r->problem);
+               yn(i->wrap), r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
     } else {
-        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s\n", r->kind,
+        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
                r->group[0] ? r->group : "-", ver, r->label[0] ? r->label : "-", "-", "-", "-", "-", "-", "-", "-",
-               "-", r->ok ? "OK" : "PROBLEM: ", r->problem);
+               "-", r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
     }
+}
+
+/* ---- check: what the token can do ------------------------------------------------------ */
+
+static void mech_flags_text(unsigned f, char *buf, size_t n)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {{HSM_MF_GENERATE, "generate"}, {HSM_MF_ENCRYPT, "encrypt"}, {HSM_MF_DECRYPT, "decrypt"},
+                 {HSM_MF_SIGN, "sign"},         {HSM_MF_WRAP, "wrap"},       {HSM_MF_UNWRAP, "unwrap"},
+                 {HSM_MF_DERIVE, "derive"}};
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < GS_ARRAY_LEN(names); i++)
+        if ((f & names[i].bit) && !append_word(buf, n, &used, names[i].name, strlen(names[i].name)))
+            return;
+    if (used == 0)
+        (void)util_strlcpy(buf, "-", n);
+}
+
+static const char *attr_support_text(hsm_attr_support a)
+{
+    return a == HSM_ATTR_YES ? "yes" : a == HSM_ATTR_SESSION_ONLY ? "session objects only" : "no";
+}
+
+/* The capability table of `check`: what every group's policy is chosen
+ * from. Lines start with "cap " so that scripts can pick them out. */
+static void print_caps(hsm_ctx *hsm)
+{
+    hsm_caps c;
+    char flags[96];
+
+    (void)hsm_caps_get(hsm, &c);
+    printf("capabilities of the token (each group's key policy is chosen from them):\n");
+    if (c.max_sessions > 0)
+        printf("cap sessions               at most %lu (C_GetTokenInfo); the pool opens no more\n", c.max_sessions);
+    else
+        printf("cap sessions               no limit reported (C_GetTokenInfo)\n");
+    printf("cap login                  %s%s\n", c.login_required ? "required" : "not required",
+           c.protected_auth_path ? "; PIN pad (protected authentication path)" : "");
+    for (int m = 0; m < HSM_MECH_COUNT_; m++) {
+        if (c.mech[m].present)
+            mech_flags_text(c.mech[m].flags, flags, sizeof(flags));
+        printf("cap mechanism %-28s %s%s%s\n", hsm_mech_name((hsm_mech)m), c.mech[m].present ? "yes: " : "no",
+               c.mech[m].present ? flags : "", "");
+    }
+    printf("cap attribute %-28s %s%s%s\n", "CKA_ALLOWED_MECHANISMS", attr_support_text(c.allowed_mechanisms),
+           c.allowed_mechanisms_why[0] ? ": " : "", c.allowed_mechanisms_why);
+    printf("cap attribute %-28s %s%s%s\n", "CKA_UNWRAP_TEMPLATE", attr_support_text(c.unwrap_template),
+           c.unwrap_template_why[0] ? ": " : "", c.unwrap_template_why);
+    printf("cap wrap/unwrap            %s\n",
+           c.rewrap_on_token ? "yes: C_UnwrapKey into a session key and C_WrapKey with RSA-OAEP (content keys "
+                               "never in server memory)"
+                             : "no: new groups re-wrap in software (software-rewrap)");
+    printf("cap secret keys            %s\n",
+           !c.secret_on_token ? "no: new groups seal their secret keys to a token key pair (secret-sealed)"
+           : hsm_caps_has(&c, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP)
+               ? "yes: AES keys wrapped with CKM_AES_KEY_WRAP(_PAD)"
+               : "yes, without AES key wrap: RFC 3394/5649 built on CKM_AES_ECB (secret-aes-ecb)");
+    printf("cap signatures (CA)        %s\n",
+           hsm_caps_has(&c, HSM_MECH_SHA256_RSA_PKCS, HSM_MF_SIGN) ? "CKM_SHA256_RSA_PKCS"
+           : hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_SIGN)
+               ? "CKM_RSA_PKCS over a DigestInfo hashed here (no CKM_SHA256_RSA_PKCS; the key stays on the token)"
+               : "no RSA signatures");
+    if (c.module_reinitialised)
+        printf("cap note                   a probe broke the module's connection; it was re-initialised\n");
+}
+
+static void oaep_text(unsigned mask, char *buf, size_t n)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    if (mask & (1u << HSM_OAEP_SHA1))
+        (void)append_word(buf, n, &used, "SHA-1", 5);
+    if (mask & (1u << HSM_OAEP_SHA256))
+        (void)append_word(buf, n, &used, "SHA-256", 7);
+    if (used == 0)
+        (void)util_strlcpy(buf, "-", n);
+}
+
+/* Each group's recorded policy, and for its current key what the token
+ * does with it: OAEP hashes (real trials) and a login per operation. */
+static void print_group_policies(struct env *e)
+{
+    gs_store_group **groups = NULL;
+    size_t ng = 0;
+
+    if (gs_store_group_list(e->st, &groups, &ng) != GS_OK)
+        return;
+    for (size_t i = 0; i < ng; i++) {
+        gs_store_group_key *keys = NULL;
+        size_t nk = 0;
+        char line[512], pol[96], dec[32], unw[32];
+        gs_policy p;
+
+        if (gs_store_group_keys(e->st, groups[i]->id, &keys, &nk) != GS_OK)
+            continue;
+        for (size_t k = 0; k < nk; k++) {
+            hsm_key *key = NULL;
+            hsm_key_info ki;
+            unsigned d = 0, u = 0;
+            if (keys[k].state != GS_KEY_CURRENT)
+                continue;
+            if (gs_policy_parse(groups[i]->policy, &p) == GS_OK)
+                gs_policy_format(&p, pol, sizeof(pol));
+            else
+                (void)util_strlcpy(pol, "(unreadable)", sizeof(pol));
+            weakenings_line(groups[i], keys[k].weakenings, line, sizeof(line));
+            printf("policy %-16s %s; weakenings: %s\n", groups[i]->name, pol, line);
+            if (hsm_key_find(e->hsm, keys[k].token_label, HSM_CLASS_PRIVATE, &key) == HSM_OK &&
+                hsm_key_get_info(e->hsm, key, &ki) == HSM_OK && ki.type == HSM_KEYTYPE_RSA &&
+                hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
+                oaep_text(d, dec, sizeof(dec));
+                oaep_text(u, unw, sizeof(unw));
+                printf("policy %-16s v%u OAEP hashes: decrypt %s; unwrap %s; login per operation: %s\n",
+                       groups[i]->name, keys[k].version, ki.decrypt ? dec : "(no CKA_DECRYPT)",
+                       ki.unwrap ? unw : "(no CKA_UNWRAP)",
+                       ki.always_authenticate ? "yes (CKA_ALWAYS_AUTHENTICATE)" : "no");
+            }
+            hsm_key_free(key);
+        }
+        gs_store_group_keys_free(keys, nk);
+    }
+    gs_store_group_list_free(groups, ng);
 }
 
 /* One row of the file checks; returns 1 for a problem (added up). */
@@ -919,6 +1145,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
     }
     printf("token     OK   %s (label \"%s\", %s %s, serial %s)\n", e->cfg->hsm.token, ti.label, ti.manufacturer,
            ti.model, ti.serial);
+    print_caps(e->hsm);
+    print_group_policies(e);
     printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", "GROUP", "VER", "LABEL",
            "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
     err = gs_keys_audit(e->st, e->hsm, check_row, NULL, &key_problems);

@@ -69,6 +69,22 @@ static const char *const migrations[] = {
     "  cert_pem TEXT,"
     "  added INTEGER NOT NULL,"
     "  PRIMARY KEY (group_id, email));",
+    /* 1 -> 2: each key's accepted weakenings (what its token could not
+     * do, issue 13), each group's key policy (where content keys are
+     * re-wrapped, where secret keys live), and secret keys sealed to a
+     * token key pair for tokens that cannot keep them. */
+    "ALTER TABLE ca ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN key_policy TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN reject_seal_label TEXT;"
+    "ALTER TABLE groups ADD COLUMN reject_sealed BLOB;"
+    "ALTER TABLE group_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN seal_label TEXT;"
+    "ALTER TABLE secret_keys ADD COLUMN sealed BLOB;"
+    "CREATE TABLE seal_keys ("
+    "  label TEXT PRIMARY KEY,"
+    "  weakenings TEXT NOT NULL DEFAULT '',"
+    "  created INTEGER NOT NULL);",
 };
 
 /* ---- names and enums -------------------------------------------------- */
@@ -425,6 +441,23 @@ void gs_store_rollback(gs_store *st)
 
 /* ---- small helpers ------------------------------------------------------ */
 
+/* A BLOB column copied (NULL stays NULL); false when out of memory. */
+static bool col_blobdup(sqlite3_stmt *s, int i, unsigned char **out, size_t *len)
+{
+    const void *b = sqlite3_column_blob(s, i);
+    int n = sqlite3_column_bytes(s, i);
+
+    *out = NULL;
+    *len = 0;
+    if (b == NULL || n <= 0)
+        return true;
+    if ((*out = malloc((size_t)n)) == NULL)
+        return false;
+    memcpy(*out, b, (size_t)n);
+    *len = (size_t)n;
+    return true;
+}
+
 static char *col_strdup(sqlite3_stmt *s, int i, bool *oom)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
@@ -495,7 +528,7 @@ gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
     int rc;
 
     *out = NULL;
-    err = prepare(st, "SELECT key_label, cert_pem, created FROM ca WHERE id = 1", &s);
+    err = prepare(st, "SELECT key_label, cert_pem, created, weakenings FROM ca WHERE id = 1", &s);
     if (err)
         return err;
     rc = sqlite3_step(s);
@@ -515,7 +548,8 @@ gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
     ca->label = col_strdup(s, 0, &oom);
     ca->cert_pem = col_strdup(s, 1, &oom);
     ca->created = sqlite3_column_int64(s, 2);
-    if (oom || ca->label == NULL || ca->cert_pem == NULL) {
+    ca->weakenings = col_strdup(s, 3, &oom);
+    if (oom || ca->label == NULL || ca->cert_pem == NULL || ca->weakenings == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -529,14 +563,25 @@ out:
 
 gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem)
 {
+    return gs_store_ca_put2(st, key_label, cert_pem, NULL);
+}
+
+static const char *rec_weak(const gs_store_keyrec *rec)
+{
+    return rec != NULL && rec->weakenings != NULL ? rec->weakenings : "";
+}
+
+gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec)
+{
     sqlite3_stmt *s = NULL;
     gs_err err;
     if (key_label == NULL || cert_pem == NULL)
         return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
-    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created) VALUES (1, ?, ?, ?)", &s);
+    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created, weakenings) VALUES (1, ?, ?, ?, ?)", &s);
     if (err)
         return err;
-    if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) || (err = bind_int(s, 3, now())))
+    if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) || (err = bind_int(s, 3, now())) ||
+        (err = bind_text(s, 4, rec_weak(rec))))
         goto out;
     err = step_done(st, s, "store ca", NULL);
     if (err == GS_ERR_EXISTS)
@@ -552,6 +597,7 @@ void gs_store_ca_free(gs_store_ca *ca)
         return;
     free(ca->label);
     free(ca->cert_pem);
+    free(ca->weakenings);
     free(ca);
 }
 
@@ -566,15 +612,18 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
     if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->algorithm == NULL)
         return gs_err_set(GS_ERR_ARGS, "invalid group record");
     err = prepare(st,
-                  "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
+                  "key_policy, reject_seal_label, reject_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
         return err;
     if ((err = bind_text(s, 1, g->name)) || (err = bind_text(s, 2, g->address)) ||
         (err = bind_int(s, 3, g->methods)) || (err = bind_text(s, 4, g->algorithm)) ||
         (err = bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0)) || (err = bind_text(s, 6, g->reject_label)) ||
-        (err = bind_int(s, 7, now())))
+        (err = bind_int(s, 7, now())) || (err = bind_text(s, 8, g->policy ? g->policy : "")) ||
+        (err = bind_text(s, 9, g->reject_seal_label)) ||
+        (err = g->reject_sealed ? bind_blob(s, 10, g->reject_sealed, g->reject_sealed_len)
+                                : bind_check(sqlite3_bind_null(s, 10), 10)))
         goto out;
     err = step_done(st, s, "add group", NULL);
     if (err == GS_ERR_EXISTS)
@@ -586,7 +635,9 @@ out:
     return err;
 }
 
-#define GROUP_COLS "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created"
+#define GROUP_COLS                                                                                             \
+    "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
+    "reject_sealed"
 
 static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
 {
@@ -603,7 +654,11 @@ static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
     g->allow_pkcs1v15 = sqlite3_column_int(s, 5) != 0;
     g->reject_label = col_strdup(s, 6, &oom);
     g->created = sqlite3_column_int64(s, 7);
-    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL) {
+    g->policy = col_strdup(s, 8, &oom);
+    g->reject_seal_label = col_strdup(s, 9, &oom);
+    if (!col_blobdup(s, 10, &g->reject_sealed, &g->reject_sealed_len))
+        oom = true;
+    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL) {
         gs_store_group_free(g);
         return GS_ERR_NOMEM;
     }
@@ -751,6 +806,9 @@ void gs_store_group_free(gs_store_group *g)
     free(g->address);
     free(g->algorithm);
     free(g->reject_label);
+    free(g->policy);
+    free(g->reject_seal_label);
+    free(g->reject_sealed);
     free(g);
 }
 
@@ -791,6 +849,12 @@ static gs_err tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                               const char *cert_pem)
 {
+    return gs_store_group_key_add2(st, group_id, version, token_label, cert_pem, NULL);
+}
+
+gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                               const char *cert_pem, const gs_store_keyrec *rec)
+{
     sqlite3_stmt *s = NULL;
     bool mine = false;
     gs_err err;
@@ -812,13 +876,14 @@ gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, 
     if (err)
         goto out;
     err = prepare(st,
-                  "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created) "
-                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
         goto out;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
-        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) || (err = bind_int(s, 6, now())))
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) || (err = bind_int(s, 6, now())) ||
+        (err = bind_text(s, 7, rec_weak(rec))))
         goto out;
     err = step_done(st, s, "add key version", NULL);
     if (err == GS_ERR_EXISTS)
@@ -877,7 +942,8 @@ static gs_err group_key_from_row(sqlite3_stmt *s, void *elem)
     k->state = (gs_key_state)sqlite3_column_int(s, 3);
     k->created = sqlite3_column_int64(s, 4);
     k->retired = sqlite3_column_int64(s, 5);
-    return (oom || !k->token_label || !k->cert_pem) ? GS_ERR_NOMEM : GS_OK;
+    k->weakenings = col_strdup(s, 6, &oom);
+    return (oom || !k->token_label || !k->cert_pem || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
 }
 
 static void release_group_keys(void *list, size_t n) { gs_store_group_keys_free(list, n); }
@@ -886,7 +952,7 @@ gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **
 {
     void *list = NULL;
     gs_err err = read_group_rows(st,
-                                 "SELECT version, token_label, cert_pem, state, created, retired FROM group_keys "
+                                 "SELECT version, token_label, cert_pem, state, created, retired, weakenings FROM group_keys "
                                  "WHERE group_id = ? ORDER BY version DESC",
                                  group_id, sizeof(**out), 4, group_key_from_row, release_group_keys,
                                  "list key versions", &list, n);
@@ -901,6 +967,7 @@ void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
     for (size_t i = 0; i < n; i++) {
         free(list[i].token_label);
         free(list[i].cert_pem);
+        free(list[i].weakenings);
     }
     free(list);
 }
@@ -909,6 +976,12 @@ void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
 
 gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                            const unsigned char kek_id[GS_KEK_ID_LEN])
+{
+    return gs_store_secret_add2(st, group_id, version, token_label, kek_id, NULL);
+}
+
+gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                            const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec)
 {
     sqlite3_stmt *s = NULL;
     bool mine = false;
@@ -931,14 +1004,17 @@ gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, con
     if (err)
         goto out;
     err = prepare(st,
-                  "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created) "
-                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
+                  "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
         goto out;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
         (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) ||
-        (err = bind_int(s, 6, now())))
+        (err = bind_int(s, 6, now())) || (err = bind_text(s, 7, rec_weak(rec))) ||
+        (err = bind_text(s, 8, rec != NULL ? rec->seal_label : NULL)) ||
+        (err = rec != NULL && rec->sealed != NULL ? bind_blob(s, 9, rec->sealed, rec->sealed_len)
+                                                  : bind_check(sqlite3_bind_null(s, 9), 9)))
         goto out;
     err = step_done(st, s, "add secret version", NULL);
     if (err == GS_ERR_EXISTS)
@@ -959,7 +1035,11 @@ static gs_err secret_from_row(sqlite3_stmt *s, void *elem)
         memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
     k->state = (gs_key_state)sqlite3_column_int(s, 3);
     k->created = sqlite3_column_int64(s, 4);
-    return (oom || !k->token_label) ? GS_ERR_NOMEM : GS_OK;
+    k->weakenings = col_strdup(s, 5, &oom);
+    k->seal_label = col_strdup(s, 6, &oom);
+    if (!col_blobdup(s, 7, &k->sealed, &k->sealed_len))
+        oom = true;
+    return (oom || !k->token_label || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
 }
 
 static void release_secrets(void *list, size_t n) { gs_store_secrets_free(list, n); }
@@ -968,7 +1048,7 @@ gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, s
 {
     void *list = NULL;
     gs_err err = read_group_rows(st,
-                                 "SELECT version, token_label, kek_id, state, created FROM secret_keys "
+                                 "SELECT version, token_label, kek_id, state, created, weakenings, seal_label, sealed FROM secret_keys "
                                  "WHERE group_id = ? ORDER BY version DESC",
                                  group_id, sizeof(**out), 4, secret_from_row, release_secrets,
                                  "list secret versions", &list, n);
@@ -1010,9 +1090,91 @@ void gs_store_secrets_free(gs_store_secret *s, size_t n)
 {
     if (s == NULL)
         return;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(s[i].token_label);
+        free(s[i].weakenings);
+        free(s[i].seal_label);
+        free(s[i].sealed);
+    }
     free(s);
+}
+
+/* ---- seal keys ---------------------------------------------------------------- */
+
+gs_err gs_store_seal_key_put(gs_store *st, const char *label, const char *weakenings)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    if (label == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no seal key label");
+    err = prepare(st, "INSERT OR IGNORE INTO seal_keys (label, weakenings, created) VALUES (?, ?, ?)", &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, label)) || (err = bind_text(s, 2, weakenings ? weakenings : "")) ||
+        (err = bind_int(s, 3, now())))
+        goto out;
+    err = step_done(st, s, "record seal key", NULL);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+gs_err gs_store_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_seal_key *list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if ((err = prepare(st, "SELECT label, weakenings, created FROM seal_keys ORDER BY label", &s)) != GS_OK)
+        return err;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        bool oom = false;
+        if (count == cap) {
+            gs_store_seal_key *nl = grow_array(list, &cap, sizeof(*nl), 2);
+            if (nl == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+        }
+        memset(&list[count], 0, sizeof(list[count]));
+        list[count].label = col_strdup(s, 0, &oom);
+        list[count].weakenings = col_strdup(s, 1, &oom);
+        list[count].created = sqlite3_column_int64(s, 2);
+        count++;
+        if (oom || list[count - 1].label == NULL || list[count - 1].weakenings == NULL) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list seal keys");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_seal_keys_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+void gs_store_seal_keys_free(gs_store_seal_key *list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(list[i].label);
+        free(list[i].weakenings);
+    }
+    free(list);
 }
 
 /* ---- members ---------------------------------------------------------------- */

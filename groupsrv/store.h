@@ -28,7 +28,7 @@
 #include "gs_error.h"
 
 /* Current schema version written by this program. */
-#define GS_STORE_SCHEMA_VERSION 1
+#define GS_STORE_SCHEMA_VERSION 2
 
 /* Caps on names (also checked by gs_valid_* below). */
 #define GS_NAME_MAX 64      /* group name */
@@ -94,14 +94,28 @@ gs_err gs_store_begin(gs_store *st);
 gs_err gs_store_commit(gs_store *st);
 void gs_store_rollback(gs_store *st);
 
+/* How a token key was made (schema 2): the weakenings accepted for it, a
+ * comma list of names ("no-allowed-mechanisms,no-unwrap-template"; "" or
+ * NULL = none: every protection), and for a sealed secret key its blob
+ * and the label of the token key pair it is sealed to. Borrowed. */
+typedef struct gs_store_keyrec {
+    const char *weakenings;
+    const char *seal_label;
+    const unsigned char *sealed;
+    size_t sealed_len;
+} gs_store_keyrec;
+
 /* ---- CA ------------------------------------------------------------- */
 typedef struct gs_store_ca {
-    char *label;       /* token label of the CA private key */
+    char *label;       /* token label (or pkcs11: URI, when adopted) of the CA private key */
     char *cert_pem;    /* self-signed CA certificate */
     int64_t created;   /* unix seconds */
+    char *weakenings;  /* accepted weakenings of the CA key ("" = none) */
 } gs_store_ca;
 gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out); /* NOT_FOUND before `ca init` */
 gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem); /* EXISTS if set */
+/* The same, with the key's record (rec may be NULL). */
+gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec);
 void gs_store_ca_free(gs_store_ca *ca);
 
 /* ---- groups ---------------------------------------------------------- */
@@ -114,6 +128,11 @@ typedef struct gs_store_group {
     bool allow_pkcs1v15;
     char *reject_label;   /* token label of the implicit-rejection HMAC key, or NULL */
     int64_t created;
+    char *policy;         /* the group's key policy ("" = everything on the token; see
+                             groupsrv/policy.h); gs_store_group_add takes NULL as "" */
+    char *reject_seal_label;      /* a sealed rejection key: its seal key pair's label */
+    unsigned char *reject_sealed; /* ...and its blob (NULL: the rejection key is on the token) */
+    size_t reject_sealed_len;
 } gs_store_group;
 /* Adds a group; *id (may be NULL) gets its row id. EXISTS on duplicate name. */
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id);
@@ -134,11 +153,16 @@ typedef struct gs_store_group_key {
     gs_key_state state;
     int64_t created;
     int64_t retired;      /* 0 unless retired */
+    char *weakenings;     /* accepted weakenings of this key ("" = none) */
 } gs_store_group_key;
 /* Adds version `version` as current and demotes the previous current to
  * old, atomically. EXISTS if the version exists. */
 gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                               const char *cert_pem);
+/* The same, with the key's record (rec may be NULL). token_label may be a
+ * pkcs11: URI (a key adopted with --use-key). */
+gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                               const char *cert_pem, const gs_store_keyrec *rec);
 /* Replaces the certificate of a version (import-cert). */
 gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem);
 /* Marks a non-current version retired (STATE for the current one). */
@@ -154,15 +178,34 @@ typedef struct gs_store_secret {
     unsigned char kek_id[GS_KEK_ID_LEN];/* random; the KEKRecipientInfo kekid */
     gs_key_state state;                 /* CURRENT or OLD (RETIRED reserved) */
     int64_t created;
+    char *weakenings;                   /* accepted weakenings ("" = none) */
+    char *seal_label;                   /* sealed: the seal key pair's label, else NULL */
+    unsigned char *sealed;              /* sealed: the blob (token_label names no object) */
+    size_t sealed_len;
 } gs_store_secret;
 gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                            const unsigned char kek_id[GS_KEK_ID_LEN]);
+/* The same, with the key's record (rec may be NULL). */
+gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                            const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec);
 /* Newest first. */
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
 /* The version with this kek id (any group), NOT_FOUND otherwise. */
 gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,
                                  unsigned *version);
 void gs_store_secrets_free(gs_store_secret *s, size_t n);
+
+/* ---- seal keys (token key pairs that sealed secrets open with) ------------ */
+typedef struct gs_store_seal_key {
+    char *label;
+    char *weakenings;
+    int64_t created;
+} gs_store_seal_key;
+/* Records a seal key pair (a second call for the same label is a no-op). */
+gs_err gs_store_seal_key_put(gs_store *st, const char *label, const char *weakenings);
+/* Every recorded seal key, by label. */
+gs_err gs_store_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n);
+void gs_store_seal_keys_free(gs_store_seal_key *list, size_t n);
 
 /* ---- members ------------------------------------------------------------ */
 typedef struct gs_store_member {

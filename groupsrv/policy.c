@@ -1,0 +1,399 @@
+/* policy.c: see policy.h. */
+#include "policy.h"
+
+#include <p11-kit/pkcs11.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "store.h"
+#include "util.h"
+
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x210bUL
+#endif
+
+/* ---- text forms ------------------------------------------------------------ */
+
+const char *gs_rewrap_name(gs_rewrap_path r)
+{
+    return r == GS_REWRAP_SOFTWARE ? "software" : "token";
+}
+
+const char *gs_secrets_name(gs_secret_store s)
+{
+    return s == GS_SECRETS_SEALED ? "sealed" : s == GS_SECRETS_TOKEN_ECB ? "token-aes-ecb" : "token";
+}
+
+void gs_policy_format(const gs_policy *p, char *buf, size_t bufsize)
+{
+    (void)snprintf(buf, bufsize, "rewrap=%s,secrets=%s,reject=%s", gs_rewrap_name(p->rewrap),
+                   gs_secrets_name(p->secrets), p->reject_sealed ? "sealed" : "token");
+}
+
+gs_err gs_policy_parse(const char *text, gs_policy *out)
+{
+    char want[96];
+    gs_policy p;
+
+    memset(out, 0, sizeof(*out));
+    if (text == NULL || text[0] == '\0')
+        return GS_OK;
+    /* Every form gs_policy_format can write, compared whole: the store
+     * holds nothing else unless it was damaged. */
+    for (int r = 0; r < 2; r++)
+        for (int s = 0; s < 3; s++)
+            for (int j = 0; j < 2; j++) {
+                p.rewrap = (gs_rewrap_path)r;
+                p.secrets = (gs_secret_store)s;
+                p.reject_sealed = j != 0;
+                gs_policy_format(&p, want, sizeof(want));
+                if (strcmp(want, text) == 0) {
+                    *out = p;
+                    return GS_OK;
+                }
+            }
+    return gs_err_set(GS_ERR_SCHEMA, "unknown key policy in the database: %.80s", text);
+}
+
+size_t gs_policy_weakenings(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, const char **names,
+                            size_t cap)
+{
+    size_t n = 0;
+
+    if (p->rewrap == GS_REWRAP_SOFTWARE && n < cap)
+        names[n++] = "software-rewrap";
+    if ((methods & GS_METHOD_GROUP_SECRET) && p->secrets == GS_SECRETS_TOKEN_ECB && n < cap)
+        names[n++] = "secret-aes-ecb";
+    if ((methods & GS_METHOD_GROUP_SECRET) && p->secrets == GS_SECRETS_SEALED && n < cap)
+        names[n++] = "secret-sealed";
+    if (allow_pkcs1v15 && p->reject_sealed && n < cap)
+        names[n++] = "reject-sealed";
+    return n;
+}
+
+static const struct {
+    const char *name;
+    const char *text;
+} weakening_texts[] = {
+    {"software-rewrap", "content keys are decrypted into locked server memory for recipient-key, "
+                        "membership-cert, group-secret and rewrap (the token cannot unwrap into a session "
+                        "key or wrap)"},
+    {"secret-aes-ecb", "group secret keys wrap with RFC 3394/5649 built on the token's CKM_AES_ECB: the content "
+                       "key passes through locked server memory (the token has no AES key wrap)"},
+    {"secret-sealed", "group secret keys are kept outside the token, sealed to a token key pair, and opened "
+                      "into locked server memory for each use (the token cannot keep or wrap them)"},
+    {"reject-sealed", "the implicit-rejection key is kept outside the token, sealed, and opened into locked "
+                      "server memory for each use (the token has no HMAC)"},
+    {"no-allowed-mechanisms", "the key has no CKA_ALLOWED_MECHANISMS: the token cannot store it, so it does "
+                              "not limit the key to its mechanisms"},
+    {"no-unwrap-template", "the key has no CKA_UNWRAP_TEMPLATE: the token cannot store it, so keys unwrapped "
+                           "with it are sensitive only because groupsrv asks for it"},
+};
+
+const char *gs_weakening_text(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < GS_ARRAY_LEN(weakening_texts); i++)
+        if (strcmp(weakening_texts[i].name, name) == 0)
+            return weakening_texts[i].text;
+    return NULL;
+}
+
+void gs_weak_format(unsigned missing, char *buf, size_t bufsize)
+{
+    (void)snprintf(buf, bufsize, "%s%s%s", (missing & HSM_PROT_ALLOWED_MECHANISMS) ? "no-allowed-mechanisms" : "",
+                   (missing & HSM_PROT_ALLOWED_MECHANISMS) && (missing & HSM_PROT_UNWRAP_TEMPLATE) ? "," : "",
+                   (missing & HSM_PROT_UNWRAP_TEMPLATE) ? "no-unwrap-template" : "");
+}
+
+gs_err gs_weak_parse(const char *text, unsigned *missing)
+{
+    const char *p = text;
+
+    *missing = 0;
+    while (p != NULL && *p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == strlen("no-allowed-mechanisms") && strncmp(p, "no-allowed-mechanisms", n) == 0)
+            *missing |= HSM_PROT_ALLOWED_MECHANISMS;
+        else if (n == strlen("no-unwrap-template") && strncmp(p, "no-unwrap-template", n) == 0)
+            *missing |= HSM_PROT_UNWRAP_TEMPLATE;
+        else
+            return gs_err_set(GS_ERR_SCHEMA, "unknown key weakening in the database: %.80s", text);
+        p = end ? end + 1 : p + n;
+    }
+    return GS_OK;
+}
+
+/* ---- choosing -------------------------------------------------------------------- */
+
+gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned methods, bool allow_pkcs1v15,
+                        bool adopted_unwrap, gs_policy *out)
+{
+    bool can_decrypt = hsm_caps_has(caps, HSM_MECH_RSA_OAEP, HSM_MF_DECRYPT);
+
+    memset(out, 0, sizeof(*out));
+    if (type == HSM_KEYTYPE_EC)
+        return GS_OK; /* ECDH, method F only: nothing to choose */
+    if (!can_decrypt && !caps->rewrap_on_token)
+        return gs_err_set(GS_ERR_HSM, "the token offers %s neither for decryption nor for unwrapping: it "
+                          "cannot hold group keys (use a token with RSA-OAEP)", hsm_mech_name(HSM_MECH_RSA_OAEP));
+    out->rewrap = caps->rewrap_on_token && adopted_unwrap ? GS_REWRAP_TOKEN : GS_REWRAP_SOFTWARE;
+    if (out->rewrap == GS_REWRAP_SOFTWARE && !can_decrypt)
+        return gs_err_set(GS_ERR_HSM, "the key cannot unwrap and the token offers no %s decryption: make the "
+                          "key with CKA_UNWRAP", hsm_mech_name(HSM_MECH_RSA_OAEP));
+    if (caps->secret_on_token && hsm_caps_has(caps, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP))
+        out->secrets = GS_SECRETS_TOKEN;
+    else if (caps->secret_on_token)
+        out->secrets = GS_SECRETS_TOKEN_ECB;
+    else
+        out->secrets = GS_SECRETS_SEALED;
+    out->reject_sealed = !caps->hmac_on_token;
+    /* Secret keys outside C_WrapKey need the content key in memory, which
+     * the group key must then decrypt: only where the group uses them. */
+    if (!(methods & GS_METHOD_GROUP_SECRET))
+        out->secrets = GS_SECRETS_TOKEN;
+    if (!allow_pkcs1v15)
+        out->reject_sealed = false;
+    if ((out->secrets == GS_SECRETS_SEALED || out->reject_sealed) &&
+        (!can_decrypt || !hsm_caps_has(caps, HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE)))
+        return gs_err_set(GS_ERR_HSM, "the token can neither keep %s nor generate the RSA key pair it would be "
+                          "sealed to: create the group without %s",
+                          out->secrets == GS_SECRETS_SEALED ? "group secret keys" : "the implicit-rejection key",
+                          out->secrets == GS_SECRETS_SEALED
+                              ? "group-secret (--methods tls,recipient-key,membership-cert)"
+                              : "--allow-pkcs1v15");
+    return GS_OK;
+}
+
+unsigned gs_policy_caps_missing(const hsm_caps *caps)
+{
+    unsigned m = 0;
+
+    if (caps->allowed_mechanisms != HSM_ATTR_YES)
+        m |= HSM_PROT_ALLOWED_MECHANISMS;
+    if (caps->unwrap_template != HSM_ATTR_YES)
+        m |= HSM_PROT_UNWRAP_TEMPLATE;
+    return m;
+}
+
+unsigned gs_policy_group_usage(const gs_policy *p, hsm_key_type type, unsigned methods, bool allow_pkcs1v15)
+{
+    unsigned u = 0;
+
+    if (type == HSM_KEYTYPE_EC)
+        return HSM_USE_DERIVE;
+    if (p->rewrap == GS_REWRAP_TOKEN)
+        u |= HSM_USE_UNWRAP;
+    if ((methods & GS_METHOD_TLS) || p->rewrap == GS_REWRAP_SOFTWARE ||
+        ((methods & GS_METHOD_GROUP_SECRET) && p->secrets != GS_SECRETS_TOKEN))
+        u |= HSM_USE_DECRYPT;
+    if (allow_pkcs1v15)
+        u |= HSM_USE_PKCS1V15;
+    return u;
+}
+
+/* ---- checks ------------------------------------------------------------------------ */
+
+static bool mech_in(unsigned long m, const unsigned long *set, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (set[i] == m)
+            return true;
+    return false;
+}
+
+/* Every allowed mechanism must be in `allowed`; with `required` an absent
+ * CKA_ALLOWED_MECHANISMS (= any mechanism) is a problem too, unless it
+ * cannot be read through this module (then noted). */
+static const char *check_mechs(const hsm_key_info *i, const unsigned long *allowed, size_t n, bool required,
+                               const char **note)
+{
+    if (i->n_allowed_mechanisms == 0) {
+        if (!required)
+            return NULL;
+        if (i->allowed_mechanisms_unknown) {
+            *note = "CKA_ALLOWED_MECHANISMS cannot be read through this module (not verified)";
+            return NULL;
+        }
+        return "CKA_ALLOWED_MECHANISMS absent (any mechanism allowed)";
+    }
+    for (size_t k = 0; k < i->n_allowed_mechanisms; k++)
+        if (!mech_in(i->allowed_mechanisms[k], allowed, n))
+            return "CKA_ALLOWED_MECHANISMS allows a mechanism outside the policy";
+    return NULL;
+}
+
+/* Common to every private or never-leaving key. */
+static const char *check_locked(const hsm_key_info *i)
+{
+    if (!i->token)
+        return "not a token object";
+    if (!i->private_)
+        return "CKA_PRIVATE is false";
+    if (!i->sensitive)
+        return "CKA_SENSITIVE is false";
+    if (!i->always_sensitive)
+        return "CKA_ALWAYS_SENSITIVE is false";
+    if (i->value_readable)
+        return "key value is readable";
+    return NULL;
+}
+
+static const char *check_never_leaves(const hsm_key_info *i)
+{
+    if (i->extractable)
+        return "CKA_EXTRACTABLE is true";
+    if (!i->never_extractable)
+        return "CKA_NEVER_EXTRACTABLE is false";
+    return NULL;
+}
+
+static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+{
+    bool want_decrypt = (e->usage & HSM_USE_DECRYPT) != 0, want_unwrap = (e->usage & HSM_USE_UNWRAP) != 0;
+    const char *p;
+
+    if (i->cls != HSM_CLASS_PRIVATE || i->type != e->type)
+        return "wrong key class or type";
+    if (e->bits != 0 && i->bits != 0 && i->bits != e->bits)
+        return "wrong key size";
+    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+        return p;
+    if (i->sign || i->sign_recover)
+        return "CKA_SIGN allowed (policy: no signing)";
+    if (i->wrap || i->encrypt || i->verify)
+        return "wrap/encrypt/verify usage set";
+    if (e->type == HSM_KEYTYPE_RSA) {
+        static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
+        static const unsigned long oaep_v15[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS};
+        if (i->decrypt != want_decrypt)
+            return want_decrypt ? "CKA_DECRYPT missing (the group's policy decrypts on the token)"
+                                : "CKA_DECRYPT set but the group's policy does not need it";
+        if (i->unwrap != want_unwrap)
+            return want_unwrap ? "CKA_UNWRAP missing" : "CKA_UNWRAP set but the group re-wraps in software";
+        if (i->derive)
+            return "CKA_DERIVE set on an RSA key";
+        if (want_unwrap && !(e->missing & HSM_PROT_UNWRAP_TEMPLATE)) {
+            if (i->unwrap_template_unknown)
+                *note = "CKA_UNWRAP_TEMPLATE cannot be read through this module (not verified)";
+            else if (!i->has_unwrap_template || !i->unwrap_template_sensitive)
+                return "CKA_UNWRAP_TEMPLATE missing or does not force CKA_SENSITIVE";
+        }
+        p = e->allow_pkcs1v15 ? check_mechs(i, oaep_v15, 2, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note)
+                              : check_mechs(i, oaep, 1, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+        if (p)
+            return p;
+        if (i->n_allowed_mechanisms > 0 && !mech_in(CKM_RSA_PKCS_OAEP, i->allowed_mechanisms, i->n_allowed_mechanisms))
+            return "CKA_ALLOWED_MECHANISMS lacks RSA-OAEP";
+        return NULL;
+    }
+    {
+        static const unsigned long ecdh[] = {CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE};
+        if (i->decrypt)
+            return "CKA_DECRYPT set on an EC key";
+        if (!i->derive)
+            return "CKA_DERIVE missing";
+        if (i->unwrap)
+            return "CKA_UNWRAP set on an EC key";
+        return check_mechs(i, ecdh, 2, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+    }
+}
+
+static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+{
+    static const unsigned long sig[] = {CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS, CKM_ECDSA, CKM_ECDSA_SHA256};
+    const char *p;
+
+    if (i->cls != HSM_CLASS_PRIVATE)
+        return "not a private key";
+    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+        return p;
+    if (!i->sign)
+        return "CKA_SIGN missing";
+    if (i->decrypt || i->unwrap || i->derive || i->wrap || i->encrypt || i->sign_recover)
+        return "usage beyond signing set";
+    return check_mechs(i, sig, GS_ARRAY_LEN(sig), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+}
+
+static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+{
+    static const unsigned long kw[] = {CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_KWP};
+    static const unsigned long ecb[] = {CKM_AES_ECB};
+    bool by_ecb = (e->usage & HSM_USE_WRAP_ECB) != 0;
+    const char *p;
+
+    if (i->cls != HSM_CLASS_SECRET || i->type != HSM_KEYTYPE_AES)
+        return "not an AES secret key";
+    if (i->bits != 0 && i->bits != 256)
+        return "not 256 bits";
+    if ((p = check_locked(i)) != NULL)
+        return p;
+    /* Extractable by design (delivered wrapped to members); sensitive and
+     * an unreadable value keep it from leaving in the clear. */
+    if (by_ecb) {
+        if (!i->encrypt)
+            return "CKA_ENCRYPT missing (RFC 3394 is built on CKM_AES_ECB here)";
+        if (i->wrap || i->decrypt || i->sign || i->verify || i->derive || i->unwrap || i->sign_recover)
+            return "usage beyond AES-ECB encryption set";
+        return check_mechs(i, ecb, 1, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+    }
+    if (!i->wrap)
+        return "CKA_WRAP missing";
+    if (i->decrypt || i->encrypt || i->sign || i->verify || i->derive || i->unwrap || i->sign_recover)
+        return "usage beyond key wrapping set";
+    return check_mechs(i, kw, GS_ARRAY_LEN(kw), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+}
+
+static const char *check_reject(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+{
+    static const unsigned long hmac[] = {CKM_SHA256_HMAC, CKM_SHA256_HMAC_GENERAL};
+    const char *p;
+
+    if (i->cls != HSM_CLASS_SECRET)
+        return "not a secret key";
+    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+        return p;
+    if (!i->sign)
+        return "CKA_SIGN (HMAC) missing";
+    if (i->decrypt || i->encrypt || i->wrap || i->unwrap || i->derive)
+        return "usage beyond HMAC set";
+    return check_mechs(i, hmac, GS_ARRAY_LEN(hmac), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+}
+
+static const char *check_seal(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+{
+    static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
+    const char *p;
+
+    if (i->cls != HSM_CLASS_PRIVATE || i->type != HSM_KEYTYPE_RSA)
+        return "not an RSA private key";
+    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+        return p;
+    if (!i->decrypt)
+        return "CKA_DECRYPT missing";
+    if (i->unwrap || i->sign || i->sign_recover || i->derive || i->wrap || i->encrypt)
+        return "usage beyond decryption set";
+    return check_mechs(i, oaep, 1, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
+}
+
+const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note)
+{
+    const char *dummy;
+
+    if (note == NULL)
+        note = &dummy;
+    *note = "";
+    switch (e->kind) {
+    case GS_KIND_GROUP:
+        return check_group(info, e, note);
+    case GS_KIND_CA:
+        return check_ca(info, e, note);
+    case GS_KIND_SECRET:
+        return check_secret(info, e, note);
+    case GS_KIND_REJECT:
+        return check_reject(info, e, note);
+    case GS_KIND_SEAL:
+        return check_seal(info, e, note);
+    }
+    return "unknown key kind";
+}

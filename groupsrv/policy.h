@@ -1,0 +1,118 @@
+/*
+ * policy.h: a group's key policy and the attribute checks of every key
+ * groupsrv keeps on a token.
+ *
+ * The policy is the strongest the token supports (hsm_caps_get), chosen at
+ * `group create` and recorded in the store, so that every later use, and
+ * the key audit of `groupsrv check` and `serve`, follows what was decided
+ * rather than what a token happens to report today. What the token could
+ * not do is a named, accepted weakening, shown by `check`, GET
+ * /v1/groups/{g} and the docs; sensitive and never extractable are never
+ * given up. Names (stable, they appear in JSON and the store):
+ *
+ *   group level (gs_policy):
+ *     software-rewrap        content keys are decrypted into locked server memory for
+ *                            recipient-key, membership-cert, group-secret and rewrap
+ *     secret-aes-ecb         group secret keys wrap with RFC 3394/5649 built on the token's
+ *                            CKM_AES_ECB: the content key passes through locked memory
+ *     secret-sealed          group secret keys live outside the token, sealed to a token key
+ *                            pair, opened into locked memory for each use
+ *     reject-sealed          the implicit-rejection key, sealed the same way
+ *   key level (recorded per key):
+ *     no-allowed-mechanisms  no CKA_ALLOWED_MECHANISMS on the key
+ *     no-unwrap-template     no CKA_UNWRAP_TEMPLATE on the key
+ *
+ * Ownership: nothing here allocates; strings returned are static.
+ */
+#ifndef GS_POLICY_H
+#define GS_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gs_error.h"
+#include "hsm.h"
+
+typedef enum gs_rewrap_path {
+    GS_REWRAP_TOKEN = 0,   /* C_UnwrapKey into a session key, C_WrapKey out: never in memory */
+    GS_REWRAP_SOFTWARE,    /* C_Decrypt into locked memory, re-wrapped with OpenSSL */
+} gs_rewrap_path;
+
+typedef enum gs_secret_store {
+    GS_SECRETS_TOKEN = 0,  /* AES keys on the token, CKM_AES_KEY_WRAP(_PAD) */
+    GS_SECRETS_TOKEN_ECB,  /* AES keys on the token, RFC 3394/5649 on CKM_AES_ECB */
+    GS_SECRETS_SEALED,     /* sealed to a token key pair (no secret keys or no wrap on the token) */
+} gs_secret_store;
+
+typedef struct gs_policy {
+    gs_rewrap_path rewrap;
+    gs_secret_store secrets;
+    bool reject_sealed;
+} gs_policy;
+
+/* "" (a database from before the policy was recorded) is everything on
+ * the token. Else "rewrap=token|software,secrets=token|token-aes-ecb|sealed,
+ * reject=token|sealed", as gs_policy_format writes it. GS_ERR_SCHEMA for
+ * anything else (the store is damaged). */
+gs_err gs_policy_parse(const char *text, gs_policy *out);
+void gs_policy_format(const gs_policy *p, char *buf, size_t bufsize);
+const char *gs_rewrap_name(gs_rewrap_path r);      /* "token", "software" */
+const char *gs_secrets_name(gs_secret_store s);    /* "token", "token-aes-ecb", "sealed" */
+
+/* The group-level weakenings of p for a group with these methods, as
+ * names (see above) into names[0..cap); returns how many. */
+size_t gs_policy_weakenings(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, const char **names,
+                            size_t cap);
+/* One line on what a weakening means (for `check`), or NULL if unknown. */
+const char *gs_weakening_text(const char *name);
+
+/* Key-level weakenings: the protections (enum hsm_protection) a key lacks,
+ * as text ("no-allowed-mechanisms,no-unwrap-template"; "" for none) and
+ * back. Unknown names in the store are GS_ERR_SCHEMA. */
+void gs_weak_format(unsigned missing, char *buf, size_t bufsize);
+gs_err gs_weak_parse(const char *text, unsigned *missing);
+
+/* The strongest policy this token supports for a new group (with a key
+ * generated on the token; `adopted_unwrap` false for an adopted key
+ * without CKA_UNWRAP, which forces the software path). GS_ERR_HSM, with
+ * a detail naming what is missing and what to do, for a token that cannot
+ * hold such a group at all (no RSA-OAEP decryption or unwrapping). */
+gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned methods, bool allow_pkcs1v15,
+                        bool adopted_unwrap, gs_policy *out);
+
+/* The protections (enum hsm_protection) this token cannot store, by its
+ * capability probe: what a key made or adopted on it may lack. */
+unsigned gs_policy_caps_missing(const hsm_caps *caps);
+
+/* The hsm usage bits a group key version must have, and nothing more:
+ * CKA_UNWRAP for the token path; CKA_DECRYPT for tls, the software path,
+ * and secret keys that wrap outside C_WrapKey (token-aes-ecb, sealed). */
+unsigned gs_policy_group_usage(const gs_policy *p, hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
+
+/* ---- key attribute checks ---------------------------------------------------- */
+
+typedef enum gs_key_kind {
+    GS_KIND_GROUP = 1,   /* a group key version (RSA or EC) */
+    GS_KIND_CA,          /* the local CA (signing) */
+    GS_KIND_SECRET,      /* a group secret key on the token */
+    GS_KIND_REJECT,      /* the implicit-rejection HMAC key */
+    GS_KIND_SEAL,        /* a key pair that sealed secrets open with (decrypt only) */
+} gs_key_kind;
+
+/* What a key must look like. */
+typedef struct gs_key_expect {
+    gs_key_kind kind;
+    hsm_key_type type;   /* group keys: RSA or EC */
+    unsigned bits;       /* group keys: the size of the group's key spec; 0 = any */
+    unsigned usage;      /* group and secret keys: exactly these hsm usage bits */
+    bool allow_pkcs1v15; /* group keys: CKM_RSA_PKCS may be allowed too */
+    unsigned missing;    /* accepted weakenings (protections it may lack) */
+} gs_key_expect;
+
+/* Checks a key's attributes (read with hsm_key_get_info) against e.
+ * Returns NULL when sound, else the first problem, e.g. "CKA_EXTRACTABLE
+ * is true". *note (may be NULL) gets what could not be verified here
+ * (a protection this module cannot read back), else "". */
+const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note);
+
+#endif
