@@ -275,7 +275,9 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
             return "CKA_DERIVE set on an RSA key";
         if (want_unwrap && !(e->missing & HSM_PROT_UNWRAP_TEMPLATE)) {
             if (i->unwrap_template_unknown)
-                *note = "CKA_UNWRAP_TEMPLATE cannot be read through this module (not verified)";
+                *note = i->has_unwrap_template ? "CKA_UNWRAP_TEMPLATE present; its contents cannot be read from "
+                                                 "this token (not verified)"
+                                               : "CKA_UNWRAP_TEMPLATE cannot be read through this module (not verified)";
             else if (!i->has_unwrap_template || !i->unwrap_template_sensitive)
                 return "CKA_UNWRAP_TEMPLATE missing or does not force CKA_SENSITIVE";
         }

@@ -434,6 +434,7 @@ static hsm_err reinit_locked(hsm_ctx *ctx)
 {
     hsm_errsave sv;
     hsm_err err;
+    bool was_lost;
 
     ctx->last_init_ms = now_ms();
     pthread_mutex_lock(&ctx->pool_mu);
@@ -460,12 +461,16 @@ static hsm_err reinit_locked(hsm_ctx *ctx)
     ctx->module_down = false;
     ctx->life_gen++;
     pthread_mutex_lock(&ctx->pool_mu);
+    was_lost = ctx->token_lost;
     err = find_token(ctx);
     /* Not there (yet): the usual lost-token path looks again on use. */
     ctx->token_lost = err != HSM_OK;
     pthread_mutex_unlock(&ctx->pool_mu);
-    log_warn("PKCS#11 module re-initialised generation=%u token=%s", ctx->life_gen,
-             err == HSM_OK ? "found" : "not present yet");
+    if (err == HSM_OK && was_lost)
+        log_info("token is back slot=%lu (module re-initialised)", (unsigned long)ctx->slot);
+    else if (!was_lost)
+        log_warn("PKCS#11 module re-initialised generation=%u token=%s", ctx->life_gen,
+                 err == HSM_OK ? "found" : "not present yet");
     return HSM_OK;
 }
 
@@ -517,6 +522,25 @@ hsm_err hsm_module_recover(hsm_ctx *ctx, unsigned seen_gen, bool *reinitialised)
 out:
     pthread_rwlock_unlock(&ctx->life_mu);
     return err;
+}
+
+/* A token that stays away may sit behind a client library that connects
+ * only in C_Initialize (p11-kit's RPC client, network HSMs): it lists no
+ * slot until initialised again, however long its server has been back.
+ * So while the token is missing the module is re-initialised now and
+ * then. True when the token is there (again). */
+static bool reinit_for_lost_token(hsm_ctx *ctx)
+{
+    bool found;
+
+    pthread_rwlock_wrlock(&ctx->life_mu);
+    if (ctx->token_lost && now_ms() - ctx->last_init_ms >= HSM_REFIND_REINIT_MS)
+        (void)reinit_locked(ctx);
+    pthread_mutex_lock(&ctx->pool_mu);
+    found = !ctx->token_lost && !ctx->module_down;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    pthread_rwlock_unlock(&ctx->life_mu);
+    return found;
 }
 
 /* hsm_run and hsm_run_once. */
@@ -595,9 +619,14 @@ static hsm_err run(hsm_ctx *ctx, hsm_op_fn op, void *arg, bool once)
             break;
         switch (err) {
         case HSM_ERR_TOKEN_ABSENT:
-            /* Re-finding already failed: answer quickly, no waiting. */
-            if (from_borrow && token_is_lost(ctx))
-                return err;
+            /* Re-finding already failed: answer quickly, no waiting
+             * (unless a fresh initialisation of the module finds it). */
+            if (from_borrow && token_is_lost(ctx)) {
+                if (once || reinit_retry || !reinit_for_lost_token(ctx))
+                    return err;
+                reinit_retry = true;
+                max_attempts++;
+            }
             drop_sessions(ctx, true);
             break;
         case HSM_ERR_PKCS11:

@@ -289,7 +289,9 @@ typedef struct hsm_key_info {
     /* The token (or the module in front of it) cannot store, or cannot
      * return, the attribute (hsm_caps_get): absent or not, it was not
      * read. p11-kit 0.24.1's RPC server crashes when asked for a stored
-     * CKA_UNWRAP_TEMPLATE, so it is never asked where the probe failed. */
+     * CKA_UNWRAP_TEMPLATE, so it is never asked where the probe failed;
+     * NSS softokn returns a template without its values
+     * (has_unwrap_template true, its contents unknown). */
     bool allowed_mechanisms_unknown, unwrap_template_unknown;
     bool sealed;                          /* a sealed secret key (hsm_key_from_sealed): the
                                              attributes above are its seal key's */

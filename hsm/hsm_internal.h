@@ -15,6 +15,7 @@
 #define GS_HSM_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -34,6 +35,9 @@
  * is down (a network HSM whose client library cannot reach its server):
  * requests meanwhile fail at once instead of queueing on the attempt. */
 #define HSM_REINIT_INTERVAL_MS 250
+/* ...and between initialisations while the token is missing (a client
+ * library that lists its server's slots only after C_Initialize). */
+#define HSM_REFIND_REINIT_MS 1000
 
 typedef struct hsm_session {
     CK_SESSION_HANDLE h;
@@ -79,6 +83,9 @@ struct hsm_ctx {
     /* Object handle cache generation: bumped whenever handles may be stale. */
     pthread_mutex_t key_mu;
     unsigned key_gen;
+
+    /* Token quirks learnt on the way (ops.c). */
+    atomic_bool unwrap_no_extractable; /* CKA_EXTRACTABLE refused in unwrap templates */
 
     /* The capability set (caps.c), probed once on first use. */
     pthread_mutex_t caps_mu;

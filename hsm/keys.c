@@ -1174,11 +1174,22 @@ static void read_unwrap_template(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HA
             arr[i].ulValueLen = 0; /* only booleans interest us */
         arr[i].pValue = arr[i].ulValueLen != 0 ? &vals[i] : NULL;
     }
+    memset(vals, 0, sizeof(vals));
     if (P11(ctx, C_GetAttributeValue, s, h, &a, 1) != HSM_OK)
         goto out;
-    for (i = 0; i < n; i++)
-        if (arr[i].type == CKA_SENSITIVE && arr[i].pValue != NULL && vals[i] == CK_TRUE)
+    for (i = 0; i < n; i++) {
+        if (arr[i].type != CKA_SENSITIVE || arr[i].pValue == NULL || arr[i].ulValueLen != sizeof(CK_BBOOL))
+            continue;
+        /* NSS softokn does not fill our buffers: it overwrites pValue with
+         * pointers of its own (not always valid afterwards). Present, then,
+         * but its contents cannot be verified from here. */
+        if (arr[i].pValue != &vals[i]) {
+            out->unwrap_template_unknown = true;
+            continue;
+        }
+        if (vals[i] == CK_TRUE)
             out->unwrap_template_sensitive = true;
+    }
 out:
     free(arr);
     hsm_err_restore(&sv);

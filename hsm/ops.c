@@ -6,6 +6,7 @@
  * Raw RSA (CKM_RSA_X_509) is never used. Session objects made here
  * (content keys, imported recipient keys, KEKs) are destroyed on every path.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -387,6 +388,17 @@ static CK_ULONG ck_template(CK_ATTRIBUTE *t, CK_OBJECT_CLASS *cls, CK_KEY_TYPE *
     return n;
 }
 
+/* Drops one attribute from a template; returns the new count. */
+static CK_ULONG ck_without(CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+{
+    CK_ULONG i, k = 0;
+
+    for (i = 0; i < n; i++)
+        if (t[i].type != type)
+            t[k++] = t[i];
+    return k;
+}
+
 /* Puts the content key of `in` into a session object *ck. For OAEP this is
  * C_UnwrapKey: the key never enters our memory. For PKCS#1 v1.5 it cannot
  * be: implicit rejection needs the decrypted bytes to choose between them
@@ -437,8 +449,21 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
         hsm_oaep_params(kt_hash(in->alg), &op);
         if ((err = hsm_key_handle(ctx, s, in->group_key, &gk)) != HSM_OK)
             return err;
+        if (atomic_load(&ctx->unwrap_no_extractable))
+            n = ck_without(t, n, CKA_EXTRACTABLE);
         err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key,
                   (CK_ULONG)in->encrypted_key_len, t, n, ck);
+        if (err != HSM_OK && hsm_last_rv() == CKR_ATTRIBUTE_READ_ONLY && !atomic_load(&ctx->unwrap_no_extractable)) {
+            /* opencryptoki 3.8 refuses CKA_EXTRACTABLE in an unwrap
+             * template (its unwrapped keys are extractable anyway, and
+             * C_WrapKey below proves it): asked again without it, and
+             * from now on. Sensitive stays asked for. */
+            atomic_store(&ctx->unwrap_no_extractable, true);
+            log_info("token refuses CKA_EXTRACTABLE in an unwrap template; leaving it to the token's default");
+            n = ck_without(t, n, CKA_EXTRACTABLE);
+            err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key,
+                      (CK_ULONG)in->encrypted_key_len, t, n, ck);
+        }
         /* An AES-typed unwrap of a wrong-length plaintext is a decryption failure too. */
         if (err == HSM_ERR_ARGS && kt == CKK_AES)
             err = HSM_ERR_DECRYPT;

@@ -513,7 +513,8 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
     memset(&kp, 0, sizeof(kp));
     *secret_version = -1;
     hsm_unwrap_input in = {.group_key = u->ref->key, .alg = u->alg, .encrypted_key = u->enc,
-                           .encrypted_key_len = u->enc_len, .expected_len = u->cek_len};
+                           .encrypted_key_len = u->enc_len, .expected_len = u->cek_len,
+                           .rewrap = gs_group_rewrap_path(g)};
     if (!u->ecdh && u->alg == HSM_KT_RSA_PKCS1V15) {
         /* v1.5 only where the group allows it, and then only through
          * implicit rejection (a substitute key on bad padding). */
@@ -915,7 +916,8 @@ static void h_rewrap(struct srv_req *r, const char *group)
         }
         hsm_unwrap_input in = {.group_key = u.ref->key, .alg = u.alg, .encrypted_key = u.enc,
                                .encrypted_key_len = u.enc_len, .expected_len = u.cek_len,
-                               .reject_key = u.alg == HSM_KT_RSA_PKCS1V15 ? gs_group_reject_key(g) : NULL};
+                               .reject_key = u.alg == HSM_KT_RSA_PKCS1V15 ? gs_group_reject_key(g) : NULL,
+                               .rewrap = gs_group_rewrap_path(g)};
         if (u.alg == HSM_KT_RSA_PKCS1V15 && in.expected_len == 0)
             in.expected_len = 32;
         json_t *arr = json_array();
@@ -1065,6 +1067,32 @@ out:
 
 /* ---- discovery ------------------------------------------------------------- */
 
+/* Which path the group's keys take, and what it gave up to its token
+ * (groupsrv/policy.h): {"rewrap": "token"|"software", "secret_keys":
+ * "token"|"token-aes-ecb"|"sealed"|"none", "rejection_key": "token"|
+ * "sealed"|"none", "weakenings": [names]}. */
+static json_t *key_policy_json(const gs_group *g)
+{
+    const gs_store_group *gi = gs_group_info(g);
+    const gs_policy *p = gs_group_policy(g);
+    const gs_group_key_ref *cur = gs_group_current_key(g);
+    const char *names[8];
+    size_t n = gs_policy_weakenings(p, gi->methods, gi->allow_pkcs1v15, names, GS_ARRAY_LEN(names));
+    json_t *w = json_array(), *o;
+
+    /* The current key version's own weakenings follow the group's. */
+    if (cur != NULL && (cur->missing & HSM_PROT_ALLOWED_MECHANISMS) && n < GS_ARRAY_LEN(names))
+        names[n++] = "no-allowed-mechanisms";
+    if (cur != NULL && (cur->missing & HSM_PROT_UNWRAP_TEMPLATE) && n < GS_ARRAY_LEN(names))
+        names[n++] = "no-unwrap-template";
+    for (size_t i = 0; w != NULL && i < n; i++)
+        json_array_append_new(w, json_string(names[i]));
+    o = json_pack("{s:s,s:s,s:s,s:o?}", "rewrap", gs_rewrap_name(p->rewrap), "secret_keys",
+                  (gi->methods & GS_METHOD_GROUP_SECRET) ? gs_secrets_name(p->secrets) : "none", "rejection_key",
+                  !gi->allow_pkcs1v15 ? "none" : p->reject_sealed ? "sealed" : "token", "weakenings", w);
+    return o;
+}
+
 static void h_group_info(struct srv_req *r, const char *group)
 {
     gs_group *g = load_group(r, group);
@@ -1081,6 +1109,8 @@ static void h_group_info(struct srv_req *r, const char *group)
     const gs_group_key_ref *cur = gs_group_current_key(g);
     if (o != NULL && cur != NULL)
         json_object_set_new(o, "current_key_version", json_integer(cur->version));
+    if (o != NULL)
+        json_object_set_new(o, "key_policy", key_policy_json(g));
     if (o != NULL && gs_group_current_secret(g) != NULL)
         json_object_set_new(o, "secret_version", json_integer(gs_group_current_secret(g)->version));
     const struct gs_config *cfg = r->srv->cfg;

@@ -125,7 +125,25 @@ static void key_audit_row(void *arg, const gs_key_audit_row *row)
     if (!row->ok) {
         log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
         (*bad)++;
+    } else if (row->accepted[0] != '\0' || row->note[0] != '\0') {
+        /* Never silent: what the token could not do is named at every start. */
+        log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
+                 row->accepted[0] ? row->accepted : "none", row->note);
     }
+}
+
+/* What the token can do, once at start (hsm/ probes it; the policy of
+ * each group was chosen from it and is in the database). */
+static void log_caps(hsm_ctx *hsm)
+{
+    hsm_caps c;
+
+    (void)hsm_caps_get(hsm, &c);
+    log_info("token capabilities rewrap_on_token=%s secret_keys_on_token=%s allowed_mechanisms=%s "
+             "unwrap_template=%s max_sessions=%lu",
+             c.rewrap_on_token ? "yes" : "no", c.secret_on_token ? "yes" : "no",
+             c.allowed_mechanisms == HSM_ATTR_YES ? "yes" : "no", c.unwrap_template == HSM_ATTR_YES ? "yes" : "no",
+             c.max_sessions);
 }
 
 int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
@@ -196,6 +214,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
         goto out;
     }
+    log_caps(s.hsm);
     if ((ge = gs_store_open(cfg->db.path, 0, &st)) != GS_OK) {
         fprintf(stderr, "groupsrv serve: database %s: %s\n", cfg->db.path,
                 gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));

@@ -4,6 +4,9 @@
 # a server certificate from a file-based test CA, and starts `groupsrv serve`
 # on free loopback ports. Everything lives under $work and is removed by
 # the EXIT trap (the server is stopped first).
+# GS_TOKEN=NAME (tests/tokens/NAME.sh, loaded and entered by the caller):
+# that token instead of the SoftHSM one; its keys made beforehand
+# (TOK_CA_KEY, TOK_GROUP_KEY) are adopted with --use-key.
 
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/server.XXXXXX")
 srv_pid=
@@ -12,6 +15,7 @@ cleanup() {
     kill -TERM "$srv_pid" 2>/dev/null || true
     wait "$srv_pid" 2>/dev/null || true
   fi
+  if [ -n "${GS_TOKEN:-}" ]; then tok_stop "$work" || true; fi
   if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -21,12 +25,21 @@ ok() { echo "ok: $*"; }
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
-export SOFTHSM2_CONF=$work/token/softhsm2.conf
-module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-# SRV_MODULE: the module the server and the admin commands load (e.g. the
-# fault-injecting tests/p11fault in front of SoftHSM); default SoftHSM.
-if [ -n "${SRV_MODULE:-}" ]; then export GS_P11FAULT_TARGET=$module; module=$SRV_MODULE; fi
+if [ -n "${GS_TOKEN:-}" ]; then
+  tok_start "$work"
+  module=$TOK_MODULE
+  token_uri=$TOK_URI
+  pin_file=$TOK_PIN_FILE
+else
+  "$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+  export SOFTHSM2_CONF=$work/token/softhsm2.conf
+  module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+  token_uri=pkcs11:token=groupsrv
+  pin_file=$work/token/user-pin
+  # SRV_MODULE: the module the server and the admin commands load (e.g. the
+  # fault-injecting tests/p11fault in front of SoftHSM); default SoftHSM.
+  if [ -n "${SRV_MODULE:-}" ]; then export GS_P11FAULT_TARGET=$module; module=$SRV_MODULE; fi
+fi
 port=$(free_port)
 cport=$(free_port)
 while [ "$cport" = "$port" ]; do cport=$(free_port); done
@@ -63,8 +76,8 @@ key = $certs/server.key
 client_ca = $certs/clients.pem
 [hsm]
 module = $module
-token = pkcs11:token=groupsrv
-pin_source = $work/token/user-pin
+token = $token_uri
+pin_source = $pin_file
 [db]
 path = $work/groupsrv.db
 [audit]
@@ -75,11 +88,20 @@ lifetime = 3600
 CONF
 
 gs() { "$BIN/groupsrv" -c "$conf" "$@"; }
-gs ca init --key rsa:2048 >/dev/null
-gs group create eng --address eng@example.org --key rsa:2048 \
-  --methods tls,recipient-key,group-secret,membership-cert >/dev/null
+if [ -n "${TOK_CA_KEY:-}" ]; then
+  gs ca init --use-key "$TOK_CA_KEY" > "$work/ca-init.out"
+else
+  gs ca init --key rsa:2048 > "$work/ca-init.out"
+fi
+if [ -n "${TOK_GROUP_KEY:-}" ]; then
+  gs group create eng --address eng@example.org --use-key "$TOK_GROUP_KEY" \
+    --methods tls,recipient-key,group-secret,membership-cert > "$work/group-create.out"
+else
+  gs group create eng --address eng@example.org --key rsa:2048 \
+    --methods tls,recipient-key,group-secret,membership-cert > "$work/group-create.out"
+fi
 gs group show eng --cert > "$certs/group.pem"
-for m in alice bob dave erin fuzz mallory rl; do
+for m in ${SRV_MEMBERS:-alice bob dave erin fuzz mallory rl}; do
   gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null
 done
 gs member add eng dle@example.org --issue-cert --out "$certs" --role exploder >/dev/null

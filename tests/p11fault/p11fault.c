@@ -956,9 +956,17 @@ static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANIS
         (rv_ = prof_check_template(public_key_template, public_key_attribute_count)) != CKR_OK ||
         (rv_ = prof_check_template(private_key_template, private_key_attribute_count)) != CKR_OK)
         return rv_;
-    return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count,
-                                   private_key_template, private_key_attribute_count, public_key,
-                                   private_key);
+    {
+        CK_ATTRIBUTE *card = NULL;
+        CK_ULONG ncard = 0;
+        if ((rv_ = prof_keypair_private(private_key_template, private_key_attribute_count, &card, &ncard)) != CKR_OK)
+            return rv_;
+        rv_ = real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count,
+                                      card != NULL ? card : private_key_template,
+                                      card != NULL ? ncard : private_key_attribute_count, public_key, private_key);
+        free(card);
+        return rv_;
+    }
 }
 
 static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,

@@ -158,6 +158,38 @@ CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n)
     return CKR_OK;
 }
 
+CK_RV prof_keypair_private(const CK_ATTRIBUTE *in, CK_ULONG n, CK_ATTRIBUTE **out, CK_ULONG *nout)
+{
+    static CK_BBOOL off = CK_FALSE;
+    static const CK_ATTRIBUTE_TYPE usages[] = {CKA_SIGN, CKA_SIGN_RECOVER, CKA_DECRYPT, CKA_UNWRAP, CKA_DERIVE};
+    CK_ATTRIBUTE *t;
+    CK_ULONG i, k, m;
+
+    *out = NULL;
+    *nout = 0;
+    if (!prof_active())
+        return CKR_OK;
+    if ((t = calloc(n + sizeof(usages) / sizeof(usages[0]), sizeof(*t))) == NULL)
+        return CKR_HOST_MEMORY;
+    for (i = 0; i < n; i++)
+        t[i] = in[i];
+    m = n;
+    for (k = 0; k < sizeof(usages) / sizeof(usages[0]); k++) {
+        int asked = 0;
+        for (i = 0; i < n; i++)
+            if (in[i].type == usages[k])
+                asked = 1;
+        if (!asked) {
+            t[m].type = usages[k];
+            t[m].pValue = &off;
+            t[m++].ulValueLen = sizeof(off);
+        }
+    }
+    *out = t;
+    *nout = m;
+    return CKR_OK;
+}
+
 CK_RV prof_open_session_pre(void)
 {
     CK_RV rv = CKR_OK;

@@ -46,6 +46,13 @@ CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
 /* C_Login: returns 1 and sets *rv when the profile answered it itself. */
 int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len, CK_RV *rv);
 
+/* The private-key template of C_GenerateKeyPair as the card applies it:
+ * a usage not asked for is off (SoftHSM would default CKA_SIGN and
+ * CKA_DECRYPT on), so pkcs11-tool --usage-decrypt makes a decrypt-only
+ * key as the card's own tool would. *out is malloc'd (caller frees), or
+ * NULL when the profile is off (use the original). */
+CK_RV prof_keypair_private(const CK_ATTRIBUTE *in, CK_ULONG n, CK_ATTRIBUTE **out, CK_ULONG *nout);
+
 /* Post-hooks, after a successful real call. */
 void prof_mech_list_post(CK_MECHANISM_TYPE *list, CK_ULONG *count, int count_only);
 void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info);

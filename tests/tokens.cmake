@@ -1,0 +1,14 @@
+# The token matrix (issue 13): groupsrv's whole flow on every PKCS#11
+# token Debian 12 offers, each set up by its script in tests/tokens/:
+# SoftHSM direct, NSS softokn through a p11-kit module file, opencryptoki's
+# soft token behind its own pkcsslotd, SoftHSM behind p11-kit's RPC (the
+# shape of a network HSM), and a decrypt-only smartcard profile of
+# tests/p11fault in front of SoftHSM. No token is skipped: one that cannot
+# be set up fails its test.
+set(GS_TOKEN_MATRIX softhsm nss opencryptoki rpc smartcard)
+foreach(tok ${GS_TOKEN_MATRIX})
+  add_test(NAME token_matrix_${tok}
+    COMMAND bash ${GS_TEST_DIR}/integration/token-matrix.sh ${tok} ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(token_matrix_${tok} PROPERTIES LABELS "integration;token-matrix" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
+endforeach()
