@@ -8,6 +8,14 @@ if(TARGET gs_groupsrv_core)
   add_test(NAME unit_config COMMAND test_config)
   set_tests_properties(unit_config PROPERTIES LABELS "unit")
 
+  # Each group's key policy from a token's capabilities (issue 13).
+  add_executable(test_policy ${GS_TEST_DIR}/unit/test_policy.c)
+  target_link_libraries(test_policy PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
+  gs_target_warnings(test_policy)
+  target_compile_options(test_policy PRIVATE -Wno-comment)
+  add_test(NAME unit_policy COMMAND test_policy)
+  set_tests_properties(unit_policy PROPERTIES LABELS "unit")
+
   add_executable(test_store ${GS_TEST_DIR}/unit/test_store.c)
   target_link_libraries(test_store PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
   gs_target_warnings(test_store)

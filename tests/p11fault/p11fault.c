@@ -29,6 +29,11 @@
  *       RPC client sees it: every call but C_Initialize and C_Finalize
  *       answers CKR_DEVICE_ERROR until the module is finalized and
  *       initialised again.
+ *   void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
+ *       a template carrying `type` (C_CreateObject, C_GenerateKey,
+ *       C_GenerateKeyPair, C_GetAttributeValue) breaks the connection as
+ *       above and answers CKR_DEVICE_ERROR: p11-kit 0.24.1's RPC server
+ *       dies on a CKA_UNWRAP_TEMPLATE it is asked to carry back. 0 = off.
  *
  * Out-of-process control (for servers under test, which cannot be reached
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
@@ -101,6 +106,7 @@ P11FAULT_EXPORT void p11fault_reset_calls(void);
 P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
 P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
 P11FAULT_EXPORT void p11fault_disconnect(void);
+P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -112,6 +118,7 @@ static long model_begin(struct timespec *t0);
 static void model_end(const struct timespec *t0, long ns);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
 static int ctl_token_removed(void);
+static int breaks(const CK_ATTRIBUTE *t, CK_ULONG n);
 
 static CK_RV fw_C_Initialize(void *init_args);
 static CK_RV fw_C_Finalize(void *reserved);
@@ -494,6 +501,8 @@ static CK_RV fw_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *
         return rv_;
     if (real == NULL || real->C_CreateObject == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (breaks(templ, count))
+        return CKR_DEVICE_ERROR;
     if ((rv_ = prof_create_object_pre(templ, count)) != CKR_OK)
         return rv_;
     return real->C_CreateObject(session, templ, count, object);
@@ -538,6 +547,8 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
         return rv_;
     if (real == NULL || real->C_GetAttributeValue == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (breaks(templ, count))
+        return CKR_DEVICE_ERROR;
     rv_ = prof_get_attributes(session, object, templ, count);
     if (rv_ == CKR_OK)
         override_bools(templ, count);
@@ -935,6 +946,8 @@ static CK_RV fw_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *m
         return rv_;
     if (real == NULL || real->C_GenerateKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (breaks(templ, count))
+        return CKR_DEVICE_ERROR;
     if ((rv_ = prof_unsupported()) != CKR_OK)
         return rv_;
     return real->C_GenerateKey(session, mechanism, templ, count, key);
@@ -952,6 +965,9 @@ static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANIS
         return rv_;
     if (real == NULL || real->C_GenerateKeyPair == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if (breaks(public_key_template, public_key_attribute_count) ||
+        breaks(private_key_template, private_key_attribute_count))
+        return CKR_DEVICE_ERROR;
     if ((rv_ = prof_check_mech(mechanism, 0)) != CKR_OK ||
         (rv_ = prof_check_template(public_key_template, public_key_attribute_count)) != CKR_OK ||
         (rv_ = prof_check_template(private_key_template, private_key_attribute_count)) != CKR_OK)
@@ -1108,6 +1124,24 @@ static int ctl_logout_pending; /* a "logout" line was just read */
  * server died): every call fails with CKR_DEVICE_ERROR until the module
  * is finalized and initialised again. */
 static int disconnected;
+static CK_ATTRIBUTE_TYPE break_attr; /* 0: none */
+
+/* A template with the attribute that breaks the connection (p11-kit's RPC
+ * server dying on it): disconnected from now on. */
+static int breaks(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG i;
+    int hit = 0;
+
+    pthread_mutex_lock(&fault_mu);
+    for (i = 0; break_attr != 0 && t != NULL && i < n; i++)
+        if (t[i].type == break_attr)
+            hit = 1;
+    if (hit)
+        disconnected = 1;
+    pthread_mutex_unlock(&fault_mu);
+    return hit;
+}
 
 static const struct {
     const char *name;
@@ -1500,6 +1534,13 @@ static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n)
     pthread_mutex_unlock(&fault_mu);
 }
 
+void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type)
+{
+    pthread_mutex_lock(&fault_mu);
+    break_attr = type;
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void p11fault_disconnect(void)
 {
     pthread_mutex_lock(&fault_mu);
@@ -1520,6 +1561,7 @@ void p11fault_clear(void)
     memset(faults, 0, sizeof(faults));
     for (i = 0; i < OVERRIDE_MAX; i++)
         overrides[i].value = -1;
+    break_attr = 0;
     pthread_mutex_unlock(&fault_mu);
 }
 

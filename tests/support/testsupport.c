@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <openssl/ec.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
@@ -258,4 +259,98 @@ EVP_PKEY *testkey_from_spki(const unsigned char *der, size_t len)
         return NULL;
     }
     return k;
+}
+
+int testfault_disconnect(void)
+{
+    void (*fn)(void);
+
+    *(void **)(&fn) = fault_sym("p11fault_disconnect");
+    if (fn == NULL)
+        return -1;
+    fn();
+    return 0;
+}
+
+int testfault_break_on_attribute(unsigned long type)
+{
+    void (*fn)(unsigned long);
+
+    *(void **)(&fn) = fault_sym("p11fault_break_on_attribute");
+    if (fn == NULL)
+        return -1;
+    fn(type);
+    return 0;
+}
+
+const char *testtoken_nss_module(void)
+{
+    static const char *const paths[] = {"/usr/lib/x86_64-linux-gnu/libsoftokn3.so",
+                                        "/usr/lib/aarch64-linux-gnu/libsoftokn3.so", "/usr/lib/libsoftokn3.so",
+                                        "/usr/lib64/libsoftokn3.so"};
+    struct stat st;
+    size_t i;
+
+    for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
+        if (stat(paths[i], &st) == 0)
+            return paths[i];
+    return NULL;
+}
+
+int testtoken_make_nss(char *dir_out, size_t cap)
+{
+    char tmpl[1024], db[1100], pin[1100];
+    unsigned char rnd[8];
+    char hex[17];
+    FILE *f;
+    pid_t pid;
+    int status = 0, fd;
+    size_t i;
+
+    if (dir_out == NULL || cap == 0)
+        return -1;
+    dir_out[0] = '\0';
+    if (testtoken_nss_module() == NULL) {
+        fprintf(stderr, "testtoken_make_nss: libsoftokn3.so missing (libnss3; run scripts/setup)\n");
+        return -1;
+    }
+    if (mkdir(GS_TEST_WORK_DIR, 0700) != 0 && errno != EEXIST)
+        return -1;
+    if ((size_t)snprintf(tmpl, sizeof(tmpl), "%s/nss-XXXXXX", GS_TEST_WORK_DIR) >= sizeof(tmpl) ||
+        mkdtemp(tmpl) == NULL)
+        return -1;
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return -1;
+    for (i = 0; i < sizeof(rnd); i++)
+        snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(pin, sizeof(pin), "%s/pin", tmpl);
+    if ((fd = open(pin, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0 || (f = fdopen(fd, "w")) == NULL)
+        return -1;
+    fprintf(f, "%s\n", hex);
+    fclose(f);
+    snprintf(db, sizeof(db), "sql:%s", tmpl);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) {
+            dup2(nul, STDOUT_FILENO);
+            close(nul);
+        }
+        /* certutil -f reads the new database password from the file. */
+        execlp("certutil", "certutil", "-N", "-d", db, "-f", pin, (char *)NULL);
+        _exit(127);
+    }
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "testtoken_make_nss: certutil -N failed (status %d; libnss3-tools)\n", status);
+        return -1;
+    }
+    if (strlen(tmpl) >= cap)
+        return -1;
+    memcpy(dir_out, tmpl, strlen(tmpl) + 1);
+    return 0;
 }

@@ -69,6 +69,19 @@ int testfault_override_bool(unsigned long type, int value);
 /* Really closes every session in the real module (behind the caller's
  * back). Returns the CK_RV, or -1 if the module cannot be reached. */
 long testfault_close_all_sessions(void);
+/* A lost connection: every call but C_Initialize/C_Finalize answers
+ * CKR_DEVICE_ERROR until the module is initialised again. 0 or -1. */
+int testfault_disconnect(void);
+/* A template with attribute `type` (a CKA_ value) breaks the connection
+ * as above (p11-kit 0.24.1's RPC on CKA_UNWRAP_TEMPLATE); 0 = off. */
+int testfault_break_on_attribute(unsigned long type);
+
+/* An NSS softokn database (certutil -N) with a random user PIN, in a new
+ * directory under the build tree (fork and exec: before any hsm_open).
+ * Writes the directory; DIR/pin is its pin-source (0600). 0 or -1. */
+int testtoken_make_nss(char *dir_out, size_t cap);
+/* Path of libsoftokn3.so, or NULL when not found. */
+const char *testtoken_nss_module(void);
 
 /* An RSA key pair made in software (e = 65537). Caller EVP_PKEY_free()s. */
 EVP_PKEY *testkey_rsa(unsigned bits);

@@ -46,6 +46,10 @@
 #define T_CKM_RSA_X_509 0x3UL
 #define T_CKM_RSA_PKCS_OAEP 0x9UL
 #define T_CKM_ECDH1_DERIVE 0x1050UL
+#define T_CKR_GENERAL_ERROR 0x5UL
+#define T_CKR_ATTRIBUTE_TYPE_INVALID 0x12UL
+#define T_CKR_CRYPTOKI_NOT_INITIALIZED 0x190UL
+#define T_CKA_UNWRAP_TEMPLATE 0x40000212UL
 
 #define GS_TEST_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -54,6 +58,7 @@
 
 static char tokdir[512];
 static char pinsrc[600];
+static char nssdir[512]; /* an NSS softokn database (test_nss_init_args) */
 
 /* Keys made once in the group setup. */
 #define GRP_RSA "grp-rsa"    /* OAEP only: DECRYPT|UNWRAP */
@@ -209,6 +214,8 @@ static int group_setup(void **state)
     if (testtoken_make(TOKEN_LABEL, tokdir, sizeof(tokdir)) != 0)
         return -1;
     if (testtoken_pin_source(tokdir, pinsrc, sizeof(pinsrc)) != 0)
+        return -1;
+    if (testtoken_make_nss(nssdir, sizeof(nssdir)) != 0)
         return -1;
     /* p11fault reads this once, at its first call: its control file
      * (absent = pass-through) is used by test_recover_silent_logout. */
@@ -1998,6 +2005,528 @@ static void test_relogin_pin_rejected_last(void **state)
     rec_close(&r);
 }
 
+
+/* ---- the capability set, and what hsm/ does with it (issue 13) ------------------- */
+
+static void test_caps_softhsm(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    hsm_keygen_spec sp = {"caps-best", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL;
+    unsigned d = 0, u = 0;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_true(hsm_caps_has(&c, HSM_MECH_RSA_OAEP, HSM_MF_DECRYPT | HSM_MF_UNWRAP | HSM_MF_WRAP));
+    assert_true(hsm_caps_has(&c, HSM_MECH_SHA256_RSA_PKCS, HSM_MF_SIGN));
+    assert_true(hsm_caps_has(&c, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP));
+    assert_true(hsm_caps_has(&c, HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE));
+    assert_false(hsm_caps_has(&c, HSM_MECH_RSA_OAEP, HSM_MF_DERIVE));
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_YES);
+    assert_int_equal(c.unwrap_template, HSM_ATTR_YES);
+    assert_true(c.rewrap_on_token && c.secret_on_token && c.hmac_on_token);
+    assert_false(c.module_reinitialised);
+    assert_int_equal(c.max_sessions, 0);
+    assert_string_equal(hsm_mech_name(HSM_MECH_RSA_OAEP), "CKM_RSA_PKCS_OAEP");
+    assert_int_equal(hsm_caps_get(NULL, &c), HSM_ERR_ARGS);
+
+    /* The strongest the token does: every protection, nothing missing. */
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, NULL, &priv), HSM_OK);
+    assert_int_equal(res.protections, HSM_PROT_ALL);
+    assert_int_equal(res.missing, 0);
+    assert_string_equal(res.why, "");
+    /* SoftHSM 2.6 does OAEP with SHA-1 only: the real trials say so. */
+    assert_int_equal(hsm_key_probe_oaep(ctx, priv, &d, &u), HSM_OK);
+    assert_int_equal(d, 1u << HSM_OAEP_SHA1);
+    assert_int_equal(u, 1u << HSM_OAEP_SHA1);
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    hsm_key_free(priv);
+    priv = find_ok(ctx, "caps-best", HSM_CLASS_PUBLIC);
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    hsm_key_free(priv);
+    t_close(ctx);
+}
+
+/* A token that takes CKA_ALLOWED_MECHANISMS on session objects but refuses
+ * it on token keys (NSS softokn, CKR_GENERAL_ERROR): the best generator
+ * asks again without it and says so; the strict one names what failed. */
+static void test_generate_best_refused(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    hsm_keygen_spec sp = {"best-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_spec st = {"strict-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL, *pub = NULL;
+    hsm_key_info ki;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_YES);
+    assert_int_equal(testfault_inject("C_GenerateKeyPair", T_CKR_GENERAL_ERROR, 1), 0);
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, &pub, &priv), HSM_OK);
+    assert_int_equal(res.missing, HSM_PROT_ALLOWED_MECHANISMS);
+    assert_int_equal(res.protections, HSM_PROT_UNWRAP_TEMPLATE);
+    assert_non_null(strstr(res.why, "refused CKA_ALLOWED_MECHANISMS"));
+    assert_non_null(strstr(res.why, "CKR_GENERAL_ERROR"));
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_int_equal(ki.n_allowed_mechanisms, 0);
+    assert_true(ki.has_unwrap_template && ki.unwrap_template_sensitive);
+    assert_true(ki.sensitive && ki.never_extractable && !ki.extractable);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_SESSION_ONLY);
+    assert_non_null(strstr(c.allowed_mechanisms_why, "CKA_ALLOWED_MECHANISMS"));
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    assert_int_equal(hsm_key_destroy(ctx, pub), HSM_OK);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+
+    /* Strict: the refusal names the call, what was asked and the CKR_. */
+    assert_int_equal(testfault_inject("C_GenerateKeyPair", T_CKR_ATTRIBUTE_TYPE_INVALID, 1), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &st, NULL, &priv), HSM_ERR_ARGS);
+    assert_null(priv);
+    assert_non_null(strstr(hsm_last_error_detail(), "C_GenerateKeyPair(RSA-2048, CKA_ALLOWED_MECHANISMS, "
+                                                    "CKA_UNWRAP_TEMPLATE): CKR_ATTRIBUTE_TYPE_INVALID"));
+    assert_non_null(strstr(hsm_last_error_detail(), "groupsrv check"));
+    testfault_clear();
+    t_close(ctx);
+}
+
+/* A content key encrypted to key k (OAEP SHA-1), for f_decrypt_ct. */
+struct fct {
+    unsigned char ct[512];
+    size_t ctlen, len;
+};
+
+static void f_encrypt(hsm_ctx *ctx, hsm_key *k, const unsigned char *cek, size_t len, struct fct *f)
+{
+    EVP_PKEY *pk = export_pub(ctx, k);
+
+    f->ctlen = rsa_encrypt(pk, "SHA1", cek, len, f->ct, sizeof(f->ct));
+    f->len = len;
+    EVP_PKEY_free(pk);
+}
+
+/* Method F on the token: decrypts f into out (64 bytes). */
+static hsm_err f_decrypt_ct(hsm_ctx *ctx, hsm_key *k, const struct fct *f, unsigned char *out)
+{
+    hsm_unwrap_input in = {.group_key = k, .alg = HSM_KT_RSA_OAEP_SHA1, .encrypted_key = f->ct,
+                           .encrypted_key_len = f->ctlen, .expected_len = f->len};
+    size_t outlen = 0;
+    hsm_err err = hsm_decrypt_content_key(ctx, &in, out, 64, &outlen);
+
+    if (err == HSM_OK && outlen != f->len)
+        return HSM_ERR_DECRYPT;
+    return err;
+}
+
+/* Encrypts cek to key k here and decrypts it on the token: method F. */
+static hsm_err f_decrypt(hsm_ctx *ctx, hsm_key *k, const unsigned char *cek, size_t len, unsigned char *out)
+{
+    struct fct f;
+
+    f_encrypt(ctx, k, cek, len, &f);
+    return f_decrypt_ct(ctx, k, &f, out);
+}
+
+/* After persistent CKR_DEVICE_ERROR (a broken connection: every call
+ * fails) the module is finalized and initialised again and the call goes
+ * through; a single device error fails only that call; a module that
+ * cannot be initialised is tried again at most every 250 ms. */
+static void test_module_reinit(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k;
+    unsigned char cek[32], out[64];
+    struct fct f;
+    unsigned long init0;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    k = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    f_encrypt(ctx, k, cek, sizeof(cek), &f);
+    init0 = testfault_calls("C_Initialize");
+
+    assert_int_equal(testfault_disconnect(), 0);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 1);
+
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_DEVICE_ERROR, 1), 0);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_ERR_DEVICE);
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 1);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+
+    /* Initialising fails twice (a network HSM still away). */
+    assert_int_equal(testfault_inject("C_Initialize", T_CKR_GENERAL_ERROR, 2), 0);
+    assert_int_equal(testfault_disconnect(), 0);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_ERR_DEVICE);
+    assert_non_null(strstr(hsm_last_error_detail(), "module down"));
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 2);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_ERR_DEVICE);
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 2); /* not within 250 ms */
+    assert_int_equal(hsm_ping(ctx), HSM_ERR_DEVICE);
+    usleep(300000);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_ERR_DEVICE);
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 3);
+    usleep(300000);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    assert_int_equal(hsm_ping(ctx), HSM_OK);
+
+    /* CKR_CRYPTOKI_NOT_INITIALIZED from the module and its slots too. */
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_CRYPTOKI_NOT_INITIALIZED, 1), 0);
+    assert_int_equal(testfault_inject("C_GetTokenInfo", T_CKR_CRYPTOKI_NOT_INITIALIZED, 1), 0);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 5);
+    testfault_clear();
+    OPENSSL_cleanse(out, sizeof(out));
+    hsm_key_free(k);
+    t_close(ctx);
+}
+
+/* A probe that breaks the connection (p11-kit 0.24.1's RPC dies on an
+ * unwrap template) is survived: re-initialised, the attribute
+ * unsupported, the rest works, and it is never asked for again. */
+static void test_probe_breaks_connection(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    hsm_key *k;
+    hsm_key_info ki;
+    unsigned char cek[16], out[64];
+    unsigned long init0;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    init0 = testfault_calls("C_Initialize");
+    assert_int_equal(testfault_break_on_attribute(T_CKA_UNWRAP_TEMPLATE), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_equal(c.unwrap_template, HSM_ATTR_NO);
+    assert_true(c.module_reinitialised);
+    assert_non_null(strstr(c.unwrap_template_why, "broke the module's connection"));
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_YES);
+    assert_true(testfault_calls("C_Initialize") > init0);
+    k = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    init0 = testfault_calls("C_Initialize");
+    assert_int_equal(hsm_key_get_info(ctx, k, &ki), HSM_OK);
+    assert_true(ki.unwrap_template_unknown);
+    assert_int_equal(testfault_calls("C_Initialize"), init0);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    assert_int_equal(f_decrypt(ctx, k, cek, sizeof(cek), out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    testfault_clear();
+    hsm_key_free(k);
+    t_close(ctx);
+}
+
+static void destroy_label(hsm_ctx *ctx, const char *label)
+{
+    hsm_key *k = NULL;
+    hsm_key_class cls[] = {HSM_CLASS_PRIVATE, HSM_CLASS_PUBLIC};
+
+    for (size_t i = 0; i < 2; i++) {
+        if (hsm_key_find(ctx, label, cls[i], &k) == HSM_OK)
+            (void)hsm_key_destroy(ctx, k);
+        hsm_key_free(k);
+        k = NULL;
+    }
+}
+
+/* The value of a secret key that may leave wrapped (token or sealed). */
+static void secret_value(hsm_ctx *ctx, hsm_key *secret, unsigned char out[32])
+{
+    EVP_PKEY *r = testkey_rsa(2048);
+    unsigned char *spki = NULL, *w = NULL;
+    size_t spki_len = 0, wl = 0;
+
+    assert_non_null(r);
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+    assert_int_equal(hsm_wrap_secret_key_to_public(ctx, secret, HSM_OAEP_SHA1, spki, spki_len, &w, &wl), HSM_OK);
+    assert_int_equal(rsa_decrypt_oaep(r, "SHA1", w, wl, out, 32), 32);
+    free(w);
+    free(spki);
+    EVP_PKEY_free(r);
+}
+
+/* Without AES key wrap on the token (opencryptoki): RFC 3394/5649 built on
+ * the token's CKM_AES_ECB, byte for byte what OpenSSL's key wrap makes. */
+static void test_ecb_wrap(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_keygen_spec ks = {"ecb-kek", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP_ECB, true};
+    hsm_keygen_result res;
+    hsm_key *kek = NULL, *grp;
+    hsm_key_info ki;
+    EVP_PKEY *pk;
+    unsigned char kv[32], cek[32], ct[512], got[64], *out = NULL;
+    size_t lens[] = {32, 16, 20}, ctlen, outlen = 0;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_generate_secret_key_best(ctx, &ks, &res, &kek), HSM_OK);
+    assert_int_equal(hsm_key_get_info(ctx, kek, &ki), HSM_OK);
+    assert_true(ki.encrypt && !ki.wrap && !ki.decrypt && ki.sensitive);
+    assert_true(has_mech(&ki, 0x1081UL /* CKM_AES_ECB */) && ki.n_allowed_mechanisms == 1);
+    secret_value(ctx, kek, kv);
+    grp = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pk = export_pub(ctx, grp);
+    for (size_t i = 0; i < GS_TEST_ARRAY_LEN(lens); i++) {
+        hsm_unwrap_input in;
+        assert_int_equal(RAND_bytes(cek, (int)lens[i]), 1);
+        ctlen = rsa_encrypt(pk, "SHA1", cek, lens[i], ct, sizeof(ct));
+        memset(&in, 0, sizeof(in));
+        in.group_key = grp;
+        in.alg = HSM_KT_RSA_OAEP_SHA1;
+        in.encrypted_key = ct;
+        in.encrypted_key_len = ctlen;
+        assert_int_equal(hsm_rewrap_to_secret_key(ctx, &in, kek, &out, &outlen), HSM_OK);
+        assert_int_equal(outlen, lens[i] % 8 == 0 ? lens[i] + 8 : (lens[i] + 7) / 8 * 8 + 8);
+        assert_int_equal(aes_unwrap(kv, lens[i] % 8 != 0, out, outlen, got), lens[i]);
+        assert_memory_equal(got, cek, lens[i]);
+        free(out);
+        out = NULL;
+    }
+    OPENSSL_cleanse(kv, sizeof(kv));
+    EVP_PKEY_free(pk);
+    assert_int_equal(hsm_key_destroy(ctx, kek), HSM_OK);
+    hsm_key_free(kek);
+    hsm_key_free(grp);
+    t_close(ctx);
+}
+
+struct sc_thread {
+    hsm_ctx *ctx;
+    hsm_key *key;
+    int fails;
+};
+
+static void *sc_decrypt_thread(void *arg)
+{
+    struct sc_thread *t = arg;
+    unsigned char cek[32], out[64];
+
+    for (int i = 0; i < 3; i++) {
+        if (RAND_bytes(cek, sizeof(cek)) != 1 || f_decrypt(t->ctx, t->key, cek, sizeof(cek), out) != HSM_OK ||
+            memcmp(out, cek, sizeof(cek)) != 0)
+            t->fails++;
+    }
+    return NULL;
+}
+
+/* The decrypt-only smartcard (tests/p11fault's profile): what the card
+ * cannot do, groupsrv's keys get through the fallbacks. */
+static void test_smartcard_profile(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    hsm_token_info ti;
+    hsm_keygen_spec gk = {"card-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_PKCS1V15, false};
+    hsm_keygen_spec ck = {"card-ca", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false};
+    hsm_keygen_spec sk = {"card-seal", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT, false};
+    hsm_keygen_result res;
+    hsm_key *grp = NULL, *ca = NULL, *seal = NULL, *sealed = NULL, *rej = NULL;
+    hsm_key_info ki;
+    EVP_PKEY *pk, *r;
+    unsigned char cek[32], out[64], ct[512], kv[32], got[64], *spki = NULL, *w = NULL, *blob = NULL, *sig = NULL;
+    const unsigned char *sp[1];
+    size_t sl[1], spki_len = 0, wl = 0, ctlen, outlen = 0, bloblen = 0, siglen = 0;
+    unsigned long logins;
+    const unsigned char tbs[] = "a TBSCertificate";
+    hsm_unwrap_input in;
+    pthread_t th[4];
+    struct sc_thread ts[4];
+    (void)state;
+
+    assert_int_equal(setenv("GS_P11FAULT_PROFILE", "smartcard", 1), 0);
+    ctx = open_ok(testtoken_p11fault_module(), 8);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_equal(c.max_sessions, 2);
+    assert_true(hsm_caps_has(&c, HSM_MECH_RSA_OAEP, HSM_MF_DECRYPT));
+    assert_false(hsm_caps_has(&c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP));
+    assert_false(hsm_caps_has(&c, HSM_MECH_SHA256_RSA_PKCS, HSM_MF_SIGN));
+    assert_true(hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_SIGN));
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_NO);
+    assert_int_equal(c.unwrap_template, HSM_ATTR_NO);
+    assert_false(c.rewrap_on_token || c.secret_on_token || c.hmac_on_token);
+
+    /* Keys as the card makes them: no mechanism list, a login per use. */
+    assert_int_equal(hsm_generate_keypair_best(ctx, &gk, &res, NULL, &grp), HSM_OK);
+    assert_int_equal(res.missing, HSM_PROT_ALLOWED_MECHANISMS);
+    assert_int_equal(hsm_key_get_info(ctx, grp, &ki), HSM_OK);
+    assert_true(ki.always_authenticate && ki.decrypt && !ki.unwrap && !ki.sign);
+    assert_true(ki.allowed_mechanisms_unknown && ki.unwrap_template_unknown);
+
+    /* Method F: one context-specific login per decryption. */
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    logins = testfault_calls("C_Login");
+    assert_int_equal(f_decrypt(ctx, grp, cek, sizeof(cek), out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    assert_int_equal(testfault_calls("C_Login"), logins + 1);
+
+    /* Two sessions, four threads: they wait for each other, none fails. */
+    for (int i = 0; i < 4; i++) {
+        ts[i].ctx = ctx;
+        ts[i].key = grp;
+        ts[i].fails = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, sc_decrypt_thread, &ts[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(ts[i].fails, 0);
+    }
+    assert_int_equal(hsm_token_info_get(ctx, &ti), HSM_OK);
+    assert_true(ti.sessions_idle + ti.sessions_in_use <= 2);
+
+    /* Re-wrap in software to a recipient; the card's own path is refused. */
+    pk = export_pub(ctx, grp);
+    ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
+    r = testkey_rsa(2048);
+    assert_int_equal(testkey_spki(r, &spki, &spki_len), 0);
+    memset(&in, 0, sizeof(in));
+    in.group_key = grp;
+    in.alg = HSM_KT_RSA_OAEP_SHA1;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.rewrap = HSM_REWRAP_SOFTWARE;
+    sp[0] = spki;
+    sl[0] = spki_len;
+    assert_int_equal(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, sl, 1, &w, &wl), HSM_OK);
+    assert_int_equal(rsa_decrypt_oaep(r, "SHA1", w, wl, got, sizeof(got)), sizeof(cek));
+    assert_memory_equal(got, cek, sizeof(cek));
+    free(w);
+    w = NULL;
+    in.rewrap = HSM_REWRAP_TOKEN;
+    assert_true(hsm_rewrap_to_public_keys(ctx, &in, HSM_OAEP_SHA1, sp, sl, 1, &w, &wl) != HSM_OK);
+    assert_null(w);
+
+    /* A secret key sealed to a seal key pair: group-secret in software. */
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sk, &res, NULL, &seal), HSM_OK);
+    assert_int_equal(hsm_sealed_secret_new(ctx, seal, HSM_KEYTYPE_AES, 256, &blob, &bloblen), HSM_OK);
+    assert_int_equal(hsm_key_from_sealed(ctx, seal, HSM_KEYTYPE_AES, 256, blob, bloblen, &sealed), HSM_OK);
+    assert_int_equal(hsm_sealed_check(ctx, sealed), HSM_OK);
+    assert_int_equal(hsm_key_get_info(ctx, sealed, &ki), HSM_OK);
+    assert_true(ki.sealed && ki.cls == HSM_CLASS_SECRET && ki.bits == 256 && ki.decrypt);
+    in.rewrap = HSM_REWRAP_SOFTWARE;
+    assert_int_equal(hsm_rewrap_to_secret_key(ctx, &in, sealed, &w, &wl), HSM_OK);
+    secret_value(ctx, sealed, kv);
+    assert_int_equal(aes_unwrap(kv, false, w, wl, got), sizeof(cek));
+    assert_memory_equal(got, cek, sizeof(cek));
+    free(w);
+    w = NULL;
+    hsm_key_free(sealed);
+    blob[bloblen / 2] ^= 1;
+    assert_int_equal(hsm_key_from_sealed(ctx, seal, HSM_KEYTYPE_AES, 256, blob, bloblen, &sealed), HSM_OK);
+    assert_int_equal(hsm_sealed_check(ctx, sealed), HSM_ERR_DECRYPT);
+    hsm_key_free(sealed);
+    free(blob);
+    blob = NULL;
+
+    /* PKCS#1 v1.5 with implicit rejection under a sealed HMAC key. */
+    assert_int_equal(hsm_sealed_secret_new(ctx, seal, HSM_KEYTYPE_GENERIC_SECRET, 256, &blob, &bloblen), HSM_OK);
+    assert_int_equal(hsm_key_from_sealed(ctx, seal, HSM_KEYTYPE_GENERIC_SECRET, 256, blob, bloblen, &rej), HSM_OK);
+    ctlen = rsa_encrypt(pk, NULL, cek, sizeof(cek), ct, sizeof(ct));
+    memset(&in, 0, sizeof(in));
+    in.group_key = grp;
+    in.alg = HSM_KT_RSA_PKCS1V15;
+    in.encrypted_key = ct;
+    in.encrypted_key_len = ctlen;
+    in.expected_len = 32;
+    in.reject_key = rej;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    ct[ctlen - 1] ^= 0x55;
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, out, sizeof(out), &outlen), HSM_OK);
+    assert_int_equal(outlen, 32);
+    assert_memory_not_equal(out, cek, sizeof(cek));
+    assert_int_equal(hsm_decrypt_content_key(ctx, &in, got, sizeof(got), &outlen), HSM_OK);
+    assert_memory_equal(out, got, 32); /* the same substitute every time */
+
+    /* CA signatures without CKM_SHA256_RSA_PKCS: a standard signature. */
+    assert_int_equal(hsm_generate_keypair_best(ctx, &ck, &res, NULL, &ca), HSM_OK);
+    assert_int_equal(hsm_sign(ctx, ca, HSM_SIG_RSA_PKCS1_SHA256, tbs, sizeof(tbs), &sig, &siglen), HSM_OK);
+    {
+        EVP_PKEY *cpk = export_pub(ctx, ca);
+        verify_sig(cpk, tbs, sizeof(tbs), sig, siglen);
+        EVP_PKEY_free(cpk);
+    }
+    free(sig);
+
+    OPENSSL_cleanse(kv, sizeof(kv));
+    OPENSSL_cleanse(out, sizeof(out));
+    free(blob);
+    free(spki);
+    EVP_PKEY_free(r);
+    EVP_PKEY_free(pk);
+    hsm_key_free(rej);
+    hsm_key_free(grp);
+    hsm_key_free(ca);
+    hsm_key_free(seal);
+    destroy_label(ctx, "card-grp");
+    destroy_label(ctx, "card-ca");
+    destroy_label(ctx, "card-seal");
+    t_close(ctx);
+    unsetenv("GS_P11FAULT_PROFILE");
+}
+
+/* NSS softokn by path: [hsm] init_args carries its initialisation string;
+ * without it the error says what to do. It stores CKA_ALLOWED_MECHANISMS
+ * on session objects only, and does RSA-OAEP with SHA-256. */
+static void test_nss_init_args(void **state)
+{
+    char pin[600], args[1200];
+    hsm_config cfg;
+    hsm_ctx *ctx = NULL;
+    hsm_caps c;
+    hsm_keygen_spec sp = {"nss-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL, *pub = NULL;
+    unsigned d = 0, u = 0;
+    hsm_err err;
+    (void)state;
+
+    assert_true(nssdir[0] != '\0');
+    assert_non_null(testtoken_nss_module());
+    snprintf(pin, sizeof(pin), "%s/pin", nssdir);
+    snprintf(args, sizeof(args), "configdir='sql:%s' certPrefix='' keyPrefix='' secmod='secmod.db' flags=", nssdir);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.module = testtoken_nss_module();
+    cfg.token_uri = "pkcs11:token=NSS%20Certificate%20DB";
+    cfg.pin_source = pin;
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_MODULE);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_ARGUMENTS_BAD"));
+    assert_non_null(strstr(hsm_last_error_detail(), "init_args"));
+    cfg.module = "softhsm2";
+    cfg.init_args = args;
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_ARGS);
+    assert_non_null(strstr(hsm_last_error_detail(), "x-init-reserved"));
+    cfg.module = testtoken_nss_module();
+    err = hsm_open(&cfg, &ctx);
+    if (err != HSM_OK)
+        fprintf(stderr, "nss: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+    assert_int_equal(err, HSM_OK);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_true(c.rewrap_on_token && c.secret_on_token);
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_YES);
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, &pub, &priv), HSM_OK);
+    assert_int_equal(res.missing, HSM_PROT_ALLOWED_MECHANISMS);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_equal(c.allowed_mechanisms, HSM_ATTR_SESSION_ONLY);
+    assert_int_equal(hsm_key_probe_oaep(ctx, priv, &d, &u), HSM_OK);
+    assert_int_equal(d, (1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256));
+    assert_int_equal(u, (1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256));
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    assert_int_equal(hsm_key_destroy(ctx, pub), HSM_OK);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    hsm_close(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2034,6 +2563,13 @@ int main(void)
         cmocka_unit_test_teardown(test_concurrent_recovery, t_teardown),
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
+        cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
+        cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
+        cmocka_unit_test_teardown(test_module_reinit, t_teardown),
+        cmocka_unit_test_teardown(test_probe_breaks_connection, t_teardown),
+        cmocka_unit_test_teardown(test_ecb_wrap, t_teardown),
+        cmocka_unit_test_teardown(test_smartcard_profile, t_teardown),
+        cmocka_unit_test_teardown(test_nss_init_args, t_teardown),
         cmocka_unit_test_teardown(test_relogin_pin_rejected_last, t_teardown), /* keep last */
     };
     /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every
