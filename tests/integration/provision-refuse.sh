@@ -22,6 +22,11 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/bob.key" -out "$T/bob.pem"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/anon.key" -out "$T/anon.pem" -days 2 -subj "/CN=anon" 2>/dev/null
 printf 'not a certificate\n' > "$T/garbage.pem"
 
+# Keys made by another tool, to adopt with --use-key (SoftHSM adds the
+# usages pkcs11-tool does not turn off: CKA_SIGN with --usage-decrypt).
+p11 --keypairgen --key-type rsa:2048 --label tool-key --id 7001 --usage-decrypt >/dev/null 2>&1
+tool_key="pkcs11:token=groupsrv;object=tool-key;type=private"
+
 tok_sum() { p11 --list-objects 2>/dev/null | sha256sum; }
 db0=$(db_sum)
 tok0=$(tok_sum)
@@ -97,6 +102,19 @@ grep -q "^group  *eng  *v1 .*PROBLEM: CKA_EXTRACTABLE is true" "$T/out" || { cat
 : > "$GS_P11FAULT_CONTROL"
 expect_rc 0 "$G" -c "$T/fault.conf" check
 unset GS_P11FAULT_CONTROL
+
+# --- adopting a key (--use-key): checked against what the token allows,
+# refused with what to do; nothing recorded, the key itself left alone
+refuse 1 "--use-key $tool_key: CKA_SIGN allowed (policy: no signing): make the key with exactly the usage" \
+  "$G" -c "$CONF" group create adopt --address adopt@example.org --use-key "$tool_key"
+refuse 1 "needs a pkcs11: URI" "$G" -c "$CONF" group create adopt --address adopt@example.org --use-key tool-key
+refuse 1 "key not found" "$G" -c "$CONF" group create adopt --address adopt@example.org \
+  --use-key "pkcs11:token=groupsrv;object=nosuch;type=private"
+refuse 2 "exclude each other" "$G" -c "$CONF" group create adopt --address adopt@example.org --key rsa:2048 \
+  --use-key "$tool_key"
+sed "s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/db2.conf"
+refuse 1 "--use-key $tool_key: usage beyond signing set: a CA key must be made on the token" \
+  "$G" -c "$T/db2.conf" ca init --use-key "$tool_key"
 
 # --- a database from a newer program: refused, untouched
 cp "$T/db/groupsrv.db" "$T/newer.db"

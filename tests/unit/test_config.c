@@ -108,6 +108,23 @@ static void test_errors(void **state)
     expect_error(MIN_HSM "[db]\npath =\n", "empty value for 'path'");
     /* untrusted names are quoted, not echoed raw */
     expect_error(MIN_HSM "[server]\nx\"y = 1\n", "unknown key 'x\\\"y'");
+    /* init_args only with a module by path: a name takes x-init-reserved */
+    expect_error("[hsm]\nmodule = nss-softokn\npin_source = env:P\ninit_args = configdir='sql:/x'\n",
+                 "'init_args' in [hsm] needs a module given by path");
+}
+
+static void test_init_args(void **state)
+{
+    (void)state;
+    struct gs_config *c = load_ok("[hsm]\nmodule = /usr/lib/x86_64-linux-gnu/libsoftokn3.so\npin_source = env:P\n"
+                                  "init_args = configdir='sql:/var/lib/groupsrv/nssdb' certPrefix='' keyPrefix='' "
+                                  "secmod='secmod.db' flags=\n");
+    assert_string_equal(c->hsm.init_args,
+                        "configdir='sql:/var/lib/groupsrv/nssdb' certPrefix='' keyPrefix='' secmod='secmod.db' flags=");
+    gs_config_free(c);
+    c = load_ok(MIN_HSM);
+    assert_null(c->hsm.init_args);
+    gs_config_free(c);
 }
 
 static void test_file_and_path(void **state)
@@ -145,6 +162,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_file_and_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -152,6 +152,116 @@ static void test_older_schema_migrated(void **state)
     rm_db(path);
 }
 
+
+/* Schema 2 (issue 13): a database of schema 1 keeps its rows and gets the
+ * empty policy and weakenings (= everything on the token, every
+ * protection); the new fields are written and read back. */
+static void test_policy_records(void **state)
+{
+    struct fx *f = *state;
+    char path[320];
+    sqlite3 *db = NULL;
+    gs_store *st = NULL;
+    gs_store_group *g = NULL, row;
+    gs_store_group_key *k = NULL;
+    gs_store_secret *sec = NULL;
+    gs_store_seal_key *seals = NULL;
+    gs_store_ca *ca = NULL;
+    size_t n = 0;
+    int64_t id = 0;
+    unsigned char kek[GS_KEK_ID_LEN], blob[3] = {1, 2, 3};
+    gs_store_keyrec rec = {.weakenings = "no-allowed-mechanisms", .seal_label = "gs:seal", .sealed = blob,
+                           .sealed_len = sizeof(blob)};
+
+    /* What schema 1 wrote (groupsrv before the key policy). */
+    (void)snprintf(path, sizeof(path), "%s/v1.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), key_label TEXT NOT NULL,"
+                                  " cert_pem TEXT NOT NULL, created INTEGER NOT NULL);"
+                                  "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+                                  " address TEXT NOT NULL, methods INTEGER NOT NULL, key_spec TEXT NOT NULL,"
+                                  " allow_pkcs1v15 INTEGER NOT NULL, reject_label TEXT, created INTEGER NOT NULL);"
+                                  "CREATE TABLE group_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+                                  " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, cert_pem TEXT"
+                                  " NOT NULL, state INTEGER NOT NULL, created INTEGER NOT NULL, retired INTEGER NOT"
+                                  " NULL DEFAULT 0, PRIMARY KEY (group_id, version));"
+                                  "CREATE TABLE secret_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+                                  " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, kek_id BLOB"
+                                  " NOT NULL UNIQUE, state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY"
+                                  " (group_id, version));"
+                                  "CREATE TABLE members (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+                                  " CASCADE, email TEXT NOT NULL COLLATE NOCASE, role INTEGER NOT NULL, cert_pem TEXT,"
+                                  " added INTEGER NOT NULL, PRIMARY KEY (group_id, email));"
+                                  "INSERT INTO ca VALUES (1, 'gs:ca', 'CAPEM', 1);"
+                                  "INSERT INTO groups VALUES (1, 'old', 'old@example.org', 15, 'rsa:3072', 0, NULL, 1);"
+                                  "INSERT INTO group_keys VALUES (1, 1, 'gs:group:old:v1', 'PEM', 1, 1, 0);"
+                                  "PRAGMA user_version = 1;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(gs_store_open(path, 0, &st), GS_OK);
+    assert_int_equal(gs_store_schema_version(st), 2);
+    assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
+    assert_string_equal(g->policy, "");
+    assert_null(g->reject_sealed);
+    gs_store_group_free(g);
+    assert_int_equal(gs_store_group_keys(st, 1, &k, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(k[0].weakenings, "");
+    gs_store_group_keys_free(k, n);
+    assert_int_equal(gs_store_ca_get(st, &ca), GS_OK);
+    assert_string_equal(ca->weakenings, "");
+    gs_store_ca_free(ca);
+
+    /* The new fields. */
+    memset(&row, 0, sizeof(row));
+    row.name = "card";
+    row.address = "card@example.org";
+    row.algorithm = "rsa:2048";
+    row.methods = GS_METHODS_DEFAULT;
+    row.allow_pkcs1v15 = true;
+    row.reject_label = "gs:reject:card";
+    row.policy = "rewrap=software,secrets=sealed,reject=sealed";
+    row.reject_seal_label = "gs:seal";
+    row.reject_sealed = blob;
+    row.reject_sealed_len = sizeof(blob);
+    assert_int_equal(gs_store_group_add(st, &row, &id), GS_OK);
+    assert_int_equal(gs_store_group_get(st, "card", &g), GS_OK);
+    assert_string_equal(g->policy, row.policy);
+    assert_string_equal(g->reject_seal_label, "gs:seal");
+    assert_int_equal(g->reject_sealed_len, sizeof(blob));
+    assert_memory_equal(g->reject_sealed, blob, sizeof(blob));
+    gs_store_group_free(g);
+    assert_int_equal(gs_store_group_key_add2(st, id, 1, "pkcs11:token=t;object=card;type=private", "PEM", &rec), GS_OK);
+    assert_int_equal(gs_store_group_keys(st, id, &k, &n), GS_OK);
+    assert_string_equal(k[0].weakenings, "no-allowed-mechanisms");
+    assert_string_equal(k[0].token_label, "pkcs11:token=t;object=card;type=private");
+    gs_store_group_keys_free(k, n);
+    memset(kek, 7, sizeof(kek));
+    assert_int_equal(gs_store_secret_add2(st, id, 1, "gs:secret:card:v1", kek, &rec), GS_OK);
+    assert_int_equal(gs_store_secrets(st, id, &sec, &n), GS_OK);
+    assert_string_equal(sec[0].seal_label, "gs:seal");
+    assert_int_equal(sec[0].sealed_len, sizeof(blob));
+    assert_memory_equal(sec[0].sealed, blob, sizeof(blob));
+    gs_store_secrets_free(sec, n);
+    assert_int_equal(gs_store_secret_add(st, id, 2, "gs:secret:card:v2", (unsigned char[GS_KEK_ID_LEN]){8}), GS_OK);
+    assert_int_equal(gs_store_secrets(st, id, &sec, &n), GS_OK);
+    assert_null(sec[0].sealed);
+    assert_null(sec[0].seal_label);
+    assert_string_equal(sec[0].weakenings, "");
+    gs_store_secrets_free(sec, n);
+    assert_int_equal(gs_store_seal_key_put(st, "gs:seal", "no-allowed-mechanisms"), GS_OK);
+    assert_int_equal(gs_store_seal_key_put(st, "gs:seal", ""), GS_OK); /* once */
+    assert_int_equal(gs_store_seal_keys(st, &seals, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(seals[0].label, "gs:seal");
+    assert_string_equal(seals[0].weakenings, "no-allowed-mechanisms");
+    gs_store_seal_keys_free(seals, n);
+    gs_store_close(st);
+    rm_db(path);
+}
+
 static void test_groups(void **state)
 {
     struct fx *f = *state;
@@ -401,6 +511,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_older_schema_migrated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),
