@@ -1127,10 +1127,13 @@ static int cmd_check(struct env *e, int argc, char **argv)
     problems += check_audit_path(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err) {
+        /* Still show what the token can do: before `ca init` that is what
+         * an operator wants to see. */
         printf("database  PROBLEM: %s\n", gs_err_detail());
-        return 1;
+        problems++;
+    } else {
+        printf("database  OK   %s (schema %d)\n", e->cfg->db.path, gs_store_schema_version(e->st));
     }
-    printf("database  OK   %s (schema %d)\n", e->cfg->db.path, gs_store_schema_version(e->st));
     err = env_open(e, NEED_TOKEN);
     if (err) {
         printf("token     PROBLEM: %s\n", gs_err_detail());
@@ -1146,6 +1149,10 @@ static int cmd_check(struct env *e, int argc, char **argv)
     printf("token     OK   %s (label \"%s\", %s %s, serial %s)\n", e->cfg->hsm.token, ti.label, ti.manufacturer,
            ti.model, ti.serial);
     print_caps(e->hsm);
+    if (e->st == NULL) {
+        printf("%u problem(s) found\n", problems);
+        return 1;
+    }
     print_group_policies(e);
     printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", "GROUP", "VER", "LABEL",
            "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");

@@ -130,6 +130,9 @@ CK_RV hsm_p11_missing(const char *fn);
 CK_RV hsm_last_rv(void);
 const char *hsm_ckr_name(CK_RV rv);
 hsm_err hsm_map_rv(CK_RV rv);
+/* Names the mechanism in the detail of the call that just failed:
+ * "C_WrapKey: CKR_X" becomes "C_WrapKey(CKM_AES_KEY_WRAP): CKR_X". */
+void hsm_detail_mech(CK_MECHANISM_TYPE m);
 /* Sets the thread's detail text (printf-style). */
 void hsm_set_detail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void hsm_clear_detail(void);

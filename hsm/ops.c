@@ -453,6 +453,8 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
             n = ck_without(t, n, CKA_EXTRACTABLE);
         err = P11(ctx, C_UnwrapKey, s, &m, gk, (CK_BYTE_PTR)in->encrypted_key,
                   (CK_ULONG)in->encrypted_key_len, t, n, ck);
+        if (err != HSM_OK)
+            hsm_detail_mech(m.mechanism);
         if (err != HSM_OK && hsm_last_rv() == CKR_ATTRIBUTE_READ_ONLY && !atomic_load(&ctx->unwrap_no_extractable)) {
             /* opencryptoki 3.8 refuses CKA_EXTRACTABLE in an unwrap
              * template (its unwrapped keys are extractable anyway, and
@@ -622,7 +624,10 @@ static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
     hsm_oaep_params(hash, &op);
     if ((err = hsm_import_wrap_pubkey(ctx, s, spki, spki_len, &pub)) != HSM_OK)
         goto out;
-    err = hsm_oaep_check(ctx, P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len), hash);
+    err = P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len);
+    if (err != HSM_OK)
+        hsm_detail_mech(m.mechanism);
+    err = hsm_oaep_check(ctx, err, hash);
     if (err != HSM_OK)
         goto out;
     if ((*out = malloc(len)) == NULL) {
@@ -809,8 +814,10 @@ static hsm_err op_rewrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         len = sizeof(buf);
         err = P11(ctx, C_WrapKey, s, &m, kek, ck, buf, &len);
     }
-    if (err != HSM_OK)
+    if (err != HSM_OK) {
+        hsm_detail_mech(m.mechanism);
         goto out;
+    }
     if ((ra->out = malloc(len)) == NULL) {
         err = HSM_ERR_NOMEM;
         goto out;

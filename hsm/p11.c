@@ -312,6 +312,32 @@ void hsm_p11_quiet(bool on)
     tls_quiet = on;
 }
 
+/* What a refusal usually means, for the detail (and so for every error
+ * message built on it): the user learns what to look at, not only a code. */
+static const char *ckr_hint(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_MECHANISM_INVALID:
+        return "the token does not offer this mechanism; `groupsrv check` lists what it offers";
+    case CKR_MECHANISM_PARAM_INVALID:
+        return "the token refuses these mechanism parameters";
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+        return "the token does not know an attribute asked for";
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_TEMPLATE_INCONSISTENT:
+        return "the token refuses an attribute value asked for";
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+        return "the key's attributes do not allow this operation";
+    case CKR_KEY_NOT_WRAPPABLE:
+    case CKR_KEY_UNEXTRACTABLE:
+        return "the key may not be wrapped out";
+    case CKR_FUNCTION_NOT_SUPPORTED:
+        return "the module does not implement this function";
+    default:
+        return NULL;
+    }
+}
+
 hsm_err hsm_p11_done(const char *fn, CK_RV rv)
 {
     tls_last_rv = rv;
@@ -321,9 +347,25 @@ hsm_err hsm_p11_done(const char *fn, CK_RV rv)
     }
     /* Only the name and the result: arguments may be PINs or key bytes. */
     log_debug("pkcs11 call=%s rv=%s", fn, hsm_ckr_name(rv));
-    if (rv != CKR_OK)
-        hsm_set_detail("%s: %s", fn, hsm_ckr_name(rv));
+    if (rv != CKR_OK) {
+        const char *hint = ckr_hint(rv);
+        hsm_set_detail("%s: %s%s%s%s", fn, hsm_ckr_name(rv), hint ? " (" : "", hint ? hint : "", hint ? ")" : "");
+    }
     return hsm_map_rv(rv);
+}
+
+void hsm_detail_mech(CK_MECHANISM_TYPE m)
+{
+    char rest[sizeof(tls_detail)];
+    char *colon;
+
+    /* "C_WrapKey: CKR_X" -> "C_WrapKey(CKM_AES_KEY_WRAP): CKR_X" */
+    if (strncmp(tls_detail, "C_", 2) != 0 || (colon = strstr(tls_detail, ": ")) == NULL ||
+        memchr(tls_detail, '(', (size_t)(colon - tls_detail)) != NULL)
+        return;
+    snprintf(rest, sizeof(rest), "%s", colon);
+    *colon = '\0';
+    snprintf(colon, sizeof(tls_detail) - (size_t)(colon - tls_detail), "(%s)%s", hsm_mech_ckm_name(m), rest);
 }
 
 void hsm_err_save(hsm_errsave *sv)

@@ -24,9 +24,11 @@ expect_rc 5 "$G" -c "$T/bad.conf" group list
 expect_err "bad.conf:3: unknown key 'lisen' in \[server\]"
 expect_rc 1 "$G" -c "$T/bad.conf" check
 
-# --- nothing exists yet
+# --- nothing exists yet; check still shows what the token can do
 expect_rc 3 "$G" -c "$CONF" group list
 expect_rc 1 "$G" -c "$CONF" check
+grep -q "^database  PROBLEM: .*does not exist" "$T/out" || { cat "$T/out"; fail "check: no database row"; }
+grep -q "^cap mechanism CKM_RSA_PKCS_OAEP  *yes" "$T/out" || { cat "$T/out"; fail "check: no capability table before ca init"; }
 
 # --- CA
 expect_rc 0 "$G" -c "$CONF" ca init --key rsa:2048 --subject "Test CA"
