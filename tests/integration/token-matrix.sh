@@ -170,7 +170,18 @@ nss)
   done
   grep -q "^policy eng  *v1 OAEP hashes: decrypt SHA-1, SHA-256; unwrap SHA-1, SHA-256" "$work/check.out" ||
     fail "check does not show OAEP SHA-256 on NSS: $(grep '^policy' "$work/check.out")"
-  ok "nss: a message with RSA-OAEP SHA-256 decrypts by tls and recipient-key"
+  # ...and from a stock sender, openssl cms with OAEP SHA-256.
+  openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg256.der" \
+    -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 2>/dev/null
+  cms ri "$work/msg256.der" "$work/ri256.der"
+  printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri256.der")" > "$work/req-256.json"
+  expect_status 200 "" "openssl cms OAEP SHA-256, deliver=recipient-key" -- c alice --data-binary @"$work/req-256.json" "$url"
+  b64d "$(json_get "$work/body" recipient_info)" > "$work/ri256-alice.der"
+  cms swap "$work/msg256.der" "$work/ri256-alice.der" "$work/swapped256.der"
+  openssl cms -decrypt -inform DER -in "$work/swapped256.der" -recip "$certs/alice@example.org.pem" \
+    -inkey "$certs/alice@example.org.key" -out "$work/dec256.txt" 2>/dev/null && cmp -s "$work/dec256.txt" "$work/msg.txt" ||
+    fail "OAEP SHA-256 (openssl cms sender): alice cannot decrypt the re-wrapped key"
+  ok "nss: a message with RSA-OAEP SHA-256 decrypts by tls and recipient-key (groupmail and openssl cms senders)"
   # The same database by path, with [hsm] init_args: no registry needed.
   sed -e "s|^module = .*|module = $TOK_NSS_MODULE_PATH|" -e "s|^\[hsm\]\$|[hsm]\ninit_args = $TOK_INIT_ARGS|" \
     "$conf" > "$work/bypath.conf"
@@ -284,6 +295,8 @@ smartcard)
   ;;
 opencryptoki)
   grep -q "^cap signatures (CA)  *CKM_RSA_PKCS over a DigestInfo" "$work/check.out" || fail "check: CA signature fallback"
+  grep -q "^policy eng  *v1 OAEP hashes: decrypt SHA-1, SHA-256; unwrap SHA-1, SHA-256" "$work/check.out" ||
+    fail "check: OAEP hashes on opencryptoki: $(grep '^policy' "$work/check.out")"
   ok "opencryptoki: CA signatures over a DigestInfo, secret keys on CKM_AES_ECB"
   ;;
 esac
