@@ -688,11 +688,7 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
     err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
     if (err)
         return err;
-    memset(&ks, 0, sizeof(ks));
-    ks.label = label;
-    ks.type = type;
-    ks.bits = bits;
-    ks.usage = HSM_USE_SIGN;
+    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = HSM_USE_SIGN};
     he = hsm_generate_keypair_best(hsm, &ks, &res, pub, priv);
     if (he != HSM_OK)
         return hsm_fail(he, "generating the CA key");

@@ -377,11 +377,7 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
     err = label_free(hsm, label);
     if (err)
         return err;
-    memset(&ks, 0, sizeof(ks));
-    ks.label = label;
-    ks.type = type;
-    ks.bits = bits;
-    ks.usage = usage;
+    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = usage};
     he = hsm_generate_keypair_best(hsm, &ks, &res, &pub, &priv);
     if (he != HSM_OK)
         return hsm_fail(he, "generating key", label);

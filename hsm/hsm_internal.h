@@ -234,6 +234,11 @@ hsm_err hsm_sealed_open(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, u
 /* HMAC-SHA-256 of data under a sealed (generic secret) key. */
 hsm_err hsm_sealed_hmac(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, const unsigned char *data,
                         size_t len, unsigned char mac[32]);
+/* A recipient's RSA public key from a DER SubjectPublicKeyInfo (2048..16384
+ * bits, nothing trailing); *out is the caller's (EVP_PKEY_free).
+ * HSM_ERR_PUBLIC_KEY with the reason in the detail. */
+typedef struct evp_pkey_st EVP_PKEY;
+hsm_err hsm_recipient_rsa_pubkey(const unsigned char *spki, size_t spki_len, EVP_PKEY **out);
 /* RSA-OAEP encryption of msg to a DER SPKI (RSA 2048..16384) in software.
  * *out is malloc'd (caller frees). */
 hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,

@@ -1608,12 +1608,9 @@ hsm_err hsm_key_export_public(hsm_ctx *ctx, hsm_key *key, unsigned char **spki_d
 
 /* ---- recipient public keys as session objects ------------------------------------- */
 
-#define SPKI_MAX 16384
-
 hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
                                CK_OBJECT_HANDLE *h)
 {
-    const unsigned char *p = spki;
     EVP_PKEY *pkey = NULL;
     BIGNUM *n = NULL, *e = NULL;
     unsigned char *nb = NULL, *eb = NULL;
@@ -1624,19 +1621,9 @@ hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned
     hsm_err err = HSM_ERR_PUBLIC_KEY;
 
     *h = CK_INVALID_HANDLE;
-    if (spki == NULL || spki_len == 0 || spki_len > SPKI_MAX) {
-        hsm_set_detail("recipient public key missing or too large");
-        return HSM_ERR_PUBLIC_KEY;
-    }
-    pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
-    if (pkey == NULL || p != spki + spki_len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
-        hsm_set_detail("recipient public key is not a DER RSA SubjectPublicKeyInfo");
-        goto out;
-    }
-    if (EVP_PKEY_get_bits(pkey) < 2048 || EVP_PKEY_get_bits(pkey) > 16384) {
-        hsm_set_detail("recipient RSA key size %d not accepted (2048..16384)", EVP_PKEY_get_bits(pkey));
-        goto out;
-    }
+    if ((err = hsm_recipient_rsa_pubkey(spki, spki_len, &pkey)) != HSM_OK)
+        return err;
+    err = HSM_ERR_PUBLIC_KEY;
     if (EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_N, &n) != 1 ||
         EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &e) != 1)
         goto out;

@@ -74,10 +74,34 @@ void hsm_secmem_free(unsigned char *p, size_t len)
 
 /* ---- RSA-OAEP in software ------------------------------------------------------ */
 
+hsm_err hsm_recipient_rsa_pubkey(const unsigned char *spki, size_t spki_len, EVP_PKEY **out)
+{
+    const unsigned char *p = spki;
+    EVP_PKEY *pkey;
+
+    *out = NULL;
+    if (spki == NULL || spki_len == 0 || spki_len > SPKI_MAX) {
+        hsm_set_detail("recipient public key missing or too large");
+        return HSM_ERR_PUBLIC_KEY;
+    }
+    pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    if (pkey == NULL || p != spki + spki_len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
+        hsm_set_detail("recipient public key is not a DER RSA SubjectPublicKeyInfo");
+        EVP_PKEY_free(pkey);
+        return HSM_ERR_PUBLIC_KEY;
+    }
+    if (EVP_PKEY_get_bits(pkey) < 2048 || EVP_PKEY_get_bits(pkey) > 16384) {
+        hsm_set_detail("recipient RSA key size %d not accepted (2048..16384)", EVP_PKEY_get_bits(pkey));
+        EVP_PKEY_free(pkey);
+        return HSM_ERR_PUBLIC_KEY;
+    }
+    *out = pkey;
+    return HSM_OK;
+}
+
 hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,
                               const unsigned char *msg, size_t len, unsigned char **out, size_t *outlen)
 {
-    const unsigned char *p = spki;
     EVP_PKEY *pkey = NULL;
     EVP_PKEY_CTX *pc = NULL;
     const EVP_MD *md = hash == HSM_OAEP_SHA256 ? EVP_sha256() : EVP_sha1();
@@ -87,19 +111,8 @@ hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oa
 
     *out = NULL;
     *outlen = 0;
-    if (spki == NULL || spki_len == 0 || spki_len > SPKI_MAX) {
-        hsm_set_detail("recipient public key missing or too large");
-        return HSM_ERR_PUBLIC_KEY;
-    }
-    pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
-    if (pkey == NULL || p != spki + spki_len || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
-        hsm_set_detail("recipient public key is not a DER RSA SubjectPublicKeyInfo");
-        goto out;
-    }
-    if (EVP_PKEY_get_bits(pkey) < 2048 || EVP_PKEY_get_bits(pkey) > 16384) {
-        hsm_set_detail("recipient RSA key size %d not accepted (2048..16384)", EVP_PKEY_get_bits(pkey));
-        goto out;
-    }
+    if ((err = hsm_recipient_rsa_pubkey(spki, spki_len, &pkey)) != HSM_OK)
+        return err;
     err = HSM_ERR_NOMEM;
     if ((pc = EVP_PKEY_CTX_new(pkey, NULL)) == NULL || EVP_PKEY_encrypt_init(pc) != 1 ||
         EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING) != 1 || EVP_PKEY_CTX_set_rsa_oaep_md(pc, md) != 1 ||

@@ -30,12 +30,7 @@ rewraps=$(( $(grep -c '"action":"rewrap"' "$work/audit.jsonl" || true) - rewraps
   fail "recipients: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 
 # alice's copy of the group secret key, as a member fetches it
-c alice "$base/v1/groups/eng/secret-keys" >"$W/sk.json"
-b64d "$(json_get "$W/sk.json" keys 0 wrapped_key)" >"$W/wsk.bin"
-openssl pkeyutl -decrypt -inkey "$certs/alice@example.org.key" -pkeyopt rsa_padding_mode:oaep \
-  -in "$W/wsk.bin" -out "$W/sk.bin" || fail "cannot unwrap the secret key with alice's key"
-sk=$(od -An -tx1 "$W/sk.bin" | tr -d ' \n')
-kekid=$(b64d "$(json_get "$W/sk.json" keys 0 kek_id)" | od -An -tx1 | tr -d ' \n')
+member_secret_key alice "$W"
 
 for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
   grep -q '^List-Id: <eng.example.org>$' "$f" || fail "no List-Id"

@@ -186,6 +186,23 @@ check_cek() {
     fail "content key does not decrypt the message"
   cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
 }
+# member_secret_key MEMBER DIR: the member's copy of the group's current
+# secret key, unwrapped with the member's own key; sets sk and kekid (hex).
+member_secret_key() {
+  c "$1" "$base/v1/groups/eng/secret-keys" >"$2/sk.json"
+  b64d "$(json_get "$2/sk.json" keys 0 wrapped_key)" >"$2/wsk.bin"
+  openssl pkeyutl -decrypt -inkey "$certs/$1@example.org.key" -pkeyopt rsa_padding_mode:oaep \
+    -in "$2/wsk.bin" -out "$2/sk.bin" || fail "$1 cannot unwrap the group secret key"
+  sk=$(od -An -tx1 "$2/sk.bin" | tr -d ' \n')
+  kekid=$(b64d "$(json_get "$2/sk.json" keys 0 kek_id)" | od -An -tx1 | tr -d ' \n')
+}
+# unwrap_as MEMBER DELIVER [URL]: POST the message's RecipientInfo to
+# unwrap with that deliver, expecting 200; the answer is in $work/body.
+unwrap_as() {
+  printf '{"recipient_info":"%s","deliver":"%s"}' "$(b64 "$work/ri.der")" "$2" >"$work/req-$2.json"
+  expect_status 200 "" "unwrap deliver=$2" -- c "$1" --data-binary @"$work/req-$2.json" \
+    "${3:-$base/v1/groups/eng/unwrap}"
+}
 # check_ktri RI.der CERT KEY: a KTRI answer decrypts the message with openssl cms
 check_ktri() {
   cms swap "$work/msg.der" "$1" "$work/swapped.der"

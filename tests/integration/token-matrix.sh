@@ -64,22 +64,14 @@ ok "$TOKEN: GET /v1/groups/eng says rewrap=$rewrap"
 
 # ---- unwrap: deliver tls, recipient-key, group-secret ----
 url=$base/v1/groups/eng/unwrap
-printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
-expect_status 200 "" "unwrap deliver=tls" -- c alice --data-binary @"$work/req-tls.json" "$url"
+unwrap_as alice tls
 check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
-printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri.der")" > "$work/req-rk.json"
-expect_status 200 "" "unwrap deliver=recipient-key" -- c alice --data-binary @"$work/req-rk.json" "$url"
+unwrap_as alice recipient-key
 b64d "$(json_get "$work/body" recipient_info)" > "$work/ri-alice.der"
 check_ktri "$work/ri-alice.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
-printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/req-gs.json"
-expect_status 200 "" "unwrap deliver=group-secret" -- c alice --data-binary @"$work/req-gs.json" "$url"
+unwrap_as alice group-secret
 b64d "$(json_get "$work/body" recipient_info)" > "$work/kekri.der"
-c alice "$base/v1/groups/eng/secret-keys" > "$work/sk.json"
-b64d "$(json_get "$work/sk.json" keys 0 wrapped_key)" > "$work/wsk.bin"
-openssl pkeyutl -decrypt -inkey "$certs/alice@example.org.key" -pkeyopt rsa_padding_mode:oaep \
-  -in "$work/wsk.bin" -out "$work/sk.bin" || fail "alice cannot unwrap the group secret key"
-sk=$(od -An -tx1 "$work/sk.bin" | tr -d ' \n')
-kekid=$(b64d "$(json_get "$work/sk.json" keys 0 kek_id)" | od -An -tx1 | tr -d ' \n')
+member_secret_key alice "$work"
 cms swap "$work/msg.der" "$work/kekri.der" "$work/kek-msg.der"
 openssl cms -decrypt -inform DER -in "$work/kek-msg.der" -secretkey "$sk" -secretkeyid "$kekid" \
   -out "$work/dec.txt" 2>"$work/cms.err" || fail "openssl cms -secretkey: $(cat "$work/cms.err")"
@@ -125,12 +117,22 @@ L=eng@example.org
 xp list create $L --group-server "$base" --group eng --mode group-secret >"$W/create.out" 2>&1 ||
   fail "list create: $(cat "$W/create.out")"
 xp list add $L alice@example.org bob@example.org >/dev/null
-xp_encrypt "$certs/group.pem" "$W/in-gs.eml" "matrix group secret"
-xp deliver --list $L --sender alice@example.org <"$W/in-gs.eml" || fail "deliver (group-secret) refused"
-xp_drain
+# send_list SUBJECT: one message to the list through the exploder, drained.
+send_list() {
+  xp_encrypt "$certs/group.pem" "$W/in.eml" "$1"
+  xp deliver --list $L --sender alice@example.org <"$W/in.eml" || fail "deliver ($1) refused"
+  xp_drain
+}
+# copies SUBJECT: the delivered copies with that subject.
+copies() {
+  for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
+    grep -q "^Subject: $1\$" "$f" && echo "$f"
+  done
+  return 0
+}
+send_list "matrix group secret"
 n=0
-for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
-  grep -q '^Subject: matrix group secret$' "$f" || continue
+for f in $(copies "matrix group secret"); do
   openssl cms -decrypt -in "$f" -secretkey "$sk" -secretkeyid "$kekid" -out "$W/dec.txt" 2>"$W/cms.err" ||
     fail "exploder group-secret copy: $(cat "$W/cms.err")"
   grep -q 'secret body for matrix group secret' "$W/dec.txt" || fail "exploder group-secret: wrong plaintext"
@@ -140,12 +142,9 @@ done
 [ "$(xp_accepted "$W/smtp" | sort -u | tr '\n' ' ')" = "alice@example.org bob@example.org " ] ||
   fail "exploder group-secret: recipients $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 xp list set $L --mode member-certs >/dev/null
-xp_encrypt "$certs/group.pem" "$W/in-mc.eml" "matrix member certs"
-xp deliver --list $L --sender alice@example.org <"$W/in-mc.eml" || fail "deliver (member-certs) refused"
-xp_drain
+send_list "matrix member certs"
 n=0
-for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
-  grep -q '^Subject: matrix member certs$' "$f" || continue
+for f in $(copies "matrix member certs"); do
   for m in alice bob; do
     openssl cms -decrypt -in "$f" -recip "$certs/$m@example.org.pem" -inkey "$certs/$m@example.org.key" \
       -out "$W/dec.txt" 2>/dev/null || continue
@@ -235,7 +234,7 @@ rpc)
   [ "$(tail -n 1 "$work/load.1")" = 200 ] || fail "load not served again after the restart: $(tail -3 "$work/load.1")"
   expect_status 200 "" "unwrap after the p11-kit server came back" -- c alice --data-binary @"$work/req-tls.json" "$url"
   check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
-  expect_status 200 "" "recipient-key after the p11-kit server came back" -- c alice --data-binary @"$work/req-rk.json" "$url"
+  expect_status 200 "" "recipient-key after the p11-kit server came back" -- c alice --data-binary @"$work/req-recipient-key.json" "$url"
   kill -0 "$srv_pid" || fail "groupsrv died"
   grep -q "re-initialised\|token is back" "$work/server.log" || fail "no re-initialisation in the server log"
   ok "rpc: 503 while away ($(grep -c '^503$' "$work/load.all") under load), served again by the same process"
