@@ -316,7 +316,7 @@ int testtoken_make_nss(char *dir_out, size_t cap)
     }
     if (mkdir(GS_TEST_WORK_DIR, 0700) != 0 && errno != EEXIST)
         return -1;
-    if ((size_t)snprintf(tmpl, sizeof(tmpl), "%s/nss-XXXXXX", GS_TEST_WORK_DIR) >= sizeof(tmpl) ||
+    if ((size_t)snprintf(tmpl, sizeof(tmpl), "%s/tok-nss-XXXXXX", GS_TEST_WORK_DIR) >= sizeof(tmpl) ||
         mkdtemp(tmpl) == NULL)
         return -1;
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)

@@ -79,7 +79,7 @@ int testfault_break_on_attribute(unsigned long type);
 /* An NSS softokn database (certutil -N) with a random user PIN, in a new
  * directory under the build tree (fork and exec: before any hsm_open).
  * Writes the directory; DIR/pin is its pin-source (0600). 0 or -1. */
-int testtoken_make_nss(char *dir_out, size_t cap);
+int testtoken_make_nss(char *dir_out, size_t cap); /* testtoken_remove() when done */
 /* Path of libsoftokn3.so, or NULL when not found. */
 const char *testtoken_nss_module(void);
 

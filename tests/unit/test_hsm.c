@@ -260,6 +260,8 @@ static int group_teardown(void **state)
     /* Every context is closed by now; HSM_TEST_KEEP=1 keeps the token. */
     if (getenv("HSM_TEST_KEEP") == NULL && tokdir[0] != '\0')
         testtoken_remove(tokdir);
+    if (getenv("HSM_TEST_KEEP") == NULL && nssdir[0] != '\0')
+        testtoken_remove(nssdir);
     return 0;
 }
 
