@@ -624,8 +624,10 @@ static hsm_err run(hsm_ctx *ctx, hsm_op_fn op, void *arg, bool once)
             if (from_borrow && token_is_lost(ctx)) {
                 if (once || reinit_retry || !reinit_for_lost_token(ctx))
                     return err;
+                /* Found by the fresh initialisation, with a new pool. */
                 reinit_retry = true;
                 max_attempts++;
+                break;
             }
             drop_sessions(ctx, true);
             break;

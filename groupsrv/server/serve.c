@@ -127,8 +127,11 @@ static void key_audit_row(void *arg, const gs_key_audit_row *row)
         (*bad)++;
     } else if (row->accepted[0] != '\0' || row->note[0] != '\0') {
         /* Never silent: what the token could not do is named at every start. */
-        log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
-                 row->accepted[0] ? row->accepted : "none", row->note);
+        if (row->accepted[0] != '\0')
+            log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
+                     row->accepted, row->note);
+        else
+            log_warn("token key passes, not every attribute verified label=%s note=\"%s\"", row->label, row->note);
     }
 }
 
