@@ -102,6 +102,11 @@ struct hsm_key {
     CK_OBJECT_HANDLE handle; /* valid while gen == ctx->key_gen */
     unsigned gen;
     bool always_auth;        /* CKA_ALWAYS_AUTHENTICATE: C_Login(CKU_CONTEXT_SPECIFIC) per use */
+    /* An AES key's CKA_WRAP as last read (ops.c), for object `wrap_handle`
+     * in key generation `wrap_gen`; 0 = not read. Under ctx->key_mu. */
+    signed char wraps;
+    CK_OBJECT_HANDLE wrap_handle;
+    unsigned wrap_gen;
     /* A sealed secret key (hsm_key_from_sealed): not a token object; its
      * value is RSA-OAEP ciphertext to `seal`, opened on the token for
      * each use. NULL for token objects. */
@@ -197,6 +202,9 @@ hsm_err hsm_get_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
 
 /* A boolean attribute; absent or unreadable counts as false (no detail left). */
 bool hsm_get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type);
+/* The same, telling a failed read (*out false, the error returned) from a
+ * false value; the thread's last error is left as it was. */
+hsm_err hsm_read_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, bool *out);
 
 /* ---- ops.c: shared with soft.c ----------------------------------------- */
 

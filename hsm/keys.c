@@ -102,7 +102,7 @@ hsm_err hsm_get_ulong(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
 
 /* A boolean attribute; absent or unreadable counts as false, without
  * leaving an error detail behind. */
-static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+hsm_err hsm_read_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, bool *out)
 {
     CK_BBOOL b = CK_FALSE;
     CK_ATTRIBUTE a = {type, &b, sizeof(b)};
@@ -112,7 +112,16 @@ static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_A
     hsm_err_save(&sv);
     err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
     hsm_err_restore(&sv);
-    return err == HSM_OK && a.ulValueLen == sizeof(b) && b == CK_TRUE;
+    *out = err == HSM_OK && a.ulValueLen == sizeof(b) && b == CK_TRUE;
+    return err;
+}
+
+static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    bool b;
+
+    (void)hsm_read_bool(ctx, s, h, type, &b);
+    return b;
 }
 
 bool hsm_get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)

@@ -727,12 +727,34 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_
 /* How a group secret key wraps. */
 enum kek_kind { KEK_WRAP, KEK_ECB, KEK_SEALED };
 
-static enum kek_kind kek_kind_of(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *kek, CK_OBJECT_HANDLE h)
+static enum kek_kind kek_kind_of(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *kek, CK_OBJECT_HANDLE h)
 {
+    signed char wraps = 0;
+    unsigned gen;
+
     if (kek->sealed != NULL)
         return KEK_SEALED;
-    /* Made with HSM_USE_WRAP_ECB: encrypt (ECB only), no wrap. */
-    return hsm_get_bool(ctx, s, h, CKA_WRAP) ? KEK_WRAP : KEK_ECB;
+    /* Made with HSM_USE_WRAP_ECB: encrypt (ECB only), no wrap. Read once
+     * per object (a network HSM pays a round trip for each read). */
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    if (kek->wrap_gen == gen && kek->wrap_handle == h)
+        wraps = kek->wraps;
+    pthread_mutex_unlock(&ctx->key_mu);
+    if (wraps == 0) {
+        bool b;
+        hsm_err rerr = hsm_read_bool(ctx, s, h, CKA_WRAP, &b);
+
+        wraps = b ? 1 : -1;
+        if (rerr == HSM_OK) { /* a failed read is not remembered */
+            pthread_mutex_lock(&ctx->key_mu);
+            kek->wraps = wraps;
+            kek->wrap_handle = h;
+            kek->wrap_gen = gen;
+            pthread_mutex_unlock(&ctx->key_mu);
+        }
+    }
+    return wraps > 0 ? KEK_WRAP : KEK_ECB;
 }
 
 /* RFC 3394/5649 with the content key in locked memory: on the token's
