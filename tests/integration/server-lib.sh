@@ -10,7 +10,10 @@
 
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/server.XXXXXX")
 srv_pid=
+bg_pids= # background helpers of a test (load loops): killed first
 cleanup() {
+  local p
+  for p in $bg_pids; do kill "$p" 2>/dev/null || true; done
   if [ -n "$srv_pid" ] && kill -0 "$srv_pid" 2>/dev/null; then
     kill -TERM "$srv_pid" 2>/dev/null || true
     wait "$srv_pid" 2>/dev/null || true

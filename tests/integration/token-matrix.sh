@@ -196,8 +196,9 @@ nss)
 rpc)
   # Kill the p11-kit server under load: 503 meanwhile; start it again:
   # the same groupsrv serves again (the module is initialised anew).
-  loader() { # loader N: requests until $work/stop exists; statuses to $work/load.N
-    while [ ! -e "$work/stop" ]; do
+  loader() { # loader N: requests until $work/stop exists (120 s at most); statuses to $work/load.N
+    local end=$((SECONDS + 120))
+    while [ ! -e "$work/stop" ] && [ -d "$work" ] && [ "$SECONDS" -lt "$end" ]; do
       c alice --max-time 20 --data-binary @"$work/req-tls.json" -o /dev/null -w '%{http_code}\n' "$url" \
         >> "$work/load.$1" 2>/dev/null || echo fail >> "$work/load.$1"
     done
@@ -205,6 +206,7 @@ rpc)
   rm -f "$work/stop" "$work"/load.*
   loader 1 & lp1=$!
   loader 2 & lp2=$!
+  bg_pids="$lp1 $lp2"
   sleep 1
   tok_rpc_kill
   ok "rpc: p11-kit server killed under load"
@@ -228,6 +230,7 @@ rpc)
   sleep 1
   touch "$work/stop"
   wait "$lp1" "$lp2" || true
+  bg_pids=
   cat "$work"/load.* > "$work/load.all"
   grep -qv '^\(200\|503\)$' "$work/load.all" && fail "answers other than 200/503 under load: $(sort "$work/load.all" | uniq -c)"
   grep -q '^503$' "$work/load.all" || fail "no 503 under load while the server was down: $(sort "$work/load.all" | uniq -c)"
