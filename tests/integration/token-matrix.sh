@@ -210,12 +210,14 @@ rpc)
   sleep 1
   tok_rpc_kill
   ok "rpc: p11-kit server killed under load"
-  got503=0
+  got503=0 seen=
   for _ in $(seq 1 100); do
-    if [ "$(status anon "$base/healthz")" = 503 ]; then got503=1; break; fi
+    st=$(status anon "$base/healthz")
+    if [ "$st" = 503 ]; then got503=1; break; fi
+    seen="$seen $st"
     sleep 0.1
   done
-  [ "$got503" = 1 ] || fail "healthz not 503 with the p11-kit server gone"
+  [ "$got503" = 1 ] || fail "healthz not 503 with the p11-kit server gone (saw:$(echo "$seen" | tr ' ' '\n' | sort | uniq -c | tr -s ' \n' ' '); last body: $(cat "$work/body"); server log: $(tail -5 "$work/server.log"))"
   sleep 1
   expect_status 503 token_unavailable "unwrap while the p11-kit server is down" -- c alice --data-binary @"$work/req-tls.json" "$url"
   grep -qi '^retry-after' <(c alice -D - -o /dev/null --data-binary @"$work/req-tls.json" "$url") ||

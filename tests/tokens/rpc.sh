@@ -15,15 +15,47 @@ tok_rpc_start() {
   # children (p11-kit-remote) along.
   setsid p11-kit server -f -n "$dir/p11kit.sock" --provider "$(tok_softhsm_module)" "pkcs11:token=groupsrv" \
     >>"$dir/p11kit-server.log" 2>&1 &
-  TOK_RPC_PID=$!
-  for _ in $(seq 1 100); do [ -S "$dir/p11kit.sock" ] && return 0; sleep 0.05; done
+  TOK_RPC_PID=
+  # Its own PID, from what it prints: setsid forks when it was started as a
+  # process group leader (a shell with job control), and then $! is only
+  # the setsid that already left, and a kill of it would miss the server.
+  for _ in $(seq 1 200); do
+    if [ -S "$dir/p11kit.sock" ]; then
+      TOK_RPC_PID=$(sed -n 's/^P11_KIT_SERVER_PID=\([0-9][0-9]*\);.*/\1/p' "$dir/p11kit-server.log" | tail -n 1)
+      [ -n "$TOK_RPC_PID" ] && kill -0 "$TOK_RPC_PID" 2>/dev/null && return 0
+    fi
+    sleep 0.05
+  done
   tok_fail "p11-kit server did not start: $(tail -3 "$dir/p11kit-server.log")"
+}
+
+# tok_rpc_session_alive SID: does a process of session SID still run?
+# Read from /proc (field 6 of stat, after the command name in parentheses),
+# so the test needs no procps.
+tok_rpc_session_alive() {
+  local sid=$1 f line
+  local -a fields
+  for f in /proc/[0-9]*/stat; do
+    line=$(cat "$f" 2>/dev/null) || continue
+    read -r -a fields <<< "${line##*) }"
+    [ "${fields[0]:-}" != Z ] && [ "${fields[3]:-}" = "$sid" ] && return 0
+  done
+  return 1
 }
 
 tok_rpc_kill() {
   [ -n "$TOK_RPC_PID" ] || return 0
+  # The whole session: the server and its per-connection p11-kit-remote
+  # children, so connections already open break as a network HSM's would.
   kill -TERM -- "-$TOK_RPC_PID" 2>/dev/null || kill -TERM "$TOK_RPC_PID" 2>/dev/null || true
-  wait "$TOK_RPC_PID" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do
+    tok_rpc_session_alive "$TOK_RPC_PID" || break
+    [ "$i" = 60 ] && kill -KILL -- "-$TOK_RPC_PID" 2>/dev/null
+    sleep 0.05
+  done
+  tok_rpc_session_alive "$TOK_RPC_PID" && tok_fail "p11-kit server session $TOK_RPC_PID still running after kill"
+  wait 2>/dev/null "$TOK_RPC_PID" || true
   TOK_RPC_PID=
 }
 
