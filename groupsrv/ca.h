@@ -102,8 +102,6 @@ gs_err gs_ca_issue(const gs_ca *ca, hsm_ctx *hsm, const gs_cert_spec *spec, X509
  * below 2048 bits or a key type other than RSA/EC). */
 gs_err gs_ca_issue_membership(const gs_ca *ca, hsm_ctx *hsm, X509_REQ *csr, const char *group, long lifetime,
                               X509 **out);
-#define GS_MEMBERSHIP_O "groupsrv membership"
-#define GS_MEMBERSHIP_URI_PREFIX "urn:groupsrv:group:"
 
 /* Is cert a membership certificate for group (SAN URI
  * urn:groupsrv:group:<group>, valid now)? Says nothing about the issuer:

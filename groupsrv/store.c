@@ -2,7 +2,6 @@
  * a prepared statement with bound parameters. */
 #include "store.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -87,78 +86,7 @@ static const char *const migrations[] = {
     "  created INTEGER NOT NULL);",
 };
 
-/* ---- names and enums -------------------------------------------------- */
-
-static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
-
-gs_err gs_methods_parse(const char *list, unsigned *out)
-{
-    unsigned m = 0;
-    const char *p = list;
-    *out = 0;
-    if (list == NULL || *list == '\0')
-        return gs_err_set(GS_ERR_ARGS, "empty method list");
-    while (*p) {
-        const char *end = strchr(p, ',');
-        size_t n = end ? (size_t)(end - p) : strlen(p);
-        bool found = false;
-        for (size_t i = 0; i < GS_ARRAY_LEN(method_names); i++) {
-            if (strlen(method_names[i]) == n && strncmp(method_names[i], p, n) == 0) {
-                m |= 1u << i;
-                found = true;
-            }
-        }
-        if (!found) {
-            char word[64], q[80];
-            (void)snprintf(word, sizeof(word), "%.*s", (int)(n < 60 ? n : 60), p);
-            return gs_err_set(GS_ERR_ARGS, "unknown method '%s' (expected tls, recipient-key, group-secret, "
-                              "membership-cert)", log_quote(q, sizeof(q), word));
-        }
-        p = end ? end + 1 : p + n;
-        if (end && *p == '\0')
-            return gs_err_set(GS_ERR_ARGS, "empty method name in list");
-    }
-    *out = m;
-    return GS_OK;
-}
-
-void gs_methods_format(unsigned methods, char *buf, size_t bufsize)
-{
-    size_t used = 0;
-    if (bufsize == 0)
-        return;
-    buf[0] = '\0';
-    for (size_t i = 0; i < GS_ARRAY_LEN(method_names); i++) {
-        if (!(methods & (1u << i)))
-            continue;
-        int n = snprintf(buf + used, bufsize - used, "%s%s", used ? "," : "", method_names[i]);
-        if (n < 0 || (size_t)n >= bufsize - used)
-            return;
-        used += (size_t)n;
-    }
-}
-
-const char *gs_role_name(gs_role role)
-{
-    switch (role) {
-    case GS_ROLE_MEMBER: return "member";
-    case GS_ROLE_EXPLODER: return "exploder";
-    case GS_ROLE_ADMIN: return "admin";
-    }
-    return "?";
-}
-
-gs_err gs_role_parse(const char *name, gs_role *out)
-{
-    static const gs_role roles[] = {GS_ROLE_MEMBER, GS_ROLE_EXPLODER, GS_ROLE_ADMIN};
-    for (size_t i = 0; i < GS_ARRAY_LEN(roles); i++) {
-        if (name && strcmp(name, gs_role_name(roles[i])) == 0) {
-            *out = roles[i];
-            return GS_OK;
-        }
-    }
-    return gs_err_set(GS_ERR_ARGS, "unknown role (expected member, exploder or admin)");
-}
+/* ---- enums ------------------------------------------------------------ */
 
 const char *gs_key_state_name(gs_key_state s)
 {
@@ -168,38 +96,6 @@ const char *gs_key_state_name(gs_key_state s)
     case GS_KEY_RETIRED: return "retired";
     }
     return "?";
-}
-
-bool gs_valid_group_name(const char *name)
-{
-    size_t n;
-    if (name == NULL || (n = strlen(name)) == 0 || n > GS_NAME_MAX)
-        return false;
-    if (!islower((unsigned char)name[0]) && !isdigit((unsigned char)name[0]))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (!(islower(c) || isdigit(c) || c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
-bool gs_valid_email(const char *email)
-{
-    size_t n, at_count = 0;
-    const char *at;
-    if (email == NULL || (n = strlen(email)) < 3 || n > GS_EMAIL_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)email[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("\"<>(),;:[]\\/", c) != NULL)
-            return false;
-        if (c == '@')
-            at_count++;
-    }
-    at = strchr(email, '@');
-    return at_count == 1 && at != email && at[1] != '\0' && at[1] != '.' && email[n - 1] != '.';
 }
 
 /* ---- connection ------------------------------------------------------------ */

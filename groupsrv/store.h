@@ -26,45 +26,16 @@
 #include <stdint.h>
 
 #include "gs_error.h"
+#include "names.h"
 
 /* Current schema version written by this program. */
 #define GS_STORE_SCHEMA_VERSION 2
 
-/* Caps on names (also checked by gs_valid_* below). */
-#define GS_NAME_MAX 64      /* group name */
-#define GS_EMAIL_MAX 254    /* member email / list address */
-#define GS_LABEL_MAX 127    /* token label */
-#define GS_KEK_ID_LEN 16    /* group secret key identifier (KEKRecipientInfo kekid) */
 /* Longest string or blob the database takes (certificates are far below;
  * set as SQLite's per-connection length limit). Longer values are
  * GS_ERR_ARGS, never stored as NULL. */
 #define GS_STORE_VALUE_MAX (1024 * 1024)
 
-/* Delivery methods a group allows (bit set). */
-enum gs_method {
-    GS_METHOD_TLS = 1u << 0,             /* F: plain content key over mTLS (needs CKA_DECRYPT) */
-    GS_METHOD_RECIPIENT_KEY = 1u << 1,   /* E: re-wrapped to the caller's certificate key */
-    GS_METHOD_GROUP_SECRET = 1u << 2,    /* KEKRecipientInfo under the group secret key */
-    GS_METHOD_MEMBERSHIP_CERT = 1u << 3, /* G: membership certificates from the certificate server */
-};
-#define GS_METHODS_DEFAULT \
-    (GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY | GS_METHOD_GROUP_SECRET | GS_METHOD_MEMBERSHIP_CERT)
-/* "tls,recipient-key,group-secret,membership-cert" <-> bits. Parse rejects
- * unknown or empty names (GS_ERR_ARGS, detail names the word). */
-gs_err gs_methods_parse(const char *list, unsigned *out);
-/* Writes the canonical comma list into buf (always NUL-terminated). */
-void gs_methods_format(unsigned methods, char *buf, size_t bufsize);
-
-typedef enum gs_role { GS_ROLE_MEMBER = 1, GS_ROLE_EXPLODER, GS_ROLE_ADMIN } gs_role;
-const char *gs_role_name(gs_role role);          /* "member", "exploder", "admin" */
-gs_err gs_role_parse(const char *name, gs_role *out);
-
-/* Validation of names we put in labels, URLs and certificates:
- * group names: 1..64 of [a-z0-9._-], starting with a letter or digit;
- * emails/addresses: local@domain, printable ASCII without spaces, quotes,
- * angle brackets, commas or slashes, at most 254 bytes, exactly one '@'. */
-bool gs_valid_group_name(const char *name);
-bool gs_valid_email(const char *email);
 
 typedef struct gs_store gs_store;
 
