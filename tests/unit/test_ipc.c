@@ -1,0 +1,404 @@
+/*
+ * test_ipc.c: the frame format between the server's processes
+ * (groupsrv/ipc.c): what encodes decodes back; every malformed field,
+ * frame and schema violation is refused; descriptors passed over a
+ * control channel arrive with their frames; libevent framing.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+
+#include "ipc.h"
+
+/* A finished frame's payload. */
+static const unsigned char *payload(const ipc_buf *b, size_t *len)
+{
+    *len = b->len - IPC_HDR_LEN;
+    return b->p + IPC_HDR_LEN;
+}
+
+static void unwrap_request(ipc_buf *b)
+{
+    static const unsigned char ek[256] = {1, 2, 3};
+    ipc_begin(b, IPC_UNWRAP, 7);
+    ipc_put_str(b, IPC_T_REQUEST_ID, "00112233aabbccdd");
+    ipc_put_u32(b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
+    ipc_put_str(b, IPC_T_IDENTITY, "alice@example.org");
+    ipc_put_str(b, IPC_T_GROUP, "eng");
+    for (int i = 0; i < 3; i++) {
+        ipc_nest_begin(b, IPC_T_ITEM);
+        ipc_put_u32(b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+        ipc_put_u32(b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+        ipc_put_u32(b, IPC_T_KEY_VERSION, (uint32_t)i + 1);
+        ipc_put_bytes(b, IPC_T_ENC_KEY, ek, sizeof(ek));
+        ipc_nest_end(b);
+    }
+    assert_int_equal(ipc_end(b), IPC_OK);
+}
+
+static void test_roundtrip(void **state)
+{
+    ipc_buf b;
+    ipc_msg m, item;
+    ipc_iter it;
+    uint32_t type, plen;
+    uint64_t cookie;
+    size_t len;
+    (void)state;
+
+    ipc_buf_init(&b);
+    unwrap_request(&b);
+    assert_int_equal(ipc_header(b.p, &type, &plen, &cookie), IPC_OK);
+    assert_int_equal(type, IPC_UNWRAP);
+    assert_int_equal(cookie, 7);
+    assert_int_equal(plen, b.len - IPC_HDR_LEN);
+    const unsigned char *p = payload(&b, &len);
+    assert_int_equal(ipc_decode(type, cookie, p, len, &m), IPC_OK);
+    assert_string_equal(ipc_str(&m, IPC_T_IDENTITY), "alice@example.org");
+    assert_string_equal(ipc_str(&m, IPC_T_GROUP), "eng");
+    assert_int_equal(ipc_u32(&m, IPC_T_CALLER, 0), IPC_CALLER_IDENTITY);
+    assert_false(ipc_has(&m, IPC_T_SPKI));
+    assert_int_equal(m.count[IPC_T_ITEM], 3);
+    ipc_iter_init(&it, &m, IPC_T_ITEM);
+    for (uint32_t i = 1; i <= 3; i++) {
+        const unsigned char *ek;
+        size_t el;
+        assert_int_equal(ipc_iter_next(&it, NULL, &item), 1);
+        assert_int_equal(ipc_u32(&item, IPC_T_KEY_VERSION, 0), i);
+        assert_int_equal(ipc_bytes(&item, IPC_T_ENC_KEY, &ek, &el), 0);
+        assert_int_equal(el, 256);
+        assert_int_equal(ek[2], 3);
+    }
+    assert_int_equal(ipc_iter_next(&it, NULL, &item), 0);
+    /* A new cookie in place. */
+    ipc_set_cookie(&b, 99);
+    assert_int_equal(ipc_header(b.p, &type, &plen, &cookie), IPC_OK);
+    assert_int_equal(cookie, 99);
+    ipc_buf_free(&b);
+}
+
+/* Payload bytes built by hand: tag, length, value. */
+struct raw {
+    unsigned char p[512];
+    size_t n;
+};
+
+static void raw_field(struct raw *r, uint16_t tag, const void *v, uint32_t len)
+{
+    memcpy(r->p + r->n, &tag, 2);
+    memcpy(r->p + r->n + 2, &len, 4);
+    memcpy(r->p + r->n + 6, v, len);
+    r->n += 6 + len;
+}
+
+static int decode_raw(uint32_t type, const struct raw *r)
+{
+    ipc_msg m;
+    return ipc_decode(type, 1, r->p, r->n, &m);
+}
+
+static void test_refusals(void **state)
+{
+    struct raw r;
+    uint32_t one = 1;
+    uint64_t big = 1;
+    (void)state;
+
+    /* The minimum that passes, as a reference. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DIGEST, "0123456789abcdefghij", 20);
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_OK);
+
+    assert_int_equal(decode_raw(0, &r), IPC_E_TYPE);
+    assert_int_equal(decode_raw(IPC_REQ_END, &r), IPC_E_TYPE);
+    assert_int_equal(decode_raw(0x7777, &r), IPC_E_TYPE);
+    assert_int_equal(decode_raw(IPC_CTL_END, &r), IPC_E_TYPE);
+
+    /* Required field missing. */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_E_MISSING);
+    /* A tag the type does not allow, an unknown tag, tag 0. */
+    raw_field(&r, IPC_T_DIGEST, "0123456789abcdefghij", 20);
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_E_FIELD);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_COUNT, "x", 1);
+    assert_int_equal(decode_raw(IPC_HEALTH, &r), IPC_E_FIELD);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_NONE, "x", 1);
+    assert_int_equal(decode_raw(IPC_HEALTH, &r), IPC_E_FIELD);
+    /* Duplicate of a non-repeated field. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DIGEST, "0123456789abcdefghij", 20);
+    raw_field(&r, IPC_T_DIGEST, "0123456789abcdefghij", 20);
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_E_FIELD);
+    /* Over the cap (a digest is at most 64 bytes). */
+    memset(&r, 0, sizeof(r));
+    unsigned char d[65] = {0};
+    raw_field(&r, IPC_T_DIGEST, d, 65);
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_E_FIELD);
+    /* Integers of the wrong width. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_FLAGS, &big, 8);
+    assert_int_equal(decode_raw(IPC_INFO, &r), IPC_E_FIELD);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_FLAGS, &one, 2);
+    assert_int_equal(decode_raw(IPC_INFO, &r), IPC_E_FIELD);
+    /* Strings: no NUL, a NUL inside, a control byte, empty. */
+    const char *bad_strings[] = {"abc", "a\0c", "a\nc", ""};
+    const uint32_t lens[] = {3, 4, 4, 0};
+    for (size_t i = 0; i < 4; i++) {
+        memset(&r, 0, sizeof(r));
+        raw_field(&r, IPC_T_GROUP, bad_strings[i], lens[i]);
+        assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
+    }
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_OK);
+    /* Truncated: a field header cut short, a length beyond the payload. */
+    r.n -= 1;
+    assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    uint32_t over = 5000;
+    memcpy(r.p + 2, &over, 4);
+    assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    r.p[r.n++] = 0; /* a trailing byte */
+    assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
+    /* Nested: a field not allowed inside, nesting twice, a required one missing. */
+    struct raw inner;
+    memset(&inner, 0, sizeof(inner));
+    raw_field(&inner, IPC_T_DELIVER, &one, 4);
+    raw_field(&inner, IPC_T_ALG, &one, 4);
+    raw_field(&inner, IPC_T_GROUP, "eng", 4);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_CALLER, &one, 4);
+    raw_field(&r, IPC_T_IDENTITY, "a@b.c", 6);
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    raw_field(&r, IPC_T_ITEM, inner.p, (uint32_t)inner.n);
+    assert_int_equal(decode_raw(IPC_UNWRAP, &r), IPC_E_FIELD);
+    memset(&inner, 0, sizeof(inner));
+    raw_field(&inner, IPC_T_DELIVER, &one, 4);
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_CALLER, &one, 4);
+    raw_field(&r, IPC_T_IDENTITY, "a@b.c", 6);
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    raw_field(&r, IPC_T_ITEM, inner.p, (uint32_t)inner.n);
+    assert_int_equal(decode_raw(IPC_UNWRAP, &r), IPC_E_MISSING);
+    /* Frame header over the cap. */
+    unsigned char hdr[IPC_HDR_LEN] = {0};
+    uint32_t t = IPC_SIGN, huge = IPC_MAX_PAYLOAD + 1, plen;
+    uint64_t cookie;
+    memcpy(hdr, &t, 4);
+    memcpy(hdr + 4, &huge, 4);
+    assert_int_equal(ipc_header(hdr, &t, &plen, &cookie), IPC_E_FRAME);
+}
+
+static void test_encoder_caps(void **state)
+{
+    ipc_buf b;
+    unsigned char big[300];
+    (void)state;
+
+    memset(big, 'a', sizeof(big));
+    big[sizeof(big) - 1] = '\0';
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_VIEW, 1);
+    ipc_put_str(&b, IPC_T_GROUP, (const char *)big); /* a group name is at most 64 */
+    assert_int_equal(ipc_end(&b), IPC_E_FIELD);
+    ipc_begin(&b, IPC_UNWRAP, 1);
+    ipc_nest_begin(&b, IPC_T_ITEM);
+    assert_int_equal(ipc_end(&b), IPC_E_FIELD); /* unclosed */
+    ipc_begin(&b, IPC_UNWRAP, 1);
+    ipc_nest_begin(&b, IPC_T_ITEM);
+    ipc_nest_begin(&b, IPC_T_ITEM);
+    ipc_nest_end(&b);
+    assert_int_equal(ipc_end(&b), IPC_E_FIELD); /* nested twice */
+    ipc_buf_free(&b);
+}
+
+/* Frames and descriptors over a stream socket, as the supervisor sends
+ * them: each descriptor is taken with its frame. */
+static void test_control_channel(void **state)
+{
+    int sv[2], pipefd[2], pipefd2[2];
+    ipc_buf b;
+    ipc_reader rd;
+    const unsigned char *frame;
+    size_t flen;
+    int got = 0;
+    (void)state;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(pipe(pipefd), 0);
+    assert_int_equal(pipe(pipefd2), 0);
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_CTL_CONFIG, 0);
+    ipc_put_bytes(&b, IPC_T_TEXT, "[server]\n", 9);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    assert_int_equal(ipc_write_frame(sv[0], &b, -1, 1000), IPC_OK);
+    for (uint32_t i = 0; i < 2; i++) {
+        ipc_begin(&b, IPC_CTL_LINK, 0);
+        ipc_put_u32(&b, IPC_T_INDEX, i);
+        assert_int_equal(ipc_end(&b), IPC_OK);
+        assert_int_equal(ipc_write_frame(sv[0], &b, i == 0 ? pipefd[0] : pipefd2[0], 1000), IPC_OK);
+    }
+    close(sv[0]);
+    ipc_reader_init(&rd);
+    for (;;) {
+        int rc = ipc_reader_peek(&rd, &frame, &flen);
+        assert_true(rc >= 0);
+        if (rc == 0) {
+            rc = ipc_reader_fill(&rd, sv[1]);
+            if (rc == IPC_E_CLOSED)
+                break;
+            assert_int_equal(rc, IPC_OK);
+            continue;
+        }
+        uint32_t type, plen;
+        uint64_t cookie;
+        ipc_msg m;
+        ipc_header(frame, &type, &plen, &cookie);
+        assert_int_equal(ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m), IPC_OK);
+        if (type == IPC_CTL_LINK) {
+            int fd = ipc_reader_take_fd(&rd);
+            assert_true(fd >= 0);
+            /* The descriptor is the pipe it was sent as. */
+            int w = ipc_u32(&m, IPC_T_INDEX, 9) == 0 ? pipefd[1] : pipefd2[1];
+            char c = 'x';
+            assert_int_equal(write(w, &c, 1), 1);
+            assert_int_equal(read(fd, &c, 1), 1);
+            close(fd);
+            got++;
+        }
+        ipc_reader_consume(&rd, flen);
+    }
+    assert_int_equal(got, 2);
+    assert_int_equal(ipc_reader_take_fd(&rd), -1);
+    ipc_reader_free(&rd);
+    ipc_buf_free(&b);
+    close(sv[1]);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    close(pipefd2[0]);
+    close(pipefd2[1]);
+}
+
+/* libevent framing: partial frames wait, whole ones come out in order,
+ * an unusable header is reported. */
+static void test_evbuffer(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    ipc_buf b;
+    uint32_t type;
+    uint64_t cookie;
+    unsigned char *p;
+    size_t len;
+    (void)state;
+
+    ipc_buf_init(&b);
+    unwrap_request(&b);
+    evbuffer_add(in, b.p, 10);
+    assert_int_equal(ipc_ev_next(in, &type, &cookie, &p, &len), 0);
+    evbuffer_add(in, b.p + 10, b.len - 10);
+    evbuffer_add(in, b.p, b.len);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ipc_ev_next(in, &type, &cookie, &p, &len), 1);
+        assert_int_equal(type, IPC_UNWRAP);
+        assert_int_equal(len, b.len - IPC_HDR_LEN);
+        ipc_payload_free(p, len);
+    }
+    assert_int_equal(ipc_ev_next(in, &type, &cookie, &p, &len), 0);
+    uint32_t huge = IPC_MAX_PAYLOAD + 1;
+    memcpy(b.p + 4, &huge, 4);
+    evbuffer_add(in, b.p, IPC_HDR_LEN);
+    assert_int_equal(ipc_ev_next(in, &type, &cookie, &p, &len), IPC_E_FRAME);
+    evbuffer_free(in);
+    ipc_buf_free(&b);
+}
+
+/* ipc_ev_write writes at once while the socket takes it, keeps the rest
+ * (and everything after it, in order) for EV_WRITE; ipc_ev_fill reads it. */
+static void test_ev_write_fill(void **state)
+{
+    struct evbuffer *out = evbuffer_new(), *in = evbuffer_new();
+    int sv[2], queued = 0, sent = 0, got = 0, rc;
+    int small = 4096;
+    ipc_buf b;
+    (void)state;
+
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    ipc_buf_init(&b);
+    /* Until the socket is full and a frame has to wait, then two more. */
+    while (queued < 3) {
+        unwrap_request(&b);
+        ipc_set_cookie(&b, (uint64_t)sent);
+        rc = ipc_ev_write(sv[0], out, &b);
+        assert_true(rc == 0 || rc == 1);
+        assert_null(b.p);
+        if (rc == 1)
+            queued++;
+        else
+            assert_int_equal(queued, 0); /* nothing jumps the queue */
+        sent++;
+    }
+    assert_true(evbuffer_get_length(out) > 0);
+    /* The reader takes everything, in order, while out is flushed. */
+    while (got < sent) {
+        if (evbuffer_get_length(out) > 0)
+            evbuffer_write(out, sv[0]);
+        assert_int_equal(ipc_ev_fill(sv[1], in), IPC_OK);
+        for (;;) {
+            uint32_t type;
+            uint64_t cookie;
+            unsigned char *p;
+            size_t len;
+            rc = ipc_ev_next(in, &type, &cookie, &p, &len);
+            if (rc == 0)
+                break;
+            assert_int_equal(rc, 1);
+            assert_int_equal(cookie, (uint64_t)got);
+            ipc_payload_free(p, len);
+            got++;
+        }
+    }
+    assert_int_equal(evbuffer_get_length(out), 0);
+    /* Nothing to read is not an error; a closed peer is. */
+    assert_int_equal(ipc_ev_fill(sv[1], in), IPC_OK);
+    close(sv[0]);
+    assert_int_equal(ipc_ev_fill(sv[1], in), IPC_E_CLOSED);
+    unwrap_request(&b);
+    assert_int_equal(ipc_ev_write(sv[1], out, &b), IPC_E_IO);
+    assert_null(b.p);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    close(sv[1]);
+    evbuffer_free(out);
+    evbuffer_free(in);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_encoder_caps),
+        cmocka_unit_test(test_control_channel),
+        cmocka_unit_test(test_ev_write_fill),
+        cmocka_unit_test(test_evbuffer),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
