@@ -79,6 +79,13 @@
  * target look like a decrypt-only smartcard (few mechanisms, no wrap or
  * unwrap, no CKA_ALLOWED_MECHANISMS/CKA_UNWRAP_TEMPLATE, a login per use,
  * two sessions).
+ *
+ * Zero-cost token (bench/run's "server CPU per unwrap"): with
+ * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt
+ * never reach the target module: C_Decrypt answers the fixed 32-byte key
+ * 00 01 02 ... 1f at once, whatever the ciphertext and key. Everything
+ * else (sessions, login, finding keys, unwrap and wrap) is still real.
+ * What the server spends per unwrap is then its own CPU alone.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -643,12 +650,16 @@ static CK_RV fw_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_en
     return real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
 }
 
+static int zero_cost; /* GS_P11FAULT_ZERO_COST, read at C_Initialize */
+
 static CK_RV fw_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism,
                               CK_OBJECT_HANDLE key)
 {
     CK_RV rv_;
     if (fault_take(FW_C_DecryptInit, &rv_))
         return rv_;
+    if (zero_cost)
+        return CKR_OK;
     if (real == NULL || real->C_DecryptInit == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
     if ((rv_ = prof_check_mech(mechanism, 0)) != CKR_OK)
@@ -669,6 +680,18 @@ static CK_RV fw_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_da
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
     if ((rv_ = prof_op_use(session)) != CKR_OK)
         return rv_;
+    if (zero_cost) {
+        /* The token that costs nothing: a fixed key, at once. */
+        unsigned long want = *data_len;
+        *data_len = 32;
+        if (data == NULL)
+            return CKR_OK;
+        if (want < 32)
+            return CKR_BUFFER_TOO_SMALL;
+        for (unsigned i = 0; i < 32; i++)
+            data[i] = (unsigned char)i;
+        return CKR_OK;
+    }
     if (data == NULL) /* a length query is not an operation */
         return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
     struct timespec t0;
@@ -1679,6 +1702,7 @@ static void model_load(void)
     pthread_mutex_lock(&model_mu);
     model_service_ns = env_long("GS_P11FAULT_SERVICE_US", 0, 10000000, 0) * 1000L;
     model_engines = env_long("GS_P11FAULT_ENGINES", 1, 1024, 1);
+    zero_cost = (int)env_long("GS_P11FAULT_ZERO_COST", 0, 1, 0);
     pthread_mutex_unlock(&model_mu);
 }
 
