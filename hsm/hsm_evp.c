@@ -3,11 +3,9 @@
  * (hsm_key_evp_pkey, see hsm.h). Used for TLS keys on a token: the group
  * server's own key and a member's smartcard key in groupmail.
  *
- * Why the deprecated EC_KEY_METHOD API: OpenSSL 3.0 has no public way to
- * put a private-key operation elsewhere except a provider, and Debian 12
- * ships no pkcs11-provider (and no libp11 engine is wanted). A legacy
- * EC_KEY with its own method is marked "foreign" by OpenSSL and signed
- * through that method. This file alone is compiled with
+ * The method is common/ec_remote.c's (why a deprecated EC_KEY_METHOD: see
+ * there); this file gives it the token signature and the key. It uses the
+ * deprecated EC_KEY accessors and alone in hsm/ is compiled with
  * -Wno-deprecated-declarations (hsm/CMakeLists.txt); when a provider is
  * available it should replace this file.
  */
@@ -23,6 +21,7 @@
 #include <openssl/obj_mac.h>
 #include <openssl/x509.h>
 
+#include "ec_remote.h"
 #include "hsm.h"
 #include "hsm_internal.h"
 #include "log.h"
@@ -96,42 +95,12 @@ static ECDSA_SIG *token_sign_sig(const unsigned char *dgst, int dlen, const BIGN
     return sig;
 }
 
-/* ECDSA_sign(): DER out, through token_sign_sig. */
-static int token_sign(int type, const unsigned char *dgst, int dlen, unsigned char *sig, unsigned int *siglen,
-                      const BIGNUM *kinv, const BIGNUM *r, EC_KEY *ec)
-{
-    ECDSA_SIG *s = token_sign_sig(dgst, dlen, kinv, r, ec);
-    unsigned char *p = sig;
-    int len;
-
-    (void)type;
-    *siglen = 0;
-    if (s == NULL)
-        return 0;
-    len = i2d_ECDSA_SIG(s, sig != NULL ? &p : NULL);
-    ECDSA_SIG_free(s);
-    if (len <= 0)
-        return 0;
-    *siglen = (unsigned int)len;
-    return 1;
-}
-
-/* No private value here to precompute a nonce with. */
-static int token_sign_setup(EC_KEY *ec, BN_CTX *ctx, BIGNUM **kinv, BIGNUM **r)
-{
-    (void)ec; (void)ctx; (void)kinv; (void)r;
-    ERR_raise(ERR_LIB_EC, ERR_R_SHOULD_NOT_HAVE_BEEN_CALLED);
-    return 0;
-}
-
 static void make_meth(void)
 {
     ek_idx = EC_KEY_get_ex_new_index(0, NULL, NULL, ek_ex_dup, ek_ex_free);
     if (ek_idx < 0)
         return;
-    /* Verification, key checks etc. stay OpenSSL's; only signing moves. */
-    if ((token_meth = EC_KEY_METHOD_new(EC_KEY_get_default_method())) != NULL)
-        EC_KEY_METHOD_set_sign(token_meth, token_sign, token_sign_setup, token_sign_sig);
+    token_meth = ec_remote_method_new(token_sign_sig);
 }
 
 /* A private copy of the caller's reference, so the EVP_PKEY does not
@@ -203,12 +172,10 @@ hsm_err hsm_key_evp_pkey(hsm_ctx *ctx, hsm_key *key, EVP_PKEY **out)
     ek->hsm = ctx;
     if ((ek->key = key_copy(ctx, key)) == NULL)
         goto out;
-    /* The method before the EVP_PKEY: OpenSSL decides "foreign" (sign
-     * through the method, never through its provider) when assigning. */
-    if (EC_KEY_set_method(ec, token_meth) != 1 || EC_KEY_set_ex_data(ec, ek_idx, ek) != 1)
+    if (EC_KEY_set_ex_data(ec, ek_idx, ek) != 1)
         goto out;
     ek = NULL; /* freed with ec from here on */
-    if ((pk = EVP_PKEY_new()) == NULL || EVP_PKEY_assign_EC_KEY(pk, ec) != 1)
+    if (ec_remote_pkey(ec, token_meth, &pk) != 0)
         goto out;
     ec = NULL;
     *out = pk;
