@@ -510,18 +510,28 @@ gs_err gs_ca_issue_membership(const gs_ca *ca, hsm_ctx *hsm, X509_REQ *csr, cons
                               X509 **out)
 {
     EVP_PKEY *pk;
-    gs_cert_spec spec;
-    char uri[GS_NAME_MAX + sizeof(GS_MEMBERSHIP_URI_PREFIX)];
-    int type;
 
     *out = NULL;
-    if (csr == NULL || !gs_valid_group_name(group) || lifetime <= 0)
+    if (csr == NULL)
         return gs_err_set(GS_ERR_ARGS, "membership certificate needs a CSR, a group and a lifetime");
     pk = X509_REQ_get0_pubkey(csr);
     if (pk == NULL || X509_REQ_verify(csr, pk) != 1) {
         ERR_clear_error();
         return gs_err_set(GS_ERR_CERT, "CSR signature does not verify");
     }
+    return gs_ca_issue_membership_key(ca, hsm, pk, group, lifetime, out);
+}
+
+gs_err gs_ca_issue_membership_key(const gs_ca *ca, hsm_ctx *hsm, EVP_PKEY *pk, const char *group, long lifetime,
+                                  X509 **out)
+{
+    gs_cert_spec spec;
+    char uri[GS_NAME_MAX + sizeof(GS_MEMBERSHIP_URI_PREFIX)];
+    int type;
+
+    *out = NULL;
+    if (pk == NULL || !gs_valid_group_name(group) || lifetime <= 0)
+        return gs_err_set(GS_ERR_ARGS, "membership certificate needs a key, a group and a lifetime");
     type = EVP_PKEY_get_base_id(pk);
     if (type == EVP_PKEY_RSA) {
         if (EVP_PKEY_get_bits(pk) < 2048)

@@ -102,6 +102,10 @@ gs_err gs_ca_issue(const gs_ca *ca, hsm_ctx *hsm, const gs_cert_spec *spec, X509
  * below 2048 bits or a key type other than RSA/EC). */
 gs_err gs_ca_issue_membership(const gs_ca *ca, hsm_ctx *hsm, X509_REQ *csr, const char *group, long lifetime,
                               X509 **out);
+/* The same for a public key whose CSR was checked elsewhere (the key
+ * holder: the network process verified the CSR's self-signature). */
+gs_err gs_ca_issue_membership_key(const gs_ca *ca, hsm_ctx *hsm, EVP_PKEY *pk, const char *group, long lifetime,
+                                  X509 **out);
 
 /* Is cert a membership certificate for group (SAN URI
  * urn:groupsrv:group:<group>, valid now)? Says nothing about the issuer:

@@ -44,6 +44,8 @@ static const struct key_def keys[] = {
     {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0},
     {"server", "metrics", K_STR, OFF(server.metrics), 0, 0},
     {"server", "log_level", K_STR, OFF(server.log_level), 0, 0},
+    {"server", "max_queue_ms", K_UINT, OFF(server.max_queue_ms), 0, 3600000},
+    {"server", "user", K_STR, OFF(server.user), 0, 0},
     {"tls", "cert", K_STR, OFF(tls.cert), 0, 0},
     {"tls", "key", K_STR, OFF(tls.key), 0, 0},
     {"tls", "client_ca", K_STR, OFF(tls.client_ca), 0, 0},
@@ -52,6 +54,7 @@ static const struct key_def keys[] = {
     {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
     {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
     {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0},
+    {"hsm", "workers", K_UINT, OFF(hsm.workers), 1, 256},
     {"db", "path", K_STR, OFF(db.path), 0, 0},
     {"audit", "path", K_STR, OFF(audit.path), 0, 0},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
@@ -193,13 +196,14 @@ static struct gs_config *config_new(void)
     c->certsrv.max_connections = 256;
     c->server.max_failed_unwraps = 20;
     c->server.suspend_seconds = 600;
+    c->server.max_queue_ms = 2000;
     c->server.auto_rotate_secret_on_remove = true;
     c->certsrv.lifetime = 3600;
     c->ca.group_cert_days = 825;
     c->ca.member_cert_days = 365;
     c->ca.ca_days = 3650;
     if (set_default(&c->server.listen, "127.0.0.1:8443") || set_default(&c->server.metrics, "admin") ||
-        set_default(&c->server.log_level, "info") || set_default(&c->hsm.token, "pkcs11:token=groupsrv") ||
+        set_default(&c->server.log_level, "info") || set_default(&c->server.user, "nobody") || set_default(&c->hsm.token, "pkcs11:token=groupsrv") ||
         set_default(&c->db.path, "/var/lib/groupsrv/groupsrv.db") ||
         set_default(&c->audit.path, "/var/log/groupsrv/audit.jsonl") || set_default(&c->ca.key_label, "gs:ca")) {
         gs_config_free(c);

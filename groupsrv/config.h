@@ -23,7 +23,7 @@ struct gs_config {
     char *path;                 /* the file this was loaded from */
     struct {
         char *listen;           /* "host:port", default "127.0.0.1:8443" */
-        unsigned threads;       /* 1..256, default 4 */
+        unsigned threads;       /* the network process's event-loop threads, 1..256, default 4 */
         size_t max_body;        /* request body cap in bytes, default 65536 (1 KiB..16 MiB) */
         unsigned unwrap_batch_max;     /* items per unwrap-batch, default 100 (1..10000) */
         unsigned rate_limit;    /* requests per second per client identity; 0 = off (default) */
@@ -42,6 +42,8 @@ struct gs_config {
         bool auto_rotate_secret_on_remove; /* default yes */
         char *metrics;          /* who may GET /metrics: "off", "any", "admin"; default "admin" */
         char *log_level;        /* error|warn|info|debug, default "info" */
+        unsigned max_queue_ms;  /* shed token work expected to wait longer (503), default 2000; 0 = never */
+        char *user;             /* the network process's account when started as root; default "nobody" */
     } server;
     struct {
         char *cert;             /* server certificate chain, PEM (required for serve) */
@@ -54,6 +56,7 @@ struct gs_config {
         char *pin_source;       /* "env:NAME", "file:PATH" or PATH (required) */
         unsigned max_sessions;  /* session pool size, 0 = hsm default */
         char *init_args;        /* C_Initialize arguments for a module by path (NSS softokn), or NULL */
+        unsigned workers;       /* token workers in the key holder, 0 = one per CPU (at least 2) */
     } hsm;
     struct {
         char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db" */

@@ -51,7 +51,7 @@ static const struct field_def fields[IPC_T_COUNT] = {
     [IPC_T_TEXT] = {K_BYTES, MIB},         [IPC_T_CERT_PEM] = {K_BYTES, MIB},
     [IPC_T_KEY_PEM] = {K_BYTES, MIB},      [IPC_T_CA_PEM] = {K_BYTES, 16 * MIB},
     [IPC_T_INDEX] = {K_U32, 4},            [IPC_T_CSR_SPKI] = {K_BYTES, 4 * KIB},
-    [IPC_T_ACTION] = {K_U32, 4},
+    [IPC_T_ACTION] = {K_U32, 4},           [IPC_T_KEY_POLICY] = {K_STR, 512},
 };
 
 struct schema {
@@ -93,7 +93,7 @@ static const struct schema requests[IPC_REQ_END] = {
 static const struct schema replies[IPC_REQ_END] = {
     [0] = {ANSWER, B(IPC_T_STATUS), 0}, /* IPC_REPLY alone: a request not understood */
     [IPC_VIEW] = {ANSWER | B(IPC_T_FLAGS) | B(IPC_T_NAME) | B(IPC_T_ADDRESS) | B(IPC_T_METHODS) | B(IPC_T_KEYREF) |
-                      B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_CA_CERT),
+                      B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_CA_CERT) | B(IPC_T_KEY_POLICY),
                   B(IPC_T_STATUS), B(IPC_T_KEYREF)},
     [IPC_UNWRAP] = {ANSWER | B(IPC_T_RESULT), B(IPC_T_STATUS), B(IPC_T_RESULT)},
     [IPC_REWRAP] = {ANSWER | B(IPC_T_RESULT) | B(IPC_T_DER) | B(IPC_T_KEY_VERSION), B(IPC_T_STATUS), B(IPC_T_DER)},

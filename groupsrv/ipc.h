@@ -139,6 +139,7 @@ enum ipc_tag {
     IPC_T_INDEX,        /* u32 */
     IPC_T_CSR_SPKI,     /* bytes: the public key a membership certificate is for */
     IPC_T_ACTION,       /* u32 ipc_action */
+    IPC_T_KEY_POLICY,   /* str: a group's key policy as discovery shows it, compact JSON */
     IPC_T_COUNT
 };
 

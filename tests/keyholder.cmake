@@ -1,10 +1,40 @@
-# The frames between the server's processes: unit tests of the IPC codec
-# (groupsrv/ipc.c) and its fuzz target.
+# The key holder and the frames between the server's processes: unit tests
+# of the IPC codec and the fair token queue.
 add_executable(test_ipc ${GS_TEST_DIR}/unit/test_ipc.c)
 target_link_libraries(test_ipc PRIVATE gs_groupsrv_base PkgConfig::CMOCKA)
 gs_target_warnings(test_ipc)
 add_test(NAME unit_ipc COMMAND test_ipc)
 set_tests_properties(unit_ipc PROPERTIES LABELS "unit")
+
+add_executable(test_tokenq ${GS_TEST_DIR}/unit/test_tokenq.c ${PROJECT_SOURCE_DIR}/groupsrv/keyholder/tokenq.c)
+target_include_directories(test_tokenq PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/keyholder)
+target_link_libraries(test_tokenq PRIVATE gs_common PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_tokenq)
+add_test(NAME unit_tokenq COMMAND test_tokenq)
+set_tests_properties(unit_tokenq PROPERTIES LABELS "unit")
+
+# The key holder driven directly over its link (tests/tools/khdrive.c).
+add_executable(khdrive ${GS_TEST_DIR}/tools/khdrive.c)
+target_link_libraries(khdrive PRIVATE gs_keyholder)
+gs_target_warnings(khdrive)
+target_compile_options(khdrive PRIVATE -Wno-comment)
+
+# The process split on a running server: the sandbox seen from /proc, the
+# key holder's refusals over IPC, kill -9 of either process under load.
+# Both this and server_fairness run in both passes: under ASan/UBSan they
+# are what exercises the supervisor's restarts, the link rebuilding and
+# the drain for memory errors and leaks (about 30 s each per pass).
+add_test(NAME server_keyholder
+  COMMAND bash ${GS_TEST_DIR}/integration/server-keyholder.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_keyholder PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# The fair queue, load shedding and the SIGTERM drain, with tests/p11fault's
+# token model making the token the slow part.
+add_test(NAME server_fairness
+  COMMAND bash ${GS_TEST_DIR}/integration/server-fairness.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_fairness PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
 # The key holder's IPC parser: libFuzzer with -DFUZZ=ON, else a replay of the seeds.
 add_executable(fuzz_ipc ${GS_TEST_DIR}/fuzz/fuzz_ipc.c)
@@ -17,4 +47,24 @@ if(FUZZ)
 else()
   add_test(NAME fuzz_ipc_replay COMMAND fuzz_ipc ${GS_TEST_DIR}/fuzz/corpus/ipc)
   set_tests_properties(fuzz_ipc_replay PROPERTIES LABELS "unit")
+endif()
+
+# The network process's request handling up to the key holder (faked):
+# the real core.c, api.c and certsrv.c, built with GS_FUZZING (plain HTTP,
+# the peer named by the input). libFuzzer with -DFUZZ=ON, else a replay.
+set(GS_NET_DIR ${PROJECT_SOURCE_DIR}/groupsrv/server)
+add_executable(fuzz_http ${GS_TEST_DIR}/fuzz/fuzz_http.c ${GS_NET_DIR}/core.c ${GS_NET_DIR}/api.c
+  ${GS_NET_DIR}/certsrv.c ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
+target_include_directories(fuzz_http PRIVATE ${GS_NET_DIR})
+target_compile_definitions(fuzz_http PRIVATE GS_FUZZING GS_FUZZ_HTTP_DIR="${GS_TEST_DIR}/fuzz/http")
+target_link_libraries(fuzz_http PRIVATE gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT PkgConfig::JANSSON
+  PkgConfig::OPENSSL Threads::Threads)
+set_target_properties(fuzz_http PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${GS_TEST_BIN})
+gs_target_warnings(fuzz_http)
+if(FUZZ)
+  target_compile_definitions(fuzz_http PRIVATE GS_LIBFUZZER)
+  target_link_options(fuzz_http PRIVATE -fsanitize=fuzzer)
+else()
+  add_test(NAME fuzz_http_replay COMMAND fuzz_http ${GS_TEST_DIR}/fuzz/corpus/http)
+  set_tests_properties(fuzz_http_replay PROPERTIES LABELS "unit")
 endif()

@@ -1,10 +1,14 @@
 /*
  * certsrv.c: the certificate server (method G), a second listener of the
- * same process. A member (authenticated by its identity certificate, as a
- * current member, per request) posts a CSR and gets a short-lived
- * membership certificate that names the group and nobody. The audit
- * records who got a certificate and when, never its serial, key or
- * fingerprint, so unwraps made with it cannot be linked to the person.
+ * network process. A member (authenticated by its identity certificate, as
+ * a current member, per request, in the key holder) posts a CSR and gets a
+ * short-lived membership certificate that names the group and nobody.
+ *
+ * Here: the CSR is parsed and its self-signature verified (proof that the
+ * caller holds the key). The key holder builds the certificate itself
+ * from nothing but the group and that public key, signs it with the CA
+ * key on the token and audits who got one and when, never its serial, key
+ * or fingerprint, so unwraps made with it cannot be linked to the person.
  */
 #include "server.h"
 
@@ -39,80 +43,78 @@ static X509_REQ *parse_csr(const char *text, size_t len)
     return req;
 }
 
-/* Same public key as the member's recorded certificate? */
-static int cert_matches_member(X509 *cert, const char *pem)
+/* Authorisation alone (no key sent), then the input error. */
+static void certify_refuse_answer(struct srv_req *r, const ipc_msg *a)
 {
-    X509 *rec = NULL;
-    int ok = 0;
-
-    if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) == GS_OK)
-        ok = EVP_PKEY_eq(X509_get0_pubkey(rec), X509_get0_pubkey(cert)) == 1;
-    X509_free(rec);
-    return ok;
+    if (ipc_u32(a, IPC_T_STATUS, 500) == 204)
+        srv_reply_err(r, r->ctx);
+    else
+        srv_reply_holder_error(r, a);
 }
 
-static void h_membership_cert(struct srv_req *r, const char *group)
+static void certify_answer(struct srv_req *r, const ipc_msg *a)
 {
-    gs_group *g = NULL;
-    gs_store_member *m = NULL;
-    char *body = NULL, *pem = NULL;
+    const unsigned char *p, *q;
+    size_t len;
+    X509 *cert = NULL;
+    BIO *b = NULL;
+    char *pem = NULL;
+    long n;
+
+    if (ipc_u32(a, IPC_T_STATUS, 500) != 200) {
+        srv_reply_holder_error(r, a);
+        return;
+    }
+    if (ipc_bytes(a, IPC_T_CERT, &p, &len) != 0 || (q = p, cert = d2i_X509(NULL, &q, (long)len)) == NULL ||
+        (b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_X509(b, cert) != 1 || (n = BIO_get_mem_data(b, &pem)) <= 0)
+        srv_reply_error(r, 500, "internal", "could not encode the certificate");
+    else
+        srv_reply_bytes(r, 200, "application/pem-certificate-chain", pem, (size_t)n);
+    BIO_free(b);
+    X509_free(cert);
+}
+
+static void certify_call(struct srv_req *r, const unsigned char *spki, size_t spki_len, const srv_err *e)
+{
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    srv_ipc_begin(r, &b, IPC_CERTIFY);
+    ipc_put_str(&b, IPC_T_GROUP, r->view->name);
+    if (e != NULL) {
+        srv_err *copy = malloc(sizeof(*copy));
+        if (copy == NULL) {
+            ipc_buf_free(&b);
+            srv_reply_err(r, e);
+            return;
+        }
+        *copy = *e;
+        r->ctx = copy;
+        r->ctx_free = free;
+        (void)srv_call(r, &b, certify_refuse_answer, 0);
+        return;
+    }
+    ipc_put_bytes(&b, IPC_T_CSR_SPKI, spki, spki_len);
+    (void)srv_call(r, &b, certify_answer, 0);
+}
+
+static void membership_cert_have_view(struct srv_req *r)
+{
+    char *body = NULL;
     size_t len = 0;
     json_t *j = NULL;
     X509_REQ *csr = NULL;
-    X509 *cert = NULL;
-    gs_err e;
+    EVP_PKEY *pk;
+    unsigned char *spki = NULL;
+    int n;
+    srv_err e;
 
-    if (srv_require_cert(r) != 0)
-        goto out;
-    const peer_info *p = srv_peer(r);
-    if (p->status != PEER_MEMBER_CERT) {
-        srv_reply_error(r, 403, "forbidden", "membership certificates are issued to identified members only");
-        goto out;
-    }
-    if (!gs_valid_group_name(group) || (e = gs_group_load(r->t->store, r->srv->hsm, group, &g)) == GS_ERR_NOT_FOUND) {
-        srv_reply_error(r, 404, "not_found", "no such group");
-        goto out;
-    }
-    if (e != GS_OK) {
-        srv_reply_gs_error(r, e, "group");
-        goto out;
-    }
-    e = gs_store_member_get(r->t->store, gs_group_id(g), p->identity, &m);
-    if (e == GS_ERR_NOT_FOUND || (e == GS_OK && m->role == GS_ROLE_EXPLODER)) {
-        audit_record rec = {.action = "certify", .identity = p->identity, .group = group, .key_version = -1,
-                            .outcome = "not_a_member"};
-        if (srv_audit(r, &rec) == 0)
-            srv_reply_error(r, 403, "not_a_member", "not a member of this group");
-        goto out;
-    }
-    if (e != GS_OK) {
-        srv_reply_gs_error(r, e, "member");
-        goto out;
-    }
-    /* As on the API listener: a member recorded with a certificate must
-     * present that key, not another certificate with the same address. */
-    if (m->cert_pem != NULL && !cert_matches_member(p->cert, m->cert_pem)) {
-        audit_record rec = {.action = "certify", .identity = p->identity, .group = group, .key_version = -1,
-                            .outcome = "certificate_mismatch"};
-        if (srv_audit(r, &rec) == 0)
-            srv_reply_error(r, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
-        goto out;
-    }
-    if (!(gs_group_info(g)->methods & GS_METHOD_MEMBERSHIP_CERT)) {
-        srv_reply_error(r, 403, "method_not_allowed", "the group does not use membership certificates");
-        goto out;
-    }
-    if (r->srv->ca == NULL) {
-        srv_reply_retry(r, 503, 60, "no_ca", "the local CA is not initialised");
-        goto out;
-    }
-    if (srv_rate_limit(r) != 0)
-        goto out;
-    if (srv_body(r, &body, &len) != 0)
-        goto out;
+    memset(&e, 0, sizeof(e));
+    if (srv_body(r, &body, &len, &e) != 0)
+        goto refuse;
     if (len > MAX_CSR) {
-        srv_reply_error(r, 413, "too_large", "a CSR is at most %d bytes", MAX_CSR);
-        goto out;
+        srv_err_set(&e, 413, "too_large", "a CSR is at most %d bytes", MAX_CSR);
+        goto refuse;
     }
     const char *ct = evhttp_find_header(evhttp_request_get_input_headers(r->req), "Content-Type");
     const char *csr_text = body;
@@ -122,77 +124,71 @@ static void h_membership_cert(struct srv_req *r, const char *group)
         j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
         const char *s = j ? json_string_value(json_object_get(j, "csr")) : NULL;
         if (s == NULL) {
-            srv_reply_error(r, 400, "bad_request", "JSON body must be {\"csr\": PEM}");
-            goto out;
+            srv_err_set(&e, 400, "bad_request", "JSON body must be {\"csr\": PEM}");
+            goto refuse;
         }
         csr_text = s;
         csr_len = json_string_length(json_object_get(j, "csr"));
     }
     if (csr_len == 0 || (csr = parse_csr(csr_text, csr_len)) == NULL) {
-        srv_reply_error(r, 400, "bad_csr", "the body is not a PEM or DER certificate request");
-        goto out;
+        srv_err_set(&e, 400, "bad_csr", "the body is not a PEM or DER certificate request");
+        goto refuse;
     }
-    unsigned lifetime = r->srv->cfg->certsrv.lifetime ? r->srv->cfg->certsrv.lifetime : 3600;
-    e = gs_ca_issue_membership(r->srv->ca, r->srv->hsm, csr, group, (long)lifetime, &cert);
-    /* Who and when, never which certificate. */
-    audit_record rec = {.action = "certify", .identity = p->identity, .group = group, .key_version = -1,
-                        .method = "membership-cert", .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
-    if (srv_audit(r, &rec) != 0)
-        goto out;
-    if (e == GS_ERR_CERT) {
-        srv_reply_error(r, 400, "bad_csr", "%s", gs_err_detail());
-        goto out;
+    /* Proof of possession: the key holder signs for this key only. */
+    pk = X509_REQ_get0_pubkey(csr);
+    if (pk == NULL || X509_REQ_verify(csr, pk) != 1) {
+        ERR_clear_error();
+        srv_err_set(&e, 400, "bad_csr", "CSR signature does not verify");
+        goto refuse;
     }
-    if (e != GS_OK) {
-        srv_reply_gs_error(r, e, "certificate");
-        goto out;
+    if ((n = i2d_PUBKEY(pk, &spki)) <= 0) {
+        srv_err_set(&e, 400, "bad_csr", "the CSR's public key cannot be encoded");
+        goto refuse;
     }
-    if ((e = gs_cert_to_pem(cert, &pem)) != GS_OK) {
-        srv_reply_gs_error(r, e, "certificate");
-        goto out;
-    }
-    srv_reply_bytes(r, 200, "application/pem-certificate-chain", pem, strlen(pem));
+    certify_call(r, spki, (size_t)n, NULL);
+    goto out;
+refuse:
+    certify_call(r, NULL, 0, &e);
 out:
-    free(pem);
-    X509_free(cert);
+    OPENSSL_free(spki);
     X509_REQ_free(csr);
     json_decref(j);
     free(body);
-    gs_store_member_free(m);
-    gs_group_free(g);
 }
 
-void certsrv_route(struct srv_req *r)
+static void h_membership_cert(struct srv_req *r)
 {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(r->req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(r->req);
-    static const char prefix[] = "/v1/groups/", suffix[] = "/membership-certificates";
-    char group[GS_NAME_MAX + 1];
-
-    if (path != NULL && strcmp(path, "/healthz") == 0) {
-        r->ep = EP_HEALTHZ;
-        hsm_err he = srv_token_health(r->srv);
-        if (he == HSM_OK && audit_check(r->srv->audit) == AUDIT_OK)
-            srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
-        else
-            srv_reply_retry(r, 503, 5, "unavailable", "token or audit log unavailable");
+    if (srv_require_cert(r) != 0)
+        return;
+    if (srv_peer(r)->status != PEER_MEMBER_CERT) {
+        srv_reply_error(r, 403, "forbidden", "membership certificates are issued to identified members only");
         return;
     }
-    size_t pl = sizeof(prefix) - 1, sl = sizeof(suffix) - 1;
-    size_t len = path ? strlen(path) : 0;
-    if (path == NULL || len <= pl + sl || strncmp(path, prefix, pl) != 0 || strcmp(path + len - sl, suffix) != 0 ||
-        len - pl - sl > GS_NAME_MAX) {
-        srv_reply_error(r, 404, "not_found", "no such resource");
-        return;
-    }
-    memcpy(group, path + pl, len - pl - sl);
-    group[len - pl - sl] = '\0';
-    r->ep = EP_MEMBERSHIP_CERT;
-    if (cmd != EVHTTP_REQ_POST) {
-        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", "POST");
-        srv_reply_error(r, 405, "method_not_allowed", "use POST");
-        return;
-    }
-    h_membership_cert(r, group);
+    srv_with_view(r, false, membership_cert_have_view);
 }
+
+static void health_answer(struct srv_req *r, const ipc_msg *a)
+{
+    const char *token = a ? ipc_str(a, IPC_T_TOKEN_STATE) : NULL;
+    const char *audit = a ? ipc_str(a, IPC_T_AUDIT_STATE) : NULL;
+
+    if (token != NULL && audit != NULL && strcmp(token, "ok") == 0 && strcmp(audit, "ok") == 0)
+        srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+    else
+        srv_reply_retry(r, 503, 5, "unavailable", "token or audit log unavailable");
+}
+
+static void h_healthz(struct srv_req *r)
+{
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    srv_ipc_begin(r, &b, IPC_HEALTH);
+    (void)srv_call(r, &b, health_answer, SRV_CALL_DOWN_TOO);
+}
+
+const struct srv_route certsrv_routes[] = {
+    {SRV_CERTSRV, SRV_ANY, "/healthz", EP_HEALTHZ, h_healthz},
+    {SRV_CERTSRV, SRV_POST, "/v1/groups/*/membership-certificates", EP_MEMBERSHIP_CERT, h_membership_cert},
+};
+const size_t certsrv_nroutes = GS_ARRAY_LEN(certsrv_routes);

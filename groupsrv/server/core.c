@@ -1,6 +1,7 @@
 /*
- * core.c: event-loop threads, TLS connections, request dispatch, reply and
- * input helpers, per-request authentication (see server.h).
+ * core.c: the network process's event-loop threads, TLS connections,
+ * routing through the handlers' tables, reply and input helpers,
+ * per-request authentication, and calls to the key holder (server.h).
  */
 #include "server.h"
 
@@ -26,6 +27,7 @@
 #include <event2/listener.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "log.h"
 #include "util.h"
@@ -135,7 +137,7 @@ enum conn_stage { CONN_HANDSHAKE, CONN_WAIT_REQUEST, CONN_IN_SERVICE, CONN_CLOSI
 struct srv_conn {
     struct srv_thread *t;
     struct srv_conn *prev, *next;
-    enum srv_listener which;
+    enum srv_lindex which;
     enum conn_stage stage;
     struct bufferevent *bev;
     struct event *deadline;
@@ -285,7 +287,7 @@ static void conn_close(struct srv_conn *c, const char *why)
     c->stage = CONN_CLOSING;
     conn_release(c);
     event_del(c->deadline);
-    log_debug("connection closed reason=%s listener=%s", why, c->which == SRV_API ? "api" : "certsrv");
+    log_debug("connection closed reason=%s listener=%s", why, c->which == SRV_LI_API ? "api" : "certsrv");
     if (fd >= 0)
         shutdown(fd, SHUT_RDWR);
 }
@@ -301,7 +303,7 @@ static void conn_close(struct srv_conn *c, const char *why)
  * NULL if none. Connections with a trusted certificate, those being
  * answered and young handshakes (a member's, most likely) are never
  * chosen. */
-static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener which, const struct srv_conn *self,
+static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_lindex which, const struct srv_conn *self,
                                        int handshakes_too)
 {
     struct srv_conn *handshaking = NULL;
@@ -652,17 +654,6 @@ static const char *reason(int status)
     return "Status";
 }
 
-/* An answer held until its audit records are durable (see server.h). */
-struct srv_pending {
-    struct srv_pending *next;
-    struct evhttp_request *req;
-    unsigned long long first, last; /* its audit records */
-    int status;
-    enum metrics_endpoint ep;
-    unsigned char *body; /* may hold a plain content key: wiped when freed */
-    size_t len;
-};
-
 /* libevent calls this when the bytes have been handed to TLS (or the
  * connection is gone): answers may carry a plain content key. */
 static void wipe_body_cb(const void *data, size_t len, void *extra)
@@ -672,131 +663,10 @@ static void wipe_body_cb(const void *data, size_t len, void *extra)
     free((void *)data);
 }
 
-static void wipe_free(unsigned char *body, size_t len)
-{
-    if (body != NULL)
-        OPENSSL_cleanse(body, len);
-    free(body);
-}
-
-/* Sends body (owned; wiped after use) now. */
-static void send_now(struct evhttp_request *req, enum metrics_endpoint ep, int status, unsigned char *body,
-                     size_t len)
-{
-    struct evbuffer *buf = evbuffer_new();
-
-    if (buf == NULL || (len > 0 && evbuffer_add_reference(buf, body, len, wipe_body_cb, NULL) != 0)) {
-        wipe_free(body, len);
-        evbuffer_free(buf);
-        evhttp_send_error(req, 500, NULL);
-        metrics_request(ep, 500);
-        return;
-    }
-    if (len == 0)
-        free(body);
-    conn_answered(req);
-    evhttp_send_reply(req, status, reason(status), buf);
-    evbuffer_free(buf);
-    metrics_request(ep, status);
-}
-
-/* The answer was not audited durably: drop it (wiped) and fail closed. */
-static void send_audit_failure(struct evhttp_request *req, enum metrics_endpoint ep, unsigned char *body,
-                               size_t len)
-{
-    static const char msg[] = "{\"error\":{\"code\":\"audit_unavailable\",\"message\":"
-                              "\"the audit log cannot be written; refusing to answer\"}}\n";
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    unsigned char *copy = malloc(sizeof(msg) - 1);
-
-    wipe_free(body, len);
-    log_error("answer dropped: its audit record is not durable");
-    evhttp_remove_header(h, "Retry-After");
-    evhttp_add_header(h, "Retry-After", "5");
-    evhttp_remove_header(h, "Content-Type"); /* the held answer's may not be JSON */
-    evhttp_add_header(h, "Content-Type", "application/json");
-    if (copy == NULL) {
-        evhttp_send_error(req, 503, NULL);
-        metrics_request(ep, 503);
-        return;
-    }
-    memcpy(copy, msg, sizeof(msg) - 1);
-    send_now(req, ep, 503, copy, sizeof(msg) - 1);
-}
-
-/* Sends every held answer whose records are now known durable (or failed). */
-static void flush_pending(struct srv_thread *t)
-{
-    struct srv_pending *p;
-
-    while ((p = t->pending_head) != NULL) {
-        int st = audit_range_state(t->srv->audit, p->first, p->last);
-        if (st == 0)
-            break;
-        t->pending_head = p->next;
-        if (t->pending_head == NULL)
-            t->pending_tail = NULL;
-        atomic_fetch_sub(&t->npending, 1);
-        /* Held across the start of a shutdown: tell the client, as
-         * add_common_headers does for answers sent at once. */
-        struct evkeyvalq *h = evhttp_request_get_output_headers(p->req);
-        if (atomic_load(&t->srv->shutting_down) && evhttp_find_header(h, "Connection") == NULL)
-            evhttp_add_header(h, "Connection", "close");
-        if (st > 0)
-            send_now(p->req, p->ep, p->status, p->body, p->len);
-        else
-            send_audit_failure(p->req, p->ep, p->body, p->len);
-        free(p);
-    }
-}
-
-static void audit_done_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd; (void)what;
-    flush_pending(arg);
-}
-
-/* Called by the audit syncer thread after every fdatasync round. */
-static void audit_durable(void *arg)
-{
-    struct srv *s = arg;
-
-    for (unsigned i = 0; i < s->nthreads; i++)
-        if (atomic_load(&s->threads[i].npending) > 0)
-            event_active(s->threads[i].audit_ev, 0, 0);
-}
-
-/* Queues the answer until r's audit records are durable. */
-static void hold_until_audited(struct srv_req *r, int status, unsigned char *body, size_t len)
-{
-    struct srv_thread *t = r->t;
-    struct srv_pending *p = calloc(1, sizeof(*p));
-
-    if (p == NULL) {
-        /* No memory to wait without blocking: wait here instead. */
-        if (audit_wait_durable(r->srv->audit, r->audit_first, r->audit_last) == AUDIT_OK)
-            send_now(r->req, r->ep, status, body, len);
-        else
-            send_audit_failure(r->req, r->ep, body, len);
-        return;
-    }
-    *p = (struct srv_pending){.req = r->req, .first = r->audit_first, .last = r->audit_last, .status = status,
-                              .ep = r->ep, .body = body, .len = len};
-    if (t->pending_tail != NULL)
-        t->pending_tail->next = p;
-    else
-        t->pending_head = p;
-    t->pending_tail = p;
-    atomic_fetch_add(&t->npending, 1);
-    /* The round covering it may have ended before npending was raised,
-     * and then the syncer did not wake us: look once more. */
-    if (audit_range_state(r->srv->audit, r->audit_first, r->audit_last) != 0)
-        event_active(t->audit_ev, 0, 0);
-}
-
 void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len)
 {
     unsigned char *body = NULL;
+    struct evbuffer *buf = NULL;
 
     if (r->replied) {
         log_error("second reply suppressed status=%d", status);
@@ -805,27 +675,29 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
     r->replied = 1;
     add_common_headers(r, content_type);
     /* Our own copy, wiped when libevent is done with it. */
-    if ((body = malloc(len > 0 ? len : 1)) == NULL) {
+    if ((body = malloc(len > 0 ? len : 1)) == NULL || (buf = evbuffer_new()) == NULL) {
+        free(body);
         evhttp_send_error(r->req, 500, NULL);
         metrics_request(r->ep, 500);
         return;
     }
-    if (len > 0)
+    if (len > 0) {
         memcpy(body, data, len);
-    if (r->audit_last != 0) {
-        int st = audit_range_state(r->srv->audit, r->audit_first, r->audit_last);
-        if (st == 0 && r->t->audit_ev != NULL) {
-            hold_until_audited(r, status, body, len);
+        if (evbuffer_add_reference(buf, body, len, wipe_body_cb, NULL) != 0) {
+            OPENSSL_cleanse(body, len);
+            free(body);
+            evbuffer_free(buf);
+            evhttp_send_error(r->req, 500, NULL);
+            metrics_request(r->ep, 500);
             return;
         }
-        if (st == 0)
-            st = audit_wait_durable(r->srv->audit, r->audit_first, r->audit_last) == AUDIT_OK ? 1 : -1;
-        if (st < 0) {
-            send_audit_failure(r->req, r->ep, body, len);
-            return;
-        }
+    } else {
+        free(body);
     }
-    send_now(r->req, r->ep, status, body, len);
+    conn_answered(r->req);
+    evhttp_send_reply(r->req, status, reason(status), buf);
+    evbuffer_free(buf);
+    metrics_request(r->ep, status);
 }
 
 void srv_reply_json(struct srv_req *r, int status, json_t *body)
@@ -845,6 +717,8 @@ void srv_reply_json(struct srv_req *r, int status, json_t *body)
     free(text);
 }
 
+static void reply_error_v(struct srv_req *r, int status, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 static void reply_error_v(struct srv_req *r, int status, const char *code, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -872,14 +746,51 @@ void srv_reply_retry(struct srv_req *r, int status, unsigned retry_after, const 
 {
     char v[16];
 
+    if (r->replied)
+        return;
     snprintf(v, sizeof(v), "%u", retry_after ? retry_after : 1);
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", v);
     srv_reply_error(r, status, code, "%s", msg);
 }
 
+void srv_reply_holder_error(struct srv_req *r, const ipc_msg *a)
+{
+    int status = (int)ipc_u32(a, IPC_T_STATUS, 500);
+    const char *code = ipc_str(a, IPC_T_CODE), *msg = ipc_str(a, IPC_T_MESSAGE);
+
+    if (status < 400 || status > 599 || code == NULL) {
+        srv_reply_error(r, 500, "internal", "internal error");
+        return;
+    }
+    if (ipc_has(a, IPC_T_RETRY))
+        srv_reply_retry(r, status, ipc_u32(a, IPC_T_RETRY, 5), code, msg ? msg : code);
+    else
+        srv_reply_error(r, status, code, "%s", msg ? msg : code);
+}
+
+void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    e->status = status;
+    e->code = code;
+    e->retry = status == 429 || status == 503 ? 5 : 0;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    va_end(ap);
+}
+
+void srv_reply_err(struct srv_req *r, const srv_err *e)
+{
+    if (e->retry)
+        srv_reply_retry(r, e->status, e->retry, e->code, e->msg);
+    else
+        srv_reply_error(r, e->status, e->code, "%s", e->msg);
+}
+
 /* ---- input --------------------------------------------------------------- */
 
-int srv_body(struct srv_req *r, char **body, size_t *len)
+int srv_body(struct srv_req *r, char **body, size_t *len, srv_err *e)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
     size_t n = evbuffer_get_length(in);
@@ -888,17 +799,16 @@ int srv_body(struct srv_req *r, char **body, size_t *len)
     *body = NULL;
     *len = 0;
     if (n > r->srv->max_body) {
-        srv_reply_error(r, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n,
-                        r->srv->max_body);
+        srv_err_set(e, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n, r->srv->max_body);
         return -1;
     }
     if ((p = malloc(n + 1)) == NULL) {
-        srv_reply_error(r, 500, "internal", "out of memory");
+        srv_err_set(e, 500, "internal", "out of memory");
         return -1;
     }
-    if (n > 0 && evbuffer_remove(in, p, n) != (int)n) {
+    if (n > 0 && evbuffer_copyout(in, p, n) != (ev_ssize_t)n) {
         free(p);
-        srv_reply_error(r, 500, "internal", "could not read the body");
+        srv_err_set(e, 500, "internal", "could not read the body");
         return -1;
     }
     p[n] = '\0';
@@ -907,85 +817,67 @@ int srv_body(struct srv_req *r, char **body, size_t *len)
     return 0;
 }
 
-json_t *srv_json_body(struct srv_req *r)
+json_t *srv_json_body(struct srv_req *r, srv_err *e)
 {
     char *body = NULL;
     size_t len = 0;
     json_error_t err;
     json_t *o = NULL;
 
-    if (srv_body(r, &body, &len) != 0)
+    if (srv_body(r, &body, &len, e) != 0)
         return NULL;
     if (len == 0) {
-        srv_reply_error(r, 400, "bad_request", "a JSON object body is required");
+        srv_err_set(e, 400, "bad_request", "a JSON object body is required");
         goto out;
     }
     /* Depth and size are bounded by the body cap; reject NULs and duplicate keys. */
     o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
     if (o == NULL) {
-        char where[64];
-        snprintf(where, sizeof(where), "line %d column %d", err.line, err.column);
-        srv_reply_error(r, 400, "bad_json", "malformed JSON at %s", where);
+        srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err.line, err.column);
         goto out;
     }
     if (!json_is_object(o)) {
         json_decref(o);
         o = NULL;
-        srv_reply_error(r, 400, "bad_json", "the body must be a JSON object");
+        srv_err_set(e, 400, "bad_json", "the body must be a JSON object");
     }
 out:
+    OPENSSL_cleanse(body, len);
     free(body);
     return o;
 }
 
-const char *srv_json_str(struct srv_req *r, json_t *o, const char *key, int *bad)
+const char *srv_json_str(json_t *o, const char *key, srv_err *e)
 {
     json_t *v = json_object_get(o, key);
 
     if (v == NULL)
         return NULL;
     if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
-        *bad = 1;
-        srv_reply_error(r, 400, "bad_request", "\"%s\" must be a string", key);
+        srv_err_set(e, 400, "bad_request", "\"%s\" must be a string", key);
         return NULL;
     }
     return json_string_value(v);
 }
 
-int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsigned char **out, size_t *len)
-{
-    json_t *v = json_object_get(o, key);
-    size_t max_in;
-
-    *out = NULL;
-    *len = 0;
-    if (v == NULL)
-        return 0;
-    if (!json_is_string(v)) {
-        srv_reply_error(r, 400, "bad_request", "\"%s\" must be a base64 string", key);
-        return -1;
-    }
-    max_in = (max + 2) / 3 * 4;
-    int rc = util_b64_decode(json_string_value(v), json_string_length(v), max_in, out, len);
-    if (rc == UTIL_E_TOOBIG || (rc == UTIL_OK && *len > max)) {
-        free(*out);
-        *out = NULL;
-        srv_reply_error(r, 413, "too_large", "\"%s\" exceeds %zu bytes", key, max);
-        return -1;
-    }
-    if (rc != UTIL_OK || *len == 0) {
-        free(*out);
-        *out = NULL;
-        srv_reply_error(r, 400, "bad_base64", "\"%s\" is not valid standard base64", key);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- authentication ------------------------------------------------------ */
+
+#ifdef GS_FUZZING
+/* Only in the fuzz target (tests/fuzz/fuzz_http.c): it speaks plain HTTP
+ * and says who the peer is, so that its inputs reach the handlers. */
+const peer_info *(*srv_fuzz_peer)(void);
+#endif
 
 const peer_info *srv_peer(struct srv_req *r)
 {
+#ifdef GS_FUZZING
+    if (!r->peer_checked && srv_fuzz_peer != NULL) {
+        r->peer = *srv_fuzz_peer();
+        if (r->peer.cert != NULL && X509_up_ref(r->peer.cert) != 1)
+            memset(&r->peer, 0, sizeof(r->peer));
+        r->peer_checked = 1;
+    }
+#endif
     if (!r->peer_checked) {
         struct evhttp_connection *c = evhttp_request_get_connection(r->req);
         struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
@@ -996,6 +888,10 @@ const peer_info *srv_peer(struct srv_req *r)
         else
             memset(&r->peer, 0, sizeof(r->peer));
         tls_state_unref(tls);
+        /* The request may outlive its connection while the key holder
+         * works: keep a reference of our own. */
+        if (r->peer.cert != NULL && X509_up_ref(r->peer.cert) != 1)
+            memset(&r->peer, 0, sizeof(r->peer));
         r->peer_checked = 1;
     }
     return &r->peer;
@@ -1025,145 +921,337 @@ int srv_require_cert(struct srv_req *r)
     return -1;
 }
 
-int srv_rl_key(const peer_info *p, char *buf, size_t len)
-{
-    int n;
+/* ---- calls to the key holder ----------------------------------------------- */
 
-    if (p->status == PEER_MEMBER_CERT)
-        n = snprintf(buf, len, "id:%s", p->identity);
-    else if (p->status == PEER_MEMBERSHIP)
-        n = snprintf(buf, len, "membership:%s", p->group); /* anonymous: one bucket per group */
-    else
-        return 0;
-    if (n < 0 || (size_t)n >= len)
-        return 0;
-    /* Membership compares e-mail addresses without ASCII case (SQLite
-     * NOCASE): ALICE@ and alice@ are one member, so one bucket. */
-    for (char *c = buf; *c != '\0'; c++)
-        if (*c >= 'A' && *c <= 'Z')
-            *c = (char)(*c - 'A' + 'a');
-    return 1;
+static void req_free(struct srv_req *r)
+{
+    if (r->ctx_free != NULL)
+        r->ctx_free(r->ctx);
+    gview_unref(r->view);
+    X509_free(r->peer.cert);
+    r->t->requests--;
+    free(r);
 }
 
-int srv_rate_limit(struct srv_req *r)
+/* Ends a request whose handler (or last callback) returned: frees it once
+ * it has its reply and no call is in flight. */
+static void req_settle(struct srv_req *r)
+{
+    if (r->calls > 0)
+        return;
+    if (!r->replied) {
+        log_error("handler ended without a reply");
+        srv_reply_error(r, 500, "internal", "internal error");
+    }
+    log_debug("request done ep=%s ms=%.1f", metrics_endpoint_name(r->ep), (srv_now() - r->start) * 1e3);
+    req_free(r);
+}
+
+void srv_ipc_begin(struct srv_req *r, ipc_buf *b, uint32_t type)
 {
     const peer_info *p = srv_peer(r);
-    char key[SRV_RL_KEY_MAX];
-    unsigned retry = 0;
 
-    if (!srv_rl_key(p, key, sizeof(key)))
-        return 0;
-    rl_verdict v = ratelimit_take(r->srv->rl, key, &retry);
-    if (v == RL_LIMITED) {
-        srv_reply_retry(r, 429, retry, "rate_limited", "too many requests; slow down");
-        return -1;
-    }
-    if (v == RL_SUSPENDED) {
-        srv_reply_retry(r, 429, retry, "suspended", "suspended after too many failed unwraps");
-        return -1;
-    }
-    return 0;
+    ipc_begin(b, type, 0);
+    ipc_put_str(b, IPC_T_REQUEST_ID, r->id);
+    if (p->status != PEER_MEMBER_CERT && p->status != PEER_MEMBERSHIP)
+        return;
+    unsigned char *spki = NULL;
+    int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(p->cert), &spki);
+    ipc_put_u32(b, IPC_T_CALLER, p->status == PEER_MEMBER_CERT ? IPC_CALLER_IDENTITY : IPC_CALLER_MEMBERSHIP);
+    ipc_put_str(b, IPC_T_IDENTITY, p->status == PEER_MEMBER_CERT ? p->identity : p->group);
+    if (n > 0)
+        ipc_put_bytes(b, IPC_T_SPKI, spki, (size_t)n);
+    OPENSSL_free(spki);
 }
 
-hsm_err srv_token_health(struct srv *s)
-{
-    hsm_key_info ki;
-    hsm_err he = hsm_ping(s->hsm);
+struct call_ctx {
+    struct srv_req *r;
+    srv_cont cont;
+    unsigned flags;
+};
 
-    if (he != HSM_OK || s->ca == NULL)
-        return he;
-    return hsm_key_get_info(s->hsm, gs_ca_key(s->ca), &ki);
-}
-
-static int hsm_err_is_unavailable(hsm_err err)
+static void holder_down(struct srv_req *r, srv_cont cont, unsigned flags)
 {
-    switch (err) {
-    case HSM_ERR_TOKEN_ABSENT:
-    case HSM_ERR_TOKEN_NOT_FOUND:
-    case HSM_ERR_NOT_LOGGED_IN:
-    case HSM_ERR_SESSION:
-    case HSM_ERR_DEVICE:
-    case HSM_ERR_MODULE:
-    case HSM_ERR_PIN_INCORRECT:
-    case HSM_ERR_PIN_LOCKED:
-    case HSM_ERR_PIN_SOURCE:
-    case HSM_ERR_PKCS11:
-    case HSM_ERR_NOMEM:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what)
-{
-    metrics_token_error();
-    gcache_mark_stale(r->t->gcache); /* reload the group's keys next time */
-    log_error("token operation failed op=%s err=%s detail=%s", what, hsm_strerror(err), hsm_last_error_detail());
-    if (hsm_err_is_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND)
-        srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
+    if (flags & SRV_CALL_DOWN_TOO)
+        cont(r, NULL);
     else
-        srv_reply_error(r, 500, "internal", "token operation failed");
-}
-
-void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
-{
-    switch (err) {
-    case GS_ERR_NOT_FOUND:
-        srv_reply_error(r, 404, "not_found", "%s not found", what);
-        return;
-    case GS_ERR_EXISTS:
-        srv_reply_error(r, 400, "exists", "%s already exists", what);
-        return;
-    case GS_ERR_ARGS:
-    case GS_ERR_CERT:
-        srv_reply_error(r, 400, "bad_request", "%s: %s", what, gs_err_detail());
-        return;
-    case GS_ERR_HSM:
-    case GS_ERR_TOKEN:
-        metrics_token_error();
-        log_error("token failure op=%s detail=%s", what, gs_err_detail());
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
-        return;
-    case GS_ERR_DB:
-    case GS_ERR_IO:
-        log_error("store failure op=%s detail=%s", what, gs_err_detail());
-        srv_reply_retry(r, 503, 5, "store_unavailable", "the membership database is not available");
-        return;
-    default:
-        log_error("failure op=%s err=%s detail=%s", what, gs_strerror(err), gs_err_detail());
-        srv_reply_error(r, 500, "internal", "internal error");
-        return;
-    }
 }
 
-audit_err srv_audit_write(struct srv_req *r, const audit_record *rec)
+static void call_done(void *arg, const ipc_msg *answer)
 {
-    audit_record copy = *rec;
-    unsigned long long seq = 0;
+    struct call_ctx *cc = arg;
+    struct srv_req *r = cc->r;
+    srv_cont cont = cc->cont;
+    unsigned flags = cc->flags;
 
-    copy.request_id = r->id;
-    audit_err ae = audit_write(r->srv->audit, &copy, &seq);
-    if (ae == AUDIT_OK) {
-        /* Every record of the request must be durable, not just the last:
-         * a batch's records may fall into different sync rounds. */
-        if (r->audit_first == 0)
-            r->audit_first = seq;
-        r->audit_last = seq;
+    free(cc);
+    r->calls--;
+    log_set_request_id(r->id);
+    if (!r->replied) {
+        if (answer == NULL)
+            holder_down(r, cont, flags);
+        else
+            cont(r, answer);
     }
-    return ae;
+    req_settle(r);
+    log_set_request_id(NULL);
 }
 
-int srv_audit(struct srv_req *r, const audit_record *rec)
+int srv_call(struct srv_req *r, ipc_buf *b, srv_cont cont, unsigned flags)
 {
-    if (srv_audit_write(r, rec) != AUDIT_OK) {
-        srv_reply_retry(r, 503, 5, "audit_unavailable", "the audit log cannot be written; refusing to answer");
+    struct call_ctx *cc = malloc(sizeof(*cc));
+
+    if (cc == NULL || !khlink_up(r->t->link)) {
+        free(cc);
+        ipc_buf_free(b);
+        holder_down(r, cont, flags);
+        return -1;
+    }
+    *cc = (struct call_ctx){.r = r, .cont = cont, .flags = flags};
+    r->calls++;
+    if (khlink_call(r->t->link, b, call_done, cc) != 0) {
+        r->calls--;
+        free(cc);
+        holder_down(r, cont, flags);
         return -1;
     }
     return 0;
 }
 
-/* ---- dispatch ------------------------------------------------------------ */
+static void authz_answer(struct srv_req *r, const ipc_msg *a)
+{
+    if (ipc_u32(a, IPC_T_STATUS, 500) == 204)
+        srv_reply_err(r, r->ctx);
+    else
+        srv_reply_holder_error(r, a);
+}
+
+void srv_authz_then(struct srv_req *r, enum ipc_action action, const srv_err *e)
+{
+    srv_err *copy = malloc(sizeof(*copy));
+    ipc_buf b;
+
+    if (copy == NULL) {
+        srv_reply_err(r, e);
+        return;
+    }
+    *copy = *e;
+    if (r->ctx_free != NULL)
+        r->ctx_free(r->ctx);
+    r->ctx = copy;
+    r->ctx_free = free;
+    ipc_buf_init(&b);
+    srv_ipc_begin(r, &b, IPC_AUTHZ);
+    ipc_put_u32(&b, IPC_T_ACTION, action);
+    if (r->param[0][0] != '\0')
+        ipc_put_str(&b, IPC_T_GROUP, r->param[0]);
+    (void)srv_call(r, &b, authz_answer, 0);
+}
+
+struct view_ctx {
+    void (*next)(struct srv_req *r);
+};
+
+static void view_answer(struct srv_req *r, const ipc_msg *a)
+{
+    struct view_ctx *vc = r->ctx;
+    void (*next)(struct srv_req *) = vc->next;
+    uint32_t status = ipc_u32(a, IPC_T_STATUS, 500);
+    gview *v = NULL;
+
+    free(r->ctx);
+    r->ctx = NULL;
+    r->ctx_free = NULL;
+    if (status != 200) {
+        srv_reply_holder_error(r, a);
+        return;
+    }
+    if (ipc_u32(a, IPC_T_FLAGS, 0) & IPC_FLAG_NOT_MODIFIED) {
+        v = gviews_get(r->t->views, r->param[0], 0, true);
+        if (v == NULL) { /* evicted meanwhile: ask again in full */
+            srv_with_view(r, false, next);
+            return;
+        }
+        v->gen = ipc_u64(a, IPC_T_GEN, v->gen);
+        gview_ref(v);
+    } else {
+        if (gview_parse(a, &v) != 0) {
+            srv_reply_error(r, 500, "internal", "unusable group data from the key holder");
+            return;
+        }
+        gviews_put(r->t->views, gview_ref(v));
+    }
+    gview_unref(r->view);
+    r->view = v;
+    next(r);
+}
+
+void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r))
+{
+    const char *name = r->param[0];
+    gview *have;
+    ipc_buf b;
+
+    if (!gs_valid_group_name(name)) {
+        srv_reply_error(r, 404, "not_found", "no such group");
+        return;
+    }
+    (void)srv_peer(r); /* while the connection is surely there */
+    have = gviews_get(r->t->views, name, khlink_gen(r->t->link), fresh);
+    if (have != NULL && !fresh) {
+        gview_unref(r->view);
+        r->view = gview_ref(have);
+        next(r);
+        return;
+    }
+    struct view_ctx *vc = malloc(sizeof(*vc));
+    if (vc == NULL) {
+        srv_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    vc->next = next;
+    r->ctx = vc;
+    r->ctx_free = free;
+    ipc_buf_init(&b);
+    srv_ipc_begin(r, &b, IPC_VIEW);
+    ipc_put_str(&b, IPC_T_GROUP, name);
+    if (have != NULL)
+        ipc_put_u64(&b, IPC_T_GEN, have->gen);
+    (void)srv_call(r, &b, view_answer, 0);
+}
+
+/* ---- routing ------------------------------------------------------------- */
+
+#define MAX_SEGMENTS 6
+#define MAX_SEGMENT_LEN 256
+
+/* Splits the request path into percent-decoded segments; -1 if malformed. */
+static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t *n)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+    *n = 0;
+    if (path == NULL || path[0] != '/')
+        return -1;
+    const char *p = path + 1;
+    while (*p != '\0') {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (*n >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_LEN)
+            return -1;
+        char raw[MAX_SEGMENT_LEN + 1];
+        memcpy(raw, p, len);
+        raw[len] = '\0';
+        size_t dl = 0;
+        char *dec = evhttp_uridecode(raw, 0, &dl);
+        if (dec == NULL || dl != strlen(dec) || dl == 0 || strchr(dec, '/') != NULL) {
+            free(dec);
+            return -1;
+        }
+        util_strlcpy(seg[*n], dec, MAX_SEGMENT_LEN + 1);
+        free(dec);
+        (*n)++;
+        p += len;
+        if (*p == '/')
+            p++;
+    }
+    return 0;
+}
+
+/* Does pattern match the segments? The '*' segments go to r->param. */
+static int route_match(const char *pattern, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t n,
+                       struct srv_req *r)
+{
+    const char *p = pattern + 1;
+    size_t i = 0, np = 0;
+
+    while (*p != '\0') {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (i >= n)
+            return 0;
+        if (len == 1 && p[0] == '*') {
+            if (np < SRV_MAX_PARAMS)
+                util_strlcpy(r->param[np++], seg[i], sizeof(r->param[0]));
+        } else if (strlen(seg[i]) != len || strncmp(seg[i], p, len) != 0) {
+            return 0;
+        }
+        i++;
+        p += len;
+        if (*p == '/')
+            p++;
+    }
+    return i == n;
+}
+
+static unsigned method_bit(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET: return SRV_GET;
+    case EVHTTP_REQ_POST: return SRV_POST;
+    case EVHTTP_REQ_PUT: return SRV_PUT;
+    case EVHTTP_REQ_DELETE: return SRV_DELETE;
+    default: return 1u << 8; /* HEAD, OPTIONS, PATCH: matched by SRV_ANY only */
+    }
+}
+
+static void method_not_allowed(struct srv_req *r, unsigned methods)
+{
+    static const char *const names[] = {"GET", "POST", "PUT", "DELETE"};
+    char allow[64] = "";
+
+    for (unsigned i = 0; i < 4; i++)
+        if (methods & (1u << i)) {
+            if (allow[0] != '\0')
+                strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
+            strncat(allow, names[i], sizeof(allow) - strlen(allow) - 1);
+        }
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
+    srv_reply_error(r, 405, "method_not_allowed", "use %s", allow);
+}
+
+static void dispatch(struct srv_req *r)
+{
+    char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1];
+    size_t n = 0;
+    unsigned listener = r->certsrv ? SRV_CERTSRV : SRV_API;
+    unsigned m = method_bit(evhttp_request_get_command(r->req));
+
+    if (split_path(r->req, seg, &n) == 0)
+        for (size_t i = 0; i < r->srv->nroutes; i++) {
+            const struct srv_route *rt = &r->srv->routes[i];
+            if (!(rt->listener & listener) || !route_match(rt->pattern, seg, n, r))
+                continue;
+            r->ep = rt->ep;
+            if (!(rt->methods & m))
+                method_not_allowed(r, rt->methods);
+            else
+                rt->handler(r);
+            return;
+        }
+    srv_reply_error(r, 404, "not_found", "no such resource");
+}
+
+int srv_routes_set(struct srv *s, const struct srv_route *const *tables, const size_t *counts, size_t ntables)
+{
+    size_t total = 0;
+    struct srv_route *all;
+
+    for (size_t i = 0; i < ntables; i++)
+        total += counts[i];
+    if ((all = calloc(total ? total : 1, sizeof(*all))) == NULL)
+        return -1;
+    total = 0;
+    for (size_t i = 0; i < ntables; i++)
+        for (size_t k = 0; k < counts[i]; k++)
+            all[total++] = tables[i][k];
+    free((void *)s->routes);
+    s->routes = all;
+    s->nroutes = total;
+    return 0;
+}
 
 /* How many times the request carries header name (case-insensitive). */
 static unsigned header_count(struct evhttp_request *req, const char *name)
@@ -1179,30 +1267,29 @@ static unsigned header_count(struct evhttp_request *req, const char *name)
 
 static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)
 {
-    struct srv_req r = {.t = t, .srv = t->srv, .req = req, .certsrv = certsrv};
+    struct srv_req *r = calloc(1, sizeof(*r));
 
-    r.start = srv_now();
+    if (r == NULL) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    *r = (struct srv_req){.t = t, .srv = t->srv, .req = req, .certsrv = certsrv, .start = srv_now()};
+    t->requests++;
     int over_budget = conn_in_service(req);
-    if (util_random_id(r.id, 8) != 0)
-        snprintf(r.id, sizeof(r.id), "0");
-    log_set_request_id(r.id);
+    if (util_random_id(r->id, 8) != 0)
+        snprintf(r->id, sizeof(r->id), "0");
+    log_set_request_id(r->id);
     if (header_count(req, "Content-Length") > 1) {
         /* libevent reads the body by the first one; a proxy in front may
          * have used another (RFC 7230 3.3.3: reject, and close). */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        srv_reply_error(&r, 400, "bad_request", "more than one Content-Length header");
+        srv_reply_error(r, 400, "bad_request", "more than one Content-Length header");
     } else if (over_budget) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        srv_reply_retry(&r, 503, 1, "too_many_connections", "the server is at its connection limit");
-    } else if (certsrv)
-        certsrv_route(&r);
-    else
-        api_route(&r);
-    if (!r.replied) {
-        log_error("handler ended without a reply");
-        srv_reply_error(&r, 500, "internal", "internal error");
-    }
-    log_debug("request done status_ep=%s ms=%.1f", metrics_endpoint_name(r.ep), (srv_now() - r.start) * 1e3);
+        srv_reply_retry(r, 503, 1, "too_many_connections", "the server is at its connection limit");
+    } else
+        dispatch(r);
+    req_settle(r);
     log_set_request_id(NULL);
 }
 
@@ -1216,14 +1303,18 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
     struct srv *s = t->srv;
     struct evhttp *http = evhttp_new(t->base);
     int dfd = -1;
-    enum srv_listener which = certsrv ? SRV_CERTSRV : SRV_API;
+    enum srv_lindex which = certsrv ? SRV_LI_CERTSRV : SRV_LI_API;
 
     *bound = NULL;
     if (http == NULL)
         return NULL;
     t->lctx[which].t = t;
     t->lctx[which].which = which;
+#ifdef GS_FUZZING
+    (void)make_bev; /* plain HTTP */
+#else
     evhttp_set_bevcb(http, make_bev, &t->lctx[which]);
+#endif
     evhttp_set_gencb(http, certsrv ? certsrv_cb : api_cb, t);
     /* libevent's own (HTML) 413 only for bodies far over our JSON-answered
      * cap (sent at once, then a lingering close: see above). libevent's own
@@ -1252,9 +1343,9 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     struct srv_thread *t = arg;
     (void)fd; (void)what;
 
-    /* Handlers run to completion before this fires, so only connections
+    /* Requests waiting for the key holder finish; then only connections
      * still sending a request (or idle keep-alives) remain. */
-    if ((atomic_load(&t->nconns) > 0 || t->pending_head != NULL) && srv_now() < t->drain_deadline) {
+    if ((atomic_load(&t->nconns) > 0 || t->requests > 0) && srv_now() < t->drain_deadline) {
         struct timeval tv = {0, 100000};
         event_add(t->drain_ev, &tv);
         return;
@@ -1277,119 +1368,188 @@ static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
     event_add(t->drain_ev, &tv);
 }
 
+static void relink_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_thread *t = arg;
+    int nfd = atomic_exchange(&t->new_link_fd, -1);
+    (void)fd; (void)what;
+
+    if (nfd < 0)
+        return;
+    /* A new key holder: what the old one said about groups may be stale. */
+    gviews_flush(t->views);
+    if (khlink_attach(t->link, nfd) != 0)
+        log_error("cannot use the new link to the key holder thread=%u", t->index);
+}
+
+void srv_thread_relink(struct srv *s, unsigned i, int fd)
+{
+    if (s->threads == NULL || i >= s->nthreads) {
+        close(fd);
+        return;
+    }
+    int old = atomic_exchange(&s->threads[i].new_link_fd, fd);
+    if (old >= 0)
+        close(old);
+    event_active(s->threads[i].relink_ev, 0, 0);
+}
+
+static pthread_mutex_t go_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t go_cv = PTHREAD_COND_INITIALIZER;
+static int go_flag;
+
 static void *thread_main(void *arg)
 {
     struct srv_thread *t = arg;
 
+    /* Wait until the process is sandboxed (srv_threads_run). */
+    pthread_mutex_lock(&go_mu);
+    while (!go_flag)
+        pthread_cond_wait(&go_cv, &go_mu);
+    pthread_mutex_unlock(&go_mu);
+    khlink_set_current(t->link);
     event_base_dispatch(t->base);
     return NULL;
 }
 
-static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
+/* An event loop whose epoll changes are batched: a connection's read and
+ * write interest goes on and off several times per request (bufferevent,
+ * evhttp), and the changelist turns that into at most one epoll_ctl per
+ * fd per loop iteration instead of one per toggle. */
+static struct event_base *loop_base_new(void)
 {
-    gs_err ge;
+    struct event_config *cfg = event_config_new();
+    struct event_base *base = NULL;
 
+    if (cfg == NULL)
+        return NULL;
+    if (event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+        base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    return base;
+}
+
+static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link_fd)
+{
     t->srv = s;
     t->index = i;
     atomic_init(&t->nconns, 0);
-    if ((t->gcache = gcache_new()) == NULL)
-        return -1;
-    if ((ge = gs_store_open(s->cfg->db.path, 0, &t->store)) != GS_OK) {
-        log_error("cannot open the database path=%s err=%s detail=%s", s->cfg->db.path, gs_strerror(ge),
-                  gs_err_detail());
-        return -1;
+    atomic_init(&t->new_link_fd, -1);
+    if ((t->views = gviews_new()) == NULL || (t->base = loop_base_new()) == NULL)
+        goto fail;
+    if ((t->link = khlink_new(t->base, s->timeout)) == NULL || khlink_attach(t->link, link_fd) != 0) {
+        link_fd = -1; /* attach closed it */
+        goto fail;
     }
-    if ((t->base = event_base_new()) == NULL)
-        return -1;
+    link_fd = -1;
     if ((t->http = make_http(t, s->listen_fd, 0, &t->bound)) == NULL)
-        return -1;
+        goto fail;
     if (s->certsrv_fd >= 0 && (t->certhttp = make_http(t, s->certsrv_fd, 1, &t->certbound)) == NULL)
-        return -1;
+        goto fail;
     t->shutdown_ev = event_new(t->base, -1, 0, shutdown_cb, t);
     t->drain_ev = evtimer_new(t->base, drain_cb, t);
     t->tick_ev = event_new(t->base, -1, EV_PERSIST, tick_cb, t);
-    t->audit_ev = event_new(t->base, -1, 0, audit_done_cb, t);
-    atomic_init(&t->npending, 0);
-    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL || t->audit_ev == NULL)
-        return -1;
+    t->relink_ev = event_new(t->base, -1, 0, relink_cb, t);
+    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL || t->relink_ev == NULL)
+        goto fail;
     struct timeval tick = {0, 250000};
     event_add(t->tick_ev, &tick);
     return 0;
+fail:
+    if (link_fd >= 0)
+        close(link_fd);
+    return -1;
 }
 
 static void thread_free(struct srv_thread *t)
 {
-    /* The loop has ended and the syncer has synced what was pending:
-     * settle held answers so their requests and buffers are released. */
-    if (t->srv != NULL && t->audit_ev != NULL)
-        flush_pending(t);
-    for (struct srv_pending *p = t->pending_head, *next; p != NULL; p = next) {
-        next = p->next;
-        send_audit_failure(p->req, p->ep, p->body, p->len);
-        free(p);
-    }
-    t->pending_head = t->pending_tail = NULL;
+    /* Calls still waiting for the key holder fail (503) and free their
+     * requests; then the HTTP side goes. */
+    khlink_free(t->link);
+    t->link = NULL;
     if (t->http != NULL)
         evhttp_free(t->http);
     if (t->certhttp != NULL)
         evhttp_free(t->certhttp);
     linger_free_all(t); /* after the connections, before the base */
-    if (t->shutdown_ev != NULL)
-        event_free(t->shutdown_ev);
-    if (t->drain_ev != NULL)
-        event_free(t->drain_ev);
-    if (t->tick_ev != NULL)
-        event_free(t->tick_ev);
-    if (t->audit_ev != NULL)
-        event_free(t->audit_ev);
+    struct event *evs[] = {t->shutdown_ev, t->drain_ev, t->tick_ev, t->relink_ev};
+    for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+    int fd = atomic_exchange(&t->new_link_fd, -1);
+    if (fd >= 0)
+        close(fd);
     if (t->base != NULL)
         event_base_free(t->base);
-    gcache_free(t->gcache); /* before the store and the hsm it borrowed from */
-    gs_store_close(t->store);
+    gviews_free(t->views);
     memset(t, 0, sizeof(*t));
 }
 
-int srv_threads_start(struct srv *s)
+int srv_threads_init(struct srv *s, const int *link_fds)
+{
+    unsigned i;
+
+    tls_set_conn_free_cb(conn_freed);
+    if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)
+        goto fail_fds;
+    for (i = 0; i < s->nthreads; i++)
+        if (thread_init(s, &s->threads[i], i, link_fds[i]) != 0) {
+            i++;
+            goto fail;
+        }
+    atomic_store(&s->accepting, (int)s->nthreads);
+    return 0;
+fail:
+    for (unsigned k = i; k < s->nthreads; k++)
+        close(link_fds[k]);
+    for (unsigned k = 0; k < s->nthreads; k++)
+        thread_free(&s->threads[k]);
+    free(s->threads);
+    s->threads = NULL;
+    return -1;
+fail_fds:
+    for (i = 0; i < s->nthreads; i++)
+        close(link_fds[i]);
+    return -1;
+}
+
+int srv_threads_run(struct srv *s)
 {
     sigset_t all, old;
     unsigned started = 0;
 
-    tls_set_conn_free_cb(conn_freed);
-    if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)
-        return -1;
-    for (unsigned i = 0; i < s->nthreads; i++)
-        if (thread_init(s, &s->threads[i], i) != 0)
-            goto fail;
-    atomic_store(&s->accepting, (int)s->nthreads);
-    /* Workers (and the audit syncer) never take signals: the main
-     * thread's loop handles them. */
+    /* Workers never take signals: the main thread's loop handles them. */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    if (audit_syncer_start(s->audit, audit_durable, s) != AUDIT_OK) {
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        log_error("cannot start the audit syncer thread");
-        goto fail;
-    }
     for (; started < s->nthreads; started++)
         if (pthread_create(&s->threads[started].tid, NULL, thread_main, &s->threads[started]) != 0)
             break;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (started == s->nthreads)
         return 0;
-    /* Some threads did not start: free those, stop the started ones. The
-     * syncer goes first, as its callback reads s->nthreads. */
-    audit_syncer_stop(s->audit);
+    /* Some threads did not start: free those, stop the started ones. */
     for (unsigned i = started; i < s->nthreads; i++)
         thread_free(&s->threads[i]);
     s->nthreads = started;
+    srv_threads_go();
     srv_threads_stop(s);
     return -1;
-fail:
-    for (unsigned i = 0; i < s->nthreads; i++)
+}
+
+void srv_threads_go(void)
+{
+    pthread_mutex_lock(&go_mu);
+    go_flag = 1;
+    pthread_cond_broadcast(&go_cv);
+    pthread_mutex_unlock(&go_mu);
+}
+
+void srv_threads_free(struct srv *s)
+{
+    for (unsigned i = 0; s->threads != NULL && i < s->nthreads; i++)
         thread_free(&s->threads[i]);
     free(s->threads);
     s->threads = NULL;
-    return -1;
 }
 
 void srv_threads_stop(struct srv *s)
@@ -1397,12 +1557,11 @@ void srv_threads_stop(struct srv *s)
     if (s->threads == NULL)
         return;
     atomic_store(&s->shutting_down, 1);
+    srv_threads_go(); /* threads still at the gate leave at once */
     for (unsigned i = 0; i < s->nthreads; i++)
         event_active(s->threads[i].shutdown_ev, 0, 0);
     for (unsigned i = 0; i < s->nthreads; i++)
         pthread_join(s->threads[i].tid, NULL);
-    /* Its callback reads s->threads: stop it (after a last sync) first. */
-    audit_syncer_stop(s->audit);
     for (unsigned i = 0; i < s->nthreads; i++)
         thread_free(&s->threads[i]);
     free(s->threads);

@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,9 @@
 static const int status_codes[] = {200, 201, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503};
 #define N_STATUS (sizeof(status_codes) / sizeof(status_codes[0]))
 /* Histogram upper bounds in seconds; the +Inf bucket is the count. */
-static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+static const double buckets[METRICS_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                    0.25,  0.5,    1,     2.5,  5,     10};
+#define N_BUCKETS METRICS_LAT_BUCKETS
 
 static atomic_ulong req_count[EP_COUNT][N_STATUS + 1]; /* last column: other statuses */
 static atomic_ulong lat_bucket[N_BUCKETS];
@@ -98,9 +100,65 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, cons
     }
 }
 
-char *metrics_render(long sessions_in_use, long sessions_idle, int token_up, int audit_up)
+void metrics_token_snapshot(metrics_token *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->sessions_in_use = -1;
+    out->token_errors = atomic_load(&token_errors);
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        out->lat_bucket[i] = atomic_load(&lat_bucket[i]);
+    out->lat_count = atomic_load(&lat_count);
+    out->lat_sum_us = atomic_load(&lat_sum_us);
+}
+
+void metrics_token_pack(const metrics_token *t, unsigned char *out)
+{
+    uint64_t w[METRICS_TOKEN_WORDS];
+    size_t n = 0;
+
+    w[n++] = (uint64_t)(int64_t)t->sessions_in_use;
+    w[n++] = (uint64_t)(int64_t)t->sessions_idle;
+    w[n++] = (uint64_t)t->token_up;
+    w[n++] = (uint64_t)t->audit_up;
+    w[n++] = t->token_errors;
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        w[n++] = t->lat_bucket[i];
+    w[n++] = t->lat_count;
+    w[n++] = t->lat_sum_us;
+    memcpy(out, w, sizeof(w));
+}
+
+int metrics_token_unpack(const unsigned char *in, size_t len, metrics_token *out)
+{
+    uint64_t w[METRICS_TOKEN_WORDS];
+    size_t n = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (len != sizeof(w))
+        return -1;
+    memcpy(w, in, sizeof(w));
+    out->sessions_in_use = (long)(int64_t)w[n++];
+    out->sessions_idle = (long)(int64_t)w[n++];
+    out->token_up = w[n++] != 0;
+    out->audit_up = w[n++] != 0;
+    out->token_errors = (unsigned long)w[n++];
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        out->lat_bucket[i] = (unsigned long)w[n++];
+    out->lat_count = (unsigned long)w[n++];
+    out->lat_sum_us = (unsigned long)w[n++];
+    return 0;
+}
+
+char *metrics_render(const metrics_token *t)
 {
     struct sbuf b = {.cap = 8192};
+    metrics_token none;
+
+    if (t == NULL) {
+        memset(&none, 0, sizeof(none));
+        none.sessions_in_use = -1;
+        t = &none;
+    }
 
     if ((b.p = malloc(b.cap)) == NULL)
         return NULL;
@@ -121,21 +179,20 @@ char *metrics_render(long sessions_in_use, long sessions_idle, int token_up, int
     sb_printf(&b, "# HELP groupsrv_unwrap_duration_seconds Token time of unwrap and rewrap operations.\n"
                   "# TYPE groupsrv_unwrap_duration_seconds histogram\n");
     for (size_t i = 0; i < N_BUCKETS; i++)
-        sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i],
-                  atomic_load(&lat_bucket[i]));
-    unsigned long cnt = atomic_load(&lat_count);
+        sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i], t->lat_bucket[i]);
+    unsigned long cnt = t->lat_count;
     sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
-    sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)atomic_load(&lat_sum_us) / 1e6);
+    sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)t->lat_sum_us / 1e6);
     sb_printf(&b, "groupsrv_unwrap_duration_seconds_count %lu\n", cnt);
     sb_printf(&b, "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
                   "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
-              atomic_load(&token_errors));
-    if (sessions_in_use >= 0)
+              t->token_errors);
+    if (t->sessions_in_use >= 0)
         sb_printf(&b, "# HELP groupsrv_token_sessions_in_use Token sessions borrowed from the pool.\n"
                       "# TYPE groupsrv_token_sessions_in_use gauge\ngroupsrv_token_sessions_in_use %ld\n"
                       "# HELP groupsrv_token_sessions_idle Token sessions idle in the pool.\n"
                       "# TYPE groupsrv_token_sessions_idle gauge\ngroupsrv_token_sessions_idle %ld\n",
-                  sessions_in_use, sessions_idle);
+                  t->sessions_in_use, t->sessions_idle);
     sb_printf(&b, "# HELP groupsrv_connections Open client connections.\n"
                   "# TYPE groupsrv_connections gauge\ngroupsrv_connections %ld\n",
               atomic_load(&connections));
@@ -143,7 +200,7 @@ char *metrics_render(long sessions_in_use, long sessions_idle, int token_up, int
                   "# TYPE groupsrv_token_up gauge\ngroupsrv_token_up %d\n"
                   "# HELP groupsrv_audit_up 1 when the audit log is writable.\n"
                   "# TYPE groupsrv_audit_up gauge\ngroupsrv_audit_up %d\n",
-              token_up, audit_up);
+              t->token_up, t->audit_up);
     if (b.bad) {
         free(b.p);
         return NULL;

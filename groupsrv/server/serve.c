@@ -1,29 +1,57 @@
 /*
- * serve.c: `groupsrv serve` (process wiring, signals, reload) and
- * `groupsrv audit verify`.
+ * serve.c: `groupsrv serve`, the supervisor of the server's processes
+ * (SECURITY.md, "Processes"), and `groupsrv audit verify`.
+ *
+ * The supervisor never loads the PKCS#11 module, never reads the PIN and
+ * never reads from the network. It opens the listening sockets (so that
+ * privileged ports work and connections queue while the network process
+ * restarts), forks the key holder (before anything touches PKCS#11: every
+ * key holder, also a restarted one, is forked from this clean process),
+ * forks and executes the network process (groupsrv-net: a fresh image),
+ * hands each side its ends of the links between them, and then only
+ * watches: a child that dies is restarted after a short backoff and the
+ * other one gets new links; SIGHUP sends the TLS files' contents to the
+ * network process; SIGTERM lets the network process drain, then the key
+ * holder finish its queued work, and every child is reaped.
  */
 #include "serve.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <libgen.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <event2/thread.h>
 
+#include "audit.h"
+#include "config.h"
+#include "ipc.h"
+#include "keyholder.h"
 #include "log.h"
-#include "server.h"
 #include "util.h"
+
+#ifndef GS_LIBEXECDIR
+#define GS_LIBEXECDIR "/usr/libexec/groupsrv"
+#endif
+#define READY_TIMEOUT_MS 120000
+#define BACKOFF_MIN 0.2
+#define BACKOFF_MAX 10.0
 
 static int listen_on(const char *hostport, int *fd_out)
 {
@@ -70,97 +98,528 @@ out:
     return rc;
 }
 
-struct main_loop {
-    struct event_base *base;
-    const struct gs_config *cfg;
-    gs_ca *ca;
-    hsm_ctx *hsm;
-    audit_log *audit;
+struct child {
+    const char *name;
+    pid_t pid;
+    int ctl;                 /* the supervisor's end of its control channel */
+    double started, backoff;
+    struct event *restart_ev;
 };
 
-/* hsm: for [tls] key = pkcs11:URI (the token is open before TLS set-up). */
-static int load_tls(const struct gs_config *cfg, gs_ca *ca, hsm_ctx *hsm)
-{
-    tls_opts o = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key, .client_ca_file = cfg->tls.client_ca,
-                  .local_ca = ca ? gs_ca_cert(ca) : NULL, .hsm = hsm};
-    tls_state *st = NULL;
-    char err[512];
+struct sup {
+    const struct gs_config *cfg;
+    char net_path[PATH_MAX];
+    int listen_fd, certsrv_fd;
+    unsigned nlinks;         /* network threads + its main thread */
+    struct child kh, net;
+    int *net_ends;           /* links made with the current key holder, not yet given to a network process */
+    struct event_base *base;
+    int stopping;
+    int pin_in_env;          /* [hsm] pin_source = env:NAME, wiped here once the key holder had it */
+    int failed;              /* stopped because a child could not be restarted */
+};
 
-    if (tls_state_new(&o, &st, err, sizeof(err)) != 0) {
-        log_error("TLS setup failed reason=\"%s\"", err);
-        return -1;
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* groupsrv-net next to this program (a build tree, or an install that
+ * keeps them together), else in the libexec directory. */
+static int find_net_program(char *out, size_t len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    if (n > 0) {
+        self[n] = '\0';
+        snprintf(out, len, "%s/groupsrv-net", dirname(self));
+        if (access(out, X_OK) == 0)
+            return 0;
     }
-    tls_current_set(st);
-    tls_state_unref(st);
+    snprintf(out, len, "%s/groupsrv-net", GS_LIBEXECDIR);
+    return access(out, X_OK) == 0 ? 0 : -1;
+}
+
+static void close_fds(int *fds, unsigned n)
+{
+    for (unsigned i = 0; fds != NULL && i < n; i++)
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+}
+
+/* n socketpairs: a[i] for one side, b[i] for the other. */
+static int make_links(unsigned n, int *a, int *b)
+{
+    for (unsigned i = 0; i < n; i++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            close_fds(a, i);
+            close_fds(b, i);
+            return -1;
+        }
+        a[i] = sv[0];
+        b[i] = sv[1];
+    }
     return 0;
 }
 
-static void on_term(evutil_socket_t sig, short what, void *arg)
+/* In a forked child: closes every descriptor above stderr but keep[]. */
+static void close_all_but(const int *keep, unsigned n)
 {
-    struct main_loop *m = arg;
-    (void)what;
-    log_info("shutting down signal=%d", (int)sig);
-    event_base_loopbreak(m->base);
+    DIR *d = opendir("/proc/self/fd");
+    int dfd = d ? dirfd(d) : -1;
+    struct dirent *e;
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        long fd;
+        if (util_parse_int(e->d_name, 3, INT_MAX, &fd) != UTIL_OK || fd == dfd)
+            continue;
+        int kept = 0;
+        for (unsigned i = 0; i < n && !kept; i++)
+            kept = keep[i] == (int)fd;
+        if (!kept)
+            close((int)fd);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+static void child_defaults(void)
+{
+    sigset_t none;
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE};
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(sigs); i++)
+        signal(sigs[i], SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Either child goes when the supervisor goes. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+}
+
+/* Waits for CTL_READY on a child's control channel: 0, or -1 when it
+ * exited or said nothing in time (then it is reaped or killed). */
+static int wait_ready(struct child *c)
+{
+    ipc_reader rd;
+    double deadline = now_s() + READY_TIMEOUT_MS / 1000.0;
+    int rc = -1;
+
+    ipc_reader_init(&rd);
+    for (;;) {
+        const unsigned char *frame;
+        size_t flen;
+        if (ipc_reader_peek(&rd, &frame, &flen) == 1) {
+            uint32_t type, plen;
+            uint64_t cookie;
+            ipc_header(frame, &type, &plen, &cookie);
+            ipc_reader_consume(&rd, flen);
+            if (type == IPC_CTL_READY) {
+                rc = 0;
+                break;
+            }
+            continue;
+        }
+        struct pollfd p = {.fd = c->ctl, .events = POLLIN};
+        int left = (int)((deadline - now_s()) * 1000);
+        if (left <= 0 || poll(&p, 1, left) <= 0 || ipc_reader_fill(&rd, c->ctl) != IPC_OK)
+            break;
+    }
+    ipc_reader_free(&rd);
+    if (rc != 0 && c->pid > 0) {
+        int st = 0;
+        if (waitpid(c->pid, &st, WNOHANG) == 0) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, &st, 0);
+        }
+        c->pid = 0;
+        close(c->ctl);
+        c->ctl = -1;
+    }
+    return rc;
+}
+
+/* Forks the key holder with kh_ends as its link ends (closed here). */
+static int start_holder(struct sup *s, int *kh_ends)
+{
+    int sv[2];
+    pid_t pid;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        close_fds(kh_ends, s->nlinks);
+        return -1;
+    }
+    if ((pid = fork()) < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        close_fds(kh_ends, s->nlinks);
+        return -1;
+    }
+    if (pid == 0) {
+        child_defaults();
+        int *keep = malloc((s->nlinks + 1) * sizeof(int));
+        if (keep == NULL)
+            _exit(1);
+        memcpy(keep, kh_ends, s->nlinks * sizeof(int));
+        keep[s->nlinks] = sv[1];
+        /* No listening socket, no end of the network process's. */
+        close_all_but(keep, s->nlinks + 1);
+        free(keep);
+        log_init("groupsrv-keyholder", log_get_level(), NULL);
+        prctl(PR_SET_NAME, "groupsrv-kh"); /* for ps and top */
+        _exit(keyholder_main(s->cfg, sv[1], kh_ends, s->nlinks));
+    }
+    close(sv[1]);
+    close_fds(kh_ends, s->nlinks);
+    s->kh.pid = pid;
+    s->kh.ctl = sv[0];
+    s->kh.started = now_s();
+    return wait_ready(&s->kh);
+}
+
+static int send_frame(int ctl, uint32_t type, uint32_t index, int fd)
+{
+    ipc_buf b;
+    int rc;
+
+    ipc_buf_init(&b);
+    ipc_begin(&b, type, 0);
+    if (type == IPC_CTL_LINK || type == IPC_CTL_LISTEN)
+        ipc_put_u32(&b, IPC_T_INDEX, index);
+    rc = ipc_end(&b) == IPC_OK ? ipc_write_frame(ctl, &b, fd, 10000) : IPC_E_FIELD;
+    ipc_buf_free(&b);
+    return rc;
+}
+
+/* The TLS files' contents (the network process cannot open files). */
+static int send_tls(struct sup *s, int ctl)
+{
+    const struct gs_config *cfg = s->cfg;
+    unsigned char *cert = NULL, *key = NULL, *ca = NULL;
+    size_t cl = 0, kl = 0, cal = 0;
+    int rc = -1;
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    if (util_read_file(cfg->tls.cert, 1u << 20, &cert, &cl) != UTIL_OK) {
+        log_error("cannot read the TLS certificate path=%s", cfg->tls.cert);
+        goto out;
+    }
+    if (strncmp(cfg->tls.key, "pkcs11:", 7) != 0 && util_read_file(cfg->tls.key, 1u << 20, &key, &kl) != UTIL_OK) {
+        log_error("cannot read the TLS key path=%s", cfg->tls.key);
+        goto out;
+    }
+    if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, 16u << 20, &ca, &cal) != UTIL_OK) {
+        log_error("cannot read the client CA file path=%s", cfg->tls.client_ca);
+        goto out;
+    }
+    ipc_begin(&b, IPC_CTL_TLS, 0);
+    ipc_put_bytes(&b, IPC_T_CERT_PEM, cert, cl);
+    if (key != NULL)
+        ipc_put_bytes(&b, IPC_T_KEY_PEM, key, kl);
+    if (ca != NULL)
+        ipc_put_bytes(&b, IPC_T_CA_PEM, ca, cal);
+    if (ipc_end(&b) == IPC_OK && ipc_write_frame(ctl, &b, -1, 10000) == IPC_OK)
+        rc = 0;
+out:
+    ipc_buf_free(&b);
+    free(cert);
+    util_secret_free(key, kl);
+    free(ca);
+    return rc;
+}
+
+/* Forks and executes the network process and sends it its start: config
+ * text, TLS material, listening sockets, net_ends (closed here). */
+/* The network process's environment: the time zone and the sanitizers'
+ * options, nothing else (no PIN source, whatever the service set). Built
+ * in the child after fork (this process has one thread). */
+static char **net_environ(void)
+{
+    extern char **environ;
+    size_t n = 0, k = 0;
+
+    for (char **e = environ; e != NULL && *e != NULL; e++)
+        n++;
+    static char *none[] = {NULL};
+    char **out = calloc(n + 1, sizeof(*out));
+    if (out == NULL)
+        return none;
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        size_t name = eq != NULL ? (size_t)(eq - *e) : 0;
+        if ((name == 2 && strncmp(*e, "TZ", 2) == 0) || /* and ASAN_, UBSAN_, LSAN_OPTIONS: */
+            (name > 11 && strncmp(*e + name - 11, "SAN_OPTIONS", 11) == 0))
+            out[k++] = *e;
+    }
+    return out;
+}
+
+static int start_net(struct sup *s, int *net_ends)
+{
+    int sv[2], rc = -1;
+    unsigned char *text = NULL;
+    size_t tl = 0;
+    pid_t pid;
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        close_fds(net_ends, s->nlinks);
+        return -1;
+    }
+    if ((pid = fork()) < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        close_fds(net_ends, s->nlinks);
+        return -1;
+    }
+    if (pid == 0) {
+        child_defaults();
+        /* A fresh image: nothing of this process's memory goes along. */
+        if (dup2(sv[1], 3) != 3)
+            _exit(1);
+        int keep = 3;
+        close_all_but(&keep, 1);
+        char *args[] = {"groupsrv-net", "--ctl", "3", NULL};
+        execve(s->net_path, args, net_environ());
+        fprintf(stderr, "groupsrv serve: cannot run %s: %s\n", s->net_path, strerror(errno));
+        _exit(127);
+    }
+    close(sv[1]);
+    s->net.pid = pid;
+    s->net.ctl = sv[0];
+    s->net.started = now_s();
+    if (util_read_file(s->cfg->path, 1u << 20, &text, &tl) != UTIL_OK) {
+        log_error("cannot read the config file again path=%s", s->cfg->path);
+        goto out;
+    }
+    ipc_begin(&b, IPC_CTL_CONFIG, 0);
+    ipc_put_bytes(&b, IPC_T_TEXT, text, tl);
+    if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK || send_tls(s, s->net.ctl) != 0 ||
+        send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
+        (s->certsrv_fd >= 0 && send_frame(s->net.ctl, IPC_CTL_LISTEN, 1, s->certsrv_fd) != IPC_OK))
+        goto out;
+    for (unsigned i = 0; i < s->nlinks; i++)
+        if (send_frame(s->net.ctl, IPC_CTL_LINK, i, net_ends[i]) != IPC_OK)
+            goto out;
+    if (send_frame(s->net.ctl, IPC_CTL_GO, 0, -1) != IPC_OK)
+        goto out;
+    rc = 0;
+out:
+    ipc_buf_free(&b);
+    free(text);
+    close_fds(net_ends, s->nlinks);
+    if (rc == 0)
+        rc = wait_ready(&s->net);
+    else
+        (void)wait_ready(&s->net); /* reaps or kills it */
+    return rc;
+}
+
+/* ---- supervision -------------------------------------------------------------- */
+
+static void restart_later(struct sup *s, struct child *c)
+{
+    /* A child that lived a while is restarted at once; one that keeps
+     * dying waits longer each time (a token that is away, a bad file). */
+    c->backoff = now_s() - c->started > 10 ? BACKOFF_MIN : c->backoff * 2;
+    if (c->backoff < BACKOFF_MIN)
+        c->backoff = BACKOFF_MIN;
+    if (c->backoff > BACKOFF_MAX)
+        c->backoff = BACKOFF_MAX;
+    struct timeval tv = {(time_t)c->backoff, (suseconds_t)((c->backoff - (double)(time_t)c->backoff) * 1e6)};
+    if (!s->stopping)
+        evtimer_add(c->restart_ev, &tv);
+}
+
+static void restart_holder(evutil_socket_t fd, short what, void *arg)
+{
+    struct sup *s = arg;
+    int *kh_ends = calloc(s->nlinks, sizeof(int)), *net_ends = calloc(s->nlinks, sizeof(int));
+    (void)fd; (void)what;
+
+    if (kh_ends == NULL || net_ends == NULL || make_links(s->nlinks, kh_ends, net_ends) != 0) {
+        free(kh_ends);
+        free(net_ends);
+        restart_later(s, &s->kh);
+        return;
+    }
+    log_info("starting the key holder again");
+    if (start_holder(s, kh_ends) != 0) {
+        log_error("the key holder did not start; trying again");
+        close_fds(net_ends, s->nlinks);
+        free(net_ends);
+        free(kh_ends);
+        restart_later(s, &s->kh);
+        return;
+    }
+    free(kh_ends);
+    /* The network process (if it runs) takes the new links; if it is
+     * being restarted itself, it gets them when it starts. */
+    if (s->net.pid > 0) {
+        for (unsigned i = 0; i < s->nlinks; i++)
+            if (send_frame(s->net.ctl, IPC_CTL_LINK, i, net_ends[i]) != IPC_OK)
+                log_error("could not hand a new link to the network process link=%u", i);
+        close_fds(net_ends, s->nlinks);
+        free(net_ends);
+    } else {
+        if (s->net_ends != NULL)
+            close_fds(s->net_ends, s->nlinks);
+        free(s->net_ends);
+        s->net_ends = net_ends;
+    }
+    log_info("key holder running again pid=%ld", (long)s->kh.pid);
+}
+
+static void restart_net(evutil_socket_t fd, short what, void *arg)
+{
+    struct sup *s = arg;
+    int *net_ends = s->net_ends;
+    (void)fd; (void)what;
+
+    s->net_ends = NULL;
+    if (net_ends == NULL) {
+        int *kh_ends = calloc(s->nlinks, sizeof(int));
+        net_ends = calloc(s->nlinks, sizeof(int));
+        if (kh_ends == NULL || net_ends == NULL || make_links(s->nlinks, kh_ends, net_ends) != 0) {
+            free(kh_ends);
+            free(net_ends);
+            restart_later(s, &s->net);
+            return;
+        }
+        /* The key holder replaces the links of the process that died. */
+        for (unsigned i = 0; s->kh.pid > 0 && i < s->nlinks; i++)
+            if (send_frame(s->kh.ctl, IPC_CTL_LINK, i, kh_ends[i]) != IPC_OK)
+                log_error("could not hand a new link to the key holder link=%u", i);
+        close_fds(kh_ends, s->nlinks);
+        free(kh_ends);
+    }
+    log_info("starting the network process again");
+    if (start_net(s, net_ends) != 0) {
+        log_error("the network process did not start; trying again");
+        free(net_ends);
+        restart_later(s, &s->net);
+        return;
+    }
+    free(net_ends);
+    log_info("network process running again pid=%ld", (long)s->net.pid);
+}
+
+static const char *exit_text(int st, char *buf, size_t len)
+{
+    if (WIFEXITED(st))
+        snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(buf, len, "signal %d%s", WTERMSIG(st), WTERMSIG(st) == SIGSYS ? " (forbidden system call)" : "");
+    else
+        snprintf(buf, len, "status %d", st);
+    return buf;
+}
+
+/* Reaps every child that ended (no zombies) and restarts it. */
+static void on_chld(evutil_socket_t sig, short what, void *arg)
+{
+    struct sup *s = arg;
+    pid_t pid;
+    int st;
+    char why[64];
+    (void)sig; (void)what;
+
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        struct child *c = pid == s->kh.pid ? &s->kh : pid == s->net.pid ? &s->net : NULL;
+        if (c == NULL)
+            continue;
+        c->pid = 0;
+        if (c->ctl >= 0)
+            close(c->ctl);
+        c->ctl = -1;
+        if (s->stopping)
+            continue;
+        if (c == &s->kh && s->pin_in_env) {
+            /* A new key holder could not log in: the PIN is nowhere now. */
+            log_error("the key holder exited unexpectedly (%s); its PIN came from the environment, which is wiped: "
+                      "stopping, for the service manager to start groupsrv again",
+                      exit_text(st, why, sizeof(why)));
+            s->failed = 1;
+            event_base_loopbreak(s->base);
+            continue;
+        }
+        log_error("%s exited unexpectedly (%s); restarting it", c->name, exit_text(st, why, sizeof(why)));
+        restart_later(s, c);
+    }
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
-    struct main_loop *m = arg;
+    struct sup *s = arg;
     (void)sig; (void)what;
+
     /* New connections use the new certificate/key/CAs/CRLs; requests on
-     * existing connections are verified against the new stores too. */
-    if (load_tls(m->cfg, m->ca, m->hsm) == 0)
-        log_info("reloaded TLS certificate, key, client CAs and CRLs");
-    else
+     * existing connections are verified against the new stores too. The
+     * network process says "reloaded" once it has them. */
+    if (s->net.pid <= 0 || send_tls(s, s->net.ctl) != 0)
         log_error("reload failed; keeping the previous TLS configuration");
-    /* An audit log deleted (or moved away) and made anew at its path:
-     * write there from now on, without a restart. */
-    if (audit_reopen(m->audit) != AUDIT_OK)
-        log_error("the audit log at its path cannot be opened; key requests stay refused");
+    /* The key holder opens the audit log again if it was replaced. */
+    if (s->kh.pid > 0)
+        kill(s->kh.pid, SIGHUP);
 }
 
-static void key_audit_row(void *arg, const gs_key_audit_row *row)
+static void on_term(evutil_socket_t sig, short what, void *arg)
 {
-    unsigned *bad = arg;
-    if (!row->ok) {
-        log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
-        (*bad)++;
-    } else if (row->accepted[0] != '\0' || row->note[0] != '\0') {
-        /* Never silent: what the token could not do is named at every start. */
-        if (row->accepted[0] != '\0')
-            log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
-                     row->accepted, row->note);
-        else
-            log_warn("token key passes, not every attribute verified label=%s note=\"%s\"", row->label, row->note);
+    struct sup *s = arg;
+    (void)what;
+    log_info("shutting down signal=%d", (int)sig);
+    event_base_loopbreak(s->base);
+}
+
+/* Sends SIGTERM and waits up to `seconds` for the child, then kills it.
+ * 0 when it exited cleanly (or was not running), else -1. */
+static int stop_child(struct child *c, double seconds)
+{
+    int st = 0;
+    double deadline = now_s() + seconds;
+    char why[64];
+
+    if (c->pid <= 0)
+        return 0;
+    kill(c->pid, SIGTERM);
+    while (waitpid(c->pid, &st, WNOHANG) == 0) {
+        if (now_s() > deadline) {
+            log_error("%s did not stop in time: killing it", c->name);
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, &st, 0);
+            break;
+        }
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
     }
-}
-
-/* What the token can do, once at start (hsm/ probes it; the policy of
- * each group was chosen from it and is in the database). */
-static void log_caps(hsm_ctx *hsm)
-{
-    hsm_caps c;
-
-    (void)hsm_caps_get(hsm, &c);
-    log_info("token capabilities rewrap_on_token=%s secret_keys_on_token=%s allowed_mechanisms=%s "
-             "unwrap_template=%s max_sessions=%lu",
-             c.rewrap_on_token ? "yes" : "no", c.secret_on_token ? "yes" : "no",
-             c.allowed_mechanisms == HSM_ATTR_YES ? "yes" : "no", c.unwrap_template == HSM_ATTR_YES ? "yes" : "no",
-             c.max_sessions);
+    c->pid = 0;
+    if (c->ctl >= 0)
+        close(c->ctl);
+    c->ctl = -1;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    log_error("%s ended badly at shutdown (%s)", c->name, exit_text(st, why, sizeof(why)));
+    return -1;
 }
 
 int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
 {
-    struct srv s;
-    struct gs_config hcfg;
-    gs_store *st = NULL;
-    struct main_loop m = {0};
-    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
+    struct sup s;
+    struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_chld = NULL;
+    int *kh_ends = NULL, *net_ends = NULL;
     int rc = 1;
-    gs_err ge;
 
     memset(&s, 0, sizeof(s));
     s.listen_fd = s.certsrv_fd = -1;
+    s.kh = (struct child){.name = "the key holder", .ctl = -1};
+    s.net = (struct child){.name = "the network process", .ctl = -1};
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fprintf(stderr, "usage: groupsrv [-c FILE] serve\n");
@@ -174,83 +633,16 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    if (evthread_use_pthreads() != 0) {
-        fprintf(stderr, "groupsrv serve: libevent threading unavailable\n");
-        return 1;
-    }
     s.cfg = cfg;
-    s.nthreads = cfg->server.threads ? cfg->server.threads : 4;
-    s.max_body = cfg->server.max_body ? cfg->server.max_body : 65536;
-    s.timeout = cfg->server.timeout ? cfg->server.timeout : 30;
-    s.max_conns = cfg->server.max_connections ? (long)cfg->server.max_connections : 1024;
-    s.budget[SRV_API] = s.max_conns;
-    s.unauth_budget[SRV_API] = s.max_conns - (long)cfg->server.reserved_connections;
-    s.budget[SRV_CERTSRV] = cfg->certsrv.max_connections ? (long)cfg->certsrv.max_connections : 256;
-    s.unauth_budget[SRV_CERTSRV] = s.budget[SRV_CERTSRV] - s.budget[SRV_CERTSRV] / 4;
-    s.per_address = cfg->server.max_connections_per_address ? cfg->server.max_connections_per_address : 32;
-    s.handshake_timeout = cfg->server.handshake_timeout ? cfg->server.handshake_timeout : 10;
-    s.request_timeout = cfg->server.request_timeout ? cfg->server.request_timeout : 20;
-    if ((s.addrs = srv_addr_table_new()) == NULL)
+    s.nlinks = (cfg->server.threads ? cfg->server.threads : 4) + 1;
+    if (find_net_program(s.net_path, sizeof(s.net_path)) != 0) {
+        fprintf(stderr, "groupsrv serve: the network process program %s is missing\n", s.net_path);
         return 1;
-    /* [server] max_failed_unwraps, suspend_seconds (defaults 20, 600). */
-    s.max_failures = cfg->server.max_failed_unwraps;
-    s.suspend_seconds = cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600;
-
-    /* The audit log first: without it nothing may be served. */
-    {
-        char *dup = strdup(cfg->audit.path);
-        if (dup == NULL)
-            goto out;
-        util_mkdir_p(dirname(dup), 0700);
-        free(dup);
-        audit_err ae = audit_open(cfg->audit.path, &s.audit);
-        if (ae != AUDIT_OK) {
-            fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
-            goto out;
-        }
     }
-    /* One token session per event-loop thread, plus headroom for /healthz. */
-    hcfg = *cfg;
-    if (hcfg.hsm.max_sessions < s.nthreads + 2)
-        hcfg.hsm.max_sessions = s.nthreads + 2;
-    if ((ge = gs_hsm_open(&hcfg, &s.hsm)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        goto out;
+    if (geteuid() == 0 && getpwnam(cfg->server.user) == NULL) {
+        fprintf(stderr, "groupsrv serve: [server] user '%s' does not exist\n", cfg->server.user);
+        return 1;
     }
-    log_caps(s.hsm);
-    if ((ge = gs_store_open(cfg->db.path, 0, &st)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: database %s: %s\n", cfg->db.path,
-                gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        goto out;
-    }
-    ge = gs_ca_load(st, s.hsm, &s.ca);
-    if (ge == GS_ERR_NOT_FOUND)
-        log_warn("no local CA (groupsrv ca init): no membership certificates, no group creation");
-    else if (ge != GS_OK) {
-        fprintf(stderr, "groupsrv serve: CA: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        goto out;
-    }
-    unsigned problems = 0, bad_rows = 0;
-    if ((ge = gs_keys_audit(st, s.hsm, key_audit_row, &bad_rows, &problems)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: key audit: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        goto out;
-    }
-    if (problems > 0) {
-        fprintf(stderr, "groupsrv serve: %u token key(s) violate their policy (see groupsrv check); refusing to start\n",
-                problems);
-        goto out;
-    }
-    gs_store_close(st);
-    st = NULL;
-    if (load_tls(cfg, s.ca, s.hsm) != 0) {
-        fprintf(stderr, "groupsrv serve: TLS configuration failed (see log)\n");
-        goto out;
-    }
-    s.rl = ratelimit_new((double)cfg->server.rate_limit,
-                         (double)(cfg->server.rate_burst ? cfg->server.rate_burst : 2 * cfg->server.rate_limit),
-                         s.max_failures, s.suspend_seconds);
-    if (s.rl == NULL)
-        goto out;
     const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
     if (listen_on(listen, &s.listen_fd) != 0) {
         fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, strerror(errno));
@@ -260,49 +652,64 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", cfg->certsrv.listen, strerror(errno));
         goto out;
     }
-    m.cfg = cfg;
-    m.ca = s.ca;
-    m.hsm = s.hsm;
-    m.audit = s.audit;
-    if ((m.base = event_base_new()) == NULL)
+    if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||
+        make_links(s.nlinks, kh_ends, net_ends) != 0)
         goto out;
-    ev_term = evsignal_new(m.base, SIGTERM, on_term, &m);
-    ev_int = evsignal_new(m.base, SIGINT, on_term, &m);
-    ev_hup = evsignal_new(m.base, SIGHUP, on_hup, &m);
-    if (ev_term == NULL || ev_int == NULL || ev_hup == NULL || evsignal_add(ev_term, NULL) != 0 ||
-        evsignal_add(ev_int, NULL) != 0 || evsignal_add(ev_hup, NULL) != 0)
-        goto out;
-    if (srv_threads_start(&s) != 0) {
-        fprintf(stderr, "groupsrv serve: could not start the event-loop threads (see log)\n");
+    /* The key holder first, from this process that never touched PKCS#11. */
+    if (start_holder(&s, kh_ends) != 0) {
+        fprintf(stderr, "groupsrv serve: the key holder could not start (see above)\n");
+        close_fds(net_ends, s.nlinks);
         goto out;
     }
-    log_info("listening addr=%s certsrv=%s threads=%u", listen, cfg->certsrv.listen ? cfg->certsrv.listen : "off",
-             s.nthreads);
-    event_base_dispatch(m.base);
-    srv_threads_stop(&s);
-    log_info("stopped");
-    rc = 0;
+    /* An env: PIN is the key holder's now: wiped here (the value in place,
+     * so /proc/PID/environ no longer shows it), before the network process
+     * starts. The key holder cannot be restarted without it (on_chld). */
+    s.pin_in_env = cfg->hsm.pin_source != NULL && strncmp(cfg->hsm.pin_source, "env:", 4) == 0;
+    util_forget_env_source(cfg->hsm.pin_source);
+    if (start_net(&s, net_ends) != 0) {
+        fprintf(stderr, "groupsrv serve: the network process could not start (see above)\n");
+        goto out;
+    }
+    if ((s.base = event_base_new()) == NULL)
+        goto out;
+    s.kh.restart_ev = evtimer_new(s.base, restart_holder, &s);
+    s.net.restart_ev = evtimer_new(s.base, restart_net, &s);
+    ev_term = evsignal_new(s.base, SIGTERM, on_term, &s);
+    ev_int = evsignal_new(s.base, SIGINT, on_term, &s);
+    ev_hup = evsignal_new(s.base, SIGHUP, on_hup, &s);
+    ev_chld = evsignal_new(s.base, SIGCHLD, on_chld, &s);
+    if (s.kh.restart_ev == NULL || s.net.restart_ev == NULL || ev_term == NULL || ev_int == NULL || ev_hup == NULL ||
+        ev_chld == NULL || evsignal_add(ev_term, NULL) != 0 || evsignal_add(ev_int, NULL) != 0 ||
+        evsignal_add(ev_hup, NULL) != 0 || evsignal_add(ev_chld, NULL) != 0)
+        goto out;
+    on_chld(SIGCHLD, 0, &s); /* one may have ended before the handler was in place */
+    log_info("listening addr=%s certsrv=%s threads=%u keyholder=%ld network=%ld", listen,
+             cfg->certsrv.listen ? cfg->certsrv.listen : "off", s.nlinks - 1, (long)s.kh.pid, (long)s.net.pid);
+    event_base_dispatch(s.base);
+    rc = s.failed ? 1 : 0;
 out:
-    srv_threads_stop(&s);
-    if (ev_term != NULL)
-        event_free(ev_term);
-    if (ev_int != NULL)
-        event_free(ev_int);
-    if (ev_hup != NULL)
-        event_free(ev_hup);
-    if (m.base != NULL)
-        event_base_free(m.base);
+    s.stopping = 1;
+    /* The network process drains its requests while the key holder still
+     * answers; then the key holder finishes its queue and syncs. */
+    int net_rc = stop_child(&s.net, 10), kh_rc = stop_child(&s.kh, 60);
+    if (net_rc != 0 || kh_rc != 0)
+        rc = 1; /* e.g. the sanitizer found a leak in a child */
+    if (rc == 0)
+        log_info("stopped");
+    close_fds(s.net_ends, s.nlinks);
+    free(s.net_ends);
+    free(kh_ends);
+    free(net_ends);
+    struct event *evs[] = {ev_term, ev_int, ev_hup, ev_chld, s.kh.restart_ev, s.net.restart_ev};
+    for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+    if (s.base != NULL)
+        event_base_free(s.base);
     if (s.listen_fd >= 0)
         close(s.listen_fd);
     if (s.certsrv_fd >= 0)
         close(s.certsrv_fd);
-    tls_current_set(NULL);
-    ratelimit_free(s.rl);
-    srv_addr_table_free(s.addrs);
-    gs_store_close(st);
-    gs_ca_free(s.ca);
-    hsm_close(s.hsm);
-    audit_close(s.audit);
     return rc;
 }
 

@@ -1,12 +1,18 @@
 /*
- * server.h: internals shared by the files of groupsrv/server/ (not a public
- * API). core.c runs the event-loop threads and offers the request helpers
- * below; api.c implements the endpoints; serve.c wires the process.
+ * server.h: internals shared by the files of the network process
+ * (groupsrv-net; not a public API). core.c runs the event-loop threads,
+ * routes requests through a table the handlers fill in (api.c, certsrv.c
+ * register their routes; core.c knows none of them), and offers the reply,
+ * input, authentication and key-holder helpers below; netmain.c wires the
+ * process.
  *
- * Every request is handled to completion on the thread that read it: token
- * calls block that thread only (each thread borrows its own session from the
- * hsm pool), other threads keep serving. Every handler ends in exactly one
- * reply through srv_reply_* (the helpers refuse a second one).
+ * The network process parses everything that comes from the network
+ * (TLS, HTTP, JSON, base64, CMS, CSRs) and holds no key, no PIN, no token
+ * and no database: whatever needs one of them is a call to the key holder
+ * (holder.h), which answers later. A handler that calls it returns at once
+ * and continues in its callback, so a loop never waits for the token.
+ * Every request ends in exactly one reply through srv_reply_* (the helpers
+ * refuse a second one).
  */
 #ifndef GS_SRV_SERVER_H
 #define GS_SRV_SERVER_H
@@ -20,32 +26,38 @@
 #include <event2/http.h>
 #include <jansson.h>
 
-#include "audit.h"
-#include "ca.h"
 #include "config.h"
-#include "gcache.h"
-#include "groups.h"
-#include "hsm.h"
+#include "gview.h"
+#include "holder.h"
+#include "ipc.h"
 #include "metrics.h"
-#include "ratelimit.h"
-#include "store.h"
+#include "names.h"
 #include "tls.h"
 
 struct srv_thread;
-struct srv_pending;
+struct srv_req;
 struct srv_conn;
 struct srv_linger;
 struct srv_addr_table;
 
-/* The two listeners, each with its own connection budget. */
-enum srv_listener { SRV_API = 0, SRV_CERTSRV = 1 };
+/* ---- routes ---- */
+enum srv_listener { SRV_API = 1, SRV_CERTSRV = 2 };   /* bits, in a route */
+enum srv_lindex { SRV_LI_API = 0, SRV_LI_CERTSRV = 1 }; /* index, for admission */
+enum srv_method {
+    SRV_GET = 1u << 0, SRV_POST = 1u << 1, SRV_PUT = 1u << 2, SRV_DELETE = 1u << 3, SRV_ANY = 0xffu,
+};
+#define SRV_MAX_PARAMS 2
+typedef void (*srv_handler)(struct srv_req *r);
+struct srv_route {
+    unsigned listener;        /* enum srv_listener bits */
+    unsigned methods;         /* enum srv_method bits; others get 405 with Allow */
+    const char *pattern;      /* "/v1/groups/ * /unwrap": each '*' one segment, handed to the handler */
+    enum metrics_endpoint ep;
+    srv_handler handler;
+};
 
 struct srv {
     const struct gs_config *cfg;
-    hsm_ctx *hsm;
-    gs_ca *ca;                /* NULL when `groupsrv ca init` has not run */
-    audit_log *audit;
-    ratelimit *rl;
     int listen_fd, certsrv_fd; /* certsrv_fd -1 when [certsrv] listen is absent */
     unsigned nthreads;
     struct srv_thread *threads;
@@ -62,7 +74,8 @@ struct srv {
     atomic_long conns[2], unauth[2], over_budget[2];
     unsigned per_address, handshake_timeout, request_timeout;
     struct srv_addr_table *addrs;
-    unsigned max_failures, suspend_seconds;
+    const struct srv_route *routes;
+    size_t nroutes;
 };
 
 struct srv_thread {
@@ -74,46 +87,42 @@ struct srv_thread {
     struct evhttp_bound_socket *bound, *certbound;
     struct srv_listener_ctx {
         struct srv_thread *t;
-        enum srv_listener which;
+        enum srv_lindex which;
     } lctx[2];
     struct srv_conn *conn_head, *conn_tail; /* this thread's connections, oldest first */
     struct srv_linger *lingering;           /* closed connections still draining (core.c) */
     unsigned nlingering;
-    gs_store *store;          /* this thread's SQLite connection */
-    gcache *gcache;           /* loaded groups, reloaded when the database changes */
-    struct event *shutdown_ev, *tick_ev, *drain_ev;
-    /* Answers held until their audit records are durable, in the order
-     * their records were written (so in sequence order); only this
-     * thread touches the list. audit_ev is activated by the audit syncer
-     * thread after each fdatasync round when npending > 0. */
-    struct event *audit_ev;
-    struct srv_pending *pending_head, *pending_tail;
-    atomic_int npending;
+    khlink *link;             /* this thread's link to the key holder */
+    gviews *views;            /* the group views it fetched */
+    struct event *shutdown_ev, *tick_ev, *drain_ev, *relink_ev;
+    atomic_int new_link_fd;   /* handed over by the main thread (-1: none) */
     atomic_long nconns;
+    long requests;            /* in flight on this thread (waiting for the key holder) */
     int accept_paused;        /* this thread's listeners disabled (cap or balance) */
     double drain_deadline;
 };
 
+/* A request from its arrival to its reply; it outlives the handler while
+ * calls to the key holder are in flight. */
 struct srv_req {
     struct srv_thread *t;
     struct srv *srv;
     struct evhttp_request *req;
     enum metrics_endpoint ep;
     int certsrv;              /* arrived on the certificate-server listener */
-    char id[33];              /* request id, also sent as X-Request-Id */
+    char id[33];              /* request id, also sent as X-Request-Id (and audited) */
     int replied;
-    unsigned long long audit_first, audit_last; /* this request's audit records (0: none) */
+    unsigned calls;           /* calls to the key holder in flight */
     int peer_checked;
-    peer_info peer;
+    peer_info peer;           /* its certificate is a reference of our own */
     double start;
+    char param[SRV_MAX_PARAMS][257]; /* the path's '*' segments, percent-decoded */
+    gview *view;              /* the group's view (a reference), when fetched */
+    void *ctx;                /* the handler's state across calls */
+    void (*ctx_free)(void *ctx);
 };
 
-/* ---- replies (exactly one per request) ----
- * A request that wrote audit records (srv_audit, srv_audit_write) is
- * answered only once they are durable: the reply is queued and sent by the
- * thread's audit_ev, so the loop serves other connections meanwhile; if
- * the fdatasync fails the queued answer is wiped and replaced by 503
- * audit_unavailable. */
+/* ---- replies (exactly one per request) ---- */
 /* Sends body as JSON (steals the reference). */
 void srv_reply_json(struct srv_req *r, int status, json_t *body);
 /* {"error": {"code": code, "message": ...}}; 429/503 get Retry-After. */
@@ -121,58 +130,81 @@ void srv_reply_error(struct srv_req *r, int status, const char *code, const char
     __attribute__((format(printf, 4, 5)));
 void srv_reply_retry(struct srv_req *r, int status, unsigned retry_after, const char *code, const char *msg);
 void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len);
+/* The key holder's error answer (status, code, message, Retry-After). */
+void srv_reply_holder_error(struct srv_req *r, const ipc_msg *answer);
+
+/* An error decided before the reply: the authorisation comes first. */
+typedef struct srv_err {
+    int status;
+    const char *code;
+    char msg[256];
+    unsigned retry;
+} srv_err;
+void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void srv_reply_err(struct srv_req *r, const srv_err *e);
 
 /* ---- input ---- */
-/* The request body (NUL-terminated copy, caller frees); replies 413 and
- * returns -1 when over the cap. */
-int srv_body(struct srv_req *r, char **body, size_t *len);
-/* The body parsed as a JSON object; replies 400/413 and returns NULL otherwise. */
-json_t *srv_json_body(struct srv_req *r);
-/* Optional string member: NULL if absent; replies 400 and sets *bad when
- * present but not a string. */
-const char *srv_json_str(struct srv_req *r, json_t *o, const char *key, int *bad);
-/* Base64 member decoded with a cap on the decoded size; replies 400 (bad
- * type or base64) or 413 (too large) and returns -1. Absent: 0 with *out NULL. */
-int srv_json_b64(struct srv_req *r, json_t *o, const char *key, size_t max, unsigned char **out, size_t *len);
+/* The request body (NUL-terminated copy, caller frees); -1 with e set
+ * (413) when over the cap. */
+int srv_body(struct srv_req *r, char **body, size_t *len, srv_err *e);
+/* The body parsed as a JSON object; NULL with e set (400/413) otherwise. */
+json_t *srv_json_body(struct srv_req *r, srv_err *e);
+/* Optional string member: NULL if absent; sets e (400) when present but
+ * not a string. */
+const char *srv_json_str(json_t *o, const char *key, srv_err *e);
 
-/* ---- authentication and authorisation (every request; membership never cached) ---- */
+/* ---- authentication (every request; membership is the key holder's) ---- */
 const peer_info *srv_peer(struct srv_req *r);
 /* Replies 401 for a missing/untrusted/expired certificate and returns -1. */
 int srv_require_cert(struct srv_req *r);
-/* The caller's rate-limit and suspension key into buf: "id:" and the
- * identity in ASCII lower case, or "membership:" and the group of an
- * anonymous membership certificate. Returns 0 (no key) for other callers. */
-#define SRV_RL_KEY_MAX (sizeof("membership:") + sizeof(((peer_info *)0)->identity))
-int srv_rl_key(const peer_info *p, char *buf, size_t len);
-/* Rate limit by identity (or the membership certificate's group); replies
- * 429 and returns -1 when over. */
-int srv_rate_limit(struct srv_req *r);
-/* For /healthz: the token answers and still holds its objects. A token
- * whose objects vanished (a SoftHSM token directory moved away) answers a
- * ping but fails every key request; the local CA's private key stands for
- * the objects (group keys are made beside it). Without a CA only the ping. */
-hsm_err srv_token_health(struct srv *s);
-/* Maps token and store errors to answers: 503 for an unreachable token or
- * database, 500 otherwise. */
-void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what);
-void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what);
-/* Audit one record; on failure replies 503 (fail closed) and returns -1. */
-int srv_audit(struct srv_req *r, const audit_record *rec);
-/* Writes one record for this request (its request id filled in) without
- * replying; the request's answer then waits until it is durable. */
-audit_err srv_audit_write(struct srv_req *r, const audit_record *rec);
+
+/* ---- the key holder ---- */
+/* A request frame for r, with its request id and, when r has a verified
+ * certificate, who is calling (identity or membership group, public key). */
+void srv_ipc_begin(struct srv_req *r, ipc_buf *b, uint32_t type);
+typedef void (*srv_cont)(struct srv_req *r, const ipc_msg *answer);
+/* Sends b and continues in cont with the answer; when the key holder
+ * cannot answer, replies 503 token_unavailable instead of calling cont,
+ * unless flags has SRV_CALL_DOWN_TOO: then cont gets NULL (also at once,
+ * when the link is down). Returns -1 when the request was not sent (it
+ * has been answered, or cont has run). */
+enum { SRV_CALL_DOWN_TOO = 1 };
+int srv_call(struct srv_req *r, ipc_buf *b, srv_cont cont, unsigned flags);
+/* Asks the key holder whether r's caller may do `action` (on r's group),
+ * then answers e if so, or the refusal (audited there) if not: input
+ * errors come after authorisation, as they always did. */
+void srv_authz_then(struct srv_req *r, enum ipc_action action, const srv_err *e);
+/* The view of r->param[0]'s group into r->view, then next(r): from this
+ * thread's cache when current, else from the key holder (fresh: always
+ * ask, with "not modified" when unchanged). Replies 404/503 itself. */
+void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r));
 
 double srv_now(void);
 
-/* ---- endpoints (api.c, certsrv.c) ---- */
-void api_route(struct srv_req *r);
-void certsrv_route(struct srv_req *r);
+/* ---- routes of the handlers (api.c, certsrv.c) ---- */
+extern const struct srv_route api_routes[];
+extern const size_t api_nroutes;
+extern const struct srv_route certsrv_routes[];
+extern const size_t certsrv_nroutes;
 
 /* ---- process (core.c) ---- */
 /* The per-address counts of admission (see core.c). */
 struct srv_addr_table *srv_addr_table_new(void);
 void srv_addr_table_free(struct srv_addr_table *a);
-int srv_threads_start(struct srv *s);
+/* Routes: every table given is searched in order; the first pattern that
+ * matches the path decides (404 when none does). */
+int srv_routes_set(struct srv *s, const struct srv_route *const *tables, const size_t *counts, size_t ntables);
+/* Creates the threads' loops and links (link_fds[i] for thread i, taken
+ * over) without running them. */
+int srv_threads_init(struct srv *s, const int *link_fds);
+/* Starts them; they wait at a gate until srv_threads_go (the sandbox is
+ * installed in between, for every thread at once). */
+int srv_threads_run(struct srv *s);
+void srv_threads_go(void);
 void srv_threads_stop(struct srv *s); /* graceful: stop accepting, drain, join */
+/* Frees threads made by srv_threads_init that never ran. */
+void srv_threads_free(struct srv *s);
+/* A new link for thread i after the key holder restarted (fd taken over). */
+void srv_thread_relink(struct srv *s, unsigned i, int fd);
 
 #endif

@@ -3,6 +3,7 @@
  */
 #include "tls.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -14,9 +15,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "ca.h"
-#include "tls_tokenkey.h"
 #include "log.h"
+#include "names.h"
 #include "util.h"
 
 struct tls_state {
@@ -119,16 +119,17 @@ static int verify_accept_all(int ok, X509_STORE_CTX *x)
     return 1;
 }
 
-/* Adds every certificate and CRL of a PEM file to store (and certificate
+/* Adds every certificate and CRL of PEM text to store (and certificate
  * names to names, if given). Returns the number of CRLs, or -1. */
-static int load_pem_into_store(const char *file, X509_STORE *store, STACK_OF(X509_NAME) *names, int *ncerts)
+static int load_pem_into_store(const char *pem, size_t len, X509_STORE *store, STACK_OF(X509_NAME) *names,
+                               int *ncerts)
 {
     BIO *bio = NULL;
     STACK_OF(X509_INFO) *infos = NULL;
     int ncrl = -1;
 
     *ncerts = 0;
-    if ((bio = BIO_new_file(file, "r")) == NULL)
+    if (len > INT_MAX || (bio = BIO_new_mem_buf(pem, (int)len)) == NULL)
         goto out;
     if ((infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL)) == NULL)
         goto out;
@@ -164,11 +165,47 @@ out:
     return ncrl;
 }
 
+/* The leaf and its chain from PEM text (SSL_CTX_use_certificate_chain_file
+ * without a file). 1 on success. */
+static int use_chain_pem(SSL_CTX *ctx, const char *pem, size_t len)
+{
+    BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
+    X509 *x = NULL;
+    int ok = 0;
+
+    if (bio == NULL || (x = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)) == NULL ||
+        SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
+        goto out;
+    X509_free(x);
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1)
+            goto out;
+    /* The end of the text, not a broken certificate, ended the loop. */
+    unsigned long e = ERR_peek_last_error();
+    ok = ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
+    if (ok)
+        ERR_clear_error();
+out:
+    X509_free(x);
+    BIO_free(bio);
+    return ok;
+}
+
+static int use_key_pem(SSL_CTX *ctx, const char *pem, size_t len)
+{
+    BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
+    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    int ok = pk != NULL && SSL_CTX_use_PrivateKey(ctx, pk) == 1;
+
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+    return ok;
+}
+
 int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t errlen)
 {
     struct tls_state *st = NULL;
     STACK_OF(X509_NAME) *names = NULL;
-    EVP_PKEY *tokenkey = NULL;
     int rc = -1, ncerts = 0;
 
     *out = NULL;
@@ -190,24 +227,20 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
         ssl_err_text(errbuf, errlen, "cipher list");
         goto out;
     }
-    if (SSL_CTX_use_certificate_chain_file(st->ctx, opts->cert_file) != 1) {
+    if (opts->cert_pem == NULL || use_chain_pem(st->ctx, opts->cert_pem, opts->cert_len) != 1) {
         ssl_err_text(errbuf, errlen, "server certificate");
         goto out;
     }
-    if (opts->key_file == NULL) {
-        snprintf(errbuf, errlen, "[tls] key is required");
-        goto out;
-    }
-    if (strncmp(opts->key_file, "pkcs11:", 7) == 0) {
+    if (opts->token_key != NULL) {
         /* The key stays on the token; each handshake signs there. */
-        if (tls_tokenkey_load(opts->hsm, opts->key_file, &tokenkey, errbuf, errlen) != 0)
-            goto out;
-        if (SSL_CTX_use_PrivateKey(st->ctx, tokenkey) != 1 || SSL_CTX_check_private_key(st->ctx) != 1) {
+        if (SSL_CTX_use_PrivateKey(st->ctx, opts->token_key) != 1 || SSL_CTX_check_private_key(st->ctx) != 1) {
             ssl_err_text(errbuf, errlen, "the key on the token does not match the [tls] cert");
             goto out;
         }
-    } else if (SSL_CTX_use_PrivateKey_file(st->ctx, opts->key_file, SSL_FILETYPE_PEM) != 1 ||
-               SSL_CTX_check_private_key(st->ctx) != 1) {
+    } else if (opts->key_pem == NULL) {
+        snprintf(errbuf, errlen, "[tls] key is required");
+        goto out;
+    } else if (use_key_pem(st->ctx, opts->key_pem, opts->key_len) != 1 || SSL_CTX_check_private_key(st->ctx) != 1) {
         ssl_err_text(errbuf, errlen, "server key");
         goto out;
     }
@@ -216,8 +249,8 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     SSL_CTX_set_session_cache_mode(st->ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_verify(st->ctx, SSL_VERIFY_PEER, verify_accept_all);
 
-    if (opts->client_ca_file != NULL) {
-        int ncrl = load_pem_into_store(opts->client_ca_file, st->clients, names, &ncerts);
+    if (opts->client_ca_pem != NULL) {
+        int ncrl = load_pem_into_store(opts->client_ca_pem, opts->client_ca_len, st->clients, names, &ncerts);
         if (ncrl < 0 || ncerts == 0) {
             ssl_err_text(errbuf, errlen, "client CA file unreadable or without certificates");
             goto out;
@@ -230,7 +263,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     if (opts->local_ca != NULL) {
         /* Without [tls] client_ca the local CA also vouches for identities. */
         if (!X509_STORE_add_cert(st->membership, opts->local_ca) ||
-            (opts->client_ca_file == NULL && !X509_STORE_add_cert(st->clients, opts->local_ca))) {
+            (opts->client_ca_pem == NULL && !X509_STORE_add_cert(st->clients, opts->local_ca))) {
             ssl_err_text(errbuf, errlen, "local CA");
             goto out;
         }
@@ -247,7 +280,6 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     st = NULL;
     rc = 0;
 out:
-    EVP_PKEY_free(tokenkey); /* the SSL_CTX holds its own reference */
     sk_X509_NAME_pop_free(names, X509_NAME_free);
     tls_state_unref(st);
     return rc;

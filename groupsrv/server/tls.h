@@ -1,6 +1,6 @@
 /*
  * tls.h: TLS contexts of the server and per-request client authentication.
- * Owned by groupsrv/server/.
+ * Owned by groupsrv/server/ (the network process).
  *
  * A tls_state bundles an SSL_CTX (server certificate and key, TLS 1.2/1.3,
  * modern ciphers, session tickets) with the X509_STOREs used to verify
@@ -25,17 +25,19 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#include "hsm.h"
-
 typedef struct tls_state tls_state;
 
+/* Everything comes as bytes: the network process opens no files once it
+ * is sandboxed (the supervisor reads them, at start and on SIGHUP). */
 typedef struct tls_opts {
-    const char *cert_file;       /* server certificate chain, PEM */
-    const char *key_file;        /* its key: PEM file (RSA or ECDSA), or a pkcs11: URI of an EC
-                                    P-256/P-384 key on the token (tls_tokenkey.h; RSA refused) */
-    const char *client_ca_file;  /* CAs for member/admin client certificates (PEM, may hold CRLs); may be NULL */
+    const char *cert_pem;        /* server certificate chain, PEM */
+    size_t cert_len;
+    const char *key_pem;         /* its key, PEM (RSA or ECDSA); NULL when token_key is given */
+    size_t key_len;
+    EVP_PKEY *token_key;         /* [tls] key = pkcs11:URI: the key holder signs (tls_tokenkey.h); borrowed */
+    const char *client_ca_pem;   /* CAs for member/admin client certificates (PEM, may hold CRLs); may be NULL */
+    size_t client_ca_len;
     X509 *local_ca;              /* the local CA (membership certificates); may be NULL (borrowed) */
-    hsm_ctx *hsm;                /* the token, for a pkcs11: key (borrowed; must outlive the state) */
 } tls_opts;
 
 /* Builds a new state; on failure *out is NULL and errbuf says why. */

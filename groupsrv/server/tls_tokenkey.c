@@ -1,89 +1,102 @@
 /*
- * tls_tokenkey.c: an EVP_PKEY for the TLS server key whose ECDSA signing
- * runs on the token (see tls_tokenkey.h). The EVP_PKEY itself comes from
- * hsm_key_evp_pkey (hsm/hsm_evp.c, where the legacy EC_KEY_METHOD lives);
- * this file decides which token keys are fit to be the TLS key.
+ * tls_tokenkey.c: an EVP_PKEY whose ECDSA signing is done by the key
+ * holder (see tls_tokenkey.h), through common/ec_remote.c's method (as
+ * hsm/hsm_evp.c signs on the token inside the key holder). It uses the
+ * deprecated EC_KEY accessors (groupsrv/server/CMakeLists.txt).
  */
 #include "tls_tokenkey.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
+#include "ec_remote.h"
+#include "holder.h"
 #include "log.h"
 
-/* Is the token key fit to be the TLS key? NULL if so, else why not. */
-static const char *check_key(const hsm_key_info *ki)
+/* A handshake waits at most this long for its signature. */
+#define SIGN_TIMEOUT_MS 10000
+
+static pthread_once_t meth_once = PTHREAD_ONCE_INIT;
+static EC_KEY_METHOD *remote_meth;
+
+static ECDSA_SIG *remote_sign_sig(const unsigned char *dgst, int dlen, const BIGNUM *kinv, const BIGNUM *r,
+                                  EC_KEY *ec)
 {
-    if (ki->type == HSM_KEYTYPE_RSA)
-        return "is an RSA key: TLS 1.3 needs RSA-PSS signatures, which OpenSSL 3.0 can only delegate "
-               "as raw RSA private operations, and groupsrv never offers raw RSA on the token; "
-               "make an EC key (P-256 or P-384) for TLS instead (groupsrv tls init --key ec:p256)";
-    if (ki->type != HSM_KEYTYPE_EC)
-        return "is not an EC key (the TLS key on the token must be EC P-256 or P-384)";
-    if (ki->bits != 256 && ki->bits != 384)
-        return "is on an unsupported curve (the TLS key on the token must be EC P-256 or P-384)";
-    if (!ki->sign)
-        return "lacks CKA_SIGN";
-    if (!ki->sensitive || ki->extractable || ki->value_readable)
-        return "is not sensitive and non-extractable (CKA_SENSITIVE true, CKA_EXTRACTABLE false required)";
-    return NULL;
+    khlink *l = khlink_current();
+    ECDSA_SIG *sig = NULL;
+    const unsigned char *p;
+    size_t len;
+    ipc_msg a;
+    ipc_buf b;
+
+    (void)kinv; (void)r; (void)ec; /* precomputed nonces make no sense on a token */
+    if (l == NULL || dgst == NULL || dlen < 20 || dlen > 64) {
+        ERR_raise(ERR_LIB_EC, ERR_R_PASSED_INVALID_ARGUMENT);
+        return NULL;
+    }
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_SIGN, 0);
+    ipc_put_bytes(&b, IPC_T_DIGEST, dgst, (size_t)dlen);
+    if (khlink_call_sync(l, &b, SIGN_TIMEOUT_MS, &a) != 0 || ipc_u32(&a, IPC_T_STATUS, 500) != 200 ||
+        ipc_bytes(&a, IPC_T_SIG, &p, &len) != 0) {
+        log_error("the key holder made no TLS signature");
+        ERR_raise(ERR_LIB_EC, ERR_R_INTERNAL_ERROR);
+        return NULL;
+    }
+    const unsigned char *q = p;
+    if ((sig = d2i_ECDSA_SIG(NULL, &q, (long)len)) == NULL || q != p + len) {
+        ECDSA_SIG_free(sig);
+        sig = NULL;
+        ERR_raise(ERR_LIB_EC, ERR_R_INTERNAL_ERROR);
+    }
+    return sig;
 }
 
-int tls_tokenkey_load(hsm_ctx *hsm, const char *uri, EVP_PKEY **out, char *errbuf, size_t errlen)
+static void make_meth(void)
 {
-    hsm_key *key = NULL;
-    hsm_key_info ki;
+    remote_meth = ec_remote_method_new(remote_sign_sig);
+}
+
+int tls_tokenkey_new(const unsigned char *spki, size_t spki_len, const char *uri, EVP_PKEY **out, char *errbuf,
+                     size_t errlen)
+{
+    const unsigned char *p = spki;
+    EC_KEY *ec = NULL;
     EVP_PKEY *pk = NULL;
-    char curve[64] = "";
-    const char *why;
-    hsm_err he;
-    int rc = -1;
+    int nid, rc = -1;
 
     *out = NULL;
     errbuf[0] = '\0';
-    if (hsm == NULL || uri == NULL) {
-        snprintf(errbuf, errlen, "[tls] key is a pkcs11: URI but no token is open");
+    if (pthread_once(&meth_once, make_meth) != 0 || remote_meth == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
         goto out;
     }
-    if ((he = hsm_key_find(hsm, uri, HSM_CLASS_PRIVATE, &key)) != HSM_OK) {
-        snprintf(errbuf, errlen, "[tls] key %s: %s%s%s", uri, hsm_strerror(he),
-                 hsm_last_error_detail()[0] ? ": " : "", hsm_last_error_detail());
+    if (spki == NULL || (ec = d2i_EC_PUBKEY(NULL, &p, (long)spki_len)) == NULL || EC_KEY_get0_group(ec) == NULL) {
+        snprintf(errbuf, errlen, "[tls] key %s: the token's public key does not parse", uri);
         goto out;
     }
-    if ((he = hsm_key_get_info(hsm, key, &ki)) != HSM_OK) {
-        snprintf(errbuf, errlen, "[tls] key %s: reading its attributes: %s", uri, hsm_strerror(he));
-        goto out;
-    }
-    if ((why = check_key(&ki)) != NULL) {
-        snprintf(errbuf, errlen, "[tls] key %s %s", uri, why);
-        goto out;
-    }
-    if (!ki.always_sensitive || !ki.never_extractable)
-        log_warn("the TLS key on the token was once readable or extractable (imported?) uri=%s", uri);
-    if ((he = hsm_key_evp_pkey(hsm, key, &pk)) != HSM_OK) {
-        if (he == HSM_ERR_PUBLIC_KEY)
-            snprintf(errbuf, errlen, "[tls] key %s: the token's public key does not parse", uri);
-        else if (he == HSM_ERR_NOMEM)
-            snprintf(errbuf, errlen, "out of memory");
-        else
-            snprintf(errbuf, errlen, "[tls] key %s: reading its public key: %s", uri, hsm_strerror(he));
-        goto out;
-    }
-    if (EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve), NULL) != 1 ||
-        (strcmp(curve, "prime256v1") != 0 && strcmp(curve, "secp384r1") != 0)) {
+    nid = EC_GROUP_get_curve_name(EC_KEY_get0_group(ec));
+    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1) {
         snprintf(errbuf, errlen, "[tls] key %s is on an unsupported curve (P-256 or P-384 required)", uri);
         goto out;
     }
-    log_info("TLS key on the token uri=%s curve=%s", uri, curve);
+    if (ec_remote_pkey(ec, remote_meth, &pk) != 0) {
+        snprintf(errbuf, errlen, "out of memory");
+        goto out;
+    }
+    ec = NULL;
+    log_info("TLS key on the token uri=%s curve=%s", uri, OBJ_nid2sn(nid));
     *out = pk;
     pk = NULL;
     rc = 0;
 out:
     EVP_PKEY_free(pk);
-    hsm_key_free(key); /* the EVP_PKEY keeps its own reference */
+    EC_KEY_free(ec);
     ERR_clear_error();
     return rc;
 }

@@ -139,6 +139,24 @@ expect_status 200 "" "unwrap with an env: PIN" -- c alice --data-binary @"$work/
 tr '\0' '\n' < "/proc/$srv_pid/environ" | grep -q "^GS_TEST_PIN=." && fail "GS_TEST_PIN keeps its value"
 grep -qaF "$pin" "/proc/$srv_pid/environ" && fail "the PIN is still readable in /proc/PID/environ"
 ok "the env: PIN is wiped and unset once read"
+# serve's processes (SECURITY.md, "Processes"): the key holder read the
+# PIN; the network process gets nothing of serve's environment but TZ and
+# sanitizer options; and as the PIN is gone, a key holder that dies cannot
+# log in again: serve stops (exit 1) for the service manager to restart it.
+net=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1}')
+kh=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-kh" {print $1}')
+[ -n "$net" ] && [ -n "$kh" ] || fail "serve's processes not found"
+tr '\0' '\n' < "/proc/$net/environ" | grep -q '^GS_TEST_PIN=' && fail "the network process has GS_TEST_PIN"
+ok "the network process's environment has no GS_TEST_PIN"
+kill -9 "$kh"
+rc=0
+timeout 30 tail --pid="$srv_pid" -f /dev/null || fail "serve did not stop after its key holder died"
+wait "$srv_pid" || rc=$?
+srv_pid=
+[ "$rc" = 1 ] || fail "serve exited $rc after its key holder died with an env: PIN (want 1)"
+ok "a key holder with an env: PIN is not restarted: serve stops with exit 1"
+sed -i "s|^pin_source = .*|pin_source = $work/token/user-pin|" "$conf"
+start_server
 
 # ---- finding 8: a SAN e-mail that cannot be used, and a CN naming a member ----
 longmail=$(printf 'a%.0s' $(seq 1 250))@example.org

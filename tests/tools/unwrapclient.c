@@ -9,12 +9,22 @@
  *       line from stdin before going on). keepalive: one handle, the
  *       connection must be reused; resume: a new connection per request
  *       sharing the TLS session cache, the session must be resumed.
+ *   unwrapclient soak URL BODYFILE THREADS SECONDS LOGFILE
+ *       THREADS kept-alive connections post for SECONDS whatever the
+ *       answers; one line per request to LOGFILE:
+ *         END_MS STATUS CODE REQUEST_ID RETRY_AFTER
+ *       (END_MS since the start; STATUS 0 when the connection failed;
+ *       "-" for what the answer lacked). For tests that break the server
+ *       on purpose and then look at what every client saw.
  *   Options via environment: UC_CERT, UC_KEY, UC_CACERT (PEM files),
  *   UC_METHOD (GET/POST, default POST when BODYFILE is not "-").
- * Exit 0 when every answer matched, 1 otherwise, 2 on usage errors.
+ * Exit 0 when every answer matched (soak: when it ran), 1 otherwise, 2 on
+ * usage errors.
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <strings.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,6 +125,93 @@ static void *load_thread(void *arg)
     return NULL;
 }
 
+/* ---- soak ---- */
+static double soak_seconds, soak_t0;
+static FILE *soak_log;
+static pthread_mutex_t soak_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct hdrs {
+    char id[40], retry[16];
+};
+
+/* Keeps X-Request-Id and Retry-After (values without spaces). */
+static size_t on_header(char *ptr, size_t size, size_t n, void *arg)
+{
+    struct hdrs *h = arg;
+    size_t len = size * n;
+    const char *names[] = {"x-request-id:", "retry-after:"};
+    char *dst[] = {h->id, h->retry};
+    size_t cap[] = {sizeof(h->id), sizeof(h->retry)};
+
+    for (int i = 0; i < 2; i++) {
+        size_t nl = strlen(names[i]);
+        if (len > nl && strncasecmp(ptr, names[i], nl) == 0) {
+            size_t k = 0;
+            for (size_t j = nl; j < len && k + 1 < cap[i]; j++)
+                if (ptr[j] > ' ')
+                    dst[i][k++] = ptr[j];
+            dst[i][k] = '\0';
+        }
+    }
+    return len;
+}
+
+static void *soak_thread(void *arg)
+{
+    struct buf b = {0};
+    struct hdrs hd;
+    CURL *h = make_handle(&b);
+    (void)arg;
+
+    if (h == NULL)
+        return NULL;
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &hd);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+    while (mono_s() - soak_t0 < soak_seconds) {
+        long status = 0;
+        char code[48] = "-";
+        b.len = 0;
+        if (b.p != NULL)
+            b.p[0] = '\0';
+        memset(&hd, 0, sizeof(hd));
+        CURLcode rc = curl_easy_perform(h);
+        if (rc == CURLE_OK)
+            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        const char *c = b.p ? strstr(b.p, "\"code\":\"") : NULL;
+        if (c != NULL) {
+            c += 8;
+            size_t k = 0;
+            while (c[k] && c[k] != '"' && k + 1 < sizeof(code)) {
+                code[k] = c[k];
+                k++;
+            }
+            code[k] = '\0';
+        }
+        pthread_mutex_lock(&soak_mu);
+        fprintf(soak_log, "%.0f %ld %s %s %s\n", (mono_s() - soak_t0) * 1e3, status, code, hd.id[0] ? hd.id : "-",
+                hd.retry[0] ? hd.retry : "-");
+        pthread_mutex_unlock(&soak_mu);
+        if (rc != CURLE_OK || status == 503 || status == 429) {
+            /* A broken connection (the next request opens a new one), or
+             * told to come back: a short pause keeps the test machine's
+             * CPU for the server. */
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    curl_easy_cleanup(h);
+    free(b.p);
+    return NULL;
+}
+
 static int read_body(const char *file)
 {
     FILE *f;
@@ -175,6 +272,22 @@ int main(int argc, char **argv)
         printf("load: %u requests, %ld unexpected\n", nt * count, total);
         return total == 0 ? 0 : 1;
     }
+    if (strcmp(argv[1], "soak") == 0 && argc == 7) {
+        url = argv[2];
+        unsigned nt = (unsigned)strtoul(argv[4], NULL, 10);
+        soak_seconds = strtod(argv[5], NULL);
+        if (read_body(argv[3]) != 0 || nt == 0 || nt > 256 || soak_seconds <= 0 ||
+            (soak_log = fopen(argv[6], "w")) == NULL)
+            goto usage;
+        pthread_t tid[256];
+        soak_t0 = mono_s();
+        for (unsigned i = 0; i < nt; i++)
+            pthread_create(&tid[i], NULL, soak_thread, NULL);
+        for (unsigned i = 0; i < nt; i++)
+            pthread_join(tid[i], NULL);
+        fclose(soak_log);
+        return 0;
+    }
     if (strcmp(argv[1], "steps") == 0 && argc == 6) {
         int resume = strcmp(argv[2], "resume") == 0;
         url = argv[3];
@@ -234,6 +347,7 @@ int main(int argc, char **argv)
     }
 usage:
     fprintf(stderr, "usage: unwrapclient load URL BODYFILE THREADS COUNT EXPECT\n"
-                    "       unwrapclient steps keepalive|resume URL BODYFILE S1,S2,...\n");
+                    "       unwrapclient steps keepalive|resume URL BODYFILE S1,S2,...\n"
+                    "       unwrapclient soak URL BODYFILE THREADS SECONDS LOGFILE\n");
     return 2;
 }

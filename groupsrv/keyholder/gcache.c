@@ -1,5 +1,5 @@
 /*
- * gcache.c: per-thread cache of loaded groups and recorded member keys
+ * gcache.c: per-worker cache of loaded groups and recorded member keys
  * (see gcache.h).
  */
 #include "gcache.h"
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "log.h"
 #include "util.h"
@@ -26,7 +26,8 @@ struct gcache_group {
 
 struct gcache_pkey {
     char *pem;
-    EVP_PKEY *pk;
+    unsigned char *spki;
+    size_t spki_len;
 };
 
 struct gcache {
@@ -49,7 +50,7 @@ static void flush(gcache *c)
     }
     for (size_t i = 0; i < GCACHE_PKEYS; i++) {
         free(c->pkeys[i].pem);
-        EVP_PKEY_free(c->pkeys[i].pk);
+        free(c->pkeys[i].spki);
         memset(&c->pkeys[i], 0, sizeof(c->pkeys[i]));
     }
     c->pkey_next = 0;
@@ -70,24 +71,35 @@ void gcache_mark_stale(gcache *c)
         c->stale = 1;
 }
 
-gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
+gs_err gcache_refresh(gcache *c, gs_store *st, int *changed)
 {
     uint64_t stamp = 0;
+    gs_err e;
+
+    if (changed != NULL)
+        *changed = 0;
+    if ((e = gs_store_change_stamp(st, &stamp)) != GS_OK)
+        return e;
+    if (!c->have_stamp || stamp != c->stamp || c->stale) {
+        if (c->have_stamp)
+            log_debug("database changed: cached groups dropped");
+        if (changed != NULL && (!c->have_stamp || stamp != c->stamp))
+            *changed = 1;
+        flush(c);
+        c->stamp = stamp;
+        c->have_stamp = 1;
+    }
+    return GS_OK;
+}
+
+gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
+{
     gs_err e;
     struct gcache_group *slot = NULL;
 
     *out = NULL;
     if (c == NULL || name == NULL || strlen(name) > GS_NAME_MAX)
         return GS_ERR_ARGS;
-    if ((e = gs_store_change_stamp(st, &stamp)) != GS_OK)
-        return e;
-    if (!c->have_stamp || stamp != c->stamp || c->stale) {
-        if (c->have_stamp)
-            log_debug("database changed: cached groups dropped");
-        flush(c);
-        c->stamp = stamp;
-        c->have_stamp = 1;
-    }
     c->tick++;
     for (size_t i = 0; i < GCACHE_GROUPS; i++) {
         if (c->groups[i].g != NULL && strcmp(c->groups[i].name, name) == 0) {
@@ -119,37 +131,57 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     return GS_OK;
 }
 
-int gcache_cert_matches_pem(gcache *c, X509 *cert, const char *pem)
+/* The DER SubjectPublicKeyInfo of a PEM certificate (caller frees). */
+static int pem_spki(const char *pem, unsigned char **der, size_t *len)
 {
-    EVP_PKEY *pk = NULL;
     X509 *rec = NULL;
+    int n;
 
-    if (cert == NULL || pem == NULL)
+    *der = NULL;
+    *len = 0;
+    if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) != GS_OK)
+        return -1;
+    n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(rec), der);
+    X509_free(rec);
+    if (n <= 0) {
+        *der = NULL;
+        return -1;
+    }
+    *len = (size_t)n;
+    return 0;
+}
+
+int gcache_spki_matches_pem(gcache *c, const unsigned char *spki, size_t spki_len, const char *pem)
+{
+    const struct gcache_pkey *hit = NULL;
+    unsigned char *der = NULL;
+    size_t len = 0;
+    int ok;
+
+    if (spki == NULL || pem == NULL)
         return 0;
     for (size_t i = 0; c != NULL && i < GCACHE_PKEYS; i++)
         if (c->pkeys[i].pem != NULL && strcmp(c->pkeys[i].pem, pem) == 0) {
-            pk = c->pkeys[i].pk;
+            hit = &c->pkeys[i];
             break;
         }
-    if (pk == NULL) {
-        if (gs_cert_parse((const unsigned char *)pem, strlen(pem), &rec) != GS_OK) {
-            X509_free(rec);
-            return 0;
-        }
-        pk = X509_get0_pubkey(rec);
-        char *copy = c != NULL ? strdup(pem) : NULL;
-        if (pk != NULL && copy != NULL && EVP_PKEY_up_ref(pk) == 1) {
-            struct gcache_pkey *s = &c->pkeys[c->pkey_next];
-            c->pkey_next = (c->pkey_next + 1) % GCACHE_PKEYS;
-            free(s->pem);
-            EVP_PKEY_free(s->pk);
-            s->pem = copy;
-            s->pk = pk;
-        } else {
-            free(copy);
-        }
+    if (hit != NULL)
+        return hit->spki_len == spki_len && memcmp(hit->spki, spki, spki_len) == 0;
+    if (pem_spki(pem, &der, &len) != 0)
+        return 0;
+    /* DER of one key is one encoding: equal bytes, equal key. */
+    ok = len == spki_len && memcmp(der, spki, len) == 0;
+    char *copy = c != NULL ? strdup(pem) : NULL;
+    if (copy != NULL) {
+        struct gcache_pkey *s = &c->pkeys[c->pkey_next];
+        c->pkey_next = (c->pkey_next + 1) % GCACHE_PKEYS;
+        free(s->pem);
+        free(s->spki);
+        s->pem = copy;
+        s->spki = der;
+        s->spki_len = len;
+        der = NULL;
     }
-    int ok = pk != NULL && EVP_PKEY_eq(pk, X509_get0_pubkey(cert)) == 1;
-    X509_free(rec); /* the cache holds its own reference to pk */
+    free(der);
     return ok;
 }

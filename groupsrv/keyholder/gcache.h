@@ -1,0 +1,54 @@
+/*
+ * gcache.h: per token-worker caches of data derived from the database
+ * (not a public API; owned by groupsrv/keyholder/).
+ *
+ * Loading a group (gs_group_load: rows, PEM certificates parsed, keys found
+ * on the token) cost about as much CPU as the token's own RSA operation, on
+ * every request. Each token worker keeps its loaded groups and reloads
+ * them when gs_store_change_stamp says the database changed (any commit by
+ * another connection or process, or a write through this worker's own
+ * connection), checked once per job by gcache_refresh. Membership is NOT
+ * cached here: it is read from the store on every request. The hsm_key objects in a cached group find their token
+ * objects again after token loss (hsm/), so a cached group survives it.
+ *
+ * Also cached: the public key (DER SubjectPublicKeyInfo) of a member's
+ * recorded certificate PEM, keyed by the exact PEM text (a changed record
+ * is a different key).
+ *
+ * Threads: a gcache belongs to one token worker and is used only by it.
+ */
+#ifndef GS_SRV_GCACHE_H
+#define GS_SRV_GCACHE_H
+
+#include "groups.h"
+#include "hsm.h"
+#include "store.h"
+
+typedef struct gcache gcache;
+
+gcache *gcache_new(void);
+void gcache_free(gcache *c); /* NULL fine */
+
+/* Once per job, before anything else: reads the store's change stamp and
+ * drops every cached group when it moved or gcache_mark_stale was called.
+ * *changed (may be NULL) is set when the stamp moved since the last call.
+ * GS_OK or GS_ERR_DB. */
+gs_err gcache_refresh(gcache *c, gs_store *st, int *changed);
+
+/* The loaded group `name`, borrowed: valid until the next gcache_refresh
+ * or gcache_free on this cache (so for the rest of the current job).
+ * Errors as gs_group_load (GS_ERR_NOT_FOUND, GS_ERR_HSM, GS_ERR_DB, ...);
+ * failures are not cached. */
+gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
+
+/* A token operation with a cached key failed in a way a fresh load might
+ * explain (key missing from the token): reload on the next request. Does
+ * not free anything now (the current request may still use the group). */
+void gcache_mark_stale(gcache *c);
+
+/* 1 when spki (DER SubjectPublicKeyInfo, as the network process read it
+ * from the caller's certificate) is the public key of the certificate in
+ * pem (the member's recorded one), else 0 (also for an unparsable pem). */
+int gcache_spki_matches_pem(gcache *c, const unsigned char *spki, size_t spki_len, const char *pem);
+
+#endif

@@ -1,0 +1,737 @@
+/*
+ * keyholder.c: the key holder process (keyholder.h): its start (the audit
+ * log, the token, the startup key audit, the [tls] key), its I/O loop
+ * (one thread: the links to the network process and the control channel
+ * from the supervisor), the hand-over of work to the fair queue and the
+ * token workers (tokenq.h, khops.c), answers held until their audit
+ * records are durable, and the shutdown that finishes queued work.
+ *
+ * The I/O loop never waits for the token or the disk: frames are checked
+ * and queued, answers are sent when the audit syncer says their records
+ * are durable. A frame whose header cannot be trusted closes its link (the
+ * stream is lost); every other bad frame gets an error answer and the link
+ * goes on. Either way the process keeps serving.
+ */
+#include "keyholder.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "kh.h"
+#include "log.h"
+#include "util.h"
+
+struct kh_link {
+    struct kh *kh;
+    unsigned index;
+    int fd;                    /* -1 while no network process is connected */
+    struct event *rev, *wev;   /* readable (I/O loop); writable while out holds bytes */
+    struct evbuffer *in;       /* what was read and is not a whole frame yet (I/O loop only) */
+    pthread_mutex_t wmu;       /* writers: fd and out */
+    struct evbuffer *out;      /* answers that could not be written at once */
+    struct kh_job *jobs;       /* outstanding: queued, running, or held for the audit (io->mu) */
+};
+
+struct kh_io {
+    struct event_base *base;
+    struct kh_link *links;
+    unsigned nlinks;
+    int ctl_fd;
+    ipc_reader ctl;
+    struct event *ctl_ev, *term_ev, *int_ev, *hup_ev;
+    pthread_mutex_t mu;        /* the links' job lists, the held list */
+    struct kh_job *held_head, *held_tail; /* waiting for their audit records */
+    int stopping;
+};
+
+/* ---- jobs ------------------------------------------------------------------ */
+
+static void job_free(struct kh_job *j)
+{
+    if (j == NULL)
+        return;
+    ipc_buf_free(&j->reply);
+    ipc_payload_free(j->payload, j->len);
+    free(j);
+}
+
+/* io->mu held. */
+static void link_add(struct kh_link *l, struct kh_job *j)
+{
+    j->link = l;
+    j->lprev = NULL;
+    j->lnext = l->jobs;
+    if (l->jobs != NULL)
+        l->jobs->lprev = j;
+    l->jobs = j;
+}
+
+/* io->mu held. */
+static void link_remove(struct kh_job *j)
+{
+    struct kh_link *l = j->link;
+
+    if (l == NULL)
+        return;
+    if (j->lprev != NULL)
+        j->lprev->lnext = j->lnext;
+    else
+        l->jobs = j->lnext;
+    if (j->lnext != NULL)
+        j->lnext->lprev = j->lprev;
+    j->lprev = j->lnext = NULL;
+    j->link = NULL;
+}
+
+/* Writes a finished frame to the link from whichever thread has it: at
+ * once when the socket takes it, else it waits in out for the I/O loop
+ * (the socket is full; a broken one is left to the read side). b is
+ * emptied. */
+static void link_send(struct kh_link *l, ipc_buf *b)
+{
+    pthread_mutex_lock(&l->wmu);
+    if (l->fd >= 0) {
+        int rc = ipc_ev_write(l->fd, l->out, b);
+        if (rc == 1)
+            event_add(l->wev, NULL);
+        else if (rc == IPC_E_NOMEM)
+            log_error("an answer to the network process was lost link=%u", l->index);
+    }
+    pthread_mutex_unlock(&l->wmu);
+    ipc_buf_free(b);
+}
+
+static void link_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct kh_link *l = arg;
+    (void)what;
+
+    pthread_mutex_lock(&l->wmu);
+    if (l->fd == fd && evbuffer_write(l->out, fd) < 0 && errno != EAGAIN && errno != EINTR)
+        evbuffer_drain(l->out, evbuffer_get_length(l->out)); /* broken: the read side closes it */
+    if (l->fd == fd && evbuffer_get_length(l->out) > 0)
+        event_add(l->wev, NULL);
+    pthread_mutex_unlock(&l->wmu);
+}
+
+/* Sends a job's answer (or, if its audit records failed to become
+ * durable, a 503 in its place) and frees the job. The job is off every
+ * list already; l is NULL when its link went away. */
+static void finish(struct kh_link *l, struct kh_job *j, int audit_state)
+{
+    if (l != NULL) {
+        if (audit_state < 0) {
+            /* Wiped: it may carry a content key the audit does not cover. */
+            log_error("answer dropped: its audit record is not durable");
+            kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, atomic_load(&j->kh->gen), 503, 5,
+                           "audit_unavailable", "the audit log cannot be written; refusing to answer");
+            (void)ipc_end(&j->reply);
+        }
+        link_send(l, &j->reply);
+    }
+    job_free(j);
+}
+
+/* 1 durable (or nothing to wait for), 0 not yet, -1 failed. */
+static int job_audit_state(const struct kh_job *j)
+{
+    return j->audit_last == 0 ? 1 : audit_range_state(j->kh->audit, j->audit_first, j->audit_last);
+}
+
+/* Sends every held answer whose records are now known durable (or
+ * failed); drops those whose link is gone. Runs on the audit syncer's
+ * thread after each fdatasync round (and at shutdown). */
+static void flush_held(struct kh_io *io)
+{
+    struct kh_job *ready = NULL, **tail = &ready, **pp, *last = NULL;
+
+    pthread_mutex_lock(&io->mu);
+    for (pp = &io->held_head; *pp != NULL;) {
+        struct kh_job *j = *pp;
+        int st = j->link != NULL ? job_audit_state(j) : 1;
+        if (st == 0) {
+            last = j;
+            pp = &j->next;
+            continue;
+        }
+        *pp = j->next;
+        j->next = NULL;
+        j->audit_first = (unsigned long long)st; /* reused: the state to send with */
+        struct kh_link *l = j->link;
+        link_remove(j);
+        j->link = l; /* kept for the send below (off the list) */
+        *tail = j;
+        tail = &j->next;
+    }
+    io->held_tail = last;
+    pthread_mutex_unlock(&io->mu);
+    while (ready != NULL) {
+        struct kh_job *j = ready;
+        ready = j->next;
+        finish(j->link, j, j->audit_first == 1 ? 1 : -1);
+    }
+}
+
+/* A worker is done with j: answer now, or hold it for its audit records. */
+static void job_done(struct kh_job *j)
+{
+    struct kh_io *io = j->kh->io;
+    struct kh_link *l;
+    int st;
+
+    pthread_mutex_lock(&io->mu);
+    l = j->link;
+    st = l != NULL ? job_audit_state(j) : 1;
+    if (st == 0) {
+        j->next = NULL;
+        if (io->held_tail != NULL)
+            io->held_tail->next = j;
+        else
+            io->held_head = j;
+        io->held_tail = j;
+        pthread_mutex_unlock(&io->mu);
+        return;
+    }
+    link_remove(j);
+    pthread_mutex_unlock(&io->mu);
+    finish(l, j, st);
+}
+
+/* The token queue's run callback: the operation (khops.c), then its answer. */
+static void job_run(void *worker, tq_job *tq)
+{
+    kh_job_run(worker, tq);
+    job_done((struct kh_job *)tq);
+}
+
+/* Called by the audit syncer thread after every fdatasync round. */
+static void audit_durable(void *arg)
+{
+    struct kh *kh = arg;
+    flush_held(kh->io);
+}
+
+/* ---- links ----------------------------------------------------------------- */
+
+/* I/O loop. Queued work for a network process that is gone is not done at
+ * all; running and held work finishes (and is audited) and its answer is
+ * dropped. */
+static void link_close(struct kh_link *l)
+{
+    struct kh_io *io = l->kh->io;
+    struct kh_job *j, *next, *cancelled = NULL;
+
+    if (l->fd < 0)
+        return;
+    event_del(l->rev);
+    event_del(l->wev);
+    pthread_mutex_lock(&io->mu);
+    for (j = l->jobs; j != NULL; j = next) {
+        next = j->lnext;
+        j->lprev = j->lnext = NULL;
+        j->link = NULL;
+        if (l->kh->q != NULL && tokenq_cancel(l->kh->q, &j->tq)) {
+            j->next = cancelled;
+            cancelled = j;
+        }
+    }
+    l->jobs = NULL;
+    pthread_mutex_unlock(&io->mu);
+    pthread_mutex_lock(&l->wmu);
+    close(l->fd);
+    l->fd = -1;
+    evbuffer_drain(l->out, evbuffer_get_length(l->out));
+    pthread_mutex_unlock(&l->wmu);
+    evbuffer_drain(l->in, evbuffer_get_length(l->in));
+    while (cancelled != NULL) {
+        j = cancelled;
+        cancelled = j->next;
+        job_free(j);
+    }
+}
+
+static void refuse(struct kh_link *l, uint32_t type, uint64_t cookie, uint32_t status, unsigned retry,
+                   const char *code, const char *msg)
+{
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    kh_reply_error(&b, type, cookie, atomic_load(&l->kh->gen), status, retry, code, msg);
+    if (ipc_end(&b) == IPC_OK)
+        link_send(l, &b);
+    ipc_buf_free(&b);
+}
+
+/* One request frame: checked, then queued, or answered at once. */
+static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsigned char *payload, size_t len)
+{
+    struct kh *kh = l->kh;
+    struct kh_io *io = kh->io;
+    struct kh_job *j = NULL;
+    char flow[300], msg[128];
+    unsigned cost = 1, cls = TQ_TOKEN;
+    double wait = 0;
+    int rc;
+
+    if (type < IPC_VIEW || type >= IPC_REQ_END) {
+        log_warn("unknown message type from the network process type=%u link=%u", (unsigned)type, l->index);
+        refuse(l, IPC_REPLY, cookie, 400, 0, "bad_request", "unknown message type");
+        ipc_payload_free(payload, len);
+        return;
+    }
+    if ((j = calloc(1, sizeof(*j))) == NULL) {
+        refuse(l, type | IPC_REPLY, cookie, 503, 1, "overloaded", "out of memory");
+        ipc_payload_free(payload, len);
+        return;
+    }
+    j->kh = kh;
+    j->payload = payload;
+    j->len = len;
+    if ((rc = ipc_decode(type, cookie, payload, len, &j->msg)) != IPC_OK) {
+        log_warn("malformed message from the network process type=%u link=%u reason=\"%s\"", (unsigned)type,
+                 l->index, ipc_strerror(rc));
+        snprintf(msg, sizeof(msg), "malformed message: %s", ipc_strerror(rc));
+        refuse(l, type | IPC_REPLY, cookie, 400, 0, "bad_request", msg);
+        job_free(j);
+        return;
+    }
+    if (io->stopping) {
+        refuse(l, type | IPC_REPLY, cookie, 503, 5, "token_unavailable", "the key holder is shutting down");
+        job_free(j);
+        return;
+    }
+    kh_job_classify(&j->msg, flow, sizeof(flow), &cost, &cls);
+    j->tq.cost = cost;
+    j->tq.cls = cls;
+    /* On the link's list before a worker can see it (and finish it). */
+    pthread_mutex_lock(&io->mu);
+    link_add(l, j);
+    pthread_mutex_unlock(&io->mu);
+    tq_verdict v = tokenq_submit(kh->q, &j->tq, flow, kh->max_queue_s, &wait);
+    if (v == TQ_QUEUED)
+        return;
+    pthread_mutex_lock(&io->mu);
+    link_remove(j);
+    pthread_mutex_unlock(&io->mu);
+    job_free(j);
+    if (v == TQ_STOPPED) {
+        refuse(l, type | IPC_REPLY, cookie, 503, 5, "token_unavailable", "the key holder is shutting down");
+        return;
+    }
+    /* Shed at once: the client hears when to come back instead of waiting. */
+    unsigned retry = wait < 1 ? 1 : wait > 3600 ? 3600 : (unsigned)ceil(wait);
+    log_info("request shed expected_wait_ms=%.0f queue=%s", wait * 1e3, v == TQ_FULL ? "full" : "over max_queue_ms");
+    refuse(l, type | IPC_REPLY, cookie, 503, retry, "overloaded", "the key token is busy; try again later");
+}
+
+static void link_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct kh_link *l = arg;
+    int rc = ipc_ev_fill(fd, l->in);
+    (void)what;
+
+    if (rc == IPC_E_CLOSED || rc == IPC_E_IO) {
+        log_info("the network process closed its link link=%u", l->index);
+        link_close(l);
+        return;
+    }
+    if (rc != IPC_OK) {
+        log_error("out of memory reading a link: closing it link=%u", l->index);
+        link_close(l);
+        return;
+    }
+    for (;;) {
+        uint32_t type = 0;
+        uint64_t cookie = 0;
+        unsigned char *payload = NULL;
+        size_t len = 0;
+        rc = ipc_ev_next(l->in, &type, &cookie, &payload, &len);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            log_error("unusable frame from the network process: closing the link link=%u reason=\"%s\"", l->index,
+                      ipc_strerror(rc));
+            link_close(l);
+            return;
+        }
+        handle_frame(l, type, cookie, payload, len);
+        if (l->fd < 0)
+            return;
+    }
+}
+
+static int link_init(struct kh *kh, struct kh_link *l, unsigned index)
+{
+    l->kh = kh;
+    l->index = index;
+    l->fd = -1;
+    pthread_mutex_init(&l->wmu, NULL);
+    return (l->in = evbuffer_new()) != NULL && (l->out = evbuffer_new()) != NULL ? 0 : -1;
+}
+
+static void link_fini(struct kh_link *l)
+{
+    if (l->rev != NULL)
+        event_free(l->rev);
+    if (l->wev != NULL)
+        event_free(l->wev);
+    if (l->in != NULL)
+        evbuffer_free(l->in);
+    if (l->out != NULL)
+        evbuffer_free(l->out);
+    pthread_mutex_destroy(&l->wmu);
+}
+
+static int link_open(struct kh_io *io, unsigned index, int fd)
+{
+    struct kh_link *l = &io->links[index];
+
+    link_close(l);
+    if (l->rev != NULL)
+        event_free(l->rev);
+    if (l->wev != NULL)
+        event_free(l->wev);
+    l->rev = l->wev = NULL;
+    if (evutil_make_socket_nonblocking(fd) != 0 ||
+        (l->rev = event_new(io->base, fd, EV_READ | EV_PERSIST, link_read_cb, l)) == NULL ||
+        (l->wev = event_new(io->base, fd, EV_WRITE, link_write_cb, l)) == NULL || event_add(l->rev, NULL) != 0) {
+        close(fd);
+        return -1;
+    }
+    pthread_mutex_lock(&l->wmu);
+    l->fd = fd;
+    pthread_mutex_unlock(&l->wmu);
+    return 0;
+}
+
+/* ---- the control channel ----------------------------------------------------- */
+
+static void ctl_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct kh_io *io = arg;
+    const unsigned char *frame;
+    size_t flen;
+    int rc;
+    (void)what;
+
+    rc = ipc_reader_fill(&io->ctl, fd);
+    if (rc == IPC_E_CLOSED || (rc != IPC_OK && rc != IPC_E_NOMEM)) {
+        log_error("the supervisor is gone: stopping");
+        event_base_loopbreak(io->base);
+        return;
+    }
+    while ((rc = ipc_reader_peek(&io->ctl, &frame, &flen)) == 1) {
+        uint32_t type, plen;
+        uint64_t cookie;
+        ipc_msg m;
+        ipc_header(frame, &type, &plen, &cookie);
+        if (type == IPC_CTL_LINK && ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) == IPC_OK) {
+            uint32_t index = ipc_u32(&m, IPC_T_INDEX, UINT32_MAX);
+            int lfd = ipc_reader_take_fd(&io->ctl);
+            if (index < io->nlinks && lfd >= 0) {
+                if (link_open(io, index, lfd) == 0)
+                    log_info("new link from a restarted network process link=%u", (unsigned)index);
+            } else if (lfd >= 0) {
+                close(lfd);
+            }
+        }
+        ipc_reader_consume(&io->ctl, flen);
+    }
+    if (rc < 0) {
+        log_error("unusable control frame from the supervisor: stopping");
+        event_base_loopbreak(io->base);
+    }
+}
+
+static void term_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct kh_io *io = arg;
+    (void)what;
+    log_info("key holder shutting down signal=%d", (int)sig);
+    event_base_loopbreak(io->base);
+}
+
+/* SIGHUP, forwarded by the supervisor. The [tls] key is found again when
+ * the network process reloads (IPC_INFO with IPC_FLAG_RELOAD); here, an
+ * audit log deleted (or moved away) and made anew at its path is written
+ * there from now on, without a restart. */
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct kh *kh = arg;
+    (void)sig; (void)what;
+
+    if (audit_reopen(kh->audit) != AUDIT_OK)
+        log_error("the audit log at its path cannot be opened; key requests stay refused");
+}
+
+/* ---- start and stop -------------------------------------------------------------- */
+
+static void key_audit_row(void *arg, const gs_key_audit_row *row)
+{
+    unsigned *bad = arg;
+    if (!row->ok) {
+        log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
+        (*bad)++;
+    } else if (row->accepted[0] != '\0' || row->note[0] != '\0') {
+        /* Never silent: what the token could not do is named at every start. */
+        if (row->accepted[0] != '\0')
+            log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
+                     row->accepted, row->note);
+        else
+            log_warn("token key passes, not every attribute verified label=%s note=\"%s\"", row->label, row->note);
+    }
+}
+
+/* What the token can do, once at start (hsm/ probes it; the policy of
+ * each group was chosen from it and is in the database). */
+static void log_caps(const hsm_caps *c)
+{
+    log_info("token capabilities rewrap_on_token=%s secret_keys_on_token=%s allowed_mechanisms=%s "
+             "unwrap_template=%s max_sessions=%lu",
+             c->rewrap_on_token ? "yes" : "no", c->secret_on_token ? "yes" : "no",
+             c->allowed_mechanisms == HSM_ATTR_YES ? "yes" : "no", c->unwrap_template == HSM_ATTR_YES ? "yes" : "no",
+             c->max_sessions);
+}
+
+/* The default number of token workers: one per CPU (SoftHSM computes on
+ * them), at least 2 so that a slow operation does not stall the rest. */
+static unsigned default_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 2 ? 2 : n > 16 ? 16 : (unsigned)n;
+}
+
+static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
+{
+    hsm_caps caps;
+    struct gs_config hcfg;
+    gs_store *st = NULL;
+    char err[512];
+    gs_err ge;
+    int rc = -1;
+
+    /* The audit log first: without it nothing may be served. */
+    char *dup = strdup(cfg->audit.path);
+    if (dup == NULL)
+        return -1;
+    util_mkdir_p(dirname(dup), 0700);
+    free(dup);
+    audit_err ae = audit_open(cfg->audit.path, &kh->audit);
+    if (ae != AUDIT_OK) {
+        fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
+        return -1;
+    }
+    /* A session per token worker, plus one for the odd call between. */
+    hcfg = *cfg;
+    if (hcfg.hsm.max_sessions < *workers + 1)
+        hcfg.hsm.max_sessions = *workers + 1;
+    if ((ge = gs_hsm_open(&hcfg, &kh->hsm)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        return -1;
+    }
+    (void)hsm_caps_get(kh->hsm, &caps);
+    log_caps(&caps);
+    /* hsm/ keeps its pool within the token's session limit; more workers
+     * than sessions would only wait for one another (a smartcard: 1). */
+    if (caps.max_sessions > 0 && *workers > caps.max_sessions) {
+        log_warn("token workers lowered to the token's session limit workers=%u max_sessions=%lu", *workers,
+                 caps.max_sessions);
+        *workers = (unsigned)caps.max_sessions;
+    }
+    if ((ge = gs_store_open(cfg->db.path, 0, &st)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: database %s: %s\n", cfg->db.path,
+                gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    ge = gs_ca_load(st, kh->hsm, &kh->ca);
+    if (ge == GS_ERR_NOT_FOUND)
+        log_warn("no local CA (groupsrv ca init): no membership certificates, no group creation");
+    else if (ge != GS_OK) {
+        fprintf(stderr, "groupsrv serve: CA: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    unsigned problems = 0, bad_rows = 0;
+    if ((ge = gs_keys_audit(st, kh->hsm, key_audit_row, &bad_rows, &problems)) != GS_OK) {
+        fprintf(stderr, "groupsrv serve: key audit: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        goto out;
+    }
+    if (problems > 0) {
+        fprintf(stderr, "groupsrv serve: %u token key(s) violate their policy (see groupsrv check); refusing to start\n",
+                problems);
+        goto out;
+    }
+    if (kh_tls_key_load(kh, err, sizeof(err)) != 0) {
+        fprintf(stderr, "groupsrv serve: TLS configuration failed: %s\n", err);
+        goto out;
+    }
+    kh->rl = ratelimit_new((double)cfg->server.rate_limit,
+                           (double)(cfg->server.rate_burst ? cfg->server.rate_burst : 2 * cfg->server.rate_limit),
+                           cfg->server.max_failed_unwraps,
+                           cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600);
+    if (kh->rl == NULL)
+        goto out;
+    rc = 0;
+out:
+    gs_store_close(st);
+    return rc;
+}
+
+/* Finishes what was queued and what waits for the audit log, and writes
+ * the answers out (the network process still reads: it is draining too). */
+static void drain(struct kh *kh)
+{
+    struct kh_io *io = kh->io;
+
+    io->stopping = 1;
+    tokenq_stop(kh->q); /* every queued job runs and is answered or held */
+    kh->q = NULL;
+    if (kh->audit != NULL)
+        audit_syncer_stop(kh->audit); /* a last sync covers every record written */
+    flush_held(io);
+    pthread_mutex_lock(&io->mu);
+    struct kh_job *left = io->held_head; /* none can be pending now; be sure */
+    io->held_head = io->held_tail = NULL;
+    pthread_mutex_unlock(&io->mu);
+    while (left != NULL) {
+        struct kh_job *j = left;
+        left = j->next;
+        pthread_mutex_lock(&io->mu);
+        struct kh_link *l = j->link;
+        link_remove(j);
+        pthread_mutex_unlock(&io->mu);
+        finish(l, j, -1);
+    }
+    /* What waits in the links' buffers, for up to a second. */
+    for (int round = 0; round < 100; round++) {
+        size_t pending = 0;
+        for (unsigned i = 0; i < io->nlinks; i++) {
+            struct kh_link *l = &io->links[i];
+            pthread_mutex_lock(&l->wmu);
+            if (l->fd >= 0 && evbuffer_get_length(l->out) > 0 && evbuffer_write(l->out, l->fd) < 0 &&
+                errno != EAGAIN && errno != EINTR)
+                evbuffer_drain(l->out, evbuffer_get_length(l->out));
+            pending += l->fd >= 0 ? evbuffer_get_length(l->out) : 0;
+            pthread_mutex_unlock(&l->wmu);
+        }
+        if (pending == 0)
+            break;
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds, unsigned nlinks)
+{
+    struct kh kh;
+    struct kh_io io;
+    struct rlimit nocore = {0, 0};
+    unsigned workers = cfg->hsm.workers ? cfg->hsm.workers : default_workers();
+    unsigned taken = 0;
+    int rc = 1;
+
+    memset(&kh, 0, sizeof(kh));
+    memset(&io, 0, sizeof(io));
+    kh.cfg = cfg;
+    kh.io = &io;
+    kh.batch_max = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
+    kh.max_queue_s = cfg->server.max_queue_ms / 1000.0;
+    atomic_init(&kh.gen, 1);
+    pthread_rwlock_init(&kh.tls_lock, NULL);
+    pthread_mutex_init(&io.mu, NULL);
+    io.ctl_fd = ctl_fd;
+    ipc_reader_init(&io.ctl);
+    /* The PIN and the session handles live here: no core files, no
+     * ptrace by the same user, no /proc/PID/mem for it. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || setrlimit(RLIMIT_CORE, &nocore) != 0) {
+        fprintf(stderr, "groupsrv serve: key holder: cannot disable core dumps: %s\n", strerror(errno));
+        goto out;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0 || (io.base = event_base_new()) == NULL)
+        goto out;
+    if ((io.links = calloc(nlinks ? nlinks : 1, sizeof(*io.links))) == NULL)
+        goto out;
+    for (; io.nlinks < nlinks; io.nlinks++)
+        if (link_init(&kh, &io.links[io.nlinks], io.nlinks) != 0) {
+            io.nlinks++;
+            goto out;
+        }
+    if (start(&kh, cfg, &workers) != 0)
+        goto out;
+    tokenq_ops ops = {.init = kh_worker_init, .fini = kh_worker_fini, .run = job_run, .arg = &kh};
+    unsigned max_jobs = cfg->server.max_connections > 512 ? 2 * cfg->server.max_connections : 1024;
+    if ((kh.q = tokenq_start(workers, max_jobs, &ops)) == NULL) {
+        fprintf(stderr, "groupsrv serve: key holder: cannot start %u token workers (see log)\n", workers);
+        goto out;
+    }
+    io.ctl_ev = event_new(io.base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, &io);
+    io.term_ev = evsignal_new(io.base, SIGTERM, term_cb, &io);
+    io.int_ev = evsignal_new(io.base, SIGINT, term_cb, &io);
+    io.hup_ev = evsignal_new(io.base, SIGHUP, hup_cb, &kh);
+    if (io.ctl_ev == NULL || io.term_ev == NULL || io.int_ev == NULL || io.hup_ev == NULL || event_add(io.ctl_ev, NULL) != 0 || evsignal_add(io.term_ev, NULL) != 0 ||
+        evsignal_add(io.int_ev, NULL) != 0 || evsignal_add(io.hup_ev, NULL) != 0)
+        goto out;
+    if (audit_syncer_start(kh.audit, audit_durable, &kh) != AUDIT_OK) {
+        log_error("cannot start the audit syncer thread");
+        goto out;
+    }
+    for (; taken < nlinks; taken++)
+        if (link_open(&io, taken, link_fds[taken]) != 0) {
+            taken++; /* link_open closed it */
+            goto out;
+        }
+    ipc_buf ready;
+    ipc_buf_init(&ready);
+    ipc_begin(&ready, IPC_CTL_READY, 0);
+    if (ipc_end(&ready) != IPC_OK || ipc_write_frame(ctl_fd, &ready, -1, 5000) != IPC_OK) {
+        ipc_buf_free(&ready);
+        goto out;
+    }
+    ipc_buf_free(&ready);
+    log_info("key holder ready workers=%u max_queue_ms=%u", workers, cfg->server.max_queue_ms);
+    event_base_dispatch(io.base);
+    drain(&kh);
+    rc = 0;
+out:
+    if (kh.q != NULL)
+        drain(&kh);
+    for (unsigned i = taken; i < nlinks; i++) /* not taken over yet */
+        close(link_fds[i]);
+    for (unsigned i = 0; i < io.nlinks; i++)
+        link_close(&io.links[i]);
+    while (io.held_head != NULL) {
+        struct kh_job *j = io.held_head;
+        io.held_head = j->next;
+        job_free(j);
+    }
+    for (unsigned i = 0; i < io.nlinks; i++)
+        link_fini(&io.links[i]);
+    struct event *evs[] = {io.ctl_ev, io.term_ev, io.int_ev, io.hup_ev};
+    for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+    if (io.base != NULL)
+        event_base_free(io.base);
+    free(io.links);
+    ipc_reader_free(&io.ctl);
+    ratelimit_free(kh.rl);
+    gs_ca_free(kh.ca);
+    hsm_key_free(kh.tls_key);
+    hsm_close(kh.hsm);
+    audit_close(kh.audit);
+    pthread_mutex_destroy(&io.mu);
+    pthread_rwlock_destroy(&kh.tls_lock);
+    return rc;
+}

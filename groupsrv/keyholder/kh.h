@@ -1,0 +1,86 @@
+/*
+ * kh.h: what the files of groupsrv/keyholder/ share (not a public API).
+ * keyholder.c runs the process: the links, the queue, answers held until
+ * their audit records are durable; khops.c is the work the token workers
+ * do for each message type.
+ *
+ * A job is one request frame. The I/O loop makes it, the fair queue holds
+ * it, one token worker runs it (building job->reply and writing its audit
+ * records), and the I/O loop sends the reply once the records are durable,
+ * or drops it when the link it came from is gone.
+ */
+#ifndef GS_KH_H
+#define GS_KH_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "audit.h"
+#include "ca.h"
+#include "config.h"
+#include "gcache.h"
+#include "groups.h"
+#include "hsm.h"
+#include "ipc.h"
+#include "ratelimit.h"
+#include "store.h"
+#include "tokenq.h"
+
+struct kh_link;
+
+struct kh_job {
+    tq_job tq;                     /* the queue's part */
+    struct kh *kh;
+    struct kh_link *link;          /* NULL once the link is gone: the answer is dropped */
+    struct kh_job *lprev, *lnext;  /* the link's outstanding jobs (I/O loop only) */
+    struct kh_job *next;           /* the done list, then the held list */
+    unsigned char *payload;        /* the request's payload (owned; msg points into it) */
+    size_t len;
+    ipc_msg msg;
+    ipc_buf reply;                 /* built by the worker (may hold a content key) */
+    unsigned long long audit_first, audit_last; /* its audit records (0: none) */
+};
+
+/* One per token worker thread: its own database connection and caches. */
+struct kh_worker {
+    struct kh *kh;
+    unsigned index;
+    gs_store *store;
+    gcache *gc;
+};
+
+struct kh {
+    const struct gs_config *cfg;
+    hsm_ctx *hsm;
+    gs_ca *ca;                     /* NULL before `groupsrv ca init` */
+    audit_log *audit;
+    ratelimit *rl;
+    tokenq *q;
+    pthread_rwlock_t tls_lock;     /* read: a signature in progress; write: a reload */
+    hsm_key *tls_key;              /* [tls] key = pkcs11:..., else NULL */
+    atomic_ulong gen;              /* moves whenever a worker sees the database change */
+    double max_queue_s;
+    unsigned batch_max;
+    /* The I/O loop's state (keyholder.c). */
+    struct kh_io *io;
+};
+
+/* khops.c */
+void *kh_worker_init(void *kh, unsigned index);
+void kh_worker_fini(void *worker);
+/* Runs one job on a worker and leaves its encoded answer in job->reply;
+ * the caller (keyholder.c) sends or holds it. */
+void kh_job_run(void *worker, tq_job *job);
+/* How a request is queued: its fairness flow (the identity it is made
+ * for), its cost in turns and its service class. */
+void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls);
+/* Finds and checks the [tls] key on the token (no-op without one): 0, or
+ * -1 with the reason in errbuf. Replaces kh->tls_key. */
+int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen);
+/* An error answer for a request that never reached a worker. */
+void kh_reply_error(ipc_buf *b, uint32_t type, uint64_t cookie, uint64_t gen, uint32_t status, unsigned retry,
+                    const char *code, const char *msg);
+
+#endif

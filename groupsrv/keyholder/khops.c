@@ -1,0 +1,1665 @@
+/*
+ * khops.c: what a token worker does for each request of the network
+ * process (kh.h). Everything the network process says is a claim: the
+ * group is loaded here, membership and role are read from the database
+ * now for the identity it names (never cached), a recorded certificate
+ * must carry the public key it sends, the rate limit and suspension are
+ * applied, every field is checked again, and every use of a group key is
+ * audited before the answer can leave (keyholder.c holds it until the
+ * record is durable).
+ */
+#include "kh.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "envelope.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#define ROLES_READERS ((1u << GS_ROLE_MEMBER) | (1u << GS_ROLE_ADMIN))
+#define ROLES_EXPLODER (1u << GS_ROLE_EXPLODER)
+#define ROLES_ADMIN (1u << GS_ROLE_ADMIN)
+#define MAX_CEK 64
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- answers ----------------------------------------------------------------- */
+
+static void answer_begin(struct kh_job *j, uint32_t status)
+{
+    ipc_begin(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie);
+    ipc_put_u32(&j->reply, IPC_T_STATUS, status);
+}
+
+static void error_fields(ipc_buf *b, uint32_t status, unsigned retry, const char *code, const char *msg)
+{
+    ipc_put_u32(b, IPC_T_STATUS, status);
+    ipc_put_str(b, IPC_T_CODE, code);
+    ipc_put_str(b, IPC_T_MESSAGE, msg);
+    if (retry > 0)
+        ipc_put_u32(b, IPC_T_RETRY, retry);
+}
+
+void kh_reply_error(ipc_buf *b, uint32_t type, uint64_t cookie, uint64_t gen, uint32_t status, unsigned retry,
+                    const char *code, const char *msg)
+{
+    ipc_begin(b, type, cookie);
+    error_fields(b, status, retry, code, msg);
+    ipc_put_u64(b, IPC_T_GEN, gen);
+}
+
+/* The worker's error answers; kh_job_run adds the generation. */
+static void answer_fail(struct kh_job *j, uint32_t status, unsigned retry, const char *code, const char *msg)
+{
+    ipc_begin(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie);
+    error_fields(&j->reply, status, retry, code, msg);
+}
+
+static void answer_error(struct kh_job *j, uint32_t status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void answer_error(struct kh_job *j, uint32_t status, const char *code, const char *fmt, ...)
+{
+    char msg[300];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* Every 429 and 503 tells the client when to come back. */
+    answer_fail(j, status, status == 429 || status == 503 ? 5 : 0, code, msg);
+}
+
+static void answer_retry(struct kh_job *j, uint32_t status, unsigned retry, const char *code, const char *msg)
+{
+    answer_fail(j, status, retry ? retry : 1, code, msg);
+}
+
+static void answer_token_unavailable(struct kh_job *j)
+{
+    answer_retry(j, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
+}
+
+static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
+{
+    switch (err) {
+    case GS_ERR_NOT_FOUND:
+        answer_error(j, 404, "not_found", "%s not found", what);
+        return;
+    case GS_ERR_EXISTS:
+        answer_error(j, 400, "exists", "%s already exists", what);
+        return;
+    case GS_ERR_ARGS:
+    case GS_ERR_CERT:
+        answer_error(j, 400, "bad_request", "%s: %s", what, gs_err_detail());
+        return;
+    case GS_ERR_HSM:
+    case GS_ERR_TOKEN:
+        metrics_token_error();
+        log_error("token failure op=%s detail=%s", what, gs_err_detail());
+        answer_token_unavailable(j);
+        return;
+    case GS_ERR_DB:
+    case GS_ERR_IO:
+        log_error("store failure op=%s detail=%s", what, gs_err_detail());
+        answer_retry(j, 503, 5, "store_unavailable", "the membership database is not available");
+        return;
+    default:
+        log_error("failure op=%s err=%s detail=%s", what, gs_strerror(err), gs_err_detail());
+        answer_error(j, 500, "internal", "internal error");
+        return;
+    }
+}
+
+static int hsm_err_unavailable(hsm_err err)
+{
+    switch (err) {
+    case HSM_ERR_TOKEN_ABSENT:
+    case HSM_ERR_TOKEN_NOT_FOUND:
+    case HSM_ERR_NOT_LOGGED_IN:
+    case HSM_ERR_SESSION:
+    case HSM_ERR_DEVICE:
+    case HSM_ERR_MODULE:
+    case HSM_ERR_PIN_INCORRECT:
+    case HSM_ERR_PIN_LOCKED:
+    case HSM_ERR_PIN_SOURCE:
+    case HSM_ERR_PKCS11:
+    case HSM_ERR_NOMEM:
+    case HSM_ERR_KEY_NOT_FOUND:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ---- audit ------------------------------------------------------------------- */
+
+/* Writes one record of this job (its request id filled in); the job's
+ * answer then waits until every one of its records is durable. */
+static audit_err job_audit(struct kh_job *j, const audit_record *rec)
+{
+    audit_record copy = *rec;
+    unsigned long long seq = 0;
+
+    copy.request_id = ipc_str(&j->msg, IPC_T_REQUEST_ID);
+    audit_err ae = audit_write(j->kh->audit, &copy, &seq);
+    if (ae == AUDIT_OK) {
+        if (j->audit_first == 0)
+            j->audit_first = seq;
+        j->audit_last = seq;
+    }
+    return ae;
+}
+
+/* Audits and, if that failed, answers 503 (fail closed): -1. */
+static int job_audit_or_fail(struct kh_job *j, const audit_record *rec)
+{
+    if (job_audit(j, rec) != AUDIT_OK) {
+        answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written; refusing to answer");
+        return -1;
+    }
+    return 0;
+}
+
+static void audit_refusal(struct kh_job *j, const char *action, const char *identity, const char *group,
+                          const char *outcome)
+{
+    audit_record rec = {.action = action, .identity = identity, .group = group, .key_version = -1,
+                        .outcome = outcome};
+    (void)job_audit_or_fail(j, &rec);
+}
+
+/* ---- who is asking ------------------------------------------------------------- */
+
+/* Who the network process says is calling, checked against the store. */
+struct caller {
+    const char *identity;      /* email/CN, or "anonymous member" */
+    gs_store_member *member;   /* NULL for membership certificates */
+    int anonymous;             /* a membership certificate (method G) */
+    const char *cert_group;    /* a membership certificate's group */
+    const unsigned char *spki; /* the certificate's public key, as the network process read it */
+    size_t spki_len;
+};
+
+static void caller_clear(struct caller *c)
+{
+    gs_store_member_free(c->member);
+    memset(c, 0, sizeof(*c));
+}
+
+/* The caller's rate-limit and suspension key: "id:" and the identity, or
+ * "membership:" and the group of an anonymous membership certificate. In
+ * ASCII lower case: membership compares e-mail addresses without case
+ * (SQLite NOCASE), so ALICE@ and alice@ are one member, one bucket. */
+static void rate_key(const struct caller *c, const char *group, char *key, size_t cap)
+{
+    if (c->anonymous)
+        snprintf(key, cap, "membership:%s", group); /* anonymous: one bucket per group */
+    else
+        snprintf(key, cap, "id:%s", c->identity);
+    for (char *p = key; *p != '\0'; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+}
+
+static int rate_limit(struct kh_job *j, const struct caller *c, const char *group)
+{
+    char key[300];
+    unsigned retry = 0;
+
+    rate_key(c, group, key, sizeof(key));
+    rl_verdict v = ratelimit_take(j->kh->rl, key, &retry);
+    if (v == RL_LIMITED) {
+        answer_retry(j, 429, retry, "rate_limited", "too many requests; slow down");
+        return -1;
+    }
+    if (v == RL_SUSPENDED) {
+        answer_retry(j, 429, retry, "suspended", "suspended after too many failed unwraps");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the caller fields; -1 (answered 400) when they do not hold together. */
+static int caller_read(struct kh_job *j, struct caller *c)
+{
+    uint32_t kind = ipc_u32(&j->msg, IPC_T_CALLER, 0);
+    const char *id = ipc_str(&j->msg, IPC_T_IDENTITY);
+
+    memset(c, 0, sizeof(*c));
+    ipc_bytes(&j->msg, IPC_T_SPKI, &c->spki, &c->spki_len);
+    if (kind == IPC_CALLER_MEMBERSHIP && id != NULL && gs_valid_group_name(id)) {
+        c->anonymous = 1;
+        c->identity = "anonymous member";
+        c->cert_group = id;
+        return 0;
+    }
+    if (kind == IPC_CALLER_IDENTITY && id != NULL && id[0] != '\0') {
+        c->identity = id;
+        return 0;
+    }
+    answer_error(j, 400, "bad_request", "malformed caller");
+    return -1;
+}
+
+/* The caller for group g with one of `roles` (bit set of 1 << gs_role);
+ * allow_anonymous: a membership certificate of this group is accepted.
+ * Answers 400/403/429/503 (refusals audited) and returns -1 otherwise. */
+static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigned roles, int allow_anonymous,
+                     const char *action, struct caller *c)
+{
+    const gs_store_group *gi = gs_group_info(g);
+    gs_err e;
+
+    if (caller_read(j, c) != 0)
+        return -1;
+    if (c->anonymous) {
+        if (!allow_anonymous || strcmp(c->cert_group, gi->name) != 0 ||
+            !(gi->methods & GS_METHOD_MEMBERSHIP_CERT)) {
+            audit_refusal(j, action, c->identity, gi->name, "not_a_member");
+            if (j->reply.len == 0)
+                answer_error(j, 403, "not_a_member",
+                             "a membership certificate is accepted only for recipient-key unwraps of its group");
+            return -1;
+        }
+        return rate_limit(j, c, gi->name);
+    }
+    e = gs_store_member_get(w->store, gs_group_id(g), c->identity, &c->member);
+    if (e == GS_ERR_NOT_FOUND) {
+        audit_refusal(j, action, c->identity, gi->name, "not_a_member");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "not_a_member", "not a member of this group");
+        return -1;
+    }
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    if (c->member->cert_pem != NULL && !gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, c->member->cert_pem)) {
+        audit_refusal(j, action, c->identity, gi->name, "certificate_mismatch");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
+        return -1;
+    }
+    if (!(roles & (1u << c->member->role))) {
+        audit_refusal(j, action, c->identity, gi->name, "forbidden_role");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "forbidden", "the role '%s' may not do this", gs_role_name(c->member->role));
+        return -1;
+    }
+    return rate_limit(j, c, gi->name);
+}
+
+/* An admin of any group (group creation, and /metrics by default). */
+static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct caller *c)
+{
+    gs_store_group **groups = NULL;
+    size_t n = 0;
+    int ok = 0;
+
+    if (caller_read(j, c) != 0)
+        return -1;
+    if (c->anonymous) {
+        answer_error(j, 403, "forbidden", "administrators authenticate with an identity certificate");
+        return -1;
+    }
+    gs_err e = gs_store_group_list(w->store, &groups, &n);
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "groups");
+        return -1;
+    }
+    for (size_t i = 0; i < n && !ok; i++) {
+        gs_store_member *m = NULL;
+        if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK && m->role == GS_ROLE_ADMIN &&
+            (m->cert_pem == NULL || gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem)))
+            ok = 1;
+        gs_store_member_free(m);
+    }
+    gs_store_group_list_free(groups, n);
+    if (!ok) {
+        answer_error(j, 403, "forbidden", "only administrators may do this");
+        return -1;
+    }
+    return rate_limit(j, c, "");
+}
+
+/* The group from the worker's cache; answers 404/503 on failure. */
+static gs_group *load_group(struct kh_worker *w, struct kh_job *j, const char *name)
+{
+    gs_group *g = NULL;
+    gs_err e;
+
+    if (name == NULL || !gs_valid_group_name(name)) {
+        answer_error(j, 404, "not_found", "no such group");
+        return NULL;
+    }
+    if ((e = gcache_group(w->gc, w->store, w->kh->hsm, name, &g)) != GS_OK) {
+        if (e != GS_ERR_NOT_FOUND)
+            gcache_mark_stale(w->gc);
+        answer_gs_error(j, e, "group");
+        return NULL;
+    }
+    return g;
+}
+
+/* ---- unwrap ---------------------------------------------------------------------- */
+
+/* One item's answer, or why not. */
+struct item_res {
+    uint32_t status;
+    const char *code;
+    char msg[200];
+    unsigned retry;
+    unsigned char key[MAX_CEK];   /* method F */
+    size_t key_len;
+    unsigned char *wrapped;       /* methods E and group-secret (owned) */
+    size_t wrapped_len;
+    const gs_group_secret_ref *secret;
+    unsigned key_version;
+};
+
+static int item_fail(struct item_res *r, uint32_t status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int item_fail(struct item_res *r, uint32_t status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+
+    r->status = status;
+    r->code = code;
+    r->retry = status == 503 ? 5 : 0;
+    va_start(ap, fmt);
+    vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void item_res_clear(struct item_res *r)
+{
+    OPENSSL_cleanse(r->key, sizeof(r->key));
+    free(r->wrapped);
+    memset(r, 0, sizeof(*r));
+}
+
+static int hsm_failure_is_decrypt(hsm_err err)
+{
+    /* Everything that depends on the ciphertext's content becomes one
+     * answer; the caller cannot tell padding, length or key apart. */
+    return err == HSM_ERR_DECRYPT || err == HSM_ERR_BUFFER || err == HSM_ERR_ARGS;
+}
+
+static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, const char *op)
+{
+    /* A cached key that failed for another reason than the ciphertext may
+     * be gone or changed on the token: load the group afresh next time. */
+    if (hsm_failure_is_decrypt(err)) {
+        log_info("unwrap failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
+        return item_fail(r, 400, "unwrap_failed", "the key could not be unwrapped");
+    }
+    gcache_mark_stale(w->gc);
+    metrics_token_error();
+    log_error("token operation failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
+    if (err == HSM_ERR_MECHANISM)
+        return item_fail(r, 400, "unsupported_algorithm", "the token does not support this algorithm");
+    if (err == HSM_ERR_PUBLIC_KEY)
+        return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
+    if (hsm_err_unavailable(err))
+        return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
+    return item_fail(r, 500, "internal", "token operation failed");
+}
+
+static const unsigned deliver_bits[] = {0, GS_METHOD_TLS, GS_METHOD_RECIPIENT_KEY, GS_METHOD_GROUP_SECRET};
+static const char *const deliver_names[] = {"", "tls", "recipient-key", "group-secret"};
+
+/* One item's input, as sent and then checked here against the group. */
+struct item_in {
+    uint32_t deliver, alg, flags;
+    const gs_group_key_ref *ref;
+    hsm_unwrap_input in;
+    hsm_ecdh_input ecdh;
+};
+
+/* May caller c have this item delivered so? (unwrap only: the exploder's
+ * rewrap never delivers a key to its caller). */
+static int deliver_check(gs_group *g, const struct caller *c, uint32_t deliver, struct item_res *r)
+{
+    const gs_store_group *gi = gs_group_info(g);
+
+    if (deliver < IPC_DELIVER_TLS || deliver > IPC_DELIVER_GROUP_SECRET)
+        return item_fail(r, 400, "bad_request", "\"deliver\" must be tls, recipient-key or group-secret");
+    if (!(gi->methods & deliver_bits[deliver]) && !(c->anonymous && deliver == IPC_DELIVER_RECIPIENT_KEY))
+        return item_fail(r, 403, "method_not_allowed", "the group does not allow deliver=%s", deliver_names[deliver]);
+    if (c->anonymous && deliver != IPC_DELIVER_RECIPIENT_KEY)
+        return item_fail(r, 403, "not_a_member", "a membership certificate allows only deliver=recipient-key");
+    return 0;
+}
+
+/* Reads and checks one item's key input against group g (the order of
+ * the checks is the order of the answers the API documents). */
+static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct item_in *u, struct item_res *r)
+{
+    const unsigned char *p;
+    size_t n;
+    uint32_t version = ipc_u32(it, IPC_T_KEY_VERSION, 0), cek_len = ipc_u32(it, IPC_T_CEK_LEN, 0);
+
+    memset(u, 0, sizeof(*u));
+    u->deliver = deliver;
+    u->alg = ipc_u32(it, IPC_T_ALG, 0);
+    u->flags = ipc_u32(it, IPC_T_FLAGS, 0);
+    if (u->alg < IPC_ALG_OAEP_SHA1 || u->alg > IPC_ALG_ECDH)
+        return item_fail(r, 400, "unsupported_algorithm", "unsupported key transport algorithm");
+    if (cek_len != 0 && cek_len != 16 && cek_len != 24 && cek_len != 32)
+        return item_fail(r, 400, "bad_request", "\"key_length\" must be 16, 24 or 32");
+    if (version == 0)
+        u->ref = gs_group_current_key(g);
+    else
+        for (size_t i = 0; i < gs_group_key_count(g) && u->ref == NULL; i++)
+            if (gs_group_key_at(g, i)->version == version)
+                u->ref = gs_group_key_at(g, i);
+    if (u->ref == NULL && version == 0)
+        return item_fail(r, 503, "no_group_key", "the group has no current key");
+    if (u->ref == NULL && (u->flags & IPC_FLAG_FROM_RI))
+        return item_fail(r, 400, "unknown_recipient", "the RecipientInfo names no key version of this group");
+    if (u->ref == NULL)
+        return item_fail(r, 400, "unknown_key_version", "no such key version");
+    r->key_version = u->ref->version;
+    if (u->alg == IPC_ALG_ECDH) {
+        if (u->ref->type != HSM_KEYTYPE_EC)
+            return item_fail(r, 400, "bad_recipient_info", "a KeyAgreeRecipientInfo needs an EC group key");
+        u->ecdh.group_key = u->ref->key;
+        ipc_bytes(it, IPC_T_PEER_POINT, &u->ecdh.peer_point, &u->ecdh.peer_point_len);
+        ipc_bytes(it, IPC_T_SHARED_INFO, &u->ecdh.shared_info, &u->ecdh.shared_info_len);
+        ipc_bytes(it, IPC_T_WRAPPED, &u->ecdh.wrapped_key, &u->ecdh.wrapped_key_len);
+        u->ecdh.kdf_hash = ipc_u32(it, IPC_T_KDF_SHA256, 0) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
+        u->ecdh.kek_len = ipc_u32(it, IPC_T_KEK_LEN, 0);
+        if (u->ecdh.peer_point_len == 0 || u->ecdh.wrapped_key_len == 0 ||
+            (u->ecdh.kek_len != 16 && u->ecdh.kek_len != 24 && u->ecdh.kek_len != 32))
+            return item_fail(r, 400, "bad_recipient_info", "malformed KeyAgreeRecipientInfo");
+    } else {
+        if (u->ref->type != HSM_KEYTYPE_RSA)
+            return item_fail(r, 400, "unsupported", "a bare encrypted_key needs an RSA group key");
+        if (ipc_bytes(it, IPC_T_ENC_KEY, &p, &n) != 0 || n == 0)
+            return item_fail(r, 400, "bad_request", "the encrypted key is missing");
+        u->in = (hsm_unwrap_input){.group_key = u->ref->key, .encrypted_key = p, .encrypted_key_len = n,
+                                   .expected_len = cek_len, .rewrap = gs_group_rewrap_path(g)};
+        u->in.alg = u->alg == IPC_ALG_OAEP_SHA1 ? HSM_KT_RSA_OAEP_SHA1
+                    : u->alg == IPC_ALG_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_PKCS1V15;
+    }
+    return 0;
+}
+
+/* Re-wrapping unwraps into a session secret key. A RecipientInfo does not
+ * say how long the content key is; for OAEP a zero expected_len lets the
+ * token take the key at its own length (one RSA operation, whatever the
+ * content cipher). PKCS#1 v1.5 must know the length to make its
+ * implicit-rejection substitute: AES-256 unless the caller said
+ * "key_length". SoftHSM 2.6 wraps out only with OAEP SHA-1. */
+static void default_length(hsm_unwrap_input *in)
+{
+    if (in->alg == HSM_KT_RSA_PKCS1V15 && in->expected_len == 0)
+        in->expected_len = 32;
+}
+
+/* An RSA ciphertext is exactly as long as the modulus (RFC 8017 7.1.2,
+ * 7.2.2): any other length is refused before any token call, with the
+ * answer a ciphertext the token refuses gets (the caller must not tell
+ * length from padding), audited and counted alike. True when the length
+ * fits or the key size is unknown. */
+static bool rsa_ciphertext_len_ok(const gs_group_key_ref *ref, size_t len)
+{
+    EVP_PKEY *pub = ref->cert != NULL ? X509_get0_pubkey(ref->cert) : NULL;
+
+    if (pub == NULL || EVP_PKEY_get_base_id(pub) != EVP_PKEY_RSA)
+        return true;
+    return len == (size_t)EVP_PKEY_get_size(pub);
+}
+
+/* The token work of one checked item; 0, or -1 with r filled. */
+static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, struct item_in *u, struct item_res *r)
+{
+    hsm_ctx *hsm = w->kh->hsm;
+    hsm_err he = HSM_OK;
+    double t0 = now_s();
+
+    if (u->alg == IPC_ALG_PKCS1V15) {
+        /* v1.5 only where the group allows it, and then only through
+         * implicit rejection (a substitute key on bad padding). */
+        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
+            return item_fail(r, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
+        u->in.reject_key = gs_group_reject_key(g);
+    }
+    default_length(&u->in);
+    if (u->alg == IPC_ALG_ECDH && u->deliver != IPC_DELIVER_TLS)
+        return item_fail(r, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
+    if (u->alg != IPC_ALG_ECDH && !rsa_ciphertext_len_ok(u->ref, u->in.encrypted_key_len))
+        return item_fail(r, 400, "unwrap_failed", "the key could not be unwrapped");
+    switch (u->deliver) {
+    case IPC_DELIVER_TLS:
+        if (u->alg == IPC_ALG_ECDH)
+            he = hsm_ecdh_decrypt_content_key(hsm, &u->ecdh, r->key, sizeof(r->key), &r->key_len);
+        else
+            he = hsm_decrypt_content_key(hsm, &u->in, r->key, sizeof(r->key), &r->key_len);
+        metrics_unwrap_latency(now_s() - t0);
+        return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "decrypt");
+    case IPC_DELIVER_RECIPIENT_KEY: {
+        const unsigned char *sp[1] = {c->spki};
+        size_t sl[1] = {c->spki_len};
+        if (c->spki == NULL || c->spki_len == 0)
+            return item_fail(r, 400, "unsupported_certificate_key", "the client certificate key is unusable");
+        he = hsm_rewrap_to_public_keys(hsm, &u->in, HSM_OAEP_SHA1, sp, sl, 1, &r->wrapped, &r->wrapped_len);
+        metrics_unwrap_latency(now_s() - t0);
+        return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap");
+    }
+    case IPC_DELIVER_GROUP_SECRET:
+        if ((r->secret = gs_group_current_secret(g)) == NULL)
+            return item_fail(r, 403, "method_not_allowed", "the group has no secret key");
+        he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
+        metrics_unwrap_latency(now_s() - t0);
+        return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap-secret");
+    }
+    return item_fail(r, 400, "bad_request", "bad deliver method");
+}
+
+static void put_result(ipc_buf *b, const struct item_res *r)
+{
+    ipc_nest_begin(b, IPC_T_RESULT);
+    ipc_put_u32(b, IPC_T_STATUS, r->status);
+    if (r->status != 200) {
+        ipc_put_str(b, IPC_T_CODE, r->code);
+        ipc_put_str(b, IPC_T_MESSAGE, r->msg);
+        if (r->retry)
+            ipc_put_u32(b, IPC_T_RETRY, r->retry);
+    } else {
+        if (r->key_len > 0)
+            ipc_put_bytes(b, IPC_T_KEY, r->key, r->key_len);
+        if (r->wrapped != NULL)
+            ipc_put_bytes(b, IPC_T_WRAPPED, r->wrapped, r->wrapped_len);
+        if (r->secret != NULL) {
+            ipc_put_bytes(b, IPC_T_KEK_ID, r->secret->kek_id, GS_KEK_ID_LEN);
+            ipc_put_u32(b, IPC_T_SECRET_VERSION, r->secret->version);
+        }
+        ipc_put_u32(b, IPC_T_KEY_VERSION, r->key_version);
+    }
+    ipc_nest_end(b);
+}
+
+/* Counts a failed unwrap; suspends the identity (audited, ALERT) at the cap. */
+static void count_failure(struct kh_job *j, const struct caller *c, const char *gname)
+{
+    char key[300], q[128];
+
+    rate_key(c, gname, key, sizeof(key));
+    if (!ratelimit_failure(j->kh->rl, key))
+        return;
+    log_error("ALERT identity suspended after repeated failed unwraps identity=%s group=%s",
+              log_quote(q, sizeof(q), c->identity), gname);
+    audit_record al = {.action = "suspend", .identity = c->identity, .group = gname, .key_version = -1,
+                       .outcome = "too_many_failed_unwraps"};
+    if (job_audit(j, &al) != AUDIT_OK)
+        log_error("audit of a suspension failed identity=%s", log_quote(q, sizeof(q), c->identity));
+}
+
+/* IPC_UNWRAP: the items of one request (0 items: authorisation only).
+ * The first item that fails with 500/503 fails the whole request closed,
+ * wiping what earlier items recovered. */
+static void op_unwrap(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    gs_group *g;
+    ipc_iter it;
+    ipc_msg item;
+
+    memset(&c, 0, sizeof(c));
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, ROLES_READERS, 1, "unwrap", &c) != 0)
+        goto out;
+    if (j->msg.count[IPC_T_ITEM] > j->kh->batch_max) {
+        answer_error(j, 413, "too_many_items", "at most %u items per batch", j->kh->batch_max);
+        goto out;
+    }
+    const char *gname = gs_group_info(g)->name;
+    answer_begin(j, 200);
+    ipc_iter_init(&it, &j->msg, IPC_T_ITEM);
+    while (ipc_iter_next(&it, NULL, &item)) {
+        struct item_in u;
+        struct item_res r;
+        char key[300];
+        unsigned retry = 0;
+        memset(&r, 0, sizeof(r));
+        /* An item's failure may suspend the caller: the items after it
+         * get no token operation. */
+        rate_key(&c, gname, key, sizeof(key));
+        if (ratelimit_suspended(j->kh->rl, key, &retry)) {
+            item_fail(&r, 429, "suspended", "suspended after too many failed unwraps; retry in %u s", retry);
+            put_result(&j->reply, &r);
+            continue;
+        }
+        uint32_t d = ipc_u32(&item, IPC_T_DELIVER, 0);
+        if (deliver_check(g, &c, d, &r) != 0 || item_read(g, &item, d, &u, &r) != 0) {
+            /* Refused before any key was used: not audited, as before. */
+            if (r.status == 500 || r.status == 503) {
+                answer_retry(j, r.status, r.retry, r.code, r.msg);
+                goto out;
+            }
+            put_result(&j->reply, &r);
+            continue;
+        }
+        int rc = item_exec(w, g, &c, &u, &r);
+        if (rc == 0)
+            r.status = 200;
+        /* Every use of a group key is audited, successful or not. */
+        json_t *extra = r.secret != NULL ? json_pack("{s:I}", "secret_version", (json_int_t)r.secret->version) : NULL;
+        audit_record rec = {.action = "unwrap", .identity = c.identity, .group = gname,
+                            .key_version = (long)u.ref->version, .method = deliver_names[d],
+                            .outcome = rc == 0 ? "ok" : r.code, .extra = extra};
+        audit_err ae = job_audit(j, &rec);
+        json_decref(extra);
+        if (ae != AUDIT_OK) {
+            item_res_clear(&r);
+            answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written; refusing to answer");
+            goto out;
+        }
+        if (rc != 0 && strcmp(r.code, "unwrap_failed") == 0)
+            count_failure(j, &c, gname);
+        if (rc != 0 && (r.status == 500 || r.status == 503)) {
+            /* Token down: the whole request fails closed. */
+            answer_retry(j, r.status, r.retry, r.code, r.msg);
+            item_res_clear(&r);
+            goto out;
+        }
+        put_result(&j->reply, &r);
+        item_res_clear(&r);
+    }
+out:
+    caller_clear(&c);
+}
+
+/* ---- rewrap (the exploder) ----------------------------------------------------------- */
+
+static int cert_spki(X509 *cert, unsigned char **der, size_t *len)
+{
+    int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), der);
+    if (n <= 0) {
+        *der = NULL;
+        return -1;
+    }
+    *len = (size_t)n;
+    return 0;
+}
+
+/* Every current member or admin with an RSA certificate on record gets a
+ * KeyTransRecipientInfo: the content key is unwrapped once inside the
+ * token and wrapped to each of them there. */
+static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, struct item_in *u, struct item_res *r,
+                          size_t *recipients)
+{
+    gs_store_member *members = NULL;
+    size_t nmembers = 0, n = 0;
+    X509 **certs = NULL;
+    unsigned char **spki = NULL, **outs = NULL;
+    size_t *spki_len = NULL, *out_lens = NULL;
+    int rc = -1;
+
+    *recipients = 0;
+    gs_err ge = gs_store_member_list(w->store, gs_group_id(g), &members, &nmembers);
+    if (ge != GS_OK) {
+        answer_gs_error(j, ge, "members");
+        return -2;
+    }
+    if ((certs = calloc(nmembers + 1, sizeof(*certs))) == NULL || (spki = calloc(nmembers + 1, sizeof(*spki))) == NULL ||
+        (spki_len = calloc(nmembers + 1, sizeof(*spki_len))) == NULL ||
+        (outs = calloc(nmembers + 1, sizeof(*outs))) == NULL ||
+        (out_lens = calloc(nmembers + 1, sizeof(*out_lens))) == NULL) {
+        item_fail(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    /* Readers with an RSA certificate on record; exploders never get keys. */
+    for (size_t i = 0; i < nmembers; i++) {
+        X509 *x = NULL;
+        if (members[i].role == GS_ROLE_EXPLODER || members[i].cert_pem == NULL)
+            continue;
+        if (gs_cert_parse((const unsigned char *)members[i].cert_pem, strlen(members[i].cert_pem), &x) != GS_OK)
+            continue;
+        if (EVP_PKEY_get_base_id(X509_get0_pubkey(x)) != EVP_PKEY_RSA || cert_spki(x, &spki[n], &spki_len[n]) != 0) {
+            X509_free(x);
+            continue;
+        }
+        certs[n++] = x;
+    }
+    if (u->alg == IPC_ALG_PKCS1V15) {
+        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
+            item_fail(r, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
+            goto out;
+        }
+        u->in.reject_key = gs_group_reject_key(g);
+    }
+    default_length(&u->in);
+    answer_begin(j, 200);
+    ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, u->ref->version);
+    if (n > 0) {
+        double t0 = now_s();
+        hsm_err he = hsm_rewrap_to_public_keys(w->kh->hsm, &u->in, HSM_OAEP_SHA1, (const unsigned char *const *)spki,
+                                               spki_len, n, outs, out_lens);
+        metrics_unwrap_latency(now_s() - t0);
+        if (he != HSM_OK) {
+            hsm_item_fail(w, r, he, "rewrap-members");
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            unsigned char *der = NULL;
+            size_t dl = 0;
+            if (env_ktri_build(certs[i], ENV_KT_RSA_OAEP_SHA1, outs[i], out_lens[i], &der, &dl) != ENV_OK) {
+                item_fail(r, 500, "internal", "could not build a RecipientInfo");
+                goto out;
+            }
+            ipc_put_bytes(&j->reply, IPC_T_DER, der, dl);
+            free(der);
+        }
+    }
+    *recipients = n;
+    rc = 0;
+out:
+    for (size_t i = 0; i < n; i++) {
+        X509_free(certs[i]);
+        free(spki[i]);
+        free(outs ? outs[i] : NULL);
+    }
+    free(certs);
+    free(spki);
+    free(spki_len);
+    free(outs);
+    free(out_lens);
+    gs_store_member_list_free(members, nmembers);
+    return rc;
+}
+
+/* IPC_REWRAP: to the group secret key (a KEKRecipientInfo's pieces), or
+ * to every member (their KeyTransRecipientInfos, DER). */
+static void op_rewrap(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    gs_group *g;
+    ipc_iter it;
+    ipc_msg item;
+    struct item_in u;
+    struct item_res r;
+    uint32_t to = ipc_u32(&j->msg, IPC_T_TO, 0);
+    size_t recipients = 1;
+    int rc;
+
+    memset(&c, 0, sizeof(c));
+    memset(&u, 0, sizeof(u));
+    memset(&r, 0, sizeof(r));
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, ROLES_EXPLODER, 0, "rewrap", &c) != 0)
+        goto out;
+    if (to != IPC_TO_GROUP_SECRET && to != IPC_TO_MEMBERS) {
+        answer_error(j, 400, "bad_request", "\"to\" must be group-secret or members");
+        goto out;
+    }
+    if (to == IPC_TO_GROUP_SECRET && !(gs_group_info(g)->methods & GS_METHOD_GROUP_SECRET)) {
+        answer_error(j, 403, "method_not_allowed", "the group does not use a group secret key");
+        goto out;
+    }
+    ipc_iter_init(&it, &j->msg, IPC_T_ITEM);
+    if (!ipc_iter_next(&it, NULL, &item)) {
+        answer_error(j, 400, "bad_request", "\"recipient_info\" is required");
+        goto out;
+    }
+    /* The exploder never gets a key: its deliver rights do not matter. */
+    uint32_t d = to == IPC_TO_GROUP_SECRET ? IPC_DELIVER_GROUP_SECRET : IPC_DELIVER_TLS;
+    if (item_read(g, &item, d, &u, &r) != 0) {
+        answer_retry(j, r.status, r.retry, r.code, r.msg);
+        goto out;
+    }
+    if (to == IPC_TO_MEMBERS && u.alg == IPC_ALG_ECDH) {
+        answer_error(j, 400, "unsupported", "EC group keys cannot be re-wrapped");
+        goto out;
+    }
+    memset(&r, 0, sizeof(r));
+    if (to == IPC_TO_GROUP_SECRET) {
+        rc = item_exec(w, g, &c, &u, &r);
+        if (rc == 0) {
+            r.status = 200;
+            answer_begin(j, 200);
+            put_result(&j->reply, &r);
+        }
+    } else if (u.alg != IPC_ALG_ECDH && !rsa_ciphertext_len_ok(u.ref, u.in.encrypted_key_len)) {
+        rc = item_fail(&r, 400, "unwrap_failed", "the key could not be unwrapped");
+    } else {
+        rc = rewrap_members(w, j, g, &u, &r, &recipients);
+        if (rc == -2)
+            goto out; /* answered, nothing used */
+    }
+    json_t *extra = json_pack("{s:I}", "recipients", (json_int_t)recipients);
+    audit_record rec = {.action = "rewrap", .identity = c.identity, .group = gs_group_info(g)->name,
+                        .key_version = (long)u.ref->version, .method = to == IPC_TO_MEMBERS ? "members" : "group-secret",
+                        .outcome = rc == 0 ? "ok" : r.code, .extra = extra};
+    int arc = job_audit_or_fail(j, &rec);
+    json_decref(extra);
+    if (arc == 0 && rc != 0)
+        answer_retry(j, r.status, r.retry, r.code, r.msg);
+out:
+    item_res_clear(&r);
+    caller_clear(&c);
+}
+
+/* ---- secret keys ------------------------------------------------------------------------ */
+
+static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    gs_group *g;
+    const char *outcome = "ok";
+    hsm_err he = HSM_OK;
+    uint32_t status = 200;
+
+    memset(&c, 0, sizeof(c));
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, ROLES_READERS, 0, "secret-keys", &c) != 0)
+        goto out;
+    if (!(gs_group_info(g)->methods & GS_METHOD_GROUP_SECRET)) {
+        answer_error(j, 403, "method_not_allowed", "the group does not use a group secret key");
+        goto out;
+    }
+    if (c.spki == NULL || c.spki_len == 0) {
+        answer_error(j, 400, "unsupported_certificate_key", "secret keys are wrapped to RSA certificate keys only");
+        goto out;
+    }
+    answer_begin(j, 200);
+    double t0 = now_s();
+    for (size_t i = 0; i < gs_group_secret_count(g); i++) {
+        const gs_group_secret_ref *s = gs_group_secret_at(g, i);
+        unsigned char *wk = NULL;
+        size_t wl = 0;
+        if ((he = hsm_wrap_secret_key_to_public(w->kh->hsm, s->key, HSM_OAEP_SHA1, c.spki, c.spki_len, &wk, &wl)) !=
+            HSM_OK) {
+            outcome = "token_error";
+            break;
+        }
+        ipc_nest_begin(&j->reply, IPC_T_SECRET);
+        ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, s->version);
+        ipc_put_bytes(&j->reply, IPC_T_KEK_ID, s->kek_id, GS_KEK_ID_LEN);
+        ipc_put_bytes(&j->reply, IPC_T_WRAPPED, wk, wl);
+        ipc_nest_end(&j->reply);
+        free(wk);
+        if (j->reply.bad) {
+            status = 500;
+            outcome = "internal";
+            break;
+        }
+    }
+    metrics_unwrap_latency(now_s() - t0);
+    audit_record rec = {.action = "secret-keys", .identity = c.identity, .group = gs_group_info(g)->name,
+                        .key_version = -1, .method = "recipient-key", .outcome = outcome};
+    if (job_audit_or_fail(j, &rec) != 0)
+        goto out;
+    if (he != HSM_OK) {
+        metrics_token_error();
+        gcache_mark_stale(w->gc);
+        log_error("token operation failed op=wrap-secret err=%s detail=%s", hsm_strerror(he), hsm_last_error_detail());
+        if (he == HSM_ERR_PUBLIC_KEY)
+            answer_error(j, 400, "unsupported_certificate_key", "secret keys are wrapped to RSA certificate keys only");
+        else if (hsm_err_unavailable(he))
+            answer_token_unavailable(j);
+        else
+            answer_error(j, 500, "internal", "token operation failed");
+    } else if (status != 200) {
+        answer_error(j, 500, "internal", "out of memory");
+    }
+out:
+    caller_clear(&c);
+}
+
+/* ---- membership certificates (the certificate server) ------------------------------------ */
+
+/* IPC_CERTIFY. Without a public key it only authorises (the network
+ * process then answers the CSR's own error). Audits who and when, never
+ * which certificate. */
+static void op_certify(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    const char *group = ipc_str(&j->msg, IPC_T_GROUP);
+    gs_group *g;
+    const unsigned char *p;
+    size_t n;
+    EVP_PKEY *pk = NULL;
+    X509 *cert = NULL;
+    unsigned char *der = NULL;
+    gs_err e;
+
+    memset(&c, 0, sizeof(c));
+    if (caller_read(j, &c) != 0)
+        return;
+    if (c.anonymous) {
+        answer_error(j, 403, "forbidden", "membership certificates are issued to identified members only");
+        return;
+    }
+    if ((g = load_group(w, j, group)) == NULL)
+        return;
+    e = gs_store_member_get(w->store, gs_group_id(g), c.identity, &c.member);
+    if (e == GS_ERR_NOT_FOUND || (e == GS_OK && c.member->role == GS_ROLE_EXPLODER)) {
+        audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
+                            .outcome = "not_a_member"};
+        if (job_audit_or_fail(j, &rec) == 0)
+            answer_error(j, 403, "not_a_member", "not a member of this group");
+        goto out;
+    }
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "member");
+        goto out;
+    }
+    /* A member recorded with a certificate must present that key, not
+     * another certificate with the same address. */
+    if (c.member->cert_pem != NULL && !gcache_spki_matches_pem(w->gc, c.spki, c.spki_len, c.member->cert_pem)) {
+        audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
+                            .outcome = "certificate_mismatch"};
+        if (job_audit_or_fail(j, &rec) == 0)
+            answer_error(j, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
+        goto out;
+    }
+    if (!(gs_group_info(g)->methods & GS_METHOD_MEMBERSHIP_CERT)) {
+        answer_error(j, 403, "method_not_allowed", "the group does not use membership certificates");
+        goto out;
+    }
+    if (w->kh->ca == NULL) {
+        answer_retry(j, 503, 60, "no_ca", "the local CA is not initialised");
+        goto out;
+    }
+    if (rate_limit(j, &c, group) != 0)
+        goto out;
+    if (ipc_bytes(&j->msg, IPC_T_CSR_SPKI, &p, &n) != 0) {
+        answer_begin(j, 204); /* authorised; nothing issued */
+        goto out;
+    }
+    /* The only untrusted structure this process parses besides frames: a
+     * public key of at most 4 KiB. */
+    const unsigned char *q = p;
+    if ((pk = d2i_PUBKEY(NULL, &q, (long)n)) == NULL || q != p + n) {
+        ERR_clear_error();
+        answer_error(j, 400, "bad_csr", "the CSR's public key does not parse");
+        goto out;
+    }
+    unsigned lifetime = w->kh->cfg->certsrv.lifetime ? w->kh->cfg->certsrv.lifetime : 3600;
+    e = gs_ca_issue_membership_key(w->kh->ca, w->kh->hsm, pk, group, (long)lifetime, &cert);
+    audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
+                        .method = "membership-cert", .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
+    if (job_audit_or_fail(j, &rec) != 0)
+        goto out;
+    if (e == GS_ERR_CERT) {
+        answer_error(j, 400, "bad_csr", "%s", gs_err_detail());
+        goto out;
+    }
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "certificate");
+        goto out;
+    }
+    int dl = i2d_X509(cert, &der);
+    if (dl <= 0) {
+        answer_error(j, 500, "internal", "could not encode the certificate");
+        goto out;
+    }
+    answer_begin(j, 200);
+    ipc_put_bytes(&j->reply, IPC_T_CERT, der, (size_t)dl);
+out:
+    OPENSSL_free(der);
+    X509_free(cert);
+    EVP_PKEY_free(pk);
+    caller_clear(&c);
+}
+
+/* ---- the TLS key on the token ------------------------------------------------------------- */
+
+/* Is the token key fit to be the TLS key? NULL if so, else why not. */
+static const char *tls_key_problem(const hsm_key_info *ki)
+{
+    if (ki->type == HSM_KEYTYPE_RSA)
+        return "is an RSA key: TLS 1.3 needs RSA-PSS signatures, which OpenSSL 3.0 can only delegate "
+               "as raw RSA private operations, and groupsrv never offers raw RSA on the token; "
+               "make an EC key (P-256 or P-384) for TLS instead (groupsrv tls init --key ec:p256)";
+    if (ki->type != HSM_KEYTYPE_EC)
+        return "is not an EC key (the TLS key on the token must be EC P-256 or P-384)";
+    if (ki->bits != 256 && ki->bits != 384)
+        return "is on an unsupported curve (the TLS key on the token must be EC P-256 or P-384)";
+    if (!ki->sign)
+        return "lacks CKA_SIGN";
+    if (!ki->sensitive || ki->extractable || ki->value_readable)
+        return "is not sensitive and non-extractable (CKA_SENSITIVE true, CKA_EXTRACTABLE false required)";
+    return NULL;
+}
+
+int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
+{
+    const char *uri = kh->cfg->tls.key;
+    hsm_key *key = NULL;
+    hsm_key_info ki;
+    const char *why;
+    hsm_err he;
+
+    errbuf[0] = '\0';
+    if (uri == NULL || strncmp(uri, "pkcs11:", 7) != 0)
+        return 0;
+    if ((he = hsm_key_find(kh->hsm, uri, HSM_CLASS_PRIVATE, &key)) != HSM_OK) {
+        snprintf(errbuf, errlen, "[tls] key %s: %s%s%s", uri, hsm_strerror(he), hsm_last_error_detail()[0] ? ": " : "",
+                 hsm_last_error_detail());
+        return -1;
+    }
+    if ((he = hsm_key_get_info(kh->hsm, key, &ki)) != HSM_OK) {
+        snprintf(errbuf, errlen, "[tls] key %s: reading its attributes: %s", uri, hsm_strerror(he));
+        hsm_key_free(key);
+        return -1;
+    }
+    if ((why = tls_key_problem(&ki)) != NULL) {
+        snprintf(errbuf, errlen, "[tls] key %s %s", uri, why);
+        hsm_key_free(key);
+        return -1;
+    }
+    if (!ki.always_sensitive || !ki.never_extractable)
+        log_warn("the TLS key on the token was once readable or extractable (imported?) uri=%s", uri);
+    log_info("TLS key on the token uri=%s bits=%u", uri, ki.bits);
+    /* Swapped under the write lock: no signature is using the old one. */
+    pthread_rwlock_wrlock(&kh->tls_lock);
+    hsm_key *old = kh->tls_key;
+    kh->tls_key = key;
+    pthread_rwlock_unlock(&kh->tls_lock);
+    hsm_key_free(old);
+    return 0;
+}
+
+/* IPC_SIGN: one TLS handshake signature over a digest the network
+ * process made; only with the [tls] key, only ECDSA over a digest. */
+static void op_sign(struct kh_worker *w, struct kh_job *j)
+{
+    const unsigned char *d;
+    size_t dl;
+    unsigned char *sig = NULL;
+    size_t sl = 0;
+
+    ipc_bytes(&j->msg, IPC_T_DIGEST, &d, &dl);
+    if (dl < 20 || dl > 64) {
+        answer_error(j, 400, "bad_request", "a digest is 20 to 64 bytes");
+        return;
+    }
+    pthread_rwlock_rdlock(&w->kh->tls_lock);
+    hsm_key *key = w->kh->tls_key;
+    hsm_err he = key != NULL ? hsm_sign(w->kh->hsm, key, HSM_SIG_ECDSA_DIGEST, d, dl, &sig, &sl) : HSM_OK;
+    pthread_rwlock_unlock(&w->kh->tls_lock);
+    if (key == NULL) {
+        answer_error(j, 404, "not_found", "no TLS key on the token");
+        return;
+    }
+    if (he != HSM_OK) {
+        metrics_token_error();
+        log_error("signature on the token failed error=\"%s\" detail=\"%s\"", hsm_strerror(he), hsm_last_error_detail());
+        answer_token_unavailable(j);
+        return;
+    }
+    answer_begin(j, 200);
+    ipc_put_bytes(&j->reply, IPC_T_SIG, sig, sl);
+    free(sig);
+}
+
+/* IPC_INFO: what the network process needs for its TLS set-up. */
+static void op_info(struct kh_worker *w, struct kh_job *j)
+{
+    unsigned char *der = NULL, *spki = NULL;
+    size_t spki_len = 0;
+    char err[512];
+
+    if (ipc_u32(&j->msg, IPC_T_FLAGS, 0) & IPC_FLAG_RELOAD) {
+        if (kh_tls_key_load(w->kh, err, sizeof(err)) != 0) {
+            log_error("TLS key reload failed reason=\"%s\"", err);
+            answer_error(j, 503, "token_unavailable", "%s", err);
+            return;
+        }
+    }
+    answer_begin(j, 200);
+    if (w->kh->ca != NULL) {
+        int n = i2d_X509(gs_ca_cert(w->kh->ca), &der);
+        if (n > 0)
+            ipc_put_bytes(&j->reply, IPC_T_CA_CERT, der, (size_t)n);
+    }
+    pthread_rwlock_rdlock(&w->kh->tls_lock);
+    hsm_err he = w->kh->tls_key != NULL ? hsm_key_export_public(w->kh->hsm, w->kh->tls_key, &spki, &spki_len) : HSM_OK;
+    pthread_rwlock_unlock(&w->kh->tls_lock);
+    if (spki != NULL || he != HSM_OK) {
+        if (he != HSM_OK) {
+            answer_error(j, 503, "token_unavailable", "reading the TLS key's public key: %s", hsm_strerror(he));
+            goto out;
+        }
+        ipc_put_bytes(&j->reply, IPC_T_SPKI, spki, spki_len);
+    }
+out:
+    OPENSSL_free(der);
+    free(spki);
+}
+
+/* ---- discovery, health, metrics ------------------------------------------------------------ */
+
+/* IPC_VIEW: a group's public data, or "not modified" for the caller's
+ * generation. */
+/* Which path the group's keys take, and what it gave up to its token
+ * (groupsrv/policy.h), as discovery's "key_policy": {"rewrap": "token"|
+ * "software", "secret_keys": "token"|"token-aes-ecb"|"sealed"|"none",
+ * "rejection_key": "token"|"sealed"|"none", "weakenings": [names]}.
+ * Compact JSON text in *out (caller frees), or NULL. */
+static char *key_policy_text(const gs_group *g)
+{
+    const gs_store_group *gi = gs_group_info(g);
+    const gs_policy *p = gs_group_policy(g);
+    const gs_group_key_ref *cur = gs_group_current_key(g);
+    const char *names[8];
+    size_t n = gs_policy_weakenings(p, gi->methods, gi->allow_pkcs1v15, names, GS_ARRAY_LEN(names));
+    json_t *w = json_array(), *o;
+    char *text;
+
+    /* The current key version's own weakenings follow the group's. */
+    if (cur != NULL && (cur->missing & HSM_PROT_ALLOWED_MECHANISMS) && n < GS_ARRAY_LEN(names))
+        names[n++] = "no-allowed-mechanisms";
+    if (cur != NULL && (cur->missing & HSM_PROT_UNWRAP_TEMPLATE) && n < GS_ARRAY_LEN(names))
+        names[n++] = "no-unwrap-template";
+    for (size_t i = 0; w != NULL && i < n; i++)
+        json_array_append_new(w, json_string(names[i]));
+    o = json_pack("{s:s,s:s,s:s,s:o?}", "rewrap", gs_rewrap_name(p->rewrap), "secret_keys",
+                  (gi->methods & GS_METHOD_GROUP_SECRET) ? gs_secrets_name(p->secrets) : "none", "rejection_key",
+                  !gi->allow_pkcs1v15 ? "none" : p->reject_sealed ? "sealed" : "token", "weakenings", w);
+    text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    return text;
+}
+
+static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
+{
+    gs_group *g;
+
+    if (ipc_has(&j->msg, IPC_T_GEN) && ipc_u64(&j->msg, IPC_T_GEN, 0) == gen) {
+        /* Still loadable now (a group deleted meanwhile would be 404). */
+        if (load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP)) == NULL)
+            return;
+        answer_begin(j, 200);
+        ipc_put_u32(&j->reply, IPC_T_FLAGS, IPC_FLAG_NOT_MODIFIED);
+        return;
+    }
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    const gs_store_group *gi = gs_group_info(g);
+    const gs_group_key_ref *cur = gs_group_current_key(g);
+    X509 *cacert = w->kh->ca ? gs_ca_cert(w->kh->ca) : NULL;
+    answer_begin(j, 200);
+    ipc_put_u32(&j->reply, IPC_T_FLAGS, gi->allow_pkcs1v15 ? IPC_FLAG_PKCS1V15 : 0);
+    ipc_put_str(&j->reply, IPC_T_NAME, gi->name);
+    ipc_put_str(&j->reply, IPC_T_ADDRESS, gi->address ? gi->address : "");
+    ipc_put_u32(&j->reply, IPC_T_METHODS, gi->methods);
+    for (size_t i = 0; i < gs_group_key_count(g); i++) {
+        const gs_group_key_ref *k = gs_group_key_at(g, i);
+        unsigned char *der = NULL;
+        int n = i2d_X509(k->cert, &der);
+        if (n <= 0) {
+            answer_error(j, 500, "internal", "could not encode a group certificate");
+            return;
+        }
+        ipc_nest_begin(&j->reply, IPC_T_KEYREF);
+        ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, k->version);
+        ipc_put_u32(&j->reply, IPC_T_FLAGS,
+                    (k->current ? IPC_FLAG_CURRENT : 0) | (k->type == HSM_KEYTYPE_EC ? IPC_FLAG_EC : 0));
+        ipc_put_bytes(&j->reply, IPC_T_CERT, der, (size_t)n);
+        ipc_nest_end(&j->reply);
+        OPENSSL_free(der);
+    }
+    char *policy = key_policy_text(g);
+    if (policy == NULL || strlen(policy) >= 512) {
+        free(policy);
+        answer_error(j, 500, "internal", "could not encode the group's key policy");
+        return;
+    }
+    ipc_put_str(&j->reply, IPC_T_KEY_POLICY, policy);
+    free(policy);
+    const gs_group_secret_ref *sec = gs_group_current_secret(g);
+    if (sec != NULL) {
+        ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, sec->version);
+        ipc_put_bytes(&j->reply, IPC_T_KEK_ID, sec->kek_id, GS_KEK_ID_LEN);
+    }
+    /* The chain GET /certificate serves: the CA when it issued the current one. */
+    if (cur != NULL && cacert != NULL && X509_check_issued(cacert, cur->cert) == X509_V_OK) {
+        unsigned char *der = NULL;
+        int n = i2d_X509(cacert, &der);
+        if (n > 0)
+            ipc_put_bytes(&j->reply, IPC_T_CA_CERT, der, (size_t)n);
+        OPENSSL_free(der);
+    }
+}
+
+/* The token answers and still holds its objects. A token whose objects
+ * vanished (a SoftHSM token directory moved away) answers a ping but fails
+ * every key request; the local CA's private key stands for the objects
+ * (group keys are made beside it). Without a CA only the ping. */
+static hsm_err token_health(struct kh *kh)
+{
+    hsm_key_info ki;
+    hsm_err he = hsm_ping(kh->hsm);
+
+    if (he != HSM_OK || kh->ca == NULL)
+        return he;
+    return hsm_key_get_info(kh->hsm, gs_ca_key(kh->ca), &ki);
+}
+
+static void op_health(struct kh_worker *w, struct kh_job *j)
+{
+    hsm_err he = token_health(w->kh);
+    audit_err ae = audit_check(w->kh->audit);
+    int db_ok = gs_store_schema_version(w->store) > 0;
+
+    if (he != HSM_OK)
+        metrics_token_error();
+    answer_begin(j, he == HSM_OK && ae == AUDIT_OK && db_ok ? 200 : 503);
+    ipc_put_str(&j->reply, IPC_T_TOKEN_STATE, he == HSM_OK ? "ok" : hsm_strerror(he));
+    ipc_put_str(&j->reply, IPC_T_AUDIT_STATE, ae == AUDIT_OK ? "ok" : audit_strerror(ae));
+    ipc_put_str(&j->reply, IPC_T_DB_STATE, db_ok ? "ok" : "unavailable");
+}
+
+static void op_stats(struct kh_worker *w, struct kh_job *j)
+{
+    const char *policy = w->kh->cfg->server.metrics ? w->kh->cfg->server.metrics : "admin";
+    struct caller c;
+    metrics_token t;
+    hsm_token_info ti;
+    unsigned char packed[METRICS_TOKEN_WORDS * 8];
+
+    memset(&c, 0, sizeof(c));
+    if (strcmp(policy, "off") == 0) {
+        answer_error(j, 404, "not_found", "metrics are disabled");
+        return;
+    }
+    if (strcmp(policy, "any") != 0 && authorise_any_admin(w, j, &c) != 0) {
+        caller_clear(&c);
+        return;
+    }
+    caller_clear(&c);
+    metrics_token_snapshot(&t);
+    t.token_up = hsm_token_info_get(w->kh->hsm, &ti) == HSM_OK;
+    t.sessions_in_use = t.token_up ? (long)ti.sessions_in_use : -1;
+    t.sessions_idle = t.token_up ? (long)ti.sessions_idle : 0;
+    t.audit_up = audit_check(w->kh->audit) == AUDIT_OK;
+    metrics_token_pack(&t, packed);
+    answer_begin(j, 200);
+    ipc_put_bytes(&j->reply, IPC_T_COUNTERS, packed, sizeof(packed));
+}
+
+/* ---- administration -------------------------------------------------------------------------- */
+
+static void put_member(ipc_buf *b, const gs_store_member *m, int with_cert)
+{
+    ipc_nest_begin(b, IPC_T_MEMBER);
+    ipc_put_str(b, IPC_T_EMAIL, m->email);
+    ipc_put_u32(b, IPC_T_ROLE, (uint32_t)m->role);
+    ipc_put_u32(b, IPC_T_FLAGS, m->cert_pem != NULL ? IPC_FLAG_HAS_CERT : 0);
+    ipc_put_u64(b, IPC_T_ADDED, (uint64_t)m->added);
+    if (with_cert && m->cert_pem != NULL) {
+        X509 *x = NULL;
+        unsigned char *der = NULL;
+        int n;
+        if (gs_cert_parse((const unsigned char *)m->cert_pem, strlen(m->cert_pem), &x) == GS_OK &&
+            (n = i2d_X509(x, &der)) > 0)
+            ipc_put_bytes(b, IPC_T_CERT, der, (size_t)n);
+        OPENSSL_free(der);
+        X509_free(x);
+    }
+    ipc_nest_end(b);
+}
+
+static void op_members(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    gs_group *g;
+    gs_store_member *list = NULL;
+    size_t n = 0;
+    gs_err e;
+
+    memset(&c, 0, sizeof(c));
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, ROLES_ADMIN, 0, "member-list", &c) != 0)
+        goto out;
+    if ((e = gs_store_member_list(w->store, gs_group_id(g), &list, &n)) != GS_OK) {
+        answer_gs_error(j, e, "members");
+        goto out;
+    }
+    answer_begin(j, 200);
+    for (size_t i = 0; i < n; i++)
+        put_member(&j->reply, &list[i], 0);
+out:
+    gs_store_member_list_free(list, n);
+    caller_clear(&c);
+}
+
+static const char *member_email(struct kh_job *j)
+{
+    const char *email = ipc_str(&j->msg, IPC_T_EMAIL);
+    if (email == NULL || !gs_valid_email(email)) {
+        answer_error(j, 400, "bad_request", "the member id must be an email address");
+        return NULL;
+    }
+    return email;
+}
+
+/* Audits a member change with its outcome (extra is consumed): 0 when the
+ * record is written and the change was made; otherwise the answer is set
+ * (the audit failure, or the change's error). */
+static int member_change_audited(struct kh_job *j, const char *action, const char *identity, const char *gname,
+                                 gs_err e, json_t *extra)
+{
+    audit_record rec = {.action = action, .identity = identity, .group = gname, .key_version = -1,
+                        .outcome = e == GS_OK ? "ok" : gs_strerror(e), .extra = extra};
+    int arc = job_audit_or_fail(j, &rec);
+
+    json_decref(extra);
+    if (arc != 0)
+        return -1;
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    return 0;
+}
+
+static void op_member(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    gs_group *g;
+    gs_store_member *m = NULL;
+    X509 *cert = NULL;
+    const char *email;
+    gs_err e;
+    uint32_t type = j->msg.type;
+    const char *action = type == IPC_MEMBER_GET ? "member-get" : type == IPC_MEMBER_PUT ? "member-add" : "member-remove";
+
+    memset(&c, 0, sizeof(c));
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, ROLES_ADMIN, 0, action, &c) != 0 || (email = member_email(j)) == NULL)
+        goto out;
+    const char *gname = gs_group_info(g)->name;
+    if (type == IPC_MEMBER_GET) {
+        if ((e = gs_store_member_get(w->store, gs_group_id(g), email, &m)) != GS_OK) {
+            answer_gs_error(j, e, "member");
+            goto out;
+        }
+        answer_begin(j, 200);
+        put_member(&j->reply, m, 1);
+        goto out;
+    }
+    if (type == IPC_MEMBER_DELETE) {
+        unsigned rotated = 0;
+        e = gs_member_remove(w->store, w->kh->hsm, w->kh->cfg, gname, email, &rotated);
+        if (member_change_audited(j, action, c.identity, gname, e,
+                                  json_pack("{s:s,s:I}", "member", email, "secret_rotated_to", (json_int_t)rotated)) != 0)
+            goto out;
+        answer_begin(j, 200);
+        if (rotated)
+            ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, rotated);
+        goto out;
+    }
+    /* PUT: create or replace. */
+    gs_role role = (gs_role)ipc_u32(&j->msg, IPC_T_ROLE, GS_ROLE_MEMBER);
+    const unsigned char *p;
+    size_t n;
+    if (role != GS_ROLE_MEMBER && role != GS_ROLE_EXPLODER && role != GS_ROLE_ADMIN) {
+        answer_error(j, 400, "bad_request", "\"role\" must be member, exploder or admin");
+        goto out;
+    }
+    if (ipc_bytes(&j->msg, IPC_T_CERT, &p, &n) == 0 && gs_cert_parse(p, n, &cert) != GS_OK) {
+        answer_error(j, 400, "bad_certificate", "\"certificate\" is not a PEM certificate");
+        goto out;
+    }
+    int existed = gs_store_member_get(w->store, gs_group_id(g), email, &m) == GS_OK;
+    if (existed && (e = gs_store_member_remove(w->store, gs_group_id(g), email)) != GS_OK) {
+        answer_gs_error(j, e, "member");
+        goto out;
+    }
+    e = gs_member_add(w->store, gname, email, role, cert);
+    if (member_change_audited(j, action, c.identity, gname, e,
+                              json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
+        goto out;
+    gs_store_member_free(m);
+    m = NULL;
+    if ((e = gs_store_member_get(w->store, gs_group_id(g), email, &m)) != GS_OK) {
+        answer_gs_error(j, e, "member");
+        goto out;
+    }
+    answer_begin(j, existed ? 200 : 201);
+    ipc_put_u32(&j->reply, IPC_T_FLAGS, existed ? 0 : IPC_FLAG_CREATED);
+    put_member(&j->reply, m, 0);
+out:
+    X509_free(cert);
+    gs_store_member_free(m);
+    caller_clear(&c);
+}
+
+static void op_group_create(struct kh_worker *w, struct kh_job *j)
+{
+    struct caller c;
+    const char *name = ipc_str(&j->msg, IPC_T_NAME), *address = ipc_str(&j->msg, IPC_T_ADDRESS);
+    unsigned version = 0;
+    gs_err e;
+
+    memset(&c, 0, sizeof(c));
+    if (authorise_any_admin(w, j, &c) != 0)
+        goto out;
+    if (w->kh->ca == NULL) {
+        answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
+        goto out;
+    }
+    if (!gs_valid_group_name(name) || !gs_valid_email(address)) {
+        answer_error(j, 400, "bad_request", "\"name\" (a group name) and \"address\" (an email) are required");
+        goto out;
+    }
+    gs_group_spec spec = {.name = name, .address = address, .keyspec = ipc_str(&j->msg, IPC_T_KEYSPEC),
+                          .methods = ipc_u32(&j->msg, IPC_T_METHODS, 0),
+                          .allow_pkcs1v15 = (ipc_u32(&j->msg, IPC_T_FLAGS, 0) & IPC_FLAG_PKCS1V15) != 0};
+    if (spec.methods & ~(unsigned)GS_METHODS_DEFAULT) {
+        answer_error(j, 400, "bad_request", "\"methods\" has an unknown method");
+        goto out;
+    }
+    e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
+    if (e == GS_OK)
+        e = gs_member_add(w->store, name, c.identity, GS_ROLE_ADMIN, NULL);
+    audit_record rec = {.action = "group-create", .identity = c.identity, .group = name, .key_version = version,
+                        .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
+    if (job_audit_or_fail(j, &rec) != 0)
+        goto out;
+    if (e != GS_OK) {
+        answer_gs_error(j, e, "group");
+        goto out;
+    }
+    answer_begin(j, 201);
+    ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, version);
+out:
+    caller_clear(&c);
+}
+
+/* IPC_AUTHZ: the authorisation of an endpoint alone, as its full request
+ * would do it first (refusals audited, a rate-limit token taken), so that
+ * a request with bad input is refused for who sent it before its input
+ * is judged. 204 when allowed. */
+static void op_authz(struct kh_worker *w, struct kh_job *j)
+{
+    static const struct {
+        const char *action;
+        unsigned roles;
+        int anonymous;
+    } acts[] = {
+        [IPC_ACT_UNWRAP] = {"unwrap", ROLES_READERS, 1},
+        [IPC_ACT_REWRAP] = {"rewrap", ROLES_EXPLODER, 0},
+        [IPC_ACT_SECRET_KEYS] = {"secret-keys", ROLES_READERS, 0},
+        [IPC_ACT_MEMBER_LIST] = {"member-list", ROLES_ADMIN, 0},
+        [IPC_ACT_MEMBER_GET] = {"member-get", ROLES_ADMIN, 0},
+        [IPC_ACT_MEMBER_ADD] = {"member-add", ROLES_ADMIN, 0},
+        [IPC_ACT_MEMBER_REMOVE] = {"member-remove", ROLES_ADMIN, 0},
+    };
+    uint32_t a = ipc_u32(&j->msg, IPC_T_ACTION, 0);
+    struct caller c;
+    gs_group *g;
+
+    memset(&c, 0, sizeof(c));
+    if (a == IPC_ACT_GROUP_CREATE) {
+        if (authorise_any_admin(w, j, &c) == 0) {
+            if (w->kh->ca == NULL)
+                answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
+            else
+                answer_begin(j, 204);
+        }
+        caller_clear(&c);
+        return;
+    }
+    if (a == 0 || a >= GS_ARRAY_LEN(acts) || acts[a].action == NULL) {
+        answer_error(j, 400, "bad_request", "unknown action");
+        return;
+    }
+    if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
+        return;
+    if (authorise(w, j, g, acts[a].roles, acts[a].anonymous, acts[a].action, &c) == 0)
+        answer_begin(j, 204);
+    caller_clear(&c);
+}
+
+/* ---- the worker ------------------------------------------------------------------------------ */
+
+void *kh_worker_init(void *arg, unsigned index)
+{
+    struct kh *kh = arg;
+    struct kh_worker *w = calloc(1, sizeof(*w));
+    gs_err ge;
+
+    if (w == NULL)
+        return NULL;
+    w->kh = kh;
+    w->index = index;
+    if ((w->gc = gcache_new()) == NULL) {
+        free(w);
+        return NULL;
+    }
+    if ((ge = gs_store_open(kh->cfg->db.path, 0, &w->store)) != GS_OK) {
+        log_error("cannot open the database path=%s err=%s detail=%s", kh->cfg->db.path, gs_strerror(ge),
+                  gs_err_detail());
+        gcache_free(w->gc);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void kh_worker_fini(void *worker)
+{
+    struct kh_worker *w = worker;
+
+    if (w == NULL)
+        return;
+    gcache_free(w->gc); /* before the store and the hsm it borrowed from */
+    gs_store_close(w->store);
+    free(w);
+}
+
+void kh_job_run(void *worker, tq_job *tq)
+{
+    struct kh_worker *w = worker;
+    struct kh_job *j = (struct kh_job *)tq;
+    int changed = 0;
+
+    log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
+    ipc_buf_init(&j->reply);
+    /* A database change seen by any worker moves the generation, so the
+     * network process drops the group views it keeps. */
+    uint64_t gen = atomic_load(&w->kh->gen);
+    if (gcache_refresh(w->gc, w->store, &changed) != GS_OK) {
+        answer_gs_error(j, GS_ERR_DB, "database");
+    } else {
+        /* The generation this answer was made at: a later change moves it
+         * past this value, so a view kept from this answer is refetched. */
+        if (changed)
+            gen = atomic_fetch_add(&w->kh->gen, 1) + 1;
+        switch (j->msg.type) {
+        case IPC_VIEW: op_view(w, j, gen); break;
+        case IPC_UNWRAP: op_unwrap(w, j); break;
+        case IPC_REWRAP: op_rewrap(w, j); break;
+        case IPC_SECRET_KEYS: op_secret_keys(w, j); break;
+        case IPC_CERTIFY: op_certify(w, j); break;
+        case IPC_SIGN: op_sign(w, j); break;
+        case IPC_INFO: op_info(w, j); break;
+        case IPC_HEALTH: op_health(w, j); break;
+        case IPC_STATS: op_stats(w, j); break;
+        case IPC_MEMBERS: op_members(w, j); break;
+        case IPC_MEMBER_GET:
+        case IPC_MEMBER_PUT:
+        case IPC_MEMBER_DELETE: op_member(w, j); break;
+        case IPC_GROUP_CREATE: op_group_create(w, j); break;
+        case IPC_AUTHZ: op_authz(w, j); break;
+        default: answer_error(j, 400, "bad_request", "unknown request"); break;
+        }
+    }
+    if (j->reply.len == 0)
+        answer_error(j, 500, "internal", "internal error");
+    ipc_put_u64(&j->reply, IPC_T_GEN, gen);
+    if (ipc_end(&j->reply) != IPC_OK) {
+        log_error("answer too large or out of memory type=%u", (unsigned)j->msg.type);
+        kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, gen, 500, 0,
+                       "internal", "the answer could not be encoded");
+        (void)ipc_end(&j->reply);
+    }
+    log_set_request_id(NULL);
+}
+
+void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls)
+{
+    uint32_t kind = ipc_u32(m, IPC_T_CALLER, 0);
+    const char *id = ipc_str(m, IPC_T_IDENTITY);
+
+    *cost = m->type == IPC_UNWRAP && m->count[IPC_T_ITEM] > 1 ? m->count[IPC_T_ITEM] : 1;
+    switch (m->type) {
+    case IPC_VIEW:
+    case IPC_HEALTH:
+    case IPC_STATS:
+    case IPC_MEMBERS:
+    case IPC_MEMBER_GET:
+        *cls = TQ_LIGHT;
+        break;
+    case IPC_INFO:
+        *cls = ipc_u32(m, IPC_T_FLAGS, 0) & IPC_FLAG_RELOAD ? TQ_TOKEN : TQ_LIGHT;
+        break;
+    default:
+        *cls = TQ_TOKEN;
+        break;
+    }
+    /* Fair between the identities the requests are made for; what has
+     * no caller shares a flow per kind. */
+    if (kind == IPC_CALLER_IDENTITY && id != NULL)
+        snprintf(flow, flowcap, "id:%s", id);
+    else if (kind == IPC_CALLER_MEMBERSHIP && id != NULL)
+        snprintf(flow, flowcap, "membership:%s", id);
+    else if (m->type == IPC_SIGN)
+        snprintf(flow, flowcap, "tls-handshake");
+    else if (m->type == IPC_INFO)
+        snprintf(flow, flowcap, "server");
+    else
+        snprintf(flow, flowcap, "anonymous");
+    for (char *p = flow; *p != '\0'; p++) /* one member whatever the case (as rate_key) */
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+}

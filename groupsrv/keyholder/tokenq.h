@@ -1,0 +1,84 @@
+/*
+ * tokenq.h: a fair queue of token work in front of a pool of token workers.
+ * Owned by groupsrv/keyholder/.
+ *
+ * Work arrives from the key holder's I/O loop, which must never wait for
+ * the token, and is run by `workers` threads, each doing one token
+ * operation at a time (with its own session, which the hsm pool hands it).
+ * Between identities the queue is fair: each identity (the flow key) has
+ * its own FIFO and the flows take turns by deficit round robin, so a client
+ * with 60 connections gets the same share of the token as one with a single
+ * connection, and a batch of N items counts as N turns. Within one
+ * identity the order is first come, first served.
+ *
+ * Bounded: at most max_jobs queued (TQ_FULL above that), and a job whose
+ * expected wait exceeds the caller's limit is refused at once (TQ_SHED) so
+ * that it can be answered 503 with Retry-After instead of waiting. The
+ * expected wait is the work queued ahead of the new job in round-robin
+ * order (each other flow's backlog, up to the new job's own position)
+ * times the measured service time, divided by the workers.
+ *
+ * Threads: submit, cancel and stop from any thread (one mutex); the run
+ * callback runs on a worker thread and owns the job from then on: the
+ * queue never touches a job after handing it out.
+ */
+#ifndef GS_KH_TOKENQ_H
+#define GS_KH_TOKENQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct tokenq tokenq;
+struct tq_flow;
+
+/* Embedded in the caller's job; set cost and cls before submitting. */
+typedef struct tq_job {
+    struct tq_job *next;
+    struct tq_flow *flow;   /* set while queued */
+    unsigned cost;          /* turns this job takes (>= 1) */
+    unsigned cls;           /* TQ_TOKEN or TQ_LIGHT: service times are measured per class */
+    double est_s;           /* its estimated service time, at submit */
+} tq_job;
+
+enum { TQ_TOKEN = 0, TQ_LIGHT = 1, TQ_CLASSES };
+
+typedef struct tokenq_ops {
+    /* Per-worker state, made on the worker's thread before it takes work
+     * (NULL fails tokenq_start); freed by fini on the same thread. */
+    void *(*init)(void *arg, unsigned index);
+    void (*fini)(void *worker);
+    /* Runs one job; the job is the callback's from here on. */
+    void (*run)(void *worker, tq_job *job);
+    void *arg;
+} tokenq_ops;
+
+/* A queue with `workers` threads (1..256) and room for max_jobs. NULL on
+ * failure (out of memory, a thread or a worker's init failed). */
+tokenq *tokenq_start(unsigned workers, unsigned max_jobs, const tokenq_ops *ops);
+
+typedef enum tq_verdict {
+    TQ_QUEUED = 0,
+    TQ_SHED,     /* the expected wait exceeds max_wait_s */
+    TQ_FULL,     /* max_jobs are queued */
+    TQ_STOPPED,  /* tokenq_stop was called */
+} tq_verdict;
+
+/* Queues job under flow_key (copied). max_wait_s <= 0: no limit.
+ * *expected_wait_s (may be NULL) gets the estimate, also when refused. */
+tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s, double *expected_wait_s);
+
+/* Removes a job that has not started; true if it was still queued (it is
+ * then the caller's again), false if a worker has it. */
+bool tokenq_cancel(tokenq *q, tq_job *job);
+
+/* Refuses new work, lets the workers finish everything queued, joins
+ * them and frees the queue. NULL is fine. */
+void tokenq_stop(tokenq *q);
+
+typedef struct tokenq_stats {
+    unsigned queued, running, flows, workers;
+    double service_s[TQ_CLASSES]; /* measured service time per unit of cost */
+} tokenq_stats;
+void tokenq_get_stats(tokenq *q, tokenq_stats *out);
+
+#endif

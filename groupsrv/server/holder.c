@@ -1,0 +1,394 @@
+/*
+ * holder.c: calls to the key holder over one link (holder.h).
+ *
+ * Pending calls are kept in the order they were sent (so the oldest is
+ * the first to time out) and found by cookie when an answer comes; a
+ * thread has at most a few hundred in flight (one per connection), so a
+ * linear search costs less than a table would.
+ */
+#include "holder.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "log.h"
+
+struct call {
+    struct call *next, *prev;
+    uint64_t cookie;
+    double deadline;
+    khlink_cb cb;
+    void *arg;
+};
+
+struct khlink {
+    struct event_base *base;
+    int fd;                       /* -1 while down */
+    struct event *rev, *wev;      /* readable; writable while out holds bytes */
+    struct evbuffer *in, *out;    /* partial frames read; what the socket did not take yet */
+    struct event *tick;
+    struct call *head, *tail;     /* pending, oldest first */
+    uint64_t next_cookie, gen;
+    unsigned timeout_s;
+    unsigned char *sync_payload;  /* the last synchronous answer's bytes */
+    size_t sync_len;
+};
+
+static __thread khlink *current_link;
+
+void khlink_set_current(khlink *l) { current_link = l; }
+khlink *khlink_current(void) { return current_link; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void unlink_call(khlink *l, struct call *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+}
+
+static struct call *find_call(khlink *l, uint64_t cookie)
+{
+    for (struct call *c = l->head; c != NULL; c = c->next)
+        if (c->cookie == cookie)
+            return c;
+    return NULL;
+}
+
+/* Every pending call fails (the callbacks may send new calls: they go to
+ * whatever socket the link has by then). */
+static void fail_all(khlink *l)
+{
+    struct call *c = l->head;
+
+    l->head = l->tail = NULL;
+    while (c != NULL) {
+        struct call *next = c->next;
+        c->cb(c->arg, NULL);
+        free(c);
+        c = next;
+    }
+}
+
+static void close_socket(khlink *l)
+{
+    if (l->fd < 0)
+        return;
+    event_del(l->rev);
+    event_del(l->wev);
+    event_free(l->rev);
+    event_free(l->wev);
+    l->rev = l->wev = NULL;
+    close(l->fd);
+    l->fd = -1;
+    evbuffer_drain(l->in, evbuffer_get_length(l->in));
+    evbuffer_drain(l->out, evbuffer_get_length(l->out));
+}
+
+static void down(khlink *l, const char *why)
+{
+    if (l->fd >= 0) {
+        log_error("link to the key holder down reason=\"%s\"", why);
+        close_socket(l);
+    }
+    l->gen = 0;
+    fail_all(l);
+}
+
+/* One answer frame; 0, or -1 when it cannot be decoded (the key holder is
+ * trusted to speak the protocol: the link is dropped). */
+static int deliver(khlink *l, uint32_t type, uint64_t cookie, const unsigned char *payload, size_t len)
+{
+    ipc_msg m;
+    struct call *c;
+
+    if (!(type & IPC_REPLY) || ipc_decode(type, cookie, payload, len, &m) != IPC_OK)
+        return -1;
+    if (ipc_has(&m, IPC_T_GEN))
+        l->gen = ipc_u64(&m, IPC_T_GEN, 0);
+    if ((c = find_call(l, cookie)) == NULL) {
+        log_debug("late answer from the key holder dropped cookie=%llu", (unsigned long long)cookie);
+        return 0;
+    }
+    unlink_call(l, c);
+    c->cb(c->arg, &m);
+    free(c);
+    return 0;
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    khlink *l = arg;
+    int rc = ipc_ev_fill(fd, l->in);
+    (void)what;
+
+    if (rc != IPC_OK) {
+        down(l, rc == IPC_E_CLOSED ? "the key holder closed the link" : rc == IPC_E_IO ? "link error" : "out of memory");
+        return;
+    }
+    for (;;) {
+        uint32_t type = 0;
+        uint64_t cookie = 0;
+        unsigned char *payload = NULL;
+        size_t len = 0;
+        rc = ipc_ev_next(l->in, &type, &cookie, &payload, &len);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            down(l, "unusable frame from the key holder");
+            return;
+        }
+        rc = deliver(l, type, cookie, payload, len);
+        ipc_payload_free(payload, len);
+        if (rc != 0) {
+            down(l, "malformed answer from the key holder");
+            return;
+        }
+        if (l->fd != fd) /* a callback replaced or closed the link */
+            return;
+    }
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    khlink *l = arg;
+    (void)what;
+
+    if (evbuffer_write(l->out, fd) < 0 && errno != EAGAIN && errno != EINTR) {
+        down(l, "link error");
+        return;
+    }
+    if (evbuffer_get_length(l->out) > 0)
+        event_add(l->wev, NULL);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    khlink *l = arg;
+    double now = now_s();
+    (void)fd; (void)what;
+
+    while (l->head != NULL && l->head->deadline <= now) {
+        struct call *c = l->head;
+        unlink_call(l, c);
+        log_error("the key holder did not answer in time cookie=%llu", (unsigned long long)c->cookie);
+        c->cb(c->arg, NULL);
+        free(c);
+    }
+}
+
+khlink *khlink_new(struct event_base *base, unsigned timeout_s)
+{
+    khlink *l = calloc(1, sizeof(*l));
+    struct timeval tv = {0, 250000};
+
+    if (l == NULL)
+        return NULL;
+    l->fd = -1;
+    l->base = base;
+    if ((l->in = evbuffer_new()) == NULL || (l->out = evbuffer_new()) == NULL) {
+        khlink_free(l);
+        return NULL;
+    }
+    l->timeout_s = timeout_s ? timeout_s : 30;
+    l->next_cookie = 1;
+    if ((l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l)) == NULL || event_add(l->tick, &tv) != 0) {
+        khlink_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void khlink_free(khlink *l)
+{
+    if (l == NULL)
+        return;
+    close_socket(l);
+    fail_all(l);
+    if (l->tick != NULL)
+        event_free(l->tick);
+    if (l->in != NULL)
+        evbuffer_free(l->in);
+    if (l->out != NULL)
+        evbuffer_free(l->out);
+    ipc_payload_free(l->sync_payload, l->sync_len);
+    free(l);
+}
+
+int khlink_attach(khlink *l, int fd)
+{
+    down(l, "replaced");
+    if (evutil_make_socket_nonblocking(fd) != 0 ||
+        (l->rev = event_new(l->base, fd, EV_READ | EV_PERSIST, read_cb, l)) == NULL ||
+        (l->wev = event_new(l->base, fd, EV_WRITE, write_cb, l)) == NULL || event_add(l->rev, NULL) != 0) {
+        if (l->rev != NULL)
+            event_free(l->rev);
+        if (l->wev != NULL)
+            event_free(l->wev);
+        l->rev = l->wev = NULL;
+        close(fd);
+        return -1;
+    }
+    l->fd = fd;
+    return 0;
+}
+
+bool khlink_up(const khlink *l) { return l != NULL && l->fd >= 0; }
+uint64_t khlink_gen(const khlink *l) { return l != NULL ? l->gen : 0; }
+
+int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg)
+{
+    struct call *c = NULL;
+    int rc = -1;
+
+    if (l == NULL || l->fd < 0 || ipc_end(b) != IPC_OK || (c = calloc(1, sizeof(*c))) == NULL)
+        goto out;
+    c->cookie = l->next_cookie++;
+    c->deadline = now_s() + l->timeout_s;
+    c->cb = cb;
+    c->arg = arg;
+    ipc_set_cookie(b, c->cookie);
+    switch (ipc_ev_write(l->fd, l->out, b)) {
+    case 0: break;
+    case 1: event_add(l->wev, NULL); break;
+    default:
+        down(l, "link error");
+        goto out;
+    }
+    c->prev = l->tail;
+    if (l->tail != NULL)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    c = NULL;
+    rc = 0;
+out:
+    free(c);
+    ipc_buf_free(b);
+    return rc;
+}
+
+/* Writes out what waits in out, blocking (the frame that follows must
+ * not overtake it). */
+static int flush_output(khlink *l, int timeout_ms)
+{
+    while (evbuffer_get_length(l->out) > 0) {
+        int n = evbuffer_write(l->out, l->fd);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        struct pollfd p = {.fd = l->fd, .events = POLLOUT};
+        if (poll(&p, 1, timeout_ms) <= 0)
+            return -1;
+    }
+    return 0;
+}
+
+int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
+{
+    uint64_t cookie;
+    int fd, rc = -1, found = 0;
+    const char *why = "out of memory";
+    struct evbuffer *in, *stash = NULL;
+    double deadline = now_s() + timeout_ms / 1000.0;
+
+    memset(reply, 0, sizeof(*reply));
+    ipc_payload_free(l->sync_payload, l->sync_len);
+    l->sync_payload = NULL;
+    l->sync_len = 0;
+    if (l->fd < 0 || ipc_end(b) != IPC_OK || (stash = evbuffer_new()) == NULL) {
+        why = "link down";
+        goto out;
+    }
+    cookie = l->next_cookie++;
+    ipc_set_cookie(b, cookie);
+    fd = l->fd;
+    in = l->in;
+    if (flush_output(l, timeout_ms) != 0 || ipc_write_frame(fd, b, -1, timeout_ms) != IPC_OK) {
+        why = "write failed";
+        goto out;
+    }
+    /* Read until our answer; complete frames of other calls move aside
+     * and go back in front of the input afterwards, for the loop. */
+    while (!found) {
+        unsigned char hdr[IPC_HDR_LEN];
+        uint32_t type, plen;
+        uint64_t ck;
+        while (evbuffer_get_length(in) >= IPC_HDR_LEN) {
+            evbuffer_copyout(in, hdr, sizeof(hdr));
+            if (ipc_header(hdr, &type, &plen, &ck) != IPC_OK) {
+                why = "unusable frame";
+                goto out;
+            }
+            if (evbuffer_get_length(in) - IPC_HDR_LEN < plen)
+                break;
+            if (ck != cookie) {
+                evbuffer_remove_buffer(in, stash, IPC_HDR_LEN + (size_t)plen);
+                continue;
+            }
+            unsigned char *p = NULL;
+            size_t len = 0;
+            if (ipc_ev_next(in, &type, &ck, &p, &len) != 1) {
+                why = "unusable frame";
+                goto out;
+            }
+            l->sync_payload = p;
+            l->sync_len = len;
+            if (!(type & IPC_REPLY) || ipc_decode(type, ck, p, len, reply) != IPC_OK) {
+                why = "malformed answer";
+                goto out;
+            }
+            if (ipc_has(reply, IPC_T_GEN))
+                l->gen = ipc_u64(reply, IPC_T_GEN, 0);
+            found = 1;
+            break;
+        }
+        if (found)
+            break;
+        int left = (int)((deadline - now_s()) * 1000);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, left) <= 0) {
+            why = "no answer in time";
+            goto out;
+        }
+        int n = evbuffer_read(in, fd, 65536);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            why = "the key holder closed the link";
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    ipc_buf_free(b);
+    if (stash != NULL) {
+        if (l->fd >= 0 && evbuffer_get_length(stash) > 0) {
+            /* Back in front, for the loop: run the read callback soon. */
+            evbuffer_prepend_buffer(l->in, stash);
+            event_active(l->rev, EV_READ, 0);
+        }
+        evbuffer_free(stash);
+    }
+    if (rc != 0)
+        log_error("synchronous call to the key holder failed reason=\"%s\"", why);
+    return rc;
+}

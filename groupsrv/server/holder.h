@@ -1,0 +1,61 @@
+/*
+ * holder.h: the network process's link to the key holder, one per
+ * event-loop thread (and one for the main thread). Owned by
+ * groupsrv/server/.
+ *
+ * A call sends one request frame (groupsrv/ipc.h) and later runs its
+ * callback exactly once: with the decoded answer, or with NULL when the
+ * key holder cannot answer (the link is down or was replaced because the
+ * key holder restarted, or no answer came within the timeout). Answers
+ * come back in any order: the fair queue in the key holder reorders them;
+ * the cookie pairs them. A late answer to a call that already timed out
+ * is dropped.
+ *
+ * Threads: a link belongs to the thread whose event base it was made
+ * with; every function is called on that thread.
+ */
+#ifndef GS_SRV_HOLDER_H
+#define GS_SRV_HOLDER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ipc.h"
+
+struct event_base;
+typedef struct khlink khlink;
+
+/* The answer is borrowed for the callback only (it may hold a content key:
+ * it is wiped after the callback returns). */
+typedef void (*khlink_cb)(void *arg, const ipc_msg *reply);
+
+/* A link without a socket yet; calls wait at most timeout_s seconds. */
+khlink *khlink_new(struct event_base *base, unsigned timeout_s);
+/* Fails the pending calls (callbacks with NULL), closes the socket. NULL fine. */
+void khlink_free(khlink *l);
+/* Takes fd over as the link's socket. A previous socket is closed and its
+ * pending calls fail (the key holder that had them is gone). 0 or -1. */
+int khlink_attach(khlink *l, int fd);
+bool khlink_up(const khlink *l);
+/* The key holder's data generation, as its latest answer said (0: none
+ * yet since the link was attached). */
+uint64_t khlink_gen(const khlink *l);
+
+/* Sends the request in b (begun with ipc_begin(type, 0); the link sets the
+ * cookie and ends it). 0: cb will run later; -1: not sent (link down or
+ * the frame is bad); cb will not run. b is left empty either way. */
+int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
+
+/* Blocks this thread for the answer (at most timeout_ms): for a TLS
+ * handshake signature, which OpenSSL asks for in the middle of a
+ * callback, and for start-up. Answers to other calls that arrive
+ * meanwhile are kept for the loop. 0 with *reply decoded (valid until the
+ * next call on this link), or -1. */
+int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply);
+
+/* The link of the calling thread (set by the thread that owns it), for
+ * code that runs inside OpenSSL callbacks. */
+void khlink_set_current(khlink *l);
+khlink *khlink_current(void);
+
+#endif

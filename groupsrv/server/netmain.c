@@ -1,0 +1,406 @@
+/*
+ * netmain.c: groupsrv-net, the network process of `groupsrv serve`. The
+ * supervisor starts it (fork and exec: a fresh image with no PKCS#11
+ * module, no PIN, nothing of the supervisor's memory) with one control
+ * socket and sends it, in frames, everything it will use: the config
+ * text, the TLS files' contents, the listening sockets and one link to
+ * the key holder per event-loop thread plus one for this main thread.
+ * Then it sandboxes itself and serves until SIGTERM; later frames bring
+ * new TLS material (SIGHUP) and new links (the key holder restarted).
+ *
+ *   groupsrv-net --ctl FD
+ *
+ * It is not meant to be run by hand. Exit status: 0 after SIGTERM, 1 when
+ * it could not start (the reason on stderr), 2 on bad arguments.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include "log.h"
+#include "sandbox.h"
+#include "server.h"
+#include "tls_tokenkey.h"
+#include "util.h"
+
+#define START_TIMEOUT_MS 60000
+
+/* What the supervisor sent; the TLS texts are kept for reloads of the
+ * token key alone and wiped on exit (the key PEM is a secret). */
+struct net {
+    struct gs_config *cfg;
+    struct srv srv;
+    struct event_base *base;
+    khlink *link;              /* the main thread's link (INFO) */
+    int ctl_fd;
+    ipc_reader ctl;
+    struct event *ctl_ev, *term_ev, *int_ev;
+    int *link_fds;             /* until the threads take them */
+    unsigned nlinks;
+};
+
+static void wipe_opts(tls_opts *o)
+{
+    if (o->key_pem != NULL)
+        OPENSSL_cleanse((void *)o->key_pem, o->key_len);
+    free((void *)o->cert_pem);
+    free((void *)o->key_pem);
+    free((void *)o->client_ca_pem);
+    memset(o, 0, sizeof(*o));
+}
+
+static char *dup_bytes(const unsigned char *p, size_t len)
+{
+    char *c = malloc(len + 1);
+    if (c != NULL) {
+        memcpy(c, p, len);
+        c[len] = '\0';
+    }
+    return c;
+}
+
+/* Builds and installs a TLS state from the files' contents (CTL_TLS) and
+ * what the key holder says (the local CA, the token key's public key;
+ * reload: it finds and checks the token key again). 0 or -1 (errbuf). */
+static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, size_t errlen)
+{
+    tls_opts o;
+    ipc_msg info;
+    ipc_buf b;
+    const unsigned char *p;
+    size_t len;
+    X509 *ca = NULL;
+    EVP_PKEY *tokenkey = NULL;
+    tls_state *st = NULL;
+    int rc = -1;
+
+    memset(&o, 0, sizeof(o));
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_INFO, 0);
+    ipc_put_u32(&b, IPC_T_FLAGS, reload ? IPC_FLAG_RELOAD : 0);
+    if (khlink_call_sync(n->link, &b, START_TIMEOUT_MS, &info) != 0) {
+        snprintf(err, errlen, "the key holder did not answer");
+        goto out;
+    }
+    if (ipc_u32(&info, IPC_T_STATUS, 500) != 200) {
+        snprintf(err, errlen, "%s", ipc_str(&info, IPC_T_MESSAGE) ? ipc_str(&info, IPC_T_MESSAGE) : "key holder error");
+        goto out;
+    }
+    if (ipc_bytes(&info, IPC_T_CA_CERT, &p, &len) == 0) {
+        const unsigned char *q = p;
+        ca = d2i_X509(NULL, &q, (long)len);
+    }
+    if (ipc_bytes(&info, IPC_T_SPKI, &p, &len) == 0 &&
+        tls_tokenkey_new(p, len, n->cfg->tls.key, &tokenkey, err, errlen) != 0)
+        goto out;
+    if (ipc_bytes(m, IPC_T_CERT_PEM, &p, &len) == 0) {
+        o.cert_pem = dup_bytes(p, len);
+        o.cert_len = len;
+    }
+    if (tokenkey == NULL && ipc_bytes(m, IPC_T_KEY_PEM, &p, &len) == 0) {
+        o.key_pem = dup_bytes(p, len);
+        o.key_len = len;
+    }
+    if (ipc_bytes(m, IPC_T_CA_PEM, &p, &len) == 0) {
+        o.client_ca_pem = dup_bytes(p, len);
+        o.client_ca_len = len;
+    }
+    o.token_key = tokenkey;
+    o.local_ca = ca;
+    if (tls_state_new(&o, &st, err, errlen) != 0)
+        goto out;
+    tls_current_set(st);
+    tls_state_unref(st);
+    rc = 0;
+out:
+    wipe_opts(&o);
+    EVP_PKEY_free(tokenkey); /* the SSL_CTX holds its own reference */
+    X509_free(ca);
+    return rc;
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    struct net *n = arg;
+    (void)what;
+    log_info("network process shutting down signal=%d", (int)sig);
+    event_base_loopbreak(n->base);
+}
+
+/* Frames from the supervisor while serving: TLS reloads and new links. */
+static void on_ctl(evutil_socket_t fd, short what, void *arg)
+{
+    struct net *n = arg;
+    const unsigned char *frame;
+    size_t flen;
+    int rc;
+    char err[512];
+    (void)what;
+
+    rc = ipc_reader_fill(&n->ctl, fd);
+    if (rc == IPC_E_CLOSED || (rc != IPC_OK && rc != IPC_E_NOMEM)) {
+        log_error("the supervisor is gone: stopping");
+        event_base_loopbreak(n->base);
+        return;
+    }
+    while ((rc = ipc_reader_peek(&n->ctl, &frame, &flen)) == 1) {
+        uint32_t type, plen;
+        uint64_t cookie;
+        ipc_msg m;
+        ipc_header(frame, &type, &plen, &cookie);
+        if (ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) != IPC_OK) {
+            log_error("malformed control frame from the supervisor type=%u", (unsigned)type);
+        } else if (type == IPC_CTL_TLS) {
+            if (tls_install(n, &m, 1, err, sizeof(err)) == 0)
+                log_info("reloaded TLS certificate, key, client CAs and CRLs");
+            else
+                log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
+        } else if (type == IPC_CTL_LINK) {
+            uint32_t i = ipc_u32(&m, IPC_T_INDEX, UINT32_MAX);
+            int lfd = ipc_reader_take_fd(&n->ctl);
+            if (lfd < 0)
+                log_error("a new link came without its descriptor");
+            else if (i == n->srv.nthreads) {
+                if (khlink_attach(n->link, lfd) != 0)
+                    log_error("cannot use the new main link");
+            } else if (i < n->srv.nthreads) {
+                srv_thread_relink(&n->srv, i, lfd);
+            } else {
+                close(lfd);
+            }
+            if (i == n->srv.nthreads)
+                log_info("links to a restarted key holder received");
+        }
+        ipc_reader_consume(&n->ctl, flen);
+    }
+    if (rc < 0) {
+        log_error("unusable control frame from the supervisor: stopping");
+        event_base_loopbreak(n->base);
+    }
+}
+
+/* Reads the start-up frames (blocking) until CTL_GO. The TLS frame is
+ * kept in *tls_frame (owned, decoded into *tls). */
+static int receive_start(struct net *n, unsigned char **tls_frame, size_t *tls_len, ipc_msg *tls, int *listen_fds)
+{
+    int got_go = 0;
+
+    *tls_frame = NULL;
+    while (!got_go) {
+        const unsigned char *frame;
+        size_t flen;
+        int rc;
+        while ((rc = ipc_reader_peek(&n->ctl, &frame, &flen)) == 1) {
+            uint32_t type, plen;
+            uint64_t cookie;
+            ipc_msg m;
+            ipc_header(frame, &type, &plen, &cookie);
+            if (ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) != IPC_OK) {
+                fprintf(stderr, "groupsrv-net: malformed start-up frame type=%u\n", (unsigned)type);
+                return -1;
+            }
+            const unsigned char *p;
+            size_t len;
+            uint32_t i = ipc_u32(&m, IPC_T_INDEX, UINT32_MAX);
+            switch (type) {
+            case IPC_CTL_CONFIG: {
+                ipc_bytes(&m, IPC_T_TEXT, &p, &len);
+                char *text = dup_bytes(p, len);
+                gs_err ge = text ? gs_config_load_string(text, "groupsrv.conf", &n->cfg) : GS_ERR_NOMEM;
+                free(text);
+                if (ge != GS_OK) {
+                    fprintf(stderr, "groupsrv-net: config: %s\n", gs_err_detail());
+                    return -1;
+                }
+                n->nlinks = n->cfg->server.threads + 1;
+                if ((n->link_fds = malloc(n->nlinks * sizeof(int))) == NULL)
+                    return -1;
+                for (unsigned k = 0; k < n->nlinks; k++)
+                    n->link_fds[k] = -1;
+                break;
+            }
+            case IPC_CTL_TLS:
+                if ((*tls_frame = malloc(plen > 0 ? plen : 1)) == NULL)
+                    return -1;
+                memcpy(*tls_frame, frame + IPC_HDR_LEN, plen);
+                *tls_len = plen;
+                if (ipc_decode(type, cookie, *tls_frame, plen, tls) != IPC_OK)
+                    return -1;
+                break;
+            case IPC_CTL_LISTEN:
+                if (i < 2)
+                    listen_fds[i] = ipc_reader_take_fd(&n->ctl);
+                break;
+            case IPC_CTL_LINK:
+                if (n->link_fds != NULL && i < n->nlinks)
+                    n->link_fds[i] = ipc_reader_take_fd(&n->ctl);
+                break;
+            case IPC_CTL_GO:
+                got_go = 1;
+                break;
+            }
+            ipc_reader_consume(&n->ctl, flen);
+            if (got_go)
+                break;
+        }
+        if (rc < 0)
+            return -1;
+        if (!got_go && (rc = ipc_reader_fill(&n->ctl, n->ctl_fd)) != IPC_OK) {
+            fprintf(stderr, "groupsrv-net: start-up: %s\n", ipc_strerror(rc));
+            return -1;
+        }
+    }
+    if (n->cfg == NULL || *tls_frame == NULL || listen_fds[0] < 0) {
+        fprintf(stderr, "groupsrv-net: incomplete start-up from the supervisor\n");
+        return -1;
+    }
+    for (unsigned k = 0; k < n->nlinks; k++)
+        if (n->link_fds[k] < 0) {
+            fprintf(stderr, "groupsrv-net: link %u missing\n", k);
+            return -1;
+        }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct net n;
+    unsigned char *tls_frame = NULL;
+    size_t tls_len = 0;
+    ipc_msg tls;
+    int listen_fds[2] = {-1, -1};
+    char err[512];
+    int rc = 1;
+    long v;
+
+    memset(&n, 0, sizeof(n));
+    n.ctl_fd = -1;
+    n.srv.listen_fd = n.srv.certsrv_fd = -1;
+    log_init("groupsrv-net", LOG_LVL_INFO, NULL);
+    if (argc != 3 || strcmp(argv[1], "--ctl") != 0 || util_parse_int(argv[2], 3, 1 << 20, &v) != UTIL_OK) {
+        fprintf(stderr, "usage: groupsrv-net --ctl FD (started by groupsrv serve)\n");
+        return 2;
+    }
+    n.ctl_fd = (int)v;
+    /* The supervisor gone means this process goes too. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    signal(SIGPIPE, SIG_IGN);
+    ipc_reader_init(&n.ctl);
+    if (evthread_use_pthreads() != 0 || (n.base = event_base_new()) == NULL)
+        goto out;
+    if (receive_start(&n, &tls_frame, &tls_len, &tls, listen_fds) != 0)
+        goto out;
+    int lvl = log_level_parse(n.cfg->server.log_level);
+    log_set_level(lvl >= 0 ? (enum log_level)lvl : LOG_LVL_INFO);
+    struct srv *s = &n.srv;
+    s->cfg = n.cfg;
+    s->nthreads = n.cfg->server.threads ? n.cfg->server.threads : 4;
+    s->max_body = n.cfg->server.max_body ? n.cfg->server.max_body : 65536;
+    s->timeout = n.cfg->server.timeout ? n.cfg->server.timeout : 30;
+    s->max_conns = n.cfg->server.max_connections ? (long)n.cfg->server.max_connections : 1024;
+    s->budget[SRV_LI_API] = s->max_conns;
+    s->unauth_budget[SRV_LI_API] = s->max_conns - (long)n.cfg->server.reserved_connections;
+    s->budget[SRV_LI_CERTSRV] = n.cfg->certsrv.max_connections ? (long)n.cfg->certsrv.max_connections : 256;
+    s->unauth_budget[SRV_LI_CERTSRV] = s->budget[SRV_LI_CERTSRV] - s->budget[SRV_LI_CERTSRV] / 4;
+    s->per_address = n.cfg->server.max_connections_per_address ? n.cfg->server.max_connections_per_address : 32;
+    s->handshake_timeout = n.cfg->server.handshake_timeout ? n.cfg->server.handshake_timeout : 10;
+    s->request_timeout = n.cfg->server.request_timeout ? n.cfg->server.request_timeout : 20;
+    if ((s->addrs = srv_addr_table_new()) == NULL)
+        goto out;
+    s->listen_fd = listen_fds[0];
+    s->certsrv_fd = listen_fds[1];
+    const struct srv_route *tables[] = {api_routes, certsrv_routes};
+    const size_t counts[] = {api_nroutes, certsrv_nroutes};
+    if (srv_routes_set(s, tables, counts, 2) != 0)
+        goto out;
+    if ((n.link = khlink_new(n.base, s->timeout)) == NULL || khlink_attach(n.link, n.link_fds[s->nthreads]) != 0) {
+        n.link_fds[s->nthreads] = -1;
+        goto out;
+    }
+    n.link_fds[s->nthreads] = -1;
+    khlink_set_current(n.link);
+    if (tls_install(&n, &tls, 0, err, sizeof(err)) != 0) {
+        fprintf(stderr, "groupsrv serve: TLS configuration failed: %s\n", err);
+        goto out;
+    }
+    if (srv_threads_init(s, n.link_fds) != 0) {
+        fprintf(stderr, "groupsrv serve: could not set up the event-loop threads\n");
+        goto out;
+    }
+    for (unsigned k = 0; k < s->nthreads; k++)
+        n.link_fds[k] = -1; /* the threads have them */
+    /* Confinement: the user first (every thread changes with it), then
+     * the threads, then the filter for all of them at once. */
+    err[0] = '\0';
+    if (sandbox_drop(n.cfg->server.user, err, sizeof(err)) != 0) {
+        fprintf(stderr, "groupsrv serve: network process sandbox: %s\n", err);
+        srv_threads_free(s);
+        goto out;
+    }
+    if (srv_threads_run(s) != 0) { /* it stopped those it started */
+        fprintf(stderr, "groupsrv serve: could not start the event-loop threads\n");
+        goto out;
+    }
+    if (sandbox_seccomp(err, sizeof(err)) != 0) {
+        fprintf(stderr, "groupsrv serve: network process sandbox: %s\n", err);
+        srv_threads_stop(s);
+        goto out;
+    }
+    srv_threads_go();
+    n.ctl_ev = event_new(n.base, n.ctl_fd, EV_READ | EV_PERSIST, on_ctl, &n);
+    n.term_ev = evsignal_new(n.base, SIGTERM, on_term, &n);
+    n.int_ev = evsignal_new(n.base, SIGINT, on_term, &n);
+    if (n.ctl_ev == NULL || n.term_ev == NULL || n.int_ev == NULL ||
+        event_add(n.ctl_ev, NULL) != 0 || evsignal_add(n.term_ev, NULL) != 0 || evsignal_add(n.int_ev, NULL) != 0) {
+        srv_threads_stop(s);
+        goto out;
+    }
+    /* SIGHUP goes to the supervisor, which sends the files: ignore it here. */
+    signal(SIGHUP, SIG_IGN);
+    ipc_buf ready;
+    ipc_buf_init(&ready);
+    ipc_begin(&ready, IPC_CTL_READY, 0);
+    if (ipc_end(&ready) != IPC_OK || ipc_write_frame(n.ctl_fd, &ready, -1, 5000) != IPC_OK) {
+        ipc_buf_free(&ready);
+        srv_threads_stop(s);
+        goto out;
+    }
+    ipc_buf_free(&ready);
+    event_base_dispatch(n.base);
+    srv_threads_stop(s);
+    rc = 0;
+out:
+    for (unsigned k = 0; n.link_fds != NULL && k < n.nlinks; k++)
+        if (n.link_fds[k] >= 0)
+            close(n.link_fds[k]);
+    free(n.link_fds);
+    struct event *evs[] = {n.ctl_ev, n.term_ev, n.int_ev};
+    for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
+        if (evs[i] != NULL)
+            event_free(evs[i]);
+    khlink_free(n.link);
+    tls_current_set(NULL);
+    if (n.base != NULL)
+        event_base_free(n.base);
+    if (tls_frame != NULL)
+        OPENSSL_cleanse(tls_frame, tls_len);
+    free(tls_frame);
+    ipc_reader_free(&n.ctl);
+    free((void *)n.srv.routes);
+    srv_addr_table_free(n.srv.addrs);
+    if (listen_fds[0] >= 0)
+        close(listen_fds[0]);
+    if (listen_fds[1] >= 0)
+        close(listen_fds[1]);
+    gs_config_free(n.cfg);
+    return rc;
+}

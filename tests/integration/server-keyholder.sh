@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# server-keyholder.sh BIN SRC: the process split of `groupsrv serve` on a
+# running server (SECURITY.md, "Processes"):
+#  - /proc: the network process maps no PKCS#11 module (nor p11-kit, nor
+#    SQLite), runs under seccomp (Seccomp: 2) as the unprivileged user with
+#    no new privileges, is not dumpable and has no core limit; the PIN's
+#    bytes are nowhere in its memory (and are in the key holder's, which
+#    shows the scan works); the key holder has no listening socket, is not
+#    dumpable and makes no core files;
+#  - the key holder driven directly over its link with malformed and
+#    hostile frames (tests/tools/khdrive.c): each refused, the non-member
+#    audited, the key holder serving on;
+#  - kill -9 of the network process and of the key holder, each under
+#    load: recovery without an operator, errors only for requests in flight
+#    (connection reset) or during the key holder's gap (503
+#    token_unavailable with Retry-After), the audit chain verifies, every
+#    200 answer has its audit record, no zombies.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+start_server
+url=$base/v1/groups/eng/unwrap
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+expect_status 200 "" "unwrap through both processes" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "discovery" -- anon "$base/v1/groups/eng"
+
+child() { ps --ppid "$srv_pid" -o pid=,comm= | awk -v c="$1" '$2 == c {print $1}'; }
+net=$(child groupsrv-net)
+kh=$(child groupsrv-kh)
+[ -n "$net" ] && [ -n "$kh" ] || fail "children of the supervisor: $(ps --ppid "$srv_pid" -o pid=,comm=)"
+
+# ---- the sandbox, from /proc ----
+mods='softhsm|p11-kit|p11fault|pkcs11|opensc|sqlite'
+grep -Eq "$mods" "/proc/$kh/maps" || fail "the key holder maps no token module (is $kh the key holder?)"
+if grep -E "$mods" "/proc/$net/maps"; then fail "the network process maps a PKCS#11 module or the database"; fi
+ok "network process: no PKCS#11 module, no p11-kit, no SQLite in /proc/$net/maps"
+grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net/status" || fail "network process: $(grep Seccomp "/proc/$net/status")"
+grep -Eq '^NoNewPrivs:[[:space:]]+1$' "/proc/$net/status" || fail "network process: no NoNewPrivs"
+ok "network process: Seccomp: 2 (filter), NoNewPrivs: 1"
+if [ "$(id -u)" = 0 ]; then
+  [ "$(awk '/^Uid:/ {print $2 $3 $4 $5}' "/proc/$net/status")" = "$(id -u nobody)$(id -u nobody)$(id -u nobody)$(id -u nobody)" ] ||
+    fail "network process uid: $(grep Uid "/proc/$net/status")"
+  [ "$(awk '/^CapEff:/ {print $2}' "/proc/$net/status")" = 0000000000000000 ] || fail "network process keeps capabilities"
+  # A process that is not dumpable has its /proc files owned by root.
+  [ "$(stat -c %u "/proc/$net/status")" = 0 ] || fail "network process is dumpable"
+  ok "network process: runs as nobody, no capabilities, not dumpable"
+fi
+for p in "$net" "$kh"; do
+  grep -Eq '^Max core file size +0 +0 ' "/proc/$p/limits" || fail "core files allowed for $p: $(grep core "/proc/$p/limits")"
+done
+ok "both: RLIMIT_CORE 0"
+# The PIN: in the key holder (it logs in again after token loss), nowhere
+# in the network process, after it served requests.
+scan() { /usr/bin/python3 - "$1" "$work/token/user-pin" <<'PY'
+import re, sys
+pid, pin = sys.argv[1], open(sys.argv[2], "rb").read().strip()
+found, chunk = 0, 1 << 24
+with open("/proc/%s/maps" % pid) as maps, open("/proc/%s/mem" % pid, "rb", 0) as mem:
+    for line in maps:
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+)", line)
+        lo, hi, perm = int(m.group(1), 16), int(m.group(2), 16), m.group(3)
+        # Sanitizer shadow memory is reserved by the terabyte: no heap there.
+        if "r" not in perm or "[vvar]" in line or "[vsyscall]" in line or hi - lo > (1 << 32):
+            continue
+        tail = b""
+        for at in range(lo, hi, chunk):
+            try:
+                mem.seek(at)
+                data = mem.read(min(chunk, hi - at))
+            except OSError:
+                break
+            found += (tail + data).count(pin)
+            tail = data[-(len(pin) - 1):]
+print(found)
+PY
+}
+[ "$(scan "$kh")" -gt 0 ] || fail "control: the PIN should be in the key holder's memory"
+[ "$(scan "$net")" = 0 ] || fail "the PIN's bytes are in the network process's memory"
+ok "the PIN is in the key holder's memory and nowhere in the network process's"
+# Listening sockets: every TCP socket in LISTEN state, by inode.
+listening=$(awk '$4 == "0A" {print $10}' /proc/net/tcp /proc/net/tcp6 | sort -u)
+socks() { ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\]/\1/p' | sort -u; }
+[ -n "$(comm -12 <(socks "$net") <(echo "$listening"))" ] || fail "control: the network process should hold the listening sockets"
+[ -z "$(comm -12 <(socks "$kh") <(echo "$listening"))" ] || fail "the key holder holds a listening socket"
+ok "the key holder has no listening socket (the network process has them)"
+
+# ---- the key holder over its link, directly ----
+# Its own audit log: one appender per file (the running server's key
+# holder keeps its own chain).
+sed "s|^path = $work/audit.jsonl|path = $work/audit-kh.jsonl|" "$conf" > "$work/kh.conf"
+"$BIN/khdrive" "$work/kh.conf" "$work/ri.der" alice@example.org "$certs/alice@example.org.pem" carol@example.org \
+  > "$work/khdrive.out" 2>&1 || { cat "$work/khdrive.out"; fail "khdrive"; }
+cat "$work/khdrive.out"
+grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"not_a_member"' ||
+  fail "the key holder did not audit the non-member it was told about"
+"$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-kh.jsonl" >/dev/null || fail "the driven key holder's audit chain"
+ok "the refusal for a non-member claimed over IPC is audited"
+
+# ---- kill -9 under load ----
+waitfor() { # waitfor DESC CMD...: up to 30 s
+  local desc=$1; shift
+  for _ in $(seq 1 300); do "$@" && return 0; sleep 0.1; done
+  fail "$desc"
+}
+healthy() { [ "$(status anon "$base/healthz")" = 200 ]; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
+  "$BIN/unwrapclient" soak "$url" "$work/req-tls.json" 4 16 "$work/soak.log" &
+soak=$!
+t0=$(now_ms)
+sleep 3
+t_net_kill=$(( $(now_ms) - t0 ))
+kill -9 "$net"
+waitfor "no new network process" bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net ]"
+waitfor "no service after the network process was killed" healthy
+t_net_back=$(( $(now_ms) - t0 ))
+net2=$(child groupsrv-net)
+ok "network process killed (pid $net): restarted as $net2, serving again after $(( t_net_back - t_net_kill )) ms"
+sleep 2
+t_kh_kill=$(( $(now_ms) - t0 ))
+kill -9 "$kh"
+waitfor "no new key holder" bash -c "k=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-kh\"{print \$1}'); [ -n \"\$k\" ] && [ \"\$k\" != $kh ]"
+waitfor "no service after the key holder was killed" healthy
+t_kh_back=$(( $(now_ms) - t0 ))
+kh2=$(child groupsrv-kh)
+ok "key holder killed (pid $kh): restarted as $kh2, serving again after $(( t_kh_back - t_kh_kill )) ms"
+wait "$soak" || fail "the load client"
+/usr/bin/python3 - "$work/soak.log" "$work/audit.jsonl" "$t_net_kill" "$t_net_back" "$t_kh_kill" "$t_kh_back" <<'PY' ||
+import json, sys
+log, audit = sys.argv[1], sys.argv[2]
+nk, nb, kk, kb = (int(x) for x in sys.argv[3:7])
+slack = 1500  # ms: the test's clock and the client's are read at slightly different moments
+rows = [l.split() for l in open(log)]
+oks = [r for r in rows if r[1] == "200"]
+bad = []
+for end, status, code, rid, retry in rows:
+    end = int(end)
+    if status == "200":
+        continue
+    if status == "0" and nk - slack <= end <= nb + slack:
+        continue  # in flight when the network process died: the connection broke
+    if status == "503" and code == "token_unavailable" and retry != "-" and kk - slack <= end <= kb + slack:
+        continue  # the key holder's gap
+    bad.append((end, status, code, retry))
+after_net = [r for r in oks if int(r[0]) > nb]
+after_kh = [r for r in oks if int(r[0]) > kb]
+ids = set()
+for line in open(audit):
+    rec = json.loads(line)
+    if rec.get("action") == "unwrap" and rec.get("outcome") == "ok" and "request_id" in rec:
+        ids.add(rec["request_id"])
+missing = [r[3] for r in oks if r[3] not in ids]
+print("requests %d, 200 %d, other %d outside the gaps, 200 after each restart %d/%d, 200 without audit record %d"
+      % (len(rows), len(oks), len(bad), len(after_net), len(after_kh), len(missing)))
+if bad[:5]:
+    print("unexpected answers:", bad[:5])
+sys.exit(0 if not bad and after_net and after_kh and not missing and len(oks) > 20 else 1)
+PY
+  fail "answers under kill -9 (see above)"
+ok "kill -9 under load: errors only in flight or in the key holder's gap; every 200 audited"
+"$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit chain after kill -9"
+ok "the audit chain verifies after both kills"
+[ "$(ps --ppid "$srv_pid" -o stat= | grep -c Z || true)" = 0 ] || fail "zombies: $(ps --ppid "$srv_pid" -o pid=,stat=,comm=)"
+[ "$(ps --ppid "$srv_pid" -o pid= | wc -l)" = 2 ] || fail "children: $(ps --ppid "$srv_pid" -o pid=,comm=)"
+ok "no zombies: exactly the two children"
+grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net2/status" || fail "the restarted network process is not sandboxed"
+ok "the restarted network process is sandboxed too"
+
+# ---- SIGTERM: everything stops, nothing left ----
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "SIGTERM exit status"
+srv_pid=
+for p in "$net2" "$kh2"; do kill -0 "$p" 2>/dev/null && fail "child $p still runs after SIGTERM"; done
+ok "SIGTERM: the supervisor exits 0 and both children are gone"
+
+# ---- not dumpable, seen as the service user ----
+# Started by a user other than root (systemd's User=), both children keep
+# that uid; a process that is not dumpable has its /proc files owned by
+# root all the same, which the dumpable supervisor (the control) has not.
+if [ "$(id -u)" = 0 ]; then
+  chown -R nobody: "$work"
+  setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+  srv_pid=$!
+  waitfor "the server as nobody" healthy
+  net=$(child groupsrv-net)
+  kh=$(child groupsrv-kh)
+  nobody=$(id -u nobody)
+  [ "$(stat -c %u "/proc/$srv_pid/status")" = "$nobody" ] || fail "control: the supervisor should be dumpable"
+  for p in "$net" "$kh"; do
+    [ "$(awk '/^Uid:/ {print $2}' "/proc/$p/status")" = "$nobody" ] || fail "$p does not run as nobody"
+    [ "$(stat -c %u "/proc/$p/status")" = 0 ] || fail "process $p is dumpable"
+  done
+  grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net/status" || fail "the network process of a non-root server is not sandboxed"
+  expect_status 200 "" "unwrap from a server started as nobody" -- c alice --data-binary @"$work/req-tls.json" "$url"
+  ok "started as nobody: key holder and network process not dumpable (the supervisor is), sandbox on"
+  kill -TERM "$srv_pid"
+  wait "$srv_pid" || fail "SIGTERM exit status (nobody)"
+  srv_pid=
+fi

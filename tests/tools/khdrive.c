@@ -1,0 +1,296 @@
+/*
+ * khdrive: drives the key holder directly, as a compromised network
+ * process could: it forks keyholder_main (the same code `groupsrv serve`
+ * forks) with two links and sends it malformed and hostile frames, each
+ * of which must be refused with an answer (or, for a frame header that
+ * cannot be trusted, by closing that link only), while the key holder
+ * keeps serving good requests on the other link.
+ *
+ *   khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER
+ *
+ * Prints "ok: ..." per check; exit 0 when all passed, 1 otherwise.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "config.h"
+#include "envelope.h"
+#include "ipc.h"
+#include "keyholder.h"
+#include "log.h"
+#include "util.h"
+
+static int failed;
+
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (cond) {                                                                                                    \
+            printf("ok: ");                                                                                            \
+        } else {                                                                                                       \
+            printf("FAIL: ");                                                                                          \
+            failed = 1;                                                                                                \
+        }                                                                                                              \
+        printf(__VA_ARGS__);                                                                                           \
+        printf("\n");                                                                                                  \
+        fflush(stdout);                                                                                                \
+    } while (0)
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    while (n > 0) {
+        ssize_t k = write(fd, c, n);
+        if (k <= 0)
+            return -1;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Reads one answer frame (30 s at most): 0 with *m decoded (payload in
+ * *owned, caller frees), 1 at end of stream, -1 on error. */
+static int read_answer(int fd, ipc_reader *rd, ipc_msg *m, unsigned char **owned)
+{
+    for (;;) {
+        const unsigned char *frame;
+        size_t flen;
+        int rc = ipc_reader_peek(rd, &frame, &flen);
+        if (rc == 1) {
+            uint32_t type, plen;
+            uint64_t cookie;
+            ipc_header(frame, &type, &plen, &cookie);
+            *owned = malloc(plen + 1);
+            memcpy(*owned, frame + IPC_HDR_LEN, plen);
+            ipc_reader_consume(rd, flen);
+            return ipc_decode(type, cookie, *owned, plen, m) == IPC_OK ? 0 : -1;
+        }
+        if (rc < 0)
+            return -1;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 30000) <= 0)
+            return -1;
+        rc = ipc_reader_fill(rd, fd);
+        if (rc == IPC_E_CLOSED)
+            return 1;
+        if (rc != IPC_OK)
+            return -1;
+    }
+}
+
+/* Sends raw frame bytes and expects an answer with the status (and code). */
+static void expect(int fd, ipc_reader *rd, const void *frame, size_t len, uint32_t want_type, uint32_t want_status,
+                   const char *want_code, const char *what)
+{
+    ipc_msg m;
+    unsigned char *owned = NULL;
+
+    if (write_all(fd, frame, len) != 0) {
+        CHECK(0, "%s: could not send", what);
+        return;
+    }
+    int rc = read_answer(fd, rd, &m, &owned);
+    if (rc != 0) {
+        CHECK(0, "%s: no answer (%d)", what, rc);
+        free(owned);
+        return;
+    }
+    const char *code = ipc_str(&m, IPC_T_CODE);
+    CHECK(m.type == want_type && ipc_u32(&m, IPC_T_STATUS, 0) == want_status &&
+              (want_code == NULL || (code != NULL && strcmp(code, want_code) == 0)),
+          "%s: answered %u %s (type 0x%x)", what, ipc_u32(&m, IPC_T_STATUS, 0), code ? code : "-", m.type);
+    free(owned);
+}
+
+/* A frame: header and raw payload bytes. */
+static size_t raw_frame(unsigned char *out, uint32_t type, uint64_t cookie, const void *payload, uint32_t plen)
+{
+    memcpy(out, &type, 4);
+    memcpy(out + 4, &plen, 4);
+    memcpy(out + 8, &cookie, 8);
+    memcpy(out + IPC_HDR_LEN, payload, plen);
+    return IPC_HDR_LEN + plen;
+}
+
+/* The public key of the member's certificate, as the network process
+ * sends it for a member recorded with one. */
+static unsigned char *spki;
+static int spki_len;
+
+static void unwrap_frame(ipc_buf *b, uint64_t cookie, const char *who, const char *group, const unsigned char *ek,
+                         size_t ek_len)
+{
+    ipc_begin(b, IPC_UNWRAP, cookie);
+    ipc_put_str(b, IPC_T_REQUEST_ID, "feedfacefeedface");
+    ipc_put_u32(b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
+    ipc_put_str(b, IPC_T_IDENTITY, who);
+    if (spki_len > 0)
+        ipc_put_bytes(b, IPC_T_SPKI, spki, (size_t)spki_len);
+    ipc_put_str(b, IPC_T_GROUP, group);
+    ipc_nest_begin(b, IPC_T_ITEM);
+    ipc_put_u32(b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+    ipc_put_u32(b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+    ipc_put_bytes(b, IPC_T_ENC_KEY, ek, ek_len);
+    ipc_nest_end(b);
+    (void)ipc_end(b);
+}
+
+int main(int argc, char **argv)
+{
+    struct gs_config *cfg = NULL;
+    unsigned char *ri_der = NULL, buf[4096];
+    size_t ri_len = 0;
+    env_recipient *ri = NULL;
+    const unsigned char *ek;
+    size_t ek_len;
+    int ctl[2], l0[2], l1[2];
+    ipc_reader rd0, rd1, rdc;
+    ipc_buf b;
+    ipc_msg m;
+    unsigned char *owned = NULL;
+
+    if (argc != 6) {
+        fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER\n");
+        return 2;
+    }
+    FILE *cf = fopen(argv[4], "r");
+    X509 *cert = cf ? PEM_read_X509(cf, NULL, NULL, NULL) : NULL;
+    if (cf != NULL)
+        fclose(cf);
+    if (cert == NULL || (spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &spki)) <= 0) {
+        fprintf(stderr, "khdrive: cannot read %s\n", argv[4]);
+        return 2;
+    }
+    X509_free(cert);
+    log_init("khdrive", LOG_LVL_WARN, NULL);
+    if (gs_config_load(argv[1], &cfg) != GS_OK || util_read_file(argv[2], 65536, &ri_der, &ri_len) != UTIL_OK ||
+        env_recipient_parse(ri_der, ri_len, &ri) != ENV_OK || env_recipient_encrypted_key(ri, NULL, &ek, &ek_len) != ENV_OK) {
+        fprintf(stderr, "khdrive: cannot read the config or the RecipientInfo\n");
+        return 2;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l1) != 0)
+        return 1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(ctl[0]);
+        close(l0[0]);
+        close(l1[0]);
+        int links[2] = {l0[1], l1[1]};
+        _exit(keyholder_main(cfg, ctl[1], links, 2));
+    }
+    close(ctl[1]);
+    close(l0[1]);
+    close(l1[1]);
+    ipc_reader_init(&rd0);
+    ipc_reader_init(&rd1);
+    ipc_reader_init(&rdc);
+    ipc_buf_init(&b);
+    /* Ready? */
+    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
+    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
+    CHECK(ready, "the key holder started");
+    if (!ready)
+        goto out;
+
+    /* 1. A field that claims more bytes than the frame has (truncated). */
+    unsigned char pay[64];
+    uint16_t tag = IPC_T_GROUP;
+    uint32_t flen = 100;
+    memcpy(pay, &tag, 2);
+    memcpy(pay + 2, &flen, 4);
+    memcpy(pay + 6, "eng", 4);
+    size_t n = raw_frame(buf, IPC_VIEW, 11, pay, 10);
+    expect(l0[0], &rd0, buf, n, IPC_VIEW | IPC_REPLY, 400, "bad_request", "truncated field");
+    /* 2. An unknown message type. */
+    n = raw_frame(buf, 0x4242, 12, "", 0);
+    expect(l0[0], &rd0, buf, n, IPC_REPLY, 400, "bad_request", "unknown message type");
+    /* 3. Bad lengths: a 3-byte u32, a 65-byte digest, a string without its NUL. */
+    uint32_t three = 3;
+    tag = IPC_T_FLAGS;
+    memcpy(pay, &tag, 2);
+    memcpy(pay + 2, &three, 4);
+    memcpy(pay + 6, "abc", 3);
+    n = raw_frame(buf, IPC_INFO, 13, pay, 9);
+    expect(l0[0], &rd0, buf, n, IPC_INFO | IPC_REPLY, 400, "bad_request", "a u32 of 3 bytes");
+    unsigned char digest[65] = {0};
+    tag = IPC_T_DIGEST;
+    uint32_t dl = sizeof(digest);
+    memcpy(pay, &tag, 2);
+    memcpy(pay + 2, &dl, 4);
+    unsigned char big[6 + sizeof(digest)];
+    memcpy(big, pay, 6);
+    memcpy(big + 6, digest, sizeof(digest));
+    n = raw_frame(buf, IPC_SIGN, 14, big, sizeof(big));
+    expect(l0[0], &rd0, buf, n, IPC_SIGN | IPC_REPLY, 400, "bad_request", "a 65-byte digest");
+    tag = IPC_T_GROUP;
+    flen = 3;
+    memcpy(pay, &tag, 2);
+    memcpy(pay + 2, &flen, 4);
+    memcpy(pay + 6, "eng", 3);
+    n = raw_frame(buf, IPC_VIEW, 15, pay, 9);
+    expect(l0[0], &rd0, buf, n, IPC_VIEW | IPC_REPLY, 400, "bad_request", "a string without its NUL");
+    /* 4. A well-formed unwrap for an identity that is not a member: a key
+     * decision, refused and audited. */
+    unwrap_frame(&b, 16, argv[5], "eng", ek, ek_len);
+    expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 403, "not_a_member", "unwrap for a non-member");
+    /* 5. A group that does not exist. */
+    unwrap_frame(&b, 17, argv[3], "nosuchgroup", ek, ek_len);
+    expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 404, "not_found", "unwrap for a group that does not exist");
+    /* 6. A member, correctly: still serving. */
+    unwrap_frame(&b, 18, argv[3], "eng", ek, ek_len);
+    expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 200, NULL, "a member's unwrap after all that");
+    /* 7. A header over the size cap on the other link: that link is closed. */
+    uint32_t huge = IPC_MAX_PAYLOAD + 1, t = IPC_VIEW;
+    memset(buf, 0, IPC_HDR_LEN);
+    memcpy(buf, &t, 4);
+    memcpy(buf + 4, &huge, 4);
+    write_all(l1[0], buf, IPC_HDR_LEN);
+    CHECK(read_answer(l1[0], &rd1, &m, &owned) == 1, "an oversize frame header closes that link");
+    free(owned);
+    owned = NULL;
+    /* 8. The first link still serves, and the answer pairs by cookie. */
+    unwrap_frame(&b, 19, argv[3], "eng", ek, ek_len);
+    if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd0, &m, &owned) == 0) {
+        const unsigned char *res;
+        size_t rl;
+        CHECK(m.cookie == 19 && ipc_u32(&m, IPC_T_STATUS, 0) == 200 && ipc_bytes(&m, IPC_T_RESULT, &res, &rl) == 0,
+              "the other link keeps serving (cookie %llu)", (unsigned long long)m.cookie);
+    } else {
+        CHECK(0, "the other link keeps serving");
+    }
+    free(owned);
+    owned = NULL;
+    /* 9. A half frame, then the link closes: the key holder stays up. */
+    unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
+    write_all(l0[0], b.p, b.len / 2);
+    close(l0[0]);
+    l0[0] = -1;
+    usleep(200000);
+    CHECK(waitpid(pid, NULL, WNOHANG) == 0, "a link closed mid-frame does not stop the key holder");
+out:
+    kill(pid, SIGTERM);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key holder stops cleanly on SIGTERM");
+    ipc_buf_free(&b);
+    ipc_reader_free(&rd0);
+    ipc_reader_free(&rd1);
+    ipc_reader_free(&rdc);
+    env_recipient_free(ri);
+    free(ri_der);
+    OPENSSL_free(spki);
+    gs_config_free(cfg);
+    return failed;
+}

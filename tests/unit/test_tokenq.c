@@ -1,0 +1,269 @@
+/*
+ * test_tokenq.c: the key holder's fair queue (groupsrv/keyholder/tokenq.c):
+ * one identity with many jobs cannot starve another, FIFO within an
+ * identity, a batch costs its items, load shedding from the expected
+ * wait, the cap, cancel, and a stop that finishes what was queued. Jobs
+ * are real work on real worker threads; a gate job holds the single
+ * worker while a test queues, so the order is decided by the queue alone.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tokenq.h"
+
+struct tjob {
+    tq_job tq; /* first */
+    int id;
+    int sleep_ms;
+    int gate;
+};
+
+struct rec {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int order[256];
+    int n;
+    int gate_open;
+};
+
+static struct rec R;
+
+static void run(void *worker, tq_job *job)
+{
+    struct tjob *j = (struct tjob *)job;
+    (void)worker;
+    pthread_mutex_lock(&R.mu);
+    while (j->gate && !R.gate_open)
+        pthread_cond_wait(&R.cv, &R.mu);
+    pthread_mutex_unlock(&R.mu);
+    if (j->sleep_ms > 0) {
+        struct timespec ts = {0, (long)j->sleep_ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    pthread_mutex_lock(&R.mu);
+    if (!j->gate && R.n < 256)
+        R.order[R.n++] = j->id;
+    pthread_cond_broadcast(&R.cv);
+    pthread_mutex_unlock(&R.mu);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&R, 0, sizeof(R));
+    pthread_mutex_init(&R.mu, NULL);
+    pthread_cond_init(&R.cv, NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pthread_mutex_destroy(&R.mu);
+    pthread_cond_destroy(&R.cv);
+    return 0;
+}
+
+static tokenq *start(unsigned workers, unsigned max_jobs)
+{
+    tokenq_ops ops = {.run = run};
+    tokenq *q = tokenq_start(workers, max_jobs, &ops);
+    assert_non_null(q);
+    return q;
+}
+
+static void open_gate(void)
+{
+    pthread_mutex_lock(&R.mu);
+    R.gate_open = 1;
+    pthread_cond_broadcast(&R.cv);
+    pthread_mutex_unlock(&R.mu);
+}
+
+static void wait_done(int n)
+{
+    pthread_mutex_lock(&R.mu);
+    while (R.n < n)
+        pthread_cond_wait(&R.cv, &R.mu);
+    pthread_mutex_unlock(&R.mu);
+}
+
+static int position(int id)
+{
+    for (int i = 0; i < R.n; i++)
+        if (R.order[i] == id)
+            return i;
+    return -1;
+}
+
+static struct tjob *mk(struct tjob *jobs, int id, unsigned cost)
+{
+    struct tjob *j = &jobs[id];
+    memset(j, 0, sizeof(*j));
+    j->id = id;
+    j->tq.cost = cost;
+    return j;
+}
+
+/* 60 jobs of one identity and then 1 of another: the lone one goes second. */
+static void test_fair_between_identities(void **state)
+{
+    static struct tjob jobs[64], gate;
+    tokenq *q = start(1, 1024);
+    (void)state;
+
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:heavy@example.org", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_submit(q, &mk(jobs, 60, 1)->tq, "id:light@example.org", 0, NULL), TQ_QUEUED);
+    open_gate();
+    wait_done(61);
+    assert_in_range(position(60), 0, 1);
+    /* First come, first served within the heavy identity. */
+    int last = -1;
+    for (int i = 0; i < R.n; i++)
+        if (R.order[i] < 60) {
+            assert_true(R.order[i] > last);
+            last = R.order[i];
+        }
+    tokenq_stop(q);
+}
+
+/* A batch of 4 items waits for 4 turns; single jobs of another identity
+ * take the turns in between. */
+static void test_batch_costs_items(void **state)
+{
+    static struct tjob jobs[8], gate;
+    tokenq *q = start(1, 1024);
+    (void)state;
+
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_submit(q, &mk(jobs, 0, 4)->tq, "id:batch", 0, NULL), TQ_QUEUED);
+    for (int i = 1; i <= 4; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:single", 0, NULL), TQ_QUEUED);
+    open_gate();
+    wait_done(5);
+    assert_int_equal(position(0), 3);
+    tokenq_stop(q);
+}
+
+/* Shedding: measured service time x work ahead > the limit. The heavy
+ * identity's next job is refused; another identity, with nothing queued,
+ * is let in. */
+static void test_shed_by_expected_wait(void **state)
+{
+    static struct tjob jobs[16], gate;
+    double wait = 0;
+    tokenq *q = start(1, 1024);
+    tokenq_stats st;
+    (void)state;
+
+    /* Measure: one job of 40 ms. */
+    mk(jobs, 0, 1)->sleep_ms = 40;
+    assert_int_equal(tokenq_submit(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
+    wait_done(1);
+    /* The worker records the service time after the job's run returns. */
+    for (int tries = 0; tries < 200; tries++) {
+        tokenq_get_stats(q, &st);
+        if (st.service_s[TQ_TOKEN] > 0)
+            break;
+        usleep(5000);
+    }
+    assert_true(st.service_s[TQ_TOKEN] >= 0.035);
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    for (int i = 1; i <= 10; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:heavy", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_submit(q, &mk(jobs, 11, 1)->tq, "id:heavy", 0.2, &wait), TQ_SHED);
+    assert_true(wait > 0.3);
+    assert_int_equal(tokenq_submit(q, &mk(jobs, 12, 1)->tq, "id:light", 0.2, &wait), TQ_QUEUED);
+    assert_true(wait < 0.2);
+    open_gate();
+    wait_done(12);
+    assert_int_equal(position(11), -1);
+    tokenq_stop(q);
+}
+
+static void test_cap_and_cancel(void **state)
+{
+    static struct tjob jobs[8], gate;
+    tokenq *q = start(1, 3);
+    (void)state;
+
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    /* The worker took the gate job: room for 3 queued. */
+    for (int tries = 0; tries < 200; tries++) {
+        tokenq_stats st;
+        tokenq_get_stats(q, &st);
+        if (st.running == 1)
+            break;
+        usleep(5000);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_submit(q, &mk(jobs, 3, 1)->tq, "id:y", 0, NULL), TQ_FULL);
+    assert_true(tokenq_cancel(q, &jobs[1].tq));
+    assert_false(tokenq_cancel(q, &jobs[1].tq));
+    open_gate();
+    wait_done(2);
+    assert_false(tokenq_cancel(q, &jobs[0].tq)); /* it ran */
+    tokenq_stop(q);
+    assert_int_equal(R.n, 2);
+    assert_int_equal(position(1), -1);
+}
+
+static void *opener(void *arg)
+{
+    (void)arg;
+    usleep(50000);
+    open_gate();
+    return NULL;
+}
+
+/* Stop refuses new work but finishes what was queued. */
+static void test_stop_drains(void **state)
+{
+    static struct tjob jobs[8], gate, late;
+    pthread_t t;
+    tokenq *q = start(1, 64);
+    (void)state;
+
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL), TQ_QUEUED);
+    assert_int_equal(pthread_create(&t, NULL, opener, NULL), 0);
+    tokenq_stop(q);
+    pthread_join(t, NULL);
+    assert_int_equal(R.n, 5);
+    (void)late;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fair_between_identities, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_costs_items, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shed_by_expected_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cap_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
