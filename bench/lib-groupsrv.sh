@@ -13,6 +13,8 @@
 #                      $WORK/group-${NAME#bench-}.pem
 # gs_server_start / gs_server_stop
 #                      `groupsrv serve`, [server] threads = NCPU; SERVER_PID
+#                      (the supervisor; GS_SERVE_BIN = another build's
+#                      groupsrv to start instead)
 
 gs() { "$BIN/groupsrv" -c "$CONF" "$@"; }
 
@@ -84,7 +86,7 @@ gs_group_create() { # NAME KEYSPEC
 }
 
 gs_server_start() {
-  "$BIN/groupsrv" -c "$CONF" serve >>"$GS_WORK/server.log" 2>&1 &
+  "${GS_SERVE_BIN:-$BIN/groupsrv}" -c "$CONF" serve >>"$GS_WORK/server.log" 2>&1 &
   SERVER_PID=$!
   pids+=("$SERVER_PID")
   local i

@@ -60,6 +60,210 @@ def ratio(a, b, nd=2):
     return f"{a / b:.{nd}f}"
 
 
+def kh_source(rdir):
+    """Where the key holder's figures come from: bench/results/keyholder/
+    (`--part keyholder`) when that run is newer than RDIR's, else RDIR."""
+    kdir = os.path.join(os.path.dirname(os.path.abspath(rdir)), "keyholder")
+    here = read_kv(os.path.join(rdir, "machine.txt"))
+    kfile = os.path.join(kdir, "machine.txt")
+    if os.path.abspath(kdir) != os.path.abspath(rdir) and os.path.exists(kfile):
+        km = read_kv(kfile)
+        if km.get("date_utc", "") > here.get("date_utc", ""):
+            return kdir, km
+    return rdir, here
+
+
+def median(vals):
+    v = sorted(vals)
+    if not v:
+        return None
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def strace_counts(path):
+    """syscall -> calls, from an `strace -c` summary."""
+    counts = {}
+    if not os.path.exists(path):
+        return counts
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) >= 5 and re.match(r"^[\d.]+$", p[0]) and p[-1] != "total":
+                try:
+                    counts[p[-1]] = int(p[3])
+                except ValueError:
+                    pass
+    return counts
+
+
+def kh_section(w, rdir):
+    """The figures of the key-holder split (issue 16)."""
+    kdir, km = kh_source(rdir)
+    rows = read_csv(os.path.join(kdir, "results.csv"))
+    cpu = read_csv(os.path.join(kdir, "cpu.csv"))
+    ipc = [r for r in rows if r["tool"] == "ipchop"]
+    model = [r for r in rows if r["variant"] in ("model", "keepalive-model")]
+    over = [r for r in rows if r["variant"].startswith("overload-")]
+    if not (cpu or ipc or model or over):
+        return
+
+    def pick(tool, variant, conc=None):
+        m = sorted((r for r in rows if r["tool"] == tool and r["variant"] == variant
+                    and (conc is None or int(r["conc"]) == conc)), key=lambda r: float(r["ops_per_s"]))
+        return m[(len(m) - 1) // 2] if m else None
+
+    def f(r, col):
+        return float(r[col]) if r else None
+
+    w("### The key holder: the network side and the token in separate processes")
+    w("")
+    if kdir != rdir:
+        w(f"From `./bench/run {km.get('args', '')}` (run `{km.get('date_utc', '?')}` at commit "
+          f"`{km.get('git', '?')}`, results in `bench/results/keyholder/`; load average "
+          f"{km.get('loadavg_at_start', '?')} at the start and {km.get('loadavg_at_end', '?')} at the end, "
+          f"on {km.get('cores', '?')} cores shared with other work).")
+    else:
+        w("From the run above.")
+    rounds = int(km.get("rounds", "1") or 1)
+    if rounds > 1:
+        w(f"Each point {rounds} times, the contenders interleaved; medians.")
+    w("")
+    w("| figure | target | measured |")
+    w("| --- | --- | --- |")
+    g64 = pick("unwrap-load", "keepalive-model", 64)
+    if g64:
+        p50, p99 = float(g64["p50_ms"]), float(g64["p99_ms"])
+        w(f"| token model, 64 connections: p99 / p50 | <= 3 | {ratio(p99, p50)} (p50 {p50:g} ms, p99 {p99:g} ms) |")
+    g16, a8 = pick("unwrap-load", "keepalive-model", 16), pick("p11rate", "model", 8)
+    if g16 and a8:
+        w(f"| token model: groupsrv at 16 connections / p11rate with 8 threads | >= 0.95 | "
+          f"{ratio(f(g16, 'ops_per_s'), f(a8, 'ops_per_s'))} ({fmt(f(g16, 'ops_per_s'))} / {fmt(f(a8, 'ops_per_s'))}) |")
+    g1, a1 = pick("unwrap-load", "keepalive-model", 1), pick("p11rate", "model", 1)
+    if g1 and a1:
+        w(f"| token model: groupsrv at 1 connection / p11rate with 1 thread | >= 0.90 | "
+          f"{ratio(f(g1, 'ops_per_s'), f(a1, 'ops_per_s'))} ({fmt(f(g1, 'ops_per_s'))} / {fmt(f(a1, 'ops_per_s'))}) |")
+    for r in (r for r in rows if r["variant"] == "rate80"):
+        w(f"| SoftHSM {r['key']}, open loop at 80% of peak: p99 | <= 10 ms | {r['p99_ms']} ms "
+          f"(p50 {r['p50_ms']} ms, {fmt(float(r['ops_per_s']))}/s achieved) |")
+    if cpu:
+        mine = [float(r["us_per_unwrap"]) for r in cpu if r["contender"] == "split"]
+        base = [float(r["us_per_unwrap"]) for r in cpu if r["contender"] == "baseline"]
+        txt = f"{median(mine):.0f} µs" + (f" ({min(mine):.0f}-{max(mine):.0f})" if len(mine) > 1 else "")
+        if base:
+            txt += (f"; the one-process server of `{km.get('baseline', '?')}` in the same run: "
+                    f"{median(base):.0f} µs, ratio {median(mine) / median(base):.2f}")
+        w(f"| zero-cost token, 8 connections: the server's CPU per unwrap | <= 40 µs | {txt} |")
+    w("")
+
+    if model:
+        us, eng = km.get("model_us", "?"), km.get("model_engines", "?")
+        w(f"Token model ({eng} engines x {int(us) / 1000:g} ms; key holder with "
+          f"{km.get('model_workers', '?')} token workers, network process with "
+          f"{km.get('model_threads', '?')} event-loop threads):")
+        w("")
+        w("| conns / threads | p11rate | groupsrv | groupsrv / p11rate | p50 ms | p99 ms | p99 / p50 |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for c in sorted({int(r["conc"]) for r in model}):
+            a, g = pick("p11rate", "model", c), pick("unwrap-load", "keepalive-model", c)
+            if g is None:
+                continue
+            w(f"| {c} | {fmt(f(a, 'ops_per_s'))} | {fmt(f(g, 'ops_per_s'))} | "
+              f"{ratio(f(g, 'ops_per_s'), f(a, 'ops_per_s'))} | {g['p50_ms']} | {g['p99_ms']} | "
+              f"{ratio(float(g['p99_ms']), float(g['p50_ms']), 1)} |")
+        w("")
+
+    if ipc:
+        w("### The IPC hop")
+        w("")
+        w("`bench/ipchop`: an unwrap request (one 256-byte encrypted key) and its answer (a 32-byte key) "
+          "between two processes on a socketpair, encoded and decoded by `groupsrv/ipc.c`, each side "
+          "waiting in poll(2); no token, no TLS, no audit.")
+        w("")
+        w("| requests in flight | round trips/s | round trip p50 µs | p99 µs | CPU per round trip, both processes (µs) |")
+        w("| ---: | ---: | ---: | ---: | ---: |")
+        for r in ipc:
+            k = int(r["conc"])
+            lat50 = f"{float(r['p50_ms']) * 1000:.0f}" if k == 1 else "-"
+            lat99 = f"{float(r['p99_ms']) * 1000:.0f}" if k == 1 else "-"
+            w(f"| {k} | {fmt(float(r['ops_per_s']))} | {lat50} | {lat99} | "
+              f"{float(r['cpu_s']) * 1e6 / max(1, int(r['ops'])):.1f} |")
+        w("")
+
+    if over:
+        cap = int(km.get("model_engines", "4")) * 1000000 // int(km.get("model_us", "5000"))
+        w("### Overload: the token model offered twice its capacity")
+        w("")
+        w(f"Open loop at {2 * cap:,}/s on 256 keep-alive connections to a token that does {cap:,}/s, "
+          "`[server] max_queue_ms = 100`; a 503 `overloaded` answer is counted as shed (with or without "
+          "`Retry-After`), not as an error; latencies are of the admitted requests.")
+        w("")
+        w("| round | admitted/s | p50 ms | p99 ms | shed | shed without Retry-After | errors |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in over:
+            i = r["variant"].split("-")[-1]
+            sh = read_kv(os.path.join(kdir, f"shed-{i}.txt")) if os.path.exists(
+                os.path.join(kdir, f"shed-{i}.txt")) else {}
+            w(f"| {i} | {fmt(float(r['ops_per_s']))} | {r['p50_ms']} | {r['p99_ms']} | "
+              f"{int(sh.get('shed', '0')):,} | {sh.get('shed_without_retry_after', '-')} | {r['errors']} |")
+        w("")
+        rss = read_csv(os.path.join(kdir, "overload-rss.csv"))
+        if rss and "keyholder_kb" in rss[0]:
+            w("Memory (VmRSS, KiB) before the first round (after a warm-up) and after each:")
+            w("")
+            w("| when | supervisor | key holder | network process | together |")
+            w("| --- | ---: | ---: | ---: | ---: |")
+            for r in rss:
+                v = [int(r[c]) for c in ("supervisor_kb", "keyholder_kb", "network_kb")]
+                w(f"| {r['phase']} | {v[0]:,} | {v[1]:,} | {v[2]:,} | {sum(v):,} |")
+            w("")
+
+    if cpu:
+        w("### The server's own CPU per unwrap (zero-cost token)")
+        w("")
+        w("`tests/p11fault` with `GS_P11FAULT_ZERO_COST=1` answers `C_Decrypt` with a fixed key at once, so "
+          "what is measured is the server: CPU time (user + system, every thread) of each process from "
+          "/proc/PID/stat over a closed-loop run of 8 keep-alive connections, divided by the unwraps "
+          "the server counted. Medians over the rounds.")
+        w("")
+        w("| server | unwraps | µs per unwrap | supervisor | key holder | network process | load generator |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for who in ("split", "baseline"):
+            rs = [r for r in cpu if r["contender"] == who]
+            if not rs:
+                continue
+            label = "this commit" if who == "split" else f"`{km.get('baseline', '?')}` (one process)"
+            col = lambda c: median([float(r[c]) for r in rs])
+            w(f"| {label} | {col('unwraps'):,.0f} | {col('us_per_unwrap'):.0f} | {col('supervisor_us'):.1f} | "
+              f"{col('keyholder_us'):.0f} | {col('network_us'):.0f} | {col('client_us'):.0f} |")
+        w("")
+        n = read_kv(os.path.join(kdir, "syscalls-unwraps.txt")).get("unwraps") if os.path.exists(
+            os.path.join(kdir, "syscalls-unwraps.txt")) else None
+        for tag, name in (("kh", "key holder"), ("net", "network process")):
+            prof = os.path.join(kdir, f"profile-{tag}.txt")
+            if os.path.exists(prof):
+                w(f"Where the {name}'s CPU goes (`perf record -F 999`, self time by library, then by function; "
+                  f"full list in `profile-{tag}.txt`):")
+                w("")
+                w("```")
+                with open(prof) as pf:
+                    lines = [ln.rstrip() for ln in pf]
+                cut = lines.index("--") if "--" in lines else len(lines)
+                for ln in lines[:min(cut, 8)]:
+                    w(re.sub(r"\s+", " ", ln).strip())
+                w("--")
+                for ln in lines[cut + 1:cut + 16]:
+                    w(re.sub(r"\s+", " ", ln).strip())
+                w("```")
+                w("")
+            sc = strace_counts(os.path.join(kdir, f"syscalls-{tag}.txt"))
+            if sc and n and int(n) > 0:
+                top = sorted(sc.items(), key=lambda kv: -kv[1])[:10]
+                w(f"System calls of the {name} per unwrap (`strace -c`, {int(n):,} unwraps): " +
+                  ", ".join(f"{k} {v / int(n):.1f}" for k, v in top) + ".")
+                w("")
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: report.py RESULTS-DIR DOCS-DIR")
@@ -172,9 +376,12 @@ def main():
               f"`GS_P11FAULT_ENGINES={eng}`: every private-key operation is really done by SoftHSM and "
               f"then held until {int(us) / 1000:g} ms have passed, on one of {eng} engines, so the token "
               f"does at most {int(eng) * 1e6 / int(us):,.0f} operations a second whatever the host CPU does, "
-              "as a network HSM with its own processors would. groupsrv runs "
-              f"{machine.get('model_threads', '?')} event-loop threads (twice the engines); p11rate and "
-              "p11-kit server use the same model. Same columns as above.")
+              "as a network HSM with its own processors would. " +
+              (f"groupsrv's key holder runs {machine['model_workers']} token workers (one more than the "
+               f"engines) and its network process {machine.get('model_threads', '?')} event-loop threads; "
+               if machine.get("model_workers") else
+               f"groupsrv runs {machine.get('model_threads', '?')} event-loop threads (twice the engines); ") +
+              "p11rate and p11-kit server use the same model. Same columns as above.")
             w("")
             w(f"**{mk}, token model**")
             w("")
@@ -279,6 +486,8 @@ def main():
         if not any_d:
             w("not measured")
             w("")
+
+    kh_section(w, rdir)
 
     prof = os.path.join(rdir, "profile.txt")
     if os.path.exists(prof):

@@ -78,6 +78,12 @@ row=$(GS_P11FAULT_TARGET=$SOFTHSM GS_P11FAULT_SERVICE_US=20000 GS_P11FAULT_ENGIN
 check_row "$row" 10 "p11rate via the token model"
 awk -F, '{exit !($7 >= 0.2)}' <<<"$row" || die "token model: 10 operations on one 20 ms engine in $(cut -d, -f7 <<<"$row") s"
 echo "ok: the token model holds each operation for its service time"
+# ... and its zero-cost token (bench/run's CPU per unwrap): C_Decrypt
+# answers a fixed key, so the unwraps succeed without SoftHSM's RSA.
+row=$(GS_P11FAULT_TARGET=$SOFTHSM GS_P11FAULT_ZERO_COST=1 "$BIN/p11rate" --module "$P11FAULT" \
+  --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" --ri "$work/ri.der" --threads 1 \
+  --count $N --variant zero-cost) || die "p11rate via the zero-cost token exited $?"
+check_row "$row" $N "p11rate via the zero-cost token"
 
 # p11rate through p11-kit server.
 sock=$work/p11kit.sock
@@ -87,7 +93,8 @@ for _ in $(seq 1 50); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || die "p11-kit server did not start: $(cat "$work/p11kit.log")"
 row=$(P11_KIT_SERVER_ADDRESS="unix:path=$sock" "$BIN/p11rate" --module "$P11KIT_CLIENT" \
   --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" --ri "$work/ri.der" \
-  --threads 2 --count $N --variant p11-kit-server) || die "p11rate via p11-kit exited $?"
+  --threads 2 --count $N --variant p11-kit-server) ||
+  die "p11rate via p11-kit exited $? (p11-kit server: $(tail -3 "$work/p11kit.log" | tr '\n' ' '))"
 check_row "$row" $N "p11rate via p11-kit server"
 
 # unwrap-load against a real groupsrv serve.
@@ -105,6 +112,17 @@ for d in recipient-key group-secret; do
   row=$("${L[@]}" -c 2 --deliver $d --expect '"recipient_info"' --count $N) || die "unwrap-load deliver=$d exited $?"
   check_row "$row" $N "unwrap-load deliver=$d"
 done
+# The IPC hop alone (groupsrv/ipc.c between two processes).
+row=$("$BIN/ipchop" --count 200 2>/dev/null) || die "ipchop exited $?"
+check_row "$row" 200 "ipchop"
+ipc_row=$row
+# bench/lib-keyholder.sh's view of serve: three processes, CPU and memory.
+source "$top/bench/lib-keyholder.sh"
+[ "$(serve_cpu | awk '{print $2}' | sort | paste -sd' ')" = "groupsrv groupsrv-kh groupsrv-net" ] ||
+  die "serve_cpu: $(serve_cpu)"
+[ "$(serve_rss_kb)" -gt 0 ] || die "serve_rss_kb: nothing"
+echo "ok: serve's processes, CPU and RSS read"
+
 # A wrong answer must count as an error, not as an operation.
 if row=$("${L[@]}" --expect '"no-such-field"' --warmup 0 --count 3 2>/dev/null); then
   die "unwrap-load accepted answers without the expected field"
@@ -123,9 +141,11 @@ echo "tool,variant,key,conc,ops,errors,seconds,ops_per_s,p50_ms,p90_ms,p99_ms,cp
 "$BIN/p11rate" --module "$SOFTHSM" --token pkcs11:token=groupsrv --pin-source "$PIN_FILE" --key "$key" \
   --ri "$work/ri.der" --threads 1 --count $N --name rsa2048 >> "$work/res/results.csv"
 "${L[@]}" -c 1 --count $N --name rsa2048 >> "$work/res/results.csv"
+echo "$ipc_row" >> "$work/res/results.csv"
 /usr/bin/python3 "$top/bench/report.py" "$work/res" "$work/docs" || die "report.py"
 grep -q "groupsrv / p11rate" "$work/docs/performance.md" || die "report.py wrote no table"
 [ -s "$work/docs/perf-throughput-rsa2048.png" ] || die "no throughput plot"
+grep -q "The IPC hop" "$work/docs/performance.md" || die "report.py wrote no IPC hop"
 echo "ok: report.py and gnuplot"
 # Part 2 tooling: a 10-member list in group-secret and forward mode.
 if [ -x "$BIN/exploder" ]; then

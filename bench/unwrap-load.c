@@ -17,12 +17,17 @@
  *               (--ri DER [--deliver tls|recipient-key|group-secret] | --body JSON-FILE)
  *               [-c C] (--count N | --duration S) [--rate R] [--mode M]
  *               [--resolve HOST:PORT:ADDR] [--warmup N] [--timeout S]
- *               [--name KEY] [--variant V] [--header] [--lat-out FILE]
+ *               [--name KEY] [--variant V] [--header] [--lat-out FILE] [--shed-out FILE]
+ * --shed-out: load shedding is an answer, not an error: a 503 "overloaded"
+ * with Retry-After is counted as shed (written to FILE as shed=N and
+ * shed_without_retry_after=N), kept out of the latencies and the errors;
+ * the row's ops and percentiles are the admitted requests alone.
  * Prints one CSV row (benchutil.h); exit 0 only if there were no errors.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <sys/timerfd.h>
 #include <time.h>
@@ -41,6 +46,7 @@
 enum conn_mode { MODE_KEEPALIVE, MODE_NEW_CONN, MODE_NEW_CONN_RESUME };
 
 typedef struct opts {
+    bool shed_ok;       /* --shed-out: 503 overloaded is shedding, not an error */
     const char *url, *cert, *key, *cacert, *resolve;
     char *body;
     size_t body_len;
@@ -58,16 +64,27 @@ typedef struct slot {
     char resp[RESP_CAP];
     size_t resp_len;
     bool resp_overflow;
+    bool retry_after;   /* the answer carried Retry-After */
     char errbuf[CURL_ERROR_SIZE];
 } slot;
 
 typedef struct stats {
-    uint64_t ok, errors;
+    uint64_t ok, errors, shed, shed_no_retry;
     char first_error[256];
     bench_lat *lat;
     double connect_s_sum; /* TLS handshake time, to show resumption works */
     uint64_t new_conns;
 } stats;
+
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    slot *s = arg;
+    size_t n = size * nmemb;
+
+    if (n >= 12 && strncasecmp(ptr, "Retry-After:", 12) == 0)
+        s->retry_after = true;
+    return n;
+}
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *arg)
 {
@@ -98,6 +115,7 @@ static int slot_setup(slot *s, const opts *o, CURLSH *share, struct curl_slist *
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, o->body) ||
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)o->body_len) ||
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) || curl_easy_setopt(e, CURLOPT_WRITEDATA, s) ||
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) || curl_easy_setopt(e, CURLOPT_HEADERDATA, s) ||
         curl_easy_setopt(e, CURLOPT_PRIVATE, s) || curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->errbuf) ||
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) ||
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000)) ||
@@ -166,6 +184,7 @@ static int run_phase(CURLM *m, slot *slots, const opts *o, uint64_t count, doubl
             s->resp_len = 0;
             s->resp[0] = '\0';
             s->resp_overflow = false;
+            s->retry_after = false;
             s->errbuf[0] = '\0';
             if (curl_multi_add_handle(m, s->easy) != CURLM_OK) {
                 fprintf(stderr, PROG ": curl_multi_add_handle failed\n");
@@ -191,7 +210,13 @@ static int run_phase(CURLM *m, slot *slots, const opts *o, uint64_t count, doubl
             if (msg->data.result != CURLE_OK)
                 note_error(st, "curl", s->errbuf[0] ? s->errbuf : curl_easy_strerror(msg->data.result),
                            (long)msg->data.result);
-            else if (code != 200 || s->resp_overflow || strstr(s->resp, o->expect) == NULL)
+            else if (o->shed_ok && code == 503 && strstr(s->resp, "\"overloaded\"") != NULL) {
+                if (!deadline || now <= deadline) {
+                    st->shed++;
+                    if (!s->retry_after)
+                        st->shed_no_retry++;
+                }
+            } else if (code != 200 || s->resp_overflow || strstr(s->resp, o->expect) == NULL)
                 note_error(st, "answer (HTTP status in brackets)", s->resp, code);
             else if (!deadline || now <= deadline) {
                 st->ok++;
@@ -262,7 +287,7 @@ static void usage(void)
             "       [-c CONNECTIONS] (--count N | --duration S) [--rate R]\n"
             "       [--mode keepalive|new-conn|new-conn-resume] [--resolve HOST:PORT:ADDR]\n"
             "       [--warmup N] [--timeout S] [--expect STR] [--name KEY] [--variant V]\n"
-            "       [--header] [--lat-out FILE]\n");
+            "       [--header] [--lat-out FILE] [--shed-out FILE]\n");
 }
 
 static int make_body(const char *ri_path, const char *deliver, opts *o)
@@ -294,7 +319,7 @@ int main(int argc, char **argv)
 {
     opts o;
     const char *ri = NULL, *deliver = "tls", *body_path = NULL, *name = "key", *variant = NULL;
-    const char *lat_out = NULL;
+    const char *lat_out = NULL, *shed_out = NULL;
     bool header = false;
     uint64_t u;
     CURLM *m = NULL;
@@ -349,6 +374,10 @@ int main(int argc, char **argv)
             variant = v;
         else if (strcmp(op, "--lat-out") == 0)
             lat_out = v;
+        else if (strcmp(op, "--shed-out") == 0) {
+            shed_out = v;
+            o.shed_ok = true;
+        }
         else if (strcmp(op, "-c") == 0 || strcmp(op, "--connections") == 0) {
             if (bench_arg_u64(PROG, op, v, 1, MAX_CONN, &u) != 0)
                 return 1;
@@ -472,6 +501,14 @@ int main(int argc, char **argv)
                 st.connect_s_sum * 1000 / (double)st.new_conns);
     if (lat_out != NULL && bench_lat_write_dist(st.lat, lat_out) != 0)
         fprintf(stderr, PROG ": cannot write %s\n", lat_out);
+    if (shed_out != NULL) {
+        FILE *f = fopen(shed_out, "w");
+        if (f == NULL || fprintf(f, "shed=%llu\nshed_without_retry_after=%llu\n", (unsigned long long)st.shed,
+                                 (unsigned long long)st.shed_no_retry) < 0)
+            fprintf(stderr, PROG ": cannot write %s\n", shed_out);
+        if (f != NULL)
+            fclose(f);
+    }
     rc = st.errors ? 3 : 0;
 out:
     if (slots != NULL)
