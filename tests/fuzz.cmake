@@ -4,3 +4,8 @@ gs_fuzz_target(envelope gs_envelope)
 gs_fuzz_target(mail gs_exploder_core)
 gs_fuzz_target(restclient gs_restclient)
 gs_fuzz_target(config gs_groupsrv_core gs_exploder_core gs_groupmail_core)
+# The key holder's frame parser (groupsrv/ipc.c), and the network process's
+# request handling up to the key holder, which the target fakes
+# (gs_net_fuzzing: tests/keyholder.cmake).
+gs_fuzz_target(ipc gs_groupsrv_base)
+gs_fuzz_target(http gs_net_fuzzing)

@@ -36,35 +36,15 @@ add_test(NAME server_fairness
 set_tests_properties(server_fairness PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
-# The key holder's IPC parser: libFuzzer with -DFUZZ=ON, else a replay of the seeds.
-add_executable(fuzz_ipc ${GS_TEST_DIR}/fuzz/fuzz_ipc.c)
-target_link_libraries(fuzz_ipc PRIVATE gs_groupsrv_base gs_common)
-set_target_properties(fuzz_ipc PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${GS_TEST_BIN})
-gs_target_warnings(fuzz_ipc)
-if(FUZZ)
-  target_compile_definitions(fuzz_ipc PRIVATE GS_LIBFUZZER)
-  target_link_options(fuzz_ipc PRIVATE -fsanitize=fuzzer)
-else()
-  add_test(NAME fuzz_ipc_replay COMMAND fuzz_ipc ${GS_TEST_DIR}/fuzz/corpus/ipc)
-  set_tests_properties(fuzz_ipc_replay PROPERTIES LABELS "unit")
-endif()
-
-# The network process's request handling up to the key holder (faked):
-# the real core.c, api.c and certsrv.c, built with GS_FUZZING (plain HTTP,
-# the peer named by the input). libFuzzer with -DFUZZ=ON, else a replay.
+# The network process's request handling, for fuzz_http (tests/fuzz.cmake):
+# the real core.c, api.c and certsrv.c, built with GS_FUZZING (plain HTTP
+# on a Unix socket, the peer named by the input), the key holder faked by
+# the target.
 set(GS_NET_DIR ${PROJECT_SOURCE_DIR}/groupsrv/server)
-add_executable(fuzz_http ${GS_TEST_DIR}/fuzz/fuzz_http.c ${GS_NET_DIR}/core.c ${GS_NET_DIR}/api.c
-  ${GS_NET_DIR}/certsrv.c ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
-target_include_directories(fuzz_http PRIVATE ${GS_NET_DIR})
-target_compile_definitions(fuzz_http PRIVATE GS_FUZZING GS_FUZZ_HTTP_DIR="${GS_TEST_DIR}/fuzz/http")
-target_link_libraries(fuzz_http PRIVATE gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT PkgConfig::JANSSON
-  PkgConfig::OPENSSL Threads::Threads)
-set_target_properties(fuzz_http PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${GS_TEST_BIN})
-gs_target_warnings(fuzz_http)
-if(FUZZ)
-  target_compile_definitions(fuzz_http PRIVATE GS_LIBFUZZER)
-  target_link_options(fuzz_http PRIVATE -fsanitize=fuzzer)
-else()
-  add_test(NAME fuzz_http_replay COMMAND fuzz_http ${GS_TEST_DIR}/fuzz/corpus/http)
-  set_tests_properties(fuzz_http_replay PROPERTIES LABELS "unit")
-endif()
+add_library(gs_net_fuzzing STATIC ${GS_NET_DIR}/core.c ${GS_NET_DIR}/api.c ${GS_NET_DIR}/certsrv.c
+  ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
+target_include_directories(gs_net_fuzzing PUBLIC ${GS_NET_DIR})
+target_compile_definitions(gs_net_fuzzing PUBLIC GS_FUZZING GS_FUZZ_HTTP_DIR="${GS_TEST_DIR}/fuzz/http")
+target_link_libraries(gs_net_fuzzing PUBLIC gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT
+  PkgConfig::JANSSON PkgConfig::OPENSSL Threads::Threads)
+gs_target_warnings(gs_net_fuzzing)

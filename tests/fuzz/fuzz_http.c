@@ -15,13 +15,12 @@
  * what the client sends on one connection. Invariants checked: every
  * frame the network side sends decodes under its type's schema.
  *
- * Built with -DFUZZ=ON (clang, -fsanitize=fuzzer) it is a libFuzzer
- * binary; otherwise main() below replays the seed corpus
- * (tests/fuzz/corpus/http). Fixtures: tests/fuzz/http/. With
+ * Registered in tests/fuzz.cmake (tests/fuzz/README.md); the network
+ * code comes from gs_net_fuzzing (tests/keyholder.cmake). Seeds in
+ * tests/fuzz/corpus/http/, fixtures in tests/fuzz/http/. With
  * FUZZ_HTTP_SHOW set, the answers the server wrote are copied to stdout
  * (for reading what a seed or a crash input does).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -31,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -39,27 +37,17 @@
 #include <event2/event.h>
 #include <openssl/pem.h>
 
+#include "fuzz.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
 #include "util.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 extern const peer_info *(*srv_fuzz_peer)(void);
 
 #ifndef GS_FUZZ_HTTP_DIR
 #define GS_FUZZ_HTTP_DIR "tests/fuzz/http"
 #endif
-
-#define CHECK(c)                                                                                                       \
-    do {                                                                                                               \
-        if (!(c)) {                                                                                                    \
-            printf("%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #c);                                           \
-            fflush(stdout);                                                                                            \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 static const char config_text[] = "[server]\nthreads = 1\nunwrap_batch_max = 8\nmetrics = admin\n"
                                   "[hsm]\nmodule = /nonexistent.so\npin_source = /nonexistent\n"
@@ -242,17 +230,17 @@ static void holder_read(evutil_socket_t fd, short what, void *arg)
         int rc = ipc_ev_next(F.holder_in, &type, &cookie, &payload, &len);
         if (rc == 0)
             break;
-        CHECK(rc == 1);
+        FUZZ_CHECK(rc == 1);
         /* What the network side sends must be what the schema allows. */
-        CHECK(type >= IPC_VIEW && type < IPC_REQ_END);
+        FUZZ_CHECK(type >= IPC_VIEW && type < IPC_REQ_END);
         int drc = ipc_decode(type, cookie, payload, len, &m);
         if (drc != IPC_OK)
             printf("frame of type %u refused: %s\n", (unsigned)type, ipc_strerror(drc));
-        CHECK(drc == IPC_OK);
+        FUZZ_CHECK(drc == IPC_OK);
         ipc_buf_init(&b);
         answer(&m, &b);
-        CHECK(ipc_end(&b) == IPC_OK);
-        CHECK(ipc_write_frame(fd, &b, -1, 5000) == IPC_OK);
+        FUZZ_CHECK(ipc_end(&b) == IPC_OK);
+        FUZZ_CHECK(ipc_write_frame(fd, &b, -1, 5000) == IPC_OK);
         ipc_buf_free(&b);
         ipc_payload_free(payload, len);
     }
@@ -380,64 +368,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     spin(base, 4);
     return 0;
 }
-
-#ifndef GS_LIBFUZZER
-static int replay_file(const char *path)
-{
-    unsigned char *buf = NULL;
-    size_t len = 0;
-
-    if (util_read_file(path, 1u << 20, &buf, &len) != UTIL_OK) {
-        fprintf(stderr, "fuzz_http: cannot read %s\n", path);
-        return 1;
-    }
-    LLVMFuzzerTestOneInput(buf, len);
-    free(buf);
-    return 0;
-}
-
-int main(int argc, char **argv)
-{
-    int bad = 0, n = 0;
-
-    LLVMFuzzerInitialize(&argc, &argv);
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        if (stat(argv[i], &st) != 0) {
-            fprintf(stderr, "fuzz_http: %s: not found\n", argv[i]);
-            return 1;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            bad |= replay_file(argv[i]);
-            n++;
-            continue;
-        }
-        DIR *d = opendir(argv[i]);
-        struct dirent *e;
-        while (d != NULL && (e = readdir(d)) != NULL) {
-            char p[4096];
-            if (e->d_name[0] == '.')
-                continue;
-            snprintf(p, sizeof(p), "%s/%s", argv[i], e->d_name);
-            bad |= replay_file(p);
-            n++;
-        }
-        if (d != NULL)
-            closedir(d);
-    }
-    /* Everything freed, so the sanitizer's leak check sees only leaks. */
-    event_free(F.holder_ev); /* before the thread's base goes */
-    srv_threads_free(&F.srv);
-    evbuffer_free(F.holder_in);
-    close(F.holder_fd);
-    close(F.srv.listen_fd);
-    close(F.srv.certsrv_fd);
-    free((void *)F.srv.routes);
-    X509_free(F.group_cert);
-    X509_free(F.member_cert);
-    X509_free(F.membership_cert);
-    gs_config_free(F.cfg);
-    printf("fuzz_http: replayed %d inputs\n", n);
-    return bad || n == 0;
-}
-#endif

@@ -9,32 +9,16 @@
  * (nested items included), checking that what was accepted is what the
  * schema allows.
  *
- * Built with -DFUZZ=ON (clang, -fsanitize=fuzzer) it is a libFuzzer
- * binary; otherwise main() below replays the files or directories given
- * (the seed corpus tests/fuzz/corpus/ipc), so the target stays compiled
- * and tested.
+ * Registered in tests/fuzz.cmake (tests/fuzz/README.md); seeds in
+ * tests/fuzz/corpus/ipc/.
  */
-#include <dirent.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <event2/buffer.h>
 
+#include "fuzz.h"
 #include "ipc.h"
-#include "util.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                                       \
-    do {                                                                                                               \
-        if (!(c)) {                                                                                                    \
-            printf("%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #c);                                           \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 
 static const enum ipc_tag nested_tags[] = {IPC_T_ITEM, IPC_T_RESULT, IPC_T_KEYREF, IPC_T_SECRET, IPC_T_MEMBER};
 
@@ -46,11 +30,11 @@ static void poke(const ipc_msg *m)
         size_t len;
         const char *s = ipc_str(m, (enum ipc_tag)t);
         if (s != NULL)
-            CHECK(strlen(s) + 1 == m->f[t].len);
+            FUZZ_CHECK(strlen(s) + 1 == m->f[t].len);
         (void)ipc_u32(m, (enum ipc_tag)t, 0);
         (void)ipc_u64(m, (enum ipc_tag)t, 0);
         if (ipc_bytes(m, (enum ipc_tag)t, &p, &len) == 0)
-            CHECK(p >= m->payload && p + len <= m->payload + m->len);
+            FUZZ_CHECK(p >= m->payload && p + len <= m->payload + m->len);
     }
     for (size_t i = 0; i < sizeof(nested_tags) / sizeof(nested_tags[0]); i++) {
         ipc_iter it;
@@ -63,7 +47,7 @@ static void poke(const ipc_msg *m)
             for (int t = 1; t < IPC_T_COUNT; t++)
                 (void)ipc_str(&sub, (enum ipc_tag)t);
         }
-        CHECK(n == m->count[nested_tags[i]]);
+        FUZZ_CHECK(n == m->count[nested_tags[i]]);
     }
     ipc_iter it;
     ipc_val v;
@@ -71,7 +55,7 @@ static void poke(const ipc_msg *m)
     ipc_iter_init(&it, m, IPC_T_DER);
     while (ipc_iter_next(&it, &v, NULL))
         n++;
-    CHECK(n == m->count[IPC_T_DER]);
+    FUZZ_CHECK(n == m->count[IPC_T_DER]);
 }
 
 static void decode_all(uint32_t type, uint64_t cookie, const unsigned char *p, size_t len)
@@ -122,58 +106,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const unsigned char *frame;
         size_t flen;
         while (ipc_reader_peek(&rd, &frame, &flen) == 1) {
-            CHECK(flen >= IPC_HDR_LEN && flen <= rd.len);
+            FUZZ_CHECK(flen >= IPC_HDR_LEN && flen <= rd.len);
             ipc_reader_consume(&rd, flen);
         }
     }
     ipc_reader_free(&rd);
     return 0;
 }
-
-#ifndef GS_LIBFUZZER
-static int replay_file(const char *path)
-{
-    unsigned char *buf = NULL;
-    size_t len = 0;
-
-    if (util_read_file(path, 1u << 20, &buf, &len) != UTIL_OK) {
-        fprintf(stderr, "fuzz_ipc: cannot read %s\n", path);
-        return 1;
-    }
-    LLVMFuzzerTestOneInput(buf, len);
-    free(buf);
-    return 0;
-}
-
-int main(int argc, char **argv)
-{
-    int bad = 0, n = 0;
-
-    for (int i = 1; i < argc; i++) {
-        struct stat st;
-        if (stat(argv[i], &st) != 0) {
-            fprintf(stderr, "fuzz_ipc: %s: not found\n", argv[i]);
-            return 1;
-        }
-        if (!S_ISDIR(st.st_mode)) {
-            bad |= replay_file(argv[i]);
-            n++;
-            continue;
-        }
-        DIR *d = opendir(argv[i]);
-        struct dirent *e;
-        while (d != NULL && (e = readdir(d)) != NULL) {
-            char p[4096];
-            if (e->d_name[0] == '.')
-                continue;
-            snprintf(p, sizeof(p), "%s/%s", argv[i], e->d_name);
-            bad |= replay_file(p);
-            n++;
-        }
-        if (d != NULL)
-            closedir(d);
-    }
-    printf("fuzz_ipc: replayed %d inputs\n", n);
-    return bad || n == 0;
-}
-#endif
