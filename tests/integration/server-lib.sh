@@ -81,6 +81,7 @@ client_ca = $certs/clients.pem
 module = $module
 token = $token_uri
 pin_source = $pin_file
+${SRV_WORKERS:+workers = $SRV_WORKERS}
 [db]
 path = $work/groupsrv.db
 [audit]

@@ -23,7 +23,8 @@ nss)       want_policy=rewrap=token,secrets=token,reject=token;         want_wea
 opencryptoki) want_policy=rewrap=token,secrets=token-aes-ecb,reject=token
            want_weak="secret-aes-ecb, no-allowed-mechanisms, no-unwrap-template" ;;
 rpc)       want_policy=rewrap=token,secrets=token-aes-ecb,reject=token; want_weak="secret-aes-ecb, no-unwrap-template" ;;
-smartcard) want_policy=rewrap=software,secrets=sealed,reject=token;     want_weak="software-rewrap, secret-sealed, no-allowed-mechanisms" ;;
+smartcard) want_policy=rewrap=software,secrets=sealed,reject=token;     want_weak="software-rewrap, secret-sealed, no-allowed-mechanisms"
+           SRV_WORKERS=4 ;; # more token workers than the card's 2 sessions: the key holder lowers them
 *) echo "FAIL: unknown token $TOKEN" >&2; exit 1 ;;
 esac
 
@@ -272,6 +273,9 @@ smartcard)
   grep -q "^cap signatures (CA)  *CKM_RSA_PKCS over a DigestInfo" "$work/check.out" || fail "check: CA signature fallback"
   grep -q "^seal " "$work/check.out" || fail "check does not audit the seal key"
   ok "smartcard: 2 sessions, a login per operation, CA signatures over a DigestInfo, sealed secrets audited"
+  grep -q "msg=\"key holder ready\" workers=2 " "$work/server.log" ||
+    fail "the key holder did not lower [hsm] workers = 4 to the card's 2 sessions: $(grep -i worker "$work/server.log")"
+  ok "smartcard: the key holder runs 2 token workers, not the 4 configured (the card has 2 sessions)"
   # PKCS#1 v1.5 senders (stock clients): implicit rejection needs an HMAC
   # key, which the card cannot keep: sealed too.
   gs group create v15 --address v15@example.org --key rsa:2048 --allow-pkcs1v15 --methods tls,recipient-key \
