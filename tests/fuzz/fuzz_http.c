@@ -127,6 +127,8 @@ static void answer(const ipc_msg *m, ipc_buf *b)
         ipc_nest_end(b);
         ipc_put_u32(b, IPC_T_SECRET_VERSION, 2);
         ipc_put_bytes(b, IPC_T_KEK_ID, bytes, 16);
+        ipc_put_str(b, IPC_T_KEY_POLICY, "{\"rewrap\":\"token\",\"secret_keys\":\"token\",\"rejection_key\":\"none\","
+                                         "\"weakenings\":[]}");
         break;
     case IPC_UNWRAP:
     case IPC_REWRAP:

@@ -229,6 +229,44 @@ static void test_encoder_caps(void **state)
     ipc_buf_free(&b);
 }
 
+/* A group view's key policy (discovery's "key_policy", issue 13) travels
+ * as text in the VIEW answer only, within its cap. */
+static void test_view_key_policy(void **state)
+{
+    static const char policy[] = "{\"rewrap\":\"software\",\"secret_keys\":\"sealed\",\"rejection_key\":\"token\","
+                                 "\"weakenings\":[\"software-rewrap\",\"secret-sealed\"]}";
+    char big[600];
+    ipc_buf b;
+    ipc_msg m;
+    size_t len;
+    (void)state;
+
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_VIEW | IPC_REPLY, 3);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_str(&b, IPC_T_KEY_POLICY, policy);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    const unsigned char *p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_VIEW | IPC_REPLY, 3, p, len, &m), IPC_OK);
+    assert_string_equal(ipc_str(&m, IPC_T_KEY_POLICY), policy);
+    /* Not in a request: the network process does not tell the key holder a policy. */
+    ipc_begin(&b, IPC_VIEW, 4);
+    ipc_put_str(&b, IPC_T_GROUP, "eng");
+    ipc_put_str(&b, IPC_T_KEY_POLICY, policy);
+    if (ipc_end(&b) == IPC_OK) {
+        p = payload(&b, &len);
+        assert_int_not_equal(ipc_decode(IPC_VIEW, 4, p, len, &m), IPC_OK);
+    }
+    /* At most 511 bytes of text. */
+    memset(big, 'a', sizeof(big));
+    big[sizeof(big) - 1] = '\0';
+    ipc_begin(&b, IPC_VIEW | IPC_REPLY, 5);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_str(&b, IPC_T_KEY_POLICY, big);
+    assert_int_equal(ipc_end(&b), IPC_E_FIELD);
+    ipc_buf_free(&b);
+}
+
 /* Frames and descriptors over a stream socket, as the supervisor sends
  * them: each descriptor is taken with its frame. */
 static void test_control_channel(void **state)
@@ -396,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_encoder_caps),
+        cmocka_unit_test(test_view_key_policy),
         cmocka_unit_test(test_control_channel),
         cmocka_unit_test(test_ev_write_fill),
         cmocka_unit_test(test_evbuffer),
