@@ -148,6 +148,7 @@ struct srv_conn {
     double accepted;      /* srv_now() at accept */
     int linger_fd;        /* a duplicate of the socket for the lingering close, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
+    struct evbuffer_cb_entry *input_cb; /* conn_input_cb on the bufferevent's input */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -316,6 +317,32 @@ static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_listener w
             handshaking = c;
     }
     return handshaking;
+}
+
+/* Request heads are capped here; bodies by evhttp (twice max_body). */
+#define HEADERS_MAX 16384
+
+/* What a connection may have received and not yet handed to evhttp.
+ * evhttp takes the head and body out of the bufferevent's input as they
+ * come, so the input holds little, except while an answer is written: then
+ * libevent keeps reading (to notice a close) and keeps what comes, without
+ * bound. A client that sends requests and never reads the answers would
+ * fill the server's memory that way. One whole request of the largest
+ * size plus a TLS record may wait; a client further ahead is closed. (A
+ * read high-water mark would push back instead, but libevent 2.1's TLS
+ * bufferevent can then leave the rest of a record inside OpenSSL and never
+ * read it: libevent issue 854, fixed only in 2.2.) */
+static size_t conn_input_max(const struct srv *s)
+{
+    return HEADERS_MAX + s->max_body * 2 + 4096 + 16384;
+}
+
+static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct srv_conn *c = arg;
+
+    if (info->n_added > 0 && evbuffer_get_length(in) > conn_input_max(c->t->srv))
+        conn_close(c, "input_beyond_request");
 }
 
 /* ---- lingering close --------------------------------------------------------
@@ -540,6 +567,10 @@ static void conn_freed(void *arg)
     struct srv_thread *t = c->t;
 
     conn_release(c);
+    /* OpenSSL frees the SSL in the bufferevent's destructor, before the
+     * bufferevent's buffers: no callback may find c after this. */
+    if (c->input_cb != NULL)
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->input_cb);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -604,6 +635,9 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
         return NULL;
     }
     c->bev = bev;
+    /* Without it (no memory) the connection is still served, uncapped. */
+    if ((c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), conn_input_cb, c)) == NULL)
+        log_error("out of memory for a connection's input cap");
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     /* Admission runs once evhttp has given the bufferevent its socket. */
     struct timeval now = {0, 0};
@@ -1231,7 +1265,7 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
      * first, holding a client that declares much and sends nothing until
      * its timeout. */
     evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));
-    evhttp_set_max_headers_size(http, 16384);
+    evhttp_set_max_headers_size(http, HEADERS_MAX);
     struct timeval tv = {.tv_sec = s->timeout};
     evhttp_set_timeout_tv(http, &tv);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
