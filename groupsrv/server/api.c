@@ -1385,8 +1385,9 @@ out:
 
 static void h_healthz(struct srv_req *r)
 {
-    hsm_err he = srv_token_health(r->srv);
-    audit_err ae = audit_check(r->srv->audit);
+    hsm_err he;
+    audit_err ae;
+    srv_health(r->srv, &he, &ae);
     int db_ok = gs_store_schema_version(r->t->store) > 0;
 
     if (he == HSM_OK && ae == AUDIT_OK && db_ok) {

@@ -172,8 +172,10 @@ void certsrv_route(struct srv_req *r)
 
     if (path != NULL && strcmp(path, "/healthz") == 0) {
         r->ep = EP_HEALTHZ;
-        hsm_err he = srv_token_health(r->srv);
-        if (he == HSM_OK && audit_check(r->srv->audit) == AUDIT_OK)
+        hsm_err he;
+        audit_err ae;
+        srv_health(r->srv, &he, &ae);
+        if (he == HSM_OK && ae == AUDIT_OK)
             srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
         else
             srv_reply_retry(r, 503, 5, "unavailable", "token or audit log unavailable");

@@ -1099,7 +1099,11 @@ int srv_rate_limit(struct srv_req *r)
     return 0;
 }
 
-hsm_err srv_token_health(struct srv *s)
+/* The token answers and still holds its objects: a token whose objects
+ * vanished (a SoftHSM token directory moved away) answers a ping but fails
+ * every key request; the local CA's private key stands for the objects
+ * (group keys are made beside it). Without a CA only the ping. */
+static hsm_err token_health(struct srv *s)
 {
     hsm_key_info ki;
     hsm_err he = hsm_ping(s->hsm);
@@ -1107,6 +1111,49 @@ hsm_err srv_token_health(struct srv *s)
     if (he != HSM_OK || s->ca == NULL)
         return he;
     return hsm_key_get_info(s->hsm, gs_ca_key(s->ca), &ki);
+}
+
+/* /healthz needs no certificate and load balancers probe it often, while a
+ * check costs about 26 token calls (the CA key's lookup) and an audit room
+ * check under the audit log's lock (on a file system without fallocate a
+ * write and an fdatasync). One check serves every probe of the process for
+ * HEALTH_TTL seconds, so probes cannot load the token or the audit disk;
+ * while one runs, the others answer the last result instead of queueing on
+ * the token, unless it is older than HEALTH_STALE (a check that hangs must
+ * not hide a hung token behind an old "ok"). */
+#define HEALTH_TTL 1.0
+#define HEALTH_STALE 5.0
+static pthread_mutex_t health_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    int valid, running;
+    double at; /* srv_now() when the last check ended */
+    hsm_err token;
+    audit_err audit;
+} health;
+
+void srv_health(struct srv *s, hsm_err *token, audit_err *audit)
+{
+    double now = srv_now();
+    int check;
+
+    pthread_mutex_lock(&health_mu);
+    check = !health.valid || (now - health.at >= HEALTH_TTL && (!health.running || now - health.at >= HEALTH_STALE));
+    if (check)
+        health.running = 1;
+    *token = health.token;
+    *audit = health.audit;
+    pthread_mutex_unlock(&health_mu);
+    if (!check)
+        return;
+    *token = token_health(s);
+    *audit = audit_check(s->audit);
+    pthread_mutex_lock(&health_mu);
+    health.valid = 1;
+    health.running = 0;
+    health.at = srv_now();
+    health.token = *token;
+    health.audit = *audit;
+    pthread_mutex_unlock(&health_mu);
 }
 
 static int hsm_err_is_unavailable(hsm_err err)

@@ -147,11 +147,11 @@ int srv_rl_key(const peer_info *p, char *buf, size_t len);
 /* Rate limit by identity (or the membership certificate's group); replies
  * 429 and returns -1 when over. */
 int srv_rate_limit(struct srv_req *r);
-/* For /healthz: the token answers and still holds its objects. A token
- * whose objects vanished (a SoftHSM token directory moved away) answers a
- * ping but fails every key request; the local CA's private key stands for
- * the objects (group keys are made beside it). Without a CA only the ping. */
-hsm_err srv_token_health(struct srv *s);
+/* For /healthz: whether the token answers and still holds its objects
+ * (*token) and the audit log can take another record (*audit, see
+ * audit_check). Checked at most once a second for the whole process; every
+ * probe in between gets that result (see core.c). */
+void srv_health(struct srv *s, hsm_err *token, audit_err *audit);
 /* Maps token and store errors to answers: 503 for an unreachable token or
  * database, 500 otherwise. */
 void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what);

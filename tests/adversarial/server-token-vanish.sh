@@ -38,7 +38,7 @@ expect_status 503 token_unavailable "unwrap (tls) with the token directory away"
 grep -q '"key"' "$work/body" && fail "a key was answered with the token directory away"
 expect_status 503 token_unavailable "unwrap (recipient-key) with the token directory away" -- \
   c alice --data-binary @"$work/req-rk.json" "$url"
-expect_status 503 "" "healthz with the token directory away" -- anon "$base/healthz"
+expect_healthz 503 "" "healthz with the token directory away"
 grep -q '"token":"ok"' "$work/body" && fail "healthz says the token is ok: $(cat "$work/body")"
 sleep 1
 mv "$work/token/tokens.away" "$work/token/tokens"

@@ -168,6 +168,18 @@ wait_healthz() {
   return 1
 }
 
+# expect_healthz WANT CODE-OR-EMPTY DESC: /healthz answers WANT within 3 s,
+# then as expect_status. One token and audit check serves every probe of
+# the process for a second (docs/api.md), so a change shows within that.
+expect_healthz() {
+  local i
+  for i in $(seq 1 30); do
+    [ "$(status anon "$base/healthz")" = "$1" ] && break
+    sleep 0.1
+  done
+  expect_status "$1" "$2" "$3" -- anon "$base/healthz"
+}
+
 b64() { base64 -w0 "$1"; }
 json_get() { /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); 
 for k in sys.argv[2:]: v=v[int(k)] if isinstance(v,list) else v[k]

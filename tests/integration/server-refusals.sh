@@ -133,10 +133,10 @@ grep -q 'ALERT' "$work/server.log" || fail "suspension alert not logged"
 mv "$work/audit.jsonl" "$work/audit.moved"
 expect_status 503 audit_unavailable "audit log gone: unwrap refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -qi '^retry-after' <(c alice -D - -o /dev/null --data-binary @"$work/req-tls.json" "$url") || fail "503 without Retry-After"
-expect_status 503 "" "healthz reports the audit log" -- anon "$base/healthz"
+expect_healthz 503 "" "healthz reports the audit log"
 grep -q '"audit":"audit log cannot be written"' "$work/body" || fail "healthz body: $(cat "$work/body")"
 mv "$work/audit.moved" "$work/audit.jsonl"
-expect_status 200 "" "audit log back: healthz" -- anon "$base/healthz"
+expect_healthz 200 "" "audit log back: healthz"
 expect_status 200 "" "audit log back: unwrap" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
 # ---- audit chain ----
