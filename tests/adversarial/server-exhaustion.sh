@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# server-exhaustion.sh BIN SRC: what one connection may hold, and running
+# out of descriptors, against a real server:
+#   - a client without a certificate that pipelines requests and never reads
+#     the answers (slow-reader.py) is closed once it is more than one whole
+#     request ahead: memory per connection stays bounded;
+#   - with its descriptors used up (the limit lowered to 100, 300
+#     connections held open) the server rests its listeners instead of
+#     retrying accept(2) in a busy loop that logs each failure, and serves
+#     again once connections close.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+start_server
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+
+out=$(/usr/bin/python3 "$SRC/tests/adversarial/slow-reader.py" "$port" "$certs/tca.pem" "$srv_pid" 128) ||
+  fail "a client that never reads its answers: $out"
+ok "$out"
+kill -0 "$srv_pid" || fail "the server died"
+expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+
+prlimit --pid "$srv_pid" --nofile=100:100 || fail "prlimit on the server"
+lines0=$(wc -l < "$work/server.log")
+/usr/bin/python3 - "$port" <<'PY' || fail "holding connections"
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) for _ in range(300)]
+time.sleep(3)
+for s in held:
+    s.close()
+PY
+logged=$(($(wc -l < "$work/server.log") - lines0))
+[ "$logged" -le 10 ] || fail "out of descriptors for 3 s, the server logged $logged lines: $(tail -n 2 "$work/server.log")"
+grep -q "cannot accept connections" "$work/server.log" || fail "running out of descriptors was not logged"
+ok "out of descriptors for 3 s: $logged lines logged, no busy loop"
+wait_healthz || fail "healthz after the connections closed: $(cat "$work/body")"
+ok "serving again once the connections closed"
+stop_server
