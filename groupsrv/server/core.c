@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 
@@ -1453,10 +1454,38 @@ static void thread_free(struct srv_thread *t)
     memset(t, 0, sizeof(*t));
 }
 
+/* The descriptors the listeners' budgets may take: per connection its
+ * socket and the duplicate kept for its lingering close (also for the few
+ * admitted past a full listener), the lingering closes of every thread,
+ * and 64 for the rest (database, audit log, token, listeners). The soft
+ * limit is raised to that, within the hard one (systemd's default soft
+ * limit is 1024, and it advises programs that do not use select(2) to
+ * raise it themselves); short of it, the operator is told. */
+static void raise_fd_limit(const struct srv *s)
+{
+    struct rlimit rl;
+    rlim_t need = 64 + (rlim_t)LINGER_MAX_PER_THREAD * s->nthreads;
+
+    for (int i = 0; i < 2; i++)
+        if (i == SRV_API || s->certsrv_fd >= 0)
+            need += 2 * (rlim_t)(s->budget[i] + s->budget[i] / 16 + 1);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return;
+    rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < need)
+        log_warn("the descriptor limit is below what the connection budgets may take: raise LimitNOFILE or lower "
+                 "max_connections limit=%llu need=%llu",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+}
+
 int srv_threads_start(struct srv *s)
 {
     sigset_t all, old;
     unsigned started = 0;
+
+    raise_fd_limit(s);
 
     tls_set_conn_free_cb(conn_freed);
     if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # server-exhaustion.sh BIN SRC: what one connection may hold, and running
 # out of descriptors, against a real server:
+#   - started with systemd's soft limit of 1024 descriptors, the server
+#     raises it (within the hard limit) to what its budgets may take;
 #   - a client without a certificate that pipelines requests and never reads
 #     the answers (slow-reader.py) is closed once it is more than one whole
 #     request ahead: memory per connection stays bounded;
@@ -11,7 +13,16 @@
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
+ulimit -Sn 1024
 start_server
+soft=$(awk '/^Max open files/ {print $4}' "/proc/$srv_pid/limits")
+if [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -gt 1024 ]; then
+  [ "$soft" -gt 1024 ] || fail "the server kept a soft descriptor limit of $soft"
+  ok "started with a soft descriptor limit of 1024, the server raised it to $soft"
+else
+  grep -q "descriptor limit is below" "$work/server.log" || fail "a hard limit of 1024 was not reported"
+  ok "a hard descriptor limit of 1024 is reported"
+fi
 printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
 
 out=$(/usr/bin/python3 "$SRC/tests/adversarial/slow-reader.py" "$port" "$certs/tca.pem" "$srv_pid" 128) ||
