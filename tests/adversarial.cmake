@@ -24,7 +24,8 @@ gs_adversarial_test(token_vanish server-token-vanish.sh)
 # The malformed-input corpus and non-member requests make no token call at
 # all (tests/p11fault counts every PKCS#11 call).
 gs_adversarial_test(malformed_count server-malformed-count.sh $<TARGET_FILE:p11fault>)
-# Strict HTTP framing: two Content-Length headers refused and closed; a body
+# Strict HTTP framing: two Content-Length headers, or Transfer-Encoding beside
+# Content-Length, twice or not "chunked", refused and closed; a body
 # far over the cap always gets its 413, never a reset (lingering close).
 gs_adversarial_test(strict_http server-strict-http.sh)
 # A client that pipelines requests and never reads the answers is closed

@@ -1281,6 +1281,26 @@ static unsigned header_count(struct evhttp_request *req, const char *name)
     return n;
 }
 
+/* Why the request's framing is ambiguous (a request-smuggling precondition
+ * behind a proxy that reads it another way), or NULL. libevent frames the
+ * body as chunked only when the first Transfer-Encoding is exactly
+ * "chunked" (then ignoring Content-Length), else by the first
+ * Content-Length, whatever coding is named. RFC 7230 3.3.3: reject, and
+ * close. */
+static const char *ambiguous_framing(struct evhttp_request *req)
+{
+    unsigned cl = header_count(req, "Content-Length"), te = header_count(req, "Transfer-Encoding");
+    const char *coding = evhttp_find_header(evhttp_request_get_input_headers(req), "Transfer-Encoding");
+
+    if (cl > 1)
+        return "more than one Content-Length header";
+    if (te > 1 || (coding != NULL && strcasecmp(coding, "chunked") != 0))
+        return "a Transfer-Encoding other than one \"chunked\"";
+    if (te > 0 && cl > 0)
+        return "both Content-Length and Transfer-Encoding";
+    return NULL;
+}
+
 static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)
 {
     struct srv_req r = {.t = t, .srv = t->srv, .req = req, .certsrv = certsrv};
@@ -1290,11 +1310,10 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     if (util_random_id(r.id, 8) != 0)
         snprintf(r.id, sizeof(r.id), "0");
     log_set_request_id(r.id);
-    if (header_count(req, "Content-Length") > 1) {
-        /* libevent reads the body by the first one; a proxy in front may
-         * have used another (RFC 7230 3.3.3: reject, and close). */
+    const char *ambiguous = ambiguous_framing(req);
+    if (ambiguous != NULL) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        srv_reply_error(&r, 400, "bad_request", "more than one Content-Length header");
+        srv_reply_error(&r, 400, "bad_request", "%s", ambiguous);
     } else if (over_budget) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_retry(&r, 503, 1, "too_many_connections", "the server is at its connection limit");
