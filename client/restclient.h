@@ -37,7 +37,7 @@ typedef enum gs_rest_err {
     GS_REST_ERR_ARGS,         /* caller passed something invalid (URL, sizes, missing field) */
     GS_REST_ERR_CLIENT_CERT,  /* our client certificate/key could not be loaded */
     GS_REST_ERR_UNREACHABLE,  /* DNS, connect refused, connection dropped or answer cut short */
-    GS_REST_ERR_TIMEOUT,      /* connect or whole-request timeout */
+    GS_REST_ERR_TIMEOUT,      /* connect or whole-request timeout, or HTTP 408 */
     GS_REST_ERR_TLS,          /* handshake failed, server certificate not trusted */
     GS_REST_ERR_PIN,          /* server public key does not match the pin */
     GS_REST_ERR_UNAUTHORIZED, /* HTTP 401: no (acceptable) client certificate */

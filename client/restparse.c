@@ -54,6 +54,10 @@ gs_rest_err gs_rest_parse_status(long status)
     case 401: return GS_REST_ERR_UNAUTHORIZED;
     case 403: return GS_REST_ERR_FORBIDDEN;
     case 404: return GS_REST_ERR_NOT_FOUND;
+    /* the server (or a proxy in front, HAProxy's "timeout http-request")
+     * gave up waiting for our request: nothing was refused, asking again
+     * may work (RFC 9110 15.5.9), unlike the other 4xx */
+    case 408: return GS_REST_ERR_TIMEOUT;
     case 429: return GS_REST_ERR_RATE_LIMITED;
     case 503: return GS_REST_ERR_UNAVAILABLE;
     default: break;

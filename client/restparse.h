@@ -21,7 +21,7 @@
 #include "restclient.h"
 
 /* HTTP status -> result: 2xx OK; 401, 403, 404, 429, 503 their own codes;
- * other 4xx REJECTED, other 5xx SERVER; anything else (1xx, 3xx: redirects
+ * 408 TIMEOUT (the server stopped waiting for the request); other 4xx REJECTED, other 5xx SERVER; anything else (1xx, 3xx: redirects
  * are never followed) BAD_ANSWER. */
 gs_rest_err gs_rest_parse_status(long status);
 

@@ -132,12 +132,12 @@ static void rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
 }
 
 /* Whether to ask again (docs/exploder.1.md, "Group server answers"): a 4xx
- * other than 429 says the request itself is refused (not the list's
- * exploder, no such group, a RecipientInfo the group cannot unwrap), and
- * asking again gets the same answer: the message fails now and bounces
- * once. 429, 5xx, connection, timeout and TLS trouble, and malformed
- * answers are the server's or the network's: retried with backoff until
- * max_age. */
+ * other than 408 and 429 says the request itself is refused (not the
+ * list's exploder, no such group, a RecipientInfo the group cannot
+ * unwrap), and asking again gets the same answer: the message fails now
+ * and bounces once. 408 (GS_REST_ERR_TIMEOUT), 429, 5xx, connection,
+ * timeout and TLS trouble, and malformed answers are the server's or the
+ * network's: retried with backoff until max_age. */
 static xp_err rest_class(gs_rest_err e)
 {
     switch (e) {

@@ -41,7 +41,7 @@ xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "[tls]" "cert = $W/pki/al
 # one of each kind (groupmail_hostile tries every misbehaviour on the
 # REST client itself; here what matters is how each class is handled)
 PERM="status-400 status-401 status-403 status-404 status-413 control-chars"
-TEMP="status-429 status-500 status-503 html-502 status-302 garbage bad-base64 bad-ri json-as-text
+TEMP="status-408 status-429 status-500 status-503 html-502 status-302 garbage bad-base64 bad-ri json-as-text
   huge-chunked truncated reset slow-body bad-status tls-stall not-tls"
 xp_encrypt "$W/group.pem" "$W/in.eml" "hostile"
 i=0

@@ -502,6 +502,8 @@ static void test_parse_status_and_type(void **state)
     assert_int_equal(gs_rest_parse_status(401), GS_REST_ERR_UNAUTHORIZED);
     assert_int_equal(gs_rest_parse_status(403), GS_REST_ERR_FORBIDDEN);
     assert_int_equal(gs_rest_parse_status(404), GS_REST_ERR_NOT_FOUND);
+    assert_int_equal(gs_rest_parse_status(408), GS_REST_ERR_TIMEOUT); /* ask again, not refused */
+    assert_int_equal(gs_rest_parse_status(409), GS_REST_ERR_REJECTED);
     assert_int_equal(gs_rest_parse_status(429), GS_REST_ERR_RATE_LIMITED);
     assert_int_equal(gs_rest_parse_status(503), GS_REST_ERR_UNAVAILABLE);
     assert_int_equal(gs_rest_parse_status(504), GS_REST_ERR_SERVER);
