@@ -181,14 +181,30 @@ void gs_group_info_clear(gs_group_info *gi)
     memset(gi, 0, sizeof(*gi));
 }
 
-/* A string member (no NUL inside, bounded); absent and optional = "". */
+/* A string of at most max printable ASCII bytes. What group info holds is
+ * printable on the server (group names, addresses, URLs, method names)
+ * and groupmail prints it in its error lines and progress: anything else
+ * (a NUL, an escape sequence, a newline) is a malformed answer. */
+static bool printable_string(json_t *v, size_t max)
+{
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+
+    if (s == NULL || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* A string member (printable, bounded); absent and optional = "". */
 static char *dup_string_member(json_t *obj, const char *name, bool required, bool *bad_field)
 {
     json_t *v = json_object_get(obj, name);
     if (v == NULL && !required)
         return strdup("");
-    if (!json_is_string(v) || json_string_length(v) > MAX_STRING ||
-        strlen(json_string_value(v)) != json_string_length(v)) {
+    if (!printable_string(v, MAX_STRING)) {
         *bad_field = true;
         return NULL;
     }
@@ -214,7 +230,7 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
     gi.address = dup_string_member(root, "address", false, &bad_field);
     gi.certificate_server = dup_string_member(root, "certificate_server", false, &bad_field);
     if (bad_field) {
-        err = bad(why, why_size, "'name', 'address' or 'certificate_server' missing or not a string");
+        err = bad(why, why_size, "'name', 'address' or 'certificate_server' missing or not printable text");
         goto out;
     }
     if (gi.name == NULL || gi.address == NULL || gi.certificate_server == NULL)
@@ -229,7 +245,7 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
             goto out;
         json_array_foreach(a, i, v)
         {
-            if (!json_is_string(v) || json_string_length(v) > MAX_METHOD) {
+            if (!printable_string(v, MAX_METHOD)) {
                 err = bad(why, why_size, "'methods' holds something other than a method name");
                 goto out;
             }

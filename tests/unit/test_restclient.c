@@ -522,6 +522,7 @@ static void test_parse_hostile_answers(void **state)
     char code[16], msg[32], why[128];
     gs_unwrap_result u;
     gs_ri_list l;
+    gs_group_info gi;
     char *pem = (char *)1;
     size_t plen = 1;
 
@@ -565,6 +566,26 @@ static void test_parse_hostile_answers(void **state)
     assert_int_equal(gs_rest_parse_rewrap(B("{\"recipient_infos\":[]}"), GS_REWRAP_MEMBERS, &l, NULL, 0),
                      GS_REST_OK);
     assert_int_equal(l.n, 0);
+    /* group info: what groupmail prints is printable text, or the answer is malformed */
+    assert_int_equal(
+        gs_rest_parse_group_info(B("{\"name\":\"eng\",\"address\":\"eng@example.org\",\"methods\":[\"tls\"],"
+                                   "\"certificate_server\":\"\"}"),
+                                 &gi, why, sizeof(why)),
+        GS_REST_OK);
+    assert_string_equal(gi.address, "eng@example.org");
+    gs_group_info_clear(&gi);
+    assert_int_equal(
+        gs_rest_parse_group_info(B("{\"name\":\"eng\",\"address\":\"\\u001b]0;owned\\u0007x@y\"}"), &gi, why,
+                                 sizeof(why)),
+        GS_REST_ERR_BAD_ANSWER);
+    assert_null(gi.name);
+    assert_int_equal(gs_rest_parse_group_info(B("{\"name\":\"eng\",\"certificate_server\":\"https://x\\n\"}"),
+                                              &gi, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(gs_rest_parse_group_info(B("{\"name\":\"eng\",\"methods\":[\"tls\\u0000x\"]}"), &gi, why,
+                                              sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_null(gi.methods);
     /* PEM: text holding a certificate block, nothing else */
     assert_int_equal(gs_rest_parse_pem((const unsigned char *)"-----BEGIN CERTIFICATE-----\0x", 29, &pem,
                                        &plen, why, sizeof(why)),
