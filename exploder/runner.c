@@ -80,7 +80,7 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
 {
     xp_list *l = NULL;
     util_atomic_file *af = NULL;
-    char name[128], in_path[4096], out_path[4096], why[512] = "";
+    char name[128], in_path[4096], out_path[4096], why[512] = "", qwhy[640];
     xp_err rc;
 
     *settled = true;
@@ -115,15 +115,18 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
     }
     util_atomic_abort(af);
     af = NULL;
+    /* why may quote the group server (its error code): quoted, so a '"' in
+     * it cannot end the field and forge others in the log */
+    log_quote(qwhy, sizeof(qwhy), why[0] ? why : xp_strerror(rc));
     if (rc == XP_ERR_TEMP || rc == XP_ERR_IO || rc == XP_ERR_NOMEM) {
         uint64_t d = xp_backoff(c, m->attempts + 1);
         log_warn("cannot prepare message, will retry id=%lld list=%s in=%llus reason=\"%s\"", (long long)m->id,
-                 l->address, (unsigned long long)d, why);
+                 l->address, (unsigned long long)d, qwhy);
         rc = spool_defer_prepare(s, m->id, now_s() + (int64_t)d, why);
         *settled = false;
     } else {
         log_error("cannot prepare message, giving up id=%lld list=%s reason=\"%s\"", (long long)m->id, l->address,
-                  why[0] ? why : xp_strerror(rc));
+                  qwhy);
         rc = spool_fail_pending(s, m->id, why[0] ? why : xp_strerror(rc));
     }
 out:

@@ -103,6 +103,7 @@ db "SELECT last_error FROM messages WHERE last_error IS NOT NULL" | grep -q $'\e
 grep -q 'reason="group server: refused: not a member or not allowed (403' "$W/run.log" ||
   fail "the 403's reason is missing from the log"
 grep -a -q $'\e' "$W/run.log" && fail "an escape sequence reached the log"
+grep -q 'forged="yes' "$W/run.log" && fail "a quote in the server's error code ended a field of the log"
 
 # 2. the server behaves again: every waiting message reaches every member once
 for n in http stall clear; do echo ok >"$W/$n.mode"; done
