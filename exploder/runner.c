@@ -137,6 +137,40 @@ out:
 
 /* ---- deliver one batch ------------------------------------------------ */
 
+#define RECORD_PAUSE_MAX 30 /* seconds between attempts to record a relay's answer */
+
+/* Sleeps up to secs seconds, less if a stop is requested. */
+static void pause_s(unsigned secs)
+{
+    for (unsigned i = 0; i < secs * 10 && !stop_requested; i++) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Records the relay's answer to a batch, however long the spool refuses
+ * (disk full, database locked): the relay has the message for every
+ * recipient it took, and a batch left pending would be sent again by the
+ * next pass, one duplicate per pass for as long as the spool fails. So
+ * nothing else is sent until it is recorded. Stopped before that, the
+ * batch is sent again at the next start, the duplicate of a crash here. */
+static xp_err record_batch(spool *s, const xp_batch *b, const xp_rcpt_outcome *outcome,
+                           const int64_t *next_at, char *const *why)
+{
+    unsigned pause = 1;
+    xp_err rc;
+
+    while ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK && !stop_requested) {
+        log_error(
+            "cannot record the relay's answer, sending nothing until it is recorded id=%lld retry_in=%us "
+            "err=\"%s\"",
+            (long long)b->msg->id, pause, xp_strerror(rc));
+        pause_s(pause);
+        pause = pause * 2 > RECORD_PAUSE_MAX ? RECORD_PAUSE_MAX : pause * 2;
+    }
+    return rc;
+}
+
 /* *settled: some recipient of the batch was delivered or failed for good. */
 static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_batch *b, bool *settled)
 {
@@ -203,7 +237,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
             deferred++;
     }
     /* one transaction for the whole batch, after the relay answered */
-    if ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK)
+    if ((rc = record_batch(s, b, outcome, next_at, why)) != XP_OK)
         goto out;
     *settled = delivered + failed > 0;
     if (deferred > 0)
@@ -447,10 +481,12 @@ int cmd_run(const xp_conf *c, int argc, char **argv)
             wait = due - now;
         if (work > 0 || wait < 0)
             wait = 0;
-        for (int64_t i = 0; i < wait * 10 && !stop_requested; i++) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
+        /* a pass that failed (the spool, most likely) left its items due:
+         * passing again at once would call the group server and the relay
+         * for them several times a second */
+        if (rc != XP_OK)
+            wait = (int64_t)c->poll_interval;
+        pause_s((unsigned)wait);
         if (wait == 0 && work == 0) {
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);
