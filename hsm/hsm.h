@@ -106,6 +106,17 @@ void hsm_close(hsm_ctx *ctx);
 /* Token reachable and logged in (C_GetSessionInfo on a pooled session). */
 hsm_err hsm_ping(hsm_ctx *ctx);
 
+/* Finalizes and initialises the module again now, for a caller that knows
+ * an object must be on the token and the token says it is not: a module
+ * may lose its token's objects under it and find them only when
+ * initialised again (SoftHSM keeps a token whose directory vanished empty
+ * until then). Sessions and object handles of the old instance are
+ * forgotten; the token is looked up and logged in again on next use. The
+ * caller limits how often (every operation waits meanwhile). Returns
+ * HSM_OK, or HSM_ERR_DEVICE when the module did not initialise (operations
+ * then try again, as for any module that is down). */
+hsm_err hsm_module_reinit(hsm_ctx *ctx);
+
 typedef struct hsm_token_info {
     char label[33], manufacturer[33], model[17], serial[17];
     unsigned long sessions_in_use, sessions_idle;

@@ -19,7 +19,8 @@ gs_adversarial_test(slowloris server-slowloris.sh)
 # made anew with SIGHUP: refusals, honest /healthz, recovery, audit verify.
 gs_adversarial_test(audit_disk server-audit-disk.sh)
 # The SoftHSM token directory moved away under load and back: refusals and
-# a /healthz that tells the truth (it checks the token's objects).
+# a /healthz that tells the truth (it checks the token's objects), then
+# service again from the same process, driven by key requests alone.
 gs_adversarial_test(token_vanish server-token-vanish.sh)
 # The malformed-input corpus and non-member requests make no token call at
 # all (tests/p11fault counts every PKCS#11 call).

@@ -467,8 +467,10 @@ static json_t *hsm_item_fail(struct srv_req *r, struct item_err *e, hsm_err err,
         return item_fail(e, 400, "unsupported_algorithm", "the token does not support this algorithm");
     if (err == HSM_ERR_PUBLIC_KEY)
         return item_fail(e, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
-    if (hsm_err_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND)
+    if (hsm_err_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND) {
+        srv_token_unavailable(r->srv);
         return item_fail(e, 503, "token_unavailable", "the key token is not reachable; try again later");
+    }
     return item_fail(e, 500, "internal", "token operation failed");
 }
 

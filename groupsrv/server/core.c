@@ -1122,11 +1122,8 @@ int srv_rate_limit(struct srv_req *r)
     return 0;
 }
 
-/* The token answers and still holds its objects: a token whose objects
- * vanished (a SoftHSM token directory moved away) answers a ping but fails
- * every key request; the local CA's private key stands for the objects
- * (group keys are made beside it). Without a CA only the ping. */
-static hsm_err token_health(struct srv *s)
+/* The token answers and still holds its objects. */
+static hsm_err token_check(struct srv *s)
 {
     hsm_key_info ki;
     hsm_err he = hsm_ping(s->hsm);
@@ -1134,6 +1131,40 @@ static hsm_err token_health(struct srv *s)
     if (he != HSM_OK || s->ca == NULL)
         return he;
     return hsm_key_get_info(s->hsm, gs_ca_key(s->ca), &ki);
+}
+
+#define OBJECTS_REINIT_MAX 30.0 /* seconds between re-initialisations while objects stay missing */
+static pthread_mutex_t objects_mu = PTHREAD_MUTEX_INITIALIZER;
+static double objects_reinit_at, objects_reinit_gap; /* next allowed; the gap after it */
+
+/* A token whose objects vanished (a SoftHSM token directory moved away)
+ * answers a ping but fails every key request; the local CA's private key
+ * stands for the objects (group keys are made beside it). Without a CA
+ * only the ping. SoftHSM finds objects that come back only when the module
+ * is initialised again, so while the CA key is missing the module is
+ * initialised again and the check repeated: at once, then after 1, 2, 4
+ * ... at most 30 seconds while they stay missing (each one makes every
+ * operation wait a moment, and the logins start over). */
+static hsm_err token_health(struct srv *s)
+{
+    hsm_err he = token_check(s);
+    double now = srv_now();
+    int reinit;
+
+    pthread_mutex_lock(&objects_mu);
+    if (he == HSM_OK)
+        objects_reinit_at = objects_reinit_gap = 0;
+    reinit = he == HSM_ERR_KEY_NOT_FOUND && now >= objects_reinit_at;
+    if (reinit) {
+        objects_reinit_at = now + objects_reinit_gap;
+        objects_reinit_gap = objects_reinit_gap < 1 ? 1 : objects_reinit_gap * 2;
+        if (objects_reinit_gap > OBJECTS_REINIT_MAX)
+            objects_reinit_gap = OBJECTS_REINIT_MAX;
+    }
+    pthread_mutex_unlock(&objects_mu);
+    if (reinit && hsm_module_reinit(s->hsm) == HSM_OK)
+        he = token_check(s);
+    return he;
 }
 
 /* /healthz needs no certificate and load balancers probe it often, while a
@@ -1199,14 +1230,23 @@ static int hsm_err_is_unavailable(hsm_err err)
     }
 }
 
+void srv_token_unavailable(struct srv *s)
+{
+    hsm_err he;
+    audit_err ae;
+
+    srv_health(s, &he, &ae);
+}
+
 void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what)
 {
     metrics_token_error();
     gcache_mark_stale(r->t->gcache); /* reload the group's keys next time */
     log_error("token operation failed op=%s err=%s detail=%s", what, hsm_strerror(err), hsm_last_error_detail());
-    if (hsm_err_is_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND)
+    if (hsm_err_is_unavailable(err) || err == HSM_ERR_KEY_NOT_FOUND) {
+        srv_token_unavailable(r->srv);
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
-    else
+    } else
         srv_reply_error(r, 500, "internal", "token operation failed");
 }
 
@@ -1227,6 +1267,7 @@ void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
     case GS_ERR_TOKEN:
         metrics_token_error();
         log_error("token failure op=%s detail=%s", what, gs_err_detail());
+        srv_token_unavailable(r->srv);
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
         return;
     case GS_ERR_DB:

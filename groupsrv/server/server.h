@@ -152,6 +152,11 @@ int srv_rate_limit(struct srv_req *r);
  * audit_check). Checked at most once a second for the whole process; every
  * probe in between gets that result (see core.c). */
 void srv_health(struct srv *s, hsm_err *token, audit_err *audit);
+/* A key request found the token unreachable or its objects missing: the
+ * same check as srv_health (at most once a second), whose recovery
+ * re-initialises the module while the objects stay missing, so service
+ * comes back also when nobody probes /healthz. */
+void srv_token_unavailable(struct srv *s);
 /* Maps token and store errors to answers: 503 for an unreachable token or
  * database, 500 otherwise. */
 void srv_reply_hsm_error(struct srv_req *r, hsm_err err, const char *what);

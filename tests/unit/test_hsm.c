@@ -2192,6 +2192,47 @@ static void test_module_reinit(void **state)
     t_close(ctx);
 }
 
+/* hsm_module_reinit (the server's answer to token objects gone missing):
+ * one C_Finalize and C_Initialize at once, a key found before still
+ * decrypts (found again in the new instance), and a module that does not
+ * initialise is reported and comes back on the next use. */
+static void test_module_reinit_on_request(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *k;
+    unsigned char cek[32], out[64];
+    struct fct f;
+    unsigned long init0, fin0;
+    (void)state;
+
+    assert_int_equal(hsm_module_reinit(NULL), HSM_ERR_ARGS);
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    k = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
+    f_encrypt(ctx, k, cek, sizeof(cek), &f);
+    init0 = testfault_calls("C_Initialize");
+    fin0 = testfault_calls("C_Finalize");
+
+    assert_int_equal(hsm_module_reinit(ctx), HSM_OK);
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 1);
+    assert_int_equal(testfault_calls("C_Finalize"), fin0 + 1);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    assert_int_equal(hsm_ping(ctx), HSM_OK);
+
+    assert_int_equal(testfault_inject("C_Initialize", T_CKR_GENERAL_ERROR, 1), 0);
+    assert_int_equal(hsm_module_reinit(ctx), HSM_ERR_DEVICE);
+    assert_non_null(strstr(hsm_last_error_detail(), "module down"));
+    usleep(300000);
+    assert_int_equal(f_decrypt_ct(ctx, k, &f, out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
+    assert_int_equal(testfault_calls("C_Initialize"), init0 + 3);
+    testfault_clear();
+    OPENSSL_cleanse(out, sizeof(out));
+    hsm_key_free(k);
+    t_close(ctx);
+}
+
 /* A probe that breaks the connection (p11-kit 0.24.1's RPC dies on an
  * unwrap template) is survived: re-initialised, the attribute
  * unsupported, the rest works, and it is never asked for again. */
@@ -2568,6 +2609,7 @@ int main(void)
         cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
+        cmocka_unit_test_teardown(test_module_reinit_on_request, t_teardown),
         cmocka_unit_test_teardown(test_probe_breaks_connection, t_teardown),
         cmocka_unit_test_teardown(test_ecb_wrap, t_teardown),
         cmocka_unit_test_teardown(test_smartcard_profile, t_teardown),
