@@ -248,17 +248,22 @@ typedef struct hsm_keygen_spec {
     unsigned bits;            /* RSA 2048/3072/4096; EC 256/384; AES 256; HMAC 256 */
     unsigned usage;           /* enum hsm_usage bits */
     bool extractable;         /* secret keys only: may leave wrapped (group secret keys) */
+    bool replicable;          /* CKA_EXTRACTABLE with CKA_WRAP_WITH_TRUSTED: may leave the token
+                                 only wrapped under a key the security officer made trusted
+                                 (hsm_replica_export); read back, else HSM_ERR_KEY_POLICY */
 } hsm_keygen_spec;
 
 /* Generates a key pair on the token: private CKA_TOKEN, CKA_PRIVATE,
- * CKA_SENSITIVE, not CKA_EXTRACTABLE, with exactly `usage` (plus
+ * CKA_SENSITIVE, not CKA_EXTRACTABLE (replicable: extractable only under
+ * trusted wrap), with exactly `usage` (plus
  * CKA_UNWRAP_TEMPLATE forcing unwrapped keys sensitive, and
  * CKA_ALLOWED_MECHANISMS limited to what `usage` needs). Reads every
  * attribute back and fails with HSM_ERR_KEY_POLICY (destroying the pair)
  * if the token added a usage. Either output may be NULL. */
 hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv);
 /* Generates a secret key (AES-256 group secret key, or HMAC key for
- * implicit rejection) on the token: sensitive, extractable only if asked. */
+ * implicit rejection) on the token: sensitive, extractable only if asked
+ * (replicable: only under trusted wrap, as for key pairs). */
 hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out);
 
 /* What the *_best generators gave a key. */
@@ -292,6 +297,8 @@ typedef struct hsm_key_info {
     bool token, private_, sensitive, always_sensitive, extractable, never_extractable;
     bool decrypt, unwrap, sign, derive, wrap, encrypt, verify, sign_recover;
     bool value_readable;      /* C_GetAttributeValue(CKA_VALUE) succeeded: must be false */
+    bool wrap_with_trusted;   /* CKA_WRAP_WITH_TRUSTED: only a CKA_TRUSTED key may wrap it */
+    bool trusted;             /* CKA_TRUSTED (set by the security officer only) */
     bool has_unwrap_template; /* CKA_UNWRAP_TEMPLATE present */
     bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
     unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */
@@ -505,5 +512,79 @@ typedef struct evp_pkey_st EVP_PKEY; /* <openssl/evp.h> (same typedef) */
  * check anything else they require (sensitive, curve, ...) themselves.
  * Implemented with OpenSSL 3.0's legacy EC_KEY_METHOD (hsm/hsm_evp.c). */
 hsm_err hsm_key_evp_pkey(hsm_ctx *ctx, hsm_key *key, EVP_PKEY **out);
+
+/* ---- replication: keys copied token to token (hsm/replicate.c) ------- */
+
+/* The key ceremony's token side. A key generated with spec.replicable
+ * (CKA_EXTRACTABLE + CKA_WRAP_WITH_TRUSTED) can leave its token only
+ * wrapped by a key that carries CKA_TRUSTED, which only the security
+ * officer (SO) can set. Export: the SO makes a one-time AES-256 key and
+ * imports the receiving token's transport public key, both as trusted
+ * SESSION objects; the user's session wraps the keys under the one-time
+ * key (RFC 5649, CKM_AES_KEY_WRAP_PAD) and the one-time key to the
+ * transport key (RSA-OAEP); both objects are destroyed at once. Import:
+ * the transport private key unwraps the one-time key, which unwraps each
+ * key into a sensitive, never extractable token object. No key is ever
+ * outside a token in the clear.
+ *
+ * Threads: the export logs the user out of the whole application for
+ * the SO's part, so no other thread may use the context meanwhile (admin
+ * commands only). */
+
+typedef struct hsm_replica_item {
+    hsm_key *key;             /* in, borrowed: a replicable private key, or a secret key */
+    unsigned char *wrapped;   /* out: RFC 5649 wrapped under the one-time key (malloc'd, caller frees) */
+    size_t wrapped_len;
+} hsm_replica_item;
+
+typedef struct hsm_replica_export {
+    const char *so_pin;       /* the security officer's PIN (borrowed; the caller wipes it) */
+    size_t so_pin_len;        /* 1..256 */
+    const unsigned char *transport_spki; /* DER SubjectPublicKeyInfo of the receiving
+                                            token's transport key: RSA 2048..16384 */
+    size_t transport_spki_len;
+    hsm_replica_item *items;  /* 1..256 keys to copy */
+    size_t n_items;
+    hsm_oaep_hash kek_hash;   /* out: the OAEP hash that wrapped the one-time key
+                                 (SHA-256 where the token has it, else SHA-1) */
+    unsigned char *wrapped_kek; /* out: the one-time key, RSA-OAEP to the transport key (caller frees) */
+    size_t wrapped_kek_len;
+} hsm_replica_export;
+
+/* Runs the export above on a context opened with a user PIN. The user is
+ * logged in again afterwards on every path (also after a wrong SO PIN).
+ * Errors: HSM_ERR_PIN_INCORRECT / _PIN_LOCKED for the SO PIN (detail
+ * "security officer login: ..."); HSM_ERR_KEY_POLICY when an item cannot be
+ * wrapped (not made replicable; detail names its label);
+ * HSM_ERR_PUBLIC_KEY for a transport key that is not RSA 2048..16384;
+ * HSM_ERR_MECHANISM when the token lacks a mechanism; HSM_ERR_ARGS (also
+ * for a context without a user PIN). On failure every out field is NULL/0. */
+hsm_err hsm_replica_export_run(hsm_ctx *ctx, hsm_replica_export *x);
+
+typedef struct hsm_replica_in {
+    hsm_keygen_spec spec;     /* the copy's label, CKA_ID (required), type (RSA, AES or
+                                 GENERIC_SECRET), usage, and for secret keys extractable;
+                                 never replicable: copies are never extractable again */
+    const unsigned char *wrapped;  /* RFC 5649 under the one-time key */
+    size_t wrapped_len;
+    const unsigned char *public_spki; /* RSA: the public key, made a token object with the
+                                         same label and CKA_ID (NULL: none) */
+    size_t public_spki_len;
+} hsm_replica_in;
+
+/* Imports n (1..256) keys: `transport` (this token's transport private
+ * key) unwraps the one-time key with RSA-OAEP kek_hash into a session
+ * object; each key is unwrapped with it as a token object: sensitive, not
+ * extractable (CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE read false
+ * on such copies, as PKCS#11 says for unwrapped keys), exactly the usage
+ * its spec gives (read back), CKA_UNWRAP_TEMPLATE and
+ * CKA_ALLOWED_MECHANISMS as generation sets them. out[i] gets a reference
+ * to copy i (caller frees). All or nothing: on any failure every object
+ * made is destroyed again. Errors: HSM_ERR_KEY_EXISTS (a label or CKA_ID
+ * is taken; detail names it), HSM_ERR_DECRYPT (the transport key or the
+ * one-time key does not unwrap: another transport key, damaged data),
+ * HSM_ERR_KEY_POLICY (the token changed an attribute), HSM_ERR_ARGS. */
+hsm_err hsm_replica_import(hsm_ctx *ctx, hsm_key *transport, hsm_oaep_hash kek_hash, const unsigned char *wrapped_kek,
+                           size_t wrapped_kek_len, const hsm_replica_in *items, size_t n, hsm_key **out);
 
 #endif

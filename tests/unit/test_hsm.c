@@ -202,12 +202,12 @@ static int group_setup(void **state)
     hsm_ctx *ctx;
     hsm_err err;
     hsm_key *k = NULL;
-    hsm_keygen_spec rsa = {GRP_RSA, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_spec rsa = {GRP_RSA, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false, false};
     hsm_keygen_spec v15 = {
-        GRP_V15, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15, false};
-    hsm_keygen_spec rej = {GRP_REJ, NULL, 0, HSM_KEYTYPE_GENERIC_SECRET, 256, HSM_USE_SIGN, false};
-    hsm_keygen_spec kek = {GRP_KEK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, true};
-    hsm_keygen_spec gsk = {GRP_GSK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+        GRP_V15, NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15, false, false};
+    hsm_keygen_spec rej = {GRP_REJ, NULL, 0, HSM_KEYTYPE_GENERIC_SECRET, 256, HSM_USE_SIGN, false, false};
+    hsm_keygen_spec kek = {GRP_KEK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, true, false};
+    hsm_keygen_spec gsk = {GRP_GSK, NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
 
     (void)state;
     /* The token first: nothing may fork after C_Initialize. */
@@ -399,7 +399,7 @@ static void test_keypair_sizes_and_exists(void **state)
     hsm_key *pub = NULL, *priv = NULL;
     hsm_key_info ki;
     unsigned char id[] = {1, 2, 3, 4};
-    hsm_keygen_spec sp = {"kp-sign-3072", id, sizeof(id), HSM_KEYTYPE_RSA, 3072, HSM_USE_SIGN, false};
+    hsm_keygen_spec sp = {"kp-sign-3072", id, sizeof(id), HSM_KEYTYPE_RSA, 3072, HSM_USE_SIGN, false, false};
     EVP_PKEY *pk;
     (void)state;
 
@@ -496,7 +496,7 @@ static void test_list_destroy(void **state)
     hsm_ctx *ctx;
     hsm_key *k = NULL, *k2 = NULL;
     struct list_state ls = {0, false};
-    hsm_keygen_spec sp = {"tmp-destroy", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+    hsm_keygen_spec sp = {"tmp-destroy", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
     (void)state;
 
     ctx = open_ok(testtoken_softhsm_module(), 1); /* one session: callbacks must not deadlock */
@@ -527,7 +527,7 @@ static void test_secret_keys(void **state)
     hsm_ctx *ctx;
     hsm_key *k;
     hsm_key_info ki;
-    hsm_keygen_spec bad = {"sk-bad", NULL, 0, HSM_KEYTYPE_AES, 100, HSM_USE_WRAP, false};
+    hsm_keygen_spec bad = {"sk-bad", NULL, 0, HSM_KEYTYPE_AES, 100, HSM_USE_WRAP, false, false};
     (void)state;
 
     ctx = open_ok(testtoken_softhsm_module(), 0);
@@ -1081,9 +1081,9 @@ static void test_sign(void **state)
     unsigned char *sig = NULL;
     size_t siglen = 0;
     const unsigned char data[] = "to be signed: a TBSCertificate";
-    hsm_keygen_spec rs = {"sign-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false};
-    hsm_keygen_spec es = {"sign-ec", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false};
-    hsm_keygen_spec es384 = {"sign-ec384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false};
+    hsm_keygen_spec rs = {"sign-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false, false};
+    hsm_keygen_spec es = {"sign-ec", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false, false};
+    hsm_keygen_spec es384 = {"sign-ec384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false, false};
     hsm_key_info ki;
     hsm_err err;
     (void)state;
@@ -1159,8 +1159,8 @@ static void test_key_evp_pkey(void **state)
     unsigned char sig[256];
     size_t siglen;
     const unsigned char data[] = "a member's TLS 1.3 CertificateVerify";
-    hsm_keygen_spec specs[] = {{"evp-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false},
-                               {"evp-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false}};
+    hsm_keygen_spec specs[] = {{"evp-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false, false},
+                               {"evp-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false, false}};
     (void)state;
 
     ctx = open_ok(testtoken_softhsm_module(), 0);
@@ -1227,8 +1227,8 @@ static void test_sign_digest(void **state)
     unsigned mdlen = 0;
     const unsigned char data[] = "TLS 1.3, server CertificateVerify";
     const EVP_MD *mds[] = {EVP_sha256(), EVP_sha384(), EVP_sha512()};
-    hsm_keygen_spec specs[] = {{"tls-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false},
-                               {"tls-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false}};
+    hsm_keygen_spec specs[] = {{"tls-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_SIGN, false, false},
+                               {"tls-p384", NULL, 0, HSM_KEYTYPE_EC, 384, HSM_USE_SIGN, false, false}};
     hsm_err err;
     (void)state;
 
@@ -1283,7 +1283,7 @@ static void test_ecdh(void **state)
     hsm_ctx *ctx;
     hsm_key *priv = NULL;
     hsm_key_info ki;
-    hsm_keygen_spec sp = {"ecdh-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_DERIVE, false};
+    hsm_keygen_spec sp = {"ecdh-p256", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_DERIVE, false, false};
     EVP_PKEY *peer;
     unsigned char point[133], wrapped[40], out[64], sinfo[] = {0x30, 0x03, 0x02, 0x01, 0x00};
     size_t plen = 0, outlen;
@@ -1762,8 +1762,8 @@ static void test_token_adds_usage(void **state)
 {
     hsm_ctx *ctx;
     hsm_key *pub = NULL, *priv = NULL, *k = NULL;
-    hsm_keygen_spec sp = {"policy-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false};
-    hsm_keygen_spec ss = {"policy-aes", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false};
+    hsm_keygen_spec sp = {"policy-rsa", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false, false};
+    hsm_keygen_spec ss = {"policy-aes", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
     (void)state;
 
     assert_int_equal(testfault_clear(), 0);
@@ -2014,7 +2014,7 @@ static void test_caps_softhsm(void **state)
 {
     hsm_ctx *ctx;
     hsm_caps c;
-    hsm_keygen_spec sp = {"caps-best", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_spec sp = {"caps-best", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false, false};
     hsm_keygen_result res;
     hsm_key *priv = NULL;
     unsigned d = 0, u = 0;
@@ -2059,8 +2059,9 @@ static void test_generate_best_refused(void **state)
 {
     hsm_ctx *ctx;
     hsm_caps c;
-    hsm_keygen_spec sp = {"best-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
-    hsm_keygen_spec st = {"strict-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false};
+    hsm_keygen_spec sp = {
+        "best-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false, false};
+    hsm_keygen_spec st = {"strict-refused", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_UNWRAP, false, false};
     hsm_keygen_result res;
     hsm_key *priv = NULL, *pub = NULL;
     hsm_key_info ki;
@@ -2302,7 +2303,7 @@ static void secret_value(hsm_ctx *ctx, hsm_key *secret, unsigned char out[32])
 static void test_ecb_wrap(void **state)
 {
     hsm_ctx *ctx;
-    hsm_keygen_spec ks = {"ecb-kek", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP_ECB, true};
+    hsm_keygen_spec ks = {"ecb-kek", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP_ECB, true, false};
     hsm_keygen_result res;
     hsm_key *kek = NULL, *grp;
     hsm_key_info ki;
@@ -2369,9 +2370,9 @@ static void test_smartcard_profile(void **state)
     hsm_ctx *ctx;
     hsm_caps c;
     hsm_token_info ti;
-    hsm_keygen_spec gk = {"card-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_PKCS1V15, false};
-    hsm_keygen_spec ck = {"card-ca", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false};
-    hsm_keygen_spec sk = {"card-seal", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT, false};
+    hsm_keygen_spec gk = {"card-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_PKCS1V15, false, false};
+    hsm_keygen_spec ck = {"card-ca", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_SIGN, false, false};
+    hsm_keygen_spec sk = {"card-seal", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT, false, false};
     hsm_keygen_result res;
     hsm_key *grp = NULL, *ca = NULL, *seal = NULL, *sealed = NULL, *rej = NULL;
     hsm_key_info ki;
@@ -2526,7 +2527,7 @@ static void test_nss_init_args(void **state)
     hsm_config cfg;
     hsm_ctx *ctx = NULL;
     hsm_caps c;
-    hsm_keygen_spec sp = {"nss-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false};
+    hsm_keygen_spec sp = {"nss-grp", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false, false};
     hsm_keygen_result res;
     hsm_key *priv = NULL, *pub = NULL;
     unsigned d = 0, u = 0;
