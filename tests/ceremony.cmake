@@ -6,3 +6,10 @@ target_link_libraries(test_replicate PRIVATE gs_hsm gs_testsupport PkgConfig::CM
 gs_target_warnings(test_replicate)
 add_test(NAME unit_replicate COMMAND test_replicate)
 set_tests_properties(unit_replicate PROPERTIES LABELS "unit;ceremony" TIMEOUT 120)
+
+add_executable(test_gsk ${GS_TEST_DIR}/unit/test_gsk.c)
+target_include_directories(test_gsk PRIVATE ${PROJECT_SOURCE_DIR}/gsk)
+target_link_libraries(test_gsk PRIVATE gs_gsk PkgConfig::CMOCKA)
+gs_target_warnings(test_gsk)
+add_test(NAME unit_gsk COMMAND test_gsk)
+set_tests_properties(unit_gsk PROPERTIES LABELS "unit;ceremony" TIMEOUT 120)
