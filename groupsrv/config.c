@@ -50,6 +50,7 @@ static const struct key_def keys[] = {
     {"hsm", "module", K_STR, OFF(hsm.module), 0, 0},
     {"hsm", "token", K_STR, OFF(hsm.token), 0, 0},
     {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
+    {"hsm", "so_pin_source", K_STR, OFF(hsm.so_pin_source), 0, 0},
     {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
     {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0},
     {"db", "path", K_STR, OFF(db.path), 0, 0},

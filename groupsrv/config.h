@@ -52,6 +52,8 @@ struct gs_config {
         char *module;           /* path to a .so or a p11-kit module name (required) */
         char *token;            /* PKCS#11 token URI, default "pkcs11:token=groupsrv" */
         char *pin_source;       /* "env:NAME", "file:PATH" or PATH (required) */
+        char *so_pin_source;    /* the security officer's PIN, same forms, for `group export`
+                                   only; NULL: asked on the terminal */
         unsigned max_sessions;  /* session pool size, 0 = hsm default */
         char *init_args;        /* C_Initialize arguments for a module by path (NSS softokn), or NULL */
     } hsm;

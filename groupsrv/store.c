@@ -85,11 +85,14 @@ static const char *const migrations[] = {
     "  label TEXT PRIMARY KEY,"
     "  weakenings TEXT NOT NULL DEFAULT '',"
     "  created INTEGER NOT NULL);",
+    /* 2 -> 3: replicable groups (the key ceremony copies their keys to
+     * other tokens; issue 17). */
+    "ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;",
 };
 
 /* ---- names and enums -------------------------------------------------- */
 
-static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
+static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert", "local-key"};
 
 gs_err gs_methods_parse(const char *list, unsigned *out)
 {
@@ -112,7 +115,7 @@ gs_err gs_methods_parse(const char *list, unsigned *out)
             char word[64], q[80];
             (void)snprintf(word, sizeof(word), "%.*s", (int)(n < 60 ? n : 60), p);
             return gs_err_set(GS_ERR_ARGS, "unknown method '%s' (expected tls, recipient-key, group-secret, "
-                              "membership-cert)", log_quote(q, sizeof(q), word));
+                              "membership-cert, local-key)", log_quote(q, sizeof(q), word));
         }
         p = end ? end + 1 : p + n;
         if (end && *p == '\0')
@@ -613,7 +616,8 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
         return gs_err_set(GS_ERR_ARGS, "invalid group record");
     err = prepare(st,
                   "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
-                  "key_policy, reject_seal_label, reject_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  "key_policy, reject_seal_label, reject_sealed, replicable) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
         return err;
@@ -623,7 +627,8 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
         (err = bind_int(s, 7, now())) || (err = bind_text(s, 8, g->policy ? g->policy : "")) ||
         (err = bind_text(s, 9, g->reject_seal_label)) ||
         (err = g->reject_sealed ? bind_blob(s, 10, g->reject_sealed, g->reject_sealed_len)
-                                : bind_check(sqlite3_bind_null(s, 10), 10)))
+                                : bind_check(sqlite3_bind_null(s, 10), 10)) ||
+        (err = bind_int(s, 11, g->replicable ? 1 : 0)))
         goto out;
     err = step_done(st, s, "add group", NULL);
     if (err == GS_ERR_EXISTS)
@@ -637,7 +642,7 @@ out:
 
 #define GROUP_COLS                                                                                             \
     "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
-    "reject_sealed"
+    "reject_sealed, replicable"
 
 static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
 {
@@ -658,6 +663,7 @@ static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
     g->reject_seal_label = col_strdup(s, 9, &oom);
     if (!col_blobdup(s, 10, &g->reject_sealed, &g->reject_sealed_len))
         oom = true;
+    g->replicable = sqlite3_column_int(s, 11) != 0;
     if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL) {
         gs_store_group_free(g);
         return GS_ERR_NOMEM;
@@ -849,21 +855,29 @@ static gs_err tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                               const char *cert_pem)
 {
-    return gs_store_group_key_add2(st, group_id, version, token_label, cert_pem, NULL);
+    return gs_store_group_key_add_as(st, group_id, version, token_label, cert_pem, GS_KEY_CURRENT, NULL);
 }
 
 gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                                const char *cert_pem, const gs_store_keyrec *rec)
 {
+    return gs_store_group_key_add_as(st, group_id, version, token_label, cert_pem, GS_KEY_CURRENT, rec);
+}
+
+gs_err gs_store_group_key_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                                 const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
+{
     sqlite3_stmt *s = NULL;
     bool mine = false;
     gs_err err;
 
-    if (version == 0 || token_label == NULL || cert_pem == NULL)
+    if (version == 0 || token_label == NULL || cert_pem == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
         return gs_err_set(GS_ERR_ARGS, "invalid key version record");
     err = tx_begin_if_needed(st, &mine);
     if (err)
         return err;
+    if (state == GS_KEY_OLD)
+        goto insert;
     err = prepare(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
     if (err)
         goto out;
@@ -875,6 +889,7 @@ gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version,
     s = NULL;
     if (err)
         goto out;
+insert:
     err = prepare(st,
                   "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -882,7 +897,7 @@ gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version,
     if (err)
         goto out;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
-        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) || (err = bind_int(s, 6, now())) ||
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, state)) || (err = bind_int(s, 6, now())) ||
         (err = bind_text(s, 7, rec_weak(rec))))
         goto out;
     err = step_done(st, s, "add key version", NULL);
@@ -977,21 +992,30 @@ void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
 gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                            const unsigned char kek_id[GS_KEK_ID_LEN])
 {
-    return gs_store_secret_add2(st, group_id, version, token_label, kek_id, NULL);
+    return gs_store_secret_add_as(st, group_id, version, token_label, kek_id, GS_KEY_CURRENT, NULL);
 }
 
 gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                             const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec)
 {
+    return gs_store_secret_add_as(st, group_id, version, token_label, kek_id, GS_KEY_CURRENT, rec);
+}
+
+gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                              const gs_store_keyrec *rec)
+{
     sqlite3_stmt *s = NULL;
     bool mine = false;
     gs_err err;
 
-    if (version == 0 || token_label == NULL || kek_id == NULL)
+    if (version == 0 || token_label == NULL || kek_id == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
         return gs_err_set(GS_ERR_ARGS, "invalid secret key record");
     err = tx_begin_if_needed(st, &mine);
     if (err)
         return err;
+    if (state == GS_KEY_OLD)
+        goto insert;
     err = prepare(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
     if (err)
         goto out;
@@ -1003,6 +1027,7 @@ gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, co
     s = NULL;
     if (err)
         goto out;
+insert:
     err = prepare(st,
                   "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
                   "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1010,7 +1035,7 @@ gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, co
     if (err)
         goto out;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
-        (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) ||
+        (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, state)) ||
         (err = bind_int(s, 6, now())) || (err = bind_text(s, 7, rec_weak(rec))) ||
         (err = bind_text(s, 8, rec != NULL ? rec->seal_label : NULL)) ||
         (err = rec != NULL && rec->sealed != NULL ? bind_blob(s, 9, rec->sealed, rec->sealed_len)

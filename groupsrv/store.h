@@ -28,7 +28,7 @@
 #include "gs_error.h"
 
 /* Current schema version written by this program. */
-#define GS_STORE_SCHEMA_VERSION 2
+#define GS_STORE_SCHEMA_VERSION 3
 
 /* Caps on names (also checked by gs_valid_* below). */
 #define GS_NAME_MAX 64      /* group name */
@@ -46,10 +46,12 @@ enum gs_method {
     GS_METHOD_RECIPIENT_KEY = 1u << 1,   /* E: re-wrapped to the caller's certificate key */
     GS_METHOD_GROUP_SECRET = 1u << 2,    /* KEKRecipientInfo under the group secret key */
     GS_METHOD_MEMBERSHIP_CERT = 1u << 3, /* G: membership certificates from the certificate server */
+    GS_METHOD_LOCAL_KEY = 1u << 4,       /* C: members hold a copy of the group key on their own token
+                                            (replicable groups only; member removal rotates the key) */
 };
 #define GS_METHODS_DEFAULT \
     (GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY | GS_METHOD_GROUP_SECRET | GS_METHOD_MEMBERSHIP_CERT)
-/* "tls,recipient-key,group-secret,membership-cert" <-> bits. Parse rejects
+/* "tls,recipient-key,group-secret,membership-cert,local-key" <-> bits. Parse rejects
  * unknown or empty names (GS_ERR_ARGS, detail names the word). */
 gs_err gs_methods_parse(const char *list, unsigned *out);
 /* Writes the canonical comma list into buf (always NUL-terminated). */
@@ -133,6 +135,7 @@ typedef struct gs_store_group {
     char *reject_seal_label;      /* a sealed rejection key: its seal key pair's label */
     unsigned char *reject_sealed; /* ...and its blob (NULL: the rejection key is on the token) */
     size_t reject_sealed_len;
+    bool replicable;      /* keys extractable only under trusted wrap: the key ceremony may copy them */
 } gs_store_group;
 /* Adds a group; *id (may be NULL) gets its row id. EXISTS on duplicate name. */
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id);
@@ -163,6 +166,10 @@ gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, 
  * pkcs11: URI (a key adopted with --use-key). */
 gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                                const char *cert_pem, const gs_store_keyrec *rec);
+/* The same with the state given: CURRENT demotes the previous current
+ * version, OLD only adds (a version imported below the current one). */
+gs_err gs_store_group_key_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                                 const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec);
 /* Replaces the certificate of a version (import-cert). */
 gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem);
 /* Marks a non-current version retired (STATE for the current one). */
@@ -188,6 +195,10 @@ gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, con
 /* The same, with the key's record (rec may be NULL). */
 gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                             const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec);
+/* The same with the state given (CURRENT demotes, OLD only adds). */
+gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                              const gs_store_keyrec *rec);
 /* Newest first. */
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
 /* The version with this kek id (any group), NOT_FOUND otherwise. */

@@ -201,10 +201,11 @@ static void test_policy_records(void **state)
                      SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(gs_store_open(path, 0, &st), GS_OK);
-    assert_int_equal(gs_store_schema_version(st), 2);
+    assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
     assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
     assert_string_equal(g->policy, "");
     assert_null(g->reject_sealed);
+    assert_false(g->replicable); /* schema 3 (issue 17): not replicable unless created so */
     gs_store_group_free(g);
     assert_int_equal(gs_store_group_keys(st, 1, &k, &n), GS_OK);
     assert_int_equal(n, 1);
