@@ -98,7 +98,22 @@ typedef struct gs_group_spec {
     bool allow_pkcs1v15;
     const char *use_key;       /* a pkcs11: URI of an existing private key to adopt instead of
                                   generating one (keyspec is then taken from the key); NULL */
+    bool replicable;           /* keys leave the token only under trusted wrap (the key
+                                  ceremony); RSA only, never with use_key; required by
+                                  GS_METHOD_LOCAL_KEY */
 } gs_group_spec;
+
+/* The key attribute audit's verdict on one key of group g, kind "group"
+ * (a key version), "secret" or "reject", as `groupsrv check` reports it:
+ * NULL when info meets the group's recorded policy with the accepted
+ * weakenings `missing` (enum hsm_protection), else the problem. A
+ * replicable group's keys may also be the original (sensitive,
+ * extractable only with CKA_WRAP_WITH_TRUSTED) or a copy from the key
+ * ceremony (sensitive, not extractable, CKA_ALWAYS_SENSITIVE false as on
+ * every unwrapped key); *custody (may be NULL) says which (gs_key_check2).
+ * Every other extractable key is refused. */
+const char *gs_key_policy_problem(const gs_store_group *g, const char *kind, unsigned missing,
+                                  const hsm_key_info *info, const char **custody);
 
 /* The hsm usage bits a group key version must have and nothing more. */
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
@@ -143,6 +158,20 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
 gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg, const char *group,
                         const char *email, unsigned *rotated_version);
 
+/* What a removal rotated (0 = nothing). */
+typedef struct gs_member_removal {
+    unsigned secret_version; /* new group secret key version */
+    unsigned key_version;    /* new group key version: groups that allow local-key (option C) */
+} gs_member_removal;
+/* gs_member_remove, and for a group that allows local-key also a new
+ * group key version with its certificate from ca (NULL: the local CA is
+ * loaded from st and hsm): a member who held a copy of the group key on
+ * their own token must not read mail sent after their removal. The
+ * removal and every new version are recorded in one transaction; on
+ * failure the new token objects are destroyed again. */
+gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *group, const char *email, gs_member_removal *out);
+
 /* ---- key attribute audit ---------------------------------------------------- */
 
 typedef struct gs_key_audit_row {
@@ -156,20 +185,28 @@ typedef struct gs_key_audit_row {
     const char *problem;      /* first problem found, "" when ok */
     const char *accepted;     /* the key's recorded weakenings ("no-allowed-mechanisms,..."), "" */
     const char *note;         /* what could not be verified through this module, "" */
+    const char *custody;      /* replicable groups: "replicable: leaves only under trusted
+                                 wrap" or "imported copy"; "" otherwise */
 } gs_key_audit_row;
 
 /* Checks every key the store records (CA, each non-retired group key
  * version, secret key versions, rejection keys, seal keys): present,
  * sensitive, always sensitive, never extractable (secret keys: extractable
- * only by wrapping, value unreadable), exactly the usage its group's
- * policy allows, and every protection it was recorded with (unwrap
- * template forcing sensitive, allowed mechanisms within policy): the
- * policy that was possible on its token, not more; the group
- * certificate's key equals the token's; a sealed secret opens. cb (may be
- * NULL) gets each row (borrowed for the call). *problems = number of bad
- * rows. Returns GS_OK when the audit ran (whatever it found). */
+ * only by wrapping, value unreadable; replicable groups: see
+ * gs_key_policy_problem), exactly the usage its group's policy allows,
+ * and every protection it was recorded with (unwrap template forcing
+ * sensitive, allowed mechanisms within policy): the policy that was
+ * possible on its token, not more; the group certificate's key equals the
+ * token's; a sealed secret opens. cb (may be NULL) gets each row
+ * (borrowed for the call). *problems = number of bad rows. Returns GS_OK
+ * when the audit ran (whatever it found). */
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems);
+
+/* Destroys every key object labelled label (both halves of a pair, or a
+ * secret key); best effort (failures are logged), for undoing a command's
+ * own new objects. */
+void gs_token_destroy_label(hsm_ctx *hsm, const char *label);
 
 /* Opens the token named in cfg->hsm (wrong PIN etc. -> GS_ERR_TOKEN with
  * detail). */

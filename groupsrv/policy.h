@@ -107,6 +107,7 @@ typedef struct gs_key_expect {
     unsigned usage;      /* group and secret keys: exactly these hsm usage bits */
     bool allow_pkcs1v15; /* group keys: CKM_RSA_PKCS may be allowed too */
     unsigned missing;    /* accepted weakenings (protections it may lack) */
+    bool replicable;     /* a replicable group's (or CA's) key: see gs_key_check2 */
 } gs_key_expect;
 
 /* Checks a key's attributes (read with hsm_key_get_info) against e.
@@ -114,5 +115,16 @@ typedef struct gs_key_expect {
  * is true". *note (may be NULL) gets what could not be verified here
  * (a protection this module cannot read back), else "". */
 const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note);
+/* The same; with e->replicable the key may also be the original of a
+ * replicable key (sensitive, always sensitive, extractable only with
+ * CKA_WRAP_WITH_TRUSTED) or a copy the key ceremony unwrapped (sensitive,
+ * not extractable; PKCS#11 makes CKA_ALWAYS_SENSITIVE and
+ * CKA_NEVER_EXTRACTABLE false on every unwrapped key). Every other
+ * extractable key is still refused, and the protections (usage, allowed
+ * mechanisms, unwrap template) are checked as for any key. *custody (may
+ * be NULL) names which: "replicable: leaves only under trusted wrap",
+ * "imported copy", else "". */
+const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
+                          const char **custody);
 
 #endif

@@ -45,7 +45,7 @@ static void caller_clear(struct caller *c)
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static const char *method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
+static const char *method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert", "local-key"};
 
 static json_t *methods_json(unsigned m)
 {
@@ -1208,11 +1208,14 @@ static void h_member(struct srv_req *r, const char *group, const char *email, en
         goto out;
     }
     if (cmd == EVHTTP_REQ_DELETE) {
-        unsigned rotated = 0;
-        e = gs_member_remove(r->t->store, r->srv->hsm, r->srv->cfg, gname, email, &rotated);
-        audit_record rec = {.action = action, .identity = c.identity, .group = gname, .key_version = -1,
+        gs_member_removal rm;
+        e = gs_member_remove_ex(r->t->store, r->srv->hsm, r->srv->ca, r->srv->cfg, gname, email, &rm);
+        unsigned rotated = rm.secret_version;
+        audit_record rec = {.action = action, .identity = c.identity, .group = gname,
+                            .key_version = rm.key_version ? (long)rm.key_version : -1,
                             .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
-        json_t *extra = json_pack("{s:s,s:I}", "member", email, "secret_rotated_to", (json_int_t)rotated);
+        json_t *extra = json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to", (json_int_t)rotated,
+                                  "key_rotated_to", (json_int_t)rm.key_version);
         rec.extra = extra;
         int arc = srv_audit(r, &rec);
         json_decref(extra);
@@ -1225,6 +1228,8 @@ static void h_member(struct srv_req *r, const char *group, const char *email, en
         json_t *o = json_pack("{s:s}", "removed", email);
         if (o != NULL && rotated)
             json_object_set_new(o, "secret_version", json_integer(rotated));
+        if (o != NULL && rm.key_version)
+            json_object_set_new(o, "key_version", json_integer(rm.key_version));
         srv_reply_json(r, 200, o);
         goto out;
     }
