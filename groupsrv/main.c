@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include "ca.h"
+#include "ceremony.h"
+#include "cli.h"
 #include "config.h"
 #include "groups.h"
 #include "gs_error.h"
@@ -35,8 +37,6 @@
 #include "serve.h"
 #endif
 
-#define EXIT_USAGE 2
-#define MAX_ARGS 32
 #define CERT_FILE_MAX 65536
 
 static const char usage_text[] =
@@ -44,12 +44,16 @@ static const char usage_text[] =
     "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N]\n"
     "  ca show\n"
     "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
-    "               [--methods tls,recipient-key,group-secret,membership-cert] [--allow-pkcs1v15]\n"
+    "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--allow-pkcs1v15]\n"
+    "               [--replicable]\n"
     "  group rotate NAME\n"
     "  group retire NAME --before VERSION\n"
     "  group import-cert NAME --cert FILE [--version N]\n"
     "  group list\n"
     "  group show NAME [--cert | --pubkey]\n"
+    "  group export NAME [--version N | --all] [--secret-version N] --to TRANSPORT.pem --out FILE.gsk\n"
+    "  group import --in FILE.gsk [--ca CA.pem]\n"
+    "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
     "  member remove NAME EMAIL\n"
@@ -63,23 +67,10 @@ static const char usage_text[] =
 
 /* ---- argument handling ------------------------------------------------------ */
 
-struct opt_def {
-    const char *name; /* "--key" */
-    bool has_arg;
-};
-
-struct args {
-    const char *pos[MAX_ARGS];
-    size_t npos;
-    const char *opt_name[MAX_ARGS];
-    const char *opt_val[MAX_ARGS];
-    size_t nopt;
-};
-
 /* Every error is exactly one line on stderr, "groupsrv: what is wrong":
  * control characters that came from arguments or files (a newline in an
  * argument) are shown as '?' so they cannot start a second line. */
-static void error_line(const char *msg, const char *suffix)
+void error_line(const char *msg, const char *suffix)
 {
     fputs("groupsrv: ", stderr);
     for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
@@ -88,8 +79,7 @@ static void error_line(const char *msg, const char *suffix)
     fputc('\n', stderr);
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -102,7 +92,7 @@ static int usage_error(const char *fmt, ...)
 
 /* Splits argv into positionals and the options in defs; unknown options,
  * missing values and repeated options are usage errors (returns 2). */
-static int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a)
+int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a)
 {
     memset(a, 0, sizeof(*a));
     for (int i = 0; i < argc; i++) {
@@ -144,7 +134,7 @@ static int parse_args(int argc, char **argv, const struct opt_def *defs, size_t 
     return 0;
 }
 
-static const char *opt(const struct args *a, const char *name)
+const char *opt(const struct args *a, const char *name)
 {
     for (size_t k = 0; k < a->nopt; k++)
         if (strcmp(a->opt_name[k], name) == 0)
@@ -152,7 +142,7 @@ static const char *opt(const struct args *a, const char *name)
     return NULL;
 }
 
-static int fail(gs_err err)
+int fail(gs_err err)
 {
     const char *d = gs_err_detail();
     error_line(d && d[0] ? d : gs_strerror(err), "");
@@ -160,15 +150,6 @@ static int fail(gs_err err)
 }
 
 /* ---- shared set-up ------------------------------------------------------------- */
-
-struct env {
-    const struct gs_config *cfg;
-    gs_store *st;
-    hsm_ctx *hsm;
-    gs_ca *ca;
-};
-
-enum need { NEED_DB = 1u << 0, NEED_DB_CREATE = 1u << 1, NEED_TOKEN = 1u << 2, NEED_CA = 1u << 3, NEED_DB_RO = 1u << 4 };
 
 static void env_close(struct env *e)
 {
@@ -180,7 +161,7 @@ static void env_close(struct env *e)
     e->st = NULL;
 }
 
-static gs_err env_open(struct env *e, unsigned need)
+gs_err env_open(struct env *e, unsigned need)
 {
     gs_err err = GS_OK;
     /* Creating the database (ca init): the token first, so that a wrong
@@ -224,7 +205,7 @@ static gs_err env_open(struct env *e, unsigned need)
     return err;
 }
 
-static gs_err read_cert_file(const char *path, X509 **out)
+gs_err read_cert_file(const char *path, X509 **out)
 {
     unsigned char *buf = NULL;
     size_t len = 0;
@@ -427,8 +408,10 @@ static int group_show(struct env *e, const struct args *a)
         goto out;
     }
     gs_methods_format(g->methods, methods, sizeof(methods));
-    printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n",
-           g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
+    printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n"
+           "replicable:     %s\n",
+           g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no",
+           g->replicable ? "yes (extractable only under trusted wrap: group export)" : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {
             print_group_policy(g, keys[i].weakenings);
@@ -470,13 +453,19 @@ static int cmd_group(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--address", true}, {"--key", true},   {"--methods", true},
                                           {"--allow-pkcs1v15", false}, {"--before", true}, {"--cert", true},
-                                          {"--version", true}, {"--pubkey", false}, {"--use-key", true}};
+                                          {"--version", true}, {"--pubkey", false}, {"--use-key", true},
+                                          {"--replicable", false}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
     gs_err err;
     int rc;
     const char *sub = argc > 0 ? argv[0] : "";
 
+    /* The key ceremony (ceremony.c) has its own options. */
+    if (strcmp(sub, "export") == 0)
+        return gs_cmd_group_export(e, argc, argv);
+    if (strcmp(sub, "import") == 0)
+        return gs_cmd_group_import(e, argc, argv);
     if (strcmp(sub, "show") == 0)
         rc = parse_args(argc, argv, show_defs, GS_ARRAY_LEN(show_defs), &a);
     else
@@ -484,7 +473,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos == 0)
-        return usage_error("group: expected create, rotate, retire, import-cert, list or show%s", "");
+        return usage_error("group: expected create, rotate, retire, import-cert, list, show, export or import%s", "");
     if (strcmp(sub, "list") == 0) {
         gs_store_group **list = NULL;
         size_t n = 0;
@@ -516,6 +505,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
         spec.keyspec = opt(&a, "--key");
         spec.use_key = opt(&a, "--use-key");
         spec.allow_pkcs1v15 = opt(&a, "--allow-pkcs1v15") != NULL;
+        spec.replicable = opt(&a, "--replicable") != NULL;
         if (spec.address == NULL)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
         if (spec.keyspec && spec.use_key)
@@ -533,7 +523,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
         if (err)
             return fail(err);
-        printf("group %s created: key version %u\n", spec.name, v);
+        printf("group %s created: key version %u%s\n", spec.name, v,
+               spec.replicable ? " (replicable: copied only by the key ceremony, see group export)" : "");
         {
             gs_store_group *g = NULL;
             gs_store_group_key *keys = NULL;
@@ -740,18 +731,23 @@ static int cmd_member(struct env *e, int argc, char **argv)
     if (!gs_valid_email(a.pos[2]))
         return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address"));
     if (strcmp(sub, "remove") == 0) {
-        unsigned v = 0;
+        gs_member_removal rm;
         if (a.nopt)
             return usage_error("member remove takes no options%s", "");
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_member_remove(e->st, e->hsm, e->cfg, a.pos[1], a.pos[2], &v);
+            err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
         if (err)
             return fail(err);
-        if (v)
-            printf("member %s removed from %s; new secret key version %u\n", a.pos[2], a.pos[1], v);
-        else
-            printf("member %s removed from %s\n", a.pos[2], a.pos[1]);
+        printf("member %s removed from %s", a.pos[2], a.pos[1]);
+        if (rm.secret_version)
+            printf("; new secret key version %u", rm.secret_version);
+        printf("\n");
+        if (rm.key_version)
+            printf("group key rotated to version %u: the group allows local-key, so %s may hold a copy of the "
+                   "older versions on their own token; mail sent from now on goes to version %u "
+                   "(publish `group show %s --cert`, and export it to clones and members)\n",
+                   rm.key_version, a.pos[2], rm.key_version, a.pos[1]);
         return 0;
     }
     if (strcmp(sub, "add") == 0) {
@@ -822,10 +818,13 @@ static void check_row(void *arg, const gs_key_audit_row *r)
     char ver[16] = "-", extra[320] = "";
     if (r->version)
         (void)snprintf(ver, sizeof(ver), "v%u", r->version);
-    /* An accepted weakening is named on the key's own row, never silent. */
-    if (r->accepted[0] || r->note[0])
-        (void)snprintf(extra, sizeof(extra), "%s%s%s%s%s", r->accepted[0] ? " (accepted weakening: " : "",
-                       r->accepted, r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
+    /* A replicable key's custody and an accepted weakening are named on
+     * the key's own row, never silent. */
+    bool custody = r->ok && r->custody != NULL && r->custody[0];
+    if (custody || r->accepted[0] || r->note[0])
+        (void)snprintf(extra, sizeof(extra), "%s%s%s%s%s%s%s%s", custody ? " (" : "", custody ? r->custody : "",
+                       custody ? ")" : "", r->accepted[0] ? " (accepted weakening: " : "", r->accepted,
+                       r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
     if (r->info) {
         const hsm_key_info *i = r->info;
         printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
@@ -1217,7 +1216,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "ca") && strcmp(cmd, "group") && strcmp(cmd, "secret") && strcmp(cmd, "member") &&
         strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit") &&
-        strcmp(cmd, "tls"))
+        strcmp(cmd, "tls") && strcmp(cmd, "token"))
         return usage_error("unknown command %s", cmd);
 
     err = gs_config_load(gs_config_choose_path(cfg_path), &cfg);
@@ -1245,6 +1244,8 @@ int main(int argc, char **argv)
         rc = cmd_member(&e, sub_argc - 1, sub_argv + 1);
     } else if (strcmp(cmd, "tls") == 0) {
         rc = gs_cmd_tls(cfg, sub_argc, sub_argv); /* tlscmd.c */
+    } else if (strcmp(cmd, "token") == 0) {
+        rc = gs_cmd_token(&e, sub_argc - 1, sub_argv + 1); /* ceremony.c */
     } else {
         rc = cmd_check(&e, sub_argc, sub_argv);
     }

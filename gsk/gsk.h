@@ -91,6 +91,8 @@ typedef struct gsk_manifest {
     char signer_ca_sha256[65]; /* SHA-256 of the signing CA certificate (DER), hex */
     char signer_algorithm[32]; /* "sha256WithRSAEncryption" or "ecdsa-with-SHA256" */
     char transport_sha256[65]; /* SHA-256 of the transport key's DER SPKI, hex */
+    bool complete;             /* every non-retired key of the group is in it (export --all):
+                                  enough to set the group up on a server that lacks it */
     hsm_oaep_hash kek_hash;    /* RSA-OAEP hash that wrapped the one-time key */
     unsigned char *wrapped_kek;
     size_t wrapped_kek_len;
@@ -102,12 +104,12 @@ typedef struct gsk_manifest {
         bool allow_pkcs1v15;
         bool replicable;
     } group;
-    gsk_key *keys;             /* n_keys (1..GSK_KEYS_MAX) */
-    size_t n_keys;
+    gsk_key *entries;          /* n_entries (1..GSK_KEYS_MAX) */
+    size_t n_entries;
 } gsk_manifest;
 
 /* An empty manifest with room for n keys (fields zero). */
-gsk_err gsk_manifest_new(size_t n_keys, gsk_manifest **out);
+gsk_err gsk_manifest_new(size_t n_entries, gsk_manifest **out);
 void gsk_manifest_free(gsk_manifest *m);
 
 /* ---- the shipment file -------------------------------------------------- */
@@ -162,9 +164,9 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out);
 
 /* ---- the token steps --------------------------------------------------- */
 
-/* Export: wraps keys[i] (the token objects of m->keys[i], i < m->n_keys)
+/* Export: wraps keys[i] (the token object of m->entries[i], i < m->n_entries)
  * for the transport key spki, with the SO PIN (see
- * hsm_replica_export_run); fills m->keys[i].wrapped, m->wrapped_kek,
+ * hsm_replica_export_run); fills m->entries[i].wrapped, m->wrapped_kek,
  * m->kek_hash and m->transport_sha256. GSK_ERR_TOKEN for a wrong SO PIN
  * (detail says so), GSK_ERR_POLICY for a key that cannot be wrapped. */
 gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const unsigned char *spki, size_t spki_len,
@@ -172,8 +174,8 @@ gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const un
 
 /* What one imported key becomes on the receiving token. */
 typedef struct gsk_import_item {
-    size_t index;   /* into m->keys */
-    unsigned usage; /* enum hsm_usage the copy gets (group: UNWRAP and/or DECRYPT,
+    size_t index;   /* into m->entries */
+    unsigned usage; /* enum hsm_usage bits of the copy (group: UNWRAP and/or DECRYPT,
                        + PKCS1V15; secret: WRAP; reject: SIGN) */
     bool extractable; /* secret keys only: leaves wrapped (group secret keys) */
 } gsk_import_item;

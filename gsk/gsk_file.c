@@ -115,18 +115,18 @@ const char *gsk_kind_name(gsk_kind k)
 
 /* ---- manifests -------------------------------------------------------------- */
 
-gsk_err gsk_manifest_new(size_t n_keys, gsk_manifest **out)
+gsk_err gsk_manifest_new(size_t n_entries, gsk_manifest **out)
 {
     gsk_manifest *m;
 
     *out = NULL;
-    if (n_keys == 0 || n_keys > GSK_KEYS_MAX)
+    if (n_entries == 0 || n_entries > GSK_KEYS_MAX)
         return gsk_fail(GSK_ERR_ARGS, "a shipment holds 1 to %u keys", GSK_KEYS_MAX);
-    if ((m = calloc(1, sizeof(*m))) == NULL || (m->keys = calloc(n_keys, sizeof(*m->keys))) == NULL) {
+    if ((m = calloc(1, sizeof(*m))) == NULL || (m->entries = calloc(n_entries, sizeof(*m->entries))) == NULL) {
         free(m);
         return GSK_ERR_NOMEM;
     }
-    m->n_keys = n_keys;
+    m->n_entries = n_entries;
     *out = m;
     return GSK_OK;
 }
@@ -135,19 +135,19 @@ void gsk_manifest_free(gsk_manifest *m)
 {
     if (m == NULL)
         return;
-    for (size_t i = 0; m->keys != NULL && i < m->n_keys; i++) {
-        free(m->keys[i].cert_pem);
-        free(m->keys[i].wrapped);
+    for (size_t i = 0; m->entries != NULL && i < m->n_entries; i++) {
+        free(m->entries[i].cert_pem);
+        free(m->entries[i].wrapped);
     }
-    free(m->keys);
+    free(m->entries);
     free(m->wrapped_kek);
     free(m);
 }
 
 long gsk_manifest_find(const gsk_manifest *m, gsk_kind k, unsigned v)
 {
-    for (size_t i = 0; i < m->n_keys; i++)
-        if (m->keys[i].kind == k && (k == GSK_KIND_REJECT || m->keys[i].version == v))
+    for (size_t i = 0; i < m->n_entries; i++)
+        if (m->entries[i].kind == k && (k == GSK_KIND_REJECT || m->entries[i].version == v))
             return (long)i;
     return -1;
 }
@@ -267,26 +267,26 @@ static gsk_err manifest_json(const gsk_manifest *m, char **text)
 
     *text = NULL;
     keys = json_array();
-    for (size_t i = 0; keys != NULL && i < m->n_keys; i++) {
-        if (m->keys[i].wrapped == NULL || (m->keys[i].kind == GSK_KIND_GROUP && m->keys[i].cert_pem == NULL)) {
-            err = gsk_fail(GSK_ERR_ARGS, "key %s has no wrapped value or certificate", m->keys[i].label);
+    for (size_t i = 0; keys != NULL && i < m->n_entries; i++) {
+        if (m->entries[i].wrapped == NULL || (m->entries[i].kind == GSK_KIND_GROUP && m->entries[i].cert_pem == NULL)) {
+            err = gsk_fail(GSK_ERR_ARGS, "key %s has no wrapped value or certificate", m->entries[i].label);
             goto out;
         }
-        if (json_array_append_new(keys, key_json(&m->keys[i])) != 0)
+        if (json_array_append_new(keys, key_json(&m->entries[i])) != 0)
             goto out;
     }
     if (keys == NULL)
         goto out;
     root = json_pack("{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:{s:s}, s:{s:s, s:s, s:o}, "
-                     "s:{s:s, s:s, s:o, s:s, s:b, s:b}, s:O}",
+                     "s:{s:s, s:s, s:o, s:s, s:b, s:b}, s:b, s:O}",
                      "format", GSK_FORMAT, "ceremony", m->ceremony, "created", m->created, "exported_by",
                      m->exported_by, "source_token", m->source_token, "signer", "ca_sha256", m->signer_ca_sha256,
                      "algorithm", m->signer_algorithm, "transport_key", "sha256", m->transport_sha256,
                      "one_time_key", "algorithm", "AES-256", "wrapping", hash_name(m->kek_hash), "wrapped",
                      b64_value(m->wrapped_kek, m->wrapped_kek_len), "group", "name", m->group.name, "address",
                      m->group.address, "methods", methods_value(m->group.methods), "key", m->group.keyspec,
-                     "allow_pkcs1v15", (int)m->group.allow_pkcs1v15, "replicable", (int)m->group.replicable, "keys",
-                     keys);
+                     "allow_pkcs1v15", (int)m->group.allow_pkcs1v15, "replicable", (int)m->group.replicable,
+                     "complete", (int)m->complete, "keys", keys);
     if (root == NULL)
         goto out;
     /* Indented: `openssl asn1parse -strparse` shows it readably. */
@@ -478,7 +478,7 @@ static gsk_err parse_group(json_t *g, gsk_manifest *m)
 static gsk_err parse_manifest(const unsigned char *text, size_t len, gsk_manifest **out)
 {
     static const char *const allowed[] = {"format", "ceremony", "created", "exported_by", "source_token", "signer",
-                                          "transport_key", "one_time_key", "group", "keys", NULL};
+                                          "transport_key", "one_time_key", "group", "complete", "keys", NULL};
     static const char *const signer_keys[] = {"ca_sha256", "algorithm", NULL};
     static const char *const transport_keys[] = {"sha256", NULL};
     static const char *const otk_keys[] = {"algorithm", "wrapping", "wrapped", NULL};
@@ -539,18 +539,23 @@ static gsk_err parse_manifest(const unsigned char *text, size_t len, gsk_manifes
         err = gsk_fail(GSK_ERR_FORMAT, "manifest: one_time_key must be AES-256 under RSA-OAEP-SHA1 or -SHA256");
         goto out;
     }
+    if (!json_is_boolean(json_object_get(root, "complete"))) {
+        err = gsk_fail(GSK_ERR_FORMAT, "manifest: complete must be true or false");
+        goto out;
+    }
+    m->complete = json_is_true(json_object_get(root, "complete"));
     if ((err = get_b64(otk, "wrapped", WRAPPED_KEK_MAX, &m->wrapped_kek, &m->wrapped_kek_len)) != GSK_OK ||
         (err = parse_group(json_object_get(root, "group"), m)) != GSK_OK)
         goto out;
-    for (size_t i = 0; i < m->n_keys; i++)
-        if ((err = parse_key(json_array_get(keys, i), &m->keys[i])) != GSK_OK)
+    for (size_t i = 0; i < m->n_entries; i++)
+        if ((err = parse_key(json_array_get(keys, i), &m->entries[i])) != GSK_OK)
             goto out;
     /* Each key once: a duplicate would be imported twice or shadow another. */
-    for (size_t i = 0; i < m->n_keys; i++)
-        for (size_t j = i + 1; j < m->n_keys; j++)
-            if (strcmp(m->keys[i].label, m->keys[j].label) == 0 ||
-                (m->keys[i].kind == m->keys[j].kind && m->keys[i].version == m->keys[j].version)) {
-                err = gsk_fail(GSK_ERR_FORMAT, "manifest: key %s appears twice", m->keys[i].label);
+    for (size_t i = 0; i < m->n_entries; i++)
+        for (size_t j = i + 1; j < m->n_entries; j++)
+            if (strcmp(m->entries[i].label, m->entries[j].label) == 0 ||
+                (m->entries[i].kind == m->entries[j].kind && m->entries[i].version == m->entries[j].version)) {
+                err = gsk_fail(GSK_ERR_FORMAT, "manifest: key %s appears twice", m->entries[i].label);
                 goto out;
             }
     *out = m;

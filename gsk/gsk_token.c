@@ -181,9 +181,9 @@ gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const un
 
     if (hsm == NULL || so_pin == NULL || spki == NULL || m == NULL || keys == NULL)
         return GSK_ERR_ARGS;
-    if ((items = calloc(m->n_keys, sizeof(*items))) == NULL)
+    if ((items = calloc(m->n_entries, sizeof(*items))) == NULL)
         return GSK_ERR_NOMEM;
-    for (size_t i = 0; i < m->n_keys; i++)
+    for (size_t i = 0; i < m->n_entries; i++)
         items[i].key = keys[i];
     memset(&x, 0, sizeof(x));
     x.so_pin = so_pin;
@@ -191,15 +191,15 @@ gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const un
     x.transport_spki = spki;
     x.transport_spki_len = spki_len;
     x.items = items;
-    x.n_items = m->n_keys;
+    x.n_items = m->n_entries;
     if ((he = hsm_replica_export_run(hsm, &x)) != HSM_OK) {
         err = gsk_hsm_fail(he, he == HSM_ERR_PIN_INCORRECT ? "the token refused the SO PIN" : "wrapping the keys");
         goto out;
     }
-    for (size_t i = 0; i < m->n_keys; i++) {
-        free(m->keys[i].wrapped);
-        m->keys[i].wrapped = items[i].wrapped;
-        m->keys[i].wrapped_len = items[i].wrapped_len;
+    for (size_t i = 0; i < m->n_entries; i++) {
+        free(m->entries[i].wrapped);
+        m->entries[i].wrapped = items[i].wrapped;
+        m->entries[i].wrapped_len = items[i].wrapped_len;
         items[i].wrapped = NULL;
     }
     free(m->wrapped_kek);
@@ -329,8 +329,8 @@ static void undo(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *ite
         hsm_key *pub = NULL;
         if (refs[i] != NULL)
             (void)hsm_key_destroy(hsm, refs[i]);
-        if (m->keys[items[i].index].kind == GSK_KIND_GROUP &&
-            hsm_key_find(hsm, m->keys[items[i].index].label, HSM_CLASS_PUBLIC, &pub) == HSM_OK)
+        if (m->entries[items[i].index].kind == GSK_KIND_GROUP &&
+            hsm_key_find(hsm, m->entries[items[i].index].label, HSM_CLASS_PUBLIC, &pub) == HSM_OK)
             (void)hsm_key_destroy(hsm, pub);
         hsm_key_free(pub);
     }
@@ -350,7 +350,7 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
     if (hsm == NULL || m == NULL || items == NULL || n == 0 || n > GSK_KEYS_MAX)
         return GSK_ERR_ARGS;
     for (size_t i = 0; i < n; i++)
-        if (items[i].index >= m->n_keys)
+        if (items[i].index >= m->n_entries)
             return GSK_ERR_ARGS;
     if ((err = gsk_transport_find(hsm, m->transport_sha256, &transport)) != GSK_OK)
         return err;
@@ -362,7 +362,7 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        const gsk_key *k = &m->keys[items[i].index];
+        const gsk_key *k = &m->entries[items[i].index];
         hsm_keygen_spec *s = &in[i].spec;
         s->label = k->label;
         s->id = k->id;
@@ -386,7 +386,7 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        const gsk_key *k = &m->keys[items[i].index];
+        const gsk_key *k = &m->entries[items[i].index];
         if (k->kind == GSK_KIND_GROUP &&
             (err = prove(hsm, refs[i], items[i].usage, in[i].public_spki, in[i].public_spki_len, k->label)) != GSK_OK) {
             undo(hsm, m, items, n, refs);

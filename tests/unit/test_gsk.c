@@ -124,8 +124,9 @@ static gsk_manifest *sample(void)
     util_strlcpy(m->group.methods, "tls,recipient-key,local-key", sizeof(m->group.methods));
     util_strlcpy(m->group.keyspec, "rsa:2048", sizeof(m->group.keyspec));
     m->group.replicable = true;
+    m->complete = true;
     for (size_t i = 0; i < 4; i++) {
-        gsk_key *k = &m->keys[i];
+        gsk_key *k = &m->entries[i];
         k->kind = i < 2 ? GSK_KIND_GROUP : i == 2 ? GSK_KIND_SECRET : GSK_KIND_REJECT;
         k->version = k->kind == GSK_KIND_REJECT ? 0 : (unsigned)(i % 2 + 1);
         k->current = i == 1;
@@ -169,22 +170,22 @@ static void test_roundtrip(void **state)
         assert_string_equal(got->signer_algorithm, t == 0 ? "sha256WithRSAEncryption" : "ecdsa-with-SHA256");
         assert_string_equal(got->transport_sha256, want->transport_sha256);
         assert_string_equal(got->group.methods, "tls,recipient-key,local-key");
-        assert_true(got->group.replicable && !got->group.allow_pkcs1v15);
+        assert_true(got->group.replicable && !got->group.allow_pkcs1v15 && got->complete);
         assert_int_equal(got->kek_hash, HSM_OAEP_SHA1);
         assert_int_equal(got->wrapped_kek_len, 384);
-        assert_int_equal(got->n_keys, 4);
+        assert_int_equal(got->n_entries, 4);
         for (size_t i = 0; i < 4; i++) {
-            assert_int_equal(got->keys[i].kind, want->keys[i].kind);
-            assert_int_equal(got->keys[i].version, want->keys[i].version);
-            assert_int_equal(got->keys[i].current, want->keys[i].current);
-            assert_string_equal(got->keys[i].label, want->keys[i].label);
-            assert_int_equal(got->keys[i].id_len, 16);
-            assert_memory_equal(got->keys[i].id, want->keys[i].id, 16);
-            assert_int_equal(got->keys[i].wrapped_len, want->keys[i].wrapped_len);
-            assert_memory_equal(got->keys[i].wrapped, want->keys[i].wrapped, want->keys[i].wrapped_len);
+            assert_int_equal(got->entries[i].kind, want->entries[i].kind);
+            assert_int_equal(got->entries[i].version, want->entries[i].version);
+            assert_int_equal(got->entries[i].current, want->entries[i].current);
+            assert_string_equal(got->entries[i].label, want->entries[i].label);
+            assert_int_equal(got->entries[i].id_len, 16);
+            assert_memory_equal(got->entries[i].id, want->entries[i].id, 16);
+            assert_int_equal(got->entries[i].wrapped_len, want->entries[i].wrapped_len);
+            assert_memory_equal(got->entries[i].wrapped, want->entries[i].wrapped, want->entries[i].wrapped_len);
         }
-        assert_string_equal(got->keys[0].cert_pem, want->keys[0].cert_pem);
-        assert_memory_equal(got->keys[2].kek_id, want->keys[2].kek_id, 16);
+        assert_string_equal(got->entries[0].cert_pem, want->entries[0].cert_pem);
+        assert_memory_equal(got->entries[2].kek_id, want->entries[2].kek_id, 16);
         assert_int_equal(gsk_manifest_find(got, GSK_KIND_GROUP, 2), 1);
         assert_int_equal(gsk_manifest_find(got, GSK_KIND_REJECT, 0), 3);
         assert_int_equal(gsk_manifest_find(got, GSK_KIND_SECRET, 9), -1);
@@ -326,6 +327,7 @@ static void test_malformed_manifests(void **state)
         {"-----BEGIN CERTIFICATE-----", "-----BEGIN CERTIFICATX-----"},
         {"\"wrapped\": \"", "\"wrapped\": \"!"},
         {"\"keys\": [", "\"keys\": 1, \"k\": ["},
+        {"\"complete\": true", "\"complete\": \"yes\""},
     };
 
     (void)state;
