@@ -449,7 +449,7 @@ static char *pin_source_of(const char *key_uri)
     return NULL;
 }
 
-int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key)
+int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx)
 {
     hsm_config hc = {0};
     char *tok = NULL, *pinsrc = NULL;
@@ -457,7 +457,6 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     int rc = -1;
 
     *ctx = NULL;
-    *key = NULL;
     hc.module = c->hsm_module;
     if (hc.module == NULL) {
         gm_err("a pkcs11: key needs [hsm] module (the PKCS#11 module path)");
@@ -465,23 +464,17 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     }
     if (c->hsm_token != NULL)
         hc.token_uri = c->hsm_token;
-    else if ((tok = token_uri_of(key_uri)) == NULL)
+    else if ((tok = token_uri_of(uri)) == NULL)
         goto out;
     else
         hc.token_uri = tok;
     if (c->hsm_pin_source != NULL)
         hc.pin_source = c->hsm_pin_source;
-    else
-        hc.pin_source = pinsrc = pin_source_of(key_uri);
+    else if ((hc.pin_source = pinsrc = pin_source_of(uri)) == NULL && c->hsm_token != NULL)
+        hc.pin_source = pinsrc = pin_source_of(c->hsm_token);
     hc.max_sessions = 2;
     if ((he = hsm_open(&hc, ctx)) != HSM_OK) {
         gm_err("token %s: %s %s", hc.token_uri, hsm_strerror(he), hsm_last_error_detail());
-        goto out;
-    }
-    if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
-        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
-        hsm_close(*ctx);
-        *ctx = NULL;
         goto out;
     }
     rc = 0;
@@ -490,6 +483,22 @@ out:
     if (pinsrc != NULL)
         util_secret_free(pinsrc, strlen(pinsrc)); /* a source name, wiped anyway */
     return rc;
+}
+
+int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key)
+{
+    hsm_err he;
+
+    *key = NULL;
+    if (gm_hsm_open_token(c, key_uri, ctx) != 0)
+        return -1;
+    if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
+        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
+        hsm_close(*ctx);
+        *ctx = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the member ------------------------------------------------------------ */

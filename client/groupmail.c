@@ -38,6 +38,8 @@ static void usage(FILE *f)
           "  certify    --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys list  --server URL --group G [--cert FILE]\n"
+          "  keys transport-key --token pkcs11:URI --out TRANSPORT.pem\n"
+          "  keys import-group-key --in GROUP.gsk --token pkcs11:URI [--group-ca FILE]\n"
           "  csr        --key pkcs11:URI --from ADDR [--out FILE]   (a CSR signed on the token)\n"
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
@@ -63,6 +65,7 @@ static const struct option long_opts[] = {
     {"group-cert", required_argument, NULL, O_GROUP_CERT}, {"group-key", required_argument, NULL, O_GROUP_KEY},
     {"hsm-module", required_argument, NULL, O_HSM_MODULE}, {"hsm-token", required_argument, NULL, O_HSM_TOKEN},
     {"pin-source", required_argument, NULL, O_PIN_SOURCE}, {"store", required_argument, NULL, O_STORE},
+    {"token", required_argument, NULL, O_HSM_TOKEN},
     {"smtp", required_argument, NULL, O_SMTP},           {"from", required_argument, NULL, O_FROM},
     {"to", required_argument, NULL, O_TO},               {"via", required_argument, NULL, O_VIA},
     {"in", required_argument, NULL, O_IN},               {"out", required_argument, NULL, O_OUT},
@@ -857,8 +860,12 @@ static int cmd_keys(gm_config *c, const char *sub)
         rc = n < 0 ? GM_EXIT_ERROR : GM_EXIT_OK;
         if (n == 0)
             gm_progress(c, "no secret keys stored for group %s (run groupmail keys sync)", c->group);
+    } else if (strcmp(sub, "transport-key") == 0) {
+        rc = gm_cmd_keys_transport(c);
+    } else if (strcmp(sub, "import-group-key") == 0) {
+        rc = gm_cmd_keys_import(c);
     } else {
-        gm_err("keys: unknown subcommand '%s' (sync or list)", sub);
+        gm_err("keys: unknown subcommand '%s' (sync, list, transport-key or import-group-key)", sub);
         rc = GM_EXIT_USAGE;
     }
     X509_free(mcert);
