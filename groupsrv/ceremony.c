@@ -404,12 +404,13 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
         err = GS_ERR_NOMEM;
         goto out;
     }
-    for (size_t i = 0; i < nk && !err; i++)
+    /* The rows come newest first; the shipment lists versions oldest first. */
+    for (size_t i = nk; i-- > 0 && !err;)
         if (want_version(sel, &keys[i]) && (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_GROUP,
                                                           keys[i].version, keys[i].state == GS_KEY_CURRENT,
                                                           keys[i].token_label, keys[i].cert_pem, NULL)) == GS_OK)
             at++;
-    for (size_t i = 0; i < ns && !err; i++)
+    for (size_t i = ns; i-- > 0 && !err;)
         if ((sel->all || secrets[i].version == sel->secret_version) &&
             (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
                            secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id)) ==
@@ -740,7 +741,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     size_t nk = 0, ns = 0;
     gsk_manifest *m = NULL;
     gsk_import_item *items = NULL;
-    hsm_key **refs = NULL;
+    hsm_key **refs = NULL, *transport = NULL;
     bool *was_recorded = NULL, recording = false, imported = false, in_tx = false;
     unsigned char *file = NULL;
     size_t flen = 0, n = 0;
@@ -779,6 +780,11 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         }
     }
     if ((ge = gsk_shipment_read(file, flen, trusted, &m)) != GSK_OK) {
+        rc = fail(from_gsk(ge, "refused: "));
+        goto out;
+    }
+    /* First the plainest reason a file cannot be used here. */
+    if ((ge = gsk_transport_find(e->hsm, m->transport_sha256, &transport)) != GSK_OK) {
         rc = fail(from_gsk(ge, "refused: "));
         goto out;
     }
@@ -909,6 +915,7 @@ out:
     gs_store_secrets_free(secrets, ns);
     gs_store_group_free(g);
     gs_store_ca_free(ca_row);
+    hsm_key_free(transport);
     X509_free(trusted);
     return rc;
 }

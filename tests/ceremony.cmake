@@ -13,3 +13,19 @@ target_link_libraries(test_gsk PRIVATE gs_gsk PkgConfig::CMOCKA)
 gs_target_warnings(test_gsk)
 add_test(NAME unit_gsk COMMAND test_gsk)
 set_tests_properties(unit_gsk PROPERTIES LABELS "unit;ceremony" TIMEOUT 120)
+
+# Two group servers, two SoftHSM tokens: the whole ceremony and every refusal.
+if(TARGET groupsrv)
+  add_test(NAME ceremony_servers COMMAND bash ${GS_TEST_DIR}/integration/ceremony-servers.sh ${GS_TEST_BIN}
+    ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ceremony_servers PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()
+
+# Option C: a member's own token gets the group key; removal rotates it.
+if(TARGET groupsrv AND TARGET groupmail)
+  add_test(NAME ceremony_member COMMAND bash ${GS_TEST_DIR}/integration/ceremony-member.sh ${GS_TEST_BIN}
+    ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ceremony_member PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()
