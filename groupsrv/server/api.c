@@ -1369,8 +1369,13 @@ static void h_group_create(struct srv_req *r)
         srv_reply_error(r, 400, "bad_request", "\"allow_pkcs1v15\" must be true or false");
         goto out;
     }
+    json_t *jr = json_object_get(body, "replicable");
+    if (jr != NULL && !json_is_boolean(jr)) {
+        srv_reply_error(r, 400, "bad_request", "\"replicable\" must be true or false");
+        goto out;
+    }
     gs_group_spec spec = {.name = name, .address = address, .keyspec = keyspec, .methods = methods,
-                          .allow_pkcs1v15 = jp != NULL && json_is_true(jp)};
+                          .allow_pkcs1v15 = jp != NULL && json_is_true(jp), .replicable = jr != NULL && json_is_true(jr)};
     e = gs_group_create(r->t->store, r->srv->hsm, r->srv->ca, r->srv->cfg, &spec, &version);
     if (e == GS_OK)
         e = gs_member_add(r->t->store, name, who, GS_ROLE_ADMIN, NULL);
