@@ -109,15 +109,15 @@ gs_alpha group export eng --all --to "$work/alpha-transport.pem" --out "$work/fo
 refused beta 3 "import of a file made for another transport key" -- \
   gs_beta group import --in "$work/for-alpha.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "transport key"
-# Changed bytes: the frame, the format string, the manifest's fields, the
-# wrapped keys, the signature, the last byte, and a spread of others.
+# Changed bytes: the frame, the manifest's fields, the wrapped keys, the
+# signature, the last byte (unit_gsk changes every byte of a file).
 size=$(stat -c %s "$work/eng.gsk")
-positions="0 1 2 3 5 8 20 $((size / 3)) $((size / 2)) $((size - 300)) $((size - 2)) $((size - 1))"
+positions="0 1 3 8 $((size / 2)) $((size - 300)) $((size - 1))"
 for pat in '"name": "eng"' '"label": "gs:group:eng:v1"' '"id": "' '"wrapped": "' '"replicable": true' \
   'BEGIN CERTIFICATE' '"ca_sha256": "' '"kek_id": "'; do
   at=$(grep -boa -- "$pat" "$work/eng.gsk" | head -n 1 | cut -d: -f1)
   [ -n "$at" ] || fail "no '$pat' in the file"
-  positions="$positions $((at + ${#pat} - 1)) $((at + ${#pat} + 2))"
+  positions="$positions $((at + ${#pat} + 1))"
 done
 # One snapshot around the loop: an import that left anything would show.
 before=$(snapshot beta)
