@@ -173,6 +173,13 @@ static void now_utc(char *buf, size_t cap)
         (void)snprintf(buf, cap, "?");
 }
 
+static void free_refs(hsm_key **refs, size_t n)
+{
+    for (size_t i = 0; refs != NULL && i < n; i++)
+        hsm_key_free(refs[i]);
+    free(refs);
+}
+
 /* ---- the SO PIN ------------------------------------------------------------------ */
 
 /* Asked on the terminal without echo: never an argument, never logged. */
@@ -428,9 +435,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     m = NULL;
     refs = NULL;
 out:
-    for (size_t i = 0; refs != NULL && i <= at && i < n; i++)
-        hsm_key_free(refs[i]);
-    free(refs);
+    free_refs(refs, at < n ? at + 1 : n); /* a failed add_key may have set refs[at] */
     gsk_manifest_free(m);
     gs_store_group_keys_free(keys, nk);
     gs_store_secrets_free(secrets, ns);
@@ -471,6 +476,18 @@ static void print_versions(const gsk_manifest *m, gsk_kind kind, const char *wha
     if (any)
         printf("\n");
 }
+
+/* What a shipment holds, one line per kind. */
+static void print_shipment(const gsk_manifest *m)
+{
+    long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0);
+
+    print_versions(m, GSK_KIND_GROUP, "key versions: ");
+    print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
+    if (r >= 0)
+        printf("rejection key: %s\n", m->entries[r].label);
+}
+
 
 static int parse_version(const char *s, const char *what, unsigned *out)
 {
@@ -597,19 +614,14 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     }
     printf("group %s exported to %s (ceremony %s), signed by the local CA\n", g->name, opt(&a, "--out"),
            m->ceremony);
-    print_versions(m, GSK_KIND_GROUP, "key versions: ");
-    print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
-    if (gsk_manifest_find(m, GSK_KIND_REJECT, 0) >= 0)
-        printf("rejection key: %s\n", g->reject_label);
+    print_shipment(m);
     rc = 0;
 out:
     if (so_pin != NULL)
         util_secret_free(so_pin, so_pin_len + 1);
     if (recording)
         record_close(&rec);
-    for (size_t i = 0; refs != NULL && i < nrefs; i++)
-        hsm_key_free(refs[i]);
-    free(refs);
+    free_refs(refs, nrefs);
     free(der);
     free(spki);
     gsk_manifest_free(m);
@@ -888,10 +900,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     gsk_fingerprint_spoken(m->transport_sha256, spoken);
     printf("group %s imported into token %s (ceremony %s, exported by %s from %s)\n", m->group.name, desc,
            m->ceremony, m->exported_by, m->source_token);
-    print_versions(m, GSK_KIND_GROUP, "key versions: ");
-    print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
-    if (gsk_manifest_find(m, GSK_KIND_REJECT, 0) >= 0)
-        printf("rejection key: %s\n", m->entries[gsk_manifest_find(m, GSK_KIND_REJECT, 0)].label);
+    print_shipment(m);
     printf("each group key passed its decryption test; transport key sha256 %s\n", spoken);
     rc = 0;
 out:
@@ -904,9 +913,7 @@ out:
     }
     if (recording)
         record_close(&rec);
-    for (size_t i = 0; refs != NULL && i < n; i++)
-        hsm_key_free(refs[i]);
-    free(refs);
+    free_refs(refs, n);
     free(items);
     free(was_recorded);
     free(file);
