@@ -204,11 +204,13 @@ static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
     }
     quiet = old;
     quiet.c_lflag &= ~(tcflag_t)ECHO;
-    (void)dprintf(fd, "security officer (SO) PIN of token %s: ", desc);
+    /* Echo off (and typed-ahead input dropped) before the prompt shows:
+     * nothing typed after the prompt can be echoed. */
     if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
         err = gs_err_set(GS_ERR_TOKEN, "cannot turn the terminal's echo off for the SO PIN");
         goto out;
     }
+    (void)dprintf(fd, "security officer (SO) PIN of token %s: ", desc);
     for (;;) {
         char c;
         ssize_t r = read(fd, &c, 1);

@@ -11,7 +11,8 @@
 # changed bytes (a structure-aware sample; test_gsk changes every byte),
 # a file signed by another CA, a key version already present. Both audit
 # logs name the ceremony, the key versions and the transport key, and
-# verify. Then a rotation travels as a one-version file.
+# verify. The SO PIN typed on a terminal (script(1) gives the command a
+# pty) is not echoed. Then a rotation travels as a one-version file.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
@@ -197,6 +198,22 @@ openssl enc -d -aes-256-cbc -K "$key" -iv "$iv" -in "$work/ct.bin" -out "$work/d
 cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
 ok "beta's serve started (its key audit passed) and its copy decrypts what was sent to the group"
 kill -TERM "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=
+
+# ---- the SO PIN typed on a terminal (no so_pin_source): not echoed ----
+sed '/^so_pin_source/d' "$work/alpha.conf" > "$work/alpha-tty.conf"
+mkfifo "$work/tty.in"
+SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf script -qec "'$BIN/groupsrv' -c '$work/alpha-tty.conf' group export eng \
+  --version 1 --to '$work/beta-transport.pem' --out '$work/tty.gsk'" /dev/null < "$work/tty.in" > "$work/tty.out" 2>&1 &
+tty_pid=$!
+exec 7> "$work/tty.in"
+for _ in $(seq 1 600); do grep -q "PIN of token alpha" "$work/tty.out" && break; sleep 0.1; done
+grep -q "PIN of token alpha" "$work/tty.out" || fail "no SO PIN prompt: $(cat "$work/tty.out")"
+printf '%s\n' "$(cat "$work/tok-alpha/so-pin")" >&7
+exec 7>&-
+wait "$tty_pid" || fail "export with the SO PIN typed on the terminal failed: $(cat "$work/tty.out")"
+[ -s "$work/tty.gsk" ] || fail "no file from the terminal export"
+! grep -qF "$(cat "$work/tok-alpha/so-pin")" "$work/tty.out" || fail "the SO PIN was echoed"
+ok "the SO PIN asked on the terminal, not echoed"
 
 # ---- a rotation travels as a one-version file ----
 gs_alpha group rotate eng >/dev/null
