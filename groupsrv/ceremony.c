@@ -337,7 +337,8 @@ static gs_err add_key(hsm_ctx *hsm, gsk_key *k, hsm_key **ref, gsk_kind kind, un
         return GS_ERR_NOMEM;
     if (kek_id != NULL)
         memcpy(k->kek_id, kek_id, sizeof(k->kek_id));
-    he = hsm_key_find(hsm, label, kind == GSK_KIND_GROUP ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET, ref);
+    he = hsm_key_find(hsm, label, kind == GSK_KIND_GROUP || kind == GSK_KIND_CA ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET,
+                      ref);
     if (he == HSM_OK)
         he = hsm_key_get_info(hsm, *ref, &ki);
     if (he != HSM_OK)
@@ -482,12 +483,14 @@ static void print_versions(const gsk_manifest *m, gsk_kind kind, const char *wha
 /* What a shipment holds, one line per kind. */
 static void print_shipment(const gsk_manifest *m)
 {
-    long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0);
+    long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0), c = gsk_manifest_find(m, GSK_KIND_CA, 0);
 
     print_versions(m, GSK_KIND_GROUP, "key versions: ");
     print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
     if (r >= 0)
         printf("rejection key: %s\n", m->entries[r].label);
+    if (c >= 0)
+        printf("CA key: %s\n", m->entries[c].label);
 }
 
 
@@ -503,24 +506,105 @@ static int parse_version(const char *s, const char *what, unsigned *out)
     return 0;
 }
 
+/* The transport key file given with --to: its DER public key and fingerprint. */
+static gs_err read_transport(const char *path, unsigned char **spki, size_t *spki_len, char fp[65])
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    gs_err err = read_file_max(path, TRANSPORT_FILE_MAX, &text, &len);
+    gsk_err ge;
+
+    if (err != GS_OK)
+        return err;
+    ge = gsk_transport_read(text, len, spki, spki_len, fp);
+    free(text);
+    return ge == GSK_OK ? GS_OK : from_gsk(ge, "");
+}
+
+/* The export's part after the keys are chosen (refs[i] is m's entry i on
+ * the token): the record, the SO PIN, the token's wrapping, the CA's
+ * signature, the file, the audit line. group is NULL for the CA.
+ * Returns the exit status. */
+static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *action, const char *group,
+                const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
+{
+    struct record rec;
+    struct sign_ctx sc;
+    unsigned char *der = NULL;
+    size_t der_len = 0, so_pin_len = 0;
+    char spoken[80], desc[96], *so_pin = NULL;
+    gs_err err;
+    gsk_err ge;
+    int rc;
+
+    /* From here on the ceremony touches the token: it is recorded. */
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+        return fail(err);
+    token_desc(e->hsm, desc, sizeof(desc));
+    if (util_random_id(m->ceremony, 16) != UTIL_OK) {
+        rc = fail(gs_err_set(GS_ERR_CRYPTO, "no random bytes"));
+        goto out;
+    }
+    now_utc(m->created, sizeof(m->created));
+    util_strlcpy(m->exported_by, rec.who, sizeof(m->exported_by));
+    util_strlcpy(m->source_token, desc, sizeof(m->source_token));
+    util_strlcpy(m->transport_sha256, fp, sizeof(m->transport_sha256));
+    gsk_fingerprint_spoken(fp, spoken);
+    /* The SO compares this with what the receiving side read to them. */
+    printf("transport key sha256 %s\n", spoken);
+    fflush(stdout);
+    if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
+        rc = record_failure(&rec, action, group, err, shipment_json(m));
+        goto out;
+    }
+    ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
+    util_secret_free(so_pin, so_pin_len + 1);
+    if (ge != GSK_OK) {
+        rc = record_failure(&rec, action, group, from_gsk(ge, ""), shipment_json(m));
+        goto out;
+    }
+    sc.hsm = e->hsm;
+    sc.key = gs_ca_key(e->ca);
+    sc.alg = EVP_PKEY_get_base_id(X509_get0_pubkey(gs_ca_cert(e->ca))) == EVP_PKEY_EC ? HSM_SIG_ECDSA_SHA256
+                                                                                      : HSM_SIG_RSA_PKCS1_SHA256;
+    if ((ge = gsk_shipment_write(m, gs_ca_cert(e->ca), ca_sign, &sc, &der, &der_len)) != GSK_OK) {
+        rc = record_failure(&rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
+        goto out;
+    }
+    if (util_write_file_atomic(out_path, der, der_len, 0600) != UTIL_OK) {
+        rc = record_failure(&rec, action, group,
+                            gs_err_set(GS_ERR_IO, "cannot write %s: %s", out_path, strerror(errno)),
+                            shipment_json(m));
+        goto out;
+    }
+    if ((err = record_write(&rec, action, group, "ok", shipment_json(m))) != GS_OK) {
+        (void)unlink(out_path);
+        rc = fail(err);
+        goto out;
+    }
+    printf("%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
+           group != NULL ? group : "", out_path, m->ceremony);
+    print_shipment(m);
+    rc = 0;
+out:
+    free(der);
+    record_close(&rec);
+    return rc;
+}
+
 int gs_cmd_group_export(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
         {"--version", true}, {"--all", false}, {"--secret-version", true}, {"--to", true}, {"--out", true}};
     struct args a;
     struct export_sel sel;
-    struct record rec;
-    struct sign_ctx sc;
     gs_store_group *g = NULL;
     gsk_manifest *m = NULL;
     hsm_key **refs = NULL;
-    unsigned char *tfile = NULL, *spki = NULL, *der = NULL;
-    size_t tlen = 0, spki_len = 0, der_len = 0, nrefs = 0;
-    char fp[65], spoken[80], desc[96], *so_pin = NULL;
-    size_t so_pin_len = 0;
-    bool recording = false;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0, nrefs = 0;
+    char fp[65];
     gs_err err;
-    gsk_err ge;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
 
     if (rc)
@@ -536,14 +620,8 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         return rc;
     if (sel.all && (sel.version != 0 || sel.secret_version != 0))
         return usage_error("group export: --all takes every key; no --version or --secret-version with it%s", "");
-    if ((err = read_file_max(opt(&a, "--to"), TRANSPORT_FILE_MAX, &tfile, &tlen)) != GS_OK)
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK)
         return fail(err);
-    ge = gsk_transport_read(tfile, tlen, &spki, &spki_len, fp);
-    free(tfile);
-    if (ge != GSK_OK) {
-        rc = fail(from_gsk(ge, ""));
-        goto out;
-    }
     if ((err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK) {
         rc = fail(err);
         goto out;
@@ -559,75 +637,64 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         goto out;
     }
     nrefs = m->n_entries;
-    /* From here on the ceremony touches the token: it is recorded. */
-    if ((err = record_open(e->cfg, &rec)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
-    recording = true;
-    token_desc(e->hsm, desc, sizeof(desc));
-    if (util_random_id(m->ceremony, 16) != UTIL_OK) {
-        rc = fail(gs_err_set(GS_ERR_CRYPTO, "no random bytes"));
-        goto out;
-    }
-    now_utc(m->created, sizeof(m->created));
-    util_strlcpy(m->exported_by, rec.who, sizeof(m->exported_by));
-    util_strlcpy(m->source_token, desc, sizeof(m->source_token));
-    util_strlcpy(m->transport_sha256, fp, sizeof(m->transport_sha256));
     util_strlcpy(m->group.name, g->name, sizeof(m->group.name));
     util_strlcpy(m->group.address, g->address, sizeof(m->group.address));
     gs_methods_format(g->methods, m->group.methods, sizeof(m->group.methods));
     util_strlcpy(m->group.keyspec, g->algorithm, sizeof(m->group.keyspec));
     m->group.allow_pkcs1v15 = g->allow_pkcs1v15;
     m->group.replicable = true;
-    gsk_fingerprint_spoken(fp, spoken);
-    /* The SO compares this with what the receiving side read to them. */
-    printf("transport key sha256 %s\n", spoken);
-    fflush(stdout);
-    if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
-        rc = record_failure(&rec, "group-export", g->name, err, shipment_json(m));
-        goto out;
-    }
-    ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
-    util_secret_free(so_pin, so_pin_len + 1);
-    so_pin = NULL;
-    if (ge != GSK_OK) {
-        rc = record_failure(&rec, "group-export", g->name, from_gsk(ge, ""), shipment_json(m));
-        goto out;
-    }
-    sc.hsm = e->hsm;
-    sc.key = gs_ca_key(e->ca);
-    sc.alg = EVP_PKEY_get_base_id(X509_get0_pubkey(gs_ca_cert(e->ca))) == EVP_PKEY_EC ? HSM_SIG_ECDSA_SHA256
-                                                                                      : HSM_SIG_RSA_PKCS1_SHA256;
-    if ((ge = gsk_shipment_write(m, gs_ca_cert(e->ca), ca_sign, &sc, &der, &der_len)) != GSK_OK) {
-        rc = record_failure(&rec, "group-export", g->name, from_gsk(ge, "signing the shipment: "), shipment_json(m));
-        goto out;
-    }
-    if (util_write_file_atomic(opt(&a, "--out"), der, der_len, 0600) != UTIL_OK) {
-        rc = record_failure(&rec, "group-export", g->name,
-                            gs_err_set(GS_ERR_IO, "cannot write %s: %s", opt(&a, "--out"), strerror(errno)),
-                            shipment_json(m));
-        goto out;
-    }
-    if ((err = record_write(&rec, "group-export", g->name, "ok", shipment_json(m))) != GS_OK) {
-        (void)unlink(opt(&a, "--out"));
-        rc = fail(err);
-        goto out;
-    }
-    printf("group %s exported to %s (ceremony %s), signed by the local CA\n", g->name, opt(&a, "--out"),
-           m->ceremony);
-    print_shipment(m);
-    rc = 0;
+    rc = ship(e, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
 out:
-    if (so_pin != NULL)
-        util_secret_free(so_pin, so_pin_len + 1);
-    if (recording)
-        record_close(&rec);
     free_refs(refs, nrefs);
-    free(der);
     free(spki);
     gsk_manifest_free(m);
     gs_store_group_free(g);
+    return rc;
+}
+
+int gs_cmd_ca_export(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {{"--to", true}, {"--out", true}};
+    struct args a;
+    gs_store_ca *row = NULL;
+    gsk_manifest *m = NULL;
+    hsm_key *ref = NULL;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    char fp[65];
+    gs_err err;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+
+    if (rc)
+        return rc;
+    if (a.npos != 1 || opt(&a, "--to") == NULL || opt(&a, "--out") == NULL)
+        return usage_error("ca export: expected `ca export --to TRANSPORT.pem --out FILE.gsk`%s", "");
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK)
+        return fail(err);
+    if ((err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK) {
+        rc = fail(err);
+        goto out;
+    }
+    if (!row->replicable) {
+        rc = fail(gs_err_set(GS_ERR_POLICY, "the local CA is not replicable: its key was made never extractable "
+                                            "(a replicable CA is made with `ca init --replicable`)"));
+        goto out;
+    }
+    if (gsk_manifest_new(1, &m) != GSK_OK) {
+        rc = fail(GS_ERR_NOMEM);
+        goto out;
+    }
+    if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
+        GS_OK) {
+        rc = fail(err);
+        goto out;
+    }
+    rc = ship(e, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
+out:
+    hsm_key_free(ref);
+    free(spki);
+    gsk_manifest_free(m);
+    gs_store_ca_free(row);
     return rc;
 }
 
@@ -742,86 +809,232 @@ static gs_err record_rows(struct env *e, const gsk_manifest *m, gs_store_group *
     return err;
 }
 
-int gs_cmd_group_import(struct env *e, int argc, char **argv)
+/* What every import has: the file read and verified, against which CA,
+ * for which transport key on this token. */
+struct import {
+    struct env *e;
+    X509 *trusted;
+    gsk_manifest *m;
+    hsm_key *transport;
+    char desc[96];
+};
+
+static void import_clear(struct import *im)
+{
+    gsk_manifest_free(im->m);
+    hsm_key_free(im->transport);
+    X509_free(im->trusted);
+    memset(im, 0, sizeof(*im));
+}
+
+/* --in FILE [--ca FILE]: reads and verifies the shipment. The token is
+ * opened before the database is created (a wrong PIN leaves none). The
+ * trusted CA is --ca, else the local CA in the database. */
+static int import_begin(struct env *e, int argc, char **argv, const char *what, struct import *im)
 {
     static const struct opt_def defs[] = {{"--in", true}, {"--ca", true}};
     struct args a;
-    struct record rec;
-    X509 *trusted = NULL;
     gs_store_ca *ca_row = NULL;
-    gs_store_group *g = NULL, row;
-    gs_store_group_key *keys = NULL;
-    gs_store_secret *secrets = NULL;
-    size_t nk = 0, ns = 0;
-    gsk_manifest *m = NULL;
-    gsk_import_item *items = NULL;
-    hsm_key **refs = NULL, *transport = NULL;
-    bool *was_recorded = NULL, recording = false, imported = false, in_tx = false;
     unsigned char *file = NULL;
-    size_t flen = 0, n = 0;
-    unsigned methods = 0;
-    char desc[96], spoken[80];
+    size_t flen = 0;
     gs_err err;
     gsk_err ge;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
 
+    memset(im, 0, sizeof(*im));
+    im->e = e;
     if (rc)
         return rc;
     if (a.npos != 1 || opt(&a, "--in") == NULL)
-        return usage_error("group import: expected `group import --in FILE.gsk [--ca CA.pem]`%s", "");
-    if ((err = read_file_max(opt(&a, "--in"), GSK_FILE_MAX, &file, &flen)) != GS_OK)
-        return fail(err);
-    if (opt(&a, "--ca") != NULL && (err = read_cert_file(opt(&a, "--ca"), &trusted)) != GS_OK) {
-        rc = fail(err);
+        return usage_error("%s import: expected `%s import --in FILE.gsk [--ca CA.pem]`", what, what);
+    if ((err = read_file_max(opt(&a, "--in"), GSK_FILE_MAX, &file, &flen)) != GS_OK ||
+        (opt(&a, "--ca") != NULL && (err = read_cert_file(opt(&a, "--ca"), &im->trusted)) != GS_OK) ||
+        (err = env_open(e, NEED_TOKEN)) != GS_OK ||
+        (err = env_open(e, im->trusted != NULL ? NEED_DB_CREATE | NEED_TOKEN : NEED_DB)) != GS_OK)
         goto out;
-    }
-    /* The token first: a wrong PIN leaves no database behind. */
-    if ((err = env_open(e, NEED_TOKEN)) != GS_OK ||
-        (err = env_open(e, trusted != NULL ? NEED_DB_CREATE | NEED_TOKEN : NEED_DB)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
-    if (trusted == NULL) {
+    if (im->trusted == NULL) {
         err = gs_store_ca_get(e->st, &ca_row);
         if (err == GS_ERR_NOT_FOUND)
             err = gs_err_set(GS_ERR_NOT_FOUND, "no local CA to check the file against: give --ca FILE (the sending "
                                                "server's `groupsrv ca show`)");
         if (!err)
-            err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &trusted);
-        if (err) {
-            rc = fail(err);
+            err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &im->trusted);
+        if (err)
             goto out;
-        }
     }
-    if ((ge = gsk_shipment_read(file, flen, trusted, &m)) != GSK_OK) {
-        rc = fail(from_gsk(ge, "refused: "));
+    if ((ge = gsk_shipment_read(file, flen, im->trusted, &im->m)) != GSK_OK) {
+        err = from_gsk(ge, "refused: ");
         goto out;
     }
     /* First the plainest reason a file cannot be used here. */
-    if ((ge = gsk_transport_find(e->hsm, m->transport_sha256, &transport)) != GSK_OK) {
-        rc = fail(from_gsk(ge, "refused: "));
+    if ((ge = gsk_transport_find(e->hsm, im->m->transport_sha256, &im->transport)) != GSK_OK) {
+        err = from_gsk(ge, "refused: ");
         goto out;
     }
-    if ((err = file_group(m, &row, &methods)) != GS_OK) {
+    token_desc(e->hsm, im->desc, sizeof(im->desc));
+out:
+    free(file);
+    gs_store_ca_free(ca_row);
+    return err ? fail(err) : 0;
+}
+
+/* A copy's attributes against its policy: NULL when fine (import_keys). */
+typedef const char *(*copy_check_fn)(void *arg, const gsk_key *k, const hsm_key_info *ki);
+/* The database rows the import adds, inside its transaction. */
+typedef gs_err (*copy_rows_fn)(void *arg);
+
+/* Puts the items on the token (gsk_import: unwrap, decryption or
+ * signature test), checks every copy, records the rows and the audit line
+ * (durable before the rows commit: no copy in the database without its
+ * record), or else takes every copy off the token again. */
+static int import_keys(struct import *im, const char *action, const char *group, const gsk_import_item *items,
+                       size_t n, copy_check_fn check, copy_rows_fn rows, void *arg)
+{
+    struct env *e = im->e;
+    struct record rec;
+    hsm_key **refs = calloc(n, sizeof(*refs));
+    bool imported = false, in_tx = false;
+    char spoken[80];
+    gs_err err;
+    gsk_err ge;
+    json_t *extra;
+    int rc;
+
+    if (refs == NULL)
+        return fail(GS_ERR_NOMEM);
+    if ((err = record_open(e->cfg, &rec)) != GS_OK) {
+        free(refs);
+        return fail(err);
+    }
+    if ((ge = gsk_import(e->hsm, im->m, items, n, refs)) != GSK_OK) {
+        rc = record_failure(&rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
+        goto out;
+    }
+    imported = true;
+    /* The copies must pass the same audit `check` and `serve` run. */
+    for (size_t i = 0; i < n; i++) {
+        const gsk_key *k = &im->m->entries[items[i].index];
+        hsm_key_info ki;
+        const char *problem = NULL;
+        hsm_err he = hsm_key_get_info(e->hsm, refs[i], &ki);
+        if (he == HSM_OK)
+            problem = check(arg, k, &ki);
+        if (he != HSM_OK || problem != NULL) {
+            rc = record_failure(&rec, action, group,
+                                gs_err_set(GS_ERR_POLICY, "imported key %s: %s", k->label,
+                                           problem ? problem : hsm_strerror(he)),
+                                shipment_json(im->m));
+            goto out;
+        }
+    }
+    if ((err = gs_store_begin(e->st)) != GS_OK) {
+        rc = record_failure(&rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    in_tx = true;
+    if ((err = rows(arg)) != GS_OK) {
+        rc = record_failure(&rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    extra = shipment_json(im->m);
+    json_object_set_new(extra, "token", json_string(im->desc));
+    json_object_set_new(extra, "exported_by", json_string(im->m->exported_by));
+    if ((err = record_write(&rec, action, group, "ok", extra)) != GS_OK || (err = gs_store_commit(e->st)) != GS_OK) {
         rc = fail(err);
         goto out;
     }
-    err = gs_store_group_get(e->st, m->group.name, &g);
+    in_tx = false;
+    imported = false; /* kept */
+    gsk_fingerprint_spoken(im->m->transport_sha256, spoken);
+    printf("%s%s imported into token %s (ceremony %s, exported by %s from %s)\n", group != NULL ? "group " : "the CA",
+           group != NULL ? group : "", im->desc, im->m->ceremony, im->m->exported_by, im->m->source_token);
+    print_shipment(im->m);
+    printf("each key passed its %s test; transport key sha256 %s\n", group != NULL ? "decryption" : "signature",
+           spoken);
+    rc = 0;
+out:
+    if (in_tx)
+        gs_store_rollback(e->st);
+    if (imported) /* all or nothing: what this run put on the token goes again */
+        for (size_t i = 0; i < n; i++)
+            gs_token_destroy_label(e->hsm, im->m->entries[items[i].index].label);
+    record_close(&rec);
+    free_refs(refs, n);
+    return rc;
+}
+
+/* ---- group import ---------------------------------------------------------------------- */
+
+struct group_import {
+    struct import *im;
+    gs_store_group *g; /* the group recorded here, or NULL (new) */
+    gs_store_group row; /* the file's group */
+    bool *was_recorded;
+    gs_store_group_key *keys;
+    size_t nk;
+    gs_store_secret *secrets;
+    size_t ns;
+};
+
+static const char *group_copy_check(void *arg, const gsk_key *k, const hsm_key_info *ki)
+{
+    struct group_import *gi = arg;
+
+    return gs_key_policy_problem(gi->g != NULL ? gi->g : &gi->row, gsk_kind_name(k->kind), 0, ki, NULL);
+}
+
+static gs_err group_copy_rows(void *arg)
+{
+    struct group_import *gi = arg;
+
+    return record_rows(gi->im->e, gi->im->m, &gi->row, gi->g != NULL ? gi->g->id : 0, gi->g == NULL,
+                       gi->was_recorded, gi->keys, gi->nk, gi->secrets, gi->ns);
+}
+
+int gs_cmd_group_import(struct env *e, int argc, char **argv)
+{
+    struct import im;
+    struct group_import gi;
+    gsk_manifest *m;
+    gsk_import_item *items = NULL;
+    size_t n = 0;
+    unsigned methods = 0;
+    gs_err err;
+    int rc = import_begin(e, argc, argv, "group", &im);
+
+    memset(&gi, 0, sizeof(gi));
+    gi.im = &im;
+    if (rc)
+        goto out;
+    m = im.m;
+    if (gsk_manifest_find(m, GSK_KIND_CA, 0) >= 0) {
+        rc = fail(gs_err_set(GS_ERR_ARGS, "this file holds the CA key: use `groupsrv ca import`"));
+        goto out;
+    }
+    if ((err = file_group(m, &gi.row, &methods)) != GS_OK) {
+        rc = fail(err);
+        goto out;
+    }
+    err = gs_store_group_get(e->st, m->group.name, &gi.g);
     if (err == GS_OK) {
-        if (strcasecmp(g->address, row.address) != 0 || g->methods != row.methods ||
-            strcmp(g->algorithm, row.algorithm) != 0 || g->allow_pkcs1v15 != row.allow_pkcs1v15 || !g->replicable)
+        const gs_store_group *g = gi.g;
+        if (strcasecmp(g->address, gi.row.address) != 0 || g->methods != gi.row.methods ||
+            strcmp(g->algorithm, gi.row.algorithm) != 0 || g->allow_pkcs1v15 != gi.row.allow_pkcs1v15 ||
+            !g->replicable)
             err = gs_err_set(GS_ERR_STATE, "group %s on this server differs from the file's (address, methods, key "
                                            "or replicable)",
                              g->name);
         if (!err)
-            err = gs_store_group_keys(e->st, g->id, &keys, &nk);
+            err = gs_store_group_keys(e->st, g->id, &gi.keys, &gi.nk);
         if (!err)
-            err = gs_store_secrets(e->st, g->id, &secrets, &ns);
+            err = gs_store_secrets(e->st, g->id, &gi.secrets, &gi.ns);
     } else if (err == GS_ERR_NOT_FOUND) {
         err = m->complete ? GS_OK
                           : gs_err_set(GS_ERR_STATE, "group %s is not on this server yet: import a file made with "
                                                      "`group export %s --all` first",
                                        m->group.name, m->group.name);
+        if (!err && gi.row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0)
+            err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");
     }
     if (err) {
         rc = fail(err);
@@ -829,102 +1042,100 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     }
     n = m->n_entries;
     items = calloc(n, sizeof(*items));
-    refs = calloc(n, sizeof(*refs));
-    was_recorded = calloc(n, sizeof(*was_recorded));
-    if (items == NULL || refs == NULL || was_recorded == NULL) {
+    gi.was_recorded = calloc(n, sizeof(*gi.was_recorded));
+    if (items == NULL || gi.was_recorded == NULL) {
         rc = fail(GS_ERR_NOMEM);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[i];
-        if ((err = recorded(k, g, keys, nk, secrets, ns, &was_recorded[i])) != GS_OK) {
+        if ((err = recorded(k, gi.g, gi.keys, gi.nk, gi.secrets, gi.ns, &gi.was_recorded[i])) != GS_OK) {
             rc = fail(err);
             goto out;
         }
         items[i].index = i;
-        items[i].usage = k->kind == GSK_KIND_GROUP  ? gs_group_key_usage(HSM_KEYTYPE_RSA, methods, row.allow_pkcs1v15)
+        items[i].usage = k->kind == GSK_KIND_GROUP
+                             ? gs_group_key_usage(HSM_KEYTYPE_RSA, methods, gi.row.allow_pkcs1v15)
                          : k->kind == GSK_KIND_SECRET ? HSM_USE_WRAP
                                                       : HSM_USE_SIGN;
         items[i].extractable = k->kind == GSK_KIND_SECRET;
     }
-    if (g == NULL && row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0) {
-        rc = fail(gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key"));
-        goto out;
-    }
-    if ((err = record_open(e->cfg, &rec)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
-    recording = true;
-    token_desc(e->hsm, desc, sizeof(desc));
-    if ((ge = gsk_import(e->hsm, m, items, n, refs)) != GSK_OK) {
-        rc = record_failure(&rec, "group-import", m->group.name, from_gsk(ge, "refused: "), shipment_json(m));
-        goto out;
-    }
-    imported = true;
-    /* The copies must pass the same audit `check` and `serve` run. */
-    for (size_t i = 0; i < n; i++) {
-        hsm_key_info ki;
-        const char *problem = NULL;
-        hsm_err he = hsm_key_get_info(e->hsm, refs[i], &ki);
-        if (he == HSM_OK)
-            problem = gs_key_policy_problem(g != NULL ? g : &row, gsk_kind_name(m->entries[i].kind), 0, &ki, NULL);
-        if (he != HSM_OK || problem != NULL) {
-            rc = record_failure(&rec, "group-import", m->group.name,
-                                gs_err_set(GS_ERR_POLICY, "imported key %s: %s", m->entries[i].label,
-                                           problem ? problem : hsm_strerror(he)),
-                                shipment_json(m));
-            goto out;
-        }
-    }
-    if ((err = gs_store_begin(e->st)) != GS_OK) {
-        rc = record_failure(&rec, "group-import", m->group.name, err, shipment_json(m));
-        goto out;
-    }
-    in_tx = true;
-    if ((err = record_rows(e, m, &row, g != NULL ? g->id : 0, g == NULL, was_recorded, keys, nk, secrets, ns)) !=
-        GS_OK) {
-        rc = record_failure(&rec, "group-import", m->group.name, err, shipment_json(m));
-        goto out;
-    }
-    /* The record is durable before the rows are committed: a ceremony in
-     * the database without its audit line cannot happen. */
-    json_t *extra = shipment_json(m);
-    json_object_set_new(extra, "token", json_string(desc));
-    json_object_set_new(extra, "exported_by", json_string(m->exported_by));
-    if ((err = record_write(&rec, "group-import", m->group.name, "ok", extra)) != GS_OK ||
-        (err = gs_store_commit(e->st)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
-    in_tx = false;
-    imported = false; /* kept */
-    gsk_fingerprint_spoken(m->transport_sha256, spoken);
-    printf("group %s imported into token %s (ceremony %s, exported by %s from %s)\n", m->group.name, desc,
-           m->ceremony, m->exported_by, m->source_token);
-    print_shipment(m);
-    printf("each group key passed its decryption test; transport key sha256 %s\n", spoken);
-    rc = 0;
+    rc = import_keys(&im, "group-import", m->group.name, items, n, group_copy_check, group_copy_rows, &gi);
 out:
-    if (in_tx)
-        gs_store_rollback(e->st);
-    if (imported) {
-        /* All or nothing: what this run put on the token goes again. */
-        for (size_t i = 0; i < n; i++)
-            gs_token_destroy_label(e->hsm, m->entries[i].label);
-    }
-    if (recording)
-        record_close(&rec);
-    free_refs(refs, n);
     free(items);
-    free(was_recorded);
-    free(file);
-    gsk_manifest_free(m);
-    gs_store_group_keys_free(keys, nk);
-    gs_store_secrets_free(secrets, ns);
-    gs_store_group_free(g);
-    gs_store_ca_free(ca_row);
-    hsm_key_free(transport);
-    X509_free(trusted);
+    free(gi.was_recorded);
+    gs_store_group_keys_free(gi.keys, gi.nk);
+    gs_store_secrets_free(gi.secrets, gi.ns);
+    gs_store_group_free(gi.g);
+    import_clear(&im);
+    return rc;
+}
+
+/* ---- ca import ------------------------------------------------------------------------- */
+
+struct ca_import {
+    struct import *im;
+    const gsk_key *k;
+    bool recorded; /* a shared database records this CA already */
+};
+
+static const char *ca_copy_check(void *arg, const gsk_key *k, const hsm_key_info *ki)
+{
+    (void)arg, (void)k;
+    return gs_ca_key_problem(ki, true, NULL);
+}
+
+static gs_err ca_copy_rows(void *arg)
+{
+    struct ca_import *ci = arg;
+
+    return ci->recorded ? GS_OK : gs_store_ca_put_as(ci->im->e->st, ci->k->label, ci->k->cert_pem, true, NULL);
+}
+
+int gs_cmd_ca_import(struct env *e, int argc, char **argv)
+{
+    struct import im;
+    struct ca_import ci;
+    gs_store_ca *row = NULL;
+    X509 *cert = NULL;
+    gsk_import_item item;
+    long at;
+    gs_err err;
+    int rc = import_begin(e, argc, argv, "ca", &im);
+
+    memset(&ci, 0, sizeof(ci));
+    ci.im = &im;
+    if (rc)
+        goto out;
+    if ((at = gsk_manifest_find(im.m, GSK_KIND_CA, 0)) < 0) {
+        rc = fail(gs_err_set(GS_ERR_ARGS, "this file holds no CA key: use `groupsrv group import`"));
+        goto out;
+    }
+    ci.k = &im.m->entries[at];
+    /* A CA ships its own key: the key inside must be the trusted one. */
+    err = gs_cert_parse((const unsigned char *)ci.k->cert_pem, strlen(ci.k->cert_pem), &cert);
+    if (!err && X509_cmp(cert, im.trusted) != 0)
+        err = gs_err_set(GS_ERR_ARGS, "the CA key in the file is not the trusted CA's");
+    if (!err) {
+        err = gs_store_ca_get(e->st, &row);
+        if (err == GS_OK && (strcmp(row->cert_pem, ci.k->cert_pem) != 0 || strcmp(row->label, ci.k->label) != 0))
+            err = gs_err_set(GS_ERR_STATE, "this database has another CA");
+        else if (err == GS_OK)
+            ci.recorded = true;
+        else if (err == GS_ERR_NOT_FOUND)
+            err = GS_OK;
+    }
+    if (err) {
+        rc = fail(err);
+        goto out;
+    }
+    memset(&item, 0, sizeof(item));
+    item.index = (size_t)at;
+    item.usage = HSM_USE_SIGN;
+    rc = import_keys(&im, "ca-import", NULL, &item, 1, ca_copy_check, ca_copy_rows, &ci);
+out:
+    X509_free(cert);
+    gs_store_ca_free(row);
+    import_clear(&im);
     return rc;
 }

@@ -22,5 +22,9 @@ int gs_cmd_token(struct env *e, int argc, char **argv);
 int gs_cmd_group_export(struct env *e, int argc, char **argv);
 /* groupsrv group import --in FILE [--ca FILE] */
 int gs_cmd_group_import(struct env *e, int argc, char **argv);
+/* groupsrv ca export --to FILE --out FILE (argv[0] = "export") */
+int gs_cmd_ca_export(struct env *e, int argc, char **argv);
+/* groupsrv ca import --in FILE [--ca FILE] (argv[0] = "import") */
+int gs_cmd_ca_import(struct env *e, int argc, char **argv);
 
 #endif

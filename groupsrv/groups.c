@@ -141,6 +141,16 @@ const char *gs_key_policy_problem(const gs_store_group *g, const char *kind, uns
     return gs_key_check2(info, &e, NULL, custody);
 }
 
+const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const char **custody)
+{
+    gs_key_expect e;
+
+    memset(&e, 0, sizeof(e));
+    e.kind = GS_KIND_CA;
+    e.replicable = replicable;
+    return gs_key_check2(info, &e, NULL, custody);
+}
+
 gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
 {
     hsm_config hc;
@@ -1560,6 +1570,7 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
         row.label = ca->label;
         memset(&e, 0, sizeof(e));
         e.kind = GS_KIND_CA;
+        e.replicable = ca->replicable;
         e.missing = row_missing(&row, ca->weakenings);
         if (row.problem == NULL)
             audit_key(&a, &row, ca->label, HSM_CLASS_PRIVATE, &e, &info, &k);

@@ -115,6 +115,10 @@ typedef struct gs_group_spec {
 const char *gs_key_policy_problem(const gs_store_group *g, const char *kind, unsigned missing,
                                   const hsm_key_info *info, const char **custody);
 
+/* The same verdict for the local CA's key (sign only, every protection),
+ * e.g. a copy `ca import` just made; *custody (may be NULL) as above. */
+const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const char **custody);
+
 /* The hsm usage bits a group key version must have and nothing more. */
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
 

@@ -41,8 +41,10 @@
 
 static const char usage_text[] =
     "usage: groupsrv [-c FILE] COMMAND ...\n"
-    "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N]\n"
+    "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N] [--replicable]\n"
     "  ca show\n"
+    "  ca export --to TRANSPORT.pem --out FILE.gsk\n"
+    "  ca import --in FILE.gsk [--ca CA.pem]\n"
     "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
     "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--allow-pkcs1v15]\n"
     "               [--replicable]\n"
@@ -308,14 +310,22 @@ static void print_ca_weakenings(struct env *e)
 
 static int cmd_ca(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}, {"--use-key", true}};
+    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}, {"--use-key", true},
+                                          {"--replicable", false}};
     struct args a;
     gs_err err;
-    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+    int rc;
+
+    /* The key ceremony (ceremony.c) has its own options. */
+    if (argc > 0 && strcmp(argv[0], "export") == 0)
+        return gs_cmd_ca_export(e, argc, argv);
+    if (argc > 0 && strcmp(argv[0], "import") == 0)
+        return gs_cmd_ca_import(e, argc, argv);
+    rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
     if (a.npos != 1)
-        return usage_error("ca: expected init or show%s", "");
+        return usage_error("ca: expected init, show, export or import%s", "");
     if (strcmp(a.pos[0], "init") == 0) {
         unsigned days = e->cfg->ca.ca_days;
         const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
@@ -329,8 +339,8 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
         err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
         if (!err)
-            err = gs_ca_init2(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
-                              days, &e->ca);
+            err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
+                                days, opt(&a, "--replicable") != NULL, &e->ca);
         if (err)
             return fail(err);
         char fp[65];

@@ -267,6 +267,21 @@ static const char *check_never_leaves(const hsm_key_info *i, const gs_key_expect
     return NULL;
 }
 
+const char *gs_key_custody_problem(const hsm_key_info *i, bool replicable, const char **custody)
+{
+    gs_key_expect e;
+    const char *dummy, *p;
+
+    memset(&e, 0, sizeof(e));
+    e.replicable = replicable;
+    if (custody == NULL)
+        custody = &dummy;
+    *custody = "";
+    if ((p = check_locked(i, &e, custody)) != NULL)
+        return p;
+    return check_never_leaves(i, &e, custody);
+}
+
 static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, const char **note,
                                const char **custody)
 {

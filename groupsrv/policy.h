@@ -126,5 +126,11 @@ const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const
  * "imported copy", else "". */
 const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
                           const char **custody);
+/* Only the rules of custody of gs_key_check2 (a token object, private,
+ * sensitive, value unreadable, always sensitive, never extractable; a
+ * replicable key's original or copy as above), without usage: for a key
+ * that is about to be used (the CA key at load). NULL or the problem;
+ * *custody (may be NULL) as for gs_key_check2. */
+const char *gs_key_custody_problem(const hsm_key_info *info, bool replicable, const char **custody);
 
 #endif

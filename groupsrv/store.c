@@ -85,9 +85,11 @@ static const char *const migrations[] = {
     "  label TEXT PRIMARY KEY,"
     "  weakenings TEXT NOT NULL DEFAULT '',"
     "  created INTEGER NOT NULL);",
-    /* 2 -> 3: replicable groups (the key ceremony copies their keys to
-     * other tokens; issue 17). */
-    "ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;",
+    /* 2 -> 3: replicable groups and CA (the key ceremony copies their
+     * keys to other tokens; issue 17). Parenthesised: one element of two
+     * statements, not a missing comma (clang's -Wstring-concatenation). */
+    ("ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE ca ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"),
 };
 
 /* ---- names and enums -------------------------------------------------- */
@@ -531,7 +533,7 @@ gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
     int rc;
 
     *out = NULL;
-    err = prepare(st, "SELECT key_label, cert_pem, created, weakenings FROM ca WHERE id = 1", &s);
+    err = prepare(st, "SELECT key_label, cert_pem, created, weakenings, replicable FROM ca WHERE id = 1", &s);
     if (err)
         return err;
     rc = sqlite3_step(s);
@@ -552,6 +554,7 @@ gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
     ca->cert_pem = col_strdup(s, 1, &oom);
     ca->created = sqlite3_column_int64(s, 2);
     ca->weakenings = col_strdup(s, 3, &oom);
+    ca->replicable = sqlite3_column_int(s, 4) != 0;
     if (oom || ca->label == NULL || ca->cert_pem == NULL || ca->weakenings == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
@@ -576,15 +579,22 @@ static const char *rec_weak(const gs_store_keyrec *rec)
 
 gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec)
 {
+    return gs_store_ca_put_as(st, key_label, cert_pem, false, rec);
+}
+
+gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                          const gs_store_keyrec *rec)
+{
     sqlite3_stmt *s = NULL;
     gs_err err;
     if (key_label == NULL || cert_pem == NULL)
         return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
-    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created, weakenings) VALUES (1, ?, ?, ?, ?)", &s);
+    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created, weakenings, replicable) VALUES (1, ?, ?, ?, ?, ?)",
+                  &s);
     if (err)
         return err;
     if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) || (err = bind_int(s, 3, now())) ||
-        (err = bind_text(s, 4, rec_weak(rec))))
+        (err = bind_text(s, 4, rec_weak(rec))) || (err = bind_int(s, 5, replicable ? 1 : 0)))
         goto out;
     err = step_done(st, s, "store ca", NULL);
     if (err == GS_ERR_EXISTS)

@@ -113,11 +113,15 @@ typedef struct gs_store_ca {
     char *cert_pem;    /* self-signed CA certificate */
     int64_t created;   /* unix seconds */
     char *weakenings;  /* accepted weakenings of the CA key ("" = none) */
+    bool replicable;   /* the CA key leaves its token only under trusted wrap (ca export) */
 } gs_store_ca;
 gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out); /* NOT_FOUND before `ca init` */
 gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem); /* EXISTS if set */
 /* The same, with the key's record (rec may be NULL). */
 gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec);
+/* The same, recording whether the CA key is replicable. */
+gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                          const gs_store_keyrec *rec);
 void gs_store_ca_free(gs_store_ca *ca);
 
 /* ---- groups ---------------------------------------------------------- */

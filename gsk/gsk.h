@@ -67,17 +67,19 @@ typedef enum gsk_kind {
     GSK_KIND_GROUP = 1, /* a group private key version (RSA), with its certificate */
     GSK_KIND_SECRET,    /* a group secret key version (AES-256, wrap only) */
     GSK_KIND_REJECT,    /* the implicit-rejection HMAC key */
+    GSK_KIND_CA,        /* the local CA key (RSA), with its certificate: for servers that share
+                           one database (a cluster); alone in its shipment */
 } gsk_kind;
-const char *gsk_kind_name(gsk_kind k); /* "group", "secret", "reject" */
+const char *gsk_kind_name(gsk_kind k); /* "group", "secret", "reject", "ca" */
 
 typedef struct gsk_key {
     gsk_kind kind;
-    unsigned version;          /* group and secret keys: 1, 2, ...; reject: 0 */
+    unsigned version;          /* group and secret keys: 1, 2, ...; reject and ca: 0 */
     bool current;              /* the version was current when exported */
     char label[128];           /* CKA_LABEL, the same on both tokens */
     unsigned char id[64];      /* CKA_ID, the same on both tokens */
     size_t id_len;
-    char *cert_pem;            /* group: the certificate of this version (PEM) */
+    char *cert_pem;            /* group: the certificate of this version; ca: the CA's (PEM) */
     unsigned char kek_id[16];  /* secret: the KEKRecipientInfo key identifier */
     unsigned char *wrapped;    /* the key under the one-time key, RFC 5649 */
     size_t wrapped_len;
@@ -96,7 +98,7 @@ typedef struct gsk_manifest {
     hsm_oaep_hash kek_hash;    /* RSA-OAEP hash that wrapped the one-time key */
     unsigned char *wrapped_kek;
     size_t wrapped_kek_len;
-    struct {
+    struct {                   /* absent (name "") in a CA shipment */
         char name[65];
         char address[255];
         char methods[128];     /* canonical comma list, e.g. "tls,recipient-key,local-key" */
@@ -133,7 +135,7 @@ gsk_err gsk_shipment_write(gsk_manifest *m, X509 *ca_cert, gsk_sign_fn sign, voi
  * the field named) and names trusted_ca as its signer. */
 gsk_err gsk_shipment_read(const unsigned char *der, size_t len, X509 *trusted_ca, gsk_manifest **out);
 
-/* Index of the key of kind k and version v (v ignored for REJECT), or -1. */
+/* Index of the key of kind k and version v (v ignored for REJECT and CA), or -1. */
 long gsk_manifest_find(const gsk_manifest *m, gsk_kind k, unsigned v);
 
 /* ---- transport keys ----------------------------------------------------- */
@@ -176,18 +178,19 @@ gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const un
 typedef struct gsk_import_item {
     size_t index;   /* into m->entries */
     unsigned usage; /* enum hsm_usage bits of the copy (group: UNWRAP and/or DECRYPT,
-                       + PKCS1V15; secret: WRAP; reject: SIGN) */
+                       + PKCS1V15; secret: WRAP; reject and ca: SIGN) */
     bool extractable; /* secret keys only: leaves wrapped (group secret keys) */
 } gsk_import_item;
 
 /* Import: finds the transport key (GSK_ERR_TRANSPORT), unwraps items
  * (1..GSK_KEYS_MAX) as sensitive, never extractable token objects with the
  * shipment's labels and CKA_IDs (GSK_ERR_EXISTS if one is taken; group
- * keys also get their public key object from the certificate), and proves
- * each group key is its certificate's by a decryption test inside the
- * token (a random key encrypted to the certificate with RSA-OAEP, then
+ * and CA keys also get their public key object from the certificate), and
+ * proves each group key is its certificate's by a decryption test inside
+ * the token (a random key encrypted to the certificate with RSA-OAEP, then
  * C_Decrypt, or for an unwrap-only key C_UnwrapKey and a wrap out to a
- * throw-away key; GSK_ERR_PROOF otherwise). All or nothing: on any
+ * throw-away key), a CA key by a signature that its certificate's key
+ * verifies (GSK_ERR_PROOF otherwise). All or nothing: on any
  * failure every object made is destroyed again. out[i] (may be NULL)
  * gets a reference to copy i (caller frees). */
 gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *items, size_t n, hsm_key **out);

@@ -109,6 +109,7 @@ const char *gsk_kind_name(gsk_kind k)
     case GSK_KIND_GROUP: return "group";
     case GSK_KIND_SECRET: return "secret";
     case GSK_KIND_REJECT: return "reject";
+    case GSK_KIND_CA: return "ca";
     }
     return "?";
 }
@@ -147,7 +148,7 @@ void gsk_manifest_free(gsk_manifest *m)
 long gsk_manifest_find(const gsk_manifest *m, gsk_kind k, unsigned v)
 {
     for (size_t i = 0; i < m->n_entries; i++)
-        if (m->entries[i].kind == k && (k == GSK_KIND_REJECT || m->entries[i].version == v))
+        if (m->entries[i].kind == k && (k == GSK_KIND_REJECT || k == GSK_KIND_CA || m->entries[i].version == v))
             return (long)i;
     return -1;
 }
@@ -240,14 +241,15 @@ static json_t *key_json(const gsk_key *k)
         return NULL;
     if (json_object_set_new(o, "kind", json_string(gsk_kind_name(k->kind))) != 0)
         goto bad;
-    if (k->kind != GSK_KIND_REJECT &&
+    if (k->kind != GSK_KIND_REJECT && k->kind != GSK_KIND_CA &&
         (json_object_set_new(o, "version", json_integer(k->version)) != 0 ||
          json_object_set_new(o, "state", json_string(k->current ? "current" : "old")) != 0))
         goto bad;
     if (json_object_set_new(o, "label", json_string(k->label)) != 0 ||
         json_object_set_new(o, "id", hex_value(k->id, k->id_len)) != 0)
         goto bad;
-    if (k->kind == GSK_KIND_GROUP && json_object_set_new(o, "certificate", json_string(k->cert_pem)) != 0)
+    if ((k->kind == GSK_KIND_GROUP || k->kind == GSK_KIND_CA) &&
+        json_object_set_new(o, "certificate", json_string(k->cert_pem)) != 0)
         goto bad;
     if (k->kind == GSK_KIND_SECRET && json_object_set_new(o, "kek_id", hex_value(k->kek_id, sizeof(k->kek_id))) != 0)
         goto bad;
@@ -268,7 +270,9 @@ static gsk_err manifest_json(const gsk_manifest *m, char **text)
     *text = NULL;
     keys = json_array();
     for (size_t i = 0; keys != NULL && i < m->n_entries; i++) {
-        if (m->entries[i].wrapped == NULL || (m->entries[i].kind == GSK_KIND_GROUP && m->entries[i].cert_pem == NULL)) {
+        if (m->entries[i].wrapped == NULL ||
+            ((m->entries[i].kind == GSK_KIND_GROUP || m->entries[i].kind == GSK_KIND_CA) &&
+             m->entries[i].cert_pem == NULL)) {
             err = gsk_fail(GSK_ERR_ARGS, "key %s has no wrapped value or certificate", m->entries[i].label);
             goto out;
         }
@@ -289,7 +293,10 @@ static gsk_err manifest_json(const gsk_manifest *m, char **text)
                      "complete", (int)m->complete, "keys", keys);
     if (root == NULL)
         goto out;
-    /* Indented: `openssl asn1parse -strparse` shows it readably. */
+    /* A CA shipment belongs to no group. */
+    if (m->group.name[0] == '\0' && json_object_del(root, "group") != 0)
+        goto out;
+    /* Indented: readable once cut out of the file (docs/operations.md). */
     if ((*text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
         goto out;
     err = GSK_OK;
@@ -394,19 +401,21 @@ static gsk_err parse_key(json_t *o, gsk_key *k)
         return gsk_fail(GSK_ERR_FORMAT, "manifest: a key is not an object");
     if ((err = only_keys(o, "a key", allowed)) != GSK_OK)
         return err;
-    if (kind != NULL && strcmp(kind, "group") == 0)
+    if (kind != NULL && strcmp(kind, "ca") == 0)
+        k->kind = GSK_KIND_CA;
+    else if (kind != NULL && strcmp(kind, "group") == 0)
         k->kind = GSK_KIND_GROUP;
     else if (kind != NULL && strcmp(kind, "secret") == 0)
         k->kind = GSK_KIND_SECRET;
     else if (kind != NULL && strcmp(kind, "reject") == 0)
         k->kind = GSK_KIND_REJECT;
     else
-        return gsk_fail(GSK_ERR_FORMAT, "manifest: key kind must be group, secret or reject");
+        return gsk_fail(GSK_ERR_FORMAT, "manifest: key kind must be group, secret, reject or ca");
     ver = json_object_get(o, "version");
     state = json_string_value(json_object_get(o, "state"));
-    if (k->kind == GSK_KIND_REJECT) {
+    if (k->kind == GSK_KIND_REJECT || k->kind == GSK_KIND_CA) {
         if (ver != NULL || state != NULL)
-            return gsk_fail(GSK_ERR_FORMAT, "manifest: the rejection key has no version");
+            return gsk_fail(GSK_ERR_FORMAT, "manifest: the %s key has no version", kind);
     } else {
         if (!json_is_integer(ver) || json_integer_value(ver) < 1 || json_integer_value(ver) > 1000000)
             return gsk_fail(GSK_ERR_FORMAT, "manifest: key version missing or out of range");
@@ -418,10 +427,10 @@ static gsk_err parse_key(json_t *o, gsk_key *k)
     if ((err = get_str(o, "label", k->label, sizeof(k->label))) != GSK_OK ||
         (err = get_hex(o, "id", k->id, sizeof(k->id), &k->id_len, false)) != GSK_OK)
         return err;
-    if ((json_object_get(o, "certificate") != NULL) != (k->kind == GSK_KIND_GROUP) ||
+    if ((json_object_get(o, "certificate") != NULL) != (k->kind == GSK_KIND_GROUP || k->kind == GSK_KIND_CA) ||
         (json_object_get(o, "kek_id") != NULL) != (k->kind == GSK_KIND_SECRET))
         return gsk_fail(GSK_ERR_FORMAT, "manifest: key %s has the wrong fields for its kind", k->label);
-    if (k->kind == GSK_KIND_GROUP) {
+    if (k->kind == GSK_KIND_GROUP || k->kind == GSK_KIND_CA) {
         const char *pem = json_string_value(json_object_get(o, "certificate"));
         BIO *b = NULL;
         X509 *c = NULL;
@@ -544,12 +553,20 @@ static gsk_err parse_manifest(const unsigned char *text, size_t len, gsk_manifes
         goto out;
     }
     m->complete = json_is_true(json_object_get(root, "complete"));
-    if ((err = get_b64(otk, "wrapped", WRAPPED_KEK_MAX, &m->wrapped_kek, &m->wrapped_kek_len)) != GSK_OK ||
-        (err = parse_group(json_object_get(root, "group"), m)) != GSK_OK)
+    if ((err = get_b64(otk, "wrapped", WRAPPED_KEK_MAX, &m->wrapped_kek, &m->wrapped_kek_len)) != GSK_OK)
         goto out;
     for (size_t i = 0; i < m->n_entries; i++)
         if ((err = parse_key(json_array_get(keys, i), &m->entries[i])) != GSK_OK)
             goto out;
+    /* A CA key travels alone, without a group; group keys with one. */
+    if (gsk_manifest_find(m, GSK_KIND_CA, 0) >= 0) {
+        if (m->n_entries != 1 || json_object_get(root, "group") != NULL || m->complete) {
+            err = gsk_fail(GSK_ERR_FORMAT, "manifest: a CA key travels alone, without a group");
+            goto out;
+        }
+    } else if ((err = parse_group(json_object_get(root, "group"), m)) != GSK_OK) {
+        goto out;
+    }
     /* Each key once: a duplicate would be imported twice or shadow another. */
     for (size_t i = 0; i < m->n_entries; i++)
         for (size_t j = i + 1; j < m->n_entries; j++)

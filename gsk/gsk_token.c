@@ -226,7 +226,7 @@ static gsk_err cert_key(const char *pem, unsigned char **spki, size_t *len, unsi
 
     *spki = NULL;
     if (pk == NULL || EVP_PKEY_get_base_id(pk) != EVP_PKEY_RSA) {
-        gsk_fail(err, "a group certificate's key is not RSA");
+        gsk_fail(err, "a certificate's key is not RSA: only RSA keys are copied");
         goto out;
     }
     if ((n = i2d_PUBKEY(pk, &der)) <= 0 || (*spki = malloc((size_t)n)) == NULL) {
@@ -322,6 +322,32 @@ out:
     return err;
 }
 
+/* A CA key copy proves itself by signing: its certificate's key must verify. */
+static gsk_err prove_sign(hsm_ctx *hsm, hsm_key *key, const unsigned char *spki, size_t spki_len, const char *label)
+{
+    unsigned char data[PROOF_KEY_LEN], *sig = NULL;
+    size_t siglen = 0;
+    const unsigned char *p = spki;
+    EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    EVP_MD_CTX *mc = EVP_MD_CTX_new();
+    hsm_err he = HSM_ERR_ARGS;
+    gsk_err err = GSK_ERR_PROOF;
+
+    if (pk != NULL && mc != NULL && RAND_bytes(data, sizeof(data)) == 1 &&
+        (he = hsm_sign(hsm, key, HSM_SIG_RSA_PKCS1_SHA256, data, sizeof(data), &sig, &siglen)) == HSM_OK &&
+        EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, pk) == 1 &&
+        EVP_DigestVerify(mc, sig, siglen, data, sizeof(data)) == 1)
+        err = GSK_OK;
+    else
+        gsk_fail(err, "key %s does not sign what its certificate verifies%s%s", label, he != HSM_OK ? ": " : "",
+                 he != HSM_OK ? hsm_last_error_detail() : "");
+    free(sig);
+    EVP_MD_CTX_free(mc);
+    EVP_PKEY_free(pk);
+    ERR_clear_error();
+    return err;
+}
+
 /* Removes what an import made (private/secret objects and public halves). */
 static void undo(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *items, size_t n, hsm_key **refs)
 {
@@ -329,7 +355,8 @@ static void undo(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *ite
         hsm_key *pub = NULL;
         if (refs[i] != NULL)
             (void)hsm_key_destroy(hsm, refs[i]);
-        if (m->entries[items[i].index].kind == GSK_KIND_GROUP &&
+        gsk_kind kind = m->entries[items[i].index].kind;
+        if ((kind == GSK_KIND_GROUP || kind == GSK_KIND_CA) &&
             hsm_key_find(hsm, m->entries[items[i].index].label, HSM_CLASS_PUBLIC, &pub) == HSM_OK)
             (void)hsm_key_destroy(hsm, pub);
         hsm_key_free(pub);
@@ -369,12 +396,12 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
         s->id_len = k->id_len;
         s->usage = items[i].usage;
         s->extractable = items[i].extractable;
-        s->type = k->kind == GSK_KIND_GROUP ? HSM_KEYTYPE_RSA
-                  : k->kind == GSK_KIND_SECRET ? HSM_KEYTYPE_AES
-                                               : HSM_KEYTYPE_GENERIC_SECRET;
+        s->type = k->kind == GSK_KIND_GROUP || k->kind == GSK_KIND_CA ? HSM_KEYTYPE_RSA
+                  : k->kind == GSK_KIND_SECRET                         ? HSM_KEYTYPE_AES
+                                                                       : HSM_KEYTYPE_GENERIC_SECRET;
         in[i].wrapped = k->wrapped;
         in[i].wrapped_len = k->wrapped_len;
-        if (k->kind == GSK_KIND_GROUP) {
+        if (k->kind == GSK_KIND_GROUP || k->kind == GSK_KIND_CA) {
             if ((err = cert_key(k->cert_pem, &spkis[i], &in[i].public_spki_len, &s->bits)) != GSK_OK)
                 goto out;
             in[i].public_spki = spkis[i];
@@ -387,8 +414,11 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
     }
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[items[i].index];
-        if (k->kind == GSK_KIND_GROUP &&
-            (err = prove(hsm, refs[i], items[i].usage, in[i].public_spki, in[i].public_spki_len, k->label)) != GSK_OK) {
+        err = k->kind == GSK_KIND_GROUP ? prove(hsm, refs[i], items[i].usage, in[i].public_spki,
+                                                in[i].public_spki_len, k->label)
+              : k->kind == GSK_KIND_CA  ? prove_sign(hsm, refs[i], in[i].public_spki, in[i].public_spki_len, k->label)
+                                        : GSK_OK;
+        if (err != GSK_OK) {
             undo(hsm, m, items, n, refs);
             goto out;
         }

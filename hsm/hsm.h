@@ -562,8 +562,9 @@ typedef struct hsm_replica_export {
 hsm_err hsm_replica_export_run(hsm_ctx *ctx, hsm_replica_export *x);
 
 typedef struct hsm_replica_in {
-    hsm_keygen_spec spec;     /* the copy's label, CKA_ID (required), type (RSA, AES or
-                                 GENERIC_SECRET), usage, and for secret keys extractable;
+    hsm_keygen_spec spec;     /* the copy's label, CKA_ID (required), type (RSA: decrypt/unwrap
+                                 or sign only; AES; GENERIC_SECRET), usage, and for secret
+                                 keys extractable;
                                  never replicable: copies are never extractable again */
     const unsigned char *wrapped;  /* RFC 5649 under the one-time key */
     size_t wrapped_len;

@@ -198,7 +198,7 @@ hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned
  * object the security officer marks CKA_TRUSTED (the transport key). RSA
  * 2048..16384 bits only (HSM_ERR_PUBLIC_KEY otherwise). */
 typedef struct hsm_pub_import {
-    bool token, trusted, wrap, encrypt;
+    bool token, trusted, wrap, encrypt, verify;
     const char *label;        /* NULL: none */
     const unsigned char *id;
     size_t id_len;

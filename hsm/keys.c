@@ -1669,7 +1669,7 @@ hsm_err hsm_import_rsa_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned 
     t_bool(&t, CKA_PRIVATE, false);
     t_bool(&t, CKA_WRAP, opt->wrap);
     t_bool(&t, CKA_ENCRYPT, opt->encrypt);
-    t_bool(&t, CKA_VERIFY, false);
+    t_bool(&t, CKA_VERIFY, opt->verify);
     /* Only a security officer session may create it trusted. */
     if (opt->trusted)
         t_bool(&t, CKA_TRUSTED, true);

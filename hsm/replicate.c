@@ -394,6 +394,7 @@ static hsm_err import_one(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ke
         hsm_pub_import po = {.token = true,
                              .wrap = (in->spec.usage & HSM_USE_UNWRAP) != 0,
                              .encrypt = (in->spec.usage & HSM_USE_DECRYPT) != 0,
+                             .verify = (in->spec.usage & HSM_USE_SIGN) != 0,
                              .label = in->spec.label,
                              .id = in->spec.id,
                              .id_len = in->spec.id_len};
@@ -472,7 +473,7 @@ out:
 
 static bool spec_ok(const hsm_keygen_spec *spec)
 {
-    const unsigned pair_use = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15;
+    const unsigned pair_use = HSM_USE_DECRYPT | HSM_USE_UNWRAP | HSM_USE_PKCS1V15 | HSM_USE_SIGN;
     const unsigned secret_use = HSM_USE_WRAP | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_ENCRYPT | HSM_USE_DECRYPT;
 
     if (spec->label == NULL || spec->label[0] == '\0' || strlen(spec->label) >= 128 || spec->id == NULL ||
@@ -480,8 +481,9 @@ static bool spec_ok(const hsm_keygen_spec *spec)
         return false;
     switch (spec->type) {
     case HSM_KEYTYPE_RSA:
-        return (spec->usage & ~pair_use) == 0 && (spec->usage & (HSM_USE_DECRYPT | HSM_USE_UNWRAP)) != 0 &&
-               !spec->extractable;
+        /* A group key (decrypt/unwrap) or a CA key (sign only). */
+        return (spec->usage & ~pair_use) == 0 && !spec->extractable &&
+               ((spec->usage & (HSM_USE_DECRYPT | HSM_USE_UNWRAP)) != 0) != ((spec->usage & HSM_USE_SIGN) != 0);
     case HSM_KEYTYPE_AES:
         return (spec->usage & ~secret_use) == 0 && (spec->usage & HSM_USE_SIGN) == 0;
     case HSM_KEYTYPE_GENERIC_SECRET:

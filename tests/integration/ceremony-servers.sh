@@ -12,7 +12,10 @@
 # a file signed by another CA, a key version already present. Both audit
 # logs name the ceremony, the key versions and the transport key, and
 # verify. The SO PIN typed on a terminal (script(1) gives the command a
-# pty) is not echoed. Then a rotation travels as a one-version file.
+# pty) is not echoed. Then a rotation travels as a one-version file. Last,
+# a cluster: gamma shares alpha's database and gets the CA key and the
+# group's keys on its own token (ca export/import, group import that only
+# fills the token), and `check` passes there.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
@@ -21,7 +24,7 @@ mkserver alpha
 mkserver beta
 
 # ---- alpha: the origin of group eng ----
-gs_alpha ca init --key rsa:2048 >/dev/null
+gs_alpha ca init --key rsa:2048 --replicable >/dev/null
 gs_alpha ca show > "$work/alpha-ca.pem"
 gs_alpha group create eng --address eng@example.org --key rsa:2048 --replicable --allow-pkcs1v15 \
   --methods tls,recipient-key,group-secret,membership-cert > "$work/out"
@@ -223,4 +226,30 @@ expect 0 "import of the new version on beta" -- gs_beta group import --in "$work
 gs_beta group show eng > "$work/show"
 grep -Eq "v3 +current" "$work/show" && grep -Eq "v2 +old" "$work/show" || fail "beta's versions: $(cat "$work/show")"
 expect 0 "check on beta after the rotation" -- gs_beta check
+
+# ---- a cluster: gamma shares alpha's database, needs the CA key too ----
+mkserver gamma
+sed -i "s#^path = $work/gamma/groupsrv.db#path = $work/alpha/groupsrv.db#" "$work/gamma.conf"
+! gs_gamma check > "$work/out" 2>&1 || fail "check on gamma passes without the keys"
+grep -q "gs:ca .*missing from the token" "$work/out" || fail "gamma's check: $(cat "$work/out")"
+gs_gamma token transport-key --out "$work/gamma-transport.pem" >/dev/null
+expect 0 "ca export (a replicable CA)" -- gs_alpha ca export --to "$work/gamma-transport.pem" --out "$work/ca.gsk"
+gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null
+refused beta 1 "ca import on a server with another CA" -- \
+  gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "another CA"
+expect 0 "ca import on gamma (the shared database's CA)" -- gs_gamma ca import --in "$work/ca.gsk"
+grep -q "signature test" "$work/out" || fail "ca import does not say the key passed its signature test"
+gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
+expect 0 "group import on gamma (rows already recorded, keys to the token)" -- \
+  gs_gamma group import --in "$work/eng-gamma.gsk"
+# The group plain is not replicable: in a cluster it exists on alpha's
+# token only, and gamma's check says so (docs/operations.md).
+! gs_gamma check > "$work/out" 2>&1 || fail "gamma's check passes with the group plain missing"
+grep PROBLEM "$work/out" | grep -v "gs:group:plain:v1\|gs:secret:plain:v1" | grep . &&
+  fail "gamma's check: problems beyond the non-replicable group: $(cat "$work/out")"
+[ "$(grep -c "OK (imported copy)" "$work/out")" = 6 ] || fail "gamma's copies: $(cat "$work/out")"
+ok "check on gamma: the CA, three key versions, the secret and the rejection key are imported copies"
+expect 0 "gamma issues with the copied CA key" -- gs_gamma member add eng carol@example.org --issue-cert --out "$work"
+openssl verify -CAfile "$work/alpha-ca.pem" "$work/carol@example.org.pem" >/dev/null || fail "carol's certificate"
 echo "all ceremony-servers checks passed"
