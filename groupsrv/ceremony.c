@@ -270,10 +270,12 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         return usage_error("token: expected `token transport-key --out FILE`%s", "");
     if (opt(&a, "--out") == NULL)
         return usage_error("token transport-key: --out FILE is required%s", "");
-    if ((err = env_open(e, NEED_TOKEN)) != GS_OK)
-        return fail(err);
     if ((err = record_open(e->cfg, &rec)) != GS_OK)
         return fail(err);
+    if ((err = env_open(e, NEED_TOKEN)) != GS_OK) {
+        rc = record_failure(&rec, "transport-key", NULL, err, NULL);
+        goto out;
+    }
     token_desc(e->hsm, desc, sizeof(desc));
     if ((ge = gsk_transport_make(e->hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
         rc = record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
@@ -522,13 +524,12 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
 }
 
 /* The export's part after the keys are chosen (refs[i] is m's entry i on
- * the token): the record, the SO PIN, the token's wrapping, the CA's
- * signature, the file, the audit line. group is NULL for the CA.
- * Returns the exit status. */
-static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *action, const char *group,
-                const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
+ * the token): the SO PIN, the token's wrapping, the CA's signature, the
+ * file, the audit line in rec. group is NULL for the CA. Returns the exit
+ * status. */
+static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
+                const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
 {
-    struct record rec;
     struct sign_ctx sc;
     unsigned char *der = NULL;
     size_t der_len = 0, so_pin_len = 0;
@@ -537,16 +538,13 @@ static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *acti
     gsk_err ge;
     int rc;
 
-    /* From here on the ceremony touches the token: it is recorded. */
-    if ((err = record_open(e->cfg, &rec)) != GS_OK)
-        return fail(err);
     token_desc(e->hsm, desc, sizeof(desc));
     if (util_random_id(m->ceremony, 16) != UTIL_OK) {
-        rc = fail(gs_err_set(GS_ERR_CRYPTO, "no random bytes"));
+        rc = record_failure(rec, action, group, gs_err_set(GS_ERR_CRYPTO, "no random bytes"), NULL);
         goto out;
     }
     now_utc(m->created, sizeof(m->created));
-    util_strlcpy(m->exported_by, rec.who, sizeof(m->exported_by));
+    util_strlcpy(m->exported_by, rec->who, sizeof(m->exported_by));
     util_strlcpy(m->source_token, desc, sizeof(m->source_token));
     util_strlcpy(m->transport_sha256, fp, sizeof(m->transport_sha256));
     gsk_fingerprint_spoken(fp, spoken);
@@ -554,13 +552,13 @@ static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *acti
     printf("transport key sha256 %s\n", spoken);
     fflush(stdout);
     if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
-        rc = record_failure(&rec, action, group, err, shipment_json(m));
+        rc = record_failure(rec, action, group, err, shipment_json(m));
         goto out;
     }
     ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
     util_secret_free(so_pin, so_pin_len + 1);
     if (ge != GSK_OK) {
-        rc = record_failure(&rec, action, group, from_gsk(ge, ""), shipment_json(m));
+        rc = record_failure(rec, action, group, from_gsk(ge, ""), shipment_json(m));
         goto out;
     }
     sc.hsm = e->hsm;
@@ -568,16 +566,16 @@ static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *acti
     sc.alg = EVP_PKEY_get_base_id(X509_get0_pubkey(gs_ca_cert(e->ca))) == EVP_PKEY_EC ? HSM_SIG_ECDSA_SHA256
                                                                                       : HSM_SIG_RSA_PKCS1_SHA256;
     if ((ge = gsk_shipment_write(m, gs_ca_cert(e->ca), ca_sign, &sc, &der, &der_len)) != GSK_OK) {
-        rc = record_failure(&rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
+        rc = record_failure(rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
         goto out;
     }
     if (util_write_file_atomic(out_path, der, der_len, 0600) != UTIL_OK) {
-        rc = record_failure(&rec, action, group,
+        rc = record_failure(rec, action, group,
                             gs_err_set(GS_ERR_IO, "cannot write %s: %s", out_path, strerror(errno)),
                             shipment_json(m));
         goto out;
     }
-    if ((err = record_write(&rec, action, group, "ok", shipment_json(m))) != GS_OK) {
+    if ((err = record_write(rec, action, group, "ok", shipment_json(m))) != GS_OK) {
         (void)unlink(out_path);
         rc = fail(err);
         goto out;
@@ -588,7 +586,6 @@ static int ship(struct env *e, gsk_manifest *m, hsm_key **refs, const char *acti
     rc = 0;
 out:
     free(der);
-    record_close(&rec);
     return rc;
 }
 
@@ -598,6 +595,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         {"--version", true}, {"--all", false}, {"--secret-version", true}, {"--to", true}, {"--out", true}};
     struct args a;
     struct export_sel sel;
+    struct record rec;
     gs_store_group *g = NULL;
     gsk_manifest *m = NULL;
     hsm_key **refs = NULL;
@@ -620,22 +618,20 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         return rc;
     if (sel.all && (sel.version != 0 || sel.secret_version != 0))
         return usage_error("group export: --all takes every key; no --version or --secret-version with it%s", "");
-    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK)
+    /* Recorded from here on, refusals included. */
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
         return fail(err);
-    if ((err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+        (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK)
+        goto refused;
     if (!g->replicable) {
-        rc = fail(gs_err_set(GS_ERR_POLICY, "group %s is not replicable: its keys were made never extractable and "
-                                            "cannot be copied (replicable groups are created with --replicable)",
-                             g->name));
-        goto out;
+        err = gs_err_set(GS_ERR_POLICY, "group %s is not replicable: its keys were made never extractable and "
+                                        "cannot be copied (replicable groups are created with --replicable)",
+                         g->name);
+        goto refused;
     }
-    if ((err = select_keys(e, g, &sel, &m, &refs)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
+    if ((err = select_keys(e, g, &sel, &m, &refs)) != GS_OK)
+        goto refused;
     nrefs = m->n_entries;
     util_strlcpy(m->group.name, g->name, sizeof(m->group.name));
     util_strlcpy(m->group.address, g->address, sizeof(m->group.address));
@@ -643,8 +639,12 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     util_strlcpy(m->group.keyspec, g->algorithm, sizeof(m->group.keyspec));
     m->group.allow_pkcs1v15 = g->allow_pkcs1v15;
     m->group.replicable = true;
-    rc = ship(e, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
+    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
+    goto out;
+refused:
+    rc = record_failure(&rec, "group-export", a.pos[1], err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
 out:
+    record_close(&rec);
     free_refs(refs, nrefs);
     free(spki);
     gsk_manifest_free(m);
@@ -656,6 +656,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--to", true}, {"--out", true}};
     struct args a;
+    struct record rec;
     gs_store_ca *row = NULL;
     gsk_manifest *m = NULL;
     hsm_key *ref = NULL;
@@ -669,28 +670,29 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
         return rc;
     if (a.npos != 1 || opt(&a, "--to") == NULL || opt(&a, "--out") == NULL)
         return usage_error("ca export: expected `ca export --to TRANSPORT.pem --out FILE.gsk`%s", "");
-    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK)
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
         return fail(err);
-    if ((err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+        (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK)
+        goto refused;
     if (!row->replicable) {
-        rc = fail(gs_err_set(GS_ERR_POLICY, "the local CA is not replicable: its key was made never extractable "
-                                            "(a replicable CA is made with `ca init --replicable`)"));
-        goto out;
+        err = gs_err_set(GS_ERR_POLICY, "the local CA is not replicable: its key was made never extractable "
+                                        "(a replicable CA is made with `ca init --replicable`)");
+        goto refused;
     }
     if (gsk_manifest_new(1, &m) != GSK_OK) {
-        rc = fail(GS_ERR_NOMEM);
-        goto out;
+        err = GS_ERR_NOMEM;
+        goto refused;
     }
     if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
-        GS_OK) {
-        rc = fail(err);
-        goto out;
-    }
-    rc = ship(e, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
+        GS_OK)
+        goto refused;
+    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
+    goto out;
+refused:
+    rc = record_failure(&rec, "ca-export", NULL, err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
 out:
+    record_close(&rec);
     hsm_key_free(ref);
     free(spki);
     gsk_manifest_free(m);
@@ -813,6 +815,10 @@ static gs_err record_rows(struct env *e, const gsk_manifest *m, gs_store_group *
  * for which transport key on this token. */
 struct import {
     struct env *e;
+    struct record rec;
+    bool recording;
+    char action[16];     /* "group-import", "ca-import" */
+    const char *path;    /* --in */
     X509 *trusted;
     gsk_manifest *m;
     hsm_key *transport;
@@ -821,10 +827,21 @@ struct import {
 
 static void import_clear(struct import *im)
 {
+    if (im->recording)
+        record_close(&im->rec);
     gsk_manifest_free(im->m);
     hsm_key_free(im->transport);
     X509_free(im->trusted);
     memset(im, 0, sizeof(*im));
+}
+
+/* A refusal, recorded with what is known of the file; the exit status. */
+static int import_refused(struct import *im, const char *group, gs_err err)
+{
+    json_t *extra = im->m != NULL ? shipment_json(im->m) : json_object();
+
+    json_object_set_new(extra, "file", json_string(im->path));
+    return record_failure(&im->rec, im->action, group, err, extra);
 }
 
 /* --in FILE [--ca FILE]: reads and verifies the shipment. The token is
@@ -847,6 +864,12 @@ static int import_begin(struct env *e, int argc, char **argv, const char *what, 
         return rc;
     if (a.npos != 1 || opt(&a, "--in") == NULL)
         return usage_error("%s import: expected `%s import --in FILE.gsk [--ca CA.pem]`", what, what);
+    (void)snprintf(im->action, sizeof(im->action), "%s-import", what);
+    im->path = opt(&a, "--in");
+    /* Recorded from here on, refusals included. */
+    if ((err = record_open(e->cfg, &im->rec)) != GS_OK)
+        return fail(err);
+    im->recording = true;
     if ((err = read_file_max(opt(&a, "--in"), GSK_FILE_MAX, &file, &flen)) != GS_OK ||
         (opt(&a, "--ca") != NULL && (err = read_cert_file(opt(&a, "--ca"), &im->trusted)) != GS_OK) ||
         (err = env_open(e, NEED_TOKEN)) != GS_OK ||
@@ -875,7 +898,7 @@ static int import_begin(struct env *e, int argc, char **argv, const char *what, 
 out:
     free(file);
     gs_store_ca_free(ca_row);
-    return err ? fail(err) : 0;
+    return err ? import_refused(im, im->m != NULL && im->m->group.name[0] ? im->m->group.name : NULL, err) : 0;
 }
 
 /* A copy's attributes against its policy: NULL when fine (import_keys). */
@@ -887,11 +910,12 @@ typedef gs_err (*copy_rows_fn)(void *arg);
  * signature test), checks every copy, records the rows and the audit line
  * (durable before the rows commit: no copy in the database without its
  * record), or else takes every copy off the token again. */
-static int import_keys(struct import *im, const char *action, const char *group, const gsk_import_item *items,
-                       size_t n, copy_check_fn check, copy_rows_fn rows, void *arg)
+static int import_keys(struct import *im, const char *group, const gsk_import_item *items, size_t n,
+                       copy_check_fn check, copy_rows_fn rows, void *arg)
 {
     struct env *e = im->e;
-    struct record rec;
+    struct record *rec = &im->rec;
+    const char *action = im->action;
     hsm_key **refs = calloc(n, sizeof(*refs));
     bool imported = false, in_tx = false;
     char spoken[80];
@@ -902,12 +926,8 @@ static int import_keys(struct import *im, const char *action, const char *group,
 
     if (refs == NULL)
         return fail(GS_ERR_NOMEM);
-    if ((err = record_open(e->cfg, &rec)) != GS_OK) {
-        free(refs);
-        return fail(err);
-    }
     if ((ge = gsk_import(e->hsm, im->m, items, n, refs)) != GSK_OK) {
-        rc = record_failure(&rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
+        rc = record_failure(rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
         goto out;
     }
     imported = true;
@@ -920,7 +940,7 @@ static int import_keys(struct import *im, const char *action, const char *group,
         if (he == HSM_OK)
             problem = check(arg, k, &ki);
         if (he != HSM_OK || problem != NULL) {
-            rc = record_failure(&rec, action, group,
+            rc = record_failure(rec, action, group,
                                 gs_err_set(GS_ERR_POLICY, "imported key %s: %s", k->label,
                                            problem ? problem : hsm_strerror(he)),
                                 shipment_json(im->m));
@@ -928,19 +948,24 @@ static int import_keys(struct import *im, const char *action, const char *group,
         }
     }
     if ((err = gs_store_begin(e->st)) != GS_OK) {
-        rc = record_failure(&rec, action, group, err, shipment_json(im->m));
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     in_tx = true;
     if ((err = rows(arg)) != GS_OK) {
-        rc = record_failure(&rec, action, group, err, shipment_json(im->m));
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     extra = shipment_json(im->m);
     json_object_set_new(extra, "token", json_string(im->desc));
     json_object_set_new(extra, "exported_by", json_string(im->m->exported_by));
-    if ((err = record_write(&rec, action, group, "ok", extra)) != GS_OK || (err = gs_store_commit(e->st)) != GS_OK) {
+    if ((err = record_write(rec, action, group, "ok", extra)) != GS_OK) {
         rc = fail(err);
+        goto out;
+    }
+    if ((err = gs_store_commit(e->st)) != GS_OK) {
+        /* The "ok" line is durable already: the next one says it failed. */
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     in_tx = false;
@@ -958,7 +983,6 @@ out:
     if (imported) /* all or nothing: what this run put on the token goes again */
         for (size_t i = 0; i < n; i++)
             gs_token_destroy_label(e->hsm, im->m->entries[items[i].index].label);
-    record_close(&rec);
     free_refs(refs, n);
     return rc;
 }
@@ -1008,11 +1032,11 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         goto out;
     m = im.m;
     if (gsk_manifest_find(m, GSK_KIND_CA, 0) >= 0) {
-        rc = fail(gs_err_set(GS_ERR_ARGS, "this file holds the CA key: use `groupsrv ca import`"));
+        rc = import_refused(&im, NULL, gs_err_set(GS_ERR_ARGS, "this file holds the CA key: use `groupsrv ca import`"));
         goto out;
     }
     if ((err = file_group(m, &gi.row, &methods)) != GS_OK) {
-        rc = fail(err);
+        rc = import_refused(&im, m->group.name, err);
         goto out;
     }
     err = gs_store_group_get(e->st, m->group.name, &gi.g);
@@ -1037,20 +1061,20 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
             err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");
     }
     if (err) {
-        rc = fail(err);
+        rc = import_refused(&im, m->group.name, err);
         goto out;
     }
     n = m->n_entries;
     items = calloc(n, sizeof(*items));
     gi.was_recorded = calloc(n, sizeof(*gi.was_recorded));
     if (items == NULL || gi.was_recorded == NULL) {
-        rc = fail(GS_ERR_NOMEM);
+        rc = import_refused(&im, m->group.name, GS_ERR_NOMEM);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[i];
         if ((err = recorded(k, gi.g, gi.keys, gi.nk, gi.secrets, gi.ns, &gi.was_recorded[i])) != GS_OK) {
-            rc = fail(err);
+            rc = import_refused(&im, m->group.name, err);
             goto out;
         }
         items[i].index = i;
@@ -1060,7 +1084,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
                                                       : HSM_USE_SIGN;
         items[i].extractable = k->kind == GSK_KIND_SECRET;
     }
-    rc = import_keys(&im, "group-import", m->group.name, items, n, group_copy_check, group_copy_rows, &gi);
+    rc = import_keys(&im, m->group.name, items, n, group_copy_check, group_copy_rows, &gi);
 out:
     free(items);
     free(gi.was_recorded);
@@ -1108,7 +1132,7 @@ int gs_cmd_ca_import(struct env *e, int argc, char **argv)
     if (rc)
         goto out;
     if ((at = gsk_manifest_find(im.m, GSK_KIND_CA, 0)) < 0) {
-        rc = fail(gs_err_set(GS_ERR_ARGS, "this file holds no CA key: use `groupsrv group import`"));
+        rc = import_refused(&im, NULL, gs_err_set(GS_ERR_ARGS, "this file holds no CA key: use `groupsrv group import`"));
         goto out;
     }
     ci.k = &im.m->entries[at];
@@ -1126,13 +1150,13 @@ int gs_cmd_ca_import(struct env *e, int argc, char **argv)
             err = GS_OK;
     }
     if (err) {
-        rc = fail(err);
+        rc = import_refused(&im, NULL, err);
         goto out;
     }
     memset(&item, 0, sizeof(item));
     item.index = (size_t)at;
     item.usage = HSM_USE_SIGN;
-    rc = import_keys(&im, "ca-import", NULL, &item, 1, ca_copy_check, ca_copy_rows, &ci);
+    rc = import_keys(&im, NULL, &item, 1, ca_copy_check, ca_copy_rows, &ci);
 out:
     X509_free(cert);
     gs_store_ca_free(row);

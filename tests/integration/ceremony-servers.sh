@@ -69,6 +69,8 @@ refused alpha 3 "export of a version that does not exist" -- \
   gs_alpha group export eng --version 9 --to "$work/beta-transport.pem" --out "$work/x.gsk"
 [ ! -e "$work/x.gsk" ] || fail "a refused export wrote a file"
 audit_has "$work/alpha/audit.jsonl" group-export "the token refused the SO PIN" "$fp"
+audit_has "$work/alpha/audit.jsonl" group-export "opening token"
+audit_has "$work/alpha/audit.jsonl" group-export "group plain is not replicable"
 
 # ---- the export ----
 expect 0 "group export eng --all (user PIN and SO PIN)" -- \
@@ -159,7 +161,10 @@ expect 0 "check on beta accepts the imported copies" -- gs_beta check
 grep -q "gs:group:eng:v2 .*OK (imported copy)" "$work/out" || fail "check does not show the copy: $(cat "$work/out")"
 expect 0 "check on alpha still passes" -- gs_alpha check
 audit_has "$work/beta/audit.jsonl" group-import ok "$ceremony" "$fp" '"key_versions":\[1,2\]'
-audit_has "$work/beta/audit.jsonl" group-import "refused: " "$fp"
+audit_has "$work/beta/audit.jsonl" group-import "refused: importing the keys" "$fp"
+grep '"action":"group-import"' "$work/beta/audit.jsonl" | grep '"outcome":"refused: signed by the CA' |
+  grep -q 'eng.gsk"' || fail "no record of the import refused for its signer"
+audit_has "$work/beta/audit.jsonl" group-import "refused: the signature does not verify" bad.gsk
 audit_has "$work/beta/audit.jsonl" transport-key ok "$fp"
 gs_alpha audit verify >/dev/null || fail "alpha's audit chain"
 gs_beta audit verify >/dev/null || fail "beta's audit chain"
