@@ -19,7 +19,7 @@ if(TARGET groupsrv)
   add_test(NAME ceremony_servers COMMAND bash ${GS_TEST_DIR}/integration/ceremony-servers.sh ${GS_TEST_BIN}
     ${PROJECT_SOURCE_DIR})
   set_tests_properties(ceremony_servers PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
-    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
 endif()
 
 # Option C: a member's own token gets the group key; removal rotates it.

@@ -160,6 +160,22 @@ expect_msg "already"
 expect 0 "check on beta accepts the imported copies" -- gs_beta check
 grep -q "gs:group:eng:v2 .*OK (imported copy)" "$work/out" || fail "check does not show the copy: $(cat "$work/out")"
 expect 0 "check on alpha still passes" -- gs_alpha check
+# ...and every other extractable key is still a problem (tests/p11fault in
+# front of SoftHSM makes the token report attributes it does not have).
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/alpha.conf" > "$work/alpha-fault.conf"
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/beta.conf" > "$work/beta-fault.conf"
+export GS_P11FAULT_CONTROL=$work/p11fault.ctl GS_P11FAULT_TARGET=$module
+printf 'bool 0x210 0\n' > "$GS_P11FAULT_CONTROL" # CKA_WRAP_WITH_TRUSTED false
+! GS_CONF_alpha=$work/alpha-fault.conf gs_alpha check > "$work/out" 2>&1 || fail "check passes a freely extractable key"
+grep -q "gs:group:eng:v1 .*PROBLEM: CKA_EXTRACTABLE is true without CKA_WRAP_WITH_TRUSTED" "$work/out" ||
+  fail "check on alpha: $(cat "$work/out")"
+printf 'bool CKA_EXTRACTABLE 1\n' > "$GS_P11FAULT_CONTROL"
+! GS_CONF_beta=$work/beta-fault.conf gs_beta check > "$work/out" 2>&1 || fail "check passes an extractable copy"
+grep -q "gs:group:eng:v1 .*PROBLEM: CKA_EXTRACTABLE is true without CKA_WRAP_WITH_TRUSTED" "$work/out" ||
+  fail "check on beta: $(cat "$work/out")"
+grep -q "^ca .*gs:ca .*PROBLEM: CKA_EXTRACTABLE is true$" "$work/out" || fail "beta's own CA: $(cat "$work/out")"
+unset GS_P11FAULT_CONTROL GS_P11FAULT_TARGET
+ok "check still refuses an extractable key without trusted wrap, on the original and on a copy"
 audit_has "$work/beta/audit.jsonl" group-import ok "$ceremony" "$fp" '"key_versions":\[1,2\]'
 audit_has "$work/beta/audit.jsonl" group-import "refused: importing the keys" "$fp"
 grep '"action":"group-import"' "$work/beta/audit.jsonl" | grep '"outcome":"refused: signed by the CA' |
