@@ -20,6 +20,7 @@
 #include <openssl/sha.h>
 
 #include "gsk_internal.h"
+#include "log.h"
 #include "util.h"
 
 #define CERT_PEM_MAX (64u * 1024u)
@@ -320,8 +321,11 @@ static gsk_err only_keys(json_t *o, const char *where, const char *const *allowe
         for (i = 0; allowed[i] != NULL; i++)
             if (strcmp(k, allowed[i]) == 0)
                 break;
-        if (allowed[i] == NULL)
-            return gsk_fail(GSK_ERR_FORMAT, "manifest: unknown field %.40s in %s", k, where);
+        if (allowed[i] == NULL) {
+            char q[48]; /* the name is the file's: shown escaped, cut short */
+            return gsk_fail(GSK_ERR_FORMAT, "manifest: unknown field \"%s\" in %s", log_quote(q, sizeof(q), k),
+                            where);
+        }
     }
     return GSK_OK;
 }
@@ -502,7 +506,9 @@ static gsk_err parse_manifest(const unsigned char *text, size_t len, gsk_manifes
 
     *out = NULL;
     if (!json_is_object(root)) {
-        err = gsk_fail(GSK_ERR_FORMAT, "manifest is not a JSON object (line %d: %.80s)", jerr.line, jerr.text);
+        char q[88];
+        err = gsk_fail(GSK_ERR_FORMAT, "manifest is not a JSON object (line %d: %s)", jerr.line,
+                       log_quote(q, sizeof(q), root == NULL ? jerr.text : "not an object"));
         goto out;
     }
     keys = json_object_get(root, "keys");
@@ -718,7 +724,7 @@ static bool names_other_ca(const unsigned char *text, size_t len, const char *tr
 {
     json_t *root = json_loadb((const char *)text, len, 0, NULL);
     const char *fp = json_string_value(json_object_get(json_object_get(root, "signer"), "ca_sha256"));
-    bool other_ca = fp != NULL && strlen(fp) == 64 && strcmp(fp, trusted_fp) != 0;
+    bool other_ca = fp != NULL && strlen(fp) == 64 && strspn(fp, "0123456789abcdef") == 64 && strcmp(fp, trusted_fp) != 0;
 
     if (other_ca)
         memcpy(other, fp, 65);
