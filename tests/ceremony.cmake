@@ -29,3 +29,6 @@ if(TARGET groupsrv AND TARGET groupmail)
   set_tests_properties(ceremony_member PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# The .gsk and transport key readers under libFuzzer (tests/fuzz/README.md).
+gs_fuzz_target(gsk gs_gsk)
