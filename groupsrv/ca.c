@@ -755,6 +755,15 @@ gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *
         if (he != HSM_ERR_KEY_NOT_FOUND)
             return hsm_fail(he, "token");
     }
+    if (replicable) {
+        hsm_caps caps;
+        char lacks[384];
+        (void)hsm_caps_get(hsm, &caps);
+        if (!hsm_caps_trusted_wrap(&caps, lacks, sizeof(lacks)))
+            return gs_err_set(GS_ERR_POLICY, "--replicable: this token lacks trusted wrap (missing: %s), so the key "
+                              "ceremony could never copy the CA key; initialise the CA without --replicable",
+                              lacks);
+    }
     err = ca_key(hsm, label, keyspec, use_key, replicable, &pub, &priv, &made, &missing);
     if (err)
         goto out;

@@ -912,6 +912,13 @@ static void print_caps(hsm_ctx *hsm)
            : hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_SIGN)
                ? "CKM_RSA_PKCS over a DigestInfo hashed here (no CKM_SHA256_RSA_PKCS; the key stays on the token)"
                : "no RSA signatures");
+    {
+        char lacks[384];
+        if (hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)))
+            printf("cap trusted wrap           yes: replicable groups and the key ceremony (group export)\n");
+        else
+            printf("cap trusted wrap           no: --replicable is refused; missing: %s\n", lacks);
+    }
     if (c.module_reinitialised)
         printf("cap note                   a probe broke the module's connection; it was re-initialised\n");
 }

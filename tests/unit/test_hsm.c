@@ -2030,6 +2030,13 @@ static void test_caps_softhsm(void **state)
     assert_int_equal(c.allowed_mechanisms, HSM_ATTR_YES);
     assert_int_equal(c.unwrap_template, HSM_ATTR_YES);
     assert_true(c.rewrap_on_token && c.secret_on_token && c.hmac_on_token);
+    {
+        char lacks[256] = "x";
+        /* SoftHSM keeps CKA_WRAP_WITH_TRUSTED: replicable keys can be made. */
+        assert_int_equal(c.wrap_with_trusted, HSM_ATTR_YES);
+        assert_true(hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)));
+        assert_string_equal(lacks, "");
+    }
     assert_false(c.module_reinitialised);
     assert_int_equal(c.max_sessions, 0);
     assert_string_equal(hsm_mech_name(HSM_MECH_RSA_OAEP), "CKM_RSA_PKCS_OAEP");
@@ -2398,6 +2405,16 @@ static void test_smartcard_profile(void **state)
     assert_int_equal(c.allowed_mechanisms, HSM_ATTR_NO);
     assert_int_equal(c.unwrap_template, HSM_ATTR_NO);
     assert_false(c.rewrap_on_token || c.secret_on_token || c.hmac_on_token);
+    {
+        char lacks[512];
+        /* No trusted wrap on a card: every missing piece is named. */
+        assert_false(hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)));
+        assert_non_null(strstr(lacks, "CKA_WRAP_WITH_TRUSTED"));
+        assert_non_null(strstr(lacks, "CKM_AES_KEY_GEN"));
+        assert_non_null(strstr(lacks, "CKM_AES_KEY_WRAP_PAD with CKF_WRAP"));
+        assert_non_null(strstr(lacks, "CKM_RSA_PKCS_OAEP with CKF_WRAP"));
+        assert_false(hsm_caps_trusted_wrap(&c, NULL, 0));
+    }
 
     /* Keys as the card makes them: no mechanism list, a login per use. */
     assert_int_equal(hsm_generate_keypair_best(ctx, &gk, &res, NULL, &grp), HSM_OK);
