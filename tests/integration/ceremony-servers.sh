@@ -199,7 +199,9 @@ key = $work/tls.key
 client_ca = $work/alpha-ca.pem
 CONF
 gs_beta member add eng alice@example.org --cert "$work/alice@example.org.pem" >/dev/null
-gs_beta serve >> "$work/beta-serve.log" 2>&1 &
+# Not through gs_beta: a backgrounded shell function is a subshell, and
+# killing it would leave groupsrv running; $! must be groupsrv itself.
+SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf "$BIN/groupsrv" -c "$work/beta.conf" serve >> "$work/beta-serve.log" 2>&1 &
 srv_pid=$!
 for _ in $(seq 1 100); do
   curl -s --cacert "$work/tls.pem" -o /dev/null "https://127.0.0.1:$port/healthz" && break
