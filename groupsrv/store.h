@@ -1,11 +1,15 @@
 /*
- * store.h: the group server's SQLite database (WAL, versioned schema with
- * migrations applied by gs_store_open).
+ * store.h: the group server's database, behind one interface with two
+ * backends: a SQLite file (WAL; the default, for one server) or a
+ * PostgreSQL database (libpq; for several servers sharing one state).
+ * Both have a versioned schema with migrations applied by gs_store_open.
  *
- * Threads: a gs_store is one SQLite connection and must be used by one
- * thread at a time. Open one per thread (gs_store_open is cheap once the
- * schema is current: it opens, sets pragmas and reads user_version).
- * Writers in other connections/processes are waited for (busy timeout 5 s).
+ * Threads: a gs_store is one connection and must be used by one thread at
+ * a time. Open one per thread (gs_store_open is cheap once the schema is
+ * current). SQLite: writers in other connections/processes are waited for
+ * (busy timeout 5 s). PostgreSQL: a lost connection fails the call with
+ * GS_ERR_DB_UNAVAILABLE (an open transaction is lost with it) and the next
+ * call reconnects by itself; statements are prepared once per connection.
  *
  * No caching: every getter reads the database, so a member removed by
  * `groupsrv member remove` in another process is refused on the very next
@@ -70,23 +74,35 @@ bool gs_valid_email(const char *email);
 
 typedef struct gs_store gs_store;
 
+/* 1 when location is a PostgreSQL connection URI (postgresql:// or
+ * postgres://), which gs_store_open opens with libpq; else 0 (a path). */
+int gs_store_location_is_url(const char *location);
+
 enum gs_store_flags {
     GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */
     GS_STORE_READONLY = 1u << 1, /* open read-only (check, list, show) */
 };
-/* Opens path. Without GS_STORE_CREATE a missing file is GS_ERR_NOT_FOUND.
- * An existing database with an older schema is migrated (unless
- * read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA. */
-gs_err gs_store_open(const char *path, unsigned flags, gs_store **out);
+/* Opens location: a SQLite file path, or a PostgreSQL URI (see
+ * gs_store_location_is_url). Without GS_STORE_CREATE a missing file is
+ * GS_ERR_NOT_FOUND; a PostgreSQL database must exist (GS_ERR_NOT_FOUND if
+ * not; GS_STORE_CREATE there means "apply migrations", as on any
+ * read-write open). An existing database with an older schema is migrated
+ * (unless read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA.
+ * An unreachable PostgreSQL server is GS_ERR_DB_UNAVAILABLE. */
+gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
+const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */
 
 /* A stamp that differs from the previous call's whenever the database may
  * have changed in between: a commit by another connection or process
- * (PRAGMA data_version) or a change through this connection (its total
- * change count). For caches of data derived from the database (the
- * server's loaded groups and keys), never for membership answers. GS_OK,
- * or GS_ERR_DB (then *stamp is 0). */
+ * (SQLite: PRAGMA data_version; PostgreSQL: a counter row that a trigger
+ * on every table but the audit table bumps in the writing transaction, so
+ * every server sharing the database sees it at its next call) or a change
+ * through this connection. For caches of data derived from the database
+ * (the server's loaded groups and keys), never for membership answers.
+ * Also a cheap liveness check of the connection. GS_OK, or GS_ERR_DB /
+ * GS_ERR_DB_UNAVAILABLE (then *stamp is 0). */
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
 
 /* Explicit transactions (BEGIN IMMEDIATE). Calls between begin and commit
@@ -238,5 +254,29 @@ gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs
 gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n);
 void gs_store_member_free(gs_store_member *m);
 void gs_store_member_list_free(gs_store_member *list, size_t n);
+
+/* ---- audit chains (PostgreSQL only: GS_ERR_ARGS on SQLite) ------------
+ * One table of audit lines, one hash chain per server instance: rows
+ * (instance, seq, line), seq 1, 2, ... per instance. The lines are made
+ * and checked by groupsrv/server/audit.c; the store only keeps them. */
+#define GS_AUDIT_INSTANCE_MAX 64
+typedef struct gs_store_audit_row {
+    int64_t seq;
+    char *line;
+} gs_store_audit_row;
+/* The instance's last row: *seq 0 and *line NULL when it has none. *line
+ * is the caller's (free()). */
+gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line);
+/* Inserts lines[0..n) as seq first_seq.. in one statement, committed with
+ * synchronous commit before returning GS_OK. EXISTS when a seq is taken
+ * (another process writes the same instance's chain). */
+gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);
+/* Every instance with rows, ordered; free with gs_store_strings_free. */
+gs_err gs_store_audit_instances(gs_store *st, char ***out, size_t *n);
+/* Up to limit rows of instance with seq > after_seq, in seq order. */
+gs_err gs_store_audit_read(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
+                           gs_store_audit_row **out, size_t *n);
+void gs_store_audit_rows_free(gs_store_audit_row *rows, size_t n);
+void gs_store_strings_free(char **list, size_t n);
 
 #endif
