@@ -42,6 +42,7 @@ struct gs_config {
         bool auto_rotate_secret_on_remove; /* default yes */
         char *metrics;          /* who may GET /metrics: "off", "any", "admin"; default "admin" */
         char *log_level;        /* error|warn|info|debug, default "info" */
+        char *instance;         /* this server's name in shared state (its audit chain); default the host name */
     } server;
     struct {
         char *cert;             /* server certificate chain, PEM (required for serve) */
@@ -58,10 +59,12 @@ struct gs_config {
         char *init_args;        /* C_Initialize arguments for a module by path (NSS softokn), or NULL */
     } hsm;
     struct {
-        char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db" */
+        char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db"; NULL when url is set */
+        char *url;              /* PostgreSQL URI (postgresql://...); exactly one of path and url */
     } db;
     struct {
         char *path;             /* JSON-lines audit log, default "/var/log/groupsrv/audit.jsonl" */
+        char *store;            /* "file" (default: path) or "db" (the PostgreSQL audit table) */
     } audit;
     struct {
         char *listen;           /* "host:port"; NULL (absent) = no certificate server */
@@ -84,6 +87,9 @@ gs_err gs_config_load(const char *path, struct gs_config **out);
 /* Same, from a string (tests); name is used in messages. */
 gs_err gs_config_load_string(const char *text, const char *name, struct gs_config **out);
 void gs_config_free(struct gs_config *cfg);
+
+/* What gs_store_open gets: [db] url, else [db] path (borrowed). */
+const char *gs_config_db_location(const struct gs_config *cfg);
 
 /* Which file to load: explicit (from -c) if non-NULL, else $GROUPSRV_CONF,
  * else GS_CONFIG_DEFAULT_PATH. Returned pointer is borrowed. */

@@ -257,6 +257,10 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (err)
             goto out;
         he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            r->key = NULL; /* recorded by another server; this token lacks it */
+            continue;
+        }
         if (he != HSM_OK) {
             err = hsm_fail(he, "group key", keys[i].token_label);
             goto out;
@@ -278,6 +282,10 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             continue;
         }
         he = hsm_key_find(hsm, secrets[i].token_label, HSM_CLASS_SECRET, &r->key);
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            r->key = NULL;
+            continue;
+        }
         if (he != HSM_OK) {
             err = hsm_fail(he, "secret key", secrets[i].token_label);
             goto out;

@@ -46,7 +46,7 @@ typedef struct gs_group_key_ref {
     unsigned version;
     bool current;
     X509 *cert;          /* the group certificate of this version (borrowed) */
-    hsm_key *key;        /* the group private key on the token (borrowed) */
+    hsm_key *key;        /* the group private key on the token (borrowed); NULL if this token lacks it */
     hsm_key_type type;   /* RSA or EC */
     unsigned missing;    /* its accepted key-level weakenings (enum hsm_protection) */
 } gs_group_key_ref;
@@ -55,13 +55,17 @@ typedef struct gs_group_secret_ref {
     unsigned version;
     bool current;
     unsigned char kek_id[GS_KEK_ID_LEN];
-    hsm_key *key;        /* the AES-256 secret key on the token, or sealed (borrowed) */
+    hsm_key *key;        /* the AES-256 secret key on the token, or sealed (borrowed); NULL if this
+                            token lacks it */
 } gs_group_secret_ref;
 
 /* Loads group `name` with every non-retired key version and secret key
- * version, finding each on the token. NOT_FOUND for an unknown group;
- * GS_ERR_HSM (detail names the label) when a recorded key is missing from
- * the token. Does not audit attributes (see gs_keys_audit). */
+ * version, finding each on the token. NOT_FOUND for an unknown group. A
+ * version recorded in the database but missing from this token (servers
+ * on cloned tokens sharing one database, one token not yet given a new
+ * version) is loaded with key NULL: callers answer key_unavailable for
+ * that version. Other token failures are GS_ERR_HSM (detail names the
+ * label). Does not audit attributes (see gs_keys_audit). */
 gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
 void gs_group_free(gs_group *g);
 

@@ -173,7 +173,7 @@ gs_err env_open(struct env *e, unsigned need)
         if (err)
             return err;
     }
-    if (need & NEED_DB_CREATE) {
+    if ((need & NEED_DB_CREATE) && e->cfg->db.path != NULL) {
         /* The database's directory: created private if absent. */
         char dir[4096];
         char *slash;
@@ -190,7 +190,7 @@ gs_err env_open(struct env *e, unsigned need)
         unsigned fl = (need & NEED_DB_CREATE) ? GS_STORE_CREATE : 0;
         if (need & NEED_DB_RO)
             fl |= GS_STORE_READONLY;
-        err = gs_store_open(e->cfg->db.path, fl, &e->st);
+        err = gs_store_open(gs_config_db_location(e->cfg), fl, &e->st);
         if (err)
             return err;
     }
@@ -1126,6 +1126,48 @@ static unsigned check_audit_path(const struct gs_config *cfg)
                     why ? why : "");
 }
 
+/* Servers on cloned tokens share one database: lists each current group
+ * key or secret key version the database records that this token lacks
+ * (serve answers 503 key_unavailable for it). Returns how many. */
+static unsigned check_missing_current(struct env *e)
+{
+    gs_store_group **groups = NULL;
+    size_t ng = 0;
+    unsigned missing = 0;
+
+    if (gs_store_group_list(e->st, &groups, &ng) != GS_OK)
+        return 0;
+    for (size_t i = 0; i < ng; i++) {
+        gs_store_group_key *keys = NULL;
+        gs_store_secret *secrets = NULL;
+        size_t nk = 0, ns = 0;
+        if (gs_store_group_keys(e->st, groups[i]->id, &keys, &nk) != GS_OK ||
+            gs_store_secrets(e->st, groups[i]->id, &secrets, &ns) != GS_OK)
+            nk = ns = 0;
+        for (size_t j = 0; j < nk + ns; j++) {
+            int is_key = j < nk;
+            gs_key_state state = is_key ? keys[j].state : secrets[j - nk].state;
+            const char *label = is_key ? keys[j].token_label : secrets[j - nk].token_label;
+            hsm_key *k = NULL;
+            /* a sealed secret key is a blob in the database, on no token */
+            if (state != GS_KEY_CURRENT || (!is_key && secrets[j - nk].sealed != NULL))
+                continue;
+            hsm_err he = hsm_key_find(e->hsm, label, is_key ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET, &k);
+            hsm_key_free(k);
+            if (he != HSM_ERR_KEY_NOT_FOUND)
+                continue;
+            if (missing++ == 0)
+                printf("current key versions in the database missing from this token (served as 503 key_unavailable):\n");
+            printf("missing   group %s %s version %u label %s\n", groups[i]->name, is_key ? "key" : "secret",
+                   is_key ? keys[j].version : secrets[j - nk].version, label);
+        }
+        gs_store_group_keys_free(keys, nk);
+        gs_store_secrets_free(secrets, ns);
+    }
+    gs_store_group_list_free(groups, ng);
+    return missing;
+}
+
 static int cmd_check(struct env *e, int argc, char **argv)
 {
     struct args a;
@@ -1148,7 +1190,9 @@ static int cmd_check(struct env *e, int argc, char **argv)
         printf("database  PROBLEM: %s\n", gs_err_detail());
         problems++;
     } else {
-        printf("database  OK   %s (schema %d)\n", e->cfg->db.path, gs_store_schema_version(e->st));
+        char where[1100];
+        gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
+        printf("database  OK   %s (%s, schema %d)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st));
     }
     err = env_open(e, NEED_TOKEN);
     if (err) {
@@ -1179,6 +1223,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     }
     if (key_problems == 0)
         printf("all keys OK\n");
+    (void)check_missing_current(e);
     problems += key_problems;
     if (problems) {
         printf("%u problem(s) found\n", problems);

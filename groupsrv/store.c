@@ -135,6 +135,44 @@ int gs_store_location_is_url(const char *location)
            (strncmp(location, "postgresql://", 13) == 0 || strncmp(location, "postgres://", 11) == 0);
 }
 
+void gs_store_location_display(const char *location, char *buf, size_t cap)
+{
+    size_t used = 0;
+    const char *p = location ? location : "";
+    const char *auth = strstr(p, "://");
+    const char *at = NULL, *colon = NULL;
+
+    if (cap == 0)
+        return;
+    if (gs_store_location_is_url(p) && auth != NULL) {
+        auth += 3;
+        at = auth + strcspn(auth, "@/?");
+        if (*at == '@')
+            colon = memchr(auth, ':', (size_t)(at - auth));
+        else
+            at = NULL;
+    }
+    while (*p && used + 1 < cap) {
+        if (colon != NULL && p == colon + 1) {
+            /* user:password@ */
+            for (const char *m = "***"; *m && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p = at;
+            continue;
+        }
+        if ((*p == '&' || *p == '?') && strncmp(p + 1, "password=", 9) == 0) {
+            for (size_t i = 0; i < 10 && used + 1 < cap; i++)
+                buf[used++] = *p++;
+            for (const char *m = "***"; *m && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p += strcspn(p, "&");
+            continue;
+        }
+        buf[used++] = *p++;
+    }
+    buf[used] = '\0';
+}
+
 gs_err gs_store_open(const char *location, unsigned flags, gs_store **out)
 {
     if (out == NULL)

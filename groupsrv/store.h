@@ -77,6 +77,9 @@ typedef struct gs_store gs_store;
 /* 1 when location is a PostgreSQL connection URI (postgresql:// or
  * postgres://), which gs_store_open opens with libpq; else 0 (a path). */
 int gs_store_location_is_url(const char *location);
+/* location for messages, with any password in a URI masked ("***"):
+ * the user:password@ part and password= parameters. Always terminated. */
+void gs_store_location_display(const char *location, char *buf, size_t cap);
 
 enum gs_store_flags {
     GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */

@@ -22,7 +22,7 @@ set_tests_properties(server_token PROPERTIES LABELS "integration" TIMEOUT 300
 # test can fail or slow a sync round, or stop a write short (a full disk).
 add_executable(test_audit ${GS_TEST_DIR}/unit/test_audit.c ${PROJECT_SOURCE_DIR}/groupsrv/server/audit.c)
 target_include_directories(test_audit PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
-target_link_libraries(test_audit PRIVATE gs_common PkgConfig::JANSSON PkgConfig::OPENSSL PkgConfig::CMOCKA
+target_link_libraries(test_audit PRIVATE gs_groupsrv_core gs_common PkgConfig::JANSSON PkgConfig::OPENSSL PkgConfig::CMOCKA
   Threads::Threads)
 target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync -Wl,--wrap=write)
 gs_target_warnings(test_audit)

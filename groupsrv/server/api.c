@@ -239,6 +239,19 @@ static json_t *item_fail(struct item_err *e, int status, const char *code, const
     return NULL;
 }
 
+/* A key version recorded in the shared database but missing from this
+ * instance's token (a cloned token not yet given a newer key): 503
+ * key_unavailable for this version only, the group keeps working with the
+ * versions it has; the group is reloaded next time, so a key imported
+ * meanwhile is found. */
+static json_t *key_unavailable(struct srv_req *r, struct item_err *e, unsigned version, const char *what)
+{
+    gcache_mark_stale(r->t->gcache);
+    log_warn("key version not on this token kind=%s version=%u (groupsrv check lists them)", what, version);
+    return item_fail(e, 503, "key_unavailable", "%s version %u is not on this server's token; try another server",
+                     what, version);
+}
+
 enum deliver { DELIVER_TLS = 0, DELIVER_RECIPIENT_KEY, DELIVER_GROUP_SECRET };
 static const char *deliver_names[] = {"tls", "recipient-key", "group-secret"};
 static const unsigned deliver_bits[] = {GS_METHOD_TLS, GS_METHOD_RECIPIENT_KEY, GS_METHOD_GROUP_SECRET};
@@ -514,6 +527,8 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
 
     memset(&kp, 0, sizeof(kp));
     *secret_version = -1;
+    if (u->ref->key == NULL) /* a version this instance's token lacks */
+        return key_unavailable(r, e, u->ref->version, "group key");
     hsm_unwrap_input in = {.group_key = u->ref->key, .alg = u->alg, .encrypted_key = u->enc,
                            .encrypted_key_len = u->enc_len, .expected_len = u->cek_len,
                            .rewrap = gs_group_rewrap_path(g)};
@@ -596,6 +611,10 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         const gs_group_secret_ref *sec = gs_group_current_secret(g);
         if (sec == NULL) {
             res = item_fail(e, 403, "method_not_allowed", "the group has no secret key");
+            goto out;
+        }
+        if (sec->key == NULL) {
+            res = key_unavailable(r, e, sec->version, "secret key");
             goto out;
         }
         he = rewrap_secret(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
@@ -916,6 +935,12 @@ static void h_rewrap(struct srv_req *r, const char *group)
                 goto out;
             }
         }
+        if (u.ref->key == NULL) {
+            struct item_err ke;
+            key_unavailable(r, &ke, u.ref->version, "group key");
+            srv_reply_retry(r, 503, ke.retry, ke.code, ke.msg);
+            goto out;
+        }
         hsm_unwrap_input in = {.group_key = u.ref->key, .alg = u.alg, .encrypted_key = u.enc,
                                .encrypted_key_len = u.enc_len, .expected_len = u.cek_len,
                                .reject_key = u.alg == HSM_KT_RSA_PKCS1V15 ? gs_group_reject_key(g) : NULL,
@@ -1033,6 +1058,14 @@ static void h_secret_keys(struct srv_req *r, const char *group)
         const gs_group_secret_ref *s = gs_group_secret_at(g, i);
         unsigned char *w = NULL;
         size_t wl = 0;
+        if (s->key == NULL) {
+            /* a version this instance's token lacks: the token error path
+             * answers 503, and the cache reloads the group next time */
+            gcache_mark_stale(r->t->gcache);
+            he = HSM_ERR_KEY_NOT_FOUND;
+            outcome = "key_unavailable";
+            break;
+        }
         if ((he = hsm_wrap_secret_key_to_public(r->srv->hsm, s->key, HSM_OAEP_SHA1, spki, spki_len, &w, &wl)) != HSM_OK) {
             outcome = "token_error";
             break;
@@ -1052,6 +1085,10 @@ static void h_secret_keys(struct srv_req *r, const char *group)
                         .key_version = -1, .method = "recipient-key", .outcome = outcome};
     if (srv_audit(r, &rec) != 0)
         goto out;
+    if (he != HSM_OK && strcmp(outcome, "key_unavailable") == 0) {
+        srv_reply_retry(r, 503, 5, "key_unavailable", "a secret key version is not on this server's token");
+        goto out;
+    }
     if (he != HSM_OK) {
         srv_reply_hsm_error(r, he, "wrap-secret");
         goto out;
@@ -1400,7 +1437,11 @@ static void h_healthz(struct srv_req *r)
     hsm_err he;
     audit_err ae;
     srv_health(r->srv, &he, &ae);
-    int db_ok = gs_store_schema_version(r->t->store) > 0;
+    uint64_t stamp = 0;
+    /* A real query: with PostgreSQL the database is another machine, and a
+     * load balancer must take this server out while it cannot reach it. */
+    gs_err de = gs_store_change_stamp(r->t->store, &stamp);
+    int db_ok = de == GS_OK;
 
     if (he == HSM_OK && ae == AUDIT_OK && db_ok) {
         srv_reply_json(r, 200, json_pack("{s:s,s:s,s:s,s:s}", "status", "ok", "token", "ok", "audit", "ok",
@@ -1412,7 +1453,10 @@ static void h_healthz(struct srv_req *r)
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:{s:s,s:s}}", "status", "unavailable", "token",
                           he == HSM_OK ? "ok" : hsm_strerror(he), "audit", ae == AUDIT_OK ? "ok" : audit_strerror(ae),
                           "database", db_ok ? "ok" : "unavailable", "error", "code",
-                          he != HSM_OK ? "token_unavailable" : ae != AUDIT_OK ? "audit_unavailable" : "store_unavailable",
+                          he != HSM_OK                    ? "token_unavailable"
+                          : ae != AUDIT_OK                ? "audit_unavailable"
+                          : de == GS_ERR_DB_UNAVAILABLE   ? "db_unavailable"
+                                                          : "store_unavailable",
                           "message", "the server cannot serve key requests now");
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", "5");
     srv_reply_json(r, 503, o);

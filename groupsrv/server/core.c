@@ -1270,6 +1270,12 @@ void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
         srv_token_unavailable(r->srv);
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
         return;
+    case GS_ERR_DB_UNAVAILABLE:
+        /* PostgreSQL down or failing over: no answer without the
+         * membership check; the store reconnects on a later request. */
+        log_warn("database unavailable op=%s detail=%s", what, gs_err_detail());
+        srv_reply_retry(r, 503, 5, "db_unavailable", "the database is not reachable; try again later");
+        return;
     case GS_ERR_DB:
     case GS_ERR_IO:
         log_error("store failure op=%s detail=%s", what, gs_err_detail());
@@ -1459,9 +1465,9 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i)
     atomic_init(&t->nconns, 0);
     if ((t->gcache = gcache_new()) == NULL)
         return -1;
-    if ((ge = gs_store_open(s->cfg->db.path, 0, &t->store)) != GS_OK) {
-        log_error("cannot open the database path=%s err=%s detail=%s", s->cfg->db.path, gs_strerror(ge),
-                  gs_err_detail());
+    if ((ge = gs_store_open(gs_config_db_location(s->cfg), 0, &t->store)) != GS_OK) {
+        log_error("cannot open the database backend=%s err=%s detail=%s", s->cfg->db.url ? "postgresql" : "sqlite",
+                  gs_strerror(ge), gs_err_detail());
         return -1;
     }
     if ((t->base = event_base_new()) == NULL)
