@@ -120,7 +120,11 @@ cl_clone_tokens() {
 
 cl_start() { # I
   local i=$1
-  _cl_env "$i" "$BIN/groupsrv" -c "${CL_CONF[$i]}" serve >> "$CL_WORK/log/${CL_NAME[$i]}.log" 2>&1 &
+  # env(1) execs groupsrv: $! is the server itself (a shell function run
+  # in the background would be a subshell, and kill -9 would miss it).
+  env SOFTHSM2_CONF="${CL_TOKEN[$i]}/softhsm2.conf" \
+    GS_P11FAULT_TARGET="${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" \
+    "$BIN/groupsrv" -c "${CL_CONF[$i]}" serve >> "$CL_WORK/log/${CL_NAME[$i]}.log" 2>&1 &
   CL_PID[$i]=$!
   CL_PIDS+=("${CL_PID[$i]}")
   local t

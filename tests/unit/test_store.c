@@ -12,7 +12,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,11 +19,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pgtest.h"
 #include "store.h"
 
 /* Which backend the current group runs on. */
 static int g_pg;
-static unsigned g_dbseq;
 
 struct fx {
     char dir[256];
@@ -35,78 +34,23 @@ struct fx {
     int64_t gid;
 };
 
-/* The URI of database `name` on the test server: GS_TEST_PG_URL names the
- * maintenance database ("postgresql:///postgres?host=..."). */
-static int pg_url(const char *name, char *out, size_t cap)
-{
-    const char *base = getenv("GS_TEST_PG_URL");
-    const char *q = base ? strchr(base, '?') : NULL;
-    if (q == NULL)
-        return -1;
-    return snprintf(out, cap, "postgresql:///%s%s", name, q) < (int)cap ? 0 : -1;
-}
-
-/* Runs sql on the maintenance database (CREATE/DROP DATABASE) or on db. */
-static int pg_exec(const char *db, const char *sql)
-{
-    char url[1024];
-    int ok;
-    if (pg_url(db ? db : "postgres", url, sizeof(url)) != 0)
-        return -1;
-    PGconn *c = PQconnectdb(url);
-    PGresult *r = PQexec(c, sql);
-    ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    if (!ok)
-        fprintf(stderr, "pg_exec %s: %s", sql, PQerrorMessage(c));
-    PQclear(r);
-    PQfinish(c);
-    return ok ? 0 : -1;
-}
-
-/* One integer from a query on db. */
-static long pg_int(const char *db, const char *sql)
-{
-    char url[1024];
-    long v = -1;
-    if (pg_url(db, url, sizeof(url)) != 0)
-        return -1;
-    PGconn *c = PQconnectdb(url);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-        v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    PQfinish(c);
-    return v;
-}
-
 /* A fresh, empty database of the current backend: its location in loc. */
 static int new_db(struct fx *f, const char *tag, char *loc, size_t cap)
 {
-    char sql[128];
+    char prefix[32];
     if (!g_pg)
         return snprintf(loc, cap, "%s/%s.db", f->dir, tag) < (int)cap ? 0 : -1;
-    (void)snprintf(f->dbname, sizeof(f->dbname), "t%ld_%u_%s", (long)getpid(), ++g_dbseq, tag);
-    (void)snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s\"", f->dbname);
-    if (pg_exec(NULL, sql) != 0)
-        return -1;
-    return pg_url(f->dbname, loc, cap);
-}
-
-static void drop_db(const char *name)
-{
-    char sql[128];
-    (void)snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", name);
-    (void)pg_exec(NULL, sql);
+    (void)snprintf(prefix, sizeof(prefix), "t_%s_", tag);
+    return pgtest_create(prefix, f->dbname, sizeof(f->dbname), loc, cap);
 }
 
 /* Runs the backend's own SQL directly on the test database. */
 static int raw_exec(struct fx *f, const char *loc, const char *sqlite_sql, const char *pg_sql)
 {
     if (g_pg) {
-        const char *db = loc + strlen("postgresql:///");
         char name[64];
-        (void)snprintf(name, sizeof(name), "%.*s", (int)strcspn(db, "?"), db);
-        return pg_exec(name, pg_sql);
+        pgtest_name_of(loc, name, sizeof(name));
+        return pgtest_exec(name, pg_sql);
     }
     sqlite3 *db = NULL;
     int rc = sqlite3_open(loc, &db) == SQLITE_OK && sqlite3_exec(db, sqlite_sql, NULL, NULL, NULL) == SQLITE_OK;
@@ -157,7 +101,7 @@ static int teardown(void **state)
     struct fx *f = *state;
     gs_store_close(f->st);
     if (g_pg)
-        drop_db(f->dbname);
+        pgtest_drop(f->dbname);
     else
         rm_db(f->path);
     rmdir(f->dir);
@@ -174,7 +118,7 @@ static void test_open_schema(void **state)
     assert_int_equal(gs_store_schema_version(f->st), GS_STORE_SCHEMA_VERSION);
     assert_string_equal(gs_store_backend(f->st), g_pg ? "postgresql" : "sqlite");
     if (g_pg) {
-        assert_int_equal(pg_url("no_such_database", missing, sizeof(missing)), 0);
+        assert_int_equal(pgtest_url("no_such_database", missing, sizeof(missing)), 0);
     } else {
         assert_int_equal(stat(f->path, &sb), 0);
         assert_int_equal(sb.st_mode & 0777, 0600);
@@ -224,7 +168,7 @@ static void test_older_schema_migrated(void **state)
     gs_store_close(st);
     st = NULL;
     if (g_pg)
-        drop_db(name);
+        pgtest_drop(name);
     else
         rm_db(loc);
 
@@ -236,8 +180,8 @@ static void test_older_schema_migrated(void **state)
     assert_null(st);
     if (g_pg) {
         /* only the clashing table: no ca, groups, schema_version ... */
-        assert_int_equal(pg_int(name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), 1);
-        drop_db(name);
+        assert_int_equal(pgtest_int(name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), 1);
+        pgtest_drop(name);
     } else {
         sqlite3 *db = NULL;
         sqlite3_stmt *q = NULL;
@@ -253,10 +197,8 @@ static void test_older_schema_migrated(void **state)
         rm_db(loc);
     }
     /* the fixture's database again for teardown */
-    if (g_pg) {
-        const char *db = f->loc + strlen("postgresql:///");
-        (void)snprintf(f->dbname, sizeof(f->dbname), "%.*s", (int)strcspn(db, "?"), db);
-    }
+    if (g_pg)
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
 }
 
 
@@ -414,10 +356,9 @@ static void test_policy_records(void **state)
     gs_store_seal_keys_free(seals, n);
     gs_store_close(st);
     if (g_pg) {
-        const char *db = f->loc + strlen("postgresql:///");
-        drop_db(name);
+        pgtest_drop(name);
         /* the fixture's database again for teardown */
-        (void)snprintf(f->dbname, sizeof(f->dbname), "%.*s", (int)strcspn(db, "?"), db);
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
     } else {
         rm_db(loc);
     }
@@ -706,7 +647,7 @@ static void test_reconnect(void **state)
                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
                    "AND pid <> pg_backend_pid()", f->dbname);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "a@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
-    assert_true(pg_int(f->dbname, sql) >= 1);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
     assert_null(m);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_OK);
@@ -715,7 +656,7 @@ static void test_reconnect(void **state)
 
     assert_int_equal(gs_store_begin(f->st), GS_OK);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "b@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
-    assert_true(pg_int(f->dbname, sql) >= 1);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "c@example.org", GS_ROLE_MEMBER, NULL),
                      GS_ERR_DB_UNAVAILABLE);
     /* no reconnect inside the lost transaction: c is not added on its own */
