@@ -712,7 +712,9 @@ static gs_err pg_group_list(gs_store *st, gs_store_group ***out, size_t *n)
     if (err)
         return err;
     rows = PQntuples(r);
-    if ((list = calloc(rows ? (size_t)rows : 1, sizeof(*list))) == NULL) {
+    if (rows == 0)
+        goto out;
+    if ((list = calloc((size_t)rows, sizeof(*list))) == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -748,7 +750,9 @@ static gs_err read_group_rows(gs_store *st, enum q which, int64_t group_id, size
     if ((err = run(st, which, &p, &r, what)) != GS_OK)
         return err;
     rows = PQntuples(r);
-    if (util_size_mul(rows ? (size_t)rows : 1, elem, &bytes) != 0 || (list = calloc(1, bytes)) == NULL) {
+    if (rows == 0) /* as SQLite's: no rows, no array */
+        goto out;
+    if (util_size_mul((size_t)rows, elem, &bytes) != 0 || (list = calloc(1, bytes)) == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -1150,7 +1154,9 @@ static gs_err pg_audit_instances(gs_store *st, char ***out, size_t *n)
     if (err)
         return err;
     rows = PQntuples(r);
-    if ((list = calloc(rows ? (size_t)rows : 1, sizeof(*list))) == NULL) {
+    if (rows == 0)
+        goto out;
+    if ((list = calloc((size_t)rows, sizeof(*list))) == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -1186,7 +1192,9 @@ static gs_err pg_audit_read(gs_store *st, const char *instance, int64_t after_se
     if ((err = run(st, Q_AUDIT_READ, &p, &r, "audit read")) != GS_OK)
         return err;
     nr = PQntuples(r);
-    if ((rows = calloc(nr ? (size_t)nr : 1, sizeof(*rows))) == NULL) {
+    if (nr == 0)
+        goto out;
+    if ((rows = calloc((size_t)nr, sizeof(*rows))) == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
