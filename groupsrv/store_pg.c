@@ -258,7 +258,10 @@ static const char *conn_message(PGconn *conn, char *buf, size_t cap)
 static int sqlstate_unavailable(const char *state)
 {
     /* connection exceptions; admin/crash shutdown, cannot connect now;
-     * too many connections; a read-only standby after failover */
+     * too many connections; a read-only transaction (connected to a
+     * standby, or to a primary demoted by a failover): reconnect, and a
+     * multi-host URI with target_session_attrs=read-write finds the new
+     * primary */
     return state != NULL && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
                              strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
                              strcmp(state, "53300") == 0 || strcmp(state, "25006") == 0);
@@ -279,8 +282,6 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
     }
     if (state != NULL && strncmp(state, "23", 2) == 0)
         return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, msg);
-    if (state != NULL && strcmp(state, "25006") == 0)
-        return gs_err_set(GS_ERR_DB, "%s: the database is read-only here: %s", what, msg);
     return gs_err_set(GS_ERR_DB, "%s: %s", what, msg);
 }
 
