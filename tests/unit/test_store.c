@@ -714,6 +714,19 @@ static void test_helpers(void **state)
     assert_false(gs_valid_email("<a@b.org>"));
     assert_false(gs_valid_email("a,b@c.org"));
     assert_false(gs_valid_email(NULL));
+
+    /* locations in messages: passwords masked, the rest kept */
+    assert_true(gs_store_location_is_url("postgresql:///g?host=/run/postgresql"));
+    assert_true(gs_store_location_is_url("postgres://h/g"));
+    assert_false(gs_store_location_is_url("/var/lib/groupsrv/groupsrv.db"));
+    gs_store_location_display("postgresql://gs:s3cret@db.example.org:5432/g?sslmode=verify-full", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://gs:***@db.example.org:5432/g?sslmode=verify-full");
+    gs_store_location_display("postgresql:///g?host=/s&password=s3cret&user=gs", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql:///g?host=/s&password=***&user=gs");
+    gs_store_location_display("postgresql://db/g?password=x", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://db/g?password=***");
+    gs_store_location_display("/tmp/a:b@c.db", buf, sizeof(buf));
+    assert_string_equal(buf, "/tmp/a:b@c.db");
 }
 
 static int group_sqlite(void **state)
