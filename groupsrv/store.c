@@ -262,6 +262,20 @@ gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 
 /* ---- shared helpers ------------------------------------------------------- */
 
+gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where)
+{
+    gs_err err;
+    if (v != GS_STORE_SCHEMA_VERSION) {
+        if (v > GS_STORE_SCHEMA_VERSION || st->readonly)
+            return gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", where, v,
+                              GS_STORE_SCHEMA_VERSION);
+        if ((err = migrate(st)) != GS_OK)
+            return err;
+    }
+    st->schema = GS_STORE_SCHEMA_VERSION;
+    return GS_OK;
+}
+
 void *gs_store_grow_array(void *list, size_t *cap, size_t elem, size_t first)
 {
     size_t ncap = *cap ? *cap * 2 : first, bytes;

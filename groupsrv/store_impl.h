@@ -74,5 +74,9 @@ int64_t gs_store_now(void);
  * *mine says whether this call opened it; end commits or rolls back. */
 gs_err gs_store_tx_begin_if_needed(gs_store *st, bool *mine);
 gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err);
+/* A backend found schema version v: GS_OK (st->schema set) when current
+ * or once migrate(st) brought it there; GS_ERR_SCHEMA when newer, or older
+ * on a read-only store. where names the database in the message. */
+gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where);
 
 #endif

@@ -520,16 +520,8 @@ gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
         goto out;
     if ((err = connect_session(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
         goto out;
-    if (v != GS_STORE_SCHEMA_VERSION) {
-        if (v > GS_STORE_SCHEMA_VERSION || st->readonly) {
-            err = gs_err_set(GS_ERR_SCHEMA, "database has schema version %d, this program needs %d", v,
-                             GS_STORE_SCHEMA_VERSION);
-            goto out;
-        }
-        if ((err = migrate(st)) != GS_OK)
-            goto out;
-    }
-    st->schema = GS_STORE_SCHEMA_VERSION;
+    if ((err = gs_store_settle_schema(st, v, migrate, "(PostgreSQL)")) != GS_OK)
+        goto out;
     *out = st;
     st = NULL;
     err = GS_OK;
@@ -702,53 +694,22 @@ static gs_err pg_group_get(gs_store *st, const char *name, gs_store_group **out)
     return err;
 }
 
-static gs_err pg_group_list(gs_store *st, gs_store_group ***out, size_t *n)
-{
-    PGresult *r = NULL;
-    gs_store_group **list = NULL;
-    size_t count = 0;
-    gs_err err = run(st, Q_GROUP_LIST, NULL, &r, "list groups");
-    int rows;
-
-    if (err)
-        return err;
-    rows = PQntuples(r);
-    if (rows == 0)
-        goto out;
-    if ((list = calloc((size_t)rows, sizeof(*list))) == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    for (; count < (size_t)rows; count++)
-        if ((err = group_from_row(r, (int)count, &list[count])) != GS_OK)
-            goto out;
-    *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_group_list_free(list, count);
-    PQclear(r);
-    return err;
-}
-
-/* Rows of a per-group query, one array element each, read by `row` into a
- * zeroed element; on failure `release` frees what was read. */
+/* The rows of query `which` (parameters p, may be NULL), one array element
+ * each, read by `row` into a zeroed element; no rows, no array. On failure
+ * `release` frees what was read. */
 typedef gs_err (*row_reader)(PGresult *r, int row, void *elem);
 typedef void (*rows_release)(void *list, size_t n);
 
-static gs_err read_group_rows(gs_store *st, enum q which, int64_t group_id, size_t elem, row_reader row,
-                              rows_release release, const char *what, void **out, size_t *n)
+static gs_err read_rows(gs_store *st, enum q which, const struct params *p, size_t elem, row_reader row,
+                        rows_release release, const char *what, void **out, size_t *n)
 {
-    struct params p = {0};
     PGresult *r = NULL;
     unsigned char *list = NULL;
     size_t count = 0, bytes;
     gs_err err;
     int rows;
 
-    p_int(&p, group_id);
-    if ((err = run(st, which, &p, &r, what)) != GS_OK)
+    if ((err = run(st, which, p, &r, what)) != GS_OK)
         return err;
     rows = PQntuples(r);
     if (rows == 0) /* as SQLite's: no rows, no array */
@@ -769,6 +730,27 @@ static gs_err read_group_rows(gs_store *st, enum q which, int64_t group_id, size
 out:
     release(list, count);
     PQclear(r);
+    return err;
+}
+
+/* Per-group lists: the group id is the one parameter. */
+static gs_err read_group_rows(gs_store *st, enum q which, int64_t group_id, size_t elem, row_reader row,
+                              rows_release release, const char *what, void **out, size_t *n)
+{
+    struct params p = {0};
+    p_int(&p, group_id);
+    return read_rows(st, which, &p, elem, row, release, what, out, n);
+}
+
+static gs_err group_row(PGresult *r, int row, void *elem) { return group_from_row(r, row, elem); }
+
+static void release_groups(void *list, size_t n) { gs_store_group_list_free(list, n); }
+
+static gs_err pg_group_list(gs_store *st, gs_store_group ***out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_GROUP_LIST, NULL, sizeof(**out), group_row, release_groups, "list groups", &list, n);
+    *out = list;
     return err;
 }
 
@@ -1143,76 +1125,46 @@ static gs_err pg_audit_append(gs_store *st, const char *instance, int64_t first_
     return err;
 }
 
+static gs_err instance_row(PGresult *r, int row, void *elem)
+{
+    bool oom = false;
+    char **name = elem;
+    *name = col_strdup(r, row, 0, &oom);
+    return oom || *name == NULL ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_strings(void *list, size_t n) { gs_store_strings_free(list, n); }
+
 static gs_err pg_audit_instances(gs_store *st, char ***out, size_t *n)
 {
-    PGresult *r = NULL;
-    char **list = NULL;
-    size_t count = 0;
-    bool oom = false;
-    gs_err err = run(st, Q_AUDIT_INSTANCES, NULL, &r, "audit instances");
-    int rows;
-
-    if (err)
-        return err;
-    rows = PQntuples(r);
-    if (rows == 0)
-        goto out;
-    if ((list = calloc((size_t)rows, sizeof(*list))) == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    for (; count < (size_t)rows && !oom; count++)
-        list[count] = col_strdup(r, (int)count, 0, &oom);
-    if (oom) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_AUDIT_INSTANCES, NULL, sizeof(**out), instance_row, release_strings,
+                           "audit instances", &list, n);
     *out = list;
-    *n = count;
-    list = NULL;
-out:
-    gs_store_strings_free(list, count);
-    PQclear(r);
     return err;
 }
+
+static gs_err audit_row(PGresult *r, int row, void *elem)
+{
+    bool oom = false;
+    gs_store_audit_row *a = elem;
+    a->seq = col_int(r, row, 0);
+    a->line = col_strdup(r, row, 1, &oom);
+    return oom || a->line == NULL ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_audit_rows(void *list, size_t n) { gs_store_audit_rows_free(list, n); }
 
 static gs_err pg_audit_read(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
                             gs_store_audit_row **out, size_t *n)
 {
     struct params p = {0};
-    PGresult *r = NULL;
-    gs_store_audit_row *rows = NULL;
-    size_t count = 0;
-    bool oom = false;
-    gs_err err;
-    int nr;
-
+    void *list = NULL;
     p_text(&p, instance);
     p_int(&p, after_seq);
     p_int(&p, (int64_t)(limit > 100000 ? 100000 : limit));
-    if ((err = run(st, Q_AUDIT_READ, &p, &r, "audit read")) != GS_OK)
-        return err;
-    nr = PQntuples(r);
-    if (nr == 0)
-        goto out;
-    if ((rows = calloc((size_t)nr, sizeof(*rows))) == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    for (; count < (size_t)nr && !oom; count++) {
-        rows[count].seq = col_int(r, (int)count, 0);
-        rows[count].line = col_strdup(r, (int)count, 1, &oom);
-    }
-    if (oom) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    *out = rows;
-    *n = count;
-    rows = NULL;
-out:
-    gs_store_audit_rows_free(rows, count);
-    PQclear(r);
+    gs_err err = read_rows(st, Q_AUDIT_READ, &p, sizeof(**out), audit_row, release_audit_rows, "audit read", &list, n);
+    *out = list;
     return err;
 }
 

@@ -248,17 +248,8 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
     err = read_user_version(st, &v);
     if (err)
         goto out;
-    if (v != GS_STORE_SCHEMA_VERSION) {
-        if (v > GS_STORE_SCHEMA_VERSION || st->readonly) {
-            err = gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", path, v,
-                             GS_STORE_SCHEMA_VERSION);
-            goto out;
-        }
-        err = migrate(st);
-        if (err)
-            goto out;
-    }
-    st->schema = GS_STORE_SCHEMA_VERSION;
+    if ((err = gs_store_settle_schema(st, v, migrate, path)) != GS_OK)
+        goto out;
     *out = st;
     st = NULL;
     err = GS_OK;
@@ -625,6 +616,20 @@ out:
 
 /* ---- group key versions ------------------------------------------------------ */
 
+/* The group's current version (of keys or secrets: sql) becomes old. */
+static gs_err demote_current(gs_store *st, const char *sql, int64_t group_id)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st, sql, &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, GS_KEY_OLD)) == GS_OK && (err = bind_int(s, 2, group_id)) == GS_OK &&
+        (err = bind_int(s, 3, GS_KEY_CURRENT)) == GS_OK)
+        err = step_done(st, s, "demote current version", NULL);
+    sqlite3_finalize(s);
+    return err;
+}
+
 static gs_err sq_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                                const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
 {
@@ -635,21 +640,10 @@ static gs_err sq_group_key_add(gs_store *st, int64_t group_id, unsigned version,
     err = gs_store_tx_begin_if_needed(st, &mine);
     if (err)
         return err;
-    /* a new current version demotes the previous one; an imported older
-     * version (OLD) is only added */
-    if (state == GS_KEY_CURRENT) {
-        err = prepare(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
-        if (err)
-            goto out;
-        if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
-            (err = bind_int(s, 3, GS_KEY_CURRENT)))
-            goto out;
-        err = step_done(st, s, "demote key", NULL);
-        sqlite3_finalize(s);
-        s = NULL;
-        if (err)
-            goto out;
-    }
+    /* an imported older version (OLD) demotes nothing */
+    if (state == GS_KEY_CURRENT &&
+        (err = demote_current(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", group_id)))
+        goto out;
     err = prepare(st,
                   "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -748,21 +742,10 @@ static gs_err sq_secret_add(gs_store *st, int64_t group_id, unsigned version, co
     err = gs_store_tx_begin_if_needed(st, &mine);
     if (err)
         return err;
-    /* a new current version demotes the previous one; an imported older
-     * version (OLD) is only added */
-    if (state == GS_KEY_CURRENT) {
-        err = prepare(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
-        if (err)
-            goto out;
-        if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
-            (err = bind_int(s, 3, GS_KEY_CURRENT)))
-            goto out;
-        err = step_done(st, s, "demote secret", NULL);
-        sqlite3_finalize(s);
-        s = NULL;
-        if (err)
-            goto out;
-    }
+    /* an imported older version (OLD) demotes nothing */
+    if (state == GS_KEY_CURRENT &&
+        (err = demote_current(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", group_id)))
+        goto out;
     err = prepare(st,
                   "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
                   "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

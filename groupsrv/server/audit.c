@@ -220,6 +220,24 @@ static audit_err cut_torn_tail(int fd, const char *path)
     return AUDIT_OK;
 }
 
+/* A log with no file or database yet (audit_close frees it); NULL when
+ * out of memory. */
+static struct audit_log *log_new(const char *path)
+{
+    struct audit_log *log = calloc(1, sizeof(*log));
+    if (log == NULL)
+        return NULL;
+    log->fd = -1;
+    pthread_mutex_init(&log->mu, NULL);
+    pthread_cond_init(&log->synced, NULL);
+    pthread_cond_init(&log->work, NULL);
+    if ((log->path = strdup(path)) == NULL) {
+        audit_close(log);
+        return NULL;
+    }
+    return log;
+}
+
 audit_err audit_open(const char *path, audit_log **out)
 {
     audit_err rc = AUDIT_ERR_NOMEM;
@@ -228,13 +246,7 @@ audit_err audit_open(const char *path, audit_log **out)
     *out = NULL;
     if (path == NULL || *path == '\0')
         return AUDIT_ERR_ARGS;
-    if ((log = calloc(1, sizeof(*log))) == NULL)
-        goto out;
-    log->fd = -1;
-    pthread_mutex_init(&log->mu, NULL);
-    pthread_cond_init(&log->synced, NULL);
-    pthread_cond_init(&log->work, NULL);
-    if ((log->path = strdup(path)) == NULL)
+    if ((log = log_new(path)) == NULL)
         goto out;
     /* Readable too: following a rotation reads the sealed file's end.
      * Never through a symbolic link: `audit rotate` runs as root in a
@@ -699,13 +711,7 @@ audit_err audit_open_db(const char *db_location, const char *instance, audit_log
     *out = NULL;
     if (db_location == NULL || instance == NULL || *instance == '\0' || strlen(instance) > GS_AUDIT_INSTANCE_MAX)
         return AUDIT_ERR_ARGS;
-    if ((log = calloc(1, sizeof(*log))) == NULL)
-        goto out;
-    log->fd = -1;
-    pthread_mutex_init(&log->mu, NULL);
-    pthread_cond_init(&log->synced, NULL);
-    pthread_cond_init(&log->work, NULL);
-    if ((log->path = strdup("database")) == NULL || (log->instance = strdup(instance)) == NULL)
+    if ((log = log_new("database")) == NULL || (log->instance = strdup(instance)) == NULL)
         goto out;
     if ((ge = gs_store_open(db_location, 0, &log->db)) != GS_OK) {
         log_error("audit database unavailable err=%s detail=%s", gs_strerror(ge), gs_err_detail());
