@@ -506,6 +506,37 @@ out:
 static const struct gs_store_ops pg_ops;
 static void pg_close(gs_store *st);
 
+/* libpq waits as long as the kernel does by default: a connect to a host
+ * that vanished, or a query on a connection whose peer is gone without a
+ * reset, would hold an event-loop thread for minutes. Unless the URI says
+ * otherwise: give up connecting after 5 s, and notice a dead peer within
+ * about 10 s (TCP only; ignored on a unix socket). A copy; NULL when out of
+ * memory. */
+static char *url_with_timeouts(const char *url)
+{
+    static const char *const defaults[] = {"connect_timeout=5", "keepalives_idle=5", "keepalives_interval=2",
+                                           "keepalives_count=3", "tcp_user_timeout=10000"};
+    size_t cap = strlen(url) + 1, used;
+    char *out;
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++)
+        cap += strlen(defaults[i]) + 1;
+    if ((out = malloc(cap)) == NULL)
+        return NULL;
+    used = (size_t)snprintf(out, cap, "%s", url);
+    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++) {
+        size_t key = strcspn(defaults[i], "=") + 1;
+        const char *q = strchr(out, '?');
+        /* "?key=" or "&key=" already in the query: the operator's value */
+        int present = 0;
+        for (const char *p = q; p != NULL && !present; p = strchr(p + 1, '&'))
+            present = strncmp(p + 1, defaults[i], key) == 0;
+        if (!present)
+            used += (size_t)snprintf(out + used, cap - used, "%c%s", q ? '&' : '?', defaults[i]);
+    }
+    return out;
+}
+
 gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
 {
     gs_store *st = NULL;
@@ -516,7 +547,7 @@ gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
         goto out;
     st->ops = &pg_ops;
     st->readonly = (flags & GS_STORE_READONLY) != 0;
-    if ((PG(st)->url = strdup(url)) == NULL)
+    if ((PG(st)->url = url_with_timeouts(url)) == NULL)
         goto out;
     if ((err = connect_session(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
         goto out;
