@@ -43,6 +43,11 @@ def main():
                                                                  machine.get("rounds", "?"),
                                                                  machine.get("duration_s", "?")))
     w("")
+    w("Machine: %s, %s cores; %s; load average (1, 5, 15 min) %s at the start, %s at the end; "
+      "git %s; %s." % (machine.get("cpu", "?"), machine.get("cores", "?"), machine.get("os", "?"),
+                      machine.get("loadavg_at_start", "?"), machine.get("loadavg_at_end", "?"),
+                      machine.get("git", "?"), machine.get("date_utc", "?")))
+    w("")
     w("| setup | connections | unwraps/s | ratio to N x alone | p50 ms | errors |")
     w("|---|---:|---:|---:|---:|---:|")
     conc = lambda v: by[v][0]["conc"] if v in by else "?"
@@ -69,7 +74,7 @@ def main():
                                                     med([float(r["p50_ms"]) for r in rs]),
                                                     sum(int(r["errors"]) for r in rs)))
     w("")
-    rem = rows(out + "/removal.csv") if False else list(csv.DictReader(open(out + "/removal.csv")))
+    rem = list(csv.DictReader(open(out + "/removal.csv")))
     w("Removal visibility: a member removed through gs-a's admin API, then an unwrap on the member's "
       "kept-alive connections at gs-b, gs-c and through HAProxy, in that order "
       "(%d removals; time from the removal's answer to the refusal, including the refused request "

@@ -14,8 +14,9 @@
 #   at 1 and 8 connections. Then the removal's visibility: a member removed
 #   through gs-a's admin API, the time until the next unwrap is refused at
 #   gs-b, gs-c and through HAProxy.
-# Writes OUT/cluster.csv (unwrap-load rows), OUT/removal.csv, OUT/cluster.md
-# (the tables for docs/performance.md).
+# Writes OUT/cluster.csv (unwrap-load rows) and OUT/removal.csv; bench/run
+# then makes OUT/cluster.md (the tables for docs/performance.md) with
+# bench/cluster-report.py.
 
 cluster_bench() {
   local out=$1 model_us=${2:-20000} engines=${3:-2}
@@ -134,6 +135,4 @@ EOF
   done
   cp "$cw"/log/*.log "$out/" 2>/dev/null || true
   cl_cleanup
-  /usr/bin/python3 "$top/bench/cluster-report.py" "$out" "$model_us" "$engines" > "$out/cluster.md"
-  log "cluster tables in $out/cluster.md"
 }
