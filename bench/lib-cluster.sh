@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib-cluster.sh: `bench/run --part cluster` (issue 18). Sourced by
 # bench/run, which defines BIN, P11FAULT, SOFTHSM, duration, rounds, log(),
 # die() and tolerate3, and has written machine.txt to the output directory.
