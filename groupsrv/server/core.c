@@ -1270,12 +1270,17 @@ void srv_reply_gs_error(struct srv_req *r, gs_err err, const char *what)
         srv_token_unavailable(r->srv);
         srv_reply_retry(r, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
         return;
-    case GS_ERR_DB_UNAVAILABLE:
+    case GS_ERR_DB_UNAVAILABLE: {
         /* PostgreSQL down or failing over: no answer without the
-         * membership check; the store reconnects on a later request. */
-        log_warn("database unavailable op=%s detail=%s", what, gs_err_detail());
+         * membership check; the store reconnects on a later request. One
+         * log line a second: an outage under load is thousands of these. */
+        static atomic_long last_logged;
+        long now = (long)srv_now(), prev = atomic_load(&last_logged);
+        if (now != prev && atomic_compare_exchange_strong(&last_logged, &prev, now))
+            log_warn("database unavailable op=%s detail=%s", what, gs_err_detail());
         srv_reply_retry(r, 503, 5, "db_unavailable", "the database is not reachable; try again later");
         return;
+    }
     case GS_ERR_DB:
     case GS_ERR_IO:
         log_error("store failure op=%s detail=%s", what, gs_err_detail());
