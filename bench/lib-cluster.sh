@@ -134,6 +134,5 @@ EOF
       spoint "$pgconf" "${CL_TOKEN[0]}/softhsm2.conf" "${CL_PORTS[0]}" "$cw/ri.der" store-postgresql "$k"
     done
   done
-  cp "$cw"/log/*.log "$out/" 2>/dev/null || true
   cl_cleanup
 }
