@@ -963,41 +963,24 @@ static gs_err pg_seal_key_put(gs_store *st, const char *label, const char *weake
     return run_done(st, Q_SEAL_KEY_PUT, &p, "record seal key", NULL);
 }
 
+static gs_err seal_key_row(PGresult *r, int row, void *elem)
+{
+    gs_store_seal_key *k = elem;
+    bool oom = false;
+    k->label = col_strdup(r, row, 0, &oom);
+    k->weakenings = col_strdup(r, row, 1, &oom);
+    k->created = col_int(r, row, 2);
+    return (oom || k->label == NULL || k->weakenings == NULL) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_seal_keys(void *list, size_t n) { gs_store_seal_keys_free(list, n); }
+
 static gs_err pg_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
 {
-    PGresult *r = NULL;
-    gs_store_seal_key *list = NULL;
-    size_t count = 0;
-    bool oom = false;
-    gs_err err = run(st, Q_SEAL_KEYS, NULL, &r, "list seal keys");
-    int rows;
-
-    if (err)
-        return err;
-    rows = PQntuples(r);
-    if (rows == 0) /* as SQLite's: no rows, no array */
-        goto out;
-    if ((list = calloc((size_t)rows, sizeof(*list))) == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    for (; count < (size_t)rows && !oom; count++) {
-        list[count].label = col_strdup(r, (int)count, 0, &oom);
-        list[count].weakenings = col_strdup(r, (int)count, 1, &oom);
-        list[count].created = col_int(r, (int)count, 2);
-        oom = oom || list[count].label == NULL || list[count].weakenings == NULL;
-    }
-    if (oom) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_SEAL_KEYS, NULL, sizeof(**out), seal_key_row, release_seal_keys, "list seal keys",
+                           &list, n);
     *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_seal_keys_free(list, count);
-    PQclear(r);
     return err;
 }
 
