@@ -247,6 +247,16 @@ static json_t *item_fail(struct item_err *e, int status, const char *code, const
 static json_t *key_unavailable(struct srv_req *r, struct item_err *e, unsigned version, const char *what)
 {
     gcache_mark_stale(r->t->gcache);
+    /* A token that lost its objects (taken out, its store gone) lacks
+     * every version: that is the token's failure, not a copy still due. */
+    hsm_err he;
+    audit_err ae;
+    srv_health(r->srv, &he, &ae);
+    if (he != HSM_OK) {
+        metrics_token_error();
+        log_error("token lost its objects op=%s err=%s detail=%s", what, hsm_strerror(he), hsm_last_error_detail());
+        return item_fail(e, 503, "token_unavailable", "the key token is not reachable; try again later");
+    }
     log_warn("key version not on this token kind=%s version=%u (groupsrv check lists them)", what, version);
     return item_fail(e, 503, "key_unavailable", "%s version %u is not on this server's token; try another server",
                      what, version);
@@ -1063,7 +1073,11 @@ static void h_secret_keys(struct srv_req *r, const char *group)
              * answers 503, and the cache reloads the group next time */
             gcache_mark_stale(r->t->gcache);
             he = HSM_ERR_KEY_NOT_FOUND;
-            outcome = "key_unavailable";
+            /* as key_unavailable(): a token without its objects is down */
+            hsm_err th;
+            audit_err ta;
+            srv_health(r->srv, &th, &ta);
+            outcome = th == HSM_OK ? "key_unavailable" : "token_error";
             break;
         }
         if ((he = hsm_wrap_secret_key_to_public(r->srv->hsm, s->key, HSM_OAEP_SHA1, spki, spki_len, &w, &wl)) != HSM_OK) {
