@@ -21,6 +21,7 @@ struct gs_group {
     gs_group_secret_ref *kek_versions;  /* group secret key (KEK) versions, newest first */
     size_t n_kek_versions;
     hsm_key *reject;
+    bool lacks_keys; /* a version the database records is not on this token */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -259,6 +260,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL; /* recorded by another server; this token lacks it */
+            g->lacks_keys = true;
             continue;
         }
         if (he != HSM_OK) {
@@ -284,6 +286,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         he = hsm_key_find(hsm, secrets[i].token_label, HSM_CLASS_SECRET, &r->key);
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL;
+            g->lacks_keys = true;
             continue;
         }
         if (he != HSM_OK) {
@@ -319,6 +322,7 @@ out:
 
 const gs_store_group *gs_group_info(const gs_group *g) { return g->info; }
 int64_t gs_group_id(const gs_group *g) { return g->info->id; }
+bool gs_group_lacks_keys(const gs_group *g) { return g->lacks_keys; }
 size_t gs_group_key_count(const gs_group *g) { return g->n_versions; }
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i) { return i < g->n_versions ? &g->versions[i] : NULL; }
 const gs_group_key_ref *gs_group_current_key(const gs_group *g) { return g->n_versions ? &g->versions[0] : NULL; }

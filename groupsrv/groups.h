@@ -71,6 +71,10 @@ void gs_group_free(gs_group *g);
 
 const gs_store_group *gs_group_info(const gs_group *g);  /* name, address, methods, ... (borrowed) */
 int64_t gs_group_id(const gs_group *g);
+/* True when a version the database records was not on the token at load
+ * (its key is NULL): a cache loads such a group again, so that a key
+ * copied to the token meanwhile is found at the next request. */
+bool gs_group_lacks_keys(const gs_group *g);
 /* Key versions, newest first; index 0 is the current one. */
 size_t gs_group_key_count(const gs_group *g);
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i);

@@ -91,6 +91,12 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     c->tick++;
     for (size_t i = 0; i < GCACHE_GROUPS; i++) {
         if (c->groups[i].g != NULL && strcmp(c->groups[i].name, name) == 0) {
+            if (gs_group_lacks_keys(c->groups[i].g)) {
+                /* every thread looks again for a version its token lacked */
+                gs_group_free(c->groups[i].g);
+                c->groups[i].g = NULL;
+                break;
+            }
             c->groups[i].used = c->tick;
             *out = c->groups[i].g;
             return GS_OK;
