@@ -84,6 +84,14 @@ static gs_err record_open(const struct gs_config *cfg, struct record *r)
     char *slash;
     audit_err ae;
 
+    if (strcmp(cfg->audit.store, "db") == 0) {
+        char chain[GS_AUDIT_CHAIN_MAX + 1];
+        (void)snprintf(chain, sizeof(chain), "%s%s", cfg->server.instance, GS_AUDIT_ADMIN_SUFFIX);
+        if ((ae = audit_open_db(gs_config_db_location(cfg), chain, &r->log)) != AUDIT_OK)
+            return gs_err_set(GS_ERR_IO, "audit table (chain %s): %s (the ceremony is not done without its record)",
+                              chain, audit_strerror(ae));
+        return GS_OK;
+    }
     if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
         return gs_err_set(GS_ERR_CONFIG, "[audit] path too long");
     if ((slash = strrchr(dir, '/')) != NULL && slash != dir) {

@@ -468,7 +468,7 @@ gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **ou
 
 static bool valid_instance(const char *instance)
 {
-    return instance != NULL && *instance != '\0' && strlen(instance) <= GS_AUDIT_INSTANCE_MAX;
+    return instance != NULL && *instance != '\0' && strlen(instance) <= GS_AUDIT_CHAIN_MAX;
 }
 
 static gs_err no_audit_table(gs_store *st)

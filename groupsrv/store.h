@@ -263,6 +263,12 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
  * (instance, seq, line), seq 1, 2, ... per instance. The lines are made
  * and checked by groupsrv/server/audit.c; the store only keeps them. */
 #define GS_AUDIT_INSTANCE_MAX 64
+/* An admin command that audits (the key ceremony) writes a chain of its
+ * own, the instance name with this suffix: a server keeps its chain's head
+ * in memory, and a record slipped into its chain by another process would
+ * fail the server's next batch. Chain names are at most GS_AUDIT_CHAIN_MAX. */
+#define GS_AUDIT_ADMIN_SUFFIX "/admin"
+#define GS_AUDIT_CHAIN_MAX (GS_AUDIT_INSTANCE_MAX + (int)sizeof(GS_AUDIT_ADMIN_SUFFIX) - 1)
 typedef struct gs_store_audit_row {
     int64_t seq;
     char *line;

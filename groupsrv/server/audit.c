@@ -709,7 +709,7 @@ audit_err audit_open_db(const char *db_location, const char *instance, audit_log
     gs_err ge;
 
     *out = NULL;
-    if (db_location == NULL || instance == NULL || *instance == '\0' || strlen(instance) > GS_AUDIT_INSTANCE_MAX)
+    if (db_location == NULL || instance == NULL || *instance == '\0' || strlen(instance) > GS_AUDIT_CHAIN_MAX)
         return AUDIT_ERR_ARGS;
     if ((log = log_new("database")) == NULL || (log->instance = strdup(instance)) == NULL)
         goto out;
