@@ -459,6 +459,69 @@ static void test_secrets(void **state)
     assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, 3, &gid, &v), GS_ERR_NOT_FOUND);
 }
 
+/* Schema 3 (issue 17), the same on both backends: replicable groups and
+ * CA, and versions imported below the current one (OLD: nothing demoted). */
+static void test_replicable_records(void **state)
+{
+    struct fx *f = *state;
+    gs_store_group row = {.name = "rep", .address = "rep@example.org", .methods = GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY,
+                          .algorithm = "rsa:2048", .replicable = true};
+    gs_store_group *g = NULL, **list = NULL;
+    gs_store_group_key *k = NULL;
+    gs_store_secret *sec = NULL;
+    gs_store_ca *ca = NULL;
+    unsigned char id1[GS_KEK_ID_LEN], id2[GS_KEK_ID_LEN];
+    int64_t gid = 0;
+    size_t n = 0;
+
+    memset(id1, 1, sizeof(id1));
+    memset(id2, 2, sizeof(id2));
+    assert_int_equal(gs_store_group_add(f->st, &row, &gid), GS_OK);
+    assert_int_equal(gs_store_group_get(f->st, "rep", &g), GS_OK);
+    assert_true(g->replicable);
+    assert_int_equal(g->methods, GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY);
+    gs_store_group_free(g);
+    assert_int_equal(gs_store_group_list(f->st, &list, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_false(list[0]->replicable); /* eng, made without */
+    assert_true(list[1]->replicable);
+    gs_store_group_list_free(list, n);
+
+    assert_int_equal(gs_store_ca_put_as(f->st, "gs:ca", "CAPEM", true, NULL), GS_OK);
+    assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
+    assert_true(ca->replicable);
+    gs_store_ca_free(ca);
+
+    /* v2 arrives first, v1 is imported after it: v2 stays current */
+    assert_int_equal(gs_store_group_key_add(f->st, gid, 2, "gs:group:rep:v2", "PEM2"), GS_OK);
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 1, "gs:group:rep:v1", "PEM1", GS_KEY_OLD, NULL), GS_OK);
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 3, "gs:group:rep:v3", "PEM3", GS_KEY_RETIRED, NULL),
+                     GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_keys(f->st, gid, &k, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(k[0].version, 2);
+    assert_int_equal(k[0].state, GS_KEY_CURRENT);
+    assert_int_equal(k[1].version, 1);
+    assert_int_equal(k[1].state, GS_KEY_OLD);
+    gs_store_group_keys_free(k, n);
+    assert_int_equal(gs_store_secret_add(f->st, gid, 2, "gs:secret:rep:v2", id2), GS_OK);
+    assert_int_equal(gs_store_secret_add_as(f->st, gid, 1, "gs:secret:rep:v1", id1, GS_KEY_OLD, NULL), GS_OK);
+    assert_int_equal(gs_store_secrets(f->st, gid, &sec, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(sec[0].version, 2);
+    assert_int_equal(sec[0].state, GS_KEY_CURRENT);
+    assert_int_equal(sec[1].state, GS_KEY_OLD);
+    assert_memory_equal(sec[1].kek_id, id1, GS_KEK_ID_LEN);
+    gs_store_secrets_free(sec, n);
+    /* a new current version still demotes the current one */
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 3, "gs:group:rep:v3", "PEM3", GS_KEY_CURRENT, NULL), GS_OK);
+    assert_int_equal(gs_store_group_keys(f->st, gid, &k, &n), GS_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(k[0].state, GS_KEY_CURRENT);
+    assert_int_equal(k[1].state, GS_KEY_OLD);
+    gs_store_group_keys_free(k, n);
+}
+
 static void test_members_no_cache(void **state)
 {
     struct fx *f = *state;
@@ -759,6 +822,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_groups, setup, teardown),             \
     cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),            \
+    cmocka_unit_test_setup_teardown(test_replicable_records, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),   \
     cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
