@@ -5,8 +5,9 @@
 #
 # cluster_bench OUT [MODEL_US] [MODEL_ENGINES]
 #   Unwraps/s through HAProxy with 1, 2 and 3 instances (tests/lib/cluster.sh:
-#   one PostgreSQL, instances on cloned tokens), each instance loading
-#   tests/p11fault in front of its SoftHSM token, so that each has its own
+#   one PostgreSQL, instances on tokens given the keys by the key ceremony),
+#   each instance loading tests/p11fault in front of its SoftHSM token, so
+#   that each has its own
 #   token model (MODEL_ENGINES engines, MODEL_US per private-key operation:
 #   the token is the limit, as with one HSM per server), against one
 #   instance alone (no HAProxy); the ratio is rate(N) / (N x rate(alone)).
@@ -34,7 +35,7 @@ cluster_bench() {
   cl_provision 3 "$P11FAULT" || die "cluster: provisioning"
   local c=$CL_CERTS
   gsa 0 group create bench --address bench@bench.example --key rsa:2048 --methods tls,recipient-key,group-secret \
-    >/dev/null || die "cluster: group create"
+    --replicable >/dev/null || die "cluster: group create"
   gsa 0 group show bench --cert > "$cw/group.pem"
   gsa 0 member add bench alice@bench.example --issue-cert --out "$c" >/dev/null || die "member add"
   gsa 0 member add bench admin@bench.example --role admin --issue-cert --out "$c" >/dev/null
@@ -42,7 +43,7 @@ cluster_bench() {
     gsa 0 member add bench "leaver$n@bench.example" --issue-cert --out "$c" >/dev/null
   done
   "$BIN/mkri" --kt oaep-sha1 --cert "$cw/group.pem" --out "$cw/ri.der" || die "mkri"
-  cl_clone_tokens
+  cl_copy_keys bench || die "cluster: the key ceremony"
   for n in 0 1 2; do cl_start "$n" || die "cluster: ${CL_NAME[$n]}"; done
 
   local csv=$out/cluster.csv

@@ -11,7 +11,8 @@ gs_target_warnings(gs_pgtest)
 # the failure test (removal visibility, kill -9 and a database outage under
 # load, audit rows against answers). Labelled release-only: scripts/test
 # leaves them out of the sanitizer pass. They are load- and process-level
-# tests (about 45 s together); the code they drive that the sanitizer could
+# tests (about 70 s together on this 2-core machine, a few seconds of it the
+# key ceremony that gives the other servers' tokens the keys); the code they drive that the sanitizer could
 # judge (store_pg.c, the database audit) runs under it in unit_store and
 # unit_audit, and a sanitized server would only make their load thinner.
 if(TARGET groupsrv)

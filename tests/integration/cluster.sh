@@ -2,11 +2,14 @@
 # cluster.sh BIN SRC: three `groupsrv serve` instances on one private
 # PostgreSQL behind HAProxy (tests/lib/cluster.sh), and what must hold when
 # things fail:
+#   - the servers' tokens get gs-a's keys by the key ceremony (issue 17:
+#     token transport-key, ca/group export with the SO PIN, ca/group import);
 #   - a member removed through gs-a's admin API is refused at the very next
 #     unwrap at gs-b, gs-c and through HAProxy (time after the removal's
 #     answer reported);
 #   - a key version made on gs-a's token only is listed by `groupsrv check`
 #     on gs-b and answered 503 key_unavailable there, not a failed group;
+#     once copied by the ceremony, gs-b serves it without a restart;
 #   - kill -9 of an instance under load through HAProxy: only requests in
 #     flight on it fail, every client's later requests succeed;
 #   - PostgreSQL stopped under load: 503 db_unavailable with Retry-After and
@@ -38,13 +41,21 @@ cl_init "$work" || fail "PostgreSQL did not start"
 CL_LOG_LEVEL=warn cl_provision 3 || fail "provisioning"
 c=$CL_CERTS
 gsa 0 group create eng --address eng@example.org --key rsa:2048 --methods tls,recipient-key,group-secret \
-  >/dev/null || fail "group create"
+  --replicable >/dev/null || fail "group create"
 gsa 0 group show eng --cert > "$c/group.pem"
 for m in alice carol loadk loadp; do
   gsa 0 member add eng "$m@example.org" --issue-cert --out "$c" >/dev/null || fail "member add $m"
 done
 gsa 0 member add eng admin@example.org --role admin --issue-cert --out "$c" >/dev/null
-cl_clone_tokens
+cl_copy_keys eng || fail "the key ceremony from gs-a to gs-b and gs-c"
+for i in 1 2; do gsa "$i" check > "$work/check-$i.txt" 2>&1 || fail "check on ${CL_NAME[$i]}: $(cat "$work/check-$i.txt")"; done
+grep -q 'gs:group:eng:v1 .*OK (imported copy)' "$work/check-1.txt" || fail "gs-b's key is no copy: $(cat "$work/check-1.txt")"
+for a in gs-a/admin:ca-export gs-a/admin:group-export gs-b/admin:transport-key gs-b/admin:ca-import \
+  gs-b/admin:group-import gs-c/admin:group-import; do
+  [ "$(pg_psql groupsrv -At -c "SELECT count(*) FROM audit WHERE instance = '${a%%:*}'
+      AND line::json->>'action' = '${a#*:}' AND line::json->>'outcome' = 'ok'")" -ge 1 ] || fail "no audit row $a"
+done
+ok "the key ceremony gave gs-b and gs-c the CA's and eng's keys (imported copies), recorded in the audit table"
 for i in 0 1 2; do cl_start "$i" || fail "${CL_NAME[$i]} did not start"; done
 cl_haproxy_start || fail "HAProxy"
 ok "3 instances on one PostgreSQL behind HAProxy ($CL_URL)"
@@ -94,6 +105,10 @@ grep -q '"code":"key_unavailable"' "$work/body" || fail "not key_unavailable: $(
 [ "$(unwrap alice "https://localhost:${CL_PORTS[1]}" "$work/req-tls.json")" = 200 ] || fail "tls at gs-b after key_unavailable"
 [ "$(unwrap alice "https://localhost:${CL_PORTS[0]}" "$work/req-gs.json")" = 200 ] || fail "group-secret at gs-a"
 ok "gs-b answers 503 key_unavailable for that version only (deliver=tls still 200); gs-a serves it"
+cl_copy_version 1 eng --secret-version 2 || fail "the ceremony for secret version 2 to gs-b"
+gsa 1 check > "$work/check-b2.txt" 2>&1 || fail "check on gs-b after the copy: $(cat "$work/check-b2.txt")"
+[ "$(unwrap alice "https://localhost:${CL_PORTS[1]}" "$work/req-gs.json")" = 200 ] || fail "group-secret at gs-b after the copy: $(cat "$work/body")"
+ok "secret version 2 copied to gs-b by the ceremony: check passes and gs-b serves it, no restart"
 
 # ---- kill -9 of an instance under load through HAProxy -------------------------
 threads=6
@@ -143,7 +158,11 @@ ok "PostgreSQL stopped under load: 503 db_unavailable; back: service resumed, no
 
 # ---- audit: chains whole, one row per successful unwrap ---------------------------
 gsa 0 audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
-[ "$(grep -c '^instance gs-.*: ok:' "$work/verify.txt")" = 3 ] || fail "not 3 chains: $(cat "$work/verify.txt")"
+[ "$(grep -c '^instance gs-[abc]: ok:' "$work/verify.txt")" = 3 ] || fail "not 3 chains: $(cat "$work/verify.txt")"
+# the ceremony's records, in chains of their own (an admin command never
+# writes into a running server's chain)
+grep -q '^instance gs-a/admin: ok:' "$work/verify.txt" && grep -q '^instance gs-b/admin: ok:' "$work/verify.txt" ||
+  fail "no ceremony chains: $(cat "$work/verify.txt")"
 ok "audit verify: every instance's chain is whole ($(tail -n 1 "$work/verify.txt"))"
 rows() { # IDENTITY: audit rows of successful unwraps by IDENTITY
   pg_psql groupsrv -At -c "SELECT count(*) FROM audit WHERE line::json->>'action' = 'unwrap'

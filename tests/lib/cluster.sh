@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # tests/lib/cluster.sh: several `groupsrv serve` instances sharing one private
-# PostgreSQL (tests/lib/pg.sh), each on its own clone of one SoftHSM token,
-# behind HAProxy (TCP mode, TLS passed through, leastconn, /healthz checks
+# PostgreSQL (tests/lib/pg.sh), each on its own SoftHSM token holding copies
+# of the first one's keys (made by the key ceremony), behind HAProxy (TCP mode, TLS passed through, leastconn, /healthz checks
 # over TLS). Sourced by scripts/cluster, tests/integration/cluster.sh and
 # bench/run --part cluster. Loopback only, free ports, one work directory.
 #
 #   cl_init WORK            sets CL_WORK; starts PostgreSQL (cl_cleanup stops it)
-#   cl_provision N [MODULE] token, CA, TLS certificates, N instance configs
-#                           (A, B, C, ...); MODULE (default SoftHSM) is what
-#                           groupsrv loads, e.g. tests/p11fault in front of SoftHSM
-#   cl_clone_tokens         copy instance A's token directory to the others
-#                           (models cloned HSMs; run after creating keys)
+#   cl_provision N [MODULE] a token per instance, a replicable CA on A's, TLS
+#                           certificates, N instance configs (A, B, C, ...);
+#                           MODULE (default SoftHSM) is what groupsrv loads,
+#                           e.g. tests/p11fault in front of SoftHSM
+#   cl_copy_keys GROUP...   the key ceremony (docs/operations.md) from A to every
+#                           other instance: A's CA key and every key of each
+#                           GROUP (made with --replicable); run after creating them
+#   cl_copy_version I GROUP OPTION N   one later version to instance I, OPTION
+#                           --version or --secret-version (after a rotation)
 #   gsa I ARGS...           `groupsrv` admin command as instance I (0 = A)
 #   cl_start I / cl_stop I / cl_kill I     one instance (SIGTERM / SIGKILL)
 #   cl_haproxy_start [I...] HAProxy in front of instances I... (default all);
@@ -46,7 +50,6 @@ cl_provision() { # N [MODULE]
   CL_MODULE=${module:-$softhsm}
   CL_CERTS=$CL_WORK/certs
   mkdir -p "$CL_CERTS"
-  "$CL_SRC/scripts/provision-softhsm" "$CL_WORK/token-a" groupsrv >/dev/null || return 1
   local c=$CL_CERTS
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=cluster TLS CA" \
     -keyout "$c/tca.key" -out "$c/tca.pem" 2>/dev/null
@@ -64,6 +67,7 @@ cl_provision() { # N [MODULE]
     CL_PORTS[$i]=$(_cl_free_port)
     CL_CPORTS[$i]=$(_cl_free_port)
     CL_CONF[$i]=$CL_WORK/groupsrv-$n.conf
+    "$CL_SRC/scripts/provision-softhsm" "${CL_TOKEN[$i]}" groupsrv >/dev/null || return 1
     cat > "${CL_CONF[$i]}" <<EOF
 [server]
 listen = 127.0.0.1:${CL_PORTS[$i]}
@@ -80,6 +84,7 @@ client_ca = $c/clients-ca.pem
 module = $CL_MODULE
 token = pkcs11:token=groupsrv
 pin_source = ${CL_TOKEN[$i]}/user-pin
+so_pin_source = ${CL_TOKEN[$i]}/so-pin
 [db]
 url = $CL_DB_URL
 [audit]
@@ -89,7 +94,7 @@ listen = 127.0.0.1:${CL_CPORTS[$i]}
 lifetime = 3600
 EOF
   done
-  gsa 0 ca init --key rsa:2048 >/dev/null || return 1
+  gsa 0 ca init --key rsa:2048 --replicable >/dev/null || return 1
   gsa 0 ca show > "$c/clients-ca.pem" || return 1
 }
 
@@ -108,14 +113,37 @@ gsa() { # I ARGS...
   _cl_env "$i" "$BIN/groupsrv" -c "${CL_CONF[$i]}" "$@"
 }
 
-cl_clone_tokens() {
-  local i
+# Instance I's transport key (made on its token the first time), its path.
+_cl_transport() { # I
+  local t=$CL_WORK/transport-${CL_NAMES[$1]}.pem
+  if [ ! -s "$t" ]; then
+    gsa "$1" token transport-key --out "$t" >/dev/null || return 1
+  fi
+  echo "$t"
+}
+
+# A's keys onto the other tokens: export on A (user and SO PIN), import on
+# the instance (the shared database's CA is the trusted one, so no --ca;
+# the rows exist, only the token changes).
+cl_copy_keys() { # GROUP...
+  local i g t n
   for ((i = 1; i < CL_N; i++)); do
-    rm -rf "${CL_TOKEN[$i]}"
-    cp -a "$CL_WORK/token-a" "${CL_TOKEN[$i]}"
-    sed -i "s|^directories.tokendir = .*|directories.tokendir = ${CL_TOKEN[$i]}/tokens|" \
-      "${CL_TOKEN[$i]}/softhsm2.conf"
+    n=${CL_NAMES[$i]}
+    t=$(_cl_transport "$i") || return 1
+    gsa 0 ca export --to "$t" --out "$CL_WORK/ca-$n.gsk" >/dev/null || return 1
+    gsa "$i" ca import --in "$CL_WORK/ca-$n.gsk" >/dev/null || return 1
+    for g in "$@"; do
+      gsa 0 group export "$g" --all --to "$t" --out "$CL_WORK/$g-$n.gsk" >/dev/null || return 1
+      gsa "$i" group import --in "$CL_WORK/$g-$n.gsk" >/dev/null || return 1
+    done
   done
+}
+
+cl_copy_version() { # I GROUP --version|--secret-version N
+  local t f=$CL_WORK/$2-${CL_NAMES[$1]}$3-$4.gsk
+  t=$(_cl_transport "$1") || return 1
+  gsa 0 group export "$2" "$3" "$4" --to "$t" --out "$f" >/dev/null || return 1
+  gsa "$1" group import --in "$f" >/dev/null
 }
 
 cl_start() { # I
