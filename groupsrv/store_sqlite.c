@@ -630,36 +630,44 @@ static gs_err demote_current(gs_store *st, const char *sql, int64_t group_id)
     return err;
 }
 
+/* A new version row: in one transaction (unless the caller's), the group's
+ * current version demoted when the new one is CURRENT (an imported older
+ * version, OLD, demotes nothing), then the prepared and bound insert ins
+ * (the caller's to finalize). */
+static gs_err add_version(gs_store *st, const char *demote_sql, int64_t group_id, gs_key_state state,
+                          sqlite3_stmt *ins, const char *what)
+{
+    bool mine = false;
+    gs_err err = gs_store_tx_begin_if_needed(st, &mine);
+
+    if (err == GS_OK && state == GS_KEY_CURRENT)
+        err = demote_current(st, demote_sql, group_id);
+    if (err == GS_OK)
+        err = step_done(st, ins, what, NULL);
+    return gs_store_tx_end_if_mine(st, mine, err);
+}
+
 static gs_err sq_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                                const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
 {
     sqlite3_stmt *s = NULL;
-    bool mine = false;
-    gs_err err;
-
-    err = gs_store_tx_begin_if_needed(st, &mine);
-    if (err)
-        return err;
-    /* an imported older version (OLD) demotes nothing */
-    if (state == GS_KEY_CURRENT &&
-        (err = demote_current(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", group_id)))
-        goto out;
-    err = prepare(st,
-                  "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
+    gs_err err = prepare(st,
+                         "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
-        goto out;
+        return err;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
         (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, state)) ||
         (err = bind_int(s, 6, gs_store_now())) || (err = bind_text(s, 7, gs_store_rec_weak(rec))))
         goto out;
-    err = step_done(st, s, "add key version", NULL);
+    err = add_version(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", group_id, state, s,
+                      "add key version");
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
 out:
     sqlite3_finalize(s);
-    return gs_store_tx_end_if_mine(st, mine, err);
+    return err;
 }
 
 static gs_err sq_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
@@ -736,22 +744,12 @@ static gs_err sq_secret_add(gs_store *st, int64_t group_id, unsigned version, co
                             const gs_store_keyrec *rec)
 {
     sqlite3_stmt *s = NULL;
-    bool mine = false;
-    gs_err err;
-
-    err = gs_store_tx_begin_if_needed(st, &mine);
-    if (err)
-        return err;
-    /* an imported older version (OLD) demotes nothing */
-    if (state == GS_KEY_CURRENT &&
-        (err = demote_current(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", group_id)))
-        goto out;
-    err = prepare(st,
-                  "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
+    gs_err err = prepare(st,
+                         "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
                   "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
-        goto out;
+        return err;
     if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
         (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, state)) ||
         (err = bind_int(s, 6, gs_store_now())) || (err = bind_text(s, 7, gs_store_rec_weak(rec))) ||
@@ -759,12 +757,13 @@ static gs_err sq_secret_add(gs_store *st, int64_t group_id, unsigned version, co
         (err = rec != NULL && rec->sealed != NULL ? bind_blob(s, 9, rec->sealed, rec->sealed_len)
                                                   : bind_check(sqlite3_bind_null(s, 9), 9)))
         goto out;
-    err = step_done(st, s, "add secret version", NULL);
+    err = add_version(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", group_id, state, s,
+                      "add secret version");
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
 out:
     sqlite3_finalize(s);
-    return gs_store_tx_end_if_mine(st, mine, err);
+    return err;
 }
 
 static gs_err secret_from_row(sqlite3_stmt *s, void *elem)
