@@ -887,9 +887,21 @@ env_cipher env_message_cipher(const env_message *msg)
 {
     if (!msg)
         return 0;
-    if (msg->gcm)
-        return msg->keylen == 16 ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES256_GCM;
-    return msg->keylen == 16 ? ENV_CIPHER_AES128_CBC : ENV_CIPHER_AES256_CBC;
+    switch (msg->keylen) {
+    case 16: return msg->gcm ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES128_CBC;
+    case 24: return msg->gcm ? ENV_CIPHER_AES192_GCM : ENV_CIPHER_AES192_CBC;
+    default: return msg->gcm ? ENV_CIPHER_AES256_GCM : ENV_CIPHER_AES256_CBC;
+    }
+}
+
+const char *env_message_content_alg(const env_message *msg)
+{
+    return msg ? env_calg_name(msg->gcm, msg->keylen) : "unknown";
+}
+
+size_t env_message_key_length(const env_message *msg)
+{
+    return msg ? msg->keylen : 0;
 }
 
 size_t env_message_recipient_count(const env_message *msg)
