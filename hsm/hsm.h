@@ -422,19 +422,28 @@ hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in,
 /* Methods E/G and member-certs: C_UnwrapKey into a sensitive session key,
  * then C_WrapKey with RSA-OAEP to each recipient public key (DER SPKI),
  * so the content key never enters our memory. outs[i] is allocated (caller
- * frees), lens[i] set. One unwrap for all n recipients (n <= 4096).
+ * frees), lens[i] set. One unwrap for all n recipients (n <= 65536).
  * Recipient keys must be RSA, 2048..16384 bits (else HSM_ERR_PUBLIC_KEY);
  * on any failure every outs[i] is NULL. expected_len 0 (OAEP) unwraps the
- * key at its own length: callers need not guess. A wrong non-zero
- * expected_len is HSM_ERR_DECRYPT only on tokens that report CKA_VALUE_LEN
- * of unwrapped keys (SoftHSM 2.6.1 does not; there the key is wrapped out
- * at its real length). With HSM_KT_RSA_PKCS1V15 the key
+ * key at its own length: callers need not guess. A non-zero expected_len
+ * that the plaintext does not have is HSM_ERR_DECRYPT: read from
+ * CKA_VALUE_LEN, or on tokens that do not report it for unwrapped keys
+ * (SoftHSM 2.6.1) measured by an AES key wrap under a throw-away session
+ * key (the key's bytes are never read). With HSM_KT_RSA_PKCS1V15 the key
  * is decrypted into memory (implicit rejection needs the bytes) and then
  * imported as the session key. */
 hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
                                   hsm_oaep_hash out_hash,
                                   const unsigned char *const *spki, const size_t *spki_len, size_t n,
                                   unsigned char **outs, size_t *lens);
+/* The same with a wrap algorithm per recipient (wrap_algs[i] for spki[i]):
+ * HSM_KT_RSA_OAEP_SHA1/_SHA256, or HSM_KT_RSA_PKCS1V15 (CKM_RSA_PKCS
+ * C_WrapKey: what NSS 3.87 and gpgsm 2.2 readers can decrypt; wrapping is
+ * encryption to the recipient, so no padding oracle is offered here).
+ * Still one unwrap for all n. HSM_ERR_ARGS for any other value. */
+hsm_err hsm_rewrap_to_recipients(hsm_ctx *ctx, const hsm_unwrap_input *in, const hsm_kt_alg *wrap_algs,
+                                 const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                 unsigned char **outs, size_t *lens);
 
 /* Group-secret method: unwrap as above, wrap with AES key wrap under a
  * token AES key: RFC 3394 (CKM_AES_KEY_WRAP) when the key length is a

@@ -271,6 +271,10 @@ hsm_err hsm_recipient_rsa_pubkey(const unsigned char *spki, size_t spki_len, EVP
  * *out is malloc'd (caller frees). */
 hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,
                               const unsigned char *msg, size_t len, unsigned char **out, size_t *outlen);
+/* The same with any key transport the server wraps with (RSA-OAEP SHA-1 or
+ * SHA-256, or PKCS#1 v1.5 for readers that need it). */
+hsm_err hsm_soft_rsa_encrypt(const unsigned char *spki, size_t spki_len, hsm_kt_alg alg, const unsigned char *msg,
+                             size_t len, unsigned char **out, size_t *outlen);
 /* AES key wrap in software: RFC 3394 for whole 64-bit blocks of at least
  * 16 bytes, else RFC 5649 (as the token path chooses). */
 hsm_err hsm_soft_aes_wrap(const unsigned char *kek, size_t keklen, const unsigned char *key, size_t keylen,
