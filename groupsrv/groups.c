@@ -662,10 +662,12 @@ static const char *adopt_hint(const char *problem)
 
 /* `group create --use-key URI`: the key made by the token's own tool,
  * checked against the policy this token allows. */
-static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const char *uri, unsigned methods, bool v15,
-                              gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
+static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
+                              bool *v15_out, gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
                               EVP_PKEY **pk)
 {
+    const char *uri = spec->use_key;
+    bool v15;
     hsm_key *key = NULL;
     hsm_key_info info;
     gs_key_expect e;
@@ -694,10 +696,12 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const char *ur
                          "P-256 or P-384 is needed", q);
         goto out;
     }
-    if (v15 && info.type != HSM_KEYTYPE_RSA) {
+    if (spec->allow_pkcs1v15 && info.type != HSM_KEYTYPE_RSA) {
         err = gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
         goto out;
     }
+    /* RSA groups take v1.5 by default: stock clients send nothing else. */
+    v15 = *v15_out = info.type == HSM_KEYTYPE_RSA && !spec->oaep_only;
     err = gs_policy_choose(caps, info.type, methods, v15, info.unwrap, pol);
     if (err)
         goto out;
@@ -723,18 +727,19 @@ out:
     return err;
 }
 
-/* The group's new key version 1, generated or adopted. */
+/* The group's new key version 1, generated or adopted; *v15 whether the
+ * group accepts PKCS#1 v1.5 (every RSA group unless --oaep-only). */
 static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
                               gs_policy *pol, char *label, size_t label_size, char *keyspec, size_t keyspec_size,
-                              unsigned *missing, EVP_PKEY **pk)
+                              unsigned *missing, EVP_PKEY **pk, bool *v15)
 {
     hsm_key_type type;
     unsigned bits;
     gs_err err;
 
+    *v15 = false;
     if (spec->use_key != NULL) {
-        err = adopt_group_key(hsm, caps, spec->use_key, methods, spec->allow_pkcs1v15, pol, &type, &bits, missing,
-                              pk);
+        err = adopt_group_key(hsm, caps, spec, methods, v15, pol, &type, &bits, missing, pk);
         if (err)
             return err;
         if (util_strlcpy(label, spec->use_key, label_size) != UTIL_OK)
@@ -745,21 +750,23 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     }
     (void)util_strlcpy(keyspec, spec->keyspec ? spec->keyspec : "rsa:3072", keyspec_size);
     err = gs_keyspec_parse(keyspec, &type, &bits);
-    if (!err)
-        err = gs_policy_choose(caps, type, methods, spec->allow_pkcs1v15, true, pol);
+    if (err)
+        return err;
+    *v15 = type == HSM_KEYTYPE_RSA && !spec->oaep_only;
+    err = gs_policy_choose(caps, type, methods, *v15, true, pol);
     if (err)
         return err;
     /* The key ceremony copies keys that are on the token; a sealed secret
      * lives outside it, sealed to a key pair that never leaves. */
     if (spec->replicable && (((methods & GS_METHOD_GROUP_SECRET) && pol->secrets == GS_SECRETS_SEALED) ||
-                             (spec->allow_pkcs1v15 && pol->reject_sealed)))
+                             (*v15 && pol->reject_sealed)))
         return gs_err_set(GS_ERR_POLICY, "--replicable: this token cannot keep the group's %s on the token (%s), "
-                          "so the key ceremony could not copy it",
-                          pol->reject_sealed && spec->allow_pkcs1v15 ? "implicit-rejection key" : "secret keys",
-                          pol->reject_sealed && spec->allow_pkcs1v15 ? "reject-sealed" : "secret-sealed");
+                          "so the key ceremony could not copy it%s",
+                          pol->reject_sealed && *v15 ? "implicit-rejection key" : "secret keys",
+                          pol->reject_sealed && *v15 ? "reject-sealed" : "secret-sealed",
+                          pol->reject_sealed && *v15 ? " (--oaep-only needs none)" : "");
     label_group(label, label_size, spec->name, 1);
-    return make_pair(hsm, label, GS_KIND_GROUP, type, bits,
-                     gs_policy_group_usage(pol, type, methods, spec->allow_pkcs1v15), spec->allow_pkcs1v15,
+    return make_pair(hsm, label, GS_KIND_GROUP, type, bits, gs_policy_group_usage(pol, type, methods, *v15), *v15,
                      spec->replicable, pk, missing);
 }
 
@@ -771,7 +778,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64];
     unsigned char kek_id[GS_KEK_ID_LEN];
     struct made_secret sec, rej;
-    bool made_key = false, made_seal = false;
+    bool made_key = false, made_seal = false, v15 = false;
     hsm_key *seal = NULL;
     gs_policy pol;
     hsm_caps caps;
@@ -808,6 +815,8 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
     if ((methods & GS_METHOD_LOCAL_KEY) && !spec->replicable)
         return gs_err_set(GS_ERR_ARGS, "the local-key method needs --replicable (members get a copy of the group key)");
+    if (spec->allow_pkcs1v15 && spec->oaep_only)
+        return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 and --oaep-only contradict each other");
     err = gs_store_group_get(st, spec->name, &existing);
     gs_store_group_free(existing);
     if (err == GS_OK)
@@ -826,7 +835,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     label_secret(slabel, sizeof(slabel), spec->name, 1);
     label_reject(rlabel, sizeof(rlabel), spec->name);
     err = first_group_key(hsm, &caps, spec, methods, &pol, klabel, sizeof(klabel), keyspec, sizeof(keyspec),
-                          &kmissing, &pk);
+                          &kmissing, &pk, &v15);
     if (err)
         goto out;
     made_key = spec->use_key == NULL;
@@ -834,7 +843,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     if (err)
         goto out;
     if (((methods & GS_METHOD_GROUP_SECRET) && pol.secrets == GS_SECRETS_SEALED) ||
-        (spec->allow_pkcs1v15 && pol.reject_sealed)) {
+        (v15 && pol.reject_sealed)) {
         err = ensure_seal_key(hsm, &caps, &seal, &made_seal, &seal_missing);
         if (err)
             goto out;
@@ -846,7 +855,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
         if (err)
             goto out;
     }
-    if (spec->allow_pkcs1v15) {
+    if (v15) {
         err = make_reject(hsm, pol.reject_sealed, seal, rlabel, spec->replicable, &rej);
         if (err)
             goto out;
@@ -860,13 +869,14 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     row.address = (char *)spec->address;
     row.methods = methods;
     row.algorithm = keyspec;
-    row.allow_pkcs1v15 = spec->allow_pkcs1v15;
-    row.reject_label = spec->allow_pkcs1v15 ? rlabel : NULL;
+    row.allow_pkcs1v15 = v15;
+    row.reject_label = v15 ? rlabel : NULL;
     row.policy = policy;
     row.reject_seal_label = rej.sealed ? SEAL_LABEL : NULL;
     row.reject_sealed = rej.sealed;
     row.reject_sealed_len = rej.sealed_len;
     row.replicable = spec->replicable;
+    row.member_wrap = spec->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15;
     err = gs_store_begin(st);
     if (err)
         goto out;
@@ -1244,6 +1254,12 @@ out:
 
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert)
 {
+    return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
+}
+
+gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
+                          gs_wrap wrap)
+{
     gs_store_group *g = NULL;
     char cemail[GS_EMAIL_MAX + 1];
     char *pem = NULL;
@@ -1266,9 +1282,21 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
         if (err)
             goto out;
     }
-    err = gs_store_member_add(st, g->id, email, role, pem);
+    if (wrap == GS_WRAP_DEFAULT) {
+        err = gs_store_member_add(st, g->id, email, role, pem);
+    } else if ((err = gs_store_begin(st)) == GS_OK) {
+        /* the member and their wrap choice land together or not at all */
+        err = gs_store_member_add(st, g->id, email, role, pem);
+        if (!err)
+            err = gs_store_member_set_wrap(st, g->id, email, wrap);
+        if (err)
+            gs_store_rollback(st);
+        else
+            err = gs_store_commit(st);
+    }
     if (!err)
-        log_info("member added group=%s member=%s role=%s", group, email, gs_role_name(role));
+        log_info("member added group=%s member=%s role=%s wrap=%s", group, email, gs_role_name(role),
+                 gs_wrap_name(wrap));
 out:
     free(pem);
     gs_store_group_free(g);

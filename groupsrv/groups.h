@@ -103,12 +103,18 @@ typedef struct gs_group_spec {
     const char *address;       /* LIST@DOMAIN, the SAN rfc822Name */
     const char *keyspec;       /* NULL = "rsa:3072" */
     unsigned methods;          /* 0 = GS_METHODS_DEFAULT */
+    /* PKCS#1 v1.5 key transport (what NSS, gpgsm and Outlook send) is
+     * accepted, through implicit rejection, by every RSA group unless
+     * oaep_only; allow_pkcs1v15 asks for it explicitly (an error for EC
+     * keys, and together with oaep_only). */
     bool allow_pkcs1v15;
     const char *use_key;       /* a pkcs11: URI of an existing private key to adopt instead of
                                   generating one (keyspec is then taken from the key); NULL */
     bool replicable;           /* keys leave the token only under trusted wrap (the key
                                   ceremony); RSA only, never with use_key; required by
                                   GS_METHOD_LOCAL_KEY */
+    bool oaep_only;
+    gs_wrap member_wrap;       /* member-certs copies: DEFAULT = PKCS1V15 */
 } gs_group_spec;
 
 /* The key attribute audit's verdict on one key of group g, kind "group"
@@ -163,6 +169,10 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
  * given it must be valid X.509 with an email equal (case-insensitive) to
  * email (GS_ERR_CERT otherwise). EXISTS for a duplicate member. */
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert);
+/* The same with the member's own wrap for member-certs copies (DEFAULT:
+ * the group's), recorded in the same transaction. */
+gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
+                          gs_wrap wrap);
 /* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
  * group uses group-secret, a new secret key version is made on the token
  * first and recorded in the same transaction as the removal.

@@ -46,8 +46,9 @@ static const char usage_text[] =
     "  ca export --to TRANSPORT.pem --out FILE.gsk\n"
     "  ca import --in FILE.gsk [--ca CA.pem]\n"
     "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
-    "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--allow-pkcs1v15]\n"
-    "               [--replicable]\n"
+    "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--oaep-only]\n"
+    "               [--wrap pkcs1v15|oaep] [--replicable]\n"
+    "  group set NAME --wrap pkcs1v15|oaep\n"
     "  group rotate NAME\n"
     "  group retire NAME --before VERSION\n"
     "  group import-cert NAME --cert FILE [--version N]\n"
@@ -58,6 +59,8 @@ static const char usage_text[] =
     "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
+    "             [--wrap pkcs1v15|oaep]\n"
+    "  member set NAME EMAIL --wrap pkcs1v15|oaep|default\n"
     "  member remove NAME EMAIL\n"
     "  member list NAME\n"
     "  check\n"
@@ -419,8 +422,9 @@ static int group_show(struct env *e, const struct args *a)
     }
     gs_methods_format(g->methods, methods, sizeof(methods));
     printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n"
-           "replicable:     %s\n",
-           g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no",
+           "member wrap:    %s\nreplicable:     %s\n",
+           g->name, g->address, methods, g->algorithm,
+           g->allow_pkcs1v15 ? "accepted (implicit rejection)" : "refused (RSA-OAEP only)", gs_wrap_name(g->member_wrap),
            g->replicable ? "yes (extractable only under trusted wrap: group export)" : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {
@@ -461,10 +465,10 @@ out:
 
 static int cmd_group(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--address", true}, {"--key", true},   {"--methods", true},
-                                          {"--allow-pkcs1v15", false}, {"--before", true}, {"--cert", true},
-                                          {"--version", true}, {"--pubkey", false}, {"--use-key", true},
-                                          {"--replicable", false}};
+    static const struct opt_def defs[] = {{"--address", true},        {"--key", true},        {"--methods", true},
+                                          {"--allow-pkcs1v15", false}, {"--oaep-only", false}, {"--wrap", true},
+                                          {"--before", true},          {"--cert", true},       {"--version", true},
+                                          {"--pubkey", false},         {"--use-key", true},    {"--replicable", false}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
     gs_err err;
@@ -483,7 +487,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos == 0)
-        return usage_error("group: expected create, rotate, retire, import-cert, list, show, export or import%s", "");
+        return usage_error("group: expected create, set, rotate, retire, import-cert, list, show, export or import%s",
+                           "");
     if (strcmp(sub, "list") == 0) {
         gs_store_group **list = NULL;
         size_t n = 0;
@@ -516,10 +521,15 @@ static int cmd_group(struct env *e, int argc, char **argv)
         spec.use_key = opt(&a, "--use-key");
         spec.allow_pkcs1v15 = opt(&a, "--allow-pkcs1v15") != NULL;
         spec.replicable = opt(&a, "--replicable") != NULL;
+        spec.oaep_only = opt(&a, "--oaep-only") != NULL;
         if (spec.address == NULL)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
         if (spec.keyspec && spec.use_key)
             return usage_error("group create: --key and --use-key exclude each other%s", "");
+        if (spec.allow_pkcs1v15 && spec.oaep_only)
+            return usage_error("group create: --allow-pkcs1v15 and --oaep-only contradict each other%s", "");
+        if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &spec.member_wrap) != GS_OK)
+            return usage_error("group create: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
         if (opt(&a, "--before") || opt(&a, "--cert") || opt(&a, "--version"))
             return usage_error("group create: unexpected option%s", "");
         if (opt(&a, "--methods") && gs_methods_parse(opt(&a, "--methods"), &spec.methods) != GS_OK)
@@ -545,6 +555,25 @@ static int cmd_group(struct env *e, int argc, char **argv)
             gs_store_group_keys_free(keys, nk);
             gs_store_group_free(g);
         }
+        return 0;
+    }
+    if (strcmp(sub, "set") == 0) {
+        gs_store_group *g = NULL;
+        gs_wrap w;
+        if (a.nopt != 1 || opt(&a, "--wrap") == NULL)
+            return usage_error("group set: expected --wrap pkcs1v15|oaep%s", "");
+        if (gs_wrap_parse(opt(&a, "--wrap"), &w) != GS_OK)
+            return usage_error("group set: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
+        err = env_open(e, NEED_DB);
+        if (!err)
+            err = gs_store_group_get(e->st, a.pos[1], &g);
+        if (!err)
+            err = gs_store_group_set_member_wrap(e->st, g->id, w);
+        gs_store_group_free(g);
+        if (err)
+            return fail(err);
+        printf("group %s: member-certs copies wrapped with %s unless a member chose otherwise\n", a.pos[1],
+               gs_wrap_name(w));
         return 0;
     }
     if (strcmp(sub, "rotate") == 0) {
@@ -700,7 +729,7 @@ out:
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
-        {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}};
+        {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}, {"--wrap", true}};
     struct args a;
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
@@ -708,7 +737,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos < 2)
-        return usage_error("member: expected add, remove or list with a group NAME%s", "");
+        return usage_error("member: expected add, set, remove or list with a group NAME%s", "");
     sub = a.pos[0];
     if (strcmp(sub, "list") == 0) {
         gs_store_group *g = NULL;
@@ -731,7 +760,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
                 gs_cert_parse((const unsigned char *)m[i].cert_pem, strlen(m[i].cert_pem), &c) == GS_OK)
                 gs_cert_fingerprint(c, fp);
             X509_free(c);
-            printf("%-40s %-9s %s\n", m[i].email, gs_role_name(m[i].role), fp);
+            printf("%-40s %-9s %-8s %s\n", m[i].email, gs_role_name(m[i].role), gs_wrap_name(m[i].wrap), fp);
         }
         gs_store_member_list_free(m, n);
         return 0;
@@ -740,6 +769,25 @@ static int cmd_member(struct env *e, int argc, char **argv)
         return usage_error("member %s: expected NAME EMAIL", sub);
     if (!gs_valid_email(a.pos[2]))
         return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address"));
+    if (strcmp(sub, "set") == 0) {
+        gs_store_group *g = NULL;
+        gs_wrap w = GS_WRAP_DEFAULT;
+        const char *wv = opt(&a, "--wrap");
+        if (a.nopt != 1 || wv == NULL)
+            return usage_error("member set: expected --wrap pkcs1v15|oaep|default%s", "");
+        if (strcmp(wv, "default") != 0 && gs_wrap_parse(wv, &w) != GS_OK)
+            return usage_error("member set: --wrap must be pkcs1v15, oaep or default, not %s", wv);
+        err = env_open(e, NEED_DB);
+        if (!err)
+            err = gs_store_group_get(e->st, a.pos[1], &g);
+        if (!err)
+            err = gs_store_member_set_wrap(e->st, g->id, a.pos[2], w);
+        gs_store_group_free(g);
+        if (err)
+            return fail(err);
+        printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
+        return 0;
+    }
     if (strcmp(sub, "remove") == 0) {
         gs_member_removal rm;
         if (a.nopt)
@@ -767,8 +815,11 @@ static int cmd_member(struct env *e, int argc, char **argv)
         char keypath[4096], certpath[4096];
         X509 *cert = NULL;
         bool wrote = false;
+        gs_wrap wrap = GS_WRAP_DEFAULT;
         if (opt(&a, "--role") && gs_role_parse(opt(&a, "--role"), &role) != GS_OK)
             return usage_error("member add: unknown --role %s (member, exploder, admin)", opt(&a, "--role"));
+        if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &wrap) != GS_OK)
+            return usage_error("member add: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
         if ((certfile != NULL) == issue)
             return usage_error("member add: give exactly one of --cert FILE or --issue-cert --out DIR%s", "");
         if (issue != (outdir != NULL))
@@ -801,7 +852,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
             }
         }
         if (!err)
-            err = gs_member_add(e->st, a.pos[1], a.pos[2], role, cert);
+            err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
         X509_free(cert);
         if (err) {
             if (wrote) {

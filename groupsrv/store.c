@@ -14,6 +14,37 @@
 
 /* ---- names and enums -------------------------------------------------- */
 
+const char *gs_wrap_name(gs_wrap w)
+{
+    switch (w) {
+    case GS_WRAP_OAEP: return "oaep";
+    case GS_WRAP_PKCS1V15: return "pkcs1v15";
+    default: return "default";
+    }
+}
+
+gs_err gs_wrap_parse(const char *name, gs_wrap *out)
+{
+    *out = GS_WRAP_DEFAULT;
+    if (name != NULL && strcmp(name, "oaep") == 0)
+        *out = GS_WRAP_OAEP;
+    else if (name != NULL && strcmp(name, "pkcs1v15") == 0)
+        *out = GS_WRAP_PKCS1V15;
+    else
+        return gs_err_set(GS_ERR_ARGS, "wrap must be oaep or pkcs1v15");
+    return GS_OK;
+}
+
+gs_wrap gs_store_group_wrap(gs_wrap w) { return w == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15; }
+
+gs_wrap gs_store_wrap_from_text(const char *text)
+{
+    gs_wrap w = GS_WRAP_DEFAULT;
+    if (text != NULL)
+        (void)gs_wrap_parse(text, &w);
+    return w;
+}
+
 static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert", "local-key"};
 
 gs_err gs_methods_parse(const char *list, unsigned *out)
@@ -344,6 +375,13 @@ gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
     return st->ops->group_list(st, out, n);
 }
 
+gs_err gs_store_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    if (wrap != GS_WRAP_OAEP && wrap != GS_WRAP_PKCS1V15)
+        return gs_err_set(GS_ERR_ARGS, "a group's member wrap is oaep or pkcs1v15");
+    return st->ops->group_set_member_wrap(st, group_id, wrap);
+}
+
 gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                               const char *cert_pem)
 {
@@ -464,6 +502,13 @@ gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **ou
     return st->ops->member_list(st, group_id, out, n);
 }
 
+gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    if (email == NULL || wrap < GS_WRAP_DEFAULT || wrap > GS_WRAP_PKCS1V15)
+        return gs_err_set(GS_ERR_ARGS, "invalid member or wrap");
+    return st->ops->member_set_wrap(st, group_id, email, wrap);
+}
+
 /* ---- audit chains ----------------------------------------------------------- */
 
 static bool valid_instance(const char *instance)
@@ -542,6 +587,7 @@ void gs_store_group_free(gs_store_group *g)
     free(g->reject_label);
     free(g->policy);
     free(g->reject_seal_label);
+    free(g->reject_weakenings);
     free(g->reject_sealed);
     free(g);
 }

@@ -32,7 +32,7 @@
 #include "gs_error.h"
 
 /* Current schema version written by this program. */
-#define GS_STORE_SCHEMA_VERSION 3
+#define GS_STORE_SCHEMA_VERSION 4
 
 /* Caps on names (also checked by gs_valid_* below). */
 #define GS_NAME_MAX 64      /* group name */
@@ -60,6 +60,14 @@ enum gs_method {
 gs_err gs_methods_parse(const char *list, unsigned *out);
 /* Writes the canonical comma list into buf (always NUL-terminated). */
 void gs_methods_format(unsigned methods, char *buf, size_t bufsize);
+
+/* How the server wraps a content key to a member's certificate for
+ * member-certs copies (rewrap "to":"members"): RSA-OAEP, or PKCS#1 v1.5,
+ * the only one NSS 3.87 (Thunderbird) and gpgsm 2.2 readers decrypt.
+ * DEFAULT (members only): the group's member_wrap. */
+typedef enum gs_wrap { GS_WRAP_DEFAULT = 0, GS_WRAP_OAEP, GS_WRAP_PKCS1V15 } gs_wrap;
+const char *gs_wrap_name(gs_wrap w);               /* "oaep", "pkcs1v15", "default" */
+gs_err gs_wrap_parse(const char *name, gs_wrap *out); /* "oaep" | "pkcs1v15"; ARGS otherwise */
 
 typedef enum gs_role { GS_ROLE_MEMBER = 1, GS_ROLE_EXPLODER, GS_ROLE_ADMIN } gs_role;
 const char *gs_role_name(gs_role role);          /* "member", "exploder", "admin" */
@@ -156,12 +164,17 @@ typedef struct gs_store_group {
     char *policy;         /* the group's key policy ("" = everything on the token; see
                              groupsrv/policy.h); gs_store_group_add takes NULL as "" */
     char *reject_seal_label;      /* a sealed rejection key: its seal key pair's label */
+    char *reject_weakenings;      /* weakenings accepted for the rejection key on the token
+                                     (schema 4; "" = none, NULL on add = "") */
     unsigned char *reject_sealed; /* ...and its blob (NULL: the rejection key is on the token) */
     size_t reject_sealed_len;
     bool replicable;      /* keys extractable only under trusted wrap: the key ceremony may copy them */
+    gs_wrap member_wrap;  /* default wrap of member-certs copies; DEFAULT on add = PKCS1V15 */
 } gs_store_group;
 /* Adds a group; *id (may be NULL) gets its row id. EXISTS on duplicate name. */
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id);
+/* The group's default wrap for member-certs copies (OAEP or PKCS1V15). */
+gs_err gs_store_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap);
 gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out);
 /* All groups ordered by name; *out is an array of n pointers. */
 gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n);
@@ -247,10 +260,13 @@ typedef struct gs_store_member {
     gs_role role;
     char *cert_pem;       /* the member's certificate, or NULL */
     int64_t added;
+    gs_wrap wrap;         /* member-certs wrap; DEFAULT = the group's member_wrap */
 } gs_store_member;
 gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role,
                            const char *cert_pem); /* EXISTS on duplicate */
 gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email); /* NOT_FOUND */
+/* A member's member-certs wrap (DEFAULT: back to the group's). NOT_FOUND. */
+gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap);
 /* Reads the database on every call (no cache). */
 gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out);
 /* Ordered by email; *out is an array of n records (free with _list_free). */

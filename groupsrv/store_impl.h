@@ -29,6 +29,8 @@ struct gs_store_ops {
     gs_err (*group_add)(gs_store *st, const gs_store_group *g, int64_t *id);
     gs_err (*group_get)(gs_store *st, const char *name, gs_store_group **out);
     gs_err (*group_list)(gs_store *st, gs_store_group ***out, size_t *n);
+    /* wrap: OAEP or PKCS1V15; NOT_FOUND without the group */
+    gs_err (*group_set_member_wrap)(gs_store *st, int64_t group_id, gs_wrap wrap);
     gs_err (*group_key_add)(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                             const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec);
     gs_err (*group_key_set_cert)(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem);
@@ -44,6 +46,8 @@ struct gs_store_ops {
     gs_err (*member_remove)(gs_store *st, int64_t group_id, const char *email);
     gs_err (*member_get)(gs_store *st, int64_t group_id, const char *email, gs_store_member **out);
     gs_err (*member_list)(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n);
+    /* wrap DEFAULT stores NULL (the group's); NOT_FOUND without the member */
+    gs_err (*member_set_wrap)(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap);
     /* Audit chains (NULL in a backend without an audit table). */
     gs_err (*audit_head)(gs_store *st, const char *instance, int64_t *seq, char **line);
     gs_err (*audit_append)(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);
@@ -70,6 +74,10 @@ const char *gs_store_rec_weak(const gs_store_keyrec *rec);
  * one untouched and *cap unchanged. */
 void *gs_store_grow_array(void *list, size_t *cap, size_t elem, size_t first);
 int64_t gs_store_now(void);
+/* A group's member wrap as stored: OAEP or else PKCS#1 v1.5 (the default). */
+gs_wrap gs_store_group_wrap(gs_wrap w);
+/* A wrap column's text: NULL (members: the group's) or an unknown name is DEFAULT. */
+gs_wrap gs_store_wrap_from_text(const char *text);
 /* Runs the caller's statements in a transaction unless one is open:
  * *mine says whether this call opened it; end commits or rolls back. */
 gs_err gs_store_tx_begin_if_needed(gs_store *st, bool *mine);

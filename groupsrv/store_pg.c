@@ -106,6 +106,12 @@ static const char *const migrations[] = {
      * parenthesised as there. */
     ("ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE ca ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"),
+    /* 3 -> 4: store_sqlite.c's step (issue 14's member-certs wraps and the
+     * rejection key's weakenings), parenthesised as there. */
+    ("ALTER TABLE groups ADD COLUMN member_wrap TEXT NOT NULL DEFAULT 'pkcs1v15'"
+     "  CHECK (member_wrap IN ('oaep', 'pkcs1v15'));"
+     "ALTER TABLE groups ADD COLUMN reject_weakenings TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE members ADD COLUMN wrap TEXT CHECK (wrap IN ('oaep', 'pkcs1v15'));"),
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VERSION,
                "a migration step for each schema version");
@@ -121,6 +127,7 @@ enum q {
     Q_GROUP_ADD,
     Q_GROUP_GET,
     Q_GROUP_LIST,
+    Q_GROUP_SET_WRAP,
     Q_KEY_DEMOTE,
     Q_KEY_ADD,
     Q_KEY_SET_CERT,
@@ -135,6 +142,7 @@ enum q {
     Q_MEMBER_ADD,
     Q_MEMBER_REMOVE,
     Q_MEMBER_LIST,
+    Q_MEMBER_SET_WRAP,
     Q_AUDIT_HEAD,
     Q_AUDIT_APPEND,
     Q_AUDIT_INSTANCES,
@@ -145,8 +153,8 @@ enum q {
 /* BYTEA columns are read as hex (results come as text). */
 #define GROUP_COLS                                                                                             \
     "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
-    "encode(reject_sealed, 'hex'), replicable"
-#define MEMBER_COLS "email, role, cert_pem, added"
+    "encode(reject_sealed, 'hex'), replicable, member_wrap, reject_weakenings"
+#define MEMBER_COLS "email, role, cert_pem, added, wrap"
 
 static const char *const queries[Q_N] = {
     [Q_STAMP] = "SELECT n FROM changes WHERE id = 1",
@@ -155,11 +163,12 @@ static const char *const queries[Q_N] = {
     [Q_CA_PUT] = "INSERT INTO ca (id, key_label, cert_pem, created, weakenings, replicable) "
                  "VALUES (1, $1, $2, $3, $4, $5)",
     [Q_GROUP_ADD] = "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
-                    "key_policy, reject_seal_label, reject_sealed, replicable) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+                    "key_policy, reject_seal_label, reject_sealed, replicable, member_wrap, reject_weakenings) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     [Q_GROUP_GET] = "SELECT " GROUP_COLS " FROM groups WHERE name = $1",
     /* Byte order, as SQLite's BINARY collation, whatever the database's locale. */
     [Q_GROUP_LIST] = "SELECT " GROUP_COLS " FROM groups ORDER BY name COLLATE \"C\"",
+    [Q_GROUP_SET_WRAP] = "UPDATE groups SET member_wrap = $1 WHERE id = $2",
     [Q_KEY_DEMOTE] = "UPDATE group_keys SET state = $1 WHERE group_id = $2 AND state = $3",
     [Q_KEY_ADD] = "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
                   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -183,6 +192,7 @@ static const char *const queries[Q_N] = {
     [Q_MEMBER_REMOVE] = "DELETE FROM members WHERE group_id = $1 AND lower(email) = lower($2)",
     [Q_MEMBER_LIST] = "SELECT " MEMBER_COLS " FROM members WHERE group_id = $1 "
                       "ORDER BY lower(email) COLLATE \"C\", email COLLATE \"C\"",
+    [Q_MEMBER_SET_WRAP] = "UPDATE members SET wrap = $1 WHERE group_id = $2 AND lower(email) = lower($3)",
     [Q_AUDIT_HEAD] = "SELECT seq, line FROM audit WHERE instance = $1 ORDER BY seq DESC LIMIT 1",
     /* One statement for the whole batch: one round trip, one commit. */
     [Q_AUDIT_APPEND] = "INSERT INTO audit (instance, seq, line) "
@@ -203,7 +213,7 @@ struct pg_store {
 
 /* Parameters of one statement: text (or NULL), integers as text, or
  * binary bytes. */
-#define MAX_PARAMS 12
+#define MAX_PARAMS 13
 struct params {
     int n;
     const char *val[MAX_PARAMS];
@@ -670,6 +680,8 @@ static gs_err pg_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
     p_text(&p, g->reject_seal_label);
     p_bytes(&p, g->reject_sealed, g->reject_sealed_len);
     p_int(&p, g->replicable ? 1 : 0);
+    p_text(&p, gs_wrap_name(gs_store_group_wrap(g->member_wrap)));
+    p_text(&p, g->reject_weakenings ? g->reject_weakenings : "");
     gs_err err = run(st, Q_GROUP_ADD, &p, &r, "add group");
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
@@ -698,7 +710,10 @@ static gs_err group_from_row(PGresult *r, int row, gs_store_group **out)
     g->reject_seal_label = col_strdup(r, row, 9, &oom);
     gs_err err = col_hexdup(r, row, 10, &g->reject_sealed, &g->reject_sealed_len);
     g->replicable = col_int(r, row, 11) != 0;
-    if (err == GS_OK && (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL))
+    g->member_wrap = gs_store_group_wrap(gs_store_wrap_from_text(PQgetvalue(r, row, 12)));
+    g->reject_weakenings = col_strdup(r, row, 13, &oom);
+    if (err == GS_OK && (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL ||
+                         g->reject_weakenings == NULL))
         err = GS_ERR_NOMEM;
     if (err != GS_OK) {
         gs_store_group_free(g);
@@ -1021,6 +1036,7 @@ static gs_err member_from_row(PGresult *r, int row, void *elem)
     m->role = (gs_role)col_int(r, row, 1);
     m->cert_pem = col_strdup(r, row, 2, &oom);
     m->added = col_int(r, row, 3);
+    m->wrap = PQgetisnull(r, row, 4) ? GS_WRAP_DEFAULT : gs_store_wrap_from_text(PQgetvalue(r, row, 4));
     return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
 }
 
@@ -1054,6 +1070,33 @@ out:
 }
 
 static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
+
+/* One UPDATE of a wrap column; NOT_FOUND when no row matched. */
+static gs_err set_wrap(gs_store *st, enum q which, int64_t group_id, const char *email, const char *value,
+                       const char *what)
+{
+    struct params p = {0};
+    long changes = 0;
+    p_text(&p, value);
+    p_int(&p, group_id);
+    if (email != NULL)
+        p_text(&p, email);
+    gs_err err = run_done(st, which, &p, what, &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, email != NULL ? "not a member" : "no such group");
+    return err;
+}
+
+static gs_err pg_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    return set_wrap(st, Q_MEMBER_SET_WRAP, group_id, email, wrap == GS_WRAP_DEFAULT ? NULL : gs_wrap_name(wrap),
+                    "set member wrap");
+}
+
+static gs_err pg_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    return set_wrap(st, Q_GROUP_SET_WRAP, group_id, NULL, gs_wrap_name(wrap), "set group member wrap");
+}
 
 static gs_err pg_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
 {
@@ -1194,6 +1237,7 @@ static const struct gs_store_ops pg_ops = {
     .group_add = pg_group_add,
     .group_get = pg_group_get,
     .group_list = pg_group_list,
+    .group_set_member_wrap = pg_group_set_member_wrap,
     .group_key_add = pg_group_key_add,
     .group_key_set_cert = pg_group_key_set_cert,
     .group_key_retire = pg_group_key_retire,
@@ -1207,6 +1251,7 @@ static const struct gs_store_ops pg_ops = {
     .member_remove = pg_member_remove,
     .member_get = pg_member_get,
     .member_list = pg_member_list,
+    .member_set_wrap = pg_member_set_wrap,
     .audit_head = pg_audit_head,
     .audit_append = pg_audit_append,
     .audit_instances = pg_audit_instances,

@@ -90,6 +90,14 @@ static const char *const migrations[] = {
      * statements, not a missing comma (clang's -Wstring-concatenation). */
     ("ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"
      "ALTER TABLE ca ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"),
+    /* 3 -> 4 (issue 14): how member-certs copies are wrapped to each
+     * member: the group's default, and a member's own choice (NULL = the
+     * default); and the weakenings accepted for a group's rejection key,
+     * which every RSA group now has unless --oaep-only. */
+    ("ALTER TABLE groups ADD COLUMN member_wrap TEXT NOT NULL DEFAULT 'pkcs1v15'"
+     "  CHECK (member_wrap IN ('oaep', 'pkcs1v15'));"
+     "ALTER TABLE groups ADD COLUMN reject_weakenings TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE members ADD COLUMN wrap TEXT CHECK (wrap IN ('oaep', 'pkcs1v15'));"),
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VERSION,
                "a migration step for each schema version");
@@ -443,8 +451,8 @@ static gs_err sq_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
     gs_err err;
     err = prepare(st,
                   "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
-                  "key_policy, reject_seal_label, reject_sealed, replicable) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  "key_policy, reject_seal_label, reject_sealed, replicable, member_wrap, reject_weakenings) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   &s);
     if (err)
         return err;
@@ -455,7 +463,9 @@ static gs_err sq_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
         (err = bind_text(s, 9, g->reject_seal_label)) ||
         (err = g->reject_sealed ? bind_blob(s, 10, g->reject_sealed, g->reject_sealed_len)
                                 : bind_check(sqlite3_bind_null(s, 10), 10)) ||
-        (err = bind_int(s, 11, g->replicable ? 1 : 0)))
+        (err = bind_int(s, 11, g->replicable ? 1 : 0)) ||
+        (err = bind_text(s, 12, gs_wrap_name(gs_store_group_wrap(g->member_wrap)))) ||
+        (err = bind_text(s, 13, g->reject_weakenings ? g->reject_weakenings : "")))
         goto out;
     err = step_done(st, s, "add group", NULL);
     if (err == GS_ERR_EXISTS)
@@ -469,7 +479,7 @@ out:
 
 #define GROUP_COLS                                                                                             \
     "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
-    "reject_sealed, replicable"
+    "reject_sealed, replicable, member_wrap, reject_weakenings"
 
 static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
 {
@@ -491,7 +501,10 @@ static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
     if (!col_blobdup(s, 10, &g->reject_sealed, &g->reject_sealed_len))
         oom = true;
     g->replicable = sqlite3_column_int(s, 11) != 0;
-    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL) {
+    g->member_wrap = gs_store_group_wrap(gs_store_wrap_from_text((const char *)sqlite3_column_text(s, 12)));
+    g->reject_weakenings = col_strdup(s, 13, &oom);
+    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL ||
+        g->reject_weakenings == NULL) {
         gs_store_group_free(g);
         return GS_ERR_NOMEM;
     }
@@ -935,6 +948,7 @@ static gs_err member_from_row(sqlite3_stmt *s, void *elem)
     m->role = (gs_role)sqlite3_column_int(s, 1);
     m->cert_pem = col_strdup(s, 2, &oom);
     m->added = sqlite3_column_int64(s, 3);
+    m->wrap = gs_store_wrap_from_text((const char *)sqlite3_column_text(s, 4));
     return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
 }
 
@@ -945,7 +959,7 @@ static gs_err sq_member_get(gs_store *st, int64_t group_id, const char *email, g
     gs_err err;
     int rc;
 
-    err = prepare_hot(st, HOT_MEMBER_GET, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? AND email = ?",
+    err = prepare_hot(st, HOT_MEMBER_GET, "SELECT email, role, cert_pem, added, wrap FROM members WHERE group_id = ? AND email = ?",
                       &s);
     if (err)
         return err;
@@ -978,10 +992,42 @@ out:
 
 static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
 
+/* One UPDATE of a wrap column; NOT_FOUND when no row matched. */
+static gs_err set_wrap(gs_store *st, const char *sql, int64_t group_id, const char *email, const char *value,
+                       const char *what)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st, sql, &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, value)) || (err = bind_int(s, 2, group_id)) ||
+        (email != NULL && (err = bind_text(s, 3, email))))
+        goto out;
+    err = step_done(st, s, what, &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, email != NULL ? "not a member" : "no such group");
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    return set_wrap(st, "UPDATE members SET wrap = ? WHERE group_id = ? AND email = ?", group_id, email,
+                    wrap == GS_WRAP_DEFAULT ? NULL : gs_wrap_name(wrap), "set member wrap");
+}
+
+static gs_err sq_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    return set_wrap(st, "UPDATE groups SET member_wrap = ? WHERE id = ?", group_id, NULL, gs_wrap_name(wrap),
+                    "set group member wrap");
+}
+
 static gs_err sq_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
 {
     void *list = NULL;
-    gs_err err = read_group_rows(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email",
+    gs_err err = read_group_rows(st, "SELECT email, role, cert_pem, added, wrap FROM members WHERE group_id = ? ORDER BY email",
                                  group_id, sizeof(**out), 8, member_from_row, release_members, "list members", &list,
                                  n);
     *out = list;
@@ -1000,6 +1046,7 @@ static const struct gs_store_ops sq_ops = {
     .group_add = sq_group_add,
     .group_get = sq_group_get,
     .group_list = sq_group_list,
+    .group_set_member_wrap = sq_group_set_member_wrap,
     .group_key_add = sq_group_key_add,
     .group_key_set_cert = sq_group_key_set_cert,
     .group_key_retire = sq_group_key_retire,
@@ -1013,4 +1060,5 @@ static const struct gs_store_ops sq_ops = {
     .member_remove = sq_member_remove,
     .member_get = sq_member_get,
     .member_list = sq_member_list,
+    .member_set_wrap = sq_member_set_wrap,
 };

@@ -29,6 +29,13 @@
 #define MAX_ENC_KEY 1024       /* an RSA-8192 ciphertext is 1024 bytes */
 #define MAX_CEK 64
 
+/* The one reason a v1.5 message is refused, word for word the same here
+ * and in `exploder deliver` (which reads the discovery answer). */
+#define MSG_V15_REFUSED "PKCS#1 v1.5 key transport is not allowed for this group"
+#define MSG_LEN_REQUIRED                                                                                     \
+    "PKCS#1 v1.5 key transport needs \"content_algorithm\" (or \"key_length\"): the content key's length is " \
+    "never guessed"
+
 /* Who is calling, decided per request. */
 struct caller {
     const peer_info *peer;
@@ -336,7 +343,7 @@ static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, st
         item_fail(e, 400, "bad_request", "give exactly one of \"recipient_info\" and \"encrypted_key\"");
         goto out;
     }
-    json_t *jlen = json_object_get(item, "key_length");
+    json_t *jlen = json_object_get(item, "key_length"), *jcalg = json_object_get(item, "content_algorithm");
     if (jlen != NULL) {
         json_int_t n = json_is_integer(jlen) ? json_integer_value(jlen) : -1;
         if (n != 16 && n != 24 && n != 32) {
@@ -344,6 +351,32 @@ static int parse_unwrap_input(json_t *item, gs_group *g, struct unwrap_in *u, st
             goto out;
         }
         u->cek_len = (size_t)n;
+    }
+    if (jcalg != NULL) {
+        /* The message's content-encryption algorithm says how long its key
+         * is: what a RecipientInfo alone cannot tell. */
+        size_t kl = 0;
+        char q[80];
+        env_err ce = json_is_string(jcalg) ? env_content_alg_key_length(json_string_value(jcalg), &kl, NULL)
+                                           : ENV_ERR_ARGS;
+        if (ce == ENV_ERR_UNSUPPORTED) {
+            item_fail(e, 400, "unsupported_algorithm",
+                      "\"content_algorithm\" %s is not supported (AES-128/192/256 CBC or GCM, des-ede3-cbc, "
+                      "chacha20-poly1305, by name or OID)",
+                      log_quote(q, sizeof(q), json_string_value(jcalg)));
+            goto out;
+        }
+        if (ce != ENV_OK) {
+            item_fail(e, 400, "bad_request",
+                      "\"content_algorithm\" must be an OID or a name such as \"aes-128-cbc\" (at most 64 characters)");
+            goto out;
+        }
+        if (u->cek_len != 0 && u->cek_len != kl) {
+            item_fail(e, 400, "bad_request", "\"key_length\" %zu contradicts \"content_algorithm\" (a %zu-byte key)",
+                      u->cek_len, kl);
+            goto out;
+        }
+        u->cek_len = kl;
     }
     if (jri != NULL) {
         if (!json_is_string(jri)) {
@@ -497,29 +530,33 @@ static json_t *hsm_item_fail(struct srv_req *r, struct item_err *e, hsm_err err,
     return item_fail(e, 500, "internal", "token operation failed");
 }
 
-/* Re-wrapping unwraps into a session secret key. A RecipientInfo does not
- * say how long the content key is; for OAEP a zero expected_len lets the
- * token take the key at its own length (one RSA operation, whatever the
- * content cipher). PKCS#1 v1.5 must know the length to make its
- * implicit-rejection substitute: AES-256 unless the caller said
- * "key_length". SoftHSM 2.6 wraps out only with OAEP SHA-1. */
-static void rewrap_default_length(hsm_unwrap_input *in)
+/* The token input of an RSA item. A RecipientInfo does not say how long
+ * the content key is: the client's "content_algorithm" (or "key_length")
+ * does. For OAEP without it the token takes the key at its own length;
+ * PKCS#1 v1.5 needs it for the implicit-rejection substitute and is refused
+ * without it, never guessed, and refused altogether where the group does
+ * not allow it. NULL return: e is filled. */
+static hsm_unwrap_input *rsa_input(gs_group *g, const struct unwrap_in *u, hsm_unwrap_input *in, struct item_err *e)
 {
-    if (in->alg == HSM_KT_RSA_PKCS1V15 && in->expected_len == 0)
-        in->expected_len = 32;
-}
-
-static hsm_err rewrap_public(hsm_ctx *h, hsm_unwrap_input *in, const unsigned char *const *spki,
-                             const size_t *spki_len, size_t n, unsigned char **outs, size_t *lens)
-{
-    rewrap_default_length(in);
-    return hsm_rewrap_to_public_keys(h, in, HSM_OAEP_SHA1, spki, spki_len, n, outs, lens);
-}
-
-static hsm_err rewrap_secret(hsm_ctx *h, hsm_unwrap_input *in, hsm_key *kek, unsigned char **out, size_t *outlen)
-{
-    rewrap_default_length(in);
-    return hsm_rewrap_to_secret_key(h, in, kek, out, outlen);
+    memset(in, 0, sizeof(*in));
+    in->group_key = u->ref->key;
+    in->alg = u->alg;
+    in->encrypted_key = u->enc;
+    in->encrypted_key_len = u->enc_len;
+    in->expected_len = u->cek_len;
+    in->rewrap = gs_group_rewrap_path(g);
+    if (u->alg == HSM_KT_RSA_PKCS1V15) {
+        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
+            item_fail(e, 400, "algorithm_not_allowed", MSG_V15_REFUSED);
+            return NULL;
+        }
+        if (u->cek_len == 0) {
+            item_fail(e, 400, "content_algorithm_required", MSG_LEN_REQUIRED);
+            return NULL;
+        }
+        in->reject_key = gs_group_reject_key(g);
+    }
+    return in;
 }
 
 /* Token work for one item; returns the answer object or NULL with e set. */
@@ -539,18 +576,10 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
     *secret_version = -1;
     if (u->ref->key == NULL) /* a version this instance's token lacks */
         return key_unavailable(r, e, u->ref->version, "group key");
-    hsm_unwrap_input in = {.group_key = u->ref->key, .alg = u->alg, .encrypted_key = u->enc,
-                           .encrypted_key_len = u->enc_len, .expected_len = u->cek_len,
-                           .rewrap = gs_group_rewrap_path(g)};
-    if (!u->ecdh && u->alg == HSM_KT_RSA_PKCS1V15) {
-        /* v1.5 only where the group allows it, and then only through
-         * implicit rejection (a substitute key on bad padding). */
-        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
-            return item_fail(e, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
-        in.reject_key = gs_group_reject_key(g);
-        if (in.expected_len == 0)
-            in.expected_len = 32;
-    }
+    hsm_unwrap_input in;
+    memset(&in, 0, sizeof(in));
+    if (!u->ecdh && rsa_input(g, u, &in, e) == NULL)
+        return NULL;
     if (u->ecdh && d != DELIVER_TLS)
         return item_fail(e, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
     /* The same answer as a ciphertext the token refuses (the caller must
@@ -572,6 +601,9 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
                                   .kek_len = kp.kek_len, .wrapped_key = kp.wrapped_key,
                                   .wrapped_key_len = kp.wrapped_key_len};
             he = hsm_ecdh_decrypt_content_key(r->srv->hsm, &ein, cek, sizeof(cek), &cek_len);
+            /* a key of another length than the content algorithm's is no key */
+            if (he == HSM_OK && u->cek_len != 0 && cek_len != u->cek_len)
+                he = HSM_ERR_DECRYPT;
         } else {
             he = hsm_decrypt_content_key(r->srv->hsm, &in, cek, sizeof(cek), &cek_len);
         }
@@ -600,7 +632,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         sp[0] = spki;
         sl[0] = spki_len;
         /* SoftHSM 2.6 wraps only with OAEP SHA-1: the CMS default parameters. */
-        he = rewrap_public(r->srv->hsm, &in, sp, sl, 1, &wrapped, &wrapped_len);
+        he = hsm_rewrap_to_public_keys(r->srv->hsm, &in, HSM_OAEP_SHA1, sp, sl, 1, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
             res = hsm_item_fail(r, e, he, "rewrap");
@@ -627,7 +659,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
             res = key_unavailable(r, e, sec->version, "secret key");
             goto out;
         }
-        he = rewrap_secret(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
+        he = hsm_rewrap_to_secret_key(r->srv->hsm, &in, sec->key, &wrapped, &wrapped_len);
         metrics_unwrap_latency(srv_now() - t0);
         if (he != HSM_OK) {
             res = hsm_item_fail(r, e, he, "rewrap-secret");
@@ -859,6 +891,8 @@ static void h_rewrap(struct srv_req *r, const char *group)
     X509 **certs = NULL;
     unsigned char **spki = NULL, **outs = NULL;
     size_t *spki_len = NULL, *out_lens = NULL;
+    hsm_kt_alg *wraps = NULL;
+    const char **emails = NULL;
     int bad = 0;
     const char *outcome = "ok";
 
@@ -883,9 +917,14 @@ static void h_rewrap(struct srv_req *r, const char *group)
         goto out;
     }
     if (strcmp(to, "group-secret") == 0) {
-        /* Same token work as an unwrap with deliver=group-secret. */
-        json_t *item = json_pack("{s:O,s:s}", "recipient_info", json_object_get(body, "recipient_info"), "deliver",
-                                 "group-secret");
+        /* Same token work as an unwrap with deliver=group-secret (with the
+         * body's content_algorithm / key_length). */
+        json_t *item = json_copy(body);
+        if (item != NULL && (json_object_del(item, "to") != 0 ||
+                             json_object_set_new(item, "deliver", json_string("group-secret")) != 0)) {
+            json_decref(item);
+            item = NULL;
+        }
         if (item == NULL) {
             srv_reply_error(r, 500, "internal", "out of memory");
             goto out;
@@ -922,11 +961,16 @@ static void h_rewrap(struct srv_req *r, const char *group)
             (spki = calloc(nmembers + 1, sizeof(*spki))) == NULL ||
             (spki_len = calloc(nmembers + 1, sizeof(*spki_len))) == NULL ||
             (outs = calloc(nmembers + 1, sizeof(*outs))) == NULL ||
-            (out_lens = calloc(nmembers + 1, sizeof(*out_lens))) == NULL) {
+            (out_lens = calloc(nmembers + 1, sizeof(*out_lens))) == NULL ||
+            (wraps = calloc(nmembers + 1, sizeof(*wraps))) == NULL ||
+            (emails = calloc(nmembers + 1, sizeof(*emails))) == NULL) {
             srv_reply_error(r, 500, "internal", "out of memory");
             goto out;
         }
-        /* Readers with an RSA certificate on record; exploders never get keys. */
+        /* Readers with an RSA certificate on record; exploders never get
+         * keys. Each is wrapped with what their client decrypts: their own
+         * choice, else the group's (PKCS#1 v1.5 unless set to OAEP). */
+        gs_wrap group_wrap = gs_group_info(g)->member_wrap;
         for (size_t i = 0; i < nmembers; i++) {
             X509 *x = NULL;
             if (members[i].role == GS_ROLE_EXPLODER || members[i].cert_pem == NULL)
@@ -937,13 +981,15 @@ static void h_rewrap(struct srv_req *r, const char *group)
                 X509_free(x);
                 continue;
             }
+            gs_wrap w = members[i].wrap != GS_WRAP_DEFAULT ? members[i].wrap : group_wrap;
+            wraps[n] = w == GS_WRAP_OAEP ? HSM_KT_RSA_OAEP_SHA1 : HSM_KT_RSA_PKCS1V15;
+            emails[n] = members[i].email;
             certs[n++] = x;
         }
-        if (u.alg == HSM_KT_RSA_PKCS1V15) {
-            if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
-                srv_reply_error(r, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
-                goto out;
-            }
+        hsm_unwrap_input in;
+        if (rsa_input(g, &u, &in, &e) == NULL) {
+            srv_reply_error(r, e.status, e.code, "%s", e.msg);
+            goto out;
         }
         if (u.ref->key == NULL) {
             struct item_err ke;
@@ -951,19 +997,16 @@ static void h_rewrap(struct srv_req *r, const char *group)
             srv_reply_retry(r, 503, ke.retry, ke.code, ke.msg);
             goto out;
         }
-        hsm_unwrap_input in = {.group_key = u.ref->key, .alg = u.alg, .encrypted_key = u.enc,
-                               .encrypted_key_len = u.enc_len, .expected_len = u.cek_len,
-                               .reject_key = u.alg == HSM_KT_RSA_PKCS1V15 ? gs_group_reject_key(g) : NULL,
-                               .rewrap = gs_group_rewrap_path(g)};
-        if (u.alg == HSM_KT_RSA_PKCS1V15 && in.expected_len == 0)
-            in.expected_len = 32;
-        json_t *arr = json_array();
-        if (arr == NULL) {
-            srv_reply_error(r, 500, "internal", "out of memory");
-            goto out;
-        }
-        res = json_pack("{s:o,s:I}", "recipient_infos", arr, "key_version", (json_int_t)u.ref->version);
+        json_t *arr = json_array(), *who = json_array();
+        res = arr != NULL && who != NULL
+                  ? json_pack("{s:o,s:o,s:I}", "recipient_infos", arr, "members", who, "key_version",
+                              (json_int_t)u.ref->version)
+                  : NULL;
         if (res == NULL) {
+            if (arr == NULL || who == NULL) {
+                json_decref(arr);
+                json_decref(who);
+            }
             srv_reply_error(r, 500, "internal", "out of memory");
             goto out;
         }
@@ -974,8 +1017,8 @@ static void h_rewrap(struct srv_req *r, const char *group)
         } else if (n > 0) {
             double t0 = srv_now();
             /* One unwrap inside the token for all members. */
-            hsm_err he = rewrap_public(r->srv->hsm, &in, (const unsigned char *const *)spki, spki_len, n, outs,
-                                       out_lens);
+            hsm_err he = hsm_rewrap_to_recipients(r->srv->hsm, &in, wraps, (const unsigned char *const *)spki,
+                                                  spki_len, n, outs, out_lens);
             metrics_unwrap_latency(srv_now() - t0);
             if (he != HSM_OK) {
                 json_decref(res);
@@ -985,8 +1028,10 @@ static void h_rewrap(struct srv_req *r, const char *group)
             for (size_t i = 0; res != NULL && i < n; i++) {
                 unsigned char *der = NULL;
                 size_t dl = 0;
-                if (env_ktri_build(certs[i], ENV_KT_RSA_OAEP_SHA1, outs[i], out_lens[i], &der, &dl) != ENV_OK ||
-                    json_array_append_new(arr, b64_json(der, dl)) != 0) {
+                env_kt_alg ka = wraps[i] == HSM_KT_RSA_PKCS1V15 ? ENV_KT_RSA_PKCS1V15 : ENV_KT_RSA_OAEP_SHA1;
+                if (env_ktri_build(certs[i], ka, outs[i], out_lens[i], &der, &dl) != ENV_OK ||
+                    json_array_append_new(arr, b64_json(der, dl)) != 0 ||
+                    json_array_append_new(who, json_string(emails[i])) != 0) {
                     free(der);
                     json_decref(res);
                     res = item_fail(&e, 500, "internal", "could not build a RecipientInfo");
@@ -1026,6 +1071,8 @@ out:
     free(spki_len);
     free(outs);
     free(out_lens);
+    free(wraps);
+    free(emails);
     gs_store_member_list_free(members, nmembers);
     unwrap_in_clear(&u);
     caller_clear(&c);
@@ -1164,6 +1211,26 @@ static void h_group_info(struct srv_req *r, const char *group)
         json_object_set_new(o, "current_key_version", json_integer(cur->version));
     if (o != NULL)
         json_object_set_new(o, "key_policy", key_policy_json(g));
+    /* What a message may use to be unwrapped at all (the exploder refuses
+     * anything else at once, senders can check before sending). */
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } kt_names[] = {{GCACHE_KT_OAEP, "RSA-OAEP"},
+                    {GCACHE_KT_OAEP256, "RSA-OAEP-256"},
+                    {GCACHE_KT_PKCS1V15, "RSA-PKCS1-v1_5"},
+                    {GCACHE_KT_ECDH, "ECDH"}};
+    unsigned kts = gcache_key_transports(r->t->gcache, r->srv->hsm, g);
+    json_t *ktj = json_array();
+    for (size_t i = 0; ktj != NULL && i < GS_ARRAY_LEN(kt_names); i++)
+        if (kts & kt_names[i].bit)
+            json_array_append_new(ktj, json_string(kt_names[i].name));
+    if (o != NULL && ktj != NULL)
+        json_object_set_new(o, "key_transports", ktj);
+    else
+        json_decref(ktj);
+    if (o != NULL)
+        json_object_set_new(o, "member_wrap", json_string(gs_wrap_name(gi->member_wrap)));
     if (o != NULL && gs_group_current_secret(g) != NULL)
         json_object_set_new(o, "secret_version", json_integer(gs_group_current_secret(g)->version));
     const struct gs_config *cfg = r->srv->cfg;
@@ -1200,8 +1267,9 @@ static void h_group_cert(struct srv_req *r, const char *group)
 
 static json_t *member_json(const gs_store_member *m, int with_cert)
 {
-    json_t *o = json_pack("{s:s,s:s,s:b,s:I}", "email", m->email, "role", gs_role_name(m->role), "has_certificate",
-                          m->cert_pem != NULL, "added", (json_int_t)m->added);
+    json_t *o = json_pack("{s:s,s:s,s:b,s:I,s:s}", "email", m->email, "role", gs_role_name(m->role),
+                          "has_certificate", m->cert_pem != NULL, "added", (json_int_t)m->added, "wrap",
+                          gs_wrap_name(m->wrap));
     if (o != NULL && with_cert)
         json_object_set_new(o, "certificate", m->cert_pem ? json_string(m->cert_pem) : json_null());
     return o;
@@ -1293,6 +1361,14 @@ static void h_member(struct srv_req *r, const char *group, const char *email, en
     const char *pem = srv_json_str(r, body, "certificate", &bad);
     if (bad)
         goto out;
+    const char *wrap_s = srv_json_str(r, body, "wrap", &bad);
+    if (bad)
+        goto out;
+    gs_wrap wrap = GS_WRAP_DEFAULT;
+    if (wrap_s != NULL && strcmp(wrap_s, "default") != 0 && gs_wrap_parse(wrap_s, &wrap) != GS_OK) {
+        srv_reply_error(r, 400, "bad_request", "\"wrap\" must be pkcs1v15, oaep or default");
+        goto out;
+    }
     gs_role role = GS_ROLE_MEMBER;
     if (role_s != NULL && gs_role_parse(role_s, &role) != GS_OK) {
         srv_reply_error(r, 400, "bad_request", "\"role\" must be member, exploder or admin");
@@ -1307,7 +1383,7 @@ static void h_member(struct srv_req *r, const char *group, const char *email, en
         srv_reply_gs_error(r, e, "member");
         goto out;
     }
-    e = gs_member_add(r->t->store, gname, email, role, cert);
+    e = gs_member_add_wrap(r->t->store, gname, email, role, cert, wrap);
     json_t *extra = json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role));
     audit_record rec = {.action = action, .identity = c.identity, .group = gname, .key_version = -1,
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e), .extra = extra};
@@ -1425,8 +1501,19 @@ static void h_group_create(struct srv_req *r)
         srv_reply_error(r, 400, "bad_request", "\"replicable\" must be true or false");
         goto out;
     }
+    const char *mw = srv_json_str(r, body, "member_wrap", &bad);
+    if (bad)
+        goto out;
+    gs_wrap member_wrap = GS_WRAP_DEFAULT;
+    if (mw != NULL && gs_wrap_parse(mw, &member_wrap) != GS_OK) {
+        srv_reply_error(r, 400, "bad_request", "\"member_wrap\" must be pkcs1v15 or oaep");
+        goto out;
+    }
+    /* Absent: RSA groups accept v1.5 (the default); false: RSA-OAEP only. */
     gs_group_spec spec = {.name = name, .address = address, .keyspec = keyspec, .methods = methods,
-                          .allow_pkcs1v15 = jp != NULL && json_is_true(jp), .replicable = jr != NULL && json_is_true(jr)};
+                          .allow_pkcs1v15 = jp != NULL && json_is_true(jp),
+                          .oaep_only = jp != NULL && json_is_false(jp), .member_wrap = member_wrap,
+                          .replicable = jr != NULL && json_is_true(jr)};
     e = gs_group_create(r->t->store, r->srv->hsm, r->srv->ca, r->srv->cfg, &spec, &version);
     if (e == GS_OK)
         e = gs_member_add(r->t->store, name, who, GS_ROLE_ADMIN, NULL);

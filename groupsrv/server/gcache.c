@@ -22,6 +22,8 @@ struct gcache_group {
     char name[GS_NAME_MAX + 1];
     gs_group *g;
     uint64_t used;
+    unsigned kts;  /* GCACHE_KT_* bits the current key accepts; with kts_known */
+    int kts_known;
 };
 
 struct gcache_pkey {
@@ -123,6 +125,37 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     slot->used = c->tick;
     *out = g;
     return GS_OK;
+}
+
+unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g)
+{
+    struct gcache_group *slot = NULL;
+    const gs_group_key_ref *cur = gs_group_current_key(g);
+    unsigned kts = 0;
+
+    if (cur == NULL)
+        return 0;
+    if (cur->type != HSM_KEYTYPE_RSA)
+        return GCACHE_KT_ECDH;
+    for (size_t i = 0; c != NULL && i < GCACHE_GROUPS; i++)
+        if (c->groups[i].g == g)
+            slot = &c->groups[i];
+    if (slot != NULL && slot->kts_known)
+        return slot->kts;
+    /* OAEP with SHA-1 is what every group key is made for; SHA-256 and
+     * v1.5 depend on the token and the key's policy: ask it once per load
+     * (a probe closes the session it used, so not per request). */
+    kts = GCACHE_KT_OAEP;
+    if (hsm_check_kt_alg(hsm, cur->key, HSM_KT_RSA_OAEP_SHA256) == HSM_OK)
+        kts |= GCACHE_KT_OAEP256;
+    if (gs_group_info(g)->allow_pkcs1v15 && gs_group_reject_key(g) != NULL &&
+        hsm_check_kt_alg(hsm, cur->key, HSM_KT_RSA_PKCS1V15) == HSM_OK)
+        kts |= GCACHE_KT_PKCS1V15;
+    if (slot != NULL) {
+        slot->kts = kts;
+        slot->kts_known = 1;
+    }
+    return kts;
 }
 
 int gcache_cert_matches_pem(gcache *c, X509 *cert, const char *pem)

@@ -42,6 +42,14 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
  * not free anything now (the current request may still use the group). */
 void gcache_mark_stale(gcache *c);
 
+/* Key transports the group's current key accepts (GCACHE_KT_* bits), for
+ * the discovery answer: RSA-OAEP always, RSA-OAEP-256 where the token has
+ * it, PKCS#1 v1.5 where the group allows it; ECDH for EC keys. Probed on
+ * the token once per cached load of g (0 bits for a group without a
+ * current key). */
+enum { GCACHE_KT_OAEP = 1u << 0, GCACHE_KT_OAEP256 = 1u << 1, GCACHE_KT_PKCS1V15 = 1u << 2, GCACHE_KT_ECDH = 1u << 3 };
+unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g);
+
 /* 1 when cert carries the same public key as the certificate in pem (the
  * member's recorded one), else 0 (also for an unparsable pem). */
 int gcache_cert_matches_pem(gcache *c, X509 *cert, const char *pem);

@@ -73,8 +73,34 @@ cp "$work/body" "$work/b1"
 expect_status 400 unwrap_failed "short ciphertext" -- c erin --data-binary @"$work/bad2.json" "$url"
 cmp -s "$work/body" "$work/b1" || fail "unwrap failures differ: $(cat "$work/b1") vs $(cat "$work/body")"
 ok "every decryption failure is the same answer"
+# PKCS#1 v1.5: accepted by default (implicit rejection), never with a
+# guessed key length; refused by an --oaep-only group with the one reason
+# that `exploder deliver` gives too (tests/integration/interop-clients.sh).
 printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5"}' "$(b64 "$work/g1.bin")" > "$work/v15.json"
-expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 off by default" -- c erin --data-binary @"$work/v15.json" "$url"
+expect_status 400 content_algorithm_required "PKCS#1 v1.5 without content_algorithm" -- \
+  c erin --data-binary @"$work/v15.json" "$url"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"aes-128-cbc"}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15a.json"
+expect_status 200 "" "PKCS#1 v1.5 garbage gets a substitute key" -- c erin --data-binary @"$work/v15a.json" "$url"
+[ "$(json_get "$work/body" key | base64 -d | wc -c)" = 16 ] || fail "v1.5 substitute: not the aes-128 length"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"rc2-cbc"}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15b.json"
+expect_status 400 unsupported_algorithm "unknown content_algorithm" -- c erin --data-binary @"$work/v15b.json" "$url"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"2.16.840.1.101.3.4.1.2","key_length":32}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15c.json"
+expect_status 400 bad_request "key_length contradicting content_algorithm" -- c erin --data-binary @"$work/v15c.json" "$url"
+gs group create strict --address strict@example.org --key rsa:2048 --methods tls --oaep-only >/dev/null
+gs member add strict erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
+expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 refused by an --oaep-only group" -- \
+  c erin --data-binary @"$work/v15a.json" "$base/v1/groups/strict/unwrap"
+grep -q '"message":"PKCS#1 v1.5 key transport is not allowed for this group"' "$work/body" ||
+  fail "v1.5 refusal message: $(cat "$work/body")"
+anon "$base/v1/groups/strict" > "$work/strict.json"
+[ "$(json_get "$work/strict.json" key_transports)" = "['RSA-OAEP']" ] ||
+  fail "discovery of an --oaep-only group: $(cat "$work/strict.json")"
+anon "$base/v1/groups/eng" > "$work/eng.json"
+[ "$(json_get "$work/eng.json" key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
+  fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
 printf '{"encrypted_key":"%s","algorithm":"RSA"}' "$(b64 "$work/g1.bin")" > "$work/raw.json"
 expect_status 400 unsupported_algorithm "no raw RSA" -- c erin --data-binary @"$work/raw.json" "$url"
 

@@ -264,6 +264,100 @@ static const char v1_pg[] =
     "SELECT setval('groups_id_seq', 1);"
     "INSERT INTO group_keys VALUES (1, 1, 'gs:group:old:v1', 'PEM', 1, 1, 0);";
 
+/* A schema-1 database (before issue 14) with a group and a member gets
+ * the wrap columns: the group's default PKCS#1 v1.5, the member's the
+ * group's; the setters work on it; a new group keeps its rejection key's
+ * weakenings and member wrap. */
+static void test_migrate_v1_wrap(void **state)
+{
+    struct fx *f = *state;
+    char loc[1024], name[64];
+    gs_store *st = NULL;
+    gs_store_group *g = NULL, row;
+    gs_store_group **groups = NULL;
+    gs_store_member *m = NULL;
+    size_t n = 0;
+    static const char member[] = "INSERT INTO members VALUES (1, 'alice@example.org', 1, NULL, 1);";
+
+    assert_int_equal(new_db(f, "v1wrap", loc, sizeof(loc)), 0);
+    (void)snprintf(name, sizeof(name), "%s", f->dbname);
+    assert_int_equal(raw_exec(f, loc, v1_sqlite, v1_pg), 0);
+    assert_int_equal(raw_exec(f, loc, member, member), 0);
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
+    assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
+    assert_int_equal(g->member_wrap, GS_WRAP_PKCS1V15);
+    assert_false(g->allow_pkcs1v15); /* an old group keeps its policy: its key has no v1.5 mechanism */
+    assert_string_equal(g->reject_weakenings, "");
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_DEFAULT);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "ALICE@example.org", GS_WRAP_OAEP), GS_OK);
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_OAEP);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_list(st, g->id, &m, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(m[0].wrap, GS_WRAP_OAEP);
+    gs_store_member_list_free(m, n);
+    m = NULL;
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "nobody@example.org", GS_WRAP_OAEP), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "alice@example.org", GS_WRAP_DEFAULT), GS_OK);
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_DEFAULT);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_group_set_member_wrap(st, g->id, GS_WRAP_OAEP), GS_OK);
+    assert_int_equal(gs_store_group_set_member_wrap(st, g->id, GS_WRAP_DEFAULT), GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_set_member_wrap(st, 999, GS_WRAP_OAEP), GS_ERR_NOT_FOUND);
+    gs_store_group_free(g);
+    g = NULL;
+    assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
+    assert_int_equal(g->member_wrap, GS_WRAP_OAEP);
+    gs_store_group_free(g);
+    g = NULL;
+
+    /* a new group's rejection key weakenings and member wrap */
+    memset(&row, 0, sizeof(row));
+    row.name = "nss";
+    row.address = "nss@example.org";
+    row.algorithm = "rsa:2048";
+    row.methods = GS_METHODS_DEFAULT;
+    row.allow_pkcs1v15 = true;
+    row.reject_label = "gs:reject:nss";
+    row.reject_weakenings = "no-allowed-mechanisms";
+    row.member_wrap = GS_WRAP_OAEP;
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_OK);
+    assert_int_equal(gs_store_group_get(st, "nss", &g), GS_OK);
+    assert_string_equal(g->reject_weakenings, "no-allowed-mechanisms");
+    assert_int_equal(g->member_wrap, GS_WRAP_OAEP);
+    gs_store_group_free(g);
+    /* a group added without a wrap gets v1.5, and the list reads both */
+    row.name = "plain";
+    row.address = "plain@example.org";
+    row.reject_weakenings = NULL;
+    row.member_wrap = GS_WRAP_DEFAULT;
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_OK);
+    assert_int_equal(gs_store_group_list(st, &groups, &n), GS_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(groups[0]->name, "nss");
+    assert_int_equal(groups[0]->member_wrap, GS_WRAP_OAEP);
+    assert_string_equal(groups[2]->name, "plain");
+    assert_int_equal(groups[2]->member_wrap, GS_WRAP_PKCS1V15);
+    assert_string_equal(groups[2]->reject_weakenings, "");
+    gs_store_group_list_free(groups, n);
+    gs_store_close(st);
+    if (g_pg) {
+        pgtest_drop(name);
+        /* the fixture's database again for teardown */
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
+    } else {
+        rm_db(loc);
+    }
+}
+
 /* Schema 2 (issue 13): a database of schema 1 keeps its rows and gets the
  * empty policy and weakenings (= everything on the token, every
  * protection); the new fields are written and read back. */
@@ -818,6 +912,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),        \
     cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_older_schema_migrated, setup, teardown), \
+    cmocka_unit_test_setup_teardown(test_migrate_v1_wrap, setup, teardown),   \
     cmocka_unit_test_setup_teardown(test_policy_records, setup, teardown),     \
     cmocka_unit_test_setup_teardown(test_groups, setup, teardown),             \
     cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),       \
