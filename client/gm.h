@@ -37,6 +37,7 @@ typedef struct gm_config {
     char *store;
     char *smtp, *from, *to;
     char *via, *in, *out, *recipient_info;
+    char *content_algorithm; /* unwrap --recipient-info: the message's content algorithm */
     char *oaep;    /* sha1 | sha256 (encrypt) */
     char *format;  /* smime | pem | der (encrypt output) */
     long timeout;  /* seconds */

@@ -18,6 +18,7 @@
 #define MAX_LIST_ITEMS 100000    /* RIs in a rewrap answer (one per member) */
 #define MAX_INFO_ITEMS 1024      /* methods, key versions, secret key versions */
 #define MAX_STRING 4096          /* name, address, certificate_server */
+#define MAX_ADDRESS 320          /* a member's address in a rewrap answer */
 #define MAX_METHOD 64
 #define MAX_KEK_ID 256
 #define MAX_WRAPPED_KEY 2048
@@ -178,6 +179,9 @@ void gs_group_info_clear(gs_group_info *gi)
         free(gi->methods[i]);
     free(gi->methods);
     OPENSSL_free(gi->key_versions); /* version numbers, nothing secret */
+    for (size_t i = 0; i < gi->n_key_transports; i++)
+        free(gi->key_transports[i]);
+    free(gi->key_transports);
     memset(gi, 0, sizeof(*gi));
 }
 
@@ -196,6 +200,31 @@ static bool printable_string(json_t *v, size_t max)
         if (s[i] < 0x20 || s[i] > 0x7e)
             return false;
     return true;
+}
+
+/* A JSON array of short printable strings into a string vector; *n
+ * counts what was copied so far, so the caller's clear frees a partial
+ * one. Returns OK, NOMEM, or BAD_ANSWER (why says which member). */
+static gs_rest_err string_array(json_t *a, const char *name, size_t max_items, size_t max_len, char ***out,
+                                size_t *n, char *why, size_t why_size)
+{
+    size_t i;
+    json_t *v;
+
+    if (!json_is_array(a) || json_array_size(a) > max_items)
+        return bad(why, why_size, "'%s' is not an array of at most %zu", name, max_items);
+    if (json_array_size(a) > 0 && (*out = calloc(json_array_size(a), sizeof(char *))) == NULL)
+        return GS_REST_ERR_NOMEM;
+    json_array_foreach(a, i, v)
+    {
+        if (!printable_string(v, max_len))
+            return bad(why, why_size, "'%s' item %zu is not printable text of at most %zu characters", name, i,
+                       max_len);
+        if (((*out)[i] = strdup(json_string_value(v))) == NULL)
+            return GS_REST_ERR_NOMEM;
+        *n = i + 1;
+    }
+    return GS_REST_OK;
 }
 
 /* A string member (printable, bounded); absent and optional = "". */
@@ -253,6 +282,14 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
                 goto out;
             gi.n_methods = i + 1;
         }
+    }
+    a = json_object_get(root, "key_transports");
+    if (a != NULL) {
+        if ((err = string_array(a, "key_transports", MAX_INFO_ITEMS, MAX_METHOD, &gi.key_transports,
+                                &gi.n_key_transports, why, why_size)) != GS_REST_OK)
+            goto out;
+        gi.key_transports_known = true;
+        err = GS_REST_ERR_NOMEM;
     }
     a = json_object_get(root, "key_versions");
     if (a != NULL) {
@@ -437,10 +474,14 @@ void gs_ri_list_clear(gs_ri_list *l)
 {
     if (l == NULL)
         return;
-    for (size_t i = 0; i < l->n; i++)
+    for (size_t i = 0; i < l->n; i++) {
         free(l->der[i]);
+        if (l->member != NULL)
+            free(l->member[i]);
+    }
     free(l->der);
     free(l->len);
+    free(l->member);
     memset(l, 0, sizeof(*l));
 }
 
@@ -493,6 +534,22 @@ gs_rest_err gs_rest_parse_rewrap(const unsigned char *body, size_t len, gs_rewra
                 goto out;
             }
             l.n = i + 1;
+        }
+        /* "members": the member address of each RecipientInfo, in order */
+        json_t *who = json_object_get(root, "members");
+        if (who != NULL && l.n > 0) {
+            size_t nw = 0;
+            char **names = NULL;
+            err = string_array(who, "members", MAX_LIST_ITEMS, MAX_ADDRESS, &names, &nw, why, why_size);
+            if (err == GS_REST_OK && nw != l.n)
+                err = bad(why, why_size, "'members' names %zu members for %zu RecipientInfos", nw, l.n);
+            if (err != GS_REST_OK) {
+                for (size_t k = 0; k < nw; k++)
+                    free(names[k]);
+                free(names);
+                goto out;
+            }
+            l.member = names;
         }
     }
     *out = l;
