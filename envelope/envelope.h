@@ -212,7 +212,10 @@ env_err env_message_decrypt_with_pkey(const env_message *msg, X509 *cert, EVP_PK
  * authEnveloped-data for AuthEnvelopedData per RFC 8551, else
  * enveloped-data). The small parts are re-encoded as DER with definite
  * lengths (EnvelopedData version recomputed per RFC 5652 6.1 for the new
- * RecipientInfos); the encryptedContent is copied byte for byte. */
+ * RecipientInfos); the encryptedContent is copied byte for byte, as one
+ * primitive OCTET STRING: the BER chunks of a streamed message (openssl
+ * cms -stream, env_encrypt) are joined, since gpgsm 2.2 misreads chunks
+ * inside definite lengths. */
 env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out);
 
 /* ---- encryption --------------------------------------------------------- */

@@ -197,6 +197,8 @@ static env_kt_alg parse_kt(const char *k)
         return ENV_KT_RSA_OAEP_SHA256;
     if (strcmp(k, "oaep") == 0)
         return ENV_KT_RSA_OAEP_SHA1;
+    if (strcmp(k, "pkcs1v15") == 0)
+        return ENV_KT_RSA_PKCS1V15;
     return 0;
 }
 
