@@ -26,7 +26,7 @@ mkdir -p "$work/examples"
 out=$(cd "$work/examples" && env SERVER="$base" CERTSRV="$cbase" GROUP=eng CACERT="$certs/tca.pem" \
   CERT="$certs/alice@example.org.pem" KEY="$certs/alice@example.org.key" \
   ADMIN_CERT="$certs/admin@example.org.pem" ADMIN_KEY="$certs/admin@example.org.key" \
-  DLE_CERT="$certs/dle@example.org.pem" DLE_KEY="$certs/dle@example.org.key" RI="$work/ri.der" \
+  DLE_CERT="$certs/dle@example.org.pem" DLE_KEY="$certs/dle@example.org.key" RI="$work/ri.der" CALG=aes-256-cbc \
   PATH="/usr/bin:$PATH" bash "$script" 2>&1) || fail "examples failed: $(tail -n 20 <<<"$out")"
 grep -q EXAMPLES-DONE <<<"$out" || fail "examples did not finish"
 # What they produced is right: the F key decrypts the openssl cms message,
