@@ -9,13 +9,23 @@
 #   group certificate, as a stock sender would) through `exploder deliver`
 #   and `exploder run --once` to tests/lib/smtpd.py on loopback. Writes
 #   OUT/exploder.csv: mode,members,spool_s,deliver_s,total_s,delivered,
-#   rewrap_calls,message_bytes,copy_bytes (the mean size of a stored copy).
+#   rewrap_calls,message_bytes,copy_bytes (the mean size of a stored copy),
+#   runner_cpu_s (CPU time of the `exploder run` processes alone, without
+#   the SMTP sink's and the group server's).
 #   Member-certs runs on a group of its own with exactly N members, each
 #   with a certificate on record (mc_group). Then OUT/sizes.csv: what the
 #   sender sends to the group, against `openssl cms -encrypt` to N member
 #   certificates.
 
 XP_SMTPD=$top/tests/lib/smtpd.py
+
+# CPU seconds (user + system) of this shell's finished children as the
+# `times` builtin wrote them to FILE: `times > FILE` must run in this shell
+# itself (in $(...) it would count a fresh subshell's children: none).
+children_cpu() {
+  tail -1 "$1" | awk '{s = 0; for (i = 1; i <= 2; i++) {split($i, a, "m"); sub("s", "", a[2]); s += a[1] * 60 + a[2]}
+    printf "%.3f\n", s}'
+}
 
 # mc_group N: group bench-mcN (RSA-2048) whose members member1..N@members.bench.example
 # each have a certificate on record, added as an administrator would, through
@@ -84,7 +94,7 @@ body = base64.encodebytes(os.urandom(76000)).decode()[:102400 - 60]
 sys.stdout.write("Content-Type: text/plain; charset=us-ascii\n\n" + body)
 ' > "$xw/plain.txt"
   local listaddr
-  echo "mode,members,spool_s,deliver_s,total_s,delivered,rewrap_calls,message_bytes,copy_bytes" \
+  echo "mode,members,spool_s,deliver_s,total_s,delivered,rewrap_calls,message_bytes,copy_bytes,runner_cpu_s" \
     > "$out/exploder.csv"
   for mode in group-secret forward member-certs; do
     for n in "${LISTS[@]}"; do
@@ -136,6 +146,9 @@ CONF
       "${X[@]}" deliver --list "$listaddr" --sender sender@bench.example < "$d/msg.eml" 2>>"$d/deliver.log" ||
         die "exploder deliver exited $?"
       t1=$(date +%s.%N)
+      local cpu0 cpu1
+      times > "$d/times0"
+      cpu0=$(children_cpu "$d/times0")
       for i in $(seq 1 30); do
         rc=0
         timeout 1200 "${X[@]}" run --once 2>>"$d/run.log" || rc=$?
@@ -144,6 +157,8 @@ CONF
         sleep 1
       done
       t2=$(date +%s.%N)
+      times > "$d/times1"
+      cpu1=$(children_cpu "$d/times1")
       local delivered calls copy_bytes
       delivered=$(/usr/bin/python3 "$XP_SMTPD" --dir "$d/mail" --list-accepted | sort -u | wc -l)
       calls=$(( $(gs_requests_served rewrap) - calls0 ))
@@ -154,8 +169,8 @@ CONF
       wait "$spid" 2>/dev/null || true
       [ "$delivered" = "$n" ] || log "WARNING: $mode list of $n: only $delivered delivered"
       awk -v m="$mode" -v n="$n" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v dl="$delivered" -v c="$calls" \
-        -v sz="$(stat -c %s "$d/msg.eml")" -v cb="$copy_bytes" \
-        'BEGIN {printf "%s,%d,%.3f,%.3f,%.3f,%d,%d,%d,%d\n", m, n, t1 - t0, t2 - t1, t2 - t0, dl, c, sz, cb}' \
+        -v sz="$(stat -c %s "$d/msg.eml")" -v cb="$copy_bytes" -v cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print b - a}')" \
+        'BEGIN {printf "%s,%d,%.3f,%.3f,%.3f,%d,%d,%d,%d,%.3f\n", m, n, t1 - t0, t2 - t1, t2 - t0, dl, c, sz, cb, cpu}' \
         >> "$out/exploder.csv"
       log "exploder $mode N=$n: $(tail -1 "$out/exploder.csv")"
       rm -rf "$d/mail" "$d/spool"

@@ -376,16 +376,19 @@ def main():
           "copy was accepted by the SMTP server (forward and group-secret: one copy for 100 RCPT TO "
           "per transaction; member-certs: one copy per member, each in its own transaction); group "
           "server calls = rewrap requests counted by the server's own metrics; bytes per copy = the "
-          "mean size of what one mailbox stores; all mailboxes = that times the members.")
+          "mean size of what one mailbox stores; all mailboxes = that times the members; runner CPU = "
+          "user + system time of `exploder run` itself (the SMTP sink, a Python server that fsyncs "
+          "every message it stores, and the group server run beside it on the same cores).")
         w("")
         w("| mode | members | time to spool (s) | delivery (s) | total (s) | delivered | group server calls "
-          "| message bytes | bytes per copy | all mailboxes (MB) |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| message bytes | bytes per copy | all mailboxes (MB) | runner CPU (s) |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in ex:
             cb = int(r.get("copy_bytes") or 0)
+            cpu = r.get("runner_cpu_s") or "not measured"
             w(f"| {r['mode']} | {int(r['members']):,} | {r['spool_s']} | {r['deliver_s']} | {r['total_s']} | "
               f"{int(r['delivered']):,} | {r['rewrap_calls']} | {int(r['message_bytes']):,} | "
-              f"{cb:,} | {cb * int(r['delivered']) / 1e6:,.1f} |")
+              f"{cb:,} | {cb * int(r['delivered']) / 1e6:,.1f} | {cpu} |")
         w("")
     else:
         w("not measured")
