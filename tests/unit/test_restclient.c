@@ -139,6 +139,14 @@ static void test_group_info(void **state)
     assert_int_equal(gi.key_versions[1], 2);
     gs_group_info_clear(&gi);
     assert_int_equal(gs_rest_last_status(r), 200);
+    assert_false(gi.key_transports_known); /* a server that does not say */
+    gs_group_info_clear(&gi);
+    assert_int_equal(gs_rest_group_info(r, "kts", &gi), GS_REST_OK);
+    assert_true(gi.key_transports_known);
+    assert_int_equal(gi.n_key_transports, 2);
+    assert_string_equal(gi.key_transports[1], "RSA-PKCS1-v1_5");
+    gs_group_info_clear(&gi);
+    assert_null(gi.key_transports);
     /* a field of the wrong type */
     assert_int_equal(gs_rest_group_info(r, "badb64", &gi), GS_REST_ERR_BAD_ANSWER);
     assert_null(gi.name);
@@ -280,6 +288,16 @@ static void test_unwrap(void **state)
     req2.recipient_info_len = sizeof(ri);
     assert_int_equal(gs_rest_unwrap(r, "ok", &req2, &res), GS_REST_ERR_ARGS);
 
+    /* the content algorithm goes along (the stub answers its key length) */
+    req.deliver = GS_DELIVER_TLS;
+    req.content_algorithm = "aes-128-cbc";
+    assert_int_equal(gs_rest_unwrap(r, "ok", &req, &res), GS_REST_OK);
+    assert_int_equal(res.key_len, 16);
+    gs_unwrap_result_clear(&res);
+    req.content_algorithm = "";
+    assert_int_equal(gs_rest_unwrap(r, "ok", &req, &res), GS_REST_ERR_ARGS);
+    req.content_algorithm = NULL;
+
     /* the server's uniform failure carries its code */
     gs_unwrap_req bad = {.recipient_info = (const unsigned char *)"refuse", .recipient_info_len = 6};
     assert_int_equal(gs_rest_unwrap(r, "ok", &bad, &res), GS_REST_ERR_REJECTED);
@@ -339,6 +357,23 @@ static void test_rewrap(void **state)
     assert_int_equal(l.n, 0);
     assert_int_equal(gs_rest_rewrap(r, "forbidden", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l),
                      GS_REST_ERR_FORBIDDEN);
+    /* member copies: each RecipientInfo's member, with the content algorithm sent */
+    assert_null(l.member);
+    assert_int_equal(gs_rest_rewrap_alg(r, "named", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-192-cbc", &l), GS_REST_OK);
+    assert_int_equal(l.n, 2);
+    assert_non_null(l.member);
+    assert_string_equal(l.member[0], "a@example.org");
+    assert_string_equal(l.member[1], "b@example.org");
+    assert_memory_equal(l.der[1], "M2:", 3);
+    gs_ri_list_clear(&l);
+    assert_null(l.member);
+    assert_int_equal(gs_rest_rewrap(r, "named", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l), GS_REST_ERR_REJECTED);
+    assert_string_equal(gs_rest_last_code(r), "content_algorithm_required");
+    /* a members list that does not match the RecipientInfos one for one */
+    assert_int_equal(gs_rest_rewrap_alg(r, "misnamed", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-192-cbc", &l),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(l.n, 0);
+    assert_null(l.member);
     gs_rest_free(r);
 }
 
