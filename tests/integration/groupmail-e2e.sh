@@ -8,22 +8,8 @@ BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
 start_server
 
-gm_home=$work/gmhome
-mkdir -p "$gm_home"
-export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
-unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
 # The config file carries the server and trust settings; flags add the rest.
-mkdir -p "$gm_home/.config/groupmail"
-cat > "$gm_home/.config/groupmail/config" <<CONF
-[server]
-url = $base
-group = eng
-cacert = $certs/tca.pem
-group_ca = $certs/localca.pem
-timeout = 10
-[hsm]
-module = $module
-CONF
+gm_home_init "[hsm]" "module = $module"
 gm() { "$BIN/groupmail" "$@"; }
 as() { local who=$1; shift; gm "$@" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key"; }
 expect_rc() { # expect_rc WANT DESC -- command...

@@ -32,18 +32,7 @@ SMTPD_PY=$SRC/tests/lib/smtpd.py
 gs member set eng bob@example.org --wrap oaep >/dev/null
 
 # ---- groupmail as alice, and as bob --------------------------------------
-gm_home=$work/gmhome
-mkdir -p "$gm_home/.config/groupmail"
-export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
-unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
-cat > "$gm_home/.config/groupmail/config" <<CONF
-[server]
-url = $base
-group = eng
-cacert = $certs/tca.pem
-group_ca = $certs/localca.pem
-timeout = 10
-CONF
+gm_home_init
 as() { local who=$1; shift; "$BIN/groupmail" "$@" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key"; }
 "$BIN/groupmail" fetch-cert >/dev/null || fail "groupmail fetch-cert"
 

@@ -225,3 +225,17 @@ check_ktri() {
     fail "openssl cms cannot decrypt with the returned KTRI: $(cat "$work/cms.err")"
   cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
 }
+
+# gm_home_init [INI LINES...]: a private HOME for groupmail whose config file
+# names this server, group eng and the CAs; extra lines (an [hsm] section)
+# are appended. Sets gm_home.
+gm_home_init() {
+  gm_home=$work/gmhome
+  mkdir -p "$gm_home/.config/groupmail"
+  export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
+  unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
+  { printf '[server]\nurl = %s\ngroup = eng\ncacert = %s\ngroup_ca = %s\ntimeout = 10\n' "$base" \
+      "$certs/tca.pem" "$certs/localca.pem"
+    local l
+    for l in "$@"; do echo "$l"; done; } > "$gm_home/.config/groupmail/config"
+}
