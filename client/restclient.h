@@ -116,11 +116,11 @@ typedef struct gs_group_info {
     uint64_t *key_versions;
     size_t n_key_versions;
     /* Key transports the group accepts ("RSA-OAEP", "RSA-OAEP-256",
-     * "RSA-PKCS1-v1_5", "ECDH"); key_transports_known is false when the
+     * "RSA-PKCS1-v1_5", "ECDH"); kt_algs_known is false when the
      * server did not say (servers before issue 14). */
-    char **key_transports;
-    size_t n_key_transports;
-    bool key_transports_known;
+    char **kt_algs;
+    size_t n_kt_algs;
+    bool kt_algs_known;
 } gs_group_info;
 void gs_group_info_clear(gs_group_info *gi);
 gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out);

@@ -179,9 +179,9 @@ void gs_group_info_clear(gs_group_info *gi)
         free(gi->methods[i]);
     free(gi->methods);
     OPENSSL_free(gi->key_versions); /* version numbers, nothing secret */
-    for (size_t i = 0; i < gi->n_key_transports; i++)
-        free(gi->key_transports[i]);
-    free(gi->key_transports);
+    for (size_t i = 0; i < gi->n_kt_algs; i++)
+        free(gi->kt_algs[i]);
+    free(gi->kt_algs);
     memset(gi, 0, sizeof(*gi));
 }
 
@@ -285,10 +285,10 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
     }
     a = json_object_get(root, "key_transports");
     if (a != NULL) {
-        if ((err = string_array(a, "key_transports", MAX_INFO_ITEMS, MAX_METHOD, &gi.key_transports,
-                                &gi.n_key_transports, why, why_size)) != GS_REST_OK)
+        if ((err = string_array(a, "key_transports", MAX_INFO_ITEMS, MAX_METHOD, &gi.kt_algs,
+                                &gi.n_kt_algs, why, why_size)) != GS_REST_OK)
             goto out;
-        gi.key_transports_known = true;
+        gi.kt_algs_known = true;
         err = GS_REST_ERR_NOMEM;
     }
     a = json_object_get(root, "key_versions");

@@ -89,16 +89,16 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
     rc = XP_ERR_NOMEM;
     /* an answer without methods (or key transports) says nothing about
      * them: the runner's rewrap call decides, as before discovery */
-    if ((gi.key_transports_known && (kts = join(gi.key_transports, gi.n_key_transports)) == NULL) ||
+    if ((gi.kt_algs_known && (kts = join(gi.kt_algs, gi.n_kt_algs)) == NULL) ||
         (gi.n_methods > 0 && (methods = join(gi.methods, gi.n_methods)) == NULL))
         goto out;
     if ((rc = spool_list_set_group_info(s, l->id, kts, methods, now)) != XP_OK) {
         snprintf(why, whysz, "cannot store the group's discovery answer: %s", xp_strerror(rc));
         goto out;
     }
-    free(l->key_transports);
+    free(l->kt_algs);
     free(l->group_methods);
-    l->key_transports = kts;
+    l->kt_algs = kts;
     l->group_methods = methods;
     l->group_info_at = now;
     kts = methods = NULL;
@@ -124,11 +124,11 @@ xp_err xp_group_accepts(const xp_list *l, const char *kt, char *why, size_t whys
         snprintf(why, whysz, "%s", MSG_NO_SECRET);
         return XP_ERR_REFUSED;
     }
-    if (l->key_transports == NULL || in_list(l->key_transports, kt))
+    if (l->kt_algs == NULL || in_list(l->kt_algs, kt))
         return XP_OK;
     if (strcmp(kt, "RSA-PKCS1-v1_5") == 0)
-        snprintf(why, whysz, "%s (it accepts %s)", MSG_V15_REFUSED, l->key_transports);
+        snprintf(why, whysz, "%s (it accepts %s)", MSG_V15_REFUSED, l->kt_algs);
     else
-        snprintf(why, whysz, "key transport %s is not accepted by this group (it accepts %s)", kt, l->key_transports);
+        snprintf(why, whysz, "key transport %s is not accepted by this group (it accepts %s)", kt, l->kt_algs);
     return XP_ERR_REFUSED;
 }

@@ -334,7 +334,7 @@ static int list_show(spool *s, int argc, char **argv)
         gmtime_r(&at, &tm);
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         printf("key-transports: %s (group server, %s)\n",
-               l->key_transports != NULL ? l->key_transports : "(not said)", when);
+               l->kt_algs != NULL ? l->kt_algs : "(not said)", when);
     } else {
         printf("key-transports: (not fetched yet)\n");
     }

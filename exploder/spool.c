@@ -278,7 +278,7 @@ void xp_list_free(xp_list *l)
     free(l->priv_path);
     free(l->cacert);
     free(l->group_cert);
-    free(l->key_transports);
+    free(l->kt_algs);
     free(l->group_methods);
     free(l);
 }
@@ -392,7 +392,7 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     l->group_cert = col_dup(st, 8);
     l->require_encrypted = sqlite3_column_int(st, 9) != 0;
     l->members_only = sqlite3_column_int(st, 10) != 0;
-    l->key_transports = col_dup(st, 11);
+    l->kt_algs = col_dup(st, 11);
     l->group_methods = col_dup(st, 12);
     l->group_info_at = sqlite3_column_int64(st, 13);
     l->n_members = sqlite3_column_int64(st, 14);
@@ -417,14 +417,14 @@ xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out)
     return list_query(s, "id = ?1", NULL, id, out);
 }
 
-xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *key_transports, const char *methods,
+xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs, const char *methods,
                                  int64_t at)
 {
     sqlite3_stmt *st = NULL;
     xp_err rc = prep(s, "UPDATE lists SET key_transports=?, group_methods=?, group_info_at=? WHERE id=?", &st);
     if (rc != XP_OK)
         return rc;
-    bind_opt(st, 1, key_transports);
+    bind_opt(st, 1, kt_algs);
     bind_opt(st, 2, methods);
     sqlite3_bind_int64(st, 3, at);
     sqlite3_bind_int64(st, 4, list_id);

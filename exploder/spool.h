@@ -48,7 +48,7 @@ typedef struct xp_list {
     bool members_only;      /* refuse senders that are not members */
     /* The group server's discovery answer as last fetched (groupinfo.h):
      * comma lists, NULL when never fetched (or the server did not say). */
-    char *key_transports, *group_methods;
+    char *kt_algs, *group_methods; /* key transports the group accepts; its methods */
     int64_t group_info_at;  /* when it was fetched (unix seconds), 0 = never */
     int64_t n_members;      /* list members when read */
 } xp_list;
@@ -69,7 +69,7 @@ xp_err spool_list_set_policy(spool *s, const xp_list *l);
 xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out);
 /* Stores the discovery answer of a list's group (either list may be NULL:
  * not said) fetched at `at`. */
-xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *key_transports, const char *methods,
+xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs, const char *methods,
                                  int64_t at);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts

@@ -35,4 +35,10 @@ check_cek "$(od -An -tx1 "$work/examples/cek.bin" | tr -d ' \n')"
 check_ktri "$work/examples/ktri-for-me.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
 openssl x509 -in "$work/examples/anon.pem" -noout -ext subjectAltName 2>/dev/null | grep -q 'email:' &&
   fail "membership certificate carries an email address"
+# The groups the examples made: POST /v1/groups accepts PKCS#1 v1.5 unless
+# "allow_pkcs1v15": false; the member wrap the PUT asked for was kept.
+[ "$(anon "$base/v1/groups/ops" | json_get /dev/stdin key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
+  fail "a group made by POST /v1/groups does not accept v1.5 by default"
+[ "$(anon "$base/v1/groups/strict" | json_get /dev/stdin key_transports)" = "['RSA-OAEP']" ] ||
+  fail "allow_pkcs1v15 false did not make an RSA-OAEP-only group"
 ok "all $n example blocks of docs/api.md ran as written ($(grep -c . "$script") lines)"

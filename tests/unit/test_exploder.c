@@ -350,7 +350,7 @@ static void test_member_copies(void **state)
     assert_int_equal(spool_list_create(s, &l), XP_OK);
     assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
     assert_int_equal(got->group_info_at, 0);
-    assert_null(got->key_transports);
+    assert_null(got->kt_algs);
     assert_int_equal(spool_members_add(s, got->id, addrs, 3, &added), XP_OK);
     assert_int_equal(spool_accept(s, got, "a@x.org", "<1@x>", "From: a\n\nx\n", 11, &id), XP_OK);
     assert_int_equal(spool_next_to_prepare(s, INT64_MAX / 2, &m), XP_OK);
@@ -392,7 +392,7 @@ static void test_member_copies(void **state)
     assert_int_equal(spool_list_set_group_info(s, 999, NULL, NULL, 1), XP_ERR_NOTFOUND);
     xp_list_free(got);
     assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
-    assert_string_equal(got->key_transports, "RSA-OAEP");
+    assert_string_equal(got->kt_algs, "RSA-OAEP");
     assert_string_equal(got->group_methods, "tls,group-secret");
     assert_int_equal(got->group_info_at, 1234);
     xp_list_free(got);
@@ -411,7 +411,7 @@ static void test_group_accepts(void **state)
     l.mode = XP_MODE_MEMBER_CERTS;
     /* nothing cached (or an older server): accepted, the runner finds out */
     assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_OK);
-    l.key_transports = "RSA-OAEP";
+    l.kt_algs = "RSA-OAEP";
     l.group_methods = "tls,recipient-key";
     assert_int_equal(xp_group_accepts(&l, "RSA-OAEP", why, sizeof(why)), XP_OK);
     assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_ERR_REFUSED);
@@ -425,7 +425,7 @@ static void test_group_accepts(void **state)
     l.group_methods = "tls,group-secret";
     assert_int_equal(xp_group_accepts(&l, "RSA-OAEP", why, sizeof(why)), XP_OK);
     l.mode = XP_MODE_FORWARD;
-    l.key_transports = "RSA-OAEP,RSA-PKCS1-v1_5,ECDH";
+    l.kt_algs = "RSA-OAEP,RSA-PKCS1-v1_5,ECDH";
     assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_OK);
     assert_int_equal(xp_group_accepts(&l, "ECDH", why, sizeof(why)), XP_OK);
     assert_int_equal(xp_group_accepts(&l, NULL, why, sizeof(why)), XP_OK);

@@ -139,14 +139,14 @@ static void test_group_info(void **state)
     assert_int_equal(gi.key_versions[1], 2);
     gs_group_info_clear(&gi);
     assert_int_equal(gs_rest_last_status(r), 200);
-    assert_false(gi.key_transports_known); /* a server that does not say */
+    assert_false(gi.kt_algs_known); /* a server that does not say */
     gs_group_info_clear(&gi);
     assert_int_equal(gs_rest_group_info(r, "kts", &gi), GS_REST_OK);
-    assert_true(gi.key_transports_known);
-    assert_int_equal(gi.n_key_transports, 2);
-    assert_string_equal(gi.key_transports[1], "RSA-PKCS1-v1_5");
+    assert_true(gi.kt_algs_known);
+    assert_int_equal(gi.n_kt_algs, 2);
+    assert_string_equal(gi.kt_algs[1], "RSA-PKCS1-v1_5");
     gs_group_info_clear(&gi);
-    assert_null(gi.key_transports);
+    assert_null(gi.kt_algs);
     /* a field of the wrong type */
     assert_int_equal(gs_rest_group_info(r, "badb64", &gi), GS_REST_ERR_BAD_ANSWER);
     assert_null(gi.name);
