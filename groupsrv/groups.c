@@ -113,6 +113,10 @@ static void group_expect(const gs_store_group *g, const gs_policy *pol, gs_key_k
         e->bits = bits;
         e->usage = gs_policy_group_usage(pol, type, g->methods, g->allow_pkcs1v15);
         e->allow_pkcs1v15 = g->allow_pkcs1v15;
+        /* A v1.5 group made before v1.5 implied CKA_DECRYPT may lack it:
+         * only its v1.5 unwraps fail (discovery does not offer v1.5). */
+        e->decrypt_optional =
+            g->allow_pkcs1v15 && !(gs_policy_group_usage(pol, type, g->methods, false) & HSM_USE_DECRYPT);
     } else if (kind == GS_KIND_SECRET) {
         /* Extractable by design (delivered wrapped); a replicable
          * group's copies read CKA_ALWAYS_SENSITIVE false (unwrapped). */

@@ -187,8 +187,11 @@ unsigned gs_policy_group_usage(const gs_policy *p, hsm_key_type type, unsigned m
     if ((methods & GS_METHOD_TLS) || p->rewrap == GS_REWRAP_SOFTWARE ||
         ((methods & GS_METHOD_GROUP_SECRET) && p->secrets != GS_SECRETS_TOKEN))
         u |= HSM_USE_DECRYPT;
+    /* PKCS#1 v1.5 goes through implicit rejection, which decrypts
+     * (C_Decrypt, CKM_RSA_PKCS) whatever the method: it needs CKA_DECRYPT
+     * even where the group never hands out a plain key (no tls). */
     if (allow_pkcs1v15)
-        u |= HSM_USE_PKCS1V15;
+        u |= HSM_USE_PKCS1V15 | HSM_USE_DECRYPT;
     return u;
 }
 
@@ -301,9 +304,10 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
     if (e->type == HSM_KEYTYPE_RSA) {
         static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
         static const unsigned long oaep_v15[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS};
-        if (i->decrypt != want_decrypt)
-            return want_decrypt ? "CKA_DECRYPT missing (the group's policy decrypts on the token)"
-                                : "CKA_DECRYPT set but the group's policy does not need it";
+        if (want_decrypt && !i->decrypt && !e->decrypt_optional)
+            return "CKA_DECRYPT missing (the group's policy decrypts on the token)";
+        if (!want_decrypt && i->decrypt)
+            return "CKA_DECRYPT set but the group's policy does not need it";
         if (i->unwrap != want_unwrap)
             return want_unwrap ? "CKA_UNWRAP missing" : "CKA_UNWRAP set but the group re-wraps in software";
         if (i->derive)

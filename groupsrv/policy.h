@@ -108,6 +108,8 @@ typedef struct gs_key_expect {
     bool allow_pkcs1v15; /* group keys: CKM_RSA_PKCS may be allowed too */
     unsigned missing;    /* accepted weakenings (protections it may lack) */
     bool replicable;     /* a replicable group's (or CA's) key: see gs_key_check2 */
+    bool decrypt_optional; /* group keys: CKA_DECRYPT is wanted only for PKCS#1 v1.5,
+                              and the key is older than that (it may lack it) */
 } gs_key_expect;
 
 /* Checks a key's attributes (read with hsm_key_get_info) against e.

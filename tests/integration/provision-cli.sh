@@ -82,11 +82,16 @@ expect_rc 0 "$G" -c "$CONF" group set strict --wrap pkcs1v15
 "$G" -c "$CONF" group show strict | grep -q "^member wrap: *pkcs1v15$" || fail "group set --wrap"
 expect_rc 2 "$G" -c "$CONF" group set strict --wrap sometimes
 expect_rc 3 "$G" -c "$CONF" group set nosuch --wrap oaep
-# method set without tls: no CKA_DECRYPT; v1.5 allowed: RSA-PKCS too; a rejection key
+# method set without tls, v1.5 accepted: CKA_DECRYPT all the same (implicit
+# rejection decrypts), RSA-PKCS too, a rejection key
 expect_rc 0 "$G" -c "$CONF" group create v15 --address v15@example.org --key rsa:2048 --methods recipient-key --allow-pkcs1v15
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "v15 key usage"
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "v15 key has decrypt"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "v15 key usage"
+# --oaep-only and no tls: the only kind without CKA_DECRYPT
+expect_rc 0 "$G" -c "$CONF" group create nodec --address nodec@example.org --key rsa:2048 --methods recipient-key --oaep-only
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "nodec key usage"
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "nodec key has decrypt"
 awk '/label: *gs:group:v15:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS,RSA-PKCS-OAEP$" || fail "v15 mechanisms"
 p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"

@@ -98,6 +98,25 @@ grep -q '"message":"PKCS#1 v1.5 key transport is not allowed for this group"' "$
 anon "$base/v1/groups/strict" > "$work/strict.json"
 [ "$(json_get "$work/strict.json" key_transports)" = "['RSA-OAEP']" ] ||
   fail "discovery of an --oaep-only group: $(cat "$work/strict.json")"
+# a default group without the tls method takes v1.5 too (its key can decrypt
+# for implicit rejection), and still never hands out a plain key
+gs group create notls --address notls@example.org --key rsa:2048 --methods recipient-key >/dev/null
+gs member add notls erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
+gs group show notls --cert > "$certs/notls.pem"
+openssl cms -encrypt -binary -aes128 -in "$work/msg.txt" -outform DER -out "$work/notls.der" -recip "$certs/notls.pem"
+cms ri "$work/notls.der" "$work/notls.ri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-128-cbc","deliver":"recipient-key"}' "$(b64 "$work/notls.ri")" \
+  > "$work/notls.json"
+expect_status 200 "" "PKCS#1 v1.5 on a group without tls (recipient-key)" -- \
+  c erin --data-binary @"$work/notls.json" "$base/v1/groups/notls/unwrap"
+json_get "$work/body" recipient_info | base64 -d > "$work/notls-ktri.der"
+cms swap "$work/notls.der" "$work/notls-ktri.der" "$work/notls-swapped.der"
+openssl cms -decrypt -inform DER -in "$work/notls-swapped.der" -recip "$certs/erin@example.org.pem" \
+  -inkey "$certs/erin@example.org.key" -out "$work/notls.txt" 2>/dev/null && cmp -s "$work/notls.txt" "$work/msg.txt" ||
+  fail "the v1.5 key re-wrapped to erin does not decrypt the message"
+sed 's/recipient-key/tls/' "$work/notls.json" > "$work/notls-tls.json"
+expect_status 403 method_not_allowed "no plain key from a group without tls" -- \
+  c erin --data-binary @"$work/notls-tls.json" "$base/v1/groups/notls/unwrap"
 anon "$base/v1/groups/eng" > "$work/eng.json"
 [ "$(json_get "$work/eng.json" key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
   fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
