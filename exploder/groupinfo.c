@@ -68,9 +68,11 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
         now >= l->group_info_at)
         return XP_OK;
     xp_rest_opts(c, l, &o);
-    /* deliver runs while the MTA waits: a slow group server must not hold it */
-    o.connect_timeout_ms = 5000;
-    o.timeout_ms = 10000;
+    /* deliver runs while the MTA waits: a slow group server must not hold
+     * it longer than [tls] timeout, and never over 10 s */
+    if (o.timeout_ms <= 0 || o.timeout_ms > 10000)
+        o.timeout_ms = 10000;
+    o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
     if ((e = gs_rest_new(&o, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
         rc = XP_ERR_CONFIG;
