@@ -52,6 +52,12 @@ static bool in_list(const char *list, const char *word)
     return false;
 }
 
+/* Whether `at` (unix seconds, 0 = never) is less than ttl seconds ago. */
+static bool within(int64_t at, int64_t now, int64_t ttl)
+{
+    return at > 0 && now >= at && now - at < ttl;
+}
+
 xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz)
 {
     gs_rest_opts o;
@@ -59,14 +65,19 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
     gs_group_info gi;
     gs_rest_err e;
     char *kts = NULL, *methods = NULL;
-    int64_t now = (int64_t)time(NULL);
+    int64_t now = (int64_t)time(NULL), ttl = (int64_t)c->group_info_ttl;
     xp_err rc;
 
     memset(&gi, 0, sizeof(gi));
     why[0] = '\0';
-    if (!force && l->group_info_at > 0 && now - l->group_info_at < (int64_t)c->group_info_ttl &&
-        now >= l->group_info_at)
+    if (!force && within(l->group_info_at, now, ttl))
         return XP_OK;
+    /* a server that just failed is not asked again for a minute: during an
+     * outage every deliver would otherwise wait out the timeout */
+    if (!force && within(l->group_info_tried, now, ttl < 60 ? ttl : 60)) {
+        snprintf(why, whysz, "group server discovery failed %llds ago", (long long)(now - l->group_info_tried));
+        return XP_ERR_TEMP;
+    }
     xp_rest_opts(c, l, &o);
     /* deliver runs while the MTA waits: a slow group server must not hold
      * it longer than [tls] timeout, and never over 10 s */
@@ -85,6 +96,8 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
             snprintf(why, whysz, "group server discovery: %s (HTTP %ld)", what, st);
         else
             snprintf(why, whysz, "group server discovery: %s", what);
+        if (spool_list_group_info_tried(s, l->id, now) == XP_OK)
+            l->group_info_tried = now;
         rc = XP_ERR_TEMP;
         goto out;
     }

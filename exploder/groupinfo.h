@@ -23,7 +23,8 @@
  * [delivery] group_info_ttl (always with force), with short timeouts, and
  * stores it (l->kt_algs, l->group_methods, l->group_info_at are
  * updated too). On failure what was cached stays: XP_ERR_TEMP with why
- * (one line, for the log). XP_OK when nothing had to be fetched. */
+ * (one line, for the log), and without force it is not asked again for a
+ * minute (at most the ttl). XP_OK when nothing had to be fetched. */
 xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz);
 
 /* Will the group unwrap a message whose group RecipientInfo uses key

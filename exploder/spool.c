@@ -77,6 +77,7 @@ static const char *const migrations[] = {
     "ALTER TABLE lists ADD COLUMN key_transports TEXT;"
     "ALTER TABLE lists ADD COLUMN group_methods TEXT;"
     "ALTER TABLE lists ADD COLUMN group_info_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE lists ADD COLUMN group_info_tried INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE recipients ADD COLUMN ri BLOB;"
     "ALTER TABLE messages ADD COLUMN reason TEXT;",
 };
@@ -361,7 +362,7 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     snprintf(sql, sizeof(sql),
              "SELECT id,address,server,grp,mode,cert,key,cacert,group_cert,require_encrypted,members_only,"
              "key_transports,group_methods,group_info_at,"
-             "(SELECT count(*) FROM members WHERE members.list_id = lists.id) FROM lists WHERE %s",
+             "(SELECT count(*) FROM members WHERE members.list_id = lists.id),group_info_tried FROM lists WHERE %s",
              where);
     if ((rc = prep(s, sql, &st)) != XP_OK)
         return rc;
@@ -396,6 +397,7 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     l->group_methods = col_dup(st, 12);
     l->group_info_at = sqlite3_column_int64(st, 13);
     l->n_members = sqlite3_column_int64(st, 14);
+    l->group_info_tried = sqlite3_column_int64(st, 15);
     if (l->address == NULL || l->server == NULL || l->group == NULL)
         goto out;
     *out = l;
@@ -432,6 +434,20 @@ xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs,
         rc = db_fail(s, "list group info");
     else if (sqlite3_changes(s->db) != 1)
         rc = XP_ERR_NOTFOUND;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "UPDATE lists SET group_info_tried=? WHERE id=?", &st);
+    if (rc != XP_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, at);
+    sqlite3_bind_int64(st, 2, list_id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "list group info tried");
     sqlite3_finalize(st);
     return rc;
 }

@@ -50,6 +50,7 @@ typedef struct xp_list {
      * comma lists, NULL when never fetched (or the server did not say). */
     char *kt_algs, *group_methods; /* key transports the group accepts; its methods */
     int64_t group_info_at;  /* when it was fetched (unix seconds), 0 = never */
+    int64_t group_info_tried; /* when fetching it last failed, 0 = never */
     int64_t n_members;      /* list members when read */
 } xp_list;
 void xp_list_free(xp_list *l);
@@ -71,6 +72,8 @@ xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out);
  * not said) fetched at `at`. */
 xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs, const char *methods,
                                  int64_t at);
+/* Notes that fetching it failed at `at` (what was cached stays). */
+xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts
  * the new ones). */

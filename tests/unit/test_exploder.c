@@ -395,6 +395,27 @@ static void test_member_copies(void **state)
     assert_string_equal(got->kt_algs, "RSA-OAEP");
     assert_string_equal(got->group_methods, "tls,group-secret");
     assert_int_equal(got->group_info_at, 1234);
+    /* a server that cannot be reached is noted and not asked again at once;
+     * what was cached stays */
+    {
+        xp_conf c;
+        char why[256];
+        memset(&c, 0, sizeof(c));
+        c.group_info_ttl = 300;
+        c.tls_timeout = 2;
+        free(got->server); /* nothing listens there: refused at once */
+        assert_non_null(got->server = strdup("https://127.0.0.1:1"));
+        assert_int_equal(xp_group_info_refresh(&c, s, got, false, why, sizeof(why)), XP_ERR_TEMP);
+        assert_non_null(strstr(why, "group server discovery: "));
+        assert_true(got->group_info_tried > 0);
+        assert_int_equal(xp_group_info_refresh(&c, s, got, false, why, sizeof(why)), XP_ERR_TEMP);
+        assert_non_null(strstr(why, "failed"));
+        xp_list_free(got);
+        assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
+        assert_true(got->group_info_tried > 0);
+        assert_string_equal(got->kt_algs, "RSA-OAEP");
+        assert_int_equal(xp_group_accepts(got, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_ERR_REFUSED);
+    }
     xp_list_free(got);
     spool_close(s);
     rm_rf(dir);
