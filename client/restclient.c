@@ -25,6 +25,8 @@
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define DEFAULT_TIMEOUT_MS 30000L
 #define DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
+#define MEMBER_ANSWER_BYTES 2048u   /* one member's share of a rewrap answer, at most */
+#define MEMBER_ANSWER_MAX 65536u    /* members the server re-wraps to in one call */
 #define MAX_GROUP_LEN 255
 #define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo we send, DER */
 #define MAX_CSR_LEN (64u * 1024)
@@ -810,4 +812,9 @@ out:
     free(url);
     response_reset(r);
     return err;
+}
+
+size_t gs_rest_members_answer_cap(size_t members)
+{
+    return DEFAULT_MAX_RESPONSE + (members < MEMBER_ANSWER_MAX ? members : MEMBER_ANSWER_MAX) * MEMBER_ANSWER_BYTES;
 }

@@ -203,6 +203,12 @@ gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *r
  * one for one is GS_REST_ERR_BAD_ANSWER. */
 gs_rest_err gs_rest_rewrap_alg(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len,
                                gs_rewrap_to to, const char *content_algorithm, gs_ri_list *out);
+/* The max_response a GS_REWRAP_MEMBERS answer for `members` members
+ * needs: the 4 MiB default and 2 KiB a member (one RecipientInfo is about
+ * 600 bytes of JSON for an RSA-2048 member key, 950 for RSA-4096, with
+ * its member's address), counting at most 65,536 members (what the server
+ * re-wraps to in one call). 10,000 members: 24 MiB. */
+size_t gs_rest_members_answer_cap(size_t members);
 
 /* ---- GET /v1/groups/{g}/secret-keys ----------------------------------- */
 

@@ -152,15 +152,13 @@ void xp_rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
     o->ca_file = l->cacert != NULL ? l->cacert : c->tls_ca;
     o->user_agent = "groupsrv-exploder/0.1";
     o->timeout_ms = (long)c->tls_timeout * 1000;
-    /* A member-certs rewrap answers one RecipientInfo per member: about
-     * 600 bytes of JSON for RSA-2048, 950 for RSA-4096. The cap follows
-     * the list's size (2 KiB a member over the 4 MiB default, at most
-     * 128 MiB for 65,536), so a hostile server cannot make a small list's
-     * exploder hold more than it ever needs. */
-    if (l->mode == XP_MODE_MEMBER_CERTS && l->n_members > 0) {
-        int64_t n = l->n_members < 65536 ? l->n_members : 65536;
-        o->max_response = ((size_t)4 << 20) + (size_t)n * 2048;
-    }
+    /* A member-certs rewrap answers one RecipientInfo per member (a
+     * 10,000-member list gets about 6-10 MB, over the 4 MiB default). The
+     * cap follows the list's size (gs_rest_members_answer_cap), so a
+     * hostile server cannot make a small list's exploder hold more than it
+     * ever needs. */
+    if (l->mode == XP_MODE_MEMBER_CERTS && l->n_members > 0)
+        o->max_response = gs_rest_members_answer_cap((size_t)l->n_members);
 }
 
 void xp_prepared_clear(xp_prepared *p)

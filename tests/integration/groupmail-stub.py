@@ -171,6 +171,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             ri = base64.b64decode(req["recipient_info"], validate=True)
             if req.get("to") == "group-secret":
                 return self.send(200, {"recipient_info": base64.b64encode(b"KEK:" + ri).decode()})
+            if req.get("to") == "members" and g.startswith("members-"):
+                # a big list: N RecipientInfos of an RSA-4096 member key's
+                # size (about 700 bytes of DER each), each named
+                n = int(g[len("members-"):])
+                one = base64.b64encode(b"K" * 700).decode()
+                return self.send(200, {"recipient_infos": [one] * n,
+                                       "members": ["member%d@members.example.org" % i for i in range(n)],
+                                       "key_version": 1})
             if req.get("to") == "members":
                 ans = {"recipient_infos": [base64.b64encode(b"M1:" + ri).decode(),
                                            base64.b64encode(b"M2:" + ri).decode()]}

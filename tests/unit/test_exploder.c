@@ -19,6 +19,8 @@
 #include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
+#include "prepare.h"
+#include "restclient.h"
 #include "spool.h"
 #include "util.h"
 #include "xp.h"
@@ -502,6 +504,32 @@ static void test_spool_migrate_v1(void **state)
     rm_rf(dir);
 }
 
+/* A member-certs list's rewrap answer may be as big as its member count
+ * needs (test_restclient: 10,000 members' answer fits), other modes keep
+ * the client's default. */
+static void test_rest_answer_cap(void **state)
+{
+    xp_conf c;
+    xp_list l;
+    gs_rest_opts o;
+    (void)state;
+    memset(&c, 0, sizeof(c));
+    memset(&l, 0, sizeof(l));
+    l.server = "https://127.0.0.1:1";
+    l.mode = XP_MODE_MEMBER_CERTS;
+    l.n_members = 10000;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, gs_rest_members_answer_cap(10000));
+    assert_true(o.max_response > (size_t)10 << 20);
+    l.mode = XP_MODE_GROUP_SECRET;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, 0); /* the 4 MiB default */
+    l.mode = XP_MODE_MEMBER_CERTS;
+    l.n_members = 0;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, 0);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -510,7 +538,7 @@ int main(void)
         cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
-        cmocka_unit_test(test_spool_migrate_v1),
+        cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -92,8 +92,9 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A handle trusting the test CA; with alice's certificate if mtls. */
-static gs_rest *mk(bool mtls, long timeout_ms)
+/* A handle trusting the test CA; with alice's certificate if mtls; an
+ * answer cap of max_response (0: the client's default). */
+static gs_rest *mk_cap(bool mtls, long timeout_ms, size_t max_response)
 {
     static char ca[600], cert[600], key[600];
     gs_rest_opts o = {0};
@@ -104,13 +105,18 @@ static gs_rest *mk(bool mtls, long timeout_ms)
     o.base_url = base;
     o.ca_file = ca;
     o.timeout_ms = timeout_ms;
-    o.max_response = 1024 * 1024;
+    o.max_response = max_response;
     if (mtls) {
         o.cert_file = cert;
         o.key_file = key;
     }
     assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
     return r;
+}
+
+static gs_rest *mk(bool mtls, long timeout_ms)
+{
+    return mk_cap(mtls, timeout_ms, 1024 * 1024);
 }
 
 static void test_new_rejects_http(void **state)
@@ -374,6 +380,33 @@ static void test_rewrap(void **state)
                      GS_REST_ERR_BAD_ANSWER);
     assert_int_equal(l.n, 0);
     assert_null(l.member);
+    gs_rest_free(r);
+}
+
+/* A member-certs answer for 10,000 members (RSA-4096 sized RecipientInfos,
+ * about 9.7 MB) is over the 4 MiB default and within the cap the exploder
+ * gives a 10,000-member list (gs_rest_members_answer_cap). */
+static void test_rewrap_big_list(void **state)
+{
+    gs_rest *r = mk_cap(true, 0, 0); /* the default cap */
+    const unsigned char ri[] = {0x30, 0x01, 0x05};
+    gs_ri_list l;
+    (void)state;
+    assert_int_equal(gs_rest_rewrap_alg(r, "members-10000", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-128-cbc", &l),
+                     GS_REST_ERR_TOO_LARGE);
+    assert_int_equal(l.n, 0);
+    gs_rest_free(r);
+    assert_true(gs_rest_members_answer_cap(10000) > (size_t)10000 * 970);
+    assert_int_equal(gs_rest_members_answer_cap(1000000), gs_rest_members_answer_cap(65536));
+    r = mk_cap(true, 0, gs_rest_members_answer_cap(10000));
+    assert_int_equal(gs_rest_rewrap_alg(r, "members-10000", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-128-cbc", &l),
+                     GS_REST_OK);
+    assert_int_equal(l.n, 10000);
+    assert_non_null(l.member);
+    assert_int_equal(l.len[9999], 700);
+    assert_string_equal(l.member[0], "member0@members.example.org");
+    assert_string_equal(l.member[9999], "member9999@members.example.org");
+    gs_ri_list_clear(&l);
     gs_rest_free(r);
 }
 
@@ -642,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_unwrap),
         cmocka_unit_test(test_unwrap_batch),
         cmocka_unit_test(test_rewrap),
+        cmocka_unit_test(test_rewrap_big_list),
         cmocka_unit_test(test_secret_keys),
         cmocka_unit_test(test_membership_certificate),
         cmocka_unit_test(test_http_errors),
