@@ -779,7 +779,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
 {
     gs_store_group row, *existing = NULL;
     char klabel[GS_LABEL_MAX + 1], slabel[GS_LABEL_MAX + 1], rlabel[GS_LABEL_MAX + 1];
-    char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64];
+    char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64], rweak[64];
     unsigned char kek_id[GS_KEK_ID_LEN];
     struct made_secret sec, rej;
     bool made_key = false, made_seal = false, v15 = false;
@@ -868,6 +868,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     gs_weak_format(kmissing, kweak, sizeof(kweak));
     gs_weak_format(sec.missing, sweak, sizeof(sweak));
     gs_weak_format(seal_missing, seal_weak, sizeof(seal_weak));
+    gs_weak_format(rej.missing, rweak, sizeof(rweak));
     memset(&row, 0, sizeof(row));
     row.name = (char *)spec->name;
     row.address = (char *)spec->address;
@@ -880,6 +881,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     row.reject_sealed = rej.sealed;
     row.reject_sealed_len = rej.sealed_len;
     row.replicable = spec->replicable;
+    row.reject_weakenings = rweak;
     row.member_wrap = spec->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15;
     err = gs_store_begin(st);
     if (err)
@@ -1581,8 +1583,9 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             audit_sealed(a, &row, g->reject_seal_label, g->reject_sealed, g->reject_sealed_len,
                          HSM_KEYTYPE_GENERIC_SECRET);
         } else {
-            group_expect(g, &pol, GS_KIND_REJECT, type, bits, 0, &e);
-            audit_key(a, &row, g->reject_label, HSM_CLASS_SECRET, &e, &info, &k);
+            group_expect(g, &pol, GS_KIND_REJECT, type, bits, row_missing(&row, g->reject_weakenings), &e);
+            if (row.problem == NULL)
+                audit_key(a, &row, g->reject_label, HSM_CLASS_SECRET, &e, &info, &k);
         }
         hsm_key_free(k);
         report(a, &row);
