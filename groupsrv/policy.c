@@ -157,11 +157,11 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
     if ((out->secrets == GS_SECRETS_SEALED || out->reject_sealed) &&
         (!can_decrypt || !hsm_caps_has(caps, HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE)))
         return gs_err_set(GS_ERR_HSM, "the token can neither keep %s nor generate the RSA key pair it would be "
-                          "sealed to: create the group without %s",
+                          "sealed to: create the group %s",
                           out->secrets == GS_SECRETS_SEALED ? "group secret keys" : "the implicit-rejection key",
                           out->secrets == GS_SECRETS_SEALED
-                              ? "group-secret (--methods tls,recipient-key,membership-cert)"
-                              : "--allow-pkcs1v15");
+                              ? "without group-secret (--methods tls,recipient-key,membership-cert)"
+                              : "with --oaep-only (no PKCS#1 v1.5 senders)");
     return GS_OK;
 }
 

@@ -23,7 +23,8 @@ nss)       want_policy=rewrap=token,secrets=token,reject=token;         want_wea
 opencryptoki) want_policy=rewrap=token,secrets=token-aes-ecb,reject=token
            want_weak="secret-aes-ecb, no-allowed-mechanisms, no-unwrap-template" ;;
 rpc)       want_policy=rewrap=token,secrets=token-aes-ecb,reject=token; want_weak="secret-aes-ecb, no-unwrap-template" ;;
-smartcard) want_policy=rewrap=software,secrets=sealed,reject=token;     want_weak="software-rewrap, secret-sealed, no-allowed-mechanisms" ;;
+smartcard) want_policy=rewrap=software,secrets=sealed,reject=sealed    # no HMAC keys: v1.5's rejection key sealed
+           want_weak="software-rewrap, secret-sealed, reject-sealed, no-allowed-mechanisms" ;;
 *) echo "FAIL: unknown token $TOKEN" >&2; exit 1 ;;
 esac
 
