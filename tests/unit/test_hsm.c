@@ -1052,12 +1052,15 @@ static void test_rewrap_per_recipient(void **state)
     size_t sl[2] = {l1, l2};
     assert_int_equal(RAND_bytes(cek, sizeof(cek)), 1);
 
-    for (int round = 0; round < 2; round++) {
+    /* round 2: a group that re-wraps in software (a token without
+     * C_WrapKey, as the smartcard row): v1.5 copies made with OpenSSL */
+    for (int round = 0; round < 3; round++) {
         memset(&in, 0, sizeof(in));
-        if (round == 0) {
+        if (round != 1) {
             ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
             in.group_key = priv;
             in.alg = HSM_KT_RSA_OAEP_SHA1;
+            in.rewrap = round == 2 ? HSM_REWRAP_SOFTWARE : HSM_REWRAP_TOKEN;
         } else {
             ctlen = rsa_encrypt(pk15, NULL, cek, sizeof(cek), ct, sizeof(ct));
             in.group_key = v15;
@@ -1085,15 +1088,49 @@ static void test_rewrap_per_recipient(void **state)
     assert_null(outs[0]);
     assert_null(outs[1]);
     assert_int_equal(hsm_rewrap_to_recipients(ctx, &in, NULL, sp, sl, 2, outs, lens), HSM_ERR_ARGS);
+    hsm_key_free(priv);
+    hsm_key_free(v15);
+    hsm_key_free(rej);
+    t_close(ctx);
+
+    /* A token that re-wraps with RSA-OAEP but cannot wrap with
+     * CKM_RSA_PKCS (p11fault's "no-v15-wrap"): the v1.5 copies of a
+     * group that re-wraps on the token are made in software instead. */
+    assert_int_equal(setenv("GS_P11FAULT_PROFILE", "no-v15-wrap", 1), 0);
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    {
+        hsm_caps c;
+        hsm_key *k = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+        assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+        assert_true(c.rewrap_on_token);
+        assert_false(hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_WRAP));
+        memset(&in, 0, sizeof(in));
+        ctlen = rsa_encrypt(pk, "SHA1", cek, sizeof(cek), ct, sizeof(ct));
+        in.group_key = k;
+        in.alg = HSM_KT_RSA_OAEP_SHA1;
+        in.encrypted_key = ct;
+        in.encrypted_key_len = ctlen;
+        in.expected_len = sizeof(cek);
+        in.rewrap = HSM_REWRAP_TOKEN;
+        err = hsm_rewrap_to_recipients(ctx, &in, algs, sp, sl, 2, outs, lens);
+        if (err != HSM_OK)
+            fprintf(stderr, "rewrap without v1.5 wrap: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
+        assert_int_equal(err, HSM_OK);
+        assert_int_equal(rsa_decrypt_pkcs1(r1, outs[0], lens[0], got, sizeof(got)), sizeof(cek));
+        assert_memory_equal(got, cek, sizeof(cek));
+        assert_int_equal(rsa_decrypt_oaep(r2, "SHA1", outs[1], lens[1], got, sizeof(got)), sizeof(cek));
+        assert_memory_equal(got, cek, sizeof(cek));
+        free(outs[0]);
+        free(outs[1]);
+        hsm_key_free(k);
+    }
+    unsetenv("GS_P11FAULT_PROFILE");
     free(s1);
     free(s2);
     EVP_PKEY_free(r1);
     EVP_PKEY_free(r2);
     EVP_PKEY_free(pk);
     EVP_PKEY_free(pk15);
-    hsm_key_free(priv);
-    hsm_key_free(v15);
-    hsm_key_free(rej);
     t_close(ctx);
 }
 
