@@ -1225,7 +1225,8 @@ static void h_group_info(struct srv_req *r, const char *group)
     for (size_t i = 0; ktj != NULL && i < GS_ARRAY_LEN(kt_names); i++)
         if (kts & kt_names[i].bit)
             json_array_append_new(ktj, json_string(kt_names[i].name));
-    if (o != NULL && ktj != NULL)
+    /* 0: the token could not say now; left out, clients treat it as not said. */
+    if (o != NULL && ktj != NULL && kts != 0)
         json_object_set_new(o, "key_transports", ktj);
     else
         json_decref(ktj);

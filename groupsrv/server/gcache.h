@@ -45,8 +45,10 @@ void gcache_mark_stale(gcache *c);
 /* Key transports the group's current key accepts (GCACHE_KT_* bits), for
  * the discovery answer: RSA-OAEP always, RSA-OAEP-256 where the token has
  * it, PKCS#1 v1.5 where the group allows it; ECDH for EC keys. Probed on
- * the token once per cached load of g (0 bits for a group without a
- * current key). */
+ * the token once per cached load of g. 0 bits, not cached, when nothing
+ * can be said now: no current key, a current version this token does not
+ * hold yet (a replica), or a probe that failed for another reason than
+ * the mechanism or the key's policy. */
 enum { GCACHE_KT_OAEP = 1u << 0, GCACHE_KT_OAEP256 = 1u << 1, GCACHE_KT_PKCS1V15 = 1u << 2, GCACHE_KT_ECDH = 1u << 3 };
 unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g);
 

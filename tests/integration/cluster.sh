@@ -110,6 +110,22 @@ gsa 1 check > "$work/check-b2.txt" 2>&1 || fail "check on gs-b after the copy: $
 [ "$(unwrap alice "https://localhost:${CL_PORTS[1]}" "$work/req-gs.json")" = 200 ] || fail "group-secret at gs-b after the copy: $(cat "$work/body")"
 ok "secret version 2 copied to gs-b by the ceremony: check passes and gs-b serves it, no restart"
 
+# ---- a group key version only gs-a's token has: discovery at gs-b -------------
+# Until the ceremony brings version 2, gs-b cannot say which key transports
+# it takes: it leaves key_transports out (clients: not said) rather than
+# answering OAEP alone, which would make exploders bounce every v1.5 sender.
+kts() { # I: the key_transports of eng's discovery answer at instance I, or "absent"
+  curl -s --cacert "$c/tca.pem" "https://localhost:${CL_PORTS[$1]}/v1/groups/eng" |
+    $PY -c 'import json,sys; print(",".join(json.load(sys.stdin).get("key_transports", ["absent"])))'
+}
+gsa 0 group rotate eng > /dev/null || fail "group rotate eng on gs-a"
+[ "$(kts 0)" = "RSA-OAEP,RSA-PKCS1-v1_5" ] || fail "gs-a after the rotation: key_transports $(kts 0)"
+[ "$(kts 1)" = absent ] || fail "gs-b without version 2 on its token: key_transports $(kts 1), want absent"
+cl_copy_version 1 eng --version 2 || fail "the ceremony for group key version 2 to gs-b"
+cl_copy_version 2 eng --version 2 || fail "the ceremony for group key version 2 to gs-c"
+[ "$(kts 1)" = "RSA-OAEP,RSA-PKCS1-v1_5" ] || fail "gs-b after the copy: key_transports $(kts 1)"
+ok "a replica without the current group key version leaves key_transports out, and says them once it has it"
+
 # ---- kill -9 of an instance under load through HAProxy -------------------------
 threads=6
 $PY "$SRC/tests/lib/cluster-load.py" load --url "$CL_URL" --cert "$c/loadk@example.org.pem" \
