@@ -305,7 +305,12 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             goto out;
     } else if (g->info->reject_label != NULL) {
         he = hsm_key_find(hsm, g->info->reject_label, HSM_CLASS_SECRET, &g->reject);
-        if (he != HSM_OK) {
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            /* Not on this token yet (a replica before the ceremony): PKCS#1
+             * v1.5 requests are 503 key_unavailable here, OAEP is served. */
+            g->reject = NULL;
+            g->lacks_keys = true;
+        } else if (he != HSM_OK) {
             err = hsm_fail(he, "rejection key", g->info->reject_label);
             goto out;
         }

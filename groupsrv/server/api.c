@@ -536,7 +536,8 @@ static json_t *hsm_item_fail(struct srv_req *r, struct item_err *e, hsm_err err,
  * PKCS#1 v1.5 needs it for the implicit-rejection substitute and is refused
  * without it, never guessed, and refused altogether where the group does
  * not allow it. NULL return: e is filled. */
-static hsm_unwrap_input *rsa_input(gs_group *g, const struct unwrap_in *u, hsm_unwrap_input *in, struct item_err *e)
+static hsm_unwrap_input *rsa_input(struct srv_req *r, gs_group *g, const struct unwrap_in *u, hsm_unwrap_input *in,
+                                   struct item_err *e)
 {
     memset(in, 0, sizeof(*in));
     in->group_key = u->ref->key;
@@ -546,7 +547,16 @@ static hsm_unwrap_input *rsa_input(gs_group *g, const struct unwrap_in *u, hsm_u
     in->expected_len = u->cek_len;
     in->rewrap = gs_group_rewrap_path(g);
     if (u->alg == HSM_KT_RSA_PKCS1V15) {
-        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
+        const gs_store_group *gi = gs_group_info(g);
+        if (gi->allow_pkcs1v15 && gs_group_reject_key(g) == NULL && gi->reject_label != NULL &&
+            gi->reject_sealed == NULL) {
+            /* The group takes v1.5, but its rejection key is not on this
+             * server's token yet: another server can answer (a 400 here
+             * would make exploders bounce the mail for good). */
+            key_unavailable(r, e, u->ref->version, "rejection key for group key");
+            return NULL;
+        }
+        if (!gi->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
             item_fail(e, 400, "algorithm_not_allowed", MSG_V15_REFUSED);
             return NULL;
         }
@@ -578,7 +588,7 @@ static json_t *unwrap_exec(struct srv_req *r, gs_group *g, struct caller *c, enu
         return key_unavailable(r, e, u->ref->version, "group key");
     hsm_unwrap_input in;
     memset(&in, 0, sizeof(in));
-    if (!u->ecdh && rsa_input(g, u, &in, e) == NULL)
+    if (!u->ecdh && rsa_input(r, g, u, &in, e) == NULL)
         return NULL;
     if (u->ecdh && d != DELIVER_TLS)
         return item_fail(e, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
@@ -987,14 +997,18 @@ static void h_rewrap(struct srv_req *r, const char *group)
             certs[n++] = x;
         }
         hsm_unwrap_input in;
-        if (rsa_input(g, &u, &in, &e) == NULL) {
-            srv_reply_error(r, e.status, e.code, "%s", e.msg);
-            goto out;
-        }
+        /* The same order as unwrap_exec: a key not here first, then the input. */
         if (u.ref->key == NULL) {
             struct item_err ke;
             key_unavailable(r, &ke, u.ref->version, "group key");
             srv_reply_retry(r, 503, ke.retry, ke.code, ke.msg);
+            goto out;
+        }
+        if (rsa_input(r, g, &u, &in, &e) == NULL) {
+            if (e.status == 503)
+                srv_reply_retry(r, 503, e.retry, e.code, e.msg);
+            else
+                srv_reply_error(r, e.status, e.code, "%s", e.msg);
             goto out;
         }
         json_t *arr = json_array(), *who = json_array();

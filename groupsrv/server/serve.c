@@ -122,9 +122,10 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 static void key_audit_row(void *arg, const gs_key_audit_row *row)
 {
     unsigned *bad = arg;
-    if (!row->ok && !row->present && row->version > 0) {
-        /* A key version this token lacks (servers on cloned tokens share
-         * one database): served as 503 key_unavailable, not fatal. */
+    if (!row->ok && !row->present && (row->version > 0 || strcmp(row->kind, "reject") == 0)) {
+        /* A key version (or a group's rejection key) this token lacks:
+         * servers on one shared database whose tokens get keys by the
+         * ceremony. Served as 503 key_unavailable, not fatal. */
         log_warn("key version missing from this token kind=%s group=%s version=%u label=%s", row->kind, row->group,
                  row->version, row->label);
         return;

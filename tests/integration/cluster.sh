@@ -126,6 +126,37 @@ cl_copy_version 2 eng --version 2 || fail "the ceremony for group key version 2 
 [ "$(kts 1)" = "RSA-OAEP,RSA-PKCS1-v1_5" ] || fail "gs-b after the copy: key_transports $(kts 1)"
 ok "a replica without the current group key version leaves key_transports out, and says them once it has it"
 
+# ---- a group whose rejection key only gs-a's token has ----------------------------
+# Every RSA group takes PKCS#1 v1.5 by default, through a rejection key.
+# Where the ceremony brought the group key but not (yet) that key, gs-b
+# serves OAEP and answers v1.5 with 503 key_unavailable (another server
+# can answer; a 400 would make exploders bounce the mail for good), and it
+# still starts (the kill -9 below restarts it with this group recorded).
+gsa 0 group create v15g --address v15g@example.org --key rsa:2048 --methods tls --replicable >/dev/null ||
+  fail "group create v15g"
+gsa 0 member add v15g alice@example.org --cert "$c/alice@example.org.pem" >/dev/null || fail "member add v15g"
+cl_copy_version 1 v15g --version 1 || fail "the ceremony for v15g's key version 1 alone to gs-b"
+gsa 0 group show v15g --cert > "$work/v15g.pem"
+openssl rand 32 > "$work/cek32"
+for pad in oaep pkcs1; do
+  openssl pkeyutl -encrypt -certin -inkey "$work/v15g.pem" -pkeyopt "rsa_padding_mode:$pad" \
+    -in "$work/cek32" -out "$work/ek.$pad" || fail "pkeyutl $pad"
+done
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","content_algorithm":"aes-256-cbc","deliver":"tls"}' \
+  "$(base64 -w0 "$work/ek.oaep")" > "$work/req-v15g-oaep.json"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"aes-256-cbc","deliver":"tls"}' \
+  "$(base64 -w0 "$work/ek.pkcs1")" > "$work/req-v15g-v15.json"
+unwrap_v15g() { # I BODY: the HTTP status of alice's unwrap in v15g at instance I, body in $work/body
+  curl -s -o "$work/body" -w '%{http_code}' --cacert "$c/tca.pem" --cert "$c/alice@example.org.pem" \
+    --key "$c/alice@example.org.key" -H 'Content-Type: application/json' --data-binary @"$2" \
+    "https://localhost:${CL_PORTS[$1]}/v1/groups/v15g/unwrap" || true
+}
+[ "$(unwrap_v15g 1 "$work/req-v15g-oaep.json")" = 200 ] || fail "OAEP at gs-b without the rejection key: $(cat "$work/body")"
+[ "$(unwrap_v15g 1 "$work/req-v15g-v15.json")" = 503 ] && grep -q '"code":"key_unavailable"' "$work/body" ||
+  fail "v1.5 at gs-b without the rejection key: $(cat "$work/body")"
+[ "$(unwrap_v15g 0 "$work/req-v15g-v15.json")" = 200 ] || fail "v1.5 at gs-a: $(cat "$work/body")"
+ok "gs-b without v15g's rejection key: OAEP 200, PKCS#1 v1.5 503 key_unavailable; gs-a serves v1.5"
+
 # ---- kill -9 of an instance under load through HAProxy -------------------------
 threads=6
 $PY "$SRC/tests/lib/cluster-load.py" load --url "$CL_URL" --cert "$c/loadk@example.org.pem" \
