@@ -66,9 +66,10 @@ openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out 
 $PY "$SRC/tests/integration/server-cms.py" ri "$work/msg.der" "$work/ri.der"
 printf '{"recipient_info":"%s","deliver":"tls"}' "$(base64 -w0 "$work/ri.der")" > "$work/req-tls.json"
 printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(base64 -w0 "$work/ri.der")" > "$work/req-gs.json"
-unwrap() { # WHO URL BODY: prints the HTTP status, body in $work/body
+unwrap() { # WHO URL BODY [GROUP]: prints the HTTP status, body in $work/body (GROUP: eng)
   curl -s -o "$work/body" -w '%{http_code}' --cacert "$c/tca.pem" --cert "$c/$1@example.org.pem" \
-    --key "$c/$1@example.org.key" -H 'Content-Type: application/json' --data-binary @"$3" "$2/v1/groups/eng/unwrap" || true
+    --key "$c/$1@example.org.key" -H 'Content-Type: application/json' --data-binary @"$3" \
+    "$2/v1/groups/${4:-eng}/unwrap" || true
 }
 for i in 0 1 2; do
   [ "$(unwrap carol "https://localhost:${CL_PORTS[$i]}" "$work/req-tls.json")" = 200 ] || fail "carol at ${CL_NAME[$i]}"
@@ -146,11 +147,7 @@ printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","content_algorithm":"aes-25
   "$(base64 -w0 "$work/ek.oaep")" > "$work/req-v15g-oaep.json"
 printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"aes-256-cbc","deliver":"tls"}' \
   "$(base64 -w0 "$work/ek.pkcs1")" > "$work/req-v15g-v15.json"
-unwrap_v15g() { # I BODY: the HTTP status of alice's unwrap in v15g at instance I, body in $work/body
-  curl -s -o "$work/body" -w '%{http_code}' --cacert "$c/tca.pem" --cert "$c/alice@example.org.pem" \
-    --key "$c/alice@example.org.key" -H 'Content-Type: application/json' --data-binary @"$2" \
-    "https://localhost:${CL_PORTS[$1]}/v1/groups/v15g/unwrap" || true
-}
+unwrap_v15g() { unwrap alice "https://localhost:${CL_PORTS[$1]}" "$2" v15g; } # I BODY
 [ "$(unwrap_v15g 1 "$work/req-v15g-oaep.json")" = 200 ] || fail "OAEP at gs-b without the rejection key: $(cat "$work/body")"
 [ "$(unwrap_v15g 1 "$work/req-v15g-v15.json")" = 503 ] && grep -q '"code":"key_unavailable"' "$work/body" ||
   fail "v1.5 at gs-b without the rejection key: $(cat "$work/body")"

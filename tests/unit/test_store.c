@@ -96,6 +96,19 @@ static void rm_db(const char *path)
     }
 }
 
+/* Removes a database made by new_db (name: its PostgreSQL name, taken
+ * right after new_db) and points the fixture at its own one again for
+ * teardown. */
+static void drop_extra_db(struct fx *f, const char *loc, const char *name)
+{
+    if (g_pg) {
+        pgtest_drop(name);
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
+    } else {
+        rm_db(loc);
+    }
+}
+
 static int teardown(void **state)
 {
     struct fx *f = *state;
@@ -349,13 +362,7 @@ static void test_migrate_v1_wrap(void **state)
     assert_string_equal(groups[2]->reject_weakenings, "");
     gs_store_group_list_free(groups, n);
     gs_store_close(st);
-    if (g_pg) {
-        pgtest_drop(name);
-        /* the fixture's database again for teardown */
-        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
-    } else {
-        rm_db(loc);
-    }
+    drop_extra_db(f, loc, name);
 }
 
 /* Schema 2 (issue 13): a database of schema 1 keeps its rows and gets the
@@ -449,13 +456,7 @@ static void test_policy_records(void **state)
     assert_string_equal(seals[0].weakenings, "no-allowed-mechanisms");
     gs_store_seal_keys_free(seals, n);
     gs_store_close(st);
-    if (g_pg) {
-        pgtest_drop(name);
-        /* the fixture's database again for teardown */
-        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
-    } else {
-        rm_db(loc);
-    }
+    drop_extra_db(f, loc, name);
 }
 
 static void test_groups(void **state)
