@@ -564,25 +564,45 @@ def main():
         w("not measured")
         w("")
 
-    ex = read_csv(os.path.join(rdir, "exploder.csv"))
+    # `./bench/run --part 2` keeps its own results (bench/results/exploder/):
+    # newer exploder figures than the full run's, shown in their place.
+    xdir = os.path.join(os.path.dirname(os.path.abspath(rdir)), "exploder")
+    xsrc = rdir
+    if read_csv(os.path.join(xdir, "exploder.csv")):
+        xsrc = xdir
+    ex = read_csv(os.path.join(xsrc, "exploder.csv"))
     w("### Exploder: one 100 KB message")
     w("")
+    if ex and xsrc == xdir:
+        xm = read_kv(os.path.join(xdir, "machine.txt"))
+        w(f"From `./bench/run --part 2` ({xm.get('date_utc', '?')}, commit `{xm.get('git', '?')}`, "
+          f"`{xm.get('args', '')}`; load average {xm.get('loadavg_at_start', '?')} at the start, "
+          f"{xm.get('loadavg_at_end', '?')} at the end).")
+        w("")
     if ex:
         w("Time to spool = `exploder deliver` until it exits 0 (message and one row per member "
           "committed, fsynced); delivery = `exploder run --once` from then until every member's "
-          "copy was accepted by the SMTP server (100 RCPT TO per transaction); group server calls "
-          "= rewrap requests counted by the server's own metrics.")
+          "copy was accepted by the SMTP server (forward and group-secret: one copy for 100 RCPT TO "
+          "per transaction; member-certs: one copy per member, each in its own transaction); group "
+          "server calls = rewrap requests counted by the server's own metrics; bytes per copy = the "
+          "mean size of what one mailbox stores; all mailboxes = that times the members; runner CPU = "
+          "user + system time of `exploder run` itself (the SMTP sink, a Python server that fsyncs "
+          "every message it stores, and the group server run beside it on the same cores).")
         w("")
-        w("| mode | members | time to spool (s) | delivery (s) | total (s) | delivered | group server calls | message bytes |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        w("| mode | members | time to spool (s) | delivery (s) | total (s) | delivered | group server calls "
+          "| message bytes | bytes per copy | all mailboxes (MB) | runner CPU (s) |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in ex:
+            cb = int(r.get("copy_bytes") or 0)
+            cpu = r.get("runner_cpu_s") or "not measured"
             w(f"| {r['mode']} | {int(r['members']):,} | {r['spool_s']} | {r['deliver_s']} | {r['total_s']} | "
-              f"{int(r['delivered']):,} | {r['rewrap_calls']} | {int(r['message_bytes']):,} |")
+              f"{int(r['delivered']):,} | {r['rewrap_calls']} | {int(r['message_bytes']):,} | "
+              f"{cb:,} | {cb * int(r['delivered']) / 1e6:,.1f} | {cpu} |")
         w("")
     else:
         w("not measured")
         w("")
-    sz = read_csv(os.path.join(rdir, "sizes.csv"))
+    sz = read_csv(os.path.join(xsrc, "sizes.csv"))
     w("### What the sender sends: to the group once, or to every member (the PGP way)")
     w("")
     if sz:

@@ -37,6 +37,7 @@ typedef struct gm_config {
     char *store;
     char *smtp, *from, *to;
     char *via, *in, *out, *recipient_info;
+    char *content_algorithm; /* unwrap --recipient-info: the message's content algorithm */
     char *oaep;    /* sha1 | sha256 (encrypt) */
     char *format;  /* smime | pem | der (encrypt output) */
     long timeout;  /* seconds */
@@ -88,6 +89,18 @@ int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *c
 /* Opens the [hsm] token for a key URI (token from [hsm] token, else the
  * token attributes of the URI; PIN from [hsm] pin_source or pin-source=). */
 int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key);
+/* The same token opening without a key: token from [hsm] token (--token),
+ * else the token attributes of uri; PIN from [hsm] pin_source, else the
+ * pin-source= of uri or of the token URI. 0, or -1 (error printed). */
+int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx);
+
+/* ---- the key ceremony, member side (gm_ceremony.c) ------------------- */
+/* keys transport-key --token URI --out FILE: a transport key on the
+ * member's token. keys import-group-key --in FILE.gsk --token URI: the
+ * group key versions of a shipment onto it (option C). Exit codes as
+ * docs/groupmail.1.md says. Both append a record to <store>/ceremony.jsonl. */
+int gm_cmd_keys_transport(gm_config *c);
+int gm_cmd_keys_import(gm_config *c);
 
 /* The member's TLS client key on a token (--key pkcs11:URI without
  * --tls-cert): opens the token once per run and makes an EVP_PKEY that

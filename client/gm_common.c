@@ -62,6 +62,8 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
             rc = GM_EXIT_BAD_MESSAGE;
         else if (strcmp(code, "not_a_member") == 0 || strcmp(code, "method_not_allowed") == 0)
             rc = GM_EXIT_REFUSED;
+        else if (strcmp(code, "algorithm_not_allowed") == 0) /* a group that never unwraps this message */
+            rc = GM_EXIT_BAD_MESSAGE;
         else
             rc = GM_EXIT_ERROR;
         break;
@@ -110,7 +112,7 @@ void gm_config_clear(gm_config *c)
     char **strs[] = {&c->config_file, &c->server, &c->group, &c->cacert, &c->pin, &c->certsrv, &c->group_ca,
                      &c->group_cert, &c->cert, &c->key, &c->tls_cert, &c->tls_key, &c->hsm_module, &c->hsm_token,
                      &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->from, &c->to, &c->via, &c->in,
-                     &c->out, &c->recipient_info, &c->oaep, &c->format};
+                     &c->out, &c->recipient_info, &c->oaep, &c->format, &c->content_algorithm};
     for (size_t i = 0; i < GS_ARRAY_LEN(strs); i++) {
         free(*strs[i]);
         *strs[i] = NULL;
@@ -449,7 +451,7 @@ static char *pin_source_of(const char *key_uri)
     return NULL;
 }
 
-int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key)
+int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx)
 {
     hsm_config hc = {0};
     char *tok = NULL, *pinsrc = NULL;
@@ -457,7 +459,6 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     int rc = -1;
 
     *ctx = NULL;
-    *key = NULL;
     hc.module = c->hsm_module;
     if (hc.module == NULL) {
         gm_err("a pkcs11: key needs [hsm] module (the PKCS#11 module path)");
@@ -465,23 +466,17 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     }
     if (c->hsm_token != NULL)
         hc.token_uri = c->hsm_token;
-    else if ((tok = token_uri_of(key_uri)) == NULL)
+    else if ((tok = token_uri_of(uri)) == NULL)
         goto out;
     else
         hc.token_uri = tok;
     if (c->hsm_pin_source != NULL)
         hc.pin_source = c->hsm_pin_source;
-    else
-        hc.pin_source = pinsrc = pin_source_of(key_uri);
+    else if ((hc.pin_source = pinsrc = pin_source_of(uri)) == NULL && c->hsm_token != NULL)
+        hc.pin_source = pinsrc = pin_source_of(c->hsm_token);
     hc.max_sessions = 2;
     if ((he = hsm_open(&hc, ctx)) != HSM_OK) {
         gm_err("token %s: %s %s", hc.token_uri, hsm_strerror(he), hsm_last_error_detail());
-        goto out;
-    }
-    if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
-        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
-        hsm_close(*ctx);
-        *ctx = NULL;
         goto out;
     }
     rc = 0;
@@ -490,6 +485,22 @@ out:
     if (pinsrc != NULL)
         util_secret_free(pinsrc, strlen(pinsrc)); /* a source name, wiped anyway */
     return rc;
+}
+
+int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_key **key)
+{
+    hsm_err he;
+
+    *key = NULL;
+    if (gm_hsm_open_token(c, key_uri, ctx) != 0)
+        return -1;
+    if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
+        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
+        hsm_close(*ctx);
+        *ctx = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the member ------------------------------------------------------------ */
@@ -582,11 +593,11 @@ int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *c
 
     *ceklen = 0;
     if (env_recipient_type(ri) != ENV_RI_KTRI) {
-        gm_err("the server answered a RecipientInfo that is not key transport");
+        gm_err("the RecipientInfo for your certificate is not key transport");
         return -1;
     }
     if (!env_recipient_matches_cert(ri, m->cert)) {
-        gm_err("the server re-wrapped the key to another certificate than --cert");
+        gm_err("the key was wrapped to another certificate than --cert");
         return -1;
     }
     if (m->pkey != NULL) {
@@ -600,8 +611,15 @@ int gm_member_decrypt_ri(gm_member *m, const env_recipient *ri, unsigned char *c
         gm_err("re-wrapped key unusable: %s", env_strerror(e));
         return -1;
     }
+    if (alg == ENV_KT_RSA_PKCS1V15) {
+        /* the hsm layer decrypts v1.5 only with implicit rejection, which
+         * needs a rejection key a member's token does not have */
+        gm_err("the key is wrapped with RSA PKCS#1 v1.5, which groupmail does not decrypt with a key on a token: "
+               "ask the group's administrator for `groupsrv member set GROUP ADDRESS --wrap oaep`");
+        return -1;
+    }
     if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256) {
-        gm_err("re-wrapped key uses an unsupported algorithm");
+        gm_err("the wrapped key uses an unsupported algorithm");
         return -1;
     }
     return gm_member_oaep_decrypt(m, alg == ENV_KT_RSA_OAEP_SHA256, ek, eklen, cek, cekcap, ceklen);

@@ -32,12 +32,15 @@ static void usage(FILE *f)
           "  encrypt    (--group-cert FILE | --server URL --group G) [--cbc] [--mime] [--oaep sha1|sha256]\n"
           "             [--format smime|pem|der] [--in FILE] [--out FILE]\n"
           "  send       --smtp smtp://HOST:PORT --to LIST@DOMAIN [--from ADDR] [--encrypt ...] [--in FILE]\n"
-          "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key\n"
+          "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key|own-key\n"
           "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
-          "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE] [--in FILE]\n"
+          "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE\n"
+          "             [--content-algorithm ALG]] [--in FILE]\n"
           "  certify    --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys list  --server URL --group G [--cert FILE]\n"
+          "  keys transport-key --token pkcs11:URI --out TRANSPORT.pem\n"
+          "  keys import-group-key --in GROUP.gsk --token pkcs11:URI [--group-ca FILE]\n"
           "  csr        --key pkcs11:URI --from ADDR [--out FILE]   (a CSR signed on the token)\n"
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
@@ -51,7 +54,7 @@ static void usage(FILE *f)
 enum {
     O_SERVER = 256, O_GROUP, O_CERT, O_KEY, O_CACERT, O_TLS_CERT, O_TLS_KEY, O_PIN, O_CERTSRV, O_GROUP_CA,
     O_GROUP_CERT, O_GROUP_KEY, O_HSM_MODULE, O_HSM_TOKEN, O_PIN_SOURCE, O_STORE, O_SMTP, O_FROM, O_TO, O_VIA,
-    O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT,
+    O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT, O_CALG,
 };
 
 static const struct option long_opts[] = {
@@ -63,6 +66,7 @@ static const struct option long_opts[] = {
     {"group-cert", required_argument, NULL, O_GROUP_CERT}, {"group-key", required_argument, NULL, O_GROUP_KEY},
     {"hsm-module", required_argument, NULL, O_HSM_MODULE}, {"hsm-token", required_argument, NULL, O_HSM_TOKEN},
     {"pin-source", required_argument, NULL, O_PIN_SOURCE}, {"store", required_argument, NULL, O_STORE},
+    {"token", required_argument, NULL, O_HSM_TOKEN},
     {"smtp", required_argument, NULL, O_SMTP},           {"from", required_argument, NULL, O_FROM},
     {"to", required_argument, NULL, O_TO},               {"via", required_argument, NULL, O_VIA},
     {"in", required_argument, NULL, O_IN},               {"out", required_argument, NULL, O_OUT},
@@ -70,6 +74,7 @@ static const struct option long_opts[] = {
     {"format", required_argument, NULL, O_FORMAT},       {"timeout", required_argument, NULL, O_TIMEOUT},
     {"cbc", no_argument, NULL, O_CBC},                   {"mime", no_argument, NULL, O_MIME},
     {"repin", no_argument, NULL, O_REPIN},               {"encrypt", no_argument, NULL, O_ENCRYPT},
+    {"content-algorithm", required_argument, NULL, O_CALG},
     {"config", required_argument, NULL, 'c'},            {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},                   {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -117,6 +122,7 @@ static int parse_options(int argc, char **argv, gm_config *c)
         case O_RI: dst = &c->recipient_info; break;
         case O_OAEP: dst = &c->oaep; break;
         case O_FORMAT: dst = &c->format; break;
+        case O_CALG: dst = &c->content_algorithm; break;
         case 'c': dst = &c->config_file; break;
         case O_TIMEOUT:
             if (util_parse_int(optarg, 1, 3600, &t) != UTIL_OK) {
@@ -651,17 +657,17 @@ out:
 
 /* ---- decrypt and unwrap --------------------------------------------------------- */
 
-enum via { VIA_TLS, VIA_RECIPIENT_KEY, VIA_MEMBERSHIP_CERT, VIA_GROUP_SECRET, VIA_LOCAL_KEY };
+enum via { VIA_TLS, VIA_RECIPIENT_KEY, VIA_MEMBERSHIP_CERT, VIA_GROUP_SECRET, VIA_LOCAL_KEY, VIA_OWN_KEY };
 
 static int parse_via(const char *s, enum via *v)
 {
-    static const char *names[] = {"tls", "recipient-key", "membership-cert", "group-secret", "local-key"};
+    static const char *names[] = {"tls", "recipient-key", "membership-cert", "group-secret", "local-key", "own-key"};
     for (size_t i = 0; s != NULL && i < GS_ARRAY_LEN(names); i++)
         if (strcmp(s, names[i]) == 0) {
             *v = (enum via)i;
             return 0;
         }
-    gm_err("--via must be tls, recipient-key, membership-cert, group-secret or local-key");
+    gm_err("--via must be tls, recipient-key, membership-cert, group-secret, local-key or own-key");
     return -1;
 }
 
@@ -701,7 +707,9 @@ static int job_group_ri(job *j)
         return rc;
     if ((e = env_message_find_recipient(j->msg, j->group_cert, &idx)) != ENV_OK) {
         if (e == ENV_ERR_NO_RECIPIENT)
-            gm_err("the message is not encrypted to group %s", j->c->group ? j->c->group : "(--group-cert)");
+            gm_err("the message is not encrypted to group %s (a copy the list re-encrypted to members is "
+                   "decrypted with your own key: --via own-key --cert FILE --key FILE)",
+                   j->c->group ? j->c->group : "(--group-cert)");
         else
             gm_err("bad message: %s", env_strerror(e));
         return gm_env_exit(e);
@@ -711,6 +719,13 @@ static int job_group_ri(job *j)
         return gm_env_exit(e);
     }
     return GM_EXIT_OK;
+}
+
+/* What the server needs to know the content key's length: the message's
+ * content algorithm, or --content-algorithm with a bare --recipient-info. */
+static const char *job_content_alg(const job *j)
+{
+    return j->msg != NULL ? env_message_content_alg(j->msg) : j->c->content_algorithm;
 }
 
 static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
@@ -728,6 +743,7 @@ static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
     req.recipient_info = j->ri;
     req.recipient_info_len = j->ri_len;
     req.deliver = d;
+    req.content_algorithm = job_content_alg(j);
     gm_progress(j->c, "asking %s to unwrap (deliver=%s)", j->c->server, gs_deliver_name(d));
     if ((e = gs_rest_unwrap(j->r, j->c->group, &req, res)) != GS_REST_OK)
         return gm_rest_fail(j->r, e, "unwrap");
@@ -857,8 +873,12 @@ static int cmd_keys(gm_config *c, const char *sub)
         rc = n < 0 ? GM_EXIT_ERROR : GM_EXIT_OK;
         if (n == 0)
             gm_progress(c, "no secret keys stored for group %s (run groupmail keys sync)", c->group);
+    } else if (strcmp(sub, "transport-key") == 0) {
+        rc = gm_cmd_keys_transport(c);
+    } else if (strcmp(sub, "import-group-key") == 0) {
+        rc = gm_cmd_keys_import(c);
     } else {
-        gm_err("keys: unknown subcommand '%s' (sync or list)", sub);
+        gm_err("keys: unknown subcommand '%s' (sync, list, transport-key or import-group-key)", sub);
         rc = GM_EXIT_USAGE;
     }
     X509_free(mcert);
@@ -1015,6 +1035,63 @@ out:
     return rc;
 }
 
+/* A copy the list re-encrypted to the member (exploder member-certs mode),
+ * or a message a sender also encrypted to them: their own RecipientInfo,
+ * decrypted with their own key (file, or OAEP on a token); no server. */
+static int cek_own_key(job *j, gm_member *m, unsigned char *cek, size_t *ceklen)
+{
+    env_recipient *ri = NULL;
+    unsigned char *der = NULL;
+    size_t idx = 0, len = 0;
+    env_err e;
+    int rc;
+
+    if (need(j->c->cert, "--cert FILE (your certificate)") || need(j->c->key, "--key FILE|pkcs11:URI (your key)"))
+        return GM_EXIT_USAGE;
+    if (gm_member_load(j->c, m) != 0)
+        return GM_EXIT_ERROR;
+    if ((e = env_message_find_recipient(j->msg, m->cert, &idx)) != ENV_OK) {
+        gm_err(e == ENV_ERR_NO_RECIPIENT ? "the message has no RecipientInfo for your certificate (--cert)"
+                                         : "bad message: %s",
+               env_strerror(e));
+        return gm_env_exit(e);
+    }
+    if ((e = env_message_recipient_der(j->msg, idx, &der, &len)) != ENV_OK ||
+        (e = env_recipient_parse(der, len, &ri)) != ENV_OK) {
+        gm_err("bad RecipientInfo: %s", env_strerror(e));
+        rc = gm_env_exit(e);
+        goto out;
+    }
+    gm_progress(j->c, "decrypting with your own key");
+    rc = gm_member_decrypt_ri(m, ri, cek, MAX_CEK, ceklen) == 0 ? GM_EXIT_OK : GM_EXIT_BAD_MESSAGE;
+out:
+    env_recipient_free(ri);
+    free(der);
+    return rc;
+}
+
+/* Is this message a copy for the member's own key and not (also) one for
+ * the group (as far as a pinned or given group certificate tells)? Then
+ * every method would fail at the server: their own key is the way. */
+static bool own_copy(job *j)
+{
+    X509 *mine;
+    size_t idx;
+    bool yes = false;
+
+    if (j->c->cert == NULL || j->msg == NULL || (mine = gm_read_cert_file_quiet(j->c->cert)) == NULL)
+        return false;
+    if (env_message_find_recipient(j->msg, mine, &idx) == ENV_OK) {
+        yes = true;
+        if (j->group_cert == NULL)
+            (void)group_cert_get(j->c, &j->r, false, &j->group_cert); /* pinned or --group-cert only */
+        if (j->group_cert != NULL && env_message_find_recipient(j->msg, j->group_cert, &idx) == ENV_OK)
+            yes = false;
+    }
+    X509_free(mine);
+    return yes;
+}
+
 /* Gets the content key by the chosen method. For unwrap_only (the unwrap
  * command) the server's answer is printed instead, and cek stays empty. */
 static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, size_t *ceklen)
@@ -1035,7 +1112,7 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
         goto out;
     if (v == VIA_GROUP_SECRET && (rc = gm_need_rsa_tls_cert(c, "--via group-secret")) != GM_EXIT_OK)
         goto out;
-    if (v != VIA_LOCAL_KEY && (rc = gm_tls_token_prepare(c)) != GM_EXIT_OK)
+    if (v != VIA_LOCAL_KEY && v != VIA_OWN_KEY && (rc = gm_tls_token_prepare(c)) != GM_EXIT_OK)
         goto out;
     switch (v) {
     case VIA_TLS:
@@ -1086,6 +1163,7 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
         req.recipient_info = j->ri;
         req.recipient_info_len = j->ri_len;
         req.deliver = GS_DELIVER_RECIPIENT_KEY;
+        req.content_algorithm = job_content_alg(j);
         gm_progress(c, "unwrapping with the membership certificate");
         if ((re = gs_rest_unwrap(mr, c->group, &req, &res)) != GS_REST_OK) {
             rc = gm_rest_fail(mr, re, "unwrap");
@@ -1128,6 +1206,9 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
     }
     case VIA_LOCAL_KEY:
         rc = cek_local_key(j, cek, ceklen);
+        break;
+    case VIA_OWN_KEY:
+        rc = cek_own_key(j, &m, cek, ceklen);
         break;
     }
     if (rc == GM_EXIT_OK && unwrap_only) {
@@ -1185,6 +1266,10 @@ static int cmd_decrypt(gm_config *c)
         return GM_EXIT_USAGE;
     if ((rc = read_message(&j)) != GM_EXIT_OK)
         goto out;
+    if (v != VIA_OWN_KEY && v != VIA_LOCAL_KEY && own_copy(&j)) {
+        gm_progress(c, "this copy was encrypted to your certificate: using your own key (--via own-key)");
+        v = VIA_OWN_KEY;
+    }
     if ((rc = get_cek(&j, v, false, cek, &ceklen)) != GM_EXIT_OK)
         goto out;
     if ((rc = out_open(c, &o, 0600)) != GM_EXIT_OK)
@@ -1214,8 +1299,12 @@ static int cmd_unwrap(gm_config *c)
 
     if (parse_via(c->via != NULL ? c->via : "tls", &v) != 0)
         return GM_EXIT_USAGE;
-    if (v == VIA_LOCAL_KEY) {
-        gm_err("unwrap asks the server: --via local-key is for decrypt");
+    if (v == VIA_LOCAL_KEY || v == VIA_OWN_KEY) {
+        gm_err("unwrap asks the server: --via %s is for decrypt", c->via);
+        return GM_EXIT_USAGE;
+    }
+    if (c->content_algorithm != NULL && c->recipient_info == NULL) {
+        gm_err("--content-algorithm goes with --recipient-info (a message names its own)");
         return GM_EXIT_USAGE;
     }
     if (c->recipient_info != NULL) {

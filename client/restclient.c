@@ -25,6 +25,8 @@
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define DEFAULT_TIMEOUT_MS 30000L
 #define DEFAULT_MAX_RESPONSE (4u * 1024 * 1024)
+#define MEMBER_ANSWER_BYTES 2048u   /* one member's share of a rewrap answer, at most */
+#define MEMBER_ANSWER_MAX 65536u    /* members the server re-wraps to in one call */
 #define MAX_GROUP_LEN 255
 #define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo we send, DER */
 #define MAX_CSR_LEN (64u * 1024)
@@ -644,6 +646,14 @@ static gs_rest_err unwrap_req_json(const gs_unwrap_req *req, json_t **out)
     err = GS_REST_ERR_NOMEM;
     if (json_object_set_new(o, "deliver", json_string(gs_deliver_name(req->deliver))) != 0)
         goto out;
+    if (req->content_algorithm != NULL) {
+        err = GS_REST_ERR_ARGS;
+        if (*req->content_algorithm == '\0' || strlen(req->content_algorithm) > 64)
+            goto out;
+        err = GS_REST_ERR_NOMEM;
+        if (json_object_set_new(o, "content_algorithm", json_string(req->content_algorithm)) != 0)
+            goto out;
+    }
     *out = o;
     o = NULL;
     err = GS_REST_OK;
@@ -740,6 +750,12 @@ out:
 gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len, gs_rewrap_to to,
                            gs_ri_list *out)
 {
+    return gs_rest_rewrap_alg(r, group, ri, ri_len, to, NULL, out);
+}
+
+gs_rest_err gs_rest_rewrap_alg(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len,
+                               gs_rewrap_to to, const char *content_algorithm, gs_ri_list *out)
+{
     gs_rest_err err = GS_REST_ERR_NOMEM;
     char *url = NULL, *body = NULL;
     size_t blen = 0;
@@ -748,7 +764,8 @@ gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *r
     if (out != NULL)
         memset(out, 0, sizeof(*out));
     if (r == NULL || out == NULL || ri == NULL || ri_len == 0 || ri_len > MAX_RI_LEN ||
-        (to != GS_REWRAP_GROUP_SECRET && to != GS_REWRAP_MEMBERS))
+        (to != GS_REWRAP_GROUP_SECRET && to != GS_REWRAP_MEMBERS) ||
+        (content_algorithm != NULL && (*content_algorithm == '\0' || strlen(content_algorithm) > 64)))
         return GS_REST_ERR_ARGS;
     if ((err = group_url(r, r->base, group, "/rewrap", &url)) != GS_REST_OK)
         goto out;
@@ -759,6 +776,8 @@ gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *r
         goto out;
     err = GS_REST_ERR_NOMEM;
     if (json_object_set_new(jreq, "to", json_string(to == GS_REWRAP_MEMBERS ? "members" : "group-secret")) != 0)
+        goto out;
+    if (content_algorithm != NULL && json_object_set_new(jreq, "content_algorithm", json_string(content_algorithm)) != 0)
         goto out;
     if ((err = dump_json(jreq, &body, &blen)) != GS_REST_OK)
         goto out;
@@ -793,4 +812,9 @@ out:
     free(url);
     response_reset(r);
     return err;
+}
+
+size_t gs_rest_members_answer_cap(size_t members)
+{
+    return DEFAULT_MAX_RESPONSE + (members < MEMBER_ANSWER_MAX ? members : MEMBER_ANSWER_MAX) * MEMBER_ANSWER_BYTES;
 }

@@ -37,7 +37,7 @@ typedef enum gs_rest_err {
     GS_REST_ERR_ARGS,         /* caller passed something invalid (URL, sizes, missing field) */
     GS_REST_ERR_CLIENT_CERT,  /* our client certificate/key could not be loaded */
     GS_REST_ERR_UNREACHABLE,  /* DNS, connect refused, connection dropped or answer cut short */
-    GS_REST_ERR_TIMEOUT,      /* connect or whole-request timeout */
+    GS_REST_ERR_TIMEOUT,      /* connect or whole-request timeout, or HTTP 408 */
     GS_REST_ERR_TLS,          /* handshake failed, server certificate not trusted */
     GS_REST_ERR_PIN,          /* server public key does not match the pin */
     GS_REST_ERR_UNAUTHORIZED, /* HTTP 401: no (acceptable) client certificate */
@@ -115,6 +115,12 @@ typedef struct gs_group_info {
     size_t n_methods;
     uint64_t *key_versions;
     size_t n_key_versions;
+    /* Key transports the group accepts ("RSA-OAEP", "RSA-OAEP-256",
+     * "RSA-PKCS1-v1_5", "ECDH"); kt_algs_known is false when the
+     * server did not say (servers before issue 14). */
+    char **kt_algs;
+    size_t n_kt_algs;
+    bool kt_algs_known;
 } gs_group_info;
 void gs_group_info_clear(gs_group_info *gi);
 gs_rest_err gs_rest_group_info(gs_rest *r, const char *group, gs_group_info *out);
@@ -143,6 +149,11 @@ typedef struct gs_unwrap_req {
     size_t encrypted_key_len;
     const char *algorithm;     /* "RSA-OAEP" | "RSA-OAEP-256" */
     gs_deliver deliver;
+    /* The message's content-encryption algorithm (a name such as
+     * "aes-128-cbc" or the OID from EncryptedContentInfo), sent as
+     * "content_algorithm" so the server knows the content key's length
+     * (needed for PKCS#1 v1.5, checked for RSA-OAEP). NULL: not sent. */
+    const char *content_algorithm;
 } gs_unwrap_req;
 
 typedef struct gs_unwrap_result {
@@ -177,6 +188,9 @@ typedef struct gs_ri_list {
     unsigned char **der; /* n DER RecipientInfos */
     size_t *len;
     size_t n;
+    /* GS_REWRAP_MEMBERS: the member address of each der[i] (the answer's
+     * "members"), or NULL when the server did not name them. */
+    char **member;
 } gs_ri_list;
 void gs_ri_list_clear(gs_ri_list *l);
 
@@ -184,6 +198,17 @@ void gs_ri_list_clear(gs_ri_list *l);
  * RecipientInfo(s). STABLE: the exploder links against this. */
 gs_rest_err gs_rest_rewrap(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len,
                            gs_rewrap_to to, gs_ri_list *out);
+/* The same with the message's content algorithm (see gs_unwrap_req; NULL:
+ * not sent). A "members" list in the answer that does not match the RIs
+ * one for one is GS_REST_ERR_BAD_ANSWER. */
+gs_rest_err gs_rest_rewrap_alg(gs_rest *r, const char *group, const unsigned char *ri, size_t ri_len,
+                               gs_rewrap_to to, const char *content_algorithm, gs_ri_list *out);
+/* The max_response a GS_REWRAP_MEMBERS answer for `members` members
+ * needs: the 4 MiB default and 2 KiB a member (one RecipientInfo is about
+ * 600 bytes of JSON for an RSA-2048 member key, 950 for RSA-4096, with
+ * its member's address), counting at most 65,536 members (what the server
+ * re-wraps to in one call). 10,000 members: 24 MiB. */
+size_t gs_rest_members_answer_cap(size_t members);
 
 /* ---- GET /v1/groups/{g}/secret-keys ----------------------------------- */
 

@@ -18,6 +18,7 @@
 #define MAX_LIST_ITEMS 100000    /* RIs in a rewrap answer (one per member) */
 #define MAX_INFO_ITEMS 1024      /* methods, key versions, secret key versions */
 #define MAX_STRING 4096          /* name, address, certificate_server */
+#define MAX_ADDRESS 320          /* a member's address in a rewrap answer */
 #define MAX_METHOD 64
 #define MAX_KEK_ID 256
 #define MAX_WRAPPED_KEY 2048
@@ -54,6 +55,10 @@ gs_rest_err gs_rest_parse_status(long status)
     case 401: return GS_REST_ERR_UNAUTHORIZED;
     case 403: return GS_REST_ERR_FORBIDDEN;
     case 404: return GS_REST_ERR_NOT_FOUND;
+    /* the server (or a proxy in front, HAProxy's "timeout http-request")
+     * gave up waiting for our request: nothing was refused, asking again
+     * may work (RFC 9110 15.5.9), unlike the other 4xx */
+    case 408: return GS_REST_ERR_TIMEOUT;
     case 429: return GS_REST_ERR_RATE_LIMITED;
     case 503: return GS_REST_ERR_UNAVAILABLE;
     default: break;
@@ -174,17 +179,61 @@ void gs_group_info_clear(gs_group_info *gi)
         free(gi->methods[i]);
     free(gi->methods);
     OPENSSL_free(gi->key_versions); /* version numbers, nothing secret */
+    for (size_t i = 0; i < gi->n_kt_algs; i++)
+        free(gi->kt_algs[i]);
+    free(gi->kt_algs);
     memset(gi, 0, sizeof(*gi));
 }
 
-/* A string member (no NUL inside, bounded); absent and optional = "". */
+/* A string of at most max printable ASCII bytes. What group info holds is
+ * printable on the server (group names, addresses, URLs, method names)
+ * and groupmail prints it in its error lines and progress: anything else
+ * (a NUL, an escape sequence, a newline) is a malformed answer. */
+static bool printable_string(json_t *v, size_t max)
+{
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+
+    if (s == NULL || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* A JSON array of short printable strings into a string vector; *n
+ * counts what was copied so far, so the caller's clear frees a partial
+ * one. Returns OK, NOMEM, or BAD_ANSWER (why says which member). */
+static gs_rest_err string_array(json_t *a, const char *name, size_t max_items, size_t max_len, char ***out,
+                                size_t *n, char *why, size_t why_size)
+{
+    size_t i;
+    json_t *v;
+
+    if (!json_is_array(a) || json_array_size(a) > max_items)
+        return bad(why, why_size, "'%s' is not an array of at most %zu", name, max_items);
+    if (json_array_size(a) > 0 && (*out = calloc(json_array_size(a), sizeof(char *))) == NULL)
+        return GS_REST_ERR_NOMEM;
+    json_array_foreach(a, i, v)
+    {
+        if (!printable_string(v, max_len))
+            return bad(why, why_size, "'%s' item %zu is not printable text of at most %zu characters", name, i,
+                       max_len);
+        if (((*out)[i] = strdup(json_string_value(v))) == NULL)
+            return GS_REST_ERR_NOMEM;
+        *n = i + 1;
+    }
+    return GS_REST_OK;
+}
+
+/* A string member (printable, bounded); absent and optional = "". */
 static char *dup_string_member(json_t *obj, const char *name, bool required, bool *bad_field)
 {
     json_t *v = json_object_get(obj, name);
     if (v == NULL && !required)
         return strdup("");
-    if (!json_is_string(v) || json_string_length(v) > MAX_STRING ||
-        strlen(json_string_value(v)) != json_string_length(v)) {
+    if (!printable_string(v, MAX_STRING)) {
         *bad_field = true;
         return NULL;
     }
@@ -210,7 +259,7 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
     gi.address = dup_string_member(root, "address", false, &bad_field);
     gi.certificate_server = dup_string_member(root, "certificate_server", false, &bad_field);
     if (bad_field) {
-        err = bad(why, why_size, "'name', 'address' or 'certificate_server' missing or not a string");
+        err = bad(why, why_size, "'name', 'address' or 'certificate_server' missing or not printable text");
         goto out;
     }
     if (gi.name == NULL || gi.address == NULL || gi.certificate_server == NULL)
@@ -225,7 +274,7 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
             goto out;
         json_array_foreach(a, i, v)
         {
-            if (!json_is_string(v) || json_string_length(v) > MAX_METHOD) {
+            if (!printable_string(v, MAX_METHOD)) {
                 err = bad(why, why_size, "'methods' holds something other than a method name");
                 goto out;
             }
@@ -233,6 +282,14 @@ gs_rest_err gs_rest_parse_group_info(const unsigned char *body, size_t len, gs_g
                 goto out;
             gi.n_methods = i + 1;
         }
+    }
+    a = json_object_get(root, "key_transports");
+    if (a != NULL) {
+        if ((err = string_array(a, "key_transports", MAX_INFO_ITEMS, MAX_METHOD, &gi.kt_algs,
+                                &gi.n_kt_algs, why, why_size)) != GS_REST_OK)
+            goto out;
+        gi.kt_algs_known = true;
+        err = GS_REST_ERR_NOMEM;
     }
     a = json_object_get(root, "key_versions");
     if (a != NULL) {
@@ -417,10 +474,14 @@ void gs_ri_list_clear(gs_ri_list *l)
 {
     if (l == NULL)
         return;
-    for (size_t i = 0; i < l->n; i++)
+    for (size_t i = 0; i < l->n; i++) {
         free(l->der[i]);
+        if (l->member != NULL)
+            free(l->member[i]);
+    }
     free(l->der);
     free(l->len);
+    free(l->member);
     memset(l, 0, sizeof(*l));
 }
 
@@ -473,6 +534,22 @@ gs_rest_err gs_rest_parse_rewrap(const unsigned char *body, size_t len, gs_rewra
                 goto out;
             }
             l.n = i + 1;
+        }
+        /* "members": the member address of each RecipientInfo, in order */
+        json_t *who = json_object_get(root, "members");
+        if (who != NULL && l.n > 0) {
+            size_t nw = 0;
+            char **names = NULL;
+            err = string_array(who, "members", MAX_LIST_ITEMS, MAX_ADDRESS, &names, &nw, why, why_size);
+            if (err == GS_REST_OK && nw != l.n)
+                err = bad(why, why_size, "'members' names %zu members for %zu RecipientInfos", nw, l.n);
+            if (err != GS_REST_OK) {
+                for (size_t k = 0; k < nw; k++)
+                    free(names[k]);
+                free(names);
+                goto out;
+            }
+            l.member = names;
         }
     }
     *out = l;

@@ -21,7 +21,7 @@
 #include "restclient.h"
 
 /* HTTP status -> result: 2xx OK; 401, 403, 404, 429, 503 their own codes;
- * other 4xx REJECTED, other 5xx SERVER; anything else (1xx, 3xx: redirects
+ * 408 TIMEOUT (the server stopped waiting for the request); other 4xx REJECTED, other 5xx SERVER; anything else (1xx, 3xx: redirects
  * are never followed) BAD_ANSWER. */
 gs_rest_err gs_rest_parse_status(long status);
 
@@ -57,7 +57,8 @@ gs_rest_err gs_rest_parse_unwrap_batch(const unsigned char *body, size_t len, co
                                        gs_unwrap_result *outs, gs_rest_err *item_errs, char *why, size_t why_size);
 
 /* POST rewrap: "recipient_info" (to=group-secret) or "recipient_infos"
- * (at least one for group-secret; any number for members). */
+ * (at least one for group-secret; any number for members), with
+ * "members" (one address per RecipientInfo, else BAD_ANSWER) when given. */
 gs_rest_err gs_rest_parse_rewrap(const unsigned char *body, size_t len, gs_rewrap_to to, gs_ri_list *out, char *why,
                                  size_t why_size);
 

@@ -4,11 +4,13 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/time.h>
+#include <syslog.h>
 #include <time.h>
 
 static char log_prog[32] = "groupsrv";
 static enum log_level log_threshold = LOG_LVL_INFO;
 static FILE *log_sink;
+static int log_syslog; /* lines go to syslog(3) */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local char log_reqid[33];
 
@@ -18,6 +20,12 @@ void log_init(const char *progname, enum log_level level, FILE *sink)
         snprintf(log_prog, sizeof(log_prog), "%s", progname);
     log_threshold = level;
     log_sink = sink;
+}
+
+void log_use_syslog(int facility)
+{
+    openlog(log_prog, LOG_PID, facility);
+    log_syslog = 1;
 }
 
 void log_set_level(enum log_level level) { log_threshold = level; }
@@ -119,6 +127,12 @@ void log_emit(enum log_level level, const char *func, const char *fmt, ...)
     gmtime_r(&tv.tv_sec, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 
+    if (log_syslog) {
+        static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+        syslog(prio[level], "level=%s fn=%s%s%s msg=\"%s\"%s%s", lvl[level], func, log_reqid[0] ? " req=" : "",
+               log_reqid, msg, (fields == body) ? " " : "", fields);
+        return;
+    }
     pthread_mutex_lock(&log_lock);
     fprintf(out, "%s.%03ldZ level=%s prog=%s fn=%s%s%s msg=\"%s\"%s%s\n", ts,
             (long)(tv.tv_usec / 1000), lvl[level], log_prog, func,

@@ -20,6 +20,11 @@ enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 /* Sets program name, threshold and sink (NULL = stderr). Not thread-safe:
  * call once at start-up, before threads exist. */
 void log_init(const char *progname, enum log_level level, FILE *sink);
+/* Sends lines to syslog(3) instead (facility e.g. LOG_MAIL, ident the
+ * program name; syslog adds its own time stamp). For programs whose
+ * standard error is not a log: `exploder deliver`, whose stderr the MTA
+ * puts into bounces. Same threading rule as log_init. */
+void log_use_syslog(int facility);
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 /* "error", "warn", "info", "debug" -> level; returns -1 on unknown names. */

@@ -232,6 +232,8 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
     case ENV_CIPHER_AES128_GCM: cipher = EVP_aes_128_gcm(); auth = true; break;
     case ENV_CIPHER_AES256_CBC: cipher = EVP_aes_256_cbc(); auth = false; break;
     case ENV_CIPHER_AES128_CBC: cipher = EVP_aes_128_cbc(); auth = false; break;
+    case ENV_CIPHER_AES192_GCM: cipher = EVP_aes_192_gcm(); auth = true; break;
+    case ENV_CIPHER_AES192_CBC: cipher = EVP_aes_192_cbc(); auth = false; break;
     default: return ENV_ERR_ARGS;
     }
     if (o.out_format != ENV_FORMAT_SMIME && o.out_format != ENV_FORMAT_DER && o.out_format != ENV_FORMAT_PEM)

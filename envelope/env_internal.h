@@ -173,6 +173,8 @@ env_err env_cipher_from_algor(const X509_ALGOR *alg, bool *gcm, size_t *keylen, 
                               size_t *ivlen, size_t *taglen);
 long env_recipient_version(const env_recipient *ri);
 bool env_ias_matches(const ENV_IAS *ias, X509 *cert);
+/* Canonical name of an AES content cipher (env_calg.c): "aes-128-cbc" ... */
+const char *env_calg_name(bool gcm, size_t keylen);
 env_err env_aes_unwrap(int wrap_nid, const unsigned char *kek, size_t keklen, const unsigned char *in,
                        size_t inlen, unsigned char *out, size_t outcap, size_t *outlen);
 

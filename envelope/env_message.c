@@ -887,9 +887,21 @@ env_cipher env_message_cipher(const env_message *msg)
 {
     if (!msg)
         return 0;
-    if (msg->gcm)
-        return msg->keylen == 16 ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES256_GCM;
-    return msg->keylen == 16 ? ENV_CIPHER_AES128_CBC : ENV_CIPHER_AES256_CBC;
+    switch (msg->keylen) {
+    case 16: return msg->gcm ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES128_CBC;
+    case 24: return msg->gcm ? ENV_CIPHER_AES192_GCM : ENV_CIPHER_AES192_CBC;
+    default: return msg->gcm ? ENV_CIPHER_AES256_GCM : ENV_CIPHER_AES256_CBC;
+    }
+}
+
+const char *env_message_content_alg(const env_message *msg)
+{
+    return msg ? env_calg_name(msg->gcm, msg->keylen) : "unknown";
+}
+
+size_t env_message_key_length(const env_message *msg)
+{
+    return msg ? msg->keylen : 0;
 }
 
 size_t env_message_recipient_count(const env_message *msg)
@@ -1170,6 +1182,42 @@ typedef struct part {
     int len;
 } part;
 
+/* encryptedContent as one primitive [0] OCTET STRING: BER chunks (openssl
+ * cms -stream, our own env_encrypt) are joined. libksba (gpgsm 2.2.40)
+ * misreads an indefinite-length content inside the definite-length
+ * wrappers we write ("invalid padding"); a primitive one every reader
+ * takes. */
+struct ec_sum {
+    uint64_t total;
+};
+
+static env_err ec_count(void *arg, const env_message *m, off_t off, size_t len)
+{
+    (void)m;
+    (void)off;
+    ((struct ec_sum *)arg)->total += len;
+    return ENV_OK;
+}
+
+struct ec_copy {
+    BIO *sink;
+    unsigned char *buf;
+};
+
+static env_err ec_copy_chunk(void *arg, const env_message *m, off_t off, size_t len)
+{
+    struct ec_copy *c = arg;
+    env_err rv;
+    while (len) {
+        size_t k = len > IO_CHUNK ? IO_CHUNK : len;
+        if ((rv = read_at(m, off, c->buf, k)) != ENV_OK || (rv = bio_write_all(c->sink, c->buf, k)) != ENV_OK)
+            return rv;
+        off += (off_t)k;
+        len -= k;
+    }
+    return ENV_OK;
+}
+
 env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out)
 {
     env_err rv = ENV_ERR_NOMEM;
@@ -1178,7 +1226,8 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     BIO *b64 = NULL, *sink = out;
     bool crlf = false;
     size_t ris = 0;
-    long ec_len, eci_len, ed_len, tail;
+    long ec_len, eci_len, ed_len, tail, ec_total = -1; /* ec_total >= 0: chunks joined into it */
+    tlv ect;
     int set_tlv, eci_tlv, ed_tlv, c0_tlv, ci_tlv;
     unsigned char hdr[32], *p, *buf = NULL;
     const ASN1_ITEM *a1_it = ASN1_ITEM_rptr(ENV_ATTRS_IMP1);
@@ -1191,6 +1240,20 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
         if (util_size_add(ris, msg->ri_len[i], &ris) || ris > INT_MAX / 2)
             return ENV_ERR_TOO_LARGE;
     ec_len = (long)(msg->ec_end - msg->ec_off);
+    rv = ENV_ERR_NOT_CMS;
+    if (hdr_at(msg, msg->ec_off, msg->ec_end, &ect) != ENV_OK)
+        goto out;
+    if (ect.cons) {
+        struct ec_sum sum = {0};
+        off_t end;
+        if (walk_octets(msg, &ect, msg->ec_end, 0, ec_count, &sum, &end) != ENV_OK)
+            goto out;
+        rv = ENV_ERR_TOO_LARGE;
+        if (sum.total > INT_MAX / 4 || (ec_len = ASN1_object_size(0, (int)sum.total, 0)) < 0)
+            goto out;
+        ec_total = (long)sum.total;
+    }
+    rv = ENV_ERR_NOMEM;
     if (!(vi = ASN1_INTEGER_new()) || !ASN1_INTEGER_set(vi, env_version(msg)))
         goto out;
     rv = ENV_ERR_CRYPTO;
@@ -1274,15 +1337,24 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     PUT_HDR(1, eci_len, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
     PUT_PART(inner);
     PUT_PART(calg);
-    /* The encrypted content, byte for byte. */
+    /* The encrypted content, byte for byte (BER chunks joined into one
+     * primitive [0], see ec_count). */
     rv = ENV_ERR_NOMEM;
     if (!(buf = malloc(IO_CHUNK)))
         goto out;
-    for (off_t o = msg->ec_off; o < msg->ec_end;) {
-        size_t k = msg->ec_end - o > (off_t)IO_CHUNK ? IO_CHUNK : (size_t)(msg->ec_end - o);
-        if ((rv = read_at(msg, o, buf, k)) != ENV_OK || (rv = bio_write_all(sink, buf, k)) != ENV_OK)
+    if (ec_total >= 0) {
+        struct ec_copy cp = {sink, buf};
+        off_t end;
+        PUT_HDR(0, ec_total, 0, V_ASN1_CONTEXT_SPECIFIC);
+        if ((rv = walk_octets(msg, &ect, msg->ec_end, 0, ec_copy_chunk, &cp, &end)) != ENV_OK)
             goto out;
-        o += (off_t)k;
+    } else {
+        for (off_t o = msg->ec_off; o < msg->ec_end;) {
+            size_t k = msg->ec_end - o > (off_t)IO_CHUNK ? IO_CHUNK : (size_t)(msg->ec_end - o);
+            if ((rv = read_at(msg, o, buf, k)) != ENV_OK || (rv = bio_write_all(sink, buf, k)) != ENV_OK)
+                goto out;
+            o += (off_t)k;
+        }
     }
     PUT_PART(a1);
     PUT_PART(mac);

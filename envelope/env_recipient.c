@@ -652,7 +652,7 @@ env_err env_ktri_build(X509 *recipient, env_kt_alg alg, const unsigned char *enc
         *len = 0;
     if (!recipient || !enc_key || enc_len == 0 || enc_len > 2048 || !der || !len)
         return ENV_ERR_ARGS;
-    if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256)
+    if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256 && alg != ENV_KT_RSA_PKCS1V15)
         return ENV_ERR_ARGS;
     pub = X509_get0_pubkey(recipient);
     if (!pub || !EVP_PKEY_is_a(pub, "RSA"))
@@ -672,8 +672,13 @@ env_err env_ktri_build(X509 *recipient, env_kt_alg alg, const unsigned char *enc
     ASN1_INTEGER_free(ias->serial);
     if (!(ias->serial = ASN1_INTEGER_dup(X509_get0_serialNumber(recipient))))
         goto out;
-    if ((rv = oaep_algor(k->alg, alg == ENV_KT_RSA_OAEP_SHA256)) != ENV_OK)
+    if (alg == ENV_KT_RSA_PKCS1V15) {
+        /* rsaEncryption with NULL parameters (RFC 3370 sec 4.2.1) */
+        if (!X509_ALGOR_set0(k->alg, OBJ_nid2obj(NID_rsaEncryption), V_ASN1_NULL, NULL))
+            goto out;
+    } else if ((rv = oaep_algor(k->alg, alg == ENV_KT_RSA_OAEP_SHA256)) != ENV_OK) {
         goto out;
+    }
     rv = ENV_ERR_NOMEM;
     if (!ASN1_OCTET_STRING_set(k->ek, enc_key, (int)enc_len))
         goto out;
@@ -743,8 +748,10 @@ env_err env_cipher_from_algor(const X509_ALGOR *alg, bool *gcm, size_t *keylen, 
     *taglen = 0;
     switch (nid) {
     case NID_aes_256_cbc: *gcm = false; *keylen = 32; break;
+    case NID_aes_192_cbc: *gcm = false; *keylen = 24; break;
     case NID_aes_128_cbc: *gcm = false; *keylen = 16; break;
     case NID_aes_256_gcm: *gcm = true; *keylen = 32; break;
+    case NID_aes_192_gcm: *gcm = true; *keylen = 24; break;
     case NID_aes_128_gcm: *gcm = true; *keylen = 16; break;
     default: return ENV_ERR_UNSUPPORTED;
     }

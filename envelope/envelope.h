@@ -65,13 +65,15 @@ typedef enum env_cipher {
     ENV_CIPHER_AES256_GCM = 1, /* AuthEnvelopedData (default) */
     ENV_CIPHER_AES256_CBC,     /* EnvelopedData, for old clients */
     ENV_CIPHER_AES128_GCM,     /* accepted on input */
-    ENV_CIPHER_AES128_CBC,     /* accepted on input */
+    ENV_CIPHER_AES128_CBC,     /* accepted on input (NSS, gpgsm and Outlook send it by default) */
+    ENV_CIPHER_AES192_GCM,     /* accepted on input */
+    ENV_CIPHER_AES192_CBC,     /* accepted on input */
 } env_cipher;
 
 typedef enum env_kt_alg {
     ENV_KT_RSA_OAEP_SHA1 = 1, /* RSAES-OAEP default parameters */
     ENV_KT_RSA_OAEP_SHA256,   /* SHA-256, MGF1-SHA-256 */
-    ENV_KT_RSA_PKCS1V15,      /* parsed, never produced */
+    ENV_KT_RSA_PKCS1V15,      /* parsed; produced only by env_ktri_build (member copies) */
     ENV_KT_ECDH,              /* KARI, dhSinglePass-stdDH-sha*kdf-scheme */
 } env_kt_alg;
 
@@ -133,13 +135,26 @@ env_err env_recipient_decrypt_kekri(const env_recipient *ri, const unsigned char
 
 /* Builders (server side). DER out, caller frees. */
 /* KTRI to a member certificate, issuerAndSerialNumber, with the given
- * already-encrypted key (wrapped inside the token). */
+ * already-encrypted key (wrapped inside the token). alg: RSA-OAEP SHA-1 or
+ * SHA-256, or ENV_KT_RSA_PKCS1V15 (rsaEncryption, NULL parameters: what
+ * NSS and gpgsm readers decrypt); else ENV_ERR_ARGS. */
 env_err env_ktri_build(X509 *recipient, env_kt_alg alg, const unsigned char *enc_key, size_t enc_len,
                        unsigned char **der, size_t *len);
 /* KEKRI: kekid = our key version id, AES key wrap (RFC 3394) with a
  * kek_bits-bit KEK (128/192/256), or RFC 5649 when pad is true. */
 env_err env_kekri_build(const unsigned char *kek_id, size_t kek_id_len, unsigned kek_bits, bool pad,
                         const unsigned char *wrapped, size_t wrapped_len, unsigned char **der, size_t *len);
+
+/* ---- content-encryption algorithms ---------------------------------------- */
+
+/* Key length in bytes of a content-encryption algorithm as a client names
+ * it: a canonical name ("aes-128-cbc", ... "aes-256-gcm", "des-ede3-cbc",
+ * "chacha20-poly1305"; any case), an OpenSSL short name ("id-aes128-GCM")
+ * or the dotted OID of EncryptedContentInfo's contentEncryptionAlgorithm
+ * ("2.16.840.1.101.3.4.1.2"). *canonical (may be NULL) gets the canonical
+ * name (static). ENV_ERR_UNSUPPORTED for anything else, ENV_ERR_ARGS for
+ * NULL, empty or longer than 64 characters. Outputs cleared on failure. */
+env_err env_content_alg_key_length(const char *name_or_oid, size_t *keylen, const char **canonical);
 
 /* ---- whole messages ---------------------------------------------------- */
 
@@ -160,6 +175,13 @@ env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message *
 void env_message_free(env_message *msg);
 
 env_cipher env_message_cipher(const env_message *msg);
+/* The content-encryption algorithm's canonical name ("aes-128-cbc",
+ * "aes-192-cbc", "aes-256-cbc", "aes-128-gcm", "aes-192-gcm",
+ * "aes-256-gcm"): what a client sends as "content_algorithm" with an unwrap
+ * so the group server knows the content key's length. Static string. */
+const char *env_message_content_alg(const env_message *msg);
+/* Length in bytes of the message's content key (16, 24 or 32). */
+size_t env_message_key_length(const env_message *msg);
 size_t env_message_recipient_count(const env_message *msg);
 /* DER of RecipientInfo i (caller frees). */
 env_err env_message_recipient_der(const env_message *msg, size_t i, unsigned char **der, size_t *len);
@@ -190,7 +212,10 @@ env_err env_message_decrypt_with_pkey(const env_message *msg, X509 *cert, EVP_PK
  * authEnveloped-data for AuthEnvelopedData per RFC 8551, else
  * enveloped-data). The small parts are re-encoded as DER with definite
  * lengths (EnvelopedData version recomputed per RFC 5652 6.1 for the new
- * RecipientInfos); the encryptedContent is copied byte for byte. */
+ * RecipientInfos); the encryptedContent is copied byte for byte, as one
+ * primitive OCTET STRING: the BER chunks of a streamed message (openssl
+ * cms -stream, env_encrypt) are joined, since gpgsm 2.2 misreads chunks
+ * inside definite lengths. */
 env_err env_message_write(const env_message *msg, env_format fmt, const char *outer_headers, BIO *out);
 
 /* ---- encryption --------------------------------------------------------- */

@@ -136,6 +136,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_str(&c->relay_user, value);
         if (strcmp(name, "relay_password_file") == 0)
             return set_str(&c->relay_password_file, value);
+        if (strcmp(name, "group_info_ttl") == 0)
+            return set_u64(&c->group_info_ttl, value, 0, 86400);
     } else if (strcmp(section, "tls") == 0) {
         if (strcmp(name, "cert") == 0)
             return set_str(&c->tls_cert, value);
@@ -181,6 +183,7 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
     c->starttls = XP_STARTTLS_YES;
     c->relay_verify = 1;
     c->log_level = LOG_LVL_INFO;
+    c->group_info_ttl = 300;
     if (path != NULL || text != NULL) {
         r = text != NULL ? ini_parse_string(text, conf_handler, c) : ini_parse(path, conf_handler, c);
         if (r != 0) {

@@ -3,6 +3,7 @@
  * only once the message and all its recipients are committed to the spool. */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
 #include "prepare.h"
@@ -49,6 +51,41 @@ static bool same_list_id(const char *v, const char *id)
 
 static void usage_deliver(void) { fprintf(stderr, "usage: exploder deliver --list ADDR [--sender ADDR] < message\n"); }
 
+/* The one line the MTA gets on standard error, and puts into its bounce
+ * (Postfix pipe(8) takes a leading RFC 3463 status code as the DSN status):
+ * "STATUS text", plain, printable, nothing from the log. */
+typedef struct answer {
+    const char *status; /* NULL: nothing said yet */
+    char text[400];
+} answer;
+
+static int say(answer *a, int ex, const char *status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int say(answer *a, int ex, const char *status, const char *fmt, ...)
+{
+    va_list ap;
+    a->status = status;
+    va_start(ap, fmt);
+    vsnprintf(a->text, sizeof(a->text), fmt, ap);
+    va_end(ap);
+    return ex;
+}
+
+static void answer_print(const answer *a, int ex)
+{
+    char line[sizeof(a->text)];
+    size_t o = 0;
+    if (ex == XP_EX_OK || ex == XP_EX_USAGE)
+        return;
+    if (a->status == NULL) /* anything not said: temporary (75), the MTA keeps the mail */
+        snprintf(line, sizeof(line), "temporary failure of the list exploder; the mail will be retried");
+    else
+        snprintf(line, sizeof(line), "%s", a->text);
+    for (char *p = line; *p && o + 1 < sizeof(line); p++)
+        line[o++] = (*p >= 32 && *p < 127) ? *p : '?';
+    line[o] = '\0';
+    fprintf(stderr, "%s %s\n", a->status != NULL ? a->status : "4.3.0", line);
+}
+
 int cmd_deliver(const xp_conf *c, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -61,10 +98,12 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     xp_list *l = NULL;
     char sender[MAIL_MAX_ADDR + 1] = "", from[MAIL_MAX_ADDR + 1] = "", msgid[256] = "", q[128];
     char list_id[MAIL_MAX_ADDR + 1];
-    char *v = NULL;
+    char *v = NULL, why[300];
+    const char *kt = NULL;
     int ex = XP_EX_TEMPFAIL, opt;
     int64_t id = 0;
     xp_err rc;
+    answer ans = {NULL, ""};
 
     optind = 1;
     while ((opt = getopt_long(argc, argv, "l:s:", opts, NULL)) != -1) {
@@ -82,8 +121,8 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     if (rc == XP_ERR_TOO_LARGE) {
         log_warn("refused: message too large list=%s max=%llu", log_quote(q, sizeof(q), list_addr),
                  (unsigned long long)c->max_message_size);
-        fprintf(stderr, "exploder: message too large (limit %llu bytes)\n", (unsigned long long)c->max_message_size);
-        ex = XP_EX_DATAERR;
+        ex = say(&ans, XP_EX_DATAERR, "5.3.4", "message too large for the list (limit %llu bytes)",
+                 (unsigned long long)c->max_message_size);
         goto out;
     }
     if (rc != XP_OK) {
@@ -95,24 +134,21 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     rc = spool_list_get(s, list_addr, &l);
     if (rc == XP_ERR_NOTFOUND) {
         log_warn("refused: no such list list=%s", log_quote(q, sizeof(q), list_addr));
-        fprintf(stderr, "exploder: no such list: %s\n", q);
-        ex = XP_EX_NOUSER;
+        ex = say(&ans, XP_EX_NOUSER, "5.1.1", "no such list: %s", q);
         goto out;
     }
     if (rc != XP_OK)
         goto out;
     if ((rc = mail_split((const char *)data, len, &hdr_end, &body_start, &crlf)) != XP_OK) {
         log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
-        fprintf(stderr, "exploder: malformed message: %s\n", xp_strerror(rc));
-        ex = XP_EX_DATAERR;
+        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, xp_strerror(rc));
         goto out;
     }
     /* a copy we sent ourselves coming back is a loop, not a new post */
     if ((v = mail_header_get((const char *)data, hdr_end, "List-Id")) != NULL &&
         mail_list_id(l->address, list_id, sizeof(list_id)) == XP_OK && same_list_id(v, list_id)) {
         log_warn("refused: mail loop list=%s", l->address);
-        fprintf(stderr, "exploder: mail loop: message already carries List-Id <%s>\n", list_id);
-        ex = XP_EX_DATAERR;
+        ex = say(&ans, XP_EX_DATAERR, "5.4.6", "mail loop: the message already carries List-Id <%s>", list_id);
         goto out;
     }
     free(v);
@@ -120,8 +156,8 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     /* our copy back through another list, which replaced our List-Id */
     if (mail_been_there((const char *)data, hdr_end, l->address)) {
         log_warn("refused: mail loop list=%s", l->address);
-        fprintf(stderr, "exploder: mail loop: message already went through %s (X-BeenThere)\n", l->address);
-        ex = XP_EX_DATAERR;
+        ex = say(&ans, XP_EX_DATAERR, "5.4.6", "mail loop: the message already went through %s (X-BeenThere)",
+                 l->address);
         goto out;
     }
     /* envelope sender: the MTA's (--sender ${sender}), else Return-Path */
@@ -156,28 +192,39 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     if (l->members_only && !(from[0] != '\0' && spool_member_is(s, l->id, from)) &&
         !(sender[0] != '\0' && spool_member_is(s, l->id, sender))) {
         log_warn("refused: sender not a member list=%s from=%s", l->address, log_quote(q, sizeof(q), from));
-        fprintf(stderr, "exploder: %s accepts mail from its members only\n", l->address);
-        ex = XP_EX_NOPERM;
+        ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);
         goto out;
     }
-    rc = xp_check_message(c, l, data, len);
+    rc = xp_check_message(c, l, data, len, &kt);
     switch (rc) {
     case XP_OK: break;
     case XP_ERR_FORMAT:
     case XP_ERR_TOO_LARGE:
         log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
-        fprintf(stderr, "exploder: malformed message: %s\n", xp_strerror(rc));
-        ex = XP_EX_DATAERR;
+        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, xp_strerror(rc));
         goto out;
     case XP_ERR_NOT_ENCRYPTED:
     case XP_ERR_WRONG_RECIPIENT:
         log_warn("refused list=%s reason=\"%s\"", l->address, xp_strerror(rc));
-        fprintf(stderr, "exploder: %s: %s\n", l->address, xp_strerror(rc));
-        ex = XP_EX_NOPERM;
+        ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s: %s", l->address, xp_strerror(rc));
         goto out;
     default:
         log_error("cannot check message list=%s err=\"%s\"", l->address, xp_strerror(rc));
         goto out; /* 75: an admin can fix the list and the MTA retries */
+    }
+    /* Mail the group server will never unwrap is refused now, with its
+     * reason, not accepted and bounced hours later. The answer is cached;
+     * without one (server down, never fetched) the runner finds out. */
+    if (kt != NULL) {
+        if (xp_group_info_refresh(c, s, l, false, why, sizeof(why)) != XP_OK)
+            log_warn("group server discovery not refreshed, using what is cached list=%s reason=\"%s\"",
+                     l->address, why);
+        if (xp_group_accepts(l, kt, why, sizeof(why)) == XP_ERR_REFUSED) {
+            log_warn("refused list=%s key_transport=%s reason=\"%s\"", l->address, kt, why);
+            ex = say(&ans, XP_EX_NOPERM, "5.7.6", "%s: the group server will not decrypt this message: %s",
+                     l->address, why);
+            goto out;
+        }
     }
     if ((rc = spool_accept(s, l, sender, msgid, data, len, &id)) != XP_OK) {
         log_error("cannot spool message list=%s err=\"%s\"", l->address, xp_strerror(rc));
@@ -187,6 +234,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
              log_quote(q, sizeof(q), sender), msgid);
     ex = XP_EX_OK;
 out:
+    answer_print(&ans, ex);
     free(v);
     free(data);
     xp_list_free(l);

@@ -3,10 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
 #include "cmd.h"
+#include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
 #include "prepare.h"
@@ -41,7 +43,7 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
                                          {"members-only", no_argument, NULL, 'M'},
                                          {"allow-unencrypted", no_argument, NULL, 'U'},
                                          {NULL, 0, NULL, 0}};
-    xp_list l;
+    xp_list l, *made = NULL;
     const char *group_cert_file = NULL;
     char *subject = NULL, why[512] = "";
     unsigned char *pem = NULL;
@@ -118,7 +120,12 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
     printf("created %s mode=%s group=%s group_cert=%s\n", l.address, xp_mode_name(l.mode), l.group,
            subject != NULL ? subject : "(none)");
     ex = 0;
+    /* what the group accepts, for deliver's checks (refreshed later anyway) */
+    if ((rc = spool_list_get(s, l.address, &made)) == XP_OK &&
+        xp_group_info_refresh(c, s, made, true, why, sizeof(why)) != XP_OK)
+        fprintf(stderr, "exploder: warning: %s; deliver asks again later\n", why);
 out:
+    xp_list_free(made);
     OPENSSL_free(subject);
     free(pem);
     return ex;
@@ -320,6 +327,17 @@ static int list_show(spool *s, int argc, char **argv)
     printf("group-cert: %s\n", subject != NULL ? subject : "(none)");
     printf("require-encrypted: %s\n", l->require_encrypted ? "yes" : "no");
     printf("members-only: %s\n", l->members_only ? "yes" : "no");
+    if (l->group_info_at > 0) {
+        char when[32];
+        time_t at = (time_t)l->group_info_at;
+        struct tm tm;
+        gmtime_r(&at, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        printf("key-transports: %s (group server, %s)\n",
+               l->kt_algs != NULL ? l->kt_algs : "(not said)", when);
+    } else {
+        printf("key-transports: (not fetched yet)\n");
+    }
     printf("queued-messages: %lld\n", (long long)msgs);
     printf("pending-recipients: %lld\n", (long long)pending);
     printf("members: %zu\n", n);

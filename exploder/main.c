@@ -1,9 +1,11 @@
 /* main.c: `exploder [-c FILE] [-v] deliver|run|list ...` (docs/exploder.1.md). */
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -45,6 +47,7 @@ int main(int argc, char **argv)
     xp_conf *c = NULL;
     FILE *log_fp = NULL;
     int i = 1, verbose = 0, ex, line = 0;
+    bool deliver;
     xp_err rc;
 
     umask(077); /* spool files hold other people's mail */
@@ -71,29 +74,37 @@ int main(int argc, char **argv)
     if (conf_path == NULL)
         conf_path = DEFAULT_CONF;
     log_init("exploder", LOG_LVL_INFO, NULL);
+    deliver = strcmp(cmd, "deliver") == 0;
+    /* deliver's standard error goes into the MTA's bounces: one line with
+     * an RFC 3463 status there (4.3.5: the MTA keeps the mail while the
+     * admin fixes the configuration), and the log elsewhere */
     rc = xp_conf_load(conf_path, &c, &line);
     if (rc != XP_OK) {
         if (line > 0)
-            fprintf(stderr, "exploder: %s: bad or unknown setting on line %d\n", conf_path, line);
+            fprintf(stderr, "%sexploder: %s: bad or unknown setting on line %d\n", deliver ? "4.3.5 " : "",
+                    conf_path, line);
         else
-            fprintf(stderr, "exploder: cannot read %s: %s\n", conf_path, xp_strerror(rc));
-        /* deliver: the MTA keeps the mail while the admin fixes the config */
-        return strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+            fprintf(stderr, "%sexploder: cannot read %s: %s\n", deliver ? "4.3.5 " : "", conf_path, xp_strerror(rc));
+        return deliver ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
     }
-    log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
     /* Under an MTA's pipe transport, stderr becomes the bounce text: the
-     * diagnostic log goes to its file, stderr keeps the one-line reason. */
+     * diagnostic log goes to [log] file, or for deliver without one (or
+     * when it cannot be opened) to syslog (mail); stderr keeps the one-line
+     * reason with its RFC 3463 status. */
     if (c->log_file != NULL && (log_fp = open_log(c->log_file)) != NULL)
-        log_init("exploder", verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level, log_fp);
-    else if (c->log_file != NULL)
-        log_warn("cannot open the log file, logging to stderr path=%s", c->log_file);
+        log_init("exploder", LOG_LVL_INFO, log_fp);
+    else if (deliver)
+        log_use_syslog(LOG_MAIL);
+    log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
+    if (c->log_file != NULL && log_fp == NULL)
+        log_warn("cannot open the log file, logging to %s path=%s", deliver ? "syslog" : "stderr", c->log_file);
     if (c->spool_path == NULL) {
-        fprintf(stderr, "exploder: %s: [spool] path is required\n", conf_path);
-        ex = strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
+        fprintf(stderr, "%sexploder: %s: [spool] path is required\n", deliver ? "4.3.5 " : "", conf_path);
+        ex = deliver ? XP_EX_TEMPFAIL : XP_EX_CONFIG;
         goto out;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        ex = strcmp(cmd, "deliver") == 0 ? XP_EX_TEMPFAIL : 1;
+        ex = deliver ? XP_EX_TEMPFAIL : 1;
         goto out;
     }
     if (strcmp(cmd, "deliver") == 0)

@@ -54,6 +54,17 @@ static bool is_pkcs7_mime(const char *hdrs, size_t len)
     return yes;
 }
 
+static const char *kt_name(env_kt_alg alg)
+{
+    switch (alg) {
+    case ENV_KT_RSA_OAEP_SHA1: return "RSA-OAEP";
+    case ENV_KT_RSA_OAEP_SHA256: return "RSA-OAEP-256";
+    case ENV_KT_RSA_PKCS1V15: return "RSA-PKCS1-v1_5";
+    case ENV_KT_ECDH: return "ECDH";
+    }
+    return NULL;
+}
+
 static xp_err env_to_xp(env_err e)
 {
     switch (e) {
@@ -71,7 +82,7 @@ static xp_err env_to_xp(env_err e)
     }
 }
 
-xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len)
+xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt)
 {
     size_t hdr_end, body_start, idx;
     bool crlf;
@@ -80,7 +91,13 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     env_message *msg = NULL;
     X509 *gc = NULL;
     env_err e;
+    unsigned char *der = NULL;
+    size_t derlen = 0;
+    env_recipient *ri = NULL;
+    env_kt_alg alg;
 
+    if (kt != NULL)
+        *kt = NULL;
     if ((rc = mail_split(data, len, &hdr_end, &body_start, &crlf)) != XP_OK)
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
     if (!is_pkcs7_mime(data, hdr_end)) {
@@ -112,15 +129,21 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             rc = XP_OK; /* forward list that accepts anything */
         goto out;
     }
+    /* the group's key transport, for the check against what it accepts */
+    if (kt != NULL && env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK &&
+        env_recipient_parse(der, derlen, &ri) == ENV_OK && env_recipient_kt_alg(ri, &alg) == ENV_OK)
+        *kt = kt_name(alg);
     rc = XP_OK;
 out:
+    env_recipient_free(ri);
+    free(der);
     env_message_free(msg);
     BIO_free(in);
     X509_free(gc);
     return rc;
 }
 
-static void rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
+void xp_rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->base_url = l->server;
@@ -129,15 +152,34 @@ static void rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
     o->ca_file = l->cacert != NULL ? l->cacert : c->tls_ca;
     o->user_agent = "groupsrv-exploder/0.1";
     o->timeout_ms = (long)c->tls_timeout * 1000;
+    /* A member-certs rewrap answers one RecipientInfo per member (a
+     * 10,000-member list gets about 6-10 MB, over the 4 MiB default). The
+     * cap follows the list's size (gs_rest_members_answer_cap), so a
+     * hostile server cannot make a small list's exploder hold more than it
+     * ever needs. */
+    if (l->mode == XP_MODE_MEMBER_CERTS && l->n_members > 0)
+        o->max_response = gs_rest_members_answer_cap((size_t)l->n_members);
+}
+
+void xp_prepared_clear(xp_prepared *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->member[i]);
+        free(p->ri[i]);
+    }
+    free(p->member);
+    free(p->ri);
+    free(p->ri_len);
+    memset(p, 0, sizeof(*p));
 }
 
 /* Whether to ask again (docs/exploder.1.md, "Group server answers"): a 4xx
- * other than 429 says the request itself is refused (not the list's
- * exploder, no such group, a RecipientInfo the group cannot unwrap), and
- * asking again gets the same answer: the message fails now and bounces
- * once. 429, 5xx, connection, timeout and TLS trouble, and malformed
- * answers are the server's or the network's: retried with backoff until
- * max_age. */
+ * other than 408 and 429 says the request itself is refused (not the
+ * list's exploder, no such group, a RecipientInfo the group cannot
+ * unwrap), and asking again gets the same answer: the message fails now
+ * and bounces once. 408 (GS_REST_ERR_TIMEOUT), 429, 5xx, connection,
+ * timeout and TLS trouble, and malformed answers are the server's or the
+ * network's: retried with backoff until max_age. */
 static xp_err rest_class(gs_rest_err e)
 {
     switch (e) {
@@ -171,7 +213,7 @@ xp_err xp_fetch_group_cert(const xp_conf *c, const xp_list *l, char **pem, char 
 
     *pem = NULL;
     why[0] = '\0';
-    rest_opts(c, l, &o);
+    xp_rest_opts(c, l, &o);
     if ((e = gs_rest_new(&o, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
         return XP_ERR_CONFIG;
@@ -225,14 +267,45 @@ out:
     return rc;
 }
 
-static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why,
-                             size_t whysz)
+/* A group server refusal in one plain line for the sender: its own
+ * (sanitised) words, never our log line. */
+static void refusal_reason(gs_rest *r, char *reason, size_t rsz)
+{
+    const char *msg = gs_rest_last_message(r), *code = gs_rest_last_code(r);
+    if (msg[0] != '\0')
+        snprintf(reason, rsz, "the group server refused to re-encrypt it for the members: %s%s%s%s", msg,
+                 code[0] ? " (" : "", code, code[0] ? ")" : "");
+    else
+        snprintf(reason, rsz, "the group server refused to re-encrypt it for the members (HTTP %ld)",
+                 gs_rest_last_status(r));
+}
+
+/* Moves the member-certs answer into prep (one copy per member). */
+static xp_err take_member_ris(gs_ri_list *ris, xp_prepared *prep)
+{
+    if ((prep->member = calloc(ris->n, sizeof(*prep->member))) == NULL ||
+        (prep->ri = calloc(ris->n, sizeof(*prep->ri))) == NULL ||
+        (prep->ri_len = calloc(ris->n, sizeof(*prep->ri_len))) == NULL)
+        return XP_ERR_NOMEM;
+    for (size_t i = 0; i < ris->n; i++) {
+        prep->member[i] = ris->member[i];
+        prep->ri[i] = ris->der[i];
+        prep->ri_len[i] = ris->len[i];
+        ris->member[i] = NULL;
+        ris->der[i] = NULL;
+        prep->n = i + 1;
+    }
+    return XP_OK;
+}
+
+static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep,
+                             char *why, size_t whysz)
 {
     BIO *in = NULL, *bout = NULL;
     env_message *msg = NULL;
     X509 *gc = NULL;
     unsigned char *der = NULL;
-    size_t derlen = 0, idx = 0, hlen = 0;
+    size_t derlen = 0, idx = 0, hlen = 0, nset;
     gs_rest_opts o;
     gs_rest *r = NULL;
     gs_ri_list ris;
@@ -241,6 +314,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     char *hdrs = NULL;
     const char *outer;
     xp_err rc = XP_ERR_CRYPTO;
+    bool per_member;
 
     memset(&ris, 0, sizeof(ris));
     if ((gc = first_cert(l->group_cert)) == NULL) {
@@ -257,21 +331,27 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         (e = env_message_find_recipient(msg, gc, &idx)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
+        snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",
+                 env_strerror(e));
         rc = env_to_xp(e);
         goto out;
     }
-    /* one call per message, whatever the number of recipients */
-    rest_opts(c, l, &o);
+    /* one call per message, whatever the number of recipients; the content
+     * algorithm tells the server the key's length */
+    xp_rest_opts(c, l, &o);
     if ((ge = gs_rest_new(&o, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(ge));
         rc = XP_ERR_TEMP;
         goto out;
     }
-    ge = gs_rest_rewrap(r, l->group, der, derlen,
-                        l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS, &ris);
+    ge = gs_rest_rewrap_alg(r, l->group, der, derlen,
+                            l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS,
+                            env_message_content_alg(msg), &ris);
     if (ge != GS_REST_OK) {
         rest_why(r, ge, why, whysz);
         rc = rest_class(ge);
+        if (rc == XP_ERR_PERM)
+            refusal_reason(r, prep->reason, sizeof(prep->reason));
         goto out;
     }
     if (ris.n == 0) {
@@ -279,9 +359,15 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_TEMP;
         goto out;
     }
+    /* Member-certs: one copy per member, each carrying only its member's
+     * RecipientInfo (O(1) size, no member learns who else is on the list).
+     * The file written here is the template, with the first member's. An
+     * older server that does not name the members: one copy with all. */
+    per_member = l->mode == XP_MODE_MEMBER_CERTS && ris.member != NULL;
+    nset = per_member ? 1 : ris.n;
     /* only the returned RecipientInfos: the group's KTRI and any other
      * recipient of the original do not travel on to the members */
-    if ((e = env_message_set_recipients(msg, (const unsigned char *const *)ris.der, ris.len, ris.n)) != ENV_OK) {
+    if ((e = env_message_set_recipients(msg, (const unsigned char *const *)ris.der, ris.len, nset)) != ENV_OK) {
         /* a malformed answer, like a 5xx: the server's fault, not the message's */
         snprintf(why, whysz, "group server answered an unusable RecipientInfo: %s", env_strerror(e));
         rc = e == ENV_ERR_NOMEM ? XP_ERR_NOMEM : XP_ERR_TEMP;
@@ -302,9 +388,16 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_IO;
         goto out;
     }
-    log_info("rewrapped list=%s mode=%s recipient_infos=%zu", l->address, xp_mode_name(l->mode), ris.n);
+    if (per_member && (rc = take_member_ris(&ris, prep)) != XP_OK) {
+        snprintf(why, whysz, "out of memory for %zu member RecipientInfos", ris.n);
+        goto out;
+    }
+    log_info("rewrapped list=%s mode=%s recipient_infos=%zu per_member=%s content_algorithm=%s", l->address,
+             xp_mode_name(l->mode), ris.n, per_member ? "yes" : "no", env_message_content_alg(msg));
     rc = XP_OK;
 out:
+    if (rc != XP_OK && prep->member != NULL) /* a partial member list is of no use */
+        xp_prepared_clear(prep);
     gs_ri_list_clear(&ris);
     gs_rest_free(r);
     free(hdrs);
@@ -316,10 +409,12 @@ out:
     return rc;
 }
 
-xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why, size_t whysz)
+xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep, char *why,
+                  size_t whysz)
 {
     why[0] = '\0';
+    memset(prep, 0, sizeof(*prep));
     if (l->mode == XP_MODE_FORWARD)
         return prepare_forward(c, l, in_path, out, why, whysz);
-    return prepare_rewrap(c, l, in_path, out, why, whysz);
+    return prepare_rewrap(c, l, in_path, out, prep, why, whysz);
 }

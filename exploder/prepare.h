@@ -23,15 +23,41 @@
 
 /* XP_OK, XP_ERR_FORMAT (malformed: 65), XP_ERR_NOT_ENCRYPTED or
  * XP_ERR_WRONG_RECIPIENT (77), XP_ERR_TOO_LARGE, XP_ERR_CONFIG (the list
- * has no usable group certificate: 75, the admin must fix it). */
-xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len);
+ * has no usable group certificate: 75, the admin must fix it). *kt (may
+ * be NULL) gets the key transport of the group's RecipientInfo
+ * ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH"; static), or NULL
+ * when the message is not encrypted to the group (an open forward list). */
+xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt);
+
+/* What preparing a message left besides the file. */
+typedef struct xp_prepared {
+    /* member-certs with one copy per member: each member's address and
+     * own RecipientInfo (DER); the file is the template (n = 0 otherwise,
+     * or when the group server did not name the members: then the file
+     * is one copy for all). */
+    char **member;
+    unsigned char **ri;
+    size_t *ri_len;
+    size_t n;
+    /* a permanent failure: one plain line for the sender's bounce */
+    char reason[300];
+} xp_prepared;
+void xp_prepared_clear(xp_prepared *p);
 
 /* Writes the outgoing form of the message at in_path to out.
  * XP_ERR_TEMP: the group server could not be used now (429, 5xx, transport
  * or TLS failure, malformed answer: retry later); XP_ERR_PERM: it refused
- * the rewrap with another 4xx (bounce, do not retry); other errors are
- * permanent for this message too. why gets one line. */
-xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why, size_t whysz);
+ * the message with another 4xx (bounce at once, do not retry); other errors
+ * are permanent for this message too. why gets one line for the log,
+ * prep->reason one for the sender. */
+xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep, char *why,
+                  size_t whysz);
+
+/* REST client settings for the list's group server: the list's client
+ * certificate, else [tls]; [tls] timeout; a response cap that grows with
+ * the list's size in member-certs mode (l->n_members). */
+struct gs_rest_opts;
+void xp_rest_opts(const xp_conf *c, const xp_list *l, struct gs_rest_opts *o);
 
 /* Fetches GET {server}/v1/groups/{group}/certificate (PEM chain, checked to
  * parse) using the list's (or [tls]) client settings. *pem: caller frees. */

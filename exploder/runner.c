@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "envelope.h"
 #include "log.h"
 #include "mail.h"
 #include "prepare.h"
@@ -80,14 +81,16 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
 {
     xp_list *l = NULL;
     util_atomic_file *af = NULL;
-    char name[128], in_path[4096], out_path[4096], why[512] = "";
+    char name[128], in_path[4096], out_path[4096], why[512] = "", qwhy[640];
+    xp_prepared prep;
     xp_err rc;
 
     *settled = true;
+    memset(&prep, 0, sizeof(prep));
     rc = spool_list_get_by_id(s, m->list_id, &l);
     if (rc == XP_ERR_NOTFOUND) {
         log_error("message of a deleted list id=%lld", (long long)m->id);
-        return spool_fail_pending(s, m->id, "list no longer exists");
+        return spool_fail_pending(s, m->id, "list no longer exists", "the list no longer exists");
     }
     if (rc != XP_OK)
         return rc;
@@ -100,7 +103,7 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
         rc = XP_ERR_IO;
         goto out;
     }
-    rc = xp_prepare(c, l, in_path, util_atomic_fp(af), why, sizeof(why));
+    rc = xp_prepare(c, l, in_path, util_atomic_fp(af), &prep, why, sizeof(why));
     if (rc == XP_OK) {
         /* the prepared file is on disk before the row says so */
         if (util_atomic_commit(af) != UTIL_OK) {
@@ -109,30 +112,167 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
             snprintf(why, sizeof(why), "cannot commit prepared message");
         } else {
             af = NULL;
-            rc = spool_mark_ready(s, m->id, name);
+            if (prep.n > 0) {
+                /* member-certs: each member's own RecipientInfo on their row */
+                int64_t without = 0;
+                rc = spool_mark_ready_members(s, m->id, name, prep.member, prep.ri, prep.ri_len, prep.n, &without);
+                if (rc == XP_OK && without > 0)
+                    log_warn("list members without a certificate at the group server get no copy id=%lld list=%s "
+                             "count=%lld",
+                             (long long)m->id, l->address, (long long)without);
+            } else {
+                rc = spool_mark_ready(s, m->id, name);
+            }
             goto out;
         }
     }
     util_atomic_abort(af);
     af = NULL;
+    /* why may quote the group server (its error code): quoted, so a '"' in
+     * it cannot end the field and forge others in the log */
+    log_quote(qwhy, sizeof(qwhy), why[0] ? why : xp_strerror(rc));
     if (rc == XP_ERR_TEMP || rc == XP_ERR_IO || rc == XP_ERR_NOMEM) {
         uint64_t d = xp_backoff(c, m->attempts + 1);
         log_warn("cannot prepare message, will retry id=%lld list=%s in=%llus reason=\"%s\"", (long long)m->id,
-                 l->address, (unsigned long long)d, why);
+                 l->address, (unsigned long long)d, qwhy);
         rc = spool_defer_prepare(s, m->id, now_s() + (int64_t)d, why);
         *settled = false;
     } else {
+        /* permanent (a group server 4xx, an unreadable message): no retry,
+         * the sender is told at once in one plain line */
         log_error("cannot prepare message, giving up id=%lld list=%s reason=\"%s\"", (long long)m->id, l->address,
-                  why[0] ? why : xp_strerror(rc));
-        rc = spool_fail_pending(s, m->id, why[0] ? why : xp_strerror(rc));
+                  qwhy);
+        rc = spool_fail_pending(s, m->id, why[0] ? why : xp_strerror(rc),
+                                prep.reason[0] ? prep.reason : "the list could not process the message");
     }
 out:
+    xp_prepared_clear(&prep);
     util_atomic_abort(af);
     xp_list_free(l);
     return rc;
 }
 
 /* ---- deliver one batch ------------------------------------------------ */
+
+#define RECORD_PAUSE_MAX 30 /* seconds between attempts to record a relay's answer */
+
+/* Sleeps up to secs seconds, less if a stop is requested. */
+static void pause_s(unsigned secs)
+{
+    for (unsigned i = 0; i < secs * 10 && !stop_requested; i++) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Records the relay's answer to a batch, however long the spool refuses
+ * (disk full, database locked): the relay has the message for every
+ * recipient it took, and a batch left pending would be sent again by the
+ * next pass, one duplicate per pass for as long as the spool fails. So
+ * nothing else is sent until it is recorded. Stopped before that, the
+ * batch is sent again at the next start, the duplicate of a crash here. */
+static xp_err record_batch(spool *s, const xp_batch *b, const xp_rcpt_outcome *outcome,
+                           const int64_t *next_at, char *const *why)
+{
+    unsigned pause = 1;
+    xp_err rc;
+
+    while ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK && !stop_requested) {
+        log_error(
+            "cannot record the relay's answer, sending nothing until it is recorded id=%lld retry_in=%us "
+            "err=\"%s\"",
+            (long long)b->msg->id, pause, xp_strerror(rc));
+        pause_s(pause);
+        pause = pause * 2 > RECORD_PAUSE_MAX ? RECORD_PAUSE_MAX : pause * 2;
+    }
+    return rc;
+}
+
+/* How one recipient fared: its RCPT reply code (0: never sent) and how the
+ * transaction ended. *line (for the row and the log) is "" when delivered. */
+static xp_rcpt_outcome rcpt_outcome(const xp_conf *c, int code, xp_err sent, const char *detail, int64_t attempts,
+                                    int64_t now, int64_t *next_at, char *line, size_t linesz)
+{
+    line[0] = '\0';
+    *next_at = 0;
+    if (code / 100 == 5) {
+        snprintf(line, linesz, "RCPT %d", code);
+        return XP_RCPT_FAILED; /* refused for good, whatever happened next */
+    }
+    if (code / 100 == 2 && sent == XP_OK)
+        return XP_RCPT_DELIVERED;
+    if (code / 100 == 2 && sent == XP_ERR_PERM) {
+        /* the message refused as a whole (a 5xx to DATA or to its end) */
+        snprintf(line, linesz, "%s", detail);
+        return XP_RCPT_FAILED;
+    }
+    *next_at = now + (int64_t)xp_backoff(c, attempts + 1);
+    if (code / 100 == 4)
+        snprintf(line, linesz, "RCPT %d", code);
+    else /* accepted at RCPT (or never asked): what failed came later */
+        snprintf(line, linesz, "%s", detail[0] ? detail : "not sent");
+    return XP_RCPT_DEFERRED;
+}
+
+/* Member-certs: each recipient gets their own copy, made from the prepared
+ * template with only their own RecipientInfo, in its own SMTP transaction
+ * (the connection is reused). One parse of the template per batch. */
+static void send_member_copies(const xp_conf *c, xp_transport *t, const xp_batch *b, const char *from,
+                               const char *tmpl_path, int64_t now, xp_rcpt_outcome *outcome, int64_t *next_at,
+                               char lines[][300], char *detail, size_t detailsz)
+{
+    env_message *msg = NULL;
+    BIO *in = NULL;
+    char copy[4200];
+    env_err e = ENV_ERR_IO;
+    size_t i = 0;
+
+    snprintf(copy, sizeof(copy), "%s.copy", tmpl_path);
+    if ((in = BIO_new_file(tmpl_path, "rb")) != NULL)
+        e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size * 2 + (1u << 20), &msg);
+    BIO_free(in);
+    if (e != ENV_OK)
+        snprintf(detail, detailsz, "cannot read the prepared message: %s", env_strerror(e));
+    for (; e == ENV_OK && i < b->n; i++) {
+        int code = 0;
+        xp_send_result r1;
+        xp_err sent;
+        BIO *out;
+
+        memset(&r1, 0, sizeof(r1));
+        r1.rcpt_code = &code;
+        if (b->ri[i] == NULL ||
+            env_message_set_recipients(msg, (const unsigned char *const *)&b->ri[i], &b->ri_len[i], 1) != ENV_OK) {
+            outcome[i] = XP_RCPT_FAILED;
+            snprintf(lines[i], sizeof(lines[i]), "no usable RecipientInfo for this member");
+            continue;
+        }
+        if ((out = BIO_new_file(copy, "wb")) == NULL) {
+            snprintf(detail, detailsz, "cannot write a member copy (errno %d)", errno);
+            break;
+        }
+        e = env_message_write(msg, ENV_FORMAT_SMIME, NULL, out);
+        if (BIO_free(out) != 1 && e == ENV_OK)
+            e = ENV_ERR_IO;
+        if (e != ENV_OK) {
+            snprintf(detail, detailsz, "cannot write a member copy: %s", env_strerror(e));
+            break;
+        }
+        sent = xp_transport_send(t, from, &b->rcpts[i], 1, copy, &r1);
+        outcome[i] = rcpt_outcome(c, code, sent, r1.detail, b->attempts[i], now, &next_at[i], lines[i],
+                                  sizeof(lines[i]));
+        if (outcome[i] == XP_RCPT_DEFERRED && detail[0] == '\0')
+            snprintf(detail, detailsz, "%s", r1.detail);
+    }
+    /* what could not even be tried is deferred: the next pass tries again */
+    for (; i < b->n; i++) {
+        outcome[i] = XP_RCPT_DEFERRED;
+        next_at[i] = now + (int64_t)xp_backoff(c, b->attempts[i] + 1);
+        snprintf(lines[i], sizeof(lines[i]), "%s", detail);
+    }
+    (void)unlink(copy);
+    env_message_free(msg);
+}
 
 /* *settled: some recipient of the batch was delivered or failed for good. */
 static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_batch *b, bool *settled)
@@ -141,17 +281,19 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     xp_send_result res;
     xp_rcpt_outcome *outcome = NULL;
     int64_t *next_at = NULL;
-    char **why = NULL;
-    char from[MAIL_MAX_ADDR + 16] = "", path[4096], q[128];
+    char **why = NULL, (*lines)[300] = NULL;
+    char from[MAIL_MAX_ADDR + 16] = "", path[4096], q[128], detail[256] = "";
     const char *deferred_why = NULL;
     size_t delivered = 0, failed = 0, deferred = 0;
     int64_t now = now_s();
     xp_err rc = XP_ERR_NOMEM, sent;
+    bool per_member = b->ri != NULL && b->n > 0 && b->ri[0] != NULL;
 
     *settled = false;
     memset(&res, 0, sizeof(res));
     if ((res.rcpt_code = calloc(b->n, sizeof(int))) == NULL || (outcome = calloc(b->n, sizeof(*outcome))) == NULL ||
-        (next_at = calloc(b->n, sizeof(*next_at))) == NULL || (why = calloc(b->n, sizeof(*why))) == NULL)
+        (next_at = calloc(b->n, sizeof(*next_at))) == NULL || (why = calloc(b->n, sizeof(*why))) == NULL ||
+        (lines = calloc(b->n, sizeof(*lines))) == NULL)
         goto out;
     if (b->msg->kind == XP_KIND_LIST) {
         if ((rc = spool_list_get_by_id(s, b->msg->list_id, &l)) != XP_OK && rc != XP_ERR_NOTFOUND)
@@ -161,29 +303,17 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
     if ((rc = spool_msg_path(s, b->msg->out_file != NULL ? b->msg->out_file : b->msg->file, path, sizeof(path))) !=
         XP_OK)
         goto out;
-    sent = xp_transport_send(t, from, b->rcpts, b->n, path, &res);
+    if (per_member) {
+        send_member_copies(c, t, b, from, path, now, outcome, next_at, lines, detail, sizeof(detail));
+    } else {
+        sent = xp_transport_send(t, from, b->rcpts, b->n, path, &res);
+        snprintf(detail, sizeof(detail), "%s", res.detail);
+        for (size_t i = 0; i < b->n; i++)
+            outcome[i] = rcpt_outcome(c, res.rcpt_code[i], sent, res.detail, b->attempts[i], now, &next_at[i],
+                                      lines[i], sizeof(lines[i]));
+    }
     for (size_t i = 0; i < b->n; i++) {
-        int code = res.rcpt_code[i];
-        char line[300];
-        if (code / 100 == 5) {
-            outcome[i] = XP_RCPT_FAILED; /* refused for good, whatever happened next */
-            snprintf(line, sizeof(line), "RCPT %d", code);
-        } else if (code / 100 == 2 && sent == XP_OK) {
-            outcome[i] = XP_RCPT_DELIVERED;
-            line[0] = '\0';
-        } else if (code / 100 == 2 && sent == XP_ERR_PERM) {
-            /* the message refused as a whole (a 5xx to DATA or to its end) */
-            outcome[i] = XP_RCPT_FAILED;
-            snprintf(line, sizeof(line), "%s", res.detail);
-        } else {
-            outcome[i] = XP_RCPT_DEFERRED;
-            next_at[i] = now + (int64_t)xp_backoff(c, b->attempts[i] + 1);
-            if (code / 100 == 4)
-                snprintf(line, sizeof(line), "RCPT %d", code);
-            else /* accepted at RCPT (or never asked): what failed came later */
-                snprintf(line, sizeof(line), "%s", res.detail[0] ? res.detail : "not sent");
-        }
-        if (line[0] != '\0' && (why[i] = strdup(line)) == NULL) {
+        if (lines[i][0] != '\0' && (why[i] = strdup(lines[i])) == NULL) {
             rc = XP_ERR_NOMEM;
             goto out;
         }
@@ -195,22 +325,24 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
             failed++;
             char qr[320];
             log_warn("recipient refused id=%lld rcpt=%s reason=\"%s\"", (long long)b->msg->id,
-                     log_quote(q, sizeof(q), b->rcpts[i]), log_quote(qr, sizeof(qr), line));
+                     log_quote(q, sizeof(q), b->rcpts[i]), log_quote(qr, sizeof(qr), lines[i]));
         } else
             deferred++;
     }
     /* one transaction for the whole batch, after the relay answered */
-    if ((rc = spool_batch_done(s, b, outcome, next_at, why)) != XP_OK)
+    if ((rc = record_batch(s, b, outcome, next_at, why)) != XP_OK)
         goto out;
     *settled = delivered + failed > 0;
     if (deferred > 0)
         log_warn("batch deferred id=%lld delivered=%zu failed=%zu deferred=%zu reason=\"%s\"", (long long)b->msg->id,
-                 delivered, failed, deferred, log_quote(q, sizeof(q), res.detail[0] ? res.detail : deferred_why));
+                 delivered, failed, deferred, log_quote(q, sizeof(q), detail[0] ? detail : deferred_why));
     else
-        log_info("batch sent id=%lld delivered=%zu failed=%zu", (long long)b->msg->id, delivered, failed);
+        log_info("batch sent id=%lld delivered=%zu failed=%zu%s", (long long)b->msg->id, delivered, failed,
+                 per_member ? " copies=per-member" : "");
 out:
     if (why != NULL)
         xp_strv_free(why, b->n);
+    free(lines);
     free(next_at);
     free(outcome);
     free(res.rcpt_code);
@@ -226,11 +358,27 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
     const char *domain = strrchr(list_addr, '@');
     time_t now = time(NULL), rcv = (time_t)f->msg->received;
     struct tm tm;
-    size_t cap = 4096;
+    size_t cap = 4096, o = 0;
     int n;
+    char reason[320];
 
     *out = NULL;
     *outlen = 0;
+    /* One plain line: the group server's refusal in its own words, else
+     * what kind of failure it was; never a log line, never a member's
+     * address (the relay's replies can name them). */
+    if (f->reason != NULL && f->reason[0] != '\0')
+        snprintf(reason, sizeof(reason), "%s", f->reason);
+    else if (f->msg->out_file == NULL)
+        snprintf(reason, sizeof(reason), "the list could not re-encrypt it for the members in time");
+    else if (f->no_cert == f->failed)
+        snprintf(reason, sizeof(reason), "%lld of them have no certificate at the group server",
+                 (long long)f->no_cert);
+    else
+        snprintf(reason, sizeof(reason), "their mail system did not accept it in time");
+    for (char *p = reason; *p; p++) /* one printable line, whatever the server said */
+        reason[o++] = (*p >= 32 && *p < 127) ? *p : '?';
+    reason[o] = '\0';
     domain = domain != NULL ? domain + 1 : "localhost";
     gmtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
@@ -258,14 +406,13 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
                  "\n"
                  "Your message %s to the list %s, accepted on %s,\n"
                  "could not be delivered to %lld of %lld list members.\n"
-                 "%s"
+                 "Reason: %s.\n"
                  "\n"
                  "The encrypted message was not read by the list; the list\n"
                  "administrator can see the details in the exploder's log.\n",
                  from, f->msg->sender, list_addr, date, id, domain,
                  f->msg->message_id[0] ? f->msg->message_id : "(without Message-ID)", list_addr, rdate,
-                 (long long)f->failed, (long long)(f->failed + f->delivered),
-                 f->msg->out_file == NULL ? "The list could not re-encrypt it for the members in time.\n" : "");
+                 (long long)f->failed, (long long)(f->failed + f->delivered), reason);
     if (n < 0 || (size_t)n >= cap) {
         free(buf);
         return XP_ERR_TOO_LARGE;
@@ -444,10 +591,12 @@ int cmd_run(const xp_conf *c, int argc, char **argv)
             wait = due - now;
         if (work > 0 || wait < 0)
             wait = 0;
-        for (int64_t i = 0; i < wait * 10 && !stop_requested; i++) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
-        }
+        /* a pass that failed (the spool, most likely) left its items due:
+         * passing again at once would call the group server and the relay
+         * for them several times a second */
+        if (rc != XP_OK)
+            wait = (int64_t)c->poll_interval;
+        pause_s((unsigned)wait);
         if (wait == 0 && work == 0) {
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,7 +16,6 @@
 #include "log.h"
 #include "util.h"
 
-#define SCHEMA_VERSION 1
 #define FILE_ID_BYTES 12
 
 struct spool {
@@ -28,7 +28,10 @@ struct spool {
 enum { MSG_NEW = 0, MSG_READY = 1 };
 enum { RCPT_PENDING = 0, RCPT_DELIVERED = 1, RCPT_FAILED = 2 };
 
-static const char *const schema_sql =
+/* Migrations: migrations[i] takes the spool schema from version i to i+1;
+ * append, never edit one that shipped. */
+static const char *const migrations[] = {
+    /* 0 -> 1 */
     "CREATE TABLE IF NOT EXISTS lists("
     " id INTEGER PRIMARY KEY,"
     " address TEXT NOT NULL UNIQUE COLLATE NOCASE,"
@@ -66,7 +69,19 @@ static const char *const schema_sql =
     " last_error TEXT);"
     "CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt, message_id);"
     "CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(message_id, state);"
-    "CREATE INDEX IF NOT EXISTS messages_state ON messages(state, next_attempt);";
+    "CREATE INDEX IF NOT EXISTS messages_state ON messages(state, next_attempt);",
+    /* 1 -> 2 (issue 14): the group server's discovery answer cached per
+     * list (what deliver checks mail against), each member's own
+     * RecipientInfo in member-certs mode (one copy per member), and the
+     * plain reason a message's bounce gives the sender. */
+    "ALTER TABLE lists ADD COLUMN key_transports TEXT;"
+    "ALTER TABLE lists ADD COLUMN group_methods TEXT;"
+    "ALTER TABLE lists ADD COLUMN group_info_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE lists ADD COLUMN group_info_tried INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE recipients ADD COLUMN ri BLOB;"
+    "ALTER TABLE messages ADD COLUMN reason TEXT;",
+};
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 const char *xp_mode_name(xp_mode m)
 {
@@ -198,10 +213,27 @@ xp_err spool_open(const char *dir, spool **out)
         goto out;
     }
     if (version < SCHEMA_VERSION) {
+        char sql[64];
         if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
             goto out;
-        if ((rc = exec(s, schema_sql)) != XP_OK || (rc = exec(s, "PRAGMA user_version=1")) != XP_OK ||
-            (rc = exec(s, "COMMIT")) != XP_OK) {
+        /* deliver and run may both find an old schema: the second one to
+         * get the lock sees the new version and has nothing to do */
+        if ((rc = prep(s, "PRAGMA user_version", &st)) != XP_OK || sqlite3_step(st) != SQLITE_ROW) {
+            rc = rc != XP_OK ? rc : db_fail(s, "user_version");
+            rollback(s);
+            goto out;
+        }
+        version = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        st = NULL;
+        for (; version < SCHEMA_VERSION; version++) {
+            snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", version + 1);
+            if ((rc = exec(s, migrations[version])) != XP_OK || (rc = exec(s, sql)) != XP_OK) {
+                rollback(s);
+                goto out;
+            }
+        }
+        if ((rc = exec(s, "COMMIT")) != XP_OK) {
             rollback(s);
             goto out;
         }
@@ -247,6 +279,8 @@ void xp_list_free(xp_list *l)
     free(l->priv_path);
     free(l->cacert);
     free(l->group_cert);
+    free(l->kt_algs);
+    free(l->group_methods);
     free(l);
 }
 
@@ -326,8 +360,9 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
 
     *out = NULL;
     snprintf(sql, sizeof(sql),
-             "SELECT id,address,server,grp,mode,cert,key,cacert,group_cert,require_encrypted,members_only "
-             "FROM lists WHERE %s",
+             "SELECT id,address,server,grp,mode,cert,key,cacert,group_cert,require_encrypted,members_only,"
+             "key_transports,group_methods,group_info_at,"
+             "(SELECT count(*) FROM members WHERE members.list_id = lists.id),group_info_tried FROM lists WHERE %s",
              where);
     if ((rc = prep(s, sql, &st)) != XP_OK)
         return rc;
@@ -358,6 +393,11 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     l->group_cert = col_dup(st, 8);
     l->require_encrypted = sqlite3_column_int(st, 9) != 0;
     l->members_only = sqlite3_column_int(st, 10) != 0;
+    l->kt_algs = col_dup(st, 11);
+    l->group_methods = col_dup(st, 12);
+    l->group_info_at = sqlite3_column_int64(st, 13);
+    l->n_members = sqlite3_column_int64(st, 14);
+    l->group_info_tried = sqlite3_column_int64(st, 15);
     if (l->address == NULL || l->server == NULL || l->group == NULL)
         goto out;
     *out = l;
@@ -377,6 +417,39 @@ xp_err spool_list_get(spool *s, const char *address, xp_list **out)
 xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out)
 {
     return list_query(s, "id = ?1", NULL, id, out);
+}
+
+xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs, const char *methods,
+                                 int64_t at)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "UPDATE lists SET key_transports=?, group_methods=?, group_info_at=? WHERE id=?", &st);
+    if (rc != XP_OK)
+        return rc;
+    bind_opt(st, 1, kt_algs);
+    bind_opt(st, 2, methods);
+    sqlite3_bind_int64(st, 3, at);
+    sqlite3_bind_int64(st, 4, list_id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "list group info");
+    else if (sqlite3_changes(s->db) != 1)
+        rc = XP_ERR_NOTFOUND;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "UPDATE lists SET group_info_tried=? WHERE id=?", &st);
+    if (rc != XP_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, at);
+    sqlite3_bind_int64(st, 2, list_id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "list group info tried");
+    sqlite3_finalize(st);
+    return rc;
 }
 
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address)
@@ -756,6 +829,92 @@ xp_err spool_mark_ready(spool *s, int64_t msg_id, const char *out_file)
     return rc;
 }
 
+/* A member address and its index, sorted case-insensitively for lookups. */
+struct member_ix {
+    const char *addr;
+    size_t k;
+};
+
+static int cmp_member_ix(const void *a, const void *b)
+{
+    return strcasecmp(((const struct member_ix *)a)->addr, ((const struct member_ix *)b)->addr);
+}
+
+xp_err spool_mark_ready_members(spool *s, int64_t msg_id, const char *out_file, char *const *member,
+                                unsigned char *const *ri, const size_t *ri_len, size_t n, int64_t *without)
+{
+    sqlite3_stmt *sel = NULL, *upd = NULL, *fail = NULL, *ready = NULL;
+    struct member_ix *idx = NULL;
+    int64_t missing = 0;
+    xp_err rc;
+    int r;
+
+    if (without != NULL)
+        *without = 0;
+    if (n > 0 && (member == NULL || ri == NULL || ri_len == NULL))
+        return XP_ERR_ARGS;
+    if (n > 0 && (idx = calloc(n, sizeof(*idx))) == NULL)
+        return XP_ERR_NOMEM;
+    for (size_t k = 0; k < n; k++) {
+        idx[k].addr = member[k] != NULL ? member[k] : "";
+        idx[k].k = k;
+    }
+    if (n > 1)
+        qsort(idx, n, sizeof(*idx), cmp_member_ix);
+    if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
+        goto out;
+    if ((rc = prep(s, "SELECT id, address FROM recipients WHERE message_id=? AND state=0", &sel)) != XP_OK ||
+        (rc = prep(s, "UPDATE recipients SET ri=? WHERE id=?", &upd)) != XP_OK ||
+        (rc = prep(s, "UPDATE recipients SET state=2, last_error=? WHERE id=?", &fail)) != XP_OK ||
+        (rc = prep(s, "UPDATE messages SET state=1, out_file=?, last_error=NULL WHERE id=? AND state=0", &ready)) !=
+            XP_OK)
+        goto out;
+    sqlite3_bind_int64(sel, 1, msg_id);
+    while ((r = sqlite3_step(sel)) == SQLITE_ROW) {
+        int64_t rid = sqlite3_column_int64(sel, 0);
+        struct member_ix key = {(const char *)sqlite3_column_text(sel, 1), 0}, *hit = NULL;
+        size_t found = n;
+        if (key.addr != NULL && n > 0)
+            hit = bsearch(&key, idx, n, sizeof(*idx), cmp_member_ix);
+        if (hit != NULL)
+            found = hit->k;
+        sqlite3_stmt *u = found < n ? upd : fail;
+        sqlite3_reset(u);
+        if (found < n)
+            sqlite3_bind_blob(u, 1, ri[found], (int)ri_len[found], SQLITE_TRANSIENT);
+        else
+            sqlite3_bind_text(u, 1, XP_NO_CERT_REASON, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(u, 2, rid);
+        if (sqlite3_step(u) != SQLITE_DONE) {
+            rc = db_fail(s, "member ri");
+            goto out;
+        }
+        missing += found < n ? 0 : 1;
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_fail(s, "member recipients");
+        goto out;
+    }
+    sqlite3_bind_text(ready, 1, out_file, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(ready, 2, msg_id);
+    if (sqlite3_step(ready) != SQLITE_DONE) {
+        rc = db_fail(s, "mark ready");
+        goto out;
+    }
+    rc = exec(s, "COMMIT");
+out:
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    sqlite3_finalize(fail);
+    sqlite3_finalize(ready);
+    if (rc != XP_OK)
+        rollback(s);
+    else if (without != NULL)
+        *without = missing;
+    free(idx);
+    return rc;
+}
+
 xp_err spool_defer_prepare(spool *s, int64_t msg_id, int64_t next_at, const char *why)
 {
     sqlite3_stmt *st = NULL;
@@ -779,6 +938,10 @@ void xp_batch_free(xp_batch *b)
     free(b->rcpt_ids);
     xp_strv_free(b->rcpts, b->n);
     free(b->attempts);
+    for (size_t i = 0; b->ri != NULL && i < b->n; i++)
+        free(b->ri[i]);
+    free(b->ri);
+    free(b->ri_len);
     free(b);
 }
 
@@ -814,12 +977,13 @@ xp_err spool_next_batch(spool *s, int64_t now, unsigned max, xp_batch **out)
     st = NULL;
     rc = XP_ERR_NOMEM;
     if ((b = calloc(1, sizeof(*b))) == NULL || (b->rcpt_ids = calloc(max, sizeof(int64_t))) == NULL ||
-        (b->rcpts = calloc(max, sizeof(char *))) == NULL || (b->attempts = calloc(max, sizeof(int64_t))) == NULL)
+        (b->rcpts = calloc(max, sizeof(char *))) == NULL || (b->attempts = calloc(max, sizeof(int64_t))) == NULL ||
+        (b->ri = calloc(max, sizeof(*b->ri))) == NULL || (b->ri_len = calloc(max, sizeof(*b->ri_len))) == NULL)
         goto out;
     if ((rc = msg_get(s, mid, &b->msg)) != XP_OK)
         goto out;
     if ((rc = prep(s,
-                   "SELECT id,address,attempts FROM recipients WHERE message_id=? AND state=0 AND next_attempt<=? "
+                   "SELECT id,address,attempts,ri FROM recipients WHERE message_id=? AND state=0 AND next_attempt<=? "
                    "ORDER BY id LIMIT ?",
                    &st)) != XP_OK)
         goto out;
@@ -832,6 +996,16 @@ xp_err spool_next_batch(spool *s, int64_t now, unsigned max, xp_batch **out)
         if ((b->rcpts[b->n] = col_dup_nn(st, 1)) == NULL) {
             rc = XP_ERR_NOMEM;
             goto out;
+        }
+        if (sqlite3_column_type(st, 3) == SQLITE_BLOB && sqlite3_column_bytes(st, 3) > 0) {
+            size_t len = (size_t)sqlite3_column_bytes(st, 3);
+            if ((b->ri[b->n] = malloc(len)) == NULL) {
+                free(b->rcpts[b->n]);
+                rc = XP_ERR_NOMEM;
+                goto out;
+            }
+            memcpy(b->ri[b->n], sqlite3_column_blob(st, 3), len);
+            b->ri_len[b->n] = len;
         }
         b->n++;
     }
@@ -889,14 +1063,15 @@ out:
     return rc;
 }
 
-xp_err spool_fail_pending(spool *s, int64_t msg_id, const char *why)
+xp_err spool_fail_pending(spool *s, int64_t msg_id, const char *why, const char *reason)
 {
     sqlite3_stmt *st = NULL;
-    xp_err rc = prep(s, "UPDATE messages SET last_error=?1 WHERE id=?2; ", &st);
+    xp_err rc = prep(s, "UPDATE messages SET last_error=?1, reason=?3 WHERE id=?2", &st);
     if (rc != XP_OK)
         return rc;
     bind_opt(st, 1, why);
     sqlite3_bind_int64(st, 2, msg_id);
+    bind_opt(st, 3, reason);
     if (sqlite3_step(st) != SQLITE_DONE)
         rc = db_fail(s, "fail message");
     sqlite3_finalize(st);
@@ -936,6 +1111,7 @@ void xp_finished_clear(xp_finished *f)
 {
     xp_msg_free(f->msg);
     free(f->last_error);
+    free(f->reason);
     memset(f, 0, sizeof(*f));
 }
 
@@ -951,12 +1127,14 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
               " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=1),"
               " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2),"
               " COALESCE((SELECT last_error FROM recipients r WHERE r.message_id=m.id AND r.state=2 "
-              "   AND last_error IS NOT NULL LIMIT 1), m.last_error) "
+              "   AND last_error IS NOT NULL LIMIT 1), m.last_error), m.reason,"
+              " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2 AND r.last_error=?1) "
               "FROM messages m WHERE NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
               "ORDER BY id LIMIT 1",
               &st);
     if (rc != XP_OK)
         return rc;
+    sqlite3_bind_text(st, 1, XP_NO_CERT_REASON, -1, SQLITE_STATIC);
     r = sqlite3_step(st);
     if (r == SQLITE_DONE)
         rc = XP_ERR_NOTFOUND;
@@ -966,6 +1144,8 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
         out->delivered = sqlite3_column_int64(st, 9);
         out->failed = sqlite3_column_int64(st, 10);
         out->last_error = col_dup(st, 11);
+        out->reason = col_dup(st, 12);
+        out->no_cert = sqlite3_column_int64(st, 13);
     }
     sqlite3_finalize(st);
     return rc;

@@ -46,6 +46,12 @@ typedef struct xp_list {
     char *group_cert;     /* PEM of the group certificate (chain), NULL if not stored */
     bool require_encrypted; /* refuse mail not encrypted to group_cert (default) */
     bool members_only;      /* refuse senders that are not members */
+    /* The group server's discovery answer as last fetched (groupinfo.h):
+     * comma lists, NULL when never fetched (or the server did not say). */
+    char *kt_algs, *group_methods; /* key transports the group accepts; its methods */
+    int64_t group_info_at;  /* when it was fetched (unix seconds), 0 = never */
+    int64_t group_info_tried; /* when fetching it last failed, 0 = never */
+    int64_t n_members;      /* list members when read */
 } xp_list;
 void xp_list_free(xp_list *l);
 
@@ -62,6 +68,12 @@ xp_err spool_list_get(spool *s, const char *address, xp_list **out); /* XP_ERR_N
  * prepared are prepared under the new mode. */
 xp_err spool_list_set_policy(spool *s, const xp_list *l);
 xp_err spool_list_get_by_id(spool *s, int64_t id, xp_list **out);
+/* Stores the discovery answer of a list's group (either list may be NULL:
+ * not said) fetched at `at`. */
+xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs, const char *methods,
+                                 int64_t at);
+/* Notes that fetching it failed at `at` (what was cached stays). */
+xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts
  * the new ones). */
@@ -93,7 +105,8 @@ typedef struct xp_msg {
     char *sender;        /* envelope sender of the original ("" = null) */
     char *message_id;    /* Message-ID header, for logs and bounces; "" if none */
     char *file;          /* name in msg/ of the message as received */
-    char *out_file;      /* name in msg/ of the message to send; NULL until prepared */
+    char *out_file;      /* name in msg/ of the message to send (member-certs copies: the
+                            template each member's copy is made from); NULL until prepared */
     int64_t received;
     int64_t attempts;    /* prepare attempts */
 } xp_msg;
@@ -107,11 +120,23 @@ xp_err spool_mark_ready(spool *s, int64_t msg_id, const char *out_file);
 /* Preparing failed for now: try again at next_at. */
 xp_err spool_defer_prepare(spool *s, int64_t msg_id, int64_t next_at, const char *why);
 
+/* Why a member of a member-certs list got no copy (their failed row's
+ * last_error; the bounce counts them). */
+#define XP_NO_CERT_REASON "no certificate at the group server"
+/* Member-certs with one copy per member: in one transaction, each pending
+ * recipient whose address (case-insensitive) is member[k] gets ri[k] as
+ * its own RecipientInfo; the others fail with XP_NO_CERT_REASON (their
+ * number in *without, may be NULL); then the message is ready. */
+xp_err spool_mark_ready_members(spool *s, int64_t msg_id, const char *out_file, char *const *member,
+                                unsigned char *const *ri, const size_t *ri_len, size_t n, int64_t *without);
+
 typedef struct xp_batch {
     xp_msg *msg;
     int64_t *rcpt_ids;
     char **rcpts;
     int64_t *attempts;   /* delivery attempts so far, per recipient */
+    unsigned char **ri;  /* member-certs: each recipient's own RecipientInfo (DER), else NULL */
+    size_t *ri_len;
     size_t n;
 } xp_batch;
 void xp_batch_free(xp_batch *b);
@@ -128,8 +153,10 @@ xp_err spool_batch_done(spool *s, const xp_batch *b, const xp_rcpt_outcome *outc
                         char *const *why);
 
 /* Gives up on every pending recipient of a message (permanent failure of
- * the message itself, e.g. it can no longer be parsed). */
-xp_err spool_fail_pending(spool *s, int64_t msg_id, const char *why);
+ * the message itself, e.g. it can no longer be parsed, or the group server
+ * refused it). why is for the log; reason (may be NULL) is the one plain
+ * line the sender's bounce gives. */
+xp_err spool_fail_pending(spool *s, int64_t msg_id, const char *why, const char *reason);
 
 /* Gives up on recipients pending in messages received before cutoff
  * (marked failed, reason "expired"). Returns how many through *n. */
@@ -138,7 +165,9 @@ xp_err spool_expire(spool *s, int64_t cutoff, int64_t *n);
 typedef struct xp_finished {
     xp_msg *msg;
     int64_t delivered, failed;
+    int64_t no_cert;   /* failed with XP_NO_CERT_REASON (member-certs) */
     char *last_error;  /* of some failed recipient, or of the prepare step; may be NULL */
+    char *reason;      /* the plain line for the sender when the message failed as a whole, or NULL */
 } xp_finished;
 
 /* The next message (new or ready) with no pending recipient left, or

@@ -54,12 +54,13 @@ typedef struct xp_conf {
     int relay_verify;          /* verify the relay's certificate (default 1) */
     char *relay_user;          /* optional SMTP AUTH */
     char *relay_password_file; /* file (0600) holding the SMTP AUTH password */
+    uint64_t group_info_ttl;   /* seconds the group server's discovery answer is cached (0: every time) */
     /* [tls]: default client certificate for the group server */
     char *tls_cert, *tls_priv_path, *tls_ca; /* paths; tls_priv_path: the private key FILE (never the key) */
     uint64_t tls_timeout;      /* seconds for one group server request, connection included */
     /* [log] */
     int log_level;
-    char *log_file;            /* diagnostic log appended to (NULL: standard error) */
+    char *log_file;            /* diagnostic log appended to (NULL: standard error; deliver: syslog, mail) */
 } xp_conf;
 
 /* Reads an INI file (NULL path: defaults only, spool path required later).

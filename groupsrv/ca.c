@@ -24,6 +24,7 @@ struct gs_ca {
     EVP_PKEY *pub;       /* the CA public key (from the certificate) */
     hsm_key *key;        /* the CA private key on the token */
     hsm_sig_alg alg;
+    bool replicable;     /* its key may be an original under trusted wrap, or a copy */
 };
 
 static gs_err ossl_err(gs_err err, const char *what)
@@ -570,23 +571,14 @@ hsm_key *gs_ca_key(const gs_ca *ca) { return ca ? ca->key : NULL; }
 gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm)
 {
     hsm_key_info info;
-    const char *why = NULL;
+    const char *why = NULL, *note = NULL;
     hsm_err he;
     if (ca == NULL || hsm == NULL)
         return gs_err_set(GS_ERR_ARGS, "no CA");
     he = hsm_key_get_info(hsm, ca->key, &info);
     if (he != HSM_OK)
         return hsm_fail(he, "CA key attributes");
-    if (info.extractable)
-        why = "CKA_EXTRACTABLE is true";
-    else if (!info.never_extractable)
-        why = "CKA_NEVER_EXTRACTABLE is false";
-    else if (!info.sensitive)
-        why = "CKA_SENSITIVE is false";
-    else if (!info.always_sensitive)
-        why = "CKA_ALWAYS_SENSITIVE is false";
-    else if (info.value_readable)
-        why = "key value is readable";
+    why = gs_key_custody_problem(&info, ca->replicable, &note);
     if (why)
         return gs_err_set(GS_ERR_POLICY, "CA key %s is extractable or not sensitive (%s): refusing to use it",
                           info.label[0] ? info.label : "gs:ca", why);
@@ -610,6 +602,7 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
     ca = calloc(1, sizeof(*ca));
     if (ca == NULL)
         goto out;
+    ca->replicable = row->replicable;
     err = gs_cert_parse((const unsigned char *)row->cert_pem, strlen(row->cert_pem), &ca->cert);
     if (err)
         goto out;
@@ -646,15 +639,15 @@ out:
 gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
                   unsigned days, gs_ca **out)
 {
-    return gs_ca_init2(st, hsm, label, keyspec, NULL, subject_cn, days, out);
+    return gs_ca_init_ex(st, hsm, label, keyspec, NULL, subject_cn, days, false, out);
 }
 
 /* The CA key pair: generated on the token with every protection it stores
- * (*made true), or the existing private key named by use_key (adopted,
- * never destroyed by us), checked as a CA key either way. *missing gets
- * its weakenings, *ref its store label (label, or the URI). */
-static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key, hsm_key **pub,
-                     hsm_key **priv, bool *made, unsigned *missing)
+ * (*made true; replicable: extractable only under trusted wrap), or the
+ * existing private key named by use_key (adopted, never destroyed by us),
+ * checked as a CA key either way. *missing gets its weakenings. */
+static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key, bool replicable,
+                     hsm_key **pub, hsm_key **priv, bool *made, unsigned *missing)
 {
     hsm_keygen_spec ks;
     hsm_keygen_result res;
@@ -698,12 +691,13 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
     err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
     if (err)
         return err;
-    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = HSM_USE_SIGN};
+    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = HSM_USE_SIGN, .replicable = replicable};
     he = hsm_generate_keypair_best(hsm, &ks, &res, pub, priv);
     if (he != HSM_OK)
         return hsm_fail(he, "generating the CA key");
     *made = true;
     e.missing = res.missing;
+    e.replicable = replicable;
     he = hsm_key_get_info(hsm, *priv, &info);
     if (he != HSM_OK)
         return hsm_fail(he, "reading the CA key's attributes");
@@ -717,6 +711,12 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
 
 gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
                    const char *subject_cn, unsigned days, gs_ca **out)
+{
+    return gs_ca_init_ex(st, hsm, label, keyspec, use_key, subject_cn, days, false, out);
+}
+
+gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
+                     const char *subject_cn, unsigned days, bool replicable, gs_ca **out)
 {
     gs_store_ca *existing = NULL;
     hsm_key *probe = NULL, *pub = NULL, *priv = NULL;
@@ -745,6 +745,11 @@ gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *ke
         err = gs_keyspec_parse(keyspec ? keyspec : "rsa:3072", &type, &bits);
         if (err)
             return err;
+        if (replicable && type != HSM_KEYTYPE_RSA)
+            return gs_err_set(GS_ERR_ARGS, "--replicable needs an RSA CA key");
+    } else if (replicable) {
+        /* An adopted key was made by another tool, never extractable. */
+        return gs_err_set(GS_ERR_ARGS, "--replicable makes the CA key on this token: not with --use-key");
     }
     err = gs_store_ca_get(st, &existing);
     gs_store_ca_free(existing);
@@ -760,7 +765,16 @@ gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *ke
         if (he != HSM_ERR_KEY_NOT_FOUND)
             return hsm_fail(he, "token");
     }
-    err = ca_key(hsm, label, keyspec, use_key, &pub, &priv, &made, &missing);
+    if (replicable) {
+        hsm_caps caps;
+        char lacks[384];
+        (void)hsm_caps_get(hsm, &caps);
+        if (!hsm_caps_trusted_wrap(&caps, lacks, sizeof(lacks)))
+            return gs_err_set(GS_ERR_POLICY, "--replicable: this token lacks trusted wrap (missing: %s), so the key "
+                              "ceremony could never copy the CA key; initialise the CA without --replicable",
+                              lacks);
+    }
+    err = ca_key(hsm, label, keyspec, use_key, replicable, &pub, &priv, &made, &missing);
     if (err)
         goto out;
     he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
@@ -788,11 +802,12 @@ gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *ke
     gs_weak_format(missing, weak, sizeof(weak));
     {
         gs_store_keyrec rec = {.weakenings = weak};
-        err = gs_store_ca_put2(st, ref, pem, &rec);
+        err = gs_store_ca_put_as(st, ref, pem, replicable, &rec);
     }
     if (err)
         goto out;
-    log_info("CA initialised label=%s adopted=%s", ref, use_key != NULL ? "yes" : "no");
+    log_info("CA initialised label=%s adopted=%s replicable=%d", ref, use_key != NULL ? "yes" : "no",
+             (int)replicable);
     if (out) {
         ca = calloc(1, sizeof(*ca));
         if (ca == NULL) {
@@ -806,6 +821,7 @@ gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *ke
         ca->key = priv;
         priv = NULL;
         ca->alg = sig_alg_for(ca->pub);
+        ca->replicable = replicable;
         *out = ca;
     }
     err = GS_OK;

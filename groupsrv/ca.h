@@ -47,6 +47,13 @@ gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *key
  * An adopted key is never destroyed, also on failure. */
 gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
                    const char *subject_cn, unsigned days, gs_ca **out);
+/* The same; with replicable (RSA, generated: not with use_key) the CA key
+ * is sensitive and extractable only under trusted wrap, so that the key
+ * ceremony (`ca export`) can copy it to the other servers of a cluster
+ * that share one database. Recorded; gs_ca_check_key and the key audit
+ * accept it. */
+gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *use_key,
+                     const char *subject_cn, unsigned days, bool replicable, gs_ca **out);
 /* Loads the CA: certificate from the store, key handle from the token.
  * NOT_FOUND before `ca init`; GS_ERR_CERT if the stored certificate is
  * not the token key's. Issued certificates are verified with the public
@@ -55,9 +62,11 @@ gs_err gs_ca_init2(gs_store *st, hsm_ctx *hsm, const char *label, const char *ke
 gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out);
 /* GS_ERR_POLICY (detail names the attribute) unless the CA private key
  * is sensitive, always sensitive, never extractable and unreadable: a key
- * that may have been copied must not sign. */
+ * that may have been copied must not sign (a replicable CA's key: as
+ * gs_key_custody_problem, policy.h, allows). */
 gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm);
 void gs_ca_free(gs_ca *ca);
+
 X509 *gs_ca_cert(const gs_ca *ca);        /* borrowed */
 hsm_key *gs_ca_key(const gs_ca *ca);      /* borrowed */
 

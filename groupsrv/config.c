@@ -11,8 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "store.h"
 #include "util.h"
 
 enum ktype { K_STR, K_UINT, K_SIZE, K_BOOL };
@@ -52,11 +54,15 @@ static const struct key_def keys[] = {
     {"hsm", "module", K_STR, OFF(hsm.module), 0, 0},
     {"hsm", "token", K_STR, OFF(hsm.token), 0, 0},
     {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
+    {"hsm", "so_pin_source", K_STR, OFF(hsm.so_pin_source), 0, 0},
     {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
     {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0},
     {"hsm", "workers", K_UINT, OFF(hsm.workers), 1, 256},
+    {"server", "instance", K_STR, OFF(server.instance), 0, 0},
     {"db", "path", K_STR, OFF(db.path), 0, 0},
+    {"db", "url", K_STR, OFF(db.url), 0, 0},
     {"audit", "path", K_STR, OFF(audit.path), 0, 0},
+    {"audit", "store", K_STR, OFF(audit.store), 0, 0},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
     {"certsrv", "lifetime", K_UINT, OFF(certsrv.lifetime), 60, 604800},
     {"certsrv", "max_connections", K_UINT, OFF(certsrv.max_connections), 1, 1000000},
@@ -205,7 +211,8 @@ static struct gs_config *config_new(void)
     if (set_default(&c->server.listen, "127.0.0.1:8443") || set_default(&c->server.metrics, "admin") ||
         set_default(&c->server.log_level, "info") || set_default(&c->server.user, "nobody") || set_default(&c->hsm.token, "pkcs11:token=groupsrv") ||
         set_default(&c->db.path, "/var/lib/groupsrv/groupsrv.db") ||
-        set_default(&c->audit.path, "/var/log/groupsrv/audit.jsonl") || set_default(&c->ca.key_label, "gs:ca")) {
+        set_default(&c->audit.path, "/var/log/groupsrv/audit.jsonl") || set_default(&c->audit.store, "file") ||
+        set_default(&c->ca.key_label, "gs:ca")) {
         gs_config_free(c);
         return NULL;
     }
@@ -222,6 +229,62 @@ static bool valid_listen(const char *s)
     if (s[0] == '[' && colon[-1] != ']')
         return false;
     return true;
+}
+
+/* store.h's, defined here: the network process validates [db] with the
+ * config and links neither store.c nor a database library. */
+int gs_store_location_is_url(const char *location)
+{
+    return location != NULL &&
+           (strncmp(location, "postgresql://", 13) == 0 || strncmp(location, "postgres://", 11) == 0);
+}
+
+/* Index of a key in keys[] (it exists). */
+static size_t key_index(const char *section, const char *name)
+{
+    for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+            return i;
+    return 0;
+}
+
+/* [db]: exactly one of path (SQLite, the default) and url (PostgreSQL);
+ * [server] instance defaults to the host name; [audit] store = db needs
+ * the PostgreSQL store. */
+static gs_err validate_store(const char *name, struct gs_config *c, const bool *seen)
+{
+    char host[256];
+
+    if (c->db.url != NULL) {
+        if (seen[key_index("db", "path")])
+            return gs_err_set(GS_ERR_CONFIG, "%s: [db] has both 'path' and 'url' (set exactly one)", name);
+        if (!gs_store_location_is_url(c->db.url))
+            return gs_err_set(GS_ERR_CONFIG, "%s: 'url' in [db] must be a postgresql:// URI", name);
+        free(c->db.path);
+        c->db.path = NULL;
+    } else if (gs_store_location_is_url(c->db.path)) {
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'path' in [db] is a URI (use 'url' for PostgreSQL)", name);
+    }
+    if (strcmp(c->audit.store, "file") != 0 && strcmp(c->audit.store, "db") != 0)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'store' in [audit] must be file or db", name);
+    if (strcmp(c->audit.store, "db") == 0 && c->db.url == NULL)
+        return gs_err_set(GS_ERR_CONFIG, "%s: [audit] store = db needs the PostgreSQL store ([db] url)", name);
+    if (c->server.instance == NULL) {
+        if (gethostname(host, sizeof(host)) != 0)
+            (void)snprintf(host, sizeof(host), "groupsrv");
+        host[sizeof(host) - 1] = '\0';
+        if ((c->server.instance = strndup(host, GS_AUDIT_INSTANCE_MAX)) == NULL)
+            return GS_ERR_NOMEM;
+    }
+    if (c->server.instance[0] == '\0' || strlen(c->server.instance) > GS_AUDIT_INSTANCE_MAX)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'instance' in [server] must be 1..%d bytes", name,
+                          GS_AUDIT_INSTANCE_MAX);
+    return GS_OK;
+}
+
+const char *gs_config_db_location(const struct gs_config *cfg)
+{
+    return cfg->db.url != NULL ? cfg->db.url : cfg->db.path;
 }
 
 /* Cross-key checks after parsing. */
@@ -294,6 +357,8 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
     if (!ps.rate_burst_set)
         ps.cfg->server.rate_burst = ps.cfg->server.rate_limit ? 2 * ps.cfg->server.rate_limit : 0;
     err = validate(name, ps.cfg);
+    if (err == GS_OK)
+        err = validate_store(name, ps.cfg, ps.seen);
     if (err != GS_OK)
         goto out;
     *out = ps.cfg;

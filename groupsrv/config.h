@@ -44,6 +44,7 @@ struct gs_config {
         char *log_level;        /* error|warn|info|debug, default "info" */
         unsigned max_queue_ms;  /* shed token work expected to wait longer (503), default 2000; 0 = never */
         char *user;             /* the network process's account when started as root; default "nobody" */
+        char *instance;         /* this server's name in shared state (its audit chain); default the host name */
     } server;
     struct {
         char *cert;             /* server certificate chain, PEM (required for serve) */
@@ -54,15 +55,19 @@ struct gs_config {
         char *module;           /* path to a .so or a p11-kit module name (required) */
         char *token;            /* PKCS#11 token URI, default "pkcs11:token=groupsrv" */
         char *pin_source;       /* "env:NAME", "file:PATH" or PATH (required) */
+        char *so_pin_source;    /* the security officer's PIN, same forms, for `group export`
+                                   only; NULL: asked on the terminal */
         unsigned max_sessions;  /* session pool size, 0 = hsm default */
         char *init_args;        /* C_Initialize arguments for a module by path (NSS softokn), or NULL */
         unsigned workers;       /* token workers in the key holder, 0 = one per CPU (at least 2) */
     } hsm;
     struct {
-        char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db" */
+        char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db"; NULL when url is set */
+        char *url;              /* PostgreSQL URI (postgresql://...); exactly one of path and url */
     } db;
     struct {
         char *path;             /* JSON-lines audit log, default "/var/log/groupsrv/audit.jsonl" */
+        char *store;            /* "file" (default: path) or "db" (the PostgreSQL audit table) */
     } audit;
     struct {
         char *listen;           /* "host:port"; NULL (absent) = no certificate server */
@@ -85,6 +90,9 @@ gs_err gs_config_load(const char *path, struct gs_config **out);
 /* Same, from a string (tests); name is used in messages. */
 gs_err gs_config_load_string(const char *text, const char *name, struct gs_config **out);
 void gs_config_free(struct gs_config *cfg);
+
+/* What gs_store_open gets: [db] url, else [db] path (borrowed). */
+const char *gs_config_db_location(const struct gs_config *cfg);
 
 /* Which file to load: explicit (from -c) if non-NULL, else $GROUPSRV_CONF,
  * else GS_CONFIG_DEFAULT_PATH. Returned pointer is borrowed. */

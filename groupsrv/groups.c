@@ -21,6 +21,7 @@ struct gs_group {
     gs_group_secret_ref *kek_versions;  /* group secret key (KEK) versions, newest first */
     size_t n_kek_versions;
     hsm_key *reject;
+    bool lacks_keys; /* a version the database records is not on this token */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -79,12 +80,80 @@ static void destroy_pair(hsm_ctx *hsm, const char *label)
         log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(a != HSM_OK ? a : b));
 }
 
+void gs_token_destroy_label(hsm_ctx *hsm, const char *label)
+{
+    static const hsm_key_class classes[] = {HSM_CLASS_PRIVATE, HSM_CLASS_PUBLIC, HSM_CLASS_SECRET};
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(classes); i++) {
+        hsm_err he = destroy_label(hsm, label, classes[i]);
+        if (he != HSM_OK)
+            log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(he));
+    }
+}
+
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15)
 {
     gs_policy everything_on_token;
 
     memset(&everything_on_token, 0, sizeof(everything_on_token));
     return gs_policy_group_usage(&everything_on_token, type, methods, allow_pkcs1v15);
+}
+
+/* What a key of group g of this kind must look like under policy pol,
+ * with the accepted weakenings `missing`. */
+static void group_expect(const gs_store_group *g, const gs_policy *pol, gs_key_kind kind, hsm_key_type type,
+                         unsigned bits, unsigned missing, gs_key_expect *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->kind = kind;
+    e->missing = missing;
+    e->replicable = g->replicable;
+    if (kind == GS_KIND_GROUP) {
+        e->type = type;
+        e->bits = bits;
+        e->usage = gs_policy_group_usage(pol, type, g->methods, g->allow_pkcs1v15);
+        e->allow_pkcs1v15 = g->allow_pkcs1v15;
+        /* A v1.5 group made before v1.5 implied CKA_DECRYPT may lack it:
+         * only its v1.5 unwraps fail (discovery does not offer v1.5). */
+        e->decrypt_optional =
+            g->allow_pkcs1v15 && !(gs_policy_group_usage(pol, type, g->methods, false) & HSM_USE_DECRYPT);
+    } else if (kind == GS_KIND_SECRET) {
+        /* Extractable by design (delivered wrapped); a replicable
+         * group's copies read CKA_ALWAYS_SENSITIVE false (unwrapped). */
+        e->usage = pol->secrets == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP;
+    }
+}
+
+const char *gs_key_policy_problem(const gs_store_group *g, const char *kind, unsigned missing,
+                                  const hsm_key_info *info, const char **custody)
+{
+    hsm_key_type type = HSM_KEYTYPE_RSA;
+    unsigned bits = 0;
+    gs_key_expect e;
+    gs_policy pol;
+
+    if (custody != NULL)
+        *custody = "";
+    if (gs_keyspec_parse(g->algorithm, &type, &bits) != GS_OK)
+        return "the group's key spec is invalid";
+    if (gs_policy_parse(g->policy, &pol) != GS_OK)
+        return "the group's key policy is unreadable";
+    group_expect(g, &pol,
+                 strcmp(kind, "secret") == 0   ? GS_KIND_SECRET
+                 : strcmp(kind, "reject") == 0 ? GS_KIND_REJECT
+                                               : GS_KIND_GROUP,
+                 type, bits, missing, &e);
+    return gs_key_check2(info, &e, NULL, custody);
+}
+
+const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const char **custody)
+{
+    gs_key_expect e;
+
+    memset(&e, 0, sizeof(e));
+    e.kind = GS_KIND_CA;
+    e.replicable = replicable;
+    return gs_key_check2(info, &e, NULL, custody);
 }
 
 gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
@@ -193,6 +262,11 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (err)
             goto out;
         he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            r->key = NULL; /* recorded by another server; this token lacks it */
+            g->lacks_keys = true;
+            continue;
+        }
         if (he != HSM_OK) {
             err = hsm_fail(he, "group key", keys[i].token_label);
             goto out;
@@ -214,6 +288,11 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             continue;
         }
         he = hsm_key_find(hsm, secrets[i].token_label, HSM_CLASS_SECRET, &r->key);
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            r->key = NULL;
+            g->lacks_keys = true;
+            continue;
+        }
         if (he != HSM_OK) {
             err = hsm_fail(he, "secret key", secrets[i].token_label);
             goto out;
@@ -226,7 +305,12 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             goto out;
     } else if (g->info->reject_label != NULL) {
         he = hsm_key_find(hsm, g->info->reject_label, HSM_CLASS_SECRET, &g->reject);
-        if (he != HSM_OK) {
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            /* Not on this token yet (a replica before the ceremony): PKCS#1
+             * v1.5 requests are 503 key_unavailable here, OAEP is served. */
+            g->reject = NULL;
+            g->lacks_keys = true;
+        } else if (he != HSM_OK) {
             err = hsm_fail(he, "rejection key", g->info->reject_label);
             goto out;
         }
@@ -247,6 +331,7 @@ out:
 
 const gs_store_group *gs_group_info(const gs_group *g) { return g->info; }
 int64_t gs_group_id(const gs_group *g) { return g->info->id; }
+bool gs_group_lacks_keys(const gs_group *g) { return g->lacks_keys; }
 size_t gs_group_key_count(const gs_group *g) { return g->n_versions; }
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i) { return i < g->n_versions ? &g->versions[i] : NULL; }
 const gs_group_key_ref *gs_group_current_key(const gs_group *g) { return g->n_versions ? &g->versions[0] : NULL; }
@@ -360,10 +445,12 @@ static void log_weakening(const char *label, const hsm_keygen_result *res)
 }
 
 /* Generates a key pair on the token with exactly `usage` and every
- * protection the token stores, checks it, and returns its public key;
- * *missing gets the protections it could not have. */
+ * protection the token stores (replicable: extractable only under trusted
+ * wrap), checks it, and returns its public key; *missing gets the
+ * protections it could not have. */
 static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_key_type type, unsigned bits,
-                        unsigned usage, bool allow_pkcs1v15, EVP_PKEY **pub_out, unsigned *missing)
+                        unsigned usage, bool allow_pkcs1v15, bool replicable, EVP_PKEY **pub_out,
+                        unsigned *missing)
 {
     hsm_keygen_spec ks;
     hsm_keygen_result res;
@@ -377,7 +464,7 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
     err = label_free(hsm, label);
     if (err)
         return err;
-    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = usage};
+    ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = usage, .replicable = replicable};
     he = hsm_generate_keypair_best(hsm, &ks, &res, &pub, &priv);
     if (he != HSM_OK)
         return hsm_fail(he, "generating key", label);
@@ -388,6 +475,7 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
     e.usage = usage;
     e.allow_pkcs1v15 = allow_pkcs1v15;
     e.missing = res.missing;
+    e.replicable = replicable;
     err = check_new_key(hsm, priv, label, &e, pub_out);
     if (err == GS_OK) {
         *missing = res.missing;
@@ -401,10 +489,11 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
 }
 
 /* Generates a symmetric key on the token with exactly the given use and
- * every protection the token stores, checks it, and destroys it again on
- * a problem (tokens may add usages). */
+ * every protection the token stores (replicable: extractable only under
+ * trusted wrap), checks it, and destroys it again on a problem (tokens
+ * may add usages). */
 static gs_err make_sym_key(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_key_type type, unsigned usage,
-                           bool extractable, unsigned *missing)
+                           bool extractable, bool replicable, unsigned *missing)
 {
     hsm_keygen_spec ks;
     hsm_keygen_result res;
@@ -423,6 +512,7 @@ static gs_err make_sym_key(hsm_ctx *hsm, const char *label, gs_key_kind kind, hs
     ks.bits = 256;
     ks.usage = usage;
     ks.extractable = extractable;
+    ks.replicable = replicable;
     he = hsm_generate_secret_key_best(hsm, &ks, &res, &k);
     if (he != HSM_OK)
         return hsm_fail(he, kind == GS_KIND_SECRET ? "generating secret key" : "generating rejection key", label);
@@ -430,6 +520,7 @@ static gs_err make_sym_key(hsm_ctx *hsm, const char *label, gs_key_kind kind, hs
     e.kind = kind;
     e.usage = usage;
     e.missing = res.missing;
+    e.replicable = replicable;
     err = check_new_key(hsm, k, label, &e, NULL);
     if (err)
         (void)hsm_key_destroy(hsm, k);
@@ -468,7 +559,7 @@ static gs_err ensure_seal_key(hsm_ctx *hsm, const hsm_caps *caps, hsm_key **seal
                     caps->mech[HSM_MECH_RSA_KEYGEN].max_bits >= 3072 || caps->mech[HSM_MECH_RSA_KEYGEN].max_bits == 0
                         ? 3072
                         : 2048,
-                    HSM_USE_DECRYPT, false, &pk, missing);
+                    HSM_USE_DECRYPT, false, false, &pk, missing);
     EVP_PKEY_free(pk);
     if (err)
         return err;
@@ -508,13 +599,16 @@ static gs_err make_secret(hsm_ctx *hsm, gs_secret_store where, hsm_key *seal, co
     }
     /* Extractable only by wrapping: delivered wrapped to members. */
     err = make_sym_key(hsm, label, GS_KIND_SECRET, HSM_KEYTYPE_AES,
-                       where == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP, true, &m->missing);
+                       where == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP, true, false, &m->missing);
     m->on_token = err == GS_OK;
     return err;
 }
 
-/* HMAC key for PKCS#1 v1.5 implicit rejection: never leaves. */
-static gs_err make_reject(hsm_ctx *hsm, bool sealed, hsm_key *seal, const char *label, struct made_secret *m)
+/* HMAC key for PKCS#1 v1.5 implicit rejection: never leaves, except for a
+ * replicable group, whose clones must answer bad padding with the very
+ * same substitute (else comparing two servers would tell valid padding). */
+static gs_err make_reject(hsm_ctx *hsm, bool sealed, hsm_key *seal, const char *label, bool replicable,
+                          struct made_secret *m)
 {
     hsm_err he;
     gs_err err;
@@ -524,7 +618,8 @@ static gs_err make_reject(hsm_ctx *hsm, bool sealed, hsm_key *seal, const char *
         he = hsm_sealed_secret_new(hsm, seal, HSM_KEYTYPE_GENERIC_SECRET, 256, &m->sealed, &m->sealed_len);
         return he == HSM_OK ? GS_OK : hsm_fail(he, "sealing a new rejection key to", SEAL_LABEL);
     }
-    err = make_sym_key(hsm, label, GS_KIND_REJECT, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, &m->missing);
+    err = make_sym_key(hsm, label, GS_KIND_REJECT, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, replicable,
+                       &m->missing);
     m->on_token = err == GS_OK;
     return err;
 }
@@ -576,10 +671,12 @@ static const char *adopt_hint(const char *problem)
 
 /* `group create --use-key URI`: the key made by the token's own tool,
  * checked against the policy this token allows. */
-static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const char *uri, unsigned methods, bool v15,
-                              gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
+static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
+                              bool *v15_out, gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
                               EVP_PKEY **pk)
 {
+    const char *uri = spec->use_key;
+    bool v15;
     hsm_key *key = NULL;
     hsm_key_info info;
     gs_key_expect e;
@@ -608,10 +705,12 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const char *ur
                          "P-256 or P-384 is needed", q);
         goto out;
     }
-    if (v15 && info.type != HSM_KEYTYPE_RSA) {
+    if (spec->allow_pkcs1v15 && info.type != HSM_KEYTYPE_RSA) {
         err = gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
         goto out;
     }
+    /* RSA groups take v1.5 by default: stock clients send nothing else. */
+    v15 = *v15_out = info.type == HSM_KEYTYPE_RSA && !spec->oaep_only;
     err = gs_policy_choose(caps, info.type, methods, v15, info.unwrap, pol);
     if (err)
         goto out;
@@ -637,18 +736,19 @@ out:
     return err;
 }
 
-/* The group's new key version 1, generated or adopted. */
+/* The group's new key version 1, generated or adopted; *v15 whether the
+ * group accepts PKCS#1 v1.5 (every RSA group unless --oaep-only). */
 static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
                               gs_policy *pol, char *label, size_t label_size, char *keyspec, size_t keyspec_size,
-                              unsigned *missing, EVP_PKEY **pk)
+                              unsigned *missing, EVP_PKEY **pk, bool *v15)
 {
     hsm_key_type type;
     unsigned bits;
     gs_err err;
 
+    *v15 = false;
     if (spec->use_key != NULL) {
-        err = adopt_group_key(hsm, caps, spec->use_key, methods, spec->allow_pkcs1v15, pol, &type, &bits, missing,
-                              pk);
+        err = adopt_group_key(hsm, caps, spec, methods, v15, pol, &type, &bits, missing, pk);
         if (err)
             return err;
         if (util_strlcpy(label, spec->use_key, label_size) != UTIL_OK)
@@ -659,14 +759,24 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     }
     (void)util_strlcpy(keyspec, spec->keyspec ? spec->keyspec : "rsa:3072", keyspec_size);
     err = gs_keyspec_parse(keyspec, &type, &bits);
-    if (!err)
-        err = gs_policy_choose(caps, type, methods, spec->allow_pkcs1v15, true, pol);
     if (err)
         return err;
+    *v15 = type == HSM_KEYTYPE_RSA && !spec->oaep_only;
+    err = gs_policy_choose(caps, type, methods, *v15, true, pol);
+    if (err)
+        return err;
+    /* The key ceremony copies keys that are on the token; a sealed secret
+     * lives outside it, sealed to a key pair that never leaves. */
+    if (spec->replicable && (((methods & GS_METHOD_GROUP_SECRET) && pol->secrets == GS_SECRETS_SEALED) ||
+                             (*v15 && pol->reject_sealed)))
+        return gs_err_set(GS_ERR_POLICY, "--replicable: this token cannot keep the group's %s on the token (%s), "
+                          "so the key ceremony could not copy it%s",
+                          pol->reject_sealed && *v15 ? "implicit-rejection key" : "secret keys",
+                          pol->reject_sealed && *v15 ? "reject-sealed" : "secret-sealed",
+                          pol->reject_sealed && *v15 ? " (--oaep-only needs none)" : "");
     label_group(label, label_size, spec->name, 1);
-    return make_pair(hsm, label, GS_KIND_GROUP, type, bits,
-                     gs_policy_group_usage(pol, type, methods, spec->allow_pkcs1v15), spec->allow_pkcs1v15, pk,
-                     missing);
+    return make_pair(hsm, label, GS_KIND_GROUP, type, bits, gs_policy_group_usage(pol, type, methods, *v15), *v15,
+                     spec->replicable, pk, missing);
 }
 
 gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
@@ -674,10 +784,10 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
 {
     gs_store_group row, *existing = NULL;
     char klabel[GS_LABEL_MAX + 1], slabel[GS_LABEL_MAX + 1], rlabel[GS_LABEL_MAX + 1];
-    char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64];
+    char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64], rweak[64];
     unsigned char kek_id[GS_KEK_ID_LEN];
     struct made_secret sec, rej;
-    bool made_key = false, made_seal = false;
+    bool made_key = false, made_seal = false, v15 = false;
     hsm_key *seal = NULL;
     gs_policy pol;
     hsm_caps caps;
@@ -703,8 +813,19 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
             return err;
         if (spec->allow_pkcs1v15 && type != HSM_KEYTYPE_RSA)
             return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
+        /* The import proves each copy by a decryption test inside the
+         * token, which RSA keys allow everywhere (SoftHSM has no ECDH KDF). */
+        if (spec->replicable && type != HSM_KEYTYPE_RSA)
+            return gs_err_set(GS_ERR_ARGS, "--replicable needs an RSA group key");
+    } else if (spec->replicable) {
+        /* An adopted key was made by another tool, never extractable. */
+        return gs_err_set(GS_ERR_ARGS, "--replicable makes the group's keys on this token: not with --use-key");
     }
     methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
+    if ((methods & GS_METHOD_LOCAL_KEY) && !spec->replicable)
+        return gs_err_set(GS_ERR_ARGS, "the local-key method needs --replicable (members get a copy of the group key)");
+    if (spec->allow_pkcs1v15 && spec->oaep_only)
+        return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 and --oaep-only contradict each other");
     err = gs_store_group_get(st, spec->name, &existing);
     gs_store_group_free(existing);
     if (err == GS_OK)
@@ -712,11 +833,18 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     if (err != GS_ERR_NOT_FOUND)
         return err;
     (void)hsm_caps_get(hsm, &caps);
+    if (spec->replicable) {
+        char missing[384];
+        if (!hsm_caps_trusted_wrap(&caps, missing, sizeof(missing)))
+            return gs_err_set(GS_ERR_POLICY, "--replicable: this token lacks trusted wrap (missing: %s), so the key "
+                              "ceremony could never copy the group's keys; create the group without --replicable",
+                              missing);
+    }
 
     label_secret(slabel, sizeof(slabel), spec->name, 1);
     label_reject(rlabel, sizeof(rlabel), spec->name);
     err = first_group_key(hsm, &caps, spec, methods, &pol, klabel, sizeof(klabel), keyspec, sizeof(keyspec),
-                          &kmissing, &pk);
+                          &kmissing, &pk, &v15);
     if (err)
         goto out;
     made_key = spec->use_key == NULL;
@@ -724,7 +852,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     if (err)
         goto out;
     if (((methods & GS_METHOD_GROUP_SECRET) && pol.secrets == GS_SECRETS_SEALED) ||
-        (spec->allow_pkcs1v15 && pol.reject_sealed)) {
+        (v15 && pol.reject_sealed)) {
         err = ensure_seal_key(hsm, &caps, &seal, &made_seal, &seal_missing);
         if (err)
             goto out;
@@ -736,8 +864,8 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
         if (err)
             goto out;
     }
-    if (spec->allow_pkcs1v15) {
-        err = make_reject(hsm, pol.reject_sealed, seal, rlabel, &rej);
+    if (v15) {
+        err = make_reject(hsm, pol.reject_sealed, seal, rlabel, spec->replicable, &rej);
         if (err)
             goto out;
     }
@@ -745,17 +873,21 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     gs_weak_format(kmissing, kweak, sizeof(kweak));
     gs_weak_format(sec.missing, sweak, sizeof(sweak));
     gs_weak_format(seal_missing, seal_weak, sizeof(seal_weak));
+    gs_weak_format(rej.missing, rweak, sizeof(rweak));
     memset(&row, 0, sizeof(row));
     row.name = (char *)spec->name;
     row.address = (char *)spec->address;
     row.methods = methods;
     row.algorithm = keyspec;
-    row.allow_pkcs1v15 = spec->allow_pkcs1v15;
-    row.reject_label = spec->allow_pkcs1v15 ? rlabel : NULL;
+    row.allow_pkcs1v15 = v15;
+    row.reject_label = v15 ? rlabel : NULL;
     row.policy = policy;
     row.reject_seal_label = rej.sealed ? SEAL_LABEL : NULL;
     row.reject_sealed = rej.sealed;
     row.reject_sealed_len = rej.sealed_len;
+    row.replicable = spec->replicable;
+    row.reject_weakenings = rweak;
+    row.member_wrap = spec->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15;
     err = gs_store_begin(st);
     if (err)
         goto out;
@@ -778,7 +910,8 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("group created group=%s label=%s policy=%s", spec->name, klabel, policy);
+    log_info("group created group=%s label=%s policy=%s replicable=%d", spec->name, klabel, policy,
+             (int)spec->replicable);
     if (version_out)
         *version_out = 1;
 out:
@@ -813,26 +946,28 @@ static unsigned max_key_version(const gs_store_group_key *keys, size_t n)
     return v;
 }
 
-gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                       const char *name, unsigned *version_out)
+/* A group key version made on the token with its certificate, not yet
+ * recorded: rotation and member removal record it in their own way. */
+struct next_version {
+    unsigned version;
+    char label[GS_LABEL_MAX + 1];
+    char weak[64];
+    char *pem;
+    bool made;
+};
+
+static gs_err make_next_version(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                                const gs_store_group *g, struct next_version *nv)
 {
-    gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
     size_t nk = 0;
-    char label[GS_LABEL_MAX + 1], weak[64];
-    bool made = false;
     EVP_PKEY *pk = NULL;
-    char *pem = NULL;
     hsm_key_type type;
-    unsigned bits, v, missing = 0;
+    unsigned bits, missing = 0;
     gs_policy pol;
     gs_err err;
 
-    if (version_out)
-        *version_out = 0;
-    err = gs_store_group_get(st, name, &g);
-    if (err)
-        return err;
+    memset(nv, 0, sizeof(*nv));
     err = gs_keyspec_parse(g->algorithm, &type, &bits);
     if (!err)
         err = gs_policy_parse(g->policy, &pol);
@@ -840,37 +975,70 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
         err = gs_store_group_keys(st, g->id, &keys, &nk);
     if (err)
         goto out;
-    v = max_key_version(keys, nk) + 1;
-    label_group(label, sizeof(label), name, v);
+    nv->version = max_key_version(keys, nk) + 1;
+    label_group(nv->label, sizeof(nv->label), g->name, nv->version);
     /* The recorded policy, not today's capabilities: the group's path
-     * stays what was decided (and shown) at creation. */
-    err = make_pair(hsm, label, GS_KIND_GROUP, type, bits,
-                    gs_policy_group_usage(&pol, type, g->methods, g->allow_pkcs1v15), g->allow_pkcs1v15, &pk,
-                    &missing);
+     * stays what was decided (and shown) at creation; so does replicable. */
+    err = make_pair(hsm, nv->label, GS_KIND_GROUP, type, bits,
+                    gs_policy_group_usage(&pol, type, g->methods, g->allow_pkcs1v15), g->allow_pkcs1v15,
+                    g->replicable, &pk, &missing);
     if (err)
         goto out;
-    made = true;
-    gs_weak_format(missing, weak, sizeof(weak));
-    err = issue_group_cert(ca, hsm, cfg, g->name, g->address, pk, &pem);
-    if (!err) {
-        gs_store_keyrec kr = {.weakenings = weak};
-        err = gs_store_group_key_add2(st, g->id, v, label, pem, &kr);
-    }
-    if (err)
-        goto out;
-    log_info("group key rotated group=%s version=%u", name, v);
-    if (version_out)
-        *version_out = v;
+    nv->made = true;
+    gs_weak_format(missing, nv->weak, sizeof(nv->weak));
+    err = issue_group_cert(ca, hsm, cfg, g->name, g->address, pk, &nv->pem);
 out:
-    if (err && made) {
-        char detail[512];
-        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-        destroy_pair(hsm, label);
-        err = gs_err_set(err, "%s", detail);
-    }
     EVP_PKEY_free(pk);
-    free(pem);
     gs_store_group_keys_free(keys, nk);
+    return err;
+}
+
+/* Records a version make_next_version made, as the group's current one. */
+static gs_err record_next_version(gs_store *st, const gs_store_group *g, const struct next_version *nv)
+{
+    gs_store_keyrec kr = {.weakenings = nv->weak};
+
+    return gs_store_group_key_add2(st, g->id, nv->version, nv->label, nv->pem, &kr);
+}
+
+/* Undoes make_next_version (the token pair), keeping the error detail. */
+static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
+{
+    char detail[512];
+
+    if (nv->made) {
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+        destroy_pair(hsm, nv->label);
+        (void)gs_err_set(GS_ERR_ARGS, "%s", detail);
+    }
+    free(nv->pem);
+    memset(nv, 0, sizeof(*nv));
+}
+
+gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                       const char *name, unsigned *version_out)
+{
+    gs_store_group *g = NULL;
+    struct next_version nv;
+    gs_err err;
+
+    memset(&nv, 0, sizeof(nv));
+    if (version_out)
+        *version_out = 0;
+    err = gs_store_group_get(st, name, &g);
+    if (err)
+        return err;
+    err = make_next_version(st, hsm, ca, cfg, g, &nv);
+    if (!err)
+        err = record_next_version(st, g, &nv);
+    if (err)
+        goto out;
+    log_info("group key rotated group=%s version=%u", name, nv.version);
+    if (version_out)
+        *version_out = nv.version;
+    nv.made = false; /* recorded: keep it */
+out:
+    drop_next_version(hsm, &nv);
     gs_store_group_free(g);
     return err;
 }
@@ -1097,6 +1265,12 @@ out:
 
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert)
 {
+    return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
+}
+
+gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
+                          gs_wrap wrap)
+{
     gs_store_group *g = NULL;
     char cemail[GS_EMAIL_MAX + 1];
     char *pem = NULL;
@@ -1119,9 +1293,21 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
         if (err)
             goto out;
     }
-    err = gs_store_member_add(st, g->id, email, role, pem);
+    if (wrap == GS_WRAP_DEFAULT) {
+        err = gs_store_member_add(st, g->id, email, role, pem);
+    } else if ((err = gs_store_begin(st)) == GS_OK) {
+        /* the member and their wrap choice land together or not at all */
+        err = gs_store_member_add(st, g->id, email, role, pem);
+        if (!err)
+            err = gs_store_member_set_wrap(st, g->id, email, wrap);
+        if (err)
+            gs_store_rollback(st);
+        else
+            err = gs_store_commit(st);
+    }
     if (!err)
-        log_info("member added group=%s member=%s role=%s", group, email, gs_role_name(role));
+        log_info("member added group=%s member=%s role=%s wrap=%s", group, email, gs_role_name(role),
+                 gs_wrap_name(wrap));
 out:
     free(pem);
     gs_store_group_free(g);
@@ -1131,15 +1317,28 @@ out:
 gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg, const char *group,
                         const char *email, unsigned *rotated_version)
 {
+    gs_member_removal r;
+    gs_err err = gs_member_remove_ex(st, hsm, NULL, cfg, group, email, &r);
+
+    if (rotated_version)
+        *rotated_version = r.secret_version;
+    return err;
+}
+
+gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *group, const char *email, gs_member_removal *out)
+{
     gs_store_group *g = NULL;
     gs_store_member *m = NULL;
+    gs_ca *own_ca = NULL;
     struct next_secret ns;
+    struct next_version nv;
     bool rotate, made = false;
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
-    if (rotated_version)
-        *rotated_version = 0;
+    memset(&nv, 0, sizeof(nv));
+    memset(out, 0, sizeof(*out));
     err = gs_store_group_get(st, group, &g);
     if (err)
         return err;
@@ -1151,23 +1350,41 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
         goto out;
     }
     rotate = cfg->server.auto_rotate_secret_on_remove && (g->methods & GS_METHOD_GROUP_SECRET);
-    if (rotate) {
-        if (hsm == NULL) {
-            err = gs_err_set(GS_ERR_ARGS, "removing a member rotates the secret key: token needed");
-            goto out;
+    if ((rotate || (g->methods & GS_METHOD_LOCAL_KEY)) && hsm == NULL) {
+        err = gs_err_set(GS_ERR_ARGS, "removing a member rotates a key: token needed");
+        goto out;
+    }
+    /* Option C: the member may hold a copy of the group key on their own
+     * token, which no server can take back. Mail to the group must go to a
+     * key they do not have: a new version, in the same step. */
+    if (g->methods & GS_METHOD_LOCAL_KEY) {
+        if (ca == NULL) {
+            err = gs_ca_load(st, hsm, &own_ca);
+            if (!err)
+                err = gs_ca_check_key(own_ca, hsm);
+            if (err)
+                goto out;
+            ca = own_ca;
         }
+        err = make_next_version(st, hsm, ca, cfg, g, &nv);
+        if (err)
+            goto out;
+    }
+    if (rotate) {
         err = next_secret(st, hsm, g, &ns);
         if (err)
             goto out;
         made = true;
     }
-    /* Removal and the new secret version land together, or neither. */
+    /* Removal and the new versions land together, or none of them. */
     err = gs_store_begin(st);
     if (err)
         goto out;
     err = gs_store_member_remove(st, g->id, email);
     if (!err && rotate)
         err = gs_store_secret_add2(st, g->id, ns.version, ns.label, ns.kek_id, &ns.rec);
+    if (!err && nv.made)
+        err = record_next_version(st, g, &nv);
     if (err) {
         gs_store_rollback(st);
         goto out;
@@ -1175,12 +1392,16 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("member removed group=%s member=%s secret_version=%u", group, email, ns.version);
-    if (rotated_version)
-        *rotated_version = ns.version;
+    log_info("member removed group=%s member=%s secret_version=%u key_version=%u", group, email, ns.version,
+             nv.version);
+    out->secret_version = ns.version;
+    out->key_version = nv.version;
+    nv.made = false; /* recorded */
 out:
     if (made)
         next_secret_undo(hsm, &ns, err != GS_OK);
+    drop_next_version(hsm, &nv); /* destroys the pair unless it was recorded */
+    gs_ca_free(own_ca);
     gs_store_member_free(m);
     gs_store_group_free(g);
     return err;
@@ -1204,6 +1425,8 @@ static void report(struct audit *a, gs_key_audit_row *row)
         row->accepted = "";
     if (row->note == NULL)
         row->note = "";
+    if (row->custody == NULL)
+        row->custody = "";
     if (!row->ok)
         a->problems++;
     if (a->cb)
@@ -1235,7 +1458,7 @@ static void audit_key(struct audit *a, gs_key_audit_row *row, const char *label,
     row->present = row->problem == NULL || strcmp(row->problem, "missing from the token") != 0;
     if (row->problem == NULL) {
         row->info = info;
-        row->problem = gs_key_check(info, e, &row->note);
+        row->problem = gs_key_check2(info, e, &row->note, &row->custody);
     }
 }
 
@@ -1319,13 +1542,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             report(a, &row);
             continue;
         }
-        memset(&e, 0, sizeof(e));
-        e.kind = GS_KIND_GROUP;
-        e.type = type;
-        e.bits = bits;
-        e.usage = gs_policy_group_usage(&pol, type, g->methods, g->allow_pkcs1v15);
-        e.allow_pkcs1v15 = g->allow_pkcs1v15;
-        e.missing = row_missing(&row, keys[i].weakenings);
+        group_expect(g, &pol, GS_KIND_GROUP, type, bits, row_missing(&row, keys[i].weakenings), &e);
         if (row.problem == NULL)
             audit_key(a, &row, keys[i].token_label, HSM_CLASS_PRIVATE, &e, &info, &k);
         if (row.problem == NULL) {
@@ -1354,10 +1571,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         if (secrets[i].sealed != NULL) {
             audit_sealed(a, &row, secrets[i].seal_label, secrets[i].sealed, secrets[i].sealed_len, HSM_KEYTYPE_AES);
         } else {
-            memset(&e, 0, sizeof(e));
-            e.kind = GS_KIND_SECRET;
-            e.usage = pol.secrets == GS_SECRETS_TOKEN_ECB ? HSM_USE_WRAP_ECB : HSM_USE_WRAP;
-            e.missing = row_missing(&row, secrets[i].weakenings);
+            group_expect(g, &pol, GS_KIND_SECRET, type, bits, row_missing(&row, secrets[i].weakenings), &e);
             if (row.problem == NULL)
                 audit_key(a, &row, secrets[i].token_label, HSM_CLASS_SECRET, &e, &info, &k);
         }
@@ -1374,9 +1588,9 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             audit_sealed(a, &row, g->reject_seal_label, g->reject_sealed, g->reject_sealed_len,
                          HSM_KEYTYPE_GENERIC_SECRET);
         } else {
-            memset(&e, 0, sizeof(e));
-            e.kind = GS_KIND_REJECT;
-            audit_key(a, &row, g->reject_label, HSM_CLASS_SECRET, &e, &info, &k);
+            group_expect(g, &pol, GS_KIND_REJECT, type, bits, row_missing(&row, g->reject_weakenings), &e);
+            if (row.problem == NULL)
+                audit_key(a, &row, g->reject_label, HSM_CLASS_SECRET, &e, &info, &k);
         }
         hsm_key_free(k);
         report(a, &row);
@@ -1415,6 +1629,7 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
         row.label = ca->label;
         memset(&e, 0, sizeof(e));
         e.kind = GS_KIND_CA;
+        e.replicable = ca->replicable;
         e.missing = row_missing(&row, ca->weakenings);
         if (row.problem == NULL)
             audit_key(&a, &row, ca->label, HSM_CLASS_PRIVATE, &e, &info, &k);

@@ -46,7 +46,7 @@ typedef struct gs_group_key_ref {
     unsigned version;
     bool current;
     X509 *cert;          /* the group certificate of this version (borrowed) */
-    hsm_key *key;        /* the group private key on the token (borrowed) */
+    hsm_key *key;        /* the group private key on the token (borrowed); NULL if this token lacks it */
     hsm_key_type type;   /* RSA or EC */
     unsigned missing;    /* its accepted key-level weakenings (enum hsm_protection) */
 } gs_group_key_ref;
@@ -55,18 +55,26 @@ typedef struct gs_group_secret_ref {
     unsigned version;
     bool current;
     unsigned char kek_id[GS_KEK_ID_LEN];
-    hsm_key *key;        /* the AES-256 secret key on the token, or sealed (borrowed) */
+    hsm_key *key;        /* the AES-256 secret key on the token, or sealed (borrowed); NULL if this
+                            token lacks it */
 } gs_group_secret_ref;
 
 /* Loads group `name` with every non-retired key version and secret key
- * version, finding each on the token. NOT_FOUND for an unknown group;
- * GS_ERR_HSM (detail names the label) when a recorded key is missing from
- * the token. Does not audit attributes (see gs_keys_audit). */
+ * version, finding each on the token. NOT_FOUND for an unknown group. A
+ * version recorded in the database but missing from this token (servers
+ * on cloned tokens sharing one database, one token not yet given a new
+ * version) is loaded with key NULL: callers answer key_unavailable for
+ * that version. Other token failures are GS_ERR_HSM (detail names the
+ * label). Does not audit attributes (see gs_keys_audit). */
 gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
 void gs_group_free(gs_group *g);
 
 const gs_store_group *gs_group_info(const gs_group *g);  /* name, address, methods, ... (borrowed) */
 int64_t gs_group_id(const gs_group *g);
+/* True when a version the database records was not on the token at load
+ * (its key is NULL): a cache loads such a group again, so that a key
+ * copied to the token meanwhile is found at the next request. */
+bool gs_group_lacks_keys(const gs_group *g);
 /* Key versions, newest first; index 0 is the current one. */
 size_t gs_group_key_count(const gs_group *g);
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i);
@@ -95,10 +103,35 @@ typedef struct gs_group_spec {
     const char *address;       /* LIST@DOMAIN, the SAN rfc822Name */
     const char *keyspec;       /* NULL = "rsa:3072" */
     unsigned methods;          /* 0 = GS_METHODS_DEFAULT */
+    /* PKCS#1 v1.5 key transport (what NSS, gpgsm and Outlook send) is
+     * accepted, through implicit rejection, by every RSA group unless
+     * oaep_only; allow_pkcs1v15 asks for it explicitly (an error for EC
+     * keys, and together with oaep_only). */
     bool allow_pkcs1v15;
     const char *use_key;       /* a pkcs11: URI of an existing private key to adopt instead of
                                   generating one (keyspec is then taken from the key); NULL */
+    bool replicable;           /* keys leave the token only under trusted wrap (the key
+                                  ceremony); RSA only, never with use_key; required by
+                                  GS_METHOD_LOCAL_KEY */
+    bool oaep_only;
+    gs_wrap member_wrap;       /* member-certs copies: DEFAULT = PKCS1V15 */
 } gs_group_spec;
+
+/* The key attribute audit's verdict on one key of group g, kind "group"
+ * (a key version), "secret" or "reject", as `groupsrv check` reports it:
+ * NULL when info meets the group's recorded policy with the accepted
+ * weakenings `missing` (enum hsm_protection), else the problem. A
+ * replicable group's keys may also be the original (sensitive,
+ * extractable only with CKA_WRAP_WITH_TRUSTED) or a copy from the key
+ * ceremony (sensitive, not extractable, CKA_ALWAYS_SENSITIVE false as on
+ * every unwrapped key); *custody (may be NULL) says which (gs_key_check2).
+ * Every other extractable key is refused. */
+const char *gs_key_policy_problem(const gs_store_group *g, const char *kind, unsigned missing,
+                                  const hsm_key_info *info, const char **custody);
+
+/* The same verdict for the local CA's key (sign only, every protection),
+ * e.g. a copy `ca import` just made; *custody (may be NULL) as above. */
+const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const char **custody);
 
 /* The hsm usage bits a group key version must have and nothing more. */
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
@@ -136,12 +169,30 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
  * given it must be valid X.509 with an email equal (case-insensitive) to
  * email (GS_ERR_CERT otherwise). EXISTS for a duplicate member. */
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert);
+/* The same with the member's own wrap for member-certs copies (DEFAULT:
+ * the group's), recorded in the same transaction. */
+gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
+                          gs_wrap wrap);
 /* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
  * group uses group-secret, a new secret key version is made on the token
  * first and recorded in the same transaction as the removal.
  * *rotated_version (may be NULL) gets the new version or 0. */
 gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg, const char *group,
                         const char *email, unsigned *rotated_version);
+
+/* What a removal rotated (0 = nothing). */
+typedef struct gs_member_removal {
+    unsigned secret_version; /* new group secret key version */
+    unsigned key_version;    /* new group key version: groups that allow local-key (option C) */
+} gs_member_removal;
+/* gs_member_remove, and for a group that allows local-key also a new
+ * group key version with its certificate from ca (NULL: the local CA is
+ * loaded from st and hsm): a member who held a copy of the group key on
+ * their own token must not read mail sent after their removal. The
+ * removal and every new version are recorded in one transaction; on
+ * failure the new token objects are destroyed again. */
+gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *group, const char *email, gs_member_removal *out);
 
 /* ---- key attribute audit ---------------------------------------------------- */
 
@@ -156,20 +207,28 @@ typedef struct gs_key_audit_row {
     const char *problem;      /* first problem found, "" when ok */
     const char *accepted;     /* the key's recorded weakenings ("no-allowed-mechanisms,..."), "" */
     const char *note;         /* what could not be verified through this module, "" */
+    const char *custody;      /* replicable groups: "replicable: leaves only under trusted
+                                 wrap" or "imported copy"; "" otherwise */
 } gs_key_audit_row;
 
 /* Checks every key the store records (CA, each non-retired group key
  * version, secret key versions, rejection keys, seal keys): present,
  * sensitive, always sensitive, never extractable (secret keys: extractable
- * only by wrapping, value unreadable), exactly the usage its group's
- * policy allows, and every protection it was recorded with (unwrap
- * template forcing sensitive, allowed mechanisms within policy): the
- * policy that was possible on its token, not more; the group
- * certificate's key equals the token's; a sealed secret opens. cb (may be
- * NULL) gets each row (borrowed for the call). *problems = number of bad
- * rows. Returns GS_OK when the audit ran (whatever it found). */
+ * only by wrapping, value unreadable; replicable groups: see
+ * gs_key_policy_problem), exactly the usage its group's policy allows,
+ * and every protection it was recorded with (unwrap template forcing
+ * sensitive, allowed mechanisms within policy): the policy that was
+ * possible on its token, not more; the group certificate's key equals the
+ * token's; a sealed secret opens. cb (may be NULL) gets each row
+ * (borrowed for the call). *problems = number of bad rows. Returns GS_OK
+ * when the audit ran (whatever it found). */
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems);
+
+/* Destroys every key object labelled label (both halves of a pair, or a
+ * secret key); best effort (failures are logged), for undoing a command's
+ * own new objects. */
+void gs_token_destroy_label(hsm_ctx *hsm, const char *label);
 
 /* Opens the token named in cfg->hsm (wrong PIN etc. -> GS_ERR_TOKEN with
  * detail). */

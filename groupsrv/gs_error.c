@@ -25,6 +25,7 @@ const char *gs_strerror(gs_err err)
     case GS_ERR_POLICY: return "key violates its policy";
     case GS_ERR_CRYPTO: return "cryptographic operation failed";
     case GS_ERR_STATE: return "operation not allowed in this state";
+    case GS_ERR_DB_UNAVAILABLE: return "database unavailable";
     }
     return "unknown error";
 }

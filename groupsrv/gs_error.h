@@ -13,7 +13,7 @@ typedef enum gs_err {
     GS_ERR_ARGS,       /* invalid argument (bad name, address, option value) */
     GS_ERR_CONFIG,     /* config file unreadable or invalid (detail names key and line) */
     GS_ERR_IO,         /* file read/write failed */
-    GS_ERR_DB,         /* SQLite failure (detail has the SQLite message) */
+    GS_ERR_DB,         /* database failure (detail has the SQLite or PostgreSQL message) */
     GS_ERR_SCHEMA,     /* database schema newer than this program, or corrupt */
     GS_ERR_NOT_FOUND,  /* unknown group, member, key version, CA not initialised */
     GS_ERR_EXISTS,     /* duplicate group, member, CA already initialised */
@@ -23,6 +23,8 @@ typedef enum gs_err {
     GS_ERR_POLICY,     /* a key's attributes violate its policy (extractable, ...) */
     GS_ERR_CRYPTO,     /* other OpenSSL failure */
     GS_ERR_STATE,      /* operation not allowed in this state (retire current key, ...) */
+    GS_ERR_DB_UNAVAILABLE, /* the database server cannot be reached (PostgreSQL down or
+                            * restarting); the store reconnects by itself on a later call */
 } gs_err;
 
 /* Static text for a code. */

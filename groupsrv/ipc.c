@@ -52,6 +52,7 @@ static const struct field_def fields[IPC_T_COUNT] = {
     [IPC_T_KEY_PEM] = {K_BYTES, MIB},      [IPC_T_CA_PEM] = {K_BYTES, 16 * MIB},
     [IPC_T_INDEX] = {K_U32, 4},            [IPC_T_CSR_SPKI] = {K_BYTES, 4 * KIB},
     [IPC_T_ACTION] = {K_U32, 4},           [IPC_T_KEY_POLICY] = {K_STR, 512},
+    [IPC_T_WRAP] = {K_U32, 4},             [IPC_T_KEY_TRANSPORTS] = {K_U32, 4},
 };
 
 struct schema {
@@ -80,12 +81,12 @@ static const struct schema requests[IPC_REQ_END] = {
     [IPC_MEMBERS] = {RID | CALLER | B(IPC_T_GROUP), CALLER_REQ | B(IPC_T_GROUP), 0},
     [IPC_MEMBER_GET] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_EMAIL), CALLER_REQ | B(IPC_T_GROUP) | B(IPC_T_EMAIL),
                         0},
-    [IPC_MEMBER_PUT] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_EMAIL) | B(IPC_T_ROLE) | B(IPC_T_CERT),
+    [IPC_MEMBER_PUT] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_EMAIL) | B(IPC_T_ROLE) | B(IPC_T_CERT) | B(IPC_T_WRAP),
                         CALLER_REQ | B(IPC_T_GROUP) | B(IPC_T_EMAIL), 0},
     [IPC_MEMBER_DELETE] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_EMAIL),
                            CALLER_REQ | B(IPC_T_GROUP) | B(IPC_T_EMAIL), 0},
     [IPC_GROUP_CREATE] = {RID | CALLER | B(IPC_T_NAME) | B(IPC_T_ADDRESS) | B(IPC_T_KEYSPEC) | B(IPC_T_METHODS) |
-                              B(IPC_T_FLAGS),
+                              B(IPC_T_FLAGS) | B(IPC_T_WRAP),
                           CALLER_REQ | B(IPC_T_NAME) | B(IPC_T_ADDRESS), 0},
     [IPC_AUTHZ] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_ACTION), CALLER_REQ | B(IPC_T_ACTION), 0},
 };
@@ -93,10 +94,13 @@ static const struct schema requests[IPC_REQ_END] = {
 static const struct schema replies[IPC_REQ_END] = {
     [0] = {ANSWER, B(IPC_T_STATUS), 0}, /* IPC_REPLY alone: a request not understood */
     [IPC_VIEW] = {ANSWER | B(IPC_T_FLAGS) | B(IPC_T_NAME) | B(IPC_T_ADDRESS) | B(IPC_T_METHODS) | B(IPC_T_KEYREF) |
-                      B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_CA_CERT) | B(IPC_T_KEY_POLICY),
+                      B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_CA_CERT) | B(IPC_T_KEY_POLICY) |
+                      B(IPC_T_WRAP) | B(IPC_T_KEY_TRANSPORTS),
                   B(IPC_T_STATUS), B(IPC_T_KEYREF)},
     [IPC_UNWRAP] = {ANSWER | B(IPC_T_RESULT), B(IPC_T_STATUS), B(IPC_T_RESULT)},
-    [IPC_REWRAP] = {ANSWER | B(IPC_T_RESULT) | B(IPC_T_DER) | B(IPC_T_KEY_VERSION), B(IPC_T_STATUS), B(IPC_T_DER)},
+    /* members: one DER and one EMAIL per member, in the same order */
+    [IPC_REWRAP] = {ANSWER | B(IPC_T_RESULT) | B(IPC_T_DER) | B(IPC_T_EMAIL) | B(IPC_T_KEY_VERSION), B(IPC_T_STATUS),
+                    B(IPC_T_DER) | B(IPC_T_EMAIL)},
     [IPC_SECRET_KEYS] = {ANSWER | B(IPC_T_SECRET), B(IPC_T_STATUS), B(IPC_T_SECRET)},
     [IPC_CERTIFY] = {ANSWER | B(IPC_T_CERT), B(IPC_T_STATUS), 0},
     [IPC_SIGN] = {ANSWER | B(IPC_T_SIG), B(IPC_T_STATUS), 0},
@@ -106,7 +110,7 @@ static const struct schema replies[IPC_REQ_END] = {
     [IPC_MEMBERS] = {ANSWER | B(IPC_T_MEMBER), B(IPC_T_STATUS), B(IPC_T_MEMBER)},
     [IPC_MEMBER_GET] = {ANSWER | B(IPC_T_MEMBER), B(IPC_T_STATUS), 0},
     [IPC_MEMBER_PUT] = {ANSWER | B(IPC_T_MEMBER) | B(IPC_T_FLAGS), B(IPC_T_STATUS), 0},
-    [IPC_MEMBER_DELETE] = {ANSWER | B(IPC_T_SECRET_VERSION), B(IPC_T_STATUS), 0},
+    [IPC_MEMBER_DELETE] = {ANSWER | B(IPC_T_SECRET_VERSION) | B(IPC_T_KEY_VERSION), B(IPC_T_STATUS), 0},
     [IPC_GROUP_CREATE] = {ANSWER | B(IPC_T_KEY_VERSION), B(IPC_T_STATUS), 0},
     [IPC_AUTHZ] = {ANSWER, B(IPC_T_STATUS), 0},
 };
@@ -132,7 +136,7 @@ static const struct schema nested[IPC_T_COUNT] = {
     [IPC_T_KEYREF] = {B(IPC_T_KEY_VERSION) | B(IPC_T_FLAGS) | B(IPC_T_CERT), B(IPC_T_KEY_VERSION) | B(IPC_T_CERT), 0},
     [IPC_T_SECRET] = {B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_WRAPPED),
                       B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_WRAPPED), 0},
-    [IPC_T_MEMBER] = {B(IPC_T_EMAIL) | B(IPC_T_ROLE) | B(IPC_T_FLAGS) | B(IPC_T_ADDED) | B(IPC_T_CERT),
+    [IPC_T_MEMBER] = {B(IPC_T_EMAIL) | B(IPC_T_ROLE) | B(IPC_T_FLAGS) | B(IPC_T_ADDED) | B(IPC_T_CERT) | B(IPC_T_WRAP),
                       B(IPC_T_EMAIL) | B(IPC_T_ROLE), 0},
 };
 

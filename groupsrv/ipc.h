@@ -36,7 +36,8 @@
 
 #define IPC_HDR_LEN 16
 /* Largest payload either side accepts: an unwrap-batch of 10,000 items, a
- * re-wrap to 4,096 members, or a client CA file full of CRLs. */
+ * re-wrap to 10,000 members with RSA-4096 certificates (about 10 MB with
+ * their addresses), or a client CA file full of CRLs. */
 #define IPC_MAX_PAYLOAD (32u * 1024 * 1024)
 
 enum ipc_err {
@@ -140,6 +141,8 @@ enum ipc_tag {
     IPC_T_CSR_SPKI,     /* bytes: the public key a membership certificate is for */
     IPC_T_ACTION,       /* u32 ipc_action */
     IPC_T_KEY_POLICY,   /* str: a group's key policy as discovery shows it, compact JSON */
+    IPC_T_WRAP,         /* u32 gs_wrap: a member's wrap (member, put), a group's member wrap (view, create) */
+    IPC_T_KEY_TRANSPORTS, /* u32 ipc_kt bits the current key accepts (view); absent: the token cannot say now */
     IPC_T_COUNT
 };
 
@@ -160,7 +163,11 @@ enum ipc_flag {
     IPC_FLAG_RELOAD = 1u << 5,       /* info: find and check the TLS key again (SIGHUP) */
     IPC_FLAG_CREATED = 1u << 6,      /* member put: a new member (201) */
     IPC_FLAG_FROM_RI = 1u << 7,      /* item: the key version was read from a RecipientInfo */
+    IPC_FLAG_OAEP_ONLY = 1u << 8,    /* create: "allow_pkcs1v15": false (RSA-OAEP only) */
+    IPC_FLAG_REPLICABLE = 1u << 9,   /* create: "replicable": true */
 };
+/* Key transports a group's current key accepts (discovery's "key_transports"). */
+enum ipc_kt { IPC_KT_OAEP = 1u << 0, IPC_KT_OAEP256 = 1u << 1, IPC_KT_PKCS1V15 = 1u << 2, IPC_KT_ECDH = 1u << 3 };
 
 /* ---- decoding ------------------------------------------------------------ */
 

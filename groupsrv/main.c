@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include "ca.h"
+#include "ceremony.h"
+#include "cli.h"
 #include "config.h"
 #include "groups.h"
 #include "gs_error.h"
@@ -35,23 +37,30 @@
 #include "serve.h"
 #endif
 
-#define EXIT_USAGE 2
-#define MAX_ARGS 32
 #define CERT_FILE_MAX 65536
 
 static const char usage_text[] =
     "usage: groupsrv [-c FILE] COMMAND ...\n"
-    "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N]\n"
+    "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N] [--replicable]\n"
     "  ca show\n"
+    "  ca export --to TRANSPORT.pem --out FILE.gsk\n"
+    "  ca import --in FILE.gsk [--ca CA.pem]\n"
     "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
-    "               [--methods tls,recipient-key,group-secret,membership-cert] [--allow-pkcs1v15]\n"
+    "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--oaep-only]\n"
+    "               [--wrap pkcs1v15|oaep] [--replicable]\n"
+    "  group set NAME --wrap pkcs1v15|oaep\n"
     "  group rotate NAME\n"
     "  group retire NAME --before VERSION\n"
     "  group import-cert NAME --cert FILE [--version N]\n"
     "  group list\n"
     "  group show NAME [--cert | --pubkey]\n"
+    "  group export NAME [--version N | --all] [--secret-version N] --to TRANSPORT.pem --out FILE.gsk\n"
+    "  group import --in FILE.gsk [--ca CA.pem]\n"
+    "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
+    "             [--wrap pkcs1v15|oaep]\n"
+    "  member set NAME EMAIL --wrap pkcs1v15|oaep|default\n"
     "  member remove NAME EMAIL\n"
     "  member list NAME\n"
     "  check\n"
@@ -63,23 +72,10 @@ static const char usage_text[] =
 
 /* ---- argument handling ------------------------------------------------------ */
 
-struct opt_def {
-    const char *name; /* "--key" */
-    bool has_arg;
-};
-
-struct args {
-    const char *pos[MAX_ARGS];
-    size_t npos;
-    const char *opt_name[MAX_ARGS];
-    const char *opt_val[MAX_ARGS];
-    size_t nopt;
-};
-
 /* Every error is exactly one line on stderr, "groupsrv: what is wrong":
  * control characters that came from arguments or files (a newline in an
  * argument) are shown as '?' so they cannot start a second line. */
-static void error_line(const char *msg, const char *suffix)
+void error_line(const char *msg, const char *suffix)
 {
     fputs("groupsrv: ", stderr);
     for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
@@ -88,8 +84,7 @@ static void error_line(const char *msg, const char *suffix)
     fputc('\n', stderr);
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -102,7 +97,7 @@ static int usage_error(const char *fmt, ...)
 
 /* Splits argv into positionals and the options in defs; unknown options,
  * missing values and repeated options are usage errors (returns 2). */
-static int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a)
+int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a)
 {
     memset(a, 0, sizeof(*a));
     for (int i = 0; i < argc; i++) {
@@ -144,7 +139,7 @@ static int parse_args(int argc, char **argv, const struct opt_def *defs, size_t 
     return 0;
 }
 
-static const char *opt(const struct args *a, const char *name)
+const char *opt(const struct args *a, const char *name)
 {
     for (size_t k = 0; k < a->nopt; k++)
         if (strcmp(a->opt_name[k], name) == 0)
@@ -152,7 +147,7 @@ static const char *opt(const struct args *a, const char *name)
     return NULL;
 }
 
-static int fail(gs_err err)
+int fail(gs_err err)
 {
     const char *d = gs_err_detail();
     error_line(d && d[0] ? d : gs_strerror(err), "");
@@ -160,15 +155,6 @@ static int fail(gs_err err)
 }
 
 /* ---- shared set-up ------------------------------------------------------------- */
-
-struct env {
-    const struct gs_config *cfg;
-    gs_store *st;
-    hsm_ctx *hsm;
-    gs_ca *ca;
-};
-
-enum need { NEED_DB = 1u << 0, NEED_DB_CREATE = 1u << 1, NEED_TOKEN = 1u << 2, NEED_CA = 1u << 3, NEED_DB_RO = 1u << 4 };
 
 static void env_close(struct env *e)
 {
@@ -180,7 +166,7 @@ static void env_close(struct env *e)
     e->st = NULL;
 }
 
-static gs_err env_open(struct env *e, unsigned need)
+gs_err env_open(struct env *e, unsigned need)
 {
     gs_err err = GS_OK;
     /* Creating the database (ca init): the token first, so that a wrong
@@ -190,7 +176,7 @@ static gs_err env_open(struct env *e, unsigned need)
         if (err)
             return err;
     }
-    if (need & NEED_DB_CREATE) {
+    if ((need & NEED_DB_CREATE) && e->cfg->db.path != NULL) {
         /* The database's directory: created private if absent. */
         char dir[4096];
         char *slash;
@@ -207,7 +193,7 @@ static gs_err env_open(struct env *e, unsigned need)
         unsigned fl = (need & NEED_DB_CREATE) ? GS_STORE_CREATE : 0;
         if (need & NEED_DB_RO)
             fl |= GS_STORE_READONLY;
-        err = gs_store_open(e->cfg->db.path, fl, &e->st);
+        err = gs_store_open(gs_config_db_location(e->cfg), fl, &e->st);
         if (err)
             return err;
     }
@@ -224,7 +210,7 @@ static gs_err env_open(struct env *e, unsigned need)
     return err;
 }
 
-static gs_err read_cert_file(const char *path, X509 **out)
+gs_err read_cert_file(const char *path, X509 **out)
 {
     unsigned char *buf = NULL;
     size_t len = 0;
@@ -327,14 +313,22 @@ static void print_ca_weakenings(struct env *e)
 
 static int cmd_ca(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}, {"--use-key", true}};
+    static const struct opt_def defs[] = {{"--key", true}, {"--subject", true}, {"--days", true}, {"--use-key", true},
+                                          {"--replicable", false}};
     struct args a;
     gs_err err;
-    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+    int rc;
+
+    /* The key ceremony (ceremony.c) has its own options. */
+    if (argc > 0 && strcmp(argv[0], "export") == 0)
+        return gs_cmd_ca_export(e, argc, argv);
+    if (argc > 0 && strcmp(argv[0], "import") == 0)
+        return gs_cmd_ca_import(e, argc, argv);
+    rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
     if (a.npos != 1)
-        return usage_error("ca: expected init or show%s", "");
+        return usage_error("ca: expected init, show, export or import%s", "");
     if (strcmp(a.pos[0], "init") == 0) {
         unsigned days = e->cfg->ca.ca_days;
         const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
@@ -348,8 +342,8 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
         err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
         if (!err)
-            err = gs_ca_init2(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
-                              days, &e->ca);
+            err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
+                                days, opt(&a, "--replicable") != NULL, &e->ca);
         if (err)
             return fail(err);
         char fp[65];
@@ -427,8 +421,11 @@ static int group_show(struct env *e, const struct args *a)
         goto out;
     }
     gs_methods_format(g->methods, methods, sizeof(methods));
-    printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n",
-           g->name, g->address, methods, g->algorithm, g->allow_pkcs1v15 ? "allowed (implicit rejection)" : "no");
+    printf("group:          %s\naddress:        %s\nmethods:        %s\nkey:            %s\npkcs1v15:       %s\n"
+           "member wrap:    %s\nreplicable:     %s\n",
+           g->name, g->address, methods, g->algorithm,
+           g->allow_pkcs1v15 ? "accepted (implicit rejection)" : "refused (RSA-OAEP only)", gs_wrap_name(g->member_wrap),
+           g->replicable ? "yes (extractable only under trusted wrap: group export)" : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {
             print_group_policy(g, keys[i].weakenings);
@@ -468,15 +465,21 @@ out:
 
 static int cmd_group(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--address", true}, {"--key", true},   {"--methods", true},
-                                          {"--allow-pkcs1v15", false}, {"--before", true}, {"--cert", true},
-                                          {"--version", true}, {"--pubkey", false}, {"--use-key", true}};
+    static const struct opt_def defs[] = {{"--address", true},        {"--key", true},        {"--methods", true},
+                                          {"--allow-pkcs1v15", false}, {"--oaep-only", false}, {"--wrap", true},
+                                          {"--before", true},          {"--cert", true},       {"--version", true},
+                                          {"--pubkey", false},         {"--use-key", true},    {"--replicable", false}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
     gs_err err;
     int rc;
     const char *sub = argc > 0 ? argv[0] : "";
 
+    /* The key ceremony (ceremony.c) has its own options. */
+    if (strcmp(sub, "export") == 0)
+        return gs_cmd_group_export(e, argc, argv);
+    if (strcmp(sub, "import") == 0)
+        return gs_cmd_group_import(e, argc, argv);
     if (strcmp(sub, "show") == 0)
         rc = parse_args(argc, argv, show_defs, GS_ARRAY_LEN(show_defs), &a);
     else
@@ -484,7 +487,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos == 0)
-        return usage_error("group: expected create, rotate, retire, import-cert, list or show%s", "");
+        return usage_error("group: expected create, set, rotate, retire, import-cert, list, show, export or import%s",
+                           "");
     if (strcmp(sub, "list") == 0) {
         gs_store_group **list = NULL;
         size_t n = 0;
@@ -516,10 +520,16 @@ static int cmd_group(struct env *e, int argc, char **argv)
         spec.keyspec = opt(&a, "--key");
         spec.use_key = opt(&a, "--use-key");
         spec.allow_pkcs1v15 = opt(&a, "--allow-pkcs1v15") != NULL;
+        spec.replicable = opt(&a, "--replicable") != NULL;
+        spec.oaep_only = opt(&a, "--oaep-only") != NULL;
         if (spec.address == NULL)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
         if (spec.keyspec && spec.use_key)
             return usage_error("group create: --key and --use-key exclude each other%s", "");
+        if (spec.allow_pkcs1v15 && spec.oaep_only)
+            return usage_error("group create: --allow-pkcs1v15 and --oaep-only contradict each other%s", "");
+        if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &spec.member_wrap) != GS_OK)
+            return usage_error("group create: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
         if (opt(&a, "--before") || opt(&a, "--cert") || opt(&a, "--version"))
             return usage_error("group create: unexpected option%s", "");
         if (opt(&a, "--methods") && gs_methods_parse(opt(&a, "--methods"), &spec.methods) != GS_OK)
@@ -533,7 +543,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
         if (err)
             return fail(err);
-        printf("group %s created: key version %u\n", spec.name, v);
+        printf("group %s created: key version %u%s\n", spec.name, v,
+               spec.replicable ? " (replicable: copied only by the key ceremony, see group export)" : "");
         {
             gs_store_group *g = NULL;
             gs_store_group_key *keys = NULL;
@@ -544,6 +555,25 @@ static int cmd_group(struct env *e, int argc, char **argv)
             gs_store_group_keys_free(keys, nk);
             gs_store_group_free(g);
         }
+        return 0;
+    }
+    if (strcmp(sub, "set") == 0) {
+        gs_store_group *g = NULL;
+        gs_wrap w;
+        if (a.nopt != 1 || opt(&a, "--wrap") == NULL)
+            return usage_error("group set: expected --wrap pkcs1v15|oaep%s", "");
+        if (gs_wrap_parse(opt(&a, "--wrap"), &w) != GS_OK)
+            return usage_error("group set: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
+        err = env_open(e, NEED_DB);
+        if (!err)
+            err = gs_store_group_get(e->st, a.pos[1], &g);
+        if (!err)
+            err = gs_store_group_set_member_wrap(e->st, g->id, w);
+        gs_store_group_free(g);
+        if (err)
+            return fail(err);
+        printf("group %s: member-certs copies wrapped with %s unless a member chose otherwise\n", a.pos[1],
+               gs_wrap_name(w));
         return 0;
     }
     if (strcmp(sub, "rotate") == 0) {
@@ -699,7 +729,7 @@ out:
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
-        {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}};
+        {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}, {"--wrap", true}};
     struct args a;
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
@@ -707,7 +737,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos < 2)
-        return usage_error("member: expected add, remove or list with a group NAME%s", "");
+        return usage_error("member: expected add, set, remove or list with a group NAME%s", "");
     sub = a.pos[0];
     if (strcmp(sub, "list") == 0) {
         gs_store_group *g = NULL;
@@ -730,7 +760,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
                 gs_cert_parse((const unsigned char *)m[i].cert_pem, strlen(m[i].cert_pem), &c) == GS_OK)
                 gs_cert_fingerprint(c, fp);
             X509_free(c);
-            printf("%-40s %-9s %s\n", m[i].email, gs_role_name(m[i].role), fp);
+            printf("%-40s %-9s %-8s %s\n", m[i].email, gs_role_name(m[i].role), gs_wrap_name(m[i].wrap), fp);
         }
         gs_store_member_list_free(m, n);
         return 0;
@@ -739,19 +769,43 @@ static int cmd_member(struct env *e, int argc, char **argv)
         return usage_error("member %s: expected NAME EMAIL", sub);
     if (!gs_valid_email(a.pos[2]))
         return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address"));
+    if (strcmp(sub, "set") == 0) {
+        gs_store_group *g = NULL;
+        gs_wrap w = GS_WRAP_DEFAULT;
+        const char *wv = opt(&a, "--wrap");
+        if (a.nopt != 1 || wv == NULL)
+            return usage_error("member set: expected --wrap pkcs1v15|oaep|default%s", "");
+        if (strcmp(wv, "default") != 0 && gs_wrap_parse(wv, &w) != GS_OK)
+            return usage_error("member set: --wrap must be pkcs1v15, oaep or default, not %s", wv);
+        err = env_open(e, NEED_DB);
+        if (!err)
+            err = gs_store_group_get(e->st, a.pos[1], &g);
+        if (!err)
+            err = gs_store_member_set_wrap(e->st, g->id, a.pos[2], w);
+        gs_store_group_free(g);
+        if (err)
+            return fail(err);
+        printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
+        return 0;
+    }
     if (strcmp(sub, "remove") == 0) {
-        unsigned v = 0;
+        gs_member_removal rm;
         if (a.nopt)
             return usage_error("member remove takes no options%s", "");
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_member_remove(e->st, e->hsm, e->cfg, a.pos[1], a.pos[2], &v);
+            err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
         if (err)
             return fail(err);
-        if (v)
-            printf("member %s removed from %s; new secret key version %u\n", a.pos[2], a.pos[1], v);
-        else
-            printf("member %s removed from %s\n", a.pos[2], a.pos[1]);
+        printf("member %s removed from %s", a.pos[2], a.pos[1]);
+        if (rm.secret_version)
+            printf("; new secret key version %u", rm.secret_version);
+        printf("\n");
+        if (rm.key_version)
+            printf("group key rotated to version %u: the group allows local-key, so %s may hold a copy of the "
+                   "older versions on their own token; mail sent from now on goes to version %u "
+                   "(publish `group show %s --cert`, and export it to clones and members)\n",
+                   rm.key_version, a.pos[2], rm.key_version, a.pos[1]);
         return 0;
     }
     if (strcmp(sub, "add") == 0) {
@@ -761,8 +815,11 @@ static int cmd_member(struct env *e, int argc, char **argv)
         char keypath[4096], certpath[4096];
         X509 *cert = NULL;
         bool wrote = false;
+        gs_wrap wrap = GS_WRAP_DEFAULT;
         if (opt(&a, "--role") && gs_role_parse(opt(&a, "--role"), &role) != GS_OK)
             return usage_error("member add: unknown --role %s (member, exploder, admin)", opt(&a, "--role"));
+        if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &wrap) != GS_OK)
+            return usage_error("member add: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
         if ((certfile != NULL) == issue)
             return usage_error("member add: give exactly one of --cert FILE or --issue-cert --out DIR%s", "");
         if (issue != (outdir != NULL))
@@ -795,7 +852,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
             }
         }
         if (!err)
-            err = gs_member_add(e->st, a.pos[1], a.pos[2], role, cert);
+            err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
         X509_free(cert);
         if (err) {
             if (wrote) {
@@ -822,10 +879,13 @@ static void check_row(void *arg, const gs_key_audit_row *r)
     char ver[16] = "-", extra[320] = "";
     if (r->version)
         (void)snprintf(ver, sizeof(ver), "v%u", r->version);
-    /* An accepted weakening is named on the key's own row, never silent. */
-    if (r->accepted[0] || r->note[0])
-        (void)snprintf(extra, sizeof(extra), "%s%s%s%s%s", r->accepted[0] ? " (accepted weakening: " : "",
-                       r->accepted, r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
+    /* A replicable key's custody and an accepted weakening are named on
+     * the key's own row, never silent. */
+    bool custody = r->ok && r->custody != NULL && r->custody[0];
+    if (custody || r->accepted[0] || r->note[0])
+        (void)snprintf(extra, sizeof(extra), "%s%s%s%s%s%s%s%s", custody ? " (" : "", custody ? r->custody : "",
+                       custody ? ")" : "", r->accepted[0] ? " (accepted weakening: " : "", r->accepted,
+                       r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
     if (r->info) {
         const hsm_key_info *i = r->info;
         printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
@@ -903,6 +963,13 @@ static void print_caps(hsm_ctx *hsm)
            : hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_SIGN)
                ? "CKM_RSA_PKCS over a DigestInfo hashed here (no CKM_SHA256_RSA_PKCS; the key stays on the token)"
                : "no RSA signatures");
+    {
+        char lacks[384];
+        if (hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)))
+            printf("cap trusted wrap           yes: replicable groups and the key ceremony (group export)\n");
+        else
+            printf("cap trusted wrap           no: --replicable is refused; missing: %s\n", lacks);
+    }
     if (c.module_reinitialised)
         printf("cap note                   a probe broke the module's connection; it was re-initialised\n");
 }
@@ -1077,6 +1144,12 @@ static unsigned check_audit_path(const struct gs_config *cfg)
     const char *why = NULL;
     char *slash;
 
+    if (strcmp(cfg->audit.store, "db") == 0) {
+        /* [audit] store = db: no file; the table is checked with the database. */
+        printf("audit log OK   the database's audit table, chain of instance %s\n", cfg->server.instance);
+        return 0;
+    }
+
     if (stat(cfg->audit.path, &sb) == 0) {
         if (!S_ISREG(sb.st_mode))
             why = "not a regular file";
@@ -1110,6 +1183,48 @@ static unsigned check_audit_path(const struct gs_config *cfg)
                     why ? why : "");
 }
 
+/* Servers on cloned tokens share one database: lists each current group
+ * key or secret key version the database records that this token lacks
+ * (serve answers 503 key_unavailable for it). Returns how many. */
+static unsigned check_missing_current(struct env *e)
+{
+    gs_store_group **groups = NULL;
+    size_t ng = 0;
+    unsigned missing = 0;
+
+    if (gs_store_group_list(e->st, &groups, &ng) != GS_OK)
+        return 0;
+    for (size_t i = 0; i < ng; i++) {
+        gs_store_group_key *keys = NULL;
+        gs_store_secret *secrets = NULL;
+        size_t nk = 0, ns = 0;
+        if (gs_store_group_keys(e->st, groups[i]->id, &keys, &nk) != GS_OK ||
+            gs_store_secrets(e->st, groups[i]->id, &secrets, &ns) != GS_OK)
+            nk = ns = 0;
+        for (size_t j = 0; j < nk + ns; j++) {
+            int is_key = j < nk;
+            gs_key_state state = is_key ? keys[j].state : secrets[j - nk].state;
+            const char *label = is_key ? keys[j].token_label : secrets[j - nk].token_label;
+            hsm_key *k = NULL;
+            /* a sealed secret key is a blob in the database, on no token */
+            if (state != GS_KEY_CURRENT || (!is_key && secrets[j - nk].sealed != NULL))
+                continue;
+            hsm_err he = hsm_key_find(e->hsm, label, is_key ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET, &k);
+            hsm_key_free(k);
+            if (he != HSM_ERR_KEY_NOT_FOUND)
+                continue;
+            if (missing++ == 0)
+                printf("current key versions in the database missing from this token (served as 503 key_unavailable):\n");
+            printf("missing   group %s %s version %u label %s\n", groups[i]->name, is_key ? "key" : "secret",
+                   is_key ? keys[j].version : secrets[j - nk].version, label);
+        }
+        gs_store_group_keys_free(keys, nk);
+        gs_store_secrets_free(secrets, ns);
+    }
+    gs_store_group_list_free(groups, ng);
+    return missing;
+}
+
 static int cmd_check(struct env *e, int argc, char **argv)
 {
     struct args a;
@@ -1132,7 +1247,9 @@ static int cmd_check(struct env *e, int argc, char **argv)
         printf("database  PROBLEM: %s\n", gs_err_detail());
         problems++;
     } else {
-        printf("database  OK   %s (schema %d)\n", e->cfg->db.path, gs_store_schema_version(e->st));
+        char where[1100];
+        gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
+        printf("database  OK   %s (%s, schema %d)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st));
     }
     err = env_open(e, NEED_TOKEN);
     if (err) {
@@ -1163,6 +1280,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     }
     if (key_problems == 0)
         printf("all keys OK\n");
+    (void)check_missing_current(e);
     problems += key_problems;
     if (problems) {
         printf("%u problem(s) found\n", problems);
@@ -1217,7 +1335,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "ca") && strcmp(cmd, "group") && strcmp(cmd, "secret") && strcmp(cmd, "member") &&
         strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit") &&
-        strcmp(cmd, "tls"))
+        strcmp(cmd, "tls") && strcmp(cmd, "token"))
         return usage_error("unknown command %s", cmd);
 
     err = gs_config_load(gs_config_choose_path(cfg_path), &cfg);
@@ -1245,6 +1363,8 @@ int main(int argc, char **argv)
         rc = cmd_member(&e, sub_argc - 1, sub_argv + 1);
     } else if (strcmp(cmd, "tls") == 0) {
         rc = gs_cmd_tls(cfg, sub_argc, sub_argv); /* tlscmd.c */
+    } else if (strcmp(cmd, "token") == 0) {
+        rc = gs_cmd_token(&e, sub_argc - 1, sub_argv + 1); /* ceremony.c */
     } else {
         rc = cmd_check(&e, sub_argc, sub_argv);
     }

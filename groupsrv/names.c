@@ -9,7 +9,28 @@
 #include "log.h"
 #include "util.h"
 
-static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
+const char *gs_wrap_name(gs_wrap w)
+{
+    switch (w) {
+    case GS_WRAP_OAEP: return "oaep";
+    case GS_WRAP_PKCS1V15: return "pkcs1v15";
+    default: return "default";
+    }
+}
+
+gs_err gs_wrap_parse(const char *name, gs_wrap *out)
+{
+    *out = GS_WRAP_DEFAULT;
+    if (name != NULL && strcmp(name, "oaep") == 0)
+        *out = GS_WRAP_OAEP;
+    else if (name != NULL && strcmp(name, "pkcs1v15") == 0)
+        *out = GS_WRAP_PKCS1V15;
+    else
+        return gs_err_set(GS_ERR_ARGS, "wrap must be oaep or pkcs1v15");
+    return GS_OK;
+}
+
+static const char *const method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert", "local-key"};
 
 gs_err gs_methods_parse(const char *list, unsigned *out)
 {
@@ -32,7 +53,7 @@ gs_err gs_methods_parse(const char *list, unsigned *out)
             char word[64], q[80];
             (void)snprintf(word, sizeof(word), "%.*s", (int)(n < 60 ? n : 60), p);
             return gs_err_set(GS_ERR_ARGS, "unknown method '%s' (expected tls, recipient-key, group-secret, "
-                              "membership-cert)", log_quote(q, sizeof(q), word));
+                              "membership-cert, local-key)", log_quote(q, sizeof(q), word));
         }
         p = end ? end + 1 : p + n;
         if (end && *p == '\0')

@@ -23,14 +23,24 @@ enum gs_method {
     GS_METHOD_RECIPIENT_KEY = 1u << 1,   /* E: re-wrapped to the caller's certificate key */
     GS_METHOD_GROUP_SECRET = 1u << 2,    /* KEKRecipientInfo under the group secret key */
     GS_METHOD_MEMBERSHIP_CERT = 1u << 3, /* G: membership certificates from the certificate server */
+    GS_METHOD_LOCAL_KEY = 1u << 4,       /* C: members hold a copy of the group key on their own token
+                                            (replicable groups only; member removal rotates the key) */
 };
 #define GS_METHODS_DEFAULT \
     (GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY | GS_METHOD_GROUP_SECRET | GS_METHOD_MEMBERSHIP_CERT)
-/* "tls,recipient-key,group-secret,membership-cert" <-> bits. Parse rejects
+/* "tls,recipient-key,group-secret,membership-cert,local-key" <-> bits. Parse rejects
  * unknown or empty names (GS_ERR_ARGS, detail names the word). */
 gs_err gs_methods_parse(const char *list, unsigned *out);
 /* Writes the canonical comma list into buf (always NUL-terminated). */
 void gs_methods_format(unsigned methods, char *buf, size_t bufsize);
+
+/* How the server wraps a content key to a member's certificate for
+ * member-certs copies (rewrap "to":"members"): RSA-OAEP, or PKCS#1 v1.5,
+ * the only one NSS 3.87 (Thunderbird) and gpgsm 2.2 readers decrypt.
+ * DEFAULT (members only): the group's member_wrap. */
+typedef enum gs_wrap { GS_WRAP_DEFAULT = 0, GS_WRAP_OAEP, GS_WRAP_PKCS1V15 } gs_wrap;
+const char *gs_wrap_name(gs_wrap w);               /* "oaep", "pkcs1v15", "default" */
+gs_err gs_wrap_parse(const char *name, gs_wrap *out); /* "oaep" | "pkcs1v15"; ARGS otherwise */
 
 typedef enum gs_role { GS_ROLE_MEMBER = 1, GS_ROLE_EXPLODER, GS_ROLE_ADMIN } gs_role;
 const char *gs_role_name(gs_role role);          /* "member", "exploder", "admin" */

@@ -157,11 +157,11 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
     if ((out->secrets == GS_SECRETS_SEALED || out->reject_sealed) &&
         (!can_decrypt || !hsm_caps_has(caps, HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE)))
         return gs_err_set(GS_ERR_HSM, "the token can neither keep %s nor generate the RSA key pair it would be "
-                          "sealed to: create the group without %s",
+                          "sealed to: create the group %s",
                           out->secrets == GS_SECRETS_SEALED ? "group secret keys" : "the implicit-rejection key",
                           out->secrets == GS_SECRETS_SEALED
-                              ? "group-secret (--methods tls,recipient-key,membership-cert)"
-                              : "--allow-pkcs1v15");
+                              ? "without group-secret (--methods tls,recipient-key,membership-cert)"
+                              : "with --oaep-only (no PKCS#1 v1.5 senders)");
     return GS_OK;
 }
 
@@ -187,8 +187,11 @@ unsigned gs_policy_group_usage(const gs_policy *p, hsm_key_type type, unsigned m
     if ((methods & GS_METHOD_TLS) || p->rewrap == GS_REWRAP_SOFTWARE ||
         ((methods & GS_METHOD_GROUP_SECRET) && p->secrets != GS_SECRETS_TOKEN))
         u |= HSM_USE_DECRYPT;
+    /* PKCS#1 v1.5 goes through implicit rejection, which decrypts
+     * (C_Decrypt, CKM_RSA_PKCS) whatever the method: it needs CKA_DECRYPT
+     * even where the group never hands out a plain key (no tls). */
     if (allow_pkcs1v15)
-        u |= HSM_USE_PKCS1V15;
+        u |= HSM_USE_PKCS1V15 | HSM_USE_DECRYPT;
     return u;
 }
 
@@ -223,8 +226,11 @@ static const char *check_mechs(const hsm_key_info *i, const unsigned long *allow
     return NULL;
 }
 
-/* Common to every private or never-leaving key. */
-static const char *check_locked(const hsm_key_info *i)
+/* Common to every private or never-leaving key. A replicable key's copy
+ * was unwrapped, and PKCS#11 makes CKA_ALWAYS_SENSITIVE false on every
+ * unwrapped key: it is judged by what it is now (sensitive, value
+ * unreadable) and named an imported copy. */
+static const char *check_locked(const hsm_key_info *i, const gs_key_expect *e, const char **custody)
 {
     if (!i->token)
         return "not a token object";
@@ -232,23 +238,55 @@ static const char *check_locked(const hsm_key_info *i)
         return "CKA_PRIVATE is false";
     if (!i->sensitive)
         return "CKA_SENSITIVE is false";
-    if (!i->always_sensitive)
+    if (!i->always_sensitive && !e->replicable)
         return "CKA_ALWAYS_SENSITIVE is false";
     if (i->value_readable)
         return "key value is readable";
+    if (!i->always_sensitive)
+        *custody = "imported copy";
     return NULL;
 }
 
-static const char *check_never_leaves(const hsm_key_info *i)
+/* Leaving the token: never, except a replicable key's original, which
+ * leaves only under a key the security officer made trusted
+ * (CKA_WRAP_WITH_TRUSTED). Every other extractable key is refused. */
+static const char *check_never_leaves(const hsm_key_info *i, const gs_key_expect *e, const char **custody)
 {
-    if (i->extractable)
-        return "CKA_EXTRACTABLE is true";
-    if (!i->never_extractable)
-        return "CKA_NEVER_EXTRACTABLE is false";
+    if (i->extractable) {
+        if (!e->replicable)
+            return "CKA_EXTRACTABLE is true";
+        if (!i->wrap_with_trusted)
+            return "CKA_EXTRACTABLE is true without CKA_WRAP_WITH_TRUSTED";
+        if (!i->always_sensitive)
+            return "extractable under trusted wrap but not always sensitive";
+        *custody = "replicable: leaves only under trusted wrap";
+        return NULL;
+    }
+    if (!i->never_extractable) {
+        if (!e->replicable)
+            return "CKA_NEVER_EXTRACTABLE is false";
+        *custody = "imported copy";
+    }
     return NULL;
 }
 
-static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+const char *gs_key_custody_problem(const hsm_key_info *i, bool replicable, const char **custody)
+{
+    gs_key_expect e;
+    const char *dummy, *p;
+
+    memset(&e, 0, sizeof(e));
+    e.replicable = replicable;
+    if (custody == NULL)
+        custody = &dummy;
+    *custody = "";
+    if ((p = check_locked(i, &e, custody)) != NULL)
+        return p;
+    return check_never_leaves(i, &e, custody);
+}
+
+static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, const char **note,
+                               const char **custody)
 {
     bool want_decrypt = (e->usage & HSM_USE_DECRYPT) != 0, want_unwrap = (e->usage & HSM_USE_UNWRAP) != 0;
     const char *p;
@@ -257,7 +295,7 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
         return "wrong key class or type";
     if (e->bits != 0 && i->bits != 0 && i->bits != e->bits)
         return "wrong key size";
-    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+    if ((p = check_locked(i, e, custody)) != NULL || (p = check_never_leaves(i, e, custody)) != NULL)
         return p;
     if (i->sign || i->sign_recover)
         return "CKA_SIGN allowed (policy: no signing)";
@@ -266,9 +304,10 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
     if (e->type == HSM_KEYTYPE_RSA) {
         static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
         static const unsigned long oaep_v15[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS};
-        if (i->decrypt != want_decrypt)
-            return want_decrypt ? "CKA_DECRYPT missing (the group's policy decrypts on the token)"
-                                : "CKA_DECRYPT set but the group's policy does not need it";
+        if (want_decrypt && !i->decrypt && !e->decrypt_optional)
+            return "CKA_DECRYPT missing (the group's policy decrypts on the token)";
+        if (!want_decrypt && i->decrypt)
+            return "CKA_DECRYPT set but the group's policy does not need it";
         if (i->unwrap != want_unwrap)
             return want_unwrap ? "CKA_UNWRAP missing" : "CKA_UNWRAP set but the group re-wraps in software";
         if (i->derive)
@@ -301,14 +340,15 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
     }
 }
 
-static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const char **note,
+                            const char **custody)
 {
     static const unsigned long sig[] = {CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS, CKM_ECDSA, CKM_ECDSA_SHA256};
     const char *p;
 
     if (i->cls != HSM_CLASS_PRIVATE)
         return "not a private key";
-    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+    if ((p = check_locked(i, e, custody)) != NULL || (p = check_never_leaves(i, e, custody)) != NULL)
         return p;
     if (!i->sign)
         return "CKA_SIGN missing";
@@ -317,7 +357,8 @@ static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const
     return check_mechs(i, sig, GS_ARRAY_LEN(sig), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
-static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, const char **note,
+                                const char **custody)
 {
     static const unsigned long kw[] = {CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_AES_KEY_WRAP_KWP};
     static const unsigned long ecb[] = {CKM_AES_ECB};
@@ -328,7 +369,7 @@ static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, c
         return "not an AES secret key";
     if (i->bits != 0 && i->bits != 256)
         return "not 256 bits";
-    if ((p = check_locked(i)) != NULL)
+    if ((p = check_locked(i, e, custody)) != NULL)
         return p;
     /* Extractable by design (delivered wrapped to members); sensitive and
      * an unreadable value keep it from leaving in the clear. */
@@ -346,14 +387,15 @@ static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, c
     return check_mechs(i, kw, GS_ARRAY_LEN(kw), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
-static const char *check_reject(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+static const char *check_reject(const hsm_key_info *i, const gs_key_expect *e, const char **note,
+                                const char **custody)
 {
     static const unsigned long hmac[] = {CKM_SHA256_HMAC, CKM_SHA256_HMAC_GENERAL};
     const char *p;
 
     if (i->cls != HSM_CLASS_SECRET)
         return "not a secret key";
-    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+    if ((p = check_locked(i, e, custody)) != NULL || (p = check_never_leaves(i, e, custody)) != NULL)
         return p;
     if (!i->sign)
         return "CKA_SIGN (HMAC) missing";
@@ -362,14 +404,15 @@ static const char *check_reject(const hsm_key_info *i, const gs_key_expect *e, c
     return check_mechs(i, hmac, GS_ARRAY_LEN(hmac), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
-static const char *check_seal(const hsm_key_info *i, const gs_key_expect *e, const char **note)
+static const char *check_seal(const hsm_key_info *i, const gs_key_expect *e, const char **note,
+                              const char **custody)
 {
     static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
     const char *p;
 
     if (i->cls != HSM_CLASS_PRIVATE || i->type != HSM_KEYTYPE_RSA)
         return "not an RSA private key";
-    if ((p = check_locked(i)) != NULL || (p = check_never_leaves(i)) != NULL)
+    if ((p = check_locked(i, e, custody)) != NULL || (p = check_never_leaves(i, e, custody)) != NULL)
         return p;
     if (!i->decrypt)
         return "CKA_DECRYPT missing";
@@ -380,22 +423,31 @@ static const char *check_seal(const hsm_key_info *i, const gs_key_expect *e, con
 
 const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note)
 {
-    const char *dummy;
+    return gs_key_check2(info, e, note, NULL);
+}
+
+const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
+                          const char **custody)
+{
+    const char *dummy, *dummy2;
 
     if (note == NULL)
         note = &dummy;
+    if (custody == NULL)
+        custody = &dummy2;
     *note = "";
+    *custody = "";
     switch (e->kind) {
     case GS_KIND_GROUP:
-        return check_group(info, e, note);
+        return check_group(info, e, note, custody);
     case GS_KIND_CA:
-        return check_ca(info, e, note);
+        return check_ca(info, e, note, custody);
     case GS_KIND_SECRET:
-        return check_secret(info, e, note);
+        return check_secret(info, e, note, custody);
     case GS_KIND_REJECT:
-        return check_reject(info, e, note);
+        return check_reject(info, e, note, custody);
     case GS_KIND_SEAL:
-        return check_seal(info, e, note);
+        return check_seal(info, e, note, custody);
     }
     return "unknown key kind";
 }

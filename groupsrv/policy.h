@@ -107,6 +107,9 @@ typedef struct gs_key_expect {
     unsigned usage;      /* group and secret keys: exactly these hsm usage bits */
     bool allow_pkcs1v15; /* group keys: CKM_RSA_PKCS may be allowed too */
     unsigned missing;    /* accepted weakenings (protections it may lack) */
+    bool replicable;     /* a replicable group's (or CA's) key: see gs_key_check2 */
+    bool decrypt_optional; /* group keys: CKA_DECRYPT is wanted only for PKCS#1 v1.5,
+                              and the key is older than that (it may lack it) */
 } gs_key_expect;
 
 /* Checks a key's attributes (read with hsm_key_get_info) against e.
@@ -114,5 +117,22 @@ typedef struct gs_key_expect {
  * is true". *note (may be NULL) gets what could not be verified here
  * (a protection this module cannot read back), else "". */
 const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note);
+/* The same; with e->replicable the key may also be the original of a
+ * replicable key (sensitive, always sensitive, extractable only with
+ * CKA_WRAP_WITH_TRUSTED) or a copy the key ceremony unwrapped (sensitive,
+ * not extractable; PKCS#11 makes CKA_ALWAYS_SENSITIVE and
+ * CKA_NEVER_EXTRACTABLE false on every unwrapped key). Every other
+ * extractable key is still refused, and the protections (usage, allowed
+ * mechanisms, unwrap template) are checked as for any key. *custody (may
+ * be NULL) names which: "replicable: leaves only under trusted wrap",
+ * "imported copy", else "". */
+const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
+                          const char **custody);
+/* Only the rules of custody of gs_key_check2 (a token object, private,
+ * sensitive, value unreadable, always sensitive, never extractable; a
+ * replicable key's original or copy as above), without usage: for a key
+ * that is about to be used (the CA key at load). NULL or the problem;
+ * *custody (may be NULL) as for gs_key_check2. */
+const char *gs_key_custody_problem(const hsm_key_info *info, bool replicable, const char **custody);
 
 #endif

@@ -1,92 +1,27 @@
-/* store.c: see store.h. One SQLite connection per gs_store; every query is
- * a prepared statement with bound parameters. */
-#include "store.h"
+/* store.c: see store.h and store_impl.h. The names, enums and validation
+ * every backend shares; the one place that chooses a backend; and the
+ * entry points, which check arguments the same way for both backends and
+ * forward to the backend's ops. */
+#include "store_impl.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
 
-/* Statements run on every server request, prepared once per connection
- * (re-parsing the SQL was a visible share of a request's CPU). */
-enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_N };
+/* ---- names and enums -------------------------------------------------- */
 
-struct gs_store {
-    sqlite3 *db;
-    bool in_tx;
-    bool readonly;
-    int schema;
-    sqlite3_stmt *hot[HOT_N];
-};
+gs_wrap gs_store_group_wrap(gs_wrap w) { return w == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15; }
 
-/* Migrations: migrations[i] takes the schema from version i to i+1. Never
- * edit a released step; append a new one. */
-static const char *const migrations[] = {
-    /* 0 -> 1 */
-    "CREATE TABLE ca ("
-    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  key_label TEXT NOT NULL,"
-    "  cert_pem TEXT NOT NULL,"
-    "  created INTEGER NOT NULL);"
-    "CREATE TABLE groups ("
-    "  id INTEGER PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  address TEXT NOT NULL,"
-    "  methods INTEGER NOT NULL,"
-    "  key_spec TEXT NOT NULL,"
-    "  allow_pkcs1v15 INTEGER NOT NULL,"
-    "  reject_label TEXT,"
-    "  created INTEGER NOT NULL);"
-    "CREATE TABLE group_keys ("
-    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
-    "  version INTEGER NOT NULL,"
-    "  token_label TEXT NOT NULL UNIQUE,"
-    "  cert_pem TEXT NOT NULL,"
-    "  state INTEGER NOT NULL,"
-    "  created INTEGER NOT NULL,"
-    "  retired INTEGER NOT NULL DEFAULT 0,"
-    "  PRIMARY KEY (group_id, version));"
-    "CREATE TABLE secret_keys ("
-    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
-    "  version INTEGER NOT NULL,"
-    "  token_label TEXT NOT NULL UNIQUE,"
-    "  kek_id BLOB NOT NULL UNIQUE,"
-    "  state INTEGER NOT NULL,"
-    "  created INTEGER NOT NULL,"
-    "  PRIMARY KEY (group_id, version));"
-    "CREATE TABLE members ("
-    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
-    "  email TEXT NOT NULL COLLATE NOCASE,"
-    "  role INTEGER NOT NULL,"
-    "  cert_pem TEXT,"
-    "  added INTEGER NOT NULL,"
-    "  PRIMARY KEY (group_id, email));",
-    /* 1 -> 2: each key's accepted weakenings (what its token could not
-     * do, issue 13), each group's key policy (where content keys are
-     * re-wrapped, where secret keys live), and secret keys sealed to a
-     * token key pair for tokens that cannot keep them. */
-    "ALTER TABLE ca ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
-    "ALTER TABLE groups ADD COLUMN key_policy TEXT NOT NULL DEFAULT '';"
-    "ALTER TABLE groups ADD COLUMN reject_seal_label TEXT;"
-    "ALTER TABLE groups ADD COLUMN reject_sealed BLOB;"
-    "ALTER TABLE group_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
-    "ALTER TABLE secret_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
-    "ALTER TABLE secret_keys ADD COLUMN seal_label TEXT;"
-    "ALTER TABLE secret_keys ADD COLUMN sealed BLOB;"
-    "CREATE TABLE seal_keys ("
-    "  label TEXT PRIMARY KEY,"
-    "  weakenings TEXT NOT NULL DEFAULT '',"
-    "  created INTEGER NOT NULL);",
-};
-
-/* ---- enums ------------------------------------------------------------ */
+gs_wrap gs_store_wrap_from_text(const char *text)
+{
+    gs_wrap w = GS_WRAP_DEFAULT;
+    if (text != NULL)
+        (void)gs_wrap_parse(text, &w);
+    return w;
+}
 
 const char *gs_key_state_name(gs_key_state s)
 {
@@ -98,216 +33,86 @@ const char *gs_key_state_name(gs_key_state s)
     return "?";
 }
 
-/* ---- connection ------------------------------------------------------------ */
+/* ---- choosing a backend ------------------------------------------------- */
 
-static gs_err db_error(gs_store *st, const char *what)
+void gs_store_location_display(const char *location, char *buf, size_t cap)
 {
-    int code = sqlite3_extended_errcode(st->db);
-    if ((code & 0xff) == SQLITE_CONSTRAINT)
-        return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, sqlite3_errmsg(st->db));
-    return gs_err_set(GS_ERR_DB, "%s: %s", what, sqlite3_errmsg(st->db));
-}
+    size_t used = 0;
+    const char *p = location ? location : "";
+    const char *auth = strstr(p, "://");
+    const char *at = NULL, *colon = NULL;
 
-static gs_err exec(gs_store *st, const char *sql)
-{
-    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
-        return db_error(st, "sqlite");
-    return GS_OK;
-}
-
-static gs_err prepare(gs_store *st, const char *sql, sqlite3_stmt **stmt)
-{
-    if (sqlite3_prepare_v2(st->db, sql, -1, stmt, NULL) != SQLITE_OK) {
-        *stmt = NULL;
-        return db_error(st, "prepare");
+    if (cap == 0)
+        return;
+    if (gs_store_location_is_url(p) && auth != NULL) {
+        auth += 3;
+        at = auth + strcspn(auth, "@/?");
+        if (*at == '@')
+            colon = memchr(auth, ':', (size_t)(at - auth));
+        else
+            at = NULL;
     }
-    return GS_OK;
-}
-
-/* A cached statement for a hot query; give it back with hot_done. */
-static gs_err prepare_hot(gs_store *st, enum hot_stmt which, const char *sql, sqlite3_stmt **stmt)
-{
-    if (st->hot[which] == NULL &&
-        sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st->hot[which], NULL) != SQLITE_OK) {
-        st->hot[which] = NULL;
-        *stmt = NULL;
-        return db_error(st, "prepare");
-    }
-    *stmt = st->hot[which];
-    return GS_OK;
-}
-
-/* Resets a cached statement at once: a statement left mid-step would keep
- * its read transaction (and an old snapshot of the database) open. */
-static void hot_done(sqlite3_stmt *stmt)
-{
-    if (stmt != NULL) {
-        sqlite3_reset(stmt);
-        sqlite3_clear_bindings(stmt);
-    }
-}
-
-static gs_err read_user_version(gs_store *st, int *v)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err = prepare(st, "PRAGMA user_version", &s);
-    if (err)
-        return err;
-    if (sqlite3_step(s) != SQLITE_ROW) {
-        err = db_error(st, "user_version");
-    } else {
-        *v = sqlite3_column_int(s, 0);
-    }
-    sqlite3_finalize(s);
-    return err;
-}
-
-static gs_err migrate(gs_store *st)
-{
-    gs_err err;
-    int v = 0;
-    char sql[64];
-
-    /* IMMEDIATE: two processes creating the same database serialise here. */
-    err = exec(st, "BEGIN IMMEDIATE");
-    if (err)
-        return err;
-    err = read_user_version(st, &v);
-    if (err)
-        goto out;
-    if (v > (int)GS_ARRAY_LEN(migrations)) {
-        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
-                         GS_STORE_SCHEMA_VERSION);
-        goto out;
-    }
-    for (; v < (int)GS_ARRAY_LEN(migrations); v++) {
-        err = exec(st, migrations[v]);
-        if (err)
-            goto out;
-        (void)snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
-        err = exec(st, sql);
-        if (err)
-            goto out;
-        log_info("database migrated version=%d", v + 1);
-    }
-    err = exec(st, "COMMIT");
-out:
-    if (err)
-        (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-    else
-        st->schema = v;
-    return err;
-}
-
-gs_err gs_store_open(const char *path, unsigned flags, gs_store **out)
-{
-    gs_store *st = NULL;
-    gs_err err = GS_ERR_NOMEM;
-    int oflags;
-    int v = 0;
-    struct stat sb;
-
-    if (out)
-        *out = NULL;
-    if (path == NULL || out == NULL)
-        return gs_err_set(GS_ERR_ARGS, "no database path");
-    if (stat(path, &sb) != 0) {
-        if (!(flags & GS_STORE_CREATE))
-            return gs_err_set(GS_ERR_NOT_FOUND, "database %s does not exist (run `groupsrv ca init` first)", path);
-        /* Create it 0600 ourselves: SQLite would use the umask. */
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 && errno != EEXIST)
-            return gs_err_set(GS_ERR_IO, "cannot create database %s: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-    }
-    st = calloc(1, sizeof(*st));
-    if (st == NULL)
-        goto out;
-    st->readonly = (flags & GS_STORE_READONLY) != 0;
-    oflags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &st->db, oflags, NULL) != SQLITE_OK) {
-        err = gs_err_set(GS_ERR_DB, "cannot open database %s: %s", path,
-                         st->db ? sqlite3_errmsg(st->db) : "out of memory");
-        goto out;
-    }
-    sqlite3_extended_result_codes(st->db, 1);
-    (void)sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, GS_STORE_VALUE_MAX);
-    (void)sqlite3_busy_timeout(st->db, 5000);
-    err = exec(st, "PRAGMA foreign_keys = ON");
-    if (err)
-        goto out;
-    if (!st->readonly) {
-        err = exec(st, "PRAGMA journal_mode = WAL");
-        if (err)
-            goto out;
-        err = exec(st, "PRAGMA synchronous = FULL");
-        if (err)
-            goto out;
-    }
-    err = read_user_version(st, &v);
-    if (err)
-        goto out;
-    if (v != GS_STORE_SCHEMA_VERSION) {
-        if (v > GS_STORE_SCHEMA_VERSION || st->readonly) {
-            err = gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", path, v,
-                             GS_STORE_SCHEMA_VERSION);
-            goto out;
+    while (*p && used + 1 < cap) {
+        if (colon != NULL && p == colon + 1) {
+            /* user:password@ */
+            for (const char *m = "***"; *m && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p = at;
+            continue;
         }
-        err = migrate(st);
-        if (err)
-            goto out;
+        if ((*p == '&' || *p == '?') && strncmp(p + 1, "password=", 9) == 0) {
+            for (size_t i = 0; i < 10 && used + 1 < cap; i++)
+                buf[used++] = *p++;
+            for (const char *m = "***"; *m && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p += strcspn(p, "&");
+            continue;
+        }
+        buf[used++] = *p++;
     }
-    st->schema = GS_STORE_SCHEMA_VERSION;
-    *out = st;
-    st = NULL;
-    err = GS_OK;
-out:
-    gs_store_close(st);
-    return err;
+    buf[used] = '\0';
+}
+
+gs_err gs_store_open(const char *location, unsigned flags, gs_store **out)
+{
+    if (out == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no output");
+    *out = NULL;
+    if (location == NULL || *location == '\0')
+        return gs_err_set(GS_ERR_ARGS, "no database path or URL");
+    if (gs_store_location_is_url(location))
+        return gs_store_pg_open(location, flags, out);
+    return gs_store_sqlite_open(location, flags, out);
 }
 
 void gs_store_close(gs_store *st)
 {
     if (st == NULL)
         return;
-    if (st->in_tx)
-        gs_store_rollback(st);
-    for (int i = 0; i < HOT_N; i++)
-        sqlite3_finalize(st->hot[i]);
-    (void)sqlite3_close(st->db);
-    free(st);
+    gs_store_rollback(st);
+    st->ops->close(st);
 }
 
 int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
 
+const char *gs_store_backend(const gs_store *st) { return st ? st->ops->name : "none"; }
+
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
 {
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-
     *stamp = 0;
     if (st == NULL)
         return GS_ERR_ARGS;
-    /* data_version only moves for other connections' commits; this
-     * connection's own writes show in its total change count. */
-    if ((err = prepare_hot(st, HOT_DATA_VERSION, "PRAGMA data_version", &s)) != GS_OK)
-        return err;
-    if (sqlite3_step(s) != SQLITE_ROW) {
-        err = db_error(st, "data_version");
-    } else {
-        *stamp = ((uint64_t)sqlite3_column_int64(s, 0) << 32) ^ (uint64_t)sqlite3_total_changes64(st->db);
-    }
-    hot_done(s);
-    return err;
+    return st->ops->change_stamp(st, stamp);
 }
+
+/* ---- transactions ------------------------------------------------------- */
 
 gs_err gs_store_begin(gs_store *st)
 {
     gs_err err;
     if (st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "transaction already open");
-    err = exec(st, "BEGIN IMMEDIATE");
+    err = st->ops->begin(st);
     if (err == GS_OK)
         st->in_tx = true;
     return err;
@@ -318,282 +123,60 @@ gs_err gs_store_commit(gs_store *st)
     gs_err err;
     if (!st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "no transaction open");
-    err = exec(st, "COMMIT");
-    if (err) {
-        gs_store_rollback(st);
-        return err;
-    }
+    err = st->ops->commit(st);
+    if (err)
+        st->ops->rollback(st);
     st->in_tx = false;
-    return GS_OK;
+    return err;
 }
 
 void gs_store_rollback(gs_store *st)
 {
     if (st == NULL || !st->in_tx)
         return;
-    (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    st->ops->rollback(st);
     st->in_tx = false;
 }
 
-/* ---- small helpers ------------------------------------------------------ */
-
-/* A BLOB column copied (NULL stays NULL); false when out of memory. */
-static bool col_blobdup(sqlite3_stmt *s, int i, unsigned char **out, size_t *len)
+gs_err gs_store_tx_begin_if_needed(gs_store *st, bool *mine)
 {
-    const void *b = sqlite3_column_blob(s, i);
-    int n = sqlite3_column_bytes(s, i);
-
-    *out = NULL;
-    *len = 0;
-    if (b == NULL || n <= 0)
-        return true;
-    if ((*out = malloc((size_t)n)) == NULL)
-        return false;
-    memcpy(*out, b, (size_t)n);
-    *len = (size_t)n;
-    return true;
-}
-
-static char *col_strdup(sqlite3_stmt *s, int i, bool *oom)
-{
-    const unsigned char *t = sqlite3_column_text(s, i);
-    char *r;
-    if (t == NULL)
-        return NULL;
-    r = strdup((const char *)t);
-    if (r == NULL)
-        *oom = true;
-    return r;
-}
-
-/* Every bind is checked: a failed bind (SQLITE_TOOBIG over
- * GS_STORE_VALUE_MAX, SQLITE_NOMEM, SQLITE_RANGE) leaves the parameter
- * NULL, and a nullable column (a member's certificate) would store that
- * silently. */
-static gs_err bind_check(int rc, int i)
-{
-    if (rc == SQLITE_OK)
+    *mine = false;
+    if (st->in_tx)
         return GS_OK;
-    if (rc == SQLITE_TOOBIG)
-        return gs_err_set(GS_ERR_ARGS, "value too long for the database (parameter %d, at most %d bytes)", i,
-                          GS_STORE_VALUE_MAX);
-    if (rc == SQLITE_NOMEM)
-        return gs_err_set(GS_ERR_NOMEM, "out of memory binding parameter %d", i);
-    return gs_err_set(GS_ERR_DB, "binding parameter %d: %s", i, sqlite3_errstr(rc));
+    gs_err err = gs_store_begin(st);
+    if (err == GS_OK)
+        *mine = true;
+    return err;
 }
 
-/* NULL binds SQL NULL. */
-static gs_err bind_text(sqlite3_stmt *s, int i, const char *v)
+gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 {
-    return bind_check(v ? sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, i), i);
+    if (!mine)
+        return err;
+    if (err) {
+        gs_store_rollback(st);
+        return err;
+    }
+    return gs_store_commit(st);
 }
 
-static gs_err bind_int(sqlite3_stmt *s, int i, int64_t v)
-{
-    return bind_check(sqlite3_bind_int64(s, i, (sqlite3_int64)v), i);
-}
+/* ---- shared helpers ------------------------------------------------------- */
 
-static gs_err bind_blob(sqlite3_stmt *s, int i, const void *v, size_t len)
+gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where)
 {
-    if (len > (size_t)GS_STORE_VALUE_MAX)
-        return bind_check(SQLITE_TOOBIG, i);
-    return bind_check(sqlite3_bind_blob(s, i, v, (int)len, SQLITE_TRANSIENT), i);
-}
-
-static int64_t now(void) { return (int64_t)time(NULL); }
-
-/* Steps a statement that returns no rows; counts changed rows. */
-static gs_err step_done(gs_store *st, sqlite3_stmt *s, const char *what, int *changes)
-{
-    int rc = sqlite3_step(s);
-    if (rc != SQLITE_DONE)
-        return db_error(st, what);
-    if (changes)
-        *changes = sqlite3_changes(st->db);
+    gs_err err;
+    if (v != GS_STORE_SCHEMA_VERSION) {
+        if (v > GS_STORE_SCHEMA_VERSION || st->readonly)
+            return gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", where, v,
+                              GS_STORE_SCHEMA_VERSION);
+        if ((err = migrate(st)) != GS_OK)
+            return err;
+    }
+    st->schema = GS_STORE_SCHEMA_VERSION;
     return GS_OK;
 }
 
-/* ---- CA ---------------------------------------------------------------- */
-
-gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
-{
-    sqlite3_stmt *s = NULL;
-    gs_store_ca *ca = NULL;
-    bool oom = false;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    err = prepare(st, "SELECT key_label, cert_pem, created, weakenings FROM ca WHERE id = 1", &s);
-    if (err)
-        return err;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
-        goto out;
-    }
-    if (rc != SQLITE_ROW) {
-        err = db_error(st, "read ca");
-        goto out;
-    }
-    ca = calloc(1, sizeof(*ca));
-    if (ca == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    ca->label = col_strdup(s, 0, &oom);
-    ca->cert_pem = col_strdup(s, 1, &oom);
-    ca->created = sqlite3_column_int64(s, 2);
-    ca->weakenings = col_strdup(s, 3, &oom);
-    if (oom || ca->label == NULL || ca->cert_pem == NULL || ca->weakenings == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    *out = ca;
-    ca = NULL;
-out:
-    gs_store_ca_free(ca);
-    sqlite3_finalize(s);
-    return err;
-}
-
-gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem)
-{
-    return gs_store_ca_put2(st, key_label, cert_pem, NULL);
-}
-
-static const char *rec_weak(const gs_store_keyrec *rec)
-{
-    return rec != NULL && rec->weakenings != NULL ? rec->weakenings : "";
-}
-
-gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-    if (key_label == NULL || cert_pem == NULL)
-        return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
-    err = prepare(st, "INSERT INTO ca (id, key_label, cert_pem, created, weakenings) VALUES (1, ?, ?, ?, ?)", &s);
-    if (err)
-        return err;
-    if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) || (err = bind_int(s, 3, now())) ||
-        (err = bind_text(s, 4, rec_weak(rec))))
-        goto out;
-    err = step_done(st, s, "store ca", NULL);
-    if (err == GS_ERR_EXISTS)
-        err = gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-void gs_store_ca_free(gs_store_ca *ca)
-{
-    if (ca == NULL)
-        return;
-    free(ca->label);
-    free(ca->cert_pem);
-    free(ca->weakenings);
-    free(ca);
-}
-
-/* ---- groups --------------------------------------------------------------- */
-
-gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-    if (id)
-        *id = 0;
-    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->algorithm == NULL)
-        return gs_err_set(GS_ERR_ARGS, "invalid group record");
-    err = prepare(st,
-                  "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
-                  "key_policy, reject_seal_label, reject_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  &s);
-    if (err)
-        return err;
-    if ((err = bind_text(s, 1, g->name)) || (err = bind_text(s, 2, g->address)) ||
-        (err = bind_int(s, 3, g->methods)) || (err = bind_text(s, 4, g->algorithm)) ||
-        (err = bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0)) || (err = bind_text(s, 6, g->reject_label)) ||
-        (err = bind_int(s, 7, now())) || (err = bind_text(s, 8, g->policy ? g->policy : "")) ||
-        (err = bind_text(s, 9, g->reject_seal_label)) ||
-        (err = g->reject_sealed ? bind_blob(s, 10, g->reject_sealed, g->reject_sealed_len)
-                                : bind_check(sqlite3_bind_null(s, 10), 10)))
-        goto out;
-    err = step_done(st, s, "add group", NULL);
-    if (err == GS_ERR_EXISTS)
-        err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
-    else if (err == GS_OK && id)
-        *id = sqlite3_last_insert_rowid(st->db);
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-#define GROUP_COLS                                                                                             \
-    "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
-    "reject_sealed"
-
-static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
-{
-    bool oom = false;
-    gs_store_group *g = calloc(1, sizeof(*g));
-    *out = NULL;
-    if (g == NULL)
-        return GS_ERR_NOMEM;
-    g->id = sqlite3_column_int64(s, 0);
-    g->name = col_strdup(s, 1, &oom);
-    g->address = col_strdup(s, 2, &oom);
-    g->methods = (unsigned)sqlite3_column_int64(s, 3);
-    g->algorithm = col_strdup(s, 4, &oom);
-    g->allow_pkcs1v15 = sqlite3_column_int(s, 5) != 0;
-    g->reject_label = col_strdup(s, 6, &oom);
-    g->created = sqlite3_column_int64(s, 7);
-    g->policy = col_strdup(s, 8, &oom);
-    g->reject_seal_label = col_strdup(s, 9, &oom);
-    if (!col_blobdup(s, 10, &g->reject_sealed, &g->reject_sealed_len))
-        oom = true;
-    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL) {
-        gs_store_group_free(g);
-        return GS_ERR_NOMEM;
-    }
-    *out = g;
-    return GS_OK;
-}
-
-gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-    int rc;
-    char q[80];
-
-    *out = NULL;
-    if (name == NULL)
-        return gs_err_set(GS_ERR_ARGS, "no group name");
-    err = prepare(st, "SELECT " GROUP_COLS " FROM groups WHERE name = ?", &s);
-    if (err)
-        return err;
-    err = bind_text(s, 1, name);
-    if (err)
-        goto out;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW)
-        err = group_from_row(s, out);
-    else if (rc == SQLITE_DONE)
-        err = gs_err_set(GS_ERR_NOT_FOUND, "unknown group %s", log_quote(q, sizeof(q), name));
-    else
-        err = db_error(st, "read group");
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-/* Room for more rows in a result array: doubles *cap (first when empty),
- * overflow checked. Returns the (maybe moved) array, or NULL with the old
- * one untouched and *cap unchanged. */
-static void *grow_array(void *list, size_t *cap, size_t elem, size_t first)
+void *gs_store_grow_array(void *list, size_t *cap, size_t elem, size_t first)
 {
     size_t ncap = *cap ? *cap * 2 : first, bytes;
     void *nl;
@@ -604,94 +187,263 @@ static void *grow_array(void *list, size_t *cap, size_t elem, size_t first)
     return nl;
 }
 
-/* Per-group list queries: SQL with one parameter (the group id), one
- * array element per row, read by `row` into a zeroed element. On failure
- * `release` frees the elements read so far and the array. */
-typedef gs_err (*row_reader)(sqlite3_stmt *s, void *elem);
-typedef void (*rows_release)(void *list, size_t n);
+int64_t gs_store_now(void) { return (int64_t)time(NULL); }
 
-static gs_err read_group_rows(gs_store *st, const char *sql, int64_t group_id, size_t elem, size_t first,
-                              row_reader row, rows_release release, const char *what, void **out, size_t *n)
+/* ---- CA, groups, keys, members: checked here, done by the backend -------- */
+
+gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out)
 {
-    sqlite3_stmt *s = NULL;
-    unsigned char *list = NULL;
-    size_t count = 0, cap = 0;
-    gs_err err;
-    int rc;
-
     *out = NULL;
-    *n = 0;
-    if ((err = prepare(st, sql, &s)) != GS_OK)
-        return err;
-    if ((err = bind_int(s, 1, group_id)) != GS_OK)
-        goto out;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            unsigned char *nl = grow_array(list, &cap, elem, first);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        void *e = list + count++ * elem;
-        memset(e, 0, elem);
-        if ((err = row(s, e)) != GS_OK)
-            goto out;
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, what);
-        goto out;
-    }
-    *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    release(list, count);
-    sqlite3_finalize(s);
-    return err;
+    return st->ops->ca_get(st, out);
+}
+
+gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem)
+{
+    return gs_store_ca_put2(st, key_label, cert_pem, NULL);
+}
+
+const char *gs_store_rec_weak(const gs_store_keyrec *rec)
+{
+    return rec != NULL && rec->weakenings != NULL ? rec->weakenings : "";
+}
+
+gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec)
+{
+    return gs_store_ca_put_as(st, key_label, cert_pem, false, rec);
+}
+
+gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                          const gs_store_keyrec *rec)
+{
+    if (key_label == NULL || cert_pem == NULL)
+        return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
+    return st->ops->ca_put(st, key_label, cert_pem, replicable, rec);
+}
+
+gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
+{
+    if (id)
+        *id = 0;
+    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->algorithm == NULL)
+        return gs_err_set(GS_ERR_ARGS, "invalid group record");
+    return st->ops->group_add(st, g, id);
+}
+
+gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
+{
+    *out = NULL;
+    if (name == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no group name");
+    return st->ops->group_get(st, name, out);
 }
 
 gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n)
 {
-    sqlite3_stmt *s = NULL;
-    gs_store_group **list = NULL;
-    size_t count = 0, cap = 0;
-    gs_err err;
-    int rc;
-
     *out = NULL;
     *n = 0;
-    err = prepare(st, "SELECT " GROUP_COLS " FROM groups ORDER BY name", &s);
-    if (err)
-        return err;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            gs_store_group **nl = grow_array(list, &cap, sizeof(*nl), 8);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        err = group_from_row(s, &list[count]);
-        if (err)
-            goto out;
-        count++;
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, "list groups");
-        goto out;
-    }
-    *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_group_list_free(list, count);
-    sqlite3_finalize(s);
-    return err;
+    return st->ops->group_list(st, out, n);
+}
+
+gs_err gs_store_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    if (wrap != GS_WRAP_OAEP && wrap != GS_WRAP_PKCS1V15)
+        return gs_err_set(GS_ERR_ARGS, "a group's member wrap is oaep or pkcs1v15");
+    return st->ops->group_set_member_wrap(st, group_id, wrap);
+}
+
+gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const char *cert_pem)
+{
+    return gs_store_group_key_add_as(st, group_id, version, token_label, cert_pem, GS_KEY_CURRENT, NULL);
+}
+
+gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                               const char *cert_pem, const gs_store_keyrec *rec)
+{
+    return gs_store_group_key_add_as(st, group_id, version, token_label, cert_pem, GS_KEY_CURRENT, rec);
+}
+
+gs_err gs_store_group_key_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                                 const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
+{
+    if (version == 0 || token_label == NULL || cert_pem == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
+        return gs_err_set(GS_ERR_ARGS, "invalid key version record");
+    return st->ops->group_key_add(st, group_id, version, token_label, cert_pem, state, rec);
+}
+
+gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
+{
+    if (cert_pem == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no certificate");
+    return st->ops->group_key_set_cert(st, group_id, version, cert_pem);
+}
+
+gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return st->ops->group_key_retire(st, group_id, version);
+}
+
+gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->group_keys(st, group_id, out, n);
+}
+
+gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                           const unsigned char kek_id[GS_KEK_ID_LEN])
+{
+    return gs_store_secret_add_as(st, group_id, version, token_label, kek_id, GS_KEY_CURRENT, NULL);
+}
+
+gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                            const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec)
+{
+    return gs_store_secret_add_as(st, group_id, version, token_label, kek_id, GS_KEY_CURRENT, rec);
+}
+
+gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                              const gs_store_keyrec *rec)
+{
+    if (version == 0 || token_label == NULL || kek_id == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
+        return gs_err_set(GS_ERR_ARGS, "invalid secret key record");
+    return st->ops->secret_add(st, group_id, version, token_label, kek_id, state, rec);
+}
+
+gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->secrets(st, group_id, out, n);
+}
+
+gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,
+                                 unsigned *version)
+{
+    *group_id = 0;
+    *version = 0;
+    if (kek_id == NULL || len != GS_KEK_ID_LEN)
+        return gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
+    return st->ops->secret_by_kek_id(st, kek_id, group_id, version);
+}
+
+gs_err gs_store_seal_key_put(gs_store *st, const char *label, const char *weakenings)
+{
+    if (label == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no seal key label");
+    return st->ops->seal_key_put(st, label, weakenings ? weakenings : "");
+}
+
+gs_err gs_store_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->seal_keys(st, out, n);
+}
+
+gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *cert_pem)
+{
+    if (!gs_valid_email(email) || role < GS_ROLE_MEMBER || role > GS_ROLE_ADMIN)
+        return gs_err_set(GS_ERR_ARGS, "invalid member email or role");
+    return st->ops->member_add(st, group_id, email, role, cert_pem);
+}
+
+gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
+{
+    if (email == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no email");
+    return st->ops->member_remove(st, group_id, email);
+}
+
+gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
+{
+    *out = NULL;
+    if (email == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no email");
+    return st->ops->member_get(st, group_id, email, out);
+}
+
+gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->member_list(st, group_id, out, n);
+}
+
+gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    if (email == NULL || wrap < GS_WRAP_DEFAULT || wrap > GS_WRAP_PKCS1V15)
+        return gs_err_set(GS_ERR_ARGS, "invalid member or wrap");
+    return st->ops->member_set_wrap(st, group_id, email, wrap);
+}
+
+/* ---- audit chains ----------------------------------------------------------- */
+
+static bool valid_instance(const char *instance)
+{
+    return instance != NULL && *instance != '\0' && strlen(instance) <= GS_AUDIT_CHAIN_MAX;
+}
+
+static gs_err no_audit_table(gs_store *st)
+{
+    return gs_err_set(GS_ERR_ARGS, "the %s store has no audit table ([audit] store = db needs [db] url)",
+                      st->ops->name);
+}
+
+gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
+{
+    *seq = 0;
+    *line = NULL;
+    if (!valid_instance(instance))
+        return gs_err_set(GS_ERR_ARGS, "invalid instance name");
+    if (st->ops->audit_head == NULL)
+        return no_audit_table(st);
+    return st->ops->audit_head(st, instance, seq, line);
+}
+
+gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n)
+{
+    if (!valid_instance(instance) || first_seq < 1 || (n > 0 && lines == NULL))
+        return gs_err_set(GS_ERR_ARGS, "invalid audit rows");
+    if (st->ops->audit_append == NULL)
+        return no_audit_table(st);
+    if (n == 0)
+        return GS_OK;
+    return st->ops->audit_append(st, instance, first_seq, lines, n);
+}
+
+gs_err gs_store_audit_instances(gs_store *st, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (st->ops->audit_instances == NULL)
+        return no_audit_table(st);
+    return st->ops->audit_instances(st, out, n);
+}
+
+gs_err gs_store_audit_read(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
+                           gs_store_audit_row **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!valid_instance(instance) || limit == 0)
+        return gs_err_set(GS_ERR_ARGS, "invalid audit query");
+    if (st->ops->audit_read == NULL)
+        return no_audit_table(st);
+    return st->ops->audit_read(st, instance, after_seq, limit, out, n);
+}
+
+/* ---- freeing records ---------------------------------------------------------- */
+
+void gs_store_ca_free(gs_store_ca *ca)
+{
+    if (ca == NULL)
+        return;
+    free(ca->label);
+    free(ca->cert_pem);
+    free(ca->weakenings);
+    free(ca);
 }
 
 void gs_store_group_free(gs_store_group *g)
@@ -704,6 +456,7 @@ void gs_store_group_free(gs_store_group *g)
     free(g->reject_label);
     free(g->policy);
     free(g->reject_seal_label);
+    free(g->reject_weakenings);
     free(g->reject_sealed);
     free(g);
 }
@@ -717,145 +470,6 @@ void gs_store_group_list_free(gs_store_group **list, size_t n)
     free(list);
 }
 
-/* ---- group key versions ------------------------------------------------------ */
-
-/* Runs fn inside a transaction unless the caller already opened one. */
-static gs_err tx_begin_if_needed(gs_store *st, bool *mine)
-{
-    *mine = false;
-    if (st->in_tx)
-        return GS_OK;
-    gs_err err = gs_store_begin(st);
-    if (err == GS_OK)
-        *mine = true;
-    return err;
-}
-
-static gs_err tx_end_if_mine(gs_store *st, bool mine, gs_err err)
-{
-    if (!mine)
-        return err;
-    if (err) {
-        gs_store_rollback(st);
-        return err;
-    }
-    return gs_store_commit(st);
-}
-
-gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
-                              const char *cert_pem)
-{
-    return gs_store_group_key_add2(st, group_id, version, token_label, cert_pem, NULL);
-}
-
-gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
-                               const char *cert_pem, const gs_store_keyrec *rec)
-{
-    sqlite3_stmt *s = NULL;
-    bool mine = false;
-    gs_err err;
-
-    if (version == 0 || token_label == NULL || cert_pem == NULL)
-        return gs_err_set(GS_ERR_ARGS, "invalid key version record");
-    err = tx_begin_if_needed(st, &mine);
-    if (err)
-        return err;
-    err = prepare(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
-    if (err)
-        goto out;
-    if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
-        (err = bind_int(s, 3, GS_KEY_CURRENT)))
-        goto out;
-    err = step_done(st, s, "demote key", NULL);
-    sqlite3_finalize(s);
-    s = NULL;
-    if (err)
-        goto out;
-    err = prepare(st,
-                  "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  &s);
-    if (err)
-        goto out;
-    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
-        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) || (err = bind_int(s, 6, now())) ||
-        (err = bind_text(s, 7, rec_weak(rec))))
-        goto out;
-    err = step_done(st, s, "add key version", NULL);
-    if (err == GS_ERR_EXISTS)
-        err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
-out:
-    sqlite3_finalize(s);
-    return tx_end_if_mine(st, mine, err);
-}
-
-gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
-{
-    sqlite3_stmt *s = NULL;
-    int changes = 0;
-    gs_err err = prepare(st, "UPDATE group_keys SET cert_pem = ? WHERE group_id = ? AND version = ?", &s);
-    if (err)
-        return err;
-    if ((err = bind_text(s, 1, cert_pem)) || (err = bind_int(s, 2, group_id)) || (err = bind_int(s, 3, version)))
-        goto out;
-    err = step_done(st, s, "set certificate", &changes);
-    if (err == GS_OK && changes == 0)
-        err = gs_err_set(GS_ERR_NOT_FOUND, "no key version %u", version);
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
-{
-    sqlite3_stmt *s = NULL;
-    int changes = 0;
-    gs_err err = prepare(st,
-                         "UPDATE group_keys SET state = ?, retired = ? WHERE group_id = ? AND version = ? "
-                         "AND state = ?",
-                         &s);
-    if (err)
-        return err;
-    if ((err = bind_int(s, 1, GS_KEY_RETIRED)) || (err = bind_int(s, 2, now())) || (err = bind_int(s, 3, group_id)) ||
-        (err = bind_int(s, 4, version)) || (err = bind_int(s, 5, GS_KEY_OLD)))
-        goto out;
-    err = step_done(st, s, "retire key", &changes);
-    if (err == GS_OK && changes == 0)
-        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-static gs_err group_key_from_row(sqlite3_stmt *s, void *elem)
-{
-    gs_store_group_key *k = elem;
-    bool oom = false;
-
-    k->version = (unsigned)sqlite3_column_int64(s, 0);
-    k->token_label = col_strdup(s, 1, &oom);
-    k->cert_pem = col_strdup(s, 2, &oom);
-    k->state = (gs_key_state)sqlite3_column_int(s, 3);
-    k->created = sqlite3_column_int64(s, 4);
-    k->retired = sqlite3_column_int64(s, 5);
-    k->weakenings = col_strdup(s, 6, &oom);
-    return (oom || !k->token_label || !k->cert_pem || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
-}
-
-static void release_group_keys(void *list, size_t n) { gs_store_group_keys_free(list, n); }
-
-gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
-{
-    void *list = NULL;
-    gs_err err = read_group_rows(st,
-                                 "SELECT version, token_label, cert_pem, state, created, retired, weakenings FROM group_keys "
-                                 "WHERE group_id = ? ORDER BY version DESC",
-                                 group_id, sizeof(**out), 4, group_key_from_row, release_group_keys,
-                                 "list key versions", &list, n);
-    *out = list;
-    return err;
-}
-
 void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
 {
     if (list == NULL)
@@ -866,120 +480,6 @@ void gs_store_group_keys_free(gs_store_group_key *list, size_t n)
         free(list[i].weakenings);
     }
     free(list);
-}
-
-/* ---- secret key versions -------------------------------------------------------- */
-
-gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
-                           const unsigned char kek_id[GS_KEK_ID_LEN])
-{
-    return gs_store_secret_add2(st, group_id, version, token_label, kek_id, NULL);
-}
-
-gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
-                            const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec)
-{
-    sqlite3_stmt *s = NULL;
-    bool mine = false;
-    gs_err err;
-
-    if (version == 0 || token_label == NULL || kek_id == NULL)
-        return gs_err_set(GS_ERR_ARGS, "invalid secret key record");
-    err = tx_begin_if_needed(st, &mine);
-    if (err)
-        return err;
-    err = prepare(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", &s);
-    if (err)
-        goto out;
-    if ((err = bind_int(s, 1, GS_KEY_OLD)) || (err = bind_int(s, 2, group_id)) ||
-        (err = bind_int(s, 3, GS_KEY_CURRENT)))
-        goto out;
-    err = step_done(st, s, "demote secret", NULL);
-    sqlite3_finalize(s);
-    s = NULL;
-    if (err)
-        goto out;
-    err = prepare(st,
-                  "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
-                  "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  &s);
-    if (err)
-        goto out;
-    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
-        (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, GS_KEY_CURRENT)) ||
-        (err = bind_int(s, 6, now())) || (err = bind_text(s, 7, rec_weak(rec))) ||
-        (err = bind_text(s, 8, rec != NULL ? rec->seal_label : NULL)) ||
-        (err = rec != NULL && rec->sealed != NULL ? bind_blob(s, 9, rec->sealed, rec->sealed_len)
-                                                  : bind_check(sqlite3_bind_null(s, 9), 9)))
-        goto out;
-    err = step_done(st, s, "add secret version", NULL);
-    if (err == GS_ERR_EXISTS)
-        err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
-out:
-    sqlite3_finalize(s);
-    return tx_end_if_mine(st, mine, err);
-}
-
-static gs_err secret_from_row(sqlite3_stmt *s, void *elem)
-{
-    gs_store_secret *k = elem;
-    bool oom = false;
-
-    k->version = (unsigned)sqlite3_column_int64(s, 0);
-    k->token_label = col_strdup(s, 1, &oom);
-    if (sqlite3_column_bytes(s, 2) == GS_KEK_ID_LEN)
-        memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
-    k->state = (gs_key_state)sqlite3_column_int(s, 3);
-    k->created = sqlite3_column_int64(s, 4);
-    k->weakenings = col_strdup(s, 5, &oom);
-    k->seal_label = col_strdup(s, 6, &oom);
-    if (!col_blobdup(s, 7, &k->sealed, &k->sealed_len))
-        oom = true;
-    return (oom || !k->token_label || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
-}
-
-static void release_secrets(void *list, size_t n) { gs_store_secrets_free(list, n); }
-
-gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
-{
-    void *list = NULL;
-    gs_err err = read_group_rows(st,
-                                 "SELECT version, token_label, kek_id, state, created, weakenings, seal_label, sealed FROM secret_keys "
-                                 "WHERE group_id = ? ORDER BY version DESC",
-                                 group_id, sizeof(**out), 4, secret_from_row, release_secrets,
-                                 "list secret versions", &list, n);
-    *out = list;
-    return err;
-}
-
-gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,
-                                 unsigned *version)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-    int rc;
-    *group_id = 0;
-    *version = 0;
-    if (kek_id == NULL || len != GS_KEK_ID_LEN)
-        return gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
-    err = prepare(st, "SELECT group_id, version FROM secret_keys WHERE kek_id = ?", &s);
-    if (err)
-        return err;
-    err = bind_blob(s, 1, kek_id, len);
-    if (err)
-        goto out;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        *group_id = sqlite3_column_int64(s, 0);
-        *version = (unsigned)sqlite3_column_int64(s, 1);
-    } else if (rc == SQLITE_DONE) {
-        err = gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
-    } else {
-        err = db_error(st, "find secret");
-    }
-out:
-    sqlite3_finalize(s);
-    return err;
 }
 
 void gs_store_secrets_free(gs_store_secret *s, size_t n)
@@ -995,73 +495,6 @@ void gs_store_secrets_free(gs_store_secret *s, size_t n)
     free(s);
 }
 
-/* ---- seal keys ---------------------------------------------------------------- */
-
-gs_err gs_store_seal_key_put(gs_store *st, const char *label, const char *weakenings)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-
-    if (label == NULL)
-        return gs_err_set(GS_ERR_ARGS, "no seal key label");
-    err = prepare(st, "INSERT OR IGNORE INTO seal_keys (label, weakenings, created) VALUES (?, ?, ?)", &s);
-    if (err)
-        return err;
-    if ((err = bind_text(s, 1, label)) || (err = bind_text(s, 2, weakenings ? weakenings : "")) ||
-        (err = bind_int(s, 3, now())))
-        goto out;
-    err = step_done(st, s, "record seal key", NULL);
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-gs_err gs_store_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
-{
-    sqlite3_stmt *s = NULL;
-    gs_store_seal_key *list = NULL;
-    size_t count = 0, cap = 0;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    *n = 0;
-    if ((err = prepare(st, "SELECT label, weakenings, created FROM seal_keys ORDER BY label", &s)) != GS_OK)
-        return err;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        bool oom = false;
-        if (count == cap) {
-            gs_store_seal_key *nl = grow_array(list, &cap, sizeof(*nl), 2);
-            if (nl == NULL) {
-                err = GS_ERR_NOMEM;
-                goto out;
-            }
-            list = nl;
-        }
-        memset(&list[count], 0, sizeof(list[count]));
-        list[count].label = col_strdup(s, 0, &oom);
-        list[count].weakenings = col_strdup(s, 1, &oom);
-        list[count].created = sqlite3_column_int64(s, 2);
-        count++;
-        if (oom || list[count - 1].label == NULL || list[count - 1].weakenings == NULL) {
-            err = GS_ERR_NOMEM;
-            goto out;
-        }
-    }
-    if (rc != SQLITE_DONE) {
-        err = db_error(st, "list seal keys");
-        goto out;
-    }
-    *out = list;
-    *n = count;
-    list = NULL;
-    count = 0;
-out:
-    gs_store_seal_keys_free(list, count);
-    sqlite3_finalize(s);
-    return err;
-}
-
 void gs_store_seal_keys_free(gs_store_seal_key *list, size_t n)
 {
     if (list == NULL)
@@ -1071,111 +504,6 @@ void gs_store_seal_keys_free(gs_store_seal_key *list, size_t n)
         free(list[i].weakenings);
     }
     free(list);
-}
-
-/* ---- members ---------------------------------------------------------------- */
-
-gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *cert_pem)
-{
-    sqlite3_stmt *s = NULL;
-    gs_err err;
-    if (!gs_valid_email(email) || role < GS_ROLE_MEMBER || role > GS_ROLE_ADMIN)
-        return gs_err_set(GS_ERR_ARGS, "invalid member email or role");
-    err = prepare(st, "INSERT INTO members (group_id, email, role, cert_pem, added) VALUES (?, ?, ?, ?, ?)", &s);
-    if (err)
-        return err;
-    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)) || (err = bind_int(s, 3, (int)role)) ||
-        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, now())))
-        goto out;
-    err = step_done(st, s, "add member", NULL);
-    if (err == GS_ERR_EXISTS)
-        err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", email);
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
-{
-    sqlite3_stmt *s = NULL;
-    int changes = 0;
-    char q[GS_EMAIL_MAX + 16];
-    gs_err err = prepare(st, "DELETE FROM members WHERE group_id = ? AND email = ?", &s);
-    if (err)
-        return err;
-    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
-        goto out;
-    err = step_done(st, s, "remove member", &changes);
-    if (err == GS_OK && changes == 0)
-        err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email ? email : ""));
-out:
-    sqlite3_finalize(s);
-    return err;
-}
-
-static gs_err member_from_row(sqlite3_stmt *s, void *elem)
-{
-    gs_store_member *m = elem;
-    bool oom = false;
-    memset(m, 0, sizeof(*m));
-    m->email = col_strdup(s, 0, &oom);
-    m->role = (gs_role)sqlite3_column_int(s, 1);
-    m->cert_pem = col_strdup(s, 2, &oom);
-    m->added = sqlite3_column_int64(s, 3);
-    return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
-}
-
-gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
-{
-    sqlite3_stmt *s = NULL;
-    gs_store_member *m = NULL;
-    gs_err err;
-    int rc;
-
-    *out = NULL;
-    if (email == NULL)
-        return gs_err_set(GS_ERR_ARGS, "no email");
-    err = prepare_hot(st, HOT_MEMBER_GET, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? AND email = ?",
-                      &s);
-    if (err)
-        return err;
-    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
-        goto out;
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        err = gs_err_set(GS_ERR_NOT_FOUND, "not a member");
-        goto out;
-    }
-    if (rc != SQLITE_ROW) {
-        err = db_error(st, "read member");
-        goto out;
-    }
-    m = calloc(1, sizeof(*m));
-    if (m == NULL) {
-        err = GS_ERR_NOMEM;
-        goto out;
-    }
-    err = member_from_row(s, m);
-    if (err)
-        goto out;
-    *out = m;
-    m = NULL;
-out:
-    gs_store_member_free(m);
-    hot_done(s);
-    return err;
-}
-
-static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
-
-gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
-{
-    void *list = NULL;
-    gs_err err = read_group_rows(st, "SELECT email, role, cert_pem, added FROM members WHERE group_id = ? ORDER BY email",
-                                 group_id, sizeof(**out), 8, member_from_row, release_members, "list members", &list,
-                                 n);
-    *out = list;
-    return err;
 }
 
 void gs_store_member_free(gs_store_member *m)
@@ -1195,5 +523,23 @@ void gs_store_member_list_free(gs_store_member *list, size_t n)
         free(list[i].email);
         free(list[i].cert_pem);
     }
+    free(list);
+}
+
+void gs_store_audit_rows_free(gs_store_audit_row *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].line);
+    free(rows);
+}
+
+void gs_store_strings_free(char **list, size_t n)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
     free(list);
 }

@@ -1,11 +1,15 @@
 /*
- * store.h: the group server's SQLite database (WAL, versioned schema with
- * migrations applied by gs_store_open).
+ * store.h: the group server's database, behind one interface with two
+ * backends: a SQLite file (WAL; the default, for one server) or a
+ * PostgreSQL database (libpq; for several servers sharing one state).
+ * Both have a versioned schema with migrations applied by gs_store_open.
  *
- * Threads: a gs_store is one SQLite connection and must be used by one
- * thread at a time. Open one per thread (gs_store_open is cheap once the
- * schema is current: it opens, sets pragmas and reads user_version).
- * Writers in other connections/processes are waited for (busy timeout 5 s).
+ * Threads: a gs_store is one connection and must be used by one thread at
+ * a time. Open one per thread (gs_store_open is cheap once the schema is
+ * current). SQLite: writers in other connections/processes are waited for
+ * (busy timeout 5 s). PostgreSQL: a lost connection fails the call with
+ * GS_ERR_DB_UNAVAILABLE (an open transaction is lost with it) and the next
+ * call reconnects by itself; statements are prepared once per connection.
  *
  * No caching: every getter reads the database, so a member removed by
  * `groupsrv member remove` in another process is refused on the very next
@@ -29,7 +33,7 @@
 #include "names.h"
 
 /* Current schema version written by this program. */
-#define GS_STORE_SCHEMA_VERSION 2
+#define GS_STORE_SCHEMA_VERSION 4
 
 /* Longest string or blob the database takes (certificates are far below;
  * set as SQLite's per-connection length limit). Longer values are
@@ -39,23 +43,38 @@
 
 typedef struct gs_store gs_store;
 
+/* 1 when location is a PostgreSQL connection URI (postgresql:// or
+ * postgres://), which gs_store_open opens with libpq; else 0 (a path). */
+int gs_store_location_is_url(const char *location);
+/* location for messages, with any password in a URI masked ("***"):
+ * the user:password@ part and password= parameters. Always terminated. */
+void gs_store_location_display(const char *location, char *buf, size_t cap);
+
 enum gs_store_flags {
     GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */
     GS_STORE_READONLY = 1u << 1, /* open read-only (check, list, show) */
 };
-/* Opens path. Without GS_STORE_CREATE a missing file is GS_ERR_NOT_FOUND.
- * An existing database with an older schema is migrated (unless
- * read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA. */
-gs_err gs_store_open(const char *path, unsigned flags, gs_store **out);
+/* Opens location: a SQLite file path, or a PostgreSQL URI (see
+ * gs_store_location_is_url). Without GS_STORE_CREATE a missing file is
+ * GS_ERR_NOT_FOUND; a PostgreSQL database must exist (GS_ERR_NOT_FOUND if
+ * not; GS_STORE_CREATE there means "apply migrations", as on any
+ * read-write open). An existing database with an older schema is migrated
+ * (unless read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA.
+ * An unreachable PostgreSQL server is GS_ERR_DB_UNAVAILABLE. */
+gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
+const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */
 
 /* A stamp that differs from the previous call's whenever the database may
  * have changed in between: a commit by another connection or process
- * (PRAGMA data_version) or a change through this connection (its total
- * change count). For caches of data derived from the database (the
- * server's loaded groups and keys), never for membership answers. GS_OK,
- * or GS_ERR_DB (then *stamp is 0). */
+ * (SQLite: PRAGMA data_version; PostgreSQL: a counter row that a trigger
+ * on every table but the audit table bumps in the writing transaction, so
+ * every server sharing the database sees it at its next call) or a change
+ * through this connection. For caches of data derived from the database
+ * (the server's loaded groups and keys), never for membership answers.
+ * Also a cheap liveness check of the connection. GS_OK, or GS_ERR_DB /
+ * GS_ERR_DB_UNAVAILABLE (then *stamp is 0). */
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
 
 /* Explicit transactions (BEGIN IMMEDIATE). Calls between begin and commit
@@ -82,11 +101,15 @@ typedef struct gs_store_ca {
     char *cert_pem;    /* self-signed CA certificate */
     int64_t created;   /* unix seconds */
     char *weakenings;  /* accepted weakenings of the CA key ("" = none) */
+    bool replicable;   /* the CA key leaves its token only under trusted wrap (ca export) */
 } gs_store_ca;
 gs_err gs_store_ca_get(gs_store *st, gs_store_ca **out); /* NOT_FOUND before `ca init` */
 gs_err gs_store_ca_put(gs_store *st, const char *key_label, const char *cert_pem); /* EXISTS if set */
 /* The same, with the key's record (rec may be NULL). */
 gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pem, const gs_store_keyrec *rec);
+/* The same, recording whether the CA key is replicable. */
+gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                          const gs_store_keyrec *rec);
 void gs_store_ca_free(gs_store_ca *ca);
 
 /* ---- groups ---------------------------------------------------------- */
@@ -102,11 +125,17 @@ typedef struct gs_store_group {
     char *policy;         /* the group's key policy ("" = everything on the token; see
                              groupsrv/policy.h); gs_store_group_add takes NULL as "" */
     char *reject_seal_label;      /* a sealed rejection key: its seal key pair's label */
+    char *reject_weakenings;      /* weakenings accepted for the rejection key on the token
+                                     (schema 4; "" = none, NULL on add = "") */
     unsigned char *reject_sealed; /* ...and its blob (NULL: the rejection key is on the token) */
     size_t reject_sealed_len;
+    bool replicable;      /* keys extractable only under trusted wrap: the key ceremony may copy them */
+    gs_wrap member_wrap;  /* default wrap of member-certs copies; DEFAULT on add = PKCS1V15 */
 } gs_store_group;
 /* Adds a group; *id (may be NULL) gets its row id. EXISTS on duplicate name. */
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id);
+/* The group's default wrap for member-certs copies (OAEP or PKCS1V15). */
+gs_err gs_store_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap);
 gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out);
 /* All groups ordered by name; *out is an array of n pointers. */
 gs_err gs_store_group_list(gs_store *st, gs_store_group ***out, size_t *n);
@@ -134,6 +163,10 @@ gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, 
  * pkcs11: URI (a key adopted with --use-key). */
 gs_err gs_store_group_key_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                                const char *cert_pem, const gs_store_keyrec *rec);
+/* The same with the state given: CURRENT demotes the previous current
+ * version, OLD only adds (a version imported below the current one). */
+gs_err gs_store_group_key_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                                 const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec);
 /* Replaces the certificate of a version (import-cert). */
 gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem);
 /* Marks a non-current version retired (STATE for the current one). */
@@ -159,6 +192,10 @@ gs_err gs_store_secret_add(gs_store *st, int64_t group_id, unsigned version, con
 /* The same, with the key's record (rec may be NULL). */
 gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                             const unsigned char kek_id[GS_KEK_ID_LEN], const gs_store_keyrec *rec);
+/* The same with the state given (CURRENT demotes, OLD only adds). */
+gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                              const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                              const gs_store_keyrec *rec);
 /* Newest first. */
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
 /* The version with this kek id (any group), NOT_FOUND otherwise. */
@@ -184,15 +221,48 @@ typedef struct gs_store_member {
     gs_role role;
     char *cert_pem;       /* the member's certificate, or NULL */
     int64_t added;
+    gs_wrap wrap;         /* member-certs wrap; DEFAULT = the group's member_wrap */
 } gs_store_member;
 gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role,
                            const char *cert_pem); /* EXISTS on duplicate */
 gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email); /* NOT_FOUND */
+/* A member's member-certs wrap (DEFAULT: back to the group's). NOT_FOUND. */
+gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap);
 /* Reads the database on every call (no cache). */
 gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out);
 /* Ordered by email; *out is an array of n records (free with _list_free). */
 gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n);
 void gs_store_member_free(gs_store_member *m);
 void gs_store_member_list_free(gs_store_member *list, size_t n);
+
+/* ---- audit chains (PostgreSQL only: GS_ERR_ARGS on SQLite) ------------
+ * One table of audit lines, one hash chain per server instance: rows
+ * (instance, seq, line), seq 1, 2, ... per instance. The lines are made
+ * and checked by groupsrv/server/audit.c; the store only keeps them. */
+#define GS_AUDIT_INSTANCE_MAX 64
+/* An admin command that audits (the key ceremony) writes a chain of its
+ * own, the instance name with this suffix: a server keeps its chain's head
+ * in memory, and a record slipped into its chain by another process would
+ * fail the server's next batch. Chain names are at most GS_AUDIT_CHAIN_MAX. */
+#define GS_AUDIT_ADMIN_SUFFIX "/admin"
+#define GS_AUDIT_CHAIN_MAX (GS_AUDIT_INSTANCE_MAX + (int)sizeof(GS_AUDIT_ADMIN_SUFFIX) - 1)
+typedef struct gs_store_audit_row {
+    int64_t seq;
+    char *line;
+} gs_store_audit_row;
+/* The instance's last row: *seq 0 and *line NULL when it has none. *line
+ * is the caller's (free()). */
+gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line);
+/* Inserts lines[0..n) as seq first_seq.. in one statement, committed with
+ * synchronous commit before returning GS_OK. EXISTS when a seq is taken
+ * (another process writes the same instance's chain). */
+gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);
+/* Every instance with rows, ordered; free with gs_store_strings_free. */
+gs_err gs_store_audit_instances(gs_store *st, char ***out, size_t *n);
+/* Up to limit rows of instance with seq > after_seq, in seq order. */
+gs_err gs_store_audit_read(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
+                           gs_store_audit_row **out, size_t *n);
+void gs_store_audit_rows_free(gs_store_audit_row *rows, size_t n);
+void gs_store_strings_free(char **list, size_t n);
 
 #endif

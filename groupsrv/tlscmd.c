@@ -158,7 +158,7 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         return tls_usage("--key: the TLS key on the token must be EC (ec:p256 or ec:p384): an RSA key would "
                          "need raw RSA for TLS 1.3's RSA-PSS signatures, which groupsrv never offers; got ",
                          a->key);
-    if ((err = gs_store_open(cfg->db.path, GS_STORE_READONLY, &st)) != GS_OK ||
+    if ((err = gs_store_open(gs_config_db_location(cfg), GS_STORE_READONLY, &st)) != GS_OK ||
         (err = gs_hsm_open(cfg, &hsm)) != GS_OK || (err = gs_ca_load(st, hsm, &ca)) != GS_OK) {
         rc = tls_fail(err);
         goto out;

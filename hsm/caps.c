@@ -190,6 +190,11 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         A(CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs));
     else if (t->attr == CKA_UNWRAP_TEMPLATE)
         A(CKA_UNWRAP_TEMPLATE, utmpl, sizeof(utmpl));
+    else if (t->attr == CKA_WRAP_WITH_TRUSTED) {
+        /* As a replicable key has it: extractable, only under trusted wrap. */
+        A(CKA_EXTRACTABLE, &ck_true, sizeof(CK_BBOOL));
+        A(CKA_WRAP_WITH_TRUSTED, &ck_true, sizeof(CK_BBOOL));
+    }
 #undef A
     err = P11(ctx, C_CreateObject, s, tmpl, n, &h);
     OPENSSL_cleanse(value, sizeof(value));
@@ -212,6 +217,12 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         hsm_err_save(&sv);
         if (P11(ctx, C_GetAttributeValue, s, h, &q, 1) == HSM_OK)
             t->stored = q.ulValueLen == sizeof(utmpl);
+        hsm_err_restore(&sv);
+    } else if (t->attr == CKA_WRAP_WITH_TRUSTED) {
+        hsm_errsave sv;
+
+        hsm_err_save(&sv);
+        t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
         hsm_err_restore(&sv);
     } else {
         t->stored = true;
@@ -286,6 +297,8 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
                                      c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit);
     c->unwrap_template = try_attr(ctx, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
                                   sizeof(c->unwrap_template_why), &reinit);
+    c->wrap_with_trusted = try_attr(ctx, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
+                                    sizeof(c->wrap_with_trusted_why), &reinit);
     c->module_reinitialised = reinit;
     c->rewrap_on_token = hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP | HSM_MF_WRAP);
     c->secret_on_token = hsm_caps_has(c, HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE) &&
@@ -323,6 +336,45 @@ void hsm_caps_load(hsm_ctx *ctx, hsm_caps *out)
     }
     *out = ctx->caps;
     pthread_mutex_unlock(&ctx->caps_mu);
+}
+
+/* Appends "; " (unless first) and text to buf (n bytes, truncating). */
+static void name_missing(char *buf, size_t n, const char *text)
+{
+    size_t used;
+
+    if (buf == NULL || n == 0)
+        return;
+    used = strlen(buf);
+    (void)snprintf(buf + used, n - used, "%s%s", used > 0 ? "; " : "", text);
+}
+
+bool hsm_caps_trusted_wrap(const hsm_caps *c, char *missing, size_t n)
+{
+    static const struct {
+        hsm_mech m;
+        unsigned flags;
+        const char *what;
+    } need[] = {{HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE, "CKM_AES_KEY_GEN (the one-time wrapping key)"},
+                {HSM_MECH_AES_KEY_WRAP_PAD, HSM_MF_WRAP, "CKM_AES_KEY_WRAP_PAD with CKF_WRAP (wraps the keys)"},
+                {HSM_MECH_RSA_OAEP, HSM_MF_WRAP, "CKM_RSA_PKCS_OAEP with CKF_WRAP (wraps it to the transport key)"}};
+    char attr[224];
+    bool ok = true;
+
+    if (missing != NULL && n > 0)
+        missing[0] = '\0';
+    if (c->wrap_with_trusted != HSM_ATTR_YES) {
+        (void)snprintf(attr, sizeof(attr), "CKA_WRAP_WITH_TRUSTED (%s)",
+                       c->wrap_with_trusted_why[0] ? c->wrap_with_trusted_why : "not probed");
+        name_missing(missing, n, attr);
+        ok = false;
+    }
+    for (size_t i = 0; i < GS_ARRAY_LEN(need); i++)
+        if (!hsm_caps_has(c, need[i].m, need[i].flags)) {
+            name_missing(missing, n, need[i].what);
+            ok = false;
+        }
+    return ok;
 }
 
 hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out)

@@ -524,6 +524,19 @@ out:
     return err;
 }
 
+hsm_err hsm_module_reinit(hsm_ctx *ctx)
+{
+    hsm_err err;
+
+    if (ctx == NULL)
+        return HSM_ERR_ARGS;
+    pthread_rwlock_wrlock(&ctx->life_mu);
+    log_warn("token objects missing; finalizing and initialising the module again");
+    err = reinit_locked(ctx);
+    pthread_rwlock_unlock(&ctx->life_mu);
+    return err;
+}
+
 /* A token that stays away may sit behind a client library that connects
  * only in C_Initialize (p11-kit's RPC client, network HSMs): it lists no
  * slot until initialised again, however long its server has been back.

@@ -106,6 +106,17 @@ void hsm_close(hsm_ctx *ctx);
 /* Token reachable and logged in (C_GetSessionInfo on a pooled session). */
 hsm_err hsm_ping(hsm_ctx *ctx);
 
+/* Finalizes and initialises the module again now, for a caller that knows
+ * an object must be on the token and the token says it is not: a module
+ * may lose its token's objects under it and find them only when
+ * initialised again (SoftHSM keeps a token whose directory vanished empty
+ * until then). Sessions and object handles of the old instance are
+ * forgotten; the token is looked up and logged in again on next use. The
+ * caller limits how often (every operation waits meanwhile). Returns
+ * HSM_OK, or HSM_ERR_DEVICE when the module did not initialise (operations
+ * then try again, as for any module that is down). */
+hsm_err hsm_module_reinit(hsm_ctx *ctx);
+
 typedef struct hsm_token_info {
     char label[33], manufacturer[33], model[17], serial[17];
     unsigned long sessions_in_use, sessions_idle;
@@ -177,6 +188,10 @@ typedef struct hsm_caps {
      * destroyed), corrected by what key generation then showed. */
     hsm_attr_support allowed_mechanisms, unwrap_template;
     char allowed_mechanisms_why[160], unwrap_template_why[160]; /* the refusal, "" if none */
+    /* CKA_WRAP_WITH_TRUSTED (with CKA_EXTRACTABLE) kept on a session key:
+     * what a replicable key needs (hsm_caps_trusted_wrap). */
+    hsm_attr_support wrap_with_trusted;
+    char wrap_with_trusted_why[160];
     /* Derived, for choosing a group's path:
      * rewrap_on_token: C_UnwrapKey (RSA-OAEP) into a session key and
      * C_WrapKey (RSA-OAEP) out of it both offered;
@@ -195,6 +210,13 @@ hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
 const char *hsm_mech_name(hsm_mech m);
 /* Is the mechanism offered with all of `flags`? */
 bool hsm_caps_has(const hsm_caps *caps, hsm_mech m, unsigned flags);
+/* Can a key leave this token under trusted wrap, as the key ceremony's
+ * sending side does it (replicable groups, `group export`)? Needs
+ * CKA_WRAP_WITH_TRUSTED kept on keys, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP_PAD
+ * with CKF_WRAP and CKM_RSA_PKCS_OAEP with CKF_WRAP. Returns true, or
+ * false with missing (may be NULL; n bytes, always terminated) naming
+ * each missing piece, "; " between them. */
+bool hsm_caps_trusted_wrap(const hsm_caps *caps, char *missing, size_t n);
 
 
 /* ---- keys ---------------------------------------------------------- */
@@ -237,17 +259,22 @@ typedef struct hsm_keygen_spec {
     unsigned bits;            /* RSA 2048/3072/4096; EC 256/384; AES 256; HMAC 256 */
     unsigned usage;           /* enum hsm_usage bits */
     bool extractable;         /* secret keys only: may leave wrapped (group secret keys) */
+    bool replicable;          /* CKA_EXTRACTABLE with CKA_WRAP_WITH_TRUSTED: may leave the token
+                                 only wrapped under a key the security officer made trusted
+                                 (hsm_replica_export); read back, else HSM_ERR_KEY_POLICY */
 } hsm_keygen_spec;
 
 /* Generates a key pair on the token: private CKA_TOKEN, CKA_PRIVATE,
- * CKA_SENSITIVE, not CKA_EXTRACTABLE, with exactly `usage` (plus
+ * CKA_SENSITIVE, not CKA_EXTRACTABLE (replicable: extractable only under
+ * trusted wrap), with exactly `usage` (plus
  * CKA_UNWRAP_TEMPLATE forcing unwrapped keys sensitive, and
  * CKA_ALLOWED_MECHANISMS limited to what `usage` needs). Reads every
  * attribute back and fails with HSM_ERR_KEY_POLICY (destroying the pair)
  * if the token added a usage. Either output may be NULL. */
 hsm_err hsm_generate_keypair(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **pub, hsm_key **priv);
 /* Generates a secret key (AES-256 group secret key, or HMAC key for
- * implicit rejection) on the token: sensitive, extractable only if asked. */
+ * implicit rejection) on the token: sensitive, extractable only if asked
+ * (replicable: only under trusted wrap, as for key pairs). */
 hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_key **out);
 
 /* What the *_best generators gave a key. */
@@ -281,6 +308,8 @@ typedef struct hsm_key_info {
     bool token, private_, sensitive, always_sensitive, extractable, never_extractable;
     bool decrypt, unwrap, sign, derive, wrap, encrypt, verify, sign_recover;
     bool value_readable;      /* C_GetAttributeValue(CKA_VALUE) succeeded: must be false */
+    bool wrap_with_trusted;   /* CKA_WRAP_WITH_TRUSTED: only a CKA_TRUSTED key may wrap it */
+    bool trusted;             /* CKA_TRUSTED (set by the security officer only) */
     bool has_unwrap_template; /* CKA_UNWRAP_TEMPLATE present */
     bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
     unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */
@@ -393,19 +422,28 @@ hsm_err hsm_decrypt_content_key(hsm_ctx *ctx, const hsm_unwrap_input *in,
 /* Methods E/G and member-certs: C_UnwrapKey into a sensitive session key,
  * then C_WrapKey with RSA-OAEP to each recipient public key (DER SPKI),
  * so the content key never enters our memory. outs[i] is allocated (caller
- * frees), lens[i] set. One unwrap for all n recipients (n <= 4096).
+ * frees), lens[i] set. One unwrap for all n recipients (n <= 65536).
  * Recipient keys must be RSA, 2048..16384 bits (else HSM_ERR_PUBLIC_KEY);
  * on any failure every outs[i] is NULL. expected_len 0 (OAEP) unwraps the
- * key at its own length: callers need not guess. A wrong non-zero
- * expected_len is HSM_ERR_DECRYPT only on tokens that report CKA_VALUE_LEN
- * of unwrapped keys (SoftHSM 2.6.1 does not; there the key is wrapped out
- * at its real length). With HSM_KT_RSA_PKCS1V15 the key
+ * key at its own length: callers need not guess. A non-zero expected_len
+ * that the plaintext does not have is HSM_ERR_DECRYPT: read from
+ * CKA_VALUE_LEN, or on tokens that do not report it for unwrapped keys
+ * (SoftHSM 2.6.1) measured by an AES key wrap under a throw-away session
+ * key (the key's bytes are never read). With HSM_KT_RSA_PKCS1V15 the key
  * is decrypted into memory (implicit rejection needs the bytes) and then
  * imported as the session key. */
 hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in,
                                   hsm_oaep_hash out_hash,
                                   const unsigned char *const *spki, const size_t *spki_len, size_t n,
                                   unsigned char **outs, size_t *lens);
+/* The same with a wrap algorithm per recipient (wrap_algs[i] for spki[i]):
+ * HSM_KT_RSA_OAEP_SHA1/_SHA256, or HSM_KT_RSA_PKCS1V15 (CKM_RSA_PKCS
+ * C_WrapKey: what NSS 3.87 and gpgsm 2.2 readers can decrypt; wrapping is
+ * encryption to the recipient, so no padding oracle is offered here).
+ * Still one unwrap for all n. HSM_ERR_ARGS for any other value. */
+hsm_err hsm_rewrap_to_recipients(hsm_ctx *ctx, const hsm_unwrap_input *in, const hsm_kt_alg *wrap_algs,
+                                 const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                 unsigned char **outs, size_t *lens);
 
 /* Group-secret method: unwrap as above, wrap with AES key wrap under a
  * token AES key: RFC 3394 (CKM_AES_KEY_WRAP) when the key length is a
@@ -494,5 +532,80 @@ typedef struct evp_pkey_st EVP_PKEY; /* <openssl/evp.h> (same typedef) */
  * check anything else they require (sensitive, curve, ...) themselves.
  * Implemented with OpenSSL 3.0's legacy EC_KEY_METHOD (hsm/hsm_evp.c). */
 hsm_err hsm_key_evp_pkey(hsm_ctx *ctx, hsm_key *key, EVP_PKEY **out);
+
+/* ---- replication: keys copied token to token (hsm/replicate.c) ------- */
+
+/* The key ceremony's token side. A key generated with spec.replicable
+ * (CKA_EXTRACTABLE + CKA_WRAP_WITH_TRUSTED) can leave its token only
+ * wrapped by a key that carries CKA_TRUSTED, which only the security
+ * officer (SO) can set. Export: the SO makes a one-time AES-256 key and
+ * imports the receiving token's transport public key, both as trusted
+ * SESSION objects; the user's session wraps the keys under the one-time
+ * key (RFC 5649, CKM_AES_KEY_WRAP_PAD) and the one-time key to the
+ * transport key (RSA-OAEP); both objects are destroyed at once. Import:
+ * the transport private key unwraps the one-time key, which unwraps each
+ * key into a sensitive, never extractable token object. No key is ever
+ * outside a token in the clear.
+ *
+ * Threads: the export logs the user out of the whole application for
+ * the SO's part, so no other thread may use the context meanwhile (admin
+ * commands only). */
+
+typedef struct hsm_replica_item {
+    hsm_key *key;             /* in, borrowed: a replicable private key, or a secret key */
+    unsigned char *wrapped;   /* out: RFC 5649 wrapped under the one-time key (malloc'd, caller frees) */
+    size_t wrapped_len;
+} hsm_replica_item;
+
+typedef struct hsm_replica_export {
+    const char *so_pin;       /* the security officer's PIN (borrowed; the caller wipes it) */
+    size_t so_pin_len;        /* 1..256 */
+    const unsigned char *transport_spki; /* DER SubjectPublicKeyInfo of the receiving
+                                            token's transport key: RSA 2048..16384 */
+    size_t transport_spki_len;
+    hsm_replica_item *items;  /* 1..256 keys to copy */
+    size_t n_items;
+    hsm_oaep_hash kek_hash;   /* out: the OAEP hash that wrapped the one-time key
+                                 (SHA-256 where the token has it, else SHA-1) */
+    unsigned char *wrapped_kek; /* out: the one-time key, RSA-OAEP to the transport key (caller frees) */
+    size_t wrapped_kek_len;
+} hsm_replica_export;
+
+/* Runs the export above on a context opened with a user PIN. The user is
+ * logged in again afterwards on every path (also after a wrong SO PIN).
+ * Errors: HSM_ERR_PIN_INCORRECT / _PIN_LOCKED for the SO PIN (detail
+ * "security officer login: ..."); HSM_ERR_KEY_POLICY when an item cannot be
+ * wrapped (not made replicable; detail names its label);
+ * HSM_ERR_PUBLIC_KEY for a transport key that is not RSA 2048..16384;
+ * HSM_ERR_MECHANISM when the token lacks a mechanism; HSM_ERR_ARGS (also
+ * for a context without a user PIN). On failure every out field is NULL/0. */
+hsm_err hsm_replica_export_run(hsm_ctx *ctx, hsm_replica_export *x);
+
+typedef struct hsm_replica_in {
+    hsm_keygen_spec spec;     /* the copy's label, CKA_ID (required), type (RSA: decrypt/unwrap
+                                 or sign only; AES; GENERIC_SECRET), usage, and for secret
+                                 keys extractable;
+                                 never replicable: copies are never extractable again */
+    const unsigned char *wrapped;  /* RFC 5649 under the one-time key */
+    size_t wrapped_len;
+    const unsigned char *public_spki; /* RSA: the public key, made a token object with the
+                                         same label and CKA_ID (NULL: none) */
+    size_t public_spki_len;
+} hsm_replica_in;
+
+/* Imports n (1..256) keys: `transport` (this token's transport private
+ * key) unwraps the one-time key with RSA-OAEP kek_hash into a session
+ * object; each key is unwrapped with it as a token object: sensitive, not
+ * extractable (CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE read false
+ * on such copies, as PKCS#11 says for unwrapped keys), exactly the usage
+ * its spec gives (read back), CKA_UNWRAP_TEMPLATE and
+ * CKA_ALLOWED_MECHANISMS as generation sets them. out[i] gets a reference
+ * to copy i (caller frees). All or nothing: on any failure every object
+ * made is destroyed again. Errors: HSM_ERR_KEY_EXISTS (a label or CKA_ID
+ * is taken; detail names it), HSM_ERR_DECRYPT (the transport key or the
+ * one-time key does not unwrap: another transport key, damaged data),
+ * HSM_ERR_KEY_POLICY (the token changed an attribute), HSM_ERR_ARGS. */
+hsm_err hsm_replica_import(hsm_ctx *ctx, hsm_key *transport, hsm_oaep_hash kek_hash, const unsigned char *wrapped_kek,
+                           size_t wrapped_kek_len, const hsm_replica_in *items, size_t n, hsm_key **out);
 
 #endif

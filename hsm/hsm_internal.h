@@ -193,6 +193,26 @@ hsm_err hsm_get_ulong(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
  * C_WrapKey; caller destroys *h. */
 hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
                                CK_OBJECT_HANDLE *h);
+/* The same with a choice of attributes: a token object with a label and
+ * CKA_ID (replicate.c's copy of a key pair's public half), or a session
+ * object the security officer marks CKA_TRUSTED (the transport key). RSA
+ * 2048..16384 bits only (HSM_ERR_PUBLIC_KEY otherwise). */
+typedef struct hsm_pub_import {
+    bool token, trusted, wrap, encrypt, verify;
+    const char *label;        /* NULL: none */
+    const unsigned char *id;
+    size_t id_len;
+} hsm_pub_import;
+hsm_err hsm_import_rsa_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
+                              const hsm_pub_import *opt, CK_OBJECT_HANDLE *h);
+/* CKA_ALLOWED_MECHANISMS for a key with spec's type and usage (what
+ * generation sets on a token with these capabilities); returns how many
+ * of m[8] it filled. */
+CK_ULONG hsm_spec_mechanisms(const hsm_keygen_spec *spec, const hsm_caps *caps, CK_MECHANISM_TYPE m[8]);
+/* Reads the usage, sensitive/extractable (and, for replicable keys,
+ * CKA_WRAP_WITH_TRUSTED) attributes of a private or secret key back:
+ * HSM_ERR_KEY_POLICY (detail names the attribute) if the token changed one. */
+hsm_err hsm_verify_key_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const hsm_keygen_spec *spec);
 void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h);
 /* Reads CKA_ALLOWED_MECHANISMS into m (cap entries) with one call of a
  * fixed-size buffer (p11-kit's RPC fails the length query of this array
@@ -251,6 +271,10 @@ hsm_err hsm_recipient_rsa_pubkey(const unsigned char *spki, size_t spki_len, EVP
  * *out is malloc'd (caller frees). */
 hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,
                               const unsigned char *msg, size_t len, unsigned char **out, size_t *outlen);
+/* The same with any key transport the server wraps with (RSA-OAEP SHA-1 or
+ * SHA-256, or PKCS#1 v1.5 for readers that need it). */
+hsm_err hsm_soft_rsa_encrypt(const unsigned char *spki, size_t spki_len, hsm_kt_alg alg, const unsigned char *msg,
+                             size_t len, unsigned char **out, size_t *outlen);
 /* AES key wrap in software: RFC 3394 for whole 64-bit blocks of at least
  * 16 bytes, else RFC 5649 (as the token path chooses). */
 hsm_err hsm_soft_aes_wrap(const unsigned char *kek, size_t keklen, const unsigned char *key, size_t keylen,

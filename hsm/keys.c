@@ -598,18 +598,19 @@ static const char *attr_name(CK_ATTRIBUTE_TYPE t)
     case CKA_WRAP: return "CKA_WRAP";
     case CKA_VERIFY: return "CKA_VERIFY";
     case CKA_VERIFY_RECOVER: return "CKA_VERIFY_RECOVER";
+    case CKA_WRAP_WITH_TRUSTED: return "CKA_WRAP_WITH_TRUSTED";
     default: return "an attribute";
     }
 }
 
 /* Reads the usage attributes back: the token must not have added any. */
 static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls,
-                             unsigned usage, bool extractable)
+                             unsigned usage, bool extractable, bool replicable)
 {
     struct {
         CK_ATTRIBUTE_TYPE type;
         bool want;
-    } chk[10];
+    } chk[12];
     size_t n = 0, i;
 
     if (cls == CKO_PRIVATE_KEY) {
@@ -619,7 +620,7 @@ static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
         chk[n].type = CKA_SIGN_RECOVER, chk[n++].want = false;
         chk[n].type = CKA_DERIVE, chk[n++].want = (usage & HSM_USE_DERIVE) != 0;
         chk[n].type = CKA_SENSITIVE, chk[n++].want = true;
-        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = false;
+        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = replicable;
     } else if (cls == CKO_PUBLIC_KEY) {
         chk[n].type = CKA_ENCRYPT, chk[n++].want = (usage & HSM_USE_DECRYPT) != 0;
         chk[n].type = CKA_WRAP, chk[n++].want = (usage & HSM_USE_UNWRAP) != 0;
@@ -635,8 +636,12 @@ static hsm_err verify_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
         chk[n].type = CKA_VERIFY, chk[n++].want = false;
         chk[n].type = CKA_DERIVE, chk[n++].want = (usage & HSM_USE_DERIVE) != 0;
         chk[n].type = CKA_SENSITIVE, chk[n++].want = true;
-        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = extractable;
+        chk[n].type = CKA_EXTRACTABLE, chk[n++].want = extractable || replicable;
     }
+    /* A token that ignored CKA_WRAP_WITH_TRUSTED would have made a key any
+     * wrapping key can take out: never keep such a key. */
+    if (replicable && cls != CKO_PUBLIC_KEY)
+        chk[n].type = CKA_WRAP_WITH_TRUSTED, chk[n++].want = true;
     for (i = 0; i < n; i++) {
         if (get_bool(ctx, s, h, chk[i].type) != chk[i].want) {
             hsm_set_detail("token changed key attribute %s (want %s)", attr_name(chk[i].type),
@@ -791,7 +796,9 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     t_bool(&kt_, CKA_TOKEN, true);
     t_bool(&kt_, CKA_PRIVATE, true);
     t_bool(&kt_, CKA_SENSITIVE, true);
-    t_bool(&kt_, CKA_EXTRACTABLE, false);
+    t_bool(&kt_, CKA_EXTRACTABLE, spec->replicable);
+    if (spec->replicable)
+        t_bool(&kt_, CKA_WRAP_WITH_TRUSTED, true);
     t_add(&kt_, CKA_LABEL, (void *)spec->label, strlen(spec->label));
     t_add(&kt_, CKA_ID, ga->id, ga->id_len);
     t_bool(&kt_, CKA_DECRYPT, kt == CKK_RSA && (u & HSM_USE_DECRYPT));
@@ -812,8 +819,8 @@ static hsm_err op_gen_pair(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         explain_gen_failure(ga, "C_GenerateKeyPair");
         goto out;
     }
-    if ((err = verify_policy(ctx, s, hpriv, CKO_PRIVATE_KEY, u, false)) != HSM_OK ||
-        (err = verify_policy(ctx, s, hpub, CKO_PUBLIC_KEY, u, false)) != HSM_OK)
+    if ((err = verify_policy(ctx, s, hpriv, CKO_PRIVATE_KEY, u, false, spec->replicable)) != HSM_OK ||
+        (err = verify_policy(ctx, s, hpub, CKO_PUBLIC_KEY, u, false, false)) != HSM_OK)
         goto out;
     ga->stored = read_back_prot(ctx, s, hpriv, ga->prot & ((u & HSM_USE_UNWRAP) ? HSM_PROT_ALL
                                                             : HSM_PROT_ALLOWED_MECHANISMS));
@@ -1042,7 +1049,9 @@ static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     t_bool(&t, CKA_PRIVATE, true);
     t_bool(&t, CKA_SENSITIVE, true);
     /* Sensitive + extractable = can leave the token only wrapped. */
-    t_bool(&t, CKA_EXTRACTABLE, spec->extractable);
+    t_bool(&t, CKA_EXTRACTABLE, spec->extractable || spec->replicable);
+    if (spec->replicable)
+        t_bool(&t, CKA_WRAP_WITH_TRUSTED, true);
     t_add(&t, CKA_LABEL, (void *)spec->label, strlen(spec->label));
     t_add(&t, CKA_ID, ga->id, ga->id_len);
     t_bool(&t, CKA_ENCRYPT, (u & (HSM_USE_ENCRYPT | HSM_USE_WRAP_ECB)) != 0);
@@ -1065,7 +1074,7 @@ static hsm_err op_gen_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         explain_gen_failure(ga, "C_GenerateKey");
         goto out;
     }
-    if ((err = verify_policy(ctx, s, h, CKO_SECRET_KEY, u, spec->extractable)) != HSM_OK)
+    if ((err = verify_policy(ctx, s, h, CKO_SECRET_KEY, u, spec->extractable, spec->replicable)) != HSM_OK)
         goto out;
     ga->stored = read_back_prot(ctx, s, h, ga->prot & ((u & HSM_USE_UNWRAP) ? HSM_PROT_ALL
                                                         : HSM_PROT_ALLOWED_MECHANISMS));
@@ -1280,6 +1289,8 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     out->verify = get_bool(ctx, s, h, CKA_VERIFY);
     out->sign_recover = get_bool(ctx, s, h, CKA_SIGN_RECOVER);
     out->always_authenticate = get_bool(ctx, s, h, CKA_ALWAYS_AUTHENTICATE);
+    out->wrap_with_trusted = get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
+    out->trusted = get_bool(ctx, s, h, CKA_TRUSTED);
 
     /* The value itself must not be readable (only its length is asked). */
     if (out->cls != HSM_CLASS_PUBLIC) {
@@ -1620,6 +1631,14 @@ hsm_err hsm_key_export_public(hsm_ctx *ctx, hsm_key *key, unsigned char **spki_d
 hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
                                CK_OBJECT_HANDLE *h)
 {
+    static const hsm_pub_import wrap_only = {.wrap = true};
+
+    return hsm_import_rsa_pubkey(ctx, s, spki, spki_len, &wrap_only, h);
+}
+
+hsm_err hsm_import_rsa_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned char *spki, size_t spki_len,
+                              const hsm_pub_import *opt, CK_OBJECT_HANDLE *h)
+{
     EVP_PKEY *pkey = NULL;
     BIGNUM *n = NULL, *e = NULL;
     unsigned char *nb = NULL, *eb = NULL;
@@ -1646,11 +1665,18 @@ hsm_err hsm_import_wrap_pubkey(hsm_ctx *ctx, CK_SESSION_HANDLE s, const unsigned
     BN_bn2bin(e, eb);
     t_add(&t, CKA_CLASS, &cls, sizeof(cls));
     t_add(&t, CKA_KEY_TYPE, &kt, sizeof(kt));
-    t_bool(&t, CKA_TOKEN, false);
+    t_bool(&t, CKA_TOKEN, opt->token);
     t_bool(&t, CKA_PRIVATE, false);
-    t_bool(&t, CKA_WRAP, true);
-    t_bool(&t, CKA_ENCRYPT, false);
-    t_bool(&t, CKA_VERIFY, false);
+    t_bool(&t, CKA_WRAP, opt->wrap);
+    t_bool(&t, CKA_ENCRYPT, opt->encrypt);
+    t_bool(&t, CKA_VERIFY, opt->verify);
+    /* Only a security officer session may create it trusted. */
+    if (opt->trusted)
+        t_bool(&t, CKA_TRUSTED, true);
+    if (opt->label != NULL)
+        t_add(&t, CKA_LABEL, (void *)opt->label, strlen(opt->label));
+    if (opt->id_len > 0)
+        t_add(&t, CKA_ID, (void *)opt->id, opt->id_len);
     t_add(&t, CKA_MODULUS, nb, (CK_ULONG)nl);
     t_add(&t, CKA_PUBLIC_EXPONENT, eb, (CK_ULONG)el);
     err = P11(ctx, C_CreateObject, s, t.a, t.n, h);
@@ -1661,4 +1687,21 @@ out:
     free(nb);
     free(eb);
     return err;
+}
+
+/* ---- shared with replicate.c ------------------------------------------------------- */
+
+CK_ULONG hsm_spec_mechanisms(const hsm_keygen_spec *spec, const hsm_caps *caps, CK_MECHANISM_TYPE m[8])
+{
+    if (spec->type == HSM_KEYTYPE_RSA || spec->type == HSM_KEYTYPE_EC)
+        return pair_mechs(spec, caps, m);
+    return secret_mechs(spec, m);
+}
+
+hsm_err hsm_verify_key_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const hsm_keygen_spec *spec)
+{
+    CK_OBJECT_CLASS cls =
+        spec->type == HSM_KEYTYPE_RSA || spec->type == HSM_KEYTYPE_EC ? CKO_PRIVATE_KEY : CKO_SECRET_KEY;
+
+    return verify_policy(ctx, s, h, cls, spec->usage, spec->extractable, spec->replicable);
 }

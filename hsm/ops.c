@@ -22,7 +22,7 @@
 
 #define CT_MAX 2048      /* encrypted key: RSA up to 16384 bits */
 #define RSA_OUT_MAX 2048 /* wrap/sign output of an RSA key up to 16384 bits */
-#define RECIPIENTS_MAX 4096
+#define RECIPIENTS_MAX 65536 /* members of one list in member-certs mode */
 #define SIGN_DATA_MAX (1024u * 1024u)
 #define ECDSA_DIGEST_MIN 20u /* SHA-1 (TLS 1.2 peers may still ask) */
 #define ECDSA_DIGEST_MAX 64u /* SHA-512 */
@@ -399,12 +399,69 @@ static CK_ULONG ck_without(CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
     return k;
 }
 
+/* The length of a sensitive session key without reading it: AES key wrap
+ * (RFC 3394) under a throw-away session AES key makes exactly length + 8
+ * bytes. For tokens that do not report CKA_VALUE_LEN of unwrapped keys
+ * (SoftHSM 2.6.1): with it an RSA-OAEP plaintext of the wrong length is a
+ * failed unwrap, as on tokens that report it, instead of a key handed on.
+ * Exact for lengths that are multiples of 8, which every AES content key
+ * is; a token that refuses other lengths (CKR_KEY_SIZE_RANGE and the like)
+ * has told us the length is wrong (*len = 1). SoftHSM 2.6.1 zero-pads them
+ * to the next multiple of 8 instead, so there a 17..23-byte plaintext
+ * passes for 24 (no CMS content key has such a length: it decrypts
+ * nothing). A token without CKM_AES_KEY_GEN or CKM_AES_KEY_WRAP leaves
+ * *len 0 ("not known"); session or token trouble is an error. */
+static hsm_err probe_key_length(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ck, CK_ULONG *len)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG kl = 16, wl;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_VALUE_LEN, &kl, sizeof(kl)},
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_WRAP, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_UNWRAP, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
+    };
+    CK_MECHANISM gm = {CKM_AES_KEY_GEN, NULL, 0}, wm = {CKM_AES_KEY_WRAP, NULL, 0};
+    CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+    unsigned char buf[128];
+    hsm_err err;
+
+    *len = 0;
+    hsm_p11_quiet(true);
+    err = P11(ctx, C_GenerateKey, s, &gm, t, GS_ARRAY_LEN(t), &kek);
+    if (err == HSM_OK) {
+        wl = sizeof(buf);
+        err = P11(ctx, C_WrapKey, s, &wm, kek, ck, buf, &wl);
+        if (err == HSM_OK && wl > 8)
+            *len = wl - 8;
+    }
+    hsm_p11_quiet(false);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    if (err != HSM_OK) {
+        CK_RV rv = hsm_last_rv();
+        if (recoverable_rv(rv)) {
+            hsm_destroy_session_obj(ctx, s, &kek);
+            return err;
+        }
+        if (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE)
+            *len = 1;
+    }
+    hsm_destroy_session_obj(ctx, s, &kek);
+    return HSM_OK;
+}
+
 /* Puts the content key of `in` into a session object *ck. For OAEP this is
  * C_UnwrapKey: the key never enters our memory. For PKCS#1 v1.5 it cannot
  * be: implicit rejection needs the decrypted bytes to choose between them
  * and the substitute, so the key passes through process memory (wiped
- * right after C_CreateObject). That exposure is one reason v1.5 is off by
- * default. */
+ * right after C_CreateObject). SECURITY.md says what that costs. */
 static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_unwrap_input *in,
                                   CK_OBJECT_HANDLE *ck, size_t *klen)
 {
@@ -485,6 +542,10 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
          * the wrap steps cope (OAEP wraps any length; the AES wrap learns
          * it from its output). OAEP already proved the plaintext is what
          * the sender wrapped, so nothing is lost by not knowing. */
+        if (vlen == 0 && kt == CKK_AES && (err = probe_key_length(ctx, s, *ck, &vlen)) != HSM_OK) {
+            hsm_destroy_session_obj(ctx, s, ck);
+            return err;
+        }
         if (vlen == 0)
             vlen = el;
         if (el != 0 && vlen != el) {
@@ -583,7 +644,7 @@ hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsign
 
 struct rewrap_arg {
     const hsm_unwrap_input *in;
-    hsm_oaep_hash out_hash;
+    const hsm_kt_alg *wrap_algs;
     const unsigned char *const *spki;
     const size_t *spki_len;
     size_t n;
@@ -592,6 +653,7 @@ struct rewrap_arg {
     hsm_key *kek;
     unsigned char *out;
     size_t outlen;
+    bool software; /* this request takes the software path (below) */
 };
 
 static void rewrap_clear(struct rewrap_arg *ra)
@@ -608,8 +670,10 @@ static void rewrap_clear(struct rewrap_arg *ra)
     ra->outlen = 0;
 }
 
-/* Wraps key `ck` with RSA-OAEP to the recipient spki into a fresh buffer. */
-static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ck, hsm_oaep_hash hash,
+/* Wraps key `ck` to the recipient spki into a fresh buffer: RSA-OAEP, or
+ * with HSM_KT_RSA_PKCS1V15 CKM_RSA_PKCS (encryption to the recipient's own
+ * key; the padding oracle, if any, is the recipient's own client's). */
+static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ck, hsm_kt_alg alg,
                             const unsigned char *spki, size_t spki_len, unsigned char **out, size_t *outlen)
 {
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
@@ -621,13 +685,20 @@ static hsm_err wrap_to_spki(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
 
     *out = NULL;
     *outlen = 0;
-    hsm_oaep_params(hash, &op);
+    if (alg == HSM_KT_RSA_PKCS1V15) {
+        m.mechanism = CKM_RSA_PKCS;
+        m.pParameter = NULL;
+        m.ulParameterLen = 0;
+    } else {
+        hsm_oaep_params(kt_hash(alg), &op);
+    }
     if ((err = hsm_import_wrap_pubkey(ctx, s, spki, spki_len, &pub)) != HSM_OK)
         goto out;
     err = P11(ctx, C_WrapKey, s, &m, pub, ck, buf, &len);
     if (err != HSM_OK)
         hsm_detail_mech(m.mechanism);
-    err = hsm_oaep_check(ctx, err, hash);
+    if (alg != HSM_KT_RSA_PKCS1V15)
+        err = hsm_oaep_check(ctx, err, kt_hash(alg));
     if (err != HSM_OK)
         goto out;
     if ((*out = malloc(len)) == NULL) {
@@ -654,8 +725,8 @@ static hsm_err rewrap_pub_software(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct rew
     if ((err = decrypt_into(ctx, s, ra->in, key, CT_MAX, &klen)) != HSM_OK)
         goto out;
     for (i = 0; i < ra->n; i++) {
-        err = hsm_soft_oaep_encrypt(ra->spki[i], ra->spki_len[i], ra->out_hash, key, klen, &ra->outs[i],
-                                    &ra->lens[i]);
+        err = hsm_soft_rsa_encrypt(ra->spki[i], ra->spki_len[i], ra->wrap_algs[i], key, klen, &ra->outs[i],
+                                   &ra->lens[i]);
         if (err != HSM_OK)
             goto out;
     }
@@ -672,7 +743,7 @@ static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     hsm_err err;
 
     rewrap_clear(ra);
-    if (ra->in->rewrap == HSM_REWRAP_SOFTWARE) {
+    if (ra->in->rewrap == HSM_REWRAP_SOFTWARE || ra->software) {
         if ((err = rewrap_pub_software(ctx, s, ra)) != HSM_OK)
             rewrap_clear(ra);
         return err;
@@ -681,7 +752,7 @@ static hsm_err op_rewrap_pub(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         goto out;
     for (i = 0; i < ra->n; i++) {
         err =
-            wrap_to_spki(ctx, s, ck, ra->out_hash, ra->spki[i], ra->spki_len[i], &ra->outs[i], &ra->lens[i]);
+            wrap_to_spki(ctx, s, ck, ra->wrap_algs[i], ra->spki[i], ra->spki_len[i], &ra->outs[i], &ra->lens[i]);
         if (err != HSM_OK)
             goto out;
     }
@@ -692,9 +763,33 @@ out:
     return err;
 }
 
-hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_oaep_hash out_hash,
-                                  const unsigned char *const *spki, const size_t *spki_len, size_t n,
-                                  unsigned char **outs, size_t *lens)
+/* Whether PKCS#1 v1.5 copies must be wrapped in software: a token that
+ * re-wraps with RSA-OAEP but lists no C_WrapKey for CKM_RSA_PKCS cannot
+ * make them, so the whole request takes the software path (the content
+ * key in locked server memory, as for HSM_REWRAP_SOFTWARE). That is a
+ * weakening, said once in the log. */
+static bool needs_soft_v15(hsm_ctx *ctx, const hsm_kt_alg *wrap_algs, size_t n)
+{
+    static atomic_bool said;
+    hsm_caps caps;
+    size_t i;
+
+    for (i = 0; i < n && wrap_algs[i] != HSM_KT_RSA_PKCS1V15; i++)
+        ;
+    if (i == n)
+        return false;
+    hsm_caps_load(ctx, &caps);
+    if (hsm_caps_has(&caps, HSM_MECH_RSA_PKCS, HSM_MF_WRAP))
+        return false;
+    if (!atomic_exchange(&said, true))
+        log_warn("token has no C_WrapKey with CKM_RSA_PKCS: PKCS#1 v1.5 member copies are wrapped in software "
+                 "(weakening: the content key is in locked server memory)");
+    return true;
+}
+
+hsm_err hsm_rewrap_to_recipients(hsm_ctx *ctx, const hsm_unwrap_input *in, const hsm_kt_alg *wrap_algs,
+                                 const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                 unsigned char **outs, size_t *lens)
 {
     struct rewrap_arg ra;
     size_t i;
@@ -706,20 +801,48 @@ hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_
             outs[i] = NULL;
             lens[i] = 0;
         }
-    if (ctx == NULL || spki == NULL || spki_len == NULL || outs == NULL || lens == NULL || n == 0 ||
-        n > RECIPIENTS_MAX || (out_hash != HSM_OAEP_SHA1 && out_hash != HSM_OAEP_SHA256))
+    if (ctx == NULL || wrap_algs == NULL || spki == NULL || spki_len == NULL || outs == NULL || lens == NULL ||
+        n == 0 || n > RECIPIENTS_MAX)
         return HSM_ERR_ARGS;
+    for (i = 0; i < n; i++)
+        if (wrap_algs[i] != HSM_KT_RSA_OAEP_SHA1 && wrap_algs[i] != HSM_KT_RSA_OAEP_SHA256 &&
+            wrap_algs[i] != HSM_KT_RSA_PKCS1V15)
+            return HSM_ERR_ARGS;
     if ((err = check_unwrap_input(in)) != HSM_OK)
         return err;
     memset(&ra, 0, sizeof(ra));
     ra.in = in;
-    ra.out_hash = out_hash;
+    ra.wrap_algs = wrap_algs;
     ra.spki = spki;
     ra.spki_len = spki_len;
     ra.n = n;
     ra.outs = outs;
     ra.lens = lens;
+    if (in->rewrap != HSM_REWRAP_SOFTWARE && needs_soft_v15(ctx, wrap_algs, n))
+        ra.software = true;
     return hsm_run(ctx, op_rewrap_pub, &ra);
+}
+
+hsm_err hsm_rewrap_to_public_keys(hsm_ctx *ctx, const hsm_unwrap_input *in, hsm_oaep_hash out_hash,
+                                  const unsigned char *const *spki, const size_t *spki_len, size_t n,
+                                  unsigned char **outs, size_t *lens)
+{
+    hsm_kt_alg *algs;
+    hsm_err err;
+
+    if (out_hash != HSM_OAEP_SHA1 && out_hash != HSM_OAEP_SHA256) {
+        hsm_clear_detail();
+        return HSM_ERR_ARGS;
+    }
+    if (n == 0 || n > RECIPIENTS_MAX)
+        return hsm_rewrap_to_recipients(ctx, in, NULL, spki, spki_len, n, outs, lens);
+    if ((algs = malloc(n * sizeof(*algs))) == NULL)
+        return HSM_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        algs[i] = out_hash == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1;
+    err = hsm_rewrap_to_recipients(ctx, in, algs, spki, spki_len, n, outs, lens);
+    free(algs);
+    return err;
 }
 
 /* ---- group-secret: re-wrap under a token AES key ------------------------------ */
@@ -912,7 +1035,8 @@ static hsm_err op_wrap_secret(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
     if ((err = hsm_key_handle(ctx, s, wa->secret, &h)) != HSM_OK)
         return err;
-    return wrap_to_spki(ctx, s, h, wa->hash, wa->spki, wa->spki_len, &wa->out, &wa->outlen);
+    return wrap_to_spki(ctx, s, h, wa->hash == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1,
+                        wa->spki, wa->spki_len, &wa->out, &wa->outlen);
 }
 
 hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_hash hash,

@@ -102,9 +102,17 @@ hsm_err hsm_recipient_rsa_pubkey(const unsigned char *spki, size_t spki_len, EVP
 hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oaep_hash hash,
                               const unsigned char *msg, size_t len, unsigned char **out, size_t *outlen)
 {
+    return hsm_soft_rsa_encrypt(spki, spki_len, hash == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1,
+                                msg, len, out, outlen);
+}
+
+hsm_err hsm_soft_rsa_encrypt(const unsigned char *spki, size_t spki_len, hsm_kt_alg alg, const unsigned char *msg,
+                             size_t len, unsigned char **out, size_t *outlen)
+{
     EVP_PKEY *pkey = NULL;
     EVP_PKEY_CTX *pc = NULL;
-    const EVP_MD *md = hash == HSM_OAEP_SHA256 ? EVP_sha256() : EVP_sha1();
+    const EVP_MD *md = alg == HSM_KT_RSA_OAEP_SHA256 ? EVP_sha256() : EVP_sha1();
+    bool v15 = alg == HSM_KT_RSA_PKCS1V15;
     unsigned char *buf = NULL;
     size_t blen = 0;
     hsm_err err = HSM_ERR_PUBLIC_KEY;
@@ -115,12 +123,13 @@ hsm_err hsm_soft_oaep_encrypt(const unsigned char *spki, size_t spki_len, hsm_oa
         return err;
     err = HSM_ERR_NOMEM;
     if ((pc = EVP_PKEY_CTX_new(pkey, NULL)) == NULL || EVP_PKEY_encrypt_init(pc) != 1 ||
-        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING) != 1 || EVP_PKEY_CTX_set_rsa_oaep_md(pc, md) != 1 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(pc, md) != 1 || EVP_PKEY_encrypt(pc, NULL, &blen, msg, len) != 1 ||
-        blen == 0 || blen > RSA_OUT_MAX || (buf = malloc(blen)) == NULL)
+        EVP_PKEY_CTX_set_rsa_padding(pc, v15 ? RSA_PKCS1_PADDING : RSA_PKCS1_OAEP_PADDING) != 1 ||
+        (!v15 && (EVP_PKEY_CTX_set_rsa_oaep_md(pc, md) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pc, md) != 1)) ||
+        EVP_PKEY_encrypt(pc, NULL, &blen, msg, len) != 1 || blen == 0 || blen > RSA_OUT_MAX ||
+        (buf = malloc(blen)) == NULL)
         goto out;
     if (EVP_PKEY_encrypt(pc, buf, &blen, msg, len) != 1) {
-        hsm_set_detail("RSA-OAEP encryption to the recipient key failed");
+        hsm_set_detail("%s encryption to the recipient key failed", v15 ? "RSA PKCS#1 v1.5" : "RSA-OAEP");
         err = HSM_ERR_PUBLIC_KEY;
         goto out;
     }

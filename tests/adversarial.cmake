@@ -19,11 +19,18 @@ gs_adversarial_test(slowloris server-slowloris.sh)
 # made anew with SIGHUP: refusals, honest /healthz, recovery, audit verify.
 gs_adversarial_test(audit_disk server-audit-disk.sh)
 # The SoftHSM token directory moved away under load and back: refusals and
-# a /healthz that tells the truth (it checks the token's objects).
+# a /healthz that tells the truth (it checks the token's objects), then
+# service again from the same process, driven by key requests alone.
 gs_adversarial_test(token_vanish server-token-vanish.sh)
 # The malformed-input corpus and non-member requests make no token call at
 # all (tests/p11fault counts every PKCS#11 call).
 gs_adversarial_test(malformed_count server-malformed-count.sh $<TARGET_FILE:p11fault>)
-# Strict HTTP framing: two Content-Length headers refused and closed; a body
+# Strict HTTP framing: two Content-Length headers, or Transfer-Encoding beside
+# Content-Length, twice or not "chunked", refused and closed; a body
 # far over the cap always gets its 413, never a reset (lingering close).
 gs_adversarial_test(strict_http server-strict-http.sh)
+# A client that pipelines requests and never reads the answers is closed
+# once it is a whole request ahead (memory per connection stays bounded);
+# the descriptor limit is raised at start, and running out of descriptors
+# rests the listeners instead of a busy accept loop.
+gs_adversarial_test(exhaustion server-exhaustion.sh)

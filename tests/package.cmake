@@ -5,7 +5,7 @@ add_test(NAME package_install_tree
   COMMAND bash ${GS_TEST_DIR}/integration/package-install-tree.sh ${CMAKE_BINARY_DIR} ${PROJECT_SOURCE_DIR}
           ${CMAKE_INSTALL_PREFIX})
 set_tests_properties(package_install_tree PROPERTIES LABELS "integration" TIMEOUT 120
-  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}" RESOURCE_LOCK gs_system_packages)
 
 # The Debian packages: built from this tree with dpkg-buildpackage and
 # checked by lintian (package_deb_build), then installed on this machine,

@@ -17,10 +17,11 @@ if(TARGET gs_groupsrv_core)
   set_tests_properties(unit_policy PROPERTIES LABELS "unit")
 
   add_executable(test_store ${GS_TEST_DIR}/unit/test_store.c)
-  target_link_libraries(test_store PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
+  target_link_libraries(test_store PRIVATE gs_pgtest gs_groupsrv_core PkgConfig::CMOCKA)
   gs_target_warnings(test_store)
   target_compile_options(test_store PRIVATE -Wno-comment)
-  add_test(NAME unit_store COMMAND test_store)
+  # The same cases on SQLite and on a private PostgreSQL started for the run.
+  add_test(NAME unit_store COMMAND bash ${GS_TEST_DIR}/lib/pg.sh run $<TARGET_FILE:test_store>)
   set_tests_properties(unit_store PROPERTIES LABELS "unit" ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 endif()
 

@@ -22,6 +22,8 @@ struct gcache_group {
     char name[GS_NAME_MAX + 1];
     gs_group *g;
     uint64_t used;
+    unsigned kts;  /* GCACHE_KT_* bits the current key accepts; with kts_known */
+    int kts_known;
 };
 
 struct gcache_pkey {
@@ -103,6 +105,12 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     c->tick++;
     for (size_t i = 0; i < GCACHE_GROUPS; i++) {
         if (c->groups[i].g != NULL && strcmp(c->groups[i].name, name) == 0) {
+            if (gs_group_lacks_keys(c->groups[i].g)) {
+                /* every thread looks again for a version its token lacked */
+                gs_group_free(c->groups[i].g);
+                c->groups[i].g = NULL;
+                break;
+            }
             c->groups[i].used = c->tick;
             *out = c->groups[i].g;
             return GS_OK;
@@ -127,8 +135,60 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     util_strlcpy(slot->name, name, sizeof(slot->name));
     slot->g = g;
     slot->used = c->tick;
+    /* a reused slot must not answer with the last group's probe */
+    slot->kts = 0;
+    slot->kts_known = 0;
     *out = g;
     return GS_OK;
+}
+
+/* A probe's answer is about the key only when the token gave one: the
+ * mechanism or the key's policy refused, or it worked. Anything else (a
+ * device error, a session lost) says nothing and must not be cached. */
+static int kt_probe(hsm_ctx *hsm, hsm_key *key, hsm_kt_alg alg, int *definite)
+{
+    hsm_err err = hsm_check_kt_alg(hsm, key, alg);
+
+    if (err != HSM_OK && err != HSM_ERR_MECHANISM && err != HSM_ERR_KEY_POLICY)
+        *definite = 0;
+    return err == HSM_OK;
+}
+
+unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g)
+{
+    struct gcache_group *slot = NULL;
+    const gs_group_key_ref *cur = gs_group_current_key(g);
+    unsigned kts = 0;
+    int definite = 1;
+
+    /* No current version, or one this token does not hold yet (a replica
+     * before the ceremony reached it): nothing can be said, and a list of
+     * OAEP alone would make exploders refuse every v1.5 sender. */
+    if (cur == NULL || cur->key == NULL)
+        return 0;
+    if (cur->type != HSM_KEYTYPE_RSA)
+        return GCACHE_KT_ECDH;
+    for (size_t i = 0; c != NULL && i < GCACHE_GROUPS; i++)
+        if (c->groups[i].g == g)
+            slot = &c->groups[i];
+    if (slot != NULL && slot->kts_known)
+        return slot->kts;
+    /* OAEP with SHA-1 is what every group key is made for; SHA-256 and
+     * v1.5 depend on the token and the key's policy: ask it once per load
+     * (a probe closes the session it used, so not per request). */
+    kts = GCACHE_KT_OAEP;
+    if (kt_probe(hsm, cur->key, HSM_KT_RSA_OAEP_SHA256, &definite))
+        kts |= GCACHE_KT_OAEP256;
+    if (gs_group_info(g)->allow_pkcs1v15 && gs_group_reject_key(g) != NULL &&
+        kt_probe(hsm, cur->key, HSM_KT_RSA_PKCS1V15, &definite))
+        kts |= GCACHE_KT_PKCS1V15;
+    if (!definite)
+        return 0;
+    if (slot != NULL) {
+        slot->kts = kts;
+        slot->kts_known = 1;
+    }
+    return kts;
 }
 
 /* The DER SubjectPublicKeyInfo of a PEM certificate (caller frees). */

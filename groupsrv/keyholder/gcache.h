@@ -22,6 +22,7 @@
 
 #include "groups.h"
 #include "hsm.h"
+#include "ipc.h"
 #include "store.h"
 
 typedef struct gcache gcache;
@@ -45,6 +46,17 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
  * explain (key missing from the token): reload on the next request. Does
  * not free anything now (the current request may still use the group). */
 void gcache_mark_stale(gcache *c);
+
+/* Key transports the group's current key accepts (GCACHE_KT_* bits), for
+ * the discovery answer: RSA-OAEP always, RSA-OAEP-256 where the token has
+ * it, PKCS#1 v1.5 where the group allows it; ECDH for EC keys. Probed on
+ * the token once per cached load of g. 0 bits, not cached, when nothing
+ * can be said now: no current key, a current version this token does not
+ * hold yet (a replica), or a probe that failed for another reason than
+ * the mechanism or the key's policy. */
+enum { GCACHE_KT_OAEP = IPC_KT_OAEP, GCACHE_KT_OAEP256 = IPC_KT_OAEP256, GCACHE_KT_PKCS1V15 = IPC_KT_PKCS1V15,
+       GCACHE_KT_ECDH = IPC_KT_ECDH };
+unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g);
 
 /* 1 when spki (DER SubjectPublicKeyInfo, as the network process read it
  * from the caller's certificate) is the public key of the certificate in

@@ -481,6 +481,14 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 static void key_audit_row(void *arg, const gs_key_audit_row *row)
 {
     unsigned *bad = arg;
+    if (!row->ok && !row->present && (row->version > 0 || strcmp(row->kind, "reject") == 0)) {
+        /* A key version (or a group's rejection key) this token lacks:
+         * servers on one shared database whose tokens get keys by the
+         * ceremony. Served as 503 key_unavailable, not fatal. */
+        log_warn("key version missing from this token kind=%s group=%s version=%u label=%s", row->kind, row->group,
+                 row->version, row->label);
+        return;
+    }
     if (!row->ok) {
         log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
         (*bad)++;
@@ -522,16 +530,27 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     gs_err ge;
     int rc = -1;
 
-    /* The audit log first: without it nothing may be served. */
-    char *dup = strdup(cfg->audit.path);
-    if (dup == NULL)
-        return -1;
-    util_mkdir_p(dirname(dup), 0700);
-    free(dup);
-    audit_err ae = audit_open(cfg->audit.path, &kh->audit);
-    if (ae != AUDIT_OK) {
-        fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
-        return -1;
+    /* The audit log first: without it nothing may be served. With
+     * [audit] store = db the key holder's own connection writes this
+     * instance's chain in the database's audit table. */
+    if (strcmp(cfg->audit.store, "db") == 0) {
+        audit_err ae = audit_open_db(gs_config_db_location(cfg), cfg->server.instance, &kh->audit);
+        if (ae != AUDIT_OK) {
+            fprintf(stderr, "groupsrv serve: audit table (instance %s): %s: %s\n", cfg->server.instance,
+                    audit_strerror(ae), gs_err_detail());
+            return -1;
+        }
+    } else {
+        char *dup = strdup(cfg->audit.path);
+        if (dup == NULL)
+            return -1;
+        util_mkdir_p(dirname(dup), 0700);
+        free(dup);
+        audit_err ae = audit_open(cfg->audit.path, &kh->audit);
+        if (ae != AUDIT_OK) {
+            fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
+            return -1;
+        }
     }
     /* A session per token worker, plus one for the odd call between. */
     hcfg = *cfg;
@@ -550,8 +569,10 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                  caps.max_sessions);
         *workers = (unsigned)caps.max_sessions;
     }
-    if ((ge = gs_store_open(cfg->db.path, 0, &st)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: database %s: %s\n", cfg->db.path,
+    if ((ge = gs_store_open(gs_config_db_location(cfg), 0, &st)) != GS_OK) {
+        char where[1100];
+        gs_store_location_display(gs_config_db_location(cfg), where, sizeof(where));
+        fprintf(stderr, "groupsrv serve: database %s: %s\n", where,
                 gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
         goto out;
     }
@@ -567,9 +588,9 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         fprintf(stderr, "groupsrv serve: key audit: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
         goto out;
     }
-    if (problems > 0) {
+    if (bad_rows > 0) {
         fprintf(stderr, "groupsrv serve: %u token key(s) violate their policy (see groupsrv check); refusing to start\n",
-                problems);
+                bad_rows);
         goto out;
     }
     if (kh_tls_key_load(kh, err, sizeof(err)) != 0) {

@@ -40,6 +40,108 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* ---- the token's health ---------------------------------------------------------- */
+
+/* The token answers and still holds its objects. */
+static hsm_err token_check(struct kh *kh)
+{
+    hsm_key_info ki;
+    hsm_err he = hsm_ping(kh->hsm);
+
+    if (he != HSM_OK || kh->ca == NULL)
+        return he;
+    return hsm_key_get_info(kh->hsm, gs_ca_key(kh->ca), &ki);
+}
+
+#define OBJECTS_REINIT_MAX 30.0 /* seconds between re-initialisations while objects stay missing */
+static pthread_mutex_t objects_mu = PTHREAD_MUTEX_INITIALIZER;
+static double objects_reinit_at, objects_reinit_gap; /* next allowed; the gap after it */
+
+/* A token whose objects vanished (a SoftHSM token directory moved away)
+ * answers a ping but fails every key request; the local CA's private key
+ * stands for the objects (group keys are made beside it). Without a CA
+ * only the ping. SoftHSM finds objects that come back only when the module
+ * is initialised again, so while the CA key is missing the module is
+ * initialised again and the check repeated: at once, then after 1, 2, 4
+ * ... at most 30 seconds while they stay missing (each one makes every
+ * operation wait a moment, and the logins start over). */
+static hsm_err token_health(struct kh *kh)
+{
+    hsm_err he = token_check(kh);
+    double now = now_s();
+    int reinit;
+
+    pthread_mutex_lock(&objects_mu);
+    if (he == HSM_OK)
+        objects_reinit_at = objects_reinit_gap = 0;
+    reinit = he == HSM_ERR_KEY_NOT_FOUND && now >= objects_reinit_at;
+    if (reinit) {
+        objects_reinit_at = now + objects_reinit_gap;
+        objects_reinit_gap = objects_reinit_gap < 1 ? 1 : objects_reinit_gap * 2;
+        if (objects_reinit_gap > OBJECTS_REINIT_MAX)
+            objects_reinit_gap = OBJECTS_REINIT_MAX;
+    }
+    pthread_mutex_unlock(&objects_mu);
+    if (reinit && hsm_module_reinit(kh->hsm) == HSM_OK)
+        he = token_check(kh);
+    return he;
+}
+
+/* /healthz needs no certificate and load balancers probe it often, while a
+ * check costs about 26 token calls (the CA key's lookup) and an audit room
+ * check under the audit log's lock. One check serves every probe for
+ * HEALTH_TTL seconds, so probes cannot load the token or the audit disk;
+ * while one runs, the others answer the last result instead of queueing on
+ * the token, unless it is older than HEALTH_STALE (a check that hangs must
+ * not hide a hung token behind an old "ok"). */
+#define HEALTH_TTL 1.0
+#define HEALTH_STALE 5.0
+static pthread_mutex_t health_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    int valid, running;
+    double at; /* now_s() when the last check ended */
+    hsm_err token;
+    audit_err audit;
+} health;
+
+static void kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
+{
+    double now = now_s();
+    int check;
+
+    pthread_mutex_lock(&health_mu);
+    check = !health.valid || (now - health.at >= HEALTH_TTL && (!health.running || now - health.at >= HEALTH_STALE));
+    if (check)
+        health.running = 1;
+    *token = health.token;
+    *audit = health.audit;
+    pthread_mutex_unlock(&health_mu);
+    if (!check)
+        return;
+    *token = token_health(kh);
+    *audit = audit_check(kh->audit);
+    pthread_mutex_lock(&health_mu);
+    health.valid = 1;
+    health.running = 0;
+    health.at = now_s();
+    health.token = *token;
+    health.audit = *audit;
+    pthread_mutex_unlock(&health_mu);
+}
+
+/* A key request found the token unreachable or its objects missing: the
+ * health check (at most once a second), whose recovery re-initialises the
+ * module while the objects stay missing, so service comes back also when
+ * nobody probes /healthz. Returns the token's state. */
+static hsm_err token_unavailable(struct kh *kh)
+{
+    hsm_err he;
+    audit_err ae;
+
+    kh_health(kh, &he, &ae);
+    return he;
+}
+
 /* ---- answers ----------------------------------------------------------------- */
 
 static void answer_begin(struct kh_job *j, uint32_t status)
@@ -113,8 +215,20 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
     case GS_ERR_TOKEN:
         metrics_token_error();
         log_error("token failure op=%s detail=%s", what, gs_err_detail());
+        (void)token_unavailable(j->kh);
         answer_token_unavailable(j);
         return;
+    case GS_ERR_DB_UNAVAILABLE: {
+        /* PostgreSQL down or failing over: no answer without the
+         * membership check; the store reconnects on a later request. One
+         * log line a second: an outage under load is thousands of these. */
+        static atomic_long last_logged;
+        long now = (long)now_s(), prev = atomic_load(&last_logged);
+        if (now != prev && atomic_compare_exchange_strong(&last_logged, &prev, now))
+            log_warn("database unavailable op=%s detail=%s", what, gs_err_detail());
+        answer_retry(j, 503, 5, "db_unavailable", "the database is not reachable; try again later");
+        return;
+    }
     case GS_ERR_DB:
     case GS_ERR_IO:
         log_error("store failure op=%s detail=%s", what, gs_err_detail());
@@ -418,9 +532,30 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
         return item_fail(r, 400, "unsupported_algorithm", "the token does not support this algorithm");
     if (err == HSM_ERR_PUBLIC_KEY)
         return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
-    if (hsm_err_unavailable(err))
+    if (hsm_err_unavailable(err)) {
+        (void)token_unavailable(w->kh);
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
+    }
     return item_fail(r, 500, "internal", "token operation failed");
+}
+
+/* A key version recorded in the shared database but missing from this
+ * instance's token (a token not yet given a newer key by the ceremony):
+ * 503 key_unavailable for this version only, the group keeps working with
+ * the versions it has; the group is reloaded next time, so a key imported
+ * meanwhile is found. A token that lost its objects lacks every version:
+ * that is the token's failure (token_unavailable), not a copy still due. */
+static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned version, const char *what)
+{
+    gcache_mark_stale(w->gc);
+    if (token_unavailable(w->kh) != HSM_OK) {
+        metrics_token_error();
+        log_error("token lost its objects op=%s detail=%s", what, hsm_last_error_detail());
+        return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
+    }
+    log_warn("key version not on this token kind=%s version=%u (groupsrv check lists them)", what, version);
+    return item_fail(r, 503, "key_unavailable", "%s version %u is not on this server's token; try another server",
+                     what, version);
 }
 
 static const unsigned deliver_bits[] = {0, GS_METHOD_TLS, GS_METHOD_RECIPIENT_KEY, GS_METHOD_GROUP_SECRET};
@@ -428,7 +563,7 @@ static const char *const deliver_names[] = {"", "tls", "recipient-key", "group-s
 
 /* One item's input, as sent and then checked here against the group. */
 struct item_in {
-    uint32_t deliver, alg, flags;
+    uint32_t deliver, alg, flags, cek_len;
     const gs_group_key_ref *ref;
     hsm_unwrap_input in;
     hsm_ecdh_input ecdh;
@@ -461,6 +596,7 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
     u->deliver = deliver;
     u->alg = ipc_u32(it, IPC_T_ALG, 0);
     u->flags = ipc_u32(it, IPC_T_FLAGS, 0);
+    u->cek_len = cek_len;
     if (u->alg < IPC_ALG_OAEP_SHA1 || u->alg > IPC_ALG_ECDH)
         return item_fail(r, 400, "unsupported_algorithm", "unsupported key transport algorithm");
     if (cek_len != 0 && cek_len != 16 && cek_len != 24 && cek_len != 32)
@@ -503,16 +639,35 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
     return 0;
 }
 
-/* Re-wrapping unwraps into a session secret key. A RecipientInfo does not
- * say how long the content key is; for OAEP a zero expected_len lets the
- * token take the key at its own length (one RSA operation, whatever the
- * content cipher). PKCS#1 v1.5 must know the length to make its
- * implicit-rejection substitute: AES-256 unless the caller said
- * "key_length". SoftHSM 2.6 wraps out only with OAEP SHA-1. */
-static void default_length(hsm_unwrap_input *in)
+#define MSG_V15_REFUSED "PKCS#1 v1.5 key transport is not allowed for this group"
+#define MSG_LEN_REQUIRED                                                                                     \
+    "PKCS#1 v1.5 key transport needs \"content_algorithm\" (or \"key_length\"): the content key's length is " \
+    "never guessed"
+
+/* The key and the policy of an RSA item: a version this token lacks is
+ * 503 key_unavailable. A RecipientInfo does not say how long the content
+ * key is: the client's "content_algorithm" (or "key_length") does. For
+ * OAEP without it the token takes the key at its own length; PKCS#1 v1.5
+ * needs it for the implicit-rejection substitute and is refused without
+ * it, never guessed, and refused altogether where the group does not
+ * allow it (503 where it does but this token lacks the rejection key yet:
+ * another server can answer, a 400 would make exploders bounce the mail
+ * for good). 0, or -1 with r filled. */
+static int rsa_input(struct kh_worker *w, gs_group *g, struct item_in *u, struct item_res *r)
 {
-    if (in->alg == HSM_KT_RSA_PKCS1V15 && in->expected_len == 0)
-        in->expected_len = 32;
+    if (u->ref->key == NULL)
+        return key_unavailable(w, r, u->ref->version, "group key");
+    if (u->alg != IPC_ALG_PKCS1V15)
+        return 0;
+    const gs_store_group *gi = gs_group_info(g);
+    if (gi->allow_pkcs1v15 && gs_group_reject_key(g) == NULL && gi->reject_label != NULL && gi->reject_sealed == NULL)
+        return key_unavailable(w, r, u->ref->version, "rejection key for group key");
+    if (!gi->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
+        return item_fail(r, 400, "algorithm_not_allowed", MSG_V15_REFUSED);
+    if (u->cek_len == 0)
+        return item_fail(r, 400, "content_algorithm_required", MSG_LEN_REQUIRED);
+    u->in.reject_key = gs_group_reject_key(g);
+    return 0;
 }
 
 /* An RSA ciphertext is exactly as long as the modulus (RFC 8017 7.1.2,
@@ -536,23 +691,25 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     hsm_err he = HSM_OK;
     double t0 = now_s();
 
-    if (u->alg == IPC_ALG_PKCS1V15) {
-        /* v1.5 only where the group allows it, and then only through
-         * implicit rejection (a substitute key on bad padding). */
-        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
-            return item_fail(r, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
-        u->in.reject_key = gs_group_reject_key(g);
-    }
-    default_length(&u->in);
+    if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL)
+        return key_unavailable(w, r, u->ref->version, "group key");
+    if (u->alg != IPC_ALG_ECDH && rsa_input(w, g, u, r) != 0)
+        return -1;
     if (u->alg == IPC_ALG_ECDH && u->deliver != IPC_DELIVER_TLS)
         return item_fail(r, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
     if (u->alg != IPC_ALG_ECDH && !rsa_ciphertext_len_ok(u->ref, u->in.encrypted_key_len))
         return item_fail(r, 400, "unwrap_failed", "the key could not be unwrapped");
     switch (u->deliver) {
     case IPC_DELIVER_TLS:
-        if (u->alg == IPC_ALG_ECDH)
+        if (u->alg == IPC_ALG_ECDH) {
             he = hsm_ecdh_decrypt_content_key(hsm, &u->ecdh, r->key, sizeof(r->key), &r->key_len);
-        else
+            /* a key of another length than the content algorithm's is no key */
+            if (he == HSM_OK && u->cek_len != 0 && r->key_len != u->cek_len) {
+                OPENSSL_cleanse(r->key, sizeof(r->key));
+                r->key_len = 0;
+                he = HSM_ERR_DECRYPT;
+            }
+        } else
             he = hsm_decrypt_content_key(hsm, &u->in, r->key, sizeof(r->key), &r->key_len);
         metrics_unwrap_latency(now_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "decrypt");
@@ -568,6 +725,8 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     case IPC_DELIVER_GROUP_SECRET:
         if ((r->secret = gs_group_current_secret(g)) == NULL)
             return item_fail(r, 403, "method_not_allowed", "the group has no secret key");
+        if (r->secret->key == NULL)
+            return key_unavailable(w, r, r->secret->version, "secret key");
         he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
         metrics_unwrap_latency(now_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap-secret");
@@ -704,8 +863,10 @@ static int cert_spki(X509 *cert, unsigned char **der, size_t *len)
 }
 
 /* Every current member or admin with an RSA certificate on record gets a
- * KeyTransRecipientInfo: the content key is unwrapped once inside the
- * token and wrapped to each of them there. */
+ * KeyTransRecipientInfo, named by their address in the answer: the content
+ * key is unwrapped once inside the token and wrapped to each of them
+ * there, with what their client decrypts (their own wrap, else the
+ * group's: PKCS#1 v1.5 unless set to OAEP). */
 static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, struct item_in *u, struct item_res *r,
                           size_t *recipients)
 {
@@ -714,6 +875,8 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
     X509 **certs = NULL;
     unsigned char **spki = NULL, **outs = NULL;
     size_t *spki_len = NULL, *out_lens = NULL;
+    hsm_kt_alg *wraps = NULL;
+    const char **emails = NULL;
     int rc = -1;
 
     *recipients = 0;
@@ -725,10 +888,12 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
     if ((certs = calloc(nmembers + 1, sizeof(*certs))) == NULL || (spki = calloc(nmembers + 1, sizeof(*spki))) == NULL ||
         (spki_len = calloc(nmembers + 1, sizeof(*spki_len))) == NULL ||
         (outs = calloc(nmembers + 1, sizeof(*outs))) == NULL ||
-        (out_lens = calloc(nmembers + 1, sizeof(*out_lens))) == NULL) {
+        (out_lens = calloc(nmembers + 1, sizeof(*out_lens))) == NULL ||
+        (wraps = calloc(nmembers + 1, sizeof(*wraps))) == NULL || (emails = calloc(nmembers + 1, sizeof(*emails))) == NULL) {
         item_fail(r, 500, "internal", "out of memory");
         goto out;
     }
+    gs_wrap group_wrap = gs_group_info(g)->member_wrap;
     /* Readers with an RSA certificate on record; exploders never get keys. */
     for (size_t i = 0; i < nmembers; i++) {
         X509 *x = NULL;
@@ -740,22 +905,20 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
             X509_free(x);
             continue;
         }
+        gs_wrap wr = members[i].wrap != GS_WRAP_DEFAULT ? members[i].wrap : group_wrap;
+        wraps[n] = wr == GS_WRAP_OAEP ? HSM_KT_RSA_OAEP_SHA1 : HSM_KT_RSA_PKCS1V15;
+        emails[n] = members[i].email;
         certs[n++] = x;
     }
-    if (u->alg == IPC_ALG_PKCS1V15) {
-        if (!gs_group_info(g)->allow_pkcs1v15 || gs_group_reject_key(g) == NULL) {
-            item_fail(r, 400, "algorithm_not_allowed", "PKCS#1 v1.5 key transport is not allowed for this group");
-            goto out;
-        }
-        u->in.reject_key = gs_group_reject_key(g);
-    }
-    default_length(&u->in);
+    /* The same order as an unwrap: a key not here first, then the input. */
+    if (rsa_input(w, g, u, r) != 0)
+        goto out;
     answer_begin(j, 200);
     ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, u->ref->version);
     if (n > 0) {
         double t0 = now_s();
-        hsm_err he = hsm_rewrap_to_public_keys(w->kh->hsm, &u->in, HSM_OAEP_SHA1, (const unsigned char *const *)spki,
-                                               spki_len, n, outs, out_lens);
+        hsm_err he = hsm_rewrap_to_recipients(w->kh->hsm, &u->in, wraps, (const unsigned char *const *)spki, spki_len,
+                                              n, outs, out_lens);
         metrics_unwrap_latency(now_s() - t0);
         if (he != HSM_OK) {
             hsm_item_fail(w, r, he, "rewrap-members");
@@ -764,11 +927,13 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
         for (size_t i = 0; i < n; i++) {
             unsigned char *der = NULL;
             size_t dl = 0;
-            if (env_ktri_build(certs[i], ENV_KT_RSA_OAEP_SHA1, outs[i], out_lens[i], &der, &dl) != ENV_OK) {
+            env_kt_alg ka = wraps[i] == HSM_KT_RSA_PKCS1V15 ? ENV_KT_RSA_PKCS1V15 : ENV_KT_RSA_OAEP_SHA1;
+            if (env_ktri_build(certs[i], ka, outs[i], out_lens[i], &der, &dl) != ENV_OK) {
                 item_fail(r, 500, "internal", "could not build a RecipientInfo");
                 goto out;
             }
             ipc_put_bytes(&j->reply, IPC_T_DER, der, dl);
+            ipc_put_str(&j->reply, IPC_T_EMAIL, emails[i]);
             free(der);
         }
     }
@@ -785,6 +950,8 @@ out:
     free(spki_len);
     free(outs);
     free(out_lens);
+    free(wraps);
+    free(emails);
     gs_store_member_list_free(members, nmembers);
     return rc;
 }
@@ -890,6 +1057,14 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
         const gs_group_secret_ref *s = gs_group_secret_at(g, i);
         unsigned char *wk = NULL;
         size_t wl = 0;
+        if (s->key == NULL) {
+            /* a version this instance's token lacks (the cache reloads the
+             * group next time); a token without its objects is down */
+            gcache_mark_stale(w->gc);
+            he = HSM_ERR_KEY_NOT_FOUND;
+            outcome = token_unavailable(w->kh) == HSM_OK ? "key_unavailable" : "token_error";
+            break;
+        }
         if ((he = hsm_wrap_secret_key_to_public(w->kh->hsm, s->key, HSM_OAEP_SHA1, c.spki, c.spki_len, &wk, &wl)) !=
             HSM_OK) {
             outcome = "token_error";
@@ -912,14 +1087,18 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
                         .key_version = -1, .method = "recipient-key", .outcome = outcome};
     if (job_audit_or_fail(j, &rec) != 0)
         goto out;
-    if (he != HSM_OK) {
+    if (he != HSM_OK && strcmp(outcome, "key_unavailable") == 0) {
+        answer_retry(j, 503, 5, "key_unavailable", "a secret key version is not on this server's token");
+    } else if (he != HSM_OK) {
         metrics_token_error();
         gcache_mark_stale(w->gc);
         log_error("token operation failed op=wrap-secret err=%s detail=%s", hsm_strerror(he), hsm_last_error_detail());
         if (he == HSM_ERR_PUBLIC_KEY)
             answer_error(j, 400, "unsupported_certificate_key", "secret keys are wrapped to RSA certificate keys only");
-        else if (hsm_err_unavailable(he))
+        else if (hsm_err_unavailable(he)) {
+            (void)token_unavailable(w->kh);
             answer_token_unavailable(j);
+        }
         else
             answer_error(j, 500, "internal", "token operation failed");
     } else if (status != 200) {
@@ -1232,6 +1411,12 @@ static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
     }
     ipc_put_str(&j->reply, IPC_T_KEY_POLICY, policy);
     free(policy);
+    ipc_put_u32(&j->reply, IPC_T_WRAP, (uint32_t)gi->member_wrap);
+    /* Probed on the token once per cached load; left out when the token
+     * cannot say now (clients then treat it as not said). */
+    unsigned kts = gcache_key_transports(w->gc, w->kh->hsm, g);
+    if (kts != 0)
+        ipc_put_u32(&j->reply, IPC_T_KEY_TRANSPORTS, kts);
     const gs_group_secret_ref *sec = gs_group_current_secret(g);
     if (sec != NULL) {
         ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, sec->version);
@@ -1251,21 +1436,17 @@ static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
  * vanished (a SoftHSM token directory moved away) answers a ping but fails
  * every key request; the local CA's private key stands for the objects
  * (group keys are made beside it). Without a CA only the ping. */
-static hsm_err token_health(struct kh *kh)
-{
-    hsm_key_info ki;
-    hsm_err he = hsm_ping(kh->hsm);
-
-    if (he != HSM_OK || kh->ca == NULL)
-        return he;
-    return hsm_key_get_info(kh->hsm, gs_ca_key(kh->ca), &ki);
-}
-
 static void op_health(struct kh_worker *w, struct kh_job *j)
 {
-    hsm_err he = token_health(w->kh);
-    audit_err ae = audit_check(w->kh->audit);
-    int db_ok = gs_store_schema_version(w->store) > 0;
+    hsm_err he;
+    audit_err ae;
+    uint64_t stamp = 0;
+
+    kh_health(w->kh, &he, &ae);
+    /* A real query: with PostgreSQL the database is another machine, and a
+     * load balancer must take this server out while it cannot reach it. */
+    gs_err de = gs_store_change_stamp(w->store, &stamp);
+    int db_ok = de == GS_OK;
 
     if (he != HSM_OK)
         metrics_token_error();
@@ -1273,6 +1454,12 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     ipc_put_str(&j->reply, IPC_T_TOKEN_STATE, he == HSM_OK ? "ok" : hsm_strerror(he));
     ipc_put_str(&j->reply, IPC_T_AUDIT_STATE, ae == AUDIT_OK ? "ok" : audit_strerror(ae));
     ipc_put_str(&j->reply, IPC_T_DB_STATE, db_ok ? "ok" : "unavailable");
+    if (he != HSM_OK || ae != AUDIT_OK || !db_ok)
+        ipc_put_str(&j->reply, IPC_T_CODE,
+                    he != HSM_OK                   ? "token_unavailable"
+                    : ae != AUDIT_OK               ? "audit_unavailable"
+                    : de == GS_ERR_DB_UNAVAILABLE  ? "db_unavailable"
+                                                   : "store_unavailable");
 }
 
 static void op_stats(struct kh_worker *w, struct kh_job *j)
@@ -1312,6 +1499,7 @@ static void put_member(ipc_buf *b, const gs_store_member *m, int with_cert)
     ipc_put_u32(b, IPC_T_ROLE, (uint32_t)m->role);
     ipc_put_u32(b, IPC_T_FLAGS, m->cert_pem != NULL ? IPC_FLAG_HAS_CERT : 0);
     ipc_put_u64(b, IPC_T_ADDED, (uint64_t)m->added);
+    ipc_put_u32(b, IPC_T_WRAP, (uint32_t)m->wrap);
     if (with_cert && m->cert_pem != NULL) {
         X509 *x = NULL;
         unsigned char *der = NULL;
@@ -1364,9 +1552,9 @@ static const char *member_email(struct kh_job *j)
  * record is written and the change was made; otherwise the answer is set
  * (the audit failure, or the change's error). */
 static int member_change_audited(struct kh_job *j, const char *action, const char *identity, const char *gname,
-                                 gs_err e, json_t *extra)
+                                 gs_err e, long key_version, json_t *extra)
 {
-    audit_record rec = {.action = action, .identity = identity, .group = gname, .key_version = -1,
+    audit_record rec = {.action = action, .identity = identity, .group = gname, .key_version = key_version,
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e), .extra = extra};
     int arc = job_audit_or_fail(j, &rec);
 
@@ -1407,20 +1595,30 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     if (type == IPC_MEMBER_DELETE) {
-        unsigned rotated = 0;
-        e = gs_member_remove(w->store, w->kh->hsm, w->kh->cfg, gname, email, &rotated);
-        if (member_change_audited(j, action, c.identity, gname, e,
-                                  json_pack("{s:s,s:I}", "member", email, "secret_rotated_to", (json_int_t)rotated)) != 0)
+        gs_member_removal rm;
+        memset(&rm, 0, sizeof(rm));
+        e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
+        if (member_change_audited(j, action, c.identity, gname, e, rm.key_version ? (long)rm.key_version : -1,
+                                  json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to",
+                                            (json_int_t)rm.secret_version, "key_rotated_to",
+                                            (json_int_t)rm.key_version)) != 0)
             goto out;
         answer_begin(j, 200);
-        if (rotated)
-            ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, rotated);
+        if (rm.secret_version)
+            ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, rm.secret_version);
+        if (rm.key_version)
+            ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, rm.key_version);
         goto out;
     }
     /* PUT: create or replace. */
     gs_role role = (gs_role)ipc_u32(&j->msg, IPC_T_ROLE, GS_ROLE_MEMBER);
+    gs_wrap wrap = (gs_wrap)ipc_u32(&j->msg, IPC_T_WRAP, GS_WRAP_DEFAULT);
     const unsigned char *p;
     size_t n;
+    if (wrap != GS_WRAP_DEFAULT && wrap != GS_WRAP_OAEP && wrap != GS_WRAP_PKCS1V15) {
+        answer_error(j, 400, "bad_request", "\"wrap\" must be pkcs1v15, oaep or default");
+        goto out;
+    }
     if (role != GS_ROLE_MEMBER && role != GS_ROLE_EXPLODER && role != GS_ROLE_ADMIN) {
         answer_error(j, 400, "bad_request", "\"role\" must be member, exploder or admin");
         goto out;
@@ -1434,8 +1632,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         answer_gs_error(j, e, "member");
         goto out;
     }
-    e = gs_member_add(w->store, gname, email, role, cert);
-    if (member_change_audited(j, action, c.identity, gname, e,
+    e = gs_member_add_wrap(w->store, gname, email, role, cert, wrap);
+    if (member_change_audited(j, action, c.identity, gname, e, -1,
                               json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
         goto out;
     gs_store_member_free(m);
@@ -1471,10 +1669,19 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_request", "\"name\" (a group name) and \"address\" (an email) are required");
         goto out;
     }
+    uint32_t flags = ipc_u32(&j->msg, IPC_T_FLAGS, 0);
+    gs_wrap member_wrap = (gs_wrap)ipc_u32(&j->msg, IPC_T_WRAP, GS_WRAP_DEFAULT);
+    if (member_wrap != GS_WRAP_DEFAULT && member_wrap != GS_WRAP_OAEP && member_wrap != GS_WRAP_PKCS1V15) {
+        answer_error(j, 400, "bad_request", "\"member_wrap\" must be pkcs1v15 or oaep");
+        goto out;
+    }
+    /* Neither flag: RSA groups accept v1.5 (the default). */
     gs_group_spec spec = {.name = name, .address = address, .keyspec = ipc_str(&j->msg, IPC_T_KEYSPEC),
                           .methods = ipc_u32(&j->msg, IPC_T_METHODS, 0),
-                          .allow_pkcs1v15 = (ipc_u32(&j->msg, IPC_T_FLAGS, 0) & IPC_FLAG_PKCS1V15) != 0};
-    if (spec.methods & ~(unsigned)GS_METHODS_DEFAULT) {
+                          .allow_pkcs1v15 = (flags & IPC_FLAG_PKCS1V15) != 0,
+                          .oaep_only = (flags & IPC_FLAG_OAEP_ONLY) != 0, .member_wrap = member_wrap,
+                          .replicable = (flags & IPC_FLAG_REPLICABLE) != 0};
+    if (spec.methods & ~(unsigned)(GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY)) {
         answer_error(j, 400, "bad_request", "\"methods\" has an unknown method");
         goto out;
     }
@@ -1556,9 +1763,9 @@ void *kh_worker_init(void *arg, unsigned index)
         free(w);
         return NULL;
     }
-    if ((ge = gs_store_open(kh->cfg->db.path, 0, &w->store)) != GS_OK) {
-        log_error("cannot open the database path=%s err=%s detail=%s", kh->cfg->db.path, gs_strerror(ge),
-                  gs_err_detail());
+    if ((ge = gs_store_open(gs_config_db_location(kh->cfg), 0, &w->store)) != GS_OK) {
+        log_error("cannot open the database backend=%s err=%s detail=%s", kh->cfg->db.url ? "postgresql" : "sqlite",
+                  gs_strerror(ge), gs_err_detail());
         gcache_free(w->gc);
         free(w);
         return NULL;
@@ -1588,8 +1795,9 @@ void kh_job_run(void *worker, tq_job *tq)
     /* A database change seen by any worker moves the generation, so the
      * network process drops the group views it keeps. */
     uint64_t gen = atomic_load(&w->kh->gen);
-    if (gcache_refresh(w->gc, w->store, &changed) != GS_OK) {
-        answer_gs_error(j, GS_ERR_DB, "database");
+    gs_err re = gcache_refresh(w->gc, w->store, &changed);
+    if (re != GS_OK && j->msg.type != IPC_HEALTH) {
+        answer_gs_error(j, re, "database");
     } else {
         /* The generation this answer was made at: a later change moves it
          * past this value, so a view kept from this answer is refetched. */

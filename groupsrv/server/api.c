@@ -33,7 +33,7 @@
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static const char *method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert"};
+static const char *method_names[] = {"tls", "recipient-key", "group-secret", "membership-cert", "local-key"};
 
 static json_t *methods_json(unsigned m)
 {
@@ -198,6 +198,33 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
             goto out;
         }
         cek_len = (uint32_t)n;
+    }
+    json_t *jcalg = json_object_get(item, "content_algorithm");
+    if (jcalg != NULL) {
+        /* The message's content-encryption algorithm says how long its key
+         * is: what a RecipientInfo alone cannot tell. */
+        size_t kl = 0;
+        char q[80];
+        env_err ce = json_is_string(jcalg) ? env_content_alg_key_length(json_string_value(jcalg), &kl, NULL)
+                                           : ENV_ERR_ARGS;
+        if (ce == ENV_ERR_UNSUPPORTED) {
+            srv_err_set(e, 400, "unsupported_algorithm",
+                        "\"content_algorithm\" %s is not supported (AES-128/192/256 CBC or GCM, des-ede3-cbc, "
+                        "chacha20-poly1305, by name or OID)",
+                        log_quote(q, sizeof(q), json_string_value(jcalg)));
+            goto out;
+        }
+        if (ce != ENV_OK) {
+            srv_err_set(e, 400, "bad_request",
+                        "\"content_algorithm\" must be an OID or a name such as \"aes-128-cbc\" (at most 64 characters)");
+            goto out;
+        }
+        if (cek_len != 0 && cek_len != kl) {
+            srv_err_set(e, 400, "bad_request", "\"key_length\" %u contradicts \"content_algorithm\" (a %zu-byte key)",
+                        (unsigned)cek_len, kl);
+            goto out;
+        }
+        cek_len = (uint32_t)kl;
     }
     ipc_nest_begin(b, IPC_T_ITEM);
     ipc_put_u32(b, IPC_T_DELIVER, deliver);
@@ -627,15 +654,29 @@ static void rewrap_answer(struct srv_req *r, const ipc_msg *a)
         srv_reply_json(r, 200, o);
         return;
     }
-    json_t *arr = json_array();
+    /* One RecipientInfo per member, and who it is for, in the same order. */
+    json_t *arr = json_array(), *who = json_array();
     ipc_iter_init(&it, a, IPC_T_DER);
     while (arr != NULL && ipc_iter_next(&it, &v, NULL))
         if (json_array_append_new(arr, b64_json(v.p, v.len)) != 0) {
             json_decref(arr);
             arr = NULL;
         }
-    o = json_pack("{s:o?,s:I}", "recipient_infos", arr, "key_version", (json_int_t)ipc_u32(a, IPC_T_KEY_VERSION, 0));
-    if (arr == NULL || o == NULL) {
+    ipc_iter_init(&it, a, IPC_T_EMAIL);
+    while (who != NULL && ipc_iter_next(&it, &v, NULL))
+        if (json_array_append_new(who, json_string((const char *)v.p)) != 0) {
+            json_decref(who);
+            who = NULL;
+        }
+    if (arr != NULL && who != NULL && json_array_size(arr) != json_array_size(who)) {
+        json_decref(arr);
+        json_decref(who);
+        srv_reply_error(r, 500, "internal", "the key holder's answer is incomplete");
+        return;
+    }
+    o = json_pack("{s:o?,s:o?,s:I}", "recipient_infos", arr, "members", who, "key_version",
+                  (json_int_t)ipc_u32(a, IPC_T_KEY_VERSION, 0));
+    if (arr == NULL || who == NULL || o == NULL) {
         json_decref(o);
         srv_reply_error(r, 500, "internal", "out of memory");
         return;
@@ -676,8 +717,13 @@ static void rewrap_have_view(struct srv_req *r)
         srv_err_set(&e, 403, "method_not_allowed", "the group does not use a group secret key");
         goto refuse;
     }
-    /* Only the RecipientInfo: the exploder never chooses how keys go out. */
-    if ((item = json_pack("{s:O}", "recipient_info", json_object_get(body, "recipient_info"))) == NULL) {
+    /* Only the RecipientInfo and what says the content key's length: the
+     * exploder never chooses how keys go out. */
+    if ((item = json_pack("{s:O}", "recipient_info", json_object_get(body, "recipient_info"))) == NULL ||
+        (json_object_get(body, "content_algorithm") != NULL &&
+         json_object_set(item, "content_algorithm", json_object_get(body, "content_algorithm")) != 0) ||
+        (json_object_get(body, "key_length") != NULL &&
+         json_object_set(item, "key_length", json_object_get(body, "key_length")) != 0)) {
         srv_err_set(&e, 500, "internal", "out of memory");
         goto refuse;
     }
@@ -775,6 +821,25 @@ static void group_info_have_view(struct srv_req *r)
         json_object_set_new(o, "current_key_version", json_integer(cur->version));
     if (o != NULL && v->key_policy[0] != '\0')
         json_object_set_new(o, "key_policy", json_loads(v->key_policy, 0, NULL));
+    /* What a message may use to be unwrapped at all (the exploder refuses
+     * anything else at once, senders can check before sending); left out
+     * when the token could not say (clients treat it as not said). */
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } kt_names[] = {{IPC_KT_OAEP, "RSA-OAEP"},
+                    {IPC_KT_OAEP256, "RSA-OAEP-256"},
+                    {IPC_KT_PKCS1V15, "RSA-PKCS1-v1_5"},
+                    {IPC_KT_ECDH, "ECDH"}};
+    if (o != NULL && v->key_transports != 0) {
+        json_t *ktj = json_array();
+        for (size_t i = 0; ktj != NULL && i < GS_ARRAY_LEN(kt_names); i++)
+            if (v->key_transports & kt_names[i].bit)
+                json_array_append_new(ktj, json_string(kt_names[i].name));
+        json_object_set_new(o, "key_transports", ktj);
+    }
+    if (o != NULL)
+        json_object_set_new(o, "member_wrap", json_string(gs_wrap_name(v->member_wrap)));
     if (o != NULL && v->has_secret)
         json_object_set_new(o, "secret_version", json_integer(v->secret_version));
     if (o != NULL && cfg->certsrv.url != NULL)
@@ -816,10 +881,11 @@ static json_t *member_json(const ipc_msg *m, int with_cert)
 {
     const unsigned char *p;
     size_t len;
-    json_t *o = json_pack("{s:s,s:s,s:b,s:I}", "email", ipc_str(m, IPC_T_EMAIL), "role",
+    json_t *o = json_pack("{s:s,s:s,s:b,s:I,s:s}", "email", ipc_str(m, IPC_T_EMAIL), "role",
                           gs_role_name((gs_role)ipc_u32(m, IPC_T_ROLE, 0)), "has_certificate",
                           (ipc_u32(m, IPC_T_FLAGS, 0) & IPC_FLAG_HAS_CERT) != 0, "added",
-                          (json_int_t)ipc_u64(m, IPC_T_ADDED, 0));
+                          (json_int_t)ipc_u64(m, IPC_T_ADDED, 0), "wrap",
+                          gs_wrap_name((gs_wrap)ipc_u32(m, IPC_T_WRAP, GS_WRAP_DEFAULT)));
     if (o == NULL || !with_cert)
         return o;
     json_t *cert = json_null();
@@ -884,6 +950,8 @@ static void member_answer(struct srv_req *r, const ipc_msg *a)
         json_t *o = json_pack("{s:s}", "removed", r->param[1]);
         if (o != NULL && ipc_has(a, IPC_T_SECRET_VERSION))
             json_object_set_new(o, "secret_version", json_integer(ipc_u32(a, IPC_T_SECRET_VERSION, 0)));
+        if (o != NULL && ipc_has(a, IPC_T_KEY_VERSION))
+            json_object_set_new(o, "key_version", json_integer(ipc_u32(a, IPC_T_KEY_VERSION, 0)));
         srv_reply_json(r, 200, o);
         return;
     }
@@ -919,6 +987,7 @@ static void member_have_view(struct srv_req *r)
     unsigned char *der = NULL;
     size_t der_len = 0;
     gs_role role = GS_ROLE_MEMBER;
+    gs_wrap wrap = GS_WRAP_DEFAULT;
     srv_err e;
     ipc_buf b;
 
@@ -935,8 +1004,13 @@ static void member_have_view(struct srv_req *r)
             goto refuse;
         const char *role_s = srv_json_str(body, "role", &e);
         const char *pem = e.status ? NULL : srv_json_str(body, "certificate", &e);
+        const char *wrap_s = e.status ? NULL : srv_json_str(body, "wrap", &e);
         if (e.status != 0)
             goto refuse;
+        if (wrap_s != NULL && strcmp(wrap_s, "default") != 0 && gs_wrap_parse(wrap_s, &wrap) != GS_OK) {
+            srv_err_set(&e, 400, "bad_request", "\"wrap\" must be pkcs1v15, oaep or default");
+            goto refuse;
+        }
         if (role_s != NULL && gs_role_parse(role_s, &role) != GS_OK) {
             srv_err_set(&e, 400, "bad_request", "\"role\" must be member, exploder or admin");
             goto refuse;
@@ -952,6 +1026,7 @@ static void member_have_view(struct srv_req *r)
     ipc_put_str(&b, IPC_T_EMAIL, r->param[1]);
     if (cmd == EVHTTP_REQ_PUT) {
         ipc_put_u32(&b, IPC_T_ROLE, (uint32_t)role);
+        ipc_put_u32(&b, IPC_T_WRAP, (uint32_t)wrap);
         if (der != NULL)
             ipc_put_bytes(&b, IPC_T_CERT, der, der_len);
     }
@@ -1035,6 +1110,19 @@ static void h_group_create(struct srv_req *r)
         srv_err_set(&e, 400, "bad_request", "\"allow_pkcs1v15\" must be true or false");
         goto refuse;
     }
+    json_t *jr = json_object_get(body, "replicable");
+    if (jr != NULL && !json_is_boolean(jr)) {
+        srv_err_set(&e, 400, "bad_request", "\"replicable\" must be true or false");
+        goto refuse;
+    }
+    const char *mw = srv_json_str(body, "member_wrap", &e);
+    if (e.status != 0)
+        goto refuse;
+    gs_wrap member_wrap = GS_WRAP_DEFAULT;
+    if (mw != NULL && gs_wrap_parse(mw, &member_wrap) != GS_OK) {
+        srv_err_set(&e, 400, "bad_request", "\"member_wrap\" must be pkcs1v15 or oaep");
+        goto refuse;
+    }
     if (keyspec != NULL && strlen(keyspec) >= 32) {
         srv_err_set(&e, 400, "bad_request", "\"keyspec\" is not a key specification");
         goto refuse;
@@ -1044,7 +1132,12 @@ static void h_group_create(struct srv_req *r)
     ipc_put_str(&b, IPC_T_ADDRESS, address);
     ipc_put_str(&b, IPC_T_KEYSPEC, keyspec);
     ipc_put_u32(&b, IPC_T_METHODS, methods);
-    ipc_put_u32(&b, IPC_T_FLAGS, jp != NULL && json_is_true(jp) ? IPC_FLAG_PKCS1V15 : 0);
+    /* Absent: RSA groups accept v1.5 (the default); false: RSA-OAEP only. */
+    ipc_put_u32(&b, IPC_T_FLAGS,
+                (jp != NULL && json_is_true(jp) ? IPC_FLAG_PKCS1V15 : 0) |
+                    (jp != NULL && json_is_false(jp) ? IPC_FLAG_OAEP_ONLY : 0) |
+                    (jr != NULL && json_is_true(jr) ? IPC_FLAG_REPLICABLE : 0));
+    ipc_put_u32(&b, IPC_T_WRAP, (uint32_t)member_wrap);
     r->ctx = body;
     r->ctx_free = json_free;
     (void)srv_call(r, &b, group_create_answer, 0);
@@ -1070,8 +1163,12 @@ static void healthz_answer(struct srv_req *r, const ipc_msg *a)
                                          "database", "ok"));
         return;
     }
-    const char *code = strcmp(token, "ok") != 0 ? "token_unavailable"
-                       : strcmp(audit, "ok") != 0 ? "audit_unavailable" : "store_unavailable";
+    /* The key holder names what is wrong (db_unavailable for a database it
+     * cannot reach); without its answer the token is what is missing. */
+    const char *code = a != NULL && ipc_str(a, IPC_T_CODE) != NULL ? ipc_str(a, IPC_T_CODE)
+                       : strcmp(token, "ok") != 0                   ? "token_unavailable"
+                       : strcmp(audit, "ok") != 0                   ? "audit_unavailable"
+                                                                    : "store_unavailable";
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:{s:s,s:s}}", "status", "unavailable", "token", token, "audit", audit,
                           "database", db, "error", "code", code, "message", "the server cannot serve key requests now");
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", "5");

@@ -23,10 +23,16 @@
 #include <openssl/sha.h>
 
 #include "log.h"
+#include "store.h"
 #include "util.h"
 
 /* Lines are small records; a longer line is corruption, not data. */
 #define AUDIT_MAX_LINE 8192
+/* [audit] store = db: records per INSERT (one statement, one commit). */
+#define AUDIT_DB_BATCH 1000
+/* Failed rounds remembered exactly; beyond, everything up to the oldest
+ * forgotten one counts as failed (fail closed). */
+#define AUDIT_DB_FAILED_RANGES 1024
 
 struct audit_log {
     pthread_mutex_t mu;
@@ -53,6 +59,23 @@ struct audit_log {
     int syncer_running, syncer_stop;
     audit_durable_cb durable_cb;
     void *durable_arg;
+    /* [audit] store = db: records wait in `queue` (in seq order, the last
+     * one is written_seq) until a round inserts them; the round formats
+     * and chains them, so a failed round leaves no hole in the chain. Only
+     * the thread running the round (syncing set) touches db, db_seq,
+     * need_head and prev_hex. A failed round's records are failed, exactly
+     * (failed ranges), never a neighbour's: its answer may already be out. */
+    gs_store *db;
+    char *instance;
+    int64_t db_seq;    /* the instance's last seq in the table */
+    int need_head;     /* reload db_seq and prev_hex from the table first */
+    json_t **queue;
+    size_t nqueue, capqueue;
+    struct failed_range {
+        unsigned long long lo, hi;
+    } failed_ranges[AUDIT_DB_FAILED_RANGES];
+    size_t nfailed;
+    unsigned long long failed_floor;
 };
 
 static int sync_round_when_free_locked(struct audit_log *log);
@@ -197,6 +220,24 @@ static audit_err cut_torn_tail(int fd, const char *path)
     return AUDIT_OK;
 }
 
+/* A log with no file or database yet (audit_close frees it); NULL when
+ * out of memory. */
+static struct audit_log *log_new(const char *path)
+{
+    struct audit_log *log = calloc(1, sizeof(*log));
+    if (log == NULL)
+        return NULL;
+    log->fd = -1;
+    pthread_mutex_init(&log->mu, NULL);
+    pthread_cond_init(&log->synced, NULL);
+    pthread_cond_init(&log->work, NULL);
+    if ((log->path = strdup(path)) == NULL) {
+        audit_close(log);
+        return NULL;
+    }
+    return log;
+}
+
 audit_err audit_open(const char *path, audit_log **out)
 {
     audit_err rc = AUDIT_ERR_NOMEM;
@@ -205,13 +246,7 @@ audit_err audit_open(const char *path, audit_log **out)
     *out = NULL;
     if (path == NULL || *path == '\0')
         return AUDIT_ERR_ARGS;
-    if ((log = calloc(1, sizeof(*log))) == NULL)
-        goto out;
-    log->fd = -1;
-    pthread_mutex_init(&log->mu, NULL);
-    pthread_cond_init(&log->synced, NULL);
-    pthread_cond_init(&log->work, NULL);
-    if ((log->path = strdup(path)) == NULL)
+    if ((log = log_new(path)) == NULL)
         goto out;
     /* Readable too: following a rotation reads the sealed file's end.
      * Never through a symbolic link: `audit rotate` runs as root in a
@@ -248,6 +283,11 @@ void audit_close(audit_log *log)
     audit_syncer_stop(log);
     if (log->fd >= 0)
         close(log->fd);
+    for (size_t i = 0; i < log->nqueue; i++)
+        json_decref(log->queue[i]);
+    free(log->queue);
+    gs_store_close(log->db);
+    free(log->instance);
     pthread_mutex_destroy(&log->mu);
     pthread_cond_destroy(&log->synced);
     pthread_cond_destroy(&log->work);
@@ -304,6 +344,14 @@ audit_err audit_check(audit_log *log)
     if (log == NULL)
         return AUDIT_ERR_ARGS;
     pthread_mutex_lock(&log->mu);
+    if (log->db != NULL) {
+        /* After a failure, a round (reconnect, reload the chain head)
+         * tells whether the database is back. */
+        if (log->failed && sync_round_when_free_locked(log) != 0)
+            rc = AUDIT_ERR_IO;
+        pthread_mutex_unlock(&log->mu);
+        return rc;
+    }
     /* The file must still be the one we write (not deleted or replaced),
      * or its successor after `audit rotate`. */
     if (lock_current_locked(log) != AUDIT_OK) {
@@ -441,11 +489,33 @@ static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long lo
     return rc;
 }
 
+/* [audit] store = db: queues one record (mutex held); the round that
+ * inserts it numbers and chains it. */
+static audit_err queue_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+{
+    if (log->nqueue == log->capqueue) {
+        size_t ncap = log->capqueue ? 2 * log->capqueue : 64, bytes;
+        json_t **nq;
+        if (util_size_mul(ncap, sizeof(*nq), &bytes) != 0 || (nq = realloc(log->queue, bytes)) == NULL)
+            return AUDIT_ERR_NOMEM;
+        log->queue = nq;
+        log->capqueue = ncap;
+    }
+    json_incref(o);
+    log->queue[log->nqueue++] = o;
+    *seq = ++log->written_seq;
+    return AUDIT_OK;
+}
+
 /* One group-commit round (mutex held, released during fdatasync): covers
  * every line written before it started. The caller has checked that no
  * other round is running. Returns 0, or -1 if the fdatasync failed. */
+static int db_round_locked(struct audit_log *log);
+
 static int sync_round_locked(struct audit_log *log)
 {
+    if (log->db != NULL)
+        return db_round_locked(log);
     unsigned long long upto = log->written_seq;
 
     log->syncing = 1;
@@ -493,9 +563,275 @@ static int sync_round_when_free_locked(struct audit_log *log)
  * answer was still held when it happened, is then failed too (fail closed). */
 static int range_state_locked(const struct audit_log *log, unsigned long long first, unsigned long long last)
 {
+    if (log->db != NULL) {
+        if (first <= log->failed_floor)
+            return -1;
+        for (size_t i = 0; i < log->nfailed; i++)
+            if (first <= log->failed_ranges[i].hi && last >= log->failed_ranges[i].lo)
+                return -1;
+        return last <= log->synced_seq ? 1 : 0;
+    }
     if (first <= log->failed_seq)
         return -1;
     return last <= log->synced_seq ? 1 : 0;
+}
+
+/* ---- [audit] store = db ------------------------------------------------------ */
+
+/* Reloads the chain head (db_seq, prev_hex) from the table. */
+static int db_load_head(struct audit_log *log)
+{
+    int64_t seq = 0;
+    char *line = NULL;
+    gs_err ge = gs_store_audit_head(log->db, log->instance, &seq, &line);
+
+    if (ge != GS_OK) {
+        log_error("audit head unreadable instance=%s err=%s detail=%s", log->instance, gs_strerror(ge),
+                  gs_err_detail());
+        return -1;
+    }
+    if (line != NULL) {
+        hash_line(line, strlen(line), log->prev_hex);
+        free(line);
+    } else {
+        memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
+        log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
+    }
+    log->db_seq = seq;
+    log->need_head = 0;
+    return 0;
+}
+
+/* Numbers, chains and inserts batch[0..n) in one statement (synchronous
+ * commit): 0 when committed. Runs without the mutex, as the one round. */
+static int db_flush(struct audit_log *log, json_t **batch, size_t n)
+{
+    char **lines = NULL;
+    char prev[sizeof(log->prev_hex)];
+    int rc = -1;
+    size_t made = 0;
+
+    if (log->need_head && db_load_head(log) != 0)
+        return -1;
+    if (n == 0)
+        return 0;
+    if ((lines = calloc(n, sizeof(*lines))) == NULL)
+        goto out;
+    memcpy(prev, log->prev_hex, sizeof(prev));
+    for (; made < n; made++) {
+        json_t *o = batch[made];
+        if (json_object_set_new(o, "instance", json_string(log->instance)) ||
+            json_object_set_new(o, "seq", json_integer((json_int_t)(log->db_seq + 1 + (int64_t)made))) ||
+            json_object_set_new(o, "prev", json_string(prev)) ||
+            (lines[made] = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
+            goto out;
+        hash_line(lines[made], strlen(lines[made]), prev);
+    }
+    gs_err ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
+    if (ge != GS_OK) {
+        log_error("audit insert failed instance=%s records=%zu err=%s detail=%s", log->instance, n, gs_strerror(ge),
+                  gs_err_detail());
+        goto out;
+    }
+    log->db_seq += (int64_t)n;
+    memcpy(log->prev_hex, prev, sizeof(prev));
+    rc = 0;
+out:
+    /* After any failure the table is the truth: a commit whose answer was
+     * lost may or may not have happened. */
+    if (rc != 0)
+        log->need_head = 1;
+    for (size_t i = 0; i < made && lines != NULL; i++)
+        free(lines[i]);
+    free(lines);
+    return rc;
+}
+
+static void db_fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi)
+{
+    if (log->nfailed > 0 && log->failed_ranges[log->nfailed - 1].hi + 1 == lo) {
+        log->failed_ranges[log->nfailed - 1].hi = hi;
+        return;
+    }
+    if (log->nfailed == AUDIT_DB_FAILED_RANGES) {
+        log->failed_floor = log->failed_ranges[0].hi;
+        memmove(&log->failed_ranges[0], &log->failed_ranges[1], (log->nfailed - 1) * sizeof(log->failed_ranges[0]));
+        log->nfailed--;
+    }
+    log->failed_ranges[log->nfailed].lo = lo;
+    log->failed_ranges[log->nfailed].hi = hi;
+    log->nfailed++;
+}
+
+/* The database form of a group-commit round (mutex held, released during
+ * the insert): takes up to AUDIT_DB_BATCH queued records. */
+static int db_round_locked(struct audit_log *log)
+{
+    size_t n = log->nqueue < AUDIT_DB_BATCH ? log->nqueue : AUDIT_DB_BATCH;
+    unsigned long long first = log->written_seq - log->nqueue + 1, upto = first + n - 1;
+    json_t **batch = NULL;
+
+    if (n > 0) {
+        if ((batch = malloc(n * sizeof(*batch))) == NULL)
+            return -1;
+        memcpy(batch, log->queue, n * sizeof(*batch));
+        memmove(log->queue, log->queue + n, (log->nqueue - n) * sizeof(*batch));
+        log->nqueue -= n;
+    }
+    log->syncing = 1;
+    pthread_mutex_unlock(&log->mu);
+    int rc = db_flush(log, batch, n);
+    for (size_t i = 0; i < n; i++)
+        json_decref(batch[i]);
+    free(batch);
+    pthread_mutex_lock(&log->mu);
+    log->syncing = 0;
+    log->rounds++;
+    if (rc != 0) {
+        log->failed = 1;
+        if (n > 0)
+            db_fail_range_locked(log, first, upto);
+    } else {
+        log->failed = 0;
+    }
+    if (n > 0 && upto > log->synced_seq)
+        log->synced_seq = upto;
+    pthread_cond_broadcast(&log->synced);
+    if (log->syncer_running)
+        pthread_cond_signal(&log->work);
+    return rc;
+}
+
+audit_err audit_open_db(const char *db_location, const char *instance, audit_log **out)
+{
+    audit_err rc = AUDIT_ERR_NOMEM;
+    struct audit_log *log = NULL;
+    gs_err ge;
+
+    *out = NULL;
+    if (db_location == NULL || instance == NULL || *instance == '\0' || strlen(instance) > GS_AUDIT_CHAIN_MAX)
+        return AUDIT_ERR_ARGS;
+    if ((log = log_new("database")) == NULL || (log->instance = strdup(instance)) == NULL)
+        goto out;
+    if ((ge = gs_store_open(db_location, 0, &log->db)) != GS_OK) {
+        log_error("audit database unavailable err=%s detail=%s", gs_strerror(ge), gs_err_detail());
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
+    if (db_load_head(log) != 0) {
+        rc = AUDIT_ERR_IO;
+        goto out;
+    }
+    log_info("audit chain in the database instance=%s records=%lld", instance, (long long)log->db_seq);
+    *out = log;
+    log = NULL;
+    rc = AUDIT_OK;
+out:
+    audit_close(log);
+    return rc;
+}
+
+/* Checks one row of an instance's chain against what precedes it. */
+static audit_err verify_row(const char *instance, const gs_store_audit_row *row, const char *prev)
+{
+    json_error_t jerr;
+    json_t *o = json_loads(row->line, 0, &jerr);
+    const char *p = json_string_value(json_object_get(o, "prev"));
+    const char *inst = json_string_value(json_object_get(o, "instance"));
+    json_t *seq = json_object_get(o, "seq");
+    audit_err rc = AUDIT_OK;
+
+    if (p == NULL || inst == NULL || !json_is_integer(seq))
+        rc = AUDIT_ERR_FORMAT;
+    else if (strcmp(inst, instance) != 0 || json_integer_value(seq) != row->seq || strcmp(p, prev) != 0)
+        rc = AUDIT_ERR_CHAIN;
+    json_decref(o);
+    return rc;
+}
+
+/* One instance's chain: gaps are reported and verification goes on after
+ * them; a broken link stops it. */
+static audit_err verify_instance(gs_store *st, const char *instance, FILE *report)
+{
+    char prev[2 * SHA256_DIGEST_LENGTH + 1];
+    int64_t expect = 1, after = 0;
+    size_t good = 0, gaps = 0;
+    audit_err rc = AUDIT_OK;
+
+    memset(prev, '0', sizeof(prev) - 1);
+    prev[sizeof(prev) - 1] = '\0';
+    for (;;) {
+        gs_store_audit_row *rows = NULL;
+        size_t n = 0;
+        gs_err ge = gs_store_audit_read(st, instance, after, 1000, &rows, &n);
+        if (ge != GS_OK) {
+            fprintf(report, "instance %s: cannot read: %s\n", instance, gs_err_detail());
+            return AUDIT_ERR_IO;
+        }
+        if (n == 0) {
+            gs_store_audit_rows_free(rows, n);
+            break;
+        }
+        for (size_t i = 0; i < n && rc != AUDIT_ERR_CHAIN && rc != AUDIT_ERR_FORMAT; i++) {
+            if (rows[i].seq != expect) {
+                /* A gap: report it, then take the next row's link on trust. */
+                fprintf(report, "instance %s: gap: records %lld..%lld missing\n", instance, (long long)expect,
+                        (long long)rows[i].seq - 1);
+                gaps++;
+                json_t *o = json_loads(rows[i].line, 0, NULL);
+                const char *p = json_string_value(json_object_get(o, "prev"));
+                if (p != NULL && strlen(p) == sizeof(prev) - 1)
+                    memcpy(prev, p, sizeof(prev));
+                json_decref(o);
+            }
+            audit_err e = verify_row(instance, &rows[i], prev);
+            if (e != AUDIT_OK) {
+                fprintf(report, "instance %s: record %lld: %s (%zu good records before it)\n", instance,
+                        (long long)rows[i].seq, audit_strerror(e), good);
+                rc = e;
+                break;
+            }
+            hash_line(rows[i].line, strlen(rows[i].line), prev);
+            good++;
+            expect = rows[i].seq + 1;
+            after = rows[i].seq;
+        }
+        gs_store_audit_rows_free(rows, n);
+        if (rc != AUDIT_OK)
+            return rc;
+    }
+    if (gaps > 0) {
+        fprintf(report, "instance %s: %zu records, %zu gap(s), chain head %s\n", instance, good, gaps, prev);
+        return AUDIT_ERR_CHAIN;
+    }
+    fprintf(report, "instance %s: ok: %zu records, chain head %s\n", instance, good, prev);
+    return AUDIT_OK;
+}
+
+audit_err audit_verify_db(const char *db_location, FILE *report, size_t *instances)
+{
+    gs_store *st = NULL;
+    char **names = NULL;
+    size_t n = 0;
+    audit_err rc = AUDIT_ERR_IO;
+
+    *instances = 0;
+    if (gs_store_open(db_location, GS_STORE_READONLY, &st) != GS_OK ||
+        gs_store_audit_instances(st, &names, &n) != GS_OK) {
+        fprintf(report, "audit database: %s\n", gs_err_detail());
+        goto out;
+    }
+    rc = AUDIT_OK;
+    for (size_t i = 0; i < n; i++) {
+        audit_err e = verify_instance(st, names[i], report);
+        if (rc == AUDIT_OK || (rc == AUDIT_ERR_CHAIN && e != AUDIT_OK && e != AUDIT_ERR_CHAIN))
+            rc = e;
+    }
+    *instances = n;
+out:
+    gs_store_strings_free(names, n);
+    gs_store_close(st);
+    return rc;
 }
 
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq)
@@ -509,7 +845,7 @@ audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long lon
     if ((o = record_json(rec)) == NULL)
         return AUDIT_ERR_NOMEM;
     pthread_mutex_lock(&log->mu);
-    rc = write_locked(log, o, seq);
+    rc = log->db != NULL ? queue_locked(log, o, seq) : write_locked(log, o, seq);
     if (rc == AUDIT_OK && log->syncer_running)
         pthread_cond_signal(&log->work);
     pthread_mutex_unlock(&log->mu);
@@ -1181,6 +1517,8 @@ audit_err audit_reopen(audit_log *log)
 
     if (log == NULL)
         return AUDIT_ERR_ARGS;
+    if (log->db != NULL)
+        return AUDIT_OK; /* rows in the database: no file to reopen (the store reconnects by itself) */
     pthread_mutex_lock(&log->mu);
     if (fd_at_path(log))
         goto out; /* still the file at the path (or a rotation's, followed at the next write) */

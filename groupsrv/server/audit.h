@@ -19,6 +19,7 @@
 #define GS_SRV_AUDIT_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 typedef enum audit_err {
     AUDIT_OK = 0,
@@ -44,6 +45,17 @@ typedef struct audit_log audit_log;
  * a short write is cut back before anything else is written. A symbolic
  * link at path is refused (AUDIT_ERR_IO). */
 audit_err audit_open(const char *path, audit_log **out);
+
+/* [audit] store = db: the same records as rows of the database's audit
+ * table (gs_store_audit_*), one hash chain per instance. Each line also
+ * carries "instance" and "seq" (its row), and "prev" chains it to the
+ * previous row of the same instance. A sync round inserts the queued
+ * records in one statement committed with synchronous commit (the group
+ * commit of the file form). A failed round fails exactly its records
+ * (their answers are refused) and reloads the chain head from the table,
+ * so the chain stays whole; the store reconnects at the next round.
+ * AUDIT_ERR_IO when the database cannot be opened now. */
+audit_err audit_open_db(const char *db_location, const char *instance, audit_log **out);
 void audit_close(audit_log *log);
 
 /* Re-checks that the file can still be written (used by /healthz and before
@@ -137,5 +149,12 @@ typedef struct audit_verify_result {
     char head[65];        /* hex hash of the last good line */
 } audit_verify_result;
 audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res);
+
+/* Verifies every instance's chain in the database's audit table, writing
+ * one line per instance (and one per gap or broken record) to report.
+ * AUDIT_OK when all are whole; AUDIT_ERR_CHAIN for a gap or broken link,
+ * AUDIT_ERR_FORMAT for an unreadable record, AUDIT_ERR_IO when the
+ * database cannot be read. *instances: how many chains were checked. */
+audit_err audit_verify_db(const char *db_location, FILE *report, size_t *instances);
 
 #endif

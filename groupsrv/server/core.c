@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 
@@ -150,6 +151,7 @@ struct srv_conn {
     double accepted;      /* srv_now() at accept */
     int linger_fd;        /* a duplicate of the socket for the lingering close, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
+    struct evbuffer_cb_entry *input_cb; /* conn_input_cb on the bufferevent's input */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -318,6 +320,32 @@ static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_lindex whi
             handshaking = c;
     }
     return handshaking;
+}
+
+/* Request heads are capped here; bodies by evhttp (twice max_body). */
+#define HEADERS_MAX 16384
+
+/* What a connection may have received and not yet handed to evhttp.
+ * evhttp takes the head and body out of the bufferevent's input as they
+ * come, so the input holds little, except while an answer is written: then
+ * libevent keeps reading (to notice a close) and keeps what comes, without
+ * bound. A client that sends requests and never reads the answers would
+ * fill the server's memory that way. One whole request of the largest
+ * size plus a TLS record may wait; a client further ahead is closed. (A
+ * read high-water mark would push back instead, but libevent 2.1's TLS
+ * bufferevent can then leave the rest of a record inside OpenSSL and never
+ * read it: libevent issue 854, fixed only in 2.2.) */
+static size_t conn_input_max(const struct srv *s)
+{
+    return HEADERS_MAX + s->max_body * 2 + 4096 + 16384;
+}
+
+static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct srv_conn *c = arg;
+
+    if (info->n_added > 0 && evbuffer_get_length(in) > conn_input_max(c->t->srv))
+        conn_close(c, "input_beyond_request");
 }
 
 /* ---- lingering close --------------------------------------------------------
@@ -542,6 +570,10 @@ static void conn_freed(void *arg)
     struct srv_thread *t = c->t;
 
     conn_release(c);
+    /* OpenSSL frees the SSL in the bufferevent's destructor, before the
+     * bufferevent's buffers: no callback may find c after this. */
+    if (c->input_cb != NULL)
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->input_cb);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -606,6 +638,9 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
         return NULL;
     }
     c->bev = bev;
+    /* Without it (no memory) the connection is still served, uncapped. */
+    if ((c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), conn_input_cb, c)) == NULL)
+        log_error("out of memory for a connection's input cap");
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     /* Admission runs once evhttp has given the bufferevent its socket. */
     struct timeval now = {0, 0};
@@ -614,11 +649,33 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     return bev;
 }
 
+/* accept(2) failed for want of descriptors (EMFILE, ENFILE) or memory.
+ * libevent's listener would log it and try again at once, as the pending
+ * connection keeps the socket readable: a busy loop writing a warning each
+ * time (740,000 lines in 3 s measured). The listener rests instead; the
+ * tick enables it again within a quarter of a second, and connections wait
+ * in the backlog meanwhile. Logged at most once every 10 s. */
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+    static atomic_long last_logged;
+    int err = EVUTIL_SOCKET_ERROR();
+    long now = (long)srv_now(), last = atomic_load(&last_logged);
+    (void)arg;
+
+    evconnlistener_disable(lev);
+    if (now - last >= 10 && atomic_compare_exchange_strong(&last_logged, &last, now))
+        log_warn("cannot accept connections: accepts paused for a moment (out of descriptors? see LimitNOFILE) "
+                 "err=\"%s\"", evutil_socket_error_to_string(err));
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct srv_thread *t = arg;
     (void)fd; (void)what;
     maybe_resume_accept(t);
+    /* Listeners rested by accept_error_cb (enabling an enabled one is a no-op). */
+    if (!t->accept_paused && !atomic_load(&t->srv->shutting_down))
+        set_listeners(t, 1);
 }
 
 /* ---- replies ------------------------------------------------------------- */
@@ -1116,7 +1173,9 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
     ipc_buf_init(&b);
     srv_ipc_begin(r, &b, IPC_VIEW);
     ipc_put_str(&b, IPC_T_GROUP, name);
-    if (have != NULL)
+    /* "Not modified" only for a view that says all discovery says: one
+     * whose key transports the token could not tell is fetched whole. */
+    if (have != NULL && have->key_transports != 0)
         ipc_put_u64(&b, IPC_T_GEN, have->gen);
     (void)srv_call(r, &b, view_answer, 0);
 }
@@ -1265,6 +1324,26 @@ static unsigned header_count(struct evhttp_request *req, const char *name)
     return n;
 }
 
+/* Why the request's framing is ambiguous (a request-smuggling precondition
+ * behind a proxy that reads it another way), or NULL. libevent frames the
+ * body as chunked only when the first Transfer-Encoding is exactly
+ * "chunked" (then ignoring Content-Length), else by the first
+ * Content-Length, whatever coding is named. RFC 7230 3.3.3: reject, and
+ * close. */
+static const char *ambiguous_framing(struct evhttp_request *req)
+{
+    unsigned cl = header_count(req, "Content-Length"), te = header_count(req, "Transfer-Encoding");
+    const char *coding = evhttp_find_header(evhttp_request_get_input_headers(req), "Transfer-Encoding");
+
+    if (cl > 1)
+        return "more than one Content-Length header";
+    if (te > 1 || (coding != NULL && strcasecmp(coding, "chunked") != 0))
+        return "a Transfer-Encoding other than one \"chunked\"";
+    if (te > 0 && cl > 0)
+        return "both Content-Length and Transfer-Encoding";
+    return NULL;
+}
+
 static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)
 {
     struct srv_req *r = calloc(1, sizeof(*r));
@@ -1279,11 +1358,10 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     if (util_random_id(r->id, 8) != 0)
         snprintf(r->id, sizeof(r->id), "0");
     log_set_request_id(r->id);
-    if (header_count(req, "Content-Length") > 1) {
-        /* libevent reads the body by the first one; a proxy in front may
-         * have used another (RFC 7230 3.3.3: reject, and close). */
+    const char *ambiguous = ambiguous_framing(req);
+    if (ambiguous != NULL) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        srv_reply_error(r, 400, "bad_request", "more than one Content-Length header");
+        srv_reply_error(r, 400, "bad_request", "%s", ambiguous);
     } else if (over_budget) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_retry(r, 503, 1, "too_many_connections", "the server is at its connection limit");
@@ -1322,7 +1400,7 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
      * first, holding a client that declares much and sends nothing until
      * its timeout. */
     evhttp_set_max_body_size(http, (ev_ssize_t)(s->max_body * 2 + 4096));
-    evhttp_set_max_headers_size(http, 16384);
+    evhttp_set_max_headers_size(http, HEADERS_MAX);
     struct timeval tv = {.tv_sec = s->timeout};
     evhttp_set_timeout_tv(http, &tv);
     evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -1335,6 +1413,7 @@ static struct evhttp *make_http(struct srv_thread *t, int fd, int certsrv, struc
         evhttp_free(http);
         return NULL;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(*bound), accept_error_cb);
     return http;
 }
 
@@ -1485,10 +1564,37 @@ static void thread_free(struct srv_thread *t)
     memset(t, 0, sizeof(*t));
 }
 
+/* The descriptors the listeners' budgets may take: per connection its
+ * socket and the duplicate kept for its lingering close (also for the few
+ * admitted past a full listener), the lingering closes of every thread,
+ * and 64 for the rest (database, audit log, token, listeners). The soft
+ * limit is raised to that, within the hard one (systemd's default soft
+ * limit is 1024, and it advises programs that do not use select(2) to
+ * raise it themselves); short of it, the operator is told. */
+static void raise_fd_limit(const struct srv *s)
+{
+    struct rlimit rl;
+    rlim_t need = 64 + (rlim_t)LINGER_MAX_PER_THREAD * s->nthreads;
+
+    for (int i = 0; i < 2; i++)
+        if (i == SRV_API || s->certsrv_fd >= 0)
+            need += 2 * (rlim_t)(s->budget[i] + s->budget[i] / 16 + 1);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return;
+    rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < need)
+        log_warn("the descriptor limit is below what the connection budgets may take: raise LimitNOFILE or lower "
+                 "max_connections limit=%llu need=%llu",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+}
+
 int srv_threads_init(struct srv *s, const int *link_fds)
 {
     unsigned i;
 
+    raise_fd_limit(s);
     tls_set_conn_free_cb(conn_freed);
     if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)
         goto fail_fds;

@@ -44,6 +44,8 @@ typedef struct gview {
     unsigned secret_version;
     X509 *chain_ca;             /* sent after the current certificate, or NULL */
     char key_policy[512];       /* discovery's "key_policy", compact JSON ("" if not sent) */
+    gs_wrap member_wrap;        /* the group's wrap of member-certs copies */
+    unsigned key_transports;    /* enum ipc_kt bits; 0: the token could not say (asked again next time) */
 } gview;
 
 /* Parses a VIEW answer (status 200, not "not modified"): 0, or -1. */

@@ -41,7 +41,7 @@ done
 [ "$got" = 503 ] || fail "no 503 with the audit disk full after 150 unwraps"
 expect_status 503 audit_unavailable "unwrap with the audit disk full" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -q '"key"' "$work/body" && fail "a key was answered without its audit record"
-expect_status 503 audit_unavailable "healthz with the audit disk full" -- anon "$base/healthz"
+expect_healthz 503 audit_unavailable "healthz with the audit disk full"
 grep -q '"audit":"ok"' "$work/body" && fail "healthz says the audit log is ok: $(cat "$work/body")"
 ok "full disk: key requests and healthz refuse (after $(echo "$codes" | wc -w) unwraps)"
 
@@ -58,7 +58,7 @@ ok "audit verify: $out"
 # ---- deleted and made anew: SIGHUP ----
 rm -f "$audit"
 expect_status 503 audit_unavailable "unwrap with the audit log deleted" -- c alice --data-binary @"$work/req-tls.json" "$url"
-expect_status 503 audit_unavailable "healthz with the audit log deleted" -- anon "$base/healthz"
+expect_healthz 503 audit_unavailable "healthz with the audit log deleted"
 touch "$audit"; chmod 600 "$audit"
 kill -HUP "$srv_pid"
 wait_healthz || fail "healthz not 200 after the audit log was made anew and SIGHUP: $(cat "$work/body")"

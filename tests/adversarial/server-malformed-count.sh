@@ -4,7 +4,8 @@
 # against a real server whose token is tests/p11fault in front of SoftHSM,
 # counting every PKCS#11 call (GS_P11FAULT_COUNTS): none of these requests
 # may make a single token call. A good unwrap afterwards must (the counter
-# counts). One event-loop thread: each thread loads a group's keys from the
+# counts), and a flood of /healthz probes makes at most one token check a
+# second. One event-loop thread: each thread loads a group's keys from the
 # token once (its cache), whoever asks first; with one thread the warm-up
 # request is that first one, so every call counted below is the request's.
 set -euo pipefail
@@ -61,4 +62,27 @@ ok "malformed CMS input and 50 non-member requests: 0 token calls"
 expect_status 200 "" "a good unwrap" -- c alice --data-binary @"$work/req-tls.json" "$url"
 [ "$(calls)" -gt "$n2" ] || fail "the counter did not count the good unwrap's token calls"
 ok "the good unwrap made $(($(calls) - n2)) token calls"
+
+# /healthz needs no certificate, and one check costs a CA key lookup on the
+# token: one check serves every probe for a second, so a flood of probes
+# cannot load the token. A probe once the last result is a second old
+# measures one check; then 50 probes from one curl process may make at most
+# one check for every second they took, and two more.
+sleep 1.2
+h0=$(calls)
+expect_status 200 "" "healthz (one check)" -- anon "$base/healthz"
+per=$(($(calls) - h0))
+[ "$per" -gt 0 ] || fail "a /healthz check made no token call"
+probes=()
+for i in $(seq 1 50); do
+  probes+=(--cacert "$certs/tca.pem" -o /dev/null -w '%{http_code}\n' "$base/healthz" --next)
+done
+h1=$(calls) t0=$(date +%s%N)
+codes=$(curl -sS "${probes[@]:0:${#probes[@]}-1}" | sort | uniq -c | tr '\n' ' ')
+t1=$(date +%s%N)
+made=$(($(calls) - h1)) secs=$(((t1 - t0 + 999999999) / 1000000000))
+[ "$codes" = "     50 200 " ] || fail "50 healthz probes: $codes"
+[ "$made" -le $(((secs + 2) * per)) ] ||
+  fail "50 healthz probes in ${secs} s made $made token calls (one check is $per)"
+ok "50 healthz probes in ${secs} s: $made token calls (one check is $per)"
 stop_server

@@ -18,7 +18,7 @@ loris() { # loris ATTACK_PORT MEMBER_PORT PATH BODY
   /usr/bin/python3 "$SRC/tests/adversarial/slowloris.py" "$1" "$2" "$3" "$4" \
     "$certs/alice@example.org.pem" "$certs/alice@example.org.key" "$certs/tca.pem" "${LORIS_SECONDS:-12}" 96
 }
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$srv_pid/status"; }
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$(srv_net_pid)/status"; }
 rss0=$(rss)
 out=$(loris "$port" "$port" /v1/groups/eng/unwrap "$work/req-tls.json") || fail "API listener under slowloris: $out"
 ok "$out"

@@ -7,7 +7,7 @@
  * check, and the status mapping takes its number from the body's bytes.
  *
  * Invariants checked: on success the outputs hold what the caller relies
- * on (a content key of 16, 24 or 32 bytes, RecipientInfos of 1 to 64 KiB,
+ * on (group info as printable text, a content key of 16, 24 or 32 bytes, RecipientInfos of 1 to 64 KiB,
  * exactly the items asked); on failure they are empty and the reason is
  * one printable line; refusal codes and messages are printable.
  */
@@ -85,9 +85,11 @@ static void endpoint(unsigned sel, const unsigned char *body, size_t len)
         err = gs_rest_parse_group_info(body, len, &gi, why, sizeof(why));
         if (err == GS_REST_OK) {
             FUZZ_CHECK(gi.name != NULL && gi.address != NULL && gi.certificate_server != NULL);
-            FUZZ_CHECK(strlen(gi.name) <= 4096);
+            /* groupmail prints them: printable, whatever the server sent */
+            FUZZ_CHECK(strlen(gi.name) <= 4096 && printable(gi.name) && printable(gi.address) &&
+                       printable(gi.certificate_server));
             for (size_t i = 0; i < gi.n_methods; i++)
-                FUZZ_CHECK(gi.methods[i] != NULL && strlen(gi.methods[i]) <= 64);
+                FUZZ_CHECK(gi.methods[i] != NULL && strlen(gi.methods[i]) <= 64 && printable(gi.methods[i]));
         } else {
             FUZZ_CHECK(gi.name == NULL && gi.methods == NULL && gi.n_methods == 0 && gi.key_versions == NULL);
         }

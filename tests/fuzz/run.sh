@@ -5,8 +5,9 @@
 # Starts from the seed corpus SEEDS (read only: new inputs go to
 # WORKDIR/corpus, which is thrown away) with SEEDS.dict if there is one.
 # Passes when SECONDS ran out without a crash, leak, timeout or out-of-memory;
-# otherwise prints the end of libFuzzer's log and where the input that
-# broke it is. Prints one summary line either way: executions, coverage.
+# otherwise prints the end of libFuzzer's log, where the input that broke
+# it is and (up to 64 KiB) the input itself in base64. Prints one summary
+# line either way: executions, coverage.
 set -uo pipefail
 bin=$1 seeds=$2 work=$3 secs=$4
 name=$(basename "$bin")
@@ -38,6 +39,12 @@ if [ "$rc" != 0 ]; then
     echo "input that broke $name: $a"
     echo "reproduce: $bin $a"
     echo "after the fix, keep it as a regression input: cp $a $seeds/regress-<what>"
+    # a CI machine and its work directory are gone once the log is read:
+    # the input itself, to rebuild it anywhere with base64 -d
+    if [ "$(stat -c %s "$a")" -le 65536 ]; then
+      echo "the input, base64:"
+      base64 -w 76 "$a"
+    fi
   done
   exit 1
 fi

@@ -127,4 +127,65 @@ $T ktri --cert "$W/member.pem" --kt oaep --enc-key "$W/s.ek" --out "$W/sm.ri"
 $T replace-ri --ri "$W/sm.ri" --format der --in "$W/s.der" --out "$W/sm.der"
 openssl cms -decrypt -recip "$W/member.pem" -inkey "$W/member.key" -binary -inform DER -in "$W/sm.der" -out "$W/sm.out"
 cmp "$W/sm.out" "$body" || fail "re-wrapped streamed BER"
+# (e) The libraries stock mail clients are built on, both ways (issue 14):
+# NSS 3.87 cmsutil (Thunderbird) and gpgsm 2.2.40 encrypt with PKCS#1 v1.5
+# and AES-CBC; we parse what they send and decrypt it with the group key.
+# A member KTRI wrapped with v1.5 (as the group server does for member-certs
+# copies) is read by their decrypt commands. Run in both test passes, so
+# their encodings go through our parser under the sanitizers too.
+nss=$W/nss
+mkdir -p "$nss"
+certutil -N -d "sql:$nss" --empty-password
+certutil -A -d "sql:$nss" -n group -t ",," -i "$W/group.pem"
+cmsutil -E -d "sql:$nss" -r group -i "$body" -o "$W/nss.der"
+$T extract-ri --cert "$W/group.pem" --in "$W/nss.der" --out "$W/nss.ri"
+$T ri-info --ri "$W/nss.ri" | grep -q '^alg=rsa-pkcs1v15$' || fail "NSS sends v1.5: $($T ri-info --ri "$W/nss.ri")"
+$T info --in "$W/nss.der" | grep -q '^cipher=aes-128-cbc$' || fail "NSS cipher: $($T info --in "$W/nss.der")"
+$T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/nss.der" --out "$W/nss.out"
+cmp "$W/nss.out" "$body" || fail "NSS message content"
+# gpgsm needs a CA above the group certificate and a private GNUPGHOME
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca.key" -out "$W/ca.pem" -days 2 -subj "/CN=interop CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -new -newkey rsa:2048 -nodes -keyout "$W/g2.key" -out "$W/g2.csr" -subj "/CN=group2" 2>/dev/null
+printf 'subjectAltName=email:list2@example.org\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n' \
+  >"$W/g2.ext"
+openssl x509 -req -in "$W/g2.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 -extfile "$W/g2.ext" \
+  -out "$W/g2.pem" 2>/dev/null
+export GNUPGHOME=$W/gnupg
+mkdir -m 700 "$GNUPGHOME"
+printf 'disable-crl-checks\n' >"$GNUPGHOME/gpgsm.conf"
+printf '%s S\n' "$(openssl x509 -in "$W/ca.pem" -noout -fingerprint -sha1 | cut -d= -f2)" >"$GNUPGHOME/trustlist.txt"
+trap 'gpgconf --kill gpg-agent 2>/dev/null || true; rm -rf "$W"' EXIT
+gpgsm --batch --import "$W/ca.pem" "$W/g2.pem" 2>/dev/null
+for c in default AES192 AES256; do
+  opt=(); [ $c != default ] && opt=(--cipher-algo $c)
+  gpgsm --batch "${opt[@]}" --encrypt -r list2@example.org -o "$W/gpgsm-$c.der" "$body" 2>/dev/null ||
+    fail "gpgsm --encrypt $c"
+  $T extract-ri --cert "$W/g2.pem" --in "$W/gpgsm-$c.der" --out "$W/gpgsm.ri"
+  $T ri-info --ri "$W/gpgsm.ri" | grep -q '^alg=rsa-pkcs1v15$' || fail "gpgsm sends v1.5"
+  want=aes-128-cbc; [ $c = AES192 ] && want=aes-192-cbc; [ $c = AES256 ] && want=aes-256-cbc
+  $T info --in "$W/gpgsm-$c.der" | grep -q "^cipher=$want\$" || fail "gpgsm $c: $($T info --in "$W/gpgsm-$c.der")"
+  $T decrypt --cert "$W/g2.pem" --key "$W/g2.key" --in "$W/gpgsm-$c.der" --out "$W/gpgsm.out"
+  cmp "$W/gpgsm.out" "$body" || fail "gpgsm $c content"
+done
+# a member copy: the group's RI replaced by a v1.5 KTRI to the member, read
+# by cmsutil -D and gpgsm --decrypt with the member's key imported
+openssl pkeyutl -encrypt -pubin -inkey "$W/member.pub" -pkeyopt rsa_padding_mode:pkcs1 -in "$W/g.cek" -out "$W/v.ek"
+$T ktri --cert "$W/member.pem" --kt pkcs1v15 --enc-key "$W/v.ek" --out "$W/v.ri"
+$T encrypt --cert "$W/group.pem" --cipher cbc128 --kt oaep --format der --in "$body" --out "$W/c.der"
+$T extract-ri --cert "$W/group.pem" --in "$W/c.der" --out "$W/c.ri"
+$T ri-decrypt --ri "$W/c.ri" --cert "$W/group.pem" --key "$W/group.key" --out "$W/c.cek"
+openssl pkeyutl -encrypt -pubin -inkey "$W/member.pub" -pkeyopt rsa_padding_mode:pkcs1 -in "$W/c.cek" -out "$W/v.ek"
+$T ktri --cert "$W/member.pem" --kt pkcs1v15 --enc-key "$W/v.ek" --out "$W/v.ri"
+$T replace-ri --ri "$W/v.ri" --format der --in "$W/c.der" --out "$W/v.der"
+openssl pkcs12 -export -in "$W/member.pem" -inkey "$W/member.key" -out "$W/member.p12" -passout pass:x \
+  -certpbe NONE -keypbe PBE-SHA1-3DES -macalg sha1
+pk12util -i "$W/member.p12" -d "sql:$nss" -W x >/dev/null
+cmsutil -D -d "sql:$nss" -i "$W/v.der" -o "$W/v.nss" || fail "cmsutil -D of a v1.5 member copy"
+cmp "$W/v.nss" "$body" || fail "cmsutil -D content"
+echo x | gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --import "$W/member.p12" 2>"$W/gpgsm.err" ||
+  fail "gpgsm --import of the member key: $(cat "$W/gpgsm.err")"
+echo x | gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --decrypt -o "$W/v.gpgsm" "$W/v.der" 2>"$W/gpgsm.err" ||
+  fail "gpgsm --decrypt of a v1.5 member copy: $(cat "$W/gpgsm.err")"
+cmp "$W/v.gpgsm" "$body" || fail "gpgsm --decrypt content"
 echo "envelope interop: ok"

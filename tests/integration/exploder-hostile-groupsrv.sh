@@ -41,7 +41,7 @@ xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "[tls]" "cert = $W/pki/al
 # one of each kind (groupmail_hostile tries every misbehaviour on the
 # REST client itself; here what matters is how each class is handled)
 PERM="status-400 status-401 status-403 status-404 status-413 control-chars"
-TEMP="status-429 status-500 status-503 html-502 status-302 garbage bad-base64 bad-ri json-as-text
+TEMP="status-408 status-429 status-500 status-503 html-502 status-302 garbage bad-base64 bad-ri json-as-text
   huge-chunked truncated reset slow-body bad-status tls-stall not-tls"
 xp_encrypt "$W/group.pem" "$W/in.eml" "hostile"
 i=0
@@ -103,6 +103,7 @@ db "SELECT last_error FROM messages WHERE last_error IS NOT NULL" | grep -q $'\e
 grep -q 'reason="group server: refused: not a member or not allowed (403' "$W/run.log" ||
   fail "the 403's reason is missing from the log"
 grep -a -q $'\e' "$W/run.log" && fail "an escape sequence reached the log"
+grep -q 'forged="yes' "$W/run.log" && fail "a quote in the server's error code ended a field of the log"
 
 # 2. the server behaves again: every waiting message reaches every member once
 for n in http stall clear; do echo ok >"$W/$n.mode"; done

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # exploder member-certs mode end to end with a real group server on
 # SoftHSM: the group server re-wraps the group RecipientInfo to every
-# current member certificate (one call per message), and each member's copy
-# is standard multi-recipient S/MIME that `openssl cms -decrypt -recip
-# member.pem -inkey member.key` decrypts; the group's own KTRI is gone and
-# the encrypted content is unchanged.
+# current member certificate (one call per message, one unwrap in the
+# token), and every member gets a copy of their own that carries only
+# their own KeyTransRecipientInfo (O(1) in the list's size, and nobody
+# learns who else is on it), wrapped as the member chose: PKCS#1 v1.5 by
+# default (what NSS and gpgsm readers decrypt), RSA-OAEP for bob here.
+# `openssl cms -decrypt -recip member.pem -inkey member.key` reads each;
+# the group's own KTRI is gone and the encrypted content is unchanged. A
+# list member without a certificate at the group server gets no copy and
+# the sender's bounce says so in one plain line.
 set -euo pipefail
 . "$(dirname "$0")/exploder-rewrap-lib.sh" member-certs
+
+gs member set eng bob@example.org --wrap oaep >/dev/null
+serial_of() { $PY -c 'import sys; print(int(sys.argv[1], 16))' "$(openssl x509 -in "$1" -noout -serial | cut -d= -f2)"; }
+gserial=$(serial_of "$certs/group.pem")
+# copy_for ADDR: the file smtpd.py stored for that recipient (its envelope.log)
+copy_for() { local id; id=$(awk -v r="$1" '$3 == r {print $1}' "$W/smtp/envelope.log" | tail -1); echo "$W/smtp/new/$id"; }
 
 xp_encrypt "$certs/group.pem" "$W/in.eml" "member certs test"
 content_of "$W/in.eml" "$W/ct.in" >"$W/iv.in"
@@ -17,34 +28,79 @@ rewraps=$(( $(grep -c '"action":"rewrap"' "$work/audit.jsonl" || true) - rewraps
 [ "$rewraps" = 1 ] || fail "want exactly 1 rewrap call, audit shows $rewraps"
 [ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org bob@example.org erin@example.org " ] ||
   fail "recipients: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
+[ "$($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages | wc -l)" = 3 ] || fail "want one copy per member"
 
-for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
+insize=$(stat -c %s "$W/in.eml")
+for m in alice bob erin; do
+  f=$(copy_for "$m@example.org")
+  [ -f "$f" ] || fail "no copy for $m"
   grep -q '^List-Id: <eng.example.org>$' "$f" || fail "no List-Id"
-  kinds=$(ri_kinds "$f")
-  case "$kinds" in *kekri*|*kari*|"") fail "want only KTRIs, got: $kinds" ;; esac
-  # none of them is the group's own: only the members' keys can open the copy
-  gserial=$($PY -c 'import sys; print(int(sys.argv[1], 16))' \
-    "$(openssl x509 -in "$certs/group.pem" -noout -serial | cut -d= -f2)")
-  openssl cms -cmsout -print -in "$f" | grep -q "serialNumber: $gserial\$" && fail "the group's KTRI is still in the copy"
-  openssl cms -cmsout -print -in "$W/in.eml" | grep -q "serialNumber: $gserial\$" || fail "serial check is vacuous"
-  for m in alice bob erin; do
-    openssl cms -decrypt -in "$f" -recip "$certs/$m@example.org.pem" -inkey "$certs/$m@example.org.key" \
-      -out "$W/dec.txt" 2>"$W/cms.err" || fail "$m cannot decrypt with a stock openssl: $(cat "$W/cms.err")"
-    grep -q 'secret body for member certs test' "$W/dec.txt" || fail "wrong plaintext for $m"
+  [ "$(ri_kinds "$f")" = "ktri " ] || fail "$m's copy: want exactly one KTRI, got: $(ri_kinds "$f")"
+  openssl cms -cmsout -print -in "$f" > "$W/print.txt"
+  grep -q "serialNumber: $(serial_of "$certs/$m@example.org.pem")\$" "$W/print.txt" || fail "$m's copy names another member"
+  grep -q "serialNumber: $gserial\$" "$W/print.txt" && fail "the group's KTRI is still in $m's copy"
+  want=rsaEncryption
+  [ "$m" = bob ] && want=rsaesOaep
+  grep -q "algorithm: $want " "$W/print.txt" || fail "$m's copy is not wrapped with $want"
+  # the same size whatever the list's size: one RecipientInfo, not one per member
+  [ "$(stat -c %s "$f")" -lt $((insize + 1200)) ] || fail "$m's copy is $(stat -c %s "$f") bytes for a $insize-byte message"
+  for r in alice bob erin; do
+    if [ "$r" = "$m" ]; then
+      openssl cms -decrypt -in "$f" -recip "$certs/$r@example.org.pem" -inkey "$certs/$r@example.org.key" \
+        -out "$W/dec.txt" 2>"$W/cms.err" || fail "$m cannot decrypt with a stock openssl: $(cat "$W/cms.err")"
+      grep -q 'secret body for member certs test' "$W/dec.txt" || fail "wrong plaintext for $m"
+    else
+      openssl cms -decrypt -in "$f" -recip "$certs/$r@example.org.pem" -inkey "$certs/$r@example.org.key" \
+        -out "$W/dec.txt" 2>/dev/null && fail "$r can decrypt $m's copy"
+    fi
   done
   content_of "$f" "$W/ct.out" >"$W/iv.out"
   cmp -s "$W/ct.in" "$W/ct.out" && cmp -s "$W/iv.in" "$W/iv.out" || fail "encrypted content changed"
 done
-# a removed member cannot read the next message
+# groupmail sees a copy for the member's own key and decrypts it without the server
+"$BIN/groupmail" decrypt --store "$W/gmstore" --in "$(copy_for alice@example.org)" --out "$W/gm.txt" \
+  --cert "$certs/alice@example.org.pem" --key "$certs/alice@example.org.key" 2>"$W/gm.err" ||
+  fail "groupmail on a member copy: $(cat "$W/gm.err")"
+grep -q 'secret body for member certs test' "$W/gm.txt" || fail "groupmail: wrong plaintext"
+
+# a removed member gets no copy of the next message; the sender's bounce
+# says why in one line, naming nobody
 gs member remove eng erin@example.org >/dev/null
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
 xp_encrypt "$certs/group.pem" "$W/in2.eml" "after removal"
 xp deliver --list $L <"$W/in2.eml" || fail "deliver refused"
 xp_drain
-f=$(grep -l '^Subject: after removal' "$W"/smtp/new/* | head -1)
-[ -n "$f" ] || fail "second message not delivered"
-openssl cms -decrypt -in "$f" -recip "$certs/erin@example.org.pem" -inkey "$certs/erin@example.org.key" \
-  -out "$W/dec.txt" 2>/dev/null && fail "a removed member can still decrypt"
+[ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org alice@example.org bob@example.org " ] ||
+  fail "after removal: $(xp_accepted "$W/smtp" | tr '\n' ' ') (want alice, bob and alice's bounce)"
+b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
+[ -n "$b" ] || fail "no bounce to the sender"
+grep -q '^could not be delivered to 1 of 3 list members\.$' "$b" || fail "bounce counts: $(cat "$b")"
+grep -q '^Reason: 1 of them have no certificate at the group server\.$' "$b" || fail "bounce reason: $(cat "$b")"
+grep -q 'erin' "$b" && fail "the bounce names a member"
+f=$(copy_for bob@example.org)
 openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" \
   -out "$W/dec.txt" 2>/dev/null || fail "bob cannot decrypt the second message"
+xp_spool_empty
+
+# A 4xx from the group server is its final word on the message: bounced at
+# once with that reason in one plain line, not retried for max_age. Here the
+# message was accepted for key version 1, which is then retired.
+xp_encrypt "$certs/group.pem" "$W/in3.eml" "old key"
+xp deliver --list $L --sender alice@example.org <"$W/in3.eml" || fail "deliver refused"
+gs group rotate eng >/dev/null
+gs group retire eng --before 2 >/dev/null
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 0 ] || fail "a 400 from the group server was retried (run --once exit $rc)"
+[ "$(xp_accepted "$W/smtp" | tr '\n' ' ')" = "alice@example.org " ] || fail "want only the bounce: $(xp_accepted "$W/smtp")"
+b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
+[ -n "$b" ] || fail "no bounce for a message the group server refused"
+grep -q '^Reason: the group server refused to re-encrypt it for the members: .*(unknown_recipient)\.$' "$b" ||
+  fail "bounce reason: $(cat "$b")"
+[ "$(grep -c '^Reason: ' "$b")" = 1 ] || fail "want one reason line"
+grep -q 'level=\|fn=\|status [0-9]' "$b" && fail "a log line in the bounce: $(cat "$b")"
 xp_spool_empty
 echo "exploder member-certs: ok"

@@ -5,8 +5,10 @@
 #   unknown list -> 67, non-member on a members-only list -> 77,
 #   too large -> 65, mail loop (our own List-Id, or our X-BeenThere) -> 65,
 #   spool not writable -> 75 (the MTA keeps the mail).
-# With [log] file, standard error carries only the one-line reason and the
-# log file is never opened through a symbolic link.
+# Each refusal is exactly one line on stderr (what the MTA puts into its
+# bounce), starting with the RFC 3463 status of docs/exploder.1.md, never a
+# log line. The log file of [log] file is never opened through a symbolic
+# link.
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup refuse
@@ -21,35 +23,44 @@ xp list create closed@lists.example.org --group-server https://127.0.0.1:1 --gro
 xp list add $L m1@example.net >/dev/null
 xp list add closed@lists.example.org m1@example.net >/dev/null
 
-expect() { # expect CODE LIST FILE [deliver args]
-  local want=$1 list=$2 file=$3 rc=0
-  shift 3
-  xp deliver --list "$list" "$@" <"$file" 2>>"$W/deliver.log" || rc=$?
+expect() { # expect CODE DSN LIST FILE [deliver args]
+  local want=$1 dsn=$2 list=$3 file=$4 rc=0
+  shift 4
+  xp deliver --list "$list" "$@" <"$file" 2>"$W/deliver.err" || rc=$?
+  cat "$W/deliver.err" >>"$W/deliver.log"
   [ "$rc" = "$want" ] || fail "$(basename "$file") to $list: exit $rc, want $want"
+  [ "$(wc -l < "$W/deliver.err")" = 1 ] || fail "$(basename "$file"): stderr is not one line: $(cat "$W/deliver.err")"
+  grep -q "^${dsn//./\\.} [^ ]" "$W/deliver.err" || fail "$(basename "$file"): want DSN $dsn: $(cat "$W/deliver.err")"
+  grep -q 'level=\|fn=\|msg="' "$W/deliver.err" && fail "$(basename "$file"): a log line on stderr: $(cat "$W/deliver.err")"
   xp_spool_empty
 }
 
 printf 'this is not a mail message, no header, no blank line' >"$W/garbage"
-expect 65 $L "$W/garbage"
+expect 65 5.6.0 $L "$W/garbage"
 printf 'From: a@example.org\nSubject: x\nno blank line ever' >"$W/noblank"
-expect 65 $L "$W/noblank"
+expect 65 5.6.0 $L "$W/noblank"
 printf 'From: a@example.org\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n\nbm90IENNUw==\n' >"$W/badcms"
-expect 65 $L "$W/badcms"
+expect 65 5.6.0 $L "$W/badcms"
 printf 'From: a@example.org\nTo: %s\nSubject: plain\n\nhello in the clear\n' $L >"$W/plain"
-expect 77 $L "$W/plain"
+expect 77 5.7.1 $L "$W/plain"
 xp_encrypt "$W/other.pem" "$W/wrong.eml" wrong
-expect 77 $L "$W/wrong.eml"
+expect 77 5.7.1 $L "$W/wrong.eml"
 xp_encrypt "$W/group.pem" "$W/good.eml" good
-expect 67 nosuchlist@lists.example.org "$W/good.eml"
-expect 77 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
+expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
+expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
-expect 65 $L "$W/big"
+expect 65 5.3.4 $L "$W/big"
 { echo "List-Id: Eng <eng.lists.example.org>"; cat "$W/good.eml"; } >"$W/loop.eml"
-expect 65 $L "$W/loop.eml"
+expect 65 5.4.6 $L "$W/loop.eml"
 # our copy back through another list that replaced our List-Id with its own
 { printf 'List-Id: <other.lists.example.org>\nX-BeenThere: other@lists.example.org\nX-BeenThere: %s\n' $L
   cat "$W/good.eml"; } >"$W/loop2.eml"
-expect 65 $L "$W/loop2.eml"
+expect 65 5.4.6 $L "$W/loop2.eml"
+# an unreadable configuration: temporary, and still one line (4.3.5)
+rc=0
+"$EXPLODER" -c "$W/no-such.conf" deliver --list $L <"$W/good.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 75 ] && [ "$(wc -l < "$W/deliver.err")" = 1 ] && grep -q '^4\.3\.5 ' "$W/deliver.err" ||
+  fail "unreadable configuration: exit $rc: $(cat "$W/deliver.err")"
 
 # a spool that cannot be written: temporary failure, never "accepted"
 chmod 0500 "$W/spool/msg"
@@ -74,7 +85,7 @@ xp_conf "maildir:$W/md" "[spool]" "max_message_size = 20000" "[log]" "file = $W/
 rc=0
 xp deliver --list $L <"$W/plain" 2>"$W/stderr1" || rc=$?
 [ "$rc" = 77 ] || fail "plain mail with [log] file: exit $rc"
-[ "$(wc -l <"$W/stderr1")" = 1 ] && grep -q "^exploder: $L: message is not encrypted" "$W/stderr1" ||
+[ "$(wc -l <"$W/stderr1")" = 1 ] && grep -q "^5\.7\.1 $L: message is not encrypted" "$W/stderr1" ||
   fail "stderr with [log] file: $(cat "$W/stderr1")"
 grep -q "msg=\"refused\" list=$L" "$W/exploder.log" || fail "the refusal is not in [log] file"
 [ "$(stat -c %a "$W/exploder.log")" = 600 ] || fail "log file mode $(stat -c %a "$W/exploder.log")"
@@ -85,7 +96,14 @@ rc=0
 xp deliver --list $L <"$W/plain" 2>"$W/stderr2" || rc=$?
 [ "$rc" = 77 ] || fail "plain mail with a link at [log] file: exit $rc"
 [ "$(cat "$W/target")" = "not a log" ] || fail "the log was written through a symbolic link"
-grep -q 'cannot open the log file' "$W/stderr2" || fail "no warning about the log file: $(cat "$W/stderr2")"
+# deliver then logs to syslog (mail), the warning too: its standard error
+# stays the one line of the bounce
+[ "$(wc -l <"$W/stderr2")" = 1 ] && grep -q "^5\.7\.1 $L: message is not encrypted" "$W/stderr2" ||
+  fail "stderr with a link at [log] file: $(cat "$W/stderr2")"
+# a list command (no MTA reading its standard error) warns there
+xp list show $L >/dev/null 2>"$W/stderr3"
+[ "$(cat "$W/target")" = "not a log" ] || fail "list show wrote the log through a symbolic link"
+grep -q 'cannot open the log file' "$W/stderr3" || fail "no warning about the log file: $(cat "$W/stderr3")"
 xp_spool_empty
 
 echo "exploder refuse: ok"

@@ -8,22 +8,8 @@ BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
 start_server
 
-gm_home=$work/gmhome
-mkdir -p "$gm_home"
-export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
-unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
 # The config file carries the server and trust settings; flags add the rest.
-mkdir -p "$gm_home/.config/groupmail"
-cat > "$gm_home/.config/groupmail/config" <<CONF
-[server]
-url = $base
-group = eng
-cacert = $certs/tca.pem
-group_ca = $certs/localca.pem
-timeout = 10
-[hsm]
-module = $module
-CONF
+gm_home_init "[hsm]" "module = $module"
 gm() { "$BIN/groupmail" "$@"; }
 as() { local who=$1; shift; gm "$@" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key"; }
 expect_rc() { # expect_rc WANT DESC -- command...
@@ -118,6 +104,21 @@ check_cek "$(cat "$work/gm.out")"
 expect_rc 0 "unwrap --via recipient-key prints a KTRI" -- as alice unwrap --via recipient-key --recipient-info "$work/ri.der"
 b64d "$(cat "$work/gm.out")" > "$work/ri-a.der"
 check_ktri "$work/ri-a.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
+# a bare PKCS#1 v1.5 RecipientInfo: the content algorithm comes from the
+# command line, since no message names it (the server never guesses)
+openssl cms -encrypt -binary -aes-128-cbc -in "$work/msg.txt" -outform DER -out "$work/v15.der" \
+  -recip "$certs/group.pem" 2>/dev/null
+cms ri "$work/v15.der" "$work/v15-ri.der"
+expect_rc 1 "unwrap of a bare v1.5 RecipientInfo without --content-algorithm" -- \
+  as alice unwrap --via tls --recipient-info "$work/v15-ri.der"
+grep -q "content_algorithm_required" "$work/gm.err" || fail "v1.5 without length: $(cat "$work/gm.err")"
+expect_rc 0 "unwrap of a bare v1.5 RecipientInfo with --content-algorithm" -- \
+  as alice unwrap --via tls --recipient-info "$work/v15-ri.der" --content-algorithm aes-128-cbc
+[ "$(tr -d '\n' < "$work/gm.out" | wc -c)" = 32 ] || fail "v1.5 unwrap: not a 16-byte key: $(cat "$work/gm.out")"
+expect_rc 0 "unwrap of a v1.5 message (its content algorithm sent along)" -- as alice unwrap --via tls --in "$work/v15.der"
+[ "$(tr -d '\n' < "$work/gm.out" | wc -c)" = 32 ] || fail "v1.5 message unwrap: not a 16-byte key"
+expect_rc 2 "--content-algorithm without --recipient-info" -- \
+  as alice unwrap --via tls --in "$work/v15.der" --content-algorithm aes-128-cbc
 
 # groupmail encrypt (from the pin) -> groupmail decrypt via the server
 expect_rc 0 "encrypt to the pinned group certificate" -- gm encrypt --mime --in "$work/m.txt" --out "$work/gm.smime"
@@ -159,9 +160,17 @@ expect_rc 5 "tampered message: exit 5" -- as alice decrypt --via tls --in "$work
 [ ! -e "$work/x.txt" ] || fail "plaintext file left behind after tampering"
 ls "$work" | grep -q 'x.txt.tmp' && fail "temp file left behind"
 
-# a message not for this group
-openssl cms -encrypt -aes-256-gcm -recip "$certs/alice@example.org.pem" -in "$work/m.txt" -out "$work/alien.smime" 2>/dev/null
+# a message not for this group (nor for alice)
+openssl cms -encrypt -aes-256-gcm -recip "$certs/bob@example.org.pem" -in "$work/m.txt" -out "$work/alien.smime" 2>/dev/null
 expect_rc 5 "message not for the group: exit 5" -- as alice decrypt --via tls --in "$work/alien.smime" --out "$work/x.txt"
+grep -q "own key" "$work/gm.err" || fail "no hint at --via own-key: $(cat "$work/gm.err")"
+# one encrypted to alice herself (a member-certs copy): her own key, no server
+openssl cms -encrypt -aes-128-cbc -recip "$certs/alice@example.org.pem" -in "$work/m.txt" -out "$work/mine.smime" 2>/dev/null
+expect_rc 0 "a copy for alice's own certificate, whatever --via" -- as alice decrypt --via tls --in "$work/mine.smime" --out "$work/mine.txt"
+same_text "$work/mine.txt" "$work/m.txt" "own-key decryption"
+expect_rc 0 "--via own-key" -- as alice decrypt --via own-key --in "$work/mine.smime" --out "$work/mine2.txt"
+same_text "$work/mine2.txt" "$work/m.txt" "--via own-key"
+expect_rc 5 "--via own-key on a message without alice's RecipientInfo" -- as alice decrypt --via own-key --in "$work/alien.smime" --out "$work/x.txt"
 [ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
 printf 'not a message\n' > "$work/junk.txt"
 expect_rc 5 "not a message: exit 5" -- as alice decrypt --in "$work/junk.txt"

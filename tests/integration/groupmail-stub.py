@@ -120,10 +120,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 name = "conn-%d" % self.conn_id
             elif g == "badb64":
                 return self.send(200, {"name": 5})
-            return self.send(200, {"name": name, "address": name + "@example.org",
-                                   "methods": ["tls", "recipient-key", "group-secret"],
-                                   "key_versions": [1, 2],
-                                   "certificate_server": "https://127.0.0.1:1"})
+            info = {"name": name, "address": name + "@example.org",
+                    "methods": ["tls", "recipient-key", "group-secret"],
+                    "key_versions": [1, 2],
+                    "certificate_server": "https://127.0.0.1:1"}
+            if g == "kts":
+                info["key_transports"] = ["RSA-OAEP", "RSA-PKCS1-v1_5"]
+            return self.send(200, info)
         if ep == "certificate":
             return self.send(200, open(os.environ["STUB_GROUP_CERT"]).read()
                              if "STUB_GROUP_CERT" in os.environ else
@@ -168,9 +171,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             ri = base64.b64decode(req["recipient_info"], validate=True)
             if req.get("to") == "group-secret":
                 return self.send(200, {"recipient_info": base64.b64encode(b"KEK:" + ri).decode()})
+            if req.get("to") == "members" and g.startswith("members-"):
+                # a big list: N RecipientInfos of an RSA-4096 member key's
+                # size (about 700 bytes of DER each), each named
+                n = int(g[len("members-"):])
+                one = base64.b64encode(b"K" * 700).decode()
+                return self.send(200, {"recipient_infos": [one] * n,
+                                       "members": ["member%d@members.example.org" % i for i in range(n)],
+                                       "key_version": 1})
             if req.get("to") == "members":
-                return self.send(200, {"recipient_infos": [base64.b64encode(b"M1:" + ri).decode(),
-                                                           base64.b64encode(b"M2:" + ri).decode()]})
+                ans = {"recipient_infos": [base64.b64encode(b"M1:" + ri).decode(),
+                                           base64.b64encode(b"M2:" + ri).decode()]}
+                # "named": the members each RecipientInfo belongs to, given the
+                # content algorithm; "misnamed": a list that does not match
+                if g == "named":
+                    if req.get("content_algorithm") != "aes-192-cbc":
+                        return self.err(400, "content_algorithm_required", "no content algorithm")
+                    ans["members"] = ["a@example.org", "b@example.org"]
+                elif g == "misnamed":
+                    ans["members"] = ["a@example.org"]
+                return self.send(200, ans)
             return self.err(400, "bad_request", "to")
         return self.err(404, "not_found", "no endpoint")
 
@@ -187,7 +207,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             res = {"error": {"code": "unwrap_failed", "message": "unwrap failed"}}
             return self.send(400, res) if single else res
         if deliver == "tls":
-            res = {"key": base64.b64encode(bytes(range(32))).decode(), "key_version": 1}
+            # the key length the content algorithm names (the real server's rule)
+            n = {"aes-128-cbc": 16, "aes-192-cbc": 24}.get(req.get("content_algorithm"), 32)
+            res = {"key": base64.b64encode(bytes(range(n))).decode(), "key_version": 1}
         elif deliver in ("recipient-key", "group-secret"):
             res = {"recipient_info": base64.b64encode(b"RI:" + raw).decode(), "key_version": 1}
             if deliver == "group-secret":

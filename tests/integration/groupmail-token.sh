@@ -25,21 +25,7 @@ mp11 --keypairgen --key-type rsa:2048 --label tinarsa --id 02 --usage-sign --sen
   fail "pkcs11-tool: RSA key generation on the member token"
 key="pkcs11:token=tina;object=tina;type=private"
 
-gm_home=$work/gmhome
-mkdir -p "$gm_home/.config/groupmail"
-export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
-unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
-cat > "$gm_home/.config/groupmail/config" <<CONF
-[server]
-url = $base
-group = eng
-cacert = $certs/tca.pem
-group_ca = $certs/localca.pem
-timeout = 10
-[hsm]
-module = $module
-pin_source = $mtok/user-pin
-CONF
+gm_home_init "[hsm]" "module = $module" "pin_source = $mtok/user-pin"
 # groupmail sees only the member's token.
 gm() { SOFTHSM2_CONF=$mtok/softhsm2.conf "$BIN/groupmail" "$@"; }
 tina() { gm "$@" --cert "$certs/tina.pem" --key "$key"; }

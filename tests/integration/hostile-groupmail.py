@@ -150,7 +150,7 @@ COMMANDS = {"unwrap": cmd_unwrap, "unwrap-rk": cmd_unwrap_rk, "decrypt": cmd_dec
 # mode -> exit code every command must give (docs/groupmail.1.md "Exit status")
 EXPECT = {
     "status-302": 4, "status-400": 1, "status-401": 3, "status-403": 3, "status-404": 1,
-    "status-405": 1, "status-413": 1, "status-429": 4, "status-500": 4, "status-503": 4,
+    "status-405": 1, "status-408": 4, "status-413": 1, "status-429": 4, "status-500": 4, "status-503": 4,
     "html-200": 4, "html-403": 3, "html-502": 4, "json-as-text": 4, "garbage": 4,
     "wrong-types": 4, "bad-base64": 4, "empty": 4, "deep-json": 4, "control-chars": 3, "huge-length": 4,
     "huge-chunked": 4, "slow-body": 4, "slow-headers": 4, "truncated": 4, "close": 4, "reset": 4,
@@ -165,7 +165,7 @@ SAYS = {
     "huge-chunked": "over the 4194304-byte limit", "huge-header": "headers too large",
     "slow-body": "timed out", "slow-headers": "timed out", "tls-stall": "timed out",
     "control-chars": "evil?code?[0m", "html-502": "HTTP 502", "truncated": "connection lost",
-    "status-429": "rate limited", "status-503": "unavailable", "status-403": "hostile_403",
+    "status-429": "rate limited", "status-408": "timed out", "status-503": "unavailable", "status-403": "hostile_403",
 }
 # well-behaved answers: exit code per command (the "ok" server has no real
 # keys: its content key is wrong, so decrypt must fail on the GCM tag and

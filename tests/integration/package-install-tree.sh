@@ -33,8 +33,12 @@ grep -qx "ExecStart=$PREFIX/bin/exploder -c .*/groupsrv/exploder.conf run" "$roo
 
 # Example configurations: every key known (a bad one is exit 5 / 78).
 doc=$root/share/doc
+# The database path is moved into the work directory: a package installed
+# on this machine (package_deb_system) owns /var/lib/groupsrv.
+sed -e "s|/var/lib/groupsrv/|$W/|" "$doc/groupsrv/examples/groupsrv.conf" >"$W/gs.conf"
+grep -q "^path = $W/groupsrv.db\$" "$W/gs.conf" || fail "groupsrv example: database path not replaced"
 rc=0
-"$root/bin/groupsrv" -c "$doc/groupsrv/examples/groupsrv.conf" group list >/dev/null 2>"$W/gs.err" || rc=$?
+"$root/bin/groupsrv" -c "$W/gs.conf" group list >/dev/null 2>"$W/gs.err" || rc=$?
 [ "$rc" = 3 ] && grep -q "does not exist" "$W/gs.err" || fail "groupsrv example config: exit $rc: $(cat "$W/gs.err")"
 sed -e "s|/var/spool/exploder|$W/spool|" -e "s|/var/log/exploder/|$W/|" "$doc/exploder/examples/exploder.conf" >"$W/xp.conf"
 cmp -s "$W/xp.conf" "$doc/exploder/examples/exploder.conf" && fail "exploder example: paths not replaced"

@@ -53,17 +53,45 @@ openssl pkey -pubin -inform DER -in "$T/tokpub.der" -outform PEM > "$T/tokpub.pe
 openssl x509 -in "$T/eng.pem" -noout -pubkey > "$T/certpub.pem"
 cmp -s "$T/tokpub.pem" "$T/certpub.pem" || fail "certificate key differs from the token key"
 "$G" -c "$CONF" group show eng --pubkey | cmp -s - "$T/certpub.pem" || fail "group show --pubkey"
-# the private key: sensitive, always sensitive, never extractable; OAEP only; no sign
+# the private key: sensitive, always sensitive, never extractable; OAEP and
+# (by default, for stock S/MIME senders) PKCS#1 v1.5 with a rejection key; no sign
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
 awk '/label: *gs:group:eng:v1/{f=1} f&&/Access:/{print; exit}' "$T/objs" > "$T/access"
 grep -q "sensitive, always sensitive, never extractable" "$T/access" || { cat "$T/objs"; fail "group key access flags"; }
 awk '/label: *gs:group:eng:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "group key usage"
-awk '/label: *gs:group:eng:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS-OAEP$" || fail "group key mechanisms"
-# method set without tls: no CKA_DECRYPT; v1.5 allowed: RSA-PKCS too; a rejection key
+awk '/label: *gs:group:eng:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" |
+  grep -q ": *RSA-PKCS,RSA-PKCS-OAEP$" || fail "group key mechanisms (default: v1.5 and OAEP)"
+p11 --list-objects > "$T/objs" 2>/dev/null
+grep -q "gs:reject:eng" "$T/objs" || fail "a default group has no rejection key"
+"$G" -c "$CONF" group show eng | grep -q "^pkcs1v15: *accepted" || fail "group show: v1.5 not shown as accepted"
+"$G" -c "$CONF" group show eng | grep -q "^member wrap: *pkcs1v15$" || fail "group show: member wrap"
+# --oaep-only keeps the strict policy: OAEP only, no rejection key
+expect_rc 2 "$G" -c "$CONF" group create both --address both@example.org --allow-pkcs1v15 --oaep-only
+expect_err "contradict"
+expect_rc 2 "$G" -c "$CONF" group create badwrap --address bw@example.org --wrap rsa
+expect_rc 0 "$G" -c "$CONF" group create strict --address strict@example.org --key rsa:2048 --methods tls --oaep-only \
+  --wrap oaep
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:strict:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" |
+  grep -q ": *RSA-PKCS-OAEP$" || fail "--oaep-only group key mechanisms"
+p11 --list-objects > "$T/objs" 2>/dev/null
+grep -q "gs:reject:strict" "$T/objs" && fail "an --oaep-only group has a rejection key"
+"$G" -c "$CONF" group show strict | grep -q "^pkcs1v15: *refused" || fail "group show: --oaep-only"
+"$G" -c "$CONF" group show strict | grep -q "^member wrap: *oaep$" || fail "group show: --wrap oaep"
+expect_rc 0 "$G" -c "$CONF" group set strict --wrap pkcs1v15
+"$G" -c "$CONF" group show strict | grep -q "^member wrap: *pkcs1v15$" || fail "group set --wrap"
+expect_rc 2 "$G" -c "$CONF" group set strict --wrap sometimes
+expect_rc 3 "$G" -c "$CONF" group set nosuch --wrap oaep
+# method set without tls, v1.5 accepted: CKA_DECRYPT all the same (implicit
+# rejection decrypts), RSA-PKCS too, a rejection key
 expect_rc 0 "$G" -c "$CONF" group create v15 --address v15@example.org --key rsa:2048 --methods recipient-key --allow-pkcs1v15
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "v15 key usage"
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "v15 key has decrypt"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "v15 key usage"
+# --oaep-only and no tls: the only kind without CKA_DECRYPT
+expect_rc 0 "$G" -c "$CONF" group create nodec --address nodec@example.org --key rsa:2048 --methods recipient-key --oaep-only
+p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "nodec key usage"
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "nodec key has decrypt"
 awk '/label: *gs:group:v15:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS,RSA-PKCS-OAEP$" || fail "v15 mechanisms"
 p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"
@@ -126,9 +154,18 @@ expect_rc 3 "$G" -c "$CONF" member remove eng nobody@example.org
 [ "$(db_sum)" = "$before" ] || fail "a failed member command changed the database"
 expect_rc 0 "$G" -c "$CONF" member add eng bob@example.org --cert "$T/bob.pem"
 expect_rc 0 "$G" -c "$CONF" member add eng list@example.org --issue-cert --out "$T/m" --role exploder
+expect_rc 2 "$G" -c "$CONF" member add eng dora@example.org --issue-cert --out "$T/m" --wrap rsa
+expect_rc 0 "$G" -c "$CONF" member add eng dora@example.org --issue-cert --out "$T/m" --wrap oaep
 "$G" -c "$CONF" member list eng > "$T/members"
-grep -q "^alice@example.org  *member" "$T/members" && grep -q "^bob@example.org  *member" "$T/members" &&
-  grep -q "^list@example.org  *exploder" "$T/members" || { cat "$T/members"; fail "member list"; }
+grep -q "^alice@example.org  *member  *default " "$T/members" && grep -q "^bob@example.org  *member" "$T/members" &&
+  grep -q "^list@example.org  *exploder" "$T/members" && grep -q "^dora@example.org  *member  *oaep " "$T/members" ||
+  { cat "$T/members"; fail "member list"; }
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap oaep
+"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *oaep " || fail "member set --wrap oaep"
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap default
+"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *default " || fail "member set --wrap default"
+expect_rc 3 "$G" -c "$CONF" member set eng nobody@example.org --wrap oaep
+expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org
 
 # --- removing a member rotates the secret key
 expect_rc 0 "$G" -c "$CONF" member remove eng bob@example.org

@@ -26,7 +26,7 @@ mkdir -p "$work/examples"
 out=$(cd "$work/examples" && env SERVER="$base" CERTSRV="$cbase" GROUP=eng CACERT="$certs/tca.pem" \
   CERT="$certs/alice@example.org.pem" KEY="$certs/alice@example.org.key" \
   ADMIN_CERT="$certs/admin@example.org.pem" ADMIN_KEY="$certs/admin@example.org.key" \
-  DLE_CERT="$certs/dle@example.org.pem" DLE_KEY="$certs/dle@example.org.key" RI="$work/ri.der" \
+  DLE_CERT="$certs/dle@example.org.pem" DLE_KEY="$certs/dle@example.org.key" RI="$work/ri.der" CALG=aes-256-cbc \
   PATH="/usr/bin:$PATH" bash "$script" 2>&1) || fail "examples failed: $(tail -n 20 <<<"$out")"
 grep -q EXAMPLES-DONE <<<"$out" || fail "examples did not finish"
 # What they produced is right: the F key decrypts the openssl cms message,
@@ -35,4 +35,10 @@ check_cek "$(od -An -tx1 "$work/examples/cek.bin" | tr -d ' \n')"
 check_ktri "$work/examples/ktri-for-me.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
 openssl x509 -in "$work/examples/anon.pem" -noout -ext subjectAltName 2>/dev/null | grep -q 'email:' &&
   fail "membership certificate carries an email address"
+# The groups the examples made: POST /v1/groups accepts PKCS#1 v1.5 unless
+# "allow_pkcs1v15": false; the member wrap the PUT asked for was kept.
+[ "$(anon "$base/v1/groups/ops" | json_get /dev/stdin key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
+  fail "a group made by POST /v1/groups does not accept v1.5 by default"
+[ "$(anon "$base/v1/groups/strict" | json_get /dev/stdin key_transports)" = "['RSA-OAEP']" ] ||
+  fail "allow_pkcs1v15 false did not make an RSA-OAEP-only group"
 ok "all $n example blocks of docs/api.md ran as written ($(grep -c . "$script") lines)"

@@ -101,8 +101,12 @@ codes=$(curl -sS $(one lower) --next $(one lower) --next $(one lower) --next $(o
 ok "NOCERT@ right after nocert@ used the burst: 429 (one bucket)"
 
 # ---- finding 9: a 254-byte identity is rate limited ----
+# Eight requests from one curl process, as above: eight processes may take
+# longer than the five seconds the bucket needs to refill on a loaded machine.
 sleep 3
-codes=$(for i in 1 2 3 4 5 6 7 8; do status lc --data-binary @"$work/req-tls.json" "$url"; echo; done | sort | uniq -c | tr '\n' ' ')
+# shellcheck disable=SC2046
+codes=$(curl -sS $(one long) --next $(one long) --next $(one long) --next $(one long) --next $(one long) \
+  --next $(one long) --next $(one long) --next $(one long) | sort | uniq -c | tr '\n' ' ')
 echo "$codes" | grep -q ' 429' || fail "a 254-byte identity is never rate limited: $codes"
 echo "$codes" | grep -q ' 200' || fail "a 254-byte identity is refused throughout: $codes"
 ok "a 254-byte identity is rate limited ($codes)"

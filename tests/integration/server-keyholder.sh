@@ -2,7 +2,7 @@
 # server-keyholder.sh BIN SRC: the process split of `groupsrv serve` on a
 # running server (SECURITY.md, "Processes"):
 #  - /proc: the network process maps no PKCS#11 module (nor p11-kit, nor
-#    SQLite), runs under seccomp (Seccomp: 2) as the unprivileged user with
+#    SQLite, nor libpq), runs under seccomp (Seccomp: 2) as the unprivileged user with
 #    no new privileges, is not dumpable and has no core limit; the PIN's
 #    bytes are nowhere in its memory (and are in the key holder's, which
 #    shows the scan works); the key holder has no listening socket, is not
@@ -30,10 +30,10 @@ kh=$(child groupsrv-kh)
 [ -n "$net" ] && [ -n "$kh" ] || fail "children of the supervisor: $(ps --ppid "$srv_pid" -o pid=,comm=)"
 
 # ---- the sandbox, from /proc ----
-mods='softhsm|p11-kit|p11fault|pkcs11|opensc|sqlite'
+mods='softhsm|p11-kit|p11fault|pkcs11|opensc|sqlite|libpq'
 grep -Eq "$mods" "/proc/$kh/maps" || fail "the key holder maps no token module (is $kh the key holder?)"
 if grep -E "$mods" "/proc/$net/maps"; then fail "the network process maps a PKCS#11 module or the database"; fi
-ok "network process: no PKCS#11 module, no p11-kit, no SQLite in /proc/$net/maps"
+ok "network process: no PKCS#11 module, no p11-kit, no SQLite, no libpq in /proc/$net/maps"
 grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net/status" || fail "network process: $(grep Seccomp "/proc/$net/status")"
 grep -Eq '^NoNewPrivs:[[:space:]]+1$' "/proc/$net/status" || fail "network process: no NoNewPrivs"
 ok "network process: Seccomp: 2 (filter), NoNewPrivs: 1"

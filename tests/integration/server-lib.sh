@@ -169,6 +169,22 @@ wait_healthz() {
   return 1
 }
 
+# expect_healthz WANT CODE-OR-EMPTY DESC: /healthz answers WANT within 3 s,
+# then as expect_status. One token and audit check serves every probe of
+# the process for a second (docs/api.md), so a change shows within that.
+expect_healthz() {
+  local i
+  for i in $(seq 1 30); do
+    [ "$(status anon "$base/healthz")" = "$1" ] && break
+    sleep 0.1
+  done
+  expect_status "$1" "$2" "$3" -- anon "$base/healthz"
+}
+
+# srv_net_pid: the network process of the running serve (groupsrv-net, a
+# child of $srv_pid): the one that holds the connections and their memory.
+srv_net_pid() { ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}'; }
+
 b64() { base64 -w0 "$1"; }
 json_get() { /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); 
 for k in sys.argv[2:]: v=v[int(k)] if isinstance(v,list) else v[k]
@@ -213,4 +229,18 @@ check_ktri() {
   openssl cms -decrypt -inform DER -in "$work/swapped.der" -recip "$2" -inkey "$3" -out "$work/dec.txt" 2>"$work/cms.err" ||
     fail "openssl cms cannot decrypt with the returned KTRI: $(cat "$work/cms.err")"
   cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
+}
+
+# gm_home_init [INI LINES...]: a private HOME for groupmail whose config file
+# names this server, group eng and the CAs; extra lines (an [hsm] section)
+# are appended. Sets gm_home.
+gm_home_init() {
+  gm_home=$work/gmhome
+  mkdir -p "$gm_home/.config/groupmail"
+  export HOME=$gm_home XDG_CONFIG_HOME= XDG_DATA_HOME=
+  unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
+  { printf '[server]\nurl = %s\ngroup = eng\ncacert = %s\ngroup_ca = %s\ntimeout = 10\n' "$base" \
+      "$certs/tca.pem" "$certs/localca.pem"
+    local l
+    for l in "$@"; do echo "$l"; done; } > "$gm_home/.config/groupmail/config"
 }

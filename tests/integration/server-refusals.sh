@@ -73,8 +73,53 @@ cp "$work/body" "$work/b1"
 expect_status 400 unwrap_failed "short ciphertext" -- c erin --data-binary @"$work/bad2.json" "$url"
 cmp -s "$work/body" "$work/b1" || fail "unwrap failures differ: $(cat "$work/b1") vs $(cat "$work/body")"
 ok "every decryption failure is the same answer"
+# PKCS#1 v1.5: accepted by default (implicit rejection), never with a
+# guessed key length; refused by an --oaep-only group with the one reason
+# that `exploder deliver` gives too (tests/integration/interop-clients.sh).
 printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5"}' "$(b64 "$work/g1.bin")" > "$work/v15.json"
-expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 off by default" -- c erin --data-binary @"$work/v15.json" "$url"
+expect_status 400 content_algorithm_required "PKCS#1 v1.5 without content_algorithm" -- \
+  c erin --data-binary @"$work/v15.json" "$url"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"aes-128-cbc"}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15a.json"
+expect_status 200 "" "PKCS#1 v1.5 garbage gets a substitute key" -- c erin --data-binary @"$work/v15a.json" "$url"
+[ "$(json_get "$work/body" key | base64 -d | wc -c)" = 16 ] || fail "v1.5 substitute: not the aes-128 length"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"rc2-cbc"}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15b.json"
+expect_status 400 unsupported_algorithm "unknown content_algorithm" -- c erin --data-binary @"$work/v15b.json" "$url"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"2.16.840.1.101.3.4.1.2","key_length":32}' \
+  "$(b64 "$work/g1.bin")" > "$work/v15c.json"
+expect_status 400 bad_request "key_length contradicting content_algorithm" -- c erin --data-binary @"$work/v15c.json" "$url"
+gs group create strict --address strict@example.org --key rsa:2048 --methods tls --oaep-only >/dev/null
+gs member add strict erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
+expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 refused by an --oaep-only group" -- \
+  c erin --data-binary @"$work/v15a.json" "$base/v1/groups/strict/unwrap"
+grep -q '"message":"PKCS#1 v1.5 key transport is not allowed for this group"' "$work/body" ||
+  fail "v1.5 refusal message: $(cat "$work/body")"
+anon "$base/v1/groups/strict" > "$work/strict.json"
+[ "$(json_get "$work/strict.json" key_transports)" = "['RSA-OAEP']" ] ||
+  fail "discovery of an --oaep-only group: $(cat "$work/strict.json")"
+# a default group without the tls method takes v1.5 too (its key can decrypt
+# for implicit rejection), and still never hands out a plain key
+gs group create notls --address notls@example.org --key rsa:2048 --methods recipient-key >/dev/null
+gs member add notls erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
+gs group show notls --cert > "$certs/notls.pem"
+openssl cms -encrypt -binary -aes128 -in "$work/msg.txt" -outform DER -out "$work/notls.der" -recip "$certs/notls.pem"
+cms ri "$work/notls.der" "$work/notls.ri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-128-cbc","deliver":"recipient-key"}' "$(b64 "$work/notls.ri")" \
+  > "$work/notls.json"
+expect_status 200 "" "PKCS#1 v1.5 on a group without tls (recipient-key)" -- \
+  c erin --data-binary @"$work/notls.json" "$base/v1/groups/notls/unwrap"
+json_get "$work/body" recipient_info | base64 -d > "$work/notls-ktri.der"
+cms swap "$work/notls.der" "$work/notls-ktri.der" "$work/notls-swapped.der"
+openssl cms -decrypt -inform DER -in "$work/notls-swapped.der" -recip "$certs/erin@example.org.pem" \
+  -inkey "$certs/erin@example.org.key" -out "$work/notls.txt" 2>/dev/null && cmp -s "$work/notls.txt" "$work/msg.txt" ||
+  fail "the v1.5 key re-wrapped to erin does not decrypt the message"
+sed 's/recipient-key/tls/' "$work/notls.json" > "$work/notls-tls.json"
+expect_status 403 method_not_allowed "no plain key from a group without tls" -- \
+  c erin --data-binary @"$work/notls-tls.json" "$base/v1/groups/notls/unwrap"
+anon "$base/v1/groups/eng" > "$work/eng.json"
+[ "$(json_get "$work/eng.json" key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
+  fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
 printf '{"encrypted_key":"%s","algorithm":"RSA"}' "$(b64 "$work/g1.bin")" > "$work/raw.json"
 expect_status 400 unsupported_algorithm "no raw RSA" -- c erin --data-binary @"$work/raw.json" "$url"
 
@@ -133,10 +178,10 @@ grep -q 'ALERT' "$work/server.log" || fail "suspension alert not logged"
 mv "$work/audit.jsonl" "$work/audit.moved"
 expect_status 503 audit_unavailable "audit log gone: unwrap refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -qi '^retry-after' <(c alice -D - -o /dev/null --data-binary @"$work/req-tls.json" "$url") || fail "503 without Retry-After"
-expect_status 503 "" "healthz reports the audit log" -- anon "$base/healthz"
+expect_healthz 503 "" "healthz reports the audit log"
 grep -q '"audit":"audit log cannot be written"' "$work/body" || fail "healthz body: $(cat "$work/body")"
 mv "$work/audit.moved" "$work/audit.jsonl"
-expect_status 200 "" "audit log back: healthz" -- anon "$base/healthz"
+expect_healthz 200 "" "audit log back: healthz"
 expect_status 200 "" "audit log back: unwrap" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
 # ---- audit chain ----

@@ -47,7 +47,7 @@ control ""
 # ---- token removed: fail closed ----
 audit_lines=$(wc -l < "$work/audit.jsonl")
 control "* CKR_DEVICE_REMOVED"
-expect_status 503 token_unavailable "healthz without the token" -- anon "$base/healthz"
+expect_healthz 503 token_unavailable "healthz without the token"
 grep -q '"token":"ok"' "$work/body" && fail "healthz says the token is ok: $(cat "$work/body")"
 retry_after "healthz 503" -- anon "$base/healthz"
 expect_status 503 token_unavailable "unwrap (tls) without the token" -- c alice --data-binary @"$work/req-tls.json" "$url"

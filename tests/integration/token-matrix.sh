@@ -23,7 +23,8 @@ nss)       want_policy=rewrap=token,secrets=token,reject=token;         want_wea
 opencryptoki) want_policy=rewrap=token,secrets=token-aes-ecb,reject=token
            want_weak="secret-aes-ecb, no-allowed-mechanisms, no-unwrap-template" ;;
 rpc)       want_policy=rewrap=token,secrets=token-aes-ecb,reject=token; want_weak="secret-aes-ecb, no-unwrap-template" ;;
-smartcard) want_policy=rewrap=software,secrets=sealed,reject=token;     want_weak="software-rewrap, secret-sealed, no-allowed-mechanisms"
+smartcard) want_policy=rewrap=software,secrets=sealed,reject=sealed    # no HMAC keys: v1.5's rejection key sealed
+           want_weak="software-rewrap, secret-sealed, reject-sealed, no-allowed-mechanisms"
            SRV_WORKERS=4 ;; # more token workers than the card's 2 sessions: the key holder lowers them
 *) echo "FAIL: unknown token $TOKEN" >&2; exit 1 ;;
 esac
@@ -49,6 +50,25 @@ if [ "$want_weak" != none ]; then
     { cat "$work/check.out" >&2; fail "check does not name the group key's accepted weakening"; }
 fi
 ok "$TOKEN: check prints the capability table and the policy"
+
+# ---- trusted wrap: --replicable where the token has it, a clear refusal where not ----
+grep -q "^cap trusted wrap  *\(yes: \|no: --replicable is refused; missing: .\)" "$work/check.out" ||
+  { cat "$work/check.out" >&2; fail "check output lacks the trusted wrap capability"; }
+if grep -q "^cap trusted wrap  *yes" "$work/check.out"; then
+  gs group create rep --address rep@example.org --key rsa:2048 --replicable > "$work/rep.out" 2>&1 ||
+    fail "group create --replicable where check says trusted wrap: $(cat "$work/rep.out")"
+  gs check > "$work/check-rep.out" 2>&1 || fail "check after --replicable: $(cat "$work/check-rep.out")"
+  grep -q "^group  *rep  *v1 .*OK (replicable: leaves only under trusted wrap)" "$work/check-rep.out" ||
+    { cat "$work/check-rep.out" >&2; fail "check does not show the replicable key"; }
+  ok "$TOKEN: trusted wrap; a replicable group is made and passes check"
+else
+  rc=0; gs group create rep --address rep@example.org --key rsa:2048 --replicable > "$work/rep.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] || fail "group create --replicable without trusted wrap: exit $rc, want 1: $(cat "$work/rep.out")"
+  [ "$(wc -l < "$work/rep.out")" = 1 ] && grep -q "^groupsrv: --replicable: this token lacks trusted wrap (missing: " "$work/rep.out" ||
+    fail "group create --replicable: not one clear line naming what is missing: $(cat "$work/rep.out")"
+  gs group show rep > /dev/null 2>&1 && fail "a refused replicable group was recorded"
+  ok "$TOKEN: no trusted wrap; --replicable refused: $(cat "$work/rep.out")"
+fi
 
 # ---- serve, and what GET /v1/groups/eng says about the path ----
 start_server

@@ -32,7 +32,8 @@ appended to --log as "METHOD PATH MODE". Modes:
   wrong-key         200, unwrap deliver=tls answers a random 32-byte key
   empty             200 with an empty body
   deep-json         200, 100,000 nested arrays
-  control-chars     403 whose error code and message hold escapes and newlines
+  control-chars     403 whose error code and message hold escapes, newlines
+                    and quotes
   huge-length       200 announcing 1 GiB, streaming until the client hangs up
   huge-chunked      200 chunked, a JSON string that never ends
   slow-body         200, then one byte every 0.5 s, forever
@@ -199,7 +200,8 @@ def serve_request(conn, m, method, path, body):
         return conn.sendall(answer(200, "[" * 100000 + "]" * 100000))
     if m == "control-chars":
         msg = "line one\r\nline two\x1b[31m red \x07\u202e " + "x" * 5000
-        return conn.sendall(answer(403, {"error": {"code": "evil\ncode\x1b[0m" + "y" * 300, "message": msg}}))
+        code = "evil\ncode\x1b[0m\" forged=\"yes" + "y" * 300  # a quote must not end a log field
+        return conn.sendall(answer(403, {"error": {"code": code, "message": msg}}))
     if m == "huge-length":
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n"
         return endless(conn, head + b'{"x":"', b"A" * 65536)

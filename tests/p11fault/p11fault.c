@@ -78,7 +78,7 @@
  * Token profiles (profile.h): GS_P11FAULT_PROFILE=smartcard makes the
  * target look like a decrypt-only smartcard (few mechanisms, no wrap or
  * unwrap, no CKA_ALLOWED_MECHANISMS/CKA_UNWRAP_TEMPLATE, a login per use,
- * two sessions).
+ * two sessions); =no-v15-wrap takes C_WrapKey with CKM_RSA_PKCS away.
  *
  * Zero-cost token (bench/run's "server CPU per unwrap"): with
  * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt
@@ -1017,7 +1017,7 @@ static CK_RV fw_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mecha
         return rv_;
     if (real == NULL || real->C_WrapKey == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    if ((rv_ = prof_unsupported()) != CKR_OK)
+    if ((rv_ = prof_wrap_pre(mechanism)) != CKR_OK)
         return rv_;
     return real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
 }

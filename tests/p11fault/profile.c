@@ -15,6 +15,7 @@
 
 static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
 static int smartcard;
+static int no_v15_wrap; /* profile "no-v15-wrap" */
 static unsigned open_sessions;
 static struct {
     CK_SESSION_HANDLE h;
@@ -32,6 +33,7 @@ void prof_load(void)
 
     pthread_mutex_lock(&prof_mu);
     smartcard = p != NULL && strcmp(p, "smartcard") == 0;
+    no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
     pthread_mutex_unlock(&prof_mu);
 }
 
@@ -73,8 +75,27 @@ CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type)
     return prof_active() && !sc_mech_known(type) ? CKR_MECHANISM_INVALID : CKR_OK;
 }
 
+CK_RV prof_wrap_pre(const CK_MECHANISM *m)
+{
+    int off;
+
+    pthread_mutex_lock(&prof_mu);
+    off = no_v15_wrap;
+    pthread_mutex_unlock(&prof_mu);
+    if (off && m != NULL && m->mechanism == CKM_RSA_PKCS)
+        return CKR_MECHANISM_INVALID;
+    return prof_unsupported();
+}
+
 void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
 {
+    int off;
+
+    pthread_mutex_lock(&prof_mu);
+    off = no_v15_wrap;
+    pthread_mutex_unlock(&prof_mu);
+    if (off && info != NULL && type == CKM_RSA_PKCS)
+        info->flags &= ~(CK_FLAGS)CKF_WRAP;
     if (!prof_active() || info == NULL)
         return;
     /* What the card does itself: private-key operations only. */

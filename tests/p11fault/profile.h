@@ -22,6 +22,10 @@
  *    login of this process: the card checks it again);
  *  - at most 2 sessions (ulMaxSessionCount 2, C_OpenSession beyond it
  *    CKR_SESSION_COUNT).
+ *
+ * "no-v15-wrap" models a token that unwraps and wraps with RSA-OAEP but
+ * not with CKM_RSA_PKCS: C_GetMechanismInfo(CKM_RSA_PKCS) without
+ * CKF_WRAP, C_WrapKey with it CKR_MECHANISM_INVALID; all else forwarded.
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H
@@ -37,6 +41,7 @@ int prof_active(void);
 
 /* Pre-hooks: CKR_OK lets the call through, anything else is its answer. */
 CK_RV prof_unsupported(void);         /* C_WrapKey, C_UnwrapKey, C_DeriveKey, C_GenerateKey */
+CK_RV prof_wrap_pre(const CK_MECHANISM *m); /* C_WrapKey: the above, and "no-v15-wrap" */
 CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type);
 CK_RV prof_check_mech(const CK_MECHANISM *m, int sign);   /* *Init, key pair generation */
 CK_RV prof_check_template(const CK_ATTRIBUTE *t, CK_ULONG n);

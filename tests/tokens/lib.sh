@@ -8,7 +8,8 @@
 #                        script (with ARGS) where the token needs it to
 #                        run: in a private mount namespace (opencryptoki),
 #                        as a non-root user (NSS through p11-kit's user
-#                        module files); returns at once when already there
+#                        module files; from a copy of tests/, scripts/
+#                        and BIN it owns); returns at once when already there
 #   tok_start DIR        makes and starts a throw-away token under DIR and
 #                        sets TOK_MODULE (a path or a p11-kit module name),
 #                        TOK_URI, TOK_PIN_FILE, TOK_LABEL, and where they

@@ -29,13 +29,19 @@ tok_enter() {
       useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$TOK_NSS_USER" ||
       tok_fail "useradd $TOK_NSS_USER"
   ) 9>/tmp/groupsrv-tokentest-user.lock || exit 1
-  base=$(mktemp -d "${GS_TEST_WORK:-/tmp}/nss-user.XXXXXX")
-  mkdir -p "$base/home"
+  # The test user runs its own copy of the test scripts and programs, in a
+  # work base below /tmp: the checkout and GS_TEST_WORK (inside the build
+  # tree) may lie below a directory only root can enter (a clone in a
+  # mktemp -d, or under /root), which that user cannot reach.
+  base=$(mktemp -d /tmp/gs-nss-user.XXXXXX)
+  mkdir -p "$base/home" "$base/src" "$base/bin"
+  cp -a "$SRC/tests" "$SRC/scripts" "$base/src/" || tok_fail "copy the test scripts for $TOK_NSS_USER"
+  cp -a "$BIN/." "$base/bin/" || tok_fail "copy the programs for $TOK_NSS_USER"
   chown -R "$TOK_NSS_USER:" "$base"
   chmod 0700 "$base"
   rc=0
   runuser -u "$TOK_NSS_USER" -- env HOME="$base/home" GS_TEST_WORK="$base" XDG_CONFIG_HOME= \
-    bash "$0" "$@" || rc=$?
+    bash "$base/src/tests/integration/token-matrix.sh" "$1" "$base/bin" "$base/src" || rc=$?
   if [ "${KEEP_WORK:-0}" != 1 ]; then rm -rf "$base"; fi
   exit "$rc"
 }

@@ -2,7 +2,7 @@
 # stock /etc/opencryptoki/opencryptoki.conf) behind its slot daemon
 # pkcsslotd. opencryptoki keeps its socket, locks and token files at fixed
 # system paths, so the test runs in a private mount and IPC namespace
-# with its own empty /run, /var/lib/opencryptoki and SysV shared memory,
+# with its own empty /run, /var/lib/opencryptoki, /dev/shm and SysV shared memory,
 # starts its own pkcsslotd there and stops it afterwards: nothing of the
 # machine's (or another test's) opencryptoki is touched. The token is
 # initialised with pkcs11-tool, SO PIN 87654321 (opencryptoki's default
@@ -59,6 +59,11 @@ tok_start() {
     mkdir -p -m 1777 /run/lock
     mkdir -p /var/lib/opencryptoki 2>/dev/null || true
     mount -t tmpfs -o mode=0770 tmpfs /var/lib/opencryptoki || tok_fail "mount /var/lib/opencryptoki"
+    # The token's shared memory is a POSIX object (/dev/shm/var.lib.
+    # opencryptoki.swtok), which the IPC namespace does not separate:
+    # another test's token would answer for ours (a wrong PIN, a key not
+    # found). A private /dev/shm keeps it ours.
+    mount -t tmpfs -o mode=1777 tmpfs /dev/shm || tok_fail "mount /dev/shm"
   else
     exec 8>/tmp/groupsrv-opencryptoki.lock
     flock 8

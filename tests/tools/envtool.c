@@ -197,6 +197,8 @@ static env_kt_alg parse_kt(const char *k)
         return ENV_KT_RSA_OAEP_SHA256;
     if (strcmp(k, "oaep") == 0)
         return ENV_KT_RSA_OAEP_SHA1;
+    if (strcmp(k, "pkcs1v15") == 0)
+        return ENV_KT_RSA_PKCS1V15;
     return 0;
 }
 
@@ -328,17 +330,6 @@ done:
     return rc;
 }
 
-static const char *cipher_name(env_cipher c)
-{
-    switch (c) {
-    case ENV_CIPHER_AES256_GCM: return "aes-256-gcm";
-    case ENV_CIPHER_AES256_CBC: return "aes-256-cbc";
-    case ENV_CIPHER_AES128_GCM: return "aes-128-gcm";
-    case ENV_CIPHER_AES128_CBC: return "aes-128-cbc";
-    }
-    return "?";
-}
-
 static const char *kt_name(env_kt_alg k)
 {
     switch (k) {
@@ -356,7 +347,7 @@ static int cmd_info(struct args *a)
     int rc = read_msg(a->in, &msg);
     if (rc)
         return rc;
-    printf("cipher=%s\nrecipients=%zu\n", cipher_name(env_message_cipher(msg)), env_message_recipient_count(msg));
+    printf("cipher=%s\nrecipients=%zu\n", env_message_content_alg(msg), env_message_recipient_count(msg));
     for (size_t i = 0; i < env_message_recipient_count(msg); i++) {
         unsigned char *der = NULL;
         size_t len = 0;

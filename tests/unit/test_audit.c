@@ -5,7 +5,8 @@
  * record is written whole or not at all. fdatasync and write are wrapped at
  * link time (-Wl,--wrap=...) so a test can make a sync fail or slow, or a
  * write stop short as on a full disk; everything else is the real file
- * system.
+ * system. The same records in the database ([audit] store = db) against a
+ * private PostgreSQL that tests/lib/pg.sh starts for the test.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,6 +27,8 @@
 #include <cmocka.h>
 
 #include "audit.h"
+#include "pgtest.h"
+#include "store.h"
 
 int __real_fdatasync(int fd);
 ssize_t __real_write(int fd, const void *buf, size_t n);
@@ -932,6 +935,167 @@ static void test_symlink_at_path_refused(void **state)
     assert_int_equal(st.st_size, 17);
 }
 
+/* ---- [audit] store = db (a private PostgreSQL, tests/lib/pg.sh) ---------- */
+
+struct dbfx {
+    char name[64];
+    char url[1024];
+};
+
+static int db_setup(void **state)
+{
+    struct dbfx *f = calloc(1, sizeof(*f));
+    gs_store *st = NULL;
+    if (f == NULL || pgtest_create("audit_", f->name, sizeof(f->name), f->url, sizeof(f->url)) != 0)
+        return -1;
+    /* the schema, as `groupsrv ca init` makes it */
+    if (gs_store_open(f->url, GS_STORE_CREATE, &st) != GS_OK)
+        return -1;
+    gs_store_close(st);
+    *state = f;
+    return 0;
+}
+
+static int db_teardown(void **state)
+{
+    struct dbfx *f = *state;
+    pgtest_drop(f->name);
+    free(f);
+    return 0;
+}
+
+static audit_err verify_db(struct dbfx *f, size_t *chains, char *report, size_t cap)
+{
+    FILE *out = fmemopen(report, cap, "w");
+    assert_non_null(out);
+    audit_err e = audit_verify_db(f->url, out, chains);
+    fclose(out);
+    return e;
+}
+
+static long rows_of(struct dbfx *f, const char *instance)
+{
+    char sql[160];
+    (void)snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit WHERE instance = '%s'", instance);
+    return pgtest_int(f->name, sql);
+}
+
+static void test_db_chains_per_instance_and_reopen(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+    char report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a", &a), AUDIT_OK);
+    assert_int_equal(audit_open_db(f->url, "gs-b", &b), AUDIT_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(audit_append(a, &r), AUDIT_OK);
+        assert_int_equal(audit_append(b, &r), AUDIT_OK);
+    }
+    audit_close(a);
+    a = NULL;
+    /* a restarted server continues its chain */
+    assert_int_equal(audit_open_db(f->url, "gs-a", &a), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    audit_close(a);
+    audit_close(b);
+    assert_int_equal(rows_of(f, "gs-a"), 4);
+    assert_int_equal(rows_of(f, "gs-b"), 3);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+    assert_int_equal(chains, 2);
+    assert_non_null(strstr(report, "instance gs-a: ok: 4 records"));
+
+    /* a deleted row is a gap, an edited one breaks the chain at the next */
+    assert_int_equal(pgtest_exec(f->name, "DELETE FROM audit WHERE instance = 'gs-a' AND seq = 2"), 0);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_ERR_CHAIN);
+    assert_non_null(strstr(report, "instance gs-a: gap: records 2..2 missing"));
+    assert_non_null(strstr(report, "instance gs-b: ok: 3 records"));
+    assert_int_equal(pgtest_exec(f->name, "UPDATE audit SET line = replace(line, 'alice', 'mallory') "
+                                          "WHERE instance = 'gs-b' AND seq = 1"), 0);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_ERR_CHAIN);
+    assert_non_null(strstr(report, "instance gs-b: record 2: audit log hash chain broken"));
+}
+
+/* The database connection is lost: the round that meets it fails exactly
+ * its own records (an earlier durable one stays durable), audit_check
+ * reconnects, and the chain goes on from the table without a hole. */
+static void test_db_lost_connection_fails_its_round_only(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long s1 = 0, s2 = 0, s3 = 0;
+    char sql[256], report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a", &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &s1), AUDIT_OK);
+    assert_int_equal(audit_seq_state(log, s1), 0); /* not durable before its round */
+    assert_int_equal(audit_wait_durable(log, s1, s1), AUDIT_OK);
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+                   "AND pid <> pg_backend_pid()", f->name);
+    assert_true(pgtest_int(f->name, sql) >= 1);
+    assert_int_equal(audit_write(log, &r, &s2), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, s2, s2), AUDIT_ERR_IO);
+    assert_int_equal(audit_seq_state(log, s1), 1);
+    assert_int_equal(audit_range_state(log, s1, s2), -1);
+    assert_int_equal(audit_check(log), AUDIT_OK); /* reconnected */
+    assert_int_equal(audit_write(log, &r, &s3), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, s3, s3), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(rows_of(f, "gs-a"), 2);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+}
+
+/* Two servers configured with one instance name: the second writer's
+ * record is refused (fails closed), the chain stays whole. */
+static void test_db_same_instance_twice_fails_closed(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+    char report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a", &a), AUDIT_OK);
+    assert_int_equal(audit_open_db(f->url, "gs-a", &b), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_append(b, &r), AUDIT_ERR_IO);
+    audit_close(a);
+    audit_close(b);
+    assert_int_equal(rows_of(f, "gs-a"), 1);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+}
+
+/* The server's way: writers do not wait, the syncer inserts batches and
+ * tells the owner after each round. */
+static void test_db_syncer_batches(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    struct notified n = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    unsigned long long seq[200];
+    char report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a", &log), AUDIT_OK);
+    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_OK);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(audit_write(log, &r, &seq[i]), AUDIT_OK);
+    assert_int_equal(wait_state(log, &n, seq[199]), 1);
+    assert_int_equal(audit_range_state(log, seq[0], seq[199]), 1);
+    audit_close(log);
+    assert_true(n.calls >= 1);
+    assert_int_equal(rows_of(f, "gs-a"), 200);
+    /* fewer statements than records: group commit */
+    assert_true(n.calls < 200);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -961,5 +1125,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotation_killed_half_way, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_symlink_at_path_refused, setup, teardown_all),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest db_tests[] = {
+        cmocka_unit_test_setup_teardown(test_db_chains_per_instance_and_reopen, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_lost_connection_fails_its_round_only, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_syncer_batches, db_setup, db_teardown),
+    };
+    int failed = cmocka_run_group_tests_name("file", tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("database", db_tests, NULL, NULL);
+    return failed;
 }

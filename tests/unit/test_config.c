@@ -156,6 +156,38 @@ static void test_file_and_path(void **state)
     rmdir(dir);
 }
 
+/* [db] path (SQLite, default) or [db] url (PostgreSQL), exactly one;
+ * [audit] store = db needs the URL; [server] instance defaults to the host
+ * name. */
+static void test_store_choice(void **state)
+{
+    (void)state;
+    char host[256] = "";
+    struct gs_config *c = load_ok(MIN_HSM);
+    assert_string_equal(gs_config_db_location(c), "/var/lib/groupsrv/groupsrv.db");
+    assert_null(c->db.url);
+    assert_string_equal(c->audit.store, "file");
+    assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+    assert_true(strncmp(c->server.instance, host, 64) == 0);
+    gs_config_free(c);
+
+    c = load_ok(MIN_HSM "[db]\nurl = postgresql:///groupsrv?host=/run/postgresql\n"
+                        "[audit]\nstore = db\n[server]\ninstance = gs-a\n");
+    assert_null(c->db.path);
+    assert_string_equal(gs_config_db_location(c), "postgresql:///groupsrv?host=/run/postgresql");
+    assert_string_equal(c->audit.store, "db");
+    assert_string_equal(c->server.instance, "gs-a");
+    gs_config_free(c);
+
+    expect_error(MIN_HSM "[db]\npath = /tmp/x.db\nurl = postgresql:///g\n", "both 'path' and 'url'");
+    expect_error(MIN_HSM "[db]\nurl = /tmp/x.db\n", "must be a postgresql:// URI");
+    expect_error(MIN_HSM "[db]\npath = postgres://h/db\n", "use 'url'");
+    expect_error(MIN_HSM "[audit]\nstore = db\n", "needs the PostgreSQL store");
+    expect_error(MIN_HSM "[audit]\nstore = syslog\n", "must be file or db");
+    expect_error(MIN_HSM "[server]\ninstance = "
+                         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "'instance'");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -164,6 +196,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_file_and_path),
+        cmocka_unit_test(test_store_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

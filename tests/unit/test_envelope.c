@@ -128,6 +128,14 @@ static void roundtrip(env_cipher c, env_kt_alg kt, env_format f, X509 *cert, EVP
     assert_int_equal(encrypt_mem(&o, cert, content, sizeof(content), &enc, &enclen), ENV_OK);
     assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
     assert_int_equal(env_message_cipher(msg), c);
+    {
+        /* the name a client sends as content_algorithm gives back the key length */
+        size_t kl = 0;
+        const char *canon = NULL;
+        assert_int_equal(env_content_alg_key_length(env_message_content_alg(msg), &kl, &canon), ENV_OK);
+        assert_int_equal(kl, env_message_key_length(msg));
+        assert_string_equal(canon, env_message_content_alg(msg));
+    }
     assert_int_equal(env_message_recipient_count(msg), 1);
     assert_int_equal(env_message_find_recipient(msg, cert, &idx), ENV_OK);
     assert_int_equal(idx, 0);
@@ -159,11 +167,51 @@ static void test_roundtrip_rsa(void **state)
     static const env_cipher ciphers[] = {ENV_CIPHER_AES256_GCM, ENV_CIPHER_AES256_CBC};
     static const env_kt_alg kts[] = {ENV_KT_RSA_OAEP_SHA1, ENV_KT_RSA_OAEP_SHA256};
     static const env_format fmts[] = {ENV_FORMAT_SMIME, ENV_FORMAT_DER, ENV_FORMAT_PEM};
+    /* what stock clients send: AES-128/192 in both modes */
+    static const env_cipher others[] = {ENV_CIPHER_AES128_CBC, ENV_CIPHER_AES192_CBC, ENV_CIPHER_AES128_GCM,
+                                        ENV_CIPHER_AES192_GCM};
     (void)state;
     for (size_t c = 0; c < 2; c++)
         for (size_t k = 0; k < 2; k++)
             for (size_t f = 0; f < 3; f++)
                 roundtrip(ciphers[c], kts[k], fmts[f], rsa_cert, rsa_key);
+    for (size_t c = 0; c < 4; c++)
+        roundtrip(others[c], ENV_KT_RSA_OAEP_SHA1, ENV_FORMAT_DER, rsa_cert, rsa_key);
+}
+
+static void test_content_alg_names(void **state)
+{
+    static const struct {
+        const char *in, *canon;
+        size_t len;
+    } ok[] = {
+        {"aes-128-cbc", "aes-128-cbc", 16},      {"AES-128-CBC", "aes-128-cbc", 16},
+        {"2.16.840.1.101.3.4.1.2", "aes-128-cbc", 16}, {"2.16.840.1.101.3.4.1.22", "aes-192-cbc", 24},
+        {"aes-256-cbc", "aes-256-cbc", 32},      {"id-aes128-GCM", "aes-128-gcm", 16},
+        {"2.16.840.1.101.3.4.1.26", "aes-192-gcm", 24}, {"aes-256-gcm", "aes-256-gcm", 32},
+        {"des-ede3-cbc", "des-ede3-cbc", 24},    {"1.2.840.113549.1.9.16.3.18", "chacha20-poly1305", 32},
+    };
+    static const char *const unsupported[] = {"rc2-cbc", "1.2.840.113549.3.2", "aes-128-cbc ", "2.16.840.1.101.3.4.1",
+                                              "aes-128-ccm"};
+    size_t len = 99;
+    const char *canon = "x";
+    (void)state;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        assert_int_equal(env_content_alg_key_length(ok[i].in, &len, &canon), ENV_OK);
+        assert_int_equal(len, ok[i].len);
+        assert_string_equal(canon, ok[i].canon);
+    }
+    for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
+        assert_int_equal(env_content_alg_key_length(unsupported[i], &len, &canon), ENV_ERR_UNSUPPORTED);
+        assert_int_equal(len, 0);
+        assert_null(canon);
+    }
+    assert_int_equal(env_content_alg_key_length("", &len, NULL), ENV_ERR_ARGS);
+    assert_int_equal(env_content_alg_key_length(NULL, &len, NULL), ENV_ERR_ARGS);
+    assert_int_equal(env_content_alg_key_length("aes-128-cbc", NULL, NULL), ENV_ERR_ARGS);
+    assert_int_equal(
+        env_content_alg_key_length("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &len, NULL),
+        ENV_ERR_ARGS);
 }
 
 static void test_roundtrip_ecdh(void **state)
@@ -367,8 +415,34 @@ static void test_builders(void **state)
     ri = NULL;
     free(der);
     der = NULL;
-    assert_int_equal(env_ktri_build(rsa_cert2, ENV_KT_RSA_PKCS1V15, ek, eklen, &der, &derlen), ENV_ERR_ARGS);
     assert_int_equal(env_ktri_build(ec_cert, ENV_KT_RSA_OAEP_SHA1, ek, eklen, &der, &derlen), ENV_ERR_CERT);
+    assert_int_equal(env_ktri_build(rsa_cert2, ENV_KT_ECDH, ek, eklen, &der, &derlen), ENV_ERR_ARGS);
+    /* PKCS#1 v1.5 (member copies for NSS and gpgsm readers): rsaEncryption, NULL parameters */
+    eklen = sizeof(ek);
+    pctx = EVP_PKEY_CTX_new(rsa_key2, NULL);
+    assert_true(EVP_PKEY_encrypt_init(pctx) > 0);
+    assert_true(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) > 0);
+    assert_true(EVP_PKEY_encrypt(pctx, ek, &eklen, cek, 16) > 0);
+    EVP_PKEY_CTX_free(pctx);
+    assert_int_equal(env_ktri_build(rsa_cert2, ENV_KT_RSA_PKCS1V15, ek, eklen, &der, &derlen), ENV_OK);
+    assert_int_equal(env_recipient_parse(der, derlen, &ri), ENV_OK);
+    assert_int_equal(env_recipient_kt_alg(ri, &alg), ENV_OK);
+    assert_int_equal(alg, ENV_KT_RSA_PKCS1V15);
+    assert_int_equal(env_recipient_decrypt_with_pkey(ri, rsa_cert2, rsa_key2, got, sizeof(got), &gotlen), ENV_OK);
+    assert_int_equal(gotlen, 16);
+    assert_memory_equal(got, cek, 16);
+    /* the DER names rsaEncryption (1.2.840.113549.1.1.1) followed by NULL */
+    {
+        static const unsigned char rsaenc[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00};
+        bool found = false;
+        for (size_t i = 0; i + sizeof(rsaenc) <= derlen && !found; i++)
+            found = memcmp(der + i, rsaenc, sizeof(rsaenc)) == 0;
+        assert_true(found);
+    }
+    env_recipient_free(ri);
+    ri = NULL;
+    free(der);
+    der = NULL;
 
     /* KEKRI with an RFC 3394 wrap made with EVP. */
     assert_true(RAND_bytes(kek, sizeof(kek)) == 1);
@@ -710,6 +784,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_rsa),  cmocka_unit_test(test_roundtrip_ecdh),
+        cmocka_unit_test(test_content_alg_names),
         cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing),
         cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),

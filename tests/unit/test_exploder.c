@@ -13,9 +13,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "cmd.h"
+#include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
+#include "prepare.h"
+#include "restclient.h"
 #include "spool.h"
 #include "util.h"
 #include "xp.h"
@@ -285,7 +290,7 @@ static void test_conf(void **state)
     int line = 0;
     snprintf(path, sizeof(path), "%s/x.conf", dir);
     const char *good = "[spool]\npath = /var/spool/x\n[delivery]\nrelay = smtp://127.0.0.1:25\nbatch_size = 7\n"
-                       "starttls = required\nmax_age = 60\n[log]\nfile = /var/log/x/exploder.log\n";
+                       "starttls = required\nmax_age = 60\ngroup_info_ttl = 0\n[log]\nfile = /var/log/x.log\n";
     assert_int_equal(util_write_file_atomic(path, good, strlen(good), 0600), UTIL_OK);
     assert_int_equal(xp_conf_load(path, &c, &line), XP_OK);
     assert_string_equal(c->spool_path, "/var/spool/x");
@@ -293,7 +298,8 @@ static void test_conf(void **state)
     assert_int_equal(c->starttls, XP_STARTTLS_REQUIRED);
     assert_int_equal(c->max_age, 60);
     assert_int_equal(c->retry_min, 60);
-    assert_string_equal(c->log_file, "/var/log/x/exploder.log");
+    assert_int_equal(c->group_info_ttl, 0);
+    assert_string_equal(c->log_file, "/var/log/x.log");
     xp_conf_free(c);
     const char *bad = "[spool]\npath = /x\n[delivery]\nbatch_sise = 7\n";
     assert_int_equal(util_write_file_atomic(path, bad, strlen(bad), 0600), UTIL_OK);
@@ -307,6 +313,223 @@ static void test_conf(void **state)
     free(dir);
 }
 
+static void rm_rf(char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+/* Member-certs, one copy per member: each pending recipient gets its own
+ * RecipientInfo (addresses matched case-insensitively), one without a
+ * certificate at the group server fails with XP_NO_CERT_REASON, and the
+ * finished message counts it for the bounce. */
+static void test_member_copies(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    spool *s = NULL;
+    xp_list l, *got = NULL;
+    int64_t id = 0, without = -1;
+    xp_batch *b = NULL;
+    xp_msg *m = NULL;
+    xp_finished f;
+    size_t added = 0;
+    char *addrs[] = {"a@x.org", "b@x.org", "c@x.org"};
+    char *member[] = {"B@X.ORG", "a@x.org", "z@x.org"}; /* z: not on the list */
+    unsigned char ra[] = {1, 2, 3}, rb[] = {4, 5}, rz[] = {9};
+    unsigned char *ri[] = {rb, ra, rz};
+    size_t ri_len[] = {sizeof(rb), sizeof(ra), sizeof(rz)};
+
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    memset(&l, 0, sizeof(l));
+    l.address = "mc@lists.example.org";
+    l.server = "https://gs.example:8443";
+    l.group = "eng";
+    l.mode = XP_MODE_MEMBER_CERTS;
+    l.require_encrypted = true;
+    assert_int_equal(spool_list_create(s, &l), XP_OK);
+    assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
+    assert_int_equal(got->group_info_at, 0);
+    assert_null(got->kt_algs);
+    assert_int_equal(spool_members_add(s, got->id, addrs, 3, &added), XP_OK);
+    assert_int_equal(spool_accept(s, got, "a@x.org", "<1@x>", "From: a\n\nx\n", 11, &id), XP_OK);
+    assert_int_equal(spool_next_to_prepare(s, INT64_MAX / 2, &m), XP_OK);
+    assert_int_equal(spool_mark_ready_members(s, m->id, m->file, member, ri, ri_len, 3, &without), XP_OK);
+    assert_int_equal(without, 1);
+    xp_msg_free(m);
+    assert_int_equal(spool_next_batch(s, INT64_MAX / 2, 10, &b), XP_OK);
+    assert_int_equal(b->n, 2); /* c@x.org failed already: no certificate */
+    assert_string_equal(b->rcpts[0], "a@x.org");
+    assert_int_equal(b->ri_len[0], sizeof(ra));
+    assert_memory_equal(b->ri[0], ra, sizeof(ra));
+    assert_string_equal(b->rcpts[1], "b@x.org");
+    assert_int_equal(b->ri_len[1], sizeof(rb));
+    assert_memory_equal(b->ri[1], rb, sizeof(rb));
+    xp_rcpt_outcome oc[2] = {XP_RCPT_DELIVERED, XP_RCPT_DELIVERED};
+    int64_t next[2] = {0, 0};
+    assert_int_equal(spool_batch_done(s, b, oc, next, NULL), XP_OK);
+    xp_batch_free(b);
+    assert_int_equal(spool_next_finished(s, &f), XP_OK);
+    assert_int_equal(f.delivered, 2);
+    assert_int_equal(f.failed, 1);
+    assert_int_equal(f.no_cert, 1);
+    assert_null(f.reason);
+    assert_int_equal(spool_finish(s, f.msg, NULL, NULL, 0), XP_OK);
+    xp_finished_clear(&f);
+
+    /* a message refused as a whole keeps its plain reason for the bounce */
+    assert_int_equal(spool_accept(s, got, "a@x.org", "<2@x>", "From: a\n\nx\n", 11, &id), XP_OK);
+    assert_int_equal(spool_fail_pending(s, id, "group server: HTTP 400 ...", "the group server refused it"), XP_OK);
+    assert_int_equal(spool_next_finished(s, &f), XP_OK);
+    assert_int_equal(f.failed, 3);
+    assert_int_equal(f.no_cert, 0);
+    assert_string_equal(f.reason, "the group server refused it");
+    assert_int_equal(spool_finish(s, f.msg, NULL, NULL, 0), XP_OK);
+    xp_finished_clear(&f);
+
+    /* the discovery answer cached on the list */
+    assert_int_equal(spool_list_set_group_info(s, got->id, "RSA-OAEP", "tls,group-secret", 1234), XP_OK);
+    assert_int_equal(spool_list_set_group_info(s, 999, NULL, NULL, 1), XP_ERR_NOTFOUND);
+    xp_list_free(got);
+    assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
+    assert_string_equal(got->kt_algs, "RSA-OAEP");
+    assert_string_equal(got->group_methods, "tls,group-secret");
+    assert_int_equal(got->group_info_at, 1234);
+    /* a server that cannot be reached is noted and not asked again at once;
+     * what was cached stays */
+    {
+        xp_conf c;
+        char why[256];
+        memset(&c, 0, sizeof(c));
+        c.group_info_ttl = 300;
+        c.tls_timeout = 2;
+        free(got->server); /* nothing listens there: refused at once */
+        assert_non_null(got->server = strdup("https://127.0.0.1:1"));
+        assert_int_equal(xp_group_info_refresh(&c, s, got, false, why, sizeof(why)), XP_ERR_TEMP);
+        assert_non_null(strstr(why, "group server discovery: "));
+        assert_true(got->group_info_tried > 0);
+        assert_int_equal(xp_group_info_refresh(&c, s, got, false, why, sizeof(why)), XP_ERR_TEMP);
+        assert_non_null(strstr(why, "failed"));
+        xp_list_free(got);
+        assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
+        assert_true(got->group_info_tried > 0);
+        assert_string_equal(got->kt_algs, "RSA-OAEP");
+        assert_int_equal(xp_group_accepts(got, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_ERR_REFUSED);
+    }
+    xp_list_free(got);
+    spool_close(s);
+    rm_rf(dir);
+}
+
+/* What deliver refuses from the cached discovery answer, in plain words. */
+static void test_group_accepts(void **state)
+{
+    (void)state;
+    xp_list l;
+    char why[300];
+
+    memset(&l, 0, sizeof(l));
+    l.mode = XP_MODE_MEMBER_CERTS;
+    /* nothing cached (or an older server): accepted, the runner finds out */
+    assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_OK);
+    l.kt_algs = "RSA-OAEP";
+    l.group_methods = "tls,recipient-key";
+    assert_int_equal(xp_group_accepts(&l, "RSA-OAEP", why, sizeof(why)), XP_OK);
+    assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_ERR_REFUSED);
+    assert_non_null(strstr(why, "PKCS#1 v1.5 key transport is not allowed for this group"));
+    assert_int_equal(xp_group_accepts(&l, "RSA-OAEP-256", why, sizeof(why)), XP_ERR_REFUSED);
+    assert_non_null(strstr(why, "RSA-OAEP-256 is not accepted"));
+    assert_int_equal(xp_group_accepts(&l, "ECDH", why, sizeof(why)), XP_ERR_REFUSED);
+    l.mode = XP_MODE_GROUP_SECRET;
+    assert_int_equal(xp_group_accepts(&l, "RSA-OAEP", why, sizeof(why)), XP_ERR_REFUSED);
+    assert_non_null(strstr(why, "group secret key"));
+    l.group_methods = "tls,group-secret";
+    assert_int_equal(xp_group_accepts(&l, "RSA-OAEP", why, sizeof(why)), XP_OK);
+    l.mode = XP_MODE_FORWARD;
+    l.kt_algs = "RSA-OAEP,RSA-PKCS1-v1_5,ECDH";
+    assert_int_equal(xp_group_accepts(&l, "RSA-PKCS1-v1_5", why, sizeof(why)), XP_OK);
+    assert_int_equal(xp_group_accepts(&l, "ECDH", why, sizeof(why)), XP_OK);
+    assert_int_equal(xp_group_accepts(&l, NULL, why, sizeof(why)), XP_OK);
+}
+
+/* A version-1 spool (before issue 14) with a queued message gets the new
+ * columns; its queue keeps working. */
+static void test_spool_migrate_v1(void **state)
+{
+    (void)state;
+    char *dir = tmpdir(), path[600];
+    sqlite3 *db = NULL;
+    spool *s = NULL;
+    xp_list *got = NULL;
+    xp_batch *b = NULL;
+    static const char v1[] =
+        "CREATE TABLE lists(id INTEGER PRIMARY KEY, address TEXT NOT NULL UNIQUE COLLATE NOCASE,"
+        " server TEXT NOT NULL, grp TEXT NOT NULL,"
+        " mode TEXT NOT NULL CHECK(mode IN ('forward','group-secret','member-certs')),"
+        " cert TEXT, key TEXT, cacert TEXT, group_cert TEXT, require_encrypted INTEGER NOT NULL DEFAULT 1,"
+        " members_only INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
+        "CREATE TABLE members(list_id INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,"
+        " address TEXT NOT NULL COLLATE NOCASE, added INTEGER NOT NULL, PRIMARY KEY(list_id, address));"
+        "CREATE TABLE messages(id INTEGER PRIMARY KEY, list_id INTEGER REFERENCES lists(id),"
+        " kind INTEGER NOT NULL, sender TEXT NOT NULL, message_id TEXT NOT NULL DEFAULT '', file TEXT NOT NULL,"
+        " out_file TEXT, state INTEGER NOT NULL, received INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt INTEGER NOT NULL, last_error TEXT);"
+        "CREATE TABLE recipients(id INTEGER PRIMARY KEY,"
+        " message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE, address TEXT NOT NULL,"
+        " state INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL,"
+        " last_error TEXT);"
+        "INSERT INTO lists VALUES(1,'old@lists.example.org','https://gs','eng','forward',NULL,NULL,NULL,NULL,1,0,1);"
+        "INSERT INTO messages VALUES(1,1,0,'a@x.org','','f.in','f.in',1,1,0,1,NULL);"
+        "INSERT INTO recipients VALUES(1,1,'a@x.org',0,0,1,NULL);"
+        "PRAGMA user_version=1;";
+
+    snprintf(path, sizeof(path), "%s/exploder.db", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    assert_int_equal(spool_list_get(s, "old@lists.example.org", &got), XP_OK);
+    assert_int_equal(got->group_info_at, 0);
+    assert_int_equal(spool_next_batch(s, INT64_MAX / 2, 10, &b), XP_OK);
+    assert_int_equal(b->n, 1);
+    assert_null(b->ri[0]);
+    xp_batch_free(b);
+    xp_list_free(got);
+    spool_close(s);
+    /* opening again: nothing left to migrate */
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    spool_close(s);
+    rm_rf(dir);
+}
+
+/* A member-certs list's rewrap answer may be as big as its member count
+ * needs (test_restclient: 10,000 members' answer fits), other modes keep
+ * the client's default. */
+static void test_rest_answer_cap(void **state)
+{
+    xp_conf c;
+    xp_list l;
+    gs_rest_opts o;
+    (void)state;
+    memset(&c, 0, sizeof(c));
+    memset(&l, 0, sizeof(l));
+    l.server = "https://127.0.0.1:1";
+    l.mode = XP_MODE_MEMBER_CERTS;
+    l.n_members = 10000;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, gs_rest_members_answer_cap(10000));
+    assert_true(o.max_response > (size_t)10 << 20);
+    l.mode = XP_MODE_GROUP_SECRET;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, 0); /* the 4 MiB default */
+    l.mode = XP_MODE_MEMBER_CERTS;
+    l.n_members = 0;
+    xp_rest_opts(&c, &l, &o);
+    assert_int_equal(o.max_response, 0);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -314,6 +537,8 @@ int main(void)
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
         cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
+        cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
+        cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -92,8 +92,9 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A handle trusting the test CA; with alice's certificate if mtls. */
-static gs_rest *mk(bool mtls, long timeout_ms)
+/* A handle trusting the test CA; with alice's certificate if mtls; an
+ * answer cap of max_response (0: the client's default). */
+static gs_rest *mk_cap(bool mtls, long timeout_ms, size_t max_response)
 {
     static char ca[600], cert[600], key[600];
     gs_rest_opts o = {0};
@@ -104,13 +105,18 @@ static gs_rest *mk(bool mtls, long timeout_ms)
     o.base_url = base;
     o.ca_file = ca;
     o.timeout_ms = timeout_ms;
-    o.max_response = 1024 * 1024;
+    o.max_response = max_response;
     if (mtls) {
         o.cert_file = cert;
         o.key_file = key;
     }
     assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
     return r;
+}
+
+static gs_rest *mk(bool mtls, long timeout_ms)
+{
+    return mk_cap(mtls, timeout_ms, 1024 * 1024);
 }
 
 static void test_new_rejects_http(void **state)
@@ -139,6 +145,14 @@ static void test_group_info(void **state)
     assert_int_equal(gi.key_versions[1], 2);
     gs_group_info_clear(&gi);
     assert_int_equal(gs_rest_last_status(r), 200);
+    assert_false(gi.kt_algs_known); /* a server that does not say */
+    gs_group_info_clear(&gi);
+    assert_int_equal(gs_rest_group_info(r, "kts", &gi), GS_REST_OK);
+    assert_true(gi.kt_algs_known);
+    assert_int_equal(gi.n_kt_algs, 2);
+    assert_string_equal(gi.kt_algs[1], "RSA-PKCS1-v1_5");
+    gs_group_info_clear(&gi);
+    assert_null(gi.kt_algs);
     /* a field of the wrong type */
     assert_int_equal(gs_rest_group_info(r, "badb64", &gi), GS_REST_ERR_BAD_ANSWER);
     assert_null(gi.name);
@@ -280,6 +294,16 @@ static void test_unwrap(void **state)
     req2.recipient_info_len = sizeof(ri);
     assert_int_equal(gs_rest_unwrap(r, "ok", &req2, &res), GS_REST_ERR_ARGS);
 
+    /* the content algorithm goes along (the stub answers its key length) */
+    req.deliver = GS_DELIVER_TLS;
+    req.content_algorithm = "aes-128-cbc";
+    assert_int_equal(gs_rest_unwrap(r, "ok", &req, &res), GS_REST_OK);
+    assert_int_equal(res.key_len, 16);
+    gs_unwrap_result_clear(&res);
+    req.content_algorithm = "";
+    assert_int_equal(gs_rest_unwrap(r, "ok", &req, &res), GS_REST_ERR_ARGS);
+    req.content_algorithm = NULL;
+
     /* the server's uniform failure carries its code */
     gs_unwrap_req bad = {.recipient_info = (const unsigned char *)"refuse", .recipient_info_len = 6};
     assert_int_equal(gs_rest_unwrap(r, "ok", &bad, &res), GS_REST_ERR_REJECTED);
@@ -339,6 +363,50 @@ static void test_rewrap(void **state)
     assert_int_equal(l.n, 0);
     assert_int_equal(gs_rest_rewrap(r, "forbidden", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l),
                      GS_REST_ERR_FORBIDDEN);
+    /* member copies: each RecipientInfo's member, with the content algorithm sent */
+    assert_null(l.member);
+    assert_int_equal(gs_rest_rewrap_alg(r, "named", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-192-cbc", &l), GS_REST_OK);
+    assert_int_equal(l.n, 2);
+    assert_non_null(l.member);
+    assert_string_equal(l.member[0], "a@example.org");
+    assert_string_equal(l.member[1], "b@example.org");
+    assert_memory_equal(l.der[1], "M2:", 3);
+    gs_ri_list_clear(&l);
+    assert_null(l.member);
+    assert_int_equal(gs_rest_rewrap(r, "named", ri, sizeof(ri), GS_REWRAP_MEMBERS, &l), GS_REST_ERR_REJECTED);
+    assert_string_equal(gs_rest_last_code(r), "content_algorithm_required");
+    /* a members list that does not match the RecipientInfos one for one */
+    assert_int_equal(gs_rest_rewrap_alg(r, "misnamed", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-192-cbc", &l),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(l.n, 0);
+    assert_null(l.member);
+    gs_rest_free(r);
+}
+
+/* A member-certs answer for 10,000 members (RSA-4096 sized RecipientInfos,
+ * about 9.7 MB) is over the 4 MiB default and within the cap the exploder
+ * gives a 10,000-member list (gs_rest_members_answer_cap). */
+static void test_rewrap_big_list(void **state)
+{
+    gs_rest *r = mk_cap(true, 0, 0); /* the default cap */
+    const unsigned char ri[] = {0x30, 0x01, 0x05};
+    gs_ri_list l;
+    (void)state;
+    assert_int_equal(gs_rest_rewrap_alg(r, "members-10000", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-128-cbc", &l),
+                     GS_REST_ERR_TOO_LARGE);
+    assert_int_equal(l.n, 0);
+    gs_rest_free(r);
+    assert_true(gs_rest_members_answer_cap(10000) > (size_t)10000 * 970);
+    assert_int_equal(gs_rest_members_answer_cap(1000000), gs_rest_members_answer_cap(65536));
+    r = mk_cap(true, 0, gs_rest_members_answer_cap(10000));
+    assert_int_equal(gs_rest_rewrap_alg(r, "members-10000", ri, sizeof(ri), GS_REWRAP_MEMBERS, "aes-128-cbc", &l),
+                     GS_REST_OK);
+    assert_int_equal(l.n, 10000);
+    assert_non_null(l.member);
+    assert_int_equal(l.len[9999], 700);
+    assert_string_equal(l.member[0], "member0@members.example.org");
+    assert_string_equal(l.member[9999], "member9999@members.example.org");
+    gs_ri_list_clear(&l);
     gs_rest_free(r);
 }
 
@@ -502,6 +570,8 @@ static void test_parse_status_and_type(void **state)
     assert_int_equal(gs_rest_parse_status(401), GS_REST_ERR_UNAUTHORIZED);
     assert_int_equal(gs_rest_parse_status(403), GS_REST_ERR_FORBIDDEN);
     assert_int_equal(gs_rest_parse_status(404), GS_REST_ERR_NOT_FOUND);
+    assert_int_equal(gs_rest_parse_status(408), GS_REST_ERR_TIMEOUT); /* ask again, not refused */
+    assert_int_equal(gs_rest_parse_status(409), GS_REST_ERR_REJECTED);
     assert_int_equal(gs_rest_parse_status(429), GS_REST_ERR_RATE_LIMITED);
     assert_int_equal(gs_rest_parse_status(503), GS_REST_ERR_UNAVAILABLE);
     assert_int_equal(gs_rest_parse_status(504), GS_REST_ERR_SERVER);
@@ -520,6 +590,7 @@ static void test_parse_hostile_answers(void **state)
     char code[16], msg[32], why[128];
     gs_unwrap_result u;
     gs_ri_list l;
+    gs_group_info gi;
     char *pem = (char *)1;
     size_t plen = 1;
 
@@ -563,6 +634,26 @@ static void test_parse_hostile_answers(void **state)
     assert_int_equal(gs_rest_parse_rewrap(B("{\"recipient_infos\":[]}"), GS_REWRAP_MEMBERS, &l, NULL, 0),
                      GS_REST_OK);
     assert_int_equal(l.n, 0);
+    /* group info: what groupmail prints is printable text, or the answer is malformed */
+    assert_int_equal(
+        gs_rest_parse_group_info(B("{\"name\":\"eng\",\"address\":\"eng@example.org\",\"methods\":[\"tls\"],"
+                                   "\"certificate_server\":\"\"}"),
+                                 &gi, why, sizeof(why)),
+        GS_REST_OK);
+    assert_string_equal(gi.address, "eng@example.org");
+    gs_group_info_clear(&gi);
+    assert_int_equal(
+        gs_rest_parse_group_info(B("{\"name\":\"eng\",\"address\":\"\\u001b]0;owned\\u0007x@y\"}"), &gi, why,
+                                 sizeof(why)),
+        GS_REST_ERR_BAD_ANSWER);
+    assert_null(gi.name);
+    assert_int_equal(gs_rest_parse_group_info(B("{\"name\":\"eng\",\"certificate_server\":\"https://x\\n\"}"),
+                                              &gi, why, sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_int_equal(gs_rest_parse_group_info(B("{\"name\":\"eng\",\"methods\":[\"tls\\u0000x\"]}"), &gi, why,
+                                              sizeof(why)),
+                     GS_REST_ERR_BAD_ANSWER);
+    assert_null(gi.methods);
     /* PEM: text holding a certificate block, nothing else */
     assert_int_equal(gs_rest_parse_pem((const unsigned char *)"-----BEGIN CERTIFICATE-----\0x", 29, &pem,
                                        &plen, why, sizeof(why)),
@@ -584,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_unwrap),
         cmocka_unit_test(test_unwrap_batch),
         cmocka_unit_test(test_rewrap),
+        cmocka_unit_test(test_rewrap_big_list),
         cmocka_unit_test(test_secret_keys),
         cmocka_unit_test(test_membership_certificate),
         cmocka_unit_test(test_http_errors),

@@ -1,6 +1,11 @@
-/* Unit tests for groupsrv/store.c: schema and migrations, groups, key and
+/* Unit tests for groupsrv/store*.c: schema and migrations, groups, key and
  * secret versions, members (no cache across connections), transactions,
- * and the name/method/role helpers. */
+ * the change stamp, and the name/method/role helpers. The same cases run
+ * against both backends: a SQLite file, and a PostgreSQL database created
+ * per test in the private server that tests/lib/pg.sh started
+ * ($GS_TEST_PG_URL; never skipped: without it the PostgreSQL group fails).
+ * PostgreSQL alone: the audit chains and reconnecting after a lost
+ * connection. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,14 +19,45 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pgtest.h"
 #include "store.h"
+
+/* Which backend the current group runs on. */
+static int g_pg;
 
 struct fx {
     char dir[256];
-    char path[300];
+    char path[300];   /* SQLite file */
+    char dbname[64];  /* PostgreSQL database */
+    char loc[1024];   /* what gs_store_open gets */
     gs_store *st;
     int64_t gid;
 };
+
+/* A fresh, empty database of the current backend: its location in loc. */
+static int new_db(struct fx *f, const char *tag, char *loc, size_t cap)
+{
+    char prefix[32];
+    if (!g_pg)
+        return snprintf(loc, cap, "%s/%s.db", f->dir, tag) < (int)cap ? 0 : -1;
+    (void)snprintf(prefix, sizeof(prefix), "t_%s_", tag);
+    return pgtest_create(prefix, f->dbname, sizeof(f->dbname), loc, cap);
+}
+
+/* Runs the backend's own SQL directly on the test database. */
+static int raw_exec(struct fx *f, const char *loc, const char *sqlite_sql, const char *pg_sql)
+{
+    if (g_pg) {
+        char name[64];
+        pgtest_name_of(loc, name, sizeof(name));
+        return pgtest_exec(name, pg_sql);
+    }
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open(loc, &db) == SQLITE_OK && sqlite3_exec(db, sqlite_sql, NULL, NULL, NULL) == SQLITE_OK;
+    sqlite3_close(db);
+    (void)f;
+    return rc ? 0 : -1;
+}
 
 static int setup(void **state)
 {
@@ -34,8 +70,12 @@ static int setup(void **state)
     if (mkdtemp(f->dir) == NULL)
         return -1;
     (void)snprintf(f->path, sizeof(f->path), "%s/gs.db", f->dir);
-    if (gs_store_open(f->path, GS_STORE_CREATE, &f->st) != GS_OK)
+    if (new_db(f, "gs", f->loc, sizeof(f->loc)) != 0)
         return -1;
+    if (gs_store_open(f->loc, GS_STORE_CREATE, &f->st) != GS_OK) {
+        fprintf(stderr, "open %s: %s\n", f->loc, gs_err_detail());
+        return -1;
+    }
     g.name = "eng";
     g.address = "eng@example.org";
     g.methods = GS_METHODS_DEFAULT;
@@ -46,16 +86,37 @@ static int setup(void **state)
     return 0;
 }
 
+static void rm_db(const char *path)
+{
+    char p[1100];
+    static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 4; i++) {
+        (void)snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+        unlink(p);
+    }
+}
+
+/* Removes a database made by new_db (name: its PostgreSQL name, taken
+ * right after new_db) and points the fixture at its own one again for
+ * teardown. */
+static void drop_extra_db(struct fx *f, const char *loc, const char *name)
+{
+    if (g_pg) {
+        pgtest_drop(name);
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
+    } else {
+        rm_db(loc);
+    }
+}
+
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    char p[400];
     gs_store_close(f->st);
-    static const char *const sfx[] = {"", "-wal", "-shm"};
-    for (size_t i = 0; i < 3; i++) {
-        (void)snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
+    if (g_pg)
+        pgtest_drop(f->dbname);
+    else
+        rm_db(f->path);
     rmdir(f->dir);
     free(f);
     return 0;
@@ -66,16 +127,21 @@ static void test_open_schema(void **state)
     struct fx *f = *state;
     struct stat sb;
     gs_store *st = NULL, *ro = NULL;
-    char missing[320];
+    char missing[1024];
     assert_int_equal(gs_store_schema_version(f->st), GS_STORE_SCHEMA_VERSION);
-    assert_int_equal(stat(f->path, &sb), 0);
-    assert_int_equal(sb.st_mode & 0777, 0600);
-    (void)snprintf(missing, sizeof(missing), "%s/none.db", f->dir);
+    assert_string_equal(gs_store_backend(f->st), g_pg ? "postgresql" : "sqlite");
+    if (g_pg) {
+        assert_int_equal(pgtest_url("no_such_database", missing, sizeof(missing)), 0);
+    } else {
+        assert_int_equal(stat(f->path, &sb), 0);
+        assert_int_equal(sb.st_mode & 0777, 0600);
+        (void)snprintf(missing, sizeof(missing), "%s/none.db", f->dir);
+    }
     assert_int_equal(gs_store_open(missing, 0, &st), GS_ERR_NOT_FOUND);
     assert_null(st);
     /* reopen: no migration needed; read-only works too */
-    assert_int_equal(gs_store_open(f->path, 0, &st), GS_OK);
-    assert_int_equal(gs_store_open(f->path, GS_STORE_READONLY, &ro), GS_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &st), GS_OK);
+    assert_int_equal(gs_store_open(f->loc, GS_STORE_READONLY, &ro), GS_OK);
     gs_store_close(ro);
     gs_store_close(st);
     gs_store_close(NULL);
@@ -84,74 +150,220 @@ static void test_open_schema(void **state)
 static void test_newer_schema_refused(void **state)
 {
     struct fx *f = *state;
-    sqlite3 *db = NULL;
     gs_store *st = NULL;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
-    assert_int_equal(gs_store_open(f->path, 0, &st), GS_ERR_SCHEMA);
+    assert_int_equal(raw_exec(f, f->loc, "PRAGMA user_version = 99", "UPDATE schema_version SET version = 99"), 0);
+    assert_int_equal(gs_store_open(f->loc, 0, &st), GS_ERR_SCHEMA);
     assert_null(st);
     assert_non_null(strstr(gs_err_detail(), "99"));
 }
 
-static void rm_db(const char *path)
-{
-    char p[400];
-    static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < 4; i++) {
-        (void)snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
-        unlink(p);
-    }
-}
-
-/* An older database (here version 0: an existing SQLite file without our
+/* An older database (here version 0: an existing database without our
  * tables) is migrated on a read-write open, refused read-only, and a
  * migration that fails leaves it exactly as it was (one transaction). */
 static void test_older_schema_migrated(void **state)
 {
     struct fx *f = *state;
-    char path[320];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
+    char loc[1024], name[64];
     gs_store *st = NULL;
     gs_store_group *g = NULL;
 
-    (void)snprintf(path, sizeof(path), "%s/old.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "CREATE TABLE unrelated (x INTEGER)", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
-    assert_int_equal(gs_store_open(path, GS_STORE_READONLY, &st), GS_ERR_SCHEMA);
+    assert_int_equal(new_db(f, "old", loc, sizeof(loc)), 0);
+    (void)snprintf(name, sizeof(name), "%s", f->dbname);
+    assert_int_equal(raw_exec(f, loc, "CREATE TABLE unrelated (x INTEGER)", "CREATE TABLE unrelated (x INTEGER)"), 0);
+    assert_int_equal(gs_store_open(loc, GS_STORE_READONLY, &st), GS_ERR_SCHEMA);
     assert_null(st);
-    assert_int_equal(gs_store_open(path, 0, &st), GS_OK);
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
     assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
     assert_int_equal(gs_store_group_get(st, "eng", &g), GS_ERR_NOT_FOUND); /* tables exist, empty */
     gs_store_close(st);
     st = NULL;
-    assert_int_equal(gs_store_open(path, GS_STORE_READONLY, &st), GS_OK);
+    assert_int_equal(gs_store_open(loc, GS_STORE_READONLY, &st), GS_OK);
     gs_store_close(st);
     st = NULL;
-    rm_db(path);
+    if (g_pg)
+        pgtest_drop(name);
+    else
+        rm_db(loc);
 
     /* a step that fails half-way (a table it creates is already there) */
-    (void)snprintf(path, sizeof(path), "%s/clash.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "CREATE TABLE members (x INTEGER)", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
-    db = NULL;
-    assert_int_equal(gs_store_open(path, 0, &st), GS_ERR_DB);
+    assert_int_equal(new_db(f, "clash", loc, sizeof(loc)), 0);
+    (void)snprintf(name, sizeof(name), "%s", f->dbname);
+    assert_int_equal(raw_exec(f, loc, "CREATE TABLE members (x INTEGER)", "CREATE TABLE members (x INTEGER)"), 0);
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_ERR_DB);
     assert_null(st);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM sqlite_master), "
-                                            "(SELECT user_version FROM pragma_user_version)", -1, &q, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), 1); /* only the clashing table: no ca, groups, ... */
-    assert_int_equal(sqlite3_column_int(q, 1), 0);
-    sqlite3_finalize(q);
-    sqlite3_close(db);
-    rm_db(path);
+    if (g_pg) {
+        /* only the clashing table: no ca, groups, schema_version ... */
+        assert_int_equal(pgtest_int(name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), 1);
+        pgtest_drop(name);
+    } else {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_open(loc, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM sqlite_master), "
+                                                "(SELECT user_version FROM pragma_user_version)", -1, &q, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(q, 0), 1); /* only the clashing table: no ca, groups, ... */
+        assert_int_equal(sqlite3_column_int(q, 1), 0);
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+        rm_db(loc);
+    }
+    /* the fixture's database again for teardown */
+    if (g_pg)
+        pgtest_name_of(f->loc, f->dbname, sizeof(f->dbname));
 }
 
+
+/* What schema 1 wrote, per backend (groupsrv before the key policy), with
+ * one CA, one group and one key version. */
+static const char v1_sqlite[] =
+    "CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), key_label TEXT NOT NULL,"
+    " cert_pem TEXT NOT NULL, created INTEGER NOT NULL);"
+    "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    " address TEXT NOT NULL, methods INTEGER NOT NULL, key_spec TEXT NOT NULL,"
+    " allow_pkcs1v15 INTEGER NOT NULL, reject_label TEXT, created INTEGER NOT NULL);"
+    "CREATE TABLE group_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+    " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, cert_pem TEXT"
+    " NOT NULL, state INTEGER NOT NULL, created INTEGER NOT NULL, retired INTEGER NOT"
+    " NULL DEFAULT 0, PRIMARY KEY (group_id, version));"
+    "CREATE TABLE secret_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+    " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, kek_id BLOB"
+    " NOT NULL UNIQUE, state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY"
+    " (group_id, version));"
+    "CREATE TABLE members (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
+    " CASCADE, email TEXT NOT NULL COLLATE NOCASE, role INTEGER NOT NULL, cert_pem TEXT,"
+    " added INTEGER NOT NULL, PRIMARY KEY (group_id, email));"
+    "INSERT INTO ca VALUES (1, 'gs:ca', 'CAPEM', 1);"
+    "INSERT INTO groups VALUES (1, 'old', 'old@example.org', 15, 'rsa:3072', 0, NULL, 1);"
+    "INSERT INTO group_keys VALUES (1, 1, 'gs:group:old:v1', 'PEM', 1, 1, 0);"
+    "PRAGMA user_version = 1;";
+static const char v1_pg[] =
+    "CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), key_label TEXT NOT NULL,"
+    " cert_pem TEXT NOT NULL, created BIGINT NOT NULL);"
+    "CREATE TABLE groups (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, address TEXT NOT NULL,"
+    " methods BIGINT NOT NULL, key_spec TEXT NOT NULL, allow_pkcs1v15 INTEGER NOT NULL, reject_label TEXT,"
+    " created BIGINT NOT NULL);"
+    "CREATE TABLE group_keys (group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    " version BIGINT NOT NULL, token_label TEXT NOT NULL UNIQUE, cert_pem TEXT NOT NULL,"
+    " state INTEGER NOT NULL, created BIGINT NOT NULL, retired BIGINT NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (group_id, version));"
+    "CREATE TABLE secret_keys (group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    " version BIGINT NOT NULL, token_label TEXT NOT NULL UNIQUE, kek_id BYTEA NOT NULL UNIQUE,"
+    " state INTEGER NOT NULL, created BIGINT NOT NULL, PRIMARY KEY (group_id, version));"
+    "CREATE TABLE members (group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    " email TEXT NOT NULL, role INTEGER NOT NULL, cert_pem TEXT, added BIGINT NOT NULL);"
+    "CREATE UNIQUE INDEX members_email ON members (group_id, lower(email));"
+    "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n BIGINT NOT NULL);"
+    "INSERT INTO changes (id, n) VALUES (1, 0);"
+    "CREATE FUNCTION gs_bump_changes() RETURNS trigger LANGUAGE plpgsql AS"
+    "  $$BEGIN UPDATE changes SET n = n + 1 WHERE id = 1; RETURN NULL; END$$;"
+    "CREATE TRIGGER ca_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ca"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER groups_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON groups"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER group_keys_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON group_keys"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER secret_keys_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret_keys"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER members_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON members"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TABLE audit (instance TEXT NOT NULL, seq BIGINT NOT NULL, line TEXT NOT NULL,"
+    " PRIMARY KEY (instance, seq));"
+    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    "INSERT INTO schema_version VALUES (1);"
+    "INSERT INTO ca VALUES (1, 'gs:ca', 'CAPEM', 1);"
+    "INSERT INTO groups VALUES (1, 'old', 'old@example.org', 15, 'rsa:3072', 0, NULL, 1);"
+    "SELECT setval('groups_id_seq', 1);"
+    "INSERT INTO group_keys VALUES (1, 1, 'gs:group:old:v1', 'PEM', 1, 1, 0);";
+
+/* A schema-1 database (before issue 14) with a group and a member gets
+ * the wrap columns: the group's default PKCS#1 v1.5, the member's the
+ * group's; the setters work on it; a new group keeps its rejection key's
+ * weakenings and member wrap. */
+static void test_migrate_v1_wrap(void **state)
+{
+    struct fx *f = *state;
+    char loc[1024], name[64];
+    gs_store *st = NULL;
+    gs_store_group *g = NULL, row;
+    gs_store_group **groups = NULL;
+    gs_store_member *m = NULL;
+    size_t n = 0;
+    static const char member[] = "INSERT INTO members VALUES (1, 'alice@example.org', 1, NULL, 1);";
+
+    assert_int_equal(new_db(f, "v1wrap", loc, sizeof(loc)), 0);
+    (void)snprintf(name, sizeof(name), "%s", f->dbname);
+    assert_int_equal(raw_exec(f, loc, v1_sqlite, v1_pg), 0);
+    assert_int_equal(raw_exec(f, loc, member, member), 0);
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
+    assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
+    assert_int_equal(g->member_wrap, GS_WRAP_PKCS1V15);
+    assert_false(g->allow_pkcs1v15); /* an old group keeps its policy: its key has no v1.5 mechanism */
+    assert_string_equal(g->reject_weakenings, "");
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_DEFAULT);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "ALICE@example.org", GS_WRAP_OAEP), GS_OK);
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_OAEP);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_list(st, g->id, &m, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(m[0].wrap, GS_WRAP_OAEP);
+    gs_store_member_list_free(m, n);
+    m = NULL;
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "nobody@example.org", GS_WRAP_OAEP), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_member_set_wrap(st, g->id, "alice@example.org", GS_WRAP_DEFAULT), GS_OK);
+    assert_int_equal(gs_store_member_get(st, g->id, "alice@example.org", &m), GS_OK);
+    assert_int_equal(m->wrap, GS_WRAP_DEFAULT);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_group_set_member_wrap(st, g->id, GS_WRAP_OAEP), GS_OK);
+    assert_int_equal(gs_store_group_set_member_wrap(st, g->id, GS_WRAP_DEFAULT), GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_set_member_wrap(st, 999, GS_WRAP_OAEP), GS_ERR_NOT_FOUND);
+    gs_store_group_free(g);
+    g = NULL;
+    assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
+    assert_int_equal(g->member_wrap, GS_WRAP_OAEP);
+    gs_store_group_free(g);
+    g = NULL;
+
+    /* a new group's rejection key weakenings and member wrap */
+    memset(&row, 0, sizeof(row));
+    row.name = "nss";
+    row.address = "nss@example.org";
+    row.algorithm = "rsa:2048";
+    row.methods = GS_METHODS_DEFAULT;
+    row.allow_pkcs1v15 = true;
+    row.reject_label = "gs:reject:nss";
+    row.reject_weakenings = "no-allowed-mechanisms";
+    row.member_wrap = GS_WRAP_OAEP;
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_OK);
+    assert_int_equal(gs_store_group_get(st, "nss", &g), GS_OK);
+    assert_string_equal(g->reject_weakenings, "no-allowed-mechanisms");
+    assert_int_equal(g->member_wrap, GS_WRAP_OAEP);
+    gs_store_group_free(g);
+    /* a group added without a wrap gets v1.5, and the list reads both */
+    row.name = "plain";
+    row.address = "plain@example.org";
+    row.reject_weakenings = NULL;
+    row.member_wrap = GS_WRAP_DEFAULT;
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_OK);
+    assert_int_equal(gs_store_group_list(st, &groups, &n), GS_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(groups[0]->name, "nss");
+    assert_int_equal(groups[0]->member_wrap, GS_WRAP_OAEP);
+    assert_string_equal(groups[2]->name, "plain");
+    assert_int_equal(groups[2]->member_wrap, GS_WRAP_PKCS1V15);
+    assert_string_equal(groups[2]->reject_weakenings, "");
+    gs_store_group_list_free(groups, n);
+    gs_store_close(st);
+    drop_extra_db(f, loc, name);
+}
 
 /* Schema 2 (issue 13): a database of schema 1 keeps its rows and gets the
  * empty policy and weakenings (= everything on the token, every
@@ -159,8 +371,7 @@ static void test_older_schema_migrated(void **state)
 static void test_policy_records(void **state)
 {
     struct fx *f = *state;
-    char path[320];
-    sqlite3 *db = NULL;
+    char loc[1024], name[64];
     gs_store *st = NULL;
     gs_store_group *g = NULL, row;
     gs_store_group_key *k = NULL;
@@ -169,42 +380,20 @@ static void test_policy_records(void **state)
     gs_store_ca *ca = NULL;
     size_t n = 0;
     int64_t id = 0;
+    uint64_t before = 0, after = 0;
     unsigned char kek[GS_KEK_ID_LEN], blob[3] = {1, 2, 3};
     gs_store_keyrec rec = {.weakenings = "no-allowed-mechanisms", .seal_label = "gs:seal", .sealed = blob,
                            .sealed_len = sizeof(blob)};
 
-    /* What schema 1 wrote (groupsrv before the key policy). */
-    (void)snprintf(path, sizeof(path), "%s/v1.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db,
-                                  "CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), key_label TEXT NOT NULL,"
-                                  " cert_pem TEXT NOT NULL, created INTEGER NOT NULL);"
-                                  "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-                                  " address TEXT NOT NULL, methods INTEGER NOT NULL, key_spec TEXT NOT NULL,"
-                                  " allow_pkcs1v15 INTEGER NOT NULL, reject_label TEXT, created INTEGER NOT NULL);"
-                                  "CREATE TABLE group_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
-                                  " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, cert_pem TEXT"
-                                  " NOT NULL, state INTEGER NOT NULL, created INTEGER NOT NULL, retired INTEGER NOT"
-                                  " NULL DEFAULT 0, PRIMARY KEY (group_id, version));"
-                                  "CREATE TABLE secret_keys (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
-                                  " CASCADE, version INTEGER NOT NULL, token_label TEXT NOT NULL UNIQUE, kek_id BLOB"
-                                  " NOT NULL UNIQUE, state INTEGER NOT NULL, created INTEGER NOT NULL, PRIMARY KEY"
-                                  " (group_id, version));"
-                                  "CREATE TABLE members (group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE"
-                                  " CASCADE, email TEXT NOT NULL COLLATE NOCASE, role INTEGER NOT NULL, cert_pem TEXT,"
-                                  " added INTEGER NOT NULL, PRIMARY KEY (group_id, email));"
-                                  "INSERT INTO ca VALUES (1, 'gs:ca', 'CAPEM', 1);"
-                                  "INSERT INTO groups VALUES (1, 'old', 'old@example.org', 15, 'rsa:3072', 0, NULL, 1);"
-                                  "INSERT INTO group_keys VALUES (1, 1, 'gs:group:old:v1', 'PEM', 1, 1, 0);"
-                                  "PRAGMA user_version = 1;",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
-    assert_int_equal(gs_store_open(path, 0, &st), GS_OK);
-    assert_int_equal(gs_store_schema_version(st), 2);
+    assert_int_equal(new_db(f, "v1", loc, sizeof(loc)), 0);
+    (void)snprintf(name, sizeof(name), "%s", f->dbname);
+    assert_int_equal(raw_exec(f, loc, v1_sqlite, v1_pg), 0);
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    assert_int_equal(gs_store_schema_version(st), GS_STORE_SCHEMA_VERSION);
     assert_int_equal(gs_store_group_get(st, "old", &g), GS_OK);
     assert_string_equal(g->policy, "");
     assert_null(g->reject_sealed);
+    assert_false(g->replicable); /* schema 3 (issue 17): not replicable unless created so */
     gs_store_group_free(g);
     assert_int_equal(gs_store_group_keys(st, 1, &k, &n), GS_OK);
     assert_int_equal(n, 1);
@@ -244,6 +433,7 @@ static void test_policy_records(void **state)
     assert_string_equal(sec[0].seal_label, "gs:seal");
     assert_int_equal(sec[0].sealed_len, sizeof(blob));
     assert_memory_equal(sec[0].sealed, blob, sizeof(blob));
+    assert_memory_equal(sec[0].kek_id, kek, sizeof(kek));
     gs_store_secrets_free(sec, n);
     assert_int_equal(gs_store_secret_add(st, id, 2, "gs:secret:card:v2", (unsigned char[GS_KEK_ID_LEN]){8}), GS_OK);
     assert_int_equal(gs_store_secrets(st, id, &sec, &n), GS_OK);
@@ -251,7 +441,14 @@ static void test_policy_records(void **state)
     assert_null(sec[0].seal_label);
     assert_string_equal(sec[0].weakenings, "");
     gs_store_secrets_free(sec, n);
+    assert_int_equal(gs_store_seal_keys(st, &seals, &n), GS_OK);
+    assert_int_equal(n, 0);
+    assert_null(seals);
+    /* a seal key is a change other servers' caches must see */
+    assert_int_equal(gs_store_change_stamp(st, &before), GS_OK);
     assert_int_equal(gs_store_seal_key_put(st, "gs:seal", "no-allowed-mechanisms"), GS_OK);
+    assert_int_equal(gs_store_change_stamp(st, &after), GS_OK);
+    assert_true(before != after);
     assert_int_equal(gs_store_seal_key_put(st, "gs:seal", ""), GS_OK); /* once */
     assert_int_equal(gs_store_seal_keys(st, &seals, &n), GS_OK);
     assert_int_equal(n, 1);
@@ -259,7 +456,7 @@ static void test_policy_records(void **state)
     assert_string_equal(seals[0].weakenings, "no-allowed-mechanisms");
     gs_store_seal_keys_free(seals, n);
     gs_store_close(st);
-    rm_db(path);
+    drop_extra_db(f, loc, name);
 }
 
 static void test_groups(void **state)
@@ -357,6 +554,69 @@ static void test_secrets(void **state)
     assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, 3, &gid, &v), GS_ERR_NOT_FOUND);
 }
 
+/* Schema 3 (issue 17), the same on both backends: replicable groups and
+ * CA, and versions imported below the current one (OLD: nothing demoted). */
+static void test_replicable_records(void **state)
+{
+    struct fx *f = *state;
+    gs_store_group row = {.name = "rep", .address = "rep@example.org", .methods = GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY,
+                          .algorithm = "rsa:2048", .replicable = true};
+    gs_store_group *g = NULL, **list = NULL;
+    gs_store_group_key *k = NULL;
+    gs_store_secret *sec = NULL;
+    gs_store_ca *ca = NULL;
+    unsigned char id1[GS_KEK_ID_LEN], id2[GS_KEK_ID_LEN];
+    int64_t gid = 0;
+    size_t n = 0;
+
+    memset(id1, 1, sizeof(id1));
+    memset(id2, 2, sizeof(id2));
+    assert_int_equal(gs_store_group_add(f->st, &row, &gid), GS_OK);
+    assert_int_equal(gs_store_group_get(f->st, "rep", &g), GS_OK);
+    assert_true(g->replicable);
+    assert_int_equal(g->methods, GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY);
+    gs_store_group_free(g);
+    assert_int_equal(gs_store_group_list(f->st, &list, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_false(list[0]->replicable); /* eng, made without */
+    assert_true(list[1]->replicable);
+    gs_store_group_list_free(list, n);
+
+    assert_int_equal(gs_store_ca_put_as(f->st, "gs:ca", "CAPEM", true, NULL), GS_OK);
+    assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
+    assert_true(ca->replicable);
+    gs_store_ca_free(ca);
+
+    /* v2 arrives first, v1 is imported after it: v2 stays current */
+    assert_int_equal(gs_store_group_key_add(f->st, gid, 2, "gs:group:rep:v2", "PEM2"), GS_OK);
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 1, "gs:group:rep:v1", "PEM1", GS_KEY_OLD, NULL), GS_OK);
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 3, "gs:group:rep:v3", "PEM3", GS_KEY_RETIRED, NULL),
+                     GS_ERR_ARGS);
+    assert_int_equal(gs_store_group_keys(f->st, gid, &k, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(k[0].version, 2);
+    assert_int_equal(k[0].state, GS_KEY_CURRENT);
+    assert_int_equal(k[1].version, 1);
+    assert_int_equal(k[1].state, GS_KEY_OLD);
+    gs_store_group_keys_free(k, n);
+    assert_int_equal(gs_store_secret_add(f->st, gid, 2, "gs:secret:rep:v2", id2), GS_OK);
+    assert_int_equal(gs_store_secret_add_as(f->st, gid, 1, "gs:secret:rep:v1", id1, GS_KEY_OLD, NULL), GS_OK);
+    assert_int_equal(gs_store_secrets(f->st, gid, &sec, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(sec[0].version, 2);
+    assert_int_equal(sec[0].state, GS_KEY_CURRENT);
+    assert_int_equal(sec[1].state, GS_KEY_OLD);
+    assert_memory_equal(sec[1].kek_id, id1, GS_KEK_ID_LEN);
+    gs_store_secrets_free(sec, n);
+    /* a new current version still demotes the current one */
+    assert_int_equal(gs_store_group_key_add_as(f->st, gid, 3, "gs:group:rep:v3", "PEM3", GS_KEY_CURRENT, NULL), GS_OK);
+    assert_int_equal(gs_store_group_keys(f->st, gid, &k, &n), GS_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(k[0].state, GS_KEY_CURRENT);
+    assert_int_equal(k[1].state, GS_KEY_OLD);
+    gs_store_group_keys_free(k, n);
+}
+
 static void test_members_no_cache(void **state)
 {
     struct fx *f = *state;
@@ -369,7 +629,7 @@ static void test_members_no_cache(void **state)
     assert_int_equal(gs_store_member_add(f->st, f->gid, "list@example.org", GS_ROLE_EXPLODER, NULL), GS_OK);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "bad address", GS_ROLE_MEMBER, NULL), GS_ERR_ARGS);
     /* a second connection (another thread or process) */
-    assert_int_equal(gs_store_open(f->path, 0, &other), GS_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
     assert_int_equal(gs_store_member_get(other, f->gid, "Alice@Example.org", &m), GS_OK);
     assert_string_equal(m->email, "alice@example.org");
     assert_int_equal(m->role, GS_ROLE_MEMBER);
@@ -456,6 +716,115 @@ static void test_transactions(void **state)
     gs_store_ca_free(ca);
 }
 
+
+/* The stamp the server's group cache polls: moves when another connection
+ * (another server) commits a change, stays while nothing changes. */
+static void test_change_stamp(void **state)
+{
+    struct fx *f = *state;
+    gs_store *other = NULL;
+    gs_store_member *m = NULL;
+    uint64_t a = 0, b = 0, c = 0;
+
+    assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
+    assert_int_equal(gs_store_change_stamp(other, &a), GS_OK);
+    assert_int_equal(gs_store_member_get(other, f->gid, "nobody@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_change_stamp(other, &b), GS_OK);
+    assert_true(a == b);
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "PEM1"), GS_OK);
+    assert_int_equal(gs_store_change_stamp(other, &b), GS_OK);
+    assert_true(a != b);
+    /* a write through the same connection moves it too */
+    assert_int_equal(gs_store_member_add(other, f->gid, "x@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_change_stamp(other, &c), GS_OK);
+    assert_true(c != b);
+    gs_store_close(other);
+}
+
+/* Audit chains: PostgreSQL keeps them, one per instance; SQLite has none. */
+static void test_audit_rows(void **state)
+{
+    struct fx *f = *state;
+    char *line = NULL, **inst = NULL;
+    int64_t seq = -1;
+    gs_store_audit_row *rows = NULL;
+    size_t n = 0;
+    char *const batch[] = {"{\"a\":\"q\\\"uote\"}", "back\\slash", "{}"};
+    uint64_t s1 = 0, s2 = 0;
+
+    if (!g_pg) {
+        assert_int_equal(gs_store_audit_head(f->st, "a", &seq, &line), GS_ERR_ARGS);
+        assert_int_equal(gs_store_audit_append(f->st, "a", 1, batch, 1), GS_ERR_ARGS);
+        return;
+    }
+    assert_int_equal(gs_store_audit_head(f->st, "a", &seq, &line), GS_OK);
+    assert_int_equal(seq, 0);
+    assert_null(line);
+    assert_int_equal(gs_store_change_stamp(f->st, &s1), GS_OK);
+    assert_int_equal(gs_store_audit_append(f->st, "a", 1, batch, 3), GS_OK);
+    assert_int_equal(gs_store_audit_append(f->st, "b", 1, batch, 1), GS_OK);
+    /* audit writes do not invalidate the servers' group caches */
+    assert_int_equal(gs_store_change_stamp(f->st, &s2), GS_OK);
+    assert_true(s1 == s2);
+    /* a taken seq: another process writes this instance's chain */
+    assert_int_equal(gs_store_audit_append(f->st, "a", 3, batch, 1), GS_ERR_EXISTS);
+    assert_non_null(strstr(gs_err_detail(), "instance"));
+    assert_int_equal(gs_store_audit_head(f->st, "a", &seq, &line), GS_OK);
+    assert_int_equal(seq, 3);
+    assert_string_equal(line, "{}");
+    free(line);
+    assert_int_equal(gs_store_audit_read(f->st, "a", 1, 10, &rows, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(rows[0].seq, 2);
+    assert_string_equal(rows[0].line, "back\\slash");
+    gs_store_audit_rows_free(rows, n);
+    assert_int_equal(gs_store_audit_read(f->st, "a", 0, 1, &rows, &n), GS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].line, batch[0]);
+    gs_store_audit_rows_free(rows, n);
+    assert_int_equal(gs_store_audit_instances(f->st, &inst, &n), GS_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(inst[0], "a");
+    assert_string_equal(inst[1], "b");
+    gs_store_strings_free(inst, n);
+    assert_int_equal(gs_store_audit_head(f->st, "", &seq, &line), GS_ERR_ARGS);
+}
+
+/* PostgreSQL restarted or failed over: the call that meets the dead
+ * connection fails with GS_ERR_DB_UNAVAILABLE, the next one reconnects; a
+ * transaction open at the loss fails until rolled back. */
+static void test_reconnect(void **state)
+{
+    struct fx *f = *state;
+    gs_store_member *m = NULL;
+    char sql[256];
+
+    if (!g_pg)
+        return;
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+                   "AND pid <> pg_backend_pid()", f->dbname);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "a@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
+    assert_null(m);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
+
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "b@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "c@example.org", GS_ROLE_MEMBER, NULL),
+                     GS_ERR_DB_UNAVAILABLE);
+    /* no reconnect inside the lost transaction: c is not added on its own */
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "c@example.org", GS_ROLE_MEMBER, NULL),
+                     GS_ERR_DB_UNAVAILABLE);
+    assert_int_equal(gs_store_commit(f->st), GS_ERR_DB_UNAVAILABLE);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "b@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "c@example.org", &m), GS_ERR_NOT_FOUND);
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -503,22 +872,62 @@ static void test_helpers(void **state)
     assert_false(gs_valid_email("<a@b.org>"));
     assert_false(gs_valid_email("a,b@c.org"));
     assert_false(gs_valid_email(NULL));
+
+    /* locations in messages: passwords masked, the rest kept */
+    assert_true(gs_store_location_is_url("postgresql:///g?host=/run/postgresql"));
+    assert_true(gs_store_location_is_url("postgres://h/g"));
+    assert_false(gs_store_location_is_url("/var/lib/groupsrv/groupsrv.db"));
+    gs_store_location_display("postgresql://gs:s3cret@db.example.org:5432/g?sslmode=verify-full", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://gs:***@db.example.org:5432/g?sslmode=verify-full");
+    gs_store_location_display("postgresql:///g?host=/s&password=s3cret&user=gs", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql:///g?host=/s&password=***&user=gs");
+    gs_store_location_display("postgresql://db/g?password=x", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://db/g?password=***");
+    gs_store_location_display("/tmp/a:b@c.db", buf, sizeof(buf));
+    assert_string_equal(buf, "/tmp/a:b@c.db");
+}
+
+static int group_sqlite(void **state)
+{
+    (void)state;
+    g_pg = 0;
+    return 0;
+}
+
+/* Never skipped: without the test server the whole group fails. */
+static int group_pg(void **state)
+{
+    (void)state;
+    g_pg = 1;
+    if (getenv("GS_TEST_PG_URL") == NULL) {
+        fprintf(stderr, "GS_TEST_PG_URL is not set: run under tests/lib/pg.sh run\n");
+        return -1;
+    }
+    return 0;
 }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_older_schema_migrated, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_policy_records, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
-        cmocka_unit_test(test_helpers),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* The same cases for each backend. */
+#define STORE_TESTS                                                            \
+    cmocka_unit_test_setup_teardown(test_open_schema, setup, teardown),        \
+    cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown), \
+    cmocka_unit_test_setup_teardown(test_older_schema_migrated, setup, teardown), \
+    cmocka_unit_test_setup_teardown(test_migrate_v1_wrap, setup, teardown),   \
+    cmocka_unit_test_setup_teardown(test_policy_records, setup, teardown),     \
+    cmocka_unit_test_setup_teardown(test_groups, setup, teardown),             \
+    cmocka_unit_test_setup_teardown(test_key_versions, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),            \
+    cmocka_unit_test_setup_teardown(test_replicable_records, setup, teardown), \
+    cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),   \
+    cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
+    cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(test_change_stamp, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
+    cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown)
+    const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
+    const struct CMUnitTest pg_tests[] = {STORE_TESTS};
+    int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
+    failed += cmocka_run_group_tests_name("postgresql", pg_tests, group_pg, NULL);
+    return failed;
 }

@@ -1,0 +1,289 @@
+/*
+ * gm_ceremony.c: the key ceremony on a member's own token (option C):
+ * `groupmail keys transport-key` and `keys import-group-key`. The files
+ * and token steps are gsk/'s, shared with groupsrv; here: the member's
+ * trust (the group CA, as for fetch-cert), which keys a member takes (the
+ * group key versions, decrypt only), and the member's own record of each
+ * ceremony, <store>/ceremony.jsonl: JSON lines, mode 0600, each with
+ * "prev", the SHA-256 of the line before (`groupsrv audit verify --file`
+ * checks it).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include "gm.h"
+#include "gsk.h"
+#include "util.h"
+
+#define RECORD_LOG_MAX (8u * 1024u * 1024u)
+
+/* ---- the member's ceremony record ------------------------------------------------ */
+
+/* The hash chain's link: SHA-256 of the last line of the file (64 zeros
+ * for an empty one). The file is the member's own, small, read whole. */
+static int last_line_hash(int fd, char hex[65])
+{
+    unsigned char *buf = NULL, md[SHA256_DIGEST_LENGTH];
+    size_t len = 0, end, start;
+
+    memset(hex, '0', 64);
+    hex[64] = '\0';
+    if (util_read_fd(fd, RECORD_LOG_MAX, &buf, &len) != UTIL_OK)
+        return -1;
+    if (len == 0) {
+        free(buf);
+        return 0;
+    }
+    if (buf[len - 1] != '\n') { /* a torn line: refuse to chain to it */
+        free(buf);
+        return -1;
+    }
+    end = len - 1;
+    for (start = end; start > 0 && buf[start - 1] != '\n'; start--)
+        ;
+    SHA256(buf + start, end - start, md);
+    util_hex(md, sizeof(md), hex);
+    free(buf);
+    return 0;
+}
+
+static int record(const gm_config *c, const char *action, json_t *fields)
+{
+    char *path = gm_store_path(c, NULL, "ceremony.jsonl"), prev[65], when[32], who[96], *line = NULL;
+    time_t t = time(NULL);
+    json_t *o = NULL;
+    struct tm tm;
+    int fd = -1, rc = -1;
+
+    errno = 0;
+    if (path == NULL || fields == NULL)
+        goto out;
+    gsk_operator(who, sizeof(who));
+    if (gmtime_r(&t, &tm) == NULL || strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        goto out;
+    if ((fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0 || flock(fd, LOCK_EX) != 0 ||
+        last_line_hash(fd, prev) != 0)
+        goto out;
+    /* The same fields as the server's audit lines, then the ceremony's. */
+    if ((o = json_pack("{s:s,s:s,s:s}", "time", when, "action", action, "identity", who)) == NULL ||
+        json_object_update(o, fields) != 0 || json_object_set_new(o, "prev", json_string(prev)) != 0 ||
+        (line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
+        goto out;
+    size_t n = strlen(line);
+    line[n] = '\n'; /* the NUL becomes the newline */
+    if (write(fd, line, n + 1) != (ssize_t)(n + 1) || fsync(fd) != 0)
+        goto out;
+    rc = 0;
+out:
+    if (rc != 0)
+        gm_err("cannot write the ceremony record %s: %s", path != NULL ? path : "(store)",
+               errno ? strerror(errno) : "malformed");
+    if (fd >= 0)
+        close(fd);
+    free(line);
+    free(path);
+    json_decref(o);
+    json_decref(fields);
+    return rc;
+}
+
+/* "label (serial N)" of the token, and its label alone (for URIs). */
+static void token_desc(hsm_ctx *hsm, char *buf, size_t cap, char label[33])
+{
+    hsm_token_info ti;
+
+    if (hsm_token_info_get(hsm, &ti) == HSM_OK) {
+        snprintf(buf, cap, "%s (serial %s)", ti.label, ti.serial);
+        memcpy(label, ti.label, sizeof(ti.label));
+    } else {
+        snprintf(buf, cap, "?");
+        label[0] = '\0';
+    }
+}
+
+/* Takes a key pair this run made off the token again. */
+static void destroy_label(hsm_ctx *hsm, const char *label)
+{
+    static const hsm_key_class classes[] = {HSM_CLASS_PRIVATE, HSM_CLASS_PUBLIC};
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(classes); i++) {
+        hsm_key *k = NULL;
+        if (hsm_key_find(hsm, label, classes[i], &k) == HSM_OK)
+            (void)hsm_key_destroy(hsm, k);
+        hsm_key_free(k);
+    }
+}
+
+static int need_token(const gm_config *c)
+{
+    if (c->hsm_token == NULL || strncmp(c->hsm_token, "pkcs11:", 7) != 0) {
+        gm_err("missing --token pkcs11:URI (your own token)");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- keys transport-key ------------------------------------------------------------ */
+
+int gm_cmd_keys_transport(gm_config *c)
+{
+    hsm_ctx *hsm = NULL;
+    char desc[96], tlabel[33], fp[65], spoken[80], label[64] = "", *pem = NULL;
+    gsk_err ge;
+    int rc = GM_EXIT_USAGE;
+
+    if (need_token(c) != 0)
+        return GM_EXIT_USAGE;
+    if (c->out == NULL) {
+        gm_err("missing --out FILE (the transport key file to give the group's administrator)");
+        return GM_EXIT_USAGE;
+    }
+    rc = GM_EXIT_ERROR;
+    if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)
+        goto out;
+    token_desc(hsm, desc, sizeof(desc), tlabel);
+    if ((ge = gsk_transport_make(hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
+        gm_err("transport key: %s", gsk_err_detail());
+        goto out;
+    }
+    if (util_write_file_atomic(c->out, pem, strlen(pem), 0644) != UTIL_OK) {
+        gm_err("cannot write %s: %s", c->out, strerror(errno));
+        destroy_label(hsm, label);
+        goto out;
+    }
+    if (record(c, "transport-key",
+               json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label)) != 0) {
+        destroy_label(hsm, label);
+        (void)unlink(c->out);
+        goto out;
+    }
+    gsk_fingerprint_spoken(fp, spoken);
+    printf("transport key %s made on token %s\nsha256 %s\n", label, desc, spoken);
+    printf("wrote %s: give it to the group's administrator and read them the fingerprint over another channel\n",
+           c->out);
+    rc = GM_EXIT_OK;
+out:
+    free(pem);
+    hsm_close(hsm);
+    return rc;
+}
+
+/* ---- keys import-group-key --------------------------------------------------------- */
+
+static int exit_for(gsk_err ge)
+{
+    switch (ge) {
+    case GSK_ERR_FORMAT:
+    case GSK_ERR_SIGNATURE:
+    case GSK_ERR_SIGNER:
+        return GM_EXIT_BAD_MESSAGE;
+    default:
+        return GM_EXIT_ERROR;
+    }
+}
+
+int gm_cmd_keys_import(gm_config *c)
+{
+    const char *ca_file = c->group_ca != NULL ? c->group_ca : c->cacert;
+    unsigned char *file = NULL;
+    size_t flen = 0, n = 0;
+    X509 *ca = NULL;
+    gsk_manifest *m = NULL;
+    gsk_import_item *items = NULL;
+    hsm_key **refs = NULL;
+    hsm_ctx *hsm = NULL;
+    json_t *versions = NULL, *labels = NULL;
+    char desc[96], tlabel[33];
+    gsk_err ge;
+    int rc = GM_EXIT_USAGE;
+
+    if (need_token(c) != 0)
+        return rc;
+    if (c->in == NULL || ca_file == NULL) {
+        gm_err("missing %s", c->in == NULL ? "--in FILE.gsk" : "--group-ca FILE (the CA of the group server, "
+                                                               "which signed the file)");
+        return rc;
+    }
+    rc = GM_EXIT_ERROR;
+    if (util_read_file(c->in, GSK_FILE_MAX, &file, &flen) != UTIL_OK) {
+        gm_err("cannot read %s", c->in);
+        goto out;
+    }
+    if ((ca = gm_read_cert_file(ca_file)) == NULL)
+        goto out;
+    if ((ge = gsk_shipment_read(file, flen, ca, &m)) != GSK_OK) {
+        gm_err("%s refused: %s", c->in, gsk_err_detail());
+        rc = exit_for(ge);
+        goto out;
+    }
+    /* A member needs the group key versions only; the group's secret and
+     * rejection keys are for servers. */
+    if ((items = calloc(m->n_entries, sizeof(*items))) == NULL || (refs = calloc(m->n_entries, sizeof(*refs))) == NULL)
+        goto out;
+    for (size_t i = 0; i < m->n_entries; i++) {
+        if (m->entries[i].kind != GSK_KIND_GROUP)
+            continue;
+        items[n].index = i;
+        items[n].usage = HSM_USE_DECRYPT; /* local-key decrypts with C_Decrypt */
+        n++;
+    }
+    if (n == 0) {
+        gm_err("%s holds no group key version", c->in);
+        goto out;
+    }
+    if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)
+        goto out;
+    token_desc(hsm, desc, sizeof(desc), tlabel);
+    if ((ge = gsk_import(hsm, m, items, n, refs)) != GSK_OK) {
+        gm_err("%s refused: %s", c->in, gsk_err_detail());
+        rc = exit_for(ge);
+        goto out;
+    }
+    versions = json_array();
+    labels = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(versions, json_integer(m->entries[items[i].index].version));
+        json_array_append_new(labels, json_string(m->entries[items[i].index].label));
+    }
+    if (record(c, "import-group-key",
+               json_pack("{s:s,s:s,s:s,s:s,s:O,s:O,s:s}", "group", m->group.name, "ceremony", m->ceremony, "token",
+                         desc, "transport_key_sha256", m->transport_sha256, "key_versions", versions, "labels", labels,
+                         "exported_by", m->exported_by)) != 0) {
+        /* No copy without its record. */
+        for (size_t i = 0; i < n; i++)
+            destroy_label(hsm, m->entries[items[i].index].label);
+        goto out;
+    }
+    printf("group %s: imported on token %s (ceremony %s), each key passed its decryption test\n", m->group.name, desc,
+           m->ceremony);
+    for (size_t i = 0; i < n; i++) {
+        const gsk_key *k = &m->entries[items[i].index];
+        printf("  v%u  --group-key 'pkcs11:token=%s;object=%s;type=private'\n", k->version, tlabel, k->label);
+    }
+    if (n < m->n_entries)
+        printf("(%zu server keys in the file were not imported: secret and rejection keys stay on servers)\n",
+               m->n_entries - n);
+    rc = GM_EXIT_OK;
+out:
+    for (size_t i = 0; refs != NULL && i < n; i++)
+        hsm_key_free(refs[i]);
+    free(refs);
+    free(items);
+    json_decref(versions);
+    json_decref(labels);
+    gsk_manifest_free(m);
+    X509_free(ca);
+    free(file);
+    hsm_close(hsm);
+    return rc;
+}

@@ -1,0 +1,149 @@
+/* groupinfo.c: the group server's discovery answer, cached per list. See
+ * groupinfo.h. */
+#include "groupinfo.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "prepare.h"
+#include "restclient.h"
+
+/* The group server's words for the same refusals (groupsrv/server/api.c),
+ * so a sender reads one reason whoever refuses. */
+#define MSG_V15_REFUSED "PKCS#1 v1.5 key transport is not allowed for this group"
+#define MSG_EC_REWRAP "EC group keys cannot be re-wrapped (only a forward list can carry them)"
+#define MSG_NO_SECRET "the group does not use a group secret key"
+
+#define LIST_CAP 512 /* the comma lists we store */
+
+/* "a,b,c" from a string vector; NULL when it does not fit. */
+static char *join(char *const *v, size_t n)
+{
+    char *out = calloc(1, LIST_CAP);
+    size_t used = 0;
+
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        int w = snprintf(out + used, LIST_CAP - used, "%s%s", i ? "," : "", v[i]);
+        if (w < 0 || (size_t)w >= LIST_CAP - used) {
+            free(out);
+            return NULL;
+        }
+        used += (size_t)w;
+    }
+    return out;
+}
+
+/* Is word one of the comma-separated items of list? */
+static bool in_list(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; p != NULL && *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, word, n) == 0)
+            return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
+
+/* Whether `at` (unix seconds, 0 = never) is less than ttl seconds ago. */
+static bool within(int64_t at, int64_t now, int64_t ttl)
+{
+    return at > 0 && now >= at && now - at < ttl;
+}
+
+xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz)
+{
+    gs_rest_opts o;
+    gs_rest *r = NULL;
+    gs_group_info gi;
+    gs_rest_err e;
+    char *kts = NULL, *methods = NULL;
+    int64_t now = (int64_t)time(NULL), ttl = (int64_t)c->group_info_ttl;
+    xp_err rc;
+
+    memset(&gi, 0, sizeof(gi));
+    why[0] = '\0';
+    if (!force && within(l->group_info_at, now, ttl))
+        return XP_OK;
+    /* a server that just failed is not asked again for a minute: during an
+     * outage every deliver would otherwise wait out the timeout */
+    if (!force && within(l->group_info_tried, now, ttl < 60 ? ttl : 60)) {
+        snprintf(why, whysz, "group server discovery failed %llds ago", (long long)(now - l->group_info_tried));
+        return XP_ERR_TEMP;
+    }
+    xp_rest_opts(c, l, &o);
+    /* deliver runs while the MTA waits: a slow group server must not hold
+     * it longer than [tls] timeout, and never over 10 s */
+    if (o.timeout_ms <= 0 || o.timeout_ms > 10000)
+        o.timeout_ms = 10000;
+    o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
+    if ((e = gs_rest_new(&o, &r)) != GS_REST_OK) {
+        snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
+        rc = XP_ERR_CONFIG;
+        goto out;
+    }
+    if ((e = gs_rest_group_info(r, l->group, &gi)) != GS_REST_OK) {
+        const char *what = gs_rest_strerror(e);
+        long st = gs_rest_last_status(r);
+        if (st > 0 && strchr(what, '(') == NULL)
+            snprintf(why, whysz, "group server discovery: %s (HTTP %ld)", what, st);
+        else
+            snprintf(why, whysz, "group server discovery: %s", what);
+        if (spool_list_group_info_tried(s, l->id, now) == XP_OK)
+            l->group_info_tried = now;
+        rc = XP_ERR_TEMP;
+        goto out;
+    }
+    rc = XP_ERR_NOMEM;
+    /* an answer without methods (or key transports) says nothing about
+     * them: the runner's rewrap call decides, as before discovery */
+    if ((gi.kt_algs_known && (kts = join(gi.kt_algs, gi.n_kt_algs)) == NULL) ||
+        (gi.n_methods > 0 && (methods = join(gi.methods, gi.n_methods)) == NULL))
+        goto out;
+    if ((rc = spool_list_set_group_info(s, l->id, kts, methods, now)) != XP_OK) {
+        snprintf(why, whysz, "cannot store the group's discovery answer: %s", xp_strerror(rc));
+        goto out;
+    }
+    free(l->kt_algs);
+    free(l->group_methods);
+    l->kt_algs = kts;
+    l->group_methods = methods;
+    l->group_info_at = now;
+    kts = methods = NULL;
+    rc = XP_OK;
+out:
+    free(kts);
+    free(methods);
+    gs_group_info_clear(&gi);
+    gs_rest_free(r);
+    return rc;
+}
+
+xp_err xp_group_accepts(const xp_list *l, const char *kt, char *why, size_t whysz)
+{
+    why[0] = '\0';
+    if (kt == NULL)
+        return XP_OK;
+    if (l->mode != XP_MODE_FORWARD && strcmp(kt, "ECDH") == 0) {
+        snprintf(why, whysz, "%s", MSG_EC_REWRAP);
+        return XP_ERR_REFUSED;
+    }
+    if (l->mode == XP_MODE_GROUP_SECRET && l->group_methods != NULL && !in_list(l->group_methods, "group-secret")) {
+        snprintf(why, whysz, "%s", MSG_NO_SECRET);
+        return XP_ERR_REFUSED;
+    }
+    if (l->kt_algs == NULL || in_list(l->kt_algs, kt))
+        return XP_OK;
+    if (strcmp(kt, "RSA-PKCS1-v1_5") == 0)
+        snprintf(why, whysz, "%s (it accepts %s)", MSG_V15_REFUSED, l->kt_algs);
+    else
+        snprintf(why, whysz, "key transport %s is not accepted by this group (it accepts %s)", kt, l->kt_algs);
+    return XP_ERR_REFUSED;
+}

@@ -1,0 +1,37 @@
+/*
+ * groupinfo.h: what a list's group will unwrap, from the group server's
+ * discovery answer (GET /v1/groups/{g}: key_transports, methods), cached
+ * per list in the spool database.
+ *
+ * `exploder deliver` refuses at once (77, one plain line) a message the
+ * group server will never unwrap: a PKCS#1 v1.5 message for a group made
+ * with --oaep-only, RSA-OAEP-256 where the token has only SHA-1, an EC
+ * group's key agreement in a re-wrapping mode. Without this the message
+ * would be accepted, refused by the group server at preparation and
+ * bounced later.
+ */
+#ifndef GS_XP_GROUPINFO_H
+#define GS_XP_GROUPINFO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "spool.h"
+#include "xp.h"
+
+/* Fetches the discovery answer when the list's cached one is older than
+ * [delivery] group_info_ttl (always with force), with short timeouts, and
+ * stores it (l->kt_algs, l->group_methods, l->group_info_at are
+ * updated too). On failure what was cached stays: XP_ERR_TEMP with why
+ * (one line, for the log), and without force it is not asked again for a
+ * minute (at most the ttl). XP_OK when nothing had to be fetched. */
+xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz);
+
+/* Will the group unwrap a message whose group RecipientInfo uses key
+ * transport kt ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH") in
+ * this list's mode? XP_OK, also when the cached answer does not say;
+ * XP_ERR_REFUSED with why: one plain line for the sender, the group
+ * server's own words where it has them. */
+xp_err xp_group_accepts(const xp_list *l, const char *kt, char *why, size_t whysz);
+
+#endif

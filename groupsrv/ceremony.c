@@ -1,0 +1,1173 @@
+/*
+ * ceremony.c: `groupsrv token transport-key`, `group export`, `group
+ * import`: a replicable group's keys copied to another server's token
+ * (see ceremony.h). The token work is hsm/replicate.c through gsk/; this
+ * file decides what goes into a shipment, asks for the SO PIN, keeps the
+ * database in step and writes the audit records.
+ *
+ * Order of every command: everything that can be checked without the
+ * token is checked first, then the audit log is opened (no ceremony
+ * without its record), then the token is changed; a record is written for
+ * the outcome, refusals included. An import that fails anywhere destroys
+ * what it put on the token, and records nothing in the database.
+ */
+#include "ceremony.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "cli.h"
+#include "groups.h"
+#include "gsk.h"
+#include "log.h"
+#include "util.h"
+#ifdef GS_HAVE_SERVER
+#include "audit.h"
+#endif
+
+#define TRANSPORT_FILE_MAX (64u * 1024u)
+#define SO_PIN_MAX 256u
+/* hsm_sign takes at most 1 MiB: 64 keys (certificate and wrapped key,
+ * about 4 KiB each) stay well below it. */
+#define EXPORT_KEYS_MAX 64u
+
+/* ---- errors -------------------------------------------------------------- */
+
+/* A gsk failure as the groupsrv error whose exit code docs/groupsrv.1.md gives. */
+static gs_err from_gsk(gsk_err ge, const char *prefix)
+{
+    gs_err err;
+
+    switch (ge) {
+    case GSK_OK: return GS_OK;
+    case GSK_ERR_NOMEM: err = GS_ERR_NOMEM; break;
+    case GSK_ERR_TOKEN: err = GS_ERR_TOKEN; break;
+    case GSK_ERR_EXISTS: err = GS_ERR_EXISTS; break;
+    case GSK_ERR_TRANSPORT: err = GS_ERR_NOT_FOUND; break;
+    case GSK_ERR_POLICY: err = GS_ERR_POLICY; break;
+    case GSK_ERR_PROOF: err = GS_ERR_CRYPTO; break;
+    case GSK_ERR_HSM: err = GS_ERR_HSM; break;
+    default: err = GS_ERR_ARGS; break; /* a file that is malformed, changed, or signed by another CA */
+    }
+    return gs_err_set(err, "%s%s", prefix, gsk_err_detail()[0] ? gsk_err_detail() : gsk_strerror(ge));
+}
+
+/* ---- the audit record ------------------------------------------------------- */
+
+struct record {
+#ifdef GS_HAVE_SERVER
+    audit_log *log;
+#endif
+    char who[96];
+};
+
+static gs_err record_open(const struct gs_config *cfg, struct record *r)
+{
+    memset(r, 0, sizeof(*r));
+    gsk_operator(r->who, sizeof(r->who));
+#ifdef GS_HAVE_SERVER
+    char dir[4096];
+    char *slash;
+    audit_err ae;
+
+    if (strcmp(cfg->audit.store, "db") == 0) {
+        char chain[GS_AUDIT_CHAIN_MAX + 1];
+        (void)snprintf(chain, sizeof(chain), "%s%s", cfg->server.instance, GS_AUDIT_ADMIN_SUFFIX);
+        if ((ae = audit_open_db(gs_config_db_location(cfg), chain, &r->log)) != AUDIT_OK)
+            return gs_err_set(GS_ERR_IO, "audit table (chain %s): %s (the ceremony is not done without its record)",
+                              chain, audit_strerror(ae));
+        return GS_OK;
+    }
+    if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
+        return gs_err_set(GS_ERR_CONFIG, "[audit] path too long");
+    if ((slash = strrchr(dir, '/')) != NULL && slash != dir) {
+        *slash = '\0';
+        (void)util_mkdir_p(dir, 0700);
+    }
+    if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK)
+        return gs_err_set(GS_ERR_IO, "audit log %s: %s (the ceremony is not done without its record)",
+                          cfg->audit.path, audit_strerror(ae));
+    return GS_OK;
+#else
+    (void)cfg;
+    return gs_err_set(GS_ERR_CONFIG, "this build has no audit log (groupsrv/server not built): no key ceremony");
+#endif
+}
+
+static void record_close(struct record *r)
+{
+#ifdef GS_HAVE_SERVER
+    audit_close(r->log);
+    r->log = NULL;
+#else
+    (void)r;
+#endif
+}
+
+/* One audit line: action, the operator, group, outcome, and extra
+ * (ceremony id, key versions, labels, transport key fingerprint; stolen). */
+static gs_err record_write(struct record *r, const char *action, const char *group, const char *outcome,
+                           json_t *extra)
+{
+    gs_err err = GS_OK;
+#ifdef GS_HAVE_SERVER
+    audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = -1,
+                        .outcome = outcome, .extra = extra};
+    audit_err ae = audit_append(r->log, &rec);
+    if (ae != AUDIT_OK)
+        err = gs_err_set(GS_ERR_IO, "audit log: %s", audit_strerror(ae));
+#else
+    (void)r, (void)action, (void)group, (void)outcome;
+    err = gs_err_set(GS_ERR_CONFIG, "no audit log in this build");
+#endif
+    json_decref(extra);
+    return err;
+}
+
+/* A refusal or failure, recorded; returns the exit code of err. */
+static int record_failure(struct record *r, const char *action, const char *group, gs_err err, json_t *extra)
+{
+    char detail[512];
+
+    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+    if (record_write(r, action, group, detail[0] ? detail : gs_strerror(err), extra) != GS_OK)
+        log_warn("the refusal could not be recorded in the audit log");
+    (void)gs_err_set(err, "%s", detail);
+    return fail(err);
+}
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+static void token_desc(hsm_ctx *hsm, char *buf, size_t cap)
+{
+    hsm_token_info ti;
+
+    if (hsm_token_info_get(hsm, &ti) == HSM_OK)
+        (void)snprintf(buf, cap, "%s (serial %s)", ti.label, ti.serial);
+    else
+        (void)snprintf(buf, cap, "?");
+}
+
+static gs_err read_file_max(const char *path, size_t max, unsigned char **buf, size_t *len)
+{
+    int rc = util_read_file(path, max, buf, len);
+
+    if (rc != UTIL_OK)
+        return gs_err_set(rc == UTIL_E_NOTFOUND ? GS_ERR_NOT_FOUND : GS_ERR_IO, "cannot read %s: %s", path,
+                          util_strerror(rc));
+    return GS_OK;
+}
+
+static void now_utc(char *buf, size_t cap)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        (void)snprintf(buf, cap, "?");
+}
+
+static void free_refs(hsm_key **refs, size_t n)
+{
+    for (size_t i = 0; refs != NULL && i < n; i++)
+        hsm_key_free(refs[i]);
+    free(refs);
+}
+
+/* ---- the SO PIN ------------------------------------------------------------------ */
+
+/* Asked on the terminal without echo: never an argument, never logged. */
+static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
+{
+    struct termios old, quiet;
+    char *buf = NULL;
+    size_t n = 0;
+    gs_err err = GS_OK;
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
+
+    *pin = NULL;
+    *len = 0;
+    if (fd < 0 || tcgetattr(fd, &old) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return gs_err_set(GS_ERR_TOKEN, "no SO PIN: set [hsm] so_pin_source, or run on a terminal");
+    }
+    if ((buf = calloc(1, SO_PIN_MAX + 2)) == NULL) {
+        close(fd);
+        return GS_ERR_NOMEM;
+    }
+    quiet = old;
+    quiet.c_lflag &= ~(tcflag_t)ECHO;
+    /* Echo off (and typed-ahead input dropped) before the prompt shows:
+     * nothing typed after the prompt can be echoed. */
+    if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
+        err = gs_err_set(GS_ERR_TOKEN, "cannot turn the terminal's echo off for the SO PIN");
+        goto out;
+    }
+    (void)dprintf(fd, "security officer (SO) PIN of token %s: ", desc);
+    for (;;) {
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || c == '\n' || c == '\r')
+            break;
+        if (n == SO_PIN_MAX) {
+            err = gs_err_set(GS_ERR_TOKEN, "SO PIN longer than %u characters", SO_PIN_MAX);
+            break;
+        }
+        buf[n++] = c;
+    }
+    (void)tcsetattr(fd, TCSAFLUSH, &old);
+    (void)dprintf(fd, "\n");
+    if (err == GS_OK && n == 0)
+        err = gs_err_set(GS_ERR_TOKEN, "empty SO PIN");
+out:
+    close(fd);
+    if (err != GS_OK) {
+        util_secret_free(buf, SO_PIN_MAX + 2);
+        return err;
+    }
+    *pin = buf;
+    *len = n;
+    return GS_OK;
+}
+
+static gs_err so_pin_read(const struct gs_config *cfg, const char *desc, char **pin, size_t *len)
+{
+    int rc;
+
+    if (cfg->hsm.so_pin_source == NULL)
+        return so_pin_from_tty(desc, pin, len);
+    rc = util_read_pin_source(cfg->hsm.so_pin_source, pin, len);
+    if (rc != UTIL_OK)
+        return gs_err_set(GS_ERR_TOKEN, "[hsm] so_pin_source: %s", util_strerror(rc));
+    return GS_OK;
+}
+
+/* ---- token transport-key ------------------------------------------------------------ */
+
+int gs_cmd_token(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {{"--out", true}};
+    struct args a;
+    struct record rec;
+    char desc[96], fp[65], spoken[80], label[64] = "";
+    char *pem = NULL;
+    gs_err err;
+    gsk_err ge;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+
+    if (rc)
+        return rc;
+    if (a.npos != 1 || strcmp(a.pos[0], "transport-key") != 0)
+        return usage_error("token: expected `token transport-key --out FILE`%s", "");
+    if (opt(&a, "--out") == NULL)
+        return usage_error("token transport-key: --out FILE is required%s", "");
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+        return fail(err);
+    if ((err = env_open(e, NEED_TOKEN)) != GS_OK) {
+        rc = record_failure(&rec, "transport-key", NULL, err, NULL);
+        goto out;
+    }
+    token_desc(e->hsm, desc, sizeof(desc));
+    if ((ge = gsk_transport_make(e->hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
+        rc = record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
+        goto out;
+    }
+    if (util_write_file_atomic(opt(&a, "--out"), pem, strlen(pem), 0644) != UTIL_OK) {
+        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", opt(&a, "--out"), strerror(errno));
+        gs_token_destroy_label(e->hsm, label);
+        rc = record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
+        goto out;
+    }
+    if ((err = record_write(&rec, "transport-key", NULL, "ok",
+                            json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label))) !=
+        GS_OK) {
+        gs_token_destroy_label(e->hsm, label);
+        (void)unlink(opt(&a, "--out"));
+        rc = fail(err);
+        goto out;
+    }
+    gsk_fingerprint_spoken(fp, spoken);
+    printf("transport key %s made on token %s (RSA-%u, unwrap only, never extractable)\n", label, desc,
+           GSK_TRANSPORT_BITS);
+    printf("sha256 %s\n", spoken);
+    printf("wrote %s: give it to the sending side and read them the fingerprint over another channel\n",
+           opt(&a, "--out"));
+    rc = 0;
+out:
+    free(pem);
+    record_close(&rec);
+    return rc;
+}
+
+/* ---- group export ---------------------------------------------------------------------- */
+
+struct sign_ctx {
+    hsm_ctx *hsm;
+    hsm_key *key;
+    hsm_sig_alg alg;
+};
+
+static int ca_sign(void *arg, const unsigned char *data, size_t len, unsigned char **sig, size_t *siglen)
+{
+    struct sign_ctx *sc = arg;
+
+    return hsm_sign(sc->hsm, sc->key, sc->alg, data, len, sig, siglen) == HSM_OK ? 0 : -1;
+}
+
+/* One key of the shipment, as the database and the token know it. */
+static gs_err add_key(hsm_ctx *hsm, gsk_key *k, hsm_key **ref, gsk_kind kind, unsigned version, bool current,
+                      const char *label, const char *cert_pem, const unsigned char *kek_id)
+{
+    hsm_key_info ki;
+    hsm_err he;
+
+    k->kind = kind;
+    k->version = version;
+    k->current = current;
+    if (util_strlcpy(k->label, label, sizeof(k->label)) != UTIL_OK)
+        return gs_err_set(GS_ERR_ARGS, "label %s too long", label);
+    if (cert_pem != NULL && (k->cert_pem = strdup(cert_pem)) == NULL)
+        return GS_ERR_NOMEM;
+    if (kek_id != NULL)
+        memcpy(k->kek_id, kek_id, sizeof(k->kek_id));
+    he = hsm_key_find(hsm, label, kind == GSK_KIND_GROUP || kind == GSK_KIND_CA ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET,
+                      ref);
+    if (he == HSM_OK)
+        he = hsm_key_get_info(hsm, *ref, &ki);
+    if (he != HSM_OK)
+        return gs_err_set(he == HSM_ERR_KEY_NOT_FOUND ? GS_ERR_NOT_FOUND : GS_ERR_HSM, "key %s: %s (%s)", label,
+                          hsm_strerror(he), hsm_last_error_detail());
+    /* Copies made by an import are never extractable: only the token
+     * that generated a key can give it on. */
+    if (kind != GSK_KIND_SECRET && (!ki.extractable || !ki.wrap_with_trusted))
+        return gs_err_set(GS_ERR_POLICY, "key %s on this token cannot be wrapped (%s): export from the token "
+                                         "that generated it",
+                          label, ki.extractable ? "extractable without CKA_WRAP_WITH_TRUSTED" : "an imported copy");
+    if (ki.id_len == 0 || ki.id_len > sizeof(k->id))
+        return gs_err_set(GS_ERR_HSM, "key %s has no usable CKA_ID", label);
+    memcpy(k->id, ki.id, ki.id_len);
+    k->id_len = ki.id_len;
+    return GS_OK;
+}
+
+struct export_sel {
+    bool all;
+    unsigned version, secret_version; /* 0 = not asked */
+};
+
+static bool want_version(const struct export_sel *sel, const gs_store_group_key *k)
+{
+    if (k->state == GS_KEY_RETIRED)
+        return false;
+    if (sel->all)
+        return true;
+    if (sel->version != 0)
+        return k->version == sel->version;
+    /* Neither: the current version, unless only a secret key version was asked. */
+    return sel->secret_version == 0 && k->state == GS_KEY_CURRENT;
+}
+
+/* Fills the shipment from the rows: --all is every non-retired key of the
+ * group (versions, secret key versions, rejection key); --version N one key
+ * version (default: the current one); --secret-version N one secret key
+ * version. refs[i] is the token object of m->entries[i]. */
+static gs_err select_keys(struct env *e, const gs_store_group *g, const struct export_sel *sel, gsk_manifest **out,
+                          hsm_key ***refs_out)
+{
+    gs_store_group_key *keys = NULL;
+    gs_store_secret *secrets = NULL;
+    size_t nk = 0, ns = 0, nv = 0, nsec = 0, n = 0, at = 0;
+    bool reject = sel->all && g->reject_label != NULL;
+    gsk_manifest *m = NULL;
+    hsm_key **refs = NULL;
+    gs_err err;
+
+    *out = NULL;
+    *refs_out = NULL;
+    if ((err = gs_store_group_keys(e->st, g->id, &keys, &nk)) != GS_OK ||
+        (err = gs_store_secrets(e->st, g->id, &secrets, &ns)) != GS_OK)
+        goto out;
+    for (size_t i = 0; i < nk; i++)
+        nv += want_version(sel, &keys[i]);
+    for (size_t i = 0; i < ns; i++)
+        nsec += sel->all || secrets[i].version == sel->secret_version;
+    if (sel->version != 0 && nv == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no key version %u (or it is retired)", g->name, sel->version);
+    else if (sel->secret_version != 0 && nsec == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no secret key version %u", g->name, sel->secret_version);
+    n = nv + nsec + (reject ? 1 : 0);
+    if (!err && n == 0)
+        err = gs_err_set(GS_ERR_STATE, "group %s has no key to export", g->name);
+    if (!err && n > EXPORT_KEYS_MAX)
+        err = gs_err_set(GS_ERR_ARGS, "%zu keys: at most %u per file (export in parts with --version)", n,
+                         EXPORT_KEYS_MAX);
+    if (err)
+        goto out;
+    if (gsk_manifest_new(n, &m) != GSK_OK || (refs = calloc(n, sizeof(*refs))) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    /* The rows come newest first; the shipment lists versions oldest first. */
+    for (size_t i = nk; i-- > 0 && !err;)
+        if (want_version(sel, &keys[i]) && (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_GROUP,
+                                                          keys[i].version, keys[i].state == GS_KEY_CURRENT,
+                                                          keys[i].token_label, keys[i].cert_pem, NULL)) == GS_OK)
+            at++;
+    for (size_t i = ns; i-- > 0 && !err;)
+        if ((sel->all || secrets[i].version == sel->secret_version) &&
+            (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
+                           secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id)) ==
+                GS_OK)
+            at++;
+    if (!err && reject &&
+        (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_REJECT, 0, false, g->reject_label, NULL, NULL)) ==
+            GS_OK)
+        at++;
+    if (err)
+        goto out;
+    m->complete = sel->all;
+    *out = m;
+    *refs_out = refs;
+    m = NULL;
+    refs = NULL;
+out:
+    free_refs(refs, at < n ? at + 1 : n); /* a failed add_key may have set refs[at] */
+    gsk_manifest_free(m);
+    gs_store_group_keys_free(keys, nk);
+    gs_store_secrets_free(secrets, ns);
+    return err;
+}
+
+/* "v1,v2" style lists and labels of a shipment for the audit record. */
+static json_t *shipment_json(const gsk_manifest *m)
+{
+    json_t *versions = json_array(), *secrets = json_array(), *labels = json_array();
+    bool reject = false;
+
+    for (size_t i = 0; i < m->n_entries; i++) {
+        const gsk_key *k = &m->entries[i];
+        if (k->kind == GSK_KIND_GROUP)
+            json_array_append_new(versions, json_integer(k->version));
+        else if (k->kind == GSK_KIND_SECRET)
+            json_array_append_new(secrets, json_integer(k->version));
+        else
+            reject = true;
+        json_array_append_new(labels, json_string(k->label));
+    }
+    return json_pack("{s:s,s:s,s:o,s:o,s:b,s:o}", "ceremony", m->ceremony, "transport_key_sha256", m->transport_sha256,
+                     "key_versions", versions, "secret_versions", secrets, "rejection_key", (int)reject, "labels",
+                     labels);
+}
+
+static void print_versions(const gsk_manifest *m, gsk_kind kind, const char *what)
+{
+    bool any = false;
+
+    for (size_t i = 0; i < m->n_entries; i++) {
+        if (m->entries[i].kind != kind)
+            continue;
+        printf("%s%u (%s)", any ? ", " : what, m->entries[i].version, m->entries[i].label);
+        any = true;
+    }
+    if (any)
+        printf("\n");
+}
+
+/* What a shipment holds, one line per kind. */
+static void print_shipment(const gsk_manifest *m)
+{
+    long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0), c = gsk_manifest_find(m, GSK_KIND_CA, 0);
+
+    print_versions(m, GSK_KIND_GROUP, "key versions: ");
+    print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
+    if (r >= 0)
+        printf("rejection key: %s\n", m->entries[r].label);
+    if (c >= 0)
+        printf("CA key: %s\n", m->entries[c].label);
+}
+
+
+static int parse_version(const char *s, const char *what, unsigned *out)
+{
+    uint64_t v;
+
+    if (s == NULL)
+        return 0;
+    if (util_parse_u64(s, 1, UINT32_MAX, &v) != UTIL_OK)
+        return usage_error("group export: bad %s %s", what, s);
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* The transport key file given with --to: its DER public key and fingerprint. */
+static gs_err read_transport(const char *path, unsigned char **spki, size_t *spki_len, char fp[65])
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    gs_err err = read_file_max(path, TRANSPORT_FILE_MAX, &text, &len);
+    gsk_err ge;
+
+    if (err != GS_OK)
+        return err;
+    ge = gsk_transport_read(text, len, spki, spki_len, fp);
+    free(text);
+    return ge == GSK_OK ? GS_OK : from_gsk(ge, "");
+}
+
+/* The export's part after the keys are chosen (refs[i] is m's entry i on
+ * the token): the SO PIN, the token's wrapping, the CA's signature, the
+ * file, the audit line in rec. group is NULL for the CA. Returns the exit
+ * status. */
+static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
+                const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
+{
+    struct sign_ctx sc;
+    unsigned char *der = NULL;
+    size_t der_len = 0, so_pin_len = 0;
+    char spoken[80], desc[96], *so_pin = NULL;
+    gs_err err;
+    gsk_err ge;
+    int rc;
+
+    token_desc(e->hsm, desc, sizeof(desc));
+    if (util_random_id(m->ceremony, 16) != UTIL_OK) {
+        rc = record_failure(rec, action, group, gs_err_set(GS_ERR_CRYPTO, "no random bytes"), NULL);
+        goto out;
+    }
+    now_utc(m->created, sizeof(m->created));
+    util_strlcpy(m->exported_by, rec->who, sizeof(m->exported_by));
+    util_strlcpy(m->source_token, desc, sizeof(m->source_token));
+    util_strlcpy(m->transport_sha256, fp, sizeof(m->transport_sha256));
+    gsk_fingerprint_spoken(fp, spoken);
+    /* The SO compares this with what the receiving side read to them. */
+    printf("transport key sha256 %s\n", spoken);
+    fflush(stdout);
+    if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
+        rc = record_failure(rec, action, group, err, shipment_json(m));
+        goto out;
+    }
+    ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
+    util_secret_free(so_pin, so_pin_len + 1);
+    if (ge != GSK_OK) {
+        rc = record_failure(rec, action, group, from_gsk(ge, ""), shipment_json(m));
+        goto out;
+    }
+    sc.hsm = e->hsm;
+    sc.key = gs_ca_key(e->ca);
+    sc.alg = EVP_PKEY_get_base_id(X509_get0_pubkey(gs_ca_cert(e->ca))) == EVP_PKEY_EC ? HSM_SIG_ECDSA_SHA256
+                                                                                      : HSM_SIG_RSA_PKCS1_SHA256;
+    if ((ge = gsk_shipment_write(m, gs_ca_cert(e->ca), ca_sign, &sc, &der, &der_len)) != GSK_OK) {
+        rc = record_failure(rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
+        goto out;
+    }
+    if (util_write_file_atomic(out_path, der, der_len, 0600) != UTIL_OK) {
+        rc = record_failure(rec, action, group,
+                            gs_err_set(GS_ERR_IO, "cannot write %s: %s", out_path, strerror(errno)),
+                            shipment_json(m));
+        goto out;
+    }
+    if ((err = record_write(rec, action, group, "ok", shipment_json(m))) != GS_OK) {
+        (void)unlink(out_path);
+        rc = fail(err);
+        goto out;
+    }
+    printf("%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
+           group != NULL ? group : "", out_path, m->ceremony);
+    print_shipment(m);
+    rc = 0;
+out:
+    free(der);
+    return rc;
+}
+
+int gs_cmd_group_export(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {
+        {"--version", true}, {"--all", false}, {"--secret-version", true}, {"--to", true}, {"--out", true}};
+    struct args a;
+    struct export_sel sel;
+    struct record rec;
+    gs_store_group *g = NULL;
+    gsk_manifest *m = NULL;
+    hsm_key **refs = NULL;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0, nrefs = 0;
+    char fp[65];
+    gs_err err;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+
+    if (rc)
+        return rc;
+    memset(&sel, 0, sizeof(sel));
+    if (a.npos != 2)
+        return usage_error("group export: expected one group NAME%s", "");
+    if (opt(&a, "--to") == NULL || opt(&a, "--out") == NULL)
+        return usage_error("group export: --to TRANSPORT.pem and --out FILE.gsk are required%s", "");
+    sel.all = opt(&a, "--all") != NULL;
+    if ((rc = parse_version(opt(&a, "--version"), "--version", &sel.version)) != 0 ||
+        (rc = parse_version(opt(&a, "--secret-version"), "--secret-version", &sel.secret_version)) != 0)
+        return rc;
+    if (sel.all && (sel.version != 0 || sel.secret_version != 0))
+        return usage_error("group export: --all takes every key; no --version or --secret-version with it%s", "");
+    /* Recorded from here on, refusals included. */
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+        return fail(err);
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+        (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK)
+        goto refused;
+    if (!g->replicable) {
+        err = gs_err_set(GS_ERR_POLICY, "group %s is not replicable: its keys were made never extractable and "
+                                        "cannot be copied (replicable groups are created with --replicable)",
+                         g->name);
+        goto refused;
+    }
+    if ((err = select_keys(e, g, &sel, &m, &refs)) != GS_OK)
+        goto refused;
+    nrefs = m->n_entries;
+    util_strlcpy(m->group.name, g->name, sizeof(m->group.name));
+    util_strlcpy(m->group.address, g->address, sizeof(m->group.address));
+    gs_methods_format(g->methods, m->group.methods, sizeof(m->group.methods));
+    util_strlcpy(m->group.keyspec, g->algorithm, sizeof(m->group.keyspec));
+    m->group.allow_pkcs1v15 = g->allow_pkcs1v15;
+    m->group.replicable = true;
+    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
+    goto out;
+refused:
+    rc = record_failure(&rec, "group-export", a.pos[1], err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+out:
+    record_close(&rec);
+    free_refs(refs, nrefs);
+    free(spki);
+    gsk_manifest_free(m);
+    gs_store_group_free(g);
+    return rc;
+}
+
+int gs_cmd_ca_export(struct env *e, int argc, char **argv)
+{
+    static const struct opt_def defs[] = {{"--to", true}, {"--out", true}};
+    struct args a;
+    struct record rec;
+    gs_store_ca *row = NULL;
+    gsk_manifest *m = NULL;
+    hsm_key *ref = NULL;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    char fp[65];
+    gs_err err;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+
+    if (rc)
+        return rc;
+    if (a.npos != 1 || opt(&a, "--to") == NULL || opt(&a, "--out") == NULL)
+        return usage_error("ca export: expected `ca export --to TRANSPORT.pem --out FILE.gsk`%s", "");
+    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+        return fail(err);
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+        (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK)
+        goto refused;
+    if (!row->replicable) {
+        err = gs_err_set(GS_ERR_POLICY, "the local CA is not replicable: its key was made never extractable "
+                                        "(a replicable CA is made with `ca init --replicable`)");
+        goto refused;
+    }
+    if (gsk_manifest_new(1, &m) != GSK_OK) {
+        err = GS_ERR_NOMEM;
+        goto refused;
+    }
+    if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
+        GS_OK)
+        goto refused;
+    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
+    goto out;
+refused:
+    rc = record_failure(&rec, "ca-export", NULL, err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+out:
+    record_close(&rec);
+    hsm_key_free(ref);
+    free(spki);
+    gsk_manifest_free(m);
+    gs_store_ca_free(row);
+    return rc;
+}
+
+/* ---- group import ---------------------------------------------------------------------- */
+
+/* The group as the file describes it, checked like `group create` would. */
+static gs_err file_group(const gsk_manifest *m, gs_store_group *row, unsigned *methods)
+{
+    hsm_key_type type;
+    unsigned bits;
+
+    memset(row, 0, sizeof(*row));
+    if (!gs_valid_group_name(m->group.name) || !gs_valid_email(m->group.address))
+        return gs_err_set(GS_ERR_ARGS, "the file's group name or address is invalid");
+    if (gs_methods_parse(m->group.methods, methods) != GS_OK)
+        return gs_err_set(GS_ERR_ARGS, "the file's group methods: %s", gs_err_detail());
+    if (gs_keyspec_parse(m->group.keyspec, &type, &bits) != GS_OK || type != HSM_KEYTYPE_RSA)
+        return gs_err_set(GS_ERR_ARGS, "the file's group key spec %s is not an RSA key", m->group.keyspec);
+    if (!m->group.replicable)
+        return gs_err_set(GS_ERR_ARGS, "the file says group %s is not replicable", m->group.name);
+    row->name = (char *)m->group.name;
+    row->address = (char *)m->group.address;
+    row->methods = *methods;
+    row->algorithm = (char *)m->group.keyspec;
+    row->allow_pkcs1v15 = m->group.allow_pkcs1v15;
+    row->replicable = true;
+    return GS_OK;
+}
+
+/* Does this server record the key already (a shared database), and the same one? */
+static gs_err recorded(const gsk_key *k, const gs_store_group *g, const gs_store_group_key *keys, size_t nk,
+                       const gs_store_secret *secrets, size_t ns, bool *yes)
+{
+    *yes = false;
+    if (k->kind == GSK_KIND_REJECT) {
+        *yes = g != NULL && g->reject_label != NULL;
+        if (*yes && strcmp(g->reject_label, k->label) != 0)
+            return gs_err_set(GS_ERR_STATE, "the rejection key here is %s, the file's %s", g->reject_label, k->label);
+        return GS_OK;
+    }
+    for (size_t i = 0; k->kind == GSK_KIND_GROUP && i < nk; i++) {
+        if (keys[i].version != k->version)
+            continue;
+        if (strcmp(keys[i].token_label, k->label) != 0 || strcmp(keys[i].cert_pem, k->cert_pem) != 0)
+            return gs_err_set(GS_ERR_STATE, "key version %u recorded here differs from the file's", k->version);
+        if (keys[i].state == GS_KEY_RETIRED)
+            return gs_err_set(GS_ERR_STATE, "key version %u is retired here", k->version);
+        *yes = true;
+    }
+    for (size_t i = 0; k->kind == GSK_KIND_SECRET && i < ns; i++) {
+        if (secrets[i].version != k->version)
+            continue;
+        if (strcmp(secrets[i].token_label, k->label) != 0 ||
+            memcmp(secrets[i].kek_id, k->kek_id, GS_KEK_ID_LEN) != 0)
+            return gs_err_set(GS_ERR_STATE, "secret key version %u recorded here differs from the file's",
+                              k->version);
+        *yes = true;
+    }
+    return GS_OK;
+}
+
+static unsigned max_version(const gs_store_group_key *keys, size_t nk, const gs_store_secret *secrets, size_t ns,
+                            gsk_kind kind)
+{
+    unsigned v = 0;
+
+    for (size_t i = 0; kind == GSK_KIND_GROUP && i < nk; i++)
+        if (keys[i].version > v)
+            v = keys[i].version;
+    for (size_t i = 0; kind == GSK_KIND_SECRET && i < ns; i++)
+        if (secrets[i].version > v)
+            v = secrets[i].version;
+    return v;
+}
+
+/* Records what the token now holds: the group (if new) and every key
+ * version not recorded yet, in ascending order, so the newest current one
+ * ends current. Inside the caller's transaction. */
+static gs_err record_rows(struct env *e, const gsk_manifest *m, gs_store_group *row, int64_t gid, bool new_group,
+                          const bool *was_recorded, const gs_store_group_key *keys, size_t nk,
+                          const gs_store_secret *secrets, size_t ns)
+{
+    unsigned top[2] = {max_version(keys, nk, secrets, ns, GSK_KIND_GROUP),
+                       max_version(keys, nk, secrets, ns, GSK_KIND_SECRET)};
+    gs_err err = GS_OK;
+
+    if (new_group) {
+        long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0);
+        row->reject_label = r >= 0 ? (char *)m->entries[r].label : NULL;
+        if ((err = gs_store_group_add(e->st, row, &gid)) != GS_OK)
+            return err;
+    }
+    for (unsigned v = 1; v <= 1000000 && err == GS_OK; v++) {
+        bool any = false;
+        for (size_t i = 0; i < m->n_entries && err == GS_OK; i++) {
+            const gsk_key *k = &m->entries[i];
+            if (k->kind == GSK_KIND_REJECT || k->version < v)
+                continue;
+            any = true;
+            if (k->version != v || was_recorded[i])
+                continue;
+            size_t t = k->kind == GSK_KIND_GROUP ? 0 : 1;
+            gs_key_state st = k->current && v > top[t] ? GS_KEY_CURRENT : GS_KEY_OLD;
+            if (k->kind == GSK_KIND_GROUP)
+                err = gs_store_group_key_add_as(e->st, gid, v, k->label, k->cert_pem, st, NULL);
+            else
+                err = gs_store_secret_add_as(e->st, gid, v, k->label, k->kek_id, st, NULL);
+        }
+        if (!any)
+            break;
+    }
+    return err;
+}
+
+/* What every import has: the file read and verified, against which CA,
+ * for which transport key on this token. */
+struct import {
+    struct env *e;
+    struct record rec;
+    bool recording;
+    char action[16];     /* "group-import", "ca-import" */
+    const char *path;    /* --in */
+    X509 *trusted;
+    gsk_manifest *m;
+    hsm_key *transport;
+    char desc[96];
+};
+
+static void import_clear(struct import *im)
+{
+    if (im->recording)
+        record_close(&im->rec);
+    gsk_manifest_free(im->m);
+    hsm_key_free(im->transport);
+    X509_free(im->trusted);
+    memset(im, 0, sizeof(*im));
+}
+
+/* A refusal, recorded with what is known of the file; the exit status. */
+static int import_refused(struct import *im, const char *group, gs_err err)
+{
+    json_t *extra = im->m != NULL ? shipment_json(im->m) : json_object();
+
+    json_object_set_new(extra, "file", json_string(im->path));
+    return record_failure(&im->rec, im->action, group, err, extra);
+}
+
+/* --in FILE [--ca FILE]: reads and verifies the shipment. The token is
+ * opened before the database is created (a wrong PIN leaves none). The
+ * trusted CA is --ca, else the local CA in the database. */
+static int import_begin(struct env *e, int argc, char **argv, const char *what, struct import *im)
+{
+    static const struct opt_def defs[] = {{"--in", true}, {"--ca", true}};
+    struct args a;
+    gs_store_ca *ca_row = NULL;
+    unsigned char *file = NULL;
+    size_t flen = 0;
+    gs_err err;
+    gsk_err ge;
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
+
+    memset(im, 0, sizeof(*im));
+    im->e = e;
+    if (rc)
+        return rc;
+    if (a.npos != 1 || opt(&a, "--in") == NULL)
+        return usage_error("%s import: expected `%s import --in FILE.gsk [--ca CA.pem]`", what, what);
+    (void)snprintf(im->action, sizeof(im->action), "%s-import", what);
+    im->path = opt(&a, "--in");
+    /* Recorded from here on, refusals included. */
+    if ((err = record_open(e->cfg, &im->rec)) != GS_OK)
+        return fail(err);
+    im->recording = true;
+    if ((err = read_file_max(opt(&a, "--in"), GSK_FILE_MAX, &file, &flen)) != GS_OK ||
+        (opt(&a, "--ca") != NULL && (err = read_cert_file(opt(&a, "--ca"), &im->trusted)) != GS_OK) ||
+        (err = env_open(e, NEED_TOKEN)) != GS_OK ||
+        (err = env_open(e, im->trusted != NULL ? NEED_DB_CREATE | NEED_TOKEN : NEED_DB)) != GS_OK)
+        goto out;
+    if (im->trusted == NULL) {
+        err = gs_store_ca_get(e->st, &ca_row);
+        if (err == GS_ERR_NOT_FOUND)
+            err = gs_err_set(GS_ERR_NOT_FOUND, "no local CA to check the file against: give --ca FILE (the sending "
+                                               "server's `groupsrv ca show`)");
+        if (!err)
+            err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &im->trusted);
+        if (err)
+            goto out;
+    }
+    if ((ge = gsk_shipment_read(file, flen, im->trusted, &im->m)) != GSK_OK) {
+        err = from_gsk(ge, "refused: ");
+        goto out;
+    }
+    /* First the plainest reason a file cannot be used here. */
+    if ((ge = gsk_transport_find(e->hsm, im->m->transport_sha256, &im->transport)) != GSK_OK) {
+        err = from_gsk(ge, "refused: ");
+        goto out;
+    }
+    token_desc(e->hsm, im->desc, sizeof(im->desc));
+out:
+    free(file);
+    gs_store_ca_free(ca_row);
+    return err ? import_refused(im, im->m != NULL && im->m->group.name[0] ? im->m->group.name : NULL, err) : 0;
+}
+
+/* A copy's attributes against its policy: NULL when fine (import_keys). */
+typedef const char *(*copy_check_fn)(void *arg, const gsk_key *k, const hsm_key_info *ki);
+/* The database rows the import adds, inside its transaction. */
+typedef gs_err (*copy_rows_fn)(void *arg);
+
+/* Puts the items on the token (gsk_import: unwrap, decryption or
+ * signature test), checks every copy, records the rows and the audit line
+ * (durable before the rows commit: no copy in the database without its
+ * record), or else takes every copy off the token again. */
+static int import_keys(struct import *im, const char *group, const gsk_import_item *items, size_t n,
+                       copy_check_fn check, copy_rows_fn rows, void *arg)
+{
+    struct env *e = im->e;
+    struct record *rec = &im->rec;
+    const char *action = im->action;
+    hsm_key **refs = calloc(n, sizeof(*refs));
+    bool imported = false, in_tx = false;
+    char spoken[80];
+    gs_err err;
+    gsk_err ge;
+    json_t *extra;
+    int rc;
+
+    if (refs == NULL)
+        return fail(GS_ERR_NOMEM);
+    if ((ge = gsk_import(e->hsm, im->m, items, n, refs)) != GSK_OK) {
+        rc = record_failure(rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
+        goto out;
+    }
+    imported = true;
+    /* The copies must pass the same audit `check` and `serve` run. */
+    for (size_t i = 0; i < n; i++) {
+        const gsk_key *k = &im->m->entries[items[i].index];
+        hsm_key_info ki;
+        const char *problem = NULL;
+        hsm_err he = hsm_key_get_info(e->hsm, refs[i], &ki);
+        if (he == HSM_OK)
+            problem = check(arg, k, &ki);
+        if (he != HSM_OK || problem != NULL) {
+            rc = record_failure(rec, action, group,
+                                gs_err_set(GS_ERR_POLICY, "imported key %s: %s", k->label,
+                                           problem ? problem : hsm_strerror(he)),
+                                shipment_json(im->m));
+            goto out;
+        }
+    }
+    if ((err = gs_store_begin(e->st)) != GS_OK) {
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    in_tx = true;
+    if ((err = rows(arg)) != GS_OK) {
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    extra = shipment_json(im->m);
+    json_object_set_new(extra, "token", json_string(im->desc));
+    json_object_set_new(extra, "exported_by", json_string(im->m->exported_by));
+    if ((err = record_write(rec, action, group, "ok", extra)) != GS_OK) {
+        rc = fail(err);
+        goto out;
+    }
+    if ((err = gs_store_commit(e->st)) != GS_OK) {
+        /* The "ok" line is durable already: the next one says it failed. */
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    in_tx = false;
+    imported = false; /* kept */
+    gsk_fingerprint_spoken(im->m->transport_sha256, spoken);
+    printf("%s%s imported into token %s (ceremony %s, exported by %s from %s)\n", group != NULL ? "group " : "the CA",
+           group != NULL ? group : "", im->desc, im->m->ceremony, im->m->exported_by, im->m->source_token);
+    print_shipment(im->m);
+    printf("each key passed its %s test; transport key sha256 %s\n", group != NULL ? "decryption" : "signature",
+           spoken);
+    rc = 0;
+out:
+    if (in_tx)
+        gs_store_rollback(e->st);
+    if (imported) /* all or nothing: what this run put on the token goes again */
+        for (size_t i = 0; i < n; i++)
+            gs_token_destroy_label(e->hsm, im->m->entries[items[i].index].label);
+    free_refs(refs, n);
+    return rc;
+}
+
+/* ---- group import ---------------------------------------------------------------------- */
+
+struct group_import {
+    struct import *im;
+    gs_store_group *g; /* the group recorded here, or NULL (new) */
+    gs_store_group row; /* the file's group */
+    bool *was_recorded;
+    gs_store_group_key *keys;
+    size_t nk;
+    gs_store_secret *secrets;
+    size_t ns;
+};
+
+static const char *group_copy_check(void *arg, const gsk_key *k, const hsm_key_info *ki)
+{
+    struct group_import *gi = arg;
+
+    return gs_key_policy_problem(gi->g != NULL ? gi->g : &gi->row, gsk_kind_name(k->kind), 0, ki, NULL);
+}
+
+static gs_err group_copy_rows(void *arg)
+{
+    struct group_import *gi = arg;
+
+    return record_rows(gi->im->e, gi->im->m, &gi->row, gi->g != NULL ? gi->g->id : 0, gi->g == NULL,
+                       gi->was_recorded, gi->keys, gi->nk, gi->secrets, gi->ns);
+}
+
+int gs_cmd_group_import(struct env *e, int argc, char **argv)
+{
+    struct import im;
+    struct group_import gi;
+    gsk_manifest *m;
+    gsk_import_item *items = NULL;
+    size_t n = 0;
+    unsigned methods = 0;
+    gs_err err;
+    int rc = import_begin(e, argc, argv, "group", &im);
+
+    memset(&gi, 0, sizeof(gi));
+    gi.im = &im;
+    if (rc)
+        goto out;
+    m = im.m;
+    if (gsk_manifest_find(m, GSK_KIND_CA, 0) >= 0) {
+        rc = import_refused(&im, NULL, gs_err_set(GS_ERR_ARGS, "this file holds the CA key: use `groupsrv ca import`"));
+        goto out;
+    }
+    if ((err = file_group(m, &gi.row, &methods)) != GS_OK) {
+        rc = import_refused(&im, m->group.name, err);
+        goto out;
+    }
+    err = gs_store_group_get(e->st, m->group.name, &gi.g);
+    if (err == GS_OK) {
+        const gs_store_group *g = gi.g;
+        if (strcasecmp(g->address, gi.row.address) != 0 || g->methods != gi.row.methods ||
+            strcmp(g->algorithm, gi.row.algorithm) != 0 || g->allow_pkcs1v15 != gi.row.allow_pkcs1v15 ||
+            !g->replicable)
+            err = gs_err_set(GS_ERR_STATE, "group %s on this server differs from the file's (address, methods, key "
+                                           "or replicable)",
+                             g->name);
+        if (!err)
+            err = gs_store_group_keys(e->st, g->id, &gi.keys, &gi.nk);
+        if (!err)
+            err = gs_store_secrets(e->st, g->id, &gi.secrets, &gi.ns);
+    } else if (err == GS_ERR_NOT_FOUND) {
+        err = m->complete ? GS_OK
+                          : gs_err_set(GS_ERR_STATE, "group %s is not on this server yet: import a file made with "
+                                                     "`group export %s --all` first",
+                                       m->group.name, m->group.name);
+        if (!err && gi.row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0)
+            err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");
+    }
+    if (err) {
+        rc = import_refused(&im, m->group.name, err);
+        goto out;
+    }
+    n = m->n_entries;
+    items = calloc(n, sizeof(*items));
+    gi.was_recorded = calloc(n, sizeof(*gi.was_recorded));
+    if (items == NULL || gi.was_recorded == NULL) {
+        rc = import_refused(&im, m->group.name, GS_ERR_NOMEM);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const gsk_key *k = &m->entries[i];
+        if ((err = recorded(k, gi.g, gi.keys, gi.nk, gi.secrets, gi.ns, &gi.was_recorded[i])) != GS_OK) {
+            rc = import_refused(&im, m->group.name, err);
+            goto out;
+        }
+        items[i].index = i;
+        items[i].usage = k->kind == GSK_KIND_GROUP
+                             ? gs_group_key_usage(HSM_KEYTYPE_RSA, methods, gi.row.allow_pkcs1v15)
+                         : k->kind == GSK_KIND_SECRET ? HSM_USE_WRAP
+                                                      : HSM_USE_SIGN;
+        items[i].extractable = k->kind == GSK_KIND_SECRET;
+    }
+    rc = import_keys(&im, m->group.name, items, n, group_copy_check, group_copy_rows, &gi);
+out:
+    free(items);
+    free(gi.was_recorded);
+    gs_store_group_keys_free(gi.keys, gi.nk);
+    gs_store_secrets_free(gi.secrets, gi.ns);
+    gs_store_group_free(gi.g);
+    import_clear(&im);
+    return rc;
+}
+
+/* ---- ca import ------------------------------------------------------------------------- */
+
+struct ca_import {
+    struct import *im;
+    const gsk_key *k;
+    bool recorded; /* a shared database records this CA already */
+};
+
+static const char *ca_copy_check(void *arg, const gsk_key *k, const hsm_key_info *ki)
+{
+    (void)arg, (void)k;
+    return gs_ca_key_problem(ki, true, NULL);
+}
+
+static gs_err ca_copy_rows(void *arg)
+{
+    struct ca_import *ci = arg;
+
+    return ci->recorded ? GS_OK : gs_store_ca_put_as(ci->im->e->st, ci->k->label, ci->k->cert_pem, true, NULL);
+}
+
+int gs_cmd_ca_import(struct env *e, int argc, char **argv)
+{
+    struct import im;
+    struct ca_import ci;
+    gs_store_ca *row = NULL;
+    X509 *cert = NULL;
+    gsk_import_item item;
+    long at;
+    gs_err err;
+    int rc = import_begin(e, argc, argv, "ca", &im);
+
+    memset(&ci, 0, sizeof(ci));
+    ci.im = &im;
+    if (rc)
+        goto out;
+    if ((at = gsk_manifest_find(im.m, GSK_KIND_CA, 0)) < 0) {
+        rc = import_refused(&im, NULL, gs_err_set(GS_ERR_ARGS, "this file holds no CA key: use `groupsrv group import`"));
+        goto out;
+    }
+    ci.k = &im.m->entries[at];
+    /* A CA ships its own key: the key inside must be the trusted one. */
+    err = gs_cert_parse((const unsigned char *)ci.k->cert_pem, strlen(ci.k->cert_pem), &cert);
+    if (!err && X509_cmp(cert, im.trusted) != 0)
+        err = gs_err_set(GS_ERR_ARGS, "the CA key in the file is not the trusted CA's");
+    if (!err) {
+        err = gs_store_ca_get(e->st, &row);
+        if (err == GS_OK && (strcmp(row->cert_pem, ci.k->cert_pem) != 0 || strcmp(row->label, ci.k->label) != 0))
+            err = gs_err_set(GS_ERR_STATE, "this database has another CA");
+        else if (err == GS_OK)
+            ci.recorded = true;
+        else if (err == GS_ERR_NOT_FOUND)
+            err = GS_OK;
+    }
+    if (err) {
+        rc = import_refused(&im, NULL, err);
+        goto out;
+    }
+    memset(&item, 0, sizeof(item));
+    item.index = (size_t)at;
+    item.usage = HSM_USE_SIGN;
+    rc = import_keys(&im, NULL, &item, 1, ca_copy_check, ca_copy_rows, &ci);
+out:
+    X509_free(cert);
+    gs_store_ca_free(row);
+    import_clear(&im);
+    return rc;
+}

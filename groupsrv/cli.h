@@ -1,0 +1,61 @@
+/*
+ * cli.h: the admin command line's shared pieces, defined in main.c and
+ * used by the command files beside it (ceremony.c). Program code: these
+ * print the one error line and return exit codes (docs/groupsrv.1.md).
+ */
+#ifndef GS_CLI_H
+#define GS_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/x509.h>
+
+#include "ca.h"
+#include "config.h"
+#include "gs_error.h"
+#include "hsm.h"
+#include "store.h"
+
+#define EXIT_USAGE 2
+#define MAX_ARGS 32
+
+struct opt_def {
+    const char *name; /* "--key" */
+    bool has_arg;
+};
+
+struct args {
+    const char *pos[MAX_ARGS];
+    size_t npos;
+    const char *opt_name[MAX_ARGS];
+    const char *opt_val[MAX_ARGS];
+    size_t nopt;
+};
+
+/* "groupsrv: MSG SUFFIX" on stderr, control characters shown as '?'. */
+void error_line(const char *msg, const char *suffix);
+/* A usage error line ("... (see groupsrv --help)"); returns EXIT_USAGE. */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Splits argv into positionals and the options in defs; unknown options,
+ * missing values and repeated options are usage errors (returns 2). */
+int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, struct args *a);
+/* The value of option name ("" for a flag), NULL if absent. */
+const char *opt(const struct args *a, const char *name);
+/* The error line for err (its detail) and its exit code. */
+int fail(gs_err err);
+/* One certificate (PEM or DER) from a file. */
+gs_err read_cert_file(const char *path, X509 **out);
+
+/* What a command has open; env_open opens what `need` asks for (once). */
+struct env {
+    const struct gs_config *cfg;
+    gs_store *st;
+    hsm_ctx *hsm;
+    gs_ca *ca;
+};
+
+enum need { NEED_DB = 1u << 0, NEED_DB_CREATE = 1u << 1, NEED_TOKEN = 1u << 2, NEED_CA = 1u << 3, NEED_DB_RO = 1u << 4 };
+gs_err env_open(struct env *e, unsigned need);
+
+#endif

@@ -1,0 +1,1259 @@
+/* store_pg.c: the PostgreSQL backend of store.h (see store_impl.h), for
+ * several group servers sharing one database. One libpq connection per
+ * gs_store. Every query is a named prepared statement from the table
+ * below, prepared on first use on each connection, with parameters sent
+ * apart from the SQL.
+ *
+ * A lost connection (server stopped, restarted, failed over) fails the
+ * call in progress with GS_ERR_DB_UNAVAILABLE; the next call reconnects
+ * (and prepares again), unless an explicit transaction was open: its
+ * statements are gone with the connection, so every call fails until
+ * the caller rolls back. */
+#include "store_impl.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+/* Migrations: migrations[i] takes the schema from version i to i+1, in one
+ * transaction. The same versions as store_sqlite.c's (append a step to
+ * both). Beyond SQLite's tables: `changes`, the counter that a trigger
+ * bumps in every writing transaction (the change stamp every server
+ * instance polls), and `audit`, the audit chains of `[audit] store = db`.
+ * Emails compare case-insensitively (SQLite's NOCASE): a unique index on
+ * lower(email). */
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE ca ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  key_label TEXT NOT NULL,"
+    "  cert_pem TEXT NOT NULL,"
+    "  created BIGINT NOT NULL);"
+    "CREATE TABLE groups ("
+    "  id BIGSERIAL PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  address TEXT NOT NULL,"
+    "  methods BIGINT NOT NULL,"
+    "  key_spec TEXT NOT NULL,"
+    "  allow_pkcs1v15 INTEGER NOT NULL,"
+    "  reject_label TEXT,"
+    "  created BIGINT NOT NULL);"
+    "CREATE TABLE group_keys ("
+    "  group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version BIGINT NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  cert_pem TEXT NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  created BIGINT NOT NULL,"
+    "  retired BIGINT NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE secret_keys ("
+    "  group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version BIGINT NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  kek_id BYTEA NOT NULL UNIQUE,"
+    "  state INTEGER NOT NULL,"
+    "  created BIGINT NOT NULL,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE members ("
+    "  group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  email TEXT NOT NULL,"
+    "  role INTEGER NOT NULL,"
+    "  cert_pem TEXT,"
+    "  added BIGINT NOT NULL);"
+    "CREATE UNIQUE INDEX members_email ON members (group_id, lower(email));"
+    "CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), n BIGINT NOT NULL);"
+    "INSERT INTO changes (id, n) VALUES (1, 0);"
+    "CREATE FUNCTION gs_bump_changes() RETURNS trigger LANGUAGE plpgsql AS"
+    "  $$BEGIN UPDATE changes SET n = n + 1 WHERE id = 1; RETURN NULL; END$$;"
+    "CREATE TRIGGER ca_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ca"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER groups_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON groups"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER group_keys_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON group_keys"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER secret_keys_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secret_keys"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TRIGGER members_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON members"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();"
+    "CREATE TABLE audit ("
+    "  instance TEXT NOT NULL,"
+    "  seq BIGINT NOT NULL,"
+    "  line TEXT NOT NULL,"
+    "  PRIMARY KEY (instance, seq));",
+    /* 1 -> 2: store_sqlite.c's step (issue 13's key policy, weakenings
+     * and sealed secret keys), BYTEA for its BLOBs; seal_keys bumps the
+     * change stamp like every table but the audit table. */
+    "ALTER TABLE ca ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN key_policy TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN reject_seal_label TEXT;"
+    "ALTER TABLE groups ADD COLUMN reject_sealed BYTEA;"
+    "ALTER TABLE group_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN seal_label TEXT;"
+    "ALTER TABLE secret_keys ADD COLUMN sealed BYTEA;"
+    "CREATE TABLE seal_keys ("
+    "  label TEXT PRIMARY KEY,"
+    "  weakenings TEXT NOT NULL DEFAULT '',"
+    "  created BIGINT NOT NULL);"
+    "CREATE TRIGGER seal_keys_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON seal_keys"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION gs_bump_changes();",
+    /* 2 -> 3: store_sqlite.c's step (issue 17's replicable groups and CA),
+     * parenthesised as there. */
+    ("ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE ca ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"),
+    /* 3 -> 4: store_sqlite.c's step (issue 14's member-certs wraps and the
+     * rejection key's weakenings), parenthesised as there. */
+    ("ALTER TABLE groups ADD COLUMN member_wrap TEXT NOT NULL DEFAULT 'pkcs1v15'"
+     "  CHECK (member_wrap IN ('oaep', 'pkcs1v15'));"
+     "ALTER TABLE groups ADD COLUMN reject_weakenings TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE members ADD COLUMN wrap TEXT CHECK (wrap IN ('oaep', 'pkcs1v15'));"),
+};
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VERSION,
+               "a migration step for each schema version");
+
+/* An advisory lock key ("gsrv") that serialises servers migrating at once. */
+#define MIGRATE_LOCK "1735611254"
+
+enum q {
+    Q_STAMP,
+    Q_MEMBER_GET,
+    Q_CA_GET,
+    Q_CA_PUT,
+    Q_GROUP_ADD,
+    Q_GROUP_GET,
+    Q_GROUP_LIST,
+    Q_GROUP_SET_WRAP,
+    Q_KEY_DEMOTE,
+    Q_KEY_ADD,
+    Q_KEY_SET_CERT,
+    Q_KEY_RETIRE,
+    Q_KEYS,
+    Q_SECRET_DEMOTE,
+    Q_SECRET_ADD,
+    Q_SECRETS,
+    Q_SECRET_BY_KEK,
+    Q_SEAL_KEY_PUT,
+    Q_SEAL_KEYS,
+    Q_MEMBER_ADD,
+    Q_MEMBER_REMOVE,
+    Q_MEMBER_LIST,
+    Q_MEMBER_SET_WRAP,
+    Q_AUDIT_HEAD,
+    Q_AUDIT_APPEND,
+    Q_AUDIT_INSTANCES,
+    Q_AUDIT_READ,
+    Q_N
+};
+
+/* BYTEA columns are read as hex (results come as text). */
+#define GROUP_COLS                                                                                             \
+    "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
+    "encode(reject_sealed, 'hex'), replicable, member_wrap, reject_weakenings"
+#define MEMBER_COLS "email, role, cert_pem, added, wrap"
+
+static const char *const queries[Q_N] = {
+    [Q_STAMP] = "SELECT n FROM changes WHERE id = 1",
+    [Q_MEMBER_GET] = "SELECT " MEMBER_COLS " FROM members WHERE group_id = $1 AND lower(email) = lower($2)",
+    [Q_CA_GET] = "SELECT key_label, cert_pem, created, weakenings, replicable FROM ca WHERE id = 1",
+    [Q_CA_PUT] = "INSERT INTO ca (id, key_label, cert_pem, created, weakenings, replicable) "
+                 "VALUES (1, $1, $2, $3, $4, $5)",
+    [Q_GROUP_ADD] = "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
+                    "key_policy, reject_seal_label, reject_sealed, replicable, member_wrap, reject_weakenings) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+    [Q_GROUP_GET] = "SELECT " GROUP_COLS " FROM groups WHERE name = $1",
+    /* Byte order, as SQLite's BINARY collation, whatever the database's locale. */
+    [Q_GROUP_LIST] = "SELECT " GROUP_COLS " FROM groups ORDER BY name COLLATE \"C\"",
+    [Q_GROUP_SET_WRAP] = "UPDATE groups SET member_wrap = $1 WHERE id = $2",
+    [Q_KEY_DEMOTE] = "UPDATE group_keys SET state = $1 WHERE group_id = $2 AND state = $3",
+    [Q_KEY_ADD] = "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
+                  "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    [Q_KEY_SET_CERT] = "UPDATE group_keys SET cert_pem = $1 WHERE group_id = $2 AND version = $3",
+    [Q_KEY_RETIRE] = "UPDATE group_keys SET state = $1, retired = $2 WHERE group_id = $3 AND version = $4 "
+                     "AND state = $5",
+    [Q_KEYS] = "SELECT version, token_label, cert_pem, state, created, retired, weakenings FROM group_keys "
+               "WHERE group_id = $1 ORDER BY version DESC",
+    [Q_SECRET_DEMOTE] = "UPDATE secret_keys SET state = $1 WHERE group_id = $2 AND state = $3",
+    [Q_SECRET_ADD] = "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
+                     "seal_label, sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    [Q_SECRETS] = "SELECT version, token_label, encode(kek_id, 'hex'), state, created, weakenings, seal_label, "
+                  "encode(sealed, 'hex') FROM secret_keys "
+                  "WHERE group_id = $1 ORDER BY version DESC",
+    [Q_SECRET_BY_KEK] = "SELECT group_id, version FROM secret_keys WHERE kek_id = $1",
+    /* A second record of the same label is a no-op, as SQLite's INSERT OR IGNORE. */
+    [Q_SEAL_KEY_PUT] = "INSERT INTO seal_keys (label, weakenings, created) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (label) DO NOTHING",
+    [Q_SEAL_KEYS] = "SELECT label, weakenings, created FROM seal_keys ORDER BY label COLLATE \"C\"",
+    [Q_MEMBER_ADD] = "INSERT INTO members (group_id, email, role, cert_pem, added) VALUES ($1, $2, $3, $4, $5)",
+    [Q_MEMBER_REMOVE] = "DELETE FROM members WHERE group_id = $1 AND lower(email) = lower($2)",
+    [Q_MEMBER_LIST] = "SELECT " MEMBER_COLS " FROM members WHERE group_id = $1 "
+                      "ORDER BY lower(email) COLLATE \"C\", email COLLATE \"C\"",
+    [Q_MEMBER_SET_WRAP] = "UPDATE members SET wrap = $1 WHERE group_id = $2 AND lower(email) = lower($3)",
+    [Q_AUDIT_HEAD] = "SELECT seq, line FROM audit WHERE instance = $1 ORDER BY seq DESC LIMIT 1",
+    /* One statement for the whole batch: one round trip, one commit. */
+    [Q_AUDIT_APPEND] = "INSERT INTO audit (instance, seq, line) "
+                       "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o)",
+    [Q_AUDIT_INSTANCES] = "SELECT DISTINCT instance FROM audit ORDER BY 1",
+    [Q_AUDIT_READ] = "SELECT seq, line FROM audit WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+};
+
+struct pg_store {
+    struct gs_store base;
+    PGconn *conn;
+    char *url;
+    bool prepared[Q_N];
+    bool lost;   /* the connection failed: reconnect at the next call */
+};
+
+#define PG(st) ((struct pg_store *)(st))
+
+/* Parameters of one statement: text (or NULL), integers as text, or
+ * binary bytes. */
+#define MAX_PARAMS 13
+struct params {
+    int n;
+    const char *val[MAX_PARAMS];
+    int len[MAX_PARAMS];
+    int fmt[MAX_PARAMS];
+    char num[MAX_PARAMS][24];
+};
+
+static void p_text(struct params *p, const char *v)
+{
+    p->val[p->n] = v;
+    p->len[p->n] = 0;
+    p->fmt[p->n] = 0;
+    p->n++;
+}
+
+static void p_int(struct params *p, int64_t v)
+{
+    (void)snprintf(p->num[p->n], sizeof(p->num[p->n]), "%lld", (long long)v);
+    p_text(p, p->num[p->n]);
+}
+
+static void p_bytes(struct params *p, const unsigned char *v, size_t len)
+{
+    p->val[p->n] = (const char *)v;
+    p->len[p->n] = (int)len;
+    p->fmt[p->n] = 1;
+    p->n++;
+}
+
+/* Server notices (e.g. "relation already exists, skipping") go to the
+ * diagnostic log, not to stderr. */
+static void notice_to_log(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("postgresql notice=%.200s", message);
+}
+
+/* libpq's messages end in a newline; one-line errors do not. */
+static const char *conn_message(PGconn *conn, char *buf, size_t cap)
+{
+    (void)snprintf(buf, cap, "%s", conn ? PQerrorMessage(conn) : "out of memory");
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    for (char *c = buf; *c; c++)
+        if (*c == '\n')
+            *c = ' ';
+    return buf;
+}
+
+static int sqlstate_unavailable(const char *state)
+{
+    /* connection exceptions; admin/crash shutdown, cannot connect now;
+     * too many connections; a read-only transaction (connected to a
+     * standby, or to a primary demoted by a failover): reconnect, and a
+     * multi-host URI with target_session_attrs=read-write finds the new
+     * primary */
+    return state != NULL && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+                             strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
+                             strcmp(state, "53300") == 0 || strcmp(state, "25006") == 0);
+}
+
+/* The gs_err for a failed result (res may be NULL). */
+static gs_err result_error(gs_store *st, PGresult *res, const char *what)
+{
+    char msg[512];
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    conn_message(PG(st)->conn, msg, sizeof(msg));
+    if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK || sqlstate_unavailable(state)) {
+        if (!PG(st)->lost)
+            log_warn("database connection lost op=%s detail=%s", what, msg);
+        PG(st)->lost = true;
+        return gs_err_set(GS_ERR_DB_UNAVAILABLE, "%s: database unavailable: %s", what, msg);
+    }
+    if (state != NULL && strncmp(state, "23", 2) == 0)
+        return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, msg);
+    return gs_err_set(GS_ERR_DB, "%s: %s", what, msg);
+}
+
+static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
+{
+    PGresult *res = PQexec(PG(st)->conn, sql);
+    ExecStatusType s = PQresultStatus(res);
+    gs_err err = (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) ? GS_OK : result_error(st, res, what);
+    PQclear(res);
+    return err;
+}
+
+/* Opens the connection and sets the session up: synchronous commit
+ * (a commit returns once it is on disk, whatever the server's default),
+ * read-only transactions for a read-only store. */
+static gs_err connect_session(gs_store *st)
+{
+    char msg[512];
+    gs_err err;
+
+    if (PG(st)->conn != NULL)
+        PQfinish(PG(st)->conn);
+    memset(PG(st)->prepared, 0, sizeof(PG(st)->prepared));
+    PG(st)->conn = PQconnectdb(PG(st)->url);
+    if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
+        conn_message(PG(st)->conn, msg, sizeof(msg));
+        PG(st)->lost = true;
+        /* libpq has no SQLSTATE for a failed connect: the text tells a
+         * missing database from a server that is down. */
+        if (strstr(msg, "does not exist") != NULL)
+            return gs_err_set(GS_ERR_NOT_FOUND, "database: %s", msg);
+        return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
+    }
+    (void)PQsetNoticeProcessor(PG(st)->conn, notice_to_log, NULL);
+    err = exec_simple(st,
+                      st->readonly ? "SET synchronous_commit = on; SET default_transaction_read_only = on"
+                                   : "SET synchronous_commit = on",
+                      "session setup");
+    if (err)
+        return err;
+    if (PG(st)->lost)
+        log_info("database connection restored");
+    PG(st)->lost = false;
+    return GS_OK;
+}
+
+/* A usable connection: reconnects after a loss, except inside an explicit
+ * transaction (which the loss has rolled back). */
+static gs_err ensure_connected(gs_store *st)
+{
+    if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
+        return GS_OK;
+    if (st->in_tx)
+        return gs_err_set(GS_ERR_DB_UNAVAILABLE, "the database connection was lost in a transaction");
+    return connect_session(st);
+}
+
+/* Runs prepared query `which` with p. GS_OK with *res holding the result
+ * (caller PQclears it) or an error with *res NULL. */
+static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult **res, const char *what)
+{
+    char name[16];
+    gs_err err;
+    PGresult *r;
+
+    *res = NULL;
+    for (int i = 0; p != NULL && i < p->n; i++) {
+        size_t len = p->fmt[i] ? (size_t)p->len[i] : (p->val[i] ? strlen(p->val[i]) : 0);
+        if (len > (size_t)GS_STORE_VALUE_MAX && which != Q_AUDIT_APPEND)
+            return gs_err_set(GS_ERR_ARGS, "value too long for the database (parameter %d, at most %d bytes)", i + 1,
+                              GS_STORE_VALUE_MAX);
+    }
+    if ((err = ensure_connected(st)) != GS_OK)
+        return err;
+    (void)snprintf(name, sizeof(name), "gs_q%d", (int)which);
+    if (!PG(st)->prepared[which]) {
+        r = PQprepare(PG(st)->conn, name, queries[which], 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            err = result_error(st, r, what);
+            PQclear(r);
+            return err;
+        }
+        PQclear(r);
+        PG(st)->prepared[which] = true;
+    }
+    r = PQexecPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL, p ? p->len : NULL,
+                       p ? p->fmt : NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+        err = result_error(st, r, what);
+        PQclear(r);
+        return err;
+    }
+    *res = r;
+    return GS_OK;
+}
+
+/* A statement without rows; *changes (may be NULL) gets the rows changed. */
+static gs_err run_done(gs_store *st, enum q which, const struct params *p, const char *what, long *changes)
+{
+    PGresult *r = NULL;
+    gs_err err = run(st, which, p, &r, what);
+    if (err == GS_OK && changes != NULL)
+        *changes = strtol(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return err;
+}
+
+static char *col_strdup(PGresult *r, int row, int col, bool *oom)
+{
+    char *v;
+    if (PQgetisnull(r, row, col))
+        return NULL;
+    v = strdup(PQgetvalue(r, row, col));
+    if (v == NULL)
+        *oom = true;
+    return v;
+}
+
+static int64_t col_int(PGresult *r, int row, int col) { return strtoll(PQgetvalue(r, row, col), NULL, 10); }
+
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* A BYTEA column selected as encode(col, 'hex'), decoded into *out (NULL
+ * and 0 for SQL NULL or no bytes, as SQLite's blob reader). GS_OK,
+ * GS_ERR_NOMEM, or GS_ERR_SCHEMA for text that is not hex. */
+static gs_err col_hexdup(PGresult *r, int row, int col, unsigned char **out, size_t *len)
+{
+    const char *hex = PQgetvalue(r, row, col);
+    size_t n = strlen(hex);
+
+    *out = NULL;
+    *len = 0;
+    if (PQgetisnull(r, row, col) || n == 0)
+        return GS_OK;
+    if (n % 2 != 0)
+        return gs_err_set(GS_ERR_SCHEMA, "malformed hex column");
+    if ((*out = malloc(n / 2)) == NULL)
+        return GS_ERR_NOMEM;
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            free(*out);
+            *out = NULL;
+            return gs_err_set(GS_ERR_SCHEMA, "malformed hex column");
+        }
+        (*out)[i] = (unsigned char)(hi << 4 | lo);
+    }
+    *len = n / 2;
+    return GS_OK;
+}
+
+/* ---- connection, schema ------------------------------------------------------ */
+
+static gs_err read_version(gs_store *st, int *v)
+{
+    PGresult *r = PQexec(PG(st)->conn, "SELECT to_regclass('schema_version') IS NOT NULL");
+    gs_err err = GS_OK;
+    int exists;
+
+    *v = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        err = result_error(st, r, "schema version");
+        goto out;
+    }
+    exists = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    r = NULL;
+    if (!exists) /* a database without our tables: version 0 */
+        goto out;
+    r = PQexec(PG(st)->conn, "SELECT max(version) FROM schema_version");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        err = result_error(st, r, "schema version");
+    else if (!PQgetisnull(r, 0, 0))
+        *v = (int)col_int(r, 0, 0);
+out:
+    PQclear(r);
+    return err;
+}
+
+static gs_err migrate(gs_store *st)
+{
+    char sql[96];
+    gs_err err;
+    int v = 0;
+
+    /* Several servers starting on a new database: the first migrates, the
+     * others wait on the lock and then find the schema current. */
+    if ((err = exec_simple(st, "BEGIN", "migrate")) != GS_OK)
+        return err;
+    if ((err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
+        (err = exec_simple(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "migrate")) !=
+            GS_OK ||
+        (err = read_version(st, &v)) != GS_OK)
+        goto out;
+    if (v > (int)GS_STORE_SCHEMA_VERSION) {
+        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
+                         GS_STORE_SCHEMA_VERSION);
+        goto out;
+    }
+    for (; v < GS_STORE_SCHEMA_VERSION; v++) {
+        if ((err = exec_simple(st, migrations[v], "migrate")) != GS_OK)
+            goto out;
+        (void)snprintf(sql, sizeof(sql), "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d)", v + 1);
+        if ((err = exec_simple(st, sql, "migrate")) != GS_OK)
+            goto out;
+        log_info("database migrated version=%d", v + 1);
+    }
+    err = exec_simple(st, "COMMIT", "migrate");
+out:
+    if (err)
+        (void)exec_simple(st, "ROLLBACK", "migrate");
+    return err;
+}
+
+static const struct gs_store_ops pg_ops;
+static void pg_close(gs_store *st);
+
+/* libpq waits as long as the kernel does by default: a connect to a host
+ * that vanished, or a query on a connection whose peer is gone without a
+ * reset, would hold an event-loop thread for minutes. Unless the URI says
+ * otherwise: give up connecting after 5 s, and notice a dead peer within
+ * about 10 s (TCP only; ignored on a unix socket). A copy; NULL when out of
+ * memory. */
+static char *url_with_timeouts(const char *url)
+{
+    static const char *const defaults[] = {"connect_timeout=5", "keepalives_idle=5", "keepalives_interval=2",
+                                           "keepalives_count=3", "tcp_user_timeout=10000"};
+    size_t cap = strlen(url) + 1, used;
+    char *out;
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++)
+        cap += strlen(defaults[i]) + 1;
+    if ((out = malloc(cap)) == NULL)
+        return NULL;
+    used = (size_t)snprintf(out, cap, "%s", url);
+    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++) {
+        size_t key = strcspn(defaults[i], "=") + 1;
+        const char *q = strchr(out, '?');
+        /* "?key=" or "&key=" already in the query: the operator's value */
+        int present = 0;
+        for (const char *p = q; p != NULL && !present; p = strchr(p + 1, '&'))
+            present = strncmp(p + 1, defaults[i], key) == 0;
+        if (!present)
+            used += (size_t)snprintf(out + used, cap - used, "%c%s", q ? '&' : '?', defaults[i]);
+    }
+    return out;
+}
+
+gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
+{
+    gs_store *st = NULL;
+    gs_err err = GS_ERR_NOMEM;
+    int v = 0;
+
+    if ((st = calloc(1, sizeof(struct pg_store))) == NULL)
+        goto out;
+    st->ops = &pg_ops;
+    st->readonly = (flags & GS_STORE_READONLY) != 0;
+    if ((PG(st)->url = url_with_timeouts(url)) == NULL)
+        goto out;
+    if ((err = connect_session(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
+        goto out;
+    if ((err = gs_store_settle_schema(st, v, migrate, "(PostgreSQL)")) != GS_OK)
+        goto out;
+    *out = st;
+    st = NULL;
+    err = GS_OK;
+out:
+    if (st != NULL)
+        pg_close(st);
+    return err;
+}
+
+static void pg_close(gs_store *st)
+{
+    if (PG(st)->conn != NULL)
+        PQfinish(PG(st)->conn);
+    free(PG(st)->url);
+    free(st);
+}
+
+static gs_err pg_change_stamp(gs_store *st, uint64_t *stamp)
+{
+    PGresult *r = NULL;
+    gs_err err = run(st, Q_STAMP, NULL, &r, "change stamp");
+    if (err == GS_OK) {
+        if (PQntuples(r) == 1)
+            *stamp = (uint64_t)col_int(r, 0, 0);
+        else
+            err = gs_err_set(GS_ERR_SCHEMA, "the changes row is missing");
+    }
+    PQclear(r);
+    return err;
+}
+
+static gs_err pg_begin(gs_store *st)
+{
+    gs_err err = ensure_connected(st);
+    return err ? err : exec_simple(st, "BEGIN", "begin");
+}
+
+static gs_err pg_commit(gs_store *st)
+{
+    gs_err err = ensure_connected(st);
+    return err ? err : exec_simple(st, "COMMIT", "commit");
+}
+
+static void pg_rollback(gs_store *st)
+{
+    if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
+        (void)exec_simple(st, "ROLLBACK", "rollback");
+}
+
+/* ---- CA -------------------------------------------------------------------- */
+
+static gs_err pg_ca_get(gs_store *st, gs_store_ca **out)
+{
+    PGresult *r = NULL;
+    gs_store_ca *ca = NULL;
+    bool oom = false;
+    gs_err err = run(st, Q_CA_GET, NULL, &r, "read ca");
+
+    if (err)
+        return err;
+    if (PQntuples(r) == 0) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
+        goto out;
+    }
+    if ((ca = calloc(1, sizeof(*ca))) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    ca->label = col_strdup(r, 0, 0, &oom);
+    ca->cert_pem = col_strdup(r, 0, 1, &oom);
+    ca->created = col_int(r, 0, 2);
+    ca->weakenings = col_strdup(r, 0, 3, &oom);
+    ca->replicable = col_int(r, 0, 4) != 0;
+    if (oom || ca->label == NULL || ca->cert_pem == NULL || ca->weakenings == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    *out = ca;
+    ca = NULL;
+out:
+    gs_store_ca_free(ca);
+    PQclear(r);
+    return err;
+}
+
+static gs_err pg_ca_put(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                        const gs_store_keyrec *rec)
+{
+    struct params p = {0};
+    p_text(&p, key_label);
+    p_text(&p, cert_pem);
+    p_int(&p, gs_store_now());
+    p_text(&p, gs_store_rec_weak(rec));
+    p_int(&p, replicable ? 1 : 0);
+    gs_err err = run_done(st, Q_CA_PUT, &p, "store ca", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
+    return err;
+}
+
+/* ---- groups ------------------------------------------------------------------ */
+
+static gs_err pg_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+    p_text(&p, g->name);
+    p_text(&p, g->address);
+    p_int(&p, g->methods);
+    p_text(&p, g->algorithm);
+    p_int(&p, g->allow_pkcs1v15 ? 1 : 0);
+    p_text(&p, g->reject_label);
+    p_int(&p, gs_store_now());
+    p_text(&p, g->policy ? g->policy : "");
+    p_text(&p, g->reject_seal_label);
+    p_bytes(&p, g->reject_sealed, g->reject_sealed_len);
+    p_int(&p, g->replicable ? 1 : 0);
+    p_text(&p, gs_wrap_name(gs_store_group_wrap(g->member_wrap)));
+    p_text(&p, g->reject_weakenings ? g->reject_weakenings : "");
+    gs_err err = run(st, Q_GROUP_ADD, &p, &r, "add group");
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
+    else if (err == GS_OK && id != NULL && PQntuples(r) == 1)
+        *id = col_int(r, 0, 0);
+    PQclear(r);
+    return err;
+}
+
+static gs_err group_from_row(PGresult *r, int row, gs_store_group **out)
+{
+    bool oom = false;
+    gs_store_group *g = calloc(1, sizeof(*g));
+    *out = NULL;
+    if (g == NULL)
+        return GS_ERR_NOMEM;
+    g->id = col_int(r, row, 0);
+    g->name = col_strdup(r, row, 1, &oom);
+    g->address = col_strdup(r, row, 2, &oom);
+    g->methods = (unsigned)col_int(r, row, 3);
+    g->algorithm = col_strdup(r, row, 4, &oom);
+    g->allow_pkcs1v15 = col_int(r, row, 5) != 0;
+    g->reject_label = col_strdup(r, row, 6, &oom);
+    g->created = col_int(r, row, 7);
+    g->policy = col_strdup(r, row, 8, &oom);
+    g->reject_seal_label = col_strdup(r, row, 9, &oom);
+    gs_err err = col_hexdup(r, row, 10, &g->reject_sealed, &g->reject_sealed_len);
+    g->replicable = col_int(r, row, 11) != 0;
+    g->member_wrap = gs_store_group_wrap(gs_store_wrap_from_text(PQgetvalue(r, row, 12)));
+    g->reject_weakenings = col_strdup(r, row, 13, &oom);
+    if (err == GS_OK && (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL ||
+                         g->reject_weakenings == NULL))
+        err = GS_ERR_NOMEM;
+    if (err != GS_OK) {
+        gs_store_group_free(g);
+        return err;
+    }
+    *out = g;
+    return GS_OK;
+}
+
+static gs_err pg_group_get(gs_store *st, const char *name, gs_store_group **out)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+    char q[80];
+    p_text(&p, name);
+    gs_err err = run(st, Q_GROUP_GET, &p, &r, "read group");
+    if (err == GS_OK) {
+        if (PQntuples(r) == 1)
+            err = group_from_row(r, 0, out);
+        else
+            err = gs_err_set(GS_ERR_NOT_FOUND, "unknown group %s", log_quote(q, sizeof(q), name));
+    }
+    PQclear(r);
+    return err;
+}
+
+/* The rows of query `which` (parameters p, may be NULL), one array element
+ * each, read by `row` into a zeroed element; no rows, no array. On failure
+ * `release` frees what was read. */
+typedef gs_err (*row_reader)(PGresult *r, int row, void *elem);
+typedef void (*rows_release)(void *list, size_t n);
+
+static gs_err read_rows(gs_store *st, enum q which, const struct params *p, size_t elem, row_reader row,
+                        rows_release release, const char *what, void **out, size_t *n)
+{
+    PGresult *r = NULL;
+    unsigned char *list = NULL;
+    size_t count = 0, bytes;
+    gs_err err;
+    int rows;
+
+    if ((err = run(st, which, p, &r, what)) != GS_OK)
+        return err;
+    rows = PQntuples(r);
+    if (rows == 0) /* as SQLite's: no rows, no array */
+        goto out;
+    if (util_size_mul((size_t)rows, elem, &bytes) != 0 || (list = calloc(1, bytes)) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    for (; count < (size_t)rows; count++)
+        if ((err = row(r, (int)count, list + count * elem)) != GS_OK) {
+            count++; /* partly read: release frees what it holds */
+            goto out;
+        }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    release(list, count);
+    PQclear(r);
+    return err;
+}
+
+/* Per-group lists: the group id is the one parameter. */
+static gs_err read_group_rows(gs_store *st, enum q which, int64_t group_id, size_t elem, row_reader row,
+                              rows_release release, const char *what, void **out, size_t *n)
+{
+    struct params p = {0};
+    p_int(&p, group_id);
+    return read_rows(st, which, &p, elem, row, release, what, out, n);
+}
+
+static gs_err group_row(PGresult *r, int row, void *elem) { return group_from_row(r, row, elem); }
+
+static void release_groups(void *list, size_t n) { gs_store_group_list_free(list, n); }
+
+static gs_err pg_group_list(gs_store *st, gs_store_group ***out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_GROUP_LIST, NULL, sizeof(**out), group_row, release_groups, "list groups", &list, n);
+    *out = list;
+    return err;
+}
+
+/* ---- group key versions --------------------------------------------------------- */
+
+/* Demotes the group's current version (keys or secrets) and inserts the new
+ * one, in one transaction. */
+static gs_err add_version(gs_store *st, enum q demote, enum q add, const struct params *row, int64_t group_id,
+                          gs_key_state state, const char *what)
+{
+    struct params p = {0};
+    bool mine = false;
+    gs_err err = gs_store_tx_begin_if_needed(st, &mine);
+
+    if (err)
+        return err;
+    p_int(&p, GS_KEY_OLD);
+    p_int(&p, group_id);
+    p_int(&p, GS_KEY_CURRENT);
+    /* an imported older version (OLD) demotes nothing */
+    if (state != GS_KEY_CURRENT || (err = run_done(st, demote, &p, what, NULL)) == GS_OK)
+        err = run_done(st, add, row, what, NULL);
+    return gs_store_tx_end_if_mine(st, mine, err);
+}
+
+static gs_err pg_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                               const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
+{
+    struct params p = {0};
+    p_int(&p, group_id);
+    p_int(&p, version);
+    p_text(&p, token_label);
+    p_text(&p, cert_pem);
+    p_int(&p, state);
+    p_int(&p, gs_store_now());
+    p_text(&p, gs_store_rec_weak(rec));
+    gs_err err = add_version(st, Q_KEY_DEMOTE, Q_KEY_ADD, &p, group_id, state, "add key version");
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
+    return err;
+}
+
+static gs_err pg_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
+{
+    struct params p = {0};
+    long changes = 0;
+    p_text(&p, cert_pem);
+    p_int(&p, group_id);
+    p_int(&p, version);
+    gs_err err = run_done(st, Q_KEY_SET_CERT, &p, "set certificate", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no key version %u", version);
+    return err;
+}
+
+static gs_err pg_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    struct params p = {0};
+    long changes = 0;
+    p_int(&p, GS_KEY_RETIRED);
+    p_int(&p, gs_store_now());
+    p_int(&p, group_id);
+    p_int(&p, version);
+    p_int(&p, GS_KEY_OLD);
+    gs_err err = run_done(st, Q_KEY_RETIRE, &p, "retire key", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+    return err;
+}
+
+static gs_err group_key_from_row(PGresult *r, int row, void *elem)
+{
+    gs_store_group_key *k = elem;
+    bool oom = false;
+    k->version = (unsigned)col_int(r, row, 0);
+    k->token_label = col_strdup(r, row, 1, &oom);
+    k->cert_pem = col_strdup(r, row, 2, &oom);
+    k->state = (gs_key_state)col_int(r, row, 3);
+    k->created = col_int(r, row, 4);
+    k->retired = col_int(r, row, 5);
+    k->weakenings = col_strdup(r, row, 6, &oom);
+    return (oom || !k->token_label || !k->cert_pem || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_group_keys(void *list, size_t n) { gs_store_group_keys_free(list, n); }
+
+static gs_err pg_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st, Q_KEYS, group_id, sizeof(**out), group_key_from_row, release_group_keys,
+                                 "list key versions", &list, n);
+    *out = list;
+    return err;
+}
+
+/* ---- secret key versions ------------------------------------------------------------ */
+
+static gs_err pg_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                            const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                            const gs_store_keyrec *rec)
+{
+    struct params p = {0};
+    p_int(&p, group_id);
+    p_int(&p, version);
+    p_text(&p, token_label);
+    p_bytes(&p, kek_id, GS_KEK_ID_LEN);
+    p_int(&p, state);
+    p_int(&p, gs_store_now());
+    p_text(&p, gs_store_rec_weak(rec));
+    p_text(&p, rec != NULL ? rec->seal_label : NULL);
+    p_bytes(&p, rec != NULL ? rec->sealed : NULL, rec != NULL ? rec->sealed_len : 0);
+    gs_err err = add_version(st, Q_SECRET_DEMOTE, Q_SECRET_ADD, &p, group_id, state, "add secret version");
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
+    return err;
+}
+
+static gs_err secret_from_row(PGresult *r, int row, void *elem)
+{
+    gs_store_secret *k = elem;
+    bool oom = false;
+    unsigned char *kek_id = NULL;
+    size_t kek_id_len = 0;
+    gs_err err;
+
+    k->version = (unsigned)col_int(r, row, 0);
+    k->token_label = col_strdup(r, row, 1, &oom);
+    if ((err = col_hexdup(r, row, 2, &kek_id, &kek_id_len)) != GS_OK)
+        return err;
+    if (kek_id_len == GS_KEK_ID_LEN)
+        memcpy(k->kek_id, kek_id, GS_KEK_ID_LEN);
+    free(kek_id);
+    k->state = (gs_key_state)col_int(r, row, 3);
+    k->created = col_int(r, row, 4);
+    k->weakenings = col_strdup(r, row, 5, &oom);
+    k->seal_label = col_strdup(r, row, 6, &oom);
+    if ((err = col_hexdup(r, row, 7, &k->sealed, &k->sealed_len)) != GS_OK)
+        return err;
+    return (oom || !k->token_label || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_secrets(void *list, size_t n) { gs_store_secrets_free(list, n); }
+
+static gs_err pg_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st, Q_SECRETS, group_id, sizeof(**out), secret_from_row, release_secrets,
+                                 "list secret versions", &list, n);
+    *out = list;
+    return err;
+}
+
+static gs_err pg_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, int64_t *group_id, unsigned *version)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+    p_bytes(&p, kek_id, GS_KEK_ID_LEN);
+    gs_err err = run(st, Q_SECRET_BY_KEK, &p, &r, "find secret");
+    if (err == GS_OK) {
+        if (PQntuples(r) == 1) {
+            *group_id = col_int(r, 0, 0);
+            *version = (unsigned)col_int(r, 0, 1);
+        } else {
+            err = gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
+        }
+    }
+    PQclear(r);
+    return err;
+}
+
+/* ---- seal keys ---------------------------------------------------------------------- */
+
+static gs_err pg_seal_key_put(gs_store *st, const char *label, const char *weakenings)
+{
+    struct params p = {0};
+    p_text(&p, label);
+    p_text(&p, weakenings);
+    p_int(&p, gs_store_now());
+    return run_done(st, Q_SEAL_KEY_PUT, &p, "record seal key", NULL);
+}
+
+static gs_err seal_key_row(PGresult *r, int row, void *elem)
+{
+    gs_store_seal_key *k = elem;
+    bool oom = false;
+    k->label = col_strdup(r, row, 0, &oom);
+    k->weakenings = col_strdup(r, row, 1, &oom);
+    k->created = col_int(r, row, 2);
+    return (oom || k->label == NULL || k->weakenings == NULL) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_seal_keys(void *list, size_t n) { gs_store_seal_keys_free(list, n); }
+
+static gs_err pg_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_SEAL_KEYS, NULL, sizeof(**out), seal_key_row, release_seal_keys, "list seal keys",
+                           &list, n);
+    *out = list;
+    return err;
+}
+
+/* ---- members ------------------------------------------------------------------------ */
+
+static gs_err pg_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *cert_pem)
+{
+    struct params p = {0};
+    p_int(&p, group_id);
+    p_text(&p, email);
+    p_int(&p, (int)role);
+    p_text(&p, cert_pem);
+    p_int(&p, gs_store_now());
+    gs_err err = run_done(st, Q_MEMBER_ADD, &p, "add member", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", email);
+    return err;
+}
+
+static gs_err pg_member_remove(gs_store *st, int64_t group_id, const char *email)
+{
+    struct params p = {0};
+    long changes = 0;
+    char q[GS_EMAIL_MAX + 16];
+    p_int(&p, group_id);
+    p_text(&p, email);
+    gs_err err = run_done(st, Q_MEMBER_REMOVE, &p, "remove member", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email));
+    return err;
+}
+
+static gs_err member_from_row(PGresult *r, int row, void *elem)
+{
+    gs_store_member *m = elem;
+    bool oom = false;
+    m->email = col_strdup(r, row, 0, &oom);
+    m->role = (gs_role)col_int(r, row, 1);
+    m->cert_pem = col_strdup(r, row, 2, &oom);
+    m->added = col_int(r, row, 3);
+    m->wrap = PQgetisnull(r, row, 4) ? GS_WRAP_DEFAULT : gs_store_wrap_from_text(PQgetvalue(r, row, 4));
+    return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static gs_err pg_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+    gs_store_member *m = NULL;
+    gs_err err;
+
+    p_int(&p, group_id);
+    p_text(&p, email);
+    if ((err = run(st, Q_MEMBER_GET, &p, &r, "read member")) != GS_OK)
+        return err;
+    if (PQntuples(r) == 0) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "not a member");
+        goto out;
+    }
+    if ((m = calloc(1, sizeof(*m))) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    if ((err = member_from_row(r, 0, m)) != GS_OK)
+        goto out;
+    *out = m;
+    m = NULL;
+out:
+    gs_store_member_free(m);
+    PQclear(r);
+    return err;
+}
+
+static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
+
+/* One UPDATE of a wrap column; NOT_FOUND when no row matched. */
+static gs_err set_wrap(gs_store *st, enum q which, int64_t group_id, const char *email, const char *value,
+                       const char *what)
+{
+    struct params p = {0};
+    long changes = 0;
+    p_text(&p, value);
+    p_int(&p, group_id);
+    if (email != NULL)
+        p_text(&p, email);
+    gs_err err = run_done(st, which, &p, what, &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, email != NULL ? "not a member" : "no such group");
+    return err;
+}
+
+static gs_err pg_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    return set_wrap(st, Q_MEMBER_SET_WRAP, group_id, email, wrap == GS_WRAP_DEFAULT ? NULL : gs_wrap_name(wrap),
+                    "set member wrap");
+}
+
+static gs_err pg_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    return set_wrap(st, Q_GROUP_SET_WRAP, group_id, NULL, gs_wrap_name(wrap), "set group member wrap");
+}
+
+static gs_err pg_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st, Q_MEMBER_LIST, group_id, sizeof(**out), member_from_row, release_members,
+                                 "list members", &list, n);
+    *out = list;
+    return err;
+}
+
+/* ---- audit chains ---------------------------------------------------------------------- */
+
+static gs_err pg_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+    bool oom = false;
+    p_text(&p, instance);
+    gs_err err = run(st, Q_AUDIT_HEAD, &p, &r, "audit head");
+    if (err == GS_OK && PQntuples(r) == 1) {
+        *seq = col_int(r, 0, 0);
+        *line = col_strdup(r, 0, 1, &oom);
+        if (oom || *line == NULL) {
+            *seq = 0;
+            err = GS_ERR_NOMEM;
+        }
+    }
+    PQclear(r);
+    return err;
+}
+
+/* The lines as one text[] literal: {"l1","l2"} with " and \ escaped. */
+static char *array_literal(char *const *lines, size_t n)
+{
+    size_t cap = 3, used = 0;
+    char *buf;
+
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(lines[i]);
+        /* each byte at most doubled, plus quotes and a comma */
+        if (l > (SIZE_MAX - cap) / 2 - 3)
+            return NULL;
+        cap += 2 * l + 3;
+    }
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    buf[used++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            buf[used++] = ',';
+        buf[used++] = '"';
+        for (const char *c = lines[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                buf[used++] = '\\';
+            buf[used++] = *c;
+        }
+        buf[used++] = '"';
+    }
+    buf[used++] = '}';
+    buf[used] = '\0';
+    return buf;
+}
+
+static gs_err pg_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n)
+{
+    struct params p = {0};
+    char *arr = array_literal(lines, n);
+    long changes = 0;
+    gs_err err;
+
+    if (arr == NULL)
+        return GS_ERR_NOMEM;
+    p_text(&p, instance);
+    p_int(&p, first_seq);
+    p_text(&p, arr);
+    err = run_done(st, Q_AUDIT_APPEND, &p, "audit append", &changes);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "audit record %lld of instance %s already exists (two servers with one "
+                         "[server] instance name?)", (long long)first_seq, instance);
+    else if (err == GS_OK && changes != (long)n)
+        err = gs_err_set(GS_ERR_DB, "audit append stored %ld of %zu records", changes, n);
+    free(arr);
+    return err;
+}
+
+static gs_err instance_row(PGresult *r, int row, void *elem)
+{
+    bool oom = false;
+    char **name = elem;
+    *name = col_strdup(r, row, 0, &oom);
+    return oom || *name == NULL ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_strings(void *list, size_t n) { gs_store_strings_free(list, n); }
+
+static gs_err pg_audit_instances(gs_store *st, char ***out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_rows(st, Q_AUDIT_INSTANCES, NULL, sizeof(**out), instance_row, release_strings,
+                           "audit instances", &list, n);
+    *out = list;
+    return err;
+}
+
+static gs_err audit_row(PGresult *r, int row, void *elem)
+{
+    bool oom = false;
+    gs_store_audit_row *a = elem;
+    a->seq = col_int(r, row, 0);
+    a->line = col_strdup(r, row, 1, &oom);
+    return oom || a->line == NULL ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_audit_rows(void *list, size_t n) { gs_store_audit_rows_free(list, n); }
+
+static gs_err pg_audit_read(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
+                            gs_store_audit_row **out, size_t *n)
+{
+    struct params p = {0};
+    void *list = NULL;
+    p_text(&p, instance);
+    p_int(&p, after_seq);
+    p_int(&p, (int64_t)(limit > 100000 ? 100000 : limit));
+    gs_err err = read_rows(st, Q_AUDIT_READ, &p, sizeof(**out), audit_row, release_audit_rows, "audit read", &list, n);
+    *out = list;
+    return err;
+}
+
+static const struct gs_store_ops pg_ops = {
+    .name = "postgresql",
+    .close = pg_close,
+    .change_stamp = pg_change_stamp,
+    .begin = pg_begin,
+    .commit = pg_commit,
+    .rollback = pg_rollback,
+    .ca_get = pg_ca_get,
+    .ca_put = pg_ca_put,
+    .group_add = pg_group_add,
+    .group_get = pg_group_get,
+    .group_list = pg_group_list,
+    .group_set_member_wrap = pg_group_set_member_wrap,
+    .group_key_add = pg_group_key_add,
+    .group_key_set_cert = pg_group_key_set_cert,
+    .group_key_retire = pg_group_key_retire,
+    .group_keys = pg_group_keys,
+    .secret_add = pg_secret_add,
+    .secrets = pg_secrets,
+    .secret_by_kek_id = pg_secret_by_kek_id,
+    .seal_key_put = pg_seal_key_put,
+    .seal_keys = pg_seal_keys,
+    .member_add = pg_member_add,
+    .member_remove = pg_member_remove,
+    .member_get = pg_member_get,
+    .member_list = pg_member_list,
+    .member_set_wrap = pg_member_set_wrap,
+    .audit_head = pg_audit_head,
+    .audit_append = pg_audit_append,
+    .audit_instances = pg_audit_instances,
+    .audit_read = pg_audit_read,
+};

@@ -1,0 +1,1064 @@
+/* store_sqlite.c: the SQLite backend of store.h (see store_impl.h). One
+ * SQLite connection per gs_store; every query is a prepared statement with
+ * bound parameters. */
+#include "store_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+/* Statements run on every server request, prepared once per connection
+ * (re-parsing the SQL was a visible share of a request's CPU). */
+enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_N };
+
+struct sq_store {
+    struct gs_store base;
+    sqlite3 *db;
+    sqlite3_stmt *hot[HOT_N];
+};
+
+#define SQ(st) ((struct sq_store *)(st))
+
+/* Migrations: migrations[i] takes the schema from version i to i+1. Never
+ * edit a released step; append a new one, here and in store_pg.c (both
+ * backends are at GS_STORE_SCHEMA_VERSION). */
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE ca ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  key_label TEXT NOT NULL,"
+    "  cert_pem TEXT NOT NULL,"
+    "  created INTEGER NOT NULL);"
+    "CREATE TABLE groups ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  address TEXT NOT NULL,"
+    "  methods INTEGER NOT NULL,"
+    "  key_spec TEXT NOT NULL,"
+    "  allow_pkcs1v15 INTEGER NOT NULL,"
+    "  reject_label TEXT,"
+    "  created INTEGER NOT NULL);"
+    "CREATE TABLE group_keys ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version INTEGER NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  cert_pem TEXT NOT NULL,"
+    "  state INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  retired INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE secret_keys ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  version INTEGER NOT NULL,"
+    "  token_label TEXT NOT NULL UNIQUE,"
+    "  kek_id BLOB NOT NULL UNIQUE,"
+    "  state INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  PRIMARY KEY (group_id, version));"
+    "CREATE TABLE members ("
+    "  group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    "  email TEXT NOT NULL COLLATE NOCASE,"
+    "  role INTEGER NOT NULL,"
+    "  cert_pem TEXT,"
+    "  added INTEGER NOT NULL,"
+    "  PRIMARY KEY (group_id, email));",
+    /* 1 -> 2: each key's accepted weakenings (what its token could not
+     * do, issue 13), each group's key policy (where content keys are
+     * re-wrapped, where secret keys live), and secret keys sealed to a
+     * token key pair for tokens that cannot keep them. */
+    "ALTER TABLE ca ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN key_policy TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE groups ADD COLUMN reject_seal_label TEXT;"
+    "ALTER TABLE groups ADD COLUMN reject_sealed BLOB;"
+    "ALTER TABLE group_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN weakenings TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE secret_keys ADD COLUMN seal_label TEXT;"
+    "ALTER TABLE secret_keys ADD COLUMN sealed BLOB;"
+    "CREATE TABLE seal_keys ("
+    "  label TEXT PRIMARY KEY,"
+    "  weakenings TEXT NOT NULL DEFAULT '',"
+    "  created INTEGER NOT NULL);",
+    /* 2 -> 3: replicable groups and CA (the key ceremony copies their
+     * keys to other tokens; issue 17). Parenthesised: one element of two
+     * statements, not a missing comma (clang's -Wstring-concatenation). */
+    ("ALTER TABLE groups ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE ca ADD COLUMN replicable INTEGER NOT NULL DEFAULT 0;"),
+    /* 3 -> 4 (issue 14): how member-certs copies are wrapped to each
+     * member: the group's default, and a member's own choice (NULL = the
+     * default); and the weakenings accepted for a group's rejection key,
+     * which every RSA group now has unless --oaep-only. */
+    ("ALTER TABLE groups ADD COLUMN member_wrap TEXT NOT NULL DEFAULT 'pkcs1v15'"
+     "  CHECK (member_wrap IN ('oaep', 'pkcs1v15'));"
+     "ALTER TABLE groups ADD COLUMN reject_weakenings TEXT NOT NULL DEFAULT '';"
+     "ALTER TABLE members ADD COLUMN wrap TEXT CHECK (wrap IN ('oaep', 'pkcs1v15'));"),
+};
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VERSION,
+               "a migration step for each schema version");
+
+/* ---- connection ------------------------------------------------------------ */
+
+static gs_err db_error(gs_store *st, const char *what)
+{
+    int code = sqlite3_extended_errcode(SQ(st)->db);
+    if ((code & 0xff) == SQLITE_CONSTRAINT)
+        return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+    return gs_err_set(GS_ERR_DB, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+}
+
+static gs_err exec(gs_store *st, const char *sql)
+{
+    if (sqlite3_exec(SQ(st)->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return db_error(st, "sqlite");
+    return GS_OK;
+}
+
+static gs_err prepare(gs_store *st, const char *sql, sqlite3_stmt **stmt)
+{
+    if (sqlite3_prepare_v2(SQ(st)->db, sql, -1, stmt, NULL) != SQLITE_OK) {
+        *stmt = NULL;
+        return db_error(st, "prepare");
+    }
+    return GS_OK;
+}
+
+/* A cached statement for a hot query; give it back with hot_done. */
+static gs_err prepare_hot(gs_store *st, enum hot_stmt which, const char *sql, sqlite3_stmt **stmt)
+{
+    if (SQ(st)->hot[which] == NULL &&
+        sqlite3_prepare_v3(SQ(st)->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &SQ(st)->hot[which], NULL) != SQLITE_OK) {
+        SQ(st)->hot[which] = NULL;
+        *stmt = NULL;
+        return db_error(st, "prepare");
+    }
+    *stmt = SQ(st)->hot[which];
+    return GS_OK;
+}
+
+/* Resets a cached statement at once: a statement left mid-step would keep
+ * its read transaction (and an old snapshot of the database) open. */
+static void hot_done(sqlite3_stmt *stmt)
+{
+    if (stmt != NULL) {
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+    }
+}
+
+static gs_err read_user_version(gs_store *st, int *v)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st, "PRAGMA user_version", &s);
+    if (err)
+        return err;
+    if (sqlite3_step(s) != SQLITE_ROW) {
+        err = db_error(st, "user_version");
+    } else {
+        *v = sqlite3_column_int(s, 0);
+    }
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err migrate(gs_store *st)
+{
+    gs_err err;
+    int v = 0;
+    char sql[64];
+
+    /* IMMEDIATE: two processes creating the same database serialise here. */
+    err = exec(st, "BEGIN IMMEDIATE");
+    if (err)
+        return err;
+    err = read_user_version(st, &v);
+    if (err)
+        goto out;
+    if (v > (int)GS_ARRAY_LEN(migrations)) {
+        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
+                         GS_STORE_SCHEMA_VERSION);
+        goto out;
+    }
+    for (; v < (int)GS_ARRAY_LEN(migrations); v++) {
+        err = exec(st, migrations[v]);
+        if (err)
+            goto out;
+        (void)snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
+        err = exec(st, sql);
+        if (err)
+            goto out;
+        log_info("database migrated version=%d", v + 1);
+    }
+    err = exec(st, "COMMIT");
+out:
+    if (err)
+        (void)sqlite3_exec(SQ(st)->db, "ROLLBACK", NULL, NULL, NULL);
+    else
+        st->schema = v;
+    return err;
+}
+
+static const struct gs_store_ops sq_ops;
+static void sq_close(gs_store *st);
+
+gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
+{
+    gs_store *st = NULL;
+    gs_err err = GS_ERR_NOMEM;
+    int oflags;
+    int v = 0;
+    struct stat sb;
+
+    if (out)
+        *out = NULL;
+    if (path == NULL || out == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no database path");
+    if (stat(path, &sb) != 0) {
+        if (!(flags & GS_STORE_CREATE))
+            return gs_err_set(GS_ERR_NOT_FOUND, "database %s does not exist (run `groupsrv ca init` first)", path);
+        /* Create it 0600 ourselves: SQLite would use the umask. */
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            return gs_err_set(GS_ERR_IO, "cannot create database %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    st = calloc(1, sizeof(struct sq_store));
+    if (st == NULL)
+        goto out;
+    st->ops = &sq_ops;
+    st->readonly = (flags & GS_STORE_READONLY) != 0;
+    oflags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &SQ(st)->db, oflags, NULL) != SQLITE_OK) {
+        err = gs_err_set(GS_ERR_DB, "cannot open database %s: %s", path,
+                         SQ(st)->db ? sqlite3_errmsg(SQ(st)->db) : "out of memory");
+        goto out;
+    }
+    sqlite3_extended_result_codes(SQ(st)->db, 1);
+    (void)sqlite3_limit(SQ(st)->db, SQLITE_LIMIT_LENGTH, GS_STORE_VALUE_MAX);
+    (void)sqlite3_busy_timeout(SQ(st)->db, 5000);
+    err = exec(st, "PRAGMA foreign_keys = ON");
+    if (err)
+        goto out;
+    if (!st->readonly) {
+        err = exec(st, "PRAGMA journal_mode = WAL");
+        if (err)
+            goto out;
+        err = exec(st, "PRAGMA synchronous = FULL");
+        if (err)
+            goto out;
+    }
+    err = read_user_version(st, &v);
+    if (err)
+        goto out;
+    if ((err = gs_store_settle_schema(st, v, migrate, path)) != GS_OK)
+        goto out;
+    *out = st;
+    st = NULL;
+    err = GS_OK;
+out:
+    if (st != NULL)
+        sq_close(st);
+    return err;
+}
+
+static void sq_close(gs_store *st)
+{
+    for (int i = 0; i < HOT_N; i++)
+        sqlite3_finalize(SQ(st)->hot[i]);
+    (void)sqlite3_close(SQ(st)->db);
+    free(st);
+}
+
+static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    /* data_version only moves for other connections' commits; this
+     * connection's own writes show in its total change count. */
+    if ((err = prepare_hot(st, HOT_DATA_VERSION, "PRAGMA data_version", &s)) != GS_OK)
+        return err;
+    if (sqlite3_step(s) != SQLITE_ROW) {
+        err = db_error(st, "data_version");
+    } else {
+        *stamp = ((uint64_t)sqlite3_column_int64(s, 0) << 32) ^ (uint64_t)sqlite3_total_changes64(SQ(st)->db);
+    }
+    hot_done(s);
+    return err;
+}
+
+static gs_err sq_begin(gs_store *st) { return exec(st, "BEGIN IMMEDIATE"); }
+
+static gs_err sq_commit(gs_store *st) { return exec(st, "COMMIT"); }
+
+static void sq_rollback(gs_store *st) { (void)sqlite3_exec(SQ(st)->db, "ROLLBACK", NULL, NULL, NULL); }
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* A BLOB column copied (NULL stays NULL); false when out of memory. */
+static bool col_blobdup(sqlite3_stmt *s, int i, unsigned char **out, size_t *len)
+{
+    const void *b = sqlite3_column_blob(s, i);
+    int n = sqlite3_column_bytes(s, i);
+
+    *out = NULL;
+    *len = 0;
+    if (b == NULL || n <= 0)
+        return true;
+    if ((*out = malloc((size_t)n)) == NULL)
+        return false;
+    memcpy(*out, b, (size_t)n);
+    *len = (size_t)n;
+    return true;
+}
+
+static char *col_strdup(sqlite3_stmt *s, int i, bool *oom)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    char *r;
+    if (t == NULL)
+        return NULL;
+    r = strdup((const char *)t);
+    if (r == NULL)
+        *oom = true;
+    return r;
+}
+
+/* Every bind is checked: a failed bind (SQLITE_TOOBIG over
+ * GS_STORE_VALUE_MAX, SQLITE_NOMEM, SQLITE_RANGE) leaves the parameter
+ * NULL, and a nullable column (a member's certificate) would store that
+ * silently. */
+static gs_err bind_check(int rc, int i)
+{
+    if (rc == SQLITE_OK)
+        return GS_OK;
+    if (rc == SQLITE_TOOBIG)
+        return gs_err_set(GS_ERR_ARGS, "value too long for the database (parameter %d, at most %d bytes)", i,
+                          GS_STORE_VALUE_MAX);
+    if (rc == SQLITE_NOMEM)
+        return gs_err_set(GS_ERR_NOMEM, "out of memory binding parameter %d", i);
+    return gs_err_set(GS_ERR_DB, "binding parameter %d: %s", i, sqlite3_errstr(rc));
+}
+
+/* NULL binds SQL NULL. */
+static gs_err bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return bind_check(v ? sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(s, i), i);
+}
+
+static gs_err bind_int(sqlite3_stmt *s, int i, int64_t v)
+{
+    return bind_check(sqlite3_bind_int64(s, i, (sqlite3_int64)v), i);
+}
+
+static gs_err bind_blob(sqlite3_stmt *s, int i, const void *v, size_t len)
+{
+    if (len > (size_t)GS_STORE_VALUE_MAX)
+        return bind_check(SQLITE_TOOBIG, i);
+    return bind_check(sqlite3_bind_blob(s, i, v, (int)len, SQLITE_TRANSIENT), i);
+}
+
+
+/* Steps a statement that returns no rows; counts changed rows. */
+static gs_err step_done(gs_store *st, sqlite3_stmt *s, const char *what, int *changes)
+{
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_DONE)
+        return db_error(st, what);
+    if (changes)
+        *changes = sqlite3_changes(SQ(st)->db);
+    return GS_OK;
+}
+
+/* ---- CA ---------------------------------------------------------------- */
+
+static gs_err sq_ca_get(gs_store *st, gs_store_ca **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_ca *ca = NULL;
+    bool oom = false;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    err = prepare(st, "SELECT key_label, cert_pem, created, weakenings, replicable FROM ca WHERE id = 1", &s);
+    if (err)
+        return err;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        err = db_error(st, "read ca");
+        goto out;
+    }
+    ca = calloc(1, sizeof(*ca));
+    if (ca == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    ca->label = col_strdup(s, 0, &oom);
+    ca->cert_pem = col_strdup(s, 1, &oom);
+    ca->created = sqlite3_column_int64(s, 2);
+    ca->weakenings = col_strdup(s, 3, &oom);
+    ca->replicable = sqlite3_column_int(s, 4) != 0;
+    if (oom || ca->label == NULL || ca->cert_pem == NULL || ca->weakenings == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    *out = ca;
+    ca = NULL;
+out:
+    gs_store_ca_free(ca);
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_ca_put(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
+                        const gs_store_keyrec *rec)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    err = prepare(st,
+                  "INSERT INTO ca (id, key_label, cert_pem, created, weakenings, replicable) VALUES (1, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, key_label)) || (err = bind_text(s, 2, cert_pem)) ||
+        (err = bind_int(s, 3, gs_store_now())) || (err = bind_text(s, 4, gs_store_rec_weak(rec))) ||
+        (err = bind_int(s, 5, replicable ? 1 : 0)))
+        goto out;
+    err = step_done(st, s, "store ca", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "a CA is already initialised in this database");
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* ---- groups --------------------------------------------------------------- */
+
+static gs_err sq_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    err = prepare(st,
+                  "INSERT INTO groups (name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, "
+                  "key_policy, reject_seal_label, reject_sealed, replicable, member_wrap, reject_weakenings) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, g->name)) || (err = bind_text(s, 2, g->address)) ||
+        (err = bind_int(s, 3, g->methods)) || (err = bind_text(s, 4, g->algorithm)) ||
+        (err = bind_int(s, 5, g->allow_pkcs1v15 ? 1 : 0)) || (err = bind_text(s, 6, g->reject_label)) ||
+        (err = bind_int(s, 7, gs_store_now())) || (err = bind_text(s, 8, g->policy ? g->policy : "")) ||
+        (err = bind_text(s, 9, g->reject_seal_label)) ||
+        (err = g->reject_sealed ? bind_blob(s, 10, g->reject_sealed, g->reject_sealed_len)
+                                : bind_check(sqlite3_bind_null(s, 10), 10)) ||
+        (err = bind_int(s, 11, g->replicable ? 1 : 0)) ||
+        (err = bind_text(s, 12, gs_wrap_name(gs_store_group_wrap(g->member_wrap)))) ||
+        (err = bind_text(s, 13, g->reject_weakenings ? g->reject_weakenings : "")))
+        goto out;
+    err = step_done(st, s, "add group", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "group %s already exists", g->name);
+    else if (err == GS_OK && id)
+        *id = sqlite3_last_insert_rowid(SQ(st)->db);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+#define GROUP_COLS                                                                                             \
+    "id, name, address, methods, key_spec, allow_pkcs1v15, reject_label, created, key_policy, reject_seal_label, " \
+    "reject_sealed, replicable, member_wrap, reject_weakenings"
+
+static gs_err group_from_row(sqlite3_stmt *s, gs_store_group **out)
+{
+    bool oom = false;
+    gs_store_group *g = calloc(1, sizeof(*g));
+    *out = NULL;
+    if (g == NULL)
+        return GS_ERR_NOMEM;
+    g->id = sqlite3_column_int64(s, 0);
+    g->name = col_strdup(s, 1, &oom);
+    g->address = col_strdup(s, 2, &oom);
+    g->methods = (unsigned)sqlite3_column_int64(s, 3);
+    g->algorithm = col_strdup(s, 4, &oom);
+    g->allow_pkcs1v15 = sqlite3_column_int(s, 5) != 0;
+    g->reject_label = col_strdup(s, 6, &oom);
+    g->created = sqlite3_column_int64(s, 7);
+    g->policy = col_strdup(s, 8, &oom);
+    g->reject_seal_label = col_strdup(s, 9, &oom);
+    if (!col_blobdup(s, 10, &g->reject_sealed, &g->reject_sealed_len))
+        oom = true;
+    g->replicable = sqlite3_column_int(s, 11) != 0;
+    g->member_wrap = gs_store_group_wrap(gs_store_wrap_from_text((const char *)sqlite3_column_text(s, 12)));
+    g->reject_weakenings = col_strdup(s, 13, &oom);
+    if (oom || g->name == NULL || g->address == NULL || g->algorithm == NULL || g->policy == NULL ||
+        g->reject_weakenings == NULL) {
+        gs_store_group_free(g);
+        return GS_ERR_NOMEM;
+    }
+    *out = g;
+    return GS_OK;
+}
+
+static gs_err sq_group_get(gs_store *st, const char *name, gs_store_group **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    int rc;
+    char q[80];
+
+    err = prepare(st, "SELECT " GROUP_COLS " FROM groups WHERE name = ?", &s);
+    if (err)
+        return err;
+    err = bind_text(s, 1, name);
+    if (err)
+        goto out;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        err = group_from_row(s, out);
+    else if (rc == SQLITE_DONE)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "unknown group %s", log_quote(q, sizeof(q), name));
+    else
+        err = db_error(st, "read group");
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* Per-group list queries: SQL with one parameter (the group id), one
+ * array element per row, read by `row` into a zeroed element. On failure
+ * `release` frees the elements read so far and the array. */
+typedef gs_err (*row_reader)(sqlite3_stmt *s, void *elem);
+typedef void (*rows_release)(void *list, size_t n);
+
+static gs_err read_group_rows(gs_store *st, const char *sql, int64_t group_id, size_t elem, size_t first,
+                              row_reader row, rows_release release, const char *what, void **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    unsigned char *list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    if ((err = prepare(st, sql, &s)) != GS_OK)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) != GS_OK)
+        goto out;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            unsigned char *nl = gs_store_grow_array(list, &cap, elem, first);
+            if (nl == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+        }
+        void *e = list + count++ * elem;
+        memset(e, 0, elem);
+        if ((err = row(s, e)) != GS_OK)
+            goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, what);
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    release(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_group_list(gs_store *st, gs_store_group ***out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_group **list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    *out = NULL;
+    *n = 0;
+    err = prepare(st, "SELECT " GROUP_COLS " FROM groups ORDER BY name", &s);
+    if (err)
+        return err;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == cap) {
+            gs_store_group **nl = gs_store_grow_array(list, &cap, sizeof(*nl), 8);
+            if (nl == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+        }
+        err = group_from_row(s, &list[count]);
+        if (err)
+            goto out;
+        count++;
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list groups");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_group_list_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* ---- group key versions ------------------------------------------------------ */
+
+/* The group's current version (of keys or secrets: sql) becomes old. */
+static gs_err demote_current(gs_store *st, const char *sql, int64_t group_id)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st, sql, &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, GS_KEY_OLD)) == GS_OK && (err = bind_int(s, 2, group_id)) == GS_OK &&
+        (err = bind_int(s, 3, GS_KEY_CURRENT)) == GS_OK)
+        err = step_done(st, s, "demote current version", NULL);
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* A new version row: in one transaction (unless the caller's), the group's
+ * current version demoted when the new one is CURRENT (an imported older
+ * version, OLD, demotes nothing), then the prepared and bound insert ins
+ * (the caller's to finalize). */
+static gs_err add_version(gs_store *st, const char *demote_sql, int64_t group_id, gs_key_state state,
+                          sqlite3_stmt *ins, const char *what)
+{
+    bool mine = false;
+    gs_err err = gs_store_tx_begin_if_needed(st, &mine);
+
+    if (err == GS_OK && state == GS_KEY_CURRENT)
+        err = demote_current(st, demote_sql, group_id);
+    if (err == GS_OK)
+        err = step_done(st, ins, what, NULL);
+    return gs_store_tx_end_if_mine(st, mine, err);
+}
+
+static gs_err sq_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                               const char *cert_pem, gs_key_state state, const gs_store_keyrec *rec)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st,
+                         "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, state)) ||
+        (err = bind_int(s, 6, gs_store_now())) || (err = bind_text(s, 7, gs_store_rec_weak(rec))))
+        goto out;
+    err = add_version(st, "UPDATE group_keys SET state = ? WHERE group_id = ? AND state = ?", group_id, state, s,
+                      "add key version");
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "key version %u or label %s already recorded", version, token_label);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st, "UPDATE group_keys SET cert_pem = ? WHERE group_id = ? AND version = ?", &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, cert_pem)) || (err = bind_int(s, 2, group_id)) || (err = bind_int(s, 3, version)))
+        goto out;
+    err = step_done(st, s, "set certificate", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no key version %u", version);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st,
+                         "UPDATE group_keys SET state = ?, retired = ? WHERE group_id = ? AND version = ? "
+                         "AND state = ?",
+                         &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, GS_KEY_RETIRED)) || (err = bind_int(s, 2, gs_store_now())) || (err = bind_int(s, 3, group_id)) ||
+        (err = bind_int(s, 4, version)) || (err = bind_int(s, 5, GS_KEY_OLD)))
+        goto out;
+    err = step_done(st, s, "retire key", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err group_key_from_row(sqlite3_stmt *s, void *elem)
+{
+    gs_store_group_key *k = elem;
+    bool oom = false;
+
+    k->version = (unsigned)sqlite3_column_int64(s, 0);
+    k->token_label = col_strdup(s, 1, &oom);
+    k->cert_pem = col_strdup(s, 2, &oom);
+    k->state = (gs_key_state)sqlite3_column_int(s, 3);
+    k->created = sqlite3_column_int64(s, 4);
+    k->retired = sqlite3_column_int64(s, 5);
+    k->weakenings = col_strdup(s, 6, &oom);
+    return (oom || !k->token_label || !k->cert_pem || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_group_keys(void *list, size_t n) { gs_store_group_keys_free(list, n); }
+
+static gs_err sq_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st,
+                                 "SELECT version, token_label, cert_pem, state, created, retired, weakenings FROM group_keys "
+                                 "WHERE group_id = ? ORDER BY version DESC",
+                                 group_id, sizeof(**out), 4, group_key_from_row, release_group_keys,
+                                 "list key versions", &list, n);
+    *out = list;
+    return err;
+}
+
+/* ---- secret key versions -------------------------------------------------------- */
+
+static gs_err sq_secret_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
+                            const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
+                            const gs_store_keyrec *rec)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err = prepare(st,
+                         "INSERT INTO secret_keys (group_id, version, token_label, kek_id, state, created, weakenings, "
+                  "seal_label, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_int(s, 2, version)) || (err = bind_text(s, 3, token_label)) ||
+        (err = bind_blob(s, 4, kek_id, GS_KEK_ID_LEN)) || (err = bind_int(s, 5, state)) ||
+        (err = bind_int(s, 6, gs_store_now())) || (err = bind_text(s, 7, gs_store_rec_weak(rec))) ||
+        (err = bind_text(s, 8, rec != NULL ? rec->seal_label : NULL)) ||
+        (err = rec != NULL && rec->sealed != NULL ? bind_blob(s, 9, rec->sealed, rec->sealed_len)
+                                                  : bind_check(sqlite3_bind_null(s, 9), 9)))
+        goto out;
+    err = add_version(st, "UPDATE secret_keys SET state = ? WHERE group_id = ? AND state = ?", group_id, state, s,
+                      "add secret version");
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "secret key version %u or label %s already recorded", version, token_label);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err secret_from_row(sqlite3_stmt *s, void *elem)
+{
+    gs_store_secret *k = elem;
+    bool oom = false;
+
+    k->version = (unsigned)sqlite3_column_int64(s, 0);
+    k->token_label = col_strdup(s, 1, &oom);
+    if (sqlite3_column_bytes(s, 2) == GS_KEK_ID_LEN)
+        memcpy(k->kek_id, sqlite3_column_blob(s, 2), GS_KEK_ID_LEN);
+    k->state = (gs_key_state)sqlite3_column_int(s, 3);
+    k->created = sqlite3_column_int64(s, 4);
+    k->weakenings = col_strdup(s, 5, &oom);
+    k->seal_label = col_strdup(s, 6, &oom);
+    if (!col_blobdup(s, 7, &k->sealed, &k->sealed_len))
+        oom = true;
+    return (oom || !k->token_label || !k->weakenings) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static void release_secrets(void *list, size_t n) { gs_store_secrets_free(list, n); }
+
+static gs_err sq_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st,
+                                 "SELECT version, token_label, kek_id, state, created, weakenings, seal_label, sealed "
+                                 "FROM secret_keys "
+                                 "WHERE group_id = ? ORDER BY version DESC",
+                                 group_id, sizeof(**out), 4, secret_from_row, release_secrets,
+                                 "list secret versions", &list, n);
+    *out = list;
+    return err;
+}
+
+static gs_err sq_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, int64_t *group_id, unsigned *version)
+{
+    sqlite3_stmt *s = NULL;
+    size_t len = GS_KEK_ID_LEN;
+    gs_err err;
+    int rc;
+    err = prepare(st, "SELECT group_id, version FROM secret_keys WHERE kek_id = ?", &s);
+    if (err)
+        return err;
+    err = bind_blob(s, 1, kek_id, len);
+    if (err)
+        goto out;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *group_id = sqlite3_column_int64(s, 0);
+        *version = (unsigned)sqlite3_column_int64(s, 1);
+    } else if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no secret key with this identifier");
+    } else {
+        err = db_error(st, "find secret");
+    }
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* ---- seal keys ---------------------------------------------------------------- */
+
+static gs_err sq_seal_key_put(gs_store *st, const char *label, const char *weakenings)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    err = prepare(st, "INSERT OR IGNORE INTO seal_keys (label, weakenings, created) VALUES (?, ?, ?)", &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, label)) || (err = bind_text(s, 2, weakenings)) ||
+        (err = bind_int(s, 3, gs_store_now())))
+        goto out;
+    err = step_done(st, s, "record seal key", NULL);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_seal_key *list = NULL;
+    size_t count = 0, cap = 0;
+    gs_err err;
+    int rc;
+
+    if ((err = prepare(st, "SELECT label, weakenings, created FROM seal_keys ORDER BY label", &s)) != GS_OK)
+        return err;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        bool oom = false;
+        if (count == cap) {
+            gs_store_seal_key *nl = gs_store_grow_array(list, &cap, sizeof(*nl), 2);
+            if (nl == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
+            list = nl;
+        }
+        memset(&list[count], 0, sizeof(list[count]));
+        list[count].label = col_strdup(s, 0, &oom);
+        list[count].weakenings = col_strdup(s, 1, &oom);
+        list[count].created = sqlite3_column_int64(s, 2);
+        count++;
+        if (oom || list[count - 1].label == NULL || list[count - 1].weakenings == NULL) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        err = db_error(st, "list seal keys");
+        goto out;
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+out:
+    gs_store_seal_keys_free(list, count);
+    sqlite3_finalize(s);
+    return err;
+}
+
+/* ---- members ---------------------------------------------------------------- */
+
+static gs_err sq_member_add(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    err = prepare(st, "INSERT INTO members (group_id, email, role, cert_pem, added) VALUES (?, ?, ?, ?, ?)", &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)) || (err = bind_int(s, 3, (int)role)) ||
+        (err = bind_text(s, 4, cert_pem)) || (err = bind_int(s, 5, gs_store_now())))
+        goto out;
+    err = step_done(st, s, "add member", NULL);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", email);
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_member_remove(gs_store *st, int64_t group_id, const char *email)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    char q[GS_EMAIL_MAX + 16];
+    gs_err err = prepare(st, "DELETE FROM members WHERE group_id = ? AND email = ?", &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
+        goto out;
+    err = step_done(st, s, "remove member", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email ? email : ""));
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err member_from_row(sqlite3_stmt *s, void *elem)
+{
+    gs_store_member *m = elem;
+    bool oom = false;
+    memset(m, 0, sizeof(*m));
+    m->email = col_strdup(s, 0, &oom);
+    m->role = (gs_role)sqlite3_column_int(s, 1);
+    m->cert_pem = col_strdup(s, 2, &oom);
+    m->added = sqlite3_column_int64(s, 3);
+    m->wrap = gs_store_wrap_from_text((const char *)sqlite3_column_text(s, 4));
+    return (oom || m->email == NULL) ? GS_ERR_NOMEM : GS_OK;
+}
+
+static gs_err sq_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
+{
+    sqlite3_stmt *s = NULL;
+    gs_store_member *m = NULL;
+    gs_err err;
+    int rc;
+
+    err = prepare_hot(st, HOT_MEMBER_GET, "SELECT email, role, cert_pem, added, wrap FROM members WHERE group_id = ? AND email = ?",
+                      &s);
+    if (err)
+        return err;
+    if ((err = bind_int(s, 1, group_id)) || (err = bind_text(s, 2, email)))
+        goto out;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "not a member");
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        err = db_error(st, "read member");
+        goto out;
+    }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    err = member_from_row(s, m);
+    if (err)
+        goto out;
+    *out = m;
+    m = NULL;
+out:
+    gs_store_member_free(m);
+    hot_done(s);
+    return err;
+}
+
+static void release_members(void *list, size_t n) { gs_store_member_list_free(list, n); }
+
+/* One UPDATE of a wrap column; NOT_FOUND when no row matched. */
+static gs_err set_wrap(gs_store *st, const char *sql, int64_t group_id, const char *email, const char *value,
+                       const char *what)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st, sql, &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, value)) || (err = bind_int(s, 2, group_id)) ||
+        (email != NULL && (err = bind_text(s, 3, email))))
+        goto out;
+    err = step_done(st, s, what, &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, email != NULL ? "not a member" : "no such group");
+out:
+    sqlite3_finalize(s);
+    return err;
+}
+
+static gs_err sq_member_set_wrap(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap)
+{
+    return set_wrap(st, "UPDATE members SET wrap = ? WHERE group_id = ? AND email = ?", group_id, email,
+                    wrap == GS_WRAP_DEFAULT ? NULL : gs_wrap_name(wrap), "set member wrap");
+}
+
+static gs_err sq_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wrap)
+{
+    return set_wrap(st, "UPDATE groups SET member_wrap = ? WHERE id = ?", group_id, NULL, gs_wrap_name(wrap),
+                    "set group member wrap");
+}
+
+static gs_err sq_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
+{
+    void *list = NULL;
+    gs_err err = read_group_rows(st, "SELECT email, role, cert_pem, added, wrap FROM members WHERE group_id = ? ORDER BY email",
+                                 group_id, sizeof(**out), 8, member_from_row, release_members, "list members", &list,
+                                 n);
+    *out = list;
+    return err;
+}
+
+static const struct gs_store_ops sq_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .change_stamp = sq_change_stamp,
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .ca_get = sq_ca_get,
+    .ca_put = sq_ca_put,
+    .group_add = sq_group_add,
+    .group_get = sq_group_get,
+    .group_list = sq_group_list,
+    .group_set_member_wrap = sq_group_set_member_wrap,
+    .group_key_add = sq_group_key_add,
+    .group_key_set_cert = sq_group_key_set_cert,
+    .group_key_retire = sq_group_key_retire,
+    .group_keys = sq_group_keys,
+    .secret_add = sq_secret_add,
+    .secrets = sq_secrets,
+    .secret_by_kek_id = sq_secret_by_kek_id,
+    .seal_key_put = sq_seal_key_put,
+    .seal_keys = sq_seal_keys,
+    .member_add = sq_member_add,
+    .member_remove = sq_member_remove,
+    .member_get = sq_member_get,
+    .member_list = sq_member_list,
+    .member_set_wrap = sq_member_set_wrap,
+};

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# server-exhaustion.sh BIN SRC: what one connection may hold, and running
+# out of descriptors, against a real server:
+#   - started with systemd's soft limit of 1024 descriptors, the server
+#     raises it (within the hard limit) to what its budgets may take;
+#   - a client without a certificate that pipelines requests and never reads
+#     the answers (slow-reader.py) is closed once it is more than one whole
+#     request ahead: memory per connection stays bounded;
+#   - with its descriptors used up (the limit lowered to 100, 300
+#     connections held open) the server rests its listeners instead of
+#     retrying accept(2) in a busy loop that logs each failure, and serves
+#     again once connections close.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+ulimit -Sn 1024
+start_server
+# The connections, and so the descriptor budget, are the network process's.
+net=$(srv_net_pid)
+[ -n "$net" ] || fail "no network process under serve"
+soft=$(awk '/^Max open files/ {print $4}' "/proc/$net/limits")
+if [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -gt 1024 ]; then
+  [ "$soft" -gt 1024 ] || fail "the server kept a soft descriptor limit of $soft"
+  ok "started with a soft descriptor limit of 1024, the server raised it to $soft"
+else
+  grep -q "descriptor limit is below" "$work/server.log" || fail "a hard limit of 1024 was not reported"
+  ok "a hard descriptor limit of 1024 is reported"
+fi
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+
+out=$(/usr/bin/python3 "$SRC/tests/adversarial/slow-reader.py" "$port" "$certs/tca.pem" "$net" 128) ||
+  fail "a client that never reads its answers: $out"
+ok "$out"
+kill -0 "$net" || fail "the network process died"
+expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+
+prlimit --pid "$net" --nofile=100:100 || fail "prlimit on the server"
+lines0=$(wc -l < "$work/server.log")
+/usr/bin/python3 - "$port" <<'PY' || fail "holding connections"
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) for _ in range(300)]
+time.sleep(3)
+for s in held:
+    s.close()
+PY
+logged=$(($(wc -l < "$work/server.log") - lines0))
+[ "$logged" -le 10 ] || fail "out of descriptors for 3 s, the server logged $logged lines: $(tail -n 2 "$work/server.log")"
+grep -q "cannot accept connections" "$work/server.log" || fail "running out of descriptors was not logged"
+ok "out of descriptors for 3 s: $logged lines logged, no busy loop"
+wait_healthz || fail "healthz after the connections closed: $(cat "$work/body")"
+ok "serving again once the connections closed"
+stop_server

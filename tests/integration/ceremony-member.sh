@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# ceremony-member.sh BIN SRC: option C end to end. Group eng allows
+# local-key; alice makes a transport key on her OWN SoftHSM token with
+# groupmail, the group's administrator exports the group key to it (user
+# PIN and SO PIN), alice imports it (checked against the group CA) and
+# decrypts a message sent to the group with no server running at all.
+# Refusals on her side leave her token as it was. Then alice is removed:
+# `member remove` rotates the group key and says so, and the next message
+# (to the new version) does not decrypt with her old copy. Both sides
+# record the ceremony: the server's audit log, alice's ceremony.jsonl.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/ceremony-lib.sh"
+
+mkserver groups
+mktoken alice
+
+# ---- the group server (never started: option C needs none) ----
+gs_groups ca init --key rsa:2048 >/dev/null
+expect 1 "local-key without --replicable is refused" -- gs_groups group create bad --address bad@example.org \
+  --key rsa:2048 --methods tls,local-key
+expect_msg "needs --replicable"
+gs_groups ca show > "$work/ca.pem"
+gs_groups group create eng --address eng@example.org --key rsa:2048 --replicable \
+  --methods tls,recipient-key,local-key >/dev/null
+for m in alice bob; do gs_groups member add eng "$m@example.org" --issue-cert --out "$work" >/dev/null; done
+gs_groups group show eng --cert > "$work/eng-v1.pem"
+gs_groups group show eng | grep -q "methods: *tls,recipient-key,local-key" || fail "group show lacks local-key"
+
+# ---- alice's groupmail, her own token ----
+export HOME=$work/home XDG_CONFIG_HOME= XDG_DATA_HOME=
+unset GROUPMAIL_CONFIG GROUPMAIL_SERVER GROUPMAIL_GROUP GROUPMAIL_CERT GROUPMAIL_KEY GROUPMAIL_CACERT || true
+mkdir -p "$HOME/.config/groupmail"
+cat > "$HOME/.config/groupmail/config" <<CONF
+[server]
+group_ca = $work/ca.pem
+[hsm]
+module = $module
+pin_source = $work/tok-alice/user-pin
+CONF
+gm() { SOFTHSM2_CONF=$work/tok-alice/softhsm2.conf "$BIN/groupmail" "$@"; }
+tok=pkcs11:token=alice
+
+expect 0 "keys transport-key on alice's token" -- gm keys transport-key --token "$tok" --out "$work/alice-t.pem"
+fp=$(fingerprint "$work/alice-t.pem")
+grep -q "sha256 $(echo "$fp" | sed 's/..../& /g; s/ $//')" "$work/out" || fail "no spoken fingerprint: $(cat "$work/out")"
+expect 0 "group export eng to alice's transport key" -- \
+  gs_groups group export eng --to "$work/alice-t.pem" --out "$work/eng-alice.gsk"
+audit_has "$work/groups/audit.jsonl" group-export ok "$fp" '"key_versions":\[1\]'
+
+# ---- refusals on alice's side: her token unchanged ----
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=other CA" -keyout "$work/o.key" \
+  -out "$work/other-ca.pem" 2>/dev/null
+refused alice 5 "import checked against another CA" -- \
+  gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok" --group-ca "$work/other-ca.pem"
+cp "$work/eng-alice.gsk" "$work/bad.gsk"
+printf 'X' | dd of="$work/bad.gsk" bs=1 seek=$(($(stat -c %s "$work/bad.gsk") / 2)) conv=notrunc status=none
+refused alice 5 "import of a changed file" -- gm keys import-group-key --in "$work/bad.gsk" --token "$tok"
+gs_groups token transport-key --out "$work/server-t.pem" >/dev/null
+gs_groups group export eng --to "$work/server-t.pem" --out "$work/not-alice.gsk" >/dev/null
+refused alice 1 "import of a file made for another transport key" -- \
+  gm keys import-group-key --in "$work/not-alice.gsk" --token "$tok"
+expect_msg "transport key"
+
+# ---- the copy on alice's token ----
+expect 0 "keys import-group-key on alice's token" -- \
+  gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
+grep -q "object=gs:group:eng:v1" "$work/out" || fail "import does not name the key URI: $(cat "$work/out")"
+objects alice > "$work/alice.objs"
+[ "$(field "$work/alice.objs" gs:group:eng:v1 Access)" = sensitive ] || fail "alice's copy is extractable"
+[ "$(field "$work/alice.objs" gs:group:eng:v1 Usage)" = decrypt ] || fail "alice's copy is not decrypt only"
+refused alice 1 "the same version again" -- gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
+expect_msg "already has"
+
+# ---- decrypt with no server running ----
+printf 'Subject: option C\n\nread on my own token, no server asked\n' > "$work/m1.txt"
+openssl cms -encrypt -binary -aes-256-gcm -recip "$work/eng-v1.pem" -keyopt rsa_padding_mode:oaep \
+  -in "$work/m1.txt" -out "$work/m1.smime" 2>/dev/null
+gk="pkcs11:token=alice;object=gs:group:eng:v1;type=private"
+# A server URL that answers nothing: local-key never asks it.
+dead=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+expect 0 "decrypt --via local-key, no server running" -- gm decrypt --via local-key --group-key "$gk" \
+  --server "https://127.0.0.1:$dead" --group eng --in "$work/m1.smime" --out "$work/m1.out"
+cmp -s "$work/m1.out" "$work/m1.txt" || fail "local-key: plaintext differs"
+
+# ---- removal rotates the group key ----
+expect 0 "member remove alice" -- gs_groups member remove eng alice@example.org
+grep -q "group key rotated to version 2" "$work/out" || fail "member remove does not say it rotated: $(cat "$work/out")"
+gs_groups group show eng --cert > "$work/eng-v2.pem"
+cmp -s "$work/eng-v1.pem" "$work/eng-v2.pem" && fail "the current group certificate did not change"
+printf 'Subject: after\n\nalice must not read this\n' > "$work/m2.txt"
+openssl cms -encrypt -binary -aes-256-gcm -recip "$work/eng-v2.pem" -keyopt rsa_padding_mode:oaep \
+  -in "$work/m2.txt" -out "$work/m2.smime" 2>/dev/null
+expect 5 "the next message does not decrypt with alice's old copy" -- \
+  gm decrypt --via local-key --group-key "$gk" --in "$work/m2.smime" --out "$work/m2.out"
+[ ! -e "$work/m2.out" ] || fail "a plaintext file was left"
+expect 0 "what alice could read before, she still can (SECURITY.md says so)" -- \
+  gm decrypt --via local-key --group-key "$gk" --in "$work/m1.smime" --out "$work/m1b.out"
+expect 0 "check after the rotation" -- gs_groups check
+
+# ---- alice's own record of the ceremony ----
+log=$HOME/.local/share/groupmail/ceremony.jsonl
+[ "$(stat -c %a "$log")" = 600 ] || fail "ceremony.jsonl is not 0600"
+grep '"action":"import-group-key"' "$log" | grep "$fp" | grep -q '"key_versions":\[1\]' ||
+  fail "alice's record lacks the import: $(cat "$log")"
+python3 - "$log" <<'PY' || fail "alice's ceremony.jsonl chain is broken"
+import hashlib, json, sys
+prev = "0" * 64
+for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
+    assert json.loads(line)["prev"] == prev
+    prev = hashlib.sha256(line).hexdigest()
+PY
+ok "alice's ceremony.jsonl records both steps and its hash chain holds"
+echo "all ceremony-member checks passed"
