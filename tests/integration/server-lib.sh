@@ -126,8 +126,10 @@ anon() { curl -sS --cacert "$certs/tca.pem" "$@"; }
 base=https://127.0.0.1:$port
 cbase=https://127.0.0.1:$cport
 
+# SRV_LAUNCH (optional): a command prefix that execs its argument, such as
+# "prlimit --nofile=100:100 --", so that serve starts under its limits.
 start_server() {
-  "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+  ${SRV_LAUNCH:-} "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
   srv_pid=$!
   for _ in $(seq 1 100); do
     if anon -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi
