@@ -68,7 +68,7 @@ struct schema {
 #define ANSWER (B(IPC_T_STATUS) | B(IPC_T_CODE) | B(IPC_T_MESSAGE) | B(IPC_T_RETRY) | B(IPC_T_GEN))
 
 static const struct schema requests[IPC_REQ_END] = {
-    [IPC_VIEW] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_GEN), B(IPC_T_GROUP), 0},
+    [IPC_VIEW] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_GEN) | B(IPC_T_FLAGS), B(IPC_T_GROUP), 0},
     [IPC_UNWRAP] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_ITEM), CALLER_REQ | B(IPC_T_GROUP), B(IPC_T_ITEM)},
     [IPC_REWRAP] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_TO) | B(IPC_T_ITEM),
                     CALLER_REQ | B(IPC_T_GROUP) | B(IPC_T_TO) | B(IPC_T_ITEM), 0},

@@ -1412,9 +1412,12 @@ static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
     ipc_put_str(&j->reply, IPC_T_KEY_POLICY, policy);
     free(policy);
     ipc_put_u32(&j->reply, IPC_T_WRAP, (uint32_t)gi->member_wrap);
-    /* Probed on the token once per cached load; left out when the token
-     * cannot say now (clients then treat it as not said). */
-    unsigned kts = gcache_key_transports(w->gc, w->kh->hsm, g);
+    /* For discovery only (a probe is a private-key operation): probed on
+     * the token once per cached load; left out when the token cannot say
+     * now (clients then treat it as not said). */
+    unsigned kts = ipc_u32(&j->msg, IPC_T_FLAGS, 0) & IPC_FLAG_KEY_TRANSPORTS
+                       ? gcache_key_transports(w->gc, w->kh->hsm, g)
+                       : 0;
     if (kts != 0)
         ipc_put_u32(&j->reply, IPC_T_KEY_TRANSPORTS, kts);
     const gs_group_secret_ref *sec = gs_group_current_secret(g);

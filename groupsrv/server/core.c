@@ -1173,9 +1173,14 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
     ipc_buf_init(&b);
     srv_ipc_begin(r, &b, IPC_VIEW);
     ipc_put_str(&b, IPC_T_GROUP, name);
-    /* "Not modified" only for a view that says all discovery says: one
-     * whose key transports the token could not tell is fetched whole. */
-    if (have != NULL && have->key_transports != 0)
+    /* Discovery asks for the key transports (a token probe, so only
+     * there), and takes "not modified" only for a view that has them: one
+     * fetched for another request, or whose key transports the token could
+     * not tell, is fetched whole. */
+    int discovery = r->ep == EP_DISCOVERY;
+    if (discovery)
+        ipc_put_u32(&b, IPC_T_FLAGS, IPC_FLAG_KEY_TRANSPORTS);
+    if (have != NULL && (!discovery || have->key_transports != 0))
         ipc_put_u64(&b, IPC_T_GEN, have->gen);
     (void)srv_call(r, &b, view_answer, 0);
 }

@@ -129,6 +129,10 @@ static void answer(const ipc_msg *m, ipc_buf *b)
         ipc_put_bytes(b, IPC_T_KEK_ID, bytes, 16);
         ipc_put_str(b, IPC_T_KEY_POLICY, "{\"rewrap\":\"token\",\"secret_keys\":\"token\",\"rejection_key\":\"none\","
                                          "\"weakenings\":[]}");
+        ipc_put_u32(b, IPC_T_WRAP, 2);
+        /* mood 3: the token could not say which key transports (left out) */
+        if (F.mood != 3)
+            ipc_put_u32(b, IPC_T_KEY_TRANSPORTS, IPC_KT_OAEP | IPC_KT_OAEP256 | IPC_KT_PKCS1V15);
         break;
     case IPC_UNWRAP:
     case IPC_REWRAP:
@@ -153,6 +157,7 @@ static void answer(const ipc_msg *m, ipc_buf *b)
         if (m->type == IPC_REWRAP) {
             ipc_put_u32(b, IPC_T_KEY_VERSION, 1);
             ipc_put_bytes(b, IPC_T_DER, bytes, 100);
+            ipc_put_str(b, IPC_T_EMAIL, "alice@example.org");
         }
         break;
     case IPC_SECRET_KEYS:
@@ -169,10 +174,13 @@ static void answer(const ipc_msg *m, ipc_buf *b)
             put_der(b, IPC_T_CERT, F.membership_cert);
         break;
     case IPC_HEALTH:
-        ipc_put_u32(b, IPC_T_STATUS, 200);
+        /* mood 3: the key holder cannot reach its database */
+        ipc_put_u32(b, IPC_T_STATUS, F.mood == 3 ? 503 : 200);
         ipc_put_str(b, IPC_T_TOKEN_STATE, "ok");
         ipc_put_str(b, IPC_T_AUDIT_STATE, "ok");
-        ipc_put_str(b, IPC_T_DB_STATE, "ok");
+        ipc_put_str(b, IPC_T_DB_STATE, F.mood == 3 ? "unavailable" : "ok");
+        if (F.mood == 3)
+            ipc_put_str(b, IPC_T_CODE, "db_unavailable");
         break;
     case IPC_STATS: {
         metrics_token t;
@@ -193,6 +201,7 @@ static void answer(const ipc_msg *m, ipc_buf *b)
             ipc_put_u32(b, IPC_T_ROLE, 1);
             ipc_put_u32(b, IPC_T_FLAGS, IPC_FLAG_HAS_CERT);
             ipc_put_u64(b, IPC_T_ADDED, 1);
+            ipc_put_u32(b, IPC_T_WRAP, (uint32_t)i);
             put_der(b, IPC_T_CERT, F.member_cert);
             ipc_nest_end(b);
         }
@@ -200,6 +209,7 @@ static void answer(const ipc_msg *m, ipc_buf *b)
     case IPC_MEMBER_DELETE:
         ipc_put_u32(b, IPC_T_STATUS, 200);
         ipc_put_u32(b, IPC_T_SECRET_VERSION, 3);
+        ipc_put_u32(b, IPC_T_KEY_VERSION, 2);
         break;
     case IPC_GROUP_CREATE:
         ipc_put_u32(b, IPC_T_STATUS, 201);

@@ -267,6 +267,102 @@ static void test_view_key_policy(void **state)
     ipc_buf_free(&b);
 }
 
+/* The fields main's issues 14 and 17 added: a member's wrap (member
+ * record, member put, group create and view), the key transports of a
+ * view (an answer only), each member's address beside its RecipientInfo
+ * in a rewrap answer, and the new key version a member removal made. */
+static void test_wrap_transports_members(void **state)
+{
+    static const unsigned char der[64] = {0x30, 0x3e};
+    ipc_buf b;
+    ipc_msg m, sub;
+    ipc_iter it;
+    ipc_val v;
+    size_t len;
+    const unsigned char *p;
+    (void)state;
+
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_VIEW | IPC_REPLY, 1);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_u32(&b, IPC_T_WRAP, 2);
+    ipc_put_u32(&b, IPC_T_KEY_TRANSPORTS, IPC_KT_OAEP | IPC_KT_PKCS1V15);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_VIEW | IPC_REPLY, 1, p, len, &m), IPC_OK);
+    assert_int_equal(ipc_u32(&m, IPC_T_KEY_TRANSPORTS, 0), IPC_KT_OAEP | IPC_KT_PKCS1V15);
+    assert_int_equal(ipc_u32(&m, IPC_T_WRAP, 0), 2);
+    /* The network process cannot tell the key holder what a key accepts. */
+    ipc_begin(&b, IPC_VIEW, 2);
+    ipc_put_str(&b, IPC_T_GROUP, "eng");
+    ipc_put_u32(&b, IPC_T_KEY_TRANSPORTS, IPC_KT_PKCS1V15);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_VIEW, 2, p, len, &m), IPC_E_FIELD);
+
+    ipc_begin(&b, IPC_MEMBER_PUT, 3);
+    ipc_put_u32(&b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
+    ipc_put_str(&b, IPC_T_IDENTITY, "admin@example.org");
+    ipc_put_str(&b, IPC_T_GROUP, "eng");
+    ipc_put_str(&b, IPC_T_EMAIL, "bob@example.org");
+    ipc_put_u32(&b, IPC_T_WRAP, 1);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_MEMBER_PUT, 3, p, len, &m), IPC_OK);
+    assert_int_equal(ipc_u32(&m, IPC_T_WRAP, 0), 1);
+
+    ipc_begin(&b, IPC_MEMBERS | IPC_REPLY, 4);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_nest_begin(&b, IPC_T_MEMBER);
+    ipc_put_str(&b, IPC_T_EMAIL, "bob@example.org");
+    ipc_put_u32(&b, IPC_T_ROLE, 1);
+    ipc_put_u32(&b, IPC_T_WRAP, 2);
+    ipc_nest_end(&b);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_MEMBERS | IPC_REPLY, 4, p, len, &m), IPC_OK);
+    ipc_iter_init(&it, &m, IPC_T_MEMBER);
+    assert_int_equal(ipc_iter_next(&it, NULL, &sub), 1);
+    assert_int_equal(ipc_u32(&sub, IPC_T_WRAP, 0), 2);
+
+    /* members: a RecipientInfo and an address each, in order */
+    ipc_begin(&b, IPC_REWRAP | IPC_REPLY, 5);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_u32(&b, IPC_T_KEY_VERSION, 1);
+    ipc_put_bytes(&b, IPC_T_DER, der, sizeof(der));
+    ipc_put_str(&b, IPC_T_EMAIL, "alice@example.org");
+    ipc_put_bytes(&b, IPC_T_DER, der, sizeof(der));
+    ipc_put_str(&b, IPC_T_EMAIL, "bob@example.org");
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_REWRAP | IPC_REPLY, 5, p, len, &m), IPC_OK);
+    assert_int_equal(m.count[IPC_T_DER], 2);
+    assert_int_equal(m.count[IPC_T_EMAIL], 2);
+    ipc_iter_init(&it, &m, IPC_T_EMAIL);
+    assert_int_equal(ipc_iter_next(&it, &v, NULL), 1);
+    assert_string_equal((const char *)v.p, "alice@example.org");
+    assert_int_equal(ipc_iter_next(&it, &v, NULL), 1);
+    assert_string_equal((const char *)v.p, "bob@example.org");
+    assert_int_equal(ipc_iter_next(&it, &v, NULL), 0);
+    /* an address is still an address: no control bytes, within its cap */
+    ipc_begin(&b, IPC_REWRAP | IPC_REPLY, 6);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_str(&b, IPC_T_EMAIL, "bob\n@example.org");
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_REWRAP | IPC_REPLY, 6, p, len, &m), IPC_E_FIELD);
+
+    ipc_begin(&b, IPC_MEMBER_DELETE | IPC_REPLY, 7);
+    ipc_put_u32(&b, IPC_T_STATUS, 200);
+    ipc_put_u32(&b, IPC_T_SECRET_VERSION, 3);
+    ipc_put_u32(&b, IPC_T_KEY_VERSION, 2);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    p = payload(&b, &len);
+    assert_int_equal(ipc_decode(IPC_MEMBER_DELETE | IPC_REPLY, 7, p, len, &m), IPC_OK);
+    assert_int_equal(ipc_u32(&m, IPC_T_KEY_VERSION, 0), 2);
+    ipc_buf_free(&b);
+}
+
 /* Frames and descriptors over a stream socket, as the supervisor sends
  * them: each descriptor is taken with its frame. */
 static void test_control_channel(void **state)
@@ -435,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_encoder_caps),
         cmocka_unit_test(test_view_key_policy),
+        cmocka_unit_test(test_wrap_transports_members),
         cmocka_unit_test(test_control_channel),
         cmocka_unit_test(test_ev_write_fill),
         cmocka_unit_test(test_evbuffer),
