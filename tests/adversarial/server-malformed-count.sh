@@ -5,11 +5,13 @@
 # counting every PKCS#11 call (GS_P11FAULT_COUNTS): none of these requests
 # may make a single token call. A good unwrap afterwards must (the counter
 # counts), and a flood of /healthz probes makes at most one token check a
-# second. One event-loop thread: each thread loads a group's keys from the
-# token once (its cache), whoever asks first; with one thread the warm-up
-# request is that first one, so every call counted below is the request's.
+# second. One event-loop thread and one token worker: each token worker of
+# the key holder loads a group's keys from the token once (its cache),
+# whoever asks first (a refusal too: the key holder loads the group to
+# check membership); with one worker the warm-up request is that first
+# one, so every call counted below is the request's.
 set -euo pipefail
-BIN=$1 SRC=$2 SRV_MODULE=$3 SRV_THREADS=1
+BIN=$1 SRC=$2 SRV_MODULE=$3 SRV_THREADS=1 SRV_WORKERS=1
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
 . "$SRC/tests/integration/server-lib.sh"
 counts=$work/p11.counts
