@@ -647,6 +647,12 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     util_strlcpy(m->group.keyspec, g->algorithm, sizeof(m->group.keyspec));
     m->group.allow_pkcs1v15 = g->allow_pkcs1v15;
     m->group.replicable = true;
+    util_strlcpy(m->group.member_wrap, gs_wrap_name(g->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15),
+                 sizeof(m->group.member_wrap));
+    if (g->policy != NULL && util_strlcpy(m->group.policy, g->policy, sizeof(m->group.policy)) != UTIL_OK) {
+        err = gs_err_set(GS_ERR_STATE, "group %s: its key policy is too long to ship", g->name);
+        goto refused;
+    }
     rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
     goto out;
 refused:
@@ -715,6 +721,7 @@ static gs_err file_group(const gsk_manifest *m, gs_store_group *row, unsigned *m
 {
     hsm_key_type type;
     unsigned bits;
+    gs_policy policy;
 
     memset(row, 0, sizeof(*row));
     if (!gs_valid_group_name(m->group.name) || !gs_valid_email(m->group.address))
@@ -731,6 +738,12 @@ static gs_err file_group(const gsk_manifest *m, gs_store_group *row, unsigned *m
     row->algorithm = (char *)m->group.keyspec;
     row->allow_pkcs1v15 = m->group.allow_pkcs1v15;
     row->replicable = true;
+    /* The group as it was decided at its creation, not this server's defaults. */
+    if (m->group.member_wrap[0] != '\0' && gs_wrap_parse(m->group.member_wrap, &row->member_wrap) != GS_OK)
+        return gs_err_set(GS_ERR_ARGS, "the file's member_wrap %s is not oaep or pkcs1v15", m->group.member_wrap);
+    if (gs_policy_parse(m->group.policy, &policy) != GS_OK)
+        return gs_err_set(GS_ERR_ARGS, "the file's key policy \"%s\" is not one this server knows", m->group.policy);
+    row->policy = (char *)m->group.policy;
     return GS_OK;
 }
 

@@ -105,6 +105,8 @@ typedef struct gsk_manifest {
         char keyspec[16];      /* "rsa:3072" */
         bool allow_pkcs1v15;
         bool replicable;
+        char member_wrap[16];  /* "oaep" or "pkcs1v15"; "" in files from before it was shipped */
+        char policy[128];      /* the group's key policy text (groupsrv/policy.h); "" = none recorded */
     } group;
     gsk_key *entries;          /* n_entries (1..GSK_KEYS_MAX) */
     size_t n_entries;

@@ -297,6 +297,15 @@ static gsk_err manifest_json(const gsk_manifest *m, char **text)
     /* A CA shipment belongs to no group. */
     if (m->group.name[0] == '\0' && json_object_del(root, "group") != 0)
         goto out;
+    /* What the receiving server records for the group beside its keys. */
+    if (m->group.name[0] != '\0') {
+        json_t *g = json_object_get(root, "group");
+        if (m->group.member_wrap[0] != '\0' &&
+            json_object_set_new(g, "member_wrap", json_string(m->group.member_wrap)) != 0)
+            goto out;
+        if (json_object_set_new(g, "policy", json_string(m->group.policy)) != 0)
+            goto out;
+    }
     /* Indented: readable once cut out of the file (docs/operations.md). */
     if ((*text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
         goto out;
@@ -458,9 +467,11 @@ static gsk_err parse_key(json_t *o, gsk_key *k)
 
 static gsk_err parse_group(json_t *g, gsk_manifest *m)
 {
-    static const char *const allowed[] = {"name", "address", "methods", "key", "allow_pkcs1v15", "replicable", NULL};
+    static const char *const allowed[] = {"name",       "address",     "methods", "key", "allow_pkcs1v15",
+                                          "replicable", "member_wrap", "policy",  NULL};
     json_t *meth = json_object_get(g, "methods"), *v15 = json_object_get(g, "allow_pkcs1v15"),
-           *rep = json_object_get(g, "replicable");
+           *rep = json_object_get(g, "replicable"), *wrap = json_object_get(g, "member_wrap"),
+           *pol = json_object_get(g, "policy");
     size_t used = 0;
     gsk_err err;
 
@@ -475,6 +486,16 @@ static gsk_err parse_group(json_t *g, gsk_manifest *m)
         return gsk_fail(GSK_ERR_FORMAT, "manifest: group methods, allow_pkcs1v15 or replicable malformed");
     m->group.allow_pkcs1v15 = json_is_true(v15);
     m->group.replicable = json_is_true(rep);
+    /* Both optional: files from before they were shipped lack them. */
+    if (wrap != NULL && ((err = get_str(g, "member_wrap", m->group.member_wrap, sizeof(m->group.member_wrap))) ||
+                         (strcmp(m->group.member_wrap, "oaep") != 0 && strcmp(m->group.member_wrap, "pkcs1v15") != 0)))
+        return gsk_fail(GSK_ERR_FORMAT, "manifest: group member_wrap must be \"oaep\" or \"pkcs1v15\"");
+    if (pol != NULL) {
+        const char *s = json_string_value(pol);
+        if (s == NULL || strlen(s) >= sizeof(m->group.policy) || !printable(s))
+            return gsk_fail(GSK_ERR_FORMAT, "manifest: group policy malformed");
+        memcpy(m->group.policy, s, strlen(s) + 1);
+    }
     for (size_t i = 0; i < json_array_size(meth); i++) {
         const char *s = json_string_value(json_array_get(meth, i));
         size_t n = s != NULL ? strlen(s) : 0;

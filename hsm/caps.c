@@ -248,7 +248,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
     pthread_rwlock_unlock(&ctx->life_mu);
     if (gen1 != gen0) {
         *reinit = true;
-        snprintf(why, whycap, "%s on a session key broke the module's connection (%s); re-initialised", name,
+        snprintf(why, whycap, "%s on a session key broke the module's connection (%.60s); re-initialised", name,
                  hsm_last_error_detail());
         return HSM_ATTR_NO;
     }

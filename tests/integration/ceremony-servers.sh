@@ -73,6 +73,11 @@ audit_has "$work/alpha/audit.jsonl" group-export "opening token"
 audit_has "$work/alpha/audit.jsonl" group-export "group plain is not replicable"
 
 # ---- the export ----
+# The group's own settings travel with its keys: a member wrap other than
+# the default, and the key policy, must come out the same on beta.
+gs_alpha group set eng --wrap oaep >/dev/null
+gs_alpha group show eng | grep -E '^(member wrap|key policy):' > "$work/alpha-settings"
+grep -q "member wrap: *oaep" "$work/alpha-settings" || fail "group set --wrap oaep not shown: $(cat "$work/alpha-settings")"
 expect 0 "group export eng --all (user PIN and SO PIN)" -- \
   gs_alpha group export eng --all --to "$work/beta-transport.pem" --out "$work/eng.gsk"
 grep -q "key versions: 1 (gs:group:eng:v1), 2 (gs:group:eng:v2)" "$work/out" || fail "export output: $(cat "$work/out")"
@@ -154,6 +159,10 @@ for v in 1 2; do
 done
 [ "$(field "$work/beta.objs" gs:reject:eng Access)" = "sensitive" ] || fail "the rejection key copy is extractable"
 ok "the copies read back sensitive and not extractable, with the same labels and CKA_IDs"
+gs_beta group show eng | grep -E '^(member wrap|key policy):' > "$work/beta-settings"
+cmp -s "$work/alpha-settings" "$work/beta-settings" ||
+  fail "the imported group's member wrap or key policy differs: alpha: $(cat "$work/alpha-settings"); beta: $(cat "$work/beta-settings")"
+ok "the imported group keeps its member wrap (oaep) and key policy"
 refused beta 3 "import of key versions already present" -- \
   gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "already"

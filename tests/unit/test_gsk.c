@@ -124,6 +124,8 @@ static gsk_manifest *sample(void)
     util_strlcpy(m->group.methods, "tls,recipient-key,local-key", sizeof(m->group.methods));
     util_strlcpy(m->group.keyspec, "rsa:2048", sizeof(m->group.keyspec));
     m->group.replicable = true;
+    util_strlcpy(m->group.member_wrap, "oaep", sizeof(m->group.member_wrap));
+    util_strlcpy(m->group.policy, "rewrap=token,secrets=token,reject=token", sizeof(m->group.policy));
     m->complete = true;
     for (size_t i = 0; i < 4; i++) {
         gsk_key *k = &m->entries[i];
@@ -171,6 +173,8 @@ static void test_roundtrip(void **state)
         assert_string_equal(got->transport_sha256, want->transport_sha256);
         assert_string_equal(got->group.methods, "tls,recipient-key,local-key");
         assert_true(got->group.replicable && !got->group.allow_pkcs1v15 && got->complete);
+        assert_string_equal(got->group.member_wrap, "oaep");
+        assert_string_equal(got->group.policy, "rewrap=token,secrets=token,reject=token");
         assert_int_equal(got->kek_hash, HSM_OAEP_SHA1);
         assert_int_equal(got->wrapped_kek_len, 384);
         assert_int_equal(got->n_entries, 4);
@@ -330,6 +334,10 @@ static void test_malformed_manifests(void **state)
         {"\"wrapped\": \"", "\"wrapped\": \"!"},
         {"\"keys\": [", "\"keys\": 1, \"k\": ["},
         {"\"complete\": true", "\"complete\": \"yes\""},
+        {"\"member_wrap\": \"oaep\"", "\"member_wrap\": \"rsa\""},
+        {"\"member_wrap\": \"oaep\"", "\"member_wrap\": 1"},
+        {"\"policy\": \"rewrap", "\"policy\": \"\\nrewrap"},
+        {"\"policy\": \"rewrap", "\"policy\": [\"rewrap\"], \"x\": \"rewrap"},
     };
 
     (void)state;
