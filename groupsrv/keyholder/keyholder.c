@@ -51,6 +51,8 @@ struct kh_io {
     int ctl_fd;
     ipc_reader ctl;
     struct event *ctl_ev, *term_ev, *int_ev, *hup_ev;
+    struct event *stop_ev;     /* the deadline of a stop that waits for the network process */
+    int stop_requested;
     pthread_mutex_t mu;        /* the links' job lists, the held list */
     struct kh_job *held_head, *held_tail; /* waiting for their audit records */
     int stopping;
@@ -336,6 +338,48 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     refuse(l, type | IPC_REPLY, cookie, 503, retry, "overloaded", "the key token is busy; try again later");
 }
 
+/* ---- stopping ---------------------------------------------------------------------- */
+
+/* How long a stopping key holder keeps answering a network process that
+ * is still draining its requests (it drains for at most 10 s). */
+#define STOP_WAIT_S 15
+
+static int links_open(const struct kh_io *io)
+{
+    for (unsigned i = 0; i < io->nlinks; i++)
+        if (io->links[i].fd >= 0)
+            return 1;
+    return 0;
+}
+
+static void stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct kh_io *io = arg;
+    (void)fd; (void)what;
+    log_warn("the network process did not close its links in time: stopping");
+    event_base_loopbreak(io->base);
+}
+
+/* SIGTERM or the supervisor gone. When the supervisor stops its children
+ * in order, the network process has gone and closed its links: stop now.
+ * When it died (kill -9), both children hear it at once: keep answering
+ * until the network process has drained its in-flight requests and
+ * closed its links (at most STOP_WAIT_S), so that none of them gets 503
+ * for a key holder that could still answer. */
+static void request_stop(struct kh_io *io)
+{
+    struct timeval tv = {STOP_WAIT_S, 0};
+
+    io->stop_requested = 1;
+    if (!links_open(io)) {
+        event_base_loopbreak(io->base);
+        return;
+    }
+    if (io->stop_ev == NULL && ((io->stop_ev = evtimer_new(io->base, stop_deadline_cb, io)) == NULL ||
+                                evtimer_add(io->stop_ev, &tv) != 0))
+        event_base_loopbreak(io->base);
+}
+
 static void link_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct kh_link *l = arg;
@@ -345,6 +389,8 @@ static void link_read_cb(evutil_socket_t fd, short what, void *arg)
     if (rc == IPC_E_CLOSED || rc == IPC_E_IO) {
         log_info("the network process closed its link link=%u", l->index);
         link_close(l);
+        if (l->kh->io->stop_requested && !links_open(l->kh->io))
+            event_base_loopbreak(l->kh->io->base);
         return;
     }
     if (rc != IPC_OK) {
@@ -429,7 +475,8 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
     rc = ipc_reader_fill(&io->ctl, fd);
     if (rc == IPC_E_CLOSED || (rc != IPC_OK && rc != IPC_E_NOMEM)) {
         log_error("the supervisor is gone: stopping");
-        event_base_loopbreak(io->base);
+        event_del(io->ctl_ev);
+        request_stop(io);
         return;
     }
     while ((rc = ipc_reader_peek(&io->ctl, &frame, &flen)) == 1) {
@@ -460,7 +507,7 @@ static void term_cb(evutil_socket_t sig, short what, void *arg)
     struct kh_io *io = arg;
     (void)what;
     log_info("key holder shutting down signal=%d", (int)sig);
-    event_base_loopbreak(io->base);
+    request_stop(io);
 }
 
 /* SIGHUP, forwarded by the supervisor. The [tls] key is found again when
@@ -739,7 +786,7 @@ out:
     }
     for (unsigned i = 0; i < io.nlinks; i++)
         link_fini(&io.links[i]);
-    struct event *evs[] = {io.ctl_ev, io.term_ev, io.int_ev, io.hup_ev};
+    struct event *evs[] = {io.ctl_ev, io.term_ev, io.int_ev, io.hup_ev, io.stop_ev};
     for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
         if (evs[i] != NULL)
             event_free(evs[i]);
