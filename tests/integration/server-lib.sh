@@ -133,7 +133,7 @@ start_server() {
   srv_pid=$!
   for _ in $(seq 1 100); do
     if anon -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi
-    kill -0 "$srv_pid" 2>/dev/null || fail "server exited at start"
+    kill -0 "$srv_pid" 2>/dev/null || fail "server exited at start: $(tail -n 5 "$work/server.log")"
     sleep 0.1
   done
   fail "server did not become healthy"
