@@ -639,6 +639,26 @@ int ipc_reader_take_fd(ipc_reader *r)
     return fd;
 }
 
+int ipc_reader_each(ipc_reader *r, int sock, ipc_ctl_fn on_frame, void *arg)
+{
+    const unsigned char *frame;
+    size_t flen;
+    int rc = ipc_reader_fill(r, sock);
+
+    if (rc != IPC_OK && rc != IPC_E_NOMEM)
+        return rc;
+    while ((rc = ipc_reader_peek(r, &frame, &flen)) == 1) {
+        uint32_t type, plen;
+        uint64_t cookie;
+        ipc_msg m;
+        ipc_header(frame, &type, &plen, &cookie);
+        int ok = ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) == IPC_OK;
+        on_frame(arg, type, ok ? &m : NULL);
+        ipc_reader_consume(r, flen);
+    }
+    return rc < 0 ? rc : IPC_OK;
+}
+
 /* ---- libevent channels ------------------------------------------------------ */
 
 int ipc_ev_next(struct evbuffer *in, uint32_t *type, uint64_t *cookie, unsigned char **payload, size_t *len)
@@ -697,6 +717,24 @@ int ipc_ev_fill(int fd, struct evbuffer *in)
     /* Answers carry content keys. */
     if (n > 0)
         OPENSSL_cleanse(buf, (size_t)n);
+    return rc;
+}
+
+int ipc_ev_read_frames(int fd, struct evbuffer *in, ipc_frame_fn on_frame, void *arg)
+{
+    int rc = ipc_ev_fill(fd, in);
+
+    while (rc == IPC_OK) {
+        uint32_t type = 0;
+        uint64_t cookie = 0;
+        unsigned char *payload = NULL;
+        size_t len = 0;
+        int got = ipc_ev_next(in, &type, &cookie, &payload, &len);
+        if (got <= 0)
+            return got; /* 0 (IPC_OK): the rest of a frame is still to come */
+        if (on_frame(arg, type, cookie, payload, len) != 0)
+            return IPC_OK; /* the link is gone or new: its buffer is not ours to read */
+    }
     return rc;
 }
 

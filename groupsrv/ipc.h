@@ -267,6 +267,14 @@ int ipc_reader_peek(ipc_reader *r, const unsigned char **frame, size_t *frame_le
 void ipc_reader_consume(ipc_reader *r, size_t n);
 /* The oldest received descriptor not yet taken, or -1. */
 int ipc_reader_take_fd(ipc_reader *r);
+/* A readable control channel: one ipc_reader_fill, then every whole frame
+ * to on_frame in order, decoded (m is NULL when the frame is malformed;
+ * it borrows the reader's buffer until on_frame returns; descriptors
+ * passed with it are taken with ipc_reader_take_fd). IPC_OK (also when
+ * out of memory for now), or what ends the channel: IPC_E_CLOSED,
+ * IPC_E_IO, IPC_E_FRAME. */
+typedef void (*ipc_ctl_fn)(void *arg, uint32_t type, const struct ipc_msg *m);
+int ipc_reader_each(ipc_reader *r, int sock, ipc_ctl_fn on_frame, void *arg);
 
 /* ---- libevent channels (the links between the network process and the
  * key holder) ------------------------------------------------------------ */
@@ -283,6 +291,14 @@ void ipc_payload_free(unsigned char *payload, size_t len); /* wipes */
  * IPC_E_NOMEM. One read per wakeup, so that a busy channel cannot keep an
  * event loop from its others. */
 int ipc_ev_fill(int fd, struct evbuffer *in);
+/* A readable link: one ipc_ev_fill, then every whole frame in `in`, in
+ * order, to on_frame, which owns the payload (free it with
+ * ipc_payload_free) and returns 0 to go on or nonzero when it closed or
+ * replaced the link (nothing more is read then). IPC_OK, or what ends the
+ * link: IPC_E_CLOSED, IPC_E_IO, IPC_E_NOMEM, or IPC_E_FRAME (a header
+ * that cannot be trusted); the caller closes it. */
+typedef int (*ipc_frame_fn)(void *arg, uint32_t type, uint64_t cookie, unsigned char *payload, size_t len);
+int ipc_ev_read_frames(int fd, struct evbuffer *in, ipc_frame_fn on_frame, void *arg);
 /* Sends a finished frame on a non-blocking socket whose unsent bytes wait
  * in out: written at once as far as the socket takes it when out is empty,
  * the rest appended to out (wiped once written). 1 when out holds bytes

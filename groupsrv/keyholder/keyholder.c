@@ -380,42 +380,32 @@ static void request_stop(struct kh_io *io)
         event_base_loopbreak(io->base);
 }
 
+static int link_frame(void *arg, uint32_t type, uint64_t cookie, unsigned char *payload, size_t len)
+{
+    struct kh_link *l = arg;
+
+    handle_frame(l, type, cookie, payload, len);
+    return l->fd < 0;
+}
+
 static void link_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct kh_link *l = arg;
-    int rc = ipc_ev_fill(fd, l->in);
+    int rc = ipc_ev_read_frames(fd, l->in, link_frame, l);
     (void)what;
 
-    if (rc == IPC_E_CLOSED || rc == IPC_E_IO) {
+    if (rc == IPC_OK)
+        return;
+    if (rc == IPC_E_CLOSED || rc == IPC_E_IO)
         log_info("the network process closed its link link=%u", l->index);
-        link_close(l);
-        if (l->kh->io->stop_requested && !links_open(l->kh->io))
-            event_base_loopbreak(l->kh->io->base);
-        return;
-    }
-    if (rc != IPC_OK) {
+    else if (rc == IPC_E_NOMEM)
         log_error("out of memory reading a link: closing it link=%u", l->index);
-        link_close(l);
-        return;
-    }
-    for (;;) {
-        uint32_t type = 0;
-        uint64_t cookie = 0;
-        unsigned char *payload = NULL;
-        size_t len = 0;
-        rc = ipc_ev_next(l->in, &type, &cookie, &payload, &len);
-        if (rc == 0)
-            return;
-        if (rc < 0) {
-            log_error("unusable frame from the network process: closing the link link=%u reason=\"%s\"", l->index,
-                      ipc_strerror(rc));
-            link_close(l);
-            return;
-        }
-        handle_frame(l, type, cookie, payload, len);
-        if (l->fd < 0)
-            return;
-    }
+    else
+        log_error("unusable frame from the network process: closing the link link=%u reason=\"%s\"", l->index,
+                  ipc_strerror(rc));
+    link_close(l);
+    if (l->kh->io->stop_requested && !links_open(l->kh->io))
+        event_base_loopbreak(l->kh->io->base);
 }
 
 static int link_init(struct kh *kh, struct kh_link *l, unsigned index)
@@ -464,42 +454,38 @@ static int link_open(struct kh_io *io, unsigned index, int fd)
 
 /* ---- the control channel ----------------------------------------------------- */
 
+static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
+{
+    struct kh_io *io = arg;
+
+    if (type != IPC_CTL_LINK || m == NULL)
+        return;
+    uint32_t index = ipc_u32(m, IPC_T_INDEX, UINT32_MAX);
+    int lfd = ipc_reader_take_fd(&io->ctl);
+    if (index < io->nlinks && lfd >= 0) {
+        if (link_open(io, index, lfd) == 0)
+            log_info("new link from a restarted network process link=%u", (unsigned)index);
+    } else if (lfd >= 0) {
+        close(lfd);
+    }
+}
+
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct kh_io *io = arg;
-    const unsigned char *frame;
-    size_t flen;
-    int rc;
+    int rc = ipc_reader_each(&io->ctl, fd, ctl_frame, io);
     (void)what;
 
-    rc = ipc_reader_fill(&io->ctl, fd);
-    if (rc == IPC_E_CLOSED || (rc != IPC_OK && rc != IPC_E_NOMEM)) {
-        log_error("the supervisor is gone: stopping");
-        event_del(io->ctl_ev);
-        request_stop(io);
+    if (rc == IPC_OK)
         return;
-    }
-    while ((rc = ipc_reader_peek(&io->ctl, &frame, &flen)) == 1) {
-        uint32_t type, plen;
-        uint64_t cookie;
-        ipc_msg m;
-        ipc_header(frame, &type, &plen, &cookie);
-        if (type == IPC_CTL_LINK && ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) == IPC_OK) {
-            uint32_t index = ipc_u32(&m, IPC_T_INDEX, UINT32_MAX);
-            int lfd = ipc_reader_take_fd(&io->ctl);
-            if (index < io->nlinks && lfd >= 0) {
-                if (link_open(io, index, lfd) == 0)
-                    log_info("new link from a restarted network process link=%u", (unsigned)index);
-            } else if (lfd >= 0) {
-                close(lfd);
-            }
-        }
-        ipc_reader_consume(&io->ctl, flen);
-    }
-    if (rc < 0) {
+    event_del(io->ctl_ev); /* a closed channel stays readable */
+    if (rc == IPC_E_FRAME) {
         log_error("unusable control frame from the supervisor: stopping");
         event_base_loopbreak(io->base);
+        return;
     }
+    log_error("the supervisor is gone: stopping");
+    request_stop(io);
 }
 
 static void term_cb(evutil_socket_t sig, short what, void *arg)
@@ -665,8 +651,7 @@ static void drain(struct kh *kh)
     io->stopping = 1;
     tokenq_stop(kh->q); /* every queued job runs and is answered or held */
     kh->q = NULL;
-    if (kh->audit != NULL)
-        audit_syncer_stop(kh->audit); /* a last sync covers every record written */
+    syncer_stop(io); /* it answers everything held first */
     flush_held(io);
     pthread_mutex_lock(&io->mu);
     struct kh_job *left = io->held_head; /* none can be pending now; be sure */

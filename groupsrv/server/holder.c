@@ -134,37 +134,32 @@ static int deliver(khlink *l, uint32_t type, uint64_t cookie, const unsigned cha
     return 0;
 }
 
+static int read_frame(void *arg, uint32_t type, uint64_t cookie, unsigned char *payload, size_t len)
+{
+    khlink *l = arg;
+    int fd = l->fd;
+    int rc = deliver(l, type, cookie, payload, len);
+
+    ipc_payload_free(payload, len);
+    if (rc != 0) {
+        down(l, "malformed answer from the key holder");
+        return 1;
+    }
+    return l->fd != fd; /* a callback replaced or closed the link */
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     khlink *l = arg;
-    int rc = ipc_ev_fill(fd, l->in);
+    int rc = ipc_ev_read_frames(fd, l->in, read_frame, l);
     (void)what;
 
-    if (rc != IPC_OK) {
-        down(l, rc == IPC_E_CLOSED ? "the key holder closed the link" : rc == IPC_E_IO ? "link error" : "out of memory");
+    if (rc == IPC_OK)
         return;
-    }
-    for (;;) {
-        uint32_t type = 0;
-        uint64_t cookie = 0;
-        unsigned char *payload = NULL;
-        size_t len = 0;
-        rc = ipc_ev_next(l->in, &type, &cookie, &payload, &len);
-        if (rc == 0)
-            return;
-        if (rc < 0) {
-            down(l, "unusable frame from the key holder");
-            return;
-        }
-        rc = deliver(l, type, cookie, payload, len);
-        ipc_payload_free(payload, len);
-        if (rc != 0) {
-            down(l, "malformed answer from the key holder");
-            return;
-        }
-        if (l->fd != fd) /* a callback replaced or closed the link */
-            return;
-    }
+    down(l, rc == IPC_E_CLOSED ? "the key holder closed the link"
+            : rc == IPC_E_IO   ? "link error"
+            : rc == IPC_E_NOMEM ? "out of memory"
+                               : "unusable frame from the key holder");
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)

@@ -137,55 +137,49 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 }
 
 /* Frames from the supervisor while serving: TLS reloads and new links. */
+static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
+{
+    struct net *n = arg;
+    char err[512];
+
+    if (m == NULL) {
+        log_error("malformed control frame from the supervisor type=%u", (unsigned)type);
+    } else if (type == IPC_CTL_TLS) {
+        if (tls_install(n, m, 1, err, sizeof(err)) == 0)
+            log_info("reloaded TLS certificate, key, client CAs and CRLs");
+        else
+            log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
+    } else if (type == IPC_CTL_LINK) {
+        uint32_t i = ipc_u32(m, IPC_T_INDEX, UINT32_MAX);
+        int lfd = ipc_reader_take_fd(&n->ctl);
+        if (lfd < 0)
+            log_error("a new link came without its descriptor");
+        else if (i == n->srv.nthreads) {
+            if (khlink_attach(n->link, lfd) != 0)
+                log_error("cannot use the new main link");
+        } else if (i < n->srv.nthreads) {
+            srv_thread_relink(&n->srv, i, lfd);
+        } else {
+            close(lfd);
+        }
+        if (i == n->srv.nthreads)
+            log_info("links to a restarted key holder received");
+    }
+}
+
 static void on_ctl(evutil_socket_t fd, short what, void *arg)
 {
     struct net *n = arg;
-    const unsigned char *frame;
-    size_t flen;
-    int rc;
-    char err[512];
+    int rc = ipc_reader_each(&n->ctl, fd, ctl_frame, n);
     (void)what;
 
-    rc = ipc_reader_fill(&n->ctl, fd);
-    if (rc == IPC_E_CLOSED || (rc != IPC_OK && rc != IPC_E_NOMEM)) {
-        log_error("the supervisor is gone: stopping");
-        event_base_loopbreak(n->base);
+    if (rc == IPC_OK)
         return;
-    }
-    while ((rc = ipc_reader_peek(&n->ctl, &frame, &flen)) == 1) {
-        uint32_t type, plen;
-        uint64_t cookie;
-        ipc_msg m;
-        ipc_header(frame, &type, &plen, &cookie);
-        if (ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) != IPC_OK) {
-            log_error("malformed control frame from the supervisor type=%u", (unsigned)type);
-        } else if (type == IPC_CTL_TLS) {
-            if (tls_install(n, &m, 1, err, sizeof(err)) == 0)
-                log_info("reloaded TLS certificate, key, client CAs and CRLs");
-            else
-                log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
-        } else if (type == IPC_CTL_LINK) {
-            uint32_t i = ipc_u32(&m, IPC_T_INDEX, UINT32_MAX);
-            int lfd = ipc_reader_take_fd(&n->ctl);
-            if (lfd < 0)
-                log_error("a new link came without its descriptor");
-            else if (i == n->srv.nthreads) {
-                if (khlink_attach(n->link, lfd) != 0)
-                    log_error("cannot use the new main link");
-            } else if (i < n->srv.nthreads) {
-                srv_thread_relink(&n->srv, i, lfd);
-            } else {
-                close(lfd);
-            }
-            if (i == n->srv.nthreads)
-                log_info("links to a restarted key holder received");
-        }
-        ipc_reader_consume(&n->ctl, flen);
-    }
-    if (rc < 0) {
+    if (rc == IPC_E_FRAME)
         log_error("unusable control frame from the supervisor: stopping");
-        event_base_loopbreak(n->base);
-    }
+    else
+        log_error("the supervisor is gone: stopping");
+    event_base_loopbreak(n->base);
 }
 
 /* Reads the start-up frames (blocking) until CTL_GO. The TLS frame is

@@ -524,6 +524,149 @@ static void test_ev_write_fill(void **state)
     evbuffer_free(in);
 }
 
+/* ipc_ev_read_frames: whole frames to the callback in order, a partial
+ * one kept for the next read, a callback that closed its link stops the
+ * loop, an unusable header or a closed peer ends the link. */
+struct seen {
+    int n, stop_after;
+    uint64_t cookies[8];
+};
+
+static int on_frame(void *arg, uint32_t type, uint64_t cookie, unsigned char *p, size_t len)
+{
+    struct seen *s = arg;
+
+    assert_int_equal(type, IPC_UNWRAP);
+    ipc_payload_free(p, len);
+    if (s->n < 8)
+        s->cookies[s->n] = cookie;
+    s->n++;
+    return s->stop_after > 0 && s->n == s->stop_after;
+}
+
+static void test_read_frames(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    struct seen seen;
+    int sv[2];
+    ipc_buf b;
+    (void)state;
+
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    ipc_buf_init(&b);
+    /* Two whole frames and the start of a third. */
+    for (uint64_t c = 1; c <= 3; c++) {
+        unwrap_request(&b);
+        ipc_set_cookie(&b, c);
+        size_t n = c == 3 ? 20 : b.len;
+        assert_int_equal(write(sv[0], b.p, n), (ssize_t)n);
+        if (c == 3) {
+            assert_int_equal(ipc_ev_read_frames(sv[1], in, on_frame, &seen), IPC_OK);
+            assert_int_equal(seen.n, 2);
+            assert_int_equal(write(sv[0], b.p + 20, b.len - 20), (ssize_t)(b.len - 20));
+        }
+    }
+    assert_int_equal(ipc_ev_read_frames(sv[1], in, on_frame, &seen), IPC_OK);
+    assert_int_equal(seen.n, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(seen.cookies[i], (uint64_t)i + 1);
+    /* The callback closed the link after the first of two: the second stays. */
+    seen.n = 0;
+    seen.stop_after = 1;
+    for (int i = 0; i < 2; i++) {
+        unwrap_request(&b);
+        assert_int_equal(write(sv[0], b.p, b.len), (ssize_t)b.len);
+    }
+    assert_int_equal(ipc_ev_read_frames(sv[1], in, on_frame, &seen), IPC_OK);
+    assert_int_equal(seen.n, 1);
+    assert_true(evbuffer_get_length(in) > 0);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    /* An unusable header, then a closed peer. */
+    seen.stop_after = 0;
+    unwrap_request(&b);
+    uint32_t huge = IPC_MAX_PAYLOAD + 1;
+    memcpy(b.p + 4, &huge, 4);
+    assert_int_equal(write(sv[0], b.p, IPC_HDR_LEN), IPC_HDR_LEN);
+    assert_int_equal(ipc_ev_read_frames(sv[1], in, on_frame, &seen), IPC_E_FRAME);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    close(sv[0]);
+    assert_int_equal(ipc_ev_read_frames(sv[1], in, on_frame, &seen), IPC_E_CLOSED);
+    assert_int_equal(seen.n, 1);
+    close(sv[1]);
+    ipc_buf_free(&b);
+    evbuffer_free(in);
+}
+
+/* ipc_reader_each: every frame decoded to the callback (a malformed one as
+ * NULL), with its descriptor to take; an unusable header ends the channel. */
+struct ctl_seen {
+    ipc_reader *rd;
+    int frames, malformed, fds;
+};
+
+static void on_ctl(void *arg, uint32_t type, const ipc_msg *m)
+{
+    struct ctl_seen *s = arg;
+
+    s->frames++;
+    if (m == NULL) {
+        s->malformed++;
+        return;
+    }
+    if (type == IPC_CTL_LINK) {
+        int fd = ipc_reader_take_fd(s->rd);
+        assert_true(fd >= 0);
+        close(fd);
+        s->fds++;
+    }
+}
+
+static void test_reader_each(void **state)
+{
+    int sv[2], pipefd[2];
+    ipc_buf b;
+    ipc_reader rd;
+    struct ctl_seen seen = {.rd = &rd};
+    (void)state;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    assert_int_equal(pipe(pipefd), 0);
+    ipc_buf_init(&b);
+    ipc_reader_init(&rd);
+    ipc_begin(&b, IPC_CTL_LINK, 0);
+    ipc_put_u32(&b, IPC_T_INDEX, 0);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    assert_int_equal(ipc_write_frame(sv[0], &b, pipefd[0], 1000), IPC_OK);
+    ipc_begin(&b, IPC_CTL_LINK, 0); /* its required index missing */
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    assert_int_equal(ipc_write_frame(sv[0], &b, -1, 1000), IPC_OK);
+    /* A read stops where a descriptor is attached: a few calls. */
+    for (int i = 0; i < 4 && seen.frames < 2; i++)
+        assert_int_equal(ipc_reader_each(&rd, sv[1], on_ctl, &seen), IPC_OK);
+    assert_int_equal(seen.frames, 2);
+    assert_int_equal(seen.malformed, 1);
+    assert_int_equal(seen.fds, 1);
+    /* Nothing new is not an error. */
+    assert_int_equal(ipc_reader_each(&rd, sv[1], on_ctl, &seen), IPC_OK);
+    assert_int_equal(seen.frames, 2);
+    ipc_begin(&b, IPC_CTL_GO, 0);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    uint32_t huge = IPC_MAX_PAYLOAD + 1;
+    memcpy(b.p + 4, &huge, 4);
+    assert_int_equal(write(sv[0], b.p, IPC_HDR_LEN), IPC_HDR_LEN);
+    assert_int_equal(ipc_reader_each(&rd, sv[1], on_ctl, &seen), IPC_E_FRAME);
+    close(sv[0]);
+    ipc_reader_consume(&rd, IPC_HDR_LEN);
+    assert_int_equal(ipc_reader_each(&rd, sv[1], on_ctl, &seen), IPC_E_CLOSED);
+    assert_int_equal(seen.frames, 2);
+    ipc_reader_free(&rd);
+    ipc_buf_free(&b);
+    close(sv[1]);
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +678,8 @@ int main(void)
         cmocka_unit_test(test_control_channel),
         cmocka_unit_test(test_ev_write_fill),
         cmocka_unit_test(test_evbuffer),
+        cmocka_unit_test(test_read_frames),
+        cmocka_unit_test(test_reader_each),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
