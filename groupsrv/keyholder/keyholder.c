@@ -7,10 +7,12 @@
  * records are durable, and the shutdown that finishes queued work.
  *
  * The I/O loop never waits for the token or the disk: frames are checked
- * and queued, answers are sent when the audit syncer says their records
- * are durable. A frame whose header cannot be trusted closes its link (the
- * stream is lost); every other bad frame gets an error answer and the link
- * goes on. Either way the process keeps serving.
+ * and queued; an answer is sent once its audit records are durable, by
+ * the worker that made it when it was the only work (it syncs the log
+ * itself), else by the syncer thread after its next round. A frame whose
+ * header cannot be trusted closes its link (the stream is lost); every
+ * other bad frame gets an error answer and the link goes on. Either way
+ * the process keeps serving.
  */
 #include "keyholder.h"
 
@@ -53,8 +55,12 @@ struct kh_io {
     struct event *ctl_ev, *term_ev, *int_ev, *hup_ev;
     struct event *stop_ev;     /* the deadline of a stop that waits for the network process */
     int stop_requested;
-    pthread_mutex_t mu;        /* the links' job lists, the held list */
+    pthread_mutex_t mu;        /* the links' job lists, the held list, the syncer's state */
     struct kh_job *held_head, *held_tail; /* waiting for their audit records */
+    unsigned long long held_max; /* the last audit record a held answer waits for */
+    pthread_cond_t held_cv;    /* the syncer waits here for held answers */
+    pthread_t syncer;
+    int syncer_running, syncer_stop;
     int stopping;
 };
 
@@ -153,8 +159,8 @@ static int job_audit_state(const struct kh_job *j)
 }
 
 /* Sends every held answer whose records are now known durable (or
- * failed); drops those whose link is gone. Runs on the audit syncer's
- * thread after each fdatasync round (and at shutdown). */
+ * failed); drops those whose link is gone. Runs on the syncer thread after
+ * each sync round (and at shutdown). */
 static void flush_held(struct kh_io *io)
 {
     struct kh_job *ready = NULL, **tail = &ready, **pp, *last = NULL;
@@ -186,16 +192,34 @@ static void flush_held(struct kh_io *io)
     }
 }
 
-/* A worker is done with j: answer now, or hold it for its audit records. */
+/* A worker is done with j: answer now, or hold it for its audit records.
+ * A job alone in the key holder (nothing queued, running or held) has its
+ * records made durable by this worker, which has nothing better to do,
+ * and is answered at once: the answer then waits for no other thread to
+ * be scheduled. With other work about, the worker goes on and the syncer
+ * answers for it, one sync round covering every answer held by then
+ * (fewer rounds per answer: each costs the disk a flush and the process
+ * its CPU). */
 static void job_done(struct kh_job *j)
 {
-    struct kh_io *io = j->kh->io;
+    struct kh *kh = j->kh;
+    struct kh_io *io = kh->io;
     struct kh_link *l;
-    int st;
+    int st = job_audit_state(j);
 
+    if (st == 0) {
+        pthread_mutex_lock(&io->mu);
+        int alone = io->held_head == NULL;
+        pthread_mutex_unlock(&io->mu);
+        if (alone && tokenq_pending(kh->q) == 1)
+            st = audit_wait_durable(kh->audit, j->audit_first, j->audit_last) == AUDIT_OK ? 1 : -1;
+    }
     pthread_mutex_lock(&io->mu);
     l = j->link;
-    st = l != NULL ? job_audit_state(j) : 1;
+    if (l == NULL)
+        st = 1; /* gone: nothing to send, nothing to wait for */
+    else if (st == 0)
+        st = job_audit_state(j);
     if (st == 0) {
         j->next = NULL;
         if (io->held_tail != NULL)
@@ -203,6 +227,9 @@ static void job_done(struct kh_job *j)
         else
             io->held_head = j;
         io->held_tail = j;
+        if (j->audit_last > io->held_max)
+            io->held_max = j->audit_last;
+        pthread_cond_signal(&io->held_cv);
         pthread_mutex_unlock(&io->mu);
         return;
     }
@@ -218,11 +245,43 @@ static void job_run(void *worker, tq_job *tq)
     job_done((struct kh_job *)tq);
 }
 
-/* Called by the audit syncer thread after every fdatasync round. */
-static void audit_durable(void *arg)
+/* The syncer: makes the records of held answers durable, one group-commit
+ * round covering all that were written by then, and sends the answers.
+ * It is woken only when an answer is held (the workers had other work),
+ * not for every record: at low load the workers sync themselves. */
+static void *syncer_main(void *arg)
 {
     struct kh *kh = arg;
-    flush_held(kh->io);
+    struct kh_io *io = kh->io;
+
+    pthread_mutex_lock(&io->mu);
+    for (;;) {
+        while (io->held_head == NULL && !io->syncer_stop)
+            pthread_cond_wait(&io->held_cv, &io->mu);
+        if (io->held_head == NULL)
+            break; /* stopping, and nothing is held */
+        unsigned long long upto = io->held_max;
+        pthread_mutex_unlock(&io->mu);
+        /* A failure is each answer's own to report: flush_held looks. */
+        (void)audit_wait_durable(kh->audit, upto, upto);
+        flush_held(io);
+        pthread_mutex_lock(&io->mu);
+    }
+    pthread_mutex_unlock(&io->mu);
+    return NULL;
+}
+
+/* Sends what is held, then joins the syncer (no-op if it never started). */
+static void syncer_stop(struct kh_io *io)
+{
+    pthread_mutex_lock(&io->mu);
+    int running = io->syncer_running;
+    io->syncer_stop = 1;
+    io->syncer_running = 0;
+    pthread_cond_broadcast(&io->held_cv);
+    pthread_mutex_unlock(&io->mu);
+    if (running)
+        pthread_join(io->syncer, NULL);
 }
 
 /* ---- links ----------------------------------------------------------------- */
@@ -703,6 +762,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     atomic_init(&kh.gen, 1);
     pthread_rwlock_init(&kh.tls_lock, NULL);
     pthread_mutex_init(&io.mu, NULL);
+    pthread_cond_init(&io.held_cv, NULL);
     io.ctl_fd = ctl_fd;
     ipc_reader_init(&io.ctl);
     /* The PIN and the session handles live here: no core files, no
@@ -736,10 +796,11 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     if (io.ctl_ev == NULL || io.term_ev == NULL || io.int_ev == NULL || io.hup_ev == NULL || event_add(io.ctl_ev, NULL) != 0 || evsignal_add(io.term_ev, NULL) != 0 ||
         evsignal_add(io.int_ev, NULL) != 0 || evsignal_add(io.hup_ev, NULL) != 0)
         goto out;
-    if (audit_syncer_start(kh.audit, audit_durable, &kh) != AUDIT_OK) {
+    if (pthread_create(&io.syncer, NULL, syncer_main, &kh) != 0) {
         log_error("cannot start the audit syncer thread");
         goto out;
     }
+    io.syncer_running = 1;
     for (; taken < nlinks; taken++)
         if (link_open(&io, taken, link_fds[taken]) != 0) {
             taken++; /* link_open closed it */
@@ -784,6 +845,7 @@ out:
     hsm_key_free(kh.tls_key);
     hsm_close(kh.hsm);
     audit_close(kh.audit);
+    pthread_cond_destroy(&io.held_cv);
     pthread_mutex_destroy(&io.mu);
     pthread_rwlock_destroy(&kh.tls_lock);
     return rc;

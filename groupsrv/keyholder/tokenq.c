@@ -357,6 +357,14 @@ void tokenq_stop(tokenq *q)
         join_and_free(q);
 }
 
+unsigned tokenq_pending(tokenq *q)
+{
+    pthread_mutex_lock(&q->mu);
+    unsigned n = q->queued + q->running;
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
 void tokenq_get_stats(tokenq *q, tokenq_stats *out)
 {
     pthread_mutex_lock(&q->mu);

@@ -75,6 +75,9 @@ bool tokenq_cancel(tokenq *q, tq_job *job);
  * them and frees the queue. NULL is fine. */
 void tokenq_stop(tokenq *q);
 
+/* Jobs queued or running (a snapshot; a run callback counts its own). */
+unsigned tokenq_pending(tokenq *q);
+
 typedef struct tokenq_stats {
     unsigned queued, running, flows, workers;
     double service_s[TQ_CLASSES]; /* measured service time per unit of cost */

@@ -2,9 +2,11 @@
  * test_tokenq.c: the key holder's fair queue (groupsrv/keyholder/tokenq.c):
  * one identity with many jobs cannot starve another, FIFO within an
  * identity, a batch costs its items, load shedding from the expected
- * wait, the cap, cancel, and a stop that finishes what was queued. Jobs
- * are real work on real worker threads; a gate job holds the single
- * worker while a test queues, so the order is decided by the queue alone.
+ * wait, the cap, cancel, the count of jobs pending (a key holder worker
+ * alone with its job syncs the audit log itself), and a stop that finishes what
+ * was queued. Jobs are real work on real worker threads; a gate job holds
+ * the single worker while a test queues, so the order is decided by the
+ * queue alone.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -219,13 +221,19 @@ static void test_cap_and_cancel(void **state)
             break;
         usleep(5000);
     }
+    assert_int_equal(tokenq_pending(q), 1); /* the running gate job */
     for (int i = 0; i < 3; i++)
         assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_pending(q), 4);
     assert_int_equal(tokenq_submit(q, &mk(jobs, 3, 1)->tq, "id:y", 0, NULL), TQ_FULL);
     assert_true(tokenq_cancel(q, &jobs[1].tq));
     assert_false(tokenq_cancel(q, &jobs[1].tq));
+    assert_int_equal(tokenq_pending(q), 3);
     open_gate();
     wait_done(2);
+    for (int tries = 0; tries < 200 && tokenq_pending(q) > 0; tries++)
+        usleep(5000); /* the worker books its last job after running it */
+    assert_int_equal(tokenq_pending(q), 0);
     assert_false(tokenq_cancel(q, &jobs[0].tq)); /* it ran */
     tokenq_stop(q);
     assert_int_equal(R.n, 2);
