@@ -178,8 +178,20 @@ ok "SIGTERM: the supervisor exits 0 and both children are gone"
 # that uid; a process that is not dumpable has its /proc files owned by
 # root all the same, which the dumpable supervisor (the control) has not.
 if [ "$(id -u)" = 0 ]; then
-  chown -R nobody: "$work"
-  setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+  # The service user needs its own copy of the programs and of the work
+  # files under /tmp: the checkout and $work may lie below a directory only
+  # root can enter (a clone in a mktemp -d, as CI's check does). The
+  # config's and SoftHSM's paths are moved there; the stopped server's
+  # token, database and audit log come along.
+  nb=$(mktemp -d /tmp/gs-kh-nobody.XXXXXX)
+  nb_cleanup() { rm -rf "$nb"; cleanup; }
+  trap nb_cleanup EXIT
+  chmod 0755 "$nb"
+  cp -a "$BIN" "$nb/bin" && cp -a "$work" "$nb/work" || fail "copy the programs and work files for nobody"
+  sed -i "s|$work|$nb/work|g" "$nb/work/groupsrv.conf" "$nb/work/token/softhsm2.conf"
+  chown -R nobody: "$nb/work"
+  SOFTHSM2_CONF=$nb/work/token/softhsm2.conf setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups \
+    "$nb/bin/groupsrv" -c "$nb/work/groupsrv.conf" serve >>"$work/server.log" 2>&1 &
   srv_pid=$!
   waitfor "the server as nobody" healthy
   net=$(child groupsrv-net)
