@@ -672,7 +672,7 @@ static int rsa_input(struct kh_worker *w, gs_group *g, struct item_in *u, struct
 
 /* An RSA ciphertext is exactly as long as the modulus (RFC 8017 7.1.2,
  * 7.2.2): any other length is refused before any token call, with the
- * answer a ciphertext the token refuses gets (the caller must not tell
+ * same answer as a ciphertext the token refuses (the caller must not tell
  * length from padding), audited and counted alike. True when the length
  * fits or the key size is unknown. */
 static bool rsa_ciphertext_len_ok(const gs_group_key_ref *ref, size_t len)
