@@ -100,6 +100,8 @@ struct srv_thread {
     long requests;            /* in flight on this thread (waiting for the key holder) */
     int accept_paused;        /* this thread's listeners disabled (cap or balance) */
     double drain_deadline;
+    uint64_t reqid_next;      /* request ids: see next_request_id in core.c */
+    int reqid_seeded;
 };
 
 /* A request from its arrival to its reply; it outlives the handler while
