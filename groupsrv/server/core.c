@@ -721,6 +721,51 @@ static void wipe_body_cb(const void *data, size_t len, void *extra)
     free((void *)data);
 }
 
+/* At most this much of an answer is written at once (reply_send): when
+ * the socket takes less, libevent retries the TLS write with at most
+ * 16 KiB, and OpenSSL wants the retry to be as long as the first try. */
+#define DIRECT_WRITE_MAX 15000
+
+/* evhttp queues an answer's head and body as separate chains, and
+ * libevent's TLS bufferevent makes a TLS record and a write(2) of each,
+ * after the next epoll_wait has reported the socket writable (one
+ * epoll_ctl to ask, one to stop). An answer to a connection that has
+ * nothing else queued is instead made one chain (wiped when freed: it may
+ * hold a key) and written here at once, one record in one write(2). What
+ * the socket does not take stays queued as that one chain, and libevent
+ * retries the write as OpenSSL requires (the same bytes). evhttp learns
+ * that the answer is out from its write callback, deferred to the loop,
+ * where it may free the request and the connection outside our calls. */
+static void reply_send(struct evhttp_request *req, int status, struct evbuffer *body)
+{
+    struct evhttp_connection *ec = evhttp_request_get_connection(req);
+    struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+    struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
+    int idle = ssl != NULL && evbuffer_get_length(out) == 0;
+    unsigned char *flat = NULL;
+    size_t n = 0;
+
+    evhttp_send_reply(req, status, reason(status), body); /* may free req (no connection) */
+    if (!idle || (n = evbuffer_get_length(out)) == 0 || n > DIRECT_WRITE_MAX || (flat = malloc(n)) == NULL)
+        return;
+    if (evbuffer_copyout(out, flat, n) != (ev_ssize_t)n ||
+        evbuffer_add_reference(out, flat, n, wipe_body_cb, NULL) != 0) {
+        OPENSSL_cleanse(flat, n);
+        free(flat);
+        return;
+    }
+    evbuffer_drain(out, n); /* the chains copied into flat: only flat is left */
+    ERR_clear_error();
+    if (SSL_write(ssl, flat, (int)n) != (int)n) {
+        ERR_clear_error(); /* libevent's own retry reports what it finds */
+        return;
+    }
+    evbuffer_drain(out, n);
+    bufferevent_disable(bev, EV_WRITE);
+    bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
+}
+
 void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len)
 {
     unsigned char *body = NULL;
@@ -753,7 +798,7 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
         free(body);
     }
     conn_answered(r->req);
-    evhttp_send_reply(r->req, status, reason(status), buf);
+    reply_send(r->req, status, buf);
     evbuffer_free(buf);
     metrics_request(r->ep, status);
 }
