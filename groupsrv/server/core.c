@@ -1050,21 +1050,60 @@ static void req_settle(struct srv_req *r)
     req_free(r);
 }
 
+/* The DER of cert's public key, as every call to the key holder carries
+ * it: encoded once per certificate and thread, not per request (it was
+ * the one DER encoding left per request). The cache holds a reference to
+ * each certificate, so the same pointer is the same certificate. NULL
+ * with *len 0 when it cannot be encoded. */
+static const unsigned char *peer_spki(struct srv_thread *t, X509 *cert, int *len)
+{
+    struct srv_spki *e;
+
+    for (unsigned i = 0; i < SRV_SPKI_CACHE; i++)
+        if (t->spki[i].cert == cert) {
+            *len = t->spki[i].len;
+            return t->spki[i].der;
+        }
+    e = &t->spki[t->spki_next];
+    X509_free(e->cert);
+    OPENSSL_free(e->der);
+    *e = (struct srv_spki){0};
+    *len = 0;
+    if ((e->len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &e->der)) <= 0 || X509_up_ref(cert) != 1) {
+        OPENSSL_free(e->der);
+        *e = (struct srv_spki){0};
+        return NULL;
+    }
+    e->cert = cert;
+    t->spki_next = (t->spki_next + 1) % SRV_SPKI_CACHE;
+    *len = e->len;
+    return e->der;
+}
+
+static void peer_spki_free(struct srv_thread *t)
+{
+    for (unsigned i = 0; i < SRV_SPKI_CACHE; i++) {
+        X509_free(t->spki[i].cert);
+        OPENSSL_free(t->spki[i].der);
+        t->spki[i] = (struct srv_spki){0};
+    }
+}
+
 void srv_ipc_begin(struct srv_req *r, ipc_buf *b, uint32_t type)
 {
     const peer_info *p = srv_peer(r);
+    const unsigned char *spki;
+    int n = 0;
 
     ipc_begin(b, type, 0);
     ipc_put_str(b, IPC_T_REQUEST_ID, r->id);
     if (p->status != PEER_MEMBER_CERT && p->status != PEER_MEMBERSHIP)
         return;
-    unsigned char *spki = NULL;
-    int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(p->cert), &spki);
+    spki = peer_spki(r->t, p->cert, &n);
     ipc_put_u32(b, IPC_T_CALLER, p->status == PEER_MEMBER_CERT ? IPC_CALLER_IDENTITY : IPC_CALLER_MEMBERSHIP);
     ipc_put_str(b, IPC_T_IDENTITY, p->status == PEER_MEMBER_CERT ? p->identity : p->group);
-    if (n > 0)
+    if (spki != NULL)
         ipc_put_bytes(b, IPC_T_SPKI, spki, (size_t)n);
-    OPENSSL_free(spki);
 }
 
 struct call_ctx {
@@ -1640,6 +1679,7 @@ static void thread_free(struct srv_thread *t)
     if (t->base != NULL)
         event_base_free(t->base);
     gviews_free(t->views);
+    peer_spki_free(t);
     memset(t, 0, sizeof(*t));
 }
 

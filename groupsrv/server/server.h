@@ -47,6 +47,7 @@ enum srv_method {
     SRV_GET = 1u << 0, SRV_POST = 1u << 1, SRV_PUT = 1u << 2, SRV_DELETE = 1u << 3, SRV_ANY = 0xffu,
 };
 #define SRV_MAX_PARAMS 2
+#define SRV_SPKI_CACHE 8
 typedef void (*srv_handler)(struct srv_req *r);
 struct srv_route {
     unsigned listener;        /* enum srv_listener bits */
@@ -102,6 +103,12 @@ struct srv_thread {
     double drain_deadline;
     uint64_t reqid_next;      /* request ids: see next_request_id in core.c */
     int reqid_seeded;
+    struct srv_spki {         /* recent peers' public keys, DER (peer_spki in core.c) */
+        X509 *cert;           /* a reference of our own */
+        unsigned char *der;
+        int len;
+    } spki[SRV_SPKI_CACHE];
+    unsigned spki_next;
 };
 
 /* A request from its arrival to its reply; it outlives the handler while
