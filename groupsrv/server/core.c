@@ -893,6 +893,15 @@ void srv_reply_err(struct srv_req *r, const srv_err *e)
 
 /* ---- input --------------------------------------------------------------- */
 
+/* -1 with e set when a body of n bytes is over the cap. */
+static int body_cap(struct srv_req *r, size_t n, srv_err *e)
+{
+    if (n <= r->srv->max_body)
+        return 0;
+    srv_err_set(e, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n, r->srv->max_body);
+    return -1;
+}
+
 int srv_body(struct srv_req *r, char **body, size_t *len, srv_err *e)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
@@ -901,10 +910,8 @@ int srv_body(struct srv_req *r, char **body, size_t *len, srv_err *e)
 
     *body = NULL;
     *len = 0;
-    if (n > r->srv->max_body) {
-        srv_err_set(e, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n, r->srv->max_body);
+    if (body_cap(r, n, e) != 0)
         return -1;
-    }
     if ((p = malloc(n + 1)) == NULL) {
         srv_err_set(e, 500, "internal", "out of memory");
         return -1;
@@ -922,31 +929,34 @@ int srv_body(struct srv_req *r, char **body, size_t *len, srv_err *e)
 
 json_t *srv_json_body(struct srv_req *r, srv_err *e)
 {
-    char *body = NULL;
-    size_t len = 0;
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t len = evbuffer_get_length(in);
+    const char *body;
     json_error_t err;
     json_t *o = NULL;
 
-    if (srv_body(r, &body, &len, e) != 0)
+    if (body_cap(r, len, e) != 0)
         return NULL;
     if (len == 0) {
         srv_err_set(e, 400, "bad_request", "a JSON object body is required");
-        goto out;
+        return NULL;
+    }
+    /* Parsed where it lies (made contiguous), not from a copy. */
+    if ((body = (const char *)evbuffer_pullup(in, -1)) == NULL) {
+        srv_err_set(e, 500, "internal", "could not read the body");
+        return NULL;
     }
     /* Depth and size are bounded by the body cap; reject NULs and duplicate keys. */
     o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
     if (o == NULL) {
         srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err.line, err.column);
-        goto out;
+        return NULL;
     }
     if (!json_is_object(o)) {
         json_decref(o);
         o = NULL;
         srv_err_set(e, 400, "bad_json", "the body must be a JSON object");
     }
-out:
-    OPENSSL_cleanse(body, len);
-    free(body);
     return o;
 }
 
