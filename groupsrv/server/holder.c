@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,6 +18,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "log.h"
 
@@ -32,6 +34,8 @@ struct khlink {
     struct event_base *base;
     int fd;                       /* -1 while down */
     struct event *rev, *wev;      /* readable; writable while out holds bytes */
+    struct event *flush;          /* writes out at the end of the loop's turn */
+    int flush_pending;
     struct evbuffer *in, *out;    /* partial frames read; what the socket did not take yet */
     struct event *tick;
     struct call *head, *tail;     /* pending, oldest first */
@@ -162,17 +166,44 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
                                : "unusable frame from the key holder");
 }
 
-static void write_cb(evutil_socket_t fd, short what, void *arg)
+/* Writes what out holds, as far as the socket takes it; the rest waits
+ * for the socket to become writable. */
+static void flush_out(khlink *l)
 {
-    khlink *l = arg;
-    (void)what;
-
-    if (evbuffer_write(l->out, fd) < 0 && errno != EAGAIN && errno != EINTR) {
+    if (l->fd < 0 || evbuffer_get_length(l->out) == 0)
+        return;
+    if (evbuffer_write(l->out, l->fd) < 0 && errno != EAGAIN && errno != EINTR) {
         down(l, "link error");
         return;
     }
     if (evbuffer_get_length(l->out) > 0)
         event_add(l->wev, NULL);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    flush_out(arg);
+}
+
+/* Runs once per loop turn in which calls were made, after the events that
+ * made them: their frames go out in one write, and wake the key holder
+ * once. Not while the socket is full (write_cb flushes then). */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    khlink *l = arg;
+    (void)fd; (void)what;
+
+    l->flush_pending = 0;
+    if (l->wev == NULL || !event_pending(l->wev, EV_WRITE, NULL))
+        flush_out(l);
+}
+
+static void wipe_frame(const void *data, size_t len, void *cap)
+{
+    (void)len;
+    OPENSSL_cleanse((void *)data, (size_t)(uintptr_t)cap);
+    free((void *)data);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -205,7 +236,8 @@ khlink *khlink_new(struct event_base *base, unsigned timeout_s)
     }
     l->timeout_s = timeout_s ? timeout_s : 30;
     l->next_cookie = 1;
-    if ((l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l)) == NULL || event_add(l->tick, &tv) != 0) {
+    if ((l->flush = event_new(base, -1, 0, flush_cb, l)) == NULL ||
+        (l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l)) == NULL || event_add(l->tick, &tv) != 0) {
         khlink_free(l);
         return NULL;
     }
@@ -220,6 +252,8 @@ void khlink_free(khlink *l)
     fail_all(l);
     if (l->tick != NULL)
         event_free(l->tick);
+    if (l->flush != NULL)
+        event_free(l->flush);
     if (l->in != NULL)
         evbuffer_free(l->in);
     if (l->out != NULL)
@@ -261,12 +295,14 @@ int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg)
     c->cb = cb;
     c->arg = arg;
     ipc_set_cookie(b, c->cookie);
-    switch (ipc_ev_write(l->fd, l->out, b)) {
-    case 0: break;
-    case 1: event_add(l->wev, NULL); break;
-    default:
-        down(l, "link error");
+    /* The frame joins out (its buffer moves there, wiped once written:
+     * frames carry keys), and goes with the others of this loop turn. */
+    if (evbuffer_add_reference(l->out, b->p, b->len, wipe_frame, (void *)(uintptr_t)b->cap) != 0)
         goto out;
+    ipc_buf_init(b);
+    if (!l->flush_pending) {
+        l->flush_pending = 1;
+        event_active(l->flush, EV_WRITE, 0);
     }
     c->prev = l->tail;
     if (l->tail != NULL)

@@ -42,8 +42,10 @@ bool khlink_up(const khlink *l);
 uint64_t khlink_gen(const khlink *l);
 
 /* Sends the request in b (begun with ipc_begin(type, 0); the link sets the
- * cookie and ends it). 0: cb will run later; -1: not sent (link down or
- * the frame is bad); cb will not run. b is left empty either way. */
+ * cookie and ends it) at the end of the loop's turn, in one write with the
+ * other calls made in that turn. 0: cb will run later (with NULL if the
+ * link fails first); -1: not sent (link down or the frame is bad); cb will
+ * not run. b is left empty either way. */
 int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
 
 /* Blocks this thread for the answer (at most timeout_ms): for a TLS
