@@ -355,14 +355,21 @@ int util_b64_encode(const unsigned char *in, size_t len, char **out)
     return UTIL_OK;
 }
 
+/* The value of each ASCII character in standard base64, -1 for none. */
+static const signed char b64_values[128] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+};
+
 static int b64_value(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
+    return c < 128 ? b64_values[c] : -1;
 }
 
 int util_b64_decode(const char *in, size_t inlen, size_t max_in, unsigned char **out, size_t *outlen)
@@ -384,7 +391,19 @@ int util_b64_decode(const char *in, size_t inlen, size_t max_in, unsigned char *
         pad++;
     if ((buf = malloc(inlen / 4 * 3 + 1)) == NULL)
         return UTIL_E_NOMEM;
-    for (size_t i = 0; i < inlen; i += 4) {
+    /* Every group but the last: four characters, no padding. */
+    size_t i = 0;
+    for (; i + 4 < inlen; i += 4) {
+        int a = b64_value((unsigned char)in[i]), b = b64_value((unsigned char)in[i + 1]),
+            c = b64_value((unsigned char)in[i + 2]), d = b64_value((unsigned char)in[i + 3]);
+        if ((a | b | c | d) < 0)
+            goto bad;
+        uint32_t w = ((uint32_t)a << 18) | ((uint32_t)b << 12) | ((uint32_t)c << 6) | (uint32_t)d;
+        buf[o++] = (unsigned char)(w >> 16);
+        buf[o++] = (unsigned char)(w >> 8);
+        buf[o++] = (unsigned char)w;
+    }
+    for (; i < inlen; i += 4) {
         int v[4];
         for (int k = 0; k < 4; k++) {
             unsigned char c = (unsigned char)in[i + (size_t)k];

@@ -38,7 +38,10 @@ static void test_b64_roundtrip(void **state)
 static void test_b64_rejects(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"abc", "ab=c", "a===", "ab\ncd==", "!!!!", "QQ=A", "QR==", "QUJ=x"};
+    /* The second half: the same faults in a group before the last, and a
+     * byte above ASCII. */
+    static const char *const bad[] = {"abc",      "ab=c",     "a===",     "ab\ncd==", "!!!!",     "QQ=A",
+                                      "QR==",     "QUJ=x",    "QQ==QUJD", "QU=DQUJD", "Q!JDQUJD", "QUJ\x80QUJD"};
     unsigned char *dec = NULL;
     size_t len = 0;
     for (size_t i = 0; i < GS_ARRAY_LEN(bad); i++)
