@@ -34,3 +34,7 @@ gs_adversarial_test(strict_http server-strict-http.sh)
 # the descriptor limit is raised at start, and running out of descriptors
 # rests the listeners instead of a busy accept loop.
 gs_adversarial_test(exhaustion server-exhaustion.sh)
+# Pipelined requests read late: the one-write answers whose TLS write
+# blocks part-way are finished by libevent's retry of the same SSL_write,
+# whole and in order.
+gs_adversarial_test(pipelined_answers server-pipelined-answers.sh)

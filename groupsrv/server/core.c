@@ -23,6 +23,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
@@ -726,6 +727,18 @@ static void wipe_body_cb(const void *data, size_t len, void *extra)
  * 16 KiB, and OpenSSL wants the retry to be as long as the first try. */
 #define DIRECT_WRITE_MAX 15000
 
+/* What reply_send relies on (the TLS bufferevent retrying an unfinished
+ * write with the same bytes, up to 16 KiB) was read off libevent 2.1: with
+ * another series, at build or at run time, answers take evhttp's own path. */
+static int direct_write_ok(void)
+{
+#if LIBEVENT_VERSION_NUMBER >= 0x02010000 && LIBEVENT_VERSION_NUMBER < 0x02020000
+    return (event_get_version_number() & 0xffff0000u) == 0x02010000u;
+#else
+    return 0;
+#endif
+}
+
 /* evhttp queues an answer's head and body as separate chains, and
  * libevent's TLS bufferevent makes a TLS record and a write(2) of each,
  * after the next epoll_wait has reported the socket writable (one
@@ -742,7 +755,10 @@ static void reply_send(struct evhttp_request *req, int status, struct evbuffer *
     struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
     SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
     struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
-    int idle = ssl != NULL && evbuffer_get_length(out) == 0;
+    /* Only where libevent's retry of an unfinished write is the same
+     * SSL_write: one chain, at most 16 KiB, no partial writes. */
+    int idle = ssl != NULL && evbuffer_get_length(out) == 0 &&
+               !(SSL_get_mode(ssl) & SSL_MODE_ENABLE_PARTIAL_WRITE) && direct_write_ok();
     unsigned char *flat = NULL;
     size_t n = 0;
 
@@ -1445,32 +1461,22 @@ static const char *ambiguous_framing(struct evhttp_request *req)
 }
 
 /* Request ids are not secret (the client sees them) but must be unique
- * (the audit log is searched by them). RAND_bytes for each one cost 3 %
- * of the network process's CPU (the DRBG's lock, a getpid for its fork
- * check, a cipher call). Instead each thread draws a 64-bit seed once and
- * numbers its requests through splitmix64's finaliser, a bijection of a
- * counter that steps by an odd constant: a thread repeats no id within
- * 2^64 requests, and two threads or two runs collide no more often than
- * random ids would. "0" while no seed could be drawn, as before. */
+ * (the audit log is searched by them) and must not tell one client how
+ * many requests others made. RAND_bytes for each one cost 3 % of the
+ * network process's CPU (the DRBG's lock, a getpid for its fork check, a
+ * cipher call): each thread draws random bytes for 64 ids at once
+ * instead. "0" while none could be drawn, as before. */
 static void next_request_id(struct srv_thread *t, char *out)
 {
-    unsigned char seed[8], b[8];
-
-    if (!t->reqid_seeded) {
-        if (RAND_bytes(seed, (int)sizeof(seed)) != 1) {
+    if (t->reqid_left == 0) {
+        if (RAND_bytes(t->reqid_pool, (int)sizeof(t->reqid_pool)) != 1) {
             util_strlcpy(out, "0", 2);
             return;
         }
-        memcpy(&t->reqid_next, seed, sizeof(seed));
-        t->reqid_seeded = 1;
+        t->reqid_left = sizeof(t->reqid_pool);
     }
-    uint64_t z = (t->reqid_next += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    for (int i = 7; i >= 0; i--, z >>= 8)
-        b[i] = (unsigned char)z;
-    util_hex(b, sizeof(b), out);
+    t->reqid_left -= 8;
+    util_hex(t->reqid_pool + t->reqid_left, 8, out);
 }
 
 static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv)

@@ -101,8 +101,8 @@ struct srv_thread {
     long requests;            /* in flight on this thread (waiting for the key holder) */
     int accept_paused;        /* this thread's listeners disabled (cap or balance) */
     double drain_deadline;
-    uint64_t reqid_next;      /* request ids: see next_request_id in core.c */
-    int reqid_seeded;
+    unsigned char reqid_pool[512]; /* random bytes for request ids (next_request_id in core.c) */
+    size_t reqid_left;        /* bytes of reqid_pool not used yet, from its start */
     struct srv_spki {         /* recent peers' public keys, DER (peer_spki in core.c) */
         X509 *cert;           /* a reference of our own */
         unsigned char *der;
