@@ -172,9 +172,12 @@ tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double ma
     f->tail = job;
     f->backlog_s += job->est_s;
     q->queued++;
-    pthread_cond_signal(&q->work_cv);
 out:
     pthread_mutex_unlock(&q->mu);
+    /* After the unlock: a worker woken while the mutex is held only
+     * blocks on it again (a second sleep and wake per request). */
+    if (v == TQ_QUEUED)
+        pthread_cond_signal(&q->work_cv);
     return v;
 }
 
