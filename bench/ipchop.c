@@ -70,11 +70,12 @@ static int next_frame(int fd, struct evbuffer *in, ipc_msg *m, unsigned char **o
 static void request(ipc_buf *b, uint64_t cookie)
 {
     static const unsigned char ek[256] = {1};
+    static const unsigned char spki[270] = {0x30}; /* an RSA-2048 SPKI's size; content unread here */
     ipc_begin(b, IPC_UNWRAP, cookie);
     ipc_put_str(b, IPC_T_REQUEST_ID, "0123456789abcdef");
     ipc_put_u32(b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
     ipc_put_str(b, IPC_T_IDENTITY, "alice@bench.example");
-    ipc_put_bytes(b, IPC_T_SPKI, ek, 270);
+    ipc_put_bytes(b, IPC_T_SPKI, spki, sizeof(spki));
     ipc_put_str(b, IPC_T_GROUP, "bench-rsa2048");
     ipc_nest_begin(b, IPC_T_ITEM);
     ipc_put_u32(b, IPC_T_DELIVER, IPC_DELIVER_TLS);
