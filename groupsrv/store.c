@@ -89,6 +89,7 @@ void gs_store_close(gs_store *st)
 {
     if (st == NULL)
         return;
+    gs_store_read_end(st);
     gs_store_rollback(st);
     st->ops->close(st);
 }
@@ -107,9 +108,33 @@ gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
 
 /* ---- transactions ------------------------------------------------------- */
 
+gs_err gs_store_read_begin(gs_store *st)
+{
+    gs_err err;
+    if (st == NULL)
+        return GS_ERR_ARGS;
+    if (st->in_tx || st->in_read || st->ops->read_begin == NULL)
+        return GS_OK;
+    err = st->ops->read_begin(st);
+    if (err == GS_OK)
+        st->in_read = true;
+    return err;
+}
+
+void gs_store_read_end(gs_store *st)
+{
+    if (st == NULL || !st->in_read)
+        return;
+    st->ops->read_end(st);
+    st->in_read = false;
+}
+
 gs_err gs_store_begin(gs_store *st)
 {
     gs_err err;
+    /* A write never runs in a read snapshot (SQLite could not upgrade it
+     * once another connection committed). */
+    gs_store_read_end(st);
     if (st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "transaction already open");
     err = st->ops->begin(st);

@@ -77,6 +77,19 @@ const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */
  * GS_ERR_DB_UNAVAILABLE (then *stamp is 0). */
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
 
+/* A read snapshot for a run of reads (the key holder's request: the
+ * change stamp, then the member). SQLite: one read transaction for all of
+ * them (each call alone takes its own, with its locks and a file-size
+ * check each); the reads see the database as it was at the first one, so
+ * a change committed before read_begin is seen (a member removed then is
+ * refused). PostgreSQL: nothing (each statement reads the latest commit;
+ * a transaction would cost round trips). Only reads belong between the
+ * two: gs_store_begin ends the snapshot first. read_begin inside a
+ * transaction or a snapshot does nothing; read_end without one does
+ * nothing. GS_OK or GS_ERR_DB. */
+gs_err gs_store_read_begin(gs_store *st);
+void gs_store_read_end(gs_store *st);
+
 /* Explicit transactions (BEGIN IMMEDIATE). Calls between begin and commit
  * are atomic; single calls outside are atomic on their own. Nesting is
  * GS_ERR_ARGS. rollback is a no-op without an open transaction. */

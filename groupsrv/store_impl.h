@@ -23,6 +23,8 @@ struct gs_store_ops {
     gs_err (*begin)(gs_store *st);
     gs_err (*commit)(gs_store *st);
     void (*rollback)(gs_store *st);
+    gs_err (*read_begin)(gs_store *st); /* NULL: snapshots are no-ops */
+    void (*read_end)(gs_store *st);
     gs_err (*ca_get)(gs_store *st, gs_store_ca **out);
     gs_err (*ca_put)(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
                      const gs_store_keyrec *rec);
@@ -60,6 +62,7 @@ struct gs_store {
     const struct gs_store_ops *ops;
     int schema;   /* schema version once open */
     bool in_tx;   /* an explicit gs_store_begin is open */
+    bool in_read; /* a gs_store_read_begin snapshot is open */
     bool readonly;
 };
 

@@ -16,7 +16,7 @@
 
 /* Statements run on every server request, prepared once per connection
  * (re-parsing the SQL was a visible share of a request's CPU). */
-enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_N };
+enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_READ_BEGIN, HOT_READ_END, HOT_N };
 
 struct sq_store {
     struct gs_store base;
@@ -291,6 +291,34 @@ static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)
     }
     hot_done(s);
     return err;
+}
+
+/* A deferred BEGIN: the read transaction starts at the first read and
+ * holds its snapshot (one WAL read lock, one size check) until read_end. */
+static gs_err sq_read_begin(gs_store *st)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    if ((err = prepare_hot(st, HOT_READ_BEGIN, "BEGIN", &s)) != GS_OK)
+        return err;
+    if (sqlite3_step(s) != SQLITE_DONE)
+        err = db_error(st, "begin");
+    hot_done(s);
+    return err;
+}
+
+static void sq_read_end(gs_store *st)
+{
+    sqlite3_stmt *s = NULL;
+
+    if (prepare_hot(st, HOT_READ_END, "COMMIT", &s) == GS_OK) {
+        (void)sqlite3_step(s);
+        hot_done(s);
+    }
+    /* A failed statement may have ended it already; never leave one open. */
+    if (!sqlite3_get_autocommit(SQ(st)->db))
+        (void)sqlite3_exec(SQ(st)->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 static gs_err sq_begin(gs_store *st) { return exec(st, "BEGIN IMMEDIATE"); }
@@ -1038,6 +1066,8 @@ static const struct gs_store_ops sq_ops = {
     .name = "sqlite",
     .close = sq_close,
     .change_stamp = sq_change_stamp,
+    .read_begin = sq_read_begin,
+    .read_end = sq_read_end,
     .begin = sq_begin,
     .commit = sq_commit,
     .rollback = sq_rollback,

@@ -741,6 +741,49 @@ static void test_change_stamp(void **state)
     gs_store_close(other);
 }
 
+/* The key holder's read snapshot (one SQLite read transaction per
+ * request): a member removed by another connection before it begins is
+ * refused inside it, the next snapshot sees the next change, and a write
+ * after read_begin ends the snapshot instead of failing. */
+static void test_read_snapshot(void **state)
+{
+    struct fx *f = *state;
+    gs_store *other = NULL;
+    gs_store_member *m = NULL;
+    uint64_t a = 0, b = 0;
+
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "alice@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
+    assert_int_equal(gs_store_read_begin(other), GS_OK);
+    assert_int_equal(gs_store_read_begin(other), GS_OK); /* already in one: nothing */
+    assert_int_equal(gs_store_change_stamp(other, &a), GS_OK);
+    assert_int_equal(gs_store_member_get(other, f->gid, "alice@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
+    gs_store_read_end(other);
+    gs_store_read_end(other); /* none open: nothing */
+    assert_int_equal(gs_store_member_remove(f->st, f->gid, "alice@example.org"), GS_OK);
+    assert_int_equal(gs_store_read_begin(other), GS_OK);
+    assert_int_equal(gs_store_change_stamp(other, &b), GS_OK);
+    assert_true(a != b);
+    assert_int_equal(gs_store_member_get(other, f->gid, "alice@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_null(m);
+    /* a write (its own transaction) ends the snapshot first */
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "bob@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_begin(other), GS_OK);
+    assert_int_equal(gs_store_member_add(other, f->gid, "carol@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_commit(other), GS_OK);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "carol@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
+    /* closed with a snapshot open: no transaction left behind */
+    assert_int_equal(gs_store_read_begin(other), GS_OK);
+    assert_int_equal(gs_store_member_get(other, f->gid, "bob@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    gs_store_close(other);
+    assert_int_equal(gs_store_member_remove(f->st, f->gid, "bob@example.org"), GS_OK);
+}
+
 /* Audit chains: PostgreSQL keeps them, one per instance; SQLite has none. */
 static void test_audit_rows(void **state)
 {
@@ -923,6 +966,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_change_stamp, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(test_read_snapshot, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
     cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
