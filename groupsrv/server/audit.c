@@ -1,7 +1,10 @@
 /*
  * audit.c: hash-chained, synchronously flushed audit log (see audit.h).
- * Appends are serialised by the mutex; their fdatasync is shared (group
- * commit), so a slow disk delays answers but no longer serialises them.
+ * Appenders queue their records under the mutex; a group-commit round
+ * writes everything queued (one flock, one check that the file is still
+ * at its path, one write) and syncs it with one fdatasync, so a slow disk
+ * delays answers but does not serialise them, and a busy server pays the
+ * file's locks and checks once per round, not once per record.
  */
 #define _GNU_SOURCE /* fallocate */
 #include "audit.h"
@@ -30,9 +33,9 @@
 #define AUDIT_MAX_LINE 8192
 /* [audit] store = db: records per INSERT (one statement, one commit). */
 #define AUDIT_DB_BATCH 1000
-/* Failed rounds remembered exactly; beyond, everything up to the oldest
- * forgotten one counts as failed (fail closed). */
-#define AUDIT_DB_FAILED_RANGES 1024
+/* Failed writes (file) and rounds (database) remembered exactly; beyond,
+ * everything up to the oldest forgotten one counts as failed (fail closed). */
+#define AUDIT_FAILED_RANGES 1024
 
 struct audit_log {
     pthread_mutex_t mu;
@@ -48,23 +51,16 @@ struct audit_log {
      * fsync Linux may have dropped the dirty pages: a later successful
      * sync proves nothing about them). */
     unsigned long long written_seq, synced_seq, failed_seq;
+    unsigned long long filed_seq; /* file: every record <= it is in a file (or failed) */
     int syncing; /* one appender runs fdatasync, without the mutex */
     unsigned long long rounds; /* sync rounds completed */
-    /* Optional background syncer (audit_syncer_start): appenders that do
-     * not wait (audit_write) wake it, and it tells its owner after every
-     * round, so an event loop can answer when its records are durable
-     * instead of blocking in fdatasync. */
-    pthread_cond_t work;
-    pthread_t syncer;
-    int syncer_running, syncer_stop;
-    audit_durable_cb durable_cb;
-    void *durable_arg;
-    /* [audit] store = db: records wait in `queue` (in seq order, the last
-     * one is written_seq) until a round inserts them; the round formats
-     * and chains them, so a failed round leaves no hole in the chain. Only
-     * the thread running the round (syncing set) touches db, db_seq,
-     * need_head and prev_hex. A failed round's records are failed, exactly
-     * (failed ranges), never a neighbour's: its answer may already be out. */
+    /* Records wait in `queue` (in seq order, the last one is written_seq)
+     * until a round writes (file) or inserts (database) them; the round
+     * formats and chains them, so a record that cannot be written leaves
+     * no hole in the chain. A record that could not be written is failed,
+     * exactly (failed ranges), never a neighbour's: its answer may already
+     * be out. Database: only the thread running the round (syncing set)
+     * touches db, db_seq, need_head and prev_hex. */
     gs_store *db;
     char *instance;
     int64_t db_seq;    /* the instance's last seq in the table */
@@ -73,7 +69,7 @@ struct audit_log {
     size_t nqueue, capqueue;
     struct failed_range {
         unsigned long long lo, hi;
-    } failed_ranges[AUDIT_DB_FAILED_RANGES];
+    } failed_ranges[AUDIT_FAILED_RANGES];
     size_t nfailed;
     unsigned long long failed_floor;
 };
@@ -230,7 +226,6 @@ static struct audit_log *log_new(const char *path)
     log->fd = -1;
     pthread_mutex_init(&log->mu, NULL);
     pthread_cond_init(&log->synced, NULL);
-    pthread_cond_init(&log->work, NULL);
     if ((log->path = strdup(path)) == NULL) {
         audit_close(log);
         return NULL;
@@ -280,7 +275,12 @@ void audit_close(audit_log *log)
 {
     if (log == NULL)
         return;
-    audit_syncer_stop(log);
+    /* Records still queued (an answer nobody waits for any more, such as
+     * one for a network process that went away) are written, not lost. */
+    pthread_mutex_lock(&log->mu);
+    while (log->nqueue > 0 && (log->fd >= 0 || log->db != NULL))
+        (void)sync_round_when_free_locked(log);
+    pthread_mutex_unlock(&log->mu);
     if (log->fd >= 0)
         close(log->fd);
     for (size_t i = 0; i < log->nqueue; i++)
@@ -290,7 +290,6 @@ void audit_close(audit_log *log)
     free(log->instance);
     pthread_mutex_destroy(&log->mu);
     pthread_cond_destroy(&log->synced);
-    pthread_cond_destroy(&log->work);
     free(log->path);
     free(log);
 }
@@ -439,8 +438,10 @@ static json_t *record_json(const audit_record *rec)
     return o;
 }
 
-/* Appends o as one line chained to the head (mutex and flock held) and
- * returns its sequence number in *seq. */
+static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi);
+
+/* Appends o as one line chained to the head (mutex and flock held, the
+ * queue written first) and returns its sequence number in *seq. */
 static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
 {
     audit_err rc;
@@ -466,31 +467,94 @@ static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long
     hash_line(line, len - 1, log->prev_hex);
     log->end += (off_t)len;
     *seq = ++log->written_seq;
+    log->filed_seq = log->written_seq;
     rc = AUDIT_OK;
 out:
     free(line);
     return rc;
 }
 
-/* Writes one line (mutex held) and returns its sequence number in *seq. */
-static audit_err write_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+/* Drops the queued records (mutex held), which are failed: never written. */
+static void fail_queue_locked(struct audit_log *log)
 {
-    audit_err rc;
-
-    /* Records must land in the configured file: if it was deleted or
-     * moved away, writing to the orphaned inode would lose them. */
-    if (lock_current_locked(log) != AUDIT_OK) {
-        log->failed = 1;
-        log_error("audit log cannot be appended to (not at its path, or its last line torn) path=%s", log->path);
-        return AUDIT_ERR_IO;
-    }
-    rc = put_line_locked(log, o, seq);
-    unlock_file(log->fd);
-    return rc;
+    if (log->nqueue == 0)
+        return;
+    fail_range_locked(log, log->written_seq - log->nqueue + 1, log->written_seq);
+    for (size_t i = 0; i < log->nqueue; i++)
+        json_decref(log->queue[i]);
+    log->nqueue = 0;
+    log->filed_seq = log->written_seq;
 }
 
-/* [audit] store = db: queues one record (mutex held); the round that
- * inserts it numbers and chains it. */
+/* Writes every queued record (mutex and flock held) with one write, each
+ * line chained to the one before. A record too long to be a line is
+ * failed alone; a failed write fails the whole batch and cuts back what
+ * it left, so the chain head is as before it. */
+static void write_queue_flocked(struct audit_log *log)
+{
+    unsigned long long first = log->written_seq - log->nqueue + 1;
+    char head[sizeof(log->prev_hex)];
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int ok = 0;
+
+    if (log->nqueue == 0)
+        return;
+    memcpy(head, log->prev_hex, sizeof(head));
+    for (size_t i = 0; i < log->nqueue; i++) {
+        char *line = NULL;
+        size_t n = 0, need;
+        audit_err rc = format_line(log, log->queue[i], &line, &n);
+        if (rc == AUDIT_ERR_ARGS) {
+            log_error("audit record too long: refused seq=%llu", first + i);
+            fail_range_locked(log, first + i, first + i);
+            continue;
+        }
+        if (rc != AUDIT_OK || util_size_add(len, n, &need) != 0)
+            goto out;
+        if (need > cap) {
+            size_t ncap = need > 2 * cap ? need : 2 * cap;
+            char *nb = realloc(buf, ncap);
+            if (nb == NULL) {
+                free(line);
+                goto out;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        memcpy(buf + len, line, n);
+        len = need;
+        hash_line(line, n - 1, log->prev_hex);
+        free(line);
+    }
+    if (len > 0 && write_all(log->fd, buf, len) != 0) {
+        log_error("audit append failed path=%s errno=%d records=%zu", log->path, errno, log->nqueue);
+        /* A short write (a full disk) leaves a fragment: cut it off now, or
+         * the next record lands on it. If that fails too, the next lock
+         * finds the file longer than our last line and cuts it then. */
+        if (ftruncate(log->fd, log->end) != 0)
+            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
+        goto out;
+    }
+    /* The lines are in the file: the next one chains to the last, whatever
+     * the sync says (the chain follows the file's order). */
+    log->end += (off_t)len;
+    ok = 1;
+out:
+    if (!ok) {
+        log->failed = 1;
+        memcpy(log->prev_hex, head, sizeof(head));
+        fail_queue_locked(log);
+    }
+    for (size_t i = 0; i < log->nqueue; i++)
+        json_decref(log->queue[i]);
+    log->nqueue = 0;
+    log->filed_seq = log->written_seq;
+    free(buf);
+}
+
+/* Queues one record (mutex held); the round that writes or inserts it
+ * chains it. */
 static audit_err queue_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
 {
     if (log->nqueue == log->capqueue) {
@@ -516,7 +580,20 @@ static int sync_round_locked(struct audit_log *log)
 {
     if (log->db != NULL)
         return db_round_locked(log);
-    unsigned long long upto = log->written_seq;
+    if (log->nqueue > 0) {
+        /* Records must land in the configured file: if it was deleted or
+         * moved away, writing to the orphaned inode would lose them. */
+        if (lock_current_locked(log) != AUDIT_OK) {
+            log->failed = 1;
+            log_error("audit log cannot be appended to (not at its path, or its last line torn) path=%s records=%zu",
+                      log->path, log->nqueue);
+            fail_queue_locked(log);
+        } else {
+            write_queue_flocked(log);
+            unlock_file(log->fd);
+        }
+    }
+    unsigned long long upto = log->filed_seq;
 
     log->syncing = 1;
     pthread_mutex_unlock(&log->mu);
@@ -546,8 +623,6 @@ static void account_sync_locked(struct audit_log *log, unsigned long long upto, 
         log->synced_seq = upto;
     }
     pthread_cond_broadcast(&log->synced);
-    if (log->syncer_running)
-        pthread_cond_signal(&log->work);
 }
 
 /* Runs a round once no other is running (mutex held). */
@@ -563,16 +638,11 @@ static int sync_round_when_free_locked(struct audit_log *log)
  * answer was still held when it happened, is then failed too (fail closed). */
 static int range_state_locked(const struct audit_log *log, unsigned long long first, unsigned long long last)
 {
-    if (log->db != NULL) {
-        if (first <= log->failed_floor)
-            return -1;
-        for (size_t i = 0; i < log->nfailed; i++)
-            if (first <= log->failed_ranges[i].hi && last >= log->failed_ranges[i].lo)
-                return -1;
-        return last <= log->synced_seq ? 1 : 0;
-    }
-    if (first <= log->failed_seq)
+    if (first <= log->failed_seq || first <= log->failed_floor)
         return -1;
+    for (size_t i = 0; i < log->nfailed; i++)
+        if (first <= log->failed_ranges[i].hi && last >= log->failed_ranges[i].lo)
+            return -1;
     return last <= log->synced_seq ? 1 : 0;
 }
 
@@ -647,13 +717,14 @@ out:
     return rc;
 }
 
-static void db_fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi)
+/* Records lo..hi were never written: failed, exactly (mutex held). */
+static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi)
 {
     if (log->nfailed > 0 && log->failed_ranges[log->nfailed - 1].hi + 1 == lo) {
         log->failed_ranges[log->nfailed - 1].hi = hi;
         return;
     }
-    if (log->nfailed == AUDIT_DB_FAILED_RANGES) {
+    if (log->nfailed == AUDIT_FAILED_RANGES) {
         log->failed_floor = log->failed_ranges[0].hi;
         memmove(&log->failed_ranges[0], &log->failed_ranges[1], (log->nfailed - 1) * sizeof(log->failed_ranges[0]));
         log->nfailed--;
@@ -690,15 +761,13 @@ static int db_round_locked(struct audit_log *log)
     if (rc != 0) {
         log->failed = 1;
         if (n > 0)
-            db_fail_range_locked(log, first, upto);
+            fail_range_locked(log, first, upto);
     } else {
         log->failed = 0;
     }
     if (n > 0 && upto > log->synced_seq)
         log->synced_seq = upto;
     pthread_cond_broadcast(&log->synced);
-    if (log->syncer_running)
-        pthread_cond_signal(&log->work);
     return rc;
 }
 
@@ -845,9 +914,7 @@ audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long lon
     if ((o = record_json(rec)) == NULL)
         return AUDIT_ERR_NOMEM;
     pthread_mutex_lock(&log->mu);
-    rc = log->db != NULL ? queue_locked(log, o, seq) : write_locked(log, o, seq);
-    if (rc == AUDIT_OK && log->syncer_running)
-        pthread_cond_signal(&log->work);
+    rc = queue_locked(log, o, seq);
     pthread_mutex_unlock(&log->mu);
     json_decref(o);
     return rc;
@@ -900,79 +967,6 @@ audit_err audit_append(audit_log *log, const audit_record *rec)
     audit_err rc = audit_write(log, rec, &seq);
 
     return rc == AUDIT_OK ? audit_wait_durable(log, seq, seq) : rc;
-}
-
-static void *syncer_main(void *arg)
-{
-    struct audit_log *log = arg;
-    unsigned long long notified = 0;
-
-    pthread_mutex_lock(&log->mu);
-    for (;;) {
-        /* Tell the owner about every round, also those run by a blocking
-         * audit_append in another thread. */
-        if (log->rounds != notified) {
-            notified = log->rounds;
-            if (log->durable_cb != NULL) {
-                pthread_mutex_unlock(&log->mu);
-                log->durable_cb(log->durable_arg);
-                pthread_mutex_lock(&log->mu);
-            }
-            continue;
-        }
-        int pending = log->written_seq > log->synced_seq && log->written_seq > log->failed_seq;
-        if (!pending && log->syncer_stop)
-            break;
-        if (!pending || log->syncing) {
-            pthread_cond_wait(pending ? &log->synced : &log->work, &log->mu);
-            continue;
-        }
-        sync_round_locked(log);
-    }
-    pthread_mutex_unlock(&log->mu);
-    return NULL;
-}
-
-audit_err audit_syncer_start(audit_log *log, audit_durable_cb cb, void *arg)
-{
-    audit_err rc = AUDIT_OK;
-
-    if (log == NULL)
-        return AUDIT_ERR_ARGS;
-    pthread_mutex_lock(&log->mu);
-    if (log->syncer_running) {
-        rc = AUDIT_ERR_ARGS;
-        goto out;
-    }
-    log->durable_cb = cb;
-    log->durable_arg = arg;
-    log->syncer_stop = 0;
-    if (pthread_create(&log->syncer, NULL, syncer_main, log) != 0) {
-        rc = AUDIT_ERR_NOMEM;
-        goto out;
-    }
-    log->syncer_running = 1;
-out:
-    pthread_mutex_unlock(&log->mu);
-    return rc;
-}
-
-void audit_syncer_stop(audit_log *log)
-{
-    if (log == NULL)
-        return;
-    pthread_mutex_lock(&log->mu);
-    int running = log->syncer_running;
-    log->syncer_stop = 1;
-    pthread_cond_broadcast(&log->work);
-    pthread_mutex_unlock(&log->mu);
-    if (!running)
-        return;
-    pthread_join(log->syncer, NULL); /* it syncs what is still pending first */
-    pthread_mutex_lock(&log->mu);
-    log->syncer_running = 0;
-    log->durable_cb = NULL;
-    pthread_mutex_unlock(&log->mu);
 }
 
 /* Checks the lines of one file against the chain, starting from prev (in:
@@ -1079,6 +1073,15 @@ static int fd_at_path(const struct audit_log *log)
     return is_at_path(log->fd, log->path);
 }
 
+/* fd_at_path, also giving the descriptor's stat (one fstat, one stat). */
+static int fd_at_path_stat(const struct audit_log *log, struct stat *fst)
+{
+    struct stat pst;
+
+    return fstat(log->fd, fst) == 0 && stat(log->path, &pst) == 0 && fst->st_ino == pst.st_ino &&
+           fst->st_dev == pst.st_dev;
+}
+
 /* Opens the file at path and locks it; a file rotated away while we waited
  * for its lock is let go and the new one tried. -1 if there is none. */
 static int open_locked_at_path(const char *path)
@@ -1146,29 +1149,32 @@ static int record_is(const char *line, size_t len, const char *action, const cha
 }
 
 /* Our file is no longer at its path (mutex and our flock held, no sync
- * round running). If it was sealed chained to our head and the file now at
- * the path starts with "audit-continue", continue there: what we wrote
- * before the seal is synced (and booked), the new file locked, its head
- * loaded. Otherwise the log was deleted or replaced: AUDIT_ERR_IO, with our
- * flock released. The links between the files are `audit verify`'s to check. */
+ * round running). If its last line is a seal ("audit-rotate") and the file
+ * now at the path starts with "audit-continue" chained to that seal,
+ * continue there: what we wrote before the seal is synced (and booked),
+ * the new file locked, its head loaded. Lines another appender (the CLI)
+ * put between our last one and the seal are part of the sealed file's
+ * chain, so they do not stop us. Otherwise the log was deleted or
+ * replaced: AUDIT_ERR_IO, with our flock released. The rest of the links
+ * between the files are `audit verify`'s to check. */
 static audit_err follow_successor_locked(struct audit_log *log)
 {
     audit_err rc = AUDIT_ERR_IO;
-    char *last = NULL, *first = NULL, *sealed_prev = NULL;
+    char *last = NULL, *first = NULL, *cont_prev = NULL;
+    char seal_hex[sizeof(log->prev_hex)];
     size_t len = 0;
     int nfd = -1;
 
-    if (read_last_line(log->fd, &last, &len) != AUDIT_OK ||
-        !record_is(last, len, "audit-rotate", "prev", &sealed_prev) ||
-        strcmp(sealed_prev, log->prev_hex) != 0)
+    if (read_last_line(log->fd, &last, &len) != AUDIT_OK || !record_is(last, len, "audit-rotate", NULL, NULL))
         goto out;
+    hash_line(last, len, seal_hex);
     if ((nfd = open_locked_at_path(log->path)) < 0)
         goto out;
     if (read_first_line(nfd, &first, &len) != AUDIT_OK ||
-        !record_is(first, len, "audit-continue", NULL, NULL))
+        !record_is(first, len, "audit-continue", "prev", &cont_prev) || strcmp(cont_prev, seal_hex) != 0)
         goto out;
     int src = fdatasync(log->fd);
-    account_sync_locked(log, log->written_seq, src, errno);
+    account_sync_locked(log, log->filed_seq, src, errno);
     int sealed_fd = log->fd;
     char sealed_head[sizeof(log->prev_hex)];
     memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
@@ -1187,7 +1193,7 @@ out:
         close(nfd);
     free(last);
     free(first);
-    free(sealed_prev);
+    free(cont_prev);
     return rc;
 }
 
@@ -1214,7 +1220,7 @@ static audit_err lock_current_locked(struct audit_log *log)
     for (;;) {
         if (flock(log->fd, LOCK_EX) != 0)
             return AUDIT_ERR_IO;
-        if (fd_at_path(log) && fstat(log->fd, &st) == 0) {
+        if (fd_at_path_stat(log, &st)) {
             /* Another process appended (a rotation that sealed the file
              * but could not replace it): continue from its last line. */
             audit_err rc = st.st_size == log->end ? AUDIT_OK : continue_from_file_locked(log);
@@ -1333,6 +1339,9 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     /* Another process may have appended since we read the head. */
     if ((rc = load_chain_head(log)) != AUDIT_OK)
         goto out;
+    /* What this process queued goes before the seal (the seal's own
+     * number must follow theirs). */
+    write_queue_flocked(log);
     rc = AUDIT_ERR_NOMEM;
     if ((dir = util_dir_of(log->path)) == NULL || (tmp = concat3(log->path, ".rotating", "")) == NULL)
         goto out;
@@ -1357,7 +1366,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     if ((rc = put_line_locked(log, seal, &seq)) != AUDIT_OK)
         goto out;
     int src = fdatasync(log->fd);
-    account_sync_locked(log, log->written_seq, src, errno);
+    account_sync_locked(log, log->filed_seq, src, errno);
     rc = AUDIT_ERR_IO;
     if (src != 0)
         goto out;
@@ -1372,7 +1381,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     if ((rc = put_line_locked(log, cont, &seq)) != AUDIT_OK)
         goto out;
     src = fsync(log->fd);
-    account_sync_locked(log, log->written_seq, src, errno);
+    account_sync_locked(log, log->filed_seq, src, errno);
     rc = AUDIT_ERR_IO;
     if (src != 0 || rename(tmp, log->path) != 0)
         goto out;
@@ -1535,7 +1544,7 @@ audit_err audit_reopen(audit_log *log)
     /* Records written to the old file before it went away and not yet
      * synced: sync them there (they are in that file; their answers wait). */
     int src = fdatasync(log->fd);
-    account_sync_locked(log, log->written_seq, src, errno);
+    account_sync_locked(log, log->filed_seq, src, errno);
     int old = log->fd;
     char old_head[sizeof(log->prev_hex)];
     memcpy(old_head, log->prev_hex, sizeof(old_head));

@@ -7,13 +7,16 @@
  * last line if another process appended (`groupsrv audit rotate`). Each line is
  * one JSON object whose "prev" field is the hex SHA-256 of the previous line
  * (without its newline; 64 zeros for the first line), so deleting or editing
- * a line breaks the chain at the next line. Lines are written with one
- * write(2) on an O_APPEND descriptor, and audit_append returns only after an
- * fdatasync(2) that started after that write succeeded: a caller that gets
- * AUDIT_OK may answer its client. Concurrent appenders share one
- * fdatasync (group commit); a failed one fails every append it covered.
- * The server writes without waiting (audit_write) and holds each answer
- * until the syncer thread reports its records durable.
+ * a line breaks the chain at the next line. Records are queued in memory
+ * and written by a group-commit round: under the flock, everything queued
+ * by then in one write(2) on an O_APPEND descriptor (each line chained to
+ * the one before as it is formatted), then one fdatasync(2).
+ * audit_append returns only after an fdatasync that started after its
+ * line was written: a caller that gets AUDIT_OK may answer its client.
+ * Concurrent appenders share one round (group commit); a failed write
+ * fails exactly its records, a failed fdatasync every record it covered.
+ * The key holder queues without waiting (audit_write) and holds each
+ * answer until a round (its syncer's, or a worker's) made it durable.
  */
 #ifndef GS_SRV_AUDIT_H
 #define GS_SRV_AUDIT_H
@@ -86,34 +89,28 @@ typedef struct audit_record {
     void *extra;
 } audit_record;
 
-/* Appends and syncs one line; thread-safe. AUDIT_ERR_IO if it was not
+/* Appends and syncs one line (queues it and runs or waits for the round
+ * that writes and syncs it); thread-safe. AUDIT_ERR_IO if it was not
  * durably written: the write failed (the chain head is then unchanged) or
  * the fdatasync covering it failed (the line may be in the file, and the
- * chain continues from it, so `audit verify` still passes). */
+ * chain continues from it, so `audit verify` still passes). audit_close
+ * writes what is still queued. */
 audit_err audit_append(audit_log *log, const audit_record *rec);
 
 /* audit_append in two halves, for callers that must not block in
- * fdatasync (the server's event loops). audit_write writes the line and
+ * fdatasync (the key holder's token workers). audit_write queues the
+ * record (no file access; AUDIT_ERR_NOMEM or AUDIT_ERR_ARGS only) and
  * returns its sequence number (numbers grow in file order). The records
  * first..last of one request are durable once audit_range_state is 1;
- * -1: a failed fdatasync covered one of them (treat as AUDIT_ERR_IO:
- * fail closed); 0: not yet. audit_seq_state is the same for one record.
- * audit_wait_durable blocks until it is known, running a sync round itself
- * if no one else is. */
+ * -1: one of them could not be written (the file not at its path, a full
+ * disk, a record too long) or a failed fdatasync covered it (treat as
+ * AUDIT_ERR_IO: fail closed); 0: not yet. audit_seq_state is the same for
+ * one record. audit_wait_durable blocks until it is known, running a round
+ * itself if no one else is. */
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq);
 int audit_range_state(audit_log *log, unsigned long long first, unsigned long long last);
 int audit_seq_state(audit_log *log, unsigned long long seq);
 audit_err audit_wait_durable(audit_log *log, unsigned long long first, unsigned long long last);
-
-/* A background thread that syncs whatever audit_write wrote (one
- * fdatasync per round, covering every line written before it started)
- * and calls cb(arg) from that thread after every round, so its owner can
- * look at audit_seq_state again. cb must be quick and thread-safe (the
- * server uses event_active). audit_syncer_stop syncs what is pending,
- * then joins; audit_close calls it. */
-typedef void (*audit_durable_cb)(void *arg);
-audit_err audit_syncer_start(audit_log *log, audit_durable_cb cb, void *arg);
-void audit_syncer_stop(audit_log *log);
 
 /* Seals the log and continues its chain in a new file (`groupsrv audit
  * rotate`): links the file to ARCHIVE = PATH.YYYYmmddTHHMMSSZ, appends an

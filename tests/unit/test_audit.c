@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "audit.h"
 #include "pgtest.h"
@@ -39,9 +40,12 @@ ssize_t __wrap_write(int fd, const void *buf, size_t n);
  * runs out part way. */
 static atomic_int disk_full_writes;
 static atomic_int enospc_next;
+static atomic_int record_writes; /* writes of more than 16 bytes */
 
 ssize_t __wrap_write(int fd, const void *buf, size_t n)
 {
+    if (n > 16)
+        atomic_fetch_add(&record_writes, 1);
     if (atomic_load(&enospc_next)) {
         atomic_store(&enospc_next, 0);
         errno = ENOSPC;
@@ -108,6 +112,7 @@ static int setup(void **state)
     atomic_store(&sync_delay_ms, 0);
     atomic_store(&disk_full_writes, 0);
     atomic_store(&enospc_next, 0);
+    atomic_store(&record_writes, 0);
     *state = f;
     return 0;
 }
@@ -329,90 +334,99 @@ static void test_check_after_failure(void **state)
     assert_int_equal(verify(f->path), 4);
 }
 
-/* The syncer thread: records written without waiting become durable and
- * the owner is told, with no one calling audit_wait_durable. */
-struct notified {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int calls;
-};
-
-static void on_durable(void *arg)
-{
-    struct notified *n = arg;
-    pthread_mutex_lock(&n->mu);
-    n->calls++;
-    pthread_cond_broadcast(&n->cv);
-    pthread_mutex_unlock(&n->mu);
-}
-
-/* Waits (at most 10 s) until seq is no longer pending; returns its state. */
-static int wait_state(audit_log *log, struct notified *n, unsigned long long seq)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 10;
-    pthread_mutex_lock(&n->mu);
-    int st;
-    while ((st = audit_seq_state(log, seq)) == 0)
-        if (pthread_cond_timedwait(&n->cv, &n->mu, &deadline) != 0)
-            break;
-    pthread_mutex_unlock(&n->mu);
-    return st;
-}
-
-static void test_syncer_makes_writes_durable_and_notifies(void **state)
+/* A round writes every queued record with one write(2) and syncs them
+ * with one fdatasync; nothing touches the file before it. */
+static void test_round_writes_queue_in_one_write(void **state)
 {
     struct fx *f = *state;
     audit_log *log = NULL;
     audit_record r = rec("ok");
-    struct notified n = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
-    unsigned long long last = 0;
+    unsigned long long seq[10];
+    struct stat st;
 
     assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_ERR_ARGS);
-    /* Slow syncs: many writes land in one round. */
-    atomic_store(&sync_delay_ms, 20);
-    for (int i = 0; i < 50; i++)
-        assert_int_equal(audit_write(log, &r, &last), AUDIT_OK);
-    assert_int_equal(wait_state(log, &n, last), 1);
-    assert_true(n.calls >= 1);
-    assert_true(atomic_load(&sync_calls) < 50);
-    /* A failing round is reported too, as failed. */
-    atomic_store(&sync_delay_ms, 0);
-    atomic_store(&fail_syncs, 1);
-    unsigned long long bad = 0;
-    assert_int_equal(audit_write(log, &r, &bad), AUDIT_OK);
-    assert_int_equal(wait_state(log, &n, bad), -1);
-    /* And the log recovers for the next record. */
-    assert_int_equal(audit_write(log, &r, &last), AUDIT_OK);
-    assert_int_equal(wait_state(log, &n, last), 1);
-    audit_close(log); /* stops the syncer */
-    assert_int_equal(verify(f->path), 52);
-}
-
-/* Stopping the syncer syncs what was written first. */
-static void test_syncer_stop_syncs_pending(void **state)
-{
-    struct fx *f = *state;
-    audit_log *log = NULL;
-    audit_record r = rec("ok");
-    unsigned long long seq = 0;
-
-    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
-    atomic_store(&sync_delay_ms, 50);
-    assert_int_equal(audit_write(log, &r, &seq), AUDIT_OK);
-    audit_syncer_stop(log);
-    assert_int_equal(audit_seq_state(log, seq), 1);
-    /* Blocking appends still work without the syncer. */
-    atomic_store(&sync_delay_ms, 0);
-    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(audit_write(log, &r, &seq[i]), AUDIT_OK);
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_int_equal(atomic_load(&record_writes), 0);
+    assert_int_equal(audit_wait_durable(log, seq[0], seq[9]), AUDIT_OK);
+    assert_int_equal(atomic_load(&record_writes), 1);
+    assert_int_equal(atomic_load(&sync_calls), 1);
+    assert_int_equal(audit_range_state(log, seq[0], seq[9]), 1);
     audit_close(log);
+    assert_int_equal(verify(f->path), 10);
 }
 
-/* Concurrent blocking appenders and a syncer share rounds and keep one chain. */
+/* A record too long to be a line is refused alone; its neighbours in the
+ * same round are written and chain past it. */
+static void test_overlong_record_fails_alone(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok"), big = rec("ok");
+    unsigned long long a = 0, b = 0, c = 0;
+    char *huge = malloc(10000);
+
+    assert_non_null(huge);
+    memset(huge, 'x', 9999);
+    huge[9999] = '\0';
+    json_t *extra = json_pack("{s:s}", "note", huge);
+    big.extra = extra;
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    assert_int_equal(audit_write(log, &big, &b), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &c), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, c, c), AUDIT_OK);
+    assert_int_equal(audit_seq_state(log, a), 1);
+    assert_int_equal(audit_seq_state(log, b), -1);
+    assert_int_equal(audit_wait_durable(log, a, c), AUDIT_ERR_IO);
+    audit_close(log);
+    json_decref(extra);
+    free(huge);
+    assert_int_equal(verify(f->path), 2);
+}
+
+/* A full disk in the middle of a round's write fails every record of the
+ * round, cuts the fragment off, and the next round starts from the head
+ * before it. */
+static void test_full_disk_fails_the_whole_batch(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0, b = 0, c = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &b), AUDIT_OK);
+    atomic_store(&disk_full_writes, 1);
+    assert_int_equal(audit_wait_durable(log, b, b), AUDIT_ERR_IO);
+    assert_int_equal(audit_seq_state(log, a), -1);
+    assert_int_equal(verify(f->path), 1);
+    assert_int_equal(audit_write(log, &r, &c), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, c, c), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 2);
+}
+
+/* Records nobody waited for are written when the log is closed. */
+static void test_close_writes_what_is_queued(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 2);
+}
+
+/* Concurrent blocking appenders share rounds and keep one chain. */
 struct appender {
     audit_log *log;
     int n;
@@ -429,15 +443,14 @@ static void *append_many(void *arg)
     return NULL;
 }
 
-/* nthreads threads append 40 records each to log (its syncer running, as
- * in the server); during(arg), if given, runs meanwhile. All must succeed. */
+/* nthreads threads append 40 records each to log; during(arg), if given,
+ * runs meanwhile. All must succeed. */
 static void run_appenders(audit_log *log, int nthreads, void *(*during)(void *), void *arg)
 {
     pthread_t th[8], other;
     struct appender a[8];
 
     assert_true(nthreads <= 8);
-    assert_int_equal(audit_syncer_start(log, NULL, NULL), AUDIT_OK);
     for (int i = 0; i < nthreads; i++) {
         a[i] = (struct appender){.log = log, .n = 40};
         assert_int_equal(pthread_create(&th[i], NULL, append_many, &a[i]), 0);
@@ -647,6 +660,36 @@ static void test_appender_follows_rotation_by_another(void **state)
     audit_close(a);
     assert_int_equal(verify(archive), 3);
     chain_ok(f->path, 2, 5);
+}
+
+/* A server's queued records interleaved with another appender (the CLI)
+ * and a rotation by it: each round continues from the file's last line,
+ * records queued before the rotation land in the successor after
+ * "audit-continue", and the chain verifies across both files. */
+static void test_batches_interleave_with_cli_and_rotation(void **state)
+{
+    struct fx *f = *state;
+    audit_log *srv = NULL, *cli = NULL;
+    audit_record r = rec("ok");
+    unsigned long long s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+    char archive[256];
+
+    assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+    assert_int_equal(audit_write(srv, &r, &s1), AUDIT_OK);
+    assert_int_equal(audit_append(cli, &r), AUDIT_OK);             /* line 1 */
+    assert_int_equal(audit_wait_durable(srv, s1, s1), AUDIT_OK);   /* line 2, after the CLI's */
+    assert_int_equal(audit_write(srv, &r, &s2), AUDIT_OK);
+    assert_int_equal(audit_write(srv, &r, &s3), AUDIT_OK);
+    assert_int_equal(audit_append(cli, &r), AUDIT_OK);             /* line 3 */
+    assert_int_equal(audit_rotate(cli, archive, sizeof(archive)), AUDIT_OK); /* seal: line 4 */
+    assert_int_equal(audit_write(srv, &r, &s4), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(srv, s2, s4), AUDIT_OK);   /* after "audit-continue" */
+    assert_int_equal(audit_append(cli, &r), AUDIT_OK);
+    audit_close(cli);
+    audit_close(srv);
+    assert_int_equal(verify(archive), 4);
+    chain_ok(f->path, 2, 9);
 }
 
 /* Two handles on one file (what a server sees when a rotation sealed its
@@ -1070,29 +1113,28 @@ static void test_db_same_instance_twice_fails_closed(void **state)
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
 }
 
-/* The server's way: writers do not wait, the syncer inserts batches and
- * tells the owner after each round. */
-static void test_db_syncer_batches(void **state)
+/* The key holder's way: writers do not wait, one round inserts the batch
+ * (one statement); what is still queued at close is inserted too. */
+static void test_db_round_batches(void **state)
 {
     struct dbfx *f = *state;
     audit_log *log = NULL;
     audit_record r = rec("ok");
-    struct notified n = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
-    unsigned long long seq[200];
+    unsigned long long seq[200], late = 0;
     char report[2048];
     size_t chains = 0;
 
     assert_int_equal(audit_open_db(f->url, "gs-a", &log), AUDIT_OK);
-    assert_int_equal(audit_syncer_start(log, on_durable, &n), AUDIT_OK);
     for (int i = 0; i < 200; i++)
         assert_int_equal(audit_write(log, &r, &seq[i]), AUDIT_OK);
-    assert_int_equal(wait_state(log, &n, seq[199]), 1);
+    assert_int_equal(audit_range_state(log, seq[0], seq[199]), 0);
+    assert_int_equal(rows_of(f, "gs-a"), 0);
+    assert_int_equal(audit_wait_durable(log, seq[199], seq[199]), AUDIT_OK);
     assert_int_equal(audit_range_state(log, seq[0], seq[199]), 1);
-    audit_close(log);
-    assert_true(n.calls >= 1);
     assert_int_equal(rows_of(f, "gs-a"), 200);
-    /* fewer statements than records: group commit */
-    assert_true(n.calls < 200);
+    assert_int_equal(audit_write(log, &r, &late), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(rows_of(f, "gs-a"), 201);
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
 }
 
@@ -1106,8 +1148,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_range_fails_if_any_record_failed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writes_during_failed_sync_fail_too, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_after_failure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_syncer_makes_writes_durable_and_notifies, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_syncer_stop_syncs_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_writes_queue_in_one_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlong_record_fails_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_disk_fails_the_whole_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_writes_what_is_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_cut_at_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlong_tail_refused, setup, teardown),
@@ -1116,6 +1160,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_batches_interleave_with_cli_and_rotation, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_verify_names_missing_and_edited_archive, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_verify_missing_archive_still_checks_the_rest, setup, teardown_all),
@@ -1129,7 +1174,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_db_chains_per_instance_and_reopen, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_lost_connection_fails_its_round_only, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
-        cmocka_unit_test_setup_teardown(test_db_syncer_batches, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_round_batches, db_setup, db_teardown),
     };
     int failed = cmocka_run_group_tests_name("file", tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("database", db_tests, NULL, NULL);
