@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,8 @@ struct audit_log {
     int syncing; /* one appender runs fdatasync, without the mutex */
     unsigned long long rounds; /* sync rounds completed */
     /* Records wait in `queue` (in seq order, the last one is written_seq)
-     * until a round writes (file) or inserts (database) them; the round
+     * until a round writes (file) or inserts (database) them; appenders
+     * take only qmu, so they never wait for a round's write; the round
      * formats and chains them, so a record that cannot be written leaves
      * no hole in the chain. A record that could not be written is failed,
      * exactly (failed ranges), never a neighbour's: its answer may already
@@ -65,8 +67,11 @@ struct audit_log {
     char *instance;
     int64_t db_seq;    /* the instance's last seq in the table */
     int need_head;     /* reload db_seq and prev_hex from the table first */
+    pthread_mutex_t qmu; /* queue, nqueue, capqueue, spare, written_seq (taken after mu) */
     json_t **queue;
     size_t nqueue, capqueue;
+    json_t **spare; /* an emptied queue array, kept for the next swap */
+    size_t capspare;
     struct failed_range {
         unsigned long long lo, hi;
     } failed_ranges[AUDIT_FAILED_RANGES];
@@ -225,6 +230,7 @@ static struct audit_log *log_new(const char *path)
         return NULL;
     log->fd = -1;
     pthread_mutex_init(&log->mu, NULL);
+    pthread_mutex_init(&log->qmu, NULL);
     pthread_cond_init(&log->synced, NULL);
     if ((log->path = strdup(path)) == NULL) {
         audit_close(log);
@@ -286,9 +292,11 @@ void audit_close(audit_log *log)
     for (size_t i = 0; i < log->nqueue; i++)
         json_decref(log->queue[i]);
     free(log->queue);
+    free(log->spare);
     gs_store_close(log->db);
     free(log->instance);
     pthread_mutex_destroy(&log->mu);
+    pthread_mutex_destroy(&log->qmu);
     pthread_cond_destroy(&log->synced);
     free(log->path);
     free(log);
@@ -440,74 +448,92 @@ static json_t *record_json(const audit_record *rec)
 
 static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi);
 
-/* Appends o as one line chained to the head (mutex and flock held, the
- * queue written first) and returns its sequence number in *seq. */
-static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
-{
-    audit_err rc;
-    char *line = NULL;
-    size_t len = 0;
+/* Queued records taken by a round: seq first.. in order. */
+struct batch {
+    json_t **recs;
+    size_t n, cap;
+    unsigned long long first;
+};
 
-    if ((rc = format_line(log, o, &line, &len)) != AUDIT_OK)
-        goto out;
-    rc = AUDIT_ERR_IO;
-    if (write_all(log->fd, line, len) != 0) {
-        int werr = errno;
-        log->failed = 1;
-        log_error("audit append failed path=%s errno=%d", log->path, werr);
-        /* A short write (a full disk) leaves a fragment: cut it off now, or
-         * the next record lands on it. If that fails too, the next lock
-         * finds the file longer than our last line and cuts it then. */
-        if (ftruncate(log->fd, log->end) != 0)
-            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
-        goto out;
+/* Takes every queued record (up to max) off the queue (mutex held). */
+static void take_queue_locked(struct audit_log *log, size_t max, struct batch *b)
+{
+    pthread_mutex_lock(&log->qmu);
+    b->n = log->nqueue < max ? log->nqueue : max;
+    b->first = log->written_seq - log->nqueue + 1;
+    b->recs = NULL;
+    b->cap = b->n;
+    if (b->n == log->nqueue) {
+        /* All of it: the array goes with the batch, the spare becomes the queue. */
+        b->recs = log->queue;
+        b->cap = log->capqueue;
+        log->queue = log->spare;
+        log->capqueue = log->capspare;
+        log->spare = NULL;
+        log->capspare = 0;
+        log->nqueue = 0;
+    } else if ((b->recs = malloc(b->n * sizeof(*b->recs))) != NULL) {
+        memcpy(b->recs, log->queue, b->n * sizeof(*b->recs));
+        memmove(log->queue, log->queue + b->n, (log->nqueue - b->n) * sizeof(*b->recs));
+        log->nqueue -= b->n;
+    } else {
+        b->n = 0;
     }
-    /* The line is in the file: the next one chains to it, whatever the
-     * sync says (the chain follows the file's order). */
-    hash_line(line, len - 1, log->prev_hex);
-    log->end += (off_t)len;
-    *seq = ++log->written_seq;
-    log->filed_seq = log->written_seq;
-    rc = AUDIT_OK;
-out:
-    free(line);
-    return rc;
+    pthread_mutex_unlock(&log->qmu);
 }
 
-/* Drops the queued records (mutex held), which are failed: never written. */
-static void fail_queue_locked(struct audit_log *log)
+/* Drops a taken batch's references and keeps its array as the spare. */
+static void batch_done(struct audit_log *log, struct batch *b)
 {
-    if (log->nqueue == 0)
-        return;
-    fail_range_locked(log, log->written_seq - log->nqueue + 1, log->written_seq);
-    for (size_t i = 0; i < log->nqueue; i++)
-        json_decref(log->queue[i]);
-    log->nqueue = 0;
-    log->filed_seq = log->written_seq;
+    for (size_t i = 0; i < b->n; i++)
+        json_decref(b->recs[i]);
+    if (b->recs != NULL) {
+        pthread_mutex_lock(&log->qmu);
+        if (log->spare == NULL) {
+            log->spare = b->recs;
+            log->capspare = b->cap;
+            b->recs = NULL;
+        }
+        pthread_mutex_unlock(&log->qmu);
+    }
+    free(b->recs);
+    b->recs = NULL;
+    b->n = 0;
 }
 
-/* Writes every queued record (mutex and flock held) with one write, each
- * line chained to the one before. A record too long to be a line is
- * failed alone; a failed write fails the whole batch and cuts back what
- * it left, so the chain head is as before it. */
-static void write_queue_flocked(struct audit_log *log)
+/* A taken batch that is never written: failed, every record of it. */
+static void fail_batch_locked(struct audit_log *log, struct batch *b)
 {
-    unsigned long long first = log->written_seq - log->nqueue + 1;
+    if (b->n > 0) {
+        fail_range_locked(log, b->first, b->first + b->n - 1);
+        log->filed_seq = b->first + b->n - 1;
+    }
+    batch_done(log, b);
+}
+
+/* Writes a taken batch (mutex and flock held) with one write, each line
+ * chained to the one before. A record too long to be a line is failed
+ * alone; a failed write fails the whole batch and cuts back what it left,
+ * so the chain head is as before it. */
+static void write_batch_flocked(struct audit_log *log, struct batch *b)
+{
     char head[sizeof(log->prev_hex)];
     char *buf = NULL;
     size_t len = 0, cap = 0;
     int ok = 0;
 
-    if (log->nqueue == 0)
+    if (b->n == 0) {
+        batch_done(log, b);
         return;
+    }
     memcpy(head, log->prev_hex, sizeof(head));
-    for (size_t i = 0; i < log->nqueue; i++) {
+    for (size_t i = 0; i < b->n; i++) {
         char *line = NULL;
         size_t n = 0, need;
-        audit_err rc = format_line(log, log->queue[i], &line, &n);
+        audit_err rc = format_line(log, b->recs[i], &line, &n);
         if (rc == AUDIT_ERR_ARGS) {
-            log_error("audit record too long: refused seq=%llu", first + i);
-            fail_range_locked(log, first + i, first + i);
+            log_error("audit record too long: refused seq=%llu", b->first + i);
+            fail_range_locked(log, b->first + i, b->first + i);
             continue;
         }
         if (rc != AUDIT_OK || util_size_add(len, n, &need) != 0)
@@ -528,7 +554,7 @@ static void write_queue_flocked(struct audit_log *log)
         free(line);
     }
     if (len > 0 && write_all(log->fd, buf, len) != 0) {
-        log_error("audit append failed path=%s errno=%d records=%zu", log->path, errno, log->nqueue);
+        log_error("audit append failed path=%s errno=%d records=%zu", log->path, errno, b->n);
         /* A short write (a full disk) leaves a fragment: cut it off now, or
          * the next record lands on it. If that fails too, the next lock
          * finds the file longer than our last line and cuts it then. */
@@ -541,21 +567,60 @@ static void write_queue_flocked(struct audit_log *log)
     log->end += (off_t)len;
     ok = 1;
 out:
+    free(buf);
     if (!ok) {
         log->failed = 1;
         memcpy(log->prev_hex, head, sizeof(head));
-        fail_queue_locked(log);
+        fail_batch_locked(log, b);
+        return;
     }
-    for (size_t i = 0; i < log->nqueue; i++)
-        json_decref(log->queue[i]);
-    log->nqueue = 0;
-    log->filed_seq = log->written_seq;
-    free(buf);
+    log->filed_seq = b->first + b->n - 1;
+    batch_done(log, b);
 }
 
-/* Queues one record (mutex held); the round that writes or inserts it
+/* Appends o as one line chained to the head (mutex and flock held) and
+ * returns its sequence number in *seq; what is queued goes first, and
+ * nothing is queued meanwhile (numbers grow in file order). */
+static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+{
+    audit_err rc;
+    char *line = NULL;
+    size_t len = 0;
+    struct batch b;
+
+    for (;;) {
+        take_queue_locked(log, SIZE_MAX, &b);
+        write_batch_flocked(log, &b);
+        pthread_mutex_lock(&log->qmu);
+        if (log->nqueue == 0)
+            break; /* held from here: nothing is queued until our line is in */
+        pthread_mutex_unlock(&log->qmu);
+    }
+    if ((rc = format_line(log, o, &line, &len)) != AUDIT_OK)
+        goto out;
+    rc = AUDIT_ERR_IO;
+    if (write_all(log->fd, line, len) != 0) {
+        int werr = errno;
+        log->failed = 1;
+        log_error("audit append failed path=%s errno=%d", log->path, werr);
+        if (ftruncate(log->fd, log->end) != 0)
+            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
+        goto out;
+    }
+    hash_line(line, len - 1, log->prev_hex);
+    log->end += (off_t)len;
+    *seq = ++log->written_seq;
+    log->filed_seq = log->written_seq;
+    rc = AUDIT_OK;
+out:
+    pthread_mutex_unlock(&log->qmu);
+    free(line);
+    return rc;
+}
+
+/* Queues one record (qmu held); the round that writes or inserts it
  * chains it. */
-static audit_err queue_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+static audit_err queue_qlocked(struct audit_log *log, json_t *o, unsigned long long *seq)
 {
     if (log->nqueue == log->capqueue) {
         size_t ncap = log->capqueue ? 2 * log->capqueue : 64, bytes;
@@ -580,18 +645,22 @@ static int sync_round_locked(struct audit_log *log)
 {
     if (log->db != NULL)
         return db_round_locked(log);
-    if (log->nqueue > 0) {
+    struct batch b;
+    take_queue_locked(log, SIZE_MAX, &b);
+    if (b.n > 0) {
         /* Records must land in the configured file: if it was deleted or
          * moved away, writing to the orphaned inode would lose them. */
         if (lock_current_locked(log) != AUDIT_OK) {
             log->failed = 1;
             log_error("audit log cannot be appended to (not at its path, or its last line torn) path=%s records=%zu",
-                      log->path, log->nqueue);
-            fail_queue_locked(log);
+                      log->path, b.n);
+            fail_batch_locked(log, &b);
         } else {
-            write_queue_flocked(log);
+            write_batch_flocked(log, &b);
             unlock_file(log->fd);
         }
+    } else {
+        batch_done(log, &b); /* an empty one's array */
     }
     unsigned long long upto = log->filed_seq;
 
@@ -615,10 +684,12 @@ static void account_sync_locked(struct audit_log *log, unsigned long long upto, 
          * Linux reports a write-back error only once: a later successful
          * sync proves nothing about them either. Fail them all. */
         log->failed = 1;
-        if (log->written_seq > log->failed_seq)
-            log->failed_seq = log->written_seq;
-        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr,
-                  log->written_seq - log->synced_seq);
+        pthread_mutex_lock(&log->qmu);
+        unsigned long long written = log->written_seq;
+        pthread_mutex_unlock(&log->qmu);
+        if (written > log->failed_seq)
+            log->failed_seq = written;
+        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr, written - log->synced_seq);
     } else if (upto > log->synced_seq) {
         log->synced_seq = upto;
     }
@@ -738,23 +809,15 @@ static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsi
  * the insert): takes up to AUDIT_DB_BATCH queued records. */
 static int db_round_locked(struct audit_log *log)
 {
-    size_t n = log->nqueue < AUDIT_DB_BATCH ? log->nqueue : AUDIT_DB_BATCH;
-    unsigned long long first = log->written_seq - log->nqueue + 1, upto = first + n - 1;
-    json_t **batch = NULL;
+    struct batch b;
 
-    if (n > 0) {
-        if ((batch = malloc(n * sizeof(*batch))) == NULL)
-            return -1;
-        memcpy(batch, log->queue, n * sizeof(*batch));
-        memmove(log->queue, log->queue + n, (log->nqueue - n) * sizeof(*batch));
-        log->nqueue -= n;
-    }
+    take_queue_locked(log, AUDIT_DB_BATCH, &b);
+    size_t n = b.n;
+    unsigned long long first = b.first, upto = first + n - 1;
     log->syncing = 1;
     pthread_mutex_unlock(&log->mu);
-    int rc = db_flush(log, batch, n);
-    for (size_t i = 0; i < n; i++)
-        json_decref(batch[i]);
-    free(batch);
+    int rc = db_flush(log, b.recs, n);
+    batch_done(log, &b);
     pthread_mutex_lock(&log->mu);
     log->syncing = 0;
     log->rounds++;
@@ -913,9 +976,10 @@ audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long lon
     *seq = 0;
     if ((o = record_json(rec)) == NULL)
         return AUDIT_ERR_NOMEM;
-    pthread_mutex_lock(&log->mu);
-    rc = queue_locked(log, o, seq);
-    pthread_mutex_unlock(&log->mu);
+    /* Only the queue's lock: a round holds the log's mutex while it writes. */
+    pthread_mutex_lock(&log->qmu);
+    rc = queue_qlocked(log, o, seq);
+    pthread_mutex_unlock(&log->qmu);
     json_decref(o);
     return rc;
 }
@@ -1339,9 +1403,6 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     /* Another process may have appended since we read the head. */
     if ((rc = load_chain_head(log)) != AUDIT_OK)
         goto out;
-    /* What this process queued goes before the seal (the seal's own
-     * number must follow theirs). */
-    write_queue_flocked(log);
     rc = AUDIT_ERR_NOMEM;
     if ((dir = util_dir_of(log->path)) == NULL || (tmp = concat3(log->path, ".rotating", "")) == NULL)
         goto out;
