@@ -1,8 +1,9 @@
 /*
  * test_audit.c: the server's hash-chained audit log (groupsrv/server/audit.c):
- * the chain, group commit, the background syncer that lets event loops hold
- * answers instead of blocking, what a failed fdatasync does, and that a
- * record is written whole or not at all. fdatasync and write are wrapped at
+ * the chain, group commit (records queued, then written by a round with one
+ * write and one fdatasync), interleaving with other appenders and rotation,
+ * what a failed write or fdatasync does, and that a record is written whole
+ * or not at all. fdatasync and write are wrapped at
  * link time (-Wl,--wrap=...) so a test can make a sync fail or slow, or a
  * write stop short as on a full disk; everything else is the real file
  * system. The same records in the database ([audit] store = db) against a
