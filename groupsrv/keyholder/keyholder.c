@@ -205,10 +205,9 @@ static void job_done(struct kh_job *j)
     struct kh *kh = j->kh;
     struct kh_io *io = kh->io;
     struct kh_link *l;
-    /* Its records were just written: no use asking whether they are
-     * durable yet (each question takes the audit log's mutex, which the
-     * other workers' appends hold). A held answer is found durable by the
-     * syncer, whose round covers it. */
+    /* Its records were just queued: no use asking whether they are
+     * durable yet (no round has written them). A held answer is found
+     * durable by the syncer, whose round covers it. */
     int st = j->audit_last == 0 ? 1 : 0;
 
     if (st == 0) {
