@@ -159,8 +159,8 @@ static int job_audit_state(const struct kh_job *j)
 }
 
 /* Sends every held answer whose records are now known durable (or
- * failed); drops those whose link is gone. Runs on the syncer thread after
- * each sync round (and at shutdown). */
+ * failed); drops, once as far, those whose link is gone. Runs on the
+ * syncer thread after each sync round (and at shutdown). */
 static void flush_held(struct kh_io *io)
 {
     struct kh_job *ready = NULL, **tail = &ready, **pp, *last = NULL;
@@ -168,7 +168,9 @@ static void flush_held(struct kh_io *io)
     pthread_mutex_lock(&io->mu);
     for (pp = &io->held_head; *pp != NULL;) {
         struct kh_job *j = *pp;
-        int st = j->link != NULL ? job_audit_state(j) : 1;
+        /* A job whose link is gone waits too: its records are only
+         * queued, and a round must write them (nothing is sent). */
+        int st = job_audit_state(j);
         if (st == 0) {
             last = j;
             pp = &j->next;
@@ -219,8 +221,9 @@ static void job_done(struct kh_job *j)
     }
     pthread_mutex_lock(&io->mu);
     l = j->link;
-    if (l == NULL)
-        st = 1; /* gone: nothing to send, nothing to wait for */
+    /* Held even when its link is gone (nothing will be sent): its records
+     * are only queued until a round writes them, and on an idle key
+     * holder only the syncer would start that round. */
     if (st == 0) {
         j->next = NULL;
         if (io->held_tail != NULL)
