@@ -119,6 +119,10 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     /* A change committed after the stamp was read may already be in what
      * we load now; the next request then sees a new stamp and reloads. */
     gs_group *g = NULL;
+    /* The load finds keys in the token and may unwrap sealed ones there:
+     * no read snapshot is held across token calls (a slow token would pin
+     * the WAL and age the snapshot). What follows reads afresh. */
+    gs_store_read_end(st);
     if ((e = gs_group_load(st, hsm, name, &g)) != GS_OK)
         return e;
     /* An empty slot, else the least recently used one. */
