@@ -680,9 +680,11 @@ static void account_sync_locked(struct audit_log *log, unsigned long long upto, 
 {
     log->rounds++;
     if (src != 0) {
-        /* Lines written while the failed sync ran may share its pages, and
-         * Linux reports a write-back error only once: a later successful
-         * sync proves nothing about them either. Fail them all. */
+        /* Lines that may share the failed sync's pages, and Linux reports
+         * a write-back error only once: a later successful sync proves
+         * nothing about them either. Records queued while it ran are
+         * failed too (fail closed: their requests are refused with 503,
+         * never answered on a doubtful log). */
         log->failed = 1;
         pthread_mutex_lock(&log->qmu);
         unsigned long long written = log->written_seq;
@@ -1212,9 +1214,55 @@ static int record_is(const char *line, size_t len, const char *action, const cha
     return yes && (field == NULL || *field != NULL);
 }
 
+static audit_err predecessor_of(const char *path, char **prev_path);
+
+/* Whether the file at path starts with "audit-continue" chained to the
+ * seal whose hash is seal_hex. */
+static int continues_seal(const char *path, int fd, const char *seal_hex)
+{
+    char *first = NULL, *prev = NULL;
+    size_t len = 0;
+    int own = fd < 0, yes = 0;
+
+    if (own && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return 0;
+    if (read_first_line(fd, &first, &len) == AUDIT_OK && record_is(first, len, "audit-continue", "prev", &prev))
+        yes = strcmp(prev, seal_hex) == 0;
+    if (own)
+        close(fd);
+    free(first);
+    free(prev);
+    return yes;
+}
+
+/* Whether the chain of files ending at path (nfd: that file, open) holds
+ * the successor of the file sealed with seal_hex: path itself, or a file
+ * found walking back along the "previous" names (when the log was rotated
+ * more than once since our last round), at most AUDIT_MAX_FILES deep. */
+static int chain_continues_seal(const char *path, int nfd, const char *seal_hex)
+{
+    char *cur = NULL, *next = NULL;
+    int found = continues_seal(path, nfd, seal_hex);
+
+    if (!found && predecessor_of(path, &cur) != AUDIT_OK)
+        cur = NULL;
+    for (unsigned i = 0; !found && cur != NULL && i < AUDIT_MAX_FILES; i++) {
+        if ((found = continues_seal(cur, -1, seal_hex)))
+            break;
+        if (predecessor_of(cur, &next) != AUDIT_OK)
+            next = NULL;
+        free(cur);
+        cur = next;
+        next = NULL;
+    }
+    free(cur);
+    return found;
+}
+
 /* Our file is no longer at its path (mutex and our flock held, no sync
  * round running). If its last line is a seal ("audit-rotate") and the file
- * now at the path starts with "audit-continue" chained to that seal,
+ * now at the path starts with "audit-continue" chained to that seal (or,
+ * after several rotations, one of the files it continues does),
  * continue there: what we wrote before the seal is synced (and booked),
  * the new file locked, its head loaded. Lines another appender (the CLI)
  * put between our last one and the seal are part of the sealed file's
@@ -1224,7 +1272,7 @@ static int record_is(const char *line, size_t len, const char *action, const cha
 static audit_err follow_successor_locked(struct audit_log *log)
 {
     audit_err rc = AUDIT_ERR_IO;
-    char *last = NULL, *first = NULL, *cont_prev = NULL;
+    char *last = NULL;
     char seal_hex[sizeof(log->prev_hex)];
     size_t len = 0;
     int nfd = -1;
@@ -1234,8 +1282,7 @@ static audit_err follow_successor_locked(struct audit_log *log)
     hash_line(last, len, seal_hex);
     if ((nfd = open_locked_at_path(log->path)) < 0)
         goto out;
-    if (read_first_line(nfd, &first, &len) != AUDIT_OK ||
-        !record_is(first, len, "audit-continue", "prev", &cont_prev) || strcmp(cont_prev, seal_hex) != 0)
+    if (!chain_continues_seal(log->path, nfd, seal_hex))
         goto out;
     int src = fdatasync(log->fd);
     account_sync_locked(log, log->filed_seq, src, errno);
@@ -1256,8 +1303,6 @@ out:
     if (nfd >= 0)
         close(nfd);
     free(last);
-    free(first);
-    free(cont_prev);
     return rc;
 }
 

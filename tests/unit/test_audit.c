@@ -663,6 +663,33 @@ static void test_appender_follows_rotation_by_another(void **state)
     chain_ok(f->path, 2, 5);
 }
 
+/* The log rotated twice by another process between two of a server's
+ * rounds: the file at the path continues the intermediate file, not the
+ * server's; the server follows the chain back to its own seal and goes on
+ * in the newest file (it refused every record until SIGHUP before). */
+static void test_appender_follows_two_rotations(void **state)
+{
+    struct fx *f = *state;
+    audit_log *srv = NULL, *cli = NULL;
+    audit_record r = rec("ok");
+    unsigned long long s1 = 0, s2 = 0;
+    char first[256], second[256];
+
+    assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+    assert_int_equal(audit_write(srv, &r, &s1), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(srv, s1, s1), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+    assert_int_equal(audit_rotate(cli, first, sizeof(first)), AUDIT_OK);
+    assert_int_equal(audit_append(cli, &r), AUDIT_OK);
+    assert_int_equal(audit_rotate(cli, second, sizeof(second)), AUDIT_OK);
+    audit_close(cli);
+    assert_int_equal(audit_write(srv, &r, &s2), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(srv, s2, s2), AUDIT_OK);
+    audit_close(srv);
+    assert_int_equal(verify(first), 2);
+    chain_ok(f->path, 3, 7); /* the middle file is checked as a link of the chain */
+}
+
 /* A server's queued records interleaved with another appender (the CLI)
  * and a rotation by it: each round continues from the file's last line,
  * records queued before the rotation land in the successor after
@@ -1159,6 +1186,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_batches_interleave_with_cli_and_rotation, setup, teardown_all),
