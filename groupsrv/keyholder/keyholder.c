@@ -57,7 +57,6 @@ struct kh_io {
     int stop_requested;
     pthread_mutex_t mu;        /* the links' job lists, the held list, the syncer's state */
     struct kh_job *held_head, *held_tail; /* waiting for their audit records */
-    unsigned long long held_max; /* the last audit record a held answer waits for */
     pthread_cond_t held_cv;    /* the syncer waits here for held answers */
     pthread_t syncer;
     int syncer_running, syncer_stop;
@@ -231,8 +230,6 @@ static void job_done(struct kh_job *j)
         else
             io->held_head = j;
         io->held_tail = j;
-        if (j->audit_last > io->held_max)
-            io->held_max = j->audit_last;
         pthread_cond_signal(&io->held_cv);
         pthread_mutex_unlock(&io->mu);
         return;
@@ -264,7 +261,13 @@ static void *syncer_main(void *arg)
             pthread_cond_wait(&io->held_cv, &io->mu);
         if (io->held_head == NULL)
             break; /* stopping, and nothing is held */
-        unsigned long long upto = io->held_max;
+        /* The oldest held answer's records: the round this runs (or waits
+         * for) writes and syncs every record queued by then, so it covers
+         * the later answers too. Waiting for the newest instead spun while
+         * another thread's round ran if the newest had failed already (a
+         * record too long): that wait returns at once, the older answers
+         * are not yet known. Each pass now sends the oldest at least. */
+        unsigned long long upto = io->held_head->audit_last;
         pthread_mutex_unlock(&io->mu);
         /* A failure is each answer's own to report: flush_held looks. */
         (void)audit_wait_durable(kh->audit, upto, upto);
