@@ -18,17 +18,17 @@ BIN=$1 SRC=$2 SRV_MODULE=$3
 export GS_P11FAULT_SERVICE_US=20000 GS_P11FAULT_ENGINES=1
 . "$SRC/tests/integration/server-lib.sh"
 sed -i 's/^\[hsm\]$/[hsm]\nworkers = 1/; s/^\[server\]$/[server]\nmax_queue_ms = 0/' "$conf"
-url=$base/v1/groups/eng/unwrap
+unwrap_url() { echo "$base/v1/groups/eng/unwrap"; } # after start_server: it may move the port
 printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
 
 soak() { # soak WHO CONNS SECONDS LOG
   UC_CERT="$certs/$1@example.org.pem" UC_KEY="$certs/$1@example.org.key" UC_CACERT="$certs/tca.pem" \
-    "$BIN/unwrapclient" soak "$url" "$work/req-tls.json" "$2" "$3" "$4"
+    "$BIN/unwrapclient" soak "$(unwrap_url)" "$work/req-tls.json" "$2" "$3" "$4"
 }
 
 # ---- fair between identities ----
 start_server
-expect_status 200 "" "unwrap through the token model" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "unwrap through the token model" -- c alice --data-binary @"$work/req-tls.json" "$(unwrap_url)"
 n0=$(wc -l < "$work/audit.jsonl")
 soak alice 16 6 "$work/alice.log" & a=$!
 sleep 0.5 # alice's queue fills first

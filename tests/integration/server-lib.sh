@@ -129,14 +129,36 @@ cbase=https://127.0.0.1:$cport
 # SRV_LAUNCH (optional): a command prefix that execs its argument, such as
 # "prlimit --nofile=100:100 --", so that serve starts under its limits.
 start_server() {
-  ${SRV_LAUNCH:-} "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
-  srv_pid=$!
-  for _ in $(seq 1 100); do
-    if anon -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi
-    kill -0 "$srv_pid" 2>/dev/null || fail "server exited at start: $(tail -n 5 "$work/server.log")"
-    sleep 0.1
+  local attempt i
+  for attempt in 1 2 3; do
+    local mark
+    mark=0
+    [ -f "$work/server.log" ] && mark=$(wc -c < "$work/server.log")
+    ${SRV_LAUNCH:-} "$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+    srv_pid=$!
+    for i in $(seq 1 100); do
+      if anon -o /dev/null "$base/healthz" 2>/dev/null; then return 0; fi
+      kill -0 "$srv_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$srv_pid" 2>/dev/null && fail "server did not become healthy"
+    wait "$srv_pid" 2>/dev/null || true
+    # The ports were free when free_port chose them, seconds ago; another
+    # test's connection may have taken one since (ephemeral ports come from
+    # the same range). Choose again and retry; any other failure is real.
+    tail -c +"$((mark + 1))" "$work/server.log" | grep -q "Address already in use" ||
+      fail "server exited at start: $(tail -n 5 "$work/server.log")"
+    local oport=$port ocport=$cport
+    port=$(free_port)
+    cport=$(free_port)
+    while [ "$cport" = "$port" ]; do cport=$(free_port); done
+    sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
+      -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" "$conf"
+    base=${base%:*}:$port # the host part as the test set it (a name, in some)
+    cbase=${cbase%:*}:$cport
+    echo "note: a listening port was taken meanwhile; retrying on $port and $cport" >&2
   done
-  fail "server did not become healthy"
+  fail "server exited at start: $(tail -n 5 "$work/server.log")"
 }
 
 # status METHOD-ARGS...: prints the HTTP status only (body to $work/body)
