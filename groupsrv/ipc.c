@@ -738,6 +738,21 @@ int ipc_ev_read_frames(int fd, struct evbuffer *in, ipc_frame_fn on_frame, void 
     return rc;
 }
 
+int ipc_ev_queue(struct evbuffer *out, ipc_buf *b)
+{
+    int rc = IPC_OK;
+
+    if (b->len > 0) {
+        /* The buffer itself moves to out (no copy), wiped once written. */
+        if (evbuffer_add_reference(out, b->p, b->len, wipe_sent, (void *)(uintptr_t)b->cap) != 0)
+            rc = IPC_E_NOMEM;
+        else
+            ipc_buf_init(b);
+    }
+    ipc_buf_free(b);
+    return rc;
+}
+
 int ipc_ev_write(int fd, struct evbuffer *out, ipc_buf *b)
 {
     size_t off = 0;

@@ -306,5 +306,10 @@ int ipc_ev_read_frames(int fd, struct evbuffer *in, ipc_frame_fn on_frame, void 
  * all went, IPC_E_IO when the socket is broken (nothing kept), IPC_E_NOMEM.
  * b is wiped and emptied in every case. */
 int ipc_ev_write(int fd, struct evbuffer *out, ipc_buf *b);
+/* Appends a finished frame to out without writing it (the caller writes
+ * out later, several frames in one go): b's buffer moves there and is
+ * wiped and freed once written or when out is freed. IPC_OK, or
+ * IPC_E_NOMEM (nothing appended). b is wiped and emptied in every case. */
+int ipc_ev_queue(struct evbuffer *out, ipc_buf *b);
 
 #endif

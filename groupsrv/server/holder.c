@@ -18,7 +18,6 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <openssl/crypto.h>
 
 #include "log.h"
 
@@ -199,13 +198,6 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
         flush_out(l);
 }
 
-static void wipe_frame(const void *data, size_t len, void *cap)
-{
-    (void)len;
-    OPENSSL_cleanse((void *)data, (size_t)(uintptr_t)cap);
-    free((void *)data);
-}
-
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     khlink *l = arg;
@@ -297,9 +289,8 @@ int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg)
     ipc_set_cookie(b, c->cookie);
     /* The frame joins out (its buffer moves there, wiped once written:
      * frames carry keys), and goes with the others of this loop turn. */
-    if (evbuffer_add_reference(l->out, b->p, b->len, wipe_frame, (void *)(uintptr_t)b->cap) != 0)
+    if (ipc_ev_queue(l->out, b) != IPC_OK)
         goto out;
-    ipc_buf_init(b);
     if (!l->flush_pending) {
         l->flush_pending = 1;
         event_active(l->flush, EV_WRITE, 0);

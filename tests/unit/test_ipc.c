@@ -463,6 +463,36 @@ static void test_evbuffer(void **state)
     ipc_buf_free(&b);
 }
 
+/* ipc_ev_queue moves two frames into one buffer without writing them:
+ * they come out whole and in order, and b is left empty each time. */
+static void test_ev_queue(void **state)
+{
+    struct evbuffer *out = evbuffer_new();
+    ipc_buf b;
+    uint32_t type;
+    uint64_t cookie;
+    unsigned char *p;
+    size_t len, one;
+    (void)state;
+
+    ipc_buf_init(&b);
+    for (int i = 0; i < 2; i++) {
+        unwrap_request(&b);
+        one = b.len;
+        assert_int_equal(ipc_ev_queue(out, &b), IPC_OK);
+        assert_null(b.p);
+        assert_int_equal(b.len, 0);
+    }
+    assert_int_equal(evbuffer_get_length(out), 2 * one);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ipc_ev_next(out, &type, &cookie, &p, &len), 1);
+        assert_int_equal(type, IPC_UNWRAP);
+        ipc_payload_free(p, len);
+    }
+    assert_int_equal(evbuffer_get_length(out), 0);
+    evbuffer_free(out);
+}
+
 /* ipc_ev_write writes at once while the socket takes it, keeps the rest
  * (and everything after it, in order) for EV_WRITE; ipc_ev_fill reads it. */
 static void test_ev_write_fill(void **state)
@@ -677,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_wrap_transports_members),
         cmocka_unit_test(test_control_channel),
         cmocka_unit_test(test_ev_write_fill),
+        cmocka_unit_test(test_ev_queue),
         cmocka_unit_test(test_evbuffer),
         cmocka_unit_test(test_read_frames),
         cmocka_unit_test(test_reader_each),
