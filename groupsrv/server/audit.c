@@ -34,6 +34,11 @@
 #define AUDIT_MAX_LINE 8192
 /* [audit] store = db: records per INSERT (one statement, one commit). */
 #define AUDIT_DB_BATCH 1000
+/* A CLI appender or `audit rotate` holds the file's flock for a few ms.
+ * One that was stopped (^Z, a debugger) must not stall every key
+ * request behind it for ever: a round gives up after this long and its
+ * records fail (the answers become 503 audit_unavailable). */
+#define AUDIT_LOCK_WAIT_MS 5000
 /* Failed writes (file) and rounds (database) remembered exactly; beyond,
  * everything up to the oldest forgotten one counts as failed (fail closed). */
 #define AUDIT_FAILED_RANGES 1024
@@ -77,6 +82,7 @@ struct audit_log {
     } failed_ranges[AUDIT_FAILED_RANGES];
     size_t nfailed;
     unsigned long long failed_floor;
+    unsigned lock_wait_ms; /* how long a round waits for another process's flock */
 };
 
 static int sync_round_when_free_locked(struct audit_log *log);
@@ -229,6 +235,7 @@ static struct audit_log *log_new(const char *path)
     if (log == NULL)
         return NULL;
     log->fd = -1;
+    log->lock_wait_ms = AUDIT_LOCK_WAIT_MS;
     pthread_mutex_init(&log->mu, NULL);
     pthread_mutex_init(&log->qmu, NULL);
     pthread_cond_init(&log->synced, NULL);
@@ -277,6 +284,15 @@ out:
     return rc;
 }
 
+/* How many records wait in the queue (appenders change it under qmu only). */
+static size_t queued(struct audit_log *log)
+{
+    pthread_mutex_lock(&log->qmu);
+    size_t n = log->nqueue;
+    pthread_mutex_unlock(&log->qmu);
+    return n;
+}
+
 void audit_close(audit_log *log)
 {
     if (log == NULL)
@@ -284,7 +300,7 @@ void audit_close(audit_log *log)
     /* Records still queued (an answer nobody waits for any more, such as
      * one for a network process that went away) are written, not lost. */
     pthread_mutex_lock(&log->mu);
-    while (log->nqueue > 0 && (log->fd >= 0 || log->db != NULL))
+    while (queued(log) > 0 && (log->fd >= 0 || log->db != NULL))
         (void)sync_round_when_free_locked(log);
     pthread_mutex_unlock(&log->mu);
     if (log->fd >= 0)
@@ -453,6 +469,7 @@ struct batch {
     json_t **recs;
     size_t n, cap;
     unsigned long long first;
+    json_t *one; /* recs when no array could be had: a batch of one */
 };
 
 /* Takes every queued record (up to max) off the queue (mutex held). */
@@ -472,12 +489,18 @@ static void take_queue_locked(struct audit_log *log, size_t max, struct batch *b
         log->spare = NULL;
         log->capspare = 0;
         log->nqueue = 0;
-    } else if ((b->recs = malloc(b->n * sizeof(*b->recs))) != NULL) {
+    } else {
+        /* Part of it (a database round's limit). Out of memory, the round
+         * still takes one record: taking none would leave a caller that
+         * loops until the queue is empty spinning for ever. */
+        if ((b->recs = malloc(b->n * sizeof(*b->recs))) == NULL) {
+            b->recs = &b->one;
+            b->n = 1;
+            b->cap = 0;
+        }
         memcpy(b->recs, log->queue, b->n * sizeof(*b->recs));
         memmove(log->queue, log->queue + b->n, (log->nqueue - b->n) * sizeof(*b->recs));
         log->nqueue -= b->n;
-    } else {
-        b->n = 0;
     }
     pthread_mutex_unlock(&log->qmu);
 }
@@ -487,6 +510,8 @@ static void batch_done(struct audit_log *log, struct batch *b)
 {
     for (size_t i = 0; i < b->n; i++)
         json_decref(b->recs[i]);
+    if (b->recs == &b->one)
+        b->recs = NULL;
     if (b->recs != NULL) {
         pthread_mutex_lock(&log->qmu);
         if (log->spare == NULL) {
@@ -1322,12 +1347,45 @@ static audit_err continue_from_file_locked(struct audit_log *log)
     return rc;
 }
 
+/* flock(LOCK_EX) that gives up after log->lock_wait_ms: polls, from
+ * 100 us up to 10 ms between tries (a CLI holds the lock for a few ms). */
+static int flock_bounded(struct audit_log *log)
+{
+    struct timespec start, now, pause = {0, 100 * 1000};
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (flock(log->fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long waited_ms = (long long)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (waited_ms >= (long long)log->lock_wait_ms) {
+            log_error("audit log locked by another process for over %u ms; failing this round path=%s",
+                      log->lock_wait_ms, log->path);
+            errno = EWOULDBLOCK;
+            return -1;
+        }
+        (void)nanosleep(&pause, NULL);
+        if (pause.tv_nsec < 10 * 1000 * 1000)
+            pause.tv_nsec *= 2;
+    }
+}
+
+void audit_set_lock_wait(audit_log *log, unsigned ms)
+{
+    pthread_mutex_lock(&log->mu);
+    log->lock_wait_ms = ms;
+    pthread_mutex_unlock(&log->mu);
+}
+
 static audit_err lock_current_locked(struct audit_log *log)
 {
     struct stat st;
 
     for (;;) {
-        if (flock(log->fd, LOCK_EX) != 0)
+        if (flock_bounded(log) != 0)
             return AUDIT_ERR_IO;
         if (fd_at_path_stat(log, &st)) {
             /* Another process appended (a rotation that sealed the file

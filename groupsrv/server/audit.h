@@ -61,6 +61,11 @@ audit_err audit_open(const char *path, audit_log **out);
 audit_err audit_open_db(const char *db_location, const char *instance, audit_log **out);
 void audit_close(audit_log *log);
 
+/* How long a round waits for the file's flock held by another process
+ * (a CLI append, `audit rotate`) before it fails its records; 5000 ms
+ * unless set. */
+void audit_set_lock_wait(audit_log *log, unsigned ms);
+
 /* Re-checks that the file can still be written (used by /healthz and before
  * sensitive operations): AUDIT_ERR_IO when the file is no longer at its
  * path, when there is no room for another record (fdatasync succeeds on a

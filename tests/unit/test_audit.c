@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -391,6 +392,41 @@ static void test_overlong_record_fails_alone(void **state)
 /* A full disk in the middle of a round's write fails every record of the
  * round, cuts the fragment off, and the next round starts from the head
  * before it. */
+/* Another process that holds the file's lock and stops (a CLI append
+ * suspended with ^Z) fails the round after the bounded wait instead of
+ * stalling every answer; once it lets go, records are written again and
+ * the chain still verifies. */
+static void test_round_gives_up_on_a_lock_held_too_long(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0, b = 0;
+    struct timespec t0, t1;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    audit_set_lock_wait(log, 200);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    /* A second open file description: its flock conflicts with the log's. */
+    int other = open(f->path, O_RDWR | O_APPEND);
+    assert_true(other >= 0);
+    assert_int_equal(flock(other, LOCK_EX), 0);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(audit_wait_durable(log, a, a), AUDIT_ERR_IO);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(waited >= 0.2);
+    assert_int_equal(audit_seq_state(log, a), -1);
+    assert_int_equal(flock(other, LOCK_UN), 0);
+    close(other);
+    assert_int_equal(audit_write(log, &r, &b), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, b, b), AUDIT_OK);
+    assert_int_equal(audit_seq_state(log, b), 1);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 2);
+}
+
 static void test_full_disk_fails_the_whole_batch(void **state)
 {
     struct fx *f = *state;
@@ -1179,6 +1215,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_writes_queue_in_one_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlong_record_fails_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_disk_fails_the_whole_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_gives_up_on_a_lock_held_too_long, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_writes_what_is_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_cut_at_open, setup, teardown),
