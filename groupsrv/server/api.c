@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 
 #include "envelope.h"
+#include "jsonw.h"
 #include "log.h"
 #include "util.h"
 
@@ -61,85 +62,6 @@ static json_t *b64_json(const unsigned char *p, size_t len)
 static int peer_is_rsa(const peer_info *p)
 {
     return p->cert != NULL && EVP_PKEY_get_base_id(X509_get0_pubkey(p->cert)) == EVP_PKEY_RSA;
-}
-
-static void wipe_keys(json_t *results)
-{
-    for (size_t i = 0; i < json_array_size(results); i++) {
-        json_t *k = json_object_get(json_array_get(results, i), "key");
-        if (k != NULL)
-            OPENSSL_cleanse((void *)json_string_value(k), json_string_length(k));
-    }
-}
-
-/* json_dumps grows its buffer with realloc, leaving copies of a plain key
- * in freed memory: answers that may hold one are serialised through this
- * buffer, which wipes what it leaves behind. */
-struct wiped_text {
-    char *p;
-    size_t len, cap;
-};
-
-static int wiped_text_add(const char *data, size_t n, void *arg)
-{
-    struct wiped_text *t = arg;
-
-    if (n > SIZE_MAX / 2 - t->len - 2)
-        return -1;
-    if (t->len + n + 2 > t->cap) {
-        size_t cap = (t->len + n + 2) * 2;
-        char *p = malloc(cap);
-        if (p == NULL)
-            return -1;
-        if (t->len > 0)
-            memcpy(p, t->p, t->len);
-        if (t->p != NULL)
-            OPENSSL_cleanse(t->p, t->cap);
-        free(t->p);
-        t->p = p;
-        t->cap = cap;
-    }
-    memcpy(t->p + t->len, data, n);
-    t->len += n;
-    return 0;
-}
-
-/* o as compact JSON and a newline; NULL when out of memory. Wipe it after use. */
-static char *dump_wiped(const json_t *o, size_t *len)
-{
-    struct wiped_text t = {NULL, 0, 0};
-
-    *len = 0;
-    if (json_dump_callback(o, wiped_text_add, &t, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0 ||
-        wiped_text_add("\n", 1, &t) != 0) {
-        if (t.p != NULL)
-            OPENSSL_cleanse(t.p, t.cap);
-        free(t.p);
-        return NULL;
-    }
-    *len = t.len;
-    return t.p;
-}
-
-/* Sends o (stolen) as JSON, then wipes every plain content key in it: its
- * own "key" or those of its "results" (a batch). */
-static void reply_key_json(struct srv_req *r, json_t *o)
-{
-    size_t n = 0;
-    char *text = dump_wiped(o, &n);
-    json_t *k = json_object_get(o, "key");
-
-    if (k != NULL)
-        OPENSSL_cleanse((void *)json_string_value(k), json_string_length(k));
-    wipe_keys(json_object_get(o, "results"));
-    json_decref(o);
-    if (text == NULL) {
-        srv_reply_error(r, 500, "internal", "out of memory");
-        return;
-    }
-    srv_reply_bytes(r, 200, "application/json", text, n);
-    OPENSSL_cleanse(text, n);
-    free(text);
 }
 
 /* ---- unwrap ------------------------------------------------------------------ */
@@ -421,14 +343,23 @@ static void unwrap_state_free(void *p)
     }
 }
 
-/* One item's answer as JSON (NULL with e set when it failed). */
-static json_t *item_answer(struct srv_req *r, uint32_t d, const ipc_msg *res, srv_err *e)
+/* What one answer's JSON may grow to: a batch's items, each a
+ * RecipientInfo for a certificate, or an error of at most a few KiB. */
+#define MAX_ANSWER_JSON (8u << 20)
+
+/* One item's answer, written into w as an object: 0, or -1 with e set.
+ * Nothing is written for an item the key holder refused; an answer that
+ * cannot be built (e->status 500) may leave w half written, and the
+ * caller then abandons w. The answer is written straight from the key
+ * holder's frame: no copy of a plain key is left in freed memory, and w
+ * wipes its text when freed. */
+static int item_write(struct srv_req *r, uint32_t d, const ipc_msg *res, jsonw *w, srv_err *e)
 {
     const unsigned char *p, *kek;
     size_t len, kek_len;
     unsigned char *der = NULL;
     size_t der_len = 0;
-    json_t *o = NULL;
+    int rc = -1;
     uint32_t status = ipc_u32(res, IPC_T_STATUS, 500);
 
     if (status != 200) {
@@ -436,21 +367,27 @@ static json_t *item_answer(struct srv_req *r, uint32_t d, const ipc_msg *res, sr
         srv_err_set(e, (int)status, code ? code : "internal", "%s", msg ? msg : "internal error");
         if (ipc_has(res, IPC_T_RETRY))
             e->retry = ipc_u32(res, IPC_T_RETRY, 5);
-        return NULL;
+        return -1;
     }
     uint32_t version = ipc_u32(res, IPC_T_KEY_VERSION, 0);
     switch (d) {
     case DELIVER_TLS:
         if (ipc_bytes(res, IPC_T_KEY, &p, &len) != 0)
             break;
-        o = json_pack("{s:o?,s:I}", "key", b64_json(p, len), "key_version", (json_int_t)version);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "key");
+        jsonw_b64(w, p, len);
+        rc = 0;
         break;
     case DELIVER_RECIPIENT_KEY:
         /* The key holder wrapped to this certificate's key; the KTRI names it. */
         if (ipc_bytes(res, IPC_T_WRAPPED, &p, &len) != 0 ||
             env_ktri_build(r->peer.cert, ENV_KT_RSA_OAEP_SHA1, p, len, &der, &der_len) != ENV_OK)
             break;
-        o = json_pack("{s:o?,s:I}", "recipient_info", b64_json(der, der_len), "key_version", (json_int_t)version);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "recipient_info");
+        jsonw_b64(w, der, der_len);
+        rc = 0;
         break;
     case DELIVER_GROUP_SECRET: {
         if (ipc_bytes(res, IPC_T_WRAPPED, &p, &len) != 0 || ipc_bytes(res, IPC_T_KEK_ID, &kek, &kek_len) != 0)
@@ -459,22 +396,48 @@ static json_t *item_answer(struct srv_req *r, uint32_t d, const ipc_msg *res, sr
         bool pad = len < 24 || (len - 8) % 8 != 0;
         if (env_kekri_build(kek, kek_len, 256, pad, p, len, &der, &der_len) != ENV_OK)
             break;
-        o = json_pack("{s:o?,s:o?,s:I,s:I}", "recipient_info", b64_json(der, der_len), "kek_id",
-                      b64_json(kek, kek_len), "secret_version", (json_int_t)ipc_u32(res, IPC_T_SECRET_VERSION, 0),
-                      "key_version", (json_int_t)version);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "recipient_info");
+        jsonw_b64(w, der, der_len);
+        jsonw_key(w, "kek_id");
+        jsonw_b64(w, kek, kek_len);
+        jsonw_key(w, "secret_version");
+        jsonw_int(w, (long long)ipc_u32(res, IPC_T_SECRET_VERSION, 0));
+        rc = 0;
         break;
     }
     }
     free(der);
-    if (o == NULL)
+    if (rc != 0) {
         srv_err_set(e, 500, "internal", "could not build the answer");
-    return o;
+        return -1;
+    }
+    jsonw_key(w, "key_version");
+    jsonw_int(w, (long long)version);
+    jsonw_obj_end(w);
+    return 0;
+}
+
+/* Sends w's text, or a 500 when it could not be written (out of memory,
+ * or a string from the key holder that is not UTF-8, which jansson
+ * refused the same way). Frees w. */
+static void reply_jsonw(struct srv_req *r, jsonw *w)
+{
+    const char *text = NULL;
+    size_t n = 0;
+
+    jsonw_newline(w);
+    if (jsonw_text(w, &text, &n) != JSONW_OK)
+        srv_reply_error(r, 500, "internal", "out of memory");
+    else
+        srv_reply_bytes(r, 200, "application/json", text, n);
+    jsonw_free(w);
 }
 
 static void unwrap_answer(struct srv_req *r, const ipc_msg *a)
 {
     struct unwrap_state *st = r->ctx;
-    json_t *results = NULL, *o;
+    jsonw *w = NULL;
     ipc_iter it;
     ipc_msg res;
     srv_err e;
@@ -483,48 +446,50 @@ static void unwrap_answer(struct srv_req *r, const ipc_msg *a)
         srv_reply_holder_error(r, a);
         return;
     }
-    if ((results = json_array()) == NULL) {
+    if ((w = jsonw_new(MAX_ANSWER_JSON)) == NULL) {
         srv_reply_error(r, 500, "internal", "out of memory");
         return;
+    }
+    if (st->batch) {
+        jsonw_obj_begin(w);
+        jsonw_key(w, "results");
+        jsonw_arr_begin(w);
     }
     ipc_iter_init(&it, a, IPC_T_RESULT);
     for (size_t i = 0; i < st->n; i++) {
-        if (st->deliver[i] == 0) {
+        int rc = -1;
+        if (st->deliver[i] == 0)
             e = st->err[i];
-            o = NULL;
-        } else if (!ipc_iter_next(&it, NULL, &res)) {
+        else if (!ipc_iter_next(&it, NULL, &res))
             srv_err_set(&e, 500, "internal", "the key holder's answer is incomplete");
-            o = NULL;
-        } else {
-            o = item_answer(r, st->deliver[i], &res, &e);
-        }
-        if (o == NULL && (!st->batch || e.status == 500 || e.status == 503)) {
+        else
+            rc = item_write(r, st->deliver[i], &res, w, &e);
+        if (rc != 0 && (!st->batch || e.status == 500 || e.status == 503)) {
             /* One item fails the request: a single unwrap, or a token or
              * audit failure in a batch (fail closed). */
-            wipe_keys(results);
-            json_decref(results);
+            jsonw_free(w);
             srv_reply_err(r, &e);
             return;
         }
-        if (o == NULL)
-            o = json_pack("{s:i,s:{s:s,s:s}}", "status", e.status, "error", "code", e.code, "message", e.msg);
-        if (o == NULL || json_array_append_new(results, o) != 0) {
-            wipe_keys(results);
-            json_decref(results);
-            srv_reply_error(r, 500, "internal", "out of memory");
-            return;
+        if (rc != 0) {
+            jsonw_obj_begin(w);
+            jsonw_key(w, "status");
+            jsonw_int(w, e.status);
+            jsonw_key(w, "error");
+            jsonw_obj_begin(w);
+            jsonw_key(w, "code");
+            jsonw_str(w, e.code);
+            jsonw_key(w, "message");
+            jsonw_str(w, e.msg);
+            jsonw_obj_end(w);
+            jsonw_obj_end(w);
         }
     }
-    if (!st->batch) {
-        o = json_incref(json_array_get(results, 0));
-        json_decref(results);
-        reply_key_json(r, o);
-        return;
+    if (st->batch) {
+        jsonw_arr_end(w);
+        jsonw_obj_end(w);
     }
-    if ((o = json_pack("{s:o}", "results", results)) == NULL)
-        srv_reply_error(r, 500, "internal", "out of memory");
-    else
-        reply_key_json(r, o);
+    reply_jsonw(r, w);
 }
 
 /* Wipes every key-bearing string of a parsed body before it is freed. */
@@ -647,11 +612,17 @@ static void rewrap_answer(struct srv_req *r, const ipc_msg *a)
             srv_reply_error(r, 500, "internal", "the key holder's answer is incomplete");
             return;
         }
-        if ((o = item_answer(r, DELIVER_GROUP_SECRET, &res, &e)) == NULL) {
+        jsonw *w = jsonw_new(MAX_ANSWER_JSON);
+        if (w == NULL) {
+            srv_reply_error(r, 500, "internal", "out of memory");
+            return;
+        }
+        if (item_write(r, DELIVER_GROUP_SECRET, &res, w, &e) != 0) {
+            jsonw_free(w);
             srv_reply_err(r, &e);
             return;
         }
-        srv_reply_json(r, 200, o);
+        reply_jsonw(r, w);
         return;
     }
     /* One RecipientInfo per member, and who it is for, in the same order. */

@@ -1,4 +1,5 @@
-/* Unit tests for common/: strict base64, PIN sources, atomic writes, parsing, log quoting. */
+/* Unit tests for common/: strict base64, PIN sources, atomic writes, parsing, log quoting,
+ * the JSON writer (against jansson, the library whose output it must equal). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <limits.h>
+
+#include "jsonw.h"
 #include "log.h"
 #include "util.h"
 
@@ -240,6 +245,266 @@ static void test_log_quote(void **state)
     assert_non_null(strstr(buf, "..."));
 }
 
+/* ---- jsonw: the same bytes as jansson's compact dump ---------------------- */
+
+/* jansson's text of o (stolen), with the newline the server adds. */
+static char *jansson_text(json_t *o)
+{
+    assert_non_null(o);
+    char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    assert_non_null(t);
+    size_t n = strlen(t);
+    char *out = malloc(n + 2);
+    assert_non_null(out);
+    memcpy(out, t, n);
+    out[n] = '\n';
+    out[n + 1] = '\0';
+    free(t);
+    return out;
+}
+
+static void assert_text(const jsonw *w, const char *want)
+{
+    const char *t = NULL;
+    size_t n = 0;
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_OK);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(t, want, n);
+}
+
+static void test_jsonw_answers_equal_jansson(void **state)
+{
+    (void)state;
+    unsigned char key[100];
+    for (size_t i = 0; i < sizeof(key); i++)
+        key[i] = (unsigned char)(i * 151 + 7);
+    for (size_t n = 0; n <= sizeof(key); n++) {
+        char *b64 = NULL;
+        assert_int_equal(util_b64_encode(key, n, &b64), UTIL_OK);
+        long long version = n % 2 ? (long long)n : LLONG_MAX - (long long)n;
+        /* The three answers of an unwrap, as api.c writes them. */
+        jsonw *w = jsonw_new(4096);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "key");
+        jsonw_b64(w, key, n);
+        jsonw_key(w, "key_version");
+        jsonw_int(w, version);
+        jsonw_obj_end(w);
+        jsonw_newline(w);
+        char *want = jansson_text(json_pack("{s:s,s:I}", "key", b64, "key_version", (json_int_t)version));
+        assert_text(w, want);
+        free(want);
+        jsonw_free(w);
+
+        w = jsonw_new(4096);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "results");
+        jsonw_arr_begin(w);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "recipient_info");
+        jsonw_b64(w, key, n);
+        jsonw_key(w, "kek_id");
+        jsonw_b64(w, key, n / 2);
+        jsonw_key(w, "secret_version");
+        jsonw_int(w, LLONG_MIN);
+        jsonw_obj_end(w);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "status");
+        jsonw_int(w, 403);
+        jsonw_key(w, "error");
+        jsonw_obj_begin(w);
+        jsonw_key(w, "code");
+        jsonw_str(w, "not_a_member");
+        jsonw_key(w, "message");
+        jsonw_str(w, "a \"quoted\"\tmessage\\ / \xc3\xa9\n");
+        jsonw_obj_end(w);
+        jsonw_obj_end(w);
+        jsonw_arr_end(w);
+        jsonw_obj_end(w);
+        jsonw_newline(w);
+        char *half = NULL;
+        assert_int_equal(util_b64_encode(key, n / 2, &half), UTIL_OK);
+        want = jansson_text(json_pack("{s:[{s:s,s:s,s:I},{s:i,s:{s:s,s:s}}]}", "results", "recipient_info", b64,
+                                      "kek_id", half, "secret_version", (json_int_t)LLONG_MIN, "status", 403, "error",
+                                      "code", "not_a_member", "message", "a \"quoted\"\tmessage\\ / \xc3\xa9\n"));
+        assert_text(w, want);
+        free(want);
+        free(half);
+        jsonw_free(w);
+        free(b64);
+    }
+}
+
+/* s written as a string by jsonw and by jansson: both refuse it, or both
+ * write the same bytes. Returns 1 when both accepted it. */
+static int string_agrees(const char *s)
+{
+    jsonw *w = jsonw_new(1 << 16);
+    assert_non_null(w);
+    jsonw_str(w, s);
+    const char *t = NULL;
+    size_t n = 0;
+    jsonw_err err = jsonw_text(w, &t, &n);
+    json_t *js = json_string(s);
+    if (js == NULL) {
+        assert_int_equal(err, JSONW_E_UTF8);
+        jsonw_free(w);
+        return 0;
+    }
+    assert_int_equal(err, JSONW_OK);
+    char *want = json_dumps(js, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(js);
+    assert_non_null(want);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(t, want, n);
+    free(want);
+    jsonw_free(w);
+    return 1;
+}
+
+static void test_jsonw_escapes_like_jansson(void **state)
+{
+    (void)state;
+    char s[2] = {0, 0};
+    /* Every single byte, ASCII controls and high bytes alike. */
+    for (int c = 1; c < 256; c++) {
+        s[0] = (char)c;
+        assert_int_equal(string_agrees(s), c < 0x80);
+    }
+    static const char *const valid[] = {
+        "", "plain", "\"\\/\b\f\n\r\t\x01\x1f\x7f", "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x94\x91",
+        "\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80", "\xef\xbf\xbf", "\xed\x9f\xbf", "\xee\x80\x80",
+        "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", "\xe2\x80\xa8 line separator", "</script>",
+    };
+    for (size_t i = 0; i < GS_ARRAY_LEN(valid); i++)
+        assert_int_equal(string_agrees(valid[i]), 1);
+    static const char *const invalid[] = {
+        "\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xc2", "\xc2\x41", "\xe0\x80\x80", "\xe0\x9f\xbf",
+        "\xed\xa0\x80", "\xed\xbf\xbf", "\xe2\x82", "\xf0\x80\x80\x80", "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80",
+        "\xf5\x80\x80\x80", "\xff", "ok\xe2\x82", "\xf0\x9f\x94",
+    };
+    for (size_t i = 0; i < GS_ARRAY_LEN(invalid); i++)
+        assert_int_equal(string_agrees(invalid[i]), 0);
+    /* Random strings, biased to the bytes that matter. */
+    static const unsigned char pick[] = {'a', '"', '\\', '\n', 0x01, 0x1f, 0x7f, 0x80, 0xbf, 0xc2, 0xc3, 0xdf,
+                                         0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xa0, 0x9f, 0x8f, 0x90, 0xa9, 0xff};
+    unsigned seed = 12345, accepted = 0;
+    char r[24];
+    for (int i = 0; i < 20000; i++) {
+        size_t len = (seed = seed * 1103515245u + 12345u) >> 16 & 15;
+        for (size_t k = 0; k < len; k++) {
+            seed = seed * 1103515245u + 12345u;
+            r[k] = (char)pick[(seed >> 16) % sizeof(pick)];
+        }
+        r[len] = '\0';
+        accepted += (unsigned)string_agrees(r);
+    }
+    assert_true(accepted > 1000 && accepted < 19000); /* both kinds were tried */
+}
+
+static void test_jsonw_shape_and_bounds(void **state)
+{
+    (void)state;
+    const char *t = NULL;
+    size_t n = 0;
+    jsonw *w;
+
+    /* A value where a key is due, a key in an array, a second top-level
+     * value, an unbalanced close, an unclosed object: refused, and sticky. */
+    w = jsonw_new(100);
+    jsonw_obj_begin(w);
+    jsonw_int(w, 1);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    assert_null(t);
+    jsonw_key(w, "a");
+    jsonw_int(w, 1);
+    jsonw_obj_end(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    jsonw_arr_begin(w);
+    jsonw_key(w, "a");
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    jsonw_int(w, 1);
+    jsonw_int(w, 2);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    jsonw_arr_begin(w);
+    jsonw_obj_end(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    jsonw_obj_begin(w);
+    jsonw_key(w, "a");
+    jsonw_obj_end(w); /* a key without its value */
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    jsonw_obj_begin(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_newline(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+    /* 16 levels, not 17. */
+    w = jsonw_new(100);
+    for (int i = 0; i < 16; i++)
+        jsonw_arr_begin(w);
+    for (int i = 0; i < 16; i++)
+        jsonw_arr_end(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_OK);
+    jsonw_free(w);
+    w = jsonw_new(100);
+    for (int i = 0; i < 17; i++)
+        jsonw_arr_begin(w);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_SHAPE);
+    jsonw_free(w);
+
+    /* The maximum holds exactly: base64 of 30 bytes is 40 characters. */
+    unsigned char b[30] = {0};
+    w = jsonw_new(42);
+    jsonw_b64(w, b, sizeof(b));
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_OK);
+    assert_int_equal(n, 42);
+    jsonw_free(w);
+    w = jsonw_new(41);
+    jsonw_b64(w, b, sizeof(b));
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_TOOBIG);
+    jsonw_free(w);
+    w = jsonw_new(8);
+    jsonw_str(w, "a\"\"\"");
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_TOOBIG);
+    jsonw_free(w);
+    w = jsonw_new(9);
+    jsonw_str(w, "a\"\"\""); /* "a\"\"\"" is 9 bytes */
+    assert_text(w, "\"a\\\"\\\"\\\"\"");
+    jsonw_free(w);
+    /* A huge length is refused before any arithmetic can wrap. */
+    w = jsonw_new(SIZE_MAX);
+    jsonw_b64(w, b, SIZE_MAX - 1);
+    assert_int_equal(jsonw_text(w, &t, &n), JSONW_E_TOOBIG);
+    jsonw_free(w);
+    /* Growth past the first buffer keeps every byte. */
+    w = jsonw_new(1 << 20);
+    jsonw_arr_begin(w);
+    for (int i = 0; i < 1000; i++)
+        jsonw_int(w, i);
+    jsonw_arr_end(w);
+    json_t *a = json_array();
+    for (int i = 0; i < 1000; i++)
+        json_array_append_new(a, json_integer(i));
+    char *want = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    assert_text(w, want);
+    free(want);
+    jsonw_free(w);
+    jsonw_free(NULL);
+    assert_string_equal(jsonw_strerror(JSONW_E_UTF8), "string is not valid UTF-8");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +513,8 @@ int main(void)
         cmocka_unit_test(test_atomic_killed_writer_leaves_nothing),
         cmocka_unit_test(test_read_fd_cap),
         cmocka_unit_test(test_parse_numbers),   cmocka_unit_test(test_log_quote),
+        cmocka_unit_test(test_jsonw_answers_equal_jansson), cmocka_unit_test(test_jsonw_escapes_like_jansson),
+        cmocka_unit_test(test_jsonw_shape_and_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
