@@ -8,7 +8,7 @@
 #include "env_internal.h"
 
 ASN1_SEQUENCE(ENV_IAS) = {
-    ASN1_SIMPLE(ENV_IAS, issuer, X509_NAME),
+    ASN1_SIMPLE(ENV_IAS, issuer, ASN1_SEQUENCE), /* the Name's DER, see env_internal.h */
     ASN1_SIMPLE(ENV_IAS, serial, ASN1_INTEGER),
 } ASN1_SEQUENCE_END(ENV_IAS)
 IMPLEMENT_ASN1_FUNCTIONS(ENV_IAS)

@@ -20,9 +20,15 @@
 #define ENV_MAX_RECIPIENTS 100000u
 #define ENV_DEFAULT_MAX (1024ul * 1024 * 1024)
 
-/* IssuerAndSerialNumber */
+/* IssuerAndSerialNumber. The issuer Name is kept as received (its whole
+ * DER, a SEQUENCE) and decoded only when it must be: decoding a Name (its
+ * canonical form, a copy of every attribute) was most of the cost of
+ * parsing a RecipientInfo, and the name a RecipientInfo carries is
+ * nearly always byte for byte the issuer of a certificate at hand.
+ * Whoever parses one checks that its names decode (env_ri_names_valid),
+ * so that no more input is accepted than when they were decoded at once. */
 typedef struct env_ias_st {
-    X509_NAME *issuer;
+    ASN1_STRING *issuer;
     ASN1_INTEGER *serial;
 } ENV_IAS;
 
@@ -173,6 +179,9 @@ env_err env_cipher_from_algor(const X509_ALGOR *alg, bool *gcm, size_t *keylen, 
                               size_t *ivlen, size_t *taglen);
 long env_recipient_version(const env_recipient *ri);
 bool env_ias_matches(const ENV_IAS *ias, X509 *cert);
+/* Whether every issuer Name in ri decodes as an X.509 Name; a name byte
+ * for byte the issuer of one of the ncerts certs needs no decoding. */
+bool env_ri_names_valid(const ENV_RI *ri, X509 *const *certs, size_t ncerts);
 /* Canonical name of an AES content cipher (env_calg.c): "aes-128-cbc" ... */
 const char *env_calg_name(bool gcm, size_t keylen);
 env_err env_aes_unwrap(int wrap_nid, const unsigned char *kek, size_t keklen, const unsigned char *in,

@@ -638,6 +638,12 @@ static env_err set_ris(env_message *m, STACK_OF(ENV_RI) *ris)
         return ENV_ERR_NOMEM;
     for (size_t i = 0; i < n; i++) {
         unsigned char *p = NULL;
+        /* Issuer names are kept undecoded (env_internal.h): refused here,
+         * as when the template decoded them. */
+        if (!env_ri_names_valid(sk_ENV_RI_value(ris, (int)i), NULL, 0)) {
+            rv = ENV_ERR_NOT_CMS;
+            goto out;
+        }
         int len = i2d_ENV_RI(sk_ENV_RI_value(ris, (int)i), &p);
         if (len <= 0)
             goto out;

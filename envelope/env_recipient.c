@@ -46,7 +46,8 @@ const char *env_strerror(env_err err)
     return "unknown error";
 }
 
-env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out)
+env_err env_recipient_parse_known(const unsigned char *der, size_t len, X509 *const *certs, size_t ncerts,
+                                  env_recipient **out)
 {
     env_err rv = ENV_ERR_NOMEM;
     env_recipient *r = NULL;
@@ -54,7 +55,7 @@ env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient 
 
     if (out)
         *out = NULL;
-    if (!der || !out || len == 0)
+    if (!der || !out || len == 0 || (ncerts > 0 && !certs))
         return ENV_ERR_ARGS;
     if (len > ENV_RI_CAP)
         return ENV_ERR_TOO_LARGE;
@@ -69,6 +70,10 @@ env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient 
         rv = ENV_ERR_NOT_CMS;
         goto out;
     }
+    if (!env_ri_names_valid(r->ri, certs, ncerts)) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
     *out = r;
     r = NULL;
     rv = ENV_OK;
@@ -76,6 +81,11 @@ out:
     env_recipient_free(r);
     ERR_clear_error();
     return rv;
+}
+
+env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out)
+{
+    return env_recipient_parse_known(der, len, NULL, 0, out);
 }
 
 void env_recipient_free(env_recipient *ri)
@@ -209,10 +219,80 @@ env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg)
     return oaep_alg(ri->ri->d.ktri->alg, alg);
 }
 
+/* Is the issuer name of ias byte for byte the issuer of cert? */
+static bool ias_issuer_is(const ENV_IAS *ias, X509 *cert)
+{
+    const unsigned char *der = NULL;
+    size_t len = 0;
+
+    return X509_NAME_get0_der(X509_get_issuer_name(cert), &der, &len) == 1 &&
+           len == (size_t)ASN1_STRING_length(ias->issuer) && memcmp(der, ASN1_STRING_get0_data(ias->issuer), len) == 0;
+}
+
+/* The issuer name of ias decoded, or NULL when it is not an X.509 Name. */
+static X509_NAME *ias_issuer_decode(const ENV_IAS *ias)
+{
+    const unsigned char *p = ASN1_STRING_get0_data(ias->issuer);
+    long len = ASN1_STRING_length(ias->issuer);
+    X509_NAME *name = d2i_X509_NAME(NULL, &p, len);
+
+    if (name != NULL && p != ASN1_STRING_get0_data(ias->issuer) + len) {
+        X509_NAME_free(name);
+        name = NULL;
+    }
+    ERR_clear_error();
+    return name;
+}
+
+static bool ias_name_valid(const ENV_IAS *ias, X509 *const *certs, size_t ncerts)
+{
+    X509_NAME *name;
+
+    for (size_t i = 0; i < ncerts; i++)
+        if (certs[i] != NULL && ias_issuer_is(ias, certs[i]))
+            return true;
+    if ((name = ias_issuer_decode(ias)) == NULL)
+        return false;
+    X509_NAME_free(name);
+    return true;
+}
+
+bool env_ri_names_valid(const ENV_RI *ri, X509 *const *certs, size_t ncerts)
+{
+    switch (ri->type) {
+    case ENV_RI_T_KTRI:
+        return ri->d.ktri->rid->type != 0 || ias_name_valid(ri->d.ktri->rid->d.ias, certs, ncerts);
+    case ENV_RI_T_KARI: {
+        const ENV_KARI *kari = ri->d.kari;
+        if (kari->originator->type == 0 && !ias_name_valid(kari->originator->d.ias, certs, ncerts))
+            return false;
+        for (int i = 0; i < sk_ENV_REK_num(kari->reks); i++) {
+            const ENV_REK *rek = sk_ENV_REK_value(kari->reks, i);
+            if (rek->rid->type == 0 && !ias_name_valid(rek->rid->d.ias, certs, ncerts))
+                return false;
+        }
+        return true;
+    }
+    default:
+        return true;
+    }
+}
+
+/* The issuer is compared byte for byte first: the same bytes are the
+ * same name. Other encodings are compared as X509_NAME_cmp compares
+ * names (their canonical forms). */
 bool env_ias_matches(const ENV_IAS *ias, X509 *cert)
 {
-    return ias && X509_NAME_cmp(ias->issuer, X509_get_issuer_name(cert)) == 0 &&
-           ASN1_INTEGER_cmp(ias->serial, X509_get0_serialNumber(cert)) == 0;
+    bool same = false;
+
+    if (!ias || ASN1_INTEGER_cmp(ias->serial, X509_get0_serialNumber(cert)) != 0)
+        return false;
+    if (ias_issuer_is(ias, cert))
+        return true;
+    X509_NAME *name = ias_issuer_decode(ias);
+    same = name != NULL && X509_NAME_cmp(name, X509_get_issuer_name(cert)) == 0;
+    X509_NAME_free(name);
+    return same;
 }
 
 static bool ski_matches(const ASN1_OCTET_STRING *ski, X509 *cert)
@@ -667,7 +747,10 @@ env_err env_ktri_build(X509 *recipient, env_kt_alg alg, const unsigned char *enc
         goto out;
     k->rid->type = 0;
     k->rid->d.ias = ias;
-    if (!X509_NAME_set(&ias->issuer, X509_get_issuer_name(recipient)))
+    const unsigned char *issuer = NULL;
+    size_t issuer_len = 0;
+    if (X509_NAME_get0_der(X509_get_issuer_name(recipient), &issuer, &issuer_len) != 1 || issuer_len > INT_MAX ||
+        !ASN1_STRING_set(ias->issuer, issuer, (int)issuer_len))
         goto out;
     ASN1_INTEGER_free(ias->serial);
     if (!(ias->serial = ASN1_INTEGER_dup(X509_get0_serialNumber(recipient))))

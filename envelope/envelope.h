@@ -87,6 +87,13 @@ typedef struct env_recipient env_recipient;
  * Exactly one: trailing bytes are ENV_ERR_NOT_CMS. Input cap 64 KiB.
  * pwri/ori RecipientInfos parse as ENV_RI_OTHER. */
 env_err env_recipient_parse(const unsigned char *der, size_t len, env_recipient **out);
+/* The same, for a RecipientInfo that should name one of the ncerts certs
+ * (the group server's key versions): an issuer name byte for byte the
+ * issuer of one of them is known to be a valid Name and is not decoded,
+ * which is most of the cost of parsing. Accepts and refuses exactly what
+ * env_recipient_parse does. */
+env_err env_recipient_parse_known(const unsigned char *der, size_t len, X509 *const *certs, size_t ncerts,
+                                  env_recipient **out);
 void env_recipient_free(env_recipient *ri);
 env_ri_type env_recipient_type(const env_recipient *ri);
 /* Whether the RecipientInfo's version is the one RFC 5652 6.2 fixes for

@@ -167,7 +167,13 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
             srv_err_set(e, 400, "bad_base64", "\"recipient_info\" is not valid standard base64");
             goto out;
         }
-        if (env_recipient_parse(der, der_len, &ri) != ENV_OK) {
+        /* The RecipientInfo names the group's issuer as its certificates
+         * do: the newest few key versions' issuers spare decoding it. */
+        X509 *known[8];
+        size_t nknown = 0;
+        for (size_t i = 0; i < v->nversions && nknown < GS_ARRAY_LEN(known); i++)
+            known[nknown++] = v->versions[i].cert;
+        if (env_recipient_parse_known(der, der_len, known, nknown, &ri) != ENV_OK) {
             srv_err_set(e, 400, "bad_recipient_info", "\"recipient_info\" is not a DER RecipientInfo");
             goto out;
         }

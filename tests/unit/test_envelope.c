@@ -780,6 +780,92 @@ static void test_input_read_error(void **state)
     }
 }
 
+/* Issuer names are kept as received and decoded only when they must be:
+ * the same names match, the same bad names are refused, with or without
+ * certificates whose issuer spares the decoding. */
+static void test_recipient_issuer_names(void **state)
+{
+    unsigned char ek[256] = {1, 2, 3}, *der = NULL, *alt = NULL;
+    size_t derlen = 0, altlen = 0;
+    env_recipient *ri = NULL;
+    X509 *known[2] = {rsa_cert, rsa_cert2};
+    (void)state;
+
+    assert_int_equal(env_ktri_build(rsa_cert2, ENV_KT_RSA_OAEP_SHA1, ek, sizeof(ek), &der, &derlen), ENV_OK);
+    for (size_t nknown = 0; nknown <= 2; nknown++) {
+        assert_int_equal(env_recipient_parse_known(der, derlen, known, nknown, &ri), ENV_OK);
+        assert_true(env_recipient_matches_cert(ri, rsa_cert2));
+        assert_false(env_recipient_matches_cert(ri, rsa_cert));
+        env_recipient_free(ri);
+        ri = NULL;
+    }
+    assert_int_equal(env_recipient_parse_known(der, derlen, NULL, 1, &ri), ENV_ERR_ARGS);
+
+    /* The same name in another form (upper case: the certificate says
+     * "member") is the same issuer, as
+     * X509_NAME_cmp says, though not the same bytes. */
+    X509 *other = X509_new();
+    X509_NAME *name = X509_NAME_new();
+    assert_non_null(other);
+    assert_non_null(name);
+    assert_true(X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_UTF8STRING, (const unsigned char *)"MEMBER",
+                                           -1, -1, 0));
+    assert_true(X509_set_issuer_name(other, name));
+    assert_true(ASN1_INTEGER_set(X509_get_serialNumber(other), 2));
+    assert_true(X509_set_pubkey(other, rsa_key2));
+    assert_int_equal(X509_NAME_cmp(name, X509_get_issuer_name(rsa_cert2)), 0);
+    assert_int_equal(env_ktri_build(other, ENV_KT_RSA_OAEP_SHA1, ek, sizeof(ek), &alt, &altlen), ENV_OK);
+    assert_true(altlen != derlen || memcmp(alt, der, derlen) != 0);
+    assert_int_equal(env_recipient_parse_known(alt, altlen, known, 2, &ri), ENV_OK);
+    assert_true(env_recipient_matches_cert(ri, rsa_cert2));
+    assert_true(env_recipient_matches_cert(ri, other));
+    assert_false(env_recipient_matches_cert(ri, rsa_cert));
+    env_recipient_free(ri);
+    ri = NULL;
+
+    /* A well-formed SEQUENCE that is not a Name (its first RDN made an
+     * INTEGER): refused by both parsers, whatever certificates are known. */
+    unsigned char *issuer = NULL;
+    int ilen = i2d_X509_NAME(X509_get_issuer_name(rsa_cert2), &issuer);
+    assert_true(ilen > 2 && issuer[0] == 0x30 && issuer[2] == 0x31);
+    unsigned char *at = NULL;
+    for (size_t i = 0; i + (size_t)ilen <= derlen && at == NULL; i++)
+        if (memcmp(der + i, issuer, (size_t)ilen) == 0)
+            at = der + i;
+    assert_non_null(at);
+    at[2] = 0x02;
+    assert_int_equal(env_recipient_parse(der, derlen, &ri), ENV_ERR_NOT_CMS);
+    assert_null(ri);
+    assert_int_equal(env_recipient_parse_known(der, derlen, known, 2, &ri), ENV_ERR_NOT_CMS);
+    assert_null(ri);
+    /* The name's string retagged: as a BMPString (6 bytes, 3 characters)
+     * it decodes; as a UniversalString (4 bytes a character) it does not. */
+    at[2] = 0x31;
+    unsigned char *str = NULL;
+    for (unsigned char *q = at; q + 8 <= at + ilen && str == NULL; q++)
+        if (q[0] == V_ASN1_UTF8STRING && q[1] == 6 && memcmp(q + 2, "member", 6) == 0)
+            str = q;
+    assert_non_null(str);
+    str[0] = V_ASN1_BMPSTRING;
+    assert_int_equal(env_recipient_parse(der, derlen, &ri), ENV_OK);
+    env_recipient_free(ri);
+    ri = NULL;
+    assert_int_equal(env_recipient_parse_known(der, derlen, known, 2, &ri), ENV_OK);
+    assert_false(env_recipient_matches_cert(ri, rsa_cert2));
+    env_recipient_free(ri);
+    ri = NULL;
+    str[0] = V_ASN1_UNIVERSALSTRING;
+    assert_int_equal(env_recipient_parse(der, derlen, &ri), ENV_ERR_NOT_CMS);
+    assert_int_equal(env_recipient_parse_known(der, derlen, known, 2, &ri), ENV_ERR_NOT_CMS);
+    assert_null(ri);
+
+    OPENSSL_free(issuer);
+    X509_NAME_free(name);
+    X509_free(other);
+    free(alt);
+    free(der);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -788,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing),
         cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
+        cmocka_unit_test(test_recipient_issuer_names),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
     };
