@@ -42,7 +42,7 @@ set_tests_properties(server_fairness PROPERTIES LABELS "integration" TIMEOUT 300
 # the target.
 set(GS_NET_DIR ${PROJECT_SOURCE_DIR}/groupsrv/server)
 add_library(gs_net_fuzzing STATIC ${GS_NET_DIR}/core.c ${GS_NET_DIR}/api.c ${GS_NET_DIR}/certsrv.c
-  ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
+  ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/jsonin.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
 target_include_directories(gs_net_fuzzing PUBLIC ${GS_NET_DIR})
 target_compile_definitions(gs_net_fuzzing PUBLIC GS_FUZZING GS_FUZZ_HTTP_DIR="${GS_TEST_DIR}/fuzz/http")
 target_link_libraries(gs_net_fuzzing PUBLIC gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT

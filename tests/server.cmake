@@ -30,6 +30,14 @@ gs_target_warnings(test_audit)
 add_test(NAME unit_audit COMMAND bash ${GS_TEST_DIR}/lib/pg.sh run $<TARGET_FILE:test_audit>)
 set_tests_properties(unit_audit PROPERTIES LABELS "unit")
 
+# The one-pass reader of flat JSON bodies against jansson (jsonin.c).
+add_executable(test_jsonin ${GS_TEST_DIR}/unit/test_jsonin.c ${PROJECT_SOURCE_DIR}/groupsrv/server/jsonin.c)
+target_include_directories(test_jsonin PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
+target_link_libraries(test_jsonin PRIVATE PkgConfig::JANSSON PkgConfig::CMOCKA)
+gs_target_warnings(test_jsonin)
+add_test(NAME unit_jsonin COMMAND test_jsonin)
+set_tests_properties(unit_jsonin PROPERTIES LABELS "unit")
+
 # `groupsrv audit rotate` while the server answers requests, and `audit
 # verify` across the rotated files.
 add_test(NAME server_audit_rotate

@@ -32,6 +32,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
+#include "jsonin.h"
 #include "log.h"
 #include "util.h"
 
@@ -962,8 +963,12 @@ json_t *srv_json_body(struct srv_req *r, srv_err *e)
         srv_err_set(e, 500, "internal", "could not read the body");
         return NULL;
     }
-    /* Depth and size are bounded by the body cap; reject NULs and duplicate keys. */
-    o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+    /* A flat object of plain strings (an unwrap's) is read in one pass;
+     * anything else, and every error, is jansson's. Depth and size are
+     * bounded by the body cap; reject NULs and duplicate keys. */
+    o = jsonin_flat_object(body, len);
+    if (o == NULL)
+        o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
     if (o == NULL) {
         srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err.line, err.column);
         return NULL;
