@@ -44,6 +44,7 @@ struct tokenq {
     struct tq_flow *buckets[TQ_BUCKETS];
     struct tq_flow *ring;            /* the flow whose turn it is */
     unsigned queued, running, flows, max_jobs, nworkers;
+    unsigned sleeping;               /* workers waiting in work_cv */
     int stopping;
     double service_s[TQ_CLASSES];
     tokenq_ops ops;
@@ -125,7 +126,8 @@ static double wait_ahead(tokenq *q, const struct tq_flow *self, double est_s)
     return sum / (double)q->nworkers;
 }
 
-tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s, double *expected_wait_s)
+static tq_verdict submit(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s, double *expected_wait_s,
+                         int wake)
 {
     tq_verdict v = TQ_QUEUED;
     struct tq_flow **slot, *f;
@@ -176,9 +178,60 @@ out:
     pthread_mutex_unlock(&q->mu);
     /* After the unlock: a worker woken while the mutex is held only
      * blocks on it again (a second sleep and wake per request). */
-    if (v == TQ_QUEUED)
+    if (v == TQ_QUEUED && wake)
         pthread_cond_signal(&q->work_cv);
     return v;
+}
+
+tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s, double *expected_wait_s)
+{
+    return submit(q, job, flow_key, max_wait_s, expected_wait_s, 1);
+}
+
+tq_verdict tokenq_submit_deferred(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s,
+                                  double *expected_wait_s)
+{
+    return submit(q, job, flow_key, max_wait_s, expected_wait_s, 0);
+}
+
+/* q->mu held. How many sleeping workers the queued work needs woken: a
+ * job of unknown cost (its class not measured yet) counts as a whole
+ * worker; jobs of known cost share one per TQ_BATCH_US. */
+static unsigned workers_needed(tokenq *q)
+{
+    double short_s = 0;
+    unsigned need = 0;
+    struct tq_flow *f = q->ring;
+
+    if (f == NULL)
+        return 0;
+    do {
+        for (tq_job *j = f->head; j != NULL; j = j->next) {
+            if (j->est_s <= 0 || j->est_s >= TQ_BATCH_US / 1e6)
+                need++;
+            else
+                short_s += j->est_s;
+        }
+        f = f->rnext;
+    } while (f != q->ring && need < q->sleeping);
+    if (short_s > 0) {
+        /* Rounded up (without libm: tests link this file alone). */
+        double n = short_s / (TQ_BATCH_US / 1e6);
+        unsigned whole = (unsigned)n;
+        need += whole + (n > (double)whole);
+    }
+    return need < q->sleeping ? need : q->sleeping;
+}
+
+void tokenq_wake(tokenq *q)
+{
+    pthread_mutex_lock(&q->mu);
+    unsigned n = workers_needed(q);
+    pthread_mutex_unlock(&q->mu);
+    /* After the unlock, as in submit. A worker that wakes to an empty
+     * queue (another took the work) only sleeps again. */
+    for (unsigned i = 0; i < n; i++)
+        pthread_cond_signal(&q->work_cv);
 }
 
 /* q->mu held; the ring is not empty. Deficit round robin: a flow earns
@@ -263,8 +316,11 @@ static void *worker_main(void *arg)
     w->init_ok = ok;
     pthread_cond_broadcast(&q->init_cv);
     while (ok) {
-        while (q->ring == NULL && !q->stopping)
+        while (q->ring == NULL && !q->stopping) {
+            q->sleeping++;
             pthread_cond_wait(&q->work_cv, &q->mu);
+            q->sleeping--;
+        }
         if (q->ring == NULL)
             break; /* stopping and drained */
         tq_job *j = take(q);
@@ -280,6 +336,11 @@ static void *worker_main(void *arg)
             q->service_s[cls] = per_unit;
         else
             q->service_s[cls] += TQ_EWMA_WEIGHT * (per_unit - q->service_s[cls]);
+        if (q->ops.after_run != NULL) {
+            pthread_mutex_unlock(&q->mu);
+            q->ops.after_run(ctx);
+            pthread_mutex_lock(&q->mu);
+        }
     }
     pthread_mutex_unlock(&q->mu);
     if (ok && q->ops.fini != NULL)
@@ -375,6 +436,7 @@ void tokenq_get_stats(tokenq *q, tokenq_stats *out)
     out->running = q->running;
     out->flows = q->flows;
     out->workers = q->nworkers;
+    out->idle = q->sleeping;
     memcpy(out->service_s, q->service_s, sizeof(out->service_s));
     pthread_mutex_unlock(&q->mu);
 }

@@ -49,6 +49,11 @@ typedef struct tokenq_ops {
     void (*fini)(void *worker);
     /* Runs one job; the job is the callback's from here on. */
     void (*run)(void *worker, tq_job *job);
+    /* Optional: runs on the same worker after each run, outside the
+     * measured service time and before the worker takes its next job
+     * (work that follows a job but is not the token's: the key holder's
+     * audit round when it has nothing else to do). */
+    void (*after_run)(void *worker);
     void *arg;
 } tokenq_ops;
 
@@ -67,6 +72,20 @@ typedef enum tq_verdict {
  * *expected_wait_s (may be NULL) gets the estimate, also when refused. */
 tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s, double *expected_wait_s);
 
+/* Batches: tokenq_submit_deferred queues like tokenq_submit but wakes no
+ * worker; the caller queues every job its loop turn brought, then calls
+ * tokenq_wake once. tokenq_wake wakes as many sleeping workers as the
+ * queued work needs: one per job while the measured service time of the
+ * queued jobs is unknown or long (a token call: each job gets a worker of
+ * its own, in parallel), but one worker for about TQ_BATCH_US of queued
+ * work when the jobs are short, which that worker runs one after the
+ * other without sleeping in between (a wake-up, and the sleep it ends,
+ * cost more than such a job). At least one when anything is queued. */
+#define TQ_BATCH_US 200
+tq_verdict tokenq_submit_deferred(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s,
+                                  double *expected_wait_s);
+void tokenq_wake(tokenq *q);
+
 /* Removes a job that has not started; true if it was still queued (it is
  * then the caller's again), false if a worker has it. */
 bool tokenq_cancel(tokenq *q, tq_job *job);
@@ -80,6 +99,7 @@ unsigned tokenq_pending(tokenq *q);
 
 typedef struct tokenq_stats {
     unsigned queued, running, flows, workers;
+    unsigned idle;                /* workers asleep, waiting for work */
     double service_s[TQ_CLASSES]; /* measured service time per unit of cost */
 } tokenq_stats;
 void tokenq_get_stats(tokenq *q, tokenq_stats *out);
