@@ -41,6 +41,7 @@ struct kh_job {
     ipc_msg msg;
     ipc_buf reply;                 /* built by the worker (may hold a content key) */
     unsigned long long audit_first, audit_last; /* its audit records (0: none) */
+    int syncer_owes;               /* held, and the syncer must send it (io->mu) */
 };
 
 /* One per token worker thread: its own database connection and caches. */
@@ -49,6 +50,9 @@ struct kh_worker {
     unsigned index;
     gs_store *store;
     gcache *gc;
+    /* The audit records of the answer this worker held and syncs itself
+     * after the job (keyholder.c, job_after); 0: none. */
+    unsigned long long sync_first, sync_last;
 };
 
 struct kh {
