@@ -7,12 +7,15 @@
  * records are durable, and the shutdown that finishes queued work.
  *
  * The I/O loop never waits for the token or the disk: frames are checked
- * and queued; an answer is sent once its audit records are durable, by
- * the worker that made it when it was the only work (it syncs the log
- * itself), else by the syncer thread after its next round. A frame whose
- * header cannot be trusted closes its link (the stream is lost); every
- * other bad frame gets an error answer and the link goes on. Either way
- * the process keeps serving.
+ * and queued, every frame of one read before the workers are woken once
+ * (tokenq_wake: as many as the work needs); an answer is sent once its
+ * audit records are durable, by the worker that made it when it was the
+ * only work (it syncs the log itself once the job is over), else by the
+ * syncer thread after its next round; the answers one round made durable
+ * leave in one write per link. A frame whose header cannot be trusted
+ * closes its link (the stream is lost); every other bad frame gets an
+ * error answer and the link goes on. Either way the process keeps
+ * serving.
  */
 #include "keyholder.h"
 
