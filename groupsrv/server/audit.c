@@ -73,9 +73,9 @@ struct audit_log {
     int64_t db_seq;    /* the instance's last seq in the table */
     int need_head;     /* reload db_seq and prev_hex from the table first */
     pthread_mutex_t qmu; /* queue, nqueue, capqueue, spare, written_seq (taken after mu) */
-    json_t **queue;
+    struct qrec *queue;
     size_t nqueue, capqueue;
-    json_t **spare; /* an emptied queue array, kept for the next swap */
+    struct qrec *spare; /* an emptied queue array, kept for the next swap */
     size_t capspare;
     struct failed_range {
         unsigned long long lo, hi;
@@ -85,6 +85,19 @@ struct audit_log {
     unsigned lock_wait_ms; /* how long a round waits for another process's flock */
 };
 
+/* A queued record. Rendered when it is written, outside every lock: body
+ * is its JSON line up to the chain's fields ("{" and its members, no
+ * closing brace), so a round only appends them, hashes and writes. A
+ * record whose extra repeats one of the line's own fields is kept as a
+ * jansson object (obj) instead: jansson replaces such a member where it
+ * stands, and the line must stay what it always was. */
+struct qrec {
+    char *body;
+    size_t len;
+    json_t *obj;
+};
+
+static void qrec_clear(struct qrec *q);
 static int sync_round_when_free_locked(struct audit_log *log);
 static void account_sync_locked(struct audit_log *log, unsigned long long upto, int src, int serr);
 static audit_err lock_current_locked(struct audit_log *log);
@@ -105,11 +118,20 @@ const char *audit_strerror(audit_err err)
     return "unknown audit error";
 }
 
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
+/* SHA256() fetches the algorithm from the provider on every call; the
+ * chain hashes every record, so it is fetched once (kept to exit). */
 static void hash_line(const char *line, size_t len, char hex[2 * SHA256_DIGEST_LENGTH + 1])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
 
-    SHA256((const unsigned char *)line, len, md);
+    (void)pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md == NULL || !EVP_Digest(line, len, md, NULL, sha256_md, NULL))
+        SHA256((const unsigned char *)line, len, md);
     util_hex(md, sizeof(md), hex);
 }
 
@@ -306,7 +328,7 @@ void audit_close(audit_log *log)
     if (log->fd >= 0)
         close(log->fd);
     for (size_t i = 0; i < log->nqueue; i++)
-        json_decref(log->queue[i]);
+        qrec_clear(&log->queue[i]);
     free(log->queue);
     free(log->spare);
     gs_store_close(log->db);
@@ -401,17 +423,23 @@ out:
     return rc;
 }
 
+/* The record's time, UTC with milliseconds. The seconds' text is kept per
+ * thread: gmtime_r and strftime once a second, not once a record. */
 static void now_iso(char *buf, size_t cap)
 {
+    static _Thread_local time_t base_sec = (time_t)-1;
+    static _Thread_local char base[24];
     struct timespec ts;
     struct tm tm;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    /* strftime cannot overflow-warn the way a %d chain does under FORTIFY. */
-    char base[24];
-    if (strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
-        base[0] = '\0';
+    if (ts.tv_sec != base_sec) {
+        gmtime_r(&ts.tv_sec, &tm);
+        /* strftime cannot overflow-warn the way a %d chain does under FORTIFY. */
+        if (strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+            base[0] = '\0';
+        base_sec = base[0] != '\0' ? ts.tv_sec : (time_t)-1;
+    }
     snprintf(buf, cap, "%s.%03dZ", base, (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
@@ -422,24 +450,7 @@ static int set_str(json_t *o, const char *k, const char *v)
     return json_object_set_new(o, k, json_string(v));
 }
 
-/* Formats rec as one JSON line chained to the current head (caller holds
- * the mutex); the line ends in '\n', *len counts it. */
-static audit_err format_line(struct audit_log *log, json_t *o, char **line, size_t *len)
-{
-    *line = NULL;
-    if (json_object_set_new(o, "prev", json_string(log->prev_hex)))
-        return AUDIT_ERR_NOMEM;
-    if ((*line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
-        return AUDIT_ERR_NOMEM;
-    *len = strlen(*line);
-    if (*len >= AUDIT_MAX_LINE) {
-        free(*line);
-        *line = NULL;
-        return AUDIT_ERR_ARGS;
-    }
-    (*line)[(*len)++] = '\n'; /* json_dumps's NUL becomes the newline */
-    return AUDIT_OK;
-}
+#define LINE_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)
 
 static json_t *record_json(const audit_record *rec)
 {
@@ -462,14 +473,253 @@ static json_t *record_json(const audit_record *rec)
     return o;
 }
 
+/* ---- lines without jansson: the bytes json_dumps(LINE_FLAGS) makes ---------- */
+
+/* A growing buffer; err is set by the first failed append. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int err;
+};
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+    size_t need;
+
+    if (b->err || n == 0)
+        return;
+    if (util_size_add(b->len, n, &need) != 0) {
+        b->err = 1;
+        return;
+    }
+    if (need > b->cap) {
+        size_t ncap = b->cap > 0 ? b->cap : 256;
+        while (ncap < need && ncap <= SIZE_MAX / 2)
+            ncap *= 2;
+        char *np = ncap >= need ? realloc(b->p, ncap) : NULL;
+        if (np == NULL) {
+            b->err = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = ncap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len = need;
+}
+
+static void sb_lit(struct sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+/* The code point of the UTF-8 sequence at s (at most n bytes) and its
+ * length, or 0 when it is not valid UTF-8 by jansson's rules (json_string
+ * refuses such a string): no overlong forms, no surrogates, nothing past
+ * U+10FFFF, no sequence cut short. */
+static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    size_t len;
+    uint32_t v;
+
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    }
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)
+        len = 2, v = s[0] & 0x1F;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+        len = 3, v = s[0] & 0x0F;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        len = 4, v = s[0] & 0x07;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF) || (len == 3 && v < 0x800) || (len == 4 && v < 0x10000))
+        return 0;
+    *cp = v;
+    return len;
+}
+
+static void sb_u16(struct sbuf *b, uint32_t unit)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char e[6] = {'\\', 'u', hex[(unit >> 12) & 15], hex[(unit >> 8) & 15], hex[(unit >> 4) & 15], hex[unit & 15]};
+
+    sb_put(b, e, sizeof(e));
+}
+
+/* s as a JSON string the way jansson writes it with JSON_ENSURE_ASCII:
+ * printable ASCII as is (DEL too), '"' and '\\' escaped, \b \f \n \r \t,
+ * other control characters and everything past ASCII as \uXXXX (upper
+ * case; a surrogate pair past the BMP). -1 (nothing promised about b)
+ * for a string that is not valid UTF-8. */
+static int sb_json_str(struct sbuf *b, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str), run = 0;
+
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            run++;
+            i++;
+            continue;
+        }
+        sb_put(b, (const char *)s + i - run, run);
+        run = 0;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_put(b, e, 2);
+            i++;
+        } else if (c < 0x20) {
+            const char *e = c == '\b' ? "\\b" : c == '\f' ? "\\f" : c == '\n' ? "\\n" : c == '\r' ? "\\r"
+                          : c == '\t' ? "\\t" : NULL;
+            if (e != NULL)
+                sb_put(b, e, 2);
+            else
+                sb_u16(b, c);
+            i++;
+        } else {
+            uint32_t cp = 0;
+            size_t len = utf8_next(s + i, n - i, &cp);
+            if (len == 0)
+                return -1;
+            if (cp < 0x10000) {
+                sb_u16(b, cp);
+            } else {
+                cp -= 0x10000;
+                sb_u16(b, 0xD800 | (cp >> 10));
+                sb_u16(b, 0xDC00 | (cp & 0x3FF));
+            }
+            i += len;
+        }
+    }
+    sb_put(b, (const char *)s + n - run, run);
+    sb_put(b, "\"", 1);
+    return 0;
+}
+
+/* ,"key":"value" (nothing for NULL); -1 for a value that is not UTF-8. */
+static int sb_field(struct sbuf *b, const char *key, const char *value)
+{
+    if (value == NULL)
+        return 0;
+    sb_put(b, ",\"", 2);
+    sb_lit(b, key);
+    sb_put(b, "\":", 2);
+    return sb_json_str(b, value);
+}
+
+/* Members a record's line has of its own: an extra repeating one of them
+ * is left to jansson (see struct qrec). */
+static const char *const line_fields[] = {"time",   "request_id", "action",   "identity", "group", "method",
+                                          "key_version", "outcome", "instance", "seq",      "prev"};
+
+static int extra_repeats_a_field(json_t *extra)
+{
+    for (size_t i = 0; i < GS_ARRAY_LEN(line_fields); i++)
+        if (json_object_get(extra, line_fields[i]) != NULL)
+            return 1;
+    return 0;
+}
+
+static void qrec_clear(struct qrec *q)
+{
+    free(q->body);
+    json_decref(q->obj);
+    memset(q, 0, sizeof(*q));
+}
+
+/* Renders rec into q: the members record_json makes, in its order, with
+ * jansson's escaping; extra's members (dumped by jansson) after them. */
+static audit_err render_record(const audit_record *rec, struct qrec *q)
+{
+    struct sbuf b = {0};
+    char when[40], num[32];
+    json_t *extra = rec->extra != NULL && json_is_object((json_t *)rec->extra) ? rec->extra : NULL;
+    char *dump = NULL;
+    int bad = 0;
+
+    memset(q, 0, sizeof(*q));
+    if (extra != NULL && extra_repeats_a_field(extra))
+        return (q->obj = record_json(rec)) != NULL ? AUDIT_OK : AUDIT_ERR_NOMEM;
+    now_iso(when, sizeof(when));
+    sb_put(&b, "{\"time\":", 8);
+    bad |= sb_json_str(&b, when);
+    bad |= sb_field(&b, "request_id", rec->request_id);
+    bad |= sb_field(&b, "action", rec->action);
+    bad |= sb_field(&b, "identity", rec->identity);
+    bad |= sb_field(&b, "group", rec->group);
+    bad |= sb_field(&b, "method", rec->method);
+    if (rec->key_version >= 0) {
+        int n = snprintf(num, sizeof(num), ",\"key_version\":%ld", rec->key_version);
+        sb_put(&b, num, n > 0 && (size_t)n < sizeof(num) ? (size_t)n : 0);
+    }
+    bad |= sb_field(&b, "outcome", rec->outcome);
+    if (extra != NULL && json_object_size(extra) > 0) {
+        /* "{...}": its members go on after ours, as json_object_update
+         * appends them */
+        size_t n;
+        if ((dump = json_dumps(extra, LINE_FLAGS)) == NULL || (n = strlen(dump)) < 2) {
+            bad = 1;
+        } else {
+            sb_put(&b, ",", 1);
+            sb_put(&b, dump + 1, n - 2);
+        }
+    }
+    free(dump);
+    if (bad || b.err) {
+        /* not UTF-8: json_string refused it, and record_json failed */
+        free(b.p);
+        return AUDIT_ERR_NOMEM;
+    }
+    q->body = b.p;
+    q->len = b.len;
+    return AUDIT_OK;
+}
+
+/* Appends q's line chained to prev to b (the file's form: instance NULL;
+ * the database's: instance and seq too), without its newline. */
+static audit_err qrec_put_line(struct sbuf *b, const struct qrec *q, const char *instance, long long seq,
+                               const char *prev)
+{
+    if (q->obj != NULL) {
+        char *line;
+        if ((instance != NULL && (json_object_set_new(q->obj, "instance", json_string(instance)) ||
+                                  json_object_set_new(q->obj, "seq", json_integer(seq)))) ||
+            json_object_set_new(q->obj, "prev", json_string(prev)) || (line = json_dumps(q->obj, LINE_FLAGS)) == NULL)
+            return AUDIT_ERR_NOMEM;
+        sb_lit(b, line);
+        free(line);
+        return b->err ? AUDIT_ERR_NOMEM : AUDIT_OK;
+    }
+    sb_put(b, q->body, q->len);
+    if (instance != NULL) {
+        char num[32];
+        int n = snprintf(num, sizeof(num), ",\"seq\":%lld", seq);
+        if (sb_field(b, "instance", instance) != 0)
+            return AUDIT_ERR_NOMEM;
+        sb_put(b, num, n > 0 && (size_t)n < sizeof(num) ? (size_t)n : 0);
+    }
+    sb_put(b, ",\"prev\":\"", 9);
+    sb_lit(b, prev);
+    sb_put(b, "\"}", 2);
+    return b->err ? AUDIT_ERR_NOMEM : AUDIT_OK;
+}
+
 static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi);
 
 /* Queued records taken by a round: seq first.. in order. */
 struct batch {
-    json_t **recs;
+    struct qrec *recs;
     size_t n, cap;
     unsigned long long first;
-    json_t *one; /* recs when no array could be had: a batch of one */
+    struct qrec one; /* recs when no array could be had: a batch of one */
 };
 
 /* Takes every queued record (up to max) off the queue (mutex held). */
@@ -505,11 +755,11 @@ static void take_queue_locked(struct audit_log *log, size_t max, struct batch *b
     pthread_mutex_unlock(&log->qmu);
 }
 
-/* Drops a taken batch's references and keeps its array as the spare. */
+/* Drops a taken batch's records and keeps its array as the spare. */
 static void batch_done(struct audit_log *log, struct batch *b)
 {
     for (size_t i = 0; i < b->n; i++)
-        json_decref(b->recs[i]);
+        qrec_clear(&b->recs[i]);
     if (b->recs == &b->one)
         b->recs = NULL;
     if (b->recs != NULL) {
@@ -536,6 +786,25 @@ static void fail_batch_locked(struct audit_log *log, struct batch *b)
     batch_done(log, b);
 }
 
+/* Appends q's line, chained to the head, and its newline to buf (mutex
+ * held) and moves the head to it. AUDIT_ERR_ARGS (buf as it was) for a
+ * line too long to be a record. */
+static audit_err put_chained_locked(struct audit_log *log, struct sbuf *buf, const struct qrec *q)
+{
+    size_t start = buf->len;
+    audit_err rc = qrec_put_line(buf, q, NULL, 0, log->prev_hex);
+
+    if (rc != AUDIT_OK)
+        return rc;
+    if (buf->len - start >= AUDIT_MAX_LINE) {
+        buf->len = start;
+        return AUDIT_ERR_ARGS;
+    }
+    hash_line(buf->p + start, buf->len - start, log->prev_hex);
+    sb_put(buf, "\n", 1);
+    return buf->err ? AUDIT_ERR_NOMEM : AUDIT_OK;
+}
+
 /* Writes a taken batch (mutex and flock held) with one write, each line
  * chained to the one before. A record too long to be a line is failed
  * alone; a failed write fails the whole batch and cuts back what it left,
@@ -543,8 +812,7 @@ static void fail_batch_locked(struct audit_log *log, struct batch *b)
 static void write_batch_flocked(struct audit_log *log, struct batch *b)
 {
     char head[sizeof(log->prev_hex)];
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
+    struct sbuf buf = {0};
     int ok = 0;
 
     if (b->n == 0) {
@@ -553,32 +821,16 @@ static void write_batch_flocked(struct audit_log *log, struct batch *b)
     }
     memcpy(head, log->prev_hex, sizeof(head));
     for (size_t i = 0; i < b->n; i++) {
-        char *line = NULL;
-        size_t n = 0, need;
-        audit_err rc = format_line(log, b->recs[i], &line, &n);
+        audit_err rc = put_chained_locked(log, &buf, &b->recs[i]);
         if (rc == AUDIT_ERR_ARGS) {
             log_error("audit record too long: refused seq=%llu", b->first + i);
             fail_range_locked(log, b->first + i, b->first + i);
             continue;
         }
-        if (rc != AUDIT_OK || util_size_add(len, n, &need) != 0)
+        if (rc != AUDIT_OK)
             goto out;
-        if (need > cap) {
-            size_t ncap = need > 2 * cap ? need : 2 * cap;
-            char *nb = realloc(buf, ncap);
-            if (nb == NULL) {
-                free(line);
-                goto out;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        memcpy(buf + len, line, n);
-        len = need;
-        hash_line(line, n - 1, log->prev_hex);
-        free(line);
     }
-    if (len > 0 && write_all(log->fd, buf, len) != 0) {
+    if (buf.len > 0 && write_all(log->fd, buf.p, buf.len) != 0) {
         log_error("audit append failed path=%s errno=%d records=%zu", log->path, errno, b->n);
         /* A short write (a full disk) leaves a fragment: cut it off now, or
          * the next record lands on it. If that fails too, the next lock
@@ -589,10 +841,10 @@ static void write_batch_flocked(struct audit_log *log, struct batch *b)
     }
     /* The lines are in the file: the next one chains to the last, whatever
      * the sync says (the chain follows the file's order). */
-    log->end += (off_t)len;
+    log->end += (off_t)buf.len;
     ok = 1;
 out:
-    free(buf);
+    free(buf.p);
     if (!ok) {
         log->failed = 1;
         memcpy(log->prev_hex, head, sizeof(head));
@@ -603,14 +855,14 @@ out:
     batch_done(log, b);
 }
 
-/* Appends o as one line chained to the head (mutex and flock held) and
+/* Appends q as one line chained to the head (mutex and flock held) and
  * returns its sequence number in *seq; what is queued goes first, and
  * nothing is queued meanwhile (numbers grow in file order). */
-static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long long *seq)
+static audit_err put_line_locked(struct audit_log *log, const struct qrec *q, unsigned long long *seq)
 {
     audit_err rc;
-    char *line = NULL;
-    size_t len = 0;
+    char head[sizeof(log->prev_hex)];
+    struct sbuf line = {0};
     struct batch b;
 
     for (;;) {
@@ -621,42 +873,43 @@ static audit_err put_line_locked(struct audit_log *log, json_t *o, unsigned long
             break; /* held from here: nothing is queued until our line is in */
         pthread_mutex_unlock(&log->qmu);
     }
-    if ((rc = format_line(log, o, &line, &len)) != AUDIT_OK)
+    memcpy(head, log->prev_hex, sizeof(head));
+    if ((rc = put_chained_locked(log, &line, q)) != AUDIT_OK)
         goto out;
     rc = AUDIT_ERR_IO;
-    if (write_all(log->fd, line, len) != 0) {
+    if (write_all(log->fd, line.p, line.len) != 0) {
         int werr = errno;
         log->failed = 1;
+        memcpy(log->prev_hex, head, sizeof(head));
         log_error("audit append failed path=%s errno=%d", log->path, werr);
         if (ftruncate(log->fd, log->end) != 0)
             log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
         goto out;
     }
-    hash_line(line, len - 1, log->prev_hex);
-    log->end += (off_t)len;
+    log->end += (off_t)line.len;
     *seq = ++log->written_seq;
     log->filed_seq = log->written_seq;
     rc = AUDIT_OK;
 out:
     pthread_mutex_unlock(&log->qmu);
-    free(line);
+    free(line.p);
     return rc;
 }
 
-/* Queues one record (qmu held); the round that writes or inserts it
- * chains it. */
-static audit_err queue_qlocked(struct audit_log *log, json_t *o, unsigned long long *seq)
+/* Queues one rendered record (qmu held; q is moved into the queue on
+ * success); the round that writes or inserts it chains it. */
+static audit_err queue_qlocked(struct audit_log *log, struct qrec *q, unsigned long long *seq)
 {
     if (log->nqueue == log->capqueue) {
         size_t ncap = log->capqueue ? 2 * log->capqueue : 64, bytes;
-        json_t **nq;
+        struct qrec *nq;
         if (util_size_mul(ncap, sizeof(*nq), &bytes) != 0 || (nq = realloc(log->queue, bytes)) == NULL)
             return AUDIT_ERR_NOMEM;
         log->queue = nq;
         log->capqueue = ncap;
     }
-    json_incref(o);
-    log->queue[log->nqueue++] = o;
+    log->queue[log->nqueue++] = *q;
+    memset(q, 0, sizeof(*q));
     *seq = ++log->written_seq;
     return AUDIT_OK;
 }
@@ -772,7 +1025,7 @@ static int db_load_head(struct audit_log *log)
 
 /* Numbers, chains and inserts batch[0..n) in one statement (synchronous
  * commit): 0 when committed. Runs without the mutex, as the one round. */
-static int db_flush(struct audit_log *log, json_t **batch, size_t n)
+static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
 {
     char **lines = NULL;
     char prev[sizeof(log->prev_hex)];
@@ -787,13 +1040,16 @@ static int db_flush(struct audit_log *log, json_t **batch, size_t n)
         goto out;
     memcpy(prev, log->prev_hex, sizeof(prev));
     for (; made < n; made++) {
-        json_t *o = batch[made];
-        if (json_object_set_new(o, "instance", json_string(log->instance)) ||
-            json_object_set_new(o, "seq", json_integer((json_int_t)(log->db_seq + 1 + (int64_t)made))) ||
-            json_object_set_new(o, "prev", json_string(prev)) ||
-            (lines[made] = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL)
+        struct sbuf line = {0};
+        long long seq = (long long)(log->db_seq + 1 + (int64_t)made);
+        audit_err ae = qrec_put_line(&line, &batch[made], log->instance, seq, prev);
+        sb_put(&line, "", 1); /* a C string for the store */
+        if (ae != AUDIT_OK || line.err) {
+            free(line.p);
             goto out;
-        hash_line(lines[made], strlen(lines[made]), prev);
+        }
+        lines[made] = line.p;
+        hash_line(line.p, line.len - 1, prev);
     }
     gs_err ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
     if (ge != GS_OK) {
@@ -996,18 +1252,19 @@ out:
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq)
 {
     audit_err rc;
-    json_t *o;
+    struct qrec q;
 
     if (log == NULL || rec == NULL || seq == NULL)
         return AUDIT_ERR_ARGS;
     *seq = 0;
-    if ((o = record_json(rec)) == NULL)
-        return AUDIT_ERR_NOMEM;
+    /* Rendered here, by the writer's thread and outside every lock. */
+    if ((rc = render_record(rec, &q)) != AUDIT_OK)
+        return rc;
     /* Only the queue's lock: a round holds the log's mutex while it writes. */
     pthread_mutex_lock(&log->qmu);
-    rc = queue_qlocked(log, o, seq);
+    rc = queue_qlocked(log, &q, seq);
     pthread_mutex_unlock(&log->qmu);
-    json_decref(o);
+    qrec_clear(&q); /* moved into the queue unless that failed */
     return rc;
 }
 
@@ -1441,16 +1698,14 @@ static audit_err link_archive(const char *path, char *archive, size_t cap)
 }
 
 /* One rotation record (no request fields) with a string member. */
-static json_t *rotation_json(const char *action, const char *name, const char *value)
+static audit_err rotation_record(const char *action, const char *name, const char *value, struct qrec *q)
 {
-    audit_record r = {.action = action, .key_version = -1};
-    json_t *o = record_json(&r);
+    json_t *extra = json_pack("{s:s}", name, value);
+    audit_record r = {.action = action, .key_version = -1, .extra = extra};
+    audit_err rc = extra != NULL ? render_record(&r, q) : AUDIT_ERR_NOMEM;
 
-    if (o != NULL && json_object_set_new(o, name, json_string(value)) != 0) {
-        json_decref(o);
-        o = NULL;
-    }
-    return o;
+    json_decref(extra);
+    return rc;
 }
 
 /* The successor file (mutex and flock held): a temp file next to the log,
@@ -1480,7 +1735,7 @@ static int open_successor(const char *tmp, const struct stat *sealed)
 audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
 {
     audit_err rc = AUDIT_ERR_ARGS;
-    json_t *seal = NULL, *cont = NULL;
+    struct qrec seal = {0}, cont = {0};
     char *tmp = NULL, *dir = NULL;
     const char *base;
     unsigned long long seq = 0;
@@ -1522,12 +1777,11 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
         goto out;
     linked = 1;
     base = strrchr(archive, '/') ? strrchr(archive, '/') + 1 : archive;
-    rc = AUDIT_ERR_NOMEM;
-    if ((seal = rotation_json("audit-rotate", "archive", base)) == NULL ||
-        (cont = rotation_json("audit-continue", "previous", base)) == NULL)
+    if ((rc = rotation_record("audit-rotate", "archive", base, &seal)) != AUDIT_OK ||
+        (rc = rotation_record("audit-continue", "previous", base, &cont)) != AUDIT_OK)
         goto out;
     /* Seal: after this record nothing more goes into this file. */
-    if ((rc = put_line_locked(log, seal, &seq)) != AUDIT_OK)
+    if ((rc = put_line_locked(log, &seal, &seq)) != AUDIT_OK)
         goto out;
     int src = fdatasync(log->fd);
     account_sync_locked(log, log->filed_seq, src, errno);
@@ -1542,7 +1796,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     log->fd = new_fd;
     new_fd = -1;
     log->end = 0;
-    if ((rc = put_line_locked(log, cont, &seq)) != AUDIT_OK)
+    if ((rc = put_line_locked(log, &cont, &seq)) != AUDIT_OK)
         goto out;
     src = fsync(log->fd);
     account_sync_locked(log, log->filed_seq, src, errno);
@@ -1576,8 +1830,8 @@ out:
     if (locked)
         unlock_file(log->fd);
     pthread_mutex_unlock(&log->mu);
-    json_decref(seal);
-    json_decref(cont);
+    qrec_clear(&seal);
+    qrec_clear(&cont);
     free(tmp);
     free(dir);
     return rc;

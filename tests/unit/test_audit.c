@@ -28,10 +28,13 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "audit.h"
 #include "pgtest.h"
 #include "store.h"
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 int __real_fdatasync(int fd);
 ssize_t __real_write(int fd, const void *buf, size_t n);
@@ -1042,6 +1045,196 @@ static void test_symlink_at_path_refused(void **state)
     assert_int_equal(st.st_size, 17);
 }
 
+/* ---- the line's bytes: what the jansson object made before ---------------- */
+
+/* Identities as a certificate may carry them: every escape jansson makes
+ * (quote, backslash, the named and the \u00XX control characters, DEL as
+ * is, non-ASCII in and past the BMP, U+10FFFF, a line separator). */
+static const char *const odd_identities[] = {
+    "alice@example.org",
+    "\xc3\x9cn\xc3\xaf\x63\xc3\xb8\x64\xc3\xa9 <\xc3\xa9@example.org>",
+    "quote\"back\\slash/and/slash",
+    "ctl\x01\x1f\x7f\b\f\n\r\t end",
+    "emoji \xf0\x9f\x98\x80 clef \xf0\x9d\x84\x9e",
+    "\xe4\xb8\xad\xe6\x96\x87@\xe4\xbe\x8b\xe5\xad\x90.\xe5\x85\xac\xe5\x8f\xb8",
+    "\xe2\x80\xa8 sep \xef\xbf\xbf max \xf4\x8f\xbf\xbf",
+    "",
+};
+
+/* Strings json_string refuses (not UTF-8): the record is refused too. */
+static const char *const not_utf8[] = {
+    "\xc0\xaf",         /* overlong '/' */
+    "\xe0\x80\xaf",     /* overlong, 3 bytes */
+    "\xf0\x80\x80\xaf", /* overlong, 4 bytes */
+    "\xed\xa0\x80",     /* a surrogate half */
+    "\xf4\x90\x80\x80", /* past U+10FFFF */
+    "\xf5\x80\x80\x80",
+    "cut \xe2\x82",
+    "\x80 lone continuation",
+    "\xc3(",
+};
+
+/* The line the jansson object of before made for r at time `when`, chained
+ * to prev (malloc'd, no newline). */
+static char *jansson_line(const audit_record *r, const char *when, const char *prev)
+{
+    json_t *o = json_object();
+
+    assert_non_null(o);
+    json_object_set_new(o, "time", json_string(when));
+    if (r->request_id)
+        json_object_set_new(o, "request_id", json_string(r->request_id));
+    if (r->action)
+        json_object_set_new(o, "action", json_string(r->action));
+    if (r->identity)
+        json_object_set_new(o, "identity", json_string(r->identity));
+    if (r->group)
+        json_object_set_new(o, "group", json_string(r->group));
+    if (r->method)
+        json_object_set_new(o, "method", json_string(r->method));
+    if (r->key_version >= 0)
+        json_object_set_new(o, "key_version", json_integer(r->key_version));
+    if (r->outcome)
+        json_object_set_new(o, "outcome", json_string(r->outcome));
+    if (r->extra != NULL && json_is_object((json_t *)r->extra))
+        assert_int_equal(json_object_update(o, (json_t *)r->extra), 0);
+    json_object_set_new(o, "prev", json_string(prev));
+    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+    json_decref(o);
+    assert_non_null(line);
+    return line;
+}
+
+static void sha256_hex(const char *line, size_t len, char hex[65])
+{
+    unsigned char md[32];
+    EVP_Digest(line, len, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+/* The file at path holds exactly recs[0..n), each line the bytes the
+ * jansson object made (at the time the line names), chained from zero. */
+static void assert_lines_are_jansson(const char *path, const audit_record *recs, size_t n)
+{
+    FILE *fp = fopen(path, "r");
+    char *line = NULL, prev[65];
+    size_t cap = 0;
+    ssize_t len;
+
+    assert_non_null(fp);
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        assert_true((len = getline(&line, &cap, fp)) > 1);
+        assert_int_equal(line[len - 1], '\n');
+        line[--len] = '\0';
+        json_t *o = json_loads(line, 0, NULL);
+        assert_non_null(o);
+        char *want = jansson_line(&recs[i], json_string_value(json_object_get(o, "time")), prev);
+        json_decref(o);
+        assert_string_equal(line, want);
+        free(want);
+        sha256_hex(line, (size_t)len, prev);
+    }
+    assert_int_equal(getline(&line, &cap, fp), -1);
+    free(line);
+    fclose(fp);
+}
+
+/* The records of odd identities, each with and without its optional
+ * fields and with extras (one appended after the fields, one repeating a
+ * field, which jansson replaces where it stands), are the very bytes the
+ * jansson object made, chained as before; `audit verify` accepts them. */
+static void test_lines_are_what_jansson_made(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    json_t *extras[4] = {NULL, json_pack("{s:I}", "secret_version", (json_int_t)7),
+                         json_pack("{s:s,s:i}", "outcome", "replaced", "n", 2), json_object()};
+    audit_record recs[64];
+    size_t n = 0;
+
+    for (size_t i = 0; i < N_OF(odd_identities); i++)
+        for (size_t x = 0; x < 4; x++) {
+            audit_record r = rec(odd_identities[(i + x) % N_OF(odd_identities)]);
+            r.identity = odd_identities[i];
+            r.extra = extras[x];
+            if (x == 1) {
+                r.request_id = NULL;
+                r.method = NULL;
+                r.key_version = -1;
+            }
+            if (x == 3)
+                r.group = odd_identities[(i + 1) % N_OF(odd_identities)];
+            recs[n++] = r;
+        }
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(audit_append(log, &recs[i]), AUDIT_OK);
+    /* a string jansson would not take is refused, as it was */
+    for (size_t i = 0; i < N_OF(not_utf8); i++) {
+        audit_record bad = rec("ok");
+        unsigned long long seq = 0;
+        bad.identity = not_utf8[i];
+        assert_int_equal(audit_write(log, &bad, &seq), AUDIT_ERR_NOMEM);
+        bad = rec(not_utf8[i]);
+        assert_int_equal(audit_write(log, &bad, &seq), AUDIT_ERR_NOMEM);
+    }
+    audit_close(log);
+    assert_lines_are_jansson(f->path, recs, n);
+    for (size_t x = 0; x < 4; x++)
+        json_decref(extras[x]);
+    assert_int_equal(verify(f->path), n);
+}
+
+/* Random strings, mostly UTF-8 with every kind of odd byte among it: a
+ * record is accepted exactly when jansson takes the string, and its line
+ * is the one jansson made. */
+static void test_random_identities_match_jansson(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    static const char *const pieces[] = {"a", "Z", "\"", "\\", "/", "\x01", "\x1f", "\x7f", "\n", "\t",
+                                         "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf",
+                                         "\xc0", "\x80", "\xed\xa0\x80", "\xe2\x82", "\xff", " "};
+    static char ids[300][64];
+    static audit_record recs[300];
+    size_t ok = 0;
+    unsigned seed = 16;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    for (size_t i = 0; i < N_OF(ids); i++) {
+        size_t len = 0, parts = (size_t)rand_r(&seed) % 12;
+        ids[i][0] = '\0';
+        for (size_t p = 0; p < parts; p++) {
+            const char *piece = pieces[(size_t)rand_r(&seed) % N_OF(pieces)];
+            if (len + strlen(piece) + 1 > sizeof(ids[i]))
+                break;
+            memcpy(ids[i] + len, piece, strlen(piece) + 1);
+            len += strlen(piece);
+        }
+        json_t *js = json_string(ids[i]);
+        audit_record r = rec("ok");
+        unsigned long long seq = 0;
+        r.identity = ids[i];
+        assert_int_equal(audit_write(log, &r, &seq), js != NULL ? AUDIT_OK : AUDIT_ERR_NOMEM);
+        if (js != NULL) {
+            memmove(ids[ok], ids[i], sizeof(ids[i]));
+            ok++;
+        }
+        json_decref(js);
+    }
+    audit_close(log);
+    assert_true(ok > 50 && ok < N_OF(ids) - 50); /* both kinds were made */
+    for (size_t i = 0; i < ok; i++) {
+        recs[i] = rec("ok");
+        recs[i].identity = ids[i];
+    }
+    assert_lines_are_jansson(f->path, recs, ok);
+    assert_int_equal(verify(f->path), ok);
+}
+
 /* ---- [audit] store = db (a private PostgreSQL, tests/lib/pg.sh) ---------- */
 
 struct dbfx {
@@ -1123,6 +1316,60 @@ static void test_db_chains_per_instance_and_reopen(void **state)
                                           "WHERE instance = 'gs-b' AND seq = 1"), 0);
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_ERR_CHAIN);
     assert_non_null(strstr(report, "instance gs-b: record 2: audit log hash chain broken"));
+}
+
+/* The database's lines (with "instance" and "seq") are the bytes the
+ * jansson object made, for odd identities and an odd instance name. */
+static void test_db_lines_are_what_jansson_made(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *log = NULL;
+    const char *instance = "gs-\xc3\xa9\"\\x";
+    json_t *extra = json_pack("{s:I}", "secret_version", (json_int_t)3);
+    gs_store *st = NULL;
+    gs_store_audit_row *rows = NULL;
+    size_t n = 0;
+    char prev[65];
+
+    assert_int_equal(audit_open_db(f->url, instance, &log), AUDIT_OK);
+    for (size_t i = 0; i < N_OF(odd_identities); i++) {
+        audit_record r = rec("ok");
+        r.identity = odd_identities[i];
+        r.extra = i % 2 ? extra : NULL;
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    }
+    audit_close(log);
+    assert_int_equal(gs_store_open(f->url, 0, &st), GS_OK);
+    assert_int_equal(gs_store_audit_read(st, instance, 0, 100, &rows, &n), GS_OK);
+    assert_int_equal(n, N_OF(odd_identities));
+    memset(prev, '0', 64);
+    prev[64] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_loads(rows[i].line, 0, NULL), *want = json_object();
+        assert_non_null(o);
+        json_object_set_new(want, "time", json_string(json_string_value(json_object_get(o, "time"))));
+        json_object_set_new(want, "request_id", json_string("r1"));
+        json_object_set_new(want, "action", json_string("unwrap"));
+        json_object_set_new(want, "identity", json_string(odd_identities[i]));
+        json_object_set_new(want, "group", json_string("staff"));
+        json_object_set_new(want, "method", json_string("tls"));
+        json_object_set_new(want, "key_version", json_integer(1));
+        json_object_set_new(want, "outcome", json_string("ok"));
+        if (i % 2)
+            json_object_update(want, extra);
+        json_object_set_new(want, "instance", json_string(instance));
+        json_object_set_new(want, "seq", json_integer((json_int_t)(i + 1)));
+        json_object_set_new(want, "prev", json_string(prev));
+        char *line = json_dumps(want, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+        assert_string_equal(rows[i].line, line);
+        sha256_hex(line, strlen(line), prev);
+        free(line);
+        json_decref(want);
+        json_decref(o);
+    }
+    gs_store_audit_rows_free(rows, n);
+    gs_store_close(st);
+    json_decref(extra);
 }
 
 /* The database connection is lost: the round that meets it fails exactly
@@ -1235,9 +1482,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotate_failing_early_changes_nothing, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_killed_half_way, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_symlink_at_path_refused, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_lines_are_what_jansson_made, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_identities_match_jansson, setup, teardown),
     };
     const struct CMUnitTest db_tests[] = {
         cmocka_unit_test_setup_teardown(test_db_chains_per_instance_and_reopen, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_lines_are_what_jansson_made, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_lost_connection_fails_its_round_only, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_round_batches, db_setup, db_teardown),
