@@ -17,6 +17,8 @@
  * used, as it did on every request before. */
 #define GCACHE_GROUPS 32
 #define GCACHE_PKEYS 32
+/* Members kept per worker; beyond, the least recently used is read again. */
+#define GCACHE_MEMBERS 64
 
 struct gcache_group {
     char name[GS_NAME_MAX + 1];
@@ -24,6 +26,13 @@ struct gcache_group {
     uint64_t used;
     unsigned kts;  /* GCACHE_KT_* bits the current key accepts; with kts_known */
     int kts_known;
+};
+
+struct gcache_member {
+    int64_t group_id;
+    char *identity; /* exactly as asked (the store compares without case) */
+    gs_store_member *m;
+    uint64_t used;
 };
 
 struct gcache_pkey {
@@ -38,6 +47,7 @@ struct gcache {
     int stale;
     uint64_t tick;
     struct gcache_group groups[GCACHE_GROUPS];
+    struct gcache_member members[GCACHE_MEMBERS];
     struct gcache_pkey pkeys[GCACHE_PKEYS];
     unsigned pkey_next;
 };
@@ -49,6 +59,11 @@ static void flush(gcache *c)
     for (size_t i = 0; i < GCACHE_GROUPS; i++) {
         gs_group_free(c->groups[i].g);
         memset(&c->groups[i], 0, sizeof(c->groups[i]));
+    }
+    for (size_t i = 0; i < GCACHE_MEMBERS; i++) {
+        free(c->members[i].identity);
+        gs_store_member_free(c->members[i].m);
+        memset(&c->members[i], 0, sizeof(c->members[i]));
     }
     for (size_t i = 0; i < GCACHE_PKEYS; i++) {
         free(c->pkeys[i].pem);
@@ -143,6 +158,51 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     slot->kts = 0;
     slot->kts_known = 0;
     *out = g;
+    return GS_OK;
+}
+
+gs_err gcache_member(gcache *c, gs_store *st, int64_t group_id, const char *identity, const gs_store_member **out)
+{
+    struct gcache_member *slot = NULL;
+    gs_store_member *m = NULL;
+    char *copy;
+    gs_err e;
+
+    *out = NULL;
+    if (c == NULL || identity == NULL)
+        return GS_ERR_ARGS;
+    c->tick++;
+    for (size_t i = 0; i < GCACHE_MEMBERS; i++) {
+        struct gcache_member *cand = &c->members[i];
+        if (cand->m != NULL && cand->group_id == group_id && strcmp(cand->identity, identity) == 0) {
+            cand->used = c->tick;
+            *out = cand->m;
+            return GS_OK;
+        }
+    }
+    /* Not kept (a refusal never is: it is read again every time). */
+    if ((e = gs_store_member_get(st, group_id, identity, &m)) != GS_OK)
+        return e;
+    if ((copy = strdup(identity)) == NULL) {
+        gs_store_member_free(m);
+        return GS_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < GCACHE_MEMBERS; i++) {
+        struct gcache_member *cand = &c->members[i];
+        if (cand->m == NULL) {
+            slot = cand;
+            break;
+        }
+        if (slot == NULL || cand->used < slot->used)
+            slot = cand;
+    }
+    free(slot->identity);
+    gs_store_member_free(slot->m);
+    slot->group_id = group_id;
+    slot->identity = copy;
+    slot->m = m;
+    slot->used = c->tick;
+    *out = m;
     return GS_OK;
 }
 

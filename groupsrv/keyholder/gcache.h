@@ -7,9 +7,16 @@
  * every request. Each token worker keeps its loaded groups and reloads
  * them when gs_store_change_stamp says the database changed (any commit by
  * another connection or process, or a write through this worker's own
- * connection), checked once per job by gcache_refresh. Membership is NOT
- * cached here: it is read from the store on every request. The hsm_key objects in a cached group find their token
- * objects again after token loss (hsm/), so a cached group survives it.
+ * connection), checked once per job by gcache_refresh. The hsm_key objects
+ * in a cached group find their token objects again after token loss
+ * (hsm/), so a cached group survives it.
+ *
+ * Members found (gcache_member) are kept the same way: the change stamp is
+ * read at the start of every job, before any membership decision, and any
+ * commit (a removal, a new role or certificate, from any connection or
+ * process, or a TRUNCATE on PostgreSQL) moves it and drops them all, so a
+ * removed member is refused on the very next request. An identity that is
+ * not a member is never kept: it is looked up every time.
  *
  * Also cached: the public key (DER SubjectPublicKeyInfo) of a member's
  * recorded certificate PEM, keyed by the exact PEM text (a changed record
@@ -41,6 +48,13 @@ gs_err gcache_refresh(gcache *c, gs_store *st, int *changed);
  * Errors as gs_group_load (GS_ERR_NOT_FOUND, GS_ERR_HSM, GS_ERR_DB, ...);
  * failures are not cached. */
 gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out);
+
+/* The member `identity` (exactly these bytes) of group group_id, borrowed
+ * like a group: valid until the next gcache_refresh or gcache_free. Read
+ * from the store (gs_store_member_get, which compares without case) when
+ * not kept, and then kept. Errors as gs_store_member_get (GS_ERR_NOT_FOUND
+ * for a non-member, GS_ERR_DB), GS_ERR_NOMEM; failures are not cached. */
+gs_err gcache_member(gcache *c, gs_store *st, int64_t group_id, const char *identity, const gs_store_member **out);
 
 /* A token operation with a cached key failed in a way a fresh load might
  * explain (key missing from the token): reload on the next request. Does

@@ -304,18 +304,14 @@ static void audit_refusal(struct kh_job *j, const char *action, const char *iden
 /* Who the network process says is calling, checked against the store. */
 struct caller {
     const char *identity;      /* email/CN, or "anonymous member" */
-    gs_store_member *member;   /* NULL for membership certificates */
+    const gs_store_member *member; /* NULL for membership certificates; the worker's gcache owns it */
     int anonymous;             /* a membership certificate (method G) */
     const char *cert_group;    /* a membership certificate's group */
     const unsigned char *spki; /* the certificate's public key, as the network process read it */
     size_t spki_len;
 };
 
-static void caller_clear(struct caller *c)
-{
-    gs_store_member_free(c->member);
-    memset(c, 0, sizeof(*c));
-}
+static void caller_clear(struct caller *c) { memset(c, 0, sizeof(*c)); }
 
 /* The caller's rate-limit and suspension key: "id:" and the identity, or
  * "membership:" and the group of an anonymous membership certificate. In
@@ -394,7 +390,7 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
         }
         return rate_limit(j, c, gi->name);
     }
-    e = gs_store_member_get(w->store, gs_group_id(g), c->identity, &c->member);
+    e = gcache_member(w->gc, w->store, gs_group_id(g), c->identity, &c->member);
     if (e == GS_ERR_NOT_FOUND) {
         audit_refusal(j, action, c->identity, gi->name, "not_a_member");
         if (j->reply.len == 0)
@@ -1137,7 +1133,7 @@ static void op_certify(struct kh_worker *w, struct kh_job *j)
     }
     if ((g = load_group(w, j, group)) == NULL)
         return;
-    e = gs_store_member_get(w->store, gs_group_id(g), c.identity, &c.member);
+    e = gcache_member(w->gc, w->store, gs_group_id(g), c.identity, &c.member);
     if (e == GS_ERR_NOT_FOUND || (e == GS_OK && c.member->role == GS_ROLE_EXPLODER)) {
         audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
                             .outcome = "not_a_member"};
