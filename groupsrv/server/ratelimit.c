@@ -73,11 +73,20 @@ void ratelimit_free(ratelimit *rl)
 
 /* The entry key of identity; all zeros if hashing fails (then every such
  * identity shares one entry: limited together, never unlimited). */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
+/* Computed before the mutex is taken (every token worker shares it), with
+ * SHA-256 fetched from the provider once (EVP_sha256() fetches it on every
+ * init). */
 static void identity_digest(const struct ratelimit *rl, const char *identity, unsigned char md[SHA256_DIGEST_LENGTH])
 {
     EVP_MD_CTX *c = EVP_MD_CTX_new();
 
-    if (c == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
+    (void)pthread_once(&sha256_once, sha256_fetch);
+    if (c == NULL || EVP_DigestInit_ex(c, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL) != 1 ||
         EVP_DigestUpdate(c, rl->salt, sizeof(rl->salt)) != 1 ||
         EVP_DigestUpdate(c, identity, strlen(identity)) != 1 || EVP_DigestFinal_ex(c, md, NULL) != 1)
         memset(md, 0, SHA256_DIGEST_LENGTH);
@@ -88,17 +97,15 @@ static void identity_digest(const struct ratelimit *rl, const char *identity, un
  * unsuspended entry of the window when none matches. A suspension is never
  * recycled: when every entry of the window is suspended, NULL (the caller
  * refuses, failing closed). Called locked. */
-static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *identity, double now)
+static struct rl_entry *lookup_locked(struct ratelimit *rl, const unsigned char md[SHA256_DIGEST_LENGTH], double now)
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
     struct rl_entry *victim = NULL;
     unsigned long h;
 
-    identity_digest(rl, identity, md);
     memcpy(&h, md, sizeof(h));
     for (unsigned i = 0; i < RL_WINDOW; i++) {
         struct rl_entry *e = &rl->slots[(h + i) % RL_SLOTS];
-        if (e->used && CRYPTO_memcmp(e->id, md, sizeof(md)) == 0)
+        if (e->used && CRYPTO_memcmp(e->id, md, SHA256_DIGEST_LENGTH) == 0)
             return e;
         if (!e->used) {
             if (victim == NULL || victim->used)
@@ -110,7 +117,7 @@ static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *identity
     if (victim == NULL)
         return NULL;
     memset(victim, 0, sizeof(*victim));
-    memcpy(victim->id, md, sizeof(md));
+    memcpy(victim->id, md, SHA256_DIGEST_LENGTH);
     victim->used = 1;
     victim->tokens = rl->burst;
     victim->last = now;
@@ -120,13 +127,15 @@ static struct rl_entry *lookup_locked(struct ratelimit *rl, const char *identity
 rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_after)
 {
     rl_verdict v = RL_OK;
-    double now = now_mono();
+    unsigned char md[SHA256_DIGEST_LENGTH];
 
     *retry_after = 0;
     if (rl == NULL || identity == NULL)
         return RL_OK;
+    identity_digest(rl, identity, md);
+    double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, identity, now);
+    struct rl_entry *e = lookup_locked(rl, md, now);
     if (e == NULL) {
         *retry_after = 1;
         v = RL_LIMITED;
@@ -157,13 +166,15 @@ out:
 bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_after)
 {
     bool suspended = false;
-    double now = now_mono();
+    unsigned char md[SHA256_DIGEST_LENGTH];
 
     *retry_after = 0;
     if (rl == NULL || identity == NULL || rl->max_failures == 0)
         return false;
+    identity_digest(rl, identity, md);
+    double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, identity, now);
+    struct rl_entry *e = lookup_locked(rl, md, now);
     if (e == NULL || e->suspended_until > now) {
         *retry_after = e == NULL ? 1 : (unsigned)(e->suspended_until - now) + 1;
         suspended = true;
@@ -175,12 +186,14 @@ bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_af
 bool ratelimit_failure(ratelimit *rl, const char *identity)
 {
     bool suspended = false;
-    double now = now_mono();
+    unsigned char md[SHA256_DIGEST_LENGTH];
 
     if (rl == NULL || identity == NULL || rl->max_failures == 0)
         return false;
+    identity_digest(rl, identity, md);
+    double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, identity, now);
+    struct rl_entry *e = lookup_locked(rl, md, now);
     if (e == NULL)
         goto out;
     /* Failures count within one suspension window; older ones are forgiven. */
