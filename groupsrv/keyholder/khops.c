@@ -782,10 +782,7 @@ static void op_unwrap(struct kh_worker *w, struct kh_job *j)
     memset(&c, 0, sizeof(c));
     if ((g = load_group(w, j, ipc_str(&j->msg, IPC_T_GROUP))) == NULL)
         return;
-    int refused = authorise(w, j, g, ROLES_READERS, 1, "unwrap", &c);
-    /* The membership is decided: no snapshot held while the token works. */
-    gs_store_read_end(w->store);
-    if (refused != 0)
+    if (authorise(w, j, g, ROLES_READERS, 1, "unwrap", &c) != 0)
         goto out;
     if (j->msg.count[IPC_T_ITEM] > j->kh->batch_max) {
         answer_error(j, 413, "too_many_items", "at most %u items per batch", j->kh->batch_max);
@@ -1797,11 +1794,10 @@ void kh_job_run(void *worker, tq_job *tq)
     /* A database change seen by any worker moves the generation, so the
      * network process drops the group views it keeps. */
     uint64_t gen = atomic_load(&w->kh->gen);
-    /* An unwrap reads the change stamp, maybe its group, then the member:
-     * one read snapshot for all (op_unwrap ends it before the token). A
-     * failed begin only means separate reads. */
-    if (j->msg.type == IPC_UNWRAP)
-        (void)gs_store_read_begin(w->store);
+    /* The change stamp is one statement in its own read transaction: with
+     * the group and the member kept by the gcache, an unwrap reads nothing
+     * else (no BEGIN and COMMIT around it). What a miss reads afterwards
+     * is at least as new as the stamp, and is dropped when it moves. */
     gs_err re = gcache_refresh(w->gc, w->store, &changed);
     if (re != GS_OK && j->msg.type != IPC_HEALTH) {
         answer_gs_error(j, re, "database");
