@@ -475,10 +475,15 @@ static json_t *record_json(const audit_record *rec)
 
 /* ---- lines without jansson: the bytes json_dumps(LINE_FLAGS) makes ---------- */
 
-/* A growing buffer; err is set by the first failed append. */
+/* One record rendered: far above any real one (an identity is at most
+ * 256 bytes, 1.5 KiB escaped; extras are the server's own), a hard cap. */
+#define AUDIT_RECORD_MAX (1024 * 1024)
+
+/* A growing buffer of at most max bytes (0: the caller bounds it); err is
+ * set by the first failed append: 1 out of memory, 2 over max. */
 struct sbuf {
     char *p;
-    size_t len, cap;
+    size_t len, cap, max;
     int err;
 };
 
@@ -488,8 +493,8 @@ static void sb_put(struct sbuf *b, const char *s, size_t n)
 
     if (b->err || n == 0)
         return;
-    if (util_size_add(b->len, n, &need) != 0) {
-        b->err = 1;
+    if (util_size_add(b->len, n, &need) != 0 || (b->max != 0 && need > b->max)) {
+        b->err = 2;
         return;
     }
     if (need > b->cap) {
@@ -639,7 +644,7 @@ static void qrec_clear(struct qrec *q)
  * jansson's escaping; extra's members (dumped by jansson) after them. */
 static audit_err render_record(const audit_record *rec, struct qrec *q)
 {
-    struct sbuf b = {0};
+    struct sbuf b = {.max = AUDIT_RECORD_MAX};
     char when[40], num[32];
     json_t *extra = rec->extra != NULL && json_is_object((json_t *)rec->extra) ? rec->extra : NULL;
     char *dump = NULL;
@@ -674,9 +679,9 @@ static audit_err render_record(const audit_record *rec, struct qrec *q)
     }
     free(dump);
     if (bad || b.err) {
-        /* not UTF-8: json_string refused it, and record_json failed */
+        /* Not UTF-8: json_string refused it, and record_json failed. */
         free(b.p);
-        return AUDIT_ERR_NOMEM;
+        return b.err == 2 ? AUDIT_ERR_ARGS : AUDIT_ERR_NOMEM;
     }
     q->body = b.p;
     q->len = b.len;

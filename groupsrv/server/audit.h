@@ -104,7 +104,8 @@ audit_err audit_append(audit_log *log, const audit_record *rec);
 
 /* audit_append in two halves, for callers that must not block in
  * fdatasync (the key holder's token workers). audit_write queues the
- * record (no file access; AUDIT_ERR_NOMEM or AUDIT_ERR_ARGS only) and
+ * record (no file access; AUDIT_ERR_NOMEM, also for a string that is
+ * not UTF-8, or AUDIT_ERR_ARGS, also for a record over 1 MiB) and
  * returns its sequence number (numbers grow in file order). The records
  * first..last of one request are durable once audit_range_state is 1;
  * -1: one of them could not be written (the file not at its path, a full

@@ -1188,6 +1188,34 @@ static void test_lines_are_what_jansson_made(void **state)
     assert_int_equal(verify(f->path), n);
 }
 
+/* A record over the renderer's cap (1 MiB) is refused when it is written,
+ * before it is queued; the log goes on. */
+static void test_oversize_record_refused_at_write(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long seq = 0;
+    size_t n = 1024 * 1024 + 1;
+    char *huge = malloc(n + 1);
+
+    assert_non_null(huge);
+    memset(huge, 'x', n);
+    huge[n] = '\0';
+    json_t *extra = json_pack("{s:s}", "note", huge);
+    assert_non_null(extra);
+    r.extra = extra;
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &seq), AUDIT_ERR_ARGS);
+    assert_int_equal(seq, 0);
+    r.extra = NULL;
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    json_decref(extra);
+    free(huge);
+    assert_int_equal(verify(f->path), 1);
+}
+
 /* Random strings, mostly UTF-8 with every kind of odd byte among it: a
  * record is accepted exactly when jansson takes the string, and its line
  * is the one jansson made. */
@@ -1484,6 +1512,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_symlink_at_path_refused, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_lines_are_what_jansson_made, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_identities_match_jansson, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversize_record_refused_at_write, setup, teardown),
     };
     const struct CMUnitTest db_tests[] = {
         cmocka_unit_test_setup_teardown(test_db_chains_per_instance_and_reopen, db_setup, db_teardown),
