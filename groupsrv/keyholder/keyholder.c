@@ -435,6 +435,7 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     struct kh_job *j = NULL;
     char flow[300], msg[128];
     unsigned cost = 1, cls = TQ_TOKEN;
+    bool batchable = false;
     double wait = 0;
     int rc;
 
@@ -465,9 +466,10 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
         job_free(j);
         return;
     }
-    kh_job_classify(&j->msg, flow, sizeof(flow), &cost, &cls);
+    kh_job_classify(&j->msg, flow, sizeof(flow), &cost, &cls, &batchable);
     j->tq.cost = cost;
     j->tq.cls = cls;
+    j->tq.batchable = batchable;
     /* On the link's list before a worker can see it (and finish it). */
     pthread_mutex_lock(&io->mu);
     link_add(l, j);

@@ -79,7 +79,7 @@ void kh_worker_fini(void *worker);
 void kh_job_run(void *worker, tq_job *job);
 /* How a request is queued: its fairness flow (the identity it is made
  * for), its cost in turns and its service class. */
-void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls);
+void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable);
 /* Finds and checks the [tls] key on the token (no-op without one): 0, or
  * -1 with the reason in errbuf. Replaces kh->tls_key. */
 int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen);

@@ -195,8 +195,9 @@ tq_verdict tokenq_submit_deferred(tokenq *q, tq_job *job, const char *flow_key, 
 }
 
 /* q->mu held. How many sleeping workers the queued work needs woken: a
- * job of unknown cost (its class not measured yet) counts as a whole
- * worker; jobs of known cost share one per TQ_BATCH_US. */
+ * job of unknown cost (its class not measured yet, or not batchable)
+ * counts as a whole worker; batchable jobs of known short cost share one
+ * per TQ_BATCH_US. */
 static unsigned workers_needed(tokenq *q)
 {
     double short_s = 0;
@@ -207,7 +208,7 @@ static unsigned workers_needed(tokenq *q)
         return 0;
     do {
         for (tq_job *j = f->head; j != NULL; j = j->next) {
-            if (j->est_s <= 0 || j->est_s >= TQ_BATCH_US / 1e6)
+            if (!j->batchable || j->est_s <= 0 || j->est_s >= TQ_BATCH_US / 1e6)
                 need++;
             else
                 short_s += j->est_s;

@@ -37,6 +37,9 @@ typedef struct tq_job {
     struct tq_flow *flow;   /* set while queued */
     unsigned cost;          /* turns this job takes (>= 1) */
     unsigned cls;           /* TQ_TOKEN or TQ_LIGHT: service times are measured per class */
+    bool batchable;         /* takes about its class's measured time per unit of cost, so it may
+                             * share a woken worker with other short jobs (tokenq_wake); false
+                             * (a rewrap to a whole group, a key generation): a worker of its own */
     double est_s;           /* its estimated service time, at submit */
 } tq_job;
 
@@ -80,7 +83,11 @@ tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double ma
  * its own, in parallel), but one worker for about TQ_BATCH_US of queued
  * work when the jobs are short, which that worker runs one after the
  * other without sleeping in between (a wake-up, and the sleep it ends,
- * cost more than such a job). At least one when anything is queued. */
+ * cost more than such a job). Only jobs marked batchable are shared so:
+ * the class's average says nothing about a job of another kind that
+ * shares the class, which could hold a shared worker for seconds while
+ * the jobs behind it wait and other workers sleep. At least one when
+ * anything is queued. */
 #define TQ_BATCH_US 200
 tq_verdict tokenq_submit_deferred(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s,
                                   double *expected_wait_s);

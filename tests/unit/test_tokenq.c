@@ -367,6 +367,7 @@ static void test_wake_batch_of_short_jobs(void **state)
      * (the wake decision uses the short measured time, not this). */
     for (int i = 0; i < 4; i++) {
         mk(jobs, i, 1)->spin_us = 100;
+        jobs[i].tq.batchable = true;
         assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, "id:x", 0, NULL), TQ_QUEUED);
     }
     usleep(50000);
@@ -377,6 +378,40 @@ static void test_wake_batch_of_short_jobs(void **state)
     for (int i = 1; i < 4; i++)
         assert_int_equal(jobs[i].ran_on, jobs[0].ran_on);
     tokenq_stop(q);
+}
+
+/* A job that is not batchable (a rewrap to a whole group, a key
+ * generation) never shares the woken worker, even when its class measures
+ * short: one that blocks (here until the test lets it go) must not hold
+ * back a short job queued beside it while other workers sleep. With the
+ * one worker a batch of short jobs gets, the short job would wait behind
+ * it, and the bounded wait below fails. */
+static void test_wake_unbatchable_job_gets_its_own_worker(void **state)
+{
+    static struct tjob jobs[2];
+    tokenq *q = start_indexed(4, 0);
+    struct timespec until;
+    (void)state;
+
+    measure_short(q, 4);
+    R.n = 0;
+    wait_idle(q, 4);
+    mk(jobs, 0, 1)->gate = 1; /* first in the ring: the woken worker takes it first */
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[0].tq, "id:rewrap", 0, NULL), TQ_QUEUED);
+    mk(jobs, 1, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[1].tq, "id:unwrap", 0, NULL), TQ_QUEUED);
+    tokenq_wake(q);
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&R.mu);
+    while (R.n < 1 && pthread_cond_timedwait(&R.cv, &R.mu, &until) == 0)
+        ;
+    int short_done = R.n;
+    pthread_mutex_unlock(&R.mu);
+    open_gate();
+    tokenq_stop(q); /* job 0 finishes first */
+    assert_int_equal(short_done, 1);
+    assert_int_not_equal(jobs[0].ran_on, jobs[1].ran_on);
 }
 
 /* Long jobs (a token call) get a worker each from one tokenq_wake, and run
@@ -446,6 +481,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cap_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_batch_of_short_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wake_unbatchable_job_gets_its_own_worker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_long_jobs_in_parallel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_after_run, setup, teardown),
     };
