@@ -805,9 +805,15 @@ static audit_err put_chained_locked(struct audit_log *log, struct sbuf *buf, con
         buf->len = start;
         return AUDIT_ERR_ARGS;
     }
-    hash_line(buf->p + start, buf->len - start, log->prev_hex);
+    /* The head moves only once the whole line is in the buffer: a caller
+     * that fails here must find it where it was. */
     sb_put(buf, "\n", 1);
-    return buf->err ? AUDIT_ERR_NOMEM : AUDIT_OK;
+    if (buf->err) {
+        buf->len = start;
+        return AUDIT_ERR_NOMEM;
+    }
+    hash_line(buf->p + start, buf->len - start - 1, log->prev_hex);
+    return AUDIT_OK;
 }
 
 /* Writes a taken batch (mutex and flock held) with one write, each line
