@@ -349,9 +349,13 @@ static void unwrap_state_free(void *p)
     }
 }
 
-/* What one answer's JSON may grow to: a batch's items, each a
- * RecipientInfo for a certificate, or an error of at most a few KiB. */
-#define MAX_ANSWER_JSON (8u << 20)
+/* What one answer's JSON may grow to. It is made from one key-holder
+ * frame (at most IPC_MAX_PAYLOAD): base64 adds a third, the keys and
+ * punctuation of each item less than that, so twice the frame always
+ * fits. A fixed 8 MiB refused unwrap-batch answers that [server]
+ * unwrap_batch_max (up to 10000 items of about 1 KiB with RSA-4096)
+ * allows. */
+#define MAX_ANSWER_JSON (2u * IPC_MAX_PAYLOAD)
 
 /* One item's answer, written into w as an object: 0, or -1 with e set.
  * Nothing is written for an item the key holder refused; an answer that
@@ -433,8 +437,9 @@ static void reply_jsonw(struct srv_req *r, jsonw *w)
     size_t n = 0;
 
     jsonw_newline(w);
-    if (jsonw_text(w, &text, &n) != JSONW_OK)
-        srv_reply_error(r, 500, "internal", "out of memory");
+    jsonw_err we = jsonw_text(w, &text, &n);
+    if (we != JSONW_OK)
+        srv_reply_error(r, 500, "internal", "the answer could not be written: %s", jsonw_strerror(we));
     else
         srv_reply_bytes(r, 200, "application/json", text, n);
     jsonw_free(w);
