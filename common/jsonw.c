@@ -14,6 +14,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "util.h"
+
 #define JSONW_MAX_DEPTH 16
 
 struct jsonw {
@@ -58,8 +60,7 @@ void jsonw_free(jsonw *w)
 {
     if (w == NULL)
         return;
-    OPENSSL_cleanse(w->buf, w->cap);
-    free(w->buf);
+    util_secret_free(w->buf, w->cap);
     free(w);
 }
 
@@ -79,14 +80,11 @@ static int reserve(jsonw *w, size_t n)
     size_t cap = w->cap * 2 > w->len + n ? w->cap * 2 : w->len + n;
     if (cap > w->max)
         cap = w->max;
-    char *p = malloc(cap);
+    char *p = util_secret_grow(w->buf, w->len, w->cap, cap);
     if (p == NULL) {
         w->err = JSONW_E_NOMEM;
         return -1;
     }
-    memcpy(p, w->buf, w->len);
-    OPENSSL_cleanse(w->buf, w->cap);
-    free(w->buf);
     w->buf = p;
     w->cap = cap;
     return 0;

@@ -41,6 +41,18 @@ void util_secret_free(void *p, size_t len)
     free(p);
 }
 
+void *util_secret_grow(void *p, size_t used, size_t oldcap, size_t newcap)
+{
+    unsigned char *np = malloc(newcap > 0 ? newcap : 1);
+
+    if (np == NULL)
+        return NULL;
+    if (used > 0)
+        memcpy(np, p, used);
+    util_secret_free(p, oldcap);
+    return np;
+}
+
 int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len)
 {
     int rc = UTIL_E_IO;
@@ -69,14 +81,12 @@ int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len)
         }
         if (used == cap) {
             size_t ncap = cap > max / 2 ? max : cap * 2;
-            unsigned char *nb = malloc(ncap + 1);
+            /* The data may be a secret. */
+            unsigned char *nb = util_secret_grow(buf, used, cap + 1, ncap + 1);
             if (nb == NULL) {
                 rc = UTIL_E_NOMEM;
                 goto out;
             }
-            memcpy(nb, buf, used);
-            OPENSSL_cleanse(buf, cap); /* the data may be a secret */
-            free(buf);
             buf = nb;
             cap = ncap;
         }

@@ -66,6 +66,12 @@ void util_forget_env_source(const char *source);
 
 /* Wipes and frees a secret buffer (NULL is fine). */
 void util_secret_free(void *p, size_t len);
+/* A buffer that may hold a secret, grown by copying rather than realloc
+ * (which could leave an unwiped copy in freed memory): a new malloc'd
+ * buffer of newcap bytes starting with the first `used` bytes of p, which
+ * is then wiped (oldcap bytes) and freed (p may be NULL). NULL when out
+ * of memory, and p is left as it was. used <= oldcap, used <= newcap. */
+void *util_secret_grow(void *p, size_t used, size_t oldcap, size_t newcap);
 
 /* Standard base64 (RFC 4648), no line breaks on encode. Decode is strict:
  * rejects characters outside the alphabet, bad padding and input longer

@@ -15,6 +15,8 @@
 #include <event2/buffer.h>
 #include <openssl/crypto.h>
 
+#include "util.h"
+
 enum kind { K_NONE = 0, K_U32, K_U64, K_STR, K_BYTES, K_NEST };
 
 struct field_def {
@@ -362,14 +364,9 @@ static int reserve(ipc_buf *b, size_t n)
     cap = b->cap ? b->cap : 512;
     while (cap < need)
         cap *= 2;
-    if ((np = malloc(cap)) == NULL) {
+    if ((np = util_secret_grow(b->p, b->len, b->cap, cap)) == NULL) {
         b->bad = IPC_E_NOMEM;
         return -1;
-    }
-    if (b->p != NULL) {
-        memcpy(np, b->p, b->len);
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
     }
     b->p = np;
     b->cap = cap;
@@ -572,14 +569,9 @@ int ipc_reader_fill(ipc_reader *r, int sock)
             cap = limit;
         if (cap <= r->cap)
             return IPC_E_FRAME;
-        unsigned char *np = malloc(cap);
+        unsigned char *np = util_secret_grow(r->buf, r->len, r->cap, cap);
         if (np == NULL)
             return IPC_E_NOMEM;
-        if (r->buf != NULL) {
-            memcpy(np, r->buf, r->len);
-            OPENSSL_cleanse(r->buf, r->cap);
-            free(r->buf);
-        }
         r->buf = np;
         r->cap = cap;
     }
