@@ -1843,30 +1843,26 @@ void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cos
     uint32_t kind = ipc_u32(m, IPC_T_CALLER, 0);
     const char *id = ipc_str(m, IPC_T_IDENTITY);
 
-    /* Kinds whose time per unit is what their class's average says: an
-     * unwrap (per item) and the small reads. Not a rewrap (one per member
-     * of the group), a TLS signature, a key generation, a member change or
-     * a member list: those get a token worker of their own (tokenq.h). */
+    *cost = m->type == IPC_UNWRAP && m->count[IPC_T_ITEM] > 1 ? m->count[IPC_T_ITEM] : 1;
+    /* batchable: the kinds whose time per unit is what their class's
+     * average says, an unwrap (per item) and the small reads. Not a rewrap
+     * (one per member of the group), a TLS signature, a key generation, a
+     * member change or a member list: those get a token worker of their
+     * own (tokenq.h). */
+    *batchable = false;
     switch (m->type) {
     case IPC_UNWRAP:
-    case IPC_VIEW:
-    case IPC_HEALTH:
-    case IPC_STATS:
-    case IPC_MEMBER_GET:
+        *cls = TQ_TOKEN;
         *batchable = true;
         break;
-    default:
-        *batchable = false;
-        break;
-    }
-
-    *cost = m->type == IPC_UNWRAP && m->count[IPC_T_ITEM] > 1 ? m->count[IPC_T_ITEM] : 1;
-    switch (m->type) {
     case IPC_VIEW:
     case IPC_HEALTH:
     case IPC_STATS:
-    case IPC_MEMBERS:
     case IPC_MEMBER_GET:
+        *cls = TQ_LIGHT;
+        *batchable = true;
+        break;
+    case IPC_MEMBERS:
         *cls = TQ_LIGHT;
         break;
     case IPC_INFO:
