@@ -392,9 +392,6 @@ static void test_overlong_record_fails_alone(void **state)
     assert_int_equal(verify(f->path), 2);
 }
 
-/* A full disk in the middle of a round's write fails every record of the
- * round, cuts the fragment off, and the next round starts from the head
- * before it. */
 /* Another process that holds the file's lock and stops (a CLI append
  * suspended with ^Z) fails the round after the bounded wait instead of
  * stalling every answer; once it lets go, records are written again and
@@ -430,6 +427,9 @@ static void test_round_gives_up_on_a_lock_held_too_long(void **state)
     assert_int_equal(verify(f->path), 2);
 }
 
+/* A full disk in the middle of a round's write fails every record of the
+ * round, cuts the fragment off, and the next round starts from the head
+ * before it. */
 static void test_full_disk_fails_the_whole_batch(void **state)
 {
     struct fx *f = *state;
