@@ -253,6 +253,21 @@ static void trim_value(const char *line, char *v, size_t cap)
     v[n] = '\0';
 }
 
+/* A folded continuation line of a header value appended to v (lowered,
+ * one space between the parts, cut at cap: only the leading media type
+ * and the encoding are ever looked at). */
+static void append_value(char *v, size_t cap, const char *cont)
+{
+    size_t n = strlen(v);
+    while (*cont == ' ' || *cont == '\t')
+        cont++;
+    if (n > 0 && n + 1 < cap && *cont != '\r' && *cont != '\n' && *cont != '\0')
+        v[n++] = ' ';
+    while (*cont && *cont != '\r' && *cont != '\n' && n + 1 < cap)
+        v[n++] = (char)tolower((unsigned char)*cont++);
+    v[n] = '\0';
+}
+
 static bool mime_type_is(const char *v, const char *type)
 {
     size_t n = strlen(type);
@@ -289,8 +304,8 @@ static env_err str_append(char **s, size_t *len, const char *add, size_t cap)
 static env_err read_smime(env_message *m, reader *r, spool *s)
 {
     env_err rv = ENV_OK;
-    char *line = NULL, ctype[256] = "", cte[64] = "";
-    size_t outer_len = 0, hdr_total = 0, n;
+    char *line = NULL, ctype[256] = "", cte[64] = "", *folding = NULL;
+    size_t outer_len = 0, hdr_total = 0, n, folding_cap = 0;
     bool partial, first = true, keep = true, stop = false, have_ct = false, have_cte = false;
     EVP_ENCODE_CTX *ctx = NULL;
 
@@ -327,6 +342,9 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
                 rv = ENV_ERR_NOT_CMS;
                 goto out;
             }
+            /* RFC 5322 folding: "Content-Type:" may carry its value on the next line */
+            if (folding != NULL)
+                append_value(folding, folding_cap, line);
         } else {
             if (!looks_like_header(line)) {
                 rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
@@ -334,12 +352,17 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
             }
             /* MIME-Version and Content-* describe the body: regenerated on write. */
             keep = !(header_is(line, "MIME-Version") || strncasecmp(line, "Content-", 8) == 0);
+            folding = NULL;
             if (header_is(line, "Content-Type")) {
                 trim_value(line, ctype, sizeof(ctype));
                 have_ct = true;
+                folding = ctype;
+                folding_cap = sizeof(ctype);
             } else if (header_is(line, "Content-Transfer-Encoding")) {
                 trim_value(line, cte, sizeof(cte));
                 have_cte = true;
+                folding = cte;
+                folding_cap = sizeof(cte);
             }
         }
         first = false;
@@ -358,7 +381,7 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
         rv = ENV_ERR_NOT_CMS;
         goto out;
     }
-    if (!have_cte || strcmp(cte, "base64") != 0) {
+    if (!have_cte || !mime_type_is(cte, "base64")) {
         rv = ENV_ERR_MIME;
         goto out;
     }
@@ -379,6 +402,18 @@ out:
     free(line);
     EVP_ENCODE_CTX_free(ctx);
     return rv;
+}
+
+/* The PEM labels CMS comes under: RFC 7468's CMS, OpenSSL's older PKCS7,
+ * and gpgsm's --armor (libksba), which names what the content is. */
+static bool pem_cms_label(const char *line)
+{
+    static const char *const labels[] = {"-----BEGIN CMS-----", "-----BEGIN PKCS7-----",
+                                         "-----BEGIN ENCRYPTED MESSAGE-----"};
+    for (size_t i = 0; i < GS_ARRAY_LEN(labels); i++)
+        if (strncmp(line, labels[i], strlen(labels[i])) == 0)
+            return true;
+    return false;
 }
 
 static env_err read_pem(reader *r, spool *s)
@@ -405,7 +440,7 @@ static env_err read_pem(reader *r, spool *s)
         if (!begun) {
             if (blank_line(line))
                 continue;
-            if (strncmp(line, "-----BEGIN CMS-----", 19) != 0 && strncmp(line, "-----BEGIN PKCS7-----", 21) != 0) {
+            if (!pem_cms_label(line)) {
                 rv = ENV_ERR_NOT_CMS;
                 goto out;
             }

@@ -168,6 +168,21 @@ for c in default AES192 AES256; do
   $T decrypt --cert "$W/g2.pem" --key "$W/g2.key" --in "$W/gpgsm-$c.der" --out "$W/gpgsm.out"
   cmp "$W/gpgsm.out" "$body" || fail "gpgsm $c content"
 done
+# gpgsm --armor (what KMail and `gpgsm -a` users save): PEM labelled
+# "ENCRYPTED MESSAGE" by libksba, read as PEM like OpenSSL's CMS and PKCS7
+gpgsm --batch --armor --encrypt -r list2@example.org -o "$W/gpgsm.asc" "$body" 2>/dev/null || fail "gpgsm --armor"
+head -1 "$W/gpgsm.asc" | grep -q '^-----BEGIN ENCRYPTED MESSAGE-----' || fail "gpgsm armor: $(head -1 "$W/gpgsm.asc")"
+$T decrypt --cert "$W/g2.pem" --key "$W/g2.key" --in "$W/gpgsm.asc" --out "$W/gpgsm-asc.out" ||
+  fail "gpgsm --armor output not read"
+cmp "$W/gpgsm-asc.out" "$body" || fail "gpgsm --armor content"
+# S/MIME headers as mail clients fold them (RFC 5322): the media type and
+# the transfer encoding on continuation lines, quoted parameters, CRLF
+{ printf 'MIME-Version: 1.0\r\nContent-Type:\r\n application/pkcs7-mime; name="smime.p7m";\r\n'
+  printf '\tsmime-type="enveloped-data"\r\nContent-Transfer-Encoding:\r\n  Base64 \r\n\r\n'
+  base64 -w 72 "$W/nss.der" | sed 's/$/\r/'; } >"$W/folded.eml"
+$T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/folded.eml" --out "$W/folded.out" ||
+  fail "folded Content-Type / Content-Transfer-Encoding not read"
+cmp "$W/folded.out" "$body" || fail "folded S/MIME content"
 # a member copy: the group's RI replaced by a v1.5 KTRI to the member, read
 # by cmsutil -D and gpgsm --decrypt with the member's key imported
 openssl pkeyutl -encrypt -pubin -inkey "$W/member.pub" -pkeyopt rsa_padding_mode:pkcs1 -in "$W/g.cek" -out "$W/v.ek"
