@@ -99,7 +99,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     char sender[MAIL_MAX_ADDR + 1] = "", from[MAIL_MAX_ADDR + 1] = "", msgid[256] = "", q[128];
     char list_id[MAIL_MAX_ADDR + 1];
     char *v = NULL, why[300];
-    const char *kt = NULL;
+    const char *kt = NULL, *bad = NULL;
     int ex = XP_EX_TEMPFAIL, opt;
     int64_t id = 0;
     xp_err rc;
@@ -140,8 +140,8 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     if (rc != XP_OK)
         goto out;
     if ((rc = mail_split((const char *)data, len, &hdr_end, &body_start, &crlf)) != XP_OK) {
-        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
-        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, xp_strerror(rc));
+        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, mail_split_strerror(rc));
+        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, mail_split_strerror(rc));
         goto out;
     }
     /* a copy we sent ourselves coming back is a loop, not a new post */
@@ -195,13 +195,15 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);
         goto out;
     }
-    rc = xp_check_message(c, l, data, len, &kt);
+    rc = xp_check_message(c, l, data, len, &kt, &bad);
     switch (rc) {
     case XP_OK: break;
     case XP_ERR_FORMAT:
     case XP_ERR_TOO_LARGE:
-        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, xp_strerror(rc));
-        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, xp_strerror(rc));
+        if (bad == NULL)
+            bad = xp_strerror(rc);
+        log_warn("refused: malformed message list=%s err=\"%s\"", l->address, bad);
+        ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, bad);
         goto out;
     case XP_ERR_NOT_ENCRYPTED:
     case XP_ERR_WRONG_RECIPIENT:

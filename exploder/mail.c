@@ -72,6 +72,13 @@ xp_err mail_split(const char *buf, size_t len, size_t *hdr_end, size_t *body_sta
     return XP_ERR_FORMAT;
 }
 
+const char *mail_split_strerror(xp_err rc)
+{
+    if (rc == XP_ERR_TOO_LARGE)
+        return "header block too large";
+    return "not an RFC 5322 message (a bad header line, a NUL byte, or no blank line before the body)";
+}
+
 /* Iterates over header fields: *name_len is the field name length, the
  * field spans [start, end) including continuation lines and newline. */
 static bool next_field(const char *h, size_t len, size_t *pos, size_t *start, size_t *end, size_t *name_len)

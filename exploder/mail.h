@@ -29,6 +29,9 @@
  * set when the first line ends in CRLF (we then write CRLF too). */
 xp_err mail_split(const char *buf, size_t len, size_t *hdr_end, size_t *body_start, bool *crlf);
 
+/* What a mail_split error means, in words for a bounce (static). */
+const char *mail_split_strerror(xp_err rc);
+
 /* The unfolded, trimmed value of the first header called name (case
  * insensitive) in hdrs[0, len), or NULL when absent (or out of memory). */
 char *mail_header_get(const char *hdrs, size_t len, const char *name);

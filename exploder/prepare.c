@@ -82,7 +82,22 @@ static xp_err env_to_xp(env_err e)
     }
 }
 
-xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt)
+/* Why the pkcs7-mime part of a refused message is unreadable, for the
+ * sender's bounce. */
+static const char *unreadable_why(env_err e)
+{
+    switch (e) {
+    case ENV_ERR_TRUNCATED: return "its S/MIME part is cut short (truncated CMS or base64)";
+    case ENV_ERR_NOT_CMS: return "its application/pkcs7-mime part is not CMS";
+    case ENV_ERR_MIME: return "bad S/MIME framing (the pkcs7-mime part must be base64)";
+    case ENV_ERR_UNSUPPORTED: return "its CMS uses an unsupported algorithm or recipient type";
+    case ENV_ERR_TOO_LARGE: return "its S/MIME part is too large";
+    default: return env_strerror(e);
+    }
+}
+
+xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
+                        const char **why)
 {
     size_t hdr_end, body_start, idx;
     bool crlf;
@@ -98,8 +113,13 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
 
     if (kt != NULL)
         *kt = NULL;
-    if ((rc = mail_split(data, len, &hdr_end, &body_start, &crlf)) != XP_OK)
+    if (why != NULL)
+        *why = NULL;
+    if ((rc = mail_split(data, len, &hdr_end, &body_start, &crlf)) != XP_OK) {
+        if (why != NULL)
+            *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
+    }
     if (!is_pkcs7_mime(data, hdr_end)) {
         /* plain mail: only a forward list that explicitly allows it */
         if (l->mode == XP_MODE_FORWARD && !l->require_encrypted)
@@ -120,6 +140,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     if (e != ENV_OK) {
         log_info("message is not a readable CMS message err=\"%s\"", env_strerror(e));
         rc = env_to_xp(e);
+        if (why != NULL)
+            *why = unreadable_why(e);
         goto out;
     }
     e = env_message_find_recipient(msg, gc, &idx);

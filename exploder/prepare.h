@@ -26,8 +26,11 @@
  * has no usable group certificate: 75, the admin must fix it). *kt (may
  * be NULL) gets the key transport of the group's RecipientInfo
  * ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH"; static), or NULL
- * when the message is not encrypted to the group (an open forward list). */
-xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt);
+ * when the message is not encrypted to the group (an open forward list).
+ * *why (may be NULL) gets what is wrong with a refused message in plain
+ * words (static; the envelope's reason for unreadable CMS), else NULL. */
+xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
+                        const char **why);
 
 /* What preparing a message left besides the file. */
 typedef struct xp_prepared {

@@ -35,17 +35,29 @@ expect() { # expect CODE DSN LIST FILE [deliver args]
   xp_spool_empty
 }
 
+# the reason says what is wrong (it was "malformed message: malformed message")
+reason() { grep -qF "$L: malformed message: $1" "$W/deliver.err" || fail "5.6.0 reason: $(cat "$W/deliver.err")"; }
 printf 'this is not a mail message, no header, no blank line' >"$W/garbage"
 expect 65 5.6.0 $L "$W/garbage"
+reason "not an RFC 5322 message (a bad header line, a NUL byte, or no blank line before the body)"
 printf 'From: a@example.org\nSubject: x\nno blank line ever' >"$W/noblank"
 expect 65 5.6.0 $L "$W/noblank"
 printf 'From: a@example.org\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n\nbm90IENNUw==\n' >"$W/badcms"
 expect 65 5.6.0 $L "$W/badcms"
+reason "bad S/MIME framing (the pkcs7-mime part must be base64)"
+# DER, but a SEQUENCE of one INTEGER, not a ContentInfo
+printf 'From: a@example.org\nContent-Type: application/pkcs7-mime\nContent-Transfer-Encoding: base64\n\nMAMCAQU=\n' \
+  >"$W/notcms"
+expect 65 5.6.0 $L "$W/notcms"
+reason "its application/pkcs7-mime part is not CMS"
 printf 'From: a@example.org\nTo: %s\nSubject: plain\n\nhello in the clear\n' $L >"$W/plain"
 expect 77 5.7.1 $L "$W/plain"
 xp_encrypt "$W/other.pem" "$W/wrong.eml" wrong
 expect 77 5.7.1 $L "$W/wrong.eml"
 xp_encrypt "$W/group.pem" "$W/good.eml" good
+head -c 700 "$W/good.eml" >"$W/cut.eml"
+expect 65 5.6.0 $L "$W/cut.eml"
+reason "its S/MIME part is cut short (truncated CMS or base64)"
 expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
