@@ -551,6 +551,58 @@ static size_t smtp_read(char *buf, size_t size, size_t nitems, void *userdata)
     return fread(buf, size, nitems, (FILE *)userdata);
 }
 
+/* The SMTP server's last reply line, and its last 4xx/5xx one (the QUIT
+ * that follows a failure answers 221), each cut and reduced to printable
+ * ASCII: they go into our one-line error, whatever the server sent. */
+typedef struct smtp_reply {
+    char line[200];
+    char failed[200];
+} smtp_reply;
+
+static int smtp_debug(CURL *cu, curl_infotype type, char *data, size_t size, void *userp)
+{
+    smtp_reply *r = userp;
+    size_t o = 0;
+
+    (void)cu;
+    if (type != CURLINFO_HEADER_IN) /* only the server's replies, never the message */
+        return 0;
+    for (size_t i = 0; i < size && o + 1 < sizeof(r->line); i++) {
+        unsigned char ch = (unsigned char)data[i];
+        if (ch == '\r' || ch == '\n')
+            break;
+        r->line[o++] = ch >= 32 && ch < 127 ? (char)ch : '?';
+    }
+    r->line[o] = '\0';
+    if (r->line[0] == '4' || r->line[0] == '5')
+        memcpy(r->failed, r->line, sizeof(r->failed));
+    return 0;
+}
+
+/* The exit code and one line for a failed SMTP transaction: a 5xx reply
+ * is a refusal (3); a 4xx, a lost or refused connection, a timeout or a
+ * reply that is not SMTP is temporary (4: send again later). */
+static int smtp_fail(CURL *cu, CURLcode cc, const char *errbuf, const smtp_reply *reply)
+{
+    long code = 0;
+    const char *why = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc);
+
+    if (curl_easy_getinfo(cu, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK)
+        code = 0;
+    if (code >= 500 && code <= 599) {
+        gm_err("SMTP: the server refused the message: %s", reply->failed);
+        return GM_EXIT_REFUSED;
+    }
+    if (code >= 400 && code <= 499) {
+        gm_err("SMTP: the server deferred the message (temporary, send it again later): %s", reply->failed);
+        return GM_EXIT_UNREACHABLE;
+    }
+    gm_err("SMTP delivery failed (connection refused, lost or timed out, or not an SMTP reply; send it again "
+           "later): %s%s%s",
+           why, reply->line[0] != '\0' ? "; last reply: " : "", reply->line);
+    return GM_EXIT_UNREACHABLE;
+}
+
 static int cmd_send(gm_config *c)
 {
     gs_rest *r = NULL;
@@ -562,6 +614,7 @@ static int cmd_send(gm_config *c)
     char *tos = NULL, *save, errbuf[CURL_ERROR_SIZE] = "";
     int rc = GM_EXIT_ERROR;
     env_err e;
+    smtp_reply reply = {"", ""};
 
     if (need(c->smtp, "--smtp smtp://HOST:PORT") || need(c->to, "--to LIST@DOMAIN"))
         return GM_EXIT_USAGE;
@@ -625,6 +678,9 @@ static int cmd_send(gm_config *c)
     curl_easy_setopt(cu, CURLOPT_READFUNCTION, smtp_read);
     curl_easy_setopt(cu, CURLOPT_READDATA, wire);
     curl_easy_setopt(cu, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(cu, CURLOPT_DEBUGFUNCTION, smtp_debug);
+    curl_easy_setopt(cu, CURLOPT_DEBUGDATA, &reply);
+    curl_easy_setopt(cu, CURLOPT_VERBOSE, 1L); /* feeds smtp_debug; it prints nothing */
     curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT, c->timeout);
     curl_easy_setopt(cu, CURLOPT_TIMEOUT, c->timeout * 4);
     if (c->cacert != NULL)
@@ -632,10 +688,7 @@ static int cmd_send(gm_config *c)
     gm_progress(c, "sending to %s via %s", c->to, c->smtp);
     CURLcode cc = curl_easy_perform(cu);
     if (cc != CURLE_OK) {
-        gm_err("SMTP delivery failed: %s", errbuf[0] ? errbuf : curl_easy_strerror(cc));
-        rc = (cc == CURLE_COULDNT_CONNECT || cc == CURLE_OPERATION_TIMEDOUT || cc == CURLE_COULDNT_RESOLVE_HOST)
-                 ? GM_EXIT_UNREACHABLE
-                 : GM_EXIT_REFUSED;
+        rc = smtp_fail(cu, cc, errbuf, &reply);
         goto out;
     }
     rc = GM_EXIT_OK;

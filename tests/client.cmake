@@ -35,3 +35,10 @@ set_tests_properties(groupmail_token PROPERTIES LABELS "integration;client" TIME
 add_test(NAME groupmail_hostile COMMAND /usr/bin/python3 ${GS_TEST_DIR}/integration/hostile-groupmail.py ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_hostile PROPERTIES LABELS "integration;client;hostile" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# groupmail send against a misbehaving SMTP server (tests/lib/hostile_smtpd.py):
+# 5xx is a refusal (exit 3), 4xx and lost connections are temporary (4).
+add_test(NAME groupmail_send_smtp COMMAND bash ${GS_TEST_DIR}/integration/groupmail-send-smtp.sh ${GS_TEST_BIN}
+  ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_send_smtp PROPERTIES LABELS "integration;client" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# groupmail-send-smtp.sh BIN SRC: `groupmail send` against an SMTP server
+# that misbehaves (tests/lib/hostile_smtpd.py). Each outcome has the exit
+# code groupmail(1) documents, so a script knows whether to send again:
+#   0  the server took it (250 to the end of DATA);
+#   3  a 5xx reply: refused (MAIL, RCPT, DATA or the end of DATA);
+#   4  temporary: a 4xx reply, a connection refused or lost (mid-DATA, or
+#      before the reply to the end of DATA), a greeting that is not SMTP.
+# (Before, everything but a refused connection and a timeout was 3, and the
+# end of DATA's 5xx read "Weird server reply".) The error is one line of
+# printable ASCII that quotes the failing reply, whatever the server sent
+# (its texts carry terminal escape sequences).
+set -euo pipefail
+BIN=$1 SRC=$2
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/gm-send-smtp.XXXXXX")
+srv=
+cleanup() {
+  [ -n "$srv" ] && { kill "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; }
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=eng -keyout "$work/g.key" -out "$work/g.pem" 2>/dev/null
+printf 'Content-Type: text/plain\n\nhello\n' |
+  openssl cms -encrypt -aes-128-cbc -recip "$work/g.pem" -subject hi -out "$work/m.eml"
+mkdir -p "$work/smtp"
+echo ok >"$work/mode"
+/usr/bin/python3 "$SRC/tests/lib/hostile_smtpd.py" --dir "$work/smtp" --port-file "$work/port" \
+  --mode-file "$work/mode" 2>"$work/smtpd.log" &
+srv=$!
+for _ in $(seq 1 100); do [ -s "$work/port" ] && break; sleep 0.1; done
+[ -s "$work/port" ] || fail "hostile_smtpd.py did not start: $(cat "$work/smtpd.log")"
+url=smtp://127.0.0.1:$(cat "$work/port")
+
+# send MODE RCPT WANT-EXIT WANT-TEXT
+send() {
+  local rc=0
+  echo "$1" >"$work/mode"
+  "$BIN/groupmail" send --smtp "$url" --to "$2" --from alice@example.org --in "$work/m.eml" --timeout 10 \
+    2>"$work/err" || rc=$?
+  [ "$rc" = "$3" ] || fail "$1: exit $rc, want $3: $(cat -v "$work/err")"
+  [ "$rc" = 0 ] && return 0
+  [ "$(wc -l <"$work/err")" = 1 ] || fail "$1: not one line: $(cat -v "$work/err")"
+  LC_ALL=C grep -q '[^ -~]' "$work/err" && fail "$1: not printable ASCII: $(cat -v "$work/err")"
+  grep -qF -- "$4" "$work/err" || fail "$1: want '$4' in: $(cat -v "$work/err")"
+  echo "ok: $1 -> $rc"
+}
+send ok eng@example.org 0
+[ "$(ls "$work/smtp/new" | wc -l)" = 1 ] || fail "the accepted message was not stored"
+send mail-5xx eng@example.org 3 "refused the message: 550 5.7.1 sender refused for good"
+send per-rcpt p5@example.org 3 "refused the message: 550 5.1.1 no such user"
+send data-5xx eng@example.org 3 "refused the message: 554 5.3.0 no DATA for you"
+send end-5xx eng@example.org 3 'refused the message: 554 5.6.0 message ?[31mrefused?[0m "quoted"'
+send mail-4xx eng@example.org 4 "deferred the message (temporary, send it again later): 451 4.3.0"
+send per-rcpt t4@example.org 4 "deferred the message (temporary, send it again later): 450 4.2.1"
+send data-4xx eng@example.org 4 "deferred the message (temporary, send it again later): 451 4.3.0 not now"
+send end-4xx eng@example.org 4 "deferred the message (temporary, send it again later): 451 4.3.0 could not store"
+send drop-mid-data eng@example.org 4 "SMTP delivery failed (connection refused, lost or timed out"
+send drop-before-reply eng@example.org 4 "last reply: 354"
+send garbage-greeting eng@example.org 4 "last reply: hello there"
+[ "$(ls "$work/smtp/new" | wc -l)" = 1 ] || fail "a refused or failed message was stored"
+kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+send ok eng@example.org 4 "connection refused, lost or timed out"
+echo "groupmail send over SMTP: ok"
