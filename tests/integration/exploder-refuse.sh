@@ -88,8 +88,16 @@ xp_spool_empty
 xp deliver --list $L <"$W/good.eml" || fail "good mail refused"
 xp deliver --list closed@lists.example.org --sender m1@example.net <"$W/good.eml" || fail "member refused"
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 2 ] || fail "want 2 spooled messages"
+# addresses are US-ASCII (exploder(1)): a UTF-8 member is refused, a UTF-8
+# envelope sender is the null sender (accepted, never bounced to)
+xp list add $L 'jürgen@example.net' 2>/dev/null && fail "a UTF-8 member address was added"
+sed 's/^Subject: good$/Subject: Grüße – ½/' "$W/good.eml" >"$W/utf8.eml"
+xp deliver --list $L --sender 'jürgen@example.net' <"$W/utf8.eml" || fail "UTF-8 envelope sender refused"
+[ "$(sqlite3 "$W/spool/exploder.db" "select count(*) from messages where sender = ''")" = 1 ] ||
+  fail "a UTF-8 envelope sender is not the null sender"
 xp_drain
 xp_spool_empty
+grep -qx 'Subject: Grüße – ½' "$W"/md/m1@example.net/new/* || fail "a raw UTF-8 Subject did not pass unchanged"
 # [log] file: the diagnostic log goes there (0600), standard error keeps
 # only the one-line reason (the MTA's bounce text); a symbolic link at that
 # path is not followed (an admin may run list commands as root).
