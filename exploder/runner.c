@@ -352,6 +352,33 @@ out:
 
 /* ---- finish ----------------------------------------------------------- */
 
+/* Appends one cause to the reason line, "; " between causes (cut at cap). */
+static void add_cause(char *reason, size_t cap, const char *cause)
+{
+    size_t o = strlen(reason);
+    if (o + 1 < cap && snprintf(reason + o, cap - o, "%s%s", o > 0 ? "; " : "", cause) < 0)
+        reason[o] = '\0';
+}
+
+/* Why members did not get it, each cause once: no certificate, refused by
+ * their mail system (a 5xx, at once), or still not taken after max_age. */
+static void failure_causes(const xp_finished *f, char *reason, size_t cap)
+{
+    int64_t refused = f->failed - f->no_cert - f->expired;
+    char no_cert[96];
+
+    reason[0] = '\0';
+    if (f->no_cert > 0) {
+        snprintf(no_cert, sizeof(no_cert), "%lld of them have no certificate at the group server",
+                 (long long)f->no_cert);
+        add_cause(reason, cap, no_cert);
+    }
+    if (refused > 0)
+        add_cause(reason, cap, "their mail system refused it");
+    if (f->expired > 0 || reason[0] == '\0')
+        add_cause(reason, cap, "their mail system did not accept it in time");
+}
+
 static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *list_addr, char **out, size_t *outlen)
 {
     char date[64], rdate[64], from[MAIL_MAX_ADDR + 32], id[33], *buf = NULL;
@@ -371,11 +398,8 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
         snprintf(reason, sizeof(reason), "%s", f->reason);
     else if (f->msg->out_file == NULL)
         snprintf(reason, sizeof(reason), "the list could not re-encrypt it for the members in time");
-    else if (f->no_cert == f->failed)
-        snprintf(reason, sizeof(reason), "%lld of them have no certificate at the group server",
-                 (long long)f->no_cert);
     else
-        snprintf(reason, sizeof(reason), "their mail system did not accept it in time");
+        failure_causes(f, reason, sizeof(reason));
     for (char *p = reason; *p; p++) /* one printable line, whatever the server said */
         reason[o++] = (*p >= 32 && *p < 127) ? *p : '?';
     reason[o] = '\0';

@@ -1092,13 +1092,14 @@ xp_err spool_expire(spool *s, int64_t cutoff, int64_t *n)
 {
     sqlite3_stmt *st = NULL;
     xp_err rc = prep(s,
-                     "UPDATE recipients SET state=2, last_error=COALESCE(last_error,'') || ' (expired)' "
-                     "WHERE state=0 AND message_id IN (SELECT id FROM messages WHERE received<?)",
+                     "UPDATE recipients SET state=2, last_error=COALESCE(last_error,'') || ?2 "
+                     "WHERE state=0 AND message_id IN (SELECT id FROM messages WHERE received<?1)",
                      &st);
     *n = 0;
     if (rc != XP_OK)
         return rc;
     sqlite3_bind_int64(st, 1, cutoff);
+    sqlite3_bind_text(st, 2, XP_EXPIRED_SUFFIX, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         rc = db_fail(s, "expire");
     else
@@ -1128,13 +1129,16 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
               " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2),"
               " COALESCE((SELECT last_error FROM recipients r WHERE r.message_id=m.id AND r.state=2 "
               "   AND last_error IS NOT NULL LIMIT 1), m.last_error), m.reason,"
-              " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2 AND r.last_error=?1) "
+              " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2 AND r.last_error=?1),"
+              " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2"
+              "   AND substr(r.last_error, -length(?2)) = ?2) "
               "FROM messages m WHERE NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
               "ORDER BY id LIMIT 1",
               &st);
     if (rc != XP_OK)
         return rc;
     sqlite3_bind_text(st, 1, XP_NO_CERT_REASON, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, XP_EXPIRED_SUFFIX, -1, SQLITE_STATIC);
     r = sqlite3_step(st);
     if (r == SQLITE_DONE)
         rc = XP_ERR_NOTFOUND;
@@ -1146,6 +1150,7 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
         out->last_error = col_dup(st, 11);
         out->reason = col_dup(st, 12);
         out->no_cert = sqlite3_column_int64(st, 13);
+        out->expired = sqlite3_column_int64(st, 14);
     }
     sqlite3_finalize(st);
     return rc;

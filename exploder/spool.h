@@ -123,6 +123,8 @@ xp_err spool_defer_prepare(spool *s, int64_t msg_id, int64_t next_at, const char
 /* Why a member of a member-certs list got no copy (their failed row's
  * last_error; the bounce counts them). */
 #define XP_NO_CERT_REASON "no certificate at the group server"
+/* appended to a recipient's last error when spool_expire gives it up */
+#define XP_EXPIRED_SUFFIX " (expired)"
 /* Member-certs with one copy per member: in one transaction, each pending
  * recipient whose address (case-insensitive) is member[k] gets ri[k] as
  * its own RecipientInfo; the others fail with XP_NO_CERT_REASON (their
@@ -166,6 +168,7 @@ typedef struct xp_finished {
     xp_msg *msg;
     int64_t delivered, failed;
     int64_t no_cert;   /* failed with XP_NO_CERT_REASON (member-certs) */
+    int64_t expired;   /* failed because still pending after max_age (spool_expire) */
     char *last_error;  /* of some failed recipient, or of the prepare step; may be NULL */
     char *reason;      /* the plain line for the sender when the message failed as a whole, or NULL */
 } xp_finished;

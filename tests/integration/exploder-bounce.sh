@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Giving up: a recipient the relay refuses for good (550) is not retried;
 # one it keeps deferring (450) is given up after [delivery] max_age; the
-# sender then gets one bounce (null reverse-path) that names no member.
+# sender then gets one bounce (null reverse-path) that names no member,
+# and whose reason line tells a refusal from a give-up.
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup bounce
@@ -29,5 +30,18 @@ b=$(grep -l '^Subject: Undelivered mail to list eng@lists.example.org' "$W"/smtp
 grep -q '^From: Mail Delivery System <lists-daemon@lists.example.org>' $b || fail "bounce_from not used"
 grep -q 'could not be delivered to 2 of 3 list members' $b || fail "bounce text: $(cat $b)"
 grep -q -e 'gone@' -e 'slow@' $b && fail "bounce must not reveal member addresses"
+# the reason names both causes: one refused at once, one given up after max_age
+grep -qx 'Reason: their mail system refused it; their mail system did not accept it in time.' $b ||
+  fail "reason with a refusal and an expiry: $(grep Reason $b)"
+xp_spool_empty
+
+# a refusal alone (550 to RCPT) is not "did not accept it in time"
+L2=only@lists.example.org
+xp list create $L2 --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+xp list add $L2 ok@example.net gone@example.net >/dev/null
+xp deliver --list $L2 --sender alice@example.org <"$W/in.eml" || fail "deliver to $L2 refused"
+xp_drain
+b=$(grep -l "^Subject: Undelivered mail to list $L2" "$W"/smtp/new/*) || fail "no bounce from $L2"
+grep -qx 'Reason: their mail system refused it.' $b || fail "reason for a refusal: $(grep Reason $b)"
 xp_spool_empty
 echo "exploder bounce: ok"
