@@ -237,11 +237,17 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
     return false;
 }
 
+/* Headers a copy never carries over: the list's own (a sender cannot
+ * forge them), and Return-Path, which names the original sender's
+ * envelope: the copy is a new message whose envelope sender is the list's
+ * (RFC 5321 4.4: an originator does not send one; the final MTA adds it). */
 static bool is_dropped(const char *name, size_t n)
 {
     if (n >= 5 && strncasecmp(name, "List-", 5) == 0)
         return true;
     if (n == 10 && strncasecmp(name, "Precedence", 10) == 0)
+        return true;
+    if (n == 11 && strncasecmp(name, "Return-Path", 11) == 0)
         return true;
     return false;
 }

@@ -100,8 +100,9 @@ static void test_addr(void **state)
 static void test_list_headers(void **state)
 {
     (void)state;
-    const char *h = "From: a@b.org\nList-Id: <forged.example>\nList-Unsubscribe:\n <mailto:x>\nPrecedence: bulk\n"
-                    "Subject: s\n";
+    /* forged list headers and the original envelope's Return-Path are dropped */
+    const char *h = "Return-Path: <a@b.org>\nFrom: a@b.org\nList-Id: <forged.example>\nList-Unsubscribe:\n"
+                    " <mailto:x>\nPrecedence: bulk\nreturn-path:\n <other@b.org>\nSubject: s\n";
     char *out = NULL, id[64];
     size_t len = 0;
     assert_int_equal(mail_list_id("Eng@Lists.Example.org", id, sizeof(id)), XP_OK);
