@@ -36,6 +36,7 @@ typedef struct gm_config {
     char *hsm_module, *hsm_token, *hsm_pin_source, *group_key;
     char *store;
     char *smtp, *from, *to;
+    char *smtp_cacert; /* CA file for an smtps:// server (default: the system's store) */
     char *via, *in, *out, *recipient_info;
     char *content_algorithm; /* unwrap --recipient-info: the message's content algorithm */
     char *oaep;    /* sha1 | sha256 (encrypt) */

@@ -111,7 +111,7 @@ void gm_config_clear(gm_config *c)
 {
     char **strs[] = {&c->config_file, &c->server, &c->group, &c->cacert, &c->pin, &c->certsrv, &c->group_ca,
                      &c->group_cert, &c->cert, &c->key, &c->tls_cert, &c->tls_key, &c->hsm_module, &c->hsm_token,
-                     &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->from, &c->to, &c->via, &c->in,
+                     &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->smtp_cacert, &c->from, &c->to, &c->via, &c->in,
                      &c->out, &c->recipient_info, &c->oaep, &c->format, &c->content_algorithm};
     for (size_t i = 0; i < GS_ARRAY_LEN(strs); i++) {
         free(*strs[i]);
@@ -156,7 +156,8 @@ static const struct ini_key ini_keys[] = {
     K("hsm", "module", hsm_module),     K("hsm", "token", hsm_token),
     K("hsm", "pin_source", hsm_pin_source), K("hsm", "group_key", group_key),
     K("store", "dir", store),           K("smtp", "relay", smtp),
-    K("smtp", "from", from),            K("decrypt", "via", via),
+    K("smtp", "from", from),            K("smtp", "cacert", smtp_cacert),
+    K("decrypt", "via", via),
     K("encrypt", "oaep", oaep),         K("encrypt", "format", format),
 };
 #undef K

@@ -31,7 +31,8 @@ static void usage(FILE *f)
           "  fetch-cert --server URL --group G [--cacert FILE] [--group-ca FILE] [--repin] [--out FILE]\n"
           "  encrypt    (--group-cert FILE | --server URL --group G) [--cbc] [--mime] [--oaep sha1|sha256]\n"
           "             [--format smime|pem|der] [--in FILE] [--out FILE]\n"
-          "  send       --smtp smtp://HOST:PORT --to LIST@DOMAIN [--from ADDR] [--encrypt ...] [--in FILE]\n"
+          "  send       --smtp smtp[s]://HOST:PORT [--smtp-cacert FILE] --to LIST@DOMAIN [--from ADDR] [--encrypt ...]\n"
+          "             [--in FILE]\n"
           "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key|own-key\n"
           "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
           "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE\n"
@@ -54,7 +55,7 @@ static void usage(FILE *f)
 enum {
     O_SERVER = 256, O_GROUP, O_CERT, O_KEY, O_CACERT, O_TLS_CERT, O_TLS_KEY, O_PIN, O_CERTSRV, O_GROUP_CA,
     O_GROUP_CERT, O_GROUP_KEY, O_HSM_MODULE, O_HSM_TOKEN, O_PIN_SOURCE, O_STORE, O_SMTP, O_FROM, O_TO, O_VIA,
-    O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT, O_CALG,
+    O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT, O_CALG, O_SMTP_CACERT,
 };
 
 static const struct option long_opts[] = {
@@ -74,7 +75,7 @@ static const struct option long_opts[] = {
     {"format", required_argument, NULL, O_FORMAT},       {"timeout", required_argument, NULL, O_TIMEOUT},
     {"cbc", no_argument, NULL, O_CBC},                   {"mime", no_argument, NULL, O_MIME},
     {"repin", no_argument, NULL, O_REPIN},               {"encrypt", no_argument, NULL, O_ENCRYPT},
-    {"content-algorithm", required_argument, NULL, O_CALG},
+    {"content-algorithm", required_argument, NULL, O_CALG}, {"smtp-cacert", required_argument, NULL, O_SMTP_CACERT},
     {"config", required_argument, NULL, 'c'},            {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},                   {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -114,6 +115,7 @@ static int parse_options(int argc, char **argv, gm_config *c)
         case O_PIN_SOURCE: dst = &c->hsm_pin_source; break;
         case O_STORE: dst = &c->store; break;
         case O_SMTP: dst = &c->smtp; break;
+        case O_SMTP_CACERT: dst = &c->smtp_cacert; break;
         case O_FROM: dst = &c->from; break;
         case O_TO: dst = &c->to; break;
         case O_VIA: dst = &c->via; break;
@@ -683,8 +685,11 @@ static int cmd_send(gm_config *c)
     curl_easy_setopt(cu, CURLOPT_VERBOSE, 1L); /* feeds smtp_debug; it prints nothing */
     curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT, c->timeout);
     curl_easy_setopt(cu, CURLOPT_TIMEOUT, c->timeout * 4);
-    if (c->cacert != NULL)
-        curl_easy_setopt(cu, CURLOPT_CAINFO, c->cacert);
+    /* An smtps:// server is verified against the system's CAs or [smtp]
+     * cacert, never [server] cacert: that CA vouches for the group
+     * servers, not for whoever runs the mail server. */
+    if (c->smtp_cacert != NULL)
+        curl_easy_setopt(cu, CURLOPT_CAINFO, c->smtp_cacert);
     gm_progress(c, "sending to %s via %s", c->to, c->smtp);
     CURLcode cc = curl_easy_perform(cu);
     if (cc != CURLE_OK) {

@@ -20,6 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# a private HOME: no groupmail configuration of the user running the tests
+export HOME=$work XDG_CONFIG_HOME= GROUPMAIL_CONFIG=
 
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=eng -keyout "$work/g.key" -out "$work/g.pem" 2>/dev/null
 printf 'Content-Type: text/plain\n\nhello\n' |
@@ -62,4 +64,38 @@ send garbage-greeting eng@example.org 4 "last reply: hello there"
 [ "$(ls "$work/smtp/new" | wc -l)" = 1 ] || fail "a refused or failed message was stored"
 kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
 send ok eng@example.org 4 "connection refused, lost or timed out"
+
+# smtps://: the mail server's certificate is checked against [smtp] cacert
+# (--smtp-cacert) or the system's CAs, never against --cacert / [server]
+# cacert, the CA of the group servers (before, that one replaced the
+# system's CAs, so a public smtps server failed for anyone with a private
+# group server CA)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=mail-ca \
+  -keyout "$work/mca.key" -out "$work/mca.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$work/mail.key" -out "$work/mail.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$work/mail.ext"
+openssl x509 -req -in "$work/mail.csr" -CA "$work/mca.pem" -CAkey "$work/mca.key" -CAcreateserial -days 2 \
+  -extfile "$work/mail.ext" -out "$work/mail.pem" 2>/dev/null
+mkdir -p "$work/smtps"
+rm -f "$work/port"
+/usr/bin/python3 "$SRC/tests/lib/smtpd.py" --dir "$work/smtps" --port-file "$work/port" --implicit-tls \
+  --tls-cert "$work/mail.pem" --tls-key "$work/mail.key" 2>"$work/smtps.log" &
+srv=$!
+for _ in $(seq 1 100); do [ -s "$work/port" ] && break; sleep 0.1; done
+[ -s "$work/port" ] || fail "smtpd.py --implicit-tls did not start: $(cat "$work/smtps.log")"
+url=smtps://127.0.0.1:$(cat "$work/port")
+rc=0
+"$BIN/groupmail" send --smtp "$url" --cacert "$work/mca.pem" --to eng@example.org --from alice@example.org \
+  --in "$work/m.eml" --timeout 10 2>"$work/err" || rc=$?
+[ "$rc" = 4 ] && grep -q 'certificate' "$work/err" ||
+  fail "smtps verified with --cacert (the group servers' CA): exit $rc: $(cat "$work/err")"
+"$BIN/groupmail" send --smtp "$url" --smtp-cacert "$work/mca.pem" --cacert "$work/g.pem" --to eng@example.org \
+  --from alice@example.org --in "$work/m.eml" --timeout 10 2>"$work/err" ||
+  fail "smtps with --smtp-cacert: $(cat "$work/err")"
+printf '[smtp]\nrelay = %s\ncacert = %s\nfrom = alice@example.org\n' "$url" "$work/mca.pem" >"$work/gm.conf"
+"$BIN/groupmail" send -c "$work/gm.conf" --to eng@example.org --in "$work/m.eml" --timeout 10 2>"$work/err" ||
+  fail "smtps with [smtp] cacert: $(cat "$work/err")"
+[ "$(ls "$work/smtps/new" | wc -l)" = 2 ] || fail "want the two smtps messages stored"
+echo "ok: smtps:// verified with --smtp-cacert / [smtp] cacert, not --cacert"
 echo "groupmail send over SMTP: ok"

@@ -34,6 +34,8 @@ Options:
   --tls-cert F --tls-key F
                       offer STARTTLS with this certificate and key
   --require-starttls  refuse MAIL before STARTTLS (530)
+  --implicit-tls      TLS from the first byte (smtps://, port 465 style) with
+                      --tls-cert/--tls-key, instead of offering STARTTLS
   --max-size BYTES    DATA size limit                                          [33554432]
   --pipe ADDR=COMMAND mail for ADDR is not stored but handed to COMMAND on stdin, the
                       way Postfix's pipe(8) transport feeds a list manager. COMMAND is
@@ -203,12 +205,14 @@ async def serve(args):
         tls.verify_mode = ssl.CERT_NONE
     handler = Handler(args)
 
+    implicit = tls if args.implicit_tls else None
+
     def factory():
         return SMTP(handler, hostname="smtpd.test", data_size_limit=args.max_size,
-                    tls_context=tls, require_starttls=args.require_starttls,
+                    tls_context=None if implicit else tls, require_starttls=args.require_starttls,
                     enable_SMTPUTF8=True, timeout=60)
 
-    server = await loop.create_server(factory, host=args.host, port=args.port)
+    server = await loop.create_server(factory, host=args.host, port=args.port, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
     if args.pid_file:
         write_atomic(args.pid_file, "%d\n" % os.getpid())
@@ -237,6 +241,7 @@ def main():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--require-starttls", action="store_true")
+    p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--max-size", type=int, default=33554432)
     p.add_argument("--pipe", action="append")
     p.add_argument("--list-accepted", action="store_true")
@@ -250,6 +255,8 @@ def main():
         return 0
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if args.implicit_tls and not args.tls_cert:
+        p.error("--implicit-tls needs --tls-cert and --tls-key")
     for sub in ("tmp", "new"):
         os.makedirs(os.path.join(args.dir, sub), exist_ok=True)
     asyncio.run(serve(args))
