@@ -274,6 +274,66 @@ static bool mime_type_is(const char *v, const char *type)
     return strncmp(v, type, n) == 0 && (v[n] == '\0' || v[n] == ';' || v[n] == ' ' || v[n] == '\t');
 }
 
+/* The value of parameter name (lowercase) in a lowercased header value
+ * "type; a=b; name=\"x\"", unquoted, into out (cut at cap); false if absent. */
+static bool mime_param(const char *v, const char *name, char *out, size_t cap)
+{
+    size_t n = strlen(name), o = 0;
+    const char *p = strchr(v, ';');
+
+    while (p != NULL) {
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (strncmp(p, name, n) == 0 && p[n] == '=') {
+            bool quoted = p[n + 1] == '"';
+            for (p += n + 1 + quoted; *p && o + 1 < cap; p++) {
+                if (quoted ? *p == '"' : (*p == ';' || *p == ' ' || *p == '\t'))
+                    break;
+                out[o++] = *p;
+            }
+            out[o] = '\0';
+            return true;
+        }
+        /* next parameter, skipping a quoted ';' */
+        bool in_quotes = false;
+        for (; *p && (in_quotes || *p != ';'); p++)
+            if (*p == '"')
+                in_quotes = !in_quotes;
+        p = *p == ';' ? p : NULL;
+    }
+    return false;
+}
+
+static bool ends_with_p7m(const char *file)
+{
+    size_t n = strlen(file);
+    return n >= 4 && strcmp(file + n - 4, ".p7m") == 0;
+}
+
+bool env_mime_is_smime(const char *content_type, const char *content_disposition)
+{
+    char ct[256], cd[256], file[256];
+    size_t i;
+
+    if (content_type == NULL)
+        return false;
+    for (i = 0; content_type[i] && i + 1 < sizeof(ct); i++)
+        ct[i] = (char)tolower((unsigned char)content_type[i]);
+    ct[i] = '\0';
+    if (mime_type_is(ct, "application/pkcs7-mime") || mime_type_is(ct, "application/x-pkcs7-mime"))
+        return true;
+    if (!mime_type_is(ct, "application/octet-stream"))
+        return false;
+    /* RFC 8551 3.8: application/octet-stream with the file suffix p7m */
+    if (mime_param(ct, "name", file, sizeof(file)) && ends_with_p7m(file))
+        return true;
+    for (i = 0; content_disposition != NULL && content_disposition[i] && i + 1 < sizeof(cd); i++)
+        cd[i] = (char)tolower((unsigned char)content_disposition[i]);
+    cd[i] = '\0';
+    return mime_param(cd, "filename", file, sizeof(file)) && ends_with_p7m(file);
+}
+
 static bool looks_like_header(const char *l)
 {
     const char *c = strchr(l, ':');
@@ -304,7 +364,7 @@ static env_err str_append(char **s, size_t *len, const char *add, size_t cap)
 static env_err read_smime(env_message *m, reader *r, spool *s)
 {
     env_err rv = ENV_OK;
-    char *line = NULL, ctype[256] = "", cte[64] = "", *folding = NULL;
+    char *line = NULL, ctype[256] = "", cte[64] = "", cdisp[256] = "", *folding = NULL;
     size_t outer_len = 0, hdr_total = 0, n, folding_cap = 0;
     bool partial, first = true, keep = true, stop = false, have_ct = false, have_cte = false;
     EVP_ENCODE_CTX *ctx = NULL;
@@ -363,6 +423,10 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
                 have_cte = true;
                 folding = cte;
                 folding_cap = sizeof(cte);
+            } else if (header_is(line, "Content-Disposition")) {
+                trim_value(line, cdisp, sizeof(cdisp));
+                folding = cdisp;
+                folding_cap = sizeof(cdisp);
             }
         }
         first = false;
@@ -377,7 +441,7 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
         rv = ENV_ERR_CONTENT_TYPE;
         goto out;
     }
-    if (!mime_type_is(ctype, "application/pkcs7-mime") && !mime_type_is(ctype, "application/x-pkcs7-mime")) {
+    if (!env_mime_is_smime(ctype, cdisp)) {
         rv = ENV_ERR_NOT_CMS;
         goto out;
     }

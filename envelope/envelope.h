@@ -169,8 +169,8 @@ typedef struct env_message env_message;
 
 /* Reads a message (S/MIME mail with outer headers, PEM or DER CMS). The
  * encrypted content is spooled to an unlinked temp file. max_size caps the
- * input (0 = 1 GiB). S/MIME: Content-Type application/pkcs7-mime or
- * application/x-pkcs7-mime, base64; LF or CRLF. DER may be BER with
+ * input (0 = 1 GiB). S/MIME: a Content-Type env_mime_is_smime takes,
+ * base64; LF or CRLF. DER may be BER with
  * indefinite lengths (openssl cms -stream).
  * Errors: ENV_ERR_TRUNCATED (cut anywhere), ENV_ERR_NOT_CMS (not CMS, or a
  * mail that is not pkcs7-mime), ENV_ERR_MIME (bad base64 / transfer
@@ -179,6 +179,11 @@ typedef struct env_message env_message;
  * AES-GCM in AuthEnvelopedData, e.g. 3DES or RC2; detached content),
  * ENV_ERR_NO_RECIPIENT (no RecipientInfo at all), ENV_ERR_TOO_LARGE. */
 env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out);
+/* Do a MIME entity's Content-Type and Content-Disposition values (any
+ * case, unfolded; disposition may be NULL) make it S/MIME CMS?
+ * application/pkcs7-mime or application/x-pkcs7-mime, or (RFC 8551 3.8)
+ * application/octet-stream named *.p7m by its name or filename parameter. */
+bool env_mime_is_smime(const char *content_type, const char *content_disposition);
 void env_message_free(env_message *msg);
 
 env_cipher env_message_cipher(const env_message *msg);

@@ -41,16 +41,15 @@ xp_err xp_cert_check(const char *pem, char **subject)
     return *subject != NULL ? XP_OK : XP_ERR_NOMEM;
 }
 
-/* Is the top-level Content-Type an S/MIME pkcs7-mime one? */
+/* Is the top-level entity S/MIME CMS (pkcs7-mime, or an octet-stream
+ * named *.p7m: RFC 8551 3.8)? */
 static bool is_pkcs7_mime(const char *hdrs, size_t len)
 {
     char *ct = mail_header_get(hdrs, len, "Content-Type");
-    bool yes = false;
-    if (ct != NULL) {
-        yes = strncasecmp(ct, "application/pkcs7-mime", 22) == 0 ||
-              strncasecmp(ct, "application/x-pkcs7-mime", 24) == 0;
-        free(ct);
-    }
+    char *cd = mail_header_get(hdrs, len, "Content-Disposition");
+    bool yes = env_mime_is_smime(ct, cd);
+    free(ct);
+    free(cd);
     return yes;
 }
 

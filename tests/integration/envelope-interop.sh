@@ -183,6 +183,21 @@ cmp "$W/gpgsm-asc.out" "$body" || fail "gpgsm --armor content"
 $T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/folded.eml" --out "$W/folded.out" ||
   fail "folded Content-Type / Content-Transfer-Encoding not read"
 cmp "$W/folded.out" "$body" || fail "folded S/MIME content"
+# RFC 8551 3.8: application/octet-stream named *.p7m (by Content-Type name
+# or Content-Disposition filename) is S/MIME too, as older clients and
+# gateways label it; an octet-stream with another name is not CMS
+for h in 'Content-Type: application/octet-stream; name="SMIME.P7M"' \
+  'Content-Type: application/octet-stream\nContent-Disposition: attachment; filename=smime.p7m'; do
+  { printf "$h"'\nContent-Transfer-Encoding: base64\n\n'; base64 -w 76 "$W/nss.der"; } >"$W/octet.eml"
+  $T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/octet.eml" --out "$W/octet.out" ||
+    fail "octet-stream S/MIME not read: $h"
+  cmp "$W/octet.out" "$body" || fail "octet-stream S/MIME content"
+done
+{ printf 'Content-Type: application/octet-stream; name="data.bin"\nContent-Transfer-Encoding: base64\n\n'
+  base64 -w 76 "$W/nss.der"; } >"$W/octet.eml"
+rc=0
+$T info --in "$W/octet.eml" >/dev/null 2>&1 || rc=$?
+[ "$rc" = 15 ] || fail "an octet-stream not named .p7m: exit $rc, want 15 (ENV_ERR_NOT_CMS)"
 # a member copy: the group's RI replaced by a v1.5 KTRI to the member, read
 # by cmsutil -D and gpgsm --decrypt with the member's key imported
 openssl pkeyutl -encrypt -pubin -inkey "$W/member.pub" -pkeyopt rsa_padding_mode:pkcs1 -in "$W/g.cek" -out "$W/v.ek"

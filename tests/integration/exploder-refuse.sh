@@ -88,6 +88,11 @@ xp_spool_empty
 xp deliver --list $L <"$W/good.eml" || fail "good mail refused"
 xp deliver --list closed@lists.example.org --sender m1@example.net <"$W/good.eml" || fail "member refused"
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 2 ] || fail "want 2 spooled messages"
+# S/MIME labelled application/octet-stream, named smime.p7m (RFC 8551 3.8)
+sed 's|^Content-Type: .*|Content-Type: application/octet-stream; name="smime.p7m"|' "$W/good.eml" >"$W/octet.eml"
+grep -q '^Content-Type: application/octet-stream' "$W/octet.eml" || fail "octet.eml not made"
+xp deliver --list $L <"$W/octet.eml" || fail "S/MIME as application/octet-stream; name=smime.p7m refused"
+[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 3 ] || fail "want 3 spooled messages"
 # addresses are US-ASCII (exploder(1)): a UTF-8 member is refused, a UTF-8
 # envelope sender is the null sender (accepted, never bounced to)
 xp list add $L 'jürgen@example.net' 2>/dev/null && fail "a UTF-8 member address was added"

@@ -866,6 +866,29 @@ static void test_recipient_issuer_names(void **state)
     free(der);
 }
 
+/* Which Content-Type / Content-Disposition pairs are S/MIME (RFC 8551 3.8). */
+static void test_mime_is_smime(void **state)
+{
+    char long_name[600];
+    (void)state;
+    assert_true(env_mime_is_smime("application/pkcs7-mime; smime-type=enveloped-data", NULL));
+    assert_true(env_mime_is_smime("Application/X-PKCS7-MIME", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; name=smime.p7m", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; a=\"x;name=no.bin\"; name=\"Mail.P7M\"", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream", "attachment; filename=\"smime.p7m\""));
+    assert_false(env_mime_is_smime("application/octet-stream", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name=smime.p7s", "attachment; filename=x.bin"));
+    assert_false(env_mime_is_smime("application/octet-stream; a=\"name=smime.p7m\"", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name=", NULL));
+    assert_false(env_mime_is_smime("application/pkcs7-mimeX", NULL));
+    assert_false(env_mime_is_smime("text/plain; name=smime.p7m", NULL));
+    assert_false(env_mime_is_smime(NULL, "attachment; filename=smime.p7m"));
+    /* a value longer than what is looked at is cut, never overrun */
+    memset(long_name, 'a', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    assert_false(env_mime_is_smime(long_name, long_name));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -877,6 +900,7 @@ int main(void)
         cmocka_unit_test(test_recipient_issuer_names),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
+        cmocka_unit_test(test_mime_is_smime),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
