@@ -747,6 +747,24 @@ static void job_clear(job *j)
     free(j->ri);
 }
 
+/* The message's own KEKRI, if any. */
+static env_recipient *message_kekri(env_message *msg)
+{
+    for (size_t i = 0; msg != NULL && i < env_message_recipient_count(msg); i++) {
+        unsigned char *der = NULL;
+        size_t len = 0;
+        env_recipient *ri = NULL;
+        if (env_message_recipient_der(msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
+            env_recipient_type(ri) == ENV_RI_KEKRI) {
+            free(der);
+            return ri;
+        }
+        env_recipient_free(ri);
+        free(der);
+    }
+    return NULL;
+}
+
 /* Finds the group's RecipientInfo in the message (or reads --recipient-info). */
 static int job_group_ri(job *j)
 {
@@ -764,12 +782,18 @@ static int job_group_ri(job *j)
     if (j->group_cert == NULL && (rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
         return rc;
     if ((e = env_message_find_recipient(j->msg, j->group_cert, &idx)) != ENV_OK) {
-        if (e == ENV_ERR_NO_RECIPIENT)
+        env_recipient *kri = e == ENV_ERR_NO_RECIPIENT ? message_kekri(j->msg) : NULL;
+        if (kri != NULL) /* the exploder's group-secret copy: its only RecipientInfo is a KEKRI */
+            gm_err("the message is not encrypted to group %s but to a group secret key (a copy the list "
+                   "re-encrypted in group-secret mode): --via group-secret",
+                   j->c->group ? j->c->group : "(--group-cert)");
+        else if (e == ENV_ERR_NO_RECIPIENT)
             gm_err("the message is not encrypted to group %s (a copy the list re-encrypted to members is "
                    "decrypted with your own key: --via own-key --cert FILE --key FILE)",
                    j->c->group ? j->c->group : "(--group-cert)");
         else
             gm_err("bad message: %s", env_strerror(e));
+        env_recipient_free(kri);
         return gm_env_exit(e);
     }
     if ((e = env_message_recipient_der(j->msg, idx, &j->ri, &j->ri_len)) != ENV_OK) {
@@ -985,24 +1009,6 @@ out:
     OPENSSL_cleanse(kek, sizeof(kek));
     gm_stored_secret_clear(&ss);
     return rc;
-}
-
-/* The message's own KEKRI, if any. */
-static env_recipient *message_kekri(env_message *msg)
-{
-    for (size_t i = 0; msg != NULL && i < env_message_recipient_count(msg); i++) {
-        unsigned char *der = NULL;
-        size_t len = 0;
-        env_recipient *ri = NULL;
-        if (env_message_recipient_der(msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
-            env_recipient_type(ri) == ENV_RI_KEKRI) {
-            free(der);
-            return ri;
-        }
-        env_recipient_free(ri);
-        free(der);
-    }
-    return NULL;
 }
 
 /* Option C: the group private key on our own token (or in a file). */

@@ -97,6 +97,11 @@ cms swap "$work/msg.der" "$work/kekri.der" "$work/kek-msg.der"
 expect_rc 0 "decrypt --via group-secret of a KEKRI-only message (local key store)" -- \
   as bob decrypt --via group-secret --in "$work/kek-msg.der"
 same "$work/gm.out" "$work/msg.txt" "group-secret KEKRI"
+# the same copy with another method: the error names the method that reads it
+# (it used to suggest --via own-key, the member-certs copies' method)
+expect_rc 5 "decrypt --via tls of a KEKRI-only message" -- as bob decrypt --via tls --in "$work/kek-msg.der"
+grep -q -- 'to a group secret key .*: --via group-secret$' "$work/gm.err" ||
+  fail "a group-secret copy read --via tls: $(cat "$work/gm.err")"
 
 # unwrap for scripts
 expect_rc 0 "unwrap --via tls prints the key" -- as alice unwrap --via tls --in "$work/msg.der"
