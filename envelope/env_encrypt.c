@@ -75,15 +75,29 @@ static env_err ptw_write(ptw *w, const unsigned char *p, size_t n)
 
 static const char *const routing_headers[] = {"From", "To", "Cc", "Date", "Message-ID", "Subject",
                                               "Reply-To", "In-Reply-To", "References"};
+/* Blind copies: RFC 5322 3.6.3 keeps their addresses from the other
+ * recipients, and every member of the list decrypts the inner copy. */
+static const char *const blind_headers[] = {"Bcc", "Resent-Bcc"};
 
-static bool is_routing(const char *line, size_t len)
+/* Whether the header field starting at line is one of names[0..n). */
+static bool header_is(const char *line, size_t len, const char *const *names, size_t n)
 {
-    for (size_t i = 0; i < sizeof(routing_headers) / sizeof(routing_headers[0]); i++) {
-        size_t n = strlen(routing_headers[i]);
-        if (len > n && strncasecmp(line, routing_headers[i], n) == 0 && line[n] == ':')
+    for (size_t i = 0; i < n; i++) {
+        size_t k = strlen(names[i]);
+        if (len > k && strncasecmp(line, names[i], k) == 0 && line[k] == ':')
             return true;
     }
     return false;
+}
+
+static bool is_routing(const char *line, size_t len)
+{
+    return header_is(line, len, routing_headers, sizeof(routing_headers) / sizeof(routing_headers[0]));
+}
+
+static bool is_blind(const char *line, size_t len)
+{
+    return header_is(line, len, blind_headers, sizeof(blind_headers) / sizeof(blind_headers[0]));
 }
 
 /* Reads the RFC 5322 header block of in into *hdr (with what follows it in
@@ -161,6 +175,32 @@ static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
         if (h[i] != ' ' && h[i] != '\t')
             keep = is_routing((const char *)h + i, e - i);
         if (keep && (rv = write_all(out, h + i, e - i)) != ENV_OK)
+            return rv;
+        i = e;
+    }
+    return ENV_OK;
+}
+
+/* Writes the header block h[0..len) (blank line included) to the
+ * encrypted content, without the blind-copy fields and their folded
+ * lines. */
+static env_err write_inner_headers(ptw *w, const unsigned char *h, size_t len)
+{
+    size_t i = 0;
+    bool skip = false;
+    env_err rv;
+
+    while (i < len) {
+        size_t e = i;
+        while (e < len && h[e] != '\n')
+            e++;
+        if (e < len)
+            e++;
+        if (h[i] == '\r' || h[i] == '\n')
+            skip = false; /* the blank line */
+        else if (h[i] != ' ' && h[i] != '\t')
+            skip = is_blind((const char *)h + i, e - i);
+        if (!skip && (rv = ptw_write(w, h + i, e - i)) != ENV_OK)
             return rv;
         i = e;
     }
@@ -300,7 +340,8 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
         w.crlf = o.input_is_mime;
         w.prev_cr = false;
         w.tmp = tmp;
-        if (hdr && (rv = ptw_write(&w, hdr, got)) != ENV_OK)
+        if (hdr && ((rv = write_inner_headers(&w, hdr, hdrlen)) != ENV_OK ||
+                    (rv = ptw_write(&w, hdr + hdrlen, got - hdrlen)) != ENV_OK))
             goto out;
         if (!hdr && (rv = ptw_write(&w, buf, (size_t)firstlen)) != ENV_OK)
             goto out;

@@ -256,8 +256,10 @@ static void test_kari_params(void **state)
 
 static void test_mime_framing(void **state)
 {
-    static const char mail[] = "From: alice@example.org\nTo: list@example.org\nSubject: secret\n"
-                               "X-Private: inner only\nReferences: <a@b>\n  <c@d>\n\nbody line 1\nbody line 2\n";
+    static const char mail[] = "From: alice@example.org\nTo: list@example.org\nBcc: hidden@example.org,\n"
+                               "  other@example.org\nSubject: secret\nRESENT-BCC: r@example.org\n"
+                               "X-Private: inner only\nReferences: <a@b>\n  <c@d>\n\nbody line 1\n"
+                               "Bcc: in the body\nbody line 2\n";
     env_encrypt_opts o = {.input_is_mime = true};
     unsigned char *enc = NULL;
     size_t enclen, outlen;
@@ -282,9 +284,14 @@ static void test_mime_framing(void **state)
     assert_null(strstr(outer, "Content-Type"));
     assert_null(strstr(outer, "MIME-Version"));
     assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
-    /* The whole message inside, in canonical CRLF form. */
-    assert_non_null(strstr(out, "X-Private: inner only\r\n"));
-    assert_non_null(strstr(out, "\r\n\r\nbody line 1\r\nbody line 2\r\n"));
+    /* The whole message inside, in canonical CRLF form, but for the blind
+     * copies' fields (with their folded lines): every member reads it. */
+    assert_non_null(strstr(out, "To: list@example.org\r\nSubject: secret\r\nX-Private: inner only\r\n"));
+    assert_null(strstr(out, "hidden@"));
+    assert_null(strstr(out, "other@"));
+    assert_null(strstr(out, "r@example.org"));
+    assert_null(strstr(hdrs, "hidden@"));
+    assert_non_null(strstr(out, "\r\n\r\nbody line 1\r\nBcc: in the body\r\nbody line 2\r\n"));
     free(out);
     env_message_free(msg);
     free(enc);
