@@ -27,7 +27,8 @@ gs_adversarial_test(token_vanish server-token-vanish.sh)
 gs_adversarial_test(malformed_count server-malformed-count.sh $<TARGET_FILE:p11fault>)
 # Strict HTTP framing: two Content-Length headers, or Transfer-Encoding beside
 # Content-Length, twice or not "chunked", refused and closed; a body
-# far over the cap always gets its 413, never a reset (lingering close).
+# far over the cap always gets its 413, never a reset (lingering close);
+# HEAD answers carry no body.
 gs_adversarial_test(strict_http server-strict-http.sh)
 # A client that pipelines requests and never reads the answers is closed
 # once it is a whole request ahead (memory per connection stays bounded);

@@ -919,7 +919,7 @@ static void h_members_list(struct srv_req *r) { srv_with_view(r, false, members_
 
 static void member_answer(struct srv_req *r, const ipc_msg *a)
 {
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(r->req);
+    enum evhttp_cmd_type cmd = srv_command(r);
     uint32_t status = ipc_u32(a, IPC_T_STATUS, 500);
     ipc_iter it;
     ipc_msg m;
@@ -962,7 +962,7 @@ static int cert_pem_der(const char *pem, unsigned char **der, size_t *len)
 
 static void member_have_view(struct srv_req *r)
 {
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(r->req);
+    enum evhttp_cmd_type cmd = srv_command(r);
     enum ipc_action act = cmd == EVHTTP_REQ_GET ? IPC_ACT_MEMBER_GET
                           : cmd == EVHTTP_REQ_PUT ? IPC_ACT_MEMBER_ADD : IPC_ACT_MEMBER_REMOVE;
     json_t *body = NULL;

@@ -188,7 +188,7 @@ static void h_healthz(struct srv_req *r)
 }
 
 const struct srv_route certsrv_routes[] = {
-    {SRV_CERTSRV, SRV_ANY, "/healthz", EP_HEALTHZ, h_healthz},
+    {SRV_CERTSRV, SRV_GET, "/healthz", EP_HEALTHZ, h_healthz},
     {SRV_CERTSRV, SRV_POST, "/v1/groups/*/membership-certificates", EP_MEMBERSHIP_CERT, h_membership_cert},
 };
 const size_t certsrv_nroutes = GS_ARRAY_LEN(certsrv_routes);

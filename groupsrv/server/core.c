@@ -794,6 +794,15 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
     }
     r->replied = 1;
     add_common_headers(r, content_type);
+    if (r->head) {
+        /* The GET answer's length, and no body: libevent writes a body given
+         * to a HEAD as it is, without a length, and the client would read it
+         * as the start of its next answer. */
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", len);
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Length", n);
+        len = 0;
+    }
     /* Our own copy, wiped when libevent is done with it. */
     if ((body = malloc(len > 0 ? len : 1)) == NULL || (buf = evbuffer_new()) == NULL) {
         free(body);
@@ -1366,6 +1375,11 @@ static int route_match(const char *pattern, char seg[MAX_SEGMENTS][MAX_SEGMENT_L
     return i == n;
 }
 
+enum evhttp_cmd_type srv_command(const struct srv_req *r)
+{
+    return r->head ? EVHTTP_REQ_GET : evhttp_request_get_command(r->req);
+}
+
 static unsigned method_bit(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
@@ -1373,7 +1387,7 @@ static unsigned method_bit(enum evhttp_cmd_type cmd)
     case EVHTTP_REQ_POST: return SRV_POST;
     case EVHTTP_REQ_PUT: return SRV_PUT;
     case EVHTTP_REQ_DELETE: return SRV_DELETE;
-    default: return 1u << 8; /* HEAD, OPTIONS, PATCH: matched by SRV_ANY only */
+    default: return 1u << 8; /* OPTIONS, PATCH: matched by SRV_ANY only */
     }
 }
 
@@ -1387,6 +1401,8 @@ static void method_not_allowed(struct srv_req *r, unsigned methods)
             if (allow[0] != '\0')
                 strncat(allow, ", ", sizeof(allow) - strlen(allow) - 1);
             strncat(allow, names[i], sizeof(allow) - strlen(allow) - 1);
+            if (i == 0) /* every GET answers HEAD too */
+                strncat(allow, ", HEAD", sizeof(allow) - strlen(allow) - 1);
         }
     evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
     srv_reply_error(r, 405, "method_not_allowed", "use %s", allow);
@@ -1397,7 +1413,7 @@ static void dispatch(struct srv_req *r)
     char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1];
     size_t n = 0;
     unsigned listener = r->certsrv ? SRV_CERTSRV : SRV_API;
-    unsigned m = method_bit(evhttp_request_get_command(r->req));
+    unsigned m = method_bit(srv_command(r));
 
     if (split_path(r->req, seg, &n) == 0)
         for (size_t i = 0; i < r->srv->nroutes; i++) {
@@ -1492,7 +1508,12 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
         evhttp_send_error(req, 500, NULL);
         return;
     }
-    *r = (struct srv_req){.t = t, .srv = t->srv, .req = req, .certsrv = certsrv, .start = srv_now()};
+    *r = (struct srv_req){.t = t,
+                          .srv = t->srv,
+                          .req = req,
+                          .certsrv = certsrv,
+                          .head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD,
+                          .start = srv_now()};
     t->requests++;
     int over_budget = conn_in_service(req);
     next_request_id(t, r->id);

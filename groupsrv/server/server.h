@@ -119,6 +119,7 @@ struct srv_req {
     struct evhttp_request *req;
     enum metrics_endpoint ep;
     int certsrv;              /* arrived on the certificate-server listener */
+    int head;                 /* a HEAD: handled as GET, answered without the body */
     char id[33];              /* request id, also sent as X-Request-Id (and audited) */
     int replied;
     unsigned calls;           /* calls to the key holder in flight */
@@ -151,6 +152,10 @@ typedef struct srv_err {
 } srv_err;
 void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void srv_reply_err(struct srv_req *r, const srv_err *e);
+
+/* The request's method, HEAD given as GET (RFC 9110 9.3.2: the same
+ * answer without its body, which srv_reply_bytes leaves out). */
+enum evhttp_cmd_type srv_command(const struct srv_req *r);
 
 /* ---- input ---- */
 /* The request body (NUL-terminated copy, caller frees); -1 with e set
