@@ -247,7 +247,9 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         const char *alg = json_string_value(json_object_get(item, "algorithm"));
         uint32_t a;
         if (alg == NULL) {
-            srv_err_set(e, 400, "bad_request", "\"algorithm\" (RSA-OAEP or RSA-OAEP-256) is required with \"encrypted_key\"");
+            srv_err_set(e, 400, "bad_request",
+                        "\"algorithm\" (RSA-OAEP, RSA-OAEP-256 or RSA-PKCS1-v1_5) is required with "
+                        "\"encrypted_key\"");
             goto out;
         }
         if (strcmp(alg, "RSA-OAEP") == 0)
@@ -257,7 +259,8 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         else if (strcmp(alg, "RSA-PKCS1-v1_5") == 0)
             a = IPC_ALG_PKCS1V15;
         else {
-            srv_err_set(e, 400, "unsupported_algorithm", "\"algorithm\" must be RSA-OAEP or RSA-OAEP-256");
+            srv_err_set(e, 400, "unsupported_algorithm",
+                        "\"algorithm\" must be RSA-OAEP, RSA-OAEP-256 or RSA-PKCS1-v1_5");
             goto out;
         }
         if (!json_is_string(jek)) {

@@ -122,6 +122,8 @@ anon "$base/v1/groups/eng" > "$work/eng.json"
   fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
 printf '{"encrypted_key":"%s","algorithm":"RSA"}' "$(b64 "$work/g1.bin")" > "$work/raw.json"
 expect_status 400 unsupported_algorithm "no raw RSA" -- c erin --data-binary @"$work/raw.json" "$url"
+# the refusal names every algorithm the endpoint takes (api.md), v1.5 too
+grep -q 'RSA-PKCS1-v1_5' "$work/body" || fail "the algorithm refusal does not name RSA-PKCS1-v1_5: $(cat "$work/body")"
 
 # ---- input errors ----
 expect_status 400 bad_json "bad JSON" -- c erin --data-binary '{"recipient_info":' "$url"
