@@ -2,3 +2,6 @@
 # without wiping, PKCS#11 outside hsm/, CMS internals outside envelope/.
 add_test(NAME lint_banned COMMAND bash ${GS_TEST_DIR}/lint/banned.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_banned PROPERTIES LABELS "unit;lint")
+# Every error code the server answers is in docs/api.md's table of errors.
+add_test(NAME lint_error_codes COMMAND bash ${GS_TEST_DIR}/lint/error-codes.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_error_codes PROPERTIES LABELS "unit;lint")
