@@ -613,6 +613,10 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
     if (u->alg == IPC_ALG_ECDH) {
         if (u->ref->type != HSM_KEYTYPE_EC)
             return item_fail(r, 400, "bad_recipient_info", "a KeyAgreeRecipientInfo needs an EC group key");
+        /* Only method F can use it: the network process sends the KARI's
+         * parameters for deliver=tls alone, so this comes before their check. */
+        if (deliver != IPC_DELIVER_TLS)
+            return item_fail(r, 400, "unsupported", "EC group keys can only be unwrapped with deliver=tls");
         u->ecdh.group_key = u->ref->key;
         ipc_bytes(it, IPC_T_PEER_POINT, &u->ecdh.peer_point, &u->ecdh.peer_point_len);
         ipc_bytes(it, IPC_T_SHARED_INFO, &u->ecdh.shared_info, &u->ecdh.shared_info_len);

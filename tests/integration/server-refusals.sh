@@ -117,6 +117,28 @@ openssl cms -decrypt -inform DER -in "$work/notls-swapped.der" -recip "$certs/er
 sed 's/recipient-key/tls/' "$work/notls.json" > "$work/notls-tls.json"
 expect_status 403 method_not_allowed "no plain key from a group without tls" -- \
   c erin --data-binary @"$work/notls-tls.json" "$base/v1/groups/notls/unwrap"
+# An EC group: a KeyAgreeRecipientInfo from openssl is unwrapped with
+# deliver=tls only (api.md); the other methods are refused as unsupported,
+# not as a malformed RecipientInfo (the message is sound), also in a batch
+# and for the exploder's rewrap to group-secret.
+gs group create ecg --address ecg@example.org --key ec:p256 --methods tls,recipient-key,group-secret >/dev/null
+gs member add ecg erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
+gs member add ecg dle@example.org --cert "$certs/dle@example.org.pem" --role exploder >/dev/null
+gs group show ecg --cert > "$certs/ecg.pem"
+openssl cms -encrypt -binary -aes-256-gcm -in "$work/msg.txt" -outform DER -out "$work/ecg.der" -recip "$certs/ecg.pem"
+cms ri "$work/ecg.der" "$work/ecg.ri"
+for d in recipient-key group-secret; do
+  printf '{"recipient_info":"%s","content_algorithm":"aes-256-gcm","deliver":"%s"}' "$(b64 "$work/ecg.ri")" "$d" \
+    > "$work/ecg-$d.json"
+  expect_status 400 unsupported "EC group, deliver=$d" -- c erin --data-binary @"$work/ecg-$d.json" "$base/v1/groups/ecg/unwrap"
+done
+printf '{"items":[%s]}' "$(cat "$work/ecg-recipient-key.json")" > "$work/ecg-batch.json"
+expect_status 200 "" "EC group, deliver=recipient-key in a batch" -- \
+  c erin --data-binary @"$work/ecg-batch.json" "$base/v1/groups/ecg/unwrap-batch"
+grep -q '"code":"unsupported"' "$work/body" || fail "EC batch item: $(cat "$work/body")"
+sed 's/"deliver":"group-secret"/"to":"group-secret"/' "$work/ecg-group-secret.json" > "$work/ecg-rewrap.json"
+expect_status 400 unsupported "EC group, rewrap to group-secret" -- \
+  c dle --data-binary @"$work/ecg-rewrap.json" "$base/v1/groups/ecg/rewrap"
 anon "$base/v1/groups/eng" > "$work/eng.json"
 [ "$(json_get "$work/eng.json" key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
   fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
