@@ -81,6 +81,7 @@ const char *gs_rest_strerror(gs_rest_err err)
     case GS_REST_ERR_SERVER: return "server error";
     case GS_REST_ERR_BAD_ANSWER: return "malformed server answer";
     case GS_REST_ERR_TOO_LARGE: return "server answer too large";
+    case GS_REST_ERR_CA_FILE: return "CA file unusable";
     }
     return "unknown error";
 }
@@ -370,12 +371,13 @@ static gs_rest_err map_curl(gs_rest *r, CURLcode cc)
     case CURLE_OPERATION_TIMEDOUT: return GS_REST_ERR_TIMEOUT;
     case CURLE_SSL_PINNEDPUBKEYNOTMATCH: return GS_REST_ERR_PIN;
     case CURLE_SSL_CERTPROBLEM: return GS_REST_ERR_CLIENT_CERT;
+    /* our own file, missing or not PEM: nothing the server did */
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CRL_BADFILE: return GS_REST_ERR_CA_FILE;
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CIPHER:
     case CURLE_SSL_ISSUER_ERROR:
-    case CURLE_SSL_CRL_BADFILE:
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_SSL_SHUTDOWN_FAILED: return GS_REST_ERR_TLS;
     case CURLE_FILESIZE_EXCEEDED:

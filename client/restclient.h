@@ -51,6 +51,7 @@ typedef enum gs_rest_err {
                                  Content-Type, unexpected status (1xx, 3xx: redirects are
                                  never followed), not HTTP */
     GS_REST_ERR_TOO_LARGE,    /* response body over max_response, or a header over libcurl's cap */
+    GS_REST_ERR_CA_FILE,      /* our ca_file (CAs or CRLs) could not be read: a local error */
 } gs_rest_err;
 
 /* Static text for an error code. */

@@ -187,5 +187,8 @@ expect_rc 0 "server pin match" -- as alice decrypt --pin "$work/server-pub.pem" 
 
 # server down / unreachable -> exit 4
 expect_rc 4 "server unreachable: exit 4" -- as alice decrypt --server "https://127.0.0.1:$(free_port)" --in "$work/m.smime"
+expect_rc 1 "a --cacert file that does not exist: exit 1 (local)" -- \
+  as alice decrypt --cacert "$work/no-such-ca.pem" --in "$work/m.smime"
+expect_rc 4 "a server the --cacert does not verify: exit 4" -- as alice decrypt --cacert "$certs/localca.pem" --in "$work/m.smime"
 expect_rc 2 "usage error: exit 2" -- gm decrypt --via carrier-pigeon
 echo "groupmail-e2e: all passed"
