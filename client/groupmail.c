@@ -1383,9 +1383,12 @@ static int cmd_unwrap(gm_config *c)
             j.ri = buf;
             j.ri_len = len;
         } else {
-            while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
-                len--;
-            rc = util_b64_decode((char *)buf, len, 256 * 1024, &j.ri, &j.ri_len);
+            /* base64 as `base64` writes it: lines of 76, or one line */
+            size_t n = 0;
+            for (size_t i = 0; i < len; i++)
+                if (buf[i] != '\n' && buf[i] != '\r' && buf[i] != ' ' && buf[i] != '\t')
+                    buf[n++] = buf[i];
+            rc = n == 0 ? UTIL_E_FORMAT : util_b64_decode((char *)buf, n, 256 * 1024, &j.ri, &j.ri_len);
             free(buf);
             if (rc != UTIL_OK) {
                 gm_err("%s: neither DER nor base64", c->recipient_info);

@@ -109,6 +109,17 @@ check_cek "$(cat "$work/gm.out")"
 expect_rc 0 "unwrap --via recipient-key prints a KTRI" -- as alice unwrap --via recipient-key --recipient-info "$work/ri.der"
 b64d "$(cat "$work/gm.out")" > "$work/ri-a.der"
 check_ktri "$work/ri-a.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
+# --recipient-info as base64 text the way base64(1) writes it (76-column
+# lines) or on one line with spaces around: the same key
+base64 "$work/ri.der" > "$work/ri.b64"
+expect_rc 0 "unwrap --recipient-info in base64 lines" -- as alice unwrap --via tls --recipient-info "$work/ri.b64"
+check_cek "$(cat "$work/gm.out")"
+printf '  %s \n' "$(base64 -w0 "$work/ri.der")" > "$work/ri1.b64"
+expect_rc 0 "unwrap --recipient-info in one base64 line" -- as alice unwrap --via tls --recipient-info "$work/ri1.b64"
+check_cek "$(cat "$work/gm.out")"
+: > "$work/empty.ri"
+expect_rc 5 "unwrap --recipient-info of an empty file" -- as alice unwrap --via tls --recipient-info "$work/empty.ri"
+grep -q 'neither DER nor base64' "$work/gm.err" || fail "empty --recipient-info: $(cat "$work/gm.err")"
 # a bare PKCS#1 v1.5 RecipientInfo: the content algorithm comes from the
 # command line, since no message names it (the server never guesses)
 openssl cms -encrypt -binary -aes-128-cbc -in "$work/msg.txt" -outform DER -out "$work/v15.der" \
