@@ -98,6 +98,24 @@ check_ktri "$work/ri-g.der" "$work/g.pem" "$work/g.key"
 ok "G KTRI decrypts with openssl cms -decrypt"
 expect_status 403 not_a_member "membership certificate refused for deliver=tls" -- gcurl --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
 expect_status 403 not_a_member "membership certificate refused for secret-keys" -- gcurl "$base/v1/groups/eng/secret-keys"
+# what api.md asks of a CSR: a signature that verifies, an RSA >= 2048 or
+# EC >= P-256 key; an EC membership certificate cannot take a recipient-key
+openssl req -new -newkey rsa:1024 -nodes -subj / -keyout "$work/g1024.key" -out "$work/g1024.csr" 2>/dev/null
+openssl req -new -newkey ed25519 -nodes -subj / -keyout "$work/ged.key" -out "$work/ged.csr" 2>/dev/null
+openssl req -in "$work/g.csr" -outform DER -out "$work/g.csr.der"
+/usr/bin/python3 -c 'import sys; d=bytearray(open(sys.argv[1],"rb").read()); d[-3]^=0xff; open(sys.argv[2],"wb").write(d)' \
+  "$work/g.csr.der" "$work/gbadsig.der"
+for f in g1024.csr ged.csr gbadsig.der; do
+  expect_status 400 bad_csr "certsrv refuses $f" -- c bob -H 'Content-Type: application/pkcs10' \
+    --data-binary @"$work/$f" "$cbase/v1/groups/eng/membership-certificates"
+done
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj / -keyout "$work/gec.key" -out "$work/gec.csr" 2>/dev/null
+expect_status 200 "" "certsrv issues for an EC key" -- c bob -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/gec.csr" "$cbase/v1/groups/eng/membership-certificates"
+cp "$work/body" "$work/gec.pem"
+expect_status 400 unsupported_certificate_key "an EC membership certificate and recipient-key" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/gec.pem" --key "$work/gec.key" --data-binary @"$work/req-rk.json" \
+  "$base/v1/groups/eng/unwrap"
 tail -n 20 "$work/audit.jsonl" | grep '"action":"certify"' | grep -q 'bob@example.org' || fail "certsrv audit names the member"
 grep '"action":"certify"' "$work/audit.jsonl" | grep -qi 'serial\|fingerprint' && fail "certsrv audit links the certificate"
 grep '"identity":"anonymous member"' "$work/audit.jsonl" | grep -q '"action":"unwrap"' || fail "anonymous unwrap audited"
