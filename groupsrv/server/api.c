@@ -1219,7 +1219,8 @@ static void h_not_here(struct srv_req *r)
 }
 
 const struct srv_route api_routes[] = {
-    {SRV_API, SRV_GET, "/healthz", EP_HEALTHZ, h_healthz},
+    /* the certificate server's too: the same checks, the same answer */
+    {SRV_API | SRV_CERTSRV, SRV_GET, "/healthz", EP_HEALTHZ, h_healthz},
     {SRV_API, SRV_GET, "/metrics", EP_METRICS, h_metrics},
     {SRV_API, SRV_POST, "/v1/groups", EP_GROUPS, h_group_create},
     {SRV_API, SRV_GET, "/v1/groups/*", EP_DISCOVERY, h_group_info},

@@ -167,28 +167,7 @@ static void h_membership_cert(struct srv_req *r)
     srv_with_view(r, false, membership_cert_have_view);
 }
 
-static void health_answer(struct srv_req *r, const ipc_msg *a)
-{
-    const char *token = a ? ipc_str(a, IPC_T_TOKEN_STATE) : NULL;
-    const char *audit = a ? ipc_str(a, IPC_T_AUDIT_STATE) : NULL;
-
-    if (token != NULL && audit != NULL && strcmp(token, "ok") == 0 && strcmp(audit, "ok") == 0)
-        srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
-    else
-        srv_reply_retry(r, 503, 5, "unavailable", "token or audit log unavailable");
-}
-
-static void h_healthz(struct srv_req *r)
-{
-    ipc_buf b;
-
-    ipc_buf_init(&b);
-    srv_ipc_begin(r, &b, IPC_HEALTH);
-    (void)srv_call(r, &b, health_answer, SRV_CALL_DOWN_TOO);
-}
-
 const struct srv_route certsrv_routes[] = {
-    {SRV_CERTSRV, SRV_GET, "/healthz", EP_HEALTHZ, h_healthz},
     {SRV_CERTSRV, SRV_POST, "/v1/groups/*/membership-certificates", EP_MEMBERSHIP_CERT, h_membership_cert},
 };
 const size_t certsrv_nroutes = GS_ARRAY_LEN(certsrv_routes);

@@ -59,7 +59,10 @@ expect_status 503 token_unavailable "unwrap-batch without the token" -- \
   c alice --data-binary @"$work/req-batch.json" "$base/v1/groups/eng/unwrap-batch"
 expect_status 503 token_unavailable "rewrap without the token" -- \
   c dle --data-binary "{\"recipient_info\":\"$(b64 "$work/ri.der")\",\"to\":\"group-secret\"}" "$base/v1/groups/eng/rewrap"
-expect_status 503 "" "certificate server without the token" -- anon "$cbase/healthz"
+expect_status 503 token_unavailable "certificate server without the token" -- anon "$cbase/healthz"
+# the same answer as the API's /healthz (api.md): what is down, by name
+[ "$(json_get "$work/body" status)" = unavailable ] && [ "$(json_get "$work/body" audit)" = ok ] &&
+  [ "$(json_get "$work/body" token)" != ok ] || fail "certificate server's /healthz: $(cat "$work/body")"
 # Still refused several seconds later (no fallback once the pool is empty).
 sleep 2
 expect_status 503 token_unavailable "unwrap still refused while the token is away" -- \
