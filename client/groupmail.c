@@ -1309,7 +1309,12 @@ static int read_message(job *j)
     if (rc != GM_EXIT_OK)
         return rc;
     if ((e = env_message_read(in, ENV_FORMAT_AUTO, 0, &j->msg)) != ENV_OK) {
-        gm_err("not an encrypted S/MIME or CMS message: %s", env_strerror(e));
+        if (e == ENV_ERR_UNSUPPORTED) /* a CMS message, of a kind we do not read (3DES, say) */
+            gm_err("cannot read this message: %s (groupmail reads AES-CBC EnvelopedData and AES-GCM "
+                   "AuthEnvelopedData)",
+                   env_strerror(e));
+        else
+            gm_err("not an encrypted S/MIME or CMS message: %s", env_strerror(e));
         rc = gm_env_exit(e) == GM_EXIT_ERROR && e != ENV_ERR_IO ? GM_EXIT_BAD_MESSAGE : gm_env_exit(e);
     }
     BIO_free(in);

@@ -190,6 +190,12 @@ expect_rc 5 "--via own-key on a message without alice's RecipientInfo" -- as ali
 [ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
 printf 'not a message\n' > "$work/junk.txt"
 expect_rc 5 "not a message: exit 5" -- as alice decrypt --in "$work/junk.txt"
+# a CMS message with a content cipher groupmail does not read (3DES): exit
+# 5, and the error says what it reads rather than "not a CMS message"
+openssl cms -encrypt -binary -des3 -in "$work/m.txt" -outform DER -out "$work/des3.der" -recip "$certs/group.pem"
+expect_rc 5 "a 3DES message: exit 5" -- as alice decrypt --in "$work/des3.der" --out "$work/x.txt"
+grep -q 'AES-CBC' "$work/gm.err" && ! grep -q 'not an encrypted' "$work/gm.err" || fail "3DES: $(cat "$work/gm.err")"
+[ ! -e "$work/x.txt" ] || fail "plaintext file left for a 3DES message"
 
 # TLS pin of the server: mismatch -> exit 4; the right pin works
 expect_rc 4 "server pin mismatch: exit 4" -- as alice decrypt --pin "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" --in "$work/m.smime"
