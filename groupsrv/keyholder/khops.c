@@ -521,13 +521,21 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
         log_info("unwrap failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
         return item_fail(r, 400, "unwrap_failed", "the key could not be unwrapped");
     }
+    /* The caller's choice, not a failing token: a key transport this token
+     * does not do (RSA-OAEP-256 on SoftHSM), a certificate key that cannot
+     * be wrapped to (an EC membership certificate). Nothing to reload, and
+     * no token error counted, which any member could inflate at will. */
+    if (err == HSM_ERR_MECHANISM) {
+        log_warn("token cannot do what was asked op=%s detail=%s", op, hsm_last_error_detail());
+        return item_fail(r, 400, "unsupported_algorithm", "the token does not support this algorithm");
+    }
+    if (err == HSM_ERR_PUBLIC_KEY) {
+        log_info("caller's key refused op=%s detail=%s", op, hsm_last_error_detail());
+        return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
+    }
     gcache_mark_stale(w->gc);
     metrics_token_error();
     log_error("token operation failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
-    if (err == HSM_ERR_MECHANISM)
-        return item_fail(r, 400, "unsupported_algorithm", "the token does not support this algorithm");
-    if (err == HSM_ERR_PUBLIC_KEY)
-        return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
     if (hsm_err_unavailable(err)) {
         (void)token_unavailable(w->kh);
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");

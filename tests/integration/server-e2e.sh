@@ -176,7 +176,18 @@ expect_status 403 forbidden "group creation refused for a member" -- c alice --d
 expect_status 200 "" "metrics for an admin" -- c admin "$base/metrics"
 grep -q 'groupsrv_requests_total{endpoint="unwrap",status="200"}' "$work/body" || fail "metrics requests"
 grep -q 'groupsrv_unwrap_duration_seconds_bucket{le="+Inf"}' "$work/body" || fail "metrics histogram"
-grep -q 'groupsrv_token_errors_total' "$work/body" || fail "metrics token errors"
+# what callers choose is no token error (a member could inflate it at will):
+# the EC membership certificate above, and RSA-OAEP-256, which SoftHSM lacks
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/o256.der" \
+  -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 -keyopt rsa_mgf1_md:sha256
+cms ri "$work/o256.der" "$work/o256.ri"
+cp "$work/body" "$work/metrics-before.txt"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(b64 "$work/o256.ri")" > "$work/o256.json"
+expect_status 400 unsupported_algorithm "RSA-OAEP-256 on SoftHSM" -- c alice --data-binary @"$work/o256.json" \
+  "$base/v1/groups/eng/unwrap"
+expect_status 200 "" "metrics again" -- c admin "$base/metrics"
+grep -qx 'groupsrv_token_errors_total 0' "$work/body" ||
+  fail "caller-chosen refusals counted as token errors: $(grep token_errors "$work/body")"
 grep -q 'groupsrv_token_sessions_in_use' "$work/body" || fail "metrics sessions"
 expect_status 403 forbidden "metrics refused for a member" -- c alice "$base/metrics"
 
