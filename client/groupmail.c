@@ -156,15 +156,15 @@ static int parse_options(int argc, char **argv, gm_config *c)
         char *def = NULL;
         if (e != NULL && *e != '\0') {
             if (gm_config_load_file(c, e, true) != 0)
-                return GM_EXIT_USAGE;
+                return GM_EXIT_ERROR;
         } else if ((def = gm_default_config_path()) != NULL) {
             int rc = gm_config_load_file(c, def, false);
             free(def);
             if (rc != 0)
-                return GM_EXIT_USAGE;
+                return GM_EXIT_ERROR;
         }
     } else if (gm_config_load_file(c, c->config_file, true) != 0) {
-        return GM_EXIT_USAGE;
+        return GM_EXIT_ERROR; /* groupmail(1): configuration is a local error */
     }
     if (c->store == NULL && (c->store = gm_default_store_path()) == NULL) {
         gm_err("no store directory: set HOME, --store or [store] dir");
@@ -1478,6 +1478,33 @@ out:
     return rc;
 }
 
+/* "groupmail -c FILE COMMAND ...", the way groupsrv takes -c: a leading
+ * -c FILE (--config FILE, --config=FILE) is moved after the command (and
+ * the keys subcommand), where the options are parsed. */
+static void lead_config_after_command(int argc, char **argv)
+{
+    char *moved[2];
+    int n;
+
+    if (argc < 3)
+        return;
+    if (strncmp(argv[1], "--config=", 9) == 0)
+        n = 1;
+    else if ((strcmp(argv[1], "-c") == 0 || strcmp(argv[1], "--config") == 0) && argc >= 4)
+        n = 2;
+    else
+        return;
+    int words = argc > n + 2 && strcmp(argv[1 + n], "keys") == 0 ? 2 : 1; /* the command's words */
+    if (argc < 1 + n + words)
+        return;
+    for (int i = 0; i < n; i++)
+        moved[i] = argv[1 + i];
+    for (int i = 0; i < words; i++)
+        argv[1 + i] = argv[1 + n + i];
+    for (int i = 0; i < n; i++)
+        argv[1 + words + i] = moved[i];
+}
+
 int main(int argc, char **argv)
 {
     gm_config c;
@@ -1486,6 +1513,7 @@ int main(int argc, char **argv)
     FILE *devnull = NULL;
 
     memset(&c, 0, sizeof(c));
+    lead_config_after_command(argc, argv);
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? GM_EXIT_USAGE : GM_EXIT_OK;

@@ -208,4 +208,18 @@ expect_rc 1 "a --cacert file that does not exist: exit 1 (local)" -- \
   as alice decrypt --cacert "$work/no-such-ca.pem" --in "$work/m.smime"
 expect_rc 4 "a server the --cacert does not verify: exit 4" -- as alice decrypt --cacert "$certs/localca.pem" --in "$work/m.smime"
 expect_rc 2 "usage error: exit 2" -- gm decrypt --via carrier-pigeon
+# a configuration file: -c before the command too (as groupsrv takes it);
+# one that is missing, has an unknown key or a bad value is exit 1 (local)
+printf '[server]\nurl = %s\ngroup = eng\ncacert = %s\ngroup_ca = %s\n[identity]\ncert = %s\nkey = %s\n' "$base" \
+  "$certs/tca.pem" "$certs/localca.pem" "$certs/alice@example.org.pem" "$certs/alice@example.org.key" > "$work/gm.ini"
+expect_rc 0 "groupmail -c FILE decrypt" -- gm -c "$work/gm.ini" decrypt --in "$work/msg.der"
+same "$work/gm.out" "$work/msg.txt" "-c before the command"
+expect_rc 0 "groupmail --config=FILE keys list" -- gm --config="$work/gm.ini" keys list
+printf '[server]\nurl = %s\nfrobnicate = 1\n' "$base" > "$work/bad.ini"
+printf '[server]\ntimeout = soon\n' > "$work/bad2.ini"
+expect_rc 1 "a config file with an unknown key" -- gm decrypt -c "$work/bad.ini" --in "$work/msg.der"
+expect_rc 1 "a config file with a bad value" -- gm -c "$work/bad2.ini" decrypt --in "$work/msg.der"
+expect_rc 1 "a config file that is not there" -- gm -c "$work/none.ini" decrypt --in "$work/msg.der"
+expect_rc 1 "GROUPMAIL_CONFIG with an unknown key" -- env GROUPMAIL_CONFIG="$work/bad.ini" "$BIN/groupmail" decrypt \
+  --in "$work/msg.der"
 echo "groupmail-e2e: all passed"
