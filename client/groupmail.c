@@ -832,9 +832,10 @@ static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
     return GM_EXIT_OK;
 }
 
-/* Membership certificate (method G): cached, else a fresh key pair and a
- * certificate from the certificate server. */
-static int membership_cert(job *j, gm_mcert *mc)
+/* Membership certificate (method G): cached (unless fresh; *cached says
+ * whether it was), else a fresh key pair and a certificate from the
+ * certificate server. */
+static int membership_cert(job *j, gm_mcert *mc, bool fresh, bool *cached)
 {
     gm_config *c = j->c;
     gs_group_info gi = {0};
@@ -844,10 +845,13 @@ static int membership_cert(job *j, gm_mcert *mc)
     gs_rest_err e;
     int rc;
 
+    *cached = false;
     if (need(c->server, "--server URL") || need(c->group, "--group G"))
         return GM_EXIT_USAGE;
-    if (gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0)
+    if (!fresh && gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0) {
+        *cached = true;
         return GM_EXIT_OK;
+    }
     /* the certificate server wants the member's own TLS identity */
     if ((rc = gm_tls_token_prepare(c)) != GM_EXIT_OK)
         return rc;
@@ -890,7 +894,8 @@ static int cmd_certify(gm_config *c)
     job j = {.c = c};
     gm_mcert mc = {0};
     char *p = NULL;
-    int rc = membership_cert(&j, &mc);
+    bool cached;
+    int rc = membership_cert(&j, &mc, false, &cached);
     if (rc == GM_EXIT_OK) {
         BIO *b = BIO_new_fp(stdout, BIO_NOCLOSE);
         p = gm_mcert_path(c);
@@ -1158,6 +1163,36 @@ static bool own_copy(job *j)
 
 /* Gets the content key by the chosen method. For unwrap_only (the unwrap
  * command) the server's answer is printed instead, and cek stays empty. */
+/* Method G's unwrap (deliver=recipient-key) on a new connection that shows
+ * only the membership certificate. *mr is that connection (NULL, and the
+ * error our own, when it could not be made). */
+static gs_rest_err mcert_unwrap(job *j, const gm_mcert *mc, gs_rest **mr, gs_unwrap_result *res)
+{
+    const gm_config *c = j->c;
+    gs_rest_opts o = {0};
+    gs_unwrap_req req = {0};
+    gs_rest_err re;
+
+    o.base_url = c->server;
+    o.ca_file = c->cacert;
+    o.pinned_pubkey = c->pin;
+    o.timeout_ms = c->timeout * 1000;
+    o.cert_pem = mc->cert_pem;
+    o.cert_pem_len = mc->cert_pem_len;
+    o.key_pem = mc->key_pem;
+    o.key_pem_len = mc->key_pem_len;
+    if ((re = gs_rest_new(&o, mr)) != GS_REST_OK) {
+        *mr = NULL;
+        return re;
+    }
+    req.recipient_info = j->ri;
+    req.recipient_info_len = j->ri_len;
+    req.deliver = GS_DELIVER_RECIPIENT_KEY;
+    req.content_algorithm = job_content_alg(j);
+    gm_progress(c, "unwrapping with the membership certificate");
+    return gs_rest_unwrap(*mr, c->group, &req, res);
+}
+
 static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, size_t *ceklen)
 {
     gm_config *c = j->c;
@@ -1206,31 +1241,26 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
         rc = gm_member_decrypt_ri(&m, ri, cek, MAX_CEK, ceklen) == 0 ? GM_EXIT_OK : GM_EXIT_ERROR;
         break;
     case VIA_MEMBERSHIP_CERT: {
-        gs_rest_opts o = {0};
-        gs_unwrap_req req = {0};
         gs_rest_err re;
-        if ((rc = membership_cert(j, &mc)) != GM_EXIT_OK || (rc = job_group_ri(j)) != GM_EXIT_OK)
+        bool cached;
+        if ((rc = membership_cert(j, &mc, false, &cached)) != GM_EXIT_OK || (rc = job_group_ri(j)) != GM_EXIT_OK)
             goto out;
-        /* A new connection that shows only the membership certificate. */
-        o.base_url = c->server;
-        o.ca_file = c->cacert;
-        o.pinned_pubkey = c->pin;
-        o.timeout_ms = c->timeout * 1000;
-        o.cert_pem = mc.cert_pem;
-        o.cert_pem_len = mc.cert_pem_len;
-        o.key_pem = mc.key_pem;
-        o.key_pem_len = mc.key_pem_len;
-        if ((re = gs_rest_new(&o, &mr)) != GS_REST_OK) {
-            rc = GM_EXIT_ERROR;
-            goto out;
+        re = mcert_unwrap(j, &mc, &mr, &res);
+        if (re == GS_REST_ERR_UNAUTHORIZED && cached) {
+            /* A cached certificate the server no longer takes (its CA made
+             * anew, a server restored from backup): a fresh one, once,
+             * rather than refusals until the cached one expires. */
+            gm_progress(c, "the cached membership certificate was refused; asking for a new one");
+            gs_rest_free(mr);
+            mr = NULL;
+            gs_unwrap_result_clear(&res);
+            gm_mcert_clear(&mc);
+            if ((rc = membership_cert(j, &mc, true, &cached)) != GM_EXIT_OK)
+                goto out;
+            re = mcert_unwrap(j, &mc, &mr, &res);
         }
-        req.recipient_info = j->ri;
-        req.recipient_info_len = j->ri_len;
-        req.deliver = GS_DELIVER_RECIPIENT_KEY;
-        req.content_algorithm = job_content_alg(j);
-        gm_progress(c, "unwrapping with the membership certificate");
-        if ((re = gs_rest_unwrap(mr, c->group, &req, &res)) != GS_REST_OK) {
-            rc = gm_rest_fail(mr, re, "unwrap");
+        if (re != GS_REST_OK) {
+            rc = mr != NULL ? gm_rest_fail(mr, re, "unwrap") : GM_EXIT_ERROR;
             goto out;
         }
         if (unwrap_only)

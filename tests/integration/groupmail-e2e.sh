@@ -48,6 +48,16 @@ for via in tls recipient-key membership-cert group-secret; do
   same "$work/gm.out" "$work/msg.txt" "$via DER"
 done
 ls "$gm_home/.local/share/groupmail/membership/" | grep -q '\.key$' || fail "membership key not cached"
+# a cached membership certificate the server no longer takes (its local CA
+# made anew, a server restored from backup): groupmail asks for a new one
+# once, instead of 401s until the cached one expires
+mc=$(ls "$gm_home"/.local/share/groupmail/membership/*.pem)
+openssl req -x509 -newkey rsa:2048 -nodes -subj "/O=groupsrv membership/OU=eng" -days 1 \
+  -keyout "${mc%.pem}.key" -out "$mc" 2>/dev/null
+expect_rc 0 "decrypt --via membership-cert with a cached certificate the server refuses" -- \
+  as alice decrypt --via membership-cert --in "$work/msg.der"
+same "$work/gm.out" "$work/msg.txt" "membership-cert after a refused cached certificate"
+openssl verify -CAfile "$certs/localca.pem" "$mc" >/dev/null || fail "the refused cached certificate was not replaced"
 [ "$(stat -c %a "$gm_home"/.local/share/groupmail/membership/*.key)" = 600 ] || fail "membership key mode"
 for f in "$gm_home"/.local/share/groupmail/secret-keys/*/*/v*.json; do
   [ "$(stat -c %a "$f")" = 600 ] || fail "secret key file mode"
