@@ -1064,8 +1064,18 @@ static void h_group_create(struct srv_req *r)
     const char *keyspec = e.status ? NULL : srv_json_str(body, "keyspec", &e);
     if (e.status != 0)
         goto refuse;
-    if (name == NULL || address == NULL || !gs_valid_group_name(name) || !gs_valid_email(address)) {
+    if (name == NULL || address == NULL) {
         srv_err_set(&e, 400, "bad_request", "\"name\" (a group name) and \"address\" (an email) are required");
+        goto refuse;
+    }
+    if (!gs_valid_group_name(name)) {
+        srv_err_set(&e, 400, "bad_request",
+                    "\"name\" must be 1 to %d of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+                    GS_NAME_MAX);
+        goto refuse;
+    }
+    if (!gs_valid_email(address)) {
+        srv_err_set(&e, 400, "bad_request", "\"address\" must be an email address");
         goto refuse;
     }
     json_t *jm = json_object_get(body, "methods");

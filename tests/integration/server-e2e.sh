@@ -170,6 +170,11 @@ expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/gro
 expect_status 404 not_found "removed member is gone" -- c admin "$base/v1/groups/eng/members/frank@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
+# a bad name or address is told apart from a missing one
+expect_status 400 bad_request "group name in capitals" -- c admin --data-binary '{"name":"Ops3","address":"ops3@example.org"}' "$base/v1/groups"
+grep -q '"name\\" must be' "$work/body" || fail "bad group name: $(cat "$work/body")"
+expect_status 400 bad_request "list address not an email" -- c admin --data-binary '{"name":"ops3","address":"ops3"}' "$base/v1/groups"
+grep -q '"address\\" must be an email' "$work/body" || fail "bad list address: $(cat "$work/body")"
 expect_status 403 forbidden "group creation refused for a member" -- c alice --data-binary '{"name":"ops2","address":"ops2@example.org"}' "$base/v1/groups"
 
 # ---- metrics ----
