@@ -37,14 +37,18 @@ static gs_err ossl_err(gs_err err, const char *what)
     return gs_err_set(err, "%s%s%s", what, buf[0] ? ": " : "", buf);
 }
 
-static gs_err hsm_fail(hsm_err he, const char *what)
+gs_err gs_hsm_fail(hsm_err he, const char *what, const char *label)
 {
     gs_err err = GS_ERR_HSM;
-    if (he == HSM_ERR_PIN_INCORRECT || he == HSM_ERR_PIN_LOCKED || he == HSM_ERR_TOKEN_ABSENT ||
-        he == HSM_ERR_TOKEN_NOT_FOUND || he == HSM_ERR_NOT_LOGGED_IN || he == HSM_ERR_PIN_SOURCE)
-        err = GS_ERR_TOKEN;
     const char *d = hsm_last_error_detail();
-    return gs_err_set(err, "%s: %s%s%s", what, hsm_strerror(he), d && d[0] ? " (" : "", d && d[0] ? d : "");
+    if (he == HSM_ERR_PIN_INCORRECT || he == HSM_ERR_PIN_LOCKED || he == HSM_ERR_TOKEN_ABSENT ||
+        he == HSM_ERR_TOKEN_NOT_FOUND || he == HSM_ERR_NOT_LOGGED_IN || he == HSM_ERR_PIN_SOURCE ||
+        he == HSM_ERR_MODULE)
+        err = GS_ERR_TOKEN;
+    if (he == HSM_ERR_KEY_POLICY)
+        err = GS_ERR_POLICY;
+    return gs_err_set(err, "%s%s%s: %s%s%s%s", what, label ? " " : "", label ? label : "", hsm_strerror(he),
+                      d && d[0] ? " (" : "", d && d[0] ? d : "", d && d[0] ? ")" : "");
 }
 
 gs_err gs_keyspec_parse(const char *spec, hsm_key_type *type, unsigned *bits)
@@ -367,7 +371,7 @@ static gs_err sign_on_token(hsm_ctx *hsm, hsm_key *key, hsm_sig_alg alg, EVP_PKE
         goto ossl;
     he = hsm_sign(hsm, key, alg, tbs, (size_t)tbslen, &sig, &siglen);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "signing with the CA key");
+        err = gs_hsm_fail(he, "signing with the CA key", NULL);
         goto out;
     }
     if (siglen == 0 || siglen > 4096) {
@@ -577,7 +581,7 @@ gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm)
         return gs_err_set(GS_ERR_ARGS, "no CA");
     he = hsm_key_get_info(hsm, ca->key, &info);
     if (he != HSM_OK)
-        return hsm_fail(he, "CA key attributes");
+        return gs_hsm_fail(he, "CA key attributes", NULL);
     why = gs_key_custody_problem(&info, ca->replicable, &note);
     if (why)
         return gs_err_set(GS_ERR_POLICY, "CA key %s is extractable or not sensitive (%s): refusing to use it",
@@ -608,12 +612,12 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out)
         goto out;
     he = hsm_key_find(hsm, row->label, HSM_CLASS_PRIVATE, &ca->key);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "CA key");
+        err = gs_hsm_fail(he, "CA key", NULL);
         goto out;
     }
     he = hsm_key_export_public(hsm, ca->key, &spki, &spki_len);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "CA public key");
+        err = gs_hsm_fail(he, "CA public key", NULL);
         goto out;
     }
     if (!gs_cert_matches_spki(ca->cert, spki, spki_len)) {
@@ -675,7 +679,7 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
         if (he == HSM_OK)
             he = hsm_key_get_info(hsm, *priv, &info);
         if (he != HSM_OK)
-            return hsm_fail(he, "--use-key");
+            return gs_hsm_fail(he, "--use-key", NULL);
         if (info.type != HSM_KEYTYPE_RSA && info.type != HSM_KEYTYPE_EC)
             return gs_err_set(GS_ERR_POLICY, "--use-key %s: an RSA or EC key is needed", q);
         e.missing = gs_policy_caps_missing(&caps);
@@ -694,13 +698,13 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
     ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = HSM_USE_SIGN, .replicable = replicable};
     he = hsm_generate_keypair_best(hsm, &ks, &res, pub, priv);
     if (he != HSM_OK)
-        return hsm_fail(he, "generating the CA key");
+        return gs_hsm_fail(he, "generating the CA key", NULL);
     *made = true;
     e.missing = res.missing;
     e.replicable = replicable;
     he = hsm_key_get_info(hsm, *priv, &info);
     if (he != HSM_OK)
-        return hsm_fail(he, "reading the CA key's attributes");
+        return gs_hsm_fail(he, "reading the CA key's attributes", NULL);
     if ((problem = gs_key_check(&info, &e, NULL)) != NULL)
         return gs_err_set(GS_ERR_POLICY, "new CA key %s: %s", label, problem);
     *missing = res.missing;
@@ -763,7 +767,7 @@ gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *
         if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
             return gs_err_set(GS_ERR_EXISTS, "token already has an object labelled %s", label);
         if (he != HSM_ERR_KEY_NOT_FOUND)
-            return hsm_fail(he, "token");
+            return gs_hsm_fail(he, "token", NULL);
     }
     if (replicable) {
         hsm_caps caps;
@@ -779,7 +783,7 @@ gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *
         goto out;
     he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "reading the CA public key");
+        err = gs_hsm_fail(he, "reading the CA public key", NULL);
         goto out;
     }
     err = spki_to_pkey(spki, spki_len, &pk);

@@ -26,6 +26,12 @@
 
 typedef struct gs_ca gs_ca;
 
+/* A failed hsm call as a gs_err, its detail "WHAT[ LABEL]: what hsm says
+ * (the token's detail)": GS_ERR_TOKEN (exit 4) for a module, token or PIN
+ * problem, GS_ERR_POLICY for a key whose attributes forbid the use, else
+ * GS_ERR_HSM. Reads hsm_last_error_detail(); LABEL may be NULL. */
+gs_err gs_hsm_fail(hsm_err he, const char *what, const char *label);
+
 /* Key specs for token key pairs: "rsa:2048", "rsa:3072", "rsa:4096",
  * "ec:p256", "ec:p384". */
 gs_err gs_keyspec_parse(const char *spec, hsm_key_type *type, unsigned *bits);

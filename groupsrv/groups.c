@@ -26,20 +26,6 @@ struct gs_group {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static gs_err hsm_fail(hsm_err he, const char *what, const char *label)
-{
-    gs_err err = GS_ERR_HSM;
-    const char *d = hsm_last_error_detail();
-    if (he == HSM_ERR_PIN_INCORRECT || he == HSM_ERR_PIN_LOCKED || he == HSM_ERR_TOKEN_ABSENT ||
-        he == HSM_ERR_TOKEN_NOT_FOUND || he == HSM_ERR_NOT_LOGGED_IN || he == HSM_ERR_PIN_SOURCE ||
-        he == HSM_ERR_MODULE)
-        err = GS_ERR_TOKEN;
-    if (he == HSM_ERR_KEY_POLICY)
-        err = GS_ERR_POLICY;
-    return gs_err_set(err, "%s%s%s: %s%s%s%s", what, label ? " " : "", label ? label : "", hsm_strerror(he),
-                      d && d[0] ? " (" : "", d && d[0] ? d : "", d && d[0] ? ")" : "");
-}
-
 static void label_group(char *buf, size_t n, const char *g, unsigned v) { (void)snprintf(buf, n, "gs:group:%s:v%u", g, v); }
 static void label_secret(char *buf, size_t n, const char *g, unsigned v) { (void)snprintf(buf, n, "gs:secret:%s:v%u", g, v); }
 static void label_reject(char *buf, size_t n, const char *g) { (void)snprintf(buf, n, "gs:reject:%s", g); }
@@ -54,7 +40,7 @@ static gs_err label_free(hsm_ctx *hsm, const char *label)
         return GS_OK;
     if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
         return gs_err_set(GS_ERR_EXISTS, "token already has an object labelled %s", label);
-    return hsm_fail(he, "looking up", label);
+    return gs_hsm_fail(he, "looking up", label);
 }
 
 /* Destroys both halves of a pair (or a secret key) by label; best effort,
@@ -169,7 +155,7 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
     hc.init_args = cfg->hsm.init_args;
     he = hsm_open(&hc, out);
     if (he != HSM_OK) {
-        gs_err err = hsm_fail(he, "opening token", cfg->hsm.token);
+        gs_err err = gs_hsm_fail(he, "opening token", cfg->hsm.token);
         return err == GS_ERR_HSM ? gs_err_set(GS_ERR_TOKEN, "%s", gs_err_detail()) : err;
     }
     return GS_OK;
@@ -210,7 +196,7 @@ static gs_err load_sealed(hsm_ctx *hsm, const char *seal_label, const unsigned c
         he = hsm_key_from_sealed(hsm, seal, type, bits, blob, len, out);
     hsm_key_free(seal);
     if (he != HSM_OK)
-        return hsm_fail(he, what, seal_label);
+        return gs_hsm_fail(he, what, seal_label);
     return GS_OK;
 }
 
@@ -268,7 +254,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             continue;
         }
         if (he != HSM_OK) {
-            err = hsm_fail(he, "group key", keys[i].token_label);
+            err = gs_hsm_fail(he, "group key", keys[i].token_label);
             goto out;
         }
     }
@@ -294,7 +280,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             continue;
         }
         if (he != HSM_OK) {
-            err = hsm_fail(he, "secret key", secrets[i].token_label);
+            err = gs_hsm_fail(he, "secret key", secrets[i].token_label);
             goto out;
         }
     }
@@ -311,7 +297,7 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
             g->reject = NULL;
             g->lacks_keys = true;
         } else if (he != HSM_OK) {
-            err = hsm_fail(he, "rejection key", g->info->reject_label);
+            err = gs_hsm_fail(he, "rejection key", g->info->reject_label);
             goto out;
         }
     }
@@ -417,14 +403,14 @@ static gs_err check_new_key(hsm_ctx *hsm, hsm_key *priv, const char *label, cons
         *pub_out = NULL;
     he = hsm_key_get_info(hsm, priv, &info);
     if (he != HSM_OK)
-        return hsm_fail(he, "reading attributes of", label);
+        return gs_hsm_fail(he, "reading attributes of", label);
     if ((problem = gs_key_check(&info, e, NULL)) != NULL)
         return gs_err_set(GS_ERR_POLICY, "key %s: %s", label, problem);
     if (pub_out == NULL)
         return GS_OK;
     he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
     if (he != HSM_OK)
-        return hsm_fail(he, "reading public key of", label);
+        return gs_hsm_fail(he, "reading public key of", label);
     p = spki;
     *pub_out = d2i_PUBKEY(NULL, &p, (long)spki_len);
     if (*pub_out == NULL)
@@ -467,7 +453,7 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
     ks = (hsm_keygen_spec){.label = label, .type = type, .bits = bits, .usage = usage, .replicable = replicable};
     he = hsm_generate_keypair_best(hsm, &ks, &res, &pub, &priv);
     if (he != HSM_OK)
-        return hsm_fail(he, "generating key", label);
+        return gs_hsm_fail(he, "generating key", label);
     memset(&e, 0, sizeof(e));
     e.kind = kind;
     e.type = type;
@@ -515,7 +501,7 @@ static gs_err make_sym_key(hsm_ctx *hsm, const char *label, gs_key_kind kind, hs
     ks.replicable = replicable;
     he = hsm_generate_secret_key_best(hsm, &ks, &res, &k);
     if (he != HSM_OK)
-        return hsm_fail(he, kind == GS_KIND_SECRET ? "generating secret key" : "generating rejection key", label);
+        return gs_hsm_fail(he, kind == GS_KIND_SECRET ? "generating secret key" : "generating rejection key", label);
     memset(&e, 0, sizeof(e));
     e.kind = kind;
     e.usage = usage;
@@ -553,7 +539,7 @@ static gs_err ensure_seal_key(hsm_ctx *hsm, const hsm_caps *caps, hsm_key **seal
         return check_new_key(hsm, *seal, SEAL_LABEL, &e, NULL);
     }
     if (he != HSM_ERR_KEY_NOT_FOUND)
-        return hsm_fail(he, "looking up", SEAL_LABEL);
+        return gs_hsm_fail(he, "looking up", SEAL_LABEL);
     /* RSA-3072 where the token makes it, else RSA-2048 (smartcards). */
     err = make_pair(hsm, SEAL_LABEL, GS_KIND_SEAL, HSM_KEYTYPE_RSA,
                     caps->mech[HSM_MECH_RSA_KEYGEN].max_bits >= 3072 || caps->mech[HSM_MECH_RSA_KEYGEN].max_bits == 0
@@ -566,7 +552,7 @@ static gs_err ensure_seal_key(hsm_ctx *hsm, const hsm_caps *caps, hsm_key **seal
     *made = true;
     he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, seal);
     if (he != HSM_OK)
-        return hsm_fail(he, "finding the new seal key", SEAL_LABEL);
+        return gs_hsm_fail(he, "finding the new seal key", SEAL_LABEL);
     log_info("seal key made label=%s", SEAL_LABEL);
     return GS_OK;
 }
@@ -595,7 +581,7 @@ static gs_err make_secret(hsm_ctx *hsm, gs_secret_store where, hsm_key *seal, co
     memset(m, 0, sizeof(*m));
     if (where == GS_SECRETS_SEALED) {
         he = hsm_sealed_secret_new(hsm, seal, HSM_KEYTYPE_AES, 256, &m->sealed, &m->sealed_len);
-        return he == HSM_OK ? GS_OK : hsm_fail(he, "sealing a new secret key to", SEAL_LABEL);
+        return he == HSM_OK ? GS_OK : gs_hsm_fail(he, "sealing a new secret key to", SEAL_LABEL);
     }
     /* Extractable only by wrapping: delivered wrapped to members. */
     err = make_sym_key(hsm, label, GS_KIND_SECRET, HSM_KEYTYPE_AES,
@@ -616,7 +602,7 @@ static gs_err make_reject(hsm_ctx *hsm, bool sealed, hsm_key *seal, const char *
     memset(m, 0, sizeof(*m));
     if (sealed) {
         he = hsm_sealed_secret_new(hsm, seal, HSM_KEYTYPE_GENERIC_SECRET, 256, &m->sealed, &m->sealed_len);
-        return he == HSM_OK ? GS_OK : hsm_fail(he, "sealing a new rejection key to", SEAL_LABEL);
+        return he == HSM_OK ? GS_OK : gs_hsm_fail(he, "sealing a new rejection key to", SEAL_LABEL);
     }
     err = make_sym_key(hsm, label, GS_KIND_REJECT, HSM_KEYTYPE_GENERIC_SECRET, HSM_USE_SIGN, false, replicable,
                        &m->missing);
@@ -694,7 +680,7 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     if (he == HSM_OK)
         he = hsm_key_get_info(hsm, key, &info);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "--use-key", q);
+        err = gs_hsm_fail(he, "--use-key", q);
         goto out;
     }
     *type = info.type;
@@ -1089,7 +1075,7 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
             hsm_err a = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PRIVATE);
             hsm_err b = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PUBLIC);
             if ((a != HSM_OK || b != HSM_OK) && !err)
-                err = hsm_fail(a != HSM_OK ? a : b, "destroying retired key (recorded as retired; `check` flags it)",
+                err = gs_hsm_fail(a != HSM_OK ? a : b, "destroying retired key (recorded as retired; `check` flags it)",
                                keys[i].token_label);
             else
                 log_info("group key retired group=%s version=%u", name, keys[i].version);
@@ -1143,7 +1129,7 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     if (he == HSM_OK)
         he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
     if (he != HSM_OK) {
-        err = hsm_fail(he, "group key", k->token_label);
+        err = gs_hsm_fail(he, "group key", k->token_label);
         goto out;
     }
     if (!gs_cert_matches_spki(cert, spki, spki_len)) {
@@ -1206,7 +1192,7 @@ static gs_err next_secret(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, s
     if (pol.secrets == GS_SECRETS_SEALED) {
         he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, &seal);
         if (he != HSM_OK)
-            return hsm_fail(he, "seal key", SEAL_LABEL);
+            return gs_hsm_fail(he, "seal key", SEAL_LABEL);
     }
     err = make_secret(hsm, pol.secrets, seal, ns->label, &ns->made);
     hsm_key_free(seal);
