@@ -2,6 +2,7 @@
  * hsm.c: module loading, token lookup by URI, login, the session pool and
  * recovery (hsm_run). See hsm.h for the contract.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -86,20 +87,49 @@ static void clamp_sessions(hsm_ctx *ctx)
     ctx->max_sessions = (unsigned)lim;
 }
 
-/* Finds the first slot whose token matches the URI. Returns
- * HSM_ERR_TOKEN_ABSENT when none matches (the caller decides whether that
- * means "not found" at open or "gone" later). */
+/* Copies a blank-padded PKCS#11 string field without the padding. */
+static void copy_padded(char *dst, size_t cap, const unsigned char *src, size_t n)
+{
+    while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
+        n--;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* A token's serial for a message: padding cut, anything but what a URI
+ * carries unescaped shown as '?'. */
+static void serial_text(char *dst, size_t cap, const CK_TOKEN_INFO *ti)
+{
+    copy_padded(dst, cap, ti->serialNumber, sizeof(ti->serialNumber));
+    for (char *p = dst; *p != '\0'; p++)
+        if (!isalnum((unsigned char)*p) && strchr("-._~", *p) == NULL)
+            *p = '?';
+}
+
+/* Finds the one initialised token the URI matches (an uninitialised one
+ * only when no initialised token matches). A URI that matches two
+ * initialised tokens (two cards with one label, or a URI without token=)
+ * names none of them: keys would be made on, or looked for on, whichever
+ * the module lists first. Returns HSM_ERR_TOKEN_ABSENT when none matches
+ * (the caller decides whether that means "not found" at open or "gone"
+ * later), HSM_ERR_TOKEN_NOT_FOUND when more than one does. */
 static hsm_err find_token(hsm_ctx *ctx)
 {
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0, i;
-    CK_TOKEN_INFO ti;
+    CK_TOKEN_INFO ti, init[2], uninit;
+    CK_SLOT_ID init_slot = 0, uninit_slot = 0;
+    unsigned n_init = 0, n_uninit = 0;
+    char s1[sizeof(ti.serialNumber) + 1], s2[sizeof(ti.serialNumber) + 1];
     hsm_err err;
 
     err = P11(ctx, C_GetSlotList, CK_TRUE, NULL, &n);
     if (err != HSM_OK)
         goto out;
     if (n == 0 || n > 4096) {
+        hsm_set_detail(n == 0 ? "no token present in any slot" : "the module lists %lu slots", (unsigned long)n);
         err = HSM_ERR_TOKEN_ABSENT;
         goto out;
     }
@@ -110,22 +140,44 @@ static hsm_err find_token(hsm_ctx *ctx)
     err = P11(ctx, C_GetSlotList, CK_TRUE, slots, &n);
     if (err != HSM_OK)
         goto out;
-    err = HSM_ERR_TOKEN_ABSENT;
+    memset(init, 0, sizeof(init));
+    memset(&uninit, 0, sizeof(uninit));
     for (i = 0; i < n; i++) {
         memset(&ti, 0, sizeof(ti));
         /* A slot whose token vanished between the calls is skipped. */
         if (P11(ctx, C_GetTokenInfo, slots[i], &ti) != HSM_OK)
             continue;
-        if (p11_kit_uri_match_token_info(ctx->token_uri, &ti) == 1) {
-            ctx->slot = slots[i];
-            ctx->tinfo = ti;
-            clamp_sessions(ctx);
-            err = HSM_OK;
-            break;
+        if (p11_kit_uri_match_token_info(ctx->token_uri, &ti) != 1)
+            continue;
+        if (!(ti.flags & CKF_TOKEN_INITIALIZED)) {
+            if (n_uninit++ == 0) {
+                uninit = ti;
+                uninit_slot = slots[i];
+            }
+            continue;
         }
+        if (n_init < 2)
+            init[n_init] = ti;
+        if (n_init++ == 0)
+            init_slot = slots[i];
     }
-    if (err == HSM_ERR_TOKEN_ABSENT)
+    if (n_init > 1) {
+        serial_text(s1, sizeof(s1), &init[0]);
+        serial_text(s2, sizeof(s2), &init[1]);
+        hsm_set_detail("it matches %u tokens, serial=%s and serial=%s%s; add serial= to name one", n_init, s1, s2,
+                       n_init > 2 ? " and more" : "");
+        err = HSM_ERR_TOKEN_NOT_FOUND;
+        goto out;
+    }
+    if (n_init == 0 && n_uninit == 0) {
         hsm_set_detail("no token present matches the token URI");
+        err = HSM_ERR_TOKEN_ABSENT;
+        goto out;
+    }
+    ctx->slot = n_init == 1 ? init_slot : uninit_slot;
+    ctx->tinfo = n_init == 1 ? init[0] : uninit;
+    clamp_sessions(ctx);
+    err = HSM_OK;
 out:
     free(slots);
     return err;
@@ -910,17 +962,6 @@ static hsm_err op_ping(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 hsm_err hsm_ping(hsm_ctx *ctx)
 {
     return hsm_run(ctx, op_ping, NULL);
-}
-
-/* Copies a blank-padded PKCS#11 string field without the padding. */
-static void copy_padded(char *dst, size_t cap, const unsigned char *src, size_t n)
-{
-    while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
-        n--;
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
 }
 
 hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out)

@@ -43,7 +43,7 @@ typedef enum hsm_err {
     HSM_ERR_ARGS,               /* caller passed something invalid */
     HSM_ERR_MODULE,             /* module could not be loaded or initialised */
     HSM_ERR_URI,                /* malformed PKCS#11 URI */
-    HSM_ERR_TOKEN_NOT_FOUND,    /* no token matches the URI */
+    HSM_ERR_TOKEN_NOT_FOUND,    /* no token, or more than one, matches the URI */
     HSM_ERR_TOKEN_ABSENT,       /* CKR_DEVICE_REMOVED / CKR_TOKEN_NOT_PRESENT: try later */
     HSM_ERR_PIN_SOURCE,         /* PIN source unreadable, empty or too open */
     HSM_ERR_PIN_INCORRECT,      /* CKR_PIN_INCORRECT (remembered: never retried) */

@@ -240,7 +240,7 @@ const char *hsm_strerror(hsm_err err)
     case HSM_ERR_URI:
         return "malformed PKCS#11 URI";
     case HSM_ERR_TOKEN_NOT_FOUND:
-        return "no token matches the URI";
+        return "no single token matches the URI";
     case HSM_ERR_TOKEN_ABSENT:
         return "token removed or not present";
     case HSM_ERR_PIN_SOURCE:

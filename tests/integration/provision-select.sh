@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Which token the [hsm] token URI names, and what an admin command says
+# when it names none, or more than one. Two SoftHSM tokens with the same
+# label (two identical cards, pkcs11-config/README.md): a URI matching
+# both is refused (exit 4, one line naming both serials) before anything
+# is made, `check` shows it, and `serial=` picks one; a URI matching the
+# one initialised token and SoftHSM's free slot takes the initialised one.
+# Then a token that fails mid-command (tests/p11fault in front of
+# SoftHSM): the error is one complete line and nothing is recorded.
+set -euo pipefail
+. "$(dirname "$0")/provision-lib.sh"
+: "${GS_P11FAULT_MODULE:?}"
+[ -f "$GS_P11FAULT_MODULE" ] || fail "no p11fault module at $GS_P11FAULT_MODULE"
+
+serials() { pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null | sed -n 's/^ *serial num *: *\([^ ]*\) *$/\1/p'; }
+
+# --- one initialised token and SoftHSM's free slot: a URI matching both
+# (by manufacturer) names the initialised one
+sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2|" "$CONF" > "$T/model.conf"
+expect_rc 0 "$G" -c "$T/model.conf" ca init --key rsa:2048
+one=$(serials)
+[ "$(printf '%s\n' "$one" | grep -c .)" = 1 ] || fail "expected one initialised token, got: $one"
+
+# --- a second token with the same label, in the free slot
+GS_SO_PIN=$(cat "$T/tok/so-pin") pkcs11-tool --module "$SOFTHSM2_MODULE" --init-token --slot-index 1 \
+  --label groupsrv --so-pin env:GS_SO_PIN >/dev/null 2>&1 || fail "pkcs11-tool --init-token (second token)"
+both=$(serials)
+other=$(printf '%s\n' "$both" | grep -v -x -F "$one")
+[ -n "$other" ] && [ "$other" != "$one" ] || fail "no second token: $both"
+# the slot id of token $one (pkcs11-tool picks tokens by slot, not serial)
+slot=$(pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null |
+  awk -v s="$one" '/^Slot /{id=$3; gsub(/[():]/, "", id)} $1=="serial" && $4==s {print id}')
+[ -n "$slot" ] || fail "no slot for token $one"
+p11() { GS_PIN=$(cat "$T/tok/user-pin") pkcs11-tool --module "$SOFTHSM2_MODULE" --slot "$slot" \
+  --login --pin env:GS_PIN "$@"; }
+tok0=$(p11 --list-objects 2>/dev/null | sha256sum)
+db0=$(db_sum)
+
+# token=groupsrv now matches both: refused, whatever the command, with
+# both serials named; nothing made on either token, nothing recorded
+for cmd in "group create eng --address eng@example.org --key rsa:2048" "tls init --dns gs.example.org --out $T/tls.pem"; do
+  # shellcheck disable=SC2086
+  expect_rc 4 "$G" -c "$CONF" $cmd
+  expect_err "opening token pkcs11:token=groupsrv: no single token matches the URI (it matches 2 tokens"
+  grep -q "serial=$one" "$T/err" && grep -q "serial=$other" "$T/err" || fail "the serials are not named: $(cat "$T/err")"
+  grep -q "add serial= to name one)\$" "$T/err" || fail "no advice: $(cat "$T/err")"
+done
+expect_rc 4 "$G" -c "$T/model.conf" group create eng --address eng@example.org --key rsa:2048
+expect_err "it matches 2 tokens"
+sed "s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/new.conf"
+expect_rc 4 "$G" -c "$T/new.conf" ca init --key rsa:2048
+expect_err "it matches 2 tokens"
+[ ! -e "$T/db2" ] || fail "ca init on an ambiguous token URI created $T/db2"
+[ "$(db_sum)" = "$db0" ] || fail "the database changed"
+[ "$(p11 --list-objects 2>/dev/null | sha256sum)" = "$tok0" ] || fail "the token changed"
+expect_rc 1 "$G" -c "$CONF" check
+grep -q "^token  *PROBLEM: .*it matches 2 tokens" "$T/out" || { cat "$T/out"; fail "check does not show the ambiguous URI"; }
+
+# serial= names one: the CA made above is there
+sed "s|^token = .*|token = pkcs11:token=groupsrv;serial=$one|" "$CONF" > "$T/serial.conf"
+expect_rc 0 "$G" -c "$T/serial.conf" group create eng --address eng@example.org --key rsa:2048
+expect_rc 0 "$G" -c "$T/serial.conf" check
+p11 --list-objects 2>/dev/null | grep -q "label: *gs:group:eng:v1" || fail "the group key is not on token $one"
+db1=$(db_sum)
+for cmd in "group rotate eng" "secret rotate eng" "member add eng a@example.org --issue-cert --out $T"; do
+  # shellcheck disable=SC2086
+  expect_rc 4 "$G" -c "$CONF" $cmd
+  expect_err "it matches 2 tokens"
+done
+[ "$(db_sum)" = "$db1" ] || fail "the database changed"
+[ ! -e "$T/a@example.org.pem" ] || fail "member add on an ambiguous token URI wrote a certificate"
+
+# --- the token fails while a command runs: the CA's signature for the
+# group certificate (p11fault answers C_Sign). One complete line; no
+# group recorded; the new keys destroyed again.
+sed -e "s|^module = .*|module = $GS_P11FAULT_MODULE|" "$T/serial.conf" > "$T/fault.conf"
+export GS_P11FAULT_CONTROL="$T/p11fault.ctl"
+db1=$(db_sum)
+tok1=$(p11 --list-objects 2>/dev/null | sha256sum)
+for rv in CKR_DEVICE_ERROR CKR_DEVICE_REMOVED; do
+  printf 'C_Sign %s\n' "$rv" > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+  case $rv in CKR_DEVICE_ERROR) want=1 ;; *) want=4 ;; esac
+  expect_rc "$want" "$G" -c "$T/fault.conf" group create ops --address ops@example.org --key rsa:2048
+  expect_err "^groupsrv: signing with the CA key: .* (C_Sign: $rv)\$"
+  [ "$(db_sum)" = "$db1" ] || fail "the database changed ($rv)"
+  [ "$(p11 --list-objects 2>/dev/null | sha256sum)" = "$tok1" ] || fail "keys left on the token ($rv)"
+done
+# no token at all (every slot empty): exit 4, saying so
+printf '* CKR_DEVICE_REMOVED\n' > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+expect_err "^groupsrv: opening token pkcs11:token=groupsrv;serial=$one: no single token matches the URI (no token present in any slot)\$"
+unset GS_P11FAULT_CONTROL
+expect_rc 0 "$G" -c "$T/serial.conf" group create ops --address ops@example.org --key rsa:2048
+echo "provision-select: OK"
