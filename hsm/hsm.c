@@ -199,6 +199,41 @@ void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
     pthread_mutex_unlock(&ctx->pool_mu);
 }
 
+/* Whether the token's retry counter still allows an automatic login.
+ * Each process (an admin command, a key holder the supervisor restarts,
+ * a service manager's restarts) sends a wrong PIN only once, but a loop of
+ * them would still lock the token: so the last try the token reports
+ * (CKF_USER_PIN_FINAL_TRY) is left to a person, and a locked PIN is not
+ * sent at all. Tokens without a counter never set these flags. */
+static hsm_err pin_tries_left(hsm_ctx *ctx)
+{
+    CK_TOKEN_INFO ti;
+    CK_SLOT_ID slot;
+    hsm_errsave sv;
+    hsm_err err;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    memset(&ti, 0, sizeof(ti));
+    hsm_err_save(&sv);
+    err = P11(ctx, C_GetTokenInfo, slot, &ti);
+    hsm_err_restore(&sv);
+    if (err != HSM_OK)
+        return HSM_OK; /* C_Login says what is wrong */
+    if (ti.flags & CKF_USER_PIN_LOCKED) {
+        hsm_set_detail("the token reports the user PIN locked (CKF_USER_PIN_LOCKED); not tried: "
+                       "the security officer must set a new user PIN");
+        return HSM_ERR_PIN_LOCKED;
+    }
+    if (ti.flags & CKF_USER_PIN_FINAL_TRY) {
+        hsm_set_detail("the token allows one more user PIN try (CKF_USER_PIN_FINAL_TRY); not spent automatically: "
+                       "check the PIN source, then log in once by hand (pkcs11-tool --login), which resets the count");
+        return HSM_ERR_PIN_LOCKED;
+    }
+    return HSM_OK;
+}
+
 static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     hsm_err err = HSM_OK;
@@ -217,6 +252,8 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_PIN_INCORRECT;
         goto out;
     }
+    if ((err = pin_tries_left(ctx)) != HSM_OK)
+        goto out;
     /* A new login (after all sessions were lost) renumbers private objects
      * on some tokens (SoftHSM): cached handles are stale. Bumped before the
      * call too, so that a thread which sees the session logged in already
