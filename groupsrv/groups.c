@@ -1400,6 +1400,7 @@ struct audit {
     void (*cb)(void *arg, const gs_key_audit_row *row);
     void *arg;
     unsigned problems;
+    bool trusted_wrap_unenforced; /* the token keeps CKA_WRAP_WITH_TRUSTED without enforcing it */
 };
 
 static void report(struct audit *a, gs_key_audit_row *row)
@@ -1446,6 +1447,12 @@ static void audit_key(struct audit *a, gs_key_audit_row *row, const char *label,
         row->info = info;
         row->problem = gs_key_check2(info, e, &row->note, &row->custody);
     }
+    /* A replicable original is sound only where the token refuses to wrap
+     * it under keys the security officer did not make trusted. */
+    if (row->problem == NULL && a->trusted_wrap_unenforced && row->custody != NULL &&
+        strncmp(row->custody, "replicable", 10) == 0)
+        row->problem = "extractable, and this token does not enforce CKA_WRAP_WITH_TRUSTED (cap trusted wrap): "
+                       "the user PIN alone can wrap it out";
 }
 
 /* Reads a recorded weakenings text; a damaged one is the row's problem. */
@@ -1589,7 +1596,8 @@ out:
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems)
 {
-    struct audit a = {hsm, cb, arg, 0};
+    struct audit a = {hsm, cb, arg, 0, false};
+    hsm_caps caps;
     gs_store_ca *ca = NULL;
     gs_store_group **groups = NULL;
     gs_store_seal_key *seals = NULL;
@@ -1600,6 +1608,8 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
     gs_err err;
 
     *problems = 0;
+    if (hsm_caps_get(hsm, &caps) == HSM_OK)
+        a.trusted_wrap_unenforced = caps.wrap_with_trusted_unenforced;
     memset(&row, 0, sizeof(row));
     row.kind = "ca";
     row.group = "";

@@ -157,9 +157,41 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 struct trial {
     CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
     bool stored;            /* read back after creation */
+    bool not_enforced;      /* CKA_WRAP_WITH_TRUSTED kept, but an untrusted key wrapped the key */
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+
+/* Whether a key made by the user, not trusted, can wrap key h, which
+ * carries CKA_WRAP_WITH_TRUSTED: a token that keeps the attribute but
+ * does not enforce it (NSS softokn 3.87) would let anyone with the user
+ * PIN wrap a replicable group key under a key of their own and decrypt it
+ * in the clear. Any refusal of the wrap counts as enforcement. */
+static bool untrusted_wrap_works(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    unsigned char value[32], wrapped[64];
+    CK_ULONG wlen = sizeof(wrapped);
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_VALUE, value, sizeof(value)},
+        {CKA_WRAP, &ck_true, sizeof(ck_true)},
+    };
+    CK_OBJECT_HANDLE w = CK_INVALID_HANDLE;
+    bool works = false;
+
+    if (RAND_bytes(value, sizeof(value)) != 1)
+        return false;
+    if (P11(ctx, C_CreateObject, s, tmpl, GS_ARRAY_LEN(tmpl), &w) == HSM_OK) {
+        works = P11(ctx, C_WrapKey, s, &mech, w, h, wrapped, &wlen) == HSM_OK;
+        hsm_destroy_session_obj(ctx, s, &w);
+    }
+    OPENSSL_cleanse(value, sizeof(value));
+    OPENSSL_cleanse(wrapped, sizeof(wrapped));
+    return works;
+}
 
 /* Creates a session AES key (random value, not secret: it is destroyed at
  * once) carrying the attribute, reads it back, destroys it. */
@@ -223,6 +255,10 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
         hsm_err_save(&sv);
         t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
+        if (t->stored && untrusted_wrap_works(ctx, s, h)) {
+            t->stored = false;
+            t->not_enforced = true;
+        }
         hsm_err_restore(&sv);
     } else {
         t->stored = true;
@@ -233,9 +269,9 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
 /* Tries one attribute; writes the verdict and, when refused, why. */
 static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const char *name, char *why, size_t whycap,
-                                 bool *reinit)
+                                 bool *reinit, bool *not_enforced)
 {
-    struct trial t = {attr, false};
+    struct trial t = {attr, false, false};
     unsigned gen0, gen1;
     hsm_err err;
 
@@ -256,13 +292,20 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
         why[0] = '\0';
         return HSM_ATTR_YES;
     }
+    if (not_enforced != NULL)
+        *not_enforced = err == HSM_OK && t.not_enforced;
+    if (err == HSM_OK && t.not_enforced) {
+        snprintf(why, whycap, "kept but not enforced: a key the user made, not trusted, wrapped a session key "
+                 "carrying it");
+        return HSM_ATTR_NO;
+    }
     if (err == HSM_OK) {
         snprintf(why, whycap, "the token accepted %s on a session key but did not keep it", name);
         return HSM_ATTR_NO;
     }
     {
         char prev[192];
-        struct trial base = {0, false};
+        struct trial base = {0, false, false};
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
@@ -294,11 +337,11 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
     if (hsm_run_once(ctx, op_mechs, c) != HSM_OK)
         log_warn("could not list the token's mechanisms detail=%s", hsm_last_error_detail());
     c->allowed_mechanisms = try_attr(ctx, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
-                                     c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit);
+                                     c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit, NULL);
     c->unwrap_template = try_attr(ctx, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
-                                  sizeof(c->unwrap_template_why), &reinit);
+                                  sizeof(c->unwrap_template_why), &reinit, NULL);
     c->wrap_with_trusted = try_attr(ctx, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
-                                    sizeof(c->wrap_with_trusted_why), &reinit);
+                                    sizeof(c->wrap_with_trusted_why), &reinit, &c->wrap_with_trusted_unenforced);
     c->module_reinitialised = reinit;
     c->rewrap_on_token = hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP | HSM_MF_WRAP);
     c->secret_on_token = hsm_caps_has(c, HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE) &&

@@ -188,9 +188,13 @@ typedef struct hsm_caps {
      * destroyed), corrected by what key generation then showed. */
     hsm_attr_support allowed_mechanisms, unwrap_template;
     char allowed_mechanisms_why[160], unwrap_template_why[160]; /* the refusal, "" if none */
-    /* CKA_WRAP_WITH_TRUSTED (with CKA_EXTRACTABLE) kept on a session key:
-     * what a replicable key needs (hsm_caps_trusted_wrap). */
+    /* CKA_WRAP_WITH_TRUSTED (with CKA_EXTRACTABLE) kept on a session key
+     * and enforced (a key the user made cannot wrap it): what a replicable
+     * key needs (hsm_caps_trusted_wrap). wrap_with_trusted_unenforced:
+     * kept, but not enforced: a replicable key on this token can be
+     * wrapped out with the user PIN alone. */
     hsm_attr_support wrap_with_trusted;
+    bool wrap_with_trusted_unenforced;
     char wrap_with_trusted_why[160];
     /* Derived, for choosing a group's path:
      * rewrap_on_token: C_UnwrapKey (RSA-OAEP) into a session key and
@@ -212,8 +216,9 @@ const char *hsm_mech_name(hsm_mech m);
 bool hsm_caps_has(const hsm_caps *caps, hsm_mech m, unsigned flags);
 /* Can a key leave this token under trusted wrap, as the key ceremony's
  * sending side does it (replicable groups, `group export`)? Needs
- * CKA_WRAP_WITH_TRUSTED kept on keys, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP_PAD
- * with CKF_WRAP and CKM_RSA_PKCS_OAEP with CKF_WRAP. Returns true, or
+ * CKA_WRAP_WITH_TRUSTED kept on keys and enforced, CKM_AES_KEY_GEN,
+ * CKM_AES_KEY_WRAP_PAD with CKF_WRAP and CKM_RSA_PKCS_OAEP with CKF_WRAP.
+ * Returns true, or
  * false with missing (may be NULL; n bytes, always terminated) naming
  * each missing piece, "; " between them. */
 bool hsm_caps_trusted_wrap(const hsm_caps *caps, char *missing, size_t n);

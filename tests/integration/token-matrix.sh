@@ -213,6 +213,14 @@ nss)
   grep -q "CKR_ARGUMENTS_BAD: the module needs initialisation arguments.*init_args" "$work/check-noargs.out" ||
     fail "no clear message without init_args: $(cat "$work/check-noargs.out")"
   ok "nss: [hsm] init_args by path works; without it the error says what to do"
+  # NSS keeps CKA_WRAP_WITH_TRUSTED but lets any key the user makes wrap
+  # such a key out: no trusted wrap, so no replicable group (its key
+  # could leave in the clear with the user PIN alone).
+  grep -q "^cap trusted wrap  *no: --replicable is refused; missing: CKA_WRAP_WITH_TRUSTED (kept but not enforced" \
+    "$work/check.out" || fail "check does not say NSS does not enforce trusted wrap: $(grep '^cap trusted' "$work/check.out")"
+  grep -q "^groupsrv: --replicable: this token lacks trusted wrap (missing: CKA_WRAP_WITH_TRUSTED (kept but not enforced" \
+    "$work/rep.out" || fail "group create --replicable on NSS: $(cat "$work/rep.out")"
+  ok "nss: trusted wrap is not enforced: --replicable refused"
   ;;
 rpc)
   # Kill the p11-kit server under load: 503 meanwhile; start it again:
