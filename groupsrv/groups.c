@@ -30,7 +30,10 @@ static void label_group(char *buf, size_t n, const char *g, unsigned v) { (void)
 static void label_secret(char *buf, size_t n, const char *g, unsigned v) { (void)snprintf(buf, n, "gs:secret:%s:v%u", g, v); }
 static void label_reject(char *buf, size_t n, const char *g) { (void)snprintf(buf, n, "gs:reject:%s", g); }
 
-/* Is any object with this label on the token? EXISTS if so. */
+/* Is any object with this label on the token? EXISTS if so. The label is
+ * one no database record names yet (a new group, version or secret), so
+ * the object is most likely what a run that lost the token half-way
+ * could not destroy: the error says how to delete it. */
 static gs_err label_free(hsm_ctx *hsm, const char *label)
 {
     hsm_key *k = NULL;
@@ -39,8 +42,38 @@ static gs_err label_free(hsm_ctx *hsm, const char *label)
     if (he == HSM_ERR_KEY_NOT_FOUND)
         return GS_OK;
     if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
-        return gs_err_set(GS_ERR_EXISTS, "token already has an object labelled %s", label);
+        return gs_err_set(GS_ERR_EXISTS,
+                          "token already has an object labelled %s, which the database does not record "
+                          "(left by a failed run? delete it: pkcs11-tool --login --delete-object --label %s "
+                          "--type privkey, and pubkey or secrkey)",
+                          label, label);
     return gs_hsm_fail(he, "looking up", label);
+}
+
+/* Labels of new token objects a failure path could not destroy (the
+ * token went away), for the error line: this thread's command only. */
+static _Thread_local char left_labels[256];
+
+static void note_left(const char *label)
+{
+    size_t used = strlen(left_labels);
+
+    if (strstr(left_labels, label) != NULL)
+        return;
+    (void)snprintf(left_labels + used, sizeof(left_labels) - used, "%s%s", used > 0 ? ", " : "", label);
+}
+
+/* Sets the error detail back to what failed, naming the new token
+ * objects that could not be destroyed again, if any. Returns err. */
+static gs_err restore_detail(gs_err err, const char *detail)
+{
+    if (left_labels[0] == '\0')
+        return gs_err_set(err, "%s", detail);
+    err = gs_err_set(err, "%s; left on the token, as the database does not record them: %s (delete them: "
+                          "pkcs11-tool --login --delete-object --label LABEL --type privkey, pubkey or secrkey)",
+                     detail, left_labels);
+    left_labels[0] = '\0';
+    return err;
 }
 
 /* Destroys both halves of a pair (or a secret key) by label; best effort,
@@ -58,12 +91,20 @@ static hsm_err destroy_label(hsm_ctx *hsm, const char *label, hsm_key_class cls)
     return he;
 }
 
+/* destroy_label on a failure path: what stays is named in the error. */
+static void undo_label(hsm_ctx *hsm, const char *label, hsm_key_class cls)
+{
+    hsm_err he = destroy_label(hsm, label, cls);
+    if (he != HSM_OK) {
+        log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(he));
+        note_left(label);
+    }
+}
+
 static void destroy_pair(hsm_ctx *hsm, const char *label)
 {
-    hsm_err a = destroy_label(hsm, label, HSM_CLASS_PRIVATE);
-    hsm_err b = destroy_label(hsm, label, HSM_CLASS_PUBLIC);
-    if (a != HSM_OK || b != HSM_OK)
-        log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(a != HSM_OK ? a : b));
+    undo_label(hsm, label, HSM_CLASS_PRIVATE);
+    undo_label(hsm, label, HSM_CLASS_PUBLIC);
 }
 
 void gs_token_destroy_label(hsm_ctx *hsm, const char *label)
@@ -469,8 +510,12 @@ static gs_err make_pair(hsm_ctx *hsm, const char *label, gs_key_kind kind, hsm_k
     }
     hsm_key_free(pub);
     hsm_key_free(priv);
-    if (err)
+    if (err) {
+        char detail[512];
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
         destroy_pair(hsm, label);
+        err = restore_detail(err, detail);
+    }
     return err;
 }
 
@@ -908,12 +953,12 @@ out:
         if (made_key)
             destroy_pair(hsm, klabel);
         if (sec.on_token)
-            (void)destroy_label(hsm, slabel, HSM_CLASS_SECRET);
+            undo_label(hsm, slabel, HSM_CLASS_SECRET);
         if (rej.on_token)
-            (void)destroy_label(hsm, rlabel, HSM_CLASS_SECRET);
+            undo_label(hsm, rlabel, HSM_CLASS_SECRET);
         if (made_seal)
             destroy_pair(hsm, SEAL_LABEL);
-        err = gs_err_set(saved, "%s", detail);
+        err = restore_detail(saved, detail);
     }
     made_secret_clear(&sec);
     made_secret_clear(&rej);
@@ -995,7 +1040,7 @@ static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
     if (nv->made) {
         (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
         destroy_pair(hsm, nv->label);
-        (void)gs_err_set(GS_ERR_ARGS, "%s", detail);
+        (void)restore_detail(GS_ERR_ARGS, detail);
     }
     free(nv->pem);
     memset(nv, 0, sizeof(*nv));
@@ -1214,8 +1259,8 @@ static void next_secret_undo(hsm_ctx *hsm, struct next_secret *ns, bool destroy)
         char detail[512];
         gs_err saved = GS_OK;
         (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-        (void)destroy_label(hsm, ns->label, HSM_CLASS_SECRET);
-        (void)gs_err_set(saved, "%s", detail);
+        undo_label(hsm, ns->label, HSM_CLASS_SECRET);
+        (void)restore_detail(saved, detail);
     }
     made_secret_clear(&ns->made);
 }

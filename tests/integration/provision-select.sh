@@ -6,7 +6,9 @@
 # is made, `check` shows it, and `serial=` picks one; a URI matching the
 # one initialised token and SoftHSM's free slot takes the initialised one.
 # Then a token that fails mid-command (tests/p11fault in front of
-# SoftHSM): the error is one complete line and nothing is recorded.
+# SoftHSM): the error is one complete line and nothing is recorded; a
+# new key the failure could not destroy is named, and so is the way to
+# delete it when the next try finds its label taken.
 set -euo pipefail
 . "$(dirname "$0")/provision-lib.sh"
 : "${GS_P11FAULT_MODULE:?}"
@@ -84,6 +86,21 @@ for rv in CKR_DEVICE_ERROR CKR_DEVICE_REMOVED; do
   expect_err "^groupsrv: signing with the CA key: .* (C_Sign: $rv)\$"
   [ "$(db_sum)" = "$db1" ] || fail "the database changed ($rv)"
   [ "$(p11 --list-objects 2>/dev/null | sha256sum)" = "$tok1" ] || fail "keys left on the token ($rv)"
+done
+# The token goes away before the new key could be destroyed again: the
+# error names what is left; the next try says the label is taken, by an
+# object the database does not record, and how to delete it; deleted so,
+# the group is made.
+printf 'C_Sign CKR_DEVICE_REMOVED\nC_DestroyObject CKR_DEVICE_REMOVED\n' > "$T/p11fault.ctl.tmp" &&
+  mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+expect_rc 4 "$G" -c "$T/fault.conf" group create ops --address ops@example.org --key rsa:2048
+expect_err "(C_Sign: CKR_DEVICE_REMOVED); left on the token, as the database does not record them: gs:group:ops:v1 (delete"
+: > "$GS_P11FAULT_CONTROL"
+[ "$(db_sum)" = "$db1" ] || fail "the database changed (key left on the token)"
+expect_rc 3 "$G" -c "$T/serial.conf" group create ops --address ops@example.org --key rsa:2048
+expect_err "token already has an object labelled gs:group:ops:v1, which the database does not record (left by a failed run? delete it: pkcs11-tool --login --delete-object --label gs:group:ops:v1 --type privkey, and pubkey or secrkey)"
+for type in privkey pubkey; do
+  p11 --delete-object --label gs:group:ops:v1 --type "$type" >/dev/null 2>&1 || fail "pkcs11-tool --delete-object --type $type"
 done
 # no token at all (every slot empty): exit 4, saying so
 printf '* CKR_DEVICE_REMOVED\n' > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
