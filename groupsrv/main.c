@@ -969,6 +969,11 @@ static void print_caps(hsm_ctx *hsm)
             printf("cap trusted wrap           yes: replicable groups and the key ceremony (group export)\n");
         else
             printf("cap trusted wrap           no: --replicable is refused; missing: %s\n", lacks);
+        if (hsm_caps_receive(&c, lacks, sizeof(lacks)))
+            printf("cap receive keys           yes: the key ceremony's receiving side (token transport-key, "
+                   "group import)\n");
+        else
+            printf("cap receive keys           no: token transport-key is refused; missing: %s\n", lacks);
     }
     if (c.module_reinitialised)
         printf("cap note                   a probe broke the module's connection; it was re-initialised\n");

@@ -77,8 +77,9 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
 {
     unsigned char id[16], *spki = NULL;
     size_t spki_len = 0;
-    char hex[33], label[64];
+    char hex[33], label[64], missing[512];
     hsm_keygen_spec ks;
+    hsm_caps caps;
     hsm_key *priv = NULL, *pub = NULL;
     gsk_err err;
     hsm_err he;
@@ -86,6 +87,10 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
     *pem = NULL;
     if (hsm == NULL || token_desc == NULL)
         return GSK_ERR_ARGS;
+    if ((he = hsm_caps_get(hsm, &caps)) != HSM_OK)
+        return gsk_hsm_fail(he, "reading the token's capabilities");
+    if (!hsm_caps_receive(&caps, missing, sizeof(missing)))
+        return gsk_fail(GSK_ERR_POLICY, "this token cannot receive keys (missing: %s)", missing);
     if (RAND_bytes(id, sizeof(id)) != 1)
         return gsk_fail(GSK_ERR_NOMEM, "no random bytes");
     util_hex(id, 8, hex);
@@ -97,8 +102,11 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
     ks.type = HSM_KEYTYPE_RSA;
     ks.bits = GSK_TRANSPORT_BITS;
     ks.usage = HSM_USE_UNWRAP;
+    /* Strict: a token that takes the protections on session keys only
+     * (NSS softokn) cannot make it, and cannot receive keys. */
     if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK)
-        return gsk_hsm_fail(he, "generating the transport key");
+        return gsk_hsm_fail(he, "generating the transport key (RSA-3072, unwrap only, with CKA_ALLOWED_MECHANISMS "
+                                "and CKA_UNWRAP_TEMPLATE on a token key, as a receiving token must keep them)");
     if ((err = check_transport_attrs(hsm, priv)) != GSK_OK)
         goto out;
     if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {

@@ -310,7 +310,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
         if (hsm_run_once(ctx, op_trial, &base) == HSM_OK)
-            snprintf(why, whycap, "C_CreateObject refused %s on a session key (%.80s)", name, prev);
+            snprintf(why, whycap, "C_CreateObject refused %s on a session key (%.92s)", name, prev);
         else
             snprintf(why, whycap, "not probed: the token makes no session AES keys (%.80s)",
                      hsm_last_error_detail());
@@ -392,32 +392,65 @@ static void name_missing(char *buf, size_t n, const char *text)
     (void)snprintf(buf + used, n - used, "%s%s", used > 0 ? "; " : "", text);
 }
 
-bool hsm_caps_trusted_wrap(const hsm_caps *c, char *missing, size_t n)
+/* A mechanism a capability needs, and what for. */
+struct need_mech {
+    hsm_mech m;
+    unsigned flags;
+    const char *what;
+};
+
+/* Names each of the mechanisms the token lacks; false if any. */
+static bool need_mechs(const hsm_caps *c, const struct need_mech *need, size_t count, char *missing, size_t n)
 {
-    static const struct {
-        hsm_mech m;
-        unsigned flags;
-        const char *what;
-    } need[] = {{HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE, "CKM_AES_KEY_GEN (the one-time wrapping key)"},
-                {HSM_MECH_AES_KEY_WRAP_PAD, HSM_MF_WRAP, "CKM_AES_KEY_WRAP_PAD with CKF_WRAP (wraps the keys)"},
-                {HSM_MECH_RSA_OAEP, HSM_MF_WRAP, "CKM_RSA_PKCS_OAEP with CKF_WRAP (wraps it to the transport key)"}};
-    char attr[224];
     bool ok = true;
 
-    if (missing != NULL && n > 0)
-        missing[0] = '\0';
-    if (c->wrap_with_trusted != HSM_ATTR_YES) {
-        (void)snprintf(attr, sizeof(attr), "CKA_WRAP_WITH_TRUSTED (%s)",
-                       c->wrap_with_trusted_why[0] ? c->wrap_with_trusted_why : "not probed");
-        name_missing(missing, n, attr);
-        ok = false;
-    }
-    for (size_t i = 0; i < GS_ARRAY_LEN(need); i++)
+    for (size_t i = 0; i < count; i++)
         if (!hsm_caps_has(c, need[i].m, need[i].flags)) {
             name_missing(missing, n, need[i].what);
             ok = false;
         }
     return ok;
+}
+
+/* Names an attribute the token does not keep, with the trial's reason. */
+static bool need_attr(hsm_attr_support got, const char *name, const char *why, char *missing, size_t n)
+{
+    char attr[224];
+
+    if (got == HSM_ATTR_YES)
+        return true;
+    (void)snprintf(attr, sizeof(attr), "%s (%s)", name, why[0] ? why : "not probed");
+    name_missing(missing, n, attr);
+    return false;
+}
+
+bool hsm_caps_trusted_wrap(const hsm_caps *c, char *missing, size_t n)
+{
+    static const struct need_mech need[] = {
+        {HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE, "CKM_AES_KEY_GEN (the one-time wrapping key)"},
+        {HSM_MECH_AES_KEY_WRAP_PAD, HSM_MF_WRAP, "CKM_AES_KEY_WRAP_PAD with CKF_WRAP (wraps the keys)"},
+        {HSM_MECH_RSA_OAEP, HSM_MF_WRAP, "CKM_RSA_PKCS_OAEP with CKF_WRAP (wraps it to the transport key)"}};
+    bool ok;
+
+    if (missing != NULL && n > 0)
+        missing[0] = '\0';
+    ok = need_attr(c->wrap_with_trusted, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why, missing, n);
+    return need_mechs(c, need, GS_ARRAY_LEN(need), missing, n) && ok;
+}
+
+bool hsm_caps_receive(const hsm_caps *c, char *missing, size_t n)
+{
+    static const struct need_mech need[] = {
+        {HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE, "CKM_RSA_PKCS_KEY_PAIR_GEN (the transport key)"},
+        {HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP, "CKM_RSA_PKCS_OAEP with CKF_UNWRAP (unwraps the one-time key)"},
+        {HSM_MECH_AES_KEY_WRAP_PAD, HSM_MF_UNWRAP, "CKM_AES_KEY_WRAP_PAD with CKF_UNWRAP (unwraps the keys)"}};
+    bool ok;
+
+    if (missing != NULL && n > 0)
+        missing[0] = '\0';
+    ok = need_mechs(c, need, GS_ARRAY_LEN(need), missing, n);
+    ok = need_attr(c->allowed_mechanisms, "CKA_ALLOWED_MECHANISMS", c->allowed_mechanisms_why, missing, n) && ok;
+    return need_attr(c->unwrap_template, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why, missing, n) && ok;
 }
 
 hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out)

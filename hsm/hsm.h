@@ -222,6 +222,13 @@ bool hsm_caps_has(const hsm_caps *caps, hsm_mech m, unsigned flags);
  * false with missing (may be NULL; n bytes, always terminated) naming
  * each missing piece, "; " between them. */
 bool hsm_caps_trusted_wrap(const hsm_caps *caps, char *missing, size_t n);
+/* Can this token receive keys, as the key ceremony's receiving side does
+ * (`token transport-key`, `group import`)? Needs CKM_RSA_PKCS_KEY_PAIR_GEN,
+ * CKM_RSA_PKCS_OAEP and CKM_AES_KEY_WRAP_PAD with CKF_UNWRAP, and
+ * CKA_ALLOWED_MECHANISMS and CKA_UNWRAP_TEMPLATE kept (the transport key
+ * unwraps with OAEP only, into sensitive keys only). Returns as
+ * hsm_caps_trusted_wrap. */
+bool hsm_caps_receive(const hsm_caps *caps, char *missing, size_t n);
 
 
 /* ---- keys ---------------------------------------------------------- */

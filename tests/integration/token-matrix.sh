@@ -70,6 +70,27 @@ else
   ok "$TOKEN: no trusted wrap; --replicable refused: $(cat "$work/rep.out")"
 fi
 
+# ---- receiving keys (the ceremony's other side): a transport key where
+# the token can, one clear line where not ----
+grep -q "^cap receive keys  *\(yes: \|no: token transport-key is refused; missing: .\)" "$work/check.out" ||
+  { cat "$work/check.out" >&2; fail "check output lacks the receive keys capability"; }
+rc=0; gs token transport-key --out "$work/transport.pem" > "$work/tk.out" 2>&1 || rc=$?
+if [ "$TOKEN" = nss ]; then
+  # NSS takes CKA_ALLOWED_MECHANISMS on session keys only: the session-key
+  # trial says yes, the token key is refused (the transport key needs it).
+  [ "$rc" = 1 ] && [ "$(wc -l < "$work/tk.out")" = 1 ] &&
+    grep -q "^groupsrv: generating the transport key (.*as a receiving token must keep them)" "$work/tk.out" ||
+    fail "token transport-key on NSS: exit $rc: $(cat "$work/tk.out")"
+elif grep -q "^cap receive keys  *yes" "$work/check.out"; then
+  [ "$rc" = 0 ] && [ -s "$work/transport.pem" ] || fail "token transport-key where check says yes: exit $rc: $(cat "$work/tk.out")"
+else
+  [ "$rc" = 1 ] && [ "$(wc -l < "$work/tk.out")" = 1 ] &&
+    grep -q "^groupsrv: this token cannot receive keys (missing: " "$work/tk.out" ||
+    fail "token transport-key where check says no: exit $rc: $(cat "$work/tk.out")"
+fi
+[ "$rc" = 0 ] || [ ! -e "$work/transport.pem" ] || fail "a refused token transport-key wrote its file"
+ok "$TOKEN: token transport-key: $(tail -n 1 "$work/tk.out")"
+
 # ---- serve, and what GET /v1/groups/eng says about the path ----
 start_server
 expect_status 200 "" "discovery" -- anon "$base/v1/groups/eng"
