@@ -245,7 +245,8 @@ int gm_cmd_keys_import(gm_config *c)
         goto out;
     token_desc(hsm, desc, sizeof(desc), tlabel);
     if ((ge = gsk_import(hsm, m, items, n, refs)) != GSK_OK) {
-        gm_err("%s refused: %s", c->in, gsk_err_detail());
+        /* A token that went away refused nothing. */
+        gm_err(ge == GSK_ERR_TOKEN ? "%s: %s" : "%s refused: %s", c->in, gsk_err_detail());
         rc = exit_for(ge);
         goto out;
     }

@@ -63,7 +63,9 @@ static gs_err from_gsk(gsk_err ge, const char *prefix)
     case GSK_ERR_HSM: err = GS_ERR_HSM; break;
     default: err = GS_ERR_ARGS; break; /* a file that is malformed, changed, or signed by another CA */
     }
-    return gs_err_set(err, "%s%s", prefix, gsk_err_detail()[0] ? gsk_err_detail() : gsk_strerror(ge));
+    /* A token that went away refused nothing: no "refused: " for it. */
+    return gs_err_set(err, "%s%s", ge == GSK_ERR_TOKEN || ge == GSK_ERR_NOMEM ? "" : prefix,
+                      gsk_err_detail()[0] ? gsk_err_detail() : gsk_strerror(ge));
 }
 
 /* ---- the audit record ------------------------------------------------------- */

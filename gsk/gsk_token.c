@@ -268,6 +268,21 @@ static int oaep_encrypt(const unsigned char *spki, size_t len, const unsigned ch
     return ok ? 0 : -1;
 }
 
+/* A test that could not run because the token went away proves nothing
+ * about the key: it is the token's failure (exit 4), not a refusal. */
+static bool token_gone(hsm_err he)
+{
+    return he == HSM_ERR_TOKEN_ABSENT || he == HSM_ERR_DEVICE || he == HSM_ERR_SESSION ||
+           he == HSM_ERR_NOT_LOGGED_IN || he == HSM_ERR_PIN_INCORRECT || he == HSM_ERR_PIN_LOCKED ||
+           he == HSM_ERR_MODULE;
+}
+
+static gsk_err proof_token_fail(hsm_err he, const char *test, const char *label)
+{
+    return gsk_fail(GSK_ERR_TOKEN, "the %s test of key %.128s could not run: %s (%s)", test, label,
+                    hsm_strerror(he), hsm_last_error_detail());
+}
+
 /* The decryption test: a random key encrypted to the certificate must come
  * back out of the token copy. DECRYPT keys answer it directly; unwrap-only
  * keys unwrap it and wrap it out to a throw-away software key. */
@@ -312,6 +327,10 @@ static gsk_err prove(hsm_ctx *hsm, hsm_key *key, unsigned usage, const unsigned 
              EVP_PKEY_decrypt(dc, got, &gotlen, outs[0], lens[0]) != 1))
             gotlen = 0;
     }
+    if (token_gone(he)) {
+        err = proof_token_fail(he, "decryption", label);
+        goto out;
+    }
     if (he != HSM_OK || gotlen != sizeof(pt) || CRYPTO_memcmp(got, pt, sizeof(pt)) != 0) {
         const char *d = he != HSM_OK ? hsm_last_error_detail() : "";
         err = gsk_fail(GSK_ERR_PROOF, "key %s does not decrypt what its certificate encrypts%s%s", label,
@@ -346,6 +365,8 @@ static gsk_err prove_sign(hsm_ctx *hsm, hsm_key *key, const unsigned char *spki,
         EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, pk) == 1 &&
         EVP_DigestVerify(mc, sig, siglen, data, sizeof(data)) == 1)
         err = GSK_OK;
+    else if (token_gone(he))
+        err = proof_token_fail(he, "signature", label);
     else
         gsk_fail(err, "key %s does not sign what its certificate verifies%s%s", label, he != HSM_OK ? ": " : "",
                  he != HSM_OK ? hsm_last_error_detail() : "");
@@ -356,19 +377,33 @@ static gsk_err prove_sign(hsm_ctx *hsm, hsm_key *key, const unsigned char *spki,
     return err;
 }
 
-/* Removes what an import made (private/secret objects and public halves). */
+/* Removes what an import made (private/secret objects and public halves).
+ * What the token no longer lets it destroy (it went away) is added to the
+ * error's detail by label, with how to delete it by hand. */
 static void undo(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *items, size_t n, hsm_key **refs)
 {
+    char left[256] = "", detail[512];
+    size_t used = 0;
+
     for (size_t i = 0; i < n; i++) {
         hsm_key *pub = NULL;
-        if (refs[i] != NULL)
-            (void)hsm_key_destroy(hsm, refs[i]);
+        const char *label = m->entries[items[i].index].label;
+        bool gone = refs[i] != NULL && hsm_key_destroy(hsm, refs[i]) != HSM_OK;
         gsk_kind kind = m->entries[items[i].index].kind;
+        hsm_err he = HSM_ERR_KEY_NOT_FOUND;
         if ((kind == GSK_KIND_GROUP || kind == GSK_KIND_CA) &&
-            hsm_key_find(hsm, m->entries[items[i].index].label, HSM_CLASS_PUBLIC, &pub) == HSM_OK)
-            (void)hsm_key_destroy(hsm, pub);
+            (he = hsm_key_find(hsm, label, HSM_CLASS_PUBLIC, &pub)) == HSM_OK)
+            he = hsm_key_destroy(hsm, pub);
         hsm_key_free(pub);
+        if ((gone || (he != HSM_OK && he != HSM_ERR_KEY_NOT_FOUND)) && used < sizeof(left))
+            used += (size_t)snprintf(left + used, sizeof(left) - used, "%s%s", used > 0 ? ", " : "", label);
     }
+    if (left[0] == '\0')
+        return;
+    util_strlcpy(detail, gsk_err_detail(), sizeof(detail));
+    (void)gsk_fail(GSK_ERR_HSM, "%s; left on the token: %s (delete them: pkcs11-tool --login --delete-object "
+                                   "--label LABEL --type privkey, pubkey or secrkey)",
+                   detail, left);
 }
 
 gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *items, size_t n, hsm_key **out)

@@ -27,7 +27,7 @@ if(TARGET groupsrv AND TARGET groupmail)
   add_test(NAME ceremony_member COMMAND bash ${GS_TEST_DIR}/integration/ceremony-member.sh ${GS_TEST_BIN}
     ${PROJECT_SOURCE_DIR})
   set_tests_properties(ceremony_member PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
-    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
 endif()
 
 # The .gsk and transport key readers under libFuzzer (tests/fuzz/README.md).

@@ -62,6 +62,15 @@ refused alice 1 "import of a file made for another transport key" -- \
   gm keys import-group-key --in "$work/not-alice.gsk" --token "$tok"
 expect_msg "transport key"
 
+# alice's token goes away at the decryption test (tests/p11fault in front
+# of her SoftHSM): not a refusal of the file; her token unchanged
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$HOME/.config/groupmail/config" > "$work/gm-fault.conf"
+printf 'C_Decrypt CKR_DEVICE_REMOVED\n' > "$work/p11fault.ctl"
+GROUPMAIL_CONFIG=$work/gm-fault.conf GS_P11FAULT_CONTROL=$work/p11fault.ctl GS_P11FAULT_TARGET=$module \
+  refused alice 1 "import while alice's token goes away" -- gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
+expect_msg "^groupmail: .*eng-alice.gsk: the decryption test of key gs:group:eng:v1 could not run: token removed or not present"
+grep -q "refused" "$work/err" && fail "a token gone is not a refusal of the file: $(cat "$work/err")"
+
 # ---- the copy on alice's token ----
 expect 0 "keys import-group-key on alice's token" -- \
   gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"

@@ -146,6 +146,33 @@ ok "$n files with one byte changed each refused (exit 1, one line), beta's token
 head -c $((size - 10)) "$work/eng.gsk" > "$work/bad.gsk"
 refused beta 1 "import of a truncated file" -- gs_beta group import --in "$work/bad.gsk" --ca "$work/alpha-ca.pem"
 
+# ---- the token goes away during the import (tests/p11fault in front of
+# beta's SoftHSM): exit 4, not a refusal of the file; what could not be
+# taken off the token again is named, with how to delete it ----
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/beta.conf" > "$work/beta-gone.conf"
+before=$(snapshot beta)
+export GS_P11FAULT_CONTROL=$work/p11fault-gone.ctl GS_P11FAULT_TARGET=$module
+printf 'C_Decrypt CKR_DEVICE_REMOVED\n' > "$GS_P11FAULT_CONTROL"
+GS_CONF_beta=$work/beta-gone.conf expect 4 "import while the token goes away" -- \
+  gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
+[ "$(cat "$work/err")" = "groupsrv: the decryption test of key gs:group:eng:v1 could not run: token removed or not present (C_Decrypt: CKR_DEVICE_REMOVED)" ] ||
+  fail "import while the token goes away: $(cat "$work/err")"
+[ "$(snapshot beta)" = "$before" ] || fail "an import the token's removal stopped left objects on beta's token"
+printf 'C_Decrypt CKR_DEVICE_REMOVED\nC_DestroyObject CKR_DEVICE_REMOVED\n' > "$GS_P11FAULT_CONTROL"
+GS_CONF_beta=$work/beta-gone.conf expect 4 "import while the token goes away for good" -- \
+  gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
+grep -qF "could not run: token removed or not present (C_Decrypt: CKR_DEVICE_REMOVED); left on the token: gs:group:eng:v1, gs:group:eng:v2, gs:secret:eng:v1, gs:reject:eng (delete them: pkcs11-tool --login --delete-object --label LABEL --type privkey, pubkey or secrkey)" "$work/err" ||
+  fail "import while the token goes away for good: $(cat "$work/err")"
+unset GS_P11FAULT_CONTROL GS_P11FAULT_TARGET
+for l in gs:group:eng:v1 gs:group:eng:v2 gs:secret:eng:v1 gs:reject:eng; do
+  for type in privkey pubkey secrkey; do
+    GS_PIN=$(cat "$work/tok-beta/user-pin") SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf pkcs11-tool --module "$module" \
+      --token-label beta --login --pin env:GS_PIN --delete-object --label "$l" --type "$type" >/dev/null 2>&1 || true
+  done
+done
+[ "$(snapshot beta)" = "$before" ] || fail "the objects the message named were not all there was"
+ok "the token gone mid-import: exit 4, what is left named; deleted as the message says, beta is as before"
+
 # ---- the import ----
 expect 0 "group import on beta (checked against alpha's CA)" -- \
   gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
