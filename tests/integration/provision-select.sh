@@ -72,6 +72,14 @@ done
 [ "$(db_sum)" = "$db1" ] || fail "the database changed"
 [ ! -e "$T/a@example.org.pem" ] || fail "member add on an ambiguous token URI wrote a certificate"
 
+# the token URI as GnuTLS's p11tool prints it (pkcs11-config/README.md,
+# "Finding the URI": ready to paste) names the same token
+url=$(p11tool --provider "$SOFTHSM2_MODULE" --list-tokens 2>/dev/null | sed -n "s/^[[:space:]]*URL: \(pkcs11:.*serial=$one;.*\)\$/\1/p")
+case "$url" in pkcs11:*token=groupsrv*) ;; *) fail "p11tool --list-tokens shows no URI for token $one: '$url'" ;; esac
+sed "s|^token = .*|token = $url|" "$CONF" > "$T/p11tool.conf"
+expect_rc 0 "$G" -c "$T/p11tool.conf" check
+grep -q "^token  *OK  *pkcs11:.*serial $one)" "$T/out" || { cat "$T/out"; fail "check on p11tool's URI"; }
+
 # --- the token fails while a command runs: the CA's signature for the
 # group certificate (p11fault answers C_Sign). One complete line; no
 # group recorded; the new keys destroyed again.
