@@ -1004,7 +1004,7 @@ static void op_rewrap(struct kh_worker *w, struct kh_job *j)
         answer_retry(j, r.status, r.retry, r.code, r.msg);
         goto out;
     }
-    if (to == IPC_TO_MEMBERS && u.alg == IPC_ALG_ECDH) {
+    if (u.alg == IPC_ALG_ECDH) {
         answer_error(j, 400, "unsupported", "EC group keys cannot be re-wrapped");
         goto out;
     }

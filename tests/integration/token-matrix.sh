@@ -91,6 +91,16 @@ fi
 [ "$rc" = 0 ] || [ ! -e "$work/transport.pem" ] || fail "a refused token transport-key wrote its file"
 ok "$TOKEN: token transport-key: $(tail -n 1 "$work/tk.out")"
 
+# NSS does ECDH with the X9.63 KDF: an EC group (RFC 5753 senders), made
+# before serve starts, is tried below.
+if [ "$TOKEN" = nss ]; then
+  gs group create ecg --address ecg@example.org --key ec:p256 --methods tls,recipient-key,group-secret \
+    > "$work/ecg.out" 2>&1 || fail "group create ec:p256 on NSS: $(cat "$work/ecg.out")"
+  gs member add ecg alice@example.org --cert "$certs/alice@example.org.pem" >/dev/null
+  gs member add ecg dle@example.org --cert "$certs/dle@example.org.pem" --role exploder >/dev/null
+  gs group show ecg --cert > "$certs/ecg.pem"
+fi
+
 # ---- serve, and what GET /v1/groups/eng says about the path ----
 start_server
 expect_status 200 "" "discovery" -- anon "$base/v1/groups/eng"
@@ -242,6 +252,35 @@ nss)
   grep -q "^groupsrv: --replicable: this token lacks trusted wrap (missing: CKA_WRAP_WITH_TRUSTED (kept but not enforced" \
     "$work/rep.out" || fail "group create --replicable on NSS: $(cat "$work/rep.out")"
   ok "nss: trusted wrap is not enforced: --replicable refused"
+  # The EC group: a KeyAgreeRecipientInfo from openssl cms (X9.63 KDF with
+  # SHA-1, its default, and SHA-256) unwraps with deliver=tls; the other
+  # delivers and the exploder's rewrap are refused as unsupported, saying
+  # why (not as a malformed RecipientInfo).
+  for md in sha1 sha256; do
+    openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/ec-$md.der" \
+      -recip "$certs/ecg.pem" -keyopt ecdh_kdf_md:$md 2>/dev/null || fail "openssl cms -encrypt to the EC group ($md)"
+    cms ri "$work/ec-$md.der" "$work/ec-ri.der"
+    printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ec-ri.der")" > "$work/ec-req.json"
+    expect_status 200 "" "EC group, KDF $md, deliver=tls" -- c alice --data-binary @"$work/ec-req.json" \
+      "$base/v1/groups/ecg/unwrap"
+    iv=$(cms content "$work/ec-$md.der" "$work/ec-ct.bin")
+    openssl enc -d -aes-256-cbc -K "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')" -iv "$iv" \
+      -in "$work/ec-ct.bin" -out "$work/ec-dec.txt" 2>/dev/null && cmp -s "$work/ec-dec.txt" "$work/msg.txt" ||
+      fail "EC group ($md): the content key does not decrypt the message"
+  done
+  for d in recipient-key group-secret; do
+    printf '{"recipient_info":"%s","deliver":"%s"}' "$(b64 "$work/ec-ri.der")" "$d" > "$work/ec-req.json"
+    expect_status 400 unsupported "EC group, deliver=$d" -- c alice --data-binary @"$work/ec-req.json" \
+      "$base/v1/groups/ecg/unwrap"
+    grep -q "EC group keys can only be unwrapped with deliver=tls" "$work/body" || fail "deliver=$d: $(cat "$work/body")"
+  done
+  for to in group-secret members; do
+    printf '{"recipient_info":"%s","to":"%s"}' "$(b64 "$work/ec-ri.der")" "$to" > "$work/ec-req.json"
+    expect_status 400 unsupported "EC group, rewrap to $to" -- c dle --data-binary @"$work/ec-req.json" \
+      "$base/v1/groups/ecg/rewrap"
+    grep -q "EC group keys cannot be re-wrapped" "$work/body" || fail "rewrap to $to: $(cat "$work/body")"
+  done
+  ok "nss: an EC group unwraps RFC 5753 messages (KDF SHA-1 and SHA-256) with deliver=tls; the rest says unsupported"
   ;;
 rpc)
   # Kill the p11-kit server under load: 503 meanwhile; start it again:
