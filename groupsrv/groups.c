@@ -188,6 +188,13 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
     hsm_config hc;
     hsm_err he;
     *out = NULL;
+    /* A token URI that cannot name a token, or that carries a PIN, is a
+     * configuration error (5), found before the module is loaded. The
+     * config reader cannot check it: the network process links it
+     * without p11-kit. */
+    if (hsm_token_uri_check(cfg->hsm.token) != HSM_OK)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'token' in [hsm]: %s", cfg->path != NULL ? cfg->path : "config",
+                          hsm_last_error_detail());
     memset(&hc, 0, sizeof(hc));
     hc.module = cfg->hsm.module;
     hc.token_uri = cfg->hsm.token;

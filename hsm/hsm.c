@@ -835,6 +835,30 @@ static hsm_err load_module(hsm_ctx *ctx, const char *module)
     return HSM_OK;
 }
 
+hsm_err hsm_token_uri_check(const char *uri)
+{
+    P11KitUri *u = NULL;
+    hsm_err err = HSM_ERR_URI;
+    int rc;
+
+    hsm_clear_detail();
+    if (uri == NULL || (u = p11_kit_uri_new()) == NULL)
+        return uri == NULL ? HSM_ERR_ARGS : HSM_ERR_NOMEM;
+    rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_TOKEN, u);
+    if (rc != P11_KIT_URI_OK)
+        hsm_set_detail("%s", p11_kit_uri_message(rc));
+    else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL)
+        hsm_set_detail("it carries a PIN (%s): the PIN comes from [hsm] pin_source only",
+                       p11_kit_uri_get_pin_value(u) != NULL ? "pin-value" : "pin-source");
+    else if (p11_kit_uri_any_unrecognized(u))
+        hsm_set_detail("it has attributes that do not name a token (only token, manufacturer, model, serial; "
+                       "an object's or a slot's match no token)");
+    else
+        err = HSM_OK;
+    p11_kit_uri_free(u);
+    return err;
+}
+
 hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
 {
     hsm_ctx *ctx = NULL;

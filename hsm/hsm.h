@@ -101,6 +101,13 @@ typedef struct hsm_config {
  * contexts in one process each get their own instance); a name is looked
  * up in p11-kit's module registry (pkcs11-config/README.md). */
 hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out);
+/* Checks a token URI as a configuration value, without a module: it must
+ * parse (RFC 7512), name a token by token attributes only (token,
+ * manufacturer, model, serial; an object's or slot's attribute would make
+ * it match no token), and carry no PIN (pin-value, pin-source: PINs come
+ * from a pin source only). HSM_OK, or HSM_ERR_URI with the detail saying
+ * which. */
+hsm_err hsm_token_uri_check(const char *uri);
 void hsm_close(hsm_ctx *ctx);
 
 /* Token reachable and logged in (C_GetSessionInfo on a pooled session). */

@@ -16,6 +16,26 @@ set -euo pipefail
 
 serials() { pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null | sed -n 's/^ *serial num *: *\([^ ]*\) *$/\1/p'; }
 
+# --- a token URI that cannot name a token, or carries a PIN: a
+# configuration error (5), one line, before the module is loaded
+for bad in 'pkcs11:token=%zz|URI encoding invalid' \
+           'pkcs11:token=groupsrv?pin-value=1234|it carries a PIN (pin-value): the PIN comes from \[hsm\] pin_source only' \
+           "pkcs11:token=groupsrv?pin-source=$T/tok/user-pin|it carries a PIN (pin-source)" \
+           'pkcs11:token=groupsrv;object=gs%3Aca;type=private|it has attributes that do not name a token' \
+           'pkcs11:token=groupsrv;slot-id=1|it has attributes that do not name a token'; do
+  sed "s|^token = .*|token = ${bad%%|*}|" "$CONF" > "$T/uri.conf"
+  for cmd in "ca init --key rsa:2048" "check"; do
+    # shellcheck disable=SC2086
+    expect_rc "$([ "$cmd" = check ] && echo 1 || echo 5)" "$G" -c "$T/uri.conf" $cmd
+    if [ "$cmd" = check ]; then
+      grep -q "^token  *PROBLEM: .*uri.conf: 'token' in \[hsm\]: ${bad#*|}" "$T/out" || { cat "$T/out"; fail "check: ${bad%%|*}"; }
+    else
+      expect_err "^groupsrv: .*uri.conf: 'token' in \[hsm\]: ${bad#*|}"
+    fi
+  done
+done
+[ ! -e "$T/db" ] || fail "a refused token URI left a database"
+
 # --- one initialised token and SoftHSM's free slot: a URI matching both
 # (by manufacturer) names the initialised one
 sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2|" "$CONF" > "$T/model.conf"
