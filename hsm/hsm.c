@@ -199,18 +199,19 @@ void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
     pthread_mutex_unlock(&ctx->pool_mu);
 }
 
-/* Whether the token's retry counter still allows an automatic login.
- * Each process (an admin command, a key holder the supervisor restarts,
+/* Each process (an admin command, a key holder the supervisor restarts,
  * a service manager's restarts) sends a wrong PIN only once, but a loop of
  * them would still lock the token: so the last try the token reports
- * (CKF_USER_PIN_FINAL_TRY) is left to a person, and a locked PIN is not
- * sent at all. Tokens without a counter never set these flags. */
-static hsm_err pin_tries_left(hsm_ctx *ctx)
+ * (CKF_USER_PIN_FINAL_TRY, CKF_SO_PIN_FINAL_TRY) is left to a person, and
+ * a locked PIN is not sent at all. Tokens without a counter never set
+ * these flags. See hsm_internal.h. */
+hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
 {
     CK_TOKEN_INFO ti;
     CK_SLOT_ID slot;
     hsm_errsave sv;
     hsm_err err;
+    bool so = who == CKU_SO;
 
     pthread_mutex_lock(&ctx->pool_mu);
     slot = ctx->slot;
@@ -221,14 +222,22 @@ static hsm_err pin_tries_left(hsm_ctx *ctx)
     hsm_err_restore(&sv);
     if (err != HSM_OK)
         return HSM_OK; /* C_Login says what is wrong */
-    if (ti.flags & CKF_USER_PIN_LOCKED) {
-        hsm_set_detail("the token reports the user PIN locked (CKF_USER_PIN_LOCKED); not tried: "
-                       "the security officer must set a new user PIN");
+    if (ti.flags & (so ? CKF_SO_PIN_LOCKED : CKF_USER_PIN_LOCKED)) {
+        if (so)
+            hsm_set_detail("the token reports the SO PIN locked (CKF_SO_PIN_LOCKED); not tried");
+        else
+            hsm_set_detail("the token reports the user PIN locked (CKF_USER_PIN_LOCKED); not tried: "
+                           "the security officer must set a new user PIN");
         return HSM_ERR_PIN_LOCKED;
     }
-    if (ti.flags & CKF_USER_PIN_FINAL_TRY) {
-        hsm_set_detail("the token allows one more user PIN try (CKF_USER_PIN_FINAL_TRY); not spent automatically: "
-                       "check the PIN source, then log in once by hand (pkcs11-tool --login), which resets the count");
+    if (ti.flags & (so ? CKF_SO_PIN_FINAL_TRY : CKF_USER_PIN_FINAL_TRY)) {
+        if (so)
+            hsm_set_detail("the token allows one more SO PIN try (CKF_SO_PIN_FINAL_TRY); not spent automatically: "
+                           "log in once as SO by hand (pkcs11-tool --login --login-type so), which resets the count");
+        else
+            hsm_set_detail("the token allows one more user PIN try (CKF_USER_PIN_FINAL_TRY); not spent "
+                           "automatically: check the PIN source, then log in once by hand (pkcs11-tool --login), "
+                           "which resets the count");
         return HSM_ERR_PIN_LOCKED;
     }
     return HSM_OK;
@@ -252,7 +261,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_PIN_INCORRECT;
         goto out;
     }
-    if ((err = pin_tries_left(ctx)) != HSM_OK)
+    if ((err = hsm_pin_tries_left(ctx, CKU_USER)) != HSM_OK)
         goto out;
     /* A new login (after all sessions were lost) renumbers private objects
      * on some tokens (SoftHSM): cached handles are stale. Bumped before the

@@ -140,6 +140,11 @@ hsm_err hsm_map_rv(CK_RV rv);
 void hsm_detail_mech(CK_MECHANISM_TYPE m);
 /* Sets the thread's detail text (printf-style). */
 void hsm_set_detail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Whether the token's retry counter for `who` (CKU_USER or CKU_SO) still
+ * allows a login that is not a person's own: HSM_OK, or HSM_ERR_PIN_LOCKED
+ * with the detail saying what to do when the token reports the PIN locked
+ * or at its last try. HSM_OK when the token cannot say. */
+hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
 void hsm_clear_detail(void);
 /* While set, this thread's P11() calls log "rv=withheld" and leave no
  * detail: used around the PKCS#1 v1.5 decrypt, whose result is secret. */

@@ -208,7 +208,10 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     err = P11(ctx, C_Logout, s);
     if (err != HSM_OK && hsm_last_rv() != CKR_USER_NOT_LOGGED_IN)
         goto relogin;
-    err = P11(ctx, C_Login, s, CKU_SO, (CK_UTF8CHAR_PTR)x->so_pin, (CK_ULONG)x->so_pin_len);
+    /* The SO PIN's last try is not spent here either (hsm_pin_tries_left). */
+    err = hsm_pin_tries_left(ctx, CKU_SO);
+    if (err == HSM_OK)
+        err = P11(ctx, C_Login, s, CKU_SO, (CK_UTF8CHAR_PTR)x->so_pin, (CK_ULONG)x->so_pin_len);
     if (err != HSM_OK) {
         char prev[192];
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));

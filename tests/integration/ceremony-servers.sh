@@ -57,6 +57,19 @@ sed "s#^so_pin_source = .*#so_pin_source = $work/bad-so-pin#" "$work/alpha.conf"
 GS_CONF_alpha=$work/alpha-badso.conf refused alpha 4 "export with a wrong SO PIN" -- \
   gs_alpha group export eng --all --to "$work/beta-transport.pem" --out "$work/x.gsk"
 expect_msg "SO PIN"
+# A token whose SO PIN is at its last try, or locked (tests/p11fault
+# reports the flags a counting token would): the SO PIN is not sent
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/alpha.conf" > "$work/alpha-soflags.conf"
+for flag in CKF_SO_PIN_FINAL_TRY CKF_SO_PIN_LOCKED; do
+  printf 'tokenflags %s\n' "$flag" > "$work/p11fault-so.ctl"
+  GS_P11FAULT_CONTROL=$work/p11fault-so.ctl GS_P11FAULT_TARGET=$module GS_P11FAULT_COUNTS=$work/p11fault-so.counts \
+    GS_CONF_alpha=$work/alpha-soflags.conf refused alpha 4 "export with the SO PIN at $flag" -- \
+    gs_alpha group export eng --all --to "$work/beta-transport.pem" --out "$work/x.gsk"
+  expect_msg "security officer login: the token (allows one more SO PIN try|reports the SO PIN locked) \\($flag\\)"
+  # the user's logins (at open, and again after the SO's step) are all:
+  # no C_Login for the SO
+  grep -qx "C_Login 2" "$work/p11fault-so.counts" || fail "$flag: C_Login calls: $(grep '^C_Login ' "$work/p11fault-so.counts")"
+done
 printf 'not-the-user-pin\n' > "$work/bad-pin"; chmod 600 "$work/bad-pin"
 sed "s#^pin_source = .*#pin_source = $work/bad-pin#" "$work/alpha.conf" > "$work/alpha-badpin.conf"
 GS_CONF_alpha=$work/alpha-badpin.conf refused alpha 4 "export with a wrong user PIN" -- \

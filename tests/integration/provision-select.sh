@@ -130,6 +130,14 @@ expect_err "token already has an object labelled gs:group:ops:v1, which the data
 for type in privkey pubkey; do
   p11 --delete-object --label gs:group:ops:v1 --type "$type" >/dev/null 2>&1 || fail "pkcs11-tool --delete-object --type $type"
 done
+# a token that reports its user PIN at the last try, or locked (what
+# token_pin_opencryptoki shows on a real counter): no login is tried
+for flag in CKF_USER_PIN_FINAL_TRY CKF_USER_PIN_LOCKED; do
+  printf 'tokenflags %s\n' "$flag" > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+  GS_P11FAULT_COUNTS=$T/counts expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+  expect_err "PIN locked or expired (the token \(allows one more user PIN try\|reports the user PIN locked\) ($flag)"
+  grep -qx "C_Login 0" "$T/counts" || fail "$flag: $(grep '^C_Login ' "$T/counts")"
+done
 # no token at all (every slot empty): exit 4, saying so
 printf '* CKR_DEVICE_REMOVED\n' > "$T/p11fault.ctl.tmp" && mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
 expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng

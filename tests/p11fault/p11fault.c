@@ -50,7 +50,11 @@
  * like p11fault_override_bool(). A line "logout" logs the application out
  * of the token (a real C_Logout) once, when the file is read: sessions stay
  * open but lose their login, as when another application or the token
- * itself ends the login. A line "disconnect" is p11fault_disconnect(),
+ * itself ends the login. A line "tokenflags FLAG..." adds token flags
+ * to what C_GetTokenInfo reports (CKF_ names such as
+ * CKF_USER_PIN_FINAL_TRY or CKF_SO_PIN_LOCKED, or numbers), as a token
+ * whose retry counter ran down shows them (SoftHSM has no counter).
+ * A line "disconnect" is p11fault_disconnect(),
  * once, when the file is read.
  * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
  * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
@@ -125,6 +129,7 @@ static long model_begin(struct timespec *t0);
 static void model_end(const struct timespec *t0, long ns);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
 static int ctl_token_removed(void);
+static CK_FLAGS ctl_token_flags_now(void);
 static int breaks(const CK_ATTRIBUTE *t, CK_ULONG n);
 
 static CK_RV fw_C_Initialize(void *init_args);
@@ -323,6 +328,8 @@ static CK_RV fw_C_GetTokenInfo(CK_SLOT_ID slot_id, struct _CK_TOKEN_INFO *info)
     rv_ = real->C_GetTokenInfo(slot_id, info);
     if (rv_ == CKR_OK)
         prof_token_info_post(info);
+    if (rv_ == CKR_OK && info != NULL)
+        info->flags |= ctl_token_flags_now();
     return rv_;
 }
 
@@ -1142,6 +1149,7 @@ static struct {
     int value;
 } ctl_bools[CTL_BOOLS_MAX];
 static unsigned ctl_nbools;
+static CK_FLAGS ctl_token_flags; /* "tokenflags": added to C_GetTokenInfo's flags */
 static int ctl_logout_pending; /* a "logout" line was just read */
 /* A lost connection (a network HSM's client, p11-kit's RPC after its
  * server died): every call fails with CKR_DEVICE_ERROR until the module
@@ -1304,6 +1312,43 @@ static void ctl_parse_bool(const char *attr, const char *val)
     ctl_nbools++;
 }
 
+static CK_FLAGS ctl_token_flags_now(void)
+{
+    CK_FLAGS f;
+
+    pthread_mutex_lock(&fault_mu);
+    f = ctl_token_flags;
+    pthread_mutex_unlock(&fault_mu);
+    return f;
+}
+
+/* One word of a "tokenflags" line. Called locked. */
+static void ctl_parse_token_flag(const char *w)
+{
+    static const struct {
+        const char *name;
+        CK_FLAGS flag;
+    } names[] = {
+        {"CKF_USER_PIN_COUNT_LOW", CKF_USER_PIN_COUNT_LOW}, {"CKF_USER_PIN_FINAL_TRY", CKF_USER_PIN_FINAL_TRY},
+        {"CKF_USER_PIN_LOCKED", CKF_USER_PIN_LOCKED},       {"CKF_SO_PIN_COUNT_LOW", CKF_SO_PIN_COUNT_LOW},
+        {"CKF_SO_PIN_FINAL_TRY", CKF_SO_PIN_FINAL_TRY},     {"CKF_SO_PIN_LOCKED", CKF_SO_PIN_LOCKED},
+    };
+    char *end = NULL;
+    unsigned long v;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(names[i].name, w) == 0) {
+            ctl_token_flags |= names[i].flag;
+            return;
+        }
+    v = strtoul(w, &end, 0);
+    if (end == w || *end != '\0') {
+        fprintf(stderr, "p11fault: ignoring control word: tokenflags %.60s\n", w);
+        return;
+    }
+    ctl_token_flags |= (CK_FLAGS)v;
+}
+
 /* Parses the control file's text into the rule table. Called locked. */
 static void ctl_parse_locked(char *text)
 {
@@ -1313,6 +1358,7 @@ static void ctl_parse_locked(char *text)
 
     ctl_nrules = 0;
     ctl_nbools = 0;
+    ctl_token_flags = 0;
     for (; line != NULL && ctl_nrules < CTL_RULES_MAX; line = nl) {
         if ((nl = strchr(line, '\n')) != NULL)
             *nl++ = '\0';
@@ -1331,6 +1377,13 @@ static void ctl_parse_locked(char *text)
         }
         if (strcmp(wf, "bool") == 0) {
             ctl_parse_bool(wr, wc);
+            continue;
+        }
+        if (strcmp(wf, "tokenflags") == 0) {
+            if (wr != NULL)
+                ctl_parse_token_flag(wr);
+            for (char *w = wc; w != NULL; w = next_word(&p))
+                ctl_parse_token_flag(w);
             continue;
         }
         idx = strcmp(wf, "*") == 0 ? CTL_ALL : fw_lookup(wf);
@@ -1385,6 +1438,7 @@ static int ctl_refresh_locked(void)
     if (stat(ctl_path, &st) != 0) {
         ctl_nrules = 0; /* absent: pass-through */
         ctl_nbools = 0;
+        ctl_token_flags = 0;
         ctl_have_st = 0;
         ctl_removed = 0;
         return 0;
@@ -1396,6 +1450,7 @@ static int ctl_refresh_locked(void)
     ctl_have_st = 1;
     ctl_nrules = 0;
     ctl_nbools = 0;
+    ctl_token_flags = 0;
     if ((text = calloc(1, CTL_FILE_MAX + 1)) != NULL && (f = fopen(ctl_path, "r")) != NULL) {
         n = fread(text, 1, CTL_FILE_MAX, f);
         text[n] = '\0';
