@@ -927,7 +927,9 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     if (cfg->pin_source != NULL) {
         rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
         if (rc != UTIL_OK) {
-            hsm_set_detail("pin source: %s", util_strerror(rc));
+            /* Which source: a path or a variable's name, never the PIN. */
+            hsm_set_detail("pin source %.200s: %s", cfg->pin_source,
+                           rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
             err = HSM_ERR_PIN_SOURCE;
             goto out;
         }

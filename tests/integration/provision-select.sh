@@ -36,6 +36,18 @@ for bad in 'pkcs11:token=%zz|URI encoding invalid' \
 done
 [ ! -e "$T/db" ] || fail "a refused token URI left a database"
 
+# --- a PIN source that cannot be used: exit 4, one line naming it (never
+# the PIN), nothing made
+cp "$T/tok/user-pin" "$T/pin-0640"; chmod 0640 "$T/pin-0640"
+: > "$T/pin-empty"; chmod 0600 "$T/pin-empty"
+for src in "$T/pin-0640|file permissions too open for a secret" "$T/pin-missing|not found" \
+           "$T/pin-empty|empty)" "env:GS_NO_SUCH_PIN|not found"; do
+  sed "s|^pin_source = .*|pin_source = ${src%%|*}|" "$CONF" > "$T/pin.conf"
+  expect_rc 4 "$G" -c "$T/pin.conf" ca init --key rsa:2048
+  expect_err "PIN source unreadable, empty or too open (pin source ${src%%|*}: ${src#*|}"
+done
+[ ! -e "$T/db" ] || fail "a refused PIN source left a database"
+
 # --- one initialised token and SoftHSM's free slot: a URI matching both
 # (by manufacturer) names the initialised one
 sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2|" "$CONF" > "$T/model.conf"
