@@ -998,14 +998,16 @@ static void op_rewrap(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_request", "\"recipient_info\" is required");
         goto out;
     }
+    /* A KeyAgreeRecipientInfo is refused before item_read, which would
+     * refuse it for the deliver with another reason. */
+    if (ipc_u32(&item, IPC_T_ALG, 0) == IPC_ALG_ECDH) {
+        answer_error(j, 400, "unsupported", "EC group keys cannot be re-wrapped");
+        goto out;
+    }
     /* The exploder never gets a key: its deliver rights do not matter. */
     uint32_t d = to == IPC_TO_GROUP_SECRET ? IPC_DELIVER_GROUP_SECRET : IPC_DELIVER_TLS;
     if (item_read(g, &item, d, &u, &r) != 0) {
         answer_retry(j, r.status, r.retry, r.code, r.msg);
-        goto out;
-    }
-    if (u.alg == IPC_ALG_ECDH) {
-        answer_error(j, 400, "unsupported", "EC group keys cannot be re-wrapped");
         goto out;
     }
     memset(&r, 0, sizeof(r));
