@@ -5,8 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include <ini.h>
-
+#include "inifile.h"
 #include "log.h"
 #include "util.h"
 
@@ -185,10 +184,12 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
     c->log_level = LOG_LVL_INFO;
     c->group_info_ttl = 300;
     if (path != NULL || text != NULL) {
-        r = text != NULL ? ini_parse_string(text, conf_handler, c) : ini_parse(path, conf_handler, c);
-        if (r != 0) {
-            *err_line = r > 0 ? r : 0;
-            rc = r == -2 ? XP_ERR_NOMEM : XP_ERR_CONFIG;
+        /* whole lines: a line longer than inih's buffer is refused by
+         * its number, not cut short (common/inifile.h) */
+        enum inifile_status st = inifile_parse(text != NULL ? NULL : path, text, conf_handler, c, &r);
+        if (st != INIFILE_OK) {
+            *err_line = r;
+            rc = st == INIFILE_NOMEM ? XP_ERR_NOMEM : XP_ERR_CONFIG;
             goto out;
         }
     }

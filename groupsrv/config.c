@@ -3,7 +3,7 @@
  * out-of-range values all get the same one-line treatment. */
 #include "config.h"
 
-#include <ini.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "inifile.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -331,7 +332,8 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
 {
     struct parse_state ps;
     gs_err err = GS_ERR_NOMEM;
-    int rc;
+    enum inifile_status st;
+    int line = 0;
 
     *out = NULL;
     gs_err_clear();
@@ -342,15 +344,23 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
     ps.cfg->path = strdup(name);
     if (ps.cfg->path == NULL)
         goto out;
-    rc = text ? ini_parse_string(text, handler, &ps) : ini_parse(path, handler, &ps);
-    if (rc == -1) {
-        err = gs_err_set(GS_ERR_CONFIG, "%s: cannot open config file", name);
+    st = inifile_parse(text ? NULL : path, text, handler, &ps, &line);
+    switch (st) {
+    case INIFILE_OK:
+        break;
+    case INIFILE_IO:
+        err = gs_err_set(GS_ERR_CONFIG, "%s: cannot open config file: %s", name, strerror(errno));
         goto out;
-    }
-    if (rc == -2)
+    case INIFILE_NOMEM:
         goto out;
-    if (rc > 0) {
-        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, rc,
+    case INIFILE_LONG_LINE:
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: line longer than %d characters", name, line, INIFILE_LINE_MAX);
+        goto out;
+    case INIFILE_NUL:
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: NUL byte in line", name, line);
+        goto out;
+    case INIFILE_BAD_LINE:
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, line,
                          ps.first_error[0] ? ps.first_error : "syntax error (expected [section] or key = value)");
         goto out;
     }

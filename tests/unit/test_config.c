@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "inifile.h"
 
 #define MIN_HSM "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = env:PIN\n"
 
@@ -113,6 +114,42 @@ static void test_errors(void **state)
                  "'init_args' in [hsm] needs a module given by path");
 }
 
+/* libinih reads a line into a 200-byte buffer and parses the rest of a
+ * longer one as a line of its own: the value cut short, silently (or an
+ * error on a line the file does not have). A long line is refused,
+ * naming it; a line of INIFILE_LINE_MAX characters is still whole. */
+static void test_long_lines(void **state)
+{
+    (void)state;
+    char text[1024], value[256];
+    struct gs_config *c = NULL;
+    size_t prefix = strlen("path = ");
+
+    memset(value, 'a', sizeof(value));
+    value[0] = '/';
+    /* exactly INIFILE_LINE_MAX characters: accepted whole */
+    value[INIFILE_LINE_MAX - prefix] = '\0';
+    (void)snprintf(text, sizeof(text), MIN_HSM "[db]\npath = %s\n", value);
+    c = load_ok(text);
+    assert_string_equal(c->db.path, value);
+    gs_config_free(c);
+    /* one more: refused, with its own line number */
+    value[INIFILE_LINE_MAX - prefix] = 'a';
+    value[INIFILE_LINE_MAX - prefix + 1] = '\0';
+    (void)snprintf(text, sizeof(text), MIN_HSM "[db]\npath = %s\n[server]\nthreads = 2\n", value);
+    expect_error(text, "t.conf:5: line longer than 199 characters");
+    /* a long last line without a newline, and one whose tail looks like a key */
+    (void)snprintf(text, sizeof(text), MIN_HSM "[db]\npath = %s", value);
+    expect_error(text, "t.conf:5: line longer than 199 characters");
+    memset(value, 'a', sizeof(value));
+    memcpy(value + 220, "=x", 3);
+    (void)snprintf(text, sizeof(text), MIN_HSM "[db]\npath = /%s\n", value);
+    expect_error(text, "t.conf:5: line longer than 199 characters");
+    /* an error on an earlier line is the one reported */
+    (void)snprintf(text, sizeof(text), MIN_HSM "[server]\nthreads = 0\n[db]\npath = /%s\n", value);
+    expect_error(text, "t.conf:5: bad value for 'threads'");
+}
+
 static void test_init_args(void **state)
 {
     (void)state;
@@ -137,6 +174,9 @@ static void test_file_and_path(void **state)
     (void)snprintf(path, sizeof(path), "%s/g.conf", dir);
     assert_int_equal(gs_config_load(path, &c), GS_ERR_CONFIG);
     assert_non_null(strstr(gs_err_detail(), "cannot open"));
+    /* a directory opens, but does not read: said so, not "missing module" */
+    assert_int_equal(gs_config_load(dir, &c), GS_ERR_CONFIG);
+    assert_non_null(strstr(gs_err_detail(), "cannot open config file: Is a directory"));
     f = fopen(path, "w");
     assert_non_null(f);
     fputs(MIN_HSM, f);
@@ -144,6 +184,15 @@ static void test_file_and_path(void **state)
     assert_int_equal(gs_config_load(path, &c), GS_OK);
     assert_string_equal(c->path, path);
     gs_config_free(c);
+    /* a NUL byte would end its line early in inih's eyes: refused */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(MIN_HSM "[db]\npath = /var/lib/a", f);
+    fputc('\0', f);
+    fputs("b\n", f);
+    fclose(f);
+    assert_int_equal(gs_config_load(path, &c), GS_ERR_CONFIG);
+    assert_non_null(strstr(gs_err_detail(), "g.conf:5: NUL byte in line"));
     gs_config_free(NULL);
 
     unsetenv("GROUPSRV_CONF");
@@ -194,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_long_lines),
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_file_and_path),
         cmocka_unit_test(test_store_choice),

@@ -1,0 +1,107 @@
+/* inifile.c: see inifile.h. */
+#include "inifile.h"
+
+#include <errno.h>
+#include <stdio.h>
+
+struct line_reader {
+    FILE *f;       /* the file, or NULL for text */
+    const char *s; /* the rest of text */
+    int lineno;    /* lines handed to inih so far */
+    int long_line; /* the first line too long, 0 if none */
+    int nul_line;  /* the first line with a NUL byte, 0 if none */
+};
+
+static int next_char(struct line_reader *r)
+{
+    if (r->f != NULL)
+        return getc(r->f);
+    if (*r->s == '\0')
+        return EOF;
+    return (unsigned char)*r->s++;
+}
+
+/* inih's reader: one whole line into str (num bytes), without its newline.
+ * A line that does not fit, or that holds a NUL byte (which would end it
+ * early in inih's eyes), ends the parse (NULL, as at the end of input) and
+ * is recorded for inifile_parse to report. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct line_reader *r = stream;
+    size_t n = 0, cap;
+    int ch;
+
+    if (num < 2)
+        return NULL;
+    /* the documented limit, whatever buffer libinih was built with */
+    cap = (size_t)num - 1 < INIFILE_LINE_MAX ? (size_t)num - 1 : INIFILE_LINE_MAX;
+    for (;;) {
+        ch = next_char(r);
+        if (ch == EOF) {
+            if (n == 0)
+                return NULL;
+            break;
+        }
+        if (ch == '\n')
+            break;
+        if (ch == '\0') {
+            r->nul_line = r->lineno + 1;
+            return NULL;
+        }
+        if (n == cap) {
+            r->long_line = r->lineno + 1;
+            return NULL;
+        }
+        str[n++] = (char)ch;
+    }
+    str[n] = '\0';
+    r->lineno++;
+    return str;
+}
+
+enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
+                                  int *line)
+{
+    struct line_reader r = {0};
+    enum inifile_status st = INIFILE_IO;
+    int rc;
+
+    *line = 0;
+    if (path != NULL) {
+        if ((r.f = fopen(path, "r")) == NULL)
+            goto out;
+    } else if (text != NULL) {
+        r.s = text;
+    } else {
+        errno = EINVAL;
+        goto out;
+    }
+    rc = ini_parse_stream(read_line, &r, handler, user);
+    if (r.f != NULL && ferror(r.f)) { /* a directory: EISDIR */
+        st = INIFILE_IO;
+        goto out;
+    }
+    if (rc == -2) {
+        st = INIFILE_NOMEM;
+    } else if (rc > 0) {
+        /* Parsing stopped at a long or NUL line: any error inih reports
+         * is on an earlier line, so it comes first. */
+        st = INIFILE_BAD_LINE;
+        *line = rc;
+    } else if (r.long_line > 0) {
+        st = INIFILE_LONG_LINE;
+        *line = r.long_line;
+    } else if (r.nul_line > 0) {
+        st = INIFILE_NUL;
+        *line = r.nul_line;
+    } else {
+        st = rc == 0 ? INIFILE_OK : INIFILE_IO;
+    }
+out:
+    if (r.f != NULL) {
+        int saved = errno;
+        (void)fclose(r.f);
+        errno = saved;
+    }
+    return st;
+}

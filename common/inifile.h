@@ -1,0 +1,34 @@
+/*
+ * inifile.h: inih over whole lines. libinih reads each line into a buffer
+ * of INI_MAX_LINE (200) bytes and parses what is left of a longer line as
+ * a line of its own: the value is cut short without a word, and the error,
+ * if any, names a line the file does not have. inifile_parse reads the
+ * lines itself and refuses a longer one, naming it; every other rule
+ * (sections, comments, continuation lines) is inih's.
+ * Library code: never exits, never prints.
+ */
+#ifndef GS_INIFILE_H
+#define GS_INIFILE_H
+
+#include <ini.h>
+
+/* Characters a line may have, its newline not counted (inih's buffer
+ * less its terminating NUL). */
+#define INIFILE_LINE_MAX 199
+
+enum inifile_status {
+    INIFILE_OK = 0,
+    INIFILE_BAD_LINE,  /* *line: the first line the handler or inih refused */
+    INIFILE_LONG_LINE, /* *line: a line longer than INIFILE_LINE_MAX */
+    INIFILE_NUL,       /* *line: a line with a NUL byte in it */
+    INIFILE_IO,        /* the file cannot be opened or read; errno kept */
+    INIFILE_NOMEM,
+};
+
+/* Parses the file at path, or the string text when path is NULL, calling
+ * handler for each key as ini_parse does. *line is the line number for
+ * the three line statuses, else 0. Returns the status. */
+enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
+                                  int *line);
+
+#endif
