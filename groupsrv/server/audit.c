@@ -1240,11 +1240,14 @@ audit_err audit_verify_db(const char *db_location, FILE *report, size_t *instanc
     char **names = NULL;
     size_t n = 0;
     audit_err rc = AUDIT_ERR_IO;
+    char detail[512] = "";
 
     *instances = 0;
     if (gs_store_open(db_location, GS_STORE_READONLY, &st) != GS_OK ||
         gs_store_audit_instances(st, &names, &n) != GS_OK) {
-        fprintf(report, "audit database: %s\n", gs_err_detail());
+        /* the caller's one error line says why: the detail, kept over
+         * the cleanup below */
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
         goto out;
     }
     rc = AUDIT_OK;
@@ -1257,6 +1260,8 @@ audit_err audit_verify_db(const char *db_location, FILE *report, size_t *instanc
 out:
     gs_store_strings_free(names, n);
     gs_store_close(st);
+    if (detail[0] != '\0')
+        (void)gs_err_set(GS_ERR_DB, "%s", detail);
     return rc;
 }
 

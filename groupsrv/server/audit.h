@@ -157,7 +157,8 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
  * one line per instance (and one per gap or broken record) to report.
  * AUDIT_OK when all are whole; AUDIT_ERR_CHAIN for a gap or broken link,
  * AUDIT_ERR_FORMAT for an unreadable record, AUDIT_ERR_IO when the
- * database cannot be read. *instances: how many chains were checked. */
+ * database cannot be read (nothing written to report; gs_err_detail()
+ * says why). *instances: how many chains were checked. */
 audit_err audit_verify_db(const char *db_location, FILE *report, size_t *instances);
 
 #endif

@@ -40,6 +40,7 @@
 #include <event2/event.h>
 
 #include "audit.h"
+#include "cli.h"
 #include "config.h"
 #include "ipc.h"
 #include "keyholder.h"
@@ -625,12 +626,13 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
             fprintf(stderr, "usage: groupsrv [-c FILE] serve\n");
             return 0;
         }
-        fprintf(stderr, "groupsrv serve: unknown argument '%s'\n", argv[i]);
-        return 2;
+        return usage_error("serve takes no arguments (got %s)", argv[i]);
     }
     if (cfg->tls.cert == NULL || cfg->tls.key == NULL) {
-        fprintf(stderr, "groupsrv serve: [tls] cert and key are required\n");
-        return 2;
+        /* the configuration lacks what serve needs: exit 5, as for any
+         * invalid configuration (groupsrv(1), EXIT STATUS) */
+        fprintf(stderr, "groupsrv serve: %s: [tls] cert and key are required\n", cfg->path);
+        return 5;
     }
     signal(SIGPIPE, SIG_IGN);
     s.cfg = cfg;
@@ -713,10 +715,6 @@ out:
     return rc;
 }
 
-#define AUDIT_USAGE                                                                                          \
-    "usage: groupsrv [-c FILE] audit verify [--file PATH] [--no-follow]\n"                                   \
-    "       groupsrv [-c FILE] audit rotate [--file PATH]\n"
-
 /* groupsrv audit verify: exit 0 good, 1 unreadable or an earlier file
  * missing, 3 broken chain or malformed line, 6 a torn tail only. */
 static int audit_verify_cmd(const char *file, int follow)
@@ -790,10 +788,8 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
     int follow = 1, verify, explicit_file = 0;
     size_t chains = 0;
 
-    if (argc < 2 || (strcmp(argv[1], "verify") != 0 && strcmp(argv[1], "rotate") != 0)) {
-        fprintf(stderr, AUDIT_USAGE);
-        return 2;
-    }
+    if (argc < 2 || (strcmp(argv[1], "verify") != 0 && strcmp(argv[1], "rotate") != 0))
+        return usage_error("audit: expected verify or rotate");
     verify = strcmp(argv[1], "verify") == 0;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
@@ -801,9 +797,10 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
             explicit_file = 1;
         } else if (verify && strcmp(argv[i], "--no-follow") == 0) {
             follow = 0;
+        } else if (strcmp(argv[i], "--file") == 0) {
+            return usage_error("option --file needs a value");
         } else {
-            fprintf(stderr, AUDIT_USAGE);
-            return 2;
+            return usage_error("audit %s: unknown option %s", argv[1], argv[i]);
         }
     }
     if (!explicit_file && cfg != NULL && strcmp(cfg->audit.store, "db") == 0) {
@@ -818,8 +815,16 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
             printf("ok: %zu instance chain(s) verified\n", chains);
             return 0;
         }
+        if (de == AUDIT_ERR_IO) {
+            /* one line (error_line shows the control characters of
+             * libpq's message as '?') */
+            char msg[700];
+            (void)snprintf(msg, sizeof(msg), "audit verify: cannot read the audit table: %s", gs_err_detail());
+            error_line(msg, "");
+            return 1;
+        }
         fprintf(stderr, "groupsrv audit verify: %s\n", audit_strerror(de));
-        return de == AUDIT_ERR_IO ? 1 : 3;
+        return 3;
     }
     if (file == NULL) {
         fprintf(stderr, "groupsrv audit %s: no audit file ([audit] path or --file)\n", argv[1]);

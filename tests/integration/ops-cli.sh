@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# ops-cli.sh BIN SRC: what an operator's script sees from groupsrv before
+# any token is involved, as groupsrv(1) documents it: every error exactly
+# one line on stderr, usage errors ending in "(see groupsrv --help)" with
+# exit 2, a configuration that cannot serve exit 5, and `audit verify`
+# on a shared database that cannot be reached exit 1 with one line.
+set -euo pipefail
+BIN=$1 SRC=$2
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-cli.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+# expect RC PATTERN DESC -- command...: exit status RC, nothing on stdout,
+# exactly one line on stderr matching PATTERN (grep -E).
+expect() {
+  local want=$1 pat=$2 desc=$3 rc=0
+  shift 4
+  "$@" >"$work/out" 2>"$work/err" || rc=$?
+  [ "$rc" = "$want" ] || fail "$desc: exit $rc, wanted $want: $(cat "$work/err")"
+  [ ! -s "$work/out" ] || fail "$desc: wrote to stdout: $(cat "$work/out")"
+  [ "$(wc -l < "$work/err")" = 1 ] || fail "$desc: not one line on stderr: $(cat "$work/err")"
+  grep -Eq -- "$pat" "$work/err" || fail "$desc: stderr lacks /$pat/: $(cat "$work/err")"
+  ok "$desc (exit $want): $(cat "$work/err")"
+}
+
+conf=$work/groupsrv.conf
+cat > "$conf" <<CONF
+[hsm]
+module = /usr/lib/softhsm/libsofthsm2.so
+pin_source = $work/pin
+[db]
+path = $work/groupsrv.db
+[audit]
+path = $work/audit.jsonl
+CONF
+gs() { "$BIN/groupsrv" -c "$conf" "$@"; }
+usage='\(see groupsrv --help\)$'
+line='^groupsrv: '
+
+# ---- usage errors of audit and serve, as of every other command ----
+expect 2 "$line.*$usage" "audit without a subcommand" -- gs audit
+expect 2 "$line.*$usage" "audit with an unknown subcommand" -- gs audit vrfy
+expect 2 "$line.*unknown option --bogus.*$usage" "audit verify with an unknown option" -- gs audit verify --bogus
+expect 2 "--file needs a value.*$usage" "audit verify --file without a value" -- gs audit verify --file
+expect 2 "unknown option --no-follow.*$usage" "audit rotate --no-follow (verify's option)" -- gs audit rotate --no-follow
+expect 2 "$line.*$usage" "serve with an argument" -- gs serve now
+
+# ---- serve without its TLS files: the configuration cannot serve ----
+expect 5 "groupsrv\.conf: \[tls\] cert and key are required" "serve without [tls]" -- gs serve
+
+# ---- a configuration line longer than inih's buffer ----
+long=$(printf '/var/lib/groupsrv/%0200d' 0)
+sed "s|^path = $work/groupsrv.db|path = $long|" "$conf" > "$work/long.conf"
+expect 5 "long\.conf:5: line longer than 199 characters" "a 207-character line" -- \
+  "$BIN/groupsrv" -c "$work/long.conf" group list
+expect 5 "cannot open config file: Is a directory" "a directory as the configuration" -- \
+  "$BIN/groupsrv" -c "$work" group list
+
+# ---- audit verify on a shared database that does not answer ----
+cat > "$work/pg.conf" <<CONF
+[hsm]
+module = /usr/lib/softhsm/libsofthsm2.so
+pin_source = $work/pin
+[db]
+url = postgresql:///groupsrv?host=$work/no-such-socket-dir
+[audit]
+store = db
+CONF
+expect 1 "^groupsrv: audit verify: cannot read the audit table: cannot connect to the database: .*no-such-socket-dir" \
+  "audit verify, database unreachable" -- "$BIN/groupsrv" -c "$work/pg.conf" audit verify
+expect 2 "store = db has no file to rotate" "audit rotate with [audit] store = db" -- \
+  "$BIN/groupsrv" -c "$work/pg.conf" audit rotate
