@@ -1351,8 +1351,13 @@ int main(int argc, char **argv)
     e.cfg = cfg;
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "audit") == 0) {
 #ifdef GS_HAVE_SERVER
-        int lvl = log_level_parse(cfg->server.log_level);
-        log_set_level(lvl < 0 ? LOG_LVL_INFO : (enum log_level)lvl);
+        /* [server] log_level is the daemon's; `audit` is an admin command
+         * like the others (its stderr the one error line unless -v: it
+         * runs from cron, which mails what it prints) */
+        if (strcmp(cmd, "serve") == 0) {
+            int lvl = log_level_parse(cfg->server.log_level);
+            log_set_level(lvl < 0 ? LOG_LVL_INFO : (enum log_level)lvl);
+        }
         rc = strcmp(cmd, "serve") == 0 ? gs_cmd_serve(cfg, sub_argc, sub_argv) : gs_cmd_audit(cfg, sub_argc, sub_argv);
 #else
         fprintf(stderr, "groupsrv: %s: this build has no server (groupsrv/server/ not built)\n", cmd);

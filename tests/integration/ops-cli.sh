@@ -71,3 +71,17 @@ expect 1 "^groupsrv: audit verify: cannot read the audit table: cannot connect t
   "audit verify, database unreachable" -- "$BIN/groupsrv" -c "$work/pg.conf" audit verify
 expect 2 "store = db has no file to rotate" "audit rotate with [audit] store = db" -- \
   "$BIN/groupsrv" -c "$work/pg.conf" audit rotate
+
+# ---- audit rotate from cron: stdout its one line, stderr nothing ----
+# ([server] log_level is serve's: an admin command logs only with -v, and
+# cron mails whatever a job prints)
+install -m 0600 /dev/null "$work/audit.jsonl"
+gs audit rotate >"$work/out" 2>"$work/err" || fail "audit rotate of an empty log: $(cat "$work/err")"
+printf '{"time":"2026-12-05T00:00:00Z","act' >> "$work/audit.jsonl" # a torn tail: cut off, not an error
+gs audit rotate >"$work/out" 2>"$work/err" || fail "audit rotate over a torn tail: $(cat "$work/err")"
+[ ! -s "$work/err" ] || fail "audit rotate wrote to stderr without -v: $(cat "$work/err")"
+grep -q '^sealed .* continues the chain$' "$work/out" || fail "audit rotate: $(cat "$work/out")"
+gs -v audit rotate >/dev/null 2>"$work/err" || fail "audit rotate -v: $(cat "$work/err")"
+grep -q 'audit log sealed' "$work/err" || fail "audit rotate -v logged nothing: $(cat "$work/err")"
+out=$(gs audit verify) || fail "audit verify after three rotations: $out"
+ok "audit rotate (torn tail cut off) prints one line on stdout and nothing on stderr without -v; $out"
