@@ -31,6 +31,23 @@ grep -qx "ExecStart=$PREFIX/bin/groupsrv -c .*/groupsrv/groupsrv.conf serve" "$r
 grep -qx "ExecStart=$PREFIX/bin/exploder -c .*/groupsrv/exploder.conf run" "$root/lib/systemd/system/exploder.service" ||
   fail "exploder.service ExecStart"
 
+# A configuration that cannot serve stops the unit (RestartPreventExitStatus)
+# instead of restarting it every few seconds: the unit lists the status
+# serve really exits with for a bad key and for missing TLS files.
+unit=$root/lib/systemd/system/groupsrv.service
+prevent=$(sed -n 's/^RestartPreventExitStatus=//p' "$unit")
+printf '[hsm]\nmodule = m\npin_source = p\n[server]\nlisen = 1\n' >"$W/bad.conf"
+printf '[hsm]\nmodule = m\npin_source = p\n' >"$W/notls.conf"
+for c in bad notls; do
+  rc=0
+  "$root/bin/groupsrv" -c "$W/$c.conf" serve >/dev/null 2>"$W/$c.err" || rc=$?
+  [ "$rc" != 0 ] && [ "$rc" != 1 ] && grep -qw "$rc" <<<"$prevent" ||
+    fail "groupsrv serve with $c.conf exits $rc ($(cat "$W/$c.err")), not in RestartPreventExitStatus=$prevent"
+done
+grep -qx 'RestartPreventExitStatus=64 78' "$root/lib/systemd/system/exploder.service" ||
+  fail "exploder.service: $(grep RestartPrevent "$root/lib/systemd/system/exploder.service")"
+ok "units: a configuration error stops them, it does not restart them (groupsrv $prevent, exploder 64 78)"
+
 # Example configurations: every key known (a bad one is exit 5 / 78).
 doc=$root/share/doc
 # The database path is moved into the work directory: a package installed
