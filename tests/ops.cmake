@@ -5,3 +5,11 @@ if(TARGET groupsrv)
   set_tests_properties(ops_cli PROPERTIES LABELS "integration" TIMEOUT 60
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 endif()
+
+# docs/scale-out.md's database roles, its SQL run as written on a private
+# PostgreSQL: the server role manages with exactly those grants.
+if(TARGET groupsrv)
+  add_test(NAME ops_pg_roles COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-roles.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_pg_roles PROPERTIES LABELS "integration" TIMEOUT 180
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# ops-pg-roles.sh BIN SRC: docs/scale-out.md's "Database roles", as
+# written there: its SQL block (taken from the document, so the two cannot
+# drift) run on a private PostgreSQL 15; `ca init` and the groups as the
+# schema owner; `check`, `serve` and `audit verify` as the server role,
+# which then has to manage with exactly the documented grants:
+#   - serve starts, and every kind of request it writes for works: an
+#     unwrap (audit insert), a member removed over REST (members, the
+#     secret key rotation it brings, the change stamp), a member added, a
+#     group created over REST (groups and its sequence, group_keys);
+#   - the removed member is refused at the next request;
+#   - the server role cannot UPDATE or DELETE an audit row (the document's
+#     reason for the split: a compromised server cannot rewrite its chain);
+#   - `audit verify` as the server role passes, and serve stops cleanly.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/lib/pg.sh"
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-pg-roles.XXXXXX")
+srv_pid=
+cleanup() {
+  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
+  pg_cleanup
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pg_start || fail "PostgreSQL did not start"
+# The document's SQL: what comes before "-- after `groupsrv ca init`" on
+# the maintenance database, the grants after it on groupsrv's.
+sed -n '/^### Database roles/,/^## /p' "$SRC/docs/scale-out.md" | sed -n '/^```sql$/,/^```$/p' | sed '1d;$d' > "$work/roles.sql"
+sed -n '1,/^-- after `groupsrv ca init`/p' "$work/roles.sql" > "$work/roles-before.sql"
+sed -n '/^-- after `groupsrv ca init`/,$p' "$work/roles.sql" > "$work/roles-after.sql"
+grep -q '^GRANT' "$work/roles-after.sql" || fail "no GRANT in docs/scale-out.md's Database roles: $(cat "$work/roles.sql")"
+pg_psql postgres -f "$work/roles-before.sql" >/dev/null || fail "the document's CREATE ROLE / DATABASE"
+
+"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+export SOFTHSM2_CONF=$work/token/softhsm2.conf
+port=$(free_port)
+certs=$work/certs
+mkdir -p "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
+for role in owner server; do
+  cat > "$work/$role.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+instance = gs-a
+[tls]
+cert = $certs/server.pem
+key = $certs/server.key
+[hsm]
+module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+pin_source = $work/token/user-pin
+[db]
+url = postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_$role
+[audit]
+store = db
+CONF
+done
+own() { "$BIN/groupsrv" -c "$work/owner.conf" "$@"; }
+srv() { "$BIN/groupsrv" -c "$work/server.conf" "$@"; }
+own ca init --key rsa:2048 >/dev/null || fail "ca init as the owner"
+own group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create as the owner"
+for m in alice bob; do own member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null; done
+own member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
+own group show eng --cert > "$certs/group.pem"
+pg_psql groupsrv -f "$work/roles-after.sql" >/dev/null || fail "the document's GRANTs"
+ok "docs/scale-out.md's roles and grants applied ($(grep -c '^GRANT' "$work/roles-after.sql") GRANT lines)"
+
+srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
+ok "groupsrv check as the server role"
+# the program itself in the background (not the function: $! must be serve)
+"$BIN/groupsrv" -c "$work/server.conf" serve > "$work/serve.log" 2>&1 &
+srv_pid=$!
+base=https://127.0.0.1:$port
+for i in $(seq 1 100); do
+  curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "serve as groupsrv_server exited"
+  sleep 0.1
+done
+c() { local who=$1; shift; curl -sS --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
+expect() { # WANT DESC -- curl args...
+  local want=$1 desc=$2 got
+  shift 3
+  got=$(c "$@" -o "$work/body" -w '%{http_code}') || true
+  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
+  ok "$desc ($want)"
+}
+expect 200 "healthz as the server role" -- alice "$base/healthz"
+"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
+expect 200 "unwrap (an audit row inserted)" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+expect 200 "unwrap by bob" -- bob --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+expect 200 "bob removed over REST (secret key rotated)" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+grep -q '"secret_version":2' "$work/body" || fail "removal without the secret key rotation: $(cat "$work/body")"
+expect 403 "bob at the next request" -- bob --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+expect 201 "a member added over REST" -- admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/carol@example.org"
+expect 201 "a group created over REST" -- admin --data '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+
+for sql in "UPDATE audit SET line = line" "DELETE FROM audit"; do
+  if psql -X -q -v ON_ERROR_STOP=1 "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_server" -c "$sql" >/dev/null 2>"$work/psql.err"; then
+    fail "the server role may $sql"
+  fi
+  grep -q 'permission denied' "$work/psql.err" || fail "$sql as the server role: $(cat "$work/psql.err")"
+done
+ok "the server role can neither UPDATE nor DELETE audit rows"
+
+kill -TERM "$srv_pid"
+wait "$srv_pid" || { srv_pid=; fail "serve exited non-zero at SIGTERM"; }
+srv_pid=
+grep -E 'level=(error|warn)' "$work/serve.log" && fail "serve logged errors or warnings as the server role"
+out=$(srv audit verify 2>&1) || fail "audit verify as the server role: $out"
+grep -q '^instance gs-a: ok: ' <<<"$out" || fail "audit verify: $out"
+ok "audit verify as the server role: $(tail -n 1 <<<"$out")"
