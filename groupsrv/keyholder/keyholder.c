@@ -737,9 +737,18 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
             return -1;
         util_mkdir_p(dirname(dup), 0700);
         free(dup);
+        errno = 0;
         audit_err ae = audit_open(cfg->audit.path, &kh->audit);
         if (ae != AUDIT_OK) {
-            fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
+            int open_errno = errno;
+            /* why, for the operator: a link (refused by design), no
+             * permission, a read-only or full file system */
+            if (ae == AUDIT_ERR_IO && open_errno != 0)
+                fprintf(stderr, "groupsrv serve: audit log %s: %s: %s\n", cfg->audit.path, audit_strerror(ae),
+                        open_errno == ELOOP ? "a symbolic link (refused: the log must be a regular file)"
+                                            : strerror(open_errno));
+            else
+                fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
             return -1;
         }
     }

@@ -302,7 +302,11 @@ audit_err audit_open(const char *path, audit_log **out)
     *out = log;
     log = NULL;
 out:
-    audit_close(log);
+    if (log != NULL) {
+        int saved = errno; /* the caller says why the open failed */
+        audit_close(log);
+        errno = saved;
+    }
     return rc;
 }
 

@@ -46,7 +46,8 @@ typedef struct audit_log audit_log;
  * (logged); one whose unterminated tail is longer than any record is
  * refused (AUDIT_ERR_FORMAT). A record is in the file whole or not at all:
  * a short write is cut back before anything else is written. A symbolic
- * link at path is refused (AUDIT_ERR_IO). */
+ * link at path is refused (AUDIT_ERR_IO, errno ELOOP). On AUDIT_ERR_IO
+ * errno says why. */
 audit_err audit_open(const char *path, audit_log **out);
 
 /* [audit] store = db: the same records as rows of the database's audit

@@ -85,3 +85,26 @@ gs -v audit rotate >/dev/null 2>"$work/err" || fail "audit rotate -v: $(cat "$wo
 grep -q 'audit log sealed' "$work/err" || fail "audit rotate -v logged nothing: $(cat "$work/err")"
 out=$(gs audit verify) || fail "audit verify after three rotations: $out"
 ok "audit rotate (torn tail cut off) prints one line on stdout and nothing on stderr without -v; $out"
+
+# ---- serve and an audit log it may not use: says why ----
+# (the key holder opens the audit log before the token: no token needed)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+  -keyout "$work/server.key" -out "$work/server.pem" 2>/dev/null
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf '[server]\nlisten = 127.0.0.1:%s\n[tls]\ncert = %s\nkey = %s\n' "$port" "$work/server.pem" "$work/server.key" >> "$conf"
+rm -f "$work"/audit.jsonl*
+touch "$work/elsewhere"
+ln -s "$work/elsewhere" "$work/audit.jsonl"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] || fail "serve with a symbolic link as its audit log: exit $rc: $(cat "$work/err")"
+grep -q "^groupsrv serve: audit log $work/audit.jsonl: .*: a symbolic link (refused" "$work/err" ||
+  fail "serve with a symbolic link as its audit log does not say so: $(cat "$work/err")"
+ok "serve refuses a symbolic link as its audit log and says so: $(head -n 1 "$work/err")"
+rm "$work/audit.jsonl"
+mkdir "$work/audit.jsonl"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "^groupsrv serve: audit log $work/audit.jsonl: .*: Is a directory$" "$work/err" ||
+  fail "serve with a directory as its audit log: exit $rc: $(cat "$work/err")"
+ok "serve with a directory as its audit log says so: $(head -n 1 "$work/err")"
