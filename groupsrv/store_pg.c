@@ -520,21 +520,27 @@ static void pg_close(gs_store *st);
  * that vanished, or a query on a connection whose peer is gone without a
  * reset, would hold an event-loop thread for minutes. Unless the URI says
  * otherwise: give up connecting after 5 s, and notice a dead peer within
- * about 10 s (TCP only; ignored on a unix socket). A copy; NULL when out of
- * memory. */
-static char *url_with_timeouts(const char *url)
+ * about 10 s (TCP only; ignored on a unix socket). A store that writes
+ * also wants a primary: target_session_attrs=read-write refuses a standby,
+ * or a primary a failover demoted, at connect (the server would otherwise
+ * read membership there, say healthy, and fail every audit insert), and
+ * makes a multi-host URI move on to the new primary. A copy; NULL when out
+ * of memory. */
+static char *url_with_timeouts(const char *url, bool writes)
 {
-    static const char *const defaults[] = {"connect_timeout=5", "keepalives_idle=5", "keepalives_interval=2",
-                                           "keepalives_count=3", "tcp_user_timeout=10000"};
+    static const char *const defaults[] = {"connect_timeout=5",   "keepalives_idle=5",
+                                           "keepalives_interval=2", "keepalives_count=3",
+                                           "tcp_user_timeout=10000", "target_session_attrs=read-write"};
+    size_t ndefaults = GS_ARRAY_LEN(defaults) - (writes ? 0 : 1); /* the last one: writers only */
     size_t cap = strlen(url) + 1, used;
     char *out;
 
-    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++)
+    for (size_t i = 0; i < ndefaults; i++)
         cap += strlen(defaults[i]) + 1;
     if ((out = malloc(cap)) == NULL)
         return NULL;
     used = (size_t)snprintf(out, cap, "%s", url);
-    for (size_t i = 0; i < GS_ARRAY_LEN(defaults); i++) {
+    for (size_t i = 0; i < ndefaults; i++) {
         size_t key = strcspn(defaults[i], "=") + 1;
         const char *q = strchr(out, '?');
         /* "?key=" or "&key=" already in the query: the operator's value */
@@ -557,7 +563,7 @@ gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
         goto out;
     st->ops = &pg_ops;
     st->readonly = (flags & GS_STORE_READONLY) != 0;
-    if ((PG(st)->url = url_with_timeouts(url)) == NULL)
+    if ((PG(st)->url = url_with_timeouts(url, !st->readonly)) == NULL)
         goto out;
     if ((err = connect_session(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
         goto out;

@@ -11,6 +11,8 @@
 #   - the removed member is refused at the next request;
 #   - the server role cannot UPDATE or DELETE an audit row (the document's
 #     reason for the split: a compromised server cannot rewrite its chain);
+#   - a database that turns read-only (a standby, a demoted primary) fails
+#     /healthz as it fails every key request, and both come back with it;
 #   - `audit verify` as the server role passes, and serve stops cleanly.
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -108,10 +110,42 @@ for sql in "UPDATE audit SET line = line" "DELETE FROM audit"; do
 done
 ok "the server role can neither UPDATE nor DELETE audit rows"
 
+# A database that turns read-only under the server (a standby, or a
+# primary a failover demoted; here the database's default, and its
+# sessions ended so that the server reconnects): /healthz must fail as
+# every key request does, so that HAProxy takes the server out, and both
+# come back once the database is writable again (docs/scale-out.md).
+pg_down() { # on|off
+  pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = $1" \
+    -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'groupsrv'" >/dev/null
+}
+pg_down on
+expect 503 "unwrap with the database read-only" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+grep -q '"code":"db_unavailable"' "$work/body" || fail "read-only database: $(cat "$work/body")"
+expect 503 "healthz with the database read-only" -- alice "$base/healthz"
+grep -q '"database":"unavailable"' "$work/body" || fail "healthz with the database read-only: $(cat "$work/body")"
+pg_down off
+for i in $(seq 1 50); do
+  [ "$(c alice -o "$work/body" -w '%{http_code}' "$base/healthz")" = 200 ] && break
+  sleep 0.2
+done
+expect 200 "healthz once the database is writable again" -- alice "$base/healthz"
+# The audit table's connection, ended with the others, is found dead at its
+# next insert: that request may get 503 (as after any database restart,
+# docs/scale-out.md), the next one is served.
+for i in 1 2 3; do
+  got=$(c alice -o "$work/body" -w '%{http_code}' --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap") || true
+  [ "$got" = 200 ] && break
+  grep -q '"code":"\(audit\|db\)_unavailable"' "$work/body" || fail "unwrap after the database came back: $got $(cat "$work/body")"
+done
+[ "$got" = 200 ] || fail "no unwrap served once the database was writable again: $(cat "$work/body")"
+ok "unwrap once the database is writable again (attempt $i)"
+
 kill -TERM "$srv_pid"
 wait "$srv_pid" || { srv_pid=; fail "serve exited non-zero at SIGTERM"; }
 srv_pid=
-grep -E 'level=(error|warn)' "$work/serve.log" && fail "serve logged errors or warnings as the server role"
+grep -E 'level=(error|warn)' "$work/serve.log" | grep -v 'read-only\|terminating connection\|connection lost\|database unavailable\|not durable\|audit insert failed' &&
+  fail "serve logged errors or warnings as the server role"
 out=$(srv audit verify 2>&1) || fail "audit verify as the server role: $out"
 grep -q '^instance gs-a: ok: ' <<<"$out" || fail "audit verify: $out"
 ok "audit verify as the server role: $(tail -n 1 <<<"$out")"
