@@ -2,8 +2,12 @@
 # ops-cli.sh BIN SRC: what an operator's script sees from groupsrv before
 # any token is involved, as groupsrv(1) documents it: every error exactly
 # one line on stderr, usage errors ending in "(see groupsrv --help)" with
-# exit 2, a configuration that cannot serve exit 5, and `audit verify`
-# on a shared database that cannot be reached exit 1 with one line.
+# exit 2, a configuration that cannot serve exit 5 (a line too long for
+# inih, a directory), `audit verify` on a shared database that cannot be
+# reached exit 1 with one line, `audit rotate` quiet on stderr as cron
+# wants it, serve naming why it cannot use its audit log (a link, a
+# directory); and docs/scale-out.md's HAProxy configuration is the one
+# the cluster runs.
 set -euo pipefail
 BIN=$1 SRC=$2
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-cli.XXXXXX")
@@ -108,3 +112,21 @@ timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "^groupsrv serve: audit log $work/audit.jsonl: .*: Is a directory$" "$work/err" ||
   fail "serve with a directory as its audit log: exit $rc: $(cat "$work/err")"
 ok "serve with a directory as its audit log says so: $(head -n 1 "$work/err")"
+
+# ---- docs/scale-out.md's HAProxy configuration is the one the cluster runs ----
+# (it says so: tests/lib/cluster.sh writes it for scripts/cluster and the
+# cluster test; the site's names and addresses aside, they must not drift)
+(
+  CL_SRC=$SRC
+  . "$SRC/tests/lib/cluster.sh"
+  CL_WORK=/WORK CL_CERTS=/CERTS CL_NAME=(gs-a gs-b gs-c) CL_PORTS=(9001 9002 9003)
+  cl_haproxy_cfg 8443 0 1 2
+) > "$work/haproxy-tested.cfg"
+sed -n '/^## HAProxy/,/^## /p' "$SRC/docs/scale-out.md" | sed -n '/^```haproxy$/,/^```$/p' | sed '1d;$d' |
+  sed -e 's|/run/haproxy/groupsrv.sock|/WORK/haproxy.sock|' -e 's|/etc/groupsrv/server-ca.pem|/CERTS/tca.pem|' \
+    -e 's|verifyhost gs.example.org|verifyhost localhost|' -e 's|10\.0\.0\.1\([1-3]\):8443|127.0.0.1:900\1|' \
+    > "$work/haproxy-doc.cfg"
+[ -s "$work/haproxy-doc.cfg" ] || fail "no haproxy block in docs/scale-out.md's HAProxy section"
+diff -u "$work/haproxy-doc.cfg" "$work/haproxy-tested.cfg" > "$work/haproxy.diff" ||
+  fail "docs/scale-out.md's HAProxy configuration differs from tests/lib/cluster.sh's: $(cat "$work/haproxy.diff")"
+ok "docs/scale-out.md's HAProxy configuration is tests/lib/cluster.sh's"
