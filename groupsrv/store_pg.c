@@ -252,16 +252,21 @@ static void notice_to_log(void *arg, const char *message)
     log_debug("postgresql notice=%.200s", message);
 }
 
-/* libpq's messages end in a newline; one-line errors do not. */
+/* libpq's messages end in a newline and go on over indented lines ("...
+ * failed: No such file or directory\n\tIs the server running ..."); one-line
+ * errors do not: each newline and the tabs after it become one space. */
 static const char *conn_message(PGconn *conn, char *buf, size_t cap)
 {
     (void)snprintf(buf, cap, "%s", conn ? PQerrorMessage(conn) : "out of memory");
-    size_t n = strlen(buf);
+    size_t n = strlen(buf), w = 0;
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
         buf[--n] = '\0';
-    for (char *c = buf; *c; c++)
-        if (*c == '\n')
-            *c = ' ';
+    for (size_t r = 0; r < n; r++) {
+        if (buf[r] == '\t' && w > 0 && buf[w - 1] == ' ')
+            continue; /* the indent of a continuation line */
+        buf[w++] = buf[r] == '\n' || buf[r] == '\t' ? ' ' : buf[r];
+    }
+    buf[w] = '\0';
     return buf;
 }
 
