@@ -107,8 +107,13 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VER
 static gs_err db_error(gs_store *st, const char *what)
 {
     int code = sqlite3_extended_errcode(SQ(st)->db);
+    int sys = sqlite3_system_errno(SQ(st)->db);
     if ((code & 0xff) == SQLITE_CONSTRAINT)
         return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+    /* "disk I/O error" alone does not tell a full disk (no room for the
+     * -shm file a WAL database needs even to be read) from a failing one */
+    if ((code & 0xff) == SQLITE_IOERR && sys != 0)
+        return gs_err_set(GS_ERR_DB, "%s: %s (%s)", what, sqlite3_errmsg(SQ(st)->db), strerror(sys));
     return gs_err_set(GS_ERR_DB, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
 }
 

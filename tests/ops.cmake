@@ -13,3 +13,10 @@ if(TARGET groupsrv)
   set_tests_properties(ops_pg_roles PROPERTIES LABELS "integration" TIMEOUT 180
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# The SQLite database on a full disk (a tmpfs; needs root, as CI has).
+if(TARGET groupsrv)
+  add_test(NAME ops_db_disk COMMAND bash ${GS_TEST_DIR}/integration/ops-db-disk.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_db_disk PROPERTIES LABELS "integration" TIMEOUT 180
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# ops-db-disk.sh BIN SRC: the SQLite database on a full disk (a tmpfs, as
+# CI runs as root), as docs/operations.md says:
+#   - a running server goes on serving key requests (it only reads) and
+#     /healthz stays 200; REST writes get 503 store_unavailable; admin
+#     commands that write exit 1 ("database or disk is full") and leave
+#     nothing behind (no certificate files, no token objects);
+#   - a process that opens the database anew on the full disk (no room for
+#     SQLite's -shm file) says so: "(No space left on device)", serve exit 1;
+#   - with room again everything works, and the database is intact.
+set -euo pipefail
+BIN=$1 SRC=$2
+SRV_MEMBERS=alice
+. "$SRC/tests/integration/server-lib.sh"
+fs=$work/dbfs
+mkdir -p "$fs"
+mount -t tmpfs -o size=1m,mode=0700 tmpfs "$fs" || fail "cannot mount a tmpfs (this test runs as root, as CI does)"
+umount_fs() {
+  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; srv_pid=; fi
+  umount "$fs" 2>/dev/null || true
+}
+trap 'umount_fs; cleanup' EXIT
+gs member list eng > "$work/members-before" # checkpointed: the whole database in one file
+cp "$work/groupsrv.db" "$fs/groupsrv.db"
+sed -i "s|^path = $work/groupsrv.db\$|path = $fs/groupsrv.db|" "$conf"
+grep -q "^path = $fs/groupsrv.db\$" "$conf" || fail "database path not moved"
+objects() { pkcs11-tool --module "$module" --token-label groupsrv --login --pin "$(cat "$pin_file")" -O 2>/dev/null | grep -c 'label:' || true; }
+fill() { dd if=/dev/zero of="$fs/fill" bs=4k 2>/dev/null || true; dd if=/dev/zero of="$fs/fill2" bs=64 2>/dev/null || true; }
+
+start_server
+"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(b64 "$work/ri.der")" > "$work/unwrap.json"
+url=$base/v1/groups/eng/unwrap
+nobj=$(objects)
+mkdir -p "$work/out"
+fill
+expect_status 200 "" "unwrap with the database's disk full" -- c alice --data-binary @"$work/unwrap.json" "$url"
+expect_status 200 "" "healthz with the database's disk full" -- anon "$base/healthz"
+expect_status 503 store_unavailable "member added over REST, disk full" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
+rc=0
+gs member add eng full@example.org --issue-cert --out "$work/out" > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "database or disk is full" "$work/err" || fail "member add, disk full: exit $rc: $(cat "$work/err")"
+[ ! -e "$work/out/full@example.org.pem" ] && [ ! -e "$work/out/full@example.org.key" ] ||
+  fail "member add, disk full, left its certificate files: $(ls "$work/out")"
+rc=0
+gs group rotate eng > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] || fail "group rotate, disk full: exit $rc: $(cat "$work/err")"
+[ "$(objects)" = "$nobj" ] || fail "a refused command left token objects: $nobj before, $(objects) after"
+ok "disk full: member add and group rotate exit 1, nothing left on disk or token"
+stop_server
+
+# A new process needs room for the -shm file even to read: said so. The
+# last connection's close usually removes -wal and -shm (here the full
+# disk kept them, the WAL checkpointed and empty): as after a reboot.
+rm -f "$fs/fill" "$fs/fill2"
+[ ! -s "$fs/groupsrv.db-wal" ] || fail "the WAL holds records after the server stopped"
+rm -f "$fs/groupsrv.db-wal" "$fs/groupsrv.db-shm"
+fill
+rc=0
+gs member list eng > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "disk I/O error (No space left on device)" "$work/err" ||
+  fail "member list on a full disk: exit $rc: $(cat "$work/err")"
+ok "member list on a full disk: $(cat "$work/err")"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$conf" serve > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "disk I/O error (No space left on device)" "$work/err" ||
+  fail "serve on a full disk: exit $rc: $(cat "$work/err")"
+ok "serve on a full disk stops and says why: $(grep -m1 "No space left" "$work/err")"
+
+rm -f "$fs/fill" "$fs/fill2"
+gs member list eng > "$work/members-after" || fail "member list with room again"
+diff -u "$work/members-before" "$work/members-after" || fail "membership changed by the full disk"
+[ "$(sqlite3 "$fs/groupsrv.db" 'PRAGMA integrity_check')" = ok ] || fail "integrity_check"
+start_server
+expect_status 200 "" "unwrap with room again" -- c alice --data-binary @"$work/unwrap.json" "$url"
+expect_status 201 "" "member added over REST with room again" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
+stop_server
+ok "room again: the same membership, integrity_check ok, serving and writing"
