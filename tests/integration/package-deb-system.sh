@@ -112,6 +112,12 @@ for p in groupsrv exploder groupmail; do
 done
 man -w groupsrv | grep -qx /usr/share/man/man1/groupsrv.1.gz || fail "man -w groupsrv: $(man -w groupsrv)"
 ok "--help and man pages of the three programs"
+# The installed operations.md's links to its neighbours work (not .gz).
+doc=/usr/share/doc/groupsrv
+for l in $(grep -o '](\([a-z-]*\.md\))' "$doc/operations.md" | sed 's/^](\(.*\))$/\1/' | sort -u); do
+  [ -f "$doc/$l" ] || fail "operations.md links to $l, which is not in $doc: $(ls "$doc")"
+done
+ok "operations.md's links resolve in $doc"
 
 # ---- a group server, set up as docs/operations.md says ----
 export SOFTHSM2_CONF=/var/lib/groupsrv/softhsm/softhsm2.conf
