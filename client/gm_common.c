@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <ini.h>
+#include "inifile.h"
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -202,10 +202,27 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
 int gm_config_load_stream(gm_config *c, FILE *f, const char *name)
 {
     struct ini_state st = {.c = c, .path = name};
-    int rc = ini_parse_file(f, ini_cb, &st);
+    int line = 0;
 
-    if (rc != 0) {
-        gm_err("%s: syntax error on line %d", name, rc);
+    /* Whole lines: libinih alone would cut a long value (a pkcs11: URI, a
+     * path) short without a word (common/inifile.h). */
+    switch (inifile_parse_stream(f, ini_cb, &st, &line)) {
+    case INIFILE_OK:
+        break;
+    case INIFILE_BAD_LINE:
+        gm_err("%s: syntax error on line %d", name, line);
+        return -1;
+    case INIFILE_LONG_LINE:
+        gm_err("%s:%d: line longer than %d characters", name, line, INIFILE_LINE_MAX);
+        return -1;
+    case INIFILE_NUL:
+        gm_err("%s:%d: NUL byte in line", name, line);
+        return -1;
+    case INIFILE_IO:
+        gm_err("cannot read config %s: %s", name, strerror(errno));
+        return -1;
+    case INIFILE_NOMEM:
+        gm_err("%s: out of memory", name);
         return -1;
     }
     return st.bad ? -1 : 0;

@@ -59,12 +59,52 @@ static char *read_line(char *str, int num, void *stream)
     return str;
 }
 
+/* Parses from r (its file or its text) and reports as inifile_parse. */
+static enum inifile_status parse_reader(struct line_reader *r, ini_handler handler, void *user, int *line)
+{
+    enum inifile_status st;
+    int rc;
+
+    rc = ini_parse_stream(read_line, r, handler, user);
+    if (r->f != NULL && ferror(r->f)) /* a directory: EISDIR */
+        return INIFILE_IO;
+    if (rc == -2) {
+        st = INIFILE_NOMEM;
+    } else if (rc > 0) {
+        /* Parsing stopped at a long or NUL line: any error inih reports
+         * is on an earlier line, so it comes first. */
+        st = INIFILE_BAD_LINE;
+        *line = rc;
+    } else if (r->long_line > 0) {
+        st = INIFILE_LONG_LINE;
+        *line = r->long_line;
+    } else if (r->nul_line > 0) {
+        st = INIFILE_NUL;
+        *line = r->nul_line;
+    } else {
+        st = rc == 0 ? INIFILE_OK : INIFILE_IO;
+    }
+    return st;
+}
+
+enum inifile_status inifile_parse_stream(FILE *f, ini_handler handler, void *user, int *line)
+{
+    struct line_reader r = {0};
+
+    *line = 0;
+    if (f == NULL) {
+        errno = EINVAL;
+        return INIFILE_IO;
+    }
+    r.f = f;
+    return parse_reader(&r, handler, user, line);
+}
+
 enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
                                   int *line)
 {
     struct line_reader r = {0};
     enum inifile_status st = INIFILE_IO;
-    int rc;
 
     *line = 0;
     if (path != NULL) {
@@ -76,27 +116,7 @@ enum inifile_status inifile_parse(const char *path, const char *text, ini_handle
         errno = EINVAL;
         goto out;
     }
-    rc = ini_parse_stream(read_line, &r, handler, user);
-    if (r.f != NULL && ferror(r.f)) { /* a directory: EISDIR */
-        st = INIFILE_IO;
-        goto out;
-    }
-    if (rc == -2) {
-        st = INIFILE_NOMEM;
-    } else if (rc > 0) {
-        /* Parsing stopped at a long or NUL line: any error inih reports
-         * is on an earlier line, so it comes first. */
-        st = INIFILE_BAD_LINE;
-        *line = rc;
-    } else if (r.long_line > 0) {
-        st = INIFILE_LONG_LINE;
-        *line = r.long_line;
-    } else if (r.nul_line > 0) {
-        st = INIFILE_NUL;
-        *line = r.nul_line;
-    } else {
-        st = rc == 0 ? INIFILE_OK : INIFILE_IO;
-    }
+    st = parse_reader(&r, handler, user, line);
 out:
     if (r.f != NULL) {
         int saved = errno;

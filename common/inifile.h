@@ -11,6 +11,7 @@
 #define GS_INIFILE_H
 
 #include <ini.h>
+#include <stdio.h>
 
 /* Characters a line may have, its newline not counted (inih's buffer
  * less its terminating NUL). */
@@ -30,5 +31,7 @@ enum inifile_status {
  * the three line statuses, else 0. Returns the status. */
 enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
                                   int *line);
+/* The same over an open stream, which stays open (the caller's). */
+enum inifile_status inifile_parse_stream(FILE *f, ini_handler handler, void *user, int *line);
 
 #endif

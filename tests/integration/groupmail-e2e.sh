@@ -232,4 +232,9 @@ expect_rc 1 "a config file with a bad value" -- gm -c "$work/bad2.ini" decrypt -
 expect_rc 1 "a config file that is not there" -- gm -c "$work/none.ini" decrypt --in "$work/msg.der"
 expect_rc 1 "GROUPMAIL_CONFIG with an unknown key" -- env GROUPMAIL_CONFIG="$work/bad.ini" "$BIN/groupmail" decrypt \
   --in "$work/msg.der"
+# a line longer than libinih's buffer is refused by its number, not cut
+# short (a long pkcs11: URI or path would silently lose its end)
+printf '[identity]\ncert = %s/%s.pem\n' "$work" "$(printf 'c%.0s' $(seq 1 240))" > "$work/long.ini"
+expect_rc 1 "a config line longer than 199 characters" -- gm -c "$work/long.ini" decrypt --in "$work/msg.der"
+grep -q "long.ini:2: line longer than 199 characters" "$work/gm.err" || fail "long config line: $(cat "$work/gm.err")"
 echo "groupmail-e2e: all passed"
