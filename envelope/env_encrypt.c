@@ -157,8 +157,11 @@ done:
     return ENV_OK;
 }
 
-/* Copies the routing header fields (with folded lines) to out. */
-static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
+/* Hands each header field of h[0..len) (with its folded lines) for which
+ * is_field says want to emit(sink, ...), up to the blank line; *end gets
+ * the blank line's offset (len when there is none). */
+static env_err copy_fields(const unsigned char *h, size_t len, bool (*is_field)(const char *, size_t), bool want,
+                           env_err (*emit)(void *, const unsigned char *, size_t), void *sink, size_t *end)
 {
     size_t i = 0;
     bool keep = false;
@@ -173,12 +176,23 @@ static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
         if (h[i] == '\r' || h[i] == '\n')
             break; /* the blank line */
         if (h[i] != ' ' && h[i] != '\t')
-            keep = is_routing((const char *)h + i, e - i);
-        if (keep && (rv = write_all(out, h + i, e - i)) != ENV_OK)
+            keep = is_field((const char *)h + i, e - i) == want;
+        if (keep && (rv = emit(sink, h + i, e - i)) != ENV_OK)
             return rv;
         i = e;
     }
+    *end = i;
     return ENV_OK;
+}
+
+static env_err emit_bio(void *out, const unsigned char *p, size_t n) { return write_all(out, p, n); }
+static env_err emit_ptw(void *w, const unsigned char *p, size_t n) { return ptw_write(w, p, n); }
+
+/* Copies the routing header fields (with folded lines) to out. */
+static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
+{
+    size_t end;
+    return copy_fields(h, len, is_routing, true, emit_bio, out, &end);
 }
 
 /* Writes the header block h[0..len) (blank line included) to the
@@ -186,25 +200,9 @@ static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
  * lines. */
 static env_err write_inner_headers(ptw *w, const unsigned char *h, size_t len)
 {
-    size_t i = 0;
-    bool skip = false;
-    env_err rv;
-
-    while (i < len) {
-        size_t e = i;
-        while (e < len && h[e] != '\n')
-            e++;
-        if (e < len)
-            e++;
-        if (h[i] == '\r' || h[i] == '\n')
-            skip = false; /* the blank line */
-        else if (h[i] != ' ' && h[i] != '\t')
-            skip = is_blind((const char *)h + i, e - i);
-        if (!skip && (rv = ptw_write(w, h + i, e - i)) != ENV_OK)
-            return rv;
-        i = e;
-    }
-    return ENV_OK;
+    size_t end;
+    env_err rv = copy_fields(h, len, is_blind, false, emit_ptw, w, &end);
+    return rv != ENV_OK ? rv : ptw_write(w, h + end, len - end);
 }
 
 static env_err add_recipient(CMS_ContentInfo *cms, X509 *cert, env_kt_alg kt)
