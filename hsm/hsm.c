@@ -927,9 +927,16 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     if (cfg->pin_source != NULL) {
         rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
         if (rc != UTIL_OK) {
-            /* Which source: a path or a variable's name, never the PIN. */
-            hsm_set_detail("pin source %.200s: %s", cfg->pin_source,
-                           rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+            /* Which source: a path or a variable's name, never the PIN.
+             * A value that is neither may be the PIN itself, written where
+             * its source belongs: it is not shown. */
+            const char *src = cfg->pin_source;
+            bool named = strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL;
+            if (named)
+                hsm_set_detail("pin source %.200s: %s", src, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+            else
+                hsm_set_detail("pin source (not shown: neither a path with a '/' nor env:NAME nor file:PATH): %s",
+                               rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
             err = HSM_ERR_PIN_SOURCE;
             goto out;
         }

@@ -46,6 +46,12 @@ for src in "$T/pin-0640|file permissions too open for a secret" "$T/pin-missing|
   expect_rc 4 "$G" -c "$T/pin.conf" ca init --key rsa:2048
   expect_err "PIN source unreadable, empty or too open (pin source ${src%%|*}: ${src#*|}"
 done
+# the PIN itself where its source belongs (a relative name without '/'):
+# refused without echoing it
+sed "s|^pin_source = .*|pin_source = 918273645|" "$CONF" > "$T/pin.conf"
+expect_rc 4 "$G" -c "$T/pin.conf" ca init --key rsa:2048
+expect_err "PIN source unreadable, empty or too open (pin source (not shown"
+! grep -q 918273645 "$T/err" || fail "the PIN written as pin_source was echoed: $(cat "$T/err")"
 [ ! -e "$T/db" ] || fail "a refused PIN source left a database"
 
 # --- one initialised token and SoftHSM's free slot: a URI matching both
