@@ -581,9 +581,10 @@ static int smtp_debug(CURL *cu, curl_infotype type, char *data, size_t size, voi
     return 0;
 }
 
-/* The exit code and one line for a failed SMTP transaction: a 5xx reply
- * is a refusal (3); a 4xx, a lost or refused connection, a timeout or a
- * reply that is not SMTP is temporary (4: send again later). */
+/* The exit code and one line for a failed SMTP transaction: a local file
+ * that cannot be read is a local error (1); a 5xx reply is a refusal (3); a
+ * 4xx, a lost or refused connection, a timeout or a reply that is not SMTP
+ * is temporary (4: send again later). */
 static int smtp_fail(CURL *cu, CURLcode cc, const char *errbuf, const smtp_reply *reply)
 {
     long code = 0;
@@ -591,6 +592,12 @@ static int smtp_fail(CURL *cu, CURLcode cc, const char *errbuf, const smtp_reply
 
     if (curl_easy_getinfo(cu, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK)
         code = 0;
+    /* A local file (--smtp-cacert, [smtp] cacert, the message) that cannot
+     * be read is a local error: sending again would fail the same way. */
+    if (cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_CRL_BADFILE || cc == CURLE_READ_ERROR) {
+        gm_err("SMTP: %s", why);
+        return GM_EXIT_ERROR;
+    }
     if (code >= 500 && code <= 599) {
         gm_err("SMTP: the server refused the message: %s", reply->failed);
         return GM_EXIT_REFUSED;

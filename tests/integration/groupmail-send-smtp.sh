@@ -93,6 +93,13 @@ rc=0
 "$BIN/groupmail" send --smtp "$url" --smtp-cacert "$work/mca.pem" --cacert "$work/g.pem" --to eng@example.org \
   --from alice@example.org --in "$work/m.eml" --timeout 10 2>"$work/err" ||
   fail "smtps with --smtp-cacert: $(cat "$work/err")"
+# an --smtp-cacert that cannot be read is a local error (1), not "send it
+# again later" (4): a script retrying on 4 would retry forever
+rc=0
+"$BIN/groupmail" send --smtp "$url" --smtp-cacert "$work/no-such-ca.pem" --to eng@example.org \
+  --from alice@example.org --in "$work/m.eml" --timeout 10 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] && [ "$(wc -l < "$work/err")" = 1 ] ||
+  fail "an unreadable --smtp-cacert: exit $rc, wanted 1: $(cat "$work/err")"
 printf '[smtp]\nrelay = %s\ncacert = %s\nfrom = alice@example.org\n' "$url" "$work/mca.pem" >"$work/gm.conf"
 "$BIN/groupmail" send -c "$work/gm.conf" --to eng@example.org --in "$work/m.eml" --timeout 10 2>"$work/err" ||
   fail "smtps with [smtp] cacert: $(cat "$work/err")"
