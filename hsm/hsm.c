@@ -798,8 +798,11 @@ hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
                        key->label);
         return HSM_ERR_NOT_LOGGED_IN;
     }
-    /* The PIN again, for this one operation (the card checks it). */
-    err = P11(ctx, C_Login, s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+    /* The PIN again, for this one operation (the card checks it), but
+     * never its last try (hsm_pin_tries_left). */
+    err = hsm_pin_tries_left(ctx, CKU_USER);
+    if (err == HSM_OK)
+        err = P11(ctx, C_Login, s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
     if (err == HSM_ERR_PIN_INCORRECT) {
         ctx->pin_rejected = true;
         pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);

@@ -55,9 +55,13 @@ static hsm_err login_user_again(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     pthread_mutex_lock(&ctx->key_mu);
     ctx->key_gen++;
     pthread_mutex_unlock(&ctx->key_mu);
-    err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
-    if (err != HSM_OK && hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN)
-        err = HSM_OK;
+    /* Never the PIN's last try (hsm_pin_tries_left), as at every login. */
+    err = hsm_pin_tries_left(ctx, CKU_USER);
+    if (err == HSM_OK) {
+        err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+        if (err != HSM_OK && hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN)
+            err = HSM_OK;
+    }
     pthread_mutex_unlock(&ctx->login_mu);
     return err;
 }

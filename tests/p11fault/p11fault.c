@@ -21,6 +21,9 @@
  *       C_GetAttributeValue reports this boolean attribute as value (0/1)
  *       on every object, as a token that adds usages would; value < 0
  *       removes the override (p11fault_clear() removes all).
+ *   void p11fault_token_flags(CK_FLAGS flags);
+ *       adds flags to what C_GetTokenInfo reports, as a "tokenflags"
+ *       line does (0 removes them; independent of the control file)
  *   CK_RV p11fault_close_all_sessions(void);
  *       really closes every session in the real module (C_CloseAllSessions
  *       on each slot): "the session was closed under us".
@@ -116,6 +119,7 @@ P11FAULT_EXPORT unsigned long p11fault_calls(const char *func);
 P11FAULT_EXPORT void p11fault_reset_calls(void);
 P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
 P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
+P11FAULT_EXPORT void p11fault_token_flags(CK_FLAGS flags);
 P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
@@ -1150,6 +1154,7 @@ static struct {
 } ctl_bools[CTL_BOOLS_MAX];
 static unsigned ctl_nbools;
 static CK_FLAGS ctl_token_flags; /* "tokenflags": added to C_GetTokenInfo's flags */
+static CK_FLAGS api_token_flags; /* p11fault_token_flags(): the same, set in-process */
 static int ctl_logout_pending; /* a "logout" line was just read */
 /* A lost connection (a network HSM's client, p11-kit's RPC after its
  * server died): every call fails with CKR_DEVICE_ERROR until the module
@@ -1317,9 +1322,16 @@ static CK_FLAGS ctl_token_flags_now(void)
     CK_FLAGS f;
 
     pthread_mutex_lock(&fault_mu);
-    f = ctl_token_flags;
+    f = ctl_token_flags | api_token_flags;
     pthread_mutex_unlock(&fault_mu);
     return f;
+}
+
+void p11fault_token_flags(CK_FLAGS flags)
+{
+    pthread_mutex_lock(&fault_mu);
+    api_token_flags = flags;
+    pthread_mutex_unlock(&fault_mu);
 }
 
 /* One word of a "tokenflags" line. Called locked. */

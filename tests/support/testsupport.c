@@ -210,6 +210,17 @@ int testfault_override_bool(unsigned long type, int value)
     return 0;
 }
 
+int testfault_token_flags(unsigned long flags)
+{
+    void (*fn)(unsigned long);
+
+    *(void **)(&fn) = fault_sym("p11fault_token_flags");
+    if (fn == NULL)
+        return -1;
+    fn(flags);
+    return 0;
+}
+
 long testfault_close_all_sessions(void)
 {
     unsigned long (*fn)(void);

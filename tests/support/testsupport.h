@@ -66,6 +66,9 @@ unsigned long testfault_calls(const char *func);
 /* C_GetAttributeValue reports boolean attribute `type` (a CKA_ value) as
  * value (0/1) on every object; value < 0 removes it. 0 or -1. */
 int testfault_override_bool(unsigned long type, int value);
+/* C_GetTokenInfo reports these CKF_ flags too (CKF_USER_PIN_FINAL_TRY, as
+ * a card whose retry counter ran down); 0 removes them. 0 or -1. */
+int testfault_token_flags(unsigned long flags);
 /* Really closes every session in the real module (behind the caller's
  * back). Returns the CK_RV, or -1 if the module cannot be reached. */
 long testfault_close_all_sessions(void);

@@ -48,6 +48,7 @@
 #define T_CKM_ECDH1_DERIVE 0x1050UL
 #define T_CKR_GENERAL_ERROR 0x5UL
 #define T_CKR_ATTRIBUTE_TYPE_INVALID 0x12UL
+#define T_CKF_USER_PIN_FINAL_TRY 0x20000UL
 #define T_CKR_CRYPTOKI_NOT_INITIALIZED 0x190UL
 #define T_CKA_UNWRAP_TEMPLATE 0x40000212UL
 
@@ -2616,6 +2617,14 @@ static void test_smartcard_profile(void **state)
     assert_int_equal(f_decrypt(ctx, grp, cek, sizeof(cek), out), HSM_OK);
     assert_memory_equal(out, cek, sizeof(cek));
     assert_int_equal(testfault_calls("C_Login"), logins + 1);
+    /* At the card's last PIN try, the per-use login is not spent either. */
+    assert_int_equal(testfault_token_flags(T_CKF_USER_PIN_FINAL_TRY), 0);
+    logins = testfault_calls("C_Login");
+    assert_int_equal(f_decrypt(ctx, grp, cek, sizeof(cek), out), HSM_ERR_PIN_LOCKED);
+    assert_int_equal(testfault_calls("C_Login"), logins);
+    assert_int_equal(testfault_token_flags(0), 0);
+    assert_int_equal(f_decrypt(ctx, grp, cek, sizeof(cek), out), HSM_OK);
+    assert_memory_equal(out, cek, sizeof(cek));
 
     /* Two sessions, four threads: they wait for each other, none fails. */
     for (int i = 0; i < 4; i++) {
