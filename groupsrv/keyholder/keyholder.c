@@ -712,6 +712,11 @@ static unsigned default_workers(void)
     return n < 2 ? 2 : n > 16 ? 16 : (unsigned)n;
 }
 
+/* start() found the configuration wrong (a token URI with a PIN in it):
+ * the key holder exits 5, and serve with it, so that a service manager
+ * does not restart it (RestartPreventExitStatus). */
+#define START_CONFIG_ERROR (-5)
+
 static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
 {
     hsm_caps caps;
@@ -758,7 +763,7 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         hcfg.hsm.max_sessions = *workers + 1;
     if ((ge = gs_hsm_open(&hcfg, &kh->hsm)) != GS_OK) {
         fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        return -1;
+        return ge == GS_ERR_CONFIG ? START_CONFIG_ERROR : -1;
     }
     (void)hsm_caps_get(kh->hsm, &caps);
     log_caps(&caps);
@@ -889,8 +894,12 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
             io.nlinks++;
             goto out;
         }
-    if (start(&kh, cfg, &workers) != 0)
+    int started = start(&kh, cfg, &workers);
+    if (started != 0) {
+        if (started == START_CONFIG_ERROR)
+            rc = 5;
         goto out;
+    }
     tokenq_ops ops = {
         .init = kh_worker_init, .fini = kh_worker_fini, .run = job_run, .after_run = job_after, .arg = &kh};
     unsigned max_jobs = cfg->server.max_connections > 512 ? 2 * cfg->server.max_connections : 1024;

@@ -203,8 +203,9 @@ static void child_defaults(void)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
 }
 
-/* Waits for CTL_READY on a child's control channel: 0, or -1 when it
- * exited or said nothing in time (then it is reaped or killed). */
+/* Waits for CTL_READY on a child's control channel: 0; 5 when it exited
+ * with 5 (its configuration is wrong); -1 when it exited otherwise or said
+ * nothing in time (then it is reaped or killed). */
 static int wait_ready(struct child *c)
 {
     ipc_reader rd;
@@ -234,9 +235,16 @@ static int wait_ready(struct child *c)
     ipc_reader_free(&rd);
     if (rc != 0 && c->pid > 0) {
         int st = 0;
-        if (waitpid(c->pid, &st, WNOHANG) == 0) {
+        pid_t w = 0;
+        /* A child that closed its channel is exiting: a moment for its
+         * status, which says whether it was the configuration (5). */
+        for (int i = 0; i < 100 && (w = waitpid(c->pid, &st, WNOHANG)) == 0; i++)
+            (void)poll(NULL, 0, 10);
+        if (w == 0) {
             kill(c->pid, SIGKILL);
             waitpid(c->pid, &st, 0);
+        } else if (w == c->pid && WIFEXITED(st) && WEXITSTATUS(st) == 5) {
+            rc = 5;
         }
         c->pid = 0;
         close(c->ctl);
@@ -658,9 +666,12 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         make_links(s.nlinks, kh_ends, net_ends) != 0)
         goto out;
     /* The key holder first, from this process that never touched PKCS#11. */
-    if (start_holder(&s, kh_ends) != 0) {
+    int held = start_holder(&s, kh_ends);
+    if (held != 0) {
         fprintf(stderr, "groupsrv serve: the key holder could not start (see above)\n");
         close_fds(net_ends, s.nlinks);
+        if (held == 5)
+            rc = 5; /* the configuration: not worth a restart */
         goto out;
     }
     /* An env: PIN is the key holder's now: wiped here (the value in place,

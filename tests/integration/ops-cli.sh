@@ -117,6 +117,18 @@ timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
   fail "serve with a directory as its audit log: exit $rc: $(cat "$work/err")"
 ok "serve with a directory as its audit log says so: $(head -n 1 "$work/err")"
 
+# ---- serve with a token URI that is a configuration error (a slot
+# attribute): exit 5 like every configuration error, which the unit's
+# RestartPreventExitStatus does not restart ----
+rmdir "$work/audit.jsonl"
+sed -i "s|^\[hsm\]\$|[hsm]\ntoken = pkcs11:token=groupsrv;slot-id=1|" "$conf"
+grep -q "^token = pkcs11:token=groupsrv;slot-id=1" "$conf" || fail "could not set the token URI"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 5 ] && grep -q "^groupsrv serve: token: .*attributes that do not name a token" "$work/err" ||
+  fail "serve with a slot attribute in its token URI: exit $rc, wanted 5: $(cat "$work/err")"
+ok "serve with a token URI that is a configuration error exits 5: $(head -n 1 "$work/err")"
+
 # ---- docs/scale-out.md's HAProxy configuration is the one the cluster runs ----
 # (it says so: tests/lib/cluster.sh writes it for scripts/cluster and the
 # cluster test; the site's names and addresses aside, they must not drift)
