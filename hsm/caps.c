@@ -158,39 +158,62 @@ struct trial {
     CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
     bool stored;            /* read back after creation */
     bool not_enforced;      /* CKA_WRAP_WITH_TRUSTED kept, but an untrusted key wrapped the key */
+    bool not_probed;        /* CKA_WRAP_WITH_TRUSTED kept, but no key could be made to try its enforcement */
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+
+enum untrusted_wrap {
+    UNTRUSTED_WRAP_REFUSED,    /* the token refused the wrap: it enforces the attribute */
+    UNTRUSTED_WRAP_WORKS,      /* it wrapped: kept, not enforced */
+    UNTRUSTED_WRAP_NOT_PROBED, /* no AES key with CKA_WRAP could be made to try */
+};
 
 /* Whether a key made by the user, not trusted, can wrap key h, which
  * carries CKA_WRAP_WITH_TRUSTED: a token that keeps the attribute but
  * does not enforce it (NSS softokn 3.87) would let anyone with the user
  * PIN wrap a replicable group key under a key of their own and decrypt it
- * in the clear. Any refusal of the wrap counts as enforcement. */
-static bool untrusted_wrap_works(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+ * in the clear. Only a refusal of the wrap itself counts as enforcement:
+ * a token that refuses to import the wrapping key (C_CreateObject, as HSMs
+ * in FIPS mode do) is tried with one it generates, and one that makes
+ * neither was not probed. */
+static enum untrusted_wrap untrusted_wrap(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
 {
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG value_len = 32;
     unsigned char value[32], wrapped[64];
     CK_ULONG wlen = sizeof(wrapped);
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0}, gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},        {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_VALUE, value, sizeof(value)},
-        {CKA_WRAP, &ck_true, sizeof(ck_true)},
+        {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_WRAP, &ck_true, sizeof(ck_true)},
+        {CKA_VALUE, value, sizeof(value)},
+    };
+    CK_ATTRIBUTE gtmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_WRAP, &ck_true, sizeof(ck_true)},
+        {CKA_VALUE_LEN, &value_len, sizeof(value_len)},
     };
     CK_OBJECT_HANDLE w = CK_INVALID_HANDLE;
-    bool works = false;
+    enum untrusted_wrap verdict = UNTRUSTED_WRAP_NOT_PROBED;
 
     if (RAND_bytes(value, sizeof(value)) != 1)
-        return false;
-    if (P11(ctx, C_CreateObject, s, tmpl, GS_ARRAY_LEN(tmpl), &w) == HSM_OK) {
-        works = P11(ctx, C_WrapKey, s, &mech, w, h, wrapped, &wlen) == HSM_OK;
-        hsm_destroy_session_obj(ctx, s, &w);
+        goto out;
+    if (P11(ctx, C_CreateObject, s, tmpl, GS_ARRAY_LEN(tmpl), &w) != HSM_OK) {
+        w = CK_INVALID_HANDLE;
+        if (P11(ctx, C_GenerateKey, s, &gen, gtmpl, GS_ARRAY_LEN(gtmpl), &w) != HSM_OK) {
+            w = CK_INVALID_HANDLE;
+            goto out;
+        }
     }
+    verdict = P11(ctx, C_WrapKey, s, &mech, w, h, wrapped, &wlen) == HSM_OK ? UNTRUSTED_WRAP_WORKS
+                                                                             : UNTRUSTED_WRAP_REFUSED;
+    hsm_destroy_session_obj(ctx, s, &w);
+out:
     OPENSSL_cleanse(value, sizeof(value));
     OPENSSL_cleanse(wrapped, sizeof(wrapped));
-    return works;
+    return verdict;
 }
 
 /* Creates a session AES key (random value, not secret: it is destroyed at
@@ -255,9 +278,13 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
         hsm_err_save(&sv);
         t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
-        if (t->stored && untrusted_wrap_works(ctx, s, h)) {
-            t->stored = false;
-            t->not_enforced = true;
+        if (t->stored) {
+            enum untrusted_wrap v = untrusted_wrap(ctx, s, h);
+            if (v != UNTRUSTED_WRAP_REFUSED) {
+                t->stored = false;
+                t->not_enforced = v == UNTRUSTED_WRAP_WORKS;
+                t->not_probed = v == UNTRUSTED_WRAP_NOT_PROBED;
+            }
         }
         hsm_err_restore(&sv);
     } else {
@@ -271,7 +298,7 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const char *name, char *why, size_t whycap,
                                  bool *reinit, bool *not_enforced)
 {
-    struct trial t = {attr, false, false};
+    struct trial t = {attr, false, false, false};
     unsigned gen0, gen1;
     hsm_err err;
 
@@ -299,13 +326,18 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
                  "carrying it");
         return HSM_ATTR_NO;
     }
+    if (err == HSM_OK && t.not_probed) {
+        snprintf(why, whycap, "kept, but whether it is enforced could not be tried: the token neither imported "
+                 "nor generated an AES key with CKA_WRAP to wrap with");
+        return HSM_ATTR_NO;
+    }
     if (err == HSM_OK) {
         snprintf(why, whycap, "the token accepted %s on a session key but did not keep it", name);
         return HSM_ATTR_NO;
     }
     {
         char prev[192];
-        struct trial base = {0, false, false};
+        struct trial base = {0, false, false, false};
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
