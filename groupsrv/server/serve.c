@@ -211,6 +211,7 @@ static int wait_ready(struct child *c)
     ipc_reader rd;
     double deadline = now_s() + READY_TIMEOUT_MS / 1000.0;
     int rc = -1;
+    bool closed = false; /* it closed its channel: it is exiting */
 
     ipc_reader_init(&rd);
     for (;;) {
@@ -229,17 +230,26 @@ static int wait_ready(struct child *c)
         }
         struct pollfd p = {.fd = c->ctl, .events = POLLIN};
         int left = (int)((deadline - now_s()) * 1000);
-        if (left <= 0 || poll(&p, 1, left) <= 0 || ipc_reader_fill(&rd, c->ctl) != IPC_OK)
+        if (left <= 0 || poll(&p, 1, left) <= 0)
             break;
+        if (ipc_reader_fill(&rd, c->ctl) != IPC_OK) {
+            closed = true;
+            break;
+        }
     }
     ipc_reader_free(&rd);
     if (rc != 0 && c->pid > 0) {
         int st = 0;
         pid_t w = 0;
-        /* A child that closed its channel is exiting: a moment for its
-         * status, which says whether it was the configuration (5). */
-        for (int i = 0; i < 100 && (w = waitpid(c->pid, &st, WNOHANG)) == 0; i++)
+        /* A child that closed its channel is exiting (a sanitizer's leak
+         * check may still run): up to 5 s for its status, which says
+         * whether it was the configuration (5). One that said nothing in
+         * time is killed at once. */
+        w = waitpid(c->pid, &st, WNOHANG);
+        for (int i = 0; closed && w == 0 && i < 500; i++) {
             (void)poll(NULL, 0, 10);
+            w = waitpid(c->pid, &st, WNOHANG);
+        }
         if (w == 0) {
             kill(c->pid, SIGKILL);
             waitpid(c->pid, &st, 0);
