@@ -243,6 +243,16 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
     return HSM_OK;
 }
 
+hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len)
+{
+    /* A context-specific login spends the user PIN's tries. */
+    hsm_err err = hsm_pin_tries_left(ctx, who == CKU_SO ? CKU_SO : CKU_USER);
+
+    if (err != HSM_OK)
+        return err;
+    return P11(ctx, C_Login, s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+}
+
 static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     hsm_err err = HSM_OK;
@@ -261,14 +271,14 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_PIN_INCORRECT;
         goto out;
     }
-    if ((err = hsm_pin_tries_left(ctx, CKU_USER)) != HSM_OK)
-        goto out;
     /* A new login (after all sessions were lost) renumbers private objects
      * on some tokens (SoftHSM): cached handles are stale. Bumped before the
      * call too, so that a thread which sees the session logged in already
      * also sees the new generation. */
     bump_key_gen(ctx);
-    err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+    err = hsm_login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len);
+    if (err == HSM_ERR_PIN_LOCKED)
+        goto out; /* not tried */
     if (err == HSM_OK) {
         bump_key_gen(ctx);
         goto out;
@@ -798,11 +808,8 @@ hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
                        key->label);
         return HSM_ERR_NOT_LOGGED_IN;
     }
-    /* The PIN again, for this one operation (the card checks it), but
-     * never its last try (hsm_pin_tries_left). */
-    err = hsm_pin_tries_left(ctx, CKU_USER);
-    if (err == HSM_OK)
-        err = P11(ctx, C_Login, s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
+    /* The PIN again, for this one operation (the card checks it). */
+    err = hsm_login_counted(ctx, s, CKU_CONTEXT_SPECIFIC, ctx->pin, ctx->pin_len);
     if (err == HSM_ERR_PIN_INCORRECT) {
         ctx->pin_rejected = true;
         pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
@@ -933,13 +940,13 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
             /* Which source: a path or a variable's name, never the PIN.
              * A value that is neither may be the PIN itself, written where
              * its source belongs: it is not shown. */
-            const char *src = cfg->pin_source;
+            const char *src = cfg->pin_source, *why = rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc);
             bool named = strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL;
             if (named)
-                hsm_set_detail("pin source %.200s: %s", src, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+                hsm_set_detail("pin source %.200s: %s", src, why);
             else
                 hsm_set_detail("pin source (not shown: neither a path with a '/' nor env:NAME nor file:PATH): %s",
-                               rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+                               why);
             err = HSM_ERR_PIN_SOURCE;
             goto out;
         }

@@ -145,6 +145,11 @@ void hsm_set_detail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * with the detail saying what to do when the token reports the PIN locked
  * or at its last try. HSM_OK when the token cannot say. */
 hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
+/* C_Login as who (CKU_USER, CKU_SO, CKU_CONTEXT_SPECIFIC) with pin, unless
+ * hsm_pin_tries_left refuses it for that PIN's counter (then
+ * HSM_ERR_PIN_LOCKED, nothing sent). Every login of the library goes
+ * through here. */
+hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len);
 void hsm_clear_detail(void);
 /* While set, this thread's P11() calls log "rv=withheld" and leave no
  * detail: used around the PKCS#1 v1.5 decrypt, whose result is secret. */

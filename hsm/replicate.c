@@ -55,13 +55,9 @@ static hsm_err login_user_again(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     pthread_mutex_lock(&ctx->key_mu);
     ctx->key_gen++;
     pthread_mutex_unlock(&ctx->key_mu);
-    /* Never the PIN's last try (hsm_pin_tries_left), as at every login. */
-    err = hsm_pin_tries_left(ctx, CKU_USER);
-    if (err == HSM_OK) {
-        err = P11(ctx, C_Login, s, CKU_USER, (CK_UTF8CHAR_PTR)ctx->pin, (CK_ULONG)ctx->pin_len);
-        if (err != HSM_OK && hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN)
-            err = HSM_OK;
-    }
+    err = hsm_login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len);
+    if (err != HSM_OK && err != HSM_ERR_PIN_LOCKED && hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN)
+        err = HSM_OK;
     pthread_mutex_unlock(&ctx->login_mu);
     return err;
 }
@@ -212,10 +208,7 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     err = P11(ctx, C_Logout, s);
     if (err != HSM_OK && hsm_last_rv() != CKR_USER_NOT_LOGGED_IN)
         goto relogin;
-    /* The SO PIN's last try is not spent here either (hsm_pin_tries_left). */
-    err = hsm_pin_tries_left(ctx, CKU_SO);
-    if (err == HSM_OK)
-        err = P11(ctx, C_Login, s, CKU_SO, (CK_UTF8CHAR_PTR)x->so_pin, (CK_ULONG)x->so_pin_len);
+    err = hsm_login_counted(ctx, s, CKU_SO, x->so_pin, x->so_pin_len);
     if (err != HSM_OK) {
         char prev[192];
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
