@@ -154,20 +154,19 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
 /* ---- attribute trials --------------------------------------------------------- */
 
-struct trial {
-    CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
-    bool stored;            /* read back after creation */
-    bool not_enforced;      /* CKA_WRAP_WITH_TRUSTED kept, but an untrusted key wrapped the key */
-    bool not_probed;        /* CKA_WRAP_WITH_TRUSTED kept, but no key could be made to try its enforcement */
-};
-
-static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
-
 enum untrusted_wrap {
     UNTRUSTED_WRAP_REFUSED,    /* the token refused the wrap: it enforces the attribute */
     UNTRUSTED_WRAP_WORKS,      /* it wrapped: kept, not enforced */
     UNTRUSTED_WRAP_NOT_PROBED, /* no AES key with CKA_WRAP could be made to try */
 };
+
+struct trial {
+    CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
+    bool stored;            /* read back after creation (and, for CKA_WRAP_WITH_TRUSTED, enforced) */
+    enum untrusted_wrap wrap; /* CKA_WRAP_WITH_TRUSTED kept: what an untrusted key's wrap did */
+};
+
+static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
 
 /* Whether a key made by the user, not trusted, can wrap key h, which
  * carries CKA_WRAP_WITH_TRUSTED: a token that keeps the attribute but
@@ -232,6 +231,7 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     hsm_err err;
 
     t->stored = false;
+    t->wrap = UNTRUSTED_WRAP_REFUSED;
     if (RAND_bytes(value, sizeof(value)) != 1)
         return HSM_ERR_NOMEM;
 #define A(ty, p, l) (tmpl[n].type = (ty), tmpl[n].pValue = (p), tmpl[n].ulValueLen = (l), n++)
@@ -279,12 +279,8 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         hsm_err_save(&sv);
         t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
         if (t->stored) {
-            enum untrusted_wrap v = untrusted_wrap(ctx, s, h);
-            if (v != UNTRUSTED_WRAP_REFUSED) {
-                t->stored = false;
-                t->not_enforced = v == UNTRUSTED_WRAP_WORKS;
-                t->not_probed = v == UNTRUSTED_WRAP_NOT_PROBED;
-            }
+            t->wrap = untrusted_wrap(ctx, s, h);
+            t->stored = t->wrap == UNTRUSTED_WRAP_REFUSED;
         }
         hsm_err_restore(&sv);
     } else {
@@ -298,7 +294,7 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const char *name, char *why, size_t whycap,
                                  bool *reinit, bool *not_enforced)
 {
-    struct trial t = {attr, false, false, false};
+    struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED};
     unsigned gen0, gen1;
     hsm_err err;
 
@@ -320,13 +316,13 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
         return HSM_ATTR_YES;
     }
     if (not_enforced != NULL)
-        *not_enforced = err == HSM_OK && t.not_enforced;
-    if (err == HSM_OK && t.not_enforced) {
+        *not_enforced = err == HSM_OK && t.wrap == UNTRUSTED_WRAP_WORKS;
+    if (err == HSM_OK && t.wrap == UNTRUSTED_WRAP_WORKS) {
         snprintf(why, whycap, "kept but not enforced: a key the user made, not trusted, wrapped a session key "
                  "carrying it");
         return HSM_ATTR_NO;
     }
-    if (err == HSM_OK && t.not_probed) {
+    if (err == HSM_OK && t.wrap == UNTRUSTED_WRAP_NOT_PROBED) {
         snprintf(why, whycap, "kept, but whether it is enforced could not be tried: the token neither imported "
                  "nor generated an AES key with CKA_WRAP to wrap with");
         return HSM_ATTR_NO;
@@ -337,7 +333,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
     }
     {
         char prev[192];
-        struct trial base = {0, false, false, false};
+        struct trial base = {0, false, UNTRUSTED_WRAP_REFUSED};
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
