@@ -1168,8 +1168,6 @@ static bool own_copy(job *j)
     return yes;
 }
 
-/* Gets the content key by the chosen method. For unwrap_only (the unwrap
- * command) the server's answer is printed instead, and cek stays empty. */
 /* Method G's unwrap (deliver=recipient-key) on a new connection that shows
  * only the membership certificate. *mr is that connection (NULL, and the
  * error our own, when it could not be made). */
@@ -1200,6 +1198,8 @@ static gs_rest_err mcert_unwrap(job *j, const gm_mcert *mc, gs_rest **mr, gs_unw
     return gs_rest_unwrap(*mr, c->group, &req, res);
 }
 
+/* Gets the content key by the chosen method. For unwrap_only (the unwrap
+ * command) the server's answer is printed instead, and cek stays empty. */
 static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, size_t *ceklen)
 {
     gm_config *c = j->c;
