@@ -37,12 +37,15 @@ typedef struct gm_config {
     char *store;
     char *smtp, *from, *to;
     char *smtp_cacert; /* CA file for an smtps:// server (default: the system's store) */
+    char *smtp_user, *smtp_password_file; /* AUTH at a submission server; where its password is, never the password */
     char *via, *in, *out, *recipient_info;
     char *content_algorithm; /* unwrap --recipient-info: the message's content algorithm */
     char *oaep;    /* sha1 | sha256 (encrypt) */
     char *format;  /* smime | pem | der (encrypt output) */
     long timeout;  /* seconds */
     bool cbc, mime, repin, verbose, quiet, encrypt_first;
+    /* smtp:// only: [smtp] starttls, or --smtp-starttls (required) */
+    enum { GM_STARTTLS_UNSET = 0, GM_STARTTLS_NO, GM_STARTTLS_YES, GM_STARTTLS_REQUIRED } smtp_starttls;
 } gm_config;
 
 void gm_config_clear(gm_config *c);

@@ -111,7 +111,8 @@ void gm_config_clear(gm_config *c)
 {
     char **strs[] = {&c->config_file, &c->server, &c->group, &c->cacert, &c->pin, &c->certsrv, &c->group_ca,
                      &c->group_cert, &c->cert, &c->key, &c->tls_cert, &c->tls_key, &c->hsm_module, &c->hsm_token,
-                     &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->smtp_cacert, &c->from, &c->to, &c->via, &c->in,
+                     &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->smtp_cacert, &c->smtp_user,
+                     &c->smtp_password_file, &c->from, &c->to, &c->via, &c->in,
                      &c->out, &c->recipient_info, &c->oaep, &c->format, &c->content_algorithm};
     for (size_t i = 0; i < GS_ARRAY_LEN(strs); i++) {
         free(*strs[i]);
@@ -157,6 +158,7 @@ static const struct ini_key ini_keys[] = {
     K("hsm", "pin_source", hsm_pin_source), K("hsm", "group_key", group_key),
     K("store", "dir", store),           K("smtp", "relay", smtp),
     K("smtp", "from", from),            K("smtp", "cacert", smtp_cacert),
+    K("smtp", "user", smtp_user),       K("smtp", "password_file", smtp_password_file),
     K("decrypt", "via", via),
     K("encrypt", "oaep", oaep),         K("encrypt", "format", format),
 };
@@ -186,6 +188,20 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
             st->bad = 1;
         } else if (st->c->timeout == 0) {
             st->c->timeout = t;
+        }
+        return 1;
+    }
+    if (strcmp(section, "smtp") == 0 && strcmp(name, "starttls") == 0) {
+        /* The exploder's [delivery] starttls words; --smtp-starttls wins. */
+        int mode = strcmp(value, "no") == 0         ? GM_STARTTLS_NO
+                   : strcmp(value, "yes") == 0      ? GM_STARTTLS_YES
+                   : strcmp(value, "required") == 0 ? GM_STARTTLS_REQUIRED
+                                                    : GM_STARTTLS_UNSET;
+        if (mode == GM_STARTTLS_UNSET) {
+            gm_err("%s: [smtp] starttls must be no, yes or required", st->path);
+            st->bad = 1;
+        } else if (st->c->smtp_starttls == GM_STARTTLS_UNSET) {
+            st->c->smtp_starttls = mode;
         }
         return 1;
     }

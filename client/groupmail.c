@@ -32,7 +32,7 @@ static void usage(FILE *f)
           "  encrypt    (--group-cert FILE | --server URL --group G) [--cbc] [--mime] [--oaep sha1|sha256]\n"
           "             [--format smime|pem|der] [--in FILE] [--out FILE]\n"
           "  send       --smtp smtp[s]://HOST:PORT [--smtp-cacert FILE] --to LIST@DOMAIN [--from ADDR] [--encrypt ...]\n"
-          "             [--in FILE]\n"
+          "             [--smtp-starttls] [--smtp-user USER --smtp-password-file FILE|env:VAR] [--in FILE]\n"
           "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key|own-key\n"
           "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
           "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE\n"
@@ -56,6 +56,7 @@ enum {
     O_SERVER = 256, O_GROUP, O_CERT, O_KEY, O_CACERT, O_TLS_CERT, O_TLS_KEY, O_PIN, O_CERTSRV, O_GROUP_CA,
     O_GROUP_CERT, O_GROUP_KEY, O_HSM_MODULE, O_HSM_TOKEN, O_PIN_SOURCE, O_STORE, O_SMTP, O_FROM, O_TO, O_VIA,
     O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT, O_CALG, O_SMTP_CACERT,
+    O_SMTP_USER, O_SMTP_PASSWORD_FILE, O_SMTP_STARTTLS,
 };
 
 static const struct option long_opts[] = {
@@ -76,6 +77,9 @@ static const struct option long_opts[] = {
     {"cbc", no_argument, NULL, O_CBC},                   {"mime", no_argument, NULL, O_MIME},
     {"repin", no_argument, NULL, O_REPIN},               {"encrypt", no_argument, NULL, O_ENCRYPT},
     {"content-algorithm", required_argument, NULL, O_CALG}, {"smtp-cacert", required_argument, NULL, O_SMTP_CACERT},
+    {"smtp-user", required_argument, NULL, O_SMTP_USER},
+    {"smtp-password-file", required_argument, NULL, O_SMTP_PASSWORD_FILE},
+    {"smtp-starttls", no_argument, NULL, O_SMTP_STARTTLS},
     {"config", required_argument, NULL, 'c'},            {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},                   {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -116,6 +120,9 @@ static int parse_options(int argc, char **argv, gm_config *c)
         case O_STORE: dst = &c->store; break;
         case O_SMTP: dst = &c->smtp; break;
         case O_SMTP_CACERT: dst = &c->smtp_cacert; break;
+        case O_SMTP_USER: dst = &c->smtp_user; break;
+        case O_SMTP_PASSWORD_FILE: dst = &c->smtp_password_file; break;
+        case O_SMTP_STARTTLS: c->smtp_starttls = GM_STARTTLS_REQUIRED; break;
         case O_FROM: dst = &c->from; break;
         case O_TO: dst = &c->to; break;
         case O_VIA: dst = &c->via; break;
@@ -548,11 +555,6 @@ static int smtp_prepare(FILE *src, FILE *dst, const char *to, const char *from)
     return ferror(src) || ferror(dst) || in_headers ? -1 : 0;
 }
 
-static size_t smtp_read(char *buf, size_t size, size_t nitems, void *userdata)
-{
-    return fread(buf, size, nitems, (FILE *)userdata);
-}
-
 /* The SMTP server's last reply line, and its last 4xx/5xx one (the QUIT
  * that follows a failure answers 221), each cut and reduced to printable
  * ASCII: they go into our one-line error, whatever the server sent. */
@@ -560,6 +562,11 @@ typedef struct smtp_reply {
     char line[200];
     char failed[200];
 } smtp_reply;
+
+static size_t smtp_read(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    return fread(buf, size, nitems, (FILE *)userdata);
+}
 
 static int smtp_debug(CURL *cu, curl_infotype type, char *data, size_t size, void *userp)
 {
@@ -598,6 +605,20 @@ static int smtp_fail(CURL *cu, CURLcode cc, const char *errbuf, const smtp_reply
         gm_err("SMTP: %s", why);
         return GM_EXIT_ERROR;
     }
+    /* libcurl logs in only where the server offers AUTH with a mechanism
+     * it knows; else it stops here too (no reply to quote), before MAIL. */
+    if (cc == CURLE_LOGIN_DENIED) {
+        if (reply->failed[0] != '\0')
+            gm_err("SMTP: the server refused the login (--smtp-user, --smtp-password-file): %s", reply->failed);
+        else
+            gm_err("SMTP: the server offers no AUTH login that groupmail can use; nothing was sent");
+        return GM_EXIT_REFUSED;
+    }
+    if (cc == CURLE_USE_SSL_FAILED) {
+        gm_err("SMTP: the server does not offer STARTTLS, which --smtp-starttls ([smtp] starttls = required) "
+               "requires; nothing was sent");
+        return GM_EXIT_UNREACHABLE;
+    }
     if (code >= 500 && code <= 599) {
         gm_err("SMTP: the server refused the message: %s", reply->failed);
         return GM_EXIT_REFUSED;
@@ -612,6 +633,38 @@ static int smtp_fail(CURL *cu, CURLcode cc, const char *errbuf, const smtp_reply
     return GM_EXIT_UNREACHABLE;
 }
 
+/* Checks the SMTP options and reads the AUTH password, if any, into *pw
+ * (the caller wipes it with util_secret_free). A password goes only over
+ * TLS nobody can strip: smtps://, or STARTTLS required (with `yes`, a relay
+ * or anyone on the path that hides STARTTLS would be sent it in clear).
+ * Returns GM_EXIT_OK, GM_EXIT_USAGE or GM_EXIT_ERROR, after one line. */
+static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
+{
+    *pw = NULL;
+    *pwlen = 0;
+    if ((c->smtp_user == NULL) != (c->smtp_password_file == NULL)) {
+        gm_err("SMTP AUTH needs both --smtp-user and --smtp-password-file ([smtp] user and password_file)");
+        return GM_EXIT_USAGE;
+    }
+    if (c->smtp_user == NULL)
+        return GM_EXIT_OK;
+    if (strncasecmp(c->smtp, "smtps://", 8) != 0 && c->smtp_starttls != GM_STARTTLS_REQUIRED) {
+        gm_err("refusing to send the SMTP password in clear: use smtps:// or --smtp-starttls ([smtp] starttls = "
+               "required)");
+        return GM_EXIT_USAGE;
+    }
+    switch (util_read_pin_source(c->smtp_password_file, pw, pwlen)) {
+    case UTIL_OK: return GM_EXIT_OK;
+    case UTIL_E_NOTFOUND: gm_err("SMTP password: %s not found", c->smtp_password_file); break;
+    case UTIL_E_PERM:
+        gm_err("SMTP password: %s is readable by group or others (chmod 600 it)", c->smtp_password_file);
+        break;
+    case UTIL_E_TOOBIG: gm_err("SMTP password: %s holds more than a password", c->smtp_password_file); break;
+    default: gm_err("SMTP password: cannot read %s", c->smtp_password_file); break;
+    }
+    return GM_EXIT_ERROR;
+}
+
 static int cmd_send(gm_config *c)
 {
     gs_rest *r = NULL;
@@ -620,7 +673,8 @@ static int cmd_send(gm_config *c)
     env_message *msg = NULL;
     CURL *cu = NULL;
     struct curl_slist *rcpts = NULL, *t;
-    char *tos = NULL, *save, errbuf[CURL_ERROR_SIZE] = "";
+    char *tos = NULL, *save, errbuf[CURL_ERROR_SIZE] = "", *pw = NULL;
+    size_t pwlen = 0;
     int rc = GM_EXIT_ERROR;
     env_err e;
     smtp_reply reply = {"", ""};
@@ -631,6 +685,8 @@ static int cmd_send(gm_config *c)
         gm_err("--smtp must be smtp:// or smtps://");
         return GM_EXIT_USAGE;
     }
+    if ((rc = smtp_password(c, &pw, &pwlen)) != GM_EXIT_OK)
+        goto out;
     if ((rc = open_in(c, &in)) != GM_EXIT_OK)
         goto out;
     rc = GM_EXIT_ERROR;
@@ -697,6 +753,16 @@ static int cmd_send(gm_config *c)
      * servers, not for whoever runs the mail server. */
     if (c->smtp_cacert != NULL)
         curl_easy_setopt(cu, CURLOPT_CAINFO, c->smtp_cacert);
+    if (c->smtp_starttls == GM_STARTTLS_YES)
+        curl_easy_setopt(cu, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    else if (c->smtp_starttls == GM_STARTTLS_REQUIRED)
+        curl_easy_setopt(cu, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
+    if (pw != NULL) {
+        /* libcurl keeps its own copies until curl_easy_cleanup (and frees
+         * them without wiping): ours is wiped below either way. */
+        curl_easy_setopt(cu, CURLOPT_USERNAME, c->smtp_user);
+        curl_easy_setopt(cu, CURLOPT_PASSWORD, pw);
+    }
     gm_progress(c, "sending to %s via %s", c->to, c->smtp);
     CURLcode cc = curl_easy_perform(cu);
     if (cc != CURLE_OK) {
@@ -707,6 +773,7 @@ static int cmd_send(gm_config *c)
 out:
     if (cu != NULL)
         curl_easy_cleanup(cu);
+    util_secret_free(pw, pwlen);
     curl_slist_free_all(rcpts);
     free(tos);
     env_message_free(msg);

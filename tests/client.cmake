@@ -42,3 +42,12 @@ add_test(NAME groupmail_send_smtp COMMAND bash ${GS_TEST_DIR}/integration/groupm
   ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_send_smtp PROPERTIES LABELS "integration;client" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# groupmail send to a submission server (tests/lib/smtpd.py, aiosmtpd):
+# STARTTLS required never falls back to clear text, the AUTH password
+# comes from a 0600 file or env:VAR and only goes over TLS, a refused
+# login is exit 3.
+add_test(NAME groupmail_send_auth COMMAND bash ${GS_TEST_DIR}/integration/groupmail-send-auth.sh ${GS_TEST_BIN}
+  ${CMAKE_SOURCE_DIR})
+set_tests_properties(groupmail_send_auth PROPERTIES LABELS "integration;client" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")

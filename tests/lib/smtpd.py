@@ -36,6 +36,11 @@ Options:
   --require-starttls  refuse MAIL before STARTTLS (530)
   --implicit-tls      TLS from the first byte (smtps://, port 465 style) with
                       --tls-cert/--tls-key, instead of offering STARTTLS
+  --auth-file F       offer AUTH (PLAIN, LOGIN) and accept the one login in F, a line
+                      "USER PASSWORD"; only over TLS (aiosmtpd's auth_require_tls).
+                      DIR/auth.log gets "<session> ok|refused <user>" per attempt
+                      (never the password)
+  --require-auth      refuse MAIL before a successful AUTH (530)
   --max-size BYTES    DATA size limit                                          [33554432]
   --pipe ADDR=COMMAND mail for ADDR is not stored but handed to COMMAND on stdin, the
                       way Postfix's pipe(8) transport feeds a list manager. COMMAND is
@@ -64,7 +69,7 @@ import sys
 import time
 
 try:
-    from aiosmtpd.smtp import SMTP
+    from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 except ImportError:  # pragma: no cover
     sys.stderr.write("smtpd.py: python3-aiosmtpd missing; run it with /usr/bin/python3\n")
     sys.exit(2)
@@ -195,6 +200,21 @@ def list_messages(d):
             print(os.path.join(nd, name))
 
 
+def make_authenticator(args, handler):
+    with open(args.auth_file) as f:
+        user, _, password = f.readline().rstrip("\n").partition(" ")
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        who = auth_data.login.decode("utf-8", "replace")
+        ok = auth_data.login == user.encode() and auth_data.password == password.encode()
+        append_line(os.path.join(args.dir, "auth.log"), "%s %s %s" % (handler.session_id(session),
+                    "ok" if ok else "refused", who.replace(" ", "_")[:64]))
+        return AuthResult(success=ok, handled=False)  # False: aiosmtpd sends the 535
+    return authenticator
+
+
 async def serve(args):
     loop = asyncio.get_running_loop()
     tls = None
@@ -206,11 +226,20 @@ async def serve(args):
     handler = Handler(args)
 
     implicit = tls if args.implicit_tls else None
+    # Without --auth-file no AUTH is offered at all (aiosmtpd would offer
+    # LOGIN and PLAIN and refuse every login): a relay that takes mail from
+    # anyone on loopback.
+    auth = dict(auth_exclude_mechanism=["LOGIN", "PLAIN"])
+    if args.auth_file:
+        # aiosmtpd knows only STARTTLS as TLS: over --implicit-tls it would
+        # not offer AUTH at all with auth_require_tls
+        auth = dict(authenticator=make_authenticator(args, handler), auth_required=args.require_auth,
+                    auth_require_tls=not args.implicit_tls)
 
     def factory():
         return SMTP(handler, hostname="smtpd.test", data_size_limit=args.max_size,
                     tls_context=None if implicit else tls, require_starttls=args.require_starttls,
-                    enable_SMTPUTF8=True, timeout=60)
+                    enable_SMTPUTF8=True, timeout=60, **auth)
 
     server = await loop.create_server(factory, host=args.host, port=args.port, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
@@ -242,6 +271,8 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--require-starttls", action="store_true")
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--auth-file")
+    p.add_argument("--require-auth", action="store_true")
     p.add_argument("--max-size", type=int, default=33554432)
     p.add_argument("--pipe", action="append")
     p.add_argument("--list-accepted", action="store_true")
@@ -255,6 +286,8 @@ def main():
         return 0
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if args.require_auth and not args.auth_file:
+        p.error("--require-auth needs --auth-file")
     if args.implicit_tls and not args.tls_cert:
         p.error("--implicit-tls needs --tls-cert and --tls-key")
     for sub in ("tmp", "new"):
