@@ -284,9 +284,14 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
     /* also bounds the QUIT at disconnect, which CURLOPT_TIMEOUT does not:
      * else a stalled relay holds the runner for libcurl's 120 s default */
     CK(curl_easy_setopt(h, CURLOPT_SERVER_RESPONSE_TIMEOUT, (long)conf->relay_timeout));
-    CK(curl_easy_setopt(h, CURLOPT_USE_SSL, conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
-                                            : conf->starttls == XP_STARTTLS_YES    ? (long)CURLUSESSL_TRY
-                                                                                   : (long)CURLUSESSL_NONE));
+    /* With a login, "yes" is "required": a relay, or anyone on the path,
+     * that hides STARTTLS would otherwise be sent the password in clear.
+     * Only an explicit "no" (a relay on this host) logs in without TLS. */
+    long use_ssl = conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
+                   : conf->starttls == XP_STARTTLS_YES    ? (conf->relay_user != NULL ? (long)CURLUSESSL_ALL
+                                                                                      : (long)CURLUSESSL_TRY)
+                                                          : (long)CURLUSESSL_NONE;
+    CK(curl_easy_setopt(h, CURLOPT_USE_SSL, use_ssl));
     CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, conf->relay_verify ? 1L : 0L));
     CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, conf->relay_verify ? 2L : 0L));
     if (conf->relay_cacert != NULL)

@@ -15,7 +15,7 @@ set(GS_EXPLODER_ENV
   "GS_SRC=${CMAKE_SOURCE_DIR}"
   "GS_TEST_WORK=${GS_TEST_WORK}"
   "SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
-foreach(t forward refuse relay-down bounce crash starttls group-secret member-certs hostile-groupsrv
+foreach(t forward refuse relay-down bounce crash starttls relay-auth group-secret member-certs hostile-groupsrv
     hostile-relay spool-full)
   string(REPLACE "-" "_" tn "exploder_${t}")
   add_test(NAME ${tn} COMMAND bash ${GS_TEST_DIR}/integration/exploder-${t}.sh)

@@ -41,6 +41,8 @@ Options:
                       DIR/auth.log gets "<session> ok|refused <user>" per attempt
                       (never the password)
   --require-auth      refuse MAIL before a successful AUTH (530)
+  --auth-in-clear     offer AUTH without TLS too (as a Postfix with smtpd_tls_auth_only
+                      = no does): for tests that a client never sends it so
   --max-size BYTES    DATA size limit                                          [33554432]
   --pipe ADDR=COMMAND mail for ADDR is not stored but handed to COMMAND on stdin, the
                       way Postfix's pipe(8) transport feeds a list manager. COMMAND is
@@ -234,7 +236,7 @@ async def serve(args):
         # aiosmtpd knows only STARTTLS as TLS: over --implicit-tls it would
         # not offer AUTH at all with auth_require_tls
         auth = dict(authenticator=make_authenticator(args, handler), auth_required=args.require_auth,
-                    auth_require_tls=not args.implicit_tls)
+                    auth_require_tls=not (args.implicit_tls or args.auth_in_clear))
 
     def factory():
         return SMTP(handler, hostname="smtpd.test", data_size_limit=args.max_size,
@@ -273,6 +275,7 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--auth-file")
     p.add_argument("--require-auth", action="store_true")
+    p.add_argument("--auth-in-clear", action="store_true")
     p.add_argument("--max-size", type=int, default=33554432)
     p.add_argument("--pipe", action="append")
     p.add_argument("--list-accepted", action="store_true")
@@ -286,8 +289,8 @@ def main():
         return 0
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
-    if args.require_auth and not args.auth_file:
-        p.error("--require-auth needs --auth-file")
+    if (args.require_auth or args.auth_in_clear) and not args.auth_file:
+        p.error("--require-auth and --auth-in-clear need --auth-file")
     if args.implicit_tls and not args.tls_cert:
         p.error("--implicit-tls needs --tls-cert and --tls-key")
     for sub in ("tmp", "new"):
