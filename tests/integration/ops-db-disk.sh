@@ -24,7 +24,7 @@ gs member list eng > "$work/members-before" # checkpointed: the whole database i
 cp "$work/groupsrv.db" "$fs/groupsrv.db"
 sed -i "s|^path = $work/groupsrv.db\$|path = $fs/groupsrv.db|" "$conf"
 grep -q "^path = $fs/groupsrv.db\$" "$conf" || fail "database path not moved"
-objects() { pkcs11-tool --module "$module" --token-label groupsrv --login --pin "$(cat "$pin_file")" -O 2>/dev/null | grep -c 'label:' || true; }
+objects() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN -O 2>/dev/null | grep -c 'label:' || true; }
 fill() { dd if=/dev/zero of="$fs/fill" bs=4k 2>/dev/null || true; dd if=/dev/zero of="$fs/fill2" bs=64 2>/dev/null || true; }
 
 start_server
