@@ -174,6 +174,18 @@ gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize)
     return err;
 }
 
+gs_err gs_key_check_strength(EVP_PKEY *pk, const char *what)
+{
+    if (pk == NULL)
+        return gs_err_set(GS_ERR_CERT, "%s has no usable public key", what);
+    int type = EVP_PKEY_get_base_id(pk);
+    if (type == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) < 2048)
+        return gs_err_set(GS_ERR_CERT, "%s key is RSA below 2048 bits", what);
+    if (type == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) < 256)
+        return gs_err_set(GS_ERR_CERT, "%s key is EC below P-256", what);
+    return GS_OK;
+}
+
 bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len)
 {
     const unsigned char *p = spki;
@@ -538,12 +550,11 @@ gs_err gs_ca_issue_membership_key(const gs_ca *ca, hsm_ctx *hsm, EVP_PKEY *pk, c
     if (pk == NULL || !gs_valid_group_name(group) || lifetime <= 0)
         return gs_err_set(GS_ERR_ARGS, "membership certificate needs a key, a group and a lifetime");
     type = EVP_PKEY_get_base_id(pk);
-    if (type == EVP_PKEY_RSA) {
-        if (EVP_PKEY_get_bits(pk) < 2048)
-            return gs_err_set(GS_ERR_CERT, "CSR key is RSA below 2048 bits");
-    } else if (type != EVP_PKEY_EC || EVP_PKEY_get_bits(pk) < 256) {
+    if (type != EVP_PKEY_RSA && type != EVP_PKEY_EC)
         return gs_err_set(GS_ERR_CERT, "CSR key must be RSA (>= 2048 bits) or EC (>= P-256)");
-    }
+    gs_err strength = gs_key_check_strength(pk, "CSR");
+    if (strength != GS_OK)
+        return strength;
     (void)snprintf(uri, sizeof(uri), "%s%s", GS_MEMBERSHIP_URI_PREFIX, group);
     memset(&spec, 0, sizeof(spec));
     spec.pubkey = pk;

@@ -137,6 +137,11 @@ gs_err gs_cert_to_pem(X509 *cert, char **pem);
  * GS_ERR_CERT (detail "certificate has no email address") if none.
  * Writes a NUL-terminated copy into buf. */
 gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize);
+/* GS_OK unless pk (what: "certificate", "CSR" for the message) is RSA below
+ * 2048 bits or EC below P-256: too weak to wrap message keys to, or to
+ * identify a member. Other key types pass (the caller decides what it
+ * can use); GS_ERR_CERT with the detail set otherwise. */
+gs_err gs_key_check_strength(EVP_PKEY *pk, const char *what);
 /* Does cert carry exactly the public key given as DER SubjectPublicKeyInfo? */
 bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len);
 /* SHA-256 fingerprint of the DER certificate, lowercase hex (65 bytes). */

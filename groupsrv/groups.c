@@ -1327,6 +1327,9 @@ gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs
             err = gs_err_set(GS_ERR_CERT, "certificate is for %s, not %s", cemail, email);
             goto out;
         }
+        /* Message keys are re-wrapped to it (recipient-key, member-certs). */
+        if ((err = gs_key_check_strength(X509_get0_pubkey(cert), "certificate")) != GS_OK)
+            goto out;
         err = gs_cert_to_pem(cert, &pem);
         if (err)
             goto out;

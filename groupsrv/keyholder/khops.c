@@ -1640,6 +1640,10 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_certificate", "\"certificate\" is not a PEM certificate");
         goto out;
     }
+    if (cert != NULL && gs_key_check_strength(X509_get0_pubkey(cert), "certificate") != GS_OK) {
+        answer_error(j, 400, "bad_certificate", "%s", gs_err_detail());
+        goto out;
+    }
     int existed = gs_store_member_get(w->store, gs_group_id(g), email, &m) == GS_OK;
     if (existed && (e = gs_store_member_remove(w->store, gs_group_id(g), email)) != GS_OK) {
         answer_gs_error(j, e, "member");

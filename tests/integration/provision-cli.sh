@@ -147,6 +147,11 @@ expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$CONF"
 expect_err "not a valid X.509"
 expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$T/bob.pem"
 expect_err "certificate is for bob@example.org"
+# a key too weak to re-wrap message keys to (recipient-key, member-certs)
+openssl req -x509 -newkey rsa:1024 -nodes -keyout "$T/carol.key" -out "$T/carol.pem" -days 2 \
+  -subj "/CN=Carol" -addext "subjectAltName=email:carol@example.org" 2>/dev/null
+expect_rc 1 "$G" -c "$CONF" member add eng carol@example.org --cert "$T/carol.pem"
+expect_err "RSA below 2048 bits"
 expect_rc 3 "$G" -c "$CONF" member add nosuch bob@example.org --cert "$T/bob.pem"
 expect_rc 2 "$G" -c "$CONF" member add eng bob@example.org --cert "$T/bob.pem" --role king
 expect_rc 2 "$G" -c "$CONF" member add eng bob@example.org

@@ -166,6 +166,19 @@ grep -q '"email":"alice@example.org"' "$work/body" || fail "member list"
 expect_status 403 forbidden "member list refused for a member" -- c alice "$base/v1/groups/eng/members"
 expect_status 201 "" "admin adds a member" -- c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/frank@example.org"
 expect_status 200 "" "admin reads a member" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+# A member certificate with a key too weak to re-wrap message keys to is
+# refused, and the member stays as they were.
+# put_cert FILE: a PUT body with FILE as frank's certificate
+put_cert() { /usr/bin/python3 -c 'import json,sys; print(json.dumps({"role":"admin","certificate":open(sys.argv[1]).read()}))' "$1"; }
+openssl req -x509 -newkey rsa:1024 -nodes -days 2 -subj /CN=frank -addext subjectAltName=email:frank@example.org \
+  -keyout "$work/frank1024.key" -out "$work/frank1024.pem" 2>/dev/null
+put_cert "$work/frank1024.pem" > "$work/put-weak.json"
+expect_status 400 bad_certificate "PUT with an RSA-1024 certificate" -- c admin -X PUT --data-binary @"$work/put-weak.json" \
+  "$base/v1/groups/eng/members/frank@example.org"
+grep -q 'RSA below 2048' "$work/body" || fail "PUT with an RSA-1024 certificate: $(cat "$work/body")"
+expect_status 200 "" "a refused PUT left the member as they were" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+grep -q '"role":"member"' "$work/body" && grep -q '"has_certificate":false' "$work/body" ||
+  fail "a refused PUT changed the member: $(cat "$work/body")"
 expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/groups/eng/members/frank@example.org"
 expect_status 404 not_found "removed member is gone" -- c admin "$base/v1/groups/eng/members/frank@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
