@@ -116,6 +116,11 @@ done
 row=$("$BIN/ipchop" --count 200 2>/dev/null) || die "ipchop exited $?"
 check_row "$row" 200 "ipchop"
 ipc_row=$row
+# What one durable record costs the disk, appended and overwritten in place.
+row=$("$BIN/synccost" --dir "$work" --records 20 --rounds 1 | sed -n 's/^overwrite\/append,//p') ||
+  die "synccost exited $?"
+[ -n "$row" ] || die "synccost printed no ratio"
+echo "ok: synccost"
 # bench/lib-keyholder.sh's view of serve: three processes, CPU and memory.
 source "$top/bench/lib-keyholder.sh"
 [ "$(serve_cpu | awk '{print $2}' | sort | paste -sd' ')" = "groupsrv groupsrv-kh groupsrv-net" ] ||
