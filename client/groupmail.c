@@ -1412,11 +1412,18 @@ static int read_message(job *j)
     int rc = open_in(j->c, &in);
     if (rc != GM_EXIT_OK)
         return rc;
-    if ((e = env_message_read(in, ENV_FORMAT_AUTO, 0, &j->msg)) != ENV_OK) {
+    /* A reader takes the S/MIME part of a multipart/mixed (a footer added
+     * outside the encryption by a list or a gateway) or of a
+     * multipart/signed (encrypted, then signed), as mail clients do. */
+    if ((e = env_message_read_flags(in, ENV_FORMAT_AUTO, ENV_READ_IN_MULTIPART, 0, &j->msg)) != ENV_OK) {
         if (e == ENV_ERR_UNSUPPORTED) /* a CMS message, of a kind we do not read (3DES, say) */
             gm_err("cannot read this message: %s (groupmail reads AES-CBC EnvelopedData and AES-GCM "
                    "AuthEnvelopedData)",
                    env_strerror(e));
+        else if (e == ENV_ERR_CONTENT_TYPE) /* SignedData, or multipart/signed around no S/MIME part */
+            gm_err("not an encrypted S/MIME or CMS message: it is signed (CMS SignedData), with no encrypted "
+                   "part groupmail reads (it reads signed mail inside its encryption, and encrypted mail as "
+                   "the first part of a multipart/signed)");
         else
             gm_err("not an encrypted S/MIME or CMS message: %s", env_strerror(e));
         rc = gm_env_exit(e) == GM_EXIT_ERROR && e != ENV_ERR_IO ? GM_EXIT_BAD_MESSAGE : gm_env_exit(e);

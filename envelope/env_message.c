@@ -32,7 +32,7 @@
 #include "util.h"
 
 #define IO_CHUNK (64u * 1024)
-#define HDR_LINE_CAP (16u * 1024)     /* one outer header line */
+#define HDR_LINE_CAP (16u * 1024)     /* one header line (outer or of a part) */
 #define HDR_BLOCK_CAP (1024u * 1024)  /* all outer headers */
 #define MAX_NESTING 8                 /* constructed OCTET STRING depth */
 
@@ -241,7 +241,13 @@ static bool header_is(const char *line, const char *name)
     return strncasecmp(line, name, n) == 0 && line[n] == ':';
 }
 
-static void trim_value(const char *line, char *v, size_t cap)
+static char lowered(char c, bool lower)
+{
+    return lower ? (char)tolower((unsigned char)c) : c;
+}
+
+/* A header line's value into v (lowered when lower), cut at cap. */
+static void trim_value(const char *line, char *v, size_t cap, bool lower)
 {
     const char *p = strchr(line, ':');
     size_t n = 0;
@@ -249,14 +255,15 @@ static void trim_value(const char *line, char *v, size_t cap)
     while (*p == ' ' || *p == '\t')
         p++;
     while (*p && *p != '\r' && *p != '\n' && n + 1 < cap)
-        v[n++] = (char)tolower((unsigned char)*p++);
+        v[n++] = lowered(*p++, lower);
     v[n] = '\0';
 }
 
-/* A folded continuation line of a header value appended to v (lowered,
- * one space between the parts, cut at cap: only the leading media type
- * and the encoding are ever looked at). */
-static void append_value(char *v, size_t cap, const char *cont)
+/* A folded continuation line of a header value appended to v (lowered
+ * when lower, one space between the parts, cut at cap: only the leading
+ * media type, its parameters and the encoding are ever looked at). The
+ * same calls with and without lower keep the two copies aligned. */
+static void append_value(char *v, size_t cap, const char *cont, bool lower)
 {
     size_t n = strlen(v);
     while (*cont == ' ' || *cont == '\t')
@@ -264,7 +271,7 @@ static void append_value(char *v, size_t cap, const char *cont)
     if (n > 0 && n + 1 < cap && *cont != '\r' && *cont != '\n' && *cont != '\0')
         v[n++] = ' ';
     while (*cont && *cont != '\r' && *cont != '\n' && n + 1 < cap)
-        v[n++] = (char)tolower((unsigned char)*cont++);
+        v[n++] = lowered(*cont++, lower);
     v[n] = '\0';
 }
 
@@ -275,8 +282,10 @@ static bool mime_type_is(const char *v, const char *type)
 }
 
 /* The value of parameter name (lowercase) in a lowercased header value
- * "type; a=b; name=\"x\"", unquoted, into out (cut at cap); false if absent. */
-static bool mime_param(const char *v, const char *name, char *out, size_t cap)
+ * "type; a=b; name=\"x\"", unquoted, into out (cut at cap); false if absent.
+ * It is copied from src, v with its case kept (same length), or from v
+ * when src is NULL. */
+static bool mime_param(const char *v, const char *src, const char *name, char *out, size_t cap)
 {
     size_t n = strlen(name), o = 0;
     const char *p = strchr(v, ';');
@@ -290,7 +299,7 @@ static bool mime_param(const char *v, const char *name, char *out, size_t cap)
             for (p += n + 1 + quoted; *p && o + 1 < cap; p++) {
                 if (quoted ? *p == '"' : (*p == ';' || *p == ' ' || *p == '\t'))
                     break;
-                out[o++] = *p;
+                out[o++] = src != NULL ? src[p - v] : *p;
             }
             out[o] = '\0';
             return true;
@@ -326,12 +335,12 @@ bool env_mime_is_smime(const char *content_type, const char *content_disposition
     if (!mime_type_is(ct, "application/octet-stream"))
         return false;
     /* RFC 8551 3.8: application/octet-stream with the file suffix p7m */
-    if (mime_param(ct, "name", file, sizeof(file)) && ends_with_p7m(file))
+    if (mime_param(ct, NULL, "name", file, sizeof(file)) && ends_with_p7m(file))
         return true;
     for (i = 0; content_disposition != NULL && content_disposition[i] && i + 1 < sizeof(cd); i++)
         cd[i] = (char)tolower((unsigned char)content_disposition[i]);
     cd[i] = '\0';
-    return mime_param(cd, "filename", file, sizeof(file)) && ends_with_p7m(file);
+    return mime_param(cd, NULL, "filename", file, sizeof(file)) && ends_with_p7m(file);
 }
 
 static bool looks_like_header(const char *l)
@@ -360,97 +369,115 @@ static env_err str_append(char **s, size_t *len, const char *add, size_t cap)
     return ENV_OK;
 }
 
-/* S/MIME: outer headers, then the base64 application/pkcs7-mime body. */
-static env_err read_smime(env_message *m, reader *r, spool *s)
+/* What a MIME header block says about its body. */
+typedef struct mime_head {
+    char ctype[512];     /* Content-Type, unfolded and lowercased */
+    char ctype_raw[512]; /* the same with its case kept: a boundary is case-sensitive */
+    char cte[64];
+    char cdisp[256];
+    bool have_ct, have_cte;
+} mime_head;
+
+/* Reads one header block, up to and including its blank line, into h.
+ * top: the message's own header block (an mbox From_ line is skipped, and
+ * the fields but MIME-Version and Content-* are kept in m->outer); else the
+ * header block of a body part, which ends the input only if cut short. */
+static env_err read_head(env_message *m, reader *r, char *line, bool top, mime_head *h)
 {
     env_err rv = ENV_OK;
-    char *line = NULL, ctype[256] = "", cte[64] = "", cdisp[256] = "", *folding = NULL;
-    size_t outer_len = 0, hdr_total = 0, n, folding_cap = 0;
-    bool partial, first = true, keep = true, stop = false, have_ct = false, have_cte = false;
-    EVP_ENCODE_CTX *ctx = NULL;
+    char *folding = NULL, *folding_raw = NULL;
+    size_t outer_len = m->outer != NULL ? strlen(m->outer) : 0, hdr_total = 0, n, folding_cap = 0;
+    bool partial, first = true, keep = true;
 
-    if (!(line = malloc(HDR_LINE_CAP)) || !(m->outer = calloc(1, 1)) || !(ctx = EVP_ENCODE_CTX_new())) {
-        rv = ENV_ERR_NOMEM;
-        goto out;
-    }
+    memset(h, 0, sizeof(*h));
     for (;;) {
         n = rd_line(r, line, HDR_LINE_CAP, &partial);
-        if (r->err) {
-            rv = r->err;
-            goto out;
-        }
-        if (n == 0) { /* EOF inside the header block */
-            rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_TRUNCATED;
-            goto out;
-        }
-        if (partial) {
-            rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
-            goto out;
-        }
+        if (r->err)
+            return r->err;
+        if (n == 0) /* EOF inside the header block */
+            return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_TRUNCATED;
+        if (partial)
+            return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
         hdr_total += n;
-        if (hdr_total > HDR_BLOCK_CAP) {
-            rv = ENV_ERR_TOO_LARGE;
-            goto out;
-        }
+        if (hdr_total > HDR_BLOCK_CAP)
+            return ENV_ERR_TOO_LARGE;
         if (blank_line(line))
-            break;
+            return ENV_OK;
         /* An mbox "From " separator line as some MTA pipes prepend: drop it. */
-        if (first && strncmp(line, "From ", 5) == 0 && !looks_like_header(line))
+        if (top && first && strncmp(line, "From ", 5) == 0 && !looks_like_header(line))
             continue;
         if (line[0] == ' ' || line[0] == '\t') { /* folded continuation */
-            if (first) {
-                rv = ENV_ERR_NOT_CMS;
-                goto out;
-            }
+            if (first)
+                return top ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
             /* RFC 5322 folding: "Content-Type:" may carry its value on the next line */
             if (folding != NULL)
-                append_value(folding, folding_cap, line);
+                append_value(folding, folding_cap, line, true);
+            if (folding_raw != NULL)
+                append_value(folding_raw, folding_cap, line, false);
         } else {
-            if (!looks_like_header(line)) {
-                rv = first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
-                goto out;
-            }
+            if (!looks_like_header(line))
+                return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
             /* MIME-Version and Content-* describe the body: regenerated on write. */
-            keep = !(header_is(line, "MIME-Version") || strncasecmp(line, "Content-", 8) == 0);
-            folding = NULL;
+            keep = top && !(header_is(line, "MIME-Version") || strncasecmp(line, "Content-", 8) == 0);
+            folding = folding_raw = NULL;
             if (header_is(line, "Content-Type")) {
-                trim_value(line, ctype, sizeof(ctype));
-                have_ct = true;
-                folding = ctype;
-                folding_cap = sizeof(ctype);
+                trim_value(line, h->ctype, sizeof(h->ctype), true);
+                trim_value(line, h->ctype_raw, sizeof(h->ctype_raw), false);
+                h->have_ct = true;
+                folding = h->ctype;
+                folding_raw = h->ctype_raw;
+                folding_cap = sizeof(h->ctype);
             } else if (header_is(line, "Content-Transfer-Encoding")) {
-                trim_value(line, cte, sizeof(cte));
-                have_cte = true;
-                folding = cte;
-                folding_cap = sizeof(cte);
+                trim_value(line, h->cte, sizeof(h->cte), true);
+                h->have_cte = true;
+                folding = h->cte;
+                folding_cap = sizeof(h->cte);
             } else if (header_is(line, "Content-Disposition")) {
-                trim_value(line, cdisp, sizeof(cdisp));
-                folding = cdisp;
-                folding_cap = sizeof(cdisp);
+                trim_value(line, h->cdisp, sizeof(h->cdisp), true);
+                folding = h->cdisp;
+                folding_cap = sizeof(h->cdisp);
             }
         }
         first = false;
         if (keep && (rv = str_append(&m->outer, &outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
-            goto out;
+            return rv;
     }
-    if (!have_ct) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
+}
+
+/* Is line (a whole line) the delimiter "--boundary", or with close the
+ * closing "--boundary--"? RFC 2046 5.1.1 allows white space after either. */
+static bool is_delimiter(const char *line, const char *delim, bool *close)
+{
+    size_t n = strlen(delim);
+    const char *p = line + n;
+
+    *close = false;
+    if (strncmp(line, delim, n) != 0)
+        return false;
+    if (p[0] == '-' && p[1] == '-') {
+        *close = true;
+        p += 2;
     }
-    if (mime_type_is(ctype, "multipart/signed")) {
-        rv = ENV_ERR_CONTENT_TYPE;
-        goto out;
-    }
-    if (!env_mime_is_smime(ctype, cdisp)) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
-    }
-    if (!have_cte || !mime_type_is(cte, "base64")) {
-        rv = ENV_ERR_MIME;
-        goto out;
-    }
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == '\0' || strcmp(p, "\n") == 0 || strcmp(p, "\r\n") == 0;
+}
+
+/* Decodes a base64 body into the spool up to the end of the input or, with
+ * delim, up to its next delimiter line (*ended: one was seen; *close: the
+ * closing one). */
+static env_err read_b64_body(reader *r, char *line, spool *s, const char *delim, bool *ended, bool *close)
+{
+    env_err rv = ENV_OK;
+    EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
+    bool partial, bol = true, stop = false;
+    size_t n;
+
+    *ended = *close = false;
+    if (ctx == NULL)
+        return ENV_ERR_NOMEM;
     EVP_DecodeInit(ctx);
-    while (!stop) {
+    for (;;) {
         n = rd_line(r, line, HDR_LINE_CAP, &partial);
         if (r->err) {
             rv = r->err;
@@ -458,13 +485,123 @@ static env_err read_smime(env_message *m, reader *r, spool *s)
         }
         if (n == 0)
             break;
-        if ((rv = b64_chunk(ctx, s, line, n, &stop)) != ENV_OK)
+        if (delim != NULL && bol && !partial && is_delimiter(line, delim, close)) {
+            *ended = true;
+            break;
+        }
+        bol = !partial;
+        /* after base64's end ('=' or '-') a part may carry trailing lines */
+        if (!stop && (rv = b64_chunk(ctx, s, line, n, &stop)) != ENV_OK)
             goto out;
+        if (stop && delim == NULL)
+            break;
     }
     rv = b64_final(ctx, s);
 out:
-    free(line);
     EVP_ENCODE_CTX_free(ctx);
+    return rv;
+}
+
+/* Skips a body part up to its multipart's next delimiter line. */
+static env_err skip_part(reader *r, char *line, const char *delim, bool *ended, bool *close)
+{
+    bool partial, bol = true;
+    size_t n;
+
+    *ended = *close = false;
+    while ((n = rd_line(r, line, HDR_LINE_CAP, &partial)) > 0) {
+        if (bol && !partial && is_delimiter(line, delim, close)) {
+            *ended = true;
+            break;
+        }
+        bol = !partial;
+    }
+    return r->err;
+}
+
+/* The one S/MIME part of a multipart (h: its header block). multipart/mixed
+ * as a list or gateway makes it when it adds a footer or a disclaimer
+ * outside the encryption: the other parts are skipped; a second S/MIME
+ * part is ENV_ERR_MIME (which would be the message?), none ENV_ERR_NOT_CMS.
+ * multipart/signed (encrypted, then signed): its first part must be the
+ * S/MIME one, else ENV_ERR_CONTENT_TYPE (signed, not encrypted); the
+ * signature is not read. */
+static env_err read_multipart(env_message *m, reader *r, char *line, const mime_head *h, bool is_signed,
+                              spool *s)
+{
+    env_err rv;
+    char boundary[128], delim[132];
+    bool ended, close, found = false;
+    mime_head part;
+
+    if (!mime_param(h->ctype, h->ctype_raw, "boundary", boundary, sizeof(boundary)) || boundary[0] == '\0' ||
+        strlen(boundary) > 70)
+        return ENV_ERR_MIME;
+    snprintf(delim, sizeof(delim), "--%s", boundary);
+    if ((rv = skip_part(r, line, delim, &ended, &close)) != ENV_OK) /* the preamble */
+        return rv;
+    if (!ended || close)
+        return ENV_ERR_MIME;
+    do {
+        if ((rv = read_head(m, r, line, false, &part)) != ENV_OK)
+            return rv;
+        if (part.have_ct && env_mime_is_smime(part.ctype, part.cdisp)) {
+            if (found)
+                return ENV_ERR_MIME;
+            if (!part.have_cte || !mime_type_is(part.cte, "base64"))
+                return ENV_ERR_MIME;
+            if ((rv = read_b64_body(r, line, s, delim, &ended, &close)) != ENV_OK)
+                return rv;
+            found = true;
+        } else if (is_signed) {
+            return ENV_ERR_CONTENT_TYPE;
+        } else if ((rv = skip_part(r, line, delim, &ended, &close)) != ENV_OK) {
+            return rv;
+        }
+        if (is_signed) /* the signature part is not needed */
+            return ENV_OK;
+    } while (ended && !close);
+    return found ? ENV_OK : ENV_ERR_NOT_CMS;
+}
+
+/* S/MIME: outer headers, then the base64 application/pkcs7-mime body;
+ * with ENV_READ_IN_MULTIPART also a pkcs7-mime part of a multipart/mixed
+ * or multipart/signed message. */
+static env_err read_smime(env_message *m, reader *r, spool *s, unsigned flags)
+{
+    env_err rv;
+    char *line = NULL;
+    mime_head h;
+    bool ended, close;
+
+    if (!(line = malloc(HDR_LINE_CAP)) || !(m->outer = calloc(1, 1))) {
+        rv = ENV_ERR_NOMEM;
+        goto out;
+    }
+    if ((rv = read_head(m, r, line, true, &h)) != ENV_OK)
+        goto out;
+    if (!h.have_ct) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (mime_type_is(h.ctype, "multipart/signed") || mime_type_is(h.ctype, "multipart/mixed")) {
+        if (flags & ENV_READ_IN_MULTIPART)
+            rv = read_multipart(m, r, line, &h, mime_type_is(h.ctype, "multipart/signed"), s);
+        else
+            rv = mime_type_is(h.ctype, "multipart/signed") ? ENV_ERR_CONTENT_TYPE : ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (!env_mime_is_smime(h.ctype, h.cdisp)) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
+    if (!h.have_cte || !mime_type_is(h.cte, "base64")) {
+        rv = ENV_ERR_MIME;
+        goto out;
+    }
+    rv = read_b64_body(r, line, s, NULL, &ended, &close);
+out:
+    free(line);
     return rv;
 }
 
@@ -895,6 +1032,11 @@ out:
 
 env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out)
 {
+    return env_message_read_flags(in, fmt, 0, max_size, out);
+}
+
+env_err env_message_read_flags(BIO *in, env_format fmt, unsigned flags, size_t max_size, env_message **out)
+{
     env_err rv = ENV_ERR_NOMEM;
     env_message *m = NULL;
     reader r;
@@ -935,7 +1077,7 @@ env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message *
     else if (fmt == ENV_FORMAT_PEM)
         rv = read_pem(&r, &s);
     else
-        rv = read_smime(m, &r, &s);
+        rv = read_smime(m, &r, &s, flags);
     if (rv != ENV_OK)
         goto out;
     if ((rv = spool_flush(&s)) != ENV_OK)

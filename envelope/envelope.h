@@ -179,6 +179,17 @@ typedef struct env_message env_message;
  * AES-GCM in AuthEnvelopedData, e.g. 3DES or RC2; detached content),
  * ENV_ERR_NO_RECIPIENT (no RecipientInfo at all), ENV_ERR_TOO_LARGE. */
 env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out);
+/* Flags of env_message_read_flags. ENV_READ_IN_MULTIPART: S/MIME mail may
+ * also carry the pkcs7-mime part one level down, for a reader (never for
+ * a sender's or the list's check that a message is encrypted as a whole):
+ * in a multipart/mixed (a list or gateway added a footer or disclaimer
+ * outside the encryption; the other parts are skipped, two pkcs7-mime
+ * parts are ENV_ERR_MIME, none ENV_ERR_NOT_CMS), or as the first part of
+ * a multipart/signed (encrypted, then signed; the signature is neither
+ * read nor checked; another first part is ENV_ERR_CONTENT_TYPE). The
+ * message's outer headers are the top-level ones, as without the flag. */
+#define ENV_READ_IN_MULTIPART 0x1u
+env_err env_message_read_flags(BIO *in, env_format fmt, unsigned flags, size_t max_size, env_message **out);
 /* Do a MIME entity's Content-Type and Content-Disposition values (any
  * case, unfolded; disposition may be NULL) make it S/MIME CMS?
  * application/pkcs7-mime or application/x-pkcs7-mime, or (RFC 8551 3.8)

@@ -2,8 +2,10 @@
  * fuzz_envelope: libFuzzer target for the envelope parsers. The first input
  * byte picks the parser: odd = env_recipient_parse (a lone RecipientInfo,
  * as the group server receives it) with every accessor; even =
- * env_message_read (S/MIME, PEM or DER/BER) followed by RecipientInfo
- * access, re-encoding and a decryption attempt with a fixed key.
+ * env_message_read (S/MIME, PEM or DER/BER; with ENV_READ_IN_MULTIPART,
+ * as groupmail reads, when the byte's next bit is set) followed by
+ * RecipientInfo access, re-encoding and a decryption attempt with a fixed
+ * key.
  *
  * See fuzz.h for how targets are built, run and replayed.
  */
@@ -53,7 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (!(in = BIO_new_mem_buf(data + 1, (int)(size - 1))))
         return 0;
-    if (env_message_read(in, ENV_FORMAT_AUTO, 1 << 20, &msg) == ENV_OK) {
+    if (env_message_read_flags(in, ENV_FORMAT_AUTO, (data[0] & 2) ? ENV_READ_IN_MULTIPART : 0, 1 << 20, &msg) ==
+        ENV_OK) {
         for (size_t i = 0; i < env_message_recipient_count(msg); i++) {
             unsigned char *der = NULL;
             size_t len = 0;

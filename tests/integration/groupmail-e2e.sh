@@ -207,6 +207,60 @@ expect_rc 5 "a 3DES message: exit 5" -- as alice decrypt --in "$work/des3.der" -
 grep -q 'AES-CBC' "$work/gm.err" && ! grep -q 'not an encrypted' "$work/gm.err" || fail "3DES: $(cat "$work/gm.err")"
 [ ! -e "$work/x.txt" ] || fail "plaintext file left for a 3DES message"
 
+# What lists and mail gateways make of a stock client's message on its way:
+# a Thunderbird one (NSS cmsutil -E: PKCS#1 v1.5, AES-128-CBC) whose list
+# tagged the Subject and added a footer outside the encryption, turning it
+# into multipart/mixed (as Mailman does; a gateway's disclaimer too), and
+# one signed after it was encrypted (multipart/signed around the
+# pkcs7-mime part). groupmail reads the S/MIME part, as mail clients do;
+# two encrypted parts are refused; `send` still refuses both shapes (a
+# part outside the encryption, or not S/MIME at the top).
+nssdb=$work/nss-send
+mkdir -p "$nssdb"
+certutil -N -d "sql:$nssdb" --empty-password
+certutil -A -d "sql:$nssdb" -n eng -t ",," -i "$certs/group.pem"
+cmsutil -E -d "sql:$nssdb" -r eng -i "$work/m.txt" -o "$work/tb.der" || fail "cmsutil -E"
+tb_part() {
+  printf 'Content-Type: application/pkcs7-mime; name="smime.p7m"; smime-type=enveloped-data\r\n'
+  printf 'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="smime.p7m"\r\n'
+  printf 'Content-Description: S/MIME Encrypted Message\r\n\r\n'
+  base64 -w 72 "$work/tb.der" | sed 's/$/\r/'
+}
+footer_mail() { # footer_mail N: the list's multipart/mixed with N S/MIME parts
+  printf 'From: alice@example.org\r\nTo: eng@example.org\r\nSubject: [eng] e2e\r\nMIME-Version: 1.0\r\n'
+  printf 'Content-Type: multipart/mixed;\r\n boundary="===============4159286624421592736=="\r\n\r\n'
+  local i
+  for i in $(seq 1 "$1"); do
+    printf -- '--===============4159286624421592736==\r\n'
+    tb_part
+  done
+  printf -- '--===============4159286624421592736==\r\nContent-Type: text/plain; charset="us-ascii"\r\n'
+  printf 'Content-Transfer-Encoding: 7bit\r\n\r\n_______________________________________________\r\n'
+  printf 'eng mailing list\r\n--===============4159286624421592736==--\r\n'
+}
+footer_mail 1 > "$work/footer.eml"
+for via in tls recipient-key; do
+  rm -f "$work/out.txt"
+  expect_rc 0 "a Thunderbird message with a list footer outside the encryption (--via $via)" -- \
+    as alice decrypt --via "$via" --in "$work/footer.eml" --out "$work/out.txt"
+  same "$work/out.txt" "$work/m.txt" "footer message, $via"
+done
+footer_mail 2 > "$work/footer2.eml"
+expect_rc 5 "two encrypted parts in one multipart/mixed: exit 5" -- as alice decrypt --in "$work/footer2.eml"
+tb_part > "$work/tb.eml"
+openssl cms -sign -signer "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" -in "$work/tb.eml" \
+  -out "$work/ets.eml" || fail "openssl cms -sign"
+expect_rc 0 "encrypted, then signed (multipart/signed)" -- as alice decrypt --in "$work/ets.eml" --out "$work/out.txt"
+same "$work/out.txt" "$work/m.txt" "encrypted, then signed"
+openssl cms -sign -signer "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" -in "$work/m.txt" \
+  -out "$work/signed.eml" || fail "openssl cms -sign"
+expect_rc 5 "signed, not encrypted: exit 5" -- as alice decrypt --in "$work/signed.eml" --out "$work/x.txt"
+grep -q 'it is signed' "$work/gm.err" || fail "signed message: $(cat "$work/gm.err")"
+for f in footer ets; do
+  expect_rc 5 "send refuses a $f message (not S/MIME as a whole)" -- gm send --smtp "smtp://127.0.0.1:$(cat "$work/smtp.port")" \
+    --to eng@example.org --in "$work/$f.eml"
+done
+
 # TLS pin of the server: mismatch -> exit 4; the right pin works
 expect_rc 4 "server pin mismatch: exit 4" -- as alice decrypt --pin "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" --in "$work/m.smime"
 openssl x509 -in "$certs/server.pem" -pubkey -noout > "$work/server-pub.pem"

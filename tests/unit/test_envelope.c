@@ -874,6 +874,135 @@ static void test_recipient_issuer_names(void **state)
 }
 
 /* Which Content-Type / Content-Disposition pairs are S/MIME (RFC 8551 3.8). */
+static env_err read_mem_flags(const char *buf, size_t len, unsigned flags, env_message **msg)
+{
+    BIO *in = BIO_new_mem_buf(buf, (int)len);
+    env_err e = env_message_read_flags(in, ENV_FORMAT_AUTO, flags, 0, msg);
+    BIO_free(in);
+    return e;
+}
+
+/* A mail of head, then each part (NULL ends) after a "--B" line, "--B--". */
+static char *multipart_mail(const char *head, const char *nl, const char *const *parts)
+{
+    size_t cap = strlen(head) + 64, n;
+    char *m;
+    for (size_t i = 0; parts[i] != NULL; i++)
+        cap += strlen(parts[i]) + 64;
+    m = malloc(cap);
+    n = (size_t)snprintf(m, cap, "%s%spreamble, --B is no delimiter here%s", head, nl, nl);
+    for (size_t i = 0; parts[i] != NULL; i++)
+        n += (size_t)snprintf(m + n, cap - n, "--Part_B1%s%s%s", nl, parts[i], nl);
+    snprintf(m + n, cap - n, "--Part_B1-- %sepilogue%s", nl, nl);
+    return m;
+}
+
+/* mail, read with ENV_READ_IN_MULTIPART, decrypts to content. */
+static void assert_part_decrypts(const char *mail)
+{
+    env_message *msg = NULL;
+    char *out = NULL;
+    size_t outlen = 0;
+
+    assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_OK);
+    assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+    assert_int_equal(outlen, sizeof(content));
+    assert_memory_equal(out, content, sizeof(content));
+    free(out);
+    env_message_free(msg);
+}
+
+/* The S/MIME part one level down (ENV_READ_IN_MULTIPART): in a
+ * multipart/mixed a list or a gateway made to add a footer, or first in a
+ * multipart/signed (encrypted, then signed). Only with the flag. */
+static void test_multipart_part(void **state)
+{
+    env_encrypt_opts o = {.cipher = ENV_CIPHER_AES256_CBC, .kt = ENV_KT_RSA_OAEP_SHA1};
+    unsigned char *enc = NULL;
+    size_t enclen;
+    env_message *msg = NULL;
+    char *mail, *crlf_part;
+    static const char footer[] = "Content-Type: text/plain\n\n-- \neng mailing list\n--part_b1\n--Part_B1x";
+    static const char mixed[] = "From: a@example.org\nSubject: [eng] hello\nMIME-Version: 1.0\n"
+                                "Content-Type: multipart/mixed;\n boundary=\"Part_B1\"\n";
+    static const char mixed_crlf[] = "From: a@example.org\r\nSubject: [eng] hello\r\nMIME-Version: 1.0\r\n"
+                                     "Content-Type: MULTIPART/Mixed; BOUNDARY=Part_B1\r\n";
+    static const char sig[] = "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";"
+                              " micalg=sha-256; boundary=\"Part_B1\"\n";
+    static const char sigpart[] = "Content-Type: application/pkcs7-signature; name=smime.p7s\n"
+                                  "Content-Transfer-Encoding: base64\n\nMIAGCSqGSIb3DQEHAqCAMIACAQEx\n";
+    (void)state;
+
+    assert_int_equal(encrypt_mem(&o, rsa_cert, content, sizeof(content), &enc, &enclen), ENV_OK);
+    enc[enclen] = '\0';
+    {
+        const char *parts[] = {(char *)enc, footer, NULL};
+        mail = multipart_mail(mixed, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), 0, &msg), ENV_ERR_NOT_CMS);
+        assert_part_decrypts(mail);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_OK);
+        assert_non_null(strstr(env_message_outer_headers(msg), "Subject: [eng] hello\n"));
+        assert_null(strstr(env_message_outer_headers(msg), "multipart"));
+        env_message_free(msg);
+        msg = NULL;
+        /* cut inside the S/MIME part: never a message */
+        assert_int_not_equal(read_mem_flags(mail, strlen(mail) - strlen(footer) - 100, ENV_READ_IN_MULTIPART, &msg),
+                             ENV_OK);
+        assert_null(msg);
+        free(mail);
+    }
+    {   /* a header part first, CRLF throughout, parameters in any case */
+        size_t n = strlen((char *)enc) * 2 + 1, j = 0;
+        crlf_part = malloc(n);
+        for (const char *p = (char *)enc; *p; p++) {
+            if (*p == '\n')
+                crlf_part[j++] = '\r';
+            crlf_part[j++] = *p;
+        }
+        crlf_part[j] = '\0';
+        const char *parts[] = {"Content-Type: text/plain\r\n\r\nlist header", crlf_part, NULL};
+        mail = multipart_mail(mixed_crlf, "\r\n", parts);
+        assert_part_decrypts(mail);
+        free(mail);
+        free(crlf_part);
+    }
+    {   /* two encrypted parts: which one is the message? */
+        const char *parts[] = {(char *)enc, (char *)enc, NULL};
+        mail = multipart_mail(mixed, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_MIME);
+        free(mail);
+    }
+    {   /* none */
+        const char *parts[] = {footer, NULL};
+        mail = multipart_mail(mixed, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_NOT_CMS);
+        free(mail);
+    }
+    {   /* encrypted, then signed */
+        const char *parts[] = {(char *)enc, sigpart, NULL};
+        mail = multipart_mail(sig, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), 0, &msg), ENV_ERR_CONTENT_TYPE);
+        assert_part_decrypts(mail);
+        free(mail);
+    }
+    {   /* signed, not encrypted */
+        const char *parts[] = {footer, sigpart, NULL};
+        mail = multipart_mail(sig, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_CONTENT_TYPE);
+        free(mail);
+    }
+    {   /* no boundary parameter; a part that is not base64 */
+        static const char nob[] = "Content-Type: multipart/mixed\n\n--Part_B1\n";
+        assert_int_equal(read_mem_flags(nob, strlen(nob), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_MIME);
+        const char *parts[] = {"Content-Type: application/pkcs7-mime\nContent-Transfer-Encoding: 8bit\n\nx", NULL};
+        mail = multipart_mail(mixed, "\n", parts);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_MIME);
+        free(mail);
+    }
+    assert_null(msg);
+    free(enc);
+}
+
 static void test_mime_is_smime(void **state)
 {
     char long_name[600];
@@ -907,7 +1036,7 @@ int main(void)
         cmocka_unit_test(test_recipient_issuer_names),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
-        cmocka_unit_test(test_mime_is_smime),
+        cmocka_unit_test(test_mime_is_smime),  cmocka_unit_test(test_multipart_part),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
