@@ -29,6 +29,7 @@ const char *xp_strerror(xp_err err)
     case XP_ERR_PERM: return "permanent failure";
     case XP_ERR_CRYPTO: return "CMS processing failed";
     case XP_ERR_BUSY: return "another queue runner is active on this spool";
+    case XP_ERR_CIPHER: return "message is encrypted with an algorithm the members cannot decrypt";
     }
     return "unknown error";
 }

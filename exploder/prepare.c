@@ -53,6 +53,32 @@ static bool is_pkcs7_mime(const char *hdrs, size_t len)
     return yes;
 }
 
+/* Why a message that is not S/MIME at the top is refused (77): plain
+ * mail, or an encrypted message inside a multipart, which the list does
+ * not take (rewrapping it would break the signature or drop the other
+ * parts) but whose sender should be told what to change. */
+static const char *not_encrypted_why(const void *data, size_t len, size_t hdr_end, size_t max_size)
+{
+    BIO *in = BIO_new_mem_buf(data, (int)len);
+    env_message *msg = NULL;
+    char *ct = NULL;
+    const char *why = NULL;
+
+    if (in == NULL || env_message_read_flags(in, ENV_FORMAT_SMIME, ENV_READ_IN_MULTIPART, max_size, &msg) != ENV_OK)
+        goto out;
+    if ((ct = mail_header_get(data, hdr_end, "Content-Type")) != NULL && strncasecmp(ct, "multipart/signed", 16) == 0)
+        why = "message is signed after it was encrypted (multipart/signed around its S/MIME part): the list "
+              "takes mail that is S/MIME encrypted as a whole; sign before encrypting";
+    else
+        why = "message has parts outside its encryption (multipart/mixed around its S/MIME part): the list "
+              "takes mail that is S/MIME encrypted as a whole";
+out:
+    free(ct);
+    env_message_free(msg);
+    BIO_free(in);
+    return why;
+}
+
 static const char *kt_name(env_kt_alg alg)
 {
     switch (alg) {
@@ -71,12 +97,12 @@ static xp_err env_to_xp(env_err e)
     case ENV_ERR_NOMEM: return XP_ERR_NOMEM;
     case ENV_ERR_IO: return XP_ERR_IO;
     case ENV_ERR_CONTENT_TYPE: return XP_ERR_NOT_ENCRYPTED;
+    case ENV_ERR_UNSUPPORTED: return XP_ERR_CIPHER;
     case ENV_ERR_NO_RECIPIENT: return XP_ERR_WRONG_RECIPIENT;
     case ENV_ERR_TOO_LARGE: return XP_ERR_TOO_LARGE;
     case ENV_ERR_TRUNCATED:
     case ENV_ERR_NOT_CMS:
-    case ENV_ERR_MIME:
-    case ENV_ERR_UNSUPPORTED: return XP_ERR_FORMAT;
+    case ENV_ERR_MIME: return XP_ERR_FORMAT;
     default: return XP_ERR_CRYPTO;
     }
 }
@@ -89,7 +115,13 @@ static const char *unreadable_why(env_err e)
     case ENV_ERR_TRUNCATED: return "its S/MIME part is cut short (truncated CMS or base64)";
     case ENV_ERR_NOT_CMS: return "its application/pkcs7-mime part is not CMS";
     case ENV_ERR_MIME: return "bad S/MIME framing (the pkcs7-mime part must be base64)";
-    case ENV_ERR_UNSUPPORTED: return "its CMS uses an unsupported algorithm or recipient type";
+    case ENV_ERR_CONTENT_TYPE:
+        return "message is not encrypted: its S/MIME part is CMS, but not EnvelopedData or AuthEnvelopedData "
+               "(signed-data, say): the list takes mail that is S/MIME encrypted as a whole; sign before "
+               "encrypting";
+    case ENV_ERR_UNSUPPORTED:
+        return "its members cannot decrypt it: its content cipher is not AES-CBC or AES-GCM (3DES, RC2 or "
+               "ChaCha20-Poly1305, say), or its content is not in the message";
     case ENV_ERR_TOO_LARGE: return "its S/MIME part is too large";
     default: return env_strerror(e);
     }
@@ -123,6 +155,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         /* plain mail: only a forward list that explicitly allows it */
         if (l->mode == XP_MODE_FORWARD && !l->require_encrypted)
             return XP_OK;
+        if (why != NULL)
+            *why = not_encrypted_why(data, len, hdr_end, c->max_message_size);
         return XP_ERR_NOT_ENCRYPTED;
     }
     if (l->mode == XP_MODE_FORWARD && !l->require_encrypted && l->group_cert == NULL)

@@ -22,7 +22,8 @@
 #include "xp.h"
 
 /* XP_OK, XP_ERR_FORMAT (malformed: 65), XP_ERR_NOT_ENCRYPTED or
- * XP_ERR_WRONG_RECIPIENT (77), XP_ERR_TOO_LARGE, XP_ERR_CONFIG (the list
+ * XP_ERR_WRONG_RECIPIENT (77), XP_ERR_CIPHER (a content cipher members
+ * cannot decrypt: 77), XP_ERR_TOO_LARGE, XP_ERR_CONFIG (the list
  * has no usable group certificate: 75, the admin must fix it). *kt (may
  * be NULL) gets the key transport of the group's RecipientInfo
  * ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH"; static), or NULL

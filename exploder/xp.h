@@ -30,6 +30,7 @@ typedef enum xp_err {
     XP_ERR_PERM,        /* remote side refused for good */
     XP_ERR_CRYPTO,
     XP_ERR_BUSY,        /* another queue runner holds the spool lock */
+    XP_ERR_CIPHER,      /* CMS encrypted with what no member can decrypt (3DES content, say) */
 } xp_err;
 
 const char *xp_strerror(xp_err err);

@@ -58,6 +58,30 @@ xp_encrypt "$W/group.pem" "$W/good.eml" good
 head -c 700 "$W/good.eml" >"$W/cut.eml"
 expect 65 5.6.0 $L "$W/cut.eml"
 reason "its S/MIME part is cut short (truncated CMS or base64)"
+# what stock clients send that no member can read, or that is not S/MIME
+# as a whole: a 3DES message (old Outlook) is a cipher the members cannot
+# decrypt (5.7.6, not "malformed"); encrypted then signed, as multipart/
+# signed or opaque signed-data, and a list footer outside the encryption
+# are refused with what to change, not as "not encrypted"
+openssl cms -encrypt -des3 -recip "$W/group.pem" -keyopt rsa_padding_mode:pkcs1 -subject des3 \
+  -in "$W/good.eml" -out "$W/des3.eml"
+expect 77 5.7.6 $L "$W/des3.eml"
+grep -qF "$L: its members cannot decrypt it: its content cipher is not AES-CBC or AES-GCM" "$W/deliver.err" ||
+  fail "3DES reason: $(cat "$W/deliver.err")"
+sed -n '/^MIME-Version/,$p' "$W/good.eml" >"$W/part.eml"
+openssl cms -sign -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets.eml"
+expect 77 5.7.1 $L "$W/ets.eml"
+grep -qF "$L: message is signed after it was encrypted (multipart/signed around its S/MIME part)" "$W/deliver.err" ||
+  fail "encrypted-then-signed reason: $(cat "$W/deliver.err")"
+openssl cms -sign -nodetach -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets2.eml"
+expect 77 5.7.1 $L "$W/ets2.eml"
+grep -qF "$L: message is not encrypted: its S/MIME part is CMS, but not EnvelopedData" "$W/deliver.err" ||
+  fail "opaque signed-data reason: $(cat "$W/deliver.err")"
+{ printf 'From: a@example.org\nSubject: [other] good\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n'
+  printf -- '--b1\n'; cat "$W/part.eml"; printf -- '--b1\nContent-Type: text/plain\n\nfooter\n--b1--\n'; } >"$W/footer.eml"
+expect 77 5.7.1 $L "$W/footer.eml"
+grep -qF "$L: message has parts outside its encryption (multipart/mixed around its S/MIME part)" "$W/deliver.err" ||
+  fail "footer reason: $(cat "$W/deliver.err")"
 expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
