@@ -1417,8 +1417,8 @@ static int read_message(job *j)
      * multipart/signed (encrypted, then signed), as mail clients do. */
     if ((e = env_message_read_flags(in, ENV_FORMAT_AUTO, ENV_READ_IN_MULTIPART, 0, &j->msg)) != ENV_OK) {
         if (e == ENV_ERR_UNSUPPORTED) /* a CMS message, of a kind we do not read (3DES, say) */
-            gm_err("cannot read this message: %s (groupmail reads AES-CBC EnvelopedData and AES-GCM "
-                   "AuthEnvelopedData)",
+            gm_err("cannot read this message: %s (groupmail reads AES-CBC or 3DES-CBC EnvelopedData and "
+                   "AES-GCM AuthEnvelopedData)",
                    env_strerror(e));
         else if (e == ENV_ERR_CONTENT_TYPE) /* SignedData, or multipart/signed around no S/MIME part */
             gm_err("not an encrypted S/MIME or CMS message: it is signed (CMS SignedData), with no encrypted "

@@ -20,9 +20,10 @@ struct calg {
     bool gcm;
 };
 
-/* Only algorithms whose key length is fixed by the identifier. The ones the
- * envelope decrypts come first; 3DES and ChaCha20-Poly1305 are known so a
- * server can still answer for clients that decrypt them themselves. */
+/* Only algorithms whose key length is fixed by the identifier. The AES ones
+ * come first (env_calg_name); the envelope decrypts 3DES too (on input
+ * only); ChaCha20-Poly1305 is known so a server can still answer for
+ * clients that decrypt it themselves. */
 static const struct calg calgs[] = {
     {"aes-128-cbc", NULL, "2.16.840.1.101.3.4.1.2", 16, false},
     {"aes-192-cbc", NULL, "2.16.840.1.101.3.4.1.22", 24, false},

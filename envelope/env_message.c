@@ -1130,10 +1130,17 @@ void env_message_free(env_message *msg)
     free(msg);
 }
 
+static bool is_des3(const env_message *msg)
+{
+    return OBJ_obj2nid(msg->calg->algorithm) == NID_des_ede3_cbc;
+}
+
 env_cipher env_message_cipher(const env_message *msg)
 {
     if (!msg)
         return 0;
+    if (is_des3(msg))
+        return ENV_CIPHER_DES3_CBC;
     switch (msg->keylen) {
     case 16: return msg->gcm ? ENV_CIPHER_AES128_GCM : ENV_CIPHER_AES128_CBC;
     case 24: return msg->gcm ? ENV_CIPHER_AES192_GCM : ENV_CIPHER_AES192_CBC;
@@ -1143,7 +1150,9 @@ env_cipher env_message_cipher(const env_message *msg)
 
 const char *env_message_content_alg(const env_message *msg)
 {
-    return msg ? env_calg_name(msg->gcm, msg->keylen) : "unknown";
+    if (!msg)
+        return "unknown";
+    return is_des3(msg) ? "des-ede3-cbc" : env_calg_name(msg->gcm, msg->keylen);
 }
 
 size_t env_message_key_length(const env_message *msg)

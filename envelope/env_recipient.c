@@ -836,14 +836,18 @@ env_err env_cipher_from_algor(const X509_ALGOR *alg, bool *gcm, size_t *keylen, 
     case NID_aes_256_gcm: *gcm = true; *keylen = 32; break;
     case NID_aes_192_gcm: *gcm = true; *keylen = 24; break;
     case NID_aes_128_gcm: *gcm = true; *keylen = 16; break;
+    /* read, never written: what OpenSSL 3.0's `openssl cms -encrypt` and
+     * `openssl smime -encrypt` use by default, and old Outlook sends */
+    case NID_des_ede3_cbc: *gcm = false; *keylen = 24; break;
     default: return ENV_ERR_UNSUPPORTED;
     }
     if (!*gcm) {
-        /* CBC: the parameter is the 16-byte IV as an OCTET STRING. */
-        if (!param || param->type != V_ASN1_OCTET_STRING || param->value.octet_string->length != 16)
+        /* CBC: the parameter is the IV, one cipher block, as an OCTET STRING. */
+        size_t block = nid == NID_des_ede3_cbc ? 8 : 16;
+        if (!param || param->type != V_ASN1_OCTET_STRING || param->value.octet_string->length != (int)block)
             return ENV_ERR_NOT_CMS;
-        memcpy(iv, param->value.octet_string->data, 16);
-        *ivlen = 16;
+        memcpy(iv, param->value.octet_string->data, block);
+        *ivlen = block;
         return ENV_OK;
     }
     if (!param || param->type != V_ASN1_SEQUENCE)

@@ -68,6 +68,8 @@ typedef enum env_cipher {
     ENV_CIPHER_AES128_CBC,     /* accepted on input (NSS, gpgsm and Outlook send it by default) */
     ENV_CIPHER_AES192_GCM,     /* accepted on input */
     ENV_CIPHER_AES192_CBC,     /* accepted on input */
+    ENV_CIPHER_DES3_CBC,       /* accepted on input only, never written: the default of OpenSSL 3.0's
+                                  `openssl cms|smime -encrypt`, and what old Outlook sends */
 } env_cipher;
 
 typedef enum env_kt_alg {
@@ -175,8 +177,9 @@ typedef struct env_message env_message;
  * Errors: ENV_ERR_TRUNCATED (cut anywhere), ENV_ERR_NOT_CMS (not CMS, or a
  * mail that is not pkcs7-mime), ENV_ERR_MIME (bad base64 / transfer
  * encoding), ENV_ERR_CONTENT_TYPE (SignedData etc., multipart/signed),
- * ENV_ERR_UNSUPPORTED (content cipher other than AES-CBC in EnvelopedData or
- * AES-GCM in AuthEnvelopedData, e.g. 3DES or RC2; detached content),
+ * ENV_ERR_UNSUPPORTED (content cipher other than AES-CBC or 3DES-CBC in
+ * EnvelopedData or AES-GCM in AuthEnvelopedData, e.g. RC2 or Camellia;
+ * detached content),
  * ENV_ERR_NO_RECIPIENT (no RecipientInfo at all), ENV_ERR_TOO_LARGE. */
 env_err env_message_read(BIO *in, env_format fmt, size_t max_size, env_message **out);
 /* Flags of env_message_read_flags. ENV_READ_IN_MULTIPART: S/MIME mail may
@@ -200,10 +203,10 @@ void env_message_free(env_message *msg);
 env_cipher env_message_cipher(const env_message *msg);
 /* The content-encryption algorithm's canonical name ("aes-128-cbc",
  * "aes-192-cbc", "aes-256-cbc", "aes-128-gcm", "aes-192-gcm",
- * "aes-256-gcm"): what a client sends as "content_algorithm" with an unwrap
+ * "aes-256-gcm", "des-ede3-cbc"): what a client sends as "content_algorithm" with an unwrap
  * so the group server knows the content key's length. Static string. */
 const char *env_message_content_alg(const env_message *msg);
-/* Length in bytes of the message's content key (16, 24 or 32). */
+/* Length in bytes of the message's content key (16, 24 or 32; 3DES: 24). */
 size_t env_message_key_length(const env_message *msg);
 size_t env_message_recipient_count(const env_message *msg);
 /* DER of RecipientInfo i (caller frees). */

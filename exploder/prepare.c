@@ -120,8 +120,8 @@ static const char *unreadable_why(env_err e)
                "(signed-data, say): the list takes mail that is S/MIME encrypted as a whole; sign before "
                "encrypting";
     case ENV_ERR_UNSUPPORTED:
-        return "its members cannot decrypt it: its content cipher is not AES-CBC or AES-GCM (3DES, RC2 or "
-               "ChaCha20-Poly1305, say), or its content is not in the message";
+        return "its members cannot decrypt it: its content cipher is not AES-CBC, AES-GCM or 3DES-CBC (RC2, "
+               "Camellia or ChaCha20-Poly1305, say), or its content is not in the message";
     case ENV_ERR_TOO_LARGE: return "its S/MIME part is too large";
     default: return env_strerror(e);
     }

@@ -75,9 +75,9 @@ $T replace-ri --ri "$W/s.ri" --in "$W/flip-s.ber" --out "$W/flip-s.smime"
 expect_rc $E_AUTH dec "$W/flip-s.smime"
 no_output "flipped stream"
 
-# Unsupported content encryption (3DES; RC2 where openssl still has it).
-openssl cms -encrypt -recip "$W/group.pem" -des3 -outform DER -in "$body" -out "$W/des.der"
-expect_rc $E_UNSUPPORTED dec "$W/des.der"
+# Unsupported content encryption (Camellia; RC2 where openssl still has it).
+openssl cms -encrypt -recip "$W/group.pem" -camellia256 -outform DER -in "$body" -out "$W/camellia.der"
+expect_rc $E_UNSUPPORTED dec "$W/camellia.der"
 if openssl cms -encrypt -recip "$W/group.pem" -rc2 -outform DER -in "$body" -out "$W/rc2.der" 2>/dev/null; then
   expect_rc $E_UNSUPPORTED dec "$W/rc2.der"
 fi

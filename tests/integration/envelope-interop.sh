@@ -43,6 +43,17 @@ openssl cms -encrypt -recip "$W/group.pem" -aes-256-cbc -outform PEM -in "$body"
 $T extract-ri --cert "$W/group.pem" --in "$W/v15.pem" --out "$W/v15.ri"
 $T ri-info --ri "$W/v15.ri" | grep -q '^alg=rsa-pkcs1v15$' || fail "v1.5 not recognised"
 $T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/v15.pem" --out "$W/v15.out"
+# OpenSSL 3.0's own defaults, what `openssl cms -encrypt -recip group.pem`
+# (DESIGN.md's stock sender) and `openssl smime -encrypt` send without a
+# cipher option, and what old Outlook sends: PKCS#1 v1.5 with 3DES-CBC.
+# Read (never written), reported as des-ede3-cbc with a 24-byte key.
+openssl cms -encrypt -recip "$W/group.pem" -in "$body" -out "$W/default-cms.smime"
+openssl smime -encrypt -in "$body" -out "$W/default-smime.smime" "$W/group.pem"
+for f in default-cms default-smime; do
+  $T info --in "$W/$f.smime" | grep -q '^cipher=des-ede3-cbc$' || fail "$f: $($T info --in "$W/$f.smime")"
+  $T decrypt --cert "$W/group.pem" --key "$W/group.key" --in "$W/$f.smime" --out "$W/$f.out" || fail "$f not read"
+  tr -d '\r' <"$W/$f.out" | cmp - "$body" || fail "$f content"
+done
 # ECDH from openssl (its default KDF, sha1) into us.
 openssl cms -encrypt -recip "$W/ecgroup.pem" -aes-256-gcm -in "$body" -out "$W/ec-a.smime"
 $T extract-ri --cert "$W/ecgroup.pem" --in "$W/ec-a.smime" --out "$W/ec-a.ri"

@@ -58,16 +58,15 @@ xp_encrypt "$W/group.pem" "$W/good.eml" good
 head -c 700 "$W/good.eml" >"$W/cut.eml"
 expect 65 5.6.0 $L "$W/cut.eml"
 reason "its S/MIME part is cut short (truncated CMS or base64)"
-# what stock clients send that no member can read, or that is not S/MIME
-# as a whole: a 3DES message (old Outlook) is a cipher the members cannot
-# decrypt (5.7.6, not "malformed"); encrypted then signed, as multipart/
-# signed or opaque signed-data, and a list footer outside the encryption
-# are refused with what to change, not as "not encrypted"
-openssl cms -encrypt -des3 -recip "$W/group.pem" -keyopt rsa_padding_mode:pkcs1 -subject des3 \
-  -in "$W/good.eml" -out "$W/des3.eml"
-expect 77 5.7.6 $L "$W/des3.eml"
-grep -qF "$L: its members cannot decrypt it: its content cipher is not AES-CBC or AES-GCM" "$W/deliver.err" ||
-  fail "3DES reason: $(cat "$W/deliver.err")"
+# what no member can read, or that is not S/MIME as a whole: a content
+# cipher the members cannot decrypt (Camellia) is 5.7.6, not "malformed";
+# encrypted then signed, as multipart/signed or opaque signed-data, and a
+# list footer outside the encryption are refused with what to change, not
+# as "not encrypted"
+openssl cms -encrypt -camellia256 -recip "$W/group.pem" -subject camellia -in "$W/good.eml" -out "$W/camellia.eml"
+expect 77 5.7.6 $L "$W/camellia.eml"
+grep -qF "$L: its members cannot decrypt it: its content cipher is not AES-CBC, AES-GCM or 3DES-CBC" \
+  "$W/deliver.err" || fail "Camellia reason: $(cat "$W/deliver.err")"
 sed -n '/^MIME-Version/,$p' "$W/good.eml" >"$W/part.eml"
 openssl cms -sign -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets.eml"
 expect 77 5.7.1 $L "$W/ets.eml"
@@ -117,6 +116,10 @@ sed 's|^Content-Type: .*|Content-Type: application/octet-stream; name="smime.p7m
 grep -q '^Content-Type: application/octet-stream' "$W/octet.eml" || fail "octet.eml not made"
 xp deliver --list $L <"$W/octet.eml" || fail "S/MIME as application/octet-stream; name=smime.p7m refused"
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 3 ] || fail "want 3 spooled messages"
+# OpenSSL 3.0's default content cipher (`openssl cms -encrypt` without one), and old Outlook's: 3DES-CBC
+openssl cms -encrypt -recip "$W/group.pem" -subject des3 -in "$W/good.eml" -out "$W/des3.eml"
+xp deliver --list $L --sender alice@example.org <"$W/des3.eml" 2>"$W/deliver.err" || fail "3DES refused: $(cat "$W/deliver.err")"
+[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 4 ] || fail "want 4 spooled messages"
 # addresses are US-ASCII (exploder(1)): a UTF-8 member is refused, a UTF-8
 # envelope sender is the null sender (accepted, never bounced to)
 xp list add $L 'jürgen@example.net' 2>/dev/null && fail "a UTF-8 member address was added"

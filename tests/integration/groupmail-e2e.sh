@@ -200,12 +200,23 @@ expect_rc 5 "--via own-key on a message without alice's RecipientInfo" -- as ali
 [ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
 printf 'not a message\n' > "$work/junk.txt"
 expect_rc 5 "not a message: exit 5" -- as alice decrypt --in "$work/junk.txt"
-# a CMS message with a content cipher groupmail does not read (3DES): exit
-# 5, and the error says what it reads rather than "not a CMS message"
-openssl cms -encrypt -binary -des3 -in "$work/m.txt" -outform DER -out "$work/des3.der" -recip "$certs/group.pem"
-expect_rc 5 "a 3DES message: exit 5" -- as alice decrypt --in "$work/des3.der" --out "$work/x.txt"
-grep -q 'AES-CBC' "$work/gm.err" && ! grep -q 'not an encrypted' "$work/gm.err" || fail "3DES: $(cat "$work/gm.err")"
-[ ! -e "$work/x.txt" ] || fail "plaintext file left for a 3DES message"
+# OpenSSL 3.0's `openssl cms -encrypt -recip group.pem` and `openssl smime
+# -encrypt` without a cipher option send 3DES-CBC with PKCS#1 v1.5 (so
+# does old Outlook): read by every method, the server told des-ede3-cbc
+openssl cms -encrypt -in "$work/m.txt" -out "$work/des3.eml" -recip "$certs/group.pem"
+openssl smime -encrypt -in "$work/m.txt" -out "$work/des3-smime.eml" "$certs/group.pem"
+for via in tls recipient-key membership-cert group-secret; do
+  for f in des3 des3-smime; do
+    expect_rc 0 "openssl $f's default (3DES) --via $via" -- as alice decrypt --via "$via" --in "$work/$f.eml" --out "$work/out.txt"
+    same_text "$work/out.txt" "$work/m.txt" "3DES ($f, $via)"
+  done
+done
+# a CMS message with a content cipher groupmail does not read (Camellia):
+# exit 5, and the error says what it reads rather than "not a CMS message"
+openssl cms -encrypt -binary -camellia256 -in "$work/m.txt" -outform DER -out "$work/cam.der" -recip "$certs/group.pem"
+expect_rc 5 "a Camellia message: exit 5" -- as alice decrypt --in "$work/cam.der" --out "$work/x.txt"
+grep -q 'AES-CBC' "$work/gm.err" && ! grep -q 'not an encrypted' "$work/gm.err" || fail "Camellia: $(cat "$work/gm.err")"
+[ ! -e "$work/x.txt" ] || fail "plaintext file left for a Camellia message"
 
 # What lists and mail gateways make of a stock client's message on its way:
 # a Thunderbird one (NSS cmsutil -E: PKCS#1 v1.5, AES-128-CBC) whose list

@@ -8,7 +8,8 @@
 #   NSS 3.87 `cmsutil -E` (Thunderbird's library: PKCS#1 v1.5, AES-128-CBC),
 #   gpgsm 2.2.40 `--encrypt` (v1.5; its default AES-128-CBC, and AES192/256),
 #   `openssl cms -encrypt` without OAEP (v1.5, as Outlook and most clients)
-#   and with OAEP, each with AES-128/192/256-CBC and AES-256-GCM.
+#   and with OAEP, each with AES-128/192/256-CBC and AES-256-GCM, and
+#   without any option (OpenSSL 3.0's default: v1.5 with 3DES-CBC).
 # Every message decrypts with `groupmail decrypt --via tls, recipient-key,
 # group-secret, membership-cert`, and goes through the exploder in forward,
 # group-secret and member-certs mode, where the copies decrypt with
@@ -92,6 +93,13 @@ for kt in v15 oaep; do
     names+=("$n")
   done
 done
+# OpenSSL 3.0 without a cipher option, DESIGN.md's `openssl cms -encrypt
+# -recip group.pem`: PKCS#1 v1.5 with 3DES-CBC, as old Outlook sends too
+n=openssl-default
+body "$n" > "$work/p.txt"
+openssl cms -encrypt -recip "$certs/group.pem" -from sender@example.net -to eng@example.org -subject "$n" \
+  -in "$work/p.txt" -out "$msgs/$n.eml" || fail "openssl cms $n"
+names+=("$n")
 # what each sender really sent: key transport and content cipher
 alg_of() { openssl cms -cmsout -print -in "$1" | sed -n 's/^ *algorithm: \([^ ]*\) .*/\1/p' | tr '\n' ' '; }
 for n in nss-cmsutil gpgsm; do
@@ -100,6 +108,7 @@ for n in nss-cmsutil gpgsm; do
 done
 case "$(alg_of "$msgs/gpgsm-AES192.eml")" in *rsaEncryption*aes-192-cbc*) ;; *) fail "gpgsm AES192" ;; esac
 case "$(alg_of "$msgs/openssl-oaep-aes-256-gcm.eml")" in *rsaesOaep*aes-256-gcm*) ;; *) fail "openssl oaep gcm" ;; esac
+case "$(alg_of "$msgs/openssl-default.eml")" in *rsaEncryption*des-ede3-cbc*) ;; *) fail "openssl default" ;; esac
 ok "${#names[@]} messages from NSS, gpgsm and openssl"
 
 expect_plain() { # expect_plain FILE NAME WHAT
