@@ -267,6 +267,22 @@ openssl cms -sign -signer "$certs/bob@example.org.pem" -inkey "$certs/bob@exampl
   -out "$work/signed.eml" || fail "openssl cms -sign"
 expect_rc 5 "signed, not encrypted: exit 5" -- as alice decrypt --in "$work/signed.eml" --out "$work/x.txt"
 grep -q 'it is signed' "$work/gm.err" || fail "signed message: $(cat "$work/gm.err")"
+# several recipients, the group's not the first: Thunderbird encrypts to
+# the sender too (NSS keeps the order given), and a sender naming the
+# recipients by subjectKeyIdentifier (openssl cms -keyid; DER sorts them)
+certutil -A -d "sql:$nssdb" -n alice -t ",," -i "$certs/alice@example.org.pem"
+cmsutil -E -d "sql:$nssdb" -r alice,eng -i "$work/m.txt" -o "$work/tb2.der" || fail "cmsutil -E -r alice,eng"
+[ "$(openssl cms -cmsout -print -inform DER -in "$work/tb2.der" | grep -c 'd.issuerAndSerialNumber')" = 2 ] ||
+  fail "two RecipientInfos wanted"
+openssl cms -encrypt -keyid -aes-256-cbc -binary -in "$work/m.txt" -outform DER -out "$work/ski.der" \
+  -recip "$certs/carol@example.org.pem" -recip "$certs/alice@example.org.pem" -recip "$certs/group.pem"
+for f in tb2 ski; do
+  for via in tls recipient-key group-secret; do
+    expect_rc 0 "bob reads $f (the group's RecipientInfo not first) --via $via" -- \
+      as bob decrypt --via "$via" --in "$work/$f.der" --out "$work/out.txt"
+    same "$work/out.txt" "$work/m.txt" "$f, $via"
+  done
+done
 for f in footer ets; do
   expect_rc 5 "send refuses a $f message (not S/MIME as a whole)" -- gm send --smtp "smtp://127.0.0.1:$(cat "$work/smtp.port")" \
     --to eng@example.org --in "$work/$f.eml"
