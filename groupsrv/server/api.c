@@ -506,6 +506,19 @@ static void unwrap_answer(struct srv_req *r, const ipc_msg *a)
     reply_jsonw(r, w);
 }
 
+/* Whether a RecipientInfo named no key version of a view the key holder
+ * has not confirmed during this request: this thread may not have heard
+ * yet of a change (a `group rotate` while serving) that the key holder
+ * already knows, so the view is fetched again before the answer. */
+static int stale_miss(const struct srv_req *r, const srv_err *e)
+{
+    return !r->view_confirmed && e->status == 400 && e->code != NULL &&
+           (strcmp(e->code, "unknown_recipient") == 0 || strcmp(e->code, "unknown_key_version") == 0);
+}
+
+static void unwrap_one(struct srv_req *r);
+static void unwrap_many(struct srv_req *r);
+
 /* Wipes every key-bearing string of a parsed body before it is freed. */
 static void unwrap_parsed(struct srv_req *r, json_t *body, int batch)
 {
@@ -564,6 +577,13 @@ static void unwrap_parsed(struct srv_req *r, json_t *body, int batch)
                 b.len = mark;
                 b.nest_at = 0;
             }
+        }
+        if (stale_miss(r, &st->err[i])) {
+            ipc_buf_free(&b);
+            json_decref(single);
+            unwrap_state_free(st);
+            srv_with_view(r, true, batch ? unwrap_many : unwrap_one);
+            return;
         }
         if (!batch && st->deliver[i] == 0) {
             e = st->err[i];
@@ -715,8 +735,17 @@ static void rewrap_have_view(struct srv_req *r)
     srv_ipc_begin(r, &b, IPC_REWRAP);
     ipc_put_str(&b, IPC_T_GROUP, r->view->name);
     ipc_put_u32(&b, IPC_T_TO, *to);
-    if (item_input(item, r->view, *to == IPC_TO_GROUP_SECRET ? DELIVER_GROUP_SECRET : DELIVER_TLS, &b, &e) != 0)
+    if (item_input(item, r->view, *to == IPC_TO_GROUP_SECRET ? DELIVER_GROUP_SECRET : DELIVER_TLS, &b, &e) != 0) {
+        if (stale_miss(r, &e)) {
+            ipc_buf_free(&b);
+            free(to);
+            json_decref(item);
+            json_decref(body);
+            srv_with_view(r, true, rewrap_have_view);
+            return;
+        }
         goto refuse;
+    }
     json_decref(item);
     json_decref(body);
     r->ctx = to;

@@ -1266,6 +1266,7 @@ static void view_answer(struct srv_req *r, const ipc_msg *a)
     }
     gview_unref(r->view);
     r->view = v;
+    r->view_confirmed = true;
     next(r);
 }
 

@@ -128,6 +128,7 @@ struct srv_req {
     double start;
     char param[SRV_MAX_PARAMS][257]; /* the path's '*' segments, percent-decoded */
     gview *view;              /* the group's view (a reference), when fetched */
+    bool view_confirmed;      /* the key holder gave or confirmed it during this request */
     void *ctx;                /* the handler's state across calls */
     void (*ctx_free)(void *ctx);
 };

@@ -100,4 +100,32 @@ n1=$(grep -c '"action":"unwrap"' "$work/audit.jsonl")
 [ $((n1 - n0)) = 60 ] || fail "concurrent unwraps audited: $((n1 - n0)) of 60"
 gs audit verify >/dev/null || fail "audit chain after concurrent appends"
 ok "60 concurrent unwraps answered, audited, chain intact"
+# ---- a rotation this thread hears of first from a request for the new version ----
+# No discovery in between: a member who fetched the new certificate
+# elsewhere, or an exploder re-wrapping the first message to it. The view
+# is fetched again before the answer, not refused as unknown_recipient
+# (which makes an exploder bounce the message for good).
+for v in 3 4; do
+  gs group rotate eng >/dev/null
+  gs group show eng --cert > "$work/group-v$v.pem"
+  openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg$v.der" \
+    -recip "$work/group-v$v.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+  cms ri "$work/msg$v.der" "$work/ri$v.der"
+done
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri3.der")" > "$work/req-v3.json"
+expect_status 200 "" "unwrap, the first request after two rotations, for the version before the last" -- \
+  c alice --data-binary @"$work/req-v3.json" "$url"
+gs group rotate eng >/dev/null
+gs group show eng --cert > "$work/group-v5.pem"
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg5.der" \
+  -recip "$work/group-v5.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+cms ri "$work/msg5.der" "$work/ri5.der"
+printf '{"recipient_info":"%s","to":"members","content_algorithm":"aes-256-cbc"}' "$(b64 "$work/ri5.der")" \
+  > "$work/req-rw5.json"
+expect_status 200 "" "rewrap, the first request after a rotation, for the new version" -- \
+  c dle --data-binary @"$work/req-rw5.json" "$base/v1/groups/eng/rewrap"
+printf '{"recipient_info":"%s","key_version":4}' "$(b64 "$work/ri4.der")" > "$work/req-v4.json"
+expect_status 200 "" "unwrap for a version never asked for on this thread" -- c alice --data-binary @"$work/req-v4.json" "$url"
+expect_status 400 unknown_recipient "a RecipientInfo of no version is still refused" -- \
+  c alice --data-binary @"$work/req-v1.json" "$url"
 echo "all cache tests passed"
