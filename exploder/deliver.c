@@ -196,6 +196,17 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         goto out;
     }
     rc = xp_check_message(c, l, data, len, &kt, &bad);
+    if (rc == XP_ERR_WRONG_RECIPIENT) {
+        /* the group key may have been rotated: senders that fetched the
+         * new certificate encrypt to a version this list has not met */
+        xp_err fr = xp_group_cert_refresh(c, s, l, why, sizeof(why));
+        if (fr == XP_OK) {
+            log_info("a new group certificate added to the list list=%s", l->address);
+            rc = xp_check_message(c, l, data, len, &kt, &bad);
+        } else if (fr != XP_ERR_NOTFOUND) {
+            log_warn("group certificate not refreshed list=%s reason=\"%s\"", l->address, why);
+        }
+    }
     switch (rc) {
     case XP_OK: break;
     case XP_ERR_FORMAT:

@@ -7,6 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
 #include "log.h"
 #include "prepare.h"
 #include "restclient.h"
@@ -18,6 +22,7 @@
 #define MSG_NO_SECRET "the group does not use a group secret key"
 
 #define LIST_CAP 512 /* the comma lists we store */
+#define GROUP_CERTS_CAP (256u * 1024u) /* a list's group certificates, PEM: over a hundred key versions */
 
 /* "a,b,c" from a string vector; NULL when it does not fit. */
 static char *join(char *const *v, size_t n)
@@ -58,9 +63,117 @@ static bool within(int64_t at, int64_t now, int64_t ttl)
     return at > 0 && now >= at && now - at < ttl;
 }
 
-xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz)
+/* The group server client for deliver, which runs while the MTA waits: a
+ * slow group server must not hold it longer than [tls] timeout, and never
+ * over 10 s. */
+static gs_rest_err deliver_rest(const xp_conf *c, const xp_list *l, gs_rest **r)
 {
     gs_rest_opts o;
+
+    xp_rest_opts(c, l, &o);
+    if (o.timeout_ms <= 0 || o.timeout_ms > 10000)
+        o.timeout_ms = 10000;
+    o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
+    return gs_rest_new(&o, r);
+}
+
+/* Whether the group server failed within the last minute (at most the
+ * ttl): during an outage every deliver would otherwise wait out the
+ * timeout. */
+static bool failed_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
+{
+    int64_t ttl = (int64_t)c->group_info_ttl;
+    if (!within(l->group_info_tried, now, ttl < 60 ? ttl : 60))
+        return false;
+    snprintf(why, whysz, "the group server failed %llds ago", (long long)(now - l->group_info_tried));
+    return true;
+}
+
+/* The one-line reason of a failed request, its HTTP status added. */
+static void rest_fail_why(gs_rest *r, gs_rest_err e, const char *what, char *why, size_t whysz)
+{
+    const char *err = gs_rest_strerror(e);
+    long st = gs_rest_last_status(r);
+    if (st > 0 && strchr(err, '(') == NULL)
+        snprintf(why, whysz, "%s: %s (HTTP %ld)", what, err, st);
+    else
+        snprintf(why, whysz, "%s: %s", what, err);
+}
+
+xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
+{
+    gs_rest *r = NULL;
+    gs_rest_err e;
+    char *pem = NULL, *all = NULL;
+    size_t len = 0, have = l->group_cert != NULL ? strlen(l->group_cert) : 0;
+    int64_t now = (int64_t)time(NULL);
+    BIO *b = NULL;
+    X509 *leaf = NULL;
+    xp_err rc;
+
+    why[0] = '\0';
+    if (failed_lately(c, l, now, why, whysz))
+        return XP_ERR_TEMP;
+    if ((e = deliver_rest(c, l, &r)) != GS_REST_OK) {
+        snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
+        rc = XP_ERR_CONFIG;
+        goto out;
+    }
+    if ((e = gs_rest_group_certificate(r, l->group, &pem, &len)) != GS_REST_OK) {
+        rest_fail_why(r, e, "group certificate", why, whysz);
+        if (spool_list_group_info_tried(s, l->id, now) == XP_OK)
+            l->group_info_tried = now;
+        rc = XP_ERR_TEMP;
+        goto out;
+    }
+    /* the answer is the current version's certificate, then its issuer */
+    if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL || (leaf = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
+        snprintf(why, whysz, "group certificate: the group server answered no parsable certificate");
+        rc = XP_ERR_FORMAT;
+        goto out;
+    }
+    if (xp_group_cert_known(l->group_cert, leaf)) {
+        rc = XP_ERR_NOTFOUND;
+        goto out;
+    }
+    rc = XP_ERR_NOMEM;
+    BIO_free(b);
+    if ((b = BIO_new(BIO_s_mem())) == NULL || BIO_write(b, l->group_cert != NULL ? l->group_cert : "", (int)have) <
+                                                  (int)have ||
+        (have > 0 && l->group_cert[have - 1] != '\n' && BIO_write(b, "\n", 1) != 1) || !PEM_write_bio_X509(b, leaf) ||
+        BIO_write(b, "", 1) != 1) /* the NUL */
+        goto out;
+    {
+        char *data = NULL;
+        long n = BIO_get_mem_data(b, &data);
+        if (n <= 0 || (size_t)n > GROUP_CERTS_CAP) {
+            snprintf(why, whysz, "the list's group certificates would exceed %u bytes", GROUP_CERTS_CAP);
+            rc = XP_ERR_TOO_LARGE;
+            goto out;
+        }
+        if ((all = strdup(data)) == NULL)
+            goto out;
+    }
+    if ((rc = spool_list_set_group_cert(s, l->id, all)) != XP_OK) {
+        snprintf(why, whysz, "cannot store the group certificate: %s", xp_strerror(rc));
+        goto out;
+    }
+    free(l->group_cert);
+    l->group_cert = all;
+    all = NULL;
+    rc = XP_OK;
+out:
+    free(all);
+    X509_free(leaf);
+    BIO_free(b);
+    free(pem);
+    gs_rest_free(r);
+    ERR_clear_error();
+    return rc;
+}
+
+xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz)
+{
     gs_rest *r = NULL;
     gs_group_info gi;
     gs_rest_err e;
@@ -72,30 +185,15 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
     why[0] = '\0';
     if (!force && within(l->group_info_at, now, ttl))
         return XP_OK;
-    /* a server that just failed is not asked again for a minute: during an
-     * outage every deliver would otherwise wait out the timeout */
-    if (!force && within(l->group_info_tried, now, ttl < 60 ? ttl : 60)) {
-        snprintf(why, whysz, "group server discovery failed %llds ago", (long long)(now - l->group_info_tried));
+    if (!force && failed_lately(c, l, now, why, whysz))
         return XP_ERR_TEMP;
-    }
-    xp_rest_opts(c, l, &o);
-    /* deliver runs while the MTA waits: a slow group server must not hold
-     * it longer than [tls] timeout, and never over 10 s */
-    if (o.timeout_ms <= 0 || o.timeout_ms > 10000)
-        o.timeout_ms = 10000;
-    o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
-    if ((e = gs_rest_new(&o, &r)) != GS_REST_OK) {
+    if ((e = deliver_rest(c, l, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
         rc = XP_ERR_CONFIG;
         goto out;
     }
     if ((e = gs_rest_group_info(r, l->group, &gi)) != GS_REST_OK) {
-        const char *what = gs_rest_strerror(e);
-        long st = gs_rest_last_status(r);
-        if (st > 0 && strchr(what, '(') == NULL)
-            snprintf(why, whysz, "group server discovery: %s (HTTP %ld)", what, st);
-        else
-            snprintf(why, whysz, "group server discovery: %s", what);
+        rest_fail_why(r, e, "group server discovery", why, whysz);
         if (spool_list_group_info_tried(s, l->id, now) == XP_OK)
             l->group_info_tried = now;
         rc = XP_ERR_TEMP;

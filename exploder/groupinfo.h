@@ -27,6 +27,15 @@
  * minute (at most the ttl). XP_OK when nothing had to be fetched. */
 xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force, char *why, size_t whysz);
 
+/* After `groupsrv group rotate` senders encrypt to a certificate the list
+ * has not met: fetches the group's current certificate (GET
+ * .../certificate, the same short timeouts; not within a minute of a
+ * failed fetch) and, when it is new, adds it to the list's (stored, and
+ * in l->group_cert), keeping the older versions, whose mail the group
+ * still decrypts. XP_OK when one was added; XP_ERR_NOTFOUND when the
+ * current one is known already; XP_ERR_TEMP (or another error) with why. */
+xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
+
 /* Will the group unwrap a message whose group RecipientInfo uses key
  * transport kt ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH") in
  * this list's mode? XP_OK, also when the cached answer does not say;

@@ -8,8 +8,10 @@
 #include <strings.h>
 
 #include <openssl/bio.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "envelope.h"
 #include "log.h"
@@ -28,6 +30,46 @@ static X509 *first_cert(const char *pem)
     x = PEM_read_bio_X509(b, NULL, NULL, NULL);
     BIO_free(b);
     return x;
+}
+
+/* The index of msg's RecipientInfo for one of the list's group
+ * certificates, env_message_find_recipient's answer otherwise. pem holds
+ * every key version the list has met: the chain list create stored, then
+ * each newer version's certificate (xp_group_cert_refresh); a CA
+ * certificate after the first is the chain's issuer, not a version. */
+static env_err find_group_ri(const char *pem, const env_message *msg, size_t *idx)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    X509 *x;
+    env_err e = ENV_ERR_NO_RECIPIENT;
+    bool first = true;
+
+    if (b == NULL)
+        return ENV_ERR_NOMEM;
+    while (e == ENV_ERR_NO_RECIPIENT && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (first || X509_check_ca(x) == 0)
+            e = env_message_find_recipient(msg, x, idx);
+        first = false;
+        X509_free(x);
+    }
+    ERR_clear_error(); /* the end of the PEM reads as an error */
+    BIO_free(b);
+    return e;
+}
+
+bool xp_group_cert_known(const char *pem, X509 *cert)
+{
+    BIO *b = pem != NULL ? BIO_new_mem_buf(pem, -1) : NULL;
+    X509 *x;
+    bool known = false;
+
+    while (b != NULL && !known && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        known = X509_cmp(x, cert) == 0;
+        X509_free(x);
+    }
+    ERR_clear_error();
+    BIO_free(b);
+    return known;
 }
 
 xp_err xp_cert_check(const char *pem, char **subject)
@@ -165,6 +207,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         log_error("list has no usable group certificate list=%s", l->address);
         return XP_ERR_CONFIG;
     }
+    X509_free(gc);
+    gc = NULL;
     if ((in = BIO_new_mem_buf(data, (int)len)) == NULL) {
         rc = XP_ERR_NOMEM;
         goto out;
@@ -177,7 +221,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
-    e = env_message_find_recipient(msg, gc, &idx);
+    e = find_group_ri(l->group_cert, msg, &idx);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
@@ -383,7 +427,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         goto out;
     }
     if ((e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size, &msg)) != ENV_OK ||
-        (e = env_message_find_recipient(msg, gc, &idx)) != ENV_OK ||
+        (e = find_group_ri(l->group_cert, msg, &idx)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",

@@ -16,7 +16,10 @@
 #ifndef GS_XP_PREPARE_H
 #define GS_XP_PREPARE_H
 
+#include <stdbool.h>
 #include <stdio.h>
+
+#include <openssl/x509.h>
 
 #include "spool.h"
 #include "xp.h"
@@ -32,6 +35,8 @@
  * words (static; the envelope's reason for unreadable CMS), else NULL. */
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
                         const char **why);
+/* Is cert one of the certificates in pem (the list's group certificates)? */
+bool xp_group_cert_known(const char *pem, X509 *cert);
 
 /* What preparing a message left besides the file. */
 typedef struct xp_prepared {

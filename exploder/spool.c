@@ -452,6 +452,20 @@ xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at)
     return rc;
 }
 
+xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *pem)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "UPDATE lists SET group_cert=? WHERE id=?", &st);
+    if (rc != XP_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, pem, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, list_id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "list group certificate");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address)
 {
     sqlite3_stmt *st = NULL;

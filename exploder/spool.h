@@ -74,6 +74,8 @@ xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs,
                                  int64_t at);
 /* Notes that fetching it failed at `at` (what was cached stays). */
 xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at);
+/* Replaces a list's group certificates (PEM: every key version it knows). */
+xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *pem);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts
  * the new ones). */

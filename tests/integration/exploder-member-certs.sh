@@ -83,6 +83,32 @@ openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs
   -out "$W/dec.txt" 2>/dev/null || fail "bob cannot decrypt the second message"
 xp_spool_empty
 
+# After `groupsrv group rotate` senders encrypt to the new certificate:
+# deliver fetches it and adds it to the list's (the first such message is
+# taken, not refused as "not encrypted to the list's group certificate"),
+# and mail to the older version is still taken and read
+gs group rotate eng >/dev/null
+gs group show eng --cert >"$W/group-v2.pem"
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+xp_encrypt "$W/group-v2.pem" "$W/v2.eml" "to version 2"
+xp deliver --list $L --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
+  fail "mail to the rotated group certificate refused: $(cat "$W/deliver.err")"
+xp_encrypt "$certs/group.pem" "$W/v1.eml" "to version 1"
+xp deliver --list $L --sender alice@example.org <"$W/v1.eml" 2>"$W/deliver.err" ||
+  fail "mail to key version 1 refused after the rotation: $(cat "$W/deliver.err")"
+[ "$(xp list show $L | grep -c '^group-cert: ')" -ge 1 ] || fail "list show lost the group certificate"
+xp_drain
+got=
+for id in $(awk '$3 == "bob@example.org" {print $1}' "$W/smtp/envelope.log"); do
+  openssl cms -decrypt -in "$W/smtp/new/$id" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" \
+    -out "$W/dec.txt" 2>/dev/null || fail "bob cannot decrypt copy $id"
+  got="$got$(sed -n 's/^secret body for //p' "$W/dec.txt" | tr -d '\r');"
+done
+case "$got" in *"to version 2;"*) ;; *) fail "no copy of the message to version 2: $got" ;; esac
+case "$got" in *"to version 1;"*) ;; *) fail "no copy of the message to version 1: $got" ;; esac
+xp_spool_empty
+
 # A 4xx from the group server is its final word on the message: bounced at
 # once with that reason in one plain line, not retried for max_age. Here the
 # message was accepted for key version 1, which is then retired.
