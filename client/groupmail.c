@@ -22,6 +22,8 @@
 #include "log.h"
 #include "util.h"
 
+#define MAX_PINNED_VERSIONS 64 /* group key versions a pin file keeps */
+
 #define MAX_CEK 64
 #define MC_MIN_VALIDITY 60 /* seconds a cached membership certificate must still live */
 
@@ -232,6 +234,22 @@ static int rest_lazy(const gm_config *c, gs_rest **r)
 
 /* Fetches the group certificate, verifies it against the group CA, checks
  * it names the list address and matches any earlier pin, and pins it. */
+/* Is cert i of a pinned chain a group key version? The first is the
+ * current one; after its chain come the versions pinned before a re-key;
+ * CA certificates are their issuers. */
+static bool older_version(STACK_OF(X509) *pinned, int i)
+{
+    return i == 0 || X509_check_ca(sk_X509_value(pinned, i)) == 0;
+}
+
+static bool in_stack(STACK_OF(X509) *st, X509 *x)
+{
+    for (int i = 0; i < sk_X509_num(st); i++)
+        if (X509_cmp(sk_X509_value(st, i), x) == 0)
+            return true;
+    return false;
+}
+
 static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
 {
     gs_group_info gi = {0};
@@ -278,6 +296,16 @@ static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
         goto out;
     }
     rc = GM_EXIT_ERROR;
+    /* A re-key keeps the versions pinned before after the new chain: the
+     * group still decrypts mail to them (until it retires them). */
+    for (int i = 0; old != NULL && i < sk_X509_num(old) && sk_X509_num(chain) < MAX_PINNED_VERSIONS; i++) {
+        X509 *x = sk_X509_value(old, i);
+        if (older_version(old, i) && !in_stack(chain, x)) {
+            if (!sk_X509_push(chain, x))
+                goto out;
+            (void)sk_X509_set(old, i, NULL); /* now the chain's */
+        }
+    }
     if (gm_pin_save(c, chain) != 0)
         goto out;
     if (leaf_out != NULL) {
@@ -839,6 +867,23 @@ static env_recipient *message_kekri(env_message *msg)
     return NULL;
 }
 
+/* The index of the message's RecipientInfo for the group: its current
+ * certificate (j->group_cert), else, when that is the pinned one, a key
+ * version pinned before a re-key. env_message_find_recipient's errors. */
+static env_err group_ri_index(const job *j, size_t *idx)
+{
+    STACK_OF(X509) *pinned = NULL;
+    env_err e = env_message_find_recipient(j->msg, j->group_cert, idx);
+
+    if (e != ENV_ERR_NO_RECIPIENT || j->c->group_cert != NULL || gm_pin_load(j->c, &pinned) != 0)
+        return e;
+    for (int i = 1; i < sk_X509_num(pinned) && e == ENV_ERR_NO_RECIPIENT; i++)
+        if (older_version(pinned, i))
+            e = env_message_find_recipient(j->msg, sk_X509_value(pinned, i), idx);
+    sk_X509_pop_free(pinned, X509_free);
+    return e;
+}
+
 /* Finds the group's RecipientInfo in the message (or reads --recipient-info). */
 static int job_group_ri(job *j)
 {
@@ -855,7 +900,7 @@ static int job_group_ri(job *j)
     /* local-key may have loaded it already: loading again would leak it */
     if (j->group_cert == NULL && (rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
         return rc;
-    if ((e = env_message_find_recipient(j->msg, j->group_cert, &idx)) != ENV_OK) {
+    if ((e = group_ri_index(j, &idx)) != ENV_OK) {
         env_recipient *kri = e == ENV_ERR_NO_RECIPIENT ? message_kekri(j->msg) : NULL;
         if (kri != NULL) /* the exploder's group-secret copy: its only RecipientInfo is a KEKRI */
             gm_err("the message is not encrypted to group %s but to a group secret key (a copy the list "
@@ -863,7 +908,8 @@ static int job_group_ri(job *j)
                    j->c->group ? j->c->group : "(--group-cert)");
         else if (e == ENV_ERR_NO_RECIPIENT)
             gm_err("the message is not encrypted to group %s (a copy the list re-encrypted to members is "
-                   "decrypted with your own key: --via own-key --cert FILE --key FILE)",
+                   "decrypted with your own key: --via own-key --cert FILE --key FILE; mail to a group key "
+                   "newer than the pinned one needs fetch-cert --repin)",
                    j->c->group ? j->c->group : "(--group-cert)");
         else
             gm_err("bad message: %s", env_strerror(e));
@@ -1228,7 +1274,7 @@ static bool own_copy(job *j)
         yes = true;
         if (j->group_cert == NULL)
             (void)group_cert_get(j->c, &j->r, false, &j->group_cert); /* pinned or --group-cert only */
-        if (j->group_cert != NULL && env_message_find_recipient(j->msg, j->group_cert, &idx) == ENV_OK)
+        if (j->group_cert != NULL && group_ri_index(j, &idx) == ENV_OK)
             yes = false;
     }
     X509_free(mine);

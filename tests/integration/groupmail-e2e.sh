@@ -318,4 +318,24 @@ expect_rc 1 "GROUPMAIL_CONFIG with an unknown key" -- env GROUPMAIL_CONFIG="$wor
 printf '[identity]\ncert = %s/%s.pem\n' "$work" "$(printf 'c%.0s' $(seq 1 240))" > "$work/long.ini"
 expect_rc 1 "a config line longer than 199 characters" -- gm -c "$work/long.ini" decrypt --in "$work/msg.der"
 grep -q "long.ini:2: line longer than 199 characters" "$work/gm.err" || fail "long config line: $(cat "$work/gm.err")"
+# a group re-key (groupsrv group rotate): mail to the new key needs a
+# repin; after it, mail to the key pinned before is still read (the server
+# still decrypts it), by every method, and a later fetch-cert keeps both
+gs group rotate eng >/dev/null
+gs group show eng --cert > "$work/group-v2.pem"
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/m.txt" -outform DER -out "$work/v2.der" -recip "$work/group-v2.pem"
+expect_rc 5 "mail to a newer group key before the repin" -- as alice decrypt --in "$work/v2.der"
+grep -q 'fetch-cert --repin' "$work/gm.err" || fail "no repin hint: $(cat "$work/gm.err")"
+expect_rc 4 "fetch-cert after the re-key, without --repin" -- gm fetch-cert
+expect_rc 0 "fetch-cert --repin" -- gm fetch-cert --repin
+for round in repinned fetched-again; do
+  for via in tls recipient-key group-secret; do
+    expect_rc 0 "$round: mail to the new key, --via $via" -- as alice decrypt --via "$via" --in "$work/v2.der" --out "$work/out.txt"
+    same "$work/out.txt" "$work/m.txt" "new key, $via"
+    expect_rc 0 "$round: mail to the key pinned before, --via $via" -- \
+      as alice decrypt --via "$via" --in "$work/msg.der" --out "$work/out.txt"
+    same "$work/out.txt" "$work/msg.txt" "old key, $via"
+  done
+  expect_rc 0 "fetch-cert again" -- gm fetch-cert
+done
 echo "groupmail-e2e: all passed"
