@@ -48,3 +48,10 @@ target_compile_definitions(gs_net_fuzzing PUBLIC GS_FUZZING GS_FUZZ_HTTP_DIR="${
 target_link_libraries(gs_net_fuzzing PUBLIC gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT
   PkgConfig::JANSSON PkgConfig::OPENSSL Threads::Threads)
 gs_target_warnings(gs_net_fuzzing)
+
+# [tls] key on the token must not be the local CA's key (the network
+# process can have any digest signed with the TLS key). A few seconds.
+add_test(NAME server_tlskey_ca
+  COMMAND bash ${GS_TEST_DIR}/integration/server-tlskey-ca.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_tlskey_ca PROPERTIES LABELS "integration" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -1235,6 +1235,31 @@ static const char *tls_key_problem(const hsm_key_info *ki)
     return NULL;
 }
 
+/* Is key the local CA's key (the same public key)? The network process
+ * gets any 20 to 64 bytes signed with the TLS key (the key holder cannot
+ * tell a handshake's digest from another), which with the CA's key would
+ * issue certificates. 1 if it is, 0 if not, -1 when a public key
+ * cannot be read. */
+static int tls_key_is_ca(struct kh *kh, hsm_key *key)
+{
+    unsigned char *tls_spki = NULL, *ca_spki = NULL;
+    size_t tls_len = 0;
+    int ca_len, same = -1;
+
+    if (kh->ca == NULL)
+        return 0;
+    if (hsm_key_export_public(kh->hsm, key, &tls_spki, &tls_len) != HSM_OK)
+        goto out;
+    ca_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(gs_ca_cert(kh->ca)), &ca_spki);
+    if (ca_len <= 0)
+        goto out;
+    same = (size_t)ca_len == tls_len && memcmp(ca_spki, tls_spki, tls_len) == 0;
+out:
+    free(tls_spki);
+    OPENSSL_free(ca_spki);
+    return same;
+}
+
 int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
 {
     const char *uri = kh->cfg->tls.key;
@@ -1258,6 +1283,18 @@ int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
     }
     if ((why = tls_key_problem(&ki)) != NULL) {
         snprintf(errbuf, errlen, "[tls] key %s %s", uri, why);
+        hsm_key_free(key);
+        return -1;
+    }
+    int is_ca = tls_key_is_ca(kh, key);
+    if (is_ca != 0) {
+        if (is_ca < 0)
+            snprintf(errbuf, errlen, "[tls] key %s: cannot compare its public key with the local CA's", uri);
+        else
+            snprintf(errbuf, errlen,
+                     "[tls] key %s is the local CA's key: the network process may have any digest signed with "
+                     "the TLS key, so it must be a key of its own (groupsrv tls init makes one)",
+                     uri);
         hsm_key_free(key);
         return -1;
     }
