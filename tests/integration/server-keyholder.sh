@@ -9,7 +9,11 @@
 #    dumpable and makes no core files;
 #  - the key holder driven directly over its link with malformed and
 #    hostile frames (tests/tools/khdrive.c): each refused, the non-member
-#    audited, the key holder serving on;
+#    audited, the key holder serving on; and as a compromised network
+#    process: admin operations, rewrap and group creation for a plain
+#    member, secret keys and membership certificates for a non-member,
+#    the rate limit and the suspension (also with the identity in upper
+#    case) all refused by the key holder;
 #  - kill -9 of the network process and of the key holder, each under
 #    load: recovery without an operator, errors only for requests in flight
 #    (connection reset) or during the key holder's gap (503
@@ -87,14 +91,18 @@ ok "the key holder has no listening socket (the network process has them)"
 # ---- the key holder over its link, directly ----
 # Its own audit log: one appender per file (the running server's key
 # holder keeps its own chain).
-sed "s|^path = $work/audit.jsonl|path = $work/audit-kh.jsonl|" "$conf" > "$work/kh.conf"
+# A rate limit and a failed-unwrap cap for its attacks on them.
+sed -e "s|^path = $work/audit.jsonl|path = $work/audit-kh.jsonl|" \
+  -e 's|^rate_limit = .*|rate_limit = 1\nrate_burst = 5\nmax_failed_unwraps = 3|' "$conf" > "$work/kh.conf"
 "$BIN/khdrive" "$work/kh.conf" "$work/ri.der" alice@example.org "$certs/alice@example.org.pem" carol@example.org \
-  > "$work/khdrive.out" 2>&1 || { cat "$work/khdrive.out"; fail "khdrive"; }
+  mallory@example.org "$certs/mallory@example.org.pem" > "$work/khdrive.out" 2>&1 || { cat "$work/khdrive.out"; fail "khdrive"; }
 cat "$work/khdrive.out"
 grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"not_a_member"' ||
   fail "the key holder did not audit the non-member it was told about"
 "$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-kh.jsonl" >/dev/null || fail "the driven key holder's audit chain"
-ok "the refusal for a non-member claimed over IPC is audited"
+grep '"identity":"mallory@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"too_many_failed_unwraps"' ||
+  fail "the key holder did not audit the suspension"
+ok "the refusal for a non-member claimed over IPC is audited, and so is the suspension"
 
 # ---- kill -9 under load ----
 waitfor() { # waitfor DESC CMD...: up to 30 s

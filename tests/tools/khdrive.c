@@ -6,10 +6,20 @@
  * cannot be trusted, by closing that link only), while the key holder
  * keeps serving good requests on the other link.
  *
- *   khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER
+ *   khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER [MEMBER2 MEMBER2-CERT.pem]
+ *
+ * Beyond the frames themselves, it plays the compromised network process
+ * of SECURITY.md ("What a compromised network process can and cannot
+ * do"): admin operations, the exploder's rewrap and group creation
+ * claimed for a plain member, secret keys and membership certificates for
+ * a non-member, a membership certificate's holder acting beyond its one
+ * use, and (with MEMBER2, whose config has a rate limit and a failed-unwrap
+ * cap) the rate limit and the suspension, also under the identity spelt
+ * in upper case. Each must be refused by the key holder itself.
  *
  * Prints "ok: ..." per check; exit 0 when all passed, 1 otherwise.
  */
+#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,6 +38,7 @@
 #include "ipc.h"
 #include "keyholder.h"
 #include "log.h"
+#include "names.h"
 #include "util.h"
 
 static int failed;
@@ -112,6 +123,16 @@ static void expect(int fd, ipc_reader *rd, const void *frame, size_t len, uint32
     free(owned);
 }
 
+/* Builds and sends a frame (ipc_end'd here) and expects its answer. */
+static void ask(int fd, ipc_reader *rd, ipc_buf *b, uint32_t want_status, const char *want_code, const char *what)
+{
+    uint32_t type;
+
+    (void)ipc_end(b);
+    memcpy(&type, b->p, 4);
+    expect(fd, rd, b->p, b->len, type | IPC_REPLY, want_status, want_code, what);
+}
+
 /* A frame: header and raw payload bytes. */
 static size_t raw_frame(unsigned char *out, uint32_t type, uint64_t cookie, const void *payload, uint32_t plen)
 {
@@ -127,16 +148,97 @@ static size_t raw_frame(unsigned char *out, uint32_t type, uint64_t cookie, cons
 static unsigned char *spki;
 static int spki_len;
 
-static void unwrap_frame(ipc_buf *b, uint64_t cookie, const char *who, const char *group, const unsigned char *ek,
-                         size_t ek_len)
+/* The public key of a certificate file, DER (OPENSSL_free); -1 if unreadable. */
+static int load_spki(const char *path, unsigned char **der)
 {
-    ipc_begin(b, IPC_UNWRAP, cookie);
+    FILE *f = fopen(path, "r");
+    X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    int n = -1;
+
+    if (f != NULL)
+        fclose(f);
+    if (cert != NULL)
+        n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), der);
+    X509_free(cert);
+    return n;
+}
+
+/* Sends an unwrap and reads its answer, whatever it is (0 when one came). */
+static int send_unwrap_any(int fd, ipc_reader *rd, ipc_buf *b)
+{
+    ipc_msg m;
+    unsigned char *owned = NULL;
+    int rc = write_all(fd, b->p, b->len) == 0 ? read_answer(fd, rd, &m, &owned) : -1;
+
+    free(owned);
+    return rc;
+}
+
+/* The membership certificate in an IPC_CERTIFY answer names the group
+ * and nothing of the member, lives at most lifetime seconds, and is for
+ * the public key asked for. */
+static int check_membership_cert(const ipc_msg *m, const char *group, const char *member, long lifetime,
+                                 const unsigned char *want_spki, int want_len)
+{
+    const unsigned char *der, *q;
+    size_t dl;
+    unsigned char *got = NULL;
+    X509 *x = NULL;
+    int ok = 0, pday, psec, gl;
+    char text[4096];
+
+    if (ipc_bytes(m, IPC_T_CERT, &der, &dl) != 0 || (q = der, x = d2i_X509(NULL, &q, (long)dl)) == NULL)
+        return 0;
+    X509_NAME_oneline(X509_get_subject_name(x), text, sizeof(text));
+    gl = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &got);
+    ok = strstr(text, group) != NULL && memmem(der, dl, member, strlen(member)) == NULL && gl == want_len && memcmp(got, want_spki, (size_t)gl) == 0 &&
+         ASN1_TIME_diff(&pday, &psec, X509_get0_notBefore(x), X509_get0_notAfter(x)) == 1 &&
+         (long)pday * 86400 + psec <= lifetime + 300;
+    OPENSSL_free(got);
+    X509_free(x);
+    return ok;
+}
+
+/* Starts a request of type from an identified caller (with the member's
+ * public key, as for a member recorded with a certificate), for group
+ * (NULL: none). */
+static void request_begin(ipc_buf *b, uint32_t type, uint64_t cookie, const char *who, const char *group)
+{
+    ipc_begin(b, type, cookie);
     ipc_put_str(b, IPC_T_REQUEST_ID, "feedfacefeedface");
     ipc_put_u32(b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
     ipc_put_str(b, IPC_T_IDENTITY, who);
     if (spki_len > 0)
         ipc_put_bytes(b, IPC_T_SPKI, spki, (size_t)spki_len);
     ipc_put_str(b, IPC_T_GROUP, group);
+}
+
+/* Starts a request of type from the holder of a membership certificate
+ * of cert_group (anonymous), whose public key is the member's. */
+static void membership_begin(ipc_buf *b, uint32_t type, uint64_t cookie, const char *cert_group)
+{
+    ipc_begin(b, type, cookie);
+    ipc_put_u32(b, IPC_T_CALLER, IPC_CALLER_MEMBERSHIP);
+    ipc_put_str(b, IPC_T_IDENTITY, cert_group);
+    ipc_put_bytes(b, IPC_T_SPKI, spki, (size_t)spki_len);
+    ipc_put_str(b, IPC_T_GROUP, "eng");
+}
+
+/* who in ASCII upper case, in out (cap bytes). */
+static const char *upper_case(const char *who, char *out, size_t cap)
+{
+    size_t k;
+
+    for (k = 0; who[k] != '\0' && k + 1 < cap; k++)
+        out[k] = (char)(who[k] >= 'a' && who[k] <= 'z' ? who[k] - 'a' + 'A' : who[k]);
+    out[k] = '\0';
+    return out;
+}
+
+static void unwrap_frame(ipc_buf *b, uint64_t cookie, const char *who, const char *group, const unsigned char *ek,
+                         size_t ek_len)
+{
+    request_begin(b, IPC_UNWRAP, cookie, who, group);
     ipc_nest_begin(b, IPC_T_ITEM);
     ipc_put_u32(b, IPC_T_DELIVER, IPC_DELIVER_TLS);
     ipc_put_u32(b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
@@ -159,8 +261,8 @@ int main(int argc, char **argv)
     ipc_msg m;
     unsigned char *owned = NULL;
 
-    if (argc != 6) {
-        fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER\n");
+    if (argc != 6 && argc != 8) {
+        fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER [MEMBER2 MEMBER2-CERT.pem]\n");
         return 2;
     }
     FILE *cf = fopen(argv[4], "r");
@@ -251,6 +353,62 @@ int main(int argc, char **argv)
     /* 6. A member, correctly: still serving. */
     unwrap_frame(&b, 18, argv[3], "eng", ek, ek_len);
     expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 200, NULL, "a member's unwrap after all that");
+    /* 6a. What a member may not do, claimed by the network process for
+     * one: the admin operations, creating a group, the exploder's rewrap. */
+    request_begin(&b, IPC_MEMBER_PUT, 30, argv[3], "eng");
+    ipc_put_str(&b, IPC_T_EMAIL, "intruder@example.org");
+    ipc_put_u32(&b, IPC_T_ROLE, GS_ROLE_ADMIN);
+    ask(l0[0], &rd0, &b, 403, "forbidden", "member add (as admin) claimed for a plain member");
+    request_begin(&b, IPC_MEMBER_DELETE, 31, argv[3], "eng");
+    ipc_put_str(&b, IPC_T_EMAIL, argv[3]);
+    ask(l0[0], &rd0, &b, 403, "forbidden", "member remove claimed for a plain member");
+    request_begin(&b, IPC_MEMBERS, 32, argv[3], "eng");
+    ask(l0[0], &rd0, &b, 403, "forbidden", "member list claimed for a plain member");
+    request_begin(&b, IPC_GROUP_CREATE, 33, argv[3], NULL);
+    ipc_put_str(&b, IPC_T_NAME, "stolen");
+    ipc_put_str(&b, IPC_T_ADDRESS, "stolen@example.org");
+    ask(l0[0], &rd0, &b, 403, "forbidden", "group create claimed for a member who administers no group");
+    request_begin(&b, IPC_REWRAP, 34, argv[3], "eng");
+    ipc_put_u32(&b, IPC_T_TO, IPC_TO_MEMBERS);
+    ipc_nest_begin(&b, IPC_T_ITEM);
+    ipc_put_u32(&b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+    ipc_put_u32(&b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+    ipc_put_bytes(&b, IPC_T_ENC_KEY, ek, ek_len);
+    ipc_nest_end(&b);
+    ask(l0[0], &rd0, &b, 403, "forbidden", "the exploder's rewrap claimed for a plain member");
+    /* 6b. A non-member: no secret keys, no membership certificate. */
+    request_begin(&b, IPC_SECRET_KEYS, 35, argv[5], "eng");
+    ask(l0[0], &rd0, &b, 403, "not_a_member", "secret keys for a non-member (to the caller's key)");
+    request_begin(&b, IPC_CERTIFY, 36, argv[5], "eng");
+    ipc_put_bytes(&b, IPC_T_CSR_SPKI, spki, (size_t)spki_len);
+    ask(l0[0], &rd0, &b, 403, "not_a_member", "a membership certificate for a non-member");
+    /* 6c. A membership certificate's holder: only unwraps of its own
+     * group, never a certificate of its own. */
+    membership_begin(&b, IPC_UNWRAP, 37, "othergroup");
+    ask(l0[0], &rd0, &b, 403, "not_a_member", "a membership certificate of another group used for eng");
+    membership_begin(&b, IPC_CERTIFY, 38, "eng");
+    ipc_put_bytes(&b, IPC_T_CSR_SPKI, spki, (size_t)spki_len);
+    ask(l0[0], &rd0, &b, 403, "forbidden", "a membership certificate asked for by a membership certificate");
+    /* 6d. A member's membership certificate: the key holder chooses
+     * every field but the public key. */
+    request_begin(&b, IPC_CERTIFY, 39, argv[3], "eng");
+    ipc_put_bytes(&b, IPC_T_CSR_SPKI, spki, (size_t)spki_len);
+    (void)ipc_end(&b);
+    if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd0, &m, &owned) == 0) {
+        CHECK(ipc_u32(&m, IPC_T_STATUS, 0) == 200 &&
+                  check_membership_cert(&m, "eng", argv[3],
+                                        cfg->certsrv.lifetime ? (long)cfg->certsrv.lifetime : 3600, spki, spki_len),
+              "a member's membership certificate names the group, not the member, for the asked key, within the "
+              "lifetime (%s)", ipc_u32(&m, IPC_T_STATUS, 0) == 200 ? "issued" : "refused");
+    } else {
+        CHECK(0, "a member's membership certificate");
+    }
+    free(owned);
+    owned = NULL;
+    /* 6e. No [tls] key on the token: nothing to sign with. */
+    ipc_begin(&b, IPC_SIGN, 40);
+    ipc_put_bytes(&b, IPC_T_DIGEST, digest, 32);
+    ask(l0[0], &rd0, &b, 404, "not_found", "a signature with no TLS key on the token");
     /* 7. A header over the size cap on the other link: that link is closed. */
     uint32_t huge = IPC_MAX_PAYLOAD + 1, t = IPC_VIEW;
     memset(buf, 0, IPC_HDR_LEN);
@@ -272,6 +430,52 @@ int main(int argc, char **argv)
     }
     free(owned);
     owned = NULL;
+    /* 8a. The failed-unwrap suspension and the rate limit (the config
+     * has a cap and a limit), with the identity in upper case too: the
+     * key holder's counters are per member, however the network process
+     * spells it. */
+    if (argc == 8) {
+        unsigned char *spki2 = NULL, *spki1 = spki, bad[4096];
+        int len2 = load_spki(argv[7], &spki2), len1 = spki_len;
+        char upper[256];
+        size_t k;
+        CHECK(len2 > 0 && ek_len <= sizeof(bad), "the second member's certificate");
+        if (len2 > 0 && ek_len <= sizeof(bad)) {
+            spki = spki2;
+            spki_len = len2;
+            memcpy(bad, ek, ek_len);
+            bad[ek_len / 2] ^= 0x55;
+            for (k = 0; k < 3; k++) {
+                unwrap_frame(&b, 50 + k, argv[6], "eng", bad, ek_len);
+                if (send_unwrap_any(l0[0], &rd0, &b) != 0)
+                    break;
+            }
+            CHECK(k == 3, "three unwraps of a damaged key answered");
+            unwrap_frame(&b, 54, argv[6], "eng", ek, ek_len);
+            expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 429, "suspended",
+                   "suspended after max_failed_unwraps");
+            unwrap_frame(&b, 55, upper_case(argv[6], upper, sizeof(upper)), "eng", ek, ek_len);
+            expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 429, "suspended",
+                   "the same member in upper case is suspended too");
+            spki = spki1;
+            spki_len = len1;
+            /* The first member's bucket, emptied. */
+            int limited = 0;
+            for (k = 0; k < 40 && !limited; k++) {
+                unwrap_frame(&b, 60 + k, argv[3], "eng", ek, ek_len);
+                if (write_all(l0[0], b.p, b.len) != 0 || read_answer(l0[0], &rd0, &m, &owned) != 0)
+                    break;
+                limited = ipc_u32(&m, IPC_T_STATUS, 0) == 429;
+                free(owned);
+                owned = NULL;
+            }
+            CHECK(limited, "the rate limit stops a member's unwraps (after %zu)", k);
+            unwrap_frame(&b, 120, upper_case(argv[3], upper, sizeof(upper)), "eng", ek, ek_len);
+            expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 429, "rate_limited",
+                   "the same member in upper case has no bucket of its own");
+        }
+        OPENSSL_free(spki2);
+    }
     /* 9. A half frame, then the link closes: the key holder stays up. */
     unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
     write_all(l0[0], b.p, b.len / 2);
