@@ -14,6 +14,8 @@
 #    member, secret keys and membership certificates for a non-member,
 #    the rate limit and the suspension (also with the identity in upper
 #    case) all refused by the key holder;
+#  - a key holder that hangs (SIGSTOP): 503 with Retry-After after
+#    [server] timeout, not a request that waits for ever;
 #  - kill -9 of the network process and of the key holder, each under
 #    load: recovery without an operator, errors only for requests in flight
 #    (connection reset) or during the key holder's gap (503
@@ -103,6 +105,21 @@ grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome
 grep '"identity":"mallory@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"too_many_failed_unwraps"' ||
   fail "the key holder did not audit the suspension"
 ok "the refusal for a non-member claimed over IPC is audited, and so is the suspension"
+
+# ---- a key holder that hangs (SIGSTOP): 503 after [server] timeout ----
+# Not restarted (it did not end), but the network process does not wait
+# for it for ever: each request gets 503 token_unavailable with
+# Retry-After once the timeout (10 s in this config) is over, and the
+# same key holder serves again once it runs.
+kill -STOP "$kh"
+hdrs=$(c alice -m 60 -D - -o "$work/body" -w 'status=%{http_code}\n' --data-binary @"$work/req-tls.json" "$url" || true)
+kill -CONT "$kh"
+echo "$hdrs" | grep -q '^status=503$' || fail "unwrap from a stopped key holder: $(echo "$hdrs" | tail -n 1) $(head -c 200 "$work/body")"
+grep -q '"code":"token_unavailable"' "$work/body" || fail "stopped key holder: code $(head -c 200 "$work/body")"
+echo "$hdrs" | grep -qi '^retry-after: [0-9]' || fail "stopped key holder: no Retry-After"
+[ "$(ps -o pid= -p "$kh" | tr -d ' ')" = "$kh" ] || fail "the stopped key holder was replaced"
+expect_status 200 "" "unwrap once the stopped key holder runs again" -- c alice --data-binary @"$work/req-tls.json" "$url"
+ok "a stopped key holder: 503 token_unavailable with Retry-After after the timeout, then serving again"
 
 # ---- kill -9 under load ----
 waitfor() { # waitfor DESC CMD...: up to 30 s
