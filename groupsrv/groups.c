@@ -1306,11 +1306,74 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
     return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
 }
 
+/* A new member's certificate as PEM (*pem NULL without one), checked to
+ * name the member's address; GS_ERR_CERT otherwise. */
+static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
+{
+    char cemail[GS_EMAIL_MAX + 1];
+    gs_err err;
+
+    *pem = NULL;
+    if (cert == NULL)
+        return GS_OK;
+    if ((err = gs_cert_email(cert, cemail, sizeof(cemail))) != GS_OK)
+        return err;
+    if (strcasecmp(cemail, email) != 0)
+        return gs_err_set(GS_ERR_CERT, "certificate is for %s, not %s", cemail, email);
+    /* Message keys are re-wrapped to it (recipient-key, member-certs). */
+    if ((err = gs_key_check_strength(X509_get0_pubkey(cert), "certificate")) != GS_OK)
+        return err;
+    return gs_cert_to_pem(cert, pem);
+}
+
+gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
+                     bool *replaced)
+{
+    gs_store_group *g = NULL;
+    gs_store_member *old = NULL;
+    char *pem = NULL;
+    gs_err err;
+
+    *replaced = false;
+    if (!gs_valid_email(email))
+        return gs_err_set(GS_ERR_ARGS, "invalid member email address");
+    if ((err = gs_store_group_get(st, group, &g)) != GS_OK)
+        return err;
+    /* Everything that can refuse the new record is checked before the
+     * old one is touched, and the swap is one transaction. */
+    if ((err = member_cert_pem(cert, email, &pem)) != GS_OK || (err = gs_store_begin(st)) != GS_OK)
+        goto out;
+    err = gs_store_member_get(st, g->id, email, &old);
+    if (err == GS_OK) {
+        *replaced = true;
+        err = gs_store_member_remove(st, g->id, email);
+    } else if (err == GS_ERR_NOT_FOUND) {
+        err = GS_OK;
+    }
+    if (err == GS_OK)
+        err = gs_store_member_add(st, g->id, email, role, pem);
+    if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
+        err = gs_store_member_set_wrap(st, g->id, email, wrap);
+    if (err != GS_OK) {
+        gs_store_rollback(st);
+        *replaced = false;
+    } else {
+        err = gs_store_commit(st);
+    }
+    if (err == GS_OK)
+        log_info("member %s group=%s member=%s role=%s wrap=%s", *replaced ? "replaced" : "added", group, email,
+                 gs_role_name(role), gs_wrap_name(wrap));
+out:
+    gs_store_member_free(old);
+    free(pem);
+    gs_store_group_free(g);
+    return err;
+}
+
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
                           gs_wrap wrap)
 {
     gs_store_group *g = NULL;
-    char cemail[GS_EMAIL_MAX + 1];
     char *pem = NULL;
     gs_err err;
 
@@ -1319,21 +1382,8 @@ gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs
     err = gs_store_group_get(st, group, &g);
     if (err)
         return err;
-    if (cert != NULL) {
-        err = gs_cert_email(cert, cemail, sizeof(cemail));
-        if (err)
-            goto out;
-        if (strcasecmp(cemail, email) != 0) {
-            err = gs_err_set(GS_ERR_CERT, "certificate is for %s, not %s", cemail, email);
-            goto out;
-        }
-        /* Message keys are re-wrapped to it (recipient-key, member-certs). */
-        if ((err = gs_key_check_strength(X509_get0_pubkey(cert), "certificate")) != GS_OK)
-            goto out;
-        err = gs_cert_to_pem(cert, &pem);
-        if (err)
-            goto out;
-    }
+    if ((err = member_cert_pem(cert, email, &pem)) != GS_OK)
+        goto out;
     if (wrap == GS_WRAP_DEFAULT) {
         err = gs_store_member_add(st, g->id, email, role, pem);
     } else if ((err = gs_store_begin(st)) == GS_OK) {

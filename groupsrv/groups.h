@@ -173,6 +173,12 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
  * the group's), recorded in the same transaction. */
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
                           gs_wrap wrap);
+/* Adds the member, or replaces the record of one (the REST API's PUT), in
+ * one transaction: a record that is refused (a certificate for another
+ * address, a store error) leaves the old one as it was. *replaced: there
+ * was one (false on failure). */
+gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
+                     bool *replaced);
 /* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
  * group uses group-secret, a new secret key version is made on the token
  * first and recorded in the same transaction as the removal.

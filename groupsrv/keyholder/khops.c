@@ -1681,17 +1681,11 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_certificate", "%s", gs_err_detail());
         goto out;
     }
-    int existed = gs_store_member_get(w->store, gs_group_id(g), email, &m) == GS_OK;
-    if (existed && (e = gs_store_member_remove(w->store, gs_group_id(g), email)) != GS_OK) {
-        answer_gs_error(j, e, "member");
-        goto out;
-    }
-    e = gs_member_add_wrap(w->store, gname, email, role, cert, wrap);
+    bool existed = false;
+    e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
     if (member_change_audited(j, action, c.identity, gname, e, -1,
                               json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
         goto out;
-    gs_store_member_free(m);
-    m = NULL;
     if ((e = gs_store_member_get(w->store, gs_group_id(g), email, &m)) != GS_OK) {
         answer_gs_error(j, e, "member");
         goto out;

@@ -29,6 +29,16 @@ url=$base/v1/groups/eng/unwrap
 printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
 expect_status 200 "" "unwrap through both processes" -- c alice --data-binary @"$work/req-tls.json" "$url"
 expect_status 200 "" "discovery" -- anon "$base/v1/groups/eng"
+# A member's record replaced by PUT with a certificate for another
+# address: refused, and the old record stays (the key holder swaps the
+# records in one transaction, after checking the new one).
+/usr/bin/python3 -c 'import json,sys; print(json.dumps({"role":"member","certificate":open(sys.argv[1]).read()}))' \
+  "$certs/bob@example.org.pem" > "$work/put-wrong-cert.json"
+expect_status 400 bad_request "PUT alice with bob's certificate" -- c admin -X PUT -H 'Content-Type: application/json' \
+  --data-binary @"$work/put-wrong-cert.json" "$base/v1/groups/eng/members/alice@example.org"
+expect_status 200 "" "alice is still a member after the refused PUT" -- c admin "$base/v1/groups/eng/members/alice@example.org"
+grep -q '"has_certificate":true' "$work/body" || fail "alice's certificate record changed: $(head -c 300 "$work/body")"
+expect_status 200 "" "alice still unwraps after the refused PUT" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
 child() { ps --ppid "$srv_pid" -o pid=,comm= | awk -v c="$1" '$2 == c {print $1}'; }
 net=$(child groupsrv-net)
