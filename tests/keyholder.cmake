@@ -55,3 +55,13 @@ add_test(NAME server_tlskey_ca
   COMMAND bash ${GS_TEST_DIR}/integration/server-tlskey-ca.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(server_tlskey_ca PROPERTIES LABELS "integration" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# The network process against a key holder that answers with a frame that
+# does not decode (a fake supervisor and key holder in the test drive the
+# real groupsrv-net): 503 for the request, then the process ends with
+# status 1 for the supervisor to restart it with new links. About a
+# second; in both passes (the shutdown path under ASan is the point).
+add_test(NAME net_broken_holder
+  COMMAND /usr/bin/python3 ${GS_TEST_DIR}/integration/net-broken-holder.py ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(net_broken_holder PROPERTIES LABELS "integration" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")

@@ -45,6 +45,15 @@ struct khlink {
 };
 
 static __thread khlink *current_link;
+/* Told when a key holder breaks the protocol on a link (khlink_on_broken). */
+static void (*broken_fn)(void *arg, const char *why);
+static void *broken_arg;
+
+void khlink_on_broken(void (*fn)(void *arg, const char *why), void *arg)
+{
+    broken_fn = fn;
+    broken_arg = arg;
+}
 
 void khlink_set_current(khlink *l) { current_link = l; }
 khlink *khlink_current(void) { return current_link; }
@@ -116,6 +125,16 @@ static void down(khlink *l, const char *why)
     fail_all(l);
 }
 
+/* The key holder sent what no key holder sends: the link is dropped, and
+ * since only the supervisor makes links, the process is told (it ends, to
+ * be started again with new ones). */
+static void broken(khlink *l, const char *why)
+{
+    down(l, why);
+    if (broken_fn != NULL)
+        broken_fn(broken_arg, why);
+}
+
 /* One answer frame; 0, or -1 when it cannot be decoded (the key holder is
  * trusted to speak the protocol: the link is dropped). */
 static int deliver(khlink *l, uint32_t type, uint64_t cookie, const unsigned char *payload, size_t len)
@@ -145,7 +164,7 @@ static int read_frame(void *arg, uint32_t type, uint64_t cookie, unsigned char *
 
     ipc_payload_free(payload, len);
     if (rc != 0) {
-        down(l, "malformed answer from the key holder");
+        broken(l, "malformed answer from the key holder");
         return 1;
     }
     return l->fd != fd; /* a callback replaced or closed the link */
@@ -159,10 +178,11 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 
     if (rc == IPC_OK)
         return;
-    down(l, rc == IPC_E_CLOSED ? "the key holder closed the link"
-            : rc == IPC_E_IO   ? "link error"
-            : rc == IPC_E_NOMEM ? "out of memory"
-                               : "unusable frame from the key holder");
+    if (rc != IPC_E_CLOSED && rc != IPC_E_IO && rc != IPC_E_NOMEM) {
+        broken(l, "unusable frame from the key holder");
+        return;
+    }
+    down(l, rc == IPC_E_CLOSED ? "the key holder closed the link" : rc == IPC_E_IO ? "link error" : "out of memory");
 }
 
 /* Writes what out holds, as far as the socket takes it; the rest waits

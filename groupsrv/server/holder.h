@@ -55,6 +55,13 @@ int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
  * next call on this link), or -1. */
 int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply);
 
+/* fn(arg, why) runs (on the thread of the link) when the key holder
+ * breaks the protocol on any link: an answer that does not decode, a
+ * frame header it cannot have sent. The link is down by then; only the
+ * supervisor makes new ones (when a process is started), so the network
+ * process ends and is started again with new links. NULL: nothing. */
+void khlink_on_broken(void (*fn)(void *arg, const char *why), void *arg);
+
 /* The link of the calling thread (set by the thread that owns it), for
  * code that runs inside OpenSSL callbacks. */
 void khlink_set_current(khlink *l);

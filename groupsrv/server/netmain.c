@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@ struct net {
     struct event *ctl_ev, *term_ev, *int_ev;
     int *link_fds;             /* until the threads take them */
     unsigned nlinks;
+    atomic_int broken;         /* the key holder broke the protocol: end, exit status 1 */
 };
 
 static void wipe_opts(tls_opts *o)
@@ -126,6 +128,20 @@ out:
     EVP_PKEY_free(tokenkey); /* the SSL_CTX holds its own reference */
     X509_free(ca);
     return rc;
+}
+
+/* A link the key holder broke cannot be made again here: the process ends
+ * (its requests finish, as at SIGTERM) and the supervisor, seeing it
+ * exit, starts a new one with new links. Any thread may call this. */
+static void on_broken(void *arg, const char *why)
+{
+    struct net *n = arg;
+
+    if (atomic_exchange(&n->broken, 1) == 0)
+        log_error("the key holder broke the protocol on a link reason=\"%s\": stopping, to be started again "
+                  "with new links",
+                  why);
+    event_base_loopbreak(n->base);
 }
 
 static void on_term(evutil_socket_t sig, short what, void *arg)
@@ -322,6 +338,7 @@ int main(int argc, char **argv)
     }
     n.link_fds[s->nthreads] = -1;
     khlink_set_current(n.link);
+    khlink_on_broken(on_broken, &n);
     if (tls_install(&n, &tls, 0, err, sizeof(err)) != 0) {
         fprintf(stderr, "groupsrv serve: TLS configuration failed: %s\n", err);
         goto out;
@@ -371,7 +388,7 @@ int main(int argc, char **argv)
     ipc_buf_free(&ready);
     event_base_dispatch(n.base);
     srv_threads_stop(s);
-    rc = 0;
+    rc = atomic_load(&n.broken) ? 1 : 0;
 out:
     for (unsigned k = 0; n.link_fds != NULL && k < n.nlinks; k++)
         if (n.link_fds[k] >= 0)
