@@ -281,6 +281,23 @@ nss)
     grep -q "EC group keys cannot be re-wrapped" "$work/body" || fail "rewrap to $to: $(cat "$work/body")"
   done
   ok "nss: an EC group unwraps RFC 5753 messages (KDF SHA-1 and SHA-256) with deliver=tls; the rest says unsupported"
+  # The originator's key moved off the curve (the last byte of y
+  # changed): refused by the key holder before the token derives with the
+  # group key, whatever the token would check (an invalid-curve attack).
+  /usr/bin/python3 - "$work/ec-ri.der" "$work/ec-bad-ri.der" <<'PY' || fail "no P-256 point in the KARI"
+import sys
+der = bytearray(open(sys.argv[1], "rb").read())
+at = der.find(b"\x03\x42\x00\x04")  # BIT STRING of an uncompressed P-256 point
+if at < 0:
+    sys.exit(1)
+der[at + 3 + 64] ^= 0x01
+open(sys.argv[2], "wb").write(der)
+PY
+  printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ec-bad-ri.der")" > "$work/ec-req.json"
+  expect_status 400 bad_recipient_info "EC group, originator key off the curve" -- c alice \
+    --data-binary @"$work/ec-req.json" "$base/v1/groups/ecg/unwrap"
+  grep -q "not a point of the group key's curve" "$work/body" || fail "off-curve point: $(cat "$work/body")"
+  ok "nss: an originator key off the group key's curve is refused before the token uses the key"
   ;;
 rpc)
   # Kill the p11-kit server under load: 503 meanwhile; start it again:
