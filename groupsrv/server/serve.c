@@ -116,6 +116,8 @@ struct sup {
     int *net_ends;           /* links made with the current key holder, not yet given to a network process */
     struct event_base *base;
     int stopping;
+    unsigned char *cfg_text; /* the configuration file as serve started with it (every network process gets it) */
+    size_t cfg_len;
     int pin_in_env;          /* [hsm] pin_source = env:NAME, wiped here once the key holder had it */
     int failed;              /* stopped because a child could not be restarted */
 };
@@ -382,8 +384,6 @@ static char **net_environ(void)
 static int start_net(struct sup *s, int *net_ends)
 {
     int sv[2], rc = -1;
-    unsigned char *text = NULL;
-    size_t tl = 0;
     pid_t pid;
     ipc_buf b;
 
@@ -414,12 +414,8 @@ static int start_net(struct sup *s, int *net_ends)
     s->net.pid = pid;
     s->net.ctl = sv[0];
     s->net.started = now_s();
-    if (util_read_file(s->cfg->path, 1u << 20, &text, &tl) != UTIL_OK) {
-        log_error("cannot read the config file again path=%s", s->cfg->path);
-        goto out;
-    }
     ipc_begin(&b, IPC_CTL_CONFIG, 0);
-    ipc_put_bytes(&b, IPC_T_TEXT, text, tl);
+    ipc_put_bytes(&b, IPC_T_TEXT, s->cfg_text, s->cfg_len);
     if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK || send_tls(s, s->net.ctl) != 0 ||
         send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
         (s->certsrv_fd >= 0 && send_frame(s->net.ctl, IPC_CTL_LISTEN, 1, s->certsrv_fd) != IPC_OK))
@@ -432,7 +428,6 @@ static int start_net(struct sup *s, int *net_ends)
     rc = 0;
 out:
     ipc_buf_free(&b);
-    free(text);
     close_fds(net_ends, s->nlinks);
     if (rc == 0)
         rc = wait_ready(&s->net);
@@ -663,6 +658,14 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         fprintf(stderr, "groupsrv serve: [server] user '%s' does not exist\n", cfg->server.user);
         return 1;
     }
+    /* Read once: a network process started again later must get the
+     * configuration the key holder and this process run with (its threads
+     * are the links made here), not the file as edited since; a change to
+     * the file takes a restart of serve. */
+    if (util_read_file(cfg->path, 1u << 20, &s.cfg_text, &s.cfg_len) != UTIL_OK) {
+        fprintf(stderr, "groupsrv serve: cannot read the config file %s again\n", cfg->path);
+        return 1;
+    }
     const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
     if (listen_on(listen, &s.listen_fd) != 0) {
         fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, strerror(errno));
@@ -733,6 +736,7 @@ out:
         close(s.listen_fd);
     if (s.certsrv_fd >= 0)
         close(s.certsrv_fd);
+    free(s.cfg_text);
     return rc;
 }
 

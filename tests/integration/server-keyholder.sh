@@ -145,6 +145,10 @@ soak=$!
 t0=$(now_ms)
 sleep 3
 t_net_kill=$(( $(now_ms) - t0 ))
+# The file edited meanwhile (more threads) must not reach the restarted
+# network process: it gets the configuration serve started with, whose
+# links the supervisor made (it failed to start for good before).
+sed -i 's/^threads = .*/threads = 6/' "$conf"
 kill -9 "$net"
 waitfor "no new network process" bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net ]"
 waitfor "no service after the network process was killed" healthy
