@@ -1466,15 +1466,21 @@ static unsigned header_count(struct evhttp_request *req, const char *name)
  * behind a proxy that reads it another way), or NULL. libevent frames the
  * body as chunked only when the first Transfer-Encoding is exactly
  * "chunked" (then ignoring Content-Length), else by the first
- * Content-Length, whatever coding is named. RFC 7230 3.3.3: reject, and
- * close. */
+ * Content-Length, whatever coding is named, read by strtoll. RFC 7230
+ * 3.3.3: reject, and close. */
 static const char *ambiguous_framing(struct evhttp_request *req)
 {
     unsigned cl = header_count(req, "Content-Length"), te = header_count(req, "Transfer-Encoding");
     const char *coding = evhttp_find_header(evhttp_request_get_input_headers(req), "Transfer-Encoding");
+    const char *length = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Length");
 
     if (cl > 1)
         return "more than one Content-Length header";
+    /* libevent reads the length with strtoll, which takes "+5" (and "-0")
+     * as a number; RFC 9110 8.6 allows digits only, and a proxy in front
+     * may frame such a body otherwise (or not at all). */
+    if (length != NULL && (length[0] == '\0' || strspn(length, "0123456789") != strlen(length)))
+        return "a Content-Length that is not a plain decimal number";
     if (te > 1 || (coding != NULL && strcasecmp(coding, "chunked") != 0))
         return "a Transfer-Encoding other than one \"chunked\"";
     if (te > 0 && cl > 0)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # server-strict-http.sh BIN SRC: strict HTTP framing against a real server.
-#   - two Content-Length headers (equal or not), Transfer-Encoding beside
+#   - two Content-Length headers (equal or not), one with a sign,
+#     Transfer-Encoding beside
 #     Content-Length, twice, or other than "chunked", are refused (400) and
 #     the connection closed: RFC 7230 3.3.3, a request-smuggling
 #     precondition behind a proxy that would frame the body otherwise;
@@ -45,6 +46,18 @@ for second in "${#body}" 5; do
   grep -q '"key"' "$work/dup.out" && fail "a key was answered to a request with two Content-Length headers"
 done
 ok "two Content-Length headers: 400 and the connection closed"
+# A Content-Length that is not all digits: libevent's strtoll reads "+N"
+# as N and "-0" as 0; a proxy in front may read neither (RFC 9110 8.6).
+for length in "+${#body}" "-0"; do
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s' \
+    "$length" "${body:0:$((length))}" > "$work/sign.req"
+  raw "$work/sign.req" > "$work/sign.out"
+  grep -q '"key"' "$work/sign.out" && fail "Content-Length: $length: a key was answered"
+  head -1 "$work/sign.out" | grep -q '^HTTP/1.1 400' && grep -q 'not a plain decimal number' "$work/sign.out" ||
+    fail "Content-Length: $length: $(head -c 300 "$work/sign.out")"
+  grep -qi '^connection: close' "$work/sign.out" || fail "Content-Length: $length: the connection is kept"
+done
+ok "a signed Content-Length (+N, -0): 400 and the connection closed"
 
 # Transfer-Encoding: libevent reads a body by it only when it is exactly
 # "chunked" (then ignoring any Content-Length), else by Content-Length
