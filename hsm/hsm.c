@@ -793,6 +793,43 @@ hsm_err hsm_run_once(hsm_ctx *ctx, hsm_op_fn op, void *arg)
     return run(ctx, op, arg, true);
 }
 
+hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
+{
+    hsm_err err = HSM_ERR_ARGS;
+    char *pin = NULL;
+    size_t pin_len = 0;
+    CK_TOKEN_INFO ti;
+    int rc;
+
+    if (ctx == NULL || pin_source == NULL || !ctx->want_login)
+        return HSM_ERR_ARGS;
+    if (strncmp(pin_source, "env:", 4) == 0)
+        return HSM_OK;
+    if ((rc = util_read_pin_source(pin_source, &pin, &pin_len)) != UTIL_OK) {
+        hsm_set_detail("pin source %.200s: %s", pin_source, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+        return HSM_ERR_PIN_SOURCE;
+    }
+    hsm_token_info_copy(ctx, &ti);
+    pthread_mutex_lock(&ctx->login_mu);
+    if (pin_is_rejected(&ti, pin, pin_len)) {
+        hsm_set_detail("C_Login: not attempted, the PIN in the pin source was rejected before (CKR_PIN_INCORRECT)");
+        err = HSM_ERR_PIN_INCORRECT;
+    } else {
+        /* Swapped under login_mu, which every login holds while it reads
+         * ctx->pin. */
+        util_secret_free(ctx->pin, ctx->pin_len + 1);
+        ctx->pin = pin;
+        ctx->pin_len = pin_len;
+        pin = NULL;
+        ctx->pin_rejected = false;
+        err = HSM_OK;
+    }
+    pthread_mutex_unlock(&ctx->login_mu);
+    if (pin != NULL)
+        util_secret_free(pin, pin_len + 1);
+    return err;
+}
+
 /* ---- per-operation login (CKA_ALWAYS_AUTHENTICATE) --------------------- */
 
 hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)

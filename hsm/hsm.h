@@ -110,6 +110,17 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out);
 hsm_err hsm_token_uri_check(const char *uri);
 void hsm_close(hsm_ctx *ctx);
 
+/* Reads the PIN from pin_source again (a file; an env: source is read once
+ * at hsm_open and gone since, so it is left as it is: HSM_OK) and uses it
+ * for every later login, for an operator who changed the token's PIN and
+ * the file and sends SIGHUP instead of restarting. A PIN the token
+ * rejected before stays refused and is never sent: HSM_ERR_PIN_INCORRECT,
+ * the PIN in use unchanged. A new PIN clears an earlier rejection, so a
+ * context that stopped logging in logs in again at its next operation.
+ * No token call is made here. Errors: HSM_ERR_PIN_SOURCE (unreadable,
+ * empty, too open: the PIN in use unchanged), _ARGS (no login wanted). */
+hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source);
+
 /* Token reachable and logged in (C_GetSessionInfo on a pooled session). */
 hsm_err hsm_ping(hsm_ctx *ctx);
 

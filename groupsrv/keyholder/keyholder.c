@@ -657,14 +657,24 @@ static void term_cb(evutil_socket_t sig, short what, void *arg)
 /* SIGHUP, forwarded by the supervisor. The [tls] key is found again when
  * the network process reloads (IPC_INFO with IPC_FLAG_RELOAD); here, an
  * audit log deleted (or moved away) and made anew at its path is written
- * there from now on, without a restart. */
+ * there from now on, and the PIN file is read again (the token's PIN
+ * changed, or a rejected PIN corrected), both without a restart. */
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct kh *kh = arg;
+    const char *pin_source = kh->cfg->hsm.pin_source;
+    hsm_err he;
     (void)sig; (void)what;
 
     if (audit_reopen(kh->audit) != AUDIT_OK)
         log_error("the audit log at its path cannot be opened; key requests stay refused");
+    if (pin_source == NULL || pin_source[0] == '\0' || strncmp(pin_source, "env:", 4) == 0)
+        return;
+    if ((he = hsm_reload_pin(kh->hsm, pin_source)) != HSM_OK)
+        log_error("the PIN source was not taken up err=\"%s\" detail=\"%s\"", hsm_strerror(he),
+                  hsm_last_error_detail());
+    else
+        log_info("PIN source read again pin_source=%s", pin_source);
 }
 
 /* ---- start and stop -------------------------------------------------------------- */

@@ -5,7 +5,9 @@
 # file (GS_P11FAULT_CONTROL): "* CKR_DEVICE_REMOVED" is a removed token (no
 # token in the slot, every session call fails, every session closed).
 # Also: a transient device error is a 503 for that request only, and
-# `groupsrv serve` refuses to start on a group key that fails the key audit.
+# `groupsrv serve` refuses to start on a group key that fails the key audit;
+# the token's PIN changed under the server is taken up from the PIN file at
+# SIGHUP, and a PIN the token rejected is never sent again.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -109,6 +111,37 @@ expect_status 200 "" "unwrap after a silent logout" -- c alice --data-binary @"$
 control "logout # twice"
 expect_status 200 "" "healthz after a silent logout" -- anon "$base/healthz"
 expect_status 200 "" "unwrap after a second silent logout" -- c alice --data-binary @"$work/req-tls.json" "$url"
+control ""
+
+# ---- the token's PIN changed under the server: refused (the rejected PIN
+# never sent again), then the PIN file corrected and SIGHUP: served by the
+# same process, no restart ----
+newpin=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' | head -c 12)
+GS_OLD=$(cat "$pin_file") GS_NEW=$newpin pkcs11-tool --module "$GS_P11FAULT_TARGET" --token-label groupsrv \
+  --login --pin env:GS_OLD --change-pin --new-pin env:GS_NEW >/dev/null 2>&1 || fail "pkcs11-tool --change-pin"
+# SoftHSM reads the new PIN only when initialised again: a lost connection
+# makes the key holder finalize and initialise the module, then log in.
+control "disconnect"
+for _ in $(seq 1 100); do
+  status c alice --data-binary @"$work/req-tls.json" "$url" >/dev/null
+  grep -q '"key"' "$work/body" && fail "a key was answered with the token's PIN changed"
+  [ "$(status anon "$base/healthz")" = 503 ] && grep -q 'PIN incorrect' "$work/body" && break
+  sleep 0.1
+done
+grep -q 'PIN incorrect' "$work/body" || fail "healthz does not name the PIN: $(cat "$work/body")"
+control ""
+expect_status 503 token_unavailable "unwrap after the token's PIN changed" -- c alice --data-binary @"$work/req-tls.json" "$url"
+kill -HUP "$srv_pid" # the file still holds the rejected PIN: not taken up, not sent
+for _ in $(seq 1 50); do grep -q 'PIN source was not taken up' "$work/server.log" && break; sleep 0.1; done
+grep -q 'PIN source was not taken up.*rejected before' "$work/server.log" || fail "SIGHUP with the rejected PIN: $(tail -n 3 "$work/server.log")"
+expect_status 503 token_unavailable "unwrap after SIGHUP with the rejected PIN" -- c alice --data-binary @"$work/req-tls.json" "$url"
+printf '%s\n' "$newpin" > "$pin_file"
+kill -HUP "$srv_pid"
+wait_healthz || fail "healthz not 200 after the PIN file was corrected and SIGHUP: $(cat "$work/body")"
+expect_status 200 "" "unwrap after the PIN file was corrected and SIGHUP" -- c alice --data-binary @"$work/req-tls.json" "$url"
+[ "$srv_pid" = "$pid0" ] && kill -0 "$srv_pid" || fail "not the same server process"
+[ "$(grep -c 'token rejected the PIN' "$work/server.log")" = 1 ] || fail "the rejected PIN was sent more than once"
+ok "the token's PIN changed: 503, then the PIN file corrected and SIGHUP: served without a restart"
 control ""
 
 # ---- the recorded certificate, on both listeners ----
