@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/err.h>
@@ -489,7 +490,9 @@ int gm_mcert_accept(const gm_config *c, gm_mcert *m, const char *cert_pem, size_
 {
     STACK_OF(X509) *sk = NULL;
     char *cp = NULL, *kp = NULL;
-    int rc = -1;
+    util_atomic_file *certf = NULL;
+    FILE *fp;
+    int rc = GM_EXIT_UNREACHABLE;
 
     if (gm_pem_certs((const unsigned char *)cert_pem, cert_len, &sk) != 0) {
         gm_err("the certificate server answered no certificate");
@@ -500,17 +503,33 @@ int gm_mcert_accept(const gm_config *c, gm_mcert *m, const char *cert_pem, size_
         gm_err("the certificate server answered a certificate for another key");
         goto out;
     }
-    if (mcert_pems(m) != 0)
-        goto out;
-    /* The key first: a cached certificate without its key is never used. */
-    if ((cp = mc_path(c, ".pem")) == NULL || (kp = mc_path(c, ".key")) == NULL ||
-        util_write_file_atomic(kp, m->key_pem, m->key_pem_len, 0600) != UTIL_OK ||
-        util_write_file_atomic(cp, m->cert_pem, m->cert_pem_len, 0600) != UTIL_OK) {
+    rc = GM_EXIT_ERROR;
+    if (mcert_pems(m) != 0 || (cp = mc_path(c, ".pem")) == NULL || (kp = mc_path(c, ".key")) == NULL) {
         gm_err("cannot store the membership certificate");
         goto out;
     }
-    rc = 0;
+    /* The certificate's bytes on disk first (a full disk fails here,
+     * changing nothing), then the key, then the certificate renamed into
+     * place: a cached certificate without its key is never used, and no
+     * failure leaves a new key beside the old certificate. */
+    if (util_atomic_open(cp, 0600, &certf) != UTIL_OK || (fp = util_atomic_fp(certf)) == NULL ||
+        fwrite(m->cert_pem, 1, m->cert_pem_len, fp) != m->cert_pem_len || fflush(fp) != 0 ||
+        fsync(fileno(fp)) != 0 || util_write_file_atomic(kp, m->key_pem, m->key_pem_len, 0600) != UTIL_OK) {
+        gm_err("cannot store the membership certificate in %s: %s", cp, strerror(errno));
+        goto out;
+    }
+    if (util_atomic_commit(certf) != UTIL_OK) {
+        int err = errno;
+        certf = NULL; /* freed by the commit */
+        (void)unlink(kp);
+        gm_err("cannot store the membership certificate in %s: %s", cp, strerror(err));
+        goto out;
+    }
+    certf = NULL;
+    rc = GM_EXIT_OK;
 out:
+    if (certf != NULL)
+        util_atomic_abort(certf);
     ERR_clear_error();
     sk_X509_pop_free(sk, X509_free);
     free(cp);

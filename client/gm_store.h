@@ -62,7 +62,10 @@ typedef struct gm_mcert {
 int gm_mcert_load(const gm_config *c, long min_validity, gm_mcert *m);
 /* A fresh RSA-2048 key in m and a CSR without identity (PEM, caller frees). */
 int gm_mcert_new_key(gm_mcert *m, char **csr_pem, size_t *csr_len);
-/* Checks the issued certificate matches m's key, stores both (0600). */
+/* Checks the issued certificate matches m's key, stores both (0600).
+ * GM_EXIT_OK; GM_EXIT_UNREACHABLE for an answer that is no certificate
+ * for m's key; GM_EXIT_ERROR when the store cannot take them (a full
+ * disk), the cached pair then left as it was. */
 int gm_mcert_accept(const gm_config *c, gm_mcert *m, const char *cert_pem, size_t cert_len);
 void gm_mcert_clear(gm_mcert *m);
 char *gm_mcert_path(const gm_config *c);

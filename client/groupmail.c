@@ -995,10 +995,8 @@ static int membership_cert(job *j, gm_mcert *mc, bool fresh, bool *cached)
         rc = gm_rest_fail(j->r, e, "membership certificate");
         goto out;
     }
-    if (gm_mcert_accept(c, mc, cert, certlen) != 0) {
-        rc = GM_EXIT_UNREACHABLE;
+    if ((rc = gm_mcert_accept(c, mc, cert, certlen)) != GM_EXIT_OK)
         goto out;
-    }
     rc = GM_EXIT_OK;
 out:
     if (rc != GM_EXIT_OK)

@@ -65,6 +65,28 @@ for f in "$gm_home"/.local/share/groupmail/secret-keys/*/*/v*.json; do
 done
 ok "stores are 0600, secret keys kept wrapped"
 
+# A store on a full disk (a 64 KiB tmpfs; CI runs as root): the membership
+# certificate cannot be cached, a local store error (exit 1, not 4 as for
+# a bad answer), no file written; with room again the same command works.
+fs=$work/storefs
+mkdir -p "$fs"
+mount -t tmpfs -o size=64k,mode=0700 tmpfs "$fs" || fail "cannot mount a tmpfs (this test runs as root, as CI does)"
+trap 'umount "$fs" 2>/dev/null || true; cleanup' EXIT
+expect_rc 0 "fetch-cert into the small store" -- gm fetch-cert --store "$fs/store"
+dd if=/dev/zero of="$fs/filler" bs=1k count=100 2>/dev/null || true
+expect_rc 1 "decrypt --via membership-cert with its store's disk full" -- \
+  as alice decrypt --via membership-cert --store "$fs/store" --in "$work/msg.der"
+grep -q 'cannot store the membership certificate.*No space left on device' "$work/gm.err" ||
+  fail "the store error does not say why: $(cat "$work/gm.err")"
+[ ! -s "$work/gm.out" ] || fail "plaintext written although the command failed"
+[ -z "$(find "$fs/store" -type f ! -path '*/pins/*')" ] || fail "files left in the full store: $(find "$fs/store" -type f)"
+rm -f "$fs/filler"
+expect_rc 0 "decrypt --via membership-cert with room again" -- \
+  as alice decrypt --via membership-cert --store "$fs/store" --in "$work/msg.der"
+same "$work/gm.out" "$work/msg.txt" "membership-cert with room again"
+umount "$fs"
+ok "a full store: exit 1 and nothing written; room again: served"
+
 # keys list: the synced versions from the store, nothing unwrapped, nothing created
 expect_rc 0 "keys list" -- gm keys list
 grep -Eq '^v1 kek_id=[0-9a-f]+ algorithm=RSA-OAEP(-256)? member_cert=[0-9a-f]{16}$' "$work/gm.out" ||
