@@ -1788,8 +1788,10 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
     if (fstat(log->fd, &st) != 0)
         goto out;
     /* The successor first: a rotation that cannot make it (a full disk, a
-     * directory it may not write) fails before the seal, changing nothing. */
-    if ((new_fd = open_successor(tmp, &st)) < 0) {
+     * directory it may not write) fails before the seal, changing nothing.
+     * An empty file can be made on a full disk: room for its first record
+     * is reserved too, or the seal would go in and the successor not. */
+    if ((new_fd = open_successor(tmp, &st)) < 0 || reserve_space(new_fd, tmp) != 0) {
         log_error("audit rotate: cannot create the new file path=%s errno=%d", tmp, errno);
         goto out;
     }

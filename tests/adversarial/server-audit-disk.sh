@@ -6,6 +6,7 @@
 #   - while the disk is full every key request is refused (503
 #     audit_unavailable) and /healthz says so (fdatasync succeeds on a full
 #     disk: the server checks for room);
+#   - `audit rotate` on the full disk fails before it seals the log;
 #   - once there is room again both recover without a restart, and
 #     `groupsrv audit verify` passes: no torn record, no merged line;
 #   - a log deleted and made anew at its path is written again after SIGHUP.
@@ -31,6 +32,18 @@ expect_status 200 "" "healthz with room" -- anon "$base/healthz"
 # Fill the file system, leaving less than one record of room.
 dd if=/dev/zero of="$fs/filler" bs=1k count=200 2>/dev/null || true
 dd if=/dev/zero of="$fs/filler2" bs=64 count=100 2>/dev/null || true
+# `audit rotate` on the full disk fails before its seal: the log does not
+# end in an audit-rotate record naming an archive that was never made
+# (the seal fits in the room kept past the end of the log; the new file's
+# first record would not).
+set +e
+"$BIN/groupsrv" -c "$conf" audit rotate > "$work/rotate.out" 2>&1
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "audit rotate on a full disk: exit $rc: $(cat "$work/rotate.out")"
+tail -n 1 "$audit" | grep -q '"action":"audit-rotate"' && fail "a seal was written by a rotation that failed: $(tail -n 1 "$audit")"
+[ -z "$(find "$fs" -name 'audit.jsonl.*')" ] || fail "files left by a rotation that failed: $(ls "$fs")"
+ok "audit rotate on a full disk: exit 1, no seal, no archive"
 # The room kept past the end of the log is used up first.
 codes=""
 for i in $(seq 1 150); do
