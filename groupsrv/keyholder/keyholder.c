@@ -726,6 +726,7 @@ static unsigned default_workers(void)
  * the key holder exits 5, and serve with it, so that a service manager
  * does not restart it (RestartPreventExitStatus). */
 #define START_CONFIG_ERROR (-5)
+#define START_TOKEN_ERROR (-4) /* exit 4, as every command that cannot open the token */
 
 static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
 {
@@ -773,7 +774,7 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         hcfg.hsm.max_sessions = *workers + 1;
     if ((ge = gs_hsm_open(&hcfg, &kh->hsm)) != GS_OK) {
         fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        return ge == GS_ERR_CONFIG ? START_CONFIG_ERROR : -1;
+        return ge == GS_ERR_CONFIG ? START_CONFIG_ERROR : ge == GS_ERR_TOKEN ? START_TOKEN_ERROR : -1;
     }
     (void)hsm_caps_get(kh->hsm, &caps);
     log_caps(&caps);
@@ -908,6 +909,8 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     if (started != 0) {
         if (started == START_CONFIG_ERROR)
             rc = 5;
+        else if (started == START_TOKEN_ERROR)
+            rc = 4;
         goto out;
     }
     tokenq_ops ops = {

@@ -206,8 +206,9 @@ static void child_defaults(void)
 }
 
 /* Waits for CTL_READY on a child's control channel: 0; 5 when it exited
- * with 5 (its configuration is wrong); -1 when it exited otherwise or said
- * nothing in time (then it is reaped or killed). */
+ * with 5 (its configuration is wrong), 4 when with 4 (the key holder could
+ * not open the token); -1 when it exited otherwise or said nothing in time
+ * (then it is reaped or killed). */
 static int wait_ready(struct child *c)
 {
     ipc_reader rd;
@@ -255,8 +256,8 @@ static int wait_ready(struct child *c)
         if (w == 0) {
             kill(c->pid, SIGKILL);
             waitpid(c->pid, &st, 0);
-        } else if (w == c->pid && WIFEXITED(st) && WEXITSTATUS(st) == 5) {
-            rc = 5;
+        } else if (w == c->pid && WIFEXITED(st) && (WEXITSTATUS(st) == 5 || WEXITSTATUS(st) == 4)) {
+            rc = WEXITSTATUS(st);
         }
         c->pid = 0;
         close(c->ctl);
@@ -683,8 +684,8 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     if (held != 0) {
         fprintf(stderr, "groupsrv serve: the key holder could not start (see above)\n");
         close_fds(net_ends, s.nlinks);
-        if (held == 5)
-            rc = 5; /* the configuration: not worth a restart */
+        if (held == 5 || held == 4)
+            rc = held; /* the configuration (not worth a restart), or the token */
         goto out;
     }
     /* An env: PIN is the key holder's now: wiped here (the value in place,

@@ -184,6 +184,18 @@ set -e
 grep -q 'violate their policy' "$work/serve-bad.log" || fail "no clear refusal: $(cat "$work/serve-bad.log")"
 grep -q 'CKA_EXTRACTABLE is true' "$work/serve-bad.log" || fail "the bad attribute is not named: $(cat "$work/serve-bad.log")"
 ok "serve refuses to start on an extractable group key (exit $rc)"
+# No token, or a PIN the token refuses, at start: exit 4, as every other
+# command that cannot open the token (groupsrv(1) EXIT STATUS).
+for rule in "* CKR_DEVICE_REMOVED" "C_Login CKR_PIN_INCORRECT"; do
+  control "$rule"
+  set +e
+  timeout 60 "$BIN/groupsrv" -c "$conf" serve >"$work/serve-bad.log" 2>&1
+  rc=$?
+  set -e
+  [ "$rc" = 4 ] || fail "serve with $rule at start: exit $rc, wanted 4: $(cat "$work/serve-bad.log")"
+  grep -q 'groupsrv serve: token: ' "$work/serve-bad.log" || fail "serve with $rule: no reason: $(cat "$work/serve-bad.log")"
+done
+ok "serve without its token or with a refused PIN at start: exit 4"
 control ""
 start_server
 expect_status 200 "" "serve starts again with sound keys" -- c alice --data-binary @"$work/req-tls.json" "$url"

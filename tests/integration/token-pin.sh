@@ -80,7 +80,7 @@ for i in 1 2 3; do
 done
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$work/bad.conf" serve > "$work/serve.out" 2>&1 || rc=$?
-[ "$rc" = 1 ] || fail "serve with the token at its last PIN try: exit $rc, want 1: $(cat "$work/serve.out")"
+[ "$rc" = 4 ] || fail "serve with the token at its last PIN try: exit $rc, want 4: $(cat "$work/serve.out")"
 grep -q "CKF_USER_PIN_FINAL_TRY" "$work/serve.out" || fail "serve does not say why: $(cat "$work/serve.out")"
 expect 4 "$last" "$BIN/groupsrv" -c "$work/good.conf" group create eng --address eng@example.org --key rsa:2048
 case "$(flags)" in *"PIN locked"*) fail "groupsrv locked the token: $(flags)" ;; *"final user PIN try"*) ;;
