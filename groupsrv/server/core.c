@@ -1462,6 +1462,22 @@ static unsigned header_count(struct evhttp_request *req, const char *name)
     return n;
 }
 
+/* Whether the request has a header whose name is not an RFC 9110 token.
+ * libevent keeps "Content-Length " (white space before the colon) as a
+ * name of its own, so such a header frames nothing here while a proxy
+ * that trims it frames the body by it; RFC 9112 5.1: reject with 400. */
+static bool bad_header_name(struct evhttp_request *req)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+
+    for (struct evkeyval *kv = h ? h->tqh_first : NULL; kv != NULL; kv = kv->next.tqe_next)
+        if (kv->key[0] == '\0' || kv->key[strspn(kv->key, tchar)] != '\0')
+            return true;
+    return false;
+}
+
 /* Why the request's framing is ambiguous (a request-smuggling precondition
  * behind a proxy that reads it another way), or NULL. libevent frames the
  * body as chunked only when the first Transfer-Encoding is exactly
@@ -1474,6 +1490,8 @@ static const char *ambiguous_framing(struct evhttp_request *req)
     const char *coding = evhttp_find_header(evhttp_request_get_input_headers(req), "Transfer-Encoding");
     const char *length = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Length");
 
+    if (bad_header_name(req))
+        return "a header name with white space or a character not allowed in it";
     if (cl > 1)
         return "more than one Content-Length header";
     /* libevent reads the length with strtoll, which takes "+5" (and "-0")
