@@ -225,7 +225,8 @@ int gm_config_load_stream(gm_config *c, FILE *f, const char *name)
     switch (inifile_parse_stream(f, ini_cb, &st, &line)) {
     case INIFILE_OK:
         break;
-    case INIFILE_BAD_LINE:
+    case INIFILE_BAD_LINE: /* ini_cb says why itself and never refuses a line */
+    case INIFILE_SYNTAX:
         gm_err("%s: syntax error on line %d", name, line);
         return -1;
     case INIFILE_LONG_LINE:

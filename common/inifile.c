@@ -10,7 +10,23 @@ struct line_reader {
     int lineno;    /* lines handed to inih so far */
     int long_line; /* the first line too long, 0 if none */
     int nul_line;  /* the first line with a NUL byte, 0 if none */
+    ini_handler handler; /* the caller's, and its user pointer */
+    void *user;
+    int handler_line; /* the first line the handler refused, 0 if none */
 };
+
+/* inih's handler: the caller's, noting which line it refused first. inih
+ * reports only the first bad line, the handler's or its own syntax error,
+ * and the caller must know which, or a message names the wrong line. */
+static int call_handler(void *stream, const char *section, const char *name, const char *value)
+{
+    struct line_reader *r = stream;
+    int ok = r->handler(r->user, section, name, value);
+
+    if (!ok && r->handler_line == 0)
+        r->handler_line = r->lineno; /* inih handles each line as soon as it is read */
+    return ok;
+}
 
 static int next_char(struct line_reader *r)
 {
@@ -65,7 +81,9 @@ static enum inifile_status parse_reader(struct line_reader *r, ini_handler handl
     enum inifile_status st;
     int rc;
 
-    rc = ini_parse_stream(read_line, r, handler, user);
+    r->handler = handler;
+    r->user = user;
+    rc = ini_parse_stream(read_line, r, call_handler, r);
     if (r->f != NULL && ferror(r->f)) /* a directory: EISDIR */
         return INIFILE_IO;
     if (rc == -2) {
@@ -73,7 +91,7 @@ static enum inifile_status parse_reader(struct line_reader *r, ini_handler handl
     } else if (rc > 0) {
         /* Parsing stopped at a long or NUL line: any error inih reports
          * is on an earlier line, so it comes first. */
-        st = INIFILE_BAD_LINE;
+        st = rc == r->handler_line ? INIFILE_BAD_LINE : INIFILE_SYNTAX;
         *line = rc;
     } else if (r->long_line > 0) {
         st = INIFILE_LONG_LINE;

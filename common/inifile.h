@@ -19,7 +19,9 @@
 
 enum inifile_status {
     INIFILE_OK = 0,
-    INIFILE_BAD_LINE,  /* *line: the first line the handler or inih refused */
+    INIFILE_BAD_LINE,  /* *line: the first line the handler refused */
+    INIFILE_SYNTAX,    /* *line: a line inih cannot read (not a [section], key = value
+                        * or comment), before any the handler refused */
     INIFILE_LONG_LINE, /* *line: a line longer than INIFILE_LINE_MAX */
     INIFILE_NUL,       /* *line: a line with a NUL byte in it */
     INIFILE_IO,        /* the file cannot be opened or read; errno kept */
@@ -28,7 +30,7 @@ enum inifile_status {
 
 /* Parses the file at path, or the string text when path is NULL, calling
  * handler for each key as ini_parse does. *line is the line number for
- * the three line statuses, else 0. Returns the status. */
+ * the four line statuses, else 0. Returns the status. */
 enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
                                   int *line);
 /* The same over an open stream, which stays open (the caller's). */

@@ -360,8 +360,10 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
         err = gs_err_set(GS_ERR_CONFIG, "%s:%d: NUL byte in line", name, line);
         goto out;
     case INIFILE_BAD_LINE:
-        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, line,
-                         ps.first_error[0] ? ps.first_error : "syntax error (expected [section] or key = value)");
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, line, ps.first_error[0] ? ps.first_error : "invalid setting");
+        goto out;
+    case INIFILE_SYNTAX:
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: syntax error (expected [section] or key = value)", name, line);
         goto out;
     }
     if (!ps.rate_burst_set)

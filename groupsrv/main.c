@@ -139,6 +139,15 @@ int parse_args(int argc, char **argv, const struct opt_def *defs, size_t ndefs, 
     return 0;
 }
 
+/* Is word one of the NULL-terminated words? */
+static bool one_of(const char *word, const char *const *words)
+{
+    for (; *words != NULL; words++)
+        if (strcmp(word, *words) == 0)
+            return true;
+    return false;
+}
+
 const char *opt(const struct args *a, const char *name)
 {
     for (size_t k = 0; k < a->nopt; k++)
@@ -327,8 +336,12 @@ static int cmd_ca(struct env *e, int argc, char **argv)
     rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
-    if (a.npos != 1)
+    if (a.npos == 0)
         return usage_error("ca: expected init, show, export or import%s", "");
+    if (strcmp(a.pos[0], "init") != 0 && strcmp(a.pos[0], "show") != 0)
+        return usage_error("ca: unknown subcommand %s (expected init, show, export or import)", a.pos[0]);
+    if (a.npos != 1)
+        return usage_error("ca %s: unexpected argument %s", a.pos[0], a.pos[1]);
     if (strcmp(a.pos[0], "init") == 0) {
         unsigned days = e->cfg->ca.ca_days;
         const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
@@ -486,9 +499,13 @@ static int cmd_group(struct env *e, int argc, char **argv)
         rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
+    static const char *const group_subs[] = {"create", "set", "rotate", "retire", "import-cert", "list", "show", NULL};
     if (a.npos == 0)
         return usage_error("group: expected create, set, rotate, retire, import-cert, list, show, export or import%s",
                            "");
+    if (!one_of(sub, group_subs))
+        return usage_error("group: unknown subcommand %s (expected create, set, rotate, retire, import-cert, list, "
+                           "show, export or import)", sub);
     if (strcmp(sub, "list") == 0) {
         gs_store_group **list = NULL;
         size_t n = 0;
@@ -736,6 +753,9 @@ static int cmd_member(struct env *e, int argc, char **argv)
     const char *sub;
     if (rc)
         return rc;
+    static const char *const member_subs[] = {"add", "set", "remove", "list", NULL};
+    if (a.npos >= 1 && !one_of(a.pos[0], member_subs))
+        return usage_error("member: unknown subcommand %s (expected add, set, remove or list)", a.pos[0]);
     if (a.npos < 2)
         return usage_error("member: expected add, set, remove or list with a group NAME%s", "");
     sub = a.pos[0];
@@ -1319,6 +1339,11 @@ int main(int argc, char **argv)
             if (cfg_path)
                 return usage_error("-c given twice%s", "");
             cfg_path = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            /* the --x=v form every other option takes */
+            if (cfg_path)
+                return usage_error("-c given twice%s", "");
+            cfg_path = argv[i] + 9;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;

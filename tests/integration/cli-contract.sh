@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# cli-contract.sh BIN: the command-line contract of groupsrv(1),
+# groupmail(1) and exploder(1) as a script sees it, no token or server
+# needed: every usage error is one line naming what is wrong, with the
+# documented exit status (groupsrv and groupmail 2, exploder 64; deliver's
+# line starts with its DSN status 5.3.0, as the MTA puts it in the bounce),
+# a typo in a command is a usage error whatever the configuration, both
+# option forms (--x v and --x=v) work, and a bad configuration value is
+# the documented error naming the file (groupmail 1) or the right line
+# (groupsrv 5).
+set -euo pipefail
+BIN=$1
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/cli-contract.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+nfail=0 # every check runs: a failure is counted, the script goes on
+fail() { echo "FAIL: $*" >&2; nfail=$((nfail + 1)); }
+ok() { echo "ok: $*"; }
+export HOME=$work/home XDG_CONFIG_HOME= XDG_DATA_HOME=
+unset GROUPSRV_CONF EXPLODER_CONF GROUPMAIL_CONFIG
+mkdir -p "$HOME"
+
+# expect RC PATTERN DESC -- command...: exit status RC, nothing on stdout,
+# exactly one line on stderr matching PATTERN (grep -E).
+expect() {
+  local want=$1 pat=$2 desc=$3 rc=0
+  shift 4
+  "$@" >"$work/out" 2>"$work/err" </dev/null || rc=$?
+  [ "$rc" = "$want" ] || { fail "$desc: exit $rc, wanted $want: $(cat "$work/err")"; return 0; }
+  [ ! -s "$work/out" ] || { fail "$desc: wrote to stdout: $(cat "$work/out")"; return 0; }
+  [ "$(wc -l < "$work/err")" = 1 ] || { fail "$desc: not one line on stderr: $(cat "$work/err")"; return 0; }
+  grep -Eq -- "$pat" "$work/err" || { fail "$desc: stderr lacks /$pat/: $(cat "$work/err")"; return 0; }
+  ok "$desc (exit $want): $(cat "$work/err")"
+}
+
+# ---- groupsrv ----
+gconf=$work/groupsrv.conf
+printf '[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = %s/pin\n[db]\npath = %s/gs.db\n' \
+  "$work" "$work" > "$gconf"
+gs=$BIN/groupsrv
+usage='\(see groupsrv --help\)$'
+expect 2 "unknown subcommand lst .*$usage" "groupsrv group lst names the subcommand" -- "$gs" -c "$gconf" group lst
+expect 2 "unknown subcommand bogus .*$usage" "groupsrv member bogus NAME names the subcommand" -- \
+  "$gs" -c "$gconf" member bogus eng
+expect 2 "ca show: unexpected argument extra $usage" "groupsrv ca show with an argument" -- "$gs" -c "$gconf" ca show extra
+expect 3 "database .* does not exist" "groupsrv --config=FILE (the --x=v form)" -- "$gs" --config="$gconf" group list
+# a syntax error is reported on its own line, not with the next line's message
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server\nthreads = 4\n' > "$work/syntax.conf"
+expect 5 "syntax\.conf:4: syntax error" "groupsrv: a section line without ']'" -- "$gs" -c "$work/syntax.conf" group list
+printf '[hsm]\nmodule = /x.so\npin_source = /p\nnot a setting\nthredas = 4\n' > "$work/syntax.conf"
+expect 5 "syntax\.conf:4: syntax error" "groupsrv: a line that is not key = value" -- "$gs" -c "$work/syntax.conf" group list
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server]\nthredas = 4\nnot a setting\n' > "$work/syntax.conf"
+expect 5 "syntax\.conf:5: unknown key 'thredas' in \[server\]" "groupsrv: an unknown key before a syntax error" -- \
+  "$gs" -c "$work/syntax.conf" group list
+# CRLF line ends and a UTF-8 byte order mark are read as plain lines
+printf '\xef\xbb\xbf[hsm]\r\nmodule = /x.so ; inline comment\r\n# comment\r\npin_source = /p\r\n[db]\r\npath = %s/crlf.db\r\n' \
+  "$work" > "$work/crlf.conf"
+expect 3 "database $work/crlf\.db does not exist" "groupsrv: CRLF, BOM and comments" -- "$gs" -c "$work/crlf.conf" group list
+
+[ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
+echo "cli-contract: all passed"
