@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "inifile.h"
+#include "log.h"
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -170,9 +171,41 @@ struct ini_state {
     int bad;
 };
 
+/* Keys with a fixed set of values: a bad one is an error of the file
+ * (exit 1, naming it), not of the flag that would otherwise take the
+ * blame later (groupmail(1), "Configuration"). */
+static const struct {
+    const char *section, *name, *values[7];
+} ini_choices[] = {
+    {"decrypt", "via", {"tls", "recipient-key", "membership-cert", "group-secret", "local-key", "own-key"}},
+    {"encrypt", "oaep", {"sha1", "sha256"}},
+    {"encrypt", "format", {"smime", "pem", "der"}},
+    {"encrypt", "cipher", {"gcm", "cbc", "aes-256-gcm", "aes-256-cbc"}},
+};
+
+/* 1 when [section] name takes any value or value is one of its choices. */
+static int ini_value_ok(const char *section, const char *name, const char *value)
+{
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_choices); i++) {
+        if (strcmp(section, ini_choices[i].section) != 0 || strcmp(name, ini_choices[i].name) != 0)
+            continue;
+        for (size_t k = 0; k < GS_ARRAY_LEN(ini_choices[i].values) && ini_choices[i].values[k] != NULL; k++)
+            if (strcmp(value, ini_choices[i].values[k]) == 0)
+                return 1;
+        return 0;
+    }
+    return 1;
+}
+
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_state *st = user;
+    if (!ini_value_ok(section, name, value)) {
+        char q[64];
+        gm_err("%s: bad value '%s' for [%s] %s", st->path, log_quote(q, sizeof(q), value), section, name);
+        st->bad = 1;
+        return 1;
+    }
     for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++) {
         if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0) {
             char **dst = (char **)((char *)st->c + ini_keys[i].off);

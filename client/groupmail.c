@@ -93,6 +93,30 @@ static int set_str(char **dst, const char *v)
     return (*dst = strdup(v)) == NULL ? -1 : 0;
 }
 
+/* The one usage line for what getopt_long refused (opterr 0, ":" first in
+ * its option string). A long option is named without any "=value": an
+ * unknown --pin-value=... must not put a PIN on the terminal. */
+static int option_error(int ch, char **argv)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "";
+    char given[64];
+
+    if (strncmp(arg, "--", 2) == 0)
+        (void)snprintf(given, sizeof(given), "%.*s", (int)strcspn(arg, "="), arg);
+    else
+        (void)snprintf(given, sizeof(given), "-%c", optopt > 0x20 && optopt < 0x7f ? optopt : '?');
+    for (char *p = given; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    if (ch == ':')
+        gm_err("option %s needs a value (see groupmail --help)", given);
+    else if (optopt != 0 && strchr(arg, '=') != NULL)
+        gm_err("option %s takes no value (see groupmail --help)", given);
+    else
+        gm_err("unknown option %s (see groupmail --help)", given);
+    return GM_EXIT_USAGE;
+}
+
 /* Flags into c; then environment, then the config file fill what is unset. */
 static int parse_options(int argc, char **argv, gm_config *c)
 {
@@ -101,7 +125,8 @@ static int parse_options(int argc, char **argv, gm_config *c)
     char **dst;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:vqh", long_opts, NULL)) != -1) {
+    opterr = 0; /* one line of ours, not getopt's and the whole usage */
+    while ((ch = getopt_long(argc, argv, ":c:vqh", long_opts, NULL)) != -1) {
         dst = NULL;
         switch (ch) {
         case O_SERVER: dst = &c->server; break;
@@ -149,7 +174,7 @@ static int parse_options(int argc, char **argv, gm_config *c)
         case 'v': c->verbose = true; break;
         case 'q': c->quiet = true; break;
         case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return GM_EXIT_USAGE;
+        default: return option_error(ch, argv);
         }
         if (dst != NULL && set_str(dst, optarg) != 0)
             return GM_EXIT_ERROR;
@@ -1660,6 +1685,17 @@ static void lead_config_after_command(int argc, char **argv)
         argv[1 + words + i] = moved[i];
 }
 
+/* The commands main dispatches: an unknown one is a usage error before
+ * any option or configuration file is read. */
+static bool known_command(const char *cmd)
+{
+    static const char *const cmds[] = {"fetch-cert", "encrypt", "send", "decrypt", "unwrap", "certify", "keys", "csr"};
+    for (size_t i = 0; i < GS_ARRAY_LEN(cmds); i++)
+        if (strcmp(cmd, cmds[i]) == 0)
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     gm_config c;
@@ -1669,14 +1705,23 @@ int main(int argc, char **argv)
 
     memset(&c, 0, sizeof(c));
     lead_config_after_command(argc, argv);
-    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? GM_EXIT_USAGE : GM_EXIT_OK;
+    if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        usage(stdout);
+        return GM_EXIT_OK;
+    }
+    if (argc < 2) {
+        gm_err("no command given (see groupmail --help)");
+        return GM_EXIT_USAGE;
     }
     cmd = argv[1];
+    if (!known_command(cmd)) {
+        char q[64];
+        gm_err("unknown command '%s' (see groupmail --help)", log_quote(q, sizeof(q), cmd));
+        return GM_EXIT_USAGE;
+    }
     if (strcmp(cmd, "keys") == 0) {
         if (argc < 3) {
-            usage(stderr);
+            gm_err("keys: expected sync, list, transport-key or import-group-key (see groupmail --help)");
             return GM_EXIT_USAGE;
         }
         shift = 2;
@@ -1704,11 +1749,8 @@ int main(int argc, char **argv)
         rc = cmd_keys(&c, argv[2]);
     else if (strcmp(cmd, "csr") == 0)
         rc = cmd_csr(&c);
-    else {
-        gm_err("unknown command '%s'", cmd);
-        usage(stderr);
-        rc = GM_EXIT_USAGE;
-    }
+    else
+        rc = GM_EXIT_USAGE; /* known_command() said no before */
 out:
     gm_tls_token_close(); /* every gs_rest handle is gone by now */
     gm_config_clear(&c);

@@ -56,5 +56,41 @@ printf '\xef\xbb\xbf[hsm]\r\nmodule = /x.so ; inline comment\r\n# comment\r\npin
   "$work" > "$work/crlf.conf"
 expect 3 "database $work/crlf\.db does not exist" "groupsrv: CRLF, BOM and comments" -- "$gs" -c "$work/crlf.conf" group list
 
+# ---- groupmail ----
+gm=$BIN/groupmail
+usage='\(see groupmail --help\)$'
+expect 2 "^groupmail: no command given $usage" "groupmail without a command" -- "$gm"
+expect 2 "^groupmail: unknown command 'bogus' $usage" "groupmail bogus" -- "$gm" bogus
+expect 2 "^groupmail: unknown command 'bogus' $usage" "groupmail bogus, before its configuration is read" -- \
+  "$gm" -c "$work/no-such.conf" bogus
+expect 2 "^groupmail: unknown option --bogus $usage" "groupmail decrypt --bogus" -- "$gm" decrypt --bogus
+expect 2 "^groupmail: unknown option --pin-value $usage" "groupmail: an unknown --x=SECRET is not echoed" -- \
+  "$gm" decrypt --pin-value=123456
+! grep -q 123456 "$work/err" || fail "groupmail echoed an unknown option's value"
+expect 2 "^groupmail: option --timeout needs a value $usage" "groupmail --timeout without a value" -- "$gm" keys list --timeout
+expect 2 "^groupmail: option --cbc takes no value $usage" "groupmail --cbc=yes" -- "$gm" encrypt --cbc=yes
+expect 2 "^groupmail: unknown option -x $usage" "groupmail -x" -- "$gm" encrypt -x
+expect 2 "^groupmail: keys: expected sync, list" "groupmail keys alone" -- "$gm" keys
+# a bad value in the configuration file: exit 1 naming the file, not a flag
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/g.key" -out "$work/g.pem" -subj /CN=eng \
+  -addext subjectAltName=email:eng@lists.example.org -days 2 2>/dev/null
+echo hello > "$work/msg"
+for kv in "encrypt cipher cgm" "encrypt oaep sha3" "encrypt format xml" "decrypt via bogus"; do
+  set -- $kv
+  printf '[%s]\n%s = %s\n' "$1" "$2" "$3" > "$work/gm.conf"
+  expect 1 "^groupmail: $work/gm\.conf: bad value '$3' for \[$1\] $2$" "groupmail: [$1] $2 = $3 in the file" -- \
+    "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
+done
+printf '[encrypt]\ncipher = cbc\nformat = pem\noaep = sha1\n[decrypt]\nvia = own-key\n' > "$work/gm.conf"
+if ! "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"; then
+  fail "groupmail with good [encrypt] and [decrypt] values"
+elif ! grep -q -- '-----BEGIN CMS-----' "$work/enc"; then
+  fail "[encrypt] format = pem did not make PEM"
+elif ! openssl cms -cmsout -print -inform PEM -in "$work/enc" | grep -q aes-256-cbc; then
+  fail "[encrypt] cipher = cbc not used"
+else
+  ok "groupmail takes good [encrypt] and [decrypt] values (cipher = cbc, format = pem)"
+fi
+
 [ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-contract: all passed"
