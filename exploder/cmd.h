@@ -11,6 +11,15 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv);
 int cmd_run(const xp_conf *c, int argc, char **argv);
 int cmd_list(const xp_conf *c, int argc, char **argv);
 
+/* A usage error: one line on standard error, "STATUS exploder: WHAT (see
+ * exploder --help)" (status "5.3.0 " for deliver, whose line the MTA puts
+ * into its bounce; "" elsewhere). Returns XP_EX_USAGE (64). */
+int xp_usage_error(const char *status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same for what getopt_long refused (ch its '?' or ':', after opterr 0
+ * and an option string starting with ':'); cmd names the command. A long
+ * option is named without its "=value". */
+int xp_getopt_error(const char *status, const char *cmd, int ch, char **argv);
+
 /* Backoff after the attempts-th failure (1-based): retry_min * 2^(attempts-1),
  * capped at retry_max. */
 uint64_t xp_backoff(const xp_conf *c, int64_t attempts);

@@ -49,8 +49,6 @@ static bool same_list_id(const char *v, const char *id)
     return (size_t)(e - b) == n && strncasecmp(b, id, n) == 0;
 }
 
-static void usage_deliver(void) { fprintf(stderr, "usage: exploder deliver --list ADDR [--sender ADDR] < message\n"); }
-
 /* The one line the MTA gets on standard error, and puts into its bounce
  * (Postfix pipe(8) takes a leading RFC 3463 status code as the DSN status):
  * "STATUS text", plain, printable, nothing from the log. */
@@ -105,18 +103,20 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     xp_err rc;
     answer ans = {NULL, ""};
 
+    /* exploder(1): a bad command line is 64 with one line, status 5.3.0 */
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "l:s:", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":l:s:", opts, NULL)) != -1) {
         switch (opt) {
         case 'l': list_addr = optarg; break;
         case 's': sender_arg = optarg; break;
-        default: usage_deliver(); return XP_EX_USAGE;
+        default: return xp_getopt_error("5.3.0 ", "deliver", opt, argv);
         }
     }
-    if (list_addr == NULL || optind != argc) {
-        usage_deliver();
-        return XP_EX_USAGE;
-    }
+    if (optind != argc)
+        return xp_usage_error("5.3.0 ", "deliver: unexpected argument %.40s", argv[optind]);
+    if (list_addr == NULL)
+        return xp_usage_error("5.3.0 ", "deliver: --list ADDR is required");
     rc = read_all(STDIN_FILENO, (size_t)c->max_message_size, &data, &len);
     if (rc == XP_ERR_TOO_LARGE) {
         log_warn("refused: message too large list=%s max=%llu", log_quote(q, sizeof(q), list_addr),

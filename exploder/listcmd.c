@@ -18,19 +18,6 @@
 #define MAX_MEMBERS_PER_CALL 100000u
 #define MAX_CERT_FILE (256u * 1024u)
 
-static void usage_list(void)
-{
-    fprintf(stderr,
-            "usage: exploder list create ADDR --group-server URL --group G --mode forward|group-secret|member-certs\n"
-            "                    [--cert F --key F --cacert F] [--group-cert FILE]\n"
-            "                    [--members-only] [--allow-unencrypted]\n"
-            "       exploder list add ADDR MEMBER-ADDR...    (\"-\": one address per line on stdin)\n"
-            "       exploder list remove ADDR MEMBER-ADDR...\n"
-            "       exploder list set ADDR [--mode forward|group-secret|member-certs]\n"
-            "                    [--members-only|--open] [--require-encrypted|--allow-unencrypted]\n"
-            "       exploder list show ADDR\n");
-}
-
 static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
 {
     static const struct option opts[] = {{"group-server", required_argument, NULL, 's'},
@@ -54,25 +41,30 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
     memset(&l, 0, sizeof(l));
     l.require_encrypted = true;
     optind = 2; /* argv[0] = "create", argv[1] = ADDR */
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
         switch (opt) {
         case 's': l.server = optarg; break;
         case 'g': l.group = optarg; break;
-        case 'm': l.mode = xp_mode_parse(optarg); break;
+        case 'm':
+            if ((l.mode = xp_mode_parse(optarg)) == 0)
+                return xp_usage_error("", "list create: unknown --mode %.40s (forward, group-secret, member-certs)",
+                                      optarg);
+            break;
         case 'c': l.cert = optarg; break;
         case 'k': l.priv_path = optarg; break;
         case 'a': l.cacert = optarg; break;
         case 'G': group_cert_file = optarg; break;
         case 'M': l.members_only = true; break;
         case 'U': l.require_encrypted = false; break;
-        default: usage_list(); return XP_EX_USAGE;
+        default: return xp_getopt_error("", "list create", opt, argv);
         }
     }
     l.address = argv[1];
-    if (optind != argc || l.server == NULL || l.group == NULL || l.mode == 0) {
-        usage_list();
-        return XP_EX_USAGE;
-    }
+    if (optind != argc)
+        return xp_usage_error("", "list create: unexpected argument %.40s", argv[optind]);
+    if (l.server == NULL || l.group == NULL || l.mode == 0)
+        return xp_usage_error("", "list create: --group-server URL, --group G and --mode are required");
     if (!mail_addr_valid(l.address)) {
         fprintf(stderr, "exploder: not a list address: %s\n", l.address);
         return XP_EX_USAGE;
@@ -192,10 +184,8 @@ static int list_members(spool *s, int argc, char **argv, bool add)
     int ex = 1;
     xp_err rc;
 
-    if (argc < 3) {
-        usage_list();
-        return XP_EX_USAGE;
-    }
+    if (argc < 3)
+        return xp_usage_error("", "list %s: expected ADDR MEMBER-ADDR...", add ? "add" : "remove");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
         fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
         return 1;
@@ -247,21 +237,19 @@ static int list_set(spool *s, int argc, char **argv)
     int opt, ex = 1;
     xp_err rc;
 
-    if (argc < 3) {
-        usage_list();
-        return XP_EX_USAGE;
-    }
+    if (argc < 3)
+        return xp_usage_error("", "list set: expected ADDR and what to change");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
         fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
         return 1;
     }
     optind = 2; /* argv[0] = "set", argv[1] = ADDR */
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
         switch (opt) {
         case 'm':
             if ((l->mode = xp_mode_parse(optarg)) == 0) {
-                fprintf(stderr, "exploder: unknown mode: %.40s\n", optarg);
-                ex = XP_EX_USAGE;
+                ex = xp_usage_error("", "list set: unknown --mode %.40s (forward, group-secret, member-certs)", optarg);
                 goto out;
             }
             break;
@@ -269,12 +257,11 @@ static int list_set(spool *s, int argc, char **argv)
         case 'O': l->members_only = false; break;
         case 'R': l->require_encrypted = true; break;
         case 'U': l->require_encrypted = false; break;
-        default: usage_list(); ex = XP_EX_USAGE; goto out;
+        default: ex = xp_getopt_error("", "list set", opt, argv); goto out;
         }
     }
     if (optind != argc) {
-        usage_list();
-        ex = XP_EX_USAGE;
+        ex = xp_usage_error("", "list set: unexpected argument %.40s", argv[optind]);
         goto out;
     }
     if (!l->require_encrypted && l->mode != XP_MODE_FORWARD) {
@@ -303,10 +290,8 @@ static int list_show(spool *s, int argc, char **argv)
     xp_err rc;
     int ex = 1;
 
-    if (argc != 2) {
-        usage_list();
-        return XP_EX_USAGE;
-    }
+    if (argc != 2)
+        return xp_usage_error("", "list show: expected one list ADDR");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
         fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
         return 1;
@@ -357,11 +342,13 @@ int cmd_list(const xp_conf *c, int argc, char **argv)
     xp_err rc;
     int ex;
 
-    /* argv[0] is the verb */
-    if (argc < 2) {
-        usage_list();
-        return XP_EX_USAGE;
-    }
+    /* argv[0] is the verb: checked before the spool is opened */
+    if (argc < 1 || (strcmp(argv[0], "create") != 0 && strcmp(argv[0], "add") != 0 &&
+                     strcmp(argv[0], "remove") != 0 && strcmp(argv[0], "show") != 0 && strcmp(argv[0], "set") != 0))
+        return xp_usage_error("", "list: expected create, add, remove, set or show%s%.40s",
+                              argc < 1 ? "" : ", not ", argc < 1 ? "" : argv[0]);
+    if (argc < 2)
+        return xp_usage_error("", "list %s: expected a list ADDR", argv[0]);
     if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
         fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
         return 1;
@@ -376,10 +363,8 @@ int cmd_list(const xp_conf *c, int argc, char **argv)
         ex = list_show(s, argc, argv);
     else if (strcmp(argv[0], "set") == 0)
         ex = list_set(s, argc, argv);
-    else {
-        usage_list();
-        ex = XP_EX_USAGE;
-    }
+    else
+        ex = XP_EX_USAGE; /* not reached: the verb was checked above */
     spool_close(s);
     return ex;
 }

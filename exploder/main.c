@@ -1,5 +1,7 @@
 /* main.c: `exploder [-c FILE] [-v] deliver|run|list ...` (docs/exploder.1.md). */
 #include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +20,18 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: exploder [-c exploder.conf] [-v] COMMAND ...\n"
-                    "  deliver --list ADDR [--sender ADDR] < message   (MTA pipe; sysexits.h exit codes)\n"
-                    "  run [--once]                                    (queue runner)\n"
-                    "  list create|add|remove|set|show ...             (list administration)\n"
-                    "config: -c FILE, else $EXPLODER_CONF, else " DEFAULT_CONF "\n");
+    fputs("usage: exploder [-c exploder.conf] [-v] COMMAND ...\n"
+          "  deliver --list ADDR [--sender ADDR] < message   (MTA pipe; sysexits.h exit codes)\n"
+          "  run [--once]                                    (queue runner)\n"
+          "  list create ADDR --group-server URL --group G --mode forward|group-secret|member-certs\n"
+          "              [--cert F --key F --cacert F] [--group-cert FILE] [--members-only] [--allow-unencrypted]\n"
+          "  list add ADDR MEMBER-ADDR...                    (\"-\": addresses on stdin, one a line)\n"
+          "  list remove ADDR MEMBER-ADDR...\n"
+          "  list set ADDR [--mode forward|group-secret|member-certs] [--members-only|--open]\n"
+          "              [--require-encrypted|--allow-unencrypted]\n"
+          "  list show ADDR\n"
+          "config: -c FILE, else $EXPLODER_CONF, else " DEFAULT_CONF "\n",
+          stdout);
 }
 
 /* The diagnostic log file, appended to (0600 when created), never through
@@ -59,16 +68,18 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage();
             return 0;
+        } else if (strcmp(argv[i], "-c") == 0) {
+            return xp_usage_error("", "-c needs a FILE");
         } else {
-            usage();
-            return XP_EX_USAGE;
+            return xp_usage_error("", "unknown option %.*s", (int)strcspn(argv[i], "="), argv[i]);
         }
     }
-    if (i >= argc) {
-        usage();
-        return XP_EX_USAGE;
-    }
+    if (i >= argc)
+        return xp_usage_error("", "no command given");
     cmd = argv[i];
+    /* before the configuration: a typo is a usage error, whatever the file */
+    if (strcmp(cmd, "deliver") != 0 && strcmp(cmd, "run") != 0 && strcmp(cmd, "list") != 0)
+        return xp_usage_error("", "unknown command %.40s", cmd);
     if (conf_path == NULL)
         conf_path = getenv("EXPLODER_CONF");
     if (conf_path == NULL)
@@ -113,10 +124,8 @@ int main(int argc, char **argv)
         ex = cmd_run(c, argc - i, argv + i);
     else if (strcmp(cmd, "list") == 0)
         ex = cmd_list(c, argc - i - 1, argv + i + 1);
-    else {
-        usage();
-        ex = XP_EX_USAGE;
-    }
+    else
+        ex = XP_EX_USAGE; /* not reached: the command was checked above */
     curl_global_cleanup();
 out:
     xp_conf_free(c);

@@ -535,8 +535,6 @@ static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work
     return XP_OK;
 }
 
-static void usage_run(void) { fprintf(stderr, "usage: exploder run [--once]\n"); }
-
 int cmd_run(const xp_conf *c, int argc, char **argv)
 {
     static const struct option opts[] = {{"once", no_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
@@ -549,18 +547,15 @@ int cmd_run(const xp_conf *c, int argc, char **argv)
     xp_err rc;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "o", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":o", opts, NULL)) != -1) {
         if (opt == 'o')
             once = true;
-        else {
-            usage_run();
-            return XP_EX_USAGE;
-        }
+        else
+            return xp_getopt_error("", "run", opt, argv);
     }
-    if (optind != argc) {
-        usage_run();
-        return XP_EX_USAGE;
-    }
+    if (optind != argc)
+        return xp_usage_error("", "run: unexpected argument %.40s", argv[optind]);
     if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
         fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
         ex = XP_EX_TEMPFAIL;

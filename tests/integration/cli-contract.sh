@@ -92,5 +92,41 @@ else
   ok "groupmail takes good [encrypt] and [decrypt] values (cipher = cbc, format = pem)"
 fi
 
+# ---- exploder ----
+xp=$BIN/exploder
+usage='\(see exploder --help\)$'
+xconf=$work/exploder.conf
+printf '[spool]\npath = %s/spool\n[delivery]\nrelay = maildir:%s/md\n' "$work" "$work" > "$xconf"
+expect 64 "^exploder: no command given $usage" "exploder without a command" -- "$xp" -c "$xconf"
+expect 64 "^exploder: unknown command bogus $usage" "exploder bogus, before its configuration is read" -- \
+  "$xp" -c "$work/no-such.conf" bogus
+expect 64 "^exploder: unknown option -x $usage" "exploder -x" -- "$xp" -x run
+expect 64 "^exploder: run: unknown option --bogus $usage" "exploder run --bogus" -- "$xp" -c "$xconf" run --bogus
+expect 64 "^exploder: run: unexpected argument extra $usage" "exploder run --once extra" -- "$xp" -c "$xconf" run --once extra
+expect 64 "^5\.3\.0 exploder: deliver: unknown option --bogus $usage" "exploder deliver --bogus: 5.3.0, one line" -- \
+  "$xp" -c "$xconf" deliver --bogus
+expect 64 "^5\.3\.0 exploder: deliver: option --list needs a value $usage" "exploder deliver --list" -- \
+  "$xp" -c "$xconf" deliver --list
+expect 64 "^5\.3\.0 exploder: deliver: --list ADDR is required $usage" "exploder deliver without --list" -- \
+  "$xp" -c "$xconf" deliver
+expect 64 "^5\.3\.0 exploder: deliver: unexpected argument extra $usage" "exploder deliver with an argument" -- \
+  "$xp" -c "$xconf" deliver --list=eng@lists.example.org extra
+expect 64 "^exploder: list: expected create, add, remove, set or show, not bogus $usage" "exploder list bogus" -- \
+  "$xp" -c "$xconf" list bogus
+expect 64 "^exploder: list show: expected a list ADDR $usage" "exploder list show" -- "$xp" -c "$xconf" list show
+expect 64 "^exploder: list create: unknown --mode bogus" "exploder list create --mode bogus" -- \
+  "$xp" -c "$xconf" list create eng@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode bogus
+"$xp" -c "$xconf" list create eng@lists.example.org --group-server=https://127.0.0.1:1 --group=eng --mode=forward \
+  --group-cert="$work/g.pem" >/dev/null 2>"$work/err" ||
+  fail "exploder list create with --x=v options: $(cat "$work/err")"
+expect 64 "^exploder: list set: unknown option --bogus $usage" "exploder list set --bogus" -- \
+  "$xp" -c "$xconf" list set eng@lists.example.org --bogus
+expect 64 "^exploder: list show: expected one list ADDR $usage" "exploder list show ADDR extra" -- \
+  "$xp" -c "$xconf" list show eng@lists.example.org extra
+if "$xp" --help 2>/dev/null | grep -q '^  list show ADDR$'; then
+  ok "exploder --help prints every command on stdout"
+else
+  fail "exploder --help does not show list show on stdout"
+fi
 [ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-contract: all passed"
