@@ -6,3 +6,11 @@ if(TARGET groupsrv AND TARGET groupmail AND TARGET exploder)
   set_tests_properties(cli_contract PROPERTIES LABELS "integration" TIMEOUT 60
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 endif()
+
+# The pages and the programs name the same commands, options,
+# configuration keys and environment variables (tests/lint/cli-docs.sh).
+if(TARGET groupsrv AND TARGET groupmail AND TARGET exploder)
+  add_test(NAME lint_cli_docs COMMAND bash ${GS_TEST_DIR}/lint/cli-docs.sh ${CMAKE_SOURCE_DIR} ${GS_TEST_BIN})
+  set_tests_properties(lint_cli_docs PROPERTIES LABELS "unit;lint" TIMEOUT 60
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+endif()

@@ -55,6 +55,15 @@ expect 5 "syntax\.conf:5: unknown key 'thredas' in \[server\]" "groupsrv: an unk
 printf '\xef\xbb\xbf[hsm]\r\nmodule = /x.so ; inline comment\r\n# comment\r\npin_source = /p\r\n[db]\r\npath = %s/crlf.db\r\n' \
   "$work" > "$work/crlf.conf"
 expect 3 "database $work/crlf\.db does not exist" "groupsrv: CRLF, BOM and comments" -- "$gs" -c "$work/crlf.conf" group list
+# groupsrv(1): quotes are part of a value, an indented line continues the
+# key above it, an empty value is an error
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[db]\npath = "%s/q.db"\n' "$work" > "$work/q.conf"
+expect 3 "database \"$work/q\.db\" does not exist" "groupsrv: a quoted value keeps its quotes" -- "$gs" -c "$work/q.conf" group list
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server]\nthreads = 4\n  max_body = 2000\n' > "$work/q.conf"
+expect 5 "q\.conf:6: duplicate key 'threads'" "groupsrv: an indented line continues the key above" -- \
+  "$gs" -c "$work/q.conf" group list
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[db]\npath =\n' > "$work/q.conf"
+expect 5 "q\.conf:5: empty value for 'path' in \[db\]" "groupsrv: an empty value" -- "$gs" -c "$work/q.conf" group list
 
 # ---- groupmail ----
 gm=$BIN/groupmail

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# cli-docs.sh SRC BIN: the command pages (docs/*.1.md) and the programs
+# agree on the names a script or an acceptance test uses: every command
+# and option of a page's synopsis is in the program's --help and the other
+# way round; every option a page names is one the program accepts; every
+# configuration key a page documents is one the program reads and every
+# key it reads is documented; the page's own example configuration loads;
+# groupmail's environment variables are the ones it reads. A name added on
+# one side only fails here.
+set -euo pipefail
+src=$1 bin=$2
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/cli-docs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+export HOME=$work/home XDG_CONFIG_HOME= XDG_DATA_HOME=
+unset GROUPSRV_CONF EXPLODER_CONF GROUPMAIL_CONFIG
+mkdir -p "$HOME"
+nfail=0
+fail() { echo "FAIL: $*" >&2; nfail=$((nfail + 1)); }
+# same WHAT A B: the sorted word lists A and B are equal, else names each difference.
+same() {
+  local what=$1 a=$2 b=$3 d
+  [ -n "$a" ] && [ -n "$b" ] || { fail "$what: nothing found (a pattern is stale)"; return 0; }
+  d=$(comm -3 <(tr ' ' '\n' <<<"$a" | sed '/^$/d' | sort -u) <(tr ' ' '\n' <<<"$b" | sed '/^$/d' | sort -u) |
+    sed -E 's/^\t(.*)/only in the second: \1/; s/^([^o].*)/only in the first: \1/')
+  if [ -n "$d" ]; then fail "$what: $(tr '\n' ';' <<<"$d")"; else echo "ok: $what ($(wc -w <<<"$a") names)"; fi
+}
+flags() { { grep -oE -- '--[a-z][a-z0-9-]*' || true; } | sort -u | tr '\n' ' '; }
+section() { sed -n "/^## $2\$/,/^## /p" "$src/docs/$1"; }
+
+# ---- groupsrv ----
+syn=$(section groupsrv.1.md SYNOPSIS)
+same "groupsrv(1) SYNOPSIS options = groupsrv --help options" "$(flags <<<"$syn")" "$("$bin/groupsrv" --help | flags)"
+cmds() { grep -oE "$1" | sed -E "s/$2//; s/ /:/" | sort -u | tr '\n' ' '; }
+same "groupsrv(1) SYNOPSIS commands = groupsrv --help commands" \
+  "$(cmds '^groupsrv \[-c FILE\]( \[-v\])? [a-z-]+( [a-z-]+)?' '^groupsrv \[-c FILE\]( \[-v\])? ' <<<"$syn")" \
+  "$("$bin/groupsrv" --help | cmds '^  [a-z-]+( [a-z-]+)?' '^  ')"
+# the CONFIGURATION table's rows against config.c's key table
+doc_keys=$(section groupsrv.1.md CONFIGURATION | grep -E '^\| [a-z]+ \| [a-z_]+ \|' |
+  sed -E 's/^\| ([a-z]+) \| ([a-z_]+) \|.*/\1.\2/' | grep -vx 'section\.key' | sort -u | tr '\n' ' ')
+code_keys=$(grep -oE '\{"[a-z]+", "[a-z_]+", K_' "$src/groupsrv/config.c" | sed -E 's/\{"([a-z]+)", "([a-z_]+)".*/\1.\2/' |
+  sort -u | tr '\n' ' ')
+same "groupsrv(1) CONFIGURATION keys = groupsrv/config.c keys" "$doc_keys" "$code_keys"
+# the page's example configuration loads (a missing database is exit 3, a bad file 5)
+section groupsrv.1.md CONFIGURATION | sed -n '/^```ini$/,/^```$/p' | sed '1d;$d' |
+  sed "s|^path = .*|path = $work/gs.db|" > "$work/groupsrv.conf"
+rc=0; "$bin/groupsrv" -c "$work/groupsrv.conf" group list >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 3 ] && echo "ok: groupsrv(1)'s example configuration loads" ||
+  fail "groupsrv(1)'s example configuration: exit $rc: $(cat "$work/err")"
+
+# ---- groupmail ----
+# the synopsis block, and the first column of the Options table
+page_flags=$( (section groupmail.1.md Synopsis | sed -n '/^```$/,/^```$/p'
+  section groupmail.1.md Options | { grep '^| `' || true; } | cut -d'|' -f2) | flags)
+same "groupmail(1) Synopsis and Options = groupmail --help options" "$page_flags" "$("$bin/groupmail" --help | flags)"
+for f in $page_flags; do # each accepted: anything but "unknown option"
+  "$bin/groupmail" csr "$f" >/dev/null 2>"$work/err" </dev/null || true
+  ! grep -q "unknown option" "$work/err" || fail "groupmail(1) names $f, groupmail does not take it: $(cat "$work/err")"
+done
+echo "ok: groupmail takes every option groupmail(1) names"
+gm_block=$(section groupmail.1.md Configuration | sed -n '/^```ini$/,/^```$/p' | sed '1d;$d')
+ini_keys() { awk '/^\[[a-z]+\]/ {s=substr($1, 2, length($1) - 2); next} /^[a-z_]+ *=/ {print s "." $1}' | sort -u | tr '\n' ' '; }
+code_keys=$( (grep -oE 'K\("[a-z]+", "[a-z_]+"' "$src/client/gm_common.c" | sed -E 's/K\("([a-z]+)", "([a-z_]+)"/\1.\2/'
+  grep -oE 'strcmp\(section, "[a-z]+"\) == 0 && strcmp\(name, "[a-z_]+"\)' "$src/client/gm_common.c" |
+    sed -E 's/.*"([a-z]+)"\) == 0 && strcmp\(name, "([a-z_]+)"\)/\1.\2/') | sort -u | tr '\n' ' ')
+same "groupmail(1) Configuration keys = client/gm_common.c keys" "$(ini_keys <<<"$gm_block")" "$code_keys"
+printf '%s\n' "$gm_block" > "$work/groupmail.conf"
+# (a bad file is exit 1 before --via is looked at; a bad --via is 2)
+rc=0; "$bin/groupmail" -c "$work/groupmail.conf" decrypt --via bogus >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 2 ] && grep -q -- '--via must be' "$work/err" && echo "ok: groupmail(1)'s example configuration loads" ||
+  fail "groupmail(1)'s example configuration: exit $rc: $(cat "$work/err")"
+doc_env=$(section groupmail.1.md Configuration | grep -oE 'GROUPMAIL_[A-Z_]+' | sort -u | tr '\n' ' ')
+code_env=$(grep -ohE '"GROUPMAIL_[A-Z_]+"' "$src"/client/*.c | tr -d '"' | sort -u | tr '\n' ' ')
+same "groupmail(1) environment variables = client/*.c getenv names" "$doc_env" "$code_env"
+
+# ---- exploder ----
+same "exploder(1) Synopsis options = exploder --help options" "$(section exploder.1.md Synopsis | flags)" \
+  "$("$bin/exploder" --help | flags)"
+xp_block=$(section exploder.1.md 'Configuration (INI)' | sed -n '/^```ini$/,/^```$/p' | sed '1d;$d')
+code_keys=$(awk '/strcmp\(section, "[a-z]+"\)/ {match($0, /section, "[a-z]+"/); s=substr($0, RSTART + 10, RLENGTH - 11)}
+  /strcmp\(name, "[a-z_]+"\)/ {match($0, /name, "[a-z_]+"/); print s "." substr($0, RSTART + 7, RLENGTH - 8)}' \
+  "$src/exploder/conf.c" | sort -u | tr '\n' ' ')
+same "exploder(1) Configuration keys = exploder/conf.c keys" "$(ini_keys <<<"$xp_block")" "$code_keys"
+printf '%s\n' "$xp_block" | sed "s|^path = .*|path = $work/spool|; s|^file = .*|file = $work/xp.log|" > "$work/exploder.conf"
+rc=0; "$bin/exploder" -c "$work/exploder.conf" list show nolist@example.org >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'not found' "$work/err" && echo "ok: exploder(1)'s example configuration loads" ||
+  fail "exploder(1)'s example configuration: exit $rc: $(cat "$work/err")"
+
+[ "$nfail" = 0 ] || { echo "cli-docs: $nfail check(s) failed" >&2; exit 1; }
+echo "cli-docs: the pages and the programs agree"
