@@ -200,6 +200,16 @@ static int parse_options(int argc, char **argv, gm_config *c)
     } else if (gm_config_load_file(c, c->config_file, true) != 0) {
         return GM_EXIT_ERROR; /* groupmail(1): configuration is a local error */
     }
+    /* a PIN in a key URI would be shown in error lines: refused unseen */
+    const struct {
+        const char *what, *uri;
+    } uris[] = {{"--key", c->key}, {"--tls-key", c->tls_key}, {"--group-key", c->group_key}, {"--token", c->hsm_token}};
+    for (size_t i = 0; i < GS_ARRAY_LEN(uris); i++)
+        if (util_uri_has_pin_value(uris[i].uri)) {
+            gm_err("%s: the pkcs11: URI carries a PIN (pin-value; not shown): give pin-source= or [hsm] pin_source",
+                   uris[i].what);
+            return GM_EXIT_USAGE;
+        }
     if (c->store == NULL && (c->store = gm_default_store_path()) == NULL) {
         gm_err("no store directory: set HOME, --store or [store] dir");
         return GM_EXIT_USAGE;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -298,6 +299,19 @@ int util_write_file_atomic(const char *path, const void *data, size_t len, mode_
         return UTIL_E_IO;
     }
     return util_atomic_commit(af);
+}
+
+int util_uri_has_pin_value(const char *uri)
+{
+    static const char attr[] = "pin-value";
+
+    if (uri == NULL)
+        return 0;
+    for (const char *p = uri; *p != '\0'; p++)
+        if ((p == uri || p[-1] == ';' || p[-1] == '?' || p[-1] == '&' || p[-1] == ':') &&
+            strncasecmp(p, attr, sizeof(attr) - 1) == 0 && p[sizeof(attr) - 1] == '=')
+            return 1;
+    return 0;
 }
 
 int util_read_pin_source(const char *source, char **pin, size_t *len)

@@ -57,6 +57,12 @@ void util_atomic_abort(util_atomic_file *af);
  * release with util_secret_free(pin, len). */
 int util_read_pin_source(const char *source, char **pin, size_t *len);
 
+/* Nonzero when a pkcs11: URI carries a PIN itself (a pin-value attribute,
+ * RFC 7512 section 2.4, in its path or query, in any case). Such a URI is
+ * refused where it is given and never shown: the PIN would be in an error
+ * line, a log or a database record. */
+int util_uri_has_pin_value(const char *uri);
+
 /* For an "env:NAME" source: wipes the variable's value in place (it stays
  * readable in /proc/PID/environ otherwise) and removes it from the
  * environment, so child processes and later readers do not see it. Other

@@ -302,6 +302,9 @@ static gs_err validate(const char *name, struct gs_config *c)
     if (c->hsm.init_args != NULL && strchr(c->hsm.module, '/') == NULL)
         return gs_err_set(GS_ERR_CONFIG, "%s: 'init_args' in [hsm] needs a module given by path; for a p11-kit "
                           "module name put x-init-reserved in its module file", name);
+    if (c->tls.key != NULL && util_uri_has_pin_value(c->tls.key))
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'key' in [tls] carries a PIN (pin-value; not shown): the PIN comes "
+                          "from [hsm] pin_source only", name);
     if (!valid_listen(c->server.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [server] must be host:port", name);
     if (c->server.reserved_connections == UINT_MAX)

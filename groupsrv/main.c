@@ -163,6 +163,14 @@ int fail(gs_err err)
     return gs_err_exit_code(err);
 }
 
+/* --use-key with a pin-value: exit 1, the URI not shown (the database
+ * would record it, and an error line would show the PIN). */
+static int refuse_uri_pin(const char *cmd)
+{
+    return fail(gs_err_set(GS_ERR_ARGS, "%s: the --use-key URI carries a PIN (pin-value; not shown): the PIN comes "
+                           "from [hsm] pin_source only", cmd));
+}
+
 /* ---- shared set-up ------------------------------------------------------------- */
 
 static void env_close(struct env *e)
@@ -353,6 +361,8 @@ static int cmd_ca(struct env *e, int argc, char **argv)
         }
         if (opt(&a, "--key") && opt(&a, "--use-key"))
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
+        if (util_uri_has_pin_value(opt(&a, "--use-key")))
+            return refuse_uri_pin("ca init");
         err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
         if (!err)
             err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
@@ -543,6 +553,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
         if (spec.keyspec && spec.use_key)
             return usage_error("group create: --key and --use-key exclude each other%s", "");
+        if (util_uri_has_pin_value(spec.use_key))
+            return refuse_uri_pin("group create");
         if (spec.allow_pkcs1v15 && spec.oaep_only)
             return usage_error("group create: --allow-pkcs1v15 and --oaep-only contradict each other%s", "");
         if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &spec.member_wrap) != GS_OK)

@@ -64,6 +64,18 @@ expect 5 "q\.conf:6: duplicate key 'threads'" "groupsrv: an indented line contin
   "$gs" -c "$work/q.conf" group list
 printf '[hsm]\nmodule = /x.so\npin_source = /p\n[db]\npath =\n' > "$work/q.conf"
 expect 5 "q\.conf:5: empty value for 'path' in \[db\]" "groupsrv: an empty value" -- "$gs" -c "$work/q.conf" group list
+# a PIN inside a key URI is refused and never shown (the database would
+# record a --use-key URI; an error line, a journal would show it)
+expect 1 "group create: the --use-key URI carries a PIN \(pin-value; not shown\)" "groupsrv group create --use-key ...pin-value" -- \
+  "$gs" -c "$gconf" group create eng --address eng@lists.example.org --use-key 'pkcs11:object=k;type=private?pin-value=918273'
+! grep -q 918273 "$work/err" || fail "groupsrv group create showed the PIN of a --use-key URI"
+expect 1 "ca init: the --use-key URI carries a PIN" "groupsrv ca init --use-key ...PIN-VALUE" -- \
+  "$gs" -c "$gconf" ca init --use-key 'pkcs11:object=k;PIN-VALUE=918273'
+[ ! -e "$work/gs.db" ] || fail "groupsrv ca init refused a --use-key URI but created the database"
+printf '[tls]\ncert = /x.pem\nkey = pkcs11:token=groupsrv;object=tls;pin-value=918273\n' | cat "$gconf" - > "$work/tlspin.conf"
+expect 5 "'key' in \[tls\] carries a PIN \(pin-value; not shown\)" "groupsrv: [tls] key URI with a PIN" -- \
+  "$gs" -c "$work/tlspin.conf" group list
+! grep -q 918273 "$work/err" || fail "groupsrv showed the PIN of [tls] key"
 
 # ---- groupmail ----
 gm=$BIN/groupmail
@@ -80,6 +92,10 @@ expect 2 "^groupmail: option --timeout needs a value $usage" "groupmail --timeou
 expect 2 "^groupmail: option --cbc takes no value $usage" "groupmail --cbc=yes" -- "$gm" encrypt --cbc=yes
 expect 2 "^groupmail: unknown option -x $usage" "groupmail -x" -- "$gm" encrypt -x
 expect 2 "^groupmail: keys: expected sync, list" "groupmail keys alone" -- "$gm" keys
+expect 2 "^groupmail: --key: the pkcs11: URI carries a PIN \(pin-value; not shown\)" "groupmail --key ...pin-value" -- \
+  "$gm" csr --hsm-module /usr/lib/softhsm/libsofthsm2.so --from a@example.org \
+  --key 'pkcs11:token=t;object=k;type=private?pin-value=918273'
+! grep -q 918273 "$work/err" || fail "groupmail showed the PIN of a --key URI"
 # a bad value in the configuration file: exit 1 naming the file, not a flag
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/g.key" -out "$work/g.pem" -subj /CN=eng \
   -addext subjectAltName=email:eng@lists.example.org -days 2 2>/dev/null
