@@ -169,7 +169,25 @@ struct ini_state {
     gm_config *c;
     const char *path;
     int bad;
+    char seen[40][40]; /* "section.name" of each key read so far */
+    size_t nseen;
 };
+
+/* A key given twice in the file is an error: which one counted would be
+ * a guess (flags and the environment are taken first, so the file's
+ * first value would win, unlike in every other INI file). */
+static int ini_repeated(struct ini_state *st, const char *section, const char *name)
+{
+    char key[40];
+
+    (void)snprintf(key, sizeof(key), "%s.%s", section, name);
+    for (size_t i = 0; i < st->nseen; i++)
+        if (strcmp(st->seen[i], key) == 0)
+            return 1;
+    if (st->nseen < GS_ARRAY_LEN(st->seen))
+        memcpy(st->seen[st->nseen++], key, sizeof(key));
+    return 0;
+}
 
 /* Keys with a fixed set of values: a bad one is an error of the file
  * (exit 1, naming it), not of the flag that would otherwise take the
@@ -197,9 +215,29 @@ static int ini_value_ok(const char *section, const char *name, const char *value
     return 1;
 }
 
+/* 1 for a key groupmail reads: one of ini_keys, [server] timeout, [encrypt] cipher. */
+static int ini_key_known(const char *section, const char *name)
+{
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++)
+        if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0)
+            return 1;
+    return (strcmp(section, "server") == 0 && strcmp(name, "timeout") == 0) ||
+           (strcmp(section, "encrypt") == 0 && strcmp(name, "cipher") == 0);
+}
+
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_state *st = user;
+    if (ini_key_known(section, name) && ini_repeated(st, section, name)) {
+        gm_err("%s: repeated key [%s] %s", st->path, section, name);
+        st->bad = 1;
+        return 1;
+    }
+    if (ini_key_known(section, name) && value[0] == '\0') {
+        gm_err("%s: empty value for [%s] %s", st->path, section, name);
+        st->bad = 1;
+        return 1;
+    }
     if (!ini_value_ok(section, name, value)) {
         char q[64];
         gm_err("%s: bad value '%s' for [%s] %s", st->path, log_quote(q, sizeof(q), value), section, name);

@@ -106,6 +106,12 @@ for kv in "encrypt cipher cgm" "encrypt oaep sha3" "encrypt format xml" "decrypt
   expect 1 "^groupmail: $work/gm\.conf: bad value '$3' for \[$1\] $2$" "groupmail: [$1] $2 = $3 in the file" -- \
     "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
 done
+printf '[server]\nurl = https://a.example\nurl = https://b.example\n' > "$work/gm.conf"
+expect 1 "^groupmail: $work/gm\.conf: repeated key \[server\] url$" "groupmail: a key given twice in the file" -- \
+  "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
+printf '[identity]\ntls_cert =\n' > "$work/gm.conf"
+expect 1 "^groupmail: $work/gm\.conf: empty value for \[identity\] tls_cert$" "groupmail: an empty value in the file" -- \
+  "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
 printf '[encrypt]\ncipher = cbc\nformat = pem\noaep = sha1\n[decrypt]\nvia = own-key\n' > "$work/gm.conf"
 if ! "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"; then
   fail "groupmail with good [encrypt] and [decrypt] values"
