@@ -54,13 +54,17 @@
 #define BACKOFF_MIN 0.2
 #define BACKOFF_MAX 10.0
 
-static int listen_on(const char *hostport, int *fd_out)
+/* A listening socket on "host:port" or "[v6]:port" in *fd_out; 0, or -1
+ * with why (whysz bytes) saying what failed: the address cannot be
+ * resolved (getaddrinfo's words: errno means nothing then) or errno's. */
+static int listen_on(const char *hostport, int *fd_out, char *why, size_t whysz)
 {
     char host[256], *colon;
     struct addrinfo hints, *ai = NULL;
-    int fd = -1, one = 1, rc = -1;
+    int fd = -1, one = 1, rc = -1, gai;
 
     *fd_out = -1;
+    (void)snprintf(why, whysz, "not host:port");
     if (util_strlcpy(host, hostport, sizeof(host)) != 0 || (colon = strrchr(host, ':')) == NULL)
         return -1;
     *colon = '\0';
@@ -74,10 +78,14 @@ static int listen_on(const char *hostport, int *fd_out)
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if (getaddrinfo(*h ? h : NULL, port, &hints, &ai) != 0 || ai == NULL)
+    if ((gai = getaddrinfo(*h ? h : NULL, port, &hints, &ai)) != 0 || ai == NULL) {
+        (void)snprintf(why, whysz, "cannot resolve the address: %s", gai != 0 ? gai_strerror(gai) : "no address");
         goto out;
-    if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+    }
+    if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+        (void)snprintf(why, whysz, "%s", strerror(errno));
         goto out;
+    }
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
         log_warn("SO_REUSEADDR failed addr=%s", hostport);
     /* Answers are small and go out as several TLS records: without
@@ -86,8 +94,10 @@ static int listen_on(const char *hostport, int *fd_out)
      * inherit it from the listener on Linux and the BSDs. */
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
         log_warn("TCP_NODELAY failed addr=%s", hostport);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 511) != 0)
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 511) != 0) {
+        (void)snprintf(why, whysz, "%s", strerror(errno));
         goto out;
+    }
     *fd_out = fd;
     fd = -1;
     rc = 0;
@@ -630,6 +640,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     struct event *ev_term = NULL, *ev_int = NULL, *ev_hup = NULL, *ev_chld = NULL;
     int *kh_ends = NULL, *net_ends = NULL;
     int rc = 1;
+    char why[160];
 
     memset(&s, 0, sizeof(s));
     s.listen_fd = s.certsrv_fd = -1;
@@ -668,12 +679,12 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         return 1;
     }
     const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
-    if (listen_on(listen, &s.listen_fd) != 0) {
-        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, strerror(errno));
+    if (listen_on(listen, &s.listen_fd, why, sizeof(why)) != 0) {
+        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, why);
         goto out;
     }
-    if (cfg->certsrv.listen != NULL && listen_on(cfg->certsrv.listen, &s.certsrv_fd) != 0) {
-        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", cfg->certsrv.listen, strerror(errno));
+    if (cfg->certsrv.listen != NULL && listen_on(cfg->certsrv.listen, &s.certsrv_fd, why, sizeof(why)) != 0) {
+        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", cfg->certsrv.listen, why);
         goto out;
     }
     if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||

@@ -76,6 +76,14 @@ printf '[tls]\ncert = /x.pem\nkey = pkcs11:token=groupsrv;object=tls;pin-value=9
 expect 5 "'key' in \[tls\] carries a PIN \(pin-value; not shown\)" "groupsrv: [tls] key URI with a PIN" -- \
   "$gs" -c "$work/tlspin.conf" group list
 ! grep -q 918273 "$work/err" || fail "groupsrv showed the PIN of [tls] key"
+# serve with a listen address that does not resolve says so (it said
+# "cannot listen on ...: Success", errno being nothing after getaddrinfo)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+  -keyout "$work/srv.key" -out "$work/srv.pem" 2>/dev/null
+printf '[server]\nlisten = 256.1.1.1:8443\n[tls]\ncert = %s/srv.pem\nkey = %s/srv.key\n' "$work" "$work" |
+  cat "$gconf" - > "$work/serve.conf"
+expect 1 "^groupsrv serve: cannot listen on 256\.1\.1\.1:8443: cannot resolve the address: " \
+  "groupsrv serve on an address that does not resolve" -- timeout 60 "$gs" -c "$work/serve.conf" serve
 
 # ---- groupmail ----
 gm=$BIN/groupmail
