@@ -85,5 +85,18 @@ rc=0; "$bin/exploder" -c "$work/exploder.conf" list show nolist@example.org >/de
 [ "$rc" = 1 ] && grep -q 'not found' "$work/err" && echo "ok: exploder(1)'s example configuration loads" ||
   fail "exploder(1)'s example configuration: exit $rc: $(cat "$work/err")"
 
+# ---- examples in the documents ----
+# every option a code block of README.md or docs/ gives one of the three
+# programs (a line starting with its name; comments cut) is in its --help
+for p in groupsrv groupmail exploder; do
+  used=$(awk '/^ *```/ {inb = !inb; next} inb' "$src/README.md" "$src"/docs/*.md "$src/pkcs11-config/README.md" |
+    sed -E 's/^[[:space:]]*(\$ )?(sudo -u [a-z_-]+ )?//' | { grep -E "^([A-Z_]+=[^ ]+ )*$p " || true; } |
+    sed -E 's/ #.*//' | { grep -oE -- ' --[a-z][a-z0-9-]*' || true; } | tr -d ' ' | sort -u)
+  unknown=$(comm -23 <(printf '%s\n' $used) <("$bin/$p" --help | flags | tr ' ' '\n' | sed '/^$/d' | sort -u) | tr '\n' ' ')
+  if [ -z "$used" ]; then fail "no $p example found in the documents' code blocks (a pattern is stale)"
+  elif [ -n "$unknown" ]; then fail "the documents' $p examples use options $p --help does not have: $unknown"
+  else echo "ok: every option of the documents' $p examples is in its --help ($(wc -w <<<"$used") options)"; fi
+done
+
 [ "$nfail" = 0 ] || { echo "cli-docs: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-docs: the pages and the programs agree"
