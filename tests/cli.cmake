@@ -1,10 +1,10 @@
 # The command-line contract of the three programs (groupsrv(1),
 # groupmail(1), exploder(1)): usage errors, option forms, configuration
-# values, without a token or a server.
+# values, without a server; and scripts/provision-softhsm run twice.
 if(TARGET groupsrv AND TARGET groupmail AND TARGET exploder)
-  add_test(NAME cli_contract COMMAND bash ${GS_TEST_DIR}/integration/cli-contract.sh ${GS_TEST_BIN})
+  add_test(NAME cli_contract COMMAND bash ${GS_TEST_DIR}/integration/cli-contract.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
   set_tests_properties(cli_contract PROPERTIES LABELS "integration" TIMEOUT 60
-    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
 
 # The pages and the programs name the same commands, options,

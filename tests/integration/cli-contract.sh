@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli-contract.sh BIN: the command-line contract of groupsrv(1),
+# cli-contract.sh BIN SRC: the command-line contract of groupsrv(1),
 # groupmail(1) and exploder(1) as a script sees it, no token or server
 # needed: every usage error is one line naming what is wrong, with the
 # documented exit status (groupsrv and groupmail 2, exploder 64; deliver's
@@ -7,9 +7,9 @@
 # a typo in a command is a usage error whatever the configuration, both
 # option forms (--x v and --x=v) work, and a bad configuration value is
 # the documented error naming the file (groupmail 1) or the right line
-# (groupsrv 5).
+# (groupsrv 5). Also scripts/provision-softhsm run twice on one DIR.
 set -euo pipefail
-BIN=$1
+BIN=$1 SRC=$2
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/cli-contract.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 nfail=0 # every check runs: a failure is counted, the script goes on
@@ -167,5 +167,21 @@ if "$xp" --help 2>/dev/null | grep -q '^  list show ADDR$'; then
 else
   fail "exploder --help does not show list show on stdout"
 fi
+# ---- scripts/provision-softhsm on a DIR that holds a token already ----
+# (it replaced both PIN files, then failed: the token's keys were lost)
+"$SRC/scripts/provision-softhsm" "$work/tok" groupsrv >/dev/null
+cp "$work/tok/user-pin" "$work/user-pin.before"
+expect 1 "^provision-softhsm: $work/tok already holds a token" "provision-softhsm on a DIR with a token" -- \
+  "$SRC/scripts/provision-softhsm" "$work/tok" groupsrv
+if ! cmp -s "$work/tok/user-pin" "$work/user-pin.before"; then
+  fail "provision-softhsm replaced the user PIN of the token already in the DIR"
+elif ! GS_PIN=$(cat "$work/tok/user-pin") SOFTHSM2_CONF=$work/tok/softhsm2.conf pkcs11-tool \
+    --module "${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}" --token-label groupsrv --login --pin env:GS_PIN \
+    --list-objects >/dev/null 2>&1; then
+  fail "after a second provision-softhsm the token no longer logs in with DIR/user-pin"
+else
+  ok "the first token still logs in with DIR/user-pin"
+fi
+
 [ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-contract: all passed"
