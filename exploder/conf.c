@@ -1,6 +1,7 @@
 /* conf.c: exploder.conf (INI via inih) and the error table. See xp.h. */
 #include "xp.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -78,8 +79,8 @@ static int set_bool(int *dst, const char *v)
     return 1;
 }
 
-/* inih callback: returns nonzero on success; unknown keys are errors so a
- * typo does not silently fall back to a default. */
+/* One key: 1 taken, 0 a bad value, -1 not a key of ours (an error too,
+ * so a typo does not silently fall back to a default). */
 static int conf_handler(void *user, const char *section, const char *name, const char *value)
 {
     xp_conf *c = user;
@@ -158,6 +159,36 @@ static int conf_handler(void *user, const char *section, const char *name, const
         if (strcmp(name, "file") == 0)
             return set_str(&c->log_file, value);
     }
+    return -1; /* not a key of ours */
+}
+
+/* What conf_load reports beside the line: "unknown key 'x' in [s]", ... */
+static _Thread_local char conf_why[160];
+
+const char *xp_conf_error(void) { return conf_why; }
+
+/* inih's handler: conf_handler's answer, with why it refused a line (an
+ * unknown key, a bad or empty value) in conf_why. The first refusal is the
+ * one inih reports, so only the first is kept. A key given again replaces
+ * the value before it (exploder(1)): configurations are written as a base
+ * and the lines that override it. */
+static int conf_line(void *user, const char *section, const char *name, const char *value)
+{
+    char qn[64], qs[64];
+    int rc;
+
+    (void)log_quote(qs, sizeof(qs), section);
+    (void)log_quote(qn, sizeof(qn), name);
+    rc = conf_handler(user, section, name, value);
+    if (rc == 1 && value[0] == '\0')
+        rc = 0; /* an empty path or address is a mistake, not a default */
+    if (rc == 1)
+        return 1;
+    if (conf_why[0] == '\0')
+        (void)snprintf(conf_why, sizeof(conf_why),
+                       rc < 0 ? "unknown key '%s' in [%s]"
+                              : value[0] == '\0' ? "empty value for '%s' in [%s]" : "bad value for '%s' in [%s]",
+                       qn, qs);
     return 0;
 }
 
@@ -170,6 +201,7 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
 
     *out = NULL;
     *err_line = 0;
+    conf_why[0] = '\0';
     if ((c = calloc(1, sizeof(*c))) == NULL)
         goto out;
     c->max_message_size = 32u << 20;
@@ -187,10 +219,16 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
     if (path != NULL || text != NULL) {
         /* whole lines: a line longer than inih's buffer is refused by
          * its number, not cut short (common/inifile.h) */
-        enum inifile_status st = inifile_parse(text != NULL ? NULL : path, text, conf_handler, c, &r);
-        if (st != INIFILE_OK) {
+        enum inifile_status ist = inifile_parse(text != NULL ? NULL : path, text, conf_line, c, &r);
+        if (ist != INIFILE_OK) {
             *err_line = r;
-            rc = st == INIFILE_NOMEM ? XP_ERR_NOMEM : XP_ERR_CONFIG;
+            if (ist == INIFILE_SYNTAX)
+                (void)snprintf(conf_why, sizeof(conf_why), "syntax error (expected [section] or key = value)");
+            else if (ist == INIFILE_LONG_LINE)
+                (void)snprintf(conf_why, sizeof(conf_why), "line longer than %d characters", INIFILE_LINE_MAX);
+            else if (ist == INIFILE_NUL)
+                (void)snprintf(conf_why, sizeof(conf_why), "NUL byte in line");
+            rc = ist == INIFILE_NOMEM ? XP_ERR_NOMEM : XP_ERR_CONFIG;
             goto out;
         }
     }

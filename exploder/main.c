@@ -92,8 +92,8 @@ int main(int argc, char **argv)
     rc = xp_conf_load(conf_path, &c, &line);
     if (rc != XP_OK) {
         if (line > 0)
-            fprintf(stderr, "%sexploder: %s: bad or unknown setting on line %d\n", deliver ? "4.3.5 " : "",
-                    conf_path, line);
+            fprintf(stderr, "%sexploder: %s:%d: %s\n", deliver ? "4.3.5 " : "", conf_path, line,
+                    xp_conf_error()[0] != '\0' ? xp_conf_error() : "bad or unknown setting");
         else
             fprintf(stderr, "%sexploder: cannot read %s: %s\n", deliver ? "4.3.5 " : "", conf_path, xp_strerror(rc));
         return deliver ? XP_EX_TEMPFAIL : XP_EX_CONFIG;

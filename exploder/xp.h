@@ -70,6 +70,10 @@ xp_err xp_conf_load(const char *path, xp_conf **out, int *err_line);
 /* The same from INI text (tests and tests/fuzz/fuzz_config.c). */
 xp_err xp_conf_load_string(const char *text, xp_conf **out, int *err_line);
 void xp_conf_free(xp_conf *c);
+/* Why the last xp_conf_load* on this thread refused its line ("unknown key
+ * 'x' in [s]", "bad value for ...", "empty value for ...", "syntax error ..."),
+ * "" if it did not refuse one. */
+const char *xp_conf_error(void);
 
 /* sysexits.h codes used by `exploder deliver` (spelled out so the mapping is
  * visible in one place). */

@@ -162,7 +162,22 @@ expect 64 "^exploder: list set: unknown option --bogus $usage" "exploder list se
   "$xp" -c "$xconf" list set eng@lists.example.org --bogus
 expect 64 "^exploder: list show: expected one list ADDR $usage" "exploder list show ADDR extra" -- \
   "$xp" -c "$xconf" list show eng@lists.example.org extra
-if "$xp" --help 2>/dev/null | grep -q '^  list show ADDR$'; then
+if # configuration errors name the line and the key; deliver's carry 4.3.5 (75)
+xp_bad() { # SECTION KEY VALUE WHY
+  printf '[spool]\npath = %s/spool\n[%s]\n%s = %s\n' "$work" "$1" "$2" "$3" > "$work/bad.conf"
+  expect 78 "^exploder: $work/bad\.conf:4: $4$" "exploder: [$1] $2 = $3" -- "$xp" -c "$work/bad.conf" list show a@example.org
+  expect 75 "^4\.3\.5 exploder: $work/bad\.conf:4: $4$" "exploder deliver: [$1] $2 = $3" -- \
+    "$xp" -c "$work/bad.conf" deliver --list a@example.org
+}
+xp_bad spool rpath /x "unknown key 'rpath' in \[spool\]"
+xp_bad delivery relay mail.example.org "bad value for 'relay' in \[delivery\]"
+xp_bad delivery relay "" "empty value for 'relay' in \[delivery\]"
+# a key given again overrides (exploder(1); the tests' configurations rely on it)
+printf '[spool]\npath = %s/first\n[spool]\npath = %s/second\n' "$work" "$work" > "$work/over.conf"
+"$xp" -c "$work/over.conf" list show a@example.org >/dev/null 2>&1 || true
+if [ -d "$work/second" ] && [ ! -e "$work/first" ]; then ok "exploder: a key given again replaces the first"
+else fail "exploder: a key given again did not replace the first"; fi
+"$xp" --help 2>/dev/null | grep -q '^  list show ADDR$'; then
   ok "exploder --help prints every command on stdout"
 else
   fail "exploder --help does not show list show on stdout"
