@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "ca.h"
+#include "cli.h"
 #include "config.h"
 #include "groups.h"
 #include "gs_error.h"
@@ -30,30 +31,10 @@ struct tls_init_args {
     const char *dns, *out, *key, *subject, *label, *days;
 };
 
-/* One line on stderr, as main.c's errors: control characters (from
- * arguments) shown as '?' so they cannot start a second line. */
-static void error_line(const char *a, const char *b, const char *suffix)
-{
-    const char *parts[] = {a, b};
-    fputs("groupsrv: ", stderr);
-    for (size_t i = 0; i < 2; i++)
-        for (const unsigned char *p = (const unsigned char *)parts[i]; p != NULL && *p; p++)
-            fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
-    fputs(suffix, stderr);
-    fputc('\n', stderr);
-}
-
+/* A usage error (exit 2): why, then what (from the command line), one line. */
 static int tls_usage(const char *why, const char *what)
 {
-    error_line(why, what, " (see groupsrv --help)");
-    return 2;
-}
-
-static int tls_fail(gs_err err)
-{
-    const char *d = gs_err_detail();
-    error_line(d && d[0] ? d : gs_strerror(err), NULL, "");
-    return gs_err_exit_code(err);
+    return usage_error("%s%s", why, what != NULL ? what : "");
 }
 
 /* Letters, digits and those of extra: labels and DNS names we put in
@@ -91,26 +72,23 @@ static void uri_escape(const char *in, char *out, size_t cap)
 
 static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
 {
-    struct {
-        const char *name;
-        const char **val;
-    } opts[] = {{"--dns", &a->dns},         {"--out", &a->out},     {"--key", &a->key},
-                {"--subject", &a->subject}, {"--label", &a->label}, {"--days", &a->days}};
+    static const struct opt_def defs[] = {{"--dns", true},   {"--out", true},   {"--key", true},
+                                          {"--subject", true}, {"--label", true}, {"--days", true}};
+    struct args args;
+    int rc;
 
     memset(a, 0, sizeof(*a));
-    for (int i = 0; i < argc; i++) {
-        size_t k;
-        for (k = 0; k < sizeof(opts) / sizeof(opts[0]); k++)
-            if (strcmp(argv[i], opts[k].name) == 0)
-                break;
-        if (k == sizeof(opts) / sizeof(opts[0]))
-            return tls_usage("unknown argument ", argv[i]);
-        if (i + 1 >= argc)
-            return tls_usage("missing value for ", argv[i]);
-        if (*opts[k].val != NULL)
-            return tls_usage("option given twice: ", argv[i]);
-        *opts[k].val = argv[++i];
-    }
+    /* main.c's parser, as every other command: --opt VALUE or --opt=VALUE */
+    if ((rc = parse_args(argc, argv, defs, sizeof(defs) / sizeof(defs[0]), &args)) != 0)
+        return rc;
+    if (args.npos > 0)
+        return tls_usage("tls init: unexpected argument ", args.pos[0]);
+    a->dns = opt(&args, "--dns");
+    a->out = opt(&args, "--out");
+    a->key = opt(&args, "--key");
+    a->subject = opt(&args, "--subject");
+    a->label = opt(&args, "--label");
+    a->days = opt(&args, "--days");
     if (a->dns == NULL || a->out == NULL)
         return tls_usage("tls init: --dns NAME and --out FILE are required", NULL);
     if (!plain_name(a->dns, TLS_DNS_MAX, ".-"))
@@ -160,7 +138,7 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
                          a->key);
     if ((err = gs_store_open(gs_config_db_location(cfg), GS_STORE_READONLY, &st)) != GS_OK ||
         (err = gs_hsm_open(cfg, &hsm)) != GS_OK || (err = gs_ca_load(st, hsm, &ca)) != GS_OK) {
-        rc = tls_fail(err);
+        rc = fail(err);
         goto out;
     }
     memset(&ks, 0, sizeof(ks));
@@ -170,9 +148,9 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     ks.usage = HSM_USE_SIGN;
     if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK) {
         if (he == HSM_ERR_KEY_EXISTS)
-            rc = tls_fail(gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label));
+            rc = fail(gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label));
         else
-            rc = tls_fail(gs_err_set(GS_ERR_HSM, "generating the TLS key: %s (%s)", hsm_strerror(he),
+            rc = fail(gs_err_set(GS_ERR_HSM, "generating the TLS key: %s (%s)", hsm_strerror(he),
                                      hsm_last_error_detail()));
         goto out;
     }
@@ -180,16 +158,16 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     /* What `groupsrv serve` will insist on, checked now rather than there. */
     if ((he = hsm_key_get_info(hsm, priv, &ki)) != HSM_OK || !ki.sign || !ki.sensitive || ki.extractable ||
         !ki.never_extractable || ki.value_readable) {
-        rc = tls_fail(gs_err_set(GS_ERR_POLICY, "the new TLS key is not a sensitive, non-extractable signing key"));
+        rc = fail(gs_err_set(GS_ERR_POLICY, "the new TLS key is not a sensitive, non-extractable signing key"));
         goto out;
     }
     if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
-        rc = tls_fail(gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he)));
+        rc = fail(gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he)));
         goto out;
     }
     p = spki;
     if ((pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL) {
-        rc = tls_fail(gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse"));
+        rc = fail(gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse"));
         goto out;
     }
     memset(&cs, 0, sizeof(cs));
@@ -201,11 +179,11 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     cs.lifetime = (long)days * 86400L;
     cs.backdate = 300;
     if ((err = gs_ca_issue(ca, hsm, &cs, &cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK) {
-        rc = tls_fail(err);
+        rc = fail(err);
         goto out;
     }
     if ((ur = util_write_file_atomic(a->out, pem, strlen(pem), 0644)) != UTIL_OK) {
-        rc = tls_fail(gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur)));
+        rc = fail(gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur)));
         goto out;
     }
     made = false; /* done: the key stays */
@@ -243,8 +221,10 @@ int gs_cmd_tls(const struct gs_config *cfg, int argc, char **argv)
     struct tls_init_args a;
     int rc;
 
-    if (argc < 2 || strcmp(argv[1], "init") != 0)
+    if (argc < 2)
         return tls_usage("tls: expected init", NULL);
+    if (strcmp(argv[1], "init") != 0)
+        return usage_error("tls: unknown subcommand %s (expected init)", argv[1]);
     if ((rc = parse_tls_init(argc - 2, argv + 2, &a)) != 0)
         return rc;
     return tls_init(cfg, &a);

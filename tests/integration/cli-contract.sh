@@ -43,6 +43,10 @@ expect 2 "unknown subcommand bogus .*$usage" "groupsrv member bogus NAME names t
   "$gs" -c "$gconf" member bogus eng
 expect 2 "ca show: unexpected argument extra $usage" "groupsrv ca show with an argument" -- "$gs" -c "$gconf" ca show extra
 expect 3 "database .* does not exist" "groupsrv --config=FILE (the --x=v form)" -- "$gs" --config="$gconf" group list
+# tls init had a parser of its own, without the --x=v form
+expect 2 "--key: the TLS key on the token must be EC .*$usage" "groupsrv tls init --dns=... --key=rsa:2048" -- \
+  "$gs" -c "$gconf" tls init --dns=localhost --out="$work/tls.pem" --key=rsa:2048
+expect 2 "tls: unknown subcommand bogus \(expected init\) $usage" "groupsrv tls bogus" -- "$gs" -c "$gconf" tls bogus
 # a syntax error is reported on its own line, not with the next line's message
 printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server\nthreads = 4\n' > "$work/syntax.conf"
 expect 5 "syntax\.conf:4: syntax error" "groupsrv: a section line without ']'" -- "$gs" -c "$work/syntax.conf" group list
