@@ -828,18 +828,20 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
     if (argc < 2 || (strcmp(argv[1], "verify") != 0 && strcmp(argv[1], "rotate") != 0))
         return usage_error("audit: expected verify or rotate");
     verify = strcmp(argv[1], "verify") == 0;
-    for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
-            file = argv[++i];
-            explicit_file = 1;
-        } else if (verify && strcmp(argv[i], "--no-follow") == 0) {
-            follow = 0;
-        } else if (strcmp(argv[i], "--file") == 0) {
-            return usage_error("option --file needs a value");
-        } else {
-            return usage_error("audit %s: unknown option %s", argv[1], argv[i]);
-        }
+    /* main.c's parser, as every other command: --opt VALUE or --opt=VALUE */
+    static const struct opt_def verify_defs[] = {{"--file", true}, {"--no-follow", false}};
+    struct args a;
+    int rc = parse_args(argc - 2, argv + 2, verify_defs, verify ? 2 : 1, &a);
+    if (rc != 0)
+        return rc;
+    if (a.npos > 0)
+        return usage_error("audit %s: unexpected argument %s", argv[1], a.pos[0]);
+    if (opt(&a, "--file") != NULL) {
+        file = opt(&a, "--file");
+        explicit_file = 1;
     }
+    if (opt(&a, "--no-follow") != NULL)
+        follow = 0;
     if (!explicit_file && cfg != NULL && strcmp(cfg->audit.store, "db") == 0) {
         if (!verify) {
             /* Rows in a table: archived by instance and sequence range, not rotated. */

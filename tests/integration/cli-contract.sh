@@ -47,6 +47,15 @@ expect 3 "database .* does not exist" "groupsrv --config=FILE (the --x=v form)" 
 expect 2 "--key: the TLS key on the token must be EC .*$usage" "groupsrv tls init --dns=... --key=rsa:2048" -- \
   "$gs" -c "$gconf" tls init --dns=localhost --out="$work/tls.pem" --key=rsa:2048
 expect 2 "tls: unknown subcommand bogus \(expected init\) $usage" "groupsrv tls bogus" -- "$gs" -c "$gconf" tls bogus
+# audit had a parser of its own too
+install -m 0600 /dev/null "$work/audit.jsonl"
+if out=$("$gs" -c "$gconf" audit verify --file="$work/audit.jsonl" 2>&1) && [[ $out == "ok: 0 lines, "* ]]; then
+  ok "groupsrv audit verify --file=PATH: $out"
+else
+  fail "groupsrv audit verify --file=PATH: $out"
+fi
+expect 2 "audit verify: unexpected argument extra $usage" "groupsrv audit verify with an argument" -- \
+  "$gs" -c "$gconf" audit verify --file "$work/audit.jsonl" extra
 # a syntax error is reported on its own line, not with the next line's message
 printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server\nthreads = 4\n' > "$work/syntax.conf"
 expect 5 "syntax\.conf:4: syntax error" "groupsrv: a section line without ']'" -- "$gs" -c "$work/syntax.conf" group list
