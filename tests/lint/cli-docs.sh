@@ -47,6 +47,26 @@ rc=0; "$bin/groupsrv" -c "$work/groupsrv.conf" group list >/dev/null 2>"$work/er
 [ "$rc" = 3 ] && echo "ok: groupsrv(1)'s example configuration loads" ||
   fail "groupsrv(1)'s example configuration: exit $rc: $(cat "$work/err")"
 
+# every range the table gives, "(MIN-MAX)", is the one groupsrv takes:
+# MIN and MAX load, MIN-1 and MAX+1 are refused (exit 5, "bad value")
+ranges=$(section groupsrv.1.md CONFIGURATION | grep -E '^\| [a-z]+ \| [a-z_]+ \|.*\([0-9]+-[0-9]+\)' |
+  sed -E 's/^\| ([a-z]+) \| ([a-z_]+) \|.*\(([0-9]+)-([0-9]+)\).*/\1 \2 \3 \4/')
+[ "$(wc -l <<<"$ranges")" -ge 8 ] || fail "groupsrv(1): found only $(wc -l <<<"$ranges") ranges (a pattern is stale)"
+base=$(sed -n '/^\[hsm\]/,/^pin_source/p' "$work/groupsrv.conf")
+bad_ranges=
+while read -r sec key min max; do
+  for v in "$min" "$max" "$((min - 1))" "$((max + 1))"; do
+    [ "$v" -ge 0 ] || continue
+    want=3
+    { [ "$v" -lt "$min" ] || [ "$v" -gt "$max" ]; } && want=5
+    printf '%s\n[db]\npath = %s/gs.db\n[%s]\n%s = %s\n' "$base" "$work" "$sec" "$key" "$v" > "$work/range.conf"
+    rc=0; "$bin/groupsrv" -c "$work/range.conf" group list >/dev/null 2>"$work/err" || rc=$?
+    [ "$rc" = "$want" ] || bad_ranges+="[$sec] $key = $v: exit $rc, wanted $want ($(cat "$work/err")); "
+  done
+done <<<"$ranges"
+[ -z "$bad_ranges" ] && echo "ok: groupsrv takes exactly the $(wc -l <<<"$ranges") ranges groupsrv(1) gives" ||
+  fail "groupsrv(1)'s ranges: $bad_ranges"
+
 # ---- groupmail ----
 # the synopsis block, and the first column of the Options table
 page_flags=$( (section groupmail.1.md Synopsis | sed -n '/^```$/,/^```$/p'
