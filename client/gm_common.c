@@ -557,6 +557,17 @@ static char *pin_source_of(const char *key_uri)
     return NULL;
 }
 
+/* Whether gm_hsm_open_token finds a PIN source for uri (and logs in). */
+static bool has_pin_source(const gm_config *c, const char *uri)
+{
+    char *p = NULL;
+    bool found = c->hsm_pin_source != NULL || (p = pin_source_of(uri)) != NULL ||
+                 (c->hsm_token != NULL && (p = pin_source_of(c->hsm_token)) != NULL);
+    if (p != NULL)
+        util_secret_free(p, strlen(p));
+    return found;
+}
+
 int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx)
 {
     hsm_config hc = {0};
@@ -601,7 +612,11 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
     if (gm_hsm_open_token(c, key_uri, ctx) != 0)
         return -1;
     if ((he = hsm_key_find(*ctx, key_uri, HSM_CLASS_PRIVATE, key)) != HSM_OK) {
-        gm_err("key %s: %s %s", key_uri, hsm_strerror(he), hsm_last_error_detail());
+        /* without a PIN there is no login, and a token shows no private key */
+        gm_err("key %s: %s %s%s", key_uri, hsm_strerror(he), hsm_last_error_detail(),
+               has_pin_source(c, key_uri) ? ""
+                                          : " (no PIN source, so not logged in: give [hsm] pin_source, "
+                                            "--pin-source or pin-source= in the URI)");
         hsm_close(*ctx);
         *ctx = NULL;
         return -1;

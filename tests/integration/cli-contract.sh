@@ -211,5 +211,20 @@ else
   ok "the first token still logs in with DIR/user-pin"
 fi
 
+# groupmail with a token key but no PIN source: not "key not found" alone
+module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+GS_PIN=$(cat "$work/tok/user-pin") SOFTHSM2_CONF=$work/tok/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label groupsrv --login --pin env:GS_PIN --keypairgen --key-type EC:prime256v1 --label member --id 0c01 \
+  --usage-sign >/dev/null 2>&1 || fail "pkcs11-tool could not make an EC key"
+SOFTHSM2_CONF=$work/tok/softhsm2.conf expect 1 "no key member on the token \(no PIN source, so not logged in: " \
+  "groupmail csr with a token key and no PIN source" -- \
+  "$gm" csr --hsm-module "$module" --key 'pkcs11:token=groupsrv;object=member;type=private' --from a@example.org
+if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" --pin-source "$work/tok/user-pin" \
+    --key 'pkcs11:token=groupsrv;object=member;type=private' --from a@example.org 2>"$work/err" | grep -q 'BEGIN CERTIFICATE REQUEST'; then
+  ok "groupmail csr with --pin-source signs on the token"
+else
+  fail "groupmail csr with --pin-source: $(cat "$work/err")"
+fi
+
 [ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-contract: all passed"
