@@ -4,7 +4,9 @@
 # and option of a page's synopsis is in the program's --help and the other
 # way round; every option a page names is one the program accepts; every
 # configuration key a page documents is one the program reads and every
-# key it reads is documented; the page's own example configuration loads;
+# key it reads is documented; the page's own example configuration, and
+# the one the package installs (dist/examples), loads; the ranges given are
+# the ones taken; the options of the documents' examples exist;
 # groupmail's environment variables are the ones it reads. A name added on
 # one side only fails here.
 set -euo pipefail
@@ -104,6 +106,16 @@ printf '%s\n' "$xp_block" | sed "s|^path = .*|path = $work/spool|; s|^file = .*|
 rc=0; "$bin/exploder" -c "$work/exploder.conf" list show nolist@example.org >/dev/null 2>"$work/err" || rc=$?
 [ "$rc" = 1 ] && grep -q 'not found' "$work/err" && echo "ok: exploder(1)'s example configuration loads" ||
   fail "exploder(1)'s example configuration: exit $rc: $(cat "$work/err")"
+
+# ---- the example configurations the packages install ----
+sed -E "s|^path = .*|path = $work/ex.db|" "$src/dist/examples/groupsrv.conf" > "$work/ex-groupsrv.conf"
+rc=0; "$bin/groupsrv" -c "$work/ex-groupsrv.conf" group list >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 3 ] && echo "ok: dist/examples/groupsrv.conf loads" || fail "dist/examples/groupsrv.conf: exit $rc: $(cat "$work/err")"
+sed -E "s|^path = .*|path = $work/ex-spool|; s|^file = .*|file = $work/ex.log|" "$src/dist/examples/exploder.conf" \
+  > "$work/ex-exploder.conf"
+rc=0; "$bin/exploder" -c "$work/ex-exploder.conf" list show nolist@example.org >/dev/null 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'not found' "$work/err" && echo "ok: dist/examples/exploder.conf loads" ||
+  fail "dist/examples/exploder.conf: exit $rc: $(cat "$work/err")"
 
 # ---- examples in the documents ----
 # every option a code block of README.md or docs/ gives one of the three
