@@ -215,13 +215,15 @@ static int ini_value_ok(const char *section, const char *name, const char *value
     return 1;
 }
 
-/* 1 for a key groupmail reads: one of ini_keys, [server] timeout, [encrypt] cipher. */
+/* 1 for a key groupmail reads: one of ini_keys, or one ini_cb handles
+ * itself ([server] timeout, [smtp] starttls, [encrypt] cipher). */
 static int ini_key_known(const char *section, const char *name)
 {
     for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++)
         if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0)
             return 1;
     return (strcmp(section, "server") == 0 && strcmp(name, "timeout") == 0) ||
+           (strcmp(section, "smtp") == 0 && strcmp(name, "starttls") == 0) ||
            (strcmp(section, "encrypt") == 0 && strcmp(name, "cipher") == 0);
 }
 

@@ -130,6 +130,9 @@ done
 printf '[server]\nurl = https://a.example\nurl = https://b.example\n' > "$work/gm.conf"
 expect 1 "^groupmail: $work/gm\.conf: repeated key \[server\] url$" "groupmail: a key given twice in the file" -- \
   "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
+printf '[smtp]\nstarttls = yes\nstarttls = no\n' > "$work/gm.conf"
+expect 1 "^groupmail: $work/gm\.conf: repeated key \[smtp\] starttls$" "groupmail: [smtp] starttls given twice" -- \
+  "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
 printf '[identity]\ntls_cert =\n' > "$work/gm.conf"
 expect 1 "^groupmail: $work/gm\.conf: empty value for \[identity\] tls_cert$" "groupmail: an empty value in the file" -- \
   "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
