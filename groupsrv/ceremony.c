@@ -929,12 +929,44 @@ typedef const char *(*copy_check_fn)(void *arg, const gsk_key *k, const hsm_key_
 /* The database rows the import adds, inside its transaction. */
 typedef gs_err (*copy_rows_fn)(void *arg);
 
+/* A key of the file already on this token: EXISTS, saying what to do.
+ * One the database does not record is what an import killed outright
+ * (kill -9, power lost) left: nothing else makes objects with these
+ * labels, and the origin still holds the key, so deleting it loses
+ * nothing. recorded[i] says whether items[i] is recorded here (NULL:
+ * none is). */
+static gs_err labels_free(struct import *im, const gsk_import_item *items, size_t n, const bool *recorded)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *label = im->m->entries[items[i].index].label;
+        hsm_key *k = NULL;
+        hsm_err he = hsm_key_find(im->e->hsm, label, 0, &k);
+        hsm_key_free(k);
+        if (he == HSM_ERR_KEY_NOT_FOUND)
+            continue;
+        if (he != HSM_OK && he != HSM_ERR_KEY_AMBIGUOUS)
+            return gs_hsm_fail(he, "looking up", label);
+        if (recorded != NULL && recorded[i])
+            return gs_err_set(GS_ERR_EXISTS, "refused: this token already has %s (imported before: `groupsrv check` "
+                                             "shows it; if it shows a problem, delete it: pkcs11-tool --login "
+                                             "--delete-object --label %s --type privkey, and pubkey or secrkey, "
+                                             "and import again)",
+                              label, label);
+        return gs_err_set(GS_ERR_EXISTS, "refused: this token already has an object labelled %s, which the "
+                                         "database does not record (left by an interrupted import? delete it: "
+                                         "pkcs11-tool --login --delete-object --label %s --type privkey, and pubkey "
+                                         "or secrkey, and import again)",
+                          label, label);
+    }
+    return GS_OK;
+}
+
 /* Puts the items on the token (gsk_import: unwrap, decryption or
  * signature test), checks every copy, records the rows and the audit line
  * (durable before the rows commit: no copy in the database without its
  * record), or else takes every copy off the token again. */
 static int import_keys(struct import *im, const char *group, const gsk_import_item *items, size_t n,
-                       copy_check_fn check, copy_rows_fn rows, void *arg)
+                       const bool *recorded, copy_check_fn check, copy_rows_fn rows, void *arg)
 {
     struct env *e = im->e;
     struct record *rec = &im->rec;
@@ -949,6 +981,10 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
 
     if (refs == NULL)
         return fail(GS_ERR_NOMEM);
+    if ((err = labels_free(im, items, n, recorded)) != GS_OK) {
+        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
     if ((ge = gsk_import(e->hsm, im->m, items, n, refs)) != GSK_OK) {
         rc = record_failure(rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
         goto out;
@@ -1107,7 +1143,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
                                                       : HSM_USE_SIGN;
         items[i].extractable = k->kind == GSK_KIND_SECRET;
     }
-    rc = import_keys(&im, m->group.name, items, n, group_copy_check, group_copy_rows, &gi);
+    rc = import_keys(&im, m->group.name, items, n, gi.was_recorded, group_copy_check, group_copy_rows, &gi);
 out:
     free(items);
     free(gi.was_recorded);
@@ -1179,7 +1215,7 @@ int gs_cmd_ca_import(struct env *e, int argc, char **argv)
     memset(&item, 0, sizeof(item));
     item.index = (size_t)at;
     item.usage = HSM_USE_SIGN;
-    rc = import_keys(&im, NULL, &item, 1, ca_copy_check, ca_copy_rows, &ci);
+    rc = import_keys(&im, NULL, &item, 1, &ci.recorded, ca_copy_check, ca_copy_rows, &ci);
 out:
     X509_free(cert);
     gs_store_ca_free(row);

@@ -32,3 +32,12 @@ endif()
 
 # The .gsk and transport key readers under libFuzzer (tests/fuzz/README.md).
 gs_fuzz_target(gsk gs_gsk)
+
+# Getting out of what a key's life cycle across tokens can leave: an import
+# killed half-way.
+if(TARGET groupsrv)
+  add_test(NAME ceremony_recovery COMMAND bash ${GS_TEST_DIR}/integration/ceremony-recovery.sh ${GS_TEST_BIN}
+    ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ceremony_recovery PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
+endif()

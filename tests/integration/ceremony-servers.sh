@@ -226,7 +226,7 @@ grep -q "^ca .*gs:ca .*PROBLEM: CKA_EXTRACTABLE is true$" "$work/out" || fail "b
 unset GS_P11FAULT_CONTROL GS_P11FAULT_TARGET
 ok "check still refuses an extractable key without trusted wrap, on the original and on a copy"
 audit_has "$work/beta/audit.jsonl" group-import ok "$ceremony" "$fp" '"key_versions":\[1,2\]'
-audit_has "$work/beta/audit.jsonl" group-import "refused: importing the keys" "$fp"
+audit_has "$work/beta/audit.jsonl" group-import "refused: this token already has" "$fp"
 grep '"action":"group-import"' "$work/beta/audit.jsonl" | grep '"outcome":"refused: signed by the CA' |
   grep -q 'eng.gsk"' || fail "no record of the import refused for its signer"
 audit_has "$work/beta/audit.jsonl" group-import "refused: the signature does not verify" bad.gsk

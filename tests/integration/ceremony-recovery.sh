@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# ceremony-recovery.sh BIN SRC: getting out of the states a key's life
+# cycle across tokens can leave behind, with the commands and the stock
+# tools the documents name.
+#   - an import killed outright (kill -9 while the token works: tests/
+#     p11fault makes each unwrap take seconds) leaves a key on the token
+#     that the database does not record; importing the file again is
+#     refused with exit 3 and one line saying how to delete it, and after
+#     the pkcs11-tool command it names the import succeeds;
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/ceremony-lib.sh"
+
+mkserver alpha
+mkserver beta
+
+gs_alpha ca init --key rsa:2048 --replicable >/dev/null
+gs_alpha ca show > "$work/alpha-ca.pem"
+gs_alpha group create eng --address eng@example.org --key rsa:2048 --replicable --methods tls >/dev/null
+gs_alpha group rotate eng >/dev/null
+
+# ---- an import killed half-way ----
+gs_beta token transport-key --out "$work/beta-transport.pem" >/dev/null
+gs_alpha group export eng --all --to "$work/beta-transport.pem" --out "$work/eng-beta.gsk" >/dev/null
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/beta.conf" > "$work/beta-slow.conf"
+before=$(snapshot beta)
+GS_P11FAULT_TARGET=$module GS_P11FAULT_SERVICE_US=10000000 GS_P11FAULT_COUNTS=$work/counts \
+  GS_CONF_beta=$work/beta-slow.conf \
+  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem" >/dev/null 2>&1 &
+pid=$!
+# The second C_UnwrapKey (the one-time key comes first) puts the first
+# group key on the token at once, then waits out the modelled 10 s: kill
+# the import 2 s into that wait (p11fault counts each call as it starts).
+for _ in $(seq 1 600); do
+  grep -q '^C_UnwrapKey [2-9]' "$work/counts" 2>/dev/null && break
+  sleep 0.1
+done
+sleep 2
+kill -9 "$pid" 2>/dev/null || fail "the import ended before it could be killed"
+wait "$pid" 2>/dev/null || true
+objects beta | grep -q 'label: *gs:group:eng:v1' || fail "the killed import left no key: nothing to test"
+refused beta 3 "import again after an import killed half-way" -- \
+  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: refused: this token already has an object labelled gs:group:eng:v1, which the database does not record \(left by an interrupted import\? delete it: pkcs11-tool --login --delete-object --label gs:group:eng:v1 --type privkey"
+# exactly what the line says, with the stock tool
+GS_PIN=$(cat "$work/tok-beta/user-pin") SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label beta --login --pin env:GS_PIN --delete-object --label gs:group:eng:v1 --type privkey >/dev/null 2>&1
+[ "$(snapshot beta)" = "$before" ] || fail "more was left on beta's token than the line named: $(objects beta)"
+expect 0 "the import, after deleting what the line named" -- \
+  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem"
+objects beta > "$work/beta.objs"
+for v in 1 2; do
+  [ "$(field "$work/beta.objs" "gs:group:eng:v$v" Access)" = sensitive ] || fail "beta's copy v$v: $(cat "$work/beta.objs")"
+done
+ok "an import killed half-way: the next one names the key left and how to delete it; then it succeeds"
+
+echo "all ceremony-recovery checks passed"
