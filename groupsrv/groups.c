@@ -1084,16 +1084,19 @@ out:
     return err;
 }
 
-gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired)
+gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
+                       size_t *n_cleared)
 {
     gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
-    size_t nk = 0, count = 0;
+    size_t nk = 0, count = 0, cleared = 0;
     unsigned current = 0;
     gs_err err;
 
     if (n_retired)
         *n_retired = 0;
+    if (n_cleared)
+        *n_cleared = 0;
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
@@ -1126,18 +1129,34 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
     if (err)
         goto out;
     for (size_t i = 0; i < nk; i++) {
-        if (keys[i].state == GS_KEY_OLD && keys[i].version < before) {
-            hsm_err a = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PRIVATE);
-            hsm_err b = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PUBLIC);
-            if ((a != HSM_OK || b != HSM_OK) && !err)
-                err = gs_hsm_fail(a != HSM_OK ? a : b, "destroying retired key (recorded as retired; `check` flags it)",
-                               keys[i].token_label);
-            else
-                log_info("group key retired group=%s version=%u", name, keys[i].version);
+        bool earlier = keys[i].state == GS_KEY_RETIRED;
+        if ((keys[i].state != GS_KEY_OLD && !earlier) || keys[i].version >= before)
+            continue;
+        /* Retired before (by another server sharing this database, or by a
+         * run whose destroy failed): only what is still on this token. */
+        if (earlier) {
+            hsm_key *k = NULL;
+            hsm_err he = hsm_key_find(hsm, keys[i].token_label, 0, &k);
+            hsm_key_free(k);
+            if (he == HSM_ERR_KEY_NOT_FOUND)
+                continue;
+        }
+        hsm_err a = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PRIVATE);
+        hsm_err b = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PUBLIC);
+        if ((a != HSM_OK || b != HSM_OK) && !err) {
+            err = gs_hsm_fail(a != HSM_OK ? a : b,
+                              "destroying retired key (recorded as retired; `check` flags it: run the retire again)",
+                              keys[i].token_label);
+        } else if (a == HSM_OK && b == HSM_OK) {
+            cleared += earlier;
+            log_info("group key %s group=%s version=%u", earlier ? "retired earlier destroyed on this token" : "retired",
+                     name, keys[i].version);
         }
     }
     if (n_retired)
         *n_retired = count;
+    if (n_cleared)
+        *n_cleared = cleared;
 out:
     gs_store_group_keys_free(keys, nk);
     gs_store_group_free(g);
@@ -1639,7 +1658,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             if (he == HSM_ERR_KEY_NOT_FOUND)
                 continue;
             row.present = true;
-            row.problem = "retired but still on the token";
+            row.problem = "retired but still on the token (run `group retire` on this server)";
             report(a, &row);
             continue;
         }

@@ -155,8 +155,12 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out);
 /* Retires every version < before (not the current one: STATE): marks
- * them retired, then destroys their token objects. *n_retired may be NULL. */
-gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired);
+ * them retired, then destroys their token objects. Versions retired
+ * earlier whose objects are still on this token (another server of a
+ * shared database retired them, or a destroy failed) are destroyed too;
+ * *n_cleared counts them. Either count may be NULL. */
+gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
+                       size_t *n_cleared);
 /* Replaces the certificate of `version` (0 = current) with one signed
  * elsewhere: must parse, carry the token key's public key and the list
  * address as rfc822Name (GS_ERR_CERT otherwise). */

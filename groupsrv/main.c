@@ -619,17 +619,19 @@ static int cmd_group(struct env *e, int argc, char **argv)
     }
     if (strcmp(sub, "retire") == 0) {
         uint64_t before = 0;
-        size_t n = 0;
+        size_t n = 0, cleared = 0;
         if (opt(&a, "--before") == NULL || a.nopt != 1)
             return usage_error("group retire: --before VERSION is required%s", "");
         if (util_parse_u64(opt(&a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
             return usage_error("group retire: bad --before %s", opt(&a, "--before"));
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n);
+            err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
         if (err)
             return fail(err);
         printf("group %s: %zu key version(s) retired\n", a.pos[1], n);
+        if (cleared > 0)
+            printf("group %s: %zu version(s) retired earlier destroyed on this token\n", a.pos[1], cleared);
         return 0;
     }
     if (strcmp(sub, "import-cert") == 0) {

@@ -34,7 +34,7 @@ endif()
 gs_fuzz_target(gsk gs_gsk)
 
 # Getting out of what a key's life cycle across tokens can leave: an import
-# killed half-way.
+# killed half-way, a version retired on one server of a shared database.
 if(TARGET groupsrv)
   add_test(NAME ceremony_recovery COMMAND bash ${GS_TEST_DIR}/integration/ceremony-recovery.sh ${GS_TEST_BIN}
     ${PROJECT_SOURCE_DIR})

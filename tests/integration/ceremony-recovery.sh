@@ -7,12 +7,18 @@
 #     that the database does not record; importing the file again is
 #     refused with exit 3 and one line saying how to delete it, and after
 #     the pkcs11-tool command it names the import succeeds;
+#   - servers sharing one database (gamma shares alpha's, its keys by the
+#     ceremony): `group retire` on alpha destroys the retired version on
+#     alpha's token only; gamma's `check` names it and says what to run,
+#     and `group retire` run on gamma takes it off gamma's token.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
 
 mkserver alpha
 mkserver beta
+mkserver gamma
+sed -i "s#^path = $work/gamma/groupsrv.db#path = $work/alpha/groupsrv.db#" "$work/gamma.conf"
 
 gs_alpha ca init --key rsa:2048 --replicable >/dev/null
 gs_alpha ca show > "$work/alpha-ca.pem"
@@ -54,4 +60,25 @@ for v in 1 2; do
 done
 ok "an import killed half-way: the next one names the key left and how to delete it; then it succeeds"
 
+# ---- retire on servers sharing one database ----
+gs_gamma token transport-key --out "$work/gamma-transport.pem" >/dev/null
+gs_alpha ca export --to "$work/gamma-transport.pem" --out "$work/ca-gamma.gsk" >/dev/null
+gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
+gs_gamma ca import --in "$work/ca-gamma.gsk" >/dev/null
+gs_gamma group import --in "$work/eng-gamma.gsk" >/dev/null
+expect 0 "check on gamma with the copies" -- gs_gamma check
+expect 0 "group retire on alpha" -- gs_alpha group retire eng --before 2
+objects alpha | grep -q 'label: *gs:group:eng:v1' && fail "alpha's retired key is still on its token"
+rc=0; gs_gamma check > "$work/out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "check on gamma with the version alpha retired on its token: exit $rc, wanted 1"
+grep -q "^group  *eng  *v1  *gs:group:eng:v1 .*PROBLEM: retired but still on the token (run \`group retire\` on this server)" \
+  "$work/out" || fail "gamma's check does not say what to do: $(cat "$work/out")"
+expect 0 "group retire on gamma" -- gs_gamma group retire eng --before 2
+grep -q "^group eng: 1 version(s) retired earlier destroyed on this token" "$work/out" ||
+  fail "retire on gamma does not say it destroyed the copy: $(cat "$work/out")"
+objects gamma | grep -q 'label: *gs:group:eng:v1' && fail "gamma's copy of the retired version is still on its token"
+expect 0 "check on gamma after its retire" -- gs_gamma check
+expect 0 "group retire once more: nothing left to do" -- gs_gamma group retire eng --before 2
+grep -q "retired earlier" "$work/out" && fail "a second retire claims to destroy something: $(cat "$work/out")"
+ok "group retire run on each server sharing the database takes the retired version off its token"
 echo "all ceremony-recovery checks passed"
