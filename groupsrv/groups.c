@@ -53,6 +53,47 @@ static gs_err label_free(hsm_ctx *hsm, const char *label)
     return gs_hsm_fail(he, "looking up", label);
 }
 
+/* Labels of unrecorded token objects a new version went past (below). */
+static _Thread_local char skipped_labels[256];
+
+/* The first version from `from` on whose label no token object exists.
+ * Such an object is a key made after the backup a restored database
+ * predates (members may hold it, mail may be wrapped under it: its
+ * number must not name another key), or one a failed run left: either
+ * way it is kept, and the new version gets the next number. */
+static gs_err free_version(hsm_ctx *hsm, void (*label_of)(char *, size_t, const char *, unsigned), const char *name,
+                           unsigned from, unsigned *version, char *label, size_t cap)
+{
+    for (unsigned v = from; v > 0 && v < from + 256; v++) {
+        hsm_key *k = NULL;
+        label_of(label, cap, name, v);
+        hsm_err he = hsm_key_find(hsm, label, 0, &k);
+        hsm_key_free(k);
+        if (he == HSM_ERR_KEY_NOT_FOUND) {
+            *version = v;
+            return GS_OK;
+        }
+        if (he != HSM_OK && he != HSM_ERR_KEY_AMBIGUOUS)
+            return gs_hsm_fail(he, "looking up", label);
+        size_t used = strlen(skipped_labels);
+        (void)snprintf(skipped_labels + used, sizeof(skipped_labels) - used, "%s%s", used > 0 ? ", " : "", label);
+        log_warn("token object not in the database kept; the new version goes past it label=%s", label);
+    }
+    return gs_err_set(GS_ERR_EXISTS, "token already has objects labelled %s and the 255 versions after it, which the "
+                                     "database does not record",
+                      label);
+}
+
+size_t gs_skipped_labels_take(char *buf, size_t cap)
+{
+    size_t n = strlen(skipped_labels);
+
+    if (cap > 0)
+        (void)util_strlcpy(buf, skipped_labels, cap);
+    skipped_labels[0] = '\0';
+    return n;
+}
+
 /* Labels of new token objects a failure path could not destroy (the
  * token went away), for the error line: this thread's command only. */
 static _Thread_local char left_labels[256];
@@ -1016,8 +1057,10 @@ static gs_err make_next_version(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, con
         err = gs_store_group_keys(st, g->id, &keys, &nk);
     if (err)
         goto out;
-    nv->version = max_key_version(keys, nk) + 1;
-    label_group(nv->label, sizeof(nv->label), g->name, nv->version);
+    err = free_version(hsm, label_group, g->name, max_key_version(keys, nk) + 1, &nv->version, nv->label,
+                       sizeof(nv->label));
+    if (err)
+        goto out;
     /* The recorded policy, not today's capabilities: the group's path
      * stays what was decided (and shown) at creation; so does replicable. */
     err = make_pair(hsm, nv->label, GS_KIND_GROUP, type, bits,
@@ -1064,6 +1107,7 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     gs_err err;
 
     memset(&nv, 0, sizeof(nv));
+    skipped_labels[0] = '\0';
     if (version_out)
         *version_out = 0;
     err = gs_store_group_get(st, name, &g);
@@ -1258,9 +1302,9 @@ static gs_err next_secret(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, s
         if (s[i].version > v)
             v = s[i].version;
     gs_store_secrets_free(s, n);
-    ns->version = v + 1;
-    label_secret(ns->label, sizeof(ns->label), g->name, ns->version);
-    err = new_kek_id(ns->kek_id);
+    err = free_version(hsm, label_secret, g->name, v + 1, &ns->version, ns->label, sizeof(ns->label));
+    if (!err)
+        err = new_kek_id(ns->kek_id);
     if (err)
         return err;
     if (pol.secrets == GS_SECRETS_SEALED) {
@@ -1301,6 +1345,7 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
+    skipped_labels[0] = '\0';
     if (version_out)
         *version_out = 0;
     err = gs_store_group_get(st, name, &g);
@@ -1451,6 +1496,7 @@ gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const st
 
     memset(&ns, 0, sizeof(ns));
     memset(&nv, 0, sizeof(nv));
+    skipped_labels[0] = '\0';
     memset(out, 0, sizeof(*out));
     err = gs_store_group_get(st, group, &g);
     if (err)

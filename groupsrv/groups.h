@@ -161,6 +161,11 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
  * *n_cleared counts them. Either count may be NULL. */
 gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
                        size_t *n_cleared);
+/* Labels of token objects the database does not record that the last
+ * group rotate, secret rotate or member remove of this thread numbered
+ * its new version past (kept: see free_version), ", "-separated, copied
+ * to buf (cap bytes) and cleared. Returns their length (0: none). */
+size_t gs_skipped_labels_take(char *buf, size_t cap);
 /* Replaces the certificate of `version` (0 = current) with one signed
  * elsewhere: must parse, carry the token key's public key and the list
  * address as rfc822Name (GS_ERR_CERT otherwise). */

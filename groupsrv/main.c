@@ -486,6 +486,19 @@ out:
     return rc;
 }
 
+/* After a new key version: the unrecorded token objects it was numbered
+ * past (a database restored from a backup, or a failed run), kept. */
+static void print_skipped(void)
+{
+    char labels[256];
+
+    if (gs_skipped_labels_take(labels, sizeof(labels)) > 0)
+        printf("kept on the token, though the database does not record them: %s (made after the backup the "
+               "database was restored from, or left by a failed run: docs/operations.md); the new version is "
+               "numbered past them\n",
+               labels);
+}
+
 static int cmd_group(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--address", true},        {"--key", true},        {"--methods", true},
@@ -615,6 +628,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
         if (err)
             return fail(err);
         printf("group %s: new key version %u\n", a.pos[1], v);
+        print_skipped();
         return 0;
     }
     if (strcmp(sub, "retire") == 0) {
@@ -673,6 +687,7 @@ static int cmd_secret(struct env *e, int argc, char **argv)
     if (err)
         return fail(err);
     printf("group %s: new secret key version %u\n", a.pos[1], v);
+    print_skipped();
     return 0;
 }
 
@@ -840,6 +855,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
                    "older versions on their own token; mail sent from now on goes to version %u "
                    "(publish `group show %s --cert`, and export it to clones and members)\n",
                    rm.key_version, a.pos[2], rm.key_version, a.pos[1]);
+        print_skipped();
         return 0;
     }
     if (strcmp(sub, "add") == 0) {

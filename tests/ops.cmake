@@ -20,3 +20,11 @@ if(TARGET groupsrv)
   set_tests_properties(ops_db_disk PROPERTIES LABELS "integration" TIMEOUT 180
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# docs/operations.md's backup and restore with the stock sqlite3, and the
+# removal and rotations done again after it (a throw-away SoftHSM token).
+if(TARGET groupsrv)
+  add_test(NAME ops_restore COMMAND bash ${GS_TEST_DIR}/integration/ops-restore.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_restore PROPERTIES LABELS "integration" TIMEOUT 120
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()
