@@ -916,7 +916,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
         return err;
     (void)hsm_caps_get(hsm, &caps);
     if (spec->replicable) {
-        char missing[384];
+        char missing[1024];
         if (!hsm_caps_trusted_wrap(&caps, missing, sizeof(missing)))
             return gs_err_set(GS_ERR_POLICY, "--replicable: this token lacks trusted wrap (missing: %s), so the key "
                               "ceremony could never copy the group's keys; create the group without --replicable",

@@ -1014,7 +1014,7 @@ static void print_caps(hsm_ctx *hsm)
                ? "CKM_RSA_PKCS over a DigestInfo hashed here (no CKM_SHA256_RSA_PKCS; the key stays on the token)"
                : "no RSA signatures");
     {
-        char lacks[384];
+        char lacks[1024];
         if (hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)))
             printf("cap trusted wrap           yes: replicable groups and the key ceremony (group export)\n");
         else

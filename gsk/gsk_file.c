@@ -36,7 +36,7 @@ IMPLEMENT_ASN1_FUNCTIONS(GSK_FILE)
 
 /* ---- errors --------------------------------------------------------------- */
 
-static _Thread_local char detail[320];
+static _Thread_local char detail[1024];
 
 const char *gsk_err_detail(void)
 {

@@ -77,7 +77,7 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
 {
     unsigned char id[16], *spki = NULL;
     size_t spki_len = 0;
-    char hex[33], label[64], missing[512];
+    char hex[33], label[64], missing[1024];
     hsm_keygen_spec ks;
     hsm_caps caps;
     hsm_key *priv = NULL, *pub = NULL;

@@ -443,7 +443,7 @@ static bool need_mechs(const hsm_caps *c, const struct need_mech *need, size_t c
 /* Names an attribute the token does not keep, with the trial's reason. */
 static bool need_attr(hsm_attr_support got, const char *name, const char *why, char *missing, size_t n)
 {
-    char attr[224];
+    char attr[320];
 
     if (got == HSM_ATTR_YES)
         return true;

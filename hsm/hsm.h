@@ -205,7 +205,7 @@ typedef struct hsm_caps {
     /* Attributes, by a trial on a session object (created, read back,
      * destroyed), corrected by what key generation then showed. */
     hsm_attr_support allowed_mechanisms, unwrap_template;
-    char allowed_mechanisms_why[160], unwrap_template_why[160]; /* the refusal, "" if none */
+    char allowed_mechanisms_why[256], unwrap_template_why[256]; /* the refusal, "" if none */
     /* CKA_WRAP_WITH_TRUSTED (with CKA_EXTRACTABLE) kept on a session key
      * and enforced (a key the user made cannot wrap it): what a replicable
      * key needs (hsm_caps_trusted_wrap). wrap_with_trusted_unenforced:
@@ -213,7 +213,7 @@ typedef struct hsm_caps {
      * wrapped out with the user PIN alone. */
     hsm_attr_support wrap_with_trusted;
     bool wrap_with_trusted_unenforced;
-    char wrap_with_trusted_why[160];
+    char wrap_with_trusted_why[256];
     /* Derived, for choosing a group's path:
      * rewrap_on_token: C_UnwrapKey (RSA-OAEP) into a session key and
      * C_WrapKey (RSA-OAEP) out of it both offered;
@@ -311,7 +311,7 @@ hsm_err hsm_generate_secret_key(hsm_ctx *ctx, const hsm_keygen_spec *spec, hsm_k
 typedef struct hsm_keygen_result {
     unsigned protections;   /* enum hsm_protection the key has */
     unsigned missing;       /* protections it lacks because the token cannot store them */
-    char why[192];          /* the token's refusal, e.g. "C_GenerateKeyPair refused
+    char why[256];          /* the token's refusal, e.g. "C_GenerateKeyPair refused
                                CKA_ALLOWED_MECHANISMS (CKR_GENERAL_ERROR)"; "" if none */
 } hsm_keygen_result;
 /* As hsm_generate_keypair / hsm_generate_secret_key, with every optional
