@@ -10,7 +10,11 @@
 #   - servers sharing one database (gamma shares alpha's, its keys by the
 #     ceremony): `group retire` on alpha destroys the retired version on
 #     alpha's token only; gamma's `check` names it and says what to run,
-#     and `group retire` run on gamma takes it off gamma's token.
+#     and `group retire` run on gamma takes it off gamma's token;
+#   - alpha's token lost (docs/operations.md): a new empty token cannot
+#     stand in under the database (no CA key, and no new CA under it);
+#     gamma's token, a spare with the copies, does: check passes, it
+#     rotates and issues; its CA copy cannot be passed on.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
@@ -81,4 +85,28 @@ expect 0 "check on gamma after its retire" -- gs_gamma check
 expect 0 "group retire once more: nothing left to do" -- gs_gamma group retire eng --before 2
 grep -q "retired earlier" "$work/out" && fail "a second retire claims to destroy something: $(cat "$work/out")"
 ok "group retire run on each server sharing the database takes the retired version off its token"
+# ---- the token lost: docs/operations.md, "A token lost or broken" ----
+# gamma's token is the spare (copies of the CA and the group, on the same
+# database); alpha's token is lost. A new empty token cannot take its
+# place: no CA key for the database's CA, and no new one under it.
+rm -rf "$work/tok-alpha"
+mktoken alpha
+rc=0; gs_alpha group rotate eng > "$work/out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "CA key: key not found" "$work/out" || fail "group rotate on a new token: exit $rc: $(cat "$work/out")"
+rc=0; gs_alpha ca init --key rsa:2048 > "$work/out" 2>&1 || rc=$?
+[ "$rc" = 3 ] || fail "ca init on a new token under the old database: exit $rc: $(cat "$work/out")"
+# The spare takes its place.
+expect 0 "check on the spare" -- gs_gamma check
+[ "$(grep -c "OK (imported copy)" "$work/out")" -ge 3 ] || fail "the spare's keys are not the copies: $(cat "$work/out")"
+expect 0 "group rotate on the spare" -- gs_gamma group rotate eng
+expect 0 "member add --issue-cert on the spare (the CA copy signs)" -- \
+  gs_gamma member add eng carol@example.org --issue-cert --out "$work"
+openssl verify -CAfile "$work/alpha-ca.pem" "$work/carol@example.org.pem" >/dev/null || fail "carol's certificate"
+expect 0 "check on the spare after the rotation" -- gs_gamma check
+grep -q "gs:group:eng:v3 .*OK (replicable: leaves only under trusted wrap)" "$work/out" ||
+  fail "the spare's new version is no exportable original: $(cat "$work/out")"
+refused gamma 1 "the spare's CA copy cannot be passed on" -- \
+  gs_gamma ca export --to "$work/beta-transport.pem" --out "$work/ca-again.gsk"
+expect_msg "imported copy"
+ok "a lost token: a new one cannot stand in; the spare with the copies does, and makes new versions"
 echo "all ceremony-recovery checks passed"
