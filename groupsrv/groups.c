@@ -9,6 +9,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -1764,6 +1765,113 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
 out:
     gs_store_group_keys_free(keys, nk);
     gs_store_secrets_free(secrets, ns);
+}
+
+/* The labels the database records, and those reported (gs_keys_unrecorded). */
+struct unrecorded {
+    char **labels;
+    size_t n, cap; /* the recorded labels, then those reported */
+    void (*cb)(void *arg, const char *label);
+    void *arg;
+    gs_err err;
+};
+
+static gs_err unrec_add(struct unrecorded *u, const char *label)
+{
+    if (label == NULL || label[0] == '\0')
+        return GS_OK;
+    if (u->n == u->cap) {
+        size_t cap = u->cap ? u->cap * 2 : 32;
+        char **grown = cap > SIZE_MAX / sizeof(*grown) ? NULL : realloc(u->labels, cap * sizeof(*grown));
+        if (grown == NULL)
+            return GS_ERR_NOMEM;
+        u->labels = grown;
+        u->cap = cap;
+    }
+    if ((u->labels[u->n] = strdup(label)) == NULL)
+        return GS_ERR_NOMEM;
+    u->n++;
+    return GS_OK;
+}
+
+/* Is label recorded (or reported)? An adopted key is recorded by its URI:
+ * its object= attribute names it. */
+static bool unrec_known(const struct unrecorded *u, const char *label)
+{
+    size_t len = strlen(label);
+
+    for (size_t i = 0; i < u->n; i++) {
+        const char *r = u->labels[i], *at;
+        if (strcmp(r, label) == 0)
+            return true;
+        if (strncmp(r, "pkcs11:", 7) == 0 && (at = strstr(r, "object=")) != NULL &&
+            strncmp(at + 7, label, len) == 0 && strchr(";?", at[7 + len]) != NULL)
+            return true;
+    }
+    return false;
+}
+
+static int unrec_key(void *arg, hsm_ctx *hsm, hsm_key *key)
+{
+    struct unrecorded *u = arg;
+    hsm_key_info ki;
+
+    if (hsm_key_get_info(hsm, key, &ki) != HSM_OK || strncmp(ki.label, "gs:transport:", 13) == 0 ||
+        unrec_known(u, ki.label))
+        return 0;
+    /* Known from here on: the other half of a pair is not named twice. */
+    if ((u->err = unrec_add(u, ki.label)) != GS_OK)
+        return 1;
+    u->cb(u->arg, ki.label);
+    return 0;
+}
+
+gs_err gs_keys_unrecorded(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const char *label), void *arg)
+{
+    struct unrecorded u = {NULL, 0, 0, cb, arg, GS_OK};
+    gs_store_ca *ca = NULL;
+    gs_store_seal_key *seals = NULL;
+    gs_store_group **groups = NULL;
+    size_t nseal = 0, ng = 0;
+    gs_err err = gs_store_ca_get(st, &ca);
+
+    if (err == GS_OK)
+        err = unrec_add(&u, ca->label);
+    else if (err == GS_ERR_NOT_FOUND)
+        err = GS_OK;
+    if (!err)
+        err = gs_store_seal_keys(st, &seals, &nseal);
+    for (size_t i = 0; !err && i < nseal; i++)
+        err = unrec_add(&u, seals[i].label);
+    if (!err)
+        err = gs_store_group_list(st, &groups, &ng);
+    for (size_t i = 0; !err && i < ng; i++) {
+        gs_store_group_key *keys = NULL;
+        gs_store_secret *secrets = NULL;
+        size_t nk = 0, ns = 0;
+        err = unrec_add(&u, groups[i]->reject_label);
+        if (!err)
+            err = gs_store_group_keys(st, groups[i]->id, &keys, &nk);
+        for (size_t j = 0; !err && j < nk; j++) /* retired ones too: `check` names those still here */
+            err = unrec_add(&u, keys[j].token_label);
+        if (!err)
+            err = gs_store_secrets(st, groups[i]->id, &secrets, &ns);
+        for (size_t j = 0; !err && j < ns; j++)
+            err = unrec_add(&u, secrets[j].token_label);
+        gs_store_group_keys_free(keys, nk);
+        gs_store_secrets_free(secrets, ns);
+    }
+    if (!err) {
+        hsm_err he = hsm_key_list(hsm, "gs:", unrec_key, &u);
+        err = u.err != GS_OK ? u.err : he != HSM_OK ? gs_hsm_fail(he, "listing the token's keys", "gs:") : GS_OK;
+    }
+    for (size_t i = 0; i < u.n; i++)
+        free(u.labels[i]);
+    free(u.labels);
+    gs_store_ca_free(ca);
+    gs_store_seal_keys_free(seals, nseal);
+    gs_store_group_list_free(groups, ng);
+    return err;
 }
 
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,

@@ -249,6 +249,13 @@ typedef struct gs_key_audit_row {
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems);
 
+/* Every key on the token labelled "gs:..." that the database does not
+ * record (transport keys aside, which no database records): cb gets each
+ * label once. What a killed import or a failed run left, or versions made
+ * after the backup a restored database predates. GS_OK when the listing
+ * ran. */
+gs_err gs_keys_unrecorded(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const char *label), void *arg);
+
 /* Destroys every key object labelled label (both halves of a pair, or a
  * secret key); best effort (failures are logged), for undoing a command's
  * own new objects. */

@@ -5,8 +5,9 @@
 #   - an import killed outright (kill -9 while the token works: tests/
 #     p11fault makes each unwrap take seconds) leaves a key on the token
 #     that the database does not record; importing the file again is
-#     refused with exit 3 and one line saying how to delete it, and after
-#     the pkcs11-tool command it names the import succeeds;
+#     refused with exit 3 and one line saying how to delete it (and
+#     `check` names it), and after the pkcs11-tool command it names the
+#     import succeeds;
 #   - servers sharing one database (gamma shares alpha's, its keys by the
 #     ceremony): `group retire` on alpha destroys the retired version on
 #     alpha's token only; gamma's `check` names it and says what to run,
@@ -49,6 +50,9 @@ sleep 2
 kill -9 "$pid" 2>/dev/null || fail "the import ended before it could be killed"
 wait "$pid" 2>/dev/null || true
 objects beta | grep -q 'label: *gs:group:eng:v1' || fail "the killed import left no key: nothing to test"
+gs_beta check > "$work/out" 2>&1 || true
+grep -q "^unrecorded gs:group:eng:v1: on the token, not in the database " "$work/out" ||
+  fail "check does not name the key the killed import left: $(cat "$work/out")"
 refused beta 3 "import again after an import killed half-way" -- \
   gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "^groupsrv: refused: this token already has an object labelled gs:group:eng:v1, which the database does not record \(left by an interrupted import\? delete it: pkcs11-tool --login --delete-object --label gs:group:eng:v1 --type privkey"

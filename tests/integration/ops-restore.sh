@@ -37,8 +37,12 @@ rm -f "$db-wal" "$db-shm"
 rc=0; gs_alpha check > "$work/out" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "gs:group:eng:v1 .*PROBLEM: missing from the token" "$work/out" ||
   fail "check after the restore: exit $rc: $(cat "$work/out")"
+for l in gs:group:eng:v2 gs:group:eng:v3 gs:secret:eng:v2; do
+  grep -q "^unrecorded $l: on the token, not in the database (a version made after the backup" "$work/out" ||
+    fail "check does not name $l, made after the backup: $(cat "$work/out")"
+done
 gs_alpha member list eng | grep -q '^bob@example.org ' || fail "bob is not back: the test's premise is wrong"
-ok "restored: check names the version retired since; bob is a member again, as the document warns"
+ok "restored: check names the version retired since and the versions made since; bob is a member again"
 
 # ---- what the operator does next ----
 expect 0 "member remove bob again" -- gs_alpha member remove eng bob@example.org
