@@ -450,8 +450,10 @@ static void test_wake_long_jobs_in_parallel(void **state)
 }
 
 /* after_run follows every run on the same worker, before its next job,
- * and its time is not the job's: a 40 ms after_run leaves the measured
- * service time of instant jobs short. */
+ * and its time is not the job's: a 150 ms after_run leaves the measured
+ * service time of instant jobs far below it. (The bound is half the
+ * after_run, not a timing target: with 40 ms and a 20 ms bound a loaded
+ * CI machine's preemption of an instant job failed it once.) */
 static void test_after_run(void **state)
 {
     static struct tjob jobs[4];
@@ -459,7 +461,7 @@ static void test_after_run(void **state)
     tokenq_stats st;
     (void)state;
 
-    R.after_sleep_ms = 40;
+    R.after_sleep_ms = 150;
     for (int i = 0; i < 3; i++)
         assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL), TQ_QUEUED);
     wait_done(3);
@@ -468,7 +470,7 @@ static void test_after_run(void **state)
     assert_int_equal(R.nev, 6);
     assert_memory_equal(R.events, "rarara", 6);
     assert_true(st.service_s[TQ_TOKEN] > 0);
-    assert_true(st.service_s[TQ_TOKEN] < 0.020);
+    assert_true(st.service_s[TQ_TOKEN] < 0.075);
     tokenq_stop(q);
 }
 
