@@ -717,7 +717,9 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
         return GM_EXIT_USAGE;
     }
     switch (util_read_pin_source(c->smtp_password_file, pw, pwlen)) {
-    case UTIL_OK: return GM_EXIT_OK;
+    case UTIL_OK:
+        util_forget_env_source(c->smtp_password_file); /* an env: password leaves /proc/PID/environ */
+        return GM_EXIT_OK;
     case UTIL_E_NOTFOUND: gm_err("SMTP password: %s not found", c->smtp_password_file); break;
     case UTIL_E_PERM:
         gm_err("SMTP password: %s is readable by group or others (chmod 600 it)", c->smtp_password_file);

@@ -204,7 +204,14 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
             log_info("a new group certificate added to the list list=%s", l->address);
             rc = xp_check_message(c, l, data, len, &kt, &bad);
         } else if (fr != XP_ERR_NOTFOUND) {
+            /* Not knowing is not a refusal: the MTA asks again later, when
+             * the group server can say whether the certificate is new. */
             log_warn("group certificate not refreshed list=%s reason=\"%s\"", l->address, why);
+            ex = say(&ans, XP_EX_TEMPFAIL, "4.3.0",
+                     "%s: the message is encrypted to a group certificate this list does not know, and the "
+                     "group server cannot be asked for the current one now (%s)",
+                     l->address, why);
+            goto out;
         }
     }
     switch (rc) {

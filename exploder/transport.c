@@ -63,6 +63,7 @@ xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
                 rc = XP_ERR_CONFIG;
                 goto out;
             }
+            util_forget_env_source(conf->relay_password_file); /* out of /proc/PID/environ */
             t->password = pw;
             t->password_len = pwlen;
         }

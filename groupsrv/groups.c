@@ -1422,13 +1422,13 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
         err = gs_store_member_add(st, g->id, email, role, pem);
     if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
         err = gs_store_member_set_wrap(st, g->id, email, wrap);
-    if (err != GS_OK) {
+    if (err != GS_OK)
         gs_store_rollback(st);
-        *replaced = false;
-    } else {
+    else
         err = gs_store_commit(st);
-    }
-    if (err == GS_OK)
+    if (err != GS_OK)
+        *replaced = false; /* nothing changed, a failed commit included */
+    else
         log_info("member %s group=%s member=%s role=%s wrap=%s", *replaced ? "replaced" : "added", group, email,
                  gs_role_name(role), gs_wrap_name(wrap));
 out:

@@ -1246,21 +1246,19 @@ static const char *tls_key_problem(const hsm_key_info *ki)
  * cannot be read. */
 static int tls_key_is_ca(struct kh *kh, hsm_key *key)
 {
-    unsigned char *tls_spki = NULL, *ca_spki = NULL;
+    unsigned char *tls_spki = NULL;
     size_t tls_len = 0;
-    int ca_len, same = -1;
+    int same = -1;
 
     if (kh->ca == NULL)
         return 0;
     if (hsm_key_export_public(kh->hsm, key, &tls_spki, &tls_len) != HSM_OK)
         goto out;
-    ca_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(gs_ca_cert(kh->ca)), &ca_spki);
-    if (ca_len <= 0)
-        goto out;
-    same = (size_t)ca_len == tls_len && memcmp(ca_spki, tls_spki, tls_len) == 0;
+    /* As keys (EVP_PKEY_eq), not as bytes: a CA certificate made elsewhere
+     * may encode the same key otherwise (a compressed EC point). */
+    same = gs_cert_matches_spki(gs_ca_cert(kh->ca), tls_spki, tls_len) ? 1 : 0;
 out:
     free(tls_spki);
-    OPENSSL_free(ca_spki);
     return same;
 }
 

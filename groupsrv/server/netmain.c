@@ -141,7 +141,9 @@ static void on_broken(void *arg, const char *why)
         log_error("the key holder broke the protocol on a link reason=\"%s\": stopping, to be started again "
                   "with new links",
                   why);
-    event_base_loopbreak(n->base);
+    /* loopexit, not loopbreak: the threads serve before the main loop
+     * runs, and a loopbreak made then would be cleared when it starts. */
+    event_base_loopexit(n->base, NULL);
 }
 
 static void on_term(evutil_socket_t sig, short what, void *arg)

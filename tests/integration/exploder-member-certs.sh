@@ -109,6 +109,26 @@ case "$got" in *"to version 2;"*) ;; *) fail "no copy of the message to version 
 case "$got" in *"to version 1;"*) ;; *) fail "no copy of the message to version 1: $got" ;; esac
 xp_spool_empty
 
+# Mail to a newer rotation while the group server cannot be asked: the
+# exploder cannot tell a new certificate from a wrong one, so the message
+# is deferred (75, 4.3.0: the MTA retries), never bounced; it is taken once
+# the server answers. (group_info_ttl = 0: no minute's wait after a failed
+# fetch before the next try.)
+sed -i 's/^\[delivery\]$/[delivery]\ngroup_info_ttl = 0/' "$XPC"
+gs group rotate eng >/dev/null
+gs group show eng --cert >"$W/group-v3.pem"
+xp_encrypt "$W/group-v3.pem" "$W/v3.eml" "to version 3"
+stop_server
+rc=0
+xp deliver --list $L --sender alice@example.org <"$W/v3.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 75 ] || fail "mail to a new certificate, group server down: exit $rc, want 75: $(cat "$W/deliver.err")"
+grep -q '^4\.3\.0 .*cannot be asked' "$W/deliver.err" || fail "want a 4.3.0 line: $(cat "$W/deliver.err")"
+start_server
+xp deliver --list $L --sender alice@example.org <"$W/v3.eml" 2>"$W/deliver.err" ||
+  fail "mail to version 3 refused once the group server is back: $(cat "$W/deliver.err")"
+xp_drain
+xp_spool_empty
+
 # A 4xx from the group server is its final word on the message: bounced at
 # once with that reason in one plain line, not retried for max_age. Here the
 # message was accepted for key version 1, which is then retired.
