@@ -126,6 +126,15 @@ grep -q '^4\.3\.0 .*cannot be asked' "$W/deliver.err" || fail "want a 4.3.0 line
 start_server
 xp deliver --list $L --sender alice@example.org <"$W/v3.eml" 2>"$W/deliver.err" ||
   fail "mail to version 3 refused once the group server is back: $(cat "$W/deliver.err")"
+# and mail to a certificate that is not the group's at all is refused once
+# the server has said so (77, 5.7.1)
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other -keyout "$W/other.key" -out "$W/other.pem" \
+  2>/dev/null
+xp_encrypt "$W/other.pem" "$W/other.eml" "not to the group"
+rc=0
+xp deliver --list $L --sender alice@example.org <"$W/other.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 77 ] || fail "mail to a foreign certificate: exit $rc, want 77: $(cat "$W/deliver.err")"
+grep -q '^5\.7\.1 ' "$W/deliver.err" || fail "want a 5.7.1 line: $(cat "$W/deliver.err")"
 xp_drain
 xp_spool_empty
 

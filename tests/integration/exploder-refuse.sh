@@ -52,8 +52,12 @@ expect 65 5.6.0 $L "$W/notcms"
 reason "its application/pkcs7-mime part is not CMS"
 printf 'From: a@example.org\nTo: %s\nSubject: plain\n\nhello in the clear\n' $L >"$W/plain"
 expect 77 5.7.1 $L "$W/plain"
+# To a certificate the list does not know, while the group server (here
+# unreachable) cannot say whether it is the group's new one after a
+# rotation: deferred, never bounced (exploder_member_certs shows the 77
+# once the server has answered that it is not)
 xp_encrypt "$W/other.pem" "$W/wrong.eml" wrong
-expect 77 5.7.1 $L "$W/wrong.eml"
+expect 75 4.3.0 $L "$W/wrong.eml"
 xp_encrypt "$W/group.pem" "$W/good.eml" good
 head -c 700 "$W/good.eml" >"$W/cut.eml"
 expect 65 5.6.0 $L "$W/cut.eml"
