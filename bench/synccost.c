@@ -32,8 +32,8 @@
 #include <unistd.h>
 
 #include "benchutil.h"
-#include "util.h"
 
+#define PROG "synccost"
 #define RING_BYTES (4 << 20)
 #define MAX_ROUNDS 99
 
@@ -104,32 +104,37 @@ out:
 int main(int argc, char **argv)
 {
     const char *dir = "/var/tmp";
-    long records = 2000, bytes = 700, rounds = 5;
+    uint64_t records = 2000, bytes = 700, rounds = 5;
     double cpu[2][MAX_ROUNDS], wall[2][MAX_ROUNDS];
 
     for (int i = 1; i < argc; i++) {
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--dir") == 0 && v != NULL)
+        const char *op = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        i++;
+        if (v == NULL)
+            bad = 1;
+        else if (strcmp(op, "--dir") == 0)
             dir = v;
-        else if (strcmp(argv[i], "--records") == 0 && v != NULL && util_parse_int(v, 10, 1000000, &records) == 0)
-            ;
-        else if (strcmp(argv[i], "--bytes") == 0 && v != NULL && util_parse_int(v, 16, 65536, &bytes) == 0)
-            ;
-        else if (strcmp(argv[i], "--rounds") == 0 && v != NULL && util_parse_int(v, 1, MAX_ROUNDS, &rounds) == 0)
-            ;
-        else {
+        else if (strcmp(op, "--records") == 0)
+            bad = bench_arg_u64(PROG, op, v, 10, 1000000, &records) != 0;
+        else if (strcmp(op, "--bytes") == 0)
+            bad = bench_arg_u64(PROG, op, v, 16, 65536, &bytes) != 0;
+        else if (strcmp(op, "--rounds") == 0)
+            bad = bench_arg_u64(PROG, op, v, 1, MAX_ROUNDS, &rounds) != 0;
+        else
+            bad = 1;
+        if (bad) {
             fprintf(stderr, "usage: synccost [--dir DIR] [--records 10..1000000] [--bytes 16..65536] "
                             "[--rounds 1..%d]\n",
                     MAX_ROUNDS);
             return 2;
         }
-        i++;
     }
-    for (long r = 0; r < rounds; r++)
+    for (uint64_t r = 0; r < rounds; r++)
         for (int way = 0; way < 2; way++) {
             /* alternate which way goes first, so neither always follows the other's write-back */
-            int w = (int)((way + r) % 2);
-            if (one_round(dir, w, records, (size_t)bytes, &cpu[w][r], &wall[w][r]) != 0)
+            int w = (int)(((uint64_t)way + r) % 2);
+            if (one_round(dir, w, (long)records, (size_t)bytes, &cpu[w][r], &wall[w][r]) != 0)
                 return 1;
         }
     double ca = median(cpu[0], (int)rounds), co = median(cpu[1], (int)rounds);
