@@ -124,7 +124,11 @@ int gm_need_rsa_tls_cert(const gm_config *c, const char *what);
  * the token key prepared by gm_tls_token_prepare). */
 int gm_rest_open(const gm_config *c, const char *url, gs_rest **r);
 
-/* Loads PEM certificates (up to 16) from bytes. */
+/* Certificates a PEM list may hold: a pin file keeps the group key's
+ * earlier versions after re-keys (fetch-cert --repin), up to this many in
+ * all, and every reader of it must take as many. */
+#define GM_PEM_CERTS_MAX 64
+/* Loads PEM certificates (up to GM_PEM_CERTS_MAX) from bytes. */
 int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out);
 X509 *gm_read_cert_file(const char *path);
 X509 *gm_read_cert_file_quiet(const char *path); /* no message when absent */

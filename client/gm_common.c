@@ -438,7 +438,7 @@ int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out)
     if (sk == NULL || len > INT_MAX || (b = BIO_new_mem_buf(pem, (int)len)) == NULL)
         goto out;
     while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        if (sk_X509_num(sk) >= 16 || !sk_X509_push(sk, x)) {
+        if (sk_X509_num(sk) >= GM_PEM_CERTS_MAX || !sk_X509_push(sk, x)) {
             X509_free(x);
             goto out;
         }

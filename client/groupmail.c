@@ -22,7 +22,6 @@
 #include "log.h"
 #include "util.h"
 
-#define MAX_PINNED_VERSIONS 64 /* group key versions a pin file keeps */
 
 #define MAX_CEK 64
 #define MC_MIN_VALIDITY 60 /* seconds a cached membership certificate must still live */
@@ -333,7 +332,7 @@ static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
     rc = GM_EXIT_ERROR;
     /* A re-key keeps the versions pinned before after the new chain: the
      * group still decrypts mail to them (until it retires them). */
-    for (int i = 0; old != NULL && i < sk_X509_num(old) && sk_X509_num(chain) < MAX_PINNED_VERSIONS; i++) {
+    for (int i = 0; old != NULL && i < sk_X509_num(old) && sk_X509_num(chain) < GM_PEM_CERTS_MAX; i++) {
         X509 *x = sk_X509_value(old, i);
         if (older_version(old, i) && !in_stack(chain, x)) {
             if (!sk_X509_push(chain, x))

@@ -360,4 +360,14 @@ for round in repinned fetched-again; do
   done
   expect_rc 0 "fetch-cert again" -- gm fetch-cert
 done
+# a pin file that kept many earlier versions (as after some 20 re-keys) is
+# still read: its reader once took 16 certificates, the re-key kept 64
+for i in $(seq 1 20); do
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=eng v$i" \
+    -keyout /dev/null 2>/dev/null >>"$pin"
+done
+[ "$(grep -c 'BEGIN CERTIFICATE' "$pin")" -gt 20 ] || fail "test set-up: the pin file did not grow"
+expect_rc 0 "mail to the new key with 20 more versions pinned" -- as alice decrypt --in "$work/v2.der" --out "$work/out.txt"
+same "$work/out.txt" "$work/m.txt" "new key, long pin file"
+expect_rc 0 "fetch-cert with 20 more versions pinned" -- gm fetch-cert
 echo "groupmail-e2e: all passed"
