@@ -722,12 +722,6 @@ static unsigned default_workers(void)
     return n < 2 ? 2 : n > 16 ? 16 : (unsigned)n;
 }
 
-/* start() found the configuration wrong (a token URI with a PIN in it):
- * the key holder exits 5, and serve with it, so that a service manager
- * does not restart it (RestartPreventExitStatus). */
-#define START_CONFIG_ERROR (-5)
-#define START_TOKEN_ERROR (-4) /* exit 4, as every command that cannot open the token */
-
 static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
 {
     hsm_caps caps;
@@ -774,7 +768,11 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         hcfg.hsm.max_sessions = *workers + 1;
     if ((ge = gs_hsm_open(&hcfg, &kh->hsm)) != GS_OK) {
         fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
-        return ge == GS_ERR_CONFIG ? START_CONFIG_ERROR : ge == GS_ERR_TOKEN ? START_TOKEN_ERROR : -1;
+        /* The key holder exits as every command does (gs_err_exit_code): 5
+         * for a wrong configuration (a token URI with a PIN in it), which a
+         * service manager does not restart (RestartPreventExitStatus), 4
+         * for a token that cannot be opened. */
+        return -gs_err_exit_code(ge);
     }
     (void)hsm_caps_get(kh->hsm, &caps);
     log_caps(&caps);
@@ -907,10 +905,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
         }
     int started = start(&kh, cfg, &workers);
     if (started != 0) {
-        if (started == START_CONFIG_ERROR)
-            rc = 5;
-        else if (started == START_TOKEN_ERROR)
-            rc = 4;
+        rc = -started; /* start() returns minus the exit code */
         goto out;
     }
     tokenq_ops ops = {
