@@ -1398,7 +1398,6 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
                      bool *replaced)
 {
     gs_store_group *g = NULL;
-    gs_store_member *old = NULL;
     char *pem = NULL;
     gs_err err;
 
@@ -1411,13 +1410,13 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
      * old one is touched, and the swap is one transaction. */
     if ((err = member_cert_pem(cert, email, &pem)) != GS_OK || (err = gs_store_begin(st)) != GS_OK)
         goto out;
-    err = gs_store_member_get(st, g->id, email, &old);
-    if (err == GS_OK) {
+    /* The old record goes if there is one: both stores answer NOT_FOUND
+     * (and change nothing) when there is none. */
+    err = gs_store_member_remove(st, g->id, email);
+    if (err == GS_OK)
         *replaced = true;
-        err = gs_store_member_remove(st, g->id, email);
-    } else if (err == GS_ERR_NOT_FOUND) {
+    else if (err == GS_ERR_NOT_FOUND)
         err = GS_OK;
-    }
     if (err == GS_OK)
         err = gs_store_member_add(st, g->id, email, role, pem);
     if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
@@ -1432,7 +1431,6 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
         log_info("member %s group=%s member=%s role=%s wrap=%s", *replaced ? "replaced" : "added", group, email,
                  gs_role_name(role), gs_wrap_name(wrap));
 out:
-    gs_store_member_free(old);
     free(pem);
     gs_store_group_free(g);
     return err;
