@@ -214,27 +214,20 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
             goto out;
         }
     }
+    if (bad == NULL)
+        bad = xp_strerror(rc); /* the refusals' reason when the check gave none */
     switch (rc) {
     case XP_OK: break;
     case XP_ERR_FORMAT:
     case XP_ERR_TOO_LARGE:
-        if (bad == NULL)
-            bad = xp_strerror(rc);
         log_warn("refused: malformed message list=%s err=\"%s\"", l->address, bad);
         ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, bad);
         goto out;
     case XP_ERR_NOT_ENCRYPTED:
     case XP_ERR_WRONG_RECIPIENT:
-        if (bad == NULL)
-            bad = xp_strerror(rc);
-        log_warn("refused list=%s reason=\"%s\"", l->address, bad);
-        ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s: %s", l->address, bad);
-        goto out;
     case XP_ERR_CIPHER: /* RFC 3463 X.7.6: cryptographic algorithm not supported */
-        if (bad == NULL)
-            bad = xp_strerror(rc);
         log_warn("refused list=%s reason=\"%s\"", l->address, bad);
-        ex = say(&ans, XP_EX_NOPERM, "5.7.6", "%s: %s", l->address, bad);
+        ex = say(&ans, XP_EX_NOPERM, rc == XP_ERR_CIPHER ? "5.7.6" : "5.7.1", "%s: %s", l->address, bad);
         goto out;
     default:
         log_error("cannot check message list=%s err=\"%s\"", l->address, xp_strerror(rc));
