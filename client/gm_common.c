@@ -295,7 +295,8 @@ int gm_config_load_stream(gm_config *c, FILE *f, const char *name)
 
     /* Whole lines: libinih alone would cut a long value (a pkcs11: URI, a
      * path) short without a word (common/inifile.h). */
-    switch (inifile_parse_stream(f, ini_cb, &st, &line)) {
+    enum inifile_status ist = inifile_parse_stream(f, ini_cb, &st, &line);
+    switch (ist) {
     case INIFILE_OK:
         break;
     case INIFILE_BAD_LINE: /* ini_cb says why itself and never refuses a line */
@@ -303,10 +304,8 @@ int gm_config_load_stream(gm_config *c, FILE *f, const char *name)
         gm_err("%s: syntax error on line %d", name, line);
         return -1;
     case INIFILE_LONG_LINE:
-        gm_err("%s:%d: line longer than %d characters", name, line, INIFILE_LINE_MAX);
-        return -1;
     case INIFILE_NUL:
-        gm_err("%s:%d: NUL byte in line", name, line);
+        gm_err("%s:%d: %s", name, line, inifile_line_strerror(ist));
         return -1;
     case INIFILE_IO:
         gm_err("cannot read config %s: %s", name, strerror(errno));

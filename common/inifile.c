@@ -143,3 +143,16 @@ out:
     }
     return st;
 }
+
+#define INIFILE_STR_(x) #x
+#define INIFILE_STR(x) INIFILE_STR_(x)
+
+const char *inifile_line_strerror(enum inifile_status st)
+{
+    switch (st) {
+    case INIFILE_SYNTAX: return "syntax error (expected [section] or key = value)";
+    case INIFILE_LONG_LINE: return "line longer than " INIFILE_STR(INIFILE_LINE_MAX) " characters";
+    case INIFILE_NUL: return "NUL byte in line";
+    default: return NULL;
+    }
+}

@@ -35,5 +35,9 @@ enum inifile_status inifile_parse(const char *path, const char *text, ini_handle
                                   int *line);
 /* The same over an open stream, which stays open (the caller's). */
 enum inifile_status inifile_parse_stream(FILE *f, ini_handler handler, void *user, int *line);
+/* What is wrong with the line of INIFILE_SYNTAX, _LONG_LINE or _NUL, in
+ * words every program's message uses ("line longer than 199 characters");
+ * NULL for the other statuses, whose words are the caller's. */
+const char *inifile_line_strerror(enum inifile_status st);
 
 #endif

@@ -222,12 +222,8 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
         enum inifile_status ist = inifile_parse(text != NULL ? NULL : path, text, conf_line, c, &r);
         if (ist != INIFILE_OK) {
             *err_line = r;
-            if (ist == INIFILE_SYNTAX)
-                (void)snprintf(conf_why, sizeof(conf_why), "syntax error (expected [section] or key = value)");
-            else if (ist == INIFILE_LONG_LINE)
-                (void)snprintf(conf_why, sizeof(conf_why), "line longer than %d characters", INIFILE_LINE_MAX);
-            else if (ist == INIFILE_NUL)
-                (void)snprintf(conf_why, sizeof(conf_why), "NUL byte in line");
+            if (inifile_line_strerror(ist) != NULL)
+                (void)snprintf(conf_why, sizeof(conf_why), "%s", inifile_line_strerror(ist));
             rc = ist == INIFILE_NOMEM ? XP_ERR_NOMEM : XP_ERR_CONFIG;
             goto out;
         }

@@ -357,16 +357,12 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
     case INIFILE_NOMEM:
         goto out;
     case INIFILE_LONG_LINE:
-        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: line longer than %d characters", name, line, INIFILE_LINE_MAX);
-        goto out;
     case INIFILE_NUL:
-        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: NUL byte in line", name, line);
+    case INIFILE_SYNTAX:
+        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, line, inifile_line_strerror(st));
         goto out;
     case INIFILE_BAD_LINE:
         err = gs_err_set(GS_ERR_CONFIG, "%s:%d: %s", name, line, ps.first_error[0] ? ps.first_error : "invalid setting");
-        goto out;
-    case INIFILE_SYNTAX:
-        err = gs_err_set(GS_ERR_CONFIG, "%s:%d: syntax error (expected [section] or key = value)", name, line);
         goto out;
     }
     if (!ps.rate_burst_set)
