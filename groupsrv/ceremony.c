@@ -939,13 +939,12 @@ static gs_err labels_free(struct import *im, const gsk_import_item *items, size_
 {
     for (size_t i = 0; i < n; i++) {
         const char *label = im->m->entries[items[i].index].label;
-        hsm_key *k = NULL;
-        hsm_err he = hsm_key_find(im->e->hsm, label, 0, &k);
-        hsm_key_free(k);
-        if (he == HSM_ERR_KEY_NOT_FOUND)
+        bool present;
+        gs_err err = gs_token_label_present(im->e->hsm, label, &present);
+        if (err != GS_OK)
+            return err;
+        if (!present)
             continue;
-        if (he != HSM_OK && he != HSM_ERR_KEY_AMBIGUOUS)
-            return gs_hsm_fail(he, "looking up", label);
         if (recorded != NULL && recorded[i])
             return gs_err_set(GS_ERR_EXISTS, "refused: this token already has %s (imported before: `groupsrv check` "
                                              "shows it; if it shows a problem, delete it: pkcs11-tool --login "

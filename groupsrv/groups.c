@@ -34,24 +34,34 @@ static void label_group(char *buf, size_t n, const char *g, unsigned v) { (void)
 static void label_secret(char *buf, size_t n, const char *g, unsigned v) { (void)snprintf(buf, n, "gs:secret:%s:v%u", g, v); }
 static void label_reject(char *buf, size_t n, const char *g) { (void)snprintf(buf, n, "gs:reject:%s", g); }
 
+gs_err gs_token_label_present(hsm_ctx *hsm, const char *label, bool *present)
+{
+    hsm_key *k = NULL;
+    hsm_err he = hsm_key_find(hsm, label, 0, &k);
+
+    hsm_key_free(k);
+    *present = he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS;
+    if (*present || he == HSM_ERR_KEY_NOT_FOUND)
+        return GS_OK;
+    return gs_hsm_fail(he, "looking up", label);
+}
+
 /* Is any object with this label on the token? EXISTS if so. The label is
  * one no database record names yet (a new group, version or secret), so
  * the object is most likely what a run that lost the token half-way
  * could not destroy: the error says how to delete it. */
 static gs_err label_free(hsm_ctx *hsm, const char *label)
 {
-    hsm_key *k = NULL;
-    hsm_err he = hsm_key_find(hsm, label, 0, &k);
-    hsm_key_free(k);
-    if (he == HSM_ERR_KEY_NOT_FOUND)
-        return GS_OK;
-    if (he == HSM_OK || he == HSM_ERR_KEY_AMBIGUOUS)
-        return gs_err_set(GS_ERR_EXISTS,
-                          "token already has an object labelled %s, which the database does not record "
-                          "(left by a failed run? delete it: pkcs11-tool --login --delete-object --label %s "
-                          "--type privkey, and pubkey or secrkey)",
-                          label, label);
-    return gs_hsm_fail(he, "looking up", label);
+    bool present;
+    gs_err err = gs_token_label_present(hsm, label, &present);
+
+    if (err != GS_OK || !present)
+        return err;
+    return gs_err_set(GS_ERR_EXISTS,
+                      "token already has an object labelled %s, which the database does not record "
+                      "(left by a failed run? delete it: pkcs11-tool --login --delete-object --label %s "
+                      "--type privkey, and pubkey or secrkey)",
+                      label, label);
 }
 
 /* Labels of unrecorded token objects a new version went past (below). */
@@ -66,16 +76,15 @@ static gs_err free_version(hsm_ctx *hsm, void (*label_of)(char *, size_t, const 
                            unsigned from, unsigned *version, char *label, size_t cap)
 {
     for (unsigned v = from; v > 0 && v < from + 256; v++) {
-        hsm_key *k = NULL;
+        bool present;
         label_of(label, cap, name, v);
-        hsm_err he = hsm_key_find(hsm, label, 0, &k);
-        hsm_key_free(k);
-        if (he == HSM_ERR_KEY_NOT_FOUND) {
+        gs_err err = gs_token_label_present(hsm, label, &present);
+        if (err != GS_OK)
+            return err;
+        if (!present) {
             *version = v;
             return GS_OK;
         }
-        if (he != HSM_OK && he != HSM_ERR_KEY_AMBIGUOUS)
-            return gs_hsm_fail(he, "looking up", label);
         size_t used = strlen(skipped_labels);
         (void)snprintf(skipped_labels + used, sizeof(skipped_labels) - used, "%s%s", used > 0 ? ", " : "", label);
         log_warn("token object not in the database kept; the new version goes past it label=%s", label);
@@ -1179,13 +1188,9 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
             continue;
         /* Retired before (by another server sharing this database, or by a
          * run whose destroy failed): only what is still on this token. */
-        if (earlier) {
-            hsm_key *k = NULL;
-            hsm_err he = hsm_key_find(hsm, keys[i].token_label, 0, &k);
-            hsm_key_free(k);
-            if (he == HSM_ERR_KEY_NOT_FOUND)
-                continue;
-        }
+        bool present;
+        if (earlier && gs_token_label_present(hsm, keys[i].token_label, &present) == GS_OK && !present)
+            continue; /* (a failed lookup: tried, and the destroy says what is wrong) */
         hsm_err a = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PRIVATE);
         hsm_err b = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PUBLIC);
         if ((a != HSM_OK || b != HSM_OK) && !err) {
@@ -1698,9 +1703,8 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         row.version = keys[i].version;
         if (keys[i].state == GS_KEY_RETIRED) {
             /* A retired version must really be gone. */
-            hsm_err he = hsm_key_find(a->hsm, keys[i].token_label, 0, &k);
-            hsm_key_free(k);
-            if (he == HSM_ERR_KEY_NOT_FOUND)
+            bool present;
+            if (gs_token_label_present(a->hsm, keys[i].token_label, &present) == GS_OK && !present)
                 continue;
             row.present = true;
             row.problem = "retired but still on the token (run `group retire` on this server)";

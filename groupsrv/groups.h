@@ -256,6 +256,11 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
  * ran. */
 gs_err gs_keys_unrecorded(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const char *label), void *arg);
 
+/* Whether any object labelled label is on the token (*present; one or
+ * more): GS_OK. A lookup that fails otherwise: gs_hsm_fail's error (with
+ * its detail), *present false. */
+gs_err gs_token_label_present(hsm_ctx *hsm, const char *label, bool *present);
+
 /* Destroys every key object labelled label (both halves of a pair, or a
  * secret key); best effort (failures are logged), for undoing a command's
  * own new objects. */
