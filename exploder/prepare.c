@@ -32,6 +32,16 @@ static X509 *first_cert(const char *pem)
     return x;
 }
 
+/* Does pem start with a certificate? (The list's versions are read where
+ * they are used: find_group_ri.) */
+static bool has_cert(const char *pem)
+{
+    X509 *x = first_cert(pem);
+    bool found = x != NULL;
+    X509_free(x);
+    return found;
+}
+
 /* The index of msg's RecipientInfo for one of the list's group
  * certificates, env_message_find_recipient's answer otherwise. pem holds
  * every key version the list has met: the chain list create stored, then
@@ -177,7 +187,6 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     xp_err rc;
     BIO *in = NULL;
     env_message *msg = NULL;
-    X509 *gc = NULL;
     env_err e;
     unsigned char *der = NULL;
     size_t derlen = 0;
@@ -203,12 +212,10 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     }
     if (l->mode == XP_MODE_FORWARD && !l->require_encrypted && l->group_cert == NULL)
         return XP_OK;
-    if ((gc = first_cert(l->group_cert)) == NULL) {
+    if (!has_cert(l->group_cert)) {
         log_error("list has no usable group certificate list=%s", l->address);
         return XP_ERR_CONFIG;
     }
-    X509_free(gc);
-    gc = NULL;
     if ((in = BIO_new_mem_buf(data, (int)len)) == NULL) {
         rc = XP_ERR_NOMEM;
         goto out;
@@ -238,7 +245,6 @@ out:
     free(der);
     env_message_free(msg);
     BIO_free(in);
-    X509_free(gc);
     return rc;
 }
 
@@ -402,7 +408,6 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
 {
     BIO *in = NULL, *bout = NULL;
     env_message *msg = NULL;
-    X509 *gc = NULL;
     unsigned char *der = NULL;
     size_t derlen = 0, idx = 0, hlen = 0, nset;
     gs_rest_opts o;
@@ -416,7 +421,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     bool per_member;
 
     memset(&ris, 0, sizeof(ris));
-    if ((gc = first_cert(l->group_cert)) == NULL) {
+    if (!has_cert(l->group_cert)) {
         snprintf(why, whysz, "list has no group certificate");
         rc = XP_ERR_TEMP; /* the admin can still add it */
         goto out;
@@ -504,7 +509,6 @@ out:
     env_message_free(msg);
     BIO_free(bout);
     BIO_free(in);
-    X509_free(gc);
     return rc;
 }
 
