@@ -165,29 +165,21 @@ static const struct ini_key ini_keys[] = {
 };
 #undef K
 
+/* Keys ini_cb handles itself, after ini_keys (their index: N + position). */
+static const struct {
+    const char *section, *name;
+} ini_own_keys[] = {{"server", "timeout"}, {"smtp", "starttls"}, {"encrypt", "cipher"}};
+enum { INI_TIMEOUT = GS_ARRAY_LEN(ini_keys), INI_STARTTLS, INI_CIPHER, INI_NKEYS };
+
 struct ini_state {
     gm_config *c;
     const char *path;
     int bad;
-    char seen[40][40]; /* "section.name" of each key read so far */
-    size_t nseen;
+    /* A key given twice in the file is an error: which one counted would
+     * be a guess (flags and the environment are taken first, so the
+     * file's first value would win, unlike in every other INI file). */
+    bool seen[INI_NKEYS];
 };
-
-/* A key given twice in the file is an error: which one counted would be
- * a guess (flags and the environment are taken first, so the file's
- * first value would win, unlike in every other INI file). */
-static int ini_repeated(struct ini_state *st, const char *section, const char *name)
-{
-    char key[40];
-
-    (void)snprintf(key, sizeof(key), "%s.%s", section, name);
-    for (size_t i = 0; i < st->nseen; i++)
-        if (strcmp(st->seen[i], key) == 0)
-            return 1;
-    if (st->nseen < GS_ARRAY_LEN(st->seen))
-        memcpy(st->seen[st->nseen++], key, sizeof(key));
-    return 0;
-}
 
 /* Keys with a fixed set of values: a bad one is an error of the file
  * (exit 1, naming it), not of the flag that would otherwise take the
@@ -215,27 +207,36 @@ static int ini_value_ok(const char *section, const char *name, const char *value
     return 1;
 }
 
-/* 1 for a key groupmail reads: one of ini_keys, or one ini_cb handles
- * itself ([server] timeout, [smtp] starttls, [encrypt] cipher). */
-static int ini_key_known(const char *section, const char *name)
+/* The index of a key groupmail reads (ini_keys, then ini_own_keys), or
+ * -1 for an unknown one. */
+static int ini_key_index(const char *section, const char *name)
 {
     for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++)
         if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0)
-            return 1;
-    return (strcmp(section, "server") == 0 && strcmp(name, "timeout") == 0) ||
-           (strcmp(section, "smtp") == 0 && strcmp(name, "starttls") == 0) ||
-           (strcmp(section, "encrypt") == 0 && strcmp(name, "cipher") == 0);
+            return (int)i;
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_own_keys); i++)
+        if (strcmp(section, ini_own_keys[i].section) == 0 && strcmp(name, ini_own_keys[i].name) == 0)
+            return INI_TIMEOUT + (int)i;
+    return -1;
 }
 
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_state *st = user;
-    if (ini_key_known(section, name) && ini_repeated(st, section, name)) {
+    int k = ini_key_index(section, name);
+
+    if (k < 0) {
+        gm_err("%s: unknown key [%s] %s", st->path, section, name);
+        st->bad = 1;
+        return 1;
+    }
+    if (st->seen[k]) {
         gm_err("%s: repeated key [%s] %s", st->path, section, name);
         st->bad = 1;
         return 1;
     }
-    if (ini_key_known(section, name) && value[0] == '\0') {
+    st->seen[k] = true;
+    if (value[0] == '\0') {
         gm_err("%s: empty value for [%s] %s", st->path, section, name);
         st->bad = 1;
         return 1;
@@ -246,15 +247,13 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
         st->bad = 1;
         return 1;
     }
-    for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++) {
-        if (strcmp(section, ini_keys[i].section) == 0 && strcmp(name, ini_keys[i].name) == 0) {
-            char **dst = (char **)((char *)st->c + ini_keys[i].off);
-            if (set_if_unset(dst, value) != 0)
-                st->bad = 1;
-            return 1;
-        }
+    if (k < INI_TIMEOUT) {
+        char **dst = (char **)((char *)st->c + ini_keys[k].off);
+        if (set_if_unset(dst, value) != 0)
+            st->bad = 1;
+        return 1;
     }
-    if (strcmp(section, "server") == 0 && strcmp(name, "timeout") == 0) {
+    if (k == INI_TIMEOUT) {
         long t;
         if (util_parse_int(value, 1, 3600, &t) != UTIL_OK) {
             gm_err("%s: [server] timeout must be 1..3600 seconds", st->path);
@@ -264,7 +263,7 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
         }
         return 1;
     }
-    if (strcmp(section, "smtp") == 0 && strcmp(name, "starttls") == 0) {
+    if (k == INI_STARTTLS) {
         /* The exploder's [delivery] starttls words; --smtp-starttls wins. */
         int mode = strcmp(value, "no") == 0         ? GM_STARTTLS_NO
                    : strcmp(value, "yes") == 0      ? GM_STARTTLS_YES
@@ -278,13 +277,9 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
         }
         return 1;
     }
-    if (strcmp(section, "encrypt") == 0 && strcmp(name, "cipher") == 0) {
-        if (strcmp(value, "cbc") == 0 || strcmp(value, "aes-256-cbc") == 0)
-            st->c->cbc = true;
-        return 1;
-    }
-    gm_err("%s: unknown key [%s] %s", st->path, section, name);
-    st->bad = 1;
+    /* INI_CIPHER */
+    if (strcmp(value, "cbc") == 0 || strcmp(value, "aes-256-cbc") == 0)
+        st->c->cbc = true;
     return 1;
 }
 

@@ -82,8 +82,8 @@ echo "ok: groupmail takes every option groupmail(1) names"
 gm_block=$(section groupmail.1.md Configuration | sed -n '/^```ini$/,/^```$/p' | sed '1d;$d')
 ini_keys() { awk '/^\[[a-z]+\]/ {s=substr($1, 2, length($1) - 2); next} /^[a-z_]+ *=/ {print s "." $1}' | sort -u | tr '\n' ' '; }
 code_keys=$( (grep -oE 'K\("[a-z]+", "[a-z_]+"' "$src/client/gm_common.c" | sed -E 's/K\("([a-z]+)", "([a-z_]+)"/\1.\2/'
-  grep -oE 'strcmp\(section, "[a-z]+"\) == 0 && strcmp\(name, "[a-z_]+"\)' "$src/client/gm_common.c" |
-    sed -E 's/.*"([a-z]+)"\) == 0 && strcmp\(name, "([a-z_]+)"\)/\1.\2/') | sort -u | tr '\n' ' ')
+  grep -oE '\{"[a-z]+", "[a-z_]+"\}' "$src/client/gm_common.c" | sed -E 's/\{"([a-z]+)", "([a-z_]+)"\}/\1.\2/') |
+  sort -u | tr '\n' ' ')
 same "groupmail(1) Configuration keys = client/gm_common.c keys" "$(ini_keys <<<"$gm_block")" "$code_keys"
 printf '%s\n' "$gm_block" > "$work/groupmail.conf"
 # (a bad file is exit 1 before --via is looked at; a bad --via is 2)
