@@ -1669,31 +1669,37 @@ out:
     return rc;
 }
 
-/* "groupmail -c FILE COMMAND ...", the way groupsrv takes -c: a leading
- * -c FILE (--config FILE, --config=FILE) is moved after the command (and
- * the keys subcommand), where the options are parsed. */
-static void lead_config_after_command(int argc, char **argv)
+/* "groupmail -c FILE -v COMMAND ...", the way groupsrv takes its global
+ * options: a leading run of -c FILE (--config FILE, --config=FILE), -v,
+ * -q (--verbose, --quiet) is moved after the command (and the keys
+ * subcommand), where the options are parsed. */
+static void lead_options_after_command(int argc, char **argv)
 {
-    char *moved[2];
-    int n;
+    int lead = 0; /* argv[1 .. lead] are global options */
 
-    if (argc < 3)
+    while (1 + lead < argc) {
+        const char *a = argv[1 + lead];
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (2 + lead >= argc)
+                break;
+            lead += 2;
+        } else if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "-v") == 0 || strcmp(a, "-q") == 0 ||
+                   strcmp(a, "--verbose") == 0 || strcmp(a, "--quiet") == 0) {
+            lead++;
+        } else {
+            break;
+        }
+    }
+    if (lead == 0 || 1 + lead >= argc)
         return;
-    if (strncmp(argv[1], "--config=", 9) == 0)
-        n = 1;
-    else if ((strcmp(argv[1], "-c") == 0 || strcmp(argv[1], "--config") == 0) && argc >= 4)
-        n = 2;
-    else
-        return;
-    int words = argc > n + 2 && strcmp(argv[1 + n], "keys") == 0 ? 2 : 1; /* the command's words */
-    if (argc < 1 + n + words)
-        return;
-    for (int i = 0; i < n; i++)
-        moved[i] = argv[1 + i];
-    for (int i = 0; i < words; i++)
-        argv[1 + i] = argv[1 + n + i];
-    for (int i = 0; i < n; i++)
-        argv[1 + words + i] = moved[i];
+    int words = argc > lead + 2 && strcmp(argv[1 + lead], "keys") == 0 ? 2 : 1; /* the command's words */
+    /* rotate argv[1 .. lead + words] left by lead: the command first */
+    for (int r = 0; r < lead; r++) {
+        char *first = argv[1];
+        for (int i = 1; i < lead + words; i++)
+            argv[i] = argv[i + 1];
+        argv[lead + words] = first;
+    }
 }
 
 /* The commands main dispatches: an unknown one is a usage error before
@@ -1715,7 +1721,7 @@ int main(int argc, char **argv)
     FILE *devnull = NULL;
 
     memset(&c, 0, sizeof(c));
-    lead_config_after_command(argc, argv);
+    lead_options_after_command(argc, argv);
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
         usage(stdout);
         return GM_EXIT_OK;
