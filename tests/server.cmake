@@ -51,3 +51,10 @@ add_test(NAME server_findings
   COMMAND bash ${GS_TEST_DIR}/integration/server-findings.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_findings PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# No PIN, content key, group secret key or private key in any log or the
+# audit trail, with the server at log_level = debug and the clients at -v.
+add_test(NAME server_secrets
+  COMMAND bash ${GS_TEST_DIR}/integration/server-secrets.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_secrets PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
