@@ -296,15 +296,19 @@ static void weakenings_line(const gs_store_group *g, const char *weak, char *buf
         (void)util_strlcpy(buf, "none", n);
 }
 
-/* The policy lines `group create` and `group show` print. */
-static void print_group_policy(const gs_store_group *g, const char *weak)
+/* The policy lines `group create` and `group show` print. `group show`
+ * aligns them with its other fields (in_table); `group create` prints them
+ * alone, with one space after the colon, as the documents quote them
+ * ("weakenings: none"), so that a script's grep finds them. */
+static void print_group_policy(const gs_store_group *g, const char *weak, bool in_table)
 {
+    const int width = in_table ? 16 : 0;
     char line[512];
     gs_policy pol;
 
     if (gs_policy_parse(g->policy, &pol) != GS_OK)
         return;
-    printf("key policy:     rewrap on the %s; secret keys %s; rejection key %s\n",
+    printf("%-*srewrap on the %s; secret keys %s; rejection key %s\n", width, "key policy: ",
            pol.rewrap == GS_REWRAP_SOFTWARE ? "host (software re-wrap: content keys in locked server memory)"
                                             : "token (content keys never in server memory)",
            !(g->methods & GS_METHOD_GROUP_SECRET) ? "none"
@@ -313,7 +317,7 @@ static void print_group_policy(const gs_store_group *g, const char *weak)
                                                   : "on the token (AES key wrap)",
            !g->allow_pkcs1v15 ? "none" : pol.reject_sealed ? "sealed to a token key pair" : "on the token");
     weakenings_line(g, weak, line, sizeof(line));
-    printf("weakenings:     %s\n", line);
+    printf("%-*s%s\n", width, "weakenings: ", line);
 }
 
 static void print_ca_weakenings(struct env *e)
@@ -322,7 +326,7 @@ static void print_ca_weakenings(struct env *e)
 
     if (gs_store_ca_get(e->st, &row) != GS_OK)
         return;
-    printf("weakenings:     %s\n", row->weakenings[0] ? row->weakenings : "none");
+    printf("weakenings: %s\n", row->weakenings[0] ? row->weakenings : "none");
     gs_store_ca_free(row);
 }
 
@@ -451,7 +455,7 @@ static int group_show(struct env *e, const struct args *a)
            g->replicable ? "yes (extractable only under trusted wrap: group export)" : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {
-            print_group_policy(g, keys[i].weakenings);
+            print_group_policy(g, keys[i].weakenings, true);
             break;
         }
     printf("created:        ");
@@ -593,7 +597,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
             size_t nk = 0;
             if (gs_store_group_get(e->st, spec.name, &g) == GS_OK &&
                 gs_store_group_keys(e->st, g->id, &keys, &nk) == GS_OK && nk > 0)
-                print_group_policy(g, keys[0].weakenings);
+                print_group_policy(g, keys[0].weakenings, false);
             gs_store_group_keys_free(keys, nk);
             gs_store_group_free(g);
         }
