@@ -28,3 +28,14 @@ if(TARGET groupsrv)
   set_tests_properties(ops_restore PROPERTIES LABELS "integration" TIMEOUT 120
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# docs/operations.md's procedures run from the document's own sh blocks, as
+# a newcomer would: "Trying it out", "A real token" steps 1-6 on an
+# uninitialised SoftHSM slot (and serve on the token's TLS key), the key
+# ceremony step by step between two tokens, and the .gsk signature checked
+# with stock openssl (tests/lib/docblocks.sh extracts the blocks).
+if(TARGET groupsrv)
+  add_test(NAME doc_operations COMMAND bash ${GS_TEST_DIR}/integration/doc-operations.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(doc_operations PROPERTIES LABELS "integration;docs" TIMEOUT 120
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

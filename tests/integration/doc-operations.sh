@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# doc-operations.sh BIN SRC: docs/operations.md's procedures, their ```sh
+# blocks taken from the document and run as written, in order, as a
+# newcomer would, on throw-away SoftHSM tokens, with what the text says
+# they print and leave checked:
+#   - "Trying it out: a throw-away SoftHSM token";
+#   - "A real token", steps 1-6 on a SoftHSM store whose slot is still
+#     uninitialised (what a new card is), then the server started on the
+#     token's TLS key and reached with the local CA as --cacert;
+#   - the key ceremony "Step by step (SoftHSM, two servers)", and the
+#     .gsk file's signature checked with stock openssl as "The key shipment
+#     file" shows.
+# The only edits to the blocks: absolute paths (/tmp, /etc/groupsrv,
+# /var/lib/gs-b) move into this test's directory, ./scripts/ is the source
+# tree's, and `install -o groupsrv -g groupsrv` loses the owner (no such
+# user here; the mode is checked).
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/lib/docblocks.sh"
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/doc-operations.XXXXXX")
+srv_pid=
+cleanup() {
+  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+doc=$SRC/docs/operations.md
+module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+export PATH="$BIN:$PATH"
+unset GROUPSRV_CONF SOFTHSM2_CONF GS_USER_PIN GS_SO_PIN
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# run_block NAME HEADING N DIR [SED...]: block N of HEADING, with the paths
+# moved (and any further sed expressions), run by bash -e in DIR (stdin
+# this function's), its output in $work/NAME.out; fails the test with the
+# block and its output if the block fails.
+run_block() {
+  local name=$1 heading=$2 n=$3 dir=$4; shift 4
+  doc_block "$doc" "$heading" "$n" |
+    sed -e "s|/tmp/|$work/tmp/|g" -e "s|/etc/groupsrv/|$work/etc/groupsrv/|g" -e "s|/var/lib/gs-b/|$work/gs-b/|g" \
+        -e "s|\./scripts/|$SRC/scripts/|g" -e 's| -o groupsrv -g groupsrv||' "$@" > "$work/$name.sh" ||
+    fail "$name: the block is gone from docs/operations.md"
+  (cd "$dir" && bash -e "$work/$name.sh") > "$work/$name.out" 2>&1 ||
+    fail "$name, as written in docs/operations.md, failed:
+$(cat "$work/$name.sh")
+---- its output:
+$(tail -n 20 "$work/$name.out")"
+}
+has() { grep -qE -- "$2" "$work/$1.out" || fail "$1: no line matching '$2' in: $(cat "$work/$1.out")"; }
+
+# ---- Trying it out: a throw-away SoftHSM token ----
+mkdir -p "$work/tmp"
+run_block tryout 'Trying it out: a throw-away SoftHSM token' 1 "$SRC"
+# ca init and group create say what the token gave up, as the text quotes it
+[ "$(grep -c '^weakenings: none$' "$work/tryout.out")" = 2 ] ||
+  fail "tryout: ca init and group create should each print 'weakenings: none': $(cat "$work/tryout.out")"
+has tryout '^key policy: rewrap on the token'
+has tryout '^all keys OK$'
+[ "$(stat -c %a "$work/tmp/gs/alice@example.org.key")" = 600 ] || fail "tryout: alice's key is not 0600"
+openssl x509 -in "$work/tmp/gs/alice@example.org.pem" -noout -ext subjectAltName | grep -q 'email:alice@example.org' ||
+  fail "tryout: alice's certificate does not name her"
+ok "operations.md's 'Trying it out' ran as written: CA, group, alice's certificate, check"
+
+# ---- A real token, steps 1-6: a SoftHSM store with an uninitialised slot ----
+real=$work/real
+mkdir -p "$real/tokens" "$work/etc/groupsrv"
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$real" > "$real/softhsm2.conf"
+export SOFTHSM2_CONF=$real/softhsm2.conf MODULE=$module
+# step 4's configuration, written before step 1 as step 1 says
+cat > "$work/etc/groupsrv/groupsrv.conf" <<CONF
+[hsm]
+module = $module
+token = pkcs11:token=groupsrv
+pin_source = $work/etc/groupsrv/pin
+[db]
+path = $real/db/groupsrv.db
+[audit]
+path = $real/audit.jsonl
+CONF
+export GROUPSRV_CONF=$work/etc/groupsrv/groupsrv.conf
+# the certificates step 4 adds, from an organisation's CA
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=org-ca -keyout "$real/org.key" -out "$real/org.pem" 2>/dev/null
+for who in exploder:list@lists.example.org alice:alice@example.org; do
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=${who#*:}" -keyout "$real/${who%%:*}.key" -out "$real/${who%%:*}.csr" 2>/dev/null
+  openssl x509 -req -in "$real/${who%%:*}.csr" -CA "$real/org.pem" -CAkey "$real/org.key" -CAcreateserial -days 2 \
+    -extfile <(printf 'subjectAltName=email:%s\n' "${who#*:}") -out "$real/${who%%:*}.pem" 2>/dev/null
+done
+run_block real1 'A real token' 1 "$real"
+has real1 'Slot 0 .*SoftHSM'
+has real1 'token state: +uninitialized'
+has real1 'RSA-PKCS-OAEP'
+printf '%s\n%s\n' so-pin-1234 user-pin-5678 > "$real/pins"
+# steps 2 and 3 run in one shell: step 3 reads the PINs step 2 read
+{ doc_block "$doc" 'A real token' 2; doc_block "$doc" 'A real token' 3; echo '[ -z "${GS_USER_PIN:-}" ]'; } > "$real/steps23.sh"
+sed -i -e "s|/etc/groupsrv/|$work/etc/groupsrv/|g" -e 's| -o groupsrv -g groupsrv||' "$real/steps23.sh"
+(cd "$real" && bash -e "$real/steps23.sh" < "$real/pins") > "$work/real23.out" 2>&1 ||
+  fail "A real token, steps 2-3, as written, failed: $(cat "$work/real23.out")"
+[ "$(stat -c %a "$work/etc/groupsrv/pin")" = 600 ] && [ "$(cat "$work/etc/groupsrv/pin")" = user-pin-5678 ] ||
+  fail "step 3 did not leave the user PIN in a 0600 file"
+run_block real4 'A real token' 4 "$real"
+has real4 '^cap mechanism CKM_RSA_PKCS_OAEP +yes'
+has real4 '^cap trusted wrap +yes'
+has real4 '^weakenings: none$'
+has real4 '^member list@lists.example.org added to eng as exploder$'
+has real4 '^all keys OK$'
+openssl x509 -in "$work/etc/groupsrv/ca.pem" -noout -subject | grep -q 'CN = Example Org groupsrv CA' ||
+  fail "step 4's ca show did not write the CA certificate"
+# step 5: the group key as the text says it must show
+GS_USER_PIN=user-pin-5678 run_block real5 'A real token' 5 "$real"
+awk '/label: *gs:group:eng:v1/ {on=1; next} /Object;/ {on=0} on' "$work/real5.out" | sed -E 's/  +/ /g' > "$work/real5.key"
+grep -q '^ *Access: sensitive, always sensitive, never extractable' "$work/real5.key" &&
+  grep -q '^ *Usage: decrypt, unwrap$' "$work/real5.key" &&
+  grep -q '^ *Allowed mechanisms: RSA-PKCS,RSA-PKCS-OAEP$' "$work/real5.key" ||
+  fail "step 5: the group key is not shown as the text says: $(cat "$work/real5.out")"
+ok "operations.md's 'A real token' steps 1-5 ran as written; the group key shows what step 5 says"
+# step 6: the TLS key on the token, and the server on it
+run_block real6 'A real token' 6 "$real"
+has real6 '^key = pkcs11:token=groupsrv;object=tls;type=private$'
+port=$(free_port)
+cat >> "$GROUPSRV_CONF" <<CONF
+[server]
+listen = 127.0.0.1:$port
+[tls]
+cert = $work/etc/groupsrv/server.pem
+key = pkcs11:token=groupsrv;object=tls;type=private
+CONF
+for attempt in 1 2 3; do
+  groupsrv serve > "$real/serve.log" 2>&1 &
+  srv_pid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$port:127.0.0.1" \
+      "https://groupsrv.example.org:$port/healthz" > "$real/healthz" 2>/dev/null && break 2
+    kill -0 "$srv_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$srv_pid" 2>/dev/null && fail "serve on the token's TLS key never answered: $(tail -n 5 "$real/serve.log")"
+  wait "$srv_pid" 2>/dev/null || true
+  srv_pid=
+  # the port was free when chosen; another test may have taken it since
+  grep -q "Address already in use" "$real/serve.log" || fail "serve on the token's TLS key exited: $(tail -n 5 "$real/serve.log")"
+  oport=$port port=$(free_port)
+  sed -i "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" "$GROUPSRV_CONF"
+done
+grep -q '"status":"ok"' "$real/healthz" || fail "no healthy server on the token's TLS key: $(tail -n 5 "$real/serve.log")"
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
+srv_pid=
+ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
+unset GROUPSRV_CONF
+
+# ---- The key ceremony, step by step: server A exports to server B ----
+A=$work/A B=$work/B
+mkdir -p "$A" "$B"
+"$SRC/scripts/provision-softhsm" "$A/token" groupsrv > /dev/null
+for side in A B; do
+  d=${!side}
+  if [ "$side" = A ]; then tok=groupsrv; pins=$A/token; else tok=groupsrv-b; pins=$work/gs-b/token; fi
+  cat > "$d/${side,}.conf" <<CONF
+[hsm]
+module = $module
+token = pkcs11:token=$tok
+pin_source = $pins/user-pin
+[db]
+path = $d/db/groupsrv.db
+[audit]
+path = $d/audit.jsonl
+CONF
+done
+export SOFTHSM2_CONF=$A/token/softhsm2.conf
+groupsrv -c "$A/a.conf" ca init > /dev/null
+run_block cer1 'Step by step (SoftHSM, two servers)' 1 "$A"
+has cer1 '^group eng created: key version 1'
+# step 2 runs on B: its own token store (the block exports it)
+run_block cer2 'Step by step (SoftHSM, two servers)' 2 "$B"
+has cer2 '^sha256( [0-9a-f]{4}){16}$'
+label=$(sed -n 's/^transport key \(gs:transport:[0-9a-f]*\) made .*/\1/p' "$work/cer2.out")
+[ -n "$label" ] || fail "step 2 did not name the transport key: $(cat "$work/cer2.out")"
+cp "$B/b-transport.pem" "$A/"
+# step 3: the SO's PIN, as a 0600 file named in A's configuration
+sed -i "/^\[hsm\]/a so_pin_source = $A/token/so-pin" "$A/a.conf"
+run_block cer4 'Step by step (SoftHSM, two servers)' 3 "$A"
+grep -qF "$(grep '^sha256 ' "$work/cer2.out")" "$work/cer4.out" ||
+  fail "the export did not print the fingerprint B read out: $(cat "$work/cer4.out")"
+# step 5: A's CA certificate travels with the file
+(cd "$A" && groupsrv -c a.conf ca show > a-ca.pem)
+cp "$A/eng.gsk" "$A/a-ca.pem" "$B/"
+export SOFTHSM2_CONF=$work/gs-b/token/softhsm2.conf
+run_block cer5 'Step by step (SoftHSM, two servers)' 4 "$B"
+has cer5 '^group +eng +v1 +gs:group:eng:v1 .* OK \(imported copy\)$'
+has cer5 '^all keys OK$'
+# step 6: the copies show "Access: sensitive", not never extractable
+GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") run_block cer6 'Step by step (SoftHSM, two servers)' 5 "$B"
+awk '/label: *gs:group:eng:v1/ {on=1; next} /Object;/ {on=0} on' "$work/cer6.out" | sed -E 's/  +/ /g' > "$work/cer6.key"
+grep -q '^ *Access: sensitive$' "$work/cer6.key" || fail "step 6: the copy does not show 'Access: sensitive': $(cat "$work/cer6.out")"
+# step 7: the transport key deleted, both halves, with the label step 2 printed
+GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") run_block cer7 'Step by step (SoftHSM, two servers)' 6 "$B" \
+  -e "s|gs:transport:[0-9a-f]*|$label|g"
+GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") pkcs11-tool --module "$module" --token-label groupsrv-b --login \
+  --pin env:GS_USER_PIN --list-objects > "$work/cer7.objects" 2>&1 || fail "cannot list B's objects: $(cat "$work/cer7.objects")"
+! grep -q "gs:transport:" "$work/cer7.objects" || fail "step 7 left the transport key: $(cat "$work/cer7.objects")"
+ok "operations.md's key ceremony, steps 1-7, ran as written: B holds copies, the transport key is gone"
+
+# ---- The key shipment file: its signature with stock openssl ----
+export SOFTHSM2_CONF=$A/token/softhsm2.conf
+run_block gsk 'The key shipment file (`.gsk`)' 1 "$A"
+has gsk '^Verified OK$'
+python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); assert m["format"] == "groupsrv-key-shipment-1" and m["group"]["name"] == "eng", m' \
+  "$A/manifest.json" || fail "the manifest cut out by the recipe is not the shipment's JSON"
+ok "operations.md's .gsk recipe: the manifest cut out with dd verifies with the CA's key"
