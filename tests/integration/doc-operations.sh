@@ -58,7 +58,9 @@ run_block tryout 'Trying it out: a throw-away SoftHSM token' 1 "$SRC"
   fail "tryout: ca init and group create should each print 'weakenings: none': $(cat "$work/tryout.out")"
 has tryout '^key policy: rewrap on the token'
 has tryout '^all keys OK$'
+# groupsrv(1): EMAIL.pem 0644, EMAIL.key 0600
 [ "$(stat -c %a "$work/tmp/gs/alice@example.org.key")" = 600 ] || fail "tryout: alice's key is not 0600"
+[ "$(stat -c %a "$work/tmp/gs/alice@example.org.pem")" = 644 ] || fail "tryout: alice's certificate is not 0644"
 openssl x509 -in "$work/tmp/gs/alice@example.org.pem" -noout -ext subjectAltName | grep -q 'email:alice@example.org' ||
   fail "tryout: alice's certificate does not name her"
 ok "operations.md's 'Trying it out' ran as written: CA, group, alice's certificate, check"
