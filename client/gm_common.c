@@ -220,11 +220,31 @@ static int ini_key_index(const char *section, const char *name)
     return -1;
 }
 
+/* 1 when some key groupmail reads is in [section]. */
+static int ini_section_known(const char *section)
+{
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_keys); i++)
+        if (strcmp(section, ini_keys[i].section) == 0)
+            return 1;
+    for (size_t i = 0; i < GS_ARRAY_LEN(ini_own_keys); i++)
+        if (strcmp(section, ini_own_keys[i].section) == 0)
+            return 1;
+    return 0;
+}
+
 static int ini_cb(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_state *st = user;
-    int k = ini_key_index(section, name);
+    int k;
 
+    if (name == NULL) { /* a [section] line (inifile.h): known, even with no key under it */
+        if (!ini_section_known(section)) {
+            gm_err("%s: unknown section [%s]", st->path, section);
+            st->bad = 1;
+        }
+        return 1;
+    }
+    k = ini_key_index(section, name);
     if (k < 0) {
         gm_err("%s: unknown key [%s] %s", st->path, section, name);
         st->bad = 1;

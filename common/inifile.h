@@ -19,7 +19,7 @@
 
 enum inifile_status {
     INIFILE_OK = 0,
-    INIFILE_BAD_LINE,  /* *line: the first line the handler refused */
+    INIFILE_BAD_LINE,  /* *line: the first line the handler refused (a key, or an empty [section]) */
     INIFILE_SYNTAX,    /* *line: a line inih cannot read (not a [section], key = value
                         * or comment), before any the handler refused */
     INIFILE_LONG_LINE, /* *line: a line longer than INIFILE_LINE_MAX */
@@ -29,7 +29,10 @@ enum inifile_status {
 };
 
 /* Parses the file at path, or the string text when path is NULL, calling
- * handler for each key as ini_parse does. *line is the line number for
+ * handler for each key as ini_parse does, and with name and value NULL
+ * for each [section] with no key under it, once the next section or the
+ * end shows it empty (so that the handler can refuse an unknown section
+ * that has no key; a refusal names the section's line). *line is the line number for
  * the four line statuses, else 0. Returns the status. */
 enum inifile_status inifile_parse(const char *path, const char *text, ini_handler handler, void *user,
                                   int *line);

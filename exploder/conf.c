@@ -178,6 +178,15 @@ static int conf_line(void *user, const char *section, const char *name, const ch
     int rc;
 
     (void)log_quote(qs, sizeof(qs), section);
+    if (name == NULL) { /* a [section] line (inifile.h): known, even with no key under it */
+        static const char *const sections[] = {"spool", "delivery", "tls", "log"};
+        for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++)
+            if (strcmp(section, sections[i]) == 0)
+                return 1;
+        if (conf_why[0] == '\0')
+            (void)snprintf(conf_why, sizeof(conf_why), "unknown section [%s]", qs);
+        return 0;
+    }
     (void)log_quote(qn, sizeof(qn), name);
     rc = conf_handler(user, section, name, value);
     if (rc == 1 && value[0] == '\0')

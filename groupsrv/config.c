@@ -124,6 +124,12 @@ static int handler(void *user, const char *section, const char *name, const char
 
     /* Section and key names come from the file: quote them for messages. */
     (void)log_quote(qs, sizeof(qs), section);
+    if (name == NULL) { /* a [section] line (inifile.h): known, even with no key under it */
+        for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++)
+            if (strcmp(keys[i].section, section) == 0)
+                return 1;
+        return fail(ps, "unknown section [%s]", qs);
+    }
     (void)log_quote(qn, sizeof(qn), name);
 
     for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++) {

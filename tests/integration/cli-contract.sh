@@ -64,6 +64,13 @@ expect 5 "syntax\.conf:4: syntax error" "groupsrv: a line that is not key = valu
 printf '[hsm]\nmodule = /x.so\npin_source = /p\n[server]\nthredas = 4\nnot a setting\n' > "$work/syntax.conf"
 expect 5 "syntax\.conf:5: unknown key 'thredas' in \[server\]" "groupsrv: an unknown key before a syntax error" -- \
   "$gs" -c "$work/syntax.conf" group list
+# "[Server] is an unknown section" (groupsrv(1)), also with no key under it
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[Server]\n; nothing here yet\n\n[db]\npath = /x.db\n' > "$work/section.conf"
+expect 5 "section\.conf:4: unknown section \[Server\]$" "groupsrv: an unknown section with no key under it" -- \
+  "$gs" -c "$work/section.conf" group list
+printf '[hsm]\nmodule = /x.so\npin_source = /p\n[Server]\n' > "$work/section.conf"
+expect 5 "section\.conf:4: unknown section \[Server\]$" "groupsrv: an unknown section ending the file" -- \
+  "$gs" -c "$work/section.conf" group list
 # CRLF line ends and a UTF-8 byte order mark are read as plain lines
 printf '\xef\xbb\xbf[hsm]\r\nmodule = /x.so ; inline comment\r\n# comment\r\npin_source = /p\r\n[db]\r\npath = %s/crlf.db\r\n' \
   "$work" > "$work/crlf.conf"
@@ -133,6 +140,9 @@ expect 1 "^groupmail: $work/gm\.conf: repeated key \[server\] url$" "groupmail: 
 printf '[smtp]\nstarttls = yes\nstarttls = no\n' > "$work/gm.conf"
 expect 1 "^groupmail: $work/gm\.conf: repeated key \[smtp\] starttls$" "groupmail: [smtp] starttls given twice" -- \
   "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
+printf '[Server]\n[encrypt]\ncipher = cbc\n' > "$work/gm.conf"
+expect 1 "^groupmail: $work/gm\.conf: unknown section \[Server\]$" "groupmail: an unknown section with no key under it" -- \
+  "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
 printf '[identity]\ntls_cert =\n' > "$work/gm.conf"
 expect 1 "^groupmail: $work/gm\.conf: empty value for \[identity\] tls_cert$" "groupmail: an empty value in the file" -- \
   "$gm" -c "$work/gm.conf" encrypt --group-cert "$work/g.pem" --in "$work/msg" --out "$work/enc"
@@ -188,6 +198,9 @@ xp_bad() { # SECTION KEY VALUE WHY
 xp_bad spool rpath /x "unknown key 'rpath' in \[spool\]"
 xp_bad delivery relay mail.example.org "bad value for 'relay' in \[delivery\]"
 xp_bad delivery relay "" "empty value for 'relay' in \[delivery\]"
+printf '[spool]\npath = %s/spool\n[Delivery]\n[log]\nlevel = info\n' "$work" > "$work/bad.conf"
+expect 78 "^exploder: $work/bad\.conf:3: unknown section \[Delivery\]$" "exploder: an unknown section with no key under it" -- \
+  "$xp" -c "$work/bad.conf" list show a@example.org
 # a key given again overrides (exploder(1); the tests' configurations rely on it)
 printf '[spool]\npath = %s/first\n[spool]\npath = %s/second\n' "$work" "$work" > "$work/over.conf"
 "$xp" -c "$work/over.conf" list show a@example.org >/dev/null 2>&1 || true

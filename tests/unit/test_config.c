@@ -92,6 +92,11 @@ static void test_errors(void **state)
     (void)state;
     expect_error(MIN_HSM "[server]\nlisten = 1.2.3.4:1\nlisen = x\n", "t.conf:6: unknown key 'lisen' in [server]");
     expect_error(MIN_HSM "[servr]\nlisten = x\n", "t.conf:5: unknown section [servr]");
+    /* with no key under it (inifile.h): named at its own line, before or at the end */
+    expect_error(MIN_HSM "[Server]\n# nothing\n[server]\nthreads = 2\n", "t.conf:4: unknown section [Server]");
+    expect_error(MIN_HSM "[server]\nthreads = 2\n[Server]\n", "t.conf:6: unknown section [Server]");
+    /* an indented [x] after a key continues the key's value (inih's rule), not a section */
+    expect_error(MIN_HSM "[server]\nlisten = 1.2.3.4:1\n  [x]\n", "t.conf:6: duplicate key 'listen' in [server]");
     expect_error(MIN_HSM "[server]\nthreads = 2\nthreads = 3\n", "t.conf:6: duplicate key 'threads'");
     expect_error(MIN_HSM "[server]\nthreads = 0\n", "t.conf:5: bad value for 'threads'");
     expect_error(MIN_HSM "[server]\nthreads = 4x\n", "bad value for 'threads'");
