@@ -42,3 +42,33 @@ openssl x509 -in "$work/examples/anon.pem" -noout -ext subjectAltName 2>/dev/nul
 [ "$(anon "$base/v1/groups/strict" | json_get /dev/stdin key_transports)" = "['RSA-OAEP']" ] ||
   fail "allow_pkcs1v15 false did not make an RSA-OAEP-only group"
 ok "all $n example blocks of docs/api.md ran as written ($(grep -c . "$script") lines)"
+
+# The answers api.md shows as JSON are the server's: the discovery example
+# has every member the server sends and no other (nested ones too), and
+# the error example is the one a removed member gets, word for word, and
+# /healthz's 200 is the one shown.
+. "$SRC/tests/lib/docblocks.sh"
+doc_block "$SRC/docs/api.md" 'GET /v1/groups/{g} (anyone)' 1 json > "$work/doc-group.json" || fail "no discovery example"
+anon "$base/v1/groups/eng" > "$work/live-group.json"
+doc_block "$SRC/docs/api.md" 'Errors' 1 json > "$work/doc-error.json" || fail "no error example"
+c carol --data-binary "{\"recipient_info\":\"$(b64 "$work/ri.der")\",\"content_algorithm\":\"aes-256-cbc\"}" \
+  "$base/v1/groups/eng/unwrap" > "$work/live-error.json"
+sed -n 's/^`200 \({"status".*}\)`.*/\1/p' "$SRC/docs/api.md" > "$work/doc-healthz.json"
+[ -s "$work/doc-healthz.json" ] || fail "no /healthz answer in docs/api.md"
+anon "$base/healthz" > "$work/live-healthz.json"
+/usr/bin/python3 - "$work" <<'PY' || fail "docs/api.md's JSON examples differ from the server's answers"
+import json, sys
+w = sys.argv[1]
+def shape(v):  # the members of every object, nested; list items by their first
+    if isinstance(v, dict):
+        return {k: shape(x) for k, x in v.items()}
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        return [shape(v[0])]
+    return None
+for doc, live, exact in (("doc-group.json", "live-group.json", False), ("doc-error.json", "live-error.json", True),
+                         ("doc-healthz.json", "live-healthz.json", True)):
+    d, l = json.load(open(f"{w}/{doc}")), json.load(open(f"{w}/{live}"))
+    if (d != l) if exact else (shape(d) != shape(l)):
+        sys.exit(f"{doc}: {json.dumps(d)}\n the server: {json.dumps(l)}")
+PY
+ok "docs/api.md's discovery, error and /healthz examples have the server's fields and words"
