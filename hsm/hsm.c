@@ -384,16 +384,38 @@ static bool pin_was_rejected(hsm_ctx *ctx)
     return r;
 }
 
+/* C_OpenSession answered CKR_SESSION_COUNT while `ours` sessions of this
+ * process are open: a token that does not report its limit (ulMaxSessionCount
+ * 0 or unavailable: a network HSM's per-client quota, a card whose other
+ * sessions belong to other applications) has told it now. The pool is
+ * held to what it has, so that callers wait for a pooled session instead
+ * of failing. Called with pool_mu held. True when the pool was lowered
+ * (or is at that size already) and waiting helps; false when none of ours
+ * is open, so no session will come back. */
+static bool learn_session_limit(hsm_ctx *ctx, unsigned ours)
+{
+    if (ours == 0)
+        return false;
+    if (ours < ctx->max_sessions) {
+        log_warn("token refused another session (CKR_SESSION_COUNT) though it reports no such limit; session "
+                 "pool lowered from %u to %u", ctx->max_sessions, ours);
+        ctx->max_sessions = ours;
+    }
+    return true;
+}
+
 /* Borrows a session for one operation; opens one (up to max_sessions) or
- * waits for one. After token loss the token is looked up again first: if
- * it is still absent, fails at once with HSM_ERR_TOKEN_ABSENT. */
-static hsm_err borrow(hsm_ctx *ctx, hsm_session *out, bool force_login)
+ * waits for one (no_wait: fails with HSM_ERR_SESSION instead). After token
+ * loss the token is looked up again first: if it is still absent, fails
+ * at once with HSM_ERR_TOKEN_ABSENT. */
+static hsm_err borrow(hsm_ctx *ctx, hsm_session *out, bool force_login, bool no_wait)
 {
     hsm_err err = HSM_OK;
     bool need_open = false;
 
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&ctx->pool_mu);
+again:
     if (ctx->token_lost) {
         /* Under pool_mu so that one thread re-finds the token for all. */
         err = find_token(ctx);
@@ -404,8 +426,14 @@ static hsm_err borrow(hsm_ctx *ctx, hsm_session *out, bool force_login)
         ctx->token_lost = false;
         log_info("token is back slot=%lu", (unsigned long)ctx->slot);
     }
-    while (ctx->n_idle == 0 && ctx->n_open >= ctx->max_sessions)
+    while (ctx->n_idle == 0 && ctx->n_open >= ctx->max_sessions) {
+        if (no_wait) {
+            pthread_mutex_unlock(&ctx->pool_mu);
+            hsm_set_detail("every session the pool may open is in use");
+            return HSM_ERR_SESSION;
+        }
         pthread_cond_wait(&ctx->pool_cv, &ctx->pool_mu);
+    }
     if (ctx->n_idle > 0) {
         *out = ctx->idle[--ctx->n_idle];
     } else {
@@ -419,10 +447,20 @@ static hsm_err borrow(hsm_ctx *ctx, hsm_session *out, bool force_login)
     if (need_open) {
         err = P11(ctx, C_OpenSession, slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &out->h);
         if (err != HSM_OK) {
+            bool wait_for_one;
+
             pthread_mutex_lock(&ctx->pool_mu);
             ctx->n_open--;
+            wait_for_one = hsm_last_rv() == CKR_SESSION_COUNT && learn_session_limit(ctx, ctx->n_open);
             pthread_cond_signal(&ctx->pool_cv);
+            if (wait_for_one) {
+                need_open = false;
+                goto again;
+            }
             pthread_mutex_unlock(&ctx->pool_mu);
+            if (hsm_last_rv() == CKR_SESSION_COUNT)
+                hsm_set_detail("C_OpenSession: CKR_SESSION_COUNT: the token has no session free for groupsrv "
+                               "(other applications hold them all)");
             return err;
         }
     }
@@ -694,7 +732,7 @@ static hsm_err run(hsm_ctx *ctx, hsm_op_fn op, void *arg, bool once)
             pthread_rwlock_rdlock(&ctx->life_mu);
             gen = ctx->life_gen;
         }
-        err = borrow(ctx, &s, force_login);
+        err = borrow(ctx, &s, force_login, false);
         from_borrow = err != HSM_OK;
         if (!from_borrow) {
             tls_taint = false;
@@ -1013,7 +1051,7 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     }
     /* Log in now (and keep the session pooled: the login lives as long as
      * any session of ours is open). */
-    err = borrow(ctx, &s, false);
+    err = borrow(ctx, &s, false, false);
     if (err != HSM_OK) {
         if (s.h != 0)
             release(ctx, &s, HSM_ERR_SESSION);
@@ -1065,6 +1103,48 @@ void hsm_close(hsm_ctx *ctx)
     pthread_rwlock_destroy(&ctx->life_mu);
     OPENSSL_cleanse(ctx, sizeof(*ctx));
     free(ctx);
+}
+
+/* ---- sessions at start --------------------------------------------------------- */
+
+hsm_err hsm_sessions_fill(hsm_ctx *ctx, unsigned want, unsigned *got)
+{
+    hsm_session held[HSM_MAX_SESSIONS];
+    unsigned n = 0, i;
+    hsm_err err = HSM_OK;
+
+    if (got != NULL)
+        *got = 0;
+    if (ctx == NULL || got == NULL || want == 0)
+        return HSM_ERR_ARGS;
+    if (want > HSM_MAX_SESSIONS)
+        want = HSM_MAX_SESSIONS;
+    hsm_clear_detail();
+    pthread_rwlock_rdlock(&ctx->life_mu);
+    /* Held, not released one by one, so that each borrow opens a new one;
+     * no_wait: at the pool's (possibly just lowered) size it stops. */
+    while (n < want) {
+        err = borrow(ctx, &held[n], false, true);
+        if (err != HSM_OK) {
+            if (held[n].h != 0)
+                release(ctx, &held[n], err);
+            break;
+        }
+        n++;
+    }
+    for (i = 0; i < n; i++)
+        release(ctx, &held[i], HSM_OK);
+    pthread_mutex_lock(&ctx->pool_mu);
+    *got = ctx->max_sessions < want ? ctx->max_sessions : want;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    pthread_rwlock_unlock(&ctx->life_mu);
+    if (n == 0)
+        return err;
+    if (err != HSM_OK && hsm_last_rv() != CKR_SESSION_COUNT && n < *got)
+        log_warn("opening the token's sessions at start stopped at %u of %u detail=%s", n, want,
+                 hsm_last_error_detail());
+    hsm_clear_detail();
+    return HSM_OK;
 }
 
 /* ---- ping / info ------------------------------------------------------------ */

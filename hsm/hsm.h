@@ -121,6 +121,18 @@ void hsm_close(hsm_ctx *ctx);
  * empty, too open: the PIN in use unchanged), _ARGS (no login wanted). */
 hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source);
 
+/* Opens sessions into the pool now, up to `want` (and the pool's size),
+ * each logged in, and leaves them idle: a session limit the token does not
+ * report in C_GetTokenInfo (it answers CKR_SESSION_COUNT instead: network
+ * HSM client quotas, cards shared with other applications) is found at
+ * start rather than under load. The pool is lowered to such a limit here
+ * and whenever an operation meets it later (operations then wait for a
+ * pooled session, they do not fail). *got: the sessions the pool may hold
+ * now, want or fewer. HSM_OK when at least one session is open, else the
+ * error of the first attempt (HSM_ERR_SESSION, detail "the token has no
+ * session free ..." when other applications hold them all). */
+hsm_err hsm_sessions_fill(hsm_ctx *ctx, unsigned want, unsigned *got);
+
 /* Token reachable and logged in (C_GetSessionInfo on a pooled session). */
 hsm_err hsm_ping(hsm_ctx *ctx);
 

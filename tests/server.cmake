@@ -58,3 +58,10 @@ add_test(NAME server_secrets
   COMMAND bash ${GS_TEST_DIR}/integration/server-secrets.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(server_secrets PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# What real tokens lack or limit that SoftHSM hides (an unreported session
+# limit, ...), modelled by tests/p11fault, through the real server.
+add_test(NAME token_caps
+  COMMAND bash ${GS_TEST_DIR}/integration/token-caps.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(token_caps PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

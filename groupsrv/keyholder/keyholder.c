@@ -783,6 +783,24 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                  caps.max_sessions);
         *workers = (unsigned)caps.max_sessions;
     }
+    /* A limit the token does not report shows only when a session is
+     * refused (CKR_SESSION_COUNT): open the workers' sessions now, so that
+     * serve starts with as many workers as the token lets it have, instead
+     * of finding out under load. */
+    unsigned sessions = 0;
+    hsm_err he = hsm_sessions_fill(kh->hsm, *workers, &sessions);
+    if (he != HSM_OK) {
+        fprintf(stderr, "groupsrv serve: token: no session could be opened: %s\n",
+                hsm_last_error_detail()[0] ? hsm_last_error_detail() : hsm_strerror(he));
+        rc = -4;
+        goto out;
+    }
+    if (sessions < *workers) {
+        log_warn("token workers lowered: the token refused more sessions (CKR_SESSION_COUNT) than it reports "
+                 "workers=%u sessions=%u",
+                 *workers, sessions);
+        *workers = sessions;
+    }
     if ((ge = gs_store_open(gs_config_db_location(cfg), 0, &st)) != GS_OK) {
         char where[1100];
         gs_store_location_display(gs_config_db_location(cfg), where, sizeof(where));

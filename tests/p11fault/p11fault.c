@@ -86,6 +86,8 @@
  * target look like a decrypt-only smartcard (few mechanisms, no wrap or
  * unwrap, no CKA_ALLOWED_MECHANISMS/CKA_UNWRAP_TEMPLATE, a login per use,
  * two sessions); =no-v15-wrap takes C_WrapKey with CKM_RSA_PKCS away.
+ * GS_P11FAULT_SESSION_QUOTA=N: a session limit the token does not report
+ * (CKR_SESSION_COUNT beyond N open sessions; profile.h).
  *
  * Zero-cost token (bench/run's "server CPU per unwrap"): with
  * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt

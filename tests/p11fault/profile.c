@@ -16,6 +16,7 @@
 static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
 static int smartcard;
 static int no_v15_wrap; /* profile "no-v15-wrap" */
+static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static unsigned open_sessions;
 static struct {
     CK_SESSION_HANDLE h;
@@ -34,6 +35,8 @@ void prof_load(void)
     pthread_mutex_lock(&prof_mu);
     smartcard = p != NULL && strcmp(p, "smartcard") == 0;
     no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
+    p = getenv("GS_P11FAULT_SESSION_QUOTA");
+    session_quota = p != NULL ? (unsigned)strtoul(p, NULL, 10) : 0;
     pthread_mutex_unlock(&prof_mu);
 }
 
@@ -216,7 +219,7 @@ CK_RV prof_open_session_pre(void)
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&prof_mu);
-    if (smartcard && open_sessions >= SC_SESSIONS_MAX)
+    if ((smartcard && open_sessions >= SC_SESSIONS_MAX) || (session_quota > 0 && open_sessions >= session_quota))
         rv = CKR_SESSION_COUNT;
     pthread_mutex_unlock(&prof_mu);
     return rv;
@@ -227,7 +230,7 @@ void prof_session_opened(CK_SESSION_HANDLE s)
     unsigned i;
 
     pthread_mutex_lock(&prof_mu);
-    if (smartcard) {
+    if (smartcard || session_quota > 0) {
         open_sessions++;
         for (i = 0; i < TRACK_MAX; i++)
             if (track[i].h == 0) {
@@ -244,7 +247,7 @@ void prof_session_closed(CK_SESSION_HANDLE s)
     unsigned i;
 
     pthread_mutex_lock(&prof_mu);
-    if (smartcard) {
+    if (smartcard || session_quota > 0) {
         if (open_sessions > 0)
             open_sessions--;
         for (i = 0; i < TRACK_MAX; i++)

@@ -26,6 +26,14 @@
  * "no-v15-wrap" models a token that unwraps and wraps with RSA-OAEP but
  * not with CKM_RSA_PKCS: C_GetMechanismInfo(CKM_RSA_PKCS) without
  * CKF_WRAP, C_WrapKey with it CKR_MECHANISM_INVALID; all else forwarded.
+ *
+ * Independent of the profile, GS_P11FAULT_SESSION_QUOTA=N (at
+ * C_Initialize) models a session limit the token does not report: a
+ * network HSM's per-client or per-partition session quota, or a card
+ * whose other sessions belong to other applications. C_GetTokenInfo says
+ * what the target says (SoftHSM: ulMaxSessionCount 0, no limit), while
+ * C_OpenSession beyond N sessions open in this process answers
+ * CKR_SESSION_COUNT.
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H

@@ -36,6 +36,7 @@
 #define T_CKR_DEVICE_REMOVED 0x32UL
 #define T_CKR_SESSION_HANDLE_INVALID 0xB3UL
 #define T_CKR_SESSION_CLOSED 0xB0UL
+#define T_CKR_SESSION_COUNT 0xB1UL
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
 #define T_CKR_PIN_INCORRECT 0xA0UL
@@ -1892,6 +1893,54 @@ static void test_recover_session_invalid(void **state)
     rec_close(&r);
 }
 
+/* A token that does not report its session limit (ulMaxSessionCount 0,
+ * as SoftHSM behind p11fault says) and refuses the next session with
+ * CKR_SESSION_COUNT: a network HSM's per-client quota, a card shared with
+ * other applications. Concurrent operations wait for the one session the
+ * pool has instead of failing (each refusal used to drop the pool and fail
+ * the operation), the pool is held to it, and hsm_sessions_fill says so. */
+static void test_unreported_session_limit(void **state)
+{
+    struct rec r;
+    struct thr th[6];
+    pthread_t tid[6];
+    hsm_token_info ti;
+    unsigned got = 99;
+    int i;
+    (void)state;
+
+    rec_open(&r); /* pool of 2; one session open (the login) */
+    assert_int_equal(testfault_inject("C_OpenSession", T_CKR_SESSION_COUNT, -1), 0);
+    for (i = 0; i < 6; i++) {
+        memset(&th[i], 0, sizeof(th[i]));
+        th[i].ctx = r.ctx;
+        th[i].in = r.in;
+        th[i].cek = r.cek;
+        assert_int_equal(pthread_create(&tid[i], NULL, thr_main, &th[i]), 0);
+    }
+    for (i = 0; i < 6; i++) {
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+        if (th[i].fail)
+            fprintf(stderr, "thread %d: %d failures, last %s (%s)\n", i, th[i].fail, hsm_strerror(th[i].last),
+                    th[i].detail);
+        assert_int_equal(th[i].fail, 0);
+        assert_int_equal(th[i].ok, 12);
+    }
+    assert_int_equal(hsm_token_info_get(r.ctx, &ti), HSM_OK);
+    assert_int_equal(ti.sessions_idle, 1);
+    /* At start: the workers get the sessions there are. */
+    assert_int_equal(hsm_sessions_fill(r.ctx, 4, &got), HSM_OK);
+    assert_int_equal(got, 1);
+    /* None of ours left (closed under us) and none to open: other
+     * applications hold them all. A clear error, then service again. */
+    assert_int_equal(testfault_close_all_sessions(), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_SESSION);
+    assert_non_null(strstr(hsm_last_error_detail(), "no session free"));
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
 static void test_recover_not_logged_in(void **state)
 {
     struct rec r;
@@ -2815,6 +2864,7 @@ int main(void)
         cmocka_unit_test_teardown(test_recover_session_closed, t_teardown),
         cmocka_unit_test_teardown(test_recover_session_invalid, t_teardown),
         cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
+        cmocka_unit_test_teardown(test_unreported_session_limit, t_teardown),
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
         cmocka_unit_test_teardown(test_recover_stale_unwrap_handle, t_teardown),

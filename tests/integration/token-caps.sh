@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# token-caps.sh BIN SRC P11FAULT: capability edges of real tokens that
+# SoftHSM hides, each modelled by tests/p11fault in front of SoftHSM (its
+# header says what real token behaviour each mode stands for), through the
+# real `groupsrv serve`:
+#  - a session limit the token does not report (GS_P11FAULT_SESSION_QUOTA:
+#    ulMaxSessionCount 0, CKR_SESSION_COUNT beyond it): serve starts with
+#    as many token workers as it got sessions, and concurrent unwraps all
+#    succeed (they used to fail at random with 503).
+set -euo pipefail
+BIN=$1 SRC=$2 SRV_MODULE=$3
+[ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
+SRV_MEMBERS="alice bob" SRV_WORKERS=4
+. "$SRC/tests/integration/server-lib.sh"
+ctl=$work/p11fault.ctl
+export GS_P11FAULT_CONTROL=$ctl
+# control FILE-TEXT: replaces the control file atomically
+control() { printf '%s\n' "$@" > "$ctl.tmp" && mv -f "$ctl.tmp" "$ctl"; }
+url=$base/v1/groups/eng/unwrap
+# An OAEP (SHA-1) encrypted content key for the group, as a bare request.
+openssl rand 32 > "$work/cek"
+gs group show eng --pubkey > "$work/eng.pub"
+openssl pkeyutl -encrypt -pubin -inkey "$work/eng.pub" -pkeyopt rsa_padding_mode:oaep -in "$work/cek" \
+  -out "$work/cek.oaep"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","key_length":32}' "$(base64 -w0 "$work/cek.oaep")" \
+  > "$work/req-oaep.json"
+# burst N REQ-FILE: N unwraps at once; their statuses, counted, to $work/codes
+burst() {
+  local n=$1 req=$2 pids= i
+  : > "$work/codes"
+  for i in $(seq 1 "$n"); do
+    c alice -o /dev/null -w '%{http_code}\n' --data-binary @"$req" "$url" >> "$work/codes" 2>/dev/null &
+    pids="$pids $!"
+  done
+  # shellcheck disable=SC2086
+  wait $pids || true
+  sort "$work/codes" | uniq -c | tr -s ' \n' ' '
+}
+
+# ---- a session limit the token does not report ----
+# Three sessions for this process, each operation slow enough (20 ms, 4
+# engines) that the key holder's workers overlap.
+GS_P11FAULT_SESSION_QUOTA=3 GS_P11FAULT_SERVICE_US=20000 GS_P11FAULT_ENGINES=4 start_server
+grep -q 'msg="token workers lowered: the token refused more sessions (CKR_SESSION_COUNT) than it reports" workers=4 sessions=3' \
+  "$work/server.log" || fail "serve did not lower its workers to the 3 sessions it got: $(grep -i 'worker\|session' "$work/server.log")"
+grep -q 'msg="key holder ready" workers=3 ' "$work/server.log" || fail "the key holder does not run 3 workers"
+got=$(burst 24 "$work/req-oaep.json")
+[ "$got" = " 24 200 " ] || fail "24 unwraps at once with an unreported limit of 3 sessions: $got"
+grep -q "token session lost" "$work/server.log" && fail "sessions were lost: $(grep 'session lost' "$work/server.log" | head -3)"
+ok "a session limit the token does not report: 3 workers, 24 concurrent unwraps all 200"
+stop_server
+
+echo "token-caps: all passed"
