@@ -53,7 +53,9 @@ typedef enum hsm_err {
     HSM_ERR_KEY_NOT_FOUND,
     HSM_ERR_KEY_AMBIGUOUS,      /* the URI/label matches more than one key */
     HSM_ERR_KEY_EXISTS,         /* creating a key whose label/id is taken */
-    HSM_ERR_MECHANISM,          /* the token does not support this mechanism/parameters */
+    HSM_ERR_MECHANISM,          /* the token does not support this mechanism/parameters, or
+                                   this function (CKR_FUNCTION_NOT_SUPPORTED: not implemented,
+                                   or forbidden by the token's policy) */
     HSM_ERR_KEY_POLICY,         /* the key's attributes forbid this use */
     HSM_ERR_DECRYPT,            /* decryption/unwrap failed (bad ciphertext or wrong key) */
     HSM_ERR_BUFFER,             /* output buffer too small */

@@ -179,6 +179,11 @@ hsm_err hsm_map_rv(CK_RV rv)
     case CKR_CURVE_NOT_SUPPORTED:
     case CKR_DOMAIN_PARAMS_INVALID:
     case CKR_KEY_SIZE_RANGE:
+    /* A function the module lacks, or one the token lists mechanisms for
+     * but its policy forbids (network HSMs: C_UnwrapKey, C_WrapKey): the
+     * token does not do what was asked, as for a mechanism it lacks. It
+     * is not a module that is down: retrying does not help. */
+    case CKR_FUNCTION_NOT_SUPPORTED:
         return HSM_ERR_MECHANISM;
     case CKR_KEY_FUNCTION_NOT_PERMITTED:
     case CKR_KEY_TYPE_INCONSISTENT:
@@ -219,7 +224,6 @@ hsm_err hsm_map_rv(CK_RV rv)
     case CKR_LIBRARY_LOAD_FAILED:
     case CKR_CANT_LOCK:
     case CKR_NEED_TO_CREATE_THREADS:
-    case CKR_FUNCTION_NOT_SUPPORTED:
         return HSM_ERR_MODULE;
     default:
         return HSM_ERR_PKCS11;
@@ -332,7 +336,10 @@ static const char *ckr_hint(CK_RV rv)
     case CKR_KEY_UNEXTRACTABLE:
         return "the key may not be wrapped out";
     case CKR_FUNCTION_NOT_SUPPORTED:
-        return "the module does not implement this function";
+        return "the module does not implement this function, or the token's policy forbids it";
+    case CKR_DEVICE_MEMORY:
+        return "the token has no room left: delete objects it no longer needs (groupsrv check lists them), "
+               "or try again when its sessions have freed theirs";
     default:
         return NULL;
     }

@@ -7,6 +7,11 @@
 #    ulMaxSessionCount 0, CKR_SESSION_COUNT beyond it): serve starts with
 #    as many token workers as it got sessions, and concurrent unwraps all
 #    succeed (they used to fail at random with 503).
+#  - functions the token lists mechanisms for but refuses (a network HSM's
+#    policy: CKR_FUNCTION_NOT_SUPPORTED from C_UnwrapKey, C_Decrypt,
+#    C_WrapKey): 400 unsupported_algorithm for that request, not 503
+#    token_unavailable (which clients retry for ever); the next request
+#    and /healthz are fine.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -48,6 +53,26 @@ got=$(burst 24 "$work/req-oaep.json")
 [ "$got" = " 24 200 " ] || fail "24 unwraps at once with an unreported limit of 3 sessions: $got"
 grep -q "token session lost" "$work/server.log" && fail "sessions were lost: $(grep 'session lost' "$work/server.log" | head -3)"
 ok "a session limit the token does not report: 3 workers, 24 concurrent unwraps all 200"
+stop_server
+
+# ---- functions the token refuses by policy ----
+start_server
+for d in tls recipient-key group-secret; do
+  printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","key_length":32,"deliver":"%s"}' \
+    "$(base64 -w0 "$work/cek.oaep")" "$d" > "$work/req-$d.json"
+done
+for rule in "C_Decrypt tls" "C_UnwrapKey recipient-key" "C_WrapKey group-secret"; do
+  set -- $rule
+  control "$1 CKR_FUNCTION_NOT_SUPPORTED"
+  expect_status 400 unsupported_algorithm "$1 refused by the token's policy, deliver=$2" -- \
+    c alice --data-binary @"$work/req-$2.json" "$url"
+  expect_status 200 "" "healthz after $1 was refused" -- anon "$base/healthz"
+  control ""
+  expect_status 200 "" "deliver=$2 once the token does $1 again" -- c alice --data-binary @"$work/req-$2.json" "$url"
+done
+grep -q "could not be loaded or initialised" "$work/server.log" &&
+  fail "a refused function is logged as a module that could not be loaded: $(grep 'could not be loaded' "$work/server.log" | head -1)"
+ok "functions the token refuses: 400 unsupported_algorithm, the token stays available"
 stop_server
 
 echo "token-caps: all passed"

@@ -37,6 +37,7 @@
 #define T_CKR_SESSION_HANDLE_INVALID 0xB3UL
 #define T_CKR_SESSION_CLOSED 0xB0UL
 #define T_CKR_SESSION_COUNT 0xB1UL
+#define T_CKR_FUNCTION_NOT_SUPPORTED 0x54UL
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
 #define T_CKR_PIN_INCORRECT 0xA0UL
@@ -1941,6 +1942,25 @@ static void test_unreported_session_limit(void **state)
     rec_close(&r);
 }
 
+/* A function the token lists mechanisms for but does not do (a network
+ * HSM's policy forbids C_Decrypt or C_UnwrapKey, a module without the
+ * function): the token cannot do what was asked (HSM_ERR_MECHANISM, a
+ * definite answer), not a module that is down (HSM_ERR_MODULE, which the
+ * server answered 503 "try again later" forever). */
+static void test_function_refused(void **state)
+{
+    struct rec r;
+    (void)state;
+
+    rec_open(&r);
+    assert_int_equal(testfault_inject("C_Decrypt", T_CKR_FUNCTION_NOT_SUPPORTED, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_MECHANISM);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_FUNCTION_NOT_SUPPORTED"));
+    assert_non_null(strstr(hsm_last_error_detail(), "policy forbids"));
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
 static void test_recover_not_logged_in(void **state)
 {
     struct rec r;
@@ -2865,6 +2885,7 @@ int main(void)
         cmocka_unit_test_teardown(test_recover_session_invalid, t_teardown),
         cmocka_unit_test_teardown(test_recover_not_logged_in, t_teardown),
         cmocka_unit_test_teardown(test_unreported_session_limit, t_teardown),
+        cmocka_unit_test_teardown(test_function_refused, t_teardown),
         cmocka_unit_test_teardown(test_recover_device_removed, t_teardown),
         cmocka_unit_test_teardown(test_device_error, t_teardown),
         cmocka_unit_test_teardown(test_recover_stale_unwrap_handle, t_teardown),
