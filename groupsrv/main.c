@@ -987,6 +987,10 @@ static void print_caps(hsm_ctx *hsm)
 
     (void)hsm_caps_get(hsm, &c);
     printf("capabilities of the token (each group's key policy is chosen from them):\n");
+    if (c.incomplete)
+        printf("cap probe                  incomplete: %s; what it could not try reads \"no\" below, and no key "
+               "is generated until a probe completes: run check again\n",
+               c.incomplete_why);
     if (c.max_sessions > 0)
         printf("cap sessions               at most %lu (C_GetTokenInfo); the pool opens no more\n", c.max_sessions);
     else

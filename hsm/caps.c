@@ -290,9 +290,29 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     return HSM_OK;
 }
 
-/* Tries one attribute; writes the verdict and, when refused, why. */
-static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const char *name, char *why, size_t whycap,
-                                 bool *reinit, bool *not_enforced)
+/* Failures that say nothing about what the token can do (it was busy,
+ * full, gone, or logged out for a moment): a trial ending so is not a
+ * verdict. */
+static bool transient_failure(hsm_err err)
+{
+    return err == HSM_ERR_DEVICE || err == HSM_ERR_SESSION || err == HSM_ERR_TOKEN_ABSENT ||
+           err == HSM_ERR_NOT_LOGGED_IN || err == HSM_ERR_NOMEM || err == HSM_ERR_PIN_INCORRECT ||
+           err == HSM_ERR_PIN_LOCKED;
+}
+
+/* Notes the first transient failure of the probe in c (see hsm_caps). */
+static void note_incomplete(hsm_caps *c, const char *what)
+{
+    if (c->incomplete)
+        return;
+    c->incomplete = true;
+    snprintf(c->incomplete_why, sizeof(c->incomplete_why), "%s: %.180s", what, hsm_last_error_detail());
+}
+
+/* Tries one attribute; writes the verdict and, when refused, why. A trial
+ * that failed transiently marks c incomplete. */
+static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE attr, const char *name, char *why,
+                                 size_t whycap, bool *reinit, bool *not_enforced)
 {
     struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED};
     unsigned gen0, gen1;
@@ -309,6 +329,14 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
         *reinit = true;
         snprintf(why, whycap, "%s on a session key broke the module's connection (%.60s); re-initialised", name,
                  hsm_last_error_detail());
+        return HSM_ATTR_NO;
+    }
+    /* A device error tied to the attribute is how p11-kit's RPC refuses
+     * one it cannot carry: judged below by the trial without it. A full
+     * token, a lost session or login say nothing about the attribute. */
+    if (transient_failure(err) && (err != HSM_ERR_DEVICE || hsm_last_rv() == CKR_DEVICE_MEMORY)) {
+        note_incomplete(c, name);
+        snprintf(why, whycap, "not probed: %.200s", hsm_last_error_detail());
         return HSM_ATTR_NO;
     }
     if (err == HSM_OK && t.stored) {
@@ -337,11 +365,14 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, CK_ATTRIBUTE_TYPE attr, const cha
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
-        if (hsm_run_once(ctx, op_trial, &base) == HSM_OK)
+        err = hsm_run_once(ctx, op_trial, &base);
+        if (err == HSM_OK)
             snprintf(why, whycap, "C_CreateObject refused %s on a session key (%.92s)", name, prev);
         else
             snprintf(why, whycap, "not probed: the token makes no session AES keys (%.80s)",
                      hsm_last_error_detail());
+        if (transient_failure(err))
+            note_incomplete(c, name);
     }
     return HSM_ATTR_NO;
 }
@@ -362,14 +393,19 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
     c->protected_auth_path = (ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH) != 0;
     pthread_mutex_unlock(&ctx->pool_mu);
 
-    if (hsm_run_once(ctx, op_mechs, c) != HSM_OK)
+    if (hsm_run_once(ctx, op_mechs, c) != HSM_OK) {
         log_warn("could not list the token's mechanisms detail=%s", hsm_last_error_detail());
-    c->allowed_mechanisms = try_attr(ctx, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
+        note_incomplete(c, "the mechanism list");
+    }
+    c->allowed_mechanisms = try_attr(ctx, c, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
                                      c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit, NULL);
-    c->unwrap_template = try_attr(ctx, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
+    c->unwrap_template = try_attr(ctx, c, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
                                   sizeof(c->unwrap_template_why), &reinit, NULL);
-    c->wrap_with_trusted = try_attr(ctx, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
+    c->wrap_with_trusted = try_attr(ctx, c, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
                                     sizeof(c->wrap_with_trusted_why), &reinit, &c->wrap_with_trusted_unenforced);
+    if (c->incomplete)
+        log_warn("the token's capabilities could not all be probed; probed again on next use detail=%s",
+                 c->incomplete_why);
     c->module_reinitialised = reinit;
     c->rewrap_on_token = hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP | HSM_MF_WRAP);
     c->secret_on_token = hsm_caps_has(c, HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE) &&
@@ -405,6 +441,21 @@ void hsm_caps_load(hsm_ctx *ctx, hsm_caps *out)
         ctx->caps = fresh;
         ctx->caps_done = true;
     }
+    *out = ctx->caps;
+    pthread_mutex_unlock(&ctx->caps_mu);
+}
+
+void hsm_caps_load_complete(hsm_ctx *ctx, hsm_caps *out)
+{
+    hsm_caps fresh;
+
+    hsm_caps_load(ctx, out);
+    if (!out->incomplete)
+        return;
+    probe(ctx, &fresh);
+    pthread_mutex_lock(&ctx->caps_mu);
+    if (ctx->caps.incomplete)
+        ctx->caps = fresh;
     *out = ctx->caps;
     pthread_mutex_unlock(&ctx->caps_mu);
 }
@@ -487,7 +538,7 @@ hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out)
         memset(out, 0, sizeof(*out));
     if (ctx == NULL || out == NULL)
         return HSM_ERR_ARGS;
-    hsm_caps_load(ctx, out);
+    hsm_caps_load_complete(ctx, out);
     return HSM_OK;
 }
 

@@ -236,6 +236,15 @@ typedef struct hsm_caps {
      * hmac_on_token: the implicit-rejection key can be made and used. */
     bool rewrap_on_token, secret_on_token, hmac_on_token;
     bool module_reinitialised;      /* a probe broke the module's connection (survived) */
+    /* A trial failed for a reason that says nothing about the token's
+     * abilities (CKR_DEVICE_MEMORY, CKR_DEVICE_ERROR, a lost session or
+     * login): what it tried reads as unsupported, so such a set is not
+     * trusted: hsm_caps_get probes again, and key generation "with what the
+     * token supports" (hsm_generate_*_best) refuses to run on it rather
+     * than make a key with fewer protections than the token may keep.
+     * incomplete_why: the first such failure. */
+    bool incomplete;
+    char incomplete_why[256];
 } hsm_caps;
 
 /* The capability set of the token, probed on first use and kept (cheap

@@ -249,6 +249,9 @@ hsm_err hsm_decrypt_check(hsm_err err);
 /* The capability set, probing it on first use (ctx->caps). Never fails:
  * what could not be probed reads as unsupported. Copies into *out. */
 void hsm_caps_load(hsm_ctx *ctx, hsm_caps *out);
+/* As hsm_caps_load, but a kept set that is incomplete (a trial failed
+ * transiently) is probed again first (and replaced). */
+void hsm_caps_load_complete(hsm_ctx *ctx, hsm_caps *out);
 /* Marks an attribute as refused on token objects after key generation
  * showed it (NSS stores CKA_ALLOWED_MECHANISMS on session objects only). */
 void hsm_caps_note_refused(hsm_ctx *ctx, unsigned protection, const char *detail);

@@ -904,7 +904,18 @@ static hsm_err generate(hsm_ctx *ctx, hsm_op_fn op, struct gen_arg *ga, bool bes
     size_t ndrops = 0, i;
     hsm_err err;
 
-    hsm_caps_load(ctx, &ga->caps);
+    if (best)
+        hsm_caps_load_complete(ctx, &ga->caps);
+    else
+        hsm_caps_load(ctx, &ga->caps);
+    if (best && ga->caps.incomplete) {
+        /* What the probe could not try reads as unsupported: a key made on
+         * it would lack protections the token keeps, recorded for good. */
+        hsm_set_detail("the token's capabilities could not be probed (%.180s): no key made with fewer protections "
+                       "than it may keep; try again",
+                       ga->caps.incomplete_why);
+        return HSM_ERR_DEVICE;
+    }
     /* A key whose usage needs no mechanism gets no mechanism list. */
     if ((op == op_gen_pair ? pair_mechs(ga->spec, &ga->caps, m) : secret_mechs(ga->spec, m)) == 0)
         want &= ~(unsigned)HSM_PROT_ALLOWED_MECHANISMS;

@@ -338,8 +338,7 @@ static const char *ckr_hint(CK_RV rv)
     case CKR_FUNCTION_NOT_SUPPORTED:
         return "the module does not implement this function, or the token's policy forbids it";
     case CKR_DEVICE_MEMORY:
-        return "the token has no room left: delete objects it no longer needs (groupsrv check lists them), "
-               "or try again when its sessions have freed theirs";
+        return "the token is out of memory: delete objects it no longer needs, or try again later";
     default:
         return NULL;
     }

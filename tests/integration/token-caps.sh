@@ -12,6 +12,11 @@
 #    C_WrapKey): 400 unsupported_algorithm for that request, not 503
 #    token_unavailable (which clients retry for ever); the next request
 #    and /healthz are fine.
+#  - a token out of memory (CKR_DEVICE_MEMORY from C_CreateObject) during
+#    the capability probe: group create refuses, saying why, instead of
+#    making a key without the protections the probe could not try (it
+#    recorded weakenings no-allowed-mechanisms, no-unwrap-template);
+#    `check` says the probe was incomplete.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -41,6 +46,24 @@ burst() {
   wait $pids || true
   sort "$work/codes" | uniq -c | tr -s ' \n' ' '
 }
+
+# ---- a token out of memory while its capabilities are probed ----
+control "C_CreateObject CKR_DEVICE_MEMORY"
+rc=0; gs group create full --address full@example.org --key rsa:2048 > "$work/full.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && [ "$(wc -l < "$work/full.out")" = 1 ] &&
+  grep -q "^groupsrv: .*the token's capabilities could not be probed (.*CKR_DEVICE_MEMORY (the token is out of memory.*try again" \
+    "$work/full.out" || fail "group create with the probe failing: exit $rc: $(cat "$work/full.out")"
+gs group show full > /dev/null 2>&1 && fail "a group was recorded although its key was not made"
+gs check > "$work/check-full.out" 2>&1 || true
+grep -q '^cap probe  *incomplete: CKA_ALLOWED_MECHANISMS: C_CreateObject: CKR_DEVICE_MEMORY' "$work/check-full.out" ||
+  fail "check does not say the probe was incomplete: $(grep '^cap' "$work/check-full.out" | head -3)"
+# One failure only: the probe is tried again and the group gets every protection.
+control "C_CreateObject CKR_DEVICE_MEMORY 1"
+gs group create full --address full@example.org --key rsa:2048 > "$work/full.out" 2>&1 ||
+  fail "group create after one transient failure: $(cat "$work/full.out")"
+grep -q "^weakenings: *none\$" "$work/full.out" || fail "a transient failure became a weakening: $(cat "$work/full.out")"
+control ""
+ok "a token out of memory during the probe: group create refused, then made with every protection"
 
 # ---- a session limit the token does not report ----
 # Three sessions for this process, each operation slow enough (20 ms, 4
