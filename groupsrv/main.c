@@ -1000,8 +1000,11 @@ static void print_caps(hsm_ctx *hsm)
     for (int m = 0; m < HSM_MECH_COUNT_; m++) {
         if (c.mech[m].present)
             mech_flags_text(c.mech[m].flags, flags, sizeof(flags));
+        char sizes[64] = "";
+        if (c.mech[m].present && (m == HSM_MECH_RSA_KEYGEN || m == HSM_MECH_EC_KEYGEN) && c.mech[m].max_bits > 0)
+            snprintf(sizes, sizeof(sizes), " (%lu-%lu bits)", c.mech[m].min_bits, c.mech[m].max_bits);
         printf("cap mechanism %-28s %s%s%s\n", hsm_mech_name((hsm_mech)m), c.mech[m].present ? "yes: " : "no",
-               c.mech[m].present ? flags : "", "");
+               c.mech[m].present ? flags : "", sizes);
     }
     printf("cap attribute %-28s %s%s%s\n", "CKA_ALLOWED_MECHANISMS", attr_support_text(c.allowed_mechanisms),
            c.allowed_mechanisms_why[0] ? ": " : "", c.allowed_mechanisms_why);

@@ -893,6 +893,29 @@ static const char *prot_name(unsigned p)
                                            : "CKA_ALLOWED_MECHANISMS and CKA_UNWRAP_TEMPLATE";
 }
 
+/* Is the key pair's size within what the token says its generation
+ * mechanism makes (C_GetMechanismInfo ulMinKeySize..ulMaxKeySize)? A
+ * token that says so (a PIV card: RSA up to 2048) may answer a larger
+ * size with anything from CKR_KEY_SIZE_RANGE to CKR_TEMPLATE_INCONSISTENT:
+ * the range it reports is named up front instead. Sizes reported below
+ * 256 (some modules give bytes, or nothing) are not trusted. False with
+ * the detail set. */
+static bool size_offered(const hsm_caps *caps, const hsm_keygen_spec *spec)
+{
+    hsm_mech m = spec->type == HSM_KEYTYPE_EC ? HSM_MECH_EC_KEYGEN : HSM_MECH_RSA_KEYGEN;
+    unsigned long lo = caps->mech[m].min_bits, hi = caps->mech[m].max_bits;
+
+    if (!caps->mech[m].present || hi < 256 || lo > hi)
+        return true;
+    if (spec->bits >= lo && spec->bits <= hi)
+        return true;
+    hsm_set_detail("%s %u: the token makes %s keys of %lu to %lu bits only (%s ulMinKeySize/ulMaxKeySize; "
+                   "`groupsrv check` shows them): choose a size within them (--key)",
+                   spec->type == HSM_KEYTYPE_EC ? "EC" : "RSA", spec->bits,
+                   spec->type == HSM_KEYTYPE_EC ? "EC" : "RSA", lo, hi, hsm_mech_name(m));
+    return false;
+}
+
 /* Runs a generation op. best: with what the token supports, and again
  * without a protection it refuses at generation; else with all of them
  * (strict). res may be NULL (strict). */
@@ -908,6 +931,8 @@ static hsm_err generate(hsm_ctx *ctx, hsm_op_fn op, struct gen_arg *ga, bool bes
         hsm_caps_load_complete(ctx, &ga->caps);
     else
         hsm_caps_load(ctx, &ga->caps);
+    if (op == op_gen_pair && !size_offered(&ga->caps, ga->spec))
+        return HSM_ERR_MECHANISM;
     if (best && ga->caps.incomplete) {
         /* What the probe could not try reads as unsupported: a key made on
          * it would lack protections the token keeps, recorded for good. */

@@ -17,6 +17,9 @@
 #    making a key without the protections the probe could not try (it
 #    recorded weakenings no-allowed-mechanisms, no-unwrap-template);
 #    `check` says the probe was incomplete.
+#  - a token that makes RSA keys up to 2048 bits only
+#    (GS_P11FAULT_RSA_MAX_BITS: ulMaxKeySize, CKR_KEY_SIZE_RANGE): `check`
+#    shows the range, group create rsa:3072/rsa:4096 is refused naming it.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -64,6 +67,23 @@ gs group create full --address full@example.org --key rsa:2048 > "$work/full.out
 grep -q "^weakenings: *none\$" "$work/full.out" || fail "a transient failure became a weakening: $(cat "$work/full.out")"
 control ""
 ok "a token out of memory during the probe: group create refused, then made with every protection"
+
+# ---- a token that makes RSA keys of 2048 bits at most ----
+export GS_P11FAULT_RSA_MAX_BITS=2048
+gs check > "$work/check-2048.out" 2>&1 || true
+grep -q '^cap mechanism CKM_RSA_PKCS_KEY_PAIR_GEN  *yes: generate (512-2048 bits)$' "$work/check-2048.out" ||
+  fail "check does not show the RSA key sizes: $(grep KEY_PAIR_GEN "$work/check-2048.out")"
+for k in rsa:3072 rsa:4096; do
+  rc=0; gs group create big --address big@example.org --key "$k" > "$work/big.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && [ "$(wc -l < "$work/big.out")" = 1 ] &&
+    grep -q "RSA ${k#rsa:}: the token makes RSA keys of 512 to 2048 bits only (CKM_RSA_PKCS_KEY_PAIR_GEN" "$work/big.out" ||
+    fail "group create --key $k beyond the token's sizes: exit $rc: $(cat "$work/big.out")"
+  gs group show big > /dev/null 2>&1 && fail "group create --key $k was recorded"
+done
+gs group create small --address small@example.org --key rsa:2048 > "$work/small.out" 2>&1 ||
+  fail "group create rsa:2048 within the token's sizes: $(cat "$work/small.out")"
+unset GS_P11FAULT_RSA_MAX_BITS
+ok "a token of RSA-2048 at most: check shows it, rsa:3072 and rsa:4096 refused naming the range"
 
 # ---- a session limit the token does not report ----
 # Three sessions for this process, each operation slow enough (20 ms, 4

@@ -88,6 +88,8 @@
  * two sessions); =no-v15-wrap takes C_WrapKey with CKM_RSA_PKCS away.
  * GS_P11FAULT_SESSION_QUOTA=N: a session limit the token does not report
  * (CKR_SESSION_COUNT beyond N open sessions; profile.h).
+ * GS_P11FAULT_RSA_MAX_BITS=B: a token that makes RSA keys of at most B
+ * bits (ulMaxKeySize B, CKR_KEY_SIZE_RANGE beyond it; profile.h).
  *
  * Zero-cost token (bench/run's "server CPU per unwrap"): with
  * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt
@@ -1005,6 +1007,7 @@ static CK_RV fw_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANIS
         breaks(private_key_template, private_key_attribute_count))
         return CKR_DEVICE_ERROR;
     if ((rv_ = prof_check_mech(mechanism, 0)) != CKR_OK ||
+        (rv_ = prof_rsa_size_check(mechanism, public_key_template, public_key_attribute_count)) != CKR_OK ||
         (rv_ = prof_check_template(public_key_template, public_key_attribute_count)) != CKR_OK ||
         (rv_ = prof_check_template(private_key_template, private_key_attribute_count)) != CKR_OK)
         return rv_;

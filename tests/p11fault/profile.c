@@ -17,6 +17,7 @@ static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
 static int smartcard;
 static int no_v15_wrap; /* profile "no-v15-wrap" */
 static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
+static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
 static unsigned open_sessions;
 static struct {
     CK_SESSION_HANDLE h;
@@ -37,6 +38,8 @@ void prof_load(void)
     no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
     p = getenv("GS_P11FAULT_SESSION_QUOTA");
     session_quota = p != NULL ? (unsigned)strtoul(p, NULL, 10) : 0;
+    p = getenv("GS_P11FAULT_RSA_MAX_BITS");
+    rsa_max_bits = p != NULL ? (CK_ULONG)strtoul(p, NULL, 10) : 0;
     pthread_mutex_unlock(&prof_mu);
 }
 
@@ -90,13 +93,35 @@ CK_RV prof_wrap_pre(const CK_MECHANISM *m)
     return prof_unsupported();
 }
 
+CK_RV prof_rsa_size_check(const CK_MECHANISM *m, const CK_ATTRIBUTE *pub, CK_ULONG n)
+{
+    CK_ULONG max, i, bits = 0;
+
+    pthread_mutex_lock(&prof_mu);
+    max = rsa_max_bits;
+    pthread_mutex_unlock(&prof_mu);
+    if (max == 0 || m == NULL || m->mechanism != CKM_RSA_PKCS_KEY_PAIR_GEN)
+        return CKR_OK;
+    for (i = 0; pub != NULL && i < n; i++)
+        if (pub[i].type == CKA_MODULUS_BITS && pub[i].pValue != NULL && pub[i].ulValueLen == sizeof(CK_ULONG))
+            memcpy(&bits, pub[i].pValue, sizeof(bits));
+    return bits > max ? CKR_KEY_SIZE_RANGE : CKR_OK;
+}
+
 void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
 {
     int off;
+    CK_ULONG max;
 
     pthread_mutex_lock(&prof_mu);
     off = no_v15_wrap;
+    max = rsa_max_bits;
     pthread_mutex_unlock(&prof_mu);
+    if (max != 0 && info != NULL &&
+        (type == CKM_RSA_PKCS_KEY_PAIR_GEN || type == CKM_RSA_PKCS || type == CKM_RSA_PKCS_OAEP ||
+         type == CKM_RSA_X_509 || type == CKM_SHA256_RSA_PKCS) &&
+        info->ulMaxKeySize > max)
+        info->ulMaxKeySize = max;
     if (off && info != NULL && type == CKM_RSA_PKCS)
         info->flags &= ~(CK_FLAGS)CKF_WRAP;
     if (!prof_active() || info == NULL)

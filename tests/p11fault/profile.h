@@ -34,6 +34,12 @@
  * what the target says (SoftHSM: ulMaxSessionCount 0, no limit), while
  * C_OpenSession beyond N sessions open in this process answers
  * CKR_SESSION_COUNT.
+ *
+ * GS_P11FAULT_RSA_MAX_BITS=B (at C_Initialize) models a token that makes
+ * RSA keys up to B bits only (PIV cards and YubiKey 4: 2048): the RSA
+ * mechanisms' C_GetMechanismInfo reports ulMaxKeySize B, and
+ * C_GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN) with a larger
+ * CKA_MODULUS_BITS answers CKR_KEY_SIZE_RANGE.
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H
@@ -53,6 +59,8 @@ CK_RV prof_wrap_pre(const CK_MECHANISM *m); /* C_WrapKey: the above, and "no-v15
 CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type);
 CK_RV prof_check_mech(const CK_MECHANISM *m, int sign);   /* *Init, key pair generation */
 CK_RV prof_check_template(const CK_ATTRIBUTE *t, CK_ULONG n);
+/* C_GenerateKeyPair: GS_P11FAULT_RSA_MAX_BITS against CKA_MODULUS_BITS. */
+CK_RV prof_rsa_size_check(const CK_MECHANISM *m, const CK_ATTRIBUTE *pub, CK_ULONG n);
 CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n);
 CK_RV prof_open_session_pre(void);
 CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
