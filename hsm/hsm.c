@@ -263,7 +263,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     pthread_mutex_lock(&ctx->login_mu);
     if (!ctx->want_login)
         goto out;
-    if (ctx->pin_rejected || pin_is_rejected(&ti, ctx->pin, ctx->pin_len)) {
+    if (!ctx->pinpad && (ctx->pin_rejected || pin_is_rejected(&ti, ctx->pin, ctx->pin_len))) {
         /* Never resend a PIN the token said was wrong: each try counts
          * towards the token's lock-out. */
         ctx->pin_rejected = true;
@@ -287,7 +287,10 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_OK;
         goto out;
     }
-    if (err == HSM_ERR_PIN_INCORRECT) {
+    if (err == HSM_ERR_PIN_INCORRECT && ctx->pinpad) {
+        /* Typed wrong on the pad: the next login asks the pad again. */
+        log_warn("token rejected the PIN entered on its PIN pad");
+    } else if (err == HSM_ERR_PIN_INCORRECT) {
         ctx->pin_rejected = true;
         pin_remember_rejected(&ti, ctx->pin, ctx->pin_len);
         /* The PIN is useless now: do not keep it in memory. */
@@ -841,7 +844,7 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
 
     if (ctx == NULL || pin_source == NULL || !ctx->want_login)
         return HSM_ERR_ARGS;
-    if (strncmp(pin_source, "env:", 4) == 0)
+    if (strncmp(pin_source, "env:", 4) == 0 || ctx->pinpad)
         return HSM_OK;
     if ((rc = util_read_pin_source(pin_source, &pin, &pin_len)) != UTIL_OK) {
         hsm_set_detail("pin source %.200s: %s", pin_source, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
@@ -885,7 +888,7 @@ hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
     }
     /* The PIN again, for this one operation (the card checks it). */
     err = hsm_login_counted(ctx, s, CKU_CONTEXT_SPECIFIC, ctx->pin, ctx->pin_len);
-    if (err == HSM_ERR_PIN_INCORRECT) {
+    if (err == HSM_ERR_PIN_INCORRECT && !ctx->pinpad) {
         ctx->pin_rejected = true;
         pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
         OPENSSL_cleanse(ctx->pin, ctx->pin_len);
@@ -1009,7 +1012,10 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     }
 
     /* The PIN first: a bad pin-source should fail before the token is touched. */
-    if (cfg->pin_source != NULL) {
+    if (cfg->pin_source != NULL && strcmp(cfg->pin_source, HSM_PIN_SOURCE_PINPAD) == 0) {
+        ctx->pinpad = true;
+        ctx->want_login = true;
+    } else if (cfg->pin_source != NULL) {
         rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
         if (rc != UTIL_OK) {
             /* Which source: a path or a variable's name, never the PIN.
@@ -1042,9 +1048,15 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     if (err != HSM_OK)
         goto out;
 
+    if (ctx->pinpad && !(ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) {
+        hsm_set_detail("pin source pinpad: this token has no PIN pad (no CKF_PROTECTED_AUTHENTICATION_PATH); "
+                       "give the PIN in a file or env:NAME");
+        err = HSM_ERR_PIN_SOURCE;
+        goto out;
+    }
     /* A PIN this process already saw rejected by this token is refused
      * up front, even if the token happens to be logged in already. */
-    if (ctx->want_login && pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
+    if (ctx->want_login && !ctx->pinpad && pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
         hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
         err = HSM_ERR_PIN_INCORRECT;
         goto out;

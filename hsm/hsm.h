@@ -76,10 +76,16 @@ const char *hsm_last_error_detail(void);
 typedef struct hsm_ctx hsm_ctx; /* a loaded module, a token, a login, a session pool */
 typedef struct hsm_key hsm_key; /* a reference to one key object on the token */
 
+/* The pin source of a token with its own PIN pad or PED (see hsm_config). */
+#define HSM_PIN_SOURCE_PINPAD "pinpad"
+
 typedef struct hsm_config {
     const char *module;      /* path to a .so, or a p11-kit module name */
     const char *token_uri;   /* "pkcs11:token=groupsrv" (RFC 7512; token attributes only) */
-    const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login */
+    const char *pin_source;  /* "env:NAME", "file:PATH" or PATH; NULL = no login;
+                                HSM_PIN_SOURCE_PINPAD: C_Login with no PIN, the person
+                                enters it on the token's own PIN pad (only on a token with
+                                CKF_PROTECTED_AUTHENTICATION_PATH, else HSM_ERR_PIN_SOURCE) */
     unsigned max_sessions;   /* pool size; 0 = default (8), at most 1024; lowered to the
                                 token's ulMaxSessionCount when that is smaller */
     const char *init_args;   /* module by path only: the string C_Initialize gets as

@@ -78,6 +78,8 @@ struct hsm_ctx {
     char *pin;
     size_t pin_len;
     bool want_login;
+    bool pinpad;             /* pin_source "pinpad": C_Login with no PIN, entered on the token's own
+                                PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH); pin stays NULL */
     bool pin_rejected;
 
     /* Object handle cache generation: bumped whenever handles may be stale. */

@@ -337,6 +337,8 @@ static const char *ckr_hint(CK_RV rv)
         return "the key may not be wrapped out";
     case CKR_FUNCTION_NOT_SUPPORTED:
         return "the module does not implement this function, or the token's policy forbids it";
+    case CKR_FUNCTION_CANCELED:
+        return "on a token with a PIN pad: nobody entered the PIN on the pad in time";
     case CKR_DEVICE_MEMORY:
         return "the token is out of memory: delete objects it no longer needs, or try again later";
     default:

@@ -20,6 +20,10 @@
 #  - a token that makes RSA keys up to 2048 bits only
 #    (GS_P11FAULT_RSA_MAX_BITS: ulMaxKeySize, CKR_KEY_SIZE_RANGE): `check`
 #    shows the range, group create rsa:3072/rsa:4096 is refused naming it.
+#  - a token with a PIN pad (GS_P11FAULT_PINPAD: CKF_PROTECTED_AUTHENTICATION_PATH,
+#    C_Login with no PIN takes what is typed on the pad): [hsm] pin_source
+#    = pinpad logs in with no PIN, serve unwraps; refused clearly on a token
+#    without a pad, and when nobody types.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -84,6 +88,28 @@ gs group create small --address small@example.org --key rsa:2048 > "$work/small.
   fail "group create rsa:2048 within the token's sizes: $(cat "$work/small.out")"
 unset GS_P11FAULT_RSA_MAX_BITS
 ok "a token of RSA-2048 at most: check shows it, rsa:3072 and rsa:4096 refused naming the range"
+
+# ---- a token with a PIN pad ----
+sed -e "s|^pin_source = .*|pin_source = pinpad|" "$conf" > "$work/pad.conf"
+rc=0; "$BIN/groupsrv" -c "$work/pad.conf" check > "$work/pad.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "^token  *PROBLEM: .*pin source pinpad: this token has no PIN pad (no CKF_PROTECTED_AUTHENTICATION_PATH)" \
+  "$work/pad.out" || fail "pin_source = pinpad without a pad: exit $rc: $(cat "$work/pad.out")"
+export GS_P11FAULT_PINPAD=1
+rc=0; "$BIN/groupsrv" -c "$work/pad.conf" check > "$work/pad.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "^token  *PROBLEM: .*C_Login: CKR_FUNCTION_CANCELED (on a token with a PIN pad: nobody entered the PIN" \
+  "$work/pad.out" || fail "pin_source = pinpad with nobody at the pad: exit $rc: $(cat "$work/pad.out")"
+export GS_P11FAULT_PINPAD_PIN; GS_P11FAULT_PINPAD_PIN=$(cat "$pin_file")
+"$BIN/groupsrv" -c "$work/pad.conf" check > "$work/pad-check.out" 2>&1 || fail "check with the PIN pad: $(cat "$work/pad-check.out")"
+grep -q "^cap login  *required; PIN pad (protected authentication path)" "$work/pad-check.out" ||
+  fail "check does not show the PIN pad: $(grep '^cap login' "$work/pad-check.out")"
+conf_saved=$conf; conf=$work/pad.conf
+start_server
+expect_status 200 "" "unwrap with the token logged in through its PIN pad" -- \
+  c alice --data-binary @"$work/req-oaep.json" "$url"
+stop_server
+conf=$conf_saved
+unset GS_P11FAULT_PINPAD GS_P11FAULT_PINPAD_PIN
+ok "pin_source = pinpad: logged in through the PIN pad, served; refused clearly without a pad or a person"
 
 # ---- a session limit the token does not report ----
 # Three sessions for this process, each operation slow enough (20 ms, 4

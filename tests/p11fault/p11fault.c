@@ -90,6 +90,8 @@
  * (CKR_SESSION_COUNT beyond N open sessions; profile.h).
  * GS_P11FAULT_RSA_MAX_BITS=B: a token that makes RSA keys of at most B
  * bits (ulMaxKeySize B, CKR_KEY_SIZE_RANGE beyond it; profile.h).
+ * GS_P11FAULT_PINPAD=1: a token with a PIN pad (C_Login with no PIN takes
+ * the one "typed", GS_P11FAULT_PINPAD_PIN; profile.h).
  *
  * Zero-cost token (bench/run's "server CPU per unwrap"): with
  * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt
@@ -497,6 +499,8 @@ static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsig
         return rv_;
     if (real == NULL || real->C_Login == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    if ((rv_ = prof_pinpad(&pin, &pin_len)) != CKR_OK)
+        return rv_;
     if (prof_login(session, user_type, pin, pin_len, &rv_))
         return rv_;
     rv_ = real->C_Login(session, user_type, pin, pin_len);

@@ -18,6 +18,10 @@ static int smartcard;
 static int no_v15_wrap; /* profile "no-v15-wrap" */
 static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
+static int pinpad;              /* GS_P11FAULT_PINPAD */
+static unsigned char pad_pin[PIN_MAX]; /* GS_P11FAULT_PINPAD_PIN: what the person types */
+static CK_ULONG pad_pin_len;
+static int pad_pin_set;
 static unsigned open_sessions;
 static struct {
     CK_SESSION_HANDLE h;
@@ -40,6 +44,13 @@ void prof_load(void)
     session_quota = p != NULL ? (unsigned)strtoul(p, NULL, 10) : 0;
     p = getenv("GS_P11FAULT_RSA_MAX_BITS");
     rsa_max_bits = p != NULL ? (CK_ULONG)strtoul(p, NULL, 10) : 0;
+    p = getenv("GS_P11FAULT_PINPAD");
+    pinpad = p != NULL && strcmp(p, "1") == 0;
+    p = getenv("GS_P11FAULT_PINPAD_PIN");
+    pad_pin_set = p != NULL && strlen(p) < PIN_MAX;
+    pad_pin_len = pad_pin_set ? strlen(p) : 0;
+    if (pad_pin_set)
+        memcpy(pad_pin, p, pad_pin_len);
     pthread_mutex_unlock(&prof_mu);
 }
 
@@ -287,8 +298,32 @@ void prof_all_sessions_closed(void)
     prof_reset();
 }
 
+CK_RV prof_pinpad(unsigned char **pin, unsigned long *len)
+{
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&prof_mu);
+    if (pinpad && *pin == NULL && *len == 0) {
+        if (pad_pin_set) {
+            *pin = pad_pin;
+            *len = pad_pin_len;
+        } else {
+            rv = CKR_FUNCTION_CANCELED;
+        }
+    }
+    pthread_mutex_unlock(&prof_mu);
+    return rv;
+}
+
 void prof_token_info_post(CK_TOKEN_INFO *info)
 {
+    int pad;
+
+    pthread_mutex_lock(&prof_mu);
+    pad = pinpad;
+    pthread_mutex_unlock(&prof_mu);
+    if (pad && info != NULL)
+        info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
     if (!prof_active() || info == NULL)
         return;
     info->ulMaxSessionCount = SC_SESSIONS_MAX;

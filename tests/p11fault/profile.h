@@ -40,6 +40,14 @@
  * mechanisms' C_GetMechanismInfo reports ulMaxKeySize B, and
  * C_GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN) with a larger
  * CKA_MODULUS_BITS answers CKR_KEY_SIZE_RANGE.
+ *
+ * GS_P11FAULT_PINPAD=1 (at C_Initialize) models a token behind a PIN-pad
+ * reader, or an HSM with a PED: C_GetTokenInfo adds
+ * CKF_PROTECTED_AUTHENTICATION_PATH, and C_Login with no PIN (NULL, 0)
+ * logs in with the PIN "typed on the pad", GS_P11FAULT_PINPAD_PIN; with
+ * that unset nobody types and the login answers CKR_FUNCTION_CANCELED, as
+ * a pad does at its time-out. A PIN given in the call is used as given
+ * (OpenSC with a pad reader does so).
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H
@@ -64,6 +72,9 @@ CK_RV prof_rsa_size_check(const CK_MECHANISM *m, const CK_ATTRIBUTE *pub, CK_ULO
 CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n);
 CK_RV prof_open_session_pre(void);
 CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
+/* C_Login, first: with the PIN pad model, a call without a PIN gets the
+ * pad's (*pin, *len replaced), or CKR_FUNCTION_CANCELED. */
+CK_RV prof_pinpad(unsigned char **pin, unsigned long *len);
 /* C_Login: returns 1 and sets *rv when the profile answered it itself. */
 int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len, CK_RV *rv);
 
