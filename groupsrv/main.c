@@ -997,6 +997,9 @@ static void print_caps(hsm_ctx *hsm)
         printf("cap sessions               no limit reported (C_GetTokenInfo)\n");
     printf("cap login                  %s%s\n", c.login_required ? "required" : "not required",
            c.protected_auth_path ? "; PIN pad (protected authentication path)" : "");
+    if (c.write_protected)
+        printf("cap write-protected        yes (CKF_WRITE_PROTECTED): serves with read-only sessions; no key can be "
+               "made or deleted on it\n");
     for (int m = 0; m < HSM_MECH_COUNT_; m++) {
         if (c.mech[m].present)
             mech_flags_text(c.mech[m].flags, flags, sizeof(flags));

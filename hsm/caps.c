@@ -391,6 +391,7 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
         c->max_sessions = 0;
     c->login_required = (ctx->tinfo.flags & CKF_LOGIN_REQUIRED) != 0;
     c->protected_auth_path = (ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH) != 0;
+    c->write_protected = (ctx->tinfo.flags & CKF_WRITE_PROTECTED) != 0;
     pthread_mutex_unlock(&ctx->pool_mu);
 
     if (hsm_run_once(ctx, op_mechs, c) != HSM_OK) {

@@ -445,10 +445,14 @@ again:
         out->epoch = ctx->sess_epoch;
     }
     CK_SLOT_ID slot = ctx->slot;
+    /* A write-protected token (a card locked against changes, a read-only
+     * HSM partition) opens no read/write session at all
+     * (CKR_TOKEN_WRITE_PROTECTED), yet serves: session objects work. */
+    CK_FLAGS sflags = CKF_SERIAL_SESSION | (ctx->tinfo.flags & CKF_WRITE_PROTECTED ? 0 : CKF_RW_SESSION);
     pthread_mutex_unlock(&ctx->pool_mu);
 
     if (need_open) {
-        err = P11(ctx, C_OpenSession, slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &out->h);
+        err = P11(ctx, C_OpenSession, slot, sflags, NULL, NULL, &out->h);
         if (err != HSM_OK) {
             bool wait_for_one;
 

@@ -216,6 +216,7 @@ typedef struct hsm_caps {
     unsigned long max_sessions;     /* ulMaxSessionCount; 0 = no limit reported */
     bool login_required;            /* CKF_LOGIN_REQUIRED */
     bool protected_auth_path;       /* CKF_PROTECTED_AUTHENTICATION_PATH (PIN pad) */
+    bool write_protected;           /* CKF_WRITE_PROTECTED: read-only sessions; serves, makes no keys */
     /* C_GetMechanismList / C_GetMechanismInfo */
     struct {
         bool present;

@@ -730,6 +730,10 @@ static void explain_gen_failure(const struct gen_arg *ga, const char *fn)
     case CKR_KEY_SIZE_RANGE:
         hint = ": the token does not offer this key size (try another --key)";
         break;
+    case CKR_SESSION_READ_ONLY:
+    case CKR_TOKEN_WRITE_PROTECTED:
+        hint = ": the token is write-protected (CKF_WRITE_PROTECTED): no key can be made on it, it can only serve";
+        break;
     default:
         break;
     }

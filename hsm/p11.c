@@ -164,7 +164,6 @@ hsm_err hsm_map_rv(CK_RV rv)
     case CKR_SESSION_HANDLE_INVALID:
     case CKR_SESSION_CLOSED:
     case CKR_SESSION_COUNT:
-    case CKR_SESSION_READ_ONLY:
         return HSM_ERR_SESSION;
     case CKR_USER_NOT_LOGGED_IN:
     case CKR_USER_PIN_NOT_INITIALIZED:
@@ -337,6 +336,9 @@ static const char *ckr_hint(CK_RV rv)
         return "the key may not be wrapped out";
     case CKR_FUNCTION_NOT_SUPPORTED:
         return "the module does not implement this function, or the token's policy forbids it";
+    case CKR_SESSION_READ_ONLY:
+    case CKR_TOKEN_WRITE_PROTECTED:
+        return "the token is write-protected: keys cannot be made or deleted on it, it can only serve";
     case CKR_FUNCTION_CANCELED:
         return "on a token with a PIN pad: nobody entered the PIN on the pad in time";
     case CKR_DEVICE_MEMORY:

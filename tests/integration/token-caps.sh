@@ -24,6 +24,10 @@
 #    C_Login with no PIN takes what is typed on the pad): [hsm] pin_source
 #    = pinpad logs in with no PIN, serve unwraps; refused clearly on a token
 #    without a pad, and when nobody types.
+#  - a write-protected token (GS_P11FAULT_WRITE_PROTECTED: CKF_WRITE_PROTECTED,
+#    read/write sessions refused): serve runs on read-only sessions and
+#    unwraps by every deliver method (it could not open the token at
+#    all); group create says the token is write-protected.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -123,6 +127,24 @@ got=$(burst 24 "$work/req-oaep.json")
 grep -q "token session lost" "$work/server.log" && fail "sessions were lost: $(grep 'session lost' "$work/server.log" | head -3)"
 ok "a session limit the token does not report: 3 workers, 24 concurrent unwraps all 200"
 stop_server
+
+# ---- a write-protected token, used only to serve ----
+export GS_P11FAULT_WRITE_PROTECTED=1
+gs check > "$work/wp-check.out" 2>&1 || fail "check on a write-protected token: $(tail -3 "$work/wp-check.out")"
+grep -q "^cap write-protected  *yes (CKF_WRITE_PROTECTED)" "$work/wp-check.out" ||
+  fail "check does not say the token is write-protected: $(grep '^cap' "$work/wp-check.out" | head -3)"
+rc=0; gs group create wp --address wp@example.org --key rsa:2048 > "$work/wp.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "the token is write-protected (CKF_WRITE_PROTECTED): no key can be made on it" "$work/wp.out" ||
+  fail "group create on a write-protected token: exit $rc: $(cat "$work/wp.out")"
+start_server
+for d in tls recipient-key group-secret; do
+  printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","key_length":32,"deliver":"%s"}' \
+    "$(base64 -w0 "$work/cek.oaep")" "$d" > "$work/req-$d.json"
+  expect_status 200 "" "deliver=$d on a write-protected token" -- c alice --data-binary @"$work/req-$d.json" "$url"
+done
+stop_server
+unset GS_P11FAULT_WRITE_PROTECTED
+ok "a write-protected token serves every deliver method; group create names the write protection"
 
 # ---- functions the token refuses by policy ----
 start_server

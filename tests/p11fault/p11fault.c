@@ -92,6 +92,7 @@
  * bits (ulMaxKeySize B, CKR_KEY_SIZE_RANGE beyond it; profile.h).
  * GS_P11FAULT_PINPAD=1: a token with a PIN pad (C_Login with no PIN takes
  * the one "typed", GS_P11FAULT_PINPAD_PIN; profile.h).
+ * GS_P11FAULT_WRITE_PROTECTED=1: a write-protected token (profile.h).
  *
  * Zero-cost token (bench/run's "server CPU per unwrap"): with
  * GS_P11FAULT_ZERO_COST=1 (at C_Initialize), C_DecryptInit and C_Decrypt
@@ -423,7 +424,7 @@ static CK_RV fw_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *applicat
         return rv_;
     if (real == NULL || real->C_OpenSession == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    if ((rv_ = prof_open_session_pre()) != CKR_OK)
+    if ((rv_ = prof_open_session_pre(flags)) != CKR_OK)
         return rv_;
     rv_ = real->C_OpenSession(slot_id, flags, application, notify, session);
     if (rv_ == CKR_OK && session != NULL)

@@ -19,6 +19,7 @@ static int no_v15_wrap; /* profile "no-v15-wrap" */
 static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
 static int pinpad;              /* GS_P11FAULT_PINPAD */
+static int write_protected;     /* GS_P11FAULT_WRITE_PROTECTED */
 static unsigned char pad_pin[PIN_MAX]; /* GS_P11FAULT_PINPAD_PIN: what the person types */
 static CK_ULONG pad_pin_len;
 static int pad_pin_set;
@@ -44,6 +45,8 @@ void prof_load(void)
     session_quota = p != NULL ? (unsigned)strtoul(p, NULL, 10) : 0;
     p = getenv("GS_P11FAULT_RSA_MAX_BITS");
     rsa_max_bits = p != NULL ? (CK_ULONG)strtoul(p, NULL, 10) : 0;
+    p = getenv("GS_P11FAULT_WRITE_PROTECTED");
+    write_protected = p != NULL && strcmp(p, "1") == 0;
     p = getenv("GS_P11FAULT_PINPAD");
     pinpad = p != NULL && strcmp(p, "1") == 0;
     p = getenv("GS_P11FAULT_PINPAD_PIN");
@@ -250,12 +253,15 @@ CK_RV prof_keypair_private(const CK_ATTRIBUTE *in, CK_ULONG n, CK_ATTRIBUTE **ou
     return CKR_OK;
 }
 
-CK_RV prof_open_session_pre(void)
+CK_RV prof_open_session_pre(CK_FLAGS flags)
 {
     CK_RV rv = CKR_OK;
 
     pthread_mutex_lock(&prof_mu);
-    if ((smartcard && open_sessions >= SC_SESSIONS_MAX) || (session_quota > 0 && open_sessions >= session_quota))
+    if (write_protected && (flags & CKF_RW_SESSION))
+        rv = CKR_TOKEN_WRITE_PROTECTED;
+    if (rv == CKR_OK &&
+        ((smartcard && open_sessions >= SC_SESSIONS_MAX) || (session_quota > 0 && open_sessions >= session_quota)))
         rv = CKR_SESSION_COUNT;
     pthread_mutex_unlock(&prof_mu);
     return rv;
@@ -324,6 +330,11 @@ void prof_token_info_post(CK_TOKEN_INFO *info)
     pthread_mutex_unlock(&prof_mu);
     if (pad && info != NULL)
         info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+    pthread_mutex_lock(&prof_mu);
+    pad = write_protected;
+    pthread_mutex_unlock(&prof_mu);
+    if (pad && info != NULL)
+        info->flags |= CKF_WRITE_PROTECTED;
     if (!prof_active() || info == NULL)
         return;
     info->ulMaxSessionCount = SC_SESSIONS_MAX;

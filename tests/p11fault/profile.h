@@ -48,6 +48,13 @@
  * that unset nobody types and the login answers CKR_FUNCTION_CANCELED, as
  * a pad does at its time-out. A PIN given in the call is used as given
  * (OpenSC with a pad reader does so).
+ *
+ * GS_P11FAULT_WRITE_PROTECTED=1 (at C_Initialize) models a write-protected
+ * token (a card locked against changes, an HSM partition set read-only):
+ * C_GetTokenInfo adds CKF_WRITE_PROTECTED and C_OpenSession with
+ * CKF_RW_SESSION answers CKR_TOKEN_WRITE_PROTECTED. Read-only sessions
+ * are forwarded; in them SoftHSM refuses to create or destroy token
+ * objects (CKR_SESSION_READ_ONLY), while session objects work.
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H
@@ -70,7 +77,7 @@ CK_RV prof_check_template(const CK_ATTRIBUTE *t, CK_ULONG n);
 /* C_GenerateKeyPair: GS_P11FAULT_RSA_MAX_BITS against CKA_MODULUS_BITS. */
 CK_RV prof_rsa_size_check(const CK_MECHANISM *m, const CK_ATTRIBUTE *pub, CK_ULONG n);
 CK_RV prof_create_object_pre(const CK_ATTRIBUTE *t, CK_ULONG n);
-CK_RV prof_open_session_pre(void);
+CK_RV prof_open_session_pre(CK_FLAGS flags);
 CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
 /* C_Login, first: with the PIN pad model, a call without a PIN gets the
  * pad's (*pin, *len replaced), or CKR_FUNCTION_CANCELED. */
