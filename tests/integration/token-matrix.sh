@@ -393,6 +393,21 @@ smartcard)
   grep -q "msg=\"key holder ready\" workers=2 " "$work/server.log" ||
     fail "the key holder did not lower [hsm] workers = 4 to the card's 2 sessions: $(grep -i worker "$work/server.log")"
   ok "smartcard: the key holder runs 2 token workers, not the 4 configured (the card has 2 sessions)"
+  # A context-specific login before each private-key operation, under
+  # concurrent unwraps of every deliver method on the card's 2 sessions:
+  # each login belongs to its own operation, none is lost to another's.
+  : > "$work/aa.codes"; pids=
+  for _ in 1 2 3 4 5 6; do
+    for req in req-tls req-recipient-key req-group-secret; do
+      c alice -o /dev/null -w "$req %{http_code}\n" --data-binary @"$work/$req.json" "$url" >> "$work/aa.codes" 2>/dev/null &
+      pids="$pids $!"
+    done
+  done
+  # shellcheck disable=SC2086
+  wait $pids || true
+  [ "$(grep -c ' 200$' "$work/aa.codes")" = 18 ] ||
+    fail "concurrent unwraps with CKA_ALWAYS_AUTHENTICATE: $(sort "$work/aa.codes" | uniq -c | tr -s ' \n' ' ')"
+  ok "smartcard: 18 concurrent unwraps (tls, recipient-key, group-secret), a login per operation: all 200"
   # PKCS#1 v1.5 senders (stock clients): implicit rejection needs an HMAC
   # key, which the card cannot keep: sealed too.
   gs group create v15 --address v15@example.org --key rsa:2048 --allow-pkcs1v15 --methods tls,recipient-key \
