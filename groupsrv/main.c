@@ -997,6 +997,13 @@ static void print_caps(hsm_ctx *hsm)
         printf("cap sessions               no limit reported (C_GetTokenInfo)\n");
     printf("cap login                  %s%s\n", c.login_required ? "required" : "not required",
            c.protected_auth_path ? "; PIN pad (protected authentication path)" : "");
+    if (c.pin_to_be_changed || c.pin_count_low)
+        printf("cap user PIN               %s%s%s\n",
+               c.pin_to_be_changed ? "to be changed (CKF_USER_PIN_TO_BE_CHANGED): change it on the token "
+                                     "(pkcs11-tool --change-pin) and in pin_source"
+                                   : "",
+               c.pin_to_be_changed && c.pin_count_low ? "; " : "",
+               c.pin_count_low ? "wrong PINs were tried (CKF_USER_PIN_COUNT_LOW)" : "");
     if (c.write_protected)
         printf("cap write-protected        yes (CKF_WRITE_PROTECTED): serves with read-only sessions; no key can be "
                "made or deleted on it\n");

@@ -392,6 +392,8 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
     c->login_required = (ctx->tinfo.flags & CKF_LOGIN_REQUIRED) != 0;
     c->protected_auth_path = (ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH) != 0;
     c->write_protected = (ctx->tinfo.flags & CKF_WRITE_PROTECTED) != 0;
+    c->pin_to_be_changed = (ctx->tinfo.flags & CKF_USER_PIN_TO_BE_CHANGED) != 0;
+    c->pin_count_low = (ctx->tinfo.flags & CKF_USER_PIN_COUNT_LOW) != 0;
     pthread_mutex_unlock(&ctx->pool_mu);
 
     if (hsm_run_once(ctx, op_mechs, c) != HSM_OK) {

@@ -217,6 +217,9 @@ typedef struct hsm_caps {
     bool login_required;            /* CKF_LOGIN_REQUIRED */
     bool protected_auth_path;       /* CKF_PROTECTED_AUTHENTICATION_PATH (PIN pad) */
     bool write_protected;           /* CKF_WRITE_PROTECTED: read-only sessions; serves, makes no keys */
+    bool pin_to_be_changed;         /* CKF_USER_PIN_TO_BE_CHANGED: the token wants a new user PIN
+                                       (some then refuse private-key operations: CKR_PIN_EXPIRED) */
+    bool pin_count_low;             /* CKF_USER_PIN_COUNT_LOW: wrong user PINs were tried */
     /* C_GetMechanismList / C_GetMechanismInfo */
     struct {
         bool present;

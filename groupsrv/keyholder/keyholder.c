@@ -712,6 +712,11 @@ static void log_caps(const hsm_caps *c)
              c->rewrap_on_token ? "yes" : "no", c->secret_on_token ? "yes" : "no",
              c->allowed_mechanisms == HSM_ATTR_YES ? "yes" : "no", c->unwrap_template == HSM_ATTR_YES ? "yes" : "no",
              c->max_sessions);
+    if (c->pin_to_be_changed)
+        log_warn("the token wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED): change it (pkcs11-tool "
+                 "--change-pin) and the pin source, then SIGHUP; some tokens refuse key operations until then");
+    if (c->pin_count_low)
+        log_warn("wrong user PINs were tried on the token (CKF_USER_PIN_COUNT_LOW)");
 }
 
 /* The default number of token workers: one per CPU (SoftHSM computes on

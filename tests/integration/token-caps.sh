@@ -28,6 +28,9 @@
 #    read/write sessions refused): serve runs on read-only sessions and
 #    unwraps by every deliver method (it could not open the token at
 #    all); group create says the token is write-protected.
+#  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
+#    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
+#    say so.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -145,6 +148,18 @@ done
 stop_server
 unset GS_P11FAULT_WRITE_PROTECTED
 ok "a write-protected token serves every deliver method; group create names the write protection"
+
+# ---- the user PIN's state at start ----
+control "tokenflags CKF_USER_PIN_TO_BE_CHANGED CKF_USER_PIN_COUNT_LOW"
+gs check > "$work/pinflags.out" 2>&1 || true
+grep -q "^cap user PIN  *to be changed (CKF_USER_PIN_TO_BE_CHANGED): .*; wrong PINs were tried (CKF_USER_PIN_COUNT_LOW)" \
+  "$work/pinflags.out" || fail "check does not show the PIN's state: $(grep '^cap' "$work/pinflags.out" | head -3)"
+start_server
+grep -q "the token wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED)" "$work/server.log" ||
+  fail "serve does not warn of a PIN to be changed"
+stop_server
+control ""
+ok "a PIN to be changed and wrong PINs tried: check and serve say so"
 
 # ---- functions the token refuses by policy ----
 start_server

@@ -1354,6 +1354,7 @@ static void ctl_parse_token_flag(const char *w)
         {"CKF_USER_PIN_COUNT_LOW", CKF_USER_PIN_COUNT_LOW}, {"CKF_USER_PIN_FINAL_TRY", CKF_USER_PIN_FINAL_TRY},
         {"CKF_USER_PIN_LOCKED", CKF_USER_PIN_LOCKED},       {"CKF_SO_PIN_COUNT_LOW", CKF_SO_PIN_COUNT_LOW},
         {"CKF_SO_PIN_FINAL_TRY", CKF_SO_PIN_FINAL_TRY},     {"CKF_SO_PIN_LOCKED", CKF_SO_PIN_LOCKED},
+        {"CKF_USER_PIN_TO_BE_CHANGED", CKF_USER_PIN_TO_BE_CHANGED},
     };
     char *end = NULL;
     unsigned long v;
