@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "util.h"
@@ -207,6 +208,7 @@ struct pg_store {
     char *url;
     bool prepared[Q_N];
     bool lost;   /* the connection failed: reconnect at the next call */
+    int64_t last_used_ms; /* CLOCK_MONOTONIC at the last ensure_connected */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -343,10 +345,50 @@ static gs_err connect_session(gs_store *st)
     return GS_OK;
 }
 
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A connection left idle may have been ended meanwhile: PostgreSQL
+ * restarted or failed over, pg_terminate_backend, idle_session_timeout. The
+ * server then sent its FATAL and closed the socket, but libpq notices only
+ * when it next reads, i.e. when the next statement has already failed: the
+ * first request after a database restart would get 503 while /healthz
+ * (on another connection) said 200. Reading what is waiting (one
+ * non-blocking recv, and only after IDLE_CHECK_MS without use, so a busy
+ * connection pays nothing) finds the end before the statement is sent, and
+ * the statement goes out on a new connection. */
+#define IDLE_CHECK_MS 100
+static void notice_idle_end(gs_store *st)
+{
+    char msg[512];
+    int64_t now = monotonic_ms();
+    bool idle = now - PG(st)->last_used_ms >= IDLE_CHECK_MS;
+
+    PG(st)->last_used_ms = now;
+    if (!idle || PG(st)->lost || PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK ||
+        PQtransactionStatus(PG(st)->conn) != PQTRANS_IDLE)
+        return;
+    /* twice: a server ending the session sends its FATAL, then closes; a
+     * read that finds the message returns before it sees the end */
+    if (PQconsumeInput(PG(st)->conn) == 1 && PQstatus(PG(st)->conn) == CONNECTION_OK &&
+        PQconsumeInput(PG(st)->conn) == 1 && PQstatus(PG(st)->conn) == CONNECTION_OK)
+        return;
+    log_info("idle database connection was closed by the server; connecting again detail=%s",
+             conn_message(PG(st)->conn, msg, sizeof(msg)));
+    PG(st)->lost = true;
+}
+
 /* A usable connection: reconnects after a loss, except inside an explicit
  * transaction (which the loss has rolled back). */
 static gs_err ensure_connected(gs_store *st)
 {
+    if (!st->in_tx)
+        notice_idle_end(st);
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
         return GS_OK;
     if (st->in_tx)

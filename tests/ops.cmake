@@ -39,3 +39,11 @@ if(TARGET groupsrv)
   set_tests_properties(doc_operations PROPERTIES LABELS "integration;docs" TIMEOUT 120
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# PostgreSQL stopped, restarted and its sessions ended under a running
+# server (a private PostgreSQL, tests/lib/pg.sh).
+if(TARGET groupsrv)
+  add_test(NAME ops_pg_outage COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-outage.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 180
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# ops-pg-outage.sh BIN SRC: PostgreSQL going away under a running server, as
+# docs/scale-out.md ("What each failure does") and docs/api.md promise it,
+# with curl as the client and a private PostgreSQL 15 (tests/lib/pg.sh):
+#   - serve started while PostgreSQL is down exits 1 naming the database;
+#   - PostgreSQL stopped: unwraps, discovery, member PUT and DELETE and
+#     /healthz answer 503 db_unavailable with Retry-After, at once (no
+#     hang), and the refused changes are not made;
+#   - PostgreSQL restarted, or the server's idle sessions ended
+#     (pg_terminate_backend): the very next requests are served, without a
+#     restart (an idle connection the server closed is noticed before a
+#     statement is sent on it).
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/lib/pg.sh"
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-pg-outage.XXXXXX")
+srv_pid=
+cleanup() {
+  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
+  pg_cleanup
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pg_start || fail "PostgreSQL did not start"
+pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
+"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+export SOFTHSM2_CONF=$work/token/softhsm2.conf
+port=$(free_port)
+certs=$work/certs
+mkdir -p "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
+cat > "$work/gs.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+instance = gs-a
+[tls]
+cert = $certs/server.pem
+key = $certs/server.key
+[hsm]
+module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+pin_source = $work/token/user-pin
+[db]
+url = postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER
+[audit]
+store = db
+CONF
+gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
+gs ca init --key rsa:2048 >/dev/null || fail "ca init"
+gs group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create"
+for m in alice bob; do gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null; done
+gs member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
+gs group show eng --cert > "$certs/group.pem"
+"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
+base=https://127.0.0.1:$port
+sql() { pg_psql groupsrv -At -c "$1"; }
+end_sessions() { # every session on groupsrv's database but the caller's
+  pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE datname = 'groupsrv' AND pid <> pg_backend_pid()" >/dev/null
+}
+c() { local who=$1; shift; curl -sS -m 15 --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
+call() { # WHO CURL-ARGS...: prints the status; headers in $work/hdr, body in $work/body
+  c "$@" -D "$work/hdr" -o "$work/body" -w '%{http_code}' 2>/dev/null || true
+}
+expect() { # WANT [CODE] DESC -- WHO CURL-ARGS...
+  local want=$1 code= desc got
+  shift
+  if [ "$2" != -- ]; then code=$1; shift; fi
+  desc=$1
+  shift 2
+  got=$(call "$@")
+  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
+  if [ -n "$code" ]; then
+    grep -q "\"code\":\"$code\"" "$work/body" || fail "$desc: not $code: $(head -c 300 "$work/body")"
+    grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "$desc: 503 without Retry-After"
+  fi
+  ok "$desc ($want${code:+ $code})"
+}
+unwrap() { expect "$@" --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"; }
+member_in() { [ "$(sql "SELECT count(*) FROM members WHERE email = '$1'")" = 1 ]; }
+audited() { # ACTION MEMBER OUTCOME: how many such records
+  sql "SELECT count(*) FROM audit WHERE line::json->>'action' = '$1' AND line::json->>'member' = '$2'
+       AND line::json->>'outcome' = '$3'"
+}
+
+# ---- serve while PostgreSQL is down: exit 1 naming the database ---------------
+pg_stop
+set +e
+timeout 60 "$BIN/groupsrv" -c "$work/gs.conf" serve > "$work/serve-down.log" 2>&1
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "serve with PostgreSQL down exited $rc: $(cat "$work/serve-down.log")"
+grep -q 'cannot connect to the database' "$work/serve-down.log" || fail "serve did not name the database: $(cat "$work/serve-down.log")"
+ok "serve with PostgreSQL down exits 1: $(grep -m1 -o 'cannot connect to the database[^:]*' "$work/serve-down.log")"
+pg_restart || fail "pg_ctl start"
+
+"$BIN/groupsrv" -c "$work/gs.conf" serve > "$work/serve.log" 2>&1 &
+srv_pid=$!
+for i in $(seq 1 100); do
+  curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "serve exited"
+  sleep 0.1
+done
+unwrap 200 "unwrap" -- alice
+
+# ---- PostgreSQL stopped: 503 db_unavailable everywhere, nothing changed -------
+pg_stop
+unwrap 503 db_unavailable "unwrap, PostgreSQL stopped" -- alice
+expect 503 db_unavailable "discovery, PostgreSQL stopped" -- alice "$base/v1/groups/eng"
+expect 503 db_unavailable "member PUT, PostgreSQL stopped" -- admin -X PUT --data '{"role":"member"}' \
+  "$base/v1/groups/eng/members/carol@example.org"
+expect 503 db_unavailable "member DELETE, PostgreSQL stopped" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+expect 503 db_unavailable "healthz, PostgreSQL stopped" -- alice "$base/healthz"
+grep -q '"database":"unavailable"' "$work/body" || fail "healthz: $(cat "$work/body")"
+
+# ---- restarted: the next requests are served, no groupsrv restart -------------
+pg_restart || fail "pg_ctl start"
+sleep 0.3 # the connections have been idle for a while, as in real life
+unwrap 200 "the first unwrap after PostgreSQL restarted" -- alice
+expect 200 "discovery after the restart" -- alice "$base/v1/groups/eng"
+expect 200 "healthz after the restart" -- alice "$base/healthz"
+member_in bob@example.org && ! member_in carol@example.org || fail "a change refused while PostgreSQL was down was made"
+ok "the changes refused during the outage were not made"
+
+# ---- idle sessions ended (pg_terminate_backend, idle_session_timeout) ---------
+for round in 1 2; do
+  end_sessions
+  sleep 0.3
+  unwrap 200 "unwrap after the server's sessions were ended ($round)" -- alice
+  expect 201 "member PUT after the sessions were ended ($round)" -- admin -X PUT --data '{"role":"member"}' \
+    "$base/v1/groups/eng/members/idle$round@example.org"
+done
+kill -0 "$srv_pid" || fail "serve exited"
+
+unwrap 200 "unwrap at the end" -- alice
