@@ -1688,7 +1688,13 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     if (member_change_audited(j, action, c.identity, gname, e, -1,
                               json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
         goto out;
-    if ((e = gs_store_member_get(w->store, gs_group_id(g), email, &m)) != GS_OK) {
+    /* The change is committed and audited: a connection lost just now must
+     * not turn its answer into a 503 (the admin would think it undone).
+     * The read goes out once more, on a new connection. */
+    e = gs_store_member_get(w->store, gs_group_id(g), email, &m);
+    if (e == GS_ERR_DB_UNAVAILABLE)
+        e = gs_store_member_get(w->store, gs_group_id(g), email, &m);
+    if (e != GS_OK) {
         answer_gs_error(j, e, "member");
         goto out;
     }

@@ -1038,6 +1038,34 @@ static int db_load_head(struct audit_log *log)
     return 0;
 }
 
+/* The insert of lines (n records after the head log holds, the last
+ * hashing to prev_after) failed with its connection: the database
+ * restarted or failed over, or the session was ended. Whether it committed
+ * is in the table. Committed (only the acknowledgement was lost): GS_OK.
+ * Not there and the chain as it was: once more, on a new connection, so
+ * that a request already carried out (a member removed, a group created)
+ * keeps its record and its answer. Anything else: an error, and the caller
+ * reloads the head. */
+static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t n, const char *prev_after)
+{
+    int64_t seq = log->db_seq;
+    char head[sizeof(log->prev_hex)];
+
+    memcpy(head, log->prev_hex, sizeof(head));
+    log_warn("audit insert lost its database connection; checking the table instance=%s records=%zu detail=%s",
+             log->instance, n, gs_err_detail());
+    if (db_load_head(log) != 0)
+        return GS_ERR_DB_UNAVAILABLE;
+    if (log->db_seq == seq + (int64_t)n && strcmp(log->prev_hex, prev_after) == 0) {
+        log->db_seq = seq; /* the caller moves the head on */
+        memcpy(log->prev_hex, head, sizeof(head));
+        return GS_OK;
+    }
+    if (log->db_seq != seq || strcmp(log->prev_hex, head) != 0)
+        return gs_err_set(GS_ERR_DB, "the audit chain moved on while its insert failed");
+    return gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);
+}
+
 /* Numbers, chains and inserts batch[0..n) in one statement (synchronous
  * commit): 0 when committed. Runs without the mutex, as the one round. */
 static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
@@ -1067,6 +1095,8 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
         hash_line(line.p, line.len - 1, prev);
     }
     gs_err ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
+    if (ge == GS_ERR_DB_UNAVAILABLE)
+        ge = db_append_again(log, lines, n, prev);
     if (ge != GS_OK) {
         log_error("audit insert failed instance=%s records=%zu err=%s detail=%s", log->instance, n, gs_strerror(ge),
                   gs_err_detail());

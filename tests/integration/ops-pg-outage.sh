@@ -9,7 +9,13 @@
 #   - PostgreSQL restarted, or the server's idle sessions ended
 #     (pg_terminate_backend): the very next requests are served, without a
 #     restart (an idle connection the server closed is noticed before a
-#     statement is sent on it).
+#     statement is sent on it);
+#   - the audit insert of a member change losing its connection (the
+#     session ended in the middle of the insert): the change keeps its
+#     record and its answer (the insert goes out once more);
+#   - member changes while every session is ended again and again: no 500,
+#     every 503 documented with Retry-After, every answer agrees with the
+#     members table and the audit table, `audit verify` passes.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -137,4 +143,66 @@ for round in 1 2; do
 done
 kill -0 "$srv_pid" || fail "serve exited"
 
+# ---- the audit insert of a member change dies with its session ------------------
+# A trigger ends the inserting session once, in the middle of the insert
+# (a sequence, not a table: its value survives the rollback).
+sql "CREATE SEQUENCE audit_kill MINVALUE 0 START 0;
+  CREATE FUNCTION audit_kill() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF nextval('audit_kill') = 1 THEN
+      PERFORM pg_terminate_backend(pg_backend_pid());
+      PERFORM pg_sleep(5);
+    END IF;
+    RETURN NEW;
+  END \$\$;
+  CREATE TRIGGER audit_kill BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION audit_kill();" >/dev/null
+for what in put delete; do
+  sql "SELECT setval('audit_kill', 0, true)" >/dev/null
+  if [ $what = put ]; then
+    expect 201 "member PUT whose audit insert lost its session" -- admin -X PUT --data '{"role":"member"}' \
+      "$base/v1/groups/eng/members/dave@example.org"
+    [ "$(audited member-add dave@example.org ok)" = 1 ] || fail "dave's addition has no audit record"
+  else
+    expect 200 "member DELETE whose audit insert lost its session" -- admin -X DELETE \
+      "$base/v1/groups/eng/members/dave@example.org"
+    [ "$(audited member-remove dave@example.org ok)" = 1 ] || fail "dave's removal has no audit record"
+  fi
+  [ "$(sql "SELECT last_value FROM audit_kill")" -ge 1 ] || fail "the trigger did not fire"
+done
+sql "DROP TRIGGER audit_kill ON audit" >/dev/null
+grep -q 'audit insert lost its database connection' "$work/serve.log" || fail "no insert was cut"
+ok "a member change whose audit insert was cut: answered, and audited once"
+
+# ---- member changes while the sessions are ended again and again ---------------
+( for k in $(seq 1 60); do end_sessions || true; sleep 0.1; done ) &
+killer=$!
+: > "$work/answers"
+for i in $(seq 1 15); do
+  p=$(call admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/m$i@example.org")
+  pc=$(grep -o '"code":"[a-z_]*"' "$work/body" || echo -)
+  [ "$p" = 503 ] && { grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "PUT m$i: 503 without Retry-After"; }
+  d=$(call admin -X DELETE "$base/v1/groups/eng/members/m$i@example.org")
+  dc=$(grep -o '"code":"[a-z_]*"' "$work/body" || echo -)
+  [ "$d" = 503 ] && { grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "DELETE m$i: 503 without Retry-After"; }
+  echo "m$i $p $pc $d $dc" >> "$work/answers"
+done
+kill "$killer" 2>/dev/null || true
+wait "$killer" 2>/dev/null || true
+kill -0 "$srv_pid" || fail "serve exited"
+while read -r m p pc d dc; do
+  case "$p/$pc" in 201/-|503/'"code":"db_unavailable"'|503/'"code":"audit_unavailable"') ;;
+    *) fail "PUT $m: $p $pc" ;; esac
+  case "$d/$dc" in 200/-|404/'"code":"not_found"'|503/'"code":"db_unavailable"'|503/'"code":"audit_unavailable"') ;;
+    *) fail "DELETE $m: $d $dc" ;; esac
+  [ "$p" = 201 ] && [ "$(audited member-add "$m@example.org" ok)" != 1 ] && fail "PUT $m answered 201, no audit record"
+  [ "$d" = 200 ] && [ "$(audited member-remove "$m@example.org" ok)" != 1 ] && fail "DELETE $m answered 200, no audit record"
+  # a PUT answered 503 was not made: its DELETE finds no member
+  [ "$p" = 503 ] && [ "$d" = 200 ] && fail "PUT $m answered 503 but the member was added"
+  present=no; member_in "$m@example.org" && present=yes
+  want=no; [ "$p" = 201 ] && [ "$d" != 200 ] && want=yes
+  [ "$present" = "$want" ] || fail "$m: PUT $p, DELETE $d, but in the members table: $present"
+done < "$work/answers"
+ok "member changes under ended sessions: $(awk '{print $2, $4}' "$work/answers" | sort | uniq -c | tr '\n' ';')"
+gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
+ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
 unwrap 200 "unwrap at the end" -- alice

@@ -1400,9 +1400,20 @@ static void test_db_lines_are_what_jansson_made(void **state)
     json_decref(extra);
 }
 
-/* The database connection is lost: the round that meets it fails exactly
- * its own records (an earlier durable one stays durable), audit_check
- * reconnects, and the chain goes on from the table without a hole. */
+/* Ends every session on f's database but the caller's. */
+static void end_sessions(struct dbfx *f)
+{
+    char sql[256];
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+                   "AND pid <> pg_backend_pid()", f->name);
+    assert_true(pgtest_int("postgres", sql) >= 1);
+}
+
+/* The database connection is lost and cannot be opened again: the round
+ * that meets it fails exactly its own records (an earlier durable one
+ * stays durable), audit_check reconnects once it can, and the chain goes
+ * on from the table without a hole. */
 static void test_db_lost_connection_fails_its_round_only(void **state)
 {
     struct dbfx *f = *state;
@@ -1416,17 +1427,43 @@ static void test_db_lost_connection_fails_its_round_only(void **state)
     assert_int_equal(audit_write(log, &r, &s1), AUDIT_OK);
     assert_int_equal(audit_seq_state(log, s1), 0); /* not durable before its round */
     assert_int_equal(audit_wait_durable(log, s1, s1), AUDIT_OK);
-    (void)snprintf(sql, sizeof(sql),
-                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
-                   "AND pid <> pg_backend_pid()", f->name);
-    assert_true(pgtest_int(f->name, sql) >= 1);
+    (void)snprintf(sql, sizeof(sql), "ALTER DATABASE \"%s\" WITH ALLOW_CONNECTIONS false", f->name);
+    assert_int_equal(pgtest_exec(NULL, sql), 0);
+    end_sessions(f);
     assert_int_equal(audit_write(log, &r, &s2), AUDIT_OK);
     assert_int_equal(audit_wait_durable(log, s2, s2), AUDIT_ERR_IO);
     assert_int_equal(audit_seq_state(log, s1), 1);
     assert_int_equal(audit_range_state(log, s1, s2), -1);
+    (void)snprintf(sql, sizeof(sql), "ALTER DATABASE \"%s\" WITH ALLOW_CONNECTIONS true", f->name);
+    assert_int_equal(pgtest_exec(NULL, sql), 0);
     assert_int_equal(audit_check(log), AUDIT_OK); /* reconnected */
     assert_int_equal(audit_write(log, &r, &s3), AUDIT_OK);
     assert_int_equal(audit_wait_durable(log, s3, s3), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(rows_of(f, "gs-a"), 2);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+}
+
+/* The connection is lost in the middle of a round (the database
+ * restarted, the session ended) but can be opened again: the insert is
+ * looked up and sent once more on a new connection, so its records are
+ * durable, each once, and the chain has no hole. */
+static void test_db_lost_connection_round_sent_again(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long s1 = 0, s2 = 0;
+    char report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a", &log), AUDIT_OK);
+    assert_int_equal(audit_write(log, &r, &s1), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, s1, s1), AUDIT_OK);
+    end_sessions(f);
+    assert_int_equal(audit_write(log, &r, &s2), AUDIT_OK);
+    assert_int_equal(audit_wait_durable(log, s2, s2), AUDIT_OK);
+    assert_int_equal(audit_range_state(log, s1, s2), 1);
     audit_close(log);
     assert_int_equal(rows_of(f, "gs-a"), 2);
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
@@ -1518,6 +1555,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_db_chains_per_instance_and_reopen, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_lines_are_what_jansson_made, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_lost_connection_fails_its_round_only, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_lost_connection_round_sent_again, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_round_batches, db_setup, db_teardown),
     };
