@@ -47,3 +47,10 @@ if(TARGET groupsrv)
   set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 180
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# The SQLite database held locked by another process (the stock sqlite3).
+if(TARGET groupsrv)
+  add_test(NAME ops_db_locked COMMAND bash ${GS_TEST_DIR}/integration/ops-db-locked.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_db_locked PROPERTIES LABELS "integration" TIMEOUT 120
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

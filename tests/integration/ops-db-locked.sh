@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# ops-db-locked.sh BIN SRC: the SQLite database held locked by another
+# process (the stock sqlite3 holding BEGIN EXCLUSIVE open, as a long admin
+# command or an operator's session would), as docs/operations.md says:
+#   - a running server goes on serving what only reads (unwraps,
+#     discovery, /healthz 200) at once;
+#   - a REST membership change waits the 5 s busy timeout, then answers
+#     503 store_unavailable with Retry-After; an admin command that writes
+#     exits 1 "database is locked" and leaves nothing behind (no
+#     certificate files, no token objects, no secret key rotation);
+#   - once the lock is gone both work again, no restart, and the database
+#     passes PRAGMA integrity_check.
+set -euo pipefail
+BIN=$1 SRC=$2
+SRV_MEMBERS="alice bob"
+. "$SRC/tests/integration/server-lib.sh"
+holder=
+release() {
+  if [ -n "$holder" ]; then echo "COMMIT;" >&3; exec 3>&-; wait "$holder" || true; holder=; fi
+}
+trap 'release; cleanup' EXIT
+objects() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN -O 2>/dev/null | grep -c 'label:' || true; }
+start_server
+"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(b64 "$work/ri.der")" > "$work/unwrap.json"
+url=$base/v1/groups/eng/unwrap
+nobj=$(objects)
+mkdir -p "$work/out"
+
+mkfifo "$work/sql"
+sqlite3 "$work/groupsrv.db" < "$work/sql" > "$work/holder.out" 2>&1 &
+holder=$!
+exec 3> "$work/sql"
+echo "BEGIN EXCLUSIVE; SELECT 'held';" >&3
+for i in $(seq 1 50); do grep -q held "$work/holder.out" && break; sleep 0.1; done
+grep -q held "$work/holder.out" || fail "sqlite3 did not take the lock: $(cat "$work/holder.out")"
+
+t0=$SECONDS
+expect_status 200 "" "unwrap, database locked" -- c alice --data-binary @"$work/unwrap.json" "$url"
+expect_status 200 "" "discovery, database locked" -- anon "$base/v1/groups/eng"
+expect_status 200 "" "healthz, database locked" -- anon "$base/healthz"
+[ $((SECONDS - t0)) -lt 4 ] || fail "reads waited for the lock ($((SECONDS - t0)) s)"
+t0=$SECONDS
+expect_status 503 store_unavailable "member PUT over REST, database locked" -- \
+  c admin -D "$work/hdr" -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
+grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "503 without Retry-After"
+[ $((SECONDS - t0)) -ge 4 ] || fail "member PUT did not wait for the busy timeout"
+rc=0
+gs member add eng locked@example.org --issue-cert --out "$work/out" > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "database is locked" "$work/err" || fail "member add, database locked: exit $rc: $(cat "$work/err")"
+[ -z "$(ls "$work/out")" ] || fail "member add, database locked, left files: $(ls "$work/out")"
+rc=0
+gs member remove eng bob@example.org > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "database is locked" "$work/err" || fail "member remove, database locked: exit $rc: $(cat "$work/err")"
+[ "$(objects)" = "$nobj" ] || fail "a refused command left token objects: $nobj before, $(objects) after"
+ok "database locked: member add and remove exit 1 (database is locked), nothing left on disk or token"
+kill -0 "$srv_pid" || fail "serve exited"
+
+release
+expect_status 201 "" "member PUT once the lock is gone" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
+gs member remove eng bob@example.org > /dev/null || fail "member remove once the lock is gone"
+expect_status 403 "" "bob refused once removed" -- c bob --data-binary @"$work/unwrap.json" "$url"
+expect_status 200 "" "unwrap once the lock is gone" -- c alice --data-binary @"$work/unwrap.json" "$url"
+[ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check')" = ok ] || fail "integrity_check"
+ok "database intact (PRAGMA integrity_check)"
+stop_server
