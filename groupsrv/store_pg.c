@@ -12,6 +12,7 @@
 #include "store_impl.h"
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,6 +312,53 @@ static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
     return err;
 }
 
+/* Copies of the n bytes at secret in buf become "***" (buf NUL-terminated,
+ * cap bytes). */
+static void mask_secret(char *buf, size_t cap, const char *secret, size_t n)
+{
+    char *src;
+    size_t used = 0;
+
+    if (n == 0 || cap == 0)
+        return;
+    if ((src = strdup(buf)) == NULL) {
+        (void)snprintf(buf, cap, "(detail withheld: out of memory)");
+        return;
+    }
+    for (const char *p = src; *p != '\0' && used + 1 < cap;) {
+        if (strncmp(p, secret, n) == 0) {
+            for (const char *m = "***"; *m != '\0' && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p += n;
+        } else {
+            buf[used++] = *p++;
+        }
+    }
+    buf[used] = '\0';
+    OPENSSL_cleanse(src, strlen(src));
+    free(src);
+}
+
+/* libpq quotes what it cannot parse, and some of its messages quote the
+ * whole URI: the password of url (user:PASSWORD@, password=PASSWORD), as
+ * it is written there, becomes "***" in msg, so that it reaches neither
+ * stderr nor the log (`check` shows the URI so too). */
+static void mask_url_passwords(const char *url, char *msg, size_t cap)
+{
+    const char *auth = strstr(url, "://");
+
+    if (auth != NULL) {
+        auth += 3;
+        const char *at = auth + strcspn(auth, "@/?");
+        const char *colon = *at == '@' ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL)
+            mask_secret(msg, cap, colon + 1, (size_t)(at - colon - 1));
+    }
+    for (const char *p = strchr(url, '?'); p != NULL; p = strchr(p + 1, '&'))
+        if (strncmp(p + 1, "password=", 9) == 0)
+            mask_secret(msg, cap, p + 10, strcspn(p + 10, "&"));
+}
+
 /* Opens the connection and sets the session up: synchronous commit
  * (a commit returns once it is on disk, whatever the server's default),
  * read-only transactions for a read-only store. */
@@ -325,6 +373,7 @@ static gs_err connect_session(gs_store *st)
     PG(st)->conn = PQconnectdb(PG(st)->url);
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
+        mask_url_passwords(PG(st)->url, msg, sizeof(msg));
         PG(st)->lost = true;
         /* libpq has no SQLSTATE for a failed connect: the text tells a
          * missing database from a server that is down. */

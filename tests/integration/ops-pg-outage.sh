@@ -2,6 +2,8 @@
 # ops-pg-outage.sh BIN SRC: PostgreSQL going away under a running server, as
 # docs/scale-out.md ("What each failure does") and docs/api.md promise it,
 # with curl as the client and a private PostgreSQL 15 (tests/lib/pg.sh):
+#   - a password in a [db] url that libpq cannot parse, which it quotes in
+#     its error, is shown as *** (stderr, check, serve's log);
 #   - serve started while PostgreSQL is down exits 1 naming the database;
 #   - PostgreSQL stopped: unwraps, discovery, member PUT and DELETE and
 #     /healthz answer 503 db_unavailable with Retry-After, at once (no
@@ -93,6 +95,22 @@ audited() { # ACTION MEMBER OUTCOME: how many such records
   sql "SELECT count(*) FROM audit WHERE line::json->>'action' = '$1' AND line::json->>'member' = '$2'
        AND line::json->>'outcome' = '$3'"
 }
+
+# ---- a password in [db] url never shown --------------------------------------
+# libpq quotes what it cannot parse (a bad %-escape, or the whole URI): the
+# password must come out as *** on stderr, in check's line and in serve's log.
+for u in "postgresql://$PG_USER:pw%zzQx7z9Kq@/groupsrv?host=$PG_SOCK" \
+         "postgresql://$PG_USER:pwQx7z9Kq@[::1/groupsrv" \
+         "postgresql://[::1/groupsrv?user=$PG_USER&password=pwQx7z9Kq"; do
+  awk -v u="$u" '/^url = /{print "url = " u; next} 1' "$work/gs.conf" > "$work/pw.conf"
+  for cmd in "group list" check serve; do
+    # shellcheck disable=SC2086
+    timeout 60 "$BIN/groupsrv" -c "$work/pw.conf" $cmd > "$work/pw.out" 2>&1 && fail "$cmd with $u succeeded"
+    grep -q 'cannot connect to the database' "$work/pw.out" || fail "$cmd with $u: $(cat "$work/pw.out")"
+    ! grep -q Qx7z9Kq "$work/pw.out" || fail "$cmd shows the password: $(grep Qx7z9Kq "$work/pw.out")"
+  done
+done
+ok "a password in a [db] url libpq cannot parse is shown as *** (stderr, check, serve's log)"
 
 # ---- serve while PostgreSQL is down: exit 1 naming the database ---------------
 pg_stop
