@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "audit.h"
 #include "cli.h"
@@ -45,6 +46,7 @@
 #include "ipc.h"
 #include "keyholder.h"
 #include "log.h"
+#include "store.h"
 #include "util.h"
 
 #ifndef GS_LIBEXECDIR
@@ -131,6 +133,51 @@ struct sup {
     int pin_in_env;          /* [hsm] pin_source = env:NAME, wiped here once the key holder had it */
     int failed;              /* stopped because a child could not be restarted */
 };
+
+/* The network process gets the configuration file's text, but not the
+ * database's password: it never connects to the database (SECURITY.md), and
+ * is the process a remote attacker would reach first. Each verbatim copy of
+ * [db] url in *text becomes the URI with its password as *** (what `check`
+ * shows). 0, or -1 when out of memory; the old text is wiped and freed. */
+static int hide_db_password(const struct gs_config *cfg, unsigned char **text, size_t *len)
+{
+    const char *url = cfg->db.url;
+    char shown[2048];
+    size_t ulen, slen, n = 0, used = 0;
+    unsigned char *out;
+
+    if (url == NULL || (ulen = strlen(url)) == 0 || ulen >= sizeof(shown))
+        return 0;
+    gs_store_location_display(url, shown, sizeof(shown));
+    if (strcmp(shown, url) == 0)
+        return 0; /* no password in it */
+    slen = strlen(shown);
+    for (size_t i = 0; i + ulen <= *len; i++)
+        if (memcmp(*text + i, url, ulen) == 0) {
+            n++;
+            i += ulen - 1;
+        }
+    if (n == 0) {
+        log_warn("[db] url not found as written in the config file: the network process gets its password too");
+        return 0;
+    }
+    if ((out = malloc(*len + n * slen + 1)) == NULL)
+        return -1;
+    for (size_t i = 0; i < *len;) {
+        if (i + ulen <= *len && memcmp(*text + i, url, ulen) == 0) {
+            memcpy(out + used, shown, slen);
+            used += slen;
+            i += ulen;
+        } else {
+            out[used++] = (*text)[i++];
+        }
+    }
+    OPENSSL_cleanse(*text, *len);
+    free(*text);
+    *text = out;
+    *len = used;
+    return 0;
+}
 
 static double now_s(void)
 {
@@ -677,6 +724,10 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     if (util_read_file(cfg->path, 1u << 20, &s.cfg_text, &s.cfg_len) != UTIL_OK) {
         fprintf(stderr, "groupsrv serve: cannot read the config file %s again\n", cfg->path);
         return 1;
+    }
+    if (hide_db_password(cfg, &s.cfg_text, &s.cfg_len) != 0) {
+        fprintf(stderr, "groupsrv serve: out of memory\n");
+        goto out;
     }
     const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
     if (listen_on(listen, &s.listen_fd, why, sizeof(why)) != 0) {

@@ -3,7 +3,8 @@
 # docs/scale-out.md ("What each failure does") and docs/api.md promise it,
 # with curl as the client and a private PostgreSQL 15 (tests/lib/pg.sh):
 #   - a password in a [db] url that libpq cannot parse, which it quotes in
-#     its error, is shown as *** (stderr, check, serve's log);
+#     its error, is shown as *** (stderr, check, serve's log); a running
+#     server's network process never holds it (SECURITY.md);
 #   - serve started while PostgreSQL is down exits 1 naming the database;
 #   - PostgreSQL stopped: unwraps, discovery, member PUT and DELETE and
 #     /healthz answer 503 db_unavailable with Retry-After, at once (no
@@ -123,6 +124,10 @@ grep -q 'cannot connect to the database' "$work/serve-down.log" || fail "serve d
 ok "serve with PostgreSQL down exits 1: $(grep -m1 -o 'cannot connect to the database[^:]*' "$work/serve-down.log")"
 pg_restart || fail "pg_ctl start"
 
+# The server runs with a password in its URI (trust authentication ignores
+# it): only the key holder connects, the network process must not hold it.
+sed -i "s|^url = .*|&\\&password=pwNetQ8v4Zt|" "$work/gs.conf"
+grep -q '&password=pwNetQ8v4Zt$' "$work/gs.conf" || fail "no password in the URI: $(grep '^url' "$work/gs.conf")"
 "$BIN/groupsrv" -c "$work/gs.conf" serve > "$work/serve.log" 2>&1 &
 srv_pid=$!
 for i in $(seq 1 100); do
@@ -131,6 +136,34 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 unwrap 200 "unwrap" -- alice
+memhas() { # PID STRING: is STRING anywhere in the process's memory (as root)
+  /usr/bin/python3 - "$1" "$2" <<'EOF2'
+import re, sys
+pid, needle = sys.argv[1], sys.argv[2].encode()
+found = False
+with open("/proc/%s/maps" % pid) as maps, open("/proc/%s/mem" % pid, "rb", 0) as mem:
+    for line in maps:
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", line)
+        if not m or "[vvar]" in line or "[vsyscall]" in line:
+            continue
+        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
+        try:
+            mem.seek(lo)
+            if needle in mem.read(hi - lo):
+                found = True
+        except (OSError, ValueError, OverflowError):
+            pass
+sys.exit(0 if found else 1)
+EOF2
+}
+net_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}')
+kh_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 != "groupsrv-net" {print $1; exit}')
+[ -n "$net_pid" ] && [ -n "$kh_pid" ] || fail "no network process or key holder: $(ps --ppid "$srv_pid" -o pid=,comm=)"
+memhas "$kh_pid" pwNetQ8v4Zt || fail "the memory scan does not find the password in the key holder either"
+! memhas "$net_pid" pwNetQ8v4Zt || fail "the network process holds the database password"
+! grep -q pwNetQ8v4Zt "/proc/$srv_pid/cmdline" "/proc/$net_pid/cmdline" "/proc/$net_pid/environ" "$work/serve.log" ||
+  fail "the database password in a command line, environment or the log"
+ok "[db] url's password: in the key holder only (not in the network process, command lines or the log)"
 
 # ---- PostgreSQL stopped: 503 db_unavailable everywhere, nothing changed -------
 pg_stop
