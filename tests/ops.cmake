@@ -54,3 +54,13 @@ if(TARGET groupsrv)
   set_tests_properties(ops_db_locked PROPERTIES LABELS "integration" TIMEOUT 120
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# A PostgreSQL failover (primary and streaming standby, both private) under
+# a running server with docs/scale-out.md's multi-host URI. Release pass
+# only: what it drives in groupsrv (store_pg.c's reconnects) runs under the
+# sanitizer in ops_pg_outage; a second standby set-up would add nothing.
+if(TARGET groupsrv)
+  add_test(NAME ops_pg_failover COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-failover.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_pg_failover PROPERTIES LABELS "integration;release-only" TIMEOUT 180
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()
