@@ -276,13 +276,15 @@ static const char *conn_message(PGconn *conn, char *buf, size_t cap)
 static int sqlstate_unavailable(const char *state)
 {
     /* connection exceptions; admin/crash shutdown, cannot connect now;
-     * too many connections; a read-only transaction (connected to a
+     * too many connections; a lock not granted within lock_timeout
+     * (another session holds it); a read-only transaction (connected to a
      * standby, or to a primary demoted by a failover): reconnect, and a
      * multi-host URI with target_session_attrs=read-write finds the new
      * primary */
     return state != NULL && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
                              strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
-                             strcmp(state, "53300") == 0 || strcmp(state, "25006") == 0);
+                             strcmp(state, "53300") == 0 || strcmp(state, "25006") == 0 ||
+                             strcmp(state, "55P03") == 0);
 }
 
 /* The gs_err for a failed result (res may be NULL). */
@@ -382,9 +384,19 @@ static gs_err connect_session(gs_store *st)
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
     }
     (void)PQsetNoticeProcessor(PG(st)->conn, notice_to_log, NULL);
+    /* A statement waiting for a lock another session holds (a long
+     * transaction, LOCK TABLE, VACUUM FULL, another program's migration)
+     * gives up after 5 s, as SQLite's busy timeout does, and the request
+     * gets 503 db_unavailable: without it every worker waited as long as
+     * the lock was held and the key holder stopped answering at all.
+     * Only where nobody chose a value (the URI's options, ALTER ROLE or
+     * DATABASE ... SET lock_timeout). */
     err = exec_simple(st,
-                      st->readonly ? "SET synchronous_commit = on; SET default_transaction_read_only = on"
-                                   : "SET synchronous_commit = on",
+                      st->readonly ? "SET synchronous_commit = on; SET default_transaction_read_only = on; "
+                                     "SELECT set_config('lock_timeout', '5s', false) "
+                                     "WHERE current_setting('lock_timeout') = '0'"
+                                   : "SET synchronous_commit = on; SELECT set_config('lock_timeout', '5s', false) "
+                                     "WHERE current_setting('lock_timeout') = '0'",
                       "session setup");
     if (err)
         return err;
@@ -584,7 +596,9 @@ static gs_err migrate(gs_store *st)
      * others wait on the lock and then find the schema current. */
     if ((err = exec_simple(st, "BEGIN", "migrate")) != GS_OK)
         return err;
-    if ((err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
+    /* the first server's migration may take longer than lock_timeout */
+    if ((err = exec_simple(st, "SET LOCAL lock_timeout = 0", "migrate")) != GS_OK ||
+        (err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
         (err = exec_simple(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "migrate")) !=
             GS_OK ||
         (err = read_version(st, &v)) != GS_OK)

@@ -13,6 +13,8 @@
 #     (pg_terminate_backend): the very next requests are served, without a
 #     restart (an idle connection the server closed is noticed before a
 #     statement is sent on it);
+#   - a table locked by another session: 503 db_unavailable after the 5 s
+#     lock_timeout, not a key holder stuck as long as the lock is held;
 #   - the audit insert of a member change losing its connection (the
 #     session ended in the middle of the insert): the change keeps its
 #     record and its answer (the insert goes out once more);
@@ -193,6 +195,25 @@ for round in 1 2; do
     "$base/v1/groups/eng/members/idle$round@example.org"
 done
 kill -0 "$srv_pid" || fail "serve exited"
+
+# ---- a table locked by another session (LOCK TABLE, VACUUM FULL, a long
+# transaction, another version's migration): 503 db_unavailable after the
+# 5 s lock_timeout, not a key holder stuck as long as the lock is held
+mkfifo "$work/lock.sql"
+psql -X -q -At "$(pg_url groupsrv)" < "$work/lock.sql" > "$work/lock.out" 2>&1 &
+locker=$!
+exec 3> "$work/lock.sql"
+echo "BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE; SELECT 'locked';" >&3
+for i in $(seq 1 50); do grep -q locked "$work/lock.out" && break; sleep 0.1; done
+grep -q locked "$work/lock.out" || fail "psql did not take the lock: $(cat "$work/lock.out")"
+t0=$SECONDS
+unwrap 503 db_unavailable "unwrap while another session holds a lock" -- alice
+[ $((SECONDS - t0)) -le 10 ] || fail "the unwrap waited $((SECONDS - t0)) s for the lock"
+grep -q 'lock timeout' "$work/serve.log" || fail "the log does not say lock timeout"
+echo "COMMIT;" >&3
+exec 3>&-
+wait "$locker" || true
+unwrap 200 "unwrap once the lock is released" -- alice
 
 # ---- the audit insert of a member change dies with its session ------------------
 # A trigger ends the inserting session once, in the middle of the insert
