@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
 ok() { echo "ok: $*"; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/integration/pg-server-lib.sh"
 
 pg_start || fail "PostgreSQL did not start"
 PRIMARY_SOCK=$PG_SOCK
@@ -46,64 +46,10 @@ sbq() { psql -X -q -At "postgresql:///$1?host=$SB/sock&user=$PG_USER" -c "$2"; }
 [ "$(sbq postgres 'SELECT pg_is_in_recovery()')" = t ] || fail "the standby is not in recovery"
 ok "a primary and a streaming standby"
 
-"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
-export SOFTHSM2_CONF=$work/token/softhsm2.conf
-port=$(free_port)
-certs=$work/certs
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
 # docs/scale-out.md's form: several hosts, target_session_attrs=read-write;
 # the standby first, so that libpq has to pass it over.
-cat > "$work/gs.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-instance = gs-a
-[tls]
-cert = $certs/server.pem
-key = $certs/server.key
-[hsm]
-module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-pin_source = $work/token/user-pin
-[db]
-url = postgresql:///groupsrv?host=$SB/sock,$PRIMARY_SOCK&user=$PG_USER&target_session_attrs=read-write
-[audit]
-store = db
-CONF
-gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
-gs ca init --key rsa:2048 >/dev/null || fail "ca init through the multi-host URI"
-gs group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create"
-gs member add eng alice@example.org --issue-cert --out "$certs" >/dev/null
-gs member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
-gs group show eng --cert > "$certs/group.pem"
-"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
-printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
-base=https://127.0.0.1:$port
-c() { local who=$1; shift; curl -sS -m 15 --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
-call() { c "$@" -D "$work/hdr" -o "$work/body" -w '%{http_code}' 2>/dev/null || true; }
-expect() { # WANT [CODE] DESC -- WHO CURL-ARGS...
-  local want=$1 code= desc got
-  shift
-  if [ "$2" != -- ]; then code=$1; shift; fi
-  desc=$1
-  shift 2
-  got=$(call "$@")
-  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
-  if [ -n "$code" ]; then
-    grep -q "\"code\":\"$code\"" "$work/body" || fail "$desc: not $code: $(head -c 300 "$work/body")"
-    grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "$desc: 503 without Retry-After"
-  fi
-  ok "$desc ($want${code:+ $code})"
-}
-unwrap() { expect "$@" --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"; }
-
-"$BIN/groupsrv" -c "$work/gs.conf" serve > "$work/serve.log" 2>&1 &
-srv_pid=$!
-for i in $(seq 1 100); do
-  curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "serve exited"
-  sleep 0.1
-done
+pgsrv_setup "postgresql:///groupsrv?host=$SB/sock,$PRIMARY_SOCK&user=$PG_USER&target_session_attrs=read-write" alice
+pgsrv_start
 unwrap 200 "unwrap, standby listed first" -- alice
 expect 201 "member PUT, standby listed first" -- admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/m1@example.org"
 n=$(sbq postgres "SELECT count(*) FROM pg_stat_activity WHERE datname = 'groupsrv' AND backend_type = 'client backend'")

@@ -34,65 +34,16 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
 ok() { echo "ok: $*"; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/integration/pg-server-lib.sh"
 
 pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
-"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
-export SOFTHSM2_CONF=$work/token/softhsm2.conf
-port=$(free_port)
-certs=$work/certs
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
-cat > "$work/gs.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-instance = gs-a
-[tls]
-cert = $certs/server.pem
-key = $certs/server.key
-[hsm]
-module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-pin_source = $work/token/user-pin
-[db]
-url = postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER
-[audit]
-store = db
-CONF
-gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
-gs ca init --key rsa:2048 >/dev/null || fail "ca init"
-gs group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create"
-for m in alice bob; do gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null; done
-gs member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
-gs group show eng --cert > "$certs/group.pem"
-"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
-printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
-base=https://127.0.0.1:$port
+pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob
 sql() { pg_psql groupsrv -At -c "$1"; }
 end_sessions() { # every session on groupsrv's database but the caller's
   pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE datname = 'groupsrv' AND pid <> pg_backend_pid()" >/dev/null
 }
-c() { local who=$1; shift; curl -sS -m 15 --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
-call() { # WHO CURL-ARGS...: prints the status; headers in $work/hdr, body in $work/body
-  c "$@" -D "$work/hdr" -o "$work/body" -w '%{http_code}' 2>/dev/null || true
-}
-expect() { # WANT [CODE] DESC -- WHO CURL-ARGS...
-  local want=$1 code= desc got
-  shift
-  if [ "$2" != -- ]; then code=$1; shift; fi
-  desc=$1
-  shift 2
-  got=$(call "$@")
-  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
-  if [ -n "$code" ]; then
-    grep -q "\"code\":\"$code\"" "$work/body" || fail "$desc: not $code: $(head -c 300 "$work/body")"
-    grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "$desc: 503 without Retry-After"
-  fi
-  ok "$desc ($want${code:+ $code})"
-}
-unwrap() { expect "$@" --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"; }
 member_in() { [ "$(sql "SELECT count(*) FROM members WHERE email = '$1'")" = 1 ]; }
 audited() { # ACTION MEMBER OUTCOME: how many such records
   sql "SELECT count(*) FROM audit WHERE line::json->>'action' = '$1' AND line::json->>'member' = '$2'
@@ -130,13 +81,7 @@ pg_restart || fail "pg_ctl start"
 # it): only the key holder connects, the network process must not hold it.
 sed -i "s|^url = .*|&\\&password=pwNetQ8v4Zt|" "$work/gs.conf"
 grep -q '&password=pwNetQ8v4Zt$' "$work/gs.conf" || fail "no password in the URI: $(grep '^url' "$work/gs.conf")"
-"$BIN/groupsrv" -c "$work/gs.conf" serve > "$work/serve.log" 2>&1 &
-srv_pid=$!
-for i in $(seq 1 100); do
-  curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "serve exited"
-  sleep 0.1
-done
+pgsrv_start
 unwrap 200 "unwrap" -- alice
 memhas() { # PID STRING: is STRING anywhere in the process's memory (as root)
   /usr/bin/python3 - "$1" "$2" <<'EOF2'

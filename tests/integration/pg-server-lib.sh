@@ -1,0 +1,83 @@
+# pg-server-lib.sh: the set-up ops-pg-outage.sh and ops-pg-failover.sh
+# share, sourced with BIN, SRC and work set and fail defined:
+#   pgsrv_setup URL MEMBERS...   a throw-away SoftHSM token, a server
+#       certificate for 127.0.0.1, $work/gs.conf on a free port with
+#       [db] url = URL and [audit] store = db, the CA, group eng, the
+#       members (and admin@example.org, an admin) with certificates in
+#       $certs, and $work/unwrap.json (an unwrap request for eng)
+#   pgsrv_start                  serve in the background (srv_pid), its log
+#                                in $work/serve.log, until it answers
+#   gs ARGS / c WHO CURL-ARGS / call WHO CURL-ARGS (prints the status;
+#   headers in $work/hdr, body in $work/body)
+#   expect WANT [CODE] DESC -- WHO CURL-ARGS: the status WANT, and for a
+#       CODE the error code and a Retry-After header
+#   unwrap WANT [CODE] DESC -- WHO: an unwrap of $work/unwrap.json
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
+
+pgsrv_setup() {
+  local url=$1 m
+  shift
+  "$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+  export SOFTHSM2_CONF=$work/token/softhsm2.conf
+  port=$(free_port)
+  certs=$work/certs
+  base=https://127.0.0.1:$port
+  mkdir -p "$certs"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
+  cat > "$work/gs.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+instance = gs-a
+[tls]
+cert = $certs/server.pem
+key = $certs/server.key
+[hsm]
+module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+pin_source = $work/token/user-pin
+[db]
+url = $url
+[audit]
+store = db
+CONF
+  gs ca init --key rsa:2048 >/dev/null || fail "ca init"
+  gs group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create"
+  for m in "$@"; do gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null || fail "member add $m"; done
+  gs member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null || fail "member add admin"
+  gs group show eng --cert > "$certs/group.pem"
+  "$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
+  printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
+}
+
+pgsrv_start() {
+  local i
+  # the program itself in the background (not gs: $! must be serve)
+  "$BIN/groupsrv" -c "$work/gs.conf" serve >> "$work/serve.log" 2>&1 &
+  srv_pid=$!
+  for i in $(seq 1 100); do
+    curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && return 0
+    kill -0 "$srv_pid" 2>/dev/null || fail "serve exited"
+    sleep 0.1
+  done
+  fail "serve did not answer"
+}
+
+c() { local who=$1; shift; curl -sS -m 15 --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
+call() { c "$@" -D "$work/hdr" -o "$work/body" -w '%{http_code}' 2>/dev/null || true; }
+expect() {
+  local want=$1 code= desc got
+  shift
+  if [ "$2" != -- ]; then code=$1; shift; fi
+  desc=$1
+  shift 2
+  got=$(call "$@")
+  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
+  if [ -n "$code" ]; then
+    grep -q "\"code\":\"$code\"" "$work/body" || fail "$desc: not $code: $(head -c 300 "$work/body")"
+    grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "$desc: 503 without Retry-After"
+  fi
+  ok "$desc ($want${code:+ $code})"
+}
+unwrap() { expect "$@" --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"; }
