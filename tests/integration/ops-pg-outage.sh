@@ -83,26 +83,7 @@ sed -i "s|^url = .*|&\\&password=pwNetQ8v4Zt|" "$work/gs.conf"
 grep -q '&password=pwNetQ8v4Zt$' "$work/gs.conf" || fail "no password in the URI: $(grep '^url' "$work/gs.conf")"
 pgsrv_start
 unwrap 200 "unwrap" -- alice
-memhas() { # PID STRING: is STRING anywhere in the process's memory (as root)
-  /usr/bin/python3 - "$1" "$2" <<'EOF2'
-import re, sys
-pid, needle = sys.argv[1], sys.argv[2].encode()
-found = False
-with open("/proc/%s/maps" % pid) as maps, open("/proc/%s/mem" % pid, "rb", 0) as mem:
-    for line in maps:
-        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", line)
-        if not m or "[vvar]" in line or "[vsyscall]" in line:
-            continue
-        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
-        try:
-            mem.seek(lo)
-            if needle in mem.read(hi - lo):
-                found = True
-        except (OSError, ValueError, OverflowError):
-            pass
-sys.exit(0 if found else 1)
-EOF2
-}
+memhas() { [ "$(/usr/bin/python3 "$SRC/tests/lib/memscan.py" "$1" "$2")" -gt 0 ]; } # PID STRING
 net_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}')
 kh_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 != "groupsrv-net" {print $1; exit}')
 [ -n "$net_pid" ] && [ -n "$kh_pid" ] || fail "no network process or key holder: $(ps --ppid "$srv_pid" -o pid=,comm=)"

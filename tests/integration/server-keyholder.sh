@@ -67,29 +67,7 @@ done
 ok "both: RLIMIT_CORE 0"
 # The PIN: in the key holder (it logs in again after token loss), nowhere
 # in the network process, after it served requests.
-scan() { /usr/bin/python3 - "$1" "$work/token/user-pin" <<'PY'
-import re, sys
-pid, pin = sys.argv[1], open(sys.argv[2], "rb").read().strip()
-found, chunk = 0, 1 << 24
-with open("/proc/%s/maps" % pid) as maps, open("/proc/%s/mem" % pid, "rb", 0) as mem:
-    for line in maps:
-        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+)", line)
-        lo, hi, perm = int(m.group(1), 16), int(m.group(2), 16), m.group(3)
-        # Sanitizer shadow memory is reserved by the terabyte: no heap there.
-        if "r" not in perm or "[vvar]" in line or "[vsyscall]" in line or hi - lo > (1 << 32):
-            continue
-        tail = b""
-        for at in range(lo, hi, chunk):
-            try:
-                mem.seek(at)
-                data = mem.read(min(chunk, hi - at))
-            except OSError:
-                break
-            found += (tail + data).count(pin)
-            tail = data[-(len(pin) - 1):]
-print(found)
-PY
-}
+scan() { /usr/bin/python3 "$SRC/tests/lib/memscan.py" "$1" --file "$work/token/user-pin"; }
 [ "$(scan "$kh")" -gt 0 ] || fail "control: the PIN should be in the key holder's memory"
 [ "$(scan "$net")" = 0 ] || fail "the PIN's bytes are in the network process's memory"
 ok "the PIN is in the key holder's memory and nowhere in the network process's"
