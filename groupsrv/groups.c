@@ -302,11 +302,44 @@ static gs_err load_sealed(hsm_ctx *hsm, const char *seal_label, const unsigned c
     return GS_OK;
 }
 
+/* The keys labelled labels[0..n) found in one search (hsm_key_find_labels),
+ * or NULL: then each is found by itself, as take_found finds none. */
+static hsm_key **find_by_labels(hsm_ctx *hsm, hsm_key_class cls, const char *const *labels, size_t n)
+{
+    hsm_key **found;
+
+    if (n < 2 || (found = calloc(n, sizeof(*found))) == NULL)
+        return NULL;
+    if (hsm_key_find_labels(hsm, cls, labels, n, found) != HSM_OK) {
+        free(found); /* hsm_key_find names what went wrong */
+        return NULL;
+    }
+    return found;
+}
+
+/* found[i], handed over to the caller, or NULL. */
+static hsm_key *take_found(hsm_key **found, size_t i)
+{
+    hsm_key *k = found != NULL ? found[i] : NULL;
+    if (k != NULL)
+        found[i] = NULL;
+    return k;
+}
+
+static void found_free(hsm_key **found, size_t n)
+{
+    for (size_t i = 0; found != NULL && i < n; i++)
+        hsm_key_free(found[i]);
+    free(found);
+}
+
 gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
 {
     gs_group *g = NULL;
     gs_store_group_key *keys = NULL;
     gs_store_secret *secrets = NULL;
+    const char **version_labels = NULL, **kek_labels = NULL;
+    hsm_key **key_found = NULL, **secret_found = NULL;
     size_t nk = 0, ns = 0;
     hsm_key_type type;
     unsigned bits;
@@ -335,6 +368,18 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     g->kek_versions = calloc(ns ? ns : 1, sizeof(*g->kek_versions));
     if (g->versions == NULL || g->kek_versions == NULL)
         goto out;
+    /* Each version found by label costs a search of the token, often
+     * linear in its objects; a group that rotated its secret key at every
+     * removal has thousands: they are found in one search per class. */
+    if ((version_labels = calloc(nk ? nk : 1, sizeof(*version_labels))) == NULL ||
+        (kek_labels = calloc(ns ? ns : 1, sizeof(*kek_labels))) == NULL)
+        goto out;
+    for (size_t i = 0; i < nk; i++)
+        version_labels[i] = keys[i].state == GS_KEY_RETIRED ? NULL : keys[i].token_label;
+    for (size_t i = 0; i < ns; i++)
+        kek_labels[i] = secrets[i].state == GS_KEY_RETIRED || secrets[i].sealed ? NULL : secrets[i].token_label;
+    key_found = find_by_labels(hsm, HSM_CLASS_PRIVATE, version_labels, nk);
+    secret_found = find_by_labels(hsm, HSM_CLASS_SECRET, kek_labels, ns);
     for (size_t i = 0; i < nk; i++) {
         gs_group_key_ref *r;
         if (keys[i].state == GS_KEY_RETIRED)
@@ -349,6 +394,8 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &r->cert);
         if (err)
             goto out;
+        if ((r->key = take_found(key_found, i)) != NULL)
+            continue;
         he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL; /* recorded by another server; this token lacks it */
@@ -375,6 +422,8 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
                 goto out;
             continue;
         }
+        if ((r->key = take_found(secret_found, i)) != NULL)
+            continue;
         he = hsm_key_find(hsm, secrets[i].token_label, HSM_CLASS_SECRET, &r->key);
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL;
@@ -411,6 +460,10 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     g = NULL;
     err = GS_OK;
 out:
+    found_free(key_found, nk);
+    found_free(secret_found, ns);
+    free(version_labels);
+    free(kek_labels);
     gs_store_group_keys_free(keys, nk);
     gs_store_secrets_free(secrets, ns);
     gs_group_free(g);

@@ -296,6 +296,15 @@ typedef enum hsm_key_type { HSM_KEYTYPE_RSA = 1, HSM_KEYTYPE_EC, HSM_KEYTYPE_AES
  * threads; free it only when no call uses it. */
 hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out);
 void hsm_key_free(hsm_key *key);
+/* Finds keys of class cls by plain label, many in one search of the class
+ * rather than one search each (a token's search is often linear in its
+ * objects: a group with many secret key versions, found one by one, cost
+ * versions x objects at every load). out[i] (cleared on entry, n entries)
+ * is the key labelled labels[i] when exactly one object of the class
+ * carries it, else NULL (also for a NULL or empty labels[i]): hsm_key_find
+ * then tells a missing key from an ambiguous one. The caller frees each out[i]. HSM_OK, or the token's
+ * error (out[] all NULL). */
+hsm_err hsm_key_find_labels(hsm_ctx *ctx, hsm_key_class cls, const char *const *labels, size_t n, hsm_key **out);
 /* Deletes the object from the token (retire). The hsm_key is still freed by the caller. */
 hsm_err hsm_key_destroy(hsm_ctx *ctx, hsm_key *key);
 

@@ -3,6 +3,7 @@
  * re-find after recovery), key generation with an exact usage policy,
  * attribute read-back, public key export as DER SPKI.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -347,6 +348,157 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     fa->key->handle = found[0];
     fa->key->gen = gen;
     return HSM_OK;
+}
+
+/* ---- find many by label ------------------------------------------------------ */
+
+/* Objects one search reads at most; beyond, the rest are left to hsm_key_find. */
+#define FIND_LABELS_MAX 65536
+
+struct wanted_label {
+    const char *label;
+    size_t index; /* in the caller's labels[] and out[] */
+};
+
+struct find_labels_arg {
+    CK_OBJECT_CLASS cls;
+    struct wanted_label *want; /* sorted by label */
+    size_t n;
+    hsm_key **out;
+    unsigned char *seen; /* per want[]: objects found with that label */
+};
+
+static int wanted_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct wanted_label *)a)->label, ((const struct wanted_label *)b)->label);
+}
+
+/* Takes handle h as the key wanted under its label, if one is. */
+static hsm_err take_labelled(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, unsigned gen,
+                             struct find_labels_arg *fa)
+{
+    struct wanted_label probe, *w;
+    unsigned char *v = NULL;
+    char label[sizeof(((hsm_key *)0)->label)];
+    size_t len = 0, at;
+    hsm_key *k;
+    hsm_err err;
+
+    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &len) != HSM_OK || len >= sizeof(label)) {
+        free(v);
+        return HSM_OK; /* no label we could have asked for */
+    }
+    memcpy(label, v, len);
+    label[len] = '\0';
+    free(v);
+    probe.label = label;
+    if ((w = bsearch(&probe, fa->want, fa->n, sizeof(*fa->want), wanted_cmp)) == NULL)
+        return HSM_OK;
+    at = (size_t)(w - fa->want);
+    if (fa->seen[at] < 2)
+        fa->seen[at]++;
+    if (fa->seen[at] > 1) { /* ambiguous: hsm_key_find names it */
+        hsm_key_free(fa->out[w->index]);
+        fa->out[w->index] = NULL;
+        return HSM_OK;
+    }
+    if ((k = key_new()) == NULL)
+        return HSM_ERR_NOMEM;
+    if ((err = key_fill(ctx, s, h, k)) != HSM_OK) {
+        hsm_key_free(k);
+        return err;
+    }
+    k->handle = h;
+    k->gen = gen;
+    fa->out[w->index] = k;
+    return HSM_OK;
+}
+
+static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    struct find_labels_arg *fa = arg;
+    CK_ATTRIBUTE t = {CKA_CLASS, &fa->cls, sizeof(fa->cls)};
+    CK_OBJECT_HANDLE *hs = NULL, *grown;
+    CK_ULONG got = 0, total = 0, cap = 0, i;
+    unsigned gen;
+    hsm_err err = HSM_OK, err2;
+
+    pthread_mutex_lock(&ctx->key_mu);
+    gen = ctx->key_gen;
+    pthread_mutex_unlock(&ctx->key_mu);
+    for (i = 0; i < fa->n; i++) {
+        hsm_key_free(fa->out[fa->want[i].index]);
+        fa->out[fa->want[i].index] = NULL;
+        fa->seen[i] = 0;
+    }
+    if ((err = P11(ctx, C_FindObjectsInit, s, &t, 1)) != HSM_OK)
+        return err;
+    /* The handles first, the labels after C_FindObjectsFinal, as op_list:
+     * not every token answers other calls in a session while it searches. */
+    do {
+        if (total == cap) {
+            cap = cap ? cap * 2 : 256;
+            if ((grown = realloc(hs, cap * sizeof(*hs))) == NULL) {
+                err = HSM_ERR_NOMEM;
+                break;
+            }
+            hs = grown;
+        }
+        err = P11(ctx, C_FindObjects, s, hs + total, cap - total, &got);
+        if (err == HSM_OK)
+            total += got;
+    } while (err == HSM_OK && got > 0 && total < FIND_LABELS_MAX);
+    err2 = P11(ctx, C_FindObjectsFinal, s);
+    if (err == HSM_OK)
+        err = err2;
+    for (i = 0; err == HSM_OK && i < total; i++)
+        err = take_labelled(ctx, s, hs[i], gen, fa);
+    free(hs);
+    hsm_clear_detail();
+    return err;
+}
+
+hsm_err hsm_key_find_labels(hsm_ctx *ctx, hsm_key_class cls, const char *const *labels, size_t n, hsm_key **out)
+{
+    struct find_labels_arg fa;
+    hsm_err err = HSM_ERR_NOMEM;
+    size_t i;
+
+    if (out != NULL)
+        memset(out, 0, n * sizeof(*out));
+    if (ctx == NULL || labels == NULL || out == NULL || (cls != HSM_CLASS_PRIVATE && cls != HSM_CLASS_PUBLIC &&
+                                                         cls != HSM_CLASS_SECRET))
+        return HSM_ERR_ARGS;
+    if (n == 0)
+        return HSM_OK;
+    memset(&fa, 0, sizeof(fa));
+    fa.cls = hsm_to_class(cls);
+    fa.out = out;
+    if (n > SIZE_MAX / sizeof(*fa.want) || (fa.want = calloc(n, sizeof(*fa.want))) == NULL ||
+        (fa.seen = calloc(n, 1)) == NULL)
+        goto out;
+    for (i = 0; i < n; i++) {
+        if (labels[i] == NULL || labels[i][0] == '\0')
+            continue;
+        fa.want[fa.n].label = labels[i];
+        fa.want[fa.n++].index = i;
+    }
+    if (fa.n == 0) {
+        err = HSM_OK;
+        goto out;
+    }
+    qsort(fa.want, fa.n, sizeof(*fa.want), wanted_cmp);
+    err = hsm_run(ctx, op_find_labels, &fa);
+out:
+    if (err != HSM_OK) {
+        for (i = 0; i < n; i++) {
+            hsm_key_free(out[i]);
+            out[i] = NULL;
+        }
+    }
+    free(fa.want);
+    free(fa.seen);
+    return err;
 }
 
 hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out)

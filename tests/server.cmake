@@ -65,3 +65,10 @@ add_test(NAME token_caps
   COMMAND bash ${GS_TEST_DIR}/integration/token-caps.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(token_caps PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# What grows with a group's history: token searches to load a group with
+# many secret key versions (tests/p11fault counts them).
+add_test(NAME server_scale
+  COMMAND bash ${GS_TEST_DIR}/integration/server-scale.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_scale PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

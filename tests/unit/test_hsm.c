@@ -525,6 +525,48 @@ static void test_list_destroy(void **state)
     t_close(ctx);
 }
 
+/* Many keys by label in one search: each found when one object of the
+ * class carries its label; a missing label, one of another class and one
+ * not asked for (NULL or empty) is NULL, for hsm_key_find to name. (Two
+ * objects of one label, also NULL, cannot be made here: generation
+ * refuses a label in use.) */
+static void test_find_labels(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *made = NULL, *out[6];
+    hsm_key_info ki;
+    hsm_keygen_spec sp = {"many-find", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
+    const char *labels[6] = {GRP_GSK, "no-such-key", NULL, GRP_RSA, "many-find", ""};
+    const char *priv[1] = {GRP_RSA};
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 1);
+    assert_int_equal(hsm_generate_secret_key(ctx, &sp, &made), HSM_OK);
+    memset(out, 0xff, sizeof(out)); /* cleared on entry */
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels, 6, out), HSM_OK);
+    for (size_t i = 0; i < 6; i++) {
+        if (i != 0 && i != 4) {
+            assert_null(out[i]);
+            continue;
+        }
+        assert_non_null(out[i]);
+        assert_int_equal(hsm_key_get_info(ctx, out[i], &ki), HSM_OK);
+        assert_string_equal(ki.label, labels[i]);
+        assert_int_equal(ki.cls, HSM_CLASS_SECRET);
+        hsm_key_free(out[i]);
+    }
+    /* The public key shares the private key's label: the class decides. */
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_PRIVATE, priv, 1, out), HSM_OK);
+    assert_non_null(out[0]);
+    assert_int_equal(hsm_key_get_info(ctx, out[0], &ki), HSM_OK);
+    assert_int_equal(ki.cls, HSM_CLASS_PRIVATE);
+    hsm_key_free(out[0]);
+    assert_int_equal(hsm_key_find_labels(ctx, 0, priv, 1, out), HSM_ERR_ARGS);
+    assert_int_equal(hsm_key_destroy(ctx, made), HSM_OK);
+    hsm_key_free(made);
+    t_close(ctx);
+}
+
 static void test_secret_keys(void **state)
 {
     hsm_ctx *ctx;
@@ -2864,6 +2906,7 @@ int main(void)
         cmocka_unit_test_teardown(test_keypair_sizes_and_exists, t_teardown),
         cmocka_unit_test_teardown(test_find, t_teardown),
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
+        cmocka_unit_test_teardown(test_find_labels, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
         cmocka_unit_test_teardown(test_check_kt_alg, t_teardown),
