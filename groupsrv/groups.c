@@ -947,7 +947,7 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
     if (version_out)
         *version_out = 0;
     if (spec == NULL || !gs_valid_group_name(spec->name))
-        return gs_err_set(GS_ERR_ARGS, "invalid group name (1-64 of a-z 0-9 . _ -, starting with a letter or digit)");
+        return gs_err_set(GS_ERR_ARGS, "invalid group name (" GS_GROUP_NAME_RULE ")");
     if (!gs_valid_email(spec->address))
         return gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)");
     if (spec->use_key == NULL) {

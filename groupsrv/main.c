@@ -581,7 +581,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
         if (opt(&a, "--methods") && gs_methods_parse(opt(&a, "--methods"), &spec.methods) != GS_OK)
             return usage_error("group create: %s", gs_err_detail());
         if (!gs_valid_group_name(spec.name))
-            return fail(gs_err_set(GS_ERR_ARGS, "invalid group name (1-64 of a-z 0-9 . _ -)"));
+            return fail(gs_err_set(GS_ERR_ARGS, "invalid group name (" GS_GROUP_NAME_RULE ")"));
         if (!gs_valid_email(spec.address))
             return fail(gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)"));
         err = env_open(e, NEED_DB | NEED_CA);

@@ -51,6 +51,8 @@ gs_err gs_role_parse(const char *name, gs_role *out);
  * emails/addresses: local@domain, printable ASCII without spaces, quotes,
  * angle brackets, commas or slashes, at most 254 bytes, exactly one '@'. */
 bool gs_valid_group_name(const char *name);
+/* What gs_valid_group_name accepts, in the words of every refusal. */
+#define GS_GROUP_NAME_RULE "1-64 of a-z 0-9 . _ -, starting with a letter or digit"
 bool gs_valid_email(const char *email);
 
 /* Membership certificates (method G): the subject O and the SAN URI prefix

@@ -41,6 +41,10 @@ usage='\(see groupsrv --help\)$'
 expect 2 "unknown subcommand lst .*$usage" "groupsrv group lst names the subcommand" -- "$gs" -c "$gconf" group lst
 expect 2 "unknown subcommand bogus .*$usage" "groupsrv member bogus NAME names the subcommand" -- \
   "$gs" -c "$gconf" member bogus eng
+# A group name's first character is named in the refusal, which said ". _ -" were allowed.
+expect 1 "invalid group name \(1-64 of a-z 0-9 \. _ -, starting with a letter or digit\)" \
+  "groupsrv group create .eng (a name starting with a dot)" -- \
+  "$gs" -c "$gconf" group create .eng --address eng@lists.example.org
 expect 2 "ca show: unexpected argument extra $usage" "groupsrv ca show with an argument" -- "$gs" -c "$gconf" ca show extra
 expect 3 "database .* does not exist" "groupsrv --config=FILE (the --x=v form)" -- "$gs" --config="$gconf" group list
 # tls init had a parser of its own, without the --x=v form
