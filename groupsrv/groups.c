@@ -1650,10 +1650,11 @@ static void report(struct audit *a, gs_key_audit_row *row)
         a->cb(a->arg, row);
 }
 
-/* Finds label of class cls and fills info; returns a problem or NULL. */
+/* Finds label of class cls (unless *key is already the key found) and fills
+ * info; returns a problem or NULL. */
 static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, hsm_key_info *info, hsm_key **key)
 {
-    hsm_err he = hsm_key_find(a->hsm, label, cls, key);
+    hsm_err he = *key != NULL ? HSM_OK : hsm_key_find(a->hsm, label, cls, key);
     if (he == HSM_ERR_KEY_NOT_FOUND)
         return "missing from the token";
     if (he == HSM_ERR_KEY_AMBIGUOUS)
@@ -1666,8 +1667,9 @@ static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, 
     return NULL;
 }
 
-/* One token key: found, attributes checked against e (its recorded
- * weakenings accepted). Fills row; the key stays in *key for more checks. */
+/* One token key: found (if *key is NULL), attributes checked against e (its
+ * recorded weakenings accepted). Fills row; the key stays in *key for more
+ * checks. */
 static void audit_key(struct audit *a, gs_key_audit_row *row, const char *label, hsm_key_class cls,
                       const gs_key_expect *e, hsm_key_info *info, hsm_key **key)
 {
@@ -1730,6 +1732,8 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     gs_store_group_key *keys = NULL;
     gs_store_secret *secrets = NULL;
     size_t nk = 0, ns = 0;
+    const char **labels = NULL;
+    hsm_key **key_found = NULL, **secret_found = NULL;
     hsm_key_type type = HSM_KEYTYPE_RSA;
     unsigned bits = 0;
     gs_key_audit_row row;
@@ -1747,8 +1751,18 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         report(a, &row);
         goto out;
     }
+    /* One token search per class, not one per version (gs_group_load);
+     * what it does not find is looked for by label, and named. */
+    if ((labels = calloc(nk > ns ? nk : ns ? ns : 1, sizeof(*labels))) != NULL) {
+        for (size_t i = 0; i < nk; i++)
+            labels[i] = keys[i].state == GS_KEY_RETIRED ? NULL : keys[i].token_label;
+        key_found = find_by_labels(a->hsm, HSM_CLASS_PRIVATE, labels, nk);
+        for (size_t i = 0; i < ns; i++)
+            labels[i] = secrets[i].sealed != NULL ? NULL : secrets[i].token_label;
+        secret_found = find_by_labels(a->hsm, HSM_CLASS_SECRET, labels, ns);
+    }
     for (size_t i = 0; i < nk; i++) {
-        hsm_key *k = NULL;
+        hsm_key *k = take_found(key_found, i);
         memset(&row, 0, sizeof(row));
         row.label = keys[i].token_label;
         row.kind = "group";
@@ -1784,7 +1798,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         report(a, &row);
     }
     for (size_t i = 0; i < ns; i++) {
-        hsm_key *k = NULL;
+        hsm_key *k = take_found(secret_found, i);
         memset(&row, 0, sizeof(row));
         row.label = secrets[i].token_label;
         row.kind = "secret";
@@ -1818,6 +1832,9 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         report(a, &row);
     }
 out:
+    found_free(key_found, nk);
+    found_free(secret_found, ns);
+    free(labels);
     gs_store_group_keys_free(keys, nk);
     gs_store_secrets_free(secrets, ns);
 }

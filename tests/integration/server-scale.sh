@@ -6,6 +6,7 @@
 #     loaded with a bounded number of token searches, not one per version
 #     (SoftHSM's search reads every object: versions x objects at every
 #     load, after every change of the database, in every worker)
+#   - so is the key audit of `serve`'s start and of `check`
 set -euo pipefail
 BIN=$1 SRC=$2 P11FAULT=$3
 [ -f "$P11FAULT" ] || { echo "FAIL: no p11fault module at $P11FAULT" >&2; exit 1; }
@@ -48,3 +49,10 @@ n=$(/usr/bin/python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))
 [ $((f1 - f0)) -le 10 ] || fail "loading a group of $n secret key versions took $((f1 - f0)) token searches"
 ok "group of $n secret key versions loaded with $((f1 - f0)) token searches"
 stop_server
+
+# `check` audits every key version of every group, as serve does at start.
+GS_P11FAULT_COUNTS=$work/check.counts gs check > "$work/check.out" 2>&1 ||
+  fail "check: $(tail -n 5 "$work/check.out")"
+searches=$(awk '$1 == "C_FindObjectsInit" {print $2}' "$work/check.counts")
+[ "${searches:-0}" -le 20 ] || fail "check of $n secret key versions made $searches token searches"
+ok "check of $n secret key versions made $searches token searches"
