@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "certname.h"
 #include "log.h"
 #include "util.h"
 
@@ -1433,19 +1434,23 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
 }
 
 /* A new member's certificate as PEM (*pem NULL without one), checked to
- * name the member's address; GS_ERR_CERT otherwise. */
+ * name the member's address as the server will know it (gs_cert_identity:
+ * a certificate recorded here must authenticate as the member); GS_ERR_CERT
+ * otherwise. */
 static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
 {
     char cemail[GS_EMAIL_MAX + 1];
+    char q[GS_EMAIL_MAX + 8];
     gs_err err;
 
     *pem = NULL;
     if (cert == NULL)
         return GS_OK;
-    if ((err = gs_cert_email(cert, cemail, sizeof(cemail))) != GS_OK)
-        return err;
+    if (!gs_cert_identity(cert, cemail, sizeof(cemail)) || !gs_valid_email(cemail))
+        return gs_err_set(GS_ERR_CERT, "certificate has no email address (SAN rfc822Name, else a subject CN or "
+                                       "emailAddress that is one)");
     if (strcasecmp(cemail, email) != 0)
-        return gs_err_set(GS_ERR_CERT, "certificate is for %s, not %s", cemail, email);
+        return gs_err_set(GS_ERR_CERT, "certificate is for %s, not %s", log_quote(q, sizeof(q), cemail), email);
     /* Message keys are re-wrapped to it (recipient-key, member-certs). */
     if ((err = gs_key_check_strength(X509_get0_pubkey(cert), "certificate")) != GS_OK)
         return err;

@@ -72,3 +72,11 @@ add_test(NAME server_scale
   COMMAND bash ${GS_TEST_DIR}/integration/server-scale.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_scale PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# Odd but valid names: the address a client certificate names, the same for
+# member add and the TLS layer; plus addressing and case; group names at
+# their limit.
+add_test(NAME server_names
+  COMMAND bash ${GS_TEST_DIR}/integration/server-names.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_names PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "certname.h"
 #include "log.h"
 #include "names.h"
 #include "util.h"
@@ -347,38 +348,6 @@ static int membership_group(X509 *cert, char *buf, size_t len)
     return found;
 }
 
-/* The identity of a verified certificate: its first SAN e-mail address,
- * or, only when the SAN names no e-mail address at all, the subject CN.
- * A SAN e-mail that cannot be used (too long, a NUL) means no identity:
- * falling back to the CN would let the certificate claim another name. */
-static int cert_identity(X509 *cert, char *buf, size_t len)
-{
-    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    int found = 0, has_email = 0;
-
-    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens) && !has_email; i++) {
-        GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
-        if (g->type != GEN_EMAIL)
-            continue;
-        has_email = 1;
-        const unsigned char *p = ASN1_STRING_get0_data(g->d.rfc822Name);
-        int n = ASN1_STRING_length(g->d.rfc822Name);
-        if (n > 0 && (size_t)n < len && memchr(p, '\0', (size_t)n) == NULL) {
-            memcpy(buf, p, (size_t)n);
-            buf[n] = '\0';
-            found = 1;
-        }
-    }
-    GENERAL_NAMES_free(gens);
-    if (!found && !has_email) {
-        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, buf, (int)len);
-        found = n > 0 && (size_t)n < len && strlen(buf) == (size_t)n;
-    }
-    if (!found)
-        buf[0] = '\0';
-    return found;
-}
-
 /* The earliest notAfter of a verified chain, as a time_t (0 if unreadable). */
 static time_t chain_not_after(STACK_OF(X509) *chain, time_t now)
 {
@@ -459,7 +428,7 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
         util_strlcpy(out->group, group, sizeof(out->group));
         out->status = PEER_MEMBERSHIP;
     } else {
-        out->status = cert_identity(out->cert, out->identity, sizeof(out->identity)) ? PEER_MEMBER_CERT
+        out->status = gs_cert_identity(out->cert, out->identity, sizeof(out->identity)) ? PEER_MEMBER_CERT
                                                                                        : PEER_NO_IDENTITY;
     }
     remember_verified(st, ssl, out, X509_STORE_CTX_get0_chain(xc));

@@ -62,7 +62,7 @@ typedef enum peer_status {
 
 typedef struct peer_info {
     peer_status status;
-    char identity[256]; /* first rfc822Name in SAN, else subject CN */
+    char identity[256]; /* gs_cert_identity (certname.h) */
     char group[72];     /* membership certificates: the group they were issued for */
     X509 *cert;         /* the peer certificate (borrowed from the SSL session) */
 } peer_info;

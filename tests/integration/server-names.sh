@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# server-names.sh BIN SRC: odd but valid names, through the documented
+# interfaces (docs/api.md "Admin: members and groups", groupsrv(1)
+# `member add`):
+#   - a certificate `member add --cert` records authenticates as that
+#     member, and one it refuses would not: the address is taken by one
+#     rule for both (SAN e-mail, else a CN that is an address, else the
+#     subject emailAddress of older S/MIME CAs); before, a certificate with
+#     its address only in emailAddress was recorded and then refused as
+#     not_a_member, one with its address as CN was refused by member add,
+#     and one with CN=frank and emailAddress=grace was recorded as grace's
+#     and authenticated as frank
+#   - plus addressing and case: a member PUT as Mixed+Tag@Example.ORG is
+#     the certificate's mixed+tag@example.org
+#   - group names at their documented limit: 64 characters yes, 65 no
+set -euo pipefail
+BIN=$1 SRC=$2
+SRV_MEMBERS="alice"
+. "$SRC/tests/integration/server-lib.sh"
+mkcert() { # mkcert NAME SUBJECT [SAN]: an RSA client certificate from the test CA
+  openssl req -new -newkey rsa:2048 -nodes -subj "$2" -keyout "$certs/$1.key" -out "$work/$1.csr" 2>/dev/null
+  { echo "extendedKeyUsage=clientAuth,emailProtection"; [ -z "${3:-}" ] || echo "subjectAltName=$3"; } > "$work/$1.ext"
+  openssl x509 -req -in "$work/$1.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+    -extfile "$work/$1.ext" -out "$certs/$1.pem" 2>/dev/null
+}
+as() { local who=$1; shift; curl -sS --cacert "$certs/tca.pem" --cert "$certs/$who.pem" --key "$certs/$who.key" "$@"; }
+mkcert legacy "/CN=Dave Legacy/emailAddress=dave@example.org"
+mkcert cnonly "/CN=erin@example.org"
+mkcert both "/CN=frank@example.org/emailAddress=grace@example.org"
+mkcert plus "/CN=Mixed Tag" "email:mixed+tag@example.org"
+
+gs member add eng dave@example.org --cert "$certs/legacy.pem" > "$work/out" 2>&1 ||
+  fail "member add with the address in emailAddress: $(cat "$work/out")"
+gs member add eng erin@example.org --cert "$certs/cnonly.pem" > "$work/out" 2>&1 ||
+  fail "member add with the address as CN: $(cat "$work/out")"
+rc=0
+gs member add eng grace@example.org --cert "$certs/both.pem" > "$work/out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "member add grace with a certificate the server knows as frank: exit $rc"
+grep -q "certificate is for frank@example.org, not grace@example.org" "$work/out" ||
+  fail "member add grace: $(cat "$work/out")"
+gs member add eng frank@example.org --cert "$certs/both.pem" > "$work/out" 2>&1 ||
+  fail "member add frank: $(cat "$work/out")"
+ok "member add takes the address the server authenticates by"
+start_server
+for who in legacy cnonly both; do
+  expect_status 200 "" "secret-keys with the $who certificate" -- as "$who" "$base/v1/groups/eng/secret-keys"
+done
+
+expect_status 201 "" "PUT Mixed+Tag@Example.ORG" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/Mixed+Tag@Example.ORG"
+expect_status 200 "" "secret-keys as mixed+tag@example.org" -- as plus "$base/v1/groups/eng/secret-keys"
+expect_status 200 "" "GET members/MIXED%2BTAG%40EXAMPLE.ORG" -- \
+  c admin "$base/v1/groups/eng/members/MIXED%2BTAG%40EXAMPLE.ORG"
+grep -q '"email":"Mixed+Tag@Example.ORG"' "$work/body" || fail "member record: $(cat "$work/body")"
+
+n64=$(printf 'g%.0s' $(seq 1 64))
+expect_status 201 "" "a group name of 64 characters" -- c admin --data \
+  "{\"name\":\"$n64\",\"address\":\"long@example.org\",\"keyspec\":\"rsa:2048\",\"methods\":[\"tls\"]}" "$base/v1/groups"
+expect_status 400 bad_request "a group name of 65 characters" -- c admin --data \
+  "{\"name\":\"${n64}g\",\"address\":\"longer@example.org\",\"keyspec\":\"rsa:2048\",\"methods\":[\"tls\"]}" "$base/v1/groups"
+expect_status 200 "" "discovery of the 64-character group" -- anon "$base/v1/groups/$n64"
+stop_server
