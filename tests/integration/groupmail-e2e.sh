@@ -188,6 +188,23 @@ grep -q 'eng@example.org' "$work/mail/envelope.log" || fail "envelope recipient"
 expect_rc 0 "decrypt the mail that arrived" -- as bob decrypt --via recipient-key --in "$work/mail/new/$got"
 same_text "$work/gm.out" "$work/m.txt" "sent mail"
 
+# Messages of any size in the same memory (groupmail(1)): 1 MiB and
+# 32 MiB encrypted and decrypted, the peak RSS of each compared.
+rss() { /usr/bin/python3 "$SRC/tests/lib/maxrss.py" "$work/rss.$1" "${@:2}"; cat "$work/rss.$1"; }
+for mb in 1 32; do
+  head -c $((mb * 1048576)) /dev/urandom > "$work/big$mb"
+  enc[$mb]=$(rss enc$mb "$BIN/groupmail" encrypt --in "$work/big$mb" --out "$work/big$mb.p7m")
+  dec[$mb]=$(rss dec$mb "$BIN/groupmail" decrypt --via tls --in "$work/big$mb.p7m" --out "$work/big$mb.out" \
+    --cert "$certs/alice@example.org.pem" --key "$certs/alice@example.org.key")
+  same "$work/big$mb.out" "$work/big$mb" "decrypt of $mb MiB"
+done
+for step in enc dec; do
+  declare -n kb=$step
+  [ $((kb[32] - kb[1])) -lt 8192 ] || fail "$step: peak RSS ${kb[1]} kB for 1 MiB, ${kb[32]} kB for 32 MiB"
+  ok "$step: peak RSS ${kb[1]} kB for 1 MiB, ${kb[32]} kB for 32 MiB"
+done
+rm -f "$work"/big*
+
 # ---- refusals and bad input ----
 rm -f "$work/x.txt"
 expect_rc 3 "removed member gets exit 3 (tls)" -- as carol decrypt --via tls --in "$work/m.smime" --out "$work/x.txt"
