@@ -101,6 +101,9 @@ static unsigned flags_from_ck(CK_FLAGS f)
 /* Larger session counts are sentinels (or no limit in practice). */
 #define HSM_MAX_SESSIONS_REPORTED 65536ul
 
+static bool transient_failure(hsm_err err);
+static void note_incomplete(hsm_caps *c, const char *what, const char *detail);
+
 static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     hsm_caps *c = arg;
@@ -133,16 +136,22 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         for (k = 0; k < HSM_MECH_COUNT_; k++) {
             CK_MECHANISM_INFO mi;
             hsm_errsave sv;
+            hsm_err ierr;
 
             if (mech_table[k].ckm != list[i])
                 continue;
             memset(&mi, 0, sizeof(mi));
             hsm_err_save(&sv);
-            /* Listed but no info: counted as offered without flags. */
-            if (P11(ctx, C_GetMechanismInfo, slot, list[i], &mi) == HSM_OK) {
+            /* Listed but no info: counted as offered without flags. No
+             * info for a moment (a device error) is not that: the flags
+             * it lacks would choose a weaker key policy for good. */
+            ierr = P11(ctx, C_GetMechanismInfo, slot, list[i], &mi);
+            if (ierr == HSM_OK) {
                 c->mech[k].flags = flags_from_ck(mi.flags);
                 c->mech[k].min_bits = mi.ulMinKeySize;
                 c->mech[k].max_bits = mi.ulMaxKeySize;
+            } else if (transient_failure(ierr)) {
+                note_incomplete(c, mech_table[k].name, hsm_last_error_detail());
             }
             hsm_err_restore(&sv);
             c->mech[k].present = true;
@@ -158,12 +167,14 @@ enum untrusted_wrap {
     UNTRUSTED_WRAP_REFUSED,    /* the token refused the wrap: it enforces the attribute */
     UNTRUSTED_WRAP_WORKS,      /* it wrapped: kept, not enforced */
     UNTRUSTED_WRAP_NOT_PROBED, /* no AES key with CKA_WRAP could be made to try */
+    UNTRUSTED_WRAP_FAILED,     /* the trial failed for a moment (a device error): no verdict */
 };
 
 struct trial {
     CK_ATTRIBUTE_TYPE attr; /* the attribute tried; 0 = the baseline */
     bool stored;            /* read back after creation (and, for CKA_WRAP_WITH_TRUSTED, enforced) */
     enum untrusted_wrap wrap; /* CKA_WRAP_WITH_TRUSTED kept: what an untrusted key's wrap did */
+    char failed[192];         /* wrap UNTRUSTED_WRAP_FAILED: why */
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
@@ -184,6 +195,7 @@ static enum untrusted_wrap untrusted_wrap(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_
     unsigned char value[32], wrapped[64];
     CK_ULONG wlen = sizeof(wrapped);
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0}, gen = {CKM_AES_KEY_GEN, NULL, 0};
+    hsm_err err;
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},        {CKA_KEY_TYPE, &kt, sizeof(kt)},
         {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_WRAP, &ck_true, sizeof(ck_true)},
@@ -201,13 +213,20 @@ static enum untrusted_wrap untrusted_wrap(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_
         goto out;
     if (P11(ctx, C_CreateObject, s, tmpl, GS_ARRAY_LEN(tmpl), &w) != HSM_OK) {
         w = CK_INVALID_HANDLE;
-        if (P11(ctx, C_GenerateKey, s, &gen, gtmpl, GS_ARRAY_LEN(gtmpl), &w) != HSM_OK) {
+        if ((err = P11(ctx, C_GenerateKey, s, &gen, gtmpl, GS_ARRAY_LEN(gtmpl), &w)) != HSM_OK) {
             w = CK_INVALID_HANDLE;
+            if (transient_failure(err))
+                verdict = UNTRUSTED_WRAP_FAILED;
             goto out;
         }
     }
-    verdict = P11(ctx, C_WrapKey, s, &mech, w, h, wrapped, &wlen) == HSM_OK ? UNTRUSTED_WRAP_WORKS
-                                                                             : UNTRUSTED_WRAP_REFUSED;
+    /* Only the token's refusal is enforcement: a wrap that failed for a
+     * moment says nothing, and taken for a refusal it would pass a token
+     * that lets any key the user makes wrap replicable keys out. */
+    err = P11(ctx, C_WrapKey, s, &mech, w, h, wrapped, &wlen);
+    verdict = err == HSM_OK              ? UNTRUSTED_WRAP_WORKS
+              : transient_failure(err) ? UNTRUSTED_WRAP_FAILED
+                                       : UNTRUSTED_WRAP_REFUSED;
     hsm_destroy_session_obj(ctx, s, &w);
 out:
     OPENSSL_cleanse(value, sizeof(value));
@@ -280,6 +299,8 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
         if (t->stored) {
             t->wrap = untrusted_wrap(ctx, s, h);
+            if (t->wrap == UNTRUSTED_WRAP_FAILED)
+                util_strlcpy(t->failed, hsm_last_error_detail(), sizeof(t->failed));
             t->stored = t->wrap == UNTRUSTED_WRAP_REFUSED;
         }
         hsm_err_restore(&sv);
@@ -301,12 +322,12 @@ static bool transient_failure(hsm_err err)
 }
 
 /* Notes the first transient failure of the probe in c (see hsm_caps). */
-static void note_incomplete(hsm_caps *c, const char *what)
+static void note_incomplete(hsm_caps *c, const char *what, const char *detail)
 {
     if (c->incomplete)
         return;
     c->incomplete = true;
-    snprintf(c->incomplete_why, sizeof(c->incomplete_why), "%s: %.180s", what, hsm_last_error_detail());
+    snprintf(c->incomplete_why, sizeof(c->incomplete_why), "%s: %.180s", what, detail);
 }
 
 /* Tries one attribute; writes the verdict and, when refused, why. A trial
@@ -314,7 +335,7 @@ static void note_incomplete(hsm_caps *c, const char *what)
 static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE attr, const char *name, char *why,
                                  size_t whycap, bool *reinit, bool *not_enforced)
 {
-    struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED};
+    struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED, ""};
     unsigned gen0, gen1;
     hsm_err err;
 
@@ -335,8 +356,13 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
      * one it cannot carry: judged below by the trial without it. A full
      * token, a lost session or login say nothing about the attribute. */
     if (transient_failure(err) && (err != HSM_ERR_DEVICE || hsm_last_rv() == CKR_DEVICE_MEMORY)) {
-        note_incomplete(c, name);
+        note_incomplete(c, name, hsm_last_error_detail());
         snprintf(why, whycap, "not probed: %.200s", hsm_last_error_detail());
+        return HSM_ATTR_NO;
+    }
+    if (err == HSM_OK && t.wrap == UNTRUSTED_WRAP_FAILED) {
+        note_incomplete(c, name, t.failed);
+        snprintf(why, whycap, "not probed: the wrap that tries whether it is enforced failed (%.150s)", t.failed);
         return HSM_ATTR_NO;
     }
     if (err == HSM_OK && t.stored) {
@@ -361,7 +387,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
     }
     {
         char prev[192];
-        struct trial base = {0, false, UNTRUSTED_WRAP_REFUSED};
+        struct trial base = {0, false, UNTRUSTED_WRAP_REFUSED, ""};
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
@@ -372,7 +398,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
             snprintf(why, whycap, "not probed: the token makes no session AES keys (%.80s)",
                      hsm_last_error_detail());
         if (transient_failure(err))
-            note_incomplete(c, name);
+            note_incomplete(c, name, hsm_last_error_detail());
     }
     return HSM_ATTR_NO;
 }
@@ -398,7 +424,7 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
 
     if (hsm_run_once(ctx, op_mechs, c) != HSM_OK) {
         log_warn("could not list the token's mechanisms detail=%s", hsm_last_error_detail());
-        note_incomplete(c, "the mechanism list");
+        note_incomplete(c, "the mechanism list", hsm_last_error_detail());
     }
     c->allowed_mechanisms = try_attr(ctx, c, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
                                      c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit, NULL);

@@ -2358,6 +2358,61 @@ static void test_caps_softhsm(void **state)
     t_close(ctx);
 }
 
+/* A probe whose C_GetMechanismInfo failed for a moment (a device error)
+ * proves nothing: the mechanism read as listed without flags, so RSA-OAEP
+ * had no unwrap or wrap and a group made then got re-wrapping on the host
+ * (content keys in server memory), recorded for good. The set is marked
+ * incomplete instead, and the best generator refuses to run on it. */
+static void test_caps_mech_info_transient(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    hsm_keygen_spec sp = {"caps-mi", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_inject("C_GetMechanismInfo", T_CKR_DEVICE_ERROR, -1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_true(c.incomplete);
+    assert_non_null(strstr(c.incomplete_why, "C_GetMechanismInfo"));
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, NULL, &priv), HSM_ERR_DEVICE);
+    assert_null(priv);
+    /* The token back: the next use probes again and finds it all. */
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    assert_true(c.rewrap_on_token);
+    t_close(ctx);
+}
+
+/* CKA_WRAP_WITH_TRUSTED counts as enforced when a key the user made is
+ * refused the wrap. A wrap that failed for a moment (a device error) is
+ * no such refusal: taken for one, a token that does not enforce the
+ * attribute (NSS softokn) would be judged fit for replicable keys, which
+ * anyone with the user PIN could then wrap out in the clear. */
+static void test_caps_trusted_wrap_transient(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    char lacks[512];
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_inject("C_WrapKey", T_CKR_DEVICE_ERROR, -1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_int_not_equal(c.wrap_with_trusted, HSM_ATTR_YES);
+    assert_false(hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)));
+    assert_true(c.incomplete);
+    assert_non_null(strstr(c.incomplete_why, "CKA_WRAP_WITH_TRUSTED"));
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    assert_int_equal(c.wrap_with_trusted, HSM_ATTR_YES);
+    t_close(ctx);
+}
+
 /* A token that takes CKA_ALLOWED_MECHANISMS on session objects but refuses
  * it on token keys (NSS softokn, CKR_GENERAL_ERROR): the best generator
  * asks again without it and says so; the strict one names what failed. */
@@ -2937,6 +2992,8 @@ int main(void)
         cmocka_unit_test_teardown(test_token_adds_usage, t_teardown),
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
         cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
+        cmocka_unit_test_teardown(test_caps_mech_info_transient, t_teardown),
+        cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit_on_request, t_teardown),
