@@ -1575,6 +1575,21 @@ gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const st
         err = gs_err_set(GS_ERR_ARGS, "removing a member rotates a key: token needed");
         goto out;
     }
+    if (rotate || (g->methods & GS_METHOD_LOCAL_KEY)) {
+        /* A write-protected token serves but makes no key: said up front,
+         * as a refusal (the REST answer is 400, not a 503 whose
+         * Retry-After would be followed for ever), the member kept. */
+        hsm_caps caps;
+        char q[GS_EMAIL_MAX + 8];
+        if (hsm_caps_get(hsm, &caps) == HSM_OK && caps.write_protected) {
+            err = gs_err_set(GS_ERR_ARGS, "%s stays a member of %s: removing a member makes a new %s on the token, "
+                             "which is write-protected (CKF_WRITE_PROTECTED); remove members where the token "
+                             "takes new keys",
+                             log_quote(q, sizeof(q), email), group,
+                             (g->methods & GS_METHOD_LOCAL_KEY) ? "group key version" : "group secret key version");
+            goto out;
+        }
+    }
     /* Option C: the member may hold a copy of the group key on their own
      * token, which no server can take back. Mail to the group must go to a
      * key they do not have: a new version, in the same step. */

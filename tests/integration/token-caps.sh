@@ -27,7 +27,8 @@
 #  - a write-protected token (GS_P11FAULT_WRITE_PROTECTED: CKF_WRITE_PROTECTED,
 #    read/write sessions refused): serve runs on read-only sessions and
 #    unwraps by every deliver method (it could not open the token at
-#    all); group create says the token is write-protected.
+#    all); group create says the token is write-protected, and so does
+#    member remove (CLI exit 1, REST 400), which keeps the member.
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
@@ -145,9 +146,21 @@ for d in tls recipient-key group-secret; do
     "$(base64 -w0 "$work/cek.oaep")" "$d" > "$work/req-$d.json"
   expect_status 200 "" "deliver=$d on a write-protected token" -- c alice --data-binary @"$work/req-$d.json" "$url"
 done
+# Removing a member of a group-secret group makes a new secret key version
+# on the token (auto_rotate_secret_on_remove, the default), which this one
+# cannot hold: refused for what it is, the member kept. Over REST that is
+# a definite 400, not 503 token_unavailable, whose Retry-After a script
+# would follow forever.
+expect_status 400 bad_request "member removal over REST on a write-protected token" -- \
+  c admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+grep -q "write-protected" "$work/body" || fail "the REST refusal does not name the write protection: $(cat "$work/body")"
 stop_server
+rc=0; gs member remove eng bob@example.org > "$work/wp-rm.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "bob@example.org stays a member of eng: .*write-protected (CKF_WRITE_PROTECTED)" "$work/wp-rm.out" ||
+  fail "member remove on a write-protected token: exit $rc: $(cat "$work/wp-rm.out")"
+gs member list eng | grep -q "^bob@example.org " || fail "bob is gone after a refused removal"
 unset GS_P11FAULT_WRITE_PROTECTED
-ok "a write-protected token serves every deliver method; group create names the write protection"
+ok "a write-protected token serves every deliver method; group create and member remove name the write protection"
 
 # ---- the user PIN's state at start ----
 control "tokenflags CKF_USER_PIN_TO_BE_CHANGED CKF_USER_PIN_COUNT_LOW"
