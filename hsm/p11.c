@@ -339,6 +339,10 @@ static const char *ckr_hint(CK_RV rv)
     case CKR_SESSION_READ_ONLY:
     case CKR_TOKEN_WRITE_PROTECTED:
         return "the token is write-protected: keys cannot be made or deleted on it, it can only serve";
+    case CKR_SESSION_READ_ONLY_EXISTS:
+        /* The security officer logs in on read/write sessions only, and
+         * on a write-protected token every session is read-only. */
+        return "the SO logs in on read/write sessions only: is the token write-protected?";
     case CKR_FUNCTION_CANCELED:
         return "on a token with a PIN pad: nobody entered the PIN on the pad in time";
     case CKR_DEVICE_MEMORY:

@@ -28,7 +28,8 @@
 #    read/write sessions refused): serve runs on read-only sessions and
 #    unwraps by every deliver method (it could not open the token at
 #    all); group create says the token is write-protected, and so does
-#    member remove (CLI exit 1, REST 400), which keeps the member.
+#    member remove (CLI exit 1, REST 400), which keeps the member;
+#    group export, which needs the SO's login, names it as the likely cause.
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
@@ -133,7 +134,18 @@ ok "a session limit the token does not report: 3 workers, 24 concurrent unwraps 
 stop_server
 
 # ---- a write-protected token, used only to serve ----
+# A replicable group and a transport key, made while the token still
+# takes keys: copying the keys out needs the security officer's login,
+# which a token opens on read/write sessions only.
+sed "/^\[hsm\]/a so_pin_source = $work/token/so-pin" "$conf" > "$work/so.conf"
+"$BIN/groupsrv" -c "$work/so.conf" group create rep --address rep@example.org --key rsa:2048 --replicable \
+  --methods tls,recipient-key > "$work/rep.out" 2>&1 || fail "replicable group: $(cat "$work/rep.out")"
+"$BIN/groupsrv" -c "$work/so.conf" token transport-key --out "$work/t.pem" > "$work/t.out" 2>&1 ||
+  fail "transport key: $(cat "$work/t.out")"
 export GS_P11FAULT_WRITE_PROTECTED=1
+rc=0; "$BIN/groupsrv" -c "$work/so.conf" group export rep --to "$work/t.pem" --out "$work/rep.gsk" > "$work/exp.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "CKR_SESSION_READ_ONLY_EXISTS (the SO logs in on read/write sessions only: is the token write-protected?)" "$work/exp.out" ||
+  fail "group export on a write-protected token: exit $rc: $(cat "$work/exp.out")"
 gs check > "$work/wp-check.out" 2>&1 || fail "check on a write-protected token: $(tail -3 "$work/wp-check.out")"
 grep -q "^cap write-protected  *yes (CKF_WRITE_PROTECTED)" "$work/wp-check.out" ||
   fail "check does not say the token is write-protected: $(grep '^cap' "$work/wp-check.out" | head -3)"
