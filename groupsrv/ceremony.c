@@ -1081,6 +1081,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     gsk_import_item *items = NULL;
     size_t n = 0;
     unsigned methods = 0;
+    bool locked = false;
     gs_err err;
     int rc = import_begin(e, argc, argv, "group", &im);
 
@@ -1097,6 +1098,13 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         rc = import_refused(&im, m->group.name, err);
         goto out;
     }
+    /* The keys lock (store.h) from the check to the commit: a `group
+     * create` or another import of this group waits, then finds it. */
+    if ((err = gs_store_keys_lock(e->st)) != GS_OK) {
+        rc = import_refused(&im, m->group.name, err);
+        goto out;
+    }
+    locked = true;
     err = gs_store_group_get(e->st, m->group.name, &gi.g);
     if (err == GS_OK) {
         const gs_store_group *g = gi.g;
@@ -1144,6 +1152,8 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     }
     rc = import_keys(&im, m->group.name, items, n, gi.was_recorded, group_copy_check, group_copy_rows, &gi);
 out:
+    if (locked)
+        gs_store_keys_unlock(e->st);
     free(items);
     free(gi.was_recorded);
     gs_store_group_keys_free(gi.keys, gi.nk);

@@ -925,7 +925,7 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
                      spec->replicable, pk, missing);
 }
 
-gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out)
 {
     gs_store_group row, *existing = NULL;
@@ -1083,6 +1083,23 @@ out:
     return err;
 }
 
+/* Under the keys lock (store.h), from the "does it exist" check to the
+ * commit: of two creations of one name the second finds the first's
+ * group and is refused (EXISTS) before it makes anything. */
+gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                       const gs_group_spec *spec, unsigned *version_out)
+{
+    gs_err err;
+
+    if (version_out)
+        *version_out = 0;
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        return err;
+    err = group_create_locked(st, hsm, ca, cfg, spec, version_out);
+    gs_store_keys_unlock(st);
+    return err;
+}
+
 static unsigned max_key_version(const gs_store_group_key *keys, size_t n)
 {
     unsigned v = 0;
@@ -1163,7 +1180,7 @@ static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
     memset(nv, 0, sizeof(*nv));
 }
 
-gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out)
 {
     gs_store_group *g = NULL;
@@ -1189,6 +1206,21 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
 out:
     drop_next_version(hsm, &nv);
     gs_store_group_free(g);
+    return err;
+}
+
+/* Under the keys lock: two rotations at once get two versions. */
+gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                       const char *name, unsigned *version_out)
+{
+    gs_err err;
+
+    if (version_out)
+        *version_out = 0;
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        return err;
+    err = group_rotate_locked(st, hsm, ca, cfg, name, version_out);
+    gs_store_keys_unlock(st);
     return err;
 }
 
@@ -1398,7 +1430,7 @@ static void next_secret_undo(hsm_ctx *hsm, struct next_secret *ns, bool destroy)
     made_secret_clear(&ns->made);
 }
 
-gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out)
+static gs_err secret_rotate_locked(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out)
 {
     gs_store_group *g = NULL;
     struct next_secret ns;
@@ -1423,6 +1455,21 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
 out:
     next_secret_undo(hsm, &ns, err != GS_OK);
     gs_store_group_free(g);
+    return err;
+}
+
+/* Under the keys lock: two rotations (or removals) at once get two
+ * versions, not one label on two keys. */
+gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out)
+{
+    gs_err err;
+
+    if (version_out)
+        *version_out = 0;
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        return err;
+    err = secret_rotate_locked(st, hsm, name, version_out);
+    gs_store_keys_unlock(st);
     return err;
 }
 
@@ -1545,7 +1592,7 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
     return err;
 }
 
-gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                            const char *group, const char *email, gs_member_removal *out)
 {
     gs_store_group *g = NULL;
@@ -1640,6 +1687,21 @@ out:
     gs_ca_free(own_ca);
     gs_store_member_free(m);
     gs_store_group_free(g);
+    return err;
+}
+
+/* Under the keys lock: a removal may make the next secret (and key)
+ * version, and two removals at once must not pick the same one. */
+gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *group, const char *email, gs_member_removal *out)
+{
+    gs_err err;
+
+    memset(out, 0, sizeof(*out));
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        return err;
+    err = member_remove_locked(st, hsm, ca, cfg, group, email, out);
+    gs_store_keys_unlock(st);
     return err;
 }
 

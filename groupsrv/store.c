@@ -91,6 +91,10 @@ void gs_store_close(gs_store *st)
         return;
     gs_store_read_end(st);
     gs_store_rollback(st);
+    if (st->keys_locked > 0) {
+        st->keys_locked = 1;
+        gs_store_keys_unlock(st);
+    }
     st->ops->close(st);
 }
 
@@ -183,6 +187,44 @@ gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err)
         return err;
     }
     return gs_store_commit(st);
+}
+
+/* ---- the keys lock -------------------------------------------------------- */
+
+gs_err gs_store_keys_lock(gs_store *st)
+{
+    const struct timespec pause = {0, 50 * 1000 * 1000};
+    bool got = false;
+
+    if (st == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no store");
+    if (st->keys_locked > 0) {
+        st->keys_locked++;
+        return GS_OK;
+    }
+    for (unsigned tries = 0;; tries++) {
+        gs_err err = st->ops->keys_lock_try(st, &got);
+        if (err)
+            return err;
+        if (got)
+            break;
+        if (tries == 0)
+            log_info("waiting for another command that is making token keys (the keys lock)");
+        if (tries >= GS_STORE_KEYS_LOCK_WAIT_S * 20)
+            return gs_err_set(GS_ERR_DB, "another command has been making token keys for %d s (the keys lock); "
+                                         "try again later",
+                              GS_STORE_KEYS_LOCK_WAIT_S);
+        (void)nanosleep(&pause, NULL);
+    }
+    st->keys_locked = 1;
+    return GS_OK;
+}
+
+void gs_store_keys_unlock(gs_store *st)
+{
+    if (st == NULL || st->keys_locked == 0 || --st->keys_locked > 0)
+        return;
+    st->ops->keys_unlock(st);
 }
 
 /* ---- shared helpers ------------------------------------------------------- */

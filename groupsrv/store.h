@@ -97,6 +97,24 @@ gs_err gs_store_begin(gs_store *st);
 gs_err gs_store_commit(gs_store *st);
 void gs_store_rollback(gs_store *st);
 
+/* The keys lock: one command at a time (in any process or thread) picks
+ * a new token label (a group's, a key or secret version's), makes the key
+ * under it and records it. Without it two `group create` of one name, or
+ * two member removals that each rotate the group secret, both find the
+ * label free and both make a key under it: the loser cannot tell its key
+ * from the winner's, and the winner's label names two keys. Taken before
+ * the "does it exist" checks, released after the commit (or the undo).
+ * SQLite: flock(2) on the database's directory (the database file itself
+ * would mix with SQLite's own POSIX locks); PostgreSQL: a session advisory
+ * lock, so every server sharing the database takes turns. Nests on one
+ * handle. Waits up to GS_STORE_KEYS_LOCK_WAIT_S seconds: GS_OK, GS_ERR_DB
+ * after that ("another command has been making keys ..."), GS_ERR_DB or
+ * GS_ERR_DB_UNAVAILABLE when the lock cannot be asked for. unlock keeps
+ * the thread's error detail; unlock without the lock does nothing. */
+#define GS_STORE_KEYS_LOCK_WAIT_S 120
+gs_err gs_store_keys_lock(gs_store *st);
+void gs_store_keys_unlock(gs_store *st);
+
 /* How a token key was made (schema 2): the weakenings accepted for it, a
  * comma list of names ("no-allowed-mechanisms,no-unwrap-template"; "" or
  * NULL = none: every protection), and for a sealed secret key its blob

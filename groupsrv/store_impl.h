@@ -25,6 +25,8 @@ struct gs_store_ops {
     void (*rollback)(gs_store *st);
     gs_err (*read_begin)(gs_store *st); /* NULL: snapshots are no-ops */
     void (*read_end)(gs_store *st);
+    gs_err (*keys_lock_try)(gs_store *st, bool *got); /* the keys lock without waiting */
+    void (*keys_unlock)(gs_store *st);
     gs_err (*ca_get)(gs_store *st, gs_store_ca **out);
     gs_err (*ca_put)(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
                      const gs_store_keyrec *rec);
@@ -64,6 +66,7 @@ struct gs_store {
     bool in_tx;   /* an explicit gs_store_begin is open */
     bool in_read; /* a gs_store_read_begin snapshot is open */
     bool readonly;
+    unsigned keys_locked; /* gs_store_keys_lock depth */
 };
 
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out);

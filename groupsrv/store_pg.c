@@ -120,6 +120,8 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VER
 
 /* An advisory lock key ("gsrv") that serialises servers migrating at once. */
 #define MIGRATE_LOCK "1735611254"
+/* The keys lock's advisory lock key ("gskl"), store.h. */
+#define KEYS_LOCK "1735617388"
 
 enum q {
     Q_STAMP,
@@ -726,6 +728,34 @@ static void pg_rollback(gs_store *st)
 {
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
         (void)exec_simple(st, "ROLLBACK", "rollback");
+}
+
+/* The keys lock (store.h): a session-level advisory lock, taken outside
+ * any transaction and kept across the command's commits. A connection
+ * lost meanwhile loses the lock with it; the command's next statement
+ * then fails on the lost connection and it stops. */
+static gs_err pg_keys_lock_try(gs_store *st, bool *got)
+{
+    PGresult *res;
+    gs_err err = ensure_connected(st);
+
+    *got = false;
+    if (err)
+        return err;
+    res = PQexec(PG(st)->conn, "SELECT pg_try_advisory_lock(" KEYS_LOCK ")");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        err = result_error(st, res, "the keys lock");
+    else
+        *got = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    return err;
+}
+
+/* Best effort, and the thread's error detail stays the command's. */
+static void pg_keys_unlock(gs_store *st)
+{
+    if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
+        PQclear(PQexec(PG(st)->conn, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
 }
 
 /* ---- CA -------------------------------------------------------------------- */
@@ -1348,6 +1378,8 @@ static const struct gs_store_ops pg_ops = {
     .begin = pg_begin,
     .commit = pg_commit,
     .rollback = pg_rollback,
+    .keys_lock_try = pg_keys_lock_try,
+    .keys_unlock = pg_keys_unlock,
     .ca_get = pg_ca_get,
     .ca_put = pg_ca_put,
     .group_add = pg_group_add,

@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@ struct sq_store {
     struct gs_store base;
     sqlite3 *db;
     sqlite3_stmt *hot[HOT_N];
+    int keys_fd; /* the database's directory while the keys lock is held, else -1 */
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -237,6 +239,7 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
     if (st == NULL)
         goto out;
     st->ops = &sq_ops;
+    SQ(st)->keys_fd = -1;
     st->readonly = (flags & GS_STORE_READONLY) != 0;
     oflags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &SQ(st)->db, oflags, NULL) != SQLITE_OK) {
@@ -274,10 +277,57 @@ out:
 
 static void sq_close(gs_store *st)
 {
+    if (SQ(st)->keys_fd >= 0)
+        close(SQ(st)->keys_fd);
     for (int i = 0; i < HOT_N; i++)
         sqlite3_finalize(SQ(st)->hot[i]);
     (void)sqlite3_close(SQ(st)->db);
     free(st);
+}
+
+/* The keys lock (store.h) is flock(2) on the database's directory: every
+ * process that opens the database can open that, whoever made the file,
+ * and no file is added. Not the database file: a second descriptor on it,
+ * closed, would drop SQLite's own POSIX locks in this process. flock is
+ * per open file, so threads of one process exclude each other too. */
+static gs_err sq_keys_lock_try(gs_store *st, bool *got)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    char dir[4096];
+    int fd;
+
+    *got = false;
+    if (path == NULL || *path == '\0') { /* in memory: no other connection sees it */
+        *got = true;
+        return GS_OK;
+    }
+    if (util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
+        return gs_err_set(GS_ERR_DB, "the keys lock: database path longer than %zu bytes", sizeof(dir) - 1);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        (void)util_strlcpy(dir, ".", sizeof(dir));
+    else
+        slash[slash == dir ? 1 : 0] = '\0';
+    if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return gs_err_set(GS_ERR_IO, "the keys lock: cannot open %s: %s", dir, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK || e == EINTR)
+            return GS_OK;
+        return gs_err_set(GS_ERR_IO, "the keys lock: flock %s: %s", dir, strerror(e));
+    }
+    SQ(st)->keys_fd = fd;
+    *got = true;
+    return GS_OK;
+}
+
+/* Closing the descriptor drops the flock. */
+static void sq_keys_unlock(gs_store *st)
+{
+    if (SQ(st)->keys_fd >= 0)
+        close(SQ(st)->keys_fd);
+    SQ(st)->keys_fd = -1;
 }
 
 static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)
@@ -1073,6 +1123,8 @@ static const struct gs_store_ops sq_ops = {
     .change_stamp = sq_change_stamp,
     .read_begin = sq_read_begin,
     .read_end = sq_read_end,
+    .keys_lock_try = sq_keys_lock_try,
+    .keys_unlock = sq_keys_unlock,
     .begin = sq_begin,
     .commit = sq_commit,
     .rollback = sq_rollback,

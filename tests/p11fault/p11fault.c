@@ -58,7 +58,9 @@
  * CKF_USER_PIN_FINAL_TRY or CKF_SO_PIN_LOCKED, or numbers), as a token
  * whose retry counter ran down shows them (SoftHSM has no counter).
  * A line "disconnect" is p11fault_disconnect(),
- * once, when the file is read.
+ * once, when the file is read. A line "delay FUNC MS" makes every call of
+ * FUNC wait MS milliseconds (at most 60000) before it goes on, so that
+ * two processes' calls overlap for certain (races made reliable).
  * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
  * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
  * CKF_TOKEN_PRESENT, slot calls (C_GetTokenInfo, C_OpenSession, ...) answer
@@ -1166,6 +1168,10 @@ static unsigned ctl_nbools;
 static CK_FLAGS ctl_token_flags; /* "tokenflags": added to C_GetTokenInfo's flags */
 static CK_FLAGS api_token_flags; /* p11fault_token_flags(): the same, set in-process */
 static int ctl_logout_pending; /* a "logout" line was just read */
+/* "delay FUNC MS": each call of FUNC waits MS milliseconds before it is
+ * forwarded, so that two processes' calls overlap for certain (a race
+ * between two key generations made reliable). 0: no delay. */
+static long ctl_delay_ms[FW_COUNT_];
 /* A lost connection (a network HSM's client, p11-kit's RPC after its
  * server died): every call fails with CKR_DEVICE_ERROR until the module
  * is finalized and initialised again. */
@@ -1382,6 +1388,7 @@ static void ctl_parse_locked(char *text)
     ctl_nrules = 0;
     ctl_nbools = 0;
     ctl_token_flags = 0;
+    memset(ctl_delay_ms, 0, sizeof(ctl_delay_ms));
     for (; line != NULL && ctl_nrules < CTL_RULES_MAX; line = nl) {
         if ((nl = strchr(line, '\n')) != NULL)
             *nl++ = '\0';
@@ -1400,6 +1407,16 @@ static void ctl_parse_locked(char *text)
         }
         if (strcmp(wf, "bool") == 0) {
             ctl_parse_bool(wr, wc);
+            continue;
+        }
+        if (strcmp(wf, "delay") == 0) {
+            char *end = NULL;
+            long ms = wc != NULL ? strtol(wc, &end, 10) : -1;
+            idx = wr != NULL ? fw_lookup(wr) : -1;
+            if (idx < 0 || end == wc || (end != NULL && *end != '\0') || ms < 0 || ms > 60000)
+                fprintf(stderr, "p11fault: ignoring control line: delay %.80s\n", wr ? wr : "");
+            else
+                ctl_delay_ms[idx] = ms;
             continue;
         }
         if (strcmp(wf, "tokenflags") == 0) {
@@ -1461,6 +1478,7 @@ static int ctl_refresh_locked(void)
     if (stat(ctl_path, &st) != 0) {
         ctl_nrules = 0; /* absent: pass-through */
         ctl_nbools = 0;
+        memset(ctl_delay_ms, 0, sizeof(ctl_delay_ms));
         ctl_token_flags = 0;
         ctl_have_st = 0;
         ctl_removed = 0;
@@ -1547,6 +1565,7 @@ static void counts_write_locked(void)
 static int fault_take(int idx, CK_RV *rv)
 {
     int hit = 0, removed_now, logout_now;
+    long delay_ms;
 
     pthread_mutex_lock(&fault_mu);
     calls[idx]++;
@@ -1566,7 +1585,13 @@ static int fault_take(int idx, CK_RV *rv)
     } else {
         hit = ctl_take_locked(idx, rv);
     }
+    delay_ms = ctl_delay_ms[idx];
     pthread_mutex_unlock(&fault_mu);
+    if (delay_ms > 0) {
+        struct timespec d = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+        while (nanosleep(&d, &d) != 0 && errno == EINTR)
+            ;
+    }
     /* A removed token loses every session and its login. */
     if (removed_now)
         close_real_sessions();
