@@ -80,3 +80,12 @@ add_test(NAME server_names
   COMMAND bash ${GS_TEST_DIR}/integration/server-names.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
 set_tests_properties(server_names PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# Admin commands beside a live server under load, and two at once on one
+# token and database (the keys lock: store.h), with tests/p11fault's
+# "delay" rule making two key generations overlap for certain; a member
+# removed under load, audit rotate and SIGHUP under load. About 45 s.
+add_test(NAME server_race
+  COMMAND bash ${GS_TEST_DIR}/integration/server-race.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_race PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# server-race.sh BIN SRC P11FAULT: admin commands beside a live server
+# under load, and two admin commands at once on one token and database.
+# tests/p11fault sits in front of SoftHSM for the server and the commands;
+# its control file's "delay FUNC MS" holds every key generation for a
+# moment, so two commands' generations overlap for certain.
+#  - two `group create` of one name, and a `group create` beside a REST
+#    POST /v1/groups of that name: one wins, the other is told the group
+#    exists, and the token holds one key per label (before the keys lock,
+#    both made a key under the label: the winner's label named two keys);
+#  - two `member remove` at once, and a `secret rotate` beside one: each
+#    gets its own secret version (before: both made gs:secret:eng:v2, one
+#    failed telling the operator to delete the other's live key, and the
+#    group's group-secret unwraps failed);
+#  - meanwhile members' unwraps (tls and group-secret) all answer 200;
+#  - a member removed while their unwraps are in flight: 200 until the
+#    removal, 403 from the next request on, nothing else;
+#  - `audit rotate` and SIGHUP under load: every request answered 200, the
+#    chain verifies across the files and every 200 has its audit record.
+set -euo pipefail
+BIN=$1 SRC=$2 SRV_MODULE=$3
+[ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
+SRV_MEMBERS="alice bob m1 m2 m3 m4"
+. "$SRC/tests/integration/server-lib.sh"
+ctl=$work/p11fault.ctl
+export GS_P11FAULT_CONTROL=$ctl
+control() { printf '%s\n' "$@" > "$ctl.tmp" && mv -f "$ctl.tmp" "$ctl"; }
+softhsm=$GS_P11FAULT_TARGET
+start_server
+url=$base/v1/groups/eng/unwrap
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
+printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/req-gs.json"
+soak() { # soak WHO BODY CONNS SECONDS LOG
+  UC_CERT="$certs/$1@example.org.pem" UC_KEY="$certs/$1@example.org.key" UC_CACERT="$certs/tca.pem" \
+    "$BIN/unwrapclient" soak "$url" "$2" "$3" "$4" "$5"
+}
+# only_200 LOG DESC: every answer in a soak log was 200 (and there were some)
+only_200() {
+  local n bad
+  n=$(wc -l < "$1")
+  bad=$(awk '$2 != 200' "$1" | awk '{print $2, $3}' | sort | uniq -c | tr '\n' ';')
+  [ "$n" -gt 0 ] && [ -z "$bad" ] || fail "$2: $n requests, not 200: ${bad:-none answered}"
+  ok "$2: $n requests, all 200"
+}
+# one_key_per_label: no label on the token names more than one key (a pair
+# counts its two halves once)
+one_key_per_label() {
+  pkcs11-tool --module "$softhsm" --login --pin "$(cat "$pin_file")" -O 2>/dev/null |
+    sed -n 's/^ *label: *//p' | sort | uniq -c |
+    awk '($2 ~ /^gs:(group|ca|tls|seal)/ && $1 > 2) || ($2 ~ /^gs:(secret|reject)/ && $1 > 1) {print; bad=1} END {exit bad}' ||
+    fail "$1: a label on the token names more than one key (above)"
+  if gs check > "$work/check.out" 2>&1; then :; fi
+  ! grep -q "more than one object" "$work/check.out" || fail "$1: check: $(grep "more than one" "$work/check.out")"
+}
+# both RC1 OUT1 RC2 OUT2 DESC: one succeeded, the other exited 3 saying exists
+one_wins() {
+  local desc=$1 rc1=$2 out1=$3 rc2=$4 out2=$5
+  if [ "$rc1" = 0 ] && [ "$rc2" = 3 ]; then grep -q "already exists" "$out2" || fail "$desc: loser said: $(cat "$out2")"
+  elif [ "$rc2" = 0 ] && [ "$rc1" = 3 ]; then grep -q "already exists" "$out1" || fail "$desc: loser said: $(cat "$out1")"
+  else fail "$desc: exit $rc1 ($(head -c 300 "$out1")) and $rc2 ($(head -c 300 "$out2"))"; fi
+  ok "$desc: one created it, the other was told it exists"
+}
+
+# ---- two admin commands at once, beside unwraps ----
+soak alice "$work/req-gs.json" 2 25 "$work/load-gs.log" & l1=$!
+soak bob "$work/req-tls.json" 2 25 "$work/load-tls.log" & l2=$!
+bg_pids="$l1 $l2"
+control "delay C_GenerateKeyPair 1500"
+set +e
+gs group create race1 --address race1@example.org --key rsa:2048 > "$work/c1.out" 2>&1 & p1=$!
+gs group create race1 --address race1@example.org --key rsa:2048 > "$work/c2.out" 2>&1 & p2=$!
+wait "$p1"; rc1=$?; wait "$p2"; rc2=$?
+set -e
+one_wins "two group create of one name" "$rc1" "$work/c1.out" "$rc2" "$work/c2.out"
+gs group show race1 > /dev/null || fail "race1 after the race"
+one_key_per_label "two group create"
+
+set +e
+gs group create race2 --address race2@example.org --key rsa:2048 > "$work/c3.out" 2>&1 & p1=$!
+c admin -o "$work/rest.out" -w '%{http_code}' --data-binary \
+  '{"name":"race2","address":"race2@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups" > "$work/rest.code"
+wait "$p1"; rc1=$?
+set -e
+code=$(cat "$work/rest.code")
+if [ "$rc1" = 0 ] && [ "$code" = 400 ] && grep -q '"code":"exists"' "$work/rest.out"; then :
+elif [ "$rc1" = 3 ] && [ "$code" = 201 ] && grep -q "already exists" "$work/c3.out"; then :
+else fail "group create beside POST /v1/groups: exit $rc1 ($(cat "$work/c3.out")), HTTP $code ($(cat "$work/rest.out"))"; fi
+ok "group create beside POST /v1/groups of one name: one made it (exit $rc1, HTTP $code)"
+one_key_per_label "group create beside POST /v1/groups"
+
+control "delay C_GenerateKey 1500"
+set +e
+gs member remove eng m1@example.org > "$work/r1.out" 2>&1 & p1=$!
+gs member remove eng m2@example.org > "$work/r2.out" 2>&1 & p2=$!
+wait "$p1"; rc1=$?; wait "$p2"; rc2=$?
+set -e
+[ "$rc1" = 0 ] && [ "$rc2" = 0 ] || fail "two member remove at once: exit $rc1 ($(cat "$work/r1.out")) and $rc2 ($(cat "$work/r2.out"))"
+v1=$(sed -n 's/.*new secret key version \([0-9]*\).*/\1/p' "$work/r1.out")
+v2=$(sed -n 's/.*new secret key version \([0-9]*\).*/\1/p' "$work/r2.out")
+[ -n "$v1" ] && [ -n "$v2" ] && [ "$v1" != "$v2" ] || fail "two removals' secret versions: '$v1' and '$v2'"
+! grep -q "kept on the token" "$work/r1.out" "$work/r2.out" || fail "a removal went past the other's key: $(cat "$work/r1.out" "$work/r2.out")"
+ok "two member remove at once: secret versions $v1 and $v2"
+set +e
+gs secret rotate eng > "$work/s1.out" 2>&1 & p1=$!
+gs member remove eng m3@example.org > "$work/r3.out" 2>&1 & p2=$!
+wait "$p1"; rc1=$?; wait "$p2"; rc2=$?
+set -e
+[ "$rc1" = 0 ] && [ "$rc2" = 0 ] || fail "secret rotate beside member remove: exit $rc1 ($(cat "$work/s1.out")) and $rc2 ($(cat "$work/r3.out"))"
+ok "secret rotate beside member remove: $(cat "$work/s1.out" "$work/r3.out" | grep -o 'version [0-9]*' | tr '\n' ' ')"
+control ""
+one_key_per_label "removals and rotations at once"
+[ "$(gs member list eng | grep -c '^m[123]@')" = 0 ] || fail "a removed member is still listed: $(gs member list eng)"
+wait "$l1" || fail "load client (group-secret)"
+wait "$l2" || fail "load client (tls)"
+bg_pids=
+only_200 "$work/load-gs.log" "group-secret unwraps during the admin races"
+only_200 "$work/load-tls.log" "tls unwraps during the admin races"
+unwrap_as alice group-secret
+ok "group-secret after the rotations"
+
+# ---- a member removed while their unwraps are in flight ----
+soak m4 "$work/req-tls.json" 1 6 "$work/load-m4.log" & l1=$!
+bg_pids=$l1
+sleep 2
+gs member remove eng m4@example.org > /dev/null || fail "member remove under the member's load"
+wait "$l1" || fail "load client (m4)"
+bg_pids=
+/usr/bin/python3 - "$work/load-m4.log" <<'PY' || fail "answers to a member removed under load (above)"
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+seen403 = False
+bad = []
+for end, status, code, rid, retry in rows:
+    if status == "403" and code == "not_a_member":
+        seen403 = True
+    elif status != "200" or seen403:
+        bad.append((end, status, code))
+n200 = sum(1 for r in rows if r[1] == "200")
+print("m4: %d answers, %d 200 before the removal, %d 403 after, unexpected %s" % (len(rows), n200, len(rows) - n200, bad[:5]))
+sys.exit(0 if seen403 and n200 > 0 and not bad else 1)
+PY
+ok "removal under load: 200 up to the removal, 403 not_a_member from the next request on"
+
+# ---- audit rotate and SIGHUP under load ----
+soak alice "$work/req-tls.json" 2 10 "$work/load-rot.log" & l1=$!
+bg_pids=$l1
+sleep 1
+for _ in 1 2 3; do
+  gs audit rotate > /dev/null || fail "audit rotate under load"
+  kill -HUP "$srv_pid"
+  sleep 1
+done
+wait "$l1" || fail "load client (rotate, SIGHUP)"
+bg_pids=
+only_200 "$work/load-rot.log" "unwraps during audit rotate and SIGHUP"
+v=$(gs audit verify) || fail "audit verify after rotations under load: $v"
+/usr/bin/python3 - "$work" <<'PY' || fail "a 200 answer without its audit record (above)"
+import glob, json, os, sys
+work = sys.argv[1]
+ids = set()
+for f in glob.glob(os.path.join(work, "audit.jsonl*")):
+    for line in open(f):
+        rec = json.loads(line)
+        if rec.get("action") == "unwrap" and rec.get("outcome") == "ok":
+            ids.add(rec.get("request_id"))
+missing = []
+for log in ("load-gs.log", "load-tls.log", "load-m4.log", "load-rot.log"):
+    for r in (l.split() for l in open(os.path.join(work, log))):
+        if r[1] == "200" and r[3] not in ids:
+            missing.append((log, r[3]))
+print("200 answers without an audit record: %d %s" % (len(missing), missing[:5]))
+sys.exit(1 if missing else 0)
+PY
+ok "audit rotate x3 and SIGHUP x3 under load: $v; every 200 audited"
+kill -0 "$srv_pid" || fail "server gone"
+stop_server
+
