@@ -960,6 +960,39 @@ hsm_err hsm_token_uri_check(const char *uri)
     return err;
 }
 
+#define OPEN_TRIES 4
+#define OPEN_PAUSE_MS 300
+
+/* hsm_open's token steps on an initialised module: find the token, refuse
+ * a PIN pad the token lacks and a PIN rejected before, log in (the session
+ * stays pooled: the login lives as long as any session of ours is open). */
+static hsm_err open_token(hsm_ctx *ctx, hsm_session *s)
+{
+    hsm_err err = find_token(ctx);
+
+    if (err != HSM_OK)
+        return err;
+    if (ctx->pinpad && !(ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) {
+        hsm_set_detail("pin source pinpad: this token has no PIN pad (no CKF_PROTECTED_AUTHENTICATION_PATH); "
+                       "give the PIN in a file or env:NAME");
+        return HSM_ERR_PIN_SOURCE;
+    }
+    /* A PIN this process already saw rejected by this token is refused
+     * up front, even if the token happens to be logged in already. */
+    if (ctx->want_login && !ctx->pinpad && pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
+        hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
+        return HSM_ERR_PIN_INCORRECT;
+    }
+    err = borrow(ctx, s, false, false);
+    if (err != HSM_OK) {
+        if (s->h != 0)
+            release(ctx, s, HSM_ERR_SESSION);
+        return err;
+    }
+    release(ctx, s, HSM_OK);
+    return HSM_OK;
+}
+
 hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
 {
     hsm_ctx *ctx = NULL;
@@ -1041,39 +1074,30 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
 
     if ((err = load_module(ctx, cfg->module)) != HSM_OK)
         goto out;
-    if ((err = init_module(ctx)) != HSM_OK)
-        goto out;
-
-    err = find_token(ctx);
-    if (err == HSM_ERR_TOKEN_ABSENT) {
-        err = HSM_ERR_TOKEN_NOT_FOUND;
-        goto out;
+    /* SoftHSM reads its token's files at C_Initialize and C_Login without a
+     * consistent view of them: a process that starts while another writes
+     * the token (a key generation of a `group create` beside it) may find
+     * no token, or fail C_Login with CKR_GENERAL_ERROR (4 of 24 commands
+     * started two at a time). So a token not found or a device error is
+     * tried again from C_Initialize on, OPEN_TRIES times over about a
+     * second; a PIN or module error is final at once. */
+    for (unsigned attempt = 1;; attempt++) {
+        if ((err = init_module(ctx)) != HSM_OK)
+            goto out;
+        err = open_token(ctx, &s);
+        if (err == HSM_OK || attempt >= OPEN_TRIES || (err != HSM_ERR_TOKEN_ABSENT && err != HSM_ERR_DEVICE))
+            break;
+        hsm_errsave sv;
+        hsm_err_save(&sv);
+        (void)P11(ctx, C_Finalize, NULL);
+        hsm_err_restore(&sv);
+        ctx->initialized = false;
+        (void)nanosleep(&(struct timespec){0, OPEN_PAUSE_MS * 1000000L}, NULL);
     }
+    if (err == HSM_ERR_TOKEN_ABSENT)
+        err = HSM_ERR_TOKEN_NOT_FOUND;
     if (err != HSM_OK)
         goto out;
-
-    if (ctx->pinpad && !(ctx->tinfo.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) {
-        hsm_set_detail("pin source pinpad: this token has no PIN pad (no CKF_PROTECTED_AUTHENTICATION_PATH); "
-                       "give the PIN in a file or env:NAME");
-        err = HSM_ERR_PIN_SOURCE;
-        goto out;
-    }
-    /* A PIN this process already saw rejected by this token is refused
-     * up front, even if the token happens to be logged in already. */
-    if (ctx->want_login && !ctx->pinpad && pin_is_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len)) {
-        hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
-        err = HSM_ERR_PIN_INCORRECT;
-        goto out;
-    }
-    /* Log in now (and keep the session pooled: the login lives as long as
-     * any session of ours is open). */
-    err = borrow(ctx, &s, false, false);
-    if (err != HSM_OK) {
-        if (s.h != 0)
-            release(ctx, &s, HSM_ERR_SESSION);
-        goto out;
-    }
-    release(ctx, &s, HSM_OK);
     log_debug("token opened slot=%lu sessions=%u", (unsigned long)ctx->slot, ctx->max_sessions);
     *out = ctx;
     ctx = NULL;

@@ -16,7 +16,9 @@
 #  - a member removed while their unwraps are in flight: 200 until the
 #    removal, 403 from the next request on, nothing else;
 #  - `audit rotate` and SIGHUP under load: every request answered 200, the
-#    chain verifies across the files and every 200 has its audit record.
+#    chain verifies across the files and every 200 has its audit record;
+#  - a command whose token open fails once, as SoftHSM's does when another
+#    process writes the token at that moment, opens it at the next try.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -175,3 +177,18 @@ ok "audit rotate x3 and SIGHUP x3 under load: $v; every 200 audited"
 kill -0 "$srv_pid" || fail "server gone"
 stop_server
 
+# ---- a command started while another writes the token ----
+# SoftHSM, read while another process writes its files, may list no token
+# or fail C_Login with CKR_GENERAL_ERROR (1 in 6 commands started two at
+# a time): the open tries again. Here the first C_Login, or the first
+# C_GetTokenInfo, fails as it did; a token that keeps failing is still
+# exit 4 after the retries.
+control "C_Login CKR_GENERAL_ERROR 1"
+out=$(gs secret rotate eng 2>&1) || fail "a C_Login that fails once at open: $out"
+control "C_GetTokenInfo CKR_TOKEN_NOT_PRESENT 1"
+out=$(gs secret rotate eng 2>&1) || fail "a token missing once at open: $out"
+control "C_Login CKR_GENERAL_ERROR"
+set +e; out=$(gs secret rotate eng 2>&1); rc=$?; set -e
+[ "$rc" = 4 ] && [[ "$out" == *CKR_GENERAL_ERROR* ]] || fail "a C_Login that always fails: exit $rc: $out"
+control ""
+ok "the token's open tries again after a failure a concurrent writer causes, and gives up with exit 4"
