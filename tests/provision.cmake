@@ -17,7 +17,7 @@ if(TARGET gs_groupsrv_core)
   set_tests_properties(unit_policy PROPERTIES LABELS "unit")
 
   add_executable(test_store ${GS_TEST_DIR}/unit/test_store.c)
-  target_link_libraries(test_store PRIVATE gs_pgtest gs_groupsrv_core PkgConfig::CMOCKA)
+  target_link_libraries(test_store PRIVATE gs_pgtest gs_groupsrv_core PkgConfig::CMOCKA Threads::Threads)
   gs_target_warnings(test_store)
   target_compile_options(test_store PRIVATE -Wno-comment)
   # The same cases on SQLite and on a private PostgreSQL started for the run.

@@ -18,6 +18,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 
 #include "pgtest.h"
 #include "store.h"
@@ -650,6 +653,58 @@ static void test_members_no_cache(void **state)
     gs_store_close(other);
 }
 
+/* The keys lock (store.h) held on one connection: a second connection's
+ * gs_store_keys_lock (another thread here; another process or server
+ * alike) waits until the first lets go, then gets it. Nested on one handle. */
+struct keys_waiter {
+    const char *loc;
+    atomic_int got;
+    gs_err err;
+};
+
+static void *keys_lock_waiter(void *arg)
+{
+    struct keys_waiter *w = arg;
+    gs_store *st = NULL;
+
+    w->err = gs_store_open(w->loc, 0, &st);
+    if (w->err == GS_OK)
+        w->err = gs_store_keys_lock(st);
+    atomic_store(&w->got, 1);
+    gs_store_keys_unlock(st);
+    gs_store_close(st);
+    return NULL;
+}
+
+static void test_keys_lock(void **state)
+{
+    struct fx *f = *state;
+    struct keys_waiter w = {.loc = f->loc};
+    const struct timespec moment = {0, 300 * 1000 * 1000};
+    pthread_t th;
+
+    assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
+    assert_int_equal(gs_store_keys_lock(f->st), GS_OK); /* nested */
+    gs_store_keys_unlock(f->st);
+    assert_int_equal(pthread_create(&th, NULL, keys_lock_waiter, &w), 0);
+    (void)nanosleep(&moment, NULL);
+    assert_int_equal(atomic_load(&w.got), 0); /* still held by the outer lock */
+    /* the holder's transactions go on meanwhile */
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "k@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_commit(f->st), GS_OK);
+    (void)nanosleep(&moment, NULL);
+    assert_int_equal(atomic_load(&w.got), 0);
+    gs_store_keys_unlock(f->st);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(w.err, GS_OK);
+    assert_int_equal(atomic_load(&w.got), 1);
+    /* free again: this connection takes it at once; unlock without it is nothing */
+    assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
+    gs_store_keys_unlock(f->st);
+    gs_store_keys_unlock(f->st);
+}
+
 /* A value SQLite refuses to bind (over GS_STORE_VALUE_MAX) is an error,
  * never a NULL stored in its place: the member's certificate column is
  * nullable, and an unchecked bind added the member without it. */
@@ -963,6 +1018,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),            \
     cmocka_unit_test_setup_teardown(test_replicable_records, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),   \
+    cmocka_unit_test_setup_teardown(test_keys_lock, setup, teardown),          \
     cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_change_stamp, setup, teardown),       \
