@@ -53,6 +53,7 @@ one_key_per_label() {
     fail "$1: a label on the token names more than one key (above)"
   if gs check > "$work/check.out" 2>&1; then :; fi
   ! grep -q "more than one object" "$work/check.out" || fail "$1: check: $(grep "more than one" "$work/check.out")"
+  ! grep -q "^unrecorded " "$work/check.out" || fail "$1: check: $(grep "^unrecorded " "$work/check.out")"
 }
 # both RC1 OUT1 RC2 OUT2 DESC: one succeeded, the other exited 3 saying exists
 one_wins() {
@@ -174,6 +175,37 @@ print("200 answers without an audit record: %d %s" % (len(missing), missing[:5])
 sys.exit(1 if missing else 0)
 PY
 ok "audit rotate x3 and SIGHUP x3 under load: $v; every 200 audited"
+# ---- SQLite held by another writer ----
+# Another process holds the database's write lock for 9 s (a long
+# transaction, a backup tool). Unwraps only read (WAL): all 200. An admin
+# command that writes waits SQLite's 5 s busy timeout, then exits 1 with
+# SQLite's "database is locked", having changed nothing on the token or in
+# the database; a REST member change gets 503 store_unavailable.
+/usr/bin/python3 -c 'import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+open(sys.argv[2], "w").close()
+time.sleep(9)
+db.execute("ROLLBACK")' "$work/groupsrv.db" "$work/locked" & holder=$!
+bg_pids=$holder
+for _ in $(seq 1 50); do [ -f "$work/locked" ] && break; sleep 0.1; done
+soak alice "$work/req-tls.json" 2 5 "$work/load-locked.log" & l1=$!
+bg_pids="$holder $l1"
+c admin -o "$work/late.out" -w '%{http_code}' -X PUT --data-binary '{"role":"member"}' \
+  "$base/v1/groups/eng/members/late@example.org" > "$work/late.code" & p1=$!
+set +e; out=$(gs secret rotate eng 2>&1); rc=$?; set -e
+wait "$p1" || true
+[ "$rc" = 1 ] && [[ "$out" == *"database is locked"* ]] || fail "secret rotate on a locked database: exit $rc: $out"
+[ "$(cat "$work/late.code")" = 503 ] && grep -q '"code":"store_unavailable"' "$work/late.out" ||
+  fail "REST member change on a locked database: HTTP $(cat "$work/late.code") $(cat "$work/late.out")"
+wait "$l1" || fail "load client (locked database)"
+wait "$holder" || fail "the lock holder"
+bg_pids=
+only_200 "$work/load-locked.log" "unwraps while another process holds the database's write lock"
+one_key_per_label "a rotation refused by a locked database"
+gs member list eng | grep -q '^late@' && fail "the refused REST change was made"
+ok "a locked SQLite database: unwraps 200, secret rotate exit 1 (database is locked), REST change 503"
+
 kill -0 "$srv_pid" || fail "server gone"
 stop_server
 
