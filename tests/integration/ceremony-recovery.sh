@@ -35,9 +35,12 @@ gs_beta token transport-key --out "$work/beta-transport.pem" >/dev/null
 gs_alpha group export eng --all --to "$work/beta-transport.pem" --out "$work/eng-beta.gsk" >/dev/null
 sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/beta.conf" > "$work/beta-slow.conf"
 before=$(snapshot beta)
-GS_P11FAULT_TARGET=$module GS_P11FAULT_SERVICE_US=10000000 GS_P11FAULT_COUNTS=$work/counts \
-  GS_CONF_beta=$work/beta-slow.conf \
-  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem" >/dev/null 2>&1 &
+# exec: $! is the import itself, not a subshell that kill -9 would end
+# while the import went on (holding the keys lock the next import waits on).
+( export GS_P11FAULT_TARGET=$module GS_P11FAULT_SERVICE_US=10000000 GS_P11FAULT_COUNTS=$work/counts \
+    SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf
+  exec "$BIN/groupsrv" -c "$work/beta-slow.conf" group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem" \
+    >/dev/null 2>&1 ) &
 pid=$!
 # The second C_UnwrapKey (the one-time key comes first) puts the first
 # group key on the token at once, then waits out the modelled 10 s: kill
