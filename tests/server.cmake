@@ -89,3 +89,9 @@ add_test(NAME server_race
   COMMAND bash ${GS_TEST_DIR}/integration/server-race.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_race PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+# The same races on a shared PostgreSQL database (the keys lock as an
+# advisory lock), against a private cluster. About 20 s.
+add_test(NAME server_race_pg
+  COMMAND bash ${GS_TEST_DIR}/integration/server-race-pg.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_race_pg PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
