@@ -104,7 +104,11 @@ typedef struct hsm_config {
  * Errors: HSM_ERR_MODULE (detail says what to do for CKR_ARGUMENTS_BAD:
  * the module wants init arguments), _URI, _TOKEN_NOT_FOUND, _PIN_SOURCE,
  * _PIN_INCORRECT (also, without calling C_Login, for a PIN this process
- * already saw rejected by the same token), _PIN_LOCKED.
+ * already saw rejected by the same token), _PIN_LOCKED, _DEVICE.
+ * A token not found, or a device error while finding it and logging in,
+ * is tried again from C_Initialize on, four times over about a second
+ * (SoftHSM read while another process writes its token fails so); a PIN
+ * or module error is returned at once.
  * A module given as a path is loaded directly (p11-kit "managed", so two
  * contexts in one process each get their own instance); a name is looked
  * up in p11-kit's module registry (pkcs11-config/README.md). */

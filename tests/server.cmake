@@ -84,11 +84,13 @@ set_tests_properties(server_names PROPERTIES LABELS "integration" TIMEOUT 300
 # Admin commands beside a live server under load, and two at once on one
 # token and database (the keys lock: store.h), with tests/p11fault's
 # "delay" rule making two key generations overlap for certain; a member
-# removed under load, audit rotate and SIGHUP under load. About 45 s.
+# removed under load, audit rotate and SIGHUP under load, SQLite held by
+# another writer, a token open that fails once. About 60 s.
 add_test(NAME server_race
   COMMAND bash ${GS_TEST_DIR}/integration/server-race.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_race PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
 # The same races on a shared PostgreSQL database (the keys lock as an
 # advisory lock), against a private cluster. About 20 s.
 add_test(NAME server_race_pg
