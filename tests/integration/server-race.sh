@@ -12,7 +12,8 @@
 #    gets its own secret version (before: both made gs:secret:eng:v2, one
 #    failed telling the operator to delete the other's live key, and the
 #    group's group-secret unwraps failed);
-#  - meanwhile members' unwraps (tls and group-secret) all answer 200;
+#  - meanwhile, and through a `group rotate`, members' unwraps (tls and
+#    group-secret) of a message to key version 1 all answer 200;
 #  - a member removed while their unwraps are in flight: 200 until the
 #    removal, 403 from the next request on, nothing else;
 #  - `audit rotate` and SIGHUP under load: every request answered 200, the
@@ -110,6 +111,11 @@ wait "$p1"; rc1=$?; wait "$p2"; rc2=$?
 set -e
 [ "$rc1" = 0 ] && [ "$rc2" = 0 ] || fail "secret rotate beside member remove: exit $rc1 ($(cat "$work/s1.out")) and $rc2 ($(cat "$work/r3.out"))"
 ok "secret rotate beside member remove: $(cat "$work/s1.out" "$work/r3.out" | grep -o 'version [0-9]*' | tr '\n' ' ')"
+# the group key rotated under the same load: the message's key version (1)
+# is still answered, the new version is the current one
+gs group rotate eng > "$work/gr.out" 2>&1 || fail "group rotate under load: $(cat "$work/gr.out")"
+grep -q "version 2" "$work/gr.out" || fail "group rotate said: $(cat "$work/gr.out")"
+ok "group rotate under load: $(head -1 "$work/gr.out")"
 control ""
 one_key_per_label "removals and rotations at once"
 [ "$(gs member list eng | grep -c '^m[123]@')" = 0 ] || fail "a removed member is still listed: $(gs member list eng)"
