@@ -14,8 +14,11 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <time.h>
 
 #define PIN_MAX 256
 
@@ -552,4 +555,42 @@ int util_mkdir_p(const char *path, mode_t mode)
     if (mkdir(buf, mode) != 0 && errno != EEXIST)
         return UTIL_E_IO;
     return UTIL_OK;
+}
+
+/* An ASN1_TIME as "YYYY-MM-DD HH:MM:SS UTC". */
+static void cert_time_text(const ASN1_TIME *t, char *buf, size_t cap)
+{
+    struct tm tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1 || strftime(buf, cap, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+        (void)snprintf(buf, cap, "an unreadable date");
+}
+
+int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap)
+{
+    char when[40];
+    int rc = -1;
+
+    if (cap > 0)
+        why[0] = '\0';
+    if (cert == NULL) {
+        (void)snprintf(why, cap, "is missing");
+        return -1;
+    }
+    /* X509_cmp_current_time: -1 before now, 1 after, 0 on an unreadable time. */
+    int nb = X509_cmp_current_time(X509_get0_notBefore(cert));
+    int na = X509_cmp_current_time(X509_get0_notAfter(cert));
+    if (nb == 0 || na == 0) {
+        (void)snprintf(why, cap, "has an unreadable validity period");
+    } else if (na < 0) {
+        cert_time_text(X509_get0_notAfter(cert), when, sizeof(when));
+        (void)snprintf(why, cap, "expired on %s", when);
+    } else if (nb > 0) {
+        cert_time_text(X509_get0_notBefore(cert), when, sizeof(when));
+        (void)snprintf(why, cap, "is not valid before %s", when);
+    } else {
+        rc = 0;
+    }
+    ERR_clear_error();
+    return rc;
 }

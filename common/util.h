@@ -102,6 +102,13 @@ int util_size_mul(size_t a, size_t b, size_t *out);
 /* Random hex id of 2*nbytes chars (nbytes <= 16) from the OpenSSL DRBG. */
 int util_random_id(char *out, size_t nbytes);
 
+/* Is the certificate (an X509 *) valid now, notBefore <= now <= notAfter?
+ * 0 if so; else -1 with why (cap bytes) saying how, in words that follow
+ * a name: "expired on 2026-01-02 00:00:00 UTC", "is not valid before
+ * ...", "has an unreadable validity period". */
+struct x509_st;
+int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap);
+
 /* mkdir -p with the given mode for created components. */
 int util_mkdir_p(const char *path, mode_t mode);
 

@@ -186,6 +186,15 @@ gs_err gs_key_check_strength(EVP_PKEY *pk, const char *what)
     return GS_OK;
 }
 
+gs_err gs_cert_check_valid_now(X509 *cert, const char *what)
+{
+    char why[96];
+
+    if (util_cert_valid_now(cert, why, sizeof(why)) != 0)
+        return gs_err_set(GS_ERR_CERT, "%s %s", what, why);
+    return GS_OK;
+}
+
 bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len)
 {
     const unsigned char *p = spki;

@@ -142,6 +142,12 @@ gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize);
  * identify a member. Other key types pass (the caller decides what it
  * can use); GS_ERR_CERT with the detail set otherwise. */
 gs_err gs_key_check_strength(EVP_PKEY *pk, const char *what);
+/* GS_OK if cert is valid now (notBefore <= now <= notAfter); else
+ * GS_ERR_CERT with the detail naming what and the date in UTC, e.g.
+ * "certificate expired on 2020-01-02 00:00:00 UTC". A certificate that
+ * no peer would accept now is refused where it is recorded, not at its
+ * first use. */
+gs_err gs_cert_check_valid_now(X509 *cert, const char *what);
 /* Does cert carry exactly the public key given as DER SubjectPublicKeyInfo? */
 bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len);
 /* SHA-256 fingerprint of the DER certificate, lowercase hex (65 bytes). */

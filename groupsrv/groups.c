@@ -1501,6 +1501,10 @@ static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
     /* Message keys are re-wrapped to it (recipient-key, member-certs). */
     if ((err = gs_key_check_strength(X509_get0_pubkey(cert), "certificate")) != GS_OK)
         return err;
+    /* The server would refuse it (401 certificate_expired) and wrap
+     * member-certs copies to it: refused here, where it is named. */
+    if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
+        return err;
     return gs_cert_to_pem(cert, pem);
 }
 

@@ -1679,7 +1679,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_certificate", "\"certificate\" is not a PEM certificate");
         goto out;
     }
-    if (cert != NULL && gs_key_check_strength(X509_get0_pubkey(cert), "certificate") != GS_OK) {
+    if (cert != NULL && (gs_key_check_strength(X509_get0_pubkey(cert), "certificate") != GS_OK ||
+                         gs_cert_check_valid_now(cert, "certificate") != GS_OK)) {
         answer_error(j, 400, "bad_certificate", "%s", gs_err_detail());
         goto out;
     }
