@@ -17,7 +17,7 @@
 #include "util.h"
 
 /* Cap on certificate/CSR input we parse (PEM of a 16k-bit RSA cert is far below). */
-#define CERT_MAX 65536
+#define CERT_MAX GS_CERT_RECORD_MAX
 
 struct gs_ca {
     X509 *cert;

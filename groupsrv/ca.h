@@ -129,7 +129,11 @@ bool gs_cert_is_membership_for(X509 *cert, const char *group);
 
 /* ---- certificate helpers (no token needed) ------------------------------- */
 
-/* Parses one certificate from PEM or DER bytes. GS_ERR_CERT if invalid. */
+/* The most bytes of certificate text parsed or recorded as one record. */
+#define GS_CERT_RECORD_MAX 65536
+
+/* Parses one certificate from PEM or DER bytes (at most GS_CERT_RECORD_MAX;
+ * of PEM, the first). GS_ERR_CERT if invalid. */
 gs_err gs_cert_parse(const unsigned char *buf, size_t len, X509 **out);
 /* PEM text of cert (caller frees with free()). */
 gs_err gs_cert_to_pem(X509 *cert, char **pem);

@@ -266,12 +266,58 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
 
 /* ---- loading --------------------------------------------------------------- */
 
+/* Every certificate in a PEM text, in order (GS_ERR_CERT if none). */
+static gs_err cert_pem_all(const char *pem, STACK_OF(X509) **out)
+{
+    BIO *bio = NULL;
+    X509 *x;
+    gs_err err = GS_ERR_NOMEM;
+
+    *out = sk_X509_new_null();
+    if (*out == NULL || (bio = BIO_new_mem_buf(pem, -1)) == NULL)
+        goto out;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        if (!sk_X509_push(*out, x)) {
+            X509_free(x);
+            goto out;
+        }
+    err = sk_X509_num(*out) > 0 ? GS_OK : gs_err_set(GS_ERR_CERT, "not a valid X.509 certificate");
+out:
+    ERR_clear_error();
+    BIO_free(bio);
+    if (err != GS_OK) {
+        sk_X509_pop_free(*out, X509_free);
+        *out = NULL;
+    }
+    return err;
+}
+
+/* The certificates a version's record keeps after its current one (those
+ * `group import-cert` replaced); *out NULL when there are none. */
+static gs_err cert_pem_former(const char *pem, STACK_OF(X509) **out)
+{
+    STACK_OF(X509) *all = NULL;
+    gs_err err;
+
+    *out = NULL;
+    /* The common case, one certificate, parses nothing more. */
+    const char *second = strstr(pem, "-----BEGIN CERTIFICATE-----");
+    if (second == NULL || strstr(second + 1, "-----BEGIN CERTIFICATE-----") == NULL)
+        return GS_OK;
+    if ((err = cert_pem_all(pem, &all)) != GS_OK)
+        return err;
+    X509_free(sk_X509_shift(all)); /* the current one, parsed by the caller */
+    *out = all;
+    return GS_OK;
+}
+
 void gs_group_free(gs_group *g)
 {
     if (g == NULL)
         return;
     for (size_t i = 0; i < g->n_versions; i++) {
         X509_free(g->versions[i].cert);
+        sk_X509_pop_free(g->versions[i].former, X509_free);
         hsm_key_free(g->versions[i].key);
     }
     free(g->versions);
@@ -393,6 +439,9 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (err)
             goto out;
         err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &r->cert);
+        if (err)
+            goto out;
+        err = cert_pem_former(keys[i].cert_pem, &r->former);
         if (err)
             goto out;
         if ((r->key = take_found(key_found, i)) != NULL)
@@ -1299,6 +1348,51 @@ out:
     return err;
 }
 
+/* A version's new record: cert's PEM, then the certificates of the old
+ * record (its current one first) that differ from cert, at most
+ * GS_FORMER_CERTS_MAX of them and as many as fit a certificate record
+ * (the oldest are dropped). */
+static gs_err cert_pem_with_former(X509 *cert, const char *old_pem, char **out)
+{
+    STACK_OF(X509) *old = NULL;
+    char *pem = NULL, *one = NULL;
+    size_t len, kept = 0;
+    gs_err err;
+
+    *out = NULL;
+    if ((err = gs_cert_to_pem(cert, &pem)) != GS_OK || (err = cert_pem_all(old_pem, &old)) != GS_OK)
+        goto out;
+    len = strlen(pem);
+    for (int i = 0; i < sk_X509_num(old) && kept < GS_FORMER_CERTS_MAX; i++) {
+        X509 *x = sk_X509_value(old, i);
+        if (X509_cmp(x, cert) == 0)
+            continue;
+        if ((err = gs_cert_to_pem(x, &one)) != GS_OK)
+            goto out;
+        size_t n = strlen(one);
+        if (len + n >= GS_CERT_RECORD_MAX)
+            break;
+        char *grown = realloc(pem, len + n + 1);
+        if (grown == NULL) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+        pem = grown;
+        memcpy(pem + len, one, n + 1);
+        len += n;
+        kept++;
+        free(one);
+        one = NULL;
+    }
+    *out = pem;
+    pem = NULL;
+out:
+    free(one);
+    free(pem);
+    sk_X509_pop_free(old, X509_free);
+    return err;
+}
+
 gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert)
 {
     gs_store_group *g = NULL;
@@ -1335,6 +1429,10 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
         err = gs_err_set(GS_ERR_CERT, "certificate is for %s, not the list address %s", email, g->address);
         goto out;
     }
+    /* Senders' tools refuse an expired group certificate (groupmail), or
+     * should: renewing to one would stop the list. */
+    if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
+        goto out;
     he = hsm_key_find(hsm, k->token_label, HSM_CLASS_PRIVATE, &priv);
     if (he == HSM_OK)
         he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
@@ -1346,7 +1444,7 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
         err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", k->token_label);
         goto out;
     }
-    err = gs_cert_to_pem(cert, &pem);
+    err = cert_pem_with_former(cert, k->cert_pem, &pem);
     if (!err)
         err = gs_store_group_key_set_cert(st, g->id, k->version, pem);
     if (!err)

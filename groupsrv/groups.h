@@ -46,6 +46,9 @@ typedef struct gs_group_key_ref {
     unsigned version;
     bool current;
     X509 *cert;          /* the group certificate of this version (borrowed) */
+    STACK_OF(X509) *former; /* the certificates `group import-cert` replaced, newest first, at most
+                               GS_FORMER_CERTS_MAX (borrowed; NULL if none): mail sent to them
+                               names them, and must still find this version */
     hsm_key *key;        /* the group private key on the token (borrowed); NULL if this token lacks it */
     hsm_key_type type;   /* RSA or EC */
     unsigned missing;    /* its accepted key-level weakenings (enum hsm_protection) */
@@ -167,8 +170,11 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
  * to buf (cap bytes) and cleared. Returns their length (0: none). */
 size_t gs_skipped_labels_take(char *buf, size_t cap);
 /* Replaces the certificate of `version` (0 = current) with one signed
- * elsewhere: must parse, carry the token key's public key and the list
- * address as rfc822Name (GS_ERR_CERT otherwise). */
+ * elsewhere: must parse, be valid now, carry the token key's public key
+ * and the list address as rfc822Name (GS_ERR_CERT otherwise). The
+ * certificate it replaces is kept after it (at most GS_FORMER_CERTS_MAX),
+ * so RecipientInfos of mail sent before the renewal, which name the old
+ * certificate's issuer and serial, still find the version. */
 gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert);
 /* New group secret key version (AES-256 on the token). STATE if the group
  * does not allow group-secret. */

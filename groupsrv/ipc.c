@@ -55,6 +55,7 @@ static const struct field_def fields[IPC_T_COUNT] = {
     [IPC_T_INDEX] = {K_U32, 4},            [IPC_T_CSR_SPKI] = {K_BYTES, 4 * KIB},
     [IPC_T_ACTION] = {K_U32, 4},           [IPC_T_KEY_POLICY] = {K_STR, 512},
     [IPC_T_WRAP] = {K_U32, 4},             [IPC_T_KEY_TRANSPORTS] = {K_U32, 4},
+    [IPC_T_FORMER_CERT] = {K_BYTES, 64 * KIB},
 };
 
 struct schema {
@@ -135,7 +136,8 @@ static const struct schema nested[IPC_T_COUNT] = {
     [IPC_T_RESULT] = {B(IPC_T_STATUS) | B(IPC_T_CODE) | B(IPC_T_MESSAGE) | B(IPC_T_RETRY) | B(IPC_T_KEY) |
                           B(IPC_T_WRAPPED) | B(IPC_T_KEK_ID) | B(IPC_T_SECRET_VERSION) | B(IPC_T_KEY_VERSION),
                       B(IPC_T_STATUS), 0},
-    [IPC_T_KEYREF] = {B(IPC_T_KEY_VERSION) | B(IPC_T_FLAGS) | B(IPC_T_CERT), B(IPC_T_KEY_VERSION) | B(IPC_T_CERT), 0},
+    [IPC_T_KEYREF] = {B(IPC_T_KEY_VERSION) | B(IPC_T_FLAGS) | B(IPC_T_CERT) | B(IPC_T_FORMER_CERT),
+                      B(IPC_T_KEY_VERSION) | B(IPC_T_CERT), B(IPC_T_FORMER_CERT)},
     [IPC_T_SECRET] = {B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_WRAPPED),
                       B(IPC_T_SECRET_VERSION) | B(IPC_T_KEK_ID) | B(IPC_T_WRAPPED), 0},
     [IPC_T_MEMBER] = {B(IPC_T_EMAIL) | B(IPC_T_ROLE) | B(IPC_T_FLAGS) | B(IPC_T_ADDED) | B(IPC_T_CERT) | B(IPC_T_WRAP),

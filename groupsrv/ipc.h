@@ -143,6 +143,7 @@ enum ipc_tag {
     IPC_T_KEY_POLICY,   /* str: a group's key policy as discovery shows it, compact JSON */
     IPC_T_WRAP,         /* u32 gs_wrap: a member's wrap (member, put), a group's member wrap (view, create) */
     IPC_T_KEY_TRANSPORTS, /* u32 ipc_kt bits the current key accepts (view); absent: the token cannot say now */
+    IPC_T_FORMER_CERT,  /* bytes, repeated in a keyref: a certificate the version's replaced, DER */
     IPC_T_COUNT
 };
 

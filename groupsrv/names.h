@@ -17,6 +17,7 @@
 #define GS_EMAIL_MAX 254    /* member email / list address */
 #define GS_LABEL_MAX 127    /* token label */
 #define GS_KEK_ID_LEN 16    /* group secret key identifier (KEKRecipientInfo kekid) */
+#define GS_FORMER_CERTS_MAX 8 /* certificates a key version keeps that `group import-cert` replaced */
 /* Delivery methods a group allows (bit set). */
 enum gs_method {
     GS_METHOD_TLS = 1u << 0,             /* F: plain content key over mTLS (needs CKA_DECRYPT) */

@@ -1449,8 +1449,17 @@ static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
         ipc_put_u32(&j->reply, IPC_T_FLAGS,
                     (k->current ? IPC_FLAG_CURRENT : 0) | (k->type == HSM_KEYTYPE_EC ? IPC_FLAG_EC : 0));
         ipc_put_bytes(&j->reply, IPC_T_CERT, der, (size_t)n);
-        ipc_nest_end(&j->reply);
         OPENSSL_free(der);
+        for (int f = 0; f < (k->former ? sk_X509_num(k->former) : 0); f++) {
+            der = NULL;
+            if ((n = i2d_X509(sk_X509_value(k->former, f), &der)) <= 0) {
+                answer_error(j, 500, "internal", "could not encode a group certificate");
+                return;
+            }
+            ipc_put_bytes(&j->reply, IPC_T_FORMER_CERT, der, (size_t)n);
+            OPENSSL_free(der);
+        }
+        ipc_nest_end(&j->reply);
     }
     char *policy = key_policy_text(g);
     if (policy == NULL || strlen(policy) >= 512) {

@@ -189,7 +189,7 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         /* The identifier names the group key version. */
         const gview_key *k = NULL;
         for (size_t i = 0; i < v->nversions && k == NULL; i++)
-            if (env_recipient_matches_cert(ri, v->versions[i].cert))
+            if (gview_key_named(&v->versions[i], ri))
                 k = &v->versions[i];
         if (k == NULL) {
             srv_err_set(e, 400, "unknown_recipient", "the RecipientInfo names no key version of this group");

@@ -28,11 +28,24 @@ void gview_unref(gview *v)
 {
     if (v == NULL || --v->refs > 0)
         return;
-    for (size_t i = 0; i < v->nversions; i++)
+    for (size_t i = 0; i < v->nversions; i++) {
         X509_free(v->versions[i].cert);
+        for (size_t f = 0; f < v->versions[i].nformer; f++)
+            X509_free(v->versions[i].former[f]);
+    }
     free(v->versions);
     X509_free(v->chain_ca);
     free(v);
+}
+
+bool gview_key_named(const gview_key *k, const env_recipient *ri)
+{
+    if (env_recipient_matches_cert(ri, k->cert))
+        return true;
+    for (size_t f = 0; f < k->nformer; f++)
+        if (env_recipient_matches_cert(ri, k->former[f]))
+            return true;
+    return false;
 }
 
 const gview_key *gview_current(const gview *v)
@@ -84,9 +97,18 @@ int gview_parse(const ipc_msg *m, gview **out)
         vk->version = ipc_u32(&k, IPC_T_KEY_VERSION, 0);
         vk->current = (flags & IPC_FLAG_CURRENT) != 0;
         vk->ec = (flags & IPC_FLAG_EC) != 0;
+        /* counted from here: a failure below frees what was parsed */
+        v->nversions++;
         if (ipc_bytes(&k, IPC_T_CERT, &p, &len) != 0 || (vk->cert = der_cert(p, len)) == NULL)
             goto fail;
-        v->nversions++;
+        ipc_iter fit;
+        ipc_val fv;
+        ipc_iter_init(&fit, &k, IPC_T_FORMER_CERT);
+        while (vk->nformer < GS_ARRAY_LEN(vk->former) && ipc_iter_next(&fit, &fv, NULL)) {
+            if ((vk->former[vk->nformer] = der_cert(fv.p, fv.len)) == NULL)
+                goto fail;
+            vk->nformer++;
+        }
     }
     if (ipc_has(m, IPC_T_SECRET_VERSION)) {
         v->has_secret = true;

@@ -22,6 +22,7 @@
 
 #include <openssl/x509.h>
 
+#include "envelope.h"
 #include "ipc.h"
 #include "names.h"
 
@@ -29,7 +30,13 @@ typedef struct gview_key {
     unsigned version;
     bool current, ec;
     X509 *cert;
+    size_t nformer;
+    X509 *former[GS_FORMER_CERTS_MAX]; /* the certificates cert replaced (group import-cert) */
 } gview_key;
+
+/* Does the RecipientInfo name this version: its certificate, or one that
+ * `group import-cert` replaced (mail sent before a renewal)? */
+bool gview_key_named(const gview_key *k, const env_recipient *ri);
 
 typedef struct gview {
     int refs;

@@ -6,7 +6,10 @@
 # few seconds.
 #   - client certificates not yet valid, and one expiring on a kept-alive
 #     connection: 401 certificate_expired (SECURITY.md);
-#   - member add and member PUT refuse a certificate that is not valid now.
+#   - member add and member PUT refuse a certificate that is not valid now;
+#   - group import-cert (renewing the group certificate for the same key)
+#     refuses an expired certificate and keeps mail sent to the certificate
+#     it replaced readable, across a restart.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -62,4 +65,49 @@ expect_status 400 bad_certificate "member PUT with an expired certificate" -- \
   c admin -X PUT --data-binary @"$work/put.json" "$base/v1/groups/eng/members/zed@example.org"
 grep -q "expired on" "$work/body" || fail "the PUT refusal does not say why: $(cat "$work/body")"
 expect_status 404 not_found "the refused PUT recorded nothing" -- c admin "$base/v1/groups/eng/members/zed@example.org"
+
+# ---- the group certificate: renewal for the same key ----
+gs group show eng --pubkey > "$work/gpub.pem"
+tcert group "$work/gexp" -86400 -3600 eng@example.org "$work/gpub.pem"
+if gs group import-cert eng --cert "$work/gexp.pem" 2>"$work/err"; then fail "import-cert took an expired certificate"; fi
+grep -q "certificate expired on" "$work/err" || fail "import-cert, expired: $(cat "$work/err")"
+ok "group import-cert refuses an expired certificate"
+renew() { # renew N: a renewed group certificate for the same key, imported; mail N encrypted to it
+  tcert group "$work/gnew$1" -60 86400 eng@example.org "$work/gpub.pem"
+  gs group import-cert eng --cert "$work/gnew$1.pem" >/dev/null
+  openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg$1.der" \
+    -recip "$work/gnew$1.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+  cms ri "$work/msg$1.der" "$work/ri$1.der"
+  printf '{"recipient_info":"%s"}' "$(b64 "$work/ri$1.der")" > "$work/req$1.json"
+}
+unwrap_all() { # unwrap_all WHEN N...: mail 0 (to the first certificate) and mail N... unwrap
+  local when=$1 n want key
+  shift
+  want=$(status c alice --data-binary @"$work/req-tls.json" "$url")
+  [ "$want" = 200 ] || fail "$when: mail to the certificate first issued: HTTP $want $(head -c 300 "$work/body")"
+  key=$(json_get "$work/body" key)
+  for n in "$@"; do
+    want=$(status c alice --data-binary @"$work/req$n.json" "$url")
+    [ "$want" = 200 ] || fail "$when: mail to renewed certificate $n: HTTP $want $(head -c 300 "$work/body")"
+  done
+  check_cek "$(b64d "$key" | od -An -tx1 | tr -d ' \n')"
+  ok "$when: mail to every certificate of the key unwraps"
+}
+renew 1
+# The server takes up the new record at its next look at the database.
+for _ in $(seq 1 50); do
+  anon "$base/v1/groups/eng/certificate" > "$work/served.pem"
+  cmp -s <(openssl x509 -in "$work/served.pem" -outform DER) <(openssl x509 -in "$work/gnew1.pem" -outform DER) && break
+  sleep 0.1
+done
+cmp -s <(openssl x509 -in "$work/served.pem" -outform DER) <(openssl x509 -in "$work/gnew1.pem" -outform DER) ||
+  fail "the server does not serve the renewed group certificate"
+unwrap_all "after a renewal" 1
+renew 2
+sleep 1
+unwrap_all "after a second renewal" 1 2
+gs group show eng --cert | cmp -s - "$work/gnew2.pem" || fail "group show --cert is not the renewed certificate"
+stop_server
+start_server
+unwrap_all "after a restart" 1 2
 
