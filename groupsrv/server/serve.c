@@ -39,8 +39,11 @@
 
 #include <event2/event.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 
 #include "audit.h"
+#include "ca.h"
 #include "cli.h"
 #include "config.h"
 #include "ipc.h"
@@ -375,8 +378,26 @@ static int send_frame(int ctl, uint32_t type, uint32_t index, int fd)
     return rc;
 }
 
-/* The TLS files' contents (the network process cannot open files). */
-static int send_tls(struct sup *s, int ctl)
+/* GS_OK if the first certificate of the [tls] cert file is valid now (or
+ * cannot be read here: the network process says what is wrong with it);
+ * else GS_ERR_CERT with the detail naming the date. */
+static gs_err tls_cert_valid_now(const unsigned char *pem, size_t len)
+{
+    BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
+    X509 *leaf = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    gs_err err = leaf ? gs_cert_check_valid_now(leaf, "the [tls] cert") : GS_OK;
+
+    X509_free(leaf);
+    BIO_free(bio);
+    ERR_clear_error();
+    return err;
+}
+
+/* The TLS files' contents (the network process cannot open files). At a
+ * reload (SIGHUP) a certificate that is not valid now is refused and the
+ * previous one kept: every client would refuse it. At a start there is
+ * no previous one: it is served, with a warning. */
+static int send_tls(struct sup *s, int ctl, bool reload)
 {
     const struct gs_config *cfg = s->cfg;
     unsigned char *cert = NULL, *key = NULL, *ca = NULL;
@@ -396,6 +417,15 @@ static int send_tls(struct sup *s, int ctl)
     if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, 16u << 20, &ca, &cal) != UTIL_OK) {
         log_error("cannot read the client CA file path=%s", cfg->tls.client_ca);
         goto out;
+    }
+    if (tls_cert_valid_now(cert, cl) != GS_OK) {
+        if (reload) {
+            log_error("the new TLS certificate is not taken up path=%s reason=\"%s\"", cfg->tls.cert,
+                      gs_err_detail());
+            goto out;
+        }
+        log_warn("serving a TLS certificate that clients refuse path=%s reason=\"%s\"", cfg->tls.cert,
+                 gs_err_detail());
     }
     ipc_begin(&b, IPC_CTL_TLS, 0);
     ipc_put_bytes(&b, IPC_T_CERT_PEM, cert, cl);
@@ -474,8 +504,8 @@ static int start_net(struct sup *s, int *net_ends)
     s->net.started = now_s();
     ipc_begin(&b, IPC_CTL_CONFIG, 0);
     ipc_put_bytes(&b, IPC_T_TEXT, s->cfg_text, s->cfg_len);
-    if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK || send_tls(s, s->net.ctl) != 0 ||
-        send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
+    if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK ||
+        send_tls(s, s->net.ctl, false) != 0 || send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
         (s->certsrv_fd >= 0 && send_frame(s->net.ctl, IPC_CTL_LISTEN, 1, s->certsrv_fd) != IPC_OK))
         goto out;
     for (unsigned i = 0; i < s->nlinks; i++)
@@ -635,7 +665,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     /* New connections use the new certificate/key/CAs/CRLs; requests on
      * existing connections are verified against the new stores too. The
      * network process says "reloaded" once it has them. */
-    if (s->net.pid <= 0 || send_tls(s, s->net.ctl) != 0)
+    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, true) != 0)
         log_error("reload failed; keeping the previous TLS configuration");
     /* The key holder opens the audit log again if it was replaced. */
     if (s->kh.pid > 0)

@@ -9,7 +9,9 @@
 #   - member add and member PUT refuse a certificate that is not valid now;
 #   - group import-cert (renewing the group certificate for the same key)
 #     refuses an expired certificate and keeps mail sent to the certificate
-#     it replaced readable, across a restart.
+#     it replaced readable, across a restart;
+#   - SIGHUP keeps the TLS certificate when the new one is not valid now,
+#     and takes up a renewed one; serve starts with an expired one, warning.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -110,4 +112,45 @@ gs group show eng --cert | cmp -s - "$work/gnew2.pem" || fail "group show --cert
 stop_server
 start_server
 unwrap_all "after a restart" 1 2
+
+
+# ---- the server's TLS certificate ----
+served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
+cp "$certs/server.pem" "$work/server-orig.pem"
+cp "$certs/server.key" "$work/server-orig.key"
+before=$(served_serial)
+tcert server "$work/sexp" -86400 -3600
+cp "$work/sexp.pem" "$certs/server.pem"
+cp "$work/sexp.key" "$certs/server.key"
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do grep -q "the new TLS certificate is not taken up" "$work/server.log" && break; sleep 0.1; done
+grep -q 'the new TLS certificate is not taken up.*expired on' "$work/server.log" || fail "SIGHUP with an expired certificate: not refused"
+expect_status 200 "" "SIGHUP with an expired certificate keeps the previous one" -- anon "$base/healthz"
+[ "$(served_serial)" = "$before" ] || fail "the served certificate changed"
+tcert server "$work/srenew" -60 86400
+cp "$work/srenew.pem" "$certs/server.pem"
+cp "$work/srenew.key" "$certs/server.key"
+want=$(openssl x509 -in "$work/srenew.pem" -noout -serial)
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(served_serial)" = "$want" ] && break; sleep 0.1; done
+[ "$(served_serial)" = "$want" ] || fail "SIGHUP did not take up the renewed certificate"
+expect_status 200 "" "SIGHUP takes up a renewed certificate" -- anon "$base/healthz"
+stop_server
+cp "$work/sexp.pem" "$certs/server.pem"
+cp "$work/sexp.key" "$certs/server.key"
+: > "$work/server.log"
+"$BIN/groupsrv" -c "$conf" serve >>"$work/server.log" 2>&1 &
+srv_pid=$!
+for _ in $(seq 1 100); do
+  [ "$(curl -sk -o /dev/null -w '%{http_code}' "$base/healthz" || true)" = 200 ] && break
+  kill -0 "$srv_pid" || fail "serve did not start with an expired certificate"
+  sleep 0.1
+done
+grep -q 'level=warn .*serving a TLS certificate that clients refuse.*expired on' "$work/server.log" ||
+  fail "serve started with an expired certificate without a warning"
+ok "serve starts with an expired TLS certificate and warns"
+stop_server
+cp "$work/server-orig.pem" "$certs/server.pem"
+cp "$work/server-orig.key" "$certs/server.key"
+start_server
 
