@@ -11,7 +11,9 @@
 #     refuses an expired certificate and keeps mail sent to the certificate
 #     it replaced readable, across a restart;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
-#     and takes up a renewed one; serve starts with an expired one, warning.
+#     and takes up a renewed one; serve starts with an expired one, warning;
+#   - the membership certificate's window: lifetime, backdated 60 s;
+#   - audit verify accepts records whose times go backwards (a clock step).
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -113,7 +115,6 @@ stop_server
 start_server
 unwrap_all "after a restart" 1 2
 
-
 # ---- the server's TLS certificate ----
 served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
 cp "$certs/server.pem" "$work/server-orig.pem"
@@ -154,3 +155,36 @@ cp "$work/server-orig.pem" "$certs/server.pem"
 cp "$work/server-orig.key" "$certs/server.key"
 start_server
 
+# ---- the membership certificate's window ----
+openssl req -new -newkey rsa:2048 -nodes -subj /CN=x -keyout "$work/m.key" -out "$work/m.csr" 2>/dev/null
+t0=$(date +%s)
+c alice -f --data-binary @"$work/m.csr" -H 'Content-Type: application/pkcs10' \
+  "$cbase/v1/groups/eng/membership-certificates" > "$work/m.pem" || fail "certify"
+t1=$(date +%s)
+nb=$(date -d "$(openssl x509 -in "$work/m.pem" -noout -startdate | cut -d= -f2)" +%s)
+na=$(date -d "$(openssl x509 -in "$work/m.pem" -noout -enddate | cut -d= -f2)" +%s)
+[ "$nb" -ge $((t0 - 61)) ] && [ "$nb" -le $((t1 - 59)) ] || fail "membership notBefore $nb is not 60 s before the request ($t0..$t1)"
+[ "$na" -ge $((t0 + 3599)) ] && [ "$na" -le $((t1 + 3601)) ] || fail "membership notAfter $na is not [certsrv] lifetime after the request"
+ok "membership certificate: notBefore 60 s back, notAfter lifetime ahead"
+
+# ---- the audit log: times that go backwards ----
+gs audit verify > /dev/null || fail "audit verify"
+/usr/bin/python3 - "$work/audit.jsonl" "$work/back.jsonl" <<'PY'
+import hashlib, json, re, sys
+lines = open(sys.argv[1], "rb").read().split(b"\n")[:-1]
+assert len(lines) >= 3
+for l in lines:  # the documented format: UTC, milliseconds
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", json.loads(l)["time"]), l
+out, prev = [], "0" * 64
+for i, l in enumerate(lines):
+    o = json.loads(l)
+    if i == len(lines) // 2:
+        o["time"] = "2000-01-01T00:00:00.000Z"  # a clock stepped back, by years
+    o["prev"] = prev
+    s = json.dumps(o, separators=(",", ":")).encode()
+    out.append(s)
+    prev = hashlib.sha256(s).hexdigest()
+open(sys.argv[2], "wb").write(b"\n".join(out) + b"\n")
+PY
+gs audit verify --file "$work/back.jsonl" > "$work/verify.out" || fail "audit verify refused a record older than the one before it"
+ok "audit verify: a record older than the previous one keeps the chain"
