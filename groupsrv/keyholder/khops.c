@@ -913,6 +913,14 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
             continue;
         if (gs_cert_parse((const unsigned char *)members[i].cert_pem, strlen(members[i].cert_pem), &x) != GS_OK)
             continue;
+        /* An expired certificate no longer vouches for the key, and S/MIME
+         * senders do not encrypt to one: no copy, as without a certificate. */
+        if (gs_cert_check_valid_now(x, "certificate") != GS_OK) {
+            log_info("member-certs: no copy for a member whose certificate is not valid now group=%s member=%s "
+                     "reason=\"%s\"", gs_group_info(g)->name, members[i].email, gs_err_detail());
+            X509_free(x);
+            continue;
+        }
         if (EVP_PKEY_get_base_id(X509_get0_pubkey(x)) != EVP_PKEY_RSA || cert_spki(x, &spki[n], &spki_len[n]) != 0) {
             X509_free(x);
             continue;

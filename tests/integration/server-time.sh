@@ -6,6 +6,7 @@
 # few seconds.
 #   - client certificates not yet valid, and one expiring on a kept-alive
 #     connection: 401 certificate_expired (SECURITY.md);
+#   - member-certs copies are not wrapped to an expired member certificate;
 #   - member add and member PUT refuse a certificate that is not valid now;
 #   - group import-cert (renewing the group certificate for the same key)
 #     refuses an expired certificate and keeps mail sent to the certificate
@@ -35,6 +36,9 @@ expect_status 401 certificate_expired "client certificate not yet valid" -- \
 expect_status 201 "" "kai added without a certificate" -- \
   c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/kai@example.org"
 tcert client "$work/brief" -60 5 kai@example.org
+# lee: recorded with a certificate that expires meanwhile (member-certs below).
+tcert client "$work/lee" -60 5 lee@example.org
+gs member add eng lee@example.org --cert "$work/lee.pem" >/dev/null
 /usr/bin/python3 - "$certs/tca.pem" "$work/brief.pem" "$work/brief.key" "$port" "$work/req-tls.json" > "$work/ka.out" <<'PY'
 import http.client, json, socket, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[1])
@@ -52,6 +56,16 @@ PY
 [ "$(cat "$work/ka.out")" = "200 401 certificate_expired same-connection" ] ||
   fail "certificate expiring on a kept-alive connection: $(cat "$work/ka.out")"
 ok "a certificate expiring on a kept-alive connection is refused at its next request (401 certificate_expired)"
+
+# ---- member-certs: no copy wrapped to an expired certificate ----
+printf '{"recipient_info":"%s","to":"members"}' "$(b64 "$work/ri.der")" > "$work/rw.json"
+expect_status 200 "" "rewrap to members" -- c dle --data-binary @"$work/rw.json" "$base/v1/groups/eng/rewrap"
+json_get "$work/body" members > "$work/rw-members"
+grep -q "alice@example.org" "$work/rw-members" || fail "alice got no member-certs copy: $(cat "$work/rw-members")"
+grep -q "lee@example.org" "$work/rw-members" && fail "a copy was wrapped to lee's expired certificate"
+grep -q 'no copy for a member whose certificate is not valid now.*member=lee@example.org' "$work/server.log" ||
+  fail "the skipped member is not logged"
+ok "member-certs: a member whose recorded certificate expired gets no copy"
 
 # ---- member add / PUT ----
 tcert client "$work/old" -86400 -3600 zed@example.org
