@@ -509,6 +509,18 @@ static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out)
 
     if ((rc = group_cert_get(c, r, true, &gc)) != GM_EXIT_OK)
         return rc;
+    /* As fetch-cert refuses an expired group certificate, encrypt does
+     * not use one it pinned or was given: the list may have moved on. */
+    char why[96];
+    if (util_cert_valid_now(gc, why, sizeof(why)) != 0) {
+        if (c->group_cert != NULL)
+            gm_err("the group certificate in %s %s: get the renewed one", c->group_cert, why);
+        else
+            gm_err("the group certificate pinned for %s %s: get the renewed one with fetch-cert --repin", c->group,
+                   why);
+        rc = GM_EXIT_UNREACHABLE;
+        goto out;
+    }
     eo.cipher = c->cbc ? ENV_CIPHER_AES256_CBC : ENV_CIPHER_AES256_GCM;
     /* OAEP with SHA-1 (the CMS default parameters) unless asked: tokens
      * such as SoftHSM 2.6 decrypt OAEP with SHA-1 only. */

@@ -10,7 +10,8 @@
 #   - member add and member PUT refuse a certificate that is not valid now;
 #   - group import-cert (renewing the group certificate for the same key)
 #     refuses an expired certificate and keeps mail sent to the certificate
-#     it replaced readable, across a restart;
+#     it replaced readable, across a restart; groupmail encrypt refuses an
+#     expired group certificate, pinned or given;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
 #   - the membership certificate's window: lifetime, backdated 60 s;
@@ -128,6 +129,34 @@ gs group show eng --cert | cmp -s - "$work/gnew2.pem" || fail "group show --cert
 stop_server
 start_server
 unwrap_all "after a restart" 1 2
+
+# ---- groupmail encrypt: never to an expired group certificate ----
+gm_home_init
+cat "$certs/localca.pem" "$certs/tca.pem" > "$work/groupca.pem"
+sed -i "s|^group_ca = .*|group_ca = $work/groupca.pem|" "$gm_home/.config/groupmail/config"
+printf 'Subject: t\n\nhello\n' > "$work/m.txt"
+gm_encrypt_refused() { # gm_encrypt_refused DESC WHY-REGEX ARGS...: exit 4, the reason, nothing written
+  local desc=$1 why=$2 rc=0
+  shift 2
+  "$BIN/groupmail" encrypt --in "$work/m.txt" --out "$work/m.p7m" "$@" 2>"$work/err" || rc=$?
+  [ "$rc" = 4 ] || fail "$desc: exit $rc, wanted 4: $(cat "$work/err")"
+  grep -Eq "$why" "$work/err" || fail "$desc: $(cat "$work/err")"
+  [ ! -e "$work/m.p7m" ] || fail "$desc: output written"
+  ok "$desc (exit 4)"
+}
+gm_encrypt_refused "groupmail encrypt --group-cert with an expired certificate" \
+  "group certificate in .*gexp.pem expired on 20" --group-cert "$work/gexp.pem"
+tcert group "$work/gbrief" -60 4 eng@example.org "$work/gpub.pem"
+gs group import-cert eng --cert "$work/gbrief.pem" >/dev/null
+for _ in $(seq 1 50); do
+  "$BIN/groupmail" fetch-cert --repin >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$BIN/groupmail" encrypt --in "$work/m.txt" --out "$work/m.p7m" || fail "encrypt to the pinned certificate while valid"
+rm -f "$work/m.p7m"
+sleep 5
+gm_encrypt_refused "groupmail encrypt to a pinned group certificate that expired" \
+  "group certificate pinned for eng expired on 20.*fetch-cert --repin"
 
 # ---- the server's TLS certificate ----
 served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
