@@ -478,6 +478,11 @@ static gs_err build_cert(X509 *issuer, const gs_cert_spec *spec, bool ca, X509 *
         X509_gmtime_adj(X509_getm_notBefore(x), -spec->backdate) == NULL ||
         X509_gmtime_adj(X509_getm_notAfter(x), spec->lifetime) == NULL || X509_set_pubkey(x, spec->pubkey) != 1)
         goto ossl;
+    /* Never past the issuer's own notAfter: the chain would fail from
+     * then on while the certificate claimed to be good. */
+    if (issuer != NULL && ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(issuer)) > 0 &&
+        X509_set1_notAfter(x, X509_get0_notAfter(issuer)) != 1)
+        goto ossl;
     err = add_basic_constraints(x, ca);
     if (!err && (spec->key_usage || ca))
         err = add_key_usage(x, spec->key_usage, ca);

@@ -14,7 +14,8 @@
 #     expired group certificate, pinned or given;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
-#   - the membership certificate's window: lifetime, backdated 60 s;
+#   - the membership certificate's window: lifetime, backdated 60 s; the
+#     local CA's certificates end no later than the CA's own;
 #   - audit verify accepts records whose times go backwards (a clock step).
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -209,6 +210,24 @@ na=$(date -d "$(openssl x509 -in "$work/m.pem" -noout -enddate | cut -d= -f2)" +
 [ "$nb" -ge $((t0 - 61)) ] && [ "$nb" -le $((t1 - 59)) ] || fail "membership notBefore $nb is not 60 s before the request ($t0..$t1)"
 [ "$na" -ge $((t0 + 3599)) ] && [ "$na" -le $((t1 + 3601)) ] || fail "membership notAfter $na is not [certsrv] lifetime after the request"
 ok "membership certificate: notBefore 60 s back, notAfter lifetime ahead"
+
+# ---- the local CA's certificates end no later than the CA's own ----
+# A second state on the same token: its own database and CA key label.
+conf2=$work/groupsrv2.conf
+sed -e "s|^path = $work/groupsrv.db|path = $work/groupsrv2.db|" -e "s|^path = $work/audit.jsonl|path = $work/audit2.jsonl|" \
+  "$conf" > "$conf2"
+printf '[ca]\nkey_label = gs:ca-short\n' >> "$conf2"
+gs2() { "$BIN/groupsrv" -c "$conf2" "$@"; }
+gs2 ca init --key rsa:2048 --days 1 > /dev/null
+gs2 group create short --address short@example.org --key rsa:2048 --methods tls > /dev/null
+mkdir -p "$work/short"
+gs2 member add short sam@example.org --issue-cert --out "$work/short" > /dev/null
+ca_end=$(gs2 ca show | openssl x509 -noout -enddate)
+[ "$(gs2 group show short --cert | openssl x509 -noout -enddate)" = "$ca_end" ] ||
+  fail "the group certificate outlives the CA: $(gs2 group show short --cert | openssl x509 -noout -enddate), CA $ca_end"
+[ "$(openssl x509 -in "$work/short/sam@example.org.pem" -noout -enddate)" = "$ca_end" ] ||
+  fail "the member certificate outlives the CA"
+ok "certificates of a CA with a day left end with it ($ca_end)"
 
 # ---- the audit log: times that go backwards ----
 gs audit verify > /dev/null || fail "audit verify"
