@@ -1698,7 +1698,16 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     }
     if (cert != NULL && (gs_key_check_strength(X509_get0_pubkey(cert), "certificate") != GS_OK ||
                          gs_cert_check_valid_now(cert, "certificate") != GS_OK)) {
-        answer_error(j, 400, "bad_certificate", "%s", gs_err_detail());
+        /* Audited as the refusal of another address's certificate is. */
+        char why[256];
+        (void)snprintf(why, sizeof(why), "%s", gs_err_detail());
+        audit_record rec = {.action = action, .identity = c.identity, .group = gname, .key_version = -1,
+                            .outcome = gs_strerror(GS_ERR_CERT),
+                            .extra = json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))};
+        int arc = job_audit_or_fail(j, &rec);
+        json_decref(rec.extra);
+        if (arc == 0)
+            answer_error(j, 400, "bad_certificate", "%s", why);
         goto out;
     }
     bool existed = false;

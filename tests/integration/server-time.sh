@@ -84,6 +84,9 @@ ok "member add refuses a certificate that is not valid now (exit 1, the date nam
 expect_status 400 bad_certificate "member PUT with an expired certificate" -- \
   c admin -X PUT --data-binary @"$work/put.json" "$base/v1/groups/eng/members/zed@example.org"
 grep -q "expired on" "$work/body" || fail "the PUT refusal does not say why: $(cat "$work/body")"
+grep '"action":"member-add"' "$work/audit.jsonl" | tail -n 1 |
+  grep -q '"identity":"admin@example.org","group":"eng","outcome":"invalid certificate","member":"zed@example.org"' ||
+  fail "the refused PUT is not audited: $(tail -n 1 "$work/audit.jsonl")"
 expect_status 404 not_found "the refused PUT recorded nothing" -- c admin "$base/v1/groups/eng/members/zed@example.org"
 
 # ---- the group certificate: renewal for the same key ----
