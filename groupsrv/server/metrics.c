@@ -23,6 +23,7 @@ static atomic_ulong lat_count;
 static atomic_ulong lat_sum_us;
 static atomic_ulong token_errors;
 static atomic_long connections;
+static atomic_llong tls_not_after;
 
 static const char *ep_names[EP_COUNT] = {
     [EP_OTHER] = "other", [EP_DISCOVERY] = "discovery", [EP_CERTIFICATE] = "certificate",
@@ -149,6 +150,8 @@ int metrics_token_unpack(const unsigned char *in, size_t len, metrics_token *out
     return 0;
 }
 
+void metrics_tls_not_after(long long unix_seconds) { atomic_store(&tls_not_after, unix_seconds); }
+
 char *metrics_render(const metrics_token *t)
 {
     struct sbuf b = {.cap = 8192};
@@ -201,6 +204,13 @@ char *metrics_render(const metrics_token *t)
                   "# HELP groupsrv_audit_up 1 when the audit log is writable.\n"
                   "# TYPE groupsrv_audit_up gauge\ngroupsrv_audit_up %d\n",
               t->token_up, t->audit_up);
+    long long not_after = atomic_load(&tls_not_after);
+    if (not_after != 0)
+        sb_printf(&b,
+                  "# HELP groupsrv_tls_certificate_not_after_seconds When the served TLS certificate expires (Unix "
+                  "time).\n# TYPE groupsrv_tls_certificate_not_after_seconds gauge\n"
+                  "groupsrv_tls_certificate_not_after_seconds %lld\n",
+                  not_after);
     if (b.bad) {
         free(b.p);
         return NULL;

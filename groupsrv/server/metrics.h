@@ -35,6 +35,9 @@ const char *metrics_endpoint_name(enum metrics_endpoint ep);
 void metrics_request(enum metrics_endpoint ep, int status);
 void metrics_connection(int delta);
 long metrics_connections(void);
+/* The notAfter of the TLS certificate being served, in Unix seconds (0:
+ * unknown, not rendered); set at start and at each reload taken up. */
+void metrics_tls_not_after(long long unix_seconds);
 
 /* The key holder's counters. Latency of one token unwrap/rewrap, in seconds. */
 void metrics_unwrap_latency(double seconds);

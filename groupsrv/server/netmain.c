@@ -20,11 +20,13 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "log.h"
@@ -68,6 +70,16 @@ static char *dup_bytes(const unsigned char *p, size_t len)
         c[len] = '\0';
     }
     return c;
+}
+
+/* A certificate's notAfter in Unix seconds (0 if unreadable). */
+static long long cert_not_after(const X509 *cert)
+{
+    int days = 0, secs = 0;
+
+    if (cert == NULL || !ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(cert)))
+        return 0;
+    return (long long)time(NULL) + (long long)days * 86400 + secs;
 }
 
 /* Builds and installs a TLS state from the files' contents (CTL_TLS) and
@@ -120,6 +132,7 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     o.local_ca = ca;
     if (tls_state_new(&o, &st, err, errlen) != 0)
         goto out;
+    metrics_tls_not_after(cert_not_after(SSL_CTX_get0_certificate(tls_state_ctx(st))));
     tls_current_set(st);
     tls_state_unref(st);
     rc = 0;

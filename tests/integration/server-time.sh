@@ -14,6 +14,7 @@
 #     expired group certificate, pinned or given;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
+#     /metrics says when the served one expires;
 #   - the membership certificate's window: lifetime, backdated 60 s; the
 #     local CA's certificates end no later than the CA's own;
 #   - audit verify accepts records whose times go backwards (a clock step).
@@ -164,6 +165,16 @@ gm_encrypt_refused "groupmail encrypt to a pinned group certificate that expired
 
 # ---- the server's TLS certificate ----
 served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
+# expect_not_after PEM DESC: /metrics' groupsrv_tls_certificate_not_after_seconds is PEM's notAfter
+expect_not_after() {
+  local want got
+  want=$(date -d "$(openssl x509 -in "$1" -noout -enddate | cut -d= -f2)" +%s)
+  got=$(c admin "$base/metrics" | awk '$1 == "groupsrv_tls_certificate_not_after_seconds" {print $2}')
+  [ -n "$got" ] && [ $((got - want)) -ge -1 ] && [ $((got - want)) -le 1 ] ||
+    fail "$2: groupsrv_tls_certificate_not_after_seconds $got, the certificate's notAfter $want"
+  ok "$2: /metrics names the served certificate's notAfter"
+}
+expect_not_after "$certs/server.pem" "at start"
 cp "$certs/server.pem" "$work/server-orig.pem"
 cp "$certs/server.key" "$work/server-orig.key"
 before=$(served_serial)
@@ -175,6 +186,7 @@ for _ in $(seq 1 50); do grep -q "the new TLS certificate is not taken up" "$wor
 grep -q 'the new TLS certificate is not taken up.*expired on' "$work/server.log" || fail "SIGHUP with an expired certificate: not refused"
 expect_status 200 "" "SIGHUP with an expired certificate keeps the previous one" -- anon "$base/healthz"
 [ "$(served_serial)" = "$before" ] || fail "the served certificate changed"
+expect_not_after "$work/server-orig.pem" "after a refused reload"
 tcert server "$work/srenew" -60 86400
 cp "$work/srenew.pem" "$certs/server.pem"
 cp "$work/srenew.key" "$certs/server.key"
@@ -183,6 +195,7 @@ kill -HUP "$srv_pid"
 for _ in $(seq 1 50); do [ "$(served_serial)" = "$want" ] && break; sleep 0.1; done
 [ "$(served_serial)" = "$want" ] || fail "SIGHUP did not take up the renewed certificate"
 expect_status 200 "" "SIGHUP takes up a renewed certificate" -- anon "$base/healthz"
+expect_not_after "$work/srenew.pem" "after a renewal"
 stop_server
 cp "$work/sexp.pem" "$certs/server.pem"
 cp "$work/sexp.key" "$certs/server.key"
