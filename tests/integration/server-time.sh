@@ -15,7 +15,8 @@
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
 #     /metrics says when the served one expires;
-#   - the membership certificate's window: lifetime, backdated 60 s; the
+#   - the membership certificate's window: lifetime, backdated 60 s; one
+#     out of its window is refused (401 certificate_expired); the
 #     local CA's certificates end no later than the CA's own;
 #   - audit verify accepts records whose times go backwards (a clock step).
 set -euo pipefail
@@ -226,6 +227,29 @@ na=$(date -d "$(openssl x509 -in "$work/m.pem" -noout -enddate | cut -d= -f2)" +
 [ "$nb" -ge $((t0 - 61)) ] && [ "$nb" -le $((t1 - 59)) ] || fail "membership notBefore $nb is not 60 s before the request ($t0..$t1)"
 [ "$na" -ge $((t0 + 3599)) ] && [ "$na" -le $((t1 + 3601)) ] || fail "membership notAfter $na is not [certsrv] lifetime after the request"
 ok "membership certificate: notBefore 60 s back, notAfter lifetime ahead"
+# Membership certificates out of their window, signed by the local CA's key
+# on the token (pkcs11-tool), as the certificate server signs them.
+# (pkcs11-tool --sign picks its key by --id only: the CA key's is looked up.)
+ca_id=$(GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN \
+  --list-objects --type privkey 2>/dev/null | awk '$1 == "label:" {l = $2} $1 == "ID:" && l == "gs:ca" {print $2; exit}')
+[ -n "$ca_id" ] || fail "no CA key on the token"
+mcert() { # mcert NAME NOT_BEFORE NOT_AFTER: $work/NAME.pem and .key
+  /usr/bin/python3 "$SRC/tests/integration/time-cert.py" membership "$certs/localca.pem" "$work/$1" "$2" "$3" eng
+  GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN \
+    --sign --mechanism SHA256-RSA-PKCS --id "$ca_id" --input-file "$work/$1.tbs" --output-file "$work/$1.sig" \
+    >"$work/p11.err" 2>&1 || fail "pkcs11-tool could not sign with the CA key: $(cat "$work/p11.err")"
+  /usr/bin/python3 "$SRC/tests/integration/time-cert.py" assemble "$work/$1.tbs" "$work/$1.sig" "$work/$1.pem"
+}
+printf '{"recipient_info":"%s","deliver":"recipient-key"}' "$(b64 "$work/ri.der")" > "$work/req-g.json"
+mc() { curl -sS --cacert "$certs/tca.pem" --cert "$work/$1.pem" --key "$work/$1.key" "${@:2}"; }
+mcert mnow -60 600
+expect_status 200 "" "a membership certificate signed on the token here is accepted" -- \
+  mc mnow --data-binary @"$work/req-g.json" "$url"
+mcert mold -7200 -3600
+expect_status 401 certificate_expired "an expired membership certificate" -- mc mold --data-binary @"$work/req-g.json" "$url"
+mcert mlater 3600 7200
+expect_status 401 certificate_expired "a membership certificate not yet valid" -- \
+  mc mlater --data-binary @"$work/req-g.json" "$url"
 
 # ---- the local CA's certificates end no later than the CA's own ----
 # A second state on the same token: its own database and CA key label.
