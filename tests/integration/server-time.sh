@@ -16,7 +16,9 @@
 #     and takes up a renewed one; serve starts with an expired one, warning;
 #     /metrics says when the served one expires;
 #   - the membership certificate's window: lifetime, backdated 60 s; one
-#     out of its window is refused (401 certificate_expired); the
+#     out of its window is refused (401 certificate_expired); groupmail
+#     reuses its cached one until a minute before its end, and never
+#     tries an expired one; the
 #     local CA's certificates end no later than the CA's own;
 #   - audit verify accepts records whose times go backwards (a clock step).
 set -euo pipefail
@@ -227,7 +229,32 @@ na=$(date -d "$(openssl x509 -in "$work/m.pem" -noout -enddate | cut -d= -f2)" +
 [ "$nb" -ge $((t0 - 61)) ] && [ "$nb" -le $((t1 - 59)) ] || fail "membership notBefore $nb is not 60 s before the request ($t0..$t1)"
 [ "$na" -ge $((t0 + 3599)) ] && [ "$na" -le $((t1 + 3601)) ] || fail "membership notAfter $na is not [certsrv] lifetime after the request"
 ok "membership certificate: notBefore 60 s back, notAfter lifetime ahead"
-# Membership certificates out of their window, signed by the local CA's key
+# groupmail's cache: a membership certificate is used until a minute before
+# its end, then replaced; one past its end is never used. groupmail runs
+# with its clock moved ahead (libfaketime); the server's stays.
+# (The message goes to the group certificate groupmail pinned last.)
+gm_home_init
+certifies() { grep -c '"action":"certify"' "$work/audit.jsonl" || true; }
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -out "$work/g.p7m" -recip "$work/gbrief.pem" \
+  -keyopt rsa_padding_mode:oaep 2>/dev/null
+gm_g() { # gm_g [FAKETIME-OFFSET]: decrypt --via membership-cert as alice, must succeed
+  # (libfaketime is preloaded ahead of a sanitizer build's ASan runtime:
+  # ASan's link-order check would refuse to start.)
+  ${1:+env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 faketime -f "$1"} "$BIN/groupmail" decrypt --via membership-cert --cert "$certs/alice@example.org.pem" \
+    --key "$certs/alice@example.org.key" --in "$work/g.p7m" > "$work/g.out" 2>"$work/g.err" ||
+    fail "decrypt --via membership-cert ${1:-now}: $(cat "$work/g.err")"
+  cmp -s "$work/g.out" "$work/msg.txt" || fail "decrypt --via membership-cert ${1:-now}: wrong text"
+}
+n0=$(certifies)
+gm_g
+gm_g
+[ "$(certifies)" = $((n0 + 1)) ] || fail "the cached membership certificate was not reused ($(certifies) certify records)"
+gm_g +3000s
+[ "$(certifies)" = $((n0 + 1)) ] || fail "a membership certificate with 10 minutes left was replaced"
+gm_g +3545s
+[ "$(certifies)" = $((n0 + 2)) ] || fail "a membership certificate with under a minute left was not replaced"
+ok "groupmail: the membership certificate is reused, and replaced a minute before its end"
+
 # on the token (pkcs11-tool), as the certificate server signs them.
 # (pkcs11-tool --sign picks its key by --id only: the CA key's is looked up.)
 ca_id=$(GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN \
@@ -250,6 +277,19 @@ expect_status 401 certificate_expired "an expired membership certificate" -- mc 
 mcert mlater 3600 7200
 expect_status 401 certificate_expired "a membership certificate not yet valid" -- \
   mc mlater --data-binary @"$work/req-g.json" "$url"
+# An expired membership certificate in groupmail's cache is not even tried:
+# no 401 from the server, a new certificate instead.
+mc_cached=$(find "$gm_home/.local/share/groupmail/membership" -name '*.pem' | head -n 1)
+[ -n "$mc_cached" ] || fail "no cached membership certificate"
+cp "$work/mold.pem" "$mc_cached"
+cp "$work/mold.key" "${mc_cached%.pem}.key"
+unwrap_401s() { c admin "$base/metrics" | awk '$1 == "groupsrv_requests_total{endpoint=\"unwrap\",status=\"401\"}" {print $2}'; }
+r0=$(unwrap_401s)
+n0=$(certifies)
+gm_g
+[ "$(certifies)" = $((n0 + 1)) ] || fail "an expired cached membership certificate was not replaced"
+[ "$(unwrap_401s)" = "$r0" ] || fail "groupmail tried an expired cached membership certificate (401s $r0 -> $(unwrap_401s))"
+ok "groupmail: an expired cached membership certificate is replaced without being tried"
 
 # ---- the local CA's certificates end no later than the CA's own ----
 # A second state on the same token: its own database and CA key label.
