@@ -64,7 +64,7 @@ static const char usage_text[] =
     "  member remove NAME EMAIL\n"
     "  member list NAME\n"
     "  check\n"
-    "  tls init --dns NAME --out FILE [--key ec:p256|ec:p384] [--subject CN] [--label LABEL] [--days N]\n"
+    "  tls init --dns NAME --out FILE [--key ec:p256|ec:p384 | --renew] [--subject CN] [--label LABEL] [--days N]\n"
     "  serve\n"
     "  audit verify [--file PATH] [--no-follow]\n"
     "  audit rotate [--file PATH]\n"

@@ -29,6 +29,7 @@
 
 struct tls_init_args {
     const char *dns, *out, *key, *subject, *label, *days;
+    bool renew; /* a new certificate for the key already under label */
 };
 
 /* A usage error (exit 2): why, then what (from the command line), one line. */
@@ -73,7 +74,8 @@ static void uri_escape(const char *in, char *out, size_t cap)
 static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
 {
     static const struct opt_def defs[] = {{"--dns", true},   {"--out", true},   {"--key", true},
-                                          {"--subject", true}, {"--label", true}, {"--days", true}};
+                                          {"--subject", true}, {"--label", true}, {"--days", true},
+                                          {"--renew", false}};
     struct args args;
     int rc;
 
@@ -89,6 +91,9 @@ static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
     a->subject = opt(&args, "--subject");
     a->label = opt(&args, "--label");
     a->days = opt(&args, "--days");
+    a->renew = opt(&args, "--renew") != NULL;
+    if (a->renew && a->key != NULL)
+        return tls_usage("tls init: --renew keeps the key on the token; --key does not go with it", NULL);
     if (a->dns == NULL || a->out == NULL)
         return tls_usage("tls init: --dns NAME and --out FILE are required", NULL);
     if (!plain_name(a->dns, TLS_DNS_MAX, ".-"))
@@ -146,7 +151,16 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     ks.type = HSM_KEYTYPE_EC;
     ks.bits = bits;
     ks.usage = HSM_USE_SIGN;
-    if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK) {
+    if (a->renew) {
+        /* Renewal: the key stays, only its certificate is new (then SIGHUP). */
+        if ((he = hsm_key_find(hsm, a->label, HSM_CLASS_PRIVATE, &priv)) != HSM_OK) {
+            rc = fail(he == HSM_ERR_KEY_NOT_FOUND
+                          ? gs_err_set(GS_ERR_NOT_FOUND, "no key labelled %s on the token to renew", a->label)
+                          : gs_err_set(GS_ERR_HSM, "finding the TLS key: %s (%s)", hsm_strerror(he),
+                                       hsm_last_error_detail()));
+            goto out;
+        }
+    } else if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK) {
         if (he == HSM_ERR_KEY_EXISTS)
             rc = fail(gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label));
         else
@@ -154,13 +168,15 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
                                      hsm_last_error_detail()));
         goto out;
     }
-    made = true;
+    made = !a->renew;
     /* What `groupsrv serve` will insist on, checked now rather than there. */
     if ((he = hsm_key_get_info(hsm, priv, &ki)) != HSM_OK || !ki.sign || !ki.sensitive || ki.extractable ||
-        !ki.never_extractable || ki.value_readable) {
-        rc = fail(gs_err_set(GS_ERR_POLICY, "the new TLS key is not a sensitive, non-extractable signing key"));
+        !ki.never_extractable || ki.value_readable || ki.type != HSM_KEYTYPE_EC) {
+        rc = fail(gs_err_set(GS_ERR_POLICY, "the %s TLS key is not a sensitive, non-extractable EC signing key",
+                             a->renew ? "token's" : "new"));
         goto out;
     }
+    bits = ki.bits;
     if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
         rc = fail(gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he)));
         goto out;
@@ -192,10 +208,15 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         uri_escape(ti.label, tok, sizeof(tok));
     else
         util_strlcpy(tok, "groupsrv", sizeof(tok));
-    printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n"
-           "certificate for %s written to %s (sha256 %s), issued by the local CA\n"
+    if (a->renew)
+        printf("TLS key kept on the token: label %s, EC P-%u; send serve SIGHUP to take up the new certificate\n",
+               a->label, bits);
+    else
+        printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n", a->label,
+               bits);
+    printf("certificate for %s written to %s (sha256 %s), issued by the local CA\n"
            "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
-           a->label, bits, a->dns, a->out, fp, a->out, tok, a->label);
+           a->dns, a->out, fp, a->out, tok, a->label);
     rc = 0;
 out:
     if (made) { /* no half-made TLS key left behind */

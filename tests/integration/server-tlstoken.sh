@@ -114,6 +114,29 @@ handshake tls1_3
 expect_status 200 "" "healthz after SIGHUP" -- anon "$base/healthz"
 kill -0 "$srv_pid" || fail "server died on SIGHUP"
 ok "SIGHUP reloads the token key; handshakes still work"
+
+# ---- renewal: a new certificate for the same token key, taken up at SIGHUP ----
+rc=0
+gs tls init --dns "$name" --out "$certs/none.pem" --renew --label nosuch >"$work/out" 2>&1 || rc=$?
+[ "$rc" = 3 ] && grep -q "no key labelled nosuch" "$work/out" || fail "tls init --renew, no key: exit $rc: $(cat "$work/out")"
+rc=0
+gs tls init --dns "$name" --out "$certs/none.pem" --renew --key ec:p256 >"$work/out" 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "tls init --renew --key: exit $rc, wanted 2: $(cat "$work/out")"
+[ ! -e "$certs/none.pem" ] || fail "a refused renewal wrote a certificate"
+cp "$certs/tls.pem" "$work/tls-before.pem"
+gs tls init --dns "$name" --out "$certs/tls.pem" --renew --days 30 >"$work/out" || fail "tls init --renew: $(cat "$work/out")"
+cmp -s <(openssl x509 -in "$work/tls-before.pem" -noout -pubkey) <(openssl x509 -in "$certs/tls.pem" -noout -pubkey) ||
+  fail "the renewed certificate is for another key"
+cmp -s "$work/tls-before.pem" "$certs/tls.pem" && fail "tls init --renew wrote the same certificate"
+end=$(date -d "$(openssl x509 -in "$certs/tls.pem" -noout -enddate | cut -d= -f2)" +%s)
+[ $((end - $(date +%s))) -gt $((29 * 86400)) ] && [ $((end - $(date +%s))) -le $((30 * 86400)) ] ||
+  fail "the renewed certificate does not end in 30 days"
+want_fp=$(openssl x509 -in "$certs/tls.pem" -noout -fingerprint -sha256)
+n0=$(grep -c "reloaded TLS" "$work/server.log")
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log")" -gt "$n0" ] && break; sleep 0.1; done
+handshake tls1_3
+ok "tls init --renew: a new certificate for the same token key, served after SIGHUP"
 kill -TERM "$srv_pid"
 wait "$srv_pid" || true
 srv_pid=
