@@ -14,7 +14,8 @@
 #     expired group certificate, pinned or given;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
-#     /metrics says when the served one expires;
+#     /metrics says when the served one expires; a CRL past its nextUpdate
+#     makes its CA's certificates untrusted;
 #   - the membership certificate's window: lifetime, backdated 60 s; one
 #     out of its window is refused (401 certificate_expired); groupmail
 #     reuses its cached one until a minute before its end, and never
@@ -217,6 +218,29 @@ stop_server
 cp "$work/server-orig.pem" "$certs/server.pem"
 cp "$work/server-orig.key" "$certs/server.key"
 start_server
+
+# ---- a CRL past its nextUpdate while serving ----
+# kai (no recorded certificate) with a certificate of the file test CA,
+# whose CRL in the client CA file runs out 4 s from now; with a CRL in
+# the file the local CA's certificates need one too, so only kai asks.
+tcert client "$work/kai" -60 86400 kai@example.org
+tcert crl "$work/tca-crl" -60 4
+cp "$certs/clients.pem" "$work/clients-nocrl.pem"
+cat "$work/clients-nocrl.pem" "$work/tca-crl.pem" > "$certs/clients.pem"
+hup_reload() {
+  local n
+  n=$(grep -c "reloaded TLS" "$work/server.log" || true)
+  kill -HUP "$srv_pid"
+  for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log" || true)" -gt "$n" ] && break; sleep 0.1; done
+}
+hup_reload
+kai() { curl -sS --cacert "$certs/tca.pem" --cert "$work/kai.pem" --key "$work/kai.key" "$@"; }
+expect_status 200 "" "a certificate whose CA's CRL is current" -- kai --data-binary @"$work/req-tls.json" "$url"
+sleep 5
+expect_status 401 untrusted_certificate "the same certificate once that CRL is past its nextUpdate" -- \
+  kai --data-binary @"$work/req-tls.json" "$url"
+cp "$work/clients-nocrl.pem" "$certs/clients.pem"
+hup_reload
 
 # ---- the membership certificate's window ----
 openssl req -new -newkey rsa:2048 -nodes -subj /CN=x -keyout "$work/m.key" -out "$work/m.csr" 2>/dev/null

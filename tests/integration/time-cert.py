@@ -27,6 +27,9 @@ the token: its body is made here and signed there (pkcs11-tool).
           sha256WithRSAEncryption, the CA's algorithm)
   time-cert.py assemble OUT.tbs OUT.sig OUT.pem
           the certificate from its body and the token's signature
+  time-cert.py crl CA.key CA.pem OUT NOT_BEFORE NOT_AFTER
+          an empty CRL of the CA, lastUpdate and nextUpdate as given:
+          OUT.pem
 """
 import datetime
 import ipaddress
@@ -83,7 +86,21 @@ def assemble(tbs_path, sig_path, out_pem):
     open(out_pem, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def crl(ca_key, ca_pem, out, last, nxt):
+    cakey = serialization.load_pem_private_key(open(ca_key, "rb").read(), None)
+    cacert = x509.load_pem_x509_certificate(open(ca_pem, "rb").read())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    c = (x509.CertificateRevocationListBuilder()
+         .issuer_name(cacert.subject)
+         .last_update(now + datetime.timedelta(seconds=int(last)))
+         .next_update(now + datetime.timedelta(seconds=int(nxt)))
+         .sign(cakey, hashes.SHA256()))
+    open(out + ".pem", "wb").write(c.public_bytes(serialization.Encoding.PEM))
+
+
 def main():
+    if sys.argv[1] == "crl":
+        return crl(*sys.argv[2:7])
     if sys.argv[1] == "membership":
         return membership(*sys.argv[2:7])
     if sys.argv[1] == "assemble":
