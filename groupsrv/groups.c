@@ -1348,6 +1348,59 @@ out:
     return err;
 }
 
+gs_err gs_group_renew_cert(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *name, unsigned version, unsigned *version_out)
+{
+    gs_group *g = NULL;
+    const gs_group_key_ref *k = NULL;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    const unsigned char *p;
+    EVP_PKEY *pk = NULL;
+    X509 *cert = NULL;
+    char *pem = NULL;
+    gs_err err;
+    hsm_err he;
+
+    *version_out = 0;
+    if ((err = gs_group_load(st, hsm, name, &g)) != GS_OK)
+        goto out;
+    for (size_t i = 0; i < g->n_versions && k == NULL; i++)
+        if (version == 0 ? g->versions[i].current : g->versions[i].version == version)
+            k = &g->versions[i];
+    if (k == NULL) {
+        err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no usable key version %u", name, version);
+        goto out;
+    }
+    if (k->key == NULL) {
+        err = gs_err_set(GS_ERR_HSM, "group %s: key version %u is not on this token", name, k->version);
+        goto out;
+    }
+    if ((he = hsm_key_export_public(hsm, k->key, &spki, &spki_len)) != HSM_OK) {
+        err = gs_hsm_fail(he, "reading the public key of the key of group", name);
+        goto out;
+    }
+    p = spki;
+    if ((pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL) {
+        err = gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse");
+        goto out;
+    }
+    if ((err = issue_group_cert(ca, hsm, cfg, g->info->name, g->info->address, pk, &pem)) != GS_OK ||
+        (err = gs_cert_parse((const unsigned char *)pem, strlen(pem), &cert)) != GS_OK)
+        goto out;
+    /* The same checks and record as a certificate signed elsewhere. */
+    if ((err = gs_group_import_cert(st, hsm, name, k->version, cert)) == GS_OK)
+        *version_out = k->version;
+out:
+    ERR_clear_error();
+    X509_free(cert);
+    free(pem);
+    EVP_PKEY_free(pk);
+    free(spki);
+    gs_group_free(g);
+    return err;
+}
+
 /* A version's new record: cert's PEM, then the certificates of the old
  * record (its current one first) that differ from cert, at most
  * GS_FORMER_CERTS_MAX of them and as many as fit a certificate record

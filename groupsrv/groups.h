@@ -176,6 +176,13 @@ size_t gs_skipped_labels_take(char *buf, size_t cap);
  * so RecipientInfos of mail sent before the renewal, which name the old
  * certificate's issuer and serial, still find the version. */
 gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert);
+/* Renews the certificate of `version` (0 = current) from the local CA for
+ * the same token key: a new certificate as `group create` issues them
+ * (lifetime [ca] group_cert_days), recorded as gs_group_import_cert does,
+ * the old one kept. NOT_FOUND for no such version; GS_ERR_HSM when this
+ * token lacks the key. *version_out: the version renewed. */
+gs_err gs_group_renew_cert(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                           const char *name, unsigned version, unsigned *version_out);
 /* New group secret key version (AES-256 on the token). STATE if the group
  * does not allow group-secret. */
 gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out);

@@ -52,6 +52,7 @@ static const char usage_text[] =
     "  group rotate NAME\n"
     "  group retire NAME --before VERSION\n"
     "  group import-cert NAME --cert FILE [--version N]\n"
+    "  group renew-cert NAME [--version N]\n"
     "  group list\n"
     "  group show NAME [--cert | --pubkey]\n"
     "  group export NAME [--version N | --all] [--secret-version N] --to TRANSPORT.pem --out FILE.gsk\n"
@@ -526,13 +527,15 @@ static int cmd_group(struct env *e, int argc, char **argv)
         rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
-    static const char *const group_subs[] = {"create", "set", "rotate", "retire", "import-cert", "list", "show", NULL};
+    static const char *const group_subs[] = {"create",     "set",  "rotate", "retire", "import-cert",
+                                             "renew-cert", "list", "show",   NULL};
     if (a.npos == 0)
-        return usage_error("group: expected create, set, rotate, retire, import-cert, list, show, export or import%s",
+        return usage_error("group: expected create, set, rotate, retire, import-cert, renew-cert, list, show, "
+                           "export or import%s",
                            "");
     if (!one_of(sub, group_subs))
-        return usage_error("group: unknown subcommand %s (expected create, set, rotate, retire, import-cert, list, "
-                           "show, export or import)", sub);
+        return usage_error("group: unknown subcommand %s (expected create, set, rotate, retire, import-cert, "
+                           "renew-cert, list, show, export or import)", sub);
     if (strcmp(sub, "list") == 0) {
         gs_store_group **list = NULL;
         size_t n = 0;
@@ -668,6 +671,22 @@ static int cmd_group(struct env *e, int argc, char **argv)
         if (err)
             return fail(err);
         printf("group %s: certificate imported\n", a.pos[1]);
+        return 0;
+    }
+    if (strcmp(sub, "renew-cert") == 0) {
+        uint64_t version = 0;
+        unsigned v = 0;
+        if (a.nopt > (opt(&a, "--version") != NULL))
+            return usage_error("group renew-cert takes only --version N%s", "");
+        if (opt(&a, "--version") && util_parse_u64(opt(&a, "--version"), 1, UINT32_MAX, &version) != UTIL_OK)
+            return usage_error("group renew-cert: bad --version %s", opt(&a, "--version"));
+        err = env_open(e, NEED_DB | NEED_CA);
+        if (!err)
+            err = gs_group_renew_cert(e->st, e->hsm, e->ca, e->cfg, a.pos[1], (unsigned)version, &v);
+        if (err)
+            return fail(err);
+        printf("group %s: certificate of key version %u renewed by the local CA (the key is the same)\n", a.pos[1],
+               v);
         return 0;
     }
     return usage_error("group: unknown subcommand %s", sub);

@@ -10,7 +10,8 @@
 #   - member add and member PUT refuse a certificate that is not valid now;
 #   - group import-cert (renewing the group certificate for the same key)
 #     refuses an expired certificate and keeps mail sent to the certificate
-#     it replaced readable, across a restart; groupmail encrypt refuses an
+#     it replaced readable, across a restart; so does group renew-cert (the
+#     local CA renews it for the same key); groupmail encrypt refuses an
 #     expired group certificate, pinned or given;
 #   - SIGHUP keeps the TLS certificate when the new one is not valid now,
 #     and takes up a renewed one; serve starts with an expired one, warning;
@@ -138,6 +139,23 @@ gs group show eng --cert | cmp -s - "$work/gnew2.pem" || fail "group show --cert
 stop_server
 start_server
 unwrap_all "after a restart" 1 2
+# The local CA renews the certificate for the same key.
+rc=0
+gs group renew-cert eng --version 9 2>"$work/err" || rc=$?
+[ "$rc" = 3 ] || fail "renew-cert of a version that does not exist: exit $rc: $(cat "$work/err")"
+gs group renew-cert eng > "$work/out" || fail "group renew-cert"
+gs group show eng --cert > "$work/gnew3.pem"
+cmp -s "$work/gnew3.pem" "$work/gnew2.pem" && fail "group renew-cert left the certificate as it was"
+cmp -s <(openssl x509 -in "$work/gnew3.pem" -noout -pubkey) "$work/gpub.pem" || fail "renew-cert changed the key"
+openssl verify -CAfile "$certs/localca.pem" "$work/gnew3.pem" >/dev/null || fail "the renewed certificate is not the local CA's"
+end=$(date -d "$(openssl x509 -in "$work/gnew3.pem" -noout -enddate | cut -d= -f2)" +%s)
+[ $((end - $(date +%s))) -gt $((824 * 86400)) ] || fail "the renewed certificate does not last [ca] group_cert_days"
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg3.der" \
+  -recip "$work/gnew3.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+cms ri "$work/msg3.der" "$work/ri3.der"
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri3.der")" > "$work/req3.json"
+sleep 1
+unwrap_all "after a renewal by the local CA (renew-cert)" 1 2 3
 
 # ---- groupmail encrypt: never to an expired group certificate ----
 gm_home_init
