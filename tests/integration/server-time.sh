@@ -41,8 +41,11 @@ expect_status 401 certificate_expired "client certificate not yet valid" -- \
 # connection remembers lasts only until the chain's earliest notAfter.
 # kai: a member without a recorded certificate, so any certificate of a
 # client CA naming kai is theirs.
+t0=$(date +%s)
 expect_status 201 "" "kai added without a certificate" -- \
   c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/kai@example.org"
+added=$(json_get "$work/body" added)
+[ "$added" -ge $((t0 - 1)) ] && [ "$added" -le $(($(date +%s) + 1)) ] || fail "\"added\" is not the Unix time of the PUT: $added"
 tcert client "$work/brief" -60 5 kai@example.org
 # lee: recorded with a certificate that expires meanwhile (member-certs below).
 tcert client "$work/lee" -60 5 lee@example.org
