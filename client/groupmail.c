@@ -4,6 +4,7 @@
  * Exit codes: 0 ok, 1 local error, 2 usage, 3 not a member / refused,
  * 4 server unreachable or unusable, 5 bad message.
  */
+#define _GNU_SOURCE /* memfd_create */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,8 @@
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <sys/mman.h>
 
 #include <curl/curl.h>
 #include <openssl/err.h>
@@ -430,15 +433,37 @@ static int open_in(const gm_config *c, BIO **in)
     return GM_EXIT_OK;
 }
 
-/* Output through a temp file either way: --out is committed by rename,
- * stdout gets a copy; both only after the whole operation succeeded. */
+/* What a command writes to standard output is staged until the whole
+ * operation succeeded (a decryption fails only at its end, on the GCM tag
+ * or the CBC padding), so a failure writes nothing. --out is committed by
+ * rename; standard output gets a copy of the staged bytes. Plaintext
+ * (decrypt, and send's input until it is known to be encrypted) is staged
+ * in an anonymous memory file (memfd: no name, never in a file system) of
+ * at most GM_MEMORY_STAGE_MAX bytes; other output (ciphertext, a CSR) in
+ * an unlinked temp file. */
+#define GM_MEMORY_STAGE_MAX ((size_t)256 * 1024 * 1024) /* docs/groupmail.1.md */
+
 typedef struct gm_out {
     util_atomic_file *af;
     FILE *tmp;
     BIO *bio;
 } gm_out;
 
-static int out_open(const gm_config *c, gm_out *o, mode_t mode)
+/* An anonymous memory file for plaintext, read and write, or NULL with
+ * errno set (no fallback to a disk file: plaintext must not land there). */
+static FILE *memory_file(const char *name)
+{
+    FILE *f;
+    int fd = memfd_create(name, MFD_CLOEXEC);
+
+    if (fd < 0)
+        return NULL;
+    if ((f = fdopen(fd, "w+b")) == NULL)
+        close(fd);
+    return f;
+}
+
+static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
     memset(o, 0, sizeof(*o));
     if (c->out != NULL) {
@@ -448,8 +473,8 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode)
         }
         o->bio = BIO_new_fp(util_atomic_fp(o->af), BIO_NOCLOSE);
     } else {
-        if ((o->tmp = tmpfile()) == NULL) {
-            gm_err("cannot create a temporary file");
+        if ((o->tmp = plaintext ? memory_file("groupmail-plaintext") : tmpfile()) == NULL) {
+            gm_err(plaintext ? "cannot create a memory file for the plaintext" : "cannot create a temporary file");
             return GM_EXIT_ERROR;
         }
         o->bio = BIO_new_fp(o->tmp, BIO_NOCLOSE);
@@ -463,7 +488,7 @@ static void out_abort(gm_out *o)
     if (o->af != NULL)
         util_atomic_abort(o->af);
     if (o->tmp != NULL)
-        fclose(o->tmp); /* unlinked by tmpfile(): nothing left behind */
+        fclose(o->tmp); /* tmpfile() and memfd: nothing left behind */
     memset(o, 0, sizeof(*o));
 }
 
@@ -565,7 +590,7 @@ static int cmd_encrypt(gm_config *c)
 
     if ((rc = open_in(c, &in)) != GM_EXIT_OK)
         goto out;
-    if ((rc = out_open(c, &o, 0644)) != GM_EXIT_OK)
+    if ((rc = out_open(c, &o, 0644, false)) != GM_EXIT_OK)
         goto out;
     if ((rc = encrypt_to(c, &r, in, o.bio)) != GM_EXIT_OK)
         goto out;
@@ -766,17 +791,31 @@ static int cmd_send(gm_config *c)
     if ((rc = open_in(c, &in)) != GM_EXIT_OK)
         goto out;
     rc = GM_EXIT_ERROR;
-    if ((enc = tmpfile()) == NULL || (wire = tmpfile()) == NULL || (tb = BIO_new_fp(enc, BIO_NOCLOSE)) == NULL)
+    /* Until it is known to be encrypted, the input may be plaintext sent
+     * by mistake: it is staged in memory, never in a disk file. */
+    enc = c->encrypt_first ? tmpfile() : memory_file("groupmail-send");
+    if (enc == NULL || (wire = tmpfile()) == NULL || (tb = BIO_new_fp(enc, BIO_NOCLOSE)) == NULL) {
+        gm_err("cannot create a temporary file");
         goto out;
+    }
     if (c->encrypt_first) {
         if ((rc = encrypt_to(c, &r, in, tb)) != GM_EXIT_OK)
             goto out;
     } else {
         char buf[65536];
+        size_t total = 0;
         int n;
-        while ((n = BIO_read(in, buf, sizeof(buf))) > 0)
+        while ((n = BIO_read(in, buf, sizeof(buf))) > 0) {
+            if ((total += (size_t)n) > GM_MEMORY_STAGE_MAX) {
+                gm_err("the message is over %zu MiB, more than send takes", GM_MEMORY_STAGE_MAX / (1024 * 1024));
+                break;
+            }
             if (BIO_write(tb, buf, n) != n)
-                goto out;
+                break;
+        }
+        OPENSSL_cleanse(buf, sizeof(buf));
+        if (n > 0)
+            goto out;
     }
     if (BIO_flush(tb) != 1 || fseek(enc, 0, SEEK_SET) != 0)
         goto out;
@@ -1542,9 +1581,17 @@ static int cmd_decrypt(gm_config *c)
         gm_progress(c, "this copy was encrypted to your certificate: using your own key (--via own-key)");
         v = VIA_OWN_KEY;
     }
+    /* Known before the server is asked: standard output is staged in
+     * memory, and the plaintext is never longer than its ciphertext. */
+    if (c->out == NULL && env_message_content_max(j.msg) > GM_MEMORY_STAGE_MAX) {
+        gm_err("the message is over %zu MiB, more than decrypt stages in memory for standard output: use --out FILE",
+               GM_MEMORY_STAGE_MAX / (1024 * 1024));
+        rc = GM_EXIT_ERROR;
+        goto out;
+    }
     if ((rc = get_cek(&j, v, false, cek, &ceklen)) != GM_EXIT_OK)
         goto out;
-    if ((rc = out_open(c, &o, 0600)) != GM_EXIT_OK)
+    if ((rc = out_open(c, &o, 0600, true)) != GM_EXIT_OK)
         goto out;
     if ((e = env_message_decrypt(j.msg, cek, ceklen, o.bio)) != ENV_OK) {
         gm_err(e == ENV_ERR_AUTH ? "decryption failed: the message was altered (or the key is wrong)"
@@ -1661,7 +1708,7 @@ static int cmd_csr(gm_config *c)
         gm_err("cannot sign the certificate request with the key on the token");
         goto out;
     }
-    if ((rc = out_open(c, &o, 0644)) != GM_EXIT_OK)
+    if ((rc = out_open(c, &o, 0644, false)) != GM_EXIT_OK)
         goto out;
     if (PEM_write_bio_X509_REQ(o.bio, req) != 1) {
         rc = GM_EXIT_ERROR;

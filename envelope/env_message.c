@@ -1160,6 +1160,11 @@ size_t env_message_key_length(const env_message *msg)
     return msg ? msg->keylen : 0;
 }
 
+size_t env_message_content_max(const env_message *msg)
+{
+    return msg && msg->ec_end > msg->ec_off ? (size_t)(msg->ec_end - msg->ec_off) : 0;
+}
+
 size_t env_message_recipient_count(const env_message *msg)
 {
     return msg ? msg->nri : 0;

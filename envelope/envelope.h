@@ -208,6 +208,10 @@ env_cipher env_message_cipher(const env_message *msg);
 const char *env_message_content_alg(const env_message *msg);
 /* Length in bytes of the message's content key (16, 24 or 32; 3DES: 24). */
 size_t env_message_key_length(const env_message *msg);
+/* An upper bound, in bytes, of what env_message_decrypt writes: the size
+ * of the encryptedContent field with its BER headers (the plaintext is
+ * never longer than its ciphertext). 0 for NULL. */
+size_t env_message_content_max(const env_message *msg);
 size_t env_message_recipient_count(const env_message *msg);
 /* DER of RecipientInfo i (caller frees). */
 env_err env_message_recipient_der(const env_message *msg, size_t i, unsigned char **der, size_t *len);

@@ -51,3 +51,10 @@ add_test(NAME groupmail_send_auth COMMAND bash ${GS_TEST_DIR}/integration/groupm
   ${CMAKE_SOURCE_DIR})
 set_tests_properties(groupmail_send_auth PROPERTIES LABELS "integration;client" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# Plaintext is staged in memory, never in a disk file: decrypt to standard
+# output and send's input are caught mid-run and every file they hold is read.
+add_test(NAME groupmail_plaintext_memory COMMAND /usr/bin/python3
+  ${GS_TEST_DIR}/integration/groupmail-plaintext-memory.py ${GS_TEST_BIN})
+set_tests_properties(groupmail_plaintext_memory PROPERTIES LABELS "integration;client" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
