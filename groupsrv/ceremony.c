@@ -35,9 +35,6 @@
 #include "gsk.h"
 #include "log.h"
 #include "util.h"
-#ifdef GS_HAVE_SERVER
-#include "audit.h"
-#endif
 
 #define TRANSPORT_FILE_MAX (64u * 1024u)
 #define SO_PIN_MAX 256u
@@ -66,90 +63,6 @@ static gs_err from_gsk(gsk_err ge, const char *prefix)
     /* A token that went away refused nothing: no "refused: " for it. */
     return gs_err_set(err, "%s%s", ge == GSK_ERR_TOKEN || ge == GSK_ERR_NOMEM ? "" : prefix,
                       gsk_err_detail()[0] ? gsk_err_detail() : gsk_strerror(ge));
-}
-
-/* ---- the audit record ------------------------------------------------------- */
-
-struct record {
-#ifdef GS_HAVE_SERVER
-    audit_log *log;
-#endif
-    char who[96];
-};
-
-static gs_err record_open(const struct gs_config *cfg, struct record *r)
-{
-    memset(r, 0, sizeof(*r));
-    gsk_operator(r->who, sizeof(r->who));
-#ifdef GS_HAVE_SERVER
-    char dir[4096];
-    char *slash;
-    audit_err ae;
-
-    if (strcmp(cfg->audit.store, "db") == 0) {
-        char chain[GS_AUDIT_CHAIN_MAX + 1];
-        (void)snprintf(chain, sizeof(chain), "%s%s", cfg->server.instance, GS_AUDIT_ADMIN_SUFFIX);
-        if ((ae = audit_open_db(gs_config_db_location(cfg), chain, &r->log)) != AUDIT_OK)
-            return gs_err_set(GS_ERR_IO, "audit table (chain %s): %s (the ceremony is not done without its record)",
-                              chain, audit_strerror(ae));
-        return GS_OK;
-    }
-    if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
-        return gs_err_set(GS_ERR_CONFIG, "[audit] path too long");
-    if ((slash = strrchr(dir, '/')) != NULL && slash != dir) {
-        *slash = '\0';
-        (void)util_mkdir_p(dir, 0700);
-    }
-    if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK)
-        return gs_err_set(GS_ERR_IO, "audit log %s: %s (the ceremony is not done without its record)",
-                          cfg->audit.path, audit_strerror(ae));
-    return GS_OK;
-#else
-    (void)cfg;
-    return gs_err_set(GS_ERR_CONFIG, "this build has no audit log (groupsrv/server not built): no key ceremony");
-#endif
-}
-
-static void record_close(struct record *r)
-{
-#ifdef GS_HAVE_SERVER
-    audit_close(r->log);
-    r->log = NULL;
-#else
-    (void)r;
-#endif
-}
-
-/* One audit line: action, the operator, group, outcome, and extra
- * (ceremony id, key versions, labels, transport key fingerprint; stolen). */
-static gs_err record_write(struct record *r, const char *action, const char *group, const char *outcome,
-                           json_t *extra)
-{
-    gs_err err = GS_OK;
-#ifdef GS_HAVE_SERVER
-    audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = -1,
-                        .outcome = outcome, .extra = extra};
-    audit_err ae = audit_append(r->log, &rec);
-    if (ae != AUDIT_OK)
-        err = gs_err_set(GS_ERR_IO, "audit log: %s", audit_strerror(ae));
-#else
-    (void)r, (void)action, (void)group, (void)outcome;
-    err = gs_err_set(GS_ERR_CONFIG, "no audit log in this build");
-#endif
-    json_decref(extra);
-    return err;
-}
-
-/* A refusal or failure, recorded; returns the exit code of err. */
-static int record_failure(struct record *r, const char *action, const char *group, gs_err err, json_t *extra)
-{
-    char detail[512];
-
-    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-    if (record_write(r, action, group, detail[0] ? detail : gs_strerror(err), extra) != GS_OK)
-        log_warn("the refusal could not be recorded in the audit log");
-    (void)gs_err_set(err, "%s", detail);
-    return fail(err);
 }
 
 /* ---- small helpers ------------------------------------------------------------- */
@@ -267,7 +180,7 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--out", true}};
     struct args a;
-    struct record rec;
+    struct cli_record rec;
     char desc[96], fp[65], spoken[80], label[64] = "";
     char *pem = NULL;
     gs_err err;
@@ -280,24 +193,24 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         return usage_error("token: expected `token transport-key --out FILE`%s", "");
     if (opt(&a, "--out") == NULL)
         return usage_error("token transport-key: --out FILE is required%s", "");
-    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+    if ((err = cli_record_open(e->cfg, &rec, "the ceremony")) != GS_OK)
         return fail(err);
     if ((err = env_open(e, NEED_TOKEN)) != GS_OK) {
-        rc = record_failure(&rec, "transport-key", NULL, err, NULL);
+        rc = cli_record_failure(&rec, "transport-key", NULL, err, NULL);
         goto out;
     }
     token_desc(e->hsm, desc, sizeof(desc));
     if ((ge = gsk_transport_make(e->hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
-        rc = record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
+        rc = cli_record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
         goto out;
     }
     if (util_write_file_atomic(opt(&a, "--out"), pem, strlen(pem), 0644) != UTIL_OK) {
         err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", opt(&a, "--out"), strerror(errno));
         gs_token_destroy_label(e->hsm, label);
-        rc = record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
+        rc = cli_record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
         goto out;
     }
-    if ((err = record_write(&rec, "transport-key", NULL, "ok",
+    if ((err = cli_record_write(&rec, "transport-key", NULL, "ok",
                             json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label))) !=
         GS_OK) {
         gs_token_destroy_label(e->hsm, label);
@@ -314,7 +227,7 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
     rc = 0;
 out:
     free(pem);
-    record_close(&rec);
+    cli_record_close(&rec);
     return rc;
 }
 
@@ -537,7 +450,7 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
  * the token): the SO PIN, the token's wrapping, the CA's signature, the
  * file, the audit line in rec. group is NULL for the CA. Returns the exit
  * status. */
-static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
+static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
                 const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
 {
     struct sign_ctx sc;
@@ -550,7 +463,7 @@ static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **re
 
     token_desc(e->hsm, desc, sizeof(desc));
     if (util_random_id(m->ceremony, 16) != UTIL_OK) {
-        rc = record_failure(rec, action, group, gs_err_set(GS_ERR_CRYPTO, "no random bytes"), NULL);
+        rc = cli_record_failure(rec, action, group, gs_err_set(GS_ERR_CRYPTO, "no random bytes"), NULL);
         goto out;
     }
     now_utc(m->created, sizeof(m->created));
@@ -562,13 +475,13 @@ static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **re
     printf("transport key sha256 %s\n", spoken);
     fflush(stdout);
     if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
-        rc = record_failure(rec, action, group, err, shipment_json(m));
+        rc = cli_record_failure(rec, action, group, err, shipment_json(m));
         goto out;
     }
     ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
     util_secret_free(so_pin, so_pin_len + 1);
     if (ge != GSK_OK) {
-        rc = record_failure(rec, action, group, from_gsk(ge, ""), shipment_json(m));
+        rc = cli_record_failure(rec, action, group, from_gsk(ge, ""), shipment_json(m));
         goto out;
     }
     sc.hsm = e->hsm;
@@ -576,16 +489,16 @@ static int ship(struct env *e, struct record *rec, gsk_manifest *m, hsm_key **re
     sc.alg = EVP_PKEY_get_base_id(X509_get0_pubkey(gs_ca_cert(e->ca))) == EVP_PKEY_EC ? HSM_SIG_ECDSA_SHA256
                                                                                       : HSM_SIG_RSA_PKCS1_SHA256;
     if ((ge = gsk_shipment_write(m, gs_ca_cert(e->ca), ca_sign, &sc, &der, &der_len)) != GSK_OK) {
-        rc = record_failure(rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
+        rc = cli_record_failure(rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
         goto out;
     }
     if (util_write_file_atomic(out_path, der, der_len, 0600) != UTIL_OK) {
-        rc = record_failure(rec, action, group,
+        rc = cli_record_failure(rec, action, group,
                             gs_err_set(GS_ERR_IO, "cannot write %s: %s", out_path, strerror(errno)),
                             shipment_json(m));
         goto out;
     }
-    if ((err = record_write(rec, action, group, "ok", shipment_json(m))) != GS_OK) {
+    if ((err = cli_record_write(rec, action, group, "ok", shipment_json(m))) != GS_OK) {
         (void)unlink(out_path);
         rc = fail(err);
         goto out;
@@ -605,7 +518,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         {"--version", true}, {"--all", false}, {"--secret-version", true}, {"--to", true}, {"--out", true}};
     struct args a;
     struct export_sel sel;
-    struct record rec;
+    struct cli_record rec;
     gs_store_group *g = NULL;
     gsk_manifest *m = NULL;
     hsm_key **refs = NULL;
@@ -629,7 +542,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     if (sel.all && (sel.version != 0 || sel.secret_version != 0))
         return usage_error("group export: --all takes every key; no --version or --secret-version with it%s", "");
     /* Recorded from here on, refusals included. */
-    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+    if ((err = cli_record_open(e->cfg, &rec, "the ceremony")) != GS_OK)
         return fail(err);
     if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
         (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK)
@@ -658,9 +571,9 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
     goto out;
 refused:
-    rc = record_failure(&rec, "group-export", a.pos[1], err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+    rc = cli_record_failure(&rec, "group-export", a.pos[1], err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
 out:
-    record_close(&rec);
+    cli_record_close(&rec);
     free_refs(refs, nrefs);
     free(spki);
     gsk_manifest_free(m);
@@ -672,7 +585,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--to", true}, {"--out", true}};
     struct args a;
-    struct record rec;
+    struct cli_record rec;
     gs_store_ca *row = NULL;
     gsk_manifest *m = NULL;
     hsm_key *ref = NULL;
@@ -686,7 +599,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
         return rc;
     if (a.npos != 1 || opt(&a, "--to") == NULL || opt(&a, "--out") == NULL)
         return usage_error("ca export: expected `ca export --to TRANSPORT.pem --out FILE.gsk`%s", "");
-    if ((err = record_open(e->cfg, &rec)) != GS_OK)
+    if ((err = cli_record_open(e->cfg, &rec, "the ceremony")) != GS_OK)
         return fail(err);
     if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
         (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK)
@@ -706,9 +619,9 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
     rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
     goto out;
 refused:
-    rc = record_failure(&rec, "ca-export", NULL, err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+    rc = cli_record_failure(&rec, "ca-export", NULL, err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
 out:
-    record_close(&rec);
+    cli_record_close(&rec);
     hsm_key_free(ref);
     free(spki);
     gsk_manifest_free(m);
@@ -838,7 +751,7 @@ static gs_err record_rows(struct env *e, const gsk_manifest *m, gs_store_group *
  * for which transport key on this token. */
 struct import {
     struct env *e;
-    struct record rec;
+    struct cli_record rec;
     bool recording;
     char action[16];     /* "group-import", "ca-import" */
     const char *path;    /* --in */
@@ -851,7 +764,7 @@ struct import {
 static void import_clear(struct import *im)
 {
     if (im->recording)
-        record_close(&im->rec);
+        cli_record_close(&im->rec);
     gsk_manifest_free(im->m);
     hsm_key_free(im->transport);
     X509_free(im->trusted);
@@ -864,7 +777,7 @@ static int import_refused(struct import *im, const char *group, gs_err err)
     json_t *extra = im->m != NULL ? shipment_json(im->m) : json_object();
 
     json_object_set_new(extra, "file", json_string(im->path));
-    return record_failure(&im->rec, im->action, group, err, extra);
+    return cli_record_failure(&im->rec, im->action, group, err, extra);
 }
 
 /* --in FILE [--ca FILE]: reads and verifies the shipment. The token is
@@ -890,7 +803,7 @@ static int import_begin(struct env *e, int argc, char **argv, const char *what, 
     (void)snprintf(im->action, sizeof(im->action), "%s-import", what);
     im->path = opt(&a, "--in");
     /* Recorded from here on, refusals included. */
-    if ((err = record_open(e->cfg, &im->rec)) != GS_OK)
+    if ((err = cli_record_open(e->cfg, &im->rec, "the ceremony")) != GS_OK)
         return fail(err);
     im->recording = true;
     if ((err = read_file_max(opt(&a, "--in"), GSK_FILE_MAX, &file, &flen)) != GS_OK ||
@@ -968,7 +881,7 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
                        const bool *recorded, copy_check_fn check, copy_rows_fn rows, void *arg)
 {
     struct env *e = im->e;
-    struct record *rec = &im->rec;
+    struct cli_record *rec = &im->rec;
     const char *action = im->action;
     hsm_key **refs = calloc(n, sizeof(*refs));
     bool imported = false, in_tx = false;
@@ -981,11 +894,11 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
     if (refs == NULL)
         return fail(GS_ERR_NOMEM);
     if ((err = labels_free(im, items, n, recorded)) != GS_OK) {
-        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     if ((ge = gsk_import(e->hsm, im->m, items, n, refs)) != GSK_OK) {
-        rc = record_failure(rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
+        rc = cli_record_failure(rec, action, group, from_gsk(ge, "refused: "), shipment_json(im->m));
         goto out;
     }
     imported = true;
@@ -998,7 +911,7 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
         if (he == HSM_OK)
             problem = check(arg, k, &ki);
         if (he != HSM_OK || problem != NULL) {
-            rc = record_failure(rec, action, group,
+            rc = cli_record_failure(rec, action, group,
                                 gs_err_set(GS_ERR_POLICY, "imported key %s: %s", k->label,
                                            problem ? problem : hsm_strerror(he)),
                                 shipment_json(im->m));
@@ -1006,24 +919,24 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
         }
     }
     if ((err = gs_store_begin(e->st)) != GS_OK) {
-        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     in_tx = true;
     if ((err = rows(arg)) != GS_OK) {
-        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     extra = shipment_json(im->m);
     json_object_set_new(extra, "token", json_string(im->desc));
     json_object_set_new(extra, "exported_by", json_string(im->m->exported_by));
-    if ((err = record_write(rec, action, group, "ok", extra)) != GS_OK) {
+    if ((err = cli_record_write(rec, action, group, "ok", extra)) != GS_OK) {
         rc = fail(err);
         goto out;
     }
     if ((err = gs_store_commit(e->st)) != GS_OK) {
         /* The "ok" line is durable already: the next one says it failed. */
-        rc = record_failure(rec, action, group, err, shipment_json(im->m));
+        rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }
     in_tx = false;

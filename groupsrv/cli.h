@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
 #include <openssl/x509.h>
 
 #include "ca.h"
@@ -57,5 +58,27 @@ struct env {
 
 enum need { NEED_DB = 1u << 0, NEED_DB_CREATE = 1u << 1, NEED_TOKEN = 1u << 2, NEED_CA = 1u << 3, NEED_DB_RO = 1u << 4 };
 gs_err env_open(struct env *e, unsigned need);
+
+/* ---- audit records of admin commands (cliaudit.c) ---- */
+
+/* The audit log an admin command appends to, and who runs it. */
+struct cli_record {
+    struct audit_log *log;
+    char who[96]; /* the operator's login name: the records' identity */
+};
+
+/* Opens [audit] path (its directory made if missing), or with [audit]
+ * store = db the chain INSTANCE/admin. `what` names the command in the
+ * error ("the ceremony"): nothing is changed without its record. GS_OK,
+ * or GS_ERR_IO / GS_ERR_CONFIG with the detail set. */
+gs_err cli_record_open(const struct gs_config *cfg, struct cli_record *r, const char *what);
+void cli_record_close(struct cli_record *r);
+/* Appends and syncs one record: action, the operator, group (may be NULL),
+ * outcome ("ok" or the error) and extra (a JSON object or NULL; stolen). */
+gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
+                        json_t *extra);
+/* A refusal or failure, recorded with err's detail as its outcome (extra
+ * stolen); prints err's line and returns its exit code, as fail(). */
+int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra);
 
 #endif

@@ -1,0 +1,94 @@
+/*
+ * cliaudit.c: the audit records of the admin commands (cli.h): the key
+ * ceremony (ceremony.c) and membership changes (main.c). They append to
+ * the log `serve` writes, through the same audit module: every append
+ * holds the file's flock and continues the chain from the file's last
+ * line, so the server's records and these stay one chain; with [audit]
+ * store = db they go to the chain INSTANCE/admin, the server's being
+ * INSTANCE. The identity is the operator's login name.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "gsk.h"
+#include "log.h"
+#include "util.h"
+#ifdef GS_HAVE_SERVER
+#include "audit.h"
+#endif
+
+gs_err cli_record_open(const struct gs_config *cfg, struct cli_record *r, const char *what)
+{
+    memset(r, 0, sizeof(*r));
+    gsk_operator(r->who, sizeof(r->who));
+#ifdef GS_HAVE_SERVER
+    char dir[4096];
+    char *slash;
+    audit_err ae;
+
+    if (strcmp(cfg->audit.store, "db") == 0) {
+        char chain[GS_AUDIT_CHAIN_MAX + 1];
+        (void)snprintf(chain, sizeof(chain), "%s%s", cfg->server.instance, GS_AUDIT_ADMIN_SUFFIX);
+        if ((ae = audit_open_db(gs_config_db_location(cfg), chain, &r->log)) != AUDIT_OK)
+            return gs_err_set(GS_ERR_IO, "audit table (chain %s): %s (%s is not done without its record)", chain,
+                              audit_strerror(ae), what);
+        return GS_OK;
+    }
+    if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
+        return gs_err_set(GS_ERR_CONFIG, "[audit] path too long");
+    if ((slash = strrchr(dir, '/')) != NULL && slash != dir) {
+        *slash = '\0';
+        (void)util_mkdir_p(dir, 0700);
+    }
+    if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK)
+        return gs_err_set(GS_ERR_IO, "audit log %s: %s (%s is not done without its record)", cfg->audit.path,
+                          audit_strerror(ae), what);
+    return GS_OK;
+#else
+    (void)cfg;
+    return gs_err_set(GS_ERR_CONFIG, "this build has no audit log (groupsrv/server not built): %s is not done",
+                      what);
+#endif
+}
+
+void cli_record_close(struct cli_record *r)
+{
+#ifdef GS_HAVE_SERVER
+    audit_close(r->log);
+    r->log = NULL;
+#else
+    (void)r;
+#endif
+}
+
+gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
+                        json_t *extra)
+{
+    gs_err err = GS_OK;
+#ifdef GS_HAVE_SERVER
+    audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = -1,
+                        .outcome = outcome, .extra = extra};
+    audit_err ae = audit_append(r->log, &rec);
+    if (ae != AUDIT_OK)
+        err = gs_err_set(GS_ERR_IO, "audit log: %s", audit_strerror(ae));
+#else
+    (void)r, (void)action, (void)group, (void)outcome;
+    err = gs_err_set(GS_ERR_CONFIG, "no audit log in this build");
+#endif
+    json_decref(extra);
+    return err;
+}
+
+int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra)
+{
+    char detail[512];
+
+    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+    if (cli_record_write(r, action, group, detail[0] ? detail : gs_strerror(err), extra) != GS_OK)
+        log_warn("the refusal could not be recorded in the audit log");
+    (void)gs_err_set(err, "%s", detail);
+    return fail(err);
+}
