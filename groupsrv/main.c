@@ -795,11 +795,36 @@ out:
     return err;
 }
 
+/* The audit record of a membership change made here, as `serve` writes
+ * one for the same change over REST (action, member, outcome; extra
+ * stolen); rec is closed. 0 when the change was made and recorded, else
+ * the exit code after the one error line: the change's error, or, for a
+ * change made whose record could not be written, the audit error. */
+static int member_recorded(struct cli_record *rec, const char *action, const char *group, gs_err change,
+                           json_t *extra)
+{
+    gs_err err;
+    int rc;
+
+    if (change != GS_OK) {
+        rc = cli_record_failure(rec, action, group, change, extra);
+        cli_record_close(rec);
+        return rc;
+    }
+    err = cli_record_write(rec, action, group, "ok", extra);
+    cli_record_close(rec);
+    if (err)
+        return fail(gs_err_set(err, "%s %s was done, but its audit record was not written: %s", action, group,
+                               gs_err_detail()));
+    return 0;
+}
+
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
         {"--cert", true}, {"--issue-cert", false}, {"--out", true}, {"--role", true}, {"--wrap", true}};
     struct args a;
+    struct cli_record rec;
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     const char *sub;
@@ -851,24 +876,35 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return usage_error("member set: --wrap must be pkcs1v15, oaep or default, not %s", wv);
         err = env_open(e, NEED_DB);
         if (!err)
-            err = gs_store_group_get(e->st, a.pos[1], &g);
+            err = cli_record_open(e->cfg, &rec, "the change");
+        if (err)
+            return fail(err);
+        err = gs_store_group_get(e->st, a.pos[1], &g);
         if (!err)
             err = gs_store_member_set_wrap(e->st, g->id, a.pos[2], w);
         gs_store_group_free(g);
-        if (err)
-            return fail(err);
-        printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
-        return 0;
+        rc = member_recorded(&rec, "member-set", a.pos[1], err,
+                             json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)));
+        if (rc == 0)
+            printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
+        return rc;
     }
     if (strcmp(sub, "remove") == 0) {
         gs_member_removal rm;
+        memset(&rm, 0, sizeof(rm));
         if (a.nopt)
             return usage_error("member remove takes no options%s", "");
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
+            err = cli_record_open(e->cfg, &rec, "the change");
         if (err)
             return fail(err);
+        err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
+        rc = member_recorded(&rec, "member-remove", a.pos[1], err,
+                             json_pack("{s:s,s:I,s:I}", "member", a.pos[2], "secret_rotated_to",
+                                       (json_int_t)rm.secret_version, "key_rotated_to", (json_int_t)rm.key_version));
+        if (rc != 0)
+            return rc;
         printf("member %s removed from %s", a.pos[2], a.pos[1]);
         if (rm.secret_version)
             printf("; new secret key version %u", rm.secret_version);
@@ -897,17 +933,20 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return usage_error("member add: give exactly one of --cert FILE or --issue-cert --out DIR%s", "");
         if (issue != (outdir != NULL))
             return usage_error("member add: --issue-cert and --out DIR go together%s", "");
-        if (certfile) {
-            err = read_cert_file(certfile, &cert);
-            if (!err)
-                err = env_open(e, NEED_DB);
-        } else {
+        err = certfile != NULL ? read_cert_file(certfile, &cert) : GS_OK;
+        if (!err)
+            err = env_open(e, NEED_DB);
+        if (!err)
+            err = cli_record_open(e->cfg, &rec, "the change");
+        if (err) {
+            X509_free(cert);
+            return fail(err);
+        }
+        if (issue) {
             gs_store_group *g = NULL;
             gs_store_member *m = NULL;
-            err = env_open(e, NEED_DB);
             /* Refuse a duplicate or an unknown group before making files. */
-            if (!err)
-                err = gs_store_group_get(e->st, a.pos[1], &g);
+            err = gs_store_group_get(e->st, a.pos[1], &g);
             if (!err) {
                 err = gs_store_member_get(e->st, g->id, a.pos[2], &m);
                 if (err == GS_OK)
@@ -927,13 +966,14 @@ static int cmd_member(struct env *e, int argc, char **argv)
         if (!err)
             err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
         X509_free(cert);
-        if (err) {
-            if (wrote) {
-                (void)unlink(keypath);
-                (void)unlink(certpath);
-            }
-            return fail(err);
+        if (err && wrote) {
+            (void)unlink(keypath);
+            (void)unlink(certpath);
         }
+        rc = member_recorded(&rec, "member-add", a.pos[1], err,
+                             json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)));
+        if (rc != 0)
+            return rc;
         printf("member %s added to %s as %s\n", a.pos[2], a.pos[1], gs_role_name(role));
         if (wrote)
             printf("wrote %s and %s\n", certpath, keypath);

@@ -97,3 +97,10 @@ add_test(NAME server_race_pg
   COMMAND bash ${GS_TEST_DIR}/integration/server-race-pg.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_race_pg PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
+# Membership changes by the admin commands are audited like REST's, into
+# the chain the server writes at the same time.
+add_test(NAME server_audit_cli
+  COMMAND bash ${GS_TEST_DIR}/integration/server-audit-cli.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_audit_cli PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")

@@ -63,6 +63,8 @@ has tryout '^all keys OK$'
 [ "$(stat -c %a "$work/tmp/gs/alice@example.org.pem")" = 644 ] || fail "tryout: alice's certificate is not 0644"
 openssl x509 -in "$work/tmp/gs/alice@example.org.pem" -noout -ext subjectAltName | grep -q 'email:alice@example.org' ||
   fail "tryout: alice's certificate does not name her"
+grep '"action":"member-add"' "$work/tmp/gs/audit.jsonl" | grep -q '"member":"alice@example.org"' ||
+  fail "tryout: member add left no record in the trial's audit log"
 ok "operations.md's 'Trying it out' ran as written: CA, group, alice's certificate, check"
 
 # ---- A real token, steps 1-6: a SoftHSM store with an uninitialised slot ----

@@ -210,9 +210,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T
   -days 2 -subj /CN=localhost 2>/dev/null
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/other.key" -out "$T/other.pem" \
   -days 2 -subj /CN=other 2>/dev/null
-# tlsconf NAME CERT KEY CLIENT_CA AUDIT: $CONF plus [tls] and [audit], as $T/NAME.conf
+# tlsconf NAME CERT KEY CLIENT_CA AUDIT: $CONF plus [tls] and [audit] (in place of its own), as $T/NAME.conf
 tlsconf() {
-  { cat "$CONF"; printf '[tls]\ncert = %s\nkey = %s\nclient_ca = %s\n[audit]\npath = %s\n' "$2" "$3" "$4" "$5"; } > "$T/$1.conf"
+  { sed '/^\[audit\]/,$d' "$CONF"; printf '[tls]\ncert = %s\nkey = %s\nclient_ca = %s\n[audit]\npath = %s\n' "$2" "$3" "$4" "$5"; } > "$T/$1.conf"
 }
 tlsconf tlsok "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/logs/sub/audit.jsonl"
 expect_rc 0 "$G" -c "$T/tlsok.conf" check

@@ -23,6 +23,8 @@ pin_source = $T/tok/user-pin
 path = $T/db/groupsrv.db
 [ca]
 group_cert_days = 30
+[audit]
+path = $T/audit.jsonl
 CONF
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
