@@ -25,6 +25,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* the request's HTTP version */
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <openssl/crypto.h>
@@ -1506,6 +1507,22 @@ static const char *ambiguous_framing(struct evhttp_request *req)
     return NULL;
 }
 
+/* Why the request's Host is not as RFC 9112 3.2 requires, or NULL: an
+ * HTTP/1.1 request must carry exactly one Host header (libevent answers
+ * one without), and no request may carry two. The server answers the
+ * same whatever the host, but a proxy in front or a virtual host would
+ * route such a request by a host it guessed. */
+static const char *bad_host(struct evhttp_request *req)
+{
+    unsigned n = header_count(req, "Host");
+
+    if (n > 1)
+        return "more than one Host header";
+    if (n == 0 && (req->major > 1 || (req->major == 1 && req->minor >= 1)))
+        return "an HTTP/1.1 request without a Host header";
+    return NULL;
+}
+
 /* Request ids are not secret (the client sees them) but must be unique
  * (the audit log is searched by them) and must not tell one client how
  * many requests others made. RAND_bytes for each one cost 3 % of the
@@ -1544,6 +1561,8 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     next_request_id(t, r->id);
     log_set_request_id(r->id);
     const char *ambiguous = ambiguous_framing(req);
+    if (ambiguous == NULL)
+        ambiguous = bad_host(req);
     if (ambiguous != NULL) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_error(r, 400, "bad_request", "%s", ambiguous);

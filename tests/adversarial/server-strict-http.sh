@@ -10,6 +10,8 @@
 #     the 413 the server sends its FIN and reads and drops what the client
 #     still sends (a lingering close) before it closes the socket (curl
 #     uploads of 200 KB lost about 1 in 40 answers without it);
+#   - an HTTP/1.1 request without Host, or one with two, is refused (400,
+#     RFC 9112 3.2) and the connection closed;
 #   - HEAD gets the GET answer's head without a body, refusals too.
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -73,6 +75,28 @@ for headers in "Content-Length : ${#body}" "Content-Length: ${#body}|Transfer-En
   framing_refused "$work/ws.req" 'header name with white space' "$headers"
 done
 ok "white space before a header's colon: 400 and the connection closed"
+
+# Host (RFC 9112 3.2): an HTTP/1.1 request without one, or any request with
+# two, is answered 400 bad_request (the documented JSON) and closed; an
+# HTTP/1.0 request needs none.
+host_refused() { # host_refused FILE WHY DESC
+  raw "$1" > "$work/host.out"
+  head -1 "$work/host.out" | grep -q '^HTTP/1.1 400' && grep -q '"code":"bad_request"' "$work/host.out" &&
+    grep -q "$2" "$work/host.out" || fail "$3: $(head -c 300 "$work/host.out")"
+  grep -qi '^connection: close' "$work/host.out" || fail "$3: the connection is kept"
+  grep -q '"key"' "$work/host.out" && fail "$3: a key was answered"
+  return 0
+}
+printf 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n' > "$work/nohost.req"
+host_refused "$work/nohost.req" 'HTTP/1.1 request without a Host header' "GET HTTP/1.1 without Host"
+printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nContent-Length: %s\r\n\r\n%s' "${#body}" "$body" > "$work/nohost.req"
+host_refused "$work/nohost.req" 'HTTP/1.1 request without a Host header' "unwrap HTTP/1.1 without Host"
+printf 'GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n' > "$work/twohosts.req"
+host_refused "$work/twohosts.req" 'more than one Host header' "two Host headers"
+printf 'GET /healthz HTTP/1.0\r\n\r\n' > "$work/http10.req"
+raw "$work/http10.req" > "$work/http10.out"
+head -1 "$work/http10.out" | grep -q '^HTTP/1.[01] 200' || fail "HTTP/1.0 without Host: $(head -c 300 "$work/http10.out")"
+ok "HTTP/1.1 without Host, or two Host headers: 400 bad_request and closed; HTTP/1.0 without Host: 200"
 
 # Transfer-Encoding: libevent reads a body by it only when it is exactly
 # "chunked" (then ignoring any Content-Length), else by Content-Length
