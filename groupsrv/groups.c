@@ -1659,6 +1659,10 @@ static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
     return gs_cert_to_pem(cert, pem);
 }
 
+/* Runs of gs_member_put's transaction when concurrent PUTs of the same
+ * member keep inserting it first: each retry follows a commit of another. */
+#define MEMBER_PUT_ATTEMPTS 4
+
 gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
                      bool *replaced)
 {
@@ -1673,23 +1677,36 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
         return err;
     /* Everything that can refuse the new record is checked before the
      * old one is touched, and the swap is one transaction. */
-    if ((err = member_cert_pem(cert, email, &pem)) != GS_OK || (err = gs_store_begin(st)) != GS_OK)
+    if ((err = member_cert_pem(cert, email, &pem)) != GS_OK)
         goto out;
-    /* The old record goes if there is one: both stores answer NOT_FOUND
-     * (and change nothing) when there is none. */
-    err = gs_store_member_remove(st, g->id, email);
-    if (err == GS_OK)
-        *replaced = true;
-    else if (err == GS_ERR_NOT_FOUND)
-        err = GS_OK;
-    if (err == GS_OK)
-        err = gs_store_member_add(st, g->id, email, role, pem);
-    if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
-        err = gs_store_member_set_wrap(st, g->id, email, wrap);
-    if (err != GS_OK)
-        gs_store_rollback(st);
-    else
-        err = gs_store_commit(st);
+    for (int attempt = 1;; attempt++) {
+        bool found = false;
+        if ((err = gs_store_begin(st)) != GS_OK)
+            goto out;
+        /* The old record goes if there is one: both stores answer
+         * NOT_FOUND (and change nothing) when there is none. */
+        err = gs_store_member_remove(st, g->id, email);
+        if (err == GS_OK)
+            found = true;
+        else if (err == GS_ERR_NOT_FOUND)
+            err = GS_OK;
+        if (err == GS_OK)
+            err = gs_store_member_add(st, g->id, email, role, pem);
+        if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
+            err = gs_store_member_set_wrap(st, g->id, email, wrap);
+        if (err != GS_OK)
+            gs_store_rollback(st);
+        else
+            err = gs_store_commit(st);
+        *replaced = found;
+        /* PostgreSQL (READ COMMITTED): a PUT of the same member committed
+         * by another connection after our DELETE found nothing makes our
+         * INSERT a unique violation. Run again: the DELETE now sees that
+         * record and replaces it, as if the two PUTs had come in turn. */
+        if (err == GS_ERR_EXISTS && !found && attempt < MEMBER_PUT_ATTEMPTS)
+            continue;
+        break;
+    }
     if (err != GS_OK)
         *replaced = false; /* nothing changed, a failed commit included */
     else

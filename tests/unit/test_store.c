@@ -22,6 +22,9 @@
 #include <stdatomic.h>
 #include <time.h>
 
+#include <pthread.h>
+
+#include "groups.h"
 #include "pgtest.h"
 #include "store.h"
 
@@ -796,6 +799,57 @@ static void test_change_stamp(void **state)
     gs_store_close(other);
 }
 
+/* gs_member_put (REST PUT of a member) on another connection while a
+ * transaction adds the same member: PostgreSQL's READ COMMITTED lets the
+ * put's DELETE find nothing and its INSERT wait on the unique index; after
+ * the first commits, the put must still succeed (the record replaced),
+ * never fail with a unique violation. SQLite serialises the two. */
+struct put_job {
+    gs_store *st;
+    gs_err err;
+    bool replaced;
+};
+
+static void *put_member_thread(void *arg)
+{
+    struct put_job *j = arg;
+    j->err = gs_member_put(j->st, "eng", "race@example.org", GS_ROLE_ADMIN, NULL, GS_WRAP_DEFAULT, &j->replaced);
+    return NULL;
+}
+
+static void test_member_put_race(void **state)
+{
+    struct fx *f = *state;
+    struct put_job j = {0};
+    gs_store_member *m = NULL;
+    pthread_t th;
+
+    assert_int_equal(gs_store_open(f->loc, 0, &j.st), GS_OK);
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "race@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(pthread_create(&th, NULL, put_member_thread, &j), 0);
+    /* Commit once the put waits for this transaction (PostgreSQL: a lock
+     * wait shows in pg_stat_activity); at most 10 s either way. */
+    for (int i = 0; i < 200; i++) {
+        if (g_pg && pgtest_int(f->dbname, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND datname = current_database()") > 0)
+            break;
+        usleep(50 * 1000);
+        if (!g_pg && i >= 4)
+            break;
+    }
+    assert_int_equal(gs_store_commit(f->st), GS_OK);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    if (j.err != GS_OK)
+        fprintf(stderr, "gs_member_put: %s: %s\n", gs_strerror(j.err), gs_err_detail());
+    assert_int_equal(j.err, GS_OK);
+    assert_true(j.replaced);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "race@example.org", &m), GS_OK);
+    assert_int_equal(m->role, GS_ROLE_ADMIN);
+    gs_store_member_free(m);
+    gs_store_close(j.st);
+}
+
 /* The key holder's read snapshot (one SQLite read transaction per
  * request): a member removed by another connection before it begins is
  * refused inside it, the next snapshot sees the next change, and a write
@@ -1023,6 +1077,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_change_stamp, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_read_snapshot, setup, teardown),      \
+    cmocka_unit_test_setup_teardown(test_member_put_race, setup, teardown),    \
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
     cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
