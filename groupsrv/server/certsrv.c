@@ -26,17 +26,27 @@
 
 #define MAX_CSR 16384
 
-static X509_REQ *parse_csr(const char *text, size_t len)
+/* The CSR in text: PEM, else exactly one DER CertificationRequest with
+ * nothing after it (bytes after the structure are not part of what the
+ * signature covers: a request carrying them is malformed, not tolerated).
+ * NULL with *why set when it is neither. */
+static X509_REQ *parse_csr(const char *text, size_t len, const char **why)
 {
     BIO *b = BIO_new_mem_buf(text, (int)len);
     X509_REQ *req = NULL;
 
+    *why = "the body is not a PEM or DER certificate request";
     if (b == NULL)
         return NULL;
     req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
     if (req == NULL) {
         const unsigned char *p = (const unsigned char *)text;
         req = d2i_X509_REQ(NULL, &p, (long)len);
+        if (req != NULL && p != (const unsigned char *)text + len) {
+            X509_REQ_free(req);
+            req = NULL;
+            *why = "bytes after the DER certificate request";
+        }
     }
     BIO_free(b);
     ERR_clear_error();
@@ -130,8 +140,9 @@ static void membership_cert_have_view(struct srv_req *r)
         csr_text = s;
         csr_len = json_string_length(json_object_get(j, "csr"));
     }
-    if (csr_len == 0 || (csr = parse_csr(csr_text, csr_len)) == NULL) {
-        srv_err_set(&e, 400, "bad_csr", "the body is not a PEM or DER certificate request");
+    const char *why = "the body is empty";
+    if (csr_len == 0 || (csr = parse_csr(csr_text, csr_len, &why)) == NULL) {
+        srv_err_set(&e, 400, "bad_csr", "%s", why);
         goto refuse;
     }
     /* Proof of possession: the key holder signs for this key only. */

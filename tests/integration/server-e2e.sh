@@ -105,10 +105,15 @@ openssl req -new -newkey ed25519 -nodes -subj / -keyout "$work/ged.key" -out "$w
 openssl req -in "$work/g.csr" -outform DER -out "$work/g.csr.der"
 /usr/bin/python3 -c 'import sys; d=bytearray(open(sys.argv[1],"rb").read()); d[-3]^=0xff; open(sys.argv[2],"wb").write(d)' \
   "$work/g.csr.der" "$work/gbadsig.der"
-for f in g1024.csr ged.csr gbadsig.der; do
+# a DER CSR followed by bytes that are not part of it (its signature holds)
+{ cat "$work/g.csr.der"; printf '\0trailing'; } > "$work/gtrail.der"
+for f in g1024.csr ged.csr gbadsig.der gtrail.der; do
   expect_status 400 bad_csr "certsrv refuses $f" -- c bob -H 'Content-Type: application/pkcs10' \
     --data-binary @"$work/$f" "$cbase/v1/groups/eng/membership-certificates"
 done
+grep -q 'bytes after the DER certificate request' "$work/body" || fail "trailing bytes not named: $(cat "$work/body")"
+expect_status 200 "" "certsrv issues for the same DER CSR without them" -- c bob -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/g.csr.der" "$cbase/v1/groups/eng/membership-certificates"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj / -keyout "$work/gec.key" -out "$work/gec.csr" 2>/dev/null
 expect_status 200 "" "certsrv issues for an EC key" -- c bob -H 'Content-Type: application/pkcs10' \
   --data-binary @"$work/gec.csr" "$cbase/v1/groups/eng/membership-certificates"
