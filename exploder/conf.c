@@ -31,6 +31,7 @@ const char *xp_strerror(xp_err err)
     case XP_ERR_CRYPTO: return "CMS processing failed";
     case XP_ERR_BUSY: return "another queue runner is active on this spool";
     case XP_ERR_CIPHER: return "message is encrypted with an algorithm the members cannot decrypt";
+    case XP_ERR_DAMAGED: return "spool file damaged";
     }
     return "unknown error";
 }

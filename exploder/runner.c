@@ -65,6 +65,30 @@ static void envelope_from(const xp_conf *c, const char *list_addr, char *out, si
     snprintf(out, outsz, "%.*s-owner%s", (int)(at - list_addr), list_addr, at);
 }
 
+/* ---- damaged spool files ------------------------------------------------ */
+
+/* Checks message file `name` of m before it is used (spool_file_check).
+ * A damaged one (cut short by a crash or a full disk, changed, missing) is
+ * moved to SPOOL/damaged/ with one log line, and m's pending recipients
+ * fail, so the sender gets a bounce saying so: nothing broken is sent.
+ * XP_OK: the file is sound; XP_ERR_DAMAGED: m was failed (or could not
+ * be: see the log); another error: it cannot be read now (retry). */
+static xp_err check_msg_file(spool *s, const xp_msg *m, const char *name)
+{
+    char why[160], dest[4200], q[200];
+    xp_err rc = spool_file_check(s, name, why, sizeof(why));
+
+    if (rc != XP_ERR_DAMAGED)
+        return rc;
+    if (spool_set_aside(s, name, dest, sizeof(dest)) != XP_OK)
+        dest[0] = '\0';
+    log_error("spool file damaged, set aside and not sent id=%lld file=%s moved_to=%s reason=\"%s\"",
+              (long long)m->id, name, dest[0] ? dest : "-", log_quote(q, sizeof(q), why));
+    if (spool_fail_pending(s, m->id, "spool file damaged", XP_DAMAGED_REASON) != XP_OK)
+        log_error("cannot fail the recipients of a damaged message id=%lld", (long long)m->id);
+    return XP_ERR_DAMAGED;
+}
+
 /* ---- prepare ------------------------------------------------------------ */
 
 static void out_name(const char *in, char *out, size_t outsz)
@@ -94,6 +118,11 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
     }
     if (rc != XP_OK)
         return rc;
+    if ((rc = check_msg_file(s, m, m->file)) != XP_OK) {
+        if (rc == XP_ERR_DAMAGED)
+            rc = XP_OK; /* settled: failed, the sender is told */
+        goto out;
+    }
     out_name(m->file, name, sizeof(name));
     if ((rc = spool_msg_path(s, m->file, in_path, sizeof(in_path))) != XP_OK ||
         (rc = spool_msg_path(s, name, out_path, sizeof(out_path))) != XP_OK)
@@ -300,9 +329,16 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
             goto out;
         envelope_from(c, l != NULL ? l->address : "postmaster", from, sizeof(from));
     } /* bounces go out with the null reverse-path so they never bounce back */
-    if ((rc = spool_msg_path(s, b->msg->out_file != NULL ? b->msg->out_file : b->msg->file, path, sizeof(path))) !=
-        XP_OK)
+    const char *name = b->msg->out_file != NULL ? b->msg->out_file : b->msg->file;
+    if ((rc = spool_msg_path(s, name, path, sizeof(path))) != XP_OK)
         goto out;
+    if ((rc = check_msg_file(s, b->msg, name)) != XP_OK) {
+        if (rc == XP_ERR_DAMAGED) {
+            *settled = true;
+            rc = XP_OK;
+        }
+        goto out;
+    }
     if (per_member) {
         send_member_copies(c, t, b, from, path, now, outcome, next_at, lines, detail, sizeof(detail));
     } else {

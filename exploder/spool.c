@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "log.h"
@@ -80,6 +82,13 @@ static const char *const migrations[] = {
     "ALTER TABLE lists ADD COLUMN group_info_tried INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE recipients ADD COLUMN ri BLOB;"
     "ALTER TABLE messages ADD COLUMN reason TEXT;",
+    /* 2 -> 3: the size and SHA-256 of each message file, recorded with the
+     * row that names it, so a file damaged on disk is set aside, never
+     * sent (files of older spools have none and are not checked). */
+    "CREATE TABLE IF NOT EXISTS files("
+    " name TEXT PRIMARY KEY,"
+    " size INTEGER NOT NULL,"
+    " sha256 TEXT NOT NULL);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -655,6 +664,153 @@ static void unlink_msg(spool *s, const char *name)
         log_warn("cannot remove spool file path=%s errno=%d", path, errno);
 }
 
+/* ---- message file checksums ----------------------------------------------- */
+
+/* Size and SHA-256 (hex) of the file at path, read in pieces. */
+static xp_err file_digest(const char *path, int64_t *size, char hex[65])
+{
+    unsigned char buf[65536], md[32];
+    unsigned mdlen = 0;
+    EVP_MD_CTX *ctx = NULL;
+    FILE *f = NULL;
+    xp_err rc = XP_ERR_IO;
+    size_t n;
+
+    *size = 0;
+    hex[0] = '\0';
+    if ((f = fopen(path, "rb")) == NULL)
+        goto out;
+    if ((ctx = EVP_MD_CTX_new()) == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        rc = XP_ERR_CRYPTO;
+        goto out;
+    }
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+        if (EVP_DigestUpdate(ctx, buf, n) != 1) {
+            rc = XP_ERR_CRYPTO;
+            goto out;
+        }
+        *size += (int64_t)n;
+    }
+    if (ferror(f))
+        goto out;
+    if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
+        rc = XP_ERR_CRYPTO;
+        goto out;
+    }
+    util_hex(md, 32, hex);
+    rc = XP_OK;
+out:
+    EVP_MD_CTX_free(ctx);
+    if (f != NULL)
+        fclose(f);
+    return rc;
+}
+
+/* Records name's size and digest (inside the caller's transaction, the
+ * one that commits the row naming the file). data: the file's bytes, or
+ * NULL to read the file itself. */
+static xp_err record_file(spool *s, const char *name, const void *data, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    char hex[65], path[4096];
+    unsigned char md[32];
+    int64_t size = (int64_t)len;
+    xp_err rc;
+
+    if (data != NULL) {
+        if (EVP_Digest(data, len, md, NULL, EVP_sha256(), NULL) != 1)
+            return XP_ERR_CRYPTO;
+        util_hex(md, 32, hex);
+    } else if ((rc = spool_msg_path(s, name, path, sizeof(path))) != XP_OK ||
+               (rc = file_digest(path, &size, hex)) != XP_OK) {
+        log_error("cannot read spool file to record its digest name=%s errno=%d", name, errno);
+        return rc;
+    }
+    if ((rc = prep(s, "INSERT OR REPLACE INTO files(name,size,sha256) VALUES(?,?,?)", &st)) != XP_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, size);
+    sqlite3_bind_text(st, 3, hex, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "record file");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static xp_err forget_file(spool *s, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc;
+
+    if (name == NULL)
+        return XP_OK;
+    if ((rc = prep(s, "DELETE FROM files WHERE name=?", &st)) != XP_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(s, "forget file");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+xp_err spool_file_check(spool *s, const char *name, char *why, size_t whysz)
+{
+    sqlite3_stmt *st = NULL;
+    char path[4096], hex[65] = "", want[65] = "";
+    int64_t size = 0, want_size = 0;
+    xp_err rc;
+    int r;
+
+    why[0] = '\0';
+    if ((rc = prep(s, "SELECT size, sha256 FROM files WHERE name=?", &st)) != XP_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 1);
+        want_size = sqlite3_column_int64(st, 0);
+        (void)snprintf(want, sizeof(want), "%s", t != NULL ? (const char *)t : "");
+    }
+    sqlite3_finalize(st);
+    if (r == SQLITE_DONE)
+        return XP_OK; /* written before sizes were recorded: not checked */
+    if (r != SQLITE_ROW)
+        return db_fail(s, "file check");
+    if ((rc = spool_msg_path(s, name, path, sizeof(path))) != XP_OK)
+        return rc;
+    rc = file_digest(path, &size, hex);
+    if (rc == XP_ERR_IO && errno == ENOENT)
+        (void)snprintf(why, whysz, "the file is missing");
+    else if (rc != XP_OK)
+        return rc; /* cannot read it now: try again later */
+    else if (size != want_size)
+        (void)snprintf(why, whysz, "%lld bytes where %lld were written", (long long)size, (long long)want_size);
+    else if (strcmp(hex, want) != 0)
+        (void)snprintf(why, whysz, "its content changed since it was written (SHA-256 differs)");
+    else
+        return XP_OK;
+    return XP_ERR_DAMAGED;
+}
+
+xp_err spool_set_aside(spool *s, const char *name, char *dest, size_t destsz)
+{
+    char path[4096], dir[4096];
+    int n;
+
+    dest[0] = '\0';
+    n = snprintf(dir, sizeof(dir), "%s/damaged", s->dir);
+    if (n < 0 || (size_t)n >= sizeof(dir) || spool_msg_path(s, name, path, sizeof(path)) != XP_OK)
+        return XP_ERR_TOO_LARGE;
+    n = snprintf(dest, destsz, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= destsz)
+        return XP_ERR_TOO_LARGE;
+    if (util_mkdir_p(dir, 0700) != UTIL_OK || (rename(path, dest) != 0 && errno != ENOENT)) {
+        log_error("cannot move a damaged spool file aside path=%s errno=%d", path, errno);
+        return XP_ERR_IO;
+    }
+    return forget_file(s, name);
+}
+
 xp_err spool_accept(spool *s, const xp_list *l, const char *sender, const char *message_id, const void *data,
                     size_t len, int64_t *msg_id)
 {
@@ -687,6 +843,9 @@ xp_err spool_accept(spool *s, const xp_list *l, const char *sender, const char *
     }
     id = sqlite3_last_insert_rowid(s->db);
     sqlite3_finalize(st);
+    st = NULL;
+    if ((rc = record_file(s, name, data, len)) != XP_OK)
+        goto out;
     /* the recipients are the members at the time of acceptance */
     if ((rc = prep(s,
                    "INSERT INTO recipients(message_id,address,state,next_attempt) "
@@ -832,14 +991,25 @@ xp_err spool_next_to_prepare(spool *s, int64_t now, xp_msg **out)
 xp_err spool_mark_ready(spool *s, int64_t msg_id, const char *out_file)
 {
     sqlite3_stmt *st = NULL;
-    xp_err rc = prep(s, "UPDATE messages SET state=1, out_file=?, last_error=NULL WHERE id=? AND state=0", &st);
-    if (rc != XP_OK)
+    xp_err rc;
+
+    if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
         return rc;
+    if ((rc = record_file(s, out_file, NULL, 0)) != XP_OK ||
+        (rc = prep(s, "UPDATE messages SET state=1, out_file=?, last_error=NULL WHERE id=? AND state=0", &st)) !=
+            XP_OK)
+        goto out;
     sqlite3_bind_text(st, 1, out_file, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, msg_id);
-    if (sqlite3_step(st) != SQLITE_DONE)
+    if (sqlite3_step(st) != SQLITE_DONE) {
         rc = db_fail(s, "mark ready");
+        goto out;
+    }
+    rc = exec(s, "COMMIT");
+out:
     sqlite3_finalize(st);
+    if (rc != XP_OK)
+        rollback(s);
     return rc;
 }
 
@@ -877,7 +1047,8 @@ xp_err spool_mark_ready_members(spool *s, int64_t msg_id, const char *out_file, 
         qsort(idx, n, sizeof(*idx), cmp_member_ix);
     if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
         goto out;
-    if ((rc = prep(s, "SELECT id, address FROM recipients WHERE message_id=? AND state=0", &sel)) != XP_OK ||
+    if ((rc = record_file(s, out_file, NULL, 0)) != XP_OK ||
+        (rc = prep(s, "SELECT id, address FROM recipients WHERE message_id=? AND state=0", &sel)) != XP_OK ||
         (rc = prep(s, "UPDATE recipients SET ri=? WHERE id=?", &upd)) != XP_OK ||
         (rc = prep(s, "UPDATE recipients SET state=2, last_error=? WHERE id=?", &fail)) != XP_OK ||
         (rc = prep(s, "UPDATE messages SET state=1, out_file=?, last_error=NULL WHERE id=? AND state=0", &ready)) !=
@@ -1182,7 +1353,10 @@ xp_err spool_finish(spool *s, const xp_msg *m, const char *bounce_rcpt, const vo
         return rc;
     if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
         goto out;
-    if (bounce_rcpt != NULL && (rc = insert_bounce(s, bounce_rcpt, name)) != XP_OK)
+    if (bounce_rcpt != NULL && ((rc = insert_bounce(s, bounce_rcpt, name)) != XP_OK ||
+                                (rc = record_file(s, name, bounce, bounce_len)) != XP_OK))
+        goto out;
+    if ((rc = forget_file(s, m->file)) != XP_OK || (rc = forget_file(s, m->out_file)) != XP_OK)
         goto out;
     if ((rc = prep(s, "DELETE FROM messages WHERE id=?", &st)) != XP_OK)
         goto out;
@@ -1267,6 +1441,7 @@ xp_err spool_sweep(spool *s, int64_t now, int64_t min_age)
         if (!file_referenced(s, e->d_name)) {
             log_info("removing unreferenced spool file name=%s", e->d_name);
             unlink_msg(s, e->d_name);
+            (void)forget_file(s, e->d_name);
         }
     }
     closedir(d);

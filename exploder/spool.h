@@ -7,7 +7,9 @@
  * is always written completely (temp file, fsync, rename, fsync of the
  * directory) BEFORE the row that names it is committed, so a committed row
  * never points at a missing or half-written file; a crash in between
- * leaves only an unreferenced file, which spool_sweep removes later.
+ * leaves only an unreferenced file, which spool_sweep removes later. The
+ * file's size and SHA-256 go into the same transaction (table files), so
+ * a file damaged later is found (spool_file_check) and never sent.
  *
  * Invariants the queue runner relies on:
  *  - spool_accept commits the message and all its recipients in one
@@ -88,6 +90,19 @@ void xp_strv_free(char **v, size_t n);
 /* Queue counts of a list: messages not done, pending recipients. */
 xp_err spool_list_stats(spool *s, int64_t list_id, int64_t *messages, int64_t *pending);
 
+/* ---- message files ---- */
+
+/* Whether message file `name` is as it was written: its size and SHA-256
+ * are recorded (table files) in the transaction that commits the row
+ * naming it. XP_OK when it matches or was written before sizes were
+ * recorded; XP_ERR_DAMAGED (why says how: missing, cut short, changed)
+ * when it does not: it must not be used; another error when it cannot be
+ * read now. */
+xp_err spool_file_check(spool *s, const char *name, char *why, size_t whysz);
+/* Moves a damaged message file to SPOOL/damaged/ (dest: where, for the
+ * log) and forgets its record. */
+xp_err spool_set_aside(spool *s, const char *name, char *dest, size_t destsz);
+
 /* ---- accepting ---- */
 
 typedef enum xp_msg_kind { XP_KIND_LIST = 0, XP_KIND_BOUNCE = 1 } xp_msg_kind;
@@ -125,6 +140,8 @@ xp_err spool_defer_prepare(spool *s, int64_t msg_id, int64_t next_at, const char
 /* Why a member of a member-certs list got no copy (their failed row's
  * last_error; the bounce counts them). */
 #define XP_NO_CERT_REASON "no certificate at the group server"
+/* The bounce's reason for a message whose spool file was damaged. */
+#define XP_DAMAGED_REASON "the list server's stored copy of it was damaged before it could be sent; send it again"
 /* appended to a recipient's last error when spool_expire gives it up */
 #define XP_EXPIRED_SUFFIX " (expired)"
 /* Member-certs with one copy per member: in one transaction, each pending
