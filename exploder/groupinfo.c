@@ -100,19 +100,69 @@ static void rest_fail_why(gs_rest *r, gs_rest_err e, const char *what, char *why
         snprintf(why, whysz, "%s: %s", what, err);
 }
 
+/* Whether the group server said within the last minute (at most the ttl)
+ * that its current certificate is one the list knows: a run of messages
+ * to a certificate that is not the group's would otherwise ask it once
+ * each. Such a message is deferred meanwhile, never refused on an old
+ * answer: the group key may have been rotated since. */
+static bool asked_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
+{
+    int64_t ttl = (int64_t)c->group_info_ttl;
+    if (!within(l->group_cert_at, now, ttl < 60 ? ttl : 60))
+        return false;
+    snprintf(why, whysz, "the group server said %llds ago that its current certificate is one the list knows",
+             (long long)(now - l->group_cert_at));
+    return true;
+}
+
+/* have (the list's PEM certificates, may be NULL) with leaf appended, as
+ * one NUL-terminated string into *all (caller frees). */
+static xp_err append_cert(const char *have, X509 *leaf, char **all, char *why, size_t whysz)
+{
+    size_t n = have != NULL ? strlen(have) : 0;
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL;
+    long len;
+    xp_err rc = XP_ERR_NOMEM;
+
+    *all = NULL;
+    if (b == NULL || BIO_write(b, have != NULL ? have : "", (int)n) < (int)n ||
+        (n > 0 && have[n - 1] != '\n' && BIO_write(b, "\n", 1) != 1) || !PEM_write_bio_X509(b, leaf) ||
+        BIO_write(b, "", 1) != 1) /* the NUL */
+        goto out;
+    len = BIO_get_mem_data(b, &data);
+    if (len <= 0 || (size_t)len > GROUP_CERTS_CAP) {
+        snprintf(why, whysz, "the list's group certificates would exceed %u bytes", GROUP_CERTS_CAP);
+        rc = XP_ERR_TOO_LARGE;
+        goto out;
+    }
+    if ((*all = strdup(data)) == NULL)
+        goto out;
+    rc = XP_OK;
+out:
+    BIO_free(b);
+    return rc;
+}
+
+/* Adds to a list's certificates another deliver may be adding to at the
+ * same time: each try replaces them only if they are still the ones it
+ * read (spool_list_set_group_cert), else reads them again. */
+#define CERT_ADD_TRIES 4
+
 xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
 {
     gs_rest *r = NULL;
     gs_rest_err e;
     char *pem = NULL, *all = NULL;
-    size_t len = 0, have = l->group_cert != NULL ? strlen(l->group_cert) : 0;
+    size_t len = 0;
     int64_t now = (int64_t)time(NULL);
     BIO *b = NULL;
     X509 *leaf = NULL;
+    xp_list *fresh = NULL;
     xp_err rc;
 
     why[0] = '\0';
-    if (failed_lately(c, l, now, why, whysz))
+    if (failed_lately(c, l, now, why, whysz) || asked_lately(c, l, now, why, whysz))
         return XP_ERR_TEMP;
     if ((e = deliver_rest(c, l, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
@@ -132,37 +182,39 @@ xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, 
         rc = XP_ERR_FORMAT;
         goto out;
     }
-    if (xp_group_cert_known(l->group_cert, leaf)) {
-        rc = XP_ERR_NOTFOUND;
-        goto out;
-    }
-    rc = XP_ERR_NOMEM;
-    BIO_free(b);
-    if ((b = BIO_new(BIO_s_mem())) == NULL || BIO_write(b, l->group_cert != NULL ? l->group_cert : "", (int)have) <
-                                                  (int)have ||
-        (have > 0 && l->group_cert[have - 1] != '\n' && BIO_write(b, "\n", 1) != 1) || !PEM_write_bio_X509(b, leaf) ||
-        BIO_write(b, "", 1) != 1) /* the NUL */
-        goto out;
-    {
-        char *data = NULL;
-        long n = BIO_get_mem_data(b, &data);
-        if (n <= 0 || (size_t)n > GROUP_CERTS_CAP) {
-            snprintf(why, whysz, "the list's group certificates would exceed %u bytes", GROUP_CERTS_CAP);
-            rc = XP_ERR_TOO_LARGE;
+    for (int tries = 1;; tries++) {
+        if (xp_group_cert_known(l->group_cert, leaf)) {
+            /* known: the server's answer is no news (or another deliver
+             * added it meanwhile, and the message is to be checked again) */
+            if (spool_list_group_cert_checked(s, l->id, now) == XP_OK)
+                l->group_cert_at = now;
+            rc = tries == 1 ? XP_ERR_NOTFOUND : XP_OK;
             goto out;
         }
-        if ((all = strdup(data)) == NULL)
+        free(all);
+        if ((rc = append_cert(l->group_cert, leaf, &all, why, whysz)) != XP_OK)
             goto out;
-    }
-    if ((rc = spool_list_set_group_cert(s, l->id, all)) != XP_OK) {
-        snprintf(why, whysz, "cannot store the group certificate: %s", xp_strerror(rc));
-        goto out;
+        rc = spool_list_set_group_cert(s, l->id, l->group_cert, all, now);
+        if (rc == XP_OK)
+            break;
+        if (rc != XP_ERR_EXISTS || tries == CERT_ADD_TRIES ||
+            (rc = spool_list_get_by_id(s, l->id, &fresh)) != XP_OK) {
+            snprintf(why, whysz, "cannot store the group certificate: %s", xp_strerror(rc));
+            goto out;
+        }
+        free(l->group_cert);
+        l->group_cert = fresh->group_cert;
+        fresh->group_cert = NULL;
+        xp_list_free(fresh);
+        fresh = NULL;
     }
     free(l->group_cert);
     l->group_cert = all;
+    l->group_cert_at = now;
     all = NULL;
     rc = XP_OK;
 out:
+    xp_list_free(fresh);
     free(all);
     X509_free(leaf);
     BIO_free(b);

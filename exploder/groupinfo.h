@@ -30,9 +30,11 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
 /* After `groupsrv group rotate` senders encrypt to a certificate the list
  * has not met: fetches the group's current certificate (GET
  * .../certificate, the same short timeouts; not within a minute of a
- * failed fetch) and, when it is new, adds it to the list's (stored, and
- * in l->group_cert), keeping the older versions, whose mail the group
- * still decrypts. XP_OK when one was added; XP_ERR_NOTFOUND when the
+ * failed fetch, nor of a fetch that found it known: XP_ERR_TEMP then) and,
+ * when it is new, adds it to the list's (stored, and in l->group_cert),
+ * keeping the older versions, whose mail the group still decrypts; a
+ * deliver adding one at the same time is not overwritten. XP_OK when one
+ * was added (or found added by another deliver); XP_ERR_NOTFOUND when the
  * current one is known already; XP_ERR_TEMP (or another error) with why. */
 xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
 

@@ -89,6 +89,9 @@ static const char *const migrations[] = {
     " name TEXT PRIMARY KEY,"
     " size INTEGER NOT NULL,"
     " sha256 TEXT NOT NULL);",
+    /* 3 -> 4: when the group server last said its current certificate is
+     * one the list knows (deliver does not ask again at once). */
+    "ALTER TABLE lists ADD COLUMN group_cert_at INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -371,7 +374,8 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     snprintf(sql, sizeof(sql),
              "SELECT id,address,server,grp,mode,cert,key,cacert,group_cert,require_encrypted,members_only,"
              "key_transports,group_methods,group_info_at,"
-             "(SELECT count(*) FROM members WHERE members.list_id = lists.id),group_info_tried FROM lists WHERE %s",
+             "(SELECT count(*) FROM members WHERE members.list_id = lists.id),group_info_tried,group_cert_at "
+             "FROM lists WHERE %s",
              where);
     if ((rc = prep(s, sql, &st)) != XP_OK)
         return rc;
@@ -407,6 +411,7 @@ static xp_err list_query(spool *s, const char *where, const char *text, int64_t 
     l->group_info_at = sqlite3_column_int64(st, 13);
     l->n_members = sqlite3_column_int64(st, 14);
     l->group_info_tried = sqlite3_column_int64(st, 15);
+    l->group_cert_at = sqlite3_column_int64(st, 16);
     if (l->address == NULL || l->server == NULL || l->group == NULL)
         goto out;
     *out = l;
@@ -447,32 +452,50 @@ xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs,
     return rc;
 }
 
-xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at)
+/* Sets one time column of a list: sql is "UPDATE lists SET col=? WHERE id=?". */
+static xp_err list_set_time(spool *s, const char *sql, const char *what, int64_t list_id, int64_t at)
 {
     sqlite3_stmt *st = NULL;
-    xp_err rc = prep(s, "UPDATE lists SET group_info_tried=? WHERE id=?", &st);
+    xp_err rc = prep(s, sql, &st);
     if (rc != XP_OK)
         return rc;
     sqlite3_bind_int64(st, 1, at);
     sqlite3_bind_int64(st, 2, list_id);
     if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(s, "list group info tried");
+        rc = db_fail(s, what);
     sqlite3_finalize(st);
     return rc;
 }
 
-xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *pem)
+xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at)
+{
+    return list_set_time(s, "UPDATE lists SET group_info_tried=? WHERE id=?", "list group info tried", list_id, at);
+}
+
+xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *old_pem, const char *pem, int64_t at)
 {
     sqlite3_stmt *st = NULL;
-    xp_err rc = prep(s, "UPDATE lists SET group_cert=? WHERE id=?", &st);
+    /* compare and swap: one statement, so two delivers that each add a
+     * certificate cannot overwrite each other's */
+    xp_err rc = prep(s, "UPDATE lists SET group_cert=?1, group_cert_at=?4 WHERE id=?2 AND group_cert IS ?3", &st);
     if (rc != XP_OK)
         return rc;
     sqlite3_bind_text(st, 1, pem, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, list_id);
+    bind_opt(st, 3, old_pem);
+    sqlite3_bind_int64(st, 4, at);
     if (sqlite3_step(st) != SQLITE_DONE)
         rc = db_fail(s, "list group certificate");
+    else if (sqlite3_changes(s->db) != 1)
+        rc = XP_ERR_EXISTS;
     sqlite3_finalize(st);
     return rc;
+}
+
+xp_err spool_list_group_cert_checked(spool *s, int64_t list_id, int64_t at)
+{
+    return list_set_time(s, "UPDATE lists SET group_cert_at=? WHERE id=?", "list group certificate checked", list_id,
+                         at);
 }
 
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address)

@@ -53,6 +53,7 @@ typedef struct xp_list {
     char *kt_algs, *group_methods; /* key transports the group accepts; its methods */
     int64_t group_info_at;  /* when it was fetched (unix seconds), 0 = never */
     int64_t group_info_tried; /* when fetching it last failed, 0 = never */
+    int64_t group_cert_at;  /* when the group server's current certificate was last fetched, 0 = never */
     int64_t n_members;      /* list members when read */
 } xp_list;
 void xp_list_free(xp_list *l);
@@ -76,8 +77,14 @@ xp_err spool_list_set_group_info(spool *s, int64_t list_id, const char *kt_algs,
                                  int64_t at);
 /* Notes that fetching it failed at `at` (what was cached stays). */
 xp_err spool_list_group_info_tried(spool *s, int64_t list_id, int64_t at);
-/* Replaces a list's group certificates (PEM: every key version it knows). */
-xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *pem);
+/* Replaces a list's group certificates (PEM: every key version it knows)
+ * by pem if they are still old_pem (NULL: none), noting `at` as the time
+ * the group server was asked; XP_ERR_EXISTS when they changed meanwhile
+ * (another deliver added one: read them again and retry). */
+xp_err spool_list_set_group_cert(spool *s, int64_t list_id, const char *old_pem, const char *pem, int64_t at);
+/* Notes that the group server said at `at` that its current certificate
+ * is one the list knows. */
+xp_err spool_list_group_cert_checked(spool *s, int64_t list_id, int64_t at);
 xp_err spool_member_add(spool *s, int64_t list_id, const char *address);    /* XP_ERR_EXISTS */
 /* Adds many in one transaction; existing ones are skipped (*added counts
  * the new ones). */

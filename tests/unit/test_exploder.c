@@ -173,6 +173,17 @@ static int count_files(const char *dir)
     return system(cmd) == 0 ? 0 : 1;
 }
 
+/* A list of mode `mode` at address, group eng, to hand to spool_list_create. */
+static void list_init(xp_list *l, char *address, xp_mode mode)
+{
+    memset(l, 0, sizeof(*l));
+    l->address = address;
+    l->server = "https://gs.example:8443";
+    l->group = "eng";
+    l->mode = mode;
+    l->require_encrypted = true;
+}
+
 static void test_spool_flow(void **state)
 {
     (void)state;
@@ -187,12 +198,7 @@ static void test_spool_flow(void **state)
     char *addrs[] = {"a@x.org", "b@x.org", "c@x.org"};
 
     assert_int_equal(spool_open(dir, &s), XP_OK);
-    memset(&l, 0, sizeof(l));
-    l.address = "eng@lists.example.org";
-    l.server = "https://gs.example:8443";
-    l.group = "eng";
-    l.mode = XP_MODE_FORWARD;
-    l.require_encrypted = true;
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
     assert_int_equal(spool_list_create(s, &l), XP_OK);
     assert_int_equal(spool_list_create(s, &l), XP_ERR_EXISTS);
     assert_int_equal(spool_list_get(s, "ENG@lists.example.org", &got), XP_OK);
@@ -353,12 +359,7 @@ static void test_member_copies(void **state)
     size_t ri_len[] = {sizeof(rb), sizeof(ra), sizeof(rz)};
 
     assert_int_equal(spool_open(dir, &s), XP_OK);
-    memset(&l, 0, sizeof(l));
-    l.address = "mc@lists.example.org";
-    l.server = "https://gs.example:8443";
-    l.group = "eng";
-    l.mode = XP_MODE_MEMBER_CERTS;
-    l.require_encrypted = true;
+    list_init(&l, "mc@lists.example.org", XP_MODE_MEMBER_CERTS);
     assert_int_equal(spool_list_create(s, &l), XP_OK);
     assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
     assert_int_equal(got->group_info_at, 0);
@@ -466,6 +467,42 @@ static void test_group_accepts(void **state)
 
 /* A version-1 spool (before issue 14) with a queued message gets the new
  * columns; its queue keeps working. */
+/* Two delivers that each add a group certificate to a list (after a
+ * rotation) must not overwrite each other: the store is a compare and
+ * swap, and one made on stale certificates fails (XP_ERR_EXISTS), leaving
+ * the other's. The time of the fetch is kept with it. */
+static void test_group_cert_swap(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    spool *s = NULL;
+    xp_list l, *got = NULL;
+
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
+    l.group_cert = "V1";
+    assert_int_equal(spool_list_create(s, &l), XP_OK);
+    assert_int_equal(spool_list_get(s, l.address, &got), XP_OK);
+    assert_int_equal(got->group_cert_at, 0);
+    /* both read V1; the first adds V2, the second (V3) finds V1 gone */
+    assert_int_equal(spool_list_set_group_cert(s, got->id, "V1", "V1V2", 100), XP_OK);
+    assert_int_equal(spool_list_set_group_cert(s, got->id, "V1", "V1V3", 101), XP_ERR_EXISTS);
+    assert_int_equal(spool_list_set_group_cert(s, got->id, NULL, "V3", 101), XP_ERR_EXISTS);
+    assert_int_equal(spool_list_set_group_cert(s, got->id, "V1V2", "V1V2V3", 102), XP_OK);
+    int64_t id = got->id;
+    xp_list_free(got);
+    assert_int_equal(spool_list_get_by_id(s, id, &got), XP_OK);
+    assert_string_equal(got->group_cert, "V1V2V3");
+    assert_int_equal(got->group_cert_at, 102);
+    assert_int_equal(spool_list_group_cert_checked(s, id, 200), XP_OK);
+    xp_list_free(got);
+    assert_int_equal(spool_list_get_by_id(s, id, &got), XP_OK);
+    assert_int_equal(got->group_cert_at, 200);
+    xp_list_free(got);
+    spool_close(s);
+    rm_rf(dir);
+}
+
 static void test_spool_migrate_v1(void **state)
 {
     (void)state;
@@ -548,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
+        cmocka_unit_test(test_group_cert_swap),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# deliver and the group certificate refresh (docs/exploder.1.md, list):
+# a run of messages to a certificate that is not the group's asks the
+# group server once, not once each (the first is refused, 77 5.7.1; the
+# next ones within the minute, here group_info_ttl = 3 s, are deferred, 75
+# 4.3.0, never refused on an answer that may be stale); a rotation inside
+# that window defers the mail to the new certificate instead of refusing
+# it, and after it the new certificate is fetched and added. Several
+# delivers adding the new certificate at once keep every version.
+# The group server is tests/lib/hostile_groupsrv.py in mode ok, serving
+# the certificate in $W/current.pem and logging every request.
+set -euo pipefail
+. "$(dirname "$0")/exploder-lib.sh"
+xp_setup cert-refresh
+
+bash "$GS_SRC/tests/integration/groupmail-mkcerts.sh" "$W/pki"
+# group certificates as groupsrv issues them: end-entity, from a CA (a
+# self-signed CA certificate after the first is taken for a chain's issuer)
+printf 'subjectAltName=email:eng@lists.example.org\nkeyUsage=critical,keyEncipherment\nbasicConstraints=CA:FALSE\n' \
+  >"$W/group.ext"
+for v in 1 2 3; do
+  openssl req -newkey rsa:2048 -nodes -keyout "$W/v$v.key" -out "$W/v$v.csr" -subj /CN=eng@lists.example.org 2>/dev/null
+  openssl x509 -req -in "$W/v$v.csr" -CA "$W/pki/ca.pem" -CAkey "$W/pki/ca.key" -CAcreateserial -days 2 \
+    -extfile "$W/group.ext" -out "$W/v$v.pem" 2>/dev/null
+done
+xp_cert other other@example.org
+cp "$W/v1.pem" "$W/current.pem"
+echo ok >"$W/gs.mode"
+$PY "$GS_SRC/tests/lib/hostile_groupsrv.py" --cert "$W/pki/server.pem" --key "$W/pki/server.key" \
+  --client-ca "$W/pki/ca.pem" --port-file "$W/gs.port" --mode-file "$W/gs.mode" --log "$W/requests.log" \
+  --group-cert "$W/current.pem" 2>>"$W/gs.err" &
+XP_PIDS+=("$!")
+for _ in $(seq 1 100); do [ -s "$W/gs.port" ] && break; sleep 0.1; done
+[ -s "$W/gs.port" ] || fail "group server stub did not start: $(cat "$W/gs.err")"
+xp_conf "smtp://127.0.0.1:1" "starttls = no" "group_info_ttl = 3" "[tls]" "cert = $W/pki/alice.pem" \
+  "key = $W/pki/alice.key" "ca = $W/pki/ca.pem" "timeout = 5"
+L=eng@lists.example.org
+xp list create $L --group-server "https://127.0.0.1:$(cat "$W/gs.port")" --group eng --mode forward \
+  --group-cert "$W/v1.pem" >/dev/null
+xp list add $L m1@example.net >/dev/null
+gets() { grep -c '^GET /v1/groups/eng/certificate ' "$W/requests.log" || true; }
+expect() { # expect RC STATUS MESSAGE
+  local rc=0
+  xp deliver --list $L --sender alice@example.org <"$3" 2>"$W/deliver.err" || rc=$?
+  [ "$rc" = "$1" ] && grep -q "^$2 " "$W/deliver.err" ||
+    fail "$3: exit $rc, want $1 $2: $(cat "$W/deliver.err")"
+}
+
+xp_encrypt "$W/other.pem" "$W/other.eml" "not to the group"
+sleep 3.2 # past the discovery list create fetched
+expect 77 5.7.1 "$W/other.eml"
+[ "$(gets)" = 1 ] || fail "want one certificate fetch, got $(gets)"
+for _ in 1 2 3; do expect 75 4.3.0 "$W/other.eml"; done
+grep -q 'the group server said [0-9]*s ago that its current certificate is one the list knows' "$W/deliver.err" ||
+  fail "deferral reason: $(cat "$W/deliver.err")"
+[ "$(gets)" = 1 ] || fail "a run of foreign-key messages asked the group server $(gets) times, want once"
+echo "ok: 4 messages to a foreign certificate, one certificate fetch"
+
+# a rotation inside the window: deferred, not refused; then taken
+cp "$W/v2.pem" "$W/current.pem"
+xp_encrypt "$W/v2.pem" "$W/v2.eml" "to version 2"
+expect 75 4.3.0 "$W/v2.eml"
+sleep 3.2
+xp deliver --list $L --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
+  fail "mail to the rotated certificate after the window: $(cat "$W/deliver.err")"
+[ "$(gets)" = 2 ] || fail "want a second fetch after the window, got $(gets)"
+echo "ok: a rotation inside the window is deferred, then taken"
+
+# three delivers at once after the next rotation: each finds v3 new, all
+# are taken, and the list keeps v1, v2 and v3
+cp "$W/v3.pem" "$W/current.pem"
+xp_encrypt "$W/v3.pem" "$W/v3.eml" "to version 3"
+sleep 3.2
+pids=()
+for i in 1 2 3; do
+  xp deliver --list $L --sender alice@example.org <"$W/v3.eml" 2>"$W/deliver.$i.err" & pids+=("$!")
+done
+for i in 1 2 3; do wait "${pids[$((i - 1))]}" || fail "concurrent deliver $i: $(cat "$W/deliver.$i.err")"; done
+certs=$(sqlite3 "$W/spool/exploder.db" "SELECT group_cert FROM lists WHERE address='$L'")
+for v in 1 2 3; do
+  fp=$(openssl x509 -in "$W/v$v.pem" -noout -fingerprint -sha256)
+  grep -q -- "$(openssl x509 -in "$W/v$v.pem" | sed -n 2p)" <<<"$certs" || fail "the list lost version $v ($fp)"
+done
+echo "ok: concurrent delivers keep every certificate"
+echo "exploder cert refresh: ok"
