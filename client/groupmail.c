@@ -89,6 +89,83 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* The commands, as bits, for the options that belong to some of them. */
+enum {
+    C_FETCH_CERT = 1u << 0, C_ENCRYPT = 1u << 1, C_SEND = 1u << 2, C_DECRYPT = 1u << 3, C_UNWRAP = 1u << 4,
+    C_CERTIFY = 1u << 5, C_KEYS_SYNC = 1u << 6, C_KEYS_LIST = 1u << 7, C_KEYS_TRANSPORT = 1u << 8,
+    C_KEYS_IMPORT = 1u << 9, C_CSR = 1u << 10, C_ALL = (1u << 11) - 1,
+};
+
+static const struct {
+    const char *name; /* as on the command line; "keys sync" */
+    unsigned bit;
+} commands[] = {
+    {"fetch-cert", C_FETCH_CERT},  {"encrypt", C_ENCRYPT},
+    {"send", C_SEND},              {"decrypt", C_DECRYPT},
+    {"unwrap", C_UNWRAP},          {"certify", C_CERTIFY},
+    {"keys sync", C_KEYS_SYNC},    {"keys list", C_KEYS_LIST},
+    {"keys transport-key", C_KEYS_TRANSPORT}, {"keys import-group-key", C_KEYS_IMPORT},
+    {"csr", C_CSR},
+};
+
+/* The commands an option applies to (docs/groupmail.1.md, Synopsis);
+ * those of its Options table (and -c, -v, -q) apply to every command.
+ * send takes encrypt's options only with --encrypt (checked apart). */
+static unsigned option_commands(int opt)
+{
+    const unsigned to_server = C_FETCH_CERT | C_ENCRYPT | C_SEND | C_DECRYPT | C_UNWRAP | C_CERTIFY | C_KEYS_SYNC |
+                               C_KEYS_LIST;
+    switch (opt) {
+    case O_SERVER:
+    case O_GROUP:
+    case O_CERT: return to_server; /* --cert, --key: also the TLS identity of every request */
+    case O_KEY: return to_server | C_CSR;
+    case O_REPIN: return C_FETCH_CERT | C_ENCRYPT | C_SEND | C_DECRYPT | C_UNWRAP;
+    case O_MIME:
+    case O_CBC:
+    case O_OAEP:
+    case O_FORMAT: return C_ENCRYPT | C_SEND;
+    case O_SMTP:
+    case O_SMTP_CACERT:
+    case O_SMTP_USER:
+    case O_SMTP_PASSWORD_FILE:
+    case O_SMTP_STARTTLS:
+    case O_TO:
+    case O_ENCRYPT: return C_SEND;
+    case O_FROM: return C_SEND | C_CSR;
+    case O_VIA: return C_DECRYPT | C_UNWRAP;
+    case O_RI:
+    case O_CALG: return C_UNWRAP;
+    case O_IN: return C_ENCRYPT | C_SEND | C_DECRYPT | C_UNWRAP | C_KEYS_IMPORT;
+    case O_OUT: return C_FETCH_CERT | C_ENCRYPT | C_DECRYPT | C_KEYS_TRANSPORT | C_CSR;
+    default: return C_ALL;
+    }
+}
+
+/* The command bit of argv[0] (and argv[1] for keys); C_ALL for a keys
+ * subcommand that does not exist (cmd_keys says so). */
+static unsigned command_bit(const char *cmd, const char *sub, const char **name)
+{
+    char full[64];
+
+    (void)snprintf(full, sizeof(full), "%s%s%s", cmd, sub != NULL ? " " : "", sub != NULL ? sub : "");
+    for (size_t i = 0; i < GS_ARRAY_LEN(commands); i++)
+        if (strcmp(full, commands[i].name) == 0) {
+            *name = commands[i].name;
+            return commands[i].bit;
+        }
+    *name = cmd;
+    return C_ALL;
+}
+
+static const char *option_name(int opt)
+{
+    for (size_t i = 0; long_opts[i].name != NULL; i++)
+        if (long_opts[i].val == opt)
+            return long_opts[i].name;
+    return "?";
+}
+
 static int set_str(char **dst, const char *v)
 {
     free(*dst);
@@ -119,10 +196,13 @@ static int option_error(int ch, char **argv)
     return GM_EXIT_USAGE;
 }
 
-/* Flags into c; then environment, then the config file fill what is unset. */
-static int parse_options(int argc, char **argv, gm_config *c)
+/* Flags into c; then environment, then the config file fill what is unset.
+ * A flag the command (cmd, named cmd_name) does not take is a usage error,
+ * as an unknown one is: silently ignoring it hides a mistake (an SMTP
+ * option given to decrypt, --cbc to send without --encrypt). */
+static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_name, gm_config *c)
 {
-    int ch;
+    int ch, encrypt_only = 0;
     long t;
     char **dst;
 
@@ -130,6 +210,13 @@ static int parse_options(int argc, char **argv, gm_config *c)
     opterr = 0; /* one line of ours, not getopt's and the whole usage */
     while ((ch = getopt_long(argc, argv, ":c:vqh", long_opts, NULL)) != -1) {
         dst = NULL;
+        if (ch >= O_SERVER && (option_commands(ch) & cmd) == 0) {
+            gm_err("--%s does not apply to %s (see groupmail --help)", option_name(ch), cmd_name);
+            return GM_EXIT_USAGE;
+        }
+        if (cmd == C_SEND && encrypt_only == 0 && ch >= O_SERVER && ch != O_IN && option_commands(ch) != C_ALL &&
+            (option_commands(ch) & C_ENCRYPT) != 0)
+            encrypt_only = ch;
         switch (ch) {
         case O_SERVER: dst = &c->server; break;
         case O_GROUP: dst = &c->group; break;
@@ -183,6 +270,10 @@ static int parse_options(int argc, char **argv, gm_config *c)
     }
     if (optind != argc) {
         gm_err("unexpected argument '%s'", argv[optind]);
+        return GM_EXIT_USAGE;
+    }
+    if (encrypt_only != 0 && !c->encrypt_first) {
+        gm_err("--%s applies to send only with --encrypt (see groupmail --help)", option_name(encrypt_only));
         return GM_EXIT_USAGE;
     }
     if (gm_config_load_env(c) != 0)
@@ -1802,7 +1893,9 @@ int main(int argc, char **argv)
         }
         shift = 2;
     }
-    if ((rc = parse_options(argc - shift, argv + shift, &c)) != GM_EXIT_OK)
+    const char *cmd_name;
+    unsigned cmd_bit = command_bit(cmd, shift == 2 ? argv[2] : NULL, &cmd_name);
+    if ((rc = parse_options(argc - shift, argv + shift, cmd_bit, cmd_name, &c)) != GM_EXIT_OK)
         goto out;
     /* Library diagnostics only with -v: the user gets one line from us. */
     if (c.verbose)

@@ -124,6 +124,19 @@ expect 2 "^groupmail: option --timeout needs a value $usage" "groupmail --timeou
 expect 2 "^groupmail: option --cbc takes no value $usage" "groupmail --cbc=yes" -- "$gm" encrypt --cbc=yes
 expect 2 "^groupmail: unknown option -x $usage" "groupmail -x" -- "$gm" encrypt -x
 expect 2 "^groupmail: keys: expected sync, list" "groupmail keys alone" -- "$gm" keys
+# an option the command does not take is named, never silently ignored
+expect 2 "^groupmail: --smtp does not apply to decrypt $usage" "groupmail decrypt --smtp" -- \
+  "$gm" decrypt --smtp smtp://127.0.0.1:25 --in /dev/null
+expect 2 "^groupmail: --to does not apply to encrypt $usage" "groupmail encrypt --to" -- "$gm" encrypt --to x@example.org
+expect 2 "^groupmail: --via does not apply to keys sync $usage" "groupmail keys sync --via" -- "$gm" keys sync --via tls
+expect 2 "^groupmail: --out does not apply to keys list $usage" "groupmail keys list --out" -- "$gm" keys list --out f
+expect 2 "^groupmail: --server does not apply to csr $usage" "groupmail csr --server" -- "$gm" csr --server https://x
+expect 2 "^groupmail: --recipient-info does not apply to decrypt $usage" "groupmail decrypt --recipient-info" -- \
+  "$gm" decrypt --recipient-info ri.der
+expect 2 "^groupmail: --cbc applies to send only with --encrypt $usage" "groupmail send --cbc without --encrypt" -- \
+  "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --cbc
+expect 2 "^groupmail: --server applies to send only with --encrypt $usage" "groupmail send --server without --encrypt" -- \
+  "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --server https://x
 expect 2 "^groupmail: --key: the pkcs11: URI carries a PIN \(pin-value; not shown\)" "groupmail --key ...pin-value" -- \
   "$gm" csr --hsm-module /usr/lib/softhsm/libsofthsm2.so --from a@example.org \
   --key 'pkcs11:token=t;object=k;type=private?pin-value=918273'
