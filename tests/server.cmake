@@ -18,14 +18,14 @@ add_test(NAME server_token
 set_tests_properties(server_token PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
-# The audit log, compiled on its own with fdatasync and write wrapped so a
+# The audit log, compiled on its own with fdatasync, write and pread wrapped so a
 # test can fail or slow a sync round, or stop a write short (a full disk);
 # its database form against a private PostgreSQL (tests/lib/pg.sh).
 add_executable(test_audit ${GS_TEST_DIR}/unit/test_audit.c ${PROJECT_SOURCE_DIR}/groupsrv/server/audit.c)
 target_include_directories(test_audit PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
 target_link_libraries(test_audit PRIVATE gs_pgtest gs_groupsrv_core gs_common PkgConfig::JANSSON PkgConfig::OPENSSL
   PkgConfig::CMOCKA Threads::Threads)
-target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync -Wl,--wrap=write)
+target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync -Wl,--wrap=write -Wl,--wrap=pread)
 gs_target_warnings(test_audit)
 add_test(NAME unit_audit COMMAND bash ${GS_TEST_DIR}/lib/pg.sh run $<TARGET_FILE:test_audit>)
 set_tests_properties(unit_audit PROPERTIES LABELS "unit")

@@ -137,7 +137,7 @@ static void hash_line(const char *line, size_t len, char hex[2 * SHA256_DIGEST_L
 
 /* Reads the last line of fd (a readable descriptor) into *line (malloc'd,
  * NUL instead of its newline; NULL for an empty file). */
-static audit_err read_last_line(int fd, char **line, size_t *len)
+static audit_err read_last_line_at(int fd, char **line, size_t *len, off_t *size)
 {
     audit_err rc = AUDIT_ERR_IO;
     struct stat st;
@@ -149,6 +149,8 @@ static audit_err read_last_line(int fd, char **line, size_t *len)
     *len = 0;
     if (fstat(fd, &st) != 0)
         goto out;
+    if (size != NULL)
+        *size = st.st_size;
     if (st.st_size == 0) {
         rc = AUDIT_OK;
         goto out;
@@ -189,20 +191,28 @@ out:
     return rc;
 }
 
-/* Hashes the last line of log->fd into log->prev_hex (zeros if empty). */
+static audit_err read_last_line(int fd, char **line, size_t *len)
+{
+    return read_last_line_at(fd, line, len, NULL);
+}
+
+/* Hashes the last line of log->fd into log->prev_hex (zeros if empty),
+ * and notes the size it was read at in log->end: a later size tells that
+ * another process appended. The caller holds the file's flock, or the
+ * line and the size could be another appender's apart. */
 static audit_err load_chain_head(struct audit_log *log)
 {
     char *line = NULL;
     size_t len = 0;
-    struct stat st;
-    audit_err rc = read_last_line(log->fd, &line, &len);
+    off_t size = 0;
+    audit_err rc = read_last_line_at(log->fd, &line, &len, &size);
 
     memset(log->prev_hex, '0', sizeof(log->prev_hex) - 1);
     log->prev_hex[sizeof(log->prev_hex) - 1] = '\0';
     if (rc == AUDIT_OK && line != NULL)
         hash_line(line, len, log->prev_hex);
-    if (rc == AUDIT_OK && fstat(log->fd, &st) == 0)
-        log->end = st.st_size;
+    if (rc == AUDIT_OK)
+        log->end = size;
     free(line);
     return rc;
 }
@@ -287,17 +297,19 @@ audit_err audit_open(const char *path, audit_log **out)
         rc = AUDIT_ERR_IO;
         goto out;
     }
-    /* A torn tail is cut before the chain head is read (under the lock
-     * other appenders write under). */
+    /* A torn tail is cut and the chain head read under the lock other
+     * appenders write under: read without it, the head could be the line
+     * before a server's append and the size the one after it, and our
+     * first record would chain to the wrong line. */
     if (flock(log->fd, LOCK_EX) != 0) {
         rc = AUDIT_ERR_IO;
         goto out;
     }
     rc = cut_torn_tail(log->fd, path);
+    if (rc == AUDIT_OK)
+        rc = load_chain_head(log);
     unlock_file(log->fd);
     if (rc != AUDIT_OK)
-        goto out;
-    if ((rc = load_chain_head(log)) != AUDIT_OK)
         goto out;
     *out = log;
     log = NULL;

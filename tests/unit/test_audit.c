@@ -77,6 +77,28 @@ static atomic_int sync_calls;
 static atomic_int sync_delay_ms; /* each call sleeps this long first */
 static void (*during_sync)(void); /* run once inside the next call */
 
+/* Another process appending while a log reads the file: armed with a log
+ * on the same file and a descriptor of it, the next pread(2) that finds
+ * the file's lock free first lets that other log append one record (it
+ * takes the lock itself), as a server may between two system calls of
+ * an appender that does not hold the lock. */
+ssize_t __real_pread(int fd, void *buf, size_t n, off_t off);
+ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off);
+static audit_log *pread_other;
+static int pread_probe_fd = -1;
+
+ssize_t __wrap_pread(int fd, void *buf, size_t n, off_t off)
+{
+    if (pread_other != NULL && flock(pread_probe_fd, LOCK_EX | LOCK_NB) == 0) {
+        audit_log *other = pread_other;
+        audit_record r = {.action = "member-add", .identity = "another process", .outcome = "ok", .key_version = -1};
+        pread_other = NULL;
+        flock(pread_probe_fd, LOCK_UN);
+        (void)audit_append(other, &r);
+    }
+    return __real_pread(fd, buf, n, off);
+}
+
 int __wrap_fdatasync(int fd)
 {
     atomic_fetch_add(&sync_calls, 1);
@@ -757,6 +779,32 @@ static void test_batches_interleave_with_cli_and_rotation(void **state)
     audit_close(srv);
     assert_int_equal(verify(archive), 4);
     chain_ok(f->path, 2, 9);
+}
+
+/* A CLI opening the log while the server appends (groupsrv member add
+ * beside serve): the chain head and the size it was read at are taken
+ * under the file's lock, so the first record chains to the line that is
+ * last, never to the one before a line the server appended meanwhile. */
+static void test_open_reads_head_under_the_lock(void **state)
+{
+    struct fx *f = *state;
+    audit_log *server = NULL, *cli = NULL;
+    audit_record r = rec("ok");
+
+    write_records(f, 2);
+    assert_int_equal(audit_open(f->path, &server), AUDIT_OK);
+    audit_set_lock_wait(server, 20); /* blocked by the CLI's lock: it gives up */
+    assert_true((pread_probe_fd = open(f->path, O_RDONLY | O_CLOEXEC)) >= 0);
+    pread_other = server;
+    assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+    pread_other = NULL;
+    close(pread_probe_fd);
+    pread_probe_fd = -1;
+    assert_int_equal(audit_append(cli, &r), AUDIT_OK);
+    audit_close(cli);
+    audit_close(server);
+    size_t n = verify(f->path);
+    assert_true(n == 3 || n == 4);
 }
 
 /* Two handles on one file (what a server sees when a rotation sealed its
@@ -1518,6 +1566,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_append_chains_and_reopen_continues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_reads_head_under_the_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edited_line_breaks_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_is_not_durable_until_synced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_fails_every_record_it_covered, setup, teardown),
