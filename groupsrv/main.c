@@ -1214,6 +1214,7 @@ static unsigned check_tls(const struct gs_config *cfg)
     X509 *cert = NULL;
     EVP_PKEY *pkey = NULL;
     const char *why;
+    char valid[96], invalid[120];
 
     if (cfg->tls.cert == NULL && cfg->tls.key == NULL) {
         printf("%-10s-    [tls] cert and key not set (serve needs them)\n", "tls");
@@ -1222,10 +1223,10 @@ static unsigned check_tls(const struct gs_config *cfg)
                              cfg->tls.cert ? "key" : "cert");
     } else {
         why = read_leaf_cert(cfg->tls.cert, &cert);
-        if (why == NULL && X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
-            why = "certificate expired";
-        else if (why == NULL && X509_cmp_current_time(X509_get0_notBefore(cert)) > 0)
-            why = "certificate not valid yet";
+        if (why == NULL && util_cert_valid_now(cert, valid, sizeof(valid)) != 0) {
+            (void)snprintf(invalid, sizeof(invalid), "certificate %s", valid);
+            why = invalid;
+        }
         problems += file_row("tls cert", why == NULL, "%s%s%s", cfg->tls.cert, why ? ": " : "", why ? why : "");
         if (strncmp(cfg->tls.key, "pkcs11:", 7) == 0) {
             printf("%-10sOK   the key is on the token (%s); serve checks it at start\n", "tls key", cfg->tls.key);
