@@ -35,40 +35,53 @@ const char *gs_key_state_name(gs_key_state s)
 
 /* ---- choosing a backend ------------------------------------------------- */
 
+size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max)
+{
+    const char *p = location ? location : "";
+    const char *auth = gs_store_location_is_url(p) ? strstr(p, "://") : NULL;
+    const char *rest = p; /* where the query's parameters are looked for */
+    size_t n = 0;
+
+    if (auth != NULL) {
+        /* user:password@, before the host */
+        auth += 3;
+        const char *at = auth + strcspn(auth, "@/?");
+        const char *colon = *at == '@' ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL && n < max)
+            spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(at - colon - 1)};
+        rest = at;
+    }
+    /* in order and apart: each search goes on after the span it found */
+    for (const char *q = strpbrk(rest, "?&"); q != NULL && n < max;) {
+        if (strncmp(q + 1, "password=", 9) != 0) {
+            q = strpbrk(q + 1, "?&");
+            continue;
+        }
+        spans[n] = (gs_store_span){(size_t)(q + 10 - p), strcspn(q + 10, "&")};
+        q = strpbrk(p + spans[n].off + spans[n].len, "?&");
+        n++;
+    }
+    return n;
+}
+
 void gs_store_location_display(const char *location, char *buf, size_t cap)
 {
-    size_t used = 0;
+    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
     const char *p = location ? location : "";
-    const char *auth = strstr(p, "://");
-    const char *at = NULL, *colon = NULL;
+    size_t n = gs_store_url_passwords(p, spans, GS_STORE_URL_PASSWORDS_MAX), used = 0, at = 0;
 
     if (cap == 0)
         return;
-    if (gs_store_location_is_url(p) && auth != NULL) {
-        auth += 3;
-        at = auth + strcspn(auth, "@/?");
-        if (*at == '@')
-            colon = memchr(auth, ':', (size_t)(at - auth));
-        else
-            at = NULL;
-    }
-    while (*p && used + 1 < cap) {
-        if (colon != NULL && p == colon + 1) {
-            /* user:password@ */
-            for (const char *m = "***"; *m && used + 1 < cap; m++)
-                buf[used++] = *m;
-            p = at;
-            continue;
-        }
-        if ((*p == '&' || *p == '?') && strncmp(p + 1, "password=", 9) == 0) {
-            for (size_t i = 0; i < 10 && used + 1 < cap; i++)
-                buf[used++] = *p++;
-            for (const char *m = "***"; *m && used + 1 < cap; m++)
-                buf[used++] = *m;
-            p += strcspn(p, "&");
-            continue;
-        }
-        buf[used++] = *p++;
+    for (size_t i = 0; i <= n; i++) {
+        /* the text up to the next password (or the end), then "***" for it */
+        size_t end = i < n ? spans[i].off : strlen(p);
+        for (; at < end && used + 1 < cap; at++)
+            buf[used++] = p[at];
+        if (i == n)
+            break;
+        for (const char *m = "***"; *m && used + 1 < cap; m++)
+            buf[used++] = *m;
+        at = spans[i].off + spans[i].len;
     }
     buf[used] = '\0';
 }

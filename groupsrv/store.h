@@ -49,6 +49,14 @@ int gs_store_location_is_url(const char *location);
 /* location for messages, with any password in a URI masked ("***"):
  * the user:password@ part and password= parameters. Always terminated. */
 void gs_store_location_display(const char *location, char *buf, size_t cap);
+/* Where the passwords are written in a database URI (user:PASSWORD@, and
+ * each password=PASSWORD of its query): up to max spans, in order, as
+ * offsets into location; returns how many. None in a file path. */
+typedef struct gs_store_span {
+    size_t off, len;
+} gs_store_span;
+#define GS_STORE_URL_PASSWORDS_MAX 8
+size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max);
 
 enum gs_store_flags {
     GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */

@@ -349,18 +349,11 @@ static void mask_secret(char *buf, size_t cap, const char *secret, size_t n)
  * stderr nor the log (`check` shows the URI so too). */
 static void mask_url_passwords(const char *url, char *msg, size_t cap)
 {
-    const char *auth = strstr(url, "://");
+    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
+    size_t n = gs_store_url_passwords(url, spans, GS_STORE_URL_PASSWORDS_MAX);
 
-    if (auth != NULL) {
-        auth += 3;
-        const char *at = auth + strcspn(auth, "@/?");
-        const char *colon = *at == '@' ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        if (colon != NULL)
-            mask_secret(msg, cap, colon + 1, (size_t)(at - colon - 1));
-    }
-    for (const char *p = strchr(url, '?'); p != NULL; p = strchr(p + 1, '&'))
-        if (strncmp(p + 1, "password=", 9) == 0)
-            mask_secret(msg, cap, p + 10, strcspn(p + 10, "&"));
+    for (size_t i = 0; i < n; i++)
+        mask_secret(msg, cap, url + spans[i].off, spans[i].len);
 }
 
 /* Opens the connection and sets the session up: synchronous commit

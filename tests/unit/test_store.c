@@ -1037,6 +1037,11 @@ static void test_helpers(void **state)
     assert_string_equal(buf, "postgresql://db/g?password=***");
     gs_store_location_display("/tmp/a:b@c.db", buf, sizeof(buf));
     assert_string_equal(buf, "/tmp/a:b@c.db");
+    /* an empty password, and one password= running into another '?' */
+    gs_store_location_display("postgresql://u:@h/d", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@h/d");
+    gs_store_location_display("postgresql://u:p@h/d?password=a?password=b&x=1", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@h/d?password=***&x=1");
 }
 
 static int group_sqlite(void **state)
