@@ -114,7 +114,10 @@ void gs_store_rollback(gs_store *st);
  * the "does it exist" checks, released after the commit (or the undo).
  * SQLite: flock(2) on the database's directory (the database file itself
  * would mix with SQLite's own POSIX locks); PostgreSQL: a session advisory
- * lock, so every server sharing the database takes turns. Nests on one
+ * lock, so every server sharing the database takes turns (its connection
+ * lost, the lock is gone: every statement of the handle then fails with
+ * GS_ERR_DB_UNAVAILABLE until the unlock, never on a new connection
+ * without the lock). Nests on one
  * handle. Waits up to GS_STORE_KEYS_LOCK_WAIT_S seconds: GS_OK, GS_ERR_DB
  * after that ("another command has been making keys ..."), GS_ERR_DB or
  * GS_ERR_DB_UNAVAILABLE when the lock cannot be asked for. unlock keeps

@@ -449,6 +449,14 @@ static gs_err ensure_connected(gs_store *st)
         return GS_OK;
     if (st->in_tx)
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "the database connection was lost in a transaction");
+    /* The keys lock (an advisory lock of the session) ended with the
+     * connection: a new one would carry on without it, beside a command
+     * that took it meanwhile. The command stops; after its unlock the
+     * handle connects again. */
+    if (st->keys_locked > 0)
+        return gs_err_set(GS_ERR_DB_UNAVAILABLE,
+                          "the database connection was lost while this command held the keys lock; not carried "
+                          "on without it: try the command again");
     return connect_session(st);
 }
 
@@ -725,8 +733,9 @@ static void pg_rollback(gs_store *st)
 
 /* The keys lock (store.h): a session-level advisory lock, taken outside
  * any transaction and kept across the command's commits. A connection
- * lost meanwhile loses the lock with it; the command's next statement
- * then fails on the lost connection and it stops. */
+ * lost meanwhile loses the lock with it; the command's statements then
+ * fail (ensure_connected does not connect again while it is held) and
+ * it stops. */
 static gs_err pg_keys_lock_try(gs_store *st, bool *got)
 {
     PGresult *res;

@@ -977,6 +977,48 @@ static void test_reconnect(void **state)
     assert_int_equal(gs_store_member_get(f->st, f->gid, "c@example.org", &m), GS_ERR_NOT_FOUND);
 }
 
+/* PostgreSQL's keys lock is a session advisory lock: it ends with its
+ * connection. A command that held it and lost the connection (a database
+ * restart during a key generation) must not carry on over a new one: it
+ * would hold the lock no more, and another server, given it meanwhile,
+ * picks the same label. Its statements fail until it lets go. */
+static void test_keys_lock_lost(void **state)
+{
+    struct fx *f = *state;
+    gs_store *other = NULL;
+    gs_store_member *m = NULL;
+    char sql[256];
+
+    if (!g_pg)
+        return;
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+                   "AND pid <> pg_backend_pid()", f->dbname);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "a@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
+    /* the lock went with the connection: another one gets it at once */
+    assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
+    assert_int_equal(gs_store_keys_lock(other), GS_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
+        assert_null(m);
+    }
+    assert_non_null(strstr(gs_err_detail(), "keys lock"));
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "b@example.org", GS_ROLE_MEMBER, NULL),
+                     GS_ERR_DB_UNAVAILABLE);
+    gs_store_keys_unlock(other);
+    gs_store_close(other);
+    /* let go: the handle connects again */
+    gs_store_keys_unlock(f->st);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "b@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
+    gs_store_keys_unlock(f->st);
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -1084,7 +1126,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_read_snapshot, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_member_put_race, setup, teardown),    \
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
-    cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown)
+    cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),          \
+    cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
