@@ -285,7 +285,10 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
 /* An admin command that audits (the key ceremony) writes a chain of its
  * own, the instance name with this suffix: a server keeps its chain's head
  * in memory, and a record slipped into its chain by another process would
- * fail the server's next batch. Chain names are at most GS_AUDIT_CHAIN_MAX. */
+ * fail the server's next batch. Every admin command writes the one admin
+ * chain, so there a taken seq is another command's record: audit.c reads
+ * the head again and chains after it. Chain names are at most
+ * GS_AUDIT_CHAIN_MAX. */
 #define GS_AUDIT_ADMIN_SUFFIX "/admin"
 #define GS_AUDIT_CHAIN_MAX (GS_AUDIT_INSTANCE_MAX + (int)sizeof(GS_AUDIT_ADMIN_SUFFIX) - 1)
 typedef struct gs_store_audit_row {

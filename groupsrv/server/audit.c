@@ -1078,6 +1078,19 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     return gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);
 }
 
+/* The admin commands' chain (INSTANCE/admin, store.h) is written by every
+ * admin command that runs: one whose head went stale meanwhile (another
+ * command appended) reads it again and chains after it, this many times.
+ * A server's own chain has one writer: there a taken seq fails closed. */
+#define DB_SHARED_CHAIN_TRIES 8
+
+static bool db_chain_shared(const struct audit_log *log)
+{
+    size_t n = strlen(log->instance), sn = strlen(GS_AUDIT_ADMIN_SUFFIX);
+
+    return n > sn && strcmp(log->instance + n - sn, GS_AUDIT_ADMIN_SUFFIX) == 0;
+}
+
 /* Numbers, chains and inserts batch[0..n) in one statement (synchronous
  * commit): 0 when committed. Runs without the mutex, as the one round. */
 static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
@@ -1086,6 +1099,7 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
     char prev[sizeof(log->prev_hex)];
     int rc = -1;
     size_t made = 0;
+    gs_err ge;
 
     if (log->need_head && db_load_head(log) != 0)
         return -1;
@@ -1093,22 +1107,34 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
         return 0;
     if ((lines = calloc(n, sizeof(*lines))) == NULL)
         goto out;
-    memcpy(prev, log->prev_hex, sizeof(prev));
-    for (; made < n; made++) {
-        struct sbuf line = {0};
-        long long seq = (long long)(log->db_seq + 1 + (int64_t)made);
-        audit_err ae = qrec_put_line(&line, &batch[made], log->instance, seq, prev);
-        sb_put(&line, "", 1); /* a C string for the store */
-        if (ae != AUDIT_OK || line.err) {
-            free(line.p);
-            goto out;
+    for (unsigned tries = 1;; tries++) {
+        memcpy(prev, log->prev_hex, sizeof(prev));
+        for (; made < n; made++) {
+            struct sbuf line = {0};
+            long long seq = (long long)(log->db_seq + 1 + (int64_t)made);
+            audit_err ae = qrec_put_line(&line, &batch[made], log->instance, seq, prev);
+            sb_put(&line, "", 1); /* a C string for the store */
+            if (ae != AUDIT_OK || line.err) {
+                free(line.p);
+                goto out;
+            }
+            lines[made] = line.p;
+            hash_line(line.p, line.len - 1, prev);
         }
-        lines[made] = line.p;
-        hash_line(line.p, line.len - 1, prev);
+        ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
+        if (ge == GS_ERR_DB_UNAVAILABLE)
+            ge = db_append_again(log, lines, n, prev);
+        if (ge != GS_ERR_EXISTS || !db_chain_shared(log) || tries == DB_SHARED_CHAIN_TRIES)
+            break;
+        /* another admin command took the seq: the lines again, after its */
+        for (size_t i = 0; i < made; i++) {
+            free(lines[i]);
+            lines[i] = NULL;
+        }
+        made = 0;
+        if (db_load_head(log) != 0)
+            goto out;
     }
-    gs_err ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
-    if (ge == GS_ERR_DB_UNAVAILABLE)
-        ge = db_append_again(log, lines, n, prev);
     if (ge != GS_OK) {
         log_error("audit insert failed instance=%s records=%zu err=%s detail=%s", log->instance, n, gs_strerror(ge),
                   gs_err_detail());

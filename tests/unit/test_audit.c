@@ -1537,6 +1537,31 @@ static void test_db_same_instance_twice_fails_closed(void **state)
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
 }
 
+/* The admin commands' chain (INSTANCE/admin) is shared by every command
+ * run at the same time (two admins, a provisioning script running member
+ * adds side by side): a command whose head went stale meanwhile chains
+ * its record after the other's, never fails it (the change it records
+ * is made already). A server's own chain still fails closed (above). */
+static void test_db_admin_chain_shared(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+    char report[2048];
+    size_t chains = 0;
+
+    assert_int_equal(audit_open_db(f->url, "gs-a" GS_AUDIT_ADMIN_SUFFIX, &a), AUDIT_OK);
+    assert_int_equal(audit_open_db(f->url, "gs-a" GS_AUDIT_ADMIN_SUFFIX, &b), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_append(b, &r), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    audit_close(a);
+    audit_close(b);
+    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 3);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+    assert_non_null(strstr(report, "ok: 3 records"));
+}
+
 /* The key holder's way: writers do not wait, one round inserts the batch
  * (one statement); what is still queued at close is inserted too. */
 static void test_db_round_batches(void **state)
@@ -1606,6 +1631,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_db_lost_connection_fails_its_round_only, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_lost_connection_round_sent_again, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_admin_chain_shared, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_round_batches, db_setup, db_teardown),
     };
     int failed = cmocka_run_group_tests_name("file", tests, NULL, NULL);
