@@ -753,11 +753,20 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
     return err;
 }
 
-/* Best effort, and the thread's error detail stays the command's. */
+/* Best effort, and the thread's error detail stays the command's. A
+ * connection marked lost may still be open (a statement that gave up on
+ * a lock, 55P03, or met a read-only standby): its session, and with it
+ * the lock, is ended here, not at this handle's next statement, which in
+ * a server's idle worker may be a long time away. */
 static void pg_keys_unlock(gs_store *st)
 {
-    if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK)
+    if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK) {
         PQclear(PQexec(PG(st)->conn, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
+    } else if (PG(st)->conn != NULL) {
+        PQfinish(PG(st)->conn);
+        PG(st)->conn = NULL;
+        PG(st)->lost = true;
+    }
 }
 
 /* ---- CA -------------------------------------------------------------------- */

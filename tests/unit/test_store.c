@@ -1019,6 +1019,41 @@ static void test_keys_lock_lost(void **state)
     gs_store_keys_unlock(f->st);
 }
 
+/* A statement that gives up on a lock (lock_timeout, 55P03) marks the
+ * connection lost, but the connection is still open, and so is its
+ * session's keys lock: the unlock must end it, or every command that
+ * makes keys, on every server, waits until this handle's next statement
+ * happens to reconnect (a server's idle worker: any time). */
+static void test_keys_lock_released_after_lock_timeout(void **state)
+{
+    struct fx *f = *state;
+    gs_store *st = NULL;
+    char loc[1200];
+    const char *advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                           "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+    if (!g_pg)
+        return;
+    (void)snprintf(loc, sizeof(loc), "%s%coptions=-c%%20lock_timeout%%3D300", f->loc,
+                   strchr(f->loc, '?') != NULL ? '&' : '?');
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    assert_int_equal(gs_store_keys_lock(st), GS_OK);
+    assert_int_equal(pgtest_int(f->dbname, advisory), 1);
+    /* another transaction holds the row st wants: st's insert gives up */
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "held@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_member_add(st, f->gid, "held@example.org", GS_ROLE_MEMBER, NULL),
+                     GS_ERR_DB_UNAVAILABLE);
+    gs_store_keys_unlock(st);
+    assert_int_equal(pgtest_int(f->dbname, advisory), 0);
+    gs_store_rollback(f->st);
+    /* the handle works again, and takes the lock again */
+    assert_int_equal(gs_store_member_add(st, f->gid, "held@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_keys_lock(st), GS_OK);
+    gs_store_keys_unlock(st);
+    gs_store_close(st);
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -1127,7 +1162,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_member_put_race, setup, teardown),    \
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
     cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),          \
-    cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown)
+    cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown),     \
+    cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
