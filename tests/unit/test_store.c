@@ -942,6 +942,15 @@ static void test_audit_rows(void **state)
     assert_int_equal(gs_store_audit_head(f->st, "", &seq, &line), GS_ERR_ARGS);
 }
 
+/* The SQL that ends every other session on the fixture's database (as a
+ * PostgreSQL restart or failover does to a server's connections). */
+static void end_sessions_sql(const struct fx *f, char *sql, size_t cap)
+{
+    (void)snprintf(sql, cap,
+                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
+                   "AND pid <> pg_backend_pid()", f->dbname);
+}
+
 /* PostgreSQL restarted or failed over: the call that meets the dead
  * connection fails with GS_ERR_DB_UNAVAILABLE, the next one reconnects; a
  * transaction open at the loss fails until rolled back. */
@@ -953,9 +962,7 @@ static void test_reconnect(void **state)
 
     if (!g_pg)
         return;
-    (void)snprintf(sql, sizeof(sql),
-                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
-                   "AND pid <> pg_backend_pid()", f->dbname);
+    end_sessions_sql(f, sql, sizeof(sql));
     assert_int_equal(gs_store_member_add(f->st, f->gid, "a@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
     assert_true(pgtest_int(f->dbname, sql) >= 1);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
@@ -991,9 +998,7 @@ static void test_keys_lock_lost(void **state)
 
     if (!g_pg)
         return;
-    (void)snprintf(sql, sizeof(sql),
-                   "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '%s' "
-                   "AND pid <> pg_backend_pid()", f->dbname);
+    end_sessions_sql(f, sql, sizeof(sql));
     assert_int_equal(gs_store_member_add(f->st, f->gid, "a@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
     assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
     assert_true(pgtest_int(f->dbname, sql) >= 1);
