@@ -1374,6 +1374,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     struct args a;
     hsm_token_info ti;
     unsigned problems = 0, key_problems = 0;
+    bool migrated = false;
     gs_err err;
     hsm_err he;
     int rc = parse_args(argc, argv, NULL, 0, &a);
@@ -1385,6 +1386,19 @@ static int cmd_check(struct env *e, int argc, char **argv)
     problems += check_tls(e->cfg);
     problems += check_audit_path(e->cfg);
     err = env_open(e, NEED_DB_RO);
+    if (err == GS_ERR_SCHEMA) {
+        /* An older schema (after an upgrade) is what serve would migrate at
+         * start: check does it now, where it may write (not on a standby,
+         * nor as a role without ALTER: then both reasons are shown). A
+         * newer schema fails again, unchanged. */
+        char ro_detail[512];
+        (void)snprintf(ro_detail, sizeof(ro_detail), "%s", gs_err_detail());
+        err = env_open(e, NEED_DB);
+        if (err == GS_OK)
+            migrated = true;
+        else if (err != GS_ERR_SCHEMA)
+            (void)gs_err_set(err, "%s; migrating it failed: %s", ro_detail, gs_err_detail());
+    }
     if (err) {
         /* Still show what the token can do: before `ca init` that is what
          * an operator wants to see. */
@@ -1393,7 +1407,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
     } else {
         char where[1100];
         gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
-        printf("database  OK   %s (%s, schema %d)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st));
+        printf("database  OK   %s (%s, schema %d%s)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st),
+               migrated ? ", migrated from an older schema" : "");
     }
     err = env_open(e, NEED_TOKEN);
     if (err) {

@@ -246,9 +246,16 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *s
 {
     gs_err err;
     if (v != GS_STORE_SCHEMA_VERSION) {
-        if (v > GS_STORE_SCHEMA_VERSION || st->readonly)
+        if (v > GS_STORE_SCHEMA_VERSION)
             return gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", where, v,
                               GS_STORE_SCHEMA_VERSION);
+        /* An older schema after an upgrade: a read-only open (group list,
+         * a standby) cannot migrate it, so say what does. */
+        if (st->readonly)
+            return gs_err_set(GS_ERR_SCHEMA,
+                              "database %s has schema version %d, this program needs %d (from an older version: "
+                              "`groupsrv check`, `serve` or a command that writes migrates it)",
+                              where, v, GS_STORE_SCHEMA_VERSION);
         if ((err = migrate(st)) != GS_OK)
             return err;
     }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# upgrade-fixtures.sh BIN SRC: state written by older builds, opened by this
+# one. The fixtures in tests/upgrade/ were made by make-fixtures.sh with
+# the binaries of the commit named on their first line:
+#   - groupsrv databases of schema 1, 2 and 3 (groups with rotated and
+#     retired key versions, secret key versions, members of every role, a
+#     removed one): a read-only command refuses the old schema with one
+#     line that says what migrates it and changes nothing; `check` migrates
+#     it (docs/scale-out.md: "deploy upgrades by running ... `groupsrv
+#     check`"); every value an old column held is still there, unchanged;
+#     the new columns have the documented defaults; group show and member
+#     list read as before;
+#   - their audit logs: `audit verify` passes, and a record this build
+#     appends continues the old chain;
+#   - exploder spools of schema 1, 2 and 3 with a message queued: list
+#     show reads them, `run --once` delivers the queued copies.
+set -euo pipefail
+BIN=$1 SRC=$2
+FX=$SRC/tests/upgrade
+work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/upgrade-fixtures.XXXXXX")
+trap '[ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+unset GROUPSRV_CONF EXPLODER_CONF || true
+"$SRC/scripts/provision-softhsm" "$work/tok" groupsrv >/dev/null
+export SOFTHSM2_CONF=$work/tok/softhsm2.conf
+
+# every table's columns as the old schema had them, all rows
+old_rows() { # old_rows DB COLUMNS-FILE
+  local t cols
+  while read -r t cols; do
+    echo "== $t"
+    sqlite3 "$1" "SELECT $cols FROM \"$t\" ORDER BY rowid"
+  done < "$2"
+}
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=zed@example.org" \
+  -addext "subjectAltName=email:zed@example.org" -keyout "$work/zed.key" -out "$work/zed.pem" 2>/dev/null
+
+for n in 1 2 3; do
+  d=$work/gs$n
+  mkdir "$d"
+  sqlite3 "$d/groupsrv.db" < "$FX/groupsrv-schema$n.sql"
+  cp "$FX/groupsrv-schema$n.audit.jsonl" "$d/audit.jsonl"
+  cat > "$d/gs.conf" <<CONF
+[hsm]
+module = $module
+token = pkcs11:token=groupsrv
+pin_source = $work/tok/user-pin
+[db]
+path = $d/groupsrv.db
+[audit]
+path = $d/audit.jsonl
+CONF
+  gs() { "$BIN/groupsrv" -c "$d/gs.conf" "$@"; }
+  [ "$(sqlite3 "$d/groupsrv.db" 'PRAGMA user_version')" = "$n" ] || fail "fixture $n: user_version"
+  sqlite3 "$d/groupsrv.db" "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name" |
+    while read -r t; do
+      echo "$t $(sqlite3 "$d/groupsrv.db" "SELECT group_concat('quote(\"' || name || '\")', ',') FROM pragma_table_info('$t')")"
+    done > "$d/cols"
+  old_rows "$d/groupsrv.db" "$d/cols" > "$d/before"
+  grep -q '^== members' "$d/before" && grep -q 'alice@example.org' "$d/before" || fail "fixture $n: no members read"
+  sum=$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)
+
+  # a read-only command: refused in one line that says how to migrate; nothing changed
+  rc=0
+  gs group list > "$d/out" 2> "$d/err" || rc=$?
+  [ "$rc" = 1 ] || fail "schema $n: group list exit $rc, wanted 1: $(cat "$d/err")"
+  [ "$(wc -l < "$d/err")" = 1 ] || fail "schema $n: group list error not one line: $(cat "$d/err")"
+  grep -q "schema version $n, this program needs 4 (from an older version: \`groupsrv check\`, \`serve\` or a command that writes migrates it)" \
+    "$d/err" || fail "schema $n: group list does not say what migrates: $(cat "$d/err")"
+  [ "$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)" = "$sum" ] || fail "schema $n: a read-only command changed the database"
+
+  # check migrates (its keys are not on this token: that is its exit 1)
+  gs check > "$d/check" 2>&1 || true
+  grep -q "^database  OK   $d/groupsrv.db (sqlite, schema 4, migrated from an older schema)$" "$d/check" ||
+    fail "schema $n: check did not migrate: $(grep database "$d/check")"
+  [ "$(sqlite3 "$d/groupsrv.db" 'PRAGMA user_version')" = 4 ] || fail "schema $n: not at version 4 after check"
+  if [ "$n" = 3 ]; then # once is enough: a current schema is not migrated again
+    gs check > "$d/check" 2>&1 || true
+    grep -q "^database  OK   $d/groupsrv.db (sqlite, schema 4)$" "$d/check" || fail "schema $n: second check: $(grep database "$d/check")"
+  fi
+
+  # nothing lost or changed, the new columns at their documented defaults
+  old_rows "$d/groupsrv.db" "$d/cols" > "$d/after"
+  cmp -s "$d/before" "$d/after" || { diff "$d/before" "$d/after" | head -20; fail "schema $n: old rows changed"; }
+  [ "$(sqlite3 "$d/groupsrv.db" "SELECT DISTINCT member_wrap || '/' || replicable || '/' || reject_weakenings FROM groups")" = "pkcs1v15/0/" ] ||
+    fail "schema $n: groups' new columns"
+  [ "$(sqlite3 "$d/groupsrv.db" "SELECT count(*) FROM members WHERE wrap IS NOT NULL")" = 0 ] || fail "schema $n: members.wrap"
+  gs group show eng > "$d/show"
+  grep -Eq '^  v3 +current +gs:group:eng:v3' "$d/show" && grep -Eq '^  v2 +old ' "$d/show" &&
+    grep -Eq '^  v1 +retired ' "$d/show" && grep -q '^member wrap: *pkcs1v15$' "$d/show" ||
+    fail "schema $n: group show: $(cat "$d/show")"
+  gs member list eng | awk '{print $1, $2}' > "$d/members"
+  printf 'admin@example.org admin\nalice@example.org member\nbob@example.org member\ndle@example.org exploder\n' |
+    cmp -s - "$d/members" || fail "schema $n: member list: $(cat "$d/members")"
+
+  # the old audit log verifies, and this build's record continues its chain
+  gs audit verify > "$d/av" || fail "schema $n: audit verify of the old log: $(cat "$d/av")"
+  grep -q '^ok: 3 lines' "$d/av" || fail "schema $n: audit verify: $(cat "$d/av")"
+  gs member add eng zed@example.org --cert "$work/zed.pem" > /dev/null
+  gs audit verify > "$d/av" || fail "schema $n: audit verify across the upgrade: $(cat "$d/av")"
+  grep -q '^ok: 4 lines' "$d/av" || fail "schema $n: audit verify after: $(cat "$d/av")"
+  [ "$(tail -n 1 "$d/audit.jsonl" | grep -o '"action":"[a-z-]*"')" = '"action":"member-add"' ] || fail "schema $n: new record"
+  ok "groupsrv database schema $n: refused read-only with a hint, migrated by check, nothing lost; audit chain continued"
+done
+
+for n in 1 2 3; do
+  d=$work/xp$n
+  mkdir -p "$d/spool"
+  sqlite3 "$d/spool/exploder.db" < "$FX/spool-schema$n/exploder.sql"
+  cp -r "$FX/spool-schema$n/msg" "$d/spool/msg"
+  chmod 0700 "$d/spool" "$d/spool/msg"
+  printf '[spool]\npath = %s/spool\n[delivery]\nrelay = maildir:%s/md\n' "$d" "$d" > "$d/x.conf"
+  x() { "$BIN/exploder" -c "$d/x.conf" "$@"; }
+  x list show fwd@lists.example.org > "$d/show" || fail "spool schema $n: list show"
+  grep -q '^queued-messages: 1$' "$d/show" && grep -q '^pending-recipients: 2$' "$d/show" ||
+    fail "spool schema $n: list show: $(cat "$d/show")"
+  [ "$(sqlite3 "$d/spool/exploder.db" 'PRAGMA user_version')" = 4 ] || fail "spool schema $n: not migrated"
+  x run --once 2> "$d/run.log" || fail "spool schema $n: run --once: $(tail -3 "$d/run.log")"
+  for m in alice bob; do
+    f=$(ls "$d/md/$m@example.org/new/" 2>/dev/null | head -1)
+    [ -n "$f" ] && grep -q 'the body queued by the old exploder' "$d/md/$m@example.org/new/$f" ||
+      fail "spool schema $n: $m got no copy of the queued message"
+  done
+  [ "$(sqlite3 "$d/spool/exploder.db" 'SELECT count(*) FROM messages')" = 0 ] || fail "spool schema $n: message left"
+  ok "exploder spool schema $n: migrated, the queued message delivered"
+done
