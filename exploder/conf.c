@@ -32,6 +32,7 @@ const char *xp_strerror(xp_err err)
     case XP_ERR_BUSY: return "another queue runner is active on this spool";
     case XP_ERR_CIPHER: return "message is encrypted with an algorithm the members cannot decrypt";
     case XP_ERR_DAMAGED: return "spool file damaged";
+    case XP_ERR_SCHEMA: return "spool database written by a newer exploder (this one is older: upgrade it again)";
     }
     return "unknown error";
 }

@@ -129,8 +129,12 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         log_error("cannot read message from stdin err=\"%s\"", xp_strerror(rc));
         goto out; /* 75: the MTA keeps it */
     }
-    if ((rc = spool_open(c->spool_path, &s)) != XP_OK)
+    if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
+        /* a downgrade: the MTA keeps the mail until the newer exploder is back */
+        if (rc == XP_ERR_SCHEMA)
+            ex = say(&ans, XP_EX_TEMPFAIL, "4.3.5", "%s", xp_strerror(rc));
         goto out;
+    }
     rc = spool_list_get(s, list_addr, &l);
     if (rc == XP_ERR_NOTFOUND) {
         log_warn("refused: no such list list=%s", log_quote(q, sizeof(q), list_addr));

@@ -221,7 +221,7 @@ xp_err spool_open(const char *dir, spool **out)
     st = NULL;
     if (version > SCHEMA_VERSION) {
         log_error("spool schema is newer than this program have=%d want=%d", version, SCHEMA_VERSION);
-        rc = XP_ERR_DB;
+        rc = XP_ERR_SCHEMA;
         goto out;
     }
     if (version < SCHEMA_VERSION) {

@@ -58,7 +58,9 @@ typedef struct xp_list {
 } xp_list;
 void xp_list_free(xp_list *l);
 
-/* Opens (creating the directory, msg/ and the schema if needed). */
+/* Opens (creating the directory, msg/ and the schema if needed; an older
+ * schema is migrated). XP_ERR_SCHEMA: the schema is newer than this
+ * program's (a downgrade), nothing changed. */
 xp_err spool_open(const char *dir, spool **out);
 void spool_close(spool *s);
 /* SPOOL/msg/NAME into buf. */

@@ -32,6 +32,7 @@ typedef enum xp_err {
     XP_ERR_BUSY,        /* another queue runner holds the spool lock */
     XP_ERR_CIPHER,      /* CMS encrypted with what no member can decrypt (3DES content, say) */
     XP_ERR_DAMAGED,     /* a spool file is not what was written (cut short, changed, missing) */
+    XP_ERR_SCHEMA,      /* the spool database has a newer schema than this program (a downgrade) */
 } xp_err;
 
 const char *xp_strerror(xp_err err);

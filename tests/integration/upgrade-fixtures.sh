@@ -127,3 +127,19 @@ for n in 1 2 3; do
   [ "$(sqlite3 "$d/spool/exploder.db" 'SELECT count(*) FROM messages')" = 0 ] || fail "spool schema $n: message left"
   ok "exploder spool schema $n: migrated, the queued message delivered"
 done
+
+# a downgrade: an exploder older than its spool refuses it, changes nothing,
+# and deliver's 75 leaves the mail with the MTA
+sqlite3 "$d/spool/exploder.db" 'PRAGMA user_version = 99'
+sum=$(sqlite3 "$d/spool/exploder.db" .dump | sha256sum)
+rc=0
+printf 'From: carol@example.org\r\nSubject: x\r\n\r\nbody\r\n' | x deliver --list fwd@lists.example.org > /dev/null 2> "$d/err" || rc=$?
+[ "$rc" = 75 ] || fail "deliver on a newer spool: exit $rc, wanted 75: $(cat "$d/err")"
+[ "$(grep -cv '^[0-9T:.-]*Z level=' "$d/err")" = 1 ] &&
+  grep -q '^4\.3\.5 spool database written by a newer exploder' "$d/err" || fail "deliver on a newer spool said: $(cat "$d/err")"
+rc=0
+x list show fwd@lists.example.org > /dev/null 2> "$d/err" || rc=$?
+[ "$rc" = 1 ] && grep -q 'cannot open spool: spool database written by a newer exploder' "$d/err" ||
+  fail "list show on a newer spool: exit $rc: $(cat "$d/err")"
+[ "$(sqlite3 "$d/spool/exploder.db" .dump | sha256sum)" = "$sum" ] || fail "a newer spool was changed"
+ok "a spool newer than the exploder: refused in one line (deliver 75, 4.3.5), unchanged"

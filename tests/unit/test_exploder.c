@@ -548,6 +548,24 @@ static void test_spool_migrate_v1(void **state)
     /* opening again: nothing left to migrate */
     assert_int_equal(spool_open(dir, &s), XP_OK);
     spool_close(s);
+    /* a newer schema (an older exploder after a downgrade): refused as
+     * such, left as it was */
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(spool_open(dir, &s), XP_ERR_SCHEMA);
+    assert_null(s);
+    assert_non_null(strstr(xp_strerror(XP_ERR_SCHEMA), "newer exploder"));
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "SELECT 1 FROM lists", NULL, NULL, NULL), SQLITE_OK);
+    {
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(q, 0), 99);
+        sqlite3_finalize(q);
+    }
+    sqlite3_close(db);
     rm_rf(dir);
 }
 
