@@ -1389,15 +1389,11 @@ static int cmd_check(struct env *e, int argc, char **argv)
     if (err == GS_ERR_SCHEMA) {
         /* An older schema (after an upgrade) is what serve would migrate at
          * start: check does it now, where it may write (not on a standby,
-         * nor as a role without ALTER: then both reasons are shown). A
-         * newer schema fails again, unchanged. */
-        char ro_detail[512];
-        (void)snprintf(ro_detail, sizeof(ro_detail), "%s", gs_err_detail());
+         * nor as a role without ALTER: the store's error then names the
+         * versions and why the migration failed). A newer schema fails
+         * again, unchanged. */
         err = env_open(e, NEED_DB);
-        if (err == GS_OK)
-            migrated = true;
-        else if (err != GS_ERR_SCHEMA)
-            (void)gs_err_set(err, "%s; migrating it failed: %s", ro_detail, gs_err_detail());
+        migrated = err == GS_OK;
     }
     if (err) {
         /* Still show what the token can do: before `ca init` that is what

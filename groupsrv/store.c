@@ -249,6 +249,12 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *s
         if (v > GS_STORE_SCHEMA_VERSION)
             return gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", where, v,
                               GS_STORE_SCHEMA_VERSION);
+        /* A database without our tables (a PostgreSQL database made for
+         * groupsrv, ca init not run yet) is one not created yet, as a
+         * missing SQLite file is. */
+        if (st->readonly && v == 0)
+            return gs_err_set(GS_ERR_NOT_FOUND, "database %s has no groupsrv tables (run `groupsrv ca init` first)",
+                              where);
         /* An older schema after an upgrade: a read-only open (group list,
          * a standby) cannot migrate it, so say what does. */
         if (st->readonly)
@@ -256,7 +262,11 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *s
                               "database %s has schema version %d, this program needs %d (from an older version: "
                               "`groupsrv check`, `serve` or a command that writes migrates it)",
                               where, v, GS_STORE_SCHEMA_VERSION);
-        if ((err = migrate(st)) != GS_OK)
+        /* v 0 is a database being made (ca init): its own error says it */
+        if ((err = migrate(st)) != GS_OK && v > 0)
+            return gs_err_set(err, "database %s has schema version %d, older than this program's %d, and migrating it "
+                              "failed (nothing was changed): %s", where, v, GS_STORE_SCHEMA_VERSION, gs_err_detail());
+        if (err != GS_OK)
             return err;
     }
     st->schema = GS_STORE_SCHEMA_VERSION;

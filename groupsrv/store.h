@@ -67,7 +67,9 @@ enum gs_store_flags {
  * GS_ERR_NOT_FOUND; a PostgreSQL database must exist (GS_ERR_NOT_FOUND if
  * not; GS_STORE_CREATE there means "apply migrations", as on any
  * read-write open). An existing database with an older schema is migrated
- * (unless read-only, then GS_ERR_SCHEMA); a newer one is GS_ERR_SCHEMA.
+ * in one transaction (a failed step: its error, naming the versions,
+ * nothing changed); read-only, it is GS_ERR_SCHEMA, or GS_ERR_NOT_FOUND
+ * when it has none of our tables (version 0); a newer one is GS_ERR_SCHEMA.
  * An unreachable PostgreSQL server is GS_ERR_DB_UNAVAILABLE. */
 gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
 void gs_store_close(gs_store *st);

@@ -90,7 +90,9 @@ gs_err gs_store_tx_begin_if_needed(gs_store *st, bool *mine);
 gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err);
 /* A backend found schema version v: GS_OK (st->schema set) when current
  * or once migrate(st) brought it there; GS_ERR_SCHEMA when newer, or older
- * on a read-only store. where names the database in the message. */
+ * on a read-only store (GS_ERR_NOT_FOUND for version 0 there); migrate's
+ * error, its detail naming the versions, when a step failed. where names
+ * the database in the message. */
 gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where);
 
 #endif

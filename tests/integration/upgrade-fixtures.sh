@@ -10,6 +10,8 @@
 #     check`"); every value an old column held is still there, unchanged;
 #     the new columns have the documented defaults; group show and member
 #     list read as before;
+#   - a migration that fails half-way leaves the database as it was, and
+#     check says which versions and why;
 #   - their audit logs: `audit verify` passes, and a record this build
 #     appends continues the old chain;
 #   - exploder spools of schema 1, 2 and 3 with a message queued: list
@@ -105,6 +107,19 @@ CONF
   [ "$(tail -n 1 "$d/audit.jsonl" | grep -o '"action":"[a-z-]*"')" = '"action":"member-add"' ] || fail "schema $n: new record"
   ok "groupsrv database schema $n: refused read-only with a hint, migrated by check, nothing lost; audit chain continued"
 done
+
+# a migration that fails half-way (a column the step adds is there already)
+# rolls back whole, and says which versions and why
+d=$work/clash
+mkdir "$d"
+{ cat "$FX/groupsrv-schema3.sql"; echo "ALTER TABLE groups ADD COLUMN reject_weakenings TEXT;"; } | sqlite3 "$d/groupsrv.db"
+sed "s|$work/gs3/|$d/|" "$work/gs3/gs.conf" > "$d/gs.conf"
+sum=$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)
+"$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check" 2>&1 || true
+grep -q "^database  PROBLEM: database $d/groupsrv.db has schema version 3, older than this program's 4, and migrating it failed (nothing was changed): .*duplicate column name: reject_weakenings" \
+  "$d/check" || fail "a failed migration: $(grep database "$d/check")"
+[ "$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)" = "$sum" ] || fail "a failed migration changed the database"
+ok "a migration that fails: one line naming the versions and the reason, nothing changed"
 
 for n in 1 2 3; do
   d=$work/xp$n
