@@ -13,6 +13,10 @@
 #   - docs/postfix.md run step by step (package-postfix.sh);
 #   - `groupsrv audit rotate` by root under the running server, logrotate
 #     on the diagnostic logs, the audit log left alone;
+#   - the packages installed over themselves (dpkg's upgrade path): a
+#     conffile the admin changed, /etc/groupsrv, the database, the audit
+#     log, the spool and the users kept as they were;
+#   - remove: the programs go, all of that stays;
 #   - purge: nothing left but the two system users (Debian policy keeps them).
 # One run at a time on a machine (a lock), and the packages are purged
 # whatever happens, so other test runs see a clean system.
@@ -189,6 +193,35 @@ kill "$srv_pid"
 wait "$srv_pid" 2>/dev/null || true
 srv_pid=
 postfix_cleanup
+
+# ---- upgrade (the same packages over themselves: dpkg's upgrade path) ----
+# A conffile the admin changed, the admin's files in /etc/groupsrv, the
+# database, the audit log, the spool and the users: all kept as they were.
+echo "# changed by the admin" >> /etc/logrotate.d/groupsrv
+kept() {
+  find /etc/groupsrv /etc/logrotate.d/groupsrv /var/lib/groupsrv /var/log/groupsrv /var/spool/exploder \
+    -not -name '*.db-wal' -not -name '*.db-shm' \
+    -printf '%p %u:%g %m\n' | sort
+  sha256sum /etc/groupsrv/* /etc/logrotate.d/groupsrv /var/lib/groupsrv/groupsrv.db /var/log/groupsrv/audit.jsonl 2>/dev/null
+  getent passwd groupsrv exploder
+}
+kept > "$W/kept.before"
+flock /tmp/apt.lock dpkg -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb "$DEBS"/groupmail_*.deb \
+  >"$W/upgrade.log" 2>&1 || fail "dpkg -i over the installed packages: $(tail -20 "$W/upgrade.log")"
+grep -qi 'warning\|error\|fail' "$W/upgrade.log" && fail "dpkg -i over them said: $(grep -i 'warning\|error\|fail' "$W/upgrade.log")"
+kept > "$W/kept.after"
+cmp -s "$W/kept.before" "$W/kept.after" || fail "the upgrade changed: $(diff "$W/kept.before" "$W/kept.after")"
+gs check > "$W/check.out" 2>&1 || fail "check after the upgrade: $(grep PROBLEM "$W/check.out")"
+ok "upgrade: the changed conffile, /etc/groupsrv, database, audit log, spool and users kept"
+
+# ---- remove: the programs go, configuration and state stay (Debian policy) ----
+flock /tmp/apt.lock dpkg -r "${PKGS[@]}" >"$W/remove.log" 2>&1 || fail "dpkg -r: $(tail -20 "$W/remove.log")"
+for f in /usr/bin/groupsrv /usr/bin/exploder /usr/bin/groupmail /lib/systemd/system/groupsrv.service; do
+  [ ! -e "$f" ] || fail "$f left after dpkg -r"
+done
+kept > "$W/kept.removed"
+cmp -s "$W/kept.before" "$W/kept.removed" || fail "dpkg -r changed: $(diff "$W/kept.before" "$W/kept.removed")"
+ok "remove: the programs gone; configuration, conffiles, database, audit log, spool and users kept"
 purge || fail "dpkg --purge: $(tail -20 "$W/purge.log")"
 for p in "${PKGS[@]}"; do installed "$p" && fail "$p still known to dpkg after purge"; done
 left=$(find /etc /usr /lib /var/lib /var/log /var/spool /var/cache/man \
