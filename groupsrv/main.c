@@ -1392,8 +1392,15 @@ static int cmd_check(struct env *e, int argc, char **argv)
          * nor as a role without ALTER: the store's error then names the
          * versions and why the migration failed). A newer schema fails
          * again, unchanged. */
+        char ro_detail[600];
+        (void)snprintf(ro_detail, sizeof(ro_detail), "%s", gs_err_detail());
         err = env_open(e, NEED_DB);
         migrated = err == GS_OK;
+        /* GS_ERR_DB: a migration step failed, its detail names the
+         * versions; else the database could not be opened for writing
+         * here (a standby, the server gone): both reasons. */
+        if (err != GS_OK && err != GS_ERR_DB && err != GS_ERR_SCHEMA)
+            (void)gs_err_set(err, "%s; it cannot be opened for writing here: %s", ro_detail, gs_err_detail());
     }
     if (err) {
         /* Still show what the token can do: before `ca init` that is what

@@ -4,6 +4,9 @@
 # drift) run on a private PostgreSQL 15; `ca init` and the groups as the
 # schema owner; `check`, `serve` and `audit verify` as the server role,
 # which then has to manage with exactly the documented grants:
+#   - an upgrade: the database at an older schema cannot be migrated by
+#     the server role nor on a read-only database (each says why), `check`
+#     as the owner migrates it (docs/scale-out.md, "Upgrading a cluster");
 #   - serve starts, and every kind of request it writes for works: an
 #     unwrap (audit insert), a member removed over REST (members, the
 #     secret key rotation it brings, the change stamp), a member added, a
@@ -71,6 +74,26 @@ own member add eng admin@example.org --issue-cert --out "$certs" --role admin >/
 own group show eng --cert > "$certs/group.pem"
 pg_psql groupsrv -f "$work/roles-after.sql" >/dev/null || fail "the document's GRANTs"
 ok "docs/scale-out.md's roles and grants applied ($(grep -c '^GRANT' "$work/roles-after.sql") GRANT lines)"
+
+# An upgrade ("Upgrading a cluster"): the database as schema 3 left it
+# (step 4's columns dropped). The server role cannot migrate it, nor can
+# anyone on a read-only database: one line each naming the versions and
+# why, nothing changed; `check` as the owner migrates it.
+pg_psql groupsrv -c "ALTER TABLE groups DROP COLUMN member_wrap, DROP COLUMN reject_weakenings;
+  ALTER TABLE members DROP COLUMN wrap; UPDATE schema_version SET version = 3" >/dev/null
+srv check > "$work/check.out" 2>&1 && fail "check as the server role passed on an older schema"
+grep -q "^database  PROBLEM: database (PostgreSQL) has schema version 3, older than this program's 4, and migrating it failed (nothing was changed): .*permission denied" \
+  "$work/check.out" || fail "check as the server role on schema 3: $(grep database "$work/check.out")"
+pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = on" >/dev/null
+own check > "$work/check.out" 2>&1 && fail "check on a read-only database passed on an older schema"
+grep -q "^database  PROBLEM: database (PostgreSQL) has schema version 3, this program needs 4 (.*); it cannot be opened for writing here: .*read-only" \
+  "$work/check.out" || fail "check on a read-only database of schema 3: $(grep database "$work/check.out")"
+pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = off" >/dev/null
+[ "$(pg_psql groupsrv -Atc 'SELECT version FROM schema_version')" = 3 ] || fail "a failed migration changed the version"
+own check > "$work/check.out" 2>&1 || true
+grep -q "^database  OK   .*(postgresql, schema 4, migrated from an older schema)$" "$work/check.out" ||
+  fail "check as the owner did not migrate: $(grep database "$work/check.out")"
+ok "an older schema: the server role and a read-only database say why they cannot migrate; check as the owner does"
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
