@@ -8,8 +8,9 @@
 #     line that says what migrates it and changes nothing; `check` migrates
 #     it (docs/scale-out.md: "deploy upgrades by running ... `groupsrv
 #     check`"); every value an old column held is still there, unchanged;
-#     the new columns have the documented defaults; group show and member
-#     list read as before;
+#     the new columns have the documented defaults (groupsrv(1): an old
+#     group stays RSA-OAEP only, its member wrap pkcs1v15); group show and
+#     member list read as before;
 #   - a migration that fails half-way leaves the database as it was, and
 #     check says which versions and why;
 #   - their audit logs: `audit verify` passes, and a record this build
@@ -92,7 +93,8 @@ CONF
   [ "$(sqlite3 "$d/groupsrv.db" "SELECT count(*) FROM members WHERE wrap IS NOT NULL")" = 0 ] || fail "schema $n: members.wrap"
   gs group show eng > "$d/show"
   grep -Eq '^  v3 +current +gs:group:eng:v3' "$d/show" && grep -Eq '^  v2 +old ' "$d/show" &&
-    grep -Eq '^  v1 +retired ' "$d/show" && grep -q '^member wrap: *pkcs1v15$' "$d/show" ||
+    grep -Eq '^  v1 +retired ' "$d/show" && grep -q '^member wrap: *pkcs1v15$' "$d/show" &&
+    grep -q '^pkcs1v15: *refused (RSA-OAEP only)$' "$d/show" ||
     fail "schema $n: group show: $(cat "$d/show")"
   gs member list eng | awk '{print $1, $2}' > "$d/members"
   printf 'admin@example.org admin\nalice@example.org member\nbob@example.org member\ndle@example.org exploder\n' |
