@@ -10,6 +10,7 @@
  * key on the token and audits who got one and when, never its serial, key
  * or fingerprint, so unwraps made with it cannot be linked to the person.
  */
+#define _GNU_SOURCE /* memmem */
 #include "server.h"
 
 #include <stdlib.h>
@@ -26,28 +27,71 @@
 
 #define MAX_CSR 16384
 
-/* The CSR in text: PEM, else exactly one DER CertificationRequest with
- * nothing after it (bytes after the structure are not part of what the
- * signature covers: a request carrying them is malformed, not tolerated).
- * NULL with *why set when it is neither. */
+/* Nothing but white space in p[0..len). */
+static bool only_space(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+            return false;
+    return true;
+}
+
+/* The CSR in text: exactly one PEM block labelled CERTIFICATE REQUEST
+ * (or NEW CERTIFICATE REQUEST) with only white space around it, else
+ * exactly one DER CertificationRequest with nothing after it. A body with
+ * a second request (or any other block, or bytes after the structure,
+ * which its signature does not cover) is malformed, not tolerated: the
+ * server would otherwise certify one of several keys the caller may not
+ * know it sent. NULL with *why set when it is not exactly one request. */
 static X509_REQ *parse_csr(const char *text, size_t len, const char **why)
 {
     BIO *b = BIO_new_mem_buf(text, (int)len);
     X509_REQ *req = NULL;
+    char *name = NULL, *header = NULL;
+    unsigned char *der = NULL;
+    long der_len = 0;
+    const unsigned char *p;
+    const char *begin = memmem(text, len, "-----BEGIN ", 11);
 
     *why = "the body is not a PEM or DER certificate request";
     if (b == NULL)
         return NULL;
-    req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
-    if (req == NULL) {
-        const unsigned char *p = (const unsigned char *)text;
-        req = d2i_X509_REQ(NULL, &p, (long)len);
-        if (req != NULL && p != (const unsigned char *)text + len) {
+    if (begin != NULL && only_space(text, (size_t)(begin - text))) {
+        char rest[256];
+        int n;
+        if (PEM_read_bio(b, &name, &header, &der, &der_len) != 1)
+            goto out;
+        if (strcmp(name, PEM_STRING_X509_REQ) != 0 && strcmp(name, PEM_STRING_X509_REQ_OLD) != 0) {
+            *why = "the PEM block is not a CERTIFICATE REQUEST";
+            goto out;
+        }
+        while ((n = BIO_read(b, rest, sizeof(rest))) > 0)
+            if (!only_space(rest, (size_t)n)) {
+                *why = memmem(begin + 11, len - (size_t)(begin + 11 - text), "-----BEGIN ", 11) != NULL
+                           ? "more than one PEM block: send exactly one certificate request"
+                           : "text after the PEM certificate request";
+                goto out;
+            }
+        p = der;
+        req = d2i_X509_REQ(NULL, &p, der_len);
+        if (req != NULL && p != der + der_len) {
             X509_REQ_free(req);
             req = NULL;
             *why = "bytes after the DER certificate request";
         }
+        goto out;
     }
+    p = (const unsigned char *)text;
+    req = d2i_X509_REQ(NULL, &p, (long)len);
+    if (req != NULL && p != (const unsigned char *)text + len) {
+        X509_REQ_free(req);
+        req = NULL;
+        *why = "bytes after the DER certificate request";
+    }
+out:
+    OPENSSL_free(name);
+    OPENSSL_free(header);
+    OPENSSL_free(der);
     BIO_free(b);
     ERR_clear_error();
     return req;

@@ -112,6 +112,19 @@ for f in g1024.csr ged.csr gbadsig.der gtrail.der; do
     --data-binary @"$work/$f" "$cbase/v1/groups/eng/membership-certificates"
 done
 grep -q 'bytes after the DER certificate request' "$work/body" || fail "trailing bytes not named: $(cat "$work/body")"
+# exactly one request per body: a second one (or a certificate before it)
+# is refused, never the first of several certified
+cat "$work/g.csr" "$work/g1024.csr" > "$work/gtwo.csr"
+{ cat "$certs/tca.pem" "$work/g.csr"; } > "$work/gcertfirst.csr"
+{ cat "$work/g.csr"; echo 'trailing words'; } > "$work/gtext.csr"
+for f in gtwo.csr gcertfirst.csr gtext.csr; do
+  expect_status 400 bad_csr "certsrv refuses $f" -- c bob -H 'Content-Type: application/pkcs10' \
+    --data-binary @"$work/$f" "$cbase/v1/groups/eng/membership-certificates"
+  case $f in
+    gtwo.csr) grep -q 'more than one PEM block' "$work/body" || fail "two CSRs not named: $(cat "$work/body")" ;;
+    gcertfirst.csr) grep -q 'not a CERTIFICATE REQUEST' "$work/body" || fail "certificate not named: $(cat "$work/body")" ;;
+  esac
+done
 expect_status 200 "" "certsrv issues for the same DER CSR without them" -- c bob -H 'Content-Type: application/pkcs10' \
   --data-binary @"$work/g.csr.der" "$cbase/v1/groups/eng/membership-certificates"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj / -keyout "$work/gec.key" -out "$work/gec.csr" 2>/dev/null
