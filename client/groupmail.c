@@ -40,7 +40,7 @@ static void usage(FILE *f)
           "  decrypt    --server URL --group G --via tls|recipient-key|membership-cert|group-secret|local-key|own-key\n"
           "             --cert FILE --key FILE|pkcs11:URI [--cacert FILE] [--in FILE] [--out FILE]\n"
           "  unwrap     --via tls|recipient-key|membership-cert|group-secret [--recipient-info FILE\n"
-          "             [--content-algorithm ALG]] [--in FILE]\n"
+          "             [--content-algorithm ALG]] [--in FILE] [--out FILE]\n"
           "  certify    --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys list  --server URL --group G [--cert FILE]\n"
@@ -137,7 +137,7 @@ static unsigned option_commands(int opt)
     case O_RI:
     case O_CALG: return C_UNWRAP;
     case O_IN: return C_ENCRYPT | C_SEND | C_DECRYPT | C_UNWRAP | C_KEYS_IMPORT;
-    case O_OUT: return C_FETCH_CERT | C_ENCRYPT | C_DECRYPT | C_KEYS_TRANSPORT | C_CSR;
+    case O_OUT: return C_FETCH_CERT | C_ENCRYPT | C_DECRYPT | C_UNWRAP | C_KEYS_TRANSPORT | C_CSR;
     default: return C_ALL;
     }
 }
@@ -214,8 +214,10 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
             gm_err("--%s does not apply to %s (see groupmail --help)", option_name(ch), cmd_name);
             return GM_EXIT_USAGE;
         }
-        if (cmd == C_SEND && encrypt_only == 0 && ch >= O_SERVER && ch != O_IN && option_commands(ch) != C_ALL &&
-            (option_commands(ch) & C_ENCRYPT) != 0)
+        /* --group-cert is for every command (decrypt reads it too), but
+         * send uses it only to encrypt */
+        if (cmd == C_SEND && encrypt_only == 0 && ch >= O_SERVER && ch != O_IN &&
+            ((option_commands(ch) != C_ALL && (option_commands(ch) & C_ENCRYPT) != 0) || ch == O_GROUP_CERT))
             encrypt_only = ch;
         switch (ch) {
         case O_SERVER: dst = &c->server; break;
@@ -1602,21 +1604,25 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
         break;
     }
     if (rc == GM_EXIT_OK && unwrap_only) {
-        /* the unwrap command: print what the server delivered */
-        char *b64 = NULL;
-        if (v == VIA_TLS) {
-            char hex[2 * MAX_CEK + 1];
+        /* the unwrap command: print what the server delivered, to --out
+         * (0600, renamed into place only when whole) or standard output */
+        char *b64 = NULL, hex[2 * MAX_CEK + 1];
+        gm_out o;
+        if (v == VIA_TLS)
             util_hex(res.key, res.key_len, hex);
-            printf("%s\n", hex);
-            OPENSSL_cleanse(hex, sizeof(hex));
-        } else if (util_b64_encode(res.recipient_info, res.recipient_info_len, &b64) == UTIL_OK) {
-            printf("%s\n", b64);
-        } else {
+        else if (util_b64_encode(res.recipient_info, res.recipient_info_len, &b64) != UTIL_OK)
             rc = GM_EXIT_ERROR;
+        if (rc == GM_EXIT_OK && (rc = out_open(c, &o, 0600, true)) == GM_EXIT_OK) {
+            if (BIO_printf(o.bio, "%s\n", v == VIA_TLS ? hex : b64) <= 0) {
+                out_abort(&o);
+                gm_err("cannot write the output");
+                rc = GM_EXIT_ERROR;
+            } else {
+                rc = out_commit(&o);
+            }
         }
+        OPENSSL_cleanse(hex, sizeof(hex));
         free(b64);
-        if (fflush(stdout) != 0)
-            rc = GM_EXIT_ERROR;
     }
 out:
     env_recipient_free(ri);

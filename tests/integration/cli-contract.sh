@@ -137,6 +137,8 @@ expect 2 "^groupmail: --cbc applies to send only with --encrypt $usage" "groupma
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --cbc
 expect 2 "^groupmail: --server applies to send only with --encrypt $usage" "groupmail send --server without --encrypt" -- \
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --server https://x
+expect 2 "^groupmail: --group-cert applies to send only with --encrypt $usage" "groupmail send --group-cert without --encrypt" -- \
+  "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --group-cert g.pem
 expect 2 "^groupmail: --key: the pkcs11: URI carries a PIN \(pin-value; not shown\)" "groupmail --key ...pin-value" -- \
   "$gm" csr --hsm-module /usr/lib/softhsm/libsofthsm2.so --from a@example.org \
   --key 'pkcs11:token=t;object=k;type=private?pin-value=918273'

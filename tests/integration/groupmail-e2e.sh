@@ -138,6 +138,14 @@ grep -q -- 'to a group secret key .*: --via group-secret$' "$work/gm.err" ||
 # unwrap for scripts
 expect_rc 0 "unwrap --via tls prints the key" -- as alice unwrap --via tls --in "$work/msg.der"
 check_cek "$(cat "$work/gm.out")"
+# --out: the same line in a file of mode 0600 (written whole, then renamed),
+# nothing on standard output; an --out that cannot be made leaves nothing
+expect_rc 0 "unwrap --out writes the key to a 0600 file" -- as alice unwrap --via tls --in "$work/msg.der" --out "$work/cek.hex"
+[ ! -s "$work/gm.out" ] || fail "unwrap --out also printed: $(cat "$work/gm.out")"
+[ "$(stat -c %a "$work/cek.hex")" = 600 ] || fail "unwrap --out mode $(stat -c %a "$work/cek.hex")"
+check_cek "$(cat "$work/cek.hex")"
+expect_rc 1 "unwrap --out into a missing directory" -- as alice unwrap --via tls --in "$work/msg.der" --out "$work/nodir/k"
+grep -q "cannot create $work/nodir/k" "$work/gm.err" || fail "unwrap --out error: $(cat "$work/gm.err")"
 expect_rc 0 "unwrap --via recipient-key prints a KTRI" -- as alice unwrap --via recipient-key --recipient-info "$work/ri.der"
 b64d "$(cat "$work/gm.out")" > "$work/ri-a.der"
 check_ktri "$work/ri-a.der" "$certs/alice@example.org.pem" "$certs/alice@example.org.key"
