@@ -396,23 +396,37 @@ static void add_cause(char *reason, size_t cap, const char *cause)
         reason[o] = '\0';
 }
 
-/* Why members did not get it, each cause once: no certificate, refused by
- * their mail system (a 5xx, at once), or still not taken after max_age. */
+/* Why members did not get it, each cause once with how many it hit, in
+ * English for 1 and for N: no certificate the group server encrypts to
+ * (member-certs: not a group member there, none on record, not RSA, or
+ * only an expired one: the server's answer does not tell these apart),
+ * refused by their mail system (a 5xx, at once), or still not taken after
+ * max_age. */
 static void failure_causes(const xp_finished *f, char *reason, size_t cap)
 {
-    int64_t refused = f->failed - f->no_cert - f->expired;
-    char no_cert[96];
+    int64_t refused = f->failed - f->no_cert - f->expired, late = f->expired;
+    char cause[200];
 
     reason[0] = '\0';
     if (f->no_cert > 0) {
-        snprintf(no_cert, sizeof(no_cert), "%lld of them have no certificate at the group server",
-                 (long long)f->no_cert);
-        add_cause(reason, cap, no_cert);
+        snprintf(cause, sizeof(cause),
+                 "%lld of them %s no certificate the group server can encrypt to (not a member of the group "
+                 "there, no RSA certificate on record, or only an expired one)",
+                 (long long)f->no_cert, f->no_cert == 1 ? "has" : "have");
+        add_cause(reason, cap, cause);
     }
-    if (refused > 0)
-        add_cause(reason, cap, "their mail system refused it");
-    if (f->expired > 0 || reason[0] == '\0')
-        add_cause(reason, cap, "their mail system did not accept it in time");
+    if (refused > 0) {
+        snprintf(cause, sizeof(cause), "the mail %s of %lld of them refused it", refused == 1 ? "system" : "systems",
+                 (long long)refused);
+        add_cause(reason, cap, cause);
+    }
+    if (late == 0 && reason[0] == '\0')
+        late = f->failed; /* nothing else counted: they ran out of time */
+    if (late > 0) {
+        snprintf(cause, sizeof(cause), "the mail %s of %lld of them did not accept it in time",
+                 late == 1 ? "system" : "systems", (long long)late);
+        add_cause(reason, cap, cause);
+    }
 }
 
 static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *list_addr, char **out, size_t *outlen)
@@ -423,7 +437,7 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
     struct tm tm;
     size_t cap = 4096, o = 0;
     int n;
-    char reason[320];
+    char reason[512];
 
     *out = NULL;
     *outlen = 0;

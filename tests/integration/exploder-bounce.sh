@@ -31,17 +31,19 @@ grep -q '^From: Mail Delivery System <lists-daemon@lists.example.org>' $b || fai
 grep -q 'could not be delivered to 2 of 3 list members' $b || fail "bounce text: $(cat $b)"
 grep -q -e 'gone@' -e 'slow@' $b && fail "bounce must not reveal member addresses"
 # the reason names both causes: one refused at once, one given up after max_age
-grep -qx 'Reason: their mail system refused it; their mail system did not accept it in time.' $b ||
+grep -qx 'Reason: the mail system of 1 of them refused it; the mail system of 1 of them did not accept it in time.' $b ||
   fail "reason with a refusal and an expiry: $(grep Reason $b)"
 xp_spool_empty
 
 # a refusal alone (550 to RCPT) is not "did not accept it in time"
 L2=only@lists.example.org
 xp list create $L2 --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
-xp list add $L2 ok@example.net gone@example.net >/dev/null
+xp list add $L2 ok@example.net gone@example.net gone@example.com >/dev/null
 xp deliver --list $L2 --sender alice@example.org <"$W/in.eml" || fail "deliver to $L2 refused"
 xp_drain
 b=$(grep -l "^Subject: Undelivered mail to list $L2" "$W"/smtp/new/*) || fail "no bounce from $L2"
-grep -qx 'Reason: their mail system refused it.' $b || fail "reason for a refusal: $(grep Reason $b)"
+# two of them: the plural, and the count
+grep -q 'could not be delivered to 2 of 3 list members' $b || fail "bounce count: $(cat $b)"
+grep -qx 'Reason: the mail systems of 2 of them refused it.' $b || fail "reason for a refusal: $(grep Reason $b)"
 xp_spool_empty
 echo "exploder bounce: ok"
