@@ -92,7 +92,7 @@ static int conf_handler(void *user, const char *section, const char *name, const
         if (strcmp(name, "path") == 0)
             return set_str(&c->spool_path, value);
         if (strcmp(name, "max_message_size") == 0)
-            return set_u64(&c->max_message_size, value, 1024, (uint64_t)1 << 30);
+            return set_u64(&c->max_message_size, value, 1024, XP_MESSAGE_SIZE_CEILING);
     } else if (strcmp(section, "delivery") == 0) {
         if (strcmp(name, "relay") == 0) {
             if (strncmp(value, "smtp://", 7) != 0 && strncmp(value, "smtps://", 8) != 0 &&

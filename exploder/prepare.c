@@ -350,7 +350,7 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     bool crlf;
     xp_err rc;
 
-    if (util_read_file(in_path, c->max_message_size + 1, &data, &len) != UTIL_OK) {
+    if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
         snprintf(why, whysz, "cannot read spooled message");
         return XP_ERR_IO;
     }
@@ -431,7 +431,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_IO;
         goto out;
     }
-    if ((e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size, &msg)) != ENV_OK ||
+    if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) != ENV_OK ||
         (e = find_group_ri(l->group_cert, msg, &idx)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));

@@ -258,7 +258,7 @@ static void send_member_copies(const xp_conf *c, xp_transport *t, const xp_batch
 
     snprintf(copy, sizeof(copy), "%s.copy", tmpl_path);
     if ((in = BIO_new_file(tmpl_path, "rb")) != NULL)
-        e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size * 2 + (1u << 20), &msg);
+        e = env_message_read(in, ENV_FORMAT_SMIME, XP_PREPARED_SIZE_CEILING, &msg);
     BIO_free(in);
     if (e != ENV_OK)
         snprintf(detail, detailsz, "cannot read the prepared message: %s", env_strerror(e));

@@ -413,7 +413,7 @@ static xp_err maildir_send(xp_transport *t, char *const *rcpts, size_t n, const 
     size_t len = 0;
     size_t ok = 0;
 
-    if (util_read_file(path, t->conf->max_message_size * 2 + (1u << 20), &data, &len) != UTIL_OK) {
+    if (util_read_file(path, XP_PREPARED_SIZE_CEILING, &data, &len) != UTIL_OK) {
         snprintf(res->detail, sizeof(res->detail), "cannot read spool file");
         return XP_ERR_IO;
     }

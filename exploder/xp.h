@@ -39,6 +39,16 @@ const char *xp_strerror(xp_err err);
 
 typedef enum xp_starttls { XP_STARTTLS_NO = 0, XP_STARTTLS_YES, XP_STARTTLS_REQUIRED } xp_starttls;
 
+/* The largest [spool] max_message_size (1 KiB..1 GiB). deliver checks a
+ * message against max_message_size as it comes in, the one way in; once
+ * accepted it goes out whatever the limit is by then (lowered meanwhile),
+ * so the runner reads spooled files up to these bounds, never the limit
+ * of the moment. A prepared copy is the message with its List-* headers
+ * and the group server's RecipientInfos (an older server's member-certs
+ * answer: all members' in one copy). */
+#define XP_MESSAGE_SIZE_CEILING ((uint64_t)1 << 30)
+#define XP_PREPARED_SIZE_CEILING (XP_MESSAGE_SIZE_CEILING * 2 + ((uint64_t)1 << 20))
+
 typedef struct xp_conf {
     /* [spool] */
     char *spool_path;          /* directory: exploder.db and msg/ */

@@ -89,6 +89,33 @@ expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
 expect 65 5.3.4 $L "$W/big"
+# the same limit for every mode: an encrypted message over it, to a
+# group-secret and a member-certs list, is refused before anything else
+for mode in group-secret member-certs; do
+  xp list create $mode@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode $mode \
+    --group-cert "$W/group.pem" >/dev/null
+  head -c 20000 /dev/urandom | base64 > "$W/big.txt"
+  openssl cms -encrypt -aes-256-cbc -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -subject big \
+    -in "$W/big.txt" -out "$W/big.eml"
+  expect 65 5.3.4 $mode@lists.example.org "$W/big.eml"
+  grep -q 'message too large for the list (limit 20000 bytes)' "$W/deliver.err" || fail "5.3.4 reason: $(cat "$W/deliver.err")"
+done
+# The limit is deliver's, where mail comes in: a message accepted under it
+# goes out even when it is lowered before the runner sends the message
+# (neither held back as unreadable nor bounced)
+head -c 6000 /dev/urandom | base64 > "$W/mid.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -subject mid \
+  -in "$W/mid.txt" -out "$W/mid.eml"
+xp deliver --list $L <"$W/mid.eml" || fail "mid.eml refused"
+xp_conf "maildir:$W/md" "[spool]" "max_message_size = 4096"
+copies() { { find "$W/md" -path '*/m1@example.net/new/*' -type f 2>/dev/null || true; } | wc -l; }
+before=$(copies)
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 0 ] || fail "a message accepted under the limit, after it was lowered: run exit $rc: $(tail -2 "$W/run.log")"
+[ "$(copies)" = $((before + 1)) ] || fail "the message did not go out"
+xp_spool_empty
+xp_conf "maildir:$W/md" "[spool]" "max_message_size = 20000"
 { echo "List-Id: Eng <eng.lists.example.org>"; cat "$W/good.eml"; } >"$W/loop.eml"
 expect 65 5.4.6 $L "$W/loop.eml"
 # our copy back through another list that replaced our List-Id with its own
