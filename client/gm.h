@@ -38,6 +38,7 @@ typedef struct gm_config {
     char *smtp, *from, *to;
     char *smtp_cacert; /* CA file for an smtps:// server (default: the system's store) */
     char *smtp_user, *smtp_password_file; /* AUTH at a submission server; where its password is, never the password */
+    char *smtp_auth_in_clear;             /* [smtp] auth_in_clear: no (NULL), loopback or yes */
     char *via, *in, *out, *recipient_info;
     char *content_algorithm; /* unwrap --recipient-info: the message's content algorithm */
     char *oaep;    /* sha1 | sha256 (encrypt) */

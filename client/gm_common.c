@@ -113,7 +113,7 @@ void gm_config_clear(gm_config *c)
     char **strs[] = {&c->config_file, &c->server, &c->group, &c->cacert, &c->pin, &c->certsrv, &c->group_ca,
                      &c->group_cert, &c->cert, &c->key, &c->tls_cert, &c->tls_key, &c->hsm_module, &c->hsm_token,
                      &c->hsm_pin_source, &c->group_key, &c->store, &c->smtp, &c->smtp_cacert, &c->smtp_user,
-                     &c->smtp_password_file, &c->from, &c->to, &c->via, &c->in,
+                     &c->smtp_password_file, &c->smtp_auth_in_clear, &c->from, &c->to, &c->via, &c->in,
                      &c->out, &c->recipient_info, &c->oaep, &c->format, &c->content_algorithm};
     for (size_t i = 0; i < GS_ARRAY_LEN(strs); i++) {
         free(*strs[i]);
@@ -160,6 +160,7 @@ static const struct ini_key ini_keys[] = {
     K("store", "dir", store),           K("smtp", "relay", smtp),
     K("smtp", "from", from),            K("smtp", "cacert", smtp_cacert),
     K("smtp", "user", smtp_user),       K("smtp", "password_file", smtp_password_file),
+    K("smtp", "auth_in_clear", smtp_auth_in_clear),
     K("decrypt", "via", via),
     K("encrypt", "oaep", oaep),         K("encrypt", "format", format),
 };
@@ -191,6 +192,7 @@ static const struct {
     {"encrypt", "oaep", {"sha1", "sha256"}},
     {"encrypt", "format", {"smime", "pem", "der"}},
     {"encrypt", "cipher", {"gcm", "cbc", "aes-256-gcm", "aes-256-cbc"}},
+    {"smtp", "auth_in_clear", {"no", "loopback", "yes"}},
 };
 
 /* 1 when [section] name takes any value or value is one of its choices. */

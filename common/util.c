@@ -2,9 +2,11 @@
 #define _GNU_SOURCE /* O_TMPFILE, linkat, strndup */
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -315,6 +317,37 @@ int util_uri_has_pin_value(const char *uri)
             strncasecmp(p, attr, sizeof(attr) - 1) == 0 && p[sizeof(attr) - 1] == '=')
             return 1;
     return 0;
+}
+
+int util_url_host_is_loopback(const char *url)
+{
+    const char *h = url != NULL ? strstr(url, "://") : NULL;
+    char host[64];
+    size_t n;
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (h == NULL)
+        return 0;
+    h += 3;
+    n = strcspn(h, "/?#");
+    if (memchr(h, '@', n) != NULL) /* userinfo before the host */
+        h = (const char *)memchr(h, '@', n) + 1;
+    if (*h == '[') { /* an IPv6 literal */
+        const char *e = strchr(h, ']');
+        if (e == NULL || (n = (size_t)(e - h - 1)) >= sizeof(host))
+            return 0;
+        memcpy(host, h + 1, n);
+        host[n] = '\0';
+        return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    }
+    if ((n = strcspn(h, ":/?#")) >= sizeof(host))
+        return 0;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    if (strcasecmp(host, "localhost") == 0)
+        return 1;
+    return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 
 int util_read_pin_source(const char *source, char **pin, size_t *len)

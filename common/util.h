@@ -63,6 +63,14 @@ int util_read_pin_source(const char *source, char **pin, size_t *len);
  * line, a log or a database record. */
 int util_uri_has_pin_value(const char *uri);
 
+/* Nonzero when a URL's host (scheme://[userinfo@]host[:port][/...]) is
+ * this machine's loopback: "localhost", an IPv4 address in 127.0.0.0/8,
+ * or [::1]; as written, never resolved (a name that resolves to 127.0.0.1
+ * elsewhere is not taken on trust). 0 for anything else, NULL included.
+ * For the SMTP clients' rule that a password goes in clear only to a
+ * relay on this host. */
+int util_url_host_is_loopback(const char *url);
+
 /* For an "env:NAME" source: wipes the variable's value in place (it stays
  * readable in /proc/PID/environ otherwise) and removes it from the
  * environment, so child processes and later readers do not see it. Other

@@ -81,6 +81,18 @@ static int set_bool(int *dst, const char *v)
     return 1;
 }
 
+/* A key of three words (no | yes | required, no | loopback | yes): the
+ * value of the word v is, case-insensitively; 0 for another word. */
+static int set_word(int *dst, const char *v, const char *const words[3], const int values[3])
+{
+    for (int i = 0; i < 3; i++)
+        if (strcasecmp(v, words[i]) == 0) {
+            *dst = values[i];
+            return 1;
+        }
+    return 0;
+}
+
 /* One key: 1 taken, 0 a bad value, -1 not a key of ours (an error too,
  * so a typo does not silently fall back to a default). */
 static int conf_handler(void *user, const char *section, const char *name, const char *value)
@@ -121,14 +133,12 @@ static int conf_handler(void *user, const char *section, const char *name, const
         if (strcmp(name, "bounce_from") == 0)
             return set_str(&c->bounce_from, value);
         if (strcmp(name, "starttls") == 0) {
-            if (strcasecmp(value, "no") == 0)
-                c->starttls = XP_STARTTLS_NO;
-            else if (strcasecmp(value, "yes") == 0)
-                c->starttls = XP_STARTTLS_YES;
-            else if (strcasecmp(value, "required") == 0)
-                c->starttls = XP_STARTTLS_REQUIRED;
-            else
+            static const char *const words[3] = {"no", "yes", "required"};
+            static const int values[3] = {XP_STARTTLS_NO, XP_STARTTLS_YES, XP_STARTTLS_REQUIRED};
+            int v;
+            if (!set_word(&v, value, words, values))
                 return 0;
+            c->starttls = (xp_starttls)v;
             return 1;
         }
         if (strcmp(name, "relay_cacert") == 0)
@@ -137,6 +147,15 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_bool(&c->relay_verify, value);
         if (strcmp(name, "relay_user") == 0)
             return set_str(&c->relay_user, value);
+        if (strcmp(name, "relay_auth_in_clear") == 0) {
+            static const char *const words[3] = {"no", "loopback", "yes"};
+            static const int values[3] = {XP_AUTH_CLEAR_NO, XP_AUTH_CLEAR_LOOPBACK, XP_AUTH_CLEAR_YES};
+            int v;
+            if (!set_word(&v, value, words, values))
+                return 0;
+            c->relay_auth_in_clear = (xp_auth_clear)v;
+            return 1;
+        }
         if (strcmp(name, "relay_password_file") == 0)
             return set_str(&c->relay_password_file, value);
         if (strcmp(name, "group_info_ttl") == 0)

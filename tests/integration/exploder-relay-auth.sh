@@ -63,5 +63,24 @@ rc=0
 xp run --once 2>>"$W/run.log" || rc=$?
 [ "$rc" != 0 ] || fail "a password file others can read was used"
 tail -3 "$W/run.log" | grep -q "relay_password_file" || fail "the log does not name relay_password_file: $(tail -3 "$W/run.log")"
+chmod 0600 "$W/pw"
+# starttls = no with a login: the password goes in clear only where
+# relay_auth_in_clear allows it: by default to a relay on this host (as
+# written in relay: 127.0.0.0/8, [::1], localhost), never elsewhere
+# (192.0.2.1, TEST-NET: refused before any connection), nowhere with "no"
+for c in "smtp://192.0.2.1:25|" "smtp://127.0.0.1:$SMTPD_PORT|relay_auth_in_clear = no"; do
+  xp_conf "${c%%|*}" "relay_user = exploder" "relay_password_file = $W/pw" "starttls = no" "${c#*|}"
+  rc=0
+  xp run --once 2>>"$W/run.log" || rc=$?
+  [ "$rc" = 78 ] || fail "AUTH in clear to ${c%%|*} (${c#*|}): run exit $rc, want 78"
+  tail -3 "$W/run.log" | grep -q "refusing to send relay_user's password in clear" ||
+    fail "the refusal is not named: $(tail -3 "$W/run.log")"
+  [ ! -s "$W/smtp2/auth.log" ] || fail "the password went in clear: $(cat "$W/smtp2/auth.log")"
+done
+auth_conf "relay_password_file = $W/pw" "starttls = no"
+xp_drain
+[ "$(xp_accepted "$W/smtp2")" = "m1@example.net" ] || fail "not delivered to the relay on this host"
+grep -q ' ok exploder$' "$W/smtp2/auth.log" || fail "no login to the relay on this host"
+xp_spool_empty
 ! grep -qF "$PW" "$W/run.log" "$W/smtpd.log" || fail "the password is in a log"
 echo "exploder relay auth: ok"

@@ -126,6 +126,18 @@ run 3 "offers no AUTH" --smtp "smtp://127.0.0.1:$PORT" --smtp-starttls --smtp-ca
   --smtp-user alice --smtp-password-file "$work/pw"
 [ "$(stored open)" = 0 ] || fail "sent without the login that was asked for"
 
+# AUTH in clear only by the user's explicit choice ([smtp] auth_in_clear):
+# "loopback" to a server on this host (as written: 127.0.0.0/8, [::1],
+# localhost), refused before connecting for any other (192.0.2.1, TEST-NET)
+smtpd clear --auth-file "$work/auth" --auth-in-clear --require-auth
+printf '[smtp]\nauth_in_clear = loopback\n' >"$work/lo.conf"
+run 2 "auth_in_clear = loopback allows only a server on this host" -c "$work/lo.conf" --smtp smtp://192.0.2.1:25 \
+  --smtp-user alice --smtp-password-file "$work/pw"
+run 0 "" -c "$work/lo.conf" --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --smtp-password-file "$work/pw"
+[ "$(stored clear)" = 1 ] && grep -q ' ok alice$' "$work/clear/auth.log" || fail "no login in clear on this host"
+printf '[smtp]\nauth_in_clear = always\n' >"$work/bad2.conf"
+run 1 "bad value 'always' for [smtp] auth_in_clear" -c "$work/bad2.conf" --smtp "smtp://127.0.0.1:$PORT"
+
 # smtps:// (TLS from the first byte) with AUTH
 smtpd imp --tls-cert "$work/s.pem" --tls-key "$work/s.key" --implicit-tls --auth-file "$work/auth" --require-auth
 run 0 "" --smtp "smtps://127.0.0.1:$PORT" --smtp-cacert "$work/s.pem" --smtp-user alice --smtp-password-file "$work/pw"

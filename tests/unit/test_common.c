@@ -273,6 +273,28 @@ static void assert_text(const jsonw *w, const char *want)
     assert_memory_equal(t, want, n);
 }
 
+/* Which relays may be sent an SMTP password without TLS: this host only,
+ * as written in the URL, never a look-alike. */
+static void test_url_host_is_loopback(void **state)
+{
+    (void)state;
+    assert_true(util_url_host_is_loopback("smtp://127.0.0.1:25"));
+    assert_true(util_url_host_is_loopback("smtp://127.3.4.5:587/helo.example.org"));
+    assert_true(util_url_host_is_loopback("smtp://localhost"));
+    assert_true(util_url_host_is_loopback("smtp://LocalHost:25"));
+    assert_true(util_url_host_is_loopback("smtp://[::1]:25"));
+    assert_true(util_url_host_is_loopback("smtp://user@127.0.0.1:25"));
+    assert_false(util_url_host_is_loopback("smtp://192.0.2.1:25"));
+    assert_false(util_url_host_is_loopback("smtp://localhost.example.org:25"));
+    assert_false(util_url_host_is_loopback("smtp://127.0.0.1.example.org:25"));
+    assert_false(util_url_host_is_loopback("smtp://128.0.0.1:25"));
+    assert_false(util_url_host_is_loopback("smtp://[::2]:25"));
+    assert_false(util_url_host_is_loopback("smtp://[::1"));
+    assert_false(util_url_host_is_loopback("smtp://127.0.0.1@relay.example.org:25"));
+    assert_false(util_url_host_is_loopback("127.0.0.1:25"));
+    assert_false(util_url_host_is_loopback(NULL));
+}
+
 static void test_jsonw_answers_equal_jansson(void **state)
 {
     (void)state;
@@ -514,7 +536,7 @@ int main(void)
         cmocka_unit_test(test_read_fd_cap),
         cmocka_unit_test(test_parse_numbers),   cmocka_unit_test(test_log_quote),
         cmocka_unit_test(test_jsonw_answers_equal_jansson), cmocka_unit_test(test_jsonw_escapes_like_jansson),
-        cmocka_unit_test(test_jsonw_shape_and_bounds),
+        cmocka_unit_test(test_jsonw_shape_and_bounds),   cmocka_unit_test(test_url_host_is_loopback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
