@@ -1789,6 +1789,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
             err = gs_err_set(err, "%s is not a member of %s", log_quote(q, sizeof(q), email), group);
         goto out;
     }
+    (void)snprintf(out->email, sizeof(out->email), "%s", m->email);
     rotate = cfg->server.auto_rotate_secret_on_remove && (g->methods & GS_METHOD_GROUP_SECRET);
     if ((rotate || (g->methods & GS_METHOD_LOCAL_KEY)) && hsm == NULL) {
         err = gs_err_set(GS_ERR_ARGS, "removing a member rotates a key: token needed");

@@ -221,6 +221,7 @@ gs_err gs_member_remove(gs_store *st, hsm_ctx *hsm, const struct gs_config *cfg,
 typedef struct gs_member_removal {
     unsigned secret_version; /* new group secret key version */
     unsigned key_version;    /* new group key version: groups that allow local-key (option C) */
+    char email[GS_EMAIL_MAX + 1]; /* the member removed, as stored (the request may differ in case) */
 } gs_member_removal;
 /* gs_member_remove, and for a group that allows local-key also a new
  * group key version with its certificate from ca (NULL: the local CA is

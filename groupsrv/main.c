@@ -900,12 +900,13 @@ static int cmd_member(struct env *e, int argc, char **argv)
         if (err)
             return fail(err);
         err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
+        const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
         rc = member_recorded(&rec, "member-remove", a.pos[1], err,
-                             json_pack("{s:s,s:I,s:I}", "member", a.pos[2], "secret_rotated_to",
+                             json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to",
                                        (json_int_t)rm.secret_version, "key_rotated_to", (json_int_t)rm.key_version));
         if (rc != 0)
             return rc;
-        printf("member %s removed from %s", a.pos[2], a.pos[1]);
+        printf("member %s removed from %s", removed, a.pos[1]);
         if (rm.secret_version)
             printf("; new secret key version %u", rm.secret_version);
         printf("\n");
@@ -913,7 +914,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
             printf("group key rotated to version %u: the group allows local-key, so %s may hold a copy of the "
                    "older versions on their own token; mail sent from now on goes to version %u "
                    "(publish `group show %s --cert`, and export it to clones and members)\n",
-                   rm.key_version, a.pos[2], rm.key_version, a.pos[1]);
+                   rm.key_version, removed, rm.key_version, a.pos[1]);
         print_skipped();
         return 0;
     }

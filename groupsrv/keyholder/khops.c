@@ -1667,12 +1667,15 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
         e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
+        if (rm.email[0] != '\0')
+            email = rm.email; /* the member as stored, for the record and the answer */
         if (member_change_audited(j, action, c.identity, gname, e, rm.key_version ? (long)rm.key_version : -1,
                                   json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to",
                                             (json_int_t)rm.secret_version, "key_rotated_to",
                                             (json_int_t)rm.key_version)) != 0)
             goto out;
         answer_begin(j, 200);
+        ipc_put_str(&j->reply, IPC_T_EMAIL, email);
         if (rm.secret_version)
             ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, rm.secret_version);
         if (rm.key_version)

@@ -961,7 +961,9 @@ static void member_answer(struct srv_req *r, const ipc_msg *a)
         return;
     }
     if (cmd == EVHTTP_REQ_DELETE) {
-        json_t *o = json_pack("{s:s}", "removed", r->param[1]);
+        /* the member as stored, not as the request spelt it */
+        const char *stored = ipc_str(a, IPC_T_EMAIL);
+        json_t *o = json_pack("{s:s}", "removed", stored != NULL ? stored : r->param[1]);
         if (o != NULL && ipc_has(a, IPC_T_SECRET_VERSION))
             json_object_set_new(o, "secret_version", json_integer(ipc_u32(a, IPC_T_SECRET_VERSION, 0)));
         if (o != NULL && ipc_has(a, IPC_T_KEY_VERSION))

@@ -197,7 +197,11 @@ grep -q 'RSA below 2048' "$work/body" || fail "PUT with an RSA-1024 certificate:
 expect_status 200 "" "a refused PUT left the member as they were" -- c admin "$base/v1/groups/eng/members/frank@example.org"
 grep -q '"role":"member"' "$work/body" && grep -q '"has_certificate":false' "$work/body" ||
   fail "a refused PUT changed the member: $(cat "$work/body")"
-expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/groups/eng/members/frank@example.org"
+# the member is named as stored, whatever the case of the request
+expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/groups/eng/members/Frank@Example.ORG"
+grep -q '"removed":"frank@example.org"' "$work/body" || fail "DELETE answers the requested spelling: $(cat "$work/body")"
+tail -n 3 "$work/audit.jsonl" | grep '"action":"member-remove"' | grep -q '"member":"frank@example.org"' ||
+  fail "the removal's audit record does not name the stored member"
 expect_status 404 not_found "removed member is gone" -- c admin "$base/v1/groups/eng/members/frank@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
