@@ -23,6 +23,7 @@
 #include "gm.h"
 #include "gm_store.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 
@@ -868,6 +869,47 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
     return GM_EXIT_ERROR;
 }
 
+/* An address groupsrv and the exploder take (common/mailaddr.h), else a
+ * usage error naming it and why, before anything is read or sent. */
+static int check_address(const char *what, const char *addr)
+{
+    const char *why = mailaddr_problem(addr);
+    char q[96];
+
+    if (why == NULL)
+        return GM_EXIT_OK;
+    if (*addr == '\0')
+        gm_err("%s: an empty address (a comma too many?)", what);
+    else
+        gm_err("%s: not an email address: %s: %s", what, log_quote(q, sizeof(q), addr), why);
+    return GM_EXIT_USAGE;
+}
+
+/* The same for each address of a comma-separated list (spaces around). */
+static int check_addresses(const char *what, const char *list)
+{
+    char addr[MAILADDR_MAX + 2];
+    const char *p = list, *e;
+    size_t n;
+
+    do {
+        while (*p == ' ')
+            p++;
+        e = p + strcspn(p, ",");
+        n = (size_t)(e - p);
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if (n > MAILADDR_MAX)
+            n = MAILADDR_MAX + 1; /* too long, whatever follows */
+        memcpy(addr, p, n);
+        addr[n] = '\0';
+        if (check_address(what, addr) != GM_EXIT_OK)
+            return GM_EXIT_USAGE;
+        p = *e == ',' ? e + 1 : e;
+    } while (*p != '\0' || p[-1] == ',');
+    return GM_EXIT_OK;
+}
+
 static int cmd_send(gm_config *c)
 {
     gs_rest *r = NULL;
@@ -888,6 +930,9 @@ static int cmd_send(gm_config *c)
         gm_err("--smtp must be smtp:// or smtps://");
         return GM_EXIT_USAGE;
     }
+    if ((rc = check_addresses("--to", c->to)) != GM_EXIT_OK ||
+        (c->from != NULL && (rc = check_address("--from ([smtp] from)", c->from)) != GM_EXIT_OK))
+        return rc;
     if ((rc = smtp_password(c, &pw, &pwlen)) != GM_EXIT_OK)
         goto out;
     if ((rc = open_in(c, &in)) != GM_EXIT_OK)
@@ -1788,10 +1833,8 @@ static int cmd_csr(gm_config *c)
         gm_err("csr is for a key on a token (--key pkcs11:URI); for a key file use openssl req");
         return GM_EXIT_USAGE;
     }
-    if (strlen(c->from) > 254 || strchr(c->from, '@') == NULL || strpbrk(c->from, ",\r\n") != NULL) {
-        gm_err("--from must be one mail address");
-        return GM_EXIT_USAGE;
-    }
+    if ((rc = check_address("--from", c->from)) != GM_EXIT_OK)
+        return rc; /* what the group server takes as the certificate's identity */
     rc = GM_EXIT_ERROR;
     if (gm_hsm_open_for(c, c->key, &hc, &hk) != 0)
         goto out;

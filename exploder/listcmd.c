@@ -11,6 +11,7 @@
 #include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
+#include "mailaddr.h"
 #include "prepare.h"
 #include "spool.h"
 #include "util.h"
@@ -66,7 +67,9 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
     if (l.server == NULL || l.group == NULL || l.mode == 0)
         return xp_usage_error("", "list create: --group-server URL, --group G and --mode are required");
     if (!mail_addr_valid(l.address)) {
-        fprintf(stderr, "exploder: not a list address: %s\n", l.address);
+        char q[96];
+        fprintf(stderr, "exploder: not a list address: %s: %s\n", log_quote(q, sizeof(q), l.address),
+                mailaddr_problem(l.address));
         return XP_EX_USAGE;
     }
     if (strncmp(l.server, "https://", 8) != 0) {
@@ -146,7 +149,9 @@ static int collect_members(int argc, char **argv, char ***out, size_t *n)
             } else
                 a = argv[i];
             if (!mail_addr_valid(a)) {
-                fprintf(stderr, "exploder: not an address: %.80s\n", a);
+                char q[96];
+                fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a),
+                        mailaddr_problem(a));
                 goto out;
             }
             if (cnt == cap) {

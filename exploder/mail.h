@@ -37,11 +37,11 @@ const char *mail_split_strerror(xp_err rc);
 char *mail_header_get(const char *hdrs, size_t len, const char *name);
 
 /* The addr-spec of an address header value ("Name <a@b>" or "a@b"),
- * validated (one '@', non-empty parts, printable, no spaces) and at most
- * MAIL_MAX_ADDR bytes. XP_ERR_FORMAT otherwise. */
+ * validated by mail_addr_valid. XP_ERR_FORMAT otherwise. */
 xp_err mail_addr_spec(const char *value, char *out, size_t outsz);
 
-/* True if s is a plausible bare address (same checks as mail_addr_spec). */
+/* True if s is a bare address by common/mailaddr.h's rule (which
+ * mailaddr_problem explains), as groupsrv and groupmail take them. */
 bool mail_addr_valid(const char *s);
 
 /* RFC 2919 list identifier of a list address: "eng@lists.example.org" ->

@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "mailaddr.h"
 #include "policy.h"
 #include "util.h"
 
@@ -165,7 +166,7 @@ gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize)
                 err = GS_OK;
             } else {
                 buf[0] = '\0';
-                err = gs_err_set(GS_ERR_CERT, "certificate email address is malformed");
+                err = gs_err_set(GS_ERR_CERT, "certificate email address is malformed: %s", mailaddr_problem(buf));
             }
         }
     }

@@ -16,6 +16,7 @@
 
 #include "certname.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 struct gs_group {
@@ -999,7 +1000,8 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     if (spec == NULL || !gs_valid_group_name(spec->name))
         return gs_err_set(GS_ERR_ARGS, "invalid group name (" GS_GROUP_NAME_RULE ")");
     if (!gs_valid_email(spec->address))
-        return gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)");
+        return gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN): %s",
+                          mailaddr_problem(spec->address));
     if (spec->use_key == NULL) {
         hsm_key_type type;
         unsigned bits;
@@ -1672,7 +1674,7 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
 
     *replaced = false;
     if (!gs_valid_email(email))
-        return gs_err_set(GS_ERR_ARGS, "invalid member email address");
+        return gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(email));
     if ((err = gs_store_group_get(st, group, &g)) != GS_OK)
         return err;
     /* Everything that can refuse the new record is checked before the
@@ -1726,7 +1728,7 @@ gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs
     gs_err err;
 
     if (!gs_valid_email(email))
-        return gs_err_set(GS_ERR_ARGS, "invalid member email address");
+        return gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(email));
     err = gs_store_group_get(st, group, &g);
     if (err)
         return err;

@@ -30,6 +30,7 @@
 #include "gs_error.h"
 #include "hsm.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "store.h"
 #include "tlscmd.h"
 #include "util.h"
@@ -586,7 +587,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
         if (!gs_valid_group_name(spec.name))
             return fail(gs_err_set(GS_ERR_ARGS, "invalid group name (" GS_GROUP_NAME_RULE ")"));
         if (!gs_valid_email(spec.address))
-            return fail(gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN)"));
+            return fail(gs_err_set(GS_ERR_ARGS, "invalid list address (expected LIST@DOMAIN): %s",
+                                   mailaddr_problem(spec.address)));
         err = env_open(e, NEED_DB | NEED_CA);
         if (!err)
             err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
@@ -865,7 +867,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
     if (a.npos != 3)
         return usage_error("member %s: expected NAME EMAIL", sub);
     if (!gs_valid_email(a.pos[2]))
-        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address"));
+        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(a.pos[2])));
     if (strcmp(sub, "set") == 0) {
         gs_store_group *g = NULL;
         gs_wrap w = GS_WRAP_DEFAULT;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 const char *gs_wrap_name(gs_wrap w)
@@ -116,19 +117,4 @@ bool gs_valid_group_name(const char *name)
     return true;
 }
 
-bool gs_valid_email(const char *email)
-{
-    size_t n, at_count = 0;
-    const char *at;
-    if (email == NULL || (n = strlen(email)) < 3 || n > GS_EMAIL_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)email[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("\"<>(),;:[]\\/", c) != NULL)
-            return false;
-        if (c == '@')
-            at_count++;
-    }
-    at = strchr(email, '@');
-    return at_count == 1 && at != email && at[1] != '\0' && at[1] != '.' && email[n - 1] != '.';
-}
+bool gs_valid_email(const char *email) { return mailaddr_problem(email) == NULL; }

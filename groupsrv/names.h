@@ -49,8 +49,8 @@ gs_err gs_role_parse(const char *name, gs_role *out);
 
 /* Validation of names we put in labels, URLs and certificates:
  * group names: 1..64 of [a-z0-9._-], starting with a letter or digit;
- * emails/addresses: local@domain, printable ASCII without spaces, quotes,
- * angle brackets, commas or slashes, at most 254 bytes, exactly one '@'. */
+ * emails/addresses: common/mailaddr.h's rule (mailaddr_problem says why
+ * one is refused), the exploder's and groupmail's too. */
 bool gs_valid_group_name(const char *name);
 /* What gs_valid_group_name accepts, in the words of every refusal. */
 #define GS_GROUP_NAME_RULE "1-64 of a-z 0-9 . _ -, starting with a letter or digit"

@@ -25,6 +25,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -1611,7 +1612,7 @@ static const char *member_email(struct kh_job *j)
 {
     const char *email = ipc_str(&j->msg, IPC_T_EMAIL);
     if (email == NULL || !gs_valid_email(email)) {
-        answer_error(j, 400, "bad_request", "the member id must be an email address");
+        answer_error(j, 400, "bad_request", "the member id must be an email address: %s", mailaddr_problem(email));
         return NULL;
     }
     return email;

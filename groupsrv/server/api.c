@@ -26,6 +26,7 @@
 #include "envelope.h"
 #include "jsonw.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 #define MAX_RI_DER 16384       /* one RecipientInfo */
@@ -1012,7 +1013,8 @@ static void member_have_view(struct srv_req *r)
     if (srv_require_cert(r) != 0)
         return;
     if (!gs_valid_email(r->param[1])) {
-        srv_err_set(&e, 400, "bad_request", "the member id must be an email address");
+        srv_err_set(&e, 400, "bad_request", "the member id must be an email address: %s",
+                    mailaddr_problem(r->param[1]));
         goto refuse;
     }
     if (cmd == EVHTTP_REQ_PUT) {
@@ -1106,7 +1108,7 @@ static void h_group_create(struct srv_req *r)
         goto refuse;
     }
     if (!gs_valid_email(address)) {
-        srv_err_set(&e, 400, "bad_request", "\"address\" must be an email address");
+        srv_err_set(&e, 400, "bad_request", "\"address\" must be an email address: %s", mailaddr_problem(address));
         goto refuse;
     }
     json_t *jm = json_object_get(body, "methods");

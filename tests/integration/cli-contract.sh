@@ -137,6 +137,14 @@ expect 2 "^groupmail: --cbc applies to send only with --encrypt $usage" "groupma
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --cbc
 expect 2 "^groupmail: --server applies to send only with --encrypt $usage" "groupmail send --server without --encrypt" -- \
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --server https://x
+# addresses by docs/api.md "Addresses", before anything is read or sent
+expect 2 "^groupmail: --to: not an email address: x@\[192.0.2.1\]: an address literal" "groupmail send --to literal" -- \
+  "$gm" send --smtp smtp://127.0.0.1:25 --to 'l@example.org, x@[192.0.2.1]'
+expect 2 "^groupmail: --from \(\[smtp\] from\): not an email address: .*SMTPUTF8" "groupmail send --from UTF-8" -- \
+  "$gm" send --smtp smtp://127.0.0.1:25 --to l@example.org --from 'jürgen@example.org'
+expect 2 "^groupmail: --to: an empty address" "groupmail send --to a," -- "$gm" send --smtp smtp://127.0.0.1:25 --to 'l@example.org,'
+expect 2 "^groupmail: --from: not an email address: .*longer than 64" "groupmail csr --from long" -- \
+  "$gm" csr --key 'pkcs11:token=t;object=k' --from "$(printf 'l%.0s' $(seq 1 65))@example.org"
 expect 2 "^groupmail: --group-cert applies to send only with --encrypt $usage" "groupmail send --group-cert without --encrypt" -- \
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --group-cert g.pem
 expect 2 "^groupmail: --key: the pkcs11: URI carries a PIN \(pin-value; not shown\)" "groupmail --key ...pin-value" -- \

@@ -89,6 +89,19 @@ expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
 expect 65 5.3.4 $L "$W/big"
+# list members and list addresses by the group server's rule (docs/api.md
+# "Addresses"): exit 1 (64 for list create's address) and a line saying why
+long_local=$(printf 'l%.0s' $(seq 1 65))
+for a in "$long_local@example.org|longer than 64" "m@[192.0.2.1]|address literal" "jürgen@example.org|SMTPUTF8" \
+  '"a b"@example.org|quoted local part' "../../m@example.org|dot first"; do
+  rc=0
+  xp list add $L "${a%%|*}" 2>"$W/add.err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "^exploder: not an address: .*: .*${a#*|}" "$W/add.err" ||
+    fail "list add ${a%%|*}: exit $rc: $(cat "$W/add.err")"
+done
+rc=0
+xp list create "m@[192.0.2.1]" --group-server https://127.0.0.1:1 --group eng --mode forward 2>"$W/add.err" || rc=$?
+[ "$rc" = 64 ] && grep -q "not a list address: .*address literal" "$W/add.err" || fail "list create: $rc $(cat "$W/add.err")"
 # the same limit for every mode: an encrypted message over it, to a
 # group-secret and a member-certs list, is refused before anything else
 for mode in group-secret member-certs; do

@@ -197,6 +197,14 @@ grep -q 'RSA below 2048' "$work/body" || fail "PUT with an RSA-1024 certificate:
 expect_status 200 "" "a refused PUT left the member as they were" -- c admin "$base/v1/groups/eng/members/frank@example.org"
 grep -q '"role":"member"' "$work/body" && grep -q '"has_certificate":false' "$work/body" ||
   fail "a refused PUT changed the member: $(cat "$work/body")"
+# addresses by docs/api.md "Addresses": each refusal a 400 that says why
+long_local=$(printf 'l%.0s' $(seq 1 65))
+for a in "$long_local@example.org|longer than 64" "a@%5B192.0.2.1%5D|address literal" \
+  "j%C3%BCrgen@example.org|SMTPUTF8" "%22a%20b%22@example.org|quoted local part" "a..b@example.org|twice in a row"; do
+  expect_status 400 bad_request "PUT refuses ${a%%|*}" -- c admin -g -X PUT --data-binary '{"role":"member"}' \
+    "$base/v1/groups/eng/members/${a%%|*}"
+  grep -q "must be an email address: .*${a#*|}" "$work/body" || fail "PUT ${a%%|*}: $(cat "$work/body")"
+done
 # the member is named as stored, whatever the case of the request
 expect_status 200 "" "admin removes a member" -- c admin -X DELETE "$base/v1/groups/eng/members/Frank@Example.ORG"
 grep -q '"removed":"frank@example.org"' "$work/body" || fail "DELETE answers the requested spelling: $(cat "$work/body")"

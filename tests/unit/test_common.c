@@ -20,6 +20,7 @@
 
 #include "jsonw.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 static void test_b64_roundtrip(void **state)
@@ -295,6 +296,65 @@ static void test_url_host_is_loopback(void **state)
     assert_false(util_url_host_is_loopback(NULL));
 }
 
+/* The one address rule of groupsrv, the exploder and groupmail: RFC 5321
+ * limits (local part 64, address 254), dot-atom local parts, host-name
+ * domains; quoted local parts, address literals and non-ASCII refused,
+ * each with its own reason. */
+static void test_mailaddr(void **state)
+{
+    char a[300];
+    (void)state;
+    assert_null(mailaddr_problem("a@b.org"));
+    assert_null(mailaddr_problem("first.last+tag@sub.example.org"));
+    assert_null(mailaddr_problem("o'brien!x#y$z%&*=?^_`{|}~-@xn--bcher-kva.example"));
+    assert_null(mailaddr_problem("Root@LocalHost"));
+    /* 64 octets of local part and 254 in all are the limits */
+    memset(a, 'l', 64);
+    memcpy(a + 64, "@x.org", 7);
+    assert_null(mailaddr_problem(a));
+    memset(a, 'l', 65);
+    memcpy(a + 65, "@x.org", 7);
+    assert_string_equal(mailaddr_problem(a), "a local part longer than 64 octets (RFC 5321)");
+    memset(a, 'd', sizeof(a));
+    memcpy(a, "l@", 2);
+    for (size_t i = 2 + 63; i < 254; i += 64)
+        a[i] = '.';
+    a[254] = '\0';
+    assert_null(mailaddr_problem(a));
+    a[254] = 'd';
+    a[255] = '\0';
+    assert_string_equal(mailaddr_problem(a), "longer than 254 octets (RFC 5321)");
+    memset(a, 'd', 70);
+    memcpy(a, "l@", 2);
+    a[70] = '\0';
+    assert_string_equal(mailaddr_problem(a), "a domain label longer than 63 octets");
+    assert_string_equal(mailaddr_problem("\"a b\"@x.org"), "a quoted local part (\"...\"@), which is not supported");
+    assert_non_null(strstr(mailaddr_problem("a@[192.0.2.1]"), "address literal"));
+    assert_non_null(strstr(mailaddr_problem("a@[IPv6:2001:db8::1]"), "address literal"));
+    assert_non_null(strstr(mailaddr_problem("j\xc3\xbc" "rgen@example.org"), "SMTPUTF8"));
+    assert_non_null(strstr(mailaddr_problem("a@b\xc3\xbc" "cher.example"), "SMTPUTF8"));
+    assert_string_equal(mailaddr_problem(""), "empty");
+    assert_string_equal(mailaddr_problem(NULL), "empty");
+    assert_string_equal(mailaddr_problem("nobody"), "no @");
+    assert_string_equal(mailaddr_problem("a@b@c.org"), "more than one @");
+    assert_string_equal(mailaddr_problem("@b.org"), "an empty local part");
+    assert_string_equal(mailaddr_problem("a@"), "an empty domain");
+    assert_non_null(mailaddr_problem("a b@c.org"));
+    assert_non_null(mailaddr_problem("a\n@c.org"));
+    assert_non_null(strstr(mailaddr_problem("a/b@c.org"), "local part may not hold"));
+    assert_non_null(strstr(mailaddr_problem("<a@b.org>"), "may not hold"));
+    assert_non_null(strstr(mailaddr_problem("a,b@c.org"), "may not hold"));
+    assert_non_null(strstr(mailaddr_problem(".a@b.org"), "dot first"));
+    assert_non_null(strstr(mailaddr_problem("a.@b.org"), "dot first"));
+    assert_non_null(strstr(mailaddr_problem("a..b@c.org"), "dot first"));
+    assert_non_null(strstr(mailaddr_problem("a@b..org"), "empty label"));
+    assert_non_null(strstr(mailaddr_problem("a@b.org."), "empty label"));
+    assert_non_null(strstr(mailaddr_problem("a@.b.org"), "empty label"));
+    assert_non_null(strstr(mailaddr_problem("a@-b.org"), "hyphen"));
+    assert_non_null(strstr(mailaddr_problem("a@b-.org"), "hyphen"));
+    assert_non_null(strstr(mailaddr_problem("a@b_c.org"), "domain name may not hold"));
+}
+
 static void test_jsonw_answers_equal_jansson(void **state)
 {
     (void)state;
@@ -537,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_parse_numbers),   cmocka_unit_test(test_log_quote),
         cmocka_unit_test(test_jsonw_answers_equal_jansson), cmocka_unit_test(test_jsonw_escapes_like_jansson),
         cmocka_unit_test(test_jsonw_shape_and_bounds),   cmocka_unit_test(test_url_host_is_loopback),
+        cmocka_unit_test(test_mailaddr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

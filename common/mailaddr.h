@@ -1,0 +1,31 @@
+/*
+ * mailaddr: the one rule for an email address that groupsrv (members,
+ * group addresses, certificate identities), the exploder (lists, members,
+ * senders) and groupmail (--to, --from) take: an RFC 5321 Mailbox,
+ * restricted to what every one of them can carry in a URL path, a file
+ * name and an SMTP envelope without SMTPUTF8 (docs/api.md, "Addresses").
+ *
+ *   local@domain, US-ASCII, at most MAILADDR_MAX octets (RFC 5321: a path
+ *   of at most 256 octets with its angle brackets);
+ *   local part: a dot-atom (RFC 5322 atext and dots, no dot first, last
+ *   or twice in a row), 1..64 octets, without '/' (it names files);
+ *   domain: host-name labels (letters, digits, hyphens; 1..63 octets, no
+ *   hyphen first or last) joined by dots, at most 255 octets.
+ * Refused, each with its own reason: a quoted local part ("a b"@x), an
+ * address literal (x@[192.0.2.1]), non-ASCII (an internationalized
+ * address; an IDN domain goes in its xn-- A-label form).
+ * Addresses compare case-insensitively as a whole (two that differ only
+ * in case are one), and are kept as first written.
+ */
+#ifndef GS_MAILADDR_H
+#define GS_MAILADDR_H
+
+#define MAILADDR_MAX 254       /* octets of an address */
+#define MAILADDR_LOCAL_MAX 64  /* octets of its local part */
+
+/* NULL when addr is an address by the rule above, else why not: a
+ * static, plain English phrase ("a local part longer than 64 octets"),
+ * to follow "not an email address: ". */
+const char *mailaddr_problem(const char *addr);
+
+#endif
