@@ -240,6 +240,7 @@ static int list_set(spool *s, int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     xp_list *l = NULL;
     int opt, ex = 1;
+    bool allow_given = false;
     xp_err rc;
 
     if (argc < 3)
@@ -261,7 +262,10 @@ static int list_set(spool *s, int argc, char **argv)
         case 'M': l->members_only = true; break;
         case 'O': l->members_only = false; break;
         case 'R': l->require_encrypted = true; break;
-        case 'U': l->require_encrypted = false; break;
+        case 'U':
+            l->require_encrypted = false;
+            allow_given = true;
+            break;
         default: ex = xp_getopt_error("", "list set", opt, argv); goto out;
         }
     }
@@ -270,7 +274,13 @@ static int list_set(spool *s, int argc, char **argv)
         goto out;
     }
     if (!l->require_encrypted && l->mode != XP_MODE_FORWARD) {
-        fprintf(stderr, "exploder: --allow-unencrypted only makes sense for --mode forward\n");
+        /* a list that lets plain mail through, moved to a rewrap mode:
+         * say which setting is in the way, not one that was not given */
+        if (allow_given)
+            fprintf(stderr, "exploder: --allow-unencrypted only makes sense for --mode forward\n");
+        else
+            fprintf(stderr, "exploder: list set: %s lets unencrypted mail through (--allow-unencrypted), which "
+                            "only --mode forward can: add --require-encrypted\n", l->address);
         ex = XP_EX_USAGE;
         goto out;
     }

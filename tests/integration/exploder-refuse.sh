@@ -102,6 +102,15 @@ done
 rc=0
 xp list create "m@[192.0.2.1]" --group-server https://127.0.0.1:1 --group eng --mode forward 2>"$W/add.err" || rc=$?
 [ "$rc" = 64 ] && grep -q "not a list address: .*address literal" "$W/add.err" || fail "list create: $rc $(cat "$W/add.err")"
+# list set: a list that lets plain mail through cannot move to a rewrap
+# mode; the error names the setting in the way, not an option not given
+xp list create plain@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/group.pem" --allow-unencrypted >/dev/null 2>&1
+rc=0
+xp list set plain@lists.example.org --mode member-certs 2>"$W/set.err" || rc=$?
+[ "$rc" = 64 ] && grep -q "lets unencrypted mail through (--allow-unencrypted), which only --mode forward can: add --require-encrypted" \
+  "$W/set.err" || fail "list set --mode on an open list: $rc $(cat "$W/set.err")"
+xp list set plain@lists.example.org --mode member-certs --require-encrypted >/dev/null || fail "list set with both"
 # the same limit for every mode: an encrypted message over it, to a
 # group-secret and a member-certs list, is refused before anything else
 for mode in group-secret member-certs; do
