@@ -47,6 +47,9 @@ typedef struct gm_config {
     bool cbc, mime, repin, verbose, quiet, encrypt_first;
     /* smtp:// only: [smtp] starttls, or --smtp-starttls (required) */
     enum { GM_STARTTLS_UNSET = 0, GM_STARTTLS_NO, GM_STARTTLS_YES, GM_STARTTLS_REQUIRED } smtp_starttls;
+    /* given as flags (not from the file or the environment): a flag that
+     * asks for TLS where the connection has none is a usage error */
+    bool smtp_starttls_flag, smtp_cacert_flag;
 } gm_config;
 
 void gm_config_clear(gm_config *c);

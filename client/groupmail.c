@@ -275,6 +275,8 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
         gm_err("unexpected argument '%s'", argv[optind]);
         return GM_EXIT_USAGE;
     }
+    c->smtp_starttls_flag = c->smtp_starttls == GM_STARTTLS_REQUIRED; /* flags come first */
+    c->smtp_cacert_flag = c->smtp_cacert != NULL;
     if (encrypt_only != 0 && !c->encrypt_first) {
         gm_err("--%s applies to send only with --encrypt (see groupmail --help)", option_name(encrypt_only));
         return GM_EXIT_USAGE;
@@ -928,6 +930,19 @@ static int cmd_send(gm_config *c)
         return GM_EXIT_USAGE;
     if (strncasecmp(c->smtp, "smtp://", 7) != 0 && strncasecmp(c->smtp, "smtps://", 8) != 0) {
         gm_err("--smtp must be smtp:// or smtps://");
+        return GM_EXIT_USAGE;
+    }
+    /* TLS asked for by a flag where there is none, or where it is not
+     * STARTTLS: the user believes in a check that would never be made */
+    bool smtps = strncasecmp(c->smtp, "smtps://", 8) == 0;
+    if (smtps && c->smtp_starttls_flag) {
+        gm_err("--smtp-starttls does not apply to smtps:// (TLS from the first byte) (see groupmail --help)");
+        return GM_EXIT_USAGE;
+    }
+    if (!smtps && c->smtp_cacert_flag && c->smtp_starttls != GM_STARTTLS_YES &&
+        c->smtp_starttls != GM_STARTTLS_REQUIRED) {
+        gm_err("--smtp-cacert applies only to TLS: smtps://, or smtp:// with --smtp-starttls ([smtp] starttls = "
+               "yes or required) (see groupmail --help)");
         return GM_EXIT_USAGE;
     }
     if ((rc = check_addresses("--to", c->to)) != GM_EXIT_OK ||

@@ -138,6 +138,12 @@ run 0 "" -c "$work/lo.conf" --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --
 printf '[smtp]\nauth_in_clear = always\n' >"$work/bad2.conf"
 run 1 "bad value 'always' for [smtp] auth_in_clear" -c "$work/bad2.conf" --smtp "smtp://127.0.0.1:$PORT"
 
+# a flag that asks for TLS where there is none (or where it is not
+# STARTTLS) is a usage error, never silently ignored: nothing is sent
+run 2 "--smtp-cacert applies only to TLS" --smtp "smtp://127.0.0.1:$PORT" --smtp-cacert "$work/s.pem"
+run 2 "--smtp-starttls does not apply to smtps://" --smtp "smtps://127.0.0.1:$PORT" --smtp-starttls
+[ "$(stored clear)" = 1 ] || fail "a refused command line sent something"
+
 # smtps:// (TLS from the first byte) with AUTH
 smtpd imp --tls-cert "$work/s.pem" --tls-key "$work/s.key" --implicit-tls --auth-file "$work/auth" --require-auth
 run 0 "" --smtp "smtps://127.0.0.1:$PORT" --smtp-cacert "$work/s.pem" --smtp-user alice --smtp-password-file "$work/pw"
