@@ -8,6 +8,7 @@
 
 #include "inifile.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 const char *xp_strerror(xp_err err)
@@ -128,10 +129,11 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_u64(&c->poll_interval, value, 1, 3600);
         if (strcmp(name, "relay_timeout") == 0)
             return set_u64(&c->relay_timeout, value, 1, 3600);
+        /* the list's own addresses: by the rule every address follows */
         if (strcmp(name, "envelope_from") == 0)
-            return set_str(&c->envelope_from, value);
+            return mailaddr_problem(value) == NULL && set_str(&c->envelope_from, value);
         if (strcmp(name, "bounce_from") == 0)
-            return set_str(&c->bounce_from, value);
+            return mailaddr_problem(value) == NULL && set_str(&c->bounce_from, value);
         if (strcmp(name, "starttls") == 0) {
             static const char *const words[3] = {"no", "yes", "required"};
             static const int values[3] = {XP_STARTTLS_NO, XP_STARTTLS_YES, XP_STARTTLS_REQUIRED};

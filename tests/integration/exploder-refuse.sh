@@ -150,6 +150,16 @@ rc=0
 [ "$rc" = 75 ] && [ "$(wc -l < "$W/deliver.err")" = 1 ] && grep -q '^4\.3\.5 ' "$W/deliver.err" ||
   fail "unreadable configuration: exit $rc: $(cat "$W/deliver.err")"
 
+# the list's own addresses follow the address rule: a bad one is a bad
+# value of the file (78), never a MAIL FROM the relay refuses later
+for k in "envelope_from = list owner" "bounce_from = MAILER-DAEMON@[192.0.2.1]"; do
+  printf '[spool]\npath = %s\n[delivery]\nrelay = maildir:%s\n%s\n' "$W/spool" "$W/md" "$k" >"$W/badaddr.conf"
+  rc=0
+  "$EXPLODER" -c "$W/badaddr.conf" list show $L >/dev/null 2>"$W/conf.err" || rc=$?
+  [ "$rc" = 78 ] && grep -q "badaddr.conf:5: bad value for '${k%% *}' in \[delivery\]" "$W/conf.err" ||
+    fail "$k: exit $rc: $(cat "$W/conf.err")"
+done
+
 # a spool that cannot be written: temporary failure, never "accepted"
 chmod 0500 "$W/spool/msg"
 if [ "$(id -u)" != 0 ]; then
