@@ -72,6 +72,16 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
                 mailaddr_problem(l.address));
         return XP_EX_USAGE;
     }
+    /* The list speaks as LOCAL-owner@ (MAIL FROM) and LOCAL-request@
+     * (List-Unsubscribe): the longer must be an address too. */
+    char request[MAIL_MAX_ADDR + 16];
+    const char *at = strrchr(l.address, '@');
+    (void)snprintf(request, sizeof(request), "%.*s-request%s", (int)(at - l.address), l.address, at);
+    if (mailaddr_problem(request) != NULL) {
+        fprintf(stderr, "exploder: not a list address: %s: its %s (List-Unsubscribe) would not be an address: %s\n",
+                l.address, request, mailaddr_problem(request));
+        return XP_EX_USAGE;
+    }
     if (strncmp(l.server, "https://", 8) != 0) {
         fprintf(stderr, "exploder: --group-server must be an https:// URL\n");
         return XP_EX_USAGE;

@@ -102,6 +102,12 @@ done
 rc=0
 xp list create "m@[192.0.2.1]" --group-server https://127.0.0.1:1 --group eng --mode forward 2>"$W/add.err" || rc=$?
 [ "$rc" = 64 ] && grep -q "not a list address: .*address literal" "$W/add.err" || fail "list create: $rc $(cat "$W/add.err")"
+# a list speaks as LOCAL-request@ and LOCAL-owner@: those must be addresses too
+rc=0
+xp list create "$(printf 'l%.0s' $(seq 1 57))@lists.example.org" --group-server https://127.0.0.1:1 --group eng \
+  --mode forward --group-cert "$W/group.pem" 2>"$W/add.err" || rc=$?
+[ "$rc" = 64 ] && grep -q -- "-request@lists.example.org (List-Unsubscribe) would not be an address: a local part longer than 64" \
+  "$W/add.err" || fail "a list address without room for -request: $rc $(cat "$W/add.err")"
 # list set: a list that lets plain mail through cannot move to a rewrap
 # mode; the error names the setting in the way, not an option not given
 xp list create plain@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
