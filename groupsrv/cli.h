@@ -80,5 +80,14 @@ gs_err cli_record_write(struct cli_record *r, const char *action, const char *gr
 /* A refusal or failure, recorded with err's detail as its outcome (extra
  * stolen); prints err's line and returns its exit code, as fail(). */
 int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra);
+/* The record of a change the command made (change GS_OK: outcome "ok") or
+ * refused (change's detail as the outcome, as cli_record_failure), with
+ * key_version (< 0: none) and extra (stolen); r is closed. Every record
+ * also names the operator's "uid". 0 when the change was made and
+ * recorded; else the exit code after the one error line: the change's
+ * error, or, for a change made whose record could not be written, that
+ * (exit 1, "ACTION GROUP was done, but its audit record was not written"). */
+int cli_record_done(struct cli_record *r, const char *action, const char *group, long key_version, gs_err change,
+                    json_t *extra);
 
 #endif

@@ -9,6 +9,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -64,31 +65,70 @@ void cli_record_close(struct cli_record *r)
 #endif
 }
 
-gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
-                        json_t *extra)
+/* One record: the operator's uid beside the login name (which may come
+ * from $SUDO_USER), so that the record says who even where names lie. */
+static gs_err record_write(struct cli_record *r, const char *action, const char *group, long key_version,
+                           const char *outcome, json_t *extra)
 {
     gs_err err = GS_OK;
 #ifdef GS_HAVE_SERVER
-    audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = -1,
+    if (extra == NULL)
+        extra = json_object();
+    if (extra != NULL)
+        (void)json_object_set_new(extra, "uid", json_integer((json_int_t)getuid()));
+    audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = key_version,
                         .outcome = outcome, .extra = extra};
     audit_err ae = audit_append(r->log, &rec);
     if (ae != AUDIT_OK)
         err = gs_err_set(GS_ERR_IO, "audit log: %s", audit_strerror(ae));
 #else
-    (void)r, (void)action, (void)group, (void)outcome;
+    (void)r, (void)action, (void)group, (void)key_version, (void)outcome;
     err = gs_err_set(GS_ERR_CONFIG, "no audit log in this build");
 #endif
     json_decref(extra);
     return err;
 }
 
-int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra)
+gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
+                        json_t *extra)
+{
+    return record_write(r, action, group, -1, outcome, extra);
+}
+
+/* The failure's record, with err's detail as its outcome; the detail is
+ * kept for the error line. */
+static int record_failure(struct cli_record *r, const char *action, const char *group, long key_version, gs_err err,
+                          json_t *extra)
 {
     char detail[512];
 
     (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
-    if (cli_record_write(r, action, group, detail[0] ? detail : gs_strerror(err), extra) != GS_OK)
+    if (record_write(r, action, group, key_version, detail[0] ? detail : gs_strerror(err), extra) != GS_OK)
         log_warn("the refusal could not be recorded in the audit log");
     (void)gs_err_set(err, "%s", detail);
     return fail(err);
+}
+
+int cli_record_done(struct cli_record *r, const char *action, const char *group, long key_version, gs_err change,
+                    json_t *extra)
+{
+    gs_err err;
+    int rc;
+
+    if (change != GS_OK) {
+        rc = record_failure(r, action, group, key_version, change, extra);
+        cli_record_close(r);
+        return rc;
+    }
+    err = record_write(r, action, group, key_version, "ok", extra);
+    cli_record_close(r);
+    if (err)
+        return fail(gs_err_set(err, "%s%s%s was done, but its audit record was not written: %s", action,
+                               group ? " " : "", group ? group : "", gs_err_detail()));
+    return 0;
+}
+
+int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra)
+{
+    return record_failure(r, action, group, -1, err, extra);
 }

@@ -369,16 +369,25 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
         if (util_uri_has_pin_value(opt(&a, "--use-key")))
             return refuse_uri_pin("ca init");
+        const char *ref = opt(&a, "--use-key") ? opt(&a, "--use-key") : e->cfg->ca.key_label;
+        struct cli_record rec;
+        char fp[65] = "";
+        json_t *extra;
         err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
         if (!err)
-            err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
-                                days, opt(&a, "--replicable") != NULL, &e->ca);
+            err = cli_record_open(e->cfg, &rec, "ca init");
         if (err)
             return fail(err);
-        char fp[65];
-        gs_cert_fingerprint(gs_ca_cert(e->ca), fp);
-        printf("CA initialised: label %s, certificate sha256 %s\n",
-               opt(&a, "--use-key") ? opt(&a, "--use-key") : e->cfg->ca.key_label, fp);
+        err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
+                            days, opt(&a, "--replicable") != NULL, &e->ca);
+        extra = json_pack("{s:s,s:b}", "label", ref, "replicable", opt(&a, "--replicable") != NULL);
+        if (!err) {
+            gs_cert_fingerprint(gs_ca_cert(e->ca), fp);
+            (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));
+        }
+        if ((rc = cli_record_done(&rec, "ca-init", NULL, -1, err, extra)) != 0)
+            return rc;
+        printf("CA initialised: label %s, certificate sha256 %s\n", ref, fp);
         print_ca_weakenings(e);
         return 0;
     }
@@ -513,6 +522,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
                                           {"--pubkey", false},         {"--use-key", true},    {"--replicable", false}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
+    struct cli_record rec;
     gs_err err;
     int rc;
     const char *sub = argc > 0 ? argv[0] : "";
@@ -591,9 +601,13 @@ static int cmd_group(struct env *e, int argc, char **argv)
                                    mailaddr_problem(spec.address)));
         err = env_open(e, NEED_DB | NEED_CA);
         if (!err)
-            err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
+            err = cli_record_open(e->cfg, &rec, "group create");
         if (err)
             return fail(err);
+        err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
+        if ((rc = cli_record_done(&rec, "group-create", spec.name, v ? (long)v : -1, err,
+                                  json_pack("{s:s,s:b}", "address", spec.address, "replicable", spec.replicable))) != 0)
+            return rc;
         printf("group %s created: key version %u%s\n", spec.name, v,
                spec.replicable ? " (replicable: copied only by the key ceremony, see group export)" : "");
         {
@@ -617,12 +631,16 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group set: --wrap must be pkcs1v15 or oaep, not %s", opt(&a, "--wrap"));
         err = env_open(e, NEED_DB);
         if (!err)
-            err = gs_store_group_get(e->st, a.pos[1], &g);
+            err = cli_record_open(e->cfg, &rec, "group set");
+        if (err)
+            return fail(err);
+        err = gs_store_group_get(e->st, a.pos[1], &g);
         if (!err)
             err = gs_store_group_set_member_wrap(e->st, g->id, w);
         gs_store_group_free(g);
-        if (err)
-            return fail(err);
+        if ((rc = cli_record_done(&rec, "group-set", a.pos[1], -1, err, json_pack("{s:s}", "wrap", gs_wrap_name(w)))) !=
+            0)
+            return rc;
         printf("group %s: member-certs copies wrapped with %s unless a member chose otherwise\n", a.pos[1],
                gs_wrap_name(w));
         return 0;
@@ -633,9 +651,12 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group rotate takes no options%s", "");
         err = env_open(e, NEED_DB | NEED_CA);
         if (!err)
-            err = gs_group_rotate(e->st, e->hsm, e->ca, e->cfg, a.pos[1], &v);
+            err = cli_record_open(e->cfg, &rec, "group rotate");
         if (err)
             return fail(err);
+        err = gs_group_rotate(e->st, e->hsm, e->ca, e->cfg, a.pos[1], &v);
+        if ((rc = cli_record_done(&rec, "group-rotate", a.pos[1], v ? (long)v : -1, err, NULL)) != 0)
+            return rc;
         printf("group %s: new key version %u\n", a.pos[1], v);
         print_skipped();
         return 0;
@@ -649,9 +670,14 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group retire: bad --before %s", opt(&a, "--before"));
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
+            err = cli_record_open(e->cfg, &rec, "group retire");
         if (err)
             return fail(err);
+        err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
+        if ((rc = cli_record_done(&rec, "group-retire", a.pos[1], -1, err,
+                                  json_pack("{s:I,s:I,s:I}", "before", (json_int_t)before, "retired", (json_int_t)n,
+                                            "destroyed_earlier", (json_int_t)cleared))) != 0)
+            return rc;
         printf("group %s: %zu key version(s) retired\n", a.pos[1], n);
         if (cleared > 0)
             printf("group %s: %zu version(s) retired earlier destroyed on this token\n", a.pos[1], cleared);
@@ -664,14 +690,22 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group import-cert: --cert FILE is required%s", "");
         if (opt(&a, "--version") && util_parse_u64(opt(&a, "--version"), 1, UINT32_MAX, &version) != UTIL_OK)
             return usage_error("group import-cert: bad --version %s", opt(&a, "--version"));
+        char fp[65] = "";
         err = read_cert_file(opt(&a, "--cert"), &cert);
         if (!err)
             err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_group_import_cert(e->st, e->hsm, a.pos[1], (unsigned)version, cert);
-        X509_free(cert);
-        if (err)
+            err = cli_record_open(e->cfg, &rec, "group import-cert");
+        if (err) {
+            X509_free(cert);
             return fail(err);
+        }
+        gs_cert_fingerprint(cert, fp);
+        err = gs_group_import_cert(e->st, e->hsm, a.pos[1], (unsigned)version, cert);
+        X509_free(cert);
+        if ((rc = cli_record_done(&rec, "group-import-cert", a.pos[1], version ? (long)version : -1, err,
+                                  json_pack("{s:s}", "certificate_sha256", fp))) != 0)
+            return rc;
         printf("group %s: certificate imported\n", a.pos[1]);
         return 0;
     }
@@ -684,9 +718,13 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group renew-cert: bad --version %s", opt(&a, "--version"));
         err = env_open(e, NEED_DB | NEED_CA);
         if (!err)
-            err = gs_group_renew_cert(e->st, e->hsm, e->ca, e->cfg, a.pos[1], (unsigned)version, &v);
+            err = cli_record_open(e->cfg, &rec, "group renew-cert");
         if (err)
             return fail(err);
+        err = gs_group_renew_cert(e->st, e->hsm, e->ca, e->cfg, a.pos[1], (unsigned)version, &v);
+        if ((rc = cli_record_done(&rec, "group-renew-cert", a.pos[1], v ? (long)v : (version ? (long)version : -1),
+                                  err, NULL)) != 0)
+            return rc;
         printf("group %s: certificate of key version %u renewed by the local CA (the key is the same)\n", a.pos[1],
                v);
         return 0;
@@ -699,6 +737,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
 static int cmd_secret(struct env *e, int argc, char **argv)
 {
     struct args a;
+    struct cli_record rec;
     unsigned v = 0;
     gs_err err;
     int rc = parse_args(argc, argv, NULL, 0, &a);
@@ -708,9 +747,13 @@ static int cmd_secret(struct env *e, int argc, char **argv)
         return usage_error("secret: expected `secret rotate NAME`%s", "");
     err = env_open(e, NEED_DB | NEED_TOKEN);
     if (!err)
-        err = gs_secret_rotate(e->st, e->hsm, a.pos[1], &v);
+        err = cli_record_open(e->cfg, &rec, "secret rotate");
     if (err)
         return fail(err);
+    err = gs_secret_rotate(e->st, e->hsm, a.pos[1], &v);
+    if ((rc = cli_record_done(&rec, "secret-rotate", a.pos[1], -1, err,
+                              json_pack("{s:I}", "secret_version", (json_int_t)v))) != 0)
+        return rc;
     printf("group %s: new secret key version %u\n", a.pos[1], v);
     print_skipped();
     return 0;
@@ -797,30 +840,6 @@ out:
     return err;
 }
 
-/* The audit record of a membership change made here, as `serve` writes
- * one for the same change over REST (action, member, outcome; extra
- * stolen); rec is closed. 0 when the change was made and recorded, else
- * the exit code after the one error line: the change's error, or, for a
- * change made whose record could not be written, the audit error. */
-static int member_recorded(struct cli_record *rec, const char *action, const char *group, gs_err change,
-                           json_t *extra)
-{
-    gs_err err;
-    int rc;
-
-    if (change != GS_OK) {
-        rc = cli_record_failure(rec, action, group, change, extra);
-        cli_record_close(rec);
-        return rc;
-    }
-    err = cli_record_write(rec, action, group, "ok", extra);
-    cli_record_close(rec);
-    if (err)
-        return fail(gs_err_set(err, "%s %s was done, but its audit record was not written: %s", action, group,
-                               gs_err_detail()));
-    return 0;
-}
-
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
@@ -885,7 +904,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
         if (!err)
             err = gs_store_member_set_wrap(e->st, g->id, a.pos[2], w);
         gs_store_group_free(g);
-        rc = member_recorded(&rec, "member-set", a.pos[1], err,
+        rc = cli_record_done(&rec, "member-set", a.pos[1], -1, err,
                              json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)));
         if (rc == 0)
             printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
@@ -903,7 +922,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return fail(err);
         err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
         const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
-        rc = member_recorded(&rec, "member-remove", a.pos[1], err,
+        rc = cli_record_done(&rec, "member-remove", a.pos[1], rm.key_version ? (long)rm.key_version : -1, err,
                              json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to",
                                        (json_int_t)rm.secret_version, "key_rotated_to", (json_int_t)rm.key_version));
         if (rc != 0)
@@ -973,7 +992,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
             (void)unlink(keypath);
             (void)unlink(certpath);
         }
-        rc = member_recorded(&rec, "member-add", a.pos[1], err,
+        rc = cli_record_done(&rec, "member-add", a.pos[1], -1, err,
                              json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)));
         if (rc != 0)
             return rc;

@@ -109,81 +109,67 @@ static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
     return 0;
 }
 
-static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
+/* Makes (or, --renew, finds) the key and writes its certificate; err
+ * set and the half-made key destroyed on failure. */
+static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm,
+                       hsm_key_type type, unsigned bits, uint64_t days, char fp[65], unsigned *bits_out)
 {
     hsm_keygen_spec ks;
-    hsm_key_type type;
     hsm_key *pub = NULL, *priv = NULL;
     hsm_key_info ki;
-    hsm_token_info ti;
-    hsm_ctx *hsm = NULL;
-    gs_store *st = NULL;
     gs_ca *ca = NULL;
     gs_cert_spec cs;
-    unsigned bits;
-    uint64_t days = 365;
     unsigned char *spki = NULL;
     const unsigned char *p;
     size_t spki_len = 0;
     EVP_PKEY *pk = NULL;
     X509 *cert = NULL;
-    char *pem = NULL, fp[65], tok[3 * sizeof(ti.label) + 1];
+    char *pem = NULL;
     bool made = false;
     gs_err err;
     hsm_err he;
-    int rc = 1, ur;
+    int ur;
 
-    if (a->days != NULL && util_parse_u64(a->days, 1, 3650, &days) != UTIL_OK)
-        return tls_usage("--days: expected 1..3650, got ", a->days);
-    if (gs_keyspec_parse(a->key, &type, &bits) != GS_OK)
-        return tls_usage("--key: expected ec:p256 or ec:p384, got ", a->key);
-    if (type != HSM_KEYTYPE_EC)
-        return tls_usage("--key: the TLS key on the token must be EC (ec:p256 or ec:p384): an RSA key would "
-                         "need raw RSA for TLS 1.3's RSA-PSS signatures, which groupsrv never offers; got ",
-                         a->key);
-    if ((err = gs_store_open(gs_config_db_location(cfg), GS_STORE_READONLY, &st)) != GS_OK ||
-        (err = gs_hsm_open(cfg, &hsm)) != GS_OK || (err = gs_ca_load(st, hsm, &ca)) != GS_OK) {
-        rc = fail(err);
+    if ((err = gs_ca_load(st, hsm, &ca)) != GS_OK)
         goto out;
-    }
     memset(&ks, 0, sizeof(ks));
     ks.label = a->label;
-    ks.type = HSM_KEYTYPE_EC;
+    ks.type = type;
     ks.bits = bits;
     ks.usage = HSM_USE_SIGN;
     if (a->renew) {
         /* Renewal: the key stays, only its certificate is new (then SIGHUP). */
         if ((he = hsm_key_find(hsm, a->label, HSM_CLASS_PRIVATE, &priv)) != HSM_OK) {
-            rc = fail(he == HSM_ERR_KEY_NOT_FOUND
-                          ? gs_err_set(GS_ERR_NOT_FOUND, "no key labelled %s on the token to renew", a->label)
-                          : gs_err_set(GS_ERR_HSM, "finding the TLS key: %s (%s)", hsm_strerror(he),
-                                       hsm_last_error_detail()));
+            err = he == HSM_ERR_KEY_NOT_FOUND
+                      ? gs_err_set(GS_ERR_NOT_FOUND, "no key labelled %s on the token to renew", a->label)
+                      : gs_err_set(GS_ERR_HSM, "finding the TLS key: %s (%s)", hsm_strerror(he),
+                                   hsm_last_error_detail());
             goto out;
         }
     } else if ((he = hsm_generate_keypair(hsm, &ks, &pub, &priv)) != HSM_OK) {
         if (he == HSM_ERR_KEY_EXISTS)
-            rc = fail(gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label));
+            err = gs_err_set(GS_ERR_EXISTS, "a key labelled %s is already on the token", a->label);
         else
-            rc = fail(gs_err_set(GS_ERR_HSM, "generating the TLS key: %s (%s)", hsm_strerror(he),
-                                     hsm_last_error_detail()));
+            err = gs_err_set(GS_ERR_HSM, "generating the TLS key: %s (%s)", hsm_strerror(he),
+                             hsm_last_error_detail());
         goto out;
     }
     made = !a->renew;
     /* What `groupsrv serve` will insist on, checked now rather than there. */
     if ((he = hsm_key_get_info(hsm, priv, &ki)) != HSM_OK || !ki.sign || !ki.sensitive || ki.extractable ||
         !ki.never_extractable || ki.value_readable || ki.type != HSM_KEYTYPE_EC) {
-        rc = fail(gs_err_set(GS_ERR_POLICY, "the %s TLS key is not a sensitive, non-extractable EC signing key",
-                             a->renew ? "token's" : "new"));
+        err = gs_err_set(GS_ERR_POLICY, "the %s TLS key is not a sensitive, non-extractable EC signing key",
+                         a->renew ? "token's" : "new");
         goto out;
     }
-    bits = ki.bits;
+    *bits_out = ki.bits;
     if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
-        rc = fail(gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he)));
+        err = gs_err_set(GS_ERR_HSM, "reading the TLS public key: %s", hsm_strerror(he));
         goto out;
     }
     p = spki;
     if ((pk = d2i_PUBKEY(NULL, &p, (long)spki_len)) == NULL) {
-        rc = fail(gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse"));
+        err = gs_err_set(GS_ERR_CRYPTO, "the token's public key does not parse");
         goto out;
     }
     memset(&cs, 0, sizeof(cs));
@@ -194,30 +180,14 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     cs.ext_key_usage = GS_EKU_SERVER_AUTH;
     cs.lifetime = (long)days * 86400L;
     cs.backdate = 300;
-    if ((err = gs_ca_issue(ca, hsm, &cs, &cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK) {
-        rc = fail(err);
+    if ((err = gs_ca_issue(ca, hsm, &cs, &cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK)
         goto out;
-    }
     if ((ur = util_write_file_atomic(a->out, pem, strlen(pem), 0644)) != UTIL_OK) {
-        rc = fail(gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur)));
+        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur));
         goto out;
     }
     made = false; /* done: the key stays */
     gs_cert_fingerprint(cert, fp);
-    if (hsm_token_info_get(hsm, &ti) == HSM_OK)
-        uri_escape(ti.label, tok, sizeof(tok));
-    else
-        util_strlcpy(tok, "groupsrv", sizeof(tok));
-    if (a->renew)
-        printf("TLS key kept on the token: label %s, EC P-%u; send serve SIGHUP to take up the new certificate\n",
-               a->label, bits);
-    else
-        printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n", a->label,
-               bits);
-    printf("certificate for %s written to %s (sha256 %s), issued by the local CA\n"
-           "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
-           a->dns, a->out, fp, a->out, tok, a->label);
-    rc = 0;
 out:
     if (made) { /* no half-made TLS key left behind */
         if (priv != NULL)
@@ -232,6 +202,57 @@ out:
     hsm_key_free(priv);
     hsm_key_free(pub);
     gs_ca_free(ca);
+    return err;
+}
+
+static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
+{
+    hsm_key_type type;
+    hsm_token_info ti;
+    hsm_ctx *hsm = NULL;
+    gs_store *st = NULL;
+    struct cli_record rec;
+    json_t *extra;
+    unsigned bits;
+    uint64_t days = 365;
+    char fp[65] = "", tok[3 * sizeof(ti.label) + 1];
+    gs_err err;
+    int rc;
+
+    if (a->days != NULL && util_parse_u64(a->days, 1, 3650, &days) != UTIL_OK)
+        return tls_usage("--days: expected 1..3650, got ", a->days);
+    if (gs_keyspec_parse(a->key, &type, &bits) != GS_OK)
+        return tls_usage("--key: expected ec:p256 or ec:p384, got ", a->key);
+    if (type != HSM_KEYTYPE_EC)
+        return tls_usage("--key: the TLS key on the token must be EC (ec:p256 or ec:p384): an RSA key would "
+                         "need raw RSA for TLS 1.3's RSA-PSS signatures, which groupsrv never offers; got ",
+                         a->key);
+    if ((err = gs_store_open(gs_config_db_location(cfg), GS_STORE_READONLY, &st)) != GS_OK ||
+        (err = gs_hsm_open(cfg, &hsm)) != GS_OK || (err = cli_record_open(cfg, &rec, "tls init")) != GS_OK) {
+        rc = fail(err);
+        goto out;
+    }
+    err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
+    extra = json_pack("{s:s,s:s,s:s,s:b}", "label", a->label, "dns", a->dns, "out", a->out, "renew", a->renew);
+    if (err == GS_OK)
+        (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));
+    rc = cli_record_done(&rec, "tls-init", NULL, -1, err, extra);
+    if (rc != 0)
+        goto out;
+    if (hsm_token_info_get(hsm, &ti) == HSM_OK)
+        uri_escape(ti.label, tok, sizeof(tok));
+    else
+        util_strlcpy(tok, "groupsrv", sizeof(tok));
+    if (a->renew)
+        printf("TLS key kept on the token: label %s, EC P-%u; send serve SIGHUP to take up the new certificate\n",
+               a->label, bits);
+    else
+        printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n", a->label,
+               bits);
+    printf("certificate for %s written to %s (sha256 %s), issued by the local CA\n"
+           "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
+           a->dns, a->out, fp, a->out, tok, a->label);
+out:
     hsm_close(hsm);
     gs_store_close(st);
     return rc;

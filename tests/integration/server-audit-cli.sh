@@ -4,7 +4,12 @@
 # chain like the same changes over REST, also while `serve` writes its own
 # records to the same file: each record names the action, the operator,
 # the group, the member and the outcome (refusals too), and `audit verify`
-# passes afterwards.
+# passes afterwards. So are the other commands that change keys,
+# certificates or policy (`ca init`, `group create|set|rotate|retire|
+# import-cert|renew-cert`, `secret rotate`, `tls init`): each has its
+# record (action, operator and uid, group, key version, outcome), a
+# refusal too, and refuses up front, changing nothing, when the audit log
+# cannot be opened.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -19,6 +24,18 @@ record() {
 }
 
 # The set-up's own changes (server-lib.sh, before serve started).
+uid=$(id -u)
+# arecord ACTION GROUP-OR-EMPTY GREP...: the last record of ACTION (by the
+# operator, their uid, of GROUP) matches every GREP pattern.
+arecord() {
+  local action=$1 group=$2 line; shift 2
+  line=$(grep "\"action\":\"$action\"" "$log" | grep "\"identity\":\"$who\"" | grep "\"uid\":$uid" |
+    { if [ -n "$group" ]; then grep "\"group\":\"$group\""; else cat; fi; } | tail -1)
+  [ -n "$line" ] || fail "no $action record of ${group:-no group} by $who (uid $uid)"
+  for pat in "$@"; do grep -Eq -- "$pat" <<< "$line" || fail "$action record lacks /$pat/: $line"; done
+}
+arecord ca-init "" '"outcome":"ok"' '"label":"gs:ca"' '"certificate_sha256":"[0-9a-f]{64}"'
+arecord group-create eng '"outcome":"ok"' '"key_version":1' '"address":"eng@example.org"'
 record member-add alice@example.org ok
 record member-add carol@example.org ok
 record member-remove carol@example.org ok
@@ -60,6 +77,33 @@ set +e; err=$(gs member add eng alice@example.org --cert "$certs/alice@example.o
   fail "the refused member add is not recorded"
 ok "refusals recorded: $err"
 
+# Keys, certificates and policy changed from the command line, beside the server.
+gs group set eng --wrap oaep > /dev/null || fail "group set"
+arecord group-set eng '"outcome":"ok"' '"wrap":"oaep"'
+gs secret rotate eng > "$work/sr.out" || fail "secret rotate"
+sv=$(sed -n 's/.*new secret key version \([0-9]*\).*/\1/p' "$work/sr.out")
+arecord secret-rotate eng '"outcome":"ok"' "\"secret_version\":$sv"
+gs group rotate eng > /dev/null || fail "group rotate"
+arecord group-rotate eng '"outcome":"ok"' '"key_version":2'
+gs group renew-cert eng --version 2 > /dev/null || fail "group renew-cert"
+arecord group-renew-cert eng '"outcome":"ok"' '"key_version":2'
+gs group show eng --cert > "$work/eng-v2.pem"
+gs group import-cert eng --cert "$work/eng-v2.pem" --version 2 > /dev/null || fail "group import-cert"
+arecord group-import-cert eng '"outcome":"ok"' '"key_version":2' "\"certificate_sha256\":\"$(openssl x509 -in "$work/eng-v2.pem" -outform DER | sha256sum | cut -c1-64)\""
+gs tls init --dns localhost --out "$work/tls.pem" > /dev/null || fail "tls init"
+arecord tls-init "" '"outcome":"ok"' '"label":"tls"' '"dns":"localhost"' '"certificate_sha256":"[0-9a-f]{64}"'
+set +e; err=$(gs group create eng --address eng@example.org 2>&1); rc=$?; set -e
+[ "$rc" = 3 ] || fail "group create of an existing group: exit $rc: $err"
+arecord group-create eng '"outcome":"group eng already exists"'
+set +e; err=$(gs tls init --dns localhost --out "$work/tls2.pem" 2>&1); rc=$?; set -e
+[ "$rc" = 3 ] || fail "tls init over an existing label: exit $rc: $err"
+arecord tls-init "" '"outcome":"a key labelled tls is already on the token"'
+set +e; err=$(gs ca init --key rsa:2048 2>&1); rc=$?; set -e
+[ "$rc" = 3 ] || fail "a second ca init: exit $rc: $err"
+arecord ca-init "" '"outcome":"a CA is already initialised in this database"'
+v=$(gs audit verify) || fail "audit verify after the key and policy commands while serving: $v"
+ok "ca init, group create/set/rotate/renew-cert/import-cert, secret rotate, tls init recorded, refusals too ($v)"
+
 # The same change over REST is recorded by the server with the caller's identity.
 expect_status 201 "" "REST member add" -- c admin -X PUT --data-binary '{"role":"member"}' \
   "$base/v1/groups/eng/members/rest@example.org"
@@ -75,6 +119,26 @@ set +e; err=$(gs member add eng late@example.org --issue-cert --out "$certs" 2>&
 [ "$rc" != 0 ] && [[ "$err" == *"audit log"*"not done without its record"* ]] || fail "no audit log: exit $rc: $err"
 [ ! -e "$certs/late@example.org.pem" ] || fail "a refused member add wrote a certificate"
 gs member list eng | grep -q late@example.org && fail "member added without its audit record"
+token_labels() {
+  pkcs11-tool --module "$module" --login --pin "$(cat "$pin_file")" -O 2>/dev/null | sed -n 's/^ *label: *//p' | sort
+}
+token_labels > "$work/labels.before"
+for cmd in "group create late --address late@example.org --key rsa:2048" "group rotate eng" "secret rotate eng" \
+  "group set eng --wrap pkcs1v15" "group retire eng --before 2" "group renew-cert eng" \
+  "tls init --dns localhost --out $work/tls3.pem --label tls3" "group import-cert eng --cert $work/eng-v2.pem"; do
+  set +e; err=$(gs $cmd 2>&1); rc=$?; set -e
+  [ "$rc" = 1 ] && [[ "$err" == *"audit log"*"not done without its record"* ]] || fail "$cmd without an audit log: exit $rc: $err"
+done
+token_labels | cmp -s - "$work/labels.before" || fail "a refused command changed the token: $(token_labels | diff "$work/labels.before" - | tr '\n' ' ')"
+gs group list | grep -q '^late ' && fail "group created without its audit record"
+gs group show eng | grep -q 'member wrap: *oaep' || fail "group set without its audit record: $(gs group show eng | grep wrap)"
+[ ! -e "$work/tls3.pem" ] || fail "tls init without its audit record wrote a certificate"
 rmdir "$log"
 mv "$work/audit.saved" "$log"
 ok "no audit log, no change: $err"
+
+# The key versions before 2 retired: recorded; the chain is whole at the end.
+gs group retire eng --before 2 > /dev/null || fail "group retire"
+arecord group-retire eng '"outcome":"ok"' '"before":2' '"retired":1'
+gs audit verify > /dev/null || fail "audit verify at the very end"
+ok "group retire recorded; the chain verifies"
