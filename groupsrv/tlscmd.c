@@ -110,7 +110,9 @@ static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
 }
 
 /* Makes (or, --renew, finds) the key and writes its certificate; err
- * set and the half-made key destroyed on failure. */
+ * set and the half-made key destroyed on failure. Under the keys lock
+ * (store.h): two at once with one label would both find the label free
+ * and make two keys under it, and serve's pkcs11: URI would name both. */
 static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm,
                        hsm_key_type type, unsigned bits, uint64_t days, char fp[65], unsigned *bits_out)
 {
@@ -232,7 +234,10 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         rc = fail(err);
         goto out;
     }
-    err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
+    if ((err = gs_store_keys_lock(st)) == GS_OK) {
+        err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
+        gs_store_keys_unlock(st);
+    }
     extra = json_pack("{s:s,s:s,s:s,s:b}", "label", a->label, "dns", a->dns, "out", a->out, "renew", a->renew);
     if (err == GS_OK)
         (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));

@@ -8,6 +8,8 @@
 #    POST /v1/groups of that name: one wins, the other is told the group
 #    exists, and the token holds one key per label (before the keys lock,
 #    both made a key under the label: the winner's label named two keys);
+#  - two `tls init` of one label at once: one makes the key, the other
+#    exits 3 (before, the keys lock left tls init out: both made a key);
 #  - two `member remove` at once, and a `secret rotate` beside one: each
 #    gets its own secret version (before: both made gs:secret:eng:v2, one
 #    failed telling the operator to delete the other's live key, and the
@@ -91,6 +93,21 @@ elif [ "$rc1" = 3 ] && [ "$code" = 201 ] && grep -q "already exists" "$work/c3.o
 else fail "group create beside POST /v1/groups: exit $rc1 ($(cat "$work/c3.out")), HTTP $code ($(cat "$work/rest.out"))"; fi
 ok "group create beside POST /v1/groups of one name: one made it (exit $rc1, HTTP $code)"
 one_key_per_label "group create beside POST /v1/groups"
+
+# Two `tls init` of one label at once: before the keys lock both found the
+# label free and both made a key under it (exit 0 twice), so `[tls] key =
+# pkcs11:...;object=tls` named two keys and each certificate one of them.
+set +e
+gs tls init --dns localhost --out "$work/tls1.pem" > "$work/t1.out" 2>&1 & p1=$!
+gs tls init --dns localhost --out "$work/tls2.pem" > "$work/t2.out" 2>&1 & p2=$!
+wait "$p1"; rc1=$?; wait "$p2"; rc2=$?
+set -e
+[ "$rc1$rc2" = 03 ] || [ "$rc1$rc2" = 30 ] ||
+  fail "two tls init of one label: exit $rc1 ($(head -1 "$work/t1.out")) and $rc2 ($(head -1 "$work/t2.out"))"
+grep -q "a key labelled tls is already on the token" "$work/t1.out" "$work/t2.out" || fail "tls init loser: $(cat "$work/t1.out" "$work/t2.out")"
+n=$(pkcs11-tool --module "$softhsm" --login --pin "$(cat "$pin_file")" -O 2>/dev/null | grep -c '^ *label: *tls$')
+[ "$n" = 2 ] || fail "two tls init at once left $n objects labelled tls (one key pair is 2)"
+ok "two tls init of one label at once: one made the key, the other exit 3"
 
 control "delay C_GenerateKey 1500"
 set +e
