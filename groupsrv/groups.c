@@ -975,6 +975,22 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
                      spec->replicable, pk, missing);
 }
 
+/* The commands that make token keys run under the keys lock (store.h),
+ * from their first "does it exist" check to their commit, through one
+ * function: a `work` and its arguments. */
+enum keys_work { KEYS_GROUP_CREATE, KEYS_GROUP_ROTATE, KEYS_SECRET_ROTATE, KEYS_MEMBER_REMOVE };
+struct keys_call {
+    enum keys_work work;
+    hsm_ctx *hsm;
+    const gs_ca *ca;
+    const struct gs_config *cfg;
+    const gs_group_spec *spec; /* group create */
+    const char *name, *email;  /* the group; member remove: the member */
+    unsigned *version_out;     /* cleared first (may be NULL) */
+    gs_member_removal *removal; /* member remove: cleared first */
+};
+static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
+
 static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out)
 {
@@ -1134,21 +1150,13 @@ out:
     return err;
 }
 
-/* Under the keys lock (store.h), from the "does it exist" check to the
- * commit: of two creations of one name the second finds the first's
- * group and is refused (EXISTS) before it makes anything. */
+/* Under the keys lock: of two creations of one name the second finds the
+ * first's group and is refused (EXISTS) before it makes anything. */
 gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out)
 {
-    gs_err err;
-
-    if (version_out)
-        *version_out = 0;
-    if ((err = gs_store_keys_lock(st)) != GS_OK)
-        return err;
-    err = group_create_locked(st, hsm, ca, cfg, spec, version_out);
-    gs_store_keys_unlock(st);
-    return err;
+    return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_CREATE, .hsm = hsm, .ca = ca, .cfg = cfg,
+                                                   .spec = spec, .version_out = version_out});
 }
 
 static unsigned max_key_version(const gs_store_group_key *keys, size_t n)
@@ -1264,15 +1272,8 @@ out:
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out)
 {
-    gs_err err;
-
-    if (version_out)
-        *version_out = 0;
-    if ((err = gs_store_keys_lock(st)) != GS_OK)
-        return err;
-    err = group_rotate_locked(st, hsm, ca, cfg, name, version_out);
-    gs_store_keys_unlock(st);
-    return err;
+    return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_ROTATE, .hsm = hsm, .ca = ca, .cfg = cfg,
+                                                   .name = name, .version_out = version_out});
 }
 
 gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
@@ -1615,15 +1616,8 @@ out:
  * versions, not one label on two keys. */
 gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *version_out)
 {
-    gs_err err;
-
-    if (version_out)
-        *version_out = 0;
-    if ((err = gs_store_keys_lock(st)) != GS_OK)
-        return err;
-    err = secret_rotate_locked(st, hsm, name, version_out);
-    gs_store_keys_unlock(st);
-    return err;
+    return under_keys_lock(st, &(struct keys_call){.work = KEYS_SECRET_ROTATE, .hsm = hsm, .name = name,
+                                                   .version_out = version_out});
 }
 
 /* ---- membership --------------------------------------------------------------- */
@@ -1870,12 +1864,36 @@ out:
 gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                            const char *group, const char *email, gs_member_removal *out)
 {
+    return under_keys_lock(st, &(struct keys_call){.work = KEYS_MEMBER_REMOVE, .hsm = hsm, .ca = ca, .cfg = cfg,
+                                                   .name = group, .email = email, .removal = out});
+}
+
+static gs_err under_keys_lock(gs_store *st, const struct keys_call *c)
+{
     gs_err err;
 
-    memset(out, 0, sizeof(*out));
+    if (c->version_out)
+        *c->version_out = 0;
+    if (c->removal)
+        memset(c->removal, 0, sizeof(*c->removal));
     if ((err = gs_store_keys_lock(st)) != GS_OK)
         return err;
-    err = member_remove_locked(st, hsm, ca, cfg, group, email, out);
+    switch (c->work) {
+    case KEYS_GROUP_CREATE:
+        err = group_create_locked(st, c->hsm, c->ca, c->cfg, c->spec, c->version_out);
+        break;
+    case KEYS_GROUP_ROTATE:
+        err = group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->version_out);
+        break;
+    case KEYS_SECRET_ROTATE:
+        err = secret_rotate_locked(st, c->hsm, c->name, c->version_out);
+        break;
+    case KEYS_MEMBER_REMOVE:
+        err = member_remove_locked(st, c->hsm, c->ca, c->cfg, c->name, c->email, c->removal);
+        break;
+    default:
+        err = gs_err_set(GS_ERR_ARGS, "unknown keys work");
+    }
     gs_store_keys_unlock(st);
     return err;
 }
