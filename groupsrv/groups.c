@@ -1859,6 +1859,26 @@ out:
     return err;
 }
 
+gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev)
+{
+    gs_err err;
+
+    if ((err = gs_store_begin(st)) != GS_OK)
+        return err;
+    err = gs_store_member_remove(st, group_id, email);
+    if (err == GS_ERR_NOT_FOUND)
+        err = GS_OK;
+    if (err == GS_OK && prev != NULL)
+        err = gs_store_member_add(st, group_id, prev->email, prev->role, prev->cert_pem);
+    if (err == GS_OK && prev != NULL && prev->wrap != GS_WRAP_DEFAULT)
+        err = gs_store_member_set_wrap(st, group_id, prev->email, prev->wrap);
+    if (err != GS_OK) {
+        gs_store_rollback(st);
+        return err;
+    }
+    return gs_store_commit(st);
+}
+
 /* Under the keys lock: a removal may make the next secret (and key)
  * version, and two removals at once must not pick the same one. */
 gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,

@@ -210,6 +210,13 @@ bool gs_ec_point_on_key_curve(X509 *cert, const unsigned char *point, size_t len
  * was one (false on failure). */
 gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
                      bool *replaced);
+/* Puts a member's record back as it was before a change whose audit
+ * record could not be written (the REST API's PUT and DELETE): prev as
+ * gs_store_member_get read it (its role, certificate PEM as stored, and
+ * wrap), or NULL for a member that did not exist (the record is deleted).
+ * One transaction; no key is made or destroyed (a removal's new secret or
+ * key version stays). */
+gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev);
 /* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
  * group uses group-secret, a new secret key version is made on the token
  * first and recorded in the same transaction as the removal.

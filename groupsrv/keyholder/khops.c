@@ -1638,11 +1638,48 @@ static int member_change_audited(struct kh_job *j, const char *action, const cha
     return 0;
 }
 
+/* A member change is committed before its audit record is durable (the
+ * record is queued, and the answer held for it). Should the record then
+ * fail (the audit disk full, the audit table's insert failing even after
+ * its retry), the change would stand without a record. So the worker
+ * waits for this one record here (admin changes are rare; key requests
+ * never wait so) and, when it failed, puts the member back as it was
+ * (prev; NULL: not a member): the 503 audit_unavailable then means that
+ * nothing changed. Safe for a removal too: while the audit log cannot be
+ * written no key request is answered, to the member or anyone. Where the
+ * undo fails as well (the database gone with the audit table), the 503
+ * says the change was made without its record. 0 when the record is
+ * durable; -1 with the 503 answered. */
+static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *email,
+                                 const gs_store_member *prev)
+{
+    gs_err e;
+
+    if (audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) == AUDIT_OK)
+        return 0;
+    /* Known failed: nothing left to hold the answer for. */
+    j->audit_first = j->audit_last = 0;
+    e = gs_member_restore(w->store, gs_group_id(g), email, prev);
+    if (e == GS_ERR_DB_UNAVAILABLE)
+        e = gs_member_restore(w->store, gs_group_id(g), email, prev);
+    if (e != GS_OK) {
+        log_error("member change made without its audit record: the undo failed too group=%s member=%s error=\"%s\"",
+                  gs_group_info(g)->name, email, gs_err_detail());
+        answer_retry(j, 503, 5, "audit_unavailable",
+                     "the audit log cannot be written: the change was made but not recorded (GET the member)");
+        return -1;
+    }
+    log_error("member change undone: its audit record could not be written group=%s member=%s",
+              gs_group_info(g)->name, email);
+    answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the change was undone");
+    return -1;
+}
+
 static void op_member(struct kh_worker *w, struct kh_job *j)
 {
     struct caller c;
     gs_group *g;
-    gs_store_member *m = NULL;
+    gs_store_member *m = NULL, *prev = NULL;
     X509 *cert = NULL;
     const char *email;
     gs_err e;
@@ -1664,6 +1701,13 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         put_member(&j->reply, m, 1);
         goto out;
     }
+    /* The record as it was, to put back should the change's audit record
+     * fail (member_change_durable). */
+    e = gs_store_member_get(w->store, gs_group_id(g), email, &prev);
+    if (e != GS_OK && e != GS_ERR_NOT_FOUND) {
+        answer_gs_error(j, e, "member");
+        goto out;
+    }
     if (type == IPC_MEMBER_DELETE) {
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
@@ -1673,7 +1717,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         if (member_change_audited(j, action, c.identity, gname, e, rm.key_version ? (long)rm.key_version : -1,
                                   json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to",
                                             (json_int_t)rm.secret_version, "key_rotated_to",
-                                            (json_int_t)rm.key_version)) != 0)
+                                            (json_int_t)rm.key_version)) != 0 ||
+            member_change_durable(w, j, g, email, prev) != 0)
             goto out;
         answer_begin(j, 200);
         ipc_put_str(&j->reply, IPC_T_EMAIL, email);
@@ -1717,7 +1762,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     bool existed = false;
     e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
     if (member_change_audited(j, action, c.identity, gname, e, -1,
-                              json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
+                              json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0 ||
+        member_change_durable(w, j, g, email, prev) != 0)
         goto out;
     /* The change is committed and audited: a connection lost just now must
      * not turn its answer into a 503 (the admin would think it undone).
@@ -1734,6 +1780,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     put_member(&j->reply, m, 0);
 out:
     X509_free(cert);
+    gs_store_member_free(prev);
     gs_store_member_free(m);
     caller_clear(&c);
 }

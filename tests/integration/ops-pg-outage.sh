@@ -18,6 +18,8 @@
 #   - the audit insert of a member change losing its connection (the
 #     session ended in the middle of the insert): the change keeps its
 #     record and its answer (the insert goes out once more);
+#   - the audit insert of a member change refused by the database: the
+#     change is undone and answered 503 audit_unavailable;
 #   - member changes while every session is ended again and again: no 500,
 #     every 503 documented with Retry-After, every answer agrees with the
 #     members table and the audit table, `audit verify` passes.
@@ -170,6 +172,29 @@ done
 sql "DROP TRIGGER audit_kill ON audit" >/dev/null
 grep -q 'audit insert lost its database connection' "$work/serve.log" || fail "no insert was cut"
 ok "a member change whose audit insert was cut: answered, and audited once"
+
+# ---- the audit insert of a member change refused by the database ---------------
+# Not a lost connection (that is sent again, above): the database refuses
+# the row (a trigger here; a full disk, a missing grant alike). The change
+# is undone: its 503 means nothing changed (before, it stood unrecorded).
+sql "CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF NEW.line::json->>'action' LIKE 'member-%' THEN RAISE EXCEPTION 'audit row refused by the test'; END IF;
+    RETURN NEW;
+  END \$\$;
+  CREATE TRIGGER audit_refuse BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION audit_refuse();" >/dev/null
+expect 503 "member PUT whose audit insert is refused" -- admin -X PUT --data '{"role":"member"}' \
+  "$base/v1/groups/eng/members/erin@example.org"
+grep -q '"code":"audit_unavailable"' "$work/body" && grep -q 'the change was undone' "$work/body" ||
+  fail "PUT with its audit row refused: $(cat "$work/body")"
+member_in erin@example.org && fail "erin was added without her audit record"
+expect 503 "member DELETE whose audit insert is refused" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+member_in bob@example.org || fail "bob was removed without his audit record"
+sql "DROP TRIGGER audit_refuse ON audit" >/dev/null
+[ "$(audited member-add erin@example.org ok)" = 0 ] && [ "$(audited member-remove bob@example.org ok)" = 0 ] ||
+  fail "a refused audit row is in the table"
+unwrap 200 "bob unwraps: still a member" -- bob
+ok "a member change whose audit insert the database refused: 503, undone"
 
 # ---- member changes while the sessions are ended again and again ---------------
 ( for k in $(seq 1 60); do end_sessions || true; sleep 0.1; done ) &
