@@ -47,6 +47,15 @@ gs_err cli_record_open(const struct gs_config *cfg, struct cli_record *r, const 
     if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK)
         return gs_err_set(GS_ERR_IO, "audit log %s: %s (%s is not done without its record)", cfg->audit.path,
                           audit_strerror(ae), what);
+    /* Room for the record, reserved past the end of the file before the
+     * change (a full disk opens fine, and fdatasync succeeds on it): else
+     * the change would be made and its record then fail. */
+    if ((ae = audit_check(r->log)) != AUDIT_OK) {
+        audit_close(r->log);
+        r->log = NULL;
+        return gs_err_set(GS_ERR_IO, "audit log %s: no room for a record (the disk is full?) (%s is not done "
+                          "without its record)", cfg->audit.path, what);
+    }
     return GS_OK;
 #else
     (void)cfg;

@@ -78,6 +78,20 @@ grep -Eq '^dave@example.org +member +default +[0-9a-f]{64}$' "$work/members.full
   fail "dave removed (or his certificate lost) without its audit record: $(cat "$work/members.full")"
 grep -q 'member change undone' "$work/server.log" || fail "the server did not log the undo"
 ok "member PUT, PUT replacing and DELETE with the audit disk full: 503, each undone"
+# The admin commands refuse before they change anything: the log opens on
+# a full disk, so each reserves room for its record first (before, `group
+# rotate` made the new key version, then could not record it).
+gs group show eng > "$work/show.full"
+for cmd in "group rotate eng" "secret rotate eng" "member add eng cli@example.org --issue-cert --out $certs" \
+  "member remove eng erin@example.org"; do
+  set +e; err=$(gs $cmd 2>&1); rc=$?; set -e
+  [ "$rc" = 1 ] && [[ "$err" == *"no room for a record"*"not done without its record"* ]] ||
+    fail "$cmd with the audit disk full: exit $rc: $err"
+done
+gs group show eng | diff "$work/show.full" - > /dev/null || fail "the group changed without its audit record: $(gs group show eng | diff "$work/show.full" -)"
+[ ! -e "$certs/cli@example.org.pem" ] || fail "member add wrote a certificate without its audit record"
+gs member list eng | grep -q '^erin@' || fail "erin removed without her audit record"
+ok "admin commands with the audit disk full: exit 1 before any change ($err)"
 
 rm -f "$fs/filler" "$fs/filler2"
 wait_healthz || fail "healthz not 200 once there is room again: $(cat "$work/body")"
