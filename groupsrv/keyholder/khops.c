@@ -1819,6 +1819,14 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_request", "\"methods\" has an unknown method");
         goto out;
     }
+    /* No group without its record: there is no undoing a creation (its
+     * keys are on the token), so the log must have room for the record
+     * first (reserved, as for /healthz); should the record still fail,
+     * the 503 says the group was made. */
+    if (audit_check(w->kh->audit) != AUDIT_OK) {
+        answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the group was not created");
+        goto out;
+    }
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
     if (e == GS_OK)
         e = gs_member_add(w->store, name, c.identity, GS_ROLE_ADMIN, NULL);
@@ -1826,6 +1834,13 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
     if (job_audit_or_fail(j, &rec) != 0)
         goto out;
+    if (e == GS_OK && audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) != AUDIT_OK) {
+        j->audit_first = j->audit_last = 0; /* known failed: nothing to hold the answer for */
+        log_error("group created without its audit record group=%s identity=%s", name, c.identity);
+        answer_retry(j, 503, 5, "audit_unavailable",
+                     "the audit log cannot be written: the group was created, but its record is missing");
+        goto out;
+    }
     if (e != GS_OK) {
         answer_gs_error(j, e, "group");
         goto out;

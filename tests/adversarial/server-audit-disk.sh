@@ -92,6 +92,11 @@ gs group show eng | diff "$work/show.full" - > /dev/null || fail "the group chan
 [ ! -e "$certs/cli@example.org.pem" ] || fail "member add wrote a certificate without its audit record"
 gs member list eng | grep -q '^erin@' || fail "erin removed without her audit record"
 ok "admin commands with the audit disk full: exit 1 before any change ($err)"
+expect_status 503 audit_unavailable "POST /v1/groups with the audit disk full" -- c admin \
+  --data-binary '{"name":"full","address":"full@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
+grep -q "the group was not created" "$work/body" || fail "POST /v1/groups 503: $(cat "$work/body")"
+gs group list | grep -q '^full ' && fail "a group was created without its audit record"
+ok "POST /v1/groups with the audit disk full: 503 before anything is made"
 
 rm -f "$fs/filler" "$fs/filler2"
 wait_healthz || fail "healthz not 200 once there is room again: $(cat "$work/body")"
