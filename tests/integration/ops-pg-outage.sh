@@ -173,6 +173,12 @@ sql "DROP TRIGGER audit_kill ON audit" >/dev/null
 grep -q 'audit insert lost its database connection' "$work/serve.log" || fail "no insert was cut"
 ok "a member change whose audit insert was cut: answered, and audited once"
 
+# The set-up's `ca init` and `group create` are in the admin chain (db store).
+[ "$(sql "SELECT count(*) FROM audit WHERE instance = 'gs-a/admin' AND line::json->>'outcome' = 'ok'
+     AND (line::json->>'action' = 'ca-init' OR (line::json->>'action' = 'group-create'
+          AND line::json->>'group' = 'eng' AND line::json->>'key_version' = '1'))")" = 2 ] ||
+  fail "no ca-init and group-create rows in the chain gs-a/admin: $(sql "SELECT line FROM audit WHERE instance = 'gs-a/admin'" | head -5)"
+
 # ---- the audit insert of a member change refused by the database ---------------
 # Not a lost connection (that is sent again, above): the database refuses
 # the row (a trigger here; a full disk, a missing grant alike). The change
