@@ -571,7 +571,8 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
     goto out;
 refused:
-    rc = cli_record_failure(&rec, "group-export", a.pos[1], err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+    rc = cli_record_failure(&rec, "group-export", a.pos[1], err,
+                            json_pack("{s:o}", "transport_key", cli_json_text(opt(&a, "--to"))));
 out:
     cli_record_close(&rec);
     free_refs(refs, nrefs);
@@ -619,7 +620,8 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
     rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
     goto out;
 refused:
-    rc = cli_record_failure(&rec, "ca-export", NULL, err, json_pack("{s:s}", "transport_key", opt(&a, "--to")));
+    rc = cli_record_failure(&rec, "ca-export", NULL, err,
+                            json_pack("{s:o}", "transport_key", cli_json_text(opt(&a, "--to"))));
 out:
     cli_record_close(&rec);
     hsm_key_free(ref);
@@ -776,7 +778,7 @@ static int import_refused(struct import *im, const char *group, gs_err err)
 {
     json_t *extra = im->m != NULL ? shipment_json(im->m) : json_object();
 
-    json_object_set_new(extra, "file", json_string(im->path));
+    json_object_set_new(extra, "file", cli_json_text(im->path));
     return cli_record_failure(&im->rec, im->action, group, err, extra);
 }
 

@@ -80,6 +80,11 @@ gs_err cli_record_write(struct cli_record *r, const char *action, const char *gr
 /* A refusal or failure, recorded with err's detail as its outcome (extra
  * stolen); prints err's line and returns its exit code, as fail(). */
 int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra);
+/* A JSON string for a record's extra field from an argument that may be
+ * any bytes (a path): s if it is UTF-8, else with every byte outside
+ * printable ASCII as '?' (json_pack's "s" refuses such a string, and the
+ * whole extra object with it). New reference; NULL for NULL. */
+json_t *cli_json_text(const char *s);
 /* The record of a change the command made (change GS_OK: outcome "ok") or
  * refused (change's detail as the outcome, as cli_record_failure), with
  * key_version (< 0: none) and extra (stolen); r is closed. Every record

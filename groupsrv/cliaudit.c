@@ -74,6 +74,32 @@ void cli_record_close(struct cli_record *r)
 #endif
 }
 
+/* s as a record may carry it: s itself when it is UTF-8 (JSON holds
+ * nothing else, and the audit log refuses a record that is not), else a
+ * copy in buf with every byte outside printable ASCII shown as '?', as
+ * the error lines show arguments. NULL stays NULL. */
+static const char *record_text(const char *s, char *buf, size_t cap)
+{
+    json_t *probe = s != NULL ? json_string(s) : NULL;
+
+    if (s == NULL || probe != NULL) {
+        json_decref(probe);
+        return s;
+    }
+    (void)util_strlcpy(buf, s, cap);
+    for (unsigned char *p = (unsigned char *)buf; *p != '\0'; p++)
+        if (*p < 0x20 || *p >= 0x7f)
+            *p = '?';
+    return buf;
+}
+
+json_t *cli_json_text(const char *s)
+{
+    char buf[4096];
+
+    return json_string(record_text(s, buf, sizeof(buf)));
+}
+
 /* One record: the operator's uid beside the login name (which may come
  * from $SUDO_USER), so that the record says who even where names lie. */
 static gs_err record_write(struct cli_record *r, const char *action, const char *group, long key_version,
@@ -81,6 +107,11 @@ static gs_err record_write(struct cli_record *r, const char *action, const char 
 {
     gs_err err = GS_OK;
 #ifdef GS_HAVE_SERVER
+    char gbuf[256], obuf[512];
+
+    /* A group name or an error quoting an argument may be any bytes. */
+    group = record_text(group, gbuf, sizeof(gbuf));
+    outcome = record_text(outcome, obuf, sizeof(obuf));
     if (extra == NULL)
         extra = json_object();
     if (extra != NULL)

@@ -380,7 +380,7 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return fail(err);
         err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
                             days, opt(&a, "--replicable") != NULL, &e->ca);
-        extra = json_pack("{s:s,s:b}", "label", ref, "replicable", opt(&a, "--replicable") != NULL);
+        extra = json_pack("{s:o,s:b}", "label", cli_json_text(ref), "replicable", opt(&a, "--replicable") != NULL);
         if (!err) {
             gs_cert_fingerprint(gs_ca_cert(e->ca), fp);
             (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));

@@ -238,7 +238,8 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
         gs_store_keys_unlock(st);
     }
-    extra = json_pack("{s:s,s:s,s:s,s:b}", "label", a->label, "dns", a->dns, "out", a->out, "renew", a->renew);
+    extra = json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out", cli_json_text(a->out), "renew",
+                      a->renew);
     if (err == GS_OK)
         (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));
     rc = cli_record_done(&rec, "tls-init", NULL, -1, err, extra);
