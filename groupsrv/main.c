@@ -373,8 +373,14 @@ static int cmd_ca(struct env *e, int argc, char **argv)
         struct cli_record rec;
         char fp[65] = "";
         json_t *extra;
-        err = env_open(e, NEED_DB_CREATE | NEED_TOKEN);
-        if (!err)
+        /* The audit file first, so that one that cannot take the record
+         * leaves no new database behind; the database's own chain needs
+         * the schema this makes. */
+        bool chain_in_db = strcmp(e->cfg->audit.store, "db") == 0;
+        err = chain_in_db ? GS_OK : cli_record_open(e->cfg, &rec, "ca init");
+        if (!err && (err = env_open(e, NEED_DB_CREATE | NEED_TOKEN)) != GS_OK && !chain_in_db)
+            cli_record_close(&rec);
+        if (!err && chain_in_db)
             err = cli_record_open(e->cfg, &rec, "ca init");
         if (err)
             return fail(err);

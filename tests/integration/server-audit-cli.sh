@@ -138,6 +138,10 @@ for cmd in "group create late --address late@example.org --key rsa:2048" "group 
   [ "$rc" = 1 ] && [[ "$err" == *"audit log"*"not done without its record"* ]] || fail "$cmd without an audit log: exit $rc: $err"
 done
 token_labels | cmp -s - "$work/labels.before" || fail "a refused command changed the token: $(token_labels | diff "$work/labels.before" - | tr '\n' ' ')"
+sed -e "s|^path = $work/groupsrv.db|path = $work/db2/groupsrv.db|" "$conf" > "$work/db2.conf"
+set +e; err=$("$BIN/groupsrv" -c "$work/db2.conf" ca init --key rsa:2048 2>&1); rc=$?; set -e
+[ "$rc" = 1 ] && [[ "$err" == *"not done without its record"* ]] || fail "ca init without an audit log: exit $rc: $err"
+[ ! -e "$work/db2" ] || fail "ca init without an audit log left a database behind: $(ls -R "$work/db2")"
 gs group list | grep -q '^late ' && fail "group created without its audit record"
 gs group show eng | grep -q 'member wrap: *oaep' || fail "group set without its audit record: $(gs group show eng | grep wrap)"
 [ ! -e "$work/tls3.pem" ] || fail "tls init without its audit record wrote a certificate"
