@@ -105,7 +105,9 @@ static struct {
     audit_err audit;
 } health;
 
-static void kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
+/* Returns 1 when this call ran the check, 0 when it answered the last
+ * result. */
+static int kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
 {
     double now = now_s();
     int check;
@@ -118,7 +120,7 @@ static void kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
     *audit = health.audit;
     pthread_mutex_unlock(&health_mu);
     if (!check)
-        return;
+        return 0;
     *token = token_health(kh);
     *audit = audit_check(kh->audit);
     pthread_mutex_lock(&health_mu);
@@ -128,6 +130,7 @@ static void kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
     health.token = *token;
     health.audit = *audit;
     pthread_mutex_unlock(&health_mu);
+    return 1;
 }
 
 /* A key request found the token unreachable or its objects missing: the
@@ -139,7 +142,7 @@ static hsm_err token_unavailable(struct kh *kh)
     hsm_err he;
     audit_err ae;
 
-    kh_health(kh, &he, &ae);
+    (void)kh_health(kh, &he, &ae);
     return he;
 }
 
@@ -1512,13 +1515,16 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     audit_err ae;
     uint64_t stamp = 0;
 
-    kh_health(w->kh, &he, &ae);
+    /* One token failure per check that ran, not per probe answered from
+     * it: anyone may probe, and a load balancer's probes during an outage
+     * must not count as many token errors as there were probes. */
+    int checked = kh_health(w->kh, &he, &ae);
     /* A real query: with PostgreSQL the database is another machine, and a
      * load balancer must take this server out while it cannot reach it. */
     gs_err de = gs_store_change_stamp(w->store, &stamp);
     int db_ok = de == GS_OK;
 
-    if (he != HSM_OK)
+    if (he != HSM_OK && checked)
         metrics_token_error();
     answer_begin(j, he == HSM_OK && ae == AUDIT_OK && db_ok ? 200 : 503);
     ipc_put_str(&j->reply, IPC_T_TOKEN_STATE, he == HSM_OK ? "ok" : hsm_strerror(he));

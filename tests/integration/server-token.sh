@@ -52,6 +52,16 @@ control "* CKR_DEVICE_REMOVED"
 expect_healthz 503 token_unavailable "healthz without the token"
 grep -q '"token":"ok"' "$work/body" && fail "healthz says the token is ok: $(cat "$work/body")"
 retry_after "healthz 503" -- anon "$base/healthz"
+# Anyone may probe /healthz: one check serves every probe for a second
+# (api.md), and only a check that ran is a token error, not each probe
+# answered from it (a load balancer's, or a flood of anonymous ones).
+token_errors() { c admin "$base/metrics" | awk '$1 == "groupsrv_token_errors_total" {print $2}'; }
+te0=$(token_errors) t0=$(date +%s)
+anon -o /dev/null $(for _ in $(seq 1 30); do echo "$base/healthz"; done) || true
+te1=$(token_errors) t1=$(date +%s)
+[ $((te1 - te0)) -le $((t1 - t0 + 2)) ] ||
+  fail "30 /healthz probes in $((t1 - t0)) s counted $((te1 - te0)) token errors"
+ok "30 /healthz probes during the outage: $((te1 - te0)) token error(s) counted"
 expect_status 503 token_unavailable "unwrap (tls) without the token" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -q '"key"' "$work/body" && fail "a key was answered without the token"
 retry_after "unwrap 503" -- c alice --data-binary @"$work/req-tls.json" "$url"
