@@ -85,6 +85,25 @@ char *log_quote(char *buf, size_t bufsize, const char *untrusted)
     return buf;
 }
 
+/* One line per record whatever a field holds: a value the caller did not
+ * pass through log_quote (a database's message, a path, a module's text)
+ * may carry a newline or other control bytes, which would end the line
+ * and start a forged one. They become \xNN as log_quote writes them;
+ * quotes stay, they are the caller's field syntax. */
+static const char *escape_controls(char *out, size_t cap, const char *in)
+{
+    size_t o = 0;
+
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 5 < cap; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", *p);
+        else
+            out[o++] = (char)*p;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 void log_emit(enum log_level level, const char *func, const char *fmt, ...)
 {
     static const char *const lvl[] = {"error", "warn", "info", "debug"};
@@ -119,9 +138,11 @@ void log_emit(enum log_level level, const char *func, const char *fmt, ...)
             }
         }
     }
-    char text[1024];
+    char text[1024], fq[sizeof(body) * 4];
     snprintf(text, sizeof(text), "%.*s", (int)cut, body);
     log_quote(msg, sizeof(msg), text);
+    const char *sep = fields == body ? " " : ""; /* a body of fields only */
+    fields = escape_controls(fq, sizeof(fq), fields);
 
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
@@ -129,15 +150,13 @@ void log_emit(enum log_level level, const char *func, const char *fmt, ...)
 
     if (log_syslog) {
         static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-        syslog(prio[level], "level=%s fn=%s%s%s msg=\"%s\"%s%s", lvl[level], func, log_reqid[0] ? " req=" : "",
-               log_reqid, msg, (fields == body) ? " " : "", fields);
+        syslog(prio[level], "level=%s fn=%s%s%s msg=\"%s\"%s%s", lvl[level], func,
+               log_reqid[0] ? " req=" : "", log_reqid, msg, sep, fields);
         return;
     }
     pthread_mutex_lock(&log_lock);
-    fprintf(out, "%s.%03ldZ level=%s prog=%s fn=%s%s%s msg=\"%s\"%s%s\n", ts,
-            (long)(tv.tv_usec / 1000), lvl[level], log_prog, func,
-            log_reqid[0] ? " req=" : "", log_reqid, msg,
-            (fields == body) ? " " : "", fields);
+    fprintf(out, "%s.%03ldZ level=%s prog=%s fn=%s%s%s msg=\"%s\"%s%s\n", ts, (long)(tv.tv_usec / 1000),
+            lvl[level], log_prog, func, log_reqid[0] ? " req=" : "", log_reqid, msg, sep, fields);
     fflush(out);
     pthread_mutex_unlock(&log_lock);
 }

@@ -6,6 +6,8 @@
  * Callers pass a message and optional key=value fields in one format string.
  * Untrusted strings must go through log_quote() (or the %s they feed is
  * truncated and escaped by the caller): never log PINs, keys or plaintext.
+ * Whatever the caller passes, a record is one line: control bytes in the
+ * fields are written as \xNN, as log_quote writes them.
  * The audit log is a separate module (groupsrv/audit.h), not this one.
  */
 #ifndef GS_LOG_H

@@ -253,8 +253,10 @@ static void p_bytes(struct params *p, const unsigned char *v, size_t len)
  * diagnostic log, not to stderr. */
 static void notice_to_log(void *arg, const char *message)
 {
+    char q[256];
+
     (void)arg;
-    log_debug("postgresql notice=%.200s", message);
+    log_debug("postgresql notice=\"%s\"", log_quote(q, sizeof(q), message));
 }
 
 /* libpq's messages end in a newline and go on over indented lines ("...

@@ -246,6 +246,45 @@ static void test_log_quote(void **state)
     assert_non_null(strstr(buf, "..."));
 }
 
+/* Every record is one line: a field value that was not quoted (a database's
+ * message ends in a newline, a path may hold one) cannot end the line and
+ * start a forged record. */
+static void test_log_one_line_per_record(void **state)
+{
+    (void)state;
+    FILE *sink = tmpfile();
+    char line[4096];
+    int lines = 0;
+
+    assert_non_null(sink);
+    log_init("test", LOG_LVL_DEBUG, sink);
+    log_set_request_id("5f2c");
+    log_info("postgresql notice=%s", "NOTICE:  relation exists\n");
+    log_warn("text with %s path=%s", "a\nb", "/tmp/x\n2026-01-01T00:00:00.000Z level=error fake=1\r\x7f");
+    log_error("key=%s other=1", "v\nlevel=error");
+    log_set_request_id(NULL);
+    rewind(sink);
+    while (fgets(line, sizeof(line), sink) != NULL) {
+        lines++;
+        assert_non_null(strchr(line, '\n'));
+        assert_null(strchr(line, '\r'));
+        assert_null(strchr(line, 0x7f));
+        assert_non_null(strstr(line, " level="));
+    }
+    assert_int_equal(lines, 3);
+    rewind(sink);
+    assert_non_null(fgets(line, sizeof(line), sink));
+    assert_non_null(strstr(line, "req=5f2c msg=\"postgresql\" notice=NOTICE:  relation exists\\x0a\n"));
+    assert_non_null(fgets(line, sizeof(line), sink));
+    assert_non_null(strstr(line,
+                           "msg=\"text with a\\x0ab\" path=/tmp/x\\x0a2026-01-01T00:00:00.000Z level=error "
+                           "fake=1\\x0d\\x7f\n"));
+    assert_non_null(fgets(line, sizeof(line), sink));
+    assert_non_null(strstr(line, "msg=\"\" key=v\\x0alevel=error other=1\n"));
+    log_init("test", LOG_LVL_INFO, NULL);
+    fclose(sink);
+}
+
 /* ---- jsonw: the same bytes as jansson's compact dump ---------------------- */
 
 /* jansson's text of o (stolen), with the newline the server adds. */
@@ -590,13 +629,19 @@ static void test_jsonw_shape_and_bounds(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64_roundtrip),   cmocka_unit_test(test_b64_rejects),
-        cmocka_unit_test(test_pin_source),      cmocka_unit_test(test_atomic_write_mode),
+        cmocka_unit_test(test_b64_roundtrip),
+        cmocka_unit_test(test_b64_rejects),
+        cmocka_unit_test(test_pin_source),
+        cmocka_unit_test(test_atomic_write_mode),
         cmocka_unit_test(test_atomic_killed_writer_leaves_nothing),
         cmocka_unit_test(test_read_fd_cap),
-        cmocka_unit_test(test_parse_numbers),   cmocka_unit_test(test_log_quote),
-        cmocka_unit_test(test_jsonw_answers_equal_jansson), cmocka_unit_test(test_jsonw_escapes_like_jansson),
-        cmocka_unit_test(test_jsonw_shape_and_bounds),   cmocka_unit_test(test_url_host_is_loopback),
+        cmocka_unit_test(test_parse_numbers),
+        cmocka_unit_test(test_log_quote),
+        cmocka_unit_test(test_log_one_line_per_record),
+        cmocka_unit_test(test_jsonw_answers_equal_jansson),
+        cmocka_unit_test(test_jsonw_escapes_like_jansson),
+        cmocka_unit_test(test_jsonw_shape_and_bounds),
+        cmocka_unit_test(test_url_host_is_loopback),
         cmocka_unit_test(test_mailaddr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
