@@ -27,6 +27,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -833,6 +834,19 @@ out:
     return rc;
 }
 
+/* One error line of `audit verify` or `audit rotate`, as every command's:
+ * "groupsrv: audit verify: ...", control characters of paths shown as '?'. */
+__attribute__((format(printf, 1, 2))) static void audit_cmd_error(const char *fmt, ...)
+{
+    char msg[4096 + 512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    (void)vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    error_line(msg, "");
+}
+
 /* groupsrv audit verify: exit 0 good, 1 unreadable or an earlier file
  * missing, 3 broken chain or malformed line, 6 a torn tail only. */
 static int audit_verify_cmd(const char *file, int follow)
@@ -848,26 +862,35 @@ static int audit_verify_cmd(const char *file, int follow)
         return 0;
     }
     if (e == AUDIT_ERR_MISSING) {
-        fprintf(stderr, "groupsrv audit verify: %s: %s (%zu good lines after it)\n", res.bad_file,
-                audit_strerror(e), res.lines);
+        audit_cmd_error("audit verify: %s: %s (%zu good lines after it)", res.bad_file, audit_strerror(e),
+                        res.lines);
         return 1;
     }
     if (e == AUDIT_ERR_IO || e == AUDIT_ERR_NOMEM || e == AUDIT_ERR_ARGS) {
-        fprintf(stderr, "groupsrv audit verify: %s: %s\n", res.bad_file[0] ? res.bad_file : file,
-                e == AUDIT_ERR_IO ? strerror(errno) : audit_strerror(e));
+        audit_cmd_error("audit verify: %s: %s", res.bad_file[0] ? res.bad_file : file,
+                        e == AUDIT_ERR_IO ? strerror(errno) : audit_strerror(e));
         return 1;
     }
     if (e == AUDIT_ERR_TORN) {
         /* Not tampering: a write cut short (crash, full disk), which the
          * server cuts off when it next opens or writes the file. */
-        fprintf(stderr,
-                "groupsrv audit verify: %s: torn tail: line %zu is an incomplete record (an interrupted write, "
-                "not an edit); the %zu lines before it verify; `groupsrv serve` cuts it off at start\n",
-                res.bad_file, res.bad_line, res.lines);
+        audit_cmd_error(
+            "audit verify: %s: torn tail: line %zu is an incomplete record (an interrupted write, "
+            "not an edit); the %zu lines before it verify; `groupsrv serve` cuts it off at start",
+            res.bad_file, res.bad_line, res.lines);
         return 6;
     }
-    fprintf(stderr, "groupsrv audit verify: %s: line %zu: %s (%zu good lines before it)\n", res.bad_file,
-            res.bad_line, audit_strerror(e), res.lines);
+    /* A changed record still chains to the one before it: the break shows
+     * at the next line, so both are named. */
+    if (e == AUDIT_ERR_CHAIN && res.bad_line > 1)
+        audit_cmd_error(
+            "audit verify: %s: line %zu: %s (%zu good lines before it): its prev is not the hash of "
+            "line %zu (line %zu or %zu changed, or records between them removed or moved)",
+            res.bad_file, res.bad_line, audit_strerror(e), res.lines, res.bad_line - 1, res.bad_line - 1,
+            res.bad_line);
+    else
+        audit_cmd_error("audit verify: %s: line %zu: %s (%zu good lines before it)", res.bad_file,
+                        res.bad_line, audit_strerror(e), res.lines);
     return 3;
 }
 
@@ -882,11 +905,11 @@ static int audit_rotate_cmd(const char *file)
     /* An existing regular file only: rotating must not create a log (as
      * root, one the server could not write), nor follow a link. */
     if (lstat(file, &st) != 0) {
-        fprintf(stderr, "groupsrv audit rotate: %s: %s\n", file, strerror(errno));
+        audit_cmd_error("audit rotate: %s: %s", file, strerror(errno));
         return 1;
     }
     if (!S_ISREG(st.st_mode)) {
-        fprintf(stderr, "groupsrv audit rotate: %s: not a regular file\n", file);
+        audit_cmd_error("audit rotate: %s: not a regular file", file);
         return 1;
     }
     if ((e = audit_open(file, &log)) == AUDIT_OK)
@@ -896,7 +919,7 @@ static int audit_rotate_cmd(const char *file)
         printf("sealed %s as %s; %s continues the chain\n", file, archive, file);
         return 0;
     }
-    fprintf(stderr, "groupsrv audit rotate: %s: %s\n", file, audit_strerror(e));
+    audit_cmd_error("audit rotate: %s: %s", file, audit_strerror(e));
     return e == AUDIT_ERR_FORMAT ? 3 : 1;
 }
 
@@ -926,7 +949,7 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
     if (!explicit_file && cfg != NULL && strcmp(cfg->audit.store, "db") == 0) {
         if (!verify) {
             /* Rows in a table: archived by instance and sequence range, not rotated. */
-            fprintf(stderr, "groupsrv audit rotate: [audit] store = db has no file to rotate (see docs/scale-out.md)\n");
+            audit_cmd_error("audit rotate: [audit] store = db has no file to rotate (see docs/scale-out.md)");
             return 2;
         }
         /* Every instance's chain in the shared database. */
@@ -943,11 +966,11 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
             error_line(msg, "");
             return 1;
         }
-        fprintf(stderr, "groupsrv audit verify: %s\n", audit_strerror(de));
+        audit_cmd_error("audit verify: %s", audit_strerror(de));
         return 3;
     }
     if (file == NULL) {
-        fprintf(stderr, "groupsrv audit %s: no audit file ([audit] path or --file)\n", argv[1]);
+        audit_cmd_error("audit %s: no audit file ([audit] path or --file)", argv[1]);
         return 2;
     }
     return verify ? audit_verify_cmd(file, follow) : audit_rotate_cmd(file);

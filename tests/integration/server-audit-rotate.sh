@@ -52,3 +52,34 @@ set +e; err=$(gs audit verify 2>&1); rc=$?; set -e
 [ "$rc" = 1 ] && [[ "$err" == *"$archive: an earlier audit log file named by the chain is missing ("[1-9]*" good lines after it)" ]] ||
   fail "missing archive: rc $rc: $err"
 ok "verify names the missing archive"
+
+# A damaged log as the operator sees it: each case its exit code and one
+# line, `groupsrv: audit verify: FILE: ...` as every command's error
+# (groupsrv.1.md), naming the record; an edited record shows at the next
+# line, whose prev no longer matches, so both lines are named.
+first=$work/elsewhere
+verify_err() { # verify_err RC GLOB DESC FILE
+  set +e; err=$(gs audit verify --file "$4" --no-follow 2>&1 >/dev/null); rc=$?; set -e
+  [ "$rc" = "$1" ] && [ "$(printf '%s\n' "$err" | wc -l)" = 1 ] && [[ "$err" == $2 ]] ||
+    fail "$3: rc $rc: $err"
+  ok "$3: exit $1: $err"
+}
+sed '3s/"time":"2/"time":"1/' "$first" > "$work/edited.jsonl"
+verify_err 3 "groupsrv: audit verify: $work/edited.jsonl: line 4: audit log hash chain broken (3 good lines before it): its prev is not the hash of line 3 (line 3 or 4 changed, or records between them removed or moved)" \
+  "an edited record" "$work/edited.jsonl"
+sed '3d' "$first" > "$work/deleted.jsonl"
+verify_err 3 "groupsrv: audit verify: $work/deleted.jsonl: line 3: audit log hash chain broken (2 good lines before it): its prev is not the hash of line 2 *" \
+  "a deleted record" "$work/deleted.jsonl"
+awk 'NR == 3 {held = $0; next} {print} NR == 4 {print held}' "$first" > "$work/swapped.jsonl"
+verify_err 3 "groupsrv: audit verify: $work/swapped.jsonl: line 3: *" "two records swapped" "$work/swapped.jsonl"
+head -c -20 "$first" > "$work/torn.jsonl"
+verify_err 6 "groupsrv: audit verify: $work/torn.jsonl: torn tail: line $(wc -l < "$first") is an incomplete record *" \
+  "a torn last record" "$work/torn.jsonl"
+{ cat "$first"; echo 'not a record'; } > "$work/junk.jsonl"
+verify_err 3 "groupsrv: audit verify: $work/junk.jsonl: line $(($(wc -l < "$first") + 1)): audit log line malformed *" \
+  "a line that is no record" "$work/junk.jsonl"
+verify_err 1 "groupsrv: audit verify: $work/absent.jsonl: No such file or directory" "a missing file" "$work/absent.jsonl"
+set +e; err=$(gs audit rotate --file "$work/absent.jsonl" 2>&1); rc=$?; set -e
+[ "$rc" = 1 ] && [ "$err" = "groupsrv: audit rotate: $work/absent.jsonl: No such file or directory" ] ||
+  fail "audit rotate of a missing file: rc $rc: $err"
+ok "audit rotate of a missing file: exit 1: $err"
