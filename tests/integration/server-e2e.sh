@@ -238,6 +238,33 @@ grep -qx 'groupsrv_token_errors_total 0' "$work/body" ||
   fail "caller-chosen refusals counted as token errors: $(grep token_errors "$work/body")"
 grep -q 'groupsrv_token_sessions_in_use' "$work/body" || fail "metrics sessions"
 expect_status 403 forbidden "metrics refused for a member" -- c alice "$base/metrics"
+# As a scraper reads it: strict text format 0.0.4 (tests/lib/promcheck.py),
+# exactly the families api.md names; known traffic moves the counters by
+# as much, and SIGHUP (a reload, no restart) never sets a counter back.
+promcheck() { /usr/bin/python3 "$SRC/tests/lib/promcheck.py" "$@"; }
+mseries() { promcheck "$1" --get 'groupsrv_requests_total{endpoint="unwrap",status="200"}' \
+  'groupsrv_requests_total{endpoint="unwrap",status="403"}' groupsrv_unwrap_duration_seconds_count; }
+c admin "$base/metrics" > "$work/m0.txt"
+promcheck "$work/m0.txt" --documented "$SRC/docs/api.md" || fail "/metrics: $(cat "$work/m0.txt")"
+read -r -d '' ok0 refused0 lat0 < <(mseries "$work/m0.txt") || true
+printf '{"recipient_info":"%s"}' "$(b64 "$work/ri.der")" > "$work/m-req.json"
+for _ in 1 2 3; do
+  expect_status 200 "" "unwrap counted" -- c alice --data-binary @"$work/m-req.json" "$base/v1/groups/eng/unwrap"
+done
+expect_status 403 not_a_member "refusal counted" -- c carol --data-binary @"$work/m-req.json" "$base/v1/groups/eng/unwrap"
+c admin "$base/metrics" > "$work/m1.txt"
+promcheck "$work/m1.txt" --before "$work/m0.txt" || fail "/metrics after traffic: $(cat "$work/m1.txt")"
+read -r -d '' ok1 refused1 lat1 < <(mseries "$work/m1.txt") || true
+[ "$((ok1 - ok0)) $((refused1 - refused0)) $((lat1 - lat0))" = "3 1 3" ] ||
+  fail "3 unwraps and a refusal moved unwrap 200/403 and the histogram by $((ok1 - ok0)) $((refused1 - refused0)) $((lat1 - lat0))"
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do grep -q 'reloaded TLS certificate' "$work/server.log" && break; sleep 0.1; done
+grep -q 'reloaded TLS certificate' "$work/server.log" || fail "no reload after SIGHUP"
+expect_status 200 "" "healthz after SIGHUP" -- anon "$base/healthz"
+c admin "$base/metrics" > "$work/m2.txt"
+promcheck "$work/m2.txt" --before "$work/m1.txt" --documented "$SRC/docs/api.md" ||
+  fail "/metrics after SIGHUP: $(cat "$work/m2.txt")"
+ok "/metrics: strict 0.0.4, as documented, +3 unwraps and +1 refusal, no counter set back by SIGHUP"
 
 # ---- audit chain ----
 "$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit verify on a good log"
