@@ -18,7 +18,9 @@
 #include "store.h"
 #include "util.h"
 
-enum ktype { K_STR, K_UINT, K_SIZE, K_BOOL };
+/* K_ENUM: a string that must be one of `choices` ("a|b|c"), checked as the
+ * line is read, so its error names the line. */
+enum ktype { K_STR, K_UINT, K_SIZE, K_BOOL, K_ENUM };
 
 struct key_def {
     const char *section;
@@ -26,52 +28,54 @@ struct key_def {
     enum ktype type;
     size_t offset;
     uint64_t min, max;
+    const char *choices; /* K_ENUM */
 };
 
 #define OFF(f) offsetof(struct gs_config, f)
 static const struct key_def keys[] = {
-    {"server", "listen", K_STR, OFF(server.listen), 0, 0},
-    {"server", "threads", K_UINT, OFF(server.threads), 1, 256},
-    {"server", "max_body", K_SIZE, OFF(server.max_body), 1024, 16u * 1024 * 1024},
-    {"server", "unwrap_batch_max", K_UINT, OFF(server.unwrap_batch_max), 1, 10000},
-    {"server", "rate_limit", K_UINT, OFF(server.rate_limit), 0, 1000000},
-    {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000},
-    {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600},
-    {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000},
-    {"server", "reserved_connections", K_UINT, OFF(server.reserved_connections), 0, 1000000},
-    {"server", "max_connections_per_address", K_UINT, OFF(server.max_connections_per_address), 1, 1000000},
-    {"server", "handshake_timeout", K_UINT, OFF(server.handshake_timeout), 1, 3600},
-    {"server", "request_timeout", K_UINT, OFF(server.request_timeout), 1, 3600},
-    {"server", "max_failed_unwraps", K_UINT, OFF(server.max_failed_unwraps), 0, 1000000},
-    {"server", "suspend_seconds", K_UINT, OFF(server.suspend_seconds), 1, 86400 * 30},
-    {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0},
-    {"server", "metrics", K_STR, OFF(server.metrics), 0, 0},
-    {"server", "log_level", K_STR, OFF(server.log_level), 0, 0},
-    {"server", "max_queue_ms", K_UINT, OFF(server.max_queue_ms), 0, 3600000},
-    {"server", "user", K_STR, OFF(server.user), 0, 0},
-    {"tls", "cert", K_STR, OFF(tls.cert), 0, 0},
-    {"tls", "key", K_STR, OFF(tls.key), 0, 0},
-    {"tls", "client_ca", K_STR, OFF(tls.client_ca), 0, 0},
-    {"hsm", "module", K_STR, OFF(hsm.module), 0, 0},
-    {"hsm", "token", K_STR, OFF(hsm.token), 0, 0},
-    {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0},
-    {"hsm", "so_pin_source", K_STR, OFF(hsm.so_pin_source), 0, 0},
-    {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024},
-    {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0},
-    {"hsm", "workers", K_UINT, OFF(hsm.workers), 1, 256},
-    {"server", "instance", K_STR, OFF(server.instance), 0, 0},
-    {"db", "path", K_STR, OFF(db.path), 0, 0},
-    {"db", "url", K_STR, OFF(db.url), 0, 0},
-    {"audit", "path", K_STR, OFF(audit.path), 0, 0},
-    {"audit", "store", K_STR, OFF(audit.store), 0, 0},
-    {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0},
-    {"certsrv", "lifetime", K_UINT, OFF(certsrv.lifetime), 60, 604800},
-    {"certsrv", "max_connections", K_UINT, OFF(certsrv.max_connections), 1, 1000000},
-    {"certsrv", "url", K_STR, OFF(certsrv.url), 0, 0},
-    {"ca", "key_label", K_STR, OFF(ca.key_label), 0, 0},
-    {"ca", "group_cert_days", K_UINT, OFF(ca.group_cert_days), 1, 36500},
-    {"ca", "member_cert_days", K_UINT, OFF(ca.member_cert_days), 1, 36500},
-    {"ca", "ca_days", K_UINT, OFF(ca.ca_days), 1, 36500},
+    {"server", "listen", K_STR, OFF(server.listen), 0, 0, NULL},
+    {"server", "threads", K_UINT, OFF(server.threads), 1, 256, NULL},
+    {"server", "max_body", K_SIZE, OFF(server.max_body), 1024, 16u * 1024 * 1024, NULL},
+    {"server", "unwrap_batch_max", K_UINT, OFF(server.unwrap_batch_max), 1, 10000, NULL},
+    {"server", "rate_limit", K_UINT, OFF(server.rate_limit), 0, 1000000, NULL},
+    {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000, NULL},
+    {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600, NULL},
+    {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000, NULL},
+    {"server", "reserved_connections", K_UINT, OFF(server.reserved_connections), 0, 1000000, NULL},
+    {"server", "max_connections_per_address", K_UINT, OFF(server.max_connections_per_address), 1, 1000000,
+     NULL},
+    {"server", "handshake_timeout", K_UINT, OFF(server.handshake_timeout), 1, 3600, NULL},
+    {"server", "request_timeout", K_UINT, OFF(server.request_timeout), 1, 3600, NULL},
+    {"server", "max_failed_unwraps", K_UINT, OFF(server.max_failed_unwraps), 0, 1000000, NULL},
+    {"server", "suspend_seconds", K_UINT, OFF(server.suspend_seconds), 1, 86400 * 30, NULL},
+    {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0, NULL},
+    {"server", "metrics", K_ENUM, OFF(server.metrics), 0, 0, "off|any|admin"},
+    {"server", "log_level", K_ENUM, OFF(server.log_level), 0, 0, "error|warn|info|debug"},
+    {"server", "max_queue_ms", K_UINT, OFF(server.max_queue_ms), 0, 3600000, NULL},
+    {"server", "user", K_STR, OFF(server.user), 0, 0, NULL},
+    {"tls", "cert", K_STR, OFF(tls.cert), 0, 0, NULL},
+    {"tls", "key", K_STR, OFF(tls.key), 0, 0, NULL},
+    {"tls", "client_ca", K_STR, OFF(tls.client_ca), 0, 0, NULL},
+    {"hsm", "module", K_STR, OFF(hsm.module), 0, 0, NULL},
+    {"hsm", "token", K_STR, OFF(hsm.token), 0, 0, NULL},
+    {"hsm", "pin_source", K_STR, OFF(hsm.pin_source), 0, 0, NULL},
+    {"hsm", "so_pin_source", K_STR, OFF(hsm.so_pin_source), 0, 0, NULL},
+    {"hsm", "max_sessions", K_UINT, OFF(hsm.max_sessions), 1, 1024, NULL},
+    {"hsm", "init_args", K_STR, OFF(hsm.init_args), 0, 0, NULL},
+    {"hsm", "workers", K_UINT, OFF(hsm.workers), 1, 256, NULL},
+    {"server", "instance", K_STR, OFF(server.instance), 0, 0, NULL},
+    {"db", "path", K_STR, OFF(db.path), 0, 0, NULL},
+    {"db", "url", K_STR, OFF(db.url), 0, 0, NULL},
+    {"audit", "path", K_STR, OFF(audit.path), 0, 0, NULL},
+    {"audit", "store", K_ENUM, OFF(audit.store), 0, 0, "file|db"},
+    {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0, NULL},
+    {"certsrv", "lifetime", K_UINT, OFF(certsrv.lifetime), 60, 604800, NULL},
+    {"certsrv", "max_connections", K_UINT, OFF(certsrv.max_connections), 1, 1000000, NULL},
+    {"certsrv", "url", K_STR, OFF(certsrv.url), 0, 0, NULL},
+    {"ca", "key_label", K_STR, OFF(ca.key_label), 0, 0, NULL},
+    {"ca", "group_cert_days", K_UINT, OFF(ca.group_cert_days), 1, 36500, NULL},
+    {"ca", "member_cert_days", K_UINT, OFF(ca.member_cert_days), 1, 36500, NULL},
+    {"ca", "ca_days", K_UINT, OFF(ca.ca_days), 1, 36500, NULL},
 };
 #undef OFF
 
@@ -114,6 +118,37 @@ static int parse_bool(const char *v, bool *out)
     return -1;
 }
 
+/* Whether value is one of choices ("a|b|c"). */
+static bool enum_has(const char *choices, const char *value)
+{
+    size_t n = strlen(value);
+
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, value, n) == 0)
+            return true;
+        p += len + (bar ? 1 : 0);
+    }
+    return false;
+}
+
+/* "a|b|c" as "a, b or c". Returns out. */
+static const char *enum_words(const char *choices, char *out, size_t cap)
+{
+    size_t o = 0;
+    const char *last = strrchr(choices, '|');
+
+    for (const char *p = choices; *p && o + 5 < cap; p++) {
+        if (*p != '|')
+            out[o++] = *p;
+        else
+            o += (size_t)snprintf(out + o, cap - o, "%s", p == last ? " or " : ", ");
+    }
+    out[o < cap ? o : cap - 1] = '\0';
+    return out;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
     struct parse_state *ps = user;
@@ -154,6 +189,14 @@ static int handler(void *user, const char *section, const char *name, const char
 
     char *base = (char *)ps->cfg;
     switch (def->type) {
+    case K_ENUM:
+        if (!enum_has(def->choices, value)) {
+            char words[128];
+            return fail(ps, "bad value for '%s' in [%s] (expected %s)", qn, qs,
+                        enum_words(def->choices, words, sizeof(words)));
+        }
+        /* kept as a string */
+        __attribute__((fallthrough));
     case K_STR: {
         if (value[0] == '\0')
             return fail(ps, "empty value for '%s' in [%s]", qn, qs);
@@ -272,8 +315,6 @@ static gs_err validate_store(const char *name, struct gs_config *c, const bool *
     } else if (gs_store_location_is_url(c->db.path)) {
         return gs_err_set(GS_ERR_CONFIG, "%s: 'path' in [db] is a URI (use 'url' for PostgreSQL)", name);
     }
-    if (strcmp(c->audit.store, "file") != 0 && strcmp(c->audit.store, "db") != 0)
-        return gs_err_set(GS_ERR_CONFIG, "%s: 'store' in [audit] must be file or db", name);
     if (strcmp(c->audit.store, "db") == 0 && c->db.url == NULL)
         return gs_err_set(GS_ERR_CONFIG, "%s: [audit] store = db needs the PostgreSQL store ([db] url)", name);
     if (c->server.instance == NULL) {
@@ -320,11 +361,6 @@ static gs_err validate(const char *name, struct gs_config *c)
                           name);
     if (c->certsrv.listen != NULL && !valid_listen(c->certsrv.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [certsrv] must be host:port", name);
-    if (strcmp(c->server.metrics, "off") != 0 && strcmp(c->server.metrics, "any") != 0 &&
-        strcmp(c->server.metrics, "admin") != 0)
-        return gs_err_set(GS_ERR_CONFIG, "%s: 'metrics' in [server] must be off, any or admin", name);
-    if (log_level_parse(c->server.log_level) < 0)
-        return gs_err_set(GS_ERR_CONFIG, "%s: 'log_level' in [server] must be error, warn, info or debug", name);
     if (strlen(c->ca.key_label) > 127)
         return gs_err_set(GS_ERR_CONFIG, "%s: 'key_label' in [ca] is longer than 127 bytes", name);
     if (c->certsrv.listen != NULL && c->certsrv.url == NULL) {
@@ -408,7 +444,7 @@ void gs_config_free(struct gs_config *cfg)
     if (cfg == NULL)
         return;
     for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++) {
-        if (keys[i].type == K_STR)
+        if (keys[i].type == K_STR || keys[i].type == K_ENUM)
             free(*(char **)(void *)((char *)cfg + keys[i].offset));
     }
     free(cfg->path);

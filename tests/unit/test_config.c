@@ -104,8 +104,10 @@ static void test_errors(void **state)
     expect_error(MIN_HSM "[server]\nauto_rotate_secret_on_remove = maybe\n", "expected yes or no");
     expect_error(MIN_HSM "[server]\nlisten = nohost\n", "'listen' in [server] must be host:port");
     expect_error(MIN_HSM "[server]\nlisten = h:70000\n", "must be host:port");
-    expect_error(MIN_HSM "[server]\nmetrics = everyone\n", "'metrics'");
-    expect_error(MIN_HSM "[server]\nlog_level = loud\n", "'log_level'");
+    expect_error(MIN_HSM "[server]\nmetrics = everyone\n",
+                 "t.conf:5: bad value for 'metrics' in [server] (expected off, any or admin)");
+    expect_error(MIN_HSM "[server]\nlog_level = loud\n",
+                 "t.conf:5: bad value for 'log_level' in [server] (expected error, warn, info or debug)");
     expect_error(MIN_HSM "[certsrv]\nlifetime = 10\n", "bad value for 'lifetime'");
     expect_error("[hsm]\nmodule = m\n", "missing required key 'pin_source' in [hsm]");
     expect_error("[hsm]\npin_source = p\n", "missing required key 'module' in [hsm]");
@@ -237,7 +239,8 @@ static void test_store_choice(void **state)
     expect_error(MIN_HSM "[db]\nurl = /tmp/x.db\n", "must be a postgresql:// URI");
     expect_error(MIN_HSM "[db]\npath = postgres://h/db\n", "use 'url'");
     expect_error(MIN_HSM "[audit]\nstore = db\n", "needs the PostgreSQL store");
-    expect_error(MIN_HSM "[audit]\nstore = syslog\n", "must be file or db");
+    expect_error(MIN_HSM "[audit]\nstore = syslog\n",
+                 "t.conf:5: bad value for 'store' in [audit] (expected file or db)");
     expect_error(MIN_HSM "[server]\ninstance = "
                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "'instance'");
 }
