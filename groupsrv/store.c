@@ -115,6 +115,13 @@ int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
 
 const char *gs_store_backend(const gs_store *st) { return st ? st->ops->name : "none"; }
 
+gs_err gs_store_check_location(gs_store *st)
+{
+    if (st == NULL)
+        return GS_ERR_ARGS;
+    return st->ops->check_location != NULL ? st->ops->check_location(st) : GS_OK;
+}
+
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
 {
     *stamp = 0;

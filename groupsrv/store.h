@@ -87,6 +87,13 @@ const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */
  * GS_ERR_DB_UNAVAILABLE (then *stamp is 0). */
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
 
+/* Whether the database this handle has open is still the one at its
+ * location: SQLite, that the file at the path is the file opened (not
+ * moved away, deleted, or replaced by another, as a restore with mv does,
+ * while this connection goes on using the old one); PostgreSQL: always.
+ * A stat(2), for health checks. GS_OK, or GS_ERR_DB with the detail. */
+gs_err gs_store_check_location(gs_store *st);
+
 /* A read snapshot for a run of reads (the key holder's request: the
  * change stamp, then the member). SQLite: one read transaction for all of
  * them (each call alone takes its own, with its locks and a file-size

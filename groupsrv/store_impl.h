@@ -20,6 +20,7 @@ struct gs_store_ops {
     const char *name; /* "sqlite", "postgresql" */
     void (*close)(gs_store *st);
     gs_err (*change_stamp)(gs_store *st, uint64_t *stamp);
+    gs_err (*check_location)(gs_store *st); /* NULL: nothing to check */
     gs_err (*begin)(gs_store *st);
     gs_err (*commit)(gs_store *st);
     void (*rollback)(gs_store *st);

@@ -24,6 +24,8 @@ struct sq_store {
     sqlite3 *db;
     sqlite3_stmt *hot[HOT_N];
     int keys_fd; /* the database's directory while the keys lock is held, else -1 */
+    dev_t dev;   /* the file opened (ino 0: not a file): still the one at its path? */
+    ino_t ino;
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -247,6 +249,10 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
                          SQ(st)->db ? sqlite3_errmsg(SQ(st)->db) : "out of memory");
         goto out;
     }
+    if (stat(path, &sb) == 0) {
+        SQ(st)->dev = sb.st_dev;
+        SQ(st)->ino = sb.st_ino;
+    }
     sqlite3_extended_result_codes(SQ(st)->db, 1);
     (void)sqlite3_limit(SQ(st)->db, SQLITE_LIMIT_LENGTH, GS_STORE_VALUE_MAX);
     (void)sqlite3_busy_timeout(SQ(st)->db, 5000);
@@ -328,6 +334,24 @@ static void sq_keys_unlock(gs_store *st)
     if (SQ(st)->keys_fd >= 0)
         close(SQ(st)->keys_fd);
     SQ(st)->keys_fd = -1;
+}
+
+/* A database file moved, deleted or replaced (a restore by mv) under an
+ * open connection goes on being read and written by it, unseen by every
+ * other process that opens the path. */
+static gs_err sq_check_location(gs_store *st)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    struct stat sb;
+
+    if (SQ(st)->ino == 0 || path == NULL || *path == '\0')
+        return GS_OK;
+    if (stat(path, &sb) != 0)
+        return gs_err_set(GS_ERR_DB, "the database file open here is no longer at %s (%s)", path,
+                          strerror(errno));
+    if (sb.st_dev != SQ(st)->dev || sb.st_ino != SQ(st)->ino)
+        return gs_err_set(GS_ERR_DB, "%s is another file than the database open here (replaced)", path);
+    return GS_OK;
 }
 
 static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)
@@ -1121,6 +1145,7 @@ static const struct gs_store_ops sq_ops = {
     .name = "sqlite",
     .close = sq_close,
     .change_stamp = sq_change_stamp,
+    .check_location = sq_check_location,
     .read_begin = sq_read_begin,
     .read_end = sq_read_end,
     .keys_lock_try = sq_keys_lock_try,

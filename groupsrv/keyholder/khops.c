@@ -1514,6 +1514,8 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     hsm_err he;
     audit_err ae;
     uint64_t stamp = 0;
+    static atomic_int moved_logged; /* the database's move was logged */
+    char q[320];
 
     /* One token failure per check that ran, not per probe answered from
      * it: anyone may probe, and a load balancer's probes during an outage
@@ -1522,14 +1524,28 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     /* A real query: with PostgreSQL the database is another machine, and a
      * load balancer must take this server out while it cannot reach it. */
     gs_err de = gs_store_change_stamp(w->store, &stamp);
+    /* A SQLite file moved or replaced under the server (a restore without
+     * stopping it) still answers here, but is no longer what the admin
+     * commands change: a member they remove would still be served. */
+    int moved = de == GS_OK && (de = gs_store_check_location(w->store)) != GS_OK;
     int db_ok = de == GS_OK;
+
+    if (moved && atomic_exchange(&moved_logged, 1) == 0)
+        log_error("the database is not at its path any more: restart the server to open the one there "
+                  "detail=\"%s\"",
+                  log_quote(q, sizeof(q), gs_err_detail()));
+    else if (db_ok)
+        atomic_store(&moved_logged, 0);
 
     if (he != HSM_OK && checked)
         metrics_token_error();
     answer_begin(j, he == HSM_OK && ae == AUDIT_OK && db_ok ? 200 : 503);
     ipc_put_str(&j->reply, IPC_T_TOKEN_STATE, he == HSM_OK ? "ok" : hsm_strerror(he));
     ipc_put_str(&j->reply, IPC_T_AUDIT_STATE, ae == AUDIT_OK ? "ok" : audit_strerror(ae));
-    ipc_put_str(&j->reply, IPC_T_DB_STATE, db_ok ? "ok" : "unavailable");
+    ipc_put_str(&j->reply, IPC_T_DB_STATE,
+                db_ok   ? "ok"
+                : moved ? "not the file at its path (moved or replaced)"
+                        : "unavailable");
     if (he != HSM_OK || ae != AUDIT_OK || !db_ok)
         ipc_put_str(&j->reply, IPC_T_CODE,
                     he != HSM_OK                   ? "token_unavailable"

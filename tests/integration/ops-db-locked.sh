@@ -64,4 +64,18 @@ expect_status 403 "" "bob refused once removed" -- c bob --data-binary @"$work/u
 expect_status 200 "" "unwrap once the lock is gone" -- c alice --data-binary @"$work/unwrap.json" "$url"
 [ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check')" = ok ] || fail "integrity_check"
 ok "database intact (PRAGMA integrity_check)"
+
+# The database file moved away under the running server (a restore with
+# mv, without stopping it): its connection goes on with the old file,
+# which the admin commands no longer see, so /healthz fails (api.md) and
+# the log says to restart; moved back, it is 200 again.
+mkdir "$work/moved"
+mv "$work/groupsrv.db" "$work/groupsrv.db-wal" "$work/groupsrv.db-shm" "$work/moved/"
+expect_healthz 503 store_unavailable "healthz, database moved away"
+[ "$(json_get "$work/body" database)" = "not the file at its path (moved or replaced)" ] ||
+  fail "healthz, database moved away: $(cat "$work/body")"
+grep -q 'the database is not at its path any more: restart the server' "$work/server.log" ||
+  fail "no log line for the moved database"
+mv "$work/moved/"* "$work/"
+expect_healthz 200 "" "healthz, database back at its path"
 stop_server
