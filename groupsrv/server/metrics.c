@@ -18,8 +18,13 @@ static const double buckets[METRICS_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 
 #define N_BUCKETS METRICS_LAT_BUCKETS
 
 static atomic_ulong req_count[EP_COUNT][N_STATUS + 1]; /* last column: other statuses */
-static atomic_ulong lat_bucket[N_BUCKETS];
-static atomic_ulong lat_count;
+/* Observations per bin, not cumulative: bin i holds those in (buckets[i-1],
+ * buckets[i]], the last one those above every bound. One increment per
+ * observation, so a snapshot sums what it read into cumulative buckets
+ * and a count that always agree, however many workers observe meanwhile
+ * (cumulative counters and a separate count, read one after another,
+ * were torn: a bucket above the next one, or above the count). */
+static atomic_ulong lat_bin[N_BUCKETS + 1];
 static atomic_ulong lat_sum_us;
 static atomic_ulong token_errors;
 static atomic_long connections;
@@ -51,10 +56,11 @@ void metrics_request(enum metrics_endpoint ep, int status)
 
 void metrics_unwrap_latency(double seconds)
 {
-    for (size_t i = 0; i < N_BUCKETS; i++)
-        if (seconds <= buckets[i])
-            atomic_fetch_add(&lat_bucket[i], 1);
-    atomic_fetch_add(&lat_count, 1);
+    size_t i = 0;
+
+    while (i < N_BUCKETS && seconds > buckets[i])
+        i++;
+    atomic_fetch_add(&lat_bin[i], 1);
     atomic_fetch_add(&lat_sum_us, (unsigned long)(seconds * 1e6));
 }
 
@@ -106,9 +112,12 @@ void metrics_token_snapshot(metrics_token *out)
     memset(out, 0, sizeof(*out));
     out->sessions_in_use = -1;
     out->token_errors = atomic_load(&token_errors);
-    for (size_t i = 0; i < N_BUCKETS; i++)
-        out->lat_bucket[i] = atomic_load(&lat_bucket[i]);
-    out->lat_count = atomic_load(&lat_count);
+    unsigned long below = 0;
+    for (size_t i = 0; i < N_BUCKETS; i++) {
+        below += atomic_load(&lat_bin[i]);
+        out->lat_bucket[i] = below;
+    }
+    out->lat_count = below + atomic_load(&lat_bin[N_BUCKETS]);
     out->lat_sum_us = atomic_load(&lat_sum_us);
 }
 

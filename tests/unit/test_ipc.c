@@ -5,9 +5,11 @@
  * control channel arrive with their frames; libevent framing.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include <event2/buffer.h>
 
 #include "ipc.h"
+#include "metrics.h"
 
 /* A finished frame's payload. */
 static const unsigned char *payload(const ipc_buf *b, size_t *len)
@@ -652,6 +655,52 @@ static void on_ctl(void *arg, uint32_t type, const ipc_msg *m)
     }
 }
 
+/* The histogram a scraper reads (IPC_STATS, then /metrics): buckets
+ * cumulative and the +Inf bucket (the count) not below any of them, also
+ * while token workers record latencies. */
+static atomic_int observing;
+static void *observe_latencies(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&observing))
+        metrics_unwrap_latency(0.0005);
+    return NULL;
+}
+
+static void test_histogram_consistent_under_load(void **state)
+{
+    (void)state;
+    pthread_t th[2];
+    metrics_token t, back;
+    unsigned char packed[METRICS_TOKEN_WORDS * 8];
+    unsigned long torn = 0, max_seen = 0;
+
+    atomic_store(&observing, 1);
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, observe_latencies, NULL), 0);
+    do /* the observers are running */
+        metrics_token_snapshot(&t);
+    while (t.lat_count < 1000);
+    for (int n = 0; n < 300000; n++) {
+        metrics_token_snapshot(&t);
+        for (size_t i = 0; i + 1 < METRICS_LAT_BUCKETS; i++)
+            torn += t.lat_bucket[i] > t.lat_bucket[i + 1];
+        torn += t.lat_bucket[METRICS_LAT_BUCKETS - 1] > t.lat_count;
+        max_seen = t.lat_count;
+    }
+    atomic_store(&observing, 0);
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_true(max_seen > 0);
+    assert_int_equal(torn, 0);
+    /* and what the network process renders from the packed words */
+    metrics_token_snapshot(&t);
+    metrics_token_pack(&t, packed);
+    assert_int_equal(metrics_token_unpack(packed, sizeof(packed), &back), 0);
+    assert_int_equal(back.lat_count, t.lat_count);
+    assert_int_equal(back.lat_bucket[0], t.lat_count);
+}
+
 static void test_reader_each(void **state)
 {
     int sv[2], pipefd[2];
@@ -711,6 +760,7 @@ int main(void)
         cmocka_unit_test(test_evbuffer),
         cmocka_unit_test(test_read_frames),
         cmocka_unit_test(test_reader_each),
+        cmocka_unit_test(test_histogram_consistent_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
