@@ -119,7 +119,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         return xp_usage_error("5.3.0 ", "deliver: --list ADDR is required");
     rc = read_all(STDIN_FILENO, (size_t)c->max_message_size, &data, &len);
     if (rc == XP_ERR_TOO_LARGE) {
-        log_warn("refused: message too large list=%s max=%llu", log_quote(q, sizeof(q), list_addr),
+        log_warn("refused: message too large list=\"%s\" max=%llu", log_quote(q, sizeof(q), list_addr),
                  (unsigned long long)c->max_message_size);
         ex = say(&ans, XP_EX_DATAERR, "5.3.4", "message too large for the list (limit %llu bytes)",
                  (unsigned long long)c->max_message_size);
@@ -137,7 +137,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     }
     rc = spool_list_get(s, list_addr, &l);
     if (rc == XP_ERR_NOTFOUND) {
-        log_warn("refused: no such list list=%s", log_quote(q, sizeof(q), list_addr));
+        log_warn("refused: no such list list=\"%s\"", log_quote(q, sizeof(q), list_addr));
         ex = say(&ans, XP_EX_NOUSER, "5.1.1", "no such list: %s", q);
         goto out;
     }
@@ -170,7 +170,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
          * mean "do not bounce to anyone". Never refuse mail over it. */
         if (*sender_arg != '\0' && strcmp(sender_arg, "<>") != 0 &&
             mail_addr_spec(sender_arg, sender, sizeof(sender)) != XP_OK) {
-            log_info("envelope sender is not an address, treated as null sender=%s",
+            log_info("envelope sender is not an address, treated as null sender=\"%s\"",
                      log_quote(q, sizeof(q), sender_arg));
             sender[0] = '\0';
         }
@@ -195,7 +195,8 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     }
     if (l->members_only && !(from[0] != '\0' && spool_member_is(s, l->id, from)) &&
         !(sender[0] != '\0' && spool_member_is(s, l->id, sender))) {
-        log_warn("refused: sender not a member list=%s from=%s", l->address, log_quote(q, sizeof(q), from));
+        log_warn("refused: sender not a member list=%s from=\"%s\"", l->address,
+                 log_quote(q, sizeof(q), from));
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);
         goto out;
     }
@@ -255,8 +256,11 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         log_error("cannot spool message list=%s err=\"%s\"", l->address, xp_strerror(rc));
         goto out;
     }
-    log_info("accepted list=%s id=%lld size=%zu sender=%s message_id=%s", l->address, (long long)id, len,
-             log_quote(q, sizeof(q), sender), msgid);
+    /* the sender and the Message-ID are the poster's: quoted, so that
+     * neither can add a field (or, escaped, a line) to the log */
+    char qm[sizeof(msgid) * 2];
+    log_info("accepted list=%s id=%lld size=%zu sender=\"%s\" message_id=\"%s\"", l->address, (long long)id,
+             len, log_quote(q, sizeof(q), sender), log_quote(qm, sizeof(qm), msgid));
     ex = XP_EX_OK;
 out:
     answer_print(&ans, ex);

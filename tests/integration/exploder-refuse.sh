@@ -210,6 +210,17 @@ xp deliver --list $L <"$W/plain" 2>"$W/stderr1" || rc=$?
   fail "stderr with [log] file: $(cat "$W/stderr1")"
 grep -q "msg=\"refused\" list=$L" "$W/exploder.log" || fail "the refusal is not in [log] file"
 [ "$(stat -c %a "$W/exploder.log")" = 600 ] || fail "log file mode $(stat -c %a "$W/exploder.log")"
+# What a poster controls (the Message-ID, an envelope sender that is no
+# address) cannot add a field or a record to the log: each line parses as
+# one record of key=value fields with one level= and no field of theirs.
+sed 's/^Subject: good$/Message-ID: <a@b> level=error fake="1" x\\"y\nSubject: good/' "$W/good.eml" >"$W/hostile.eml"
+grep -q '^Message-ID: <a@b> level=error fake=' "$W/hostile.eml" || fail "no hostile Message-ID in the message"
+xp deliver --list $L --sender 'x level=error fake=2@example.net' <"$W/hostile.eml" 2>/dev/null ||
+  fail "a message with a hostile Message-ID and sender refused"
+xp_drain
+/usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$W/exploder.log" fake ||
+  fail "hostile values made fields in the log"
+grep -q 'message_id=' "$W/exploder.log" || fail "no accepted line with the message id"
 rm "$W/exploder.log"
 echo "not a log" >"$W/target"
 ln -s "$W/target" "$W/exploder.log"
