@@ -104,6 +104,15 @@ static const char *escape_controls(char *out, size_t cap, const char *in)
     return out;
 }
 
+const char *log_qs(const char *untrusted)
+{
+    static _Thread_local char slots[LOG_QS_SLOTS][480];
+    static _Thread_local unsigned next;
+    char *buf = slots[next++ % LOG_QS_SLOTS];
+
+    return log_quote(buf, sizeof(slots[0]), untrusted);
+}
+
 void log_emit(enum log_level level, const char *func, const char *fmt, ...)
 {
     static const char *const lvl[] = {"error", "warn", "info", "debug"};

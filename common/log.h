@@ -46,6 +46,13 @@ void log_emit(enum log_level level, const char *func, const char *fmt, ...)
  * Returns buf. */
 char *log_quote(char *buf, size_t bufsize, const char *untrusted);
 
+/* log_quote() into one of LOG_QS_SLOTS buffers of the calling thread, for
+ * a quoted field (`detail=\"%s\"`, log_qs(text)): up to that many in one
+ * call; each is valid until the thread's LOG_QS_SLOTS-th next log_qs. A
+ * value is cut to 480 bytes. */
+#define LOG_QS_SLOTS 4
+const char *log_qs(const char *untrusted);
+
 #define log_error(...) log_emit(LOG_LVL_ERROR, __func__, __VA_ARGS__)
 #define log_warn(...)  log_emit(LOG_LVL_WARN, __func__, __VA_ARGS__)
 #define log_info(...)  log_emit(LOG_LVL_INFO, __func__, __VA_ARGS__)

@@ -152,7 +152,7 @@ static void undo_label(hsm_ctx *hsm, const char *label, hsm_key_class cls)
 {
     hsm_err he = destroy_label(hsm, label, cls);
     if (he != HSM_OK) {
-        log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(he));
+        log_warn("could not destroy token key label=%s err=\"%s\"", label, hsm_strerror(he));
         note_left(label);
     }
 }
@@ -170,7 +170,7 @@ void gs_token_destroy_label(hsm_ctx *hsm, const char *label)
     for (size_t i = 0; i < GS_ARRAY_LEN(classes); i++) {
         hsm_err he = destroy_label(hsm, label, classes[i]);
         if (he != HSM_OK)
-            log_warn("could not destroy token key label=%s err=%s", label, hsm_strerror(he));
+            log_warn("could not destroy token key label=%s err=\"%s\"", label, hsm_strerror(he));
     }
 }
 

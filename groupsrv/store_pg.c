@@ -300,7 +300,7 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
     conn_message(PG(st)->conn, msg, sizeof(msg));
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK || sqlstate_unavailable(state)) {
         if (!PG(st)->lost)
-            log_warn("database connection lost op=%s detail=%s", what, msg);
+            log_warn("database connection lost op=%s detail=\"%s\"", what, log_qs(msg));
         PG(st)->lost = true;
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "%s: database unavailable: %s", what, msg);
     }
@@ -436,8 +436,8 @@ static void notice_idle_end(gs_store *st)
     if (PQconsumeInput(PG(st)->conn) == 1 && PQstatus(PG(st)->conn) == CONNECTION_OK &&
         PQconsumeInput(PG(st)->conn) == 1 && PQstatus(PG(st)->conn) == CONNECTION_OK)
         return;
-    log_info("idle database connection was closed by the server; connecting again detail=%s",
-             conn_message(PG(st)->conn, msg, sizeof(msg)));
+    log_info("idle database connection was closed by the server; connecting again detail=\"%s\"",
+             log_qs(conn_message(PG(st)->conn, msg, sizeof(msg))));
     PG(st)->lost = true;
 }
 

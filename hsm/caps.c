@@ -423,7 +423,7 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
     pthread_mutex_unlock(&ctx->pool_mu);
 
     if (hsm_run_once(ctx, op_mechs, c) != HSM_OK) {
-        log_warn("could not list the token's mechanisms detail=%s", hsm_last_error_detail());
+        log_warn("could not list the token's mechanisms detail=\"%s\"", log_qs(hsm_last_error_detail()));
         note_incomplete(c, "the mechanism list", hsm_last_error_detail());
     }
     c->allowed_mechanisms = try_attr(ctx, c, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
@@ -433,8 +433,8 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
     c->wrap_with_trusted = try_attr(ctx, c, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
                                     sizeof(c->wrap_with_trusted_why), &reinit, &c->wrap_with_trusted_unenforced);
     if (c->incomplete)
-        log_warn("the token's capabilities could not all be probed; probed again on next use detail=%s",
-                 c->incomplete_why);
+        log_warn("the token's capabilities could not all be probed; probed again on next use detail=\"%s\"",
+                 log_qs(c->incomplete_why));
     c->module_reinitialised = reinit;
     c->rewrap_on_token = hsm_caps_has(c, HSM_MECH_RSA_OAEP, HSM_MF_UNWRAP | HSM_MF_WRAP);
     c->secret_on_token = hsm_caps_has(c, HSM_MECH_AES_KEYGEN, HSM_MF_GENERATE) &&

@@ -803,7 +803,7 @@ static hsm_err run(hsm_ctx *ctx, hsm_op_fn op, void *arg, bool once)
                 return err;
             /* fall through */
         case HSM_ERR_SESSION:
-            log_info("session lost, retrying with a new one detail=%s", hsm_last_error_detail());
+            log_info("session lost, retrying with a new one detail=\"%s\"", log_qs(hsm_last_error_detail()));
             drop_sessions(ctx, false);
             break;
         case HSM_ERR_NOT_LOGGED_IN:
@@ -1181,8 +1181,8 @@ hsm_err hsm_sessions_fill(hsm_ctx *ctx, unsigned want, unsigned *got)
     if (n == 0)
         return err;
     if (err != HSM_OK && hsm_last_rv() != CKR_SESSION_COUNT && n < *got)
-        log_warn("opening the token's sessions at start stopped at %u of %u detail=%s", n, want,
-                 hsm_last_error_detail());
+        log_warn("opening the token's sessions at start stopped at %u of %u detail=\"%s\"", n, want,
+                 log_qs(hsm_last_error_detail()));
     hsm_clear_detail();
     return HSM_OK;
 }

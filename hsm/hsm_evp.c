@@ -81,7 +81,7 @@ static ECDSA_SIG *token_sign_sig(const unsigned char *dgst, int dlen, const BIGN
     he = hsm_sign(ek->hsm, ek->key, HSM_SIG_ECDSA_DIGEST, dgst, (size_t)dlen, &der, &derlen);
     if (he != HSM_OK) {
         log_error("signature on the token failed error=\"%s\" detail=\"%s\"", hsm_strerror(he),
-                  hsm_last_error_detail());
+                  log_qs(hsm_last_error_detail()));
         ERR_raise(ERR_LIB_EC, ERR_R_INTERNAL_ERROR);
         return NULL;
     }

@@ -672,7 +672,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
         return;
     if ((he = hsm_reload_pin(kh->hsm, pin_source)) != HSM_OK)
         log_error("the PIN source was not taken up err=\"%s\" detail=\"%s\"", hsm_strerror(he),
-                  hsm_last_error_detail());
+                  log_qs(hsm_last_error_detail()));
     else
         log_info("PIN source read again pin_source=%s", pin_source);
 }

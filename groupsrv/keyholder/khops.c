@@ -218,7 +218,7 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
     case GS_ERR_HSM:
     case GS_ERR_TOKEN:
         metrics_token_error();
-        log_error("token failure op=%s detail=%s", what, gs_err_detail());
+        log_error("token failure op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         (void)token_unavailable(j->kh);
         answer_token_unavailable(j);
         return;
@@ -229,17 +229,17 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
         static atomic_long last_logged;
         long now = (long)now_s(), prev = atomic_load(&last_logged);
         if (now != prev && atomic_compare_exchange_strong(&last_logged, &prev, now))
-            log_warn("database unavailable op=%s detail=%s", what, gs_err_detail());
+            log_warn("database unavailable op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         answer_retry(j, 503, 5, "db_unavailable", "the database is not reachable; try again later");
         return;
     }
     case GS_ERR_DB:
     case GS_ERR_IO:
-        log_error("store failure op=%s detail=%s", what, gs_err_detail());
+        log_error("store failure op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         answer_retry(j, 503, 5, "store_unavailable", "the membership database is not available");
         return;
     default:
-        log_error("failure op=%s err=%s detail=%s", what, gs_strerror(err), gs_err_detail());
+        log_error("failure op=%s err=\"%s\" detail=\"%s\"", what, gs_strerror(err), log_qs(gs_err_detail()));
         answer_error(j, 500, "internal", "internal error");
         return;
     }
@@ -522,7 +522,8 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
     /* A cached key that failed for another reason than the ciphertext may
      * be gone or changed on the token: load the group afresh next time. */
     if (hsm_failure_is_decrypt(err)) {
-        log_info("unwrap failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
+        log_info("unwrap failed op=%s err=\"%s\" detail=\"%s\"", op, hsm_strerror(err),
+                 log_qs(hsm_last_error_detail()));
         return item_fail(r, 400, "unwrap_failed", "the key could not be unwrapped");
     }
     /* The caller's choice, not a failing token: a key transport this token
@@ -530,16 +531,17 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
      * be wrapped to (an EC membership certificate). Nothing to reload, and
      * no token error counted, which any member could inflate at will. */
     if (err == HSM_ERR_MECHANISM) {
-        log_warn("token cannot do what was asked op=%s detail=%s", op, hsm_last_error_detail());
+        log_warn("token cannot do what was asked op=%s detail=\"%s\"", op, log_qs(hsm_last_error_detail()));
         return item_fail(r, 400, "unsupported_algorithm", "the token does not support this algorithm");
     }
     if (err == HSM_ERR_PUBLIC_KEY) {
-        log_info("caller's key refused op=%s detail=%s", op, hsm_last_error_detail());
+        log_info("caller's key refused op=%s detail=\"%s\"", op, log_qs(hsm_last_error_detail()));
         return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
     }
     gcache_mark_stale(w->gc);
     metrics_token_error();
-    log_error("token operation failed op=%s err=%s detail=%s", op, hsm_strerror(err), hsm_last_error_detail());
+    log_error("token operation failed op=%s err=\"%s\" detail=\"%s\"", op, hsm_strerror(err),
+              log_qs(hsm_last_error_detail()));
     if (hsm_err_unavailable(err)) {
         (void)token_unavailable(w->kh);
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
@@ -558,7 +560,7 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
     gcache_mark_stale(w->gc);
     if (token_unavailable(w->kh) != HSM_OK) {
         metrics_token_error();
-        log_error("token lost its objects op=%s detail=%s", what, hsm_last_error_detail());
+        log_error("token lost its objects op=%s detail=\"%s\"", what, log_qs(hsm_last_error_detail()));
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
     }
     log_warn("key version not on this token kind=%s version=%u (groupsrv check lists them)", what, version);
@@ -920,8 +922,10 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
         /* An expired certificate no longer vouches for the key, and S/MIME
          * senders do not encrypt to one: no copy, as without a certificate. */
         if (gs_cert_check_valid_now(x, "certificate") != GS_OK) {
-            log_info("member-certs: no copy for a member whose certificate is not valid now group=%s member=%s "
-                     "reason=\"%s\"", gs_group_info(g)->name, members[i].email, gs_err_detail());
+            log_info(
+                "member-certs: no copy for a member whose certificate is not valid now group=%s member=%s "
+                "reason=\"%s\"",
+                gs_group_info(g)->name, members[i].email, log_qs(gs_err_detail()));
             X509_free(x);
             continue;
         }
@@ -1118,7 +1122,8 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
     } else if (he != HSM_OK) {
         metrics_token_error();
         gcache_mark_stale(w->gc);
-        log_error("token operation failed op=wrap-secret err=%s detail=%s", hsm_strerror(he), hsm_last_error_detail());
+        log_error("token operation failed op=wrap-secret err=\"%s\" detail=\"%s\"", hsm_strerror(he),
+                  log_qs(hsm_last_error_detail()));
         if (he == HSM_ERR_PUBLIC_KEY)
             answer_error(j, 400, "unsupported_certificate_key", "secret keys are wrapped to RSA certificate keys only");
         else if (hsm_err_unavailable(he)) {
@@ -1348,7 +1353,8 @@ static void op_sign(struct kh_worker *w, struct kh_job *j)
     }
     if (he != HSM_OK) {
         metrics_token_error();
-        log_error("signature on the token failed error=\"%s\" detail=\"%s\"", hsm_strerror(he), hsm_last_error_detail());
+        log_error("signature on the token failed error=\"%s\" detail=\"%s\"", hsm_strerror(he),
+                  log_qs(hsm_last_error_detail()));
         answer_token_unavailable(j);
         return;
     }
@@ -1935,8 +1941,8 @@ void *kh_worker_init(void *arg, unsigned index)
         return NULL;
     }
     if ((ge = gs_store_open(gs_config_db_location(kh->cfg), 0, &w->store)) != GS_OK) {
-        log_error("cannot open the database backend=%s err=%s detail=%s", kh->cfg->db.url ? "postgresql" : "sqlite",
-                  gs_strerror(ge), gs_err_detail());
+        log_error("cannot open the database backend=%s err=\"%s\" detail=\"%s\"",
+                  kh->cfg->db.url ? "postgresql" : "sqlite", gs_strerror(ge), log_qs(gs_err_detail()));
         gcache_free(w->gc);
         free(w);
         return NULL;

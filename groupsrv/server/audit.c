@@ -1034,8 +1034,8 @@ static int db_load_head(struct audit_log *log)
     gs_err ge = gs_store_audit_head(log->db, log->instance, &seq, &line);
 
     if (ge != GS_OK) {
-        log_error("audit head unreadable instance=%s err=%s detail=%s", log->instance, gs_strerror(ge),
-                  gs_err_detail());
+        log_error("audit head unreadable instance=%s err=\"%s\" detail=\"%s\"", log->instance,
+                  gs_strerror(ge), log_qs(gs_err_detail()));
         return -1;
     }
     if (line != NULL) {
@@ -1064,8 +1064,9 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     char head[sizeof(log->prev_hex)];
 
     memcpy(head, log->prev_hex, sizeof(head));
-    log_warn("audit insert lost its database connection; checking the table instance=%s records=%zu detail=%s",
-             log->instance, n, gs_err_detail());
+    log_warn(
+        "audit insert lost its database connection; checking the table instance=%s records=%zu detail=\"%s\"",
+        log->instance, n, log_qs(gs_err_detail()));
     if (db_load_head(log) != 0)
         return GS_ERR_DB_UNAVAILABLE;
     if (log->db_seq == seq + (int64_t)n && strcmp(log->prev_hex, prev_after) == 0) {
@@ -1136,8 +1137,8 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
             goto out;
     }
     if (ge != GS_OK) {
-        log_error("audit insert failed instance=%s records=%zu err=%s detail=%s", log->instance, n, gs_strerror(ge),
-                  gs_err_detail());
+        log_error("audit insert failed instance=%s records=%zu err=\"%s\" detail=\"%s\"", log->instance, n,
+                  gs_strerror(ge), log_qs(gs_err_detail()));
         goto out;
     }
     log->db_seq += (int64_t)n;
@@ -1212,7 +1213,8 @@ audit_err audit_open_db(const char *db_location, const char *instance, audit_log
     if ((log = log_new("database")) == NULL || (log->instance = strdup(instance)) == NULL)
         goto out;
     if ((ge = gs_store_open(db_location, 0, &log->db)) != GS_OK) {
-        log_error("audit database unavailable err=%s detail=%s", gs_strerror(ge), gs_err_detail());
+        log_error("audit database unavailable err=\"%s\" detail=\"%s\"", gs_strerror(ge),
+                  log_qs(gs_err_detail()));
         rc = AUDIT_ERR_IO;
         goto out;
     }
@@ -2046,7 +2048,7 @@ audit_err audit_reopen(audit_log *log)
         (rc = cut_torn_tail(nfd, log->path)) != AUDIT_OK) {
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        log_error("cannot reopen the audit log path=%s err=%s", log->path, audit_strerror(rc));
+        log_error("cannot reopen the audit log path=%s err=\"%s\"", log->path, audit_strerror(rc));
         goto out;
     }
     /* Records written to the old file before it went away and not yet

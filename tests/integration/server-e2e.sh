@@ -272,6 +272,14 @@ lines=$(wc -l < "$work/audit.jsonl")
 [ "$lines" -gt 10 ] || fail "audit has $lines lines"
 ok "audit verify passes ($lines lines)"
 
+# ---- the diagnostic log, as a log shipper reads it ----
+# Every line one record of key=value fields (operations.md), also the
+# token's refusal above (RSA-OAEP-256), whose detail has spaces.
+grep -q 'detail="token does not support RSA-OAEP with SHA-256' "$work/server.log" ||
+  fail "no quoted detail of the RSA-OAEP-256 refusal in the log"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
+ok "server log: one key=value record per line"
+
 # ---- graceful stop ----
 kill -TERM "$srv_pid"
 wait "$srv_pid" || fail "server exit status after SIGTERM"

@@ -244,6 +244,10 @@ static void test_log_quote(void **state)
     log_quote(buf, sizeof(buf), "0123456789abcdefghijkl");
     assert_true(strlen(buf) < sizeof(buf));
     assert_non_null(strstr(buf, "..."));
+    /* log_qs: the same escaping, in per-thread slots, several in one call */
+    const char *a = log_qs("C_Decrypt: \"x\"\n"), *b = log_qs("b c");
+    assert_string_equal(a, "C_Decrypt: \\\"x\\\"\\x0a");
+    assert_string_equal(b, "b c");
 }
 
 /* Every record is one line: a field value that was not quoted (a database's
