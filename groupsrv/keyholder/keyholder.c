@@ -152,8 +152,14 @@ static void link_write_cb(evutil_socket_t fd, short what, void *arg)
 static void final_reply(struct kh_job *j, int audit_state)
 {
     if (audit_state < 0) {
-        /* Wiped: it may carry a content key the audit does not cover. */
+        /* Wiped: it may carry a content key the audit does not cover. The
+         * line names the request (a syncer thread sends it, or a worker
+         * between jobs), as its answer's X-Request-Id does. */
+        char was[33];
+        (void)snprintf(was, sizeof(was), "%s", log_get_request_id());
+        log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
         log_error("answer dropped: its audit record is not durable");
+        log_set_request_id(was[0] != '\0' ? was : NULL);
         kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, atomic_load(&j->kh->gen), 503, 5,
                        "audit_unavailable", "the audit log cannot be written; refusing to answer");
         (void)ipc_end(&j->reply);
@@ -481,6 +487,9 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     pthread_mutex_lock(&io->mu);
     link_remove(j);
     pthread_mutex_unlock(&io->mu);
+    const char *id = ipc_str(&j->msg, IPC_T_REQUEST_ID);
+    char rid[33]; /* the shed line names the request, as its X-Request-Id */
+    (void)snprintf(rid, sizeof(rid), "%s", id != NULL ? id : "");
     job_free(j);
     if (v == TQ_STOPPED) {
         refuse(l, type | IPC_REPLY, cookie, 503, 5, "token_unavailable", "the key holder is shutting down");
@@ -488,7 +497,9 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     }
     /* Shed at once: the client hears when to come back instead of waiting. */
     unsigned retry = wait < 1 ? 1 : wait > 3600 ? 3600 : (unsigned)ceil(wait);
+    log_set_request_id(rid[0] != '\0' ? rid : NULL);
     log_info("request shed expected_wait_ms=%.0f queue=%s", wait * 1e3, v == TQ_FULL ? "full" : "over max_queue_ms");
+    log_set_request_id(NULL);
     refuse(l, type | IPC_REPLY, cookie, 503, retry, "overloaded", "the key token is busy; try again later");
 }
 

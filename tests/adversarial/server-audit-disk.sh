@@ -110,7 +110,14 @@ ok "audit verify: $out"
 
 # ---- deleted and made anew: SIGHUP ----
 rm -f "$audit"
-expect_status 503 audit_unavailable "unwrap with the audit log deleted" -- c alice --data-binary @"$work/req-tls.json" "$url"
+expect_status 503 audit_unavailable "unwrap with the audit log deleted" -- c alice -D "$work/hdr" \
+  --data-binary @"$work/req-tls.json" "$url"
+# the key holder's line about the answer it dropped names the request, as
+# its X-Request-Id does (operations.md: req= on a request's lines)
+rid=$(sed -n 's/^x-request-id: *\([0-9a-f]*\).*/\1/ip' "$work/hdr")
+[ -n "$rid" ] || fail "503 audit_unavailable without X-Request-Id: $(cat "$work/hdr")"
+grep -q "req=$rid msg=\"answer dropped: its audit record is not durable\"" "$work/server.log" ||
+  fail "no log line of the dropped answer with req=$rid: $(grep 'answer dropped' "$work/server.log" | tail -2)"
 expect_healthz 503 audit_unavailable "healthz with the audit log deleted"
 touch "$audit"; chmod 600 "$audit"
 kill -HUP "$srv_pid"

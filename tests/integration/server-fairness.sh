@@ -84,6 +84,9 @@ sys.exit(0 if shed and len(with_retry) == len(shed) and a_ok and not a_other and
 PY
 ok "max_queue_ms: the heavy identity is shed with 503 overloaded and Retry-After; the light one is served"
 grep -q 'msg="request shed"' "$work/server.log" || fail "shedding not logged"
+# each shed line names its request (req=, the answer's X-Request-Id)
+[ "$(grep -c 'req=[0-9a-f]* msg="request shed"' "$work/server.log")" = "$(grep -c 'msg="request shed"' "$work/server.log")" ] ||
+  fail "a shed request logged without its request id: $(grep -m1 'msg="request shed"' "$work/server.log")"
 
 # ---- SIGTERM drains what is at the token ----
 /usr/bin/python3 -c 'import json,sys; print(json.dumps({"items":[{"recipient_info":sys.argv[1]}]*10}))' \
