@@ -119,9 +119,10 @@ rid=$(sed -n 's/^x-request-id: *\([0-9a-f]*\).*/\1/ip' "$work/hdr")
 grep -q "req=$rid msg=\"answer dropped: its audit record is not durable\"" "$work/server.log" ||
   fail "no log line of the dropped answer with req=$rid: $(grep 'answer dropped' "$work/server.log" | tail -2)"
 expect_healthz 503 audit_unavailable "healthz with the audit log deleted"
-touch "$audit"; chmod 600 "$audit"
+# SIGHUP alone: the server makes the file anew (operations.md)
 kill -HUP "$srv_pid"
 wait_healthz || fail "healthz not 200 after the audit log was made anew and SIGHUP: $(cat "$work/body")"
+[ "$(stat -c %a "$audit")" = 600 ] || fail "the audit log made anew has mode $(stat -c %a "$audit")"
 expect_status 200 "" "unwrap after the audit log was made anew and SIGHUP" -- c alice --data-binary @"$work/req-tls.json" "$url"
 grep -q '"action":"unwrap"' "$audit" || fail "the new audit log has no record of the unwrap"
 out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the new log: $out"
