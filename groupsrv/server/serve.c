@@ -852,6 +852,15 @@ __attribute__((format(printf, 1, 2))) static void audit_cmd_error(const char *fm
 static int audit_verify_cmd(const char *file, int follow)
 {
     audit_verify_result res;
+    struct stat st;
+
+    /* A FIFO would block the open until a writer comes, a pipe cannot be
+     * read twice (the chain's check seeks): a copy in a file is checked. */
+    if (stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+        audit_cmd_error("audit verify: %s: not a regular file (save the log to a file and verify that)",
+                        file);
+        return 1;
+    }
     audit_err e = audit_verify_chain(file, follow, &res);
 
     if (e == AUDIT_OK) {

@@ -79,6 +79,13 @@ verify_err 6 "groupsrv: audit verify: $work/torn.jsonl: torn tail: line $(wc -l 
 verify_err 3 "groupsrv: audit verify: $work/junk.jsonl: line $(($(wc -l < "$first") + 1)): audit log line malformed *" \
   "a line that is no record" "$work/junk.jsonl"
 verify_err 1 "groupsrv: audit verify: $work/absent.jsonl: No such file or directory" "a missing file" "$work/absent.jsonl"
+# a named pipe (or ssh ... | audit verify --file /dev/stdin): refused at
+# once, not waited on for a writer, nor "Illegal seek"
+mkfifo "$work/fifo"
+set +e; err=$(timeout 10 "$BIN/groupsrv" -c "$conf" audit verify --file "$work/fifo" 2>&1); rc=$?; set -e
+[ "$rc" = 1 ] && [ "$err" = "groupsrv: audit verify: $work/fifo: not a regular file (save the log to a file and verify that)" ] ||
+  fail "audit verify of a named pipe: rc $rc: $err"
+ok "audit verify of a named pipe: exit 1: $err"
 set +e; err=$(gs audit rotate --file "$work/absent.jsonl" 2>&1); rc=$?; set -e
 [ "$rc" = 1 ] && [ "$err" = "groupsrv: audit rotate: $work/absent.jsonl: No such file or directory" ] ||
   fail "audit rotate of a missing file: rc $rc: $err"
