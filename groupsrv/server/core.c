@@ -7,7 +7,6 @@
 
 #include <limits.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -153,7 +152,8 @@ struct srv_conn {
                              counted in srv.unauth and the per-address table */
     int released;         /* no longer counted against the budgets (closing or freed) */
     double accepted;      /* srv_now() at accept */
-    int linger_fd;        /* a duplicate of the socket for the lingering close, or -1 */
+    int linger_fd;        /* the socket, taken over from libevent for the
+                             lingering close as evhttp frees the connection, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct evbuffer_cb_entry *input_cb; /* conn_input_cb on the bufferevent's input */
     struct sockaddr_storage addr;
@@ -357,12 +357,23 @@ static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *in
  * it refused a request before reading all of it (a body far over the cap
  * gets libevent's 413 at once). The client may still be sending, and Linux
  * answers unread data on a closed socket with a reset, which can destroy
- * the answer before the client has read it. So each connection keeps a
- * duplicate of its socket: once libevent has closed its own, the duplicate
- * sends the FIN (shutdown SHUT_WR), then reads and drops what still comes
- * until the client closes, LINGER_SECONDS pass or LINGER_BYTES were
- * dropped (nginx's lingering_close). A client that sends nothing more sees
- * the answer and the FIN at once. Bounded per thread; not at shutdown. */
+ * the answer before the client has read it. So each admitted connection
+ * takes its socket over from libevent as evhttp frees it (conn_closing_cb):
+ * the socket then sends the FIN (shutdown SHUT_WR), reads and drops what
+ * still comes until the client closes, LINGER_SECONDS pass or LINGER_BYTES
+ * were dropped (nginx's lingering_close), and only then is closed. A client
+ * that sends nothing more sees the answer and the FIN at once. Bounded per
+ * thread; not at shutdown.
+ *
+ * Taken over, never duplicated: an epoll registration belongs to the open
+ * socket, not to its descriptor number, and the loops batch their epoll
+ * changes (loop_base_new), so libevent removes the bufferevent's
+ * registration only at its next epoll_wait, after it has closed the
+ * descriptor. With a duplicate keeping the socket open, that removal fails
+ * (EBADF, ignored by libevent) and the registration stays in the epoll set
+ * under a number libevent no longer knows: it woke the thread thousands of
+ * times a second for as long as the linger lasted (the socket writable
+ * after shutdown, or the client's unread bytes). */
 #define LINGER_SECONDS 2
 #define LINGER_BYTES (1024 * 1024)
 #define LINGER_MAX_PER_THREAD 1024
@@ -411,7 +422,7 @@ static void linger_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* Takes over fd, a duplicate of the socket of a connection libevent closed. */
+/* Takes over fd, the socket of a connection libevent has freed. */
 static void linger_start(struct srv_thread *t, int fd)
 {
     struct srv_linger *l = NULL;
@@ -443,6 +454,40 @@ static void linger_free_all(struct srv_thread *t)
         linger_end(t->lingering);
 }
 
+/* evhttp calls it as it frees the connection, before the bufferevent
+ * closes the socket (it closes what its SSL's BIO names): the socket is
+ * taken out of the BIO and lingers once the connection is freed
+ * (conn_freed). evhttp's reset of an outgoing connection calls close
+ * callbacks too and then closes the socket itself; the connections here
+ * are all incoming, freed only by evhttp_connection_free. */
+static void conn_closing_cb(struct evhttp_connection *evcon, void *arg)
+{
+    struct srv_conn *c = arg;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    BIO *bio = ssl != NULL ? SSL_get_wbio(ssl) : NULL;
+    int fd = bufferevent_getfd(c->bev);
+    (void)evcon;
+
+    if (c->linger_fd >= 0 || fd < 0 || bio == NULL || SSL_get_rbio(ssl) != bio || BIO_get_fd(bio, NULL) != fd)
+        return; /* libevent closes it plainly */
+    BIO_set_fd(bio, -1, BIO_NOCLOSE);
+    c->linger_fd = fd;
+}
+
+/* At admission: the socket is to linger after the close. libevent 2.1 has
+ * no hook at a new connection; evhttp gives the connection itself as the
+ * argument of its bufferevent's callbacks (set once it reads). */
+static void conn_take_socket_at_close(struct srv_conn *c)
+{
+    bufferevent_data_cb readcb = NULL;
+    void *arg = NULL;
+
+    bufferevent_getcb(c->bev, &readcb, NULL, NULL, &arg);
+    struct evhttp_connection *evcon = arg;
+    if (readcb != NULL && evcon != NULL && evhttp_connection_get_bufferevent(evcon) == c->bev)
+        evhttp_connection_set_closecb(evcon, conn_closing_cb, c);
+}
+
 /* Runs right after accept (the socket is set by then) and at each deadline. */
 static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -455,7 +500,7 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c, "no_peer_address");
             return;
         }
-        c->linger_fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 0); /* -1: closed plainly */
+        conn_take_socket_at_close(c);
         if (atomic_load(&s->conns[c->which]) > s->budget[c->which]) {
             struct srv_conn *old = conn_evictable(c->t, c->which, c, 1);
             if (old != NULL) {
@@ -1770,8 +1815,8 @@ static void thread_free(struct srv_thread *t)
 }
 
 /* The descriptors the listeners' budgets may take: per connection its
- * socket and the duplicate kept for its lingering close (also for the few
- * admitted past a full listener), the lingering closes of every thread,
+ * socket (also for the few admitted past a full listener), the lingering
+ * closes of every thread,
  * and 64 for the rest (database, audit log, token, listeners). The soft
  * limit is raised to that, within the hard one (systemd's default soft
  * limit is 1024, and it advises programs that do not use select(2) to
@@ -1783,7 +1828,7 @@ static void raise_fd_limit(const struct srv *s)
 
     for (int i = 0; i < 2; i++)
         if (i == SRV_API || s->certsrv_fd >= 0)
-            need += 2 * (rlim_t)(s->budget[i] + s->budget[i] / 16 + 1);
+            need += (rlim_t)(s->budget[i] + s->budget[i] / 16 + 1);
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
         return;
     rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
