@@ -1050,7 +1050,7 @@ static void member_have_view(struct srv_req *r)
     }
     OPENSSL_free(der);
     json_decref(body);
-    (void)srv_call(r, &b, member_answer, 0);
+    (void)srv_call(r, &b, member_answer, cmd == EVHTTP_REQ_GET ? 0 : SRV_CALL_CHANGES);
     return;
 refuse:
     OPENSSL_free(der);
@@ -1168,7 +1168,7 @@ static void h_group_create(struct srv_req *r)
     ipc_put_u32(&b, IPC_T_WRAP, (uint32_t)member_wrap);
     r->ctx = body;
     r->ctx_free = json_free;
-    (void)srv_call(r, &b, group_create_answer, 0);
+    (void)srv_call(r, &b, group_create_answer, SRV_CALL_CHANGES);
     return;
 refuse:
     json_decref(body);

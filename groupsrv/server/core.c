@@ -1217,7 +1217,11 @@ static void call_done(void *arg, const ipc_msg *answer)
     r->calls--;
     log_set_request_id(r->id);
     if (!r->replied) {
-        if (answer == NULL)
+        if (answer == NULL && (flags & SRV_CALL_CHANGES))
+            srv_reply_retry(r, 503, 5, "token_unavailable",
+                            "the key holder stopped before it answered: the change may have been made; "
+                            "look before trying again");
+        else if (answer == NULL)
             holder_down(r, cont, flags);
         else
             cont(r, answer);
@@ -1238,7 +1242,7 @@ int srv_call(struct srv_req *r, ipc_buf *b, srv_cont cont, unsigned flags)
     }
     *cc = (struct call_ctx){.r = r, .cont = cont, .flags = flags};
     r->calls++;
-    if (khlink_call(r->t->link, b, call_done, cc) != 0) {
+    if (((flags & SRV_CALL_CHANGES) ? khlink_call_untimed : khlink_call)(r->t->link, b, call_done, cc) != 0) {
         r->calls--;
         free(cc);
         holder_down(r, cont, flags);

@@ -1,10 +1,10 @@
 /*
  * holder.c: calls to the key holder over one link (holder.h).
  *
- * Pending calls are kept in the order they were sent (so the oldest is
- * the first to time out) and found by cookie when an answer comes; a
- * thread has at most a few hundred in flight (one per connection), so a
- * linear search costs less than a table would.
+ * Pending calls are kept in the order they were sent and found by cookie
+ * when an answer comes; a thread has at most a few hundred in flight (one
+ * per connection), so a linear search costs less than a table would (the
+ * timeouts too: untimed calls may come before timed ones).
  */
 #include "holder.h"
 
@@ -24,7 +24,7 @@
 struct call {
     struct call *next, *prev;
     uint64_t cookie;
-    double deadline;
+    double deadline;   /* 0: untimed */
     khlink_cb cb;
     void *arg;
 };
@@ -224,12 +224,15 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     double now = now_s();
     (void)fd; (void)what;
 
-    while (l->head != NULL && l->head->deadline <= now) {
-        struct call *c = l->head;
+    for (struct call *c = l->head, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->deadline == 0 || c->deadline > now)
+            continue;
         unlink_call(l, c);
         log_error("the key holder did not answer in time cookie=%llu", (unsigned long long)c->cookie);
-        c->cb(c->arg, NULL);
+        c->cb(c->arg, NULL); /* may make calls: they join the tail */
         free(c);
+        next = l->head; /* the callback may have failed others (down) */
     }
 }
 
@@ -295,7 +298,7 @@ int khlink_attach(khlink *l, int fd)
 bool khlink_up(const khlink *l) { return l != NULL && l->fd >= 0; }
 uint64_t khlink_gen(const khlink *l) { return l != NULL ? l->gen : 0; }
 
-int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg)
+static int call_add(khlink *l, ipc_buf *b, bool timed, khlink_cb cb, void *arg)
 {
     struct call *c = NULL;
     int rc = -1;
@@ -303,7 +306,7 @@ int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg)
     if (l == NULL || l->fd < 0 || ipc_end(b) != IPC_OK || (c = calloc(1, sizeof(*c))) == NULL)
         goto out;
     c->cookie = l->next_cookie++;
-    c->deadline = now_s() + l->timeout_s;
+    c->deadline = timed ? now_s() + l->timeout_s : 0;
     c->cb = cb;
     c->arg = arg;
     ipc_set_cookie(b, c->cookie);
@@ -328,6 +331,9 @@ out:
     ipc_buf_free(b);
     return rc;
 }
+
+int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg) { return call_add(l, b, true, cb, arg); }
+int khlink_call_untimed(khlink *l, ipc_buf *b, khlink_cb cb, void *arg) { return call_add(l, b, false, cb, arg); }
 
 /* Writes out what waits in out, blocking (the frame that follows must
  * not overtake it). */

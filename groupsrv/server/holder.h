@@ -29,7 +29,8 @@ typedef struct khlink khlink;
  * it is wiped after the callback returns). */
 typedef void (*khlink_cb)(void *arg, const ipc_msg *reply);
 
-/* A link without a socket yet; calls wait at most timeout_s seconds. */
+/* A link without a socket yet; calls wait at most timeout_s seconds
+ * (but those made with khlink_call_untimed). */
 khlink *khlink_new(struct event_base *base, unsigned timeout_s);
 /* Fails the pending calls (callbacks with NULL), closes the socket. NULL fine. */
 void khlink_free(khlink *l);
@@ -47,6 +48,11 @@ uint64_t khlink_gen(const khlink *l);
  * link fails first); -1: not sent (link down or the frame is bad); cb will
  * not run. b is left empty either way. */
 int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
+/* As khlink_call, without the link's timeout: cb runs with the key
+ * holder's answer however long it takes, or with NULL when the link fails
+ * first. For requests that change state: once sent they may be under way,
+ * and only the key holder can say how they ended. */
+int khlink_call_untimed(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
 
 /* Blocks this thread for the answer (at most timeout_ms): for a TLS
  * handshake signature, which OpenSSL asks for in the middle of a

@@ -181,9 +181,13 @@ typedef void (*srv_cont)(struct srv_req *r, const ipc_msg *answer);
 /* Sends b and continues in cont with the answer; when the key holder
  * cannot answer, replies 503 token_unavailable instead of calling cont,
  * unless flags has SRV_CALL_DOWN_TOO: then cont gets NULL (also at once,
- * when the link is down). Returns -1 when the request was not sent (it
- * has been answered, or cont has run). */
-enum { SRV_CALL_DOWN_TOO = 1 };
+ * when the link is down). SRV_CALL_CHANGES: the request changes state (a
+ * member added or removed, a group created): no [server] timeout, the
+ * answer is the key holder's however long the change takes, and a link
+ * lost after the request went out is answered as such (the change may
+ * have been made). Returns -1 when the request was not sent (it has been
+ * answered, or cont has run). */
+enum { SRV_CALL_DOWN_TOO = 1, SRV_CALL_CHANGES = 2 };
 int srv_call(struct srv_req *r, ipc_buf *b, srv_cont cont, unsigned flags);
 /* Asks the key holder whether r's caller may do `action` (on r's group),
  * then answers e if so, or the refusal (audited there) if not: input

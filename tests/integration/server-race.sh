@@ -20,6 +20,8 @@
 #    removal, 403 from the next request on, nothing else;
 #  - `audit rotate` and SIGHUP under load: every request answered 200, the
 #    chain verifies across the files and every 200 has its audit record;
+#  - a REST removal and a REST group creation that take longer than
+#    [server] timeout are answered with their result (200, 201);
 #  - a command whose token open fails once, as SoftHSM's does when another
 #    process writes the token at that moment, opens it at the next try.
 set -euo pipefail
@@ -230,6 +232,24 @@ gs member list eng | grep -q '^late@' && fail "the refused REST change was made"
 ok "a locked SQLite database: unwraps 200, secret rotate exit 1 (database is locked), REST change 503"
 
 kill -0 "$srv_pid" || fail "server gone"
+stop_server
+
+# ---- admin changes that outlive [server] timeout ----
+# A removal (its secret rotation) and a group creation whose key generation
+# takes longer than [server] timeout (1 s here) are answered with their
+# result, not 503 token_unavailable for a change that was made all the same.
+sed -i 's/^timeout = 10$/timeout = 1/' "$conf"
+start_server
+control "delay C_GenerateKey 2000"
+expect_status 200 "" "a removal slower than [server] timeout" -- \
+  c admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+grep -q '"removed":"bob@example.org"' "$work/body" || fail "the slow removal's answer: $(cat "$work/body")"
+control "delay C_GenerateKeyPair 2000"
+expect_status 201 "" "a group creation slower than [server] timeout" -- c admin --data-binary \
+  '{"name":"slow","address":"slow@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
+control ""
+gs member list eng | grep -q '^bob@' && fail "bob is still a member after the 200"
+gs group show slow > /dev/null || fail "the group answered 201 does not exist"
 stop_server
 
 # ---- a command started while another writes the token ----
