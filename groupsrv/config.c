@@ -66,6 +66,7 @@ static const struct key_def keys[] = {
     {"server", "instance", K_STR, OFF(server.instance), 0, 0, NULL},
     {"db", "path", K_STR, OFF(db.path), 0, 0, NULL},
     {"db", "url", K_STR, OFF(db.url), 0, 0, NULL},
+    {"db", "timeout", K_UINT, OFF(db.timeout), 1, 3600, NULL},
     {"audit", "path", K_STR, OFF(audit.path), 0, 0, NULL},
     {"audit", "store", K_ENUM, OFF(audit.store), 0, 0, "file|db"},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0, NULL},
@@ -255,6 +256,7 @@ static struct gs_config *config_new(void)
     c->server.max_queue_ms = 2000;
     c->server.auto_rotate_secret_on_remove = true;
     c->certsrv.lifetime = 3600;
+    c->db.timeout = 10;
     c->ca.group_cert_days = 825;
     c->ca.member_cert_days = 365;
     c->ca.ca_days = 3650;

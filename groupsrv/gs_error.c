@@ -6,6 +6,7 @@
 #include <string.h>
 
 static _Thread_local char detail[512];
+static _Thread_local gs_db_cause db_cause;
 
 const char *gs_strerror(gs_err err)
 {
@@ -32,18 +33,40 @@ const char *gs_strerror(gs_err err)
 
 const char *gs_err_detail(void) { return detail; }
 
-void gs_err_clear(void) { detail[0] = '\0'; }
+void gs_err_clear(void)
+{
+    detail[0] = '\0';
+    db_cause = GS_DB_CAUSE_OTHER;
+}
 
-gs_err gs_err_set(gs_err err, const char *fmt, ...)
+gs_db_cause gs_err_db_cause(void) { return db_cause; }
+
+static void set_detail(const char *fmt, va_list ap)
 {
     /* Format into a scratch buffer first: callers may pass gs_err_detail()
      * itself as an argument to prefix it. */
     char tmp[sizeof(detail)];
+    (void)vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    memcpy(detail, tmp, sizeof(detail));
+}
+
+gs_err gs_err_set(gs_err err, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    (void)vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    set_detail(fmt, ap);
     va_end(ap);
-    memcpy(detail, tmp, sizeof(detail));
+    db_cause = GS_DB_CAUSE_OTHER;
+    return err;
+}
+
+gs_err gs_err_set_db(gs_err err, gs_db_cause cause, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_detail(fmt, ap);
+    va_end(ap);
+    db_cause = cause;
     return err;
 }
 

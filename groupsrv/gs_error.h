@@ -38,6 +38,19 @@ const char *gs_err_detail(void);
 gs_err gs_err_set(gs_err err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void gs_err_clear(void);
 
+/* Why the database could not serve, for GS_ERR_DB_UNAVAILABLE and
+ * GS_ERR_DB: the stores set it with the error (gs_err_set_db); any other
+ * gs_err_set in the thread makes it GS_DB_CAUSE_OTHER again. */
+typedef enum gs_db_cause {
+    GS_DB_CAUSE_OTHER = 0, /* unreachable, connection lost, or a plain failure */
+    GS_DB_CAUSE_LOCKED,    /* a lock another session or process holds was not granted in time */
+    GS_DB_CAUSE_NO_ANSWER, /* the server did not answer within [db] timeout */
+    GS_DB_CAUSE_READ_ONLY, /* connected to a read-only server (a standby) */
+} gs_db_cause;
+/* As gs_err_set, naming the cause. */
+gs_err gs_err_set_db(gs_err err, gs_db_cause cause, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+gs_db_cause gs_err_db_cause(void);
+
 /* Exit code for admin commands (see docs/groupsrv.1.md):
  * 0 ok; 1 operation failed; 3 not found / duplicate; 4 token or PIN;
  * 5 config. Usage errors (2) are decided by the program. */

@@ -1542,6 +1542,7 @@ int main(int argc, char **argv)
         return strcmp(cmd, "check") == 0 ? 1 : rc;
     }
     e.cfg = cfg;
+    gs_store_set_timeout(cfg->db.timeout);
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "audit") == 0) {
 #ifdef GS_HAVE_SERVER
         /* [server] log_level is the daemon's; `audit` is an admin command

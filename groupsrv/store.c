@@ -86,6 +86,11 @@ void gs_store_location_display(const char *location, char *buf, size_t cap)
     buf[used] = '\0';
 }
 
+static _Atomic unsigned store_timeout_s = 10;
+
+void gs_store_set_timeout(unsigned seconds) { store_timeout_s = seconds > 0 ? seconds : 10; }
+unsigned gs_store_timeout(void) { return store_timeout_s; }
+
 gs_err gs_store_open(const char *location, unsigned flags, gs_store **out)
 {
     if (out == NULL)

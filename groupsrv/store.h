@@ -72,6 +72,11 @@ enum gs_store_flags {
  * when it has none of our tables (version 0); a newer one is GS_ERR_SCHEMA.
  * An unreachable PostgreSQL server is GS_ERR_DB_UNAVAILABLE. */
 gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
+/* [db] timeout for the PostgreSQL stores this process opens from now on:
+ * the longest wait for any one answer of the server (and its
+ * statement_timeout, unless the URI's options or the role chose one).
+ * Default 10 s; SQLite keeps its own 5 s busy timeout. */
+void gs_store_set_timeout(unsigned seconds);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
 const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */

@@ -11,8 +11,11 @@
  * the caller rolls back. */
 #include "store_impl.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,6 +214,8 @@ struct pg_store {
     char *url;
     bool prepared[Q_N];
     bool lost;   /* the connection failed: reconnect at the next call */
+    bool no_answer; /* the last statement got no answer in time (the connection was closed) */
+    bool unbounded; /* statements may take as long as they take (the migration) */
     int64_t last_used_ms; /* CLOCK_MONOTONIC at the last ensure_connected */
 };
 
@@ -249,6 +254,14 @@ static void p_bytes(struct params *p, const unsigned char *v, size_t len)
     p->n++;
 }
 
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Server notices (e.g. "relation already exists, skipping") go to the
  * diagnostic log, not to stderr. */
 static void notice_to_log(void *arg, const char *message)
@@ -284,11 +297,11 @@ static int sqlstate_unavailable(const char *state)
      * (another session holds it); a read-only transaction (connected to a
      * standby, or to a primary demoted by a failover): reconnect, and a
      * multi-host URI with target_session_attrs=read-write finds the new
-     * primary */
+     * primary; a statement cancelled by statement_timeout ([db] timeout) */
     return state != NULL && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
                              strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
                              strcmp(state, "53300") == 0 || strcmp(state, "25006") == 0 ||
-                             strcmp(state, "55P03") == 0);
+                             strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0);
 }
 
 /* The gs_err for a failed result (res may be NULL). */
@@ -297,11 +310,33 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
     char msg[512];
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
+    if (PG(st)->no_answer) {
+        PG(st)->no_answer = false;
+        log_warn("database did not answer in time; connection closed op=%s wait_s=%u", what, gs_store_timeout() + 1);
+        return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
+                             "%s: the database did not answer within %u s ([db] timeout)", what,
+                             gs_store_timeout() + 1);
+    }
     conn_message(PG(st)->conn, msg, sizeof(msg));
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK || sqlstate_unavailable(state)) {
-        if (!PG(st)->lost)
+        /* Each cause in its own words: a lock another session holds, a
+         * statement cut by statement_timeout or a standby is no
+         * unreachable database. */
+        bool locked = state != NULL && strcmp(state, "55P03") == 0;
+        bool too_long = state != NULL && strcmp(state, "57014") == 0 && strstr(msg, "statement timeout") != NULL;
+        bool read_only = state != NULL && strcmp(state, "25006") == 0;
+        if (!PG(st)->lost && !locked && !too_long)
             log_warn("database connection lost op=%s detail=\"%s\"", what, log_qs(msg));
         PG(st)->lost = true;
+        if (locked)
+            return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_LOCKED,
+                                 "%s: a database lock another session holds was not granted in time: %s", what, msg);
+        if (too_long)
+            return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
+                                 "%s: the statement ran longer than [db] timeout: %s", what, msg);
+        if (read_only)
+            return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_READ_ONLY, "%s: the database is read-only: %s",
+                                 what, msg);
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "%s: database unavailable: %s", what, msg);
     }
     if (state != NULL && strncmp(state, "23", 2) == 0)
@@ -309,9 +344,83 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
     return gs_err_set(GS_ERR_DB, "%s: %s", what, msg);
 }
 
+/* ---- statements with a bounded wait -------------------------------------------
+ * PQexec waits for the answer as long as the connection lasts: a server
+ * that hangs without closing it (a stopped backend or host, a proxy that
+ * blackholes the connection) held a key holder worker as long, and every
+ * request queued behind it waited out [server] timeout for a 503 that
+ * blamed the token. Keepalives and tcp_user_timeout do not help there
+ * (the peer's kernel still acknowledges) and do not apply to a unix
+ * socket. So every statement is sent (PQsend*, the connection
+ * non-blocking) and its answer awaited at most [db] timeout plus a second
+ * (the session's statement_timeout, when it is ours, ends a slow statement
+ * first, keeping the connection); then the connection is closed (the
+ * server rolls back what it had not committed once it sees that) and the
+ * request gets 503 db_unavailable; the next statement connects again. */
+
+/* The answer to what was just sent (sent: what PQsend* returned): the
+ * last result, or the first that failed; NULL when the send failed, the
+ * connection broke before a result (PQerrorMessage says why), or no answer
+ * came in time (then no_answer is set and the connection closed). */
+static PGresult *await_result(gs_store *st, int sent)
+{
+    PGconn *conn = PG(st)->conn;
+    int64_t deadline = PG(st)->unbounded ? 0 : monotonic_ms() + ((int64_t)gs_store_timeout() + 1) * 1000;
+    PGresult *res = NULL, *r;
+
+    if (!sent)
+        return NULL;
+    for (;;) {
+        int unsent = PQflush(conn); /* 0: all out; 1: more to write; -1: failed */
+        if (unsent < 0)
+            break;
+        if (unsent == 0 && !PQisBusy(conn)) {
+            if ((r = PQgetResult(conn)) == NULL)
+                break;
+            if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+                PQclear(r);
+            } else {
+                PQclear(res);
+                res = r;
+            }
+            continue;
+        }
+        int wait_ms = -1;
+        if (deadline != 0) {
+            int64_t left = deadline - monotonic_ms();
+            if (left <= 0)
+                goto no_answer;
+            wait_ms = left > INT_MAX ? INT_MAX : (int)left;
+        }
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = (short)(POLLIN | (unsent ? POLLOUT : 0))};
+        int n = poll(&pfd, 1, wait_ms);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            goto no_answer;
+        if (n < 0 || ((pfd.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(conn)))
+            break; /* the connection broke: its status says so */
+    }
+    return res;
+no_answer:
+    PQclear(res);
+    PQfinish(conn);
+    PG(st)->conn = NULL;
+    PG(st)->lost = true;
+    PG(st)->no_answer = true;
+    return NULL;
+}
+
+static PGresult *pg_exec(gs_store *st, const char *sql)
+{
+    if (PG(st)->conn == NULL)
+        return NULL;
+    return await_result(st, PQsendQuery(PG(st)->conn, sql));
+}
+
 static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
 {
-    PGresult *res = PQexec(PG(st)->conn, sql);
+    PGresult *res = pg_exec(st, sql);
     ExecStatusType s = PQresultStatus(res);
     gs_err err = (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) ? GS_OK : result_error(st, res, what);
     PQclear(res);
@@ -381,34 +490,34 @@ static gs_err connect_session(gs_store *st)
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
     }
     (void)PQsetNoticeProcessor(PG(st)->conn, notice_to_log, NULL);
+    if (PQsetnonblocking(PG(st)->conn, 1) != 0) {
+        conn_message(PG(st)->conn, msg, sizeof(msg));
+        PG(st)->lost = true;
+        return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
+    }
     /* A statement waiting for a lock another session holds (a long
      * transaction, LOCK TABLE, VACUUM FULL, another program's migration)
      * gives up after 5 s, as SQLite's busy timeout does, and the request
      * gets 503 db_unavailable: without it every worker waited as long as
      * the lock was held and the key holder stopped answering at all.
      * Only where nobody chose a value (the URI's options, ALTER ROLE or
-     * DATABASE ... SET lock_timeout). */
-    err = exec_simple(st,
-                      st->readonly ? "SET synchronous_commit = on; SET default_transaction_read_only = on; "
-                                     "SELECT set_config('lock_timeout', '5s', false) "
-                                     "WHERE current_setting('lock_timeout') = '0'"
-                                   : "SET synchronous_commit = on; SELECT set_config('lock_timeout', '5s', false) "
-                                     "WHERE current_setting('lock_timeout') = '0'",
-                      "session setup");
+     * DATABASE ... SET lock_timeout). A statement that runs longer than
+     * [db] timeout is cancelled by the server (statement_timeout, likewise
+     * only where unset), before the client gives up on the connection. */
+    char setup[400];
+    (void)snprintf(setup, sizeof(setup),
+                   "SET synchronous_commit = on; %s"
+                   "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
+                   "SELECT set_config('statement_timeout', '%us', false) "
+                   "WHERE current_setting('statement_timeout') = '0'",
+                   st->readonly ? "SET default_transaction_read_only = on; " : "", gs_store_timeout());
+    err = exec_simple(st, setup, "session setup");
     if (err)
         return err;
     if (PG(st)->lost)
         log_info("database connection restored");
     PG(st)->lost = false;
     return GS_OK;
-}
-
-static int64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        return 0;
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* A connection left idle may have been ended meanwhile: PostgreSQL
@@ -481,7 +590,7 @@ static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult *
         return err;
     (void)snprintf(name, sizeof(name), "gs_q%d", (int)which);
     if (!PG(st)->prepared[which]) {
-        r = PQprepare(PG(st)->conn, name, queries[which], 0, NULL);
+        r = await_result(st, PQsendPrepare(PG(st)->conn, name, queries[which], 0, NULL));
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             err = result_error(st, r, what);
             PQclear(r);
@@ -490,8 +599,8 @@ static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult *
         PQclear(r);
         PG(st)->prepared[which] = true;
     }
-    r = PQexecPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL, p ? p->len : NULL,
-                       p ? p->fmt : NULL, 0);
+    r = await_result(st, PQsendQueryPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL,
+                                             p ? p->len : NULL, p ? p->fmt : NULL, 0));
     if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
         err = result_error(st, r, what);
         PQclear(r);
@@ -567,7 +676,7 @@ static gs_err col_hexdup(PGresult *r, int row, int col, unsigned char **out, siz
 
 static gs_err read_version(gs_store *st, int *v)
 {
-    PGresult *r = PQexec(PG(st)->conn, "SELECT to_regclass('schema_version') IS NOT NULL");
+    PGresult *r = pg_exec(st, "SELECT to_regclass('schema_version') IS NOT NULL");
     gs_err err = GS_OK;
     int exists;
 
@@ -581,7 +690,7 @@ static gs_err read_version(gs_store *st, int *v)
     r = NULL;
     if (!exists) /* a database without our tables: version 0 */
         goto out;
-    r = PQexec(PG(st)->conn, "SELECT max(version) FROM schema_version");
+    r = pg_exec(st, "SELECT max(version) FROM schema_version");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
         err = result_error(st, r, "schema version");
     else if (!PQgetisnull(r, 0, 0))
@@ -601,8 +710,10 @@ static gs_err migrate(gs_store *st)
      * others wait on the lock and then find the schema current. */
     if ((err = exec_simple(st, "BEGIN", "migrate")) != GS_OK)
         return err;
-    /* the first server's migration may take longer than lock_timeout */
-    if ((err = exec_simple(st, "SET LOCAL lock_timeout = 0", "migrate")) != GS_OK ||
+    /* the first server's migration may take longer than lock_timeout and
+     * [db] timeout */
+    PG(st)->unbounded = true;
+    if ((err = exec_simple(st, "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0", "migrate")) != GS_OK ||
         (err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
         (err = exec_simple(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "migrate")) !=
             GS_OK ||
@@ -625,6 +736,7 @@ static gs_err migrate(gs_store *st)
 out:
     if (err)
         (void)exec_simple(st, "ROLLBACK", "migrate");
+    PG(st)->unbounded = false;
     return err;
 }
 
@@ -746,7 +858,7 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
     *got = false;
     if (err)
         return err;
-    res = PQexec(PG(st)->conn, "SELECT pg_try_advisory_lock(" KEYS_LOCK ")");
+    res = pg_exec(st, "SELECT pg_try_advisory_lock(" KEYS_LOCK ")");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         err = result_error(st, res, "the keys lock");
     else
@@ -763,7 +875,7 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
 static void pg_keys_unlock(gs_store *st)
 {
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK) {
-        PQclear(PQexec(PG(st)->conn, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
+        PQclear(pg_exec(st, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
     } else if (PG(st)->conn != NULL) {
         PQfinish(PG(st)->conn);
         PG(st)->conn = NULL;

@@ -114,6 +114,9 @@ static gs_err db_error(gs_store *st, const char *what)
     int sys = sqlite3_system_errno(SQ(st)->db);
     if ((code & 0xff) == SQLITE_CONSTRAINT)
         return gs_err_set(GS_ERR_EXISTS, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+    /* another process held the write lock past the busy timeout */
+    if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED)
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
     /* "disk I/O error" alone does not tell a full disk (no room for the
      * -shm file a WAL database needs even to be read) from a failing one */
     if ((code & 0xff) == SQLITE_IOERR && sys != 0)

@@ -223,18 +223,37 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
         answer_token_unavailable(j);
         return;
     case GS_ERR_DB_UNAVAILABLE: {
-        /* PostgreSQL down or failing over: no answer without the
-         * membership check; the store reconnects on a later request. One
-         * log line a second: an outage under load is thousands of these. */
+        /* PostgreSQL down, failing over, hung or holding a lock: no
+         * answer without the membership check; the store reconnects on a
+         * later request. Each cause in its own words. One log line a
+         * second: an outage under load is thousands of these. */
         static atomic_long last_logged;
+        char msg[160];
+        static const char *const why[] = {
+            [GS_DB_CAUSE_OTHER] = "the database is not reachable",
+            [GS_DB_CAUSE_LOCKED] = "the database is locked by another session",
+            [GS_DB_CAUSE_NO_ANSWER] = "the database did not answer in time",
+            [GS_DB_CAUSE_READ_ONLY] = "the database is read-only (a standby)",
+        };
+        gs_db_cause cause = gs_err_db_cause();
+        const char *text = (size_t)cause < GS_ARRAY_LEN(why) ? why[cause] : why[GS_DB_CAUSE_OTHER];
         long now = (long)now_s(), prev = atomic_load(&last_logged);
         if (now != prev && atomic_compare_exchange_strong(&last_logged, &prev, now))
-            log_warn("database unavailable op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
-        answer_retry(j, 503, 5, "db_unavailable", "the database is not reachable; try again later");
+            log_warn("database unavailable op=%s cause=\"%s\" detail=\"%s\"", what, text, log_qs(gs_err_detail()));
+        snprintf(msg, sizeof(msg), "%s; try again later", text);
+        answer_retry(j, 503, 5, "db_unavailable", msg);
         return;
     }
     case GS_ERR_DB:
     case GS_ERR_IO:
+        if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_LOCKED) {
+            /* SQLite's write lock held by another process past the busy timeout */
+            log_warn("store busy op=%s cause=\"the database is locked by another process\" detail=\"%s\"", what,
+                     log_qs(gs_err_detail()));
+            answer_retry(j, 503, 5, "store_unavailable",
+                         "the membership database is locked by another process; try again later");
+            return;
+        }
         log_error("store failure op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         answer_retry(j, 503, 5, "store_unavailable", "the membership database is not available");
         return;

@@ -14,7 +14,12 @@
 #     restart (an idle connection the server closed is noticed before a
 #     statement is sent on it);
 #   - a table locked by another session: 503 db_unavailable after the 5 s
-#     lock_timeout, not a key holder stuck as long as the lock is held;
+#     lock_timeout, not a key holder stuck as long as the lock is held,
+#     saying the database is locked (not "not reachable");
+#   - the server's backends stopped (SIGSTOP: connections open, nothing
+#     answers): 503 db_unavailable "did not answer in time" after [db]
+#     timeout, not a key holder stuck until [server] timeout; new
+#     connections serve the next requests, and audit verify passes;
 #   - the audit insert of a member change losing its connection (the
 #     session ended in the middle of the insert): the change keeps its
 #     record and its answer (the insert goes out once more);
@@ -28,7 +33,9 @@ BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-pg-outage.XXXXXX")
 srv_pid=
+hung=
 cleanup() {
+  if [ -n "$hung" ]; then kill -CONT $hung 2>/dev/null || true; fi
   if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
   pg_cleanup
   rm -rf "$work"
@@ -138,6 +145,9 @@ t0=$SECONDS
 unwrap 503 db_unavailable "unwrap while another session holds a lock" -- alice
 [ $((SECONDS - t0)) -le 10 ] || fail "the unwrap waited $((SECONDS - t0)) s for the lock"
 grep -q 'lock timeout' "$work/serve.log" || fail "the log does not say lock timeout"
+grep -q '"message":"the database is locked by another session; try again later"' "$work/body" ||
+  fail "the lock timeout's answer: $(cat "$work/body")"
+grep -q 'cause="the database is locked by another session"' "$work/serve.log" || fail "the log does not name the lock"
 echo "COMMIT;" >&3
 exec 3>&-
 wait "$locker" || true
@@ -232,6 +242,38 @@ while read -r m p pc d dc; do
   [ "$present" = "$want" ] || fail "$m: PUT $p, DELETE $d, but in the members table: $present"
 done < "$work/answers"
 ok "member changes under ended sessions: $(awk '{print $2, $4}' "$work/answers" | sort | uniq -c | tr '\n' ';')"
+
+# ---- a database that hangs with its connections open ---------------------------
+# Every backend of the server stopped (SIGSTOP), as a paused host or a
+# blackholing proxy would leave them: statements get no answer, and no
+# keepalive notices. With [db] timeout = 1 each request waits at most
+# about 2 s, answers 503 db_unavailable (or audit_unavailable for an
+# insert cut so), and the statement's connection is replaced: new
+# connections serve the next requests while the old backends still hang.
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "serve's exit status at SIGTERM"
+srv_pid=
+sed -i 's/^\[audit\]$/timeout = 1\n&/' "$work/gs.conf"
+pgsrv_start
+unwrap 200 "unwrap before the database hangs" -- alice
+hung=$(sql "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv' AND pid <> pg_backend_pid()" | tr '\n' ' ')
+[ -n "$hung" ] || fail "no backend of the server"
+kill -STOP $hung
+: > "$work/hang-answers"
+for i in $(seq 1 8); do
+  s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
+  echo "$s $(grep -o '"code":"[a-z_]*","message":"[^"]*"' "$work/body" || echo -)" >> "$work/hang-answers"
+  [ "$s" = 200 ] && break
+  [ "$s" = 503 ] && grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "unwrap $i, backends stopped: HTTP $s $(cat "$work/body")"
+done
+grep -v '^200 ' "$work/hang-answers" | grep -v '^503 "code":"db_unavailable","message":"the database did not answer in time; try again later"$' |
+  grep -v '^503 "code":"audit_unavailable"' && fail "unwraps while the backends hang (above)"
+grep -q '^503 "code":"db_unavailable"' "$work/hang-answers" || fail "no request met a hung backend: $(cat "$work/hang-answers")"
+tail -1 "$work/hang-answers" | grep -q '^200 ' || fail "not served on new connections: $(cat "$work/hang-answers")"
+grep -q 'database did not answer in time; connection closed' "$work/serve.log" || fail "the log does not say so"
+ok "backends stopped: $(cut -d' ' -f1 "$work/hang-answers" | tr '\n' ' ')(503 after [db] timeout, then new connections)"
+kill -CONT $hung
+hung=
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
 unwrap 200 "unwrap at the end" -- alice

@@ -205,7 +205,8 @@ ok "audit rotate x3 and SIGHUP x3 under load: $v; every 200 audited"
 # transaction, a backup tool). Unwraps only read (WAL): all 200. An admin
 # command that writes waits SQLite's 5 s busy timeout, then exits 1 with
 # SQLite's "database is locked", having changed nothing on the token or in
-# the database; a REST member change gets 503 store_unavailable.
+# the database; a REST member change gets 503 store_unavailable saying the
+# database is locked by another process.
 /usr/bin/python3 -c 'import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
@@ -221,7 +222,8 @@ c admin -o "$work/late.out" -w '%{http_code}' -X PUT --data-binary '{"role":"mem
 set +e; out=$(gs secret rotate eng 2>&1); rc=$?; set -e
 wait "$p1" || true
 [ "$rc" = 1 ] && [[ "$out" == *"database is locked"* ]] || fail "secret rotate on a locked database: exit $rc: $out"
-[ "$(cat "$work/late.code")" = 503 ] && grep -q '"code":"store_unavailable"' "$work/late.out" ||
+[ "$(cat "$work/late.code")" = 503 ] && grep -q '"code":"store_unavailable"' "$work/late.out" &&
+  grep -q 'locked by another process' "$work/late.out" ||
   fail "REST member change on a locked database: HTTP $(cat "$work/late.code") $(cat "$work/late.out")"
 wait "$l1" || fail "load client (locked database)"
 wait "$holder" || fail "the lock holder"
