@@ -13,6 +13,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "inifile.h"
 #include "log.h"
 #include "store.h"
@@ -391,7 +393,30 @@ static gs_err load(const char *text, const char *path, const char *name, struct 
     ps.cfg->path = strdup(name);
     if (ps.cfg->path == NULL)
         goto out;
-    st = inifile_parse(text ? NULL : path, text, handler, &ps, &line);
+    if (text == NULL) {
+        /* The file is read once and its bytes kept: serve hands the same
+         * bytes to its network process, which could otherwise see a file
+         * edited between two reads. */
+        int rc = util_read_file(path, GS_CONFIG_FILE_MAX, &ps.cfg->text, &ps.cfg->text_len);
+        if (rc == UTIL_E_TOOBIG) {
+            err = gs_err_set(GS_ERR_CONFIG, "%s: config file larger than %u bytes", name, GS_CONFIG_FILE_MAX);
+            goto out;
+        }
+        if (rc != UTIL_OK) {
+            err = gs_err_set(GS_ERR_CONFIG, "%s: cannot open config file: %s", name,
+                             strerror(rc == UTIL_E_NOTFOUND ? ENOENT : errno));
+            goto out;
+        }
+    }
+    if (text != NULL || ps.cfg->text_len == 0) {
+        st = inifile_parse(NULL, text ? text : "", handler, &ps, &line);
+    } else {
+        FILE *f = fmemopen(ps.cfg->text, ps.cfg->text_len, "r");
+        if (f == NULL)
+            goto out;
+        st = inifile_parse_stream(f, handler, &ps, &line);
+        (void)fclose(f);
+    }
     switch (st) {
     case INIFILE_OK:
         break;
@@ -450,6 +475,10 @@ void gs_config_free(struct gs_config *cfg)
             free(*(char **)(void *)((char *)cfg + keys[i].offset));
     }
     free(cfg->path);
+    if (cfg->text != NULL) {
+        OPENSSL_cleanse(cfg->text, cfg->text_len);
+        free(cfg->text);
+    }
     free(cfg);
 }
 

@@ -19,8 +19,14 @@
 /* Default config path when neither -c nor $GROUPSRV_CONF is given. */
 #define GS_CONFIG_DEFAULT_PATH "/etc/groupsrv/groupsrv.conf"
 
+/* The largest config file gs_config_load reads. */
+#define GS_CONFIG_FILE_MAX (1u << 20)
+
 struct gs_config {
     char *path;                 /* the file this was loaded from */
+    unsigned char *text;        /* the file's bytes as parsed, read once (NULL from a string);
+                                   wiped at gs_config_free: [db] url may hold a password */
+    size_t text_len;
     struct {
         char *listen;           /* "host:port", default "127.0.0.1:8443" */
         unsigned threads;       /* the network process's event-loop threads, 1..256, default 4 */
@@ -85,7 +91,8 @@ struct gs_config {
     } ca;
 };
 
-/* Loads and validates path. On failure *out is NULL and gs_err_detail()
+/* Loads and validates path, read once (at most GS_CONFIG_FILE_MAX bytes;
+ * the bytes parsed stay in text). On failure *out is NULL and gs_err_detail()
  * says what and where ("groupsrv.conf:7: unknown key 'lisen' in [server]"). */
 gs_err gs_config_load(const char *path, struct gs_config **out);
 /* Same, from a string (tests); name is used in messages. */

@@ -748,14 +748,18 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         fprintf(stderr, "groupsrv serve: [server] user '%s' does not exist\n", cfg->server.user);
         return 1;
     }
-    /* Read once: a network process started again later must get the
+    /* The bytes cfg was parsed from (read once, by gs_config_load): every
+     * network process, also one started again later, gets the
      * configuration the key holder and this process run with (its threads
      * are the links made here), not the file as edited since; a change to
      * the file takes a restart of serve. */
-    if (util_read_file(cfg->path, 1u << 20, &s.cfg_text, &s.cfg_len) != UTIL_OK) {
-        fprintf(stderr, "groupsrv serve: cannot read the config file %s again\n", cfg->path);
+    if (cfg->text == NULL || (s.cfg_text = malloc(cfg->text_len + 1)) == NULL) {
+        fprintf(stderr, "groupsrv serve: %s\n", cfg->text == NULL ? "no config file text" : "out of memory");
         return 1;
     }
+    memcpy(s.cfg_text, cfg->text, cfg->text_len);
+    s.cfg_text[cfg->text_len] = '\0';
+    s.cfg_len = cfg->text_len;
     if (hide_db_password(cfg, &s.cfg_text, &s.cfg_len) != 0) {
         fprintf(stderr, "groupsrv serve: out of memory\n");
         goto out;

@@ -13,7 +13,8 @@
 #     that lingering costs no CPU while the client stays silent;
 #   - an HTTP/1.1 request without Host, or one with two, is refused (400,
 #     RFC 9112 3.2) and the connection closed;
-#   - HEAD gets the GET answer's head without a body, refusals too.
+#   - HEAD gets the GET answer's head without a body, refusals too;
+#   - serve reads its configuration once (it may come from a pipe).
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -220,4 +221,13 @@ spent=$(tail -1 "$work/linger.out")
 [ "$spent" -lt 20 ] || fail "8 lingering closes kept the network process busy: $spent CPU ticks in 1.2 s"
 ok "8 lingering closes, clients silent: the event loops sleep ($spent CPU ticks in 1.2 s)"
 expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$url"
+stop_server
+
+# The configuration file is read once: serve's network process gets the
+# bytes the key holder was configured from, also from a file that reads
+# only once (a pipe, as a template filled in by process substitution).
+"$BIN/groupsrv" -c <(cat "$conf") serve >> "$work/server.log" 2>&1 &
+srv_pid=$!
+wait_healthz 100 || fail "serve with its configuration from a pipe: /healthz $(head -c 200 "$work/body")"
+expect_status 200 "" "unwrap, the configuration read from a pipe" -- c alice --data-binary @"$work/req-tls.json" "$url"
 stop_server
