@@ -332,6 +332,8 @@ struct caller {
     const char *cert_group;    /* a membership certificate's group */
     const unsigned char *spki; /* the certificate's public key, as the network process read it */
     size_t spki_len;
+    rl_key rl;                 /* its rate-limit key (rate_limit), made once per request */
+    int rl_set;
 };
 
 static void caller_clear(struct caller *c) { memset(c, 0, sizeof(*c)); }
@@ -351,13 +353,24 @@ static void rate_key(const struct caller *c, const char *group, char *key, size_
             *p = (char)(*p - 'A' + 'a');
 }
 
-static int rate_limit(struct kh_job *j, const struct caller *c, const char *group)
+/* c's rate-limit key for group, made at its first use in the request. */
+static const rl_key *caller_rl_key(struct kh_job *j, struct caller *c, const char *group)
 {
     char key[300];
+
+    if (!c->rl_set) {
+        rate_key(c, group, key, sizeof(key));
+        ratelimit_key(j->kh->rl, key, &c->rl);
+        c->rl_set = 1;
+    }
+    return &c->rl;
+}
+
+static int rate_limit(struct kh_job *j, struct caller *c, const char *group)
+{
     unsigned retry = 0;
 
-    rate_key(c, group, key, sizeof(key));
-    rl_verdict v = ratelimit_take(j->kh->rl, key, &retry);
+    rl_verdict v = ratelimit_take(j->kh->rl, caller_rl_key(j, c, group), &retry);
     if (v == RL_LIMITED) {
         answer_retry(j, 429, retry, "rate_limited", "too many requests; slow down");
         return -1;
@@ -795,12 +808,11 @@ static void put_result(ipc_buf *b, const struct item_res *r)
 }
 
 /* Counts a failed unwrap; suspends the identity (audited, ALERT) at the cap. */
-static void count_failure(struct kh_job *j, const struct caller *c, const char *gname)
+static void count_failure(struct kh_job *j, struct caller *c, const char *gname)
 {
-    char key[300], q[128];
+    char q[128];
 
-    rate_key(c, gname, key, sizeof(key));
-    if (!ratelimit_failure(j->kh->rl, key))
+    if (!ratelimit_failure(j->kh->rl, caller_rl_key(j, c, gname)))
         return;
     log_error("ALERT identity suspended after repeated failed unwraps identity=%s group=%s",
               log_quote(q, sizeof(q), c->identity), gname);
@@ -835,13 +847,11 @@ static void op_unwrap(struct kh_worker *w, struct kh_job *j)
     while (ipc_iter_next(&it, NULL, &item)) {
         struct item_in u;
         struct item_res r;
-        char key[300];
         unsigned retry = 0;
         memset(&r, 0, sizeof(r));
         /* An item's failure may suspend the caller: the items after it
          * get no token operation. */
-        rate_key(&c, gname, key, sizeof(key));
-        if (ratelimit_suspended(j->kh->rl, key, &retry)) {
+        if (ratelimit_suspended(j->kh->rl, caller_rl_key(j, &c, gname), &retry)) {
             item_fail(&r, 429, "suspended", "suspended after too many failed unwraps; retry in %u s", retry);
             put_result(&j->reply, &r);
             continue;

@@ -78,12 +78,15 @@ static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 
 static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
 
-/* Computed before the mutex is taken (every token worker shares it), with
- * SHA-256 fetched from the provider once (EVP_sha256() fetches it on every
- * init). */
-static void identity_digest(const struct ratelimit *rl, const char *identity, unsigned char md[SHA256_DIGEST_LENGTH])
+_Static_assert(sizeof(((rl_key *)0)->md) == SHA256_DIGEST_LENGTH, "an rl_key holds a SHA-256");
+
+/* Computed before the mutex is taken (every token worker shares it), once
+ * per request, with SHA-256 fetched from the provider once (EVP_sha256()
+ * fetches it on every init). */
+void ratelimit_key(const ratelimit *rl, const char *identity, rl_key *key)
 {
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned char *md = key->md;
+    EVP_MD_CTX *c = rl != NULL && identity != NULL ? EVP_MD_CTX_new() : NULL;
 
     (void)pthread_once(&sha256_once, sha256_fetch);
     if (c == NULL || EVP_DigestInit_ex(c, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL) != 1 ||
@@ -124,18 +127,16 @@ static struct rl_entry *lookup_locked(struct ratelimit *rl, const unsigned char 
     return victim;
 }
 
-rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_after)
+rl_verdict ratelimit_take(ratelimit *rl, const rl_key *key, unsigned *retry_after)
 {
     rl_verdict v = RL_OK;
-    unsigned char md[SHA256_DIGEST_LENGTH];
 
     *retry_after = 0;
-    if (rl == NULL || identity == NULL)
+    if (rl == NULL || key == NULL)
         return RL_OK;
-    identity_digest(rl, identity, md);
     double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, md, now);
+    struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL) {
         *retry_after = 1;
         v = RL_LIMITED;
@@ -163,18 +164,16 @@ out:
     return v;
 }
 
-bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_after)
+bool ratelimit_suspended(ratelimit *rl, const rl_key *key, unsigned *retry_after)
 {
     bool suspended = false;
-    unsigned char md[SHA256_DIGEST_LENGTH];
 
     *retry_after = 0;
-    if (rl == NULL || identity == NULL || rl->max_failures == 0)
+    if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
-    identity_digest(rl, identity, md);
     double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, md, now);
+    struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL || e->suspended_until > now) {
         *retry_after = e == NULL ? 1 : (unsigned)(e->suspended_until - now) + 1;
         suspended = true;
@@ -183,17 +182,15 @@ bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_af
     return suspended;
 }
 
-bool ratelimit_failure(ratelimit *rl, const char *identity)
+bool ratelimit_failure(ratelimit *rl, const rl_key *key)
 {
     bool suspended = false;
-    unsigned char md[SHA256_DIGEST_LENGTH];
 
-    if (rl == NULL || identity == NULL || rl->max_failures == 0)
+    if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
-    identity_digest(rl, identity, md);
     double now = now_mono();
     pthread_mutex_lock(&rl->mu);
-    struct rl_entry *e = lookup_locked(rl, md, now);
+    struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL)
         goto out;
     /* Failures count within one suspension window; older ones are forgiven. */

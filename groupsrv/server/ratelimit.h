@@ -18,13 +18,21 @@ void ratelimit_free(ratelimit *rl);
 
 typedef enum rl_verdict { RL_OK = 0, RL_LIMITED, RL_SUSPENDED } rl_verdict;
 
-/* Takes one token for identity; *retry_after gets seconds to wait when not OK. */
-rl_verdict ratelimit_take(ratelimit *rl, const char *identity, unsigned *retry_after);
-/* Whether identity is suspended now (no token taken); *retry_after gets
- * the seconds left. A batch asks before each item, so it stops at the
+/* An identity's entry key in rl (a salted SHA-256 of it): made once per
+ * request by ratelimit_key, then used for each check of that request. */
+typedef struct rl_key {
+    unsigned char md[32];
+} rl_key;
+void ratelimit_key(const ratelimit *rl, const char *identity, rl_key *key);
+
+/* Takes one token for key; *retry_after gets seconds to wait when not OK.
+ * rl NULL: RL_OK. */
+rl_verdict ratelimit_take(ratelimit *rl, const rl_key *key, unsigned *retry_after);
+/* Whether key's identity is suspended now (no token taken); *retry_after
+ * gets the seconds left. A batch asks before each item, so it stops at the
  * failure that suspends its caller. */
-bool ratelimit_suspended(ratelimit *rl, const char *identity, unsigned *retry_after);
-/* Records a failed unwrap; returns true when this failure suspended identity. */
-bool ratelimit_failure(ratelimit *rl, const char *identity);
+bool ratelimit_suspended(ratelimit *rl, const rl_key *key, unsigned *retry_after);
+/* Records a failed unwrap; returns true when this failure suspended key's identity. */
+bool ratelimit_failure(ratelimit *rl, const rl_key *key);
 
 #endif
