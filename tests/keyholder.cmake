@@ -15,6 +15,15 @@ gs_target_warnings(test_tokenq)
 add_test(NAME unit_tokenq COMMAND test_tokenq)
 set_tests_properties(unit_tokenq PROPERTIES LABELS "unit")
 
+# The rate limiter and the suspension after failed unwraps, by the keys a
+# request makes once.
+add_executable(test_ratelimit ${GS_TEST_DIR}/unit/test_ratelimit.c ${PROJECT_SOURCE_DIR}/groupsrv/server/ratelimit.c)
+target_include_directories(test_ratelimit PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
+target_link_libraries(test_ratelimit PRIVATE gs_common PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_ratelimit)
+add_test(NAME unit_ratelimit COMMAND test_ratelimit)
+set_tests_properties(unit_ratelimit PROPERTIES LABELS "unit")
+
 # The key holder driven directly over its link (tests/tools/khdrive.c).
 add_executable(khdrive ${GS_TEST_DIR}/tools/khdrive.c)
 target_link_libraries(khdrive PRIVATE gs_keyholder)

@@ -1,0 +1,104 @@
+/*
+ * test_ratelimit.c: the per-identity token bucket and the suspension after
+ * failed unwraps (groupsrv/server/ratelimit.c), through the keys a request
+ * makes once (ratelimit_key) and then uses for every check: one identity
+ * one entry, others untouched, a burst then 429 with a Retry-After, the
+ * failure cap suspending the identity (and only it), and a NULL limiter
+ * that lets everything through.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ratelimit.h"
+
+static void test_key_per_identity(void **state)
+{
+    (void)state;
+    ratelimit *rl = ratelimit_new(1, 1, 0, 60), *other = ratelimit_new(1, 1, 0, 60);
+    rl_key a1, a2, b, a_other;
+
+    assert_non_null(rl);
+    assert_non_null(other);
+    ratelimit_key(rl, "id:alice@example.org", &a1);
+    ratelimit_key(rl, "id:alice@example.org", &a2);
+    ratelimit_key(rl, "id:bob@example.org", &b);
+    ratelimit_key(other, "id:alice@example.org", &a_other);
+    assert_memory_equal(a1.md, a2.md, sizeof(a1.md));
+    assert_memory_not_equal(a1.md, b.md, sizeof(a1.md));
+    /* salted per limiter: a client cannot aim at one probe window */
+    assert_memory_not_equal(a1.md, a_other.md, sizeof(a1.md));
+    ratelimit_free(rl);
+    ratelimit_free(other);
+}
+
+static void test_burst_then_limited(void **state)
+{
+    (void)state;
+    ratelimit *rl = ratelimit_new(0.5, 2, 0, 60);
+    rl_key alice, bob;
+    unsigned retry = 99;
+
+    assert_non_null(rl);
+    ratelimit_key(rl, "id:alice@example.org", &alice);
+    ratelimit_key(rl, "id:bob@example.org", &bob);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_OK);
+    assert_int_equal(retry, 0);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_OK);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_LIMITED);
+    assert_true(retry >= 1 && retry <= 3);
+    assert_int_equal(ratelimit_take(rl, &bob, &retry), RL_OK); /* bob has his own bucket */
+    ratelimit_free(rl);
+}
+
+static void test_failures_suspend(void **state)
+{
+    (void)state;
+    ratelimit *rl = ratelimit_new(0, 1, 3, 600);
+    rl_key mallory, alice;
+    unsigned retry = 0;
+
+    assert_non_null(rl);
+    ratelimit_key(rl, "id:mallory@example.org", &mallory);
+    ratelimit_key(rl, "id:alice@example.org", &alice);
+    assert_false(ratelimit_failure(rl, &mallory));
+    assert_false(ratelimit_failure(rl, &mallory));
+    assert_false(ratelimit_suspended(rl, &mallory, &retry));
+    assert_true(ratelimit_failure(rl, &mallory)); /* the third suspends */
+    assert_true(ratelimit_suspended(rl, &mallory, &retry));
+    assert_true(retry > 590 && retry <= 601);
+    assert_int_equal(ratelimit_take(rl, &mallory, &retry), RL_SUSPENDED);
+    assert_false(ratelimit_suspended(rl, &alice, &retry));
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_OK); /* rate 0: no bucket */
+    ratelimit_free(rl);
+}
+
+static void test_null_limiter(void **state)
+{
+    (void)state;
+    rl_key k;
+    unsigned retry = 5;
+
+    memset(&k, 0xaa, sizeof(k));
+    ratelimit_key(NULL, "id:alice@example.org", &k);
+    assert_int_equal(ratelimit_take(NULL, &k, &retry), RL_OK);
+    assert_int_equal(retry, 0);
+    assert_false(ratelimit_suspended(NULL, &k, &retry));
+    assert_false(ratelimit_failure(NULL, &k));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_key_per_identity),
+        cmocka_unit_test(test_burst_then_limited),
+        cmocka_unit_test(test_failures_suspend),
+        cmocka_unit_test(test_null_limiter),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
