@@ -79,3 +79,17 @@ const char *mailaddr_problem(const char *addr)
     }
     return domain_problem(at + 1, n - local - 1);
 }
+
+int mailaddr_names_record(const char *addr)
+{
+    size_t n;
+    const char *at;
+
+    if (addr == NULL || (n = strlen(addr)) == 0 || n > MAILADDR_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)addr[i] <= 0x20 || (unsigned char)addr[i] >= 0x7f)
+            return 0;
+    at = strchr(addr, '@');
+    return at != NULL && at != addr && at[1] != '\0' && strchr(at + 1, '@') == NULL;
+}

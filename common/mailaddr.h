@@ -28,4 +28,15 @@
  * to follow "not an email address: ". */
 const char *mailaddr_problem(const char *addr);
 
+/* Whether addr may name a record that already exists: what a removal,
+ * a lookup or a change of an existing member takes. Older builds stored
+ * addresses under looser rules (a '_' in the domain, a dot twice in a
+ * row, a local part over 64 octets, a '/' at the exploder), and such a
+ * member must stay removable: 1..MAILADDR_MAX octets of printable
+ * US-ASCII without spaces, one '@' with something on each side. Never
+ * for a new record: that takes mailaddr_problem's rule. */
+int mailaddr_names_record(const char *addr);
+/* Why mailaddr_names_record refused, to follow "not an email address: ". */
+#define MAILADDR_RECORD_RULE "not printable US-ASCII of at most 254 octets with one @ between a local part and a domain"
+
 #endif

@@ -137,7 +137,7 @@ out:
 }
 
 /* Collects member addresses from argv[2..] ("-" = stdin lines). */
-static int collect_members(int argc, char **argv, char ***out, size_t *n)
+static int collect_members(int argc, char **argv, bool add, char ***out, size_t *n)
 {
     char **v = NULL, line[MAIL_MAX_ADDR + 8];
     size_t cnt = 0, cap = 0;
@@ -158,10 +158,12 @@ static int collect_members(int argc, char **argv, char ***out, size_t *n)
                 a = line;
             } else
                 a = argv[i];
-            if (!mail_addr_valid(a)) {
+            /* a member stored by an older build under a looser rule
+             * stays removable */
+            if (add ? !mail_addr_valid(a) : !mailaddr_names_record(a)) {
                 char q[96];
                 fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a),
-                        mailaddr_problem(a));
+                        add ? mailaddr_problem(a) : MAILADDR_RECORD_RULE);
                 goto out;
             }
             if (cnt == cap) {
@@ -205,7 +207,7 @@ static int list_members(spool *s, int argc, char **argv, bool add)
         fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
         return 1;
     }
-    if (collect_members(argc, argv, &addrs, &n) != 0)
+    if (collect_members(argc, argv, add, &addrs, &n) != 0)
         goto out;
     if (add) {
         if ((rc = spool_members_add(s, l->id, addrs, n, &changed)) != XP_OK) {

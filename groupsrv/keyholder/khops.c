@@ -1668,8 +1668,10 @@ out:
 static const char *member_email(struct kh_job *j)
 {
     const char *email = ipc_str(&j->msg, IPC_T_EMAIL);
-    if (email == NULL || !gs_valid_email(email)) {
-        answer_error(j, 400, "bad_request", "the member id must be an email address: %s", mailaddr_problem(email));
+    bool put = j->msg.type == IPC_MEMBER_PUT; /* GET and DELETE may name a record older than the rule */
+    if (put ? !gs_valid_email(email) : !mailaddr_names_record(email)) {
+        answer_error(j, 400, "bad_request", "the member id must be an email address: %s",
+                     put ? mailaddr_problem(email) : MAILADDR_RECORD_RULE);
         return NULL;
     }
     return email;

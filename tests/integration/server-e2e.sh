@@ -211,6 +211,18 @@ grep -q '"removed":"frank@example.org"' "$work/body" || fail "DELETE answers the
 tail -n 3 "$work/audit.jsonl" | grep '"action":"member-remove"' | grep -q '"member":"frank@example.org"' ||
   fail "the removal's audit record does not name the stored member"
 expect_status 404 not_found "removed member is gone" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+# a member stored by an older build under its looser address rule (a '_'
+# in the domain): a PUT of that address is refused, GET and DELETE reach it
+sqlite3 "$work/groupsrv.db" "INSERT INTO members (group_id, email, role, added)
+  SELECT id, 'old..rule@mail_host.example', 1, 0 FROM groups WHERE name = 'eng'"
+expect_status 400 bad_request "PUT refuses an address of the older rule" -- c admin -g -X PUT \
+  --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/old..rule@mail_host.example"
+expect_status 200 "" "GET reaches a member of the older rule" -- c admin "$base/v1/groups/eng/members/old..rule@mail_host.example"
+expect_status 200 "" "DELETE removes a member of the older rule" -- c admin -X DELETE \
+  "$base/v1/groups/eng/members/old..rule@mail_host.example"
+grep -q '"removed":"old..rule@mail_host.example"' "$work/body" || fail "DELETE of the older rule: $(cat "$work/body")"
+expect_status 400 bad_request "DELETE refuses what names no record" -- c admin -g -X DELETE \
+  "$base/v1/groups/eng/members/a%20b@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
 # a bad name or address is told apart from a missing one

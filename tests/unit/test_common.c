@@ -386,6 +386,25 @@ static void test_mailaddr(void **state)
     assert_non_null(mailaddr_problem("a\n@c.org"));
     assert_non_null(strstr(mailaddr_problem("a/b@c.org"), "local part may not hold"));
     assert_non_null(strstr(mailaddr_problem("<a@b.org>"), "may not hold"));
+    /* what may name a record an older build stored under a looser rule */
+    assert_true(mailaddr_names_record("a..b@mail_host.example"));
+    assert_true(mailaddr_names_record("dept/ops@example.org"));
+    assert_true(mailaddr_names_record("a@b"));
+    assert_false(mailaddr_names_record(NULL));
+    assert_false(mailaddr_names_record(""));
+    assert_false(mailaddr_names_record("nobody"));
+    assert_false(mailaddr_names_record("@b.org"));
+    assert_false(mailaddr_names_record("a@"));
+    assert_false(mailaddr_names_record("a@b@c.org"));
+    assert_false(mailaddr_names_record("a b@c.org"));
+    assert_false(mailaddr_names_record("a\n@c.org"));
+    assert_false(mailaddr_names_record("j\xc3\xbc" "rgen@example.org"));
+    memset(a, 'l', 255);
+    a[1] = '@';
+    a[255] = '\0';
+    assert_false(mailaddr_names_record(a));
+    a[254] = '\0';
+    assert_true(mailaddr_names_record(a));
     assert_non_null(strstr(mailaddr_problem("a,b@c.org"), "may not hold"));
     assert_non_null(strstr(mailaddr_problem(".a@b.org"), "dot first"));
     assert_non_null(strstr(mailaddr_problem("a.@b.org"), "dot first"));
