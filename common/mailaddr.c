@@ -88,8 +88,8 @@ int mailaddr_names_record(const char *addr)
     if (addr == NULL || (n = strlen(addr)) == 0 || n > MAILADDR_MAX)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if ((unsigned char)addr[i] <= 0x20 || (unsigned char)addr[i] >= 0x7f)
-            return 0;
+        if ((unsigned char)addr[i] <= 0x20 || (unsigned char)addr[i] >= 0x7f || strchr("<>(),;\"\\", addr[i]) != NULL)
+            return 0; /* the last: what no older rule took either */
     at = strchr(addr, '@');
     return at != NULL && at != addr && at[1] != '\0' && strchr(at + 1, '@') == NULL;
 }

@@ -33,10 +33,13 @@ const char *mailaddr_problem(const char *addr);
  * addresses under looser rules (a '_' in the domain, a dot twice in a
  * row, a local part over 64 octets, a '/' at the exploder), and such a
  * member must stay removable: 1..MAILADDR_MAX octets of printable
- * US-ASCII without spaces, one '@' with something on each side. Never
+ * US-ASCII without spaces or <>(),;"\ (no older rule took those), one
+ * '@' with something on each side. Never
  * for a new record: that takes mailaddr_problem's rule. */
 int mailaddr_names_record(const char *addr);
 /* Why mailaddr_names_record refused, to follow "not an email address: ". */
-#define MAILADDR_RECORD_RULE "not printable US-ASCII of at most 254 octets with one @ between a local part and a domain"
+#define MAILADDR_RECORD_RULE                                                                                   \
+    "not printable US-ASCII (without spaces or <>(),;\"\\) of at most 254 octets with one @ between a local part " \
+    "and a domain"
 
 #endif

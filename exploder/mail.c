@@ -184,7 +184,9 @@ xp_err mail_list_id(const char *list_addr, char *out, size_t outsz)
     if (outsz == 0)
         return XP_ERR_ARGS;
     out[0] = '\0';
-    if (!mail_addr_valid(list_addr))
+    /* a list's address was checked when the list was made, perhaps by an
+     * older exploder under its looser rule: its mail must still go out */
+    if (!mailaddr_names_record(list_addr))
         return XP_ERR_FORMAT;
     n = strlen(list_addr);
     if (n >= outsz)

@@ -173,6 +173,15 @@ for n in 1 2 3; do
     [ "$(sqlite3 "$d/spool/exploder.db" "SELECT count(*) FROM members WHERE address LIKE 'dept/%'")" = 0 ] ||
       fail "spool schema $n: old member not removed"
     ok "exploder: a member stored under an older, looser address rule can be removed"
+    # a list an older exploder made under that rule still sends its mail
+    sqlite3 "$d/spool/exploder.db" "UPDATE lists SET address = 'fwd_x@lists_host.example'"
+    printf 'From: carol@example.org\r\nSubject: y\r\nMessage-ID: <old-rule@example.org>\r\n\r\nthe old-rule list\r\n' |
+      x deliver --list fwd_x@lists_host.example > /dev/null 2> "$d/err" || fail "deliver to an old-rule list: $(cat "$d/err")"
+    x run --once 2> "$d/run.log" || fail "run --once for an old-rule list: $(tail -3 "$d/run.log")"
+    grep -l 'the old-rule list' "$d/md/alice@example.org/new/"* 2>/dev/null | xargs -r grep -qi '^List-Id: <fwd_x.lists_host.example>' ||
+      fail "a list made under the older rule sent no copy: $(grep -i 'level=error' "$d/run.log" | head -2)"
+    sqlite3 "$d/spool/exploder.db" "UPDATE lists SET address = 'fwd@lists.example.org'"
+    ok "exploder: a list made under an older, looser address rule still sends"
   fi
   ok "exploder spool schema $n: migrated, the queued message delivered"
 done

@@ -397,6 +397,8 @@ static void test_mailaddr(void **state)
     assert_false(mailaddr_names_record("a@"));
     assert_false(mailaddr_names_record("a@b@c.org"));
     assert_false(mailaddr_names_record("a b@c.org"));
+    assert_false(mailaddr_names_record("<a@c.org>"));
+    assert_false(mailaddr_names_record("a,b@c.org"));
     assert_false(mailaddr_names_record("a\n@c.org"));
     assert_false(mailaddr_names_record("j\xc3\xbc" "rgen@example.org"));
     memset(a, 'l', 255);
