@@ -162,11 +162,13 @@ gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize)
         } else {
             memcpy(buf, data, (size_t)len);
             buf[len] = '\0';
-            if (gs_valid_email(buf)) {
+            /* compared with a group's address as stored, which an older
+             * version may have taken under a looser rule */
+            if (mailaddr_names_record(buf)) {
                 err = GS_OK;
             } else {
                 buf[0] = '\0';
-                err = gs_err_set(GS_ERR_CERT, "certificate email address is malformed: %s", mailaddr_problem(buf));
+                err = gs_err_set(GS_ERR_CERT, "certificate email address is malformed: %s", MAILADDR_RECORD_RULE);
             }
         }
     }

@@ -138,8 +138,9 @@ gs_err gs_cert_parse(const unsigned char *buf, size_t len, X509 **out);
 /* PEM text of cert (caller frees with free()). */
 gs_err gs_cert_to_pem(X509 *cert, char **pem);
 /* The identity email: first SAN rfc822Name, else subject emailAddress.
- * GS_ERR_CERT (detail "certificate has no email address") if none.
- * Writes a NUL-terminated copy into buf. */
+ * GS_ERR_CERT (detail "certificate has no email address") if none, or if
+ * it could name no record (mailaddr_names_record). Writes a NUL-terminated
+ * copy into buf. */
 gs_err gs_cert_email(X509 *cert, char *buf, size_t bufsize);
 /* GS_OK unless pk (what: "certificate", "CSR" for the message) is RSA below
  * 2048 bits or EC below P-256: too weak to wrap message keys to, or to

@@ -20,6 +20,10 @@ expect_rc 0 "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out 
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/bob.key" -out "$T/bob.pem" -days 2 \
   -subj "/CN=Bob" -addext "subjectAltName=email:bob@example.org" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/anon.key" -out "$T/anon.pem" -days 2 -subj "/CN=anon" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/odd.key" -out "$T/odd.pem" -days 2 \
+  -subj "/CN=odd" -addext "subjectAltName=email:eng..x@example.org" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/lt.key" -out "$T/lt.pem" -days 2 \
+  -subj "/CN=lt" -addext "subjectAltName=email:eng<x@example.org" 2>/dev/null
 printf 'not a certificate\n' > "$T/garbage.pem"
 
 # Keys made by another tool, to adopt with --use-key (SoftHSM adds the
@@ -63,6 +67,10 @@ refuse 3 "cannot read" "$G" -c "$CONF" member add eng bob@example.org --cert "$T
 refuse 1 "no email" "$G" -c "$CONF" member add eng anon@example.org --cert "$T/anon.pem"
 refuse 1 "no email" "$G" -c "$CONF" group import-cert eng --cert "$T/anon.pem"
 refuse 1 "certificate is for bob@example.org" "$G" -c "$CONF" group import-cert eng --cert "$T/bob.pem"
+# the certificate's address is compared with the group's as stored (which
+# an older version may have taken under a looser rule), and a refusal says why
+refuse 1 "certificate is for eng..x@example.org, not the list address" "$G" -c "$CONF" group import-cert eng --cert "$T/odd.pem"
+refuse 1 "certificate email address is malformed: not printable US-ASCII" "$G" -c "$CONF" group import-cert eng --cert "$T/lt.pem"
 # a certificate with the list address but another key
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/fake.key" -out "$T/fake.pem" -days 2 \
   -subj "/CN=eng" -addext "subjectAltName=email:eng@example.org" 2>/dev/null
