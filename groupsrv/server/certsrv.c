@@ -36,8 +36,22 @@ static bool only_space(const char *p, size_t len)
     return true;
 }
 
+/* Only text in p[0..len): printable US-ASCII and white space, as the
+ * explanatory text RFC 7468 lets come before a PEM block (`openssl req
+ * -text` writes the request decoded there); a DER request never is. */
+static bool only_text(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((c < 0x20 || c > 0x7e) && c != '\t' && c != '\r' && c != '\n')
+            return false;
+    }
+    return true;
+}
+
 /* The CSR in text: exactly one PEM block labelled CERTIFICATE REQUEST
- * (or NEW CERTIFICATE REQUEST) with only white space around it, else
+ * (or NEW CERTIFICATE REQUEST), after it only white space, before it
+ * only explanatory text (no other block: this is the first), else
  * exactly one DER CertificationRequest with nothing after it. A body with
  * a second request (or any other block, or bytes after the structure,
  * which its signature does not cover) is malformed, not tolerated: the
@@ -56,7 +70,7 @@ static X509_REQ *parse_csr(const char *text, size_t len, const char **why)
     *why = "the body is not a PEM or DER certificate request";
     if (b == NULL)
         return NULL;
-    if (begin != NULL && only_space(text, (size_t)(begin - text))) {
+    if (begin != NULL && only_text(text, (size_t)(begin - text))) {
         char rest[256];
         int n;
         if (PEM_read_bio(b, &name, &header, &der, &der_len) != 1)

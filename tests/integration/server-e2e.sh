@@ -125,6 +125,11 @@ for f in gtwo.csr gcertfirst.csr gtext.csr; do
     gcertfirst.csr) grep -q 'not a CERTIFICATE REQUEST' "$work/body" || fail "certificate not named: $(cat "$work/body")" ;;
   esac
 done
+# explanatory text before the block (RFC 7468), as `openssl req -text` writes it
+openssl req -in "$work/g.csr" -text > "$work/gtext-first.csr"
+grep -q '^Certificate Request:' "$work/gtext-first.csr" || fail "openssl req -text wrote no text"
+expect_status 200 "" "certsrv takes a CSR with openssl's text before it" -- c bob -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/gtext-first.csr" "$cbase/v1/groups/eng/membership-certificates"
 expect_status 200 "" "certsrv issues for the same DER CSR without them" -- c bob -H 'Content-Type: application/pkcs10' \
   --data-binary @"$work/g.csr.der" "$cbase/v1/groups/eng/membership-certificates"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj / -keyout "$work/gec.key" -out "$work/gec.csr" 2>/dev/null
