@@ -88,7 +88,7 @@ for cmd in "group create new --address new@example.org --key rsa:2048" "group ro
   refuse 4 "PIN incorrect" "$G" -c "$T/wrongpin.conf" $cmd
 done
 # ca init with a wrong PIN leaves no database behind
-sed "s|^path = .*|path = $T/db2/new.db|" "$T/wrongpin.conf" > "$T/wrongpin-new.conf"
+sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/db2/new.db|" "$T/wrongpin.conf" > "$T/wrongpin-new.conf"
 refuse 4 "PIN incorrect" "$G" -c "$T/wrongpin-new.conf" ca init --key rsa:2048
 [ ! -e "$T/db2" ] || fail "ca init with a wrong PIN created $T/db2"
 # the right PIN still works (nothing locked)
@@ -120,14 +120,14 @@ refuse 1 "key not found" "$G" -c "$CONF" group create adopt --address adopt@exam
   --use-key "pkcs11:token=groupsrv;object=nosuch;type=private"
 refuse 2 "exclude each other" "$G" -c "$CONF" group create adopt --address adopt@example.org --key rsa:2048 \
   --use-key "$tool_key"
-sed "s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/db2.conf"
+sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/db2.conf"
 refuse 1 "--use-key $tool_key: usage beyond signing set: a CA key must be made on the token" \
   "$G" -c "$T/db2.conf" ca init --use-key "$tool_key"
 
 # --- a database from a newer program: refused, untouched
 cp "$T/db/groupsrv.db" "$T/newer.db"
 sqlite3 "$T/newer.db" "PRAGMA user_version = 99"
-sed "s|^path = .*|path = $T/newer.db|" "$CONF" > "$T/newer.conf"
+sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/newer.db|" "$CONF" > "$T/newer.conf"
 newer0=$(sqlite3 "$T/newer.db" .dump | sha256sum)
 for cmd in "group list" "group rotate eng" "member list eng" "member add eng bob@example.org --cert $T/bob.pem"; do
   # shellcheck disable=SC2086
