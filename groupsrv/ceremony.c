@@ -34,6 +34,7 @@
 #include "groups.h"
 #include "gsk.h"
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 #define TRANSPORT_FILE_MAX (64u * 1024u)
@@ -633,7 +634,9 @@ out:
 
 /* ---- group import ---------------------------------------------------------------------- */
 
-/* The group as the file describes it, checked like `group create` would. */
+/* The group as the file describes it, checked like `group create` would,
+ * but for its address: the group exists already where the file was made,
+ * perhaps under an older version's looser address rule. */
 static gs_err file_group(const gsk_manifest *m, gs_store_group *row, unsigned *methods)
 {
     hsm_key_type type;
@@ -641,7 +644,7 @@ static gs_err file_group(const gsk_manifest *m, gs_store_group *row, unsigned *m
     gs_policy policy;
 
     memset(row, 0, sizeof(*row));
-    if (!gs_valid_group_name(m->group.name) || !gs_valid_email(m->group.address))
+    if (!gs_valid_group_name(m->group.name) || !mailaddr_names_record(m->group.address))
         return gs_err_set(GS_ERR_ARGS, "the file's group name or address is invalid");
     if (gs_methods_parse(m->group.methods, methods) != GS_OK)
         return gs_err_set(GS_ERR_ARGS, "the file's group methods: %s", gs_err_detail());

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "mailaddr.h"
 #include "util.h"
 
 /* ---- names and enums -------------------------------------------------- */
@@ -333,7 +334,9 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
 {
     if (id)
         *id = 0;
-    if (g == NULL || !gs_valid_group_name(g->name) || !gs_valid_email(g->address) || g->algorithm == NULL)
+    /* the address rule is group create's; a group imported from a .gsk may
+     * have been made under an older version's looser one */
+    if (g == NULL || !gs_valid_group_name(g->name) || !mailaddr_names_record(g->address) || g->algorithm == NULL)
         return gs_err_set(GS_ERR_ARGS, "invalid group record");
     return st->ops->group_add(st, g, id);
 }

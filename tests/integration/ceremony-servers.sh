@@ -312,9 +312,13 @@ refused beta 1 "ca import on a server with another CA" -- \
 expect_msg "another CA"
 expect 0 "ca import on gamma (the shared database's CA)" -- gs_gamma ca import --in "$work/ca.gsk"
 grep -q "signature test" "$work/out" || fail "ca import does not say the key passed its signature test"
+# the group's address as an older version may have stored it (a '_' in
+# the domain, which today's rule refuses for a new group) travels as is
+sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@mail_host.example' WHERE name = 'eng'"
 gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
 expect 0 "group import on gamma (rows already recorded, keys to the token)" -- \
   gs_gamma group import --in "$work/eng-gamma.gsk"
+sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@example.org' WHERE name = 'eng'"
 # The group plain is not replicable: in a cluster it exists on alpha's
 # token only, and gamma's check says so (docs/operations.md).
 ! gs_gamma check > "$work/out" 2>&1 || fail "gamma's check passes with the group plain missing"

@@ -370,6 +370,14 @@ static void test_migrate_v1_wrap(void **state)
     assert_int_equal(groups[2]->member_wrap, GS_WRAP_PKCS1V15);
     assert_string_equal(groups[2]->reject_weakenings, "");
     gs_store_group_list_free(groups, n);
+    /* an address of an older, looser rule (a group imported from a .gsk
+     * made there) is stored; one that could name no record is not */
+    row.name = "older";
+    row.address = "older@mail_host.example";
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_OK);
+    row.name = "spaced";
+    row.address = "a b@example.org";
+    assert_int_equal(gs_store_group_add(st, &row, NULL), GS_ERR_ARGS);
     gs_store_close(st);
     drop_extra_db(f, loc, name);
 }
