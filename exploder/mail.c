@@ -162,7 +162,10 @@ xp_err mail_addr_spec(const char *value, char *out, size_t outsz)
         return XP_ERR_FORMAT;
     memcpy(out, b, n);
     out[n] = '\0';
-    if (!mail_addr_valid(out)) {
+    /* an address someone else wrote, compared with members (who may be
+     * stored under an older, looser rule) or sent a bounce: one that can
+     * name a record, never a space, CR, LF or angle bracket */
+    if (!mailaddr_names_record(out)) {
         out[0] = '\0';
         return XP_ERR_FORMAT;
     }

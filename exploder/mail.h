@@ -37,7 +37,8 @@ const char *mail_split_strerror(xp_err rc);
 char *mail_header_get(const char *hdrs, size_t len, const char *name);
 
 /* The addr-spec of an address header value ("Name <a@b>" or "a@b"),
- * validated by mail_addr_valid. XP_ERR_FORMAT otherwise. */
+ * one that can name a record (mailaddr_names_record: a member stored
+ * under an older rule is still one). XP_ERR_FORMAT otherwise. */
 xp_err mail_addr_spec(const char *value, char *out, size_t outsz);
 
 /* True if s is a bare address by common/mailaddr.h's rule (which

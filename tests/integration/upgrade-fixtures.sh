@@ -182,6 +182,17 @@ for n in 1 2 3; do
       fail "a list made under the older rule sent no copy: $(grep -i 'level=error' "$d/run.log" | head -2)"
     sqlite3 "$d/spool/exploder.db" "UPDATE lists SET address = 'fwd@lists.example.org'"
     ok "exploder: a list made under an older, looser address rule still sends"
+    # a member of that rule posting to a --members-only list is a member
+    sqlite3 "$d/spool/exploder.db" "INSERT INTO members (list_id, address, added)
+      SELECT id, 'old..m@mail_host.example', 1 FROM lists WHERE address = 'fwd@lists.example.org'"
+    x list set fwd@lists.example.org --members-only > /dev/null || fail "list set --members-only"
+    rc=0
+    printf 'From: Old M <old..m@mail_host.example>\r\nSubject: z\r\nMessage-ID: <old-m@example.org>\r\n\r\nfrom an old-rule member\r\n' |
+      x deliver --list fwd@lists.example.org > "$d/out" 2> "$d/err" || rc=$?
+    [ "$rc" = 0 ] || fail "a member of the older rule posting to a members-only list: exit $rc: $(cat "$d/out" "$d/err")"
+    x run --once 2> "$d/run.log" || fail "run --once after the old-rule member's post: $(tail -3 "$d/run.log")"
+    sqlite3 "$d/spool/exploder.db" "UPDATE lists SET members_only = 0; DELETE FROM members WHERE address = 'old..m@mail_host.example'"
+    ok "exploder: a member stored under an older, looser address rule may post to a members-only list"
   fi
   ok "exploder spool schema $n: migrated, the queued message delivered"
 done
