@@ -331,8 +331,14 @@ int util_url_host_is_loopback(const char *url)
         return 0;
     h += 3;
     n = strcspn(h, "/?#");
-    if (memchr(h, '@', n) != NULL) /* userinfo before the host */
-        h = (const char *)memchr(h, '@', n) + 1;
+    if (memchr(h, '@', n) != NULL) { /* userinfo before the host */
+        const char *at = memchr(h, '@', n);
+        /* a second '@': parsers differ on where the host starts (libcurl
+         * refuses such a URL, a WHATWG parser takes the last '@') */
+        if (memchr(at + 1, '@', n - (size_t)(at + 1 - h)) != NULL)
+            return 0;
+        h = at + 1;
+    }
     if (*h == '[') { /* an IPv6 literal */
         const char *e = strchr(h, ']');
         if (e == NULL || (n = (size_t)(e - h - 1)) >= sizeof(host))

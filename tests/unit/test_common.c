@@ -335,6 +335,13 @@ static void test_url_host_is_loopback(void **state)
     assert_false(util_url_host_is_loopback("smtp://[::2]:25"));
     assert_false(util_url_host_is_loopback("smtp://[::1"));
     assert_false(util_url_host_is_loopback("smtp://127.0.0.1@relay.example.org:25"));
+    /* two '@': which host is meant depends on the parser, so none is */
+    assert_false(util_url_host_is_loopback("smtp://a@127.0.0.1:25@relay.example.org"));
+    assert_false(util_url_host_is_loopback("smtp://a@localhost@relay.example.org:25"));
+    /* where libcurl ends the host (at / ? #), and forms never taken */
+    assert_true(util_url_host_is_loopback("smtp://127.0.0.1:25#@relay.example.org"));
+    assert_false(util_url_host_is_loopback("smtp://[::ffff:127.0.0.1]:25"));
+    assert_false(util_url_host_is_loopback("smtp://localhost.:25"));
     assert_false(util_url_host_is_loopback("127.0.0.1:25"));
     assert_false(util_url_host_is_loopback(NULL));
 }
