@@ -478,6 +478,7 @@ static gs_err connect_session(gs_store *st)
     if (PG(st)->conn != NULL)
         PQfinish(PG(st)->conn);
     memset(PG(st)->prepared, 0, sizeof(PG(st)->prepared));
+    PG(st)->no_answer = false; /* a verdict on the old connection, never told */
     PG(st)->conn = PQconnectdb(PG(st)->url);
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
@@ -876,6 +877,9 @@ static void pg_keys_unlock(gs_store *st)
 {
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK) {
         PQclear(pg_exec(st, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
+        /* Nobody reads its outcome: no answer in time (the connection is
+         * closed, the lock with it) is not the next statement's error. */
+        PG(st)->no_answer = false;
     } else if (PG(st)->conn != NULL) {
         PQfinish(PG(st)->conn);
         PG(st)->conn = NULL;

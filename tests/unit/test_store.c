@@ -1070,6 +1070,45 @@ static void test_keys_lock_released_after_lock_timeout(void **state)
     gs_store_close(st);
 }
 
+/* A statement that got no answer within [db] timeout closes the connection
+ * and is reported as such (503 "did not answer in time"), once: the
+ * keys lock's unlock, whose outcome nobody reads, left that verdict
+ * behind, and the next statement's own error (here a duplicate, 409) was
+ * then told as a database that did not answer. The unlock is made to
+ * hang by a pg_advisory_unlock of the session's search path, found before
+ * pg_catalog's, that sleeps past the wait (statement_timeout is the
+ * URI's, so the session's own does not cut it first). */
+static void test_no_answer_told_once(void **state)
+{
+    struct fx *f = *state;
+    gs_store *st = NULL;
+    gs_store_group g = {0};
+    int64_t id = 0;
+    char loc[1200];
+
+    if (!g_pg)
+        return;
+    assert_int_equal(pgtest_exec(f->dbname, "CREATE FUNCTION public.pg_advisory_unlock(bigint) RETURNS boolean "
+                                            "LANGUAGE sql AS $$ SELECT pg_sleep(2.5); "
+                                            "SELECT pg_catalog.pg_advisory_unlock($1) $$"),
+                     0);
+    (void)snprintf(loc, sizeof(loc),
+                   "%s%coptions=-c%%20search_path%%3Dpublic,pg_catalog%%20-c%%20statement_timeout%%3D60000", f->loc,
+                   strchr(f->loc, '?') != NULL ? '&' : '?');
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    gs_store_set_timeout(1);
+    assert_int_equal(gs_store_keys_lock(st), GS_OK);
+    gs_store_keys_unlock(st); /* no answer within 2 s: the connection is closed */
+    g.name = "eng";
+    g.address = "eng@example.org";
+    g.methods = GS_METHODS_DEFAULT;
+    g.algorithm = "rsa:2048";
+    assert_int_equal(gs_store_group_add(st, &g, &id), GS_ERR_EXISTS);
+    assert_null(strstr(gs_err_detail(), "in time"));
+    gs_store_set_timeout(0); /* the default again */
+    gs_store_close(st);
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -1179,7 +1218,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
     cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),          \
     cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown),     \
-    cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown)
+    cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown), \
+    cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
