@@ -834,6 +834,9 @@ out:
         close(s.listen_fd);
     if (s.certsrv_fd >= 0)
         close(s.certsrv_fd);
+    /* the text may still hold [db] url's password (not found written out) */
+    if (s.cfg_text != NULL)
+        OPENSSL_cleanse(s.cfg_text, s.cfg_len);
     free(s.cfg_text);
     return rc;
 }
