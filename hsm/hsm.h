@@ -303,7 +303,11 @@ void hsm_key_free(hsm_key *key);
 /* Finds keys of class cls by plain label, many in one search of the class
  * rather than one search each (a token's search is often linear in its
  * objects: a group with many secret key versions, found one by one, cost
- * versions x objects at every load). out[i] (cleared on entry, n entries)
+ * versions x objects at every load). When the class holds many more
+ * objects than labels asked for (a token shared by many groups, where
+ * every call is a round trip: a network HSM, p11-kit's RPC), one search
+ * per label instead: either way about 3 calls per label at most, plus the
+ * reads of the keys found. out[i] (cleared on entry, n entries)
  * is the key labelled labels[i] when exactly one object of the class
  * carries it, else NULL (also for a NULL or empty labels[i]): hsm_key_find
  * then tells a missing key from an ambiguous one. The caller frees each out[i]. HSM_OK, or the token's

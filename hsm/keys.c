@@ -352,8 +352,18 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
 /* ---- find many by label ------------------------------------------------------ */
 
-/* Objects one search reads at most; beyond, the rest are left to hsm_key_find. */
+/* Handles one class search reads at most. */
 #define FIND_LABELS_MAX 65536
+/* Finding n labels costs one search of the class plus one label read per
+ * object of the class, or one search (C_FindObjectsInit, C_FindObjects,
+ * C_FindObjectsFinal) per label. On a token that holds a few groups the
+ * class is small and the first wins; on one that holds many groups'
+ * versions (a network HSM, a token behind p11-kit's RPC: each call a round
+ * trip) the class dwarfs the labels asked for, and reading every label
+ * would be thousands of calls. The class search reads at most
+ * FIND_LABELS_PER_LABEL handles per label wanted before it gives way to
+ * the searches by label. */
+#define FIND_LABELS_PER_LABEL 3
 
 struct wanted_label {
     const char *label;
@@ -366,6 +376,7 @@ struct find_labels_arg {
     size_t n;
     hsm_key **out;
     unsigned char *seen; /* per want[]: objects found with that label */
+    unsigned gen;
 };
 
 static int wanted_cmp(const void *a, const void *b)
@@ -373,33 +384,21 @@ static int wanted_cmp(const void *a, const void *b)
     return strcmp(((const struct wanted_label *)a)->label, ((const struct wanted_label *)b)->label);
 }
 
-/* Takes handle h as the key wanted under its label, if one is. */
-static hsm_err take_labelled(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, unsigned gen,
-                             struct find_labels_arg *fa)
+/* Takes handle h as the key want[at] names: the first object seen with
+ * that label is the key, a second makes it ambiguous (NULL: hsm_key_find
+ * names it). */
+static hsm_err take_wanted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, size_t at,
+                           struct find_labels_arg *fa)
 {
-    struct wanted_label probe, *w;
-    unsigned char *v = NULL;
-    char label[sizeof(((hsm_key *)0)->label)];
-    size_t len = 0, at;
+    size_t index = fa->want[at].index;
     hsm_key *k;
     hsm_err err;
 
-    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &len) != HSM_OK || len >= sizeof(label)) {
-        free(v);
-        return HSM_OK; /* no label we could have asked for */
-    }
-    memcpy(label, v, len);
-    label[len] = '\0';
-    free(v);
-    probe.label = label;
-    if ((w = bsearch(&probe, fa->want, fa->n, sizeof(*fa->want), wanted_cmp)) == NULL)
-        return HSM_OK;
-    at = (size_t)(w - fa->want);
     if (fa->seen[at] < 2)
         fa->seen[at]++;
-    if (fa->seen[at] > 1) { /* ambiguous: hsm_key_find names it */
-        hsm_key_free(fa->out[w->index]);
-        fa->out[w->index] = NULL;
+    if (fa->seen[at] > 1) {
+        hsm_key_free(fa->out[index]);
+        fa->out[index] = NULL;
         return HSM_OK;
     }
     if ((k = key_new()) == NULL)
@@ -409,50 +408,98 @@ static hsm_err take_labelled(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
         return err;
     }
     k->handle = h;
-    k->gen = gen;
-    fa->out[w->index] = k;
+    k->gen = fa->gen;
+    fa->out[index] = k;
     return HSM_OK;
+}
+
+/* Takes handle h if its label is one wanted. The label is read in one call
+ * into a buffer of the longest label a key may have: a longer one
+ * (CKR_BUFFER_TOO_SMALL) or none is no label we asked for. */
+static hsm_err take_labelled(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, struct find_labels_arg *fa)
+{
+    struct wanted_label probe, *w;
+    char label[sizeof(((hsm_key *)0)->label)];
+    CK_ATTRIBUTE a = {CKA_LABEL, label, sizeof(label) - 1};
+    hsm_errsave sv;
+    hsm_err err;
+
+    hsm_err_save(&sv);
+    err = P11(ctx, C_GetAttributeValue, s, h, &a, 1);
+    hsm_err_restore(&sv);
+    if (err != HSM_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen >= sizeof(label))
+        return HSM_OK;
+    label[a.ulValueLen] = '\0';
+    probe.label = label;
+    if ((w = bsearch(&probe, fa->want, fa->n, sizeof(*fa->want), wanted_cmp)) == NULL)
+        return HSM_OK;
+    return take_wanted(ctx, s, h, (size_t)(w - fa->want), fa);
+}
+
+/* One search per label wanted: class and label in the template. */
+static hsm_err find_each_label(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct find_labels_arg *fa)
+{
+    CK_ATTRIBUTE t[2];
+    CK_OBJECT_HANDLE hs[2];
+    CK_ULONG got, i;
+    hsm_err err = HSM_OK, err2;
+
+    for (size_t at = 0; err == HSM_OK && at < fa->n; at++) {
+        t[0] = (CK_ATTRIBUTE){CKA_CLASS, &fa->cls, sizeof(fa->cls)};
+        t[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)fa->want[at].label, strlen(fa->want[at].label)};
+        got = 0;
+        if ((err = P11(ctx, C_FindObjectsInit, s, t, 2)) != HSM_OK)
+            break;
+        err = P11(ctx, C_FindObjects, s, hs, 2, &got);
+        err2 = P11(ctx, C_FindObjectsFinal, s);
+        if (err == HSM_OK)
+            err = err2;
+        for (i = 0; err == HSM_OK && i < got && i < 2; i++)
+            err = take_wanted(ctx, s, hs[i], at, fa);
+    }
+    return err;
 }
 
 static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct find_labels_arg *fa = arg;
     CK_ATTRIBUTE t = {CKA_CLASS, &fa->cls, sizeof(fa->cls)};
-    CK_OBJECT_HANDLE *hs = NULL, *grown;
-    CK_ULONG got = 0, total = 0, cap = 0, i;
-    unsigned gen;
+    CK_OBJECT_HANDLE *hs = NULL;
+    CK_ULONG got = 0, total = 0, cap, i;
     hsm_err err = HSM_OK, err2;
 
     pthread_mutex_lock(&ctx->key_mu);
-    gen = ctx->key_gen;
+    fa->gen = ctx->key_gen;
     pthread_mutex_unlock(&ctx->key_mu);
     for (i = 0; i < fa->n; i++) {
         hsm_key_free(fa->out[fa->want[i].index]);
         fa->out[fa->want[i].index] = NULL;
         fa->seen[i] = 0;
     }
+    /* One handle more than the scan may read tells that it should not. */
+    cap = fa->n < FIND_LABELS_MAX / FIND_LABELS_PER_LABEL ? (CK_ULONG)fa->n * FIND_LABELS_PER_LABEL + 1
+                                                         : FIND_LABELS_MAX + 1;
+    if ((hs = calloc(cap, sizeof(*hs))) == NULL)
+        return HSM_ERR_NOMEM;
     if ((err = P11(ctx, C_FindObjectsInit, s, &t, 1)) != HSM_OK)
-        return err;
+        goto out;
     /* The handles first, the labels after C_FindObjectsFinal, as op_list:
      * not every token answers other calls in a session while it searches. */
     do {
-        if (total == cap) {
-            cap = cap ? cap * 2 : 256;
-            if ((grown = realloc(hs, cap * sizeof(*hs))) == NULL) {
-                err = HSM_ERR_NOMEM;
-                break;
-            }
-            hs = grown;
-        }
         err = P11(ctx, C_FindObjects, s, hs + total, cap - total, &got);
         if (err == HSM_OK)
             total += got;
-    } while (err == HSM_OK && got > 0 && total < FIND_LABELS_MAX);
+    } while (err == HSM_OK && got > 0 && total < cap);
     err2 = P11(ctx, C_FindObjectsFinal, s);
     if (err == HSM_OK)
         err = err2;
+    if (err == HSM_OK && total == cap) {
+        err = find_each_label(ctx, s, fa);
+        goto out;
+    }
     for (i = 0; err == HSM_OK && i < total; i++)
-        err = take_labelled(ctx, s, hs[i], gen, fa);
+        err = take_labelled(ctx, s, hs[i], fa);
+out:
     free(hs);
     hsm_clear_detail();
     return err;

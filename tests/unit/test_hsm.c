@@ -567,6 +567,62 @@ static void test_find_labels(void **state)
     t_close(ctx);
 }
 
+/* The token calls of a search for many labels (tests/p11fault counts
+ * them): a few labels among many objects of their class are found with a
+ * search each, not by reading every object's label (a round trip each on
+ * a network HSM or behind p11-kit's RPC); labels that are most of their
+ * class are found in one search of it, as before. */
+static void test_find_labels_calls(void **state)
+{
+    enum { NKEYS = 16 };
+    hsm_ctx *ctx;
+    hsm_key *made[NKEYS] = {NULL}, *out[NKEYS];
+    char names[NKEYS][32];
+    const char *labels[NKEYS];
+    hsm_key_info ki;
+    unsigned long calls, reads, inits;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 1);
+    for (size_t i = 0; i < NKEYS; i++) {
+        hsm_keygen_spec sp = {names[i], NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
+        (void)snprintf(names[i], sizeof(names[i]), "calls-%02zu", i);
+        labels[i] = names[i];
+        assert_int_equal(hsm_generate_secret_key(ctx, &sp, &made[i]), HSM_OK);
+    }
+    /* 2 of 16+ secret keys: the class search gives way at its 7th handle
+     * (3 calls), then 3 calls find each key and 6 read it (class, type,
+     * label, id); not 16+ label reads. */
+    calls = testfault_calls("");
+    reads = testfault_calls("C_GetAttributeValue");
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels + 5, 2, out), HSM_OK);
+    assert_true(testfault_calls("C_GetAttributeValue") - reads <= 2 * 6);
+    assert_true(testfault_calls("") - calls <= 3 + 2 * (3 + 6));
+    assert_non_null(out[0]);
+    assert_non_null(out[1]);
+    assert_int_equal(hsm_key_get_info(ctx, out[0], &ki), HSM_OK);
+    assert_string_equal(ki.label, "calls-05");
+    assert_int_equal(hsm_key_get_info(ctx, out[1], &ki), HSM_OK);
+    assert_string_equal(ki.label, "calls-06");
+    hsm_key_free(out[0]);
+    hsm_key_free(out[1]);
+    /* All of them: one search of the class. */
+    inits = testfault_calls("C_FindObjectsInit");
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels, NKEYS, out), HSM_OK);
+    assert_int_equal(testfault_calls("C_FindObjectsInit") - inits, 1);
+    for (size_t i = 0; i < NKEYS; i++) {
+        assert_non_null(out[i]);
+        assert_int_equal(hsm_key_get_info(ctx, out[i], &ki), HSM_OK);
+        assert_string_equal(ki.label, labels[i]);
+        hsm_key_free(out[i]);
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        assert_int_equal(hsm_key_destroy(ctx, made[i]), HSM_OK);
+        hsm_key_free(made[i]);
+    }
+    t_close(ctx);
+}
+
 static void test_secret_keys(void **state)
 {
     hsm_ctx *ctx;
@@ -2962,6 +3018,7 @@ int main(void)
         cmocka_unit_test_teardown(test_find, t_teardown),
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
         cmocka_unit_test_teardown(test_find_labels, t_teardown),
+        cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
         cmocka_unit_test_teardown(test_check_kt_alg, t_teardown),
