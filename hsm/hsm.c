@@ -253,8 +253,95 @@ hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, c
     return P11(ctx, C_Login, s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
 }
 
+#define USER_PIN_FLAGS (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+
+/* The user PIN's retry flags the token reports now in *flags (0 if it
+ * does not answer); whether it answered. */
+static bool user_pin_flags(hsm_ctx *ctx, CK_FLAGS *flags)
+{
+    CK_TOKEN_INFO ti;
+    CK_SLOT_ID slot;
+    hsm_errsave sv;
+    hsm_err err;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    memset(&ti, 0, sizeof(ti));
+    hsm_err_save(&sv);
+    err = P11(ctx, C_GetTokenInfo, slot, &ti);
+    hsm_err_restore(&sv);
+    *flags = err == HSM_OK ? ti.flags & USER_PIN_FLAGS : 0;
+    return err == HSM_OK;
+}
+
+static const char *user_pin_flag_name(CK_FLAGS f)
+{
+    return (f & CKF_USER_PIN_LOCKED)       ? "CKF_USER_PIN_LOCKED"
+           : (f & CKF_USER_PIN_FINAL_TRY)  ? "CKF_USER_PIN_FINAL_TRY"
+           : (f & CKF_USER_PIN_COUNT_LOW) ? "CKF_USER_PIN_COUNT_LOW"
+                                           : "no PIN flag";
+}
+
+/* C_Login failed with an answer that does not say whether the token
+ * checked the PIN (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR,
+ * CKR_FUNCTION_FAILED): some smartcard drivers report a wrong PIN so, and
+ * every such try counts towards the card's lock-out (often 3 tries, for
+ * good). It is sent again (hsm_open's retries, a recovery) only where that
+ * cannot cost a try: a software token (its slot neither CKF_HW_SLOT nor
+ * CKF_REMOVABLE_DEVICE; SoftHSM fails so while another process writes its
+ * files) whose PIN flags stay clear, or a token that no longer answers at
+ * all (a network HSM or p11-kit's RPC that lost its connection: the
+ * recovery logs in again once it is back). Else ctx->login_unsure: no
+ * C_Login with this PIN again. Returns err, or HSM_ERR_PIN_INCORRECT when
+ * the token's PIN flags show that the try was counted. */
+static hsm_err login_unsure(hsm_ctx *ctx, CK_FLAGS before, hsm_err err)
+{
+    CK_RV rv = hsm_last_rv();
+    CK_FLAGS after = 0;
+    CK_SLOT_INFO si;
+    CK_SLOT_ID slot;
+    hsm_errsave sv;
+    bool hw;
+
+    if (!user_pin_flags(ctx, &after))
+        return err;
+    pthread_mutex_lock(&ctx->pool_mu);
+    slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    memset(&si, 0, sizeof(si));
+    hsm_err_save(&sv);
+    hw = P11(ctx, C_GetSlotInfo, slot, &si) != HSM_OK || (si.flags & (CKF_HW_SLOT | CKF_REMOVABLE_DEVICE)) != 0;
+    hsm_err_restore(&sv);
+    if (after == 0 && !hw)
+        return err;
+    ctx->login_unsure = true;
+    if ((after & ~before) != 0) {
+        hsm_set_detail("C_Login: %s, and the token now reports %s: it counted a wrong PIN; not tried again "
+                       "(check the PIN source, then log in once by hand: pkcs11-tool --login)",
+                       hsm_ckr_name(rv), user_pin_flag_name(after));
+        log_warn("token answered the login with %s and now reports %s: the PIN is wrong; it will not be tried again",
+                 hsm_ckr_name(rv), user_pin_flag_name(after));
+        return HSM_ERR_PIN_INCORRECT;
+    }
+    hsm_set_detail("C_Login: %s from a %s: the token may have checked the PIN and counted a wrong try, so "
+                   "it is not tried again by this process (a card whose driver reports a wrong PIN so would "
+                   "lock after a few tries); check the PIN and the token, log in once by hand "
+                   "(pkcs11-tool --login), then restart",
+                   hsm_ckr_name(rv), after != 0 ? user_pin_flag_name(after) : "hardware slot");
+    log_warn("token login failed with %s; the PIN is not sent again by this process (%s)", hsm_ckr_name(rv),
+             after != 0 ? user_pin_flag_name(after) : "hardware slot");
+    return err;
+}
+
+static bool login_rv_unsure(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_DEVICE_ERROR || rv == CKR_FUNCTION_FAILED;
+}
+
 static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
+    CK_FLAGS before = 0;
     hsm_err err = HSM_OK;
 
     CK_TOKEN_INFO ti;
@@ -271,6 +358,14 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_PIN_INCORRECT;
         goto out;
     }
+    if (!ctx->pinpad && ctx->login_unsure) {
+        hsm_set_detail("C_Login: not attempted again: an earlier login failed in a way that may have cost a "
+                       "PIN try (see the log); check the PIN and the token, then restart");
+        err = HSM_ERR_DEVICE;
+        goto out;
+    }
+    if (!ctx->pinpad)
+        (void)user_pin_flags(ctx, &before);
     /* A new login (after all sessions were lost) renumbers private objects
      * on some tokens (SoftHSM): cached handles are stale. Bumped before the
      * call too, so that a thread which sees the session logged in already
@@ -285,6 +380,10 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     }
     if (hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN) {
         err = HSM_OK;
+        goto out;
+    }
+    if (!ctx->pinpad && login_rv_unsure(hsm_last_rv())) {
+        err = login_unsure(ctx, before, err);
         goto out;
     }
     if (err == HSM_ERR_PIN_INCORRECT && ctx->pinpad) {
@@ -867,6 +966,7 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
         ctx->pin_len = pin_len;
         pin = NULL;
         ctx->pin_rejected = false;
+        ctx->login_unsure = false;
         err = HSM_OK;
     }
     pthread_mutex_unlock(&ctx->login_mu);
@@ -1085,7 +1185,8 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
         if ((err = init_module(ctx)) != HSM_OK)
             goto out;
         err = open_token(ctx, &s);
-        if (err == HSM_OK || attempt >= OPEN_TRIES || (err != HSM_ERR_TOKEN_ABSENT && err != HSM_ERR_DEVICE))
+        if (err == HSM_OK || attempt >= OPEN_TRIES || ctx->login_unsure ||
+            (err != HSM_ERR_TOKEN_ABSENT && err != HSM_ERR_DEVICE))
             break;
         hsm_errsave sv;
         hsm_err_save(&sv);

@@ -81,6 +81,8 @@ struct hsm_ctx {
     bool pinpad;             /* pin_source "pinpad": C_Login with no PIN, entered on the token's own
                                 PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH); pin stays NULL */
     bool pin_rejected;
+    bool login_unsure;       /* a C_Login failed in a way that may have cost a PIN try on a card:
+                                not sent again until a new PIN is set (hsm.c, login_unsure) */
 
     /* Object handle cache generation: bumped whenever handles may be stale. */
     pthread_mutex_t key_mu;

@@ -33,6 +33,8 @@
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
+#  - a card whose driver answers a wrong PIN with CKR_GENERAL_ERROR
+#    (GS_P11FAULT_PIN_TRIES, GS_P11FAULT_PIN_ERROR): the PIN is sent once.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -119,6 +121,24 @@ stop_server
 conf=$conf_saved
 unset GS_P11FAULT_PINPAD GS_P11FAULT_PINPAD_PIN
 ok "pin_source = pinpad: logged in through the PIN pad, served; refused clearly without a pad or a person"
+
+# ---- a card whose driver reports a wrong PIN as CKR_GENERAL_ERROR ----
+# (GS_P11FAULT_PIN_TRIES: a hardware slot with a retry counter; the wrong
+# PIN answered 0x5): the PIN is sent once, not once per retry of the open,
+# and check names the counted try; then the right PIN's check names the
+# wrong PIN tried before it (SoftHSM's CKF_USER_PIN_COUNT_LOW).
+printf '0000cardwrong\n' > "$work/card-wrong-pin"; chmod 600 "$work/card-wrong-pin"
+sed -e "s|^pin_source = .*|pin_source = $work/card-wrong-pin|" "$conf" > "$work/card.conf"
+rc=0; GS_P11FAULT_PIN_TRIES=3 GS_P11FAULT_PIN_ERROR=0x5 GS_P11FAULT_COUNTS=$work/card.counts \
+  "$BIN/groupsrv" -c "$work/card.conf" check > "$work/card.out" 2>&1 || rc=$?
+logins=$(awk '$1 == "C_Login" {print $2}' "$work/card.counts")
+[ "$rc" = 1 ] && [ "$logins" = 1 ] &&
+  grep -q "^token  *PROBLEM: .*C_Login: CKR_GENERAL_ERROR, and the token now reports CKF_USER_PIN_COUNT_LOW: it counted a wrong PIN" \
+  "$work/card.out" || fail "a wrong PIN answered CKR_GENERAL_ERROR: exit $rc, $logins logins: $(cat "$work/card.out")"
+GS_P11FAULT_PIN_TRIES=3 gs check > "$work/card-good.out" 2>&1 || fail "check with the right PIN: $(cat "$work/card-good.out")"
+grep -q "^cap user PIN  *wrong PINs were tried (CKF_USER_PIN_COUNT_LOW)" "$work/card-good.out" ||
+  fail "check does not name the wrong PIN tried: $(grep '^cap user' "$work/card-good.out")"
+ok "a wrong PIN a card's driver answers with CKR_GENERAL_ERROR: sent once, named; check names the count"
 
 # ---- a session limit the token does not report ----
 # Three sessions for this process, each operation slow enough (20 ms, 4

@@ -328,6 +328,8 @@ static CK_RV fw_C_GetSlotInfo(CK_SLOT_ID slot_id, struct _CK_SLOT_INFO *info)
     rv_ = real->C_GetSlotInfo(slot_id, info);
     if (rv_ == CKR_OK && info != NULL && ctl_token_removed())
         info->flags &= ~(CK_FLAGS)CKF_TOKEN_PRESENT;
+    if (rv_ == CKR_OK)
+        prof_slot_info_post(info);
     return rv_;
 }
 
@@ -506,7 +508,9 @@ static CK_RV fw_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsig
         return rv_;
     if (prof_login(session, user_type, pin, pin_len, &rv_))
         return rv_;
-    rv_ = real->C_Login(session, user_type, pin, pin_len);
+    if ((rv_ = prof_pin_counter_pre(user_type)) != CKR_OK)
+        return rv_;
+    rv_ = prof_pin_counter_post(user_type, real->C_Login(session, user_type, pin, pin_len));
     if (rv_ == CKR_OK || rv_ == CKR_USER_ALREADY_LOGGED_IN)
         prof_login_post(user_type, pin, pin_len);
     return rv_;

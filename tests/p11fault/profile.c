@@ -20,6 +20,10 @@ static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
 static int pinpad;              /* GS_P11FAULT_PINPAD */
 static int write_protected;     /* GS_P11FAULT_WRITE_PROTECTED */
+static int pin_tries_max;       /* GS_P11FAULT_PIN_TRIES; 0: no counter */
+static int pin_tries_left;
+static int pin_tries_set;      /* 1 + the pin_tries_max pin_tries_left was set for */
+static CK_RV pin_error_rv;      /* GS_P11FAULT_PIN_ERROR; 0: CKR_PIN_INCORRECT as is */
 static unsigned char pad_pin[PIN_MAX]; /* GS_P11FAULT_PINPAD_PIN: what the person types */
 static CK_ULONG pad_pin_len;
 static int pad_pin_set;
@@ -47,6 +51,16 @@ void prof_load(void)
     rsa_max_bits = p != NULL ? (CK_ULONG)strtoul(p, NULL, 10) : 0;
     p = getenv("GS_P11FAULT_WRITE_PROTECTED");
     write_protected = p != NULL && strcmp(p, "1") == 0;
+    p = getenv("GS_P11FAULT_PIN_TRIES");
+    pin_tries_max = p != NULL ? (int)strtol(p, NULL, 10) : 0;
+    if (pin_tries_max < 0 || pin_tries_max > 100)
+        pin_tries_max = 0;
+    /* The card's counter outlives C_Finalize and C_Initialize. */
+    if (pin_tries_set != pin_tries_max + 1)
+        pin_tries_left = pin_tries_max;
+    pin_tries_set = pin_tries_max + 1;
+    p = getenv("GS_P11FAULT_PIN_ERROR");
+    pin_error_rv = p != NULL ? (CK_RV)strtoul(p, NULL, 0) : 0;
     p = getenv("GS_P11FAULT_PINPAD");
     pinpad = p != NULL && strcmp(p, "1") == 0;
     p = getenv("GS_P11FAULT_PINPAD_PIN");
@@ -321,12 +335,54 @@ CK_RV prof_pinpad(unsigned char **pin, unsigned long *len)
     return rv;
 }
 
+CK_RV prof_pin_counter_pre(CK_USER_TYPE type)
+{
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&prof_mu);
+    if (pin_tries_max > 0 && type != CKU_SO && pin_tries_left == 0)
+        rv = CKR_PIN_LOCKED;
+    pthread_mutex_unlock(&prof_mu);
+    return rv;
+}
+
+CK_RV prof_pin_counter_post(CK_USER_TYPE type, CK_RV rv)
+{
+    pthread_mutex_lock(&prof_mu);
+    if (pin_tries_max > 0 && type != CKU_SO) {
+        if (rv == CKR_PIN_INCORRECT && pin_tries_left > 0)
+            pin_tries_left--;
+        else if (rv == CKR_OK)
+            pin_tries_left = pin_tries_max;
+    }
+    if (rv == CKR_PIN_INCORRECT && pin_error_rv != 0)
+        rv = pin_error_rv;
+    pthread_mutex_unlock(&prof_mu);
+    return rv;
+}
+
+void prof_slot_info_post(CK_SLOT_INFO *info)
+{
+    pthread_mutex_lock(&prof_mu);
+    if (pin_tries_max > 0 && info != NULL)
+        info->flags |= CKF_HW_SLOT | CKF_REMOVABLE_DEVICE;
+    pthread_mutex_unlock(&prof_mu);
+}
+
 void prof_token_info_post(CK_TOKEN_INFO *info)
 {
     int pad;
 
     pthread_mutex_lock(&prof_mu);
     pad = pinpad;
+    if (pin_tries_max > 0 && info != NULL) {
+        if (pin_tries_left == 0)
+            info->flags |= CKF_USER_PIN_LOCKED;
+        else if (pin_tries_left == 1)
+            info->flags |= CKF_USER_PIN_FINAL_TRY;
+        if (pin_tries_left < pin_tries_max)
+            info->flags |= CKF_USER_PIN_COUNT_LOW;
+    }
     pthread_mutex_unlock(&prof_mu);
     if (pad && info != NULL)
         info->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;

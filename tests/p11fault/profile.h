@@ -55,6 +55,16 @@
  * CKF_RW_SESSION answers CKR_TOKEN_WRITE_PROTECTED. Read-only sessions
  * are forwarded; in them SoftHSM refuses to create or destroy token
  * objects (CKR_SESSION_READ_ONLY), while session objects work.
+ *
+ * GS_P11FAULT_PIN_TRIES=N (at C_Initialize) models a smartcard in a
+ * reader with a user PIN retry counter of N (per process): the slot adds
+ * CKF_HW_SLOT and CKF_REMOVABLE_DEVICE; each CKR_PIN_INCORRECT of the
+ * target counts one try down, a good login resets the count; C_GetTokenInfo
+ * adds CKF_USER_PIN_COUNT_LOW after a wrong try, CKF_USER_PIN_FINAL_TRY
+ * at one left and CKF_USER_PIN_LOCKED at none, when C_Login answers
+ * CKR_PIN_LOCKED without reaching the target. GS_P11FAULT_PIN_ERROR=RV
+ * (a number, 0x5 = CKR_GENERAL_ERROR) answers a wrong PIN with RV instead
+ * of CKR_PIN_INCORRECT, as some card drivers do.
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H
@@ -82,6 +92,10 @@ CK_RV prof_op_use(CK_SESSION_HANDLE s);       /* C_Decrypt*, C_Sign* */
 /* C_Login, first: with the PIN pad model, a call without a PIN gets the
  * pad's (*pin, *len replaced), or CKR_FUNCTION_CANCELED. */
 CK_RV prof_pinpad(unsigned char **pin, unsigned long *len);
+/* C_Login around the real call: GS_P11FAULT_PIN_TRIES / _PIN_ERROR. */
+CK_RV prof_pin_counter_pre(CK_USER_TYPE type);
+CK_RV prof_pin_counter_post(CK_USER_TYPE type, CK_RV rv);
+void prof_slot_info_post(CK_SLOT_INFO *info); /* C_GetSlotInfo */
 /* C_Login: returns 1 and sets *rv when the profile answered it itself. */
 int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin, CK_ULONG len, CK_RV *rv);
 

@@ -1864,6 +1864,64 @@ static void test_failing_decrypts_keep_pool(void **state)
 
 /* ---- wrong PIN, recovery, faults (through tests/p11fault) ---------------------------- */
 
+/* A C_Login that fails with CKR_GENERAL_ERROR or CKR_DEVICE_ERROR may have
+ * reached a card with the PIN (some drivers report a wrong PIN so; three
+ * tries lock the card): hsm_open sends it once, not once per retry, on a
+ * hardware slot or when the PIN flags show the try counted
+ * (GS_P11FAULT_PIN_TRIES models the card's counter). A software token
+ * (SoftHSM, whose slot is neither) is still retried. */
+static void test_login_unsure_not_repeated(void **state)
+{
+    char bad[700];
+    FILE *f;
+    hsm_err err;
+    hsm_ctx *ctx;
+    unsigned long logins;
+    (void)state;
+
+    snprintf(bad, sizeof(bad), "%s/card-wrong-pin", tokdir);
+    f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("0000cardwrong\n", f);
+    fclose(f);
+    assert_int_equal(chmod(bad, 0600), 0);
+
+    /* On a software slot (SoftHSM: neither flag), no PIN flag set, a
+     * failed login is tried again. */
+    testfault_inject("C_Login", 0x5, 1);
+    logins = testfault_calls("C_Login");
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_calls("C_Login") - logins, 2);
+    testfault_clear();
+    t_close(ctx);
+
+    setenv("GS_P11FAULT_PIN_TRIES", "3", 1);
+    setenv("GS_P11FAULT_PIN_ERROR", "0x5", 1); /* CKR_GENERAL_ERROR */
+
+    /* A good PIN, the card's driver failing: one try on a hardware slot. */
+    testfault_inject("C_Login", 0x30 /* CKR_DEVICE_ERROR */, -1);
+    logins = testfault_calls("C_Login");
+    ctx = open_with(testtoken_p11fault_module(), pinsrc, 0, &err);
+    assert_null(ctx);
+    assert_int_equal(err, HSM_ERR_DEVICE);
+    assert_int_equal(testfault_calls("C_Login") - logins, 1);
+    assert_non_null(strstr(hsm_last_error_detail(), "from a hardware slot"));
+    testfault_clear();
+
+    /* A wrong PIN reported as CKR_GENERAL_ERROR: one try, named. */
+    logins = testfault_calls("C_Login");
+    ctx = open_with(testtoken_p11fault_module(), bad, 0, &err);
+    assert_null(ctx);
+    assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
+    assert_int_equal(testfault_calls("C_Login") - logins, 1);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKF_USER_PIN_COUNT_LOW"));
+    unsetenv("GS_P11FAULT_PIN_TRIES");
+    unsetenv("GS_P11FAULT_PIN_ERROR");
+
+    /* A good login clears SoftHSM's CKF_USER_PIN_COUNT_LOW. */
+    t_close(open_ok(testtoken_p11fault_module(), 0));
+}
+
 static void test_wrong_pin(void **state)
 {
     char bad[700];
@@ -3019,6 +3077,7 @@ int main(void)
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
         cmocka_unit_test_teardown(test_find_labels, t_teardown),
         cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
+        cmocka_unit_test_teardown(test_login_unsure_not_repeated, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
         cmocka_unit_test_teardown(test_check_kt_alg, t_teardown),
