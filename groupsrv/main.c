@@ -1102,9 +1102,12 @@ static void print_caps(hsm_ctx *hsm)
     for (int m = 0; m < HSM_MECH_COUNT_; m++) {
         if (c.mech[m].present)
             mech_flags_text(c.mech[m].flags, flags, sizeof(flags));
-        char sizes[64] = "";
+        char sizes[160] = "";
         if (c.mech[m].present && (m == HSM_MECH_RSA_KEYGEN || m == HSM_MECH_EC_KEYGEN) && c.mech[m].max_bits > 0)
             snprintf(sizes, sizeof(sizes), " (%lu-%lu bits)", c.mech[m].min_bits, c.mech[m].max_bits);
+        if (!c.mech[m].present && c.mech[m].info_rv != 0)
+            snprintf(sizes, sizeof(sizes), ": listed, but C_GetMechanismInfo fails (%s) in %d probes in a row: "
+                     "counted as absent", hsm_rv_name(c.mech[m].info_rv), HSM_PROBE_TRIES);
         printf("cap mechanism %-28s %s%s%s\n", hsm_mech_name((hsm_mech)m), c.mech[m].present ? "yes: " : "no",
                c.mech[m].present ? flags : "", sizes);
     }

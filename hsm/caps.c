@@ -104,6 +104,15 @@ static unsigned flags_from_ck(CK_FLAGS f)
 static bool transient_failure(hsm_err err);
 static void note_incomplete(hsm_caps *c, const char *what, const char *detail);
 
+/* Failures a token may give for a moment or for good: CKR_GENERAL_ERROR,
+ * CKR_FUNCTION_FAILED. Repeated in HSM_PROBE_TRIES probes in a row, they
+ * are its answer (judge_lasting); the rest of the transient failures
+ * (CKR_DEVICE_ERROR, CKR_DEVICE_MEMORY, a lost session or login) never are. */
+static bool lasting_rv(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;
+}
+
 static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     hsm_caps *c = arg;
@@ -150,6 +159,8 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
                 c->mech[k].flags = flags_from_ck(mi.flags);
                 c->mech[k].min_bits = mi.ulMinKeySize;
                 c->mech[k].max_bits = mi.ulMaxKeySize;
+            } else if (lasting_rv(hsm_last_rv())) {
+                c->mech[k].info_rv = hsm_last_rv(); /* judged by judge_lasting */
             } else if (transient_failure(ierr)) {
                 note_incomplete(c, mech_table[k].name, hsm_last_error_detail());
             }
@@ -175,6 +186,7 @@ struct trial {
     bool stored;            /* read back after creation (and, for CKA_WRAP_WITH_TRUSTED, enforced) */
     enum untrusted_wrap wrap; /* CKA_WRAP_WITH_TRUSTED kept: what an untrusted key's wrap did */
     char failed[192];         /* wrap UNTRUSTED_WRAP_FAILED: why */
+    CK_RV failed_rv;          /* and the CKR it failed with */
 };
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
@@ -299,8 +311,10 @@ static hsm_err op_trial(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         t->stored = hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
         if (t->stored) {
             t->wrap = untrusted_wrap(ctx, s, h);
-            if (t->wrap == UNTRUSTED_WRAP_FAILED)
+            if (t->wrap == UNTRUSTED_WRAP_FAILED) {
                 util_strlcpy(t->failed, hsm_last_error_detail(), sizeof(t->failed));
+                t->failed_rv = hsm_last_rv();
+            }
             t->stored = t->wrap == UNTRUSTED_WRAP_REFUSED;
         }
         hsm_err_restore(&sv);
@@ -331,11 +345,12 @@ static void note_incomplete(hsm_caps *c, const char *what, const char *detail)
 }
 
 /* Tries one attribute; writes the verdict and, when refused, why. A trial
- * that failed transiently marks c incomplete. */
+ * that failed transiently marks c incomplete; lasting (may be NULL): the
+ * enforcement wrap failed with a lasting_rv, for judge_lasting. */
 static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE attr, const char *name, char *why,
-                                 size_t whycap, bool *reinit, bool *not_enforced)
+                                 size_t whycap, bool *reinit, bool *not_enforced, bool *lasting)
 {
-    struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED, ""};
+    struct trial t = {attr, false, UNTRUSTED_WRAP_REFUSED, "", CKR_OK};
     unsigned gen0, gen1;
     hsm_err err;
 
@@ -361,6 +376,11 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
         return HSM_ATTR_NO;
     }
     if (err == HSM_OK && t.wrap == UNTRUSTED_WRAP_FAILED) {
+        if (lasting != NULL && lasting_rv(t.failed_rv)) {
+            *lasting = true; /* judged by judge_lasting */
+            snprintf(why, whycap, "the wrap that tries whether it is enforced fails (%.150s)", t.failed);
+            return HSM_ATTR_NO;
+        }
         note_incomplete(c, name, t.failed);
         snprintf(why, whycap, "not probed: the wrap that tries whether it is enforced failed (%.150s)", t.failed);
         return HSM_ATTR_NO;
@@ -387,7 +407,7 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
     }
     {
         char prev[192];
-        struct trial base = {0, false, UNTRUSTED_WRAP_REFUSED, ""};
+        struct trial base = {0, false, UNTRUSTED_WRAP_REFUSED, "", CKR_OK};
 
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         /* Without the attribute: does the token make such keys at all? */
@@ -405,9 +425,53 @@ static hsm_attr_support try_attr(hsm_ctx *ctx, hsm_caps *c, CK_ATTRIBUTE_TYPE at
 
 /* ---- the set ------------------------------------------------------------------- */
 
+/* The lasting-looking failures of probe c (mechanism infos, the
+ * trusted-wrap trial: wrap_lasting) against the probes before it: one
+ * that came back in HSM_PROBE_TRIES probes in a row is the token's answer
+ * (the mechanism counted absent, the attribute "no"); one not yet so
+ * marks c incomplete, to be probed again. */
+static void judge_lasting(hsm_ctx *ctx, hsm_caps *c, bool wrap_lasting)
+{
+    char what[64];
+
+    pthread_mutex_lock(&ctx->caps_mu);
+    for (unsigned k = 0; k < HSM_MECH_COUNT_; k++) {
+        if (c->mech[k].info_rv == CKR_OK) {
+            ctx->mech_info_fails[k] = 0;
+            continue;
+        }
+        if (ctx->mech_info_fails[k] < HSM_PROBE_TRIES)
+            ctx->mech_info_fails[k]++;
+        if (ctx->mech_info_fails[k] >= HSM_PROBE_TRIES) {
+            c->mech[k].present = false;
+            log_warn("the token lists %s but C_GetMechanismInfo fails (%s) in %d probes in a row: counted as absent",
+                     mech_table[k].name, hsm_ckr_name(c->mech[k].info_rv), HSM_PROBE_TRIES);
+            continue;
+        }
+        snprintf(what, sizeof(what), "C_GetMechanismInfo(%s)", mech_table[k].name);
+        note_incomplete(c, what, hsm_ckr_name(c->mech[k].info_rv));
+    }
+    if (!wrap_lasting) {
+        ctx->trusted_wrap_fails = 0;
+    } else {
+        if (ctx->trusted_wrap_fails < HSM_PROBE_TRIES)
+            ctx->trusted_wrap_fails++;
+        if (ctx->trusted_wrap_fails >= HSM_PROBE_TRIES) {
+            /* Not enforced as far as anyone can tell: no replicable keys. */
+            size_t used = strlen(c->wrap_with_trusted_why);
+            snprintf(c->wrap_with_trusted_why + used, sizeof(c->wrap_with_trusted_why) - used,
+                     " in %d probes in a row: counted as not enforced", HSM_PROBE_TRIES);
+            log_warn("CKA_WRAP_WITH_TRUSTED: %s", c->wrap_with_trusted_why);
+        } else {
+            note_incomplete(c, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why);
+        }
+    }
+    pthread_mutex_unlock(&ctx->caps_mu);
+}
+
 static void probe(hsm_ctx *ctx, hsm_caps *c)
 {
-    bool reinit = false;
+    bool reinit = false, wrap_lasting = false;
 
     memset(c, 0, sizeof(*c));
     pthread_mutex_lock(&ctx->pool_mu);
@@ -427,11 +491,14 @@ static void probe(hsm_ctx *ctx, hsm_caps *c)
         note_incomplete(c, "the mechanism list", hsm_last_error_detail());
     }
     c->allowed_mechanisms = try_attr(ctx, c, CKA_ALLOWED_MECHANISMS, "CKA_ALLOWED_MECHANISMS",
-                                     c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit, NULL);
+                                     c->allowed_mechanisms_why, sizeof(c->allowed_mechanisms_why), &reinit, NULL,
+                                     NULL);
     c->unwrap_template = try_attr(ctx, c, CKA_UNWRAP_TEMPLATE, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why,
-                                  sizeof(c->unwrap_template_why), &reinit, NULL);
+                                  sizeof(c->unwrap_template_why), &reinit, NULL, NULL);
     c->wrap_with_trusted = try_attr(ctx, c, CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why,
-                                    sizeof(c->wrap_with_trusted_why), &reinit, &c->wrap_with_trusted_unenforced);
+                                    sizeof(c->wrap_with_trusted_why), &reinit, &c->wrap_with_trusted_unenforced,
+                                    &wrap_lasting);
+    judge_lasting(ctx, c, wrap_lasting);
     if (c->incomplete)
         log_warn("the token's capabilities could not all be probed; probed again on next use detail=\"%s\"",
                  log_qs(c->incomplete_why));
@@ -479,14 +546,17 @@ void hsm_caps_load_complete(hsm_ctx *ctx, hsm_caps *out)
     hsm_caps fresh;
 
     hsm_caps_load(ctx, out);
-    if (!out->incomplete)
-        return;
-    probe(ctx, &fresh);
-    pthread_mutex_lock(&ctx->caps_mu);
-    if (ctx->caps.incomplete)
-        ctx->caps = fresh;
-    *out = ctx->caps;
-    pthread_mutex_unlock(&ctx->caps_mu);
+    /* Bounded: a failure that came back in HSM_PROBE_TRIES probes in a row
+     * is judged (judge_lasting) or, if it is of the kind that never is
+     * (CKR_DEVICE_ERROR...), left for the next use. */
+    for (unsigned i = 1; out->incomplete && i < HSM_PROBE_TRIES; i++) {
+        probe(ctx, &fresh);
+        pthread_mutex_lock(&ctx->caps_mu);
+        if (ctx->caps.incomplete)
+            ctx->caps = fresh;
+        *out = ctx->caps;
+        pthread_mutex_unlock(&ctx->caps_mu);
+    }
 }
 
 /* Appends "; " (unless first) and text to buf (n bytes, truncating). */

@@ -215,6 +215,9 @@ typedef enum hsm_attr_support {
                                objects) refused it (NSS softokn: CKA_ALLOWED_MECHANISMS) */
 } hsm_attr_support;
 
+/* Probes in a row a failure must repeat in to count as the token's answer (hsm_caps). */
+#define HSM_PROBE_TRIES 3
+
 typedef struct hsm_caps {
     /* C_GetTokenInfo */
     unsigned long max_sessions;     /* ulMaxSessionCount; 0 = no limit reported */
@@ -229,6 +232,10 @@ typedef struct hsm_caps {
         bool present;
         unsigned flags;             /* enum hsm_mech_flag */
         unsigned long min_bits, max_bits;
+        /* Listed, but C_GetMechanismInfo failed with info_rv
+         * (CKR_GENERAL_ERROR, CKR_FUNCTION_FAILED) in HSM_PROBE_TRIES
+         * probes in a row: counted as absent (present false). 0: answered. */
+        unsigned long info_rv;
     } mech[HSM_MECH_COUNT_];
     /* Attributes, by a trial on a session object (created, read back,
      * destroyed), corrected by what key generation then showed. */
@@ -253,10 +260,15 @@ typedef struct hsm_caps {
     /* A trial failed for a reason that says nothing about the token's
      * abilities (CKR_DEVICE_MEMORY, CKR_DEVICE_ERROR, a lost session or
      * login): what it tried reads as unsupported, so such a set is not
-     * trusted: hsm_caps_get probes again, and key generation "with what the
-     * token supports" (hsm_generate_*_best) refuses to run on it rather
-     * than make a key with fewer protections than the token may keep.
-     * incomplete_why: the first such failure. */
+     * trusted: hsm_caps_get probes again (up to HSM_PROBE_TRIES probes in
+     * a row), and key generation "with what the token supports"
+     * (hsm_generate_*_best) refuses to run on it rather than make a key
+     * with fewer protections than the token may keep. A failure that is
+     * the same CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED in HSM_PROBE_TRIES
+     * probes in a row is the token's answer, not a moment's: the
+     * mechanism's info (info_rv) or the trusted-wrap enforcement trial
+     * (wrap_with_trusted_why) is then judged "no" and no longer makes the
+     * set incomplete. incomplete_why: the first such failure. */
     bool incomplete;
     char incomplete_why[256];
 } hsm_caps;
@@ -265,6 +277,9 @@ typedef struct hsm_caps {
  * afterwards). Writes *out. Errors only for a bad ctx/out (HSM_ERR_ARGS):
  * what cannot be probed reads as unsupported, with the reason. */
 hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
+/* "CKR_GENERAL_ERROR" etc. for a CK_RV (static text, or this thread's
+ * buffer for one without a name). */
+const char *hsm_rv_name(unsigned long rv);
 /* "CKM_RSA_PKCS_OAEP" etc. for a hsm_mech (static text). */
 const char *hsm_mech_name(hsm_mech m);
 /* Is the mechanism offered with all of `flags`? */

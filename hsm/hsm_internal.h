@@ -95,6 +95,11 @@ struct hsm_ctx {
     pthread_mutex_t caps_mu;
     bool caps_done;
     hsm_caps caps;
+    /* Probes in a row in which the same lasting-looking failure came back
+     * (caps.c, judge_lasting): per mechanism's C_GetMechanismInfo, and the
+     * trusted-wrap enforcement trial. Under caps_mu. */
+    unsigned char mech_info_fails[HSM_MECH_COUNT_];
+    unsigned char trusted_wrap_fails;
 };
 
 struct hsm_key {

@@ -143,6 +143,11 @@ const char *hsm_ckr_name(CK_RV rv)
     return unknown;
 }
 
+const char *hsm_rv_name(unsigned long rv)
+{
+    return hsm_ckr_name((CK_RV)rv);
+}
+
 hsm_err hsm_map_rv(CK_RV rv)
 {
     switch (rv) {

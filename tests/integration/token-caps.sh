@@ -35,6 +35,8 @@
 #    say so.
 #  - a card whose driver answers a wrong PIN with CKR_GENERAL_ERROR
 #    (GS_P11FAULT_PIN_TRIES, GS_P11FAULT_PIN_ERROR): the PIN is sent once.
+#  - a listed mechanism whose C_GetMechanismInfo fails for good
+#    (GS_P11FAULT_MECH_INFO_FAIL): check names it absent, the probe completes.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -121,6 +123,15 @@ stop_server
 conf=$conf_saved
 unset GS_P11FAULT_PINPAD GS_P11FAULT_PINPAD_PIN
 ok "pin_source = pinpad: logged in through the PIN pad, served; refused clearly without a pad or a person"
+
+# ---- a listed mechanism whose C_GetMechanismInfo fails for good ----
+# (GS_P11FAULT_MECH_INFO_FAIL): counted as absent after 3 probes, not a
+# probe incomplete for ever (no key could ever be made).
+GS_P11FAULT_MECH_INFO_FAIL=0x1040 gs check > "$work/mi.out" 2>&1 || fail "check, EC key generation info failing: $(cat "$work/mi.out")"
+grep -q "^cap mechanism CKM_EC_KEY_PAIR_GEN  *no: listed, but C_GetMechanismInfo fails (CKR_GENERAL_ERROR) in 3 probes in a row: counted as absent" \
+  "$work/mi.out" && ! grep -q "^cap probe" "$work/mi.out" ||
+  fail "a mechanism whose info fails for good: $(grep -E '^cap (probe|mechanism CKM_EC_KEY)' "$work/mi.out")"
+ok "a listed mechanism whose info fails for good: absent, named by check"
 
 # ---- a card whose driver reports a wrong PIN as CKR_GENERAL_ERROR ----
 # (GS_P11FAULT_PIN_TRIES: a hardware slot with a retry counter; the wrong

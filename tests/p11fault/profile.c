@@ -24,6 +24,8 @@ static int pin_tries_max;       /* GS_P11FAULT_PIN_TRIES; 0: no counter */
 static int pin_tries_left;
 static int pin_tries_set;      /* 1 + the pin_tries_max pin_tries_left was set for */
 static CK_RV pin_error_rv;      /* GS_P11FAULT_PIN_ERROR; 0: CKR_PIN_INCORRECT as is */
+static CK_MECHANISM_TYPE mech_info_fail; /* GS_P11FAULT_MECH_INFO_FAIL */
+static int mech_info_fail_set;
 static unsigned char pad_pin[PIN_MAX]; /* GS_P11FAULT_PINPAD_PIN: what the person types */
 static CK_ULONG pad_pin_len;
 static int pad_pin_set;
@@ -61,6 +63,9 @@ void prof_load(void)
     pin_tries_set = pin_tries_max + 1;
     p = getenv("GS_P11FAULT_PIN_ERROR");
     pin_error_rv = p != NULL ? (CK_RV)strtoul(p, NULL, 0) : 0;
+    p = getenv("GS_P11FAULT_MECH_INFO_FAIL");
+    mech_info_fail_set = p != NULL;
+    mech_info_fail = p != NULL ? (CK_MECHANISM_TYPE)strtoul(p, NULL, 0) : 0;
     p = getenv("GS_P11FAULT_PINPAD");
     pinpad = p != NULL && strcmp(p, "1") == 0;
     p = getenv("GS_P11FAULT_PINPAD_PIN");
@@ -106,6 +111,13 @@ CK_RV prof_unsupported(void)
 
 CK_RV prof_mech_info_pre(CK_MECHANISM_TYPE type)
 {
+    int broken;
+
+    pthread_mutex_lock(&prof_mu);
+    broken = mech_info_fail_set && type == mech_info_fail;
+    pthread_mutex_unlock(&prof_mu);
+    if (broken)
+        return CKR_GENERAL_ERROR;
     return prof_active() && !sc_mech_known(type) ? CKR_MECHANISM_INVALID : CKR_OK;
 }
 

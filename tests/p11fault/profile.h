@@ -65,6 +65,10 @@
  * CKR_PIN_LOCKED without reaching the target. GS_P11FAULT_PIN_ERROR=RV
  * (a number, 0x5 = CKR_GENERAL_ERROR) answers a wrong PIN with RV instead
  * of CKR_PIN_INCORRECT, as some card drivers do.
+ *
+ * GS_P11FAULT_MECH_INFO_FAIL=M (a number, at C_Initialize): the token
+ * lists mechanism M but C_GetMechanismInfo(M) answers CKR_GENERAL_ERROR,
+ * for good (a token whose driver fails on a mechanism it lists).
  */
 #ifndef GS_P11FAULT_PROFILE_H
 #define GS_P11FAULT_PROFILE_H

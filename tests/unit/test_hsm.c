@@ -2501,6 +2501,55 @@ static void test_caps_mech_info_transient(void **state)
     t_close(ctx);
 }
 
+/* A CKR_GENERAL_ERROR (or CKR_FUNCTION_FAILED) a token gives for a moment
+ * is probed again within the same use; one it gives for good (a mechanism
+ * whose info never comes, GS_P11FAULT_MECH_INFO_FAIL; an enforcement wrap
+ * that always fails) is its answer after HSM_PROBE_TRIES probes in a row:
+ * the mechanism counts as absent, the attribute as not enforced, and keys
+ * can be made (they could never be: the set stayed incomplete for good). */
+static void test_caps_lasting_failures(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    char lacks[512];
+    hsm_keygen_spec sp = {"caps-lasting", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT | HSM_USE_UNWRAP, false,
+                          false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL;
+    (void)state;
+
+    /* For a moment: the next probe finds it. */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_inject("C_GetMechanismInfo", T_CKR_GENERAL_ERROR, 1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    for (int m = 0; m < HSM_MECH_COUNT_; m++)
+        assert_int_equal(c.mech[m].info_rv, 0);
+    assert_true(c.rewrap_on_token);
+    assert_int_equal(testfault_clear(), 0);
+    t_close(ctx);
+
+    /* For good. */
+    setenv("GS_P11FAULT_MECH_INFO_FAIL", "0x1040", 1); /* CKM_EC_KEY_PAIR_GEN */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_inject("C_WrapKey", T_CKR_GENERAL_ERROR, -1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    assert_false(c.mech[HSM_MECH_EC_KEYGEN].present);
+    assert_int_equal(c.mech[HSM_MECH_EC_KEYGEN].info_rv, T_CKR_GENERAL_ERROR);
+    assert_true(c.mech[HSM_MECH_RSA_KEYGEN].present);
+    assert_int_equal(c.wrap_with_trusted, HSM_ATTR_NO);
+    assert_non_null(strstr(c.wrap_with_trusted_why, "counted as not enforced"));
+    assert_false(hsm_caps_trusted_wrap(&c, lacks, sizeof(lacks)));
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, NULL, &priv), HSM_OK);
+    assert_non_null(priv);
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    hsm_key_free(priv);
+    unsetenv("GS_P11FAULT_MECH_INFO_FAIL");
+    t_close(ctx);
+}
+
 /* CKA_WRAP_WITH_TRUSTED counts as enforced when a key the user made is
  * refused the wrap. A wrap that failed for a moment (a device error) is
  * no such refusal: taken for one, a token that does not enforce the
@@ -3077,6 +3126,7 @@ int main(void)
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
         cmocka_unit_test_teardown(test_find_labels, t_teardown),
         cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
+        cmocka_unit_test_teardown(test_caps_lasting_failures, t_teardown),
         cmocka_unit_test_teardown(test_login_unsure_not_repeated, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
