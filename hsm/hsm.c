@@ -81,10 +81,12 @@ static void clamp_sessions(hsm_ctx *ctx)
     CK_ULONG lim = ctx->tinfo.ulMaxSessionCount;
 
     /* 0 means no limit; ~0 unknown, and opencryptoki reports ~1. */
-    if (lim == CK_EFFECTIVELY_INFINITE || lim > 65536 || lim >= ctx->max_sessions)
+    if (lim == CK_EFFECTIVELY_INFINITE || lim > 65536 || lim >= ctx->sessions_ceiling)
         return;
-    log_info("token allows %lu sessions; session pool lowered from %u", (unsigned long)lim, ctx->max_sessions);
-    ctx->max_sessions = (unsigned)lim;
+    log_info("token allows %lu sessions; session pool lowered from %u", (unsigned long)lim, ctx->sessions_ceiling);
+    ctx->sessions_ceiling = (unsigned)lim;
+    if (ctx->max_sessions > ctx->sessions_ceiling)
+        ctx->max_sessions = ctx->sessions_ceiling;
 }
 
 /* Copies a blank-padded PKCS#11 string field without the padding. */
@@ -499,11 +501,50 @@ static bool learn_session_limit(hsm_ctx *ctx, unsigned ours)
     if (ours == 0)
         return false;
     if (ours < ctx->max_sessions) {
-        log_warn("token refused another session (CKR_SESSION_COUNT) though it reports no such limit; session "
-                 "pool lowered from %u to %u", ctx->max_sessions, ours);
+        if (ctx->regrown) /* the limit still holds: said when it was learnt */
+            log_debug("token still refuses another session; session pool back to %u", ours);
+        else
+            log_warn("token refused another session (CKR_SESSION_COUNT) though it reports no such limit; session "
+                     "pool lowered from %u to %u", ctx->max_sessions, ours);
         ctx->max_sessions = ours;
     }
+    ctx->borrows_at_limit = 0;
     return true;
+}
+
+/* A session opened: if it was one more than a learnt limit, say so;
+ * back at the ceiling, the learnt limit is forgotten. */
+static void sessions_regrown(hsm_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->pool_mu);
+    if (ctx->regrown && ctx->n_open == ctx->max_sessions) {
+        log_info("token gave another session; session pool back to %u of %u", ctx->max_sessions,
+                 ctx->sessions_ceiling);
+        ctx->regrown = ctx->max_sessions < ctx->sessions_ceiling;
+    }
+    pthread_mutex_unlock(&ctx->pool_mu);
+}
+
+/* Borrows between two tries of one more session than a learnt limit. */
+#define SESSION_REGROW_BORROWS 256
+
+/* A limit learnt from CKR_SESSION_COUNT may be another application's
+ * sessions, closed since: every SESSION_REGROW_BORROWS borrows the pool
+ * may open one session more, up to sessions_ceiling. Growing costs
+ * nothing until a session is wanted; then one C_OpenSession tells, and a
+ * refusal lowers the pool again (learn_session_limit), without failing the
+ * borrow. Called with pool_mu held. */
+static void regrow_sessions(hsm_ctx *ctx)
+{
+    if (ctx->max_sessions >= ctx->sessions_ceiling || ++ctx->borrows_at_limit < SESSION_REGROW_BORROWS)
+        return;
+    ctx->borrows_at_limit = 0;
+    ctx->max_sessions++;
+    if (!ctx->regrown)
+        log_info("session pool may open %u token sessions again (of %u); a limit learnt from CKR_SESSION_COUNT is "
+                 "tried again", ctx->max_sessions, ctx->sessions_ceiling);
+    ctx->regrown = true;
+    pthread_cond_signal(&ctx->pool_cv); /* a waiting borrow may open it */
 }
 
 /* Borrows a session for one operation; opens one (up to max_sessions) or
@@ -528,6 +569,7 @@ again:
         ctx->token_lost = false;
         log_info("token is back slot=%lu", (unsigned long)ctx->slot);
     }
+    regrow_sessions(ctx);
     while (ctx->n_idle == 0 && ctx->n_open >= ctx->max_sessions) {
         if (no_wait) {
             pthread_mutex_unlock(&ctx->pool_mu);
@@ -552,6 +594,8 @@ again:
 
     if (need_open) {
         err = P11(ctx, C_OpenSession, slot, sflags, NULL, NULL, &out->h);
+        if (err == HSM_OK)
+            sessions_regrown(ctx);
         if (err != HSM_OK) {
             bool wait_for_one;
 
@@ -1115,6 +1159,7 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     pthread_rwlock_init(&ctx->life_mu, NULL);
     ctx->key_gen = 1;
     ctx->max_sessions = cfg->max_sessions == 0 ? HSM_DEFAULT_SESSIONS : cfg->max_sessions;
+    ctx->sessions_ceiling = ctx->max_sessions;
     if (ctx->max_sessions > HSM_MAX_SESSIONS) {
         err = HSM_ERR_ARGS;
         goto out;

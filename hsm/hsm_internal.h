@@ -70,6 +70,13 @@ struct hsm_ctx {
     unsigned n_idle;
     unsigned n_open; /* idle + borrowed */
     unsigned max_sessions;
+    /* What max_sessions may grow back to after a limit learnt from
+     * CKR_SESSION_COUNT (the configured size, or the token's reported
+     * limit), and the borrows since it was last learnt or grown (hsm.c,
+     * regrow_sessions). */
+    unsigned sessions_ceiling;
+    unsigned borrows_at_limit;
+    bool regrown;        /* max_sessions was grown back; not yet confirmed by an open */
     unsigned sess_epoch; /* bumped on token loss: older sessions are dead */
     bool token_lost;     /* DEVICE_REMOVED seen: re-find the token before use */
 

@@ -2055,7 +2055,8 @@ static void test_recover_session_invalid(void **state)
  * CKR_SESSION_COUNT: a network HSM's per-client quota, a card shared with
  * other applications. Concurrent operations wait for the one session the
  * pool has instead of failing (each refusal used to drop the pool and fail
- * the operation), the pool is held to it, and hsm_sessions_fill says so. */
+ * the operation), the pool is held to it, and hsm_sessions_fill says so;
+ * once the sessions are free again the pool grows back. */
 static void test_unreported_session_limit(void **state)
 {
     struct rec r;
@@ -2063,6 +2064,7 @@ static void test_unreported_session_limit(void **state)
     pthread_t tid[6];
     hsm_token_info ti;
     unsigned got = 99;
+    unsigned long opens;
     int i;
     (void)state;
 
@@ -2088,6 +2090,15 @@ static void test_unreported_session_limit(void **state)
     /* At start: the workers get the sessions there are. */
     assert_int_equal(hsm_sessions_fill(r.ctx, 4, &got), HSM_OK);
     assert_int_equal(got, 1);
+    /* The limit may be another application's sessions: every 256 borrows
+     * one more session is tried, with one C_OpenSession, refused while
+     * the limit holds (the borrow does not fail). */
+    opens = testfault_calls("C_OpenSession");
+    for (i = 0; i < 256; i++)
+        assert_int_equal(hsm_ping(r.ctx), HSM_OK);
+    assert_int_equal(hsm_sessions_fill(r.ctx, 2, &got), HSM_OK);
+    assert_int_equal(got, 1);
+    assert_int_equal(testfault_calls("C_OpenSession") - opens, 1);
     /* None of ours left (closed under us) and none to open: other
      * applications hold them all. A clear error, then service again. */
     assert_int_equal(testfault_close_all_sessions(), 0);
@@ -2095,6 +2106,11 @@ static void test_unreported_session_limit(void **state)
     assert_non_null(strstr(hsm_last_error_detail(), "no session free"));
     assert_int_equal(testfault_clear(), 0);
     assert_int_equal(rec_decrypt(&r), HSM_OK);
+    /* Once they are closed, the pool grows back to its size. */
+    for (i = 0; i < 256; i++)
+        assert_int_equal(hsm_ping(r.ctx), HSM_OK);
+    assert_int_equal(hsm_sessions_fill(r.ctx, 2, &got), HSM_OK);
+    assert_int_equal(got, 2);
     rec_close(&r);
 }
 
