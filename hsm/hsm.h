@@ -315,6 +315,9 @@ typedef enum hsm_key_type { HSM_KEYTYPE_RSA = 1, HSM_KEYTYPE_EC, HSM_KEYTYPE_AES
  * threads; free it only when no call uses it. */
 hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key **out);
 void hsm_key_free(hsm_key *key);
+/* The key's label as found (hsm_key_find, hsm_key_list; "" if none), owned
+ * by key: no token call (hsm_key_get_info reads every attribute). */
+const char *hsm_key_label(const hsm_key *key);
 /* Finds keys of class cls by plain label, many in one search of the class
  * rather than one search each (a token's search is often linear in its
  * objects: a group with many secret key versions, found one by one, cost

@@ -125,6 +125,45 @@ static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_A
     return b;
 }
 
+#define READ_BOOLS_MAX 24
+#define NOT_A_BBOOL 0xA5
+
+/* Reads n boolean attributes of h, as get_bool each, in one
+ * C_GetAttributeValue where the token allows (each call is a round trip
+ * on a network HSM or behind p11-kit's RPC). A template naming an
+ * attribute the object lacks is answered CKR_ATTRIBUTE_TYPE_INVALID (or
+ * _SENSITIVE) with the others filled, as PKCS#11 asks; whatever did not
+ * come back as a boolean (lacking, or left untouched by a token that
+ * fills nothing then) is read by itself. */
+static void read_bools(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const CK_ATTRIBUTE_TYPE *types,
+                       bool *const *outs, size_t n)
+{
+    CK_BBOOL v[READ_BOOLS_MAX];
+    CK_ATTRIBUTE t[READ_BOOLS_MAX];
+    hsm_errsave sv;
+    CK_RV rv;
+    bool filled;
+    size_t i;
+
+    if (n > READ_BOOLS_MAX)
+        n = READ_BOOLS_MAX;
+    for (i = 0; i < n; i++) {
+        v[i] = NOT_A_BBOOL;
+        t[i] = (CK_ATTRIBUTE){types[i], &v[i], sizeof(v[i])};
+    }
+    hsm_err_save(&sv);
+    (void)P11(ctx, C_GetAttributeValue, s, h, t, (CK_ULONG)n);
+    rv = hsm_last_rv();
+    hsm_err_restore(&sv);
+    filled = rv == CKR_OK || rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE;
+    for (i = 0; i < n; i++) {
+        if (filled && t[i].ulValueLen == sizeof(CK_BBOOL) && (v[i] == CK_TRUE || v[i] == CK_FALSE))
+            *outs[i] = v[i] == CK_TRUE;
+        else
+            *outs[i] = get_bool(ctx, s, h, types[i]);
+    }
+}
+
 bool hsm_get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
 {
     return get_bool(ctx, s, h, type);
@@ -220,8 +259,41 @@ static CK_ULONG key_template(hsm_key *key, CK_ATTRIBUTE *t)
     return n;
 }
 
-/* Fills key's identity (class, type, label, id) from the object. */
-static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+/* key_fill in one C_GetAttributeValue (a round trip on a remote token):
+ * whether the token answered every attribute at once. A label or id
+ * longer than the key keeps (CKR_BUFFER_TOO_SMALL), or an answer missing
+ * one, leaves it to the reads one by one. */
+static bool key_fill_at_once(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+{
+    CK_ULONG cls = 0, kt = 0;
+    char label[sizeof(key->label)];
+    unsigned char id[sizeof(key->id)];
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_LABEL, label, sizeof(label) - 1},
+        {CKA_ID, id, sizeof(id)},
+    };
+    hsm_errsave sv;
+    hsm_err err;
+
+    hsm_err_save(&sv);
+    err = P11(ctx, C_GetAttributeValue, s, h, t, GS_ARRAY_LEN(t));
+    hsm_err_restore(&sv);
+    if (err != HSM_OK || t[0].ulValueLen != sizeof(cls) || t[1].ulValueLen != sizeof(kt) ||
+        t[2].ulValueLen >= sizeof(label) || t[3].ulValueLen > sizeof(id))
+        return false;
+    key->cls = cls;
+    key->ktype = kt;
+    memcpy(key->label, label, t[2].ulValueLen);
+    key->label[t[2].ulValueLen] = '\0';
+    memcpy(key->id, id, t[3].ulValueLen);
+    key->id_len = t[3].ulValueLen;
+    return true;
+}
+
+/* key_fill one attribute at a time. */
+static hsm_err key_fill_each(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
 {
     unsigned char *v = NULL;
     size_t n = 0;
@@ -247,6 +319,16 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
         key->id_len = n;
     }
     free(v);
+    return HSM_OK;
+}
+
+/* Fills key's identity (class, type, label, id) from the object. */
+static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+{
+    hsm_err err;
+
+    if (!key_fill_at_once(ctx, s, h, key) && (err = key_fill_each(ctx, s, h, key)) != HSM_OK)
+        return err;
     /* Smartcards mark decryption keys "a PIN per use"; absent = false. */
     key->always_auth = key->cls == CKO_PRIVATE_KEY && get_bool(ctx, s, h, CKA_ALWAYS_AUTHENTICATE);
     return HSM_OK;
@@ -311,6 +393,11 @@ void hsm_key_free(hsm_key *key)
     }
     /* A reference (label, id, cached handle), not key material; cleared anyway. */
     OPENSSL_clear_free(key, sizeof(*key));
+}
+
+const char *hsm_key_label(const hsm_key *key)
+{
+    return key != NULL ? key->label : "";
 }
 
 /* ---- find ------------------------------------------------------------------ */
@@ -1513,23 +1600,21 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
     free(v);
     v = NULL;
-    out->token = get_bool(ctx, s, h, CKA_TOKEN);
-    out->private_ = get_bool(ctx, s, h, CKA_PRIVATE);
-    out->sensitive = get_bool(ctx, s, h, CKA_SENSITIVE);
-    out->always_sensitive = get_bool(ctx, s, h, CKA_ALWAYS_SENSITIVE);
-    out->extractable = get_bool(ctx, s, h, CKA_EXTRACTABLE);
-    out->never_extractable = get_bool(ctx, s, h, CKA_NEVER_EXTRACTABLE);
-    out->decrypt = get_bool(ctx, s, h, CKA_DECRYPT);
-    out->unwrap = get_bool(ctx, s, h, CKA_UNWRAP);
-    out->sign = get_bool(ctx, s, h, CKA_SIGN);
-    out->derive = get_bool(ctx, s, h, CKA_DERIVE);
-    out->wrap = get_bool(ctx, s, h, CKA_WRAP);
-    out->encrypt = get_bool(ctx, s, h, CKA_ENCRYPT);
-    out->verify = get_bool(ctx, s, h, CKA_VERIFY);
-    out->sign_recover = get_bool(ctx, s, h, CKA_SIGN_RECOVER);
-    out->always_authenticate = get_bool(ctx, s, h, CKA_ALWAYS_AUTHENTICATE);
-    out->wrap_with_trusted = get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED);
-    out->trusted = get_bool(ctx, s, h, CKA_TRUSTED);
+    {
+        const CK_ATTRIBUTE_TYPE types[] = {
+            CKA_TOKEN,  CKA_PRIVATE, CKA_SENSITIVE,   CKA_ALWAYS_SENSITIVE,    CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE,
+            CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN,        CKA_DERIVE,              CKA_WRAP,        CKA_ENCRYPT,
+            CKA_VERIFY, CKA_SIGN_RECOVER, CKA_ALWAYS_AUTHENTICATE, CKA_WRAP_WITH_TRUSTED, CKA_TRUSTED,
+        };
+        bool *const outs[] = {
+            &out->token,   &out->private_, &out->sensitive, &out->always_sensitive, &out->extractable,
+            &out->never_extractable, &out->decrypt, &out->unwrap, &out->sign, &out->derive, &out->wrap,
+            &out->encrypt, &out->verify, &out->sign_recover, &out->always_authenticate, &out->wrap_with_trusted,
+            &out->trusted,
+        };
+        _Static_assert(GS_ARRAY_LEN(types) == GS_ARRAY_LEN(outs), "one output per attribute");
+        read_bools(ctx, s, h, types, outs, GS_ARRAY_LEN(types));
+    }
 
     /* The value itself must not be readable (only its length is asked). */
     if (out->cls != HSM_CLASS_PUBLIC) {

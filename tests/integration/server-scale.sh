@@ -6,7 +6,9 @@
 #     loaded with a bounded number of token searches, not one per version
 #     (SoftHSM's search reads every object: versions x objects at every
 #     load, after every change of the database, in every worker)
-#   - so is the key audit of `serve`'s start and of `check`
+#   - so is the key audit of `serve`'s start and of `check`, which also
+#     reads each key's attributes in a few calls (every call is a round
+#     trip on a remote token)
 set -euo pipefail
 BIN=$1 SRC=$2 P11FAULT=$3
 [ -f "$P11FAULT" ] || { echo "FAIL: no p11fault module at $P11FAULT" >&2; exit 1; }
@@ -56,3 +58,9 @@ GS_P11FAULT_COUNTS=$work/check.counts gs check > "$work/check.out" 2>&1 ||
 searches=$(awk '$1 == "C_FindObjectsInit" {print $2}' "$work/check.counts")
 [ "${searches:-0}" -le 20 ] || fail "check of $n secret key versions made $searches token searches"
 ok "check of $n secret key versions made $searches token searches"
+# ... and reads each key's attributes a bounded number of times: on a
+# remote token (p11-kit's RPC, a network HSM) every read is a round trip.
+reads=$(awk '$1 == "C_GetAttributeValue" {print $2}' "$work/check.counts")
+[ "${reads:-0}" -le $((25 * n)) ] ||
+  fail "check of $n secret key versions read attributes $reads times (about 20 a version wanted)"
+ok "check of $n secret key versions read attributes $reads times"

@@ -583,7 +583,9 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
     if (breaks(templ, count))
         return CKR_DEVICE_ERROR;
     rv_ = prof_get_attributes(session, object, templ, count);
-    if (rv_ == CKR_OK)
+    /* A template with an attribute the object lacks is answered so, the
+     * others filled (PKCS#11): those are overridden too. */
+    if (rv_ == CKR_OK || rv_ == CKR_ATTRIBUTE_TYPE_INVALID || rv_ == CKR_ATTRIBUTE_SENSITIVE)
         override_bools(templ, count);
     return rv_;
 }
