@@ -201,6 +201,16 @@ void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
     pthread_mutex_unlock(&ctx->pool_mu);
 }
 
+static CK_SLOT_ID slot_now(hsm_ctx *ctx)
+{
+    CK_SLOT_ID slot;
+
+    pthread_mutex_lock(&ctx->pool_mu);
+    slot = ctx->slot;
+    pthread_mutex_unlock(&ctx->pool_mu);
+    return slot;
+}
+
 /* Each process (an admin command, a key holder the supervisor restarts,
  * a service manager's restarts) sends a wrong PIN only once, but a loop of
  * them would still lock the token: so the last try the token reports
@@ -210,17 +220,13 @@ void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
 hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
 {
     CK_TOKEN_INFO ti;
-    CK_SLOT_ID slot;
     hsm_errsave sv;
     hsm_err err;
     bool so = who == CKU_SO;
 
-    pthread_mutex_lock(&ctx->pool_mu);
-    slot = ctx->slot;
-    pthread_mutex_unlock(&ctx->pool_mu);
     memset(&ti, 0, sizeof(ti));
     hsm_err_save(&sv);
-    err = P11(ctx, C_GetTokenInfo, slot, &ti);
+    err = P11(ctx, C_GetTokenInfo, slot_now(ctx), &ti);
     hsm_err_restore(&sv);
     if (err != HSM_OK)
         return HSM_OK; /* C_Login says what is wrong */
@@ -262,16 +268,12 @@ hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, c
 static bool user_pin_flags(hsm_ctx *ctx, CK_FLAGS *flags)
 {
     CK_TOKEN_INFO ti;
-    CK_SLOT_ID slot;
     hsm_errsave sv;
     hsm_err err;
 
-    pthread_mutex_lock(&ctx->pool_mu);
-    slot = ctx->slot;
-    pthread_mutex_unlock(&ctx->pool_mu);
     memset(&ti, 0, sizeof(ti));
     hsm_err_save(&sv);
-    err = P11(ctx, C_GetTokenInfo, slot, &ti);
+    err = P11(ctx, C_GetTokenInfo, slot_now(ctx), &ti);
     hsm_err_restore(&sv);
     *flags = err == HSM_OK ? ti.flags & USER_PIN_FLAGS : 0;
     return err == HSM_OK;
@@ -302,18 +304,14 @@ static hsm_err login_unsure(hsm_ctx *ctx, CK_FLAGS before, hsm_err err)
     CK_RV rv = hsm_last_rv();
     CK_FLAGS after = 0;
     CK_SLOT_INFO si;
-    CK_SLOT_ID slot;
     hsm_errsave sv;
     bool hw;
 
     if (!user_pin_flags(ctx, &after))
         return err;
-    pthread_mutex_lock(&ctx->pool_mu);
-    slot = ctx->slot;
-    pthread_mutex_unlock(&ctx->pool_mu);
     memset(&si, 0, sizeof(si));
     hsm_err_save(&sv);
-    hw = P11(ctx, C_GetSlotInfo, slot, &si) != HSM_OK || (si.flags & (CKF_HW_SLOT | CKF_REMOVABLE_DEVICE)) != 0;
+    hw = P11(ctx, C_GetSlotInfo, slot_now(ctx), &si) != HSM_OK || (si.flags & (CKF_HW_SLOT | CKF_REMOVABLE_DEVICE)) != 0;
     hsm_err_restore(&sv);
     if (after == 0 && !hw)
         return err;

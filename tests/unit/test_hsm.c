@@ -1868,6 +1868,19 @@ static void test_failing_decrypts_keep_pool(void **state)
 
 /* ---- wrong PIN, recovery, faults (through tests/p11fault) ---------------------------- */
 
+/* A pin source file in the token's directory holding a wrong PIN. */
+static void wrong_pin_file(char *path, size_t cap, const char *name, const char *pin)
+{
+    FILE *f;
+
+    snprintf(path, cap, "%s/%s", tokdir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", pin);
+    fclose(f);
+    assert_int_equal(chmod(path, 0600), 0);
+}
+
 /* A C_Login that fails with CKR_GENERAL_ERROR or CKR_DEVICE_ERROR may have
  * reached a card with the PIN (some drivers report a wrong PIN so; three
  * tries lock the card): hsm_open sends it once, not once per retry, on a
@@ -1877,18 +1890,12 @@ static void test_failing_decrypts_keep_pool(void **state)
 static void test_login_unsure_not_repeated(void **state)
 {
     char bad[700];
-    FILE *f;
     hsm_err err;
     hsm_ctx *ctx;
     unsigned long logins;
     (void)state;
 
-    snprintf(bad, sizeof(bad), "%s/card-wrong-pin", tokdir);
-    f = fopen(bad, "w");
-    assert_non_null(f);
-    fputs("0000cardwrong\n", f);
-    fclose(f);
-    assert_int_equal(chmod(bad, 0600), 0);
+    wrong_pin_file(bad, sizeof(bad), "card-wrong-pin", "0000cardwrong");
 
     /* On a software slot (SoftHSM: neither flag), no PIN flag set, a
      * failed login is tried again. */
@@ -1929,18 +1936,12 @@ static void test_login_unsure_not_repeated(void **state)
 static void test_wrong_pin(void **state)
 {
     char bad[700];
-    FILE *f;
     hsm_err err;
     hsm_ctx *ctx;
     unsigned long logins;
     (void)state;
 
-    snprintf(bad, sizeof(bad), "%s/wrong-pin", tokdir);
-    f = fopen(bad, "w");
-    assert_non_null(f);
-    fputs("0000definitelywrong\n", f);
-    fclose(f);
-    assert_int_equal(chmod(bad, 0600), 0);
+    wrong_pin_file(bad, sizeof(bad), "wrong-pin", "0000definitelywrong");
 
     ctx = open_with(testtoken_p11fault_module(), bad, 0, &err);
     assert_int_equal(err, HSM_ERR_PIN_INCORRECT);
