@@ -461,7 +461,8 @@ static void judge_lasting(hsm_ctx *ctx, hsm_caps *c, bool wrap_lasting)
             size_t used = strlen(c->wrap_with_trusted_why);
             snprintf(c->wrap_with_trusted_why + used, sizeof(c->wrap_with_trusted_why) - used,
                      " in %d probes in a row: counted as not enforced", HSM_PROBE_TRIES);
-            log_warn("CKA_WRAP_WITH_TRUSTED: %s", c->wrap_with_trusted_why);
+            log_warn("CKA_WRAP_WITH_TRUSTED counted as not enforced detail=\"%s\"",
+                     log_qs(c->wrap_with_trusted_why));
         } else {
             note_incomplete(c, "CKA_WRAP_WITH_TRUSTED", c->wrap_with_trusted_why);
         }
