@@ -87,7 +87,7 @@ for cmd in "group create eng --address eng@example.org --key rsa:2048" "tls init
 done
 expect_rc 4 "$G" -c "$T/model.conf" group create eng --address eng@example.org --key rsa:2048
 expect_err "it matches 2 tokens"
-sed "s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/new.conf"
+sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/new.conf"
 expect_rc 4 "$G" -c "$T/new.conf" ca init --key rsa:2048
 expect_err "it matches 2 tokens"
 [ ! -e "$T/db2" ] || fail "ca init on an ambiguous token URI created $T/db2"
