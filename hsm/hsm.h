@@ -328,8 +328,9 @@ const char *hsm_key_label(const hsm_key *key);
  * reads of the keys found. out[i] (cleared on entry, n entries)
  * is the key labelled labels[i] when exactly one object of the class
  * carries it, else NULL (also for a NULL or empty labels[i]): hsm_key_find
- * then tells a missing key from an ambiguous one. The caller frees each out[i]. HSM_OK, or the token's
- * error (out[] all NULL). */
+ * then tells a missing key from an ambiguous one. Token objects only (so a
+ * key another process is still making is not touched). The caller frees
+ * each out[i]. HSM_OK, or the token's error (out[] all NULL). */
 hsm_err hsm_key_find_labels(hsm_ctx *ctx, hsm_key_class cls, const char *const *labels, size_t n, hsm_key **out);
 /* Deletes the object from the token (retire). The hsm_key is still freed by the caller. */
 hsm_err hsm_key_destroy(hsm_ctx *ctx, hsm_key *key);
@@ -462,10 +463,11 @@ hsm_err hsm_key_from_sealed(hsm_ctx *ctx, hsm_key *seal, hsm_key_type type, unsi
  * open with its seal key), or the token's error. */
 hsm_err hsm_sealed_check(hsm_ctx *ctx, hsm_key *key);
 
-/* Every key on the token whose label starts with prefix ("" = all): the
- * callback gets each key (borrowed for the call only). Returns the first
- * non-zero callback value as HSM_ERR_ARGS, or HSM_OK. No session is held
- * while callbacks run: they may call hsm_* on the same ctx. */
+/* Every key on the token (token objects only, as hsm_key_find_labels)
+ * whose label starts with prefix ("" = all): the callback gets each key
+ * (borrowed for the call only). Returns the first non-zero callback value
+ * as HSM_ERR_ARGS, or HSM_OK. No session is held while callbacks run: they
+ * may call hsm_* on the same ctx. */
 hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix,
                      int (*cb)(void *arg, hsm_ctx *ctx, hsm_key *key), void *arg);
 

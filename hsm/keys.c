@@ -452,6 +452,24 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
  * the searches by label. */
 #define FIND_LABELS_PER_LABEL 3
 
+/* Searches that read every object they find (by class, or all of them) ask
+ * for token objects only (CKA_TOKEN true), and not just because our keys are
+ * token objects. SoftHSM 2.6's file store makes a token object in steps that
+ * other processes see: the new file first, then every attribute's default
+ * written one at a time outside any transaction (P11Object::init: CKA_TOKEN
+ * false, CKA_LABEL empty, CKA_ENCRYPT true ...), and only then the template in
+ * one transaction. Another process that reads an attribute of the object
+ * between those steps runs the same defaults code on its half-loaded copy
+ * and writes that copy back (ObjectFile::setAttribute outside a transaction
+ * stores the whole file), over the template: the maker's next refresh reads
+ * a key with the defaults (CKA_ENCRYPT true, no label), which verify_policy
+ * refuses, or C_GenerateKey fails (CKR_FUNCTION_FAILED); a copy that lands
+ * after the maker's checks leaves such a key behind unnoticed. A half-made
+ * object has CKA_TOKEN false or absent until the template lands, so a search
+ * for CKA_TOKEN true never hands it to us and we never write to it. Searches
+ * by label or CKA_ID are safe already: the default label and id are empty. */
+static CK_ATTRIBUTE token_objects = {CKA_TOKEN, &ck_true, sizeof(ck_true)};
+
 struct wanted_label {
     const char *label;
     size_t index; /* in the caller's labels[] and out[] */
@@ -550,7 +568,7 @@ static hsm_err find_each_label(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct find_la
 static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct find_labels_arg *fa = arg;
-    CK_ATTRIBUTE t = {CKA_CLASS, &fa->cls, sizeof(fa->cls)};
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &fa->cls, sizeof(fa->cls)}, token_objects};
     CK_OBJECT_HANDLE *hs = NULL;
     CK_ULONG got = 0, total = 0, cap, i;
     hsm_err err = HSM_OK, err2;
@@ -568,7 +586,7 @@ static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
                                                          : FIND_LABELS_MAX + 1;
     if ((hs = calloc(cap, sizeof(*hs))) == NULL)
         return HSM_ERR_NOMEM;
-    if ((err = P11(ctx, C_FindObjectsInit, s, &t, 1)) != HSM_OK)
+    if ((err = P11(ctx, C_FindObjectsInit, s, t, 2)) != HSM_OK)
         goto out;
     /* The handles first, the labels after C_FindObjectsFinal, as op_list:
      * not every token answers other calls in a session while it searches. */
@@ -1714,7 +1732,8 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     pthread_mutex_unlock(&ctx->key_mu);
     if ((hs = calloc(LIST_MAX, sizeof(*hs))) == NULL)
         return HSM_ERR_NOMEM;
-    err = P11(ctx, C_FindObjectsInit, s, NULL, 0);
+    /* Token objects only: see token_objects. */
+    err = P11(ctx, C_FindObjectsInit, s, &token_objects, 1);
     if (err != HSM_OK)
         goto out;
     do {

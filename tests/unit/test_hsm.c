@@ -7,6 +7,7 @@
  * the fault module (which loads SoftHSM itself) are never initialised at
  * the same time.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -625,6 +626,105 @@ static void test_find_labels_calls(void **state)
         hsm_key_free(made[i]);
     }
     t_close(ctx);
+}
+
+/* SoftHSM 2.6's token directory tokdir/tokens/<uuid>: its path in buf. */
+static void softhsm_token_path(char *buf, size_t cap)
+{
+    char tokens[600];
+    struct dirent *e;
+    DIR *d;
+
+    snprintf(tokens, sizeof(tokens), "%s/tokens", tokdir);
+    assert_non_null(d = opendir(tokens));
+    buf[0] = '\0';
+    while ((e = readdir(d)) != NULL) {
+        int r;
+        if (e->d_name[0] == '.')
+            continue;
+        r = snprintf(buf, cap, "%s/%s", tokens, e->d_name);
+        assert_true(r > 0 && (size_t)r < cap);
+    }
+    closedir(d);
+    assert_true(buf[0] != '\0');
+}
+
+static size_t put_be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xff);
+    return 8;
+}
+
+/* Whether the file at path holds exactly want[0..n). */
+static bool file_is(const char *path, const unsigned char *want, size_t n)
+{
+    unsigned char back[512];
+    size_t got;
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL)
+        return false;
+    got = fread(back, 1, sizeof(back), f);
+    fclose(f);
+    return got == n && memcmp(back, want, n) == 0;
+}
+
+/* Searching many keys by label (hsm_key_find_labels) and listing them
+ * (hsm_key_list) must not touch a key another process is still making.
+ * Models SoftHSM 2.6's file store (keys.c, token_objects): C_GenerateKey
+ * makes the object file, then writes each attribute's default in its own
+ * store, then the template; a process that reads any attribute of the
+ * object in between writes SoftHSM's defaults back over it (CKA_ENCRYPT
+ * true, no label), which is how `member remove` beside `serve` failed with
+ * "token changed key attribute CKA_ENCRYPT (want false)". The file written
+ * here, in SoftHSM's object format, is one such AES key after its maker's
+ * first two stores (CKA_KEY_TYPE, then CKA_CLASS); the test fails when we
+ * wrote to it (SoftHSM added its ~30 defaults). Another process's file is
+ * the only way to stage this: SoftHSM in one process never shows it. */
+static void test_find_skips_half_made(void **state)
+{
+    char dir[700], path[800], lock[800];
+    unsigned char obj[8 + 2 * 24];
+    hsm_key *out[2] = {NULL, NULL};
+    const char *labels[2] = {GRP_GSK, "grp-none"};
+    struct list_state ls = {0, false};
+    bool same, same_after_list;
+    size_t n = 0;
+    hsm_ctx *ctx;
+    FILE *f;
+    (void)state;
+
+    softhsm_token_path(dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/0badbeef-half-made-0000-000000000000.object", dir);
+    snprintf(lock, sizeof(lock), "%s/0badbeef-half-made-0000-000000000000.lock", dir);
+    n += put_be64(obj + n, 3);     /* the object's generation, then by type: */
+    n += put_be64(obj + n, 0x0);   /* CKA_CLASS */
+    n += put_be64(obj + n, 2);     /* SoftHSM's ULONG_ATTR */
+    n += put_be64(obj + n, 4);     /* CKO_SECRET_KEY */
+    n += put_be64(obj + n, 0x100); /* CKA_KEY_TYPE */
+    n += put_be64(obj + n, 2);
+    n += put_be64(obj + n, 0x1f); /* CKK_AES */
+    assert_non_null(f = fopen(lock, "w"));
+    fclose(f);
+    assert_non_null(f = fopen(path, "w"));
+    assert_int_equal(fwrite(obj, 1, n, f), n);
+    fclose(f);
+
+    ctx = open_ok(testtoken_softhsm_module(), 1);
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels, 2, out), HSM_OK);
+    assert_non_null(out[0]);
+    assert_null(out[1]);
+    hsm_key_free(out[0]);
+    same = file_is(path, obj, n);
+    assert_int_equal(hsm_key_list(ctx, "", list_cb, &ls), HSM_OK);
+    t_close(ctx);
+    same_after_list = file_is(path, obj, n);
+    unlink(path);
+    unlink(lock);
+    assert_true(same);            /* hsm_key_find_labels left it alone */
+    assert_true(same_after_list); /* so did hsm_key_list */
+    assert_true(ls.saw_rsa_priv);
 }
 
 static void test_secret_keys(void **state)
@@ -3149,6 +3249,7 @@ int main(void)
         cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
         cmocka_unit_test_teardown(test_caps_lasting_failures, t_teardown),
         cmocka_unit_test_teardown(test_login_unsure_not_repeated, t_teardown),
+        cmocka_unit_test_teardown(test_find_skips_half_made, t_teardown),
         cmocka_unit_test_teardown(test_secret_keys, t_teardown),
         cmocka_unit_test_teardown(test_oaep_decrypt, t_teardown),
         cmocka_unit_test_teardown(test_check_kt_alg, t_teardown),
