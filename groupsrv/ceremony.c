@@ -300,6 +300,11 @@ static bool want_version(const struct export_sel *sel, const gs_store_group_key 
     return sel->secret_version == 0 && k->state == GS_KEY_CURRENT;
 }
 
+static bool want_secret(const struct export_sel *sel, const gs_store_secret *s)
+{
+    return s->state != GS_KEY_RETIRED && (sel->all || s->version == sel->secret_version);
+}
+
 /* Fills the shipment from the rows: --all is every non-retired key of the
  * group (versions, secret key versions, rejection key); --version N one key
  * version (default: the current one); --secret-version N one secret key
@@ -323,11 +328,12 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     for (size_t i = 0; i < nk; i++)
         nv += want_version(sel, &keys[i]);
     for (size_t i = 0; i < ns; i++)
-        nsec += sel->all || secrets[i].version == sel->secret_version;
+        nsec += want_secret(sel, &secrets[i]);
     if (sel->version != 0 && nv == 0)
         err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no key version %u (or it is retired)", g->name, sel->version);
     else if (sel->secret_version != 0 && nsec == 0)
-        err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no secret key version %u", g->name, sel->secret_version);
+        err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no secret key version %u (or it is retired)", g->name,
+                         sel->secret_version);
     n = nv + nsec + (reject ? 1 : 0);
     if (!err && n == 0)
         err = gs_err_set(GS_ERR_STATE, "group %s has no key to export", g->name);
@@ -347,7 +353,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
                                                           keys[i].token_label, keys[i].cert_pem, NULL)) == GS_OK)
             at++;
     for (size_t i = ns; i-- > 0 && !err;)
-        if ((sel->all || secrets[i].version == sel->secret_version) &&
+        if (want_secret(sel, &secrets[i]) &&
             (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
                            secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id)) ==
                 GS_OK)
@@ -694,6 +700,8 @@ static gs_err recorded(const gsk_key *k, const gs_store_group *g, const gs_store
             memcmp(secrets[i].kek_id, k->kek_id, GS_KEK_ID_LEN) != 0)
             return gs_err_set(GS_ERR_STATE, "secret key version %u recorded here differs from the file's",
                               k->version);
+        if (secrets[i].state == GS_KEY_RETIRED)
+            return gs_err_set(GS_ERR_STATE, "secret key version %u is retired here", k->version);
         *yes = true;
     }
     return GS_OK;

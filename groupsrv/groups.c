@@ -1276,13 +1276,124 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
                                                    .name = name, .version_out = version_out});
 }
 
+/* One version as a retire sees it, of either kind. label is NULL for a
+ * sealed secret key: nothing on the token, its blob goes with the row. */
+struct retire_row {
+    unsigned version;
+    gs_key_state state;
+    const char *label;
+};
+
+/* The retire of group key versions and of secret key versions: every
+ * old version below `before` is marked retired in one transaction (once
+ * committed the server no longer offers them), then its token objects
+ * are destroyed, and so are those of versions retired earlier still on
+ * this token. kind names the versions in messages and the log. */
+static gs_err retire_rows(gs_store *st, hsm_ctx *hsm, const char *name, int64_t group_id, bool secret,
+                          const struct retire_row *rows, size_t n, unsigned before, size_t *n_retired,
+                          size_t *n_cleared)
+{
+    const char *kind = secret ? "secret key" : "key";
+    size_t count = 0, cleared = 0;
+    unsigned current = 0;
+    gs_err err;
+
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].state == GS_KEY_CURRENT)
+            current = rows[i].version;
+    if (before == 0 || before > current)
+        return gs_err_set(GS_ERR_STATE, "--before %u: must be between 1 and the current %sversion %u", before,
+                          secret ? "secret key " : "", current);
+    if ((err = gs_store_begin(st)) != GS_OK)
+        return err;
+    for (size_t i = 0; i < n && !err; i++) {
+        if (rows[i].state == GS_KEY_OLD && rows[i].version < before) {
+            err = secret ? gs_store_secret_retire(st, group_id, rows[i].version)
+                         : gs_store_group_key_retire(st, group_id, rows[i].version);
+            count++;
+        }
+    }
+    if (err) {
+        gs_store_rollback(st);
+        return err;
+    }
+    if ((err = gs_store_commit(st)) != GS_OK)
+        return err;
+    for (size_t i = 0; i < n; i++) {
+        bool earlier = rows[i].state == GS_KEY_RETIRED;
+        hsm_err a, b = HSM_OK;
+        if ((rows[i].state != GS_KEY_OLD && !earlier) || rows[i].version >= before || rows[i].label == NULL)
+            continue;
+        /* Retired before (by another server sharing this database, or by a
+         * run whose destroy failed): only what is still on this token. */
+        bool present;
+        if (earlier && gs_token_label_present(hsm, rows[i].label, &present) == GS_OK && !present)
+            continue; /* (a failed lookup: tried, and the destroy says what is wrong) */
+        if (secret) {
+            a = destroy_label(hsm, rows[i].label, HSM_CLASS_SECRET);
+        } else {
+            a = destroy_label(hsm, rows[i].label, HSM_CLASS_PRIVATE);
+            b = destroy_label(hsm, rows[i].label, HSM_CLASS_PUBLIC);
+        }
+        if ((a != HSM_OK || b != HSM_OK) && !err) {
+            err = gs_hsm_fail(a != HSM_OK ? a : b,
+                              secret ? "destroying retired secret key (recorded as retired; `check` flags it: run "
+                                       "the retire again)"
+                                     : "destroying retired key (recorded as retired; `check` flags it: run the "
+                                       "retire again)",
+                              rows[i].label);
+        } else if (a == HSM_OK && b == HSM_OK) {
+            cleared += earlier;
+            log_info("group %s %s group=%s version=%u", kind,
+                     earlier ? "retired earlier destroyed on this token" : "retired", name, rows[i].version);
+        }
+    }
+    if (n_retired)
+        *n_retired = count;
+    if (n_cleared)
+        *n_cleared = cleared;
+    return err;
+}
+
 gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
                        size_t *n_cleared)
 {
     gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
-    size_t nk = 0, count = 0, cleared = 0;
-    unsigned current = 0;
+    struct retire_row *rows = NULL;
+    size_t nk = 0;
+    gs_err err;
+
+    if (n_retired)
+        *n_retired = 0;
+    if (n_cleared)
+        *n_cleared = 0;
+    err = gs_store_group_get(st, name, &g);
+    if (!err)
+        err = gs_store_group_keys(st, g->id, &keys, &nk);
+    if (err)
+        goto out;
+    if ((rows = calloc(nk ? nk : 1, sizeof(*rows))) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < nk; i++)
+        rows[i] = (struct retire_row){keys[i].version, keys[i].state, keys[i].token_label};
+    err = retire_rows(st, hsm, name, g->id, false, rows, nk, before, n_retired, n_cleared);
+out:
+    free(rows);
+    gs_store_group_keys_free(keys, nk);
+    gs_store_group_free(g);
+    return err;
+}
+
+gs_err gs_secret_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
+                        size_t *n_cleared)
+{
+    gs_store_group *g = NULL;
+    gs_store_secret *secrets = NULL;
+    struct retire_row *rows = NULL;
+    size_t ns = 0;
     gs_err err;
 
     if (n_retired)
@@ -1291,62 +1402,27 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
         *n_cleared = 0;
     err = gs_store_group_get(st, name, &g);
     if (err)
-        return err;
-    err = gs_store_group_keys(st, g->id, &keys, &nk);
-    if (err)
         goto out;
-    for (size_t i = 0; i < nk; i++)
-        if (keys[i].state == GS_KEY_CURRENT)
-            current = keys[i].version;
-    if (before == 0 || before > current) {
-        err = gs_err_set(GS_ERR_STATE, "--before %u: must be between 1 and the current version %u", before, current);
+    if (!(g->methods & GS_METHOD_GROUP_SECRET)) {
+        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
         goto out;
     }
-    /* Rows first: once committed the server no longer offers these
-     * versions; only then are the token objects destroyed. */
-    err = gs_store_begin(st);
-    if (err)
+    /* Under the keys lock, as secret rotate: the current version cannot
+     * change between the check of --before and the commit. */
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
         goto out;
-    for (size_t i = 0; i < nk && !err; i++) {
-        if (keys[i].state == GS_KEY_OLD && keys[i].version < before) {
-            err = gs_store_group_key_retire(st, g->id, keys[i].version);
-            count++;
-        }
-    }
-    if (err) {
-        gs_store_rollback(st);
-        goto out;
-    }
-    err = gs_store_commit(st);
-    if (err)
-        goto out;
-    for (size_t i = 0; i < nk; i++) {
-        bool earlier = keys[i].state == GS_KEY_RETIRED;
-        if ((keys[i].state != GS_KEY_OLD && !earlier) || keys[i].version >= before)
-            continue;
-        /* Retired before (by another server sharing this database, or by a
-         * run whose destroy failed): only what is still on this token. */
-        bool present;
-        if (earlier && gs_token_label_present(hsm, keys[i].token_label, &present) == GS_OK && !present)
-            continue; /* (a failed lookup: tried, and the destroy says what is wrong) */
-        hsm_err a = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PRIVATE);
-        hsm_err b = destroy_label(hsm, keys[i].token_label, HSM_CLASS_PUBLIC);
-        if ((a != HSM_OK || b != HSM_OK) && !err) {
-            err = gs_hsm_fail(a != HSM_OK ? a : b,
-                              "destroying retired key (recorded as retired; `check` flags it: run the retire again)",
-                              keys[i].token_label);
-        } else if (a == HSM_OK && b == HSM_OK) {
-            cleared += earlier;
-            log_info("group key %s group=%s version=%u", earlier ? "retired earlier destroyed on this token" : "retired",
-                     name, keys[i].version);
-        }
-    }
-    if (n_retired)
-        *n_retired = count;
-    if (n_cleared)
-        *n_cleared = cleared;
+    err = gs_store_secrets(st, g->id, &secrets, &ns);
+    if (!err && (rows = calloc(ns ? ns : 1, sizeof(*rows))) == NULL)
+        err = GS_ERR_NOMEM;
+    for (size_t i = 0; !err && i < ns; i++)
+        rows[i] = (struct retire_row){secrets[i].version, secrets[i].state,
+                                      secrets[i].sealed != NULL ? NULL : secrets[i].token_label};
+    if (!err)
+        err = retire_rows(st, hsm, name, g->id, true, rows, ns, before, n_retired, n_cleared);
+    gs_store_keys_unlock(st);
 out:
-    gs_store_group_keys_free(keys, nk);
+    free(rows);
+    gs_store_secrets_free(secrets, ns);
     gs_store_group_free(g);
     return err;
 }
@@ -2053,7 +2129,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
             labels[i] = keys[i].state == GS_KEY_RETIRED ? NULL : keys[i].token_label;
         key_found = find_by_labels(a->hsm, HSM_CLASS_PRIVATE, labels, nk);
         for (size_t i = 0; i < ns; i++)
-            labels[i] = secrets[i].sealed != NULL ? NULL : secrets[i].token_label;
+            labels[i] = secrets[i].sealed != NULL || secrets[i].state == GS_KEY_RETIRED ? NULL : secrets[i].token_label;
         secret_found = find_by_labels(a->hsm, HSM_CLASS_SECRET, labels, ns);
     }
     for (size_t i = 0; i < nk; i++) {
@@ -2099,6 +2175,15 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
         row.kind = "secret";
         row.group = g->name;
         row.version = secrets[i].version;
+        if (secrets[i].state == GS_KEY_RETIRED) {
+            bool present;
+            if (gs_token_label_present(a->hsm, secrets[i].token_label, &present) == GS_OK && !present)
+                continue;
+            row.present = true;
+            row.problem = "retired but still on the token (run `secret retire` on this server)";
+            report(a, &row);
+            continue;
+        }
         if (secrets[i].sealed != NULL) {
             audit_sealed(a, &row, secrets[i].seal_label, secrets[i].sealed, secrets[i].sealed_len, HSM_KEYTYPE_AES);
         } else {

@@ -164,6 +164,14 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
  * *n_cleared counts them. Either count may be NULL. */
 gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
                        size_t *n_cleared);
+/* The same for group secret key versions (`secret retire`): marks every
+ * old secret version below `before` (at most the current one) retired,
+ * dropping a sealed one's blob, then destroys their token objects, and
+ * those of secret versions retired earlier still on this token. STATE
+ * for a group without group-secret or a bad `before`. Takes the keys
+ * lock. */
+gs_err gs_secret_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
+                        size_t *n_cleared);
 /* Labels of token objects the database does not record that the last
  * group rotate, secret rotate or member remove of this thread numbered
  * its new version past (kept: see free_version), ", "-separated, copied

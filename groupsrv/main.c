@@ -60,6 +60,7 @@ static const char usage_text[] =
     "  group import --in FILE.gsk [--ca CA.pem]\n"
     "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
+    "  secret retire NAME --before VERSION\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
     "             [--wrap pkcs1v15|oaep]\n"
     "  member set NAME EMAIL --wrap pkcs1v15|oaep|default\n"
@@ -742,15 +743,35 @@ static int cmd_group(struct env *e, int argc, char **argv)
 
 static int cmd_secret(struct env *e, int argc, char **argv)
 {
+    static const struct opt_def defs[] = {{"--before", true}};
     struct args a;
     struct cli_record rec;
     unsigned v = 0;
     gs_err err;
-    int rc = parse_args(argc, argv, NULL, 0, &a);
+    int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
+    if (a.npos == 2 && strcmp(a.pos[0], "retire") == 0) {
+        uint64_t before = 0;
+        size_t n = 0, cleared = 0;
+        if (opt(&a, "--before") == NULL)
+            return usage_error("secret retire: --before VERSION is required%s", "");
+        if (util_parse_u64(opt(&a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
+            return usage_error("secret retire: bad --before %s", opt(&a, "--before"));
+        err = env_open(e, NEED_DB | NEED_TOKEN);
+        if (!err)
+            err = gs_secret_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
+        if (err)
+            return fail(err);
+        printf("group %s: %zu secret key version(s) retired\n", a.pos[1], n);
+        if (cleared > 0)
+            printf("group %s: %zu secret key version(s) retired earlier destroyed on this token\n", a.pos[1], cleared);
+        return 0;
+    }
     if (a.npos != 2 || strcmp(a.pos[0], "rotate") != 0)
-        return usage_error("secret: expected `secret rotate NAME`%s", "");
+        return usage_error("secret: expected `secret rotate NAME` or `secret retire NAME --before VERSION`%s", "");
+    if (a.nopt)
+        return usage_error("secret rotate takes no options%s", "");
     err = env_open(e, NEED_DB | NEED_TOKEN);
     if (!err)
         err = cli_record_open(e->cfg, &rec, "secret rotate");

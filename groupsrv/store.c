@@ -395,6 +395,11 @@ gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned versio
     return st->ops->group_key_retire(st, group_id, version);
 }
 
+gs_err gs_store_secret_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return st->ops->secret_retire(st, group_id, version);
+}
+
 gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
 {
     *out = NULL;

@@ -236,7 +236,7 @@ typedef struct gs_store_secret {
     unsigned version;
     char *token_label;                  /* "gs:secret:<name>:v<N>" */
     unsigned char kek_id[GS_KEK_ID_LEN];/* random; the KEKRecipientInfo kekid */
-    gs_key_state state;                 /* CURRENT or OLD (RETIRED reserved) */
+    gs_key_state state;                 /* CURRENT, OLD or RETIRED (secret retire) */
     int64_t created;
     char *weakenings;                   /* accepted weakenings ("" = none) */
     char *seal_label;                   /* sealed: the seal key pair's label, else NULL */
@@ -252,7 +252,10 @@ gs_err gs_store_secret_add2(gs_store *st, int64_t group_id, unsigned version, co
 gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                               const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state,
                               const gs_store_keyrec *rec);
-/* Newest first. */
+/* Marks a non-current secret version retired and drops its sealed blob
+ * (STATE for the current one or one retired already). */
+gs_err gs_store_secret_retire(gs_store *st, int64_t group_id, unsigned version);
+/* Newest first (retired included). */
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
 /* The version with this kek id (any group), NOT_FOUND otherwise. */
 gs_err gs_store_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, size_t len, int64_t *group_id,

@@ -44,6 +44,7 @@ struct gs_store_ops {
     gs_err (*secret_add)(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
                          const unsigned char kek_id[GS_KEK_ID_LEN], gs_key_state state, const gs_store_keyrec *rec);
     gs_err (*secrets)(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n);
+    gs_err (*secret_retire)(gs_store *st, int64_t group_id, unsigned version);
     gs_err (*secret_by_kek_id)(gs_store *st, const unsigned char *kek_id, int64_t *group_id, unsigned *version);
     gs_err (*seal_key_put)(gs_store *st, const char *label, const char *weakenings);
     gs_err (*seal_keys)(gs_store *st, gs_store_seal_key **out, size_t *n);

@@ -143,6 +143,7 @@ enum q {
     Q_SECRET_DEMOTE,
     Q_SECRET_ADD,
     Q_SECRETS,
+    Q_SECRET_RETIRE,
     Q_SECRET_BY_KEK,
     Q_SEAL_KEY_PUT,
     Q_SEAL_KEYS,
@@ -180,8 +181,8 @@ static const char *const queries[Q_N] = {
     [Q_KEY_ADD] = "INSERT INTO group_keys (group_id, version, token_label, cert_pem, state, created, weakenings) "
                   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
     [Q_KEY_SET_CERT] = "UPDATE group_keys SET cert_pem = $1 WHERE group_id = $2 AND version = $3",
-    [Q_KEY_RETIRE] = "UPDATE group_keys SET state = $1, retired = $2 WHERE group_id = $3 AND version = $4 "
-                     "AND state = $5",
+    [Q_KEY_RETIRE] = "UPDATE group_keys SET state = $1, retired = $5 WHERE group_id = $2 AND version = $3 "
+                     "AND state = $4",
     [Q_KEYS] = "SELECT version, token_label, cert_pem, state, created, retired, weakenings FROM group_keys "
                "WHERE group_id = $1 ORDER BY version DESC",
     [Q_SECRET_DEMOTE] = "UPDATE secret_keys SET state = $1 WHERE group_id = $2 AND state = $3",
@@ -190,6 +191,8 @@ static const char *const queries[Q_N] = {
     [Q_SECRETS] = "SELECT version, token_label, encode(kek_id, 'hex'), state, created, weakenings, seal_label, "
                   "encode(sealed, 'hex') FROM secret_keys "
                   "WHERE group_id = $1 ORDER BY version DESC",
+    [Q_SECRET_RETIRE] = "UPDATE secret_keys SET state = $1, sealed = NULL WHERE group_id = $2 AND version = $3 "
+                        "AND state = $4",
     [Q_SECRET_BY_KEK] = "SELECT group_id, version FROM secret_keys WHERE kek_id = $1",
     /* A second record of the same label is a no-op, as SQLite's INSERT OR IGNORE. */
     [Q_SEAL_KEY_PUT] = "INSERT INTO seal_keys (label, weakenings, created) VALUES ($1, $2, $3) "
@@ -1127,19 +1130,33 @@ static gs_err pg_group_key_set_cert(gs_store *st, int64_t group_id, unsigned ver
     return err;
 }
 
-static gs_err pg_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+/* Marks an old version retired (q: binds state, group, version, old
+ * state and, for group keys, the time; what names the row). */
+static gs_err retire_row(gs_store *st, enum q q, const char *what, int64_t group_id, unsigned version)
 {
     struct params p = {0};
     long changes = 0;
     p_int(&p, GS_KEY_RETIRED);
-    p_int(&p, gs_store_now());
     p_int(&p, group_id);
     p_int(&p, version);
     p_int(&p, GS_KEY_OLD);
-    gs_err err = run_done(st, Q_KEY_RETIRE, &p, "retire key", &changes);
+    if (q == Q_KEY_RETIRE)
+        p_int(&p, gs_store_now());
+    gs_err err = run_done(st, q, &p, "retire key", &changes);
     if (err == GS_OK && changes == 0)
-        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+        err = gs_err_set(GS_ERR_STATE, "%s version %u is not an old (retirable) version", what, version);
     return err;
+}
+
+static gs_err pg_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return retire_row(st, Q_KEY_RETIRE, "key", group_id, version);
+}
+
+/* The sealed blob goes with the row's retirement: it is the key. */
+static gs_err pg_secret_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return retire_row(st, Q_SECRET_RETIRE, "secret key", group_id, version);
 }
 
 static gs_err group_key_from_row(PGresult *r, int row, void *elem)
@@ -1521,6 +1538,7 @@ static const struct gs_store_ops pg_ops = {
     .group_keys = pg_group_keys,
     .secret_add = pg_secret_add,
     .secrets = pg_secrets,
+    .secret_retire = pg_secret_retire,
     .secret_by_kek_id = pg_secret_by_kek_id,
     .seal_key_put = pg_seal_key_put,
     .seal_keys = pg_seal_keys,

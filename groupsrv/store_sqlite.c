@@ -810,25 +810,34 @@ out:
     return err;
 }
 
-static gs_err sq_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+/* Marks an old version retired. sql is the UPDATE of its table with
+ * ?1 the new state, ?2 the group, ?3 the version, ?4 the old state and,
+ * where the table has the column, ?5 the time; what names the row. */
+static gs_err retire_row(gs_store *st, const char *sql, const char *what, int64_t group_id, unsigned version)
 {
     sqlite3_stmt *s = NULL;
     int changes = 0;
-    gs_err err = prepare(st,
-                         "UPDATE group_keys SET state = ?, retired = ? WHERE group_id = ? AND version = ? "
-                         "AND state = ?",
-                         &s);
+    gs_err err = prepare(st, sql, &s);
     if (err)
         return err;
-    if ((err = bind_int(s, 1, GS_KEY_RETIRED)) || (err = bind_int(s, 2, gs_store_now())) || (err = bind_int(s, 3, group_id)) ||
-        (err = bind_int(s, 4, version)) || (err = bind_int(s, 5, GS_KEY_OLD)))
+    if ((err = bind_int(s, 1, GS_KEY_RETIRED)) || (err = bind_int(s, 2, group_id)) ||
+        (err = bind_int(s, 3, version)) || (err = bind_int(s, 4, GS_KEY_OLD)) ||
+        (sqlite3_bind_parameter_count(s) >= 5 && (err = bind_int(s, 5, gs_store_now()))))
         goto out;
     err = step_done(st, s, "retire key", &changes);
     if (err == GS_OK && changes == 0)
-        err = gs_err_set(GS_ERR_STATE, "key version %u is not an old (retirable) version", version);
+        err = gs_err_set(GS_ERR_STATE, "%s version %u is not an old (retirable) version", what, version);
 out:
     sqlite3_finalize(s);
     return err;
+}
+
+static gs_err sq_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return retire_row(st,
+                      "UPDATE group_keys SET state = ?1, retired = ?5 WHERE group_id = ?2 AND version = ?3 "
+                      "AND state = ?4",
+                      "key", group_id, version);
 }
 
 static gs_err group_key_from_row(sqlite3_stmt *s, void *elem)
@@ -920,6 +929,15 @@ static gs_err sq_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, 
                                  "list secret versions", &list, n);
     *out = list;
     return err;
+}
+
+/* The sealed blob goes with the row's retirement: it is the key. */
+static gs_err sq_secret_retire(gs_store *st, int64_t group_id, unsigned version)
+{
+    return retire_row(st,
+                      "UPDATE secret_keys SET state = ?1, sealed = NULL WHERE group_id = ?2 AND version = ?3 "
+                      "AND state = ?4",
+                      "secret key", group_id, version);
 }
 
 static gs_err sq_secret_by_kek_id(gs_store *st, const unsigned char *kek_id, int64_t *group_id, unsigned *version)
@@ -1168,6 +1186,7 @@ static const struct gs_store_ops sq_ops = {
     .group_keys = sq_group_keys,
     .secret_add = sq_secret_add,
     .secrets = sq_secrets,
+    .secret_retire = sq_secret_retire,
     .secret_by_kek_id = sq_secret_by_kek_id,
     .seal_key_put = sq_seal_key_put,
     .seal_keys = sq_seal_keys,

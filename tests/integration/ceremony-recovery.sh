@@ -11,7 +11,9 @@
 #   - servers sharing one database (gamma shares alpha's, its keys by the
 #     ceremony): `group retire` on alpha destroys the retired version on
 #     alpha's token only; gamma's `check` names it and says what to run,
-#     and `group retire` run on gamma takes it off gamma's token;
+#     and `group retire` run on gamma takes it off gamma's token; the
+#     same for a secret key version and `secret retire`, whose retired
+#     version cannot be exported any more;
 #   - alpha's token lost (docs/operations.md): a new empty token cannot
 #     stand in under the database (no CA key, and no new CA under it);
 #     gamma's token, a spare with the copies, does: check passes, it
@@ -27,7 +29,7 @@ sed -i "s#^path = $work/gamma/groupsrv.db#path = $work/alpha/groupsrv.db#" "$wor
 
 gs_alpha ca init --key rsa:2048 --replicable >/dev/null
 gs_alpha ca show > "$work/alpha-ca.pem"
-gs_alpha group create eng --address eng@example.org --key rsa:2048 --replicable --methods tls >/dev/null
+gs_alpha group create eng --address eng@example.org --key rsa:2048 --replicable --methods tls,group-secret >/dev/null
 gs_alpha group rotate eng >/dev/null
 
 # ---- an import killed half-way ----
@@ -92,6 +94,26 @@ expect 0 "check on gamma after its retire" -- gs_gamma check
 expect 0 "group retire once more: nothing left to do" -- gs_gamma group retire eng --before 2
 grep -q "retired earlier" "$work/out" && fail "a second retire claims to destroy something: $(cat "$work/out")"
 ok "group retire run on each server sharing the database takes the retired version off its token"
+# The same for a secret key version (`secret retire`), which gamma got
+# by a one-version file after alpha's `secret rotate`.
+gs_alpha secret rotate eng >/dev/null
+gs_alpha group export eng --secret-version 2 --to "$work/gamma-transport.pem" --out "$work/eng-s2.gsk" >/dev/null
+gs_gamma group import --in "$work/eng-s2.gsk" >/dev/null
+expect 0 "secret retire on alpha" -- gs_alpha secret retire eng --before 2
+grep -q "^group eng: 1 secret key version(s) retired$" "$work/out" || fail "secret retire on alpha: $(cat "$work/out")"
+objects alpha | grep -q 'label: *gs:secret:eng:v1$' && fail "alpha's retired secret key is still on its token"
+refused alpha 3 "export of a retired secret key version" -- \
+  gs_alpha group export eng --secret-version 1 --to "$work/gamma-transport.pem" --out "$work/eng-s1.gsk"
+expect_msg "no secret key version 1 \(or it is retired\)"
+rc=0; gs_gamma check > "$work/out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "^secret  *eng  *v1  *gs:secret:eng:v1 .*PROBLEM: retired but still on the token (run \`secret retire\` on this server)" \
+  "$work/out" || fail "gamma's check with the secret version alpha retired: exit $rc: $(cat "$work/out")"
+expect 0 "secret retire on gamma" -- gs_gamma secret retire eng --before 2
+grep -q "^group eng: 1 secret key version(s) retired earlier destroyed on this token" "$work/out" ||
+  fail "secret retire on gamma does not say it destroyed the copy: $(cat "$work/out")"
+objects gamma | grep -q 'label: *gs:secret:eng:v1$' && fail "gamma's copy of the retired secret is still on its token"
+expect 0 "check on gamma after its secret retire" -- gs_gamma check
+ok "secret retire run on each server sharing the database takes the retired secret version off its token"
 # ---- the token lost: docs/operations.md, "A token lost or broken" ----
 # gamma's token is the spare (copies of the CA and the group, on the same
 # database); alpha's token is lost. A new empty token cannot take its

@@ -3,7 +3,7 @@
 # handles) per event-loop thread and reloads it when the database changed.
 # Proves that a change made by the admin commands while the server runs is
 # seen on the very next request: group rotate (new key version, new
-# certificate), secret rotate, group retire; that a member the key holder
+# certificate), secret rotate, secret retire, group retire; that a member the key holder
 # keeps is dropped with the next change (a removed member is refused at
 # once, a new role applies at once); and that
 # concurrent unwraps (audit group commit) are all answered and audited in
@@ -58,6 +58,33 @@ after=$(/usr/bin/python3 -c 'import json,sys; print(max(k["version"] for k in js
 ok "secret rotate seen on the next request (v$before -> v$after)"
 printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(b64 "$work/ri2.der")" > "$work/req-gs.json"
 expect_status 200 "" "group-secret unwrap under the new secret" -- c alice --data-binary @"$work/req-gs.json" "$url"
+
+# ---- secret retire: the old secret key version leaves the answer and the token ----
+versions() { /usr/bin/python3 -c 'import json,sys; print(",".join(str(k["version"]) for k in json.load(open(sys.argv[1]))["keys"]))' "$work/body"; }
+expect_status 200 "" "secret keys before the retire" -- c alice "$base/v1/groups/eng/secret-keys"
+[ "$(versions)" = "$(seq -s, "$after" -1 1)" ] || fail "secret keys before the retire: $(versions)"
+secret_on_token() {
+  GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN \
+    --list-objects --type secrkey 2>/dev/null | grep -c "label: *gs:secret:eng:v$1\$" || true
+}
+[ "$(secret_on_token "$before")" = 1 ] || fail "gs:secret:eng:v$before is not on the token before the retire"
+rc=0; gs secret retire eng --before $((after + 1)) >"$work/out" 2>"$work/err" || rc=$?
+[ "$rc" = 1 ] && [ "$(wc -l < "$work/err")" = 1 ] && grep -q "must be between 1 and the current secret key version $after" "$work/err" ||
+  fail "secret retire of the current version: exit $rc: $(cat "$work/err")"
+rc=0; gs secret retire eng --before 0 >"$work/out" 2>"$work/err" || rc=$?
+[ "$rc" = 2 ] || fail "secret retire --before 0: exit $rc: $(cat "$work/err")"
+rc=0; gs secret retire nosuch --before 1 >"$work/out" 2>"$work/err" || rc=$?
+[ "$rc" = 3 ] || fail "secret retire of an unknown group: exit $rc: $(cat "$work/err")"
+gs secret retire eng --before "$after" > "$work/out" || fail "secret retire: $(cat "$work/out")"
+grep -q "^group eng: $((after - 1)) secret key version(s) retired$" "$work/out" || fail "secret retire said: $(cat "$work/out")"
+[ "$(secret_on_token "$before")" = 0 ] || fail "the retired gs:secret:eng:v$before is still on the token"
+expect_status 200 "" "secret keys after the retire" -- c alice "$base/v1/groups/eng/secret-keys"
+[ "$(versions)" = "$after" ] || fail "the retired secret key version is still served: $(versions)"
+gs group show eng | grep -Eq "^  v$before +retired +gs:secret:eng:v$before " || fail "group show: $(gs group show eng)"
+gs check > "$work/out" 2>&1 || fail "check after the secret retire: $(cat "$work/out")"
+expect_status 200 "" "group-secret unwrap after the retire" -- c alice --data-binary @"$work/req-gs.json" "$url"
+gs secret retire eng --before "$after" | grep -q "^group eng: 0 secret key version(s) retired$" || fail "second secret retire"
+ok "secret retire: v$before gone from the answer, the token and check; v$after served"
 
 # ---- retire the old version: its token object is destroyed ----
 gs group retire eng --before 2 >/dev/null

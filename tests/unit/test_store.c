@@ -569,6 +569,25 @@ static void test_secrets(void **state)
     memset(id1, 9, sizeof(id1));
     assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, GS_KEK_ID_LEN, &gid, &v), GS_ERR_NOT_FOUND);
     assert_int_equal(gs_store_secret_by_kek_id(f->st, id1, 3, &gid, &v), GS_ERR_NOT_FOUND);
+    /* secret retire: the current version cannot be retired; an old one
+     * can, once, and a sealed one loses its blob with it */
+    unsigned char id3[GS_KEK_ID_LEN], blob[4] = {1, 2, 3, 4};
+    gs_store_keyrec rec = {.seal_label = "gs:seal", .sealed = blob, .sealed_len = sizeof(blob)};
+    memset(id3, 3, sizeof(id3));
+    assert_int_equal(gs_store_secret_add2(f->st, f->gid, 3, "gs:secret:eng:v3", id3, &rec), GS_OK);
+    memset(id3, 4, sizeof(id3));
+    assert_int_equal(gs_store_secret_add(f->st, f->gid, 4, "gs:secret:eng:v4", id3), GS_OK);
+    assert_int_equal(gs_store_secret_retire(f->st, f->gid, 4), GS_ERR_STATE);
+    assert_int_equal(gs_store_secret_retire(f->st, f->gid, 3), GS_OK);
+    assert_int_equal(gs_store_secret_retire(f->st, f->gid, 3), GS_ERR_STATE);
+    assert_int_equal(gs_store_secret_retire(f->st, f->gid, 9), GS_ERR_STATE);
+    assert_int_equal(gs_store_secrets(f->st, f->gid, &s, &n), GS_OK);
+    assert_int_equal(n, 4);
+    assert_int_equal(s[0].state, GS_KEY_CURRENT);
+    assert_int_equal(s[1].state, GS_KEY_RETIRED);
+    assert_null(s[1].sealed);
+    assert_int_equal(s[2].state, GS_KEY_OLD);
+    gs_store_secrets_free(s, n);
 }
 
 /* Schema 3 (issue 17), the same on both backends: replicable groups and
