@@ -1525,19 +1525,136 @@ out:
     return err;
 }
 
+/* A group certificate names the list address (GS_ERR_CERT otherwise). */
+static gs_err cert_names_list(const gs_store_group *g, X509 *cert)
+{
+    char email[GS_EMAIL_MAX + 1];
+    gs_err err = gs_cert_email(cert, email, sizeof(email));
+    if (err)
+        return err;
+    if (strcasecmp(email, g->address) != 0)
+        return gs_err_set(GS_ERR_CERT, "certificate is for %s, not the list address %s", email, g->address);
+    return GS_OK;
+}
+
+/* The public key of the private key labelled label on the token, DER
+ * SubjectPublicKeyInfo (*spki the caller's), and the key (*key, may be
+ * NULL when not wanted). */
+static gs_err token_key_spki(hsm_ctx *hsm, const char *label, hsm_key **key, unsigned char **spki, size_t *spki_len)
+{
+    hsm_key *priv = NULL;
+    hsm_err he = hsm_key_find(hsm, label, HSM_CLASS_PRIVATE, &priv);
+    if (he == HSM_OK)
+        he = hsm_key_export_public(hsm, priv, spki, spki_len);
+    if (he != HSM_OK) {
+        hsm_key_free(priv);
+        return gs_hsm_fail(he, "group key", label);
+    }
+    if (key != NULL)
+        *key = priv;
+    else
+        hsm_key_free(priv);
+    return GS_OK;
+}
+
+/* group import-cert --version N of a version the database does not
+ * record (docs/operations.md, restore): the key gs:group:NAME:vN must be
+ * on the token, pass the key audit with the weakenings of the current
+ * version (made on this token) and be cert's key; it is recorded as
+ * old, or as current when it is above the current version (then cert
+ * must be valid now: senders get it). Under the keys lock, as a
+ * rotation that would number past it. */
+static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, unsigned version,
+                                        X509 *cert)
+{
+    gs_store_group_key *keys = NULL;
+    const gs_store_group_key *cur = NULL;
+    size_t nk = 0;
+    char label[GS_LABEL_MAX + 1];
+    hsm_key *priv = NULL;
+    hsm_key_info info;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    unsigned missing = 0;
+    bool present = false;
+    char *pem = NULL;
+    const char *problem;
+    gs_store_keyrec rec;
+    gs_err err;
+
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        return err;
+    label_group(label, sizeof(label), g->name, version);
+    if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
+        goto out;
+    for (size_t i = 0; i < nk; i++) {
+        if (keys[i].version == version) { /* recorded by another command meanwhile */
+            err = gs_err_set(GS_ERR_EXISTS, "group %s: key version %u is recorded now: run the command again",
+                             g->name, version);
+            goto out;
+        }
+        if (keys[i].state == GS_KEY_CURRENT)
+            cur = &keys[i];
+    }
+    if (cur == NULL) {
+        err = gs_err_set(GS_ERR_STATE, "group %s has no current key version", g->name);
+        goto out;
+    }
+    if ((err = gs_token_label_present(hsm, label, &present)) != GS_OK)
+        goto out;
+    if (!present) {
+        err = gs_err_set(GS_ERR_NOT_FOUND,
+                         "group %s has no key version %u: the database does not record it and the token has no %s",
+                         g->name, version, label);
+        goto out;
+    }
+    if ((err = cert_names_list(g, cert)) != GS_OK)
+        goto out;
+    if (version > cur->version && (err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
+        goto out;
+    if ((err = token_key_spki(hsm, label, &priv, &spki, &spki_len)) != GS_OK)
+        goto out;
+    if (!gs_cert_matches_spki(cert, spki, spki_len)) {
+        err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", label);
+        goto out;
+    }
+    if ((err = gs_weak_parse(cur->weakenings, &missing)) != GS_OK)
+        goto out;
+    if (hsm_key_get_info(hsm, priv, &info) != HSM_OK) {
+        err = gs_err_set(GS_ERR_HSM, "token key %s: its attributes cannot be read", label);
+        goto out;
+    }
+    if ((problem = gs_key_policy_problem(g, "group", missing, &info, NULL)) != NULL) {
+        err = gs_err_set(GS_ERR_STATE, "token key %s is not a key of group %s's policy: %s", label, g->name, problem);
+        goto out;
+    }
+    if ((err = gs_cert_to_pem(cert, &pem)) != GS_OK)
+        goto out;
+    memset(&rec, 0, sizeof(rec));
+    rec.weakenings = cur->weakenings;
+    err = gs_store_group_key_add_as(st, g->id, version, label, pem,
+                                    version > cur->version ? GS_KEY_CURRENT : GS_KEY_OLD, &rec);
+    if (!err)
+        log_info("unrecorded group key version recorded group=%s version=%u label=%s", g->name, version, label);
+out:
+    gs_store_keys_unlock(st);
+    free(pem);
+    free(spki);
+    hsm_key_free(priv);
+    gs_store_group_keys_free(keys, nk);
+    return err;
+}
+
 gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert)
 {
     gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
     const gs_store_group_key *k = NULL;
     size_t nk = 0;
-    hsm_key *priv = NULL;
     unsigned char *spki = NULL;
     size_t spki_len = 0;
-    char email[GS_EMAIL_MAX + 1];
     char *pem = NULL;
     gs_err err;
-    hsm_err he;
 
     if (cert == NULL)
         return gs_err_set(GS_ERR_ARGS, "no certificate");
@@ -1550,28 +1667,24 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     for (size_t i = 0; i < nk; i++)
         if ((version == 0 && keys[i].state == GS_KEY_CURRENT) || (version != 0 && keys[i].version == version))
             k = &keys[i];
+    if (k == NULL && version != 0) {
+        /* Not recorded: a version made after the backup a restored
+         * database predates, still on the token, may be recorded again. */
+        err = record_unrecorded_version(st, hsm, g, version, cert);
+        goto out;
+    }
     if (k == NULL || k->state == GS_KEY_RETIRED) {
         err = gs_err_set(GS_ERR_NOT_FOUND, "group %s has no usable key version %u", name, version);
         goto out;
     }
-    err = gs_cert_email(cert, email, sizeof(email));
-    if (err)
+    if ((err = cert_names_list(g, cert)) != GS_OK)
         goto out;
-    if (strcasecmp(email, g->address) != 0) {
-        err = gs_err_set(GS_ERR_CERT, "certificate is for %s, not the list address %s", email, g->address);
-        goto out;
-    }
     /* Senders' tools refuse an expired group certificate (groupmail), or
      * should: renewing to one would stop the list. */
     if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         goto out;
-    he = hsm_key_find(hsm, k->token_label, HSM_CLASS_PRIVATE, &priv);
-    if (he == HSM_OK)
-        he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
-    if (he != HSM_OK) {
-        err = gs_hsm_fail(he, "group key", k->token_label);
+    if ((err = token_key_spki(hsm, k->token_label, NULL, &spki, &spki_len)) != GS_OK)
         goto out;
-    }
     if (!gs_cert_matches_spki(cert, spki, spki_len)) {
         err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", k->token_label);
         goto out;
@@ -1584,7 +1697,6 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
 out:
     free(pem);
     free(spki);
-    hsm_key_free(priv);
     gs_store_group_keys_free(keys, nk);
     gs_store_group_free(g);
     return err;

@@ -7,7 +7,10 @@
 # document warns): removing them again must work, and so must the next
 # rotations, keeping the key versions made after the backup on the token
 # (mail was sent to them, members hold them) and numbering the new
-# versions past them, so that no version number names two keys.
+# versions past them, so that no version number names two keys. Then
+# `group import-cert --version N` records such a version again with the
+# certificate senders had (as old, or as current when above the current
+# one), and mail sent to it before the restore decrypts through `serve`.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
@@ -24,9 +27,15 @@ gs_alpha member add eng bob@example.org --issue-cert --out "$work" >/dev/null
 [ "$(stat -c %a "$work/backup.db")" = 600 ] || fail "the backup is not 0600"
 
 gs_alpha group rotate eng >/dev/null
+gs_alpha group show eng --cert > "$work/eng-v2.pem"
 gs_alpha member remove eng bob@example.org > "$work/out"
 grep -q "new secret key version 2" "$work/out" || fail "member remove did not rotate the secret: $(cat "$work/out")"
 gs_alpha group rotate eng >/dev/null
+# The certificate senders got for v3 (members and exploders hold it), and a mail sent to it.
+gs_alpha group show eng --cert > "$work/eng-v3.pem"
+printf 'Subject: after the backup\n\nsent to key version 3\n' > "$work/msg.txt"
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg3.der" \
+  -recip "$work/eng-v3.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
 gs_alpha group retire eng --before 2 >/dev/null
 objects alpha > "$work/before-restore.objs"
 
@@ -62,4 +71,64 @@ done
 expect 0 "group retire again (the version retired since the backup)" -- gs_alpha group retire eng --before 4
 expect 0 "check after removal, rotation and retire" -- gs_alpha check
 ok "after the restore: the removal done again, new versions numbered past the unrecorded ones, which stay"
+
+# ---- re-recording a key version made after the backup (operations.md step 8) ----
+refused alpha 1 "import-cert of v2's certificate as version 3" -- \
+  gs_alpha group import-cert eng --cert "$work/eng-v2.pem" --version 3
+expect_msg "certificate public key does not match token key gs:group:eng:v3"
+refused alpha 3 "import-cert of a version neither recorded nor on the token" -- \
+  gs_alpha group import-cert eng --cert "$work/eng-v3.pem" --version 9
+expect_msg "no key version 9: the database does not record it and the token has no gs:group:eng:v9"
+refused alpha 3 "import-cert of a retired version" -- gs_alpha group import-cert eng --cert "$work/eng-v2.pem" --version 1
+for v in 3 2; do
+  expect 0 "import-cert --version $v records the version made after the backup" -- \
+    gs_alpha group import-cert eng --cert "$work/eng-v$v.pem" --version $v
+done
+gs_alpha group show eng | grep -Eq "^  v3 +old +gs:group:eng:v3 " || fail "v3 not recorded as old: $(gs_alpha group show eng)"
+expect 0 "check after re-recording" -- gs_alpha check
+grep -q "^unrecorded gs:group:" "$work/out" && fail "check still names a recorded group key: $(cat "$work/out")"
+# A version above the current one (the current one when the database was
+# lost) is current again: senders get its certificate.
+(umask 077; sqlite3 "$db" ".backup $work/backup2.db")
+gs_alpha group rotate eng >/dev/null
+gs_alpha group show eng --cert > "$work/eng-v5.pem"
+cp "$work/backup2.db" "$db"; rm -f "$db-wal" "$db-shm"
+expect 0 "import-cert --version 5 above the current version 4" -- \
+  gs_alpha group import-cert eng --cert "$work/eng-v5.pem" --version 5
+gs_alpha group show eng --cert | cmp -s - "$work/eng-v5.pem" || fail "v5 is not current again: $(gs_alpha group show eng)"
+ok "group import-cert --version N records a key version the restored database lacked"
+
+# ---- mail sent to v3 before the restore decrypts through the server ----
+gs_alpha ca show > "$work/ca.pem"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+  -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+cat >> "$work/alpha.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+[tls]
+cert = $work/tls.pem
+key = $work/tls.key
+client_ca = $work/ca.pem
+CONF
+SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf "$BIN/groupsrv" -c "$work/alpha.conf" serve >> "$work/serve.log" 2>&1 &
+srv_pid=$!
+for _ in $(seq 1 100); do
+  curl -s --cacert "$work/tls.pem" -o /dev/null "https://127.0.0.1:$port/healthz" && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "serve refused to start: $(tail -3 "$work/serve.log")"
+  sleep 0.1
+done
+python3 "$SRC/tests/integration/server-cms.py" ri "$work/msg3.der" "$work/ri.der"
+curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
+  -H 'Content-Type: application/json' -o "$work/unwrap.json" \
+  --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"tls\"}" \
+  "https://127.0.0.1:$port/v1/groups/eng/unwrap"
+key=$(python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' \
+  "$work/unwrap.json") || fail "the mail to v3 was not unwrapped: $(cat "$work/unwrap.json")"
+iv=$(python3 "$SRC/tests/integration/server-cms.py" content "$work/msg3.der" "$work/ct.bin")
+openssl enc -d -aes-256-cbc -K "$key" -iv "$iv" -in "$work/ct.bin" -out "$work/dec.txt" 2>/dev/null ||
+  fail "the content key of the mail to v3 does not decrypt it"
+cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
+kill -TERM "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=
+ok "mail sent to a key version made after the backup decrypts through the server once re-recorded"
 echo "all ops-restore checks passed"
