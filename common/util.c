@@ -605,6 +605,11 @@ static void cert_time_text(const ASN1_TIME *t, char *buf, size_t cap)
         (void)snprintf(buf, cap, "an unreadable date");
 }
 
+void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
+{
+    cert_time_text(cert != NULL ? X509_get0_notAfter(cert) : NULL, buf, cap);
+}
+
 int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap)
 {
     char when[40];

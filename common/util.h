@@ -116,6 +116,9 @@ int util_random_id(char *out, size_t nbytes);
  * ...", "has an unreadable validity period". */
 struct x509_st;
 int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap);
+/* The certificate's notAfter as "YYYY-MM-DD HH:MM:SS UTC" (cap bytes;
+ * "an unreadable date" if it cannot be read). */
+void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap);
 
 /* mkdir -p with the given mode for created components. */
 int util_mkdir_p(const char *path, mode_t mode);

@@ -668,6 +668,49 @@ out:
     return err;
 }
 
+gs_err gs_ca_renew(gs_store *st, hsm_ctx *hsm, unsigned days, X509 **out)
+{
+    gs_ca *ca = NULL;
+    X509 *unsigned_cert = NULL, *cert = NULL;
+    char *pem = NULL;
+    gs_cert_spec spec;
+    gs_err err;
+
+    *out = NULL;
+    if (days == 0)
+        return gs_err_set(GS_ERR_ARGS, "the CA certificate needs a lifetime");
+    /* The recorded certificate must be the token key's, and the key may
+     * sign only if it never left the token (as for every issue). */
+    if ((err = gs_ca_load(st, hsm, &ca)) != GS_OK || (err = gs_ca_check_key(ca, hsm)) != GS_OK)
+        goto out;
+    memset(&spec, 0, sizeof(spec));
+    spec.pubkey = ca->pub;
+    spec.subject_cn = "-"; /* replaced by the old certificate's subject below */
+    spec.lifetime = (long)days * 86400L;
+    spec.backdate = 300;
+    if ((err = build_cert(NULL, &spec, true, &unsigned_cert)) != GS_OK)
+        goto out;
+    /* The same subject (and so issuer) and key, so the same key
+     * identifier: what the CA issued before verifies against either. */
+    if (X509_set_subject_name(unsigned_cert, X509_get_subject_name(ca->cert)) != 1 ||
+        X509_set_issuer_name(unsigned_cert, X509_get_subject_name(ca->cert)) != 1) {
+        err = ossl_err(GS_ERR_CRYPTO, "building the CA certificate");
+        goto out;
+    }
+    if ((err = sign_on_token(hsm, ca->key, ca->alg, ca->pub, unsigned_cert, &cert)) != GS_OK ||
+        (err = gs_cert_to_pem(cert, &pem)) != GS_OK || (err = gs_store_ca_set_cert(st, pem)) != GS_OK)
+        goto out;
+    log_info("CA certificate renewed days=%u", days);
+    *out = cert;
+    cert = NULL;
+out:
+    free(pem);
+    X509_free(unsigned_cert);
+    X509_free(cert);
+    gs_ca_free(ca);
+    return err;
+}
+
 gs_err gs_ca_init(gs_store *st, hsm_ctx *hsm, const char *label, const char *keyspec, const char *subject_cn,
                   unsigned days, gs_ca **out)
 {

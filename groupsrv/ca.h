@@ -71,6 +71,13 @@ gs_err gs_ca_load(gs_store *st, hsm_ctx *hsm, gs_ca **out);
  * that may have been copied must not sign (a replicable CA's key: as
  * gs_key_custody_problem, policy.h, allows). */
 gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm);
+/* `groupsrv ca renew-cert`: a new self-signed CA certificate for the
+ * same token key, with the recorded certificate's subject (so the same
+ * issuer name and key identifier: certificates issued before verify
+ * against it), lifetime `days` from now (backdated 5 minutes), recorded in
+ * place of the old one. The key is checked as for every issue
+ * (gs_ca_check_key). *out: the new certificate (X509_free). */
+gs_err gs_ca_renew(gs_store *st, hsm_ctx *hsm, unsigned days, X509 **out);
 void gs_ca_free(gs_ca *ca);
 
 X509 *gs_ca_cert(const gs_ca *ca);        /* borrowed */

@@ -43,6 +43,7 @@
 static const char usage_text[] =
     "usage: groupsrv [-c FILE] COMMAND ...\n"
     "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N] [--replicable]\n"
+    "  ca renew-cert [--days N]\n"
     "  ca show\n"
     "  ca export --to TRANSPORT.pem --out FILE.gsk\n"
     "  ca import --in FILE.gsk [--ca CA.pem]\n"
@@ -352,20 +353,36 @@ static int cmd_ca(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos == 0)
-        return usage_error("ca: expected init, show, export or import%s", "");
-    if (strcmp(a.pos[0], "init") != 0 && strcmp(a.pos[0], "show") != 0)
-        return usage_error("ca: unknown subcommand %s (expected init, show, export or import)", a.pos[0]);
+        return usage_error("ca: expected init, renew-cert, show, export or import%s", "");
+    if (strcmp(a.pos[0], "init") != 0 && strcmp(a.pos[0], "show") != 0 && strcmp(a.pos[0], "renew-cert") != 0)
+        return usage_error("ca: unknown subcommand %s (expected init, renew-cert, show, export or import)", a.pos[0]);
     if (a.npos != 1)
         return usage_error("ca %s: unexpected argument %s", a.pos[0], a.pos[1]);
+    unsigned days = e->cfg->ca.ca_days;
+    if (opt(&a, "--days")) {
+        uint64_t d;
+        if (util_parse_u64(opt(&a, "--days"), 1, 36500, &d) != UTIL_OK)
+            return usage_error("--days: expected 1..36500, got %s", opt(&a, "--days"));
+        days = (unsigned)d;
+    }
+    if (strcmp(a.pos[0], "renew-cert") == 0) {
+        X509 *cert = NULL;
+        char fp[65], until[64];
+        if (a.nopt > (opt(&a, "--days") != NULL))
+            return usage_error("ca renew-cert takes only --days N%s", "");
+        err = env_open(e, NEED_DB | NEED_TOKEN);
+        if (!err)
+            err = gs_ca_renew(e->st, e->hsm, days, &cert);
+        if (err)
+            return fail(err);
+        gs_cert_fingerprint(cert, fp);
+        util_cert_not_after_text(cert, until, sizeof(until));
+        printf("CA certificate renewed for the same key: certificate sha256 %s, valid until %s\n", fp, until);
+        X509_free(cert);
+        return 0;
+    }
     if (strcmp(a.pos[0], "init") == 0) {
-        unsigned days = e->cfg->ca.ca_days;
         const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
-        if (opt(&a, "--days")) {
-            uint64_t d;
-            if (util_parse_u64(opt(&a, "--days"), 1, 36500, &d) != UTIL_OK)
-                return usage_error("--days: expected 1..36500, got %s", opt(&a, "--days"));
-            days = (unsigned)d;
-        }
         if (opt(&a, "--key") && opt(&a, "--use-key"))
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
         if (util_uri_has_pin_value(opt(&a, "--use-key")))
@@ -1326,6 +1343,41 @@ static unsigned check_tls(const struct gs_config *cfg)
     return problems;
 }
 
+/* The local CA's certificate: when it ends (everything it issues ends by
+ * then too), a problem once it is not valid now, a note to renew it in
+ * its last CA_RENEW_NOTE_DAYS days. Before `ca init`: nothing to check. */
+#define CA_RENEW_NOTE_DAYS 90
+static unsigned check_ca_cert(struct env *e)
+{
+    gs_store_ca *row = NULL;
+    X509 *cert = NULL;
+    char why[96], until[64];
+    int days = 0, secs = 0;
+    unsigned problem = 0;
+
+    if (gs_store_ca_get(e->st, &row) != GS_OK) {
+        printf("%-10s-    no local CA yet (ca init)\n", "ca cert");
+        goto out;
+    }
+    if (gs_cert_parse((const unsigned char *)row->cert_pem, strlen(row->cert_pem), &cert) != GS_OK) {
+        problem = file_row("ca cert", false, "the recorded CA certificate does not parse");
+        goto out;
+    }
+    if (util_cert_valid_now(cert, why, sizeof(why)) != 0) {
+        problem = file_row("ca cert", false, "CA certificate %s (renew it: groupsrv ca renew-cert)", why);
+        goto out;
+    }
+    util_cert_not_after_text(cert, until, sizeof(until));
+    (void)ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(cert));
+    ERR_clear_error();
+    printf("%-10sOK   valid until %s (%d days)%s\n", "ca cert", until, days,
+           days < CA_RENEW_NOTE_DAYS ? "; renew it soon: groupsrv ca renew-cert" : "");
+out:
+    X509_free(cert);
+    gs_store_ca_free(row);
+    return problem;
+}
+
 /* [audit] path: serve appends to it, creating the file and any missing
  * directories (0700). So: an existing file must be a writable regular
  * file; otherwise the nearest existing ancestor must be a writable
@@ -1469,6 +1521,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
         gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
         printf("database  OK   %s (%s, schema %d%s)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st),
                migrated ? ", migrated from an older schema" : "");
+        problems += check_ca_cert(e);
     }
     err = env_open(e, NEED_TOKEN);
     if (err) {

@@ -330,6 +330,13 @@ gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_
     return st->ops->ca_put(st, key_label, cert_pem, replicable, rec);
 }
 
+gs_err gs_store_ca_set_cert(gs_store *st, const char *cert_pem)
+{
+    if (cert_pem == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no CA certificate");
+    return st->ops->ca_set_cert(st, cert_pem);
+}
+
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
 {
     if (id)

@@ -166,6 +166,9 @@ gs_err gs_store_ca_put2(gs_store *st, const char *key_label, const char *cert_pe
 /* The same, recording whether the CA key is replicable. */
 gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
                           const gs_store_keyrec *rec);
+/* Replaces the CA certificate (`ca renew-cert`: the same key). NOT_FOUND
+ * before `ca init`. */
+gs_err gs_store_ca_set_cert(gs_store *st, const char *cert_pem);
 void gs_store_ca_free(gs_store_ca *ca);
 
 /* ---- groups ---------------------------------------------------------- */

@@ -31,6 +31,7 @@ struct gs_store_ops {
     gs_err (*ca_get)(gs_store *st, gs_store_ca **out);
     gs_err (*ca_put)(gs_store *st, const char *key_label, const char *cert_pem, bool replicable,
                      const gs_store_keyrec *rec);
+    gs_err (*ca_set_cert)(gs_store *st, const char *cert_pem);
     gs_err (*group_add)(gs_store *st, const gs_store_group *g, int64_t *id);
     gs_err (*group_get)(gs_store *st, const char *name, gs_store_group **out);
     gs_err (*group_list)(gs_store *st, gs_store_group ***out, size_t *n);

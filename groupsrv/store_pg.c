@@ -131,6 +131,7 @@ enum q {
     Q_MEMBER_GET,
     Q_CA_GET,
     Q_CA_PUT,
+    Q_CA_SET_CERT,
     Q_GROUP_ADD,
     Q_GROUP_GET,
     Q_GROUP_LIST,
@@ -167,6 +168,7 @@ enum q {
 static const char *const queries[Q_N] = {
     [Q_STAMP] = "SELECT n FROM changes WHERE id = 1",
     [Q_MEMBER_GET] = "SELECT " MEMBER_COLS " FROM members WHERE group_id = $1 AND lower(email) = lower($2)",
+    [Q_CA_SET_CERT] = "UPDATE ca SET cert_pem = $1 WHERE id = 1",
     [Q_CA_GET] = "SELECT key_label, cert_pem, created, weakenings, replicable FROM ca WHERE id = 1",
     [Q_CA_PUT] = "INSERT INTO ca (id, key_label, cert_pem, created, weakenings, replicable) "
                  "VALUES (1, $1, $2, $3, $4, $5)",
@@ -941,6 +943,17 @@ static gs_err pg_ca_put(gs_store *st, const char *key_label, const char *cert_pe
     return err;
 }
 
+static gs_err pg_ca_set_cert(gs_store *st, const char *cert_pem)
+{
+    struct params p = {0};
+    long changes = 0;
+    p_text(&p, cert_pem);
+    gs_err err = run_done(st, Q_CA_SET_CERT, &p, "store ca certificate", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
+    return err;
+}
+
 /* ---- groups ------------------------------------------------------------------ */
 
 static gs_err pg_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
@@ -1528,6 +1541,7 @@ static const struct gs_store_ops pg_ops = {
     .keys_unlock = pg_keys_unlock,
     .ca_get = pg_ca_get,
     .ca_put = pg_ca_put,
+    .ca_set_cert = pg_ca_set_cert,
     .group_add = pg_group_add,
     .group_get = pg_group_get,
     .group_list = pg_group_list,

@@ -553,6 +553,21 @@ out:
     return err;
 }
 
+static gs_err sq_ca_set_cert(gs_store *st, const char *cert_pem)
+{
+    sqlite3_stmt *s = NULL;
+    int changes = 0;
+    gs_err err = prepare(st, "UPDATE ca SET cert_pem = ? WHERE id = 1", &s);
+    if (err)
+        return err;
+    if ((err = bind_text(s, 1, cert_pem)) == GS_OK)
+        err = step_done(st, s, "store ca certificate", &changes);
+    if (err == GS_OK && changes == 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "no CA (run `groupsrv ca init`)");
+    sqlite3_finalize(s);
+    return err;
+}
+
 /* ---- groups --------------------------------------------------------------- */
 
 static gs_err sq_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
@@ -1176,6 +1191,7 @@ static const struct gs_store_ops sq_ops = {
     .rollback = sq_rollback,
     .ca_get = sq_ca_get,
     .ca_put = sq_ca_put,
+    .ca_set_cert = sq_ca_set_cert,
     .group_add = sq_group_add,
     .group_get = sq_group_get,
     .group_list = sq_group_list,

@@ -29,6 +29,7 @@ static atomic_ulong lat_sum_us;
 static atomic_ulong token_errors;
 static atomic_long connections;
 static atomic_llong tls_not_after;
+static atomic_llong ca_not_after;
 
 static const char *ep_names[EP_COUNT] = {
     [EP_OTHER] = "other", [EP_DISCOVERY] = "discovery", [EP_CERTIFICATE] = "certificate",
@@ -160,6 +161,7 @@ int metrics_token_unpack(const unsigned char *in, size_t len, metrics_token *out
 }
 
 void metrics_tls_not_after(long long unix_seconds) { atomic_store(&tls_not_after, unix_seconds); }
+void metrics_ca_not_after(long long unix_seconds) { atomic_store(&ca_not_after, unix_seconds); }
 
 char *metrics_render(const metrics_token *t)
 {
@@ -219,6 +221,13 @@ char *metrics_render(const metrics_token *t)
                   "# HELP groupsrv_tls_certificate_not_after_seconds When the served TLS certificate expires (Unix "
                   "time).\n# TYPE groupsrv_tls_certificate_not_after_seconds gauge\n"
                   "groupsrv_tls_certificate_not_after_seconds %lld\n",
+                  not_after);
+    not_after = atomic_load(&ca_not_after);
+    if (not_after != 0)
+        sb_printf(&b,
+                  "# HELP groupsrv_ca_certificate_not_after_seconds When the local CA certificate the server "
+                  "uses expires (Unix time).\n# TYPE groupsrv_ca_certificate_not_after_seconds gauge\n"
+                  "groupsrv_ca_certificate_not_after_seconds %lld\n",
                   not_after);
     if (b.bad) {
         free(b.p);

@@ -38,6 +38,8 @@ long metrics_connections(void);
 /* The notAfter of the TLS certificate being served, in Unix seconds (0:
  * unknown, not rendered); set at start and at each reload taken up. */
 void metrics_tls_not_after(long long unix_seconds);
+/* The same for the local CA certificate the key holder loaded (0: none). */
+void metrics_ca_not_after(long long unix_seconds);
 
 /* The key holder's counters. Latency of one token unwrap/rewrap, in seconds. */
 void metrics_unwrap_latency(double seconds);

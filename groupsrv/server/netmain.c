@@ -133,6 +133,7 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     if (tls_state_new(&o, &st, err, errlen) != 0)
         goto out;
     metrics_tls_not_after(cert_not_after(SSL_CTX_get0_certificate(tls_state_ctx(st))));
+    metrics_ca_not_after(cert_not_after(ca));
     tls_current_set(st);
     tls_state_unref(st);
     rc = 0;

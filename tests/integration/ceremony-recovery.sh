@@ -14,6 +14,11 @@
 #     and `group retire` run on gamma takes it off gamma's token; the
 #     same for a secret key version and `secret retire`, whose retired
 #     version cannot be exported any more;
+#   - the CA certificate renewed (ca renew-cert) after a ca export: the
+#     file names the old certificate and is refused against the renewed
+#     one; a new export is imported and the renewed certificate recorded;
+#     the copy on gamma (the shared database) signs under it, and what it
+#     issues verifies against the old and the new certificate;
 #   - alpha's token lost (docs/operations.md): a new empty token cannot
 #     stand in under the database (no CA key, and no new CA under it);
 #     gamma's token, a spare with the copies, does: check passes, it
@@ -114,6 +119,27 @@ grep -q "^group eng: 1 secret key version(s) retired earlier destroyed on this t
 objects gamma | grep -q 'label: *gs:secret:eng:v1$' && fail "gamma's copy of the retired secret is still on its token"
 expect 0 "check on gamma after its secret retire" -- gs_gamma check
 ok "secret retire run on each server sharing the database takes the retired secret version off its token"
+# ---- the CA certificate renewed (ca renew-cert) between a ca export and its import ----
+gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null
+expect 0 "ca renew-cert on alpha" -- gs_alpha ca renew-cert
+gs_alpha ca show > "$work/alpha-ca-new.pem"
+cmp -s "$work/alpha-ca-new.pem" "$work/alpha-ca.pem" && fail "ca renew-cert left the certificate as it was"
+# A file names the CA certificate that signed it: one made before the
+# renewal is refused against the renewed certificate; export it again.
+refused beta 1 "ca import of a file made before the renewal, against the renewed certificate" -- \
+  gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca-new.pem"
+expect_msg "refused: the manifest names another signer than the trusted CA"
+gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null
+expect 0 "ca import of a file made after the renewal" -- \
+  gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca-new.pem"
+gs_beta ca show | cmp -s - "$work/alpha-ca-new.pem" || fail "beta does not record the renewed CA certificate: $(gs_beta ca show)"
+expect 0 "check on gamma (alpha's database: the renewed certificate for gamma's CA copy)" -- gs_gamma check
+expect 0 "member add --issue-cert on gamma after the renewal" -- \
+  gs_gamma member add eng dan@example.org --issue-cert --out "$work"
+for ca in alpha-ca alpha-ca-new; do
+  openssl verify -CAfile "$work/$ca.pem" "$work/dan@example.org.pem" >/dev/null || fail "dan's certificate against $ca"
+done
+ok "a renewed CA certificate: copies and files made before it stay the CA's"
 # ---- the token lost: docs/operations.md, "A token lost or broken" ----
 # gamma's token is the spare (copies of the CA and the group, on the same
 # database); alpha's token is lost. A new empty token cannot take its

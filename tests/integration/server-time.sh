@@ -21,7 +21,12 @@
 #     out of its window is refused (401 certificate_expired); groupmail
 #     reuses its cached one until a minute before its end, and never
 #     tries an expired one; the
-#     local CA's certificates end no later than the CA's own;
+#     local CA's certificates end no later than the CA's own; `check`
+#     names the CA's end (and that it is near); ca renew-cert renews the
+#     CA certificate for the same key: certificates issued before verify
+#     against it (openssl verify, and a TLS client certificate), group
+#     renew-cert then lasts its full lifetime, /metrics names the CA
+#     certificate's end (groupsrv_ca_certificate_not_after_seconds);
 #   - audit verify accepts records whose times go backwards (a clock step).
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -190,14 +195,15 @@ gm_encrypt_refused "groupmail encrypt to a pinned group certificate that expired
 
 # ---- the server's TLS certificate ----
 served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
-# expect_not_after PEM DESC: /metrics' groupsrv_tls_certificate_not_after_seconds is PEM's notAfter
+# expect_not_after PEM DESC [METRIC]: /metrics' METRIC (default
+# groupsrv_tls_certificate_not_after_seconds) is PEM's notAfter
 expect_not_after() {
-  local want got
+  local want got metric=${3:-groupsrv_tls_certificate_not_after_seconds}
   want=$(date -d "$(openssl x509 -in "$1" -noout -enddate | cut -d= -f2)" +%s)
-  got=$(c admin "$base/metrics" | awk '$1 == "groupsrv_tls_certificate_not_after_seconds" {print $2}')
+  got=$(c admin "$base/metrics" | awk -v m="$metric" '$1 == m {print $2}')
   [ -n "$got" ] && [ $((got - want)) -ge -1 ] && [ $((got - want)) -le 1 ] ||
-    fail "$2: groupsrv_tls_certificate_not_after_seconds $got, the certificate's notAfter $want"
-  ok "$2: /metrics names the served certificate's notAfter"
+    fail "$2: $metric $got, the certificate's notAfter $want"
+  ok "$2: /metrics $metric names the certificate's notAfter"
 }
 expect_not_after "$certs/server.pem" "at start"
 cp "$certs/server.pem" "$work/server-orig.pem"
@@ -353,6 +359,51 @@ ca_end=$(gs2 ca show | openssl x509 -noout -enddate)
 [ "$(openssl x509 -in "$work/short/sam@example.org.pem" -noout -enddate)" = "$ca_end" ] ||
   fail "the member certificate outlives the CA"
 ok "certificates of a CA with a day left end with it ($ca_end)"
+# check names the CA's end, near it a note; ca renew-cert renews the CA
+# for the same key, and then group renew-cert lasts its full lifetime.
+gs2 check > "$work/check2.out" 2>&1 || true
+grep -q "^ca cert   OK   valid until .* (0 days); renew it soon: groupsrv ca renew-cert$" "$work/check2.out" ||
+  fail "check does not say the CA ends soon: $(grep -i '^ca' "$work/check2.out")"
+gs2 ca show > "$work/short-ca-old.pem"
+rc=0; gs2 ca renew-cert --days 0 2>"$work/err" || rc=$?
+[ "$rc" = 2 ] || fail "ca renew-cert --days 0: exit $rc"
+rc=0; gs2 ca renew-cert --subject X 2>"$work/err" || rc=$?
+[ "$rc" = 2 ] || fail "ca renew-cert --subject: exit $rc"
+gs2 ca renew-cert > "$work/out" || fail "ca renew-cert: $(cat "$work/out")"
+grep -q "^CA certificate renewed for the same key: certificate sha256 [0-9a-f]\{64\}, valid until " "$work/out" ||
+  fail "ca renew-cert said: $(cat "$work/out")"
+gs2 ca show > "$work/short-ca-new.pem"
+for f in subject pubkey; do
+  [ "$(openssl x509 -in "$work/short-ca-old.pem" -noout -$f)" = "$(openssl x509 -in "$work/short-ca-new.pem" -noout -$f)" ] ||
+    fail "the renewed CA certificate has another $f"
+done
+[ $(($(date -d "$(openssl x509 -in "$work/short-ca-new.pem" -noout -enddate | cut -d= -f2)" +%s) - $(date +%s))) -gt $((3649 * 86400)) ] ||
+  fail "the renewed CA certificate does not last [ca] ca_days"
+openssl verify -CAfile "$work/short-ca-new.pem" "$work/short/sam@example.org.pem" >/dev/null ||
+  fail "a member certificate issued before the renewal does not verify against the renewed CA"
+gs2 check > "$work/check2.out" 2>&1 || true
+grep -q "^ca cert   OK   valid until .* (3650 days)$" "$work/check2.out" ||
+  fail "check after the CA renewal: $(grep -i '^ca' "$work/check2.out")"
+gs2 group renew-cert short > /dev/null
+end=$(date -d "$(gs2 group show short --cert | openssl x509 -noout -enddate | cut -d= -f2)" +%s)
+[ $((end - $(date +%s))) -gt $((824 * 86400)) ] || fail "group renew-cert after the CA renewal is still cut short"
+gs2 group show short --cert | openssl verify -CAfile "$work/short-ca-new.pem" >/dev/null ||
+  fail "the group certificate renewed after the CA renewal does not verify"
+ok "ca renew-cert: the same subject and key; certificates issued before verify against it; renewals last again"
+
+# ---- the running server's local CA, renewed ----
+expect_not_after "$certs/localca.pem" "the local CA at start" groupsrv_ca_certificate_not_after_seconds
+gs ca renew-cert --days 1000 > /dev/null
+gs ca show > "$work/localca-new.pem"
+# The client CA file with the renewed certificate alone (and the file test
+# CA): alice's certificate, issued before the renewal, is still accepted.
+cat "$work/localca-new.pem" "$certs/tca.pem" > "$certs/clients.pem"
+# The key holder reads the CA at start: a restart takes the renewal up.
+stop_server
+start_server
+expect_status 200 "" "a member certificate issued before the CA renewal, against the renewed CA" -- \
+  c alice --data-binary @"$work/req-tls.json" "$url"
+expect_not_after "$work/localca-new.pem" "the renewed local CA after the restart" groupsrv_ca_certificate_not_after_seconds
 
 # ---- the audit log: times that go backwards ----
 gs audit verify > /dev/null || fail "audit verify"

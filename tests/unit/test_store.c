@@ -618,8 +618,16 @@ static void test_replicable_records(void **state)
     assert_true(list[1]->replicable);
     gs_store_group_list_free(list, n);
 
+    assert_int_equal(gs_store_ca_set_cert(f->st, "NOCA"), GS_ERR_NOT_FOUND);
     assert_int_equal(gs_store_ca_put_as(f->st, "gs:ca", "CAPEM", true, NULL), GS_OK);
     assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
+    assert_true(ca->replicable);
+    gs_store_ca_free(ca);
+    /* ca renew-cert: the certificate only; label and replicable stay */
+    assert_int_equal(gs_store_ca_set_cert(f->st, "CAPEM2"), GS_OK);
+    assert_int_equal(gs_store_ca_get(f->st, &ca), GS_OK);
+    assert_string_equal(ca->cert_pem, "CAPEM2");
+    assert_string_equal(ca->label, "gs:ca");
     assert_true(ca->replicable);
     gs_store_ca_free(ca);
 
