@@ -1355,76 +1355,65 @@ static gs_err retire_rows(gs_store *st, hsm_ctx *hsm, const char *name, int64_t 
     return err;
 }
 
-gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
-                       size_t *n_cleared)
+/* The rows of group `name`'s key versions or (secret) secret key
+ * versions, retired by retire_rows; a secret retire takes the keys lock,
+ * as secret rotate does, so the current version cannot change between
+ * the check of `before` and the commit. */
+static gs_err retire_versions(gs_store *st, hsm_ctx *hsm, const char *name, bool secret, unsigned before,
+                              size_t *n_retired, size_t *n_cleared)
 {
     gs_store_group *g = NULL;
     gs_store_group_key *keys = NULL;
+    gs_store_secret *secrets = NULL;
     struct retire_row *rows = NULL;
-    size_t nk = 0;
+    size_t nk = 0, ns = 0;
+    bool locked = false;
     gs_err err;
 
     if (n_retired)
         *n_retired = 0;
     if (n_cleared)
         *n_cleared = 0;
-    err = gs_store_group_get(st, name, &g);
-    if (!err)
-        err = gs_store_group_keys(st, g->id, &keys, &nk);
-    if (err)
+    if ((err = gs_store_group_get(st, name, &g)) != GS_OK)
         goto out;
-    if ((rows = calloc(nk ? nk : 1, sizeof(*rows))) == NULL) {
-        err = GS_ERR_NOMEM;
+    if (secret && !(g->methods & GS_METHOD_GROUP_SECRET)) {
+        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
         goto out;
     }
+    if (secret && (err = gs_store_keys_lock(st)) != GS_OK)
+        goto out;
+    locked = secret;
+    err = secret ? gs_store_secrets(st, g->id, &secrets, &ns) : gs_store_group_keys(st, g->id, &keys, &nk);
+    if (!err && (rows = calloc(nk + ns ? nk + ns : 1, sizeof(*rows))) == NULL)
+        err = GS_ERR_NOMEM;
+    if (err)
+        goto out;
     for (size_t i = 0; i < nk; i++)
         rows[i] = (struct retire_row){keys[i].version, keys[i].state, keys[i].token_label};
-    err = retire_rows(st, hsm, name, g->id, false, rows, nk, before, n_retired, n_cleared);
+    for (size_t i = 0; i < ns; i++)
+        rows[i] = (struct retire_row){secrets[i].version, secrets[i].state,
+                                      secrets[i].sealed != NULL ? NULL : secrets[i].token_label};
+    err = retire_rows(st, hsm, name, g->id, secret, rows, nk + ns, before, n_retired, n_cleared);
 out:
+    if (locked)
+        gs_store_keys_unlock(st);
     free(rows);
     gs_store_group_keys_free(keys, nk);
+    gs_store_secrets_free(secrets, ns);
     gs_store_group_free(g);
     return err;
+}
+
+gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
+                       size_t *n_cleared)
+{
+    return retire_versions(st, hsm, name, false, before, n_retired, n_cleared);
 }
 
 gs_err gs_secret_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
                         size_t *n_cleared)
 {
-    gs_store_group *g = NULL;
-    gs_store_secret *secrets = NULL;
-    struct retire_row *rows = NULL;
-    size_t ns = 0;
-    gs_err err;
-
-    if (n_retired)
-        *n_retired = 0;
-    if (n_cleared)
-        *n_cleared = 0;
-    err = gs_store_group_get(st, name, &g);
-    if (err)
-        goto out;
-    if (!(g->methods & GS_METHOD_GROUP_SECRET)) {
-        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
-        goto out;
-    }
-    /* Under the keys lock, as secret rotate: the current version cannot
-     * change between the check of --before and the commit. */
-    if ((err = gs_store_keys_lock(st)) != GS_OK)
-        goto out;
-    err = gs_store_secrets(st, g->id, &secrets, &ns);
-    if (!err && (rows = calloc(ns ? ns : 1, sizeof(*rows))) == NULL)
-        err = GS_ERR_NOMEM;
-    for (size_t i = 0; !err && i < ns; i++)
-        rows[i] = (struct retire_row){secrets[i].version, secrets[i].state,
-                                      secrets[i].sealed != NULL ? NULL : secrets[i].token_label};
-    if (!err)
-        err = retire_rows(st, hsm, name, g->id, true, rows, ns, before, n_retired, n_cleared);
-    gs_store_keys_unlock(st);
-out:
-    free(rows);
-    gs_store_secrets_free(secrets, ns);
-    gs_store_group_free(g);
-    return err;
+    return retire_versions(st, hsm, name, true, before, n_retired, n_cleared);
 }
 
 gs_err gs_group_renew_cert(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,

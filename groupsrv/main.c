@@ -433,6 +433,31 @@ static int cmd_ca(struct env *e, int argc, char **argv)
 
 /* ---- group ----------------------------------------------------------------------- */
 
+/* `group retire NAME --before VERSION` and `secret retire ...` (secret):
+ * a.pos[1] is NAME. */
+static int cmd_retire(struct env *e, const struct args *a, bool secret)
+{
+    const char *cmd = secret ? "secret retire" : "group retire";
+    uint64_t before = 0;
+    size_t n = 0, cleared = 0;
+    gs_err err;
+
+    if (opt(a, "--before") == NULL || a->nopt != 1)
+        return usage_error("%s: --before VERSION is required", cmd);
+    if (util_parse_u64(opt(a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
+        return usage_error("%s: bad --before %s", cmd, opt(a, "--before"));
+    err = env_open(e, NEED_DB | NEED_TOKEN);
+    if (!err)
+        err = (secret ? gs_secret_retire : gs_group_retire)(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
+    if (err)
+        return fail(err);
+    printf("group %s: %zu %s version(s) retired\n", a->pos[1], n, secret ? "secret key" : "key");
+    if (cleared > 0)
+        printf("group %s: %zu %sversion(s) retired earlier destroyed on this token\n", a->pos[1], cleared,
+               secret ? "secret key " : "");
+    return 0;
+}
+
 static int group_show(struct env *e, const struct args *a)
 {
     gs_store_group *g = NULL;
@@ -768,23 +793,8 @@ static int cmd_secret(struct env *e, int argc, char **argv)
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
     if (rc)
         return rc;
-    if (a.npos == 2 && strcmp(a.pos[0], "retire") == 0) {
-        uint64_t before = 0;
-        size_t n = 0, cleared = 0;
-        if (opt(&a, "--before") == NULL)
-            return usage_error("secret retire: --before VERSION is required%s", "");
-        if (util_parse_u64(opt(&a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
-            return usage_error("secret retire: bad --before %s", opt(&a, "--before"));
-        err = env_open(e, NEED_DB | NEED_TOKEN);
-        if (!err)
-            err = gs_secret_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
-        if (err)
-            return fail(err);
-        printf("group %s: %zu secret key version(s) retired\n", a.pos[1], n);
-        if (cleared > 0)
-            printf("group %s: %zu secret key version(s) retired earlier destroyed on this token\n", a.pos[1], cleared);
-        return 0;
-    }
+    if (a.npos == 2 && strcmp(a.pos[0], "retire") == 0)
+        return cmd_retire(e, &a, true);
     if (a.npos != 2 || strcmp(a.pos[0], "rotate") != 0)
         return usage_error("secret: expected `secret rotate NAME` or `secret retire NAME --before VERSION`%s", "");
     if (a.nopt)

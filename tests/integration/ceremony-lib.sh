@@ -92,3 +92,51 @@ field() {
     key && $1 == "label:" && $2 == L { hit = 1 }
     hit && $1 == F { sub(/^ *[A-Za-z]+: */, ""); print; exit }' "$1"
 }
+
+# serve_start NAME CLIENT_CA: NAME's `groupsrv serve` on a free loopback
+# port, with a throw-away TLS certificate ($work/tls.pem, the clients'
+# --cacert) and CLIENT_CA as its client CAs (appended to NAME's config);
+# sets srv_pid and srv_url. Not through gs_NAME: a backgrounded shell
+# function is a subshell, and killing it would leave groupsrv running.
+serve_start() {
+  local n=$1 port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+  cat >> "$work/$n.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+[tls]
+cert = $work/tls.pem
+key = $work/tls.key
+client_ca = $2
+CONF
+  SOFTHSM2_CONF=$work/tok-$n/softhsm2.conf "$BIN/groupsrv" -c "$work/$n.conf" serve >> "$work/$n-serve.log" 2>&1 &
+  srv_pid=$!
+  srv_url=https://127.0.0.1:$port
+  for _ in $(seq 1 100); do
+    curl -s --cacert "$work/tls.pem" -o /dev/null "$srv_url/healthz" && return 0
+    kill -0 "$srv_pid" 2>/dev/null || fail "$n's serve refused to start: $(tail -3 "$work/$n-serve.log")"
+    sleep 0.1
+  done
+  fail "$n's serve did not answer /healthz"
+}
+serve_stop() { kill -TERM "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=; }
+
+# unwrap_reads MSG.der PLAIN MEMBER WHAT: the server at srv_url unwraps the
+# content key of MSG.der (AES-256-CBC, openssl cms) for MEMBER
+# ($work/MEMBER.pem and .key) with deliver=tls, and it decrypts MSG.der to PLAIN.
+unwrap_reads() {
+  local key iv
+  python3 "$SRC/tests/integration/server-cms.py" ri "$1" "$work/ri.der"
+  curl -sS --cacert "$work/tls.pem" --cert "$work/$3.pem" --key "$work/$3.key" \
+    -H 'Content-Type: application/json' -o "$work/unwrap.json" \
+    --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"tls\"}" \
+    "$srv_url/v1/groups/eng/unwrap"
+  key=$(python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' \
+    "$work/unwrap.json") || fail "$4: not unwrapped: $(cat "$work/unwrap.json")"
+  iv=$(python3 "$SRC/tests/integration/server-cms.py" content "$1" "$work/ct.bin")
+  openssl enc -d -aes-256-cbc -K "$key" -iv "$iv" -in "$work/ct.bin" -out "$work/dec.txt" 2>/dev/null ||
+    fail "$4: the unwrapped key does not decrypt the message"
+  cmp -s "$work/dec.txt" "$2" || fail "$4: decrypted text differs"
+}

@@ -236,43 +236,14 @@ gs_beta audit verify >/dev/null || fail "beta's audit chain"
 ok "both audit logs record the ceremony ($ceremony) and verify"
 
 # ---- the clone serves: start-up key audit, then an unwrap ----
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
-cat >> "$work/beta.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-[tls]
-cert = $work/tls.pem
-key = $work/tls.key
-client_ca = $work/alpha-ca.pem
-CONF
 gs_beta member add eng alice@example.org --cert "$work/alice@example.org.pem" >/dev/null
-# Not through gs_beta: a backgrounded shell function is a subshell, and
-# killing it would leave groupsrv running; $! must be groupsrv itself.
-SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf "$BIN/groupsrv" -c "$work/beta.conf" serve >> "$work/beta-serve.log" 2>&1 &
-srv_pid=$!
-for _ in $(seq 1 100); do
-  curl -s --cacert "$work/tls.pem" -o /dev/null "https://127.0.0.1:$port/healthz" && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "beta's serve refused to start: $(tail -3 "$work/beta-serve.log")"
-  sleep 0.1
-done
+serve_start beta "$work/alpha-ca.pem"
 printf 'Subject: clone\n\nsent to the group, read through the clone\n' > "$work/msg.txt"
 openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg.der" \
   -recip "$work/eng-v2.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
-python3 "$SRC/tests/integration/server-cms.py" ri "$work/msg.der" "$work/ri.der"
-curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
-  -H 'Content-Type: application/json' -o "$work/unwrap.json" \
-  --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"tls\"}" \
-  "https://127.0.0.1:$port/v1/groups/eng/unwrap"
-key=$(python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' \
-  "$work/unwrap.json") || fail "beta did not unwrap: $(cat "$work/unwrap.json")"
-iv=$(python3 "$SRC/tests/integration/server-cms.py" content "$work/msg.der" "$work/ct.bin")
-openssl enc -d -aes-256-cbc -K "$key" -iv "$iv" -in "$work/ct.bin" -out "$work/dec.txt" 2>/dev/null ||
-  fail "the clone's key does not decrypt the message"
-cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
+unwrap_reads "$work/msg.der" "$work/msg.txt" alice@example.org "beta's copy"
 ok "beta's serve started (its key audit passed) and its copy decrypts what was sent to the group"
-kill -TERM "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=
+serve_stop
 
 # ---- the SO PIN typed on a terminal (no so_pin_source): not echoed ----
 sed '/^so_pin_source/d' "$work/alpha.conf" > "$work/alpha-tty.conf"

@@ -100,35 +100,8 @@ ok "group import-cert --version N records a key version the restored database la
 
 # ---- mail sent to v3 before the restore decrypts through the server ----
 gs_alpha ca show > "$work/ca.pem"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
-cat >> "$work/alpha.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-[tls]
-cert = $work/tls.pem
-key = $work/tls.key
-client_ca = $work/ca.pem
-CONF
-SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf "$BIN/groupsrv" -c "$work/alpha.conf" serve >> "$work/serve.log" 2>&1 &
-srv_pid=$!
-for _ in $(seq 1 100); do
-  curl -s --cacert "$work/tls.pem" -o /dev/null "https://127.0.0.1:$port/healthz" && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "serve refused to start: $(tail -3 "$work/serve.log")"
-  sleep 0.1
-done
-python3 "$SRC/tests/integration/server-cms.py" ri "$work/msg3.der" "$work/ri.der"
-curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
-  -H 'Content-Type: application/json' -o "$work/unwrap.json" \
-  --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"tls\"}" \
-  "https://127.0.0.1:$port/v1/groups/eng/unwrap"
-key=$(python3 -c 'import json,sys,base64; print(base64.b64decode(json.load(open(sys.argv[1]))["key"]).hex())' \
-  "$work/unwrap.json") || fail "the mail to v3 was not unwrapped: $(cat "$work/unwrap.json")"
-iv=$(python3 "$SRC/tests/integration/server-cms.py" content "$work/msg3.der" "$work/ct.bin")
-openssl enc -d -aes-256-cbc -K "$key" -iv "$iv" -in "$work/ct.bin" -out "$work/dec.txt" 2>/dev/null ||
-  fail "the content key of the mail to v3 does not decrypt it"
-cmp -s "$work/dec.txt" "$work/msg.txt" || fail "decrypted text differs"
-kill -TERM "$srv_pid"; wait "$srv_pid" 2>/dev/null || true; srv_pid=
+serve_start alpha "$work/ca.pem"
+unwrap_reads "$work/msg3.der" "$work/msg.txt" alice@example.org "the mail to v3"
+serve_stop
 ok "mail sent to a key version made after the backup decrypts through the server once re-recorded"
 echo "all ops-restore checks passed"
