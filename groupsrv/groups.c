@@ -1527,29 +1527,59 @@ static gs_err cert_names_list(const gs_store_group *g, X509 *cert)
 }
 
 /* The public key of the private key labelled label on the token, DER
- * SubjectPublicKeyInfo (*spki the caller's), and the key (*key, may be
- * NULL when not wanted). */
-static gs_err token_key_spki(hsm_ctx *hsm, const char *label, hsm_key **key, unsigned char **spki, size_t *spki_len)
+ * SubjectPublicKeyInfo (*spki the caller's). */
+static gs_err token_key_spki(hsm_ctx *hsm, const char *label, unsigned char **spki, size_t *spki_len)
 {
     hsm_key *priv = NULL;
     hsm_err he = hsm_key_find(hsm, label, HSM_CLASS_PRIVATE, &priv);
     if (he == HSM_OK)
         he = hsm_key_export_public(hsm, priv, spki, spki_len);
-    if (he != HSM_OK) {
-        hsm_key_free(priv);
-        return gs_hsm_fail(he, "group key", label);
+    hsm_key_free(priv);
+    return he == HSM_OK ? GS_OK : gs_hsm_fail(he, "group key", label);
+}
+
+/* The token key under `label` for re-recording version `version` of
+ * group g that the database does not record (a version made after the
+ * backup a restored database predates): it must be on the token and pass
+ * the key audit for `kind` ("group", "secret") with the weakenings of the
+ * current version (made on this token), `weak`. *key the caller's. */
+static gs_err unrecorded_key(hsm_ctx *hsm, const gs_store_group *g, const char *kind, unsigned version,
+                             const char *label, hsm_key_class cls, const char *weak, hsm_key **key)
+{
+    hsm_key_info info;
+    unsigned missing = 0;
+    bool present = false;
+    const char *problem;
+    gs_err err;
+    hsm_err he;
+
+    *key = NULL;
+    if ((err = gs_token_label_present(hsm, label, &present)) != GS_OK)
+        return err;
+    if (!present)
+        return gs_err_set(GS_ERR_NOT_FOUND,
+                          "group %s has no %s version %u: the database does not record it and the token has no %s",
+                          g->name, strcmp(kind, "secret") == 0 ? "secret key" : "key", version, label);
+    if ((err = gs_weak_parse(weak, &missing)) != GS_OK)
+        return err;
+    if ((he = hsm_key_find(hsm, label, cls, key)) != HSM_OK)
+        return gs_hsm_fail(he, "token key", label);
+    if ((he = hsm_key_get_info(hsm, *key, &info)) != HSM_OK) {
+        err = gs_hsm_fail(he, "reading the attributes of token key", label);
+    } else if ((problem = gs_key_policy_problem(g, kind, missing, &info, NULL)) != NULL) {
+        err = gs_err_set(GS_ERR_STATE, "token key %s is not a %s key of group %s's policy: %s", label, kind, g->name,
+                         problem);
     }
-    if (key != NULL)
-        *key = priv;
-    else
-        hsm_key_free(priv);
-    return GS_OK;
+    if (err) {
+        hsm_key_free(*key);
+        *key = NULL;
+    }
+    return err;
 }
 
 /* group import-cert --version N of a version the database does not
  * record (docs/operations.md, restore): the key gs:group:NAME:vN must be
- * on the token, pass the key audit with the weakenings of the current
- * version (made on this token) and be cert's key; it is recorded as
+ * on the token (unrecorded_key) and be cert's key; it is recorded as
  * old, or as current when it is above the current version (then cert
  * must be valid now: senders get it). Under the keys lock, as a
  * rotation that would number past it. */
@@ -1561,15 +1591,12 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
     size_t nk = 0;
     char label[GS_LABEL_MAX + 1];
     hsm_key *priv = NULL;
-    hsm_key_info info;
     unsigned char *spki = NULL;
     size_t spki_len = 0;
-    unsigned missing = 0;
-    bool present = false;
     char *pem = NULL;
-    const char *problem;
     gs_store_keyrec rec;
     gs_err err;
+    hsm_err he;
 
     if ((err = gs_store_keys_lock(st)) != GS_OK)
         return err;
@@ -1589,32 +1616,17 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
         err = gs_err_set(GS_ERR_STATE, "group %s has no current key version", g->name);
         goto out;
     }
-    if ((err = gs_token_label_present(hsm, label, &present)) != GS_OK)
-        goto out;
-    if (!present) {
-        err = gs_err_set(GS_ERR_NOT_FOUND,
-                         "group %s has no key version %u: the database does not record it and the token has no %s",
-                         g->name, version, label);
-        goto out;
-    }
-    if ((err = cert_names_list(g, cert)) != GS_OK)
+    if ((err = unrecorded_key(hsm, g, "group", version, label, HSM_CLASS_PRIVATE, cur->weakenings, &priv)) != GS_OK ||
+        (err = cert_names_list(g, cert)) != GS_OK)
         goto out;
     if (version > cur->version && (err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         goto out;
-    if ((err = token_key_spki(hsm, label, &priv, &spki, &spki_len)) != GS_OK)
+    if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
+        err = gs_hsm_fail(he, "group key", label);
         goto out;
+    }
     if (!gs_cert_matches_spki(cert, spki, spki_len)) {
         err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", label);
-        goto out;
-    }
-    if ((err = gs_weak_parse(cur->weakenings, &missing)) != GS_OK)
-        goto out;
-    if (hsm_key_get_info(hsm, priv, &info) != HSM_OK) {
-        err = gs_err_set(GS_ERR_HSM, "token key %s: its attributes cannot be read", label);
-        goto out;
-    }
-    if ((problem = gs_key_policy_problem(g, "group", missing, &info, NULL)) != NULL) {
-        err = gs_err_set(GS_ERR_STATE, "token key %s is not a key of group %s's policy: %s", label, g->name, problem);
         goto out;
     }
     if ((err = gs_cert_to_pem(cert, &pem)) != GS_OK)
@@ -1631,6 +1643,70 @@ out:
     free(spki);
     hsm_key_free(priv);
     gs_store_group_keys_free(keys, nk);
+    return err;
+}
+
+gs_err gs_secret_record(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version,
+                        const unsigned char kek_id[GS_KEK_ID_LEN])
+{
+    gs_store_group *g = NULL;
+    gs_store_secret *secrets = NULL;
+    const gs_store_secret *cur = NULL;
+    size_t ns = 0;
+    char label[GS_LABEL_MAX + 1];
+    hsm_key *key = NULL;
+    gs_store_keyrec rec;
+    gs_policy pol;
+    bool locked = false;
+    gs_err err;
+
+    if ((err = gs_store_group_get(st, name, &g)) != GS_OK)
+        goto out;
+    if (!(g->methods & GS_METHOD_GROUP_SECRET)) {
+        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
+        goto out;
+    }
+    if ((err = gs_policy_parse(g->policy, &pol)) != GS_OK)
+        goto out;
+    if (pol.secrets == GS_SECRETS_SEALED) {
+        err = gs_err_set(GS_ERR_STATE, "group %s keeps its secret keys sealed in the database, not on the token: "
+                                       "a version the database lost is gone", g->name);
+        goto out;
+    }
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        goto out;
+    locked = true;
+    if ((err = gs_store_secrets(st, g->id, &secrets, &ns)) != GS_OK)
+        goto out;
+    for (size_t i = 0; i < ns; i++) {
+        if (secrets[i].version == version) {
+            err = gs_err_set(GS_ERR_EXISTS, "group %s: secret key version %u is recorded", g->name, version);
+            goto out;
+        }
+        if (secrets[i].state == GS_KEY_CURRENT)
+            cur = &secrets[i];
+    }
+    if (cur == NULL) {
+        err = gs_err_set(GS_ERR_STATE, "group %s has no current secret key version", g->name);
+        goto out;
+    }
+    label_secret(label, sizeof(label), g->name, version);
+    if ((err = unrecorded_key(hsm, g, "secret", version, label, HSM_CLASS_SECRET, cur->weakenings, &key)) != GS_OK)
+        goto out;
+    memset(&rec, 0, sizeof(rec));
+    rec.weakenings = cur->weakenings;
+    err = gs_store_secret_add_as(st, g->id, version, label, kek_id,
+                                 version > cur->version ? GS_KEY_CURRENT : GS_KEY_OLD, &rec);
+    if (err == GS_ERR_EXISTS)
+        err = gs_err_set(GS_ERR_EXISTS, "group %s: another secret key version has this KEK identifier", g->name);
+    if (!err)
+        log_info("unrecorded secret key version recorded group=%s version=%u label=%s", g->name, version, label);
+out:
+    if (locked)
+        gs_store_keys_unlock(st);
+    hsm_key_free(key);
+    gs_store_secrets_free(secrets, ns);
+    gs_store_group_free(g);
     return err;
 }
 
@@ -1672,7 +1748,7 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
      * should: renewing to one would stop the list. */
     if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         goto out;
-    if ((err = token_key_spki(hsm, k->token_label, NULL, &spki, &spki_len)) != GS_OK)
+    if ((err = token_key_spki(hsm, k->token_label, &spki, &spki_len)) != GS_OK)
         goto out;
     if (!gs_cert_matches_spki(cert, spki, spki_len)) {
         err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", k->token_label);

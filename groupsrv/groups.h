@@ -172,6 +172,17 @@ gs_err gs_group_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned be
  * lock. */
 gs_err gs_secret_retire(gs_store *st, hsm_ctx *hsm, const char *name, unsigned before, size_t *n_retired,
                         size_t *n_cleared);
+/* `secret record`: records again secret key version `version` of group
+ * `name` that the database does not record but the token holds
+ * (gs:secret:NAME:vN, made after the backup a restored database
+ * predates), under kek_id, the KEK identifier mail and members' copies
+ * carry: as old, or as current above the current version. The key must
+ * pass the key audit with the current secret version's weakenings.
+ * NOT_FOUND (no such key on the token either), EXISTS (the version or
+ * the identifier is recorded), STATE (no group-secret, or sealed secret
+ * keys: those lived in the database only). Takes the keys lock. */
+gs_err gs_secret_record(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version,
+                        const unsigned char kek_id[GS_KEK_ID_LEN]);
 /* Labels of token objects the database does not record that the last
  * group rotate, secret rotate or member remove of this thread numbered
  * its new version past (kept: see free_version), ", "-separated, copied

@@ -62,6 +62,7 @@ static const char usage_text[] =
     "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
     "  secret retire NAME --before VERSION\n"
+    "  secret record NAME --version N --kek-id HEX\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
     "             [--wrap pkcs1v15|oaep]\n"
     "  member set NAME EMAIL --wrap pkcs1v15|oaep|default\n"
@@ -783,9 +784,42 @@ static int cmd_group(struct env *e, int argc, char **argv)
 
 /* ---- secret ---------------------------------------------------------------------- */
 
+/* `secret record NAME --version N --kek-id HEX`: a secret key version a
+ * restored database lacks, recorded again (gs_secret_record). HEX: the 32
+ * hex digits `group show` and `groupmail keys list` print. */
+static int cmd_secret_record(struct env *e, const struct args *a)
+{
+    unsigned char kek_id[GS_KEK_ID_LEN];
+    const char *hex = opt(a, "--kek-id");
+    uint64_t version = 0;
+    gs_err err;
+
+    if (opt(a, "--version") == NULL || hex == NULL || a->nopt != 2)
+        return usage_error("secret record: --version N and --kek-id HEX are required%s", "");
+    if (util_parse_u64(opt(a, "--version"), 1, UINT32_MAX, &version) != UTIL_OK)
+        return usage_error("secret record: bad --version %s", opt(a, "--version"));
+    if (strlen(hex) != 2 * GS_KEK_ID_LEN || strspn(hex, "0123456789abcdefABCDEF") != 2 * GS_KEK_ID_LEN)
+        return usage_error("secret record: --kek-id must be %d hex digits", 2 * GS_KEK_ID_LEN);
+    for (size_t i = 0; i < GS_KEK_ID_LEN; i++) {
+        unsigned byte = 0;
+        for (size_t j = 0; j < 2; j++) {
+            char ch = hex[2 * i + j];
+            byte = byte * 16 + (unsigned)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+        }
+        kek_id[i] = (unsigned char)byte;
+    }
+    err = env_open(e, NEED_DB | NEED_TOKEN);
+    if (!err)
+        err = gs_secret_record(e->st, e->hsm, a->pos[1], (unsigned)version, kek_id);
+    if (err)
+        return fail(err);
+    printf("group %s: secret key version %u recorded\n", a->pos[1], (unsigned)version);
+    return 0;
+}
+
 static int cmd_secret(struct env *e, int argc, char **argv)
 {
-    static const struct opt_def defs[] = {{"--before", true}};
+    static const struct opt_def defs[] = {{"--before", true}, {"--version", true}, {"--kek-id", true}};
     struct args a;
     struct cli_record rec;
     unsigned v = 0;
@@ -795,8 +829,11 @@ static int cmd_secret(struct env *e, int argc, char **argv)
         return rc;
     if (a.npos == 2 && strcmp(a.pos[0], "retire") == 0)
         return cmd_retire(e, &a, true);
+    if (a.npos == 2 && strcmp(a.pos[0], "record") == 0)
+        return cmd_secret_record(e, &a);
     if (a.npos != 2 || strcmp(a.pos[0], "rotate") != 0)
-        return usage_error("secret: expected `secret rotate NAME` or `secret retire NAME --before VERSION`%s", "");
+        return usage_error("secret: expected `secret rotate NAME`, `secret retire NAME --before VERSION` or `secret "
+                           "record NAME --version N --kek-id HEX`%s", "");
     if (a.nopt)
         return usage_error("secret rotate takes no options%s", "");
     err = env_open(e, NEED_DB | NEED_TOKEN);
@@ -1484,7 +1521,8 @@ static void check_unrecorded(void *arg, const char *label)
 {
     (void)arg;
     printf("unrecorded %s: on the token, not in the database (a version made after the backup the database was "
-           "restored from: keep it; or left by a killed import or a failed run: docs/operations.md)\n",
+           "restored from: keep it, and record it again with group import-cert --version N or secret record; or "
+           "left by a killed import or a failed run: docs/operations.md)\n",
            label);
 }
 

@@ -95,15 +95,18 @@ field() {
 
 # serve_start NAME CLIENT_CA: NAME's `groupsrv serve` on a free loopback
 # port, with a throw-away TLS certificate ($work/tls.pem, the clients'
-# --cacert) and CLIENT_CA as its client CAs (appended to NAME's config);
-# sets srv_pid and srv_url. Not through gs_NAME: a backgrounded shell
+# --cacert) and CLIENT_CA as its client CAs (appended to NAME's config;
+# a second start uses what the first appended); sets srv_pid and srv_url. Not through gs_NAME: a backgrounded shell
 # function is a subshell, and killing it would leave groupsrv running.
 serve_start() {
   local n=$1 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-    -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
-  cat >> "$work/$n.conf" <<CONF
+  if grep -q '^\[server\]' "$work/$n.conf"; then # started before: the same port and files
+    port=$(sed -n 's/^listen = 127.0.0.1://p' "$work/$n.conf")
+  else
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+      -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+    cat >> "$work/$n.conf" <<CONF
 [server]
 listen = 127.0.0.1:$port
 [tls]
@@ -111,6 +114,7 @@ cert = $work/tls.pem
 key = $work/tls.key
 client_ca = $2
 CONF
+  fi
   SOFTHSM2_CONF=$work/tok-$n/softhsm2.conf "$BIN/groupsrv" -c "$work/$n.conf" serve >> "$work/$n-serve.log" 2>&1 &
   srv_pid=$!
   srv_url=https://127.0.0.1:$port

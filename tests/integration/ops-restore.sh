@@ -36,6 +36,19 @@ gs_alpha group show eng --cert > "$work/eng-v3.pem"
 printf 'Subject: after the backup\n\nsent to key version 3\n' > "$work/msg.txt"
 openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg3.der" \
   -recip "$work/eng-v3.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+# A member's group-secret copy of that mail: the content key under secret
+# key version 2 (made after the backup), as the server hands it out.
+gs_alpha ca show > "$work/ca.pem"
+serve_start alpha "$work/ca.pem"
+python3 "$SRC/tests/integration/server-cms.py" ri "$work/msg3.der" "$work/ri.der"
+curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
+  -H 'Content-Type: application/json' -o "$work/gs.json" \
+  --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"group-secret\"}" \
+  "$srv_url/v1/groups/eng/unwrap"
+grep -q '"secret_version":2' "$work/gs.json" || fail "the group-secret copy: $(cat "$work/gs.json")"
+serve_stop
+kek2=$(gs_alpha group show eng | awk '$1 == "v2" && $3 == "gs:secret:eng:v2" {print $5}')
+[ ${#kek2} = 32 ] || fail "no KEK identifier of secret key version 2 in group show: $(gs_alpha group show eng)"
 gs_alpha group retire eng --before 2 >/dev/null
 objects alpha > "$work/before-restore.objs"
 
@@ -98,10 +111,61 @@ expect 0 "import-cert --version 5 above the current version 4" -- \
 gs_alpha group show eng --cert | cmp -s - "$work/eng-v5.pem" || fail "v5 is not current again: $(gs_alpha group show eng)"
 ok "group import-cert --version N records a key version the restored database lacked"
 
-# ---- mail sent to v3 before the restore decrypts through the server ----
-gs_alpha ca show > "$work/ca.pem"
+# ---- the secret key version made after the backup, recorded again ----
+# Its KEK identifier: from the mail (the KEKRecipientInfo's kekid), a
+# member's `groupmail keys list`, or an earlier `group show`.
+rc=0; gs_alpha secret record eng --version 2 --kek-id 00 2>"$work/err" || rc=$?
+[ "$rc" = 2 ] || fail "secret record --kek-id 00: exit $rc: $(cat "$work/err")"
+refused alpha 3 "secret record of a version neither recorded nor on the token" -- \
+  gs_alpha secret record eng --version 9 --kek-id "$kek2"
+expect_msg "no secret key version 9: the database does not record it and the token has no gs:secret:eng:v9"
+refused alpha 3 "secret record of a recorded version" -- gs_alpha secret record eng --version 3 --kek-id "$kek2"
+expect 0 "secret record of version 2 with its KEK identifier" -- gs_alpha secret record eng --version 2 --kek-id "$kek2"
+grep -q "^group eng: secret key version 2 recorded$" "$work/out" || fail "secret record said: $(cat "$work/out")"
+expect 0 "check after recording the secret key version" -- gs_alpha check
+grep -q "^unrecorded " "$work/out" && fail "check still names an unrecorded key: $(cat "$work/out")"
+ok "secret record: the secret key version made after the backup is recorded again"
+
+# ---- mail sent to v3 before the restore decrypts through the server,
+# and its group-secret copy (secret key version 2) with the key served ----
 serve_start alpha "$work/ca.pem"
 unwrap_reads "$work/msg3.der" "$work/msg.txt" alice@example.org "the mail to v3"
+curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
+  -o "$work/keys.json" "$srv_url/v1/groups/eng/secret-keys"
+cek=$(python3 - "$work/keys.json" "$work/gs.json" "$work/alice@example.org.key" <<'PY'
+import base64, json, sys
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+keys = json.load(open(sys.argv[1]))["keys"]
+copy = json.load(open(sys.argv[2]))
+k = [k for k in keys if k["version"] == 2]
+assert k and k[0]["kek_id"] == copy["kek_id"], (keys, copy)
+alice = serialization.load_pem_private_key(open(sys.argv[3], "rb").read(), None)
+kek = alice.decrypt(base64.b64decode(k[0]["wrapped_key"]),
+                    padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+def tlv(d, i):  # (tag, content start, end) of the DER element at i
+    t, n = d[i], d[i + 1]
+    if n < 0x80:
+        return t, i + 2, i + 2 + n
+    w = n & 0x7f
+    n = int.from_bytes(d[i + 2:i + 2 + w], "big")
+    return t, i + 2 + w, i + 2 + w + n
+ri = base64.b64decode(copy["recipient_info"])
+_, i, end = tlv(ri, 0)
+enc = None
+while i < end:  # the KEKRecipientInfo's last OCTET STRING is its encryptedKey
+    t, s, e = tlv(ri, i)
+    if t == 0x04:
+        enc = ri[s:e]
+    i = e
+print(aes_key_unwrap(kek, enc).hex())
+PY
+) || fail "the group-secret copy does not open with secret key version 2 as served"
+iv=$(python3 "$SRC/tests/integration/server-cms.py" content "$work/msg3.der" "$work/ct.bin")
+openssl enc -d -aes-256-cbc -K "$cek" -iv "$iv" -in "$work/ct.bin" -out "$work/dec-gs.txt" 2>/dev/null ||
+  fail "the content key from the group-secret copy does not decrypt the mail"
+cmp -s "$work/dec-gs.txt" "$work/msg.txt" || fail "the group-secret copy decrypts to other text"
 serve_stop
-ok "mail sent to a key version made after the backup decrypts through the server once re-recorded"
+ok "mail sent to key and secret key versions made after the backup is read through the server once they are re-recorded"
 echo "all ops-restore checks passed"
