@@ -824,7 +824,9 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                 gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
         goto out;
     }
-    ge = gs_ca_load(st, kh->hsm, &kh->ca);
+    gs_ca *ca = NULL;
+    ge = gs_ca_load(st, kh->hsm, &ca);
+    atomic_store(&kh->ca, ca);
     if (ge == GS_ERR_NOT_FOUND)
         log_warn("no local CA (groupsrv ca init): no membership certificates, no group creation");
     else if (ge != GS_OK) {
@@ -1001,7 +1003,9 @@ out:
     free(io.links);
     ipc_reader_free(&io.ctl);
     ratelimit_free(kh.rl);
-    gs_ca_free(kh.ca);
+    gs_ca_free(atomic_load(&kh.ca));
+    for (unsigned i = 0; i < kh.n_ca_kept; i++)
+        gs_ca_free(kh.ca_kept[i]);
     hsm_key_free(kh.tls_key);
     hsm_close(kh.hsm);
     audit_close(kh.audit);

@@ -58,7 +58,14 @@ struct kh_worker {
 struct kh {
     const struct gs_config *cfg;
     hsm_ctx *hsm;
-    gs_ca *ca;                     /* NULL before `groupsrv ca init` */
+    /* NULL before `groupsrv ca init`. Replaced whole at a SIGHUP that finds
+     * the CA certificate renewed (`ca renew-cert`); the replaced ones stay
+     * allocated until exit (a worker may be issuing with one), at most
+     * KH_CA_KEPT, kept under tls_lock's write side. */
+    _Atomic(gs_ca *) ca;
+#define KH_CA_KEPT 16
+    gs_ca *ca_kept[KH_CA_KEPT];
+    unsigned n_ca_kept;
     audit_log *audit;
     ratelimit *rl;
     tokenq *q;

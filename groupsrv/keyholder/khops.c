@@ -1392,6 +1392,38 @@ static void op_sign(struct kh_worker *w, struct kh_job *j)
     free(sig);
 }
 
+/* At a reload (SIGHUP): the local CA as the database has it now, when its
+ * certificate changed since start (`ca renew-cert`) or it was made since
+ * (`ca init`). The one it replaces stays allocated (kh.h). A CA that does
+ * not load keeps the current one, with a warning. */
+static void ca_reload(struct kh *kh, gs_store *st)
+{
+    gs_ca *fresh = NULL, *cur;
+
+    if (gs_ca_load(st, kh->hsm, &fresh) != GS_OK) {
+        if (atomic_load(&kh->ca) != NULL)
+            log_warn("the local CA is not taken up again reason=\"%s\"", gs_err_detail());
+        return;
+    }
+    pthread_rwlock_wrlock(&kh->tls_lock);
+    cur = atomic_load(&kh->ca);
+    if (cur != NULL && (X509_cmp(gs_ca_cert(cur), gs_ca_cert(fresh)) == 0 || kh->n_ca_kept == KH_CA_KEPT)) {
+        pthread_rwlock_unlock(&kh->tls_lock);
+        if (X509_cmp(gs_ca_cert(cur), gs_ca_cert(fresh)) != 0)
+            log_warn("the renewed local CA certificate is taken up at the next restart (renewed %u times since)",
+                     KH_CA_KEPT);
+        gs_ca_free(fresh);
+        return;
+    }
+    if (cur != NULL)
+        kh->ca_kept[kh->n_ca_kept++] = cur;
+    atomic_store(&kh->ca, fresh);
+    pthread_rwlock_unlock(&kh->tls_lock);
+    char until[64];
+    util_cert_not_after_text(gs_ca_cert(fresh), until, sizeof(until));
+    log_info("local CA certificate taken up not_after=\"%s\"", until);
+}
+
 /* IPC_INFO: what the network process needs for its TLS set-up. */
 static void op_info(struct kh_worker *w, struct kh_job *j)
 {
@@ -1405,10 +1437,12 @@ static void op_info(struct kh_worker *w, struct kh_job *j)
             answer_error(j, 503, "token_unavailable", "%s", err);
             return;
         }
+        ca_reload(w->kh, w->store);
     }
     answer_begin(j, 200);
-    if (w->kh->ca != NULL) {
-        int n = i2d_X509(gs_ca_cert(w->kh->ca), &der);
+    gs_ca *ca = atomic_load(&w->kh->ca);
+    if (ca != NULL) {
+        int n = i2d_X509(gs_ca_cert(ca), &der);
         if (n > 0)
             ipc_put_bytes(&j->reply, IPC_T_CA_CERT, der, (size_t)n);
     }
