@@ -107,7 +107,7 @@ gs_gamma group import --in "$work/eng-s2.gsk" >/dev/null
 expect 0 "secret retire on alpha" -- gs_alpha secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired$" "$work/out" || fail "secret retire on alpha: $(cat "$work/out")"
 objects alpha | grep -q 'label: *gs:secret:eng:v1$' && fail "alpha's retired secret key is still on its token"
-refused alpha 3 "export of a retired secret key version" -- \
+expect 3 "export of a retired secret key version" -- \
   gs_alpha group export eng --secret-version 1 --to "$work/gamma-transport.pem" --out "$work/eng-s1.gsk"
 expect_msg "no secret key version 1 \(or it is retired\)"
 rc=0; gs_gamma check > "$work/out" 2>&1 || rc=$?
@@ -117,7 +117,6 @@ expect 0 "secret retire on gamma" -- gs_gamma secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired earlier destroyed on this token" "$work/out" ||
   fail "secret retire on gamma does not say it destroyed the copy: $(cat "$work/out")"
 objects gamma | grep -q 'label: *gs:secret:eng:v1$' && fail "gamma's copy of the retired secret is still on its token"
-expect 0 "check on gamma after its secret retire" -- gs_gamma check
 ok "secret retire run on each server sharing the database takes the retired secret version off its token"
 # ---- the CA certificate renewed (ca renew-cert) between a ca export and its import ----
 gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null

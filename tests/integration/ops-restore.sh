@@ -86,20 +86,18 @@ expect 0 "check after removal, rotation and retire" -- gs_alpha check
 ok "after the restore: the removal done again, new versions numbered past the unrecorded ones, which stay"
 
 # ---- re-recording a key version made after the backup (operations.md step 8) ----
-refused alpha 1 "import-cert of v2's certificate as version 3" -- \
+expect 1 "import-cert of v2's certificate as version 3" -- \
   gs_alpha group import-cert eng --cert "$work/eng-v2.pem" --version 3
 expect_msg "certificate public key does not match token key gs:group:eng:v3"
-refused alpha 3 "import-cert of a version neither recorded nor on the token" -- \
+expect 3 "import-cert of a version neither recorded nor on the token" -- \
   gs_alpha group import-cert eng --cert "$work/eng-v3.pem" --version 9
 expect_msg "no key version 9: the database does not record it and the token has no gs:group:eng:v9"
-refused alpha 3 "import-cert of a retired version" -- gs_alpha group import-cert eng --cert "$work/eng-v2.pem" --version 1
+expect 3 "import-cert of a retired version" -- gs_alpha group import-cert eng --cert "$work/eng-v2.pem" --version 1
 for v in 3 2; do
   expect 0 "import-cert --version $v records the version made after the backup" -- \
     gs_alpha group import-cert eng --cert "$work/eng-v$v.pem" --version $v
 done
 gs_alpha group show eng | grep -Eq "^  v3 +old +gs:group:eng:v3 " || fail "v3 not recorded as old: $(gs_alpha group show eng)"
-expect 0 "check after re-recording" -- gs_alpha check
-grep -q "^unrecorded gs:group:" "$work/out" && fail "check still names a recorded group key: $(cat "$work/out")"
 # A version above the current one (the current one when the database was
 # lost) is current again: senders get its certificate.
 (umask 077; sqlite3 "$db" ".backup $work/backup2.db")
@@ -116,13 +114,13 @@ ok "group import-cert --version N records a key version the restored database la
 # member's `groupmail keys list`, or an earlier `group show`.
 rc=0; gs_alpha secret record eng --version 2 --kek-id 00 2>"$work/err" || rc=$?
 [ "$rc" = 2 ] || fail "secret record --kek-id 00: exit $rc: $(cat "$work/err")"
-refused alpha 3 "secret record of a version neither recorded nor on the token" -- \
+expect 3 "secret record of a version neither recorded nor on the token" -- \
   gs_alpha secret record eng --version 9 --kek-id "$kek2"
 expect_msg "no secret key version 9: the database does not record it and the token has no gs:secret:eng:v9"
-refused alpha 3 "secret record of a recorded version" -- gs_alpha secret record eng --version 3 --kek-id "$kek2"
+expect 3 "secret record of a recorded version" -- gs_alpha secret record eng --version 3 --kek-id "$kek2"
 expect 0 "secret record of version 2 with its KEK identifier" -- gs_alpha secret record eng --version 2 --kek-id "$kek2"
 grep -q "^group eng: secret key version 2 recorded$" "$work/out" || fail "secret record said: $(cat "$work/out")"
-expect 0 "check after recording the secret key version" -- gs_alpha check
+expect 0 "check after recording the key and secret key versions" -- gs_alpha check
 grep -q "^unrecorded " "$work/out" && fail "check still names an unrecorded key: $(cat "$work/out")"
 ok "secret record: the secret key version made after the backup is recorded again"
 

@@ -382,9 +382,6 @@ done
   fail "the renewed CA certificate does not last [ca] ca_days"
 openssl verify -CAfile "$work/short-ca-new.pem" "$work/short/sam@example.org.pem" >/dev/null ||
   fail "a member certificate issued before the renewal does not verify against the renewed CA"
-gs2 check > "$work/check2.out" 2>&1 || true
-grep -Eq "^ca cert   OK   valid until .* \((3649|3650) days\)$" "$work/check2.out" ||
-  fail "check after the CA renewal: $(grep -i '^ca' "$work/check2.out")"
 gs2 group renew-cert short > /dev/null
 end=$(date -d "$(gs2 group show short --cert | openssl x509 -noout -enddate | cut -d= -f2)" +%s)
 [ $((end - $(date +%s))) -gt $((824 * 86400)) ] || fail "group renew-cert after the CA renewal is still cut short"
