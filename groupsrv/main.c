@@ -434,31 +434,6 @@ static int cmd_ca(struct env *e, int argc, char **argv)
 
 /* ---- group ----------------------------------------------------------------------- */
 
-/* `group retire NAME --before VERSION` and `secret retire ...` (secret):
- * a.pos[1] is NAME. */
-static int cmd_retire(struct env *e, const struct args *a, bool secret)
-{
-    const char *cmd = secret ? "secret retire" : "group retire";
-    uint64_t before = 0;
-    size_t n = 0, cleared = 0;
-    gs_err err;
-
-    if (opt(a, "--before") == NULL || a->nopt != 1)
-        return usage_error("%s: --before VERSION is required", cmd);
-    if (util_parse_u64(opt(a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
-        return usage_error("%s: bad --before %s", cmd, opt(a, "--before"));
-    err = env_open(e, NEED_DB | NEED_TOKEN);
-    if (!err)
-        err = (secret ? gs_secret_retire : gs_group_retire)(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
-    if (err)
-        return fail(err);
-    printf("group %s: %zu %s version(s) retired\n", a->pos[1], n, secret ? "secret key" : "key");
-    if (cleared > 0)
-        printf("group %s: %zu %sversion(s) retired earlier destroyed on this token\n", a->pos[1], cleared,
-               secret ? "secret key " : "");
-    return 0;
-}
-
 static int group_show(struct env *e, const struct args *a)
 {
     gs_store_group *g = NULL;
@@ -784,6 +759,29 @@ static int cmd_group(struct env *e, int argc, char **argv)
 
 /* ---- secret ---------------------------------------------------------------------- */
 
+/* `secret retire NAME --before VERSION` (a.pos[1] is NAME), as `group
+ * retire` is for key versions. */
+static int cmd_secret_retire(struct env *e, const struct args *a)
+{
+    uint64_t before = 0;
+    size_t n = 0, cleared = 0;
+    gs_err err;
+
+    if (opt(a, "--before") == NULL || a->nopt != 1)
+        return usage_error("secret retire: --before VERSION is required%s", "");
+    if (util_parse_u64(opt(a, "--before"), 1, UINT32_MAX, &before) != UTIL_OK)
+        return usage_error("secret retire: bad --before %s", opt(a, "--before"));
+    err = env_open(e, NEED_DB | NEED_TOKEN);
+    if (!err)
+        err = gs_secret_retire(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
+    if (err)
+        return fail(err);
+    printf("group %s: %zu secret key version(s) retired\n", a->pos[1], n);
+    if (cleared > 0)
+        printf("group %s: %zu secret key version(s) retired earlier destroyed on this token\n", a->pos[1], cleared);
+    return 0;
+}
+
 /* `secret record NAME --version N --kek-id HEX`: a secret key version a
  * restored database lacks, recorded again (gs_secret_record). HEX: the 32
  * hex digits `group show` and `groupmail keys list` print. */
@@ -828,7 +826,7 @@ static int cmd_secret(struct env *e, int argc, char **argv)
     if (rc)
         return rc;
     if (a.npos == 2 && strcmp(a.pos[0], "retire") == 0)
-        return cmd_retire(e, &a, true);
+        return cmd_secret_retire(e, &a);
     if (a.npos == 2 && strcmp(a.pos[0], "record") == 0)
         return cmd_secret_record(e, &a);
     if (a.npos != 2 || strcmp(a.pos[0], "rotate") != 0)
