@@ -408,6 +408,20 @@ smartcard)
   [ "$(grep -c ' 200$' "$work/aa.codes")" = 18 ] ||
     fail "concurrent unwraps with CKA_ALWAYS_AUTHENTICATE: $(sort "$work/aa.codes" | uniq -c | tr -s ' \n' ' ')"
   ok "smartcard: 18 concurrent unwraps (tls, recipient-key, group-secret), a login per operation: all 200"
+  # Sealed secret key versions retire too: the blob goes with the row.
+  sv=$(gs secret rotate eng | sed -n 's/^group eng: new secret key version \([0-9]*\)$/\1/p')
+  [ -n "$sv" ] && [ "$sv" -ge 2 ] || fail "secret rotate on the card"
+  gs secret retire eng --before "$sv" > "$work/out" || fail "secret retire of sealed versions: $(cat "$work/out")"
+  grep -q "^group eng: $((sv - 1)) secret key version(s) retired$" "$work/out" || fail "secret retire said: $(cat "$work/out")"
+  gs group show eng | grep -Eq "^  v1 +retired +gs:secret:eng:v1 +kek-id [0-9a-f]{32}$" ||
+    fail "the retired sealed version still has its blob, or is not retired: $(gs group show eng)"
+  expect_status 200 "" "secret keys after retiring a sealed version" -- c alice "$base/v1/groups/eng/secret-keys"
+  /usr/bin/python3 -c 'import json,sys; assert [k["version"] for k in json.load(open(sys.argv[1]))["keys"]] == [int(sys.argv[2])]' \
+    "$work/body" "$sv" || fail "the retired sealed version is still served: $(cat "$work/body")"
+  gs check > "$work/check-retired.out" 2>&1 || fail "check after retiring a sealed version: $(cat "$work/check-retired.out")"
+  rc=0; gs secret record eng --version 1 --kek-id 00000000000000000000000000000000 2>"$work/err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "sealed in the database" "$work/err" || fail "secret record of a sealed group: exit $rc: $(cat "$work/err")"
+  ok "smartcard: a sealed secret key version retired (its blob dropped), no longer served; secret record refused"
   # PKCS#1 v1.5 senders (stock clients): implicit rejection needs an HMAC
   # key, which the card cannot keep: sealed too.
   gs group create v15 --address v15@example.org --key rsa:2048 --allow-pkcs1v15 --methods tls,recipient-key \
