@@ -1363,7 +1363,8 @@ static int cek_from_kekri(job *j, gm_member *m, const env_recipient *kri, bool m
         if ((rc = keys_sync(j->c, &j->r, m->cert)) != GM_EXIT_OK)
             return rc;
         if (gm_secret_store_find(j->c, m->cert, kid, kidlen, &ss) != 0) {
-            gm_err("the message needs a group secret key this member does not have");
+            gm_err("the message needs a group secret key this member does not have, and the server does not hand "
+                   "it out (a version retired with groupsrv secret retire, or another group's)");
             return GM_EXIT_BAD_MESSAGE;
         }
     }

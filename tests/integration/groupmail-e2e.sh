@@ -395,4 +395,17 @@ done
 expect_rc 0 "mail to the new key with 20 more versions pinned" -- as alice decrypt --in "$work/v2.der" --out "$work/out.txt"
 same "$work/out.txt" "$work/m.txt" "new key, long pin file"
 expect_rc 0 "fetch-cert with 20 more versions pinned" -- gm fetch-cert
+
+# ---- a group secret key version retired (groupsrv secret retire) ----
+# bob stored the version the KEKRI message is wrapped under: he still
+# reads it; a store that never had it cannot get it any more.
+sv=$(gs secret rotate eng | sed -n 's/^group eng: new secret key version \([0-9]*\)$/\1/p')
+gs secret retire eng --before "$sv" >/dev/null
+expect_rc 0 "a retired secret key version, stored before: still read" -- \
+  as bob decrypt --via group-secret --in "$work/kek-msg.der"
+same "$work/gm.out" "$work/msg.txt" "group-secret KEKRI after the retire"
+expect_rc 5 "a retired secret key version, never stored" -- \
+  as alice decrypt --via group-secret --store "$work/fresh-store" --in "$work/kek-msg.der"
+grep -q "the server does not hand it out (a version retired with groupsrv secret retire" "$work/gm.err" ||
+  fail "the retired version's refusal: $(cat "$work/gm.err")"
 echo "groupmail-e2e: all passed"
