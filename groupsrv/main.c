@@ -367,17 +367,29 @@ static int cmd_ca(struct env *e, int argc, char **argv)
         days = (unsigned)d;
     }
     if (strcmp(a.pos[0], "renew-cert") == 0) {
+        struct cli_record rec;
         X509 *cert = NULL;
-        char fp[65], until[64];
+        char fp[65] = "", until[64] = "";
+        json_t *extra;
         if (a.nopt > (opt(&a, "--days") != NULL))
             return usage_error("ca renew-cert takes only --days N%s", "");
         err = env_open(e, NEED_DB | NEED_TOKEN);
         if (!err)
-            err = gs_ca_renew(e->st, e->hsm, days, &cert);
+            err = cli_record_open(e->cfg, &rec, "ca renew-cert");
         if (err)
             return fail(err);
-        gs_cert_fingerprint(cert, fp);
-        util_cert_not_after_text(cert, until, sizeof(until));
+        err = gs_ca_renew(e->st, e->hsm, days, &cert);
+        extra = json_pack("{s:I}", "days", (json_int_t)days);
+        if (!err) {
+            gs_cert_fingerprint(cert, fp);
+            util_cert_not_after_text(cert, until, sizeof(until));
+            (void)json_object_set_new(extra, "certificate_sha256", json_string(fp));
+            (void)json_object_set_new(extra, "not_after", json_string(until));
+        }
+        if ((rc = cli_record_done(&rec, "ca-renew-cert", NULL, -1, err, extra)) != 0) {
+            X509_free(cert);
+            return rc;
+        }
         printf("CA certificate renewed for the same key: certificate sha256 %s, valid until %s\n", fp, until);
         X509_free(cert);
         return 0;
@@ -763,9 +775,11 @@ static int cmd_group(struct env *e, int argc, char **argv)
  * retire` is for key versions. */
 static int cmd_secret_retire(struct env *e, const struct args *a)
 {
+    struct cli_record rec;
     uint64_t before = 0;
     size_t n = 0, cleared = 0;
     gs_err err;
+    int rc;
 
     if (opt(a, "--before") == NULL || a->nopt != 1)
         return usage_error("secret retire: --before VERSION is required%s", "");
@@ -773,9 +787,14 @@ static int cmd_secret_retire(struct env *e, const struct args *a)
         return usage_error("secret retire: bad --before %s", opt(a, "--before"));
     err = env_open(e, NEED_DB | NEED_TOKEN);
     if (!err)
-        err = gs_secret_retire(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
+        err = cli_record_open(e->cfg, &rec, "secret retire");
     if (err)
         return fail(err);
+    err = gs_secret_retire(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
+    if ((rc = cli_record_done(&rec, "secret-retire", a->pos[1], -1, err,
+                              json_pack("{s:I,s:I,s:I}", "before", (json_int_t)before, "retired", (json_int_t)n,
+                                        "destroyed_earlier", (json_int_t)cleared))) != 0)
+        return rc;
     printf("group %s: %zu secret key version(s) retired\n", a->pos[1], n);
     if (cleared > 0)
         printf("group %s: %zu secret key version(s) retired earlier destroyed on this token\n", a->pos[1], cleared);
@@ -787,10 +806,12 @@ static int cmd_secret_retire(struct env *e, const struct args *a)
  * hex digits `group show` and `groupmail keys list` print. */
 static int cmd_secret_record(struct env *e, const struct args *a)
 {
+    struct cli_record rec;
     unsigned char kek_id[GS_KEK_ID_LEN];
     const char *hex = opt(a, "--kek-id");
     uint64_t version = 0;
     gs_err err;
+    int rc;
 
     if (opt(a, "--version") == NULL || hex == NULL || a->nopt != 2)
         return usage_error("secret record: --version N and --kek-id HEX are required%s", "");
@@ -808,9 +829,14 @@ static int cmd_secret_record(struct env *e, const struct args *a)
     }
     err = env_open(e, NEED_DB | NEED_TOKEN);
     if (!err)
-        err = gs_secret_record(e->st, e->hsm, a->pos[1], (unsigned)version, kek_id);
+        err = cli_record_open(e->cfg, &rec, "secret record");
     if (err)
         return fail(err);
+    err = gs_secret_record(e->st, e->hsm, a->pos[1], (unsigned)version, kek_id);
+    if ((rc = cli_record_done(&rec, "secret-record", a->pos[1], -1, err,
+                              json_pack("{s:I,s:s#}", "secret_version", (json_int_t)version, "kek_id", hex,
+                                        (size_t)(2 * GS_KEK_ID_LEN)))) != 0)
+        return rc;
     printf("group %s: secret key version %u recorded\n", a->pos[1], (unsigned)version);
     return 0;
 }

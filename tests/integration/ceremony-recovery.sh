@@ -106,6 +106,7 @@ gs_alpha group export eng --secret-version 2 --to "$work/gamma-transport.pem" --
 gs_gamma group import --in "$work/eng-s2.gsk" >/dev/null
 expect 0 "secret retire on alpha" -- gs_alpha secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired$" "$work/out" || fail "secret retire on alpha: $(cat "$work/out")"
+audit_has "$work/alpha/audit.jsonl" secret-retire ok '"group":"eng"' '"before":2' '"retired":1' '"destroyed_earlier":0'
 objects alpha | grep -q 'label: *gs:secret:eng:v1$' && fail "alpha's retired secret key is still on its token"
 expect 3 "export of a retired secret key version" -- \
   gs_alpha group export eng --secret-version 1 --to "$work/gamma-transport.pem" --out "$work/eng-s1.gsk"
@@ -122,6 +123,8 @@ ok "secret retire run on each server sharing the database takes the retired secr
 gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null
 expect 0 "ca renew-cert on alpha" -- gs_alpha ca renew-cert
 gs_alpha ca show > "$work/alpha-ca-new.pem"
+audit_has "$work/alpha/audit.jsonl" ca-renew-cert ok '"days":3650' \
+  "\"certificate_sha256\":\"$(openssl x509 -in "$work/alpha-ca-new.pem" -outform DER | sha256sum | cut -c1-64)\""
 cmp -s "$work/alpha-ca-new.pem" "$work/alpha-ca.pem" && fail "ca renew-cert left the certificate as it was"
 # A file names the CA certificate that signed it: one made before the
 # renewal is refused against the renewed certificate; export it again.

@@ -120,6 +120,8 @@ expect_msg "no secret key version 9: the database does not record it and the tok
 expect 3 "secret record of a recorded version" -- gs_alpha secret record eng --version 3 --kek-id "$kek2"
 expect 0 "secret record of version 2 with its KEK identifier" -- gs_alpha secret record eng --version 2 --kek-id "$kek2"
 grep -q "^group eng: secret key version 2 recorded$" "$work/out" || fail "secret record said: $(cat "$work/out")"
+audit_has "$work/alpha/audit.jsonl" secret-record ok '"group":"eng"' '"secret_version":2' "\"kek_id\":\"$kek2\""
+audit_has "$work/alpha/audit.jsonl" secret-record "group eng: secret key version 3 is recorded"
 expect 0 "check after recording the key and secret key versions" -- gs_alpha check
 grep -q "^unrecorded " "$work/out" && fail "check still names an unrecorded key: $(cat "$work/out")"
 ok "secret record: the secret key version made after the backup is recorded again"
