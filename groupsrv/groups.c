@@ -1548,21 +1548,19 @@ static gs_err unrecorded_key(hsm_ctx *hsm, const gs_store_group *g, const char *
 {
     hsm_key_info info;
     unsigned missing = 0;
-    bool present = false;
     const char *problem;
     gs_err err;
     hsm_err he;
 
     *key = NULL;
-    if ((err = gs_token_label_present(hsm, label, &present)) != GS_OK)
+    if ((err = gs_weak_parse(weak, &missing)) != GS_OK)
         return err;
-    if (!present)
+    /* One search: the find of the key itself says whether it is there. */
+    if ((he = hsm_key_find(hsm, label, cls, key)) == HSM_ERR_KEY_NOT_FOUND)
         return gs_err_set(GS_ERR_NOT_FOUND,
                           "group %s has no %s version %u: the database does not record it and the token has no %s",
                           g->name, strcmp(kind, "secret") == 0 ? "secret key" : "key", version, label);
-    if ((err = gs_weak_parse(weak, &missing)) != GS_OK)
-        return err;
-    if ((he = hsm_key_find(hsm, label, cls, key)) != HSM_OK)
+    if (he != HSM_OK)
         return gs_hsm_fail(he, "token key", label);
     if ((he = hsm_key_get_info(hsm, *key, &info)) != HSM_OK) {
         err = gs_hsm_fail(he, "reading the attributes of token key", label);
