@@ -93,3 +93,10 @@ int mailaddr_names_record(const char *addr)
     at = strchr(addr, '@');
     return at != NULL && at != addr && at[1] != '\0' && strchr(at + 1, '@') == NULL;
 }
+
+const char *mailaddr_refusal(const char *addr, int new_record)
+{
+    if (new_record)
+        return mailaddr_problem(addr);
+    return mailaddr_names_record(addr) ? NULL : MAILADDR_RECORD_RULE;
+}

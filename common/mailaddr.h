@@ -42,4 +42,10 @@ int mailaddr_names_record(const char *addr);
     "not printable US-ASCII (without spaces or <>(),;\"\\) of at most 254 octets with one @ between a local part " \
     "and a domain"
 
+/* The one choice between the two rules: why addr is refused, NULL when it
+ * is taken. new_record: it makes a record (mailaddr_problem's rule);
+ * else it names one that may exist (mailaddr_names_record, refused with
+ * MAILADDR_RECORD_RULE). */
+const char *mailaddr_refusal(const char *addr, int new_record);
+
 #endif

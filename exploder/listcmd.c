@@ -160,10 +160,10 @@ static int collect_members(int argc, char **argv, bool add, char ***out, size_t 
                 a = argv[i];
             /* a member stored by an older build under a looser rule
              * stays removable */
-            if (add ? !mail_addr_valid(a) : !mailaddr_names_record(a)) {
+            const char *why = mailaddr_refusal(a, add);
+            if (why != NULL) {
                 char q[96];
-                fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a),
-                        add ? mailaddr_problem(a) : MAILADDR_RECORD_RULE);
+                fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a), why);
                 goto out;
             }
             if (cnt == cap) {

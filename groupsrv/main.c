@@ -1003,10 +1003,9 @@ static int cmd_member(struct env *e, int argc, char **argv)
     /* add makes a record (and with --issue-cert files named after it):
      * the address rule; set and remove name a record that may be older
      * than that rule, and must reach it */
-    if (strcmp(sub, "add") == 0 && !gs_valid_email(a.pos[2]))
-        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(a.pos[2])));
-    if (!mailaddr_names_record(a.pos[2]))
-        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", MAILADDR_RECORD_RULE));
+    const char *why = mailaddr_refusal(a.pos[2], strcmp(sub, "add") == 0);
+    if (why != NULL)
+        return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", why));
     if (strcmp(sub, "set") == 0) {
         gs_store_group *g = NULL;
         gs_wrap w = GS_WRAP_DEFAULT;

@@ -1702,10 +1702,10 @@ out:
 static const char *member_email(struct kh_job *j)
 {
     const char *email = ipc_str(&j->msg, IPC_T_EMAIL);
-    bool put = j->msg.type == IPC_MEMBER_PUT; /* GET and DELETE may name a record older than the rule */
-    if (put ? !gs_valid_email(email) : !mailaddr_names_record(email)) {
-        answer_error(j, 400, "bad_request", "the member id must be an email address: %s",
-                     put ? mailaddr_problem(email) : MAILADDR_RECORD_RULE);
+    /* GET and DELETE may name a record older than the rule */
+    const char *why = mailaddr_refusal(email, j->msg.type == IPC_MEMBER_PUT);
+    if (why != NULL) {
+        answer_error(j, 400, "bad_request", "the member id must be an email address: %s", why);
         return NULL;
     }
     return email;

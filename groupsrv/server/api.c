@@ -1014,9 +1014,9 @@ static void member_have_view(struct srv_req *r)
         return;
     /* a PUT makes a record: the address rule; GET and DELETE name one
      * that may be older than that rule, and must reach it */
-    if (cmd == EVHTTP_REQ_PUT ? !gs_valid_email(r->param[1]) : !mailaddr_names_record(r->param[1])) {
-        srv_err_set(&e, 400, "bad_request", "the member id must be an email address: %s",
-                    cmd == EVHTTP_REQ_PUT ? mailaddr_problem(r->param[1]) : MAILADDR_RECORD_RULE);
+    const char *why = mailaddr_refusal(r->param[1], cmd == EVHTTP_REQ_PUT);
+    if (why != NULL) {
+        srv_err_set(&e, 400, "bad_request", "the member id must be an email address: %s", why);
         goto refuse;
     }
     if (cmd == EVHTTP_REQ_PUT) {

@@ -397,6 +397,11 @@ static void test_mailaddr(void **state)
     assert_true(mailaddr_names_record("a..b@mail_host.example"));
     assert_true(mailaddr_names_record("dept/ops@example.org"));
     assert_true(mailaddr_names_record("a@b"));
+    /* the choice between the two rules */
+    assert_null(mailaddr_refusal("a@b.org", 1));
+    assert_string_equal(mailaddr_refusal("a..b@mail_host.example", 1), mailaddr_problem("a..b@mail_host.example"));
+    assert_null(mailaddr_refusal("a..b@mail_host.example", 0));
+    assert_string_equal(mailaddr_refusal("a b@example.org", 0), MAILADDR_RECORD_RULE);
     assert_false(mailaddr_names_record(NULL));
     assert_false(mailaddr_names_record(""));
     assert_false(mailaddr_names_record("nobody"));
