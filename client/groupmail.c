@@ -887,28 +887,46 @@ static int check_address(const char *what, const char *addr)
     return GM_EXIT_USAGE;
 }
 
-/* The same for each address of a comma-separated list (spaces around). */
+/* The address of a comma-separated list (spaces around) at p, into addr
+ * (MAILADDR_MAX + 1 octets of it at most: too long, whatever follows);
+ * returns where the next one starts. The one splitter of --to, for its
+ * check and for the RCPT TOs sent: they are the same addresses. */
+static const char *next_address(const char *p, char addr[MAILADDR_MAX + 2])
+{
+    const char *e;
+    size_t n;
+
+    while (*p == ' ')
+        p++;
+    e = p + strcspn(p, ",");
+    n = (size_t)(e - p);
+    while (n > 0 && p[n - 1] == ' ')
+        n--;
+    if (n > MAILADDR_MAX)
+        n = MAILADDR_MAX + 1;
+    memcpy(addr, p, n);
+    addr[n] = '\0';
+    return *e == ',' ? e + 1 : e;
+}
+
+/* Whether list goes on at p (next_address's answer): a comma always has
+ * an address after it, if an empty one ("a," ends in one). */
+static bool more_addresses(const char *list, const char *p)
+{
+    return *p != '\0' || (p != list && p[-1] == ',');
+}
+
+/* check_address for each address of a comma-separated list. */
 static int check_addresses(const char *what, const char *list)
 {
     char addr[MAILADDR_MAX + 2];
-    const char *p = list, *e;
-    size_t n;
+    const char *p = list;
 
     do {
-        while (*p == ' ')
-            p++;
-        e = p + strcspn(p, ",");
-        n = (size_t)(e - p);
-        while (n > 0 && p[n - 1] == ' ')
-            n--;
-        if (n > MAILADDR_MAX)
-            n = MAILADDR_MAX + 1; /* too long, whatever follows */
-        memcpy(addr, p, n);
-        addr[n] = '\0';
+        p = next_address(p, addr);
         if (check_address(what, addr) != GM_EXIT_OK)
             return GM_EXIT_USAGE;
-        p = *e == ',' ? e + 1 : e;
-    } while (*p != '\0' || p[-1] == ',');
+    } while (more_addresses(list, p));
     return GM_EXIT_OK;
 }
 
@@ -920,7 +938,7 @@ static int cmd_send(gm_config *c)
     env_message *msg = NULL;
     CURL *cu = NULL;
     struct curl_slist *rcpts = NULL, *t;
-    char *tos = NULL, *save, errbuf[CURL_ERROR_SIZE] = "", *pw = NULL;
+    char addr[MAILADDR_MAX + 2], errbuf[CURL_ERROR_SIZE] = "", *pw = NULL;
     size_t pwlen = 0;
     int rc = GM_EXIT_ERROR;
     env_err e;
@@ -996,17 +1014,10 @@ static int cmd_send(gm_config *c)
         gm_err("cannot prepare the message for SMTP");
         goto out;
     }
-    if ((tos = strdup(c->to)) == NULL)
-        goto out;
-    for (char *a = tos; a != NULL; a = save) {
-        save = strchr(a, ',');
-        if (save != NULL)
-            *save++ = '\0';
-        while (*a == ' ')
-            a++;
-        if (*a == '\0')
-            continue;
-        if ((t = curl_slist_append(rcpts, a)) == NULL)
+    /* the addresses check_addresses took, as it split them */
+    for (const char *p = c->to; more_addresses(c->to, p);) {
+        p = next_address(p, addr);
+        if ((t = curl_slist_append(rcpts, addr)) == NULL)
             goto out;
         rcpts = t;
     }
@@ -1052,7 +1063,6 @@ out:
         curl_easy_cleanup(cu);
     util_secret_free(pw, pwlen);
     curl_slist_free_all(rcpts);
-    free(tos);
     env_message_free(msg);
     BIO_free(tb);
     BIO_free(in);

@@ -50,6 +50,14 @@ send() {
 }
 send ok eng@example.org 0
 [ "$(ls "$work/smtp/new" | wc -l)" = 1 ] || fail "the accepted message was not stored"
+# --to as a list with spaces around its addresses: the RCPT TOs are the
+# addresses the check took, without the spaces
+send ok " eng@example.org , ops@example.org " 0
+for a in eng@example.org ops@example.org; do
+  { grep -q "RCPT TO:<$a>" "$work/smtp/transcript.log" && ! grep -q "RCPT TO:<$a " "$work/smtp/transcript.log"; } ||
+    fail "RCPT TO of $a: $(grep RCPT "$work/smtp/transcript.log" | cat -v)"
+done
+rm "$work/smtp/new/$(ls -t "$work/smtp/new" | head -n 1)"
 send mail-5xx eng@example.org 3 "refused the message: 550 5.7.1 sender refused for good"
 send per-rcpt p5@example.org 3 "refused the message: 550 5.1.1 no such user"
 send data-5xx eng@example.org 3 "refused the message: 554 5.3.0 no DATA for you"
