@@ -217,19 +217,26 @@ static CK_SLOT_ID slot_now(hsm_ctx *ctx)
  * (CKF_USER_PIN_FINAL_TRY, CKF_SO_PIN_FINAL_TRY) is left to a person, and
  * a locked PIN is not sent at all. Tokens without a counter never set
  * these flags. See hsm_internal.h. */
-hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
+#define USER_PIN_FLAGS (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+
+/* hsm_pin_tries_left, and the user PIN's retry flags it read in
+ * *user_flags (0 if the token did not answer): do_login compares them
+ * with those after a login whose failure does not say whether it counted. */
+static hsm_err pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who, CK_FLAGS *user_flags)
 {
     CK_TOKEN_INFO ti;
     hsm_errsave sv;
     hsm_err err;
     bool so = who == CKU_SO;
 
+    *user_flags = 0;
     memset(&ti, 0, sizeof(ti));
     hsm_err_save(&sv);
     err = P11(ctx, C_GetTokenInfo, slot_now(ctx), &ti);
     hsm_err_restore(&sv);
     if (err != HSM_OK)
         return HSM_OK; /* C_Login says what is wrong */
+    *user_flags = ti.flags & USER_PIN_FLAGS;
     if (ti.flags & (so ? CKF_SO_PIN_LOCKED : CKF_USER_PIN_LOCKED)) {
         if (so)
             hsm_set_detail("the token reports the SO PIN locked (CKF_SO_PIN_LOCKED); not tried");
@@ -251,17 +258,31 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
     return HSM_OK;
 }
 
-hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len)
+hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
+{
+    CK_FLAGS unused;
+
+    return pin_tries_left(ctx, who, &unused);
+}
+
+/* hsm_login_counted, with the user PIN flags read before the C_Login. */
+static hsm_err login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len,
+                             CK_FLAGS *user_flags)
 {
     /* A context-specific login spends the user PIN's tries. */
-    hsm_err err = hsm_pin_tries_left(ctx, who == CKU_SO ? CKU_SO : CKU_USER);
+    hsm_err err = pin_tries_left(ctx, who == CKU_SO ? CKU_SO : CKU_USER, user_flags);
 
     if (err != HSM_OK)
         return err;
     return P11(ctx, C_Login, s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
 }
 
-#define USER_PIN_FLAGS (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len)
+{
+    CK_FLAGS unused;
+
+    return login_counted(ctx, s, who, pin, pin_len, &unused);
+}
 
 /* The user PIN's retry flags the token reports now in *flags (0 if it
  * does not answer); whether it answered. */
@@ -364,14 +385,14 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_ERR_DEVICE;
         goto out;
     }
-    if (!ctx->pinpad)
-        (void)user_pin_flags(ctx, &before);
     /* A new login (after all sessions were lost) renumbers private objects
      * on some tokens (SoftHSM): cached handles are stale. Bumped before the
      * call too, so that a thread which sees the session logged in already
      * also sees the new generation. */
     bump_key_gen(ctx);
-    err = hsm_login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len);
+    /* the PIN flags before it: one C_GetTokenInfo, for the check of the
+     * tries left and for login_unsure */
+    err = login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len, &before);
     if (err == HSM_ERR_PIN_LOCKED)
         goto out; /* not tried */
     if (err == HSM_OK) {
