@@ -1424,9 +1424,14 @@ static unsigned check_ca_cert(struct env *e)
     char why[96], until[64];
     int days = 0, secs = 0;
     unsigned problem = 0;
+    gs_err err;
 
-    if (gs_store_ca_get(e->st, &row) != GS_OK) {
+    if ((err = gs_store_ca_get(e->st, &row)) == GS_ERR_NOT_FOUND) {
         printf("%-10s-    no local CA yet (ca init)\n", "ca cert");
+        goto out;
+    }
+    if (err != GS_OK) {
+        problem = file_row("ca cert", false, "the CA's record cannot be read: %s", gs_err_detail());
         goto out;
     }
     if (gs_cert_parse((const unsigned char *)row->cert_pem, strlen(row->cert_pem), &cert) != GS_OK) {

@@ -366,6 +366,15 @@ gs2 check > "$work/check2.out" 2>&1 || true
 # 1 day when check runs in the second of ca init (whole days left, of 86400 s)
 grep -Eq "^ca cert   OK   valid until .* \([01] days\); renew it soon: groupsrv ca renew-cert$" "$work/check2.out" ||
   fail "check does not say the CA ends soon: $(grep -i '^ca' "$work/check2.out")"
+# A CA record that cannot be read is a problem, not "no local CA yet": a
+# copy of the database whose ca table reads fail (a view that overflows).
+cp "$work/groupsrv2.db" "$work/groupsrv3.db"
+sqlite3 "$work/groupsrv3.db" "ALTER TABLE ca RENAME TO ca0; CREATE VIEW ca AS SELECT id, key_label, cert_pem,
+  created + abs(-9223372036854775807 - 1) AS created, weakenings, replicable FROM ca0"
+sed "s|^path = $work/groupsrv2.db|path = $work/groupsrv3.db|" "$conf2" > "$work/conf3"
+set +e; "$BIN/groupsrv" -c "$work/conf3" check > "$work/check3.out" 2>&1; rc=$?; set -e
+[ $rc = 1 ] && grep -q "^ca cert   PROBLEM: the CA's record cannot be read: " "$work/check3.out" ||
+  fail "check with an unreadable CA record (exit $rc): $(grep -i '^ca' "$work/check3.out")"
 gs2 ca show > "$work/short-ca-old.pem"
 rc=0; gs2 ca renew-cert --days 0 2>"$work/err" || rc=$?
 [ "$rc" = 2 ] || fail "ca renew-cert --days 0: exit $rc"
