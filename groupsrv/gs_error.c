@@ -41,6 +41,7 @@ void gs_err_clear(void)
 
 gs_db_cause gs_err_db_cause(void) { return db_cause; }
 
+static void set_detail(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static void set_detail(const char *fmt, va_list ap)
 {
     /* Format into a scratch buffer first: callers may pass gs_err_detail()
