@@ -1526,16 +1526,27 @@ static gs_err cert_names_list(const gs_store_group *g, X509 *cert)
     return GS_OK;
 }
 
-/* The public key of the private key labelled label on the token, DER
- * SubjectPublicKeyInfo (*spki the caller's). */
-static gs_err token_key_spki(hsm_ctx *hsm, const char *label, unsigned char **spki, size_t *spki_len)
+/* Whether cert certifies the group key on the token: priv, or when NULL
+ * the private key under label. GS_ERR_CERT naming label when it does not. */
+static gs_err cert_of_token_key(hsm_ctx *hsm, hsm_key *priv, const char *label, X509 *cert)
 {
-    hsm_key *priv = NULL;
-    hsm_err he = hsm_key_find(hsm, label, HSM_CLASS_PRIVATE, &priv);
+    hsm_key *found = NULL;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    hsm_err he = HSM_OK;
+    gs_err err = GS_OK;
+
+    if (priv == NULL && (he = hsm_key_find(hsm, label, HSM_CLASS_PRIVATE, &found)) == HSM_OK)
+        priv = found;
     if (he == HSM_OK)
-        he = hsm_key_export_public(hsm, priv, spki, spki_len);
-    hsm_key_free(priv);
-    return he == HSM_OK ? GS_OK : gs_hsm_fail(he, "group key", label);
+        he = hsm_key_export_public(hsm, priv, &spki, &spki_len);
+    if (he != HSM_OK)
+        err = gs_hsm_fail(he, "group key", label);
+    else if (!gs_cert_matches_spki(cert, spki, spki_len))
+        err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", label);
+    free(spki);
+    hsm_key_free(found);
+    return err;
 }
 
 /* The token key under `label` for re-recording version `version` of
@@ -1589,12 +1600,9 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
     size_t nk = 0;
     char label[GS_LABEL_MAX + 1];
     hsm_key *priv = NULL;
-    unsigned char *spki = NULL;
-    size_t spki_len = 0;
     char *pem = NULL;
     gs_store_keyrec rec;
     gs_err err;
-    hsm_err he;
 
     if ((err = gs_store_keys_lock(st)) != GS_OK)
         return err;
@@ -1619,15 +1627,7 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
         goto out;
     if (version > cur->version && (err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         goto out;
-    if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
-        err = gs_hsm_fail(he, "group key", label);
-        goto out;
-    }
-    if (!gs_cert_matches_spki(cert, spki, spki_len)) {
-        err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", label);
-        goto out;
-    }
-    if ((err = gs_cert_to_pem(cert, &pem)) != GS_OK)
+    if ((err = cert_of_token_key(hsm, priv, label, cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK)
         goto out;
     memset(&rec, 0, sizeof(rec));
     rec.weakenings = cur->weakenings;
@@ -1638,7 +1638,6 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
 out:
     gs_store_keys_unlock(st);
     free(pem);
-    free(spki);
     hsm_key_free(priv);
     gs_store_group_keys_free(keys, nk);
     return err;
@@ -1714,8 +1713,6 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     gs_store_group_key *keys = NULL;
     const gs_store_group_key *k = NULL;
     size_t nk = 0;
-    unsigned char *spki = NULL;
-    size_t spki_len = 0;
     char *pem = NULL;
     gs_err err;
 
@@ -1746,12 +1743,8 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
      * should: renewing to one would stop the list. */
     if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         goto out;
-    if ((err = token_key_spki(hsm, k->token_label, &spki, &spki_len)) != GS_OK)
+    if ((err = cert_of_token_key(hsm, NULL, k->token_label, cert)) != GS_OK)
         goto out;
-    if (!gs_cert_matches_spki(cert, spki, spki_len)) {
-        err = gs_err_set(GS_ERR_CERT, "certificate public key does not match token key %s", k->token_label);
-        goto out;
-    }
     err = cert_pem_with_former(cert, k->cert_pem, &pem);
     if (!err)
         err = gs_store_group_key_set_cert(st, g->id, k->version, pem);
@@ -1759,7 +1752,6 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
         log_info("group certificate imported group=%s version=%u", name, k->version);
 out:
     free(pem);
-    free(spki);
     gs_store_group_keys_free(keys, nk);
     gs_store_group_free(g);
     return err;
