@@ -3,7 +3,7 @@
 # process (the stock sqlite3 holding BEGIN EXCLUSIVE open, as a long admin
 # command or an operator's session would), as docs/operations.md says:
 #   - a running server goes on serving what only reads (unwraps,
-#     discovery, /healthz 200) at once;
+#     discovery, /healthz 200) while the lock is held;
 #   - a REST membership change waits the 5 s busy timeout, then answers
 #     503 store_unavailable with Retry-After; an admin command that writes
 #     exits 1 "database is locked" and leaves nothing behind (no
@@ -35,11 +35,11 @@ echo "BEGIN EXCLUSIVE; SELECT 'held';" >&3
 for i in $(seq 1 50); do grep -q held "$work/holder.out" && break; sleep 0.1; done
 grep -q held "$work/holder.out" || fail "sqlite3 did not take the lock: $(cat "$work/holder.out")"
 
-t0=$SECONDS
+# No bound on how long these take: the lock is held throughout, so a read
+# that waited for it would end in the busy timeout's 503, not a 200.
 expect_status 200 "" "unwrap, database locked" -- c alice --data-binary @"$work/unwrap.json" "$url"
 expect_status 200 "" "discovery, database locked" -- anon "$base/v1/groups/eng"
 expect_status 200 "" "healthz, database locked" -- anon "$base/healthz"
-[ $((SECONDS - t0)) -lt 4 ] || fail "reads waited for the lock ($((SECONDS - t0)) s)"
 t0=$SECONDS
 expect_status 503 store_unavailable "member PUT over REST, database locked" -- \
   c admin -D "$work/hdr" -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
