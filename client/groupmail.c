@@ -22,6 +22,7 @@
 
 #include "gm.h"
 #include "gm_store.h"
+#include "gs_version.h"
 #include "log.h"
 #include "mailaddr.h"
 #include "util.h"
@@ -1958,6 +1959,10 @@ int main(int argc, char **argv)
     lead_options_after_command(argc, argv);
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
         usage(stdout);
+        return GM_EXIT_OK;
+    }
+    if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
+        puts("groupmail " GS_VERSION);
         return GM_EXIT_OK;
     }
     if (argc < 2) {

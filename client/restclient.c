@@ -1,6 +1,7 @@
 /* restclient.c: see restclient.h. libcurl for HTTPS, jansson for the
  * requests; the answers are parsed by restparse.c. */
 #include "restclient.h"
+#include "gs_version.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -304,7 +305,7 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
     SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
     SETOPT(CURLOPT_WRITEFUNCTION, write_cb);
     SETOPT(CURLOPT_WRITEDATA, r);
-    SETOPT(CURLOPT_USERAGENT, opts->user_agent ? opts->user_agent : "groupsrv-restclient/0.1");
+    SETOPT(CURLOPT_USERAGENT, opts->user_agent ? opts->user_agent : "groupsrv-restclient/" GS_VERSION);
     if (opts->ca_file != NULL)
         SETOPT(CURLOPT_CAINFO, opts->ca_file);
     if (opts->pinned_pubkey != NULL)

@@ -76,7 +76,7 @@ typedef struct gs_rest_opts {
     long connect_timeout_ms;   /* 0 = 10000 */
     long timeout_ms;           /* whole request; 0 = 30000 */
     size_t max_response;       /* response body cap; 0 = 4 MiB */
-    const char *user_agent;    /* NULL = "groupsrv-restclient/0.1" */
+    const char *user_agent;    /* NULL = "groupsrv-restclient/VERSION" */
     /* The client key as an OpenSSL EVP_PKEY (an EC key on a token from
      * hsm_key_evp_pkey), with the certificate (and chain) from cert_file;
      * key_file and the PEM bytes are then not used. Installed into each

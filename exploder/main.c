@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 
 #include "cmd.h"
+#include "gs_version.h"
 #include "log.h"
 #include "xp.h"
 
@@ -67,6 +68,9 @@ int main(int argc, char **argv)
             verbose = 1;
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage();
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            puts("exploder " GS_VERSION);
             return 0;
         } else if (strcmp(argv[i], "-c") == 0) {
             return xp_usage_error("", "-c needs a FILE");

@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "envelope.h"
+#include "gs_version.h"
 #include "log.h"
 #include "mail.h"
 #include "restclient.h"
@@ -255,7 +256,7 @@ void xp_rest_opts(const xp_conf *c, const xp_list *l, gs_rest_opts *o)
     o->cert_file = l->cert != NULL ? l->cert : c->tls_cert;
     o->key_file = l->priv_path != NULL ? l->priv_path : c->tls_priv_path;
     o->ca_file = l->cacert != NULL ? l->cacert : c->tls_ca;
-    o->user_agent = "groupsrv-exploder/0.1";
+    o->user_agent = "groupsrv-exploder/" GS_VERSION;
     o->timeout_ms = (long)c->tls_timeout * 1000;
     /* A member-certs rewrap answers one RecipientInfo per member (a
      * 10,000-member list gets about 6-10 MB, over the 4 MiB default). The

@@ -27,6 +27,7 @@
 #include "cli.h"
 #include "config.h"
 #include "groups.h"
+#include "gs_version.h"
 #include "gs_error.h"
 #include "hsm.h"
 #include "log.h"
@@ -1672,6 +1673,10 @@ int main(int argc, char **argv)
             cfg_path = argv[i] + 9;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fputs(usage_text, stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0 && sub_argc == 0) {
+            /* before the command: after it, --version is a command's option */
+            puts("groupsrv " GS_VERSION);
             return 0;
         } else if (strcmp(argv[i], "-v") == 0 && sub_argc == 0) {
             log_set_level(LOG_LVL_INFO);

@@ -7,6 +7,14 @@ add_test(NAME package_install_tree
 set_tests_properties(package_install_tree PROPERTIES LABELS "integration" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}" RESOURCE_LOCK gs_system_packages)
 
+# One version: CMakeLists.txt, debian/changelog, scripts/version, the
+# programs' --version and the man pages; and versions that dpkg orders
+# as commits and release tags come (a few seconds: every pass).
+add_test(NAME package_version
+  COMMAND bash ${GS_TEST_DIR}/integration/package-version.sh ${PROJECT_SOURCE_DIR} ${CMAKE_BINARY_DIR})
+set_tests_properties(package_version PROPERTIES LABELS "integration" TIMEOUT 60
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
 # The Debian packages: built from this tree with dpkg-buildpackage and
 # checked by lintian (package_deb_build), then installed on this machine,
 # used (the group server as docs/operations.md sets it up, docs/postfix.md
