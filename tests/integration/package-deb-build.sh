@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # package-deb-build.sh SRC OUT: builds the Debian packages from this tree
 # as the README says (`dpkg-buildpackage -us -uc -b`, in a copy of the
-# tree so nothing lands next to the worktree), checks that their
+# tree so nothing lands next to the worktree), checks that their version
+# is the programs' (scripts/version) and orders after the release
+# debian/changelog names (a build from git upgrades it), that their
 # maintainer scripts restart the services after an upgrade and stop them
 # on removal, and checks them with lintian: every tag lintian reports
 # (errors, warnings, info, pedantic) must be overridden with a reason in
@@ -16,6 +18,9 @@ rm -rf "$OUT"
 mkdir -p "$OUT/src"
 # The tree as it is (uncommitted changes included), without build output.
 tar -C "$SRC" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$OUT/src" -xf -
+# The copy has no .git: it takes the checkout's version from .version.
+version=$("$SRC/scripts/version" "$SRC")
+"$SRC/scripts/version" --write "$OUT/src"
 start=$(date +%s)
 # The README's command; make may use every core (the machine's choice).
 (cd "$OUT/src" && DEB_BUILD_OPTIONS="parallel=$(nproc)" dpkg-buildpackage -us -uc -b) >"$OUT/build.log" 2>&1 ||
@@ -26,6 +31,18 @@ for p in groupsrv exploder groupmail; do
   compgen -G "$OUT/${p}_*.deb" >/dev/null || fail "no $p package"
 done
 ls "$OUT"/*.deb | sed 's|.*/|  |'
+
+# Their version: the programs' (the one --version prints, checked against
+# it in package_deb_system), and after the release debian/changelog names
+# unless it is that release, so apt and dpkg upgrade an installed release.
+release=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -S Version)
+for p in groupsrv exploder groupmail; do
+  v=$(dpkg-deb -f "$OUT/${p}_"*.deb Version)
+  [ "$v" = "$version" ] || fail "$p package version $v, scripts/version says $version"
+done
+[ "$version" = "$release" ] || dpkg --compare-versions "$version" gt "$release" ||
+  fail "the build's version $version does not order after the release $release"
+ok "packages of version $version (release $release)"
 
 # The services' life cycle across upgrade and removal (systemd is not
 # running here, so this reads what the maintainer scripts would do): an

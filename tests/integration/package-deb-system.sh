@@ -13,9 +13,12 @@
 #   - docs/postfix.md run step by step (package-postfix.sh);
 #   - `groupsrv audit rotate` by root under the running server, logrotate
 #     on the diagnostic logs, the audit log left alone;
-#   - the packages installed over themselves (dpkg's upgrade path): a
-#     conffile the admin changed, /etc/groupsrv, the database, the audit
-#     log, the spool and the users kept as they were;
+#   - installed first as the release debian/changelog names (the same
+#     packages, repacked with that version), then upgraded to this build's
+#     version (a build from git: RELEASE+gitN.gHASH), which dpkg must take
+#     as an upgrade: a conffile the admin changed, /etc/groupsrv, the
+#     database, the audit log, the spool and the users kept as they were,
+#     and the programs' --version the package's;
 #   - remove: the programs go, all of that stays;
 #   - purge: nothing left but the two system users (Debian policy keeps them).
 # One run at a time on a machine (a lock), and the packages are purged
@@ -56,11 +59,25 @@ exec 9>/tmp/groupsrv-package-test.lock
 flock 9
 for p in "${PKGS[@]}"; do installed "$p" && { echo "purging $p left by an earlier run" >&2; purge; }; done
 
-# ---- install ----
-flock /tmp/apt.lock dpkg -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb "$DEBS"/groupmail_*.deb \
-  >"$W/install.log" 2>&1 || fail "dpkg -i: $(tail -20 "$W/install.log")"
+# ---- install: the release, upgraded later to this build ----
+# The release's packages: these, with the version debian/changelog names
+# (or just before it, when this build is that release), so that the
+# upgrade below is dpkg's upgrade from the release to this build.
+version=$(dpkg-deb -f "$DEBS"/groupsrv_*.deb Version)
+release=$(dpkg-parsechangelog -l "$SRC/debian/changelog" -S Version)
+[ "$version" != "$release" ] || release="$release~0"
+dpkg --compare-versions "$version" gt "$release" || fail "this build ($version) does not order after $release"
+mkdir "$W/release"
+for p in "${PKGS[@]}"; do
+  dpkg-deb -R "$DEBS/${p}_"*.deb "$W/release/$p"
+  sed -i -e "s/^Version: .*/Version: $release/" -e '/^Source: /d' "$W/release/$p/DEBIAN/control"
+  dpkg-deb --root-owner-group -Zgzip -z1 -b "$W/release/$p" "$W/release/${p}_${release}.deb" >/dev/null
+done
+flock /tmp/apt.lock dpkg -i "$W/release/groupsrv_$release.deb" "$W/release/exploder_$release.deb" \
+  "$W/release/groupmail_$release.deb" >"$W/install.log" 2>&1 || fail "dpkg -i: $(tail -20 "$W/install.log")"
 grep -qi 'warning\|error\|fail' "$W/install.log" && fail "dpkg -i said: $(grep -i 'warning\|error\|fail' "$W/install.log")"
-ok "installed ${PKGS[*]}"
+[ "$(dpkg-query -W -f='${Version}' groupsrv)" = "$release" ] || fail "installed: $(dpkg-query -W groupsrv)"
+ok "installed ${PKGS[*]} $release"
 for u in groupsrv:/var/lib/groupsrv exploder:/var/spool/exploder; do
   ent=$(getent passwd "${u%%:*}") || fail "no user ${u%%:*}"
   [ "$(cut -d: -f6,7 <<<"$ent")" = "${u#*:}:/usr/sbin/nologin" ] || fail "user ${u%%:*}: $ent"
@@ -194,7 +211,7 @@ wait "$srv_pid" 2>/dev/null || true
 srv_pid=
 postfix_cleanup
 
-# ---- upgrade (the same packages over themselves: dpkg's upgrade path) ----
+# ---- upgrade: from the release to this build ----
 # A conffile the admin changed, the admin's files in /etc/groupsrv, the
 # database, the audit log, the spool and the users: all kept as they were.
 echo "# changed by the admin" >> /etc/logrotate.d/groupsrv
@@ -209,10 +226,17 @@ kept > "$W/kept.before"
 flock /tmp/apt.lock dpkg -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb "$DEBS"/groupmail_*.deb \
   >"$W/upgrade.log" 2>&1 || fail "dpkg -i over the installed packages: $(tail -20 "$W/upgrade.log")"
 grep -qi 'warning\|error\|fail' "$W/upgrade.log" && fail "dpkg -i over them said: $(grep -i 'warning\|error\|fail' "$W/upgrade.log")"
+for p in "${PKGS[@]}"; do
+  grep -qF "Preparing to unpack .../${p}_${version}_" "$W/upgrade.log" &&
+    grep -qF "Unpacking $p ($version) over ($release)" "$W/upgrade.log" ||
+    fail "$p: not an upgrade from $release to $version: $(cat "$W/upgrade.log")"
+  [ "$(dpkg-query -W -f='${Version}' "$p")" = "$version" ] || fail "after the upgrade: $(dpkg-query -W "$p")"
+  [ "$("$p" --version)" = "$p $version" ] || fail "$p --version after the upgrade: $("$p" --version)"
+done
 kept > "$W/kept.after"
 cmp -s "$W/kept.before" "$W/kept.after" || fail "the upgrade changed: $(diff "$W/kept.before" "$W/kept.after")"
 gs check > "$W/check.out" 2>&1 || fail "check after the upgrade: $(grep PROBLEM "$W/check.out")"
-ok "upgrade: the changed conffile, /etc/groupsrv, database, audit log, spool and users kept"
+ok "upgrade $release -> $version: the changed conffile, /etc/groupsrv, database, audit log, spool and users kept"
 
 # ---- remove: the programs go, configuration and state stay (Debian policy) ----
 flock /tmp/apt.lock dpkg -r "${PKGS[@]}" >"$W/remove.log" 2>&1 || fail "dpkg -r: $(tail -20 "$W/remove.log")"
