@@ -1025,6 +1025,11 @@ static int cmd_send(gm_config *c)
     if ((cu = curl_easy_init()) == NULL)
         goto out;
     curl_easy_setopt(cu, CURLOPT_URL, c->smtp);
+    /* a server on this host directly, never through a proxy the environment
+     * names (all_proxy): auth_in_clear = loopback would otherwise send the
+     * password in clear to the proxy's host, and on to a server there */
+    if (util_url_host_is_loopback(c->smtp))
+        curl_easy_setopt(cu, CURLOPT_PROXY, "");
     curl_easy_setopt(cu, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
     curl_easy_setopt(cu, CURLOPT_MAIL_FROM, c->from != NULL ? c->from : "");
     curl_easy_setopt(cu, CURLOPT_MAIL_RCPT, rcpts);

@@ -278,6 +278,12 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
     }
     curl_easy_reset(h);
     CK(curl_easy_setopt(h, CURLOPT_URL, conf->relay));
+    /* A relay on this host directly, never through a proxy the environment
+     * names (libcurl takes all_proxy for SMTP too): that would carry what
+     * relay_auth_in_clear = loopback lets go in clear (the password) to the
+     * proxy's host, and on to a relay there. */
+    if (util_url_host_is_loopback(conf->relay))
+        CK(curl_easy_setopt(h, CURLOPT_PROXY, ""));
     CK(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
     CK(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
     if (mail_from != NULL && *mail_from != '\0') {

@@ -135,6 +135,12 @@ run 2 "auth_in_clear = loopback allows only a server on this host" -c "$work/lo.
   --smtp-user alice --smtp-password-file "$work/pw"
 run 0 "" -c "$work/lo.conf" --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --smtp-password-file "$work/pw"
 [ "$(stored clear)" = 1 ] && grep -q ' ok alice$' "$work/clear/auth.log" || fail "no login in clear on this host"
+# and reached directly: libcurl would take it through a proxy named in the
+# environment (all_proxy), which sends the password in clear to the proxy
+# and on to a relay on the proxy's host, not this one
+all_proxy=socks5://127.0.0.1:1 ALL_PROXY=socks5://127.0.0.1:1 run 0 "" -c "$work/lo.conf" \
+  --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --smtp-password-file "$work/pw"
+[ "$(stored clear)" = 2 ] || fail "not sent directly to the server on this host with all_proxy set"
 printf '[smtp]\nauth_in_clear = always\n' >"$work/bad2.conf"
 run 1 "bad value 'always' for [smtp] auth_in_clear" -c "$work/bad2.conf" --smtp "smtp://127.0.0.1:$PORT"
 
@@ -142,7 +148,7 @@ run 1 "bad value 'always' for [smtp] auth_in_clear" -c "$work/bad2.conf" --smtp 
 # STARTTLS) is a usage error, never silently ignored: nothing is sent
 run 2 "--smtp-cacert applies only to TLS" --smtp "smtp://127.0.0.1:$PORT" --smtp-cacert "$work/s.pem"
 run 2 "--smtp-starttls does not apply to smtps://" --smtp "smtps://127.0.0.1:$PORT" --smtp-starttls
-[ "$(stored clear)" = 1 ] || fail "a refused command line sent something"
+[ "$(stored clear)" = 2 ] || fail "a refused command line sent something"
 
 # smtps:// (TLS from the first byte) with AUTH
 smtpd imp --tls-cert "$work/s.pem" --tls-key "$work/s.key" --implicit-tls --auth-file "$work/auth" --require-auth
