@@ -1364,7 +1364,10 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
 /* ---- routing ------------------------------------------------------------- */
 
 #define MAX_SEGMENTS 6
-#define MAX_SEGMENT_LEN 256
+#define MAX_SEGMENT_LEN 256 /* decoded: an address of 254 octets fits */
+/* As sent: every decoded octet may be written as %XX (a member address
+ * holds atext such as % # ? { } that a URL path must encode). */
+#define MAX_SEGMENT_RAW (3 * MAX_SEGMENT_LEN)
 
 /* Splits the request path into percent-decoded segments; -1 if malformed. */
 static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t *n)
@@ -1379,14 +1382,14 @@ static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEG
     while (*p != '\0') {
         const char *slash = strchr(p, '/');
         size_t len = slash ? (size_t)(slash - p) : strlen(p);
-        if (*n >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_LEN)
+        if (*n >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_RAW)
             return -1;
-        char raw[MAX_SEGMENT_LEN + 1];
+        char raw[MAX_SEGMENT_RAW + 1];
         memcpy(raw, p, len);
         raw[len] = '\0';
         size_t dl = 0;
         char *dec = evhttp_uridecode(raw, 0, &dl);
-        if (dec == NULL || dl != strlen(dec) || dl == 0 || strchr(dec, '/') != NULL) {
+        if (dec == NULL || dl != strlen(dec) || dl == 0 || dl > MAX_SEGMENT_LEN || strchr(dec, '/') != NULL) {
             free(dec);
             return -1;
         }

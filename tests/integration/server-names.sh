@@ -53,6 +53,19 @@ expect_status 200 "" "GET members/MIXED%2BTAG%40EXAMPLE.ORG" -- \
   c admin "$base/v1/groups/eng/members/MIXED%2BTAG%40EXAMPLE.ORG"
 grep -q '"email":"Mixed+Tag@Example.ORG"' "$work/body" || fail "member record: $(cat "$work/body")"
 
+# an address at the RFC 5321 limits (a 64-octet local part, 254 octets in
+# all) with characters a URL path must percent-encode: its path segment is
+# longer than 256 octets as sent, yet names the address (before: 404)
+long=$(/usr/bin/python3 -c 'l="a%b#c?d{e}f^g|h`i"; print(l + "x" * (64 - len(l)) + "@" + "y" * 63 + "." + "z" * 63 + "." + "w" * 61)')
+enc=$(/usr/bin/python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="@"))' "$long")
+[ "${#long}" = 254 ] && [ "${#enc}" -gt 256 ] || fail "the long address: ${#long} octets, ${#enc} encoded"
+expect_status 201 "" "PUT an address of 254 octets, percent-encoded" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/$enc"
+expect_status 200 "" "GET the address of 254 octets" -- c admin "$base/v1/groups/eng/members/$enc"
+expect_status 200 "" "DELETE the address of 254 octets" -- c admin -X DELETE "$base/v1/groups/eng/members/$enc"
+expect_status 400 bad_request "PUT an address of 255 octets" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/w$enc"
+
 n64=$(printf 'g%.0s' $(seq 1 64))
 expect_status 201 "" "a group name of 64 characters" -- c admin --data \
   "{\"name\":\"$n64\",\"address\":\"long@example.org\",\"keyspec\":\"rsa:2048\",\"methods\":[\"tls\"]}" "$base/v1/groups"
