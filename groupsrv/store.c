@@ -537,6 +537,21 @@ gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_s
     return st->ops->audit_append(st, instance, first_seq, lines, n);
 }
 
+gs_err gs_store_audit_chain_lock(gs_store *st, const char *instance)
+{
+    if (!valid_instance(instance))
+        return gs_err_set(GS_ERR_ARGS, "invalid instance name");
+    if (st->ops->audit_chain_lock == NULL)
+        return no_audit_table(st);
+    return st->ops->audit_chain_lock(st, instance);
+}
+
+void gs_store_audit_chain_unlock(gs_store *st, const char *instance)
+{
+    if (st != NULL && valid_instance(instance) && st->ops->audit_chain_unlock != NULL)
+        st->ops->audit_chain_unlock(st, instance);
+}
+
 gs_err gs_store_audit_instances(gs_store *st, char ***out, size_t *n)
 {
     *out = NULL;

@@ -306,9 +306,10 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
  * own, the instance name with this suffix: a server keeps its chain's head
  * in memory, and a record slipped into its chain by another process would
  * fail the server's next batch. Every admin command writes the one admin
- * chain, so there a taken seq is another command's record: audit.c reads
- * the head again and chains after it. Chain names are at most
- * GS_AUDIT_CHAIN_MAX. */
+ * chain: its writers take turns under gs_store_audit_chain_lock, and a
+ * seq taken all the same (a writer without the lock) is another command's
+ * record: audit.c reads the head again and chains after it. Chain names
+ * are at most GS_AUDIT_CHAIN_MAX. */
 #define GS_AUDIT_ADMIN_SUFFIX "/admin"
 #define GS_AUDIT_CHAIN_MAX (GS_AUDIT_INSTANCE_MAX + (int)sizeof(GS_AUDIT_ADMIN_SUFFIX) - 1)
 typedef struct gs_store_audit_row {
@@ -322,6 +323,12 @@ gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, cha
  * synchronous commit before returning GS_OK. EXISTS when a seq is taken
  * (another process writes the same instance's chain). */
 gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);
+/* Waits (at most [db] timeout) for, and takes, the lock under which the
+ * writers of one shared chain read its head and append after it, so that
+ * none finds its seq taken; held by this connection until unlocked or
+ * closed. gs_store_audit_chain_unlock never fails (NULL is fine). */
+gs_err gs_store_audit_chain_lock(gs_store *st, const char *instance);
+void gs_store_audit_chain_unlock(gs_store *st, const char *instance);
 /* Every instance with rows, ordered; free with gs_store_strings_free. */
 gs_err gs_store_audit_instances(gs_store *st, char ***out, size_t *n);
 /* Up to limit rows of instance with seq > after_seq, in seq order. */

@@ -61,6 +61,8 @@ struct gs_store_ops {
     gs_err (*audit_instances)(gs_store *st, char ***out, size_t *n);
     gs_err (*audit_read)(gs_store *st, const char *instance, int64_t after_seq, size_t limit,
                          gs_store_audit_row **out, size_t *n);
+    gs_err (*audit_chain_lock)(gs_store *st, const char *instance);
+    void (*audit_chain_unlock)(gs_store *st, const char *instance);
 };
 
 struct gs_store {

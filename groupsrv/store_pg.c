@@ -125,6 +125,9 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VER
 #define MIGRATE_LOCK "1735611254"
 /* The keys lock's advisory lock key ("gskl"), store.h. */
 #define KEYS_LOCK "1735617388"
+/* The class ("gsac") of the advisory locks under which the writers of one
+ * shared audit chain take turns; the chain name's hash is the second key. */
+#define AUDIT_CHAIN_LOCK "1735615843"
 
 enum q {
     Q_STAMP,
@@ -156,6 +159,8 @@ enum q {
     Q_AUDIT_APPEND,
     Q_AUDIT_INSTANCES,
     Q_AUDIT_READ,
+    Q_AUDIT_CHAIN_LOCK,
+    Q_AUDIT_CHAIN_UNLOCK,
     Q_N
 };
 
@@ -211,6 +216,8 @@ static const char *const queries[Q_N] = {
                        "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o)",
     [Q_AUDIT_INSTANCES] = "SELECT DISTINCT instance FROM audit ORDER BY 1",
     [Q_AUDIT_READ] = "SELECT seq, line FROM audit WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    [Q_AUDIT_CHAIN_LOCK] = "SELECT pg_advisory_lock(" AUDIT_CHAIN_LOCK ", hashtext($1))",
+    [Q_AUDIT_CHAIN_UNLOCK] = "SELECT pg_advisory_unlock(" AUDIT_CHAIN_LOCK ", hashtext($1))",
 };
 
 struct pg_store {
@@ -1487,6 +1494,31 @@ static gs_err pg_audit_append(gs_store *st, const char *instance, int64_t first_
     return err;
 }
 
+/* A session lock, outside any transaction: it waits as every statement
+ * does, at most [db] timeout. A connection lost meanwhile loses the lock
+ * with it: the insert then fails or, on a new connection, meets the
+ * other writer's seq (audit.c reads the head again). */
+static gs_err pg_audit_chain_lock(gs_store *st, const char *instance)
+{
+    struct params p = {0};
+
+    p_text(&p, instance);
+    return run_done(st, Q_AUDIT_CHAIN_LOCK, &p, "audit chain lock", NULL);
+}
+
+/* Best effort on the connection that took it (a lost one holds no lock):
+ * never connects again for it, as pg_keys_unlock. */
+static void pg_audit_chain_unlock(gs_store *st, const char *instance)
+{
+    struct params p = {0};
+
+    if (PG(st)->lost || PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK)
+        return;
+    p_text(&p, instance);
+    (void)run_done(st, Q_AUDIT_CHAIN_UNLOCK, &p, "audit chain unlock", NULL);
+    PG(st)->no_answer = false;
+}
+
 static gs_err instance_row(PGresult *r, int row, void *elem)
 {
     bool oom = false;
@@ -1565,4 +1597,6 @@ static const struct gs_store_ops pg_ops = {
     .audit_append = pg_audit_append,
     .audit_instances = pg_audit_instances,
     .audit_read = pg_audit_read,
+    .audit_chain_lock = pg_audit_chain_lock,
+    .audit_chain_unlock = pg_audit_chain_unlock,
 };

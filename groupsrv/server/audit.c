@@ -1080,9 +1080,13 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
 }
 
 /* The admin commands' chain (INSTANCE/admin, store.h) is written by every
- * admin command that runs: one whose head went stale meanwhile (another
- * command appended) reads it again and chains after it, this many times.
- * A server's own chain has one writer: there a taken seq fails closed. */
+ * admin command that runs: they take turns under the chain's lock in the
+ * database (without it, 40 commands at once left some with their change
+ * made and no record after all their tries). One whose seq is taken all
+ * the same (a writer without the lock: an older version, a lock lost with
+ * its connection) reads the head again and chains after it, this many
+ * times. A server's own chain has one writer: there a taken seq fails
+ * closed. */
 #define DB_SHARED_CHAIN_TRIES 8
 
 static bool db_chain_shared(const struct audit_log *log)
@@ -1101,11 +1105,20 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
     int rc = -1;
     size_t made = 0;
     gs_err ge;
+    bool shared = n > 0 && db_chain_shared(log);
 
-    if (log->need_head && db_load_head(log) != 0)
+    if (shared && gs_store_audit_chain_lock(log->db, log->instance) != GS_OK) {
+        log_error("audit chain lock failed instance=%s detail=\"%s\"", log->instance, log_qs(gs_err_detail()));
+        log->need_head = 1;
         return -1;
-    if (n == 0)
-        return 0;
+    }
+    /* a shared chain's head as it is now, under its lock: others append */
+    if ((log->need_head || shared) && db_load_head(log) != 0)
+        goto out;
+    if (n == 0) {
+        rc = 0;
+        goto out;
+    }
     if ((lines = calloc(n, sizeof(*lines))) == NULL)
         goto out;
     for (unsigned tries = 1;; tries++) {
@@ -1152,6 +1165,8 @@ out:
     for (size_t i = 0; i < made && lines != NULL; i++)
         free(lines[i]);
     free(lines);
+    if (shared)
+        gs_store_audit_chain_unlock(log->db, log->instance);
     return rc;
 }
 
