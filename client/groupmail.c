@@ -951,6 +951,14 @@ static int cmd_send(gm_config *c)
         gm_err("--smtp must be smtp:// or smtps://");
         return GM_EXIT_USAGE;
     }
+    /* A login in the URL (user:password@, ;AUTH=): libcurl would use it
+     * past every check of --smtp-user below, and a password on a command
+     * line is anyone's to read in ps. Not echoed: it may be a password. */
+    if (util_url_has_userinfo(c->smtp)) {
+        gm_err("--smtp: a user or password in the URL is not taken: use --smtp-user and --smtp-password-file "
+               "([smtp] user and password_file)");
+        return GM_EXIT_USAGE;
+    }
     /* TLS asked for by a flag where there is none, or where it is not
      * STARTTLS: the user believes in a check that would never be made */
     bool smtps = strncasecmp(c->smtp, "smtps://", 8) == 0;

@@ -319,18 +319,37 @@ int util_uri_has_pin_value(const char *uri)
     return 0;
 }
 
-int util_url_host_is_loopback(const char *url)
+/* The authority of scheme://authority[/?#...] and its length in *n; NULL
+ * when url has no "://". It ends where libcurl ends it, at / ? or #. */
+static const char *url_authority(const char *url, size_t *n)
 {
     const char *h = url != NULL ? strstr(url, "://") : NULL;
+
+    if (h == NULL)
+        return NULL;
+    h += 3;
+    *n = strcspn(h, "/?#");
+    return h;
+}
+
+int util_url_has_userinfo(const char *url)
+{
+    size_t n = 0;
+    const char *h = url_authority(url, &n);
+
+    return h != NULL && memchr(h, '@', n) != NULL;
+}
+
+int util_url_host_is_loopback(const char *url)
+{
+    size_t n = 0;
+    const char *h = url_authority(url, &n);
     char host[64];
-    size_t n;
     struct in_addr a4;
     struct in6_addr a6;
 
     if (h == NULL)
         return 0;
-    h += 3;
-    n = strcspn(h, "/?#");
     if (memchr(h, '@', n) != NULL) { /* userinfo before the host */
         const char *at = memchr(h, '@', n);
         /* a second '@': parsers differ on where the host starts (libcurl

@@ -71,6 +71,12 @@ int util_uri_has_pin_value(const char *uri);
  * relay on this host. */
 int util_url_host_is_loopback(const char *url);
 
+/* Nonzero when a URL's authority holds userinfo (an '@' before the host:
+ * a user, a password, or ;AUTH= login options). libcurl logs in with
+ * them, past every check of the SMTP clients' own user and password
+ * settings, so an SMTP URL with them is refused. 0 for NULL. */
+int util_url_has_userinfo(const char *url);
+
 /* For an "env:NAME" source: wipes the variable's value in place (it stays
  * readable in /proc/PID/environ otherwise) and removes it from the
  * environment, so child processes and later readers do not see it. Other

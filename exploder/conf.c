@@ -111,6 +111,10 @@ static int conf_handler(void *user, const char *section, const char *name, const
             if (strncmp(value, "smtp://", 7) != 0 && strncmp(value, "smtps://", 8) != 0 &&
                 strncmp(value, "maildir:", 8) != 0)
                 return 0;
+            /* a login in the URL (user:password@, ;AUTH=): libcurl would
+             * use it past relay_user's checks; it goes in relay_user */
+            if (strncmp(value, "maildir:", 8) != 0 && util_url_has_userinfo(value))
+                return 0;
             return set_str(&c->relay, value);
         }
         if (strcmp(name, "batch_size") == 0) {

@@ -77,6 +77,17 @@ for c in "smtp://192.0.2.1:25|" "smtp://127.0.0.1:$SMTPD_PORT|relay_auth_in_clea
     fail "the refusal is not named: $(tail -3 "$W/run.log")"
   [ ! -s "$W/smtp2/auth.log" ] || fail "the password went in clear: $(cat "$W/smtp2/auth.log")"
 done
+# a login written into relay itself (libcurl logs in with a URL's
+# user:password, and relay_user's checks never see it): a bad value of
+# relay (78), nothing sent, the password not echoed
+for u in "exploder:$PW@" ";AUTH=PLAIN@"; do
+  xp_conf "smtp://${u}127.0.0.1:$SMTPD_PORT" "starttls = no" "relay_auth_in_clear = no"
+  rc=0
+  xp run --once 2>>"$W/run.log" || rc=$?
+  [ "$rc" = 78 ] || fail "a login in the relay URL: run exit $rc, want 78"
+  tail -3 "$W/run.log" | grep -q "bad value for 'relay'" || fail "the refusal is not named: $(tail -3 "$W/run.log")"
+  [ ! -s "$W/smtp2/auth.log" ] || fail "the URL's password went in clear: $(cat "$W/smtp2/auth.log")"
+done
 auth_conf "relay_password_file = $W/pw" "starttls = no"
 # reached directly: libcurl would take it through a proxy named in the
 # environment (all_proxy), the password in clear to the proxy's host

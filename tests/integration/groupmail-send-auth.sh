@@ -141,6 +141,12 @@ run 0 "" -c "$work/lo.conf" --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --
 all_proxy=socks5://127.0.0.1:1 ALL_PROXY=socks5://127.0.0.1:1 run 0 "" -c "$work/lo.conf" \
   --smtp "smtp://127.0.0.1:$PORT" --smtp-user alice --smtp-password-file "$work/pw"
 [ "$(stored clear)" = 2 ] || fail "not sent directly to the server on this host with all_proxy set"
+# a login written into the URL (libcurl logs in with its user:password,
+# and --smtp-user's checks never see it): a usage error, nothing sent
+n=$(wc -l <"$work/clear/auth.log")
+run 2 "--smtp: a user or password in the URL" --smtp "smtp://alice:$PW@127.0.0.1:$PORT"
+run 2 "--smtp: a user or password in the URL" -c "$work/lo.conf" --smtp "smtp://alice:$PW@127.0.0.1:$PORT"
+[ "$(wc -l <"$work/clear/auth.log")" = "$n" ] || fail "the URL's password was sent"
 printf '[smtp]\nauth_in_clear = always\n' >"$work/bad2.conf"
 run 1 "bad value 'always' for [smtp] auth_in_clear" -c "$work/bad2.conf" --smtp "smtp://127.0.0.1:$PORT"
 

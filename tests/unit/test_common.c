@@ -344,6 +344,14 @@ static void test_url_host_is_loopback(void **state)
     assert_false(util_url_host_is_loopback("smtp://localhost.:25"));
     assert_false(util_url_host_is_loopback("127.0.0.1:25"));
     assert_false(util_url_host_is_loopback(NULL));
+    /* a login in the URL, which libcurl would use: refused by both clients */
+    assert_true(util_url_has_userinfo("smtp://u:p@relay.example.org:25"));
+    assert_true(util_url_has_userinfo("smtp://;AUTH=PLAIN@127.0.0.1"));
+    assert_true(util_url_has_userinfo("smtps://u@[::1]:465/helo"));
+    assert_false(util_url_has_userinfo("smtp://relay.example.org:25/a@b"));
+    assert_false(util_url_has_userinfo("smtp://127.0.0.1:25#@x"));
+    assert_false(util_url_has_userinfo("relay@example.org"));
+    assert_false(util_url_has_userinfo(NULL));
 }
 
 /* The one address rule of groupsrv, the exploder and groupmail: RFC 5321
