@@ -133,11 +133,15 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_u64(&c->poll_interval, value, 1, 3600);
         if (strcmp(name, "relay_timeout") == 0)
             return set_u64(&c->relay_timeout, value, 1, 3600);
-        /* the list's own addresses: by the rule every address follows */
+        /* The mail system's own addresses, which the operator's MTA already
+         * takes: the existing-address rule (no spaces, brackets or control
+         * bytes, one '@'), so a typo is a bad value at start, while a value
+         * an older version took (a '_' in a domain) keeps working across an
+         * upgrade (docs/operations.md, "Upgrading"). */
         if (strcmp(name, "envelope_from") == 0)
-            return mailaddr_problem(value) == NULL && set_str(&c->envelope_from, value);
+            return mailaddr_names_record(value) && set_str(&c->envelope_from, value);
         if (strcmp(name, "bounce_from") == 0)
-            return mailaddr_problem(value) == NULL && set_str(&c->bounce_from, value);
+            return mailaddr_names_record(value) && set_str(&c->bounce_from, value);
         if (strcmp(name, "starttls") == 0) {
             static const char *const words[3] = {"no", "yes", "required"};
             static const int values[3] = {XP_STARTTLS_NO, XP_STARTTLS_YES, XP_STARTTLS_REQUIRED};

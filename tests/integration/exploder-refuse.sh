@@ -158,12 +158,18 @@ rc=0
 
 # the list's own addresses follow the address rule: a bad one is a bad
 # value of the file (78), never a MAIL FROM the relay refuses later
-for k in "envelope_from = list owner" "bounce_from = MAILER-DAEMON@[192.0.2.1]"; do
+for k in "envelope_from = list owner" "bounce_from = <MAILER-DAEMON@lists.example.org>"; do
   printf '[spool]\npath = %s\n[delivery]\nrelay = maildir:%s\n%s\n' "$W/spool" "$W/md" "$k" >"$W/badaddr.conf"
   rc=0
   "$EXPLODER" -c "$W/badaddr.conf" list show $L >/dev/null 2>"$W/conf.err" || rc=$?
   [ "$rc" = 78 ] && grep -q "badaddr.conf:5: bad value for '${k%% *}' in \[delivery\]" "$W/conf.err" ||
     fail "$k: exit $rc: $(cat "$W/conf.err")"
+done
+# ... while a value an older version took, under the looser rule the
+# operator's own MTA follows (a '_' in a domain), keeps working
+for k in "envelope_from = list-owner@mail_host.example.org" "bounce_from = MAILER-DAEMON@mail_host.example.org"; do
+  printf '[spool]\npath = %s\n[delivery]\nrelay = maildir:%s\n%s\n' "$W/spool" "$W/md" "$k" >"$W/oldaddr.conf"
+  "$EXPLODER" -c "$W/oldaddr.conf" list show $L >/dev/null 2>"$W/conf.err" || fail "$k refused: $(cat "$W/conf.err")"
 done
 
 # a spool that cannot be written: temporary failure, never "accepted"
