@@ -34,8 +34,11 @@ struct args {
     size_t nopt;
 };
 
-/* "groupsrv: MSG SUFFIX" on stderr, control characters shown as '?'. */
+/* "groupsrv: MSG SUFFIX" on stderr, control characters shown as '?';
+ * after error_lines_to_log() (serve) a log record instead,
+ * msg="not started" err="MSG SUFFIX", as every line of serve's log is. */
 void error_line(const char *msg, const char *suffix);
+void error_lines_to_log(void);
 /* A usage error line ("... (see groupsrv --help)"); returns EXIT_USAGE. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Splits argv into positionals and the options in defs; unknown options,

@@ -81,8 +81,19 @@ static const char usage_text[] =
 /* Every error is exactly one line on stderr, "groupsrv: what is wrong":
  * control characters that came from arguments or files (a newline in an
  * argument) are shown as '?' so they cannot start a second line. */
+static bool error_lines_logged;
+
+void error_lines_to_log(void) { error_lines_logged = true; }
+
 void error_line(const char *msg, const char *suffix)
 {
+    if (error_lines_logged) {
+        /* serve: its stderr is the diagnostic log, whose every line is a
+         * key=value record (docs/operations.md); log_qs escapes what
+         * came from arguments or files */
+        log_emit(LOG_LVL_ERROR, "serve", "not started err=\"%s%s\"", log_qs(msg), log_qs(suffix));
+        return;
+    }
     fputs("groupsrv: ", stderr);
     for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
         fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
@@ -1690,6 +1701,8 @@ int main(int argc, char **argv)
     if (sub_argc == 0)
         return usage_error("no command given%s", "");
     cmd = sub_argv[0];
+    if (strcmp(cmd, "serve") == 0)
+        error_lines_to_log(); /* a bad configuration too is a line of serve's log */
     if (strcmp(cmd, "help") == 0) {
         fputs(usage_text, stdout);
         return 0;

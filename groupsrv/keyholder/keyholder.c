@@ -753,8 +753,8 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     if (strcmp(cfg->audit.store, "db") == 0) {
         audit_err ae = audit_open_db(gs_config_db_location(cfg), cfg->server.instance, &kh->audit);
         if (ae != AUDIT_OK) {
-            fprintf(stderr, "groupsrv serve: audit table (instance %s): %s: %s\n", cfg->server.instance,
-                    audit_strerror(ae), gs_err_detail());
+            log_error("not started: the audit table cannot be written instance=\"%s\" err=\"%s\" detail=\"%s\"",
+                      log_qs(cfg->server.instance), audit_strerror(ae), log_qs(gs_err_detail()));
             return -1;
         }
     } else {
@@ -770,11 +770,13 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
             /* why, for the operator: a link (refused by design), no
              * permission, a read-only or full file system */
             if (ae == AUDIT_ERR_IO && open_errno != 0)
-                fprintf(stderr, "groupsrv serve: audit log %s: %s: %s\n", cfg->audit.path, audit_strerror(ae),
-                        open_errno == ELOOP ? "a symbolic link (refused: the log must be a regular file)"
-                                            : strerror(open_errno));
+                log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\" detail=\"%s\"",
+                          log_qs(cfg->audit.path), audit_strerror(ae),
+                          open_errno == ELOOP ? "a symbolic link (refused: the log must be a regular file)"
+                                              : strerror(open_errno));
             else
-                fprintf(stderr, "groupsrv serve: audit log %s: %s\n", cfg->audit.path, audit_strerror(ae));
+                log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"", log_qs(cfg->audit.path),
+                          audit_strerror(ae));
             return -1;
         }
     }
@@ -783,7 +785,8 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     if (hcfg.hsm.max_sessions < *workers + 1)
         hcfg.hsm.max_sessions = *workers + 1;
     if ((ge = gs_hsm_open(&hcfg, &kh->hsm)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: token: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        log_error("not started: the token cannot be opened err=\"%s\"",
+                  log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         /* The key holder exits as every command does (gs_err_exit_code): 5
          * for a wrong configuration (a token URI with a PIN in it), which a
          * service manager does not restart (RestartPreventExitStatus), 4
@@ -806,8 +809,8 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     unsigned sessions = 0;
     hsm_err he = hsm_sessions_fill(kh->hsm, *workers, &sessions);
     if (he != HSM_OK) {
-        fprintf(stderr, "groupsrv serve: token: no session could be opened: %s\n",
-                hsm_last_error_detail()[0] ? hsm_last_error_detail() : hsm_strerror(he));
+        log_error("not started: no token session could be opened err=\"%s\"",
+                  log_qs(hsm_last_error_detail()[0] ? hsm_last_error_detail() : hsm_strerror(he)));
         rc = -4;
         goto out;
     }
@@ -820,8 +823,8 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     if ((ge = gs_store_open(gs_config_db_location(cfg), 0, &st)) != GS_OK) {
         char where[1100];
         gs_store_location_display(gs_config_db_location(cfg), where, sizeof(where));
-        fprintf(stderr, "groupsrv serve: database %s: %s\n", where,
-                gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        log_error("not started: the database cannot be opened db=\"%s\" err=\"%s\"", log_qs(where),
+                  log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }
     gs_ca *ca = NULL;
@@ -830,21 +833,22 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     if (ge == GS_ERR_NOT_FOUND)
         log_warn("no local CA (groupsrv ca init): no membership certificates, no group creation");
     else if (ge != GS_OK) {
-        fprintf(stderr, "groupsrv serve: CA: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        log_error("not started: the local CA cannot be loaded err=\"%s\"",
+                  log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }
     unsigned problems = 0, bad_rows = 0;
     if ((ge = gs_keys_audit(st, kh->hsm, key_audit_row, &bad_rows, &problems)) != GS_OK) {
-        fprintf(stderr, "groupsrv serve: key audit: %s\n", gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge));
+        log_error("not started: the token's keys cannot be checked err=\"%s\"",
+                  log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }
     if (bad_rows > 0) {
-        fprintf(stderr, "groupsrv serve: %u token key(s) violate their policy (see groupsrv check); refusing to start\n",
-                bad_rows);
+        log_error("not started: token keys violate their policy (see groupsrv check) keys=%u", bad_rows);
         goto out;
     }
     if (kh_tls_key_load(kh, err, sizeof(err)) != 0) {
-        fprintf(stderr, "groupsrv serve: TLS configuration failed: %s\n", err);
+        log_error("not started: the TLS configuration failed err=\"%s\"", log_qs(err));
         goto out;
     }
     kh->rl = ratelimit_new((double)cfg->server.rate_limit,
@@ -926,7 +930,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     /* The PIN and the session handles live here: no core files, no
      * ptrace by the same user, no /proc/PID/mem for it. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || setrlimit(RLIMIT_CORE, &nocore) != 0) {
-        fprintf(stderr, "groupsrv serve: key holder: cannot disable core dumps: %s\n", strerror(errno));
+        log_error("not started: the key holder cannot disable core dumps err=\"%s\"", strerror(errno));
         goto out;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -948,7 +952,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
         .init = kh_worker_init, .fini = kh_worker_fini, .run = job_run, .after_run = job_after, .arg = &kh};
     unsigned max_jobs = cfg->server.max_connections > 512 ? 2 * cfg->server.max_connections : 1024;
     if ((kh.q = tokenq_start(workers, max_jobs, &ops)) == NULL) {
-        fprintf(stderr, "groupsrv serve: key holder: cannot start %u token workers (see log)\n", workers);
+        log_error("not started: the key holder cannot start its token workers workers=%u", workers);
         goto out;
     }
     io.ctl_ev = event_new(io.base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, &io);

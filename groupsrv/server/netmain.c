@@ -231,7 +231,7 @@ static int receive_start(struct net *n, unsigned char **tls_frame, size_t *tls_l
             ipc_msg m;
             ipc_header(frame, &type, &plen, &cookie);
             if (ipc_decode(type, cookie, frame + IPC_HDR_LEN, plen, &m) != IPC_OK) {
-                fprintf(stderr, "groupsrv-net: malformed start-up frame type=%u\n", (unsigned)type);
+                log_error("not started: malformed start-up frame type=%u", (unsigned)type);
                 return -1;
             }
             const unsigned char *p;
@@ -244,7 +244,7 @@ static int receive_start(struct net *n, unsigned char **tls_frame, size_t *tls_l
                 gs_err ge = text ? gs_config_load_string(text, "groupsrv.conf", &n->cfg) : GS_ERR_NOMEM;
                 free(text);
                 if (ge != GS_OK) {
-                    fprintf(stderr, "groupsrv-net: config: %s\n", gs_err_detail());
+                    log_error("not started: the configuration does not load err=\"%s\"", log_qs(gs_err_detail()));
                     return -1;
                 }
                 n->nlinks = n->cfg->server.threads + 1;
@@ -281,17 +281,17 @@ static int receive_start(struct net *n, unsigned char **tls_frame, size_t *tls_l
         if (rc < 0)
             return -1;
         if (!got_go && (rc = ipc_reader_fill(&n->ctl, n->ctl_fd)) != IPC_OK) {
-            fprintf(stderr, "groupsrv-net: start-up: %s\n", ipc_strerror(rc));
+            log_error("not started: start-up from the supervisor failed err=\"%s\"", ipc_strerror(rc));
             return -1;
         }
     }
     if (n->cfg == NULL || *tls_frame == NULL || listen_fds[0] < 0) {
-        fprintf(stderr, "groupsrv-net: incomplete start-up from the supervisor\n");
+        log_error("not started: incomplete start-up from the supervisor");
         return -1;
     }
     for (unsigned k = 0; k < n->nlinks; k++)
         if (n->link_fds[k] < 0) {
-            fprintf(stderr, "groupsrv-net: link %u missing\n", k);
+            log_error("not started: a link to the key holder is missing link=%u", k);
             return -1;
         }
     return 0;
@@ -356,11 +356,11 @@ int main(int argc, char **argv)
     khlink_set_current(n.link);
     khlink_on_broken(on_broken, &n);
     if (tls_install(&n, &tls, 0, err, sizeof(err)) != 0) {
-        fprintf(stderr, "groupsrv serve: TLS configuration failed: %s\n", err);
+        log_error("not started: the TLS configuration failed err=\"%s\"", log_qs(err));
         goto out;
     }
     if (srv_threads_init(s, n.link_fds) != 0) {
-        fprintf(stderr, "groupsrv serve: could not set up the event-loop threads\n");
+        log_error("not started: could not set up the event-loop threads");
         goto out;
     }
     for (unsigned k = 0; k < s->nthreads; k++)
@@ -369,16 +369,16 @@ int main(int argc, char **argv)
      * the threads, then the filter for all of them at once. */
     err[0] = '\0';
     if (sandbox_drop(n.cfg->server.user, err, sizeof(err)) != 0) {
-        fprintf(stderr, "groupsrv serve: network process sandbox: %s\n", err);
+        log_error("not started: the network process sandbox failed err=\"%s\"", log_qs(err));
         srv_threads_free(s);
         goto out;
     }
     if (srv_threads_run(s) != 0) { /* it stopped those it started */
-        fprintf(stderr, "groupsrv serve: could not start the event-loop threads\n");
+        log_error("not started: could not start the event-loop threads");
         goto out;
     }
     if (sandbox_seccomp(err, sizeof(err)) != 0) {
-        fprintf(stderr, "groupsrv serve: network process sandbox: %s\n", err);
+        log_error("not started: the network process sandbox failed err=\"%s\"", log_qs(err));
         srv_threads_stop(s);
         goto out;
     }

@@ -496,7 +496,8 @@ static int start_net(struct sup *s, int *net_ends)
         close_all_but(&keep, 1);
         char *args[] = {"groupsrv-net", "--ctl", "3", NULL};
         execve(s->net_path, args, net_environ());
-        fprintf(stderr, "groupsrv serve: cannot run %s: %s\n", s->net_path, strerror(errno));
+        log_error("not started: cannot run the network process path=\"%s\" err=\"%s\"", log_qs(s->net_path),
+                  strerror(errno));
         _exit(127);
     }
     close(sv[1]);
@@ -734,18 +735,18 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     if (cfg->tls.cert == NULL || cfg->tls.key == NULL) {
         /* the configuration lacks what serve needs: exit 5, as for any
          * invalid configuration (groupsrv(1), EXIT STATUS) */
-        fprintf(stderr, "groupsrv serve: %s: [tls] cert and key are required\n", cfg->path);
+        log_error("not started: [tls] cert and key are required config=\"%s\"", log_qs(cfg->path));
         return 5;
     }
     signal(SIGPIPE, SIG_IGN);
     s.cfg = cfg;
     s.nlinks = (cfg->server.threads ? cfg->server.threads : 4) + 1;
     if (find_net_program(s.net_path, sizeof(s.net_path)) != 0) {
-        fprintf(stderr, "groupsrv serve: the network process program %s is missing\n", s.net_path);
+        log_error("not started: the network process program is missing path=\"%s\"", log_qs(s.net_path));
         return 1;
     }
     if (geteuid() == 0 && getpwnam(cfg->server.user) == NULL) {
-        fprintf(stderr, "groupsrv serve: [server] user '%s' does not exist\n", cfg->server.user);
+        log_error("not started: [server] user does not exist user=\"%s\"", log_qs(cfg->server.user));
         return 1;
     }
     /* The bytes cfg was parsed from (read once, by gs_config_load): every
@@ -754,23 +755,24 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
      * are the links made here), not the file as edited since; a change to
      * the file takes a restart of serve. */
     if (cfg->text == NULL || (s.cfg_text = malloc(cfg->text_len + 1)) == NULL) {
-        fprintf(stderr, "groupsrv serve: %s\n", cfg->text == NULL ? "no config file text" : "out of memory");
+        log_error("not started err=\"%s\"", cfg->text == NULL ? "no config file text" : "out of memory");
         return 1;
     }
     memcpy(s.cfg_text, cfg->text, cfg->text_len);
     s.cfg_text[cfg->text_len] = '\0';
     s.cfg_len = cfg->text_len;
     if (hide_db_password(cfg, &s.cfg_text, &s.cfg_len) != 0) {
-        fprintf(stderr, "groupsrv serve: out of memory\n");
+        log_error("not started err=\"out of memory\"");
         goto out;
     }
     const char *listen = cfg->server.listen ? cfg->server.listen : "127.0.0.1:8443";
     if (listen_on(listen, &s.listen_fd, why, sizeof(why)) != 0) {
-        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", listen, why);
+        log_error("not started: cannot listen addr=\"%s\" err=\"%s\"", log_qs(listen), log_qs(why));
         goto out;
     }
     if (cfg->certsrv.listen != NULL && listen_on(cfg->certsrv.listen, &s.certsrv_fd, why, sizeof(why)) != 0) {
-        fprintf(stderr, "groupsrv serve: cannot listen on %s: %s\n", cfg->certsrv.listen, why);
+        log_error("not started: cannot listen addr=\"%s\" listener=certsrv err=\"%s\"", log_qs(cfg->certsrv.listen),
+                  log_qs(why));
         goto out;
     }
     if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||
@@ -779,7 +781,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     /* The key holder first, from this process that never touched PKCS#11. */
     int held = start_holder(&s, kh_ends);
     if (held != 0) {
-        fprintf(stderr, "groupsrv serve: the key holder could not start (see above)\n");
+        log_error("not started: the key holder could not start (its line above says why)");
         close_fds(net_ends, s.nlinks);
         if (held == 5 || held == 4)
             rc = held; /* the configuration (not worth a restart), or the token */
@@ -791,7 +793,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     s.pin_in_env = cfg->hsm.pin_source != NULL && strncmp(cfg->hsm.pin_source, "env:", 4) == 0;
     util_forget_env_source(cfg->hsm.pin_source);
     if (start_net(&s, net_ends) != 0) {
-        fprintf(stderr, "groupsrv serve: the network process could not start (see above)\n");
+        log_error("not started: the network process could not start (its line above says why)");
         goto out;
     }
     if ((s.base = event_base_new()) == NULL)

@@ -106,8 +106,57 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   -keyout "$work/srv.key" -out "$work/srv.pem" 2>/dev/null
 printf '[server]\nlisten = 256.1.1.1:8443\n[tls]\ncert = %s/srv.pem\nkey = %s/srv.key\n' "$work" "$work" |
   cat "$gconf" - > "$work/serve.conf"
-expect 1 "^groupsrv serve: cannot listen on 256\.1\.1\.1:8443: cannot resolve the address: " \
-  "groupsrv serve on an address that does not resolve" -- timeout 60 "$gs" -c "$work/serve.conf" serve
+# serve's stderr is its diagnostic log (docs/operations.md "Logs and the
+# audit log"): each reason it does not start is a key=value record, as a
+# log shipper reads them (tests/lib/logcheck.py), with the documented
+# exit status: 5 for the configuration, 4 for the token, 1 otherwise.
+# expect_serve RC PATTERN DESC [CONF]: serve exits RC, nothing on stdout,
+# every stderr line one record, one of them an error matching PATTERN.
+expect_serve() {
+  local want=$1 pat=$2 desc=$3 conf=${4:-$work/serve.conf} rc=0
+  timeout 60 "$gs" -c "$conf" serve >"$work/out" 2>"$work/err" </dev/null || rc=$?
+  [ "$rc" = "$want" ] || { fail "$desc: exit $rc, wanted $want: $(cat "$work/err")"; return 0; }
+  [ ! -s "$work/out" ] || { fail "$desc: wrote to stdout: $(cat "$work/out")"; return 0; }
+  /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/err" >&2 || { fail "$desc: not key=value log lines"; return 0; }
+  grep -E -- ' level=error .*'"$pat" "$work/err" >/dev/null || { fail "$desc: stderr lacks /$pat/: $(cat "$work/err")"; return 0; }
+  ok "$desc (exit $want): $(grep ' level=error ' "$work/err" | head -n 1)"
+}
+expect_serve 1 'msg="not started: cannot listen" addr="256\.1\.1\.1:8443" err="cannot resolve the address: ' \
+  "groupsrv serve on an address that does not resolve"
+printf '[server]\nlisten = 127.0.0.1:8443\nbogus = 1\n' | cat "$gconf" - > "$work/serve-bad.conf"
+expect_serve 5 'msg="not started" err=".*serve-bad\.conf:[0-9]+: unknown key .bogus. in \[server\]"' \
+  "groupsrv serve with an unknown key" "$work/serve-bad.conf"
+expect_serve 5 'msg="not started" err=".*no-such\.conf: cannot open config file' "groupsrv serve without its configuration file" \
+  "$work/no-such.conf"
+expect_serve 5 'msg="not started: \[tls\] cert and key are required"' "groupsrv serve without [tls]" "$gconf"
+# a port another process listens on
+/usr/bin/python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True); time.sleep(120)' > "$work/busy.port" &
+busy_pid=$!
+for _ in $(seq 1 100); do [ -s "$work/busy.port" ] && break; sleep 0.05; done
+busy=$(cat "$work/busy.port")
+sed "s/^listen = .*/listen = 127.0.0.1:$busy/" "$work/serve.conf" > "$work/serve-busy.conf"
+expect_serve 1 "msg=\"not started: cannot listen\" addr=\"127\.0\.0\.1:$busy\" err=\"Address already in use\"" \
+  "groupsrv serve on a port in use" "$work/serve-busy.conf"
+kill "$busy_pid"
+wait "$busy_pid" 2>/dev/null || true
+# the key holder's reasons: the PIN file missing, no token matching the URI
+# (an empty SoftHSM token directory), after the audit log opened
+mkdir -p "$work/notokens"
+printf 'directories.tokendir = %s/notokens\nobjectstore.backend = file\n' "$work" > "$work/notokens.conf"
+free=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sed "s/^listen = .*/listen = 127.0.0.1:$free/" "$work/serve.conf" > "$work/serve-kh.conf"
+printf '[audit]\npath = %s/serve-audit.jsonl\n' "$work" >> "$work/serve-kh.conf"
+SOFTHSM2_CONF=$work/notokens.conf expect_serve 4 \
+  'msg="not started: the token cannot be opened" err=".*PIN source unreadable' "groupsrv serve with its PIN file missing" \
+  "$work/serve-kh.conf"
+printf 'not-the-pin\n' > "$work/pin"
+chmod 0600 "$work/pin"
+SOFTHSM2_CONF=$work/notokens.conf expect_serve 4 \
+  'msg="not started: the token cannot be opened" err=".*no token present matches' "groupsrv serve with no token present" \
+  "$work/serve-kh.conf"
+rm -f "$work/pin"
 
 # ---- groupmail ----
 gm=$BIN/groupmail

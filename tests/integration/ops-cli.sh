@@ -106,14 +106,14 @@ ln -s "$work/elsewhere" "$work/audit.jsonl"
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
 [ "$rc" = 1 ] || fail "serve with a symbolic link as its audit log: exit $rc: $(cat "$work/err")"
-grep -q "^groupsrv serve: audit log $work/audit.jsonl: .*: a symbolic link (refused" "$work/err" ||
+grep -q "level=error .*msg=\"not started: the audit log cannot be opened\" path=\"$work/audit.jsonl\" .*detail=\"a symbolic link (refused" "$work/err" ||
   fail "serve with a symbolic link as its audit log does not say so: $(cat "$work/err")"
 ok "serve refuses a symbolic link as its audit log and says so: $(head -n 1 "$work/err")"
 rm "$work/audit.jsonl"
 mkdir "$work/audit.jsonl"
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
-[ "$rc" = 1 ] && grep -q "^groupsrv serve: audit log $work/audit.jsonl: .*: Is a directory$" "$work/err" ||
+[ "$rc" = 1 ] && grep -q "level=error .*msg=\"not started: the audit log cannot be opened\" path=\"$work/audit.jsonl\" .*detail=\"Is a directory\"$" "$work/err" ||
   fail "serve with a directory as its audit log: exit $rc: $(cat "$work/err")"
 ok "serve with a directory as its audit log says so: $(head -n 1 "$work/err")"
 
@@ -125,7 +125,7 @@ sed -i "s|^\[hsm\]\$|[hsm]\ntoken = pkcs11:token=groupsrv;slot-id=1|" "$conf"
 grep -q "^token = pkcs11:token=groupsrv;slot-id=1" "$conf" || fail "could not set the token URI"
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
-[ "$rc" = 5 ] && grep -q "^groupsrv serve: token: .*attributes that do not name a token" "$work/err" ||
+[ "$rc" = 5 ] && grep -q "level=error .*msg=\"not started: the token cannot be opened\" err=\".*attributes that do not name a token" "$work/err" ||
   fail "serve with a slot attribute in its token URI: exit $rc, wanted 5: $(cat "$work/err")"
 ok "serve with a token URI that is a configuration error exits 5: $(head -n 1 "$work/err")"
 

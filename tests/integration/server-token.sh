@@ -203,7 +203,7 @@ for rule in "* CKR_DEVICE_REMOVED" "C_Login CKR_PIN_INCORRECT"; do
   rc=$?
   set -e
   [ "$rc" = 4 ] || fail "serve with $rule at start: exit $rc, wanted 4: $(cat "$work/serve-bad.log")"
-  grep -q 'groupsrv serve: token: ' "$work/serve-bad.log" || fail "serve with $rule: no reason: $(cat "$work/serve-bad.log")"
+  grep -q 'msg="not started: the token cannot be opened" err=' "$work/serve-bad.log" || fail "serve with $rule: no reason: $(cat "$work/serve-bad.log")"
 done
 ok "serve without its token or with a refused PIN at start: exit 4"
 control ""
