@@ -13,8 +13,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "log.h"
 #include "util.h"
 
 enum kind { K_NONE = 0, K_U32, K_U64, K_STR, K_BYTES, K_NEST };
@@ -784,3 +786,14 @@ out:
     ipc_buf_free(b);
     return rc;
 }
+
+static void libevent_line(int severity, const char *msg)
+{
+    enum log_level level = severity >= EVENT_LOG_ERR    ? LOG_LVL_ERROR
+                           : severity == EVENT_LOG_WARN ? LOG_LVL_WARN
+                           : severity == EVENT_LOG_MSG  ? LOG_LVL_INFO
+                                                        : LOG_LVL_DEBUG;
+    log_emit(level, "libevent", "libevent detail=\"%s\"", log_qs(msg));
+}
+
+void ipc_libevent_log_to_ours(void) { event_set_log_callback(libevent_line); }

@@ -281,6 +281,12 @@ int ipc_reader_each(ipc_reader *r, int sock, ipc_ctl_fn on_frame, void *arg);
  * key holder) ------------------------------------------------------------ */
 struct evbuffer;
 
+/* libevent's own messages ("[warn] ..." on stderr by default) as records of
+ * log.h, msg="libevent" with its text in detail=, so that serve's log stays
+ * one key=value record per line. For each process of serve, before its
+ * first event base; a forked child keeps it. */
+void ipc_libevent_log_to_ours(void);
+
 /* The next frame of a libevent input buffer: 1 with its payload moved into
  * a fresh buffer (*payload, never NULL; free with ipc_payload_free), 0
  * when the frame is incomplete, IPC_E_FRAME when the header is unusable

@@ -167,6 +167,10 @@ char *metrics_render(const metrics_token *t)
 {
     struct sbuf b = {.cap = 8192};
     metrics_token none;
+    /* The key holder's counters are its own: without its answer they are
+     * left out, not shown as 0, which Prometheus would take for a counter
+     * reset (and the next scrape's values for a jump). */
+    const int holder_answered = t != NULL;
 
     if (t == NULL) {
         memset(&none, 0, sizeof(none));
@@ -190,17 +194,19 @@ char *metrics_render(const metrics_token *t)
             else
                 sb_printf(&b, "groupsrv_requests_total{endpoint=\"%s\",status=\"other\"} %lu\n", ep_names[e], v);
         }
-    sb_printf(&b, "# HELP groupsrv_unwrap_duration_seconds Token time of unwrap and rewrap operations.\n"
-                  "# TYPE groupsrv_unwrap_duration_seconds histogram\n");
-    for (size_t i = 0; i < N_BUCKETS; i++)
-        sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i], t->lat_bucket[i]);
-    unsigned long cnt = t->lat_count;
-    sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
-    sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)t->lat_sum_us / 1e6);
-    sb_printf(&b, "groupsrv_unwrap_duration_seconds_count %lu\n", cnt);
-    sb_printf(&b, "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
-                  "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
-              t->token_errors);
+    if (holder_answered) {
+        sb_printf(&b, "# HELP groupsrv_unwrap_duration_seconds Token time of unwrap and rewrap operations.\n"
+                      "# TYPE groupsrv_unwrap_duration_seconds histogram\n");
+        for (size_t i = 0; i < N_BUCKETS; i++)
+            sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i], t->lat_bucket[i]);
+        unsigned long cnt = t->lat_count;
+        sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
+        sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)t->lat_sum_us / 1e6);
+        sb_printf(&b, "groupsrv_unwrap_duration_seconds_count %lu\n", cnt);
+        sb_printf(&b, "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
+                      "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
+                  t->token_errors);
+    }
     if (t->sessions_in_use >= 0)
         sb_printf(&b, "# HELP groupsrv_token_sessions_in_use Token sessions borrowed from the pool.\n"
                       "# TYPE groupsrv_token_sessions_in_use gauge\ngroupsrv_token_sessions_in_use %ld\n"

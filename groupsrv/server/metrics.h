@@ -64,7 +64,8 @@ void metrics_token_pack(const metrics_token *t, unsigned char *out);
 int metrics_token_unpack(const unsigned char *in, size_t len, metrics_token *out);
 
 /* Renders this process's request counters with the key holder's token
- * counters (NULL: the key holder did not answer; token and audit down).
+ * counters (NULL: the key holder did not answer; token and audit down,
+ * its counters and the session gauges left out).
  * Returns a malloc'd NUL-terminated string (caller frees) or NULL. */
 char *metrics_render(const metrics_token *t);
 

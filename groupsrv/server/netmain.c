@@ -320,6 +320,7 @@ int main(int argc, char **argv)
     /* The supervisor gone means this process goes too. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     signal(SIGPIPE, SIG_IGN);
+    ipc_libevent_log_to_ours();
     ipc_reader_init(&n.ctl);
     if (evthread_use_pthreads() != 0 || (n.base = event_base_new()) == NULL)
         goto out;

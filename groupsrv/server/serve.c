@@ -353,6 +353,15 @@ static int start_holder(struct sup *s, int *kh_ends)
         /* No listening socket, no end of the network process's. */
         close_all_but(keep, s->nlinks + 1);
         free(keep);
+        /* A key holder started again is forked from inside this
+         * process's event loop, whose signal events libevent keeps in a
+         * global: the key holder's own would make libevent warn "Added a
+         * signal to event base ... with signals already added". The base
+         * is of no use here; freed, it gives the signals up (its
+         * descriptors are closed above, so nothing of the supervisor's
+         * epoll set, which the fork shares, is touched). */
+        if (s->base != NULL)
+            event_base_free(s->base);
         log_init("groupsrv-keyholder", log_get_level(), NULL);
         prctl(PR_SET_NAME, "groupsrv-kh"); /* for ps and top */
         _exit(keyholder_main(s->cfg, sv[1], kh_ends, s->nlinks));
@@ -739,6 +748,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         return 5;
     }
     signal(SIGPIPE, SIG_IGN);
+    ipc_libevent_log_to_ours();
     s.cfg = cfg;
     s.nlinks = (cfg->server.threads ? cfg->server.threads : 4) + 1;
     if (find_net_program(s.net_path, sizeof(s.net_path)) != 0) {

@@ -23,6 +23,8 @@
 #    200 answer has its audit record, no zombies.
 set -euo pipefail
 BIN=$1 SRC=$2
+# /metrics for anyone: the network process answers it without the key holder
+SRV_METRICS=any
 . "$SRC/tests/integration/server-lib.sh"
 start_server
 url=$base/v1/groups/eng/unwrap
@@ -99,9 +101,25 @@ ok "the refusal for a non-member claimed over IPC is audited, and so is the susp
 # for it for ever: each request gets 503 token_unavailable with
 # Retry-After once the timeout (10 s in this config) is over, and the
 # same key holder serves again once it runs.
+# /metrics meanwhile (in the same wait): the key holder's counters are left
+# out, not 0, which Prometheus would take for a counter reset.
+anon "$base/metrics" > "$work/m-up.txt"
+promcheck() { /usr/bin/python3 "$SRC/tests/lib/promcheck.py" "$@"; }
+promcheck "$work/m-up.txt" --documented "$SRC/docs/api.md" || fail "/metrics: $(cat "$work/m-up.txt")"
 kill -STOP "$kh"
+anon -m 60 "$base/metrics" > "$work/m-down.txt" &
+m_pid=$!
 hdrs=$(c alice -m 60 -D - -o "$work/body" -w 'status=%{http_code}\n' --data-binary @"$work/req-tls.json" "$url" || true)
+wait "$m_pid" || { kill -CONT "$kh"; fail "/metrics while the key holder is stopped"; }
 kill -CONT "$kh"
+promcheck "$work/m-down.txt" || fail "/metrics while the key holder is stopped: $(cat "$work/m-down.txt")"
+grep -qx 'groupsrv_token_up 0' "$work/m-down.txt" || fail "token_up while the key holder is stopped: $(cat "$work/m-down.txt")"
+if grep -E '^groupsrv_(token_errors_total|unwrap_duration_seconds)' "$work/m-down.txt"; then
+  fail "the key holder's counters shown while it does not answer (a drop to 0 is a counter reset)"
+fi
+anon "$base/metrics" > "$work/m-back.txt"
+promcheck "$work/m-back.txt" --before "$work/m-up.txt" || fail "/metrics once the key holder runs: $(cat "$work/m-back.txt")"
+ok "/metrics while the key holder is stopped: its counters left out, not 0; back with their values after"
 echo "$hdrs" | grep -q '^status=503$' || fail "unwrap from a stopped key holder: $(echo "$hdrs" | tail -n 1) $(head -c 200 "$work/body")"
 grep -q '"code":"token_unavailable"' "$work/body" || fail "stopped key holder: code $(head -c 200 "$work/body")"
 echo "$hdrs" | grep -qi '^retry-after: [0-9]' || fail "stopped key holder: no Retry-After"
@@ -180,6 +198,12 @@ ok "the audit chain verifies after both kills"
 [ "$(ps --ppid "$srv_pid" -o stat= | grep -c Z || true)" = 0 ] || fail "zombies: $(ps --ppid "$srv_pid" -o pid=,stat=,comm=)"
 [ "$(ps --ppid "$srv_pid" -o pid= | wc -l)" = 2 ] || fail "children: $(ps --ppid "$srv_pid" -o pid=,comm=)"
 ok "no zombies: exactly the two children"
+# The log as a log shipper reads it, the restarted key holder's lines
+# too (libevent wrote "[warn] Added a signal to event base ..." there: the
+# key holder forked from inside the supervisor's event loop).
+if grep 'Added a signal' "$work/server.log"; then fail "libevent's signal warning after the key holder's restart"; fi
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
+ok "server log after both restarts: one key=value record per line, no libevent warning"
 grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net2/status" || fail "the restarted network process is not sandboxed"
 ok "the restarted network process is sandboxed too"
 

@@ -71,7 +71,7 @@ max_body = 65536
 unwrap_batch_max = 10
 rate_limit = ${SRV_RATE:-0}
 timeout = 10
-metrics = admin
+metrics = ${SRV_METRICS:-admin}
 log_level = ${SRV_LOG_LEVEL:-info}
 [tls]
 cert = $certs/server.pem
