@@ -214,7 +214,7 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
         goto out;
     }
     if ((b = BIO_new_file(cert_file, "r")) == NULL || (r->tls_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
-        log_error("client certificate unreadable path=%s", log_quote(q, sizeof(q), cert_file));
+        log_error("client certificate unreadable path=\"%s\"", log_quote(q, sizeof(q), cert_file));
         goto out;
     }
     if ((r->tls_chain = sk_X509_new_null()) == NULL) {
@@ -223,13 +223,14 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
     }
     while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
         if (sk_X509_num(r->tls_chain) >= MAX_CHAIN || sk_X509_push(r->tls_chain, x) <= 0) {
-            log_error("client certificate file holds too many certificates path=%s", log_quote(q, sizeof(q), cert_file));
+            log_error("client certificate file holds too many certificates path=\"%s\"",
+                      log_quote(q, sizeof(q), cert_file));
             X509_free(x);
             goto out;
         }
     }
     if (X509_check_private_key(r->tls_cert, pkey) != 1) {
-        log_error("client key does not match the certificate path=%s", log_quote(q, sizeof(q), cert_file));
+        log_error("client key does not match the certificate path=\"%s\"", log_quote(q, sizeof(q), cert_file));
         goto out;
     }
     if (EVP_PKEY_up_ref(pkey) != 1)

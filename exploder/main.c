@@ -112,7 +112,8 @@ int main(int argc, char **argv)
         log_use_syslog(LOG_MAIL);
     log_set_level(verbose ? LOG_LVL_DEBUG : (enum log_level)c->log_level);
     if (c->log_file != NULL && log_fp == NULL)
-        log_warn("cannot open the log file, logging to %s path=%s", deliver ? "syslog" : "stderr", c->log_file);
+        log_warn("cannot open the log file, logging to %s path=\"%s\"", deliver ? "syslog" : "stderr",
+                 log_qs(c->log_file));
     if (c->spool_path == NULL) {
         fprintf(stderr, "%sexploder: %s: [spool] path is required\n", deliver ? "4.3.5 " : "", conf_path);
         ex = deliver ? XP_EX_TEMPFAIL : XP_EX_CONFIG;

@@ -82,8 +82,8 @@ static xp_err check_msg_file(spool *s, const xp_msg *m, const char *name)
         return rc;
     if (spool_set_aside(s, name, dest, sizeof(dest)) != XP_OK)
         dest[0] = '\0';
-    log_error("spool file damaged, set aside and not sent id=%lld file=%s moved_to=%s reason=\"%s\"",
-              (long long)m->id, name, dest[0] ? dest : "-", log_quote(q, sizeof(q), why));
+    log_error("spool file damaged, set aside and not sent id=%lld file=\"%s\" moved_to=\"%s\" reason=\"%s\"",
+              (long long)m->id, log_qs(name), log_qs(dest[0] ? dest : "-"), log_quote(q, sizeof(q), why));
     if (spool_fail_pending(s, m->id, "spool file damaged", XP_DAMAGED_REASON) != XP_OK)
         log_error("cannot fail the recipients of a damaged message id=%lld", (long long)m->id);
     return XP_ERR_DAMAGED;
@@ -128,7 +128,7 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
         (rc = spool_msg_path(s, name, out_path, sizeof(out_path))) != XP_OK)
         goto out;
     if (util_atomic_open(out_path, 0600, &af) != UTIL_OK) {
-        log_error("cannot create spool file path=%s errno=%d", out_path, errno);
+        log_error("cannot create spool file path=\"%s\" errno=%d", log_qs(out_path), errno);
         rc = XP_ERR_IO;
         goto out;
     }

@@ -193,15 +193,15 @@ xp_err spool_open(const char *dir, spool **out)
         goto out;
     }
     if (util_mkdir_p(s->msgdir, 0700) != UTIL_OK) {
-        log_error("cannot create spool directory path=%s errno=%d", s->msgdir, errno);
+        log_error("cannot create spool directory path=\"%s\" errno=%d", log_qs(s->msgdir), errno);
         rc = XP_ERR_IO;
         goto out;
     }
     snprintf(path, sizeof(path), "%s/exploder.db", dir);
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
-        log_error("cannot open spool database path=%s err=\"%s\"", path,
-                  s->db != NULL ? sqlite3_errmsg(s->db) : "out of memory");
+        log_error("cannot open spool database path=\"%s\" err=\"%s\"", log_qs(path),
+                  log_qs(s->db != NULL ? sqlite3_errmsg(s->db) : "out of memory"));
         rc = XP_ERR_DB;
         goto out;
     }
@@ -672,7 +672,7 @@ static xp_err write_msg_file(spool *s, const char *suffix, const void *data, siz
     if (n < 0 || (size_t)n >= namesz || spool_msg_path(s, name, path, sizeof(path)) != XP_OK)
         return XP_ERR_TOO_LARGE;
     if (util_write_file_atomic(path, data, len, 0600) != UTIL_OK) {
-        log_error("cannot write spool file path=%s errno=%d", path, errno);
+        log_error("cannot write spool file path=\"%s\" errno=%d", log_qs(path), errno);
         return XP_ERR_IO;
     }
     return XP_OK;
@@ -684,7 +684,7 @@ static void unlink_msg(spool *s, const char *name)
     if (name == NULL || *name == '\0' || spool_msg_path(s, name, path, sizeof(path)) != XP_OK)
         return;
     if (unlink(path) != 0 && errno != ENOENT)
-        log_warn("cannot remove spool file path=%s errno=%d", path, errno);
+        log_warn("cannot remove spool file path=\"%s\" errno=%d", log_qs(path), errno);
 }
 
 /* ---- message file checksums ----------------------------------------------- */
@@ -828,7 +828,7 @@ xp_err spool_set_aside(spool *s, const char *name, char *dest, size_t destsz)
     if (n < 0 || (size_t)n >= destsz)
         return XP_ERR_TOO_LARGE;
     if (util_mkdir_p(dir, 0700) != UTIL_OK || (rename(path, dest) != 0 && errno != ENOENT)) {
-        log_error("cannot move a damaged spool file aside path=%s errno=%d", path, errno);
+        log_error("cannot move a damaged spool file aside path=\"%s\" errno=%d", log_qs(path), errno);
         return XP_ERR_IO;
     }
     return forget_file(s, name);

@@ -36,7 +36,8 @@ struct args {
 
 /* "groupsrv: MSG SUFFIX" on stderr, control characters shown as '?';
  * after error_lines_to_log() (serve) a log record instead,
- * msg="not started" err="MSG SUFFIX", as every line of serve's log is. */
+ * msg="not started" err="MSG SUFFIX", as every line of serve's log is
+ * (usage errors stay plain lines: they are for whoever typed the command). */
 void error_line(const char *msg, const char *suffix);
 void error_lines_to_log(void);
 /* A usage error line ("... (see groupsrv --help)"); returns EXIT_USAGE. */

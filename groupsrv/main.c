@@ -85,6 +85,15 @@ static bool error_lines_logged;
 
 void error_lines_to_log(void) { error_lines_logged = true; }
 
+static void plain_error_line(const char *msg, const char *suffix)
+{
+    fputs("groupsrv: ", stderr);
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
+        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+    fputs(suffix, stderr);
+    fputc('\n', stderr);
+}
+
 void error_line(const char *msg, const char *suffix)
 {
     if (error_lines_logged) {
@@ -94,11 +103,7 @@ void error_line(const char *msg, const char *suffix)
         log_emit(LOG_LVL_ERROR, "serve", "not started err=\"%s%s\"", log_qs(msg), log_qs(suffix));
         return;
     }
-    fputs("groupsrv: ", stderr);
-    for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
-        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
-    fputs(suffix, stderr);
-    fputc('\n', stderr);
+    plain_error_line(msg, suffix);
 }
 
 int usage_error(const char *fmt, ...)
@@ -108,7 +113,8 @@ int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     (void)vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    error_line(msg, " (see groupsrv --help)");
+    /* for the person who typed the command line, also serve's */
+    plain_error_line(msg, " (see groupsrv --help)");
     return EXIT_USAGE;
 }
 
@@ -1487,6 +1493,12 @@ static unsigned check_audit_path(const struct gs_config *cfg)
             why = "not a regular file";
         else if (access(cfg->audit.path, W_OK) != 0)
             why = "not writable";
+        if (why == NULL && (sb.st_mode & 077) != 0)
+            /* not counted: serve takes it too, with a warning */
+            return file_row("audit log", true,
+                            "%s; mode %04o: its group or others can read who unwrapped what (chmod 0600 unless "
+                            "that is meant)",
+                            cfg->audit.path, (unsigned)(sb.st_mode & 07777));
         return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : "", why ? why : "");
     }
     if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)

@@ -51,6 +51,7 @@ struct audit_log {
     char prev_hex[2 * SHA256_DIGEST_LENGTH + 1];
     int failed; /* the last append failed: checked by audit_check */
     off_t end;  /* file size after our last line: another size means another process appended */
+    long long torn_cut; /* bytes of a torn tail audit_open cut off */
     /* Group commit: records are numbered in write order. Every record
      * <= synced_seq is durable; every record <= failed_seq was covered by
      * a failed fdatasync and is never reported durable (after a failed
@@ -220,10 +221,11 @@ static audit_err load_chain_head(struct audit_log *log)
 /* A write cut short (a crash, a full disk) leaves a fragment after the
  * last newline: it is no record, and the next record would land on it.
  * Cuts fd (readable and writable) back to its last complete line, or to
- * nothing if it has none. AUDIT_ERR_FORMAT: the unterminated tail is longer
+ * nothing if it has none; *cut_bytes (may be NULL) is how many bytes that
+ * took. AUDIT_ERR_FORMAT: the unterminated tail is longer
  * than any record we write (not ours: left for `audit verify`). The
  * caller holds the file's flock. */
-static audit_err cut_torn_tail(int fd, const char *path)
+static audit_err cut_torn_tail(int fd, const char *path, long long *cut_bytes)
 {
     struct stat st;
     char buf[AUDIT_MAX_LINE + 1];
@@ -254,9 +256,25 @@ static audit_err cut_torn_tail(int fd, const char *path)
     off_t cut = buf[end] == '\n' ? start + (off_t)end + 1 : 0;
     if (ftruncate(fd, cut) != 0 || fdatasync(fd) != 0)
         return AUDIT_ERR_IO;
-    log_warn("audit log ended in an incomplete record (an interrupted write); cut it off path=%s bytes=%lld", path,
+    log_warn("audit log ended in an incomplete record (an interrupted write); cut it off path=\"%s\" bytes=%lld",
+             log_qs(path),
              (long long)(st.st_size - cut));
+    if (cut_bytes != NULL)
+        *cut_bytes = (long long)(st.st_size - cut);
     return AUDIT_OK;
+}
+
+/* The audit log names who unwrapped what. A file its group or others may
+ * read is not refused (an operator may mean it: a log reader's group) but
+ * said at each open, as `groupsrv check` says it. */
+static void warn_if_open_to_others(int fd, const char *path)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
+        log_warn("the audit log is open to its group or others (it names who unwrapped what): chmod 0600 unless "
+                 "that is meant path=\"%s\" mode=%04o",
+                 log_qs(path), (unsigned)(st.st_mode & 07777));
 }
 
 /* A log with no file or database yet (audit_close frees it); NULL when
@@ -305,12 +323,13 @@ audit_err audit_open(const char *path, audit_log **out)
         rc = AUDIT_ERR_IO;
         goto out;
     }
-    rc = cut_torn_tail(log->fd, path);
+    rc = cut_torn_tail(log->fd, path, &log->torn_cut);
     if (rc == AUDIT_OK)
         rc = load_chain_head(log);
     unlock_file(log->fd);
     if (rc != AUDIT_OK)
         goto out;
+    warn_if_open_to_others(log->fd, path);
     *out = log;
     log = NULL;
 out:
@@ -321,6 +340,8 @@ out:
     }
     return rc;
 }
+
+long long audit_torn_bytes_cut(const audit_log *log) { return log != NULL ? log->torn_cut : 0; }
 
 /* How many records wait in the queue (appenders change it under qmu only). */
 static size_t queued(struct audit_log *log)
@@ -858,12 +879,12 @@ static void write_batch_flocked(struct audit_log *log, struct batch *b)
             goto out;
     }
     if (buf.len > 0 && write_all(log->fd, buf.p, buf.len) != 0) {
-        log_error("audit append failed path=%s errno=%d records=%zu", log->path, errno, b->n);
+        log_error("audit append failed path=\"%s\" errno=%d records=%zu", log_qs(log->path), errno, b->n);
         /* A short write (a full disk) leaves a fragment: cut it off now, or
          * the next record lands on it. If that fails too, the next lock
          * finds the file longer than our last line and cuts it then. */
         if (ftruncate(log->fd, log->end) != 0)
-            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
+            log_error("cannot cut an incomplete audit record path=\"%s\" errno=%d", log_qs(log->path), errno);
         goto out;
     }
     /* The lines are in the file: the next one chains to the last, whatever
@@ -908,9 +929,9 @@ static audit_err put_line_locked(struct audit_log *log, const struct qrec *q, un
         int werr = errno;
         log->failed = 1;
         memcpy(log->prev_hex, head, sizeof(head));
-        log_error("audit append failed path=%s errno=%d", log->path, werr);
+        log_error("audit append failed path=\"%s\" errno=%d", log_qs(log->path), werr);
         if (ftruncate(log->fd, log->end) != 0)
-            log_error("cannot cut an incomplete audit record path=%s errno=%d", log->path, errno);
+            log_error("cannot cut an incomplete audit record path=\"%s\" errno=%d", log_qs(log->path), errno);
         goto out;
     }
     log->end += (off_t)line.len;
@@ -957,8 +978,8 @@ static int sync_round_locked(struct audit_log *log)
          * moved away, writing to the orphaned inode would lose them. */
         if (lock_current_locked(log) != AUDIT_OK) {
             log->failed = 1;
-            log_error("audit log cannot be appended to (not at its path, or its last line torn) path=%s records=%zu",
-                      log->path, b.n);
+            log_error("audit log cannot be appended to (not at its path, or its last line torn) path=\"%s\" records=%zu",
+                      log_qs(log->path), b.n);
             fail_batch_locked(log, &b);
         } else {
             write_batch_flocked(log, &b);
@@ -996,7 +1017,7 @@ static void account_sync_locked(struct audit_log *log, unsigned long long upto, 
         pthread_mutex_unlock(&log->qmu);
         if (written > log->failed_seq)
             log->failed_seq = written;
-        log_error("audit sync failed path=%s errno=%d records=%llu", log->path, serr, written - log->synced_seq);
+        log_error("audit sync failed path=\"%s\" errno=%d records=%llu", log_qs(log->path), serr, written - log->synced_seq);
     } else if (upto > log->synced_seq) {
         log->synced_seq = upto;
     }
@@ -1683,7 +1704,7 @@ static audit_err follow_successor_locked(struct audit_log *log)
         goto out;
     }
     nfd = sealed_fd; /* closing it below drops our lock on the sealed file */
-    log_info("audit log rotated: continuing in the new file path=%s", log->path);
+    log_info("audit log rotated: continuing in the new file path=\"%s\"", log_qs(log->path));
 out:
     if (rc != AUDIT_OK)
         unlock_file(log->fd);
@@ -1704,7 +1725,7 @@ static audit_err continue_from_file_locked(struct audit_log *log)
 {
     audit_err rc = load_chain_head(log);
 
-    if (rc == AUDIT_ERR_FORMAT && cut_torn_tail(log->fd, log->path) == AUDIT_OK)
+    if (rc == AUDIT_ERR_FORMAT && cut_torn_tail(log->fd, log->path, NULL) == AUDIT_OK)
         rc = load_chain_head(log);
     return rc;
 }
@@ -1724,8 +1745,8 @@ static int flock_bounded(struct audit_log *log)
         clock_gettime(CLOCK_MONOTONIC, &now);
         long long waited_ms = (long long)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
         if (waited_ms >= (long long)log->lock_wait_ms) {
-            log_error("audit log locked by another process for over %u ms; failing this round path=%s",
-                      log->lock_wait_ms, log->path);
+            log_error("audit log locked by another process for over %u ms; failing this round path=\"%s\"",
+                      log->lock_wait_ms, log_qs(log->path));
             errno = EWOULDBLOCK;
             return -1;
         }
@@ -1877,7 +1898,7 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
      * An empty file can be made on a full disk: room for its first record
      * is reserved too, or the seal would go in and the successor not. */
     if ((new_fd = open_successor(tmp, &st)) < 0 || reserve_space(new_fd, tmp) != 0) {
-        log_error("audit rotate: cannot create the new file path=%s errno=%d", tmp, errno);
+        log_error("audit rotate: cannot create the new file path=\"%s\" errno=%d", log_qs(tmp), errno);
         goto out;
     }
     if ((rc = link_archive(log->path, archive, cap)) != AUDIT_OK)
@@ -1912,8 +1933,8 @@ audit_err audit_rotate(audit_log *log, char *archive, size_t cap)
         goto out;
     linked = 0;
     if (util_fsync_dir(dir) != UTIL_OK)
-        log_warn("audit rotate: directory sync failed dir=%s", dir);
-    log_info("audit log sealed path=%s archive=%s", log->path, archive);
+        log_warn("audit rotate: directory sync failed dir=\"%s\"", log_qs(dir));
+    log_info("audit log sealed path=\"%s\" archive=\"%s\"", log_qs(log->path), log_qs(archive));
     rc = AUDIT_OK;
 out:
     if (rc != AUDIT_OK && sealed_fd >= 0) {
@@ -2060,10 +2081,10 @@ audit_err audit_reopen(audit_log *log)
     while (log->syncing)
         pthread_cond_wait(&log->synced, &log->mu);
     if ((nfd = open(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 || flock(nfd, LOCK_EX) != 0 ||
-        (rc = cut_torn_tail(nfd, log->path)) != AUDIT_OK) {
+        (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        log_error("cannot reopen the audit log path=%s err=\"%s\"", log->path, audit_strerror(rc));
+        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"", log_qs(log->path), audit_strerror(rc));
         goto out;
     }
     /* Records written to the old file before it went away and not yet
@@ -2081,7 +2102,8 @@ audit_err audit_reopen(audit_log *log)
     }
     nfd = old; /* closed below */
     log->failed = 0;
-    log_info("audit log reopened (a new file at its path starts a new chain) path=%s", log->path);
+    log_info("audit log reopened (a new file at its path starts a new chain) path=\"%s\"", log_qs(log->path));
+    warn_if_open_to_others(log->fd, log->path);
 out:
     if (nfd >= 0) {
         unlock_file(nfd);

@@ -43,12 +43,15 @@ typedef struct audit_log audit_log;
 /* Opens (creating, mode 0600) path for appending and reads the last line to
  * continue the chain. A file that ends in an unterminated line (a write cut
  * short by a crash or a full disk) is cut back to its last complete record
- * (logged); one whose unterminated tail is longer than any record is
+ * (logged, and told by audit_torn_bytes_cut); one whose unterminated tail is longer than any record is
  * refused (AUDIT_ERR_FORMAT). A record is in the file whole or not at all:
  * a short write is cut back before anything else is written. A symbolic
  * link at path is refused (AUDIT_ERR_IO, errno ELOOP). On AUDIT_ERR_IO
  * errno says why. */
 audit_err audit_open(const char *path, audit_log **out);
+/* How many bytes of a torn tail audit_open cut off (0: none), for a
+ * command to say so (`audit rotate`); serve logs it. */
+long long audit_torn_bytes_cut(const audit_log *log);
 
 /* [audit] store = db: the same records as rows of the database's audit
  * table (gs_store_audit_*), one hash chain per instance. Each line also

@@ -417,25 +417,25 @@ static int send_tls(struct sup *s, int ctl, bool reload)
 
     ipc_buf_init(&b);
     if (util_read_file(cfg->tls.cert, 1u << 20, &cert, &cl) != UTIL_OK) {
-        log_error("cannot read the TLS certificate path=%s", cfg->tls.cert);
+        log_error("cannot read the TLS certificate path=\"%s\"", log_qs(cfg->tls.cert));
         goto out;
     }
     if (strncmp(cfg->tls.key, "pkcs11:", 7) != 0 && util_read_file(cfg->tls.key, 1u << 20, &key, &kl) != UTIL_OK) {
-        log_error("cannot read the TLS key path=%s", cfg->tls.key);
+        log_error("cannot read the TLS key path=\"%s\"", log_qs(cfg->tls.key));
         goto out;
     }
     if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, 16u << 20, &ca, &cal) != UTIL_OK) {
-        log_error("cannot read the client CA file path=%s", cfg->tls.client_ca);
+        log_error("cannot read the client CA file path=\"%s\"", log_qs(cfg->tls.client_ca));
         goto out;
     }
     if (tls_cert_valid_now(cert, cl) != GS_OK) {
         if (reload) {
-            log_error("the new TLS certificate is not taken up path=%s reason=\"%s\"", cfg->tls.cert,
-                      gs_err_detail());
+            log_error("the new TLS certificate is not taken up path=\"%s\" reason=\"%s\"", log_qs(cfg->tls.cert),
+                      log_qs(gs_err_detail()));
             goto out;
         }
-        log_warn("serving a TLS certificate that clients refuse path=%s reason=\"%s\"", cfg->tls.cert,
-                 gs_err_detail());
+        log_warn("serving a TLS certificate that clients refuse path=\"%s\" reason=\"%s\"", log_qs(cfg->tls.cert),
+                 log_qs(gs_err_detail()));
     }
     ipc_begin(&b, IPC_CTL_TLS, 0);
     ipc_put_bytes(&b, IPC_T_CERT_PEM, cert, cl);
@@ -940,7 +940,13 @@ static int audit_rotate_cmd(const char *file)
         audit_cmd_error("audit rotate: %s: not a regular file", file);
         return 1;
     }
-    if ((e = audit_open(file, &log)) == AUDIT_OK)
+    if ((e = audit_open(file, &log)) == AUDIT_OK && audit_torn_bytes_cut(log) > 0)
+        /* records were lost there: said, also from cron (exit 0: the rest
+         * of the chain is whole, and rotating goes on) */
+        audit_cmd_error("audit rotate: %s: cut off a torn tail of %lld bytes first (an incomplete last record: "
+                        "an interrupted write, not an edit)",
+                        file, audit_torn_bytes_cut(log));
+    if (e == AUDIT_OK)
         e = audit_rotate(log, archive, sizeof(archive));
     audit_close(log);
     if (e == AUDIT_OK) {

@@ -28,7 +28,7 @@ truncate -s $(($(stat -c %s "$in_cut") / 2)) "$in_cut"
 rc=0
 xp run --once 2>>"$W/run.log" || rc=$?
 [ "$rc" = 75 ] || fail "run with the relay down: want 75, got $rc: $(tail -3 "$W/run.log")"
-grep -q "spool file damaged, set aside and not sent\" id=[0-9]* file=$(basename "$in_cut") .*reason=\"[0-9]* bytes where [0-9]* were written\"" \
+grep -q "spool file damaged, set aside and not sent\" id=[0-9]* file=\"$(basename "$in_cut")\" .*reason=\"[0-9]* bytes where [0-9]* were written\"" \
   "$W/run.log" || fail "no log line for the cut file: $(grep -i damaged "$W/run.log")"
 [ -f "$W/spool/damaged/$(basename "$in_cut")" ] || fail "the cut file was not set aside: $(ls -R "$W/spool")"
 
@@ -40,7 +40,7 @@ printf 'X' | dd of="$out_changed" bs=1 seek=200 conv=notrunc status=none
 xp_smtpd_start "$W/smtp"
 xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no"
 xp_drain
-grep -q "spool file damaged, set aside and not sent\" id=[0-9]* file=$(basename "$out_changed") .*SHA-256 differs" \
+grep -q "spool file damaged, set aside and not sent\" id=[0-9]* file=\"$(basename "$out_changed")\" .*SHA-256 differs" \
   "$W/run.log" || fail "no log line for the changed file: $(grep -i damaged "$W/run.log")"
 [ -f "$W/spool/damaged/$(basename "$out_changed")" ] || fail "the changed file was not set aside"
 

@@ -51,7 +51,7 @@ expect 2 "unknown option --no-follow.*$usage" "audit rotate --no-follow (verify'
 expect 2 "$line.*$usage" "serve with an argument" -- gs serve now
 
 # ---- serve without its TLS files: the configuration cannot serve ----
-expect 5 "groupsrv\.conf: \[tls\] cert and key are required" "serve without [tls]" -- gs serve
+expect 5 'level=error .*msg="not started: \[tls\] cert and key are required" config=".*groupsrv\.conf"$' "serve without [tls]" -- gs serve
 
 # ---- a configuration line longer than inih's buffer ----
 long=$(printf '/var/lib/groupsrv/%0200d' 0)
@@ -85,14 +85,33 @@ expect 1 "^groupsrv: cannot connect to the database: .* directory Is the server 
 # cron mails whatever a job prints)
 install -m 0600 /dev/null "$work/audit.jsonl"
 gs audit rotate >"$work/out" 2>"$work/err" || fail "audit rotate of an empty log: $(cat "$work/err")"
-printf '{"time":"2026-12-05T00:00:00Z","act' >> "$work/audit.jsonl" # a torn tail: cut off, not an error
-gs audit rotate >"$work/out" 2>"$work/err" || fail "audit rotate over a torn tail: $(cat "$work/err")"
 [ ! -s "$work/err" ] || fail "audit rotate wrote to stderr without -v: $(cat "$work/err")"
 grep -q '^sealed .* continues the chain$' "$work/out" || fail "audit rotate: $(cat "$work/out")"
+# a torn tail (an interrupted write) is cut off, not an error (exit 0), but
+# records were lost there: said on stderr, which cron mails
+printf '{"time":"2026-12-05T00:00:00Z","act' >> "$work/audit.jsonl"
+gs audit rotate >"$work/out" 2>"$work/err" || fail "audit rotate over a torn tail: $(cat "$work/err")"
+grep -q '^sealed .* continues the chain$' "$work/out" || fail "audit rotate over a torn tail: $(cat "$work/out")"
+[ "$(wc -l < "$work/err")" = 1 ] &&
+  grep -q "^groupsrv: audit rotate: $work/audit.jsonl: cut off a torn tail of 35 bytes first (an incomplete last record: an interrupted write, not an edit)\$" "$work/err" ||
+  fail "audit rotate over a torn tail does not say so: $(cat "$work/err")"
 gs -v audit rotate >/dev/null 2>"$work/err" || fail "audit rotate -v: $(cat "$work/err")"
 grep -q 'audit log sealed' "$work/err" || fail "audit rotate -v logged nothing: $(cat "$work/err")"
-out=$(gs audit verify) || fail "audit verify after three rotations: $out"
-ok "audit rotate (torn tail cut off) prints one line on stdout and nothing on stderr without -v; $out"
+out=$(gs audit verify) || fail "audit verify after four rotations: $out"
+ok "audit rotate prints one line on stdout and nothing on stderr without -v, one line more for a torn tail it cut off; $out"
+
+# ---- a path with a space in a log line stays one quoted field ----
+mkdir "$work/audit dir"
+sed "s|^path = $work/audit.jsonl\$|path = $work/audit dir/audit.jsonl|" "$conf" > "$work/space.conf"
+install -m 0600 /dev/null "$work/audit dir/audit.jsonl"
+printf '{"torn' >> "$work/audit dir/audit.jsonl"
+"$BIN/groupsrv" -c "$work/space.conf" -v audit rotate >/dev/null 2>"$work/err" || fail "audit rotate -v: $(cat "$work/err")"
+grep ' level=' "$work/err" > "$work/err.log" || true
+grep -q "cut it off\" path=\"$work/audit dir/audit.jsonl\" bytes=6\$" "$work/err.log" &&
+  grep -q "msg=\"audit log sealed\" path=\"$work/audit dir/audit.jsonl\" archive=\"$work/audit dir/audit.jsonl\.[0-9TZ-]*\"\$" "$work/err.log" ||
+  fail "audit rotate -v with a space in the path: $(cat "$work/err")"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/err.log" || fail "a path with a space breaks the log line"
+ok "a path with a space is one quoted field: $(tail -n 1 "$work/err.log")"
 
 # ---- serve and an audit log it may not use: says why ----
 # (the key holder opens the audit log before the token: no token needed)
@@ -121,13 +140,25 @@ ok "serve with a directory as its audit log says so: $(head -n 1 "$work/err")"
 # attribute): exit 5 like every configuration error, which the unit's
 # RestartPreventExitStatus does not restart ----
 rmdir "$work/audit.jsonl"
+# (an audit log its group may read: taken, with a warning, before the token)
+install -m 0640 /dev/null "$work/audit.jsonl"
 sed -i "s|^\[hsm\]\$|[hsm]\ntoken = pkcs11:token=groupsrv;slot-id=1|" "$conf"
 grep -q "^token = pkcs11:token=groupsrv;slot-id=1" "$conf" || fail "could not set the token URI"
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$conf" serve >/dev/null 2>"$work/err" || rc=$?
 [ "$rc" = 5 ] && grep -q "level=error .*msg=\"not started: the token cannot be opened\" err=\".*attributes that do not name a token" "$work/err" ||
   fail "serve with a slot attribute in its token URI: exit $rc, wanted 5: $(cat "$work/err")"
-ok "serve with a token URI that is a configuration error exits 5: $(head -n 1 "$work/err")"
+ok "serve with a token URI that is a configuration error exits 5: $(grep 'level=error' "$work/err" | head -n 1)"
+grep -q "level=warn .*msg=\"the audit log is open to its group or others (it names who unwrapped what): chmod 0600 unless that is meant\" path=\"$work/audit.jsonl\" mode=0640\$" "$work/err" ||
+  fail "serve took an audit log of mode 0640 without a warning: $(cat "$work/err")"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/err" || fail "serve's lines are not key=value records"
+gs check >"$work/out" 2>&1 || true
+grep -q "^audit log OK   $work/audit.jsonl; mode 0640: its group or others can read who unwrapped what (chmod 0600 unless that is meant)\$" "$work/out" ||
+  fail "check does not name the audit log's mode 0640: $(grep audit "$work/out")"
+chmod 0600 "$work/audit.jsonl"
+gs check >"$work/out" 2>&1 || true
+grep -q "^audit log OK   $work/audit.jsonl\$" "$work/out" || fail "check with an audit log of mode 0600: $(grep audit "$work/out")"
+ok "an audit log its group may read: serve warns, check says so (not a problem), none for 0600"
 
 # ---- docs/scale-out.md's HAProxy configuration is the one the cluster runs ----
 # (it says so: tests/lib/cluster.sh writes it for scripts/cluster and the
