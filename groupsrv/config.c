@@ -53,6 +53,7 @@ static const struct key_def keys[] = {
     {"server", "auto_rotate_secret_on_remove", K_BOOL, OFF(server.auto_rotate_secret_on_remove), 0, 0, NULL},
     {"server", "metrics", K_ENUM, OFF(server.metrics), 0, 0, "off|any|admin"},
     {"server", "log_level", K_ENUM, OFF(server.log_level), 0, 0, "error|warn|info|debug"},
+    {"server", "access_log", K_BOOL, OFF(server.access_log), 0, 0, NULL},
     {"server", "max_queue_ms", K_UINT, OFF(server.max_queue_ms), 0, 3600000, NULL},
     {"server", "user", K_STR, OFF(server.user), 0, 0, NULL},
     {"tls", "cert", K_STR, OFF(tls.cert), 0, 0, NULL},

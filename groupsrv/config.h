@@ -48,6 +48,7 @@ struct gs_config {
         bool auto_rotate_secret_on_remove; /* default yes */
         char *metrics;          /* who may GET /metrics: "off", "any", "admin"; default "admin" */
         char *log_level;        /* error|warn|info|debug, default "info" */
+        bool access_log;        /* an info line per HTTP request (who, what, status), default no */
         unsigned max_queue_ms;  /* shed token work expected to wait longer (503), default 2000; 0 = never */
         char *user;             /* the network process's account when started as root; default "nobody" */
         char *instance;         /* this server's name in shared state (its audit chain); default the host name */

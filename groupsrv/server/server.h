@@ -122,6 +122,7 @@ struct srv_req {
     int head;                 /* a HEAD: handled as GET, answered without the body */
     char id[33];              /* request id, also sent as X-Request-Id (and audited) */
     int replied;
+    int status;               /* the reply's HTTP status, once replied */
     unsigned calls;           /* calls to the key holder in flight */
     int peer_checked;
     peer_info peer;           /* its certificate is a reference of our own */

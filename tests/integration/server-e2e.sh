@@ -4,6 +4,7 @@
 # made by `openssl cms`.
 set -euo pipefail
 BIN=$1 SRC=$2
+SRV_ACCESS_LOG=yes # one line per request, checked at the end
 . "$SRC/tests/integration/server-lib.sh"
 start_server
 
@@ -296,6 +297,22 @@ grep -q 'detail="token does not support RSA-OAEP with SHA-256' "$work/server.log
   fail "no quoted detail of the RSA-OAEP-256 refusal in the log"
 /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
 ok "server log: one key=value record per line"
+# [server] access_log: a line per request with who asked what, tied to
+# the answer's X-Request-Id; the body (a wrapped key) is never in the log.
+rid=$(c alice -D - -o /dev/null --data-binary @"$work/m-req.json" "$base/v1/groups/eng/unwrap" |
+  tr -d '\r' | awk 'tolower($1) == "x-request-id:" {print $2}')
+c carol -o /dev/null --data-binary @"$work/m-req.json" "$base/v1/groups/eng/unwrap" || true
+anon -o /dev/null "$base/healthz?x=%22%20a%3Db"
+for _ in $(seq 1 20); do grep -q 'path="/healthz?x=' "$work/server.log" && break; sleep 0.1; done
+grep -Eq " req=$rid msg=\"request\" method=POST path=\"/v1/groups/eng/unwrap\" status=200 ms=[0-9.]+ identity=\"alice@example.org\" client=127\.0\.0\.1 listener=api\$" \
+  "$work/server.log" || fail "no access line for alice's unwrap $rid: $(grep 'msg="request"' "$work/server.log" | tail -n 3)"
+grep -Eq ' msg="request" method=POST path="/v1/groups/eng/unwrap" status=403 .* identity="carol@example.org" ' "$work/server.log" ||
+  fail "no access line for carol's refused unwrap"
+grep -Eq ' msg="request" method=GET path="/healthz\?x=%22%20a%3Db" status=200 .* identity="-" client=127\.0\.0\.1 ' "$work/server.log" ||
+  fail "no access line for an anonymous /healthz: $(grep 'healthz' "$work/server.log" | tail -n 2)"
+if grep -qF "$(b64 "$work/ri.der" | head -c 40)" "$work/server.log"; then fail "a request body is in the log"; fi
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the access lines are not key=value records"
+ok "access_log: one line per request (method, path, status, ms, identity, client), req= the X-Request-Id, no body"
 
 # ---- graceful stop ----
 kill -TERM "$srv_pid"

@@ -73,6 +73,7 @@ rate_limit = ${SRV_RATE:-0}
 timeout = 10
 metrics = ${SRV_METRICS:-admin}
 log_level = ${SRV_LOG_LEVEL:-info}
+${SRV_ACCESS_LOG:+access_log = $SRV_ACCESS_LOG}
 [tls]
 cert = $certs/server.pem
 key = $certs/server.key
