@@ -131,6 +131,21 @@ expect_status 429 suspended "bob suspended after the batch" -- c bob --data-bina
 for i in 1 2 3; do status lc --data-binary "$item" "$url" >/dev/null; done
 expect_status 429 suspended "a 254-byte identity is suspended after 3 failures" -- \
   lc --data-binary @"$work/req-tls.json" "$url"
+# A membership certificate's caller is "anonymous member": its suspension
+# (an ALERT an operator's log watcher matches) keeps the identity in one
+# quoted field, as every line of the log is one key=value record.
+openssl req -new -newkey rsa:2048 -nodes -subj "/CN=whoever" -keyout "$work/g.key" -out "$work/g.csr" 2>/dev/null
+expect_status 200 "" "a membership certificate" -- c alice -H 'Content-Type: application/pkcs10' \
+  --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+cp "$work/body" "$work/g.pem"
+gcurl() { curl -sS --cacert "$certs/tca.pem" --cert "$work/g.pem" --key "$work/g.key" "$@"; }
+gitem="{\"encrypted_key\":\"$bad\",\"algorithm\":\"RSA-OAEP\",\"deliver\":\"recipient-key\"}"
+for i in 1 2 3; do status gcurl --data-binary "$gitem" "$url" >/dev/null; done
+expect_status 429 suspended "a membership certificate is suspended after 3 failures" -- gcurl --data-binary "$gitem" "$url"
+grep -q 'msg="ALERT identity suspended after repeated failed unwraps" identity="anonymous member" group=eng' "$work/server.log" ||
+  fail "no ALERT line with the quoted identity: $(grep ALERT "$work/server.log")"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
+ok "a suspended membership certificate: ALERT identity=\"anonymous member\", the log one record per line"
 
 # ---- finding 11: the env: PIN is not left in the environment ----
 stop_server
