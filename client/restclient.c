@@ -230,7 +230,8 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
         }
     }
     if (X509_check_private_key(r->tls_cert, pkey) != 1) {
-        log_error("client key does not match the certificate path=\"%s\"", log_quote(q, sizeof(q), cert_file));
+        log_error("client key does not match the certificate path=\"%s\"",
+                  log_quote(q, sizeof(q), cert_file));
         goto out;
     }
     if (EVP_PKEY_up_ref(pkey) != 1)

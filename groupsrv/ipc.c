@@ -796,4 +796,7 @@ static void libevent_line(int severity, const char *msg)
     log_emit(level, "libevent", "libevent detail=\"%s\"", log_qs(msg));
 }
 
-void ipc_libevent_log_to_ours(void) { event_set_log_callback(libevent_line); }
+void ipc_libevent_log_to_ours(void)
+{
+    event_set_log_callback(libevent_line);
+}

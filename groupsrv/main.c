@@ -83,7 +83,10 @@ static const char usage_text[] =
  * argument) are shown as '?' so they cannot start a second line. */
 static bool error_lines_logged;
 
-void error_lines_to_log(void) { error_lines_logged = true; }
+void error_lines_to_log(void)
+{
+    error_lines_logged = true;
+}
 
 static void plain_error_line(const char *msg, const char *suffix)
 {
@@ -1495,10 +1498,11 @@ static unsigned check_audit_path(const struct gs_config *cfg)
             why = "not writable";
         if (why == NULL && (sb.st_mode & 077) != 0)
             /* not counted: serve takes it too, with a warning */
-            return file_row("audit log", true,
-                            "%s; mode %04o: its group or others can read who unwrapped what (chmod 0600 unless "
-                            "that is meant)",
-                            cfg->audit.path, (unsigned)(sb.st_mode & 07777));
+            return file_row(
+                "audit log", true,
+                "%s; mode %04o: its group or others can read who unwrapped what (chmod 0600 unless "
+                "that is meant)",
+                cfg->audit.path, (unsigned)(sb.st_mode & 07777));
         return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : "", why ? why : "");
     }
     if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)

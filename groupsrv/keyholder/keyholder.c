@@ -753,8 +753,9 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
     if (strcmp(cfg->audit.store, "db") == 0) {
         audit_err ae = audit_open_db(gs_config_db_location(cfg), cfg->server.instance, &kh->audit);
         if (ae != AUDIT_OK) {
-            log_error("not started: the audit table cannot be written instance=\"%s\" err=\"%s\" detail=\"%s\"",
-                      log_qs(cfg->server.instance), audit_strerror(ae), log_qs(gs_err_detail()));
+            log_error(
+                "not started: the audit table cannot be written instance=\"%s\" err=\"%s\" detail=\"%s\"",
+                log_qs(cfg->server.instance), audit_strerror(ae), log_qs(gs_err_detail()));
             return -1;
         }
     } else {
@@ -775,8 +776,8 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                           open_errno == ELOOP ? "a symbolic link (refused: the log must be a regular file)"
                                               : strerror(open_errno));
             else
-                log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"", log_qs(cfg->audit.path),
-                          audit_strerror(ae));
+                log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"",
+                          log_qs(cfg->audit.path), audit_strerror(ae));
             return -1;
         }
     }

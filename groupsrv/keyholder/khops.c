@@ -813,8 +813,8 @@ static void count_failure(struct kh_job *j, struct caller *c, const char *gname)
     if (!ratelimit_failure(j->kh->rl, caller_rl_key(j, c, gname)))
         return;
     /* quoted: "anonymous member", or a certificate's CN, has spaces */
-    log_error("ALERT identity suspended after repeated failed unwraps identity=\"%s\" group=%s", log_qs(c->identity),
-              gname);
+    log_error("ALERT identity suspended after repeated failed unwraps identity=\"%s\" group=%s",
+              log_qs(c->identity), gname);
     audit_record al = {.action = "suspend", .identity = c->identity, .group = gname, .key_version = -1,
                        .outcome = "too_many_failed_unwraps"};
     if (job_audit(j, &al) != AUDIT_OK)
@@ -1928,7 +1928,8 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         goto out;
     if (e == GS_OK && audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) != AUDIT_OK) {
         j->audit_first = j->audit_last = 0; /* known failed: nothing to hold the answer for */
-        log_error("group created without its audit record group=%s identity=\"%s\"", name, log_qs(c.identity));
+        log_error("group created without its audit record group=%s identity=\"%s\"", name,
+                  log_qs(c.identity));
         answer_retry(j, 503, 5, "audit_unavailable",
                      "the audit log cannot be written: the group was created, but its record is missing");
         goto out;

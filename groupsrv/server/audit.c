@@ -256,9 +256,9 @@ static audit_err cut_torn_tail(int fd, const char *path, long long *cut_bytes)
     off_t cut = buf[end] == '\n' ? start + (off_t)end + 1 : 0;
     if (ftruncate(fd, cut) != 0 || fdatasync(fd) != 0)
         return AUDIT_ERR_IO;
-    log_warn("audit log ended in an incomplete record (an interrupted write); cut it off path=\"%s\" bytes=%lld",
-             log_qs(path),
-             (long long)(st.st_size - cut));
+    log_warn(
+        "audit log ended in an incomplete record (an interrupted write); cut it off path=\"%s\" bytes=%lld",
+        log_qs(path), (long long)(st.st_size - cut));
     if (cut_bytes != NULL)
         *cut_bytes = (long long)(st.st_size - cut);
     return AUDIT_OK;
@@ -272,9 +272,10 @@ static void warn_if_open_to_others(int fd, const char *path)
     struct stat st;
 
     if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
-        log_warn("the audit log is open to its group or others (it names who unwrapped what): chmod 0600 unless "
-                 "that is meant path=\"%s\" mode=%04o",
-                 log_qs(path), (unsigned)(st.st_mode & 07777));
+        log_warn(
+            "the audit log is open to its group or others (it names who unwrapped what): chmod 0600 unless "
+            "that is meant path=\"%s\" mode=%04o",
+            log_qs(path), (unsigned)(st.st_mode & 07777));
 }
 
 /* A log with no file or database yet (audit_close frees it); NULL when
@@ -341,7 +342,10 @@ out:
     return rc;
 }
 
-long long audit_torn_bytes_cut(const audit_log *log) { return log != NULL ? log->torn_cut : 0; }
+long long audit_torn_bytes_cut(const audit_log *log)
+{
+    return log != NULL ? log->torn_cut : 0;
+}
 
 /* How many records wait in the queue (appenders change it under qmu only). */
 static size_t queued(struct audit_log *log)
@@ -978,7 +982,8 @@ static int sync_round_locked(struct audit_log *log)
          * moved away, writing to the orphaned inode would lose them. */
         if (lock_current_locked(log) != AUDIT_OK) {
             log->failed = 1;
-            log_error("audit log cannot be appended to (not at its path, or its last line torn) path=\"%s\" records=%zu",
+            log_error("audit log cannot be appended to (not at its path, or its last line torn) path=\"%s\" "
+                      "records=%zu",
                       log_qs(log->path), b.n);
             fail_batch_locked(log, &b);
         } else {
@@ -1017,7 +1022,8 @@ static void account_sync_locked(struct audit_log *log, unsigned long long upto, 
         pthread_mutex_unlock(&log->qmu);
         if (written > log->failed_seq)
             log->failed_seq = written;
-        log_error("audit sync failed path=\"%s\" errno=%d records=%llu", log_qs(log->path), serr, written - log->synced_seq);
+        log_error("audit sync failed path=\"%s\" errno=%d records=%llu", log_qs(log->path), serr,
+                  written - log->synced_seq);
     } else if (upto > log->synced_seq) {
         log->synced_seq = upto;
     }
@@ -2080,11 +2086,12 @@ audit_err audit_reopen(audit_log *log)
     /* No sync round may run on the old descriptor while it is swapped. */
     while (log->syncing)
         pthread_cond_wait(&log->synced, &log->mu);
-    if ((nfd = open(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 || flock(nfd, LOCK_EX) != 0 ||
-        (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
+    if ((nfd = open(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
+        flock(nfd, LOCK_EX) != 0 || (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"", log_qs(log->path), audit_strerror(rc));
+        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"", log_qs(log->path),
+                  audit_strerror(rc));
         goto out;
     }
     /* Records written to the old file before it went away and not yet

@@ -1128,14 +1128,22 @@ static void req_free(struct srv_req *r)
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    default: return "other";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    default:
+        return "other";
     }
 }
 
@@ -1159,8 +1167,8 @@ static void access_line(struct srv_req *r, double ms)
     if (c != NULL)
         evhttp_connection_get_peer(c, &addr, &port);
     log_info("request method=%s path=\"%s\" status=%d ms=%.1f identity=\"%s\" client=%s listener=%s",
-             method_name(evhttp_request_get_command(r->req)), log_qs(evhttp_request_get_uri(r->req)), r->status,
-             ms, log_qs(who), addr != NULL ? log_qs(addr) : "-", r->certsrv ? "certsrv" : "api");
+             method_name(evhttp_request_get_command(r->req)), log_qs(evhttp_request_get_uri(r->req)),
+             r->status, ms, log_qs(who), addr != NULL ? log_qs(addr) : "-", r->certsrv ? "certsrv" : "api");
 }
 
 /* Ends a request whose handler (or last callback) returned: frees it once

@@ -198,13 +198,15 @@ char *metrics_render(const metrics_token *t)
         sb_printf(&b, "# HELP groupsrv_unwrap_duration_seconds Token time of unwrap and rewrap operations.\n"
                       "# TYPE groupsrv_unwrap_duration_seconds histogram\n");
         for (size_t i = 0; i < N_BUCKETS; i++)
-            sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i], t->lat_bucket[i]);
+            sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"%g\"} %lu\n", buckets[i],
+                      t->lat_bucket[i]);
         unsigned long cnt = t->lat_count;
         sb_printf(&b, "groupsrv_unwrap_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
         sb_printf(&b, "groupsrv_unwrap_duration_seconds_sum %.6f\n", (double)t->lat_sum_us / 1e6);
         sb_printf(&b, "groupsrv_unwrap_duration_seconds_count %lu\n", cnt);
-        sb_printf(&b, "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
-                      "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
+        sb_printf(&b,
+                  "# HELP groupsrv_token_errors_total Token (PKCS#11) failures other than bad input.\n"
+                  "# TYPE groupsrv_token_errors_total counter\ngroupsrv_token_errors_total %lu\n",
                   t->token_errors);
     }
     if (t->sessions_in_use >= 0)

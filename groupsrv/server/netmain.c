@@ -244,7 +244,8 @@ static int receive_start(struct net *n, unsigned char **tls_frame, size_t *tls_l
                 gs_err ge = text ? gs_config_load_string(text, "groupsrv.conf", &n->cfg) : GS_ERR_NOMEM;
                 free(text);
                 if (ge != GS_OK) {
-                    log_error("not started: the configuration does not load err=\"%s\"", log_qs(gs_err_detail()));
+                    log_error("not started: the configuration does not load err=\"%s\"",
+                              log_qs(gs_err_detail()));
                     return -1;
                 }
                 n->nlinks = n->cfg->server.threads + 1;

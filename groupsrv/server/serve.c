@@ -430,12 +430,12 @@ static int send_tls(struct sup *s, int ctl, bool reload)
     }
     if (tls_cert_valid_now(cert, cl) != GS_OK) {
         if (reload) {
-            log_error("the new TLS certificate is not taken up path=\"%s\" reason=\"%s\"", log_qs(cfg->tls.cert),
-                      log_qs(gs_err_detail()));
+            log_error("the new TLS certificate is not taken up path=\"%s\" reason=\"%s\"",
+                      log_qs(cfg->tls.cert), log_qs(gs_err_detail()));
             goto out;
         }
-        log_warn("serving a TLS certificate that clients refuse path=\"%s\" reason=\"%s\"", log_qs(cfg->tls.cert),
-                 log_qs(gs_err_detail()));
+        log_warn("serving a TLS certificate that clients refuse path=\"%s\" reason=\"%s\"",
+                 log_qs(cfg->tls.cert), log_qs(gs_err_detail()));
     }
     ipc_begin(&b, IPC_CTL_TLS, 0);
     ipc_put_bytes(&b, IPC_T_CERT_PEM, cert, cl);
@@ -781,8 +781,8 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         goto out;
     }
     if (cfg->certsrv.listen != NULL && listen_on(cfg->certsrv.listen, &s.certsrv_fd, why, sizeof(why)) != 0) {
-        log_error("not started: cannot listen addr=\"%s\" listener=certsrv err=\"%s\"", log_qs(cfg->certsrv.listen),
-                  log_qs(why));
+        log_error("not started: cannot listen addr=\"%s\" listener=certsrv err=\"%s\"",
+                  log_qs(cfg->certsrv.listen), log_qs(why));
         goto out;
     }
     if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||
@@ -943,9 +943,10 @@ static int audit_rotate_cmd(const char *file)
     if ((e = audit_open(file, &log)) == AUDIT_OK && audit_torn_bytes_cut(log) > 0)
         /* records were lost there: said, also from cron (exit 0: the rest
          * of the chain is whole, and rotating goes on) */
-        audit_cmd_error("audit rotate: %s: cut off a torn tail of %lld bytes first (an incomplete last record: "
-                        "an interrupted write, not an edit)",
-                        file, audit_torn_bytes_cut(log));
+        audit_cmd_error(
+            "audit rotate: %s: cut off a torn tail of %lld bytes first (an incomplete last record: "
+            "an interrupted write, not an edit)",
+            file, audit_torn_bytes_cut(log));
     if (e == AUDIT_OK)
         e = audit_rotate(log, archive, sizeof(archive));
     audit_close(log);
