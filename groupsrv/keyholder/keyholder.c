@@ -685,7 +685,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
         log_error("the PIN source was not taken up err=\"%s\" detail=\"%s\"", hsm_strerror(he),
                   log_qs(hsm_last_error_detail()));
     else
-        log_info("PIN source read again pin_source=%s", pin_source);
+        log_info("PIN source read again pin_source=\"%s\"", log_qs(pin_source));
 }
 
 /* ---- start and stop -------------------------------------------------------------- */

@@ -6,6 +6,11 @@ set -euo pipefail
 BIN=$1 SRC=$2
 SRV_ACCESS_LOG=yes # one line per request, checked at the end
 . "$SRC/tests/integration/server-lib.sh"
+# a PIN file in a directory with a space: SIGHUP's "PIN source read again"
+# line must keep the path in one field (the log is read by logcheck.py)
+mkdir "$work/pin dir"
+install -m 0600 "$pin_file" "$work/pin dir/user-pin"
+sed -i "s|^pin_source = .*|pin_source = $work/pin dir/user-pin|" "$conf"
 start_server
 
 # ---- discovery, certificate, health ----
@@ -278,6 +283,9 @@ read -r -d '' ok1 refused1 lat1 < <(mseries "$work/m1.txt") || true
 kill -HUP "$srv_pid"
 for _ in $(seq 1 50); do grep -q 'reloaded TLS certificate' "$work/server.log" && break; sleep 0.1; done
 grep -q 'reloaded TLS certificate' "$work/server.log" || fail "no reload after SIGHUP"
+for _ in $(seq 1 50); do grep -q 'PIN source read again' "$work/server.log" && break; sleep 0.1; done
+grep -q "msg=\"PIN source read again\" pin_source=\"$work/pin dir/user-pin\"\$" "$work/server.log" ||
+  fail "SIGHUP: no PIN source line with the quoted path: $(grep 'PIN source' "$work/server.log")"
 expect_status 200 "" "healthz after SIGHUP" -- anon "$base/healthz"
 c admin "$base/metrics" > "$work/m2.txt"
 promcheck "$work/m2.txt" --before "$work/m1.txt" --documented "$SRC/docs/api.md" ||
