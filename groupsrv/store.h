@@ -126,6 +126,9 @@ void gs_store_rollback(gs_store *st);
  * label free and both make a key under it: the loser cannot tell its key
  * from the winner's, and the winner's label names two keys. Taken before
  * the "does it exist" checks, released after the commit (or the undo).
+ * Member changes (REST and command line) hold it too, from reading the
+ * record as it was until their audit record is written or the change
+ * undone: an undo then never puts a record back over another change.
  * SQLite: flock(2) on the database's directory (the database file itself
  * would mix with SQLite's own POSIX locks); PostgreSQL: a session advisory
  * lock, so every server sharing the database takes turns (its connection

@@ -1730,18 +1730,53 @@ static int member_change_audited(struct kh_job *j, const char *action, const cha
     return 0;
 }
 
+/* Before a member change: the keys lock (every member change, in the
+ * server, the admin commands and on other servers sharing the database,
+ * runs under it from reading the record as it was until its audit record
+ * is durable or the change undone), room for the audit record (reserved
+ * past the end of the log, as POST /v1/groups does: a change refused here
+ * is never made), then the record as it was (*prev; NULL: not a member).
+ * 0, or -1 with the answer set; *locked says whether to unlock. */
+static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *email,
+                               bool *locked, gs_store_member **prev)
+{
+    gs_err e;
+
+    *prev = NULL;
+    if ((e = gs_store_keys_lock(w->store)) != GS_OK) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    *locked = true;
+    if (audit_check(w->kh->audit) != AUDIT_OK) {
+        answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the change was not made");
+        return -1;
+    }
+    e = gs_store_member_get(w->store, gs_group_id(g), email, prev);
+    if (e != GS_OK && e != GS_ERR_NOT_FOUND) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    return 0;
+}
+
 /* A member change is committed before its audit record is durable (the
  * record is queued, and the answer held for it). Should the record then
- * fail (the audit disk full, the audit table's insert failing even after
- * its retry), the change would stand without a record. So the worker
- * waits for this one record here (admin changes are rare; key requests
- * never wait so) and, when it failed, puts the member back as it was
- * (prev; NULL: not a member): the 503 audit_unavailable then means that
- * nothing changed. Safe for a removal too: while the audit log cannot be
- * written no key request is answered, to the member or anyone. Where the
- * undo fails as well (the database gone with the audit table), the 503
- * says the change was made without its record. 0 when the record is
- * durable; -1 with the 503 answered. */
+ * fail (the audit disk filled by other records since the room was
+ * reserved, the audit table's insert failing even after its retry), the
+ * change would stand without a record. So the worker waits for this one
+ * record here (admin changes are rare; key requests never wait so) and,
+ * when it failed, puts the member back as it was (prev; NULL: not a
+ * member): the 503 audit_unavailable then means that nothing changed.
+ * The caller holds the keys lock from before prev was read until after
+ * this (member_change_begin): no other member change, here, in an admin
+ * command or on another server sharing the database, can come between,
+ * so the undo never puts back a record over a later change. Safe for a
+ * removal too: while the audit log cannot be written no key request is
+ * answered, to the member or anyone. Where the undo fails as well (the
+ * database gone with the audit table), the 503 says the change was made
+ * without its record. 0 when the record is durable; -1 with the 503
+ * answered. */
 static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *email,
                                  const gs_store_member *prev)
 {
@@ -1774,6 +1809,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     gs_store_member *m = NULL, *prev = NULL;
     X509 *cert = NULL;
     const char *email;
+    bool locked = false; /* the keys lock, from the record as it was to the change's audit record */
     gs_err e;
     uint32_t type = j->msg.type;
     const char *action = type == IPC_MEMBER_GET ? "member-get" : type == IPC_MEMBER_PUT ? "member-add" : "member-remove";
@@ -1793,16 +1829,11 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         put_member(&j->reply, m, 1);
         goto out;
     }
-    /* The record as it was, to put back should the change's audit record
-     * fail (member_change_durable). */
-    e = gs_store_member_get(w->store, gs_group_id(g), email, &prev);
-    if (e != GS_OK && e != GS_ERR_NOT_FOUND) {
-        answer_gs_error(j, e, "member");
-        goto out;
-    }
     if (type == IPC_MEMBER_DELETE) {
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
+        if (member_change_begin(w, j, g, email, &locked, &prev) != 0)
+            goto out;
         e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
         if (rm.email[0] != '\0')
             email = rm.email; /* the member as stored, for the record and the answer */
@@ -1852,11 +1883,17 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     bool existed = false;
+    if (member_change_begin(w, j, g, email, &locked, &prev) != 0)
+        goto out;
     e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
     if (member_change_audited(j, action, c.identity, gname, e, -1,
                               json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0 ||
         member_change_durable(w, j, g, email, prev) != 0)
         goto out;
+    /* Recorded: the read below may go out again on a new connection,
+     * which a statement under a lost lock could not. */
+    gs_store_keys_unlock(w->store);
+    locked = false;
     /* The change is committed and audited: a connection lost just now must
      * not turn its answer into a 503 (the admin would think it undone).
      * The read goes out once more, on a new connection. */
@@ -1871,6 +1908,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     ipc_put_u32(&j->reply, IPC_T_FLAGS, existed ? 0 : IPC_FLAG_CREATED);
     put_member(&j->reply, m, 0);
 out:
+    if (locked)
+        gs_store_keys_unlock(w->store);
     X509_free(cert);
     gs_store_member_free(prev);
     gs_store_member_free(m);

@@ -7,8 +7,8 @@
 #     audit_unavailable) and /healthz says so (fdatasync succeeds on a full
 #     disk: the server checks for room);
 #   - `audit rotate` on the full disk fails before it seals the log;
-#   - member changes over REST (PUT, DELETE) whose record cannot be
-#     written are undone: their 503 means nothing changed;
+#   - member changes over REST (PUT, DELETE) find no room for their
+#     record and are not made: their 503 says so;
 #   - once there is room again both recover without a restart, and
 #     `groupsrv audit verify` passes: no torn record, no merged line;
 #   - a log deleted and made anew at its path is written again after SIGHUP.
@@ -60,24 +60,28 @@ expect_healthz 503 audit_unavailable "healthz with the audit disk full"
 grep -q '"audit":"ok"' "$work/body" && fail "healthz says the audit log is ok: $(cat "$work/body")"
 ok "full disk: key requests and healthz refuse (after $(echo "$codes" | wc -w) unwraps)"
 
-# Member changes over REST whose audit record cannot be written are undone:
-# the 503 means nothing changed (before, the change stood without its
-# record). A new member, a replaced record (a role raised) and a removal.
+# Member changes over REST reserve room for their record first, as POST
+# /v1/groups does: with none they are not made, and the 503 says so
+# (before, each was made, then undone when its record failed; a change of
+# the same member meanwhile could be lost to the undo). A new member, a
+# replaced record (a role raised) and a removal.
 gs() { "$BIN/groupsrv" -c "$conf" "$@"; }
 expect_status 503 audit_unavailable "member PUT with the audit disk full" -- c admin -X PUT \
   --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/new@example.org"
-grep -q "the change was undone" "$work/body" || fail "PUT 503 does not say the change was undone: $(cat "$work/body")"
+grep -q "the change was not made" "$work/body" || fail "PUT 503 does not say the change was not made: $(cat "$work/body")"
 expect_status 503 audit_unavailable "member PUT raising bob to admin with the audit disk full" -- c admin -X PUT \
   --data-binary '{"role":"admin"}' "$base/v1/groups/eng/members/bob@example.org"
+grep -q "the change was not made" "$work/body" || fail "PUT 503 does not say the change was not made: $(cat "$work/body")"
 expect_status 503 audit_unavailable "member DELETE of dave with the audit disk full" -- c admin -X DELETE \
   "$base/v1/groups/eng/members/dave@example.org"
+grep -q "the change was not made" "$work/body" || fail "DELETE 503 does not say the change was not made: $(cat "$work/body")"
 gs member list eng > "$work/members.full"
 grep -q '^new@example.org ' "$work/members.full" && fail "a member added without its audit record: $(cat "$work/members.full")"
 grep -Eq '^bob@example.org +member ' "$work/members.full" || fail "bob's role changed without its audit record: $(grep bob "$work/members.full")"
 grep -Eq '^dave@example.org +member +default +[0-9a-f]{64}$' "$work/members.full" ||
   fail "dave removed (or his certificate lost) without its audit record: $(cat "$work/members.full")"
-grep -q 'member change undone' "$work/server.log" || fail "the server did not log the undo"
-ok "member PUT, PUT replacing and DELETE with the audit disk full: 503, each undone"
+grep -q 'member change undone' "$work/server.log" && fail "a member change was made, then undone: $(grep 'member change undone' "$work/server.log")"
+ok "member PUT, PUT replacing and DELETE with the audit disk full: 503, none made"
 # The admin commands refuse before they change anything: the log opens on
 # a full disk, so each reserves room for its record first (before, `group
 # rotate` made the new key version, then could not record it).

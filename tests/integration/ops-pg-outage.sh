@@ -24,7 +24,9 @@
 #     session ended in the middle of the insert): the change keeps its
 #     record and its answer (the insert goes out once more);
 #   - the audit insert of a member change refused by the database: the
-#     change is undone and answered 503 audit_unavailable;
+#     change is undone and answered 503 audit_unavailable, also for
+#     two changes of one member at once
+#     (they take turns: neither undo puts a record back over the other);
 #   - member changes while every session is ended again and again: no 500,
 #     every 503 documented with Retry-After, every answer agrees with the
 #     members table and the audit table, `audit verify` passes.
@@ -206,11 +208,42 @@ grep -q '"code":"audit_unavailable"' "$work/body" && grep -q 'the change was und
 member_in erin@example.org && fail "erin was added without her audit record"
 expect 503 "member DELETE whose audit insert is refused" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
 member_in bob@example.org || fail "bob was removed without his audit record"
+row_of() { sql "SELECT role, coalesce(wrap, '-'), md5(coalesce(cert_pem, '')) FROM members WHERE email = '$1'"; }
+bob_before=$(row_of bob@example.org)
+bob_added=$(audited member-add bob@example.org ok) # by the set-up
+# Two changes of one member at once, each record refused after 2 s: bob's
+# DELETE is made and waits for its record; a PUT of bob comes meanwhile.
+# Member changes take turns (the keys lock, also across servers), so each
+# undo puts back what was there before it. Before, the PUT landed while
+# the DELETE waited; the DELETE's undo put bob's old record over it and
+# the PUT's undo then removed that: bob gone, and no record of it.
+sql "CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF NEW.line::json->>'action' LIKE 'member-%' THEN
+      PERFORM pg_sleep(2); RAISE EXCEPTION 'audit row refused by the test';
+    END IF;
+    RETURN NEW;
+  END \$\$;" >/dev/null
+c admin -X DELETE -o "$work/del.body" -w '%{http_code}' "$base/v1/groups/eng/members/bob@example.org" \
+  > "$work/del.code" 2>/dev/null &
+del_pid=$!
+for i in $(seq 1 100); do member_in bob@example.org || break; sleep 0.02; done
+member_in bob@example.org && fail "bob's DELETE was not made within 2 s"
+put=$(c admin -X PUT --data '{"role":"admin","wrap":"oaep"}' -o "$work/put.body" -w '%{http_code}' \
+  "$base/v1/groups/eng/members/bob@example.org" 2>/dev/null || true)
+wait "$del_pid" || true
+[ "$(cat "$work/del.code")" = 503 ] && grep -q 'the change was undone' "$work/del.body" ||
+  fail "the DELETE: $(cat "$work/del.code") $(cat "$work/del.body")"
+[ "$put" = 503 ] && grep -Eq '"audit_unavailable".*(the change was undone|the change was not made)' "$work/put.body" ||
+  fail "the PUT: $put $(cat "$work/put.body")"
+[ "$(row_of bob@example.org)" = "$bob_before" ] ||
+  fail "bob after two unrecorded changes: '$(row_of bob@example.org)', before '$bob_before'"
 sql "DROP TRIGGER audit_refuse ON audit" >/dev/null
-[ "$(audited member-add erin@example.org ok)" = 0 ] && [ "$(audited member-remove bob@example.org ok)" = 0 ] ||
+[ "$(audited member-add erin@example.org ok)" = 0 ] && [ "$(audited member-remove bob@example.org ok)" = 0 ] &&
+  [ "$(audited member-add bob@example.org ok)" = "$bob_added" ] ||
   fail "a refused audit row is in the table"
 unwrap 200 "bob unwraps: still a member" -- bob
-ok "a member change whose audit insert the database refused: 503, undone"
+ok "member changes whose audit insert the database refused, two of them at once: 503, undone, bob as before"
 
 # ---- member changes while the sessions are ended again and again ---------------
 ( for k in $(seq 1 60); do end_sessions || true; sleep 0.1; done ) &
