@@ -98,5 +98,13 @@ json_t *cli_json_text(const char *s);
  * (exit 1, "ACTION GROUP was done, but its audit record was not written"). */
 int cli_record_done(struct cli_record *r, const char *action, const char *group, long key_version, gs_err change,
                     json_t *extra);
+/* cli_record_done for a change that can be taken back: when its record
+ * cannot be written, undo(arg) puts things back as they were (called
+ * before the error line; the caller holds whatever lock keeps the state
+ * it restores current), and the line says "ACTION GROUP was undone: its
+ * audit record could not be written" (exit 1); only when the undo fails
+ * too does it say the change was done without its record. */
+int cli_record_done_or_undo(struct cli_record *r, const char *action, const char *group, long key_version,
+                            gs_err change, json_t *extra, gs_err (*undo)(void *arg), void *arg);
 
 #endif

@@ -152,6 +152,13 @@ static int record_failure(struct cli_record *r, const char *action, const char *
 int cli_record_done(struct cli_record *r, const char *action, const char *group, long key_version, gs_err change,
                     json_t *extra)
 {
+    return cli_record_done_or_undo(r, action, group, key_version, change, extra, NULL, NULL);
+}
+
+int cli_record_done_or_undo(struct cli_record *r, const char *action, const char *group, long key_version,
+                            gs_err change, json_t *extra, gs_err (*undo)(void *arg), void *arg)
+{
+    char detail[512];
     gs_err err;
     int rc;
 
@@ -162,10 +169,16 @@ int cli_record_done(struct cli_record *r, const char *action, const char *group,
     }
     err = record_write(r, action, group, key_version, "ok", extra);
     cli_record_close(r);
-    if (err)
-        return fail(gs_err_set(err, "%s%s%s was done, but its audit record was not written: %s", action,
-                               group ? " " : "", group ? group : "", gs_err_detail()));
-    return 0;
+    if (err == GS_OK)
+        return 0;
+    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+    if (undo != NULL && undo(arg) == GS_OK)
+        return fail(gs_err_set(err, "%s%s%s was undone: its audit record could not be written: %s", action,
+                               group ? " " : "", group ? group : "", detail));
+    if (undo != NULL)
+        log_error("the change could not be undone: %s", gs_err_detail());
+    return fail(gs_err_set(err, "%s%s%s was done, but its audit record was not written: %s", action,
+                           group ? " " : "", group ? group : "", detail));
 }
 
 int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra)

@@ -976,6 +976,61 @@ out:
     return err;
 }
 
+/* A member change of the command line, from before it to its audit
+ * record: under the keys lock (as the server's member changes, here and
+ * on servers sharing the database), with the record as it was, so that a
+ * change whose record cannot be written is put back (member_undo) and no
+ * change made meanwhile by another is put back over. */
+struct member_change {
+    gs_store *st;
+    int64_t group_id;
+    const char *email;
+    gs_store_member *prev; /* NULL: not a member before */
+    bool locked;
+    const char *files[2]; /* --issue-cert's key and certificate, removed by an undo */
+};
+
+/* Takes the lock and reads the record as it was. An error (no such group,
+ * the database) is the change's error: it is recorded as its refusal. */
+static gs_err member_change_begin(struct env *e, const char *group, const char *email, struct member_change *mc)
+{
+    gs_store_group *g = NULL;
+    gs_err err;
+
+    memset(mc, 0, sizeof(*mc));
+    mc->st = e->st;
+    mc->email = email;
+    if ((err = gs_store_keys_lock(e->st)) != GS_OK)
+        return err;
+    mc->locked = true;
+    if ((err = gs_store_group_get(e->st, group, &g)) != GS_OK)
+        return err;
+    mc->group_id = g->id;
+    gs_store_group_free(g);
+    err = gs_store_member_get(e->st, mc->group_id, email, &mc->prev);
+    return err == GS_ERR_NOT_FOUND ? GS_OK : err;
+}
+
+static void member_change_end(struct member_change *mc)
+{
+    if (mc->locked)
+        gs_store_keys_unlock(mc->st);
+    gs_store_member_free(mc->prev);
+    memset(mc, 0, sizeof(*mc));
+}
+
+/* cli_record_done_or_undo's undo: the record put back as it was. */
+static gs_err member_undo(void *arg)
+{
+    struct member_change *mc = arg;
+    gs_err err = gs_member_restore(mc->st, mc->group_id, mc->email, mc->prev);
+
+    for (size_t i = 0; err == GS_OK && i < GS_ARRAY_LEN(mc->files); i++)
+        if (mc->files[i] != NULL)
+            (void)unlink(mc->files[i]);
+    return err;
+}
+
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
@@ -1028,24 +1083,25 @@ static int cmd_member(struct env *e, int argc, char **argv)
     if (why != NULL)
         return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", why));
     if (strcmp(sub, "set") == 0) {
-        gs_store_group *g = NULL;
         gs_wrap w = GS_WRAP_DEFAULT;
         const char *wv = opt(&a, "--wrap");
         if (a.nopt != 1 || wv == NULL)
             return usage_error("member set: expected --wrap pkcs1v15|oaep|default%s", "");
         if (strcmp(wv, "default") != 0 && gs_wrap_parse(wv, &w) != GS_OK)
             return usage_error("member set: --wrap must be pkcs1v15, oaep or default, not %s", wv);
+        struct member_change mc;
         err = env_open(e, NEED_DB);
         if (!err)
             err = cli_record_open(e->cfg, &rec, "the change");
         if (err)
             return fail(err);
-        err = gs_store_group_get(e->st, a.pos[1], &g);
+        err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
         if (!err)
-            err = gs_store_member_set_wrap(e->st, g->id, a.pos[2], w);
-        gs_store_group_free(g);
-        rc = cli_record_done(&rec, "member-set", a.pos[1], -1, err,
-                             json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)));
+            err = gs_store_member_set_wrap(e->st, mc.group_id, a.pos[2], w);
+        rc = cli_record_done_or_undo(&rec, "member-set", a.pos[1], -1, err,
+                                     json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)),
+                                     member_undo, &mc);
+        member_change_end(&mc);
         if (rc == 0)
             printf("member %s of %s: member-certs wrap %s\n", a.pos[2], a.pos[1], gs_wrap_name(w));
         return rc;
@@ -1060,11 +1116,20 @@ static int cmd_member(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "the change");
         if (err)
             return fail(err);
-        err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
+        struct member_change mc;
+        err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
+        if (!err)
+            err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
         const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
-        rc = cli_record_done(&rec, "member-remove", a.pos[1], rm.key_version ? (long)rm.key_version : -1, err,
-                             json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to",
-                                       (json_int_t)rm.secret_version, "key_rotated_to", (json_int_t)rm.key_version));
+        if (rm.email[0] != '\0')
+            mc.email = rm.email;
+        rc = cli_record_done_or_undo(&rec, "member-remove", a.pos[1], rm.key_version ? (long)rm.key_version : -1,
+                                     err,
+                                     json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to",
+                                               (json_int_t)rm.secret_version, "key_rotated_to",
+                                               (json_int_t)rm.key_version),
+                                     member_undo, &mc);
+        member_change_end(&mc);
         if (rc != 0)
             return rc;
         printf("member %s removed from %s", removed, a.pos[1]);
@@ -1104,26 +1169,17 @@ static int cmd_member(struct env *e, int argc, char **argv)
             X509_free(cert);
             return fail(err);
         }
-        if (issue) {
-            gs_store_group *g = NULL;
-            gs_store_member *m = NULL;
-            /* Refuse a duplicate or an unknown group before making files. */
-            err = gs_store_group_get(e->st, a.pos[1], &g);
-            if (!err) {
-                err = gs_store_member_get(e->st, g->id, a.pos[2], &m);
-                if (err == GS_OK)
-                    err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", a.pos[2]);
-                else if (err == GS_ERR_NOT_FOUND)
-                    err = GS_OK;
-            }
-            gs_store_member_free(m);
-            gs_store_group_free(g);
-            if (!err)
-                err = env_open(e, NEED_CA);
-            if (!err) {
-                err = issue_member_cert(e, a.pos[2], outdir, &cert, keypath, certpath, sizeof(keypath));
-                wrote = err == GS_OK;
-            }
+        /* Under the lock from here: a duplicate or an unknown group is
+         * refused before files are made. */
+        struct member_change mc;
+        err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
+        if (!err && issue && mc.prev != NULL)
+            err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", a.pos[2]);
+        if (!err && issue)
+            err = env_open(e, NEED_CA);
+        if (!err && issue) {
+            err = issue_member_cert(e, a.pos[2], outdir, &cert, keypath, certpath, sizeof(keypath));
+            wrote = err == GS_OK;
         }
         if (!err)
             err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
@@ -1132,8 +1188,14 @@ static int cmd_member(struct env *e, int argc, char **argv)
             (void)unlink(keypath);
             (void)unlink(certpath);
         }
-        rc = cli_record_done(&rec, "member-add", a.pos[1], -1, err,
-                             json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)));
+        if (wrote) {
+            mc.files[0] = keypath;
+            mc.files[1] = certpath;
+        }
+        rc = cli_record_done_or_undo(&rec, "member-add", a.pos[1], -1, err,
+                                     json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)),
+                                     member_undo, &mc);
+        member_change_end(&mc);
         if (rc != 0)
             return rc;
         printf("member %s added to %s as %s\n", a.pos[2], a.pos[1], gs_role_name(role));
