@@ -2102,19 +2102,37 @@ out:
     return err;
 }
 
-gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev)
+/* Two records the same to the field (NULL: no record); the email as
+ * spelt, the time it was made included, so that a record made anew with
+ * the same content is another. */
+static bool same_member(const gs_store_member *a, const gs_store_member *b)
 {
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a->email, b->email) == 0 && a->role == b->role && a->added == b->added && a->wrap == b->wrap &&
+           (a->cert_pem == NULL ? b->cert_pem == NULL : b->cert_pem != NULL && strcmp(a->cert_pem, b->cert_pem) == 0);
+}
+
+gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev,
+                         const gs_store_member *made)
+{
+    gs_store_member *now = NULL;
     gs_err err;
 
     if ((err = gs_store_begin(st)) != GS_OK)
         return err;
-    err = gs_store_member_remove(st, group_id, email);
+    err = gs_store_member_get(st, group_id, email, &now);
     if (err == GS_ERR_NOT_FOUND)
         err = GS_OK;
+    if (err == GS_OK && !same_member(now, made))
+        err = gs_err_set(GS_ERR_STATE, "the member's record was changed again since: not put back over it");
+    if (err == GS_OK && now != NULL)
+        err = gs_store_member_remove(st, group_id, email);
     if (err == GS_OK && prev != NULL)
         err = gs_store_member_add(st, group_id, prev->email, prev->role, prev->cert_pem);
     if (err == GS_OK && prev != NULL && prev->wrap != GS_WRAP_DEFAULT)
         err = gs_store_member_set_wrap(st, group_id, prev->email, prev->wrap);
+    gs_store_member_free(now);
     if (err != GS_OK) {
         gs_store_rollback(st);
         return err;

@@ -233,9 +233,15 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
  * record could not be written (the REST API's PUT and DELETE): prev as
  * gs_store_member_get read it (its role, certificate PEM as stored, and
  * wrap), or NULL for a member that did not exist (the record is deleted).
- * One transaction; no key is made or destroyed (a removal's new secret or
- * key version stays). */
-gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev);
+ * Only while the record is still `made`, the one the change left (as
+ * gs_store_member_get read it after the change; NULL: a removal): a
+ * record changed again since is left as it is, GS_ERR_STATE. The check
+ * and the undo are one transaction; callers hold the keys lock from
+ * before the change, so that no member change that takes it can come
+ * between. No key is made or destroyed (a removal's new secret or key
+ * version stays). */
+gs_err gs_member_restore(gs_store *st, int64_t group_id, const char *email, const gs_store_member *prev,
+                         const gs_store_member *made);
 /* Removes a member; when cfg->server.auto_rotate_secret_on_remove and the
  * group uses group-secret, a new secret key version is made on the token
  * first and recorded in the same transaction as the removal.

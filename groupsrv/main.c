@@ -986,6 +986,7 @@ struct member_change {
     int64_t group_id;
     const char *email;
     gs_store_member *prev; /* NULL: not a member before */
+    gs_store_member *made; /* the record as the change left it (NULL: removed, or unread) */
     bool locked;
     const char *files[2]; /* --issue-cert's key and certificate, removed by an undo */
 };
@@ -1011,11 +1012,20 @@ static gs_err member_change_begin(struct env *e, const char *group, const char *
     return err == GS_ERR_NOT_FOUND ? GS_OK : err;
 }
 
+/* After a change made: the record as it left it, for the undo's check.
+ * Unread (the database gone), no undo replaces the record. */
+static void member_change_made(struct member_change *mc)
+{
+    if (gs_store_member_get(mc->st, mc->group_id, mc->email, &mc->made) != GS_OK)
+        mc->made = NULL;
+}
+
 static void member_change_end(struct member_change *mc)
 {
     if (mc->locked)
         gs_store_keys_unlock(mc->st);
     gs_store_member_free(mc->prev);
+    gs_store_member_free(mc->made);
     memset(mc, 0, sizeof(*mc));
 }
 
@@ -1023,7 +1033,7 @@ static void member_change_end(struct member_change *mc)
 static gs_err member_undo(void *arg)
 {
     struct member_change *mc = arg;
-    gs_err err = gs_member_restore(mc->st, mc->group_id, mc->email, mc->prev);
+    gs_err err = gs_member_restore(mc->st, mc->group_id, mc->email, mc->prev, mc->made);
 
     for (size_t i = 0; err == GS_OK && i < GS_ARRAY_LEN(mc->files); i++)
         if (mc->files[i] != NULL)
@@ -1098,6 +1108,8 @@ static int cmd_member(struct env *e, int argc, char **argv)
         err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
         if (!err)
             err = gs_store_member_set_wrap(e->st, mc.group_id, a.pos[2], w);
+        if (!err)
+            member_change_made(&mc);
         rc = cli_record_done_or_undo(&rec, "member-set", a.pos[1], -1, err,
                                      json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)),
                                      member_undo, &mc);
@@ -1183,6 +1195,8 @@ static int cmd_member(struct env *e, int argc, char **argv)
         }
         if (!err)
             err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
+        if (!err)
+            member_change_made(&mc);
         X509_free(cert);
         if (err && wrote) {
             (void)unlink(keypath);

@@ -1778,7 +1778,7 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
  * without its record. 0 when the record is durable; -1 with the 503
  * answered. */
 static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *email,
-                                 const gs_store_member *prev)
+                                 const gs_store_member *prev, const gs_store_member *made)
 {
     gs_err e;
 
@@ -1786,9 +1786,20 @@ static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs
         return 0;
     /* Known failed: nothing left to hold the answer for. */
     j->audit_first = j->audit_last = 0;
-    e = gs_member_restore(w->store, gs_group_id(g), email, prev);
+    e = gs_member_restore(w->store, gs_group_id(g), email, prev, made);
     if (e == GS_ERR_DB_UNAVAILABLE)
-        e = gs_member_restore(w->store, gs_group_id(g), email, prev);
+        e = gs_member_restore(w->store, gs_group_id(g), email, prev, made);
+    if (e == GS_ERR_STATE) {
+        /* Changed again since by a writer without the keys lock (a server
+         * of an older version sharing the database): its change stands. */
+        log_error("member change made without its audit record, not undone: the record was changed again since "
+                  "group=%s member=%s",
+                  gs_group_info(g)->name, email);
+        answer_retry(j, 503, 5, "audit_unavailable",
+                     "the audit log cannot be written: the change was made but not recorded, and the member was "
+                     "changed again since (GET the member)");
+        return -1;
+    }
     if (e != GS_OK) {
         log_error("member change made without its audit record: the undo failed too group=%s member=%s error=\"%s\"",
                   gs_group_info(g)->name, email, gs_err_detail());
@@ -1841,7 +1852,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
                                   json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to",
                                             (json_int_t)rm.secret_version, "key_rotated_to",
                                             (json_int_t)rm.key_version)) != 0 ||
-            member_change_durable(w, j, g, email, prev) != 0)
+            member_change_durable(w, j, g, email, prev, NULL) != 0)
             goto out;
         answer_begin(j, 200);
         ipc_put_str(&j->reply, IPC_T_EMAIL, email);
@@ -1886,9 +1897,13 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     if (member_change_begin(w, j, g, email, &locked, &prev) != 0)
         goto out;
     e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
+    /* The record as the change left it: what an undo may replace, and
+     * the answer. Unread (the connection lost), no undo replaces it. */
+    if (e == GS_OK && gs_store_member_get(w->store, gs_group_id(g), email, &m) != GS_OK)
+        m = NULL;
     if (member_change_audited(j, action, c.identity, gname, e, -1,
                               json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0 ||
-        member_change_durable(w, j, g, email, prev) != 0)
+        member_change_durable(w, j, g, email, prev, m) != 0)
         goto out;
     /* Recorded: the read below may go out again on a new connection,
      * which a statement under a lost lock could not. */
@@ -1897,7 +1912,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     /* The change is committed and audited: a connection lost just now must
      * not turn its answer into a 503 (the admin would think it undone).
      * The read goes out once more, on a new connection. */
-    e = gs_store_member_get(w->store, gs_group_id(g), email, &m);
+    e = m != NULL ? GS_OK : gs_store_member_get(w->store, gs_group_id(g), email, &m);
     if (e == GS_ERR_DB_UNAVAILABLE)
         e = gs_store_member_get(w->store, gs_group_id(g), email, &m);
     if (e != GS_OK) {

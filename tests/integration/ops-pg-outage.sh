@@ -254,6 +254,22 @@ wait "$del_pid" || true
   fail "the PUT: $put $(cat "$work/put.body")"
 [ "$(row_of bob@example.org)" = "$bob_before" ] ||
   fail "bob after two unrecorded changes: '$(row_of bob@example.org)', before '$bob_before'"
+# A writer that does not take turns (a server of an older version sharing
+# the database, here psql) changing the record while the PUT waits for its
+# record: the undo sees the record is not the one its change left and
+# leaves it (the 503 says so). Before, the undo removed carol.
+c admin -X PUT --data '{"role":"member"}' -o "$work/put.body" -w '%{http_code}' \
+  "$base/v1/groups/eng/members/carol@example.org" > "$work/put.code" 2>/dev/null &
+put_pid=$!
+for i in $(seq 1 100); do member_in carol@example.org && break; sleep 0.02; done
+sql "UPDATE members SET role = 3 WHERE email = 'carol@example.org'" >/dev/null
+wait "$put_pid" || true
+[ "$(cat "$work/put.code")" = 503 ] && grep -q 'made but not recorded, and the member was changed again since' "$work/put.body" ||
+  fail "the PUT of carol: $(cat "$work/put.code") $(cat "$work/put.body")"
+[ "$(sql "SELECT role FROM members WHERE email = 'carol@example.org'")" = 3 ] ||
+  fail "carol's record written meanwhile was undone: '$(row_of carol@example.org)'"
+sql "DELETE FROM members WHERE email = 'carol@example.org'" >/dev/null
+ok "a record changed by another writer while its PUT waited: not undone, 503 says so"
 sql "DROP TRIGGER audit_refuse ON audit" >/dev/null
 [ "$(audited member-add erin@example.org ok)" = 0 ] && [ "$(audited member-remove bob@example.org ok)" = 0 ] &&
   [ "$(audited member-add cli@example.org ok)" = 0 ] && [ "$(audited member-add bob@example.org ok)" = "$bob_added" ] ||
