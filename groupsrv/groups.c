@@ -1714,6 +1714,7 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     const gs_store_group_key *k = NULL;
     size_t nk = 0;
     char *pem = NULL;
+    bool locked = false;
     gs_err err;
 
     if (cert == NULL)
@@ -1721,6 +1722,13 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
+    /* The record is read, extended and written back: two imports (or
+     * renewals) at once would each keep the certificates as they read
+     * them, and the one written last would drop the other's, which mail
+     * sent to it in between names. They take turns. */
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
+        goto out;
+    locked = true;
     err = gs_store_group_keys(st, g->id, &keys, &nk);
     if (err)
         goto out;
@@ -1751,6 +1759,8 @@ gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsign
     if (!err)
         log_info("group certificate imported group=%s version=%u", name, k->version);
 out:
+    if (locked)
+        gs_store_keys_unlock(st);
     free(pem);
     gs_store_group_keys_free(keys, nk);
     gs_store_group_free(g);

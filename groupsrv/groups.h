@@ -193,7 +193,9 @@ size_t gs_skipped_labels_take(char *buf, size_t cap);
  * and the list address as rfc822Name (GS_ERR_CERT otherwise). The
  * certificate it replaces is kept after it (at most GS_FORMER_CERTS_MAX),
  * so RecipientInfos of mail sent before the renewal, which name the old
- * certificate's issuer and serial, still find the version. */
+ * certificate's issuer and serial, still find the version. Under the keys
+ * lock from reading the record to writing it: two at once take turns, and
+ * neither drops the other's certificate. */
 gs_err gs_group_import_cert(gs_store *st, hsm_ctx *hsm, const char *name, unsigned version, X509 *cert);
 /* Renews the certificate of `version` (0 = current) from the local CA for
  * the same token key: a new certificate as `group create` issues them

@@ -27,6 +27,7 @@
 #     change is undone and answered 503 audit_unavailable, also for the
 #     admin commands (exit 1), and for two changes of one member at once
 #     (they take turns: neither undo puts a record back over the other);
+#   - two `group renew-cert` at once: the version's record keeps both;
 #   - member changes while every session is ended again and again: no 500,
 #     every 503 documented with Retry-After, every answer agrees with the
 #     members table and the audit table, `audit verify` passes.
@@ -307,6 +308,33 @@ while read -r m p pc d dc; do
   [ "$present" = "$want" ] || fail "$m: PUT $p, DELETE $d, but in the members table: $present"
 done < "$work/answers"
 ok "member changes under ended sessions: $(awk '{print $2, $4}' "$work/answers" | sort | uniq -c | tr '\n' ';')"
+
+# ---- two group renew-cert at once: neither certificate lost --------------------
+# A version's record is read, extended with the new certificate and
+# written back. A trigger holds the first renewal's write 1 s; the second
+# starts meanwhile. They take turns (the keys lock), so the record keeps
+# both new certificates and the old one. Before, the second read the
+# record without the first's certificate and wrote over it: mail sent to
+# the first (in between) named a certificate the record no longer had.
+certs_in() { sql "SELECT cert_pem FROM group_keys WHERE version = 1" | grep -c 'BEGIN CERTIFICATE'; }
+n0=$(certs_in)
+sql "CREATE FUNCTION keys_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN PERFORM pg_sleep(1); RETURN NEW; END \$\$;
+  CREATE TRIGGER keys_slow BEFORE UPDATE ON group_keys FOR EACH ROW EXECUTE FUNCTION keys_slow();" >/dev/null
+gs group renew-cert eng > "$work/renew1.out" 2>&1 &
+renew_pid=$!
+seen=
+for i in $(seq 1 200); do
+  [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE group_keys%' AND state = 'active'")" = 1 ] &&
+    { seen=1; break; }
+  sleep 0.02
+done
+[ -n "$seen" ] || fail "the first renew-cert's write was not seen: $(cat "$work/renew1.out")"
+gs group renew-cert eng > "$work/renew2.out" 2>&1 || fail "the second renew-cert: $(cat "$work/renew2.out")"
+wait "$renew_pid" || fail "the first renew-cert: $(cat "$work/renew1.out")"
+sql "DROP TRIGGER keys_slow ON group_keys" >/dev/null
+[ "$(certs_in)" = $((n0 + 2)) ] || fail "two renewals at once: $(certs_in) certificates recorded, wanted $((n0 + 2))"
+ok "two group renew-cert at once: both certificates and the old one recorded ($((n0 + 2)))"
 
 # ---- a database that hangs with its connections open ---------------------------
 # Every backend of the server stopped (SIGSTOP), as a paused host or a
