@@ -201,17 +201,19 @@ sys.exit(1 if missing else 0)
 PY
 ok "audit rotate x3 and SIGHUP x3 under load: $v; every 200 audited"
 # ---- SQLite held by another writer ----
-# Another process holds the database's write lock for 9 s (a long
+# Another process holds the database's write lock for 13 s (a long
 # transaction, a backup tool). Unwraps only read (WAL): all 200. An admin
 # command that writes waits SQLite's 5 s busy timeout, then exits 1 with
 # SQLite's "database is locked", having changed nothing on the token or in
 # the database; a REST member change gets 503 store_unavailable saying the
-# database is locked by another process.
+# database is locked by another process. The two take turns (the keys
+# lock), so the second starts its 5 s when the first gives up: both are
+# over before the lock is released.
 /usr/bin/python3 -c 'import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
 open(sys.argv[2], "w").close()
-time.sleep(9)
+time.sleep(13)
 db.execute("ROLLBACK")' "$work/groupsrv.db" "$work/locked" & holder=$!
 bg_pids=$holder
 for _ in $(seq 1 50); do [ -f "$work/locked" ] && break; sleep 0.1; done
