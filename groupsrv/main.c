@@ -1320,6 +1320,16 @@ static void print_caps(hsm_ctx *hsm)
            c.allowed_mechanisms_why[0] ? ": " : "", c.allowed_mechanisms_why);
     printf("cap attribute %-28s %s%s%s\n", "CKA_UNWRAP_TEMPLATE", attr_support_text(c.unwrap_template),
            c.unwrap_template_why[0] ? ": " : "", c.unwrap_template_why);
+    {
+        /* The very test group create applies (policy.c): a token without
+         * RSA-OAEP (many PIV and OpenPGP cards: PKCS#1 v1.5 and raw RSA
+         * only) is refused there, and check says so before anyone tries. */
+        gs_policy pol;
+        if (gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHOD_TLS, false, true, &pol) == GS_OK)
+            printf("cap group keys (RSA)       yes\n");
+        else
+            printf("cap group keys (RSA)       no: %s; group create refuses\n", gs_err_detail());
+    }
     printf("cap wrap/unwrap            %s\n",
            c.rewrap_on_token ? "yes: C_UnwrapKey into a session key and C_WrapKey with RSA-OAEP (content keys "
                                "never in server memory)"

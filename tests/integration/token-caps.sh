@@ -37,6 +37,8 @@
 #    (GS_P11FAULT_PIN_TRIES, GS_P11FAULT_PIN_ERROR): the PIN is sent once.
 #  - a listed mechanism whose C_GetMechanismInfo fails for good
 #    (GS_P11FAULT_MECH_INFO_FAIL): check names it absent, the probe completes.
+#  - a card without RSA-OAEP (GS_P11FAULT_RSA_DECRYPT=v15 or raw): check
+#    says it cannot hold group keys, as group create does.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -132,6 +134,22 @@ grep -q "^cap mechanism CKM_EC_KEY_PAIR_GEN  *no: listed, but C_GetMechanismInfo
   "$work/mi.out" && ! grep -q "^cap probe" "$work/mi.out" ||
   fail "a mechanism whose info fails for good: $(grep -E '^cap (probe|mechanism CKM_EC_KEY)' "$work/mi.out")"
 ok "a listed mechanism whose info fails for good: absent, named by check"
+
+# ---- a card without RSA-OAEP: PKCS#1 v1.5 and raw RSA, or raw RSA only ----
+# (the smartcard profile with GS_P11FAULT_RSA_DECRYPT; many PIV and OpenPGP
+# cards): check says before anyone tries that it cannot hold group keys,
+# as group create then says; the default token can.
+grep -q '^cap group keys (RSA)  *yes$' "$work/mi.out" || fail "check on SoftHSM: $(grep '^cap group' "$work/mi.out")"
+for rsa in v15 raw; do
+  GS_P11FAULT_PROFILE=smartcard GS_P11FAULT_RSA_DECRYPT=$rsa gs check > "$work/norsa.out" 2>&1 || true
+  grep -q "^cap group keys (RSA)  *no: the token offers CKM_RSA_PKCS_OAEP neither for decryption nor for unwrapping: it cannot hold group keys (use a token with RSA-OAEP); group create refuses\$" \
+    "$work/norsa.out" || fail "check on a card with $rsa RSA only: $(grep '^cap group' "$work/norsa.out")"
+  rc=0; GS_P11FAULT_PROFILE=smartcard GS_P11FAULT_RSA_DECRYPT=$rsa \
+    gs group create v15card --address v15card@example.org --key rsa:2048 --methods tls > "$work/norsa.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^groupsrv: the token offers CKM_RSA_PKCS_OAEP neither for decryption nor for unwrapping" \
+    "$work/norsa.out" || fail "group create on a card with $rsa RSA only: exit $rc: $(cat "$work/norsa.out")"
+done
+ok "a card without RSA-OAEP (v1.5 and raw, or raw only): check and group create say it cannot hold group keys"
 
 # ---- a card whose driver reports a wrong PIN as CKR_GENERAL_ERROR ----
 # (GS_P11FAULT_PIN_TRIES: a hardware slot with a retry counter; the wrong

@@ -38,7 +38,10 @@ static unsigned char user_pin[PIN_MAX];
 static CK_ULONG user_pin_len;
 
 static const CK_MECHANISM_TYPE sc_mechs[] = {CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP,
-                                             CKM_SHA_1, CKM_SHA256};
+                                             CKM_RSA_X_509, CKM_SHA_1, CKM_SHA256};
+/* GS_P11FAULT_RSA_DECRYPT: which RSA decryptions the card does. */
+enum sc_rsa { SC_RSA_OAEP_V15 = 0, SC_RSA_V15, SC_RSA_RAW };
+static enum sc_rsa sc_rsa;
 
 void prof_load(void)
 {
@@ -47,6 +50,9 @@ void prof_load(void)
     pthread_mutex_lock(&prof_mu);
     smartcard = p != NULL && strcmp(p, "smartcard") == 0;
     no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
+    p = getenv("GS_P11FAULT_RSA_DECRYPT");
+    sc_rsa = p != NULL && strcmp(p, "v15") == 0 ? SC_RSA_V15 : p != NULL && strcmp(p, "raw") == 0 ? SC_RSA_RAW
+                                                                                                 : SC_RSA_OAEP_V15;
     p = getenv("GS_P11FAULT_SESSION_QUOTA");
     session_quota = p != NULL ? (unsigned)strtoul(p, NULL, 10) : 0;
     p = getenv("GS_P11FAULT_RSA_MAX_BITS");
@@ -96,8 +102,17 @@ int prof_active(void)
 
 static int sc_mech_known(CK_MECHANISM_TYPE m)
 {
+    enum sc_rsa rsa;
     size_t i;
 
+    pthread_mutex_lock(&prof_mu);
+    rsa = sc_rsa;
+    pthread_mutex_unlock(&prof_mu);
+    /* Raw RSA only with GS_P11FAULT_RSA_DECRYPT; then without OAEP, and
+     * "raw" without PKCS#1 v1.5 too. */
+    if ((m == CKM_RSA_X_509 && rsa == SC_RSA_OAEP_V15) || (m == CKM_RSA_PKCS_OAEP && rsa != SC_RSA_OAEP_V15) ||
+        (m == CKM_RSA_PKCS && rsa == SC_RSA_RAW))
+        return 0;
     for (i = 0; i < sizeof(sc_mechs) / sizeof(sc_mechs[0]); i++)
         if (sc_mechs[i] == m)
             return 1;
@@ -172,6 +187,7 @@ void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
         info->flags = CKF_HW | CKF_DECRYPT;
         break;
     case CKM_RSA_PKCS:
+    case CKM_RSA_X_509:
         info->flags = CKF_HW | CKF_DECRYPT | CKF_SIGN;
         break;
     case CKM_RSA_PKCS_KEY_PAIR_GEN:

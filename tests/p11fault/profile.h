@@ -22,6 +22,10 @@
  *    login of this process: the card checks it again);
  *  - at most 2 sessions (ulMaxSessionCount 2, C_OpenSession beyond it
  *    CKR_SESSION_COUNT).
+ * With GS_P11FAULT_RSA_DECRYPT=v15 (at C_Initialize) the card is one of
+ * the many PIV and OpenPGP cards without OAEP: CKM_RSA_PKCS and raw
+ * CKM_RSA_X_509 (decrypt, sign), no CKM_RSA_PKCS_OAEP; with =raw it
+ * decrypts and signs with CKM_RSA_X_509 only (no padding on the card).
  *
  * "no-v15-wrap" models a token that unwraps and wraps with RSA-OAEP but
  * not with CKM_RSA_PKCS: C_GetMechanismInfo(CKM_RSA_PKCS) without
