@@ -867,7 +867,23 @@ static const char *adopt_hint(const char *problem)
 
 /* `group create --use-key URI`: the key made by the token's own tool,
  * checked against the policy this token allows. */
-static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
+/* The methods of a new group with a key of this type: those asked, else
+ * the default; an EC key does deliver=tls only (GS_METHODS_EC), and a
+ * group advertising more would send its members' mail into refusals. */
+static gs_err group_methods(const gs_group_spec *spec, hsm_key_type type, unsigned *methods)
+{
+    if (type != HSM_KEYTYPE_EC) {
+        *methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
+        return GS_OK;
+    }
+    *methods = spec->methods ? spec->methods : GS_METHODS_EC;
+    if (*methods & ~(unsigned)GS_METHODS_EC)
+        return gs_err_set(GS_ERR_ARGS, "an EC group key can only be unwrapped with deliver=tls: use --methods tls "
+                          "(the default for EC keys), or an RSA key for the other methods");
+    return GS_OK;
+}
+
+static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned *methods,
                               bool *v15_out, gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
                               EVP_PKEY **pk)
 {
@@ -905,16 +921,18 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
         err = gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
         goto out;
     }
+    if ((err = group_methods(spec, info.type, methods)) != GS_OK)
+        goto out;
     /* RSA groups take v1.5 by default: stock clients send nothing else. */
     v15 = *v15_out = info.type == HSM_KEYTYPE_RSA && !spec->oaep_only;
-    err = gs_policy_choose(caps, info.type, methods, v15, info.unwrap, pol);
+    err = gs_policy_choose(caps, info.type, *methods, v15, info.unwrap, pol);
     if (err)
         goto out;
     memset(&e, 0, sizeof(e));
     e.kind = GS_KIND_GROUP;
     e.type = info.type;
     e.bits = info.bits;
-    e.usage = gs_policy_group_usage(pol, info.type, methods, v15);
+    e.usage = gs_policy_group_usage(pol, info.type, *methods, v15);
     e.allow_pkcs1v15 = v15;
     e.missing = gs_policy_caps_missing(caps);
     if ((problem = gs_key_check(&info, &e, NULL)) != NULL) {
@@ -934,7 +952,7 @@ out:
 
 /* The group's new key version 1, generated or adopted; *v15 whether the
  * group accepts PKCS#1 v1.5 (every RSA group unless --oaep-only). */
-static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned methods,
+static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned *methods,
                               gs_policy *pol, char *label, size_t label_size, char *keyspec, size_t keyspec_size,
                               unsigned *missing, EVP_PKEY **pk, bool *v15)
 {
@@ -958,12 +976,12 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     if (err)
         return err;
     *v15 = type == HSM_KEYTYPE_RSA && !spec->oaep_only;
-    err = gs_policy_choose(caps, type, methods, *v15, true, pol);
+    err = gs_policy_choose(caps, type, *methods, *v15, true, pol);
     if (err)
         return err;
     /* The key ceremony copies keys that are on the token; a sealed secret
      * lives outside it, sealed to a key pair that never leaves. */
-    if (spec->replicable && (((methods & GS_METHOD_GROUP_SECRET) && pol->secrets == GS_SECRETS_SEALED) ||
+    if (spec->replicable && (((*methods & GS_METHOD_GROUP_SECRET) && pol->secrets == GS_SECRETS_SEALED) ||
                              (*v15 && pol->reject_sealed)))
         return gs_err_set(GS_ERR_POLICY, "--replicable: this token cannot keep the group's %s on the token (%s), "
                           "so the key ceremony could not copy it%s",
@@ -971,7 +989,7 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
                           pol->reject_sealed && *v15 ? "reject-sealed" : "secret-sealed",
                           pol->reject_sealed && *v15 ? " (--oaep-only needs none)" : "");
     label_group(label, label_size, spec->name, 1);
-    return make_pair(hsm, label, GS_KIND_GROUP, type, bits, gs_policy_group_usage(pol, type, methods, *v15), *v15,
+    return make_pair(hsm, label, GS_KIND_GROUP, type, bits, gs_policy_group_usage(pol, type, *methods, *v15), *v15,
                      spec->replicable, pk, missing);
 }
 
@@ -1026,6 +1044,8 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
             return err;
         if (spec->allow_pkcs1v15 && type != HSM_KEYTYPE_RSA)
             return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 needs an RSA group key");
+        if ((err = group_methods(spec, type, &methods)) != GS_OK)
+            return err;
         /* The import proves each copy by a decryption test inside the
          * token, which RSA keys allow everywhere (SoftHSM has no ECDH KDF). */
         if (spec->replicable && type != HSM_KEYTYPE_RSA)
@@ -1034,7 +1054,9 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         /* An adopted key was made by another tool, never extractable. */
         return gs_err_set(GS_ERR_ARGS, "--replicable makes the group's keys on this token: not with --use-key");
     }
-    methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
+    /* An adopted key's type, and so its methods, are known once it is found. */
+    if (spec->use_key != NULL)
+        methods = spec->methods ? spec->methods : GS_METHODS_DEFAULT;
     if ((methods & GS_METHOD_LOCAL_KEY) && !spec->replicable)
         return gs_err_set(GS_ERR_ARGS, "the local-key method needs --replicable (members get a copy of the group key)");
     if (spec->allow_pkcs1v15 && spec->oaep_only)
@@ -1056,7 +1078,7 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
 
     label_secret(slabel, sizeof(slabel), spec->name, 1);
     label_reject(rlabel, sizeof(rlabel), spec->name);
-    err = first_group_key(hsm, &caps, spec, methods, &pol, klabel, sizeof(klabel), keyspec, sizeof(keyspec),
+    err = first_group_key(hsm, &caps, spec, &methods, &pol, klabel, sizeof(klabel), keyspec, sizeof(keyspec),
                           &kmissing, &pk, &v15);
     if (err)
         goto out;

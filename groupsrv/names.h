@@ -29,6 +29,10 @@ enum gs_method {
 };
 #define GS_METHODS_DEFAULT \
     (GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY | GS_METHOD_GROUP_SECRET | GS_METHOD_MEMBERSHIP_CERT)
+/* All an EC group key can do: ECDH into a plain content key, deliver=tls
+ * (nothing re-wraps a KeyAgreeRecipientInfo; docs/api.md). Its default
+ * and its limit. */
+#define GS_METHODS_EC GS_METHOD_TLS
 /* "tls,recipient-key,group-secret,membership-cert,local-key" <-> bits. Parse rejects
  * unknown or empty names (GS_ERR_ARGS, detail names the word). */
 gs_err gs_methods_parse(const char *list, unsigned *out);

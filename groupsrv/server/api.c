@@ -827,11 +827,16 @@ static void group_info_have_view(struct srv_req *r)
     const struct gs_config *cfg = r->srv->cfg;
     json_t *versions = json_array();
 
+    const gview_key *cur = gview_current(v);
+    /* A group whose current key is EC does deliver=tls only, whatever a
+     * group created before that was checked recorded: what it cannot do
+     * is not offered (clients pick their method from this list). */
+    unsigned methods = cur != NULL && cur->ec ? v->methods & (unsigned)GS_METHODS_EC : v->methods;
+
     for (size_t i = 0; versions != NULL && i < v->nversions; i++)
         json_array_append_new(versions, json_integer(v->versions[i].version));
     json_t *o = json_pack("{s:s,s:s,s:o?,s:o?}", "name", v->name, "address", v->address, "methods",
-                          methods_json(v->methods), "key_versions", versions);
-    const gview_key *cur = gview_current(v);
+                          methods_json(methods), "key_versions", versions);
     if (o != NULL && cur != NULL)
         json_object_set_new(o, "current_key_version", json_integer(cur->version));
     if (o != NULL && v->key_policy[0] != '\0')

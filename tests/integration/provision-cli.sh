@@ -97,8 +97,12 @@ p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"
 grep -q "gs:secret:v15" "$T/objs" && fail "secret key for a group without group-secret"
 
-# an EC group: derive only, keyAgreement certificate
-expect_rc 0 "$G" -c "$CONF" group create ecg --address ecg@example.org --key ec:p256 --methods recipient-key
+# an EC group: derive only, keyAgreement certificate; deliver=tls is all
+# an EC key does, so another method is refused before the token is asked
+expect_rc 1 "$G" -c "$CONF" group create ecg --address ecg@example.org --key ec:p256 --methods recipient-key
+expect_err "an EC group key can only be unwrapped with deliver=tls"
+expect_rc 0 "$G" -c "$CONF" group create ecg --address ecg@example.org --key ec:p256
+"$G" -c "$CONF" group show ecg | grep -q '^methods: *tls$' || fail "EC group default methods"
 "$G" -c "$CONF" group show ecg --cert | openssl x509 -noout -text | grep -q "Key Agreement" || fail "EC group keyUsage"
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
 awk '/label: *gs:group:ecg:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "derive$" || fail "EC key usage"

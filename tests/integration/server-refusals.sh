@@ -118,10 +118,18 @@ sed 's/recipient-key/tls/' "$work/notls.json" > "$work/notls-tls.json"
 expect_status 403 method_not_allowed "no plain key from a group without tls" -- \
   c erin --data-binary @"$work/notls-tls.json" "$base/v1/groups/notls/unwrap"
 # An EC group: a KeyAgreeRecipientInfo from openssl is unwrapped with
-# deliver=tls only (api.md); the other methods are refused as unsupported,
-# not as a malformed RecipientInfo (the message is sound), also in a batch
-# and for the exploder's rewrap to group-secret.
-gs group create ecg --address ecg@example.org --key ec:p256 --methods tls,recipient-key,group-secret >/dev/null
+# deliver=tls only (api.md). group create gives it tls alone and refuses
+# more; discovery offers tls alone even for a group recorded with more
+# before that was checked (as below, written into the database), whose
+# other methods are refused as unsupported, not as a malformed
+# RecipientInfo (the message is sound), also in a batch and for the
+# exploder's rewrap to group-secret.
+rc=0; gs group create ecg --address ecg@example.org --key ec:p256 --methods tls,recipient-key > "$work/ecg.out" 2>&1 || rc=$?
+[ "$rc" != 0 ] && grep -q "an EC group key can only be unwrapped with deliver=tls: use --methods tls" "$work/ecg.out" ||
+  fail "group create of an EC group with recipient-key: exit $rc: $(cat "$work/ecg.out")"
+gs group create ecg --address ecg@example.org --key ec:p256 >/dev/null
+gs group show ecg | grep -q '^methods: *tls$' || fail "an EC group's default methods: $(gs group show ecg | grep methods)"
+sqlite3 "$work/groupsrv.db" "UPDATE groups SET methods = 7 WHERE name = 'ecg'"
 gs member add ecg erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
 gs member add ecg dle@example.org --cert "$certs/dle@example.org.pem" --role exploder >/dev/null
 gs group show ecg --cert > "$certs/ecg.pem"
@@ -139,6 +147,9 @@ grep -q '"code":"unsupported"' "$work/body" || fail "EC batch item: $(cat "$work
 sed 's/"deliver":"group-secret"/"to":"group-secret"/' "$work/ecg-group-secret.json" > "$work/ecg-rewrap.json"
 expect_status 400 unsupported "EC group, rewrap to group-secret" -- \
   c dle --data-binary @"$work/ecg-rewrap.json" "$base/v1/groups/ecg/rewrap"
+anon "$base/v1/groups/ecg" > "$work/ecg.json"
+[ "$(json_get "$work/ecg.json" methods)" = "['tls']" ] ||
+  fail "discovery of an EC group recorded with recipient-key and group-secret: $(cat "$work/ecg.json")"
 anon "$base/v1/groups/eng" > "$work/eng.json"
 [ "$(json_get "$work/eng.json" key_transports)" = "['RSA-OAEP', 'RSA-PKCS1-v1_5']" ] ||
   fail "discovery of a default group (SoftHSM: no OAEP-256): $(cat "$work/eng.json")"
