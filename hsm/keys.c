@@ -132,9 +132,10 @@ static bool get_bool(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_A
  * C_GetAttributeValue where the token allows (each call is a round trip
  * on a network HSM or behind p11-kit's RPC). A template naming an
  * attribute the object lacks is answered CKR_ATTRIBUTE_TYPE_INVALID (or
- * _SENSITIVE) with the others filled, as PKCS#11 asks; whatever did not
- * come back as a boolean (lacking, or left untouched by a token that
- * fills nothing then) is read by itself. */
+ * _SENSITIVE) with the others filled, as PKCS#11 asks: one the token
+ * says the object lacks (CK_UNAVAILABLE_INFORMATION) is false, as
+ * get_bool would find it; one left untouched (by a token that fills
+ * nothing then) is read by itself. */
 static void read_bools(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const CK_ATTRIBUTE_TYPE *types,
                        bool *const *outs, size_t n)
 {
@@ -159,6 +160,8 @@ static void read_bools(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, co
     for (i = 0; i < n; i++) {
         if (filled && t[i].ulValueLen == sizeof(CK_BBOOL) && (v[i] == CK_TRUE || v[i] == CK_FALSE))
             *outs[i] = v[i] == CK_TRUE;
+        else if (filled && t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+            *outs[i] = false; /* the token said the object lacks it: asking again says so again */
         else
             *outs[i] = get_bool(ctx, s, h, types[i]);
     }
@@ -1563,30 +1566,102 @@ struct info_arg {
     hsm_caps caps;
 };
 
+/* An entry of a batched read the token left as it was (lengths only). */
+#define UNANSWERED ((CK_ULONG)-2)
+
+/* What op_info reads besides the booleans: class, type, sizes and whether
+ * the value can be read (lengths only, never a value). */
+struct info_sizes {
+    CK_ULONG cls, ktype, value_len;
+    CK_ULONG modulus_len, value_attr_len, priv_exp_len; /* UNANSWERED, or what the token said */
+};
+
+/* info_sizes in one C_GetAttributeValue (each call is a round trip on a
+ * network HSM or behind p11-kit's RPC). Attributes the key type lacks are
+ * answered CKR_ATTRIBUTE_TYPE_INVALID or _SENSITIVE with the others
+ * filled, as PKCS#11 asks; what a token leaves unanswered stays at its
+ * marker and op_info reads it by itself, as before. Any other failure (the
+ * object gone) leaves everything to those reads, which report it. */
+static void read_sizes(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, struct info_sizes *z)
+{
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &z->cls, sizeof(z->cls)},
+        {CKA_KEY_TYPE, &z->ktype, sizeof(z->ktype)},
+        {CKA_VALUE_LEN, &z->value_len, sizeof(z->value_len)},
+        {CKA_MODULUS, NULL, UNANSWERED},
+        {CKA_VALUE, NULL, UNANSWERED},
+        {CKA_PRIVATE_EXPONENT, NULL, UNANSWERED},
+    };
+    hsm_errsave sv;
+    CK_RV rv;
+
+    z->cls = z->ktype = z->value_len = UNANSWERED;
+    z->modulus_len = z->value_attr_len = z->priv_exp_len = UNANSWERED;
+    hsm_err_save(&sv);
+    (void)P11(ctx, C_GetAttributeValue, s, h, t, GS_ARRAY_LEN(t));
+    rv = hsm_last_rv();
+    hsm_err_restore(&sv);
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
+        z->cls = z->ktype = z->value_len = UNANSWERED;
+        return;
+    }
+    if (t[0].ulValueLen != sizeof(CK_ULONG))
+        z->cls = UNANSWERED;
+    if (t[1].ulValueLen != sizeof(CK_ULONG))
+        z->ktype = UNANSWERED;
+    if (t[2].ulValueLen != sizeof(CK_ULONG))
+        z->value_len = UNANSWERED;
+    /* A token that filled nothing (some do once an attribute fails) has
+     * not answered the lengths either. */
+    if (z->cls == UNANSWERED)
+        return;
+    z->modulus_len = t[3].ulValueLen;
+    z->value_attr_len = t[4].ulValueLen;
+    z->priv_exp_len = t[5].ulValueLen;
+}
+
+/* Is an attribute of this length (from read_sizes, or asked alone)
+ * readable? Asked alone only when the batch left it unanswered. */
+static bool attr_readable(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, CK_ULONG len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    hsm_errsave sv;
+    bool readable;
+
+    if (len != UNANSWERED)
+        return len != CK_UNAVAILABLE_INFORMATION;
+    hsm_err_save(&sv);
+    readable = P11(ctx, C_GetAttributeValue, s, h, &a, 1) == HSM_OK && a.ulValueLen != CK_UNAVAILABLE_INFORMATION;
+    hsm_err_restore(&sv);
+    return readable;
+}
+
 static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct info_arg *ia = arg;
     hsm_key_info *out = ia->info;
+    struct info_sizes z;
     CK_OBJECT_HANDLE h;
-    CK_ULONG ul = 0;
     unsigned char *v = NULL;
     size_t n = 0;
-    CK_ATTRIBUTE va = {CKA_VALUE, NULL, 0};
     hsm_errsave sv;
     hsm_err err;
 
     memset(out, 0, sizeof(*out));
     if ((err = hsm_key_handle(ctx, s, ia->key, &h)) != HSM_OK)
         return err;
-    if ((err = hsm_get_ulong(ctx, s, h, CKA_CLASS, &ul)) != HSM_OK)
+    read_sizes(ctx, s, h, &z);
+    if (z.cls == UNANSWERED && (err = hsm_get_ulong(ctx, s, h, CKA_CLASS, &z.cls)) != HSM_OK)
         return err;
-    out->cls = class_to_hsm(ul);
-    if ((err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &ul)) != HSM_OK)
+    out->cls = class_to_hsm(z.cls);
+    if (z.ktype == UNANSWERED && (err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &z.ktype)) != HSM_OK)
         return err;
-    switch (ul) {
+    switch (z.ktype) {
     case CKK_RSA:
         out->type = HSM_KEYTYPE_RSA;
-        if (hsm_get_attr(ctx, s, h, CKA_MODULUS, &v, &n) == HSM_OK)
+        if (z.modulus_len != UNANSWERED && z.modulus_len != CK_UNAVAILABLE_INFORMATION)
+            out->bits = (unsigned)(z.modulus_len * 8);
+        else if (hsm_get_attr(ctx, s, h, CKA_MODULUS, &v, &n) == HSM_OK)
             out->bits = (unsigned)(n * 8);
         break;
     case CKK_EC:
@@ -1603,21 +1678,35 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
     free(v);
     v = NULL;
-    if (out->cls == HSM_CLASS_SECRET && hsm_get_ulong(ctx, s, h, CKA_VALUE_LEN, &ul) == HSM_OK)
-        out->bits = (unsigned)(ul * 8);
-    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
-        if (n >= sizeof(out->label))
-            n = sizeof(out->label) - 1;
-        memcpy(out->label, v, n);
+    if (out->cls == HSM_CLASS_SECRET) {
+        if (z.value_len == UNANSWERED && hsm_get_ulong(ctx, s, h, CKA_VALUE_LEN, &z.value_len) != HSM_OK)
+            z.value_len = 0;
+        out->bits = (unsigned)(z.value_len * 8);
     }
-    free(v);
-    v = NULL;
-    if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(out->id)) {
-        memcpy(out->id, v, n);
-        out->id_len = n;
+    /* The key's label and id as found on the token (key_fill): read again
+     * only for a reference that does not hold them. */
+    if (ia->key->cls != (CK_OBJECT_CLASS)-1 && (ia->key->label[0] != '\0' || ia->key->id_len > 0)) {
+        _Static_assert(sizeof(out->label) >= sizeof(ia->key->label), "a key's label fits its info");
+        _Static_assert(sizeof(out->id) >= sizeof(ia->key->id), "a key's id fits its info");
+        memcpy(out->label, ia->key->label, sizeof(ia->key->label));
+        out->label[sizeof(out->label) - 1] = '\0';
+        memcpy(out->id, ia->key->id, ia->key->id_len);
+        out->id_len = ia->key->id_len;
+    } else {
+        if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
+            if (n >= sizeof(out->label))
+                n = sizeof(out->label) - 1;
+            memcpy(out->label, v, n);
+        }
+        free(v);
+        v = NULL;
+        if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(out->id)) {
+            memcpy(out->id, v, n);
+            out->id_len = n;
+        }
+        free(v);
+        v = NULL;
     }
-    free(v);
-    v = NULL;
     {
         const CK_ATTRIBUTE_TYPE types[] = {
             CKA_TOKEN,  CKA_PRIVATE, CKA_SENSITIVE,   CKA_ALWAYS_SENSITIVE,    CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE,
@@ -1635,19 +1724,10 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
 
     /* The value itself must not be readable (only its length is asked). */
-    if (out->cls != HSM_CLASS_PUBLIC) {
-        hsm_err_save(&sv);
-        if (P11(ctx, C_GetAttributeValue, s, h, &va, 1) == HSM_OK &&
-            va.ulValueLen != CK_UNAVAILABLE_INFORMATION)
-            out->value_readable = true;
-        if (out->type == HSM_KEYTYPE_RSA) {
-            CK_ATTRIBUTE pa = {CKA_PRIVATE_EXPONENT, NULL, 0};
-            if (P11(ctx, C_GetAttributeValue, s, h, &pa, 1) == HSM_OK &&
-                pa.ulValueLen != CK_UNAVAILABLE_INFORMATION)
-                out->value_readable = true;
-        }
-        hsm_err_restore(&sv);
-    }
+    if (out->cls != HSM_CLASS_PUBLIC)
+        out->value_readable = attr_readable(ctx, s, h, CKA_VALUE, z.value_attr_len) ||
+                              (out->type == HSM_KEYTYPE_RSA &&
+                               attr_readable(ctx, s, h, CKA_PRIVATE_EXPONENT, z.priv_exp_len));
     /* Asking p11-kit 0.24.1's RPC for a stored unwrap template crashes
      * its server: only where the probe showed the token keeps one. */
     if (ia->caps.unwrap_template != HSM_ATTR_NO)

@@ -43,6 +43,7 @@
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
 #define T_CKR_PIN_INCORRECT 0xA0UL
 #define T_CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL
+#define T_CKR_OBJECT_HANDLE_INVALID 0x82UL
 #define T_CKA_SIGN 0x108UL
 #define T_CKA_EXTRACTABLE 0x162UL
 #define T_CKM_RSA_PKCS 0x1UL
@@ -668,6 +669,62 @@ static bool file_is(const char *path, const unsigned char *want, size_t n)
     got = fread(back, 1, sizeof(back), f);
     fclose(f);
     return got == n && memcmp(back, want, n) == 0;
+}
+
+/* hsm_key_get_info reads a key in few calls (each a round trip on a network
+ * HSM or behind p11-kit's RPC, and /healthz reads the CA key's info): the
+ * class, type, modulus size and the unreadable value's lengths in one, the
+ * 17 booleans in another (those the object lacks not asked again one by
+ * one), the label and id as the find read them; 17 reads of a group key
+ * before. An object gone from the token is still an error, not an empty
+ * info (what /healthz's token check relies on). */
+static void test_key_info_reads(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *priv, *pub, *gsk;
+    hsm_key_info ki;
+    unsigned long reads;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 1);
+    priv = find_ok(ctx, GRP_RSA, HSM_CLASS_PRIVATE);
+    pub = find_ok(ctx, GRP_RSA, HSM_CLASS_PUBLIC);
+    gsk = find_ok(ctx, GRP_GSK, HSM_CLASS_SECRET);
+    /* The first use probes the token's capabilities (reads of its own). */
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    reads = testfault_calls("C_GetAttributeValue");
+    assert_int_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    /* sizes, booleans, the unwrap template (3: size, types, values), the
+     * allowed mechanisms; 17 before */
+    assert_true(testfault_calls("C_GetAttributeValue") - reads <= 6);
+    assert_int_equal(ki.cls, HSM_CLASS_PRIVATE);
+    assert_int_equal(ki.type, HSM_KEYTYPE_RSA);
+    assert_int_equal(ki.bits, 2048);
+    assert_string_equal(ki.label, GRP_RSA);
+    assert_int_equal(ki.id_len, 16);
+    assert_true(ki.sensitive && ki.decrypt && ki.unwrap && !ki.value_readable);
+    reads = testfault_calls("C_GetAttributeValue");
+    assert_int_equal(hsm_key_get_info(ctx, pub, &ki), HSM_OK);
+    assert_true(testfault_calls("C_GetAttributeValue") - reads <= 6);
+    assert_int_equal(ki.cls, HSM_CLASS_PUBLIC);
+    assert_int_equal(ki.bits, 2048);
+    assert_false(ki.value_readable);
+    reads = testfault_calls("C_GetAttributeValue");
+    assert_int_equal(hsm_key_get_info(ctx, gsk, &ki), HSM_OK);
+    assert_true(testfault_calls("C_GetAttributeValue") - reads <= 6);
+    assert_int_equal(ki.cls, HSM_CLASS_SECRET);
+    assert_int_equal(ki.type, HSM_KEYTYPE_AES);
+    assert_int_equal(ki.bits, 256);
+    assert_string_equal(ki.label, GRP_GSK);
+    assert_false(ki.value_readable);
+    /* The object gone (its handle refused): an error. */
+    assert_int_equal(testfault_inject("C_GetAttributeValue", T_CKR_OBJECT_HANDLE_INVALID, -1), 0);
+    assert_int_not_equal(hsm_key_get_info(ctx, priv, &ki), HSM_OK);
+    assert_int_equal(testfault_clear(), 0);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    hsm_key_free(gsk);
+    t_close(ctx);
 }
 
 /* Searching many keys by label (hsm_key_find_labels) and listing them
@@ -3247,6 +3304,7 @@ int main(void)
         cmocka_unit_test_teardown(test_list_destroy, t_teardown),
         cmocka_unit_test_teardown(test_find_labels, t_teardown),
         cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
+        cmocka_unit_test_teardown(test_key_info_reads, t_teardown),
         cmocka_unit_test_teardown(test_caps_lasting_failures, t_teardown),
         cmocka_unit_test_teardown(test_login_unsure_not_repeated, t_teardown),
         cmocka_unit_test_teardown(test_find_skips_half_made, t_teardown),
