@@ -593,9 +593,12 @@ hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in,
 /* Is key transport `alg` usable with this group private key on this token
  * (mechanism present, parameters accepted, CKA_ALLOWED_MECHANISMS permits
  * it)? Probes with C_DecryptInit on a session that is then discarded, so
- * nothing is decrypted. HSM_OK, or HSM_ERR_MECHANISM with a detail such as
- * "token does not support RSA-OAEP with SHA-256 (...)", or
- * HSM_ERR_KEY_POLICY. For choosing what a group advertises. */
+ * nothing is decrypted. A key that refuses to decrypt (no CKA_DECRYPT: a
+ * group that only re-wraps on the token) is tried for RSA-OAEP with one
+ * real C_UnwrapKey of a random value into a session key destroyed at once.
+ * HSM_OK, or HSM_ERR_MECHANISM with a detail such as "token does not
+ * support RSA-OAEP with SHA-256 (...)", or HSM_ERR_KEY_POLICY. For
+ * choosing what a group advertises. */
 hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg);
 
 /* ---- signing (certificates) ----------------------------------------- */

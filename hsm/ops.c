@@ -350,15 +350,36 @@ static hsm_err op_check(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     return hsm_oaep_check(ctx, err, kt_hash(ca->alg));
 }
 
+static hsm_err oaep_trial(hsm_ctx *ctx, hsm_key *key, const unsigned char *spki, size_t spki_len,
+                          hsm_oaep_hash hash, bool unwrap);
+
 hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
 {
     struct check_arg ca = {group_key, alg};
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    hsm_err err, trial;
 
     hsm_clear_detail();
     if (ctx == NULL || group_key == NULL ||
         (alg != HSM_KT_RSA_OAEP_SHA1 && alg != HSM_KT_RSA_OAEP_SHA256 && alg != HSM_KT_RSA_PKCS1V15))
         return HSM_ERR_ARGS;
-    return hsm_run(ctx, op_check, &ca);
+    err = hsm_run(ctx, op_check, &ca);
+    /* A key that unwraps but may not decrypt (a group re-wrapping on the
+     * token without tls or PKCS#1 v1.5) refuses C_DecryptInit whatever
+     * C_UnwrapKey would do with RSA-OAEP: one real trial says. */
+    if (err != HSM_ERR_KEY_POLICY || alg == HSM_KT_RSA_PKCS1V15 ||
+        hsm_key_export_public(ctx, group_key, &spki, &spki_len) != HSM_OK) {
+        free(spki);
+        return err;
+    }
+    trial = oaep_trial(ctx, group_key, spki, spki_len, kt_hash(alg), true);
+    free(spki);
+    /* A trial that failed on its own data says nothing more than the
+     * refusal before it. */
+    if (trial == HSM_ERR_DECRYPT || trial == HSM_ERR_ARGS || trial == HSM_ERR_BUFFER)
+        return err;
+    return trial;
 }
 
 /* ---- content key as a session object ---------------------------------------- */
@@ -589,8 +610,8 @@ hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsign
 {
     static const hsm_oaep_hash hashes[] = {HSM_OAEP_SHA1, HSM_OAEP_SHA256};
     hsm_key_info ki;
-    unsigned char *spki = NULL, *ct = NULL, value[32];
-    size_t spki_len = 0, ct_len = 0, i;
+    unsigned char *spki = NULL;
+    size_t spki_len = 0, i;
     hsm_err err;
 
     if (decrypt != NULL)
@@ -606,37 +627,51 @@ hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsign
         return HSM_ERR_ARGS;
     if ((err = hsm_key_export_public(ctx, key, &spki, &spki_len)) != HSM_OK)
         return err;
-    for (i = 0; i < GS_ARRAY_LEN(hashes); i++) {
-        struct probe_arg pa;
-        int k;
-
-        /* A random value, not a secret: the trial's result is discarded. */
-        if (RAND_bytes(value, sizeof(value)) != 1) {
-            err = HSM_ERR_NOMEM;
-            break;
-        }
-        free(ct);
-        ct = NULL;
-        if ((err = hsm_soft_oaep_encrypt(spki, spki_len, hashes[i], value, sizeof(value), &ct, &ct_len)) != HSM_OK)
-            break;
-        for (k = 0; k < 2; k++) {
+    for (i = 0; i < GS_ARRAY_LEN(hashes) && err == HSM_OK; i++) {
+        for (int k = 0; k < 2 && err == HSM_OK; k++) {
             if ((k == 0 && !ki.decrypt) || (k == 1 && !ki.unwrap))
                 continue;
-            memset(&pa, 0, sizeof(pa));
-            pa.in.group_key = key;
-            pa.in.alg = hashes[i] == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1;
-            pa.in.encrypted_key = ct;
-            pa.in.encrypted_key_len = ct_len;
-            pa.in.expected_len = sizeof(value);
-            pa.unwrap = k == 1;
-            if (hsm_run_once(ctx, op_probe_oaep, &pa) == HSM_OK)
+            hsm_err trial = oaep_trial(ctx, key, spki, spki_len, hashes[i], k == 1);
+            if (trial == HSM_OK)
                 *(k == 0 ? decrypt : unwrap) |= 1u << hashes[i];
+            else if (trial == HSM_ERR_NOMEM || trial == HSM_ERR_PUBLIC_KEY)
+                err = trial; /* no trial could run: not an answer about the hash */
         }
     }
-    OPENSSL_cleanse(value, sizeof(value));
-    free(ct);
     free(spki);
     hsm_clear_detail();
+    return err;
+}
+
+/* One real trial of key with RSA-OAEP (hash): a random value encrypted to
+ * its public key (spki) in software, then C_Decrypt, or with unwrap
+ * C_UnwrapKey into a session key destroyed at once. */
+static hsm_err oaep_trial(hsm_ctx *ctx, hsm_key *key, const unsigned char *spki, size_t spki_len,
+                          hsm_oaep_hash hash, bool unwrap)
+{
+    unsigned char value[32], *ct = NULL;
+    size_t ct_len = 0;
+    struct probe_arg pa;
+    hsm_err err;
+
+    /* A random value, not a secret: the trial's result is discarded. */
+    if (RAND_bytes(value, sizeof(value)) != 1) {
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    if ((err = hsm_soft_oaep_encrypt(spki, spki_len, hash, value, sizeof(value), &ct, &ct_len)) != HSM_OK)
+        goto out;
+    memset(&pa, 0, sizeof(pa));
+    pa.in.group_key = key;
+    pa.in.alg = hash == HSM_OAEP_SHA256 ? HSM_KT_RSA_OAEP_SHA256 : HSM_KT_RSA_OAEP_SHA1;
+    pa.in.encrypted_key = ct;
+    pa.in.encrypted_key_len = ct_len;
+    pa.in.expected_len = sizeof(value);
+    pa.unwrap = unwrap;
+    err = hsm_run_once(ctx, op_probe_oaep, &pa);
+out:
+    OPENSSL_cleanse(value, sizeof(value));
+    free(ct);
     return err;
 }
 

@@ -99,6 +99,12 @@ if [ "$TOKEN" = nss ]; then
   gs member add ecg alice@example.org --cert "$certs/alice@example.org.pem" >/dev/null
   gs member add ecg dle@example.org --cert "$certs/dle@example.org.pem" --role exploder >/dev/null
   gs group show ecg --cert > "$certs/ecg.pem"
+  # A group whose key unwraps but never decrypts (--oaep-only, no tls):
+  # what discovery says it takes must come from C_UnwrapKey, not C_DecryptInit.
+  gs group create unw --address unw@example.org --key rsa:2048 --oaep-only --methods recipient-key \
+    > "$work/unw.out" 2>&1 || fail "group create --oaep-only --methods recipient-key on NSS: $(cat "$work/unw.out")"
+  gs member add unw alice@example.org --cert "$certs/alice@example.org.pem" >/dev/null
+  gs group show unw --cert > "$certs/unw.pem"
 fi
 
 # ---- serve, and what GET /v1/groups/eng says about the path ----
@@ -245,6 +251,17 @@ nss)
     -inkey "$certs/alice@example.org.key" -out "$work/dec256.txt" 2>/dev/null && cmp -s "$work/dec256.txt" "$work/msg.txt" ||
     fail "OAEP SHA-256 (openssl cms sender): alice cannot decrypt the re-wrapped key"
   ok "nss: a message with RSA-OAEP SHA-256 decrypts by tls and recipient-key (groupmail and openssl cms senders)"
+  openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/unw256.der" \
+    -recip "$certs/unw.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 2>/dev/null
+  cms ri "$work/unw256.der" "$work/unw256-ri.der"
+  printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"recipient-key"}' \
+    "$(b64 "$work/unw256-ri.der")" > "$work/unw256.json"
+  expect_status 200 "" "OAEP SHA-256 to a group that only unwraps" -- \
+    c alice --data-binary @"$work/unw256.json" "$base/v1/groups/unw/unwrap"
+  expect_status 200 "" "discovery of a group that only unwraps" -- anon "$base/v1/groups/unw"
+  [ "$(json_get "$work/body" key_transports)" = "['RSA-OAEP', 'RSA-OAEP-256']" ] ||
+    fail "discovery of a group that unwraps OAEP SHA-256 but never decrypts: $(cat "$work/body")"
+  ok "nss: a group that only unwraps lists RSA-OAEP-256, which it unwraps"
   # The same database by path, with [hsm] init_args: no registry needed.
   sed -e "s|^module = .*|module = $TOK_NSS_MODULE_PATH|" -e "s|^\[hsm\]\$|[hsm]\ninit_args = $TOK_INIT_ARGS|" \
     "$conf" > "$work/bypath.conf"
