@@ -1378,9 +1378,11 @@ static gs_err retire_rows(gs_store *st, hsm_ctx *hsm, const char *name, int64_t 
 }
 
 /* The rows of group `name`'s key versions or (secret) secret key
- * versions, retired by retire_rows; a secret retire takes the keys lock,
- * as secret rotate does, so the current version cannot change between
- * the check of `before` and the commit. */
+ * versions, retired by retire_rows, under the keys lock (as rotate): the
+ * versions read are still so at the commit. Servers sharing a database
+ * run the same retire, often at once: the second reads the first's
+ * retirement and only destroys its copies, instead of finding the rows it
+ * read changed under it ("not an old (retirable) version"). */
 static gs_err retire_versions(gs_store *st, hsm_ctx *hsm, const char *name, bool secret, unsigned before,
                               size_t *n_retired, size_t *n_cleared)
 {
@@ -1402,9 +1404,9 @@ static gs_err retire_versions(gs_store *st, hsm_ctx *hsm, const char *name, bool
         err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
         goto out;
     }
-    if (secret && (err = gs_store_keys_lock(st)) != GS_OK)
+    if ((err = gs_store_keys_lock(st)) != GS_OK)
         goto out;
-    locked = secret;
+    locked = true;
     err = secret ? gs_store_secrets(st, g->id, &secrets, &ns) : gs_store_group_keys(st, g->id, &keys, &nk);
     if (!err && (rows = calloc(nk + ns ? nk + ns : 1, sizeof(*rows))) == NULL)
         err = GS_ERR_NOMEM;
