@@ -1306,6 +1306,34 @@ struct retire_row {
     const char *label;
 };
 
+/* A retire destroys token objects after its commit: on a write-protected
+ * token that cannot be done, and the versions would stay recorded as
+ * retired yet on the token, which `check` flags and `serve` will not start
+ * with, for as long as the token is protected. Refused before the commit
+ * when any version below `before` has objects on the token. */
+static gs_err retire_destroys_here(hsm_ctx *hsm, const struct retire_row *rows, size_t n, unsigned before,
+                                   const char *kind)
+{
+    hsm_token_info ti;
+
+    if (hsm_token_info_get(hsm, &ti) != HSM_OK || !ti.write_protected)
+        return GS_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i].state == GS_KEY_CURRENT || rows[i].version >= before || rows[i].label == NULL)
+            continue;
+        if (rows[i].state == GS_KEY_RETIRED) {
+            bool present;
+            if (gs_token_label_present(hsm, rows[i].label, &present) == GS_OK && !present)
+                continue;
+        }
+        return gs_err_set(GS_ERR_STATE,
+                          "the token is write-protected (CKF_WRITE_PROTECTED): the %s version %u on it cannot be "
+                          "destroyed; nothing retired (retire where the token takes changes)",
+                          kind, rows[i].version);
+    }
+    return GS_OK;
+}
+
 /* The retire of group key versions and of secret key versions: every
  * old version below `before` is marked retired in one transaction (once
  * committed the server no longer offers them), then its token objects
@@ -1326,6 +1354,8 @@ static gs_err retire_rows(gs_store *st, hsm_ctx *hsm, const char *name, int64_t 
     if (before == 0 || before > current)
         return gs_err_set(GS_ERR_STATE, "--before %u: must be between 1 and the current %sversion %u", before,
                           secret ? "secret key " : "", current);
+    if ((err = retire_destroys_here(hsm, rows, n, before, kind)) != GS_OK)
+        return err;
     if ((err = gs_store_begin(st)) != GS_OK)
         return err;
     for (size_t i = 0; i < n && !err; i++) {

@@ -1389,6 +1389,7 @@ hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out)
     copy_padded(out->serial, sizeof(out->serial), ctx->tinfo.serialNumber, sizeof(ctx->tinfo.serialNumber));
     out->sessions_idle = ctx->n_idle;
     out->sessions_in_use = ctx->n_open - ctx->n_idle;
+    out->write_protected = (ctx->tinfo.flags & CKF_WRITE_PROTECTED) != 0;
     pthread_mutex_unlock(&ctx->pool_mu);
     return HSM_OK;
 }

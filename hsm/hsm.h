@@ -162,6 +162,7 @@ hsm_err hsm_module_reinit(hsm_ctx *ctx);
 typedef struct hsm_token_info {
     char label[33], manufacturer[33], model[17], serial[17];
     unsigned long sessions_in_use, sessions_idle;
+    bool write_protected; /* CKF_WRITE_PROTECTED: no token object can be made or destroyed */
 } hsm_token_info;
 hsm_err hsm_token_info_get(hsm_ctx *ctx, hsm_token_info *out);
 

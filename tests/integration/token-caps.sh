@@ -29,7 +29,8 @@
 #    unwraps by every deliver method (it could not open the token at
 #    all); group create says the token is write-protected, and so does
 #    member remove (CLI exit 1, REST 400), which keeps the member;
-#    group export, which needs the SO's login, names it as the likely cause.
+#    group export, which needs the SO's login, names it as the likely cause;
+#    group retire and secret retire name it before the database changes.
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
@@ -191,7 +192,20 @@ sed "/^\[hsm\]/a so_pin_source = $work/token/so-pin" "$conf" > "$work/so.conf"
   --methods tls,recipient-key > "$work/rep.out" 2>&1 || fail "replicable group: $(cat "$work/rep.out")"
 "$BIN/groupsrv" -c "$work/so.conf" token transport-key --out "$work/t.pem" > "$work/t.out" 2>&1 ||
   fail "transport key: $(cat "$work/t.out")"
+"$BIN/groupsrv" -c "$work/so.conf" group rotate rep > "$work/rot.out" 2>&1 || fail "group rotate: $(cat "$work/rot.out")"
+"$BIN/groupsrv" -c "$work/so.conf" secret rotate eng > "$work/rot.out" 2>&1 || fail "secret rotate: $(cat "$work/rot.out")"
 export GS_P11FAULT_WRITE_PROTECTED=1
+# A retire cannot destroy the old versions on this token: refused before
+# the database marks them retired (else this server's check and serve
+# would find "retired but still on the token" it could never clear).
+for kind in group secret; do
+  g=rep; [ $kind = secret ] && g=eng
+  gs group show $g > "$work/before.show"
+  rc=0; gs $kind retire $g --before 2 > "$work/wp-retire.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "write-protected (CKF_WRITE_PROTECTED)" "$work/wp-retire.out" ||
+    fail "$kind retire on a write-protected token: exit $rc: $(cat "$work/wp-retire.out")"
+  gs group show $g | cmp -s - "$work/before.show" || fail "$kind retire on a write-protected token changed the database: $(gs group show $g)"
+done
 rc=0; "$BIN/groupsrv" -c "$work/so.conf" group export rep --to "$work/t.pem" --out "$work/rep.gsk" > "$work/exp.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "CKR_SESSION_READ_ONLY_EXISTS (the SO logs in on read/write sessions only: is the token write-protected?)" "$work/exp.out" ||
   fail "group export on a write-protected token: exit $rc: $(cat "$work/exp.out")"
