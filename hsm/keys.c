@@ -211,23 +211,41 @@ void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     *h = CK_INVALID_HANDLE;
 }
 
+/* The handles of up to cap objects matching tmpl, in *total: C_FindObjects
+ * (at most per_call handles a call, 0: as many as fit) until it answers
+ * none, for a token may hand out fewer than asked while more match
+ * (PKCS#11 allows it; tokens that page their answers do): one call would
+ * miss a second key of a label, and an ambiguous label would pass for
+ * one key. C_FindObjectsFinal ends every search begun. */
+static hsm_err find_handles(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                            CK_OBJECT_HANDLE *hs, CK_ULONG cap, CK_ULONG per_call, CK_ULONG *total)
+{
+    CK_ULONG got = 0, ask;
+    hsm_err err, err2;
+
+    *total = 0;
+    if ((err = P11(ctx, C_FindObjectsInit, s, tmpl, n)) != HSM_OK)
+        return err;
+    do {
+        ask = per_call != 0 && cap - *total > per_call ? per_call : cap - *total;
+        err = P11(ctx, C_FindObjects, s, hs + *total, ask, &got);
+        if (err == HSM_OK)
+            *total += got < ask ? got : ask;
+    } while (err == HSM_OK && got > 0 && *total < cap);
+    err2 = P11(ctx, C_FindObjectsFinal, s);
+    return err != HSM_OK ? err : err2;
+}
+
 /* Finds up to cap key objects matching tmpl (non-key objects skipped). */
 static hsm_err find_keys(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
                          CK_OBJECT_HANDLE *found, CK_ULONG cap, CK_ULONG *nfound)
 {
     CK_OBJECT_HANDLE hs[FIND_MAX];
     CK_ULONG got = 0, i;
-    hsm_err err, err2;
+    hsm_err err;
 
     *nfound = 0;
-    err = P11(ctx, C_FindObjectsInit, s, tmpl, n);
-    if (err != HSM_OK)
-        return err;
-    err = P11(ctx, C_FindObjects, s, hs, FIND_MAX, &got);
-    err2 = P11(ctx, C_FindObjectsFinal, s);
-    if (err == HSM_OK)
-        err = err2;
-    if (err != HSM_OK)
+    if ((err = find_handles(ctx, s, tmpl, n, hs, FIND_MAX, 0, &got)) != HSM_OK)
         return err;
     for (i = 0; i < got && *nfound < cap; i++) {
         CK_ULONG cls = 0;
@@ -550,19 +568,13 @@ static hsm_err find_each_label(hsm_ctx *ctx, CK_SESSION_HANDLE s, struct find_la
     CK_ATTRIBUTE t[2];
     CK_OBJECT_HANDLE hs[2];
     CK_ULONG got, i;
-    hsm_err err = HSM_OK, err2;
+    hsm_err err = HSM_OK;
 
     for (size_t at = 0; err == HSM_OK && at < fa->n; at++) {
         t[0] = (CK_ATTRIBUTE){CKA_CLASS, &fa->cls, sizeof(fa->cls)};
         t[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)fa->want[at].label, strlen(fa->want[at].label)};
-        got = 0;
-        if ((err = P11(ctx, C_FindObjectsInit, s, t, 2)) != HSM_OK)
-            break;
-        err = P11(ctx, C_FindObjects, s, hs, 2, &got);
-        err2 = P11(ctx, C_FindObjectsFinal, s);
-        if (err == HSM_OK)
-            err = err2;
-        for (i = 0; err == HSM_OK && i < got && i < 2; i++)
+        err = find_handles(ctx, s, t, 2, hs, 2, 0, &got);
+        for (i = 0; err == HSM_OK && i < got; i++)
             err = take_wanted(ctx, s, hs[i], at, fa);
     }
     return err;
@@ -573,8 +585,8 @@ static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     struct find_labels_arg *fa = arg;
     CK_ATTRIBUTE t[2] = {{CKA_CLASS, &fa->cls, sizeof(fa->cls)}, token_objects};
     CK_OBJECT_HANDLE *hs = NULL;
-    CK_ULONG got = 0, total = 0, cap, i;
-    hsm_err err = HSM_OK, err2;
+    CK_ULONG total = 0, cap, i;
+    hsm_err err = HSM_OK;
 
     pthread_mutex_lock(&ctx->key_mu);
     fa->gen = ctx->key_gen;
@@ -589,18 +601,9 @@ static hsm_err op_find_labels(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
                                                          : FIND_LABELS_MAX + 1;
     if ((hs = calloc(cap, sizeof(*hs))) == NULL)
         return HSM_ERR_NOMEM;
-    if ((err = P11(ctx, C_FindObjectsInit, s, t, 2)) != HSM_OK)
-        goto out;
     /* The handles first, the labels after C_FindObjectsFinal, as op_list:
      * not every token answers other calls in a session while it searches. */
-    do {
-        err = P11(ctx, C_FindObjects, s, hs + total, cap - total, &got);
-        if (err == HSM_OK)
-            total += got;
-    } while (err == HSM_OK && got > 0 && total < cap);
-    err2 = P11(ctx, C_FindObjectsFinal, s);
-    if (err == HSM_OK)
-        err = err2;
+    err = find_handles(ctx, s, t, 2, hs, cap, 0, &total);
     if (err == HSM_OK && total == cap) {
         err = find_each_label(ctx, s, fa);
         goto out;
@@ -1801,10 +1804,10 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct list_arg *la = arg;
     CK_OBJECT_HANDLE *hs = NULL;
-    CK_ULONG got = 0, total = 0, i;
+    CK_ULONG total = 0, i;
     size_t plen = strlen(la->prefix);
     unsigned gen;
-    hsm_err err, err2;
+    hsm_err err;
 
     list_clear(la);
     pthread_mutex_lock(&ctx->key_mu);
@@ -1813,19 +1816,7 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     if ((hs = calloc(LIST_MAX, sizeof(*hs))) == NULL)
         return HSM_ERR_NOMEM;
     /* Token objects only: see token_objects. */
-    err = P11(ctx, C_FindObjectsInit, s, &token_objects, 1);
-    if (err != HSM_OK)
-        goto out;
-    do {
-        err = P11(ctx, C_FindObjects, s, hs + total, LIST_MAX - total > 64 ? 64 : LIST_MAX - total, &got);
-        if (err != HSM_OK)
-            break;
-        total += got;
-    } while (got > 0 && total < LIST_MAX);
-    err2 = P11(ctx, C_FindObjectsFinal, s);
-    if (err == HSM_OK)
-        err = err2;
-    if (err != HSM_OK)
+    if ((err = find_handles(ctx, s, &token_objects, 1, hs, LIST_MAX, 64, &total)) != HSM_OK)
         goto out;
     if ((la->refs = calloc(total + 1, sizeof(*la->refs))) == NULL) {
         err = HSM_ERR_NOMEM;

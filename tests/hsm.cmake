@@ -28,6 +28,8 @@ get_filename_component(GS_HSM_SRC_ROOT ${GS_TEST_DIR} DIRECTORY)
 add_library(gs_testsupport STATIC ${GS_TEST_DIR}/support/testsupport.c)
 target_include_directories(gs_testsupport PUBLIC ${GS_TEST_DIR}/support)
 target_link_libraries(gs_testsupport PUBLIC PkgConfig::OPENSSL ${CMAKE_DL_LIBS})
+# p11-kit for the PKCS#11 header only (testtoken_copy_secret calls SoftHSM itself).
+target_include_directories(gs_testsupport PRIVATE ${P11KIT_INCLUDE_DIRS})
 target_compile_definitions(gs_testsupport PRIVATE
   GS_SOURCE_DIR="${GS_HSM_SRC_ROOT}"
   GS_TEST_WORK_DIR="${GS_TEST_WORK}"

@@ -37,6 +37,10 @@
  *       C_GenerateKeyPair, C_GetAttributeValue) breaks the connection as
  *       above and answers CKR_DEVICE_ERROR: p11-kit 0.24.1's RPC server
  *       dies on a CKA_UNWRAP_TEMPLATE it is asked to carry back. 0 = off.
+ *   void p11fault_find_batch(unsigned long n);
+ *       C_FindObjects hands out at most n handles a call, as PKCS#11
+ *       allows (and tokens that page their answers do): a caller must call
+ *       it until it answers none. 0 = off (p11fault_clear() too).
  *
  * Out-of-process control (for servers under test, which cannot be reached
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
@@ -131,11 +135,13 @@ P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
 P11FAULT_EXPORT void p11fault_token_flags(CK_FLAGS flags);
 P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
+P11FAULT_EXPORT void p11fault_find_batch(unsigned long n);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *real_dl;
 static CK_FUNCTION_LIST *real;
+static unsigned long find_batch; /* C_FindObjects' most handles a call (fault_mu); 0: as asked */
 
 static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
@@ -619,6 +625,10 @@ static CK_RV fw_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *objec
         return rv_;
     if (real == NULL || real->C_FindObjects == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    pthread_mutex_lock(&fault_mu);
+    if (find_batch != 0 && max_object_count > find_batch)
+        max_object_count = find_batch;
+    pthread_mutex_unlock(&fault_mu);
     return real->C_FindObjects(session, object, max_object_count, object_count);
 }
 
@@ -1673,6 +1683,13 @@ void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type)
     pthread_mutex_unlock(&fault_mu);
 }
 
+void p11fault_find_batch(unsigned long n)
+{
+    pthread_mutex_lock(&fault_mu);
+    find_batch = n;
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void p11fault_disconnect(void)
 {
     pthread_mutex_lock(&fault_mu);
@@ -1694,6 +1711,7 @@ void p11fault_clear(void)
     for (i = 0; i < OVERRIDE_MAX; i++)
         overrides[i].value = -1;
     break_attr = 0;
+    find_batch = 0;
     pthread_mutex_unlock(&fault_mu);
 }
 

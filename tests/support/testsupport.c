@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <p11-kit/pkcs11.h>
 
 #ifndef GS_SOURCE_DIR
 #error "GS_SOURCE_DIR must be defined by the build"
@@ -292,6 +294,80 @@ int testfault_break_on_attribute(unsigned long type)
         return -1;
     fn(type);
     return 0;
+}
+
+int testfault_find_batch(unsigned long n)
+{
+    void (*fn)(unsigned long);
+
+    *(void **)(&fn) = fault_sym("p11fault_find_batch");
+    if (fn == NULL)
+        return -1;
+    fn(n);
+    return 0;
+}
+
+struct testtoken_copy {
+    CK_FUNCTION_LIST *fl;
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE copy;
+};
+
+struct testtoken_copy *testtoken_copy_secret(const char *token_label, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16, got = 0;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    struct testtoken_copy *c = calloc(1, sizeof(*c));
+    size_t tl = strlen(token_label);
+    bool ok = false;
+    void *dl = dlopen(testtoken_softhsm_module(), RTLD_NOW | RTLD_NOLOAD);
+
+    if (c == NULL || dl == NULL || tl > 32)
+        goto out;
+    *(void **)(&get_list) = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&c->fl) != CKR_OK || c->fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        goto out;
+    for (CK_ULONG i = 0; i < n && c->s == 0; i++) {
+        CK_TOKEN_INFO ti;
+        if (c->fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, token_label, tl) == 0 &&
+            (tl == 32 || ti.label[tl] == ' ') &&
+            c->fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &c->s) != CKR_OK)
+            goto out;
+    }
+    if (c->s == 0 || c->fl->C_FindObjectsInit(c->s, t, 2) != CKR_OK)
+        goto out;
+    ok = c->fl->C_FindObjects(c->s, &h, 1, &got) == CKR_OK && got == 1;
+    ok = c->fl->C_FindObjectsFinal(c->s) == CKR_OK && ok;
+    /* SoftHSM refuses C_CopyObject without a template: the label again. */
+    ok = ok && c->fl->C_CopyObject(c->s, h, &t[1], 1, &c->copy) == CKR_OK;
+out:
+    if (!ok && c != NULL) {
+        if (c->s != 0)
+            (void)c->fl->C_CloseSession(c->s);
+        free(c);
+        c = NULL;
+    }
+    if (dl != NULL)
+        (void)dlclose(dl);
+    return c;
+}
+
+int testtoken_copy_destroy(struct testtoken_copy *c)
+{
+    int rc = 0;
+
+    if (c == NULL)
+        return -1;
+    if (c->fl->C_DestroyObject(c->s, c->copy) != CKR_OK)
+        rc = -1;
+    if (c->fl->C_CloseSession(c->s) != CKR_OK)
+        rc = -1;
+    free(c);
+    return rc;
 }
 
 const char *testtoken_nss_module(void)

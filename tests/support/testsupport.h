@@ -78,6 +78,17 @@ int testfault_disconnect(void);
 /* A template with attribute `type` (a CKA_ value) breaks the connection
  * as above (p11-kit 0.24.1's RPC on CKA_UNWRAP_TEMPLATE); 0 = off. */
 int testfault_break_on_attribute(unsigned long type);
+/* p11fault_find_batch: C_FindObjects hands out at most n handles a call
+ * (0: as many as asked). */
+int testfault_find_batch(unsigned long n);
+/* A second secret key labelled `label` on the token labelled token_label,
+ * made with C_CopyObject by the SoftHSM module this process has loaded
+ * (hsm/ refuses to make a label in use), in a session of its own that
+ * testtoken_copy_destroy closes after destroying the copy. Needs a
+ * logged-in hsm context open on that token. NULL on failure. */
+struct testtoken_copy;
+struct testtoken_copy *testtoken_copy_secret(const char *token_label, const char *label);
+int testtoken_copy_destroy(struct testtoken_copy *c);
 
 /* An NSS softokn database (certutil -N) with a random user PIN, in a new
  * directory under the build tree (fork and exec: before any hsm_open).

@@ -629,6 +629,57 @@ static void test_find_labels_calls(void **state)
     t_close(ctx);
 }
 
+/* A token that hands out fewer handles a C_FindObjects than asked (one at
+ * a time here, as PKCS#11 allows) still shows a label on two keys as
+ * ambiguous: each search calls until it answers none. One call saw only
+ * the first key, and took it for the key of that label. */
+static void test_find_in_batches(void **state)
+{
+    enum { NPAD = 4 };
+    hsm_ctx *ctx;
+    hsm_key *made[NPAD + 1] = {NULL}, *k = NULL, *out[NPAD + 1];
+    char names[NPAD + 1][32];
+    const char *labels[NPAD + 1];
+    struct testtoken_copy *copy;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 1);
+    for (size_t i = 0; i <= NPAD; i++) {
+        hsm_keygen_spec sp = {names[i], NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
+        (void)snprintf(names[i], sizeof(names[i]), i == 0 ? "batch-dup" : "batch-pad-%zu", i);
+        labels[i] = names[i];
+        assert_int_equal(hsm_generate_secret_key(ctx, &sp, &made[i]), HSM_OK);
+    }
+    assert_non_null(copy = testtoken_copy_secret(TOKEN_LABEL, "batch-dup"));
+    assert_int_equal(testfault_find_batch(1), 0);
+    /* A pair's halves (no class asked), and two secret keys of one label. */
+    assert_int_equal(hsm_key_find(ctx, GRP_RSA, 0, &k), HSM_ERR_KEY_AMBIGUOUS);
+    assert_int_equal(hsm_key_find(ctx, "batch-dup", HSM_CLASS_SECRET, &k), HSM_ERR_KEY_AMBIGUOUS);
+    assert_null(k);
+    k = find_ok(ctx, "batch-pad-1", HSM_CLASS_SECRET);
+    hsm_key_free(k);
+    /* One label among 6+ secret keys: a search by label; most of the
+     * class: one search of it, read in batches. */
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels, 1, out), HSM_OK);
+    assert_null(out[0]);
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels + 1, 1, out), HSM_OK);
+    assert_non_null(out[0]);
+    hsm_key_free(out[0]);
+    assert_int_equal(hsm_key_find_labels(ctx, HSM_CLASS_SECRET, labels, NPAD + 1, out), HSM_OK);
+    assert_null(out[0]);
+    for (size_t i = 1; i <= NPAD; i++) {
+        assert_non_null(out[i]);
+        hsm_key_free(out[i]);
+    }
+    assert_int_equal(testfault_find_batch(0), 0);
+    assert_int_equal(testtoken_copy_destroy(copy), 0);
+    for (size_t i = 0; i <= NPAD; i++) {
+        assert_int_equal(hsm_key_destroy(ctx, made[i]), HSM_OK);
+        hsm_key_free(made[i]);
+    }
+    t_close(ctx);
+}
+
 /* SoftHSM 2.6's token directory tokdir/tokens/<uuid>: its path in buf. */
 static void softhsm_token_path(char *buf, size_t cap)
 {
@@ -3305,6 +3356,7 @@ int main(void)
         cmocka_unit_test_teardown(test_find_labels, t_teardown),
         cmocka_unit_test_teardown(test_find_labels_calls, t_teardown),
         cmocka_unit_test_teardown(test_key_info_reads, t_teardown),
+        cmocka_unit_test_teardown(test_find_in_batches, t_teardown),
         cmocka_unit_test_teardown(test_caps_lasting_failures, t_teardown),
         cmocka_unit_test_teardown(test_login_unsure_not_repeated, t_teardown),
         cmocka_unit_test_teardown(test_find_skips_half_made, t_teardown),
