@@ -1310,7 +1310,9 @@ struct retire_row {
  * token that cannot be done, and the versions would stay recorded as
  * retired yet on the token, which `check` flags and `serve` will not start
  * with, for as long as the token is protected. Refused before the commit
- * when any version below `before` has objects on the token. */
+ * when any version below `before` has objects on the token; one whose
+ * objects this token never held (a server that imported only later
+ * versions) or no longer holds destroys nothing, and is retired. */
 static gs_err retire_destroys_here(hsm_ctx *hsm, const struct retire_row *rows, size_t n, unsigned before,
                                    const char *kind)
 {
@@ -1319,13 +1321,11 @@ static gs_err retire_destroys_here(hsm_ctx *hsm, const struct retire_row *rows, 
     if (hsm_token_info_get(hsm, &ti) != HSM_OK || !ti.write_protected)
         return GS_OK;
     for (size_t i = 0; i < n; i++) {
+        bool present;
         if (rows[i].state == GS_KEY_CURRENT || rows[i].version >= before || rows[i].label == NULL)
             continue;
-        if (rows[i].state == GS_KEY_RETIRED) {
-            bool present;
-            if (gs_token_label_present(hsm, rows[i].label, &present) == GS_OK && !present)
-                continue;
-        }
+        if (gs_token_label_present(hsm, rows[i].label, &present) == GS_OK && !present)
+            continue;
         return gs_err_set(GS_ERR_STATE,
                           "the token is write-protected (CKF_WRITE_PROTECTED): the %s version %u on it cannot be "
                           "destroyed; nothing retired (retire where the token takes changes)",

@@ -30,7 +30,8 @@
 #    all); group create says the token is write-protected, and so does
 #    member remove (CLI exit 1, REST 400), which keeps the member;
 #    group export, which needs the SO's login, names it as the likely cause;
-#    group retire and secret retire name it before the database changes.
+#    group retire and secret retire name it before the database changes
+#    (and retire a version whose objects are not on it).
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
@@ -194,6 +195,15 @@ sed "/^\[hsm\]/a so_pin_source = $work/token/so-pin" "$conf" > "$work/so.conf"
   fail "transport key: $(cat "$work/t.out")"
 "$BIN/groupsrv" -c "$work/so.conf" group rotate rep > "$work/rot.out" 2>&1 || fail "group rotate: $(cat "$work/rot.out")"
 "$BIN/groupsrv" -c "$work/so.conf" secret rotate eng > "$work/rot.out" 2>&1 || fail "secret rotate: $(cat "$work/rot.out")"
+# A group whose version 1 this token does not hold (as on a server that
+# imported only later versions): its retire destroys nothing here.
+gs group create wpold --address wpold@example.org --key rsa:2048 --methods tls --oaep-only > "$work/wpold.out" 2>&1 &&
+  gs group rotate wpold > "$work/rot.out" 2>&1 || fail "group wpold: $(cat "$work/wpold.out" "$work/rot.out")"
+for type in privkey pubkey; do
+  GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$GS_P11FAULT_TARGET" --token-label groupsrv --login \
+    --pin env:GS_PIN --delete-object --label gs:group:wpold:v1 --type $type > /dev/null 2>&1 ||
+    fail "deleting gs:group:wpold:v1 ($type) with pkcs11-tool"
+done
 export GS_P11FAULT_WRITE_PROTECTED=1
 # A retire cannot destroy the old versions on this token: refused before
 # the database marks them retired (else this server's check and serve
@@ -206,6 +216,9 @@ for kind in group secret; do
     fail "$kind retire on a write-protected token: exit $rc: $(cat "$work/wp-retire.out")"
   gs group show $g | cmp -s - "$work/before.show" || fail "$kind retire on a write-protected token changed the database: $(gs group show $g)"
 done
+gs group retire wpold --before 2 > "$work/wp-retire.out" 2>&1 ||
+  fail "group retire of a version not on the write-protected token: $(cat "$work/wp-retire.out")"
+grep -q "^group wpold: 1 key version(s) retired" "$work/wp-retire.out" || fail "group retire wpold: $(cat "$work/wp-retire.out")"
 rc=0; "$BIN/groupsrv" -c "$work/so.conf" group export rep --to "$work/t.pem" --out "$work/rep.gsk" > "$work/exp.out" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "CKR_SESSION_READ_ONLY_EXISTS (the SO logs in on read/write sessions only: is the token write-protected?)" "$work/exp.out" ||
   fail "group export on a write-protected token: exit $rc: $(cat "$work/exp.out")"
