@@ -847,15 +847,14 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
     /* Over a connection that may stay clear, only where [smtp]
      * auth_in_clear says: never by default, a server on this host, or
      * anywhere (the user's explicit choice). */
+    util_auth_clear rule = UTIL_AUTH_CLEAR_NO; /* unset: never (a value was checked as the file was read) */
+    (void)util_auth_clear_parse(c->smtp_auth_in_clear, &rule);
     if (strncasecmp(c->smtp, "smtps://", 8) != 0 && c->smtp_starttls != GM_STARTTLS_REQUIRED &&
-        !(c->smtp_auth_in_clear != NULL &&
-          (strcmp(c->smtp_auth_in_clear, "yes") == 0 ||
-           (strcmp(c->smtp_auth_in_clear, "loopback") == 0 && util_url_host_is_loopback(c->smtp))))) {
+        !util_auth_clear_allows(rule, c->smtp)) {
         gm_err("refusing to send the SMTP password in clear: use smtps:// or --smtp-starttls ([smtp] starttls = "
                "required)%s",
-               c->smtp_auth_in_clear != NULL && strcmp(c->smtp_auth_in_clear, "loopback") == 0
-                   ? "; [smtp] auth_in_clear = loopback allows only a server on this host"
-                   : "");
+               rule == UTIL_AUTH_CLEAR_LOOPBACK ? "; [smtp] auth_in_clear = loopback allows only a server on this host"
+                                                : "");
         return GM_EXIT_USAGE;
     }
     switch (util_read_pin_source(c->smtp_password_file, pw, pwlen)) {

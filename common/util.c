@@ -375,6 +375,26 @@ int util_url_host_is_loopback(const char *url)
     return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 
+int util_auth_clear_parse(const char *word, util_auth_clear *out)
+{
+    static const struct {
+        const char *word;
+        util_auth_clear rule;
+    } words[] = {{"no", UTIL_AUTH_CLEAR_NO}, {"loopback", UTIL_AUTH_CLEAR_LOOPBACK}, {"yes", UTIL_AUTH_CLEAR_YES}};
+
+    for (size_t i = 0; word != NULL && i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcasecmp(word, words[i].word) == 0) {
+            *out = words[i].rule;
+            return UTIL_OK;
+        }
+    return UTIL_E_FORMAT;
+}
+
+int util_auth_clear_allows(util_auth_clear rule, const char *url)
+{
+    return rule == UTIL_AUTH_CLEAR_YES || (rule == UTIL_AUTH_CLEAR_LOOPBACK && util_url_host_is_loopback(url));
+}
+
 int util_read_pin_source(const char *source, char **pin, size_t *len)
 {
     int rc;

@@ -77,6 +77,21 @@ int util_url_host_is_loopback(const char *url);
  * settings, so an SMTP URL with them is refused. 0 for NULL. */
 int util_url_has_userinfo(const char *url);
 
+/* Where an SMTP client may send an AUTH password over a connection that
+ * may stay clear (no smtps://, STARTTLS not required): nowhere, a server
+ * on this host (util_url_host_is_loopback), or anywhere. The exploder's
+ * [delivery] relay_auth_in_clear and groupmail's [smtp] auth_in_clear. */
+typedef enum util_auth_clear { UTIL_AUTH_CLEAR_NO = 0, UTIL_AUTH_CLEAR_LOOPBACK, UTIL_AUTH_CLEAR_YES } util_auth_clear;
+
+/* "no", "loopback" or "yes" (in any case) into *out: UTIL_OK, else
+ * UTIL_E_FORMAT with *out unchanged (NULL included). */
+int util_auth_clear_parse(const char *word, util_auth_clear *out);
+
+/* Nonzero when rule lets a password go in clear to the server of url
+ * (scheme://host...): yes anywhere, loopback only to this host, no never.
+ * The caller has already found that the connection may stay clear. */
+int util_auth_clear_allows(util_auth_clear rule, const char *url);
+
 /* For an "env:NAME" source: wipes the variable's value in place (it stays
  * readable in /proc/PID/environ otherwise) and removes it from the
  * environment, so child processes and later readers do not see it. Other

@@ -157,15 +157,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
             return set_bool(&c->relay_verify, value);
         if (strcmp(name, "relay_user") == 0)
             return set_str(&c->relay_user, value);
-        if (strcmp(name, "relay_auth_in_clear") == 0) {
-            static const char *const words[3] = {"no", "loopback", "yes"};
-            static const int values[3] = {XP_AUTH_CLEAR_NO, XP_AUTH_CLEAR_LOOPBACK, XP_AUTH_CLEAR_YES};
-            int v;
-            if (!set_word(&v, value, words, values))
-                return 0;
-            c->relay_auth_in_clear = (xp_auth_clear)v;
-            return 1;
-        }
+        if (strcmp(name, "relay_auth_in_clear") == 0)
+            return util_auth_clear_parse(value, &c->relay_auth_in_clear) == UTIL_OK;
         if (strcmp(name, "relay_password_file") == 0)
             return set_str(&c->relay_password_file, value);
         if (strcmp(name, "group_info_ttl") == 0)
@@ -253,6 +246,7 @@ static xp_err conf_load(const char *path, const char *text, xp_conf **out, int *
     c->relay_timeout = 120;
     c->tls_timeout = 30;
     c->starttls = XP_STARTTLS_YES;
+    c->relay_auth_in_clear = UTIL_AUTH_CLEAR_LOOPBACK;
     c->relay_verify = 1;
     c->log_level = LOG_LVL_INFO;
     c->group_info_ttl = 300;

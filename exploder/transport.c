@@ -55,14 +55,13 @@ xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
         if ((t->curl = curl_easy_init()) == NULL)
             goto out;
         if (conf->relay_user != NULL && conf->starttls == XP_STARTTLS_NO && strncmp(conf->relay, "smtp://", 7) == 0 &&
-            !(conf->relay_auth_in_clear == XP_AUTH_CLEAR_YES ||
-              (conf->relay_auth_in_clear == XP_AUTH_CLEAR_LOOPBACK && util_url_host_is_loopback(conf->relay)))) {
+            !util_auth_clear_allows(conf->relay_auth_in_clear, conf->relay)) {
             /* starttls = no would send relay_user's password in clear
              * to a relay elsewhere: anyone on the path reads it */
             log_error("refusing to send relay_user's password in clear: starttls = no, and relay_auth_in_clear = %s "
                       "allows that %s; use starttls = required, smtps://, or relay_auth_in_clear = yes",
-                      conf->relay_auth_in_clear == XP_AUTH_CLEAR_NO ? "no" : "loopback",
-                      conf->relay_auth_in_clear == XP_AUTH_CLEAR_NO ? "to no relay" : "only to a relay on this host");
+                      conf->relay_auth_in_clear == UTIL_AUTH_CLEAR_NO ? "no" : "loopback",
+                      conf->relay_auth_in_clear == UTIL_AUTH_CLEAR_NO ? "to no relay" : "only to a relay on this host");
             rc = XP_ERR_CONFIG;
             goto out;
         }

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util.h"
+
 typedef enum xp_err {
     XP_OK = 0,
     XP_ERR_NOMEM,
@@ -38,10 +40,6 @@ typedef enum xp_err {
 const char *xp_strerror(xp_err err);
 
 typedef enum xp_starttls { XP_STARTTLS_NO = 0, XP_STARTTLS_YES, XP_STARTTLS_REQUIRED } xp_starttls;
-/* [delivery] relay_auth_in_clear: where relay_user's password may go over
- * a connection without TLS (starttls = no): nowhere, a relay on this host
- * (the default), anywhere. */
-typedef enum xp_auth_clear { XP_AUTH_CLEAR_LOOPBACK = 0, XP_AUTH_CLEAR_NO, XP_AUTH_CLEAR_YES } xp_auth_clear;
 
 /* The largest [spool] max_message_size (1 KiB..1 GiB). deliver checks a
  * message against max_message_size as it comes in, the one way in; once
@@ -70,7 +68,7 @@ typedef struct xp_conf {
     char *relay_cacert;        /* CA file for the relay's STARTTLS certificate */
     int relay_verify;          /* verify the relay's certificate (default 1) */
     char *relay_user;          /* optional SMTP AUTH */
-    xp_auth_clear relay_auth_in_clear;
+    util_auth_clear relay_auth_in_clear; /* where relay_user's password may go with starttls = no (util.h) */
     char *relay_password_file; /* file (0600) holding the SMTP AUTH password */
     uint64_t group_info_ttl;   /* seconds the group server's discovery answer is cached (0: every time) */
     /* [tls]: default client certificate for the group server */

@@ -354,6 +354,27 @@ static void test_url_host_is_loopback(void **state)
     assert_false(util_url_has_userinfo(NULL));
 }
 
+/* The clear-text AUTH rule both SMTP clients apply: its words, and what
+ * each allows. */
+static void test_auth_clear_rule(void **state)
+{
+    util_auth_clear r = UTIL_AUTH_CLEAR_YES;
+    (void)state;
+    assert_int_equal(util_auth_clear_parse("no", &r), UTIL_OK);
+    assert_int_equal(r, UTIL_AUTH_CLEAR_NO);
+    assert_int_equal(util_auth_clear_parse("LoopBack", &r), UTIL_OK);
+    assert_int_equal(r, UTIL_AUTH_CLEAR_LOOPBACK);
+    assert_int_equal(util_auth_clear_parse("yes", &r), UTIL_OK);
+    assert_int_equal(r, UTIL_AUTH_CLEAR_YES);
+    assert_int_equal(util_auth_clear_parse("always", &r), UTIL_E_FORMAT);
+    assert_int_equal(util_auth_clear_parse(NULL, &r), UTIL_E_FORMAT);
+    assert_int_equal(r, UTIL_AUTH_CLEAR_YES); /* unchanged */
+    assert_false(util_auth_clear_allows(UTIL_AUTH_CLEAR_NO, "smtp://127.0.0.1:25"));
+    assert_true(util_auth_clear_allows(UTIL_AUTH_CLEAR_LOOPBACK, "smtp://127.0.0.1:25"));
+    assert_false(util_auth_clear_allows(UTIL_AUTH_CLEAR_LOOPBACK, "smtp://192.0.2.1:25"));
+    assert_true(util_auth_clear_allows(UTIL_AUTH_CLEAR_YES, "smtp://192.0.2.1:25"));
+}
+
 /* The one address rule of groupsrv, the exploder and groupmail: RFC 5321
  * limits (local part 64, address 254), dot-atom local parts, host-name
  * domains; quoted local parts, address literals and non-ASCII refused,
@@ -687,6 +708,7 @@ int main(void)
         cmocka_unit_test(test_jsonw_escapes_like_jansson),
         cmocka_unit_test(test_jsonw_shape_and_bounds),
         cmocka_unit_test(test_url_host_is_loopback),
+        cmocka_unit_test(test_auth_clear_rule),
         cmocka_unit_test(test_mailaddr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
