@@ -36,6 +36,15 @@ static void label_group(char *buf, size_t n, const char *g, unsigned v) { (void)
 static void label_secret(char *buf, size_t n, const char *g, unsigned v) { (void)snprintf(buf, n, "gs:secret:%s:v%u", g, v); }
 static void label_reject(char *buf, size_t n, const char *g) { (void)snprintf(buf, n, "gs:reject:%s", g); }
 
+/* The secret key commands (rotate, record, retire) and a removal's next
+ * secret need a group that uses group-secret: STATE, naming it, if not. */
+static gs_err require_group_secret(const gs_store_group *g)
+{
+    if (!(g->methods & GS_METHOD_GROUP_SECRET))
+        return gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
+    return GS_OK;
+}
+
 gs_err gs_token_label_present(hsm_ctx *hsm, const char *label, bool *present)
 {
     hsm_key *k = NULL;
@@ -1430,10 +1439,8 @@ static gs_err retire_versions(gs_store *st, hsm_ctx *hsm, const char *name, bool
         *n_cleared = 0;
     if ((err = gs_store_group_get(st, name, &g)) != GS_OK)
         goto out;
-    if (secret && !(g->methods & GS_METHOD_GROUP_SECRET)) {
-        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
+    if (secret && (err = require_group_secret(g)) != GS_OK)
         goto out;
-    }
     if ((err = gs_store_keys_lock(st)) != GS_OK)
         goto out;
     locked = true;
@@ -1713,10 +1720,8 @@ gs_err gs_secret_record(gs_store *st, hsm_ctx *hsm, const char *name, unsigned v
 
     if ((err = gs_store_group_get(st, name, &g)) != GS_OK)
         goto out;
-    if (!(g->methods & GS_METHOD_GROUP_SECRET)) {
-        err = gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
+    if ((err = require_group_secret(g)) != GS_OK)
         goto out;
-    }
     if ((err = gs_policy_parse(g->policy, &pol)) != GS_OK)
         goto out;
     if (pol.secrets == GS_SECRETS_SEALED) {
@@ -1844,8 +1849,8 @@ static gs_err next_secret(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, s
     hsm_err he;
 
     memset(ns, 0, sizeof(*ns));
-    if (!(g->methods & GS_METHOD_GROUP_SECRET))
-        return gs_err_set(GS_ERR_STATE, "group %s does not use group-secret", g->name);
+    if ((err = require_group_secret(g)) != GS_OK)
+        return err;
     err = gs_policy_parse(g->policy, &pol);
     if (!err)
         err = gs_store_secrets(st, g->id, &s, &n);
