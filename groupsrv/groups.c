@@ -2218,32 +2218,43 @@ gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const st
                                                    .name = group, .email = email, .removal = out});
 }
 
+/* What each keys_work runs, its arguments taken from the call. */
+static gs_err create_work(gs_store *st, const struct keys_call *c)
+{
+    return group_create_locked(st, c->hsm, c->ca, c->cfg, c->spec, c->version_out);
+}
+static gs_err rotate_work(gs_store *st, const struct keys_call *c)
+{
+    return group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->version_out);
+}
+static gs_err secret_rotate_work(gs_store *st, const struct keys_call *c)
+{
+    return secret_rotate_locked(st, c->hsm, c->name, c->version_out);
+}
+static gs_err remove_work(gs_store *st, const struct keys_call *c)
+{
+    return member_remove_locked(st, c->hsm, c->ca, c->cfg, c->name, c->email, c->removal);
+}
+
 static gs_err under_keys_lock(gs_store *st, const struct keys_call *c)
 {
+    static gs_err (*const works[])(gs_store *, const struct keys_call *) = {
+        [KEYS_GROUP_CREATE] = create_work,
+        [KEYS_GROUP_ROTATE] = rotate_work,
+        [KEYS_SECRET_ROTATE] = secret_rotate_work,
+        [KEYS_MEMBER_REMOVE] = remove_work,
+    };
     gs_err err;
 
     if (c->version_out)
         *c->version_out = 0;
     if (c->removal)
         memset(c->removal, 0, sizeof(*c->removal));
+    if ((size_t)c->work >= GS_ARRAY_LEN(works) || works[c->work] == NULL)
+        return gs_err_set(GS_ERR_ARGS, "unknown keys work");
     if ((err = gs_store_keys_lock(st)) != GS_OK)
         return err;
-    switch (c->work) {
-    case KEYS_GROUP_CREATE:
-        err = group_create_locked(st, c->hsm, c->ca, c->cfg, c->spec, c->version_out);
-        break;
-    case KEYS_GROUP_ROTATE:
-        err = group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->version_out);
-        break;
-    case KEYS_SECRET_ROTATE:
-        err = secret_rotate_locked(st, c->hsm, c->name, c->version_out);
-        break;
-    case KEYS_MEMBER_REMOVE:
-        err = member_remove_locked(st, c->hsm, c->ca, c->cfg, c->name, c->email, c->removal);
-        break;
-    default:
-        err = gs_err_set(GS_ERR_ARGS, "unknown keys work");
-    }
+    err = works[c->work](st, c);
     gs_store_keys_unlock(st);
     return err;
 }
