@@ -668,21 +668,18 @@ out:
     return err;
 }
 
-gs_err gs_ca_renew(gs_store *st, hsm_ctx *hsm, unsigned days, X509 **out)
+gs_err gs_ca_renew(const gs_ca *ca, hsm_ctx *hsm, gs_store *st, unsigned days, X509 **out)
 {
-    gs_ca *ca = NULL;
     X509 *unsigned_cert = NULL, *cert = NULL;
     char *pem = NULL;
     gs_cert_spec spec;
     gs_err err;
 
     *out = NULL;
+    if (ca == NULL || hsm == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no CA");
     if (days == 0)
         return gs_err_set(GS_ERR_ARGS, "the CA certificate needs a lifetime");
-    /* The recorded certificate must be the token key's, and the key may
-     * sign only if it never left the token (as for every issue). */
-    if ((err = gs_ca_load(st, hsm, &ca)) != GS_OK || (err = gs_ca_check_key(ca, hsm)) != GS_OK)
-        goto out;
     memset(&spec, 0, sizeof(spec));
     spec.pubkey = ca->pub;
     spec.subject_cn = "-"; /* replaced by the old certificate's subject below */
@@ -707,7 +704,6 @@ out:
     free(pem);
     X509_free(unsigned_cert);
     X509_free(cert);
-    gs_ca_free(ca);
     return err;
 }
 

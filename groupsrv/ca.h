@@ -75,9 +75,10 @@ gs_err gs_ca_check_key(const gs_ca *ca, hsm_ctx *hsm);
  * same token key, with the recorded certificate's subject (so the same
  * issuer name and key identifier: certificates issued before verify
  * against it), lifetime `days` from now (backdated 5 minutes), recorded in
- * place of the old one. The key is checked as for every issue
- * (gs_ca_check_key). *out: the new certificate (X509_free). */
-gs_err gs_ca_renew(gs_store *st, hsm_ctx *hsm, unsigned days, X509 **out);
+ * place of the old one. ca: as gs_ca_load made it (so the recorded
+ * certificate is the token key's) and passed by gs_ca_check_key, as for
+ * every issue. *out: the new certificate (X509_free). */
+gs_err gs_ca_renew(const gs_ca *ca, hsm_ctx *hsm, gs_store *st, unsigned days, X509 **out);
 void gs_ca_free(gs_ca *ca);
 
 X509 *gs_ca_cert(const gs_ca *ca);        /* borrowed */

@@ -399,7 +399,11 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "ca renew-cert");
         if (err)
             return fail(err);
-        err = gs_ca_renew(e->st, e->hsm, days, &cert);
+        /* The CA loaded and its key checked as for every issue, after
+         * the audit record is open so that a refusal is recorded too. */
+        err = env_open(e, NEED_CA);
+        if (!err)
+            err = gs_ca_renew(e->ca, e->hsm, e->st, days, &cert);
         extra = json_pack("{s:I}", "days", (json_int_t)days);
         if (!err) {
             gs_cert_fingerprint(cert, fp);
