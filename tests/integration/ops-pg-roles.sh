@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
 ok() { echo "ok: $*"; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/integration/pg-server-lib.sh"
 
 pg_start || fail "PostgreSQL did not start"
 # The document's SQL: what comes before "-- after `groupsrv ca init`" on
@@ -41,37 +41,12 @@ sed -n '/^-- after `groupsrv ca init`/,$p' "$work/roles.sql" > "$work/roles-afte
 grep -q '^GRANT' "$work/roles-after.sql" || fail "no GRANT in docs/scale-out.md's Database roles: $(cat "$work/roles.sql")"
 pg_psql postgres -f "$work/roles-before.sql" >/dev/null || fail "the document's CREATE ROLE / DATABASE"
 
-"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
-export SOFTHSM2_CONF=$work/token/softhsm2.conf
-port=$(free_port)
-certs=$work/certs
-mkdir -p "$certs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
-  -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
-for role in owner server; do
-  cat > "$work/$role.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-instance = gs-a
-[tls]
-cert = $certs/server.pem
-key = $certs/server.key
-[hsm]
-module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-pin_source = $work/token/user-pin
-[db]
-url = postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_$role
-[audit]
-store = db
-CONF
-done
-own() { "$BIN/groupsrv" -c "$work/owner.conf" "$@"; }
+# The token, the CA, group eng and its members as the schema owner
+# ($work/gs.conf); the server runs as the server role.
+pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_owner" alice bob
+pgsrv_conf "$work/server.conf" "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_server"
+own() { gs "$@"; }
 srv() { "$BIN/groupsrv" -c "$work/server.conf" "$@"; }
-own ca init --key rsa:2048 >/dev/null || fail "ca init as the owner"
-own group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create as the owner"
-for m in alice bob; do own member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null; done
-own member add eng admin@example.org --issue-cert --out "$certs" --role admin >/dev/null
-own group show eng --cert > "$certs/group.pem"
 pg_psql groupsrv -f "$work/roles-after.sql" >/dev/null || fail "the document's GRANTs"
 ok "docs/scale-out.md's roles and grants applied ($(grep -c '^GRANT' "$work/roles-after.sql") GRANT lines)"
 
@@ -97,26 +72,8 @@ ok "an older schema: the server role and a read-only database say why they canno
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
-# the program itself in the background (not the function: $! must be serve)
-"$BIN/groupsrv" -c "$work/server.conf" serve > "$work/serve.log" 2>&1 &
-srv_pid=$!
-base=https://127.0.0.1:$port
-for i in $(seq 1 100); do
-  curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "serve as groupsrv_server exited"
-  sleep 0.1
-done
-c() { local who=$1; shift; curl -sS --cacert "$certs/server.pem" --cert "$certs/$who@example.org.pem" --key "$certs/$who@example.org.key" "$@"; }
-expect() { # WANT DESC -- curl args...
-  local want=$1 desc=$2 got
-  shift 3
-  got=$(c "$@" -o "$work/body" -w '%{http_code}') || true
-  [ "$got" = "$want" ] || fail "$desc: HTTP $got, wanted $want: $(head -c 300 "$work/body")"
-  ok "$desc ($want)"
-}
+pgsrv_start "$work/server.conf"
 expect 200 "healthz as the server role" -- alice "$base/healthz"
-"$BIN/mkri" --cert "$certs/group.pem" --kt oaep-sha1 --out "$work/ri.der" >/dev/null || fail "mkri"
-printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc"}' "$(base64 -w0 "$work/ri.der")" > "$work/unwrap.json"
 expect 200 "unwrap (an audit row inserted)" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
 expect 200 "unwrap by bob" -- bob --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
 expect 200 "bob removed over REST (secret key rotated)" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"

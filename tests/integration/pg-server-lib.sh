@@ -1,12 +1,16 @@
-# pg-server-lib.sh: the set-up ops-pg-outage.sh and ops-pg-failover.sh
-# share, sourced with BIN, SRC and work set and fail defined:
+# pg-server-lib.sh: the set-up ops-pg-outage.sh, ops-pg-failover.sh and
+# ops-pg-roles.sh share, sourced with BIN, SRC and work set and fail
+# defined:
 #   pgsrv_setup URL MEMBERS...   a throw-away SoftHSM token, a server
 #       certificate for 127.0.0.1, $work/gs.conf on a free port with
 #       [db] url = URL and [audit] store = db, the CA, group eng, the
 #       members (and admin@example.org, an admin) with certificates in
 #       $certs, and $work/unwrap.json (an unwrap request for eng)
-#   pgsrv_start                  serve in the background (srv_pid), its log
-#                                in $work/serve.log, until it answers
+#   pgsrv_conf FILE URL          another configuration as $work/gs.conf,
+#                                with [db] url = URL (after pgsrv_setup)
+#   pgsrv_start [CONF]           serve (with CONF, default $work/gs.conf)
+#                                in the background (srv_pid), its log in
+#                                $work/serve.log, until it answers
 #   gs ARGS / c WHO CURL-ARGS / call WHO CURL-ARGS (prints the status;
 #   headers in $work/hdr, body in $work/body)
 #   expect WANT [CODE] DESC -- WHO CURL-ARGS: the status WANT, and for a
@@ -15,6 +19,24 @@
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
+
+pgsrv_conf() {
+  cat > "$1" <<CONF
+[server]
+listen = 127.0.0.1:$port
+instance = gs-a
+[tls]
+cert = $certs/server.pem
+key = $certs/server.key
+[hsm]
+module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+pin_source = $work/token/user-pin
+[db]
+url = $2
+[audit]
+store = db
+CONF
+}
 
 pgsrv_setup() {
   local url=$1 m
@@ -27,21 +49,7 @@ pgsrv_setup() {
   mkdir -p "$certs"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$certs/server.key" -out "$certs/server.pem" 2>/dev/null
-  cat > "$work/gs.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-instance = gs-a
-[tls]
-cert = $certs/server.pem
-key = $certs/server.key
-[hsm]
-module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-pin_source = $work/token/user-pin
-[db]
-url = $url
-[audit]
-store = db
-CONF
+  pgsrv_conf "$work/gs.conf" "$url"
   gs ca init --key rsa:2048 >/dev/null || fail "ca init"
   gs group create eng --address eng@example.org --key rsa:2048 >/dev/null || fail "group create"
   for m in "$@"; do gs member add eng "$m@example.org" --issue-cert --out "$certs" >/dev/null || fail "member add $m"; done
@@ -54,7 +62,7 @@ CONF
 pgsrv_start() {
   local i
   # the program itself in the background (not gs: $! must be serve)
-  "$BIN/groupsrv" -c "$work/gs.conf" serve >> "$work/serve.log" 2>&1 &
+  "$BIN/groupsrv" -c "${1:-$work/gs.conf}" serve >> "$work/serve.log" 2>&1 &
   srv_pid=$!
   for i in $(seq 1 100); do
     curl -s -o /dev/null --cacert "$certs/server.pem" "$base/healthz" && return 0
