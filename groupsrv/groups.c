@@ -2286,6 +2286,29 @@ static void report(struct audit *a, gs_key_audit_row *row)
         a->cb(a->arg, row);
 }
 
+/* A row for one key, cleared: what it is and where it belongs. */
+static void row_begin(gs_key_audit_row *row, const char *kind, const char *group, const char *label, unsigned version)
+{
+    memset(row, 0, sizeof(*row));
+    row->kind = kind;
+    row->group = group;
+    row->label = label;
+    row->version = version;
+}
+
+/* A retired version must really be gone: reported with problem (which
+ * names the retire to run again) while it is still on the token. */
+static void audit_retired(struct audit *a, gs_key_audit_row *row, const char *problem)
+{
+    bool present;
+
+    if (gs_token_label_present(a->hsm, row->label, &present) == GS_OK && !present)
+        return;
+    row->present = true;
+    row->problem = problem;
+    report(a, row);
+}
+
 /* Finds label of class cls (unless *key is already the key found) and fills
  * info; returns a problem or NULL. */
 static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, hsm_key_info *info, hsm_key **key)
@@ -2379,10 +2402,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
 
     if (gs_keyspec_parse(g->algorithm, &type, &bits) != GS_OK || gs_policy_parse(g->policy, &pol) != GS_OK ||
         gs_store_group_keys(st, g->id, &keys, &nk) != GS_OK || gs_store_secrets(st, g->id, &secrets, &ns) != GS_OK) {
-        memset(&row, 0, sizeof(row));
-        row.label = "";
-        row.kind = "group";
-        row.group = g->name;
+        row_begin(&row, "group", g->name, "", 0);
         row.problem = "database records unreadable";
         report(a, &row);
         goto out;
@@ -2399,19 +2419,9 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     }
     for (size_t i = 0; i < nk; i++) {
         hsm_key *k = take_found(key_found, i);
-        memset(&row, 0, sizeof(row));
-        row.label = keys[i].token_label;
-        row.kind = "group";
-        row.group = g->name;
-        row.version = keys[i].version;
+        row_begin(&row, "group", g->name, keys[i].token_label, keys[i].version);
         if (keys[i].state == GS_KEY_RETIRED) {
-            /* A retired version must really be gone. */
-            bool present;
-            if (gs_token_label_present(a->hsm, keys[i].token_label, &present) == GS_OK && !present)
-                continue;
-            row.present = true;
-            row.problem = "retired but still on the token (run `group retire` on this server)";
-            report(a, &row);
+            audit_retired(a, &row, "retired but still on the token (run `group retire` on this server)");
             continue;
         }
         group_expect(g, &pol, GS_KIND_GROUP, type, bits, row_missing(&row, keys[i].weakenings), &e);
@@ -2435,18 +2445,9 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     }
     for (size_t i = 0; i < ns; i++) {
         hsm_key *k = take_found(secret_found, i);
-        memset(&row, 0, sizeof(row));
-        row.label = secrets[i].token_label;
-        row.kind = "secret";
-        row.group = g->name;
-        row.version = secrets[i].version;
+        row_begin(&row, "secret", g->name, secrets[i].token_label, secrets[i].version);
         if (secrets[i].state == GS_KEY_RETIRED) {
-            bool present;
-            if (gs_token_label_present(a->hsm, secrets[i].token_label, &present) == GS_OK && !present)
-                continue;
-            row.present = true;
-            row.problem = "retired but still on the token (run `secret retire` on this server)";
-            report(a, &row);
+            audit_retired(a, &row, "retired but still on the token (run `secret retire` on this server)");
             continue;
         }
         if (secrets[i].sealed != NULL) {
@@ -2461,10 +2462,7 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
     }
     if (g->reject_label) {
         hsm_key *k = NULL;
-        memset(&row, 0, sizeof(row));
-        row.label = g->reject_label;
-        row.kind = "reject";
-        row.group = g->name;
+        row_begin(&row, "reject", g->name, g->reject_label, 0);
         if (g->reject_sealed != NULL) {
             audit_sealed(a, &row, g->reject_seal_label, g->reject_sealed, g->reject_sealed_len,
                          HSM_KEYTYPE_GENERIC_SECRET);
@@ -2637,10 +2635,7 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
         goto out;
     for (size_t i = 0; i < nseal; i++) {
         hsm_key *k = NULL;
-        memset(&row, 0, sizeof(row));
-        row.kind = "seal";
-        row.group = "";
-        row.label = seals[i].label;
+        row_begin(&row, "seal", "", seals[i].label, 0);
         memset(&e, 0, sizeof(e));
         e.kind = GS_KIND_SEAL;
         e.missing = row_missing(&row, seals[i].weakenings);
