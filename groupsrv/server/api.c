@@ -910,15 +910,11 @@ static json_t *member_json(const ipc_msg *m, int with_cert)
         return o;
     json_t *cert = json_null();
     if (ipc_bytes(m, IPC_T_CERT, &p, &len) == 0) {
-        const unsigned char *q = p;
-        X509 *x = d2i_X509(NULL, &q, (long)len);
-        BIO *b = BIO_new(BIO_s_mem());
-        char *pem = NULL;
-        long n;
-        if (x != NULL && b != NULL && PEM_write_bio_X509(b, x) == 1 && (n = BIO_get_mem_data(b, &pem)) > 0)
-            cert = json_stringn(pem, (size_t)n);
-        X509_free(x);
-        BIO_free(b);
+        size_t pem_len;
+        char *pem = srv_cert_der_to_pem(p, len, &pem_len);
+        if (pem != NULL)
+            cert = json_stringn(pem, pem_len);
+        free(pem);
     }
     json_object_set_new(o, "certificate", cert);
     return o;

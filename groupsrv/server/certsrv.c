@@ -13,6 +13,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "server.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -120,26 +121,41 @@ static void certify_refuse_answer(struct srv_req *r, const ipc_msg *a)
         srv_reply_holder_error(r, a);
 }
 
+char *srv_cert_der_to_pem(const unsigned char *der, size_t len, size_t *pem_len)
+{
+    const unsigned char *q = der;
+    X509 *cert = len <= LONG_MAX ? d2i_X509(NULL, &q, (long)len) : NULL;
+    BIO *b = cert != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    char *text = NULL, *pem = NULL;
+    long n;
+
+    *pem_len = 0;
+    if (b != NULL && PEM_write_bio_X509(b, cert) == 1 && (n = BIO_get_mem_data(b, &text)) > 0 &&
+        (pem = malloc((size_t)n + 1)) != NULL) {
+        memcpy(pem, text, (size_t)n);
+        pem[n] = '\0';
+        *pem_len = (size_t)n;
+    }
+    BIO_free(b);
+    X509_free(cert);
+    return pem;
+}
+
 static void certify_answer(struct srv_req *r, const ipc_msg *a)
 {
-    const unsigned char *p, *q;
-    size_t len;
-    X509 *cert = NULL;
-    BIO *b = NULL;
+    const unsigned char *p;
+    size_t len, pem_len = 0;
     char *pem = NULL;
-    long n;
 
     if (ipc_u32(a, IPC_T_STATUS, 500) != 200) {
         srv_reply_holder_error(r, a);
         return;
     }
-    if (ipc_bytes(a, IPC_T_CERT, &p, &len) != 0 || (q = p, cert = d2i_X509(NULL, &q, (long)len)) == NULL ||
-        (b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_X509(b, cert) != 1 || (n = BIO_get_mem_data(b, &pem)) <= 0)
+    if (ipc_bytes(a, IPC_T_CERT, &p, &len) != 0 || (pem = srv_cert_der_to_pem(p, len, &pem_len)) == NULL)
         srv_reply_error(r, 500, "internal", "could not encode the certificate");
     else
-        srv_reply_bytes(r, 200, "application/pem-certificate-chain", pem, (size_t)n);
-    BIO_free(b);
-    X509_free(cert);
+        srv_reply_bytes(r, 200, "application/pem-certificate-chain", pem, pem_len);
+    free(pem);
 }
 
 static void certify_call(struct srv_req *r, const unsigned char *spki, size_t spki_len, const srv_err *e)

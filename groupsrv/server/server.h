@@ -201,6 +201,11 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
 
 double srv_now(void);
 
+/* A certificate as the key holder sends it (DER) in PEM text for an
+ * answer, malloc'ed, *pem_len without the NUL; NULL if it does not parse
+ * or on no memory (certsrv.c). */
+char *srv_cert_der_to_pem(const unsigned char *der, size_t len, size_t *pem_len);
+
 /* ---- routes of the handlers (api.c, certsrv.c) ---- */
 extern const struct srv_route api_routes[];
 extern const size_t api_nroutes;

@@ -195,6 +195,11 @@ grep -q '"email":"alice@example.org"' "$work/body" || fail "member list"
 expect_status 403 forbidden "member list refused for a member" -- c alice "$base/v1/groups/eng/members"
 expect_status 201 "" "admin adds a member" -- c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/frank@example.org"
 expect_status 200 "" "admin reads a member" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+# a member's recorded certificate comes back as PEM, the same certificate
+expect_status 200 "" "admin reads a member with a certificate" -- c admin "$base/v1/groups/eng/members/alice@example.org"
+[ "$(json_get "$work/body" certificate | openssl x509 -noout -fingerprint -sha256)" = \
+  "$(openssl x509 -in "$certs/alice@example.org.pem" -noout -fingerprint -sha256)" ] ||
+  fail "GET member: the certificate is not alice's: $(head -c 300 "$work/body")"
 # A member certificate with a key too weak to re-wrap message keys to is
 # refused, and the member stays as they were.
 # put_cert FILE: a PUT body with FILE as frank's certificate
