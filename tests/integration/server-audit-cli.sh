@@ -127,9 +127,6 @@ set +e; err=$(gs member add eng late@example.org --issue-cert --out "$certs" 2>&
 [ "$rc" != 0 ] && [[ "$err" == *"audit log"*"not done without its record"* ]] || fail "no audit log: exit $rc: $err"
 [ ! -e "$certs/late@example.org.pem" ] || fail "a refused member add wrote a certificate"
 gs member list eng | grep -q late@example.org && fail "member added without its audit record"
-token_labels() {
-  pkcs11-tool --module "$module" --login --pin "$(cat "$pin_file")" -O 2>/dev/null | sed -n 's/^ *label: *//p' | sort
-}
 token_labels > "$work/labels.before"
 for cmd in "group create late --address late@example.org --key rsa:2048" "group rotate eng" "secret rotate eng" \
   "group set eng --wrap pkcs1v15" "group retire eng --before 2" "group renew-cert eng" \

@@ -211,6 +211,13 @@ expect_healthz() {
 srv_net_pid() { ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}'; }
 
 b64() { base64 -w0 "$1"; }
+# token_labels [MODULE]: the label of every object on the test token, one a
+# line, sorted; MODULE defaults to $module (the one the server loads). The
+# PIN goes through the environment, not on pkcs11-tool's command line.
+token_labels() {
+  GS_PIN=$(cat "$pin_file") pkcs11-tool --module "${1:-$module}" --login --pin env:GS_PIN -O 2>/dev/null |
+    sed -n 's/^ *label: *//p' | sort
+}
 json_get() { /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); 
 for k in sys.argv[2:]: v=v[int(k)] if isinstance(v,list) else v[k]
 print(v)' "$@"; }

@@ -52,8 +52,7 @@ only_200() {
 # one_key_per_label: no label on the token names more than one key (a pair
 # counts its two halves once)
 one_key_per_label() {
-  pkcs11-tool --module "$softhsm" --login --pin "$(cat "$pin_file")" -O 2>/dev/null |
-    sed -n 's/^ *label: *//p' | sort | uniq -c |
+  token_labels "$softhsm" | uniq -c |
     awk '($2 ~ /^gs:(group|ca|tls|seal)/ && $1 > 2) || ($2 ~ /^gs:(secret|reject)/ && $1 > 1) {print; bad=1} END {exit bad}' ||
     fail "$1: a label on the token names more than one key (above)"
   if gs check > "$work/check.out" 2>&1; then :; fi
@@ -107,7 +106,7 @@ set -e
 [ "$rc1$rc2" = 03 ] || [ "$rc1$rc2" = 30 ] ||
   fail "two tls init of one label: exit $rc1 ($(head -1 "$work/t1.out")) and $rc2 ($(head -1 "$work/t2.out"))"
 grep -q "a key labelled tls is already on the token" "$work/t1.out" "$work/t2.out" || fail "tls init loser: $(cat "$work/t1.out" "$work/t2.out")"
-n=$(pkcs11-tool --module "$softhsm" --login --pin "$(cat "$pin_file")" -O 2>/dev/null | grep -c '^ *label: *tls$')
+n=$(token_labels "$softhsm" | grep -c '^tls$')
 [ "$n" = 2 ] || fail "two tls init at once left $n objects labelled tls (one key pair is 2)"
 ok "two tls init of one label at once: one made the key, the other exit 3"
 
