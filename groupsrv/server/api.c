@@ -95,6 +95,29 @@ static int item_key_version(json_t *item, const gview *v, const gview_key **k, s
     return 0;
 }
 
+/* An item's base64 member `name` (v), decoded into *out (the caller frees
+ * it) of 1..max bytes: 0, or -1 with e set (400 bad_request: not a
+ * string; 413 too_large; 400 bad_base64: not base64, or empty). */
+static int item_b64(json_t *v, const char *name, size_t max, unsigned char **out, size_t *len, srv_err *e)
+{
+    int urc;
+
+    if (!json_is_string(v)) {
+        srv_err_set(e, 400, "bad_request", "\"%s\" must be a base64 string", name);
+        return -1;
+    }
+    urc = util_b64_decode(json_string_value(v), json_string_length(v), (max + 2) / 3 * 4, out, len);
+    if (urc == UTIL_E_TOOBIG) {
+        srv_err_set(e, 413, "too_large", "\"%s\" exceeds %zu bytes", name, max);
+        return -1;
+    }
+    if (urc != UTIL_OK || *len == 0) {
+        srv_err_set(e, 400, "bad_base64", "\"%s\" is not valid standard base64", name);
+        return -1;
+    }
+    return 0;
+}
+
 /* The recipient_info or encrypted_key of one item, as a key holder item
  * (bounded, decoded, matched to a key version of the group's view);
  * -1 with e set. */
@@ -154,20 +177,8 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
     if (cek_len)
         ipc_put_u32(b, IPC_T_CEK_LEN, cek_len);
     if (jri != NULL) {
-        if (!json_is_string(jri)) {
-            srv_err_set(e, 400, "bad_request", "\"recipient_info\" must be a base64 string");
+        if (item_b64(jri, "recipient_info", MAX_RI_DER, &der, &der_len, e) != 0)
             goto out;
-        }
-        int urc = util_b64_decode(json_string_value(jri), json_string_length(jri), (MAX_RI_DER + 2) / 3 * 4, &der,
-                                  &der_len);
-        if (urc == UTIL_E_TOOBIG) {
-            srv_err_set(e, 413, "too_large", "\"recipient_info\" exceeds %d bytes", MAX_RI_DER);
-            goto out;
-        }
-        if (urc != UTIL_OK || der_len == 0) {
-            srv_err_set(e, 400, "bad_base64", "\"recipient_info\" is not valid standard base64");
-            goto out;
-        }
         /* The RecipientInfo names the group's issuer as its certificates
          * do: the newest few key versions' issuers spare decoding it. */
         X509 *known[8];
@@ -264,20 +275,8 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
                         "\"algorithm\" must be RSA-OAEP, RSA-OAEP-256 or RSA-PKCS1-v1_5");
             goto out;
         }
-        if (!json_is_string(jek)) {
-            srv_err_set(e, 400, "bad_request", "\"encrypted_key\" must be a base64 string");
+        if (item_b64(jek, "encrypted_key", MAX_ENC_KEY, &raw, &raw_len, e) != 0)
             goto out;
-        }
-        int urc = util_b64_decode(json_string_value(jek), json_string_length(jek), (MAX_ENC_KEY + 2) / 3 * 4, &raw,
-                                  &raw_len);
-        if (urc == UTIL_E_TOOBIG) {
-            srv_err_set(e, 413, "too_large", "\"encrypted_key\" exceeds %d bytes", MAX_ENC_KEY);
-            goto out;
-        }
-        if (urc != UTIL_OK || raw_len == 0) {
-            srv_err_set(e, 400, "bad_base64", "\"encrypted_key\" is not valid standard base64");
-            goto out;
-        }
         const gview_key *k = NULL;
         if (item_key_version(item, v, &k, e) != 0)
             goto out;
