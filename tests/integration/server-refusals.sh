@@ -173,6 +173,13 @@ grep -q '"encrypted_key\\" exceeds 1024 bytes' "$work/body" || fail "encrypted_k
 /usr/bin/python3 -c 'import base64; print("{\"recipient_info\":\"%s\"}" % base64.b64encode(b"r" * 16387).decode())' > "$work/big-ri.json"
 expect_status 413 too_large "recipient_info over 16384 bytes" -- c erin --data-binary @"$work/big-ri.json" "$url"
 grep -q '"recipient_info\\" exceeds 16384 bytes' "$work/body" || fail "recipient_info bound: $(cat "$work/body")"
+# one byte over each bound, whose base64 is no longer than the bound's own:
+# 413 too, not 503 token_unavailable (encrypted_key) or a parse error
+for f in "encrypted_key 1025" "recipient_info 16385"; do
+  /usr/bin/python3 -c 'import base64,sys; print("{\"%s\":\"%s\",\"algorithm\":\"RSA-OAEP\"}" % (sys.argv[1], base64.b64encode(b"x" * int(sys.argv[2])).decode()))' \
+    $f > "$work/over.json"
+  expect_status 413 too_large "${f% *} of ${f#* } bytes" -- c erin --data-binary @"$work/over.json" "$url"
+done
 expect_status 400 bad_recipient_info "not a RecipientInfo" -- c erin --data-binary '{"recipient_info":"MAA="}' "$url"
 /usr/bin/python3 -c 'print("{\"recipient_info\":\"" + "A"*70000 + "\"}")' > "$work/big.json"
 expect_status 413 too_large "body over max_body" -- c erin --data-binary @"$work/big.json" "$url"
