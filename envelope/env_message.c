@@ -740,6 +740,22 @@ static off_t tlv_end(const tlv *t, off_t limit)
     return t->indef ? limit : t->off + (off_t)t->hl + t->len;
 }
 
+/* Into the constructed element of tag and class at *pos (inside limit):
+ * its header in *t, *pos moved past that header to its first content
+ * byte, *end where its contents end. ENV_ERR_NOT_CMS for anything else. */
+static env_err enter(const env_message *m, off_t *pos, off_t limit, int tag, int xclass, tlv *t, off_t *end)
+{
+    env_err rv = hdr_at(m, *pos, limit, t);
+
+    if (rv != ENV_OK)
+        return rv;
+    if (t->tag != tag || t->xclass != xclass || !t->cons)
+        return ENV_ERR_NOT_CMS;
+    *pos += (off_t)t->hl;
+    *end = tlv_end(t, limit);
+    return ENV_OK;
+}
+
 /* Pointer to at most cap bytes of the file from off (bounded by limit). */
 static env_err window(env_message *m, off_t off, off_t limit, size_t cap, const unsigned char **p, size_t *n)
 {
@@ -911,14 +927,9 @@ static env_err parse_cms(env_message *m)
 
     if (m->size == 0)
         return ENV_ERR_TRUNCATED;
-    if ((rv = hdr_at(m, 0, m->size, &ci)) != ENV_OK)
+    pos = 0;
+    if ((rv = enter(m, &pos, m->size, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL, &ci, &end_ci)) != ENV_OK)
         goto out;
-    if (ci.tag != V_ASN1_SEQUENCE || ci.xclass != V_ASN1_UNIVERSAL || !ci.cons) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
-    }
-    pos = (off_t)ci.hl;
-    end_ci = tlv_end(&ci, m->size);
     if ((rv = elem_at(m, &pos, end_ci, 4096, ASN1_ITEM_rptr(ASN1_OBJECT), &ct)) != ENV_OK) {
         if (rv != ENV_ERR_TRUNCATED)
             rv = ENV_ERR_NOT_CMS;
@@ -933,22 +944,9 @@ static env_err parse_cms(env_message *m)
         rv = ENV_ERR_CONTENT_TYPE;
         goto out;
     }
-    if ((rv = hdr_at(m, pos, end_ci, &c0)) != ENV_OK)
+    if ((rv = enter(m, &pos, end_ci, 0, V_ASN1_CONTEXT_SPECIFIC, &c0, &end_c0)) != ENV_OK ||
+        (rv = enter(m, &pos, end_c0, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL, &ed, &end_ed)) != ENV_OK)
         goto out;
-    if (c0.tag != 0 || c0.xclass != V_ASN1_CONTEXT_SPECIFIC || !c0.cons) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
-    }
-    pos += (off_t)c0.hl;
-    end_c0 = tlv_end(&c0, end_ci);
-    if ((rv = hdr_at(m, pos, end_c0, &ed)) != ENV_OK)
-        goto out;
-    if (ed.tag != V_ASN1_SEQUENCE || ed.xclass != V_ASN1_UNIVERSAL || !ed.cons) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
-    }
-    pos += (off_t)ed.hl;
-    end_ed = tlv_end(&ed, end_c0);
     if ((rv = elem_at(m, &pos, end_ed, 64, ASN1_ITEM_rptr(ASN1_INTEGER), &ver)) != ENV_OK)
         goto out;
     m->version = ASN1_INTEGER_get(ver);
@@ -963,14 +961,8 @@ static env_err parse_cms(env_message *m)
     if ((rv = set_ris(m, ris)) != ENV_OK)
         goto out;
     /* (Auth)EncryptedContentInfo */
-    if ((rv = hdr_at(m, pos, end_ed, &eci)) != ENV_OK)
+    if ((rv = enter(m, &pos, end_ed, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL, &eci, &end_eci)) != ENV_OK)
         goto out;
-    if (eci.tag != V_ASN1_SEQUENCE || eci.xclass != V_ASN1_UNIVERSAL || !eci.cons) {
-        rv = ENV_ERR_NOT_CMS;
-        goto out;
-    }
-    pos += (off_t)eci.hl;
-    end_eci = tlv_end(&eci, end_ed);
     if ((rv = elem_at(m, &pos, end_eci, 4096, ASN1_ITEM_rptr(ASN1_OBJECT), &m->inner_type)) != ENV_OK)
         goto out;
     if ((rv = elem_at(m, &pos, end_eci, 4096, ASN1_ITEM_rptr(X509_ALGOR), &m->calg)) != ENV_OK)
