@@ -6,7 +6,8 @@
 # `groupmail --version` and the man pages' footers print (the packages
 # carry it too: package_deb_build). Then, in a git repository of its own,
 # the versions scripts/version gives as commits and tags come order the
-# way dpkg must see them for a newer build to upgrade an older one
+# way dpkg must see them for a newer build to upgrade an older one, and
+# another user's checkout, a worktree and a detached HEAD have theirs
 # (docs/operations.md, "Versions").
 set -euo pipefail
 SRC=$1 BUILD=$2
@@ -47,6 +48,14 @@ dpkg --compare-versions "$v1" gt "$release" || fail "$v1 does not order after th
 for i in $(seq 2 10); do g commit -q --allow-empty -m "commit $i"; done
 v10=$(v)
 dpkg --compare-versions "$v10" gt "$v1" || fail "10 commits ($v10) do not order after 1 ($v1)"
+# a checkout of another user (git's safe.directory refuses it, as in a
+# container or package build of a mounted tree): its version, not the release
+vo=$(GIT_TEST_ASSUME_DIFFERENT_OWNER=1 v) || fail "another user's checkout: $(cat "$W/version.err")"
+[ "$vo" = "$v10" ] || fail "another user's checkout: $vo, not $v10"
+# a worktree (.git a file) with a detached HEAD: that commit's version
+g worktree add -q --detach "$W/wt" HEAD~1
+vw=$("$SRC/scripts/version" "$W/wt")
+[ "$vw" = "$release+git9.g$(g rev-parse --short=12 HEAD~1)" ] || fail "a worktree at HEAD~1, detached: $vw"
 # a copy of that checkout without its .git, as package_deb_build builds
 mkdir "$W/copy"
 cp "$repo/CMakeLists.txt" "$W/copy/"
@@ -56,6 +65,12 @@ printf '9.9.9\n' >"$W/copy/.version"
 "$SRC/scripts/version" "$W/copy" >/dev/null 2>&1 && fail "a .version of another release was taken"
 rm "$W/copy/.version"
 [ "$("$SRC/scripts/version" "$W/copy")" = "$release" ] || fail "a copy without .git or .version is not $release"
+# a .git that git cannot read (a worktree copied without its repository)
+# and no .version: an error, not the release's version
+printf 'gitdir: %s/no-such-repo\n' "$W" >"$W/copy/.git"
+"$SRC/scripts/version" "$W/copy" >/dev/null 2>"$W/version.err" && fail "an unreadable .git taken for the release"
+grep -q 'git cannot read it' "$W/version.err" || fail "an unreadable .git: $(cat "$W/version.err")"
+rm "$W/copy/.git"
 # the release, tagged: its own version; the next commit orders after it
 g tag "v$release"
 [ "$(v)" = "$release" ] || fail "HEAD tagged v$release: $(v)"
