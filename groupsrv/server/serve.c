@@ -415,17 +415,20 @@ static int send_tls(struct sup *s, int ctl, bool reload)
     int rc = -1;
     ipc_buf b;
 
+    /* at a start, the reason serve does not start (docs/groupsrv.1.md) */
+    const char *why = reload ? "" : "not started: ";
+
     ipc_buf_init(&b);
     if (util_read_file(cfg->tls.cert, 1u << 20, &cert, &cl) != UTIL_OK) {
-        log_error("cannot read the TLS certificate path=\"%s\"", log_qs(cfg->tls.cert));
+        log_error("%scannot read the TLS certificate path=\"%s\"", why, log_qs(cfg->tls.cert));
         goto out;
     }
     if (strncmp(cfg->tls.key, "pkcs11:", 7) != 0 && util_read_file(cfg->tls.key, 1u << 20, &key, &kl) != UTIL_OK) {
-        log_error("cannot read the TLS key path=\"%s\"", log_qs(cfg->tls.key));
+        log_error("%scannot read the TLS key path=\"%s\"", why, log_qs(cfg->tls.key));
         goto out;
     }
     if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, 16u << 20, &ca, &cal) != UTIL_OK) {
-        log_error("cannot read the client CA file path=\"%s\"", log_qs(cfg->tls.client_ca));
+        log_error("%scannot read the client CA file path=\"%s\"", why, log_qs(cfg->tls.client_ca));
         goto out;
     }
     if (tls_cert_valid_now(cert, cl) != GS_OK) {
@@ -528,10 +531,15 @@ static int start_net(struct sup *s, int *net_ends)
 out:
     ipc_buf_free(&b);
     close_fds(net_ends, s->nlinks);
-    if (rc == 0)
+    if (rc == 0) {
         rc = wait_ready(&s->net);
-    else
+    } else {
+        /* Its start-up cut short here (a [tls] file it cannot be sent):
+         * the channel's end tells it at once, and it exits, instead of
+         * waiting for the rest until wait_ready's 2 minutes are over. */
+        (void)shutdown(s->net.ctl, SHUT_WR);
         (void)wait_ready(&s->net); /* reaps or kills it */
+    }
     return rc;
 }
 

@@ -207,6 +207,19 @@ for rule in "* CKR_DEVICE_REMOVED" "C_Login CKR_PIN_INCORRECT"; do
 done
 ok "serve without its token or with a refused PIN at start: exit 4"
 control ""
+# A [tls] cert file that cannot be read (the supervisor reads it for the
+# network process): not started, said at once with exit 1, not after the
+# network process's 2-minute wait for the rest of its start-up.
+sed "s#^cert = .*#cert = $work/no-such-cert.pem#" "$conf" > "$work/nocert.conf"
+set +e
+timeout 60 "$BIN/groupsrv" -c "$work/nocert.conf" serve >"$work/serve-bad.log" 2>&1
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "serve with its [tls] cert file missing: exit $rc, wanted 1: $(cat "$work/serve-bad.log")"
+grep -q "level=error .*msg=\"not started: cannot read the TLS certificate\" path=\"$work/no-such-cert.pem\"\$" "$work/serve-bad.log" ||
+  fail "serve with its [tls] cert file missing: no reason: $(cat "$work/serve-bad.log")"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/serve-bad.log" || fail "serve's lines are not key=value records"
+ok "serve with its [tls] cert file missing: not started, exit 1 at once"
 start_server
 expect_status 200 "" "serve starts again with sound keys" -- c alice --data-binary @"$work/req-tls.json" "$url"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
