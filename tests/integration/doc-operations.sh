@@ -11,7 +11,7 @@
 #     .gsk file's signature checked with stock openssl as "The key shipment
 #     file" shows.
 # The only edits to the blocks: absolute paths (/tmp, /etc/groupsrv,
-# /var/lib/gs-b) move into this test's directory, ./scripts/ is the source
+# /var/lib/groupsrv, /var/lib/gs-b) move into this test's directory, ./scripts/ is the source
 # tree's, and `install -o groupsrv -g groupsrv` loses the owner (no such
 # user here; the mode is checked).
 set -euo pipefail
@@ -40,6 +40,7 @@ run_block() {
   local name=$1 heading=$2 n=$3 dir=$4; shift 4
   doc_block "$doc" "$heading" "$n" |
     sed -e "s|/tmp/|$work/tmp/|g" -e "s|/etc/groupsrv/|$work/etc/groupsrv/|g" -e "s|/var/lib/gs-b/|$work/gs-b/|g" \
+        -e "s|/var/lib/groupsrv|$work/var/lib/groupsrv|g" \
         -e "s|\./scripts/|$SRC/scripts/|g" -e 's| -o groupsrv -g groupsrv||' "$@" > "$work/$name.sh" ||
     fail "$name: the block is gone from docs/operations.md"
   (cd "$dir" && bash -e "$work/$name.sh") > "$work/$name.out" 2>&1 ||
@@ -69,7 +70,7 @@ ok "operations.md's 'Trying it out' ran as written: CA, group, alice's certifica
 
 # ---- A real token, steps 1-6: a SoftHSM store with an uninitialised slot ----
 real=$work/real
-mkdir -p "$real/tokens" "$work/etc/groupsrv"
+mkdir -p "$real/tokens" "$work/etc/groupsrv" "$work/var/lib/groupsrv"
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$real" > "$real/softhsm2.conf"
 export SOFTHSM2_CONF=$real/softhsm2.conf MODULE=$module
 # step 4's configuration, written before step 1 as step 1 says
@@ -84,13 +85,7 @@ path = $real/db/groupsrv.db
 path = $real/audit.jsonl
 CONF
 export GROUPSRV_CONF=$work/etc/groupsrv/groupsrv.conf
-# the certificates step 4 adds, from an organisation's CA
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=org-ca -keyout "$real/org.key" -out "$real/org.pem" 2>/dev/null
-for who in exploder:list@lists.example.org alice:alice@example.org; do
-  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=${who#*:}" -keyout "$real/${who%%:*}.key" -out "$real/${who%%:*}.csr" 2>/dev/null
-  openssl x509 -req -in "$real/${who%%:*}.csr" -CA "$real/org.pem" -CAkey "$real/org.key" -CAcreateserial -days 2 \
-    -extfile <(printf 'subjectAltName=email:%s\n' "${who#*:}") -out "$real/${who%%:*}.pem" 2>/dev/null
-done
+# step 4 makes every file it uses: nothing is put in place for it here
 run_block real1 'A real token' 1 "$real"
 has real1 'Slot 0 .*SoftHSM'
 has real1 'token state: +uninitialized'
@@ -107,7 +102,11 @@ run_block real4 'A real token' 4 "$real"
 has real4 '^cap mechanism CKM_RSA_PKCS_OAEP +yes'
 has real4 '^cap trusted wrap +yes'
 has real4 '^weakenings: none$'
-has real4 '^member list@lists.example.org added to eng as exploder$'
+has real4 '^member alice@example.org added to eng as member$'
+[ "$(stat -c %a "$work/var/lib/groupsrv/alice@example.org.key")" = 600 ] ||
+  fail "step 4: alice's key is not a 0600 file where the text says"
+openssl verify -CAfile "$work/etc/groupsrv/ca.pem" "$work/var/lib/groupsrv/alice@example.org.pem" > /dev/null ||
+  fail "step 4: alice's certificate is not the local CA's"
 has real4 '^all keys OK$'
 openssl x509 -in "$work/etc/groupsrv/ca.pem" -noout -subject | grep -q 'CN = Example Org groupsrv CA' ||
   fail "step 4's ca show did not write the CA certificate"
@@ -122,14 +121,13 @@ ok "operations.md's 'A real token' steps 1-5 ran as written; the group key shows
 # step 6: the TLS key on the token, and the server on it
 run_block real6 'A real token' 6 "$real"
 has real6 '^key = pkcs11:token=groupsrv;object=tls;type=private$'
-port=$(free_port)
-cat >> "$GROUPSRV_CONF" <<CONF
-[server]
-listen = 127.0.0.1:$port
-[tls]
-cert = $work/etc/groupsrv/server.pem
-key = pkcs11:token=groupsrv;object=tls;type=private
-CONF
+# step 6's configuration lines, as written, on loopback ports
+port=$(free_port) cport=$(free_port)
+doc_block "$doc" 'A real token' 1 ini |
+  sed -e "s|/etc/groupsrv/|$work/etc/groupsrv/|g" -e "s|^listen = 0.0.0.0:8443\$|listen = 127.0.0.1:$port|" \
+      -e "s|^listen = 0.0.0.0:8444\$|listen = 127.0.0.1:$cport|" -e "s|:8444\$|:$cport|" >> "$GROUPSRV_CONF" ||
+  fail "step 6's configuration block is gone"
+grep -q "^listen = 127.0.0.1:$cport\$" "$GROUPSRV_CONF" || fail "step 6 sets no [certsrv] listen: $(cat "$GROUPSRV_CONF")"
 for attempt in 1 2 3; do
   groupsrv serve > "$real/serve.log" 2>&1 &
   srv_pid=$!
@@ -144,10 +142,17 @@ for attempt in 1 2 3; do
   srv_pid=
   # the port was free when chosen; another test may have taken it since
   grep -q "Address already in use" "$real/serve.log" || fail "serve on the token's TLS key exited: $(tail -n 5 "$real/serve.log")"
-  oport=$port port=$(free_port)
-  sed -i "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" "$GROUPSRV_CONF"
+  oport=$port ocport=$cport port=$(free_port) cport=$(free_port)
+  sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
+    -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
 done
 grep -q '"status":"ok"' "$real/healthz" || fail "no healthy server on the token's TLS key: $(tail -n 5 "$real/serve.log")"
+# the certificate server members are sent to (membership-cert) answers under the certificate's name
+certsrv=$(curl -fsS --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$port:127.0.0.1" \
+  "https://groupsrv.example.org:$port/v1/groups/eng" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["certificate_server"])') ||
+  fail "no discovery answer for eng"
+curl -sS -o /dev/null --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$cport:127.0.0.1" "$certsrv/" 2> "$real/certsrv.err" ||
+  fail "step 6: the advertised certificate server $certsrv does not verify with the local CA: $(cat "$real/certsrv.err")"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
 srv_pid=
 ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
