@@ -183,18 +183,20 @@ PY
 copy() { awk -v l="$1" -v r="$2" -v s="$3" '$1 == l && $2 == r && $3 == s {print $4}' "$xw/index" | tail -1; }
 [ "$(wc -l < "$xw/index")" = $(( ${#names[@]} * 6 )) ] || fail "want 6 copies per message, got $(wc -l < "$xw/index")"
 
-# readers' own tools for member copies: alice's key in an NSS database and in gpgsm
-openssl pkcs12 -export -in "$certs/alice@example.org.pem" -inkey "$certs/alice@example.org.key" \
-  -out "$work/alice.p12" -passout pass:interop -certpbe NONE -keypbe PBE-SHA1-3DES -macalg sha1
-nss_read=$work/nss-read
-mkdir -p "$nss_read"
-certutil -N -d "sql:$nss_read" --empty-password
-pk12util -i "$work/alice.p12" -d "sql:$nss_read" -W interop >/dev/null || fail "pk12util -i"
-gpg_read=$work/gnupg-read
-mkdir -m 700 "$gpg_read"
-printf 'disable-crl-checks\n' > "$gpg_read/gpgsm.conf"
-echo interop | GNUPGHOME=$gpg_read gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 \
-  --import "$work/alice.p12" 2>"$work/gpgsm.err" || fail "gpgsm --import of alice's key: $(cat "$work/gpgsm.err")"
+# readers' own tools for member copies: docs/clients.md's block, as written,
+# on alice's copy of the NSS-sent message; the NSS database and the gpgsm
+# home it leaves read every other CBC copy below
+reader=$work/reader
+mkdir -p "$reader"
+cp "$certs/alice@example.org.pem" "$certs/alice@example.org.key" "$reader/"
+cp "$(copy member-certs alice@example.org nss-cmsutil)" "$reader/copy.eml"
+. "$SRC/tests/lib/docblocks.sh"
+doc_block "$SRC/docs/clients.md" 'Reading a member-certs copy with a stock tool' 1 > "$work/reader.sh" ||
+  fail "docs/clients.md lost its block for stock readers"
+(cd "$reader" && bash -e "$work/reader.sh") > "$work/reader.out" 2>&1 ||
+  fail "docs/clients.md's stock readers, as written, failed: $(grep -v 'charset' "$work/reader.out" | tail -n 15)"
+for t in openssl nss gpgsm; do expect_plain "$reader/$t.txt" nss-cmsutil "docs/clients.md's $t reader"; done
+nss_read=$reader/nss gpg_read=$reader/gnupg
 to_der() { openssl cms -cmsout -in "$1" -outform DER -out "$2"; }
 
 for n in "${names[@]}"; do
@@ -219,8 +221,8 @@ for n in "${names[@]}"; do
   cmsutil -D -d "sql:$nss_read" -i "$work/copy.der" -o "$work/out.txt" 2>"$work/nss.err" ||
     fail "member copy $n, NSS cmsutil -D: $(cat "$work/nss.err")"
   expect_plain "$work/out.txt" "$n" "member copy of $n, cmsutil -D"
-  echo interop | GNUPGHOME=$gpg_read gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 \
-    --decrypt -o "$work/out.txt" "$work/copy.der" 2>"$work/gpgsm.err" ||
+  GNUPGHOME=$gpg_read gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 \
+    --decrypt -o "$work/out.txt" "$work/copy.der" < "$reader/p12-pass" 2>"$work/gpgsm.err" ||
     fail "member copy $n, gpgsm --decrypt: $(cat "$work/gpgsm.err")"
   expect_plain "$work/out.txt" "$n" "member copy of $n, gpgsm --decrypt"
 done
