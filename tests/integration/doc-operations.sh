@@ -217,3 +217,34 @@ has gsk '^Verified OK$'
 python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); assert m["format"] == "groupsrv-key-shipment-1" and m["group"]["name"] == "eng", m' \
   "$A/manifest.json" || fail "the manifest cut out by the recipe is not the shipment's JSON"
 ok "operations.md's .gsk recipe: the manifest cut out with dd verifies with the CA's key"
+
+# ---- pkcs11-config/README.md, "SoftHSM2": a token store the service user can open ----
+# Run as root, as a deployment is; the service user is `nobody` here (no
+# groupsrv user on a test machine), and it must be able to log in.
+# (Root only; and the work directory's parents must let `nobody` through.)
+mkdir -p "$work/var/lib/groupsrv"
+chmod 755 "$work" "$work/var" "$work/var/lib" "$work/var/lib/groupsrv"
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && runuser -u nobody -- test -x "$work/var/lib/groupsrv"; then
+  unset SOFTHSM2_CONF
+  doc_block "$SRC/pkcs11-config/README.md" 'SoftHSM2 (tests, demo, small deployments)' 1 |
+    sed -e "s|/var/lib/groupsrv|$work/var/lib/groupsrv|g" -e "s|^scripts/|$SRC/scripts/|" \
+        -e "s|groupsrv:groupsrv|nobody:$(id -gn nobody)|g" > "$work/p11readme.sh" ||
+    fail "pkcs11-config/README.md lost its SoftHSM2 block"
+  (bash -e "$work/p11readme.sh") > "$work/p11readme.out" 2>&1 ||
+    fail "pkcs11-config/README.md's SoftHSM2 block, as written, failed: $(cat "$work/p11readme.out")"
+  tok=$work/var/lib/groupsrv/token
+  cat > "$work/p11readme.conf" <<CONF
+[hsm]
+module = $module
+token = pkcs11:token=groupsrv
+pin_source = $tok/user-pin
+CONF
+  chmod 644 "$work/p11readme.conf"
+  runuser -u nobody -- env SOFTHSM2_CONF="$tok/softhsm2.conf" "$BIN/groupsrv" -c "$work/p11readme.conf" check \
+    > "$work/p11check.out" 2>&1 || true
+  grep -q '^token  *OK ' "$work/p11check.out" ||
+    fail "the service user cannot open the token pkcs11-config/README.md makes: $(cat "$work/p11check.out")"
+  ok "pkcs11-config/README.md's SoftHSM2 token opens as the service user"
+else
+  echo "skipped: pkcs11-config/README.md's SoftHSM2 block (needs root and a work directory nobody can reach)"
+fi
