@@ -1,6 +1,9 @@
 # The whole flow of ./scripts/demo as an integration test (issue 8): free
 # ports, temp dirs under the build tree, the binaries of this build.
-add_test(NAME e2e_demo COMMAND ${CMAKE_SOURCE_DIR}/scripts/demo --no-build)
+# It must also end by saying what it showed, as README.md's "What the demo shows" does.
+add_test(NAME e2e_demo COMMAND bash -c
+  "out=$(\"$0\" --no-build) || { printf '%s\\n' \"$out\"; exit 1; }; printf '%s\\n' \"$out\"; grep -q '==> What the demo showed' <<< \"$out\""
+  ${CMAKE_SOURCE_DIR}/scripts/demo)
 set_tests_properties(e2e_demo PROPERTIES
   LABELS "integration;e2e"
   TIMEOUT 300
