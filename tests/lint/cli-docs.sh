@@ -111,6 +111,12 @@ rc=0; "$bin/exploder" -c "$work/exploder.conf" list show nolist@example.org >/de
 sed -E "s|^path = .*|path = $work/ex.db|" "$src/dist/examples/groupsrv.conf" > "$work/ex-groupsrv.conf"
 rc=0; "$bin/groupsrv" -c "$work/ex-groupsrv.conf" group list >/dev/null 2>"$work/err" || rc=$?
 [ "$rc" = 3 ] && echo "ok: dist/examples/groupsrv.conf loads" || fail "dist/examples/groupsrv.conf: exit $rc: $(cat "$work/err")"
+# a certificate server on every address advertises https://0.0.0.0:PORT unless [certsrv] url says
+# otherwise, and membership-cert fails on that name
+awk '/^\[/ { sec = $0 } sec == "[certsrv]" && /^listen = (0\.0\.0\.0|\[::\]):/ { any = 1 }
+     sec == "[certsrv]" && /^url = https:\/\/[a-z]/ { url = 1 } END { exit !(!any || url) }' "$src/dist/examples/groupsrv.conf" &&
+  echo "ok: dist/examples/groupsrv.conf names its certificate server" ||
+  fail "dist/examples/groupsrv.conf: [certsrv] listens on every address and sets no url (members are sent to https://0.0.0.0)"
 sed -E "s|^path = .*|path = $work/ex-spool|; s|^file = .*|file = $work/ex.log|" "$src/dist/examples/exploder.conf" \
   > "$work/ex-exploder.conf"
 rc=0; "$bin/exploder" -c "$work/ex-exploder.conf" list show nolist@example.org >/dev/null 2>"$work/err" || rc=$?
