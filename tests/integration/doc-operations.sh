@@ -110,8 +110,8 @@ openssl verify -CAfile "$work/etc/groupsrv/ca.pem" "$work/var/lib/groupsrv/alice
 has real4 '^all keys OK$'
 openssl x509 -in "$work/etc/groupsrv/ca.pem" -noout -subject | grep -q 'CN = Example Org groupsrv CA' ||
   fail "step 4's ca show did not write the CA certificate"
-# step 5: the group key as the text says it must show
-GS_USER_PIN=user-pin-5678 run_block real5 'A real token' 5 "$real"
+# step 5: the group key as the text says it must show; the PIN typed again
+run_block real5 'A real token' 5 "$real" < <(printf 'user-pin-5678\n')
 awk '/label: *gs:group:eng:v1/ {on=1; next} /Object;/ {on=0} on' "$work/real5.out" | sed -E 's/  +/ /g' > "$work/real5.key"
 grep -q '^ *Access: sensitive, always sensitive, never extractable' "$work/real5.key" &&
   grep -q '^ *Usage: decrypt, unwrap$' "$work/real5.key" &&
@@ -199,12 +199,18 @@ run_block cer5 'Step by step (SoftHSM, two servers)' 4 "$B"
 has cer5 '^group +eng +v1 +gs:group:eng:v1 .* OK \(imported copy\)$'
 has cer5 '^all keys OK$'
 # step 6: the copies show "Access: sensitive", not never extractable
-GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") run_block cer6 'Step by step (SoftHSM, two servers)' 5 "$B"
+# steps 6 and 7 set MODULE and the PIN's variable themselves
+unset MODULE
+run_block cer6 'Step by step (SoftHSM, two servers)' 5 "$B" -e "s|^MODULE=/usr/lib/softhsm/libsofthsm2.so\$|MODULE=$module|"
 awk '/label: *gs:group:eng:v1/ {on=1; next} /Object;/ {on=0} on' "$work/cer6.out" | sed -E 's/  +/ /g' > "$work/cer6.key"
 grep -q '^ *Access: sensitive$' "$work/cer6.key" || fail "step 6: the copy does not show 'Access: sensitive': $(cat "$work/cer6.out")"
 # step 7: the transport key deleted, both halves, with the label step 2 printed
-GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") run_block cer7 'Step by step (SoftHSM, two servers)' 6 "$B" \
-  -e "s|gs:transport:[0-9a-f]*|$label|g"
+{ doc_block "$doc" 'Step by step (SoftHSM, two servers)' 5 | grep -E '^(MODULE|GS_USER_PIN)='
+  doc_block "$doc" 'Step by step (SoftHSM, two servers)' 6; } |
+  sed -e "s|/var/lib/gs-b/|$work/gs-b/|g" -e "s|^MODULE=/usr/lib/softhsm/libsofthsm2.so\$|MODULE=$module|" \
+      -e "s|gs:transport:[0-9a-f]*|$label|g" > "$work/cer7.sh" || fail "cer7: the blocks are gone from docs/operations.md"
+(cd "$B" && bash -e "$work/cer7.sh") > "$work/cer7.out" 2>&1 ||
+  fail "cer7 (step 7 in step 6's shell), as written in docs/operations.md, failed: $(cat "$work/cer7.sh") ---- $(tail -n 20 "$work/cer7.out")"
 GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") pkcs11-tool --module "$module" --token-label groupsrv-b --login \
   --pin env:GS_USER_PIN --list-objects > "$work/cer7.objects" 2>&1 || fail "cannot list B's objects: $(cat "$work/cer7.objects")"
 ! grep -q "gs:transport:" "$work/cer7.objects" || fail "step 7 left the transport key: $(cat "$work/cer7.objects")"
