@@ -251,6 +251,24 @@ CONF
   grep -q '^token  *OK ' "$work/p11check.out" ||
     fail "the service user cannot open the token pkcs11-config/README.md makes: $(cat "$work/p11check.out")"
   ok "pkcs11-config/README.md's SoftHSM2 token opens as the service user"
+  # "NSS softokn": the database made as written, opened by path with the block's init_args
+  nssmod=/usr/lib/x86_64-linux-gnu/libsoftokn3.so
+  if [ -f "$nssmod" ]; then
+    install -m 0600 -o nobody /dev/null "$work/nss-pin" && echo nss-pin-1234 > "$work/nss-pin"
+    doc_block "$SRC/pkcs11-config/README.md" 'NSS softokn (tested)' 1 |
+      sed -e "s|/var/lib/groupsrv|$work/var/lib/groupsrv|g" -e "s|/etc/groupsrv/pin|$work/nss-pin|g" \
+          -e "s|-o groupsrv|-o nobody|g" -e "s|runuser -u groupsrv|runuser -u nobody|g" > "$work/nssreadme.sh" ||
+      fail "pkcs11-config/README.md lost its NSS softokn block"
+    (bash -e "$work/nssreadme.sh") > "$work/nssreadme.out" 2>&1 ||
+      fail "pkcs11-config/README.md's NSS softokn block, as written, failed: $(cat "$work/nssreadme.out")"
+    doc_block "$SRC/pkcs11-config/README.md" 'NSS softokn (tested)' 1 ini |
+      sed -e "s|/var/lib/groupsrv|$work/var/lib/groupsrv|g" -e "s|/etc/groupsrv/pin|$work/nss-pin|g" > "$work/nssreadme.conf"
+    chmod 644 "$work/nssreadme.conf"
+    runuser -u nobody -- "$BIN/groupsrv" -c "$work/nssreadme.conf" check > "$work/nsscheck.out" 2>&1 || true
+    grep -q '^token  *OK ' "$work/nsscheck.out" ||
+      fail "the service user cannot open the NSS database pkcs11-config/README.md makes: $(cat "$work/nsscheck.out")"
+    ok "pkcs11-config/README.md's NSS softokn database opens as the service user"
+  fi
 else
   echo "skipped: pkcs11-config/README.md's SoftHSM2 block (needs root and a work directory nobody can reach)"
 fi
