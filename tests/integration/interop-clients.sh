@@ -230,7 +230,7 @@ done
 to_der "$(copy member-certs bob@example.org nss-cmsutil)" "$work/bob.der"
 cmsutil -D -d "sql:$nss_read" -i "$work/bob.der" -o "$work/out.txt" 2>/dev/null &&
   fail "cmsutil read an OAEP copy: the docs' client table is wrong"
-GNUPGHOME=$gpg_read gpgconf --kill gpg-agent 2>/dev/null || true
+GNUPGHOME=$gpg_read gpgconf --kill all 2>/dev/null || true
 ok "exploder forward, group-secret, member-certs: every copy read by groupmail, openssl, cmsutil, gpgsm"
 
 # ---- refusals: a group made with --oaep-only -------------------------------
