@@ -25,7 +25,8 @@ add_executable(test_audit ${GS_TEST_DIR}/unit/test_audit.c ${PROJECT_SOURCE_DIR}
 target_include_directories(test_audit PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
 target_link_libraries(test_audit PRIVATE gs_pgtest gs_groupsrv_core gs_common PkgConfig::JANSSON PkgConfig::OPENSSL
   PkgConfig::CMOCKA Threads::Threads)
-target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync -Wl,--wrap=write -Wl,--wrap=pread)
+target_link_options(test_audit PRIVATE -Wl,--wrap=fdatasync -Wl,--wrap=write -Wl,--wrap=pread
+  -Wl,--wrap=clock_gettime)
 gs_target_warnings(test_audit)
 add_test(NAME unit_audit COMMAND bash ${GS_TEST_DIR}/lib/pg.sh run $<TARGET_FILE:test_audit>)
 set_tests_properties(unit_audit PROPERTIES LABELS "unit")

@@ -1749,8 +1749,12 @@ static int flock_bounded(struct audit_log *log)
         if (errno != EWOULDBLOCK && errno != EINTR)
             return -1;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        long long waited_ms = (long long)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-        if (waited_ms >= (long long)log->lock_wait_ms) {
+        /* In nanoseconds: milliseconds cut from the nanosecond difference
+         * alone round up when it is negative (the second changed), and the
+         * round gave up to a millisecond before lock_wait_ms. */
+        long long waited_ns =
+            (long long)(now.tv_sec - start.tv_sec) * 1000000000LL + (long long)(now.tv_nsec - start.tv_nsec);
+        if (waited_ns >= (long long)log->lock_wait_ms * 1000000LL) {
             log_error("audit log locked by another process for over %u ms; failing this round path=\"%s\"",
                       log->lock_wait_ms, log_qs(log->path));
             errno = EWOULDBLOCK;

@@ -63,6 +63,24 @@ ssize_t __wrap_write(int fd, const void *buf, size_t n)
     }
     return __real_write(fd, buf, n);
 }
+/* A scripted CLOCK_MONOTONIC while armed: the first reading just before a
+ * second ends (x.999999000), each later one fake_clock_step_ns further on,
+ * so that a wait's arithmetic meets a change of second at a known point. */
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+static atomic_int fake_clock_armed;
+static atomic_llong fake_clock_ns, fake_clock_step_ns;
+
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (id != CLOCK_MONOTONIC || !atomic_load(&fake_clock_armed))
+        return __real_clock_gettime(id, ts);
+    long long ns = atomic_fetch_add(&fake_clock_ns, atomic_load(&fake_clock_step_ns));
+    ts->tv_sec = (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+    return 0;
+}
+
 int __wrap_fdatasync(int fd);
 
 static atomic_int fail_syncs;   /* fail the next N calls with EIO */
@@ -447,6 +465,40 @@ static void test_round_gives_up_on_a_lock_held_too_long(void **state)
     assert_int_equal(audit_seq_state(log, b), 1);
     audit_close(log);
     assert_int_equal(verify(f->path), 2);
+}
+
+/* The wait for a held lock is the whole lock_wait, also when the second
+ * changes during it: readings 199.5 ms apart, the first at x.999999000,
+ * the next at x+1.199499000; cutting the nanosecond difference to
+ * milliseconds on its own made that 200 ms, and the round gave up half a
+ * millisecond early (the test above then measured less than its 200 ms).
+ * The round reads the clock again, at 399 ms, before it gives up. */
+static void test_round_waits_the_whole_lock_wait(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    unsigned long long a = 0;
+
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    audit_set_lock_wait(log, 200);
+    int other = open(f->path, O_RDWR | O_APPEND);
+    assert_true(other >= 0);
+    assert_int_equal(flock(other, LOCK_EX), 0);
+    assert_int_equal(audit_write(log, &r, &a), AUDIT_OK);
+    const long long first = 1000LL * 1000000000LL + 999999000LL, step = 199500000LL;
+    atomic_store(&fake_clock_ns, first);
+    atomic_store(&fake_clock_step_ns, step);
+    atomic_store(&fake_clock_armed, 1);
+    audit_err rc = audit_wait_durable(log, a, a);
+    atomic_store(&fake_clock_armed, 0);
+    assert_int_equal(rc, AUDIT_ERR_IO);
+    /* the reading it gave up at: the last one handed out */
+    long long gave_up_after = atomic_load(&fake_clock_ns) - step - first;
+    assert_true(gave_up_after >= 200000000LL);
+    assert_int_equal(flock(other, LOCK_UN), 0);
+    close(other);
+    audit_close(log);
 }
 
 /* A full disk in the middle of a round's write fails every record of the
@@ -1661,6 +1713,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overlong_record_fails_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_disk_fails_the_whole_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_gives_up_on_a_lock_held_too_long, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_waits_the_whole_lock_wait, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_writes_what_is_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_cut_at_open, setup, teardown),
