@@ -92,6 +92,11 @@ static _Atomic unsigned store_timeout_s = 10;
 void gs_store_set_timeout(unsigned seconds) { store_timeout_s = seconds > 0 ? seconds : 10; }
 unsigned gs_store_timeout(void) { return store_timeout_s; }
 
+static _Atomic unsigned store_idle_check_ms = GS_STORE_IDLE_CHECK_MS;
+
+void gs_store_set_idle_check(unsigned ms) { store_idle_check_ms = ms; }
+unsigned gs_store_idle_check(void) { return store_idle_check_ms; }
+
 gs_err gs_store_open(const char *location, unsigned flags, gs_store **out)
 {
     if (out == NULL)

@@ -77,6 +77,13 @@ gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
  * statement_timeout, unless the URI's options or the role chose one).
  * Default 10 s; SQLite keeps its own 5 s busy timeout. */
 void gs_store_set_timeout(unsigned seconds);
+/* How long a PostgreSQL connection stays unused before its next call first
+ * reads whether the server ended it meanwhile (and connects again before
+ * sending the statement); default GS_STORE_IDLE_CHECK_MS. A test that needs
+ * its statement to meet the ended connection itself sets UINT_MAX: how
+ * long its own steps take does not choose the path then. */
+#define GS_STORE_IDLE_CHECK_MS 100u
+void gs_store_set_idle_check(unsigned ms);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
 const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */

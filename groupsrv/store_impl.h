@@ -78,6 +78,7 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out);
 gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out);
 /* gs_store_set_timeout's value (seconds). */
 unsigned gs_store_timeout(void);
+unsigned gs_store_idle_check(void);
 
 /* Shared by the backends. */
 /* The weakenings of a key record: "" without a record or a list. */

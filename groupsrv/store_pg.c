@@ -539,15 +539,14 @@ static gs_err connect_session(gs_store *st)
  * when it next reads, i.e. when the next statement has already failed: the
  * first request after a database restart would get 503 while /healthz
  * (on another connection) said 200. Reading what is waiting (one
- * non-blocking recv, and only after IDLE_CHECK_MS without use, so a busy
- * connection pays nothing) finds the end before the statement is sent, and
- * the statement goes out on a new connection. */
-#define IDLE_CHECK_MS 100
+ * non-blocking recv, and only after gs_store_idle_check() ms without use,
+ * so a busy connection pays nothing) finds the end before the statement is
+ * sent, and the statement goes out on a new connection. */
 static void notice_idle_end(gs_store *st)
 {
     char msg[512];
     int64_t now = monotonic_ms();
-    bool idle = now - PG(st)->last_used_ms >= IDLE_CHECK_MS;
+    bool idle = now - PG(st)->last_used_ms >= (int64_t)gs_store_idle_check();
 
     PG(st)->last_used_ms = now;
     if (!idle || PG(st)->lost || PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK ||
