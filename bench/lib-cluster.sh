@@ -98,7 +98,7 @@ EOF
   mkdir -p "$sq"
   "$top/scripts/provision-softhsm" "$sq/token" groupsrv >/dev/null
   local sport
-  sport=$(_cl_free_port)
+  take_port sport
   sed -e "s|^listen = 127.0.0.1:${CL_PORTS[0]}|listen = 127.0.0.1:$sport|" \
       -e "s|^module = .*|module = $SOFTHSM|" -e "s|^pin_source = .*|pin_source = $sq/token/user-pin|" \
       -e "s|^url = .*|path = $sq/groupsrv.db|" -e "s|^store = db|path = $sq/audit.jsonl|" \

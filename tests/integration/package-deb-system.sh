@@ -32,7 +32,7 @@ fail() {
   exit 1
 }
 ok() { echo "ok: $*"; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/lib/ports.sh"
 installed() { dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null | grep -qv '^not-installed$'; }
 purge() { flock /tmp/apt.lock dpkg --purge "${PKGS[@]}" >>"$W/purge.log" 2>&1; }
 
@@ -145,8 +145,7 @@ export SOFTHSM2_CONF=/var/lib/groupsrv/softhsm/softhsm2.conf
 "$SRC/scripts/provision-softhsm" /var/lib/groupsrv/softhsm groupsrv >/dev/null
 chown -R groupsrv:groupsrv /var/lib/groupsrv/softhsm
 install -m 0600 -o groupsrv -g groupsrv /var/lib/groupsrv/softhsm/user-pin /etc/groupsrv/pin
-GSPORT=$(free_port)
-CPORT=$(free_port)
+take_port GSPORT CPORT
 sed -e "s|^listen = 0.0.0.0:8443|listen = 127.0.0.1:$GSPORT|" -e "s|^listen = 0.0.0.0:8444|listen = 127.0.0.1:$CPORT|" \
   -e "s|^key = /etc/groupsrv/server.key|key = pkcs11:token=groupsrv;object=tls;type=private|" \
   -e "s|^module = .*|module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}|" \

@@ -1,7 +1,7 @@
 # package-postfix.sh: docs/postfix.md run step by step against the
 # installed exploder package and a private Postfix instance (sourced by
 # package-deb-system.sh, which has installed the packages and started the
-# group server: W, SRC, GSPORT, MEMBERS, fail, ok, free_port are its).
+# group server: W, SRC, GSPORT, MEMBERS, fail, ok, take_port are its).
 #
 # The instance has its own configuration, queue and data directories under
 # $W/postfix, listens on free loopback ports only, is started and stopped
@@ -16,9 +16,7 @@
 # its ExecStart runs with --once as the exploder user.
 
 PFX=$W/postfix
-PF_SMTP=$(free_port)
-PF_RELAY=$(free_port)
-while [ "$PF_RELAY" = "$PF_SMTP" ]; do PF_RELAY=$(free_port); done
+take_port PF_SMTP PF_RELAY
 MAIL=$PFX/mail
 mkdir -p "$PFX/etc" "$PFX/queue" "$PFX/data" "$MAIL" "$W/admin"
 chown postfix "$PFX/data"

@@ -26,7 +26,9 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/server.log" ] && tail -n 30 "$work/server.log" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/lib/ports.sh"
+# a port nobody listens on (for "server unreachable"); a server's: take_port
+free_port() { local p; take_port p && echo "$p"; }
 
 if [ -n "${GS_TOKEN:-}" ]; then
   tok_start "$work"
@@ -43,9 +45,7 @@ else
   # fault-injecting tests/p11fault in front of SoftHSM); default SoftHSM.
   if [ -n "${SRV_MODULE:-}" ]; then export GS_P11FAULT_TARGET=$module; module=$SRV_MODULE; fi
 fi
-port=$(free_port)
-cport=$(free_port)
-while [ "$cport" = "$port" ]; do cport=$(free_port); done
+take_port port cport
 certs=$work/certs
 mkdir -p "$certs"
 
@@ -144,15 +144,13 @@ start_server() {
     done
     kill -0 "$srv_pid" 2>/dev/null && fail "server did not become healthy"
     wait "$srv_pid" 2>/dev/null || true
-    # The ports were free when free_port chose them, seconds ago; another
+    # The ports were free when take_port chose them, seconds ago; another
     # test's connection may have taken one since (ephemeral ports come from
     # the same range). Choose again and retry; any other failure is real.
     tail -c +"$((mark + 1))" "$work/server.log" | grep -q "Address already in use" ||
       fail "server exited at start: $(tail -n 5 "$work/server.log")"
     local oport=$port ocport=$cport
-    port=$(free_port)
-    cport=$(free_port)
-    while [ "$cport" = "$port" ]; do cport=$(free_port); done
+    take_port port cport
     sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
       -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" "$conf"
     base=${base%:*}:$port # the host part as the test set it (a name, in some)

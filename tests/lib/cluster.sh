@@ -3,7 +3,8 @@
 # PostgreSQL (tests/lib/pg.sh), each on its own SoftHSM token holding copies
 # of the first one's keys (made by the key ceremony), behind HAProxy (TCP mode, TLS passed through, leastconn, /healthz checks
 # over TLS). Sourced by scripts/cluster, tests/integration/cluster.sh and
-# bench/run --part cluster. Loopback only, free ports, one work directory.
+# bench/run --part cluster. Loopback only, free ports (tests/lib/ports.sh),
+# one work directory.
 #
 #   cl_init WORK            sets CL_WORK; starts PostgreSQL (cl_cleanup stops it)
 #   cl_provision N [MODULE] a token per instance, a replicable CA on A's, TLS
@@ -28,12 +29,11 @@
 
 CL_SRC=${CL_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$CL_SRC/tests/lib/pg.sh"
+. "$CL_SRC/tests/lib/ports.sh"
 
 CL_PIDS=()
 CL_HAPROXY_PID=
 CL_NAMES=(a b c d e f g h)
-
-_cl_free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cl_init() {
   CL_WORK=$1
@@ -64,8 +64,7 @@ cl_provision() { # N [MODULE]
     local n=${CL_NAMES[$i]}
     CL_NAME[$i]=gs-$n
     CL_TOKEN[$i]=$CL_WORK/token-$n
-    CL_PORTS[$i]=$(_cl_free_port)
-    CL_CPORTS[$i]=$(_cl_free_port)
+    take_port "CL_PORTS[$i]" "CL_CPORTS[$i]" || return 1
     CL_CONF[$i]=$CL_WORK/groupsrv-$n.conf
     "$CL_SRC/scripts/provision-softhsm" "${CL_TOKEN[$i]}" groupsrv >/dev/null || return 1
     cat > "${CL_CONF[$i]}" <<EOF
@@ -219,7 +218,7 @@ EOF
 cl_haproxy_start() { # [INSTANCES...]
   local list=("$@") i
   if [ ${#list[@]} -eq 0 ]; then for ((i = 0; i < CL_N; i++)); do list+=("$i"); done; fi
-  CL_PORT=$(_cl_free_port)
+  take_port CL_PORT || return 1
   CL_URL=https://localhost:$CL_PORT
   cl_haproxy_cfg "$CL_PORT" "${list[@]}" > "$CL_WORK/haproxy.cfg"
   haproxy -c -q -f "$CL_WORK/haproxy.cfg" || return 1
