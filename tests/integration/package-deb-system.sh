@@ -151,15 +151,21 @@ sed -e "s|^listen = 0.0.0.0:8443|listen = 127.0.0.1:$GSPORT|" -e "s|^listen = 0.
   -e "s|^module = .*|module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}|" \
   /usr/share/doc/groupsrv/examples/groupsrv.conf | install -m 0640 -o root -g groupsrv /dev/stdin /etc/groupsrv/groupsrv.conf
 gs() { runuser -u groupsrv -- groupsrv "$@"; }
-gs ca init --key rsa:2048 >/dev/null || fail "ca init as groupsrv"
-gs group create eng --address eng@lists.example.org --key rsa:2048 >/dev/null ||
-  fail "group create"
-gs tls init --dns localhost --out /var/lib/groupsrv/server.pem >/dev/null || fail "tls init"
+# gs_ok DESC ARGS...: gs ARGS, its output and exit status in the failure
+gs_ok() {
+  local desc=$1 rc=0
+  shift
+  gs "$@" >"$W/gs.out" 2>&1 || rc=$?
+  [ "$rc" = 0 ] || fail "$desc: exit $rc: $(tail -n 20 "$W/gs.out")"
+}
+gs_ok "ca init as groupsrv" ca init --key rsa:2048
+gs_ok "group create" group create eng --address eng@lists.example.org --key rsa:2048
+gs_ok "tls init" tls init --dns localhost --out /var/lib/groupsrv/server.pem
 install -m 0644 /var/lib/groupsrv/server.pem /etc/groupsrv/server.pem
 MEMBERS=$W/members
 install -d -m 0700 -o groupsrv -g groupsrv /var/lib/groupsrv/members
 for m in alice bob; do
-  gs member add eng "$m@example.org" --issue-cert --out /var/lib/groupsrv/members >/dev/null || fail "member add $m"
+  gs_ok "member add $m" member add eng "$m@example.org" --issue-cert --out /var/lib/groupsrv/members
 done
 mv /var/lib/groupsrv/members "$MEMBERS"
 gs check >"$W/check.out" 2>&1 || fail "groupsrv check as groupsrv: $(cat "$W/check.out")"
@@ -201,7 +207,7 @@ for l in /var/log/groupsrv.log /var/log/exploder/exploder.log; do
   [ -s "$l.1" ] || fail "logrotate did not rotate $l: $(ls -l "$(dirname "$l")")"
 done
 [ "$(stat -c %i "$audit")" = "$audit_id" ] && [ -f "$archive" ] || fail "logrotate touched the audit log"
-gs audit verify >/dev/null || fail "audit chain after logrotate"
+gs_ok "audit chain after logrotate" audit verify
 ok "logrotate rotated groupsrv.log and exploder.log, not the audit log"
 
 # ---- purge ----
