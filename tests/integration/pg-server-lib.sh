@@ -17,7 +17,7 @@
 #       CODE the error code and a Retry-After header
 #   unwrap WANT [CODE] DESC -- WHO: an unwrap of $work/unwrap.json
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/lib/ports.sh"
 gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
 
 pgsrv_conf() {
@@ -43,7 +43,7 @@ pgsrv_setup() {
   shift
   "$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
   export SOFTHSM2_CONF=$work/token/softhsm2.conf
-  port=$(free_port)
+  take_port port
   certs=$work/certs
   base=https://127.0.0.1:$port
   mkdir -p "$certs"
