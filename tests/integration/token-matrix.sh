@@ -364,7 +364,7 @@ rpc)
     if [ "$(status anon "$base/healthz")" = 200 ]; then up=1; break; fi
     sleep 0.1
   done
-  [ "$up" = 1 ] || fail "healthz not 200 within 10 s of the p11-kit server coming back: $(cat "$work/body")"
+  [ "$up" = 1 ] || fail "healthz not 200 within 10 s of the p11-kit server coming back: $(cat "$work/body"); p11-kit server log: $(tail -3 "$TOK_RPC_DIR/p11kit-server.log")"
   sleep 1
   touch "$work/stop"
   wait "$lp1" "$lp2" || true
