@@ -222,9 +222,12 @@ gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 
 /* ---- the keys lock -------------------------------------------------------- */
 
-gs_err gs_store_keys_lock(gs_store *st)
+gs_err gs_store_keys_lock(gs_store *st) { return gs_store_keys_lock_within(st, GS_STORE_KEYS_LOCK_WAIT_S * 1000u); }
+
+gs_err gs_store_keys_lock_within(gs_store *st, unsigned wait_ms)
 {
-    const struct timespec pause = {0, 50 * 1000 * 1000};
+    const unsigned pause_ms = 50;
+    const struct timespec pause = {0, pause_ms * 1000 * 1000};
     bool got = false;
 
     if (st == NULL)
@@ -241,10 +244,11 @@ gs_err gs_store_keys_lock(gs_store *st)
             break;
         if (tries == 0)
             log_info("waiting for another command that is making token keys (the keys lock)");
-        if (tries >= GS_STORE_KEYS_LOCK_WAIT_S * 20)
-            return gs_err_set(GS_ERR_DB, "another command has been making token keys for %d s (the keys lock); "
-                                         "try again later",
-                              GS_STORE_KEYS_LOCK_WAIT_S);
+        if (tries >= wait_ms / pause_ms)
+            return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED,
+                                 "another command has been making token keys for %g s (the keys lock); "
+                                 "try again later",
+                                 wait_ms / 1000.0);
         (void)nanosleep(&pause, NULL);
     }
     st->keys_locked = 1;

@@ -22,6 +22,8 @@
 #    chain verifies across the files and every 200 has its audit record;
 #  - a REST removal and a REST group creation that take longer than
 #    [server] timeout are answered with their result (200, 201);
+#  - REST member changes waiting for the keys lock a command holds: 503
+#    after [server] max_queue_ms, and unwraps answered meanwhile;
 #  - a command whose token open fails once, as SoftHSM's does when another
 #    process writes the token at that moment, opens it at the next try.
 set -euo pipefail
@@ -233,6 +235,45 @@ only_200 "$work/load-locked.log" "unwraps while another process holds the databa
 one_key_per_label "a rotation refused by a locked database"
 gs member list eng | grep -q '^late@' && fail "the refused REST change was made"
 ok "a locked SQLite database: unwraps 200, secret rotate exit 1 (database is locked), REST change 503"
+# ---- the keys lock held long by a command ----
+# A command making keys (group create or rotate, a ceremony) holds the
+# keys lock, flock(2) on the database's directory, here `flock` until told
+# to stop. REST member changes wait for it on the key holder's token
+# workers, one more change than there are workers: each gives up after
+# [server] max_queue_ms (2 s) with 503 store_unavailable, nothing changed,
+# and an unwrap sent meanwhile is answered 200 while the lock is still
+# held (before: each change held its worker up to 120 s and the unwrap
+# ended 503 at [server] timeout). Once the lock is free, a change is made.
+workers=$(sed -n 's/.*"key holder ready" workers=\([0-9]*\).*/\1/p' "$work/server.log" | tail -n 1)
+[ -n "$workers" ] || fail "no '"key holder ready" workers=' line in the server log"
+waiting() { grep -c "waiting for another command that is making token keys" "$work/server.log" || true; }
+mark=$(waiting)
+flock "$work" sh -c ': > "$1/keys-held"; while [ ! -f "$1/keys-release" ]; do sleep 0.1; done' sh "$work" & holder=$!
+bg_pids=$holder
+for _ in $(seq 1 50); do [ -f "$work/keys-held" ] && break; sleep 0.1; done
+[ -f "$work/keys-held" ] || fail "flock on the database's directory"
+puts=
+for i in $(seq 0 "$workers"); do
+  c admin -o "$work/wait$i.out" -w '%{http_code}' -X PUT --data-binary '{"role":"member"}' \
+    "$base/v1/groups/eng/members/wait$i@example.org" > "$work/wait$i.code" & puts="$puts $!"
+done
+bg_pids="$holder $puts"
+for _ in $(seq 1 100); do [ "$(waiting)" -ge $((mark + workers)) ] && break; sleep 0.1; done
+unwrap_as alice tls
+kill -0 "$holder" || fail "the keys lock holder is gone"
+for p in $puts; do wait "$p" || true; done
+for i in $(seq 0 "$workers"); do
+  [ "$(cat "$work/wait$i.code")" = 503 ] && grep -q '"code":"store_unavailable"' "$work/wait$i.out" &&
+    grep -q 'the change was not made' "$work/wait$i.out" ||
+    fail "REST member change under a held keys lock: HTTP $(cat "$work/wait$i.code") $(cat "$work/wait$i.out")"
+done
+: > "$work/keys-release"
+wait "$holder" || fail "the keys lock holder"
+bg_pids=
+gs member list eng | grep -q '^wait' && fail "a member change answered 503 was made"
+expect_status 201 "" "a member change once the keys lock is free" -- \
+  c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/wait@example.org"
+ok "the keys lock held by a command: $((workers + 1)) member changes 503 store_unavailable, an unwrap 200 meanwhile"
 
 kill -0 "$srv_pid" || fail "server gone"
 stop_server
