@@ -222,9 +222,13 @@ gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err)
 
 /* ---- the keys lock -------------------------------------------------------- */
 
-gs_err gs_store_keys_lock(gs_store *st) { return gs_store_keys_lock_within(st, GS_STORE_KEYS_LOCK_WAIT_S * 1000u); }
+void gs_store_keys_lock_wait(gs_store *st, unsigned wait_ms)
+{
+    if (st != NULL)
+        st->keys_lock_wait_ms = wait_ms;
+}
 
-gs_err gs_store_keys_lock_within(gs_store *st, unsigned wait_ms)
+gs_err gs_store_keys_lock(gs_store *st)
 {
     const unsigned pause_ms = 50;
     const struct timespec pause = {0, pause_ms * 1000 * 1000};
@@ -232,6 +236,7 @@ gs_err gs_store_keys_lock_within(gs_store *st, unsigned wait_ms)
 
     if (st == NULL)
         return gs_err_set(GS_ERR_ARGS, "no store");
+    unsigned wait_ms = st->keys_lock_wait_ms ? st->keys_lock_wait_ms : GS_STORE_KEYS_LOCK_WAIT_S * 1000u;
     if (st->keys_locked > 0) {
         st->keys_locked++;
         return GS_OK;

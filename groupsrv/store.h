@@ -146,13 +146,13 @@ void gs_store_rollback(gs_store *st);
  * after that ("another command has been making keys ..."), GS_ERR_DB or
  * GS_ERR_DB_UNAVAILABLE when the lock cannot be asked for. unlock keeps
  * the thread's error detail; unlock without the lock does nothing.
- * _within waits at most wait_ms instead; given up, GS_ERR_DB with
- * gs_err_db_cause() GS_DB_CAUSE_LOCKED (as both do after their wait): a
- * server's REST member change, which waits on a token worker, waits no
- * longer than token work may wait in the queue. */
+ * Given up after the wait, gs_err_db_cause() is GS_DB_CAUSE_LOCKED.
+ * gs_store_keys_lock_wait sets how long this handle's lock waits instead
+ * (0: GS_STORE_KEYS_LOCK_WAIT_S): a server's token worker, which key
+ * requests need, waits no longer than token work may wait in its queue. */
 #define GS_STORE_KEYS_LOCK_WAIT_S 120
 gs_err gs_store_keys_lock(gs_store *st);
-gs_err gs_store_keys_lock_within(gs_store *st, unsigned wait_ms);
+void gs_store_keys_lock_wait(gs_store *st, unsigned wait_ms);
 void gs_store_keys_unlock(gs_store *st);
 
 /* How a token key was made (schema 2): the weakenings accepted for it, a

@@ -72,6 +72,7 @@ struct gs_store {
     bool in_read; /* a gs_store_read_begin snapshot is open */
     bool readonly;
     unsigned keys_locked; /* gs_store_keys_lock depth */
+    unsigned keys_lock_wait_ms; /* gs_store_keys_lock_wait; 0: GS_STORE_KEYS_LOCK_WAIT_S */
 };
 
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out);

@@ -1743,14 +1743,7 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
     gs_err e;
 
     *prev = NULL;
-    /* It waits on a token worker: held there up to the keys lock's 120 s
-     * by a long command (a group create or rotate, a ceremony), a few such
-     * changes would take every worker from the key requests. So no longer
-     * than token work may wait in the queue ([server] max_queue_ms). */
-    unsigned wait_ms = GS_STORE_KEYS_LOCK_WAIT_S * 1000u;
-    if (w->kh->cfg->server.max_queue_ms > 0 && w->kh->cfg->server.max_queue_ms < wait_ms)
-        wait_ms = (unsigned)w->kh->cfg->server.max_queue_ms;
-    if ((e = gs_store_keys_lock_within(w->store, wait_ms)) != GS_OK) {
+    if ((e = gs_store_keys_lock(w->store)) != GS_OK) {
         if (e == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_LOCKED)
             answer_retry(j, 503, 5, "store_unavailable",
                          "the membership database is locked by another process or request (the keys lock): the "
@@ -2078,6 +2071,12 @@ void *kh_worker_init(void *arg, unsigned index)
         free(w);
         return NULL;
     }
+    /* A REST change waits for the keys lock on this worker: held there up
+     * to 120 s by a long command (a group create or rotate, a ceremony), a
+     * few such changes would take every worker from the key requests. So
+     * no longer than token work may wait in the queue. */
+    if (kh->cfg->server.max_queue_ms > 0 && kh->cfg->server.max_queue_ms < GS_STORE_KEYS_LOCK_WAIT_S * 1000u)
+        gs_store_keys_lock_wait(w->store, kh->cfg->server.max_queue_ms);
     return w;
 }
 

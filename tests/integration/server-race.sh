@@ -22,8 +22,9 @@
 #    chain verifies across the files and every 200 has its audit record;
 #  - a REST removal and a REST group creation that take longer than
 #    [server] timeout are answered with their result (200, 201);
-#  - REST member changes waiting for the keys lock a command holds: 503
-#    after [server] max_queue_ms, and unwraps answered meanwhile;
+#  - REST member changes and group creations waiting for the keys lock a
+#    command holds: 503 after [server] max_queue_ms, unwraps answered
+#    meanwhile;
 #  - a command whose token open fails once, as SoftHSM's does when another
 #    process writes the token at that moment, opens it at the next try.
 set -euo pipefail
@@ -243,7 +244,8 @@ ok "a locked SQLite database: unwraps 200, secret rotate exit 1 (database is loc
 # [server] max_queue_ms (2 s) with 503 store_unavailable, nothing changed,
 # and an unwrap sent meanwhile is answered 200 while the lock is still
 # held (before: each change held its worker up to 120 s and the unwrap
-# ended 503 at [server] timeout). Once the lock is free, a change is made.
+# ended 503 at [server] timeout); a group creation (POST /v1/groups) too.
+# Once the lock is free, a change is made.
 workers=$(sed -n 's/.*"key holder ready" workers=\([0-9]*\).*/\1/p' "$work/server.log" | tail -n 1)
 [ -n "$workers" ] || fail "no '"key holder ready" workers=' line in the server log"
 waiting() { grep -c "waiting for another command that is making token keys" "$work/server.log" || true; }
@@ -260,6 +262,8 @@ done
 bg_pids="$holder $puts"
 for _ in $(seq 1 100); do [ "$(waiting)" -ge $((mark + workers)) ] && break; sleep 0.1; done
 unwrap_as alice tls
+expect_status 503 store_unavailable "a group creation under the held keys lock" -- c admin --data-binary \
+  '{"name":"held","address":"held@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 kill -0 "$holder" || fail "the keys lock holder is gone"
 for p in $puts; do wait "$p" || true; done
 for i in $(seq 0 "$workers"); do
@@ -271,9 +275,11 @@ done
 wait "$holder" || fail "the keys lock holder"
 bg_pids=
 gs member list eng | grep -q '^wait' && fail "a member change answered 503 was made"
+gs group show held > /dev/null 2>&1 && fail "the group creation answered 503 was made"
 expect_status 201 "" "a member change once the keys lock is free" -- \
   c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/wait@example.org"
-ok "the keys lock held by a command: $((workers + 1)) member changes 503 store_unavailable, an unwrap 200 meanwhile"
+v=$(gs audit verify) || fail "audit verify after the changes refused under the keys lock: $v"
+ok "the keys lock held by a command: $((workers + 1)) member changes and a group creation 503 store_unavailable, an unwrap 200 meanwhile; $v"
 
 kill -0 "$srv_pid" || fail "server gone"
 stop_server
