@@ -744,7 +744,18 @@ static void test_keys_lock(void **state)
     assert_int_equal(atomic_load(&w.got), 1);
     /* free again: this connection takes it at once; unlock without it is nothing */
     assert_int_equal(gs_store_keys_lock(f->st), GS_OK);
+    /* A handle told to wait 100 ms (a server's token worker) gives up
+     * while another holds it, saying the lock was not granted, and
+     * takes it once free. */
+    gs_store *other = NULL;
+    assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
+    gs_store_keys_lock_wait(other, 100);
+    assert_int_equal(gs_store_keys_lock(other), GS_ERR_DB);
+    assert_int_equal(gs_err_db_cause(), GS_DB_CAUSE_LOCKED);
     gs_store_keys_unlock(f->st);
+    assert_int_equal(gs_store_keys_lock(other), GS_OK);
+    gs_store_keys_unlock(other);
+    gs_store_close(other);
     gs_store_keys_unlock(f->st);
 }
 
