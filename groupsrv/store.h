@@ -338,7 +338,8 @@ gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, cha
  * synchronous commit before returning GS_OK. EXISTS when a seq is taken
  * (another process writes the same instance's chain). */
 gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);
-/* Waits (at most [db] timeout) for, and takes, the lock under which the
+/* Waits (at most the session's lock_timeout: 5 s unless the role or
+ * database sets one) for, and takes, the lock under which the
  * writers of one shared chain read its head and append after it, so that
  * none finds its seq taken; held by this connection until unlocked or
  * closed. gs_store_audit_chain_unlock never fails (NULL is fine). */

@@ -1493,9 +1493,10 @@ static gs_err pg_audit_append(gs_store *st, const char *instance, int64_t first_
     return err;
 }
 
-/* A session lock, outside any transaction: it waits as every statement
- * does, at most [db] timeout. A connection lost meanwhile loses the lock
- * with it: the insert then fails or, on a new connection, meets the
+/* A session lock, outside any transaction: it waits as every lock wait
+ * of the session does, at most lock_timeout (5 s, connect_session, unless
+ * the role or database sets one), then fails. A connection lost meanwhile
+ * loses the lock with it: the insert then fails or, on a new connection, meets the
  * other writer's seq (audit.c reads the head again). */
 static gs_err pg_audit_chain_lock(gs_store *st, const char *instance)
 {
