@@ -829,6 +829,56 @@ static void reply_send(struct evhttp_request *req, int status, struct evbuffer *
     bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
 }
 
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    default:
+        return "other";
+    }
+}
+
+/* [server] access_log: one line per request, so that an operator sees who
+ * asked what (the audit log has the key operations only). Nothing secret:
+ * the verified identity of the client certificate (as the audit log
+ * names it), never the body; the path as the client sent it, escaped. No
+ * allocation: log_qs's buffers are the thread's. A certificate not looked
+ * at by the handler (discovery, /healthz) is not verified for this line.
+ * Written just before the answer is handed to libevent, which may free
+ * the request with it (a connection already gone): nothing of r->req is
+ * read after that. */
+static void access_line(struct srv_req *r)
+{
+    double ms = (srv_now() - r->start) * 1e3;
+    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+    const char *who = "-";
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+
+    if (r->peer_checked && r->peer.status == PEER_MEMBER_CERT)
+        who = r->peer.identity;
+    else if (r->peer_checked && r->peer.status == PEER_MEMBERSHIP)
+        who = "anonymous member";
+    if (c != NULL)
+        evhttp_connection_get_peer(c, &addr, &port);
+    log_info("request method=%s path=\"%s\" status=%d ms=%.1f identity=\"%s\" client=%s listener=%s",
+             method_name(evhttp_request_get_command(r->req)), log_qs(evhttp_request_get_uri(r->req)),
+             r->status, ms, log_qs(who), addr != NULL ? log_qs(addr) : "-", r->certsrv ? "certsrv" : "api");
+}
+
 void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, const void *data, size_t len)
 {
     unsigned char *body = NULL;
@@ -853,8 +903,10 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
     /* Our own copy, wiped when libevent is done with it. */
     if ((body = malloc(len > 0 ? len : 1)) == NULL || (buf = evbuffer_new()) == NULL) {
         free(body);
-        evhttp_send_error(r->req, 500, NULL);
         r->status = 500;
+        if (r->srv->cfg->server.access_log)
+            access_line(r);
+        evhttp_send_error(r->req, 500, NULL);
         metrics_request(r->ep, 500);
         return;
     }
@@ -864,14 +916,18 @@ void srv_reply_bytes(struct srv_req *r, int status, const char *content_type, co
             OPENSSL_cleanse(body, len);
             free(body);
             evbuffer_free(buf);
-            evhttp_send_error(r->req, 500, NULL);
             r->status = 500;
+            if (r->srv->cfg->server.access_log)
+                access_line(r);
+            evhttp_send_error(r->req, 500, NULL);
             metrics_request(r->ep, 500);
             return;
         }
     } else {
         free(body);
     }
+    if (r->srv->cfg->server.access_log)
+        access_line(r);
     conn_answered(r->req);
     reply_send(r->req, status, buf);
     evbuffer_free(buf);
@@ -1125,52 +1181,6 @@ static void req_free(struct srv_req *r)
     free(r);
 }
 
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-    switch (cmd) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
-    default:
-        return "other";
-    }
-}
-
-/* [server] access_log: one line per request, so that an operator sees who
- * asked what (the audit log has the key operations only). Nothing secret:
- * the verified identity of the client certificate (as the audit log
- * names it), never the body; the path as the client sent it, escaped. No
- * allocation: log_qs's buffers are the thread's. A certificate not looked
- * at by the handler (discovery, /healthz) is not verified for this line. */
-static void access_line(struct srv_req *r, double ms)
-{
-    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
-    const char *who = "-";
-    char *addr = NULL;
-    ev_uint16_t port = 0;
-
-    if (r->peer_checked && r->peer.status == PEER_MEMBER_CERT)
-        who = r->peer.identity;
-    else if (r->peer_checked && r->peer.status == PEER_MEMBERSHIP)
-        who = "anonymous member";
-    if (c != NULL)
-        evhttp_connection_get_peer(c, &addr, &port);
-    log_info("request method=%s path=\"%s\" status=%d ms=%.1f identity=\"%s\" client=%s listener=%s",
-             method_name(evhttp_request_get_command(r->req)), log_qs(evhttp_request_get_uri(r->req)),
-             r->status, ms, log_qs(who), addr != NULL ? log_qs(addr) : "-", r->certsrv ? "certsrv" : "api");
-}
-
 /* Ends a request whose handler (or last callback) returned: frees it once
  * it has its reply and no call is in flight. */
 static void req_settle(struct srv_req *r)
@@ -1181,10 +1191,7 @@ static void req_settle(struct srv_req *r)
         log_error("handler ended without a reply");
         srv_reply_error(r, 500, "internal", "internal error");
     }
-    double ms = (srv_now() - r->start) * 1e3;
-    if (r->srv->cfg->server.access_log)
-        access_line(r, ms);
-    log_debug("request done ep=%s ms=%.1f", metrics_endpoint_name(r->ep), ms);
+    log_debug("request done ep=%s ms=%.1f", metrics_endpoint_name(r->ep), (srv_now() - r->start) * 1e3);
     req_free(r);
 }
 
