@@ -313,11 +313,33 @@ static bool key_fill_at_once(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     return true;
 }
 
-/* key_fill one attribute at a time. */
-static hsm_err key_fill_each(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+/* The label (cut to fit, NUL-ended) and the id (only if it fits) of h,
+ * each read by itself; one the token does not give leaves its field as it
+ * is. For key_fill_each and hsm_key_get_info's reference without them. */
+static void read_label_and_id(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, char *label, size_t label_cap,
+                              unsigned char *id, size_t id_cap, size_t *id_len)
 {
     unsigned char *v = NULL;
     size_t n = 0;
+
+    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
+        if (n >= label_cap)
+            n = label_cap - 1;
+        memcpy(label, v, n);
+        label[n] = '\0';
+    }
+    free(v);
+    v = NULL;
+    if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= id_cap) {
+        memcpy(id, v, n);
+        *id_len = n;
+    }
+    free(v);
+}
+
+/* key_fill one attribute at a time. */
+static hsm_err key_fill_each(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+{
     CK_ULONG ul = 0;
     hsm_err err;
 
@@ -327,19 +349,7 @@ static hsm_err key_fill_each(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
     if ((err = hsm_get_ulong(ctx, s, h, CKA_KEY_TYPE, &ul)) != HSM_OK)
         return err;
     key->ktype = ul;
-    if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
-        if (n >= sizeof(key->label))
-            n = sizeof(key->label) - 1;
-        memcpy(key->label, v, n);
-        key->label[n] = '\0';
-        free(v);
-    }
-    v = NULL;
-    if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(key->id)) {
-        memcpy(key->id, v, n);
-        key->id_len = n;
-    }
-    free(v);
+    read_label_and_id(ctx, s, h, key->label, sizeof(key->label), key->id, sizeof(key->id), &key->id_len);
     return HSM_OK;
 }
 
@@ -1696,19 +1706,7 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         memcpy(out->id, ia->key->id, ia->key->id_len);
         out->id_len = ia->key->id_len;
     } else {
-        if (hsm_get_attr(ctx, s, h, CKA_LABEL, &v, &n) == HSM_OK) {
-            if (n >= sizeof(out->label))
-                n = sizeof(out->label) - 1;
-            memcpy(out->label, v, n);
-        }
-        free(v);
-        v = NULL;
-        if (hsm_get_attr(ctx, s, h, CKA_ID, &v, &n) == HSM_OK && n <= sizeof(out->id)) {
-            memcpy(out->id, v, n);
-            out->id_len = n;
-        }
-        free(v);
-        v = NULL;
+        read_label_and_id(ctx, s, h, out->label, sizeof(out->label), out->id, sizeof(out->id), &out->id_len);
     }
     {
         const CK_ATTRIBUTE_TYPE types[] = {
