@@ -8,6 +8,13 @@
 set -euo pipefail
 SRC=$1
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# The scripts that start several servers (scripts/demo, scripts/cluster)
+# take their ports from take_port too: a picker of their own that binds
+# port 0 and closes the socket may hand one port out twice (the demo's
+# server and certificate server on one port: 'cannot listen').
+own=$(grep -l 'getsockname' "$SRC"/scripts/* 2>/dev/null || true)
+[ -z "$own" ] || fail "ports picked without take_port (tests/lib/ports.sh) in: $own"
+echo "ok: scripts/ take their ports from take_port"
 unshare -rn true 2>/dev/null || fail "unshare -rn (a network namespace of its own) is not allowed here"
 exec unshare -rn bash -c '
 set -euo pipefail
