@@ -403,11 +403,15 @@ static gs_err tls_cert_valid_now(const unsigned char *pem, size_t len)
     return err;
 }
 
+/* When send_tls sends the TLS files: at serve's start, to a network
+ * process started again (serve runs on), or at a reload (SIGHUP). */
+enum tls_when { TLS_AT_START, TLS_AT_RESTART, TLS_AT_RELOAD };
+
 /* The TLS files' contents (the network process cannot open files). At a
  * reload (SIGHUP) a certificate that is not valid now is refused and the
  * previous one kept: every client would refuse it. At a start there is
  * no previous one: it is served, with a warning. */
-static int send_tls(struct sup *s, int ctl, bool reload)
+static int send_tls(struct sup *s, int ctl, enum tls_when when)
 {
     const struct gs_config *cfg = s->cfg;
     unsigned char *cert = NULL, *key = NULL, *ca = NULL;
@@ -415,8 +419,9 @@ static int send_tls(struct sup *s, int ctl, bool reload)
     int rc = -1;
     ipc_buf b;
 
-    /* at a start, the reason serve does not start (docs/groupsrv.1.md) */
-    const char *why = reload ? "" : "not started: ";
+    /* at serve's start, the reason it does not start (docs/groupsrv.1.md);
+     * not at a restart of the network process, which serve outlives */
+    const char *why = when == TLS_AT_START ? "not started: " : "";
 
     ipc_buf_init(&b);
     if (util_read_file(cfg->tls.cert, 1u << 20, &cert, &cl) != UTIL_OK) {
@@ -432,7 +437,7 @@ static int send_tls(struct sup *s, int ctl, bool reload)
         goto out;
     }
     if (tls_cert_valid_now(cert, cl) != GS_OK) {
-        if (reload) {
+        if (when == TLS_AT_RELOAD) {
             log_error("the new TLS certificate is not taken up path=\"%s\" reason=\"%s\"",
                       log_qs(cfg->tls.cert), log_qs(gs_err_detail()));
             goto out;
@@ -482,7 +487,9 @@ static char **net_environ(void)
     return out;
 }
 
-static int start_net(struct sup *s, int *net_ends)
+/* at_start: serve's start (TLS_AT_START); else a restart of the
+ * network process. */
+static int start_net(struct sup *s, int *net_ends, bool at_start)
 {
     int sv[2], rc = -1;
     pid_t pid;
@@ -519,7 +526,8 @@ static int start_net(struct sup *s, int *net_ends)
     ipc_begin(&b, IPC_CTL_CONFIG, 0);
     ipc_put_bytes(&b, IPC_T_TEXT, s->cfg_text, s->cfg_len);
     if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK ||
-        send_tls(s, s->net.ctl, false) != 0 || send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
+        send_tls(s, s->net.ctl, at_start ? TLS_AT_START : TLS_AT_RESTART) != 0 ||
+        send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
         (s->certsrv_fd >= 0 && send_frame(s->net.ctl, IPC_CTL_LISTEN, 1, s->certsrv_fd) != IPC_OK))
         goto out;
     for (unsigned i = 0; i < s->nlinks; i++)
@@ -622,7 +630,7 @@ static void restart_net(evutil_socket_t fd, short what, void *arg)
         free(kh_ends);
     }
     log_info("starting the network process again");
-    if (start_net(s, net_ends) != 0) {
+    if (start_net(s, net_ends, false) != 0) {
         log_error("the network process did not start; trying again");
         free(net_ends);
         restart_later(s, &s->net);
@@ -684,7 +692,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     /* New connections use the new certificate/key/CAs/CRLs; requests on
      * existing connections are verified against the new stores too. The
      * network process says "reloaded" once it has them. */
-    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, true) != 0)
+    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, TLS_AT_RELOAD) != 0)
         log_error("reload failed; keeping the previous TLS configuration");
     /* The key holder opens the audit log again if it was replaced. */
     if (s->kh.pid > 0)
@@ -810,7 +818,7 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
      * starts. The key holder cannot be restarted without it (on_chld). */
     s.pin_in_env = cfg->hsm.pin_source != NULL && strncmp(cfg->hsm.pin_source, "env:", 4) == 0;
     util_forget_env_source(cfg->hsm.pin_source);
-    if (start_net(&s, net_ends) != 0) {
+    if (start_net(&s, net_ends, true) != 0) {
         log_error("not started: the network process could not start (its line above says why)");
         goto out;
     }

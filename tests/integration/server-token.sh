@@ -222,5 +222,27 @@ grep -q "level=error .*msg=\"not started: cannot read the TLS certificate\" path
 ok "serve with its [tls] cert file missing: not started, exit 1 at once"
 start_server
 expect_status 200 "" "serve starts again with sound keys" -- c alice --data-binary @"$work/req-tls.json" "$url"
+# The cert file gone while serve runs, and the network process started
+# again (it died): the supervisor says it cannot read the file and tries
+# again, but not 'not started' (docs/groupsrv.1.md: serve's reason not to
+# start), which serve is not; once the file is back, serving again.
+mark=$(wc -c < "$work/server.log")
+mv "$certs/server.pem" "$work/server.pem.away"
+net_pid=$(srv_net_pid)
+[ -n "$net_pid" ] || fail "no network process"
+kill -KILL "$net_pid"
+for _ in $(seq 1 50); do
+  tail -c +"$((mark + 1))" "$work/server.log" | grep -q 'msg="the network process did not start; trying again"' && break
+  sleep 0.1
+done
+tail -c +"$((mark + 1))" "$work/server.log" > "$work/restart.log"
+grep -q "prog=groupsrv fn=send_tls msg=\"cannot read the TLS certificate\" path=\"$certs/server.pem\"\$" "$work/restart.log" ||
+  fail "a restart without the cert file: no reason: $(cat "$work/restart.log")"
+if grep 'prog=groupsrv ' "$work/restart.log" | grep -q 'msg="not started'; then
+  fail "serve, running, says 'not started': $(grep 'not started' "$work/restart.log")"
+fi
+mv "$work/server.pem.away" "$certs/server.pem"
+wait_healthz 100 || fail "the network process did not start again with the cert file back: $(cat "$work/body")"
+ok "the cert file gone at a restart of the network process: said without 'not started', serving again once back"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
 ok "token absent: fail closed; token back: service without a restart"
