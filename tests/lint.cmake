@@ -6,6 +6,7 @@ set_tests_properties(lint_banned PROPERTIES LABELS "unit;lint")
 add_test(NAME lint_error_codes COMMAND bash ${GS_TEST_DIR}/lint/error-codes.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_error_codes PROPERTIES LABELS "unit;lint")
 # The test port picker (tests/lib/ports.sh) never hands out one port twice:
-# two servers of one test on the same port failed cluster_demo.
+# two servers of one test on the same port failed cluster_demo. The
+# scripts under scripts/ (demo, cluster) take their ports from it too.
 add_test(NAME lint_ports COMMAND bash ${GS_TEST_DIR}/lint/ports.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_ports PROPERTIES LABELS "unit;lint")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ports.sh SRC: take_port (tests/lib/ports.sh) hands out distinct ports, in
 # one call and across calls, so that the servers of one test can all
-# listen. In a network namespace of its own (unshare -rn: no other
+# listen; scripts/ pick no ports of their own. In a network namespace of its own (unshare -rn: no other
 # process's ports, nothing shared with the machine) whose ephemeral range
 # is four ports, where a picker that lets a port go before its server
 # binds it hands out the same one again at once.
