@@ -1453,8 +1453,10 @@ static int cek_local_key(job *j, unsigned char *cek, size_t *ceklen)
     if (env_recipient_type(ri) == ENV_RI_KTRI) {
         const unsigned char *ek;
         size_t eklen;
-        if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK || (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK)
+        if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK || (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK) {
+            gm_err("the group's RecipientInfo: %s", env_strerror(e));
             goto out;
+        }
         if (alg != ENV_KT_RSA_OAEP_SHA1 && alg != ENV_KT_RSA_OAEP_SHA256) {
             gm_err("local-key decrypts RSA-OAEP key transport only");
             goto out;
@@ -1465,8 +1467,10 @@ static int cek_local_key(job *j, unsigned char *cek, size_t *ceklen)
                                .encrypted_key_len = eklen};
         he = hsm_decrypt_content_key(hc, &hi, cek, MAX_CEK, ceklen);
     } else if (env_recipient_type(ri) == ENV_RI_KARI) {
-        if ((e = env_recipient_kari_params(ri, j->group_cert, &kp)) != ENV_OK)
+        if ((e = env_recipient_kari_params(ri, j->group_cert, &kp)) != ENV_OK) {
+            gm_err("the group's RecipientInfo: %s", env_strerror(e));
             goto out;
+        }
         hsm_ecdh_input ei = {.group_key = hk,
                              .peer_point = kp.peer_point,
                              .peer_point_len = kp.peer_point_len,

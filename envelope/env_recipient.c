@@ -192,6 +192,56 @@ out:
     return rv;
 }
 
+static size_t wrap_kek_len(int nid, bool allow_pad);
+
+/* A KARI's keyEncryptionAlgorithm: ENV_OK for dhSinglePass-stdDH with the
+ * SHA-1 or SHA-256 X9.63 KDF and an AES key wrap (RFC 5753), giving the
+ * KDF hash, the wrap algorithm (decoded, the caller's to free) and its
+ * KEK length when asked; ENV_ERR_UNSUPPORTED for a well-formed one we do
+ * not unwrap (another KDF hash or scheme, a 3DES or padded wrap);
+ * ENV_ERR_NOT_CMS when its KeyWrapAlgorithm parameter is missing or not
+ * an AlgorithmIdentifier. */
+static env_err kari_alg(const ENV_KARI *kari, int *kdf_sha256, X509_ALGOR **wrap_out, size_t *kek_len)
+{
+    env_err rv = ENV_ERR_UNSUPPORTED;
+    X509_ALGOR *wrap = NULL;
+    const unsigned char *p;
+    size_t kl;
+    int nid = OBJ_obj2nid(kari->alg->algorithm), sha256;
+
+    if (wrap_out)
+        *wrap_out = NULL;
+    if (nid == NID_dhSinglePass_stdDH_sha1kdf_scheme)
+        sha256 = 0;
+    else if (nid == NID_dhSinglePass_stdDH_sha256kdf_scheme)
+        sha256 = 1;
+    else
+        goto out;
+    rv = ENV_ERR_NOT_CMS;
+    if (!kari->alg->parameter || kari->alg->parameter->type != V_ASN1_SEQUENCE)
+        goto out;
+    p = kari->alg->parameter->value.sequence->data;
+    if (!(wrap = d2i_X509_ALGOR(NULL, &p, kari->alg->parameter->value.sequence->length)) ||
+        p != kari->alg->parameter->value.sequence->data + kari->alg->parameter->value.sequence->length)
+        goto out;
+    rv = ENV_ERR_UNSUPPORTED;
+    if (!(kl = wrap_kek_len(OBJ_obj2nid(wrap->algorithm), false)))
+        goto out;
+    if (kdf_sha256)
+        *kdf_sha256 = sha256;
+    if (kek_len)
+        *kek_len = kl;
+    if (wrap_out) {
+        *wrap_out = wrap;
+        wrap = NULL;
+    }
+    rv = ENV_OK;
+out:
+    X509_ALGOR_free(wrap);
+    ERR_clear_error();
+    return rv;
+}
+
 env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg)
 {
     int nid;
@@ -201,9 +251,12 @@ env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg)
     if (!ri || !alg)
         return ENV_ERR_ARGS;
     if (ri->ri->type == ENV_RI_T_KARI) {
-        nid = OBJ_obj2nid(ri->ri->d.kari->alg->algorithm);
-        if (nid != NID_dhSinglePass_stdDH_sha1kdf_scheme && nid != NID_dhSinglePass_stdDH_sha256kdf_scheme)
-            return ENV_ERR_UNSUPPORTED;
+        /* The whole algorithm, the KDF's hash and the key wrap too, so that
+         * every reader of a KARI it cannot unwrap (SHA-384 KDF, 3DES wrap)
+         * says ENV_ERR_UNSUPPORTED here, before any key is touched. */
+        env_err e = kari_alg(ri->ri->d.kari, NULL, NULL, NULL);
+        if (e != ENV_OK)
+            return e;
         *alg = ENV_KT_ECDH;
         return ENV_OK;
     }
@@ -418,8 +471,7 @@ env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_
     ENV_SHAREDINFO *si = NULL;
     unsigned char bits[4];
     unsigned char *der = NULL;
-    int nid, derlen;
-    const unsigned char *p;
+    int derlen;
 
     if (out)
         memset(out, 0, sizeof(*out));
@@ -430,34 +482,29 @@ env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_
     kari = ri->ri->d.kari;
     if (!(rek = kari_rek(kari, cert)))
         return ENV_ERR_NO_RECIPIENT;
-    nid = OBJ_obj2nid(kari->alg->algorithm);
-    if (nid == NID_dhSinglePass_stdDH_sha1kdf_scheme)
-        out->kdf_sha256 = 0;
-    else if (nid == NID_dhSinglePass_stdDH_sha256kdf_scheme)
-        out->kdf_sha256 = 1;
-    else
+    if ((rv = kari_alg(kari, &out->kdf_sha256, &wrap, &out->kek_len)) != ENV_OK)
         goto out;
-    /* The originator must be an ephemeral EC public key (RFC 5753 sec 3.1.1). */
+    /* The originator must be an ephemeral EC public key (RFC 5753 sec
+     * 3.1.1): anything else is not an ECDH KARI at all. A compressed point
+     * is one, in a form we do not take. */
+    rv = ENV_ERR_NOT_CMS;
     if (kari->originator->type != 2 || OBJ_obj2nid(kari->originator->d.key->alg->algorithm) != NID_X9_62_id_ecPublicKey)
         goto out;
     {
         const ASN1_BIT_STRING *pub = kari->originator->d.key->pub;
-        if (pub->length < 3 || pub->data[0] != 0x04 || (pub->length & 1) == 0)
+        if (pub->length < 3)
+            goto out;
+        rv = ENV_ERR_UNSUPPORTED;
+        if (pub->data[0] != 0x04)
+            goto out;
+        rv = ENV_ERR_NOT_CMS;
+        if ((pub->length & 1) == 0)
             goto out;
         rv = ENV_ERR_NOMEM;
         if (!(out->peer_point = dup_bytes(pub->data, (size_t)pub->length)))
             goto out;
         out->peer_point_len = (size_t)pub->length;
     }
-    rv = ENV_ERR_UNSUPPORTED;
-    /* keyEncryptionAlgorithm parameters: the KeyWrapAlgorithm. */
-    if (!kari->alg->parameter || kari->alg->parameter->type != V_ASN1_SEQUENCE)
-        goto out;
-    p = kari->alg->parameter->value.sequence->data;
-    if (!(wrap = d2i_X509_ALGOR(NULL, &p, kari->alg->parameter->value.sequence->length)))
-        goto out;
-    if (!(out->kek_len = wrap_kek_len(OBJ_obj2nid(wrap->algorithm), false)))
-        goto out;
     rv = ENV_ERR_NOMEM;
     if (!(si = ENV_SHAREDINFO_new()))
         goto out;

@@ -236,10 +236,23 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             rc = XP_OK; /* forward list that accepts anything */
         goto out;
     }
-    /* the group's key transport, for the check against what it accepts */
-    if (kt != NULL && env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK &&
-        env_recipient_parse(der, derlen, &ri) == ENV_OK && env_recipient_kt_alg(ri, &alg) == ENV_OK)
-        *kt = kt_name(alg);
+    /* the group's key transport, for the check against what it accepts;
+     * one the group server never unwraps (a KARI with the SHA-384 KDF,
+     * say) is refused now, as the server would refuse every unwrap of it */
+    if (env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK && env_recipient_parse(der, derlen, &ri) == ENV_OK) {
+        e = env_recipient_kt_alg(ri, &alg);
+        if (e == ENV_ERR_UNSUPPORTED) {
+            log_info("the group's RecipientInfo uses a key algorithm the group server does not unwrap list=%s",
+                     l->address);
+            rc = XP_ERR_CIPHER;
+            if (why != NULL)
+                *why = "the group server will not decrypt this message: its key algorithm is not one the group "
+                       "server unwraps (it takes " ENV_KT_SUPPORTED ")";
+            goto out;
+        }
+        if (e == ENV_OK && kt != NULL)
+            *kt = kt_name(alg);
+    }
     rc = XP_OK;
 out:
     env_recipient_free(ri);

@@ -32,6 +32,8 @@
 #define MAX_RI_DER 16384       /* one RecipientInfo */
 #define MAX_ENC_KEY 1024       /* an RSA-8192 ciphertext is 1024 bytes */
 #define MAX_CERT_PEM 65536
+/* A RecipientInfo whose algorithm is not unwrapped here, KTRI or KARI. */
+#define KT_UNSUPPORTED "the RecipientInfo's key algorithm is not one this server unwraps (it takes " ENV_KT_SUPPORTED ")"
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -222,8 +224,17 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         ipc_put_u32(b, IPC_T_KEY_VERSION, k->version);
         ipc_put_u32(b, IPC_T_FLAGS, IPC_FLAG_FROM_RI);
         env_kt_alg ka;
-        if (env_recipient_kt_alg(ri, &ka) != ENV_OK) {
-            srv_err_set(e, 400, "unsupported", "unsupported key transport algorithm");
+        env_err ke = env_recipient_kt_alg(ri, &ka);
+        if (ke == ENV_ERR_UNSUPPORTED) {
+            /* A well-formed RecipientInfo whose algorithm is not unwrapped
+             * here is one answer, KTRI or KARI, whatever part of it is
+             * unknown (docs/api.md, "Errors"). */
+            srv_err_set(e, 400, "unsupported_algorithm", "%s", KT_UNSUPPORTED);
+            goto out;
+        }
+        if (ke != ENV_OK) {
+            srv_err_set(e, 400, "bad_recipient_info", "malformed %s", t == ENV_RI_KARI ? "KeyAgreeRecipientInfo"
+                                                                                        : "KeyTransRecipientInfo");
             goto out;
         }
         switch (ka) {
@@ -235,7 +246,12 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         if (ka == ENV_KT_ECDH) {
             /* Only method F can use it; the key holder refuses the others. */
             if (deliver == DELIVER_TLS) {
-                if (env_recipient_kari_params(ri, k->cert, &kp) != ENV_OK) {
+                env_err pe = env_recipient_kari_params(ri, k->cert, &kp);
+                if (pe == ENV_ERR_UNSUPPORTED) {
+                    srv_err_set(e, 400, "unsupported_algorithm", "%s", KT_UNSUPPORTED);
+                    goto out;
+                }
+                if (pe != ENV_OK) {
                     srv_err_set(e, 400, "bad_recipient_info", "malformed KeyAgreeRecipientInfo");
                     goto out;
                 }

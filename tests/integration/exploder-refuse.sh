@@ -71,6 +71,30 @@ openssl cms -encrypt -camellia256 -recip "$W/group.pem" -subject camellia -in "$
 expect 77 5.7.6 $L "$W/camellia.eml"
 grep -qF "$L: its members cannot decrypt it: its content cipher is not AES-CBC, AES-GCM or 3DES-CBC" \
   "$W/deliver.err" || fail "Camellia reason: $(cat "$W/deliver.err")"
+# a key algorithm the group server never unwraps is refused now with the
+# server's own list of what it takes (docs/api.md, unsupported_algorithm),
+# not spooled to bounce or to reach members who cannot read it: RSA-OAEP
+# with SHA-384, and to an EC group a KARI with the SHA-384 X9.63 KDF or
+# (openssl cms -des3) a 3DES key wrap
+openssl cms -encrypt -aes128 -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 \
+  -subject oaep384 -in "$W/good.eml" -out "$W/oaep384.eml"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ecg.key" -out "$W/ecg.pem" \
+  -subj /CN=ecg -days 2 2>/dev/null
+xp list create ec@lists.example.org --group-server https://127.0.0.1:1 --group ecg --mode forward \
+  --group-cert "$W/ecg.pem" >/dev/null
+openssl cms -encrypt -aes128 -recip "$W/ecg.pem" -keyopt ecdh_kdf_md:sha384 -subject kdf384 -in "$W/good.eml" \
+  -out "$W/kdf384.eml"
+openssl cms -encrypt -des3 -recip "$W/ecg.pem" -subject des3wrap -in "$W/good.eml" -out "$W/des3wrap.eml"
+for m in "$L oaep384" "ec@lists.example.org kdf384" "ec@lists.example.org des3wrap"; do
+  set -- $m
+  expect 77 5.7.6 "$1" "$W/$2.eml"
+  grep -qF "$1: the group server will not decrypt this message: its key algorithm is not one the group server unwraps (it takes RSA-OAEP with SHA-1 or SHA-256" \
+    "$W/deliver.err" || fail "$2 reason: $(cat "$W/deliver.err")"
+done
+openssl cms -encrypt -aes128 -recip "$W/ecg.pem" -subject kdf1 -in "$W/good.eml" -out "$W/kdf1.eml"
+xp deliver --list ec@lists.example.org <"$W/kdf1.eml" 2>"$W/deliver.err" || fail "a SHA-1 KDF KARI refused: $(cat "$W/deliver.err")"
+xp_drain
+xp_spool_empty
 sed -n '/^MIME-Version/,$p' "$W/good.eml" >"$W/part.eml"
 openssl cms -sign -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets.eml"
 expect 77 5.7.1 $L "$W/ets.eml"

@@ -147,6 +147,29 @@ grep -q '"code":"unsupported"' "$work/body" || fail "EC batch item: $(cat "$work
 sed 's/"deliver":"group-secret"/"to":"group-secret"/' "$work/ecg-group-secret.json" > "$work/ecg-rewrap.json"
 expect_status 400 unsupported "EC group, rewrap to group-secret" -- \
   c dle --data-binary @"$work/ecg-rewrap.json" "$base/v1/groups/ecg/rewrap"
+# A well-formed RecipientInfo whose algorithm the server does not unwrap
+# is one answer, 400 unsupported_algorithm naming what it takes, whatever
+# part is unknown and on every path (api.md, "Errors"): a KARI with the
+# SHA-384 X9.63 KDF (it was `unsupported`) or a 3DES key wrap (`openssl
+# cms -des3` to an EC certificate; it was bad_recipient_info, "malformed"),
+# and RSA-OAEP with SHA-384 to the RSA group
+openssl cms -encrypt -binary -aes128 -recip "$certs/ecg.pem" -keyopt ecdh_kdf_md:sha384 -in "$work/msg.txt" \
+  -outform DER -out "$work/kdf384.der"
+openssl cms -encrypt -binary -des3 -in "$work/msg.txt" -outform DER -out "$work/des3wrap.der" -recip "$certs/ecg.pem"
+openssl cms -encrypt -binary -aes128 -recip "$certs/group.pem" -keyopt rsa_padding_mode:oaep \
+  -keyopt rsa_oaep_md:sha384 -in "$work/msg.txt" -outform DER -out "$work/oaep384.der"
+for m in "ecg kdf384" "ecg des3wrap" "eng oaep384"; do
+  set -- $m
+  cms ri "$work/$2.der" "$work/$2.ri"
+  printf '{"recipient_info":"%s","content_algorithm":"aes-128-cbc"}' "$(b64 "$work/$2.ri")" > "$work/$2.json"
+  expect_status 400 unsupported_algorithm "$2 to $1" -- c erin --data-binary @"$work/$2.json" "$base/v1/groups/$1/unwrap"
+  grep -q "key algorithm is not one this server unwraps (it takes RSA-OAEP with SHA-1 or SHA-256" "$work/body" ||
+    fail "$2 refusal: $(cat "$work/body")"
+  [ "$1" = ecg ] || continue
+  sed 's/}$/,"to":"members"}/' "$work/$2.json" > "$work/$2-rewrap.json"
+  expect_status 400 unsupported_algorithm "$2 to $1, rewrap" -- c dle --data-binary @"$work/$2-rewrap.json" \
+    "$base/v1/groups/$1/rewrap"
+done
 anon "$base/v1/groups/ecg" > "$work/ecg.json"
 [ "$(json_get "$work/ecg.json" methods)" = "['tls']" ] ||
   fail "discovery of an EC group recorded with recipient-key and group-secret: $(cat "$work/ecg.json")"
