@@ -872,14 +872,20 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
 }
 
 /* An address groupsrv and the exploder take (common/mailaddr.h), else a
- * usage error naming it and why, before anything is read or sent. */
-static int check_address(const char *what, const char *addr)
+ * usage error naming it and why, before anything is read or sent.
+ * new_record: it becomes a record (csr's certificate identity), by the
+ * strict rule; else it names one that may exist (a list, a member's own
+ * address as a sender), by the rule the exploder reads those with, so an
+ * address an older rule stored (a '_' in the domain) still sends. */
+static int check_address(const char *what, const char *addr, int new_record)
 {
-    const char *why = mailaddr_problem(addr);
+    const char *why = mailaddr_refusal(addr, new_record);
     char q[96];
 
     if (why == NULL)
         return GM_EXIT_OK;
+    if (!new_record && mailaddr_problem(addr) != NULL)
+        why = mailaddr_problem(addr); /* the more precise reason, when the strict rule has one */
     if (*addr == '\0')
         gm_err("%s: an empty address (a comma too many?)", what);
     else
@@ -924,7 +930,7 @@ static int check_addresses(const char *what, const char *list)
 
     do {
         p = next_address(p, addr);
-        if (check_address(what, addr) != GM_EXIT_OK)
+        if (check_address(what, addr, 0) != GM_EXIT_OK)
             return GM_EXIT_USAGE;
     } while (more_addresses(list, p));
     return GM_EXIT_OK;
@@ -972,7 +978,7 @@ static int cmd_send(gm_config *c)
         return GM_EXIT_USAGE;
     }
     if ((rc = check_addresses("--to", c->to)) != GM_EXIT_OK ||
-        (c->from != NULL && (rc = check_address("--from ([smtp] from)", c->from)) != GM_EXIT_OK))
+        (c->from != NULL && (rc = check_address("--from ([smtp] from)", c->from, 0)) != GM_EXIT_OK))
         return rc;
     if ((rc = smtp_password(c, &pw, &pwlen)) != GM_EXIT_OK)
         goto out;
@@ -1876,7 +1882,7 @@ static int cmd_csr(gm_config *c)
         gm_err("csr is for a key on a token (--key pkcs11:URI); for a key file use openssl req");
         return GM_EXIT_USAGE;
     }
-    if ((rc = check_address("--from", c->from)) != GM_EXIT_OK)
+    if ((rc = check_address("--from", c->from, 1)) != GM_EXIT_OK)
         return rc; /* what the group server takes as the certificate's identity */
     rc = GM_EXIT_ERROR;
     if (gm_hsm_open_for(c, c->key, &hc, &hk) != 0)

@@ -58,6 +58,16 @@ for a in eng@example.org ops@example.org; do
     fail "RCPT TO of $a: $(grep RCPT "$work/smtp/transcript.log" | cat -v)"
 done
 rm "$work/smtp/new/$(ls -t "$work/smtp/new" | head -n 1)"
+# --to and --from name addresses that exist (a list, a member), read by the
+# exploder's rule for those (exploder(1)): one an older rule stored, a '_'
+# in the domain or a dot twice, is sent to and from (it was exit 2, by the
+# rule for new records)
+"$BIN/groupmail" send --smtp "$url" --to old@lists_x.example.org --from al..ice@mail_x.example.org \
+  --in "$work/m.eml" --timeout 10 2>"$work/err" || fail "send to a list stored under an older rule: $(cat -v "$work/err")"
+grep -q "RCPT TO:<old@lists_x.example.org>" "$work/smtp/transcript.log" &&
+  grep -q "MAIL FROM:<al..ice@mail_x.example.org>" "$work/smtp/transcript.log" ||
+  fail "older-rule addresses: $(grep -E 'RCPT|MAIL' "$work/smtp/transcript.log" | cat -v)"
+rm "$work/smtp/new/$(ls -t "$work/smtp/new" | head -n 1)"
 send mail-5xx eng@example.org 3 "refused the message: 550 5.7.1 sender refused for good"
 send per-rcpt p5@example.org 3 "refused the message: 550 5.1.1 no such user"
 send data-5xx eng@example.org 3 "refused the message: 554 5.3.0 no DATA for you"
