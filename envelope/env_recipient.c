@@ -160,8 +160,10 @@ static env_err oaep_alg(const X509_ALGOR *alg, env_kt_alg *kt)
     if (param && param->type == V_ASN1_SEQUENCE) {
         const unsigned char *p = param->value.sequence->data;
         op = d2i_RSA_OAEP_PARAMS(NULL, &p, param->value.sequence->length);
-        if (!op)
+        if (!op) {
+            rv = ENV_ERR_NOT_CMS; /* malformed, not merely unknown */
             goto out;
+        }
         if (op->hashFunc)
             hash = OBJ_obj2nid(op->hashFunc->algorithm);
         if (op->maskGenFunc) {

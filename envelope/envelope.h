@@ -106,8 +106,8 @@ bool env_recipient_version_valid(const env_recipient *ri);
 /* Key transport algorithm (KTRI) or ENV_KT_ECDH (KARI). ENV_ERR_UNSUPPORTED
  * for a well-formed one not in ENV_KT_SUPPORTED (RSA-OAEP with SHA-384; a
  * KARI with the SHA-384 KDF, or a 3DES or padded AES key wrap);
- * ENV_ERR_NOT_CMS for a KARI whose KeyWrapAlgorithm is missing or
- * garbled. */
+ * ENV_ERR_NOT_CMS for RSA-OAEP parameters that do not decode, or a KARI
+ * whose KeyWrapAlgorithm is missing or garbled. */
 env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
 /* What env_recipient_kt_alg takes, for refusals' text (one wording for the
  * group server and the exploder). */

@@ -170,6 +170,20 @@ for m in "ecg kdf384" "ecg des3wrap" "eng oaep384"; do
   expect_status 400 unsupported_algorithm "$2 to $1, rewrap" -- c dle --data-binary @"$work/$2-rewrap.json" \
     "$base/v1/groups/$1/rewrap"
 done
+# a RecipientInfo that is not well-formed stays bad_recipient_info: RSA-OAEP
+# parameters that do not decode (an OCTET STRING where hashFunc [0] is)
+/usr/bin/python3 - "$work/oaep384.ri" "$work/oaepbad.ri" <<'PY'
+import sys
+d = bytearray(open(sys.argv[1], "rb").read())
+oid = bytes.fromhex("06092a864886f70d010107")
+i = d.index(oid) + len(oid)
+assert d[i] == 0x30 and d[i + 2] == 0xA0
+d[i + 2] = 0x04
+open(sys.argv[2], "wb").write(d)
+PY
+printf '{"recipient_info":"%s","content_algorithm":"aes-128-cbc"}' "$(b64 "$work/oaepbad.ri")" > "$work/oaepbad.json"
+expect_status 400 bad_recipient_info "garbled RSA-OAEP parameters" -- c erin --data-binary @"$work/oaepbad.json" \
+  "$base/v1/groups/eng/unwrap"
 anon "$base/v1/groups/ecg" > "$work/ecg.json"
 [ "$(json_get "$work/ecg.json" methods)" = "['tls']" ] ||
   fail "discovery of an EC group recorded with recipient-key and group-secret: $(cat "$work/ecg.json")"
