@@ -63,8 +63,8 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
             rc = GM_EXIT_BAD_MESSAGE;
         else if (strcmp(code, "not_a_member") == 0 || strcmp(code, "method_not_allowed") == 0)
             rc = GM_EXIT_REFUSED;
-        else if (strcmp(code, "algorithm_not_allowed") == 0) /* a group that never unwraps this message */
-            rc = GM_EXIT_BAD_MESSAGE;
+        else if (strcmp(code, "algorithm_not_allowed") == 0 || strcmp(code, "unsupported_algorithm") == 0)
+            rc = GM_EXIT_BAD_MESSAGE; /* a group, or a server, that never unwraps this message */
         else
             rc = GM_EXIT_ERROR;
         break;

@@ -166,6 +166,15 @@ for m in "ecg kdf384" "ecg des3wrap" "eng oaep384"; do
   grep -q "key algorithm is not one this server unwraps (it takes RSA-OAEP with SHA-1 or SHA-256" "$work/body" ||
     fail "$2 refusal: $(cat "$work/body")"
   [ "$1" = ecg ] || continue
+  # groupmail: exit 5, a message no one will unwrap, as a malformed one was
+  printf 'Content-Type: application/pkcs7-mime; smime-type=enveloped-data\nContent-Transfer-Encoding: base64\n\n' \
+    > "$work/$2.eml"
+  base64 "$work/$2.der" >> "$work/$2.eml"
+  rc=0
+  "$BIN/groupmail" decrypt --server "$base" --group ecg --cacert "$certs/tca.pem" --group-cert "$certs/ecg.pem" \
+    --cert "$certs/erin@example.org.pem" --key "$certs/erin@example.org.key" --via tls --in "$work/$2.eml" \
+    --out "$work/$2.out" 2>"$work/$2.err" || rc=$?
+  [ "$rc" = 5 ] && grep -q 'unsupported_algorithm' "$work/$2.err" || fail "groupmail decrypt $2: exit $rc: $(cat "$work/$2.err")"
   sed 's/}$/,"to":"members"}/' "$work/$2.json" > "$work/$2-rewrap.json"
   expect_status 400 unsupported_algorithm "$2 to $1, rewrap" -- c dle --data-binary @"$work/$2-rewrap.json" \
     "$base/v1/groups/$1/rewrap"
