@@ -1459,7 +1459,8 @@ static int cek_local_key(job *j, unsigned char *cek, size_t *ceklen)
     if (env_recipient_type(ri) == ENV_RI_KTRI) {
         const unsigned char *ek;
         size_t eklen;
-        if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK || (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK) {
+        if ((e = env_recipient_kt_alg(ri, &alg)) != ENV_OK ||
+            (e = env_recipient_encrypted_key(ri, NULL, &ek, &eklen)) != ENV_OK) {
             gm_err("the group's RecipientInfo: %s", env_strerror(e));
             goto out;
         }

@@ -111,9 +111,9 @@ bool env_recipient_version_valid(const env_recipient *ri);
 env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
 /* What env_recipient_kt_alg takes, for refusals' text (one wording for the
  * group server and the exploder). */
-#define ENV_KT_SUPPORTED                                                                                       \
-    "RSA-OAEP with SHA-1 or SHA-256, RSA PKCS#1 v1.5, or ECDH (dhSinglePass-stdDH with the SHA-1 or SHA-256 " \
-    "X9.63 KDF) with an AES key wrap"
+#define ENV_KT_SUPPORTED                                                                             \
+    "RSA-OAEP with SHA-1 or SHA-256, RSA PKCS#1 v1.5, or ECDH (dhSinglePass-stdDH with the SHA-1 or " \
+    "SHA-256 X9.63 KDF) with an AES key wrap"
 /* Does this KTRI/KARI name the certificate (issuerAndSerialNumber or
  * subjectKeyIdentifier)? */
 bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert);

@@ -239,15 +239,15 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     /* the group's key transport, for the check against what it accepts;
      * one the group server never unwraps (a KARI with the SHA-384 KDF,
      * say) is refused now, as the server would refuse every unwrap of it */
-    if (env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK && env_recipient_parse(der, derlen, &ri) == ENV_OK) {
+    if (env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK &&
+        env_recipient_parse(der, derlen, &ri) == ENV_OK) {
         e = env_recipient_kt_alg(ri, &alg);
         if (e == ENV_ERR_UNSUPPORTED) {
-            log_info("the group's RecipientInfo uses a key algorithm the group server does not unwrap list=%s",
-                     l->address);
+            log_info("the group's key algorithm is not one the group server unwraps list=%s", l->address);
             rc = XP_ERR_CIPHER;
             if (why != NULL)
-                *why = "the group server will not decrypt this message: its key algorithm is not one the group "
-                       "server unwraps (it takes " ENV_KT_SUPPORTED ")";
+                *why = "the group server will not decrypt this message: its key algorithm is not one the "
+                       "group server unwraps (it takes " ENV_KT_SUPPORTED ")";
             goto out;
         }
         if (e == ENV_OK && kt != NULL)

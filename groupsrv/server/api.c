@@ -33,7 +33,8 @@
 #define MAX_ENC_KEY 1024       /* an RSA-8192 ciphertext is 1024 bytes */
 #define MAX_CERT_PEM 65536
 /* A RecipientInfo whose algorithm is not unwrapped here, KTRI or KARI. */
-#define KT_UNSUPPORTED "the RecipientInfo's key algorithm is not one this server unwraps (it takes " ENV_KT_SUPPORTED ")"
+#define KT_UNSUPPORTED                                                                                       \
+    "the RecipientInfo's key algorithm is not one this server unwraps (it takes " ENV_KT_SUPPORTED ")"
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -233,8 +234,8 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
             goto out;
         }
         if (ke != ENV_OK) {
-            srv_err_set(e, 400, "bad_recipient_info", "malformed %s", t == ENV_RI_KARI ? "KeyAgreeRecipientInfo"
-                                                                                        : "KeyTransRecipientInfo");
+            srv_err_set(e, 400, "bad_recipient_info", "malformed %s",
+                        t == ENV_RI_KARI ? "KeyAgreeRecipientInfo" : "KeyTransRecipientInfo");
             goto out;
         }
         switch (ka) {
