@@ -712,7 +712,23 @@ out:
     return err;
 }
 
-static gs_err migrate(gs_store *st)
+/* A migration's ALTER TABLE takes its table's ACCESS EXCLUSIVE lock:
+ * it waits for every transaction that has touched the table (a running
+ * server of the older version, an operator's open psql transaction), and
+ * while it waits every other session's statement on that table queues
+ * behind it. Unbounded, one transaction left open stopped the upgrade for
+ * as long as it stayed open, and every running server's requests for as
+ * long (each gave up after its 5 s lock_timeout: 503 for all). So each
+ * statement of the migration waits at most MIGRATE_LOCK_WAIT for a table
+ * lock (less than the servers' 5 s: those queued behind it are then
+ * served late, not refused), and a migration that meets one is rolled
+ * back and tried again after a pause that lets the queue drain, at most
+ * MIGRATE_ATTEMPTS times. Waiting for another server's migration (the
+ * advisory lock) stays unbounded: that one is bounded so itself. */
+#define MIGRATE_LOCK_WAIT "1s"
+#define MIGRATE_ATTEMPTS 3
+
+static gs_err migrate_once(gs_store *st)
 {
     char sql[96];
     gs_err err;
@@ -722,11 +738,11 @@ static gs_err migrate(gs_store *st)
      * others wait on the lock and then find the schema current. */
     if ((err = exec_simple(st, "BEGIN", "migrate")) != GS_OK)
         return err;
-    /* the first server's migration may take longer than lock_timeout and
-     * [db] timeout */
+    /* the first server's migration may take longer than [db] timeout */
     PG(st)->unbounded = true;
     if ((err = exec_simple(st, "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0", "migrate")) != GS_OK ||
         (err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
+        (err = exec_simple(st, "SET LOCAL lock_timeout = '" MIGRATE_LOCK_WAIT "'", "migrate")) != GS_OK ||
         (err = exec_simple(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "migrate")) !=
             GS_OK ||
         (err = read_version(st, &v)) != GS_OK)
@@ -750,6 +766,32 @@ out:
         (void)exec_simple(st, "ROLLBACK", "migrate");
     PG(st)->unbounded = false;
     return err;
+}
+
+static gs_err migrate(gs_store *st)
+{
+    const struct timespec pause = {.tv_sec = 1};
+    gs_err err;
+
+    for (int attempt = 1;; attempt++) {
+        err = migrate_once(st);
+        if (err != GS_ERR_DB_UNAVAILABLE || gs_err_db_cause() != GS_DB_CAUSE_LOCKED)
+            return err;
+        if (attempt == MIGRATE_ATTEMPTS)
+            break;
+        log_warn("database migration waited " MIGRATE_LOCK_WAIT " for a table lock another session holds; rolled "
+                 "back, trying again attempt=%d",
+                 attempt);
+        (void)nanosleep(&pause, NULL);
+        /* the lock timeout marked the (still open) connection lost */
+        if ((err = ensure_connected(st)) != GS_OK)
+            return err;
+    }
+    /* the lock timeout's own words say less than this */
+    return gs_err_set_db(err, GS_DB_CAUSE_LOCKED,
+                         "a table stayed locked by another session (a transaction left open?) through %d tries of "
+                         MIGRATE_LOCK_WAIT " each; try again",
+                         MIGRATE_ATTEMPTS);
 }
 
 static const struct gs_store_ops pg_ops;

@@ -7,6 +7,9 @@
 #   - an upgrade: the database at an older schema cannot be migrated by
 #     the server role nor on a read-only database (each says why), `check`
 #     as the owner migrates it (docs/scale-out.md, "Upgrading a cluster");
+#     behind a transaction open on its tables it waits 1 s at a time and
+#     tries again (not as long as the transaction, every server's
+#     requests queued behind it);
 #   - serve starts, and every kind of request it writes for works: an
 #     unwrap (audit insert), a member removed over REST (members, the
 #     secret key rotation it brings, the change stamp), a member added, a
@@ -65,10 +68,34 @@ grep -q "^database  PROBLEM: database (PostgreSQL) has schema version 3, this pr
   "$work/check.out" || fail "check on a read-only database of schema 3: $(grep database "$work/check.out")"
 pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = off" >/dev/null
 [ "$(pg_psql groupsrv -Atc 'SELECT version FROM schema_version')" = 3 ] || fail "a failed migration changed the version"
-own check > "$work/check.out" 2>&1 || true
+ok "an older schema: the server role and a read-only database say why they cannot migrate"
+# `check` as the owner migrates it, behind a transaction open on a table
+# the migration alters (a running server of the older version in one, an
+# operator's psql): it waits for that at most 1 s at a time, rolls back
+# and tries again (so that every other session's statements, each
+# server's requests, do not queue behind it for long), and migrates once
+# the transaction has ended. Before, it waited as long as the transaction
+# stayed open, and every server's requests with it. (Three tries in vain
+# fail it, nothing changed, saying so.)
+mkfifo "$work/hold.sql"
+psql -X -q -At "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_server" < "$work/hold.sql" > "$work/hold.out" 2>&1 &
+holder=$!
+exec 3> "$work/hold.sql"
+echo "BEGIN; SELECT 'held', count(*) FROM members;" >&3
+for i in $(seq 1 50); do grep -q held "$work/hold.out" && break; sleep 0.1; done
+grep -q held "$work/hold.out" || fail "psql did not open its transaction: $(cat "$work/hold.out")"
+timeout 60 "$BIN/groupsrv" -v -c "$work/gs.conf" check > "$work/check.out" 2>&1 &
+checker=$!
+for i in $(seq 1 150); do grep -q 'trying again" attempt=1' "$work/check.out" && break; sleep 0.1; done
+echo "COMMIT;" >&3
+exec 3>&-
+wait "$holder" || true
+grep -q 'msg="database migration waited 1s for a table lock another session holds; rolled back, trying again" attempt=1' \
+  "$work/check.out" || fail "the migration behind an open transaction did not try again: $(cat "$work/check.out")"
+wait "$checker" || true
 grep -q "^database  OK   .*(postgresql, schema 4, migrated from an older schema)$" "$work/check.out" ||
-  fail "check as the owner did not migrate: $(grep database "$work/check.out")"
-ok "an older schema: the server role and a read-only database say why they cannot migrate; check as the owner does"
+  fail "check as the owner did not migrate once the transaction ended: $(grep database "$work/check.out")"
+ok "check as the owner migrates it, behind an open transaction: tries again, migrates once it ended"
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
