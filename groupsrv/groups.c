@@ -1335,6 +1335,16 @@ static gs_err retire_destroys_here(hsm_ctx *hsm, const struct retire_row *rows, 
             continue;
         if (gs_token_label_present(hsm, rows[i].label, &present) == GS_OK && !present)
             continue;
+        /* Retired already (by another server sharing the database): its
+         * copy here stays until this token takes changes again, and this
+         * server will not start meanwhile (docs/scale-out.md). */
+        if (rows[i].state == GS_KEY_RETIRED)
+            return gs_err_set(GS_ERR_STATE,
+                              "the token is write-protected (CKF_WRITE_PROTECTED): the %s version %u, retired "
+                              "already (by another server sharing the database?), is still on it and cannot be "
+                              "destroyed; nothing retired: lift the write protection, run this again, then "
+                              "protect the token again",
+                              kind, rows[i].version);
         return gs_err_set(GS_ERR_STATE,
                           "the token is write-protected (CKF_WRITE_PROTECTED): the %s version %u on it cannot be "
                           "destroyed; nothing retired (retire where the token takes changes)",

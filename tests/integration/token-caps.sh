@@ -31,7 +31,9 @@
 #    member remove (CLI exit 1, REST 400), which keeps the member;
 #    group export, which needs the SO's login, names it as the likely cause;
 #    group retire and secret retire name it before the database changes
-#    (and retire a version whose objects are not on it).
+#    (and retire a version whose objects are not on it); one retired
+#    already by another server sharing the database: the refusal says how
+#    to get rid of this token's copy.
 #  - a token that wants a new user PIN (CKF_USER_PIN_TO_BE_CHANGED) and
 #    counted wrong PINs (CKF_USER_PIN_COUNT_LOW): check and serve's log
 #    say so.
@@ -216,6 +218,17 @@ for kind in group secret; do
     fail "$kind retire on a write-protected token: exit $rc: $(cat "$work/wp-retire.out")"
   gs group show $g | cmp -s - "$work/before.show" || fail "$kind retire on a write-protected token changed the database: $(gs group show $g)"
 done
+# A version another server sharing the database retired (the row marked
+# retired, as that server's retire leaves it): this token's copy cannot
+# be destroyed, and the refusal says how to get rid of it (before, it
+# said to retire where the token takes changes: done already).
+sqlite3 "$work/groupsrv.db" "UPDATE group_keys SET state = 3 WHERE version = 1 AND group_id =
+  (SELECT id FROM groups WHERE name = 'rep')"
+rc=0; gs group retire rep --before 2 > "$work/wp-retire.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "version 1, retired already (by another server sharing the database?), is still on it and cannot be destroyed; nothing retired: lift the write protection, run this again" "$work/wp-retire.out" ||
+  fail "group retire on a write-protected token of a version retired elsewhere: exit $rc: $(cat "$work/wp-retire.out")"
+sqlite3 "$work/groupsrv.db" "UPDATE group_keys SET state = 2 WHERE version = 1 AND group_id =
+  (SELECT id FROM groups WHERE name = 'rep')"
 gs group retire wpold --before 2 > "$work/wp-retire.out" 2>&1 ||
   fail "group retire of a version not on the write-protected token: $(cat "$work/wp-retire.out")"
 grep -q "^group wpold: 1 key version(s) retired" "$work/wp-retire.out" || fail "group retire wpold: $(cat "$work/wp-retire.out")"
