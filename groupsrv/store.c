@@ -44,13 +44,30 @@ size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t
     size_t n = 0;
 
     if (auth != NULL) {
-        /* user:password@, before the host */
+        /* user:password@, before the host, by libpq's rule
+         * (conninfo_uri_parse_options): up to the first '@' before any
+         * '/', so a '?', '&' or '#' in between is the password's. */
         auth += 3;
-        const char *at = auth + strcspn(auth, "@/?");
-        const char *colon = *at == '@' ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        if (colon != NULL && n < max)
-            spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(at - colon - 1)};
-        rest = at;
+        const char *end = auth + strcspn(auth, "@/");
+        const char *colon = memchr(auth, ':', (size_t)(end - auth));
+        const char *at = *end == '/' ? end + strcspn(end, "@?") : end;
+        if (*end == '@' && colon != NULL && n < max)
+            spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(end - colon - 1)};
+        /* A '/' in the password, not written %2F, with an '@' after it
+         * before any '?': libpq reads user:PASS as host:port and the rest
+         * as the database name, and quotes those pieces in its errors
+         * (`invalid integer value "PASS"`). Each piece between the '/'s
+         * is masked, as what it was meant to be. */
+        if (*end == '/' && colon != NULL && *at == '@') {
+            for (const char *piece = colon + 1; piece < at && n < max;) {
+                size_t len = strcspn(piece, "/@");
+                if (len > 0)
+                    spans[n++] = (gs_store_span){(size_t)(piece - p), len};
+                piece += len + 1;
+            }
+            end = at;
+        }
+        rest = end;
     }
     /* in order and apart: each search goes on after the span it found */
     for (const char *q = strpbrk(rest, "?&"); q != NULL && n < max;) {

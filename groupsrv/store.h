@@ -50,8 +50,9 @@ int gs_store_location_is_url(const char *location);
  * the user:password@ part and password= parameters. Always terminated. */
 void gs_store_location_display(const char *location, char *buf, size_t cap);
 /* Where the passwords are written in a database URI (user:PASSWORD@, and
- * each password=PASSWORD of its query): up to max spans, in order, as
- * offsets into location; returns how many. None in a file path. */
+ * each password=PASSWORD of its query; the pieces of one with a '/' that
+ * libpq cannot read as one): up to max spans, in order, as offsets into
+ * location; returns how many. None in a file path. */
 typedef struct gs_store_span {
     size_t off, len;
 } gs_store_span;

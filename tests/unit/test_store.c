@@ -1223,6 +1223,19 @@ static void test_helpers(void **state)
     assert_string_equal(buf, "postgresql://u:***@h/d");
     gs_store_location_display("postgresql://u:p@h/d?password=a?password=b&x=1", buf, sizeof(buf));
     assert_string_equal(buf, "postgresql://u:***@h/d?password=***&x=1");
+    /* libpq's user:password@ ends at the first '@' before a '/': a '?',
+     * '&' or '#' before it is the password's (before, the whole password
+     * was shown) */
+    gs_store_location_display("postgresql://u:p?w&x#y@h/d?sslmode=require", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@h/d?sslmode=require");
+    gs_store_location_display("postgresql://h/d?user=a@b&password=c", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://h/d?user=a@b&password=***");
+    /* a '/' in it (base64) that libpq takes for the path: each piece,
+     * which libpq quotes as a port or database name */
+    gs_store_location_display("postgresql://u:Qx7/z9+Kq/w@h:5432/d", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***/***/***@h:5432/d");
+    gs_store_location_display("postgresql://h:5432/d?user=a@b", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://h:5432/d?user=a@b");
 }
 
 static int group_sqlite(void **state)
