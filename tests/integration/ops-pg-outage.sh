@@ -5,6 +5,8 @@
 #   - a password in a [db] url that libpq cannot parse, which it quotes in
 #     its error, is shown as *** (stderr, check, serve's log); a running
 #     server's network process never holds it (SECURITY.md);
+#   - a [db] url naming a libpq service (docs/scale-out.md's way round the
+#     line length);
 #   - serve started while PostgreSQL is down exits 1 naming the database;
 #   - PostgreSQL stopped: unwraps, discovery, member PUT and DELETE and
 #     /healthz answer 503 db_unavailable with Retry-After, at once (no
@@ -81,6 +83,13 @@ for u in "postgresql://$PG_USER:pw%zzQx7z9Kq@/groupsrv?host=$PG_SOCK" \
   done
 done
 ok "a password in a [db] url libpq cannot parse is shown as *** (stderr, check, serve's log)"
+
+# ---- a URI too long for a line: a libpq service (docs/scale-out.md) -----------
+printf '[gs]\nhost=%s\ndbname=groupsrv\nuser=%s\n' "$PG_SOCK" "$PG_USER" > "$work/pg_service.conf"
+awk '/^url = /{print "url = postgresql:///?service=gs"; next} 1' "$work/gs.conf" > "$work/svc.conf"
+PGSERVICEFILE=$work/pg_service.conf "$BIN/groupsrv" -c "$work/svc.conf" group list > "$work/svc.out" 2>&1 &&
+  grep -q '^eng ' "$work/svc.out" || fail "[db] url naming a libpq service: $(cat "$work/svc.out")"
+ok "[db] url = postgresql:///?service=gs (the parameters in PGSERVICEFILE)"
 
 # ---- serve while PostgreSQL is down: exit 1 naming the database ---------------
 pg_stop
