@@ -1199,6 +1199,73 @@ static unsigned max_key_version(const gs_store_group_key *keys, size_t n)
     return v;
 }
 
+/* Is this database a clone's own, given the group by `group import` from
+ * another server? Then that server makes the group's versions: one made
+ * here would be certified by this server's CA, take the number the
+ * origin's next version takes too (two keys under one version number),
+ * and make the origin's export of its own version refused here. Told
+ * apart by the current version's certificate, which this server's CA did
+ * not sign, and the token, which holds only imported copies of the
+ * group's keys (an origin holds originals, even where `import-cert` gave
+ * its versions another CA's certificates). Servers sharing the origin's
+ * database share its CA too (ca import): any of them may rotate. */
+static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, bool *elsewhere)
+{
+    gs_store_group_key *keys = NULL;
+    gs_store_ca *ca_row = NULL;
+    X509 *ca = NULL, *cur = NULL;
+    size_t nk = 0;
+    gs_err err;
+
+    *elsewhere = false;
+    if (!g->replicable || hsm == NULL)
+        return GS_OK;
+    if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
+        goto out;
+    for (size_t i = 0; i < nk && cur == NULL && err == GS_OK; i++)
+        if (keys[i].state == GS_KEY_CURRENT)
+            err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &cur);
+    if (err || cur == NULL)
+        goto out;
+    err = gs_store_ca_get(st, &ca_row);
+    if (err == GS_ERR_NOT_FOUND) { /* no CA: the rotation itself says so */
+        err = GS_OK;
+        goto out;
+    }
+    if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &ca)) != GS_OK)
+        goto out;
+    if (X509_verify(cur, X509_get0_pubkey(ca)) == 1)
+        goto out; /* certified here */
+    for (size_t i = 0; i < nk; i++) {
+        hsm_key *k = NULL;
+        hsm_key_info ki;
+        bool original = keys[i].state != GS_KEY_RETIRED &&
+                        hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &k) == HSM_OK &&
+                        hsm_key_get_info(hsm, k, &ki) == HSM_OK && ki.extractable && ki.wrap_with_trusted;
+        hsm_key_free(k);
+        if (original)
+            goto out;
+    }
+    *elsewhere = true;
+out:
+    ERR_clear_error();
+    X509_free(cur);
+    X509_free(ca);
+    gs_store_ca_free(ca_row);
+    gs_store_group_keys_free(keys, nk);
+    return err;
+}
+
+/* The refusal of a new version where group_made_elsewhere says so. */
+static gs_err made_elsewhere_refusal(const char *name, const char *what, const char *option)
+{
+    return gs_err_set(GS_ERR_STATE, "group %s came to this server by `group import` (its keys here are copies, "
+                                    "certified by another server's CA): a new %s made here would differ from "
+                                    "that server's of the same number; make it there and import it here "
+                                    "(`group export %s %s N`)",
+                      name, what, name, option);
+}
+
 /* A group key version made on the token with its certificate, not yet
  * recorded: rotation and member removal record it in their own way. */
 struct next_version {
@@ -1281,10 +1348,15 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     skipped_labels[0] = '\0';
     if (version_out)
         *version_out = 0;
+    bool elsewhere = false;
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
-    err = make_next_version(st, hsm, ca, cfg, g, &nv);
+    err = group_made_elsewhere(st, hsm, g, &elsewhere);
+    if (!err && elsewhere)
+        err = made_elsewhere_refusal(name, "key version", "--version");
+    if (!err)
+        err = make_next_version(st, hsm, ca, cfg, g, &nv);
     if (!err)
         err = record_next_version(st, g, &nv);
     if (err)
@@ -1916,10 +1988,15 @@ static gs_err secret_rotate_locked(gs_store *st, hsm_ctx *hsm, const char *name,
     skipped_labels[0] = '\0';
     if (version_out)
         *version_out = 0;
+    bool elsewhere = false;
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
-    err = next_secret(st, hsm, g, &ns);
+    err = group_made_elsewhere(st, hsm, g, &elsewhere);
+    if (!err && elsewhere)
+        err = made_elsewhere_refusal(name, "secret key version", "--secret-version");
+    if (!err)
+        err = next_secret(st, hsm, g, &ns);
     if (err)
         goto out;
     err = gs_store_secret_add2(st, g->id, ns.version, ns.label, ns.kek_id, &ns.rec);
@@ -2090,7 +2167,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     gs_ca *own_ca = NULL;
     struct next_secret ns;
     struct next_version nv;
-    bool rotate, made = false;
+    bool rotate, rotate_key, made = false;
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
@@ -2109,11 +2186,18 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     }
     (void)snprintf(out->email, sizeof(out->email), "%s", m->email);
     rotate = cfg->server.auto_rotate_secret_on_remove && (g->methods & GS_METHOD_GROUP_SECRET);
-    if ((rotate || (g->methods & GS_METHOD_LOCAL_KEY)) && hsm == NULL) {
+    rotate_key = (g->methods & GS_METHOD_LOCAL_KEY) != 0;
+    if ((rotate || rotate_key) && hsm == NULL) {
         err = gs_err_set(GS_ERR_ARGS, "removing a member rotates a key: token needed");
         goto out;
     }
-    if (rotate || (g->methods & GS_METHOD_LOCAL_KEY)) {
+    /* A clone's own database: the removal here, the rotations on the
+     * server the group came from (their versions are imported here). */
+    if ((rotate || rotate_key) && (err = group_made_elsewhere(st, hsm, g, &out->rotate_elsewhere)) != GS_OK)
+        goto out;
+    if (out->rotate_elsewhere)
+        rotate = rotate_key = false;
+    if (rotate || rotate_key) {
         /* A write-protected token serves but makes no key: said up front,
          * as a refusal (the REST answer is 400, not a 503 whose
          * Retry-After would be followed for ever), the member kept. */
@@ -2124,14 +2208,14 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
                              "which is write-protected (CKF_WRITE_PROTECTED); remove members where the token "
                              "takes new keys",
                              log_quote(q, sizeof(q), email), group,
-                             (g->methods & GS_METHOD_LOCAL_KEY) ? "group key version" : "group secret key version");
+                             rotate_key ? "group key version" : "group secret key version");
             goto out;
         }
     }
     /* Option C: the member may hold a copy of the group key on their own
      * token, which no server can take back. Mail to the group must go to a
      * key they do not have: a new version, in the same step. */
-    if (g->methods & GS_METHOD_LOCAL_KEY) {
+    if (rotate_key) {
         if (ca == NULL) {
             err = gs_ca_load(st, hsm, &own_ca);
             if (!err)
@@ -2166,8 +2250,8 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("member removed group=%s member=%s secret_version=%u key_version=%u", group, email, ns.version,
-             nv.version);
+    log_info("member removed group=%s member=%s secret_version=%u key_version=%u rotate_elsewhere=%d", group, email,
+             ns.version, nv.version, (int)out->rotate_elsewhere);
     out->secret_version = ns.version;
     out->key_version = nv.version;
     nv.made = false; /* recorded */

@@ -256,13 +256,17 @@ typedef struct gs_member_removal {
     unsigned secret_version; /* new group secret key version */
     unsigned key_version;    /* new group key version: groups that allow local-key (option C) */
     char email[GS_EMAIL_MAX + 1]; /* the member removed, as stored (the request may differ in case) */
+    bool rotate_elsewhere;   /* nothing rotated: the group came by `group import` from the server that
+                                makes its versions (a clone's own database) */
 } gs_member_removal;
 /* gs_member_remove, and for a group that allows local-key also a new
  * group key version with its certificate from ca (NULL: the local CA is
  * loaded from st and hsm): a member who held a copy of the group key on
  * their own token must not read mail sent after their removal. The
  * removal and every new version are recorded in one transaction; on
- * failure the new token objects are destroyed again. */
+ * failure the new token objects are destroyed again. Where the group came
+ * by `group import` into a clone's own database, nothing is rotated (the
+ * origin makes the versions) and out->rotate_elsewhere says so. */
 gs_err gs_member_remove_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                            const char *group, const char *email, gs_member_removal *out);
 

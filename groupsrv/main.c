@@ -1157,6 +1157,11 @@ static int cmd_member(struct env *e, int argc, char **argv)
                    "older versions on their own token; mail sent from now on goes to version %u "
                    "(publish `group show %s --cert`, and export it to clones and members)\n",
                    rm.key_version, removed, rm.key_version, a.pos[1]);
+        if (rm.rotate_elsewhere)
+            printf("no key rotated here: group %s came to this server by `group import`, and the server it came "
+                   "from makes its versions: remove %s there too (that rotates), then import the new versions "
+                   "here (`group export %s --version N --secret-version N`)\n",
+                   a.pos[1], removed, a.pos[1]);
         print_skipped();
         return 0;
     }

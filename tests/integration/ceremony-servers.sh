@@ -12,7 +12,8 @@
 # a file signed by another CA, a key version already present. Both audit
 # logs name the ceremony, the key versions and the transport key, and
 # verify. The SO PIN typed on a terminal (script(1) gives the command a
-# pty) is not echoed. Then a rotation travels as a one-version file. Last,
+# pty) is not echoed. Then a rotation travels as a one-version file; the
+# clone, with its own database, refuses to make versions of its own. Last,
 # a cluster: gamma shares alpha's database and gets the CA key and the
 # group's keys on its own token (ca export/import, group import that only
 # fills the token), and `check` passes there.
@@ -270,6 +271,25 @@ gs_beta group show eng > "$work/show"
 grep -Eq "v3 +current" "$work/show" && grep -Eq "v2 +old" "$work/show" || fail "beta's versions: $(cat "$work/show")"
 expect 0 "check on beta after the rotation" -- gs_beta check
 
+# ---- beta, a clone with its own database, makes no version of its own:
+# one would be certified by beta's CA and take the number of alpha's next
+# version (two keys under one number, alpha's export of its own refused).
+# Removal, which must reach every clone, removes without rotating ----
+refused beta 1 "group rotate on a clone with its own database" -- gs_beta group rotate eng
+expect_msg "came to this server by .group import."
+refused beta 1 "secret rotate on a clone with its own database" -- gs_beta secret rotate eng
+expect_msg "make it there and import it here \\(.group export eng --secret-version N.\\)"
+refused beta 0 "member remove on the clone: removed, nothing rotated" -- gs_beta member remove eng alice@example.org
+grep -q "^no key rotated here: group eng came to this server by .group import." "$work/out" ||
+  fail "member remove on the clone: $(cat "$work/out")"
+gs_alpha secret rotate eng >/dev/null
+gs_alpha group export eng --secret-version 2 --to "$work/beta-transport.pem" --out "$work/eng-s2.gsk" >/dev/null
+expect 0 "import of alpha's secret key version 2 on the clone" -- \
+  gs_beta group import --in "$work/eng-s2.gsk" --ca "$work/alpha-ca.pem"
+gs_beta group show eng > "$work/show"
+grep -Eq "v2 +current +gs:secret:eng:v2" "$work/show" && grep -Eq "v3 +current +gs:group:eng:v3" "$work/show" ||
+  fail "beta's versions: $(cat "$work/show")"
+
 # ---- a cluster: gamma shares alpha's database, needs the CA key too ----
 mkserver gamma
 sed -i "s#^path = $work/gamma/groupsrv.db#path = $work/alpha/groupsrv.db#" "$work/gamma.conf"
@@ -295,8 +315,10 @@ sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@example.org'
 ! gs_gamma check > "$work/out" 2>&1 || fail "gamma's check passes with the group plain missing"
 grep PROBLEM "$work/out" | grep -v "gs:group:plain:v1\|gs:secret:plain:v1\|gs:reject:plain" | grep . &&
   fail "gamma's check: problems beyond the non-replicable group: $(cat "$work/out")"
-[ "$(grep -c "OK (imported copy)" "$work/out")" = 6 ] || fail "gamma's copies: $(cat "$work/out")"
-ok "check on gamma: the CA, three key versions, the secret and the rejection key are imported copies"
+[ "$(grep -c "OK (imported copy)" "$work/out")" = 7 ] || fail "gamma's copies: $(cat "$work/out")"
+ok "check on gamma: the CA, three key versions, two secret key versions and the rejection key are imported copies"
 expect 0 "gamma issues with the copied CA key" -- gs_gamma member add eng carol@example.org --issue-cert --out "$work"
 openssl verify -CAfile "$work/alpha-ca.pem" "$work/carol@example.org.pem" >/dev/null || fail "carol's certificate"
+# A server of the cluster rotates for all of it (one database, one CA).
+expect 0 "group rotate on gamma (copies only, the shared database's CA)" -- gs_gamma group rotate eng
 echo "all ceremony-servers checks passed"
