@@ -192,6 +192,25 @@ static int exit_for(gsk_err ge)
     }
 }
 
+/* A refused (or failed) import, in the member's record too: what is known
+ * of the file (m may be NULL: it did not verify) and why. */
+static void record_refusal(const gm_config *c, const gsk_manifest *m, bool token_gone, const char *why)
+{
+    char outcome[640];
+    json_t *f;
+
+    /* A token that went away refused nothing. */
+    (void)snprintf(outcome, sizeof(outcome), "%s: %s", token_gone ? "failed" : "refused", why);
+    f = json_pack("{s:s,s:s}", "file", c->in, "outcome", outcome);
+    if (f != NULL && m != NULL) {
+        json_object_set_new(f, "group", json_string(m->group.name));
+        json_object_set_new(f, "ceremony", json_string(m->ceremony));
+        json_object_set_new(f, "transport_key_sha256", json_string(m->transport_sha256));
+        json_object_set_new(f, "exported_by", json_string(m->exported_by));
+    }
+    (void)record(c, "import-group-key", f);
+}
+
 int gm_cmd_keys_import(gm_config *c)
 {
     const char *ca_file = c->group_ca != NULL ? c->group_ca : c->cacert;
@@ -223,6 +242,7 @@ int gm_cmd_keys_import(gm_config *c)
         goto out;
     if ((ge = gsk_shipment_read(file, flen, ca, &m)) != GSK_OK) {
         gm_err("%s refused: %s", c->in, gsk_err_detail());
+        record_refusal(c, NULL, false, gsk_err_detail());
         rc = exit_for(ge);
         goto out;
     }
@@ -239,6 +259,7 @@ int gm_cmd_keys_import(gm_config *c)
     }
     if (n == 0) {
         gm_err("%s holds no group key version", c->in);
+        record_refusal(c, m, false, "the file holds no group key version");
         goto out;
     }
     if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)
@@ -247,6 +268,7 @@ int gm_cmd_keys_import(gm_config *c)
     if ((ge = gsk_import(hsm, m, items, n, refs)) != GSK_OK) {
         /* A token that went away refused nothing. */
         gm_err(ge == GSK_ERR_TOKEN ? "%s: %s" : "%s refused: %s", c->in, gsk_err_detail());
+        record_refusal(c, m, ge == GSK_ERR_TOKEN, gsk_err_detail());
         rc = exit_for(ge);
         goto out;
     }
@@ -257,9 +279,9 @@ int gm_cmd_keys_import(gm_config *c)
         json_array_append_new(labels, json_string(m->entries[items[i].index].label));
     }
     if (record(c, "import-group-key",
-               json_pack("{s:s,s:s,s:s,s:s,s:O,s:O,s:s}", "group", m->group.name, "ceremony", m->ceremony, "token",
-                         desc, "transport_key_sha256", m->transport_sha256, "key_versions", versions, "labels", labels,
-                         "exported_by", m->exported_by)) != 0) {
+               json_pack("{s:s,s:s,s:s,s:s,s:O,s:O,s:s,s:s}", "group", m->group.name, "ceremony", m->ceremony,
+                         "token", desc, "transport_key_sha256", m->transport_sha256, "key_versions", versions,
+                         "labels", labels, "exported_by", m->exported_by, "outcome", "ok")) != 0) {
         /* No copy without its record. */
         for (size_t i = 0; i < n; i++)
             destroy_label(hsm, m->entries[items[i].index].label);

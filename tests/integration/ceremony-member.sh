@@ -7,7 +7,8 @@
 # Refusals on her side leave her token as it was. Then alice is removed:
 # `member remove` rotates the group key and says so, and the next message
 # (to the new version) does not decrypt with her old copy. Both sides
-# record the ceremony: the server's audit log, alice's ceremony.jsonl.
+# record the ceremony, refusals included: the server's audit log, alice's
+# ceremony.jsonl.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
@@ -110,8 +111,16 @@ expect 0 "check after the rotation" -- gs_groups check
 # ---- alice's own record of the ceremony ----
 log=$HOME/.local/share/groupmail/ceremony.jsonl
 [ "$(stat -c %a "$log")" = 600 ] || fail "ceremony.jsonl is not 0600"
-grep '"action":"import-group-key"' "$log" | grep "$fp" | grep -q '"key_versions":\[1\]' ||
+grep '"action":"import-group-key"' "$log" | grep "$fp" | grep '"outcome":"ok"' | grep -q '"key_versions":\[1\]' ||
   fail "alice's record lacks the import: $(cat "$log")"
+# ...and her refusals, as the server records its own (SECURITY.md)
+grep '"action":"import-group-key"' "$log" | grep 'bad.gsk' | grep -q '"outcome":"refused: ' ||
+  fail "alice's record lacks the changed file's refusal: $(cat "$log")"
+grep '"action":"import-group-key"' "$log" | grep 'not-alice.gsk' | grep '"ceremony":"' |
+  grep -q '"outcome":"refused: this file was made for transport key' ||
+  fail "alice's record lacks the refusal for another transport key: $(cat "$log")"
+grep '"action":"import-group-key"' "$log" | grep -q '"outcome":"failed: the decryption test of key gs:group:eng:v1 could not run' ||
+  fail "alice's record lacks the import her token's going away stopped: $(cat "$log")"
 python3 - "$log" <<'PY' || fail "alice's ceremony.jsonl chain is broken"
 import hashlib, json, sys
 prev = "0" * 64
@@ -119,5 +128,5 @@ for line in open(sys.argv[1], "rb").read().split(b"\n")[:-1]:
     assert json.loads(line)["prev"] == prev
     prev = hashlib.sha256(line).hexdigest()
 PY
-ok "alice's ceremony.jsonl records both steps and its hash chain holds"
+ok "alice's ceremony.jsonl records both steps and her refusals, and its hash chain holds"
 echo "all ceremony-member checks passed"
