@@ -785,6 +785,16 @@ gsk_err gsk_shipment_read(const unsigned char *der, size_t len, X509 *trusted_ca
     }
     if ((err = parse_manifest(text, tlen, &m)) != GSK_OK)
         goto out;
+    /* The trusted CA's key signed it under another certificate of that
+     * key: one `ca renew-cert` replaced (or made) since. The file stays
+     * bound to the certificate it names, whose holder checked it. */
+    if (strcmp(m->signer_ca_sha256, trusted_fp) != 0 && strcmp(m->signer_algorithm, alg) == 0) {
+        err = gsk_fail(GSK_ERR_SIGNER, "signed by the trusted CA's key under its certificate sha256 %.16s..., "
+                                       "not the trusted certificate %.16s... (renewed by `ca renew-cert`?): check "
+                                       "it against the CA certificate it names",
+                       m->signer_ca_sha256, trusted_fp);
+        goto out;
+    }
     if (strcmp(m->signer_ca_sha256, trusted_fp) != 0 || strcmp(m->signer_algorithm, alg) != 0) {
         err = gsk_fail(GSK_ERR_SIGNER, "the manifest names another signer than the trusted CA");
         goto out;

@@ -166,7 +166,7 @@ cmp -s "$work/alpha-ca-new.pem" "$work/alpha-ca.pem" && fail "ca renew-cert left
 # renewal is refused against the renewed certificate; export it again.
 refused beta 1 "ca import of a file made before the renewal, against the renewed certificate" -- \
   gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca-new.pem"
-expect_msg "refused: the manifest names another signer than the trusted CA"
+expect_msg "refused: signed by the trusted CA.s key under its certificate sha256 [0-9a-f]{16}\.\.\., not the trusted certificate [0-9a-f]{16}\.\.\. \(renewed by .ca renew-cert.\?\)"
 gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/dev/null
 expect 0 "ca import of a file made after the renewal" -- \
   gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca-new.pem"

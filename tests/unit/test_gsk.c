@@ -256,6 +256,15 @@ static void test_other_ca(void **state)
     assert_non_null(strstr(gsk_err_detail(), "not the trusted CA"));
     assert_int_equal(gsk_shipment_read(der, len, ec.cert, &m), GSK_ERR_SIGNER);
     assert_null(m);
+    /* The same CA key under a renewed certificate (ca renew-cert): the
+     * file is bound to the certificate it names, and the refusal says so. */
+    X509 *renewed = self_signed(other.key, "test CA", true);
+    assert_int_equal(X509_gmtime_adj(X509_getm_notAfter(renewed), 2 * 86400) != NULL, 1);
+    assert_true(X509_sign(renewed, other.key, EVP_sha256()) > 0);
+    assert_int_equal(gsk_shipment_read(der, len, renewed, &m), GSK_ERR_SIGNER);
+    assert_non_null(strstr(gsk_err_detail(), "the trusted CA's key under its certificate"));
+    assert_null(m);
+    X509_free(renewed);
     free(der);
     ca_free(&ca);
     ca_free(&other);
