@@ -192,6 +192,17 @@ static int exit_for(gsk_err ge)
     }
 }
 
+/* Does the canonical comma list name the method? */
+static bool methods_has(const char *list, const char *method)
+{
+    size_t n = strlen(method);
+
+    for (const char *p = list; p != NULL && *p != '\0'; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, method, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
 /* A refused (or failed) import, in the member's record too: what is known
  * of the file (m may be NULL: it did not verify) and why. */
 static void record_refusal(const gm_config *c, const gsk_manifest *m, bool token_gone, const char *why)
@@ -260,6 +271,18 @@ int gm_cmd_keys_import(gm_config *c)
     if (n == 0) {
         gm_err("%s holds no group key version", c->in);
         record_refusal(c, m, false, "the file holds no group key version");
+        goto out;
+    }
+    /* Only a group that allows local-key rotates its key when a member
+     * is removed (no server can take a copy back from a token): a copy of
+     * another group's key would keep reading the group's mail after its
+     * holder's removal. A file made for a member of such a group is the
+     * sending side's mistake, refused before the token is touched. */
+    if (!methods_has(m->group.methods, "local-key")) {
+        gm_err("%s refused: group %s does not allow local-key (its key is not rotated when a member is removed, so "
+               "a copy on a member's token would outlive the removal): ask its administrator",
+               c->in, m->group.name);
+        record_refusal(c, m, false, "the group does not allow local-key");
         goto out;
     }
     if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)

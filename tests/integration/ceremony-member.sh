@@ -4,8 +4,9 @@
 # groupmail, the group's administrator exports the group key to it (user
 # PIN and SO PIN), alice imports it (checked against the group CA) and
 # decrypts a message sent to the group with no server running at all.
-# Refusals on her side leave her token as it was. Then alice is removed:
-# `member remove` rotates the group key and says so, and the next message
+# Refusals on her side (another CA, a changed file, another transport
+# key, a group that does not allow local-key) leave her token as it was.
+# Then alice is removed: `member remove` rotates the group key and says so, and the next message
 # (to the new version) does not decrypt with her old copy. Both sides
 # record the ceremony, refusals included: the server's audit log, alice's
 # ceremony.jsonl.
@@ -62,6 +63,13 @@ gs_groups group export eng --to "$work/server-t.pem" --out "$work/not-alice.gsk"
 refused alice 1 "import of a file made for another transport key" -- \
   gm keys import-group-key --in "$work/not-alice.gsk" --token "$tok"
 expect_msg "transport key"
+# A replicable group without local-key (a clone's, say) does not rotate
+# its key on removal: a member's copy of it would outlive the removal.
+gs_groups group create ops --address ops@example.org --key rsa:2048 --replicable --methods tls >/dev/null
+gs_groups group export ops --to "$work/alice-t.pem" --out "$work/ops-alice.gsk" >/dev/null
+refused alice 1 "import of a key of a group that does not allow local-key" -- \
+  gm keys import-group-key --in "$work/ops-alice.gsk" --token "$tok"
+expect_msg "group ops does not allow local-key"
 
 # alice's token goes away at the decryption test (tests/p11fault in front
 # of her SoftHSM): not a refusal of the file; her token unchanged
@@ -119,6 +127,8 @@ grep '"action":"import-group-key"' "$log" | grep 'bad.gsk' | grep -q '"outcome":
 grep '"action":"import-group-key"' "$log" | grep 'not-alice.gsk' | grep '"ceremony":"' |
   grep -q '"outcome":"refused: this file was made for transport key' ||
   fail "alice's record lacks the refusal for another transport key: $(cat "$log")"
+grep '"action":"import-group-key"' "$log" | grep '"group":"ops"' | grep -q '"outcome":"refused: the group does not allow local-key"' ||
+  fail "alice's record lacks the refusal of group ops's key: $(cat "$log")"
 grep '"action":"import-group-key"' "$log" | grep -q '"outcome":"failed: the decryption test of key gs:group:eng:v1 could not run' ||
   fail "alice's record lacks the import her token's going away stopped: $(cat "$log")"
 python3 - "$log" <<'PY' || fail "alice's ceremony.jsonl chain is broken"
