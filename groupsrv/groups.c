@@ -1570,12 +1570,25 @@ gs_err gs_group_renew_cert(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const st
     EVP_PKEY *pk = NULL;
     X509 *cert = NULL;
     char *pem = NULL;
+    bool elsewhere = false;
     gs_err err;
     hsm_err he;
 
     *version_out = 0;
     if ((err = gs_group_load(st, hsm, name, &g)) != GS_OK)
         goto out;
+    /* A clone's CA is not the group's: its certificate would be refused
+     * by every sender and member that knows the group's CA. */
+    if ((err = group_made_elsewhere(st, hsm, g->info, &elsewhere)) != GS_OK)
+        goto out;
+    if (elsewhere) {
+        err = gs_err_set(GS_ERR_STATE, "group %s came to this server by `group import` (its keys here are copies, "
+                                       "certified by another server's CA): this server's CA cannot certify it; "
+                                       "renew it there and give the certificate to this server (`group "
+                                       "import-cert %s --cert FILE --version N`)",
+                         name, name);
+        goto out;
+    }
     for (size_t i = 0; i < g->n_versions && k == NULL; i++)
         if (version == 0 ? g->versions[i].current : g->versions[i].version == version)
             k = &g->versions[i];

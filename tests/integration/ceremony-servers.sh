@@ -13,7 +13,8 @@
 # logs name the ceremony, the key versions and the transport key, and
 # verify. The SO PIN typed on a terminal (script(1) gives the command a
 # pty) is not echoed. Then a rotation travels as a one-version file; the
-# clone, with its own database, refuses to make versions of its own. Last,
+# clone, with its own database, refuses to make versions (or group
+# certificates, which its CA cannot give) of its own. Last,
 # a cluster: gamma shares alpha's database and gets the CA key and the
 # group's keys on its own token (ca export/import, group import that only
 # fills the token), and `check` passes there.
@@ -279,6 +280,13 @@ refused beta 1 "group rotate on a clone with its own database" -- gs_beta group 
 expect_msg "came to this server by .group import."
 refused beta 1 "secret rotate on a clone with its own database" -- gs_beta secret rotate eng
 expect_msg "make it there and import it here \\(.group export eng --secret-version N.\\)"
+refused beta 1 "group renew-cert on the clone (its CA is not the group's)" -- gs_beta group renew-cert eng
+expect_msg "renew it there and give the certificate to this server"
+gs_alpha group renew-cert eng >/dev/null
+gs_alpha group show eng --cert > "$work/eng-v3-renewed.pem"
+expect 0 "the origin's renewed certificate recorded on the clone" -- \
+  gs_beta group import-cert eng --cert "$work/eng-v3-renewed.pem" --version 3
+gs_beta group show eng --cert | cmp -s - "$work/eng-v3-renewed.pem" || fail "beta's v3 certificate is not alpha's renewed one"
 refused beta 0 "member remove on the clone: removed, nothing rotated" -- gs_beta member remove eng alice@example.org
 grep -q "^no key rotated here: group eng came to this server by .group import." "$work/out" ||
   fail "member remove on the clone: $(cat "$work/out")"
