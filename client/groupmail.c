@@ -309,6 +309,14 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
                    uris[i].what);
             return GM_EXIT_USAGE;
         }
+    /* p11-kit drops whitespace from a URI: "object=My Key" would name "MyKey" */
+    for (size_t i = 0; i < GS_ARRAY_LEN(uris); i++)
+        if (uris[i].uri != NULL && strncmp(uris[i].uri, "pkcs11:", 7) == 0 && util_uri_needs_escape(uris[i].uri, 0)) {
+            char enc[1024];
+            gm_err("%s: the pkcs11: URI has a space or control byte, which a PKCS#11 URI must percent-encode: %s",
+                   uris[i].what, util_uri_escape_loose(uris[i].uri, enc, sizeof(enc)));
+            return GM_EXIT_USAGE;
+        }
     if (c->store == NULL && (c->store = gm_default_store_path()) == NULL) {
         gm_err("no store directory: set HOME, --store or [store] dir");
         return GM_EXIT_USAGE;

@@ -319,6 +319,49 @@ int util_uri_has_pin_value(const char *uri)
     return 0;
 }
 
+static int uri_byte_needs_escape(unsigned char c, int strict)
+{
+    if (c <= 0x20 || c == 0x7f)
+        return 1;
+    return strict && (c > 0x7f || strchr("\"<>\\^`{|}", c) != NULL);
+}
+
+int util_uri_needs_escape(const char *uri, int strict)
+{
+    if (uri == NULL)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)uri; *p != '\0'; p++)
+        if (uri_byte_needs_escape(*p, strict))
+            return 1;
+    return 0;
+}
+
+char *util_uri_escape_loose(const char *uri, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    if (cap == 0)
+        return out;
+    for (const unsigned char *p = (const unsigned char *)(uri != NULL ? uri : ""); *p != '\0'; p++) {
+        size_t n = uri_byte_needs_escape(*p, 1) ? 3 : 1;
+        if (o + n + 4 > cap) { /* room for "..." and the NUL */
+            memcpy(out + o, "...", cap - o >= 4 ? 3 : 0);
+            o += cap - o >= 4 ? 3 : 0;
+            break;
+        }
+        if (n == 3) {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 /* The authority of scheme://authority[/?#...] and its length in *n; NULL
  * when url has no "://". It ends where libcurl ends it, at / ? or #. */
 static const char *url_authority(const char *url, size_t *n)

@@ -63,6 +63,22 @@ int util_read_pin_source(const char *source, char **pin, size_t *len);
  * line, a log or a database record. */
 int util_uri_has_pin_value(const char *uri);
 
+/* Nonzero when a pkcs11: URI holds a byte RFC 7512 wants percent-encoded
+ * and p11-kit does not refuse. Always: whitespace, which p11-kit drops
+ * without a word ("object=eng key" names a key "engkey", "token=My Card"
+ * a token "MyCard"), and other control bytes. With strict also bytes
+ * above 0x7e (a label's UTF-8) and " < > \ ^ ` { | }, which p11-kit takes
+ * as they are: refused where a URI is new (--use-key, which the database
+ * records and every output shows), not in a configuration that worked.
+ * A refusal gives the encoded form (below): the one that names what the
+ * user meant. */
+int util_uri_needs_escape(const char *uri, int strict);
+
+/* uri with each byte util_uri_needs_escape objects to written %XX
+ * (upper-case hex), the rest as it was, into out (cap bytes, cut short
+ * with "..." when too small); returns out. */
+char *util_uri_escape_loose(const char *uri, char *out, size_t cap);
+
 /* Nonzero when a URL's host (scheme://[userinfo@]host[:port][/...]) is
  * this machine's loopback: "localhost", an IPv4 address in 127.0.0.0/8,
  * or [::1]; as written, never resolved (a name that resolves to 127.0.0.1

@@ -877,7 +877,7 @@ gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *
     }
     if (err)
         goto out;
-    log_info("CA initialised label=%s adopted=%s replicable=%d", ref, use_key != NULL ? "yes" : "no",
+    log_info("CA initialised label=\"%s\" adopted=%s replicable=%d", log_qs(ref), use_key != NULL ? "yes" : "no",
              (int)replicable);
     if (out) {
         ca = calloc(1, sizeof(*ca));

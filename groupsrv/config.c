@@ -357,6 +357,12 @@ static gs_err validate(const char *name, struct gs_config *c)
     if (c->tls.key != NULL && util_uri_has_pin_value(c->tls.key))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'key' in [tls] carries a PIN (pin-value; not shown): the PIN comes "
                           "from [hsm] pin_source only", name);
+    if (c->tls.key != NULL && strncmp(c->tls.key, "pkcs11:", 7) == 0 && util_uri_needs_escape(c->tls.key, 0)) {
+        char enc[1024];
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'key' in [tls] has a space or control byte, which a PKCS#11 URI "
+                          "must percent-encode (p11-kit would drop it): %s", name,
+                          util_uri_escape_loose(c->tls.key, enc, sizeof(enc)));
+    }
     if (!valid_listen(c->server.listen))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'listen' in [server] must be host:port", name);
     if (c->server.reserved_connections == UINT_MAX)

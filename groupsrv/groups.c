@@ -98,7 +98,7 @@ static gs_err free_version(hsm_ctx *hsm, void (*label_of)(char *, size_t, const 
         }
         size_t used = strlen(skipped_labels);
         (void)snprintf(skipped_labels + used, sizeof(skipped_labels) - used, "%s%s", used > 0 ? ", " : "", label);
-        log_warn("token object not in the database kept; the new version goes past it label=%s", label);
+        log_warn("token object not in the database kept; the new version goes past it label=\"%s\"", log_qs(label));
     }
     return gs_err_set(GS_ERR_EXISTS, "token already has objects labelled %s and the 255 versions after it, which the "
                                      "database does not record",
@@ -161,7 +161,7 @@ static void undo_label(hsm_ctx *hsm, const char *label, hsm_key_class cls)
 {
     hsm_err he = destroy_label(hsm, label, cls);
     if (he != HSM_OK) {
-        log_warn("could not destroy token key label=%s err=\"%s\"", label, hsm_strerror(he));
+        log_warn("could not destroy token key label=\"%s\" err=\"%s\"", log_qs(label), hsm_strerror(he));
         note_left(label);
     }
 }
@@ -179,7 +179,7 @@ void gs_token_destroy_label(hsm_ctx *hsm, const char *label)
     for (size_t i = 0; i < GS_ARRAY_LEN(classes); i++) {
         hsm_err he = destroy_label(hsm, label, classes[i]);
         if (he != HSM_OK)
-            log_warn("could not destroy token key label=%s err=\"%s\"", label, hsm_strerror(he));
+            log_warn("could not destroy token key label=\"%s\" err=\"%s\"", log_qs(label), hsm_strerror(he));
     }
 }
 
@@ -641,8 +641,8 @@ static void log_weakening(const char *label, const hsm_keygen_result *res)
     if (res->missing == 0)
         return;
     gs_weak_format(res->missing, weak, sizeof(weak));
-    log_warn("key made without every protection (an accepted weakening, recorded) label=%s weakenings=%s why=\"%s\"",
-             label, weak, res->why);
+    log_warn("key made without every protection (an accepted weakening, recorded) label=\"%s\" weakenings=%s why=\"%s\"",
+             log_qs(label), weak, log_qs(res->why));
 }
 
 /* Generates a key pair on the token with exactly `usage` and every
@@ -772,7 +772,7 @@ static gs_err ensure_seal_key(hsm_ctx *hsm, const hsm_caps *caps, hsm_key **seal
     he = hsm_key_find(hsm, SEAL_LABEL, HSM_CLASS_PRIVATE, seal);
     if (he != HSM_OK)
         return gs_hsm_fail(he, "finding the new seal key", SEAL_LABEL);
-    log_info("seal key made label=%s", SEAL_LABEL);
+    log_info("seal key made label=\"%s\"", SEAL_LABEL);
     return GS_OK;
 }
 
@@ -1154,7 +1154,7 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     err = gs_store_commit(st);
     if (err)
         goto out;
-    log_info("group created group=%s label=%s policy=%s replicable=%d", spec->name, klabel, policy,
+    log_info("group created group=%s label=\"%s\" policy=%s replicable=%d", spec->name, log_qs(klabel), policy,
              (int)spec->replicable);
     if (version_out)
         *version_out = 1;
@@ -1790,7 +1790,7 @@ static gs_err record_unrecorded_version(gs_store *st, hsm_ctx *hsm, const gs_sto
     err = gs_store_group_key_add_as(st, g->id, version, label, pem,
                                     version > cur->version ? GS_KEY_CURRENT : GS_KEY_OLD, &rec);
     if (!err)
-        log_info("unrecorded group key version recorded group=%s version=%u label=%s", g->name, version, label);
+        log_info("unrecorded group key version recorded group=%s version=%u label=\"%s\"", g->name, version, log_qs(label));
 out:
     gs_store_keys_unlock(st);
     free(pem);
@@ -1851,7 +1851,7 @@ gs_err gs_secret_record(gs_store *st, hsm_ctx *hsm, const char *name, unsigned v
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "group %s: another secret key version has this KEK identifier", g->name);
     if (!err)
-        log_info("unrecorded secret key version recorded group=%s version=%u label=%s", g->name, version, label);
+        log_info("unrecorded secret key version recorded group=%s version=%u label=\"%s\"", g->name, version, log_qs(label));
 out:
     if (locked)
         gs_store_keys_unlock(st);

@@ -197,6 +197,20 @@ static int refuse_uri_pin(const char *cmd)
                            "from [hsm] pin_source only", cmd));
 }
 
+/* --use-key with a space, a label's UTF-8 or another byte RFC 7512 wants
+ * percent-encoded: exit 1 with the encoded URI to give instead. p11-kit
+ * would drop the space and look for another key, and the database would
+ * record (and every output show) the URI as typed. */
+static int refuse_uri_unescaped(const char *cmd, const char *uri)
+{
+    char enc[1024];
+
+    return fail(gs_err_set(GS_ERR_ARGS,
+                           "%s: the --use-key URI has bytes a PKCS#11 URI must percent-encode (RFC 7512: spaces, "
+                           "non-ASCII, quotes): give --use-key '%s'",
+                           cmd, util_uri_escape_loose(uri, enc, sizeof(enc))));
+}
+
 /* ---- shared set-up ------------------------------------------------------------- */
 
 static void env_close(struct env *e)
@@ -425,6 +439,8 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
         if (util_uri_has_pin_value(opt(&a, "--use-key")))
             return refuse_uri_pin("ca init");
+        if (util_uri_needs_escape(opt(&a, "--use-key"), 1))
+            return refuse_uri_unescaped("ca init", opt(&a, "--use-key"));
         const char *ref = opt(&a, "--use-key") ? opt(&a, "--use-key") : e->cfg->ca.key_label;
         struct cli_record rec;
         char fp[65] = "";
@@ -648,6 +664,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group create: --key and --use-key exclude each other%s", "");
         if (util_uri_has_pin_value(spec.use_key))
             return refuse_uri_pin("group create");
+        if (util_uri_needs_escape(spec.use_key, 1))
+            return refuse_uri_unescaped("group create", spec.use_key);
         if (spec.allow_pkcs1v15 && spec.oaep_only)
             return usage_error("group create: --allow-pkcs1v15 and --oaep-only contradict each other%s", "");
         if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &spec.member_wrap) != GS_OK)

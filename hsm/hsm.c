@@ -1109,9 +1109,14 @@ hsm_err hsm_token_uri_check(const char *uri)
     if (uri == NULL || (u = p11_kit_uri_new()) == NULL)
         return uri == NULL ? HSM_ERR_ARGS : HSM_ERR_NOMEM;
     rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_TOKEN, u);
-    if (rc != P11_KIT_URI_OK)
+    if (rc != P11_KIT_URI_OK) {
         hsm_set_detail("%s", p11_kit_uri_message(rc));
-    else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL)
+    } else if (util_uri_needs_escape(uri, 0)) {
+        char enc[512];
+        hsm_set_detail("it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would "
+                       "drop it and look for another token): %s",
+                       util_uri_escape_loose(uri, enc, sizeof(enc)));
+    } else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL)
         hsm_set_detail("it carries a PIN (%s): the PIN comes from [hsm] pin_source only",
                        p11_kit_uri_get_pin_value(u) != NULL ? "pin-value" : "pin-source");
     else if (p11_kit_uri_any_unrecognized(u))

@@ -697,20 +697,20 @@ static void key_audit_row(void *arg, const gs_key_audit_row *row)
         /* A key version (or a group's rejection key) this token lacks:
          * servers on one shared database whose tokens get keys by the
          * ceremony. Served as 503 key_unavailable, not fatal. */
-        log_warn("key version missing from this token kind=%s group=%s version=%u label=%s", row->kind, row->group,
-                 row->version, row->label);
+        log_warn("key version missing from this token kind=%s group=%s version=%u label=\"%s\"", row->kind, row->group,
+                 row->version, log_qs(row->label));
         return;
     }
     if (!row->ok) {
-        log_error("token key fails its policy label=%s problem=\"%s\"", row->label, row->problem);
+        log_error("token key fails its policy label=\"%s\" problem=\"%s\"", log_qs(row->label), log_qs(row->problem));
         (*bad)++;
     } else if (row->accepted[0] != '\0' || row->note[0] != '\0') {
         /* Never silent: what the token could not do is named at every start. */
         if (row->accepted[0] != '\0')
-            log_warn("token key runs with an accepted weakening label=%s weakenings=%s note=\"%s\"", row->label,
+            log_warn("token key runs with an accepted weakening label=\"%s\" weakenings=%s note=\"%s\"", log_qs(row->label),
                      row->accepted, row->note);
         else
-            log_warn("token key passes, not every attribute verified label=%s note=\"%s\"", row->label, row->note);
+            log_warn("token key passes, not every attribute verified label=\"%s\" note=\"%s\"", log_qs(row->label), log_qs(row->note));
     }
 }
 

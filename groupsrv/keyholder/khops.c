@@ -1346,8 +1346,8 @@ int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
         return -1;
     }
     if (!ki.always_sensitive || !ki.never_extractable)
-        log_warn("the TLS key on the token was once readable or extractable (imported?) uri=%s", uri);
-    log_info("TLS key on the token uri=%s bits=%u", uri, ki.bits);
+        log_warn("the TLS key on the token was once readable or extractable (imported?) uri=\"%s\"", log_qs(uri));
+    log_info("TLS key on the token uri=\"%s\" bits=%u", log_qs(uri), ki.bits);
     /* Swapped under the write lock: no signature is using the old one. */
     pthread_rwlock_wrlock(&kh->tls_lock);
     hsm_key *old = kh->tls_key;

@@ -90,7 +90,7 @@ int tls_tokenkey_new(const unsigned char *spki, size_t spki_len, const char *uri
         goto out;
     }
     ec = NULL;
-    log_info("TLS key on the token uri=%s curve=%s", uri, OBJ_nid2sn(nid));
+    log_info("TLS key on the token uri=\"%s\" curve=%s", log_qs(uri), OBJ_nid2sn(nid));
     *out = pk;
     pk = NULL;
     rc = 0;
