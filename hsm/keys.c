@@ -365,6 +365,26 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
     return HSM_OK;
 }
 
+/* How a message names a key: its label, quoted as log_quote does, with
+ * its CKA_ID as a URI's id= where it has one and the label is empty (a
+ * key adopted by pkcs11:id=...;type=private names no label). */
+static const char *key_name(const hsm_key *key, char *buf, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o;
+
+    if (key->label[0] != '\0' || key->id_len == 0)
+        return log_quote(buf, cap, key->label);
+    o = (size_t)snprintf(buf, cap, "id=");
+    for (size_t i = 0; i < key->id_len && o + 4 <= cap; i++) {
+        buf[o++] = '%';
+        buf[o++] = hex[key->id[i] >> 4];
+        buf[o++] = hex[key->id[i] & 15];
+    }
+    buf[o < cap ? o : cap - 1] = '\0';
+    return buf;
+}
+
 hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJECT_HANDLE *h)
 {
     CK_ATTRIBUTE t[3];
@@ -394,7 +414,7 @@ hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJEC
         return err;
     if (n != 1) {
         char q[80];
-        hsm_set_detail("key %s %s", log_quote(q, sizeof(q), key->label),
+        hsm_set_detail("key %s %s", key_name(key, q, sizeof(q)),
                        n == 0 ? "not on the token" : "is no longer unique");
         return n == 0 ? HSM_ERR_KEY_NOT_FOUND : HSM_ERR_KEY_AMBIGUOUS;
     }
@@ -454,11 +474,11 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     if (err != HSM_OK)
         return err;
     if (n == 0) {
-        hsm_set_detail("no key %s on the token", log_quote(q, sizeof(q), fa->key->label));
+        hsm_set_detail("no key %s on the token", key_name(fa->key, q, sizeof(q)));
         return HSM_ERR_KEY_NOT_FOUND;
     }
     if (n > 1) {
-        hsm_set_detail("more than one key matches %s", log_quote(q, sizeof(q), fa->key->label));
+        hsm_set_detail("more than one key matches %s", key_name(fa->key, q, sizeof(q)));
         return HSM_ERR_KEY_AMBIGUOUS;
     }
     if ((err = key_fill(ctx, s, found[0], fa->key)) != HSM_OK)

@@ -692,9 +692,32 @@ static void test_jsonw_shape_and_bounds(void **state)
     assert_string_equal(jsonw_strerror(JSONW_E_UTF8), "string is not valid UTF-8");
 }
 
+/* What p11-kit would drop (a space) or keep raw (UTF-8, quotes): found,
+ * and encoded as %XX, the rest of the URI left as it is; cut short, never
+ * past its buffer. */
+static void test_uri_escape_loose(void **state)
+{
+    char out[64];
+    (void)state;
+
+    assert_false(util_uri_needs_escape("pkcs11:token=grp%20tok;object=a%3Bb;type=private", 1));
+    assert_false(util_uri_needs_escape(NULL, 1));
+    assert_true(util_uri_needs_escape("pkcs11:object=eng key", 0));
+    assert_true(util_uri_needs_escape("pkcs11:object=eng\tkey", 0));
+    assert_false(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 0));
+    assert_true(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 1));
+    assert_true(util_uri_needs_escape("pkcs11:object=a|b", 1));
+    assert_string_equal(util_uri_escape_loose("pkcs11:object=Gr\xc3\xbcn \"x\";type=private", out, sizeof(out)),
+                        "pkcs11:object=Gr%C3%BCn%20%22x%22;type=private");
+    assert_string_equal(util_uri_escape_loose("pkcs11:object=a b c d e f", out, 20), "pkcs11:object=a...");
+    assert_string_equal(util_uri_escape_loose("pkcs11:object=\xff\xff\xff\xff\xff\xff", out, 24),
+                        "pkcs11:object=%FF%FF...");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uri_escape_loose),
         cmocka_unit_test(test_b64_roundtrip),
         cmocka_unit_test(test_b64_rejects),
         cmocka_unit_test(test_pin_source),

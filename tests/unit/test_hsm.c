@@ -468,6 +468,12 @@ static void test_find(void **state)
     assert_null(k);
     assert_non_null(strstr(hsm_last_error_detail(), "no-such-key"));
     assert_int_equal(hsm_key_find(ctx, GRP_RSA, 0, &k), HSM_ERR_KEY_AMBIGUOUS);
+    /* A reference by id= alone is named by its id (it has no label). */
+    snprintf(uri, sizeof(uri), "pkcs11:id=%s", idhex);
+    assert_int_equal(hsm_key_find(ctx, uri, 0, &k), HSM_ERR_KEY_AMBIGUOUS);
+    assert_non_null(strstr(hsm_last_error_detail(), "more than one key matches id=%"));
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:id=%fe%01", 0, &k), HSM_ERR_KEY_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "no key id=%FE%01 on the token"));
     assert_int_equal(hsm_key_find(ctx, "pkcs11:object=%zz", 0, &k), HSM_ERR_URI);
     assert_int_equal(hsm_key_find(ctx, "pkcs11:token=other;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
