@@ -233,7 +233,7 @@ int gm_cmd_keys_import(gm_config *c)
     hsm_key **refs = NULL;
     hsm_ctx *hsm = NULL;
     json_t *versions = NULL, *labels = NULL;
-    char desc[96], tlabel[33];
+    char desc[96], tlabel[33], tlabel_uri[3 * 32 + 1];
     gsk_err ge;
     int rc = GM_EXIT_USAGE;
 
@@ -312,9 +312,12 @@ int gm_cmd_keys_import(gm_config *c)
     }
     printf("group %s: imported on token %s (ceremony %s), each key passed its decryption test\n", m->group.name, desc,
            m->ceremony);
+    /* Ready to paste: the token's label percent-encoded (a card's label
+     * "Alice card" as token=Alice%20card). */
+    util_uri_escape_value(tlabel, tlabel_uri, sizeof(tlabel_uri));
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[items[i].index];
-        printf("  v%u  --group-key 'pkcs11:token=%s;object=%s;type=private'\n", k->version, tlabel, k->label);
+        printf("  v%u  --group-key 'pkcs11:token=%s;object=%s;type=private'\n", k->version, tlabel_uri, k->label);
     }
     if (n < m->n_entries)
         printf("(%zu server keys in the file were not imported: secret and rejection keys stay on servers)\n",

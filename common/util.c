@@ -336,6 +336,30 @@ int util_uri_needs_escape(const char *uri, int strict)
     return 0;
 }
 
+char *util_uri_escape_value(const char *in, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    if (cap == 0)
+        return out;
+    for (; *in != '\0'; in++) {
+        unsigned char c = (unsigned char)*in;
+        int plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~", c);
+        if (o + (plain ? 1 : 3) + 1 > cap)
+            break;
+        if (plain) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 char *util_uri_escape_loose(const char *uri, char *out, size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";

@@ -74,6 +74,11 @@ int util_uri_has_pin_value(const char *uri);
  * user meant. */
 int util_uri_needs_escape(const char *uri, int strict);
 
+/* A value for a pkcs11: URI (RFC 7512: a token's or object's label),
+ * every byte but the unreserved A-Z a-z 0-9 - . _ ~ written %XX, into out
+ * (cap bytes; cut short at a whole byte when too small); returns out. */
+char *util_uri_escape_value(const char *in, char *out, size_t cap);
+
 /* uri with each byte util_uri_needs_escape objects to written %XX
  * (upper-case hex), the rest as it was, into out (cap bytes, cut short
  * with "..." when too small); returns out. */

@@ -53,24 +53,6 @@ static int plain_name(const char *s, size_t max, const char *extra)
     return s[0] != '.' && s[0] != '-';
 }
 
-/* RFC 7512 value: percent-encode all but unreserved characters. */
-static void uri_escape(const char *in, char *out, size_t cap)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (; *in && o + 4 < cap; in++) {
-        unsigned char c = (unsigned char)*in;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~", c)) {
-            out[o++] = (char)c;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        }
-    }
-    out[o] = '\0';
-}
-
 static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
 {
     static const struct opt_def defs[] = {{"--dns", true},   {"--out", true},   {"--key", true},
@@ -246,7 +228,7 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     if (rc != 0)
         goto out;
     if (hsm_token_info_get(hsm, &ti) == HSM_OK)
-        uri_escape(ti.label, tok, sizeof(tok));
+        util_uri_escape_value(ti.label, tok, sizeof(tok));
     else
         util_strlcpy(tok, "groupsrv", sizeof(tok));
     if (a->renew)

@@ -20,8 +20,11 @@ ok() { echo "ok: $*"; }
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 unset GROUPSRV_CONF SOFTHSM2_CONF || true
 
-# mktoken NAME: a token labelled NAME in $work/tok-NAME
-mktoken() { "$SRC/scripts/provision-softhsm" "$work/tok-$1" "$1" >/dev/null; }
+# mktoken NAME [LABEL]: a token labelled LABEL (default NAME) in $work/tok-NAME
+mktoken() {
+  "$SRC/scripts/provision-softhsm" "$work/tok-$1" "${2:-$1}" >/dev/null
+  printf '%s\n' "${2:-$1}" > "$work/tok-$1/label"
+}
 
 # mkserver NAME: a token and a groupsrv config for server NAME; gs_NAME runs groupsrv on it.
 mkserver() {
@@ -45,7 +48,7 @@ CONF
 # objects NAME: every object on token NAME (label, id, class, attributes), sorted
 objects() {
   GS_PIN=$(cat "$work/tok-$1/user-pin") SOFTHSM2_CONF=$work/tok-$1/softhsm2.conf pkcs11-tool --module "$module" \
-    --token-label "$1" --login --pin env:GS_PIN --list-objects 2>/dev/null
+    --token-label "$(cat "$work/tok-$1/label")" --login --pin env:GS_PIN --list-objects 2>/dev/null
 }
 snapshot() { objects "$1" | sha256sum | cut -c1-64; }
 

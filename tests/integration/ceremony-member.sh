@@ -15,7 +15,7 @@ BIN=$1 SRC=$2
 . "$SRC/tests/integration/ceremony-lib.sh"
 
 mkserver groups
-mktoken alice
+mktoken alice "alice's card"   # a label with a space and a quote, as cards have
 
 # ---- the group server (never started: option C needs none) ----
 gs_groups ca init --key rsa:2048 >/dev/null
@@ -41,7 +41,7 @@ module = $module
 pin_source = $work/tok-alice/user-pin
 CONF
 gm() { SOFTHSM2_CONF=$work/tok-alice/softhsm2.conf "$BIN/groupmail" "$@"; }
-tok=pkcs11:token=alice
+tok="pkcs11:token=alice%27s%20card"
 
 expect 0 "keys transport-key on alice's token" -- gm keys transport-key --token "$tok" --out "$work/alice-t.pem"
 fp=$(fingerprint "$work/alice-t.pem")
@@ -84,6 +84,7 @@ grep -q "refused" "$work/err" && fail "a token gone is not a refusal of the file
 expect 0 "keys import-group-key on alice's token" -- \
   gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
 grep -q "object=gs:group:eng:v1" "$work/out" || fail "import does not name the key URI: $(cat "$work/out")"
+cp "$work/out" "$work/import.out"
 objects alice > "$work/alice.objs"
 [ "$(field "$work/alice.objs" gs:group:eng:v1 Access)" = sensitive ] || fail "alice's copy is extractable"
 [ "$(field "$work/alice.objs" gs:group:eng:v1 Usage)" = decrypt ] || fail "alice's copy is not decrypt only"
@@ -94,7 +95,10 @@ expect_msg "already has"
 printf 'Subject: option C\n\nread on my own token, no server asked\n' > "$work/m1.txt"
 openssl cms -encrypt -binary -aes-256-gcm -recip "$work/eng-v1.pem" -keyopt rsa_padding_mode:oaep \
   -in "$work/m1.txt" -out "$work/m1.smime" 2>/dev/null
-gk="pkcs11:token=alice;object=gs:group:eng:v1;type=private"
+# the --group-key URI import printed, pasted as it is (the label encoded)
+gk=$(sed -n "s/^  v1  --group-key '\(.*\)'\$/\1/p" "$work/import.out")
+[ "$gk" = "pkcs11:token=alice%27s%20card;object=gs:group:eng:v1;type=private" ] ||
+  fail "import-group-key printed --group-key '$gk', not the token's label percent-encoded"
 # A server URL that answers nothing: local-key never asks it.
 dead=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 expect 0 "decrypt --via local-key, no server running" -- gm decrypt --via local-key --group-key "$gk" \

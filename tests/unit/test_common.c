@@ -693,8 +693,8 @@ static void test_jsonw_shape_and_bounds(void **state)
 }
 
 /* What p11-kit would drop (a space) or keep raw (UTF-8, quotes): found,
- * and encoded as %XX, the rest of the URI left as it is; cut short, never
- * past its buffer. */
+ * and encoded as %XX, the rest of the URI left as it is; a label encoded
+ * as a URI value; cut short, never past the buffer. */
 static void test_uri_escape_loose(void **state)
 {
     char out[64];
@@ -710,6 +710,11 @@ static void test_uri_escape_loose(void **state)
     assert_string_equal(util_uri_escape_loose("pkcs11:object=Gr\xc3\xbcn \"x\";type=private", out, sizeof(out)),
                         "pkcs11:object=Gr%C3%BCn%20%22x%22;type=private");
     assert_string_equal(util_uri_escape_loose("pkcs11:object=a b c d e f", out, 20), "pkcs11:object=a...");
+    /* A label as a URI value: all but unreserved bytes encoded. */
+    assert_string_equal(util_uri_escape_value("alice's card;/%?\xc3\xa9-._~", out, sizeof(out)),
+                        "alice%27s%20card%3B%2F%25%3F%C3%A9-._~");
+    assert_string_equal(util_uri_escape_value("a b", out, 6), "a%20b");
+    assert_string_equal(util_uri_escape_value("a b", out, 4), "a");
     assert_string_equal(util_uri_escape_loose("pkcs11:object=\xff\xff\xff\xff\xff\xff", out, 24),
                         "pkcs11:object=%FF%FF...");
 }
