@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -309,14 +310,25 @@ int util_write_file_atomic(const char *path, const void *data, size_t len, mode_
 int util_uri_has_pin_value(const char *uri)
 {
     static const char attr[] = "pin-value";
+    size_t n = 0;
+    char *plain;
+    int found = 0;
 
     if (uri == NULL)
         return 0;
+    /* Read as p11-kit reads it, whitespace dropped ("pin -value=" is a
+     * pin-value there): a refusal that shows the URI must not show it. */
+    if ((plain = malloc(strlen(uri) + 1)) == NULL)
+        return 1; /* cannot tell: treated as carrying one, never shown */
     for (const char *p = uri; *p != '\0'; p++)
-        if ((p == uri || p[-1] == ';' || p[-1] == '?' || p[-1] == '&' || p[-1] == ':') &&
-            strncasecmp(p, attr, sizeof(attr) - 1) == 0 && p[sizeof(attr) - 1] == '=')
-            return 1;
-    return 0;
+        if (!isspace((unsigned char)*p))
+            plain[n++] = *p;
+    plain[n] = '\0';
+    for (const char *p = plain; *p != '\0' && !found; p++)
+        found = (p == plain || p[-1] == ';' || p[-1] == '?' || p[-1] == '&' || p[-1] == ':') &&
+                strncasecmp(p, attr, sizeof(attr) - 1) == 0 && p[sizeof(attr) - 1] == '=';
+    free(plain);
+    return found;
 }
 
 static int uri_byte_needs_escape(unsigned char c, int strict)

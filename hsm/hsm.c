@@ -1111,15 +1111,16 @@ hsm_err hsm_token_uri_check(const char *uri)
     rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_TOKEN, u);
     if (rc != P11_KIT_URI_OK) {
         hsm_set_detail("%s", p11_kit_uri_message(rc));
+    } else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL) {
+        /* Before anything that shows the URI: it would show the PIN. */
+        hsm_set_detail("it carries a PIN (%s): the PIN comes from [hsm] pin_source only",
+                       p11_kit_uri_get_pin_value(u) != NULL ? "pin-value" : "pin-source");
     } else if (util_uri_needs_escape(uri, 0)) {
         char enc[512];
         hsm_set_detail("it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would "
                        "drop it and look for another token): %s",
                        util_uri_escape_loose(uri, enc, sizeof(enc)));
-    } else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL)
-        hsm_set_detail("it carries a PIN (%s): the PIN comes from [hsm] pin_source only",
-                       p11_kit_uri_get_pin_value(u) != NULL ? "pin-value" : "pin-source");
-    else if (p11_kit_uri_any_unrecognized(u))
+    } else if (p11_kit_uri_any_unrecognized(u))
         hsm_set_detail("it has attributes that do not name a token (only token, manufacturer, model, serial; "
                        "an object's or a slot's match no token)");
     else

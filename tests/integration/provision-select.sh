@@ -38,6 +38,11 @@ done
 [ ! -e "$T/db" ] || fail "a refused token URI left a database"
 
 # (p11-kit drops the space of "group srv": it named the token groupsrv)
+# A PIN in a URI that also has a space: refused for the PIN, never shown
+sed "s|^token = .*|token = pkcs11:token=group srv?pin-value=918273|" "$CONF" > "$T/uri.conf"
+expect_rc 1 "$G" -c "$T/uri.conf" check
+grep -q "^token  *PROBLEM: .*it carries a PIN (pin-value)" "$T/out" || { cat "$T/out"; fail "check: a PIN and a space"; }
+! grep -q 918273 "$T/out" "$T/err" || fail "the token URI's PIN was shown: $(cat "$T/out")"
 
 # --- a PIN source that cannot be used: exit 4, one line naming it (never
 # the PIN), nothing made
