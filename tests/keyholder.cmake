@@ -24,6 +24,18 @@ gs_target_warnings(test_ratelimit)
 add_test(NAME unit_ratelimit COMMAND test_ratelimit)
 set_tests_properties(unit_ratelimit PROPERTIES LABELS "unit")
 
+# The network process's seccomp filter, call by call, in forked children
+# (milliseconds).
+add_executable(test_sandbox ${GS_TEST_DIR}/unit/test_sandbox.c ${PROJECT_SOURCE_DIR}/groupsrv/server/sandbox.c)
+target_include_directories(test_sandbox PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
+target_link_libraries(test_sandbox PRIVATE PkgConfig::CMOCKA PkgConfig::SECCOMP)
+if(SANITIZE)
+  target_compile_definitions(test_sandbox PRIVATE GS_SANITIZER_BUILD) # the filter the build's groupsrv-net has
+endif()
+gs_target_warnings(test_sandbox)
+add_test(NAME unit_sandbox COMMAND test_sandbox)
+set_tests_properties(unit_sandbox PROPERTIES LABELS "unit")
+
 # The key holder driven directly over its link (tests/tools/khdrive.c).
 add_executable(khdrive ${GS_TEST_DIR}/tools/khdrive.c)
 target_link_libraries(khdrive PRIVATE gs_keyholder)

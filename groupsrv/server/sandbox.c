@@ -6,8 +6,8 @@
  * it), so a call this list forgot shows up in the log rather than as a
  * mystery. Arguments are checked where a call could do more than the loop
  * needs: memory never becomes executable, signals go only to this
- * process, ioctl is FIONREAD only, fcntl changes flags only, stat works on
- * open descriptors only.
+ * process, ioctl is FIONREAD only, fcntl reads and changes flags only (no
+ * duplicates), stat works on open descriptors only.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* setresuid, AT_EMPTY_PATH */
@@ -145,9 +145,12 @@ int sandbox_seccomp(char *errbuf, size_t errlen)
     if (ALLOW1(kill, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)me)) != 0 ||
         ALLOW1(tgkill, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)me)) != 0)
         goto fail;
-    /* libevent asks how much a socket holds; sockets are made non-blocking;
-     * a connection keeps a duplicate of its socket for the lingering close
-     * (core.c). */
+    /* libevent asks how much a socket holds; sockets are made non-blocking
+     * and close-on-exec. No F_DUPFD or F_DUPFD_CLOEXEC: the lingering close
+     * takes a connection's socket over rather than duplicating it (core.c),
+     * and each loop's duplicate of a listening socket is made before the
+     * filter; a descriptor made after start comes only from accept or over
+     * the control socket. */
 #ifndef GS_SANITIZER_BUILD
     if (ALLOW1(ioctl, SCMP_A1(SCMP_CMP_EQ, FIONREAD)) != 0)
         goto fail;
@@ -157,7 +160,7 @@ int sandbox_seccomp(char *errbuf, size_t errlen)
 #endif
     if (ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_GETFL)) != 0 ||
         ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_SETFL)) != 0 || ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_GETFD)) != 0 ||
-        ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_SETFD)) != 0 || ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_DUPFD_CLOEXEC)) != 0)
+        ALLOW1(fcntl, SCMP_A1(SCMP_CMP_EQ, F_SETFD)) != 0)
         goto fail;
     /* fstat of open descriptors (stdio), never of a path. */
 #ifndef GS_SANITIZER_BUILD
