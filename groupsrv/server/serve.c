@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -762,6 +763,16 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
          * invalid configuration (groupsrv(1), EXIT STATUS) */
         log_error("not started: [tls] cert and key are required config=\"%s\"", log_qs(cfg->path));
         return 5;
+    }
+    /* Not dumpable, no core files: this process holds the configuration
+     * with [db] url's password and, for a moment at each start and reload,
+     * the [tls] key file's contents; and the key holder it forks inherits
+     * both settings, so it is never dumpable, not even before its own
+     * prctl runs (a tracer attached then would stay attached). */
+    struct rlimit nocore = {0, 0};
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || setrlimit(RLIMIT_CORE, &nocore) != 0) {
+        log_error("not started: cannot disable core dumps err=\"%s\"", strerror(errno));
+        return 1;
     }
     signal(SIGPIPE, SIG_IGN);
     ipc_libevent_log_to_ours();

@@ -5,8 +5,9 @@
 #    SQLite, nor libpq), runs under seccomp (Seccomp: 2) as the unprivileged user with
 #    no new privileges, is not dumpable and has no core limit; the PIN's
 #    bytes are nowhere in its memory (and are in the key holder's, which
-#    shows the scan works); the key holder has no listening socket, is not
-#    dumpable and makes no core files;
+#    shows the scan works) nor in the supervisor's, which maps no PKCS#11
+#    module; the key holder has no listening socket; none of the three is
+#    dumpable or makes core files;
 #  - the key holder driven directly over its link with malformed and
 #    hostile frames (tests/tools/khdrive.c): each refused, the non-member
 #    audited, the key holder serving on; and as a compromised network
@@ -63,16 +64,22 @@ if [ "$(id -u)" = 0 ]; then
   [ "$(stat -c %u "/proc/$net/status")" = 0 ] || fail "network process is dumpable"
   ok "network process: runs as nobody, no capabilities, not dumpable"
 fi
-for p in "$net" "$kh"; do
+for p in "$net" "$kh" "$srv_pid"; do
   grep -Eq '^Max core file size +0 +0 ' "/proc/$p/limits" || fail "core files allowed for $p: $(grep core "/proc/$p/limits")"
 done
-ok "both: RLIMIT_CORE 0"
+ok "all three: RLIMIT_CORE 0"
+# The supervisor never loads a PKCS#11 module (it links p11-kit, as the
+# groupsrv program does, but every key holder is forked from it before
+# C_Initialize and must find no module there).
+if grep -E 'softhsm|p11fault|pkcs11|opensc' "/proc/$srv_pid/maps"; then fail "the supervisor maps a PKCS#11 module"; fi
+ok "supervisor: no PKCS#11 module in /proc/$srv_pid/maps"
 # The PIN: in the key holder (it logs in again after token loss), nowhere
 # in the network process, after it served requests.
 scan() { /usr/bin/python3 "$SRC/tests/lib/memscan.py" "$1" --file "$work/token/user-pin"; }
 [ "$(scan "$kh")" -gt 0 ] || fail "control: the PIN should be in the key holder's memory"
 [ "$(scan "$net")" = 0 ] || fail "the PIN's bytes are in the network process's memory"
-ok "the PIN is in the key holder's memory and nowhere in the network process's"
+[ "$(scan "$srv_pid")" = 0 ] || fail "the PIN's bytes are in the supervisor's memory (it never reads the PIN)"
+ok "the PIN is in the key holder's memory and nowhere in the network process's or the supervisor's"
 # Listening sockets: every TCP socket in LISTEN state, by inode.
 listening=$(awk '$4 == "0A" {print $10}' /proc/net/tcp /proc/net/tcp6 | sort -u)
 socks() { ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\]/\1/p' | sort -u; }
@@ -215,9 +222,11 @@ for p in "$net2" "$kh2"; do kill -0 "$p" 2>/dev/null && fail "child $p still run
 ok "SIGTERM: the supervisor exits 0 and both children are gone"
 
 # ---- not dumpable, seen as the service user ----
-# Started by a user other than root (systemd's User=), both children keep
+# Started by a user other than root (systemd's User=), all three keep
 # that uid; a process that is not dumpable has its /proc files owned by
-# root all the same, which the dumpable supervisor (the control) has not.
+# root all the same, which a plain process of that user (the control)
+# has not. The supervisor too: it holds [db] url's password, and the key
+# holder it forks is not dumpable from its first instruction.
 if [ "$(id -u)" = 0 ]; then
   # The service user needs its own copy of the programs and of the work
   # files under /tmp: the checkout and $work may lie below a directory only
@@ -238,14 +247,19 @@ if [ "$(id -u)" = 0 ]; then
   net=$(child groupsrv-net)
   kh=$(child groupsrv-kh)
   nobody=$(id -u nobody)
-  [ "$(stat -c %u "/proc/$srv_pid/status")" = "$nobody" ] || fail "control: the supervisor should be dumpable"
-  for p in "$net" "$kh"; do
+  setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups sleep 30 &
+  control=$!
+  waitfor "the control process as nobody" grep -qx sleep "/proc/$control/comm" # it has executed sleep
+  [ "$(stat -c %u "/proc/$control/status")" = "$nobody" ] || fail "control: a plain process of nobody should be dumpable"
+  kill "$control"
+  wait "$control" 2>/dev/null || true
+  for p in "$net" "$kh" "$srv_pid"; do
     [ "$(awk '/^Uid:/ {print $2}' "/proc/$p/status")" = "$nobody" ] || fail "$p does not run as nobody"
     [ "$(stat -c %u "/proc/$p/status")" = 0 ] || fail "process $p is dumpable"
   done
   grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net/status" || fail "the network process of a non-root server is not sandboxed"
   expect_status 200 "" "unwrap from a server started as nobody" -- c alice --data-binary @"$work/req-tls.json" "$url"
-  ok "started as nobody: key holder and network process not dumpable (the supervisor is), sandbox on"
+  ok "started as nobody: supervisor, key holder and network process not dumpable, sandbox on"
   kill -TERM "$srv_pid"
   wait "$srv_pid" || fail "SIGTERM exit status (nobody)"
   srv_pid=
