@@ -852,11 +852,7 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         log_error("not started: the TLS configuration failed err=\"%s\"", log_qs(err));
         goto out;
     }
-    kh->rl = ratelimit_new((double)cfg->server.rate_limit,
-                           (double)(cfg->server.rate_burst ? cfg->server.rate_burst : 2 * cfg->server.rate_limit),
-                           cfg->server.max_failed_unwraps,
-                           cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600);
-    if (kh->rl == NULL)
+    if (kh->rl == NULL && (kh->rl = keyholder_ratelimit_new(cfg, false)) == NULL)
         goto out;
     rc = 0;
 out:
@@ -907,7 +903,17 @@ static void drain(struct kh *kh)
     }
 }
 
-int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds, unsigned nlinks)
+ratelimit *keyholder_ratelimit_new(const struct gs_config *cfg, bool shared)
+{
+    double rate = (double)cfg->server.rate_limit;
+    double burst = (double)(cfg->server.rate_burst ? cfg->server.rate_burst : 2 * cfg->server.rate_limit);
+    unsigned suspend_s = cfg->server.suspend_seconds ? cfg->server.suspend_seconds : 600;
+
+    return shared ? ratelimit_new_shared(rate, burst, cfg->server.max_failed_unwraps, suspend_s)
+                  : ratelimit_new(rate, burst, cfg->server.max_failed_unwraps, suspend_s);
+}
+
+int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds, unsigned nlinks, ratelimit *rl)
 {
     struct kh kh;
     struct kh_io io;
@@ -920,6 +926,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     memset(&io, 0, sizeof(io));
     kh.cfg = cfg;
     kh.io = &io;
+    kh.rl = rl; /* NULL: start() makes one */
     kh.batch_max = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
     kh.max_queue_s = cfg->server.max_queue_ms / 1000.0;
     atomic_init(&kh.gen, 1);

@@ -14,7 +14,10 @@
 #ifndef GS_KEYHOLDER_H
 #define GS_KEYHOLDER_H
 
+#include <stdbool.h>
+
 struct gs_config;
+struct ratelimit;
 
 /* Runs the key holder in this freshly forked process (nothing in it may
  * have touched PKCS#11) until SIGTERM, then finishes the queued work,
@@ -24,7 +27,16 @@ struct gs_config;
  * channel from the supervisor: it sends CTL_LINK frames with new link
  * descriptors when the network process was restarted, and gets CTL_READY
  * once the key holder serves. link_fds[0..nlinks) are this side's ends of
- * the links (taken over: closed on return). */
-int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds, unsigned nlinks);
+ * the links (taken over: closed on return). rl: the rate limiter and
+ * failed-unwrap counters to use, made by the forking process with
+ * keyholder_ratelimit_new(cfg, true) so that they outlive this key holder
+ * (`serve`'s supervisor keeps them for the next one); NULL: its own. */
+int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds, unsigned nlinks,
+                   struct ratelimit *rl);
+
+/* The limiter [server] rate_limit, rate_burst, max_failed_unwraps and
+ * suspend_seconds ask for, private or shared with the processes forked
+ * after it (ratelimit.h). NULL when out of memory. */
+struct ratelimit *keyholder_ratelimit_new(const struct gs_config *cfg, bool shared);
 
 #endif

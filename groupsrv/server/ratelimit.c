@@ -3,10 +3,13 @@
  */
 #include "ratelimit.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -31,7 +34,8 @@ struct rl_entry {
 };
 
 struct ratelimit {
-    pthread_mutex_t mu;
+    pthread_mutex_t mu;       /* robust, and process-shared when shared */
+    pid_t shared_by;          /* 0: private (calloc); else the process that made the mapping */
     double rate, burst;
     unsigned max_failures, suspend_seconds;
     unsigned char salt[16];
@@ -45,17 +49,49 @@ static double now_mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsigned suspend_seconds)
+/* The lock outlives a holder killed while holding it (a key holder ended
+ * with SIGKILL): the next locker is told EOWNERDEAD and takes it over, the
+ * entries as they were (numbers, at worst one update short). */
+static int rl_mutex_init(pthread_mutex_t *mu, bool shared)
 {
-    struct ratelimit *rl = calloc(1, sizeof(*rl));
+    pthread_mutexattr_t a;
+    int rc = -1;
 
-    if (rl == NULL)
-        return NULL;
-    if (RAND_bytes(rl->salt, sizeof(rl->salt)) != 1) {
-        free(rl);
+    if (pthread_mutexattr_init(&a) != 0)
+        return -1;
+    if (pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) == 0 &&
+        (!shared || pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) == 0) && pthread_mutex_init(mu, &a) == 0)
+        rc = 0;
+    pthread_mutexattr_destroy(&a);
+    return rc;
+}
+
+static void rl_lock(struct ratelimit *rl)
+{
+    if (pthread_mutex_lock(&rl->mu) == EOWNERDEAD)
+        (void)pthread_mutex_consistent(&rl->mu);
+}
+
+static ratelimit *rl_make(double rate, double burst, unsigned max_failures, unsigned suspend_seconds, bool shared)
+{
+    struct ratelimit *rl;
+
+    if (shared) {
+        void *m = mmap(NULL, sizeof(*rl), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+        rl = m; /* zero-filled, as calloc's */
+        rl->shared_by = getpid();
+    } else if ((rl = calloc(1, sizeof(*rl))) == NULL) {
         return NULL;
     }
-    pthread_mutex_init(&rl->mu, NULL);
+    if (RAND_bytes(rl->salt, sizeof(rl->salt)) != 1 || rl_mutex_init(&rl->mu, shared) != 0) {
+        if (shared)
+            munmap(rl, sizeof(*rl));
+        else
+            free(rl);
+        return NULL;
+    }
     rl->rate = rate;
     rl->burst = burst < 1 ? 1 : burst;
     rl->max_failures = max_failures;
@@ -63,12 +99,30 @@ ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsig
     return rl;
 }
 
+ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsigned suspend_seconds)
+{
+    return rl_make(rate, burst, max_failures, suspend_seconds, false);
+}
+
+ratelimit *ratelimit_new_shared(double rate, double burst, unsigned max_failures, unsigned suspend_seconds)
+{
+    return rl_make(rate, burst, max_failures, suspend_seconds, true);
+}
+
 void ratelimit_free(ratelimit *rl)
 {
     if (rl == NULL)
         return;
-    pthread_mutex_destroy(&rl->mu);
-    free(rl);
+    if (rl->shared_by == 0) {
+        pthread_mutex_destroy(&rl->mu);
+        free(rl);
+        return;
+    }
+    /* A forked process only lets go of its view: the lock and the counters
+     * stay for the maker and the processes it forks next. */
+    if (rl->shared_by == getpid())
+        pthread_mutex_destroy(&rl->mu);
+    munmap(rl, sizeof(*rl));
 }
 
 /* The entry key of identity; all zeros if hashing fails (then every such
@@ -135,7 +189,7 @@ rl_verdict ratelimit_take(ratelimit *rl, const rl_key *key, unsigned *retry_afte
     if (rl == NULL || key == NULL)
         return RL_OK;
     double now = now_mono();
-    pthread_mutex_lock(&rl->mu);
+    rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL) {
         *retry_after = 1;
@@ -172,7 +226,7 @@ bool ratelimit_suspended(ratelimit *rl, const rl_key *key, unsigned *retry_after
     if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
     double now = now_mono();
-    pthread_mutex_lock(&rl->mu);
+    rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL || e->suspended_until > now) {
         *retry_after = e == NULL ? 1 : (unsigned)(e->suspended_until - now) + 1;
@@ -189,7 +243,7 @@ bool ratelimit_failure(ratelimit *rl, const rl_key *key)
     if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
     double now = now_mono();
-    pthread_mutex_lock(&rl->mu);
+    rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL)
         goto out;

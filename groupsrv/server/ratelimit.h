@@ -1,7 +1,9 @@
 /*
  * ratelimit.h: per-identity token bucket (429) and a cap on failed unwraps
  * (suspension). Owned by groupsrv/server/. Thread-safe (one mutex); the
- * table is bounded: when full, the stalest idle entry is recycled.
+ * table is bounded: when full, the stalest idle entry is recycled. No
+ * pointers inside, so that it can live in shared memory
+ * (ratelimit_new_shared).
  */
 #ifndef GS_SRV_RATELIMIT_H
 #define GS_SRV_RATELIMIT_H
@@ -14,6 +16,15 @@ typedef struct ratelimit ratelimit;
  * (within suspend_seconds of each other) that suspend an identity for
  * suspend_seconds; 0 disables the respective check. */
 ratelimit *ratelimit_new(double rate, double burst, unsigned max_failures, unsigned suspend_seconds);
+/* The same in memory shared with the processes this one forks afterwards
+ * (MAP_SHARED): `serve`'s supervisor makes it before the first key holder,
+ * so a key holder that dies (kill -9, a crash) and is forked again finds
+ * every bucket, failure count and suspension as they were. The lock is
+ * process-shared and robust: one held by a process that was killed is
+ * taken over by the next. */
+ratelimit *ratelimit_new_shared(double rate, double burst, unsigned max_failures, unsigned suspend_seconds);
+/* Private: freed. Shared: the calling process's mapping is let go; only
+ * its maker also destroys the lock. */
 void ratelimit_free(ratelimit *rl);
 
 typedef enum rl_verdict { RL_OK = 0, RL_LIMITED, RL_SUSPENDED } rl_verdict;

@@ -51,6 +51,7 @@
 #include "ipc.h"
 #include "keyholder.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "store.h"
 #include "util.h"
 
@@ -137,6 +138,8 @@ struct sup {
     size_t cfg_len;
     int pin_in_env;          /* [hsm] pin_source = env:NAME, wiped here once the key holder had it */
     int failed;              /* stopped because a child could not be restarted */
+    ratelimit *rl;           /* the key holders' limiter, in shared memory: a restarted key holder
+                              * keeps its predecessor's suspensions (never read here) */
 };
 
 /* The network process gets the configuration file's text, but not the
@@ -365,7 +368,7 @@ static int start_holder(struct sup *s, int *kh_ends)
             event_base_free(s->base);
         log_init("groupsrv-keyholder", log_get_level(), NULL);
         prctl(PR_SET_NAME, "groupsrv-kh"); /* for ps and top */
-        _exit(keyholder_main(s->cfg, sv[1], kh_ends, s->nlinks));
+        _exit(keyholder_main(s->cfg, sv[1], kh_ends, s->nlinks, s->rl));
     }
     close(sv[1]);
     close_fds(kh_ends, s->nlinks);
@@ -812,6 +815,12 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
                   log_qs(cfg->certsrv.listen), log_qs(why));
         goto out;
     }
+    /* Made before the first key holder, for every key holder: the
+     * counters of one that dies go on in the next (SECURITY.md). */
+    if ((s.rl = keyholder_ratelimit_new(cfg, true)) == NULL) {
+        log_error("not started err=\"cannot make the rate limiter's shared memory\"");
+        goto out;
+    }
     if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||
         make_links(s.nlinks, kh_ends, net_ends) != 0)
         goto out;
@@ -873,6 +882,7 @@ out:
         close(s.listen_fd);
     if (s.certsrv_fd >= 0)
         close(s.certsrv_fd);
+    ratelimit_free(s.rl);
     /* the text may still hold [db] url's password (not found written out) */
     if (s.cfg_text != NULL)
         OPENSSL_cleanse(s.cfg_text, s.cfg_len);

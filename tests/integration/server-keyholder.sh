@@ -21,7 +21,8 @@
 #    load: recovery without an operator, errors only for requests in flight
 #    (connection reset) or during the key holder's gap (503
 #    token_unavailable with Retry-After), the audit chain verifies, every
-#    200 answer has its audit record, no zombies.
+#    200 answer has its audit record, no zombies; a suspended member is
+#    still suspended by the restarted key holder.
 set -euo pipefail
 BIN=$1 SRC=$2
 # /metrics for anyone: the network process answers it without the key holder
@@ -134,6 +135,18 @@ echo "$hdrs" | grep -qi '^retry-after: [0-9]' || fail "stopped key holder: no Re
 expect_status 200 "" "unwrap once the stopped key holder runs again" -- c alice --data-binary @"$work/req-tls.json" "$url"
 ok "a stopped key holder: 503 token_unavailable with Retry-After after the timeout, then serving again"
 
+# ---- a suspension outlives the key holder ----
+# mallory is suspended after max_failed_unwraps (20) failed unwraps; the
+# key holder killed below keeps its counters in memory the supervisor
+# shares with the next one, so mallory is still suspended after it.
+head -c 256 /dev/urandom > "$work/garbage.bin"
+printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/garbage.bin")" > "$work/bad.json"
+for i in $(seq 1 20); do
+  got=$(status c mallory --data-binary @"$work/bad.json" "$url")
+  [ "$got" = 400 ] || fail "mallory's failed unwrap $i: $got"
+done
+expect_status 429 suspended "mallory suspended after 20 failed unwraps" -- c mallory --data-binary @"$work/req-tls.json" "$url"
+
 # ---- kill -9 under load ----
 waitfor() { # waitfor DESC CMD...: up to 30 s
   local desc=$1; shift
@@ -166,6 +179,7 @@ waitfor "no service after the key holder was killed" healthy
 t_kh_back=$(( $(now_ms) - t0 ))
 kh2=$(child groupsrv-kh)
 ok "key holder killed (pid $kh): restarted as $kh2, serving again after $(( t_kh_back - t_kh_kill )) ms"
+expect_status 429 suspended "mallory still suspended by the restarted key holder" -- c mallory --data-binary @"$work/req-tls.json" "$url"
 wait "$soak" || fail "the load client"
 /usr/bin/python3 - "$work/soak.log" "$work/audit.jsonl" "$t_net_kill" "$t_net_back" "$t_kh_kill" "$t_kh_back" <<'PY' ||
 import json, sys

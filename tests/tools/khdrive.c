@@ -290,7 +290,7 @@ int main(int argc, char **argv)
         close(l0[0]);
         close(l1[0]);
         int links[2] = {l0[1], l1[1]};
-        _exit(keyholder_main(cfg, ctl[1], links, 2));
+        _exit(keyholder_main(cfg, ctl[1], links, 2, NULL));
     }
     close(ctl[1]);
     close(l0[1]);

@@ -4,7 +4,9 @@
  * makes once (ratelimit_key) and then uses for every check: one identity
  * one entry, others untouched, a burst then 429 with a Retry-After, the
  * failure cap suspending the identity (and only it), and a NULL limiter
- * that lets everything through.
+ * that lets everything through; a shared limiter's suspension made in a
+ * forked process (a key holder) outlives that process, a private one's
+ * does not.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -92,6 +96,50 @@ static void test_null_limiter(void **state)
     assert_false(ratelimit_failure(NULL, &k));
 }
 
+/* In a forked child, as a key holder: max_failures failed unwraps suspend
+ * mallory, then the child ends (its view let go, as a key holder's at
+ * exit). Whether the parent then sees mallory suspended. */
+static bool suspended_by_child(ratelimit *rl)
+{
+    rl_key k;
+    unsigned retry = 0;
+    int st = 0;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        bool now_suspended = false;
+        ratelimit_key(rl, "id:mallory@example.org", &k);
+        for (int i = 0; i < 3; i++)
+            now_suspended = ratelimit_failure(rl, &k);
+        bool ok = now_suspended && ratelimit_suspended(rl, &k, &retry);
+        ratelimit_free(rl);
+        _exit(ok ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ratelimit_key(rl, "id:mallory@example.org", &k);
+    return ratelimit_suspended(rl, &k, &retry);
+}
+
+static void test_shared_outlives_process(void **state)
+{
+    (void)state;
+    ratelimit *shared = ratelimit_new_shared(0, 1, 3, 600), *private = ratelimit_new(0, 1, 3, 600);
+    rl_key other;
+    unsigned retry = 0;
+
+    assert_non_null(shared);
+    assert_non_null(private);
+    assert_true(suspended_by_child(shared));
+    ratelimit_key(shared, "id:alice@example.org", &other);
+    assert_false(ratelimit_suspended(shared, &other, &retry));
+    /* the control: a private limiter's suspension goes with its process */
+    assert_false(suspended_by_child(private));
+    ratelimit_free(shared);
+    ratelimit_free(private);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -99,6 +147,7 @@ int main(void)
         cmocka_unit_test(test_burst_then_limited),
         cmocka_unit_test(test_failures_suspend),
         cmocka_unit_test(test_null_limiter),
+        cmocka_unit_test(test_shared_outlives_process),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
