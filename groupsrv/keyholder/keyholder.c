@@ -47,7 +47,15 @@ struct kh_link {
     pthread_mutex_t wmu;       /* writers: fd and out */
     struct evbuffer *out;      /* answers that could not be written at once */
     struct kh_job *jobs;       /* outstanding: queued, running, or held for the audit (io->mu) */
+    bool read_paused;          /* rev taken off while out is over LINK_OUT_MAX (I/O loop only) */
 };
+
+/* Answers waiting for the network process to read them, per link, over
+ * which the key holder stops reading that link's requests until it has
+ * read them down to half: a network process that sends and never reads
+ * (compromised, or stuck) fills its socket, not the key holder's memory.
+ * A working one reads every answer as it comes: far below this. */
+#define LINK_OUT_MAX (4u << 20)
 
 struct kh_io {
     struct event_base *base;
@@ -137,14 +145,40 @@ static void link_write_out(struct kh_link *l)
 static void link_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct kh_link *l = arg;
+    bool resume;
     (void)what;
 
     pthread_mutex_lock(&l->wmu);
     if (l->fd == fd && evbuffer_write(l->out, fd) < 0 && errno != EAGAIN && errno != EINTR)
         evbuffer_drain(l->out, evbuffer_get_length(l->out)); /* broken: the read side closes it */
-    if (l->fd == fd && evbuffer_get_length(l->out) > 0)
+    size_t left = evbuffer_get_length(l->out);
+    if ((resume = l->fd == fd && l->read_paused && left <= LINK_OUT_MAX / 2))
+        l->read_paused = false;
+    if (l->fd == fd && (left > 0 || l->read_paused))
         event_add(l->wev, NULL);
     pthread_mutex_unlock(&l->wmu);
+    if (resume) { /* the network process reads again: so does the key holder */
+        event_add(l->rev, NULL);
+        log_info("the network process reads its answers again: reading its link again link=%u", l->index);
+    }
+}
+
+/* After a read (I/O loop): stops reading the link while its answers pile
+ * up unread; link_write_cb, kept pending meanwhile (also when a worker's
+ * write empties out first), starts reading it again. */
+static void link_pause_if_unread(struct kh_link *l)
+{
+    pthread_mutex_lock(&l->wmu);
+    bool over = l->fd >= 0 && !l->read_paused && evbuffer_get_length(l->out) > LINK_OUT_MAX;
+    if (over) {
+        l->read_paused = true;
+        event_del(l->rev);
+        event_add(l->wev, NULL);
+    }
+    pthread_mutex_unlock(&l->wmu);
+    if (over)
+        log_warn("the network process does not read its answers: not reading its link until it does link=%u "
+                 "unread_over=%u", l->index, LINK_OUT_MAX);
 }
 
 /* A job's answer as it may leave: if its audit records failed to become
@@ -411,6 +445,7 @@ static void link_close(struct kh_link *l)
     pthread_mutex_lock(&l->wmu);
     close(l->fd);
     l->fd = -1;
+    l->read_paused = false;
     evbuffer_drain(l->out, evbuffer_get_length(l->out));
     pthread_mutex_unlock(&l->wmu);
     evbuffer_drain(l->in, evbuffer_get_length(l->in));
@@ -563,8 +598,10 @@ static void link_read_cb(evutil_socket_t fd, short what, void *arg)
      * as the work needs). */
     if (l->kh->q != NULL)
         tokenq_wake(l->kh->q);
-    if (rc == IPC_OK)
+    if (rc == IPC_OK) {
+        link_pause_if_unread(l);
         return;
+    }
     if (rc == IPC_E_CLOSED || rc == IPC_E_IO)
         log_info("the network process closed its link link=%u", l->index);
     else if (rc == IPC_E_NOMEM)

@@ -14,7 +14,9 @@
 #    process: admin operations, rewrap and group creation for a plain
 #    member, secret keys and membership certificates for a non-member,
 #    the rate limit and the suspension (also with the identity in upper
-#    case) all refused by the key holder;
+#    case) all refused by the key holder; a link flooded with requests
+#    whose answers are not read stops being read (bounded memory), and
+#    serves again once they are;
 #  - a key holder that hangs (SIGSTOP): 503 with Retry-After after
 #    [server] timeout, not a request that waits for ever;
 #  - kill -9 of the network process and of the key holder, each under

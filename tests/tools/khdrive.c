@@ -15,12 +15,15 @@
  * a non-member, a membership certificate's holder acting beyond its one
  * use, and (with MEMBER2, whose config has a rate limit and a failed-unwrap
  * cap) the rate limit and the suspension, also under the identity spelt
- * in upper case. Each must be refused by the key holder itself.
+ * in upper case. Each must be refused by the key holder itself. And a
+ * network process that floods a link and never reads the answers: the key
+ * holder stops reading that link rather than hold the answers.
  *
  * Prints "ok: ..." per check; exit 0 when all passed, 1 otherwise.
  */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -141,6 +144,85 @@ static size_t raw_frame(unsigned char *out, uint32_t type, uint64_t cookie, cons
     memcpy(out + 8, &cookie, 8);
     memcpy(out + IPC_HDR_LEN, payload, plen);
     return IPC_HDR_LEN + plen;
+}
+
+/* As a network process that sends and never reads its answers: health
+ * requests (queued up to the key holder's job cap, then each answered 503
+ * at once, without a log line) until the link takes no more for a second,
+ * or flood_max bytes went. The bytes sent; *frames the
+ * number of frames. The key holder must stop reading the link (its unread
+ * answers held to a bound) rather than keep every answer in its memory. */
+static size_t flood_unread(int fd, size_t flood_max, size_t *frames)
+{
+    unsigned char batch[IPC_HDR_LEN * 4096];
+    size_t sent = 0, at = sizeof(batch);
+    int fl = fcntl(fd, F_GETFL);
+
+    for (size_t i = 0; i < sizeof(batch); i += IPC_HDR_LEN)
+        (void)raw_frame(batch + i, IPC_HEALTH, 1000 + i, "", 0);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        return 0;
+    while (sent < flood_max) {
+        if (at == sizeof(batch))
+            at = 0;
+        ssize_t k = write(fd, batch + at, sizeof(batch) - at);
+        if (k > 0) {
+            at += (size_t)k;
+            sent += (size_t)k;
+            continue;
+        }
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 1000) == 0)
+            break; /* the key holder reads no more of this link */
+    }
+    /* finish the frame cut in two, so that every answer can be counted */
+    if (at % IPC_HDR_LEN != 0) {
+        (void)fcntl(fd, F_SETFL, fl);
+        size_t rest = IPC_HDR_LEN - at % IPC_HDR_LEN;
+        if (write_all(fd, batch + at, rest) == 0)
+            sent += rest;
+    }
+    (void)fcntl(fd, F_SETFL, fl);
+    *frames = sent / IPC_HDR_LEN;
+    return sent;
+}
+
+/* Reads answers to `want` health requests in bulk (a frame at a time
+ * through an ipc_reader moves the rest of its buffer each time: minutes
+ * under ASan for this many). The number of health answers read before
+ * want, the end of the stream, an error or 30 s without one. */
+static size_t read_health_answers(int fd, size_t want)
+{
+    static unsigned char buf[1u << 18];
+    size_t have = 0, got = 0;
+
+    while (got < want) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 30000) <= 0)
+            break;
+        ssize_t n = read(fd, buf + have, sizeof(buf) - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        size_t off = 0;
+        while (have - off >= IPC_HDR_LEN) {
+            uint32_t type, plen;
+            uint64_t cookie;
+            if (ipc_header(buf + off, &type, &plen, &cookie) != IPC_OK || plen > sizeof(buf) - IPC_HDR_LEN)
+                return got;
+            if (have - off < IPC_HDR_LEN + (size_t)plen)
+                break;
+            if (type != (IPC_HEALTH | IPC_REPLY))
+                return got;
+            got++;
+            off += IPC_HDR_LEN + (size_t)plen;
+        }
+        memmove(buf, buf + off, have - off);
+        have -= off;
+    }
+    return got;
 }
 
 /* The public key of the member's certificate, as the network process
@@ -475,6 +557,19 @@ int main(int argc, char **argv)
                    "the same member in upper case has no bucket of its own");
         }
         OPENSSL_free(spki2);
+    }
+    /* 8b. A network process that sends and does not read: the key holder
+     * stops reading that link instead of holding its answers without
+     * bound (64 MiB of requests would be ~300 MiB of answers), and serves
+     * it again once its answers are read. */
+    {
+        size_t frames = 0, cap = 64u << 20;
+        size_t sent = flood_unread(l0[0], cap, &frames);
+        CHECK(sent > 0 && sent < cap, "a link whose answers are not read stops being read (after %zu frames)", frames);
+        size_t answered = read_health_answers(l0[0], frames);
+        CHECK(answered == frames, "every frame sent before then answered once read (%zu of %zu)", answered, frames);
+        ipc_begin(&b, IPC_HEALTH, 130);
+        ask(l0[0], &rd0, &b, 200, NULL, "the link serves again once its answers are read");
     }
     /* 9. A half frame, then the link closes: the key holder stays up. */
     unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
