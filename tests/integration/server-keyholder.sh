@@ -182,6 +182,11 @@ t_kh_back=$(( $(now_ms) - t0 ))
 kh2=$(child groupsrv-kh)
 ok "key holder killed (pid $kh): restarted as $kh2, serving again after $(( t_kh_back - t_kh_kill )) ms"
 expect_status 429 suspended "mallory still suspended by the restarted key holder" -- c mallory --data-binary @"$work/req-tls.json" "$url"
+# forked again from inside the supervisor's event loop, not at start: no
+# listening socket either
+[ -z "$(comm -12 <(socks "$kh2") <(echo "$listening"))" ] || fail "the restarted key holder holds a listening socket"
+grep -Eq '^Max core file size +0 +0 ' "/proc/$kh2/limits" || fail "the restarted key holder may dump core"
+ok "the restarted key holder has no listening socket and no core files"
 wait "$soak" || fail "the load client"
 /usr/bin/python3 - "$work/soak.log" "$work/audit.jsonl" "$t_net_kill" "$t_net_back" "$t_kh_kill" "$t_kh_back" <<'PY' ||
 import json, sys
