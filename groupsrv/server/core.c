@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,13 @@ struct srv_conn {
                              lingering close as evhttp frees the connection, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct evbuffer_cb_entry *input_cb; /* conn_input_cb on the bufferevent's input */
+    /* The request head being received, scanned for NUL bytes as it comes
+     * (conn_scan_head); offsets count the input's bytes since accept. */
+    uint64_t in_added, in_drained; /* bytes ever added to, drained from the input */
+    uint64_t head_scanned;         /* the offset scanned up to */
+    int head_open;                 /* the head's empty line is not yet in */
+    int head_eol;                  /* 1 after an LF, 2 after LF CR: an LF next ends the head */
+    int head_nul;                  /* the head holds a NUL byte */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -344,10 +352,54 @@ static size_t conn_input_max(const struct srv *s)
     return HEADERS_MAX + s->max_body * 2 + 4096 + 16384;
 }
 
+/* Scans the input received since the last scan while the request head is
+ * open: a NUL byte marks it, the empty line closes it. libevent keeps a
+ * header line only up to its first NUL, so "Content-Length: 5<NUL>9" frames
+ * the body by 5 and "Transfer-Encoding: chunked<NUL>, gzip" reads as
+ * chunked, while a proxy that replaces the NUL with a space (as RFC 9110
+ * 5.5 allows it to) frames the same bytes otherwise: the request is
+ * refused (handle). The body is not scanned (a DER CSR holds NULs). */
+static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v[8];
+    struct evbuffer_ptr pos;
+
+    if (c->head_scanned < c->in_drained)
+        c->head_scanned = c->in_drained;
+    while (c->head_open && c->head_scanned < c->in_added) {
+        if (evbuffer_ptr_set(in, &pos, (size_t)(c->head_scanned - c->in_drained), EVBUFFER_PTR_SET) != 0)
+            return;
+        int n = evbuffer_peek(in, -1, &pos, v, 8);
+        if (n <= 0)
+            return;
+        for (int i = 0; i < n && i < 8 && c->head_open; i++) {
+            const unsigned char *b = v[i].iov_base;
+            size_t k = 0;
+            for (; k < v[i].iov_len && c->head_open; k++) {
+                if (b[k] == '\0')
+                    c->head_nul = 1;
+                if (b[k] == '\n') {
+                    c->head_open = c->head_eol == 0;
+                    c->head_eol = 1;
+                } else if (b[k] == '\r' && c->head_eol == 1) {
+                    c->head_eol = 2;
+                } else if (b[k] != '\r' || c->head_eol == 2) {
+                    c->head_eol = 0;
+                }
+            }
+            c->head_scanned += k;
+        }
+    }
+}
+
 static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
 {
     struct srv_conn *c = arg;
 
+    c->in_drained += info->n_deleted;
+    c->in_added += info->n_added;
+    if (info->n_added > 0)
+        conn_scan_head(c, in);
     if (info->n_added > 0 && evbuffer_get_length(in) > conn_input_max(c->t->srv))
         conn_close(c, "input_beyond_request");
 }
@@ -599,6 +651,29 @@ static int conn_in_service(struct evhttp_request *req)
     return c != NULL && c->over_budget;
 }
 
+/* Whether the head of the request just read held a NUL byte. evhttp has
+ * taken its head and body out of the input, so what the input holds now
+ * (pipelined) begins the next request's head: its scan starts over. */
+static int conn_head_had_nul(struct evhttp_request *req)
+{
+    struct srv_conn *c = req_conn(req);
+    int nul;
+
+    if (c == NULL || c->input_cb == NULL)
+        return 0;
+    nul = c->head_nul;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t left = evbuffer_get_length(in);
+    if (left <= c->in_added)
+        c->in_drained = c->in_added - left;
+    c->head_scanned = c->in_drained;
+    c->head_open = 1;
+    c->head_eol = 0;
+    c->head_nul = 0;
+    conn_scan_head(c, in);
+    return nul;
+}
+
 /* Answered: the next request on the connection has its own deadline. */
 static void conn_answered(struct evhttp_request *req)
 {
@@ -669,6 +744,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     c->which = lc->which;
     c->stage = CONN_HANDSHAKE;
     c->linger_fd = -1;
+    c->head_open = 1;
     SSL_set_ex_data(ssl, tls_conn_index(), c);
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
@@ -1671,7 +1747,7 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     int over_budget = conn_in_service(req);
     next_request_id(t, r->id);
     log_set_request_id(r->id);
-    const char *ambiguous = ambiguous_framing(req);
+    const char *ambiguous = conn_head_had_nul(req) ? "a NUL byte in the request head" : ambiguous_framing(req);
     if (ambiguous == NULL)
         ambiguous = bad_host(req);
     if (ambiguous != NULL) {
