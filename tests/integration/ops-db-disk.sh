@@ -7,6 +7,7 @@
 #     nothing behind (no certificate files, no token objects);
 #   - a process that opens the database anew on the full disk (no room for
 #     SQLite's -shm file) says so: "(No space left on device)", serve exit 1;
+#   - on a read-only file system both say so: "(... Read-only file system)";
 #   - with room again everything works, and the database is intact.
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -67,6 +68,21 @@ timeout 60 "$BIN/groupsrv" -c "$conf" serve > /dev/null 2> "$work/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "disk I/O error (No space left on device)" "$work/err" ||
   fail "serve on a full disk: exit $rc: $(cat "$work/err")"
 ok "serve on a full disk stops and says why: $(grep -m1 "No space left" "$work/err")"
+# The same on a read-only file system (a [db] path outside the unit's
+# writable paths, ProtectSystem=strict): SQLite says only "unable to open
+# database file" (its errno that of its last try, ENOENT for the -shm file
+# it then looked for): the cause is named.
+rm -f "$fs/fill" "$fs/fill2" "$fs/groupsrv.db-wal" "$fs/groupsrv.db-shm"
+mount -o remount,ro "$fs" || fail "cannot remount the database's file system read-only"
+why="unable to open database file (the database's directory cannot be written: Read-only file system)"
+rc=0
+gs member list eng > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -qF "$why" "$work/err" || fail "member list on a read-only file system: exit $rc: $(cat "$work/err")"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$conf" serve > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -qF "$why" "$work/err" || fail "serve on a read-only file system: exit $rc: $(cat "$work/err")"
+mount -o remount,rw "$fs" || fail "cannot remount the database's file system read-write"
+ok "member list and serve on a read-only file system: exit 1, $why"
 
 rm -f "$fs/fill" "$fs/fill2"
 gs member list eng > "$work/members-after" || fail "member list with room again"
