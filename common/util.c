@@ -167,6 +167,17 @@ char *util_dir_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+int util_dir_unwritable(const char *path)
+{
+    char *dir = path != NULL && *path != '\0' ? util_dir_of(path) : NULL;
+    int e = 0;
+
+    if (dir != NULL && access(dir, W_OK) != 0)
+        e = errno;
+    free(dir);
+    return e;
+}
+
 static int fsync_parent_dir(const char *path)
 {
     char *dir = util_dir_of(path);

@@ -42,6 +42,12 @@ int util_fsync_dir(const char *dir);
  * malloc'd (the caller frees it); NULL when out of memory. */
 char *util_dir_of(const char *path);
 
+/* Why the directory of path cannot be written, as an errno (EROFS for a
+ * read-only file system also to root, EACCES), or 0 when it can. SQLite
+ * says only "unable to open database file" when a WAL database's -shm
+ * file cannot be made beside it, which it needs even to read. */
+int util_dir_unwritable(const char *path);
+
 /* Same as util_write_file_atomic, but streaming: util_atomic_open gives a FILE* on a temp file next to
  * path; util_atomic_commit fsyncs and renames it into place (and closes);
  * util_atomic_abort unlinks it. Both free *af. */

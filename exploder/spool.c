@@ -128,7 +128,13 @@ static xp_err exec(spool *s, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        log_error("spool database error sql=\"%.40s\" err=\"%s\"", sql, msg != NULL ? msg : "?");
+        /* a WAL database's -shm file could not be made (util_dir_unwritable) */
+        char why[128] = "";
+        int e = (sqlite3_errcode(s->db) & 0xff) == SQLITE_CANTOPEN
+                    ? util_dir_unwritable(sqlite3_db_filename(s->db, "main")) : 0;
+        if (e != 0)
+            snprintf(why, sizeof(why), " (the spool directory cannot be written: %s)", strerror(e));
+        log_error("spool database error sql=\"%.40s\" err=\"%s%s\"", sql, msg != NULL ? msg : "?", why);
         sqlite3_free(msg);
         return XP_ERR_DB;
     }

@@ -108,24 +108,6 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VER
 
 /* ---- connection ------------------------------------------------------------ */
 
-/* Why the database's directory cannot be written (an errno), or 0. A WAL
- * database needs its -shm file beside it even to be read, so on a
- * read-only file system (a [db] path outside the unit's writable paths)
- * or in a directory it may not write, SQLite says only "unable to open
- * database file", its errno that of its last try (ENOENT, reading a -shm
- * file that is not there). access(2) tells EROFS also to root. */
-static int dir_unwritable(gs_store *st)
-{
-    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
-    char *dir = path != NULL && *path != '\0' ? util_dir_of(path) : NULL;
-    int e = 0;
-
-    if (dir != NULL && access(dir, W_OK) != 0)
-        e = errno;
-    free(dir);
-    return e;
-}
-
 static gs_err db_error(gs_store *st, const char *what)
 {
     int code = sqlite3_extended_errcode(SQ(st)->db);
@@ -135,7 +117,8 @@ static gs_err db_error(gs_store *st, const char *what)
     /* another process held the write lock past the busy timeout */
     if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED)
         return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
-    if ((code & 0xff) == SQLITE_CANTOPEN && (sys = dir_unwritable(st)) != 0)
+    /* a WAL database's -shm file could not be made (util_dir_unwritable) */
+    if ((code & 0xff) == SQLITE_CANTOPEN && (sys = util_dir_unwritable(sqlite3_db_filename(SQ(st)->db, "main"))) != 0)
         return gs_err_set(GS_ERR_DB, "%s: %s (the database's directory cannot be written: %s)", what,
                           sqlite3_errmsg(SQ(st)->db), strerror(sys));
     /* "disk I/O error" alone does not tell a full disk (no room for the

@@ -4,7 +4,8 @@
 #   malformed mail -> 65, unencrypted -> 77, encrypted to another key -> 77,
 #   unknown list -> 67, non-member on a members-only list -> 77,
 #   too large -> 65, mail loop (our own List-Id, or our X-BeenThere) -> 65,
-#   spool not writable -> 75 (the MTA keeps the mail).
+#   spool not writable (a read-only file system as root) -> 75 (the MTA
+#   keeps the mail).
 # Each refusal is exactly one line on stderr (what the MTA puts into its
 # bounce), starting with the RFC 3463 status of docs/exploder.1.md, never a
 # log line. The log file of [log] file is never opened through a symbolic
@@ -204,6 +205,21 @@ if [ "$(id -u)" != 0 ]; then
   [ "$rc" = 75 ] || fail "unwritable spool: exit $rc, want 75"
 fi
 chmod 0700 "$W/spool/msg"
+# ... also to root (CI): the spool on a read-only file system (a read-only
+# bind mount of it). deliver: 75 and its one 4.3.0 line; run: 75, and its
+# log names the cause (SQLite alone says "unable to open database file").
+if [ "$(id -u)" = 0 ]; then
+  mount --bind "$W/spool" "$W/spool" && mount -o remount,ro,bind "$W/spool" || fail "cannot bind-mount the spool read-only"
+  trap 'umount "$W/spool" 2>/dev/null || true; xp_cleanup' EXIT
+  rc=0
+  xp deliver --list $L <"$W/good.eml" 2>"$W/deliver.err" || rc=$?
+  [ "$rc" = 75 ] && grep -q '^4\.3\.0 ' "$W/deliver.err" || fail "read-only spool: deliver exit $rc: $(cat "$W/deliver.err")"
+  rc=0
+  xp run --once 2>"$W/run.err" || rc=$?
+  [ "$rc" = 75 ] && grep -qF "(the spool directory cannot be written: Read-only file system)" "$W/run.err" ||
+    fail "read-only spool: run exit $rc: $(cat "$W/run.err")"
+  umount "$W/spool" || fail "cannot unmount the read-only spool"
+fi
 xp_spool_empty
 
 # and what is acceptable is accepted (members-only with a member sender too)
