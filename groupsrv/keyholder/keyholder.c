@@ -810,8 +810,9 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
             if (ae == AUDIT_ERR_IO && open_errno != 0)
                 log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\" detail=\"%s\"",
                           log_qs(cfg->audit.path), audit_strerror(ae),
-                          open_errno == ELOOP ? "a symbolic link (refused: the log must be a regular file)"
-                                              : strerror(open_errno));
+                          open_errno == ELOOP    ? "a symbolic link (refused: the log must be a regular file)"
+                          : open_errno == EINVAL ? "not a regular file (a FIFO or device: refused)"
+                                                 : strerror(open_errno));
             else
                 log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"",
                           log_qs(cfg->audit.path), audit_strerror(ae));

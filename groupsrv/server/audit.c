@@ -297,6 +297,27 @@ static struct audit_log *log_new(const char *path)
     return log;
 }
 
+/* open(2) of an audit log file that takes nothing but a regular file
+ * (else -1, errno EINVAL): a FIFO put at the path (to ship the log on)
+ * would take the records until its buffer filled and then block the key
+ * holder's next write for good, every key request timing out; a device
+ * would sync nothing. O_NONBLOCK: opening a FIFO must not wait for its
+ * other end (it changes nothing for a regular file). */
+static int open_regular(const char *path, int flags, mode_t mode)
+{
+    struct stat st;
+    int fd = open(path, flags | O_NONBLOCK, mode);
+
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
 audit_err audit_open(const char *path, audit_log **out)
 {
     audit_err rc = AUDIT_ERR_NOMEM;
@@ -311,7 +332,7 @@ audit_err audit_open(const char *path, audit_log **out)
      * Never through a symbolic link: `audit rotate` runs as root in a
      * directory the server's user owns, and a link there would make it
      * append its seal to any file (and rotation replaces the path anyway). */
-    log->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    log->fd = open_regular(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (log->fd < 0) {
         rc = AUDIT_ERR_IO;
         goto out;
@@ -1567,7 +1588,7 @@ static int fd_at_path_stat(const struct audit_log *log, struct stat *fst)
 static int open_locked_at_path(const char *path)
 {
     for (int tries = 0; tries < 100; tries++) {
-        int fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+        int fd = open_regular(path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0);
         if (fd < 0)
             return -1;
         if (flock(fd, LOCK_EX) == 0 && is_at_path(fd, path))
@@ -1638,7 +1659,7 @@ static int continues_seal(const char *path, int fd, const char *seal_hex)
     size_t len = 0;
     int own = fd < 0, yes = 0;
 
-    if (own && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    if (own && (fd = open_regular(path, O_RDONLY | O_CLOEXEC, 0)) < 0)
         return 0;
     if (read_first_line(fd, &first, &len) == AUDIT_OK && record_is(first, len, "audit-continue", "prev", &prev))
         yes = strcmp(prev, seal_hex) == 0;
@@ -1983,7 +2004,7 @@ static audit_err predecessor_of(const char *path, char **prev_path)
     audit_err rc;
     char *line = NULL, *name = NULL, *dir = NULL;
     size_t len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open_regular(path, O_RDONLY | O_CLOEXEC, 0);
 
     *prev_path = NULL;
     if (fd < 0)
@@ -2090,12 +2111,13 @@ audit_err audit_reopen(audit_log *log)
     /* No sync round may run on the old descriptor while it is swapped. */
     while (log->syncing)
         pthread_cond_wait(&log->synced, &log->mu);
-    if ((nfd = open(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
+    if ((nfd = open_regular(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
         flock(nfd, LOCK_EX) != 0 || (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
+        int not_regular = nfd < 0 && errno == EINVAL;
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"", log_qs(log->path),
-                  audit_strerror(rc));
+        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"%s", log_qs(log->path),
+                  audit_strerror(rc), not_regular ? " detail=\"not a regular file\"" : "");
         goto out;
     }
     /* Records written to the old file before it went away and not yet

@@ -11,7 +11,8 @@
 #     record and are not made: their 503 says so;
 #   - once there is room again both recover without a restart, and
 #     `groupsrv audit verify` passes: no torn record, no merged line;
-#   - a log deleted and made anew at its path is written again after SIGHUP.
+#   - a log deleted and made anew at its path is written again after SIGHUP;
+#   - a FIFO at the path is refused at SIGHUP (no record written into it).
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -131,4 +132,29 @@ expect_status 200 "" "unwrap after the audit log was made anew and SIGHUP" -- c 
 grep -q '"action":"unwrap"' "$audit" || fail "the new audit log has no record of the unwrap"
 out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the new log: $out"
 ok "new audit log written after SIGHUP; $out"
+# A FIFO put at the path (to ship the log on) is refused at SIGHUP: it
+# took the records until its 64 KiB buffer filled, then blocked the key
+# holder's next write for good (every key request timed out, /healthz said
+# "key holder unavailable"). Refused: 503 audit_unavailable, nothing
+# written into it; a regular file there again and SIGHUP: served.
+mv "$audit" "$fs/audit.kept"
+mkfifo -m 0600 "$audit"
+kill -HUP "$srv_pid"
+expect_healthz 503 audit_unavailable "healthz with a FIFO at the audit log's path"
+expect_status 503 audit_unavailable "unwrap with a FIFO at the audit log's path" -- c alice --data-binary @"$work/req-tls.json" "$url"
+piped=$(/usr/bin/python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+try:
+    print(len(os.read(fd, 1 << 20)))
+except BlockingIOError:
+    print(0)' "$audit")
+[ "$piped" = 0 ] || fail "the server wrote $piped bytes of records into a FIFO at the audit log's path"
+grep -q 'cannot reopen the audit log".*detail="not a regular file"' "$work/server.log" ||
+  fail "no log line saying the audit log is not a regular file"
+rm -f "$audit"
+mv "$fs/audit.kept" "$audit"
+kill -HUP "$srv_pid"
+wait_healthz || fail "healthz not 200 once the audit log was back: $(cat "$work/body")"
+expect_status 200 "" "unwrap once the audit log was back" -- c alice --data-binary @"$work/req-tls.json" "$url"
+ok "a FIFO at the audit log's path: refused at SIGHUP, nothing written into it, served again after"
 stop_server
