@@ -1100,9 +1100,37 @@ void srv_reply_err(struct srv_req *r, const srv_err *e)
 
 /* ---- input --------------------------------------------------------------- */
 
-/* -1 with e set when a body of n bytes is over the cap. */
+/* The first content coding the request names other than identity, or
+ * NULL. The server decodes none: a gzip body read as JSON was answered
+ * 400 bad_json "malformed JSON at line 1 column 1", which tells a script
+ * nothing about the cause. */
+static const char *body_coding(struct evhttp_request *req)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+
+    for (struct evkeyval *kv = h ? h->tqh_first : NULL; kv != NULL; kv = kv->next.tqe_next)
+        if (strcasecmp(kv->key, "Content-Encoding") == 0 && kv->value[0] != '\0' &&
+            strcasecmp(kv->value, "identity") != 0)
+            return kv->value;
+    return NULL;
+}
+
+/* -1 with e set when a body of n bytes is over the cap, or is sent in a
+ * content coding (RFC 9110 15.5.16: 415, with the codings taken). */
 static int body_cap(struct srv_req *r, size_t n, srv_err *e)
 {
+    const char *coding = body_coding(r->req);
+
+    if (coding != NULL) {
+        if (evhttp_add_header(evhttp_request_get_output_headers(r->req), "Accept-Encoding", "identity") != 0) {
+            srv_err_set(e, 500, "internal", "out of memory");
+            return -1;
+        }
+        srv_err_set(e, 415, "unsupported_encoding",
+                    "the body is in a Content-Encoding (%.40s) the server does not decode: send it uncompressed",
+                    coding);
+        return -1;
+    }
     if (n <= r->srv->max_body)
         return 0;
     srv_err_set(e, 413, "too_large", "request body of %zu bytes exceeds the limit of %zu", n, r->srv->max_body);

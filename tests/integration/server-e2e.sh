@@ -32,6 +32,14 @@ expect_status 200 "" "unwrap tls (F)" -- c alice -H 'Content-Type: application/j
 [ "$(json_get "$work/body" key_version)" = 1 ] || fail "key_version"
 check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
 ok "F key decrypts the openssl cms message"
+# A compressed body is refused as such (415 and the coding it takes), not
+# read as malformed JSON; "identity" is no coding.
+gzip -c "$work/req-tls.json" > "$work/req-tls.json.gz"
+expect_status 415 unsupported_encoding "a gzip body" -- c alice -D "$work/gz.hdr" -H 'Content-Encoding: gzip' \
+  -H 'Content-Type: application/json' --data-binary @"$work/req-tls.json.gz" "$base/v1/groups/eng/unwrap"
+grep -qi '^accept-encoding: identity' "$work/gz.hdr" || fail "415 without Accept-Encoding: identity: $(cat "$work/gz.hdr")"
+expect_status 200 "" "Content-Encoding: identity" -- c alice -H 'Content-Encoding: identity' \
+  --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
 
 # bare encrypted key + algorithm, default deliver
 cms ek "$work/ri.der" "$work/ek.bin"
@@ -93,6 +101,9 @@ grep -qi 'bob\|email' "$work/g.txt" && fail "membership cert carries an identity
 printf '{"csr":%s}' "$(/usr/bin/python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/g.csr")" > "$work/csr.json"
 expect_status 200 "" "certsrv accepts a JSON CSR" -- c bob -H 'Content-Type: application/json' \
   --data-binary @"$work/csr.json" "$cbase/v1/groups/eng/membership-certificates"
+gzip -c "$work/g.csr" > "$work/g.csr.gz"
+expect_status 415 unsupported_encoding "certsrv refuses a gzip CSR" -- c bob -H 'Content-Type: application/pkcs10' \
+  -H 'Content-Encoding: gzip' --data-binary @"$work/g.csr.gz" "$cbase/v1/groups/eng/membership-certificates"
 expect_status 403 not_a_member "certsrv refuses a non-member" -- c carol -H 'Content-Type: application/pkcs10' \
   --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
 expect_status 401 no_client_certificate "certsrv refuses without a certificate" -- anon --data-binary @"$work/g.csr" \
