@@ -338,6 +338,13 @@ if grep -qF "$(b64 "$work/ri.der" | head -c 40)" "$work/server.log"; then fail "
 /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the access lines are not key=value records"
 ok "access_log: one line per request (method, path, status, ms, identity, client), req= the X-Request-Id, no body"
 
+# ---- removal: what docs/api.md (Authentication) says a removed member keeps ----
+gs member remove eng bob@example.org >/dev/null
+expect_status 403 not_a_member "bob removed: refused on the next request" -- c bob --data-binary @"$work/req-rk.json" \
+  "$base/v1/groups/eng/unwrap"
+expect_status 200 "" "bob's membership certificate got before the removal still unwraps (it names no one)" -- \
+  gcurl --data-binary @"$work/req-rk.json" "$base/v1/groups/eng/unwrap"
+
 # ---- graceful stop ----
 kill -TERM "$srv_pid"
 wait "$srv_pid" || fail "server exit status after SIGTERM"
