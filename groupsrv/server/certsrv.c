@@ -203,7 +203,12 @@ static void membership_cert_have_view(struct srv_req *r)
     const char *ct = evhttp_find_header(evhttp_request_get_input_headers(r->req), "Content-Type");
     const char *csr_text = body;
     size_t csr_len = len;
-    if (ct != NULL && strncasecmp(ct, "application/json", 16) == 0) {
+    /* JSON by its Content-Type, or by its first byte: plain `curl --data`
+     * sends {"csr": ...} as a form, and the API reads any body as JSON
+     * whatever its Content-Type (docs/api.md). A DER CSR starts with a
+     * SEQUENCE tag, a PEM one with its BEGIN line or openssl's text. */
+    size_t lead = strspn(body, " \t\r\n");
+    if ((ct != NULL && strncasecmp(ct, "application/json", 16) == 0) || (lead < len && body[lead] == '{')) {
         json_error_t je;
         j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
         const char *s = j ? json_string_value(json_object_get(j, "csr")) : NULL;

@@ -101,6 +101,8 @@ grep -qi 'bob\|email' "$work/g.txt" && fail "membership cert carries an identity
 printf '{"csr":%s}' "$(/usr/bin/python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/g.csr")" > "$work/csr.json"
 expect_status 200 "" "certsrv accepts a JSON CSR" -- c bob -H 'Content-Type: application/json' \
   --data-binary @"$work/csr.json" "$cbase/v1/groups/eng/membership-certificates"
+expect_status 200 "" "certsrv takes a JSON CSR sent as plain curl --data sends it (a form)" -- c bob \
+  --data @"$work/csr.json" "$cbase/v1/groups/eng/membership-certificates"
 gzip -c "$work/g.csr" > "$work/g.csr.gz"
 expect_status 415 unsupported_encoding "certsrv refuses a gzip CSR" -- c bob -H 'Content-Type: application/pkcs10' \
   -H 'Content-Encoding: gzip' --data-binary @"$work/g.csr.gz" "$cbase/v1/groups/eng/membership-certificates"
