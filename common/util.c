@@ -430,38 +430,54 @@ int util_url_has_userinfo(const char *url)
     return h != NULL && memchr(h, '@', n) != NULL;
 }
 
-int util_url_host_is_loopback(const char *url)
+int util_url_host(const char *url, char *host, size_t size)
 {
     size_t n = 0;
     const char *h = url_authority(url, &n);
-    char host[64];
-    struct in_addr a4;
-    struct in6_addr a6;
 
-    if (h == NULL)
-        return 0;
+    if (size > 0)
+        host[0] = '\0';
+    if (h == NULL || size == 0)
+        return UTIL_E_FORMAT;
     if (memchr(h, '@', n) != NULL) { /* userinfo before the host */
         const char *at = memchr(h, '@', n);
         /* a second '@': parsers differ on where the host starts (libcurl
          * refuses such a URL, a WHATWG parser takes the last '@') */
         if (memchr(at + 1, '@', n - (size_t)(at + 1 - h)) != NULL)
-            return 0;
+            return UTIL_E_FORMAT;
+        n -= (size_t)(at + 1 - h);
         h = at + 1;
     }
-    if (*h == '[') { /* an IPv6 literal */
-        const char *e = strchr(h, ']');
-        if (e == NULL || (n = (size_t)(e - h - 1)) >= sizeof(host))
-            return 0;
-        memcpy(host, h + 1, n);
-        host[n] = '\0';
-        return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    if (*h == '[') { /* an IPv6 literal, given without its brackets */
+        const char *e = memchr(h, ']', n);
+        if (e == NULL)
+            return UTIL_E_FORMAT;
+        h++;
+        n = (size_t)(e - h);
+    } else {
+        n = strcspn(h, ":/?#");
     }
-    if ((n = strcspn(h, ":/?#")) >= sizeof(host))
-        return 0;
+    if (n == 0)
+        return UTIL_E_FORMAT;
+    if (n >= size)
+        return UTIL_E_TOOBIG;
     memcpy(host, h, n);
     host[n] = '\0';
+    return UTIL_OK;
+}
+
+int util_url_host_is_loopback(const char *url)
+{
+    char host[64];
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (util_url_host(url, host, sizeof(host)) != UTIL_OK)
+        return 0;
     if (strcasecmp(host, "localhost") == 0)
         return 1;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
     return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
 }
 

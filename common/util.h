@@ -90,6 +90,13 @@ char *util_uri_escape_value(const char *in, char *out, size_t cap);
  * with "..." when too small); returns out. */
 char *util_uri_escape_loose(const char *uri, char *out, size_t cap);
 
+/* The host of scheme://[userinfo@]host[:port][/...] into host (size
+ * bytes), an IPv6 literal without its brackets, as written (never
+ * resolved): UTIL_OK; UTIL_E_FORMAT for no "://", an empty host, an
+ * unclosed '[' or two '@' (parsers differ on where such a host starts);
+ * UTIL_E_TOOBIG when it does not fit. host is "" on every failure. */
+int util_url_host(const char *url, char *host, size_t size);
+
 /* Nonzero when a URL's host (scheme://[userinfo@]host[:port][/...]) is
  * this machine's loopback: "localhost", an IPv4 address in 127.0.0.0/8,
  * or [::1]; as written, never resolved (a name that resolves to 127.0.0.1

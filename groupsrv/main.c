@@ -7,11 +7,13 @@
  * exit code: 0 ok, 1 failed / check found problems, 2 usage, 3 not found
  * or duplicate, 4 token or PIN, 5 configuration.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1482,6 +1484,83 @@ static const char *read_leaf_cert(const char *path, X509 **out)
     return *out ? NULL : "no PEM certificate in it";
 }
 
+/* The DNS and IP names of a certificate's SAN, "DNS:a, IP:b", into buf;
+ * "no SAN DNS or IP name" when it has none (clients then fall back to
+ * the subject CN). */
+static void san_names_text(X509 *cert, char *buf, size_t size)
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        char ip[64] = "";
+        int n = 0;
+        if (gn->type == GEN_DNS) {
+            n = snprintf(buf + used, size - used, "%sDNS:%.*s", used ? ", " : "", ASN1_STRING_length(gn->d.dNSName),
+                         (const char *)ASN1_STRING_get0_data(gn->d.dNSName));
+        } else if (gn->type == GEN_IPADD) {
+            const unsigned char *a = ASN1_STRING_get0_data(gn->d.iPAddress);
+            int len = ASN1_STRING_length(gn->d.iPAddress);
+            if (len != 4 && len != 16)
+                continue;
+            if (inet_ntop(len == 4 ? AF_INET : AF_INET6, a, ip, sizeof(ip)) == NULL)
+                continue;
+            n = snprintf(buf + used, size - used, "%sIP:%s", used ? ", " : "", ip);
+        } else {
+            continue;
+        }
+        if (n < 0 || (size_t)n >= size - used) { /* cut: what fits is enough to see the point */
+            buf[used] = '\0';
+            break;
+        }
+        used += (size_t)n;
+    }
+    GENERAL_NAMES_free(names);
+    ERR_clear_error();
+    if (used == 0)
+        (void)snprintf(buf, size, "no SAN DNS or IP name");
+}
+
+/* [certsrv] url: members fetch membership certificates there and verify
+ * the certificate server by the [tls] certificate it listens with, so the
+ * URL's host must be one of that certificate's names, as clients check
+ * them (an address against the SAN IP addresses, a name against the SAN
+ * DNS names or, without any, the subject CN); else every fetch fails with
+ * a TLS name error. A warning, not counted: a proxy that ends TLS with
+ * its own certificate may be in front. Silent without [certsrv] listen. */
+static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
+{
+    char host[256], names[512], listen_url[300];
+    unsigned char addr[16];
+    bool is_default;
+    int match;
+
+    if (cfg->certsrv.listen == NULL || cfg->certsrv.url == NULL || cert == NULL)
+        return;
+    (void)snprintf(listen_url, sizeof(listen_url), "https://%s", cfg->certsrv.listen);
+    is_default = strcmp(cfg->certsrv.url, listen_url) == 0;
+    if (util_url_host(cfg->certsrv.url, host, sizeof(host)) != UTIL_OK) {
+        printf("%-10sWARNING: [certsrv] url %s: no host in it that clients could reach\n", "certsrv", cfg->certsrv.url);
+        return;
+    }
+    if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1)
+        match = X509_check_ip_asc(cert, host, 0);
+    else
+        match = X509_check_host(cert, host, strlen(host), 0, NULL);
+    ERR_clear_error();
+    if (match == 1) {
+        printf("%-10sOK   [certsrv] url %s: a name of the [tls] cert\n", "certsrv", cfg->certsrv.url);
+        return;
+    }
+    san_names_text(cert, names, sizeof(names));
+    printf("%-10sWARNING: [certsrv] url %s: %s is not among the [tls] cert's names (%s), so members' "
+           "membership certificate fetches fail with a TLS name error; set url to https://NAME:PORT with a name "
+           "the certificate is for%s\n",
+           "certsrv", cfg->certsrv.url, host, names, is_default ? " (url not set: it defaults to the listen address)" : "");
+}
+
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:
  * the files are readable, the key is the certificate's, the certificate is
  * valid now, the client CA file holds at least one certificate. A key that
@@ -1542,6 +1621,7 @@ static unsigned check_tls(const struct gs_config *cfg)
         ERR_clear_error();
         problems += file_row("client_ca", why == NULL, "%s%s%s", cfg->tls.client_ca, why ? ": " : "", why ? why : "");
     }
+    check_certsrv_url(cfg, cert);
     EVP_PKEY_free(pkey);
     X509_free(cert);
     return problems;

@@ -223,6 +223,17 @@ expect_rc 0 "$G" -c "$T/tlsok.conf" check
 for row in "tls cert  OK" "tls key   OK" "client_ca OK" "audit log OK .*will be created"; do
   grep -q "^$row" "$T/out" || { cat "$T/out"; fail "check: no '$row' row"; }
 done
+# [certsrv] url: members verify the certificate server by the [tls] cert, so
+# a host that is not among its names is a warning (not counted), named
+tlsconf certsrvip "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/audit.jsonl"
+printf '[certsrv]\nlisten = 127.0.0.1:8444\n' >> "$T/certsrvip.conf"
+expect_rc 0 "$G" -c "$T/certsrvip.conf" check
+grep -q "^certsrv   WARNING: \[certsrv\] url https://127.0.0.1:8444: 127.0.0.1 is not among the \[tls\] cert's names (no SAN DNS or IP name).*defaults to the listen address" "$T/out" ||
+  { cat "$T/out"; fail "check: no warning for a [certsrv] url the [tls] cert is not for"; }
+printf 'url = https://localhost:8444\n' >> "$T/certsrvip.conf"
+expect_rc 0 "$G" -c "$T/certsrvip.conf" check
+grep -q "^certsrv   OK   \[certsrv\] url https://localhost:8444: a name of the \[tls\] cert" "$T/out" ||
+  { cat "$T/out"; fail "check: [certsrv] url of the certificate's CN not taken"; }
 # expect_check_problem NAME PATTERN: check on $T/NAME.conf exits 1 with a PROBLEM row matching PATTERN
 expect_check_problem() {
   expect_rc 1 "$G" -c "$T/$1.conf" check

@@ -344,6 +344,19 @@ static void test_url_host_is_loopback(void **state)
     assert_false(util_url_host_is_loopback("smtp://localhost.:25"));
     assert_false(util_url_host_is_loopback("127.0.0.1:25"));
     assert_false(util_url_host_is_loopback(NULL));
+    /* the host alone, as check compares it with the TLS certificate's names */
+    char host[16];
+    assert_int_equal(util_url_host("https://gs.example.org:8444/x", host, sizeof(host)), UTIL_OK);
+    assert_string_equal(host, "gs.example.org");
+    assert_int_equal(util_url_host("https://u@[::1]:8444", host, sizeof(host)), UTIL_OK);
+    assert_string_equal(host, "::1");
+    assert_int_equal(util_url_host("https://127.0.0.1", host, sizeof(host)), UTIL_OK);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(util_url_host("https://:8444", host, sizeof(host)), UTIL_E_FORMAT);
+    assert_int_equal(util_url_host("https://[::1", host, sizeof(host)), UTIL_E_FORMAT);
+    assert_int_equal(util_url_host("https://a@b@c", host, sizeof(host)), UTIL_E_FORMAT);
+    assert_int_equal(util_url_host("https://a-much-longer-name.example.org", host, sizeof(host)), UTIL_E_TOOBIG);
+    assert_string_equal(host, "");
     /* a login in the URL, which libcurl would use: refused by both clients */
     assert_true(util_url_has_userinfo("smtp://u:p@relay.example.org:25"));
     assert_true(util_url_has_userinfo("smtp://;AUTH=PLAIN@127.0.0.1"));
