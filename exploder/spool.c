@@ -178,13 +178,26 @@ void xp_strv_free(char **v, size_t n)
     free(v);
 }
 
+/* The spool's schema version (PRAGMA user_version) into *version. */
+static xp_err read_user_version(spool *s, int *version)
+{
+    sqlite3_stmt *st = NULL;
+    xp_err rc = prep(s, "PRAGMA user_version", &st);
+
+    if (rc == XP_OK && sqlite3_step(st) != SQLITE_ROW)
+        rc = db_fail(s, "user_version");
+    if (rc == XP_OK)
+        *version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 xp_err spool_open(const char *dir, spool **out)
 {
     spool *s = NULL;
     xp_err rc = XP_ERR_NOMEM;
     char path[4096];
-    int n;
-    sqlite3_stmt *st = NULL;
+    int n, version = 0;
 
     *out = NULL;
     if (dir == NULL || *dir == '\0')
@@ -216,35 +229,21 @@ xp_err spool_open(const char *dir, spool **out)
     if ((rc = exec(s, "PRAGMA journal_mode=WAL")) != XP_OK ||
         (rc = exec(s, "PRAGMA synchronous=FULL")) != XP_OK || (rc = exec(s, "PRAGMA foreign_keys=ON")) != XP_OK)
         goto out;
-    if ((rc = prep(s, "PRAGMA user_version", &st)) != XP_OK)
+    if ((rc = read_user_version(s, &version)) != XP_OK)
         goto out;
-    if (sqlite3_step(st) != SQLITE_ROW) {
-        rc = db_fail(s, "user_version");
-        goto out;
-    }
-    int version = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    st = NULL;
-    if (version > SCHEMA_VERSION) {
-        log_error("spool schema is newer than this program have=%d want=%d", version, SCHEMA_VERSION);
-        rc = XP_ERR_SCHEMA;
-        goto out;
-    }
     if (version < SCHEMA_VERSION) {
-        char sql[64];
+        /* deliver and run may both find an old schema, and a newer
+         * exploder may write it meanwhile: what the version is under the
+         * lock decides. Already current: nothing to do; newer: refused
+         * below, nothing changed. */
         if ((rc = exec(s, "BEGIN IMMEDIATE")) != XP_OK)
             goto out;
-        /* deliver and run may both find an old schema: the second one to
-         * get the lock sees the new version and has nothing to do */
-        if ((rc = prep(s, "PRAGMA user_version", &st)) != XP_OK || sqlite3_step(st) != SQLITE_ROW) {
-            rc = rc != XP_OK ? rc : db_fail(s, "user_version");
+        if ((rc = read_user_version(s, &version)) != XP_OK) {
             rollback(s);
             goto out;
         }
-        version = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
-        st = NULL;
         for (; version < SCHEMA_VERSION; version++) {
+            char sql[64];
             snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", version + 1);
             if ((rc = exec(s, migrations[version])) != XP_OK || (rc = exec(s, sql)) != XP_OK) {
                 rollback(s);
@@ -256,11 +255,15 @@ xp_err spool_open(const char *dir, spool **out)
             goto out;
         }
     }
+    if (version > SCHEMA_VERSION) {
+        log_error("spool schema is newer than this program have=%d want=%d", version, SCHEMA_VERSION);
+        rc = XP_ERR_SCHEMA;
+        goto out;
+    }
     *out = s;
     s = NULL;
     rc = XP_OK;
 out:
-    sqlite3_finalize(st);
     spool_close(s);
     return rc;
 }

@@ -24,6 +24,43 @@ work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/upgrade-fixtures.XXXXXX")
 trap '[ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
+# hold_lock DB: a coprocess HOLD takes DB's write lock (BEGIN IMMEDIATE)
+# and keeps it until release_lock; opens of DB then see its committed
+# state, and a process that wants the lock waits in SQLite's busy handler.
+hold_lock() {
+  coproc HOLD { python3 -c '
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sql = sys.stdin.readline().strip()
+db.execute(sql if sql else "ROLLBACK")
+if sql:
+    db.execute("COMMIT")
+' "$1"; }
+  local line
+  read -r line <&"${HOLD[0]}" && [ "$line" = held ] || fail "hold_lock $1"
+}
+# release_lock [SQL]: runs SQL in the held transaction and commits it (no
+# SQL: rolls back), then waits for the holder to end.
+release_lock() {
+  local pid=$HOLD_PID
+  echo "${1:-}" >&"${HOLD[1]}"
+  wait "$pid" || fail "the lock holder failed"
+}
+# wait_for_lock PID...: until each process sleeps in SQLite's busy handler
+# (waiting for the held lock), for at most 3 s: a process not there by then
+# finds the holder's outcome already committed, which only makes the case
+# weaker, never wrong (groupsrv's busy timeout is 5 s).
+wait_for_lock() {
+  local p i
+  for p in "$@"; do
+    for i in $(seq 60); do
+      [ "$(cat "/proc/$p/wchan" 2>/dev/null)" = hrtimer_nanosleep ] && break
+      sleep 0.05
+    done
+  done
+}
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 unset GROUPSRV_CONF EXPLODER_CONF || true
 "$SRC/scripts/provision-softhsm" "$work/tok" groupsrv >/dev/null
@@ -212,3 +249,25 @@ x list show fwd@lists.example.org > /dev/null 2> "$d/err" || rc=$?
   fail "list show on a newer spool: exit $rc: $(cat "$d/err")"
 [ "$(sqlite3 "$d/spool/exploder.db" .dump | sha256sum)" = "$sum" ] || fail "a newer spool was changed"
 ok "a spool newer than the exploder: refused in one line (deliver 75, 4.3.5), unchanged"
+
+# a newer exploder writes the spool while this one waits for the lock to
+# migrate it: the version read under the lock decides, refused, unchanged
+d=$work/xprace
+mkdir -p "$d/spool"
+sqlite3 "$d/spool/exploder.db" < "$FX/spool-schema3/exploder.sql"
+sqlite3 "$d/spool/exploder.db" 'PRAGMA journal_mode = WAL' > /dev/null
+cp -r "$FX/spool-schema3/msg" "$d/spool/msg"
+chmod 0700 "$d/spool" "$d/spool/msg"
+printf '[spool]\npath = %s/spool\n[delivery]\nrelay = maildir:%s/md\n' "$d" "$d" > "$d/x.conf"
+sum=$(sqlite3 "$d/spool/exploder.db" .dump | sha256sum)
+hold_lock "$d/spool/exploder.db"
+"$BIN/exploder" -c "$d/x.conf" list show fwd@lists.example.org > /dev/null 2> "$d/err" & xpid=$!
+wait_for_lock "$xpid"
+release_lock 'PRAGMA user_version = 99'
+rc=0
+wait "$xpid" || rc=$?
+[ "$rc" = 1 ] && grep -q 'cannot open spool: spool database written by a newer exploder' "$d/err" ||
+  fail "list show on a spool a newer exploder wrote while it waited: exit $rc: $(cat "$d/err")"
+[ "$(sqlite3 "$d/spool/exploder.db" .dump | sha256sum)" = "$sum" ] &&
+  [ "$(sqlite3 "$d/spool/exploder.db" 'PRAGMA user_version')" = 99 ] || fail "a spool written by a newer exploder was changed"
+ok "a spool a newer exploder writes while this one waits to migrate it: refused, unchanged"
