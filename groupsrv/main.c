@@ -1801,7 +1801,9 @@ static int cmd_check(struct env *e, int argc, char **argv)
         char ro_detail[600];
         (void)snprintf(ro_detail, sizeof(ro_detail), "%s", gs_err_detail());
         err = env_open(e, NEED_DB);
-        migrated = err == GS_OK;
+        /* not when another process (a second check, a starting serve)
+         * migrated it between the two opens: this one found it current */
+        migrated = err == GS_OK && gs_store_migrated_from(e->st) > 0;
         /* GS_ERR_DB: a migration step failed, its detail names the
          * versions; else the database could not be opened for writing
          * here (a standby, the server gone): both reasons. */

@@ -140,6 +140,7 @@ void gs_store_close(gs_store *st)
 }
 
 int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
+int gs_store_migrated_from(const gs_store *st) { return st ? st->migrated_from : 0; }
 
 const char *gs_store_backend(const gs_store *st) { return st ? st->ops->name : "none"; }
 
@@ -286,13 +287,24 @@ void gs_store_keys_unlock(gs_store *st)
 
 /* ---- shared helpers ------------------------------------------------------- */
 
-gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where)
+/* A downgrade: what was found, and the two ways out. */
+static gs_err schema_newer(const char *where, int v)
+{
+    return gs_err_set(GS_ERR_SCHEMA,
+                      "database %s was written by a newer groupsrv (schema version %d, this program knows up to %d): "
+                      "run that newer version, or restore the backup taken before the upgrade (docs/operations.md, "
+                      "\"Upgrading\")",
+                      where, v, GS_STORE_SCHEMA_VERSION);
+}
+
+gs_err gs_store_settle_schema(gs_store *st, int v, gs_store_migrate_fn migrate, const char *where)
 {
     gs_err err;
+    int found = v;
+
     if (v != GS_STORE_SCHEMA_VERSION) {
         if (v > GS_STORE_SCHEMA_VERSION)
-            return gs_err_set(GS_ERR_SCHEMA, "database %s has schema version %d, this program needs %d", where, v,
-                              GS_STORE_SCHEMA_VERSION);
+            return schema_newer(where, v);
         /* A database without our tables (a PostgreSQL database made for
          * groupsrv, ca init not run yet) is one not created yet, as a
          * missing SQLite file is. */
@@ -306,12 +318,19 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *s
                               "database %s has schema version %d, this program needs %d (from an older version: "
                               "`groupsrv check`, `serve` or a command that writes migrates it)",
                               where, v, GS_STORE_SCHEMA_VERSION);
+        err = migrate(st, &found);
+        /* a newer program wrote it after v was read */
+        if (err != GS_OK && found > GS_STORE_SCHEMA_VERSION)
+            return schema_newer(where, found);
         /* v 0 is a database being made (ca init): its own error says it */
-        if ((err = migrate(st)) != GS_OK && v > 0)
+        if (err != GS_OK && v > 0)
             return gs_err_set(err, "database %s has schema version %d, older than this program's %d, and migrating it "
                               "failed (nothing was changed): %s", where, v, GS_STORE_SCHEMA_VERSION, gs_err_detail());
         if (err != GS_OK)
             return err;
+        /* found current under the lock: another process migrated it first */
+        if (found > 0 && found < GS_STORE_SCHEMA_VERSION)
+            st->migrated_from = found;
     }
     st->schema = GS_STORE_SCHEMA_VERSION;
     return GS_OK;

@@ -87,6 +87,11 @@ void gs_store_set_timeout(unsigned seconds);
 void gs_store_set_idle_check(unsigned ms);
 void gs_store_close(gs_store *st);
 int gs_store_schema_version(gs_store *st);
+/* The older schema version (1 or more) that this open of st migrated to
+ * the current one; 0 when it found the schema current (another process,
+ * a second `check` or a starting serve, may have migrated it first) or
+ * created it. */
+int gs_store_migrated_from(const gs_store *st);
 const char *gs_store_backend(const gs_store *st); /* "sqlite" or "postgresql" */
 
 /* A stamp that differs from the previous call's whenever the database may

@@ -68,6 +68,7 @@ struct gs_store_ops {
 struct gs_store {
     const struct gs_store_ops *ops;
     int schema;   /* schema version once open */
+    int migrated_from; /* the older schema version this open migrated; 0: none */
     bool in_tx;   /* an explicit gs_store_begin is open */
     bool in_read; /* a gs_store_read_begin snapshot is open */
     bool readonly;
@@ -97,11 +98,19 @@ gs_wrap gs_store_wrap_from_text(const char *text);
  * *mine says whether this call opened it; end commits or rolls back. */
 gs_err gs_store_tx_begin_if_needed(gs_store *st, bool *mine);
 gs_err gs_store_tx_end_if_mine(gs_store *st, bool mine, gs_err err);
+/* A backend's migration: under the database's own lock (another process
+ * may have migrated it, or a newer program written it, since v was read)
+ * reads the version again into *found, then brings an older schema to
+ * GS_STORE_SCHEMA_VERSION in one transaction. GS_OK when the schema is
+ * current now (*found says whether this call changed it); GS_ERR_SCHEMA,
+ * nothing changed, when *found is newer; a step's error otherwise. */
+typedef gs_err (*gs_store_migrate_fn)(gs_store *st, int *found);
 /* A backend found schema version v: GS_OK (st->schema set) when current
- * or once migrate(st) brought it there; GS_ERR_SCHEMA when newer, or older
- * on a read-only store (GS_ERR_NOT_FOUND for version 0 there); migrate's
- * error, its detail naming the versions, when a step failed. where names
- * the database in the message. */
-gs_err gs_store_settle_schema(gs_store *st, int v, gs_err (*migrate)(gs_store *st), const char *where);
+ * or once migrate brought it there (st->migrated_from set when this open
+ * migrated it); GS_ERR_SCHEMA when newer, or older on a read-only store
+ * (GS_ERR_NOT_FOUND for version 0 there); migrate's error, its detail
+ * naming the versions, when a step failed. where names the database in
+ * the message. */
+gs_err gs_store_settle_schema(gs_store *st, int v, gs_store_migrate_fn migrate, const char *where);
 
 #endif

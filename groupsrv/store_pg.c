@@ -728,7 +728,7 @@ out:
 #define MIGRATE_LOCK_WAIT "1s"
 #define MIGRATE_ATTEMPTS 3
 
-static gs_err migrate_once(gs_store *st)
+static gs_err migrate_once(gs_store *st, int *found)
 {
     char sql[96];
     gs_err err;
@@ -747,9 +747,9 @@ static gs_err migrate_once(gs_store *st)
             GS_OK ||
         (err = read_version(st, &v)) != GS_OK)
         goto out;
+    *found = v;
     if (v > (int)GS_STORE_SCHEMA_VERSION) {
-        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
-                         GS_STORE_SCHEMA_VERSION);
+        err = GS_ERR_SCHEMA; /* gs_store_settle_schema says it */
         goto out;
     }
     for (; v < GS_STORE_SCHEMA_VERSION; v++) {
@@ -768,13 +768,13 @@ out:
     return err;
 }
 
-static gs_err migrate(gs_store *st)
+static gs_err migrate(gs_store *st, int *found)
 {
     const struct timespec pause = {.tv_sec = 1};
     gs_err err;
 
     for (int attempt = 1;; attempt++) {
-        err = migrate_once(st);
+        err = migrate_once(st, found);
         if (err != GS_ERR_DB_UNAVAILABLE || gs_err_db_cause() != GS_DB_CAUSE_LOCKED)
             return err;
         if (attempt == MIGRATE_ATTEMPTS)

@@ -182,22 +182,23 @@ static gs_err read_user_version(gs_store *st, int *v)
     return err;
 }
 
-static gs_err migrate(gs_store *st)
+static gs_err migrate(gs_store *st, int *found)
 {
     gs_err err;
     int v = 0;
     char sql[64];
 
-    /* IMMEDIATE: two processes creating the same database serialise here. */
+    /* IMMEDIATE: two processes creating or migrating the same database
+     * serialise here; the version is read again under the lock. */
     err = exec(st, "BEGIN IMMEDIATE");
     if (err)
         return err;
     err = read_user_version(st, &v);
     if (err)
         goto out;
+    *found = v;
     if (v > (int)GS_ARRAY_LEN(migrations)) {
-        err = gs_err_set(GS_ERR_SCHEMA, "database schema version %d is newer than this program (%d)", v,
-                         GS_STORE_SCHEMA_VERSION);
+        err = GS_ERR_SCHEMA; /* gs_store_settle_schema says it */
         goto out;
     }
     for (; v < (int)GS_ARRAY_LEN(migrations); v++) {

@@ -131,10 +131,11 @@ sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/newer.db|" "$CONF" > "$T/newer.conf"
 newer0=$(sqlite3 "$T/newer.db" .dump | sha256sum)
 for cmd in "group list" "group rotate eng" "member list eng" "member add eng bob@example.org --cert $T/bob.pem"; do
   # shellcheck disable=SC2086
-  refuse 1 "schema version 99" "$G" -c "$T/newer.conf" $cmd
+  refuse 1 "newer.db was written by a newer groupsrv (schema version 99, this program knows up to 4): run that newer version, or restore the backup taken before the upgrade" \
+    "$G" -c "$T/newer.conf" $cmd
 done
 expect_rc 1 "$G" -c "$T/newer.conf" check
-grep -q "^database  PROBLEM: .*schema version 99" "$T/out" || { cat "$T/out"; fail "check: newer schema"; }
+grep -q "^database  PROBLEM: .*written by a newer groupsrv (schema version 99" "$T/out" || { cat "$T/out"; fail "check: newer schema"; }
 [ "$(sqlite3 "$T/newer.db" .dump | sha256sum)" = "$newer0" ] || fail "the newer database was changed"
 [ "$(sqlite3 "$T/newer.db" 'PRAGMA user_version')" = 99 ] || fail "the newer database's version was changed"
 echo "provision-refuse: OK"

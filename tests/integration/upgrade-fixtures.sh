@@ -180,6 +180,26 @@ grep -q "^database  PROBLEM: database $d/groupsrv.db has schema version 3, older
 [ "$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)" = "$sum" ] || fail "a failed migration changed the database"
 ok "a migration that fails: one line naming the versions and the reason, nothing changed"
 
+# two checks at once on an old database: both wait for the lock, one
+# migrates, the other then finds it current; only the first says migrated
+d=$work/twochecks
+mkdir "$d"
+sqlite3 "$d/groupsrv.db" < "$FX/groupsrv-schema3.sql"
+sqlite3 "$d/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
+sed "s|$work/gs3/|$d/|" "$work/gs3/gs.conf" > "$d/gs.conf"
+hold_lock "$d/groupsrv.db"
+"$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check1" 2>&1 & c1=$!
+"$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check2" 2>&1 & c2=$!
+wait_for_lock "$c1" "$c2"
+release_lock
+wait "$c1" || true
+wait "$c2" || true
+[ "$(grep -c "^database  OK   $d/groupsrv.db (sqlite, schema 4" "$d/check1" "$d/check2" | grep -c ':1$')" = 2 ] ||
+  fail "two checks at once: $(grep -h database "$d/check1" "$d/check2")"
+[ "$(cat "$d/check1" "$d/check2" | grep -c '^database  OK .*, migrated from an older schema)$')" = 1 ] ||
+  fail "two checks at once: not exactly one says migrated: $(grep -h database "$d/check1" "$d/check2")"
+ok "two checks at once on an old database: one migrates and says so, the other finds it current"
+
 for n in 1 2 3; do
   d=$work/xp$n
   mkdir -p "$d/spool"
