@@ -4,6 +4,7 @@
 # groupsrv config per server, and helpers that check exit codes, one-line
 # errors and that a refusal left the token exactly as it was.
 
+. "$SRC/tests/lib/ports.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ceremony.XXXXXX")
 srv_pid=
 cleanup() {
@@ -103,10 +104,10 @@ field() {
 # function is a subshell, and killing it would leave groupsrv running.
 serve_start() {
   local n=$1 port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   if grep -q '^\[server\]' "$work/$n.conf"; then # started before: the same port and files
     port=$(sed -n 's/^listen = 127.0.0.1://p' "$work/$n.conf")
   else
+    take_port port
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
       -addext "subjectAltName=IP:127.0.0.1" -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
     cat >> "$work/$n.conf" <<CONF

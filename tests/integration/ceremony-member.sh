@@ -100,7 +100,7 @@ gk=$(sed -n "s/^  v1  --group-key '\(.*\)'\$/\1/p" "$work/import.out")
 [ "$gk" = "pkcs11:token=alice%27s%20card;object=gs:group:eng:v1;type=private" ] ||
   fail "import-group-key printed --group-key '$gk', not the token's label percent-encoded"
 # A server URL that answers nothing: local-key never asks it.
-dead=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+take_port dead
 expect 0 "decrypt --via local-key, no server running" -- gm decrypt --via local-key --group-key "$gk" \
   --server "https://127.0.0.1:$dead" --group eng --in "$work/m1.smime" --out "$work/m1.out"
 cmp -s "$work/m1.out" "$work/m1.txt" || fail "local-key: plaintext differs"

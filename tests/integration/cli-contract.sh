@@ -10,6 +10,7 @@
 # (groupsrv 5). Also scripts/provision-softhsm run twice on one DIR.
 set -euo pipefail
 BIN=$1 SRC=$2
+. "$SRC/tests/lib/ports.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/cli-contract.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 nfail=0 # every check runs: a failure is counted, the script goes on
@@ -157,7 +158,7 @@ wait "$busy_pid" 2>/dev/null || true
 # (an empty SoftHSM token directory), after the audit log opened
 mkdir -p "$work/notokens"
 printf 'directories.tokendir = %s/notokens\nobjectstore.backend = file\n' "$work" > "$work/notokens.conf"
-free=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+take_port free
 sed "s/^listen = .*/listen = 127.0.0.1:$free/" "$work/serve.conf" > "$work/serve-kh.conf"
 printf '[audit]\npath = %s/serve-audit.jsonl\n' "$work" >> "$work/serve-kh.conf"
 SOFTHSM2_CONF=$work/notokens.conf expect_serve 4 \

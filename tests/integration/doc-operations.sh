@@ -30,7 +30,7 @@ doc=$SRC/docs/operations.md
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 export PATH="$BIN:$PATH"
 unset GROUPSRV_CONF SOFTHSM2_CONF GS_USER_PIN GS_SO_PIN
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$SRC/tests/lib/ports.sh"
 
 # run_block NAME HEADING N DIR [SED...]: block N of HEADING, with the paths
 # moved (and any further sed expressions), run by bash -e in DIR (stdin
@@ -122,7 +122,7 @@ ok "operations.md's 'A real token' steps 1-5 ran as written; the group key shows
 run_block real6 'A real token' 6 "$real"
 has real6 '^key = pkcs11:token=groupsrv;object=tls;type=private$'
 # step 6's configuration lines, as written, on loopback ports
-port=$(free_port) cport=$(free_port)
+take_port port cport
 doc_block "$doc" 'A real token' 1 ini |
   sed -e "s|/etc/groupsrv/|$work/etc/groupsrv/|g" -e "s|^listen = 0.0.0.0:8443\$|listen = 127.0.0.1:$port|" \
       -e "s|^listen = 0.0.0.0:8444\$|listen = 127.0.0.1:$cport|" -e "s|:8444\$|:$cport|" >> "$GROUPSRV_CONF" ||
@@ -142,7 +142,8 @@ for attempt in 1 2 3; do
   srv_pid=
   # the port was free when chosen; another test may have taken it since
   grep -q "Address already in use" "$real/serve.log" || fail "serve on the token's TLS key exited: $(tail -n 5 "$real/serve.log")"
-  oport=$port ocport=$cport port=$(free_port) cport=$(free_port)
+  oport=$port ocport=$cport
+  take_port port cport
   sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
     -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
 done

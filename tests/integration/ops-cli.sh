@@ -10,6 +10,7 @@
 # the cluster runs.
 set -euo pipefail
 BIN=$1 SRC=$2
+. "$SRC/tests/lib/ports.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-cli.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -117,7 +118,7 @@ ok "a path with a space is one quoted field: $(tail -n 1 "$work/err.log")"
 # (the key holder opens the audit log before the token: no token needed)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
   -keyout "$work/server.key" -out "$work/server.pem" 2>/dev/null
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+take_port port
 printf '[server]\nlisten = 127.0.0.1:%s\n[tls]\ncert = %s\nkey = %s\n' "$port" "$work/server.pem" "$work/server.key" >> "$conf"
 rm -f "$work"/audit.jsonl*
 touch "$work/elsewhere"

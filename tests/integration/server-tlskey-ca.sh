@@ -8,6 +8,7 @@
 # its own certificate matches it, so only this check stops it.
 set -euo pipefail
 BIN=$1 SRC=$2
+. "$SRC/tests/lib/ports.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/tlskey-ca.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -15,7 +16,7 @@ ok() { echo "ok: $*"; }
 
 "$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
 export SOFTHSM2_CONF=$work/token/softhsm2.conf
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+take_port port
 cat > "$work/groupsrv.conf" <<CONF
 [server]
 listen = 127.0.0.1:$port

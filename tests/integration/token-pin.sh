@@ -10,6 +10,7 @@
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/tokens/lib.sh"
+. "$SRC/tests/lib/ports.sh"
 tok_load opencryptoki
 tok_enter "$@"
 
@@ -37,7 +38,7 @@ tok_write_pin "$work/bad-pin" 0000
 sed "s|^pin_source = .*|pin_source = $work/bad-pin|" "$work/good.conf" > "$work/bad.conf"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/srv.key" -out "$work/srv.pem" \
   -days 2 -subj /CN=localhost 2>/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+take_port port
 cat >> "$work/bad.conf" <<CONF
 [server]
 listen = 127.0.0.1:$port

@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # ports.sh SRC: take_port (tests/lib/ports.sh) hands out distinct ports, in
 # one call and across calls, so that the servers of one test can all
-# listen; scripts/ pick no ports of their own. In a network namespace of its own (unshare -rn: no other
+# listen. In a network namespace of its own (unshare -rn: no other
 # process's ports, nothing shared with the machine) whose ephemeral range
 # is four ports, where a picker that lets a port go before its server
 # binds it hands out the same one again at once.
+#
+# And neither the tests nor scripts/ (demo, cluster: several servers each)
+# pick a port themselves: a picker that binds port 0, reads the number and
+# closes the socket has that fault, and two of them in one run may hand out
+# one port twice (the demo's server and certificate server on one port:
+# 'cannot listen'). A server that binds port 0 and keeps listening
+# (tests/lib/loopback.py) picks nothing for anyone else.
 set -euo pipefail
 SRC=$1
 fail() { echo "FAIL: $*" >&2; exit 1; }
-# The scripts that start several servers (scripts/demo, scripts/cluster)
-# take their ports from take_port too: a picker of their own that binds
-# port 0 and closes the socket may hand one port out twice (the demo's
-# server and certificate server on one port: 'cannot listen').
-own=$(grep -l 'getsockname' "$SRC"/scripts/* 2>/dev/null || true)
+own=$(cd "$SRC" && grep -l 'getsockname' scripts/* 2>/dev/null || true)
 [ -z "$own" ] || fail "ports picked without take_port (tests/lib/ports.sh) in: $own"
 echo "ok: scripts/ take their ports from take_port"
+pickers=$(cd "$SRC" && grep -rnE --include='*.sh' --include='*.py' --include='*.cmake' \
+  'bind\(\([^)]*, *0\)\).*getsockname\(\)\[1\]' tests | grep -v 'listen(' | grep -v '^tests/lib/ports.sh:' || true)
+[ -z "$pickers" ] || fail "tests that pick a free port themselves (use take_port of tests/lib/ports.sh):
+$pickers"
+echo "ok: no test picks a free port itself"
 unshare -rn true 2>/dev/null || fail "unshare -rn (a network namespace of its own) is not allowed here"
 exec unshare -rn bash -c '
 set -euo pipefail

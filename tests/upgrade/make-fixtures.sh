@@ -17,6 +17,7 @@
 set -euo pipefail
 kind=$1 bin=$2 commit=$3 out=$4
 src=$(cd "$(dirname "$0")/../.." && pwd)
+. "$src/tests/lib/ports.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 if [ "$kind" = groupsrv ]; then
@@ -46,7 +47,7 @@ CONF
   "$bin/groupsrv" -c "$t/gs.conf" ca show > "$t/ca.pem"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$t/srv.key" -out "$t/srv.pem" 2>/dev/null
-  port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  take_port port
   printf '[server]\nlisten = 127.0.0.1:%s\n[tls]\ncert = %s\nkey = %s\nclient_ca = %s\n' "$port" "$t/srv.pem" \
     "$t/srv.key" "$t/ca.pem" >> "$t/gs.conf"
   "$bin/groupsrv" -c "$t/gs.conf" serve 2>"$t/serve.log" &
