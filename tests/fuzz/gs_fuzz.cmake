@@ -9,7 +9,8 @@
 #  - -DFUZZ=ON (clang): a libFuzzer binary, and test fuzz_NAME_run (label
 #    "fuzz-run") that fuzzes it for GS_FUZZ_SECONDS starting from the seeds
 #    (tests/fuzz/run.sh). The target "fuzz" builds every fuzzer and only
-#    what they need, so ./scripts/test builds nothing else with clang.
+#    what they need; ./scripts/test builds the whole tree there, so that
+#    clang's warnings are seen in all of it.
 set(GS_FUZZ_SECONDS 30 CACHE STRING "Seconds each fuzz_NAME_run test fuzzes (FUZZ=ON)")
 if(FUZZ)
   add_custom_target(fuzz)
