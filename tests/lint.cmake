@@ -5,8 +5,9 @@ set_tests_properties(lint_banned PROPERTIES LABELS "unit;lint")
 # Every error code the server answers is in docs/api.md's table of errors.
 add_test(NAME lint_error_codes COMMAND bash ${GS_TEST_DIR}/lint/error-codes.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_error_codes PROPERTIES LABELS "unit;lint")
-# The test port picker (tests/lib/ports.sh) never hands out one port twice:
-# two servers of one test on the same port failed cluster_demo. The
-# scripts under scripts/ (demo, cluster) take their ports from it too.
+# The test port picker (tests/lib/ports.sh) never hands out one port twice
+# (two servers of one test on the same port failed cluster_demo), and
+# neither the tests nor the scripts under scripts/ (demo, cluster) pick a
+# port themselves instead.
 add_test(NAME lint_ports COMMAND bash ${GS_TEST_DIR}/lint/ports.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_ports PROPERTIES LABELS "unit;lint")
