@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # package-deb-build.sh SRC OUT: builds the Debian packages from this tree
-# as the README says (`dpkg-buildpackage -us -uc -b`, in a copy of the
-# tree so nothing lands next to the worktree), checks that their version
-# is the programs' (scripts/version) and orders after the release
-# debian/changelog names (a build from git upgrades it), that their
+# as the README says (`scripts/package`: dpkg-buildpackage -us -uc -b in a
+# copy of the tree, so nothing lands next to the worktree), checks that
+# their version, and that of every file the build names (.deb, .changes,
+# .buildinfo), is the programs' (scripts/version) and orders after the
+# release debian/changelog names (a build from git upgrades it), that their
 # maintainer scripts restart the services after an upgrade and stop them
 # on removal, and checks them with lintian: every tag lintian reports
 # (errors, warnings, info, pedantic) must be overridden with a reason in
@@ -15,22 +16,26 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
 rm -rf "$OUT"
-mkdir -p "$OUT/src"
-# The tree as it is (uncommitted changes included), without build output.
-tar -C "$SRC" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$OUT/src" -xf -
-# The copy has no .git: it takes the checkout's version from .version.
+mkdir -p "$OUT"
 version=$("$SRC/scripts/version" "$SRC")
-"$SRC/scripts/version" --write "$OUT/src"
 start=$(date +%s)
 # The README's command; make may use every core (the machine's choice).
-(cd "$OUT/src" && DEB_BUILD_OPTIONS="parallel=$(nproc)" dpkg-buildpackage -us -uc -b) >"$OUT/build.log" 2>&1 ||
-  fail "dpkg-buildpackage: $(tail -30 "$OUT/build.log")"
-ok "dpkg-buildpackage -us -uc -b in $(( $(date +%s) - start ))s"
-rm -rf "$OUT/src"
+DEB_BUILD_OPTIONS="parallel=$(nproc)" "$SRC/scripts/package" --out "$OUT" >"$OUT/build.log" 2>&1 ||
+  fail "scripts/package: $(tail -30 "$OUT/build.log")"
+ok "scripts/package (dpkg-buildpackage -us -uc -b) in $(( $(date +%s) - start ))s"
 for p in groupsrv exploder groupmail; do
   compgen -G "$OUT/${p}_*.deb" >/dev/null || fail "no $p package"
 done
 ls "$OUT"/*.deb | sed 's|.*/|  |'
+# Every file the build wrote is named by that one version, and the
+# .changes says it too (dpkg-buildpackage names them by the changelog).
+for f in "$OUT"/*_*.deb "$OUT"/*.changes "$OUT"/*.buildinfo; do
+  n=${f##*/}
+  [[ "$n" == *_"${version}"_amd64.* ]] || fail "$n is not named by the version $version"
+done
+[ "$(grep -c . <<<"$(ls "$OUT"/*.changes)")" = 1 ] || fail "not one .changes: $(ls "$OUT")"
+[ "$(sed -n 's/^Version: //p' "$OUT"/*.changes)" = "$version" ] ||
+  fail ".changes says Version: $(sed -n 's/^Version: //p' "$OUT"/*.changes), not $version"
 
 # Their version: the programs' (the one --version prints, checked against
 # it in package_deb_system), and after the release debian/changelog names
@@ -71,3 +76,19 @@ set -e
 $(cat "$OUT/lintian.log" "$OUT/lintian.err")"
 grep -q '^[EWIP]: ' "$OUT/lintian.log" && fail "lintian tags: $(cat "$OUT/lintian.log")"
 ok "lintian: no tag left without an override"
+
+# A source package (scripts/package -S): named by the version, and holding
+# it in .version and its changelog, so that what is built from it is this
+# version, not the release (a source package has no .git).
+mkdir "$OUT/source"
+"$SRC/scripts/package" --out "$OUT/source" -us -uc -S -d >"$OUT/source.log" 2>&1 ||
+  fail "scripts/package -S: $(tail -20 "$OUT/source.log")"
+[ -f "$OUT/source/groupsrv_$version.dsc" ] || fail "no groupsrv_$version.dsc: $(ls "$OUT/source")"
+mkdir "$OUT/source/x"
+tar -C "$OUT/source/x" -xf "$OUT/source/groupsrv_$version.tar."*
+sv=$("$SRC/scripts/version" "$OUT/source/x/groupsrv-$version") || fail "scripts/version of the source package"
+[ "$sv" = "$version" ] || fail "a build of the source package would be $sv, not $version"
+[ "$(dpkg-parsechangelog -l "$OUT/source/x/groupsrv-$version/debian/changelog" -S Version)" = "$version" ] ||
+  fail "the source package's changelog does not name $version"
+rm -rf "$OUT/source"
+ok "source package groupsrv_$version: .version and changelog say $version"
