@@ -1519,6 +1519,9 @@ static void san_names_text(X509 *cert, char *buf, size_t size)
     }
     GENERAL_NAMES_free(names);
     ERR_clear_error();
+    for (size_t i = 0; i < used; i++) /* an IA5String may hold control characters */
+        if ((unsigned char)buf[i] < 0x20 || (unsigned char)buf[i] >= 0x7f)
+            buf[i] = '?';
     if (used == 0)
         (void)snprintf(buf, size, "no SAN DNS or IP name");
 }

@@ -328,7 +328,8 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_store_migrate_fn migrate, 
                               "failed (nothing was changed): %s", where, v, GS_STORE_SCHEMA_VERSION, gs_err_detail());
         if (err != GS_OK)
             return err;
-        /* found current under the lock: another process migrated it first */
+        /* this open migrated it; found current under the lock, another
+         * process (a second check, a starting serve) did */
         if (found > 0 && found < GS_STORE_SCHEMA_VERSION)
             st->migrated_from = found;
     }
