@@ -1498,7 +1498,8 @@ static void san_names_text(X509 *cert, char *buf, size_t size)
         char ip[64] = "";
         int n = 0;
         if (gn->type == GEN_DNS) {
-            n = snprintf(buf + used, size - used, "%sDNS:%.*s", used ? ", " : "", ASN1_STRING_length(gn->d.dNSName),
+            n = snprintf(buf + used, size - used, "%sDNS:%.*s", used ? ", " : "",
+                         ASN1_STRING_length(gn->d.dNSName),
                          (const char *)ASN1_STRING_get0_data(gn->d.dNSName));
         } else if (gn->type == GEN_IPADD) {
             const unsigned char *a = ASN1_STRING_get0_data(gn->d.iPAddress);
@@ -1545,7 +1546,8 @@ static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
     (void)snprintf(listen_url, sizeof(listen_url), "https://%s", cfg->certsrv.listen);
     is_default = strcmp(cfg->certsrv.url, listen_url) == 0;
     if (util_url_host(cfg->certsrv.url, host, sizeof(host)) != UTIL_OK) {
-        printf("%-10sWARNING: [certsrv] url %s: no host in it that clients could reach\n", "certsrv", cfg->certsrv.url);
+        printf("%-10sWARNING: [certsrv] url %s: no host in it that clients could reach\n", "certsrv",
+               cfg->certsrv.url);
         return;
     }
     if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1)
@@ -1558,10 +1560,12 @@ static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
         return;
     }
     san_names_text(cert, names, sizeof(names));
-    printf("%-10sWARNING: [certsrv] url %s: %s is not among the [tls] cert's names (%s), so members' "
-           "membership certificate fetches fail with a TLS name error; set url to https://NAME:PORT with a name "
-           "the certificate is for%s\n",
-           "certsrv", cfg->certsrv.url, host, names, is_default ? " (url not set: it defaults to the listen address)" : "");
+    printf(
+        "%-10sWARNING: [certsrv] url %s: %s is not among the [tls] cert's names (%s), so members' "
+        "membership certificate fetches fail with a TLS name error; set url to https://NAME:PORT with a name "
+        "the certificate is for%s\n",
+        "certsrv", cfg->certsrv.url, host, names,
+        is_default ? " (url not set: it defaults to the listen address)" : "");
 }
 
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:

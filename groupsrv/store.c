@@ -140,7 +140,10 @@ void gs_store_close(gs_store *st)
 }
 
 int gs_store_schema_version(gs_store *st) { return st ? st->schema : 0; }
-int gs_store_migrated_from(const gs_store *st) { return st ? st->migrated_from : 0; }
+int gs_store_migrated_from(const gs_store *st)
+{
+    return st ? st->migrated_from : 0;
+}
 
 const char *gs_store_backend(const gs_store *st) { return st ? st->ops->name : "none"; }
 
@@ -290,11 +293,12 @@ void gs_store_keys_unlock(gs_store *st)
 /* A downgrade: what was found, and the two ways out. */
 static gs_err schema_newer(const char *where, int v)
 {
-    return gs_err_set(GS_ERR_SCHEMA,
-                      "database %s was written by a newer groupsrv (schema version %d, this program knows up to %d): "
-                      "run that newer version, or restore the backup taken before the upgrade (docs/operations.md, "
-                      "\"Upgrading\")",
-                      where, v, GS_STORE_SCHEMA_VERSION);
+    return gs_err_set(
+        GS_ERR_SCHEMA,
+        "database %s was written by a newer groupsrv (schema version %d, this program knows up to %d): "
+        "run that newer version, or restore the backup taken before the upgrade (docs/operations.md, "
+        "\"Upgrading\")",
+        where, v, GS_STORE_SCHEMA_VERSION);
 }
 
 gs_err gs_store_settle_schema(gs_store *st, int v, gs_store_migrate_fn migrate, const char *where)

@@ -355,7 +355,8 @@ static void test_url_host_is_loopback(void **state)
     assert_int_equal(util_url_host("https://:8444", host, sizeof(host)), UTIL_E_FORMAT);
     assert_int_equal(util_url_host("https://[::1", host, sizeof(host)), UTIL_E_FORMAT);
     assert_int_equal(util_url_host("https://a@b@c", host, sizeof(host)), UTIL_E_FORMAT);
-    assert_int_equal(util_url_host("https://a-much-longer-name.example.org", host, sizeof(host)), UTIL_E_TOOBIG);
+    assert_int_equal(util_url_host("https://a-much-longer-name.example.org", host, sizeof(host)),
+                     UTIL_E_TOOBIG);
     assert_string_equal(host, "");
     /* a login in the URL, which libcurl would use: refused by both clients */
     assert_true(util_url_has_userinfo("smtp://u:p@relay.example.org:25"));
