@@ -26,9 +26,10 @@ die() {
   [ -f "$work/server.log" ] && tail -n 20 "$work/server.log" >&2
   exit 1
 }
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# lib-groupsrv.sh's server port: from take_port, as the tests' (one port
+# each time, so that take_port's memory, lost in $(...), is not needed)
+. "$top/tests/lib/ports.sh"
+free_port() { local p; take_port p && echo "$p"; }
 # check_row CSV-LINE WANT-OPS DESC: ops == WANT-OPS (or > 0 if WANT-OPS is "any") and errors == 0
 check_row() {
   local ops errs
