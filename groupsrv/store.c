@@ -4,6 +4,7 @@
  * forward to the backend's ops. */
 #include "store_impl.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,51 @@ const char *gs_key_state_name(gs_key_state s)
 
 /* ---- choosing a backend ------------------------------------------------- */
 
+/* The last '@' from at (one) up to the first '/' or '?' after it: a host
+ * holds none, so an '@' after the first is the password's (or the user
+ * name's), not written %40: libpq ends the password at the first '@' and
+ * reads the rest as the host name, which it quotes in its errors. */
+static const char *userinfo_end(const char *at)
+{
+    const char *stop = at + strcspn(at, "/?"), *next;
+
+    while ((next = memchr(at + 1, '@', (size_t)(stop - at - 1))) != NULL)
+        at = next;
+    return at;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Are the n bytes at k, percent-decoded as libpq decodes a URI's query
+ * keywords (`%70assword`), "password"? */
+static bool keyword_is_password(const char *k, size_t n)
+{
+    static const char want[] = "password";
+    size_t w = 0;
+
+    for (size_t i = 0; i < n; i++, w++) {
+        int c = (unsigned char)k[i];
+        if (c == '%') {
+            if (i + 2 >= n || hex_digit(k[i + 1]) < 0 || hex_digit(k[i + 2]) < 0)
+                return false;
+            c = hex_digit(k[i + 1]) << 4 | hex_digit(k[i + 2]);
+            i += 2;
+        }
+        if (w >= sizeof(want) - 1 || c != want[w])
+            return false;
+    }
+    return w == sizeof(want) - 1;
+}
+
 size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max)
 {
     const char *p = location ? location : "";
@@ -48,34 +94,32 @@ size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t
          * (conninfo_uri_parse_options): up to the first '@' before any
          * '/', so a '?', '&' or '#' in between is the password's. */
         auth += 3;
+        rest = auth;
         const char *end = auth + strcspn(auth, "@/");
-        const char *colon = memchr(auth, ':', (size_t)(end - auth));
-        const char *at = *end == '/' ? end + strcspn(end, "@?") : end;
-        if (*end == '@' && colon != NULL && n < max)
-            spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(end - colon - 1)};
         /* A '/' in the password, not written %2F, with an '@' after it
          * before any '?': libpq reads user:PASS as host:port and the rest
          * as the database name, and quotes those pieces in its errors
-         * (`invalid integer value "PASS"`). Each piece between the '/'s
-         * is masked, as what it was meant to be. */
-        if (*end == '/' && colon != NULL && *at == '@') {
-            for (const char *piece = colon + 1; piece < at && n < max;) {
-                size_t len = strcspn(piece, "/@");
-                if (len > 0)
-                    spans[n++] = (gs_store_span){(size_t)(piece - p), len};
-                piece += len + 1;
-            }
-            end = at;
+         * (`invalid integer value "PASS"`); what was meant is a password
+         * up to that '@'. */
+        const char *at = *end == '/' ? end + strcspn(end, "@?") : end;
+        if (*at == '@') {
+            at = userinfo_end(at);
+            /* One span, the whole password as written, however many
+             * pieces libpq makes of it (store_pg.c masks those too). */
+            const char *colon = memchr(auth, ':', (size_t)(at - auth));
+            if (colon != NULL && n < max)
+                spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(at - colon - 1)};
+            rest = at;
         }
-        rest = end;
     }
     /* in order and apart: each search goes on after the span it found */
     for (const char *q = strpbrk(rest, "?&"); q != NULL && n < max;) {
-        if (strncmp(q + 1, "password=", 9) != 0) {
+        size_t klen = strcspn(q + 1, "=&");
+        if (q[1 + klen] != '=' || !keyword_is_password(q + 1, klen)) {
             q = strpbrk(q + 1, "?&");
             continue;
         }
-        spans[n] = (gs_store_span){(size_t)(q + 10 - p), strcspn(q + 10, "&")};
+        spans[n] = (gs_store_span){(size_t)(q + 2 + klen - p), strcspn(q + 2 + klen, "&")};
         q = strpbrk(p + spans[n].off + spans[n].len, "?&");
         n++;
     }

@@ -469,14 +469,27 @@ static void mask_secret(char *buf, size_t cap, const char *secret, size_t n)
 /* libpq quotes what it cannot parse, and some of its messages quote the
  * whole URI: the password of url (user:PASSWORD@, password=PASSWORD), as
  * it is written there, becomes "***" in msg, so that it reaches neither
- * stderr nor the log (`check` shows the URI so too). */
+ * stderr nor the log (`check` shows the URI so too). So does each piece
+ * of it libpq reads as something else and quotes: a password with a '/'
+ * or '@' not %-encoded is read as a port, host names and a database name
+ * (`invalid integer value "PASS"`, `could not translate host name
+ * "WORD@host"`). */
 static void mask_url_passwords(const char *url, char *msg, size_t cap)
 {
     gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
     size_t n = gs_store_url_passwords(url, spans, GS_STORE_URL_PASSWORDS_MAX);
 
-    for (size_t i = 0; i < n; i++)
-        mask_secret(msg, cap, url + spans[i].off, spans[i].len);
+    for (size_t i = 0; i < n; i++) {
+        const char *pw = url + spans[i].off;
+        mask_secret(msg, cap, pw, spans[i].len);
+        for (size_t at = 0, len; at < spans[i].len; at += len + 1) {
+            len = strcspn(pw + at, "/@:,?");
+            if (len > spans[i].len - at)
+                len = spans[i].len - at;
+            if (len < spans[i].len)
+                mask_secret(msg, cap, pw + at, len);
+        }
+    }
 }
 
 /* Opens the connection and sets the session up: synchronous commit

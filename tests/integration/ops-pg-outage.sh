@@ -107,24 +107,30 @@ pg_restart || fail "pg_ctl start"
 # Also one before the host with a '?' in it, which libpq takes as the
 # password's (its user:password@ ends at the first '@' before a '/'):
 # before, groupsrv read no password there and showed it, and gave it to
-# the network process.
-sed -i "s|^url = postgresql:///|url = postgresql://$PG_USER:pwUi?R3m8Wd@/|; s|^url = .*|&\\&password=pwNetQ8v4Zt|" "$work/gs.conf"
-grep -q "^url = postgresql://$PG_USER:pwUi?R3m8Wd@/groupsrv?.*&password=pwNetQ8v4Zt$" "$work/gs.conf" ||
-  fail "no passwords in the URI: $(grep '^url' "$work/gs.conf")"
+# the network process. That one has an '@' too, not written %40: libpq
+# ends the password there and reads the rest as the host name (which the
+# URI's host= overrides); and a password= whose keyword is %-encoded,
+# which libpq decodes. Before, groupsrv showed what came after the '@'
+# and that password, and gave both to the network process.
+sed -i "s|^url = postgresql:///|url = postgresql://$PG_USER:pwUi?R3@m8WdZq4@/|; s|^url = .*|&\\&password=pwNetQ8v4Zt\\&%70assword=pwEnc7Hq2|" \
+  "$work/gs.conf"
+grep -q "^url = postgresql://$PG_USER:pwUi?R3@m8WdZq4@/groupsrv?.*&password=pwNetQ8v4Zt&%70assword=pwEnc7Hq2$" \
+  "$work/gs.conf" || fail "no passwords in the URI: $(grep '^url' "$work/gs.conf")"
+pws='pwUi|m8WdZq4|pwNetQ8v4Zt|pwEnc7Hq2'
 gs check > "$work/check.out" 2>&1 || fail "check with passwords in the URI: $(grep -v '^cap' "$work/check.out")"
-grep -q "^database  OK   postgresql://$PG_USER:\*\*\*@/groupsrv?.*&password=\*\*\*" "$work/check.out" &&
-  ! grep -Eq 'R3m8Wd|pwNetQ8v4Zt' "$work/check.out" || fail "check shows a password: $(grep '^database' "$work/check.out")"
+grep -q "^database  OK   postgresql://$PG_USER:\*\*\*@/groupsrv?.*&password=\*\*\*&%70assword=\*\*\*" "$work/check.out" &&
+  ! grep -Eq "$pws" "$work/check.out" || fail "check shows a password: $(grep '^database' "$work/check.out")"
 pgsrv_start
 unwrap 200 "unwrap" -- alice
 memhas() { [ "$(/usr/bin/python3 "$SRC/tests/lib/memscan.py" "$1" "$2")" -gt 0 ]; } # PID STRING
 net_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}')
 kh_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 != "groupsrv-net" {print $1; exit}')
 [ -n "$net_pid" ] && [ -n "$kh_pid" ] || fail "no network process or key holder: $(ps --ppid "$srv_pid" -o pid=,comm=)"
-for pw in pwNetQ8v4Zt R3m8Wd; do
+for pw in pwNetQ8v4Zt m8WdZq4 pwEnc7Hq2; do
   memhas "$kh_pid" $pw || fail "the memory scan does not find the password $pw in the key holder either"
   ! memhas "$net_pid" $pw || fail "the network process holds the database password $pw"
 done
-! grep -Eq 'pwNetQ8v4Zt|R3m8Wd' "/proc/$srv_pid/cmdline" "/proc/$net_pid/cmdline" "/proc/$net_pid/environ" "$work/serve.log" ||
+! grep -Eq "$pws" "/proc/$srv_pid/cmdline" "/proc/$net_pid/cmdline" "/proc/$net_pid/environ" "$work/serve.log" ||
   fail "the database password in a command line, environment or the log"
 ok "[db] url's password: in the key holder only (not in the network process, command lines or the log)"
 

@@ -1233,9 +1233,29 @@ static void test_helpers(void **state)
     /* a '/' in it (base64) that libpq takes for the path: each piece,
      * which libpq quotes as a port or database name */
     gs_store_location_display("postgresql://u:Qx7/z9+Kq/w@h:5432/d", buf, sizeof(buf));
-    assert_string_equal(buf, "postgresql://u:***/***/***@h:5432/d");
+    assert_string_equal(buf, "postgresql://u:***@h:5432/d");
     gs_store_location_display("postgresql://h:5432/d?user=a@b", buf, sizeof(buf));
     assert_string_equal(buf, "postgresql://h:5432/d?user=a@b");
+    /* an '@' in the password, not written %40 (libpq ends the password
+     * at the first and quotes the rest as the host name), also with
+     * several hosts or an IPv6 one, and in the user name */
+    gs_store_location_display("postgresql://gs:P@ssw0rd@db.example.org/g", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://gs:***@db.example.org/g");
+    gs_store_location_display("postgresql://u:p@s@s@[::1]:5432,h2:5433/g?sslmode=require", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@[::1]:5432,h2:5433/g?sslmode=require");
+    gs_store_location_display("postgresql://us@er:pw@h/g", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://us@er:***@h/g");
+    /* a query right after the host, without a path */
+    gs_store_location_display("postgresql://db:5432?dbname=g&password=s3cret", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://db:5432?dbname=g&password=***");
+    gs_store_location_display("postgresql://[::1]?password=s3cret", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://[::1]?password=***");
+    /* the keyword percent-encoded, which libpq decodes */
+    gs_store_location_display("postgresql:///g?host=/s&%70assw%6Frd=s3cret&user=gs", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql:///g?host=/s&%70assw%6Frd=***&user=gs");
+    /* more '/' in it than there are spans: one span, all of it */
+    gs_store_location_display("postgresql://u:a/b/c/d/e/f/g/h/i/j@h/g?password=x&password=y", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@h/g?password=***&password=***");
 }
 
 static int group_sqlite(void **state)
