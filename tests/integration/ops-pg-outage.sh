@@ -70,10 +70,14 @@ audited() { # ACTION MEMBER OUTCOME: how many such records
 # A '/' in the password (base64), not written %2F: libpq reads its
 # pieces as a port and a database name and quotes the first; each piece
 # must come out as *** (before, "invalid integer value "Qx7z" ...").
+# So must each piece of one with an '@' not written %40: libpq reads what
+# follows it as the host name and quotes it (before, "invalid
+# percent-encoded token: "9Kq%zz@"").
 for u in "postgresql://$PG_USER:pw%zzQx7z9Kq@/groupsrv?host=$PG_SOCK" \
          "postgresql://$PG_USER:pwQx7z9Kq@[::1/groupsrv" \
          "postgresql://[::1/groupsrv?user=$PG_USER&password=pwQx7z9Kq" \
-         "postgresql://$PG_USER:Qx7z/9Kq@/groupsrv?host=$PG_SOCK"; do
+         "postgresql://$PG_USER:Qx7z/9Kq@/groupsrv?host=$PG_SOCK" \
+         "postgresql://$PG_USER:Qx7z@9Kq%zz@/groupsrv?host=$PG_SOCK"; do
   awk -v u="$u" '/^url = /{print "url = " u; next} 1' "$work/gs.conf" > "$work/pw.conf"
   for cmd in "group list" check serve; do
     # shellcheck disable=SC2086
