@@ -104,7 +104,8 @@ env_ri_type env_recipient_type(const env_recipient *ri);
  * the RecipientInfo checks it. */
 bool env_recipient_version_valid(const env_recipient *ri);
 /* Key transport algorithm (KTRI) or ENV_KT_ECDH (KARI). ENV_ERR_UNSUPPORTED
- * for a well-formed one not in ENV_KT_SUPPORTED (RSA-OAEP with SHA-384; a
+ * for a well-formed one not in ENV_KT_SUPPORTED (RSA-OAEP with SHA-384, or
+ * SHA-256 with MGF1-SHA-1 as Java's OAEPWithSHA-256AndMGF1Padding; a
  * KARI with the SHA-384 KDF, or a 3DES or padded AES key wrap);
  * ENV_ERR_NOT_CMS for RSA-OAEP parameters that do not decode, or a KARI
  * whose KeyWrapAlgorithm is missing or garbled. */
@@ -112,8 +113,8 @@ env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
 /* What env_recipient_kt_alg takes, for refusals' text (one wording for the
  * group server and the exploder). */
 #define ENV_KT_SUPPORTED                                                                             \
-    "RSA-OAEP with SHA-1 or SHA-256, RSA PKCS#1 v1.5, or ECDH (dhSinglePass-stdDH with the SHA-1 or " \
-    "SHA-256 X9.63 KDF) with an AES key wrap"
+    "RSA-OAEP with SHA-1 or SHA-256 (MGF1 with the same hash, no label), RSA PKCS#1 v1.5, or ECDH "   \
+    "(dhSinglePass-stdDH with the SHA-1 or SHA-256 X9.63 KDF) with an AES key wrap"
 /* Does this KTRI/KARI name the certificate (issuerAndSerialNumber or
  * subjectKeyIdentifier)? */
 bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert);

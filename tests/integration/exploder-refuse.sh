@@ -86,10 +86,16 @@ xp list create ec@lists.example.org --group-server https://127.0.0.1:1 --group e
 openssl cms -encrypt -aes128 -recip "$W/ecg.pem" -keyopt ecdh_kdf_md:sha384 -subject kdf384 -in "$W/good.eml" \
   -out "$W/kdf384.eml"
 openssl cms -encrypt -des3 -recip "$W/ecg.pem" -subject des3wrap -in "$W/good.eml" -out "$W/des3wrap.eml"
-for m in "$L oaep384" "ec@lists.example.org kdf384" "ec@lists.example.org des3wrap"; do
+# RSA-OAEP with SHA-256 and MGF1 with SHA-1 (Java's
+# OAEPWithSHA-256AndMGF1Padding) is refused too, and the reason says the
+# MGF1 hash must be the same (it said "it takes RSA-OAEP with SHA-256" to
+# a sender who had sent just that, they thought)
+openssl cms -encrypt -aes128 -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 \
+  -keyopt rsa_mgf1_md:sha1 -subject oaep256mgf1 -in "$W/good.eml" -out "$W/oaep256mgf1.eml"
+for m in "$L oaep384" "$L oaep256mgf1" "ec@lists.example.org kdf384" "ec@lists.example.org des3wrap"; do
   set -- $m
   expect 77 5.7.6 "$1" "$W/$2.eml"
-  grep -qF "$1: the group server will not decrypt this message: its key algorithm is not one the group server unwraps (it takes RSA-OAEP with SHA-1 or SHA-256" \
+  grep -qF "$1: the group server will not decrypt this message: its key algorithm is not one the group server unwraps (it takes RSA-OAEP with SHA-1 or SHA-256 (MGF1 with the same hash, no label), RSA PKCS#1 v1.5, or ECDH (dhSinglePass-stdDH with the SHA-1 or SHA-256 X9.63 KDF) with an AES key wrap)" \
     "$W/deliver.err" || fail "$2 reason: $(cat "$W/deliver.err")"
 done
 openssl cms -encrypt -aes128 -recip "$W/ecg.pem" -subject kdf1 -in "$W/good.eml" -out "$W/kdf1.eml"
