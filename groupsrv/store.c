@@ -82,6 +82,35 @@ static bool keyword_is_password(const char *k, size_t n)
     return w == sizeof(want) - 1;
 }
 
+/* The end of a URI's user:password@ (auth: just after "://"), by libpq's
+ * rule (conninfo_uri_parse_options): up to the first '@' before any '/',
+ * so a '?', '&' or '#' in between is the password's; and past a '/' in
+ * the password, not written %2F, with an '@' after it before any '?'
+ * (libpq reads user:PASS as host:port and the rest as the database name,
+ * and quotes those pieces in its errors: what was meant is a password up
+ * to that '@'); and on to the last '@' (userinfo_end). The '@' that ends
+ * it, or auth when there is none; *colon the ':' before the password, or
+ * NULL. */
+static const char *url_userinfo(const char *auth, const char **colon)
+{
+    const char *end = auth + strcspn(auth, "@/");
+    const char *at = *end == '/' ? end + strcspn(end, "@?") : end;
+
+    *colon = NULL;
+    if (*at != '@')
+        return auth;
+    at = userinfo_end(at);
+    *colon = memchr(auth, ':', (size_t)(at - auth));
+    return at;
+}
+
+const char *gs_store_url_query(const char *location)
+{
+    const char *auth = gs_store_location_is_url(location) ? strstr(location, "://") : NULL, *colon;
+
+    return auth != NULL ? strchr(url_userinfo(auth + 3, &colon), '?') : NULL;
+}
+
 size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max)
 {
     const char *p = location ? location : "";
@@ -90,27 +119,12 @@ size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t
     size_t n = 0;
 
     if (auth != NULL) {
-        /* user:password@, before the host, by libpq's rule
-         * (conninfo_uri_parse_options): up to the first '@' before any
-         * '/', so a '?', '&' or '#' in between is the password's. */
-        auth += 3;
-        rest = auth;
-        const char *end = auth + strcspn(auth, "@/");
-        /* A '/' in the password, not written %2F, with an '@' after it
-         * before any '?': libpq reads user:PASS as host:port and the rest
-         * as the database name, and quotes those pieces in its errors
-         * (`invalid integer value "PASS"`); what was meant is a password
-         * up to that '@'. */
-        const char *at = *end == '/' ? end + strcspn(end, "@?") : end;
-        if (*at == '@') {
-            at = userinfo_end(at);
-            /* One span, the whole password as written, however many
-             * pieces libpq makes of it (store_pg.c masks those too). */
-            const char *colon = memchr(auth, ':', (size_t)(at - auth));
-            if (colon != NULL && n < max)
-                spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(at - colon - 1)};
-            rest = at;
-        }
+        const char *colon;
+        rest = url_userinfo(auth + 3, &colon);
+        /* One span, the whole password as written, however many pieces
+         * libpq makes of it (store_pg.c masks those too). */
+        if (colon != NULL && n < max)
+            spans[n++] = (gs_store_span){(size_t)(colon + 1 - p), (size_t)(rest - colon - 1)};
     }
     /* in order and apart: each search goes on after the span it found */
     for (const char *q = strpbrk(rest, "?&"); q != NULL && n < max;) {

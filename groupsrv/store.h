@@ -59,6 +59,10 @@ typedef struct gs_store_span {
 } gs_store_span;
 #define GS_STORE_URL_PASSWORDS_MAX 8
 size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max);
+/* The '?' that starts a database URI's query, found as libpq finds it
+ * (after the user:password@ part, which may hold one), or NULL: none, or
+ * a file path. */
+const char *gs_store_url_query(const char *location);
 
 enum gs_store_flags {
     GS_STORE_CREATE = 1u << 0,   /* create the file (0600) and apply migrations */

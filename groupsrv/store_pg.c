@@ -836,7 +836,7 @@ static char *url_with_timeouts(const char *url, bool writes)
     used = (size_t)snprintf(out, cap, "%s", url);
     for (size_t i = 0; i < ndefaults; i++) {
         size_t key = strcspn(defaults[i], "=") + 1;
-        const char *q = strchr(out, '?');
+        const char *q = gs_store_url_query(out); /* not a '?' in the password */
         /* "?key=" or "&key=" already in the query: the operator's value */
         int present = 0;
         for (const char *p = q; p != NULL && !present; p = strchr(p + 1, '&'))

@@ -95,6 +95,18 @@ PGSERVICEFILE=$work/pg_service.conf "$BIN/groupsrv" -c "$work/svc.conf" group li
   grep -q '^eng ' "$work/svc.out" || fail "[db] url naming a libpq service: $(cat "$work/svc.out")"
 ok "[db] url = postgresql:///?service=gs (the parameters in PGSERVICEFILE)"
 
+# ---- a '?' in the password of a URI without a query ------------------------------
+# libpq takes it as the password's; groupsrv's own parameters
+# (connect_timeout=5 ...) go after it as a new query, not onto the
+# database name (before: database "groupsrv&connect_timeout=5&..." does
+# not exist). The host comes from PGHOST, as it may.
+awk -v u="postgresql://$PG_USER:pw?Tq4Lm@/groupsrv" '/^url = /{print "url = " u; next} 1' "$work/gs.conf" \
+  > "$work/qpw.conf"
+PGHOST=$PG_SOCK "$BIN/groupsrv" -c "$work/qpw.conf" group list > "$work/qpw.out" 2>&1 &&
+  grep -q '^eng ' "$work/qpw.out" && ! grep -q Tq4Lm "$work/qpw.out" ||
+  fail "[db] url with a '?' in its password and no query: $(cat "$work/qpw.out")"
+ok "[db] url with a '?' in its password and no query"
+
 # ---- serve while PostgreSQL is down: exit 1 naming the database ---------------
 pg_stop
 set +e

@@ -1256,6 +1256,13 @@ static void test_helpers(void **state)
     /* more '/' in it than there are spans: one span, all of it */
     gs_store_location_display("postgresql://u:a/b/c/d/e/f/g/h/i/j@h/g?password=x&password=y", buf, sizeof(buf));
     assert_string_equal(buf, "postgresql://u:***@h/g?password=***&password=***");
+    /* the query, where groupsrv adds its connection parameters: not at a
+     * '?' in the password */
+    assert_null(gs_store_url_query("postgresql://u:pw?x@h/g"));
+    assert_string_equal(gs_store_url_query("postgresql://u:pw?x@h/g?sslmode=require"), "?sslmode=require");
+    assert_string_equal(gs_store_url_query("postgresql://h:5432?dbname=g"), "?dbname=g");
+    assert_string_equal(gs_store_url_query("postgresql:///g?host=/s"), "?host=/s");
+    assert_null(gs_store_url_query("/tmp/a?b.db"));
 }
 
 static int group_sqlite(void **state)
