@@ -1204,52 +1204,68 @@ static unsigned max_key_version(const gs_store_group_key *keys, size_t n)
  * here would be certified by this server's CA, take the number the
  * origin's next version takes too (two keys under one version number),
  * and make the origin's export of its own version refused here. Told
- * apart by the current version's certificate, which this server's CA did
- * not sign, and the token, which holds only imported copies of the
- * group's keys (an origin holds originals, even where `import-cert` gave
- * its versions another CA's certificates). Servers sharing the origin's
- * database share its CA too (ca import): any of them may rotate. */
+ * apart by the certificates recorded for the group, the ones `group
+ * import-cert` replaced included: none of them is this server's CA's on
+ * a clone, while the origin's CA certified every version it made, and
+ * servers sharing the origin's database (a cluster, a spare token) share
+ * its CA (ca import), so any of them may rotate, also where every
+ * current certificate is now an organisation's own. Last, the token: an
+ * origin whose own certificates were all replaced still holds originals
+ * of the group's keys, a clone only imported copies. A token that cannot
+ * answer is an error, never taken for a clone (its removal would then
+ * rotate nothing). */
 static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_group *g, bool *elsewhere)
 {
     gs_store_group_key *keys = NULL;
     gs_store_ca *ca_row = NULL;
-    X509 *ca = NULL, *cur = NULL;
+    STACK_OF(X509) *certs = NULL;
+    X509 *ca = NULL;
     size_t nk = 0;
     gs_err err;
 
     *elsewhere = false;
     if (!g->replicable || hsm == NULL)
         return GS_OK;
-    if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
-        goto out;
-    for (size_t i = 0; i < nk && cur == NULL && err == GS_OK; i++)
-        if (keys[i].state == GS_KEY_CURRENT)
-            err = gs_cert_parse((const unsigned char *)keys[i].cert_pem, strlen(keys[i].cert_pem), &cur);
-    if (err || cur == NULL)
-        goto out;
     err = gs_store_ca_get(st, &ca_row);
-    if (err == GS_ERR_NOT_FOUND) { /* no CA: the rotation itself says so */
-        err = GS_OK;
-        goto out;
-    }
+    if (err == GS_ERR_NOT_FOUND) /* no CA: the rotation itself says so */
+        return GS_OK;
     if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &ca)) != GS_OK)
         goto out;
-    if (X509_verify(cur, X509_get0_pubkey(ca)) == 1)
-        goto out; /* certified here */
+    if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
+        goto out;
+    /* Newest first: the current version's certificate decides at once on
+     * an origin that never replaced it. */
+    for (size_t i = nk; i-- > 0;) {
+        if ((err = cert_pem_all(keys[i].cert_pem, &certs)) != GS_OK)
+            goto out;
+        for (int c = 0; c < sk_X509_num(certs); c++)
+            if (X509_verify(sk_X509_value(certs, c), X509_get0_pubkey(ca)) == 1)
+                goto out; /* certified here */
+        sk_X509_pop_free(certs, X509_free);
+        certs = NULL;
+    }
     for (size_t i = 0; i < nk; i++) {
         hsm_key *k = NULL;
         hsm_key_info ki;
-        bool original = keys[i].state != GS_KEY_RETIRED &&
-                        hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &k) == HSM_OK &&
-                        hsm_key_get_info(hsm, k, &ki) == HSM_OK && ki.extractable && ki.wrap_with_trusted;
+        hsm_err he;
+
+        if (keys[i].state == GS_KEY_RETIRED)
+            continue;
+        he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &k);
+        if (he == HSM_OK)
+            he = hsm_key_get_info(hsm, k, &ki);
         hsm_key_free(k);
-        if (original)
+        if (he == HSM_OK && ki.extractable && ki.wrap_with_trusted)
+            goto out; /* an original: made on this token */
+        if (he != HSM_OK && he != HSM_ERR_KEY_NOT_FOUND) {
+            err = gs_hsm_fail(he, "looking up", keys[i].token_label);
             goto out;
+        }
     }
     *elsewhere = true;
 out:
     ERR_clear_error();
-    X509_free(cur);
+    sk_X509_pop_free(certs, X509_free);
     X509_free(ca);
     gs_store_ca_free(ca_row);
     gs_store_group_keys_free(keys, nk);

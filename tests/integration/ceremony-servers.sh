@@ -297,6 +297,17 @@ expect 0 "import of alpha's secret key version 2 on the clone" -- \
 gs_beta group show eng > "$work/show"
 grep -Eq "v2 +current +gs:secret:eng:v2" "$work/show" && grep -Eq "v3 +current +gs:group:eng:v3" "$work/show" ||
   fail "beta's versions: $(cat "$work/show")"
+# The clone's token does not answer while member remove looks for
+# originals there: exit 4 and the member kept, never a removal taken for
+# a clone's (on an origin that would rotate nothing)
+gs_beta member add eng bob@example.org --issue-cert --out "$work" >/dev/null
+export GS_P11FAULT_CONTROL=$work/p11fault-find.ctl GS_P11FAULT_TARGET=$module
+printf 'C_FindObjectsInit CKR_DEVICE_REMOVED\n' > "$GS_P11FAULT_CONTROL"
+GS_CONF_beta=$work/beta-gone.conf expect 4 "member remove on the clone while its token is away" -- \
+  gs_beta member remove eng bob@example.org
+unset GS_P11FAULT_CONTROL GS_P11FAULT_TARGET
+gs_beta member list eng | grep -q "bob@example.org" || fail "bob removed although the token was away"
+expect 0 "member remove on the clone, its token back" -- gs_beta member remove eng bob@example.org
 
 # ---- a cluster: gamma shares alpha's database, needs the CA key too ----
 mkserver gamma
@@ -327,6 +338,23 @@ grep PROBLEM "$work/out" | grep -v "gs:group:plain:v1\|gs:secret:plain:v1\|gs:re
 ok "check on gamma: the CA, three key versions, two secret key versions and the rejection key are imported copies"
 expect 0 "gamma issues with the copied CA key" -- gs_gamma member add eng carol@example.org --issue-cert --out "$work"
 openssl verify -CAfile "$work/alpha-ca.pem" "$work/carol@example.org.pem" >/dev/null || fail "carol's certificate"
+# An organisation's own CA certifies the current version (group
+# import-cert on alpha, which holds its key): the database still records
+# the certificate alpha's CA gave it, so gamma, with copies only, is a
+# server of the cluster, not a clone: its removal rotates, as its rotate.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/org.key" -out "$work/org.pem" -days 2 -subj "/CN=Org CA" \
+  2>/dev/null
+gs_alpha group show eng --pubkey > "$work/engpub.pem"
+printf 'subjectAltName=email:eng@example.org\nkeyUsage=critical,keyEncipherment\nextendedKeyUsage=emailProtection\n' \
+  > "$work/org.ext"
+openssl x509 -new -force_pubkey "$work/engpub.pem" -subj "/CN=eng" -CA "$work/org.pem" -CAkey "$work/org.key" \
+  -days 2 -extfile "$work/org.ext" -out "$work/eng-org.pem" 2>/dev/null
+expect 0 "an organisation's certificate for the current version" -- \
+  gs_alpha group import-cert eng --cert "$work/eng-org.pem"
+expect 0 "member remove on gamma (the current certificate an organisation's)" -- \
+  gs_gamma member remove eng carol@example.org
+grep -q "no key rotated here" "$work/out" && fail "gamma took itself for a clone: $(cat "$work/out")"
+grep -q "new secret key" "$work/out" || fail "member remove on gamma rotated nothing: $(cat "$work/out")"
 # A server of the cluster rotates for all of it (one database, one CA).
 expect 0 "group rotate on gamma (copies only, the shared database's CA)" -- gs_gamma group rotate eng
 echo "all ceremony-servers checks passed"
