@@ -1865,6 +1865,8 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
             ipc_put_u32(&j->reply, IPC_T_SECRET_VERSION, rm.secret_version);
         if (rm.key_version)
             ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, rm.key_version);
+        if (rm.rotate_elsewhere)
+            ipc_put_u32(&j->reply, IPC_T_FLAGS, IPC_FLAG_ROTATE_ELSEWHERE);
         goto out;
     }
     /* PUT: create or replace. */

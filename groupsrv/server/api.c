@@ -989,6 +989,9 @@ static void member_answer(struct srv_req *r, const ipc_msg *a)
             json_object_set_new(o, "secret_version", json_integer(ipc_u32(a, IPC_T_SECRET_VERSION, 0)));
         if (o != NULL && ipc_has(a, IPC_T_KEY_VERSION))
             json_object_set_new(o, "key_version", json_integer(ipc_u32(a, IPC_T_KEY_VERSION, 0)));
+        /* a clone's removal: as the CLI's second line, so a script can tell */
+        if (o != NULL && (ipc_u32(a, IPC_T_FLAGS, 0) & IPC_FLAG_ROTATE_ELSEWHERE))
+            json_object_set_new(o, "rotate_elsewhere", json_true());
         srv_reply_json(r, 200, o);
         return;
     }

@@ -238,13 +238,20 @@ gs_beta audit verify >/dev/null || fail "beta's audit chain"
 ok "both audit logs record the ceremony ($ceremony) and verify"
 
 # ---- the clone serves: start-up key audit, then an unwrap ----
-gs_beta member add eng alice@example.org --cert "$work/alice@example.org.pem" >/dev/null
+gs_beta member add eng alice@example.org --cert "$work/alice@example.org.pem" --role admin >/dev/null
+gs_beta member add eng dave@example.org --issue-cert --out "$work" >/dev/null
 serve_start beta "$work/alpha-ca.pem"
 printf 'Subject: clone\n\nsent to the group, read through the clone\n' > "$work/msg.txt"
 openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg.der" \
   -recip "$work/eng-v2.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
 unwrap_reads "$work/msg.der" "$work/msg.txt" alice@example.org "beta's copy"
 ok "beta's serve started (its key audit passed) and its copy decrypts what was sent to the group"
+# A REST removal on the clone rotates nothing either, and its answer says so.
+curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$work/alice@example.org.key" \
+  -X DELETE -o "$work/delete.json" "$srv_url/v1/groups/eng/members/dave@example.org"
+[ "$(cat "$work/delete.json")" = '{"removed":"dave@example.org","rotate_elsewhere":true}' ] ||
+  fail "DELETE of a member on the clone: $(cat "$work/delete.json")"
+ok "DELETE of a member on the clone: removed, and the answer says nothing rotated here"
 serve_stop
 
 # ---- the SO PIN typed on a terminal (no so_pin_source): not echoed ----
