@@ -1015,6 +1015,7 @@ struct keys_call {
     const char *name, *email;  /* the group; member remove: the member */
     unsigned *version_out;     /* cleared first (may be NULL) */
     gs_member_removal *removal; /* member remove: cleared first */
+    bool take_over;            /* group rotate --take-over: a clone becomes the group's origin */
 };
 static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
 
@@ -1278,8 +1279,9 @@ static gs_err made_elsewhere_refusal(const char *name, const char *what, const c
     return gs_err_set(GS_ERR_STATE, "group %s came to this server by `group import` (its keys here are copies, "
                                     "certified by another server's CA): a new %s made here would differ from "
                                     "that server's of the same number; make it there and import it here "
-                                    "(`group export %s %s N`)",
-                      name, what, name, option);
+                                    "(`group export %s %s N`), or, that server lost for good, make this one "
+                                    "the group's origin (`group rotate %s --take-over`)",
+                      name, what, name, option, name);
 }
 
 /* A group key version made on the token with its certificate, not yet
@@ -1354,7 +1356,7 @@ static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
 }
 
 static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                       const char *name, unsigned *version_out)
+                       const char *name, bool take_over, unsigned *version_out)
 {
     gs_store_group *g = NULL;
     struct next_version nv;
@@ -1368,8 +1370,11 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     err = gs_store_group_get(st, name, &g);
     if (err)
         return err;
+    /* take_over: the origin is gone; the version made here, certified by
+     * this server's CA, makes this server the group's origin (from then on
+     * group_made_elsewhere finds this CA's certificate). */
     err = group_made_elsewhere(st, hsm, g, &elsewhere);
-    if (!err && elsewhere)
+    if (!err && elsewhere && !take_over)
         err = made_elsewhere_refusal(name, "key version", "--version");
     if (!err)
         err = make_next_version(st, hsm, ca, cfg, g, &nv);
@@ -1377,7 +1382,7 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         err = record_next_version(st, g, &nv);
     if (err)
         goto out;
-    log_info("group key rotated group=%s version=%u", name, nv.version);
+    log_info("group key rotated group=%s version=%u took_over=%d", name, nv.version, (int)(elsewhere && take_over));
     if (version_out)
         *version_out = nv.version;
     nv.made = false; /* recorded: keep it */
@@ -1391,8 +1396,14 @@ out:
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out)
 {
+    return gs_group_rotate_ex(st, hsm, ca, cfg, name, false, version_out);
+}
+
+gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                          const char *name, bool take_over, unsigned *version_out)
+{
     return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_ROTATE, .hsm = hsm, .ca = ca, .cfg = cfg,
-                                                   .name = name, .version_out = version_out});
+                                                   .name = name, .version_out = version_out, .take_over = take_over});
 }
 
 /* One version as a retire sees it, of either kind. label is NULL for a
@@ -2348,7 +2359,7 @@ static gs_err create_work(gs_store *st, const struct keys_call *c)
 }
 static gs_err rotate_work(gs_store *st, const struct keys_call *c)
 {
-    return group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->version_out);
+    return group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->take_over, c->version_out);
 }
 static gs_err secret_rotate_work(gs_store *st, const struct keys_call *c)
 {

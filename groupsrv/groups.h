@@ -157,6 +157,11 @@ gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
  * usable for decryption until retired. */
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out);
+/* The same; take_over: also on a clone with its own database whose
+ * origin is gone (otherwise refused there, see group_made_elsewhere):
+ * the new version, certified by this server's CA, makes it the origin. */
+gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
+                          const char *name, bool take_over, unsigned *version_out);
 /* Retires every version < before (not the current one: STATE): marks
  * them retired, then destroys their token objects. Versions retired
  * earlier whose objects are still on this token (another server of a

@@ -54,7 +54,7 @@ static const char usage_text[] =
     "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--oaep-only]\n"
     "               [--wrap pkcs1v15|oaep] [--replicable]\n"
     "  group set NAME --wrap pkcs1v15|oaep\n"
-    "  group rotate NAME\n"
+    "  group rotate NAME [--take-over]\n"
     "  group retire NAME --before VERSION\n"
     "  group import-cert NAME --cert FILE [--version N]\n"
     "  group renew-cert NAME [--version N]\n"
@@ -599,7 +599,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
     static const struct opt_def defs[] = {{"--address", true},        {"--key", true},        {"--methods", true},
                                           {"--allow-pkcs1v15", false}, {"--oaep-only", false}, {"--wrap", true},
                                           {"--before", true},          {"--cert", true},       {"--version", true},
-                                          {"--pubkey", false},         {"--use-key", true},    {"--replicable", false}};
+                                          {"--pubkey", false},         {"--use-key", true},    {"--replicable", false},
+                                          {"--take-over", false}};
     static const struct opt_def show_defs[] = {{"--cert", false}, {"--pubkey", false}};
     struct args a;
     struct cli_record rec;
@@ -729,15 +730,17 @@ static int cmd_group(struct env *e, int argc, char **argv)
     }
     if (strcmp(sub, "rotate") == 0) {
         unsigned v = 0;
-        if (a.nopt)
-            return usage_error("group rotate takes no options%s", "");
+        bool take_over = opt(&a, "--take-over") != NULL;
+        if (a.nopt != (take_over ? 1u : 0u))
+            return usage_error("group rotate takes no options but --take-over%s", "");
         err = env_open(e, NEED_DB | NEED_CA);
         if (!err)
             err = cli_record_open(e->cfg, &rec, "group rotate");
         if (err)
             return fail(err);
-        err = gs_group_rotate(e->st, e->hsm, e->ca, e->cfg, a.pos[1], &v);
-        if ((rc = cli_record_done(&rec, "group-rotate", a.pos[1], v ? (long)v : -1, err, NULL)) != 0)
+        err = gs_group_rotate_ex(e->st, e->hsm, e->ca, e->cfg, a.pos[1], take_over, &v);
+        if ((rc = cli_record_done(&rec, "group-rotate", a.pos[1], v ? (long)v : -1, err,
+                                  take_over ? json_pack("{s:b}", "take_over", 1) : NULL)) != 0)
             return rc;
         printf("group %s: new key version %u\n", a.pos[1], v);
         print_skipped();

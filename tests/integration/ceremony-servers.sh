@@ -364,4 +364,19 @@ grep -q "no key rotated here" "$work/out" && fail "gamma took itself for a clone
 grep -q "new secret key" "$work/out" || fail "member remove on gamma rotated nothing: $(cat "$work/out")"
 # A server of the cluster rotates for all of it (one database, one CA).
 expect 0 "group rotate on gamma (copies only, the shared database's CA)" -- gs_gamma group rotate eng
+
+# ---- alpha lost for good: the clone beta becomes the group's origin ----
+refused beta 1 "group rotate on the clone without --take-over" -- gs_beta group rotate eng
+expect_msg "group rotate eng --take-over"
+expect 0 "group rotate --take-over on the clone" -- gs_beta group rotate eng --take-over
+grep -q "^group eng: new key version 4$" "$work/out" || fail "take-over: $(cat "$work/out")"
+gs_beta ca show > "$work/beta-ca.pem"
+gs_beta group show eng --cert > "$work/eng-beta-v4.pem"
+openssl verify -CAfile "$work/beta-ca.pem" "$work/eng-beta-v4.pem" >/dev/null || fail "the new version is not beta's CA's"
+gs_beta member add eng erin@example.org --issue-cert --out "$work" >/dev/null
+expect 0 "member remove on the clone that took over" -- gs_beta member remove eng erin@example.org
+grep -q "no key rotated here" "$work/out" && fail "the clone that took over rotates nothing: $(cat "$work/out")"
+grep -q "new secret key" "$work/out" || fail "member remove after the take-over: $(cat "$work/out")"
+expect 0 "secret rotate on the clone that took over" -- gs_beta secret rotate eng
+audit_has "$work/beta/audit.jsonl" group-rotate ok '"take_over":true'
 echo "all ceremony-servers checks passed"
