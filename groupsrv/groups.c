@@ -1227,16 +1227,19 @@ static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_gr
     *elsewhere = false;
     if (!g->replicable || hsm == NULL)
         return GS_OK;
+    /* No CA: a database `group import --ca` made, a clone's (an origin
+     * has the CA its versions came from); the token tells. */
     err = gs_store_ca_get(st, &ca_row);
-    if (err == GS_ERR_NOT_FOUND) /* no CA: the rotation itself says so */
-        return GS_OK;
-    if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &ca)) != GS_OK)
+    if (err == GS_ERR_NOT_FOUND)
+        err = GS_OK;
+    else if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &ca)) !=
+                        GS_OK)
         goto out;
     if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
         goto out;
     /* Newest first: the current version's certificate decides at once on
      * an origin that never replaced it. */
-    for (size_t i = nk; i-- > 0;) {
+    for (size_t i = nk; ca != NULL && i-- > 0;) {
         if ((err = cert_pem_all(keys[i].cert_pem, &certs)) != GS_OK)
             goto out;
         for (int c = 0; c < sk_X509_num(certs); c++)

@@ -78,6 +78,17 @@ for v in 1 2; do
   [ "$(field "$work/beta.objs" "gs:group:eng:v$v" Access)" = sensitive ] || fail "beta's copy v$v: $(cat "$work/beta.objs")"
 done
 ok "an import killed half-way: the next one names the key left and how to delete it; then it succeeds"
+# beta, a clone whose database the import made (no CA of its own), makes
+# no version either: its secret version 2 would be another key than
+# alpha's next one. Its removal removes, rotating nothing.
+refused beta 1 "secret rotate on a clone without a CA" -- gs_beta secret rotate eng
+expect_msg "came to this server by .group import."
+gs_alpha member add eng erin@example.org --issue-cert --out "$work" >/dev/null
+gs_beta member add eng erin@example.org --cert "$work/erin@example.org.pem" >/dev/null
+refused beta 0 "member remove on a clone without a CA: removed, nothing rotated" -- \
+  gs_beta member remove eng erin@example.org
+grep -q "^no key rotated here: group eng came to this server by .group import." "$work/out" ||
+  fail "member remove on a clone without a CA: $(cat "$work/out")"
 
 # ---- retire on servers sharing one database ----
 gs_gamma token transport-key --out "$work/gamma-transport.pem" >/dev/null
@@ -171,6 +182,11 @@ gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/d
 expect 0 "ca import of a file made after the renewal" -- \
   gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca-new.pem"
 gs_beta ca show | cmp -s - "$work/alpha-ca-new.pem" || fail "beta does not record the renewed CA certificate: $(gs_beta ca show)"
+# With the origin's CA key beta is a clone no more (docs/operations.md,
+# "A token lost or broken"): it rotates, under the origin's CA.
+expect 0 "group rotate on the clone that imported the origin's CA" -- gs_beta group rotate eng
+gs_beta group show eng --cert | openssl verify -CAfile "$work/alpha-ca.pem" >/dev/null ||
+  fail "beta's new version is not the origin's CA's"
 expect 0 "check on gamma (alpha's database: the renewed certificate for gamma's CA copy)" -- gs_gamma check
 expect 0 "member add --issue-cert on gamma after the renewal" -- \
   gs_gamma member add eng dan@example.org --issue-cert --out "$work"
