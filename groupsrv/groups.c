@@ -1221,7 +1221,10 @@ static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_gr
     gs_store_ca *ca_row = NULL;
     STACK_OF(X509) *certs = NULL;
     X509 *ca = NULL;
+    const char **labels = NULL;
+    hsm_key **found = NULL;
     size_t nk = 0;
+    hsm_err he;
     gs_err err;
 
     *elsewhere = false;
@@ -1248,27 +1251,37 @@ static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_gr
         sk_X509_pop_free(certs, X509_free);
         certs = NULL;
     }
+    /* One search for all of them: a clone's removal must not cost
+     * versions x token objects (hsm_key_find_labels). */
+    if ((labels = calloc(nk + 1, sizeof(*labels))) == NULL || (found = calloc(nk + 1, sizeof(*found))) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < nk; i++)
+        labels[i] = keys[i].state == GS_KEY_RETIRED ? NULL : keys[i].token_label;
+    if ((he = hsm_key_find_labels(hsm, HSM_CLASS_PRIVATE, labels, nk, found)) != HSM_OK) {
+        err = gs_hsm_fail(he, "looking up the keys of group", g->name);
+        goto out;
+    }
     for (size_t i = 0; i < nk; i++) {
-        hsm_key *k = NULL;
         hsm_key_info ki;
-        hsm_err he;
 
-        if (keys[i].state == GS_KEY_RETIRED)
+        if (found[i] == NULL)
             continue;
-        he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &k);
-        if (he == HSM_OK)
-            he = hsm_key_get_info(hsm, k, &ki);
-        hsm_key_free(k);
-        if (he == HSM_OK && ki.extractable && ki.wrap_with_trusted)
-            goto out; /* an original: made on this token */
-        if (he != HSM_OK && he != HSM_ERR_KEY_NOT_FOUND) {
-            err = gs_hsm_fail(he, "looking up", keys[i].token_label);
+        if ((he = hsm_key_get_info(hsm, found[i], &ki)) != HSM_OK) {
+            err = gs_hsm_fail(he, "reading attributes of", keys[i].token_label);
             goto out;
         }
+        if (ki.extractable && ki.wrap_with_trusted)
+            goto out; /* an original: made on this token */
     }
     *elsewhere = true;
 out:
     ERR_clear_error();
+    for (size_t i = 0; found != NULL && i < nk; i++)
+        hsm_key_free(found[i]);
+    free(found);
+    free(labels);
     sk_X509_pop_free(certs, X509_free);
     X509_free(ca);
     gs_store_ca_free(ca_row);
