@@ -1015,7 +1015,7 @@ struct keys_call {
     const char *name, *email;  /* the group; member remove: the member */
     unsigned *version_out;     /* cleared first (may be NULL) */
     gs_member_removal *removal; /* member remove: cleared first */
-    bool take_over;            /* group rotate --take-over: a clone becomes the group's origin */
+    bool take_over;             /* group rotate --take-over: a clone becomes the group's origin */
 };
 static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
 
@@ -1235,8 +1235,8 @@ static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_gr
     err = gs_store_ca_get(st, &ca_row);
     if (err == GS_ERR_NOT_FOUND)
         err = GS_OK;
-    else if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem), &ca)) !=
-                        GS_OK)
+    else if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem),
+                                         &ca)) != GS_OK)
         goto out;
     if ((err = gs_store_group_keys(st, g->id, &keys, &nk)) != GS_OK)
         goto out;
@@ -1253,7 +1253,8 @@ static gs_err group_made_elsewhere(gs_store *st, hsm_ctx *hsm, const gs_store_gr
     }
     /* One search for all of them: a clone's removal must not cost
      * versions x token objects (hsm_key_find_labels). */
-    if ((labels = calloc(nk + 1, sizeof(*labels))) == NULL || (found = calloc(nk + 1, sizeof(*found))) == NULL) {
+    if ((labels = calloc(nk + 1, sizeof(*labels))) == NULL ||
+        (found = calloc(nk + 1, sizeof(*found))) == NULL) {
         err = GS_ERR_NOMEM;
         goto out;
     }
@@ -1292,11 +1293,12 @@ out:
 /* The refusal of a new version where group_made_elsewhere says so. */
 static gs_err made_elsewhere_refusal(const char *name, const char *what, const char *option)
 {
-    return gs_err_set(GS_ERR_STATE, "group %s came to this server by `group import` (its keys here are copies, "
-                                    "certified by another server's CA): a new %s made here would differ from "
-                                    "that server's of the same number; make it there and import it here "
-                                    "(`group export %s %s N`), or, that server lost for good, make this one "
-                                    "the group's origin (`group rotate %s --take-over`)",
+    return gs_err_set(GS_ERR_STATE,
+                      "group %s came to this server by `group import` (its keys here are copies, "
+                      "certified by another server's CA): a new %s made here would differ from "
+                      "that server's of the same number; make it there and import it here "
+                      "(`group export %s %s N`), or, that server lost for good, make this one "
+                      "the group's origin (`group rotate %s --take-over`)",
                       name, what, name, option, name);
 }
 
@@ -1372,7 +1374,7 @@ static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
 }
 
 static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                       const char *name, bool take_over, unsigned *version_out)
+                                  const char *name, bool take_over, unsigned *version_out)
 {
     gs_store_group *g = NULL;
     struct next_version nv;
@@ -1398,7 +1400,8 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         err = record_next_version(st, g, &nv);
     if (err)
         goto out;
-    log_info("group key rotated group=%s version=%u took_over=%d", name, nv.version, (int)(elsewhere && take_over));
+    log_info("group key rotated group=%s version=%u took_over=%d", name, nv.version,
+             (int)(elsewhere && take_over));
     if (version_out)
         *version_out = nv.version;
     nv.made = false; /* recorded: keep it */
@@ -1418,8 +1421,13 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
 gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                           const char *name, bool take_over, unsigned *version_out)
 {
-    return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_ROTATE, .hsm = hsm, .ca = ca, .cfg = cfg,
-                                                   .name = name, .version_out = version_out, .take_over = take_over});
+    return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_ROTATE,
+                                                   .hsm = hsm,
+                                                   .ca = ca,
+                                                   .cfg = cfg,
+                                                   .name = name,
+                                                   .version_out = version_out,
+                                                   .take_over = take_over});
 }
 
 /* One version as a retire sees it, of either kind. label is NULL for a
