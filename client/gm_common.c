@@ -560,7 +560,9 @@ static char *token_uri_of(const char *key_uri)
     return out;
 }
 
-/* RFC 7512 pin-source query attribute, if any (malloc'd). */
+/* RFC 7512 pin-source query attribute, if any (malloc'd), its %XX
+ * decoded as p11-kit decodes it ("file:/My%20PINs/pin", as RFC 7512
+ * writes it); a raw space is kept, as groupmail always read it. */
 static char *pin_source_of(const char *key_uri)
 {
     const char *q = strchr(key_uri, '?');
@@ -568,7 +570,7 @@ static char *pin_source_of(const char *key_uri)
         q++;
         if (strncmp(q, "pin-source=", 11) == 0) {
             /* RFC 7512 "file:PATH" is also our pin source syntax */
-            return strndup(q + 11, strcspn(q + 11, "&"));
+            return util_uri_value_decode(q + 11, strcspn(q + 11, "&"));
         }
         q = strchr(q, '&');
     }

@@ -353,10 +353,50 @@ int util_uri_needs_escape(const char *uri, int strict)
 {
     if (uri == NULL)
         return 0;
-    for (const unsigned char *p = (const unsigned char *)uri; *p != '\0'; p++)
+    /* Not strict: the path only. The query names no token or key: its
+     * pin-source= is read by groupmail as written (a raw space kept, as
+     * it always was), its module-path= is not used. */
+    for (const unsigned char *p = (const unsigned char *)uri; *p != '\0' && (strict || *p != '?'); p++)
         if (uri_byte_needs_escape(*p, strict))
             return 1;
     return 0;
+}
+
+static int hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+char *util_uri_value_decode(const char *in, size_t n)
+{
+    char *out;
+    size_t o = 0;
+
+    if (n == SIZE_MAX || (out = malloc(n + 1)) == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        int hi = -1, lo = -1;
+        if (in[i] == '%' && n - i > 2) {
+            hi = hex_digit((unsigned char)in[i + 1]);
+            lo = hex_digit((unsigned char)in[i + 2]);
+        }
+        /* %00 would cut the value short: kept as written, as is a '%'
+         * that starts no %XX (p11-kit refuses that URI anyway). */
+        if (hi >= 0 && lo >= 0 && (hi | lo) != 0) {
+            out[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else {
+            out[o++] = in[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
 }
 
 char *util_uri_escape_value(const char *in, char *out, size_t cap)

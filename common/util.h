@@ -70,15 +70,22 @@ int util_read_pin_source(const char *source, char **pin, size_t *len);
 int util_uri_has_pin_value(const char *uri);
 
 /* Nonzero when a pkcs11: URI holds a byte RFC 7512 wants percent-encoded
- * and p11-kit does not refuse. Always: whitespace, which p11-kit drops
- * without a word ("object=eng key" names a key "engkey", "token=My Card"
- * a token "MyCard"), and other control bytes. With strict also bytes
+ * and p11-kit does not refuse. Always, in the path (before any '?': the
+ * query names no token or key, and groupmail reads its pin-source= as
+ * written): whitespace, which p11-kit drops without a word ("object=eng
+ * key" names a key "engkey", "token=My Card" a token "MyCard"), and other
+ * control bytes. With strict, anywhere in the URI, also bytes
  * above 0x7e (a label's UTF-8) and " < > \ ^ ` { | }, which p11-kit takes
  * as they are: refused where a URI is new (--use-key, which the database
  * records and every output shows), not in a configuration that worked.
  * A refusal gives the encoded form (below): the one that names what the
  * user meant. */
 int util_uri_needs_escape(const char *uri, int strict);
+
+/* The n bytes of a pkcs11: URI's value at in with each %XX decoded (not
+ * %00, nor a '%' that starts no %XX: kept as written) and white space
+ * kept, unlike p11-kit: malloc'd, NUL-terminated; NULL when out of memory. */
+char *util_uri_value_decode(const char *in, size_t n);
 
 /* A value for a pkcs11: URI (RFC 7512: a token's or object's label),
  * every byte but the unreserved A-Z a-z 0-9 - . _ ~ written %XX, into out

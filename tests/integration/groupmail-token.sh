@@ -52,6 +52,15 @@ printf 'subjectAltName=email:tina@example.org\nextendedKeyUsage=clientAuth\nkeyU
 openssl x509 -req -in "$certs/tina.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial \
   -days 2 -extfile "$certs/tina.ext" -out "$certs/tina.pem" 2>/dev/null || fail "issuing tina's certificate"
 gs member add eng tina@example.org --cert "$certs/tina.pem" >/dev/null
+# The PIN from the key URI's ?pin-source=, its path with a space: as
+# written (it always worked, and names no token or key: no refusal) and
+# percent-encoded as RFC 7512 writes it (decoded, as p11-kit does).
+mkdir -p "$work/my pins" && cp "$mtok/user-pin" "$work/my pins/pin"
+printf '[hsm]\nmodule = %s\n' "$module" > "$work/nopin.conf"
+for ps in "file:$work/my pins/pin" "file:${work// /%20}/my%20pins/pin"; do
+  expect_rc 0 "csr with the PIN from ?pin-source=$ps" -- gm csr --config "$work/nopin.conf" \
+    --key "$key?pin-source=$ps" --from tina@example.org --out "$work/ps.csr"
+done
 expect_rc 2 "csr refuses a key file (openssl req does that)" -- gm csr --key "$certs/alice@example.org.key" \
   --from alice@example.org
 

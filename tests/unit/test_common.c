@@ -726,6 +726,21 @@ static void test_uri_escape_loose(void **state)
     assert_false(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 0));
     assert_true(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 1));
     assert_true(util_uri_needs_escape("pkcs11:object=a|b", 1));
+    /* The query names no token or key: a pin-source path with a space (read
+     * as written) or a module-path with one is no refusal; with strict
+     * (a URI the database records) it is. */
+    assert_false(util_uri_needs_escape("pkcs11:object=k?pin-source=file:/my pins/pin", 0));
+    assert_false(util_uri_needs_escape("pkcs11:token=t?module-path=/opt/My HSM/x.so", 0));
+    assert_true(util_uri_needs_escape("pkcs11:object=k ey?pin-source=file:/pin", 0));
+    assert_true(util_uri_needs_escape("pkcs11:object=k?pin-source=file:/my pins/pin", 1));
+    /* A value's %XX decoded, a space kept; %00 and a stray '%' as written. */
+    char *v = util_uri_value_decode("file:/My%20PINs/p%c3%a9 n%00%4%zz%", 34);
+    assert_non_null(v);
+    assert_string_equal(v, "file:/My PINs/p\xc3\xa9 n%00%4%zz%");
+    free(v);
+    assert_non_null(v = util_uri_value_decode("a%41&b", 4));
+    assert_string_equal(v, "aA");
+    free(v);
     assert_string_equal(util_uri_escape_loose("pkcs11:object=Gr\xc3\xbcn \"x\";type=private", out, sizeof(out)),
                         "pkcs11:object=Gr%C3%BCn%20%22x%22;type=private");
     assert_string_equal(util_uri_escape_loose("pkcs11:object=a b c d e f", out, 20), "pkcs11:object=a...");
