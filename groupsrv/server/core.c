@@ -1100,17 +1100,30 @@ void srv_reply_err(struct srv_req *r, const srv_err *e)
 
 /* ---- input --------------------------------------------------------------- */
 
-/* The first content coding the request names other than identity, or
- * NULL. The server decodes none: a gzip body read as JSON was answered
- * 400 bad_json "malformed JSON at line 1 column 1", which tells a script
- * nothing about the cause. */
+/* Whether a Content-Encoding value (a list, RFC 9110 8.4) names a coding
+ * other than identity: "identity, identity" or an empty element is none. */
+static int names_a_coding(const char *list)
+{
+    for (const char *p = list; *p != '\0';) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        if (n > 0 && !(n == 8 && strncasecmp(p, "identity", 8) == 0))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* The first Content-Encoding the request has that names a coding other
+ * than identity, or NULL. The server decodes none: a gzip body read as
+ * JSON was answered 400 bad_json "malformed JSON at line 1 column 1",
+ * which tells a script nothing about the cause. */
 static const char *body_coding(struct evhttp_request *req)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 
     for (struct evkeyval *kv = h ? h->tqh_first : NULL; kv != NULL; kv = kv->next.tqe_next)
-        if (strcasecmp(kv->key, "Content-Encoding") == 0 && kv->value[0] != '\0' &&
-            strcasecmp(kv->value, "identity") != 0)
+        if (strcasecmp(kv->key, "Content-Encoding") == 0 && names_a_coding(kv->value))
             return kv->value;
     return NULL;
 }

@@ -40,6 +40,11 @@ expect_status 415 unsupported_encoding "a gzip body" -- c alice -D "$work/gz.hdr
 grep -qi '^accept-encoding: identity' "$work/gz.hdr" || fail "415 without Accept-Encoding: identity: $(cat "$work/gz.hdr")"
 expect_status 200 "" "Content-Encoding: identity" -- c alice -H 'Content-Encoding: identity' \
   --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+# a list of codings (RFC 9110 8.4): identity only is none, any other one is 415
+expect_status 200 "" "Content-Encoding: Identity, identity" -- c alice -H 'Content-Encoding: Identity, identity' \
+  --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+expect_status 415 unsupported_encoding "Content-Encoding: identity,gzip" -- c alice \
+  -H 'Content-Encoding: identity,gzip' --data-binary @"$work/req-tls.json.gz" "$base/v1/groups/eng/unwrap"
 
 # bare encrypted key + algorithm, default deliver
 cms ek "$work/ri.der" "$work/ek.bin"
