@@ -322,6 +322,11 @@ elif ! GS_PIN=$(cat "$work/tok/user-pin") SOFTHSM2_CONF=$work/tok/softhsm2.conf 
 else
   ok "the first token still logs in with DIR/user-pin"
 fi
+# Its token= line is a URI [hsm] token takes: the label percent-encoded
+"$SRC/scripts/provision-softhsm" "$work/tok2" "Grün card" > "$work/prov.out"
+grep -qx 'token=pkcs11:token=Gr%C3%BCn%20card' "$work/prov.out" ||
+  fail "provision-softhsm printed a token URI with the label not encoded: $(grep '^token=' "$work/prov.out")"
+ok "provision-softhsm prints the token URI with its label percent-encoded"
 
 # groupmail with a token key but no PIN source: not "key not found" alone
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
