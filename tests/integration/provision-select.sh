@@ -67,6 +67,11 @@ expect_err "PIN source unreadable, empty or too open (pin source (not shown"
 sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2|" "$CONF" > "$T/model.conf"
 expect_rc 0 "$G" -c "$T/model.conf" ca init --key rsa:2048
 one=$(serials)
+# a raw space in the query, which names no token (module-path=, which
+# groupsrv does not use): taken, as before the refusal of raw spaces
+sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?module-path=/opt/My HSM/x.so|" \
+  "$CONF" > "$T/mpath.conf"
+expect_rc 0 "$G" -c "$T/mpath.conf" check
 # a [ca] key_label with a space and a quote: the log record's label= is
 # one quoted field (it was written bare, the record's fields unparseable)
 sed -e "/^\[db\]/,/^\[/s|^path = .*|path = $T/dbl/groupsrv.db|" -e 's|^group_cert_days = 30$|&\nkey_label = ca key "q"|' \
