@@ -213,6 +213,22 @@ static int refuse_uri_unescaped(const char *cmd, const char *uri)
                            cmd, util_uri_escape_loose(uri, enc, sizeof(enc))));
 }
 
+/* --use-key that is not a pkcs11: URI (a bare label "eng key"): the
+ * refusal gs_ca_init_ex and group create give, before the database is
+ * made and not as a URI to percent-encode. */
+static int use_key_refusal(const char *cmd, const char *uri)
+{
+    if (uri == NULL)
+        return 0;
+    if (util_uri_has_pin_value(uri))
+        return refuse_uri_pin(cmd);
+    if (strncmp(uri, "pkcs11:", 7) != 0)
+        return fail(gs_err_set(GS_ERR_ARGS, "%s: --use-key needs a pkcs11: URI of a private key", cmd));
+    if (util_uri_needs_escape(uri, 1))
+        return refuse_uri_unescaped(cmd, uri);
+    return 0;
+}
+
 /* ---- shared set-up ------------------------------------------------------------- */
 
 static void env_close(struct env *e)
@@ -439,10 +455,8 @@ static int cmd_ca(struct env *e, int argc, char **argv)
         const char *subject = opt(&a, "--subject") ? opt(&a, "--subject") : "groupsrv local CA";
         if (opt(&a, "--key") && opt(&a, "--use-key"))
             return usage_error("ca init: --key and --use-key exclude each other%s", "");
-        if (util_uri_has_pin_value(opt(&a, "--use-key")))
-            return refuse_uri_pin("ca init");
-        if (util_uri_needs_escape(opt(&a, "--use-key"), 1))
-            return refuse_uri_unescaped("ca init", opt(&a, "--use-key"));
+        if ((rc = use_key_refusal("ca init", opt(&a, "--use-key"))) != 0)
+            return rc;
         const char *ref = opt(&a, "--use-key") ? opt(&a, "--use-key") : e->cfg->ca.key_label;
         struct cli_record rec;
         char fp[65] = "";
@@ -665,10 +679,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return usage_error("group create: --address LIST@DOMAIN is required%s", "");
         if (spec.keyspec && spec.use_key)
             return usage_error("group create: --key and --use-key exclude each other%s", "");
-        if (util_uri_has_pin_value(spec.use_key))
-            return refuse_uri_pin("group create");
-        if (util_uri_needs_escape(spec.use_key, 1))
-            return refuse_uri_unescaped("group create", spec.use_key);
+        if ((rc = use_key_refusal("group create", spec.use_key)) != 0)
+            return rc;
         if (spec.allow_pkcs1v15 && spec.oaep_only)
             return usage_error("group create: --allow-pkcs1v15 and --oaep-only contradict each other%s", "");
         if (opt(&a, "--wrap") && gs_wrap_parse(opt(&a, "--wrap"), &spec.member_wrap) != GS_OK)

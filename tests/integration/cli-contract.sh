@@ -106,6 +106,13 @@ expect 1 "ca init: the --use-key URI has bytes a PKCS#11 URI must percent-encode
 expect 1 "group create: the --use-key URI .*: give --use-key 'pkcs11:object=Gr%C3%BCn%22%7C;type=private'\$" \
   "groupsrv group create --use-key with UTF-8 and quotes" -- \
   "$gs" -c "$gconf" group create eng --address eng@lists.example.org --use-key 'pkcs11:object=Grün"|;type=private'
+# a bare label is no URI: not told to percent-encode it, and refused
+# before the database is made
+expect 1 "^groupsrv: ca init: --use-key needs a pkcs11: URI of a private key\$" "groupsrv ca init --use-key LABEL" -- \
+  "$gs" -c "$gconf" ca init --use-key 'ca key'
+expect 1 "^groupsrv: group create: --use-key needs a pkcs11: URI" "groupsrv group create --use-key LABEL" -- \
+  "$gs" -c "$gconf" group create eng --address eng@lists.example.org --use-key 'eng key'
+[ ! -e "$work/gs.db" ] || fail "groupsrv refused a --use-key label but created the database"
 printf '[tls]\ncert = /x.pem\nkey = pkcs11:token=groupsrv;object=tls key;type=private\n' | cat "$gconf" - > "$work/tlssp.conf"
 expect 5 "'key' in \[tls\] has a space or control byte, .*: pkcs11:token=groupsrv;object=tls%20key;type=private\$" \
   "groupsrv: [tls] key URI with a space" -- "$gs" -c "$work/tlssp.conf" group list
