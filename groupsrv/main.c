@@ -1542,19 +1542,46 @@ static void san_names_text(X509 *cert, char *buf, size_t size)
         (void)snprintf(buf, size, "no SAN DNS or IP name");
 }
 
+/* 1 when a client takes cert for host as groupmail's libcurl (OpenSSL
+ * backend) checks it: one trailing dot of host ignored; an address among
+ * the SAN IP addresses, a name among the SAN DNS names, a wildcard only
+ * as the whole first label ("*.example.org", not "g*.example.org"); the
+ * subject CN only when the SAN has no DNS and no IP name at all (an IP
+ * SAN alone rules out the CN, where OpenSSL's own check would take it). */
+static int cert_is_for_host(X509 *cert, const char *host)
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    unsigned char addr[16];
+    size_t n = strlen(host);
+    bool has_san = false;
+    int match;
+
+    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        has_san = has_san || gn->type == GEN_DNS || gn->type == GEN_IPADD;
+    }
+    GENERAL_NAMES_free(names);
+    if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1)
+        match = has_san ? X509_check_ip_asc(cert, host, 0)
+                        : X509_check_host(cert, host, n, X509_CHECK_FLAG_NO_WILDCARDS, NULL);
+    else
+        match = X509_check_host(
+            cert, host, n > 1 && host[n - 1] == '.' ? n - 1 : n,
+            X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | (has_san ? X509_CHECK_FLAG_NEVER_CHECK_SUBJECT : 0), NULL);
+    ERR_clear_error();
+    return match == 1;
+}
+
 /* [certsrv] url: members fetch membership certificates there and verify
  * the certificate server by the [tls] certificate it listens with, so the
  * URL's host must be one of that certificate's names, as clients check
- * them (an address against the SAN IP addresses, a name against the SAN
- * DNS names or, without any, the subject CN); else every fetch fails with
- * a TLS name error. A warning, not counted: a proxy that ends TLS with
- * its own certificate may be in front. Silent without [certsrv] listen. */
+ * them (cert_is_for_host); else every fetch fails with a TLS name error.
+ * A warning, not counted: a proxy that ends TLS with its own certificate
+ * may be in front. Silent without [certsrv] listen. */
 static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
 {
     char host[256], names[512], listen_url[300];
-    unsigned char addr[16];
     bool is_default;
-    int match;
 
     if (cfg->certsrv.listen == NULL || cfg->certsrv.url == NULL || cert == NULL)
         return;
@@ -1565,12 +1592,7 @@ static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
                cfg->certsrv.url);
         return;
     }
-    if (inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1)
-        match = X509_check_ip_asc(cert, host, 0);
-    else
-        match = X509_check_host(cert, host, strlen(host), 0, NULL);
-    ERR_clear_error();
-    if (match == 1) {
+    if (cert_is_for_host(cert, host)) {
         printf("%-10sOK   [certsrv] url %s: a name of the [tls] cert\n", "certsrv", cfg->certsrv.url);
         return;
     }

@@ -234,6 +234,29 @@ printf 'url = https://localhost:8444\n' >> "$T/certsrvip.conf"
 expect_rc 0 "$G" -c "$T/certsrvip.conf" check
 grep -q "^certsrv   OK   \[certsrv\] url https://localhost:8444: a name of the \[tls\] cert" "$T/out" ||
   { cat "$T/out"; fail "check: [certsrv] url of the certificate's CN not taken"; }
+# ... as libcurl (groupmail's fetch) matches names, not as OpenSSL's own
+# X509_check_host: a trailing dot is the same name; a CN that is the
+# address counts without a SAN; a SAN IP alone rules the CN out; a partial
+# wildcard (g*.example.org) is no match. certsrv_url CERT KEY URL OK|WARNING
+certsrv_url() {
+  tlsconf certsrvurl "$1" "$2" "$T/ca.pem" "$T/audit.jsonl"
+  printf '[certsrv]\nlisten = 127.0.0.1:8444\nurl = %s\n' "$3" >> "$T/certsrvurl.conf"
+  expect_rc 0 "$G" -c "$T/certsrvurl.conf" check
+  grep -q "^certsrv   $4:\{0,1\} *\[certsrv\] url $3:" "$T/out" || { grep '^certsrv' "$T/out"; fail "check: $3 with $1: not $4"; }
+}
+certsrv_url "$T/srv.pem" "$T/srv.key" https://localhost.:8444 OK
+mkcert() { # NAME SUBJECT [SAN]
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/$1.key" -out "$T/$1.pem" \
+    -days 2 -subj "$2" ${3:+-addext "subjectAltName=$3"} 2>/dev/null
+}
+mkcert cnip /CN=127.0.0.1
+certsrv_url "$T/cnip.pem" "$T/cnip.key" https://127.0.0.1:8444 OK
+mkcert sanip /CN=localhost IP:127.0.0.1
+certsrv_url "$T/sanip.pem" "$T/sanip.key" https://localhost:8444 WARNING
+certsrv_url "$T/sanip.pem" "$T/sanip.key" https://127.0.0.1:8444 OK
+mkcert partial /CN=x DNS:g*.example.org,DNS:*.example.net
+certsrv_url "$T/partial.pem" "$T/partial.key" https://gs.example.org:8444 WARNING
+certsrv_url "$T/partial.pem" "$T/partial.key" https://gs.example.net:8444 OK
 # expect_check_problem NAME PATTERN: check on $T/NAME.conf exits 1 with a PROBLEM row matching PATTERN
 expect_check_problem() {
   expect_rc 1 "$G" -c "$T/$1.conf" check
