@@ -200,6 +200,26 @@ wait "$c2" || true
   fail "two checks at once: not exactly one says migrated: $(grep -h database "$d/check1" "$d/check2")"
 ok "two checks at once on an old database: one migrates and says so, the other finds it current"
 
+# an older groupsrv waits to migrate an old database while a newer one
+# writes it: the version read under the lock decides, refused, unchanged
+d=$work/newerrace
+mkdir "$d"
+sqlite3 "$d/groupsrv.db" < "$FX/groupsrv-schema3.sql"
+sqlite3 "$d/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
+sed "s|$work/gs3/|$d/|" "$work/gs3/gs.conf" > "$d/gs.conf"
+sum=$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)
+hold_lock "$d/groupsrv.db"
+"$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check" 2>&1 & c1=$!
+wait_for_lock "$c1"
+release_lock 'PRAGMA user_version = 99'
+rc=0
+wait "$c1" || rc=$?
+[ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $d/groupsrv.db was written by a newer groupsrv (schema version 99, this program knows up to 4)" "$d/check" ||
+  fail "check on a database a newer groupsrv wrote while it waited: exit $rc: $(grep -h database "$d/check")"
+[ "$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)" = "$sum" ] &&
+  [ "$(sqlite3 "$d/groupsrv.db" 'PRAGMA user_version')" = 99 ] || fail "a database written by a newer groupsrv was changed"
+ok "a database a newer groupsrv writes while check waits to migrate it: refused, unchanged"
+
 for n in 1 2 3; do
   d=$work/xp$n
   mkdir -p "$d/spool"
