@@ -99,6 +99,34 @@ ok "check as the owner migrates it, behind an open transaction: tries again, mig
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
+# A newer server's migration (schema 99) that this older check waits for
+# under the migration lock: the version read under the lock decides, it is
+# refused in one line, and nothing is changed (docs/scale-out.md,
+# "Upgrading a cluster": an old server refuses the newer database).
+pg_psql groupsrv -c "UPDATE schema_version SET version = 3" >/dev/null
+mkfifo "$work/newer.sql"
+psql -X -q -At "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_owner" < "$work/newer.sql" > "$work/newer.out" 2>&1 &
+holder=$!
+exec 3> "$work/newer.sql"
+echo "BEGIN; SELECT pg_advisory_xact_lock(1735611254); SELECT 'held';" >&3
+for i in $(seq 1 50); do grep -q held "$work/newer.out" && break; sleep 0.1; done
+grep -q held "$work/newer.out" || fail "psql did not take the migration lock: $(cat "$work/newer.out")"
+own check > "$work/check.out" 2>&1 &
+checker=$!
+for i in $(seq 1 100); do
+  [ "$(pg_psql groupsrv -Atc "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")" = 1 ] && break
+  sleep 0.1
+done
+echo "UPDATE schema_version SET version = 99; COMMIT;" >&3
+exec 3>&-
+wait "$holder" || true
+rc=0
+wait "$checker" || rc=$?
+[ "$rc" = 1 ] && grep -q "^database  PROBLEM: database (PostgreSQL) was written by a newer groupsrv (schema version 99, this program knows up to 4)" \
+  "$work/check.out" || fail "check on a database a newer server wrote while it waited: exit $rc: $(grep database "$work/check.out")"
+[ "$(pg_psql groupsrv -Atc 'SELECT version FROM schema_version')" = 99 ] || fail "an older check changed a newer database"
+pg_psql groupsrv -c "UPDATE schema_version SET version = 4" >/dev/null
+ok "a database a newer server writes while check waits for the migration lock: refused in one line, unchanged"
 pgsrv_start "$work/server.conf"
 expect 200 "healthz as the server role" -- alice "$base/healthz"
 expect 200 "unwrap (an audit row inserted)" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
