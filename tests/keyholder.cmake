@@ -38,7 +38,7 @@ set_tests_properties(unit_sandbox PROPERTIES LABELS "unit")
 
 # The key holder driven directly over its link (tests/tools/khdrive.c).
 add_executable(khdrive ${GS_TEST_DIR}/tools/khdrive.c)
-target_link_libraries(khdrive PRIVATE gs_keyholder)
+target_link_libraries(khdrive PRIVATE gs_keyholder gs_net) # gs_net: holder.c, the network process's side of a link
 gs_target_warnings(khdrive)
 target_compile_options(khdrive PRIVATE -Wno-comment)
 

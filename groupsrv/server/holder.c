@@ -335,9 +335,12 @@ out:
 int khlink_call(khlink *l, ipc_buf *b, khlink_cb cb, void *arg) { return call_add(l, b, true, cb, arg); }
 int khlink_call_untimed(khlink *l, ipc_buf *b, khlink_cb cb, void *arg) { return call_add(l, b, false, cb, arg); }
 
-/* Writes out what waits in out, blocking (the frame that follows must
- * not overtake it). */
-static int flush_output(khlink *l, int timeout_ms)
+/* Writes out what waits in out, blocking until deadline, and reads what
+ * the key holder sends meanwhile into in (the caller sorts it): the key
+ * holder stops reading a link whose answers pile up unread (keyholder.c,
+ * LINK_OUT_MAX), so a writer that waited for room without reading would
+ * wait for the key holder while the key holder waits for it. */
+static int flush_output(khlink *l, double deadline)
 {
     while (evbuffer_get_length(l->out) > 0) {
         int n = evbuffer_write(l->out, l->fd);
@@ -345,9 +348,13 @@ static int flush_output(khlink *l, int timeout_ms)
             continue;
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -1;
-        struct pollfd p = {.fd = l->fd, .events = POLLOUT};
-        if (poll(&p, 1, timeout_ms) <= 0)
+        int left = (int)((deadline - now_s()) * 1000);
+        struct pollfd p = {.fd = l->fd, .events = POLLOUT | POLLIN};
+        if (left <= 0 || poll(&p, 1, left) <= 0)
             return -1;
+        if ((p.revents & POLLIN) != 0 && (n = evbuffer_read(l->in, l->fd, 65536)) <= 0 &&
+            (n == 0 || (errno != EAGAIN && errno != EINTR)))
+            return -1; /* closed: the read callback tells the loop */
     }
     return 0;
 }
@@ -372,7 +379,12 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
     ipc_set_cookie(b, cookie);
     fd = l->fd;
     in = l->in;
-    if (flush_output(l, timeout_ms) != 0 || ipc_write_frame(fd, b, -1, timeout_ms) != IPC_OK) {
+    /* Behind the frames the loop has not written yet (never overtaking
+     * them), and never cut: what the deadline leaves unwritten goes on
+     * in the loop (write_cb), its answer then dropped as late. */
+    if (ipc_ev_queue(l->out, b) != IPC_OK || flush_output(l, deadline) != 0) {
+        if (evbuffer_get_length(l->out) > 0)
+            event_add(l->wev, NULL);
         why = "write failed";
         goto out;
     }

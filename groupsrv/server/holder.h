@@ -57,7 +57,10 @@ int khlink_call_untimed(khlink *l, ipc_buf *b, khlink_cb cb, void *arg);
 /* Blocks this thread for the answer (at most timeout_ms): for a TLS
  * handshake signature, which OpenSSL asks for in the middle of a
  * callback, and for start-up. Answers to other calls that arrive
- * meanwhile are kept for the loop. 0 with *reply decoded (valid until the
+ * meanwhile are kept for the loop, also those read while it waits to
+ * write (the key holder reads no more of a link whose answers are not
+ * read). The frame is never cut: what the timeout leaves unwritten the
+ * loop writes later. 0 with *reply decoded (valid until the
  * next call on this link), or -1. */
 int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply);
 

@@ -17,7 +17,9 @@
  * cap) the rate limit and the suspension, also under the identity spelt
  * in upper case. Each must be refused by the key holder itself. And a
  * network process that floods a link and never reads the answers: the key
- * holder stops reading that link rather than hold the answers.
+ * holder stops reading that link rather than hold the answers, and the
+ * network process's synchronous call (holder.c) made meanwhile, behind
+ * calls the full socket did not take, is still answered.
  *
  * Prints "ok: ..." per check; exit 0 when all passed, 1 otherwise.
  */
@@ -33,11 +35,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <event2/event.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "config.h"
 #include "envelope.h"
+#include "holder.h"
 #include "ipc.h"
 #include "keyholder.h"
 #include "log.h"
@@ -223,6 +227,24 @@ static size_t read_health_answers(int fd, size_t want)
         have -= off;
     }
     return got;
+}
+
+/* Reads and drops what the key holder sends on fd until it sends nothing
+ * for a second (or closes). */
+static void drain_link(int fd)
+{
+    static unsigned char buf[1u << 16];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+
+    while (poll(&p, 1, 1000) > 0 && read(fd, buf, sizeof(buf)) > 0)
+        ;
+}
+
+/* khlink_call's callback for calls whose answers do not matter. */
+static void ignore_answer(void *arg, const ipc_msg *reply)
+{
+    (void)arg;
+    (void)reply;
 }
 
 /* The public key of the member's certificate, as the network process
@@ -570,6 +592,36 @@ int main(int argc, char **argv)
         CHECK(answered == frames, "every frame sent before then answered once read (%zu of %zu)", answered, frames);
         ipc_begin(&b, IPC_HEALTH, 130);
         ask(l0[0], &rd0, &b, 200, NULL, "the link serves again once its answers are read");
+    }
+    /* 8c. The network process's synchronous call (a TLS handshake's
+     * signature) made while the key holder does not read its link (8b) and
+     * the link's socket is full, calls of the loop waiting behind it: the
+     * call reads the answers while it waits to write, so the key holder
+     * reads again and the call is answered (503 here: the flood fills the
+     * key holder's queue), instead of each side waiting for the other
+     * until the call's timeout (a failed TLS handshake). */
+    {
+        size_t frames = 0, queued = 0;
+        struct event_base *eb = event_base_new();
+        khlink *kl = eb != NULL ? khlink_new(eb, 10) : NULL;
+        int dfd = -1, answered = 0;
+        size_t sent = flood_unread(l0[0], 64u << 20, &frames);
+        if (kl != NULL && (dfd = dup(l0[0])) >= 0 && khlink_attach(kl, dfd) == 0) {
+            ipc_msg sm;
+            for (; queued < 65536; queued++) { /* 1 MiB the socket does not take */
+                ipc_begin(&b, IPC_HEALTH, 0);
+                if (khlink_call(kl, &b, ignore_answer, NULL) != 0)
+                    break;
+            }
+            ipc_begin(&b, IPC_HEALTH, 0);
+            answered = queued == 65536 && khlink_call_sync(kl, &b, 5000, &sm) == 0;
+        }
+        CHECK(sent > 0 && answered, "a synchronous call on a link the key holder stopped reading is answered");
+        khlink_free(kl);
+        if (eb != NULL)
+            event_base_free(eb);
+        drain_link(l0[0]); /* the answers to the flood and to the calls */
+        (void)fcntl(l0[0], F_SETFL, fcntl(l0[0], F_GETFL) & ~O_NONBLOCK); /* the dup shared it */
     }
     /* 9. A half frame, then the link closes: the key holder stays up. */
     unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
