@@ -88,6 +88,8 @@ void gcache_mark_stale(gcache *c)
         c->stale = 1;
 }
 
+int gcache_is_stale(const gcache *c) { return c == NULL || c->stale; }
+
 gs_err gcache_refresh(gcache *c, gs_store *st, int *changed)
 {
     uint64_t stamp = 0;

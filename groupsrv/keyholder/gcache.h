@@ -43,6 +43,10 @@ void gcache_free(gcache *c); /* NULL fine */
  * GS_OK or GS_ERR_DB. */
 gs_err gcache_refresh(gcache *c, gs_store *st, int *changed);
 
+/* gcache_mark_stale was called since the last gcache_refresh: the next
+ * job must refresh (a caller that may skip the stamp asks first). */
+int gcache_is_stale(const gcache *c);
+
 /* The loaded group `name`, borrowed: valid until the next gcache_refresh
  * or gcache_free on this cache (so for the rest of the current job).
  * Errors as gs_group_load (GS_ERR_NOT_FOUND, GS_ERR_HSM, GS_ERR_DB, ...);

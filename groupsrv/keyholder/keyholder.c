@@ -515,6 +515,9 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     pthread_mutex_lock(&io->mu);
     link_add(l, j);
     pthread_mutex_unlock(&io->mu);
+    /* Counted before any worker can take it: a worker whose change stamp
+     * was read after this count may answer it with that stamp. */
+    j->arrival = atomic_fetch_add(&kh->arrivals, 1) + 1;
     /* Woken in link_read_cb, once for every frame of this read. */
     tq_verdict v = tokenq_submit_deferred(kh->q, &j->tq, flow, kh->max_queue_s, &wait);
     if (v == TQ_QUEUED)

@@ -41,6 +41,7 @@ struct kh_job {
     ipc_msg msg;
     ipc_buf reply;                 /* built by the worker (may hold a content key) */
     unsigned long long audit_first, audit_last; /* its audit records (0: none) */
+    unsigned long long arrival;    /* kh->arrivals when the I/O loop queued it (khops.c, stamp_current) */
     int syncer_owes;               /* held, and the syncer must send it (io->mu) */
 };
 
@@ -53,6 +54,11 @@ struct kh_worker {
     /* The audit records of the answer this worker held and syncs itself
      * after the job (keyholder.c, job_after); 0: none. */
     unsigned long long sync_first, sync_last;
+    /* The change stamp this worker read last, and kh->arrivals just before
+     * it was read; stamp_ok: it may answer for a later unwrap (khops.c,
+     * stamp_current). */
+    unsigned long long stamp_arrivals;
+    int stamp_ok;
 };
 
 struct kh {
@@ -72,6 +78,7 @@ struct kh {
     pthread_rwlock_t tls_lock;     /* read: a signature in progress; write: a reload */
     hsm_key *tls_key;              /* [tls] key = pkcs11:..., else NULL */
     atomic_ulong gen;              /* moves whenever a worker sees the database change */
+    atomic_ullong arrivals;        /* requests queued so far (the I/O loop counts, workers read) */
     double max_queue_s;
     unsigned batch_max;
     /* The I/O loop's state (keyholder.c). */

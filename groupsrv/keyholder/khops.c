@@ -2093,6 +2093,27 @@ void kh_worker_fini(void *worker)
     free(w);
 }
 
+/* The change stamp for job j: read afresh (gcache_refresh), or the one
+ * this worker read last when that read came after j was queued. A commit
+ * that j must see (a removal made before the request was sent) finished
+ * before the I/O loop counted j, so it also finished before any stamp read
+ * once the count was that far: that stamp shows it. Kept only from one
+ * unwrap to the next (an unwrap writes nothing through this connection,
+ * whose own writes move the stamp too) and never past gcache_mark_stale.
+ * A worker running a batch of unwraps queued together (tokenq_wake) reads
+ * the stamp, a read transaction or a database round trip, once for all. */
+static gs_err stamp_current(struct kh_worker *w, const struct kh_job *j, int *changed)
+{
+    *changed = 0;
+    if (j->msg.type == IPC_UNWRAP && w->stamp_ok && j->arrival <= w->stamp_arrivals && !gcache_is_stale(w->gc))
+        return GS_OK;
+    w->stamp_ok = 0;
+    w->stamp_arrivals = atomic_load(&w->kh->arrivals);
+    gs_err e = gcache_refresh(w->gc, w->store, changed);
+    w->stamp_ok = e == GS_OK && j->msg.type == IPC_UNWRAP;
+    return e;
+}
+
 void kh_job_run(void *worker, tq_job *tq)
 {
     struct kh_worker *w = worker;
@@ -2108,7 +2129,7 @@ void kh_job_run(void *worker, tq_job *tq)
      * the group and the member kept by the gcache, an unwrap reads nothing
      * else (no BEGIN and COMMIT around it). What a miss reads afterwards
      * is at least as new as the stamp, and is dropped when it moves. */
-    gs_err re = gcache_refresh(w->gc, w->store, &changed);
+    gs_err re = stamp_current(w, j, &changed);
     if (re != GS_OK && j->msg.type != IPC_HEALTH) {
         answer_gs_error(j, re, "database");
     } else {
