@@ -7,12 +7,14 @@
  * every request. Each token worker keeps its loaded groups and reloads
  * them when gs_store_change_stamp says the database changed (any commit by
  * another connection or process, or a write through this worker's own
- * connection), checked once per job by gcache_refresh. The hsm_key objects
+ * connection), checked by gcache_refresh before every job (an unwrap queued
+ * before the worker's last read uses that read: khops.c, stamp_current).
+ * The hsm_key objects
  * in a cached group find their token objects again after token loss
  * (hsm/), so a cached group survives it.
  *
  * Members found (gcache_member) are kept the same way: the change stamp is
- * read at the start of every job, before any membership decision, and any
+ * read before any membership decision, after the request was queued, and any
  * commit (a removal, a new role or certificate, from any connection or
  * process, or a TRUNCATE on PostgreSQL) moves it and drops them all, so a
  * removed member is refused on the very next request. An identity that is
