@@ -35,6 +35,9 @@ gs_setup() {
   openssl x509 -req -in "$certs/server.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" \
     -CAcreateserial -days 2 -extfile "$certs/server.ext" -out "$certs/server.pem" 2>/dev/null
   CA_CERT=$certs/tca.pem
+  # GS_DB_URL (bench/kh-compare --pg): a PostgreSQL database, not SQLite
+  local db_line="path = $GS_WORK/groupsrv.db"
+  [ -z "${GS_DB_URL:-}" ] || db_line="url = $GS_DB_URL"
   cat > "$CONF" <<CONF
 [server]
 listen = 127.0.0.1:$SERVER_PORT
@@ -54,7 +57,7 @@ token = pkcs11:token=groupsrv
 pin_source = $PIN_FILE
 max_sessions = $((NCPU * 2))
 [db]
-path = $GS_WORK/groupsrv.db
+$db_line
 [audit]
 path = $AUDIT_LOG
 CONF
