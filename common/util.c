@@ -362,7 +362,7 @@ int util_uri_needs_escape(const char *uri, int strict)
     return 0;
 }
 
-static int hex_digit(unsigned char c)
+int util_hex_digit(int c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -383,8 +383,8 @@ char *util_uri_value_decode(const char *in, size_t n)
     for (size_t i = 0; i < n; i++) {
         int hi = -1, lo = -1;
         if (in[i] == '%' && n - i > 2) {
-            hi = hex_digit((unsigned char)in[i + 1]);
-            lo = hex_digit((unsigned char)in[i + 2]);
+            hi = util_hex_digit((unsigned char)in[i + 1]);
+            lo = util_hex_digit((unsigned char)in[i + 2]);
         }
         /* %00 would cut the value short: kept as written, as is a '%'
          * that starts no %XX (p11-kit refuses that URI anyway). */

@@ -82,6 +82,9 @@ int util_uri_has_pin_value(const char *uri);
  * user meant. */
 int util_uri_needs_escape(const char *uri, int strict);
 
+/* The value of one hex digit c (either case), or -1 when c is none. */
+int util_hex_digit(int c);
+
 /* The n bytes of a pkcs11: URI's value at in with each %XX decoded (not
  * %00, nor a '%' that starts no %XX: kept as written) and white space
  * kept, unlike p11-kit: malloc'd, NUL-terminated; NULL when out of memory. */

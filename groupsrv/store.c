@@ -50,17 +50,6 @@ static const char *userinfo_end(const char *at)
     return at;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Are the n bytes at k, percent-decoded as libpq decodes a URI's query
  * keywords (`%70assword`), "password"? */
 static bool keyword_is_password(const char *k, size_t n)
@@ -71,9 +60,11 @@ static bool keyword_is_password(const char *k, size_t n)
     for (size_t i = 0; i < n; i++, w++) {
         int c = (unsigned char)k[i];
         if (c == '%') {
-            if (i + 2 >= n || hex_digit(k[i + 1]) < 0 || hex_digit(k[i + 2]) < 0)
+            int hi = i + 2 < n ? util_hex_digit((unsigned char)k[i + 1]) : -1;
+            int lo = i + 2 < n ? util_hex_digit((unsigned char)k[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
                 return false;
-            c = hex_digit(k[i + 1]) << 4 | hex_digit(k[i + 2]);
+            c = hi << 4 | lo;
             i += 2;
         }
         if (w >= sizeof(want) - 1 || c != want[w])

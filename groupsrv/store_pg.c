@@ -659,15 +659,6 @@ static char *col_strdup(PGresult *r, int row, int col, bool *oom)
 
 static int64_t col_int(PGresult *r, int row, int col) { return strtoll(PQgetvalue(r, row, col), NULL, 10); }
 
-static int hex_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* A BYTEA column selected as encode(col, 'hex'), decoded into *out (NULL
  * and 0 for SQL NULL or no bytes, as SQLite's blob reader). GS_OK,
  * GS_ERR_NOMEM, or GS_ERR_SCHEMA for text that is not hex. */
@@ -685,7 +676,8 @@ static gs_err col_hexdup(PGresult *r, int row, int col, unsigned char **out, siz
     if ((*out = malloc(n / 2)) == NULL)
         return GS_ERR_NOMEM;
     for (size_t i = 0; i < n / 2; i++) {
-        int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
+        int hi = util_hex_digit((unsigned char)hex[2 * i]);
+        int lo = util_hex_digit((unsigned char)hex[2 * i + 1]);
         if (hi < 0 || lo < 0) {
             free(*out);
             *out = NULL;

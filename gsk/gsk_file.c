@@ -358,14 +358,9 @@ static gsk_err get_str(json_t *o, const char *k, char *buf, size_t cap)
     return GSK_OK;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
+/* A lowercase hex digit's value, or -1: the manifest's hex is lowercase
+ * only, so one file has one spelling. */
+static int lower_hex_digit(int c) { return c >= 'A' && c <= 'F' ? -1 : util_hex_digit(c); }
 
 /* Lowercase hex of 1..cap bytes (exact when exact is set). */
 static gsk_err get_hex(json_t *o, const char *k, unsigned char *buf, size_t cap, size_t *len, bool exact)
@@ -376,7 +371,8 @@ static gsk_err get_hex(json_t *o, const char *k, unsigned char *buf, size_t cap,
     if (n == 0 || n % 2 != 0 || n / 2 > cap || (exact && n / 2 != cap))
         return gsk_fail(GSK_ERR_FORMAT, "manifest: field %s is not hex of the right length", k);
     for (size_t i = 0; i < n / 2; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        int hi = lower_hex_digit((unsigned char)s[2 * i]);
+        int lo = lower_hex_digit((unsigned char)s[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return gsk_fail(GSK_ERR_FORMAT, "manifest: field %s is not lowercase hex", k);
         buf[i] = (unsigned char)(hi << 4 | lo);

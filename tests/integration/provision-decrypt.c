@@ -19,17 +19,6 @@
 #include "log.h"
 #include "util.h"
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
@@ -56,7 +45,7 @@ int main(int argc, char **argv)
         goto out;
     }
     for (size_t i = 0; i + 1 < hexlen && enclen < sizeof(enc); i += 2) {
-        int a = hexval(hex[i]), b = hexval(hex[i + 1]);
+        int a = util_hex_digit((unsigned char)hex[i]), b = util_hex_digit((unsigned char)hex[i + 1]);
         if (a < 0 || b < 0)
             break;
         enc[enclen++] = (unsigned char)(a * 16 + b);
