@@ -4,7 +4,9 @@
  * forward to the backend's ops. */
 #include "store_impl.h"
 
+#include <openssl/crypto.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -151,6 +153,79 @@ void gs_store_location_display(const char *location, char *buf, size_t cap)
         at = spans[i].off + spans[i].len;
     }
     buf[used] = '\0';
+}
+
+/* Copies of the n bytes at secret in buf become "***" (buf NUL-terminated,
+ * cap bytes). */
+static void mask_secret(char *buf, size_t cap, const char *secret, size_t n)
+{
+    char *src;
+    size_t used = 0;
+
+    if (n == 0 || cap == 0)
+        return;
+    if ((src = strdup(buf)) == NULL) {
+        (void)snprintf(buf, cap, "(detail withheld: out of memory)");
+        return;
+    }
+    for (const char *p = src; *p != '\0' && used + 1 < cap;) {
+        if (strncmp(p, secret, n) == 0) {
+            for (const char *m = "***"; *m != '\0' && used + 1 < cap; m++)
+                buf[used++] = *m;
+            p += n;
+        } else {
+            buf[used++] = *p++;
+        }
+    }
+    buf[used] = '\0';
+    OPENSSL_cleanse(src, strlen(src));
+    free(src);
+}
+
+/* mask_secret for the n bytes at secret as written and, when they hold a
+ * %XX, as libpq decodes them too: it quotes a piece of a password it
+ * reads as a port, host or database name decoded ("s3cr%65t" shown as
+ * "s3cret"). An invalid %-sequence is left as it is (libpq quotes the
+ * undecoded text then). */
+static void mask_piece(char *msg, size_t cap, const char *secret, size_t n)
+{
+    char *decoded;
+    size_t len = 0;
+
+    mask_secret(msg, cap, secret, n);
+    if (memchr(secret, '%', n) == NULL || (decoded = malloc(n + 1)) == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (secret[i] == '%' && i + 2 < n && hex_digit(secret[i + 1]) >= 0 && hex_digit(secret[i + 2]) >= 0) {
+            decoded[len++] = (char)(hex_digit(secret[i + 1]) << 4 | hex_digit(secret[i + 2]));
+            i += 2;
+        } else {
+            decoded[len++] = secret[i];
+        }
+    }
+    decoded[len] = '\0';
+    /* a %00 ends what libpq can quote: mask up to it */
+    mask_secret(msg, cap, decoded, strlen(decoded));
+    OPENSSL_cleanse(decoded, n + 1);
+    free(decoded);
+}
+
+void gs_store_url_mask_passwords(const char *url, char *msg, size_t cap)
+{
+    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
+    size_t n = gs_store_url_passwords(url, spans, GS_STORE_URL_PASSWORDS_MAX);
+
+    for (size_t i = 0; i < n; i++) {
+        const char *pw = url + spans[i].off;
+        mask_piece(msg, cap, pw, spans[i].len);
+        for (size_t at = 0, len; at < spans[i].len; at += len + 1) {
+            len = strcspn(pw + at, "/@:,?");
+            if (len > spans[i].len - at)
+                len = spans[i].len - at;
+            if (len < spans[i].len)
+                mask_piece(msg, cap, pw + at, len);
+        }
+    }
 }
 
 static _Atomic unsigned store_timeout_s = 10;

@@ -59,6 +59,15 @@ typedef struct gs_store_span {
 } gs_store_span;
 #define GS_STORE_URL_PASSWORDS_MAX 8
 size_t gs_store_url_passwords(const char *location, gs_store_span *spans, size_t max);
+/* libpq quotes what it cannot parse, and some of its messages quote the
+ * whole URI: the password of url (user:PASSWORD@, password=PASSWORD), as
+ * it is written there and as libpq %-decodes it, becomes "***" in msg
+ * (NUL-terminated, cap bytes), so that it reaches neither stderr nor the
+ * log (`check` shows the URI so too). So does each piece of it libpq reads
+ * as something else and quotes: a password with a '/' or '@' not
+ * %-encoded is read as a port, host names and a database name (`invalid
+ * integer value "PASS"`, `could not translate host name "WORD@host"`). */
+void gs_store_url_mask_passwords(const char *url, char *msg, size_t cap);
 /* The '?' that starts a database URI's query, found as libpq finds it
  * (after the user:password@ part, which may hold one), or NULL: none, or
  * a file path. */

@@ -439,59 +439,6 @@ static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
     return err;
 }
 
-/* Copies of the n bytes at secret in buf become "***" (buf NUL-terminated,
- * cap bytes). */
-static void mask_secret(char *buf, size_t cap, const char *secret, size_t n)
-{
-    char *src;
-    size_t used = 0;
-
-    if (n == 0 || cap == 0)
-        return;
-    if ((src = strdup(buf)) == NULL) {
-        (void)snprintf(buf, cap, "(detail withheld: out of memory)");
-        return;
-    }
-    for (const char *p = src; *p != '\0' && used + 1 < cap;) {
-        if (strncmp(p, secret, n) == 0) {
-            for (const char *m = "***"; *m != '\0' && used + 1 < cap; m++)
-                buf[used++] = *m;
-            p += n;
-        } else {
-            buf[used++] = *p++;
-        }
-    }
-    buf[used] = '\0';
-    OPENSSL_cleanse(src, strlen(src));
-    free(src);
-}
-
-/* libpq quotes what it cannot parse, and some of its messages quote the
- * whole URI: the password of url (user:PASSWORD@, password=PASSWORD), as
- * it is written there, becomes "***" in msg, so that it reaches neither
- * stderr nor the log (`check` shows the URI so too). So does each piece
- * of it libpq reads as something else and quotes: a password with a '/'
- * or '@' not %-encoded is read as a port, host names and a database name
- * (`invalid integer value "PASS"`, `could not translate host name
- * "WORD@host"`). */
-static void mask_url_passwords(const char *url, char *msg, size_t cap)
-{
-    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
-    size_t n = gs_store_url_passwords(url, spans, GS_STORE_URL_PASSWORDS_MAX);
-
-    for (size_t i = 0; i < n; i++) {
-        const char *pw = url + spans[i].off;
-        mask_secret(msg, cap, pw, spans[i].len);
-        for (size_t at = 0, len; at < spans[i].len; at += len + 1) {
-            len = strcspn(pw + at, "/@:,?");
-            if (len > spans[i].len - at)
-                len = spans[i].len - at;
-            if (len < spans[i].len)
-                mask_secret(msg, cap, pw + at, len);
-        }
-    }
-}
-
 /* Opens the connection and sets the session up: synchronous commit
  * (a commit returns once it is on disk, whatever the server's default),
  * read-only transactions for a read-only store. */
@@ -507,7 +454,7 @@ static gs_err connect_session(gs_store *st)
     PG(st)->conn = PQconnectdb(PG(st)->url);
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
-        mask_url_passwords(PG(st)->url, msg, sizeof(msg));
+        gs_store_url_mask_passwords(PG(st)->url, msg, sizeof(msg));
         PG(st)->lost = true;
         /* libpq has no SQLSTATE for a failed connect: the text tells a
          * missing database from a server that is down. */

@@ -1163,6 +1163,7 @@ static void test_helpers(void **state)
     (void)state;
     unsigned m = 0;
     char buf[128];
+    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
     gs_role r;
     assert_int_equal(gs_methods_parse("tls,group-secret", &m), GS_OK);
     assert_int_equal(m, GS_METHOD_TLS | GS_METHOD_GROUP_SECRET);
@@ -1263,6 +1264,46 @@ static void test_helpers(void **state)
     assert_string_equal(gs_store_url_query("postgresql://h:5432?dbname=g"), "?dbname=g");
     assert_string_equal(gs_store_url_query("postgresql:///g?host=/s"), "?host=/s");
     assert_null(gs_store_url_query("/tmp/a?b.db"));
+    /* the edges: nothing after the scheme, an '@' last, an '@' only in the
+     * query, IPv6 and several hosts, "postgres://" */
+    assert_int_equal(gs_store_url_passwords("postgresql://", spans, GS_STORE_URL_PASSWORDS_MAX), 0);
+    assert_int_equal(gs_store_url_passwords("postgresql://@", spans, GS_STORE_URL_PASSWORDS_MAX), 0);
+    assert_null(gs_store_url_query("postgresql://"));
+    gs_store_location_display("postgresql://u:pw@", buf, sizeof(buf));
+    assert_string_equal(buf, "postgresql://u:***@");
+    gs_store_location_display("postgres://u:p@w@[::1]:5432,[fe80::1%25eth0]:5433/g?x=a@b&password=", buf,
+                              sizeof(buf));
+    assert_string_equal(buf, "postgres://u:***@[::1]:5432,[fe80::1%25eth0]:5433/g?x=a@b&password=***");
+    /* cut to the buffer, still terminated */
+    gs_store_location_display("postgresql://u:s3cret@h/g", buf, 16);
+    assert_string_equal(buf, "postgresql://u:");
+}
+
+/* libpq's own messages for passwords it reads as something else, as
+ * libpq 15-17 print them: each quoted piece of the password becomes
+ * "***", also when libpq quotes it %-decoded. */
+static void test_url_mask_passwords(void **state)
+{
+    char msg[256];
+    (void)state;
+
+    (void)snprintf(msg, sizeof(msg), "invalid integer value \"s3cret\" for connection option \"port\"");
+    gs_store_url_mask_passwords("postgresql://u:s3cr%65t/x@127.0.0.1/db", msg, sizeof(msg));
+    assert_string_equal(msg, "invalid integer value \"***\" for connection option \"port\"");
+    (void)snprintf(msg, sizeof(msg), "could not translate host name \"ssword@127.0.0.1\" to address");
+    gs_store_url_mask_passwords("postgresql://u:p@s%73word@127.0.0.1:1/db", msg, sizeof(msg));
+    assert_string_equal(msg, "could not translate host name \"***@127.0.0.1\" to address");
+    /* as written, when it is quoted so (an invalid %-sequence) */
+    (void)snprintf(msg, sizeof(msg), "invalid percent-encoded token: \"9Kq%%zz@\"");
+    gs_store_url_mask_passwords("postgresql://u:Tr0ub@9Kq%zz@h/db", msg, sizeof(msg));
+    assert_string_equal(msg, "invalid percent-encoded token: \"***@\"");
+    /* a query's password= decoded, and the message cut to its buffer */
+    (void)snprintf(msg, sizeof(msg), "password \"a b\" and \"a%%20b\"");
+    gs_store_url_mask_passwords("postgresql://h/g?password=a%20b", msg, sizeof(msg));
+    assert_string_equal(msg, "password \"***\" and \"***\"");
+    (void)snprintf(msg, sizeof(msg), "x s3cret");
+    gs_store_url_mask_passwords("postgresql://u:s3cret@h/g", msg, 6);
+    assert_string_equal(msg, "x ***");
 }
 
 static int group_sqlite(void **state)
@@ -1309,7 +1350,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown),     \
     cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
-    const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers)};
+    const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers),
+                                              cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
     failed += cmocka_run_group_tests_name("postgresql", pg_tests, group_pg, NULL);
