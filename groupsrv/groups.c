@@ -1016,6 +1016,7 @@ struct keys_call {
     unsigned *version_out;     /* cleared first (may be NULL) */
     gs_member_removal *removal; /* member remove: cleared first */
     bool take_over;             /* group rotate --take-over: a clone becomes the group's origin */
+    bool *took_over;            /* group rotate: whether it did (may be NULL) */
 };
 static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
 
@@ -1374,7 +1375,7 @@ static void drop_next_version(hsm_ctx *hsm, struct next_version *nv)
 }
 
 static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                                  const char *name, bool take_over, unsigned *version_out)
+                                  const char *name, bool take_over, unsigned *version_out, bool *took_over)
 {
     gs_store_group *g = NULL;
     struct next_version nv;
@@ -1384,6 +1385,8 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     skipped_labels[0] = '\0';
     if (version_out)
         *version_out = 0;
+    if (took_over)
+        *took_over = false;
     bool elsewhere = false;
     err = gs_store_group_get(st, name, &g);
     if (err)
@@ -1404,6 +1407,10 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
              (int)(elsewhere && take_over));
     if (version_out)
         *version_out = nv.version;
+    /* what happened, not what was asked: on the origin (or a server
+     * sharing its database) --take-over is an ordinary rotation */
+    if (took_over)
+        *took_over = elsewhere && take_over;
     nv.made = false; /* recorded: keep it */
 out:
     drop_next_version(hsm, &nv);
@@ -1415,11 +1422,11 @@ out:
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const char *name, unsigned *version_out)
 {
-    return gs_group_rotate_ex(st, hsm, ca, cfg, name, false, version_out);
+    return gs_group_rotate_ex(st, hsm, ca, cfg, name, false, version_out, NULL);
 }
 
 gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                          const char *name, bool take_over, unsigned *version_out)
+                          const char *name, bool take_over, unsigned *version_out, bool *took_over)
 {
     return under_keys_lock(st, &(struct keys_call){.work = KEYS_GROUP_ROTATE,
                                                    .hsm = hsm,
@@ -1427,7 +1434,8 @@ gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const str
                                                    .cfg = cfg,
                                                    .name = name,
                                                    .version_out = version_out,
-                                                   .take_over = take_over});
+                                                   .take_over = take_over,
+                                                   .took_over = took_over});
 }
 
 /* One version as a retire sees it, of either kind. label is NULL for a
@@ -2383,7 +2391,8 @@ static gs_err create_work(gs_store *st, const struct keys_call *c)
 }
 static gs_err rotate_work(gs_store *st, const struct keys_call *c)
 {
-    return group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->take_over, c->version_out);
+    return group_rotate_locked(st, c->hsm, c->ca, c->cfg, c->name, c->take_over, c->version_out,
+                               c->took_over);
 }
 static gs_err secret_rotate_work(gs_store *st, const struct keys_call *c)
 {

@@ -159,9 +159,11 @@ gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct
                        const char *name, unsigned *version_out);
 /* The same; take_over: also on a clone with its own database whose
  * origin is gone (otherwise refused there, see group_made_elsewhere):
- * the new version, certified by this server's CA, makes it the origin. */
+ * the new version, certified by this server's CA, makes it the origin.
+ * *took_over (may be NULL): true when it did so, false for an ordinary
+ * rotation (take_over on a server that is no clone). */
 gs_err gs_group_rotate_ex(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
-                          const char *name, bool take_over, unsigned *version_out);
+                          const char *name, bool take_over, unsigned *version_out, bool *took_over);
 /* Retires every version < before (not the current one: STATE): marks
  * them retired, then destroys their token objects. Versions retired
  * earlier whose objects are still on this token (another server of a

@@ -742,7 +742,7 @@ static int cmd_group(struct env *e, int argc, char **argv)
     }
     if (strcmp(sub, "rotate") == 0) {
         unsigned v = 0;
-        bool take_over = opt(&a, "--take-over") != NULL;
+        bool take_over = opt(&a, "--take-over") != NULL, took_over = false;
         if (a.nopt != (take_over ? 1u : 0u))
             return usage_error("group rotate takes no options but --take-over%s", "");
         err = env_open(e, NEED_DB | NEED_CA);
@@ -750,11 +750,17 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "group rotate");
         if (err)
             return fail(err);
-        err = gs_group_rotate_ex(e->st, e->hsm, e->ca, e->cfg, a.pos[1], take_over, &v);
+        err = gs_group_rotate_ex(e->st, e->hsm, e->ca, e->cfg, a.pos[1], take_over, &v, &took_over);
+        /* the record says what happened: a take-over, or (asked for on a
+         * server that made the group) an ordinary rotation */
         if ((rc = cli_record_done(&rec, "group-rotate", a.pos[1], v ? (long)v : -1, err,
-                                  take_over ? json_pack("{s:b}", "take_over", 1) : NULL)) != 0)
+                                  take_over ? json_pack("{s:b}", "take_over", took_over) : NULL)) != 0)
             return rc;
         printf("group %s: new key version %u\n", a.pos[1], v);
+        if (take_over)
+            printf("%s\n", took_over ? "this server is now the group's origin (its CA certifies the version)"
+                                     : "the group was made here (or on a server sharing this database): "
+                                       "nothing taken over, an ordinary rotation");
         print_skipped();
         return 0;
     }

@@ -364,12 +364,18 @@ grep -q "no key rotated here" "$work/out" && fail "gamma took itself for a clone
 grep -q "new secret key" "$work/out" || fail "member remove on gamma rotated nothing: $(cat "$work/out")"
 # A server of the cluster rotates for all of it (one database, one CA).
 expect 0 "group rotate on gamma (copies only, the shared database's CA)" -- gs_gamma group rotate eng
+# --take-over there takes nothing over: an ordinary rotation, which the
+# output and the audit record say (not a take-over that never happened)
+expect 0 "group rotate --take-over on gamma (no clone)" -- gs_gamma group rotate eng --take-over
+grep -q "nothing taken over" "$work/out" || fail "take-over on a server of the cluster: $(cat "$work/out")"
+audit_has "$work/gamma/audit.jsonl" group-rotate ok '"take_over":false'
 
 # ---- alpha lost for good: the clone beta becomes the group's origin ----
 refused beta 1 "group rotate on the clone without --take-over" -- gs_beta group rotate eng
 expect_msg "group rotate eng --take-over"
 expect 0 "group rotate --take-over on the clone" -- gs_beta group rotate eng --take-over
 grep -q "^group eng: new key version 4$" "$work/out" || fail "take-over: $(cat "$work/out")"
+grep -q "now the group's origin" "$work/out" || fail "take-over: $(cat "$work/out")"
 gs_beta ca show > "$work/beta-ca.pem"
 gs_beta group show eng --cert > "$work/eng-beta-v4.pem"
 openssl verify -CAfile "$work/beta-ca.pem" "$work/eng-beta-v4.pem" >/dev/null || fail "the new version is not beta's CA's"
