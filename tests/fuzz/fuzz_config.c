@@ -10,10 +10,15 @@
  *   2  groupmail config          gm_config_load_stream (client/gm_common.c)
  *   3  a stored secret key       gm_secret_entry_parse (client/gm_store.c)
  *   4  a pinned certificate chain gm_pem_certs (client/gm_common.c)
+ *   5  groupsrv's [db] url        gs_store_url_passwords, _query,
+ *                                 _location_display, _url_mask_passwords
+ *                                 (groupsrv/store.c: which parts are secret)
  *
  * Invariants checked: a loaded configuration holds values inside the
  * documented ranges; an error names a line (exploder) or says what is wrong
- * in one line (groupsrv).
+ * in one line (groupsrv); the [db] url's password spans lie inside it, in
+ * order and apart, its query starts at a '?', its display fits the buffer,
+ * and a message quoting the whole URI shows none of its passwords.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,6 +34,7 @@
 #include "gm_store.h"
 #include "gs_error.h"
 #include "log.h"
+#include "store.h"
 #include "xp.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -118,23 +124,60 @@ static void pin_chain(const uint8_t *data, size_t size)
     ERR_clear_error();
 }
 
+static void db_url(const char *url)
+{
+    gs_store_span spans[GS_STORE_URL_PASSWORDS_MAX];
+    size_t len = strlen(url), n = gs_store_url_passwords(url, spans, GS_STORE_URL_PASSWORDS_MAX), end = 0;
+    const char *q = gs_store_url_query(url);
+    char display[64], *msg;
+    /* each masked piece, at least one byte, becomes three */
+    size_t cap = 3 * len + 1;
+
+    FUZZ_CHECK(n <= GS_STORE_URL_PASSWORDS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        FUZZ_CHECK(spans[i].off >= end && spans[i].off + spans[i].len <= len);
+        end = spans[i].off + spans[i].len;
+    }
+    FUZZ_CHECK(q == NULL || (q >= url && q < url + len && *q == '?'));
+    gs_store_location_display(url, display, sizeof(display));
+    FUZZ_CHECK(strlen(display) < sizeof(display));
+    FUZZ_CHECK((msg = malloc(cap)) != NULL);
+    memcpy(msg, url, len + 1);
+    gs_store_url_mask_passwords(url, msg, cap);
+    FUZZ_CHECK(strlen(msg) < cap);
+    /* A password is gone from the message, unless it holds a '*' (which
+     * the "***" put in the place of a piece may spell again) */
+    for (size_t i = 0; i < n; i++) {
+        char *pw;
+        if (spans[i].len == 0 || memchr(url + spans[i].off, '*', spans[i].len) != NULL)
+            continue;
+        FUZZ_CHECK((pw = strndup(url + spans[i].off, spans[i].len)) != NULL);
+        FUZZ_CHECK(strstr(msg, pw) == NULL);
+        free(pw);
+    }
+    free(msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *text;
 
     if (size < 1 || size > 64 * 1024)
         return 0;
-    switch (data[0] % 5) {
+    switch (data[0] % 6) {
     case 0:
     case 1:
+    case 5:
         /* the INI readers take NUL-terminated text */
         FUZZ_CHECK((text = malloc(size)) != NULL);
         memcpy(text, data + 1, size - 1);
         text[size - 1] = '\0';
-        if (data[0] % 5 == 0)
+        if (data[0] % 6 == 0)
             groupsrv_conf(text);
-        else
+        else if (data[0] % 6 == 1)
             exploder_conf(text);
+        else
+            db_url(text);
         free(text);
         break;
     case 2: groupmail_conf(data + 1, size - 1); break;
