@@ -53,13 +53,15 @@ static const char *userinfo_end(const char *at)
 }
 
 /* Are the n bytes at k, percent-decoded as libpq decodes a URI's query
- * keywords (`%70assword`), "password"? */
+ * keywords (`%70assword`), a keyword whose value is a secret: "password",
+ * or "sslpassword" (the passphrase of the sslkey file)? */
 static bool keyword_is_password(const char *k, size_t n)
 {
-    static const char want[] = "password";
+    static const char *const secret[] = {"password", "sslpassword"};
+    char word[sizeof("sslpassword")];
     size_t w = 0;
 
-    for (size_t i = 0; i < n; i++, w++) {
+    for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)k[i];
         if (c == '%') {
             int hi = i + 2 < n ? util_hex_digit((unsigned char)k[i + 1]) : -1;
@@ -69,10 +71,15 @@ static bool keyword_is_password(const char *k, size_t n)
             c = hi << 4 | lo;
             i += 2;
         }
-        if (w >= sizeof(want) - 1 || c != want[w])
+        if (w + 1 >= sizeof(word))
             return false;
+        word[w++] = (char)c;
     }
-    return w == sizeof(want) - 1;
+    word[w] = '\0';
+    for (size_t i = 0; i < GS_ARRAY_LEN(secret); i++)
+        if (w == strlen(secret[i]) && memcmp(word, secret[i], w) == 0)
+            return true;
+    return false;
 }
 
 /* The end of a URI's user:password@ (auth: just after "://"), by libpq's

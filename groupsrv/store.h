@@ -47,11 +47,13 @@ typedef struct gs_store gs_store;
  * postgres://), which gs_store_open opens with libpq; else 0 (a path). */
 int gs_store_location_is_url(const char *location);
 /* location for messages, with any password in a URI masked ("***"):
- * the user:password@ part and password= parameters. Always terminated. */
+ * the user:password@ part and password= and sslpassword= parameters.
+ * Always terminated. */
 void gs_store_location_display(const char *location, char *buf, size_t cap);
 /* Where the passwords are written in a database URI (user:PASSWORD@, also
  * one with a '/' or '@' that libpq cannot read as one, and each
- * password=PASSWORD of its query, the keyword %-encoded or not): up to
+ * password= or sslpassword= value of its query, the keyword %-encoded or
+ * not): up to
  * max spans, in order, as offsets into location; returns how many. None
  * in a file path. */
 typedef struct gs_store_span {

@@ -1274,6 +1274,12 @@ static void test_helpers(void **state)
     gs_store_location_display("postgres://u:p@w@[::1]:5432,[fe80::1%25eth0]:5433/g?x=a@b&password=", buf,
                               sizeof(buf));
     assert_string_equal(buf, "postgres://u:***@[::1]:5432,[fe80::1%25eth0]:5433/g?x=a@b&password=***");
+    /* the passphrase of the client key is a secret too; a longer keyword
+     * ending so is not one */
+    gs_store_location_display(
+        "postgresql://h/g?sslkey=/k.pem&sslpassword=s3cret&%73slpassword=x&xsslpassword=y", buf, sizeof(buf));
+    assert_string_equal(buf,
+                        "postgresql://h/g?sslkey=/k.pem&sslpassword=***&%73slpassword=***&xsslpassword=y");
     /* cut to the buffer, still terminated */
     gs_store_location_display("postgresql://u:s3cret@h/g", buf, 16);
     assert_string_equal(buf, "postgresql://u:");
