@@ -203,8 +203,10 @@ static void mask_piece(char *msg, size_t cap, const char *secret, size_t n)
     if (memchr(secret, '%', n) == NULL || (decoded = malloc(n + 1)) == NULL)
         return;
     for (size_t i = 0; i < n; i++) {
-        if (secret[i] == '%' && i + 2 < n && hex_digit(secret[i + 1]) >= 0 && hex_digit(secret[i + 2]) >= 0) {
-            decoded[len++] = (char)(hex_digit(secret[i + 1]) << 4 | hex_digit(secret[i + 2]));
+        int hi = secret[i] == '%' && i + 2 < n ? util_hex_digit((unsigned char)secret[i + 1]) : -1;
+        int lo = hi >= 0 ? util_hex_digit((unsigned char)secret[i + 2]) : -1;
+        if (lo >= 0) {
+            decoded[len++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
             decoded[len++] = secret[i];
