@@ -49,6 +49,25 @@ static bool same_list_id(const char *v, const char *id)
     return (size_t)(e - b) == n && strncasecmp(b, id, n) == 0;
 }
 
+/* list+tag@domain -> list@domain in base: the address Postfix, with its
+ * recipient_delimiter "+" (Debian's default), itself took for the list when
+ * it accepted the mail (relay_recipient_maps, transport_maps) and passes
+ * whole as ${recipient}. False when there is no "+tag" in the local part. */
+static bool list_base_address(const char *addr, char *base, size_t basesz)
+{
+    const char *at = strrchr(addr, '@'), *plus;
+    size_t local, domain;
+    if (at == NULL || (plus = memchr(addr, '+', (size_t)(at - addr))) == NULL || plus == addr)
+        return false;
+    local = (size_t)(plus - addr);
+    domain = strlen(at);
+    if (local > basesz - 1 || domain > basesz - 1 - local)
+        return false;
+    memcpy(base, addr, local);
+    memcpy(base + local, at, domain + 1);
+    return true;
+}
+
 /* The one line the MTA gets on standard error, and puts into its bounce
  * (Postfix pipe(8) takes a leading RFC 3463 status code as the DSN status):
  * "STATUS text", plain, printable, nothing from the log. */
@@ -95,7 +114,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     spool *s = NULL;
     xp_list *l = NULL;
     char sender[MAIL_MAX_ADDR + 1] = "", from[MAIL_MAX_ADDR + 1] = "", msgid[256] = "", q[128];
-    char list_id[MAIL_MAX_ADDR + 1];
+    char list_id[MAIL_MAX_ADDR + 1], base[MAIL_MAX_ADDR + 1];
     char *v = NULL, why[300];
     const char *kt = NULL, *bad = NULL;
     int ex = XP_EX_TEMPFAIL, opt;
@@ -136,6 +155,9 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         goto out;
     }
     rc = spool_list_get(s, list_addr, &l);
+    /* a list's own name wins; else list+tag@ is mail to the list */
+    if (rc == XP_ERR_NOTFOUND && list_base_address(list_addr, base, sizeof(base)))
+        rc = spool_list_get(s, base, &l);
     if (rc == XP_ERR_NOTFOUND) {
         log_warn("refused: no such list list=\"%s\"", log_quote(q, sizeof(q), list_addr));
         ex = say(&ans, XP_EX_NOUSER, "5.1.1", "no such list: %s", q);

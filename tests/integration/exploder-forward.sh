@@ -3,7 +3,8 @@
 # (openssl cms) encrypted to the list's group certificate goes in through
 # `exploder deliver`, out through a real SMTP server on loopback in batches,
 # with List-* headers added and the encrypted body byte-identical; the
-# copy still decrypts with the group key. Then the same with a maildir: target.
+# copy still decrypts with the group key. Then the same with a maildir: target,
+# sent to the list as eng+tag@ (Postfix's recipient_delimiter).
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup forward
@@ -40,10 +41,13 @@ for f in $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages); do
 done
 xp_spool_empty
 
-# maildir: target (local demo delivery)
+# maildir: target (local demo delivery); the list's address with a +tag,
+# as Postfix passes it (${recipient}) once its recipient_delimiter "+"
+# (Debian's default) has taken eng+tag@ for eng@, is mail to the list
 xp_conf "maildir:$W/md"
 xp_encrypt "$W/group.pem" "$W/in2.eml" "maildir test"
-xp deliver --list $L <"$W/in2.eml" 2>>"$W/deliver.log" || fail "deliver (maildir) refused"
+xp deliver --list eng+tag@lists.example.org <"$W/in2.eml" 2>>"$W/deliver.log" ||
+  fail "deliver (maildir, eng+tag@) refused: $(tail -1 "$W/deliver.log")"
 xp_drain
 for m in $members; do
   f=$(find "$W/md/$m/new" -type f)

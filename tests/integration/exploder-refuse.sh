@@ -117,6 +117,9 @@ expect 77 5.7.1 $L "$W/footer.eml"
 grep -qF "$L: message has parts outside its encryption (multipart/mixed around its S/MIME part)" "$W/deliver.err" ||
   fail "footer reason: $(cat "$W/deliver.err")"
 expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
+# a +tag (Postfix's recipient_delimiter) does not make an unknown list known
+expect 67 5.1.1 nosuchlist+tag@lists.example.org "$W/good.eml"
+grep -qF 'no such list: nosuchlist+tag@lists.example.org' "$W/deliver.err" || fail "67 reason: $(cat "$W/deliver.err")"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
 expect 65 5.3.4 $L "$W/big"
