@@ -213,3 +213,21 @@ pf_wait_mail bob "second post" >/dev/null
 b=$(pf_wait_mail listmaster "Undelivered Mail Returned to Sender")
 grep -q 'gone@example.net' "$b" || fail "the list master's bounce is not about gone@example.net"
 ok "eng-owner@ and eng-request@ reach the list master (also a member's bounce); nosuch@ refused with 550"
+
+# A post over message_size_limit is refused while the sender waits (552
+# 5.3.4); a copy that much larger still passes the copies' listener
+# (postfix.md, step 3: a copy is larger than the post it came from).
+# Lines of 77 bytes, which Postfix's queue file holds in 78: the message
+# counts about 20 KB over the limit there, well within the listener's 64 KiB.
+limit=$(postconf -c "$PFX/etc" -h message_size_limit)
+{
+  printf 'From: eng-owner@lists.example.org\nTo: alice@example.org\nSubject: just over the limit\n\n'
+  base64 -w 76 /dev/zero | head -c $(((limit + 20000) / 78 * 77))
+} >"$W/big.eml"
+curl -sS "smtp://127.0.0.1:$PF_SMTP" --mail-from eng-owner@lists.example.org --mail-rcpt alice@example.org \
+  -T "$W/big.eml" 2>"$W/big.err" && fail "a post over message_size_limit was accepted on the SMTP port"
+grep -q '552' "$W/big.err" || fail "over message_size_limit: $(cat "$W/big.err")"
+curl -sS "smtp://127.0.0.1:$PF_RELAY" --mail-from eng-owner@lists.example.org --mail-rcpt alice@example.org \
+  -T "$W/big.eml" 2>"$W/big.err" || fail "the copies' listener refused a copy just over message_size_limit: $(cat "$W/big.err")"
+rm -f "$(pf_wait_mail alice "just over the limit")" "$W/big.eml"
+ok "over message_size_limit: 552 on the SMTP port; the copies' listener takes it (64 KiB more)"
