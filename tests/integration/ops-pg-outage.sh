@@ -182,13 +182,8 @@ kill -0 "$srv_pid" || fail "serve exited"
 # ---- a table locked by another session (LOCK TABLE, VACUUM FULL, a long
 # transaction, another version's migration): 503 db_unavailable after the
 # 5 s lock_timeout, not a key holder stuck as long as the lock is held
-mkfifo "$work/lock.sql"
-psql -X -q -At "$(pg_url groupsrv)" < "$work/lock.sql" > "$work/lock.out" 2>&1 &
-locker=$!
-exec 3> "$work/lock.sql"
-echo "BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE; SELECT 'locked';" >&3
-for i in $(seq 1 50); do grep -q locked "$work/lock.out" && break; sleep 0.1; done
-grep -q locked "$work/lock.out" || fail "psql did not take the lock: $(cat "$work/lock.out")"
+pg_hold "$work" "$(pg_url groupsrv)" "BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE; SELECT 'locked';" locked ||
+  fail "psql did not take the lock: $(cat "$work/pg_hold.out")"
 t0=$SECONDS
 unwrap 503 db_unavailable "unwrap while another session holds a lock" -- alice
 [ $((SECONDS - t0)) -le 10 ] || fail "the unwrap waited $((SECONDS - t0)) s for the lock"
@@ -196,9 +191,7 @@ grep -q 'lock timeout' "$work/serve.log" || fail "the log does not say lock time
 grep -q '"message":"the database is locked by another session; try again later"' "$work/body" ||
   fail "the lock timeout's answer: $(cat "$work/body")"
 grep -q 'cause="the database is locked by another session"' "$work/serve.log" || fail "the log does not name the lock"
-echo "COMMIT;" >&3
-exec 3>&-
-wait "$locker" || true
+pg_release "COMMIT;"
 unwrap 200 "unwrap once the lock is released" -- alice
 
 # ---- the audit insert of a member change dies with its session ------------------

@@ -77,19 +77,13 @@ ok "an older schema: the server role and a read-only database say why they canno
 # the transaction has ended. Before, it waited as long as the transaction
 # stayed open, and every server's requests with it. (Three tries in vain
 # fail it, nothing changed, saying so.)
-mkfifo "$work/hold.sql"
-psql -X -q -At "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_server" < "$work/hold.sql" > "$work/hold.out" 2>&1 &
-holder=$!
-exec 3> "$work/hold.sql"
-echo "BEGIN; SELECT 'held', count(*) FROM members;" >&3
-for i in $(seq 1 50); do grep -q held "$work/hold.out" && break; sleep 0.1; done
-grep -q held "$work/hold.out" || fail "psql did not open its transaction: $(cat "$work/hold.out")"
+pg_hold "$work" "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_server" \
+  "BEGIN; SELECT 'held', count(*) FROM members;" held ||
+  fail "psql did not open its transaction: $(cat "$work/pg_hold.out")"
 timeout 60 "$BIN/groupsrv" -v -c "$work/gs.conf" check > "$work/check.out" 2>&1 &
 checker=$!
 for i in $(seq 1 150); do grep -q 'trying again" attempt=1' "$work/check.out" && break; sleep 0.1; done
-echo "COMMIT;" >&3
-exec 3>&-
-wait "$holder" || true
+pg_release "COMMIT;"
 grep -q 'msg="database migration waited 1s for a table lock another session holds; rolled back, trying again" attempt=1' \
   "$work/check.out" || fail "the migration behind an open transaction did not try again: $(cat "$work/check.out")"
 wait "$checker" || true
@@ -104,22 +98,16 @@ ok "groupsrv check as the server role"
 # refused in one line, and nothing is changed (docs/scale-out.md,
 # "Upgrading a cluster": an old server refuses the newer database).
 pg_psql groupsrv -c "UPDATE schema_version SET version = 3" >/dev/null
-mkfifo "$work/newer.sql"
-psql -X -q -At "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_owner" < "$work/newer.sql" > "$work/newer.out" 2>&1 &
-holder=$!
-exec 3> "$work/newer.sql"
-echo "BEGIN; SELECT pg_advisory_xact_lock(1735611254); SELECT 'held';" >&3
-for i in $(seq 1 50); do grep -q held "$work/newer.out" && break; sleep 0.1; done
-grep -q held "$work/newer.out" || fail "psql did not take the migration lock: $(cat "$work/newer.out")"
+pg_hold "$work" "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_owner" \
+  "BEGIN; SELECT pg_advisory_xact_lock(1735611254); SELECT 'held';" held ||
+  fail "psql did not take the migration lock: $(cat "$work/pg_hold.out")"
 own check > "$work/check.out" 2>&1 &
 checker=$!
 for i in $(seq 1 100); do
   [ "$(pg_psql groupsrv -Atc "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")" = 1 ] && break
   sleep 0.1
 done
-echo "UPDATE schema_version SET version = 99; COMMIT;" >&3
-exec 3>&-
-wait "$holder" || true
+pg_release "UPDATE schema_version SET version = 99; COMMIT;"
 rc=0
 wait "$checker" || rc=$?
 [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database (PostgreSQL) was written by a newer groupsrv (schema version 99, this program knows up to 4)" \

@@ -15,6 +15,11 @@
 #   pg_url NAME              the URI of database NAME
 #   pg_psql NAME ARGS...     psql on database NAME (quiet, stops on errors)
 #   pg_stop / pg_restart     stop (fast) or start again the same cluster
+#   pg_hold DIR URL SQL MARK a psql session on URL runs SQL (which prints MARK
+#                            once it holds what it takes) and keeps its
+#                            transaction open; returns once MARK shows (1 if it
+#                            does not within 5 s); its output in DIR/pg_hold.out
+#   pg_release SQL           ends that session with SQL ("COMMIT;", ...)
 #   pg_cleanup               stop and remove everything
 # As a command:
 #   tests/lib/pg.sh run CMD ARGS...   start one, export GS_TEST_PG_URL (the
@@ -95,6 +100,29 @@ pg_psql() { # NAME ARGS...
   local db=$1
   shift
   psql -X -q -v ON_ERROR_STOP=1 "$(pg_url "$db")" "$@"
+}
+
+# The session reads its SQL from a FIFO held open on fd 3, so that the
+# transaction stays open between the two calls (a lock a test needs held).
+pg_hold() { # DIR URL SQL MARK
+  local dir=$1 url=$2 sql=$3 mark=$4 i
+  rm -f "$dir/pg_hold.sql"
+  mkfifo "$dir/pg_hold.sql" || return 1
+  psql -X -q -At "$url" <"$dir/pg_hold.sql" >"$dir/pg_hold.out" 2>&1 &
+  PG_HOLDER=$!
+  exec 3>"$dir/pg_hold.sql"
+  echo "$sql" >&3
+  for i in $(seq 1 50); do
+    grep -q "$mark" "$dir/pg_hold.out" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+pg_release() { # SQL
+  echo "$1" >&3
+  exec 3>&-
+  wait "$PG_HOLDER" || true
 }
 
 pg_createdb() { # NAME
