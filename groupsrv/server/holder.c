@@ -441,13 +441,15 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
 out:
     ipc_buf_free(b);
     if (stash != NULL) {
-        if (l->fd >= 0 && evbuffer_get_length(stash) > 0) {
-            /* Back in front, for the loop: run the read callback soon. */
-            evbuffer_prepend_buffer(l->in, stash);
-            event_active(l->rev, EV_READ, 0);
-        }
+        if (l->fd >= 0 && evbuffer_get_length(stash) > 0)
+            evbuffer_prepend_buffer(l->in, stash); /* back in front, for the loop */
         evbuffer_free(stash);
     }
+    /* What the input holds now (frames set aside, answers read past ours
+     * or while writing) is the loop's: its read callback runs soon, not
+     * only when the key holder next writes (on an idle link, never). */
+    if (l->fd >= 0 && evbuffer_get_length(l->in) > 0)
+        event_active(l->rev, EV_READ, 0);
     if (rc != 0)
         log_error("synchronous call to the key holder failed reason=\"%s\"", why);
     return rc;

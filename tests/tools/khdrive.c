@@ -247,6 +247,21 @@ static void ignore_answer(void *arg, const ipc_msg *reply)
     (void)reply;
 }
 
+/* The status of an asynchronous call's answer, into *arg. */
+static void note_status(void *arg, const ipc_msg *reply)
+{
+    *(unsigned *)arg = reply != NULL ? ipc_u32(reply, IPC_T_STATUS, 1) : 1;
+}
+
+/* An answer as the key holder writes it: type | IPC_REPLY, the cookie of
+ * the call, a status. */
+static int write_answer(int fd, ipc_buf *b, uint32_t type, uint64_t cookie, unsigned status)
+{
+    ipc_begin(b, type | IPC_REPLY, cookie);
+    ipc_put_u32(b, IPC_T_STATUS, status);
+    return ipc_end(b) == IPC_OK ? write_all(fd, b->p, b->len) : -1;
+}
+
 /* The public key of the member's certificate, as the network process
  * sends it for a member recorded with one. */
 static unsigned char *spki;
@@ -622,6 +637,39 @@ int main(int argc, char **argv)
             event_base_free(eb);
         drain_link(l0[0]); /* the answers to the flood and to the calls */
         (void)fcntl(l0[0], F_SETFL, fcntl(l0[0], F_GETFL) & ~O_NONBLOCK); /* the dup shared it */
+    }
+    /* 8d. A synchronous call's read takes in, past its own answer, the
+     * answer of a call of the loop sent right after it (a TLS handshake's
+     * signature while unwraps are answered): the loop delivers that one
+     * too, not only once the key holder next writes (on an idle server,
+     * never: that request timed out). A stand-in key holder, a socket
+     * pair, writes both answers at once. */
+    {
+        int kh_end[2] = {-1, -1};
+        unsigned async_status = 0;
+        struct event_base *eb = event_base_new();
+        khlink *kl = eb != NULL ? khlink_new(eb, 10) : NULL;
+        ipc_msg sm;
+        if (kl != NULL && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, kh_end) == 0 &&
+            khlink_attach(kl, kh_end[0]) == 0) {
+            ipc_begin(&b, IPC_HEALTH, 0);
+            /* cookies: 1 the loop's call, 2 the synchronous one */
+            if (khlink_call(kl, &b, note_status, &async_status) == 0 &&
+                write_answer(kh_end[1], &b, IPC_HEALTH, 2, 200) == 0 &&
+                write_answer(kh_end[1], &b, IPC_HEALTH, 1, 200) == 0) {
+                ipc_begin(&b, IPC_HEALTH, 0);
+                if (khlink_call_sync(kl, &b, 5000, &sm) == 0)
+                    for (int i = 0; i < 10 && async_status == 0; i++)
+                        (void)event_base_loop(eb, EVLOOP_NONBLOCK);
+            }
+        } /* else khlink_attach closed kh_end[0] */
+        CHECK(async_status == 200, "an answer read by a synchronous call past its own reaches its call (status %u)",
+              async_status);
+        khlink_free(kl);
+        if (kh_end[1] >= 0)
+            close(kh_end[1]);
+        if (eb != NULL)
+            event_base_free(eb);
     }
     /* 9. A half frame, then the link closes: the key holder stays up. */
     unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
