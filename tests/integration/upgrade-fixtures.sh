@@ -180,13 +180,19 @@ grep -q "^database  PROBLEM: database $d/groupsrv.db has schema version 3, older
 [ "$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)" = "$sum" ] || fail "a failed migration changed the database"
 ok "a migration that fails: one line naming the versions and the reason, nothing changed"
 
+# wal_schema3_copy DIR: a schema-3 database in WAL mode (as a server leaves
+# it) in a new DIR, with gs3's configuration pointed at it
+wal_schema3_copy() {
+  mkdir "$1"
+  sqlite3 "$1/groupsrv.db" < "$FX/groupsrv-schema3.sql"
+  sqlite3 "$1/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
+  sed "s|$work/gs3/|$1/|" "$work/gs3/gs.conf" > "$1/gs.conf"
+}
+
 # two checks at once on an old database: both wait for the lock, one
 # migrates, the other then finds it current; only the first says migrated
 d=$work/twochecks
-mkdir "$d"
-sqlite3 "$d/groupsrv.db" < "$FX/groupsrv-schema3.sql"
-sqlite3 "$d/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
-sed "s|$work/gs3/|$d/|" "$work/gs3/gs.conf" > "$d/gs.conf"
+wal_schema3_copy "$d"
 hold_lock "$d/groupsrv.db"
 "$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check1" 2>&1 & c1=$!
 "$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check2" 2>&1 & c2=$!
@@ -203,10 +209,7 @@ ok "two checks at once on an old database: one migrates and says so, the other f
 # an older groupsrv waits to migrate an old database while a newer one
 # writes it: the version read under the lock decides, refused, unchanged
 d=$work/newerrace
-mkdir "$d"
-sqlite3 "$d/groupsrv.db" < "$FX/groupsrv-schema3.sql"
-sqlite3 "$d/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
-sed "s|$work/gs3/|$d/|" "$work/gs3/gs.conf" > "$d/gs.conf"
+wal_schema3_copy "$d"
 sum=$(sqlite3 "$d/groupsrv.db" .dump | sha256sum)
 hold_lock "$d/groupsrv.db"
 "$BIN/groupsrv" -c "$d/gs.conf" check > "$d/check" 2>&1 & c1=$!
