@@ -297,22 +297,40 @@ static struct audit_log *log_new(const char *path)
     return log;
 }
 
-/* open(2) of an audit log file that takes nothing but a regular file
- * (else -1, errno EINVAL): a FIFO put at the path (to ship the log on)
- * would take the records until its buffer filled and then block the key
- * holder's next write for good, every key request timing out; a device
- * would sync nothing. O_NONBLOCK: opening a FIFO must not wait for its
- * other end (it changes nothing for a regular file). */
+/* open(2) of an audit log file that takes nothing but a regular file (else
+ * -1, errno EINVAL, or EISDIR for a directory): a FIFO put at the path (to
+ * ship the log on) would take the records until its buffer filled and then
+ * block the key holder's next write for good, every key request timing out;
+ * a device would sync nothing. The type is checked before the open, as
+ * opening is itself an act on a FIFO (it lets a writer waiting for a reader
+ * go) or a device (a tty becomes a session leader's controlling terminal, a
+ * tape rewinds at close); checked again on the descriptor, as the path may
+ * be swapped between the two. O_NONBLOCK for the open only: opening a FIFO
+ * swapped in meanwhile must not wait for its other end; the descriptor kept
+ * is blocking (a file system that honours the flag must not answer EAGAIN
+ * to a record's write). A link under O_NOFOLLOW is left to open(2) to
+ * refuse (ELOOP, as before). */
 static int open_regular(const char *path, int flags, mode_t mode)
 {
     struct stat st;
-    int fd = open(path, flags | O_NONBLOCK, mode);
+    int fd, fl;
+    int seen = (flags & O_NOFOLLOW) ? lstat(path, &st) : stat(path, &st);
 
-    if (fd < 0)
+    if (seen == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL; /* a directory said as open(2) would */
+        return -1;
+    }
+    if ((fd = open(path, flags | O_NONBLOCK, mode)) < 0)
         return -1;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
         errno = EINVAL;
+        return -1;
+    }
+    if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
         return -1;
     }
     return fd;
@@ -1482,11 +1500,18 @@ static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH
     char *line = NULL;
     size_t cap = 0, n = 0;
     ssize_t len;
+    int fd;
 
     *lines = 0;
     *bad_line = 0;
-    if ((fp = fopen(path, "re")) == NULL)
+    /* a regular file only, and never waited on: a FIFO named here (or put
+     * at the path after the caller looked) would block until a writer came */
+    if ((fd = open_regular(path, O_RDONLY | O_CLOEXEC, 0)) < 0)
         goto out;
+    if ((fp = fdopen(fd, "r")) == NULL) {
+        close(fd);
+        goto out;
+    }
     while ((len = getline(&line, &cap, fp)) >= 0) {
         n++;
         if (len > 0 && line[len - 1] != '\n' && len <= AUDIT_MAX_LINE) {

@@ -139,7 +139,22 @@ ok "new audit log written after SIGHUP; $out"
 # written into it; a regular file there again and SIGHUP: served.
 mv "$audit" "$fs/audit.kept"
 mkfifo -m 0600 "$audit"
-kill -HUP "$srv_pid"
+# Not even opened: an open is itself an act on a FIFO (a writer waiting
+# for a reader goes on) or a device (a tty can become the server's
+# controlling terminal). Counted while SIGHUP's reopen is refused.
+refused=$(grep -c 'cannot reopen the audit log' "$work/server.log" || true)
+hup_refused() {
+  kill -HUP "$srv_pid"
+  for _ in $(seq 1 100); do
+    [ "$(grep -c 'cannot reopen the audit log' "$work/server.log" || true)" -gt "$refused" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+export -f hup_refused
+opens=$(srv_pid=$srv_pid work=$work refused=$refused /usr/bin/python3 "$SRC/tests/adversarial/opens-of.py" "$audit" \
+  -- bash -c hup_refused) || fail "no log line of the refused reopen of a FIFO at the audit log's path"
+[ "$opens" = 0 ] || fail "the server opened the FIFO at the audit log's path $opens times (its type is checked first)"
 expect_healthz 503 audit_unavailable "healthz with a FIFO at the audit log's path"
 expect_status 503 audit_unavailable "unwrap with a FIFO at the audit log's path" -- c alice --data-binary @"$work/req-tls.json" "$url"
 piped=$(/usr/bin/python3 -c 'import os, sys
@@ -156,5 +171,18 @@ mv "$fs/audit.kept" "$audit"
 kill -HUP "$srv_pid"
 wait_healthz || fail "healthz not 200 once the audit log was back: $(cat "$work/body")"
 expect_status 200 "" "unwrap once the audit log was back" -- c alice --data-binary @"$work/req-tls.json" "$url"
-ok "a FIFO at the audit log's path: refused at SIGHUP, nothing written into it, served again after"
+ok "a FIFO at the audit log's path: refused at SIGHUP, not opened, nothing written into it, served again after"
+# The descriptor kept on the log is blocking: O_NONBLOCK was only for the
+# open (a file system honouring it must not answer EAGAIN to a record).
+held=0
+for p in "$srv_pid" $(ps --ppid "$srv_pid" -o pid=); do
+  for f in /proc/$p/fd/*; do
+    [ "$(readlink "$f" 2>/dev/null)" = "$audit" ] || continue
+    held=$((held + 1))
+    flags=$(sed -n 's/^flags:[[:space:]]*//p' "/proc/$p/fdinfo/${f##*/}")
+    (( (8#$flags & 8#4000) == 0 )) || fail "the audit log is held with O_NONBLOCK (pid $p fd ${f##*/} flags $flags)"
+  done
+done
+[ "$held" -gt 0 ] || fail "no process of the server holds the audit log $audit"
+ok "the audit log's descriptor ($held) is blocking"
 stop_server

@@ -1145,6 +1145,27 @@ static void test_symlink_at_path_refused(void **state)
     assert_int_equal(st.st_size, 17);
 }
 
+/* A FIFO at the log's path (or named to verify) is refused, never opened
+ * and never waited on: an open with no writer blocks, and is itself an
+ * act on the FIFO. The alarm turns a wait into a failure. */
+static void test_fifo_at_path_refused_unopened(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    size_t lines = 9, bad = 9;
+
+    assert_int_equal(mkfifo(f->path, 0600), 0);
+    alarm(10);
+    assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_IO);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(audit_open(f->path, &log), AUDIT_ERR_IO);
+    assert_int_equal(errno, EINVAL);
+    alarm(0);
+    assert_null(log);
+    assert_int_equal(lines, 0);
+}
+
 /* ---- the line's bytes: what the jansson object made before ---------------- */
 
 /* Identities as a certificate may carry them: every escape jansson makes
@@ -1733,6 +1754,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotate_failing_early_changes_nothing, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_rotation_killed_half_way, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_symlink_at_path_refused, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_fifo_at_path_refused_unopened, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lines_are_what_jansson_made, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_identities_match_jansson, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oversize_record_refused_at_write, setup, teardown),
