@@ -218,42 +218,83 @@ static audit_err load_chain_head(struct audit_log *log)
     return rc;
 }
 
+/* pread(2) of exactly n bytes at off (a short read is an error here: the
+ * caller asks for bytes below the size it has seen under the lock). */
+static int pread_all(int fd, char *buf, size_t n, off_t off)
+{
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* The size of fd's content without its trailing run of NUL bytes (size
+ * itself when it ends in none), -1 on a read error. A machine that lost
+ * its power during a write may show the file grown but the new blocks
+ * zero (XFS does): NUL bytes no record holds (a record is JSON text), as
+ * many as the last write was long, which may be more than a record. */
+static off_t size_before_nuls(int fd, off_t size)
+{
+    char buf[4096];
+
+    while (size > 0) {
+        size_t want = size > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)size;
+        size_t i = want;
+        if (pread_all(fd, buf, want, size - (off_t)want) != 0)
+            return -1;
+        while (i > 0 && buf[i - 1] == '\0')
+            i--;
+        size -= (off_t)(want - i);
+        if (i > 0)
+            break;
+    }
+    return size;
+}
+
 /* A write cut short (a crash, a full disk) leaves a fragment after the
- * last newline: it is no record, and the next record would land on it.
- * Cuts fd (readable and writable) back to its last complete line, or to
- * nothing if it has none; *cut_bytes (may be NULL) is how many bytes that
- * took. AUDIT_ERR_FORMAT: the unterminated tail is longer
- * than any record we write (not ours: left for `audit verify`). The
- * caller holds the file's flock. */
+ * last newline, and a crash may leave NUL bytes after it too (or after
+ * the last newline): neither is a record, and the next record would land
+ * on them. Cuts fd (readable and writable) back to its last complete
+ * line, or to nothing if it has none; *cut_bytes (may be NULL) is how many
+ * bytes that took. AUDIT_ERR_FORMAT: the unterminated tail, without its
+ * NUL bytes, is longer than any record we write (not ours: left for
+ * `audit verify`). The caller holds the file's flock. */
 static audit_err cut_torn_tail(int fd, const char *path, long long *cut_bytes)
 {
     struct stat st;
     char buf[AUDIT_MAX_LINE + 1];
-    size_t want, got = 0;
-    off_t start;
+    size_t want;
+    off_t start, size, cut;
 
     if (fstat(fd, &st) != 0)
         return AUDIT_ERR_IO;
     if (st.st_size == 0)
         return AUDIT_OK;
-    want = st.st_size > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)st.st_size;
-    start = st.st_size - (off_t)want;
-    while (got < want) {
-        ssize_t n = pread(fd, buf + got, want - got, start + (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return AUDIT_ERR_IO;
-        got += (size_t)n;
+    if ((size = size_before_nuls(fd, st.st_size)) < 0)
+        return AUDIT_ERR_IO;
+    want = size > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)size;
+    start = size - (off_t)want;
+    if (want > 0 && pread_all(fd, buf, want, start) != 0)
+        return AUDIT_ERR_IO;
+    if (want > 0 && buf[want - 1] == '\n') {
+        if (size == st.st_size)
+            return AUDIT_OK;
+        cut = size; /* NUL bytes after the last complete line */
+    } else {
+        size_t end = want > 0 ? want - 1 : 0;
+        while (end > 0 && buf[end] != '\n')
+            end--;
+        if (want > 0 && buf[end] != '\n' && start != 0)
+            return AUDIT_ERR_FORMAT;
+        cut = want > 0 && buf[end] == '\n' ? start + (off_t)end + 1 : 0;
     }
-    if (buf[want - 1] == '\n')
-        return AUDIT_OK;
-    size_t end = want - 1;
-    while (end > 0 && buf[end] != '\n')
-        end--;
-    if (buf[end] != '\n' && start != 0)
-        return AUDIT_ERR_FORMAT;
-    off_t cut = buf[end] == '\n' ? start + (off_t)end + 1 : 0;
     if (ftruncate(fd, cut) != 0 || fdatasync(fd) != 0)
         return AUDIT_ERR_IO;
     log_warn(
@@ -1514,9 +1555,14 @@ static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH
     }
     while ((len = getline(&line, &cap, fp)) >= 0) {
         n++;
-        if (len > 0 && line[len - 1] != '\n' && len <= AUDIT_MAX_LINE) {
+        size_t text = (size_t)len;
+        while (text > 0 && line[text - 1] == '\0')
+            text--;
+        if (len > 0 && line[len - 1] != '\n' && text <= AUDIT_MAX_LINE) {
             /* The last line, unterminated: an interrupted write, not an
-             * edit (the writer cuts it off before writing again). */
+             * edit (the writer cuts it off before writing again), also
+             * when a crash left NUL bytes after it, however many
+             * (size_before_nuls). */
             rc = AUDIT_ERR_TORN;
             *bad_line = n;
             goto out;

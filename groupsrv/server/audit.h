@@ -43,8 +43,11 @@ typedef struct audit_log audit_log;
 /* Opens (creating, mode 0600) path for appending and reads the last line to
  * continue the chain. A file that ends in an unterminated line (a write cut
  * short by a crash or a full disk) is cut back to its last complete record
- * (logged, and told by audit_torn_bytes_cut); one whose unterminated tail is longer than any record is
- * refused (AUDIT_ERR_FORMAT). A record is in the file whole or not at all:
+ * (logged, and told by audit_torn_bytes_cut), NUL bytes a crash left
+ * after it cut too, however many; one whose unterminated tail (without
+ * those) is longer than any record is refused (AUDIT_ERR_FORMAT). A FIFO,
+ * device or directory at path is refused unopened (AUDIT_ERR_IO, errno
+ * EINVAL or EISDIR). A record is in the file whole or not at all:
  * a short write is cut back before anything else is written. A symbolic
  * link at path is refused (AUDIT_ERR_IO, errno ELOOP). On AUDIT_ERR_IO
  * errno says why. */

@@ -616,6 +616,41 @@ static void test_torn_tail_cut_at_open(void **state)
     assert_int_equal(verify(f->path), 3);
 }
 
+/* A power loss in a write may leave the file grown with its new blocks
+ * zero (XFS): more NUL bytes than a record is long, after a fragment of a
+ * record or after the last complete one. An interrupted write all the
+ * same: verify says torn (not malformed), the next open cuts the NUL bytes
+ * and the fragment, and the chain goes on (before, serve refused to
+ * start, "audit log line malformed"). */
+static void test_nul_tail_of_a_crash_cut_at_open(void **state)
+{
+    struct fx *f = *state;
+    static const char *const fragments[] = {"{\"time\":\"2026-", ""};
+    static char zeros[3 * 8192]; /* three times the longest record (AUDIT_MAX_LINE) */
+
+    for (size_t k = 0; k < sizeof(fragments) / sizeof(fragments[0]); k++) {
+        audit_log *log = NULL;
+        audit_record r = rec("ok");
+        size_t lines = 0, bad = 0, flen = strlen(fragments[k]);
+
+        unlink(f->path);
+        write_records(f, 2);
+        int fd = open(f->path, O_WRONLY | O_APPEND);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, fragments[k], flen), (ssize_t)flen);
+        assert_int_equal(write(fd, zeros, sizeof(zeros)), (ssize_t)sizeof(zeros));
+        close(fd);
+        assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_TORN);
+        assert_int_equal(lines, 2);
+        assert_int_equal(bad, 3);
+        assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+        assert_int_equal(audit_torn_bytes_cut(log), (long long)(flen + sizeof(zeros)));
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+        audit_close(log);
+        assert_int_equal(verify(f->path), 3);
+    }
+}
+
 /* A line longer than any record, unterminated, is not a torn write of ours. */
 static void test_overlong_tail_refused(void **state)
 {
@@ -1738,6 +1773,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_writes_what_is_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_appenders_one_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_cut_at_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nul_tail_of_a_crash_cut_at_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlong_tail_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
