@@ -211,7 +211,13 @@ static void membership_cert_have_view(struct srv_req *r)
     if ((ct != NULL && strncasecmp(ct, "application/json", 16) == 0) || (lead < len && body[lead] == '{')) {
         json_error_t je;
         j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-        const char *s = j ? json_string_value(json_object_get(j, "csr")) : NULL;
+        if (j == NULL) {
+            /* said as the API listener says it (docs/api.md), not as a
+             * well-formed body of the wrong shape */
+            srv_err_set(&e, 400, "bad_json", "malformed JSON at line %d column %d", je.line, je.column);
+            goto refuse;
+        }
+        const char *s = json_string_value(json_object_get(j, "csr"));
         if (s == NULL) {
             srv_err_set(&e, 400, "bad_request", "JSON body must be {\"csr\": PEM}");
             goto refuse;

@@ -149,6 +149,15 @@ for f in gtwo.csr gcertfirst.csr gtext.csr; do
     gcertfirst.csr) grep -q 'not a CERTIFICATE REQUEST' "$work/body" || fail "certificate not named: $(cat "$work/body")" ;;
   esac
 done
+# {"csr": ...} JSON: malformed (cut short, a key twice) is bad_json, as on
+# the API listener (it was bad_request "JSON body must be ..."); well-formed
+# without a string csr is bad_request
+for j in '{"csr":' '{"csr":"a","csr":"b"}'; do
+  expect_status 400 bad_json "certsrv refuses malformed JSON $j" -- c bob -H 'Content-Type: application/json' \
+    --data-binary "$j" "$cbase/v1/groups/eng/membership-certificates"
+done
+expect_status 400 bad_request "certsrv refuses JSON without a string csr" -- c bob --data-binary '{"csr":5}' \
+  "$cbase/v1/groups/eng/membership-certificates"
 # explanatory text before the block (RFC 7468), as `openssl req -text` writes it
 openssl req -in "$work/g.csr" -text > "$work/gtext-first.csr"
 grep -q '^Certificate Request:' "$work/gtext-first.csr" || fail "openssl req -text wrote no text"
