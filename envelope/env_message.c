@@ -320,6 +320,65 @@ static bool ends_with_p7m(const char *file)
     return n >= 4 && strcmp(file + n - 4, ".p7m") == 0;
 }
 
+/* Appends an RFC 2231 extended value (first: the one that starts with
+ * charset'language') to out at *o, %XX decoded (cut at cap). A first
+ * piece without the two quotes is taken as it is: some clients write
+ * name*=smime.p7m. */
+static void ext_append(const char *v, bool first, char *out, size_t cap, size_t *o)
+{
+    const char *q1 = first ? strchr(v, '\'') : NULL, *q2 = q1 != NULL ? strchr(q1 + 1, '\'') : NULL;
+
+    if (q2 != NULL)
+        v = q2 + 1;
+    for (; *v && *o + 1 < cap; v++) {
+        int hi, lo;
+        if (*v == '%' && (hi = util_hex_digit((unsigned char)v[1])) >= 0 &&
+            (lo = util_hex_digit((unsigned char)v[2])) >= 0) {
+            out[(*o)++] = (char)tolower(hi * 16 + lo); /* the value around it is lowered */
+            v += 2;
+        } else {
+            out[(*o)++] = *v;
+        }
+    }
+    out[*o] = '\0';
+}
+
+#define RFC2231_MAX_PIECES 16 /* a file name is never longer in practice */
+
+/* A parameter's value in a lowercased header value, as mime_param finds
+ * it, or as RFC 2231 writes it: name*=charset'lang'value (%XX encoded),
+ * or cut in pieces name*0=, name*1*= ... Mail user agents use these for
+ * any file name they think needs it (a long one, or one with a space),
+ * so "name*=utf-8''smime.p7m" names S/MIME as name=smime.p7m does. */
+static bool mime_param_2231(const char *v, const char *name, char *out, size_t cap)
+{
+    char key[40], piece[256];
+    size_t o = 0;
+
+    out[0] = '\0';
+    if (mime_param(v, NULL, name, out, cap))
+        return true;
+    snprintf(key, sizeof(key), "%s*", name);
+    if (mime_param(v, NULL, key, piece, sizeof(piece))) {
+        ext_append(piece, true, out, cap, &o);
+        return true;
+    }
+    for (int i = 0; i < RFC2231_MAX_PIECES; i++) {
+        snprintf(key, sizeof(key), "%s*%d*", name, i);
+        if (mime_param(v, NULL, key, piece, sizeof(piece))) {
+            ext_append(piece, i == 0, out, cap, &o);
+            continue;
+        }
+        snprintf(key, sizeof(key), "%s*%d", name, i);
+        if (!mime_param(v, NULL, key, piece, sizeof(piece)))
+            return i > 0;
+        for (size_t k = 0; piece[k] && o + 1 < cap; k++)
+            out[o++] = piece[k];
+        out[o] = '\0';
+    }
+    return true;
+}
+
 bool env_mime_is_smime(const char *content_type, const char *content_disposition)
 {
     char ct[256], cd[256], file[256];
@@ -335,12 +394,12 @@ bool env_mime_is_smime(const char *content_type, const char *content_disposition
     if (!mime_type_is(ct, "application/octet-stream"))
         return false;
     /* RFC 8551 3.8: application/octet-stream with the file suffix p7m */
-    if (mime_param(ct, NULL, "name", file, sizeof(file)) && ends_with_p7m(file))
+    if (mime_param_2231(ct, "name", file, sizeof(file)) && ends_with_p7m(file))
         return true;
     for (i = 0; content_disposition != NULL && content_disposition[i] && i + 1 < sizeof(cd); i++)
         cd[i] = (char)tolower((unsigned char)content_disposition[i]);
     cd[i] = '\0';
-    return mime_param(cd, NULL, "filename", file, sizeof(file)) && ends_with_p7m(file);
+    return mime_param_2231(cd, "filename", file, sizeof(file)) && ends_with_p7m(file);
 }
 
 static bool looks_like_header(const char *l)

@@ -240,10 +240,24 @@ sed 's|^Content-Type: .*|Content-Type: application/octet-stream; name="smime.p7m
 grep -q '^Content-Type: application/octet-stream' "$W/octet.eml" || fail "octet.eml not made"
 xp deliver --list $L <"$W/octet.eml" || fail "S/MIME as application/octet-stream; name=smime.p7m refused"
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 3 ] || fail "want 3 spooled messages"
+# the same name as RFC 2231 writes it (a client that encodes every file
+# name), on a folded line, in Content-Type alone or in Content-Disposition
+# alone (openssl's filename="smime.p7m" taken out)
+sed -e "s|^Content-Type: .*|Content-Type: application/octet-stream;\n name*=utf-8''smime.p7m|" \
+  -e '/^Content-Disposition:/d' "$W/good.eml" >"$W/octet2231.eml"
+sed -e 's|^Content-Type: .*|Content-Type: application/octet-stream|' \
+  -e "s|^Content-Disposition: .*|Content-Disposition: attachment;\n filename*0*=utf-8''smime; filename*1=.p7m|" \
+  "$W/good.eml" >"$W/octet2231cd.eml"
+grep -q "^ name\*=utf-8''smime.p7m" "$W/octet2231.eml" && ! grep -q "^Content-Disposition" "$W/octet2231.eml" &&
+  grep -q "^ filename\*0\*=utf-8''smime; filename\*1=.p7m" "$W/octet2231cd.eml" || fail "octet2231*.eml not made"
+for m in octet2231 octet2231cd; do
+  xp deliver --list $L <"$W/$m.eml" 2>"$W/deliver.err" || fail "$m.eml (RFC 2231 smime.p7m) refused: $(cat "$W/deliver.err")"
+done
+[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 5 ] || fail "want 5 spooled messages"
 # OpenSSL 3.0's default content cipher (`openssl cms -encrypt` without one), and old Outlook's: 3DES-CBC
 openssl cms -encrypt -recip "$W/group.pem" -subject des3 -in "$W/good.eml" -out "$W/des3.eml"
 xp deliver --list $L --sender alice@example.org <"$W/des3.eml" 2>"$W/deliver.err" || fail "3DES refused: $(cat "$W/deliver.err")"
-[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 4 ] || fail "want 4 spooled messages"
+[ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 6 ] || fail "want 6 spooled messages"
 # addresses are US-ASCII (exploder(1)): a UTF-8 member is refused, a UTF-8
 # envelope sender is the null sender (accepted, never bounced to)
 xp list add $L 'jürgen@example.net' 2>/dev/null && fail "a UTF-8 member address was added"

@@ -1019,6 +1019,19 @@ static void test_mime_is_smime(void **state)
     assert_false(env_mime_is_smime("application/pkcs7-mimeX", NULL));
     assert_false(env_mime_is_smime("text/plain; name=smime.p7m", NULL));
     assert_false(env_mime_is_smime(NULL, "attachment; filename=smime.p7m"));
+    /* RFC 2231: a client that writes its file names the extended way */
+    assert_true(env_mime_is_smime("application/octet-stream; name*=smime.p7m", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; name*=UTF-8''smime.p7m", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; name*=utf-8'en'smime%2Ep7m", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; name*0=smime; name*1=\".p7m\"", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream; name*0*=utf-8''my%20mail; name*1=.p7m", NULL));
+    assert_true(env_mime_is_smime("application/octet-stream", "attachment; filename*=utf-8''smime.p7m"));
+    assert_true(env_mime_is_smime("application/octet-stream", "attachment; filename*0=smime; filename*1=.p7m"));
+    assert_false(env_mime_is_smime("application/octet-stream; name*=utf-8''smime.p7s", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name*1=.p7m", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name*=x%00.p7m", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name*0=smime.p7m; name*1=.txt", NULL));
+    assert_false(env_mime_is_smime("text/plain; name*=smime.p7m", NULL));
     /* a value longer than what is looked at is cut, never overrun */
     memset(long_name, 'a', sizeof(long_name) - 1);
     long_name[sizeof(long_name) - 1] = '\0';
