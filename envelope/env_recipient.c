@@ -454,6 +454,75 @@ static void *dup_bytes(const void *p, size_t n)
     return d;
 }
 
+/* Is point (an uncompressed X9.62 point) on the curve of cert's EC key,
+ * and not the point at infinity? The key holder's check before its token
+ * uses the point (gs_ec_point_on_key_curve), made here for the exploder,
+ * which must not link the group server's code. */
+static bool point_on_cert_curve(X509 *cert, const unsigned char *point, size_t len)
+{
+    EVP_PKEY *pub = cert != NULL ? X509_get0_pubkey(cert) : NULL, *peer = NULL;
+    EVP_PKEY_CTX *make = NULL, *check = NULL;
+    char curve[80];
+    size_t curve_len = 0;
+    bool ok = false;
+
+    if (pub == NULL || point == NULL || len == 0 || EVP_PKEY_get_base_id(pub) != EVP_PKEY_EC ||
+        EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve), &curve_len) != 1)
+        goto out;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, curve, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, len),
+        OSSL_PARAM_construct_end(),
+    };
+    if ((make = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL || EVP_PKEY_fromdata_init(make) != 1 ||
+        EVP_PKEY_fromdata(make, &peer, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        goto out;
+    if ((check = EVP_PKEY_CTX_new_from_pkey(NULL, peer, NULL)) == NULL)
+        goto out;
+    ok = EVP_PKEY_public_check_quick(check) == 1;
+out:
+    ERR_clear_error();
+    EVP_PKEY_CTX_free(check);
+    EVP_PKEY_free(peer);
+    EVP_PKEY_CTX_free(make);
+    return ok;
+}
+
+env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert)
+{
+    env_kari_params kp;
+    env_kt_alg alg;
+    env_err rv;
+    EVP_PKEY *pub;
+
+    if (!ri || !cert)
+        return ENV_ERR_ARGS;
+    if (ri->ri->type != ENV_RI_T_KTRI && ri->ri->type != ENV_RI_T_KARI)
+        return ENV_ERR_UNSUPPORTED;
+    if (!env_recipient_version_valid(ri))
+        return ENV_ERR_NOT_CMS;
+    if ((rv = env_recipient_kt_alg(ri, &alg)) != ENV_OK)
+        return rv;
+    if ((pub = X509_get0_pubkey(cert)) == NULL)
+        return ENV_ERR_CERT;
+    if (alg != ENV_KT_ECDH) {
+        const ASN1_OCTET_STRING *ek = ri->ri->d.ktri->ek;
+        if (EVP_PKEY_get_base_id(pub) != EVP_PKEY_RSA)
+            return ENV_ERR_UNSUPPORTED; /* an RSA key transport to an EC key */
+        return ASN1_STRING_length(ek) > 0 && ASN1_STRING_length(ek) <= 1024 ? ENV_OK : ENV_ERR_NOT_CMS;
+    }
+    if ((rv = env_recipient_kari_params(ri, cert, &kp)) != ENV_OK)
+        return rv;
+    /* the token's bounds (hsm_ecdh_unwrap): an RFC 3394 wrap of a content
+     * key is 24 to 72 bytes, whole 8-byte blocks */
+    rv = ENV_ERR_NOT_CMS;
+    if (kp.wrapped_key_len >= 24 && kp.wrapped_key_len <= 72 && kp.wrapped_key_len % 8 == 0 &&
+        kp.peer_point_len <= 133 && point_on_cert_curve(cert, kp.peer_point, kp.peer_point_len))
+        rv = ENV_OK;
+    env_kari_params_clear(&kp);
+    return rv;
+}
+
 void env_kari_params_clear(env_kari_params *p)
 {
     if (!p)

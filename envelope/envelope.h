@@ -138,6 +138,16 @@ typedef struct env_kari_params {
 } env_kari_params;
 env_err env_recipient_kari_params(const env_recipient *ri, X509 *cert, env_kari_params *out);
 void env_kari_params_clear(env_kari_params *p);
+/* Would the group server try to unwrap this RecipientInfo with cert's
+ * key? Its checks before the token, for an exploder that refuses at
+ * SMTP time what the server would refuse for good hours later: a version
+ * RFC 5652 fixes, a key transport in ENV_KT_SUPPORTED for cert's key
+ * type, a non-empty encrypted key; for a KARI an uncompressed
+ * originator point on cert's curve and a wrapped key of a length an AES
+ * key wrap makes. ENV_OK; ENV_ERR_UNSUPPORTED (well-formed, but an
+ * algorithm or a point form it does not take); ENV_ERR_NOT_CMS
+ * (malformed); ENV_ERR_NO_RECIPIENT (a KARI that does not name cert). */
+env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert);
 
 /* Client-side helpers: recover the content key from an RI with a key the
  * caller holds (own key file; or a group secret key version).

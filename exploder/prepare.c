@@ -48,20 +48,25 @@ static bool has_cert(const char *pem)
  * every key version the list has met: the chain list create stored, then
  * each newer version's certificate (xp_group_cert_refresh); a CA
  * certificate after the first is the chain's issuer, not a version. */
-static env_err find_group_ri(const char *pem, const env_message *msg, size_t *idx)
+static env_err find_group_ri(const char *pem, const env_message *msg, size_t *idx, X509 **cert)
 {
     BIO *b = BIO_new_mem_buf(pem, -1);
     X509 *x;
     env_err e = ENV_ERR_NO_RECIPIENT;
     bool first = true;
 
+    if (cert != NULL)
+        *cert = NULL;
     if (b == NULL)
         return ENV_ERR_NOMEM;
     while (e == ENV_ERR_NO_RECIPIENT && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
         if (first || X509_check_ca(x) == 0)
             e = env_message_find_recipient(msg, x, idx);
         first = false;
-        X509_free(x);
+        if (e == ENV_OK && cert != NULL)
+            *cert = x; /* the version it is encrypted to, the caller's */
+        else
+            X509_free(x);
     }
     ERR_clear_error(); /* the end of the PEM reads as an error */
     BIO_free(b);
@@ -192,7 +197,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     unsigned char *der = NULL;
     size_t derlen = 0;
     env_recipient *ri = NULL;
-    env_kt_alg alg;
+    env_kt_alg alg = ENV_KT_RSA_PKCS1V15;
+    X509 *cert = NULL;
 
     if (kt != NULL)
         *kt = NULL;
@@ -229,7 +235,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
-    e = find_group_ri(l->group_cert, msg, &idx);
+    e = find_group_ri(l->group_cert, msg, &idx, &cert);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
@@ -237,17 +243,35 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         goto out;
     }
     /* the group's key transport, for the check against what it accepts;
-     * one the group server never unwraps (a KARI with the SHA-384 KDF,
-     * say) is refused now, as the server would refuse every unwrap of it */
+     * one the group server never unwraps (a KARI with the SHA-384 KDF or
+     * a compressed originator point, say) or would find malformed (an
+     * originator key off the group key's curve, a cut key wrap) is
+     * refused now, as the server would refuse every unwrap of it: the
+     * sender hears at once from their MTA, not from a bounce hours later */
     if (env_message_recipient_der(msg, idx, &der, &derlen) == ENV_OK &&
         env_recipient_parse(der, derlen, &ri) == ENV_OK) {
-        e = env_recipient_kt_alg(ri, &alg);
+        env_err ke = env_recipient_kt_alg(ri, &alg);
+        e = env_recipient_check_unwrap(ri, cert);
         if (e == ENV_ERR_UNSUPPORTED) {
             log_info("the group's key algorithm is not one the group server unwraps list=%s", l->address);
             rc = XP_ERR_CIPHER;
             if (why != NULL)
-                *why = "the group server will not decrypt this message: its key algorithm is not one the "
-                       "group server unwraps (it takes " ENV_KT_SUPPORTED ")";
+                *why = ke == ENV_OK && alg == ENV_KT_ECDH
+                           ? "the group server will not decrypt this message: the ECDH originator key of its "
+                             "RecipientInfo for the group is a compressed point (the group server takes "
+                             "uncompressed points)"
+                           : "the group server will not decrypt this message: its key algorithm is not one the "
+                             "group server unwraps (it takes " ENV_KT_SUPPORTED ")";
+            goto out;
+        }
+        if (e != ENV_OK && e != ENV_ERR_NOMEM) {
+            log_info("the group's RecipientInfo is malformed list=%s err=\"%s\"", l->address, env_strerror(e));
+            rc = XP_ERR_FORMAT;
+            if (why != NULL)
+                *why = "its RecipientInfo for the group is malformed (a version RFC 5652 does not give, "
+                       "garbled algorithm parameters, an ECDH originator key that is not a point of the "
+                       "group key's curve, or a key wrap of the wrong length): the group server would "
+                       "refuse to decrypt it";
             goto out;
         }
         if (e == ENV_OK && kt != NULL)
@@ -255,6 +279,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     }
     rc = XP_OK;
 out:
+    X509_free(cert);
     env_recipient_free(ri);
     free(der);
     env_message_free(msg);
@@ -446,7 +471,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         goto out;
     }
     if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) != ENV_OK ||
-        (e = find_group_ri(l->group_cert, msg, &idx)) != ENV_OK ||
+        (e = find_group_ri(l->group_cert, msg, &idx, NULL)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",

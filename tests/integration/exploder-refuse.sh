@@ -102,6 +102,21 @@ openssl cms -encrypt -aes128 -recip "$W/ecg.pem" -subject kdf1 -in "$W/good.eml"
 xp deliver --list ec@lists.example.org <"$W/kdf1.eml" 2>"$W/deliver.err" || fail "a SHA-1 KDF KARI refused: $(cat "$W/deliver.err")"
 xp_drain
 xp_spool_empty
+# ... and what the group server would refuse to unwrap for good is refused
+# at once too, with the reason, not accepted and bounced later: a
+# compressed originator point (a form the server does not take: 5.7.6), a
+# point off the group key's curve or a cut key wrap (malformed: 5.6.0)
+for m in compressed offcurve badwrap; do
+  $PY "$(dirname "$0")/kari-mangle.py" $m "$W/kdf1.eml" "$W/kari-$m.eml" || fail "cannot make the $m message"
+done
+expect 77 5.7.6 ec@lists.example.org "$W/kari-compressed.eml"
+grep -qF "the ECDH originator key of its RecipientInfo for the group is a compressed point" "$W/deliver.err" ||
+  fail "compressed point: $(cat "$W/deliver.err")"
+for m in offcurve badwrap; do
+  expect 65 5.6.0 ec@lists.example.org "$W/kari-$m.eml"
+  grep -qF "ec@lists.example.org: malformed message: its RecipientInfo for the group is malformed" "$W/deliver.err" ||
+    fail "$m: $(cat "$W/deliver.err")"
+done
 sed -n '/^MIME-Version/,$p' "$W/good.eml" >"$W/part.eml"
 openssl cms -sign -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets.eml"
 expect 77 5.7.1 $L "$W/ets.eml"

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""kari-mangle.py MODE IN OUT: rewrites the KeyAgreeRecipientInfo of an
+S/MIME message (openssl cms -encrypt to a P-256 certificate, DER with
+definite lengths) the way a broken or unusual client would, re-encoding
+every length around the change:
+  compressed  the originator's ephemeral point in compressed form (02/03 || X)
+  offcurve    the point's last byte changed: no longer on the curve
+  badwrap     the wrapped content key cut by 4 bytes (no AES key wrap makes it)
+The headers are kept; the base64 is written again in 64-column lines."""
+import base64
+import sys
+
+
+def parse(b, i, end):
+    nodes = []
+    while i < end:
+        t0 = i
+        tag = b[i]
+        i += 1
+        if tag & 0x1F == 0x1F:
+            while b[i] & 0x80:
+                i += 1
+            i += 1
+        tagb = b[t0:i]
+        n = b[i]
+        i += 1
+        if n == 0x80:
+            sys.exit("indefinite length: not handled")
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(b[i:i + k], "big")
+            i += k
+        nodes.append([tagb, parse(b, i, i + n) if tag & 0x20 else b[i:i + n]])
+        i += n
+    return nodes
+
+
+def encode(nodes):
+    out = b""
+    for tagb, v in nodes:
+        c = encode(v) if isinstance(v, list) else v
+        n = len(c)
+        if n < 128:
+            lb = bytes([n])
+        else:
+            nb = n.to_bytes((n.bit_length() + 7) // 8, "big")
+            lb = bytes([0x80 | len(nb)]) + nb
+        out += tagb + lb + c
+    return out
+
+
+def walk(nodes, fn):
+    hits = 0
+    for node in nodes:
+        if isinstance(node[1], list):
+            hits += walk(node[1], fn)
+        else:
+            hits += fn(node)
+    return hits
+
+
+def mangle(mode, node):
+    tag, v = node[0], node[1]
+    if tag == b"\x03" and len(v) == 66 and v[:2] == b"\x00\x04":
+        if mode == "compressed":
+            y_odd = v[-1] & 1
+            node[1] = b"\x00" + bytes([0x02 | y_odd]) + v[2:34]
+            return 1
+        if mode == "offcurve":
+            node[1] = v[:-1] + bytes([v[-1] ^ 0x01])
+            return 1
+    if mode == "badwrap" and tag == b"\x04" and len(v) in (24, 32, 40):
+        node[1] = v[:-4]
+        return 1
+    return 0
+
+
+def main():
+    mode, src, dst = sys.argv[1:4]
+    raw = open(src, "rb").read().replace(b"\r\n", b"\n")
+    head, _, body = raw.partition(b"\n\n")
+    der = base64.b64decode(b"".join(body.split()))
+    tree = parse(der, 0, len(der))
+    if walk(tree, lambda n: mangle(mode, n)) != 1:
+        sys.exit("kari-mangle: not exactly one place to change for " + mode)
+    b64 = base64.b64encode(encode(tree))
+    lines = b"\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+    open(dst, "wb").write(head + b"\n\n" + lines + b"\n")
+
+
+main()
