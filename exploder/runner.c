@@ -396,6 +396,40 @@ static void add_cause(char *reason, size_t cap, const char *cause)
         reason[o] = '\0';
 }
 
+/* A relay's refusal (printable already: the transport keeps no other
+ * byte) for the sender, cut at cap, each word with an '@' in it written
+ * "<address>": the reply may name the member it was for, and the
+ * membership is not the sender's to learn. What it says of the message
+ * (too large, refused by a content filter) is what the sender can act on. */
+static void relay_words(const char *reply, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    out[0] = '\0';
+    while (*reply != '\0' && o + 1 < cap) {
+        size_t n = strcspn(reply, " ");
+        if (memchr(reply, '@', n) != NULL) {
+            static const char mask[] = "<address>";
+            size_t tail = 0; /* the punctuation after it ("<a@b>:") stays */
+            while (tail < n && strchr(":,;.", reply[n - 1 - tail]) != NULL)
+                tail++;
+            if (o + sizeof(mask) + tail > cap)
+                break;
+            memcpy(out + o, mask, sizeof(mask) - 1);
+            o += sizeof(mask) - 1;
+            memcpy(out + o, reply + n - tail, tail);
+            o += tail;
+        } else {
+            for (size_t i = 0; i < n && o + 1 < cap; i++)
+                out[o++] = reply[i] == '"' ? '\'' : reply[i];
+        }
+        reply += n;
+        for (; *reply == ' ' && o + 1 < cap; reply++)
+            out[o++] = ' ';
+    }
+    out[o] = '\0';
+}
+
 /* Why members did not get it, each cause once with how many it hit, in
  * English for 1 and for N: no certificate the group server encrypts to
  * (member-certs: not a group member there, none on record, not RSA, or
@@ -405,7 +439,7 @@ static void add_cause(char *reason, size_t cap, const char *cause)
 static void failure_causes(const xp_finished *f, char *reason, size_t cap)
 {
     int64_t refused = f->failed - f->no_cert - f->expired, late = f->expired;
-    char cause[200];
+    char cause[400];
 
     reason[0] = '\0';
     if (f->no_cert > 0) {
@@ -416,8 +450,12 @@ static void failure_causes(const xp_finished *f, char *reason, size_t cap)
         add_cause(reason, cap, cause);
     }
     if (refused > 0) {
-        snprintf(cause, sizeof(cause), "the mail %s of %lld of them refused it", refused == 1 ? "system" : "systems",
-                 (long long)refused);
+        char said[180] = "";
+        if (f->relay_reply != NULL)
+            relay_words(f->relay_reply, said, sizeof(said));
+        snprintf(cause, sizeof(cause), "the mail %s of %lld of them refused it%s%s%s",
+                 refused == 1 ? "system" : "systems", (long long)refused, said[0] ? " (the relay answered \"" : "",
+                 said, said[0] ? "\")" : "");
         add_cause(reason, cap, cause);
     }
     if (late == 0 && reason[0] == '\0')

@@ -1330,6 +1330,7 @@ void xp_finished_clear(xp_finished *f)
     xp_msg_free(f->msg);
     free(f->last_error);
     free(f->reason);
+    free(f->relay_reply);
     memset(f, 0, sizeof(*f));
 }
 
@@ -1348,7 +1349,11 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
               "   AND last_error IS NOT NULL LIMIT 1), m.last_error), m.reason,"
               " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2 AND r.last_error=?1),"
               " (SELECT count(*) FROM recipients r WHERE r.message_id=m.id AND r.state=2"
-              "   AND substr(r.last_error, -length(?2)) = ?2) "
+              "   AND substr(r.last_error, -length(?2)) = ?2),"
+              /* the relay's own words when it refused the message as a
+               * whole (a refused RCPT is recorded as "RCPT 550" alone) */
+              " (SELECT last_error FROM recipients r WHERE r.message_id=m.id AND r.state=2"
+              "   AND r.last_error GLOB '5[0-9][0-9][ -]*' LIMIT 1) "
               "FROM messages m WHERE NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
               "ORDER BY id LIMIT 1",
               &st);
@@ -1368,6 +1373,7 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
         out->reason = col_dup(st, 12);
         out->no_cert = sqlite3_column_int64(st, 13);
         out->expired = sqlite3_column_int64(st, 14);
+        out->relay_reply = col_dup(st, 15);
     }
     sqlite3_finalize(st);
     return rc;

@@ -8,7 +8,8 @@ set -euo pipefail
 xp_setup bounce
 
 xp_cert group eng@lists.example.org
-xp_smtpd_start "$W/smtp" --refuse-rcpt '^gone@' --defer-rcpt '^slow@'
+xp_smtpd_start "$W/smtp" --refuse-rcpt '^gone@' --defer-rcpt '^slow@' --pipe pipe1@example.net=/bin/false \
+  --pipe pipe2@example.net=/bin/false
 xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "max_age = 2" "bounce_from = lists-daemon@lists.example.org"
 L=eng@lists.example.org
 xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
@@ -45,5 +46,20 @@ b=$(grep -l "^Subject: Undelivered mail to list $L2" "$W"/smtp/new/*) || fail "n
 # two of them: the plural, and the count
 grep -q 'could not be delivered to 2 of 3 list members' $b || fail "bounce count: $(cat $b)"
 grep -qx 'Reason: the mail systems of 2 of them refused it.' $b || fail "reason for a refusal: $(grep Reason $b)"
+xp_spool_empty
+
+# the message refused as a whole at the end of DATA, so every copy: the
+# bounce gives the relay's own reply (what the sender can act on: too
+# large, a content filter), the member address in it masked
+L3=piped@lists.example.org
+xp list create $L3 --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+xp list add $L3 pipe1@example.net pipe2@example.net >/dev/null
+xp deliver --list $L3 --sender alice@example.org <"$W/in.eml" || fail "deliver to $L3 refused"
+xp_drain
+b=$(grep -l "^Subject: Undelivered mail to list $L3" "$W"/smtp/new/*) || fail "no bounce from $L3"
+grep -q 'could not be delivered to 2 of 2 list members' $b || fail "bounce count: $(cat $b)"
+grep -qx 'Reason: the mail systems of 2 of them refused it (the relay answered "554 5.3.0 pipe to <address>: refused (exit 1)").' $b ||
+  fail "reason for a refusal at DATA: $(grep Reason $b)"
+grep -q 'pipe[12]@' $b && fail "bounce must not reveal member addresses"
 xp_spool_empty
 echo "exploder bounce: ok"
