@@ -823,3 +823,12 @@ int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap)
     ERR_clear_error();
     return rc;
 }
+
+double util_monotonic_s(void)
+{
+    struct timespec ts;
+
+    /* Cannot fail for CLOCK_MONOTONIC on Linux with a valid pointer. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}

@@ -161,6 +161,10 @@ int util_b64_decode(const char *in, size_t inlen, size_t max_in, unsigned char *
 /* Hex of bytes into a NUL-terminated buffer of 2*len+1. */
 void util_hex(const unsigned char *in, size_t len, char *out);
 
+/* Seconds of CLOCK_MONOTONIC as a double: for deadlines, ages and
+ * durations, which must not jump when the wall clock is set. */
+double util_monotonic_s(void);
+
 /* Bounded copy: always NUL-terminates; returns UTIL_E_TOOBIG on truncation. */
 int util_strlcpy(char *dst, const char *src, size_t size);
 

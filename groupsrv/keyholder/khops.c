@@ -34,13 +34,6 @@
 #define ROLES_ADMIN (1u << GS_ROLE_ADMIN)
 #define MAX_CEK 64
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- the token's health ---------------------------------------------------------- */
 
 /* The token answers and still holds its objects. */
@@ -69,7 +62,7 @@ static double objects_reinit_at, objects_reinit_gap; /* next allowed; the gap af
 static hsm_err token_health(struct kh *kh)
 {
     hsm_err he = token_check(kh);
-    double now = now_s();
+    double now = util_monotonic_s();
     int reinit;
 
     pthread_mutex_lock(&objects_mu);
@@ -100,7 +93,7 @@ static hsm_err token_health(struct kh *kh)
 static pthread_mutex_t health_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int valid, running;
-    double at; /* now_s() when the last check ended */
+    double at; /* util_monotonic_s() when the last check ended */
     hsm_err token;
     audit_err audit;
 } health;
@@ -109,7 +102,7 @@ static struct {
  * result. */
 static int kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
 {
-    double now = now_s();
+    double now = util_monotonic_s();
     int check;
 
     pthread_mutex_lock(&health_mu);
@@ -126,7 +119,7 @@ static int kh_health(struct kh *kh, hsm_err *token, audit_err *audit)
     pthread_mutex_lock(&health_mu);
     health.valid = 1;
     health.running = 0;
-    health.at = now_s();
+    health.at = util_monotonic_s();
     health.token = *token;
     health.audit = *audit;
     pthread_mutex_unlock(&health_mu);
@@ -237,7 +230,7 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
         };
         gs_db_cause cause = gs_err_db_cause();
         const char *text = (size_t)cause < GS_ARRAY_LEN(why) ? why[cause] : why[GS_DB_CAUSE_OTHER];
-        long now = (long)now_s(), prev = atomic_load(&last_logged);
+        long now = (long)util_monotonic_s(), prev = atomic_load(&last_logged);
         if (now != prev && atomic_compare_exchange_strong(&last_logged, &prev, now))
             log_warn("database unavailable op=%s cause=\"%s\" detail=\"%s\"", what, text, log_qs(gs_err_detail()));
         snprintf(msg, sizeof(msg), "%s; try again later", text);
@@ -739,7 +732,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
 {
     hsm_ctx *hsm = w->kh->hsm;
     hsm_err he = HSM_OK;
-    double t0 = now_s();
+    double t0 = util_monotonic_s();
 
     if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL)
         return key_unavailable(w, r, u->ref->version, "group key");
@@ -761,7 +754,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
             }
         } else
             he = hsm_decrypt_content_key(hsm, &u->in, r->key, sizeof(r->key), &r->key_len);
-        metrics_unwrap_latency(now_s() - t0);
+        metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "decrypt");
     case IPC_DELIVER_RECIPIENT_KEY: {
         const unsigned char *sp[1] = {c->spki};
@@ -769,7 +762,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
         if (c->spki == NULL || c->spki_len == 0)
             return item_fail(r, 400, "unsupported_certificate_key", "the client certificate key is unusable");
         he = hsm_rewrap_to_public_keys(hsm, &u->in, HSM_OAEP_SHA1, sp, sl, 1, &r->wrapped, &r->wrapped_len);
-        metrics_unwrap_latency(now_s() - t0);
+        metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap");
     }
     case IPC_DELIVER_GROUP_SECRET:
@@ -778,7 +771,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
         if (r->secret->key == NULL)
             return key_unavailable(w, r, r->secret->version, "secret key");
         he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
-        metrics_unwrap_latency(now_s() - t0);
+        metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap-secret");
     }
     return item_fail(r, 400, "bad_request", "bad deliver method");
@@ -972,10 +965,10 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
     answer_begin(j, 200);
     ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, u->ref->version);
     if (n > 0) {
-        double t0 = now_s();
+        double t0 = util_monotonic_s();
         hsm_err he = hsm_rewrap_to_recipients(w->kh->hsm, &u->in, wraps, (const unsigned char *const *)spki, spki_len,
                                               n, outs, out_lens);
-        metrics_unwrap_latency(now_s() - t0);
+        metrics_unwrap_latency(util_monotonic_s() - t0);
         if (he != HSM_OK) {
             hsm_item_fail(w, r, he, "rewrap-members");
             goto out;
@@ -1110,7 +1103,7 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     answer_begin(j, 200);
-    double t0 = now_s();
+    double t0 = util_monotonic_s();
     for (size_t i = 0; i < gs_group_secret_count(g); i++) {
         const gs_group_secret_ref *s = gs_group_secret_at(g, i);
         unsigned char *wk = NULL;
@@ -1140,7 +1133,7 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
             break;
         }
     }
-    metrics_unwrap_latency(now_s() - t0);
+    metrics_unwrap_latency(util_monotonic_s() - t0);
     audit_record rec = {.action = "secret-keys", .identity = c.identity, .group = gs_group_info(g)->name,
                         .key_version = -1, .method = "recipient-key", .outcome = outcome};
     if (job_audit_or_fail(j, &rec) != 0)

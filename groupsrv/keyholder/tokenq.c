@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "util.h"
 
 #define TQ_BUCKETS 1024
 #define TQ_MAX_WORKERS 256
@@ -50,13 +51,6 @@ struct tokenq {
     tokenq_ops ops;
     struct worker *workers;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint32_t hash_key(const char *s)
 {
@@ -328,9 +322,9 @@ static void *worker_main(void *arg)
         unsigned cls = j->cls, cost = j->cost;
         q->running++;
         pthread_mutex_unlock(&q->mu);
-        double t0 = now_s();
+        double t0 = util_monotonic_s();
         q->ops.run(ctx, j); /* j is not ours any more */
-        double per_unit = (now_s() - t0) / (double)cost;
+        double per_unit = (util_monotonic_s() - t0) / (double)cost;
         pthread_mutex_lock(&q->mu);
         q->running--;
         if (q->service_s[cls] == 0)

@@ -37,13 +37,6 @@
 #include "log.h"
 #include "util.h"
 
-double srv_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- connections --------------------------------------------------------- */
 
 
@@ -152,7 +145,7 @@ struct srv_conn {
     int unauth_counted;   /* finished its handshake without a trusted certificate:
                              counted in srv.unauth and the per-address table */
     int released;         /* no longer counted against the budgets (closing or freed) */
-    double accepted;      /* srv_now() at accept */
+    double accepted;      /* util_monotonic_s() at accept */
     int linger_fd;        /* the socket, taken over from libevent for the
                              lingering close as evhttp frees the connection, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
@@ -321,7 +314,7 @@ static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_lindex whi
                                        int handshakes_too)
 {
     struct srv_conn *handshaking = NULL;
-    double old_enough = srv_now() - HANDSHAKE_EVICT_AGE;
+    double old_enough = util_monotonic_s() - HANDSHAKE_EVICT_AGE;
 
     for (struct srv_conn *c = t->conn_head; c != NULL; c = c->next) {
         if (c == self || c->which != which || c->authenticated)
@@ -749,7 +742,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
     atomic_fetch_add(&t->srv->conns[c->which], 1);
-    c->accepted = srv_now();
+    c->accepted = util_monotonic_s();
     metrics_connection(1);
     c->prev = t->conn_tail;
     if (t->conn_tail != NULL)
@@ -784,7 +777,7 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
     static atomic_long last_logged;
     int err = EVUTIL_SOCKET_ERROR();
-    long now = (long)srv_now(), last = atomic_load(&last_logged);
+    long now = (long)util_monotonic_s(), last = atomic_load(&last_logged);
     (void)arg;
 
     evconnlistener_disable(lev);
@@ -938,7 +931,7 @@ static const char *method_name(enum evhttp_cmd_type cmd)
  * read after that. */
 static void access_line(struct srv_req *r)
 {
-    double ms = (srv_now() - r->start) * 1e3;
+    double ms = (util_monotonic_s() - r->start) * 1e3;
     struct evhttp_connection *c = evhttp_request_get_connection(r->req);
     const char *who = "-";
     char *addr = NULL;
@@ -1308,7 +1301,7 @@ static void req_settle(struct srv_req *r)
         log_error("handler ended without a reply");
         srv_reply_error(r, 500, "internal", "internal error");
     }
-    log_debug("request done ep=%s ms=%.1f", metrics_endpoint_name(r->ep), (srv_now() - r->start) * 1e3);
+    log_debug("request done ep=%s ms=%.1f", metrics_endpoint_name(r->ep), (util_monotonic_s() - r->start) * 1e3);
     req_free(r);
 }
 
@@ -1783,7 +1776,7 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
                           .req = req,
                           .certsrv = certsrv,
                           .head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD,
-                          .start = srv_now()};
+                          .start = util_monotonic_s()};
     t->requests++;
     int over_budget = conn_in_service(req);
     next_request_id(t, r->id);
@@ -1856,7 +1849,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 
     /* Requests waiting for the key holder finish; then only connections
      * still sending a request (or idle keep-alives) remain. */
-    if ((atomic_load(&t->nconns) > 0 || t->requests > 0) && srv_now() < t->drain_deadline) {
+    if ((atomic_load(&t->nconns) > 0 || t->requests > 0) && util_monotonic_s() < t->drain_deadline) {
         struct timeval tv = {0, 100000};
         event_add(t->drain_ev, &tv);
         return;
@@ -1874,7 +1867,7 @@ static void shutdown_cb(evutil_socket_t fd, short what, void *arg)
     if (t->certbound != NULL)
         evhttp_del_accept_socket(t->certhttp, t->certbound);
     t->bound = t->certbound = NULL;
-    t->drain_deadline = srv_now() + 5.0;
+    t->drain_deadline = util_monotonic_s() + 5.0;
     struct timeval tv = {0, 0};
     event_add(t->drain_ev, &tv);
 }

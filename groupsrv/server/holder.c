@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "util.h"
 
 struct call {
     struct call *next, *prev;
@@ -57,13 +58,6 @@ void khlink_on_broken(void (*fn)(void *arg, const char *why), void *arg)
 
 void khlink_set_current(khlink *l) { current_link = l; }
 khlink *khlink_current(void) { return current_link; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void unlink_call(khlink *l, struct call *c)
 {
@@ -221,7 +215,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     khlink *l = arg;
-    double now = now_s();
+    double now = util_monotonic_s();
     (void)fd; (void)what;
 
     for (struct call *c = l->head, *next; c != NULL; c = next) {
@@ -306,7 +300,7 @@ static int call_add(khlink *l, ipc_buf *b, bool timed, khlink_cb cb, void *arg)
     if (l == NULL || l->fd < 0 || ipc_end(b) != IPC_OK || (c = calloc(1, sizeof(*c))) == NULL)
         goto out;
     c->cookie = l->next_cookie++;
-    c->deadline = timed ? now_s() + l->timeout_s : 0;
+    c->deadline = timed ? util_monotonic_s() + l->timeout_s : 0;
     c->cb = cb;
     c->arg = arg;
     ipc_set_cookie(b, c->cookie);
@@ -348,7 +342,7 @@ static int flush_output(khlink *l, double deadline)
             continue;
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -1;
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - util_monotonic_s()) * 1000);
         struct pollfd p = {.fd = l->fd, .events = POLLOUT | POLLIN};
         if (left <= 0 || poll(&p, 1, left) <= 0)
             return -1;
@@ -365,7 +359,7 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
     int fd, rc = -1, found = 0;
     const char *why = "out of memory";
     struct evbuffer *in, *stash = NULL;
-    double deadline = now_s() + timeout_ms / 1000.0;
+    double deadline = util_monotonic_s() + timeout_ms / 1000.0;
 
     memset(reply, 0, sizeof(*reply));
     ipc_payload_free(l->sync_payload, l->sync_len);
@@ -425,7 +419,7 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
         }
         if (found)
             break;
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - util_monotonic_s()) * 1000);
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (left <= 0 || poll(&p, 1, left) <= 0) {
             why = "no answer in time";

@@ -2,6 +2,7 @@
  * ratelimit.c: token buckets and failure counters keyed by identity.
  */
 #include "ratelimit.h"
+#include "util.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -41,13 +42,6 @@ struct ratelimit {
     unsigned char salt[16];
     struct rl_entry slots[RL_SLOTS];
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* The lock outlives a holder killed while holding it (a key holder ended
  * with SIGKILL): the next locker is told EOWNERDEAD and takes it over, the
@@ -188,7 +182,7 @@ rl_verdict ratelimit_take(ratelimit *rl, const rl_key *key, unsigned *retry_afte
     *retry_after = 0;
     if (rl == NULL || key == NULL)
         return RL_OK;
-    double now = now_mono();
+    double now = util_monotonic_s();
     rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL) {
@@ -225,7 +219,7 @@ bool ratelimit_suspended(ratelimit *rl, const rl_key *key, unsigned *retry_after
     *retry_after = 0;
     if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
-    double now = now_mono();
+    double now = util_monotonic_s();
     rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL || e->suspended_until > now) {
@@ -242,7 +236,7 @@ bool ratelimit_failure(ratelimit *rl, const rl_key *key)
 
     if (rl == NULL || key == NULL || rl->max_failures == 0)
         return false;
-    double now = now_mono();
+    double now = util_monotonic_s();
     rl_lock(rl);
     struct rl_entry *e = lookup_locked(rl, key->md, now);
     if (e == NULL)

@@ -187,13 +187,6 @@ static int hide_db_password(const struct gs_config *cfg, unsigned char **text, s
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* groupsrv-net next to this program (a build tree, or an install that
  * keeps them together), else in the libexec directory. */
 static int find_net_program(char *out, size_t len)
@@ -277,7 +270,7 @@ static void child_defaults(void)
 static int wait_ready(struct child *c)
 {
     ipc_reader rd;
-    double deadline = now_s() + READY_TIMEOUT_MS / 1000.0;
+    double deadline = util_monotonic_s() + READY_TIMEOUT_MS / 1000.0;
     int rc = -1;
     bool closed = false; /* it closed its channel: it is exiting */
 
@@ -297,7 +290,7 @@ static int wait_ready(struct child *c)
             continue;
         }
         struct pollfd p = {.fd = c->ctl, .events = POLLIN};
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - util_monotonic_s()) * 1000);
         if (left <= 0 || poll(&p, 1, left) <= 0)
             break;
         if (ipc_reader_fill(&rd, c->ctl) != IPC_OK) {
@@ -374,7 +367,7 @@ static int start_holder(struct sup *s, int *kh_ends)
     close_fds(kh_ends, s->nlinks);
     s->kh.pid = pid;
     s->kh.ctl = sv[0];
-    s->kh.started = now_s();
+    s->kh.started = util_monotonic_s();
     return wait_ready(&s->kh);
 }
 
@@ -526,7 +519,7 @@ static int start_net(struct sup *s, int *net_ends, bool at_start)
     close(sv[1]);
     s->net.pid = pid;
     s->net.ctl = sv[0];
-    s->net.started = now_s();
+    s->net.started = util_monotonic_s();
     ipc_begin(&b, IPC_CTL_CONFIG, 0);
     ipc_put_bytes(&b, IPC_T_TEXT, s->cfg_text, s->cfg_len);
     if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK ||
@@ -561,7 +554,7 @@ static void restart_later(struct sup *s, struct child *c)
 {
     /* A child that lived a while is restarted at once; one that keeps
      * dying waits longer each time (a token that is away, a bad file). */
-    c->backoff = now_s() - c->started > 10 ? BACKOFF_MIN : c->backoff * 2;
+    c->backoff = util_monotonic_s() - c->started > 10 ? BACKOFF_MIN : c->backoff * 2;
     if (c->backoff < BACKOFF_MIN)
         c->backoff = BACKOFF_MIN;
     if (c->backoff > BACKOFF_MAX)
@@ -716,14 +709,14 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 static int stop_child(struct child *c, double seconds)
 {
     int st = 0;
-    double deadline = now_s() + seconds;
+    double deadline = util_monotonic_s() + seconds;
     char why[64];
 
     if (c->pid <= 0)
         return 0;
     kill(c->pid, SIGTERM);
     while (waitpid(c->pid, &st, WNOHANG) == 0) {
-        if (now_s() > deadline) {
+        if (util_monotonic_s() > deadline) {
             log_error("%s did not stop in time: killing it", c->name);
             kill(c->pid, SIGKILL);
             waitpid(c->pid, &st, 0);

@@ -199,8 +199,6 @@ void srv_authz_then(struct srv_req *r, enum ipc_action action, const srv_err *e)
  * ask, with "not modified" when unchanged). Replies 404/503 itself. */
 void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r));
 
-double srv_now(void);
-
 /* A certificate as the key holder sends it (DER) in PEM text for an
  * answer, malloc'ed, *pem_len without the NUL; NULL if it does not parse
  * or on no memory (certsrv.c). */
