@@ -454,11 +454,7 @@ static void *dup_bytes(const void *p, size_t n)
     return d;
 }
 
-/* Is point (an uncompressed X9.62 point) on the curve of cert's EC key,
- * and not the point at infinity? The key holder's check before its token
- * uses the point (gs_ec_point_on_key_curve), made here for the exploder,
- * which must not link the group server's code. */
-static bool point_on_cert_curve(X509 *cert, const unsigned char *point, size_t len)
+bool env_ec_point_on_cert_curve(X509 *cert, const unsigned char *point, size_t len)
 {
     EVP_PKEY *pub = cert != NULL ? X509_get0_pubkey(cert) : NULL, *peer = NULL;
     EVP_PKEY_CTX *make = NULL, *check = NULL;
@@ -477,6 +473,8 @@ static bool point_on_cert_curve(X509 *cert, const unsigned char *point, size_t l
     if ((make = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL || EVP_PKEY_fromdata_init(make) != 1 ||
         EVP_PKEY_fromdata(make, &peer, EVP_PKEY_PUBLIC_KEY, params) != 1)
         goto out;
+    /* On the curve and not the point at infinity; the group keys' curves
+     * (P-256, P-384) have cofactor 1, so that is the whole group. */
     if ((check = EVP_PKEY_CTX_new_from_pkey(NULL, peer, NULL)) == NULL)
         goto out;
     ok = EVP_PKEY_public_check_quick(check) == 1;
@@ -517,7 +515,7 @@ env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert)
      * key is 24 to 72 bytes, whole 8-byte blocks */
     rv = ENV_ERR_NOT_CMS;
     if (kp.wrapped_key_len >= 24 && kp.wrapped_key_len <= 72 && kp.wrapped_key_len % 8 == 0 &&
-        kp.peer_point_len <= 133 && point_on_cert_curve(cert, kp.peer_point, kp.peer_point_len))
+        kp.peer_point_len <= 133 && env_ec_point_on_cert_curve(cert, kp.peer_point, kp.peer_point_len))
         rv = ENV_OK;
     env_kari_params_clear(&kp);
     return rv;

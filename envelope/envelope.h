@@ -148,6 +148,15 @@ void env_kari_params_clear(env_kari_params *p);
  * algorithm or a point form it does not take); ENV_ERR_NOT_CMS
  * (malformed); ENV_ERR_NO_RECIPIENT (a KARI that does not name cert). */
 env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert);
+/* Is point (an encoded EC point: a KeyAgreeRecipientInfo's originator
+ * key) a point of the curve of cert's EC public key, and not the point at
+ * infinity? The key holder checks it before a token derives with the
+ * group key: a token that does not check would compute with the group's
+ * private key in a small group of the attacker's choice (an invalid-curve
+ * attack), and the answers would give the key away a few bits at a time.
+ * The exploder makes the same check at SMTP time
+ * (env_recipient_check_unwrap). false also when cert holds no EC key. */
+bool env_ec_point_on_cert_curve(X509 *cert, const unsigned char *point, size_t len);
 
 /* Client-side helpers: recover the content key from an RI with a key the
  * caller holds (own key file; or a group secret key version).

@@ -2839,34 +2839,3 @@ out:
     return err;
 }
 
-bool gs_ec_point_on_key_curve(X509 *cert, const unsigned char *point, size_t len)
-{
-    EVP_PKEY *pub = cert != NULL ? X509_get0_pubkey(cert) : NULL, *peer = NULL;
-    EVP_PKEY_CTX *make = NULL, *check = NULL;
-    char curve[80];
-    size_t curve_len = 0;
-    bool ok = false;
-
-    if (pub == NULL || point == NULL || len == 0 || EVP_PKEY_get_base_id(pub) != EVP_PKEY_EC ||
-        EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve), &curve_len) != 1)
-        goto out;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, curve, 0),
-        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, len),
-        OSSL_PARAM_construct_end(),
-    };
-    if ((make = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL || EVP_PKEY_fromdata_init(make) != 1 ||
-        EVP_PKEY_fromdata(make, &peer, EVP_PKEY_PUBLIC_KEY, params) != 1)
-        goto out;
-    /* On the curve and not the point at infinity; the group keys' curves
-     * (P-256, P-384) have cofactor 1, so that is the whole group. */
-    if ((check = EVP_PKEY_CTX_new_from_pkey(NULL, peer, NULL)) == NULL)
-        goto out;
-    ok = EVP_PKEY_public_check_quick(check) == 1;
-out:
-    ERR_clear_error();
-    EVP_PKEY_CTX_free(check);
-    EVP_PKEY_free(peer);
-    EVP_PKEY_CTX_free(make);
-    return ok;
-}

@@ -223,14 +223,6 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
  * the group's), recorded in the same transaction. */
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
                           gs_wrap wrap);
-/* Is point (an encoded EC point: a KeyAgreeRecipientInfo's originator
- * key) a point of the curve of cert's EC public key, and not the point at
- * infinity? Checked before a token derives with the group key: a token
- * that does not check would compute with the group's private key in a
- * small group of the attacker's choice (an invalid-curve attack), and the
- * answers would give the key away a few bits at a time. false also when
- * cert holds no EC key. */
-bool gs_ec_point_on_key_curve(X509 *cert, const unsigned char *point, size_t len);
 
 /* Adds the member, or replaces the record of one (the REST API's PUT), in
  * one transaction: a record that is refused (a certificate for another

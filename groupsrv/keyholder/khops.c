@@ -666,7 +666,7 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
             (u->ecdh.kek_len != 16 && u->ecdh.kek_len != 24 && u->ecdh.kek_len != 32))
             return item_fail(r, 400, "bad_recipient_info", "malformed KeyAgreeRecipientInfo");
         /* Whatever the token checks: the network process parsed the point. */
-        if (!gs_ec_point_on_key_curve(u->ref->cert, u->ecdh.peer_point, u->ecdh.peer_point_len))
+        if (!env_ec_point_on_cert_curve(u->ref->cert, u->ecdh.peer_point, u->ecdh.peer_point_len))
             return item_fail(r, 400, "bad_recipient_info",
                              "the originator's public key is not a point of the group key's curve");
     } else {
