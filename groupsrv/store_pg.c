@@ -226,6 +226,8 @@ struct pg_store {
     char *url;
     bool prepared[Q_N];
     bool lost;   /* the connection failed: reconnect at the next call */
+    bool lost_quietly; /* ... or was only given up after a lock or statement timeout: no loss was
+                          logged, so the reconnect is no "restored" either */
     bool no_answer; /* the last statement got no answer in time (the connection was closed) */
     bool unbounded; /* statements may take as long as they take (the migration) */
     int64_t last_used_ms; /* CLOCK_MONOTONIC at the last ensure_connected */
@@ -339,6 +341,8 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
         bool read_only = state != NULL && strcmp(state, "25006") == 0;
         if (!PG(st)->lost && !locked && !too_long)
             log_warn("database connection lost op=%s detail=\"%s\"", what, log_qs(msg));
+        if (!PG(st)->lost)
+            PG(st)->lost_quietly = locked || too_long;
         PG(st)->lost = true;
         if (locked)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_LOCKED,
@@ -419,6 +423,7 @@ no_answer:
     PQfinish(conn);
     PG(st)->conn = NULL;
     PG(st)->lost = true;
+    PG(st)->lost_quietly = false;
     PG(st)->no_answer = true;
     return NULL;
 }
@@ -456,6 +461,7 @@ static gs_err connect_session(gs_store *st)
         conn_message(PG(st)->conn, msg, sizeof(msg));
         gs_store_url_mask_passwords(PG(st)->url, msg, sizeof(msg));
         PG(st)->lost = true;
+        PG(st)->lost_quietly = false;
         /* libpq has no SQLSTATE for a failed connect: the text tells a
          * missing database from a server that is down. */
         if (strstr(msg, "does not exist") != NULL)
@@ -466,6 +472,7 @@ static gs_err connect_session(gs_store *st)
     if (PQsetnonblocking(PG(st)->conn, 1) != 0) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
         PG(st)->lost = true;
+        PG(st)->lost_quietly = false;
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
     }
     /* A statement waiting for a lock another session holds (a long
@@ -487,9 +494,13 @@ static gs_err connect_session(gs_store *st)
     err = exec_simple(st, setup, "session setup");
     if (err)
         return err;
-    if (PG(st)->lost)
+    /* Not after a lock or statement timeout (the migration's tries, a
+     * request behind another session's lock): that connection was fine,
+     * and closed only to start clean; no loss was logged. */
+    if (PG(st)->lost && !PG(st)->lost_quietly)
         log_info("database connection restored");
     PG(st)->lost = false;
+    PG(st)->lost_quietly = false;
     return GS_OK;
 }
 
@@ -520,6 +531,7 @@ static void notice_idle_end(gs_store *st)
     log_info("idle database connection was closed by the server; connecting again detail=\"%s\"",
              log_qs(conn_message(PG(st)->conn, msg, sizeof(msg))));
     PG(st)->lost = true;
+    PG(st)->lost_quietly = false;
 }
 
 /* A usable connection: reconnects after a loss, except inside an explicit
