@@ -291,15 +291,34 @@ static void notice_to_log(void *arg, const char *message)
  * errors do not: each newline and the tabs after it become one space. */
 static const char *conn_message(PGconn *conn, char *buf, size_t cap)
 {
-    (void)snprintf(buf, cap, "%s", conn ? PQerrorMessage(conn) : "out of memory");
-    size_t n = strlen(buf), w = 0;
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-        buf[--n] = '\0';
-    for (size_t r = 0; r < n; r++) {
-        if (buf[r] == '\t' && w > 0 && buf[w - 1] == ' ')
-            continue; /* the indent of a continuation line */
-        buf[w++] = buf[r] == '\n' || buf[r] == '\t' ? ' ' : buf[r];
+    /* libpq's hint under each host it could not reach ("Is the server
+     * running on that host and accepting TCP/IP connections?") repeats
+     * what its line says; with a multi-host URI three of them filled the
+     * room (this buffer, the error detail) of the later hosts' reasons,
+     * often the one that mattered (a wrong password at the primary). */
+    static const char hint[] = "\tIs the server running ";
+    const char *src = conn ? PQerrorMessage(conn) : "out of memory";
+    size_t w = 0;
+
+    if (cap == 0)
+        return buf;
+    while (*src != '\0') {
+        size_t len = strcspn(src, "\n");
+        if (strncmp(src, hint, sizeof(hint) - 1) != 0) {
+            size_t r = 0;
+            while (r < len && (src[r] == '\t' || src[r] == ' ')) /* the indent of a continuation line */
+                r++;
+            if (r < len && w > 0 && w + 1 < cap)
+                buf[w++] = ' ';
+            for (; r < len && w + 1 < cap; r++)
+                buf[w++] = src[r] == '\t' ? ' ' : src[r];
+        }
+        src += len;
+        if (*src == '\n')
+            src++;
     }
+    while (w > 0 && buf[w - 1] == ' ')
+        w--;
     buf[w] = '\0';
     return buf;
 }

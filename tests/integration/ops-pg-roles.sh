@@ -97,6 +97,16 @@ ok "check as the owner migrates it, behind an open transaction: tries again, mig
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
+# A multi-host URI whose first hosts refuse and whose last (the primary)
+# refuses the role: libpq's reasons for every host, the last one too. Its
+# hint under each refused host ("Is the server running on that host ...")
+# took the room of the later hosts' reasons, and the one that mattered was cut.
+pgsrv_conf "$work/multi.conf" "postgresql:///groupsrv?host=127.0.0.1,127.0.0.2,127.0.0.3,$PG_SOCK&port=1,1,1,5432&user=no_such_role"
+"$BIN/groupsrv" -c "$work/multi.conf" check > "$work/check.out" 2>&1 && fail "check with a role that does not exist passed"
+grep '^database  PROBLEM: ' "$work/check.out" | grep '"127.0.0.3", port 1 failed: Connection refused' |
+  grep -q 'role "no_such_role" does not exist' ||
+  fail "check with a multi-host URI lost a host's reason: $(grep '^database' "$work/check.out")"
+ok "a multi-host URI: check names every host's reason, the last one's too"
 # A newer server's migration (schema 99) that this older check waits for
 # under the migration lock: the version read under the lock decides, it is
 # refused in one line, and nothing is changed (docs/scale-out.md,
