@@ -46,6 +46,8 @@ typedef enum gs_db_cause {
     GS_DB_CAUSE_LOCKED,    /* a lock another session or process holds was not granted in time */
     GS_DB_CAUSE_NO_ANSWER, /* the server did not answer within [db] timeout */
     GS_DB_CAUSE_READ_ONLY, /* connected to a read-only server (a standby) */
+    GS_DB_CAUSE_KEYS_LOCK, /* the keys lock (gs_store_keys_lock): another command, server or request
+                              making token keys held it for the whole wait */
 } gs_db_cause;
 /* As gs_err_set, naming the cause. */
 gs_err gs_err_set_db(gs_err err, gs_db_cause cause, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

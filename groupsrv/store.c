@@ -404,7 +404,7 @@ gs_err gs_store_keys_lock(gs_store *st)
         if (tries == 0)
             log_info("waiting for another command that is making token keys (the keys lock)");
         if (tries >= wait_ms / pause_ms)
-            return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED,
+            return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_KEYS_LOCK,
                                  "another command has been making token keys for %g s (the keys lock); "
                                  "try again later",
                                  wait_ms / 1000.0);

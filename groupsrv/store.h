@@ -168,7 +168,7 @@ void gs_store_rollback(gs_store *st);
  * after that ("another command has been making keys ..."), GS_ERR_DB or
  * GS_ERR_DB_UNAVAILABLE when the lock cannot be asked for. unlock keeps
  * the thread's error detail; unlock without the lock does nothing.
- * Given up after the wait, gs_err_db_cause() is GS_DB_CAUSE_LOCKED.
+ * Given up after the wait, gs_err_db_cause() is GS_DB_CAUSE_KEYS_LOCK.
  * gs_store_keys_lock_wait sets how long this handle's lock waits instead
  * (0: GS_STORE_KEYS_LOCK_WAIT_S): a server's token worker, which key
  * requests need, waits no longer than token work may wait in its queue. */

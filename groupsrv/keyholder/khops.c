@@ -239,6 +239,17 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
     }
     case GS_ERR_DB:
     case GS_ERR_IO:
+        if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_KEYS_LOCK) {
+            /* Another command, server (PostgreSQL: another session) or
+             * request of this one making token keys: not "another
+             * process", which sent operators looking for a stray sqlite3. */
+            log_warn("store busy op=%s cause=\"another command or request is making token keys (the keys lock)\" "
+                     "detail=\"%s\"",
+                     what, log_qs(gs_err_detail()));
+            answer_retry(j, 503, 5, "store_unavailable",
+                         "another command or request is making token keys (the keys lock); try again later");
+            return;
+        }
         if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_LOCKED) {
             /* SQLite's write lock held by another process past the busy timeout */
             log_warn("store busy op=%s cause=\"the database is locked by another process\" detail=\"%s\"", what,
@@ -1737,7 +1748,7 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
 
     *prev = NULL;
     if ((e = gs_store_keys_lock(w->store)) != GS_OK) {
-        if (e == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_LOCKED)
+        if (e == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_KEYS_LOCK)
             answer_retry(j, 503, 5, "store_unavailable",
                          "the membership database is locked by another process or request (the keys lock): the "
                          "change was not made; try again later");

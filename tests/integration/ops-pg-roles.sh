@@ -154,6 +154,13 @@ expect 503 store_unavailable "a member PUT while another session holds the keys 
 grep -q 'the change was not made' "$work/body" || fail "the PUT under the held keys lock: $(cat "$work/body")"
 expect 503 store_unavailable "a group creation while another session holds the keys lock" -- \
   admin --data '{"name":"held","address":"held@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+# It names the keys lock, which another server's session holds here: not
+# "another process" (SQLite's words for its write lock, held by a stray
+# sqlite3), which sent the operator looking on this host.
+grep -q 'the keys lock' "$work/body" && ! grep -q 'another process' "$work/body" ||
+  fail "the group creation under the held keys lock: $(cat "$work/body")"
+grep 'msg="store busy" op=group ' "$work/serve.log" | grep -q 'cause="another command or request is making token keys (the keys lock)"' ||
+  fail "the log of the group creation under the held keys lock: $(grep 'store busy' "$work/serve.log")"
 pg_psql groupsrv -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'keys-holder'" >/dev/null
 wait "$holder" || true
 own member list eng | grep -q '^dave@' && fail "the PUT answered 503 was made"

@@ -751,7 +751,7 @@ static void test_keys_lock(void **state)
     assert_int_equal(gs_store_open(f->loc, 0, &other), GS_OK);
     gs_store_keys_lock_wait(other, 100);
     assert_int_equal(gs_store_keys_lock(other), GS_ERR_DB);
-    assert_int_equal(gs_err_db_cause(), GS_DB_CAUSE_LOCKED);
+    assert_int_equal(gs_err_db_cause(), GS_DB_CAUSE_KEYS_LOCK);
     gs_store_keys_unlock(f->st);
     assert_int_equal(gs_store_keys_lock(other), GS_OK);
     gs_store_keys_unlock(other);
