@@ -1870,6 +1870,11 @@ static int cmd_check(struct env *e, int argc, char **argv)
         gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
         printf("database  OK   %s (%s, schema %d%s)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st),
                migrated ? ", migrated from an older schema" : "");
+        /* what serve refuses to start without */
+        if (gs_store_check_grants(e->st, strcmp(e->cfg->audit.store, "db") == 0) != GS_OK) {
+            printf("database  PROBLEM: %s\n", gs_err_detail());
+            problems++;
+        }
         problems += check_ca_cert(e);
     }
     err = env_open(e, NEED_TOKEN);

@@ -697,6 +697,15 @@ static bool valid_instance(const char *instance)
     return instance != NULL && *instance != '\0' && strlen(instance) <= GS_AUDIT_CHAIN_MAX;
 }
 
+gs_err gs_store_check_grants(gs_store *st, bool audit)
+{
+    if (st == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no store");
+    if (st->ops->check_grants == NULL)
+        return GS_OK;
+    return st->ops->check_grants(st, audit);
+}
+
 static gs_err no_audit_table(gs_store *st)
 {
     return gs_err_set(GS_ERR_ARGS, "the %s store has no audit table ([audit] store = db needs [db] url)",

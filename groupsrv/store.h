@@ -349,6 +349,14 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
  * are at most GS_AUDIT_CHAIN_MAX. */
 #define GS_AUDIT_ADMIN_SUFFIX "/admin"
 #define GS_AUDIT_CHAIN_MAX (GS_AUDIT_INSTANCE_MAX + (int)sizeof(GS_AUDIT_ADMIN_SUFFIX) - 1)
+/* The database role's privileges against those a server needs
+ * (docs/scale-out.md, "Database roles"): GS_OK, or GS_ERR_DB naming the
+ * role and each privilege it lacks. audit: also SELECT and INSERT on the
+ * audit table ([audit] store = db). Without it a role short of a grant
+ * started and said healthy, and then failed every request that needed the
+ * grant (all of them, for the audit table's INSERT). GS_OK for a backend
+ * without roles (SQLite: the file's permissions decide). */
+gs_err gs_store_check_grants(gs_store *st, bool audit);
 typedef struct gs_store_audit_row {
     int64_t seq;
     char *line;

@@ -55,6 +55,8 @@ struct gs_store_ops {
     gs_err (*member_list)(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n);
     /* wrap DEFAULT stores NULL (the group's); NOT_FOUND without the member */
     gs_err (*member_set_wrap)(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap);
+    /* NULL: the backend has no roles to check */
+    gs_err (*check_grants)(gs_store *st, bool audit);
     /* Audit chains (NULL in a backend without an audit table). */
     gs_err (*audit_head)(gs_store *st, const char *instance, int64_t *seq, char **line);
     gs_err (*audit_append)(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);

@@ -156,6 +156,7 @@ enum q {
     Q_MEMBER_LIST,
     Q_MEMBER_SET_WRAP,
     Q_AUDIT_HEAD,
+    Q_GRANTS,
     Q_AUDIT_APPEND,
     Q_AUDIT_INSTANCES,
     Q_AUDIT_READ,
@@ -211,6 +212,18 @@ static const char *const queries[Q_N] = {
                       "ORDER BY lower(email) COLLATE \"C\", email COLLATE \"C\"",
     [Q_MEMBER_SET_WRAP] = "UPDATE members SET wrap = $1 WHERE group_id = $2 AND lower(email) = lower($3)",
     [Q_AUDIT_HEAD] = "SELECT seq, line FROM audit WHERE instance = $1 ORDER BY seq DESC LIMIT 1",
+    /* docs/scale-out.md's grants that the role lacks ($1: the audit
+     * table's too), NULL when none; ownership, superuser and inherited
+     * roles count, as for the statements themselves */
+    [Q_GRANTS] = "SELECT current_user, string_agg(m.p || ' ON ' || m.t, ', ') FROM ("
+                 "SELECT t, p FROM unnest(ARRAY['ca', 'groups', 'group_keys', 'secret_keys', 'seal_keys', "
+                 "'members', 'changes']) t, unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) p "
+                 "WHERE NOT has_table_privilege(t, p) "
+                 "UNION ALL SELECT 'schema_version', 'SELECT' WHERE NOT has_table_privilege('schema_version', 'SELECT') "
+                 "UNION ALL SELECT 'SEQUENCE groups_id_seq', 'USAGE' "
+                 "WHERE NOT has_sequence_privilege('groups_id_seq', 'USAGE') "
+                 "UNION ALL SELECT 'audit', p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
+                 "WHERE $1::boolean AND NOT has_table_privilege('audit', p)) m",
     /* One statement for the whole batch: one round trip, one commit. */
     [Q_AUDIT_APPEND] = "INSERT INTO audit (instance, seq, line) "
                        "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o)",
@@ -1464,6 +1477,22 @@ static gs_err pg_audit_head(gs_store *st, const char *instance, int64_t *seq, ch
     return err;
 }
 
+static gs_err pg_check_grants(gs_store *st, bool audit)
+{
+    struct params p = {0};
+    PGresult *r = NULL;
+
+    p_text(&p, audit ? "true" : "false");
+    gs_err err = run(st, Q_GRANTS, &p, &r, "privileges");
+    if (err == GS_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 1))
+        err = gs_err_set(GS_ERR_DB,
+                         "the database role \"%s\" lacks privileges the server needs (docs/scale-out.md, "
+                         "\"Database roles\"): %s",
+                         PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+    PQclear(r);
+    return err;
+}
+
 /* The lines as one text[] literal: {"l1","l2"} with " and \ escaped. */
 static char *array_literal(char *const *lines, size_t n)
 {
@@ -1618,6 +1647,7 @@ static const struct gs_store_ops pg_ops = {
     .member_get = pg_member_get,
     .member_list = pg_member_list,
     .member_set_wrap = pg_member_set_wrap,
+    .check_grants = pg_check_grants,
     .audit_head = pg_audit_head,
     .audit_append = pg_audit_append,
     .audit_instances = pg_audit_instances,

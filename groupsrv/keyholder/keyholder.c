@@ -869,6 +869,14 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                   log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }
+    /* A role short of a grant would start, say healthy to HAProxy, and
+     * fail every request that needs it (every key request, for the audit
+     * table's INSERT): refused here, naming what is missing. */
+    if ((ge = gs_store_check_grants(st, strcmp(cfg->audit.store, "db") == 0)) != GS_OK) {
+        log_error("not started: the database role lacks privileges the server needs detail=\"%s\"",
+                  log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
+        goto out;
+    }
     gs_ca *ca = NULL;
     ge = gs_ca_load(st, kh->hsm, &ca);
     atomic_store(&kh->ca, ca);

@@ -10,6 +10,9 @@
 #     behind a transaction open on its tables it waits 1 s at a time and
 #     tries again (not as long as the transaction, every server's
 #     requests queued behind it);
+#   - a role short of a documented grant (INSERT on audit): check names
+#     it, serve refuses to start (not a healthy-looking server that
+#     fails every key request);
 #   - serve starts, and every kind of request it writes for works: an
 #     unwrap (audit insert), a member removed over REST (members, the
 #     secret key rotation it brings, the change stamp), a member added, a
@@ -97,6 +100,20 @@ ok "check as the owner migrates it, behind an open transaction: tries again, mig
 
 srv check > "$work/check.out" 2>&1 || fail "check as groupsrv_server: $(grep -v '^cap ' "$work/check.out")"
 ok "groupsrv check as the server role"
+# A role short of a documented grant (here INSERT on audit): check says
+# which, and serve refuses to start naming it. Before, serve started,
+# /healthz said ok (HAProxy kept it in), and every key request got 503
+# audit_unavailable.
+pg_psql groupsrv -c "REVOKE INSERT ON audit FROM groupsrv_server" >/dev/null
+srv check > "$work/check.out" 2>&1 && fail "check passed as a role that may not INSERT into audit"
+grep -q '^database  PROBLEM: the database role "groupsrv_server" lacks privileges the server needs (docs/scale-out.md, "Database roles"): INSERT ON audit$' \
+  "$work/check.out" || fail "check as a role without INSERT on audit: $(grep '^database' "$work/check.out")"
+rc=0
+timeout 60 "$BIN/groupsrv" -c "$work/server.conf" serve > "$work/nogrant.log" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q 'msg="not started: the database role lacks privileges the server needs" detail=".*: INSERT ON audit"' \
+  "$work/nogrant.log" || fail "serve as a role without INSERT on audit: exit $rc: $(grep level=error "$work/nogrant.log")"
+pg_psql groupsrv -c "GRANT INSERT ON audit TO groupsrv_server" >/dev/null
+ok "a role without INSERT on audit: check names it, serve refuses to start"
 # A multi-host URI whose first hosts refuse and whose last (the primary)
 # refuses the role: libpq's reasons for every host, the last one too. Its
 # hint under each refused host ("Is the server running on that host ...")
