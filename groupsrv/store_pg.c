@@ -244,6 +244,7 @@ struct pg_store {
     bool no_answer; /* the last statement got no answer in time (the connection was closed) */
     bool unbounded; /* statements may take as long as they take (the migration) */
     int64_t last_used_ms; /* CLOCK_MONOTONIC at the last ensure_connected */
+    unsigned conn_gen;    /* counts connections made: tells a statement sent on a new one */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -533,6 +534,7 @@ static gs_err connect_session(gs_store *st)
         log_info("database connection restored");
     PG(st)->lost = false;
     PG(st)->lost_quietly = false;
+    PG(st)->conn_gen++;
     return GS_OK;
 }
 
@@ -587,8 +589,40 @@ static gs_err ensure_connected(gs_store *st)
     return connect_session(st);
 }
 
+/* A statement that changes nothing: sent again when the connection it
+ * went out on turns out to have been ended (below). Not the advisory
+ * locks' SELECTs. */
+static bool reads_only(enum q which)
+{
+    return strncmp(queries[which], "SELECT ", 7) == 0 && which != Q_AUDIT_CHAIN_LOCK &&
+           which != Q_AUDIT_CHAIN_UNLOCK;
+}
+
+/* The statement failed because the server had ended its connection (a
+ * restart, a failover, pg_terminate_backend; not a hang, a lock or a
+ * read-only server). Before result_error, which closes the books on it. */
+static bool ended_by_server(gs_store *st, PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+    if (PG(st)->no_answer || PG(st)->conn == NULL)
+        return false;
+    return PQstatus(PG(st)->conn) != CONNECTION_OK ||
+           (state != NULL && (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+                              strcmp(state, "57P02") == 0));
+}
+
 /* Runs prepared query `which` with p. GS_OK with *res holding the result
- * (caller PQclears it) or an error with *res NULL. */
+ * (caller PQclears it) or an error with *res NULL.
+ * A connection in use less than gs_store_idle_check() ago is not read
+ * before the statement goes out (notice_idle_end): under load every token
+ * worker's is, so after a database restart or failover each worker's
+ * next request met its ended connection and got 503, though it came after
+ * the database was back. A read that meets a connection the server ended
+ * is sent once more on a new one (a read changes nothing, so twice is
+ * safe); not inside a transaction (the loss rolled it back) nor under the
+ * keys lock (gone with the connection), nor when the connection was new
+ * (the database is still away: no second connect). */
 static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult **res, const char *what)
 {
     char name[16];
@@ -602,28 +636,39 @@ static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult *
             return gs_err_set(GS_ERR_ARGS, "value too long for the database (parameter %d, at most %d bytes)", i + 1,
                               GS_STORE_VALUE_MAX);
     }
-    if ((err = ensure_connected(st)) != GS_OK)
-        return err;
     (void)snprintf(name, sizeof(name), "gs_q%d", (int)which);
-    if (!PG(st)->prepared[which]) {
-        r = await_result(st, PQsendPrepare(PG(st)->conn, name, queries[which], 0, NULL));
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    for (int attempt = 0;; attempt++) {
+        unsigned gen = PG(st)->conn_gen;
+        if ((err = ensure_connected(st)) != GS_OK)
+            return err;
+        bool again = attempt == 0 && gen == PG(st)->conn_gen && reads_only(which) && !st->in_tx &&
+                     st->keys_locked == 0;
+        if (!PG(st)->prepared[which]) {
+            r = await_result(st, PQsendPrepare(PG(st)->conn, name, queries[which], 0, NULL));
+            if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                again = again && ended_by_server(st, r);
+                err = result_error(st, r, what);
+                PQclear(r);
+                if (again)
+                    continue;
+                return err;
+            }
+            PQclear(r);
+            PG(st)->prepared[which] = true;
+        }
+        r = await_result(st, PQsendQueryPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL,
+                                                 p ? p->len : NULL, p ? p->fmt : NULL, 0));
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            again = again && ended_by_server(st, r);
             err = result_error(st, r, what);
             PQclear(r);
+            if (again)
+                continue;
             return err;
         }
-        PQclear(r);
-        PG(st)->prepared[which] = true;
+        *res = r;
+        return GS_OK;
     }
-    r = await_result(st, PQsendQueryPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL,
-                                             p ? p->len : NULL, p ? p->fmt : NULL, 0));
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-        err = result_error(st, r, what);
-        PQclear(r);
-        return err;
-    }
-    *res = r;
-    return GS_OK;
 }
 
 /* A statement without rows; *changes (may be NULL) gets the rows changed. */
