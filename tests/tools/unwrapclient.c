@@ -15,7 +15,11 @@
  *         END_MS STATUS CODE REQUEST_ID RETRY_AFTER
  *       (END_MS since the start; STATUS 0 when the connection failed;
  *       "-" for what the answer lacked). For tests that break the server
- *       on purpose and then look at what every client saw.
+ *       on purpose and then look at what every client saw. With
+ *       UC_SOAK_START=1 each line ends with START_MONO_MS too: when the
+ *       request began, in CLOCK_MONOTONIC milliseconds (as Python's
+ *       time.monotonic()), so a test can tell the requests sent after a
+ *       command of its own returned.
  *   Options via environment: UC_CERT, UC_KEY, UC_CACERT (PEM files),
  *   UC_METHOD (GET/POST, default POST when BODYFILE is not "-").
  * Exit 0 when every answer matched (soak: when it ran), 1 otherwise, 2 on
@@ -127,6 +131,7 @@ static void *load_thread(void *arg)
 
 /* ---- soak ---- */
 static double soak_seconds, soak_t0;
+static int soak_start; /* UC_SOAK_START: log each request's start too */
 static FILE *soak_log;
 static pthread_mutex_t soak_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -182,6 +187,7 @@ static void *soak_thread(void *arg)
         if (b.p != NULL)
             b.p[0] = '\0';
         memset(&hd, 0, sizeof(hd));
+        double start = mono_s(); /* before anything of the request is sent */
         CURLcode rc = curl_easy_perform(h);
         if (rc == CURLE_OK)
             curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
@@ -196,8 +202,11 @@ static void *soak_thread(void *arg)
             code[k] = '\0';
         }
         pthread_mutex_lock(&soak_mu);
-        fprintf(soak_log, "%.0f %ld %s %s %s\n", (mono_s() - soak_t0) * 1e3, status, code, hd.id[0] ? hd.id : "-",
-                hd.retry[0] ? hd.retry : "-");
+        fprintf(soak_log, "%.0f %ld %s %s %s", (mono_s() - soak_t0) * 1e3, status, code,
+                hd.id[0] ? hd.id : "-", hd.retry[0] ? hd.retry : "-");
+        if (soak_start)
+            fprintf(soak_log, " %.3f", start * 1e3);
+        fputc('\n', soak_log);
         pthread_mutex_unlock(&soak_mu);
         if (rc != CURLE_OK || status == 503 || status == 429) {
             /* A broken connection (the next request opens a new one), or
@@ -280,6 +289,8 @@ int main(int argc, char **argv)
             (soak_log = fopen(argv[6], "w")) == NULL)
             goto usage;
         pthread_t tid[256];
+        const char *st = getenv("UC_SOAK_START");
+        soak_start = st != NULL && strcmp(st, "1") == 0;
         soak_t0 = mono_s();
         for (unsigned i = 0; i < nt; i++)
             pthread_create(&tid[i], NULL, soak_thread, NULL);
