@@ -5,6 +5,10 @@
 #   - a password in a [db] url that libpq cannot parse, which it quotes in
 #     its error, is shown as *** (stderr, check, serve's log); a running
 #     server's network process never holds it (SECURITY.md);
+#   - a member removed by REST DELETE while four connections of theirs keep
+#     unwraps queued (the key holder's workers reuse one reading of the
+#     changes row for the unwraps queued before it): every request sent
+#     after the DELETE returned is 403 not_a_member;
 #   - a [db] url naming a libpq service (docs/scale-out.md's way round the
 #     line length);
 #   - serve started while PostgreSQL is down exits 1 naming the database;
@@ -52,7 +56,7 @@ ok() { echo "ok: $*"; }
 
 pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
-pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob
+pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
 sql() { pg_psql groupsrv -At -c "$1"; }
 end_sessions() { # every session on groupsrv's database but the caller's
   pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -149,6 +153,20 @@ done
 ! grep -Eq "$pws" "/proc/$srv_pid/cmdline" "/proc/$net_pid/cmdline" "/proc/$net_pid/environ" "$work/serve.log" ||
   fail "the database password in a command line, environment or the log"
 ok "[db] url's password: in the key holder only (not in the network process, command lines or the log)"
+
+# ---- a member removed through REST while their unwraps are queued ----
+# The token workers decide an unwrap on a reading of the changes row taken
+# after it arrived, shared by the unwraps queued before that reading: one
+# sent after the DELETE returned must not be answered on an older one.
+UC_CERT=$certs/dora@example.org.pem UC_KEY=$certs/dora@example.org.key UC_CACERT=$certs/server.pem UC_SOAK_START=1 \
+  "$BIN/unwrapclient" soak "$base/v1/groups/eng/unwrap" "$work/unwrap.json" 4 5 "$work/load-dora.log" & soak_pid=$!
+sleep 1.5
+expect 200 "REST removal of dora under its own load" -- admin -X DELETE "$base/v1/groups/eng/members/dora@example.org"
+/usr/bin/python3 -c 'import time; print("%.3f" % (time.monotonic() * 1e3))' > "$work/removed-at"
+wait "$soak_pid" || fail "load client (dora)"
+/usr/bin/python3 "$SRC/tests/lib/sent_after_removal.py" "$work/load-dora.log" "$(cat "$work/removed-at")" ||
+  fail "answers to a member removed under load on PostgreSQL (above)"
+ok "REST removal under load on PostgreSQL: every request sent after the DELETE returned is 403 not_a_member"
 
 # ---- PostgreSQL stopped: 503 db_unavailable everywhere, nothing changed -------
 pg_stop
