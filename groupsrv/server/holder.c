@@ -172,6 +172,21 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 
     if (rc == IPC_OK)
         return;
+    if (rc == IPC_E_CLOSED || rc == IPC_E_IO) {
+        /* Whole answers may wait in the input ahead of the end: a
+         * synchronous call read them with it (khlink_call_sync) and left
+         * them here. The key holder sent them before it went (a REST
+         * change it made, say): their calls get them, not a NULL. */
+        unsigned char *payload;
+        size_t len;
+        uint32_t type;
+        uint64_t cookie;
+        while (l->fd == fd && ipc_ev_next(l->in, &type, &cookie, &payload, &len) == 1)
+            if (read_frame(l, type, cookie, payload, len) != 0)
+                return; /* broken, or a callback replaced or closed the link */
+        if (l->fd != fd)
+            return;
+    }
     if (rc != IPC_E_CLOSED && rc != IPC_E_IO && rc != IPC_E_NOMEM) {
         broken(l, "unusable frame from the key holder");
         return;

@@ -671,6 +671,41 @@ int main(int argc, char **argv)
         if (eb != NULL)
             event_base_free(eb);
     }
+    /* 8e. The key holder answers a call of the loop and then dies (kill
+     * -9, a crash) while a synchronous call waits: the call reads that
+     * answer and the link's end, and fails. The answer it read is still
+     * the loop's: its call gets it (a REST removal the key holder made is
+     * answered as made), not the NULL of a link that went down first. */
+    {
+        int kh_end[2] = {-1, -1};
+        unsigned async_status = 0;
+        struct event_base *eb = event_base_new();
+        khlink *kl = eb != NULL ? khlink_new(eb, 10) : NULL;
+        ipc_msg sm;
+        int sync_rc = 0;
+        if (kl != NULL && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, kh_end) == 0 &&
+            khlink_attach(kl, kh_end[0]) == 0) {
+            ipc_begin(&b, IPC_HEALTH, 0);
+            /* cookie 1: the loop's call; the synchronous one (2) is never answered */
+            if (khlink_call(kl, &b, note_status, &async_status) == 0 &&
+                write_answer(kh_end[1], &b, IPC_HEALTH, 1, 200) == 0 && shutdown(kh_end[1], SHUT_WR) == 0) {
+                /* Its end as a dying key holder's, after the call's
+                 * frame was written: the answer, then end of file. */
+                ipc_begin(&b, IPC_HEALTH, 0);
+                sync_rc = khlink_call_sync(kl, &b, 5000, &sm);
+                for (int i = 0; i < 10 && async_status == 0; i++)
+                    (void)event_base_loop(eb, EVLOOP_NONBLOCK);
+            }
+        } /* else khlink_attach closed kh_end[0] */
+        CHECK(sync_rc != 0 && async_status == 200,
+              "an answer read with the key holder's end by a synchronous call reaches its call (%d, %u)",
+              sync_rc, async_status);
+        khlink_free(kl);
+        if (kh_end[1] >= 0)
+            close(kh_end[1]);
+        if (eb != NULL)
+            event_base_free(eb);
+    }
     /* 9. A half frame, then the link closes: the key holder stays up. */
     unwrap_frame(&b, 20, argv[3], "eng", ek, ek_len);
     write_all(l0[0], b.p, b.len / 2);
