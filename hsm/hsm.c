@@ -1248,15 +1248,19 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
      * consistent view of them: a process that starts while another writes
      * the token (a key generation of a `group create` beside it) may find
      * no token, or fail C_Login with CKR_GENERAL_ERROR (4 of 24 commands
-     * started two at a time). So a token not found or a device error is
-     * tried again from C_Initialize on, OPEN_TRIES times over about a
-     * second; a PIN or module error is final at once. */
+     * started two at a time) or CKR_USER_PIN_NOT_INITIALIZED (the user
+     * PIN not yet in the file it read: seen beside two `group create`).
+     * So a token not found, a device error or that login answer (no PIN
+     * was checked, so no try is counted) is tried again from C_Initialize
+     * on, OPEN_TRIES times over about a second; a PIN or module error is
+     * final at once. */
     for (unsigned attempt = 1;; attempt++) {
         if ((err = init_module(ctx)) != HSM_OK)
             goto out;
         err = open_token(ctx, &s);
+        bool pin_unseen = err == HSM_ERR_NOT_LOGGED_IN && hsm_last_rv() == CKR_USER_PIN_NOT_INITIALIZED;
         if (err == HSM_OK || attempt >= OPEN_TRIES || ctx->login_unsure ||
-            (err != HSM_ERR_TOKEN_ABSENT && err != HSM_ERR_DEVICE))
+            (err != HSM_ERR_TOKEN_ABSENT && err != HSM_ERR_DEVICE && !pin_unseen))
             break;
         hsm_errsave sv;
         hsm_err_save(&sv);
