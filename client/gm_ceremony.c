@@ -233,7 +233,7 @@ int gm_cmd_keys_import(gm_config *c)
     hsm_key **refs = NULL;
     hsm_ctx *hsm = NULL;
     json_t *versions = NULL, *labels = NULL;
-    char desc[96], tlabel[33], tlabel_uri[3 * 32 + 1];
+    char desc[96], tlabel[33], tlabel_uri[3 * 32 + 1], klabel_uri[3 * sizeof(((gsk_key *)0)->label) + 1];
     gsk_err ge;
     int rc = GM_EXIT_USAGE;
 
@@ -313,11 +313,15 @@ int gm_cmd_keys_import(gm_config *c)
     printf("group %s: imported on token %s (ceremony %s), each key passed its decryption test\n", m->group.name, desc,
            m->ceremony);
     /* Ready to paste: the token's label percent-encoded (a card's label
-     * "Alice card" as token=Alice%20card). */
+     * "Alice card" as token=Alice%20card), and so the key's: the file
+     * names it, and a ';' or '\'' in it would otherwise make the line name
+     * another key, or end the shell's quotes. */
     util_uri_escape_value(tlabel, tlabel_uri, sizeof(tlabel_uri));
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[items[i].index];
-        printf("  v%u  --group-key 'pkcs11:token=%s;object=%s;type=private'\n", k->version, tlabel_uri, k->label);
+        util_uri_escape_label(k->label, klabel_uri, sizeof(klabel_uri));
+        printf("  v%u  --group-key 'pkcs11:token=%s;object=%s;type=private'\n", k->version, tlabel_uri,
+               klabel_uri);
     }
     if (n < m->n_entries)
         printf("(%zu server keys in the file were not imported: secret and rejection keys stay on servers)\n",

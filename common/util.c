@@ -399,7 +399,9 @@ char *util_uri_value_decode(const char *in, size_t n)
     return out;
 }
 
-char *util_uri_escape_value(const char *in, char *out, size_t cap)
+/* util_uri_escape_value, with the bytes of keep (never NUL) also written
+ * as they are. */
+static char *uri_escape(const char *in, const char *keep, char *out, size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
@@ -408,7 +410,8 @@ char *util_uri_escape_value(const char *in, char *out, size_t cap)
         return out;
     for (; *in != '\0'; in++) {
         unsigned char c = (unsigned char)*in;
-        int plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~", c);
+        int plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    strchr("-._~", c) != NULL || strchr(keep, c) != NULL;
         if (o + (plain ? 1 : 3) + 1 > cap)
             break;
         if (plain) {
@@ -421,6 +424,16 @@ char *util_uri_escape_value(const char *in, char *out, size_t cap)
     }
     out[o] = '\0';
     return out;
+}
+
+char *util_uri_escape_value(const char *in, char *out, size_t cap)
+{
+    return uri_escape(in, "", out, cap);
+}
+
+char *util_uri_escape_label(const char *in, char *out, size_t cap)
+{
+    return uri_escape(in, ":", out, cap);
 }
 
 char *util_uri_escape_loose(const char *uri, char *out, size_t cap)

@@ -95,6 +95,12 @@ char *util_uri_value_decode(const char *in, size_t n);
  * (cap bytes; cut short at a whole byte when too small); returns out. */
 char *util_uri_escape_value(const char *in, char *out, size_t cap);
 
+/* util_uri_escape_value with ':' kept as it is (RFC 7512 allows it in a
+ * value): an object label "gs:group:eng:v1" stays readable, while a ';',
+ * '\'', space or '%' in it is encoded, so that the URI names that object
+ * and nothing else, also inside shell single quotes. */
+char *util_uri_escape_label(const char *in, char *out, size_t cap);
+
 /* uri with each byte util_uri_needs_escape objects to written %XX
  * (upper-case hex), the rest as it was, into out (cap bytes, cut short
  * with "..." when too small); returns out. */

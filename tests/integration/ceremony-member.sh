@@ -80,6 +80,51 @@ GROUPMAIL_CONFIG=$work/gm-fault.conf GS_P11FAULT_CONTROL=$work/p11fault.ctl GS_P
 expect_msg "^groupmail: .*eng-alice.gsk: the decryption test of key gs:group:eng:v1 could not run: token removed or not present"
 grep -q "refused" "$work/err" && fail "a token gone is not a refusal of the file: $(cat "$work/err")"
 
+# ---- a key label that a URI must encode (the file names it; the sending
+# side's CA signed it, here by pkcs11-tool with the CA key on its token):
+# the --group-key line import prints names that key, and pastes as it is
+# into the shell's single quotes ----
+read -r o h l < <(openssl asn1parse -inform DER -in "$work/eng-alice.gsk" |
+  sed -n 's/^ *\([0-9]*\):d=1 *hl= *\([0-9]*\) *l= *\([0-9]*\) *prim: OCTET STRING.*/\1 \2 \3/p' | head -n 1)
+dd if="$work/eng-alice.gsk" of="$work/manifest.json" bs=1 skip=$((o + h)) count="$l" status=none
+odd="gs:group:eng:v1;type=secret-key x'y%41"
+python3 - "$work/manifest.json" "$odd" <<'PY'
+import sys
+p, odd = sys.argv[1], sys.argv[2]
+t = open(p).read()
+assert t.count('"label": "gs:group:eng:v1"') == 1, t
+open(p, "w").write(t.replace('"label": "gs:group:eng:v1"', '"label": "%s"' % odd))
+PY
+# by CKA_ID: pkcs11-tool --sign takes the first private key whatever --label says
+objects groups > "$work/groups.objs"
+GS_PIN=$(cat "$work/tok-groups/user-pin") SOFTHSM2_CONF=$work/tok-groups/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label groups --login --pin env:GS_PIN --sign -m SHA256-RSA-PKCS --id "$(field "$work/groups.objs" gs:ca ID)" \
+  -i "$work/manifest.json" -o "$work/odd.sig" >"$work/p11.out" 2>&1 || fail "pkcs11-tool cannot sign with the CA key: $(cat "$work/p11.out")"
+python3 - "$work/manifest.json" "$work/odd.sig" "$work/odd.gsk" <<'PY'
+import sys
+def tlv(tag, b):
+    n = len(b)
+    ln = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + ln + b
+body = tlv(0x0C, b"groupsrv-key-shipment-1") + tlv(0x04, open(sys.argv[1], "rb").read()) + tlv(0x04, open(sys.argv[2], "rb").read())
+open(sys.argv[3], "wb").write(tlv(0x30, body))
+PY
+expect 0 "import of a key whose label a URI must encode" -- gm keys import-group-key --in "$work/odd.gsk" --token "$tok"
+gk=$(sed -n "s/^  v1  --group-key '\(.*\)'\$/\1/p" "$work/out")
+[ "$gk" = "pkcs11:token=alice%27s%20card;object=gs:group:eng:v1%3Btype%3Dsecret-key%20x%27y%2541;type=private" ] ||
+  fail "import-group-key printed --group-key '$gk' for the label $odd: $(cat "$work/out")"
+printf 'Subject: odd\n\nan odd label\n' > "$work/m0.txt"
+openssl cms -encrypt -binary -aes-256-gcm -recip "$work/eng-v1.pem" -keyopt rsa_padding_mode:oaep \
+  -in "$work/m0.txt" -out "$work/m0.smime" 2>/dev/null
+expect 0 "decrypt with the --group-key line as printed" -- \
+  gm decrypt --via local-key --group-key "$gk" --group eng --in "$work/m0.smime" --out "$work/m0.out"
+cmp -s "$work/m0.out" "$work/m0.txt" || fail "the odd label's key: plaintext differs"
+for type in privkey pubkey; do
+  GS_PIN=$(cat "$work/tok-alice/user-pin") SOFTHSM2_CONF=$work/tok-alice/softhsm2.conf pkcs11-tool --module "$module" \
+    --token-label "alice's card" --login --pin env:GS_PIN --delete-object --label "$odd" --type "$type" >/dev/null 2>&1 || true
+done
+ok "a label with ';', a quote, a space and a '%' printed percent-encoded, and the line decrypts"
+
 # ---- the copy on alice's token ----
 expect 0 "keys import-group-key on alice's token" -- \
   gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"

@@ -749,6 +749,11 @@ static void test_uri_escape_loose(void **state)
                         "alice%27s%20card%3B%2F%25%3F%C3%A9-._~");
     assert_string_equal(util_uri_escape_value("a b", out, 6), "a%20b");
     assert_string_equal(util_uri_escape_value("a b", out, 4), "a");
+    /* An object's label: ':' kept, what would end the attribute, the
+     * shell's quotes or a %XX encoded. */
+    assert_string_equal(util_uri_escape_label("gs:group:eng:v1", out, sizeof(out)), "gs:group:eng:v1");
+    assert_string_equal(util_uri_escape_label("gs:group:eng:v1;type=secret-key x'%", out, sizeof(out)),
+                        "gs:group:eng:v1%3Btype%3Dsecret-key%20x%27%25");
     assert_string_equal(util_uri_escape_loose("pkcs11:object=\xff\xff\xff\xff\xff\xff", out, 24),
                         "pkcs11:object=%FF%FF...");
 }
