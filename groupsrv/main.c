@@ -1180,12 +1180,19 @@ static int cmd_member(struct env *e, int argc, char **argv)
         const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
         if (rm.email[0] != '\0')
             mc.email = rm.email;
-        rc = cli_record_done_or_undo(&rec, "member-remove", a.pos[1], rm.key_version ? (long)rm.key_version : -1,
-                                     err,
-                                     json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to",
-                                               (json_int_t)rm.secret_version, "key_rotated_to",
-                                               (json_int_t)rm.key_version),
-                                     member_undo, &mc);
+        json_t *detail =
+            json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to", (json_int_t)rm.secret_version,
+                      "key_rotated_to", (json_int_t)rm.key_version);
+        /* A clone's removal rotated nothing: the record says why, so an
+         * auditor reading 0 and 0 knows the origin has to rotate. */
+        if (detail != NULL && rm.rotate_elsewhere &&
+            json_object_set_new(detail, "rotate_elsewhere", json_true()) != 0) {
+            json_decref(detail);
+            detail = NULL;
+        }
+        rc = cli_record_done_or_undo(&rec, "member-remove", a.pos[1],
+                                     rm.key_version ? (long)rm.key_version : -1, err, detail, member_undo,
+                                     &mc);
         member_change_end(&mc);
         if (rc != 0)
             return rc;

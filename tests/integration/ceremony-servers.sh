@@ -251,7 +251,8 @@ curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$w
   -X DELETE -o "$work/delete.json" "$srv_url/v1/groups/eng/members/dave@example.org"
 [ "$(cat "$work/delete.json")" = '{"removed":"dave@example.org","rotate_elsewhere":true}' ] ||
   fail "DELETE of a member on the clone: $(cat "$work/delete.json")"
-ok "DELETE of a member on the clone: removed, and the answer says nothing rotated here"
+audit_has "$work/beta/audit.jsonl" member-remove ok '"member":"dave@example.org"' '"rotate_elsewhere":true'
+ok "DELETE of a member on the clone: removed, and the answer and the audit record say nothing rotated here"
 serve_stop
 
 # ---- the SO PIN typed on a terminal (no so_pin_source): not echoed ----
@@ -297,6 +298,7 @@ gs_beta group show eng --cert | cmp -s - "$work/eng-v3-renewed.pem" || fail "bet
 refused beta 0 "member remove on the clone: removed, nothing rotated" -- gs_beta member remove eng alice@example.org
 grep -q "^no key rotated here: group eng came to this server by .group import." "$work/out" ||
   fail "member remove on the clone: $(cat "$work/out")"
+audit_has "$work/beta/audit.jsonl" member-remove ok '"member":"alice@example.org"' '"rotate_elsewhere":true'
 gs_alpha secret rotate eng >/dev/null
 gs_alpha group export eng --secret-version 2 --to "$work/beta-transport.pem" --out "$work/eng-s2.gsk" >/dev/null
 expect 0 "import of alpha's secret key version 2 on the clone" -- \
