@@ -201,6 +201,14 @@ for v in 1 2; do
 done
 [ "$(field "$work/beta.objs" gs:reject:eng Access)" = "sensitive" ] || fail "the rejection key copy is extractable"
 ok "the copies read back sensitive and not extractable, with the same labels and CKA_IDs"
+# beta passes on no copy of a key version (docs/groupsrv.1.md); a group
+# secret key copy it can, as every server wraps those to members
+refused beta 1 "export of a copy from the clone" -- \
+  gs_beta group export eng --version 1 --to "$work/alpha-transport.pem" --out "$work/x.gsk"
+expect_msg "gs:group:eng:v1 on this token cannot be wrapped \(an imported copy\)"
+expect 0 "export of a group secret key copy from the clone" -- \
+  gs_beta group export eng --secret-version 1 --to "$work/alpha-transport.pem" --out "$work/x.gsk"
+rm -f "$work/x.gsk"
 gs_beta group show eng | grep -E '^(member wrap|key policy):' > "$work/beta-settings"
 cmp -s "$work/alpha-settings" "$work/beta-settings" ||
   fail "the imported group's member wrap or key policy differs: alpha: $(cat "$work/alpha-settings"); beta: $(cat "$work/beta-settings")"
