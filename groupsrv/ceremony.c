@@ -704,6 +704,24 @@ static gs_err recorded(const gsk_key *k, const gs_store_group *g, const gs_store
             return gs_err_set(GS_ERR_STATE, "secret key version %u is retired here", k->version);
         *yes = true;
     }
+    /* Not recorded, and older than every version recorded here (retired
+     * ones stay recorded): the group came here by a file made with --all,
+     * which holds every version the origin had not retired, so the origin
+     * had retired this one by then. A file that has it was made before: a
+     * replay would give members back a version the origin took away. */
+    unsigned oldest = 0;
+    for (size_t i = 0; k->kind == GSK_KIND_GROUP && i < nk; i++)
+        if (oldest == 0 || keys[i].version < oldest)
+            oldest = keys[i].version;
+    for (size_t i = 0; k->kind == GSK_KIND_SECRET && i < ns; i++)
+        if (oldest == 0 || secrets[i].version < oldest)
+            oldest = secrets[i].version;
+    if (!*yes && oldest != 0 && k->version < oldest)
+        return gs_err_set(
+            GS_ERR_STATE,
+            "%skey version %u is older than every one recorded here (the oldest is %u): the origin had "
+            "retired it when it exported the group to this server, and this file was made before that",
+            k->kind == GSK_KIND_SECRET ? "secret " : "", k->version, oldest);
     return GS_OK;
 }
 

@@ -380,6 +380,32 @@ expect 0 "group rotate --take-over on gamma (no clone)" -- gs_gamma group rotate
 grep -q "nothing taken over" "$work/out" || fail "take-over on a server of the cluster: $(cat "$work/out")"
 audit_has "$work/gamma/audit.jsonl" group-rotate ok '"take_over":false'
 
+# ---- a replay: delta gets group rep by --all after alpha retired its
+# version 1 and secret key version 1; files made before the retirement
+# must not bring them back (members would get back what was taken away) ----
+gs_alpha group create rep --address rep@example.org --key rsa:2048 --replicable --oaep-only >/dev/null
+gs_alpha group rotate rep >/dev/null
+gs_alpha secret rotate rep >/dev/null
+mkserver delta
+gs_delta ca init --key rsa:2048 >/dev/null
+gs_delta token transport-key --out "$work/delta-transport.pem" >/dev/null
+gs_alpha group export rep --version 1 --to "$work/delta-transport.pem" --out "$work/rep-v1-old.gsk" >/dev/null
+gs_alpha group export rep --secret-version 1 --to "$work/delta-transport.pem" --out "$work/rep-s1-old.gsk" >/dev/null
+gs_alpha group retire rep --before 2 >/dev/null
+gs_alpha secret retire rep --before 2 >/dev/null
+gs_alpha group export rep --all --to "$work/delta-transport.pem" --out "$work/rep-delta.gsk" >/dev/null
+expect 0 "group import on delta (what alpha has not retired)" -- \
+  gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem"
+refused delta 1 "replay of a key version file made before the origin retired it" -- \
+  gs_delta group import --in "$work/rep-v1-old.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: key version 1 is older than every one recorded here \(the oldest is 2\)"
+refused delta 1 "replay of a secret key version file made before the origin retired it" -- \
+  gs_delta group import --in "$work/rep-s1-old.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: secret key version 1 is older than every one recorded here \(the oldest is 2\)"
+gs_delta group show rep > "$work/show"
+grep -Eq "^  v1 " "$work/show" && fail "delta records a version alpha retired: $(cat "$work/show")"
+audit_has "$work/delta/audit.jsonl" group-import "secret key version 1 is older than every one" rep-s1-old.gsk
+
 # ---- alpha lost for good: the clone beta becomes the group's origin ----
 refused beta 1 "group rotate on the clone without --take-over" -- gs_beta group rotate eng
 expect_msg "group rotate eng --take-over"
