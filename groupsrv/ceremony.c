@@ -28,6 +28,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "cli.h"
@@ -739,6 +740,52 @@ static unsigned max_version(const gs_store_group_key *keys, size_t nk, const gs_
     return v;
 }
 
+/* Does this database's own CA certify a recorded version of the group,
+ * while another CA signed the file? Then this server makes the group's
+ * versions (it created the group, or took it over with `group rotate
+ * --take-over`), and the server that signed the file is not its origin
+ * (or no longer: an origin that was taken over). Servers sharing this
+ * database share its CA and so sign as it does. */
+static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_store_group_key *keys, size_t nk,
+                                       bool *yes)
+{
+    gs_store_ca *ca_row = NULL;
+    X509 *ca = NULL, *x;
+    BIO *bio = NULL;
+    gs_err err;
+
+    *yes = false;
+    err = gs_store_ca_get(e->st, &ca_row);
+    if (err == GS_ERR_NOT_FOUND) {
+        err = GS_OK; /* no CA here: it certified nothing */
+        goto out;
+    }
+    if (err || (err = gs_cert_parse((const unsigned char *)ca_row->cert_pem, strlen(ca_row->cert_pem),
+                                    &ca)) != GS_OK)
+        goto out;
+    /* The key, not the certificate: one renewed (ca renew-cert) is the same CA. */
+    if (signer == NULL || EVP_PKEY_eq(X509_get0_pubkey(ca), X509_get0_pubkey(signer)) == 1)
+        goto out; /* signed by this database's CA: a server of this cluster */
+    for (size_t i = 0; i < nk && !*yes; i++) {
+        if ((bio = BIO_new_mem_buf(keys[i].cert_pem, -1)) == NULL) {
+            err = GS_ERR_NOMEM;
+            goto out;
+        }
+        /* every certificate recorded, those import-cert replaced included */
+        while (!*yes && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+            *yes = X509_verify(x, X509_get0_pubkey(ca)) == 1;
+            X509_free(x);
+        }
+        BIO_free(bio);
+        bio = NULL;
+    }
+out:
+    ERR_clear_error();
+    X509_free(ca);
+    gs_store_ca_free(ca_row);
+    return err;
+}
+
 /* Records what the token now holds: the group (if new) and every key
  * version not recorded yet, in ascending order, so the newest current one
  * ends current. Inside the caller's transaction. */
@@ -1081,10 +1128,29 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         rc = import_refused(&im, m->group.name, GS_ERR_NOMEM);
         goto out;
     }
+    bool origin_here = false;
+    if (gi.g != NULL &&
+        (err = origin_here_other_signer(e, im.trusted, gi.keys, gi.nk, &origin_here)) != GS_OK) {
+        rc = import_refused(&im, m->group.name, err);
+        goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         const gsk_key *k = &m->entries[i];
         if ((err = recorded(k, gi.g, gi.keys, gi.nk, gi.secrets, gi.ns, &gi.was_recorded[i])) != GS_OK) {
             rc = import_refused(&im, m->group.name, err);
+            goto out;
+        }
+        /* A version newer than this origin's from another server would
+         * become current here and take a number this server gives. */
+        if (origin_here && !gi.was_recorded[i] && k->kind != GSK_KIND_REJECT &&
+            k->version > max_version(gi.keys, gi.nk, gi.secrets, gi.ns, k->kind)) {
+            rc = import_refused(
+                &im, m->group.name,
+                gs_err_set(GS_ERR_STATE,
+                           "%skey version %u is newer than this server's: group %s's versions are "
+                           "made here (this server's CA certifies them; it created the group or "
+                           "took it over), not by the server that signed this file",
+                           k->kind == GSK_KIND_SECRET ? "secret " : "", k->version, m->group.name));
             goto out;
         }
         items[i].index = i;

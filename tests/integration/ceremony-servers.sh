@@ -421,4 +421,12 @@ grep -q "no key rotated here" "$work/out" && fail "the clone that took over rota
 grep -q "new secret key" "$work/out" || fail "member remove after the take-over: $(cat "$work/out")"
 expect 0 "secret rotate on the clone that took over" -- gs_beta secret rotate eng
 audit_has "$work/beta/audit.jsonl" group-rotate ok '"take_over":true'
+# The old origin comes back and makes a version: beta, now the origin,
+# refuses it (it would become current there and take beta's next number)
+gs_alpha group rotate eng > "$work/out"
+av=$(sed -n 's/^group eng: new key version \([0-9]*\)$/\1/p' "$work/out")
+gs_alpha group export eng --version "$av" --to "$work/beta-transport.pem" --out "$work/eng-old-origin.gsk" >/dev/null
+refused beta 1 "import of a newer version from the origin that was taken over" -- \
+  gs_beta group import --in "$work/eng-old-origin.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: key version $av is newer than this server's: group eng's versions are made here"
 echo "all ceremony-servers checks passed"
