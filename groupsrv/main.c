@@ -1281,12 +1281,52 @@ static int cmd_member(struct env *e, int argc, char **argv)
 
 static const char *yn(bool b) { return b ? "yes" : "no"; }
 
+/* The key table of `check`: rows are kept until the audit ends so that
+ * the GROUP and LABEL columns are as wide as their longest entry (a key
+ * adopted with --use-key is named by its whole pkcs11: URI) and every
+ * column stays in line; a width is capped so one very long URI makes its
+ * own row long rather than every row. */
+#define CHECK_GROUP_W 16
+#define CHECK_LABEL_W 30
+#define CHECK_W_MAX 120
+#define CHECK_ROWS_MAX 100000
+
+struct check_line {
+    char *group, *label, *rest; /* "rest": kind, version and group come first */
+    char kind[8], ver[16];
+};
+
+struct check_table {
+    struct check_line *lines;
+    size_t n, cap;
+    bool nomem; /* a row could not be kept: printed at once instead */
+};
+
+static int check_width(int base, size_t len) { return len > (size_t)base ? (len > CHECK_W_MAX ? CHECK_W_MAX : (int)len) : base; }
+
+static void check_print_line(const struct check_line *l, int gw, int lw)
+{
+    printf("%-6s %-*s %-4s %-*s %s\n", l->kind, gw, l->group, l->ver, lw, l->label, l->rest);
+}
+
+static void check_line_free(struct check_line *l)
+{
+    free(l->group);
+    free(l->label);
+    free(l->rest);
+}
+
 static void check_row(void *arg, const gs_key_audit_row *r)
 {
-    (void)arg;
-    char ver[16] = "-", extra[320] = "";
+    struct check_table *t = arg;
+    struct check_line l;
+    char extra[320] = "", rest[512];
+
+    memset(&l, 0, sizeof(l));
+    (void)util_strlcpy(l.kind, r->kind, sizeof(l.kind));
+    (void)util_strlcpy(l.ver, "-", sizeof(l.ver));
     if (r->version)
-        (void)snprintf(ver, sizeof(ver), "v%u", r->version);
+        (void)snprintf(l.ver, sizeof(l.ver), "v%u", r->version);
     /* A replicable key's custody and an accepted weakening are named on
      * the key's own row, never silent. */
     bool custody = r->ok && r->custody != NULL && r->custody[0];
@@ -1296,15 +1336,58 @@ static void check_row(void *arg, const gs_key_audit_row *r)
                        r->accepted[0] ? ")" : "", r->note[0] ? "; " : "", r->note);
     if (r->info) {
         const hsm_key_info *i = r->info;
-        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
-               r->group[0] ? r->group : "-", ver, r->label, yn(i->sensitive), yn(i->always_sensitive),
-               yn(i->never_extractable), yn(i->extractable), yn(i->decrypt), yn(i->unwrap), yn(i->sign),
-               yn(i->wrap), r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
+        (void)snprintf(rest, sizeof(rest), "%-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s", yn(i->sensitive),
+                       yn(i->always_sensitive), yn(i->never_extractable), yn(i->extractable), yn(i->decrypt),
+                       yn(i->unwrap), yn(i->sign), yn(i->wrap), r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
     } else {
-        printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s\n", r->kind,
-               r->group[0] ? r->group : "-", ver, r->label[0] ? r->label : "-", "-", "-", "-", "-", "-", "-", "-",
-               "-", r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
+        (void)snprintf(rest, sizeof(rest), "%-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s", "-", "-", "-", "-", "-",
+                       "-", "-", "-", r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
     }
+    l.group = strdup(r->group[0] ? r->group : "-");
+    l.label = strdup(r->info || r->label[0] ? r->label : "-");
+    l.rest = strdup(rest);
+    if (l.group == NULL || l.label == NULL || l.rest == NULL || t->n >= CHECK_ROWS_MAX) {
+        t->nomem = true;
+        goto out;
+    }
+    if (t->n == t->cap) {
+        size_t ncap = t->cap ? t->cap * 2 : 16;
+        struct check_line *nl = realloc(t->lines, ncap * sizeof(*nl));
+        if (nl == NULL) {
+            t->nomem = true;
+            goto out;
+        }
+        t->lines = nl;
+        t->cap = ncap;
+    }
+    t->lines[t->n++] = l;
+    return;
+out:
+    /* Never lost: a row that cannot be kept is shown as it comes. */
+    if (l.group != NULL && l.label != NULL && l.rest != NULL)
+        check_print_line(&l, CHECK_GROUP_W, CHECK_LABEL_W);
+    else
+        printf("%-6s %s %s %s (out of memory)\n", l.kind, r->group, l.ver, r->label);
+    check_line_free(&l);
+}
+
+/* Prints the header and the kept rows, then frees them. */
+static void check_table_flush(struct check_table *t)
+{
+    int gw = CHECK_GROUP_W, lw = CHECK_LABEL_W;
+
+    for (size_t i = 0; i < t->n; i++) {
+        gw = check_width(gw, strlen(t->lines[i].group));
+        lw = check_width(lw, strlen(t->lines[i].label));
+    }
+    printf("%-6s %-*s %-4s %-*s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", gw, "GROUP", "VER", lw, "LABEL",
+           "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
+    for (size_t i = 0; i < t->n; i++) {
+        check_print_line(&t->lines[i], gw, lw);
+        check_line_free(&t->lines[i]);
+    }
+    free(t->lines);
+    memset(t, 0, sizeof(*t));
 }
 
 /* ---- check: what the token can do ------------------------------------------------------ */
@@ -1837,6 +1920,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     struct args a;
     hsm_token_info ti;
     unsigned problems = 0, key_problems = 0;
+    struct check_table table = {0};
     bool migrated = false;
     gs_err err;
     hsm_err he;
@@ -1904,9 +1988,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
         return 1;
     }
     print_group_policies(e);
-    printf("%-6s %-16s %-4s %-30s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", "GROUP", "VER", "LABEL",
-           "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
-    err = gs_keys_audit(e->st, e->hsm, check_row, NULL, &key_problems);
+    err = gs_keys_audit(e->st, e->hsm, check_row, &table, &key_problems);
+    check_table_flush(&table);
     if (err) {
         printf("keys      PROBLEM: %s\n", gs_err_detail());
         return 1;

@@ -49,6 +49,18 @@ if [ "$want_weak" != none ]; then
   grep -q "^group  *eng  *v1 .*OK.*accepted weakening" "$work/check.out" ||
     { cat "$work/check.out" >&2; fail "check does not name the group key's accepted weakening"; }
 fi
+# The key table stays in line whatever a label's length (an adopted key
+# is named by its whole pkcs11: URI): each row's SENS column starts where
+# the header's does.
+/usr/bin/python3 - "$work/check.out" <<'PY' || { cat "$work/check.out" >&2; fail "check's key table is out of line"; }
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+head = next(i for i, l in enumerate(lines) if l.startswith("KIND "))
+col = lines[head].index(" SENS ") + 1
+rows = [l for l in lines[head + 1:] if l.split(" ", 1)[0] in ("ca", "group", "secret", "reject", "seal")]
+bad = [l for l in rows if l[col - 1] != " " or l[col:].split(" ", 1)[0] not in ("yes", "no", "-")]
+sys.exit(1 if bad or not rows else 0)
+PY
 ok "$TOKEN: check prints the capability table and the policy"
 
 # ---- trusted wrap: --replicable where the token has it, a clear refusal where not ----
