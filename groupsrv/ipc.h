@@ -168,6 +168,7 @@ enum ipc_flag {
     IPC_FLAG_REPLICABLE = 1u << 9,   /* create: "replicable": true */
     IPC_FLAG_KEY_TRANSPORTS = 1u << 10, /* view request: say the key transports (discovery; probes the token) */
     IPC_FLAG_ROTATE_ELSEWHERE = 1u << 11, /* member delete: nothing rotated (a clone: the origin rotates) */
+    IPC_FLAG_SECRET_NO_WRAP = 1u << 12,   /* view: the current secret key cannot wrap through this module */
 };
 /* Key transports a group's current key accepts (discovery's "key_transports"). */
 enum ipc_kt { IPC_KT_OAEP = 1u << 0, IPC_KT_OAEP256 = 1u << 1, IPC_KT_PKCS1V15 = 1u << 2, IPC_KT_ECDH = 1u << 3 };

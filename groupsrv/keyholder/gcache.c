@@ -257,6 +257,22 @@ unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g)
     return kts;
 }
 
+int gcache_secret_wraps(hsm_ctx *hsm, const gs_group *g)
+{
+    const gs_group_secret_ref *sec = gs_group_current_secret(g);
+    hsm_caps caps;
+    hsm_key_info info;
+
+    if (sec == NULL || sec->key == NULL || hsm_caps_get(hsm, &caps) != HSM_OK ||
+        hsm_caps_has(&caps, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP))
+        return 1;
+    /* CKA_WRAP is what hsm/ goes by (made for CKM_AES_KEY_WRAP; a key
+     * made for CKM_AES_ECB encrypts and never wraps). */
+    if (hsm_key_get_info(hsm, sec->key, &info) != HSM_OK || info.sealed || !info.wrap)
+        return 1;
+    return 0;
+}
+
 /* The DER SubjectPublicKeyInfo of a PEM certificate (caller frees). */
 static int pem_spki(const char *pem, unsigned char **der, size_t *len)
 {

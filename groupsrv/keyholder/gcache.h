@@ -78,6 +78,18 @@ enum { GCACHE_KT_OAEP = IPC_KT_OAEP, GCACHE_KT_OAEP256 = IPC_KT_OAEP256, GCACHE_
        GCACHE_KT_ECDH = IPC_KT_ECDH };
 unsigned gcache_key_transports(gcache *c, hsm_ctx *hsm, const gs_group *g);
 
+/* 0 when the group's current secret key cannot wrap content keys through
+ * this module: a key on the token made to wrap with CKM_AES_KEY_WRAP
+ * (made where the token offered it: directly, or through another module)
+ * while this module does not offer CKM_AES_KEY_WRAP with CKF_WRAP
+ * (p11-kit's RPC, a network HSM's client library), so every
+ * deliver=group-secret and rewrap to group-secret is refused. 1 otherwise,
+ * and whenever it cannot be said (no current secret, a sealed one, a key
+ * built on CKM_AES_ECB, an attribute read that failed): discovery then
+ * lists what the group was made with, as before. Reads the key's
+ * attributes only on a module without AES key wrap. */
+int gcache_secret_wraps(hsm_ctx *hsm, const gs_group *g);
+
 /* 1 when spki (DER SubjectPublicKeyInfo, as the network process read it
  * from the caller's certificate) is the public key of the certificate in
  * pem (the member's recorded one), else 0 (also for an unparsable pem). */

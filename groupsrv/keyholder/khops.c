@@ -1516,7 +1516,13 @@ static void op_view(struct kh_worker *w, struct kh_job *j, uint64_t gen)
     const gs_group_key_ref *cur = gs_group_current_key(g);
     X509 *cacert = w->kh->ca ? gs_ca_cert(w->kh->ca) : NULL;
     answer_begin(j, 200);
-    ipc_put_u32(&j->reply, IPC_T_FLAGS, gi->allow_pkcs1v15 ? IPC_FLAG_PKCS1V15 : 0);
+    /* Discovery leaves group-secret out where this module cannot do it
+     * (clients and exploders pick their method from that list); the group
+     * keeps it, and a request for it is still answered 400
+     * unsupported_algorithm, saying why. */
+    bool no_wrap = (gi->methods & GS_METHOD_GROUP_SECRET) && !gcache_secret_wraps(w->kh->hsm, g);
+    ipc_put_u32(&j->reply, IPC_T_FLAGS,
+                (gi->allow_pkcs1v15 ? IPC_FLAG_PKCS1V15 : 0) | (no_wrap ? IPC_FLAG_SECRET_NO_WRAP : 0));
     ipc_put_str(&j->reply, IPC_T_NAME, gi->name);
     ipc_put_str(&j->reply, IPC_T_ADDRESS, gi->address ? gi->address : "");
     ipc_put_u32(&j->reply, IPC_T_METHODS, gi->methods);

@@ -851,6 +851,11 @@ static void group_info_have_view(struct srv_req *r)
      * group created before that was checked recorded: what it cannot do
      * is not offered (clients pick their method from this list). */
     unsigned methods = cur != NULL && cur->ec ? v->methods & (unsigned)GS_METHODS_EC : v->methods;
+    /* Likewise group-secret where the module cannot wrap with the group's
+     * secret key (made to wrap with CKM_AES_KEY_WRAP, served through a
+     * module without it): every such request would be refused. */
+    if (v->secret_no_wrap)
+        methods &= ~(unsigned)GS_METHOD_GROUP_SECRET;
 
     for (size_t i = 0; versions != NULL && i < v->nversions; i++)
         json_array_append_new(versions, json_integer(v->versions[i].version));

@@ -86,6 +86,7 @@ int gview_parse(const ipc_msg *m, gview **out)
         goto fail;
     v->methods = ipc_u32(m, IPC_T_METHODS, 0);
     v->allow_pkcs1v15 = (ipc_u32(m, IPC_T_FLAGS, 0) & IPC_FLAG_PKCS1V15) != 0;
+    v->secret_no_wrap = (ipc_u32(m, IPC_T_FLAGS, 0) & IPC_FLAG_SECRET_NO_WRAP) != 0;
     v->member_wrap = (gs_wrap)ipc_u32(m, IPC_T_WRAP, GS_WRAP_DEFAULT);
     v->key_transports = ipc_u32(m, IPC_T_KEY_TRANSPORTS, 0);
     if (n > 0 && (v->versions = calloc(n, sizeof(*v->versions))) == NULL)

@@ -45,6 +45,7 @@ typedef struct gview {
     char address[GS_EMAIL_MAX + 1];
     unsigned methods;           /* enum gs_method bits */
     bool allow_pkcs1v15;
+    bool secret_no_wrap;        /* the current secret key cannot wrap through this module */
     size_t nversions;
     gview_key *versions;        /* the group key versions, newest first */
     bool has_secret;

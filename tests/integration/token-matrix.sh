@@ -422,6 +422,13 @@ rpc)
        -pkeyopt rsa_padding_mode:oaep | base64 -w0)" > "$work/req-direct-gs.json"
   expect_status 400 unsupported_algorithm "group-secret for a key made directly, served over RPC" -- \
     c alice --data-binary @"$work/req-direct-gs.json" "$base/v1/groups/direct/unwrap"
+  # ...and discovery does not offer it (clients and exploders pick their
+  # method from that list); the group made over the RPC still has it.
+  expect_status 200 "" "discovery of the group made directly" -- anon "$base/v1/groups/direct"
+  [ "$(json_get "$work/body" methods)" = "['tls', 'recipient-key', 'membership-cert']" ] ||
+    fail "discovery offers what this module cannot do: $(cat "$work/body")"
+  expect_status 200 "" "discovery of the group made over RPC" -- anon "$base/v1/groups/eng"
+  json_get "$work/body" methods | grep -q "'group-secret'" || fail "discovery of eng lost group-secret: $(cat "$work/body")"
   ok "rpc: keys made directly are served over the RPC; what it cannot carry is noted, not a crash"
   ;;
 smartcard)
