@@ -752,9 +752,10 @@ static gs_err ca_key(hsm_ctx *hsm, const char *label, const char *keyspec, const
         e.missing = gs_policy_caps_missing(&caps);
         if ((problem = gs_key_check(&info, &e, NULL)) != NULL)
             return gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: a CA key must be made on the token, sensitive, "
-                              "never extractable, sign only%s", q, problem,
+                              "never extractable, sign only%s%s", q, problem,
                               strstr(problem, "ALLOWED") ? " (and with CKA_ALLOWED_MECHANISMS: this token stores it)"
-                                                         : "");
+                                                         : "",
+                              gs_adopt_custody_hint(problem));
         if (info.n_allowed_mechanisms == 0)
             *missing = HSM_PROT_ALLOWED_MECHANISMS;
         return GS_OK;

@@ -945,7 +945,8 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     e.allow_pkcs1v15 = v15;
     e.missing = gs_policy_caps_missing(caps);
     if ((problem = gs_key_check(&info, &e, NULL)) != NULL) {
-        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: %s", q, problem, adopt_hint(problem));
+        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: %s%s", q, problem, adopt_hint(problem),
+                         gs_adopt_custody_hint(problem));
         goto out;
     }
     /* What the key lacks of what applies to it: its recorded weakenings. */

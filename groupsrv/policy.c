@@ -270,6 +270,19 @@ static const char *check_never_leaves(const hsm_key_info *i, const gs_key_expect
     return NULL;
 }
 
+const char *gs_adopt_custody_hint(const char *problem)
+{
+    if (problem == NULL)
+        return "";
+    if (strcmp(problem, "CKA_EXTRACTABLE is true") == 0 || strcmp(problem, "CKA_NEVER_EXTRACTABLE is false") == 0)
+        return "; pkcs11-tool cannot ask for CKA_EXTRACTABLE false (NSS softokn and opencryptoki make keys "
+               "extractable unless asked): let groupsrv generate the key on the token instead (--key)";
+    if (strcmp(problem, "CKA_SENSITIVE is false") == 0 || strcmp(problem, "CKA_ALWAYS_SENSITIVE is false") == 0)
+        return "; make a new key with CKA_SENSITIVE from the start (pkcs11-tool --keypairgen --sensitive), or let "
+               "groupsrv generate it (--key)";
+    return "";
+}
+
 const char *gs_key_custody_problem(const hsm_key_info *i, bool replicable, const char **custody)
 {
     gs_key_expect e;

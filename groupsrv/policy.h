@@ -128,6 +128,14 @@ const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const
  * "imported copy", else "". */
 const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
                           const char **custody);
+/* For a key adopted with --use-key that gs_key_check refused for its
+ * custody (problem as returned): how to make one that passes with the
+ * stock tool, as text beginning "; " (static), or "" when there is
+ * nothing to add. pkcs11-tool --keypairgen asks for CKA_SENSITIVE with
+ * --sensitive but can never ask for CKA_EXTRACTABLE false: on a token
+ * whose default is extractable (NSS softokn, opencryptoki) only a key
+ * groupsrv generates (--key) passes. */
+const char *gs_adopt_custody_hint(const char *problem);
 /* Only the rules of custody of gs_key_check2 (a token object, private,
  * sensitive, value unreadable, always sensitive, never extractable; a
  * replicable key's original or copy as above), without usage: for a key

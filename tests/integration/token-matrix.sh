@@ -499,6 +499,18 @@ opencryptoki)
   grep -q "^policy eng  *v1 OAEP hashes: decrypt SHA-1, SHA-256; unwrap SHA-1, SHA-256" "$work/check.out" ||
     fail "check: OAEP hashes on opencryptoki: $(grep '^policy' "$work/check.out")"
   ok "opencryptoki: CA signatures over a DigestInfo, secret keys on CKM_AES_ECB"
+  # A key made with the stock tool, as pkcs11-config/README.md shows for a
+  # card: opencryptoki makes it extractable (pkcs11-tool cannot ask
+  # otherwise), so it is refused, and the one line says what works.
+  GS_USER_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_USER_PIN \
+    --keypairgen --key-type rsa:2048 --label tool-key --id 0c --usage-decrypt --sensitive >/dev/null 2>&1 ||
+    fail "pkcs11-tool --keypairgen on opencryptoki"
+  rc=0; gs group create tool --address tool@example.org --use-key "pkcs11:object=tool-key;type=private" \
+    > "$work/tool.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && [ "$(wc -l < "$work/tool.out")" = 1 ] &&
+    grep -q "CKA_EXTRACTABLE is true: .*pkcs11-tool cannot ask for CKA_EXTRACTABLE false .*generate the key on the token instead (--key)\$" \
+      "$work/tool.out" || fail "group create --use-key of pkcs11-tool's key: exit $rc: $(cat "$work/tool.out")"
+  ok "opencryptoki: pkcs11-tool's (extractable) key refused, saying to use --key: $(cat "$work/tool.out")"
   ;;
 esac
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
