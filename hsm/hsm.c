@@ -737,6 +737,15 @@ static hsm_err init_module(hsm_ctx *ctx)
                        "(NSS softokn: configdir=...): set [hsm] init_args with the module's path, "
                        "or x-init-reserved in its p11-kit module file");
         err = HSM_ERR_MODULE;
+    } else if (hsm_last_rv() == CKR_TOKEN_WRITE_PROTECTED) {
+        /* Not a token that "can only serve" (the generic hint): the
+         * module opened nothing, so nothing is served. NSS softokn says
+         * this when its database files are not writable by this user. */
+        hsm_set_detail("C_Initialize: CKR_TOKEN_WRITE_PROTECTED: the module cannot open its token store for "
+                       "writing (NSS softokn: its database files are not writable by this user: give them to "
+                       "the user groupsrv runs as, or add flags=readOnly to the init arguments to serve only, "
+                       "with no key made or deleted)");
+        err = HSM_ERR_MODULE;
     }
     return err;
 }

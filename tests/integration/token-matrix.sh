@@ -285,6 +285,21 @@ nss)
   grep -q "CKR_ARGUMENTS_BAD: the module needs initialisation arguments.*init_args" "$work/check-noargs.out" ||
     fail "no clear message without init_args: $(cat "$work/check-noargs.out")"
   ok "nss: [hsm] init_args by path works; without it the error says what to do"
+  # A database its user cannot write: NSS refuses C_Initialize itself, so
+  # nothing is served (not a token that "can only serve"); the message says
+  # what to do, and flags=readOnly then serves (and refuses new keys).
+  chmod a-w "$work/nssdb"/*.db
+  rc=0; "$BIN/groupsrv" -c "$work/bypath.conf" check > "$work/check-ro.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^token  *PROBLEM: .*C_Initialize: CKR_TOKEN_WRITE_PROTECTED: the module cannot open its token store for writing (NSS softokn: .*flags=readOnly" \
+    "$work/check-ro.out" || { chmod u+w "$work/nssdb"/*.db; fail "check on a read-only NSS database: exit $rc: $(cat "$work/check-ro.out")"; }
+  sed -e "s|^init_args = .*|init_args = ${TOK_INIT_ARGS}readOnly|" "$work/bypath.conf" > "$work/ro.conf"
+  rc=0; "$BIN/groupsrv" -c "$work/ro.conf" check > "$work/check-ro.out" 2>&1 || rc=$?
+  rc2=0; "$BIN/groupsrv" -c "$work/ro.conf" secret rotate eng > "$work/rotate-ro.out" 2>&1 || rc2=$?
+  chmod u+w "$work/nssdb"/*.db
+  [ "$rc" = 0 ] || fail "check on a read-only NSS database with flags=readOnly: exit $rc: $(tail -5 "$work/check-ro.out")"
+  [ "$rc2" = 1 ] && grep -q "write-protected" "$work/rotate-ro.out" ||
+    fail "secret rotate on a read-only NSS database: exit $rc2: $(cat "$work/rotate-ro.out")"
+  ok "nss: a database this user cannot write: C_Initialize's refusal says what to do; flags=readOnly serves"
   # NSS keeps CKA_WRAP_WITH_TRUSTED but lets any key the user makes wrap
   # such a key out: no trusted wrap, so no replicable group (its key
   # could leave in the clear with the user PIN alone).
