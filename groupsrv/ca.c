@@ -48,6 +48,12 @@ gs_err gs_hsm_fail(hsm_err he, const char *what, const char *label)
         err = GS_ERR_TOKEN;
     if (he == HSM_ERR_KEY_POLICY)
         err = GS_ERR_POLICY;
+    /* Not a failing token: one that keeps no new object (NSS softokn
+     * opened read-only reports it only so). The caller's request cannot be
+     * met here, as for CKF_WRITE_PROTECTED (exit 1; 400 over REST, never a
+     * 503 that clients would retry for ever). */
+    if (he == HSM_ERR_WRITE_PROTECTED)
+        err = GS_ERR_ARGS;
     return gs_err_set(err, "%s%s%s: %s%s%s%s", what, label ? " " : "", label ? label : "", hsm_strerror(he),
                       d && d[0] ? " (" : "", d && d[0] ? d : "", d && d[0] ? ")" : "");
 }

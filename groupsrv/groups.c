@@ -2240,7 +2240,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     gs_ca *own_ca = NULL;
     struct next_secret ns;
     struct next_version nv;
-    bool rotate, rotate_key, made = false;
+    bool rotate, rotate_key, made = false, rotating = false;
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
@@ -2285,6 +2285,10 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
             goto out;
         }
     }
+    /* From here a failure of the token's work (a key that cannot be made)
+     * leaves the member in: said first (below), so that nobody reads a
+     * failed rotation as a removal that only lacked its new key. */
+    rotating = true;
     /* Option C: the member may hold a copy of the group key on their own
      * token, which no server can take back. Mail to the group must go to a
      * key they do not have: a new version, in the same step. */
@@ -2307,6 +2311,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
             goto out;
         made = true;
     }
+    rotating = false;
     /* Removal and the new versions land together, or none of them. */
     err = gs_store_begin(st);
     if (err)
@@ -2332,6 +2337,11 @@ out:
     if (made)
         next_secret_undo(hsm, &ns, err != GS_OK);
     drop_next_version(hsm, &nv); /* destroys the pair unless it was recorded */
+    if (err != GS_OK && rotating) {
+        char d[512], q[GS_EMAIL_MAX + 8];
+        (void)util_strlcpy(d, gs_err_detail(), sizeof(d));
+        (void)gs_err_set(err, "%s stays a member of %s: %s", log_quote(q, sizeof(q), email), group, d);
+    }
     gs_ca_free(own_ca);
     gs_store_member_free(m);
     gs_store_group_free(g);

@@ -63,6 +63,9 @@ typedef enum hsm_err {
     HSM_ERR_DEVICE,             /* CKR_DEVICE_ERROR, CKR_GENERAL_ERROR, ...; also a module
                                    that is down (re-initialising it failed): try later */
     HSM_ERR_PKCS11,             /* any other CK_RV */
+    HSM_ERR_WRITE_PROTECTED,    /* CKR_SESSION_READ_ONLY, CKR_TOKEN_WRITE_PROTECTED: the token
+                                   keeps no new object (a read-only token or store, flagged
+                                   CKF_WRITE_PROTECTED or not): retrying does not help */
 } hsm_err;
 
 /* Static text for an error code. */

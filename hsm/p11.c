@@ -229,6 +229,9 @@ hsm_err hsm_map_rv(CK_RV rv)
     case CKR_CANT_LOCK:
     case CKR_NEED_TO_CREATE_THREADS:
         return HSM_ERR_MODULE;
+    case CKR_SESSION_READ_ONLY:
+    case CKR_TOKEN_WRITE_PROTECTED:
+        return HSM_ERR_WRITE_PROTECTED;
     default:
         return HSM_ERR_PKCS11;
     }
@@ -281,6 +284,8 @@ const char *hsm_strerror(hsm_err err)
         return "token device error";
     case HSM_ERR_PKCS11:
         return "PKCS#11 error";
+    case HSM_ERR_WRITE_PROTECTED:
+        return "the token is write-protected";
     }
     return "unknown hsm error";
 }

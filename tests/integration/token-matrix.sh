@@ -295,10 +295,16 @@ nss)
   sed -e "s|^init_args = .*|init_args = ${TOK_INIT_ARGS}readOnly|" "$work/bypath.conf" > "$work/ro.conf"
   rc=0; "$BIN/groupsrv" -c "$work/ro.conf" check > "$work/check-ro.out" 2>&1 || rc=$?
   rc2=0; "$BIN/groupsrv" -c "$work/ro.conf" secret rotate eng > "$work/rotate-ro.out" 2>&1 || rc2=$?
+  # Removing a member makes a new secret key version, which this token
+  # cannot keep: the member stays, and the one line says so first.
+  rc3=0; "$BIN/groupsrv" -c "$work/ro.conf" member remove eng bob@example.org > "$work/remove-ro.out" 2>&1 || rc3=$?
   chmod u+w "$work/nssdb"/*.db
   [ "$rc" = 0 ] || fail "check on a read-only NSS database with flags=readOnly: exit $rc: $(tail -5 "$work/check-ro.out")"
   [ "$rc2" = 1 ] && grep -q "write-protected" "$work/rotate-ro.out" ||
     fail "secret rotate on a read-only NSS database: exit $rc2: $(cat "$work/rotate-ro.out")"
+  [ "$rc3" = 1 ] && grep -q "^groupsrv: bob@example.org stays a member of eng: .*the token is write-protected" "$work/remove-ro.out" ||
+    fail "member remove on a read-only NSS database: exit $rc3: $(cat "$work/remove-ro.out")"
+  gs member list eng | grep -q "^bob@example.org " || fail "member remove on a read-only NSS database removed bob"
   ok "nss: a database this user cannot write: C_Initialize's refusal says what to do; flags=readOnly serves"
   # NSS keeps CKA_WRAP_WITH_TRUSTED but lets any key the user makes wrap
   # such a key out: no trusted wrap, so no replicable group (its key
