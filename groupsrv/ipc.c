@@ -19,7 +19,11 @@
 #include "log.h"
 #include "util.h"
 
-enum kind { K_NONE = 0, K_U32, K_U64, K_STR, K_BYTES, K_NEST };
+/* K_ID: a string of ASCII letters, digits, '-', '_' and '.' only (a
+ * request id: it goes into audit records and log lines as it is, so a
+ * byte that is not UTF-8 would make the record impossible to write after
+ * the token did the work, and a quote or space would forge log fields). */
+enum kind { K_NONE = 0, K_U32, K_U64, K_STR, K_BYTES, K_NEST, K_ID };
 
 struct field_def {
     enum kind kind;
@@ -29,7 +33,7 @@ struct field_def {
 #define KIB 1024u
 #define MIB (1024u * 1024u)
 static const struct field_def fields[IPC_T_COUNT] = {
-    [IPC_T_REQUEST_ID] = {K_STR, 33},      [IPC_T_CALLER] = {K_U32, 4},
+    [IPC_T_REQUEST_ID] = {K_ID, 33},      [IPC_T_CALLER] = {K_U32, 4},
     [IPC_T_IDENTITY] = {K_STR, 256},       [IPC_T_SPKI] = {K_BYTES, 4 * KIB},
     [IPC_T_GROUP] = {K_STR, 65},           [IPC_T_GEN] = {K_U64, 8},
     [IPC_T_ITEM] = {K_NEST, 8 * KIB},      [IPC_T_DELIVER] = {K_U32, 4},
@@ -202,6 +206,18 @@ static bool valid_str(const unsigned char *p, uint32_t len)
     return true;
 }
 
+/* An id: a string (valid_str) of [A-Za-z0-9._-], not empty. */
+static bool valid_id(const unsigned char *p, uint32_t len)
+{
+    if (len < 2 || !valid_str(p, len))
+        return false;
+    for (uint32_t i = 0; i + 1 < len; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') ||
+              p[i] == '-' || p[i] == '_' || p[i] == '.'))
+            return false;
+    return true;
+}
+
 static int decode_fields(const struct schema *sc, const unsigned char *p, size_t len, ipc_msg *out, int depth);
 
 static int check_value(enum ipc_tag tag, const unsigned char *v, uint32_t vlen, int depth)
@@ -216,6 +232,8 @@ static int check_value(enum ipc_tag tag, const unsigned char *v, uint32_t vlen, 
         return vlen == 8 ? IPC_OK : IPC_E_FIELD;
     case K_STR:
         return vlen <= fd->max && valid_str(v, vlen) ? IPC_OK : IPC_E_FIELD;
+    case K_ID:
+        return vlen <= fd->max && valid_id(v, vlen) ? IPC_OK : IPC_E_FIELD;
     case K_BYTES:
         return vlen <= fd->max ? IPC_OK : IPC_E_FIELD;
     case K_NEST:
@@ -296,7 +314,8 @@ uint64_t ipc_u64(const ipc_msg *m, enum ipc_tag tag, uint64_t dflt)
 
 const char *ipc_str(const ipc_msg *m, enum ipc_tag tag)
 {
-    return ipc_has(m, tag) && fields[tag].kind == K_STR ? (const char *)m->f[tag].p : NULL;
+    return ipc_has(m, tag) && (fields[tag].kind == K_STR || fields[tag].kind == K_ID) ? (const char *)m->f[tag].p
+                                                                                       : NULL;
 }
 
 int ipc_bytes(const ipc_msg *m, enum ipc_tag tag, const unsigned char **p, size_t *len)

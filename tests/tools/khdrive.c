@@ -472,6 +472,22 @@ int main(int argc, char **argv)
     /* 6. A member, correctly: still serving. */
     unwrap_frame(&b, 18, argv[3], "eng", ek, ek_len);
     expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 200, NULL, "a member's unwrap after all that");
+    /* 6-. The same unwrap with a request id that is no request id (not
+     * UTF-8: its audit record cannot be written): refused as malformed
+     * before the group key is used, not a token operation without its
+     * record (and without a failed-unwrap count) answered 503. */
+    ipc_begin(&b, IPC_UNWRAP, 19);
+    ipc_put_str(&b, IPC_T_REQUEST_ID, "\xc3\x28\xff");
+    ipc_put_u32(&b, IPC_T_CALLER, IPC_CALLER_IDENTITY);
+    ipc_put_str(&b, IPC_T_IDENTITY, argv[3]);
+    ipc_put_bytes(&b, IPC_T_SPKI, spki, (size_t)spki_len);
+    ipc_put_str(&b, IPC_T_GROUP, "eng");
+    ipc_nest_begin(&b, IPC_T_ITEM);
+    ipc_put_u32(&b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+    ipc_put_u32(&b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+    ipc_put_bytes(&b, IPC_T_ENC_KEY, ek, ek_len);
+    ipc_nest_end(&b);
+    ask(l0[0], &rd0, &b, 400, "bad_request", "an unwrap whose request id is not one (not UTF-8)");
     /* 6a. What a member may not do, claimed by the network process for
      * one: the admin operations, creating a group, the exploder's rewrap. */
     request_begin(&b, IPC_MEMBER_PUT, 30, argv[3], "eng");

@@ -168,6 +168,19 @@ static void test_refusals(void **state)
     memset(&r, 0, sizeof(r));
     raw_field(&r, IPC_T_GROUP, "eng", 4);
     assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_OK);
+    /* A request id: letters, digits, '-', '_', '.'; nothing else (it is
+     * audited and logged as it is). */
+    const char *bad_ids[] = {"\xc3\x28", "ab cd", "a\"b", "a=b", ""};
+    for (size_t i = 0; i < sizeof(bad_ids) / sizeof(bad_ids[0]); i++) {
+        memset(&r, 0, sizeof(r));
+        raw_field(&r, IPC_T_REQUEST_ID, bad_ids[i], (uint32_t)strlen(bad_ids[i]) + 1);
+        raw_field(&r, IPC_T_GROUP, "eng", 4);
+        assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
+    }
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_REQUEST_ID, "00ff-A_b.9", 11);
+    raw_field(&r, IPC_T_GROUP, "eng", 4);
+    assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_OK);
     /* Truncated: a field header cut short, a length beyond the payload. */
     r.n -= 1;
     assert_int_equal(decode_raw(IPC_VIEW, &r), IPC_E_FIELD);
