@@ -533,7 +533,10 @@ int ipc_write_frame(int sock, const ipc_buf *b, int fd, int timeout_ms)
             c->cmsg_len = CMSG_LEN(sizeof(int));
             memcpy(CMSG_DATA(c), &fd, sizeof(int));
         }
-        ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+        /* MSG_DONTWAIT: on a blocking socket (a control channel) a peer
+         * that reads nothing would otherwise hold sendmsg, and this
+         * caller, for ever instead of timeout_ms. */
+        ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

@@ -371,6 +371,9 @@ static int start_holder(struct sup *s, int *kh_ends)
     return wait_ready(&s->kh);
 }
 
+/* The longest a child may leave a control frame untaken. */
+#define CTL_WRITE_MS 10000
+
 static int send_frame(int ctl, uint32_t type, uint32_t index, int fd)
 {
     ipc_buf b;
@@ -380,7 +383,9 @@ static int send_frame(int ctl, uint32_t type, uint32_t index, int fd)
     ipc_begin(&b, type, 0);
     if (type == IPC_CTL_LINK || type == IPC_CTL_LISTEN)
         ipc_put_u32(&b, IPC_T_INDEX, index);
-    rc = ipc_end(&b) == IPC_OK ? ipc_write_frame(ctl, &b, fd, 10000) : IPC_E_FIELD;
+    rc = ctl < 0              ? IPC_E_CLOSED
+         : ipc_end(&b) == IPC_OK ? ipc_write_frame(ctl, &b, fd, CTL_WRITE_MS)
+                                 : IPC_E_FIELD;
     ipc_buf_free(&b);
     return rc;
 }
@@ -400,6 +405,27 @@ static gs_err tls_cert_valid_now(const unsigned char *pem, size_t len)
     return err;
 }
 
+/* A running network process that did not take a control frame (its
+ * TLS files at a reload, new links) within CTL_WRITE_MS: stopped, stuck,
+ * or compromised and no longer reading its channel. Part of a frame may
+ * be in the channel, so nothing sent after it would be read as framed:
+ * the process is killed, and on_chld starts a new one, which gets
+ * everything at its start (s->net_ends: the links it was to get). The
+ * channel is closed here, so that further frames fail at once instead of
+ * each waiting CTL_WRITE_MS. */
+static void net_ctl_failed(struct sup *s, const char *what, int rc)
+{
+    if (s->net.pid <= 0)
+        return;
+    log_error("the network process does not take its control frames: killing it to start a new one what=%s "
+              "err=\"%s\" pid=%ld",
+              what, ipc_strerror(rc), (long)s->net.pid);
+    kill(s->net.pid, SIGKILL);
+    if (s->net.ctl >= 0)
+        close(s->net.ctl);
+    s->net.ctl = -1;
+}
+
 /* When send_tls sends the TLS files: at serve's start, to a network
  * process started again (serve runs on), or at a reload (SIGHUP). */
 enum tls_when { TLS_AT_START, TLS_AT_RESTART, TLS_AT_RELOAD };
@@ -408,13 +434,15 @@ enum tls_when { TLS_AT_START, TLS_AT_RESTART, TLS_AT_RELOAD };
  * reload (SIGHUP) a certificate that is not valid now is refused and the
  * previous one kept: every client would refuse it. At a start there is
  * no previous one: it is served, with a warning. */
-static int send_tls(struct sup *s, int ctl, enum tls_when when)
+static int send_tls(struct sup *s, int ctl, enum tls_when when, int *wrc)
 {
     const struct gs_config *cfg = s->cfg;
     unsigned char *cert = NULL, *key = NULL, *ca = NULL;
     size_t cl = 0, kl = 0, cal = 0;
     int rc = -1;
     ipc_buf b;
+
+    *wrc = IPC_OK;
 
     /* at serve's start, the reason it does not start (docs/groupsrv.1.md);
      * not at a restart of the network process, which serve outlives */
@@ -448,7 +476,7 @@ static int send_tls(struct sup *s, int ctl, enum tls_when when)
         ipc_put_bytes(&b, IPC_T_KEY_PEM, key, kl);
     if (ca != NULL)
         ipc_put_bytes(&b, IPC_T_CA_PEM, ca, cal);
-    if (ipc_end(&b) == IPC_OK && ipc_write_frame(ctl, &b, -1, 10000) == IPC_OK)
+    if (ipc_end(&b) == IPC_OK && (*wrc = ipc_write_frame(ctl, &b, -1, CTL_WRITE_MS)) == IPC_OK)
         rc = 0;
 out:
     ipc_buf_free(&b);
@@ -522,8 +550,9 @@ static int start_net(struct sup *s, int *net_ends, bool at_start)
     s->net.started = util_monotonic_s();
     ipc_begin(&b, IPC_CTL_CONFIG, 0);
     ipc_put_bytes(&b, IPC_T_TEXT, s->cfg_text, s->cfg_len);
-    if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, 10000) != IPC_OK ||
-        send_tls(s, s->net.ctl, at_start ? TLS_AT_START : TLS_AT_RESTART) != 0 ||
+    int wrc;
+    if (ipc_end(&b) != IPC_OK || ipc_write_frame(s->net.ctl, &b, -1, CTL_WRITE_MS) != IPC_OK ||
+        send_tls(s, s->net.ctl, at_start ? TLS_AT_START : TLS_AT_RESTART, &wrc) != 0 ||
         send_frame(s->net.ctl, IPC_CTL_LISTEN, 0, s->listen_fd) != IPC_OK ||
         (s->certsrv_fd >= 0 && send_frame(s->net.ctl, IPC_CTL_LISTEN, 1, s->certsrv_fd) != IPC_OK))
         goto out;
@@ -588,13 +617,16 @@ static void restart_holder(evutil_socket_t fd, short what, void *arg)
     free(kh_ends);
     /* The network process (if it runs) takes the new links; if it is
      * being restarted itself, it gets them when it starts. */
-    if (s->net.pid > 0) {
-        for (unsigned i = 0; i < s->nlinks; i++)
-            if (send_frame(s->net.ctl, IPC_CTL_LINK, i, net_ends[i]) != IPC_OK)
-                log_error("could not hand a new link to the network process link=%u", i);
+    int wrc = IPC_OK;
+    for (unsigned i = 0; s->net.pid > 0 && i < s->nlinks && wrc == IPC_OK; i++)
+        if ((wrc = send_frame(s->net.ctl, IPC_CTL_LINK, i, net_ends[i])) != IPC_OK)
+            net_ctl_failed(s, "new links", wrc);
+    if (s->net.pid > 0 && wrc == IPC_OK) {
         close_fds(net_ends, s->nlinks);
         free(net_ends);
     } else {
+        /* For the network process started next (this one is gone, or
+         * killed above): the links sent to it stay open here. */
         if (s->net_ends != NULL)
             close_fds(s->net_ends, s->nlinks);
         free(s->net_ends);
@@ -689,11 +721,18 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     /* New connections use the new certificate/key/CAs/CRLs; requests on
      * existing connections are verified against the new stores too. The
      * network process says "reloaded" once it has them. */
-    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, TLS_AT_RELOAD) != 0)
-        log_error("reload failed; keeping the previous TLS configuration");
-    /* The key holder opens the audit log again if it was replaced. */
+    /* The key holder first: it opens the audit log again if it was
+     * replaced (log rotation), which must not wait for the network
+     * process to take its frame. */
     if (s->kh.pid > 0)
         kill(s->kh.pid, SIGHUP);
+    int wrc = IPC_OK;
+    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, TLS_AT_RELOAD, &wrc) != 0) {
+        if (wrc != IPC_OK)
+            net_ctl_failed(s, "TLS reload", wrc); /* its successor reads the files at its start */
+        else
+            log_error("reload failed; keeping the previous TLS configuration");
+    }
 }
 
 static void on_term(evutil_socket_t sig, short what, void *arg)

@@ -235,6 +235,31 @@ ok "server log after both restarts: one key=value record per line, no libevent w
 grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net2/status" || fail "the restarted network process is not sandboxed"
 ok "the restarted network process is sandboxed too"
 
+# ---- a network process that stops reading its control channel ----
+# (stopped here; compromised, it would just not read.) A SIGHUP's TLS
+# files, more than the channel holds (a client CA file of 4 MB), cannot
+# all be sent: the supervisor waited for ever in sendmsg, frozen (no
+# restarts, no SIGTERM). Now it gives up after 10 s, and since part of a
+# frame may be in the channel, kills that process and starts a new one,
+# which reads the files at its start; the key holder had its SIGHUP first.
+cp "$certs/clients.pem" "$work/clients.pem.orig"
+{ cat "$work/clients.pem.orig"
+  awk 'BEGIN { for (i = 0; i < 50000; i++) print "# padding: text between PEM blocks is skipped ........................" }'
+} > "$certs/clients.pem"
+hups=$(grep -c 'PIN source read again' "$work/server.log" || true)
+kill -STOP "$net2"
+kill -HUP "$srv_pid"
+waitfor "the supervisor did not replace a network process that stopped reading its control channel" \
+  bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net2 ]"
+kill -CONT "$net2" 2>/dev/null || true
+waitfor "no service from the network process started instead" healthy
+[ "$(grep -c 'PIN source read again' "$work/server.log")" -gt "$hups" ] || fail "the key holder did not get the SIGHUP"
+grep -q 'does not take its control frames' "$work/server.log" || fail "no log line for the network process replaced"
+net2=$(child groupsrv-net)
+expect_status 200 "" "unwrap from the network process started instead" -- c alice --data-binary @"$work/req-tls.json" "$url"
+cp "$work/clients.pem.orig" "$certs/clients.pem"
+ok "a network process that does not read its control channel at a SIGHUP: replaced after 10 s, serving"
+
 # ---- SIGTERM: everything stops, nothing left ----
 kill -TERM "$srv_pid"
 wait "$srv_pid" || fail "SIGTERM exit status"

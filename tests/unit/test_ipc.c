@@ -379,6 +379,34 @@ static void test_wrap_transports_members(void **state)
     ipc_buf_free(&b);
 }
 
+/* A control channel (a blocking socket) whose peer reads nothing: the
+ * write gives up after its timeout instead of blocking for ever (the
+ * supervisor, writing to a network process that stopped reading, must
+ * not hang). alarm(): without the timeout this test would hang, so it
+ * fails by SIGALRM instead. */
+static void test_write_frame_timeout(void **state)
+{
+    int sv[2];
+    ipc_buf b;
+    unsigned char *big = calloc(1, 4u << 20);
+    (void)state;
+
+    assert_non_null(big);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_CTL_TLS, 0);
+    ipc_put_bytes(&b, IPC_T_CERT_PEM, "x", 1);
+    ipc_put_bytes(&b, IPC_T_CA_PEM, big, 4u << 20); /* more than the socket takes */
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    alarm(10);
+    assert_int_equal(ipc_write_frame(sv[0], &b, -1, 100), IPC_E_TIMEOUT);
+    alarm(0);
+    ipc_buf_free(&b);
+    free(big);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 /* Frames and descriptors over a stream socket, as the supervisor sends
  * them: each descriptor is taken with its frame. */
 static void test_control_channel(void **state)
@@ -768,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_view_key_policy),
         cmocka_unit_test(test_wrap_transports_members),
         cmocka_unit_test(test_control_channel),
+        cmocka_unit_test(test_write_frame_timeout),
         cmocka_unit_test(test_ev_write_fill),
         cmocka_unit_test(test_ev_queue),
         cmocka_unit_test(test_evbuffer),
