@@ -1775,6 +1775,30 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
     return 0;
 }
 
+/* Before a member change is made (keys lock held, member_change_begin):
+ * a record of it with outcome "started", durable before anything is
+ * changed. The change is committed before its outcome record can be
+ * written; a key holder killed in between (kill -9, a crash, the machine
+ * losing power) would leave a change with no record at all. With this
+ * one, every change made has a record: a "started" not followed by the
+ * outcome of the same action, identity, group and member means the change
+ * may have been made (the member's record says). extra is consumed. 0, or
+ * -1 with 503 answered (nothing changed). */
+static int member_change_started(struct kh_job *j, const char *action, const char *identity, const char *gname,
+                                 json_t *extra)
+{
+    audit_record rec = {.action = action, .identity = identity, .group = gname, .key_version = -1,
+                        .outcome = "started", .extra = extra};
+    audit_err ae = job_audit(j, &rec);
+
+    json_decref(extra);
+    if (ae == AUDIT_OK && audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) == AUDIT_OK)
+        return 0;
+    j->audit_first = j->audit_last = 0; /* known failed: nothing to hold the answer for */
+    answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the change was not made");
+    return -1;
+}
+
 /* A member change is committed before its audit record is durable (the
  * record is queued, and the answer held for it). Should the record then
  * fail (the audit disk filled by other records since the room was
@@ -1858,7 +1882,9 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     if (type == IPC_MEMBER_DELETE) {
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
-        if (member_change_begin(w, j, g, email, &locked, &prev) != 0)
+        if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+            member_change_started(j, action, c.identity, gname,
+                                  json_pack("{s:s}", "member", prev != NULL ? prev->email : email)) != 0)
             goto out;
         e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
         if (rm.email[0] != '\0')
@@ -1918,7 +1944,9 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     bool existed = false;
-    if (member_change_begin(w, j, g, email, &locked, &prev) != 0)
+    if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+        member_change_started(j, action, c.identity, gname,
+                              json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
         goto out;
     e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
     /* The record as the change left it: what an undo may replace, and
