@@ -2025,6 +2025,17 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the group was not created");
         goto out;
     }
+    /* As a member change (member_change_started): a record before the
+     * group is made, so that a key holder killed before its outcome
+     * record does not leave a group (and keys on the token) unrecorded. */
+    audit_record started = {.action = "group-create", .identity = c.identity, .group = name, .key_version = -1,
+                            .outcome = "started"};
+    if (job_audit(j, &started) != AUDIT_OK ||
+        audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) != AUDIT_OK) {
+        j->audit_first = j->audit_last = 0;
+        answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the group was not created");
+        goto out;
+    }
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
     if (e == GS_OK)
         e = gs_member_add(w->store, name, c.identity, GS_ROLE_ADMIN, NULL);

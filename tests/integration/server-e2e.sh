@@ -268,6 +268,10 @@ expect_status 400 bad_request "DELETE refuses what names no record" -- c admin -
   "$base/v1/groups/eng/members/a%20b@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
+# recorded as started (durable before the keys are made), then its outcome:
+# a key holder killed in between leaves no group without a record
+[ "$(grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops"' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
+  '"outcome":"started","outcome":"ok"' ] || fail "the group's records: $(grep '"group":"ops"' "$work/audit.jsonl")"
 # a bad name or address is told apart from a missing one
 expect_status 400 bad_request "group name in capitals" -- c admin --data-binary '{"name":"Ops3","address":"ops3@example.org"}' "$base/v1/groups"
 grep -q '"name\\" must be' "$work/body" || fail "bad group name: $(cat "$work/body")"
