@@ -299,6 +299,12 @@ net2=$(child groupsrv-net)
 expect_status 200 "" "unwrap from the network process started instead" -- c alice --data-binary @"$work/req-tls.json" "$url"
 cp "$work/clients.pem.orig" "$certs/clients.pem"
 ok "a network process that does not read its control channel at a SIGHUP: replaced after 10 s, serving"
+# It came after a SIGHUP reload, a restart of each process and member
+# changes: still no PIN, no module, sandboxed.
+[ "$(scan "$net2")" = 0 ] || fail "the PIN's bytes are in the memory of a network process started again"
+if grep -E "$mods" "/proc/$net2/maps"; then fail "a network process started again maps a PKCS#11 module"; fi
+grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net2/status" || fail "a network process started again is not sandboxed"
+ok "the network process started at the reload: no PIN in its memory, no module, Seccomp: 2"
 
 # ---- SIGTERM: everything stops, nothing left ----
 kill -TERM "$srv_pid"
