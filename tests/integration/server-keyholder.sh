@@ -245,8 +245,8 @@ gdb_kill_at_audit() { # METHOD EMAIL: 0 when the key holder was killed so
   local kh g
   kh=$(child groupsrv-kh)
   rm -f "$work/gdb.out"
-  gdb -p "$kh" -batch -nx -q -ex 'break *audit_write' -ex 'echo ATTACHED\n' -ex continue -ex 'signal SIGKILL' \
-    >"$work/gdb.out" 2>&1 &
+  (ulimit -c 0; exec gdb -p "$kh" -batch -nx -q -ex 'break *audit_write' -ex 'echo ATTACHED\n' -ex continue \
+    -ex 'signal SIGKILL') >"$work/gdb.out" 2>&1 & # no core file if gdb itself falls over
   g=$!
   for _ in $(seq 1 300); do grep -q ATTACHED "$work/gdb.out" 2>/dev/null && break; kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
   grep -q ATTACHED "$work/gdb.out" 2>/dev/null || { kill "$g" 2>/dev/null; wait "$g"; return 1; }
