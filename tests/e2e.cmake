@@ -8,3 +8,12 @@ set_tests_properties(e2e_demo PROPERTIES
   LABELS "integration;e2e"
   TIMEOUT 300
   ENVIRONMENT "GS_BIN=${GS_TEST_BIN};TMPDIR=${GS_TEST_WORK}")
+
+# The demo when another program holds the group server's port: it fails at
+# once, shows the server's log, and leaves no work directory or process.
+add_test(NAME e2e_demo_port_busy COMMAND bash ${GS_TEST_DIR}/integration/demo-port-busy.sh
+  ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(e2e_demo_port_busy PROPERTIES
+  LABELS "integration;e2e;release-only"
+  TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
