@@ -810,6 +810,8 @@ static void add_common_headers(struct srv_req *r, const char *content_type)
         evhttp_add_header(h, "Connection", "close");
 }
 
+/* The reason phrase (RFC 9110 15) of every status the server answers: one
+ * missing here went out as "415 Status", which scripts and logs show. */
 static const char *reason(int status)
 {
     switch (status) {
@@ -822,6 +824,7 @@ static const char *reason(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";

@@ -38,6 +38,8 @@ gzip -c "$work/req-tls.json" > "$work/req-tls.json.gz"
 expect_status 415 unsupported_encoding "a gzip body" -- c alice -D "$work/gz.hdr" -H 'Content-Encoding: gzip' \
   -H 'Content-Type: application/json' --data-binary @"$work/req-tls.json.gz" "$base/v1/groups/eng/unwrap"
 grep -qi '^accept-encoding: identity' "$work/gz.hdr" || fail "415 without Accept-Encoding: identity: $(cat "$work/gz.hdr")"
+# its status line names the status (a script or log shows the reason phrase)
+head -n 1 "$work/gz.hdr" | grep -q '^HTTP/1\.1 415 Unsupported Media Type' || fail "415 status line: $(head -n 1 "$work/gz.hdr")"
 expect_status 200 "" "Content-Encoding: identity" -- c alice -H 'Content-Encoding: identity' \
   --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
 # a list of codings (RFC 9110 8.4): identity only is none, any other one is 415
