@@ -48,6 +48,12 @@ expect_status 200 "" "Content-Encoding: Identity, identity" -- c alice -H 'Conte
 expect_status 415 unsupported_encoding "Content-Encoding: identity,gzip" -- c alice \
   -H 'Content-Encoding: identity,gzip' --data-binary @"$work/req-tls.json.gz" "$base/v1/groups/eng/unwrap"
 
+# The path as docs/api.md gives it: one trailing slash is the same
+# endpoint, a query string is ignored, an empty segment is no resource.
+expect_status 200 "" "unwrap/ (a trailing slash)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap/"
+expect_status 200 "" "unwrap?x=1 (a query string)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap?x=1"
+expect_status 404 not_found "unwrap// (an empty segment)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap//"
+
 # bare encrypted key + algorithm, default deliver
 cms ek "$work/ri.der" "$work/ek.bin"
 printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP"}' "$(b64 "$work/ek.bin")" > "$work/req-bare.json"
