@@ -214,7 +214,7 @@ static void membership_cert_have_view(struct srv_req *r)
         if (j == NULL) {
             /* said as the API listener says it (docs/api.md), not as a
              * well-formed body of the wrong shape */
-            srv_err_set(&e, 400, "bad_json", "malformed JSON at line %d column %d", je.line, je.column);
+            srv_err_json(&e, &je);
             goto refuse;
         }
         const char *s = json_string_value(json_object_get(j, "csr"));

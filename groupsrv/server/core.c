@@ -1086,6 +1086,16 @@ void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...)
     va_end(ap);
 }
 
+void srv_err_json(srv_err *e, const json_error_t *err)
+{
+    /* jansson's text quotes the input: only its line and column go out. */
+    if (json_error_code(err) == json_error_duplicate_key)
+        srv_err_set(e, 400, "bad_json", "a key is given twice in a JSON object at line %d column %d", err->line,
+                    err->column);
+    else
+        srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err->line, err->column);
+}
+
 void srv_reply_err(struct srv_req *r, const srv_err *e)
 {
     if (e->retry)
@@ -1197,7 +1207,7 @@ json_t *srv_json_body(struct srv_req *r, srv_err *e)
     if (o == NULL)
         o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
     if (o == NULL) {
-        srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err.line, err.column);
+        srv_err_json(e, &err);
         return NULL;
     }
     if (!json_is_object(o)) {

@@ -153,6 +153,10 @@ typedef struct srv_err {
     unsigned retry;
 } srv_err;
 void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* 400 bad_json for a body jansson refused (err), naming a key given twice
+ * as such: RFC 8259 allows it, so "malformed" would send the caller
+ * looking for a syntax error that is not there. */
+void srv_err_json(srv_err *e, const json_error_t *err);
 void srv_reply_err(struct srv_req *r, const srv_err *e);
 
 /* The request's method, HEAD given as GET (RFC 9110 9.3.2: the same

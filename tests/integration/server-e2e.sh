@@ -164,6 +164,15 @@ for j in '{"csr":' '{"csr":"a","csr":"b"}'; do
   expect_status 400 bad_json "certsrv refuses malformed JSON $j" -- c bob -H 'Content-Type: application/json' \
     --data-binary "$j" "$cbase/v1/groups/eng/membership-certificates"
 done
+# A key given twice is well-formed JSON (RFC 8259 only says names should
+# be unique): the message says what is wrong, not "malformed", on both
+# listeners.
+grep -q '"message":"a key is given twice in a JSON object' "$work/body" ||
+  fail "certsrv: a key twice not named: $(cat "$work/body")"
+expect_status 400 bad_json "unwrap refuses a key given twice" -- c alice \
+  --data-binary '{"deliver":"tls","deliver":"tls"}' "$base/v1/groups/eng/unwrap"
+grep -q '"message":"a key is given twice in a JSON object at line 1 column' "$work/body" ||
+  fail "unwrap: a key twice not named: $(cat "$work/body")"
 expect_status 400 bad_request "certsrv refuses JSON without a string csr" -- c bob --data-binary '{"csr":5}' \
   "$cbase/v1/groups/eng/membership-certificates"
 # explanatory text before the block (RFC 7468), as `openssl req -text` writes it
