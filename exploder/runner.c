@@ -11,6 +11,7 @@
  *
  * Only one runner works on a spool at a time (flock on SPOOL/runner.lock,
  * released by the kernel if the runner dies). */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
@@ -396,19 +398,54 @@ static void add_cause(char *reason, size_t cap, const char *cause)
         reason[o] = '\0';
 }
 
+/* Does the word w (n bytes) name one of addrs' local parts (addrs:
+ * addresses separated by spaces), case-blind, with no letter or digit
+ * either side ("john.smith..." names john.smith, "johnny" not john)? */
+static bool names_local_part(const char *w, size_t n, const char *addrs)
+{
+    while (addrs != NULL && *addrs != '\0') {
+        size_t len = strcspn(addrs, " "), l = len;
+        while (l > 0 && addrs[l - 1] != '@')
+            l--;
+        l = l > 0 ? l - 1 : len; /* the local part: up to the last '@' */
+        for (size_t i = 0; l > 0 && i + l <= n; i++)
+            if (strncasecmp(w + i, addrs, l) == 0 && (i == 0 || !isalnum((unsigned char)w[i - 1])) &&
+                (i + l == n || !isalnum((unsigned char)w[i + l])))
+                return true;
+        addrs += len;
+        addrs += strspn(addrs, " ");
+    }
+    return false;
+}
+
+/* Is the word w (n bytes) an address, or part of one: an '@' in it, its
+ * URL form %40 (a content filter's link naming the recipient), or a
+ * local part of the message's recipients (a relay that says "mailbox
+ * john.smith full")? */
+static bool word_is_address(const char *w, size_t n, const char *addrs)
+{
+    if (memchr(w, '@', n) != NULL)
+        return true;
+    for (size_t i = 0; i + 3 <= n; i++)
+        if (w[i] == '%' && w[i + 1] == '4' && w[i + 2] == '0')
+            return true;
+    return names_local_part(w, n, addrs);
+}
+
 /* A relay's refusal (printable already: the transport keeps no other
- * byte) for the sender, cut at cap, each word with an '@' in it written
+ * byte, and cuts a long one after a whole word) for the sender, cut at
+ * cap, each word that is or has an address (word_is_address) written
  * "<address>": the reply may name the member it was for, and the
  * membership is not the sender's to learn. What it says of the message
  * (too large, refused by a content filter) is what the sender can act on. */
-static void relay_words(const char *reply, char *out, size_t cap)
+static void relay_words(const char *reply, const char *addrs, char *out, size_t cap)
 {
     size_t o = 0;
 
     out[0] = '\0';
     while (*reply != '\0' && o + 1 < cap) {
         size_t n = strcspn(reply, " ");
-        if (memchr(reply, '@', n) != NULL) {
+        if (word_is_address(reply, n, addrs)) {
             static const char mask[] = "<address>";
             size_t tail = 0; /* the punctuation after it ("<a@b>:") stays */
             while (tail < n && strchr(":,;.", reply[n - 1 - tail]) != NULL)
@@ -451,8 +488,8 @@ static void failure_causes(const xp_finished *f, char *reason, size_t cap)
     }
     if (refused > 0) {
         char said[180] = "";
-        if (f->relay_reply != NULL)
-            relay_words(f->relay_reply, said, sizeof(said));
+        if (f->relay_reply != NULL && f->rcpt_addrs != NULL) /* no reply when the addresses to mask are missing */
+            relay_words(f->relay_reply, f->rcpt_addrs, said, sizeof(said));
         snprintf(cause, sizeof(cause), "the mail %s of %lld of them refused it%s%s%s",
                  refused == 1 ? "system" : "systems", (long long)refused, said[0] ? " (the relay answered \"" : "",
                  said, said[0] ? "\")" : "");

@@ -1331,6 +1331,7 @@ void xp_finished_clear(xp_finished *f)
     free(f->last_error);
     free(f->reason);
     free(f->relay_reply);
+    free(f->rcpt_addrs);
     memset(f, 0, sizeof(*f));
 }
 
@@ -1353,7 +1354,10 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
               /* the relay's own words when it refused the message as a
                * whole (a refused RCPT is recorded as "RCPT 550" alone) */
               " (SELECT last_error FROM recipients r WHERE r.message_id=m.id AND r.state=2"
-              "   AND r.last_error GLOB '5[0-9][0-9][ -]*' LIMIT 1) "
+              "   AND r.last_error GLOB '5[0-9][0-9][ -]*' LIMIT 1),"
+              /* every address the message was for, whose local parts the
+               * bounce masks in that reply as it masks whole addresses */
+              " (SELECT group_concat(address, ' ') FROM recipients r WHERE r.message_id=m.id) "
               "FROM messages m WHERE NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
               "ORDER BY id LIMIT 1",
               &st);
@@ -1374,6 +1378,7 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
         out->no_cert = sqlite3_column_int64(st, 13);
         out->expired = sqlite3_column_int64(st, 14);
         out->relay_reply = col_dup(st, 15);
+        out->rcpt_addrs = col_dup(st, 16);
     }
     sqlite3_finalize(st);
     return rc;

@@ -196,6 +196,14 @@ static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *
                 n--;
             for (o = 0; o < n && o + 1 < sizeof(c->fail_reply); o++)
                 c->fail_reply[o] = data[o] >= 0x20 && data[o] < 0x7f ? data[o] : '?';
+            /* A reply longer than this is cut after a whole word: a word
+             * cut short may be a member's address cut before its '@',
+             * which the bounce would then not know to mask. */
+            if (o < n && data[o] != ' ')
+                while (o > 0 && c->fail_reply[o - 1] != ' ')
+                    o--;
+            while (o < n && o > 0 && c->fail_reply[o - 1] == ' ')
+                o--;
             c->fail_reply[o] = '\0';
         }
         switch (c->state) {

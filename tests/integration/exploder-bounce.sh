@@ -8,8 +8,12 @@ set -euo pipefail
 xp_setup bounce
 
 xp_cert group eng@lists.example.org
+# (the long reply is cut after 159 bytes, in the middle of the address)
+long="554 5.7.1 the message was refused by the content filter of this site; our policy is at https://filter.example.net/policy/2026-12; see it; the copy for"
 xp_smtpd_start "$W/smtp" --refuse-rcpt '^gone@' --defer-rcpt '^slow@' --pipe pipe1@example.net=/bin/false \
-  --pipe pipe2@example.net=/bin/false
+  --pipe pipe2@example.net=/bin/false \
+  --data-reply 'john.smith@example.net=552 5.2.2 mailbox {local} is full; see https://mx.example.net/q?to=john.smith%40example.net' \
+  --data-reply "mary.jones@example.net=$long {recipient} was refused"
 xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "max_age = 2" "bounce_from = lists-daemon@lists.example.org"
 L=eng@lists.example.org
 xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
@@ -62,4 +66,22 @@ grep -qx 'Reason: the mail systems of 2 of them refused it (the relay answered "
   fail "reason for a refusal at DATA: $(grep Reason $b)"
 grep -q 'pipe[12]@' $b && fail "bounce must not reveal member addresses"
 xp_spool_empty
+
+# a reply naming the member without an '@' (its local part, the URL form
+# %40), or whose address the relay's reply cut short (at 159 bytes,
+# before the '@'): masked all the same
+for m in john.smith mary.jones; do
+  L4=filtered-${m:0:1}@lists.example.org
+  xp list create $L4 --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+  xp list add $L4 $m@example.net >/dev/null
+  xp deliver --list $L4 --sender alice@example.org <"$W/in.eml" || fail "deliver to $L4 refused"
+  xp_drain
+  b=$(grep -l "^Subject: Undelivered mail to list $L4" "$W"/smtp/new/*) || fail "no bounce from $L4"
+  grep -q "^Reason: the mail system of 1 of them refused it (the relay answered \"55" $b ||
+    fail "no relay reply in the bounce from $L4: $(grep Reason $b)"
+  grep -q "${m:0:6}" $b && fail "bounce from $L4 reveals the member: $(grep Reason $b)"
+  xp_spool_empty
+done
+grep -qx 'Reason: the mail system of 1 of them refused it (the relay answered "552 5.2.2 mailbox <address> is full; see <address>").' \
+  $(grep -l "^Subject: Undelivered mail to list filtered-j@" "$W"/smtp/new/*) || fail "john.smith's reason"
 echo "exploder bounce: ok"

@@ -44,6 +44,11 @@ Options:
   --auth-in-clear     offer AUTH without TLS too (as a Postfix with smtpd_tls_auth_only
                       = no does): for tests that a client never sends it so
   --max-size BYTES    DATA size limit                                          [33554432]
+  --data-reply ADDR=TEXT
+                      mail for ADDR is refused at the end of DATA with the reply TEXT
+                      (a 5xx line; {recipient} and {local} in it are replaced by the
+                      address and its local part), as a relay's content filter or a
+                      full mailbox may word it. Repeatable.
   --pipe ADDR=COMMAND mail for ADDR is not stored but handed to COMMAND on stdin, the
                       way Postfix's pipe(8) transport feeds a list manager. COMMAND is
                       split like a shell line (no shell runs); {sender} and {recipient}
@@ -105,6 +110,12 @@ class Handler:
             if not sep or not addr or not cmd:
                 raise SystemExit("smtpd.py: --pipe wants ADDR=COMMAND")
             self.pipes[addr.lower()] = cmd
+        self.data_replies = {}
+        for spec in args.data_reply or []:
+            addr, sep, text = spec.partition("=")
+            if not sep or not addr or not re.match(r"5[0-9][0-9] ", text):
+                raise SystemExit("smtpd.py: --data-reply wants ADDR=5xx TEXT")
+            self.data_replies[addr.lower()] = text
 
     async def run_pipe(self, cmd, sender, rcpt, data):
         argv = [a.replace("{sender}", sender).replace("{recipient}", rcpt) for a in shlex.split(cmd)]
@@ -162,6 +173,10 @@ class Handler:
         sender = envelope.mail_from or "<>"
         stored = []
         for r in envelope.rcpt_tos:
+            said = self.data_replies.get(r.lower())
+            if said is not None:
+                os.unlink(os.path.join(self.dir, "new", mid))
+                return said.replace("{recipient}", r).replace("{local}", r.rsplit("@", 1)[0])
             cmd = self.pipes.get(r.lower())
             if cmd is None:
                 stored.append(r)
@@ -278,6 +293,7 @@ def main():
     p.add_argument("--auth-in-clear", action="store_true")
     p.add_argument("--max-size", type=int, default=33554432)
     p.add_argument("--pipe", action="append")
+    p.add_argument("--data-reply", action="append")
     p.add_argument("--list-accepted", action="store_true")
     p.add_argument("--list-messages", action="store_true")
     args = p.parse_args()
