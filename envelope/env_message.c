@@ -323,8 +323,9 @@ static bool ends_with_p7m(const char *file)
 /* Appends an RFC 2231 extended value (first: the one that starts with
  * charset'language') to out at *o, %XX decoded (cut at cap). A first
  * piece without the two quotes is taken as it is: some clients write
- * name*=smime.p7m. */
-static void ext_append(const char *v, bool first, char *out, size_t cap, size_t *o)
+ * name*=smime.p7m. false for a %00: no file name holds a NUL, and the
+ * string would end there ("smime.p7m%00.txt" read as "smime.p7m"). */
+static bool ext_append(const char *v, bool first, char *out, size_t cap, size_t *o)
 {
     const char *q1 = first ? strchr(v, '\'') : NULL, *q2 = q1 != NULL ? strchr(q1 + 1, '\'') : NULL;
 
@@ -334,6 +335,8 @@ static void ext_append(const char *v, bool first, char *out, size_t cap, size_t 
         int hi, lo;
         if (*v == '%' && (hi = util_hex_digit((unsigned char)v[1])) >= 0 &&
             (lo = util_hex_digit((unsigned char)v[2])) >= 0) {
+            if (hi == 0 && lo == 0)
+                return false;
             out[(*o)++] = (char)tolower(hi * 16 + lo); /* the value around it is lowered */
             v += 2;
         } else {
@@ -341,6 +344,7 @@ static void ext_append(const char *v, bool first, char *out, size_t cap, size_t 
         }
     }
     out[*o] = '\0';
+    return true;
 }
 
 #define RFC2231_MAX_PIECES 16 /* a file name is never longer in practice */
@@ -359,14 +363,13 @@ static bool mime_param_2231(const char *v, const char *name, char *out, size_t c
     if (mime_param(v, NULL, name, out, cap))
         return true;
     snprintf(key, sizeof(key), "%s*", name);
-    if (mime_param(v, NULL, key, piece, sizeof(piece))) {
-        ext_append(piece, true, out, cap, &o);
-        return true;
-    }
+    if (mime_param(v, NULL, key, piece, sizeof(piece)))
+        return ext_append(piece, true, out, cap, &o);
     for (int i = 0; i < RFC2231_MAX_PIECES; i++) {
         snprintf(key, sizeof(key), "%s*%d*", name, i);
         if (mime_param(v, NULL, key, piece, sizeof(piece))) {
-            ext_append(piece, i == 0, out, cap, &o);
+            if (!ext_append(piece, i == 0, out, cap, &o))
+                return false;
             continue;
         }
         snprintf(key, sizeof(key), "%s*%d", name, i);

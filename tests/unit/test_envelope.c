@@ -1030,6 +1030,9 @@ static void test_mime_is_smime(void **state)
     assert_false(env_mime_is_smime("application/octet-stream; name*=utf-8''smime.p7s", NULL));
     assert_false(env_mime_is_smime("application/octet-stream; name*1=.p7m", NULL));
     assert_false(env_mime_is_smime("application/octet-stream; name*=x%00.p7m", NULL));
+    /* a NUL ends no name early: what follows it counts */
+    assert_false(env_mime_is_smime("application/octet-stream; name*=smime.p7m%00.txt", NULL));
+    assert_false(env_mime_is_smime("application/octet-stream; name*0*=smime.p7m%00; name*1=.txt", NULL));
     assert_false(env_mime_is_smime("application/octet-stream; name*0=smime.p7m; name*1=.txt", NULL));
     assert_false(env_mime_is_smime("text/plain; name*=smime.p7m", NULL));
     /* a value longer than what is looked at is cut, never overrun */
