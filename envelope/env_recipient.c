@@ -511,11 +511,13 @@ env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert)
     }
     if ((rv = env_recipient_kari_params(ri, cert, &kp)) != ENV_OK)
         return rv;
-    /* the token's bounds (hsm_ecdh_unwrap): an RFC 3394 wrap of a content
-     * key is 24 to 72 bytes, whole 8-byte blocks */
+    /* the token's bounds (hsm_ecdh_decrypt_content_key): an RFC 3394 wrap
+     * of a content key is 24 to 72 bytes, whole 8-byte blocks; the X9.63
+     * shared info (with the sender's ukm in it) at most 1024 bytes */
     rv = ENV_ERR_NOT_CMS;
     if (kp.wrapped_key_len >= 24 && kp.wrapped_key_len <= 72 && kp.wrapped_key_len % 8 == 0 &&
-        kp.peer_point_len <= 133 && env_ec_point_on_cert_curve(cert, kp.peer_point, kp.peer_point_len))
+        kp.shared_info_len <= 1024 && kp.peer_point_len <= 133 &&
+        env_ec_point_on_cert_curve(cert, kp.peer_point, kp.peer_point_len))
         rv = ENV_OK;
     env_kari_params_clear(&kp);
     return rv;

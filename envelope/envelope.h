@@ -143,8 +143,9 @@ void env_kari_params_clear(env_kari_params *p);
  * SMTP time what the server would refuse for good hours later: a version
  * RFC 5652 fixes, a key transport in ENV_KT_SUPPORTED for cert's key
  * type, a non-empty encrypted key; for a KARI an uncompressed
- * originator point on cert's curve and a wrapped key of a length an AES
- * key wrap makes. ENV_OK; ENV_ERR_UNSUPPORTED (well-formed, but an
+ * originator point on cert's curve, a wrapped key of a length an AES
+ * key wrap makes and an X9.63 shared info (ukm included) of at most 1024
+ * bytes. ENV_OK; ENV_ERR_UNSUPPORTED (well-formed, but an
  * algorithm or a point form it does not take); ENV_ERR_NOT_CMS
  * (malformed); ENV_ERR_NO_RECIPIENT (a KARI that does not name cert). */
 env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert);

@@ -270,8 +270,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             if (why != NULL)
                 *why = "its RecipientInfo for the group is malformed (a version RFC 5652 does not give, "
                        "garbled algorithm parameters, an ECDH originator key that is not a point of the "
-                       "group key's curve, or a key wrap of the wrong length): the group server would "
-                       "refuse to decrypt it";
+                       "group key's curve, a key wrap of the wrong length, or user keying material too "
+                       "long): the group server would refuse to decrypt it";
             goto out;
         }
         if (e == ENV_OK && kt != NULL)

@@ -106,13 +106,13 @@ xp_spool_empty
 # at once too, with the reason, not accepted and bounced later: a
 # compressed originator point (a form the server does not take: 5.7.6), a
 # point off the group key's curve or a cut key wrap (malformed: 5.6.0)
-for m in compressed offcurve badwrap; do
+for m in compressed offcurve badwrap bigukm; do
   $PY "$(dirname "$0")/kari-mangle.py" $m "$W/kdf1.eml" "$W/kari-$m.eml" || fail "cannot make the $m message"
 done
 expect 77 5.7.6 ec@lists.example.org "$W/kari-compressed.eml"
 grep -qF "the ECDH originator key of its RecipientInfo for the group is a compressed point" "$W/deliver.err" ||
   fail "compressed point: $(cat "$W/deliver.err")"
-for m in offcurve badwrap; do
+for m in offcurve badwrap bigukm; do
   expect 65 5.6.0 ec@lists.example.org "$W/kari-$m.eml"
   grep -qF "ec@lists.example.org: malformed message: its RecipientInfo for the group is malformed" "$W/deliver.err" ||
     fail "$m: $(cat "$W/deliver.err")"

@@ -6,7 +6,10 @@ every length around the change:
   compressed  the originator's ephemeral point in compressed form (02/03 || X)
   offcurve    the point's last byte changed: no longer on the curve
   badwrap     the wrapped content key cut by 4 bytes (no AES key wrap makes it)
-The headers are kept; the base64 is written again in 64-column lines."""
+  bigukm      a user keying material [1] of 2000 bytes put in (RFC 5753 allows
+              one; the X9.63 shared info it makes is longer than a token takes)
+The headers are kept; the base64 is written again in 64-column lines. IN
+and OUT named *.der are a DER RecipientInfo or message, no MIME."""
 import base64
 import sys
 
@@ -59,6 +62,22 @@ def walk(nodes, fn):
     return hits
 
 
+def add_ukm(nodes):
+    """Puts a ukm [1] after the originator [0] of every KARI (a SEQUENCE
+    or [1] whose children are INTEGER 3, then [0])."""
+    hits = 0
+    for node in nodes:
+        v = node[1]
+        if not isinstance(v, list):
+            continue
+        if len(v) >= 2 and v[0][0] == b"\x02" and v[0][1] == b"\x03" and v[1][0] == b"\xa0":
+            v.insert(2, [b"\xa1", [[b"\x04", b"\x5a" * 2000]]])
+            hits += 1
+        else:
+            hits += add_ukm(v)
+    return hits
+
+
 def mangle(mode, node):
     tag, v = node[0], node[1]
     if tag == b"\x03" and len(v) == 66 and v[:2] == b"\x00\x04":
@@ -77,12 +96,20 @@ def mangle(mode, node):
 
 def main():
     mode, src, dst = sys.argv[1:4]
-    raw = open(src, "rb").read().replace(b"\r\n", b"\n")
-    head, _, body = raw.partition(b"\n\n")
-    der = base64.b64decode(b"".join(body.split()))
+    raw = open(src, "rb").read()
+    if src.endswith(".der"):
+        der = raw
+    else:
+        raw = raw.replace(b"\r\n", b"\n")
+        head, _, body = raw.partition(b"\n\n")
+        der = base64.b64decode(b"".join(body.split()))
     tree = parse(der, 0, len(der))
-    if walk(tree, lambda n: mangle(mode, n)) != 1:
+    hits = add_ukm(tree) if mode == "bigukm" else walk(tree, lambda n: mangle(mode, n))
+    if hits != 1:
         sys.exit("kari-mangle: not exactly one place to change for " + mode)
+    if dst.endswith(".der"):
+        open(dst, "wb").write(encode(tree))
+        return
     b64 = base64.b64encode(encode(tree))
     lines = b"\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
     open(dst, "wb").write(head + b"\n\n" + lines + b"\n")
