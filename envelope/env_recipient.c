@@ -507,7 +507,10 @@ env_err env_recipient_check_unwrap(const env_recipient *ri, X509 *cert)
         const ASN1_OCTET_STRING *ek = ri->ri->d.ktri->ek;
         if (EVP_PKEY_get_base_id(pub) != EVP_PKEY_RSA)
             return ENV_ERR_UNSUPPORTED; /* an RSA key transport to an EC key */
-        return ASN1_STRING_length(ek) > 0 && ASN1_STRING_length(ek) <= 1024 ? ENV_OK : ENV_ERR_NOT_CMS;
+        /* an RSA ciphertext is exactly as long as the modulus (RFC 8017
+         * I2OSP): the key holder refuses any other length before the token */
+        int len = ASN1_STRING_length(ek);
+        return len > 0 && len <= 1024 && len == EVP_PKEY_get_size(pub) ? ENV_OK : ENV_ERR_NOT_CMS;
     }
     if ((rv = env_recipient_kari_params(ri, cert, &kp)) != ENV_OK)
         return rv;

@@ -142,7 +142,7 @@ void env_kari_params_clear(env_kari_params *p);
  * key? Its checks before the token, for an exploder that refuses at
  * SMTP time what the server would refuse for good hours later: a version
  * RFC 5652 fixes, a key transport in ENV_KT_SUPPORTED for cert's key
- * type, a non-empty encrypted key; for a KARI an uncompressed
+ * type, an encrypted key as long as cert's RSA modulus; for a KARI an uncompressed
  * originator point on cert's curve, a wrapped key of a length an AES
  * key wrap makes and an X9.63 shared info (ukm included) of at most 1024
  * bytes. ENV_OK; ENV_ERR_UNSUPPORTED (well-formed, but an

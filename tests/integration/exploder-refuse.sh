@@ -117,6 +117,11 @@ for m in offcurve badwrap bigukm; do
   grep -qF "ec@lists.example.org: malformed message: its RecipientInfo for the group is malformed" "$W/deliver.err" ||
     fail "$m: $(cat "$W/deliver.err")"
 done
+# an RSA-encrypted key shorter than the group key's modulus (the key
+# holder refuses it before the token: 400 unwrap_failed)
+$PY "$(dirname "$0")/kari-mangle.py" cutek "$W/good.eml" "$W/ktri-cutek.eml" || fail "cannot make the cutek message"
+expect 65 5.6.0 $L "$W/ktri-cutek.eml"
+reason "its RecipientInfo for the group is malformed"
 sed -n '/^MIME-Version/,$p' "$W/good.eml" >"$W/part.eml"
 openssl cms -sign -signer "$W/other.pem" -inkey "$W/other.key" -in "$W/part.eml" -out "$W/ets.eml"
 expect 77 5.7.1 $L "$W/ets.eml"

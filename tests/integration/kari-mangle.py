@@ -6,6 +6,8 @@ every length around the change:
   compressed  the originator's ephemeral point in compressed form (02/03 || X)
   offcurve    the point's last byte changed: no longer on the curve
   badwrap     the wrapped content key cut by 4 bytes (no AES key wrap makes it)
+  cutek       (a KeyTransRecipientInfo) the RSA-encrypted key cut by its first
+              byte: shorter than the modulus, as no RSA encryption makes it
   bigukm      a user keying material [1] of 2000 bytes put in (RFC 5753 allows
               one; the X9.63 shared info it makes is longer than a token takes)
 The headers are kept; the base64 is written again in 64-column lines. IN
@@ -88,6 +90,9 @@ def mangle(mode, node):
         if mode == "offcurve":
             node[1] = v[:-1] + bytes([v[-1] ^ 0x01])
             return 1
+    if mode == "cutek" and tag == b"\x04" and len(v) in (256, 384, 512):
+        node[1] = v[1:]
+        return 1
     if mode == "badwrap" and tag == b"\x04" and len(v) in (24, 32, 40):
         node[1] = v[:-4]
         return 1
