@@ -1356,8 +1356,11 @@ xp_err spool_next_finished(spool *s, xp_finished *out)
               " (SELECT last_error FROM recipients r WHERE r.message_id=m.id AND r.state=2"
               "   AND r.last_error GLOB '5[0-9][0-9][ -]*' LIMIT 1),"
               /* every address the message was for, whose local parts the
-               * bounce masks in that reply as it masks whole addresses */
-              " (SELECT group_concat(address, ' ') FROM recipients r WHERE r.message_id=m.id) "
+               * bounce masks in that reply as it masks whole addresses
+               * (only with such a reply: a large list's message needs none) */
+              " CASE WHEN EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=2"
+              "   AND r.last_error GLOB '5[0-9][0-9][ -]*')"
+              "  THEN (SELECT group_concat(address, ' ') FROM recipients r WHERE r.message_id=m.id) END "
               "FROM messages m WHERE NOT EXISTS(SELECT 1 FROM recipients r WHERE r.message_id=m.id AND r.state=0) "
               "ORDER BY id LIMIT 1",
               &st);

@@ -200,7 +200,7 @@ typedef struct xp_finished {
     char *last_error;  /* of some failed recipient, or of the prepare step; may be NULL */
     char *reason;      /* the plain line for the sender when the message failed as a whole, or NULL */
     char *relay_reply; /* a relay's 5xx reply that refused a copy as a whole (DATA or its end), or NULL */
-    char *rcpt_addrs;  /* the message's recipients, separated by spaces (to mask in relay_reply), or NULL */
+    char *rcpt_addrs;  /* with relay_reply: the message's recipients, separated by spaces (to mask in it); or NULL */
 } xp_finished;
 
 /* The next message (new or ready) with no pending recipient left, or
