@@ -214,16 +214,27 @@ static const char *const queries[Q_N] = {
     [Q_AUDIT_HEAD] = "SELECT seq, line FROM audit WHERE instance = $1 ORDER BY seq DESC LIMIT 1",
     /* docs/scale-out.md's grants that the role lacks ($1: the audit
      * table's too), NULL when none; ownership, superuser and inherited
-     * roles count, as for the statements themselves */
+     * roles count, as for the statements themselves. Only what a
+     * statement here uses (DELETE on members alone; no INSERT on changes,
+     * UPDATE on seal_keys): a role kept to those (a compromised server
+     * cannot delete a key's record) served before this check and must not
+     * be refused at an upgrade. A column grant counts
+     * (has_any_column_privilege): has_table_privilege is false for a role
+     * granted every column, which the statements serve. */
     [Q_GRANTS] = "SELECT current_user, string_agg(m.p || ' ON ' || m.t, ', ') FROM ("
-                 "SELECT t, p FROM unnest(ARRAY['ca', 'groups', 'group_keys', 'secret_keys', 'seal_keys', "
-                 "'members', 'changes']) t, unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) p "
-                 "WHERE NOT has_table_privilege(t, p) "
-                 "UNION ALL SELECT 'schema_version', 'SELECT' WHERE NOT has_table_privilege('schema_version', 'SELECT') "
+                 "SELECT t, p FROM (VALUES ('ca', 'SELECT'), ('ca', 'INSERT'), ('ca', 'UPDATE'), "
+                 "('groups', 'SELECT'), ('groups', 'INSERT'), ('groups', 'UPDATE'), "
+                 "('group_keys', 'SELECT'), ('group_keys', 'INSERT'), ('group_keys', 'UPDATE'), "
+                 "('secret_keys', 'SELECT'), ('secret_keys', 'INSERT'), ('secret_keys', 'UPDATE'), "
+                 "('seal_keys', 'SELECT'), ('seal_keys', 'INSERT'), "
+                 "('members', 'SELECT'), ('members', 'INSERT'), ('members', 'UPDATE'), "
+                 "('changes', 'SELECT'), ('changes', 'UPDATE'), ('schema_version', 'SELECT')) v(t, p) "
+                 "WHERE NOT has_any_column_privilege(t, p) "
+                 "UNION ALL SELECT 'members', 'DELETE' WHERE NOT has_table_privilege('members', 'DELETE') "
                  "UNION ALL SELECT 'SEQUENCE groups_id_seq', 'USAGE' "
                  "WHERE NOT has_sequence_privilege('groups_id_seq', 'USAGE') "
                  "UNION ALL SELECT 'audit', p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
-                 "WHERE $1::boolean AND NOT has_table_privilege('audit', p)) m",
+                 "WHERE $1::boolean AND NOT has_any_column_privilege('audit', p)) m",
     /* One statement for the whole batch: one round trip, one commit. */
     [Q_AUDIT_APPEND] = "INSERT INTO audit (instance, seq, line) "
                        "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o)",

@@ -12,7 +12,9 @@
 #     requests queued behind it);
 #   - a role short of a documented grant (INSERT on audit): check names
 #     it, serve refuses to start (not a healthy-looking server that
-#     fails every key request);
+#     fails every key request); one with less than the document but all
+#     the server's statements use (no DELETE but on members, a column
+#     grant) passes;
 #   - serve starts, and every kind of request it writes for works: an
 #     unwrap (audit insert), a member removed over REST (members, the
 #     secret key rotation it brings, the change stamp), a member added, a
@@ -114,6 +116,19 @@ timeout 60 "$BIN/groupsrv" -c "$work/server.conf" serve > "$work/nogrant.log" 2>
   "$work/nogrant.log" || fail "serve as a role without INSERT on audit: exit $rc: $(grep level=error "$work/nogrant.log")"
 pg_psql groupsrv -c "GRANT INSERT ON audit TO groupsrv_server" >/dev/null
 ok "a role without INSERT on audit: check names it, serve refuses to start"
+# A role kept to what the server's statements use, tighter than the
+# document (DELETE on members only, so that a compromised server cannot
+# delete a key's or the CA's record; seal_keys' SELECT granted column by
+# column): it served before the check came, and neither check nor serve
+# may refuse it now (an upgrade would have taken every server down).
+pg_psql groupsrv -c "REVOKE DELETE ON ca, groups, group_keys, secret_keys, seal_keys, changes FROM groupsrv_server;
+  REVOKE UPDATE ON seal_keys FROM groupsrv_server; REVOKE SELECT ON seal_keys FROM groupsrv_server;
+  GRANT SELECT (label, weakenings, created) ON seal_keys TO groupsrv_server" >/dev/null
+srv check > "$work/check.out" 2>&1 || fail "check as a role kept to what the server uses: $(grep '^database' "$work/check.out")"
+pg_psql groupsrv -c "GRANT DELETE ON ca, groups, group_keys, secret_keys, seal_keys, changes TO groupsrv_server;
+  REVOKE SELECT (label, weakenings, created) ON seal_keys FROM groupsrv_server;
+  GRANT SELECT, UPDATE ON seal_keys TO groupsrv_server" >/dev/null
+ok "a role with only the grants the server's statements use (and a column grant): check passes"
 # A multi-host URI whose first hosts refuse and whose last (the primary)
 # refuses the role: libpq's reasons for every host, the last one too. Its
 # hint under each refused host ("Is the server running on that host ...")
