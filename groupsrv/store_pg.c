@@ -220,7 +220,8 @@ static const char *const queries[Q_N] = {
      * cannot delete a key's record) served before this check and must not
      * be refused at an upgrade. A column grant counts
      * (has_any_column_privilege): has_table_privilege is false for a role
-     * granted every column, which the statements serve. */
+     * granted every column, which the statements serve. nextval() runs
+     * with USAGE or UPDATE on the sequence: either counts. */
     [Q_GRANTS] = "SELECT current_user, string_agg(m.p || ' ON ' || m.t, ', ') FROM ("
                  "SELECT t, p FROM (VALUES ('ca', 'SELECT'), ('ca', 'INSERT'), ('ca', 'UPDATE'), "
                  "('groups', 'SELECT'), ('groups', 'INSERT'), ('groups', 'UPDATE'), "
@@ -232,7 +233,7 @@ static const char *const queries[Q_N] = {
                  "WHERE NOT has_any_column_privilege(t, p) "
                  "UNION ALL SELECT 'members', 'DELETE' WHERE NOT has_table_privilege('members', 'DELETE') "
                  "UNION ALL SELECT 'SEQUENCE groups_id_seq', 'USAGE' "
-                 "WHERE NOT has_sequence_privilege('groups_id_seq', 'USAGE') "
+                 "WHERE NOT has_sequence_privilege('groups_id_seq', 'USAGE, UPDATE') "
                  "UNION ALL SELECT 'audit', p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
                  "WHERE $1::boolean AND NOT has_any_column_privilege('audit', p)) m",
     /* One statement for the whole batch: one round trip, one commit. */
