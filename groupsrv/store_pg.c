@@ -214,17 +214,18 @@ static const char *const queries[Q_N] = {
     [Q_AUDIT_HEAD] = "SELECT seq, line FROM audit WHERE instance = $1 ORDER BY seq DESC LIMIT 1",
     /* docs/scale-out.md's grants that the role lacks ($1: the audit
      * table's too), NULL when none; ownership, superuser and inherited
-     * roles count, as for the statements themselves. Only what a
-     * statement here uses (DELETE on members alone; no INSERT on changes,
-     * UPDATE on seal_keys): a role kept to those (a compromised server
-     * cannot delete a key's record) served before this check and must not
-     * be refused at an upgrade. A column grant counts
+     * roles count, as for the statements themselves. Only what serve's
+     * statements use (DELETE on members alone; no INSERT on changes, no
+     * UPDATE on seal_keys; on ca only SELECT and on groups no UPDATE: ca
+     * init, renew, import and group set --wrap are commands): a role kept
+     * to those (so that a compromised server can neither replace the CA
+     * certificate nor delete a key's record) served before this check and
+     * must not be refused at an upgrade. A column grant counts
      * (has_any_column_privilege): has_table_privilege is false for a role
      * granted every column, which the statements serve. nextval() runs
      * with USAGE or UPDATE on the sequence: either counts. */
     [Q_GRANTS] = "SELECT current_user, string_agg(m.p || ' ON ' || m.t, ', ') FROM ("
-                 "SELECT t, p FROM (VALUES ('ca', 'SELECT'), ('ca', 'INSERT'), ('ca', 'UPDATE'), "
-                 "('groups', 'SELECT'), ('groups', 'INSERT'), ('groups', 'UPDATE'), "
+                 "SELECT t, p FROM (VALUES ('ca', 'SELECT'), ('groups', 'SELECT'), ('groups', 'INSERT'), "
                  "('group_keys', 'SELECT'), ('group_keys', 'INSERT'), ('group_keys', 'UPDATE'), "
                  "('secret_keys', 'SELECT'), ('secret_keys', 'INSERT'), ('secret_keys', 'UPDATE'), "
                  "('seal_keys', 'SELECT'), ('seal_keys', 'INSERT'), "

@@ -117,17 +117,19 @@ timeout 60 "$BIN/groupsrv" -c "$work/server.conf" serve > "$work/nogrant.log" 2>
 pg_psql groupsrv -c "GRANT INSERT ON audit TO groupsrv_server" >/dev/null
 ok "a role without INSERT on audit: check names it, serve refuses to start"
 # A role kept to what the server's statements use, tighter than the
-# document (DELETE on members only, so that a compromised server cannot
-# delete a key's or the CA's record; seal_keys' SELECT granted column by
+# document (DELETE on members only, no INSERT or UPDATE on ca, so that a
+# compromised server can neither delete a key's record nor replace the
+# CA certificate; seal_keys' SELECT granted column by
 # column; UPDATE on the sequence, which lets nextval() run as USAGE
 # does): it served before the check came, and neither check nor serve
 # may refuse it now (an upgrade would have taken every server down).
 pg_psql groupsrv -c "REVOKE DELETE ON ca, groups, group_keys, secret_keys, seal_keys, changes FROM groupsrv_server;
-  REVOKE UPDATE ON seal_keys FROM groupsrv_server; REVOKE SELECT ON seal_keys FROM groupsrv_server;
+  REVOKE INSERT, UPDATE ON ca FROM groupsrv_server; REVOKE UPDATE ON groups, seal_keys FROM groupsrv_server; REVOKE SELECT ON seal_keys FROM groupsrv_server;
   GRANT SELECT (label, weakenings, created) ON seal_keys TO groupsrv_server;
   REVOKE USAGE ON SEQUENCE groups_id_seq FROM groupsrv_server; GRANT UPDATE ON SEQUENCE groups_id_seq TO groupsrv_server" >/dev/null
 srv check > "$work/check.out" 2>&1 || fail "check as a role kept to what the server uses: $(grep '^database' "$work/check.out")"
 pg_psql groupsrv -c "GRANT DELETE ON ca, groups, group_keys, secret_keys, seal_keys, changes TO groupsrv_server;
+  GRANT INSERT, UPDATE ON ca TO groupsrv_server; GRANT UPDATE ON groups TO groupsrv_server;
   REVOKE SELECT (label, weakenings, created) ON seal_keys FROM groupsrv_server;
   GRANT SELECT, UPDATE ON seal_keys TO groupsrv_server;
   REVOKE UPDATE ON SEQUENCE groups_id_seq FROM groupsrv_server; GRANT USAGE ON SEQUENCE groups_id_seq TO groupsrv_server" >/dev/null
