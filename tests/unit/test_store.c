@@ -1049,6 +1049,22 @@ static void test_reconnect(void **state)
     assert_int_equal(gs_store_commit(f->st), GS_ERR_DB_UNAVAILABLE);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "b@example.org", &m), GS_ERR_NOT_FOUND);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "c@example.org", &m), GS_ERR_NOT_FOUND);
+
+    /* The read's second try cannot connect (the database refuses
+     * connections still): the caller gets that reason, after one try,
+     * and the read after the database is back is served. */
+    char alter[160];
+    (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS false", f->dbname);
+    assert_int_equal(pgtest_exec(NULL, alter), 0);
+    assert_true(pgtest_int("postgres", sql) >= 1);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
+    assert_null(m);
+    assert_non_null(strstr(gs_err_detail(), "cannot connect to the database"));
+    (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS true", f->dbname);
+    assert_int_equal(pgtest_exec(NULL, alter), 0);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
     gs_store_set_idle_check(GS_STORE_IDLE_CHECK_MS);
 }
 
