@@ -14,7 +14,7 @@
 #     it, serve refuses to start (not a healthy-looking server that
 #     fails every key request); one with less than the document but all
 #     the server's statements use (no DELETE but on members, a column
-#     grant) passes;
+#     grant, UPDATE on the sequence, pg_write_all_data) passes;
 #   - serve starts, and every kind of request it writes for works: an
 #     unwrap (audit insert), a member removed over REST (members, the
 #     secret key rotation it brings, the change stamp), a member added, a
@@ -134,6 +134,14 @@ pg_psql groupsrv -c "GRANT DELETE ON ca, groups, group_keys, secret_keys, seal_k
   GRANT SELECT, UPDATE ON seal_keys TO groupsrv_server;
   REVOKE UPDATE ON SEQUENCE groups_id_seq FROM groupsrv_server; GRANT USAGE ON SEQUENCE groups_id_seq TO groupsrv_server" >/dev/null
 ok "a role with only the grants the server's statements use (a column grant, UPDATE on the sequence): check passes"
+# A role given PostgreSQL's predefined pg_read_all_data and
+# pg_write_all_data instead of GRANTs (UPDATE, not USAGE, on sequences):
+# it serves, and is not refused.
+pg_psql groupsrv -c "CREATE ROLE groupsrv_rw LOGIN IN ROLE pg_read_all_data, pg_write_all_data" >/dev/null
+pgsrv_conf "$work/rw.conf" "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_rw"
+"$BIN/groupsrv" -c "$work/rw.conf" check > "$work/check.out" 2>&1 ||
+  fail "check as a role with pg_read_all_data and pg_write_all_data: $(grep '^database' "$work/check.out")"
+ok "a role with pg_read_all_data and pg_write_all_data: check passes"
 # A multi-host URI whose first hosts refuse and whose last (the primary)
 # refuses the role: libpq's reasons for every host, the last one too. Its
 # hint under each refused host ("Is the server running on that host ...")
