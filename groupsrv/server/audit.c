@@ -361,7 +361,9 @@ static int open_regular(const char *path, int flags, mode_t mode)
         errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL; /* a directory said as open(2) would */
         return -1;
     }
-    if ((fd = open(path, flags | O_NONBLOCK, mode)) < 0)
+    /* O_NOCTTY: a tty swapped in between the check and the open must not
+     * become the controlling terminal of a process without one. */
+    if ((fd = open(path, flags | O_NONBLOCK | O_NOCTTY, mode)) < 0)
         return -1;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
