@@ -520,6 +520,12 @@ int ipc_write_frame(int sock, const ipc_buf *b, int fd, int timeout_ms)
 
     if (b->bad || b->len < IPC_HDR_LEN)
         return IPC_E_FIELD;
+    /* timeout_ms bounds the whole frame, not each wait: a peer that takes
+     * a little just before each wait would end (a compromised network
+     * process reading its control channel slowly) would otherwise hold
+     * the caller for up to a wait per socket buffer's worth of a 16 MiB
+     * frame, minutes instead of timeout_ms. */
+    const double deadline = timeout_ms >= 0 ? util_monotonic_s() + timeout_ms / 1000.0 : 0;
     while (off < b->len) {
         struct iovec iov = {.iov_base = b->p + off, .iov_len = b->len - off};
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
@@ -541,7 +547,14 @@ int ipc_write_frame(int sock, const ipc_buf *b, int fd, int timeout_ms)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                int rc = wait_fd(sock, POLLOUT, timeout_ms);
+                int left = -1;
+                if (timeout_ms >= 0) {
+                    double ms = (deadline - util_monotonic_s()) * 1000.0;
+                    if (ms <= 0)
+                        return IPC_E_TIMEOUT;
+                    left = ms > timeout_ms ? timeout_ms : (int)ms + 1;
+                }
+                int rc = wait_fd(sock, POLLOUT, left);
                 if (rc != IPC_OK)
                     return rc;
                 continue;

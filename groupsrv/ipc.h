@@ -248,7 +248,7 @@ void ipc_set_cookie(ipc_buf *b, uint64_t cookie);
 
 /* Writes the whole frame, with fd (or -1) attached by SCM_RIGHTS to its
  * first byte. Retries on EINTR/EAGAIN (polling) until timeout_ms (-1: no
- * limit). */
+ * limit) after the call: the whole frame within it, not each part. */
 int ipc_write_frame(int sock, const ipc_buf *b, int fd, int timeout_ms);
 
 /* A reader for stream sockets that also collects passed descriptors. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -407,6 +408,53 @@ static void test_write_frame_timeout(void **state)
     close(sv[1]);
 }
 
+/* A peer that reads, but slowly: 32 KiB every 50 ms, until the end. */
+static void *slow_reader(void *arg)
+{
+    int fd = *(int *)arg;
+    unsigned char buf[32768];
+    const struct timespec pause = {0, 50 * 1000 * 1000};
+
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n == 0 || (n < 0 && errno != EINTR))
+            break;
+        (void)nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+/* The timeout is for the whole frame: a peer that takes a little before
+ * each wait would time out (a network process reading its control
+ * channel slowly) held the writer for every wait in turn, here about 13 s
+ * for 8 MiB (minutes for the largest TLS frame) instead of the 1 s
+ * given. */
+static void test_write_frame_timeout_slow_reader(void **state)
+{
+    int sv[2];
+    ipc_buf b;
+    pthread_t th;
+    const size_t size = 8u << 20;
+    unsigned char *big = calloc(1, size);
+    (void)state;
+
+    assert_non_null(big);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(pthread_create(&th, NULL, slow_reader, &sv[1]), 0);
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_CTL_TLS, 0);
+    ipc_put_bytes(&b, IPC_T_CERT_PEM, "x", 1);
+    ipc_put_bytes(&b, IPC_T_CA_PEM, big, size);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    int rc = ipc_write_frame(sv[0], &b, -1, 1000);
+    close(sv[0]); /* the reader reads to the end, then stops */
+    assert_int_equal(pthread_join(th, NULL), 0);
+    close(sv[1]);
+    ipc_buf_free(&b);
+    free(big);
+    assert_int_equal(rc, IPC_E_TIMEOUT);
+}
+
 /* Frames and descriptors over a stream socket, as the supervisor sends
  * them: each descriptor is taken with its frame. */
 static void test_control_channel(void **state)
@@ -797,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_wrap_transports_members),
         cmocka_unit_test(test_control_channel),
         cmocka_unit_test(test_write_frame_timeout),
+        cmocka_unit_test(test_write_frame_timeout_slow_reader),
         cmocka_unit_test(test_ev_write_fill),
         cmocka_unit_test(test_ev_queue),
         cmocka_unit_test(test_evbuffer),
