@@ -1293,8 +1293,53 @@ static const char *yn(bool b) { return b ? "yes" : "no"; }
 
 struct check_line {
     char *group, *label, *rest; /* "rest": kind, version and group come first */
+    size_t group_cols, label_cols; /* characters shown (term_text) */
     char kind[8], ver[16];
 };
+
+/* A label as a terminal may show it: a token's labels are anyone's with
+ * the user PIN, and an escape sequence printed as it is would drive the
+ * operator's terminal (clear it, retitle it, hide lines), a tab or a
+ * multi-byte character move the columns after it. Printable ASCII and
+ * UTF-8 characters (not C1 controls) are kept; every other byte, and the
+ * backslash, is shown as \xNN. *cols: the characters shown. NULL when out
+ * of memory. */
+static char *term_text(const char *s, size_t *cols)
+{
+    size_t len = strlen(s), n = 0, k = 0;
+    char *out;
+
+    if (len > (SIZE_MAX - 1) / 4 || (out = malloc(len * 4 + 1)) == NULL)
+        return NULL;
+    for (size_t i = 0; i < len;) {
+        const unsigned char *p = (const unsigned char *)s + i;
+        size_t seq = 0;
+        if (p[0] >= 0x20 && p[0] < 0x7f && p[0] != '\\')
+            seq = 1;
+        else if (p[0] >= 0xc2 && p[0] <= 0xdf && i + 1 < len && (p[1] & 0xc0) == 0x80)
+            seq = p[0] == 0xc2 && p[1] < 0xa0 ? 0 : 2; /* U+0080..U+009F: C1 controls (0x9b: CSI) */
+        else if (p[0] >= 0xe0 && p[0] <= 0xef && i + 2 < len && (p[1] & 0xc0) == 0x80 && (p[2] & 0xc0) == 0x80 &&
+                 !(p[0] == 0xe0 && p[1] < 0xa0) && !(p[0] == 0xed && p[1] > 0x9f))
+            seq = 3;
+        else if (p[0] >= 0xf0 && p[0] <= 0xf4 && i + 3 < len && (p[1] & 0xc0) == 0x80 && (p[2] & 0xc0) == 0x80 &&
+                 (p[3] & 0xc0) == 0x80 && !(p[0] == 0xf0 && p[1] < 0x90) && !(p[0] == 0xf4 && p[1] > 0x8f))
+            seq = 4;
+        if (seq > 0) {
+            memcpy(out + n, p, seq);
+            n += seq;
+            i += seq;
+            k++;
+        } else {
+            (void)snprintf(out + n, 5, "\\x%02x", p[0]);
+            n += 4;
+            i++;
+            k += 4;
+        }
+    }
+    out[n] = '\0';
+    *cols = k;
+    return out;
+}
 
 struct check_table {
     struct check_line *lines;
@@ -1304,9 +1349,13 @@ struct check_table {
 
 static int check_width(int base, size_t len) { return len > (size_t)base ? (len > CHECK_W_MAX ? CHECK_W_MAX : (int)len) : base; }
 
+/* Padded by the characters shown, not by bytes (a UTF-8 label). */
 static void check_print_line(const struct check_line *l, int gw, int lw)
 {
-    printf("%-6s %-*s %-4s %-*s %s\n", l->kind, gw, l->group, l->ver, lw, l->label, l->rest);
+    int gp = l->group_cols < (size_t)gw ? gw - (int)l->group_cols : 0;
+    int lp = l->label_cols < (size_t)lw ? lw - (int)l->label_cols : 0;
+
+    printf("%-6s %s%*s %-4s %s%*s %s\n", l->kind, l->group, gp, "", l->ver, l->label, lp, "", l->rest);
 }
 
 static void check_line_free(struct check_line *l)
@@ -1343,8 +1392,8 @@ static void check_row(void *arg, const gs_key_audit_row *r)
         (void)snprintf(rest, sizeof(rest), "%-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s%s%s", "-", "-", "-", "-", "-",
                        "-", "-", "-", r->ok ? "OK" : "PROBLEM: ", r->problem, extra);
     }
-    l.group = strdup(r->group[0] ? r->group : "-");
-    l.label = strdup(r->info || r->label[0] ? r->label : "-");
+    l.group = term_text(r->group[0] ? r->group : "-", &l.group_cols);
+    l.label = term_text(r->info || r->label[0] ? r->label : "-", &l.label_cols);
     l.rest = strdup(rest);
     if (l.group == NULL || l.label == NULL || l.rest == NULL || t->n >= CHECK_ROWS_MAX) {
         t->nomem = true;
@@ -1367,7 +1416,8 @@ out:
     if (l.group != NULL && l.label != NULL && l.rest != NULL)
         check_print_line(&l, CHECK_GROUP_W, CHECK_LABEL_W);
     else
-        printf("%-6s %s %s %s (out of memory)\n", l.kind, r->group, l.ver, r->label);
+        printf("%-6s %s %s %s (out of memory)\n", l.kind, l.group != NULL ? l.group : "?", l.ver,
+               l.label != NULL ? l.label : "?");
     check_line_free(&l);
 }
 
@@ -1377,8 +1427,8 @@ static void check_table_flush(struct check_table *t)
     int gw = CHECK_GROUP_W, lw = CHECK_LABEL_W;
 
     for (size_t i = 0; i < t->n; i++) {
-        gw = check_width(gw, strlen(t->lines[i].group));
-        lw = check_width(lw, strlen(t->lines[i].label));
+        gw = check_width(gw, t->lines[i].group_cols);
+        lw = check_width(lw, t->lines[i].label_cols);
     }
     printf("%-6s %-*s %-4s %-*s %-4s %-5s %-6s %-5s %-4s %-4s %-4s %-4s %s\n", "KIND", gw, "GROUP", "VER", lw, "LABEL",
            "SENS", "ASENS", "NEVERX", "EXTR", "DEC", "UNWR", "SIGN", "WRAP", "STATUS");
@@ -1908,11 +1958,14 @@ static unsigned check_missing_current(struct env *e)
 
 static void check_unrecorded(void *arg, const char *label)
 {
+    size_t cols;
+    char *shown = term_text(label, &cols); /* the token's label: anyone's with the user PIN */
     (void)arg;
     printf("unrecorded %s: on the token, not in the database (a version made after the backup the database was "
            "restored from: keep it, and record it again with group import-cert --version N or secret record; or "
            "left by a killed import or a failed run: docs/operations.md)\n",
-           label);
+           shown != NULL ? shown : "(out of memory)");
+    free(shown);
 }
 
 static int cmd_check(struct env *e, int argc, char **argv)

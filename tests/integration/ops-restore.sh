@@ -66,6 +66,21 @@ done
 gs_alpha member list eng | grep -q '^bob@example.org ' || fail "bob is not back: the test's premise is wrong"
 ok "restored: check names the version retired since and the versions made since; bob is a member again"
 
+# A token's labels are anyone's with the user PIN: one with an escape
+# sequence and a tab (an object another program made) is named by check
+# escaped, never sent to the operator's terminal as it is (it would clear
+# the screen here; another could retitle it or hide lines).
+p11() {
+  GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
+    --token-label alpha --login --pin env:GS_PIN "$@" >/dev/null 2>&1
+}
+p11 --keygen --key-type AES:16 --id 77 --label "$(printf 'gs:\033[2Jx\ty')" || fail "pkcs11-tool could not make the object"
+rc=0; gs_alpha check > "$work/out" 2>&1 || rc=$?
+! grep -q "$(printf '\033')" "$work/out" || fail "check sent a token's escape sequence to the terminal: $(grep -a unrecorded "$work/out" | od -c | head)"
+grep -qF 'unrecorded gs:\x1b[2Jx\x09y: on the token' "$work/out" || fail "check does not name the label escaped: $(grep -a unrecorded "$work/out")"
+p11 --delete-object --type secrkey --id 77 || fail "pkcs11-tool could not delete the object"
+ok "check names a token label with an escape sequence and a tab escaped"
+
 # ---- what the operator does next ----
 expect 0 "member remove bob again" -- gs_alpha member remove eng bob@example.org
 grep -q "^member bob@example.org removed from eng; new secret key version 3$" "$work/out" ||
