@@ -150,6 +150,9 @@ struct srv_conn {
                              lingering close as evhttp frees the connection, or -1 */
     int over_budget;      /* admitted past a full listener: its request gets 503 */
     struct evbuffer_cb_entry *input_cb; /* conn_input_cb on the bufferevent's input */
+    struct event *watch;  /* conn_watch_cb: keeps the socket's read interest in epoll */
+    int watch_on;         /* watch is added */
+    int watch_idle;       /* watch's wake-ups since the bufferevent last read */
     /* The request head being received, scanned for NUL bytes as it comes
      * (conn_scan_head); offsets count the input's bytes since accept. */
     uint64_t in_added, in_drained; /* bytes ever added to, drained from the input */
@@ -385,12 +388,60 @@ static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
     }
 }
 
+/* ---- read interest kept over a request ----------------------------------
+ * evhttp stops reading a connection when a request is in (it disables the
+ * bufferevent's read) and starts again when the answer is queued: with
+ * nothing else on the socket, libevent removes it from the epoll set and
+ * adds it back, two epoll_ctl per request (the changelist cannot merge
+ * them: the key holder's answer comes an epoll_wait later). A second read
+ * event on the socket, added at admission (conn_watch_arm), keeps the
+ * socket in the set, so the bufferevent's toggles stay in libevent's own
+ * tables. It reads nothing: woken twice with nothing read by the
+ * bufferevent in between (the client sent more, or closed, while its
+ * request is being answered; or the bufferevent's read is off for another
+ * reason), it takes itself out, and the connection is exactly as without
+ * it (one epoll_ctl, as before) until the bufferevent reads again. Its
+ * first wake-up cannot be told from the one that brought the request: the
+ * request's bytes are read, and evhttp has stopped reading, before the
+ * watch's callback runs in the same loop turn. */
+static void conn_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_conn *c = arg;
+    (void)fd; (void)what;
+
+    if (c->stage == CONN_CLOSING || ++c->watch_idle > 1) {
+        event_del(c->watch);
+        c->watch_on = 0;
+    }
+}
+
+/* Only while the bufferevent's own read is in the epoll set (at admission
+ * and as it reads), so that adding the watch is no system call. */
+static void conn_watch_arm(struct srv_conn *c)
+{
+    c->watch_idle = 0;
+    if (c->watch == NULL || c->watch_on || c->stage == CONN_CLOSING)
+        return;
+    if (event_add(c->watch, NULL) == 0)
+        c->watch_on = 1;
+}
+
+static void conn_watch_free(struct srv_conn *c)
+{
+    if (c->watch != NULL)
+        event_free(c->watch); /* deletes it */
+    c->watch = NULL;
+    c->watch_on = 0;
+}
+
 static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
 {
     struct srv_conn *c = arg;
 
     c->in_drained += info->n_deleted;
     c->in_added += info->n_added;
+    if (info->n_added > 0)
+        conn_watch_arm(c);
     if (info->n_added > 0)
         conn_scan_head(c, in);
     if (info->n_added > 0 && evbuffer_get_length(in) > conn_input_max(c->t->srv))
@@ -513,6 +564,7 @@ static void conn_closing_cb(struct evhttp_connection *evcon, void *arg)
     int fd = bufferevent_getfd(c->bev);
     (void)evcon;
 
+    conn_watch_free(c); /* before the socket is closed or taken over */
     if (c->linger_fd >= 0 || fd < 0 || bio == NULL || SSL_get_rbio(ssl) != bio || BIO_get_fd(bio, NULL) != fd)
         return; /* libevent closes it plainly */
     BIO_set_fd(bio, -1, BIO_NOCLOSE);
@@ -562,6 +614,9 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
         }
         c->admitted = 1;
         conn_arm(c, c->stage);
+        /* Without it (no memory) evhttp's toggles reach epoll, as before. */
+        c->watch = event_new(c->t->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST, conn_watch_cb, c);
+        conn_watch_arm(c);
         return;
     }
     switch (c->stage) {
@@ -691,6 +746,7 @@ static void conn_freed(void *arg)
      * bufferevent's buffers: no callback may find c after this. */
     if (c->input_cb != NULL)
         evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->input_cb);
+    conn_watch_free(c);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
