@@ -37,10 +37,9 @@ gs_adversarial_test(strict_http server-strict-http.sh)
 gs_adversarial_test(exhaustion server-exhaustion.sh)
 # Pipelined requests read late: the one-write answers whose TLS write
 # blocks part-way are finished by libevent's retry of the same SSL_write,
-# whole and in order.
-gs_adversarial_test(pipelined_answers server-pipelined-answers.sh)
-# A kept-alive connection stays in the network process's epoll set over a
-# request (no epoll_ctl pair per request), and a client that sends more or
-# shuts its side while its request is at the token is still answered,
-# without the loop spinning on the readable socket (strace counts).
-gs_adversarial_test(inservice_input server-inservice-input.sh $<TARGET_FILE:p11fault>)
+# whole and in order. Then (one set-up for both) a kept-alive connection
+# stays in the network process's epoll set over a request (no epoll_ctl
+# pair per request), and a client that sends more or shuts its side while
+# its request is at the token is still answered, without the loop
+# spinning on the readable socket (strace counts).
+gs_adversarial_test(pipelined_answers server-pipelined-answers.sh $<TARGET_FILE:p11fault>)
