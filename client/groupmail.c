@@ -13,7 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
 #include <openssl/err.h>
@@ -491,57 +493,11 @@ static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 
     return fetch_and_pin(c, r, out);
 }
 
-static int cmd_fetch_cert(gm_config *c)
-{
-    gs_rest *r = NULL;
-    X509 *leaf = NULL;
-    unsigned char md[32];
-    unsigned int mdlen = 0;
-    char hex[65], *p = NULL;
-    int rc = fetch_and_pin(c, &r, &leaf);
-
-    if (rc != GM_EXIT_OK)
-        goto out;
-    if (c->out != NULL) {
-        BIO *b = BIO_new(BIO_s_mem());
-        char *data;
-        long n;
-        if (b == NULL || !PEM_write_bio_X509(b, leaf) || (n = BIO_get_mem_data(b, &data)) <= 0 ||
-            util_write_file_atomic(c->out, data, (size_t)n, 0644) != UTIL_OK) {
-            gm_err("cannot write %s", c->out);
-            rc = GM_EXIT_ERROR;
-        }
-        BIO_free(b);
-        if (rc != GM_EXIT_OK)
-            goto out;
-    }
-    X509_digest(leaf, EVP_sha256(), md, &mdlen);
-    util_hex(md, 32, hex);
-    p = gm_pin_path(c);
-    printf("pinned %s sha256=%s\n", p ? p : "", hex);
-out:
-    free(p);
-    X509_free(leaf);
-    gs_rest_free(r);
-    return rc;
-}
-
-/* ---- encrypt ----------------------------------------------------------------- */
-
-static int open_in(const gm_config *c, BIO **in)
-{
-    *in = c->in != NULL ? BIO_new_file(c->in, "rb") : BIO_new_fp(stdin, BIO_NOCLOSE);
-    if (*in == NULL) {
-        gm_err("cannot open %s", c->in ? c->in : "stdin");
-        return GM_EXIT_ERROR;
-    }
-    return GM_EXIT_OK;
-}
-
 /* What a command writes to standard output is staged until the whole
  * operation succeeded (a decryption fails only at its end, on the GCM tag
  * or the CBC padding), so a failure writes nothing. --out is committed by
- * rename; standard output gets a copy of the staged bytes. Plaintext
+ * rename; standard output (and an --out FIFO or device) gets a copy of the
+ * staged bytes. Plaintext
  * (decrypt, and send's input until it is known to be encrypted) is staged
  * in an anonymous memory file (memfd: no name, never in a file system) of
  * at most GM_MEMORY_STAGE_MAX bytes; other output (ciphertext, a CSR) in
@@ -551,8 +507,33 @@ static int open_in(const gm_config *c, BIO **in)
 typedef struct gm_out {
     util_atomic_file *af;
     FILE *tmp;
+    FILE *dest; /* where a staged copy goes: stdout, or an --out stream */
     BIO *bio;
 } gm_out;
+
+/* How --out is written: OUT_FILE, a file replaced by rename; OUT_STDOUT,
+ * standard output (no --out, or an --out that is the file standard output
+ * already is: /dev/stdout with standard output redirected to a file, which
+ * must not be opened anew at offset 0 or have /dev/stdout renamed over);
+ * OUT_STREAM, an existing FIFO or character device (/dev/stdout on a pipe
+ * or a terminal, /dev/null, a named pipe a mail tool reads), opened and
+ * written like standard output: renaming a temp file over it would put a
+ * regular file holding the plaintext in place of the pipe or device (as
+ * root, /dev/null itself). */
+enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STREAM };
+
+static enum out_kind out_kind_of(const gm_config *c)
+{
+    struct stat st, so;
+
+    if (c->out == NULL)
+        return OUT_STDOUT;
+    if (stat(c->out, &st) != 0)
+        return OUT_FILE;
+    if (S_ISREG(st.st_mode) && fstat(STDOUT_FILENO, &so) == 0 && so.st_dev == st.st_dev && so.st_ino == st.st_ino)
+        return OUT_STDOUT;
+    return S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) ? OUT_STREAM : OUT_FILE;
+}
 
 /* An anonymous memory file for plaintext, read and write, or NULL with
  * errno set (no fallback to a disk file: plaintext must not land there). */
@@ -570,14 +551,27 @@ static FILE *memory_file(const char *name)
 
 static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
+    enum out_kind k = out_kind_of(c);
+
     memset(o, 0, sizeof(*o));
-    if (c->out != NULL) {
+    if (k == OUT_FILE) {
         if (util_atomic_open(c->out, mode, &o->af) != UTIL_OK) {
             gm_err("cannot create %s", c->out);
             return GM_EXIT_ERROR;
         }
         o->bio = BIO_new_fp(util_atomic_fp(o->af), BIO_NOCLOSE);
     } else {
+        o->dest = stdout;
+        if (k == OUT_STREAM) { /* an existing stream: opened, never created */
+            int fd = open(c->out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+            if (fd < 0 || (o->dest = fdopen(fd, "wb")) == NULL) {
+                if (fd >= 0)
+                    close(fd);
+                o->dest = NULL;
+                gm_err("cannot open %s", c->out);
+                return GM_EXIT_ERROR;
+            }
+        }
         if ((o->tmp = plaintext ? memory_file("groupmail-plaintext") : tmpfile()) == NULL) {
             gm_err(plaintext ? "cannot create a memory file for the plaintext" : "cannot create a temporary file");
             return GM_EXIT_ERROR;
@@ -594,6 +588,8 @@ static void out_abort(gm_out *o)
         util_atomic_abort(o->af);
     if (o->tmp != NULL)
         fclose(o->tmp); /* tmpfile() and memfd: nothing left behind */
+    if (o->dest != NULL && o->dest != stdout)
+        fclose(o->dest);
     memset(o, 0, sizeof(*o));
 }
 
@@ -617,17 +613,67 @@ static int out_commit(gm_out *o)
         if (fflush(o->tmp) != 0 || fseek(o->tmp, 0, SEEK_SET) != 0)
             rc = GM_EXIT_ERROR;
         while (rc == GM_EXIT_OK && (n = fread(buf, 1, sizeof(buf), o->tmp)) > 0)
-            if (fwrite(buf, 1, n, stdout) != n)
+            if (fwrite(buf, 1, n, o->dest) != n)
                 rc = GM_EXIT_ERROR;
-        if (ferror(o->tmp) || fflush(stdout) != 0)
+        if (ferror(o->tmp) || fflush(o->dest) != 0)
             rc = GM_EXIT_ERROR;
         OPENSSL_cleanse(buf, sizeof(buf));
         fclose(o->tmp);
         o->tmp = NULL;
+        if (o->dest != stdout && fclose(o->dest) != 0)
+            rc = GM_EXIT_ERROR;
+        o->dest = NULL;
     }
     if (rc != GM_EXIT_OK)
         gm_err("cannot write the output");
     return rc;
+}
+
+static int cmd_fetch_cert(gm_config *c)
+{
+    gs_rest *r = NULL;
+    X509 *leaf = NULL;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    char hex[65], *p = NULL;
+    int rc = fetch_and_pin(c, &r, &leaf);
+
+    if (rc != GM_EXIT_OK)
+        goto out;
+    if (c->out != NULL) {
+        gm_out o;
+        if ((rc = out_open(c, &o, 0644, false)) != GM_EXIT_OK)
+            goto out;
+        if (!PEM_write_bio_X509(o.bio, leaf)) {
+            out_abort(&o);
+            gm_err("cannot write %s", c->out);
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
+        if ((rc = out_commit(&o)) != GM_EXIT_OK)
+            goto out;
+    }
+    X509_digest(leaf, EVP_sha256(), md, &mdlen);
+    util_hex(md, 32, hex);
+    p = gm_pin_path(c);
+    printf("pinned %s sha256=%s\n", p ? p : "", hex);
+out:
+    free(p);
+    X509_free(leaf);
+    gs_rest_free(r);
+    return rc;
+}
+
+/* ---- encrypt ----------------------------------------------------------------- */
+
+static int open_in(const gm_config *c, BIO **in)
+{
+    *in = c->in != NULL ? BIO_new_file(c->in, "rb") : BIO_new_fp(stdin, BIO_NOCLOSE);
+    if (*in == NULL) {
+        gm_err("cannot open %s", c->in ? c->in : "stdin");
+        return GM_EXIT_ERROR;
+    }
+    return GM_EXIT_OK;
 }
 
 static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out)
@@ -1792,7 +1838,7 @@ static int cmd_decrypt(gm_config *c)
     }
     /* Known before the server is asked: standard output is staged in
      * memory, and the plaintext is never longer than its ciphertext. */
-    if (c->out == NULL && env_message_content_max(j.msg) > GM_MEMORY_STAGE_MAX) {
+    if (out_kind_of(c) != OUT_FILE && env_message_content_max(j.msg) > GM_MEMORY_STAGE_MAX) {
         gm_err("the message is over %zu MiB, more than decrypt stages in memory for standard output: use --out FILE",
                GM_MEMORY_STAGE_MAX / (1024 * 1024));
         rc = GM_EXIT_ERROR;

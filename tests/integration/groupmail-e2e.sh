@@ -48,6 +48,31 @@ for via in tls recipient-key membership-cert group-secret; do
   same "$work/gm.out" "$work/msg.txt" "$via DER"
 done
 ls "$gm_home/.local/share/groupmail/membership/" | grep -q '\.key$' || fail "membership key not cached"
+
+# --out naming a stream, as scripts and mail tools give it: a named pipe a
+# reader waits on, and /dev/stdout (here a link to /proc/self/fd/1, so that
+# a groupmail that renames over it cannot replace the real one) on a pipe
+# and on a file standard output appends to. Each is written like standard
+# output, and stays what it was: renaming a temp file over it used to put
+# a regular file holding the plaintext in its place (as root, /dev/null).
+mkfifo "$work/plain.fifo"
+cat "$work/plain.fifo" > "$work/fifo.got" &
+reader=$!
+expect_rc 0 "decrypt --out a named pipe" -- as alice decrypt --in "$work/msg.der" --out "$work/plain.fifo"
+if [ ! -p "$work/plain.fifo" ]; then kill "$reader" 2>/dev/null || true; fail "decrypt --out replaced the named pipe"; fi
+wait "$reader"
+same "$work/fifo.got" "$work/msg.txt" "decrypt --out a named pipe"
+ln -s /proc/self/fd/1 "$work/stdout"
+as alice decrypt --in "$work/msg.der" --out "$work/stdout" | cat > "$work/pipe.got"
+[ -L "$work/stdout" ] || fail "decrypt --out /dev/stdout on a pipe replaced the link"
+same "$work/pipe.got" "$work/msg.txt" "decrypt --out /dev/stdout on a pipe"
+echo "kept line" > "$work/append.got"
+as alice decrypt --in "$work/msg.der" --out "$work/stdout" >> "$work/append.got"
+[ -L "$work/stdout" ] || fail "decrypt --out /dev/stdout on a file replaced the link"
+cmp -s "$work/append.got" <(echo "kept line"; cat "$work/msg.txt") || fail "decrypt --out /dev/stdout >> FILE"
+as alice unwrap --via tls --in "$work/msg.der" --out "$work/stdout" | cat > "$work/pipe.got"
+[ -L "$work/stdout" ] && check_cek "$(cat "$work/pipe.got")" || fail "unwrap --out /dev/stdout"
+ok "--out a named pipe or /dev/stdout: written to, never replaced"
 # a cached membership certificate the server no longer takes (its local CA
 # made anew, a server restored from backup): groupmail asks for a new one
 # once, instead of 401s until the cached one expires
