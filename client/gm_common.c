@@ -500,6 +500,15 @@ static X509 *read_cert_file(const char *path, bool quiet)
 X509 *gm_read_cert_file(const char *path) { return read_cert_file(path, false); }
 X509 *gm_read_cert_file_quiet(const char *path) { return read_cert_file(path, true); }
 
+int gm_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return -1;
+}
+
 static EVP_PKEY *read_key_file(const char *path)
 {
     unsigned char *buf = NULL;
@@ -512,7 +521,7 @@ static EVP_PKEY *read_key_file(const char *path)
         return NULL;
     }
     if ((b = BIO_new_mem_buf(buf, (int)len)) != NULL)
-        k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+        k = PEM_read_bio_PrivateKey(b, NULL, gm_no_passphrase, NULL);
     if (k == NULL) {
         const unsigned char *p = buf;
         k = d2i_AutoPrivateKey(NULL, &p, (long)len);

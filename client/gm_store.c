@@ -435,7 +435,7 @@ int gm_mcert_load(const gm_config *c, long min_validity, gm_mcert *m)
     if (X509_cmp_time(X509_get0_notAfter(m->cert), &limit) <= 0)
         goto out; /* expired, or about to */
     if (util_read_file(kp, 64 * 1024, &kbuf, &klen) != UTIL_OK || (b = BIO_new_mem_buf(kbuf, (int)klen)) == NULL ||
-        (m->pkey = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) == NULL || X509_check_private_key(m->cert, m->pkey) != 1)
+        (m->pkey = PEM_read_bio_PrivateKey(b, NULL, gm_no_passphrase, NULL)) == NULL || X509_check_private_key(m->cert, m->pkey) != 1)
         goto out;
     if (mcert_pems(m) != 0)
         goto out;

@@ -326,6 +326,10 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
         SETOPT(CURLOPT_SSLCERTTYPE, "PEM");
         SETOPT(CURLOPT_SSLKEY, opts->key_file ? opts->key_file : opts->cert_file);
         SETOPT(CURLOPT_SSLKEYTYPE, "PEM");
+        /* An empty passphrase: an encrypted key file fails to load, one
+         * line, rather than OpenSSL prompting on the terminal (or reading
+         * standard input, the message a mail tool pipes, without one). */
+        SETOPT(CURLOPT_KEYPASSWD, "");
     } else if (opts->cert_pem != NULL) {
         struct curl_blob cb, kb;
         if (opts->key_pem == NULL)

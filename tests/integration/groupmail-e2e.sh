@@ -245,6 +245,17 @@ expect_rc 3 "removed member gets exit 3 (tls)" -- as carol decrypt --via tls --i
 expect_rc 3 "removed member gets exit 3 (membership-cert)" -- as carol decrypt --via membership-cert --store "$work/carol-store" --in "$work/m.smime"
 expect_rc 3 "removed member gets exit 3 (keys sync)" -- as carol keys sync --store "$work/carol-store"
 
+# a passphrase-protected key file (openssl genpkey -aes256): refused in one
+# line, exit 1, as the TLS client key (libcurl) and as the key that unwraps
+# a KTRI, with no passphrase prompt: OpenSSL's prompt reads the terminal,
+# or without one (setsid: as from procmail or cron) standard input.
+openssl pkey -in "$certs/alice@example.org.key" -aes256 -passout pass:secret -out "$work/alice-enc.key"
+for via in tls recipient-key; do
+  expect_rc 1 "decrypt --via $via with a passphrase-protected key" -- setsid "$BIN/groupmail" decrypt --via "$via" \
+    --in "$work/msg.der" --store "$work/enc-store" --cert "$certs/alice@example.org.pem" --key "$work/alice-enc.key" </dev/null
+  ! grep -qi "pass phrase" "$work/gm.err" || fail "decrypt --via $via prompted for a passphrase: $(cat "$work/gm.err")"
+done
+
 # tampered: flip a byte of the GCM ciphertext (near the end of the base64)
 /usr/bin/python3 - "$work/m.smime" "$work/t.smime" <<'PY'
 import base64, sys
