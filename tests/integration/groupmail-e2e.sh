@@ -73,6 +73,12 @@ cmp -s "$work/append.got" <(echo "kept line"; cat "$work/msg.txt") || fail "decr
 as alice unwrap --via tls --in "$work/msg.der" --out "$work/stdout" | cat > "$work/pipe.got"
 [ -L "$work/stdout" ] && check_cek "$(cat "$work/pipe.got")" || fail "unwrap --out /dev/stdout"
 ok "--out a named pipe or /dev/stdout: written to, never replaced"
+# standard output closed by the caller (>&-): the output has nowhere to go,
+# exit 1. The plaintext used to go, exit 0, to whichever file took
+# descriptor 1 next: with -v the message's spool file in $TMPDIR.
+closed_stdout() { as alice -v decrypt --via tls <"$work/m.smime" >&-; }
+expect_rc 1 "decrypt with standard output closed" -- closed_stdout
+grep -q "cannot write the output" "$work/gm.err" || fail "decrypt >&-: $(cat "$work/gm.err")"
 # a cached membership certificate the server no longer takes (its local CA
 # made anew, a server restored from backup): groupmail asks for a new one
 # once, instead of 401s until the cached one expires
