@@ -1775,27 +1775,28 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
     return 0;
 }
 
-/* Before a member change is made (keys lock held, member_change_begin):
- * a record of it with outcome "started", durable before anything is
- * changed. The change is committed before its outcome record can be
- * written; a key holder killed in between (kill -9, a crash, the machine
- * losing power) would leave a change with no record at all. With this
- * one, every change made has a record: a "started" not followed by the
- * outcome of the same action, identity, group and member means the change
- * may have been made (the member's record says). extra is consumed. 0, or
- * -1 with 503 answered (nothing changed). */
-static int member_change_started(struct kh_job *j, const char *action, const char *identity, const char *gname,
-                                 json_t *extra)
+/* Before a change is made (a member change: keys lock held,
+ * member_change_begin; POST /v1/groups): a record of it with outcome
+ * "started", durable before anything is changed (audit_started, as the
+ * admin commands write theirs). The change is committed before its
+ * outcome record can be written; a key holder killed in between (kill
+ * -9, a crash, the machine losing power) would leave a change with no
+ * record at all. With this one, every change made has a record: a
+ * "started" not followed by the outcome of the same action, identity,
+ * group and member means the change may have been made (the member's
+ * record says). extra is consumed. 0, or -1 with 503 audit_unavailable
+ * answered with refusal (nothing changed). */
+static int change_started(struct kh_job *j, const char *action, const char *identity, const char *gname,
+                          json_t *extra, const char *refusal)
 {
-    audit_record rec = {.action = action, .identity = identity, .group = gname, .key_version = -1,
-                        .outcome = "started", .extra = extra};
-    audit_err ae = job_audit(j, &rec);
+    audit_record rec = {.request_id = ipc_str(&j->msg, IPC_T_REQUEST_ID), .action = action, .identity = identity,
+                        .group = gname, .extra = extra};
+    audit_err ae = audit_started(j->kh->audit, &rec);
 
     json_decref(extra);
-    if (ae == AUDIT_OK && audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) == AUDIT_OK)
+    if (ae == AUDIT_OK)
         return 0;
-    j->audit_first = j->audit_last = 0; /* known failed: nothing to hold the answer for */
-    answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the change was not made");
+    answer_retry(j, 503, 5, "audit_unavailable", refusal);
     return -1;
 }
 
@@ -1883,8 +1884,9 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
         if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
-            member_change_started(j, action, c.identity, gname,
-                                  json_pack("{s:s}", "member", prev != NULL ? prev->email : email)) != 0)
+            change_started(j, action, c.identity, gname,
+                           json_pack("{s:s}", "member", prev != NULL ? prev->email : email),
+                           "the audit log cannot be written: the change was not made") != 0)
             goto out;
         e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
         if (rm.email[0] != '\0')
@@ -1945,8 +1947,9 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     }
     bool existed = false;
     if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
-        member_change_started(j, action, c.identity, gname,
-                              json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role))) != 0)
+        change_started(j, action, c.identity, gname,
+                       json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role)),
+                       "the audit log cannot be written: the change was not made") != 0)
         goto out;
     e = gs_member_put(w->store, gname, email, role, cert, wrap, &existed);
     /* The record as the change left it: what an undo may replace, and
@@ -2025,17 +2028,12 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the group was not created");
         goto out;
     }
-    /* As a member change (member_change_started): a record before the
-     * group is made, so that a key holder killed before its outcome
-     * record does not leave a group (and keys on the token) unrecorded. */
-    audit_record started = {.action = "group-create", .identity = c.identity, .group = name, .key_version = -1,
-                            .outcome = "started"};
-    if (job_audit(j, &started) != AUDIT_OK ||
-        audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) != AUDIT_OK) {
-        j->audit_first = j->audit_last = 0;
-        answer_retry(j, 503, 5, "audit_unavailable", "the audit log cannot be written: the group was not created");
+    /* As a member change: a record before the group is made, so that a
+     * key holder killed before its outcome record does not leave a group
+     * (and keys on the token) unrecorded. */
+    if (change_started(j, "group-create", c.identity, name, NULL,
+                       "the audit log cannot be written: the group was not created") != 0)
         goto out;
-    }
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
     if (e == GS_OK)
         e = gs_member_add(w->store, name, c.identity, GS_ROLE_ADMIN, NULL);

@@ -1531,6 +1531,15 @@ audit_err audit_append(audit_log *log, const audit_record *rec)
     return rc == AUDIT_OK ? audit_wait_durable(log, seq, seq) : rc;
 }
 
+audit_err audit_started(audit_log *log, const audit_record *rec)
+{
+    audit_record started = *rec;
+
+    started.outcome = AUDIT_STARTED;
+    started.key_version = -1;
+    return audit_append(log, &started);
+}
+
 /* Checks the lines of one file against the chain, starting from prev (in:
  * the hash the first line must name; out: the hash of the last good line).
  * trust_first: take the first line's "prev" as given (a file checked alone

@@ -109,6 +109,21 @@ typedef struct audit_record {
  * writes what is still queued. */
 audit_err audit_append(audit_log *log, const audit_record *rec);
 
+/* A change that is made before its outcome can be recorded (a member
+ * change committed to the database, a group's keys made on the token)
+ * is first recorded with outcome AUDIT_STARTED, durable before anything
+ * is changed: a process killed between the change and its outcome record
+ * (kill -9, a crash, a power loss) then leaves a "started" without its
+ * outcome, never a change without a record. audit_started writes rec as
+ * that record (its outcome "started" and no key version; action,
+ * identity, group and extra as the caller gives them: what the outcome's
+ * record will name) and returns once it is durable, as audit_append:
+ * anything but AUDIT_OK and nothing may be changed. Shared by the key
+ * holder (REST member changes, POST /v1/groups) and the admin commands
+ * (member add|set|remove, group create). */
+#define AUDIT_STARTED "started"
+audit_err audit_started(audit_log *log, const audit_record *rec);
+
 /* audit_append in two halves, for callers that must not block in
  * fdatasync (the key holder's token workers). audit_write queues the
  * record (no file access; AUDIT_ERR_NOMEM, also for a string that is
