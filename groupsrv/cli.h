@@ -81,6 +81,15 @@ void cli_record_close(struct cli_record *r);
  * outcome ("ok" or the error) and extra (a JSON object or NULL; stolen). */
 gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
                         json_t *extra);
+/* Before a change that is made before its outcome can be recorded
+ * (member add|set|remove, group create): its record with outcome
+ * "started" (audit_started, as the server writes one before the same
+ * change over REST), the operator's uid added to extra (stolen), durable
+ * when this returns GS_OK, so that a command killed between the change
+ * and cli_record_done leaves the change with a record. GS_ERR_IO with the
+ * detail set ("ACTION GROUP is not done without its record"): change
+ * nothing, and pass the error to cli_record_done as the change's. */
+gs_err cli_record_started(struct cli_record *r, const char *action, const char *group, json_t *extra);
 /* A refusal or failure, recorded with err's detail as its outcome (extra
  * stolen); prints err's line and returns its exit code, as fail(). */
 int cli_record_failure(struct cli_record *r, const char *action, const char *group, gs_err err, json_t *extra);

@@ -101,7 +101,8 @@ json_t *cli_json_text(const char *s)
 }
 
 /* One record: the operator's uid beside the login name (which may come
- * from $SUDO_USER), so that the record says who even where names lie. */
+ * from $SUDO_USER), so that the record says who even where names lie.
+ * outcome NULL: the record written before a change (audit_started). */
 static gs_err record_write(struct cli_record *r, const char *action, const char *group, long key_version,
                            const char *outcome, json_t *extra)
 {
@@ -118,7 +119,7 @@ static gs_err record_write(struct cli_record *r, const char *action, const char 
         (void)json_object_set_new(extra, "uid", json_integer((json_int_t)getuid()));
     audit_record rec = {.action = action, .identity = r->who, .group = group, .key_version = key_version,
                         .outcome = outcome, .extra = extra};
-    audit_err ae = audit_append(r->log, &rec);
+    audit_err ae = outcome != NULL ? audit_append(r->log, &rec) : audit_started(r->log, &rec);
     if (ae != AUDIT_OK)
         err = gs_err_set(GS_ERR_IO, "audit log: %s", audit_strerror(ae));
 #else
@@ -127,6 +128,17 @@ static gs_err record_write(struct cli_record *r, const char *action, const char 
 #endif
     json_decref(extra);
     return err;
+}
+
+gs_err cli_record_started(struct cli_record *r, const char *action, const char *group, json_t *extra)
+{
+    char gbuf[256], detail[512];
+
+    if (record_write(r, action, group, -1, NULL, extra) == GS_OK)
+        return GS_OK;
+    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+    return gs_err_set(GS_ERR_IO, "%s (%s%s%s is not done without its record)", detail, action, group ? " " : "",
+                      group ? record_text(group, gbuf, sizeof(gbuf)) : "");
 }
 
 gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,

@@ -699,7 +699,13 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "group create");
         if (err)
             return fail(err);
-        err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
+        /* Recorded as started first: no undoing a creation (keys on the
+         * token), and a command killed before its outcome record must not
+         * leave a group without a record. */
+        err = cli_record_started(&rec, "group-create", spec.name,
+                                 json_pack("{s:s,s:b}", "address", spec.address, "replicable", spec.replicable));
+        if (!err)
+            err = gs_group_create(e->st, e->hsm, e->ca, e->cfg, &spec, &v);
         if ((rc = cli_record_done(&rec, "group-create", spec.name, v ? (long)v : -1, err,
                                   json_pack("{s:s,s:b}", "address", spec.address, "replicable", spec.replicable))) != 0)
             return rc;
@@ -1025,7 +1031,9 @@ out:
  * record: under the keys lock (as the server's member changes, here and
  * on servers sharing the database), with the record as it was, so that a
  * change whose record cannot be written is put back (member_undo) and no
- * change made meanwhile by another is put back over. */
+ * change made meanwhile by another is put back over. Before the change,
+ * its record with outcome "started" (cli_record_started): a command
+ * killed between the change and its outcome record leaves that one. */
 struct member_change {
     gs_store *st;
     int64_t group_id;
@@ -1152,6 +1160,9 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return fail(err);
         err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
         if (!err)
+            err = cli_record_started(&rec, "member-set", a.pos[1],
+                                     json_pack("{s:s,s:s}", "member", a.pos[2], "wrap", gs_wrap_name(w)));
+        if (!err)
             err = gs_store_member_set_wrap(e->st, mc.group_id, a.pos[2], w);
         if (!err)
             member_change_made(&mc);
@@ -1175,6 +1186,9 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return fail(err);
         struct member_change mc;
         err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
+        if (!err)
+            err = cli_record_started(&rec, "member-remove", a.pos[1],
+                                     json_pack("{s:s}", "member", mc.prev != NULL ? mc.prev->email : a.pos[2]));
         if (!err)
             err = gs_member_remove_ex(e->st, e->hsm, NULL, e->cfg, a.pos[1], a.pos[2], &rm);
         const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
@@ -1239,13 +1253,17 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return fail(err);
         }
         /* Under the lock from here: a duplicate or an unknown group is
-         * refused before files are made. */
+         * refused before files are made, and before the record of the
+         * change started. */
         struct member_change mc;
         err = member_change_begin(e, a.pos[1], a.pos[2], &mc);
-        if (!err && issue && mc.prev != NULL)
+        if (!err && mc.prev != NULL)
             err = gs_err_set(GS_ERR_EXISTS, "%s is already a member", a.pos[2]);
         if (!err && issue)
             err = env_open(e, NEED_CA);
+        if (!err)
+            err = cli_record_started(&rec, "member-add", a.pos[1],
+                                     json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)));
         if (!err && issue) {
             err = issue_member_cert(e, a.pos[2], outdir, &cert, keypath, certpath, sizeof(keypath));
             wrote = err == GS_OK;
