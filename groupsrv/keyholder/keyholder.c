@@ -507,6 +507,22 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
         job_free(j);
         return;
     }
+    /* An unwrap counts as one turn of the token queue per item
+     * (kh_job_classify), and the queue measures its time per turn for
+     * load shedding. The network process refuses a batch of more than
+     * [server] unwrap_batch_max items itself (413, same config), so a
+     * frame with more comes only from a compromised one: queued, it would
+     * take that many turns and, refused by its worker in no time, skew the
+     * measured time per turn. Refused here, before it is queued. */
+    if (type == IPC_UNWRAP && j->msg.count[IPC_T_ITEM] > kh->batch_max) {
+        log_warn("unwrap frame with more items than [server] unwrap_batch_max from the network process items=%u "
+                 "max=%u link=%u",
+                 (unsigned)j->msg.count[IPC_T_ITEM], kh->batch_max, l->index);
+        snprintf(msg, sizeof(msg), "at most %u items per batch", kh->batch_max);
+        refuse(l, type | IPC_REPLY, cookie, 413, 0, "too_many_items", msg);
+        job_free(j);
+        return;
+    }
     kh_job_classify(&j->msg, flow, sizeof(flow), &cost, &cls, &batchable);
     j->tq.cost = cost;
     j->tq.cls = cls;

@@ -15,7 +15,9 @@
  * a non-member, a membership certificate's holder acting beyond its one
  * use, and (with MEMBER2, whose config has a rate limit and a failed-unwrap
  * cap) the rate limit and the suspension, also under the identity spelt
- * in upper case. Each must be refused by the key holder itself. And a
+ * in upper case, and an unwrap frame of more items than [server]
+ * unwrap_batch_max (refused before it is queued). Each must be refused
+ * by the key holder itself. And a
  * network process that floods a link and never reads the answers: the key
  * holder stops reading that link rather than hold the answers, and the
  * network process's synchronous call (holder.c) made meanwhile, behind
@@ -472,6 +474,58 @@ int main(int argc, char **argv)
     /* 6. A member, correctly: still serving. */
     unwrap_frame(&b, 18, argv[3], "eng", ek, ek_len);
     expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 200, NULL, "a member's unwrap after all that");
+    /* 6+. An unwrap frame with more items than [server] unwrap_batch_max
+     * (the network process refuses such a batch itself, 413, before it
+     * sends anything): refused 413 as it is read, before it is queued.
+     * Queued, it counted as that many turns of the token queue, whose
+     * measured time per turn (load shedding's estimate) it then skewed,
+     * and it was refused only by a token worker, after the group was
+     * loaded and the caller authorised: for a group that does not exist
+     * that answer was 404, for a non-member 403 (an audit record). A
+     * frame of unwrap_batch_max items, as a legitimate network process
+     * sends, is served. */
+    {
+        unsigned max = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
+        static const struct {
+            int who; /* 3: the member, 5: the non-member */
+            const char *group, *what;
+        } over[] = {{3, "eng", "a member's"}, {5, "eng", "a non-member's"}, {3, "nosuchgroup", "a missing group's"}};
+        for (size_t k = 0; k < GS_ARRAY_LEN(over); k++) {
+            char what[128];
+            request_begin(&b, IPC_UNWRAP, 21, argv[over[k].who], over[k].group);
+            for (unsigned i = 0; i <= max; i++) {
+                ipc_nest_begin(&b, IPC_T_ITEM);
+                ipc_put_u32(&b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+                ipc_put_u32(&b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+                ipc_put_bytes(&b, IPC_T_ENC_KEY, ek, ek_len);
+                ipc_nest_end(&b);
+            }
+            (void)snprintf(what, sizeof(what), "%s unwrap frame of unwrap_batch_max + 1 = %u items, refused unqueued",
+                           over[k].what, max + 1);
+            ask(l0[0], &rd0, &b, 413, "too_many_items", what);
+        }
+        request_begin(&b, IPC_UNWRAP, 22, argv[3], "eng");
+        for (unsigned i = 0; i < max; i++) {
+            ipc_nest_begin(&b, IPC_T_ITEM);
+            ipc_put_u32(&b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+            ipc_put_u32(&b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+            ipc_put_bytes(&b, IPC_T_ENC_KEY, ek, ek_len);
+            ipc_nest_end(&b);
+        }
+        (void)ipc_end(&b);
+        unsigned served = 0;
+        if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd0, &m, &owned) == 0 &&
+            ipc_u32(&m, IPC_T_STATUS, 0) == 200) {
+            ipc_iter it;
+            ipc_msg res;
+            ipc_iter_init(&it, &m, IPC_T_RESULT);
+            while (ipc_iter_next(&it, NULL, &res))
+                served += ipc_u32(&res, IPC_T_STATUS, 0) == 200;
+        }
+        CHECK(served == max, "an unwrap frame of unwrap_batch_max = %u items is served (%u unwrapped)", max, served);
+        free(owned);
+        owned = NULL;
+    }
     /* 6-. The same unwrap with a request id that is no request id (not
      * UTF-8: its audit record cannot be written): refused as malformed
      * before the group key is used, not a token operation without its
