@@ -210,7 +210,7 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
     X509 *x = NULL;
 
     if (!gs_rest_pkey_supported(&backend)) {
-        log_error("a client key on a token needs libcurl built with OpenSSL backend=%s", log_quote(q, sizeof(q), backend));
+        log_error("a client key on a token needs libcurl built with OpenSSL backend=\"%s\"", log_quote(q, sizeof(q), backend));
         goto out;
     }
     if ((b = BIO_new_file(cert_file, "r")) == NULL || (r->tls_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {

@@ -362,7 +362,7 @@ static xp_err send_batch(const xp_conf *c, spool *s, xp_transport *t, const xp_b
         else if (outcome[i] == XP_RCPT_FAILED) {
             failed++;
             char qr[320];
-            log_warn("recipient refused id=%lld rcpt=%s reason=\"%s\"", (long long)b->msg->id,
+            log_warn("recipient refused id=%lld rcpt=\"%s\" reason=\"%s\"", (long long)b->msg->id,
                      log_quote(q, sizeof(q), b->rcpts[i]), log_quote(qr, sizeof(qr), lines[i]));
         } else
             deferred++;
@@ -588,7 +588,7 @@ static xp_err finish_one(const xp_conf *c, spool *s, const xp_finished *f)
     }
     rc = spool_finish(s, f->msg, bounce ? f->msg->sender : NULL, text, len);
     if (rc == XP_OK)
-        log_info("message done id=%lld kind=%s delivered=%lld failed=%lld bounce=%s", (long long)f->msg->id,
+        log_info("message done id=%lld kind=%s delivered=%lld failed=%lld bounce=\"%s\"", (long long)f->msg->id,
                  f->msg->kind == XP_KIND_BOUNCE ? "bounce" : "list", (long long)f->delivered,
                  (long long)f->failed, bounce ? log_quote(q, sizeof(q), f->msg->sender) : "no");
 out:

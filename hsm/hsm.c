@@ -791,9 +791,9 @@ static hsm_err reinit_locked(hsm_ctx *ctx)
     ctx->token_lost = err != HSM_OK;
     pthread_mutex_unlock(&ctx->pool_mu);
     if (err == HSM_OK && was_lost)
-        log_info("token is back slot=%lu (module re-initialised)", (unsigned long)ctx->slot);
+        log_info("token is back (module re-initialised) slot=%lu", (unsigned long)ctx->slot);
     else if (!was_lost)
-        log_warn("PKCS#11 module re-initialised generation=%u token=%s", ctx->life_gen,
+        log_warn("PKCS#11 module re-initialised generation=%u token=\"%s\"", ctx->life_gen,
                  err == HSM_OK ? "found" : "not present yet");
     return HSM_OK;
 }

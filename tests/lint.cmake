@@ -11,3 +11,8 @@ set_tests_properties(lint_error_codes PROPERTIES LABELS "unit;lint")
 # port themselves instead.
 add_test(NAME lint_ports COMMAND bash ${GS_TEST_DIR}/lint/ports.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_ports PROPERTIES LABELS "unit;lint")
+# Every diagnostic log call writes one record of key=value fields, as
+# docs/operations.md promises log shippers: no text after the fields, no
+# unquoted value that may hold a space or a quote.
+add_test(NAME lint_log_fields COMMAND /usr/bin/python3 ${GS_TEST_DIR}/lint/log-fields.py ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_log_fields PROPERTIES LABELS "unit;lint")

@@ -552,7 +552,7 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     /* Shed at once: the client hears when to come back instead of waiting. */
     unsigned retry = wait < 1 ? 1 : wait > 3600 ? 3600 : (unsigned)ceil(wait);
     log_set_request_id(rid[0] != '\0' ? rid : NULL);
-    log_info("request shed expected_wait_ms=%.0f queue=%s", wait * 1e3, v == TQ_FULL ? "full" : "over max_queue_ms");
+    log_info("request shed expected_wait_ms=%.0f queue=\"%s\"", wait * 1e3, v == TQ_FULL ? "full" : "over max_queue_ms");
     log_set_request_id(NULL);
     refuse(l, type | IPC_REPLY, cookie, 503, retry, "overloaded", "the key token is busy; try again later");
 }

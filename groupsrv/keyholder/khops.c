@@ -599,7 +599,7 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
         log_error("token lost its objects op=%s detail=\"%s\"", what, log_qs(hsm_last_error_detail()));
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
     }
-    log_warn("key version not on this token kind=%s version=%u (groupsrv check lists them)", what, version);
+    log_warn("key version not on this token (groupsrv check lists them) kind=\"%s\" version=%u", what, version);
     return item_fail(r, 503, "key_unavailable", "%s version %u is not on this server's token; try another server",
                      what, version);
 }

@@ -152,8 +152,8 @@ static void on_broken(void *arg, const char *why)
     struct net *n = arg;
 
     if (atomic_exchange(&n->broken, 1) == 0)
-        log_error("the key holder broke the protocol on a link reason=\"%s\": stopping, to be started again "
-                  "with new links",
+        log_error("the key holder broke the protocol on a link: stopping, to be started again with new links "
+                  "reason=\"%s\"",
                   why);
     /* loopexit, not loopbreak: the threads serve before the main loop
      * runs, and a loopbreak made then would be cleared when it starts. */

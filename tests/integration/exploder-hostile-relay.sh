@@ -111,8 +111,8 @@ for m in $FAIL; do
     [ "$(state "$who-$m@example.net")" = "" ] || fail "$m: $who- not finished (a 5xx to the message is final)"
     [ "$(copies "$who-$m@example.net")" = 0 ] || fail "$m: $who- got a copy"
   done
-  grep -q "recipient refused.*rcpt=ok-$m@example.net" "$W/run.log" || fail "$m: no refusal logged"
-  grep -q "message done.*failed=3 bounce=s-$m@example.org" "$W/run.log" || fail "$m: no bounce queued"
+  grep -q "recipient refused.*rcpt=\"ok-$m@example.net" "$W/run.log" || fail "$m: no refusal logged"
+  grep -q "message done.*failed=3 bounce=\"s-$m@example.org" "$W/run.log" || fail "$m: no bounce queued"
 done
 [ "$(copies ok-binary@example.net)" = 1 ] || fail "binary: a 250 with junk in it is still a 250"
 [ "$(copies ok-late@example.net)" = 2 ] || fail "late-once: the relay should hold both messages"
