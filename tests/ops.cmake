@@ -64,3 +64,11 @@ if(TARGET groupsrv)
   set_tests_properties(ops_pg_failover PROPERTIES LABELS "integration;release-only" TIMEOUT 180
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
+
+# The reverse: a token put back from an older copy next to the current
+# database: check, key_unavailable and the log name what is missing.
+if(TARGET groupsrv)
+  add_test(NAME ops_token_restore COMMAND bash ${GS_TEST_DIR}/integration/ops-token-restore.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_token_restore PROPERTIES LABELS "integration" TIMEOUT 120
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# ops-token-restore.sh BIN SRC: the reverse of ops-restore.sh: a token put
+# back from a copy older than the database (a SoftHSM token directory from
+# a file backup) next to the current database, which records a group key
+# and a group secret key version made since. The operator gets clear
+# answers, never a wrong key: `check` exits 1 naming both versions
+# missing; the new version's mail is answered 503 key_unavailable naming
+# the version, mail to the older version still decrypts, secret-keys is
+# 503; and the server's log says so in key=value records a log shipper
+# reads (tests/lib/logcheck.py: the key_unavailable line once left text
+# after its fields).
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/server-lib.sh"
+
+cp -a "$work/token" "$work/token.bak"
+gs group rotate eng > /dev/null
+sv=$(gs secret rotate eng | sed -n 's/.*new secret key version \([0-9]*\)$/\1/p')
+[ -n "$sv" ] || fail "secret rotate named no version"
+gs group show eng --cert > "$work/eng-v2.pem"
+rm -rf "$work/token"
+cp -a "$work/token.bak" "$work/token"
+
+rc=0; gs check > "$work/check.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "check with an older token: exit $rc: $(cat "$work/check.out")"
+grep -q '^missing   group eng key version 2 label gs:group:eng:v2$' "$work/check.out" &&
+  grep -q "^missing   group eng secret version $sv label gs:secret:eng:v$sv\$" "$work/check.out" ||
+  fail "check does not name the versions missing: $(cat "$work/check.out")"
+ok "check names the versions the older token lacks (exit 1)"
+
+start_server
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg2.der" \
+  -recip "$work/eng-v2.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+cms ri "$work/msg2.der" "$work/ri2.der"
+printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ri2.der")" > "$work/req2.json"
+expect_status 503 key_unavailable "mail to the version the token lacks" -- \
+  c alice --data-binary @"$work/req2.json" "$base/v1/groups/eng/unwrap"
+grep -q 'group key version 2 is not on this server' "$work/body" || fail "the answer does not name the version: $(cat "$work/body")"
+unwrap_as alice tls
+check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
+ok "mail to version 1, which the token has, still decrypts"
+expect_status 503 key_unavailable "secret-keys without the current secret key" -- c alice "$base/v1/groups/eng/secret-keys"
+stop_server
+grep -q 'msg="key version not on this token (groupsrv check lists them)" kind="group key" version=2' "$work/server.log" ||
+  fail "no log line naming the missing version"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
+ok "the log names the missing version in key=value fields"
