@@ -1892,8 +1892,12 @@ static unsigned check_audit_path(const struct gs_config *cfg)
         return 0;
     }
 
-    if (stat(cfg->audit.path, &sb) == 0) {
-        if (!S_ISREG(sb.st_mode))
+    /* lstat: serve and `audit rotate` refuse a symbolic link (O_NOFOLLOW,
+     * groupsrv.1), so the pre-flight must not pass one by following it. */
+    if (lstat(cfg->audit.path, &sb) == 0) {
+        if (S_ISLNK(sb.st_mode))
+            why = "a symbolic link (serve refuses it: the log must be a regular file at its path)";
+        else if (!S_ISREG(sb.st_mode))
             why = "not a regular file";
         else if (access(cfg->audit.path, W_OK) != 0)
             why = "not writable";

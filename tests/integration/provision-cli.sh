@@ -281,6 +281,11 @@ expect_check_problem auditfile "^audit log PROBLEM: .*not a directory"
 mkdir "$T/adir"
 tlsconf auditdir "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/adir"
 expect_check_problem auditdir "^audit log PROBLEM: .*adir: not a regular file"
+# serve refuses a link at the audit log's path (groupsrv.1): so does check
+touch "$T/alink-target"
+ln -s "$T/alink-target" "$T/alink"
+tlsconf auditlink "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/alink"
+expect_check_problem auditlink "^audit log PROBLEM: .*alink: a symbolic link"
 if [ "$(id -u)" -ne 0 ]; then   # root writes anywhere
   mkdir "$T/ro"; chmod 500 "$T/ro"
   tlsconf auditro "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/ro/audit.jsonl"
