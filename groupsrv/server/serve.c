@@ -713,10 +713,42 @@ static void on_chld(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* SIGHUP reads the TLS files, the PIN file and the audit log's path again,
+ * never the configuration file (groupsrv.1): an operator who edited it and
+ * ran `systemctl reload` would otherwise believe the change was in effect.
+ * The file is compared with the bytes serve started with (it may hold a
+ * [db] url password: wiped). Unreadable now: said too, a restart would
+ * fail the same way. */
+static void note_config_changed(const struct gs_config *cfg)
+{
+    unsigned char *now = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (cfg->path == NULL || cfg->text == NULL)
+        return;
+    if ((rc = util_read_file(cfg->path, GS_CONFIG_FILE_MAX, &now, &len)) != UTIL_OK) {
+        log_warn("the configuration file cannot be read again; a restart would not start path=\"%s\" err=\"%s\"",
+                 log_qs(cfg->path), util_strerror(rc));
+        goto out;
+    }
+    if (len != cfg->text_len || CRYPTO_memcmp(now, cfg->text, len) != 0)
+        log_warn("the configuration file changed since serve started; SIGHUP reads the TLS files, the PIN "
+                 "file, the CA certificate and the audit log again, not this file: restart groupsrv to take "
+                 "the change up path=\"%s\"",
+                 log_qs(cfg->path));
+out:
+    if (now != NULL)
+        OPENSSL_cleanse(now, len);
+    free(now);
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     struct sup *s = arg;
     (void)sig; (void)what;
+
+    note_config_changed(s->cfg);
 
     /* New connections use the new certificate/key/CAs/CRLs; requests on
      * existing connections are verified against the new stores too. The

@@ -340,6 +340,18 @@ for _ in $(seq 1 50); do grep -q 'PIN source read again' "$work/server.log" && b
 grep -q "msg=\"PIN source read again\" pin_source=\"$work/pin dir/user-pin\"\$" "$work/server.log" ||
   fail "SIGHUP: no PIN source line with the quoted path: $(grep 'PIN source' "$work/server.log")"
 expect_status 200 "" "healthz after SIGHUP" -- anon "$base/healthz"
+grep -q 'configuration file changed' "$work/server.log" && fail "SIGHUP with the configuration unchanged warns of a change"
+# The configuration file itself is not read again (groupsrv.1): an edit
+# followed by a reload is said to need a restart, not taken silently.
+cp "$conf" "$work/conf.orig"
+sed -i 's/^log_level = .*/log_level = debug/' "$conf"
+mark=$(grep -c 'reloaded TLS certificate' "$work/server.log")
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c 'reloaded TLS certificate' "$work/server.log")" -gt "$mark" ] && break; sleep 0.1; done
+grep -q "level=warn prog=groupsrv fn=[a-z_]* msg=\"the configuration file changed since serve started; SIGHUP reads the TLS files, .*restart groupsrv to take the change up\" path=\"$conf\"" \
+  "$work/server.log" || fail "SIGHUP after an edit of the configuration: no warning that it takes a restart"
+cp "$work/conf.orig" "$conf"
+ok "SIGHUP after an edit of the configuration file says a restart takes it up"
 c admin "$base/metrics" > "$work/m2.txt"
 promcheck "$work/m2.txt" --before "$work/m1.txt" --documented "$SRC/docs/api.md" ||
   fail "/metrics after SIGHUP: $(cat "$work/m2.txt")"
