@@ -2820,6 +2820,22 @@ gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_
         e.missing = row_missing(&row, ca->weakenings);
         if (row.problem == NULL)
             audit_key(&a, &row, ca->label, HSM_CLASS_PRIVATE, &e, &info, &k);
+        /* The key under the CA's label must be the certificate's, as serve
+         * and every issuing command require (gs_ca_load): a database
+         * restored next to a token made anew holds another gs:ca. */
+        if (row.problem == NULL && k != NULL) {
+            unsigned char *spki = NULL;
+            size_t spki_len = 0;
+            X509 *cert = NULL;
+            if (hsm_key_export_public(hsm, k, &spki, &spki_len) != HSM_OK)
+                row.problem = "public key unreadable";
+            else if (gs_cert_parse((const unsigned char *)ca->cert_pem, strlen(ca->cert_pem), &cert) != GS_OK)
+                row.problem = "recorded certificate invalid";
+            else if (!gs_cert_matches_spki(cert, spki, spki_len))
+                row.problem = "certificate key differs from the token key";
+            X509_free(cert);
+            free(spki);
+        }
         hsm_key_free(k);
         report(&a, &row);
     }

@@ -45,3 +45,24 @@ grep -q 'msg="key version not on this token (groupsrv check lists them)" kind="g
   fail "no log line naming the missing version"
 /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
 ok "the log names the missing version in key=value fields"
+
+# A database restored next to a token made anew (initialised again, `ca
+# init` and `group create` run on it): the labels are there, the keys are
+# others. check names the CA's and the group key's rows, as serve refuses.
+cp "$work/groupsrv.db" "$work/old.db"
+rm -rf "$work/token" "$work/groupsrv.db" "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
+"$SRC/scripts/provision-softhsm" "$work/token" groupsrv >/dev/null
+gs ca init --key rsa:2048 >/dev/null
+gs group create eng --address eng@example.org --key rsa:2048 --methods tls >/dev/null
+rm -f "$work/groupsrv.db" "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
+cp "$work/old.db" "$work/groupsrv.db"
+rc=0; gs check > "$work/check.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "check with another token's keys: exit $rc: $(cat "$work/check.out")"
+grep -Eq '^ca +- +- +gs:ca .*PROBLEM: certificate key differs from the token key$' "$work/check.out" ||
+  fail "check does not name the CA key that is not the certificate's: $(grep -E '^(ca|group) ' "$work/check.out")"
+grep -Eq '^group +eng +v1 +gs:group:eng:v1 .*PROBLEM: certificate key differs from the token key$' "$work/check.out" ||
+  fail "check does not name the group key that is not the certificate's: $(grep -E '^group ' "$work/check.out")"
+rc=0; "$BIN/groupsrv" -c "$conf" serve > "$work/serve.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q 'CA certificate does not match the token key gs:ca' "$work/serve.out" ||
+  fail "serve with another token's CA key: exit $rc: $(cat "$work/serve.out")"
+ok "a database next to a token made anew: check names the keys that are not the certificates', serve refuses"
