@@ -604,9 +604,16 @@ out:
 static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work, size_t *settled)
 {
     xp_err rc;
-    int64_t now = now_s(), expired = 0;
+    int64_t now = now_s(), expired = 0, stepped = 0;
 
     *work = *settled = 0;
+    /* A retry is never scheduled further ahead than retry_max: one that
+     * is was scheduled before the clock went back. */
+    if ((rc = spool_clock_stepped_back(s, now, now + (int64_t)c->retry_max, &stepped)) != XP_OK)
+        return rc;
+    if (stepped > 0)
+        log_warn("the clock went back: retries scheduled beyond retry_max from now are due now count=%lld",
+                 (long long)stepped);
     while (!stop_requested) {
         xp_msg *m = NULL;
         bool done = false;

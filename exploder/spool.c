@@ -1325,6 +1325,30 @@ xp_err spool_expire(spool *s, int64_t cutoff, int64_t *n)
     return rc;
 }
 
+xp_err spool_clock_stepped_back(spool *s, int64_t now, int64_t horizon, int64_t *n)
+{
+    static const char *const sql[] = {
+        "UPDATE messages SET next_attempt=?1 WHERE state=0 AND next_attempt>?2",
+        "UPDATE recipients SET next_attempt=?1 WHERE state=0 AND next_attempt>?2",
+    };
+    xp_err rc = XP_OK;
+
+    *n = 0;
+    for (size_t i = 0; i < GS_ARRAY_LEN(sql) && rc == XP_OK; i++) {
+        sqlite3_stmt *st = NULL;
+        if ((rc = prep(s, sql[i], &st)) != XP_OK)
+            break;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int64(st, 2, horizon);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = db_fail(s, "reschedule after a clock step");
+        else
+            *n += sqlite3_changes(s->db);
+        sqlite3_finalize(st);
+    }
+    return rc;
+}
+
 void xp_finished_clear(xp_finished *f)
 {
     xp_msg_free(f->msg);

@@ -211,6 +211,11 @@ void xp_finished_clear(xp_finished *f);
  * queues the bounce text in the same transaction. */
 xp_err spool_finish(spool *s, const xp_msg *m, const char *bounce_rcpt, const void *bounce, size_t bounce_len);
 
+/* Makes due at now whatever is scheduled after horizon (now plus the
+ * longest retry interval): only a wall clock stepped back since it was
+ * scheduled (NTP, a wrong RTC at boot) puts a retry there, and it would
+ * otherwise wait for as long as the step. *n: rows made due. */
+xp_err spool_clock_stepped_back(spool *s, int64_t now, int64_t horizon, int64_t *n);
 /* Earliest next_attempt of anything pending (0 = nothing pending). */
 xp_err spool_next_due(spool *s, int64_t *when);
 /* Number of pending recipients plus messages waiting to be prepared. */

@@ -59,4 +59,25 @@ got=$(xp_accepted "$W/smtp" | sort | uniq -c | awk '{print $1}' | sort -u | tr '
 [ "$got" = "3 " ] || fail "every member must have exactly 3 copies, counts: $got"
 [ "$(xp_accepted "$W/smtp" | sort -u | grep -c .)" = 7 ] || fail "want 7 distinct members"
 xp_spool_empty
+
+# 4. The clock stepped back (NTP, a wrong RTC at boot) after a deferral:
+# the retry, scheduled by the clock that was a day ahead, is due at once,
+# not a day later. (The deferral's next_attempt moved a day ahead stands
+# in for the step: the same rows a runner with the clock ahead writes.)
+xp_smtpd_stop
+xp_encrypt "$W/group.pem" "$W/in4.eml" "clock step"
+xp deliver --list $L <"$W/in4.eml" 2>>"$W/deliver.log" || fail "deliver 4 refused"
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 75 ] || fail "run --once with the relay down: exit $rc, want 75"
+sqlite3 "$W/spool/exploder.db" 'update recipients set next_attempt=next_attempt+86400 where state=0;
+  update messages set next_attempt=next_attempt+86400 where state=0'
+xp_smtpd_start "$W/smtp4"
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 0 ] || fail "run --once after a clock step back: exit $rc, want 0 (the retries waited for the step)"
+grep -q 'msg="the clock went back: retries scheduled beyond retry_max from now are due now" count=7' "$W/run.log" ||
+  fail "no log line about the clock step: $(tail -3 "$W/run.log")"
+[ "$(xp_accepted "$W/smtp4" | grep -c .)" = 7 ] || fail "after the clock step: $(xp_accepted "$W/smtp4" | grep -c .) delivered, want 7"
+xp_spool_empty
 echo "exploder relay-down: ok"
