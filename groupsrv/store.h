@@ -355,7 +355,8 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
  * audit table ([audit] store = db). Without it a role short of a grant
  * started and said healthy, and then failed every request that needed the
  * grant (all of them, for the audit table's INSERT). GS_OK for a backend
- * without roles (SQLite: the file's permissions decide). */
+ * without roles. SQLite: GS_ERR_DB when this user cannot write the file
+ * (SQLite would open it read-only without a word). */
 gs_err gs_store_check_grants(gs_store *st, bool audit);
 typedef struct gs_store_audit_row {
     int64_t seq;

@@ -289,6 +289,26 @@ out:
     return err;
 }
 
+/* SQLite opens a file this user may not write read-only, silently, and
+ * a server on it then refused every membership change (a removal too)
+ * while /healthz said ok: a copy restored by root with cp is such a
+ * file. serve refuses it at start, check names it (its own handle is
+ * read-only by design, so it asks the file system). */
+static gs_err sq_check_grants(gs_store *st, bool audit)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    (void)audit;
+
+    if (path == NULL || *path == '\0')
+        return GS_OK;
+    if ((!st->readonly && sqlite3_db_readonly(SQ(st)->db, "main") == 1) || access(path, W_OK) != 0)
+        return gs_err_set(GS_ERR_DB,
+                          "database %s cannot be written by this user (uid %u): no membership change could be "
+                          "recorded (a copy restored as another user? it must be the service user's, mode 0600)",
+                          path, (unsigned)geteuid());
+    return GS_OK;
+}
+
 static void sq_close(gs_store *st)
 {
     if (SQ(st)->keys_fd >= 0)
@@ -1187,6 +1207,7 @@ static const struct gs_store_ops sq_ops = {
     .close = sq_close,
     .change_stamp = sq_change_stamp,
     .check_location = sq_check_location,
+    .check_grants = sq_check_grants,
     .read_begin = sq_read_begin,
     .read_end = sq_read_end,
     .keys_lock_try = sq_keys_lock_try,

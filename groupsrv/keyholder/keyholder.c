@@ -889,7 +889,9 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
      * fail every request that needs it (every key request, for the audit
      * table's INSERT): refused here, naming what is missing. */
     if ((ge = gs_store_check_grants(st, strcmp(cfg->audit.store, "db") == 0)) != GS_OK) {
-        log_error("not started: the database role lacks privileges the server needs detail=\"%s\"",
+        log_error("not started: %s detail=\"%s\"",
+                  cfg->db.url != NULL ? "the database role lacks privileges the server needs"
+                                      : "the database cannot be written by this user",
                   log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }

@@ -8,7 +8,8 @@
 # the version, mail to the older version still decrypts, secret-keys is
 # 503; and the server's log says so in key=value records a log shipper
 # reads (tests/lib/logcheck.py: the key_unavailable line once left text
-# after its fields).
+# after its fields). Then a database restored as root for a service user
+# that cannot write it, and a database next to a token made anew.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -45,6 +46,30 @@ grep -q 'msg="key version not on this token (groupsrv check lists them)" kind="g
   fail "no log line naming the missing version"
 /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
 ok "the log names the missing version in key=value fields"
+
+# A database restored as root with cp (root's file, 0644) for a service
+# that runs as another user: SQLite opens it read-only without a word, so
+# the server said healthy and refused every membership change, the
+# removal the restore calls for too. check names it, serve refuses.
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+  chmod 755 "$work"
+  chown -R nobody "$work"
+  cp "$work/groupsrv.db" "$work/restored.db"
+  rm -f "$work/groupsrv.db" "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
+  cp "$work/restored.db" "$work/groupsrv.db"
+  chown root "$work/groupsrv.db"
+  chmod 644 "$work/groupsrv.db"
+  as_nobody() { runuser -u nobody -- env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$BIN/groupsrv" -c "$conf" "$@"; }
+  rc=0; as_nobody check > "$work/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $work/groupsrv.db cannot be written by this user (uid $(id -u nobody)): " "$work/check.out" ||
+    fail "check of a database the service user cannot write: exit $rc: $(grep -E 'database|problem' "$work/check.out")"
+  rc=0; as_nobody serve > "$work/serve.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q 'msg="not started: the database cannot be written by this user" detail="database ' "$work/serve.out" ||
+    fail "serve on a database it cannot write: exit $rc: $(cat "$work/serve.out")"
+  chown -R root "$work"
+  chmod 700 "$work"
+  ok "a database restored as another user: check names it, serve does not start"
+fi
 
 # A database restored next to a token made anew (initialised again, `ca
 # init` and `group create` run on it): the labels are there, the keys are
