@@ -1359,6 +1359,25 @@ static char *term_text(const char *s, size_t *cols)
     return out;
 }
 
+/* check's token line. The token's own strings go to the operator's
+ * terminal from any token (a network HSM's, a p11-kit RPC peer's): escaped
+ * as object labels are (term_text). */
+static void print_token_line(const char *uri, const hsm_token_info *ti)
+{
+    size_t cols;
+    char *label = term_text(ti->label, &cols), *maker = term_text(ti->manufacturer, &cols),
+         *model = term_text(ti->model, &cols), *serial = term_text(ti->serial, &cols);
+
+    if (label != NULL && maker != NULL && model != NULL && serial != NULL)
+        printf("token     OK   %s (label \"%s\", %s %s, serial %s)\n", uri, label, maker, model, serial);
+    else
+        printf("token     OK   %s\n", uri);
+    free(label);
+    free(maker);
+    free(model);
+    free(serial);
+}
+
 struct check_table {
     struct check_line *lines;
     size_t n, cap;
@@ -2055,8 +2074,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
         printf("token     PROBLEM: %s (%s)\n", hsm_strerror(he), hsm_last_error_detail());
         return 1;
     }
-    printf("token     OK   %s (label \"%s\", %s %s, serial %s)\n", e->cfg->hsm.token, ti.label, ti.manufacturer,
-           ti.model, ti.serial);
+    print_token_line(e->cfg->hsm.token, &ti);
     print_caps(e->hsm);
     if (e->st == NULL) {
         printf("%u problem(s) found\n", problems);

@@ -80,6 +80,16 @@ rc=0; gs_alpha check > "$work/out" 2>&1 || rc=$?
 grep -qF 'unrecorded gs:\x1b[2Jx\x09y: on the token' "$work/out" || fail "check does not name the label escaped: $(grep -a unrecorded "$work/out")"
 p11 --delete-object --type secrkey --id 77 || fail "pkcs11-tool could not delete the object"
 ok "check names a token label with an escape sequence and a tab escaped"
+# The token's own label too (any token's: a network HSM's, an RPC peer's):
+# a second token in alpha's token directory, named with an escape sequence.
+SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf softhsm2-util --init-token --free --label "$(printf 'esc\033[2Jt')" \
+  --pin "$(cat "$work/tok-alpha/user-pin")" --so-pin "$(cat "$work/tok-alpha/so-pin")" >/dev/null ||
+  fail "softhsm2-util could not make the second token"
+sed 's|^token = .*|token = pkcs11:token=esc%1B%5B2Jt|' "$work/alpha.conf" > "$work/esc.conf"
+rc=0; GS_CONF_alpha=$work/esc.conf gs_alpha check > "$work/out" 2>&1 || rc=$?
+! grep -q "$(printf '\033')" "$work/out" || fail "check sent the token label's escape sequence: $(grep -a '^token' "$work/out" | od -c | head)"
+grep -qF 'label "esc\x1b[2Jt"' "$work/out" || fail "check does not name the token's label escaped: $(grep -a '^token' "$work/out")"
+ok "check names a token whose own label has an escape sequence escaped"
 
 # ---- what the operator does next ----
 expect 0 "member remove bob again" -- gs_alpha member remove eng bob@example.org
