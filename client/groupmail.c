@@ -5,7 +5,6 @@
  * 4 server unreachable or unusable, 5 bad message.
  */
 #define _GNU_SOURCE /* memfd_create */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2026,28 +2025,6 @@ static bool known_command(const char *cmd)
     return false;
 }
 
-/* Standard input, output or error closed by the caller (`>&-`, a daemon's
- * child): the next file groupmail opens would take its number, and what
- * goes to "standard output" would land in it: the plaintext in the
- * message's spool file in $TMPDIR or a server's socket, an error line in
- * --out's file. Each closed one is opened on /dev/null, standard output
- * read-only so that writing the output fails (exit 1) rather than the
- * plaintext vanishing with exit 0. */
-static int guard_std_fds(void)
-{
-    for (int fd = 0; fd <= 2; fd++) {
-        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
-            continue;
-        int n = open("/dev/null", fd == STDERR_FILENO ? O_WRONLY : O_RDONLY); /* lowest free: fd */
-        if (n != fd) {
-            if (n >= 0)
-                close(n);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     gm_config c;
@@ -2056,7 +2033,10 @@ int main(int argc, char **argv)
     FILE *devnull = NULL;
 
     memset(&c, 0, sizeof(c));
-    if (guard_std_fds() != 0)
+    /* A closed standard descriptor is /dev/null, not the next file
+     * opened (the message's spool file, a server's socket, --out's file):
+     * output to a closed standard output fails, exit 1. */
+    if (util_sanitise_stdfd() != UTIL_OK)
         return GM_EXIT_ERROR;
     lead_options_after_command(argc, argv);
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {

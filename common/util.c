@@ -776,6 +776,27 @@ int util_random_id(char *out, size_t nbytes)
     return UTIL_OK;
 }
 
+int util_sanitise_stdfd(void)
+{
+    for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        /* Input write-only and output read-only: reading or writing them
+         * fails (EBADF) as it did while they were closed, so a program
+         * says "cannot read the message" rather than taking an empty one.
+         * The lowest free number: fd itself, as the lower ones are open. */
+        int n = open("/dev/null", fd == STDOUT_FILENO ? O_RDONLY : O_WRONLY);
+        if (n == fd)
+            continue;
+        if (n >= 0) {
+            close(n);
+            errno = EBADF;
+        }
+        return UTIL_E_IO;
+    }
+    return UTIL_OK;
+}
+
 int util_mkdir_p(const char *path, mode_t mode)
 {
     char buf[PATH_MAX];

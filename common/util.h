@@ -195,6 +195,20 @@ int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap);
  * "an unreadable date" if it cannot be read). */
 void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap);
 
+/* Standard input, output or error closed by whoever started the program
+ * (`>&-`, cron, a supervisor): the next file opened takes that number,
+ * and what is meant for that stream lands in it (an error line in the
+ * audit log, a database or a socket to the server; output in a spool
+ * file). Each closed one of 0, 1, 2 is opened on /dev/null, the way
+ * OpenSSH's sanitise_stdfd does: input write-only and output read-only,
+ * so that reading or writing them fails (EBADF) as it did while they were
+ * closed and the program says so (no empty message taken, no output
+ * silently lost); error write-only (lines dropped). Open ones are left as
+ * they are. Call first thing in main(),
+ * before anything opens a file. UTIL_OK, else UTIL_E_IO (errno kept:
+ * /dev/null missing) and the program should exit: nothing can be said. */
+int util_sanitise_stdfd(void);
+
 /* mkdir -p with the given mode for created components. */
 int util_mkdir_p(const char *path, mode_t mode);
 

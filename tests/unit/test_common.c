@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -758,6 +760,51 @@ static void test_uri_escape_loose(void **state)
                         "pkcs11:object=%FF%FF...");
 }
 
+/* In a child with standard input, output and error closed:
+ * util_sanitise_stdfd puts /dev/null there, input write-only and output
+ * read-only (a read or write fails as on a closed descriptor), error
+ * writable; the next file opened is above 2. */
+static void test_sanitise_stdfd(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct stat st, nul;
+        int bad = 0, fd;
+        close(STDIN_FILENO);
+        close(STDOUT_FILENO);
+        close(STDERR_FILENO);
+        if (util_sanitise_stdfd() != UTIL_OK)
+            _exit(10);
+        if (stat("/dev/null", &nul) != 0)
+            _exit(11);
+        for (int i = 0; i <= 2; i++)
+            if (fstat(i, &st) != 0 || st.st_rdev != nul.st_rdev || !S_ISCHR(st.st_mode))
+                bad = 12 + i;
+        if (bad)
+            _exit(bad);
+        if ((fcntl(STDOUT_FILENO, F_GETFL) & O_ACCMODE) != O_RDONLY || write(STDOUT_FILENO, "x", 1) != -1 ||
+            errno != EBADF)
+            _exit(15);
+        if (write(STDERR_FILENO, "x", 1) != 1)
+            _exit(16);
+        char c;
+        if ((fcntl(STDIN_FILENO, F_GETFL) & O_ACCMODE) != O_WRONLY || read(STDIN_FILENO, &c, 1) != -1 ||
+            errno != EBADF)
+            _exit(19);
+        if ((fd = open("/dev/null", O_RDONLY)) <= STDERR_FILENO)
+            _exit(17);
+        close(fd);
+        /* open ones are left as they are, a second call changes nothing */
+        _exit(util_sanitise_stdfd() == UTIL_OK && fcntl(STDOUT_FILENO, F_GETFL) >= 0 ? 0 : 18);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -776,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_jsonw_shape_and_bounds),
         cmocka_unit_test(test_url_host_is_loopback),
         cmocka_unit_test(test_auth_clear_rule),
+        cmocka_unit_test(test_sanitise_stdfd),
         cmocka_unit_test(test_mailaddr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
