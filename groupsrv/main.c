@@ -2113,6 +2113,13 @@ int main(int argc, char **argv)
     const char *cmd;
     gs_err err;
 
+    /* Before anything is opened: a standard descriptor closed by the
+     * caller (`2>&-`, cron, a supervisor) would be the next file's number,
+     * the database's connection, the audit log, a key file written, and
+     * error lines or output would go into it; serve's processes inherit
+     * 0-2 from here. Nothing can be said if /dev/null will not open. */
+    if (util_sanitise_stdfd() != UTIL_OK)
+        return 1;
     /* Admin commands: an error is the one line fail()/usage_error() print;
      * library warnings (e.g. the hsm layer's "token rejected the PIN")
      * would make it two. -v shows them; serve sets its own level. */

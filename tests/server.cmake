@@ -99,6 +99,13 @@ add_test(NAME server_race_pg
 set_tests_properties(server_race_pg PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
+# Standard input, output or error closed by the caller: /dev/null, never
+# the audit log, a link between serve's processes or a listening socket.
+add_test(NAME server_stdfd
+  COMMAND bash ${GS_TEST_DIR}/integration/server-stdfd.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_stdfd PROPERTIES LABELS "integration" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
 # Membership changes by the admin commands are audited like REST's, into
 # the chain the server writes at the same time.
 add_test(NAME server_audit_cli

@@ -309,6 +309,11 @@ int main(int argc, char **argv)
     int rc = 1;
     long v;
 
+    /* serve gives this process its own 0-2; run another way with one
+     * closed, a listening socket or link received from the supervisor
+     * would take its number and get the log lines. */
+    if (util_sanitise_stdfd() != UTIL_OK)
+        return 1;
     memset(&n, 0, sizeof(n));
     n.ctl_fd = -1;
     n.srv.listen_fd = n.srv.certsrv_fd = -1;
