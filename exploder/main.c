@@ -15,6 +15,7 @@
 #include "cmd.h"
 #include "gs_version.h"
 #include "log.h"
+#include "util.h"
 #include "xp.h"
 
 #define DEFAULT_CONF "/etc/groupsrv/exploder.conf"
@@ -60,6 +61,13 @@ int main(int argc, char **argv)
     bool deliver;
     xp_err rc;
 
+    /* Before anything is opened: a standard descriptor closed by whoever
+     * started us (cron's flush with `2>&-`, a supervisor) would be the
+     * next file's number, the log file, the spool's lock, a message file
+     * or the relay's connection, and the one-line reason or the log would
+     * go into it. 75: the MTA keeps the mail, the runner tries again. */
+    if (util_sanitise_stdfd() != UTIL_OK)
+        return XP_EX_TEMPFAIL;
     umask(077); /* spool files hold other people's mail */
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)

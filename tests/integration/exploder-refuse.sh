@@ -314,6 +314,21 @@ xp_drain
 /usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$W/exploder.log" fake ||
   fail "hostile values made fields in the log"
 grep -q 'message_id=' "$W/exploder.log" || fail "no accepted line with the message id"
+# Standard error closed by whoever ran deliver (`2>&-`, a careless cron
+# or wrapper): the log file took its number, and the bounce line went into
+# the log. Now the line is lost, the log stays records only.
+rc=0
+xp deliver --list $L <"$W/plain" 2>&- || rc=$?
+[ "$rc" = 77 ] || fail "plain mail with standard error closed: exit $rc"
+grep -q "msg=\"refused\" list=$L" "$W/exploder.log" || fail "the refusal with stderr closed is not logged"
+! grep -n '^5\.7\.1 ' "$W/exploder.log" || fail "deliver 2>&-: the bounce line went into [log] file"
+/usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$W/exploder.log" fake ||
+  fail "deliver 2>&-: [log] file holds a line that is not a record"
+# standard input closed: no message to read, 75 as before (not an empty
+# message taken in and bounced as malformed)
+rc=0
+xp deliver --list $L <&- 2>"$W/stderr4" || rc=$?
+[ "$rc" = 75 ] || fail "deliver <&-: exit $rc, want 75: $(cat "$W/stderr4")"
 rm "$W/exploder.log"
 echo "not a log" >"$W/target"
 ln -s "$W/target" "$W/exploder.log"
