@@ -507,7 +507,7 @@ static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 
 typedef struct gm_out {
     util_atomic_file *af;
     FILE *tmp;
-    FILE *dest; /* where a staged copy goes: stdout, or an --out stream */
+    FILE *dest; /* where a staged copy goes: stdout, stderr, or an --out stream */
     BIO *bio;
 } gm_out;
 
@@ -515,23 +515,36 @@ typedef struct gm_out {
  * standard output (no --out, or an --out that is the file standard output
  * already is: /dev/stdout with standard output redirected to a file, which
  * must not be opened anew at offset 0 or have /dev/stdout renamed over);
+ * OUT_STDERR, the same for standard error (/dev/stderr with 2>> FILE:
+ * written after the lines groupmail put there, never renamed over: as
+ * root that put the plaintext in a new regular file /dev/stderr);
  * OUT_STREAM, an existing FIFO or character device (/dev/stdout on a pipe
  * or a terminal, /dev/null, a named pipe a mail tool reads), opened and
  * written like standard output: renaming a temp file over it would put a
  * regular file holding the plaintext in place of the pipe or device (as
  * root, /dev/null itself). */
-enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STREAM };
+enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STDERR, OUT_STREAM };
+
+/* Is fd open on the regular file st describes? */
+static bool same_file(int fd, const struct stat *st)
+{
+    struct stat fs;
+
+    return fstat(fd, &fs) == 0 && fs.st_dev == st->st_dev && fs.st_ino == st->st_ino;
+}
 
 static enum out_kind out_kind_of(const gm_config *c)
 {
-    struct stat st, so;
+    struct stat st;
 
     if (c->out == NULL)
         return OUT_STDOUT;
     if (stat(c->out, &st) != 0)
         return OUT_FILE;
-    if (S_ISREG(st.st_mode) && fstat(STDOUT_FILENO, &so) == 0 && so.st_dev == st.st_dev && so.st_ino == st.st_ino)
+    if (S_ISREG(st.st_mode) && same_file(STDOUT_FILENO, &st))
         return OUT_STDOUT;
+    if (S_ISREG(st.st_mode) && same_file(STDERR_FILENO, &st))
+        return OUT_STDERR;
     return S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) ? OUT_STREAM : OUT_FILE;
 }
 
@@ -561,7 +574,7 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
         }
         o->bio = BIO_new_fp(util_atomic_fp(o->af), BIO_NOCLOSE);
     } else {
-        o->dest = stdout;
+        o->dest = k == OUT_STDERR ? stderr : stdout;
         if (k == OUT_STREAM) { /* an existing stream: opened, never created */
             int fd = open(c->out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
             if (fd < 0 || (o->dest = fdopen(fd, "wb")) == NULL) {
@@ -588,7 +601,7 @@ static void out_abort(gm_out *o)
         util_atomic_abort(o->af);
     if (o->tmp != NULL)
         fclose(o->tmp); /* tmpfile() and memfd: nothing left behind */
-    if (o->dest != NULL && o->dest != stdout)
+    if (o->dest != NULL && o->dest != stdout && o->dest != stderr)
         fclose(o->dest);
     memset(o, 0, sizeof(*o));
 }
@@ -620,7 +633,7 @@ static int out_commit(gm_out *o)
         OPENSSL_cleanse(buf, sizeof(buf));
         fclose(o->tmp);
         o->tmp = NULL;
-        if (o->dest != stdout && fclose(o->dest) != 0)
+        if (o->dest != stdout && o->dest != stderr && fclose(o->dest) != 0)
             rc = GM_EXIT_ERROR;
         o->dest = NULL;
     }

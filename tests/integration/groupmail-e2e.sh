@@ -72,7 +72,16 @@ as alice decrypt --in "$work/msg.der" --out "$work/stdout" >> "$work/append.got"
 cmp -s "$work/append.got" <(echo "kept line"; cat "$work/msg.txt") || fail "decrypt --out /dev/stdout >> FILE"
 as alice unwrap --via tls --in "$work/msg.der" --out "$work/stdout" | cat > "$work/pipe.got"
 [ -L "$work/stdout" ] && check_cek "$(cat "$work/pipe.got")" || fail "unwrap --out /dev/stdout"
-ok "--out a named pipe or /dev/stdout: written to, never replaced"
+# /dev/stderr (a link to /proc/self/fd/2) with standard error appended to
+# a file: the same. It used to be renamed over: the link replaced by a
+# regular file holding the plaintext (as root, /dev/stderr itself).
+ln -s /proc/self/fd/2 "$work/stderr"
+echo "kept line" > "$work/err.got"
+as alice decrypt --in "$work/msg.der" --out "$work/stderr" 2>> "$work/err.got" ||
+  fail "decrypt --out /dev/stderr 2>> FILE: $(cat "$work/err.got")"
+[ -L "$work/stderr" ] || fail "decrypt --out /dev/stderr on a file replaced the link"
+cmp -s "$work/err.got" <(echo "kept line"; cat "$work/msg.txt") || fail "decrypt --out /dev/stderr 2>> FILE"
+ok "--out a named pipe, /dev/stdout or /dev/stderr: written to, never replaced"
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
 # descriptor 1 next: with -v the message's spool file in $TMPDIR.
