@@ -533,8 +533,9 @@ static int start_net(struct sup *s, int *net_ends, bool at_start)
     }
     if (pid == 0) {
         child_defaults();
-        /* A fresh image: nothing of this process's memory goes along. */
-        if (dup2(sv[1], 3) != 3)
+        /* A fresh image: nothing of this process's memory goes along.
+         * dup2 onto itself keeps close-on-exec: cleared by hand then. */
+        if (sv[1] == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(sv[1], 3) != 3)
             _exit(1);
         int keep = 3;
         close_all_but(&keep, 1);
