@@ -525,27 +525,40 @@ typedef struct gm_out {
  * root, /dev/null itself). */
 enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STDERR, OUT_STREAM };
 
-/* Is fd open on the regular file st describes? */
+/* Is fd open on the file st describes, of any type, and writable? The
+ * file standard output or error already is: a file (not to be opened anew
+ * at offset 0), a pipe or terminal (the same stream), a socket (which
+ * /dev/stdout cannot open: ENXIO, and which a rename would replace the
+ * link of). Not one that is only the read-only /dev/null standing in for
+ * a closed standard output (util_sanitise_stdfd): writes to it fail, an
+ * --out /dev/null must not. */
 static bool same_file(int fd, const struct stat *st)
 {
     struct stat fs;
+    int fl;
 
-    return fstat(fd, &fs) == 0 && fs.st_dev == st->st_dev && fs.st_ino == st->st_ino;
+    return fstat(fd, &fs) == 0 && fs.st_dev == st->st_dev && fs.st_ino == st->st_ino &&
+           (fl = fcntl(fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+}
+
+static enum out_kind out_kind_stat(const gm_config *c, struct stat *st)
+{
+    if (c->out == NULL)
+        return OUT_STDOUT;
+    if (stat(c->out, st) != 0)
+        return OUT_FILE;
+    if (same_file(STDOUT_FILENO, st))
+        return OUT_STDOUT;
+    if (same_file(STDERR_FILENO, st))
+        return OUT_STDERR;
+    return S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode) ? OUT_STREAM : OUT_FILE;
 }
 
 static enum out_kind out_kind_of(const gm_config *c)
 {
     struct stat st;
 
-    if (c->out == NULL)
-        return OUT_STDOUT;
-    if (stat(c->out, &st) != 0)
-        return OUT_FILE;
-    if (S_ISREG(st.st_mode) && same_file(STDOUT_FILENO, &st))
-        return OUT_STDOUT;
-    if (S_ISREG(st.st_mode) && same_file(STDERR_FILENO, &st))
-        return OUT_STDERR;
-    return S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) ? OUT_STREAM : OUT_FILE;
+    return out_kind_stat(c, &st);
 }
 
 /* An anonymous memory file for plaintext, read and write, or NULL with
@@ -564,7 +577,8 @@ static FILE *memory_file(const char *name)
 
 static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
-    enum out_kind k = out_kind_of(c);
+    struct stat seen, got;
+    enum out_kind k = out_kind_stat(c, &seen);
 
     memset(o, 0, sizeof(*o));
     if (k == OUT_FILE) {
@@ -576,7 +590,18 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
     } else {
         o->dest = k == OUT_STDERR ? stderr : stdout;
         if (k == OUT_STREAM) { /* an existing stream: opened, never created */
+            /* Opened by name after stat said FIFO or device: whoever can
+             * write the directory (/tmp) can put another file there in
+             * between, and a regular file (a link to one) opened without
+             * O_TRUNC would get the plaintext over its start. Only the
+             * stream stat saw is written to. */
             int fd = open(c->out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+            if (fd >= 0 && (fstat(fd, &got) != 0 || got.st_dev != seen.st_dev || got.st_ino != seen.st_ino ||
+                            !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))) {
+                close(fd);
+                fd = -1;
+                errno = ESTALE;
+            }
             if (fd < 0 || (o->dest = fdopen(fd, "wb")) == NULL) {
                 if (fd >= 0)
                     close(fd);

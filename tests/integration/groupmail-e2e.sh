@@ -82,6 +82,39 @@ as alice decrypt --in "$work/msg.der" --out "$work/stderr" 2>> "$work/err.got" |
 [ -L "$work/stderr" ] || fail "decrypt --out /dev/stderr on a file replaced the link"
 cmp -s "$work/err.got" <(echo "kept line"; cat "$work/msg.txt") || fail "decrypt --out /dev/stderr 2>> FILE"
 ok "--out a named pipe, /dev/stdout or /dev/stderr: written to, never replaced"
+# Standard output a socket (inetd, a systemd socket unit, socat): the
+# link cannot be opened on one (ENXIO) and used to be renamed over; the
+# file standard output already is, is standard output, whatever its type.
+if command -v python3 > /dev/null; then
+  python3 -c 'import socket, subprocess, sys
+a, b = socket.socketpair()
+p = subprocess.Popen(sys.argv[1:], stdout=b)
+b.close()
+sys.stdout.buffer.write(b"".join(iter(lambda: a.recv(65536), b"")))
+sys.exit(p.wait())' "$BIN/groupmail" decrypt --in "$work/msg.der" --out "$work/stdout" \
+    --cert "$certs/alice@example.org.pem" --key "$certs/alice@example.org.key" > "$work/sock.got" 2> "$work/gm.err" ||
+    fail "decrypt --out /dev/stdout on a socket: $(head -c 400 "$work/gm.err")"
+  [ -L "$work/stdout" ] || fail "decrypt --out /dev/stdout on a socket replaced the link"
+  same "$work/sock.got" "$work/msg.txt" "decrypt --out /dev/stdout on a socket"
+  ok "--out /dev/stdout on a socket is standard output"
+fi
+# A named pipe at --out replaced by a regular file between the look at its
+# type and its opening (anyone who can write the directory can): gdb makes
+# the swap as groupmail opens it. The file is left as it was, never written
+# over from its start with the plaintext; groupmail refuses (exit 1).
+if command -v gdb > /dev/null; then
+  mkfifo "$work/race"
+  timeout 60 gdb -batch -nx -q -ex 'set startup-with-shell off' -ex 'catch syscall openat' \
+    -ex "condition 1 \$_streq((char *) \$rsi, \"$work/race\")" -ex run \
+    -ex "shell rm -f '$work/race' && printf 'another user file\n' > '$work/race'" \
+    -ex continue -ex continue -ex continue \
+    --args "$BIN/groupmail" decrypt --in "$work/msg.der" --out "$work/race" \
+    --cert "$certs/alice@example.org.pem" --key "$certs/alice@example.org.key" > "$work/gdb.out" 2>&1 || true
+  grep -q 'Catchpoint 1 (call to syscall openat)' "$work/gdb.out" || fail "gdb did not stop the --out open: $(tail -5 "$work/gdb.out")"
+  [ "$(cat "$work/race")" = "another user file" ] || fail "decrypt --out: a file swapped in for the named pipe was written to"
+  grep -q 'exited with code 01' "$work/gdb.out" || fail "decrypt --out a swapped named pipe: not exit 1: $(tail -5 "$work/gdb.out")"
+  ok "--out a named pipe swapped for a file as it is opened: refused, the file untouched"
+fi
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
 # descriptor 1 next: with -v the message's spool file in $TMPDIR.
