@@ -136,9 +136,10 @@ int gm_rest_open(const gm_config *c, const char *url, gs_rest **r);
 int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out);
 X509 *gm_read_cert_file(const char *path);
 X509 *gm_read_cert_file_quiet(const char *path); /* no message when absent */
-/* A pem_password_cb that gives no passphrase: an encrypted key file is
- * refused instead of OpenSSL prompting on the terminal (or reading the
- * message's standard input when there is none). */
+/* A pem_password_cb that gives the empty passphrase: an encrypted key
+ * file is refused instead of OpenSSL prompting on the terminal (or
+ * reading the message's standard input when there is none); one
+ * encrypted with an empty passphrase loads, as libcurl's does. */
 int gm_no_passphrase(char *buf, int size, int rwflag, void *u);
 
 #endif

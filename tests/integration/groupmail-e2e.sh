@@ -303,6 +303,16 @@ for via in tls recipient-key; do
     --in "$work/msg.der" --store "$work/enc-store" --cert "$certs/alice@example.org.pem" --key "$work/alice-enc.key" </dev/null
   ! grep -qi "pass phrase" "$work/gm.err" || fail "decrypt --via $via prompted for a passphrase: $(cat "$work/gm.err")"
 done
+# A key encrypted with the empty passphrase (openssl pkcs8 -topk8 -passout
+# pass:): libcurl, given the empty passphrase, loads it for --via tls, so
+# every method takes it, not tls alone.
+openssl pkcs8 -topk8 -in "$certs/alice@example.org.key" -passout pass: -out "$work/alice-empty.key"
+for via in tls recipient-key; do
+  expect_rc 0 "decrypt --via $via with a key encrypted with the empty passphrase" -- setsid "$BIN/groupmail" decrypt \
+    --via "$via" --in "$work/msg.der" --store "$work/enc-store" --cert "$certs/alice@example.org.pem" \
+    --key "$work/alice-empty.key" </dev/null
+  same "$work/gm.out" "$work/msg.txt" "decrypt --via $via with a key encrypted with the empty passphrase"
+done
 
 # tampered: flip a byte of the GCM ciphertext (near the end of the base64)
 /usr/bin/python3 - "$work/m.smime" "$work/t.smime" <<'PY'
