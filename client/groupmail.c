@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE /* memfd_create */
 #include <getopt.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -575,6 +576,25 @@ static FILE *memory_file(const char *name)
     return f;
 }
 
+/* A named pipe or device someone else put in a world-writable sticky
+ * directory (/tmp) at the --out path: the plaintext would go to whoever
+ * reads it. Renamed over, as --out once always was, it was harmless; the
+ * shell's `>` is refused it by the kernel (fs.protected_fifos, which only
+ * O_CREAT opens get). Refused by the same rule: in such a directory, only
+ * a stream of this user's or of the directory's owner. */
+static bool out_stream_foreign(const char *path, const struct stat *st)
+{
+    char *real = realpath(path, NULL), *copy = strdup(real != NULL ? real : path);
+    struct stat d;
+    bool foreign = true; /* unknown: refused */
+
+    if (copy != NULL && stat(dirname(copy), &d) == 0)
+        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & S_IWOTH) && st->st_uid != geteuid() && st->st_uid != d.st_uid;
+    free(copy);
+    free(real);
+    return foreign;
+}
+
 static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
     struct stat seen, got;
@@ -595,18 +615,22 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
              * between, and a regular file (a link to one) opened without
              * O_TRUNC would get the plaintext over its start. Only the
              * stream stat saw is written to. */
+            const char *why = NULL;
             int fd = open(c->out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
             if (fd >= 0 && (fstat(fd, &got) != 0 || got.st_dev != seen.st_dev || got.st_ino != seen.st_ino ||
-                            !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))) {
+                            !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode))))
+                why = ": it was replaced as it was opened";
+            else if (fd >= 0 && out_stream_foreign(c->out, &got))
+                why = ": a named pipe or device of another user in a world-writable directory";
+            if (why != NULL) {
                 close(fd);
                 fd = -1;
-                errno = ESTALE;
             }
             if (fd < 0 || (o->dest = fdopen(fd, "wb")) == NULL) {
                 if (fd >= 0)
                     close(fd);
                 o->dest = NULL;
-                gm_err("cannot open %s", c->out);
+                gm_err("cannot open %s%s", c->out, why != NULL ? why : "");
                 return GM_EXIT_ERROR;
             }
         }

@@ -115,6 +115,28 @@ if command -v gdb > /dev/null; then
   grep -q 'exited with code 01' "$work/gdb.out" || fail "decrypt --out a swapped named pipe: not exit 1: $(tail -5 "$work/gdb.out")"
   ok "--out a named pipe swapped for a file as it is opened: refused, the file untouched"
 fi
+# A named pipe another user made in a world-writable sticky directory at
+# the --out path (/tmp/msg.txt, guessed): its reader would get the
+# plaintext. Refused, as the kernel refuses the shell's `>` it
+# (fs.protected_fifos); one's own named pipe there is written to. Root
+# only: the pipe must belong to someone else.
+if [ "$(id -u)" = 0 ]; then
+  mkdir -m 1777 "$work/sticky"
+  mkfifo "$work/sticky/msg.txt" "$work/sticky/own.fifo"
+  chown 65534 "$work/sticky/msg.txt"
+  timeout 30 cat "$work/sticky/msg.txt" > "$work/stolen" &
+  reader=$!
+  expect_rc 1 "decrypt --out another user's named pipe in a sticky directory" -- \
+    as alice decrypt --in "$work/msg.der" --out "$work/sticky/msg.txt"
+  wait "$reader" || true
+  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext to another user's named pipe"
+  cat "$work/sticky/own.fifo" > "$work/own.got" &
+  reader=$!
+  expect_rc 0 "decrypt --out one's own named pipe in a sticky directory" -- \
+    as alice decrypt --in "$work/msg.der" --out "$work/sticky/own.fifo"
+  wait "$reader"
+  same "$work/own.got" "$work/msg.txt" "decrypt --out one's own named pipe in a sticky directory"
+fi
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
 # descriptor 1 next: with -v the message's spool file in $TMPDIR.
