@@ -608,6 +608,27 @@ static void print_skipped(void)
                labels);
 }
 
+/* A change to an existing group (group rotate|retire|import-cert|
+ * renew-cert, secret rotate|retire|record): its record with outcome
+ * "started" first (cli_record_started), durable before anything is
+ * changed, so that a command killed between its commit and its outcome
+ * record leaves the change with a record. An unknown group is refused
+ * before it, as member changes are (the same error the change gives);
+ * extra is stolen either way. */
+static gs_err group_change_started(struct env *e, struct cli_record *rec, const char *action, const char *group,
+                                   json_t *extra)
+{
+    gs_store_group *g = NULL;
+    gs_err err = gs_store_group_get(e->st, group, &g);
+
+    gs_store_group_free(g);
+    if (err) {
+        json_decref(extra);
+        return err;
+    }
+    return cli_record_started(rec, action, group, extra);
+}
+
 static int cmd_group(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {{"--address", true},        {"--key", true},        {"--methods", true},
@@ -737,6 +758,8 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return fail(err);
         err = gs_store_group_get(e->st, a.pos[1], &g);
         if (!err)
+            err = cli_record_started(&rec, "group-set", a.pos[1], json_pack("{s:s}", "wrap", gs_wrap_name(w)));
+        if (!err)
             err = gs_store_group_set_member_wrap(e->st, g->id, w);
         gs_store_group_free(g);
         if ((rc = cli_record_done(&rec, "group-set", a.pos[1], -1, err, json_pack("{s:s}", "wrap", gs_wrap_name(w)))) !=
@@ -756,7 +779,11 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "group rotate");
         if (err)
             return fail(err);
-        err = gs_group_rotate_ex(e->st, e->hsm, e->ca, e->cfg, a.pos[1], take_over, &v, &took_over);
+        /* the started record says what was asked (a take-over or not) */
+        err = group_change_started(e, &rec, "group-rotate", a.pos[1],
+                                   take_over ? json_pack("{s:b}", "take_over", true) : NULL);
+        if (!err)
+            err = gs_group_rotate_ex(e->st, e->hsm, e->ca, e->cfg, a.pos[1], take_over, &v, &took_over);
         /* the record says what happened: a take-over, or (asked for on a
          * server that made the group) an ordinary rotation */
         if ((rc = cli_record_done(&rec, "group-rotate", a.pos[1], v ? (long)v : -1, err,
@@ -782,7 +809,9 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "group retire");
         if (err)
             return fail(err);
-        err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
+        err = group_change_started(e, &rec, "group-retire", a.pos[1], json_pack("{s:I}", "before", (json_int_t)before));
+        if (!err)
+            err = gs_group_retire(e->st, e->hsm, a.pos[1], (unsigned)before, &n, &cleared);
         if ((rc = cli_record_done(&rec, "group-retire", a.pos[1], -1, err,
                                   json_pack("{s:I,s:I,s:I}", "before", (json_int_t)before, "retired", (json_int_t)n,
                                             "destroyed_earlier", (json_int_t)cleared))) != 0)
@@ -810,7 +839,12 @@ static int cmd_group(struct env *e, int argc, char **argv)
             return fail(err);
         }
         gs_cert_fingerprint(cert, fp);
-        err = gs_group_import_cert(e->st, e->hsm, a.pos[1], (unsigned)version, cert);
+        err = group_change_started(e, &rec, "group-import-cert", a.pos[1],
+                                   version ? json_pack("{s:s,s:I}", "certificate_sha256", fp, "version",
+                                                       (json_int_t)version)
+                                           : json_pack("{s:s}", "certificate_sha256", fp));
+        if (!err)
+            err = gs_group_import_cert(e->st, e->hsm, a.pos[1], (unsigned)version, cert);
         X509_free(cert);
         if ((rc = cli_record_done(&rec, "group-import-cert", a.pos[1], version ? (long)version : -1, err,
                                   json_pack("{s:s}", "certificate_sha256", fp))) != 0)
@@ -830,7 +864,10 @@ static int cmd_group(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "group renew-cert");
         if (err)
             return fail(err);
-        err = gs_group_renew_cert(e->st, e->hsm, e->ca, e->cfg, a.pos[1], (unsigned)version, &v);
+        err = group_change_started(e, &rec, "group-renew-cert", a.pos[1],
+                                   version ? json_pack("{s:I}", "version", (json_int_t)version) : NULL);
+        if (!err)
+            err = gs_group_renew_cert(e->st, e->hsm, e->ca, e->cfg, a.pos[1], (unsigned)version, &v);
         if ((rc = cli_record_done(&rec, "group-renew-cert", a.pos[1], v ? (long)v : (version ? (long)version : -1),
                                   err, NULL)) != 0)
             return rc;
@@ -862,7 +899,9 @@ static int cmd_secret_retire(struct env *e, const struct args *a)
         err = cli_record_open(e->cfg, &rec, "secret retire");
     if (err)
         return fail(err);
-    err = gs_secret_retire(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
+    err = group_change_started(e, &rec, "secret-retire", a->pos[1], json_pack("{s:I}", "before", (json_int_t)before));
+    if (!err)
+        err = gs_secret_retire(e->st, e->hsm, a->pos[1], (unsigned)before, &n, &cleared);
     if ((rc = cli_record_done(&rec, "secret-retire", a->pos[1], -1, err,
                               json_pack("{s:I,s:I,s:I}", "before", (json_int_t)before, "retired", (json_int_t)n,
                                         "destroyed_earlier", (json_int_t)cleared))) != 0)
@@ -904,7 +943,11 @@ static int cmd_secret_record(struct env *e, const struct args *a)
         err = cli_record_open(e->cfg, &rec, "secret record");
     if (err)
         return fail(err);
-    err = gs_secret_record(e->st, e->hsm, a->pos[1], (unsigned)version, kek_id);
+    err = group_change_started(e, &rec, "secret-record", a->pos[1],
+                               json_pack("{s:I,s:s#}", "secret_version", (json_int_t)version, "kek_id", hex,
+                                         (size_t)(2 * GS_KEK_ID_LEN)));
+    if (!err)
+        err = gs_secret_record(e->st, e->hsm, a->pos[1], (unsigned)version, kek_id);
     if ((rc = cli_record_done(&rec, "secret-record", a->pos[1], -1, err,
                               json_pack("{s:I,s:s#}", "secret_version", (json_int_t)version, "kek_id", hex,
                                         (size_t)(2 * GS_KEK_ID_LEN)))) != 0)
@@ -937,7 +980,9 @@ static int cmd_secret(struct env *e, int argc, char **argv)
         err = cli_record_open(e->cfg, &rec, "secret rotate");
     if (err)
         return fail(err);
-    err = gs_secret_rotate(e->st, e->hsm, a.pos[1], &v);
+    err = group_change_started(e, &rec, "secret-rotate", a.pos[1], NULL);
+    if (!err)
+        err = gs_secret_rotate(e->st, e->hsm, a.pos[1], &v);
     if ((rc = cli_record_done(&rec, "secret-rotate", a.pos[1], -1, err,
                               json_pack("{s:I}", "secret_version", (json_int_t)v))) != 0)
         return rc;

@@ -216,8 +216,15 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         rc = fail(err);
         goto out;
     }
+    /* Recorded as started first, under the lock: a key made on the token
+     * and a certificate written cannot be taken back, and a command killed
+     * before its outcome record must not leave them without a record. */
     if ((err = gs_store_keys_lock(st)) == GS_OK) {
-        err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
+        err = cli_record_started(&rec, "tls-init", NULL,
+                                 json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out",
+                                           cli_json_text(a->out), "renew", a->renew));
+        if (err == GS_OK)
+            err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
         gs_store_keys_unlock(st);
     }
     extra = json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out", cli_json_text(a->out), "renew",

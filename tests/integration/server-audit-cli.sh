@@ -66,8 +66,30 @@ if command -v gdb > /dev/null; then
   [ "$(grep '"action":"group-create"' "$log" | grep '"group":"killed"' | grep '"address":"killed@example.org"' |
        grep -o '"outcome":"[a-z]*"' | paste -sd,)" = '"outcome":"started"' ] ||
     fail "the group create killed after its change: $(grep '"group":"killed"' "$log" || echo no record)"
+  # killed_started ACTION GROUP WHAT: ACTION of GROUP has its started record, no other.
+  killed_started() {
+    [ "$(grep "\"action\":\"$1\"" "$log" | grep "\"group\":\"$2\"" | grep '"uid":' |
+         grep -o '"outcome":"[a-z]*"' | paste -sd,)" = '"outcome":"started"' ] ||
+      fail "the $1 killed after its change ($3): $(grep "\"action\":\"$1\"" "$log" || echo no record)"
+  }
+  # kversion SECTION VERSION STATE: group killed's SECTION ("key" or
+  # "secret key") lists VERSION in STATE.
+  kversion() {
+    gs group show killed | awk -v s="$1 versions:" -v v="$2" -v st="$3" \
+      '/^[a-z]/ { in_s = ($0 == s) } in_s && $1 == v && $2 == st { f = 1 } END { exit !f }'
+  }
+  # The changes that make or destroy keys on the token, the same way.
+  killed_after gs_group_rotate_ex group rotate killed
+  kversion key v2 current || fail "the group rotate killed after its change: not made: $(gs group show killed)"
+  killed_started group-rotate killed "key version 2"
+  killed_after gs_secret_rotate secret rotate killed
+  kversion "secret key" v2 current || fail "the secret rotate killed after its change: not made: $(gs group show killed)"
+  killed_started secret-rotate killed "secret key version 2"
+  killed_after gs_group_retire group retire killed --before 2
+  kversion key v1 retired || fail "the group retire killed after its change: not made: $(gs group show killed)"
+  killed_started group-retire killed "key version 1 retired"
   gs audit verify > /dev/null || fail "audit verify after the killed commands"
-  ok "member add and group create killed after their change: recorded as started"
+  ok "member add, group create, group rotate, secret rotate, group retire killed after their change: recorded as started"
 else
   echo "note: no gdb: the command killed after its change is not tried"
 fi
