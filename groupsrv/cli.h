@@ -82,7 +82,9 @@ void cli_record_close(struct cli_record *r);
 gs_err cli_record_write(struct cli_record *r, const char *action, const char *group, const char *outcome,
                         json_t *extra);
 /* Before a change that is made before its outcome can be recorded
- * (member add|set|remove, group create): its record with outcome
+ * (ca init|renew-cert, member add|set|remove, group create|set|rotate|
+ * retire|import-cert|renew-cert, secret rotate|retire|record, tls init):
+ * its record with outcome
  * "started" (audit_started, as the server writes one before the same
  * change over REST), the operator's uid added to extra (stolen), durable
  * when this returns GS_OK, so that a command killed between the change

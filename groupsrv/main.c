@@ -434,6 +434,10 @@ static int cmd_ca(struct env *e, int argc, char **argv)
         /* The CA loaded and its key checked as for every issue, after
          * the audit record is open so that a refusal is recorded too. */
         err = env_open(e, NEED_CA);
+        /* Recorded as started first: a command killed between the new
+         * certificate's commit and its outcome record leaves a record. */
+        if (!err)
+            err = cli_record_started(&rec, "ca-renew-cert", NULL, json_pack("{s:I}", "days", (json_int_t)days));
         if (!err)
             err = gs_ca_renew(e->ca, e->hsm, e->st, days, &cert);
         extra = json_pack("{s:I}", "days", (json_int_t)days);
@@ -472,8 +476,15 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             err = cli_record_open(e->cfg, &rec, "ca init");
         if (err)
             return fail(err);
-        err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"), subject,
-                            days, opt(&a, "--replicable") != NULL, &e->ca);
+        /* Recorded as started first: a CA key made on the token cannot be
+         * taken back, and a command killed before its outcome record must
+         * not leave it without a record. */
+        err = cli_record_started(&rec, "ca-init", NULL,
+                                 json_pack("{s:o,s:b}", "label", cli_json_text(ref), "replicable",
+                                           opt(&a, "--replicable") != NULL));
+        if (!err)
+            err = gs_ca_init_ex(e->st, e->hsm, e->cfg->ca.key_label, opt(&a, "--key"), opt(&a, "--use-key"),
+                                subject, days, opt(&a, "--replicable") != NULL, &e->ca);
         extra = json_pack("{s:o,s:b}", "label", cli_json_text(ref), "replicable", opt(&a, "--replicable") != NULL);
         if (!err) {
             gs_cert_fingerprint(gs_ca_cert(e->ca), fp);

@@ -88,8 +88,13 @@ if command -v gdb > /dev/null; then
   killed_after gs_group_retire group retire killed --before 2
   kversion key v1 retired || fail "the group retire killed after its change: not made: $(gs group show killed)"
   killed_started group-retire killed "key version 1 retired"
+  gs ca show > "$work/ca-before.pem"
+  killed_after gs_ca_renew ca renew-cert
+  gs ca show | cmp -s - "$work/ca-before.pem" && fail "the ca renew-cert killed after its change: not made"
+  [ "$(grep '"action":"ca-renew-cert"' "$log" | grep '"uid":' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
+    '"outcome":"started"' ] || fail "the ca-renew-cert killed after its change: $(grep ca-renew "$log" || echo no record)"
   gs audit verify > /dev/null || fail "audit verify after the killed commands"
-  ok "member add, group create, group rotate, secret rotate, group retire killed after their change: recorded as started"
+  ok "member add, group create, group rotate, secret rotate, group retire, ca renew-cert killed after their change: recorded as started"
 else
   echo "note: no gdb: the command killed after its change is not tried"
 fi
