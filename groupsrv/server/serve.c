@@ -724,13 +724,30 @@ static void note_config_changed(const struct gs_config *cfg)
 {
     unsigned char *now = NULL;
     size_t len = 0;
-    int rc;
+    int rc = UTIL_E_IO, fd = -1;
+    struct stat sb;
+    const char *why = NULL;
 
     if (cfg->path == NULL || cfg->text == NULL)
         return;
-    if ((rc = util_read_file(cfg->path, GS_CONFIG_FILE_MAX, &now, &len)) != UTIL_OK) {
+    /* This runs in the supervisor's event loop: O_NONBLOCK and regular
+     * files only, so a path that became a FIFO (open waits for a writer)
+     * or a device does not stop every later reload, restart and stop. */
+    if ((fd = open(cfg->path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)) < 0)
+        rc = errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+    else if (fstat(fd, &sb) != 0)
+        rc = UTIL_E_IO;
+    else if (!S_ISREG(sb.st_mode))
+        why = "not a regular file";
+    else if ((uint64_t)sb.st_size > GS_CONFIG_FILE_MAX)
+        rc = UTIL_E_TOOBIG;
+    else
+        rc = util_read_fd(fd, GS_CONFIG_FILE_MAX, &now, &len);
+    if (fd >= 0)
+        close(fd);
+    if (why != NULL || rc != UTIL_OK) {
         log_warn("the configuration file cannot be read again; a restart would not start path=\"%s\" err=\"%s\"",
-                 log_qs(cfg->path), util_strerror(rc));
+                 log_qs(cfg->path), why != NULL ? why : util_strerror(rc));
         goto out;
     }
     if (len != cfg->text_len || CRYPTO_memcmp(now, cfg->text, len) != 0)

@@ -352,6 +352,22 @@ grep -q "level=warn prog=groupsrv fn=[a-z_]* msg=\"the configuration file change
   "$work/server.log" || fail "SIGHUP after an edit of the configuration: no warning that it takes a restart"
 cp "$work/conf.orig" "$conf"
 ok "SIGHUP after an edit of the configuration file says a restart takes it up"
+# The compare runs in the supervisor's event loop: a configuration path
+# that became a FIFO (or a device) must not block it in open() waiting
+# for a writer, which stopped every later reload, restart and stop.
+mv "$conf" "$work/conf.real"
+mkfifo "$conf"
+mark=$(grep -c 'reloaded TLS certificate' "$work/server.log")
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c 'reloaded TLS certificate' "$work/server.log")" -gt "$mark" ] && break; sleep 0.1; done
+hup_done=$(grep -c 'reloaded TLS certificate' "$work/server.log")
+[ "$hup_done" -gt "$mark" ] || timeout 5 sh -c ': > "$1"' sh "$conf" || true # unblock a stuck one
+rm -f "$conf"
+mv "$work/conf.real" "$conf"
+[ "$hup_done" -gt "$mark" ] || fail "SIGHUP with a FIFO at the configuration path: the supervisor blocked, no reload"
+grep -q "level=warn prog=groupsrv fn=[a-z_]* msg=\"the configuration file cannot be read again; .*\" path=\"$conf\" err=\"not a regular file\"" \
+  "$work/server.log" || fail "SIGHUP with a FIFO at the configuration path: no warning naming it"
+ok "SIGHUP with a FIFO at the configuration path neither blocks nor reads it"
 c admin "$base/metrics" > "$work/m2.txt"
 promcheck "$work/m2.txt" --before "$work/m1.txt" --documented "$SRC/docs/api.md" ||
   fail "/metrics after SIGHUP: $(cat "$work/m2.txt")"
