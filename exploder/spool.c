@@ -120,7 +120,7 @@ xp_mode xp_mode_parse(const char *s)
 
 static xp_err db_fail(spool *s, const char *what)
 {
-    log_error("spool database error op=%s err=\"%s\"", what, sqlite3_errmsg(s->db));
+    log_error("spool database error op=\"%s\" err=\"%s\"", what, sqlite3_errmsg(s->db));
     return XP_ERR_DB;
 }
 

@@ -372,7 +372,8 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
 
     if (PG(st)->no_answer) {
         PG(st)->no_answer = false;
-        log_warn("database did not answer in time; connection closed op=%s wait_s=%u", what, gs_store_timeout() + 1);
+        log_warn("database did not answer in time; connection closed op=\"%s\" wait_s=%u", what,
+                 gs_store_timeout() + 1);
         return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
                              "%s: the database did not answer within %u s ([db] timeout)", what,
                              gs_store_timeout() + 1);
@@ -386,7 +387,7 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
         bool too_long = state != NULL && strcmp(state, "57014") == 0 && strstr(msg, "statement timeout") != NULL;
         bool read_only = state != NULL && strcmp(state, "25006") == 0;
         if (!PG(st)->lost && !locked && !too_long)
-            log_warn("database connection lost op=%s detail=\"%s\"", what, log_qs(msg));
+            log_warn("database connection lost op=\"%s\" detail=\"%s\"", what, log_qs(msg));
         if (!PG(st)->lost)
             PG(st)->lost_quietly = locked || too_long;
         PG(st)->lost = true;

@@ -596,7 +596,7 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
     gcache_mark_stale(w->gc);
     if (token_unavailable(w->kh) != HSM_OK) {
         metrics_token_error();
-        log_error("token lost its objects op=%s detail=\"%s\"", what, log_qs(hsm_last_error_detail()));
+        log_error("token lost its objects op=\"%s\" detail=\"%s\"", what, log_qs(hsm_last_error_detail()));
         return item_fail(r, 503, "token_unavailable", "the key token is not reachable; try again later");
     }
     log_warn("key version not on this token (groupsrv check lists them) kind=\"%s\" version=%u", what, version);

@@ -417,8 +417,8 @@ static void net_ctl_failed(struct sup *s, const char *what, int rc)
 {
     if (s->net.pid <= 0)
         return;
-    log_error("the network process does not take its control frames: killing it to start a new one what=%s "
-              "err=\"%s\" pid=%ld",
+    log_error("the network process does not take its control frames: killing it to start a new one "
+              "what=\"%s\" err=\"%s\" pid=%ld",
               what, ipc_strerror(rc), (long)s->net.pid);
     kill(s->net.pid, SIGKILL);
     if (s->net.ctl >= 0)

@@ -298,6 +298,9 @@ kill -CONT "$net2" 2>/dev/null || true
 waitfor "no service from the network process started instead" healthy
 [ "$(grep -c 'PIN source read again' "$work/server.log")" -gt "$hups" ] || fail "the key holder did not get the SIGHUP"
 grep -q 'does not take its control frames' "$work/server.log" || fail "no log line for the network process replaced"
+# that line too is one record (what= once had "TLS reload" unquoted)
+grep 'does not take its control frames' "$work/server.log" > "$work/ctl.log"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/ctl.log" || fail "the network process replaced: not one record"
 net2=$(child groupsrv-net)
 expect_status 200 "" "unwrap from the network process started instead" -- c alice --data-binary @"$work/req-tls.json" "$url"
 cp "$work/clients.pem.orig" "$certs/clients.pem"

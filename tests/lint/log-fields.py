@@ -65,6 +65,39 @@ def fields_of(body):
         p += 1
 
 
+FUNC = re.compile(r'^[A-Za-z_][\w \t\*]*?\b([A-Za-z_]\w*)\(([^;{}()]*)\)\s*\{', re.M)
+
+
+def literal_params(src, pos, name):
+    """String literals passed, in src, for parameter name of the function
+    whose body holds pos."""
+    fn = None
+    for d in FUNC.finditer(src, 0, pos):
+        fn = d
+    if fn is None:
+        return []
+    params = [re.findall(r'\w+', p_)[-1:] for p_ in fn.group(2).split(",")]
+    idx = [i for i, p_ in enumerate(params) if p_ == [name]]
+    if not idx:
+        return []
+    out = []
+    for c in re.finditer(r'\b%s\(' % re.escape(fn.group(1)), src):
+        if c.start() == fn.start(1):
+            continue
+        depth, j = 1, c.end()
+        while j < len(src) and depth:
+            depth += {"(": 1, ")": -1}.get(src[j], 0) if src[j] not in "\"'" else 0
+            if src[j] == '"':
+                j += 1
+                while j < len(src) and src[j] != '"':
+                    j += 2 if src[j] == "\\" else 1
+            j += 1
+        a = split_args(src[c.end():j - 1])
+        if idx[0] < len(a):
+            out += re.findall(r'"((?:[^"\\]|\\.)*)"', a[idx[0]])
+    return out
+
+
 def main():
     os.chdir(sys.argv[1])
     bad = calls = 0
@@ -105,6 +138,15 @@ def main():
                 if any(" " in s or '\\"' in s for s in strs) or re.search(r'\blog_(?:quote|qs)\(', arg):
                     print("%s:%d: unquoted value with spaces or quotes possible: %s <- %s" % (f, line, fmt, arg))
                     bad = 1
+                # a parameter of the function the call is in: the string
+                # literals its callers in this file pass (`what=%s` given
+                # "new links" by every caller)
+                if re.fullmatch(r'[A-Za-z_]\w*', arg):
+                    for s_ in literal_params(src, m.start(), arg):
+                        if " " in s_ or '\\"' in s_:
+                            print("%s:%d: unquoted value with spaces or quotes possible: %s <- %s <- \"%s\""
+                                  % (f, line, fmt, arg, s_))
+                            bad = 1
     if calls < 250:
         print("found only %d log calls: the pattern is stale" % calls)
         sys.exit(1)
