@@ -80,4 +80,6 @@ grep -q 'msg="the clock went back: retries scheduled beyond retry_max from now a
   fail "no log line about the clock step: $(tail -3 "$W/run.log")"
 [ "$(xp_accepted "$W/smtp4" | grep -c .)" = 7 ] || fail "after the clock step: $(xp_accepted "$W/smtp4" | grep -c .) delivered, want 7"
 xp_spool_empty
+# the runner's lines (relay refusals, retries, the clock step) are records
+/usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$W/run.log" || fail "run.log is not one record per line"
 echo "exploder relay-down: ok"
