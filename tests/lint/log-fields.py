@@ -68,9 +68,10 @@ def fields_of(body):
 FUNC = re.compile(r'^[A-Za-z_][\w \t\*]*?\b([A-Za-z_]\w*)\(([^;{}()]*)\)\s*\{', re.M)
 
 
-def literal_params(src, pos, name):
+def literal_params(src, pos, name, depth=3):
     """String literals passed, in src, for parameter name of the function
-    whose body holds pos."""
+    whose body holds pos (through callers that pass a parameter of their
+    own on, depth levels up)."""
     fn = None
     for d in FUNC.finditer(src, 0, pos):
         fn = d
@@ -84,9 +85,9 @@ def literal_params(src, pos, name):
     for c in re.finditer(r'\b%s\(' % re.escape(fn.group(1)), src):
         if c.start() == fn.start(1):
             continue
-        depth, j = 1, c.end()
-        while j < len(src) and depth:
-            depth += {"(": 1, ")": -1}.get(src[j], 0) if src[j] not in "\"'" else 0
+        nest, j = 1, c.end()
+        while j < len(src) and nest:
+            nest += {"(": 1, ")": -1}.get(src[j], 0) if src[j] not in "\"'" else 0
             if src[j] == '"':
                 j += 1
                 while j < len(src) and src[j] != '"':
@@ -95,6 +96,8 @@ def literal_params(src, pos, name):
         a = split_args(src[c.end():j - 1])
         if idx[0] < len(a):
             out += re.findall(r'"((?:[^"\\]|\\.)*)"', a[idx[0]])
+            if depth > 1 and re.fullmatch(r'[A-Za-z_]\w*', a[idx[0]]):
+                out += literal_params(src, c.start(), a[idx[0]], depth - 1)
     return out
 
 
