@@ -188,7 +188,7 @@ int cli_record_done_or_undo(struct cli_record *r, const char *action, const char
         return fail(gs_err_set(err, "%s%s%s was undone: its audit record could not be written: %s", action,
                                group ? " " : "", group ? group : "", detail));
     if (undo != NULL)
-        log_error("the change could not be undone: %s", gs_err_detail());
+        log_error("the change could not be undone detail=\"%s\"", log_qs(gs_err_detail()));
     return fail(gs_err_set(err, "%s%s%s was done, but its audit record was not written: %s", action,
                            group ? " " : "", group ? group : "", detail));
 }

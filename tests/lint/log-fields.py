@@ -6,6 +6,8 @@ the same rule tests/lib/logcheck.py reads a log by).
 common/log.c quotes the text before the first " key=" as msg="..."; what
 follows must be fields only. Flagged:
 - text after the fields (`kind=%s version=%u (check lists them)`);
+- free text (gs_err_detail(), strerror() ...) in the message part: a word
+  with '=' in it moves where the fields start;
 - an unquoted `key=%s` fed a string literal with a space or a quote
   (`queue=%s` given "over max_queue_ms": a shipper reads queue=over and
   a stray word), or fed log_quote()/log_qs(), whose escaping is meant for
@@ -125,12 +127,23 @@ def main():
                 bad = 1
             # each conversion's argument; an unquoted key=%s checked
             rest, n = args[1:], 0
+            msg_len = len(body) - len(fields_of(body))
             for c in CONV.finditer(fmt):
                 if c.group(0) == "%%":
                     continue
                 n += c.group(0).count("*")
                 arg = rest[n] if n < len(rest) else ""
                 n += 1
+                # free text (a database's or the OS's message) in the
+                # message part: a word with '=' in it ("Key (email)=(...)")
+                # is where log_emit starts the fields
+                prefix = CONV.sub(lambda c_: "%" if c_.group(0) == "%%" else "V", fmt[:c.start()])
+                if (c.group(1) == "s" and len(prefix) < msg_len and
+                        re.search(r'\b(?:gs_err_detail|hsm_last_error_detail|sqlite3_errmsg|PQerrorMessage|strerror)\(',
+                                  arg)):
+                    print("%s:%d: free text in the message part, not a detail=\"...\" field: %s <- %s"
+                          % (f, line, fmt, arg))
+                    bad = 1
                 if c.group(1) != "s" or not re.search(r'[a-z_]=$', fmt[:c.start()]):
                     continue
                 strs = re.findall(r'"((?:[^"\\]|\\.)*)"', arg)
