@@ -31,7 +31,9 @@ trap spool_full_cleanup EXIT
 xp_cert group eng@lists.example.org
 xp_smtpd_start "$W/smtp"
 xp_smtpd_stop # its port, with nothing behind it for now
-xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "poll_interval = 5"
+# retry_max 3600: the second message is held by a next_attempt within it
+# (one beyond now + retry_max is made due at once: a clock stepped back)
+xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "poll_interval = 5" "retry_max = 3600"
 sed -i "s#^path = .*#path = $fs/spool#" "$XPC"
 L=eng@lists.example.org
 xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
@@ -47,7 +49,7 @@ xp run --once 2>>"$W/run.log" || rc=$?
 xp deliver --list $L <"$W/in2.eml" 2>>"$W/deliver.log" || fail "deliver 2"
 db() { sqlite3 "$W/fs/spool/exploder.db" "$@"; }
 # due since long ago (1, not 0: a due time of 0 reads as "nothing due")
-db "UPDATE recipients SET next_attempt = 1; UPDATE messages SET next_attempt = 4000000000 WHERE state = 0"
+db "UPDATE recipients SET next_attempt = 1; UPDATE messages SET next_attempt = strftime('%s', 'now') + 1800 WHERE state = 0"
 
 /usr/bin/python3 -c 'import sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1])
@@ -98,4 +100,8 @@ rm -f "$fs/fill"
 xp run --once 2>>"$W/run.log" || fail "last run: $(tail -3 "$W/run.log")"
 [ "$(xp_accepted "$W/smtp" | sort | uniq -c | awk '{print $1}' | sort -u)" = 2 ] ||
   fail "each member wants exactly two copies: $(xp_accepted "$W/smtp" | sort | uniq -c)"
+# a full disk's spool database errors are records too (op= once unquoted)
+for f in "$W/run.log" "$W/run2.log" "$W/deliver.log"; do
+  /usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$f" || fail "$f is not one record per line"
+done
 echo "exploder with a full spool: nothing sent twice, no busy loop, everything out once there was room"
