@@ -2260,6 +2260,18 @@ int main(int argc, char **argv)
     } else {
         rc = cmd_check(&e, sub_argc, sub_argv);
     }
+    /* What a command printed (a certificate, `audit verify`'s ok line)
+     * must have reached its file: on a full disk or a closed standard
+     * output it did not, and a script taking exit 0 would keep a short
+     * or empty file. serve writes no output of its own. */
+    if (rc == 0 && strcmp(cmd, "serve") != 0) {
+        errno = 0;
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            fprintf(stderr, "groupsrv: %s: cannot write standard output: %s\n", cmd,
+                    errno != 0 ? strerror(errno) : "write error");
+            rc = 1;
+        }
+    }
     env_close(&e);
     gs_config_free(cfg);
     return rc;

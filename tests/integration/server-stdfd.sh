@@ -52,3 +52,15 @@ code=$(c alice -o "$work/unwrap.json" -w '%{http_code}' --data-binary @"$work/re
 stop_server
 v=$(gs audit verify 2>&1) || fail "audit verify after serve with 0-2 closed: $v"
 ok "serve with standard input, output and error closed: /dev/null in all three processes, unwrap 200"
+
+# Output that cannot be written (standard output closed, or a full disk)
+# is an error, exit 1 with one line, not a silent success: a script's
+# `groupsrv ca show > ca.pem` on a full disk must not leave it truncated.
+for out in /dev/full closed; do
+  rc=0
+  if [ "$out" = closed ]; then gs ca show >&- 2> "$work/out.err" || rc=$?
+  else gs ca show > "$out" 2> "$work/out.err" || rc=$?; fi
+  [ "$rc" = 1 ] || fail "ca show with standard output $out: exit $rc, want 1"
+  grep -q '^groupsrv: .*standard output' "$work/out.err" || fail "ca show with standard output $out: $(cat "$work/out.err")"
+done
+ok "ca show with standard output closed or on a full disk: exit 1, with its reason"
