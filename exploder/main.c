@@ -1,4 +1,5 @@
 /* main.c: `exploder [-c FILE] [-v] deliver|run|list ...` (docs/exploder.1.md). */
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -139,6 +140,18 @@ int main(int argc, char **argv)
         ex = cmd_list(c, argc - i - 1, argv + i + 1);
     else
         ex = XP_EX_USAGE; /* not reached: the command was checked above */
+    /* list show's lines must have reached their file: on a full disk or
+     * a closed standard output they did not, and exit 0 would leave a
+     * script a short file. (deliver and run: the MTA and cron read exit
+     * codes that mean the mail, not a report.) */
+    if (ex == 0 && strcmp(cmd, "list") == 0) {
+        errno = 0;
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            fprintf(stderr, "exploder: %s: cannot write standard output: %s\n", cmd,
+                    errno != 0 ? strerror(errno) : "write error");
+            ex = 1;
+        }
+    }
     curl_global_cleanup();
 out:
     xp_conf_free(c);

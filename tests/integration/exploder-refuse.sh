@@ -329,6 +329,15 @@ grep -q "msg=\"refused\" list=$L" "$W/exploder.log" || fail "the refusal with st
 rc=0
 xp deliver --list $L <&- 2>"$W/stderr4" || rc=$?
 [ "$rc" = 75 ] || fail "deliver <&-: exit $rc, want 75: $(cat "$W/stderr4")"
+# list show's output that cannot be written (a full disk, standard
+# output closed) is exit 1 with a line, not a silent success.
+for out in /dev/full closed; do
+  rc=0
+  if [ "$out" = closed ]; then xp list show $L >&- 2>"$W/show.err" || rc=$?
+  else xp list show $L >"$out" 2>"$W/show.err" || rc=$?; fi
+  [ "$rc" = 1 ] || fail "list show with standard output $out: exit $rc, want 1"
+  grep -q '^exploder: .*standard output' "$W/show.err" || fail "list show to $out: $(cat "$W/show.err")"
+done
 rm "$W/exploder.log"
 echo "not a log" >"$W/target"
 ln -s "$W/target" "$W/exploder.log"
