@@ -608,10 +608,12 @@ static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work
 
     *work = *settled = 0;
     /* A retry is never scheduled further ahead than retry_max: one that
-     * is was scheduled before the clock went back. */
-    if ((rc = spool_clock_stepped_back(s, now, now + (int64_t)c->retry_max, &stepped)) != XP_OK)
-        return rc;
-    if (stepped > 0)
+     * is was scheduled before the clock went back. Where that cannot be
+     * written (a full disk), the pass goes on with what is due: sending
+     * must not stop for a reschedule, which the next pass tries again. */
+    if (spool_clock_stepped_back(s, now, now + (int64_t)c->retry_max, &stepped) != XP_OK)
+        log_warn("retries scheduled beyond retry_max stay where they are for now: the spool cannot be written");
+    else if (stepped > 0)
         log_warn("the clock went back: retries scheduled beyond retry_max from now are due now count=%lld",
                  (long long)stepped);
     while (!stop_requested) {

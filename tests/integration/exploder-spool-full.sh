@@ -100,8 +100,22 @@ rm -f "$fs/fill"
 xp run --once 2>>"$W/run.log" || fail "last run: $(tail -3 "$W/run.log")"
 [ "$(xp_accepted "$W/smtp" | sort | uniq -c | awk '{print $1}' | sort -u)" = 2 ] ||
   fail "each member wants exactly two copies: $(xp_accepted "$W/smtp" | sort | uniq -c)"
+# 3. a retry held beyond retry_max (the clock went back) with the disk full:
+# its reschedule cannot be written, and the pass goes on regardless (it
+# used to fail every pass, sending nothing); once there is room it is due.
+xp_encrypt "$W/group.pem" "$W/in3.eml" "full three"
+xp deliver --list $L <"$W/in3.eml" 2>>"$W/deliver.log" || fail "deliver 3"
+db "UPDATE messages SET next_attempt = 4000000000 WHERE state = 0"
+fill
+rc=0; xp run --once 2>>"$W/run3.log" || rc=$?
+[ "$rc" = 75 ] || fail "a pass with the held message pending: exit $rc, want 75: $(tail -3 "$W/run3.log")"
+! grep -q "queue pass failed" "$W/run3.log" || fail "the pass failed on the reschedule: $(grep "pass failed" "$W/run3.log")"
+grep -q "stay where they are for now" "$W/run3.log" || fail "no log line for the reschedule not written"
+rm -f "$fs/fill"
+xp run --once 2>>"$W/run3.log" || fail "run after room: $(tail -3 "$W/run3.log")"
+[ "$(copies)" = 6 ] || fail "the held message once there was room: $(copies) copies, want 6"
 # a full disk's spool database errors are records too (op= once unquoted)
-for f in "$W/run.log" "$W/run2.log" "$W/deliver.log"; do
+for f in "$W/run.log" "$W/run2.log" "$W/run3.log" "$W/deliver.log"; do
   /usr/bin/python3 "$(dirname "$0")/../lib/logcheck.py" "$f" || fail "$f is not one record per line"
 done
 echo "exploder with a full spool: nothing sent twice, no busy loop, everything out once there was room"
