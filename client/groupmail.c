@@ -576,21 +576,35 @@ static FILE *memory_file(const char *name)
     return f;
 }
 
+/* Is dir a world-writable sticky directory in which st is another user's
+ * (neither this user's nor the directory owner's)? Unknown: yes. */
+static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
+{
+    char *copy = strdup(path_in_dir);
+    struct stat d;
+    bool foreign = true;
+
+    if (copy != NULL && stat(dirname(copy), &d) == 0)
+        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & S_IWOTH) && st->st_uid != geteuid() && st->st_uid != d.st_uid;
+    free(copy);
+    return foreign;
+}
+
 /* A named pipe or device someone else put in a world-writable sticky
  * directory (/tmp) at the --out path: the plaintext would go to whoever
  * reads it. Renamed over, as --out once always was, it was harmless; the
  * shell's `>` is refused it by the kernel (fs.protected_fifos, which only
  * O_CREAT opens get). Refused by the same rule: in such a directory, only
- * a stream of this user's or of the directory's owner. */
+ * a stream of this user's or of the directory's owner. Asked of the
+ * directory the path names as given and of the one it resolves to now:
+ * the path is looked at again after the open, and by then the other user
+ * may have renamed a symbolic link to a pipe of theirs elsewhere over the
+ * entry in /tmp, which the resolved directory alone would not see. */
 static bool out_stream_foreign(const char *path, const struct stat *st)
 {
-    char *real = realpath(path, NULL), *copy = strdup(real != NULL ? real : path);
-    struct stat d;
-    bool foreign = true; /* unknown: refused */
+    char *real = realpath(path, NULL);
+    bool foreign = foreign_in_dir(path, st) || real == NULL || foreign_in_dir(real, st);
 
-    if (copy != NULL && stat(dirname(copy), &d) == 0)
-        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & S_IWOTH) && st->st_uid != geteuid() && st->st_uid != d.st_uid;
-    free(copy);
     free(real);
     return foreign;
 }

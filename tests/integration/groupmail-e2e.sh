@@ -136,6 +136,22 @@ if [ "$(id -u)" = 0 ]; then
     as alice decrypt --in "$work/msg.der" --out "$work/sticky/own.fifo"
   wait "$reader"
   same "$work/own.got" "$work/msg.txt" "decrypt --out one's own named pipe in a sticky directory"
+  # The other user's pipe reached through their symbolic link in the
+  # sticky directory (the state a rename over the entry leaves after the
+  # open): the directory the path names counts, not only where it leads.
+  # (Where fs.protected_symlinks is 1 the kernel refuses the open itself.)
+  mkdir -m 755 "$work/theirs"
+  mkfifo "$work/theirs/out.fifo"
+  chown 65534 "$work/theirs" "$work/theirs/out.fifo"
+  ln -s "$work/theirs/out.fifo" "$work/sticky/link.txt"
+  chown -h 65534 "$work/sticky/link.txt"
+  timeout 30 cat "$work/theirs/out.fifo" > "$work/stolen" &
+  reader=$!
+  expect_rc 1 "decrypt --out another user's link in a sticky directory to their named pipe" -- \
+    as alice decrypt --in "$work/msg.der" --out "$work/sticky/link.txt"
+  kill "$reader" 2>/dev/null || true
+  wait "$reader" || true
+  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext through another user's link to their named pipe"
 fi
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
