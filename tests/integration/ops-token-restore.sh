@@ -51,23 +51,31 @@ ok "the log names the missing version in key=value fields"
 # that runs as another user: SQLite opens it read-only without a word, so
 # the server said healthy and refused every membership change, the
 # removal the restore calls for too. check names it, serve refuses.
+# The service user must reach everything: a copy of the work directory,
+# the token and the programs in a directory of its own under /tmp (the
+# build tree may be in a directory only its owner can enter, as a CI
+# clone in a mktemp directory is).
 if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
-  chmod 755 "$work"
-  chown -R nobody "$work"
-  cp "$work/groupsrv.db" "$work/restored.db"
-  rm -f "$work/groupsrv.db" "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
-  cp "$work/restored.db" "$work/groupsrv.db"
-  chown root "$work/groupsrv.db"
-  chmod 644 "$work/groupsrv.db"
-  as_nobody() { runuser -u nobody -- env SOFTHSM2_CONF="$SOFTHSM2_CONF" "$BIN/groupsrv" -c "$conf" "$@"; }
-  rc=0; as_nobody check > "$work/check.out" 2>&1 || rc=$?
-  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $work/groupsrv.db cannot be written by this user (uid $(id -u nobody)): " "$work/check.out" ||
-    fail "check of a database the service user cannot write: exit $rc: $(grep -E 'database|problem' "$work/check.out")"
-  rc=0; as_nobody serve > "$work/serve.out" 2>&1 || rc=$?
-  [ "$rc" = 1 ] && grep -q 'msg="not started: the database cannot be written by this user" detail="database ' "$work/serve.out" ||
-    fail "serve on a database it cannot write: exit $rc: $(cat "$work/serve.out")"
-  chown -R root "$work"
-  chmod 700 "$work"
+  nb=$(mktemp -d /tmp/gs-restore.XXXXXX)
+  trap 'rm -rf "$nb"; cleanup' EXIT
+  chmod 755 "$nb"
+  cp -a "$work/." "$nb/"
+  cp "$BIN/groupsrv" "$BIN/groupsrv-net" "$nb/"
+  sed -i "s#$work#$nb#g" "$nb/groupsrv.conf" "$nb/token/softhsm2.conf"
+  chown -R nobody "$nb"
+  rm -f "$nb/groupsrv.db" "$nb/groupsrv.db-wal" "$nb/groupsrv.db-shm"
+  cp "$work/groupsrv.db" "$nb/groupsrv.db"
+  chown root "$nb/groupsrv.db"
+  chmod 644 "$nb/groupsrv.db"
+  as_nobody() { runuser -u nobody -- env SOFTHSM2_CONF="$nb/token/softhsm2.conf" "$nb/groupsrv" -c "$nb/groupsrv.conf" "$@"; }
+  rc=0; as_nobody check > "$nb/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $nb/groupsrv.db cannot be written by this user (uid $(id -u nobody)): " "$nb/check.out" ||
+    fail "check of a database the service user cannot write: exit $rc: $(grep -E 'database|problem' "$nb/check.out")"
+  rc=0; as_nobody serve > "$nb/serve.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q 'msg="not started: the database cannot be written by this user" detail="database ' "$nb/serve.out" ||
+    fail "serve on a database it cannot write: exit $rc: $(cat "$nb/serve.out")"
+  rm -rf "$nb"
+  trap cleanup EXIT
   ok "a database restored as another user: check names it, serve does not start"
 fi
 
