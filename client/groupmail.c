@@ -576,7 +576,8 @@ static FILE *memory_file(const char *name)
     return f;
 }
 
-/* Is dir a world-writable sticky directory in which st is another user's
+/* Is dir a sticky directory others can write (world- or group-writable,
+ * as fs.protected_fifos = 2 takes them) in which st is another user's
  * (neither this user's nor the directory owner's)? Unknown: yes. */
 static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
 {
@@ -585,7 +586,8 @@ static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
     bool foreign = true;
 
     if (copy != NULL && stat(dirname(copy), &d) == 0)
-        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & S_IWOTH) && st->st_uid != geteuid() && st->st_uid != d.st_uid;
+        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & (S_IWOTH | S_IWGRP)) && st->st_uid != geteuid() &&
+                  st->st_uid != d.st_uid;
     free(copy);
     return foreign;
 }

@@ -152,6 +152,17 @@ if [ "$(id -u)" = 0 ]; then
   kill "$reader" 2>/dev/null || true
   wait "$reader" || true
   [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext through another user's link to their named pipe"
+  # A sticky directory its group can write (a team's shared one): the same
+  # rule, as fs.protected_fifos = 2 takes it.
+  mkdir -m 1770 "$work/team"
+  mkfifo "$work/team/msg.txt"
+  chown 65534 "$work/team/msg.txt"
+  timeout 30 cat "$work/team/msg.txt" > "$work/stolen" &
+  reader=$!
+  expect_rc 1 "decrypt --out another user's named pipe in a group-writable sticky directory" -- \
+    as alice decrypt --in "$work/msg.der" --out "$work/team/msg.txt"
+  wait "$reader" || true
+  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext to another user's named pipe in a group's directory"
 fi
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
