@@ -7,8 +7,9 @@
  *
  * Order of every command: everything that can be checked without the
  * token is checked first, then the audit log is opened (no ceremony
- * without its record), then the token is changed; a record is written for
- * the outcome, refusals included. An import that fails anywhere destroys
+ * without its record), then a record with outcome "started" is made
+ * durable (a command killed later still leaves one), then the token is
+ * changed; a record is written for the outcome, refusals included. An import that fails anywhere destroys
  * what it put on the token, and records nothing in the database.
  */
 #include "ceremony.h"
@@ -202,6 +203,12 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         goto out;
     }
     token_desc(e->hsm, desc, sizeof(desc));
+    /* Recorded as started first: a command killed between making the key
+     * and its outcome record (kill -9, power lost) leaves a record. */
+    if ((err = cli_record_started(&rec, "transport-key", NULL, json_pack("{s:s}", "token", desc))) != GS_OK) {
+        rc = cli_record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
+        goto out;
+    }
     if ((ge = gsk_transport_make(e->hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
         rc = cli_record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
         goto out;
@@ -483,6 +490,14 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     printf("transport key sha256 %s\n", spoken);
     fflush(stdout);
     if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
+        rc = cli_record_failure(rec, action, group, err, shipment_json(m));
+        goto out;
+    }
+    /* Recorded as started first: the keys leave the token wrapped, and a
+     * command killed between writing the file and its outcome record must
+     * not leave the file with no record. */
+    if ((err = cli_record_started(rec, action, group, shipment_json(m))) != GS_OK) {
+        util_secret_free(so_pin, so_pin_len + 1);
         rc = cli_record_failure(rec, action, group, err, shipment_json(m));
         goto out;
     }
@@ -972,6 +987,15 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
     if (refs == NULL)
         return fail(GS_ERR_NOMEM);
     if ((err = labels_free(im, items, n, recorded)) != GS_OK) {
+        rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
+        goto out;
+    }
+    /* Recorded as started first: the keys go on the token before their
+     * rows and "ok" record, and a command killed in between (kill -9,
+     * power lost) must not leave them with no record. */
+    extra = shipment_json(im->m);
+    json_object_set_new(extra, "file", cli_json_text(im->path));
+    if ((err = cli_record_started(rec, action, group, extra)) != GS_OK) {
         rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
     }

@@ -61,12 +61,22 @@ sleep 2
 kill -9 "$pid" 2>/dev/null || fail "the import ended before it could be killed"
 wait "$pid" 2>/dev/null || true
 objects beta | grep -q 'label: *gs:group:eng:v1' || fail "the killed import left no key: nothing to test"
+# imports(LOG): the outcomes of LOG's group-import records, in order
+imports() { grep '"action":"group-import"' "$1" | grep -o '"outcome":"[a-z]*' | paste -sd, || true; }
+# The key it left has a record: "started", made durable before the token
+# was touched (before, the first record came after the rows: none).
+[ "$(imports "$work/beta/audit.jsonl")" = '"outcome":"started' ] ||
+  fail "the killed import left its key with no started record: $(imports "$work/beta/audit.jsonl")"
+audit_has "$work/beta/audit.jsonl" group-import started eng-beta.gsk '"key_versions":\[1,2\]'
 gs_beta check > "$work/out" 2>&1 || true
 grep -q "^unrecorded gs:group:eng:v1: on the token, not in the database " "$work/out" ||
   fail "check does not name the key the killed import left: $(cat "$work/out")"
 refused beta 3 "import again after an import killed half-way" -- \
   gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "^groupsrv: refused: this token already has an object labelled gs:group:eng:v1, which the database does not record \(left by an interrupted import\? delete it: pkcs11-tool --login --delete-object --label gs:group:eng:v1 --type privkey"
+# refused before the token is touched: its refusal, no started record
+[ "$(imports "$work/beta/audit.jsonl")" = '"outcome":"started,"outcome":"refused' ] ||
+  fail "the refused import's records: $(imports "$work/beta/audit.jsonl")"
 # exactly what the line says, with the stock tool
 GS_PIN=$(cat "$work/tok-beta/user-pin") SOFTHSM2_CONF=$work/tok-beta/softhsm2.conf pkcs11-tool --module "$module" \
   --token-label beta --login --pin env:GS_PIN --delete-object --label gs:group:eng:v1 --type privkey >/dev/null 2>&1
@@ -76,6 +86,12 @@ expect 0 "the import, after deleting what the line named" -- \
 objects beta > "$work/beta.objs"
 for v in 1 2; do
   [ "$(field "$work/beta.objs" "gs:group:eng:v$v" Access)" = sensitive ] || fail "beta's copy v$v: $(cat "$work/beta.objs")"
+done
+[ "$(imports "$work/beta/audit.jsonl")" = '"outcome":"started,"outcome":"refused,"outcome":"started,"outcome":"ok' ] ||
+  fail "the import's records: $(imports "$work/beta/audit.jsonl")"
+for a in transport-key:beta group-export:alpha; do
+  [ "$(grep "\"action\":\"${a%%:*}\"" "$work/${a#*:}/audit.jsonl" | grep -o '"outcome":"[a-z]*' | paste -sd,)" = \
+    '"outcome":"started,"outcome":"ok' ] || fail "${a%%:*}: not recorded as started, then ok: $(cat "$work/${a#*:}/audit.jsonl")"
 done
 ok "an import killed half-way: the next one names the key left and how to delete it; then it succeeds"
 # beta, a clone whose database the import made (no CA of its own), makes
