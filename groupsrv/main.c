@@ -26,6 +26,7 @@
 
 #include "ca.h"
 #include "ceremony.h"
+#include "audit.h"
 #include "cli.h"
 #include "config.h"
 #include "groups.h"
@@ -1250,16 +1251,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
         const char *removed = rm.email[0] != '\0' ? rm.email : a.pos[2]; /* as stored */
         if (rm.email[0] != '\0')
             mc.email = rm.email;
-        json_t *detail =
-            json_pack("{s:s,s:I,s:I}", "member", removed, "secret_rotated_to", (json_int_t)rm.secret_version,
-                      "key_rotated_to", (json_int_t)rm.key_version);
-        /* A clone's removal rotated nothing: the record says why, so an
-         * auditor reading 0 and 0 knows the origin has to rotate. */
-        if (detail != NULL && rm.rotate_elsewhere &&
-            json_object_set_new(detail, "rotate_elsewhere", json_true()) != 0) {
-            json_decref(detail);
-            detail = NULL;
-        }
+        json_t *detail = audit_removal_detail(removed, rm.secret_version, rm.key_version, rm.rotate_elsewhere);
         rc = cli_record_done_or_undo(&rec, "member-remove", a.pos[1],
                                      rm.key_version ? (long)rm.key_version : -1, err, detail, member_undo,
                                      &mc);

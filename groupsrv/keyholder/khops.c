@@ -1888,15 +1888,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         e = gs_member_remove_ex(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, gname, email, &rm);
         if (rm.email[0] != '\0')
             email = rm.email; /* the member as stored, for the record and the answer */
-        json_t *detail =
-            json_pack("{s:s,s:I,s:I}", "member", email, "secret_rotated_to", (json_int_t)rm.secret_version,
-                      "key_rotated_to", (json_int_t)rm.key_version);
-        /* as the answer: a clone's removal rotated nothing, the origin must */
-        if (detail != NULL && rm.rotate_elsewhere &&
-            json_object_set_new(detail, "rotate_elsewhere", json_true()) != 0) {
-            json_decref(detail);
-            detail = NULL;
-        }
+        json_t *detail = audit_removal_detail(email, rm.secret_version, rm.key_version, rm.rotate_elsewhere);
         if (member_change_audited(j, action, c.identity, gname, e, rm.key_version ? (long)rm.key_version : -1,
                                   detail) != 0 ||
             member_change_durable(w, j, g, email, prev, NULL) != 0)

@@ -1531,6 +1531,19 @@ audit_err audit_append(audit_log *log, const audit_record *rec)
     return rc == AUDIT_OK ? audit_wait_durable(log, seq, seq) : rc;
 }
 
+void *audit_removal_detail(const char *member, unsigned secret_version, unsigned key_version,
+                           bool rotate_elsewhere)
+{
+    json_t *detail = json_pack("{s:s,s:I,s:I}", "member", member, "secret_rotated_to", (json_int_t)secret_version,
+                               "key_rotated_to", (json_int_t)key_version);
+
+    if (detail != NULL && rotate_elsewhere && json_object_set_new(detail, "rotate_elsewhere", json_true()) != 0) {
+        json_decref(detail);
+        detail = NULL;
+    }
+    return detail;
+}
+
 audit_err audit_started(audit_log *log, const audit_record *rec)
 {
     audit_record started = *rec;

@@ -21,6 +21,7 @@
 #ifndef GS_SRV_AUDIT_H
 #define GS_SRV_AUDIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -123,6 +124,15 @@ audit_err audit_append(audit_log *log, const audit_record *rec);
  * (member add|set|remove, group create). */
 #define AUDIT_STARTED "started"
 audit_err audit_started(audit_log *log, const audit_record *rec);
+
+/* The extra of a member removal's record (`member-remove`, over REST and
+ * on the command line): the member as stored and the versions it rotated
+ * to (0: none), with "rotate_elsewhere": true where nothing rotated
+ * because the origin makes the group's versions (a clone), so that an
+ * auditor reading 0 and 0 knows the origin has to rotate. A new jansson
+ * object (json_t *) the caller owns; NULL when out of memory. */
+void *audit_removal_detail(const char *member, unsigned secret_version, unsigned key_version,
+                           bool rotate_elsewhere);
 
 /* audit_append in two halves, for callers that must not block in
  * fdatasync (the key holder's token workers). audit_write queues the
