@@ -120,16 +120,25 @@ fi
 # plaintext. Refused, as the kernel refuses the shell's `>` it
 # (fs.protected_fifos); one's own named pipe there is written to. Root
 # only: the pipe must belong to someone else.
+# refused_pipe FIFO OUT DESC: decrypt --out OUT (which leads to FIFO) is
+# exit 1 and FIFO's reader gets nothing. The reader ends at the end of
+# what it was sent, never cut short: where the open never reached the
+# pipe (the kernel refused it), the write end is opened here to end it.
+refused_pipe() {
+  local fifo=$1 out=$2 desc=$3 reader
+  : > "$work/stolen"
+  timeout 30 cat "$fifo" > "$work/stolen" &
+  reader=$!
+  expect_rc 1 "decrypt --out $desc" -- as alice decrypt --in "$work/msg.der" --out "$out"
+  if kill -0 "$reader" 2>/dev/null; then timeout 2 sh -c ': > "$1"' _ "$fifo" || true; fi
+  wait "$reader" || true
+  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext to $desc"
+}
 if [ "$(id -u)" = 0 ]; then
   mkdir -m 1777 "$work/sticky"
   mkfifo "$work/sticky/msg.txt" "$work/sticky/own.fifo"
   chown 65534 "$work/sticky/msg.txt"
-  timeout 30 cat "$work/sticky/msg.txt" > "$work/stolen" &
-  reader=$!
-  expect_rc 1 "decrypt --out another user's named pipe in a sticky directory" -- \
-    as alice decrypt --in "$work/msg.der" --out "$work/sticky/msg.txt"
-  wait "$reader" || true
-  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext to another user's named pipe"
+  refused_pipe "$work/sticky/msg.txt" "$work/sticky/msg.txt" "another user's named pipe in a sticky directory"
   cat "$work/sticky/own.fifo" > "$work/own.got" &
   reader=$!
   expect_rc 0 "decrypt --out one's own named pipe in a sticky directory" -- \
@@ -145,24 +154,14 @@ if [ "$(id -u)" = 0 ]; then
   chown 65534 "$work/theirs" "$work/theirs/out.fifo"
   ln -s "$work/theirs/out.fifo" "$work/sticky/link.txt"
   chown -h 65534 "$work/sticky/link.txt"
-  timeout 30 cat "$work/theirs/out.fifo" > "$work/stolen" &
-  reader=$!
-  expect_rc 1 "decrypt --out another user's link in a sticky directory to their named pipe" -- \
-    as alice decrypt --in "$work/msg.der" --out "$work/sticky/link.txt"
-  kill "$reader" 2>/dev/null || true
-  wait "$reader" || true
-  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext through another user's link to their named pipe"
+  refused_pipe "$work/theirs/out.fifo" "$work/sticky/link.txt" \
+    "another user's named pipe through their link in a sticky directory"
   # A sticky directory its group can write (a team's shared one): the same
   # rule, as fs.protected_fifos = 2 takes it.
   mkdir -m 1770 "$work/team"
   mkfifo "$work/team/msg.txt"
   chown 65534 "$work/team/msg.txt"
-  timeout 30 cat "$work/team/msg.txt" > "$work/stolen" &
-  reader=$!
-  expect_rc 1 "decrypt --out another user's named pipe in a group-writable sticky directory" -- \
-    as alice decrypt --in "$work/msg.der" --out "$work/team/msg.txt"
-  wait "$reader" || true
-  [ ! -s "$work/stolen" ] || fail "decrypt --out wrote the plaintext to another user's named pipe in a group's directory"
+  refused_pipe "$work/team/msg.txt" "$work/team/msg.txt" "another user's named pipe in a group-writable sticky directory"
 fi
 # standard output closed by the caller (>&-): the output has nowhere to go,
 # exit 1. The plaintext used to go, exit 0, to whichever file took
