@@ -5,7 +5,9 @@
  * 4 server unreachable or unusable, 5 bad message.
  */
 #define _GNU_SOURCE /* memfd_create */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -523,8 +525,9 @@ typedef struct gm_out {
  * or a terminal, /dev/null, a named pipe a mail tool reads), opened and
  * written like standard output: renaming a temp file over it would put a
  * regular file holding the plaintext in place of the pipe or device (as
- * root, /dev/null itself). */
-enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STDERR, OUT_STREAM };
+ * root, /dev/null itself); OUT_CLOSED, /dev/stderr while the caller
+ * closed standard error (its stand-in /dev/null takes writes: refused). */
+enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STDERR, OUT_STREAM, OUT_CLOSED };
 
 /* Is fd open on the file st describes, of any type, and writable? The
  * file standard output or error already is: a file (not to be opened anew
@@ -542,10 +545,65 @@ static bool same_file(int fd, const struct stat *st)
            (fl = fcntl(fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) != O_RDONLY;
 }
 
+/* Standard output and error as the caller left them: closed ones are
+ * /dev/null once util_sanitise_stdfd has run (main). */
+static bool std_closed[3];
+
+/* Which of standard output (1) or error (2) does path name by a
+ * descriptor link (/dev/stdout, /dev/fd/1, /proc/self/fd/2, a link to
+ * one), or -1. Asked of the names, link by link: stat and realpath only
+ * see the file the descriptor is open on, which for a closed one is the
+ * /dev/null put there, and `--out /dev/null` must still be written. */
+static int out_names_std_fd(const char *path)
+{
+    char cur[PATH_MAX], next[PATH_MAX], dir[PATH_MAX], fddir[64], *real = NULL, *copy = NULL;
+    int fd = -1;
+
+    if (snprintf(fddir, sizeof(fddir), "/proc/%ld/fd", (long)getpid()) >= (int)sizeof(fddir) ||
+        snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
+        return -1;
+    for (int hop = 0; hop < 16; hop++) { /* as many links as a name may hold, then not one */
+        ssize_t n;
+
+        free(copy);
+        free(real);
+        real = NULL;
+        if ((copy = strdup(cur)) == NULL ||
+            snprintf(dir, sizeof(dir), "%s", dirname(copy)) >= (int)sizeof(dir))
+            break;
+        if ((real = realpath(dir, NULL)) != NULL && strcmp(real, fddir) == 0) {
+            const char *base = strrchr(cur, '/') != NULL ? strrchr(cur, '/') + 1 : cur; /* "1" in /proc/self/fd */
+            fd = strcmp(base, "1") == 0 ? 1 : strcmp(base, "2") == 0 ? 2 : -1;
+            break;
+        }
+        if ((n = readlink(cur, next, sizeof(next) - 1)) < 0)
+            break; /* not a link: a name of its own */
+        next[n] = '\0';
+        if (next[0] == '/') {
+            memcpy(cur, next, (size_t)n + 1);
+        } else if (snprintf(cur, sizeof(cur), "%s/%s", dir, next) >= (int)sizeof(cur)) {
+            break;
+        }
+    }
+    free(copy);
+    free(real);
+    return fd;
+}
+
 static enum out_kind out_kind_stat(const gm_config *c, struct stat *st)
 {
+    int named;
+
     if (c->out == NULL)
         return OUT_STDOUT;
+    /* --out /dev/stdout or /dev/stderr is that stream, also when the
+     * caller closed it: then the output has nowhere to go (exit 1, as
+     * without --out), instead of the /dev/null standing in for it being
+     * opened anew for writing and the plaintext vanishing with exit 0. */
+    if ((named = out_names_std_fd(c->out)) == 1)
+        return OUT_STDOUT;
+    if (named == 2)
+        return std_closed[STDERR_FILENO] ? OUT_CLOSED : OUT_STDERR;
     if (stat(c->out, st) != 0)
         return OUT_FILE;
     if (same_file(STDOUT_FILENO, st))
@@ -617,6 +675,10 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
     enum out_kind k = out_kind_stat(c, &seen);
 
     memset(o, 0, sizeof(*o));
+    if (k == OUT_CLOSED) {
+        gm_err("cannot write the output: %s names a closed standard error", c->out);
+        return GM_EXIT_ERROR;
+    }
     if (k == OUT_FILE) {
         if (util_atomic_open(c->out, mode, &o->af) != UTIL_OK) {
             gm_err("cannot create %s", c->out);
@@ -2111,6 +2173,8 @@ int main(int argc, char **argv)
     FILE *devnull = NULL;
 
     memset(&c, 0, sizeof(c));
+    for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++)
+        std_closed[fd] = fcntl(fd, F_GETFD) < 0 && errno == EBADF;
     /* A closed standard descriptor is /dev/null, not the next file
      * opened (the message's spool file, a server's socket, --out's file):
      * output to a closed standard output fails, exit 1. */

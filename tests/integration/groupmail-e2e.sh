@@ -169,6 +169,22 @@ fi
 closed_stdout() { as alice -v decrypt --via tls <"$work/m.smime" >&-; }
 expect_rc 1 "decrypt with standard output closed" -- closed_stdout
 grep -q "cannot write the output" "$work/gm.err" || fail "decrypt >&-: $(cat "$work/gm.err")"
+# The same with --out naming the closed stream (/dev/stdout, /dev/fd/1: here
+# the link $work/stdout), or standard output open read-only: the link used
+# to be opened anew, reopening the /dev/null standing in for it for
+# writing (the plaintext gone, exit 0), or (read-only) renamed over. And
+# --out /dev/stderr with standard error closed. --out /dev/null is written.
+closed_named() { as alice decrypt --via tls --in "$work/msg.der" --out "$1" >&-; }
+expect_rc 1 "decrypt --out /dev/stdout with standard output closed" -- closed_named "$work/stdout"
+grep -q "cannot write the output" "$work/gm.err" || fail "--out /dev/stdout >&-: $(cat "$work/gm.err")"
+expect_rc 1 "decrypt --out /dev/fd/1 with standard output closed" -- closed_named /dev/fd/1
+expect_rc 0 "decrypt --out /dev/null with standard output closed" -- closed_named /dev/null
+echo "kept line" > "$work/ro.got"
+readonly_stdout() { as alice decrypt --via tls --in "$work/msg.der" --out "$work/stdout" 1< "$work/ro.got"; }
+expect_rc 1 "decrypt --out /dev/stdout with standard output read-only" -- readonly_stdout
+[ -L "$work/stdout" ] && [ "$(cat "$work/ro.got")" = "kept line" ] || fail "--out /dev/stdout 1< FILE replaced or wrote"
+closed_stderr() { as alice decrypt --via tls --in "$work/msg.der" --out "$work/stderr" 2>&-; }
+expect_rc 1 "decrypt --out /dev/stderr with standard error closed" -- closed_stderr
 # a cached membership certificate the server no longer takes (its local CA
 # made anew, a server restored from backup): groupmail asks for a new one
 # once, instead of 401s until the cached one expires
