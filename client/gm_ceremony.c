@@ -139,6 +139,7 @@ int gm_cmd_keys_transport(gm_config *c)
 {
     hsm_ctx *hsm = NULL;
     char desc[96], tlabel[33], fp[65], spoken[80], label[64] = "", *pem = NULL;
+    bool replaced = false;
     gsk_err ge;
     int rc = GM_EXIT_USAGE;
 
@@ -156,15 +157,18 @@ int gm_cmd_keys_transport(gm_config *c)
         gm_err("transport key: %s", gsk_err_detail());
         goto out;
     }
-    if (util_write_file_atomic(c->out, pem, strlen(pem), 0644) != UTIL_OK) {
-        gm_err("cannot write %s: %s", c->out, strerror(errno));
+    /* Written as every --out is: a named pipe or /dev/stdout is written
+     * to, never renamed over (as root, a regular file in place of
+     * /dev/stdout or /dev/null). */
+    if (gm_write_out(c, pem, strlen(pem), 0644, &replaced) != GM_EXIT_OK) {
         destroy_label(hsm, label);
         goto out;
     }
     if (record(c, "transport-key",
                json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label)) != 0) {
         destroy_label(hsm, label);
-        (void)unlink(c->out);
+        if (replaced) /* a stream's copy is gone; only a file is taken back */
+            (void)unlink(c->out);
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);

@@ -769,6 +769,22 @@ static int out_commit(gm_out *o)
     return rc;
 }
 
+int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, bool *replaced)
+{
+    gm_out o;
+    int rc;
+
+    *replaced = out_kind_of(c) == OUT_FILE;
+    if ((rc = out_open(c, &o, mode, false)) != GM_EXIT_OK)
+        return rc;
+    if (len > INT_MAX || BIO_write(o.bio, buf, (int)len) != (int)len) {
+        out_abort(&o);
+        gm_err("cannot write %s", c->out);
+        return GM_EXIT_ERROR;
+    }
+    return out_commit(&o);
+}
+
 static int cmd_fetch_cert(gm_config *c)
 {
     gs_rest *r = NULL;

@@ -46,6 +46,14 @@ tok="pkcs11:token=alice%27s%20card"
 expect 0 "keys transport-key on alice's token" -- gm keys transport-key --token "$tok" --out "$work/alice-t.pem"
 fp=$(fingerprint "$work/alice-t.pem")
 grep -q "sha256 $(echo "$fp" | sed 's/..../& /g; s/ $//')" "$work/out" || fail "no spoken fingerprint: $(cat "$work/out")"
+# --out /dev/stdout (here a link to /proc/self/fd/1, standard output a
+# file) is written as every command's --out is (groupmail(1)): the link
+# used to be renamed over, a regular file in its place (as root, in place
+# of /dev/stdout itself) and nothing on standard output.
+ln -s /proc/self/fd/1 "$work/stdout"
+expect 0 "keys transport-key --out /dev/stdout" -- gm keys transport-key --token "$tok" --out "$work/stdout"
+[ -L "$work/stdout" ] || fail "keys transport-key --out /dev/stdout replaced the link"
+grep -q "BEGIN PUBLIC KEY" "$work/out" || fail "keys transport-key --out /dev/stdout: no key on standard output"
 expect 0 "group export eng to alice's transport key" -- \
   gs_groups group export eng --to "$work/alice-t.pem" --out "$work/eng-alice.gsk"
 audit_has "$work/groups/audit.jsonl" group-export ok "$fp" '"key_versions":\[1\]'
