@@ -440,6 +440,33 @@ typedef struct mime_head {
     bool have_ct, have_cte;
 } mime_head;
 
+/* The rest of a header line longer than the line buffer, after its first
+ * piece: RFC 5322 asks for at most 998 characters, but MTAs pass longer
+ * ones (Postfix puts back together what it split at line_length_limit),
+ * and a client that does not fold writes a To: of 800 addresses on one
+ * line. Appended to *outer when outer is given (a field that is kept),
+ * counted against the header block's cap either way. */
+static env_err header_line_rest(reader *r, char *line, char **outer, size_t *outer_len, size_t *hdr_total)
+{
+    bool partial = true;
+    env_err rv;
+    size_t n;
+
+    while (partial) {
+        n = rd_line(r, line, HDR_LINE_CAP, &partial);
+        if (r->err)
+            return r->err;
+        if (n == 0) /* EOF inside the header block */
+            return ENV_ERR_TRUNCATED;
+        *hdr_total += n;
+        if (*hdr_total > HDR_BLOCK_CAP)
+            return ENV_ERR_TOO_LARGE;
+        if (outer != NULL && (rv = str_append(outer, outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
+            return rv;
+    }
+    return ENV_OK;
+}
+
 /* Reads one header block, up to and including its blank line, into h.
  * top: the message's own header block (an mbox From_ line is skipped, and
  * the fields but MIME-Version and Content-* are kept in m->outer); else the
@@ -458,16 +485,17 @@ static env_err read_head(env_message *m, reader *r, char *line, bool top, mime_h
             return r->err;
         if (n == 0) /* EOF inside the header block */
             return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_TRUNCATED;
-        if (partial)
-            return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
         hdr_total += n;
         if (hdr_total > HDR_BLOCK_CAP)
             return ENV_ERR_TOO_LARGE;
         if (blank_line(line))
             return ENV_OK;
         /* An mbox "From " separator line as some MTA pipes prepend: drop it. */
-        if (top && first && strncmp(line, "From ", 5) == 0 && !looks_like_header(line))
+        if (top && first && strncmp(line, "From ", 5) == 0 && !looks_like_header(line)) {
+            if (partial && (rv = header_line_rest(r, line, NULL, NULL, &hdr_total)) != ENV_OK)
+                return rv;
             continue;
+        }
         if (line[0] == ' ' || line[0] == '\t') { /* folded continuation */
             if (first)
                 return top ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
@@ -502,6 +530,14 @@ static env_err read_head(env_message *m, reader *r, char *line, bool top, mime_h
         }
         first = false;
         if (keep && (rv = str_append(&m->outer, &outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
+            return rv;
+        if (!partial)
+            continue;
+        /* a Content-* field we read, longer than a line buffer: not one we
+         * could have read right */
+        if (folding != NULL)
+            return ENV_ERR_MIME;
+        if ((rv = header_line_rest(r, line, keep ? &m->outer : NULL, &outer_len, &hdr_total)) != ENV_OK)
             return rv;
     }
 }

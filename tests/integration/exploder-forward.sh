@@ -57,4 +57,16 @@ for m in $members; do
 done
 [ -z "$(find "$W/md" -path "$W/md/*/tmp/*" -type f)" ] || fail "maildir tmp/ not empty"
 xp_spool_empty
+# a header line longer than 16 KiB (a To: of 800 addresses a client did not
+# fold; Postfix hands it on whole): taken, and the copy carries it whole
+# (to the maildir: smtpd.py, like some relays, holds SMTP to its 1000-octet
+# lines)
+to=$(for i in $(seq 1 800); do printf 'user%d@example.net, ' "$i"; done)last@example.net
+{ printf 'To: %s\n' "$to"; cat "$W/in2.eml"; } >"$W/long.eml"
+xp deliver --list $L <"$W/long.eml" 2>>"$W/deliver.log" ||
+  fail "deliver refused a message with a long header line: $(tail -1 "$W/deliver.log")"
+xp_drain
+grep -qxF "To: $to" "$(grep -l '^To: user1@' "$W"/md/m1@example.net/new/*)" ||
+  fail "the long To: line did not reach the members whole"
+xp_spool_empty
 echo "exploder forward: ok"

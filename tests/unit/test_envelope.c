@@ -84,6 +84,7 @@ static env_err encrypt_mem(const env_encrypt_opts *o, X509 *cert, const void *co
     long n = BIO_get_mem_data(mem, &p);
     *out = malloc((size_t)n + 1);
     memcpy(*out, p, (size_t)n);
+    (*out)[n] = '\0'; /* for strstr on S/MIME and PEM output */
     *outlen = (size_t)n;
     BIO_free(in);
     BIO_free(mem);
@@ -336,6 +337,87 @@ static void test_crlf(void **state)
     free(out);
     env_message_free(msg);
     free(enc);
+}
+
+/* Header lines longer than the reader's 16 KiB line buffer (a client that
+ * does not fold writes a To: of 800 addresses on one line; Postfix passes
+ * it on whole): read, kept byte for byte and written out again, in the
+ * outer header block and in a multipart's part; one exactly a buffer long
+ * (its newline the next piece, which is no blank line). A Content-* field
+ * that long is not S/MIME framing we could read; the block's cap holds. */
+static void test_long_header_lines(void **state)
+{
+    static const size_t lens[] = {16 * 1024 - 1 - 4, 16 * 1024 - 4, 20000, 40000};
+    env_encrypt_opts o = {.input_is_mime = true};
+    for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+        size_t vlen = lens[k], enclen, outlen, n;
+        char *mail = malloc(vlen + 256), *out = NULL, *p;
+        unsigned char *enc = NULL;
+        env_message *msg = NULL;
+        BIO *mem;
+        long m;
+        (void)state;
+
+        n = (size_t)snprintf(mail, 64, "From: a@example.org\nTo: ");
+        memset(mail + n, 'x', vlen);
+        n += vlen;
+        n += (size_t)snprintf(mail + n, 64, "\nSubject: long\n\nbody\n");
+        assert_int_equal(encrypt_mem(&o, rsa_cert, mail, n, &enc, &enclen), ENV_OK);
+        assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
+        /* "To: " + the value + "\n" in the outer headers, whole */
+        p = strstr(env_message_outer_headers(msg), "To: ");
+        assert_non_null(p);
+        assert_int_equal(strspn(p + 4, "x"), vlen);
+        assert_string_equal(p + 4 + vlen, "\nSubject: long\n");
+        mem = BIO_new(BIO_s_mem());
+        assert_int_equal(env_message_write(msg, ENV_FORMAT_SMIME, NULL, mem), ENV_OK);
+        m = BIO_get_mem_data(mem, &p);
+        assert_true(m > 0 && (size_t)m > 20 + 4 + vlen + 15);
+        assert_memory_equal(p, mail, 20 + 4 + vlen + 15); /* the outer headers come first */
+        BIO_free(mem);
+        assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+        assert_non_null(strstr(out, "long\r\n\r\nbody\r\n")); /* the whole mail, canonical CRLF */
+        free(out);
+        env_message_free(msg);
+        msg = NULL;
+        if (k == 2) {
+            /* the same in a multipart/mixed's S/MIME part header (read, not kept) */
+            const char *b64 = strstr((char *)enc, "\n\n");
+            size_t l = enclen + vlen + 512;
+            char *mp = malloc(l);
+            int w = snprintf(mp, l,
+                             "Subject: mixed\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n"
+                             "--b1\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n"
+                             "Content-Transfer-Encoding: base64\nX-Long: ");
+            memset(mp + w, 'y', vlen);
+            w += (int)vlen;
+            w += snprintf(mp + w, l - (size_t)w, "\n\n%s\n--b1--\n", b64 + 2);
+            BIO *in = BIO_new_mem_buf(mp, w);
+            assert_int_equal(env_message_read_flags(in, ENV_FORMAT_SMIME, ENV_READ_IN_MULTIPART, 0, &msg), ENV_OK);
+            assert_string_equal(env_message_outer_headers(msg), "Subject: mixed\n");
+            BIO_free(in);
+            env_message_free(msg);
+            msg = NULL;
+            free(mp);
+        }
+        free(enc);
+        free(mail);
+    }
+    {
+        /* a Content-Type over a line buffer long, and a header block over its cap */
+        size_t l = 2u * 1024 * 1024;
+        char *big = malloc(l + 64);
+        int w = snprintf(big, 64, "Content-Type: application/pkcs7-mime; x=");
+        env_message *msg = NULL;
+        memset(big + w, 'z', 20000);
+        memcpy(big + w + 20000, "\n\nAAAA\n", 8);
+        assert_int_equal(read_mem((unsigned char *)big, strlen(big), &msg), ENV_ERR_MIME);
+        w = snprintf(big, 64, "Subject: ");
+        memset(big + w, 'z', l);
+        memcpy(big + w + l, "\n\nAAAA\n", 8);
+        assert_int_equal(read_mem((unsigned char *)big, strlen(big), &msg), ENV_ERR_TOO_LARGE);
+        free(big);
+    }
 }
 
 /* Content sizes around the base64 line and AES block boundaries. */
@@ -1053,6 +1135,7 @@ int main(void)
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
         cmocka_unit_test(test_mime_is_smime),  cmocka_unit_test(test_multipart_part),
+        cmocka_unit_test(test_long_header_lines),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
