@@ -238,6 +238,43 @@ static bool is_dropped(const char *name, size_t n)
     return false;
 }
 
+/* Copies the header field f[0, n) to out (out NULL: only counts), each of
+ * its lines longer than RFC 5322's 998 octets folded before a space or tab
+ * (2.2.3: a line break before white space, which readers take out again):
+ * a relay that holds SMTP to RFC 5321's 1000-octet lines (4.5.3.1.6)
+ * answers a longer one with 500, and every member's copy would bounce.
+ * Postfix folds such lines the same way when it relays them. A line with
+ * no white space to fold at goes as it is. Returns the bytes written. */
+static size_t copy_folded(char *out, const char *f, size_t n, const char *eol)
+{
+    size_t o = 0, i = 0, el = strlen(eol);
+
+    while (i < n) {
+        const char *lf = memchr(f + i, '\n', n - i);
+        size_t next = lf != NULL ? (size_t)(lf - f) + 1 : n, e = lf != NULL ? (size_t)(lf - f) : n, s = i;
+        if (e > i && f[e - 1] == '\r')
+            e--;
+        while (e - s > MAIL_MAX_LINE) {
+            size_t k = s + MAIL_MAX_LINE; /* the new line starts at f[k], a space or tab */
+            while (k > s && f[k] != ' ' && f[k] != '\t')
+                k--;
+            if (k == s)
+                break;
+            if (out != NULL) {
+                memcpy(out + o, f + s, k - s);
+                memcpy(out + o + (k - s), eol, el);
+            }
+            o += k - s + el;
+            s = k;
+        }
+        if (out != NULL)
+            memcpy(out + o, f + s, next - s);
+        o += next - s;
+        i = next;
+    }
+    return o;
+}
+
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
                          size_t *outlen)
 {
@@ -267,16 +304,21 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
         return XP_ERR_TOO_LARGE;
     if (len > MAIL_MAX_HEADER_BLOCK * 4u)
         return XP_ERR_TOO_LARGE;
-    cap = (size_t)n + len + 3;
+    /* the folded fields' size, counted before they are written (len is
+     * bounded above, and a fold adds at most two octets) */
+    cap = (size_t)n + 3;
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen))
+        if (!is_dropped(hdrs + start, nlen))
+            cap += copy_folded(NULL, hdrs + start, end - start, eol);
     if ((buf = malloc(cap)) == NULL)
         return XP_ERR_NOMEM;
     memcpy(buf, ours, (size_t)n);
     o = (size_t)n;
+    pos = 0;
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
         if (is_dropped(hdrs + start, nlen))
             continue;
-        memcpy(buf + o, hdrs + start, end - start);
-        o += end - start;
+        o += copy_folded(buf + o, hdrs + start, end - start, eol);
     }
     /* a header block given without its final newline gets one */
     if (o > 0 && buf[o - 1] != '\n') {

@@ -130,6 +130,60 @@ static void test_list_headers(void **state)
     free(out);
 }
 
+static size_t unfold(const char *p, size_t n, char *un)
+{
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 < n && p[i] == '\r' && p[i + 1] == '\n' && (p[i + 2] == ' ' || p[i + 2] == '\t')) {
+            i++;
+            continue;
+        }
+        un[u++] = p[i];
+    }
+    return u;
+}
+
+/* Header lines over RFC 5322's 998 octets are folded before white space
+ * (a relay holding SMTP to 1000-octet lines refuses them with 500); each
+ * piece at most 998, unfolding gives the field back; CRLF kept; a line
+ * with nowhere to fold stays; short lines are untouched. */
+static void test_list_headers_fold(void **state)
+{
+    char h[12288], *out = NULL, *p, *un, *hun;
+    size_t len = 0, o = 0, u = 0;
+    (void)state;
+
+    o = (size_t)snprintf(h, sizeof(h), "Subject: s\r\nTo: ");
+    for (int i = 0; i < 300; i++)
+        o += (size_t)snprintf(h + o, sizeof(h) - o, "user%03d@example.net, ", i);
+    o += (size_t)snprintf(h + o, sizeof(h) - o, "z@example.net\r\nX-Token:\r\n ");
+    memset(h + o, 'a', 1500);
+    o += 1500;
+    o += (size_t)snprintf(h + o, sizeof(h) - o, "\r\n");
+    assert_int_equal(mail_list_headers(h, o, "eng@lists.example.org", true, &out, &len), XP_OK);
+    assert_int_equal(len, strlen(out));
+    /* every line but X-Token's 1501-octet one within 998 octets, CRLF only */
+    for (p = out; *p != '\0';) {
+        char *e = strstr(p, "\r\n");
+        assert_non_null(e);
+        if (strncmp(p, " aaa", 4) != 0)
+            assert_true(e - p <= 998);
+        assert_null(memchr(p, '\n', (size_t)(e - p)));
+        p = e + 2;
+    }
+    /* unfolded (CRLF before white space taken out), the fields as they came */
+    p = strstr(out, "Subject: s\r\n");
+    assert_non_null(p);
+    un = malloc(strlen(p) + 1);
+    hun = malloc(o + 1);
+    u = unfold(p, strlen(p), un);
+    assert_int_equal(u, unfold(h, o, hun));
+    assert_memory_equal(un, hun, u);
+    free(hun);
+    free(un);
+    free(out);
+}
+
 static void test_been_there(void **state)
 {
     (void)state;
@@ -600,7 +654,8 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
-        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),  cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),
+        cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
         cmocka_unit_test(test_group_cert_swap),
