@@ -47,28 +47,38 @@ static bool has_cert(const char *pem)
  * certificates, env_message_find_recipient's answer otherwise. pem holds
  * every key version the list has met: the chain list create stored, then
  * each newer version's certificate (xp_group_cert_refresh); a CA
- * certificate after the first is the chain's issuer, not a version. */
+ * certificate after the first is the chain's issuer, not a version. The
+ * newest version is tried first: a sender who encrypted to an older
+ * version and the current one (both in their address book) is read with
+ * the current one, which `groupsrv group retire` has not taken away. */
 static env_err find_group_ri(const char *pem, const env_message *msg, size_t *idx, X509 **cert)
 {
     BIO *b = BIO_new_mem_buf(pem, -1);
+    STACK_OF(X509) *versions = sk_X509_new_null();
     X509 *x;
     env_err e = ENV_ERR_NO_RECIPIENT;
     bool first = true;
 
     if (cert != NULL)
         *cert = NULL;
-    if (b == NULL)
-        return ENV_ERR_NOMEM;
-    while (e == ENV_ERR_NO_RECIPIENT && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        if (first || X509_check_ca(x) == 0)
-            e = env_message_find_recipient(msg, x, idx);
+    if (b == NULL || versions == NULL) {
+        e = ENV_ERR_NOMEM;
+        goto out;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if ((first || X509_check_ca(x) == 0) && sk_X509_push(versions, x) > 0)
+            x = NULL;
+        X509_free(x);
         first = false;
-        if (e == ENV_OK && cert != NULL)
-            *cert = x; /* the version it is encrypted to, the caller's */
-        else
-            X509_free(x);
     }
     ERR_clear_error(); /* the end of the PEM reads as an error */
+    for (int i = sk_X509_num(versions) - 1; i >= 0 && e == ENV_ERR_NO_RECIPIENT; i--) {
+        e = env_message_find_recipient(msg, sk_X509_value(versions, i), idx);
+        if (e == ENV_OK && cert != NULL)
+            *cert = sk_X509_delete(versions, i); /* the version it is encrypted to, the caller's */
+    }
+out:
+    sk_X509_pop_free(versions, X509_free);
     BIO_free(b);
     return e;
 }

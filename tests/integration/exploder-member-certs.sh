@@ -159,4 +159,21 @@ grep -q '^Reason: the group server refused to re-encrypt it for the members: .*(
 [ "$(grep -c '^Reason: ' "$b")" = 1 ] || fail "want one reason line"
 grep -q 'level=\|fn=\|status [0-9]' "$b" && fail "a log line in the bounce: $(cat "$b")"
 xp_spool_empty
+# A sender with both an older version and a newer one in their address
+# book encrypts to both: with version 1 retired, the list re-encrypts from
+# version 3 (the newest it knows), not from the retired one (the group
+# server's unknown_recipient, a bounce for every member)
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nsecret body for two versions\n' >"$W/p2.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$certs/group.pem" -recip "$W/group-v3.pem" -subject "two versions" \
+  -in "$W/p2.txt" -out "$W/v13.eml"
+xp deliver --list $L --sender alice@example.org <"$W/v13.eml" 2>"$W/deliver.err" ||
+  fail "mail to versions 1 and 3 refused: $(cat "$W/deliver.err")"
+xp_drain
+grep -q 'unknown_recipient' "$W"/smtp/new/* && fail "mail to versions 1 and 3 bounced (read with the retired version 1)"
+f=$(copy_for bob@example.org)
+openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
+  grep -q 'secret body for two versions' || fail "bob cannot read the message to versions 1 and 3"
+xp_spool_empty
 echo "exploder member-certs: ok"
