@@ -256,9 +256,12 @@ static size_t copy_folded(char *out, const char *f, size_t n, const char *eol)
             e--;
         while (e - s > MAIL_MAX_LINE) {
             size_t k = s + MAIL_MAX_LINE; /* the new line starts at f[k], a space or tab */
+            size_t t = s + 1;
             while (k > s && f[k] != ' ' && f[k] != '\t')
                 k--;
-            if (k == s)
+            while (t < k && (f[t] == ' ' || f[t] == '\t'))
+                t++;
+            if (t >= k) /* nowhere to fold, or a piece of white space alone */
                 break;
             if (out != NULL) {
                 memcpy(out + o, f + s, k - s);

@@ -182,6 +182,19 @@ static void test_list_headers_fold(void **state)
     free(hun);
     free(un);
     free(out);
+    /* a long run of white space is never folded into a line of white space alone */
+    o = (size_t)snprintf(h, sizeof(h), "X-Sp: a");
+    memset(h + o, ' ', 2500);
+    o += 2500;
+    o += (size_t)snprintf(h + o, sizeof(h) - o, "b\n");
+    assert_int_equal(mail_list_headers(h, o, "eng@lists.example.org", false, &out, &len), XP_OK);
+    for (p = out; *p != '\0';) {
+        char *e = strchr(p, '\n');
+        assert_non_null(e);
+        assert_true(strspn(p, " \t") < (size_t)(e - p));
+        p = e + 1;
+    }
+    free(out);
 }
 
 static void test_been_there(void **state)
