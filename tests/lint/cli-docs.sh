@@ -123,6 +123,22 @@ rc=0; "$bin/exploder" -c "$work/ex-exploder.conf" list show nolist@example.org >
 [ "$rc" = 1 ] && grep -q 'not found' "$work/err" && echo "ok: dist/examples/exploder.conf loads" ||
   fail "dist/examples/exploder.conf: exit $rc: $(cat "$work/err")"
 
+# ---- exit statuses ----
+# every exit status a page names in its text ("exit 6", "exits 3", "; 6
+# when ...") is a row of its exit status table, where a script author
+# looks first (groupsrv's `audit verify` 6, a torn tail, was only in the
+# text)
+for pg in "groupsrv.1.md:EXIT STATUS" "groupmail.1.md:Exit status" "exploder.1.md:Exit status"; do
+  page=${pg%%:*} head=${pg#*:}
+  table=$(section "$page" "$head" | { grep -oE '^\| [0-9]+ \|' || true; } | grep -oE '[0-9]+' | sort -un | tr '\n' ' ' | sed 's/ $//')
+  named=$({ grep -ohE '([Ee]xits?|[Ee]xit (status|code)) [0-9]+|[;,] [0-9]+ when' "$src/docs/$page" || true; } |
+    grep -oE '[0-9]+' | sort -un | tr '\n' ' ' | sed 's/ $//')
+  [ -n "$table" ] && [ -n "$named" ] || { fail "$page: no exit status table or none named (a pattern is stale)"; continue; }
+  extra=$(comm -23 <(tr ' ' '\n' <<<"$named" | sed '/^$/d' | sort) <(tr ' ' '\n' <<<"$table" | sed '/^$/d' | sort) | tr '\n' ' ' | sed 's/ $//')
+  [ -z "$extra" ] && echo "ok: every exit status $page names is in its $head table ($table)" ||
+    fail "$page names exit status(es) $extra that its $head table ($table) does not list"
+done
+
 # ---- examples in the documents ----
 # every option a code block of README.md or docs/ gives one of the three
 # programs (a line starting with its name; comments cut) is in its --help
