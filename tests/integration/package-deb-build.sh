@@ -8,7 +8,8 @@
 # maintainer scripts restart the services after an upgrade and stop them
 # on removal, and checks them with lintian: every tag lintian reports
 # (errors, warnings, info, pedantic) must be overridden with a reason in
-# debian/*.lintian-overrides. The packages are left in OUT for
+# debian/*.lintian-overrides; and that every /usr/share/doc path the
+# packages' files name is in them. The packages are left in OUT for
 # package-deb-system.sh.
 set -euo pipefail
 SRC=$1 OUT=$2
@@ -76,6 +77,29 @@ set -e
 $(cat "$OUT/lintian.log" "$OUT/lintian.err")"
 grep -q '^[EWIP]: ' "$OUT/lintian.log" && fail "lintian tags: $(cat "$OUT/lintian.log")"
 ok "lintian: no tag left without an override"
+
+# Every /usr/share/doc path the packages' own files name (the example
+# configurations, the units' Documentation= and comments, the man pages,
+# the guides) is a file or directory of the packages under that name:
+# dh_compress gzips documentation it is not told to leave, and a pointer
+# to X.md then leads nowhere (the file is X.md.gz).
+tree=$OUT/tree
+rm -rf "$tree"
+mkdir "$tree"
+for p in groupsrv exploder groupmail; do dpkg-deb -x "$OUT/${p}_"*.deb "$tree"; done
+named=$(find "$tree" -type f \( -path '*/examples/*' -o -path '*/systemd/system/*' -o -name '*.md' -o -name '*.md.gz' -o -name '*.1.gz' \) |
+  while read -r f; do
+    case $f in *.gz) zcat "$f" ;; *) cat "$f" ;; esac |
+      { grep -oE '/usr/share/doc/[A-Za-z0-9_./-]*[A-Za-z0-9_/]' || true; } | sed "s|^|${f#"$tree"/}: |"
+  done | sort -u)
+[ -n "$named" ] || fail "no /usr/share/doc path named in the packages' files (a pattern is stale)"
+missing=
+while read -r where path; do
+  [ -e "$tree$path" ] || missing+="$where names $path, not in the packages; "
+done <<<"$named"
+[ -z "$missing" ] || fail "$missing"
+ok "every /usr/share/doc path the packages name is there ($(wc -l <<<"$named") mentions)"
+rm -rf "$tree"
 
 # A source package (scripts/package -S): named by the version, and holding
 # it in .version and its changelog, so that what is built from it is this
