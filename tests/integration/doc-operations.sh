@@ -4,6 +4,7 @@
 # newcomer would, on throw-away SoftHSM tokens, with what the text says
 # they print and leave checked:
 #   - "Trying it out: a throw-away SoftHSM token";
+#   - "A first configuration", on the example groupsrv.conf as shipped;
 #   - "A real token", steps 1-6 on a SoftHSM store whose slot is still
 #     uninitialised (what a new card is), then the server started on the
 #     token's TLS key and reached with the local CA as --cacert;
@@ -157,6 +158,29 @@ curl -sS -o /dev/null --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.e
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
 srv_pid=
 ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
+unset GROUPSRV_CONF
+
+# ---- Installing the packages, "A first configuration": the example configuration as shipped ----
+# The blocks in order, from the packages' example (dist/examples) with the
+# edits the first block's comment names: the SoftHSM module and token fit
+# already, so the edit here only moves the example's absolute paths into
+# this test's directory (the listen addresses are not used: check only).
+# No service user here: runuser and install's owner go; no systemctl.
+fc=$work/fc
+mkdir -p "$fc/etc/groupsrv" "$fc/var/lib/groupsrv" "$fc/var/log/groupsrv"
+"$SRC/scripts/provision-softhsm" "$fc/token" groupsrv > /dev/null
+install -m 0600 "$fc/token/user-pin" "$fc/etc/groupsrv/pin"
+fc_paths=(-e "s|$work/etc/groupsrv/|$fc/etc/groupsrv/|g" -e "s|$work/var/lib/groupsrv|$fc/var/lib/groupsrv|g")
+run_block first1 'A first configuration' 1 "$fc" "${fc_paths[@]}" \
+  -e "s|/usr/share/doc/groupsrv/examples/|$SRC/dist/examples/|" -e 's| -o root -g groupsrv||' \
+  -e "s|^editor \\([^ ]*\\).*|sed -i -e 's:/etc/groupsrv/:$fc/etc/groupsrv/:' -e 's:/var/lib/groupsrv/:$fc/var/lib/groupsrv/:' -e 's:/var/log/groupsrv/:$fc/var/log/groupsrv/:' -e 's:^module = .*:module = $module:' \\1|"
+[ "$(stat -c %a "$fc/etc/groupsrv/groupsrv.conf")" = 640 ] || fail "first configuration: groupsrv.conf is not 0640"
+export GROUPSRV_CONF=$fc/etc/groupsrv/groupsrv.conf SOFTHSM2_CONF=$fc/token/softhsm2.conf
+run_block first2 'A first configuration' 2 "$fc" "${fc_paths[@]}" -e 's|^runuser -u groupsrv -- ||' -e '/^systemctl /d'
+has first2 '^tls cert +OK'
+has first2 '^tls key +OK'
+has first2 '^all keys OK$'
+ok "operations.md's 'A first configuration' ran as written on the example configuration: check finds no problem"
 unset GROUPSRV_CONF
 
 # ---- The key ceremony, step by step: server A exports to server B ----

@@ -147,7 +147,6 @@ chown -R groupsrv:groupsrv /var/lib/groupsrv/softhsm
 install -m 0600 -o groupsrv -g groupsrv /var/lib/groupsrv/softhsm/user-pin /etc/groupsrv/pin
 take_port GSPORT CPORT
 sed -e "s|^listen = 0.0.0.0:8443|listen = 127.0.0.1:$GSPORT|" -e "s|^listen = 0.0.0.0:8444|listen = 127.0.0.1:$CPORT|" \
-  -e "s|^key = /etc/groupsrv/server.key|key = pkcs11:token=groupsrv;object=tls;type=private|" \
   -e "s|^module = .*|module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}|" \
   /usr/share/doc/groupsrv/examples/groupsrv.conf | install -m 0640 -o root -g groupsrv /dev/stdin /etc/groupsrv/groupsrv.conf
 gs() { runuser -u groupsrv -- groupsrv "$@"; }
