@@ -1571,8 +1571,7 @@ static int cmd_keys(gm_config *c, const char *sub)
     } else if (strcmp(sub, "import-group-key") == 0) {
         rc = gm_cmd_keys_import(c);
     } else {
-        gm_err("keys: unknown subcommand '%s' (sync, list, transport-key or import-group-key)", sub);
-        rc = GM_EXIT_USAGE;
+        rc = GM_EXIT_USAGE; /* main() refused any other subcommand before */
     }
     X509_free(mcert);
     gs_rest_free(r);
@@ -2224,6 +2223,20 @@ int main(int argc, char **argv)
     }
     const char *cmd_name;
     unsigned cmd_bit = command_bit(cmd, shift == 2 ? argv[2] : NULL, &cmd_name);
+    if (shift == 2 && cmd_bit == C_ALL) {
+        /* As for every other command: --help after it is the synopsis, and
+         * a typo is a usage error before the configuration is read, named
+         * quoted (it is what was typed: control characters escaped). */
+        if (strcmp(argv[2], "-h") == 0 || strcmp(argv[2], "--help") == 0) {
+            usage(stdout);
+            return GM_EXIT_OK;
+        }
+        char q[64];
+        gm_err("keys: unknown subcommand '%s' (expected sync, list, transport-key or import-group-key) "
+               "(see groupmail --help)",
+               log_quote(q, sizeof(q), argv[2]));
+        return GM_EXIT_USAGE;
+    }
     if ((rc = parse_options(argc - shift, argv + shift, cmd_bit, cmd_name, &c)) != GM_EXIT_OK)
         goto out;
     /* Library diagnostics only with -v: the user gets one line from us. */

@@ -193,6 +193,14 @@ expect 2 "^groupmail: option --timeout needs a value $usage" "groupmail --timeou
 expect 2 "^groupmail: option --cbc takes no value $usage" "groupmail --cbc=yes" -- "$gm" encrypt --cbc=yes
 expect 2 "^groupmail: unknown option -x $usage" "groupmail -x" -- "$gm" encrypt -x
 expect 2 "^groupmail: keys: expected sync, list" "groupmail keys alone" -- "$gm" keys
+# a typo in keys' subcommand as in a command: named, quoted, before the configuration is read
+expect 2 "^groupmail: keys: unknown subcommand 'frob' .*$usage" "groupmail keys frob" -- "$gm" keys frob
+expect 2 "^groupmail: keys: unknown subcommand 'frob' .*$usage" "groupmail keys frob, before its configuration is read" -- \
+  "$gm" -c "$work/no-such.conf" keys frob
+expect 2 "^groupmail: keys: unknown subcommand 'a[\\]x0ab[\\]x1b\\[1m' .*$usage" "groupmail keys: control characters escaped" -- \
+  "$gm" keys $'a\nb\e[1m'
+"$gm" keys --help >"$work/out" 2>&1 && grep -q '^usage: groupmail' "$work/out" && ok "groupmail keys --help: the synopsis" ||
+  fail "groupmail keys --help: $(cat "$work/out")"
 # an option the command does not take is named, never silently ignored
 expect 2 "^groupmail: --smtp does not apply to decrypt $usage" "groupmail decrypt --smtp" -- \
   "$gm" decrypt --smtp smtp://127.0.0.1:25 --in /dev/null
