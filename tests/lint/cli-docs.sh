@@ -139,6 +139,20 @@ for pg in "groupsrv.1.md:EXIT STATUS" "groupmail.1.md:Exit status" "exploder.1.m
     fail "$page names exit status(es) $extra that its $head table ($table) does not list"
 done
 
+# ---- see also ----
+# every document a page's see-also section names is in the tree (and so in
+# the packages, which ship docs/ from it): a man page read on an installed
+# system must not send the reader to a file nobody has
+for pg in "groupsrv.1.md:SEE ALSO" "groupmail.1.md:See also" "exploder.1.md:See also"; do
+  page=${pg%%:*} head=${pg#*:}
+  docs=$(section "$page" "$head" | sed '1d;/^## /d' | { grep -oE '[A-Za-z0-9_./-]+\.md' || true; } | sort -u | tr '\n' ' ' | sed 's/ $//')
+  [ -n "$docs" ] || { fail "$page: its $head section names no document (a pattern is stale)"; continue; }
+  gone=
+  for d in $docs; do [ -f "$src/$d" ] || gone+="$d "; done
+  [ -z "$gone" ] && echo "ok: every document $page's $head names is in the tree ($docs)" ||
+    fail "$page's $head names $gone, not in the tree"
+done
+
 # ---- examples in the documents ----
 # every option a code block of README.md or docs/ gives one of the three
 # programs (a line starting with its name; comments cut) is in its --help
