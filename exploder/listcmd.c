@@ -204,7 +204,8 @@ static int list_members(spool *s, int argc, char **argv, bool add)
     if (argc < 3)
         return xp_usage_error("", "list %s: expected ADDR MEMBER-ADDR...", add ? "add" : "remove");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
-        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        char q[96];
+        fprintf(stderr, "exploder: list %s: %s\n", log_quote(q, sizeof(q), argv[1]), xp_strerror(rc));
         return 1;
     }
     if (collect_members(argc, argv, add, &addrs, &n) != 0)
@@ -258,7 +259,8 @@ static int list_set(spool *s, int argc, char **argv)
     if (argc < 3)
         return xp_usage_error("", "list set: expected ADDR and what to change");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
-        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        char q[96];
+        fprintf(stderr, "exploder: list %s: %s\n", log_quote(q, sizeof(q), argv[1]), xp_strerror(rc));
         return 1;
     }
     optind = 2; /* argv[0] = "set", argv[1] = ADDR */
@@ -320,7 +322,8 @@ static int list_show(spool *s, int argc, char **argv)
     if (argc != 2)
         return xp_usage_error("", "list show: expected one list ADDR");
     if ((rc = spool_list_get(s, argv[1], &l)) != XP_OK) {
-        fprintf(stderr, "exploder: list %s: %s\n", argv[1], xp_strerror(rc));
+        char q[96];
+        fprintf(stderr, "exploder: list %s: %s\n", log_quote(q, sizeof(q), argv[1]), xp_strerror(rc));
         return 1;
     }
     if ((rc = spool_members(s, l->id, &m, &n)) != XP_OK || (rc = spool_list_stats(s, l->id, &msgs, &pending)) != XP_OK) {
@@ -376,6 +379,18 @@ int cmd_list(const xp_conf *c, int argc, char **argv)
                               argc < 1 ? "" : ", not ", argc < 1 ? "" : argv[0]);
     if (argc < 2)
         return xp_usage_error("", "list %s: expected a list ADDR", argv[0]);
+    /* An option where an address goes (`list show --help`, `list add ADDR
+     * --bogus`) is a usage error, exit 64, not a list or member that is
+     * not found. Only words without an @: "-x@example.org" is an address.
+     * create and set parse their options after ADDR themselves. */
+    bool options_after_addr = strcmp(argv[0], "create") == 0 || strcmp(argv[0], "set") == 0;
+    for (int i = 1; i < (options_after_addr ? 2 : argc); i++) {
+        if (argv[i][0] != '-' || argv[i][1] == '\0' || strchr(argv[i], '@') != NULL)
+            continue;
+        if (i == 1)
+            return xp_usage_error("", "list %s: expected the list ADDR first, not %.40s", argv[0], argv[i]);
+        return xp_usage_error("", "list %s: unknown option %.40s", argv[0], argv[i]);
+    }
     if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
         fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
         return 1;

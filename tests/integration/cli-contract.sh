@@ -299,6 +299,16 @@ expect 64 "^exploder: list set: unknown option --bogus $usage" "exploder list se
   "$xp" -c "$xconf" list set eng@lists.example.org --bogus
 expect 64 "^exploder: list show: expected one list ADDR $usage" "exploder list show ADDR extra" -- \
   "$xp" -c "$xconf" list show eng@lists.example.org extra
+# an option where an address goes is a usage error, not a list or member not found
+expect 64 "^exploder: list show: expected the list ADDR first, not --help $usage" "exploder list show --help" -- \
+  "$xp" -c "$xconf" list show --help
+expect 64 "^exploder: list add: unknown option --bogus $usage" "exploder list add ADDR --bogus (the list exists)" -- \
+  "$xp" -c "$xconf" list add eng@lists.example.org --bogus
+expect 64 "^exploder: list remove: unknown option -x $usage" "exploder list remove ADDR MEMBER -x" -- \
+  "$xp" -c "$xconf" list remove eng@lists.example.org a@example.org -x
+# what was typed, quoted: one line, no escape sequence reaching the terminal
+expect 1 "^exploder: list a[\\]x1b\\[1m[\\]x0a@example.org: not found$" "exploder list show: a list ADDR quoted" -- \
+  "$xp" -c "$xconf" list show $'a\e[1m\n@example.org'
 if # configuration errors name the line and the key; deliver's carry 4.3.5 (75)
 xp_bad() { # SECTION KEY VALUE WHY
   printf '[spool]\npath = %s/spool\n[%s]\n%s = %s\n' "$work" "$1" "$2" "$3" > "$work/bad.conf"
