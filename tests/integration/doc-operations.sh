@@ -14,7 +14,9 @@
 # The only edits to the blocks: absolute paths (/tmp, /etc/groupsrv,
 # /var/lib/groupsrv, /var/lib/gs-b) move into this test's directory, ./scripts/ is the source
 # tree's, and `install -o groupsrv -g groupsrv` loses the owner (no such
-# user here; the mode is checked).
+# user here; the mode is checked); "A first configuration" also loses
+# runuser, install's owner and systemctl, and its editor line becomes the
+# move of the example's paths (see there).
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/docblocks.sh"
