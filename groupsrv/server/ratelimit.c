@@ -144,10 +144,25 @@ void ratelimit_key(const ratelimit *rl, const char *identity, rl_key *key)
     EVP_MD_CTX_free(c);
 }
 
-/* Open addressing over a short probe window; recycles the stalest
- * unsuspended entry of the window when none matches. A suspension is never
- * recycled: when every entry of the window is suspended, NULL (the caller
- * refuses, failing closed). Called locked. */
+/* Whether e holds nothing a fresh entry would not: not suspended, no
+ * failed unwrap within its window, its bucket full again. Only such an
+ * entry may be recycled: else a caller that names enough other identities
+ * (a compromised network process claims any member) would wipe a count
+ * that limits someone, and start again with a full bucket and no
+ * failures. Called locked. */
+static bool at_rest(const struct ratelimit *rl, const struct rl_entry *e, double now)
+{
+    if (e->suspended_until > now)
+        return false;
+    if (e->failures > 0 && now - e->first_failure <= rl->suspend_seconds)
+        return false;
+    return rl->rate <= 0 || e->tokens + (now - e->last) * rl->rate >= rl->burst;
+}
+
+/* Open addressing over a short probe window; recycles the stalest entry
+ * of the window that is at rest when none matches. When none is (every
+ * entry suspended, counting failures or with a bucket not full again),
+ * NULL: the caller refuses, failing closed. Called locked. */
 static struct rl_entry *lookup_locked(struct ratelimit *rl, const unsigned char md[SHA256_DIGEST_LENGTH], double now)
 {
     struct rl_entry *victim = NULL;
@@ -161,7 +176,7 @@ static struct rl_entry *lookup_locked(struct ratelimit *rl, const unsigned char 
         if (!e->used) {
             if (victim == NULL || victim->used)
                 victim = e;
-        } else if (e->suspended_until <= now && (victim == NULL || (victim->used && e->last < victim->last))) {
+        } else if (at_rest(rl, e, now) && (victim == NULL || (victim->used && e->last < victim->last))) {
             victim = e;
         }
     }

@@ -4,7 +4,8 @@
  * makes once (ratelimit_key) and then uses for every check: one identity
  * one entry, others untouched, a burst then 429 with a Retry-After, the
  * failure cap suspending the identity (and only it), and a NULL limiter
- * that lets everything through; a shared limiter's suspension made in a
+ * that lets everything through; counts kept however many other
+ * identities pass through the bounded table; a shared limiter's suspension made in a
  * forked process (a key holder) outlives that process, a private one's
  * does not.
  */
@@ -13,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -82,6 +84,53 @@ static void test_failures_suspend(void **state)
     ratelimit_free(rl);
 }
 
+/* Requests under n other identities, one each (a compromised network
+ * process claiming every member in turn). */
+static void touch_others(ratelimit *rl, unsigned n)
+{
+    char id[64];
+    rl_key k;
+    unsigned retry;
+
+    for (unsigned i = 0; i < n; i++) {
+        (void)snprintf(id, sizeof(id), "id:member%u@example.org", i);
+        ratelimit_key(rl, id, &k);
+        (void)ratelimit_take(rl, &k, &retry);
+    }
+}
+
+/* The table is bounded; making room must not lose a count that limits
+ * someone. 100,000 other identities pass through it (every entry's
+ * window many times over): mallory's failed unwraps short of the cap
+ * still count, and alice's emptied bucket is still empty. Before, the
+ * stalest unsuspended entry of a window was recycled, count or not. */
+static void test_room_keeps_counts(void **state)
+{
+    (void)state;
+    ratelimit *rl = ratelimit_new(0, 1, 3, 600);
+    rl_key mallory, alice;
+    unsigned retry = 0;
+
+    assert_non_null(rl);
+    ratelimit_key(rl, "id:mallory@example.org", &mallory);
+    assert_false(ratelimit_failure(rl, &mallory));
+    assert_false(ratelimit_failure(rl, &mallory));
+    touch_others(rl, 100000);
+    assert_true(ratelimit_failure(rl, &mallory)); /* still the third */
+    assert_int_equal(ratelimit_take(rl, &mallory, &retry), RL_SUSPENDED);
+    ratelimit_free(rl);
+
+    rl = ratelimit_new(0.001, 2, 0, 600); /* about 17 minutes a token */
+    assert_non_null(rl);
+    ratelimit_key(rl, "id:alice@example.org", &alice);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_OK);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_OK);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_LIMITED);
+    touch_others(rl, 100000);
+    assert_int_equal(ratelimit_take(rl, &alice, &retry), RL_LIMITED);
+    ratelimit_free(rl);
+}
+
 static void test_null_limiter(void **state)
 {
     (void)state;
@@ -146,6 +195,7 @@ int main(void)
         cmocka_unit_test(test_key_per_identity),
         cmocka_unit_test(test_burst_then_limited),
         cmocka_unit_test(test_failures_suspend),
+        cmocka_unit_test(test_room_keeps_counts),
         cmocka_unit_test(test_null_limiter),
         cmocka_unit_test(test_shared_outlives_process),
     };
