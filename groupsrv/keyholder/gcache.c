@@ -163,6 +163,28 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
     return GS_OK;
 }
 
+/* Whether the identity named is the member's recorded address but for
+ * ASCII case, the rule SQLite's NOCASE applies. PostgreSQL finds a member
+ * with lower() under the database's collation, which under a UTF-8 one
+ * folds more: U+212A KELVIN SIGN is k and U+0130 is i, so it finds kim
+ * for "k\u0130m@example.org", another address that a client CA may
+ * certify for someone else (or a compromised network process may name to
+ * get a rate-limit bucket of its own). */
+bool gcache_same_address(const char *identity, const char *recorded)
+{
+    const unsigned char *a = (const unsigned char *)identity, *b = (const unsigned char *)recorded;
+
+    if (a == NULL || b == NULL)
+        return false;
+    for (; *a != '\0' && *b != '\0'; a++, b++) {
+        unsigned char x = *a >= 'A' && *a <= 'Z' ? (unsigned char)(*a - 'A' + 'a') : *a;
+        unsigned char y = *b >= 'A' && *b <= 'Z' ? (unsigned char)(*b - 'A' + 'a') : *b;
+        if (x != y)
+            return false;
+    }
+    return *a == *b;
+}
+
 gs_err gcache_member(gcache *c, gs_store *st, int64_t group_id, const char *identity, const gs_store_member **out)
 {
     struct gcache_member *slot = NULL;
@@ -185,6 +207,10 @@ gs_err gcache_member(gcache *c, gs_store *st, int64_t group_id, const char *iden
     /* Not kept (a refusal never is: it is read again every time). */
     if ((e = gs_store_member_get(st, group_id, identity, &m)) != GS_OK)
         return e;
+    if (!gcache_same_address(identity, m->email)) {
+        gs_store_member_free(m);
+        return gs_err_set(GS_ERR_NOT_FOUND, "not a member");
+    }
     if ((copy = strdup(identity)) == NULL) {
         gs_store_member_free(m);
         return GS_ERR_NOMEM;

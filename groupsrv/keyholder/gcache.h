@@ -58,9 +58,15 @@ gs_err gcache_group(gcache *c, gs_store *st, hsm_ctx *hsm, const char *name, gs_
 /* The member `identity` (exactly these bytes) of group group_id, borrowed
  * like a group: valid until the next gcache_refresh or gcache_free. Read
  * from the store (gs_store_member_get, which compares without case) when
- * not kept, and then kept. Errors as gs_store_member_get (GS_ERR_NOT_FOUND
- * for a non-member, GS_ERR_DB), GS_ERR_NOMEM; failures are not cached. */
+ * not kept, and then kept; a member whose recorded address differs from
+ * identity other than in ASCII case is no match (gcache_same_address).
+ * Errors as gs_store_member_get (GS_ERR_NOT_FOUND for a non-member,
+ * GS_ERR_DB), GS_ERR_NOMEM; failures are not cached. */
 gs_err gcache_member(gcache *c, gs_store *st, int64_t group_id, const char *identity, const gs_store_member **out);
+
+/* identity and recorded are one address but for ASCII case (the members
+ * lookups of both stores must mean no more than that). */
+bool gcache_same_address(const char *identity, const char *recorded);
 
 /* A token operation with a cached key failed in a way a fresh load might
  * explain (key missing from the token): reload on the next request. Does

@@ -345,7 +345,8 @@ static void caller_clear(struct caller *c) { memset(c, 0, sizeof(*c)); }
 /* The caller's rate-limit and suspension key: "id:" and the identity, or
  * "membership:" and the group of an anonymous membership certificate. In
  * ASCII lower case: membership compares e-mail addresses without case
- * (SQLite NOCASE), so ALICE@ and alice@ are one member, one bucket. */
+ * (SQLite NOCASE; on PostgreSQL too: gcache_same_address), so ALICE@ and
+ * alice@ are one member, one bucket. */
 static void rate_key(const struct caller *c, const char *group, char *key, size_t cap)
 {
     if (c->anonymous)
@@ -476,7 +477,8 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
     }
     for (size_t i = 0; i < n && !ok; i++) {
         gs_store_member *m = NULL;
-        if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK && m->role == GS_ROLE_ADMIN &&
+        if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK &&
+            gcache_same_address(c->identity, m->email) && m->role == GS_ROLE_ADMIN &&
             (m->cert_pem == NULL || gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem)))
             ok = 1;
         gs_store_member_free(m);

@@ -15,7 +15,8 @@
  * a non-member, a membership certificate's holder acting beyond its one
  * use, and (with MEMBER2, whose config has a rate limit and a failed-unwrap
  * cap) the rate limit and the suspension, also under the identity spelt
- * in upper case, and an unwrap frame of more items than [server]
+ * in upper case (and spelt with U+0130 / U+212A: no member), and an
+ * unwrap frame of more items than [server]
  * unwrap_batch_max (refused before it is queued). Each must be refused
  * by the key holder itself. And a
  * network process that floods a link and never reads the answers: the key
@@ -356,6 +357,32 @@ static const char *upper_case(const char *who, char *out, size_t cap)
     return out;
 }
 
+/* who with each 'i' spelt U+0130 (LATIN CAPITAL LETTER I WITH DOT ABOVE)
+ * and each 'k' U+212A (KELVIN SIGN), in out (cap bytes): letters that a
+ * PostgreSQL database's lower() folds to the ASCII ones under a UTF-8
+ * collation (SQLite's NOCASE does not); NULL when who has neither. */
+static const char *unicode_case(const char *who, char *out, size_t cap)
+{
+    size_t k = 0;
+    int changed = 0;
+
+    for (; *who != '\0' && k + 4 < cap; who++) {
+        if (*who == 'i') {
+            memcpy(out + k, "\xc4\xb0", 2);
+            k += 2;
+            changed = 1;
+        } else if (*who == 'k') {
+            memcpy(out + k, "\xe2\x84\xaa", 3);
+            k += 3;
+            changed = 1;
+        } else {
+            out[k++] = *who;
+        }
+    }
+    out[k] = '\0';
+    return changed && *who == '\0' ? out : NULL;
+}
+
 static void unwrap_frame(ipc_buf *b, uint64_t cookie, const char *who, const char *group, const unsigned char *ek,
                          size_t ek_len)
 {
@@ -662,6 +689,22 @@ int main(int argc, char **argv)
             unwrap_frame(&b, 120, upper_case(argv[3], upper, sizeof(upper)), "eng", ek, ek_len);
             expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 429, "rate_limited",
                    "the same member in upper case has no bucket of its own");
+            /* Spelt with letters the store's comparison may fold to
+             * the member's (PostgreSQL's lower() under a UTF-8
+             * collation): another address, no member, on either store
+             * (not a bucket of its own for the member). */
+            const char *odd = unicode_case(argv[3], upper, sizeof(upper));
+            if (odd != NULL) {
+                unwrap_frame(&b, 121, odd, "eng", ek, ek_len);
+                if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd0, &m, &owned) == 0) {
+                    uint32_t st = ipc_u32(&m, IPC_T_STATUS, 0);
+                    CHECK(st == 403, "the member spelt with U+0130 / U+212A is no member (%u)", (unsigned)st);
+                } else {
+                    CHECK(0, "the member spelt with U+0130 / U+212A: no answer");
+                }
+                free(owned);
+                owned = NULL;
+            }
         }
         OPENSSL_free(spki2);
     }
