@@ -313,12 +313,47 @@ static bool want_secret(const struct export_sel *sel, const gs_store_secret *s)
     return s->state != GS_KEY_RETIRED && (sel->all || s->version == sel->secret_version);
 }
 
+/* One key --all leaves out: what it is, why, and where to get it. The
+ * slot of the shipment it took is made empty again for the next key. */
+static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
+{
+    char line[512];
+    const char *kind = k->kind == GSK_KIND_SECRET ? "secret key version " : k->kind == GSK_KIND_GROUP ? "key version "
+                                                                                                       : "";
+    const char *opt = k->kind == GSK_KIND_SECRET ? "--secret-version" : "--version";
+
+    const char *where = why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here";
+
+    if (k->kind == GSK_KIND_REJECT)
+        (void)snprintf(line, sizeof(line),
+                       "the rejection key (%s): %s; give it from the server whose token made it (`group export %s "
+                       "--all`)",
+                       k->label, where, group);
+    else
+        (void)snprintf(line, sizeof(line),
+                       "%s%u (%s): %s; give it from the server whose token made it (`group export %s %s %u`)", kind,
+                       k->version, k->label, where, group, opt, k->version);
+    free(k->cert_pem);
+    memset(k, 0, sizeof(*k));
+    hsm_key_free(*ref);
+    *ref = NULL;
+    return json_array_append_new(left, json_string(line)) == 0 ? GS_OK : GS_ERR_NOMEM;
+}
+
 /* Fills the shipment from the rows: --all is every non-retired key of the
  * group (versions, secret key versions, rejection key); --version N one key
  * version (default: the current one); --secret-version N one secret key
- * version. refs[i] is the token object of m->entries[i]. */
+ * version. refs[i] is the token object of m->entries[i].
+ *
+ * In a cluster every server makes versions (a rotation, a removal through
+ * HAProxy): its own token holds the original, the others copies, which
+ * cannot be given on. --all then gives what this token can and names the
+ * rest in *left (the file is not complete), so that a new server, or one
+ * whose token was made anew, gets the rejection key and this token's
+ * versions here and the others' from them. A token that can give no
+ * group key version at all (a clone's) is refused as before. */
 static gs_err select_keys(struct env *e, const gs_store_group *g, const struct export_sel *sel, gsk_manifest **out,
-                          hsm_key ***refs_out)
+                          hsm_key ***refs_out, json_t *left)
 {
     gs_store_group_key *keys = NULL;
     gs_store_secret *secrets = NULL;
@@ -326,7 +361,9 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     bool reject = sel->all && g->reject_label != NULL;
     gsk_manifest *m = NULL;
     hsm_key **refs = NULL;
-    gs_err err;
+    size_t shipped = 0; /* group key versions in the file */
+    gs_err err, first_err = GS_OK;
+    char first_msg[512] = "";
 
     *out = NULL;
     *refs_out = NULL;
@@ -355,24 +392,48 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
         goto out;
     }
     /* The rows come newest first; the shipment lists versions oldest first. */
-    for (size_t i = nk; i-- > 0 && !err;)
-        if (want_version(sel, &keys[i]) && (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_GROUP,
-                                                          keys[i].version, keys[i].state == GS_KEY_CURRENT,
-                                                          keys[i].token_label, keys[i].cert_pem, NULL)) == GS_OK)
+    for (size_t i = nk; i-- > 0 && !err;) {
+        if (!want_version(sel, &keys[i]))
+            continue;
+        err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_GROUP, keys[i].version,
+                      keys[i].state == GS_KEY_CURRENT, keys[i].token_label, keys[i].cert_pem, NULL);
+        if (err == GS_OK)
+            at++, shipped++;
+        else if (sel->all && (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY)) {
+            if (first_err == GS_OK) {
+                first_err = err;
+                (void)util_strlcpy(first_msg, gs_err_detail(), sizeof(first_msg));
+            }
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+        }
+    }
+    for (size_t i = ns; i-- > 0 && !err;) {
+        if (!want_secret(sel, &secrets[i]))
+            continue;
+        err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
+                      secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id);
+        if (err == GS_OK)
             at++;
-    for (size_t i = ns; i-- > 0 && !err;)
-        if (want_secret(sel, &secrets[i]) &&
-            (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
-                           secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id)) ==
-                GS_OK)
+        else if (sel->all && (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY))
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+    }
+    if (!err && reject) {
+        err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_REJECT, 0, false, g->reject_label, NULL, NULL);
+        if (err == GS_OK)
             at++;
-    if (!err && reject &&
-        (err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_REJECT, 0, false, g->reject_label, NULL, NULL)) ==
-            GS_OK)
-        at++;
+        else if (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY)
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+    }
+    /* No key version of the group from this token: a clone's copies only,
+     * which it passes on to no one (the first reason stands). */
+    if (!err && sel->all && shipped == 0 && first_err != GS_OK)
+        err = gs_err_set(first_err, "%s", first_msg);
+    if (!err && at == 0)
+        err = gs_err_set(GS_ERR_STATE, "group %s: this token holds none of its keys to give", g->name);
     if (err)
         goto out;
-    m->complete = sel->all;
+    m->n_entries = at;
+    m->complete = sel->all && json_array_size(left) == 0;
     *out = m;
     *refs_out = refs;
     m = NULL;
@@ -463,11 +524,14 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
 
 /* The export's part after the keys are chosen (refs[i] is m's entry i on
  * the token): the SO PIN, the token's wrapping, the CA's signature, the
- * file, the audit line in rec. group is NULL for the CA. Returns the exit
+ * file, the audit line in rec. group is NULL for the CA; left the keys
+ * `group export --all` left out (leave_out), or NULL. Returns the exit
  * status. */
 static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
-                const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path)
+                const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path,
+                json_t *left)
 {
+    json_t *extra;
     struct sign_ctx sc;
     unsigned char *der = NULL;
     size_t der_len = 0, so_pin_len = 0;
@@ -521,7 +585,10 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
                             shipment_json(m));
         goto out;
     }
-    if ((err = cli_record_write(rec, action, group, "ok", shipment_json(m))) != GS_OK) {
+    extra = shipment_json(m);
+    if (left != NULL && json_array_size(left) > 0)
+        json_object_set(extra, "left_out", left);
+    if ((err = cli_record_write(rec, action, group, "ok", extra)) != GS_OK) {
         (void)unlink(out_path);
         rc = fail(err);
         goto out;
@@ -529,6 +596,11 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     printf("%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
            group != NULL ? group : "", out_path, m->ceremony);
     print_shipment(m);
+    for (size_t i = 0; left != NULL && i < json_array_size(left); i++)
+        printf("left out: %s\n", json_string_value(json_array_get(left, i)));
+    if (left != NULL && json_array_size(left) > 0)
+        printf("not complete: a server sharing this database takes it; a new clone with its own database needs "
+               "every key from one token\n");
     rc = 0;
 out:
     free(der);
@@ -548,6 +620,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     unsigned char *spki = NULL;
     size_t spki_len = 0, nrefs = 0;
     char fp[65];
+    json_t *left = NULL;
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
 
@@ -576,7 +649,11 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
                          g->name);
         goto refused;
     }
-    if ((err = select_keys(e, g, &sel, &m, &refs)) != GS_OK)
+    if ((left = json_array()) == NULL) {
+        err = GS_ERR_NOMEM;
+        goto refused;
+    }
+    if ((err = select_keys(e, g, &sel, &m, &refs, left)) != GS_OK)
         goto refused;
     nrefs = m->n_entries;
     util_strlcpy(m->group.name, g->name, sizeof(m->group.name));
@@ -591,7 +668,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         err = gs_err_set(GS_ERR_STATE, "group %s: its key policy is too long to ship", g->name);
         goto refused;
     }
-    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"));
+    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"), left);
     goto out;
 refused:
     rc = cli_record_failure(&rec, "group-export", a.pos[1], err,
@@ -600,6 +677,7 @@ out:
     cli_record_close(&rec);
     free_refs(refs, nrefs);
     free(spki);
+    json_decref(left);
     gsk_manifest_free(m);
     gs_store_group_free(g);
     return rc;
@@ -640,7 +718,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
     if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
         GS_OK)
         goto refused;
-    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"));
+    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"), NULL);
     goto out;
 refused:
     rc = cli_record_failure(&rec, "ca-export", NULL, err,

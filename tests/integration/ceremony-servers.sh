@@ -380,6 +380,40 @@ expect 0 "group rotate --take-over on gamma (no clone)" -- gs_gamma group rotate
 grep -q "nothing taken over" "$work/out" || fail "take-over on a server of the cluster: $(cat "$work/out")"
 audit_has "$work/gamma/audit.jsonl" group-rotate ok '"take_over":false'
 
+# ---- a server added to the cluster after gamma made versions: no token
+# has every key now (alpha holds copies of gamma's versions, gamma copies
+# of alpha's), yet the new server needs them all, the rejection key too,
+# which only --all ships. alpha's --all gives what alpha's token can and
+# names the rest; gamma gives its own versions ----
+mkserver eps
+sed -i "s#^path = $work/eps/groupsrv.db#path = $work/alpha/groupsrv.db#" "$work/eps.conf"
+gs_eps token transport-key --out "$work/eps-transport.pem" >/dev/null
+gs_alpha ca export --to "$work/eps-transport.pem" --out "$work/ca-eps.gsk" >/dev/null
+gs_eps ca import --in "$work/ca-eps.gsk" >/dev/null
+# the key versions come first, then the secret key versions
+gv=$(gs_alpha group show eng | sed -n 's/^  v\([0-9]*\) .*current.*/\1/p' | head -n 1)
+[ -n "$gv" ] || fail "no current version of eng: $(gs_alpha group show eng)"
+expect 0 "group export --all on alpha, which holds copies of gamma's versions" -- \
+  gs_alpha group export eng --all --to "$work/eps-transport.pem" --out "$work/eng-eps.gsk"
+grep -q "^rejection key: gs:reject:eng$" "$work/out" || fail "alpha's --all ships no rejection key: $(cat "$work/out")"
+grep -q "^left out: key version $gv (gs:group:eng:v$gv): not on this token; give it from the server whose token made it (.group export eng --version $gv.)" \
+  "$work/out" || fail "alpha's --all does not name gamma's version $gv: $(cat "$work/out")"
+grep -q "^not complete" "$work/out" || fail "alpha's --all does not say the file is not complete: $(cat "$work/out")"
+audit_has "$work/alpha/audit.jsonl" group-export ok '"left_out":\['
+expect 0 "group import on eps of what alpha's token gave" -- gs_eps group import --in "$work/eng-eps.gsk"
+gs_gamma group export eng --version "$gv" --to "$work/eps-transport.pem" --out "$work/eng-eps-v$gv.gsk" >/dev/null
+expect 0 "group import on eps of gamma's version $gv" -- gs_eps group import --in "$work/eng-eps-v$gv.gsk"
+gs_eps check > "$work/out" 2>&1 || true
+grep -q "gs:reject:eng .*OK (imported copy)" "$work/out" || fail "eps lacks the rejection key: $(cat "$work/out")"
+grep -q "gs:group:eng:v$gv .*OK (imported copy)" "$work/out" || fail "eps lacks version $gv: $(cat "$work/out")"
+# gamma's --all: its own versions; a clone's copies only is still refused
+# (beta, below: every group key version there is a copy)
+refused beta 1 "group export --all on the clone (copies only)" -- \
+  gs_beta group export eng --all --to "$work/alpha-transport.pem" --out "$work/x.gsk"
+expect_msg "on this token cannot be wrapped \(an imported copy\)"
+[ ! -e "$work/x.gsk" ] || fail "the refused --all left a file"
+ok "a server added after another made versions gets every key: alpha's --all and gamma's version $gv"
+
 # ---- a replay: delta gets group rep by --all after alpha retired its
 # version 1 and secret key version 1; files made before the retirement
 # must not bring them back (members would get back what was taken away) ----
