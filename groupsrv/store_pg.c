@@ -423,13 +423,24 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
 
 /* The answer to what was just sent (sent: what PQsend* returned): the
  * last result, or the first that failed; NULL when the send failed, the
- * connection broke before a result (PQerrorMessage says why), or no answer
- * came in time (then no_answer is set and the connection closed). */
+ * connection broke before the server said it was ready again
+ * (PQerrorMessage says why), or no answer came in time (then no_answer is
+ * set and the connection closed).
+ *
+ * A statement outside a transaction block commits only after its
+ * CommandComplete is written: the server buffers that, commits at the
+ * Sync, then sends both with ReadyForQuery. A backend stopped in between
+ * (an immediate shutdown, a crash of another backend: SIGQUIT) flushes
+ * the buffer with its "terminating connection" warning and exits without
+ * committing. So a result counts only once ReadyForQuery came (PQgetResult
+ * gave NULL): an audit insert taken as made there let an answer go out
+ * with no record and broke the chain at the next one. */
 static PGresult *await_result(gs_store *st, int sent)
 {
     PGconn *conn = PG(st)->conn;
     int64_t deadline = PG(st)->unbounded ? 0 : monotonic_ms() + ((int64_t)gs_store_timeout() + 1) * 1000;
     PGresult *res = NULL, *r;
+    bool ready = false;
 
     if (!sent)
         return NULL;
@@ -438,8 +449,10 @@ static PGresult *await_result(gs_store *st, int sent)
         if (unsent < 0)
             break;
         if (unsent == 0 && !PQisBusy(conn)) {
-            if ((r = PQgetResult(conn)) == NULL)
+            if ((r = PQgetResult(conn)) == NULL) {
+                ready = true;
                 break;
+            }
             if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
                 PQclear(r);
             } else {
@@ -463,6 +476,10 @@ static PGresult *await_result(gs_store *st, int sent)
             goto no_answer;
         if (n < 0 || ((pfd.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(conn)))
             break; /* the connection broke: its status says so */
+    }
+    if (!ready && PQresultStatus(res) != PGRES_FATAL_ERROR) {
+        PQclear(res); /* not known to be committed: the caller sees the broken connection */
+        res = NULL;
     }
     return res;
 no_answer:

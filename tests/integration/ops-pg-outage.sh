@@ -22,6 +22,9 @@
 #   - a table locked by another session: 503 db_unavailable after the 5 s
 #     lock_timeout, not a key holder stuck as long as the lock is held,
 #     saying the database is locked (not "not reachable");
+#   - a backend stopped (SIGQUIT, as an immediate shutdown does) after its
+#     audit insert's CommandComplete but before the commit: the unwrap is
+#     not answered 200 without its record, and the chain stays whole;
 #   - the server's backends stopped (SIGSTOP: connections open, nothing
 #     answers): 503 db_unavailable "did not answer in time" after [db]
 #     timeout, not a key holder stuck until [server] timeout; new
@@ -397,6 +400,42 @@ wait "$renew_pid" || fail "the first renew-cert: $(cat "$work/renew1.out")"
 sql "DROP TRIGGER keys_slow ON group_keys" >/dev/null
 [ "$(certs_in)" = $((n0 + 2)) ] || fail "two renewals at once: $(certs_in) certificates recorded, wanted $((n0 + 2))"
 ok "two group renew-cert at once: both certificates and the old one recorded ($((n0 + 2)))"
+
+# ---- a backend stopped between an insert's CommandComplete and its commit ------
+# Outside a transaction block a statement commits at the Sync, after its
+# CommandComplete was buffered; a backend stopped in between (an
+# immediate shutdown, or another backend's crash: SIGQUIT) flushes that
+# with its "terminating connection" warning and exits uncommitted. A
+# deferred trigger on the audit table holds the commit (pg_sleep) while
+# the test sends SIGQUIT: the unwrap must not be answered 200 without its
+# record, and the chain must stay whole.
+sql "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END \$\$;
+     CREATE CONSTRAINT TRIGGER audit_slow AFTER INSERT ON audit DEFERRABLE INITIALLY DEFERRED
+       FOR EACH ROW EXECUTE FUNCTION slow_commit()" >/dev/null
+call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap" > "$work/quit.status" &
+quit_call=$!
+stuck=
+for i in $(seq 1 100); do
+  stuck=$(sql "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'INSERT INTO audit%'")
+  [ -n "$stuck" ] && break
+  sleep 0.05
+done
+[ -n "$stuck" ] || fail "the audit insert did not reach its commit's trigger"
+kill -QUIT "$stuck"
+wait "$quit_call" || true
+for i in $(seq 1 100); do sql "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+sql "DROP TRIGGER audit_slow ON audit; DROP FUNCTION slow_commit()" >/dev/null
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
+[ -n "$rid" ] || fail "no X-Request-Id on the answer: $(cat "$work/hdr")"
+if [ "$(cat "$work/quit.status")" = 200 ]; then
+  [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
+    fail "unwrap $rid answered 200 without its audit record (the insert's commit never happened)"
+else
+  grep -q '"code":"audit_unavailable"' "$work/body" || fail "backend stopped at commit: $(cat "$work/body")"
+fi
+unwrap 200 "unwrap after the backend stopped at its commit" -- alice
+gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify after the stopped commit: $(cat "$work/verify.txt")"
+ok "a backend stopped between CommandComplete and commit: answered $(cat "$work/quit.status"), never 200 without a record"
 
 # ---- a database that hangs with its connections open ---------------------------
 # Every backend of the server stopped (SIGSTOP), as a paused host or a
