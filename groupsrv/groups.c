@@ -267,6 +267,12 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
     hc.max_sessions = cfg->hsm.max_sessions;
     hc.init_args = cfg->hsm.init_args;
     he = hsm_open(&hc, out);
+    /* A URI naming another module than [hsm] module (RFC 7512's
+     * module-path=, module-name=) is found once the module is loaded:
+     * a configuration error too. */
+    if (he == HSM_ERR_URI)
+        return gs_err_set(GS_ERR_CONFIG, "%s: 'token' in [hsm]: %s", cfg->path != NULL ? cfg->path : "config",
+                          hsm_last_error_detail());
     if (he != HSM_OK) {
         gs_err err = gs_hsm_fail(he, "opening token", cfg->hsm.token);
         return err == GS_ERR_HSM ? gs_err_set(GS_ERR_TOKEN, "%s", gs_err_detail()) : err;

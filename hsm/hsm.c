@@ -3,8 +3,10 @@
  * recovery (hsm_run). See hsm.h for the contract.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
@@ -1108,6 +1110,77 @@ static hsm_err load_module(hsm_ctx *ctx, const char *module)
     return HSM_OK;
 }
 
+/* The stem RFC 7512 gives a module's name (module-name=softhsm2 for
+ * libsofthsm2.so): the file's base name without "lib" and from ".so" on. */
+static void module_stem(const char *file, char *out, size_t cap)
+{
+    const char *base = strrchr(file, '/') != NULL ? strrchr(file, '/') + 1 : file;
+    size_t n;
+
+    if (strncmp(base, "lib", 3) == 0 && base[3] != '\0')
+        base += 3;
+    n = strstr(base, ".so") != NULL ? (size_t)(strstr(base, ".so") - base) : strlen(base);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, base, n);
+    out[n] = '\0';
+}
+
+/* Whether path names the file the module was loaded from (or, a
+ * directory, the one that holds it): the same inode, so a symbolic link
+ * (/usr/lib/softhsm/libsofthsm2.so) names its target. */
+static bool module_path_is(const char *path, const char *file)
+{
+    struct stat sp, sf;
+    char dir[PATH_MAX];
+    char *slash;
+
+    if (stat(path, &sp) != 0 || stat(file, &sf) != 0)
+        return false;
+    if (!S_ISDIR(sp.st_mode))
+        return sp.st_dev == sf.st_dev && sp.st_ino == sf.st_ino;
+    /* The directory the file really is in, its links followed. */
+    if (realpath(file, dir) == NULL || (slash = strrchr(dir, '/')) == NULL)
+        return false;
+    *slash = '\0';
+    return stat(dir[0] != '\0' ? dir : "/", &sf) == 0 && sp.st_dev == sf.st_dev && sp.st_ino == sf.st_ino;
+}
+
+hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
+{
+    const char *path = p11_kit_uri_get_module_path(u), *name = p11_kit_uri_get_module_name(u);
+    char *file = NULL, *reg = NULL, stem[128], shown[160];
+    hsm_err err = HSM_OK;
+
+    if (path == NULL && name == NULL)
+        return HSM_OK;
+    if (ctx->fl == NULL || (file = p11_kit_module_get_filename(ctx->fl)) == NULL) {
+        hsm_set_detail("%s's module-path/module-name cannot be compared with the loaded module", what);
+        err = HSM_ERR_URI;
+        goto out;
+    }
+    reg = p11_kit_module_get_name(ctx->fl);
+    module_stem(file, stem, sizeof(stem));
+    if (path != NULL && !module_path_is(path, file)) {
+        struct stat st;
+        hsm_set_detail("%s's module-path=%s names another module than the one loaded (%.200s, the configured "
+                       "module): drop module-path from the URI, or configure that module%s",
+                       what, util_uri_escape_loose(path, shown, sizeof(shown)), file,
+                       stat(path, &st) != 0 ? " (no such file; a space in the path is written %20)" : "");
+        err = HSM_ERR_URI;
+    } else if (name != NULL && strcmp(name, stem) != 0 && (reg == NULL || strcmp(name, reg) != 0)) {
+        hsm_set_detail("%s's module-name=%s names another module than the one loaded (%.200s, named %s%s, the "
+                       "configured module): drop module-name from the URI, or configure that module",
+                       what, util_uri_escape_loose(name, shown, sizeof(shown)), file, reg != NULL ? reg : stem,
+                       reg != NULL ? " in p11-kit" : "");
+        err = HSM_ERR_URI;
+    }
+out:
+    free(file);
+    free(reg);
+    return err;
+}
+
 hsm_err hsm_token_uri_check(const char *uri)
 {
     P11KitUri *u = NULL;
@@ -1252,6 +1325,8 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     }
 
     if ((err = load_module(ctx, cfg->module)) != HSM_OK)
+        goto out;
+    if ((err = hsm_uri_module_check(ctx, ctx->token_uri, "the token URI")) != HSM_OK)
         goto out;
     /* SoftHSM reads its token's files at C_Initialize and C_Login without a
      * consistent view of them: a process that starts while another writes

@@ -191,6 +191,12 @@ hsm_err hsm_run(hsm_ctx *ctx, hsm_op_fn op, void *arg);
 /* A copy of ctx->tinfo, read under pool_mu: a thread that finds the token
  * again after its loss rewrites it there. */
 void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out);
+/* RFC 7512's module-path= and module-name= in a URI say which module its
+ * token or key is on. Only the loaded module is used, so a URI that names
+ * another one would be read on the wrong module's token (one with the
+ * same label): HSM_ERR_URI, the detail (starting with what) naming both.
+ * HSM_OK when the URI names none or names the loaded one. */
+hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what);
 /* The same, run at most once: a trial (capability probe) whose failure
  * is the answer. A broken module is still re-initialised afterwards. */
 hsm_err hsm_run_once(hsm_ctx *ctx, hsm_op_fn op, void *arg);

@@ -720,6 +720,8 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
             err = HSM_ERR_URI;
             goto out;
         }
+        if ((err = hsm_uri_module_check(ctx, uri, "the key URI")) != HSM_OK)
+            goto out;
         /* token=/serial=/... in the key URI must name our token. */
         CK_TOKEN_INFO ti;
         hsm_token_info_copy(ctx, &ti);

@@ -16,13 +16,19 @@ set -euo pipefail
 
 serials() { pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null | sed -n 's/^ *serial num *: *\([^ ]*\) *$/\1/p'; }
 
-# --- a token URI that cannot name a token, or carries a PIN: a
-# configuration error (5), one line, before the module is loaded
+# --- a token URI that cannot name a token, or carries a PIN, or names
+# another module than [hsm] module (RFC 7512's module-path=, module-name=:
+# its token would be looked for on the wrong module): a configuration
+# error (5), one line, before anything is made
+P11DIR=$(pkg-config --variable=p11_module_path p11-kit-1 2>/dev/null || echo /usr/lib/x86_64-linux-gnu/pkcs11)
+[ -f "$P11DIR/p11-kit-client.so" ] || fail "no p11-kit-client.so in $P11DIR (p11-kit-modules; run scripts/setup)"
 for bad in 'pkcs11:token=%zz|URI encoding invalid' \
            'pkcs11:token=groupsrv?pin-value=1234|it carries a PIN (pin-value): the PIN comes from \[hsm\] pin_source only' \
            "pkcs11:token=groupsrv?pin-source=$T/tok/user-pin|it carries a PIN (pin-source)" \
            'pkcs11:token=groupsrv;object=gs%3Aca;type=private|it has attributes that do not name a token' \
            'pkcs11:token=groupsrv;slot-id=1|it has attributes that do not name a token' \
+           "pkcs11:token=groupsrv?module-path=$P11DIR/p11-kit-client.so|the token URI's module-path=$P11DIR/p11-kit-client.so names another module than the one loaded ($SOFTHSM2_MODULE, the configured module): drop module-path from the URI, or configure that module\$" \
+           "pkcs11:token=groupsrv?module-name=opensc-pkcs11|the token URI's module-name=opensc-pkcs11 names another module than the one loaded ($SOFTHSM2_MODULE, named softhsm2, the configured module)" \
            'pkcs11:token=group srv|it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would drop it and look for another token): pkcs11:token=group%20srv$'; do
   sed "s|^token = .*|token = ${bad%%|*}|" "$CONF" > "$T/uri.conf"
   for cmd in "ca init --key rsa:2048" "check"; do
@@ -67,11 +73,27 @@ expect_err "PIN source unreadable, empty or too open (pin source (not shown"
 sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2|" "$CONF" > "$T/model.conf"
 expect_rc 0 "$G" -c "$T/model.conf" ca init --key rsa:2048
 one=$(serials)
-# a raw space in the query, which names no token (module-path=, which
-# groupsrv does not use): taken, as before the refusal of raw spaces
-sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?module-path=/opt/My HSM/x.so|" \
+# module-path= and module-name= that name the loaded module are taken:
+# by a link to it in a directory with a space (%20), by the directory it
+# is in, and by RFC 7512's name for it
+mkdir -p "$T/My HSM"
+ln -s "$SOFTHSM2_MODULE" "$T/My HSM/x.so"
+for q in "module-path=$T/My%20HSM/x.so" "module-path=$(dirname "$(readlink -f "$SOFTHSM2_MODULE")")" module-name=softhsm2; do
+  sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" "$CONF" > "$T/mpath.conf"
+  expect_rc 0 "$G" -c "$T/mpath.conf" check
+done
+# a raw space there is dropped by p11-kit, as anywhere in a URI: that
+# path names no file, and the refusal says how to write the space
+sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?module-path=$T/My HSM/x.so|" \
   "$CONF" > "$T/mpath.conf"
-expect_rc 0 "$G" -c "$T/mpath.conf" check
+expect_rc 1 "$G" -c "$T/mpath.conf" check
+grep -q "^token  *PROBLEM: .*module-path=$T/MyHSM/x.so names another module .*(no such file; a space in the path is written %20)\$" \
+  "$T/out" || { cat "$T/out"; fail "check: a raw space in module-path"; }
+# ...and a key URI naming another module is refused, nothing recorded
+expect_rc 1 "$G" -c "$CONF" group create eng --address eng@example.org \
+  --use-key "pkcs11:object=gs%3Aca;type=private?module-path=$P11DIR/p11-kit-client.so"
+expect_err "the key URI's module-path=$P11DIR/p11-kit-client.so names another module than the one loaded"
+[ -z "$("$G" -c "$CONF" group list)" ] || fail "a group was recorded from a key URI of another module"
 # a [ca] key_label with a space and a quote: the log record's label= is
 # one quoted field (it was written bare, the record's fields unparseable)
 sed -e "/^\[db\]/,/^\[/s|^path = .*|path = $T/dbl/groupsrv.db|" -e 's|^group_cert_days = 30$|&\nkey_label = ca key "q"|' \
