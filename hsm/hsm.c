@@ -413,6 +413,13 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         /* Typed wrong on the pad: the next login asks the pad again. */
         log_warn("token rejected the PIN entered on its PIN pad");
     } else if (err == HSM_ERR_PIN_INCORRECT) {
+        /* A token that wants no login may have no PIN at all (an empty
+         * one, which a pin source cannot hold): "PIN incorrect" alone
+         * sends the operator looking for a PIN that does not exist. */
+        if (!(ti.flags & CKF_LOGIN_REQUIRED))
+            hsm_set_detail("C_Login: CKR_PIN_INCORRECT; this token requires no login (CKF_LOGIN_REQUIRED clear) "
+                           "and its user PIN is not this one: if it has none (an empty PIN, which no pin source "
+                           "holds), set a user PIN on the token and put it in the pin source");
         ctx->pin_rejected = true;
         pin_remember_rejected(&ti, ctx->pin, ctx->pin_len);
         /* The PIN is useless now: do not keep it in memory. */

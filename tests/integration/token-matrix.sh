@@ -306,6 +306,23 @@ nss)
     fail "member remove on a read-only NSS database: exit $rc3: $(cat "$work/remove-ro.out")"
   gs member list eng | grep -q "^bob@example.org " || fail "member remove on a read-only NSS database removed bob"
   ok "nss: a database this user cannot write: C_Initialize's refusal says what to do; flags=readOnly serves"
+  # A database without a password (certutil -N --empty-password) wants no
+  # login, and its empty PIN cannot be a pin source's: the refusal (exit
+  # 4, one line) says so and what to do, instead of a bare "PIN
+  # incorrect"; given a password with certutil -W, the same PIN file works.
+  mkdir "$work/nssdb-empty"
+  certutil -N -d "sql:$work/nssdb-empty" --empty-password >/dev/null || fail "certutil -N --empty-password"
+  sed -e "s|configdir='sql:[^']*'|configdir='sql:$work/nssdb-empty'|" -e "s|^path = $work/groupsrv.db\$|path = $work/empty.db|" \
+    -e "s|^path = $work/audit.jsonl\$|path = $work/empty-audit.jsonl|" "$work/bypath.conf" > "$work/empty.conf"
+  rc=0; "$BIN/groupsrv" -c "$work/empty.conf" ca init --key rsa:2048 > "$work/empty.out" 2>&1 || rc=$?
+  [ "$rc" = 4 ] && [ "$(wc -l < "$work/empty.out")" = 1 ] &&
+    grep -q "^groupsrv: opening token .*PIN incorrect (not retried) (C_Login: CKR_PIN_INCORRECT; this token requires no login (CKF_LOGIN_REQUIRED clear) .*an empty PIN, which no pin source holds), set a user PIN on the token and put it in the pin source)\$" \
+      "$work/empty.out" || fail "ca init on a database without a password: exit $rc: $(cat "$work/empty.out")"
+  echo > "$work/nopw"
+  certutil -W -d "sql:$work/nssdb-empty" -f "$work/nopw" -@ "$pin_file" </dev/null >/dev/null 2>&1 || fail "certutil -W"
+  "$BIN/groupsrv" -c "$work/empty.conf" ca init --key rsa:2048 > "$work/empty.out" 2>&1 ||
+    fail "ca init once the database has a password: $(cat "$work/empty.out")"
+  ok "nss: a database without a password is refused saying it wants no login; with one (certutil -W) it works"
   # NSS keeps CKA_WRAP_WITH_TRUSTED but lets any key the user makes wrap
   # such a key out: no trusted wrap, so no replicable group (its key
   # could leave in the clear with the user PIN alone).
