@@ -1604,6 +1604,12 @@ static void print_caps(hsm_ctx *hsm)
             printf("cap group keys (RSA)       yes\n");
         else
             printf("cap group keys (RSA)       no: %s; group create refuses\n", gs_err_detail());
+        /* By what the token lists: the X9.63 KDF of its ECDH is not (a
+         * token whose derive takes CKD_NULL only says yes here). */
+        if (gs_policy_choose(&c, HSM_KEYTYPE_EC, GS_METHOD_TLS, false, true, &pol) == GS_OK)
+            printf("cap group keys (EC)        yes, by the mechanisms listed (ECDH, AES key wrap)\n");
+        else
+            printf("cap group keys (EC)        no: %s; group create refuses\n", gs_err_detail());
     }
     printf("cap wrap/unwrap            %s\n",
            c.rewrap_on_token ? "yes: C_UnwrapKey into a session key and C_WrapKey with RSA-OAEP (content keys "

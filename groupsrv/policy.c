@@ -132,8 +132,16 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
     bool can_decrypt = hsm_caps_has(caps, HSM_MECH_RSA_OAEP, HSM_MF_DECRYPT);
 
     memset(out, 0, sizeof(*out));
-    if (type == HSM_KEYTYPE_EC)
-        return GS_OK; /* ECDH, method F only: nothing to choose */
+    if (type == HSM_KEYTYPE_EC) {
+        /* ECDH, method F only: nothing to choose, but a token that lacks
+         * what every unwrap needs would make (or adopt) a key no message
+         * can ever be read with. */
+        char missing[512];
+        if (!hsm_caps_ec_group(caps, missing, sizeof(missing)))
+            return gs_err_set(GS_ERR_HSM, "this token cannot hold EC group keys (missing: %s): use an RSA key "
+                              "(--key rsa:3072)", missing);
+        return GS_OK;
+    }
     if (!can_decrypt && !caps->rewrap_on_token)
         return gs_err_set(GS_ERR_HSM, "the token offers %s neither for decryption nor for unwrapping: it "
                           "cannot hold group keys (use a token with RSA-OAEP)", hsm_mech_name(HSM_MECH_RSA_OAEP));

@@ -632,6 +632,18 @@ bool hsm_caps_receive(const hsm_caps *c, char *missing, size_t n)
     return need_attr(c->unwrap_template, "CKA_UNWRAP_TEMPLATE", c->unwrap_template_why, missing, n) && ok;
 }
 
+bool hsm_caps_ec_group(const hsm_caps *c, char *missing, size_t n)
+{
+    static const struct need_mech need[] = {
+        {HSM_MECH_ECDH, HSM_MF_DERIVE, "CKM_ECDH1_DERIVE with CKF_DERIVE (the key agreement of RFC 5753 senders)"},
+        {HSM_MECH_AES_KEY_WRAP, HSM_MF_UNWRAP,
+         "CKM_AES_KEY_WRAP with CKF_UNWRAP (unwraps the content key under the agreed key)"}};
+
+    if (missing != NULL && n > 0)
+        missing[0] = '\0';
+    return need_mechs(c, need, GS_ARRAY_LEN(need), missing, n);
+}
+
 hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out)
 {
     if (out != NULL)

@@ -303,6 +303,14 @@ bool hsm_caps_trusted_wrap(const hsm_caps *caps, char *missing, size_t n);
  * unwraps with OAEP only, into sensitive keys only). Returns as
  * hsm_caps_trusted_wrap. */
 bool hsm_caps_receive(const hsm_caps *caps, char *missing, size_t n);
+/* Can an EC group key on this token be used, by what the token lists?
+ * Needs CKM_ECDH1_DERIVE with CKF_DERIVE and CKM_AES_KEY_WRAP with
+ * CKF_UNWRAP (hsm_ecdh_decrypt_content_key); generating one also needs
+ * CKM_EC_KEY_PAIR_GEN, which adopting one does not. Whether the derive
+ * takes the X9.63 KDF is not listed: a token that lists it and takes
+ * CKD_NULL only (SoftHSM 2.6.1) passes here and refuses at the unwrap.
+ * Returns as hsm_caps_trusted_wrap. */
+bool hsm_caps_ec_group(const hsm_caps *caps, char *missing, size_t n);
 
 
 /* ---- keys ---------------------------------------------------------- */

@@ -106,6 +106,7 @@ ok "$TOKEN: token transport-key: $(tail -n 1 "$work/tk.out")"
 # NSS does ECDH with the X9.63 KDF: an EC group (RFC 5753 senders), made
 # before serve starts, is tried below.
 if [ "$TOKEN" = nss ]; then
+  grep -q "^cap group keys (EC)  *yes" "$work/check.out" || fail "check on NSS: $(grep '^cap group keys' "$work/check.out")"
   gs group create ecg --address ecg@example.org --key ec:p256 > "$work/ecg.out" 2>&1 ||
     fail "group create ec:p256 on NSS: $(cat "$work/ecg.out")"
   gs member add ecg alice@example.org --cert "$certs/alice@example.org.pem" >/dev/null
@@ -537,6 +538,20 @@ opencryptoki)
   grep -q "^policy eng  *v1 OAEP hashes: decrypt SHA-1, SHA-256; unwrap SHA-1, SHA-256" "$work/check.out" ||
     fail "check: OAEP hashes on opencryptoki: $(grep '^policy' "$work/check.out")"
   ok "opencryptoki: CA signatures over a DigestInfo, secret keys on CKM_AES_ECB"
+  # No ECDH and no AES key wrap: no EC group key could ever be unwrapped
+  # with. check says so and group create refuses at once, naming what is
+  # missing (not a key generation failure that sends to --use-key).
+  grep -q "^cap group keys (EC)  *no: this token cannot hold EC group keys (missing: CKM_ECDH1_DERIVE with CKF_DERIVE .*; CKM_AES_KEY_WRAP with CKF_UNWRAP .*): use an RSA key (--key rsa:3072); group create refuses\$" \
+    "$work/check.out" || fail "check on EC group keys: $(grep '^cap group keys' "$work/check.out")"
+  for how in "--key ec:p256" "--key ec:p384"; do
+    # shellcheck disable=SC2086
+    rc=0; gs group create ecg --address ecg@example.org $how > "$work/ecg.out" 2>&1 || rc=$?
+    [ "$rc" = 1 ] && [ "$(wc -l < "$work/ecg.out")" = 1 ] &&
+      grep -q "^groupsrv: .*this token cannot hold EC group keys (missing: CKM_ECDH1_DERIVE" "$work/ecg.out" ||
+      fail "group create $how on opencryptoki: exit $rc: $(cat "$work/ecg.out")"
+  done
+  gs group show ecg > /dev/null 2>&1 && fail "a refused EC group was recorded"
+  ok "opencryptoki: EC group keys refused by capability: $(cat "$work/ecg.out")"
   # A key made with the stock tool, as pkcs11-config/README.md shows for a
   # card: opencryptoki makes it extractable (pkcs11-tool cannot ask
   # otherwise), so it is refused, and the one line says what works.
