@@ -755,6 +755,16 @@ static hsm_err init_module(hsm_ctx *ctx)
                        "the user groupsrv runs as, or add flags=readOnly to the init arguments to serve only, "
                        "with no key made or deleted)");
         err = HSM_ERR_MODULE;
+    } else if (hsm_last_rv() == CKR_FUNCTION_FAILED || hsm_last_rv() == CKR_GENERAL_ERROR ||
+               hsm_last_rv() == CKR_DEVICE_ERROR) {
+        /* No token was asked anything yet: the module itself could not
+         * start, most often because a service beside it is down. */
+        char rv[64];
+        util_strlcpy(rv, hsm_rv_name(hsm_last_rv()), sizeof(rv));
+        hsm_set_detail("C_Initialize: %s: the module could not start; a service it needs may be down "
+                       "(opencryptoki: its slot daemon pkcsslotd; a network HSM: its client service or "
+                       "connection): start it and try again",
+                       rv);
     }
     return err;
 }

@@ -564,6 +564,26 @@ opencryptoki)
     grep -q "CKA_EXTRACTABLE is true: .*pkcs11-tool cannot ask for CKA_EXTRACTABLE false .*generate the key on the token instead (--key)\$" \
       "$work/tool.out" || fail "group create --use-key of pkcs11-tool's key: exit $rc: $(cat "$work/tool.out")"
   ok "opencryptoki: pkcs11-tool's (extractable) key refused, saying to use --key: $(cat "$work/tool.out")"
+  # The slot daemon dies (in the private namespace only: never the
+  # machine's): the serving process keeps its token (in-process), a new
+  # command cannot start the module, and says which service to start;
+  # once pkcsslotd runs again, commands work.
+  if [ "$GS_TOK_OCK_MODE" = private ]; then
+    slotd=$(cat /run/pkcsslotd.pid)
+    kill -KILL "$slotd"
+    for _ in $(seq 1 50); do
+      { [ -e "/proc/$slotd" ] && ! grep -q ') Z ' "/proc/$slotd/stat"; } 2>/dev/null || break
+      sleep 0.1
+    done
+    expect_status 200 "" "unwrap with pkcsslotd gone (the soft token is in-process)" -- \
+      c alice --data-binary @"$work/req-tls.json" "$url"
+    rc=0; gs check > "$work/check-slotd.out" 2>&1 || rc=$?
+    [ "$rc" = 1 ] && grep -q "^token  *PROBLEM: .*(C_Initialize: CKR_[A-Z_]*: the module could not start; a service it needs may be down (opencryptoki: its slot daemon pkcsslotd" \
+      "$work/check-slotd.out" || fail "check with pkcsslotd gone: exit $rc: $(grep -i token "$work/check-slotd.out")"
+    pkcsslotd 2>>"$work/pkcsslotd.err" || fail "pkcsslotd did not start again: $(cat "$work/pkcsslotd.err")"
+    gs check > "$work/check-slotd.out" 2>&1 || fail "check once pkcsslotd is back: $(grep -i token "$work/check-slotd.out")"
+    ok "opencryptoki: pkcsslotd gone: serve goes on, check names the daemon; back: check passes"
+  fi
   ;;
 esac
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
