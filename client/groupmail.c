@@ -2195,6 +2195,7 @@ int main(int argc, char **argv)
      * output to a closed standard output fails, exit 1. */
     if (util_sanitise_stdfd() != UTIL_OK)
         return GM_EXIT_ERROR;
+    util_fsize_limit_fails_writes();
     lead_options_after_command(argc, argv);
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
         usage(stdout);

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -795,6 +796,16 @@ int util_sanitise_stdfd(void)
         return UTIL_E_IO;
     }
     return UTIL_OK;
+}
+
+void util_fsize_limit_fails_writes(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    (void)sigaction(SIGXFSZ, &sa, NULL); /* fails only for a bad signal number */
 }
 
 int util_mkdir_p(const char *path, mode_t mode)

@@ -209,6 +209,17 @@ void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
  * /dev/null missing) and the program should exit: nothing can be said. */
 int util_sanitise_stdfd(void);
 
+/* A file-size limit (RLIMIT_FSIZE: `ulimit -f`, systemd's LimitFSIZE=)
+ * makes a write past it raise SIGXFSZ, whose default kills the process
+ * (exit 153) in the middle of a change: a member's key and certificate
+ * files left behind with no member, an audit "started" record with no
+ * outcome, a half-written output file. Ignored, the write fails with
+ * EFBIG instead and takes the path every full disk takes (a clear error,
+ * the change undone). The disposition is inherited by children, which
+ * then see EFBIG too. Call first thing in main(), beside
+ * util_sanitise_stdfd. */
+void util_fsize_limit_fails_writes(void);
+
 /* mkdir -p with the given mode for created components. */
 int util_mkdir_p(const char *path, mode_t mode);
 

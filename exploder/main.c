@@ -69,6 +69,7 @@ int main(int argc, char **argv)
      * go into it. 75: the MTA keeps the mail, the runner tries again. */
     if (util_sanitise_stdfd() != UTIL_OK)
         return XP_EX_TEMPFAIL;
+    util_fsize_limit_fails_writes();
     umask(077); /* spool files hold other people's mail */
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)

@@ -2174,6 +2174,7 @@ int main(int argc, char **argv)
      * 0-2 from here. Nothing can be said if /dev/null will not open. */
     if (util_sanitise_stdfd() != UTIL_OK)
         return 1;
+    util_fsize_limit_fails_writes();
     /* Admin commands: an error is the one line fail()/usage_error() print;
      * library warnings (e.g. the hsm layer's "token rejected the PIN")
      * would make it two. -v shows them; serve sets its own level. */

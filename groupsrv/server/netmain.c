@@ -314,6 +314,7 @@ int main(int argc, char **argv)
      * would take its number and get the log lines. */
     if (util_sanitise_stdfd() != UTIL_OK)
         return 1;
+    util_fsize_limit_fails_writes();
     memset(&n, 0, sizeof(n));
     n.ctl_fd = -1;
     n.srv.listen_fd = n.srv.certsrv_fd = -1;
