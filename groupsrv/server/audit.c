@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -490,6 +491,16 @@ static int reserve_space(int fd, const char *path)
 
     if (fstat(fd, &st) != 0)
         return -1;
+    /* A file-size limit (ulimit -f, systemd's LimitFSIZE=) is not checked
+     * by fallocate with KEEP_SIZE: the write past it fails (EFBIG) on a
+     * disk with room. Without this, /healthz said the audit log was fine
+     * while every key request was refused for want of its record. */
+    struct rlimit fsize;
+    if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY &&
+        (st.st_size < 0 || (rlim_t)st.st_size + AUDIT_MAX_LINE > fsize.rlim_cur)) {
+        errno = EFBIG;
+        return -1;
+    }
     if (fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, AUDIT_MAX_LINE) == 0)
         return 0;
     if (errno != EOPNOTSUPP && errno != ENOSYS)
