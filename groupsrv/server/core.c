@@ -1813,6 +1813,25 @@ static const char *bad_host(struct evhttp_request *req)
     return NULL;
 }
 
+/* Why the request's HTTP version cannot be answered, or NULL. libevent
+ * reads the request line's version with sscanf("HTTP/%d.%d") and refuses
+ * only a major version over 1, and its answer repeats the numbers read:
+ * "HTTP/1.-57 200 OK" to "HTTP/1.1111111111111111111", "HTTP/1.2 200 OK"
+ * to HTTP/1.2, status lines no client reads (RFC 9112 2.3: one digit
+ * each). A later HTTP/1 minor version is answered as HTTP/1.1 (RFC 9110
+ * 2.5); any other version is refused, its answer in HTTP/1.1. */
+static const char *bad_version(struct evhttp_request *req)
+{
+    if (req->major == 1 && req->minor >= 0 && req->minor <= 9) {
+        if (req->minor > 1)
+            req->minor = 1;
+        return NULL;
+    }
+    req->major = 1;
+    req->minor = 1;
+    return "an HTTP version other than HTTP/1.0 or HTTP/1.1";
+}
+
 /* Request ids are not secret (the client sees them) but must be unique
  * (the audit log is searched by them) and must not tell one client how
  * many requests others made. RAND_bytes for each one cost 3 % of the
@@ -1851,8 +1870,9 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     next_request_id(t, r->id);
     log_set_request_id(r->id);
     const char *ambiguous = conn_head_had_nul(req) ? "a NUL byte in the request head" : ambiguous_framing(req);
+    const char *version = bad_version(req);
     if (ambiguous == NULL)
-        ambiguous = bad_host(req);
+        ambiguous = version != NULL ? version : bad_host(req);
     if (ambiguous != NULL) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_error(r, 400, "bad_request", "%s", ambiguous);

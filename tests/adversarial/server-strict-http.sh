@@ -15,6 +15,8 @@
 #     RFC 9112 3.2) and the connection closed;
 #   - a NUL byte in a request head is refused (400) and the connection
 #     closed (libevent cuts the header line at it);
+#   - an HTTP version other than 1.0 or 1.1 is refused (400, answered in
+#     HTTP/1.1, never "HTTP/1.-57"), HTTP/1.2 answered as HTTP/1.1;
 #   - HEAD gets the GET answer's head without a body, refusals too;
 #   - serve reads its configuration once (it may come from a pipe).
 set -euo pipefail
@@ -132,6 +134,18 @@ printf 'GET /healthz HTTP/1.0\r\n\r\n' > "$work/http10.req"
 raw "$work/http10.req" > "$work/http10.out"
 head -1 "$work/http10.out" | grep -q '^HTTP/1.[01] 200' || fail "HTTP/1.0 without Host: $(head -c 300 "$work/http10.out")"
 ok "HTTP/1.1 without Host, or two Host headers: 400 bad_request and closed; HTTP/1.0 without Host: 200"
+# The version (RFC 9112 2.3: HTTP/DIGIT.DIGIT): libevent reads it with
+# sscanf and answered "HTTP/1.-57 200 OK" to HTTP/1.1111111111111111111,
+# "HTTP/1.2 200 OK" to HTTP/1.2. A later 1.x is answered as 1.1; another
+# version 400 bad_request, its status line HTTP/1.1, and closed.
+for v in 1.1111111111111111111 1.-5 0.5 1.10; do
+  printf 'GET /healthz HTTP/%s\r\nHost: x\r\n\r\n' "$v" > "$work/version.req"
+  host_refused "$work/version.req" 'an HTTP version other than HTTP/1.0 or HTTP/1.1' "HTTP/$v"
+done
+printf 'GET /healthz HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n' > "$work/version.req"
+raw "$work/version.req" > "$work/version.out"
+head -1 "$work/version.out" | grep -q '^HTTP/1.1 200' || fail "HTTP/1.2: $(head -c 300 "$work/version.out")"
+ok "an HTTP version other than 1.x: 400 bad_request in HTTP/1.1 and closed; HTTP/1.2 answered as HTTP/1.1"
 
 # Transfer-Encoding: libevent reads a body by it only when it is exactly
 # "chunked" (then ignoring any Content-Length), else by Content-Length
