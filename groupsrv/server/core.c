@@ -1794,6 +1794,13 @@ static const char *ambiguous_framing(struct evhttp_request *req)
         return "a Transfer-Encoding other than one \"chunked\"";
     if (te > 0 && cl > 0)
         return "both Content-Length and Transfer-Encoding";
+    /* libevent reads no body after a HEAD: the bytes of its body would be
+     * read as the next request on the connection, where a proxy frames
+     * them as the HEAD's body (RFC 9112 6.3: the framing does not depend
+     * on the method), a request smuggled past it. */
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD &&
+        (te > 0 || (length != NULL && length[strspn(length, "0")] != '\0')))
+        return "a HEAD request with a body";
     return NULL;
 }
 

@@ -17,7 +17,8 @@
 #     closed (libevent cuts the header line at it);
 #   - an HTTP version other than 1.0 or 1.1 is refused (400, answered in
 #     HTTP/1.1, never "HTTP/1.-57"), HTTP/1.2 answered as HTTP/1.1;
-#   - HEAD gets the GET answer's head without a body, refusals too;
+#   - HEAD gets the GET answer's head without a body, refusals too; a
+#     HEAD with a body is refused (400) and closed;
 #   - serve reads its configuration once (it may come from a pipe).
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -212,6 +213,22 @@ grep -q '"use GET, HEAD"' "$work/body" || fail "405 does not name HEAD beside GE
   fail "HEAD on a member as admin"
 expect_status 200 "" "the member is still there after a HEAD" -- c admin "$base/v1/groups/eng/members/bob@example.org"
 ok "HEAD answers as GET without a body (also refusals), the connection stays in step"
+# A HEAD with a body: libevent reads none after a HEAD, so the body's bytes
+# were served as the next request, where a proxy in front frames them as
+# the HEAD's body (RFC 9112 6.3): a request smuggled past it. 400 and
+# closed (the answer to a HEAD has no body: its status says it).
+smuggled='GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'
+for framing in "Content-Length: $(printf "$smuggled" | wc -c)" "Transfer-Encoding: chunked"; do
+  { printf 'HEAD /healthz HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n' "$framing"
+    if [ "${framing%%:*}" = Content-Length ]; then printf "$smuggled"
+    else printf '%x\r\n' "$(printf "$smuggled" | wc -c)"; printf "$smuggled"; printf '\r\n0\r\n\r\n'; fi; } > "$work/headbody.req"
+  raw "$work/headbody.req" | tr -d '\r' > "$work/headbody.out"
+  [ "$(grep '^HTTP/1.1 ' "$work/headbody.out" | cut -d' ' -f2 | tr '\n' ' ')" = "400 " ] &&
+    grep -qi '^connection: close' "$work/headbody.out" || fail "HEAD with $framing: $(head -c 400 "$work/headbody.out")"
+done
+printf 'HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' > "$work/headbody.req"
+raw "$work/headbody.req" | head -1 | grep -q '^HTTP/1.1 200' || fail "HEAD with Content-Length: 0 refused"
+ok "HEAD with a body (Content-Length or chunked): 400 and closed, its body never served as a request"
 # Expect (api.md): 100-continue is answered 100 Continue, then as without it
 # (curl sends it for bodies over 1 MiB); anything else gets libevent's 417.
 c alice -v -H 'Expect: 100-continue' --data-binary @"$work/req-tls.json" "$url" -o "$work/body" 2>"$work/expect.err" ||
