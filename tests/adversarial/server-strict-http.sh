@@ -188,6 +188,35 @@ for size in "$(printf '%x' "${#body}");name=value" "-1" "zz"; do
   head -1 "$work/ext.out" | grep -q '^HTTP/1.1 413' && grep -qi '^connection: close' "$work/ext.out" ||
     fail "chunk size line $size: $(head -c 300 "$work/ext.out")"
 done
+# What libevent's strtoll lets through in a chunk-size line (a 0x prefix,
+# a sign, white space before, anything after a space), and an empty line
+# between chunks, which it skips: a proxy in front frames such a body
+# otherwise ("0x1a" as a last chunk, 0). 400 bad_request and closed, also
+# as the second request on a connection and sent a byte per TLS record.
+hex=$(printf '%x' "${#body}")
+for tail in "0x$hex|0" "+$hex|0" " $hex|0" "$hex junk|0" "$hex|0x0" "$hex||0"; do
+  { printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%s\r\n%s\r\n' \
+      "${tail%%|*}" "$body"
+    rest=${tail#*|}
+    while :; do printf '%s\r\n' "${rest%%|*}"; [ "$rest" = "${rest#*|}" ] && break; rest=${rest#*|}; done
+    printf '\r\n'; } > "$work/csize.req"
+  framing_refused "$work/csize.req" 'chunked body framed otherwise' "chunk lines [$tail]"
+done
+te_req "$work/te.req" "Transfer-Encoding: chunked"
+{ sed 's/^Connection: close\r$/X-A: b\r/' "$work/te.req"
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x%s\r\n%s\r\n0\r\n\r\n' "$hex" "$body"; } > "$work/csize2.req"
+raw "$work/csize2.req" | tr -d '\r' > "$work/csize2.out"
+[ "$(grep '^HTTP/1.1 ' "$work/csize2.out" | cut -d' ' -f2 | tr '\n' ' ')" = "200 400 " ] &&
+  grep -q 'chunked body framed otherwise' "$work/csize2.out" || fail "0x chunk size in a second request: $(head -c 600 "$work/csize2.out")"
+printf 'GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n' > "$work/csize.req"
+raw "$work/csize.req" bytewise > "$work/csize.out"
+head -1 "$work/csize.out" | grep -q '^HTTP/1.1 400' && grep -q 'chunked body framed otherwise' "$work/csize.out" ||
+  fail "0x chunk size a byte at a time: $(head -c 300 "$work/csize.out")"
+printf 'GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n003\nllo\n0\r\nX-T: 1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' > "$work/csize.req"
+raw "$work/csize.req" bytewise | tr -d '\r' > "$work/csize.out"
+[ "$(grep '^HTTP/1.1 ' "$work/csize.out" | cut -d' ' -f2 | tr '\n' ' ')" = "200 200 " ] ||
+  fail "two chunks, bare LF line ends, a trailer, a byte at a time: $(head -c 600 "$work/csize.out")"
+ok "chunk-size lines libevent reads leniently (0x, sign, white space, an empty line between chunks): 400 and closed"
 ok "Transfer-Encoding with Content-Length, other than chunked, or twice: 400 and closed; chunked alone: 200"
 
 # HEAD is GET without the body (RFC 9110 9.3.2), a refusal too: libevent
