@@ -256,7 +256,8 @@ for framing in "Content-Length: $(printf "$smuggled" | wc -c)" "Transfer-Encodin
     grep -qi '^connection: close' "$work/headbody.out" || fail "HEAD with $framing: $(head -c 400 "$work/headbody.out")"
 done
 printf 'HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' > "$work/headbody.req"
-raw "$work/headbody.req" | head -1 | grep -q '^HTTP/1.1 200' || fail "HEAD with Content-Length: 0 refused"
+raw "$work/headbody.req" > "$work/headbody.out"
+head -1 "$work/headbody.out" | grep -q '^HTTP/1.1 200' || fail "HEAD with Content-Length: 0: $(head -c 300 "$work/headbody.out")"
 ok "HEAD with a body (Content-Length or chunked): 400 and closed, its body never served as a request"
 # Expect (api.md): 100-continue is answered 100 Continue, then as without it
 # (curl sends it for bodies over 1 MiB); anything else gets libevent's 417.
