@@ -2219,11 +2219,13 @@ audit_err audit_reopen(audit_log *log)
         pthread_cond_wait(&log->synced, &log->mu);
     if ((nfd = open_regular(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
         flock(nfd, LOCK_EX) != 0 || (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
-        int not_regular = nfd < 0 && errno == EINVAL;
+        int saved = errno;
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\"%s", log_qs(log->path),
-                  audit_strerror(rc), not_regular ? " detail=\"not a regular file\"" : "");
+        /* What the system said: its directory deleted (ENOENT), a
+         * read-only remount, a permission lost. */
+        log_error("cannot reopen the audit log path=\"%s\" err=\"%s\" detail=\"%s\"", log_qs(log->path),
+                  audit_strerror(rc), nfd < 0 && saved == EINVAL ? "not a regular file" : strerror(saved));
         goto out;
     }
     /* Records written to the old file before it went away and not yet

@@ -222,6 +222,27 @@ wait_healthz || fail "healthz not 200 once the file-size limit was raised: $(cat
 expect_status 200 "" "unwrap once the file-size limit was raised" -- c alice --data-binary @"$work/req-tls.json" "$url"
 out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify after the file-size limit: $out"
 ok "audit log at the file-size limit: 503 audit_unavailable after $i unwraps, healthz 503, served once raised; $out"
+# ---- the log's directory deleted under the running server ----
+# Refused until it is back; SIGHUP's log line says what the system said
+# (before: only "audit log cannot be written"); made again and SIGHUP:
+# served, a new chain that verifies.
+rm -rf "$fs"
+expect_status 503 audit_unavailable "unwrap with the audit log's directory deleted" -- c alice \
+  --data-binary @"$work/req-tls.json" "$url"
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do
+  grep -q 'cannot reopen the audit log".*detail="No such file or directory"' "$work/server.log" && break
+  sleep 0.1
+done
+grep -q 'cannot reopen the audit log".*detail="No such file or directory"' "$work/server.log" ||
+  fail "no log line saying why the audit log cannot be reopened: $(grep 'cannot reopen' "$work/server.log" | tail -1)"
+expect_healthz 503 audit_unavailable "healthz with the audit log's directory deleted"
+mkdir -m 0700 "$fs"
+kill -HUP "$srv_pid"
+wait_healthz || fail "healthz not 200 once the directory was back and SIGHUP: $(cat "$work/body")"
+expect_status 200 "" "unwrap once the directory was back" -- c alice --data-binary @"$work/req-tls.json" "$url"
+out=$("$BIN/groupsrv" -c "$conf" audit verify) || fail "audit verify of the log made anew: $out"
+ok "the audit log's directory deleted: 503, SIGHUP says why; made again and SIGHUP: served; $out"
 # groupmail (every program alike) at the limit: exit 1 as on a full disk,
 # not 153 (killed by SIGXFSZ), and nothing at --out.
 head -c 30000 /dev/zero | tr '\0' a > "$work/big.txt"
