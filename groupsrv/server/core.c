@@ -162,6 +162,8 @@ struct srv_conn {
     int head_nul;                  /* the head holds a NUL byte */
     int head_te_match;             /* "transfer-encoding:" letters matched at the line's start, or -1 */
     int head_te;                   /* the head has a Transfer-Encoding header */
+    int head_line_start;           /* the next byte begins a header line */
+    int head_fold;                 /* a header line begins with white space (obs-fold) */
     int chunk_state;               /* enum chunk_state: the chunked body after the head */
     int chunk_bad;                 /* that body is framed otherwise than RFC 9112 7.1 says */
     uint64_t chunk_left;           /* the chunk's data bytes still to come */
@@ -487,6 +489,7 @@ static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
                     c->head_open = c->head_eol == 0;
                     c->head_eol = 1;
                     c->head_te_match = 0;
+                    c->head_line_start = 1;
                     if (!c->head_open && c->head_te)
                         c->chunk_state = CHUNK_SIZE;
                 } else if (b[k] == '\r' && c->head_eol == 1) {
@@ -494,6 +497,9 @@ static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
                 } else if (b[k] != '\r' || c->head_eol == 2) {
                     c->head_eol = 0;
                     conn_scan_te(c, b[k]);
+                    if (c->head_line_start && (b[k] == ' ' || b[k] == '\t'))
+                        c->head_fold = 1;
+                    c->head_line_start = 0;
                 }
             }
             while (k < v[i].iov_len && c->chunk_state != CHUNK_OFF) {
@@ -825,16 +831,18 @@ static int conn_in_service(struct evhttp_request *req)
     return c != NULL && c->over_budget;
 }
 
-/* Whether the head of the request just read held a NUL byte, and
- * (*chunk_bad) whether its chunked body was framed otherwise than RFC 9112
+/* Whether the head of the request just read held a NUL byte, (*fold)
+ * a header line folded onto the next (obs-fold), and (*chunk_bad) whether
+ * its chunked body was framed otherwise than RFC 9112
  * 7.1 says. evhttp has taken its head and body out of the input, so what
  * the input holds now (pipelined) begins the next request's head: its scan
  * starts over. */
-static int conn_head_had_nul(struct evhttp_request *req, int *chunk_bad)
+static int conn_head_had_nul(struct evhttp_request *req, int *fold, int *chunk_bad)
 {
     struct srv_conn *c = req_conn(req);
     int nul;
 
+    *fold = 0;
     *chunk_bad = 0;
     if (c == NULL || c->input_cb == NULL)
         return 0;
@@ -849,6 +857,9 @@ static int conn_head_had_nul(struct evhttp_request *req, int *chunk_bad)
     c->head_nul = 0;
     c->head_te_match = 0;
     c->head_te = 0;
+    *fold = c->head_fold;
+    c->head_fold = 0;
+    c->head_line_start = 0;
     *chunk_bad = c->chunk_bad;
     c->chunk_bad = 0;
     c->chunk_state = CHUNK_OFF;
@@ -2010,8 +2021,14 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     int over_budget = conn_in_service(req);
     next_request_id(t, r->id);
     log_set_request_id(r->id);
-    int chunk_bad;
-    const char *ambiguous = conn_head_had_nul(req, &chunk_bad) ? "a NUL byte in the request head" : ambiguous_framing(req);
+    int fold, chunk_bad;
+    const char *ambiguous =
+        conn_head_had_nul(req, &fold, &chunk_bad) ? "a NUL byte in the request head" : ambiguous_framing(req);
+    /* libevent joins a line that begins with white space to the header
+     * before it; a proxy that takes it as a header of its own (" Content-
+     * Length: 5") frames the body otherwise. RFC 9112 5.2 allows a 400. */
+    if (ambiguous == NULL && fold)
+        ambiguous = "a header line folded onto the next (obs-fold)";
     if (ambiguous == NULL && chunk_bad)
         ambiguous = "a chunked body framed otherwise than by bare hexadecimal chunk sizes and CRLF";
     const char *version = bad_version(req);

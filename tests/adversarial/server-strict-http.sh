@@ -15,6 +15,10 @@
 #     RFC 9112 3.2) and the connection closed;
 #   - a NUL byte in a request head is refused (400) and the connection
 #     closed (libevent cuts the header line at it);
+#   - a header line folded onto the next (obs-fold) is refused (400) and
+#     the connection closed; so is a chunked body framed by what
+#     libevent's strtoll reads leniently (0x1a, +1a, 1a junk) or with an
+#     empty line between chunks;
 #   - an HTTP version other than 1.0 or 1.1 is refused (400, answered in
 #     HTTP/1.1, never "HTTP/1.-57"), HTTP/1.2 answered as HTTP/1.1;
 #   - HEAD gets the GET answer's head without a body, refusals too; a
@@ -89,6 +93,17 @@ for headers in "Content-Length : ${#body}" "Content-Length: ${#body}|Transfer-En
   framing_refused "$work/ws.req" 'header name with white space' "$headers"
 done
 ok "white space before a header's colon: 400 and the connection closed"
+# A header line folded onto the next (obs-fold, RFC 9112 5.2): libevent
+# joins it to the header before; a proxy that takes " Content-Length: 9"
+# as a header of its own frames the body by it. 400 and closed.
+for fold in "X-A: a|${tab}b" "X-A: a| Content-Length: 9" "Host: x| y"; do
+  IFS='|' read -r -a hs <<< "$fold"
+  { printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\n'; printf '%s\r\n' "${hs[@]}"
+    printf 'Content-Length: %s\r\n\r\n%s' "${#body}" "$body"; } > "$work/fold.req"
+  [ "$fold" = "Host: x| y" ] && sed -i '2d' "$work/fold.req"
+  framing_refused "$work/fold.req" 'folded onto the next' "obs-fold [$fold]"
+done
+ok "a header line folded onto the next (obs-fold): 400 and the connection closed"
 # A NUL byte in the head (RFC 9110 5.5: reject it, or read it as a space):
 # libevent keeps a header line only up to it, so "Content-Length: N<NUL>9"
 # framed the body by N and "chunked<NUL>, gzip" read as chunked, where a
