@@ -832,7 +832,29 @@ static int open_in(const gm_config *c, BIO **in)
     return GM_EXIT_OK;
 }
 
-static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out)
+/* Whether a write to the output's file failed (the one renamed into place,
+ * or the stage for standard output): a full disk or a file-size limit,
+ * which the envelope layer reports as a bare I/O error, as it does a
+ * failed read of the input. */
+static bool out_write_failed(const gm_out *o)
+{
+    FILE *f = o == NULL ? NULL : o->af != NULL ? util_atomic_fp(o->af) : o->tmp;
+
+    return f != NULL && ferror(f);
+}
+
+/* The error line of an envelope failure that was the output's write (see
+ * out_write_failed), with what the system said; 0 if it was not. */
+static int out_write_error(const gm_config *c, const gm_out *o, env_err e, int saved_errno)
+{
+    if (e != ENV_ERR_IO || !out_write_failed(o))
+        return 0;
+    gm_err("cannot write %s: %s", c->out != NULL ? c->out : "the output", strerror(saved_errno));
+    return 1;
+}
+
+/* o: the output written (its write failures named), or NULL. */
+static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out, const gm_out *o)
 {
     X509 *gc = NULL;
     env_encrypt_opts eo = {0};
@@ -876,6 +898,10 @@ static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out)
     }
     eo.input_is_mime = c->mime;
     if ((e = env_encrypt(&eo, &gc, 1, in, out)) != ENV_OK) {
+        if (out_write_error(c, o, e, errno)) {
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
         gm_err("encryption failed: %s", env_strerror(e));
         rc = e == ENV_ERR_CERT ? GM_EXIT_ERROR : gm_env_exit(e);
         if (rc == GM_EXIT_BAD_MESSAGE && c->mime)
@@ -899,7 +925,7 @@ static int cmd_encrypt(gm_config *c)
         goto out;
     if ((rc = out_open(c, &o, 0644, false)) != GM_EXIT_OK)
         goto out;
-    if ((rc = encrypt_to(c, &r, in, o.bio)) != GM_EXIT_OK)
+    if ((rc = encrypt_to(c, &r, in, o.bio, &o)) != GM_EXIT_OK)
         goto out;
     rc = out_commit(&o);
 out:
@@ -1203,7 +1229,7 @@ static int cmd_send(gm_config *c)
         goto out;
     }
     if (c->encrypt_first) {
-        if ((rc = encrypt_to(c, &r, in, tb)) != GM_EXIT_OK)
+        if ((rc = encrypt_to(c, &r, in, tb, NULL)) != GM_EXIT_OK)
             goto out;
     } else {
         char buf[65536];
@@ -2004,6 +2030,10 @@ static int cmd_decrypt(gm_config *c)
     if ((rc = out_open(c, &o, 0600, true)) != GM_EXIT_OK)
         goto out;
     if ((e = env_message_decrypt(j.msg, cek, ceklen, o.bio)) != ENV_OK) {
+        if (out_write_error(c, &o, e, errno)) {
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
         gm_err(e == ENV_ERR_AUTH ? "decryption failed: the message was altered (or the key is wrong)"
                                  : "decryption failed: %s",
                env_strerror(e));
