@@ -16,7 +16,9 @@ endfunction()
 # deadlines; a listener full of members answers 503 too_many_connections.
 gs_adversarial_test(slowloris server-slowloris.sh)
 # The audit log on a full 64 KiB tmpfs (CI runs as root), then deleted and
-# made anew with SIGHUP: refusals, honest /healthz, recovery, audit verify.
+# made anew with SIGHUP, at a file-size limit (prlimit on the running
+# server; groupmail too), its directory deleted: refusals, honest /healthz,
+# recovery, audit verify.
 gs_adversarial_test(audit_disk server-audit-disk.sh)
 # The SoftHSM token directory moved away under load and back: refusals and
 # a /healthz that tells the truth (it checks the token's objects), then
@@ -26,7 +28,9 @@ gs_adversarial_test(token_vanish server-token-vanish.sh)
 # all (tests/p11fault counts every PKCS#11 call).
 gs_adversarial_test(malformed_count server-malformed-count.sh $<TARGET_FILE:p11fault>)
 # Strict HTTP framing: two Content-Length headers, or Transfer-Encoding beside
-# Content-Length, twice or not "chunked", refused and closed; a body
+# Content-Length, twice or not "chunked", a HEAD with a body, obs-fold,
+# a chunked body framed by what libevent reads leniently (0x1a, +1a, 1a
+# junk), an HTTP version other than 1.0/1.1, refused and closed; a body
 # far over the cap always gets its 413, never a reset (lingering close);
 # HEAD answers carry no body.
 gs_adversarial_test(strict_http server-strict-http.sh)
