@@ -15,6 +15,7 @@
 
 #include "envelope.h"
 #include "hsm.h"
+#include "outfile.h"
 #include "restclient.h"
 
 /* Exit codes (documented in docs/groupmail.1.md). */
@@ -102,11 +103,11 @@ int gm_hsm_open_for(const gm_config *c, const char *key_uri, hsm_ctx **ctx, hsm_
  * pin-source= of uri or of the token URI. 0, or -1 (error printed). */
 int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx);
 
-/* buf written to --out as every command's --out is (groupmail.c): a file
- * replaced by rename (*replaced true), or a named pipe, device or
- * /dev/stdout written to, never renamed over. GM_EXIT_OK, or an exit code
- * (error printed). */
-int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, bool *replaced);
+/* buf written to --out as every command's --out is (common/outfile.h): a
+ * file replaced by rename, or a named pipe, device or /dev/stdout written
+ * to, never renamed over. *w says which (util_out_take_back takes a
+ * replaced file back). GM_EXIT_OK, or an exit code (error printed). */
+int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, util_out_written *w);
 
 /* ---- the key ceremony, member side (gm_ceremony.c) ------------------- */
 /* keys transport-key --token URI --out FILE: a transport key on the

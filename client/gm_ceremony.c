@@ -139,7 +139,7 @@ int gm_cmd_keys_transport(gm_config *c)
 {
     hsm_ctx *hsm = NULL;
     char desc[96], tlabel[33], fp[65], spoken[80], label[64] = "", *pem = NULL;
-    bool replaced = false;
+    util_out_written written;
     gsk_err ge;
     int rc = GM_EXIT_USAGE;
 
@@ -160,15 +160,15 @@ int gm_cmd_keys_transport(gm_config *c)
     /* Written as every --out is: a named pipe or /dev/stdout is written
      * to, never renamed over (as root, a regular file in place of
      * /dev/stdout or /dev/null). */
-    if (gm_write_out(c, pem, strlen(pem), 0644, &replaced) != GM_EXIT_OK) {
+    if (gm_write_out(c, pem, strlen(pem), 0644, &written) != GM_EXIT_OK) {
         destroy_label(hsm, label);
         goto out;
     }
     if (record(c, "transport-key",
                json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label)) != 0) {
         destroy_label(hsm, label);
-        if (replaced) /* a stream's copy is gone; only a file is taken back */
-            (void)unlink(c->out);
+        /* a stream's copy is gone; only the file written is taken back */
+        util_out_take_back(c->out, &written);
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);

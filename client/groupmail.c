@@ -30,6 +30,7 @@
 #include "gs_version.h"
 #include "log.h"
 #include "mailaddr.h"
+#include "outfile.h"
 #include "util.h"
 
 
@@ -508,117 +509,17 @@ static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 
 #define GM_MEMORY_STAGE_MAX ((size_t)256 * 1024 * 1024) /* docs/groupmail.1.md */
 
 typedef struct gm_out {
-    util_atomic_file *af;
-    FILE *tmp;
-    FILE *dest; /* where a staged copy goes: stdout, stderr, or an --out stream */
+    util_out *uo;
     BIO *bio;
 } gm_out;
 
-/* How --out is written: OUT_FILE, a file replaced by rename; OUT_STDOUT,
- * standard output (no --out, or an --out that is the file standard output
- * already is: /dev/stdout with standard output redirected to a file, which
- * must not be opened anew at offset 0 or have /dev/stdout renamed over);
- * OUT_STDERR, the same for standard error (/dev/stderr with 2>> FILE:
- * written after the lines groupmail put there, never renamed over: as
- * root that put the plaintext in a new regular file /dev/stderr);
- * OUT_STREAM, an existing FIFO or character device (/dev/stdout on a pipe
- * or a terminal, /dev/null, a named pipe a mail tool reads), opened and
- * written like standard output: renaming a temp file over it would put a
- * regular file holding the plaintext in place of the pipe or device (as
- * root, /dev/null itself); OUT_CLOSED, /dev/stderr while the caller
- * closed standard error (its stand-in /dev/null takes writes: refused). */
-enum out_kind { OUT_FILE, OUT_STDOUT, OUT_STDERR, OUT_STREAM, OUT_CLOSED };
-
-/* Is fd open on the file st describes, of any type, and writable? The
- * file standard output or error already is: a file (not to be opened anew
- * at offset 0), a pipe or terminal (the same stream), a socket (which
- * /dev/stdout cannot open: ENXIO, and which a rename would replace the
- * link of). Not one that is only the read-only /dev/null standing in for
- * a closed standard output (util_sanitise_stdfd): writes to it fail, an
- * --out /dev/null must not. */
-static bool same_file(int fd, const struct stat *st)
-{
-    struct stat fs;
-    int fl;
-
-    return fstat(fd, &fs) == 0 && fs.st_dev == st->st_dev && fs.st_ino == st->st_ino &&
-           (fl = fcntl(fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) != O_RDONLY;
-}
-
-/* Standard output and error as the caller left them: closed ones are
- * /dev/null once util_sanitise_stdfd has run (main). */
-static bool std_closed[3];
-
-/* Which of standard output (1) or error (2) does path name by a
- * descriptor link (/dev/stdout, /dev/fd/1, /proc/self/fd/2, a link to
- * one), or -1. Asked of the names, link by link: stat and realpath only
- * see the file the descriptor is open on, which for a closed one is the
- * /dev/null put there, and `--out /dev/null` must still be written. */
-static int out_names_std_fd(const char *path)
-{
-    char cur[PATH_MAX], next[PATH_MAX], dir[PATH_MAX], fddir[64], *real = NULL, *copy = NULL;
-    int fd = -1;
-
-    if (snprintf(fddir, sizeof(fddir), "/proc/%ld/fd", (long)getpid()) >= (int)sizeof(fddir) ||
-        snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
-        return -1;
-    for (int hop = 0; hop < 16; hop++) { /* as many links as a name may hold, then not one */
-        ssize_t n;
-
-        free(copy);
-        free(real);
-        real = NULL;
-        if ((copy = strdup(cur)) == NULL ||
-            snprintf(dir, sizeof(dir), "%s", dirname(copy)) >= (int)sizeof(dir))
-            break;
-        if ((real = realpath(dir, NULL)) != NULL && strcmp(real, fddir) == 0) {
-            const char *base = strrchr(cur, '/') != NULL ? strrchr(cur, '/') + 1 : cur; /* "1" in /proc/self/fd */
-            fd = strcmp(base, "1") == 0 ? 1 : strcmp(base, "2") == 0 ? 2 : -1;
-            break;
-        }
-        if ((n = readlink(cur, next, sizeof(next) - 1)) < 0)
-            break; /* not a link: a name of its own */
-        next[n] = '\0';
-        if (next[0] == '/') {
-            memcpy(cur, next, (size_t)n + 1);
-        } else if (snprintf(cur, sizeof(cur), "%s/%s", dir, next) >= (int)sizeof(cur)) {
-            break;
-        }
-    }
-    free(copy);
-    free(real);
-    return fd;
-}
-
-static enum out_kind out_kind_stat(const gm_config *c, struct stat *st)
-{
-    int named;
-
-    if (c->out == NULL)
-        return OUT_STDOUT;
-    /* --out /dev/stdout or /dev/stderr is that stream, also when the
-     * caller closed it: then the output has nowhere to go (exit 1, as
-     * without --out), instead of the /dev/null standing in for it being
-     * opened anew for writing and the plaintext vanishing with exit 0. */
-    if ((named = out_names_std_fd(c->out)) == 1)
-        return OUT_STDOUT;
-    if (named == 2)
-        return std_closed[STDERR_FILENO] ? OUT_CLOSED : OUT_STDERR;
-    if (stat(c->out, st) != 0)
-        return OUT_FILE;
-    if (same_file(STDOUT_FILENO, st))
-        return OUT_STDOUT;
-    if (same_file(STDERR_FILENO, st))
-        return OUT_STDERR;
-    return S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode) ? OUT_STREAM : OUT_FILE;
-}
-
-static enum out_kind out_kind_of(const gm_config *c)
-{
-    struct stat st;
-
-    return out_kind_stat(c, &st);
-}
+/* How --out is written (common/outfile.h): a regular file replaced by
+ * rename; standard output or error, also when --out names it
+ * (/dev/stdout, /dev/fd/1, a link to one, the file it is open on) and
+ * when the caller closed it (exit 1); an existing named pipe or device
+ * opened and written, never renamed over (as root, a regular file
+ * holding the plaintext in place of /dev/null). */
+static util_out_kind out_kind_of(const gm_config *c) { return util_out_kind_of(c->out); }
 
 /* An anonymous memory file for plaintext, read and write, or NULL with
  * errno set (no fallback to a disk file: plaintext must not land there). */
@@ -634,157 +535,73 @@ static FILE *memory_file(const char *name)
     return f;
 }
 
-/* Is dir a sticky directory others can write (world- or group-writable,
- * as fs.protected_fifos = 2 takes them) in which st is another user's
- * (neither this user's nor the directory owner's)? Unknown: yes. */
-static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
-{
-    char *copy = strdup(path_in_dir);
-    struct stat d;
-    bool foreign = true;
-
-    if (copy != NULL && stat(dirname(copy), &d) == 0)
-        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & (S_IWOTH | S_IWGRP)) && st->st_uid != geteuid() &&
-                  st->st_uid != d.st_uid;
-    free(copy);
-    return foreign;
-}
-
-/* A named pipe or device someone else put in a world-writable sticky
- * directory (/tmp) at the --out path: the plaintext would go to whoever
- * reads it. Renamed over, as --out once always was, it was harmless; the
- * shell's `>` is refused it by the kernel (fs.protected_fifos, which only
- * O_CREAT opens get). Refused by the same rule: in such a directory, only
- * a stream of this user's or of the directory's owner. Asked of the
- * directory the path names as given and of the one it resolves to now:
- * the path is looked at again after the open, and by then the other user
- * may have renamed a symbolic link to a pipe of theirs elsewhere over the
- * entry in /tmp, which the resolved directory alone would not see. */
-static bool out_stream_foreign(const char *path, const struct stat *st)
-{
-    char *real = realpath(path, NULL);
-    bool foreign = foreign_in_dir(path, st) || real == NULL || foreign_in_dir(real, st);
-
-    free(real);
-    return foreign;
-}
-
 static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
-    struct stat seen, got;
-    enum out_kind k = out_kind_stat(c, &seen);
+    const char *name = c->out != NULL ? c->out : "standard output";
+    int ur;
 
     memset(o, 0, sizeof(*o));
-    if (k == OUT_CLOSED) {
-        gm_err("cannot write the output: %s names a closed standard error", c->out);
+    switch ((ur = util_out_open(c->out, mode, plaintext ? UTIL_OUT_MEMORY : 0, &o->uo))) {
+    case UTIL_OUT_OK: break;
+    case UTIL_OUT_E_CLOSED: gm_err("cannot write the output: %s %s", name, util_out_strerror(ur)); return GM_EXIT_ERROR;
+    case UTIL_OUT_E_CREATE: gm_err("cannot create %s", name); return GM_EXIT_ERROR;
+    case UTIL_OUT_E_OPEN: gm_err("cannot open %s", name); return GM_EXIT_ERROR;
+    case UTIL_OUT_E_STAGE:
+        gm_err(plaintext ? "cannot create a memory file to stage the output" : "cannot create a temporary file");
+        return GM_EXIT_ERROR;
+    default: gm_err("cannot open %s: %s", name, util_out_strerror(ur)); return GM_EXIT_ERROR;
+    }
+    if ((o->bio = BIO_new_fp(util_out_fp(o->uo), BIO_NOCLOSE)) == NULL) {
+        util_out_abort(o->uo);
+        o->uo = NULL;
+        gm_err("out of memory");
         return GM_EXIT_ERROR;
     }
-    if (k == OUT_FILE) {
-        if (util_atomic_open(c->out, mode, &o->af) != UTIL_OK) {
-            gm_err("cannot create %s", c->out);
-            return GM_EXIT_ERROR;
-        }
-        o->bio = BIO_new_fp(util_atomic_fp(o->af), BIO_NOCLOSE);
-    } else {
-        o->dest = k == OUT_STDERR ? stderr : stdout;
-        if (k == OUT_STREAM) { /* an existing stream: opened, never created */
-            /* Opened by name after stat said FIFO or device: whoever can
-             * write the directory (/tmp) can put another file there in
-             * between, and a regular file (a link to one) opened without
-             * O_TRUNC would get the plaintext over its start. Only the
-             * stream stat saw is written to. */
-            const char *why = NULL;
-            int fd = open(c->out, O_WRONLY | O_NOCTTY | O_CLOEXEC);
-            if (fd >= 0 && (fstat(fd, &got) != 0 || got.st_dev != seen.st_dev || got.st_ino != seen.st_ino ||
-                            !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode))))
-                why = ": it was replaced as it was opened";
-            else if (fd >= 0 && out_stream_foreign(c->out, &got))
-                why = ": a named pipe or device of another user in a world-writable directory";
-            if (why != NULL) {
-                close(fd);
-                fd = -1;
-            }
-            if (fd < 0 || (o->dest = fdopen(fd, "wb")) == NULL) {
-                if (fd >= 0)
-                    close(fd);
-                o->dest = NULL;
-                gm_err("cannot open %s%s", c->out, why != NULL ? why : "");
-                return GM_EXIT_ERROR;
-            }
-        }
-        if ((o->tmp = plaintext ? memory_file("groupmail-plaintext") : tmpfile()) == NULL) {
-            gm_err(plaintext ? "cannot create a memory file for the plaintext" : "cannot create a temporary file");
-            return GM_EXIT_ERROR;
-        }
-        o->bio = BIO_new_fp(o->tmp, BIO_NOCLOSE);
-    }
-    return o->bio != NULL ? GM_EXIT_OK : GM_EXIT_ERROR;
+    return GM_EXIT_OK;
 }
 
 static void out_abort(gm_out *o)
 {
     BIO_free(o->bio);
-    if (o->af != NULL)
-        util_atomic_abort(o->af);
-    if (o->tmp != NULL)
-        fclose(o->tmp); /* tmpfile() and memfd: nothing left behind */
-    if (o->dest != NULL && o->dest != stdout && o->dest != stderr)
-        fclose(o->dest);
+    util_out_abort(o->uo); /* a temp file, tmpfile() or memfd: nothing left behind */
     memset(o, 0, sizeof(*o));
 }
 
-static int out_commit(gm_out *o)
+static int out_commit_written(gm_out *o, util_out_written *w)
 {
     int rc = GM_EXIT_OK;
-    char buf[65536];
-    size_t n;
 
     if (BIO_flush(o->bio) != 1)
         rc = GM_EXIT_ERROR;
     BIO_free(o->bio);
     o->bio = NULL;
-    if (o->af != NULL) {
-        if (rc == GM_EXIT_OK && util_atomic_commit(o->af) != UTIL_OK)
-            rc = GM_EXIT_ERROR;
-        else if (rc != GM_EXIT_OK)
-            util_atomic_abort(o->af);
-        o->af = NULL;
-    } else if (o->tmp != NULL) {
-        if (fflush(o->tmp) != 0 || fseek(o->tmp, 0, SEEK_SET) != 0)
-            rc = GM_EXIT_ERROR;
-        while (rc == GM_EXIT_OK && (n = fread(buf, 1, sizeof(buf), o->tmp)) > 0)
-            if (fwrite(buf, 1, n, o->dest) != n)
-                rc = GM_EXIT_ERROR;
-        if (ferror(o->tmp) || fflush(o->dest) != 0)
-            rc = GM_EXIT_ERROR;
-        OPENSSL_cleanse(buf, sizeof(buf));
-        fclose(o->tmp);
-        o->tmp = NULL;
-        if (o->dest != stdout && o->dest != stderr && fclose(o->dest) != 0)
-            rc = GM_EXIT_ERROR;
-        o->dest = NULL;
-    }
+    if (rc != GM_EXIT_OK)
+        util_out_abort(o->uo);
+    else if (util_out_commit(o->uo, w) != UTIL_OUT_OK)
+        rc = GM_EXIT_ERROR;
+    o->uo = NULL;
     if (rc != GM_EXIT_OK)
         gm_err("cannot write the output");
     return rc;
 }
 
-int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, bool *replaced)
+static int out_commit(gm_out *o) { return out_commit_written(o, NULL); }
+
+int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, util_out_written *w)
 {
     gm_out o;
     int rc;
 
-    *replaced = out_kind_of(c) == OUT_FILE;
-    if ((rc = out_open(c, &o, mode, false)) != GM_EXIT_OK)
+    memset(w, 0, sizeof(*w));
+    if ((rc = out_open(c, &o, mode, true)) != GM_EXIT_OK) /* small: staged in memory */
         return rc;
     if (len > INT_MAX || BIO_write(o.bio, buf, (int)len) != (int)len) {
         out_abort(&o);
         gm_err("cannot write %s", c->out);
         return GM_EXIT_ERROR;
     }
-    return out_commit(&o);
+    return out_commit_written(&o, w);
 }
-
 static int cmd_fetch_cert(gm_config *c)
 {
     gs_rest *r = NULL;
@@ -838,7 +655,7 @@ static int open_in(const gm_config *c, BIO **in)
  * failed read of the input. */
 static bool out_write_failed(const gm_out *o)
 {
-    FILE *f = o == NULL ? NULL : o->af != NULL ? util_atomic_fp(o->af) : o->tmp;
+    FILE *f = o == NULL || o->uo == NULL ? NULL : util_out_fp(o->uo);
 
     return f != NULL && ferror(f);
 }
@@ -2019,7 +1836,7 @@ static int cmd_decrypt(gm_config *c)
     }
     /* Known before the server is asked: standard output is staged in
      * memory, and the plaintext is never longer than its ciphertext. */
-    if (out_kind_of(c) != OUT_FILE && env_message_content_max(j.msg) > GM_MEMORY_STAGE_MAX) {
+    if (out_kind_of(c) != UTIL_OUT_FILE && env_message_content_max(j.msg) > GM_MEMORY_STAGE_MAX) {
         gm_err("the message is over %zu MiB, more than decrypt stages in memory for standard output: use --out FILE",
                GM_MEMORY_STAGE_MAX / (1024 * 1024));
         rc = GM_EXIT_ERROR;
@@ -2218,8 +2035,6 @@ int main(int argc, char **argv)
     FILE *devnull = NULL;
 
     memset(&c, 0, sizeof(c));
-    for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++)
-        std_closed[fd] = fcntl(fd, F_GETFD) < 0 && errno == EBADF;
     /* A closed standard descriptor is /dev/null, not the next file
      * opened (the message's spool file, a server's socket, --out's file):
      * output to a closed standard output fails, exit 1. */

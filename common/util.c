@@ -777,11 +777,18 @@ int util_random_id(char *out, size_t nbytes)
     return UTIL_OK;
 }
 
+/* Which of 0, 1, 2 util_sanitise_stdfd found closed: their /dev/null
+ * stand-ins look like any /dev/null afterwards (outfile.c asks). */
+static int stdfd_closed[3];
+
+int util_stdfd_was_closed(int fd) { return fd >= STDIN_FILENO && fd <= STDERR_FILENO && stdfd_closed[fd]; }
+
 int util_sanitise_stdfd(void)
 {
     for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
         if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
             continue;
+        stdfd_closed[fd] = 1;
         /* Input write-only and output read-only: reading or writing them
          * fails (EBADF) as it did while they were closed, so a program
          * says "cannot read the message" rather than taking an empty one.

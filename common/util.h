@@ -208,6 +208,9 @@ void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
  * before anything opens a file. UTIL_OK, else UTIL_E_IO (errno kept:
  * /dev/null missing) and the program should exit: nothing can be said. */
 int util_sanitise_stdfd(void);
+/* Nonzero when util_sanitise_stdfd found fd (0, 1 or 2) closed and put
+ * /dev/null there. */
+int util_stdfd_was_closed(int fd);
 
 /* A file-size limit (RLIMIT_FSIZE: `ulimit -f`, systemd's LimitFSIZE=)
  * makes a write past it raise SIGXFSZ, whose default kills the process

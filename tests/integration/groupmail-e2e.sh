@@ -178,6 +178,10 @@ closed_named() { as alice decrypt --via tls --in "$work/msg.der" --out "$1" >&-;
 expect_rc 1 "decrypt --out /dev/stdout with standard output closed" -- closed_named "$work/stdout"
 grep -q "cannot write the output" "$work/gm.err" || fail "--out /dev/stdout >&-: $(cat "$work/gm.err")"
 expect_rc 1 "decrypt --out /dev/fd/1 with standard output closed" -- closed_named /dev/fd/1
+# /proc/thread-self/fd/1 names the same descriptor through the thread's
+# own directory (/proc/PID/task/TID/fd), which the walk did not take for
+# standard output: the stand-in /dev/null was opened anew, exit 0.
+expect_rc 1 "decrypt --out /proc/thread-self/fd/1 with standard output closed" -- closed_named /proc/thread-self/fd/1
 expect_rc 0 "decrypt --out /dev/null with standard output closed" -- closed_named /dev/null
 echo "kept line" > "$work/ro.got"
 readonly_stdout() { as alice decrypt --via tls --in "$work/msg.der" --out "$work/stdout" 1< "$work/ro.got"; }

@@ -13,7 +13,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "mailaddr.h"
+#include "outfile.h"
 #include "util.h"
 
 static void test_b64_roundtrip(void **state)
@@ -805,6 +808,98 @@ static void test_sanitise_stdfd(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* util_out_take_back removes the file util_out_commit put in place, and
+ * nothing else: not a file someone renamed over it since, not a stream. */
+static void test_out_take_back(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-out-XXXXXX", path[64], other[64];
+    util_out_written w;
+    struct stat st;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/t.pem", dir);
+    snprintf(other, sizeof(other), "%s/other", dir);
+    assert_int_equal(util_out_write(path, "one\n", 4, 0600, 0, &w), UTIL_OUT_OK);
+    assert_int_equal(w.kind, UTIL_OUT_FILE);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    /* another file in its place since: kept */
+    assert_int_equal(util_write_file_atomic(other, "two\n", 4, 0644), UTIL_OK);
+    assert_int_equal(rename(other, path), 0);
+    util_out_take_back(path, &w);
+    assert_int_equal(stat(path, &st), 0);
+    /* the file written: removed */
+    assert_int_equal(util_out_write(path, "three\n", 6, 0600, 0, &w), UTIL_OUT_OK);
+    util_out_take_back(path, &w);
+    assert_int_not_equal(stat(path, &st), 0);
+    /* a stream (here /dev/null): written, never removed */
+    assert_int_equal(util_out_write("/dev/null", "x", 1, 0600, 0, &w), UTIL_OUT_OK);
+    assert_int_equal(w.kind, UTIL_OUT_STREAM);
+    util_out_take_back("/dev/null", &w);
+    assert_int_equal(stat("/dev/null", &st), 0);
+    assert_true(S_ISCHR(st.st_mode));
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* A socket at the --out name is neither written nor renamed over. */
+static void test_out_refuses_socket(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-out-XXXXXX";
+    struct sockaddr_un sa;
+    struct stat st;
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    assert_true(s >= 0);
+    assert_non_null(mkdtemp(dir));
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/sock", dir);
+    assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(util_out_write(sa.sun_path, "x", 1, 0600, 0, NULL), UTIL_OUT_E_ARGS);
+    assert_int_equal(stat(sa.sun_path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    close(s);
+    assert_int_equal(unlink(sa.sun_path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* In a child with standard input and output closed: every name of
+ * descriptor 1 (/proc/thread-self/fd/1 too) is standard output, whose
+ * read-only stand-in fails the write, never the stand-in opened anew;
+ * /dev/stdin names a closed standard input (refused); /dev/null is
+ * written. */
+static void test_out_closed_std(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        static const char *const names[] = {"/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/proc/thread-self/fd/1"};
+        util_out_written w;
+        char task[64];
+
+        close(STDIN_FILENO);
+        close(STDOUT_FILENO);
+        if (util_sanitise_stdfd() != UTIL_OK)
+            _exit(10);
+        for (size_t i = 0; i < GS_ARRAY_LEN(names); i++)
+            if (util_out_write(names[i], "x", 1, 0600, 0, &w) != UTIL_OUT_E_WRITE || w.kind != UTIL_OUT_STDOUT)
+                _exit(11 + (int)i);
+        snprintf(task, sizeof(task), "/proc/%ld/task/%ld/fd/1", (long)getpid(), (long)getpid());
+        if (util_out_write(task, "x", 1, 0600, 0, NULL) != UTIL_OUT_E_WRITE)
+            _exit(16);
+        if (util_out_write("/dev/stdin", "x", 1, 0600, 0, NULL) != UTIL_OUT_E_CLOSED)
+            _exit(17);
+        _exit(util_out_write("/dev/null", "x", 1, 0600, 0, NULL) == UTIL_OUT_OK ? 0 : 18);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -824,6 +919,9 @@ int main(void)
         cmocka_unit_test(test_url_host_is_loopback),
         cmocka_unit_test(test_auth_clear_rule),
         cmocka_unit_test(test_sanitise_stdfd),
+        cmocka_unit_test(test_out_take_back),
+        cmocka_unit_test(test_out_refuses_socket),
+        cmocka_unit_test(test_out_closed_std),
         cmocka_unit_test(test_mailaddr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,395 @@
+/* outfile.c: see outfile.h. Moved here from groupmail so that groupsrv's
+ * --out writers are the same code, not a second copy. */
+#define _GNU_SOURCE /* memfd_create */
+#include "outfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "util.h"
+
+/* UTIL_OUT_CLOSED: a name for a standard stream the caller closed, whose
+ * /dev/null stand-in would take the writes (refused). */
+#define UTIL_OUT_CLOSED ((util_out_kind)-1)
+/* UTIL_OUT_OTHER: a socket, block device or directory: neither written
+ * nor renamed over (as root, a regular file in place of /dev/sda). */
+#define UTIL_OUT_OTHER ((util_out_kind)-2)
+
+struct util_out {
+    util_out_kind kind;
+    util_atomic_file *af; /* UTIL_OUT_FILE */
+    FILE *tmp;            /* the staged bytes of a stream */
+    FILE *dest;           /* stdout, stderr, or the opened pipe or device */
+};
+
+const char *util_out_strerror(int err)
+{
+    switch (err) {
+    case UTIL_OUT_OK: return "success";
+    case UTIL_OUT_E_NOMEM: return "out of memory";
+    case UTIL_OUT_E_CREATE: return "cannot be created";
+    case UTIL_OUT_E_OPEN: return "cannot be opened";
+    case UTIL_OUT_E_REPLACED: return "it was replaced as it was opened";
+    case UTIL_OUT_E_FOREIGN: return "a named pipe or device of another user in a world-writable directory";
+    case UTIL_OUT_E_CLOSED: return "names a standard stream the caller closed";
+    case UTIL_OUT_E_STAGE: return "no memory or temporary file to stage the output in";
+    case UTIL_OUT_E_WRITE: return "cannot write the output";
+    case UTIL_OUT_E_ARGS: return "not a regular file, named pipe or character device";
+    }
+    return "unknown error";
+}
+
+/* Is fd open on the file st describes, of any type, and writable? The
+ * file standard output or error already is: a file (not to be opened anew
+ * at offset 0), a pipe or terminal (the same stream), a socket (which
+ * /dev/stdout cannot open: ENXIO, and which a rename would replace the
+ * link of). Not one that is only the read-only /dev/null standing in for
+ * a closed standard output (util_sanitise_stdfd): writes to it fail, an
+ * --out /dev/null must not. */
+static bool same_file(int fd, const struct stat *st)
+{
+    struct stat fs;
+    int fl;
+
+    return fstat(fd, &fs) == 0 && fs.st_dev == st->st_dev && fs.st_ino == st->st_ino &&
+           (fl = fcntl(fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+}
+
+/* Is dir (resolved) this process's descriptor directory: /proc/PID/fd,
+ * or /proc/PID/task/TID/fd (/proc/thread-self/fd, which shares the
+ * table)? */
+static bool is_own_fd_dir(const char *dir)
+{
+    char pfx[64];
+    size_t n;
+    const char *p;
+
+    if (snprintf(pfx, sizeof(pfx), "/proc/%ld/", (long)getpid()) >= (int)sizeof(pfx) ||
+        strncmp(dir, pfx, (n = strlen(pfx))) != 0)
+        return false;
+    p = dir + n;
+    if (strcmp(p, "fd") == 0)
+        return true;
+    if (strncmp(p, "task/", 5) != 0 || p[5] < '0' || p[5] > '9')
+        return false;
+    for (p += 5; *p >= '0' && *p <= '9'; p++)
+        ;
+    return strcmp(p, "/fd") == 0;
+}
+
+/* Which of standard input (0), output (1) or error (2) does path name by
+ * a descriptor link (/dev/stdout, /dev/fd/1, /proc/self/fd/2,
+ * /proc/thread-self/fd/1, a link to one, relative or not), or -1. Asked
+ * of the names, link by link: stat and realpath only see the file the
+ * descriptor is open on, which for a closed one is the /dev/null put
+ * there, and `--out /dev/null` must still be written. No race with the
+ * open: a standard stream is written through its descriptor, never opened
+ * by this name. */
+static int names_std_fd(const char *path)
+{
+    char cur[PATH_MAX], next[PATH_MAX], dir[PATH_MAX], *real = NULL, *copy = NULL;
+    int fd = -1;
+
+    if (snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
+        return -1;
+    for (int hop = 0; hop < 40; hop++) { /* the kernel's limit of links in one name (MAXSYMLINKS) */
+        ssize_t n;
+
+        free(copy);
+        free(real);
+        real = NULL;
+        if ((copy = strdup(cur)) == NULL || snprintf(dir, sizeof(dir), "%s", dirname(copy)) >= (int)sizeof(dir))
+            break;
+        if ((real = realpath(dir, NULL)) != NULL && is_own_fd_dir(real)) {
+            const char *base = strrchr(cur, '/') != NULL ? strrchr(cur, '/') + 1 : cur; /* "1" in /proc/self/fd */
+            fd = strcmp(base, "0") == 0 ? 0 : strcmp(base, "1") == 0 ? 1 : strcmp(base, "2") == 0 ? 2 : -1;
+            break;
+        }
+        if ((n = readlink(cur, next, sizeof(next) - 1)) < 0)
+            break; /* not a link: a name of its own */
+        next[n] = '\0';
+        if (next[0] == '/') {
+            memcpy(cur, next, (size_t)n + 1);
+        } else if (snprintf(cur, sizeof(cur), "%s/%s", dir, next) >= (int)sizeof(cur)) {
+            break;
+        }
+    }
+    free(copy);
+    free(real);
+    return fd;
+}
+
+static util_out_kind kind_stat(const char *path, struct stat *st)
+{
+    int named;
+
+    if (path == NULL)
+        return UTIL_OUT_STDOUT;
+    /* --out /dev/stdout or /dev/stderr is that stream, also when the
+     * caller closed it: then the output has nowhere to go (standard
+     * output's stand-in is read-only: exit 1, as without --out), instead
+     * of the /dev/null standing in for it being opened anew for writing
+     * and the output vanishing with exit 0. */
+    if ((named = names_std_fd(path)) == 1)
+        return UTIL_OUT_STDOUT;
+    if (named == 2)
+        return util_stdfd_was_closed(2) ? UTIL_OUT_CLOSED : UTIL_OUT_STDERR;
+    if (named == 0 && util_stdfd_was_closed(0)) /* its stand-in is a write-only /dev/null */
+        return UTIL_OUT_CLOSED;
+    if (stat(path, st) != 0)
+        return UTIL_OUT_FILE;
+    if (same_file(STDOUT_FILENO, st))
+        return UTIL_OUT_STDOUT;
+    if (same_file(STDERR_FILENO, st))
+        return UTIL_OUT_STDERR;
+    if (S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode))
+        return UTIL_OUT_STREAM;
+    return S_ISREG(st->st_mode) ? UTIL_OUT_FILE : UTIL_OUT_OTHER;
+}
+
+util_out_kind util_out_kind_of(const char *path)
+{
+    struct stat st;
+    util_out_kind k = kind_stat(path, &st);
+
+    return k == UTIL_OUT_CLOSED || k == UTIL_OUT_OTHER ? UTIL_OUT_FILE : k;
+}
+
+/* Is dir a sticky directory others can write (world- or group-writable,
+ * as fs.protected_fifos = 2 takes them) in which st is another user's
+ * (neither this user's nor the directory owner's)? Unknown: yes. */
+static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
+{
+    char *copy = strdup(path_in_dir);
+    struct stat d;
+    bool foreign = true;
+
+    if (copy != NULL && stat(dirname(copy), &d) == 0)
+        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & (S_IWOTH | S_IWGRP)) && st->st_uid != geteuid() &&
+                  st->st_uid != d.st_uid;
+    free(copy);
+    return foreign;
+}
+
+/* A named pipe or device someone else put in a world-writable sticky
+ * directory (/tmp) at the --out path: the output would go to whoever
+ * reads it. Renamed over, as --out once always was, it was harmless; the
+ * shell's `>` is refused it by the kernel (fs.protected_fifos, which only
+ * O_CREAT opens get). Refused by the same rule: in such a directory, only
+ * a stream of this user's or of the directory's owner. Asked of the
+ * directory the path names as given and of the one it resolves to now:
+ * the path is looked at again after the open, and by then the other user
+ * may have renamed a symbolic link to a pipe of theirs elsewhere over the
+ * entry in /tmp, which the resolved directory alone would not see. */
+static bool stream_foreign(const char *path, const struct stat *st)
+{
+    char *real = realpath(path, NULL);
+    bool foreign = foreign_in_dir(path, st) || real == NULL || foreign_in_dir(real, st);
+
+    free(real);
+    return foreign;
+}
+
+/* The existing pipe or device stat saw at path, opened (never created):
+ * whoever can write the directory (/tmp) can put another file there in
+ * between, and a regular file (a link to one) opened without O_TRUNC
+ * would get the output over its start. Only the stream stat saw is
+ * written to. */
+static int open_stream(const char *path, const struct stat *seen, FILE **dest)
+{
+    struct stat got;
+    int fd, rc = UTIL_OUT_E_OPEN;
+
+    *dest = NULL;
+    if ((fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0)
+        return UTIL_OUT_E_OPEN;
+    if (fstat(fd, &got) != 0)
+        goto out;
+    rc = UTIL_OUT_E_REPLACED;
+    if (got.st_dev != seen->st_dev || got.st_ino != seen->st_ino || !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))
+        goto out;
+    rc = UTIL_OUT_E_FOREIGN;
+    if (stream_foreign(path, &got))
+        goto out;
+    rc = UTIL_OUT_E_OPEN;
+    if ((*dest = fdopen(fd, "wb")) == NULL)
+        goto out;
+    fd = -1;
+    rc = UTIL_OUT_OK;
+out:
+    if (fd >= 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return rc;
+}
+
+/* An anonymous memory file, read and write, or NULL with errno set (no
+ * fallback to a disk file: plaintext must not land there). */
+static FILE *memory_file(void)
+{
+    FILE *f;
+    int fd = memfd_create("out-staged", MFD_CLOEXEC);
+
+    if (fd < 0)
+        return NULL;
+    if ((f = fdopen(fd, "w+b")) == NULL)
+        close(fd);
+    return f;
+}
+
+int util_out_open(const char *path, mode_t mode, int flags, util_out **op)
+{
+    struct stat seen;
+    util_out *o = NULL;
+    int rc = UTIL_OUT_E_NOMEM;
+
+    *op = NULL;
+    if (path != NULL && *path == '\0')
+        return UTIL_OUT_E_ARGS;
+    if ((o = calloc(1, sizeof(*o))) == NULL)
+        goto out;
+    o->kind = kind_stat(path, &seen);
+    if (o->kind == UTIL_OUT_CLOSED) {
+        rc = UTIL_OUT_E_CLOSED;
+        goto out;
+    }
+    if (o->kind == UTIL_OUT_OTHER) {
+        rc = UTIL_OUT_E_ARGS;
+        goto out;
+    }
+    if (o->kind == UTIL_OUT_FILE) {
+        rc = util_atomic_open(path, mode, &o->af) == UTIL_OK ? UTIL_OUT_OK : UTIL_OUT_E_CREATE;
+        goto out;
+    }
+    if (o->kind == UTIL_OUT_STREAM) {
+        if ((rc = open_stream(path, &seen, &o->dest)) != UTIL_OUT_OK)
+            goto out;
+    } else {
+        o->dest = o->kind == UTIL_OUT_STDERR ? stderr : stdout;
+    }
+    rc = UTIL_OUT_E_STAGE;
+    if ((o->tmp = (flags & UTIL_OUT_MEMORY) ? memory_file() : tmpfile()) == NULL)
+        goto out;
+    rc = UTIL_OUT_OK;
+out:
+    if (rc == UTIL_OUT_OK) {
+        *op = o;
+    } else {
+        int e = errno;
+        util_out_abort(o);
+        errno = e;
+    }
+    return rc;
+}
+
+FILE *util_out_fp(util_out *o) { return o->af != NULL ? util_atomic_fp(o->af) : o->tmp; }
+
+util_out_kind util_out_get_kind(const util_out *o) { return o->kind; }
+
+void util_out_abort(util_out *o)
+{
+    if (o == NULL)
+        return;
+    if (o->af != NULL)
+        util_atomic_abort(o->af);
+    if (o->tmp != NULL)
+        fclose(o->tmp); /* tmpfile() and memfd: nothing left behind */
+    if (o->dest != NULL && o->dest != stdout && o->dest != stderr)
+        fclose(o->dest);
+    free(o);
+}
+
+int util_out_commit(util_out *o, util_out_written *w)
+{
+    struct stat st;
+    char buf[65536];
+    size_t n;
+    int rc = UTIL_OUT_E_WRITE;
+
+    if (w != NULL)
+        memset(w, 0, sizeof(*w));
+    if (o == NULL)
+        return UTIL_OUT_E_ARGS;
+    if (w != NULL)
+        w->kind = o->kind;
+    if (o->af != NULL) {
+        FILE *fp = util_atomic_fp(o->af);
+
+        if (fflush(fp) != 0 || fstat(fileno(fp), &st) != 0) {
+            util_atomic_abort(o->af);
+        } else if (util_atomic_commit(o->af) == UTIL_OK) {
+            if (w != NULL) {
+                w->dev = st.st_dev;
+                w->ino = st.st_ino;
+            }
+            rc = UTIL_OUT_OK;
+        }
+        o->af = NULL;
+        goto out;
+    }
+    if (fflush(o->tmp) != 0 || fseek(o->tmp, 0, SEEK_SET) != 0)
+        goto out;
+    while ((n = fread(buf, 1, sizeof(buf), o->tmp)) > 0)
+        if (fwrite(buf, 1, n, o->dest) != n)
+            goto out;
+    if (ferror(o->tmp) || fflush(o->dest) != 0)
+        goto out;
+    if (o->dest != stdout && o->dest != stderr) {
+        FILE *d = o->dest;
+
+        o->dest = NULL;
+        if (fclose(d) != 0)
+            goto out;
+    }
+    rc = UTIL_OUT_OK;
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    {
+        int e = errno;
+        util_out_abort(o);
+        errno = e;
+    }
+    return rc;
+}
+
+int util_out_write(const char *path, const void *buf, size_t len, mode_t mode, int flags, util_out_written *w)
+{
+    util_out *o = NULL;
+    int rc;
+
+    if (w != NULL)
+        memset(w, 0, sizeof(*w));
+    if ((rc = util_out_open(path, mode, flags, &o)) != UTIL_OUT_OK)
+        return rc;
+    if (len > 0 && fwrite(buf, 1, len, util_out_fp(o)) != len) {
+        int e = errno;
+        util_out_abort(o);
+        errno = e;
+        return UTIL_OUT_E_WRITE;
+    }
+    return util_out_commit(o, w);
+}
+
+void util_out_take_back(const char *path, const util_out_written *w)
+{
+    struct stat st;
+
+    /* Only the very file renamed into place: by name alone this would
+     * remove whatever is there now (someone's file put there since, or,
+     * for a stream, the pipe or /dev/stdout itself as root). */
+    if (path == NULL || w == NULL || w->kind != UTIL_OUT_FILE || lstat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_dev != w->dev || st.st_ino != w->ino)
+        return;
+    (void)unlink(path);
+}
