@@ -186,6 +186,8 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
     struct cli_record rec;
     char desc[96], fp[65], spoken[80], label[64] = "";
     char *pem = NULL;
+    util_out_written written;
+    FILE *info;
     gs_err err;
     gsk_err ge;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
@@ -213,8 +215,10 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         rc = cli_record_failure(&rec, "transport-key", NULL, from_gsk(ge, ""), json_pack("{s:s}", "token", desc));
         goto out;
     }
-    if (util_write_file_atomic(opt(&a, "--out"), pem, strlen(pem), 0644) != UTIL_OK) {
-        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", opt(&a, "--out"), strerror(errno));
+    /* Written as groupmail's --out is: /dev/stdout or a named pipe is
+     * written to, never renamed over (nothing reached standard output,
+     * and as root a regular file took the place of /dev/stdout). */
+    if ((err = write_out(opt(&a, "--out"), pem, strlen(pem), 0644, &written)) != GS_OK) {
         gs_token_destroy_label(e->hsm, label);
         rc = cli_record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
         goto out;
@@ -223,16 +227,17 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
                             json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label))) !=
         GS_OK) {
         gs_token_destroy_label(e->hsm, label);
-        (void)unlink(opt(&a, "--out"));
+        util_out_take_back(opt(&a, "--out"), &written); /* the file written, never a stream or another's */
         rc = fail(err);
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);
-    printf("transport key %s made on token %s (RSA-%u, unwrap only, never extractable)\n", label, desc,
-           GSK_TRANSPORT_BITS);
-    printf("sha256 %s\n", spoken);
-    printf("wrote %s: give it to the sending side and read them the fingerprint over another channel\n",
-           opt(&a, "--out"));
+    info = written.kind == UTIL_OUT_STDOUT ? stderr : stdout; /* standard output holds only the key */
+    fprintf(info, "transport key %s made on token %s (RSA-%u, unwrap only, never extractable)\n", label, desc,
+            GSK_TRANSPORT_BITS);
+    fprintf(info, "sha256 %s\n", spoken);
+    fprintf(info, "wrote %s: give it to the sending side and read them the fingerprint over another channel\n",
+            opt(&a, "--out"));
     rc = 0;
 out:
     free(pem);
@@ -467,31 +472,31 @@ static json_t *shipment_json(const gsk_manifest *m)
                      labels);
 }
 
-static void print_versions(const gsk_manifest *m, gsk_kind kind, const char *what)
+static void print_versions(FILE *f, const gsk_manifest *m, gsk_kind kind, const char *what)
 {
     bool any = false;
 
     for (size_t i = 0; i < m->n_entries; i++) {
         if (m->entries[i].kind != kind)
             continue;
-        printf("%s%u (%s)", any ? ", " : what, m->entries[i].version, m->entries[i].label);
+        fprintf(f, "%s%u (%s)", any ? ", " : what, m->entries[i].version, m->entries[i].label);
         any = true;
     }
     if (any)
-        printf("\n");
+        fprintf(f, "\n");
 }
 
-/* What a shipment holds, one line per kind. */
-static void print_shipment(const gsk_manifest *m)
+/* What a shipment holds, one line per kind, to f. */
+static void print_shipment(FILE *f, const gsk_manifest *m)
 {
     long r = gsk_manifest_find(m, GSK_KIND_REJECT, 0), c = gsk_manifest_find(m, GSK_KIND_CA, 0);
 
-    print_versions(m, GSK_KIND_GROUP, "key versions: ");
-    print_versions(m, GSK_KIND_SECRET, "secret key versions: ");
+    print_versions(f, m, GSK_KIND_GROUP, "key versions: ");
+    print_versions(f, m, GSK_KIND_SECRET, "secret key versions: ");
     if (r >= 0)
-        printf("rejection key: %s\n", m->entries[r].label);
+        fprintf(f, "rejection key: %s\n", m->entries[r].label);
     if (c >= 0)
-        printf("CA key: %s\n", m->entries[c].label);
+        fprintf(f, "CA key: %s\n", m->entries[c].label);
 }
 
 
@@ -536,6 +541,8 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     unsigned char *der = NULL;
     size_t der_len = 0, so_pin_len = 0;
     char spoken[80], desc[96], *so_pin = NULL;
+    FILE *info = info_stream(out_path); /* the .gsk alone on standard output */
+    util_out_written written;
     gs_err err;
     gsk_err ge;
     int rc;
@@ -550,9 +557,10 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     util_strlcpy(m->source_token, desc, sizeof(m->source_token));
     util_strlcpy(m->transport_sha256, fp, sizeof(m->transport_sha256));
     gsk_fingerprint_spoken(fp, spoken);
-    /* The SO compares this with what the receiving side read to them. */
-    printf("transport key sha256 %s\n", spoken);
-    fflush(stdout);
+    /* The SO compares this with what the receiving side read to them. On
+     * standard error when --out is standard output: the .gsk alone there. */
+    fprintf(info, "transport key sha256 %s\n", spoken);
+    fflush(info);
     if ((err = so_pin_read(e->cfg, desc, &so_pin, &so_pin_len)) != GS_OK) {
         rc = cli_record_failure(rec, action, group, err, shipment_json(m));
         goto out;
@@ -579,28 +587,28 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
         rc = cli_record_failure(rec, action, group, from_gsk(ge, "signing the shipment: "), shipment_json(m));
         goto out;
     }
-    if (util_write_file_atomic(out_path, der, der_len, 0600) != UTIL_OK) {
-        rc = cli_record_failure(rec, action, group,
-                            gs_err_set(GS_ERR_IO, "cannot write %s: %s", out_path, strerror(errno)),
-                            shipment_json(m));
+    /* Written as groupmail's --out is: /dev/stdout (`| ssh ... import`)
+     * or a named pipe is written to, never renamed over; a file 0600. */
+    if ((err = write_out(out_path, der, der_len, 0600, &written)) != GS_OK) {
+        rc = cli_record_failure(rec, action, group, err, shipment_json(m));
         goto out;
     }
     extra = shipment_json(m);
     if (left != NULL && json_array_size(left) > 0)
         json_object_set(extra, "left_out", left);
     if ((err = cli_record_write(rec, action, group, "ok", extra)) != GS_OK) {
-        (void)unlink(out_path);
+        util_out_take_back(out_path, &written); /* the file written, never a stream or another's */
         rc = fail(err);
         goto out;
     }
-    printf("%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
-           group != NULL ? group : "", out_path, m->ceremony);
-    print_shipment(m);
+    fprintf(info, "%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
+            group != NULL ? group : "", out_path, m->ceremony);
+    print_shipment(info, m);
     for (size_t i = 0; left != NULL && i < json_array_size(left); i++)
-        printf("left out: %s\n", json_string_value(json_array_get(left, i)));
+        fprintf(info, "left out: %s\n", json_string_value(json_array_get(left, i)));
     if (left != NULL && json_array_size(left) > 0)
-        printf("not complete: a server sharing this database takes it; a new clone with its own database needs "
-               "every key from one token\n");
+        fprintf(info, "not complete: a server sharing this database takes it; a new clone with its own database needs "
+                      "every key from one token\n");
     rc = 0;
 out:
     free(der);
@@ -1124,7 +1132,7 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
     gsk_fingerprint_spoken(im->m->transport_sha256, spoken);
     printf("%s%s imported into token %s (ceremony %s, exported by %s from %s)\n", group != NULL ? "group " : "the CA",
            group != NULL ? group : "", im->desc, im->m->ceremony, im->m->exported_by, im->m->source_token);
-    print_shipment(im->m);
+    print_shipment(stdout, im->m);
     printf("each key passed its %s test; transport key sha256 %s\n", group != NULL ? "decryption" : "signature",
            spoken);
     rc = 0;

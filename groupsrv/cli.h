@@ -16,6 +16,7 @@
 #include "config.h"
 #include "gs_error.h"
 #include "hsm.h"
+#include "outfile.h"
 #include "store.h"
 
 #define EXIT_USAGE 2
@@ -51,6 +52,16 @@ const char *opt(const struct args *a, const char *name);
 int fail(gs_err err);
 /* One certificate (PEM or DER) from a file. */
 gs_err read_cert_file(const char *path, X509 **out);
+/* buf written to an --out as groupmail's --out is (common/outfile.h): a
+ * regular file replaced atomically with mode, standard output, a named
+ * pipe or a device written to, never renamed over. GS_OK, or GS_ERR_IO
+ * with "cannot write PATH: why" as its detail. *w says what was written
+ * (util_out_take_back(path, w) when the command then fails). */
+gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, util_out_written *w);
+/* Where a command writing --out path puts its own lines: standard error
+ * when path is standard output (the file stays only the file), else
+ * standard output. */
+FILE *info_stream(const char *path);
 
 /* What a command has open; env_open opens what `need` asks for (once). */
 struct env {

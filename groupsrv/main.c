@@ -192,6 +192,19 @@ int fail(gs_err err)
     return gs_err_exit_code(err);
 }
 
+gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, util_out_written *w)
+{
+    int ur = util_out_write(path, buf, len, mode, UTIL_OUT_MEMORY, w); /* small: staged in memory, never in /tmp */
+
+    if (ur == UTIL_OUT_OK)
+        return GS_OK;
+    if (ur == UTIL_OUT_E_CREATE || ur == UTIL_OUT_E_OPEN || ur == UTIL_OUT_E_STAGE || ur == UTIL_OUT_E_WRITE)
+        return gs_err_set(GS_ERR_IO, "cannot write %s: %s (%s)", path, util_out_strerror(ur), strerror(errno));
+    return gs_err_set(GS_ERR_IO, "cannot write %s: %s", path, util_out_strerror(ur));
+}
+
+FILE *info_stream(const char *path) { return util_out_kind_of(path) == UTIL_OUT_STDOUT ? stderr : stdout; }
+
 /* --use-key with a pin-value: exit 1, the URI not shown (the database
  * would record it, and an error line would show the PIN). */
 static int refuse_uri_pin(const char *cmd)

@@ -112,7 +112,6 @@ static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm
     bool made = false;
     gs_err err;
     hsm_err he;
-    int ur;
 
     if ((err = gs_ca_load(st, hsm, &ca)) != GS_OK)
         goto out;
@@ -166,10 +165,11 @@ static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm
     cs.backdate = 300;
     if ((err = gs_ca_issue(ca, hsm, &cs, &cert)) != GS_OK || (err = gs_cert_to_pem(cert, &pem)) != GS_OK)
         goto out;
-    if ((ur = util_write_file_atomic(a->out, pem, strlen(pem), 0644)) != UTIL_OK) {
-        err = gs_err_set(GS_ERR_IO, "cannot write %s: %s", a->out, util_strerror(ur));
+    /* Written as groupmail's --out is: /dev/stdout or a named pipe is
+     * written to, never renamed over (as root, a regular file in place of
+     * /dev/stdout); a regular file is replaced atomically. */
+    if ((err = write_out(a->out, pem, strlen(pem), 0644, NULL)) != GS_OK)
         goto out;
-    }
     made = false; /* done: the key stays */
     gs_cert_fingerprint(cert, fp);
 out:
@@ -200,6 +200,7 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     unsigned bits;
     uint64_t days = 365;
     char fp[65] = "", tok[3 * sizeof(ti.label) + 1];
+    FILE *info;
     gs_err err;
     int rc;
 
@@ -238,15 +239,17 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         util_uri_escape_value(ti.label, tok, sizeof(tok));
     else
         util_strlcpy(tok, "groupsrv", sizeof(tok));
+    info = info_stream(a->out); /* standard output holds only the certificate */
     if (a->renew)
-        printf("TLS key kept on the token: label %s, EC P-%u; send serve SIGHUP to take up the new certificate\n",
+        fprintf(info, "TLS key kept on the token: label %s, EC P-%u; send serve SIGHUP to take up the new certificate\n",
                a->label, bits);
     else
-        printf("TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n", a->label,
-               bits);
-    printf("certificate for %s written to %s (sha256 %s), issued by the local CA\n"
-           "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
-           a->dns, a->out, fp, a->out, tok, a->label);
+        fprintf(info, "TLS key made on the token: label %s, EC P-%u, sensitive, never extractable, sign only\n",
+                a->label, bits);
+    fprintf(info,
+            "certificate for %s written to %s (sha256 %s), issued by the local CA\n"
+            "use in groupsrv.conf:\n[tls]\ncert = %s\nkey = pkcs11:token=%s;object=%s;type=private\n",
+            a->dns, a->out, fp, a->out, tok, a->label);
 out:
     hsm_close(hsm);
     gs_store_close(st);

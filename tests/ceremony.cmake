@@ -41,3 +41,12 @@ if(TARGET groupsrv)
   set_tests_properties(ceremony_recovery PROPERTIES LABELS "integration;ceremony" TIMEOUT 300
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
 endif()
+
+# --out of token transport-key, group|ca export and tls init: standard
+# output, a named pipe or a device is written to, never renamed over.
+if(TARGET groupsrv)
+  add_test(NAME ceremony_out COMMAND bash ${GS_TEST_DIR}/integration/ceremony-out.sh ${GS_TEST_BIN}
+    ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ceremony_out PROPERTIES LABELS "integration;ceremony" TIMEOUT 120
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

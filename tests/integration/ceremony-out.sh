@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# ceremony-out.sh BIN SRC: groupsrv's --out writers (token transport-key,
+# group export, ca export, tls init) write --out as groupmail's --out is
+# (common/outfile.h): standard output named by /dev/stdout, a link to it,
+# a named pipe a reader has open, a character device are written to, never
+# renamed over. They used to rename a temp file over the name: nothing
+# reached standard output or the pipe's reader, and as root a regular
+# file took the place of /dev/stdout (or /dev/null). Here the names are
+# links and nodes in $work, never /dev's own: a build without the fix,
+# run as root, must not replace this machine's /dev/stdout.
+# With --out standard output, the lines a command prints go to standard
+# error, so that `--out /dev/stdout > eng.gsk` is the file alone.
+set -euo pipefail
+BIN=$1 SRC=$2
+. "$SRC/tests/integration/ceremony-lib.sh"
+
+cat_pid=
+trap 'if [ -n "$cat_pid" ]; then kill "$cat_pid" 2>/dev/null || true; fi; cleanup' EXIT
+
+mkserver alpha
+gs_alpha ca init --key rsa:2048 --replicable >/dev/null
+gs_alpha group create eng --address eng@example.org --key rsa:2048 --replicable >/dev/null
+ln -s /proc/self/fd/1 "$work/stdout"
+
+# token transport-key --out /dev/stdout: the PEM alone on standard output
+rc=0; gs_alpha token transport-key --out "$work/stdout" > "$work/t.pem" 2> "$work/t.err" || rc=$?
+[ "$rc" = 0 ] || fail "token transport-key --out /dev/stdout: exit $rc: $(cat "$work/t.err")"
+[ -L "$work/stdout" ] || fail "token transport-key --out /dev/stdout: the name was renamed over"
+fp=$(fingerprint "$work/t.pem") || fail "token transport-key --out /dev/stdout: no key on standard output"
+! grep -q '^sha256 ' "$work/t.pem" || fail "token transport-key --out /dev/stdout: its lines are in the key file"
+grep -q "^sha256 $(echo "$fp" | sed 's/..../& /g; s/ $//')" "$work/t.err" ||
+  fail "token transport-key --out /dev/stdout: no fingerprint on standard error: $(cat "$work/t.err")"
+ok "token transport-key --out /dev/stdout: the key on standard output, its lines on standard error"
+
+# ... and with standard output closed: exit 1, one line, the new key taken
+# off the token again (the unfixed build renamed over the link, exit 0)
+before=$(snapshot alpha)
+rc=0; gs_alpha token transport-key --out "$work/stdout" >&- 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] || fail "token transport-key --out /dev/stdout >&-: exit $rc, wanted 1: $(cat "$work/err")"
+[ "$(wc -l < "$work/err")" = 1 ] && grep -q "^groupsrv: cannot write $work/stdout" "$work/err" ||
+  fail "token transport-key --out /dev/stdout >&-: $(cat "$work/err")"
+[ -L "$work/stdout" ] || fail "token transport-key --out /dev/stdout >&-: the name was renamed over"
+[ "$(snapshot alpha)" = "$before" ] || fail "token transport-key --out /dev/stdout >&-: a transport key was left"
+ok "token transport-key --out /dev/stdout with standard output closed: exit 1, no key left"
+
+# group export --out /dev/stdout > FILE: the .gsk alone (DER), 0600 aside
+rc=0; gs_alpha group export eng --all --to "$work/t.pem" --out "$work/stdout" > "$work/eng.gsk" 2> "$work/x.err" || rc=$?
+[ "$rc" = 0 ] || fail "group export --out /dev/stdout: exit $rc: $(cat "$work/x.err")"
+[ -L "$work/stdout" ] || fail "group export --out /dev/stdout: the name was renamed over"
+openssl asn1parse -inform DER -in "$work/eng.gsk" > "$work/asn1" 2>&1 &&
+  grep -q "UTF8STRING *:groupsrv-key-shipment-1" "$work/asn1" ||
+  fail "group export --out /dev/stdout: standard output is not the .gsk: $(head -c 300 "$work/eng.gsk" | od -c | head -3)"
+grep -q "^transport key sha256 " "$work/x.err" && grep -q "^group eng exported to" "$work/x.err" ||
+  fail "group export --out /dev/stdout: its lines not on standard error: $(cat "$work/x.err")"
+ok "group export --out /dev/stdout: the .gsk on standard output (openssl asn1parse), its lines on standard error"
+
+# ca export --out a named pipe that a reader has open: the reader gets the
+# file, the pipe stays (the unfixed build renamed over it: the reader
+# waited for ever and the file was left in the pipe's place)
+mkfifo "$work/pipe"
+cat "$work/pipe" > "$work/ca.gsk" &
+cat_pid=$!
+rc=0; gs_alpha ca export --to "$work/t.pem" --out "$work/pipe" > "$work/out" 2> "$work/err" || rc=$?
+[ -p "$work/pipe" ] || fail "ca export --out a named pipe: the pipe was replaced by a $(stat -c %F "$work/pipe")"
+[ "$rc" = 0 ] || fail "ca export --out a named pipe: exit $rc: $(cat "$work/err")"
+wait "$cat_pid"
+cat_pid=
+openssl asn1parse -inform DER -in "$work/ca.gsk" 2>&1 | grep -q "UTF8STRING *:groupsrv-key-shipment-1" ||
+  fail "ca export --out a named pipe: the reader did not get the .gsk"
+grep -q "exported to $work/pipe" "$work/out" || fail "ca export --out a named pipe: $(cat "$work/out")"
+ok "ca export --out a named pipe: written to its reader, the pipe kept"
+
+# A character device (a /dev/null of our own, where mknod is allowed): written, kept
+if mknod "$work/null" c 1 3 2>/dev/null; then
+  expect 0 "group export --out a character device" -- \
+    gs_alpha group export eng --to "$work/t.pem" --out "$work/null"
+  [ -c "$work/null" ] || fail "group export --out a character device: replaced by a $(stat -c %F "$work/null")"
+fi
+
+# tls init --out /dev/stdout: the certificate alone on standard output
+rc=0; gs_alpha tls init --dns gs.example.org --out "$work/stdout" > "$work/tls.pem" 2> "$work/tls.err" || rc=$?
+[ "$rc" = 0 ] || fail "tls init --out /dev/stdout: exit $rc: $(cat "$work/tls.err")"
+[ -L "$work/stdout" ] || fail "tls init --out /dev/stdout: the name was renamed over"
+openssl x509 -in "$work/tls.pem" -noout -ext subjectAltName 2>&1 | grep -q "DNS:gs.example.org" ||
+  fail "tls init --out /dev/stdout: no certificate on standard output: $(head -c 300 "$work/tls.pem")"
+[ "$(grep -c . "$work/tls.pem")" = "$(sed -n '/BEGIN/,/END/p' "$work/tls.pem" | grep -c .)" ] ||
+  fail "tls init --out /dev/stdout: more than the certificate on standard output: $(cat "$work/tls.pem")"
+grep -q '^\[tls\]' "$work/tls.err" || fail "tls init --out /dev/stdout: its lines not on standard error"
+ok "tls init --out /dev/stdout: the certificate on standard output, its [tls] lines on standard error"
+
+# A regular file is still replaced atomically, 0600 for the .gsk
+expect 0 "group export --out FILE" -- gs_alpha group export eng --to "$work/t.pem" --out "$work/f.gsk"
+[ -f "$work/f.gsk" ] && [ "$(stat -c %a "$work/f.gsk")" = 600 ] || fail "group export --out FILE: not a 0600 file"
