@@ -140,6 +140,7 @@ int gm_cmd_keys_transport(gm_config *c)
     hsm_ctx *hsm = NULL;
     char desc[96], tlabel[33], fp[65], spoken[80], label[64] = "", *pem = NULL;
     util_out_written written;
+    FILE *info;
     gsk_err ge;
     int rc = GM_EXIT_USAGE;
 
@@ -172,9 +173,10 @@ int gm_cmd_keys_transport(gm_config *c)
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);
-    printf("transport key %s made on token %s\nsha256 %s\n", label, desc, spoken);
-    printf("wrote %s: give it to the group's administrator and read them the fingerprint over another channel\n",
-           c->out);
+    info = written.kind == UTIL_OUT_STDOUT ? stderr : stdout; /* standard output holds only the key */
+    fprintf(info, "transport key %s made on token %s\nsha256 %s\n", label, desc, spoken);
+    fprintf(info, "wrote %s: give it to the group's administrator and read them the fingerprint over another channel\n",
+            c->out);
     rc = GM_EXIT_OK;
 out:
     free(pem);

@@ -54,6 +54,9 @@ ln -s /proc/self/fd/1 "$work/stdout"
 expect 0 "keys transport-key --out /dev/stdout" -- gm keys transport-key --token "$tok" --out "$work/stdout"
 [ -L "$work/stdout" ] || fail "keys transport-key --out /dev/stdout replaced the link"
 grep -q "BEGIN PUBLIC KEY" "$work/out" || fail "keys transport-key --out /dev/stdout: no key on standard output"
+# ... and only the key: its lines go to standard error, as groupsrv's
+fingerprint "$work/out" > /dev/null && ! grep -q '^sha256 ' "$work/out" && grep -q '^sha256 ' "$work/err" ||
+  fail "keys transport-key --out /dev/stdout: more than the key on standard output: $(cat "$work/out")"
 expect 0 "group export eng to alice's transport key" -- \
   gs_groups group export eng --to "$work/alice-t.pem" --out "$work/eng-alice.gsk"
 audit_has "$work/groups/audit.jsonl" group-export ok "$fp" '"key_versions":\[1\]'
