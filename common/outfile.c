@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -310,8 +312,49 @@ void util_out_abort(util_out *o)
     free(o);
 }
 
+/* SIGPIPE held back while a stream is written: a pipe whose reader has
+ * gone (`| head -c0`, a mail tool that quit) is then a failed write, exit
+ * 1 with the command's own clean-up (a new key taken off the token, the
+ * failure audited), instead of the signal ending the program between
+ * making the key and recording it. One that the write raised is taken
+ * back before SIGPIPE is let through again. */
+struct sigpipe_state {
+    sigset_t old;
+    bool pending_before, blocked;
+};
+
+static void sigpipe_block(struct sigpipe_state *sp)
+{
+    sigset_t pipe_only, pending;
+
+    memset(sp, 0, sizeof(*sp));
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (sigprocmask(SIG_BLOCK, &pipe_only, &sp->old) != 0)
+        return;
+    sp->blocked = true;
+    sp->pending_before = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+}
+
+static void sigpipe_unblock(struct sigpipe_state *sp)
+{
+    static const struct timespec now = {0, 0};
+    sigset_t pipe_only, pending;
+    int e = errno;
+
+    if (!sp->blocked)
+        return;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (!sp->pending_before && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1)
+        (void)sigtimedwait(&pipe_only, NULL, &now);
+    (void)sigprocmask(SIG_SETMASK, &sp->old, NULL);
+    errno = e;
+}
+
 int util_out_commit(util_out *o, util_out_written *w)
 {
+    struct sigpipe_state sp;
     struct stat st;
     char buf[65536];
     size_t n;
@@ -340,11 +383,16 @@ int util_out_commit(util_out *o, util_out_written *w)
     }
     if (fflush(o->tmp) != 0 || fseek(o->tmp, 0, SEEK_SET) != 0)
         goto out;
+    sigpipe_block(&sp);
     while ((n = fread(buf, 1, sizeof(buf), o->tmp)) > 0)
         if (fwrite(buf, 1, n, o->dest) != n)
-            goto out;
-    if (ferror(o->tmp) || fflush(o->dest) != 0)
+            break;
+    if (n == 0 && !ferror(o->tmp) && fflush(o->dest) == 0)
+        rc = UTIL_OUT_OK;
+    sigpipe_unblock(&sp);
+    if (rc != UTIL_OUT_OK)
         goto out;
+    rc = UTIL_OUT_E_WRITE;
     if (o->dest != stdout && o->dest != stderr) {
         FILE *d = o->dest;
 

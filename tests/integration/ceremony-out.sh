@@ -43,6 +43,23 @@ rc=0; gs_alpha token transport-key --out "$work/stdout" >&- 2> "$work/err" || rc
 [ "$(snapshot alpha)" = "$before" ] || fail "token transport-key --out /dev/stdout >&-: a transport key was left"
 ok "token transport-key --out /dev/stdout with standard output closed: exit 1, no key left"
 
+# ... and a pipe whose reader has gone (`| head -c0`, a tool that quit):
+# exit 1, the new key taken off the token again and the failure audited.
+# SIGPIPE used to end groupsrv between making the key and recording it:
+# the key left on the token, only a "started" record.
+epipe='import os, subprocess, sys
+r, w = os.pipe()
+os.close(r)
+p = subprocess.run(sys.argv[1:], stdout=w, stderr=subprocess.PIPE)
+print(p.returncode, p.stderr.decode().strip())'
+got=$(SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf python3 -c "$epipe" "$BIN/groupsrv" -c "$work/alpha.conf" \
+  token transport-key --out "$work/stdout")
+case $got in "1 groupsrv: cannot write $work/stdout: "*) ;; *) fail "token transport-key --out a broken pipe: $got" ;; esac
+[ "$(snapshot alpha)" = "$before" ] || fail "token transport-key --out a broken pipe: a transport key was left"
+tail -n 1 "$work/alpha/audit.jsonl" | grep '"action":"transport-key"' | grep -qv '"outcome":"\(ok\|started\)"' ||
+  fail "token transport-key --out a broken pipe: no failure record: $(tail -n 1 "$work/alpha/audit.jsonl")"
+ok "token transport-key --out a pipe whose reader has gone: exit 1, no key left, the failure audited"
+
 # group export --out /dev/stdout > FILE: the .gsk alone (DER), 0600 aside
 rc=0; gs_alpha group export eng --all --to "$work/t.pem" --out "$work/stdout" > "$work/eng.gsk" 2> "$work/x.err" || rc=$?
 [ "$rc" = 0 ] || fail "group export --out /dev/stdout: exit $rc: $(cat "$work/x.err")"
