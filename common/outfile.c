@@ -68,24 +68,30 @@ static bool same_file(int fd, const struct stat *st)
 
 /* Is dir (resolved) this process's descriptor directory: /proc/PID/fd,
  * or /proc/PID/task/TID/fd (/proc/thread-self/fd, which shares the
- * table)? */
+ * table)? PID as /proc/self resolves, not getpid(): in a PID namespace
+ * whose /proc is the host's they differ. */
 static bool is_own_fd_dir(const char *dir)
 {
-    char pfx[64];
-    size_t n;
+    char *self = realpath("/proc/self", NULL);
     const char *p;
+    size_t n;
+    bool own = false;
 
-    if (snprintf(pfx, sizeof(pfx), "/proc/%ld/", (long)getpid()) >= (int)sizeof(pfx) ||
-        strncmp(dir, pfx, (n = strlen(pfx))) != 0)
-        return false;
-    p = dir + n;
-    if (strcmp(p, "fd") == 0)
-        return true;
+    if (self == NULL || strncmp(dir, self, (n = strlen(self))) != 0 || dir[n] != '/')
+        goto out;
+    p = dir + n + 1;
+    if (strcmp(p, "fd") == 0) {
+        own = true;
+        goto out;
+    }
     if (strncmp(p, "task/", 5) != 0 || p[5] < '0' || p[5] > '9')
-        return false;
+        goto out;
     for (p += 5; *p >= '0' && *p <= '9'; p++)
         ;
-    return strcmp(p, "/fd") == 0;
+    own = strcmp(p, "/fd") == 0;
+out:
+    free(self);
+    return own;
 }
 
 /* Which of standard input (0), output (1) or error (2) does path name by

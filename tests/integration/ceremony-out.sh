@@ -43,6 +43,18 @@ rc=0; gs_alpha token transport-key --out "$work/stdout" >&- 2> "$work/err" || rc
 [ "$(snapshot alpha)" = "$before" ] || fail "token transport-key --out /dev/stdout >&-: a transport key was left"
 ok "token transport-key --out /dev/stdout with standard output closed: exit 1, no key left"
 
+# ... also in a PID namespace whose /proc is the host's (a container
+# without its own /proc mount: getpid() is not the PID /proc/self names),
+# where /proc/self/fd/1 was not taken for standard output and its
+# /dev/null stand-in was opened anew: the key written nowhere, exit 0.
+if unshare --pid --fork true 2>/dev/null; then
+  rc=0; SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf unshare --pid --fork "$BIN/groupsrv" -c "$work/alpha.conf" \
+    token transport-key --out /proc/self/fd/1 >&- 2> "$work/err" || rc=$?
+  [ "$rc" = 1 ] || fail "token transport-key --out /proc/self/fd/1 >&- in a PID namespace: exit $rc: $(cat "$work/err")"
+  [ "$(snapshot alpha)" = "$before" ] || fail "token transport-key in a PID namespace: a transport key was left"
+  ok "token transport-key --out /proc/self/fd/1 >&- in a PID namespace: exit 1, no key left"
+fi
+
 # ... and a pipe whose reader has gone (`| head -c0`, a tool that quit):
 # exit 1, the new key taken off the token again and the failure audited.
 # SIGPIPE used to end groupsrv between making the key and recording it:
