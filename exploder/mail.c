@@ -244,18 +244,27 @@ static bool is_dropped(const char *name, size_t n)
  * a relay that holds SMTP to RFC 5321's 1000-octet lines (4.5.3.1.6)
  * answers a longer one with 500, and every member's copy would bounce.
  * Postfix folds such lines the same way when it relays them. A line with
- * no white space to fold at goes as it is. Returns the bytes written. */
+ * no white space to fold at goes as it is. A fold never leaves a line of
+ * white space alone (RFC 5322 4.2's obsolete syntax, which some readers
+ * take for the blank line that ends the header block): not in a long run
+ * of white space, nor in a line's trailing white space. Returns the bytes
+ * written. */
 static size_t copy_folded(char *out, const char *f, size_t n, const char *eol)
 {
     size_t o = 0, i = 0, el = strlen(eol);
 
     while (i < n) {
         const char *lf = memchr(f + i, '\n', n - i);
-        size_t next = lf != NULL ? (size_t)(lf - f) + 1 : n, e = lf != NULL ? (size_t)(lf - f) : n, s = i;
+        size_t next = lf != NULL ? (size_t)(lf - f) + 1 : n, e = lf != NULL ? (size_t)(lf - f) : n, s = i, last;
         if (e > i && f[e - 1] == '\r')
             e--;
+        /* the line's last character that is not white space: a fold is
+         * never put after it, where the new line would be the line's
+         * trailing white space alone */
+        for (last = e > s ? e - 1 : s; last > s && (f[last] == ' ' || f[last] == '\t');)
+            last--;
         while (e - s > MAIL_MAX_LINE) {
-            size_t k = s + MAIL_MAX_LINE; /* the new line starts at f[k], a space or tab */
+            size_t k = s + MAIL_MAX_LINE < last ? s + MAIL_MAX_LINE : last; /* the new line starts at f[k] */
             size_t t = s + 1;
             while (k > s && f[k] != ' ' && f[k] != '\t')
                 k--;

@@ -195,6 +195,35 @@ static void test_list_headers_fold(void **state)
         p = e + 1;
     }
     free(out);
+    /* nor is a line's trailing white space (a To: a client ended with a
+     * space or two, past the 998th octet): the fold goes before the last
+     * address, and each line within 998 octets */
+    for (size_t tail = 1; tail <= 40; tail += 39) {
+        o = (size_t)snprintf(h, sizeof(h), "To: ");
+        for (int i = 0; o < 998 - 13; i++)
+            o += (size_t)snprintf(h + o, sizeof(h) - o, "u%d@example.net, ", i);
+        memset(h + o, 'x', 998 - o); /* the last address ends at the 998th octet */
+        o = 998;
+        memset(h + o, tail == 1 ? ' ' : '\t', tail);
+        o += tail;
+        o += (size_t)snprintf(h + o, sizeof(h) - o, "\r\nSubject: s\r\n");
+        assert_int_equal(mail_list_headers(h, o, "eng@lists.example.org", true, &out, &len), XP_OK);
+        for (p = out; *p != '\0';) {
+            char *e = strstr(p, "\r\n");
+            assert_non_null(e);
+            assert_true(e - p <= 998);
+            assert_true(strspn(p, " \t") < (size_t)(e - p));
+            p = e + 2;
+        }
+        p = strstr(out, "To: ");
+        assert_non_null(p);
+        un = malloc(strlen(p) + 1);
+        u = unfold(p, strlen(p), un);
+        assert_int_equal(u, o);
+        assert_memory_equal(un, h, o);
+        free(un);
+        free(out);
+    }
 }
 
 static void test_been_there(void **state)
