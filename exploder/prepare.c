@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "envelope.h"
+#include "groupinfo.h"
 #include "gs_version.h"
 #include "log.h"
 #include "mail.h"
@@ -43,21 +44,63 @@ static bool has_cert(const char *pem)
     return found;
 }
 
-/* The index of msg's RecipientInfo for one of the list's group
- * certificates, env_message_find_recipient's answer otherwise. pem holds
- * every key version the list has met: the chain list create stored, then
- * each newer version's certificate (xp_group_cert_refresh); a CA
- * certificate after the first is the chain's issuer, not a version. The
- * newest version is tried first: a sender who encrypted to an older
- * version and the current one (both in their address book) is read with
- * the current one, which `groupsrv group retire` has not taken away. */
-static env_err find_group_ri(const char *pem, const env_message *msg, size_t *idx, X509 **cert)
+static const char *kt_name(env_kt_alg alg)
 {
-    BIO *b = BIO_new_mem_buf(pem, -1);
+    switch (alg) {
+    case ENV_KT_RSA_OAEP_SHA1: return "RSA-OAEP";
+    case ENV_KT_RSA_OAEP_SHA256: return "RSA-OAEP-256";
+    case ENV_KT_RSA_PKCS1V15: return "RSA-PKCS1-v1_5";
+    case ENV_KT_ECDH: return "ECDH";
+    }
+    return NULL;
+}
+
+/* Would the group server unwrap msg's RecipientInfo idx for the version
+ * cert, as far as the exploder can tell: well-formed, a key transport it
+ * does (env_recipient_check_unwrap) and one the list's group accepts (its
+ * cached discovery answer, xp_group_accepts)? */
+static bool ri_usable(const xp_list *l, const env_message *msg, size_t idx, X509 *cert)
+{
+    unsigned char *der = NULL;
+    size_t derlen = 0;
+    env_recipient *ri = NULL;
+    env_kt_alg alg;
+    char why[256];
+    bool ok = false;
+
+    if (env_message_recipient_der(msg, idx, &der, &derlen) != ENV_OK ||
+        env_recipient_parse(der, derlen, &ri) != ENV_OK || env_recipient_check_unwrap(ri, cert) != ENV_OK ||
+        env_recipient_kt_alg(ri, &alg) != ENV_OK)
+        goto out;
+    ok = xp_group_accepts(l, kt_name(alg), why, sizeof(why)) == XP_OK;
+out:
+    env_recipient_free(ri);
+    free(der);
+    return ok;
+}
+
+/* The index of msg's RecipientInfo for one of the list's group
+ * certificates, env_message_find_recipient's answer otherwise. The list's
+ * group_cert holds every key version the list has met: the chain list
+ * create stored, then each newer version's certificate
+ * (xp_group_cert_refresh); a CA certificate after the first is the
+ * chain's issuer, not a version. The newest version is tried first: a
+ * sender who encrypted to an older version and the current one (both in
+ * their address book) is read with the current one, which `groupsrv group
+ * retire` has not taken away. A version whose RecipientInfo the group
+ * server would not unwrap (malformed, or a key transport the group does
+ * not take) is passed over for an older one it would; with none such, the
+ * newest one's, whose fault deliver then names. Deliver and the runner
+ * choose alike. */
+static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert)
+{
+    BIO *b = BIO_new_mem_buf(l->group_cert, -1);
     STACK_OF(X509) *versions = sk_X509_new_null();
     X509 *x;
     env_err e = ENV_ERR_NO_RECIPIENT;
     bool first = true;
+    int pick = -1;
+    size_t j;
 
     if (cert != NULL)
         *cert = NULL;
@@ -72,11 +115,25 @@ static env_err find_group_ri(const char *pem, const env_message *msg, size_t *id
         first = false;
     }
     ERR_clear_error(); /* the end of the PEM reads as an error */
-    for (int i = sk_X509_num(versions) - 1; i >= 0 && e == ENV_ERR_NO_RECIPIENT; i--) {
-        e = env_message_find_recipient(msg, sk_X509_value(versions, i), idx);
-        if (e == ENV_OK && cert != NULL)
-            *cert = sk_X509_delete(versions, i); /* the version it is encrypted to, the caller's */
+    for (int i = sk_X509_num(versions) - 1; i >= 0; i--) {
+        e = env_message_find_recipient(msg, sk_X509_value(versions, i), &j);
+        if (e == ENV_ERR_NO_RECIPIENT)
+            continue;
+        if (e != ENV_OK)
+            goto out;
+        if (pick < 0) { /* the newest the message is for */
+            pick = i;
+            *idx = j;
+        }
+        if (ri_usable(l, msg, j, sk_X509_value(versions, i))) {
+            pick = i;
+            *idx = j;
+            break;
+        }
     }
+    e = pick >= 0 ? ENV_OK : ENV_ERR_NO_RECIPIENT;
+    if (pick >= 0 && cert != NULL)
+        *cert = sk_X509_delete(versions, pick); /* the version it is encrypted to, the caller's */
 out:
     sk_X509_pop_free(versions, X509_free);
     BIO_free(b);
@@ -145,17 +202,6 @@ out:
     env_message_free(msg);
     BIO_free(in);
     return why;
-}
-
-static const char *kt_name(env_kt_alg alg)
-{
-    switch (alg) {
-    case ENV_KT_RSA_OAEP_SHA1: return "RSA-OAEP";
-    case ENV_KT_RSA_OAEP_SHA256: return "RSA-OAEP-256";
-    case ENV_KT_RSA_PKCS1V15: return "RSA-PKCS1-v1_5";
-    case ENV_KT_ECDH: return "ECDH";
-    }
-    return NULL;
 }
 
 static xp_err env_to_xp(env_err e)
@@ -245,7 +291,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
-    e = find_group_ri(l->group_cert, msg, &idx, &cert);
+    e = find_group_ri(l, msg, &idx, &cert);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
@@ -481,7 +527,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         goto out;
     }
     if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) != ENV_OK ||
-        (e = find_group_ri(l->group_cert, msg, &idx, NULL)) != ENV_OK ||
+        (e = find_group_ri(l, msg, &idx, NULL)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",

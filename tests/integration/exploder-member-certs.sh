@@ -176,4 +176,29 @@ f=$(copy_for bob@example.org)
 openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
   grep -q 'secret body for two versions' || fail "bob cannot read the message to versions 1 and 3"
 xp_spool_empty
+# The newest version's RecipientInfo one the group server would not unwrap
+# (RSA-OAEP with SHA-384, which openssl cms -keyopt sets per recipient),
+# version 2's one it would: taken and read with version 2, not refused
+# (5.7.6) for version 3's; with both such, still refused
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nsecret body for a bad newest\n' >"$W/p3.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/group-v2.pem" -keyopt rsa_padding_mode:oaep \
+  -recip "$W/group-v3.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 -subject "bad newest" \
+  -in "$W/p3.txt" -out "$W/v23.eml"
+xp deliver --list $L --sender alice@example.org <"$W/v23.eml" 2>"$W/deliver.err" ||
+  fail "mail to versions 2 and 3 (3's RecipientInfo RSA-OAEP-SHA-384) refused: $(cat "$W/deliver.err")"
+xp_drain
+f=$(copy_for bob@example.org)
+openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
+  grep -q 'secret body for a bad newest' || fail "bob cannot read the message read with version 2"
+xp_spool_empty
+openssl cms -encrypt -aes-256-cbc -recip "$W/group-v2.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 \
+  -recip "$W/group-v3.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 -subject "both bad" \
+  -in "$W/p3.txt" -out "$W/v23bad.eml"
+rc=0
+xp deliver --list $L --sender alice@example.org <"$W/v23bad.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 77 ] && grep -q '^5\.7\.6 ' "$W/deliver.err" ||
+  fail "mail whose group RecipientInfos are all RSA-OAEP-SHA-384: exit $rc, want 77 and 5.7.6: $(cat "$W/deliver.err")"
+xp_spool_empty
 echo "exploder member-certs: ok"
