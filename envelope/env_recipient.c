@@ -336,18 +336,24 @@ bool env_ri_names_valid(const ENV_RI *ri, X509 *const *certs, size_t ncerts)
 /* The issuer is compared byte for byte first: the same bytes are the
  * same name. Other encodings are compared as X509_NAME_cmp compares
  * names (their canonical forms). */
-bool env_ias_matches(const ENV_IAS *ias, X509 *cert)
+/* Is ias's issuer cert's issuer (whatever the serial)? */
+static bool ias_same_issuer(const ENV_IAS *ias, X509 *cert)
 {
     bool same = false;
 
-    if (!ias || ASN1_INTEGER_cmp(ias->serial, X509_get0_serialNumber(cert)) != 0)
-        return false;
     if (ias_issuer_is(ias, cert))
         return true;
     X509_NAME *name = ias_issuer_decode(ias);
     same = name != NULL && X509_NAME_cmp(name, X509_get_issuer_name(cert)) == 0;
     X509_NAME_free(name);
     return same;
+}
+
+bool env_ias_matches(const ENV_IAS *ias, X509 *cert)
+{
+    if (!ias || ASN1_INTEGER_cmp(ias->serial, X509_get0_serialNumber(cert)) != 0)
+        return false;
+    return ias_same_issuer(ias, cert);
 }
 
 static bool ski_matches(const ASN1_OCTET_STRING *ski, X509 *cert)
@@ -376,6 +382,25 @@ bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert)
         for (int i = 0; i < sk_ENV_REK_num(reks); i++)
             if (rek_matches(sk_ENV_REK_value(reks, i), cert))
                 return true;
+    }
+    return false;
+}
+
+bool env_recipient_names_issuer_of(const env_recipient *ri, X509 *cert)
+{
+    if (!ri || !cert)
+        return false;
+    if (ri->ri->type == ENV_RI_T_KTRI) {
+        const ENV_RID *rid = ri->ri->d.ktri->rid;
+        return rid->type == 0 && rid->d.ias != NULL && ias_same_issuer(rid->d.ias, cert);
+    }
+    if (ri->ri->type == ENV_RI_T_KARI) {
+        const STACK_OF(ENV_REK) *reks = ri->ri->d.kari->reks;
+        for (int i = 0; i < sk_ENV_REK_num(reks); i++) {
+            const ENV_REK *rek = sk_ENV_REK_value(reks, i);
+            if (rek->rid->type == 0 && rek->rid->d.ias != NULL && ias_same_issuer(rek->rid->d.ias, cert))
+                return true;
+        }
     }
     return false;
 }

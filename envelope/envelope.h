@@ -118,6 +118,10 @@ env_err env_recipient_kt_alg(const env_recipient *ri, env_kt_alg *alg);
 /* Does this KTRI/KARI name the certificate (issuerAndSerialNumber or
  * subjectKeyIdentifier)? */
 bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert);
+/* Does this KTRI/KARI name, by issuerAndSerialNumber, a certificate that
+ * cert's issuer issued (cert itself or another)? A subjectKeyIdentifier
+ * names no issuer: false. */
+bool env_recipient_names_issuer_of(const env_recipient *ri, X509 *cert);
 /* KTRI: the encrypted key. KEKRI: the wrapped key. KARI: the wrapped key of
  * the RecipientEncryptedKey matching cert (cert may be NULL for the first).
  * The pointer is borrowed from ri. */

@@ -110,7 +110,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     const char *list_addr = NULL, *sender_arg = NULL;
     unsigned char *data = NULL;
     size_t len = 0, hdr_end, body_start;
-    bool crlf;
+    bool crlf, unmet = false;
     spool *s = NULL;
     xp_list *l = NULL;
     char sender[MAIL_MAX_ADDR + 1] = "", from[MAIL_MAX_ADDR + 1] = "", msgid[256] = "", q[128];
@@ -222,14 +222,32 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);
         goto out;
     }
-    rc = xp_check_message(c, l, data, len, &kt, &bad);
+    rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet);
+    if (rc == XP_OK && unmet) {
+        /* Also for a certificate of the group's CA the list has not met:
+         * perhaps a version newer than the list's newest, which `groupsrv
+         * group retire --before` may have left the only one the group
+         * server still reads (a sender with the older and the current
+         * certificate in their address book). Learnt now, the message is
+         * read with it; not learnt (the server's current one is known, or
+         * it cannot be asked now), it is taken as it is. */
+        xp_err fr = xp_group_cert_refresh(c, s, l, why, sizeof(why));
+        if (fr == XP_OK) {
+            log_info("a new group certificate added to the list list=%s", l->address);
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
+        } else if (fr != XP_ERR_NOTFOUND) {
+            log_info("group certificate not refreshed, the message is taken for a version the list knows "
+                     "list=%s reason=\"%s\"",
+                     l->address, why);
+        }
+    }
     if (rc == XP_ERR_WRONG_RECIPIENT) {
         /* the group key may have been rotated: senders that fetched the
          * new certificate encrypt to a version this list has not met */
         xp_err fr = xp_group_cert_refresh(c, s, l, why, sizeof(why));
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);
-            rc = xp_check_message(c, l, data, len, &kt, &bad);
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
         } else if (fr != XP_ERR_NOTFOUND) {
             /* Not knowing is not a refusal: the MTA asks again later, when
              * the group server can say whether the certificate is new. */

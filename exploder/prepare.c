@@ -79,6 +79,32 @@ out:
     return ok;
 }
 
+/* Does msg have a RecipientInfo for a certificate that the issuer of one
+ * of versions issued but that is none of them? */
+static bool names_unmet_version(const env_message *msg, STACK_OF(X509) *versions)
+{
+    bool found = false;
+
+    for (size_t i = 0; i < env_message_recipient_count(msg) && !found; i++) {
+        unsigned char *der = NULL;
+        size_t derlen = 0;
+        env_recipient *ri = NULL;
+        bool known = false, ours = false;
+
+        if (env_message_recipient_der(msg, i, &der, &derlen) == ENV_OK &&
+            env_recipient_parse(der, derlen, &ri) == ENV_OK) {
+            for (int v = 0; v < sk_X509_num(versions); v++) {
+                known = known || env_recipient_matches_cert(ri, sk_X509_value(versions, v));
+                ours = ours || env_recipient_names_issuer_of(ri, sk_X509_value(versions, v));
+            }
+            found = ours && !known;
+        }
+        env_recipient_free(ri);
+        free(der);
+    }
+    return found;
+}
+
 /* The index of msg's RecipientInfo for one of the list's group
  * certificates, env_message_find_recipient's answer otherwise. The list's
  * group_cert holds every key version the list has met: the chain list
@@ -91,8 +117,10 @@ out:
  * server would not unwrap (malformed, or a key transport the group does
  * not take) is passed over for an older one it would; with none such, the
  * newest one's, whose fault deliver then names. Deliver and the runner
- * choose alike. */
-static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert)
+ * choose alike. *unmet (may be NULL): the message also names, by issuer
+ * and serial number, a certificate of a version's issuer (the group's CA)
+ * that is none of the versions: perhaps one newer than the list has met. */
+static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert, bool *unmet)
 {
     BIO *b = BIO_new_mem_buf(l->group_cert, -1);
     STACK_OF(X509) *versions = sk_X509_new_null();
@@ -104,6 +132,8 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
 
     if (cert != NULL)
         *cert = NULL;
+    if (unmet != NULL)
+        *unmet = false;
     if (b == NULL || versions == NULL) {
         e = ENV_ERR_NOMEM;
         goto out;
@@ -132,6 +162,8 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
         }
     }
     e = pick >= 0 ? ENV_OK : ENV_ERR_NO_RECIPIENT;
+    if (pick >= 0 && unmet != NULL)
+        *unmet = names_unmet_version(msg, versions);
     if (pick >= 0 && cert != NULL)
         *cert = sk_X509_delete(versions, pick); /* the version it is encrypted to, the caller's */
 out:
@@ -242,7 +274,7 @@ static const char *unreadable_why(env_err e)
 }
 
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
-                        const char **why)
+                        const char **why, bool *unmet)
 {
     size_t hdr_end, body_start, idx;
     bool crlf;
@@ -260,6 +292,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         *kt = NULL;
     if (why != NULL)
         *why = NULL;
+    if (unmet != NULL)
+        *unmet = false;
     if ((rc = mail_split(data, len, &hdr_end, &body_start, &crlf)) != XP_OK) {
         if (why != NULL)
             *why = mail_split_strerror(rc);
@@ -291,7 +325,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
-    e = find_group_ri(l, msg, &idx, &cert);
+    e = find_group_ri(l, msg, &idx, &cert, unmet);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
@@ -527,7 +561,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         goto out;
     }
     if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) != ENV_OK ||
-        (e = find_group_ri(l, msg, &idx, NULL)) != ENV_OK ||
+        (e = find_group_ri(l, msg, &idx, NULL, NULL)) != ENV_OK ||
         (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",

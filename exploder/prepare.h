@@ -32,9 +32,13 @@
  * ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH"; static), or NULL
  * when the message is not encrypted to the group (an open forward list).
  * *why (may be NULL) gets what is wrong with a refused message in plain
- * words (static; the envelope's reason for unreadable CMS), else NULL. */
+ * words (static; the envelope's reason for unreadable CMS), else NULL.
+ * *unmet (may be NULL): the message is for one of the list's versions, and
+ * also for another certificate of the group's CA (issuer and serial
+ * number) that the list has not met, perhaps a newer version: deliver
+ * asks the group server for its current one. */
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
-                        const char **why);
+                        const char **why, bool *unmet);
 /* Is cert one of the certificates in pem (the list's group certificates)? */
 bool xp_group_cert_known(const char *pem, X509 *cert);
 

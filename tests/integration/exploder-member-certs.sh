@@ -201,4 +201,24 @@ xp deliver --list $L --sender alice@example.org <"$W/v23bad.eml" 2>"$W/deliver.e
 [ "$rc" = 77 ] && grep -q '^5\.7\.6 ' "$W/deliver.err" ||
   fail "mail whose group RecipientInfos are all RSA-OAEP-SHA-384: exit $rc, want 77 and 5.7.6: $(cat "$W/deliver.err")"
 xp_spool_empty
+# Rotated to version 4 (above) and then `group retire --before 4`: the
+# list's newest version, 3, is retired, and 4 is one it has not met. A
+# message to 3 and 4 (a sender with both) names a certificate of the
+# group's CA the list does not know: deliver asks for the current one, and
+# the message is read with 4, not bounced for the retired 3
+gs group show eng --cert >"$W/group-v4.pem"
+gs group retire eng --before 4 >/dev/null
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nsecret body for versions 3 and 4\n' >"$W/p4.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/group-v3.pem" -keyopt rsa_padding_mode:oaep \
+  -recip "$W/group-v4.pem" -keyopt rsa_padding_mode:oaep -subject "3 and 4" -in "$W/p4.txt" -out "$W/v34.eml"
+xp deliver --list $L --sender alice@example.org <"$W/v34.eml" 2>"$W/deliver.err" ||
+  fail "mail to versions 3 (retired) and 4 refused: $(cat "$W/deliver.err")"
+xp_drain
+grep -q 'unknown_recipient' "$W"/smtp/new/* && fail "mail to versions 3 and 4 bounced (read with the retired version 3)"
+f=$(copy_for bob@example.org)
+openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
+  grep -q 'secret body for versions 3 and 4' || fail "bob cannot read the message to versions 3 and 4"
+xp_spool_empty
 echo "exploder member-certs: ok"

@@ -475,6 +475,15 @@ static void test_builders(void **state)
     assert_int_equal(alg, ENV_KT_RSA_OAEP_SHA256);
     assert_true(env_recipient_matches_cert(ri, rsa_cert2));
     assert_false(env_recipient_matches_cert(ri, rsa_cert));
+    /* another certificate of rsa_cert2's issuer: not it, but its issuer's */
+    {
+        X509 *sib = make_cert(rsa_key, "member", 9);
+        assert_false(env_recipient_matches_cert(ri, sib));
+        assert_true(env_recipient_names_issuer_of(ri, sib));
+        assert_true(env_recipient_names_issuer_of(ri, rsa_cert2));
+        assert_false(env_recipient_names_issuer_of(ri, rsa_cert));
+        X509_free(sib);
+    }
     assert_int_equal(env_recipient_encrypted_key(ri, NULL, &k, &klen), ENV_OK);
     assert_int_equal(klen, eklen);
     assert_memory_equal(k, ek, eklen);
