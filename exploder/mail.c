@@ -1,6 +1,7 @@
 /* mail.c: header block parsing and list headers. See mail.h. */
 #include "mail.h"
 #include "mailaddr.h"
+#include "mailfold.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -238,55 +239,6 @@ static bool is_dropped(const char *name, size_t n)
     return false;
 }
 
-/* Copies the header field f[0, n) to out (out NULL: only counts), each of
- * its lines longer than RFC 5322's 998 octets folded before a space or tab
- * (2.2.3: a line break before white space, which readers take out again):
- * a relay that holds SMTP to RFC 5321's 1000-octet lines (4.5.3.1.6)
- * answers a longer one with 500, and every member's copy would bounce.
- * Postfix folds such lines the same way when it relays them. A line with
- * no white space to fold at goes as it is. A fold never leaves a line of
- * white space alone (RFC 5322 4.2's obsolete syntax, which some readers
- * take for the blank line that ends the header block): not in a long run
- * of white space, nor in a line's trailing white space. Returns the bytes
- * written. */
-static size_t copy_folded(char *out, const char *f, size_t n, const char *eol)
-{
-    size_t o = 0, i = 0, el = strlen(eol);
-
-    while (i < n) {
-        const char *lf = memchr(f + i, '\n', n - i);
-        size_t next = lf != NULL ? (size_t)(lf - f) + 1 : n, e = lf != NULL ? (size_t)(lf - f) : n, s = i, last;
-        if (e > i && f[e - 1] == '\r')
-            e--;
-        /* the line's last character that is not white space: a fold is
-         * never put after it, where the new line would be the line's
-         * trailing white space alone */
-        for (last = e > s ? e - 1 : s; last > s && (f[last] == ' ' || f[last] == '\t');)
-            last--;
-        while (e - s > MAIL_MAX_LINE) {
-            size_t k = s + MAIL_MAX_LINE < last ? s + MAIL_MAX_LINE : last; /* the new line starts at f[k] */
-            size_t t = s + 1;
-            while (k > s && f[k] != ' ' && f[k] != '\t')
-                k--;
-            while (t < k && (f[t] == ' ' || f[t] == '\t'))
-                t++;
-            if (t >= k) /* nowhere to fold, or a piece of white space alone */
-                break;
-            if (out != NULL) {
-                memcpy(out + o, f + s, k - s);
-                memcpy(out + o + (k - s), eol, el);
-            }
-            o += k - s + el;
-            s = k;
-        }
-        if (out != NULL)
-            memcpy(out + o, f + s, next - s);
-        o += next - s;
-        i = next;
-    }
-    return o;
-}
-
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
                          size_t *outlen)
 {
@@ -321,7 +273,7 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
     cap = (size_t)n + 3;
     while (next_field(hdrs, len, &pos, &start, &end, &nlen))
         if (!is_dropped(hdrs + start, nlen))
-            cap += copy_folded(NULL, hdrs + start, end - start, eol);
+            cap += mailfold(NULL, hdrs + start, end - start, eol);
     if ((buf = malloc(cap)) == NULL)
         return XP_ERR_NOMEM;
     memcpy(buf, ours, (size_t)n);
@@ -330,7 +282,7 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
         if (is_dropped(hdrs + start, nlen))
             continue;
-        o += copy_folded(buf + o, hdrs + start, end - start, eol);
+        o += mailfold(buf + o, hdrs + start, end - start, eol);
     }
     /* a header block given without its final newline gets one */
     if (o > 0 && buf[o - 1] != '\n') {

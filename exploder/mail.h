@@ -21,7 +21,6 @@
 #define MAIL_MAX_HEADER_BLOCK (256u * 1024u) /* bytes of header block we parse */
 #define MAIL_MAX_HEADER_LINES 4000u
 #define MAIL_MAX_ADDR 320u                   /* RFC 5321: 64 + 1 + 255 */
-#define MAIL_MAX_LINE 998u                   /* RFC 5322 2.1.1: octets of a line, without CRLF */
 
 /* Splits buf into headers [0, *hdr_end) (the last header line's newline
  * included) and body [*body_start, len). Each header line must be
@@ -55,8 +54,8 @@ xp_err mail_list_id(const char *list_addr, char *out, size_t outsz);
  * List-* or Precedence header (a sender must not be able to forge them).
  * Incoming X-BeenThere headers are kept: they are the trail that lets a
  * list see its own copy come back through another list, which has replaced
- * our List-Id with its own. A line longer than MAIL_MAX_LINE is folded
- * before white space. Newlines as crlf says. len may be 0. *out is
+ * our List-Id with its own. A line longer than 998 octets is folded
+ * before white space (mailfold). Newlines as crlf says. len may be 0. *out is
  * NUL-terminated and ends with a newline (the blank separator line is NOT
  * included). */
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
