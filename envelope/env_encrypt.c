@@ -16,6 +16,7 @@
 #include <openssl/rsa.h>
 
 #include "env_internal.h"
+#include "mailfold.h"
 
 #define ENC_CHUNK (64u * 1024)
 #define MIME_HDR_CAP (1024u * 1024)
@@ -185,14 +186,43 @@ static env_err copy_fields(const unsigned char *h, size_t len, bool (*is_field)(
     return ENV_OK;
 }
 
-static env_err emit_bio(void *out, const unsigned char *p, size_t n) { return write_all(out, p, n); }
 static env_err emit_ptw(void *w, const unsigned char *p, size_t n) { return ptw_write(w, p, n); }
 
-/* Copies the routing header fields (with folded lines) to out. */
-static env_err write_routing(BIO *out, const unsigned char *h, size_t len)
+/* The outer headers' sink: each line longer than 998 octets folded before
+ * white space (mailfold), with eol. */
+typedef struct fold_sink {
+    BIO *out;
+    const char *eol;
+} fold_sink;
+
+static env_err emit_bio_folded(void *arg, const unsigned char *p, size_t n)
 {
+    const fold_sink *fs = arg;
+    size_t need = mailfold(NULL, (const char *)p, n, fs->eol);
+    char *t;
+    env_err rv;
+
+    if (need == n)
+        return write_all(fs->out, p, n);
+    if (!(t = malloc(need)))
+        return ENV_ERR_NOMEM;
+    (void)mailfold(t, (const char *)p, n, fs->eol);
+    rv = write_all(fs->out, t, need);
+    free(t);
+    return rv;
+}
+
+/* Copies the routing header fields (with folded lines) to out. They go
+ * outside the encryption and through SMTP: a line longer than 998 octets
+ * (a To: of hundreds of addresses a client did not fold) is folded, as
+ * the exploder folds its copies' (a relay that holds SMTP to 1000-octet
+ * lines answers 500 and the message is not sent). Inside, the message is
+ * as it came. */
+static env_err write_routing(BIO *out, const unsigned char *h, size_t len, bool crlf)
+{
+    fold_sink fs = {out, crlf ? "\r\n" : "\n"};
     size_t end;
-    return copy_fields(h, len, is_routing, true, emit_bio, out, &end);
+    return copy_fields(h, len, is_routing, true, emit_bio_folded, &fs, &end);
 }
 
 /* Writes the header block h[0..len) (blank line included) to the
@@ -299,7 +329,7 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
         /* CRLF in the input's header block: CRLF throughout the output. */
         for (size_t i = 0; hdr && i + 1 < hdrlen && !crlf; i++)
             crlf = hdr[i] == '\r' && hdr[i + 1] == '\n';
-        if (hdr && (rv = write_routing(out, hdr, hdrlen)) != ENV_OK)
+        if (hdr && (rv = write_routing(out, hdr, hdrlen, crlf)) != ENV_OK)
             goto out;
         if ((rv = env_write_mime_headers(out, auth, crlf)) != ENV_OK)
             goto out;

@@ -420,6 +420,70 @@ static void test_long_header_lines(void **state)
     }
 }
 
+/* encrypt --mime copies the routing fields outside, through SMTP: a To:
+ * of 800 addresses on one line is folded there (a relay holding SMTP to
+ * 1000-octet lines answers 500 and the message is not sent), unfolded the
+ * same field, line ends as the input's; inside, the message as it came. */
+static void test_mime_long_routing_folded(void **state)
+{
+    env_encrypt_opts o = {.input_is_mime = true};
+    (void)state;
+    for (int crlf = 0; crlf < 2; crlf++) {
+        const char *nl = crlf ? "\r\n" : "\n";
+        size_t cap = 64 * 1024, n, tolen, enclen, outlen, lines = 0;
+        char *mail = malloc(cap), *out = NULL, *p, *to;
+        unsigned char *enc = NULL;
+        env_message *msg = NULL;
+
+        n = (size_t)snprintf(mail, cap, "From: a@example.org%sTo: ", nl);
+        to = mail + n - 4;
+        for (int i = 0; i < 800; i++)
+            n += (size_t)snprintf(mail + n, cap - n, "user%d@example.net, ", i);
+        n += (size_t)snprintf(mail + n, cap - n, "last@example.net");
+        tolen = (size_t)(mail + n - to);
+        n += (size_t)snprintf(mail + n, cap - n, "%sSubject: long%s%sbody%s", nl, nl, nl, nl);
+        assert_int_equal(encrypt_mem(&o, rsa_cert, mail, n, &enc, &enclen), ENV_OK);
+        /* every line of the S/MIME output within 998 octets, each ended
+         * as the input's lines are */
+        for (p = (char *)enc; *p != '\0'; lines++) {
+            char *e = strchr(p, '\n');
+            assert_non_null(e);
+            assert_true(e - p <= 998 + crlf);
+            assert_int_equal(e > p && e[-1] == '\r', crlf);
+            p = e + 1;
+        }
+        assert_true(lines > 64 / 4);
+        /* unfolded, the outer To: is the input's */
+        assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
+        p = strstr(env_message_outer_headers(msg), "To: ");
+        assert_non_null(p);
+        {
+            char *un = malloc(strlen(p) + 1);
+            size_t u = 0;
+            for (size_t i = 0; p[i] != '\0'; i++) {
+                if (p[i] == '\n' && (p[i + 1] == ' ' || p[i + 1] == '\t')) {
+                    if (u > 0 && un[u - 1] == '\r')
+                        u--;
+                    continue;
+                }
+                un[u++] = p[i];
+            }
+            assert_true(u > tolen);
+            assert_memory_equal(un, to, tolen);
+            assert_memory_equal(un + tolen, nl, strlen(nl));
+            free(un);
+        }
+        /* inside, the field whole */
+        assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+        to[tolen] = '\0'; /* the rest of mail is not needed any more */
+        assert_non_null(strstr(out, to));
+        free(out);
+        env_message_free(msg);
+        free(enc);
+        free(mail);
+    }
+}
+
 /* Content sizes around the base64 line and AES block boundaries. */
 static void test_sizes(void **state)
 {
@@ -1144,7 +1208,7 @@ int main(void)
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
         cmocka_unit_test(test_mime_is_smime),  cmocka_unit_test(test_multipart_part),
-        cmocka_unit_test(test_long_header_lines),
+        cmocka_unit_test(test_long_header_lines),    cmocka_unit_test(test_mime_long_routing_folded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
