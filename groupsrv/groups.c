@@ -248,10 +248,26 @@ const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const c
     return gs_key_check2(info, &e, NULL, custody);
 }
 
+char *gs_pin_refusal_path(const struct gs_config *cfg)
+{
+    const char *beside = cfg->db.path != NULL ? cfg->db.path : cfg->audit.path;
+    char *dir, *path = NULL;
+    size_t n;
+
+    if (beside == NULL || (dir = util_dir_of(beside)) == NULL)
+        return NULL;
+    n = strlen(dir) + sizeof("/" GS_PIN_REFUSAL_FILE);
+    if ((path = malloc(n)) != NULL)
+        (void)snprintf(path, n, "%s/%s", dir, GS_PIN_REFUSAL_FILE);
+    free(dir);
+    return path;
+}
+
 gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
 {
     hsm_config hc;
     hsm_err he;
+    char *refusal = NULL;
     *out = NULL;
     /* A token URI that cannot name a token, or that carries a PIN, is a
      * configuration error (5), found before the module is loaded. The
@@ -266,7 +282,16 @@ gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out)
     hc.pin_source = cfg->hsm.pin_source;
     hc.max_sessions = cfg->hsm.max_sessions;
     hc.init_args = cfg->hsm.init_args;
+    /* A PIN the token refused is not sent again by the next command or
+     * start (a service manager restarting serve would lock a token that
+     * counts tries without saying so): remembered beside the database,
+     * or with [db] url beside the audit log, where the key holder writes. */
+    if (cfg->hsm.pin_source != NULL && strcmp(cfg->hsm.pin_source, HSM_PIN_SOURCE_PINPAD) != 0 &&
+        (refusal = gs_pin_refusal_path(cfg)) == NULL)
+        return gs_err_set(GS_ERR_NOMEM, "out of memory");
+    hc.refusal_path = refusal;
     he = hsm_open(&hc, out);
+    free(refusal);
     /* A URI naming another module than [hsm] module (RFC 7512's
      * module-path=, module-name=) is found once the module is loaded:
      * a configuration error too. */

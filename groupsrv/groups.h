@@ -320,5 +320,10 @@ void gs_token_destroy_label(hsm_ctx *hsm, const char *label);
 /* Opens the token named in cfg->hsm (wrong PIN etc. -> GS_ERR_TOKEN with
  * detail). */
 gs_err gs_hsm_open(const struct gs_config *cfg, hsm_ctx **out);
+/* Where gs_hsm_open remembers a PIN the token refused (hsm_config's
+ * refusal_path): GS_PIN_REFUSAL_FILE in the directory of [db] path, or
+ * with [db] url of [audit] path. malloc'd; NULL when out of memory. */
+#define GS_PIN_REFUSAL_FILE "pin-refused"
+char *gs_pin_refusal_path(const struct gs_config *cfg);
 
 #endif

@@ -72,6 +72,37 @@ static void pin_remember_rejected(const CK_TOKEN_INFO *ti, const char *pin, size
     OPENSSL_cleanse(md, sizeof(md));
 }
 
+/* Whether the refusal recorded at ctx->refusal_path (refusal.c) names
+ * this token and this PIN source (src, pin: what was read from it); if so
+ * the detail says what to fix and how to clear it. */
+static bool refused_before(hsm_ctx *ctx, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
+                           size_t pin_len)
+{
+    char when[40];
+
+    if (ctx->refusal_path == NULL || ctx->pinpad || pin == NULL ||
+        !hsm_refusal_matches(ctx->refusal_path, ti, src, pin, pin_len, when, sizeof(when)))
+        return false;
+    /* Kept within the detail's 384 bytes: what to fix, how to clear it. */
+    hsm_set_detail("C_Login: not attempted: the token refused the PIN from %.120s at %s; not sent again until "
+                   "that %s changes (correct the PIN there) or %.120s is removed (the token's PIN set to it since)",
+                   ctx->pin_source != NULL ? ctx->pin_source : "the PIN source", when[0] ? when : "a time unknown",
+                   src->is_file ? "file" : "variable", ctx->refusal_path);
+    return true;
+}
+
+/* A CKR_PIN_INCORRECT: remembered in this process and, for the processes
+ * after it (a service manager's restarts, the key holder the supervisor
+ * starts again, a cron job), at ctx->refusal_path; the PIN is wiped. */
+static void pin_refused(hsm_ctx *ctx, const CK_TOKEN_INFO *ti)
+{
+    ctx->pin_rejected = true;
+    pin_remember_rejected(ti, ctx->pin, ctx->pin_len);
+    hsm_refusal_record(ctx->refusal_path, ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->pin_source);
+    /* The PIN is useless now: do not keep it in memory. */
+    OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+}
+
 /* ---- token lookup ------------------------------------------------------- */
 
 /* A token that allows fewer sessions than the pool would open (smartcards:
@@ -399,6 +430,9 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         goto out; /* not tried */
     if (err == HSM_OK) {
         bump_key_gen(ctx);
+        /* This PIN works: a refusal recorded before is out of date. */
+        if (!ctx->pinpad)
+            hsm_refusal_clear(ctx->refusal_path);
         goto out;
     }
     if (hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN) {
@@ -420,10 +454,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
             hsm_set_detail("C_Login: CKR_PIN_INCORRECT; this token requires no login (CKF_LOGIN_REQUIRED clear) "
                            "and its user PIN is not this one: if it has none (an empty PIN, which no pin source "
                            "holds), set a user PIN on the token and put it in the pin source");
-        ctx->pin_rejected = true;
-        pin_remember_rejected(&ti, ctx->pin, ctx->pin_len);
-        /* The PIN is useless now: do not keep it in memory. */
-        OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+        pin_refused(ctx, &ti);
         log_warn("token rejected the PIN; it will not be tried again");
     }
 out:
@@ -1040,6 +1071,8 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
         return HSM_ERR_ARGS;
     if (strncmp(pin_source, "env:", 4) == 0 || ctx->pinpad)
         return HSM_OK;
+    hsm_pin_src src;
+    hsm_refusal_src_stat(pin_source, &src);
     if ((rc = util_read_pin_source(pin_source, &pin, &pin_len)) != UTIL_OK) {
         hsm_set_detail("pin source %.200s: %s", pin_source, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
         return HSM_ERR_PIN_SOURCE;
@@ -1049,12 +1082,15 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
     if (pin_is_rejected(&ti, pin, pin_len)) {
         hsm_set_detail("C_Login: not attempted, the PIN in the pin source was rejected before (CKR_PIN_INCORRECT)");
         err = HSM_ERR_PIN_INCORRECT;
+    } else if (refused_before(ctx, &ti, &src, pin, pin_len)) {
+        err = HSM_ERR_PIN_INCORRECT; /* by an earlier process */
     } else {
         /* Swapped under login_mu, which every login holds while it reads
          * ctx->pin. */
         util_secret_free(ctx->pin, ctx->pin_len + 1);
         ctx->pin = pin;
         ctx->pin_len = pin_len;
+        ctx->pin_src = src;
         pin = NULL;
         ctx->pin_rejected = false;
         ctx->login_unsure = false;
@@ -1084,9 +1120,7 @@ hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
     /* The PIN again, for this one operation (the card checks it). */
     err = hsm_login_counted(ctx, s, CKU_CONTEXT_SPECIFIC, ctx->pin, ctx->pin_len);
     if (err == HSM_ERR_PIN_INCORRECT && !ctx->pinpad) {
-        ctx->pin_rejected = true;
-        pin_remember_rejected(&ctx->tinfo, ctx->pin, ctx->pin_len);
-        OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+        pin_refused(ctx, &ctx->tinfo);
         log_warn("token rejected the PIN at a context-specific login; it will not be tried again");
     }
     pthread_mutex_unlock(&ctx->login_mu);
@@ -1251,6 +1285,12 @@ static hsm_err open_token(hsm_ctx *ctx, hsm_session *s)
         hsm_set_detail("C_Login: not attempted, this PIN was rejected before (CKR_PIN_INCORRECT)");
         return HSM_ERR_PIN_INCORRECT;
     }
+    /* And one an earlier process saw rejected (refusal.c). */
+    if (ctx->want_login && refused_before(ctx, &ctx->tinfo, &ctx->pin_src, ctx->pin, ctx->pin_len)) {
+        ctx->pin_rejected = true;
+        OPENSSL_cleanse(ctx->pin, ctx->pin_len);
+        return HSM_ERR_PIN_INCORRECT;
+    }
     err = borrow(ctx, s, false, false);
     if (err != HSM_OK) {
         if (s->h != 0)
@@ -1322,6 +1362,14 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
         ctx->pinpad = true;
         ctx->want_login = true;
     } else if (cfg->pin_source != NULL) {
+        if ((ctx->pin_source = strdup(cfg->pin_source)) == NULL ||
+            (cfg->refusal_path != NULL && (ctx->refusal_path = strdup(cfg->refusal_path)) == NULL)) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+        /* The file's identity before it is read: one replaced meanwhile
+         * is then taken as changed (tried), never the reverse. */
+        hsm_refusal_src_stat(cfg->pin_source, &ctx->pin_src);
         rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
         if (rc != UTIL_OK) {
             /* Which source: a path or a variable's name, never the PIN.
@@ -1411,6 +1459,8 @@ void hsm_close(hsm_ctx *ctx)
         util_secret_free(ctx->pin, ctx->pin_len + 1);
     free(ctx->idle);
     free(ctx->init_args);
+    free(ctx->refusal_path);
+    free(ctx->pin_source);
     pthread_mutex_destroy(&ctx->pool_mu);
     pthread_cond_destroy(&ctx->pool_cv);
     pthread_mutex_destroy(&ctx->login_mu);

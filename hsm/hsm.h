@@ -95,6 +95,12 @@ typedef struct hsm_config {
                                 pReserved (NSS softokn: "configdir='sql:DIR' certPrefix=''
                                 keyPrefix='' secmod='secmod.db' flags="); NULL = none.
                                 At most 1024 bytes. Copied. */
+    const char *refusal_path; /* a file where a PIN the token refused (CKR_PIN_INCORRECT) is
+                                 remembered across processes (refusal.c), in a directory this
+                                 program writes: hsm_open and hsm_reload_pin then refuse, without
+                                 C_Login, the same PIN source on the same token until the source
+                                 changes (a file written anew, another env: value); a login
+                                 removes it. NULL = remembered in this process only. Copied. */
 } hsm_config;
 
 /* Loads the module (p11_kit_module_load for a path, else a p11-kit config
@@ -107,7 +113,8 @@ typedef struct hsm_config {
  * Errors: HSM_ERR_MODULE (detail says what to do for CKR_ARGUMENTS_BAD:
  * the module wants init arguments), _URI, _TOKEN_NOT_FOUND, _PIN_SOURCE,
  * _PIN_INCORRECT (also, without calling C_Login, for a PIN this process
- * already saw rejected by the same token), _PIN_LOCKED, _DEVICE.
+ * already saw rejected by the same token, or one refusal_path records),
+ * _PIN_LOCKED, _DEVICE.
  * A token not found, or a device error while finding it and logging in,
  * is tried again from C_Initialize on, four times over about a second
  * (SoftHSM read while another process writes its token fails so); a PIN
@@ -129,8 +136,8 @@ void hsm_close(hsm_ctx *ctx);
  * at hsm_open and gone since, so it is left as it is: HSM_OK) and uses it
  * for every later login, for an operator who changed the token's PIN and
  * the file and sends SIGHUP instead of restarting. A PIN the token
- * rejected before stays refused and is never sent: HSM_ERR_PIN_INCORRECT,
- * the PIN in use unchanged. A new PIN clears an earlier rejection, so a
+ * rejected before (in this process, or recorded at refusal_path) stays
+ * refused and is never sent: HSM_ERR_PIN_INCORRECT, the PIN in use unchanged. A new PIN clears an earlier rejection, so a
  * context that stopped logging in logs in again at its next operation.
  * No token call is made here. Errors: HSM_ERR_PIN_SOURCE (unreadable,
  * empty, too open: the PIN in use unchanged), _ARGS (no login wanted). */

@@ -45,6 +45,28 @@ typedef struct hsm_session {
     bool broken;    /* set by an operation that saw the session die */
 } hsm_session;
 
+/* A PIN source's identity when it was read (refusal.c): a file's stat;
+ * for env:NAME nothing here (the PIN itself is MACed). */
+typedef struct hsm_pin_src {
+    bool is_file;
+    unsigned long long dev, ino;
+    long long size, mtime_s, ctime_s;
+    long mtime_ns, ctime_ns;
+} hsm_pin_src;
+
+/* refusal.c: a PIN the token refused, remembered across processes at
+ * hsm_config's refusal_path. src_stat takes the source's identity before
+ * it is read; matches says whether the record names this token and this
+ * source (when: the record's time, for the message); record writes it
+ * (after a CKR_PIN_INCORRECT); clear removes it (after a login). None
+ * fails the caller: a record that cannot be read or written is logged. */
+void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src);
+bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
+                         size_t pin_len, char *when, size_t whensz);
+void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
+                        size_t pin_len, const char *pin_source);
+void hsm_refusal_clear(const char *record);
+
 struct hsm_ctx {
     CK_FUNCTION_LIST *fl;
     CK_FUNCTION_LIST **modlist; /* set when loaded by name: released on close */
@@ -90,6 +112,9 @@ struct hsm_ctx {
     bool pin_rejected;
     bool login_unsure;       /* a C_Login failed in a way that may have cost a PIN try on a card:
                                 not sent again until a new PIN is set (hsm.c, login_unsure) */
+    char *refusal_path;      /* hsm_config's refusal_path (copied), or NULL */
+    char *pin_source;        /* the source ctx->pin came from, for the refusal record */
+    hsm_pin_src pin_src;     /* its identity when it was read (refusal.c) */
 
     /* Object handle cache generation: bumped whenever handles may be stale. */
     pthread_mutex_t key_mu;

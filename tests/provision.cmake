@@ -44,6 +44,10 @@ if(TARGET groupsrv)
     add_test(NAME provision_refuse COMMAND bash ${GS_TEST_DIR}/integration/provision-refuse.sh)
     set_tests_properties(provision_refuse PROPERTIES LABELS "integration" TIMEOUT 180
       ENVIRONMENT "${GS_PROVISION_ENV};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
+    # A PIN the token refused is not sent again by the next start (C_Login counted).
+    add_test(NAME pin_refusal COMMAND bash ${GS_TEST_DIR}/integration/pin-refusal.sh)
+    set_tests_properties(pin_refusal PROPERTIES LABELS "integration" TIMEOUT 180
+      ENVIRONMENT "${GS_PROVISION_ENV};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
     # A token URI that matches two tokens; a token failing mid-command.
     add_test(NAME provision_select COMMAND bash ${GS_TEST_DIR}/integration/provision-select.sh)
     set_tests_properties(provision_select PROPERTIES LABELS "integration" TIMEOUT 180

@@ -207,6 +207,18 @@ for rule in "* CKR_DEVICE_REMOVED" "C_Login CKR_PIN_INCORRECT"; do
 done
 ok "serve without its token or with a refused PIN at start: exit 4"
 control ""
+# The refusal is remembered beside the database: the next start (a
+# service manager's) does not send that PIN file's PIN again, even with
+# the token answering, and says how to clear it; here the token's PIN is
+# right after all, so the record is removed, as the message says.
+set +e
+timeout 60 "$BIN/groupsrv" -c "$conf" serve >"$work/serve-bad.log" 2>&1
+rc=$?
+set -e
+[ "$rc" = 4 ] || fail "serve after a refused PIN: exit $rc, wanted 4: $(cat "$work/serve-bad.log")"
+grep -q "the token refused the PIN from .* or $work/pin-refused is removed" "$work/serve-bad.log" ||
+  fail "serve after a refused PIN: no reason: $(cat "$work/serve-bad.log")"
+rm "$work/pin-refused"
 # A [tls] cert file that cannot be read (the supervisor reads it for the
 # network process): not started, said at once with exit 1, not after the
 # network process's 2-minute wait for the rest of its start-up.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # token-pin.sh BIN SRC: a wrong PIN on a token that counts failed logins
-# (opencryptoki's soft token: the third wrong PIN locks it). Each admin
-# command and each start of serve sends a wrong PIN at most once (exit 4,
-# one line); once the token reports its last try (CKF_USER_PIN_FINAL_TRY)
+# (opencryptoki's soft token: the third wrong PIN locks it). A wrong PIN
+# is sent once (exit 4, one line) and then not again, by any command or
+# start of serve, until the PIN file changes (the refusal is recorded
+# beside the database); once the token reports its last try (CKF_USER_PIN_FINAL_TRY)
 # groupsrv does not spend it, not even with the right PIN, so that a loop
 # of commands or a service manager restarting serve never locks the
 # token. A person logs in once by hand (pkcs11-tool), which resets the
@@ -68,17 +69,26 @@ case "$(flags)" in *"count low"*|*"final user PIN try"*|*"PIN locked"*) fail "fr
 expect 4 "PIN incorrect (not retried) (C_Login: CKR_PIN_INCORRECT)" \
   "$BIN/groupsrv" -c "$work/bad.conf" group create eng --address eng@example.org --key rsa:2048
 case "$(flags)" in *"count low"*) ;; *) fail "one wrong PIN: token flags $(flags)" ;; esac
+# the same file again: not sent (the token's count stays)
+expect 4 "PIN incorrect (not retried) (C_Login: not attempted: the token refused the PIN from $work/bad-pin" \
+  "$BIN/groupsrv" -c "$work/bad.conf" tls init --dns gs.example.org --out "$work/tls.pem"
+case "$(flags)" in *"final user PIN try"*) fail "a refused PIN was sent again: token flags $(flags)" ;; esac
+# the file written anew (a person changed it): tried once
+tok_write_pin "$work/bad-pin" 0000
 expect 4 "PIN incorrect (not retried) (C_Login: CKR_PIN_INCORRECT)" \
   "$BIN/groupsrv" -c "$work/bad.conf" tls init --dns gs.example.org --out "$work/tls.pem"
 case "$(flags)" in *"final user PIN try"*) ;; *) fail "two wrong PINs: token flags $(flags)" ;; esac
-ok "a wrong PIN costs one try per command"
+ok "a wrong PIN costs one try per change of the PIN file"
 
 # The last try is not spent: by a command, by serve (a service manager
 # would start it again and again), nor with the right PIN
 last="PIN locked or expired (the token allows one more user PIN try (CKF_USER_PIN_FINAL_TRY); not spent automatically"
 for i in 1 2 3; do
-  expect 4 "$last" "$BIN/groupsrv" -c "$work/bad.conf" group create eng --address eng@example.org --key rsa:2048
+  expect 4 "the token refused the PIN from $work/bad-pin" \
+    "$BIN/groupsrv" -c "$work/bad.conf" group create eng --address eng@example.org --key rsa:2048
 done
+tok_write_pin "$work/bad-pin" 0000
+expect 4 "$last" "$BIN/groupsrv" -c "$work/bad.conf" group create eng --address eng@example.org --key rsa:2048
 rc=0
 timeout 60 "$BIN/groupsrv" -c "$work/bad.conf" serve > "$work/serve.out" 2>&1 || rc=$?
 [ "$rc" = 4 ] || fail "serve with the token at its last PIN try: exit $rc, want 4: $(cat "$work/serve.out")"

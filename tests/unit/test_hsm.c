@@ -101,7 +101,7 @@ static int t_teardown(void **state)
 
 static hsm_ctx *open_with(const char *module, const char *pin_source, unsigned max, hsm_err *err)
 {
-    hsm_config cfg = {module, TOKEN_URI, pin_source, max, NULL};
+    hsm_config cfg = {module, TOKEN_URI, pin_source, max, NULL, NULL};
     hsm_ctx *ctx = NULL;
     size_t i;
 
@@ -320,7 +320,7 @@ static void test_open_errors(void **state)
 {
     hsm_err err;
     hsm_ctx *ctx;
-    hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=no-such-token", pinsrc, 0, NULL};
+    hsm_config cfg = {testtoken_softhsm_module(), "pkcs11:token=no-such-token", pinsrc, 0, NULL, NULL};
     (void)state;
 
     ctx = NULL;

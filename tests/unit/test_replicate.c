@@ -39,7 +39,7 @@ static char so_pin[300];
 
 static hsm_ctx *open_ctx(void)
 {
-    hsm_config cfg = {testtoken_softhsm_module(), TOKEN_URI, pinsrc, 0, NULL};
+    hsm_config cfg = {testtoken_softhsm_module(), TOKEN_URI, pinsrc, 0, NULL, NULL};
     hsm_ctx *ctx = NULL;
     hsm_err err = hsm_open(&cfg, &ctx);
     if (err != HSM_OK)

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A PIN the token refused is not sent again by the next start: a service
+# manager restarting `groupsrv serve` (the packaged unit: every 5 s), the
+# key holder the supervisor starts again, a cron job's command. Tokens
+# that count wrong PINs without reporting CKF_USER_PIN_FINAL_TRY would
+# otherwise be locked after a few restarts. SoftHSM has no counter, so
+# the test counts C_Login calls (tests/p11fault's GS_P11FAULT_COUNTS): the
+# first start sends the wrong PIN once; the second sends nothing, exits 4
+# and says what to fix; a PIN file written anew is tried (once); a right
+# PIN removes the record. For env: sources the same, with a record that
+# holds neither the PIN nor a plain hash of it.
+set -euo pipefail
+. "$(dirname "$0")/provision-lib.sh"
+. "$GS_SRC/tests/lib/ports.sh"
+: "${GS_P11FAULT_MODULE:?}"
+[ -f "$GS_P11FAULT_MODULE" ] || fail "no p11fault module at $GS_P11FAULT_MODULE"
+
+expect_rc 0 "$G" -c "$CONF" ca init --key rsa:2048
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/srv.key" -out "$T/srv.pem" \
+  -days 2 -subj /CN=localhost 2>/dev/null
+take_port port
+wrong=wrong-PIN-4711
+printf '%s\n' "$wrong" > "$T/pin"; chmod 600 "$T/pin"
+sed -e "s|^module = .*|module = $GS_P11FAULT_MODULE|" -e "s|^pin_source = .*|pin_source = $T/pin|" "$CONF" \
+  > "$T/fault.conf"
+cat >> "$T/fault.conf" <<CONF
+[server]
+listen = 127.0.0.1:$port
+[tls]
+cert = $T/srv.pem
+key = $T/srv.key
+CONF
+record=$T/db/pin-refused
+
+# logins FILE: the C_Login calls the process that wrote FILE made
+logins() { sed -n 's/^C_Login //p' "$1"; }
+# serve_once N: serve with the wrong PIN, its C_Login count in $T/count.N
+serve_once() {
+  local rc=0
+  GS_P11FAULT_COUNTS="$T/count.$1" timeout 60 "$G" -c "$T/fault.conf" serve > "$T/serve.$1" 2>&1 || rc=$?
+  [ "$rc" = 4 ] || fail "serve $1 with a wrong PIN: exit $rc, want 4: $(cat "$T/serve.$1")"
+}
+
+serve_once 1
+[ "$(logins "$T/count.1")" = 1 ] || fail "first start: C_Login $(logins "$T/count.1") times, want 1"
+# The service manager starts it again: the PIN is not sent, and the log
+# says what to fix and how to clear it
+serve_once 2
+[ "$(logins "$T/count.2")" = 0 ] || fail "second start sent the refused PIN: C_Login $(logins "$T/count.2") times"
+[ -f "$record" ] || fail "the refusal is not recorded at $record: $(cat "$T/serve.1")"
+[ "$(stat -c %a "$record")" = 600 ] || fail "record mode $(stat -c %a "$record")"
+! grep -q -- "$wrong" "$record" || fail "the record holds the PIN"
+grep -q "the token refused the PIN from $T/pin at .*; not sent again until that file changes (correct the PIN there)" \
+  "$T/serve.2" ||
+  fail "serve does not say what to fix: $(cat "$T/serve.2")"
+grep -q "or $record is removed" "$T/serve.2" || fail "serve does not say how to clear it: $(cat "$T/serve.2")"
+echo "ok: a restarted serve does not send the refused PIN"
+
+# check says so too, and sends nothing either
+rc=0
+GS_P11FAULT_COUNTS="$T/count.check" "$G" -c "$T/fault.conf" check > "$T/check.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "check: exit $rc, want 1: $(cat "$T/check.out")"
+grep -q "the token refused the PIN from $T/pin" "$T/check.out" || fail "check does not say so: $(cat "$T/check.out")"
+[ "$(logins "$T/count.check")" = 0 ] || fail "check sent the refused PIN"
+# and an admin command (a cron job's)
+GS_P11FAULT_COUNTS="$T/count.cmd" expect_rc 4 "$G" -c "$T/fault.conf" group create eng --address eng@example.org
+expect_err "PIN incorrect (not retried) (C_Login: not attempted: the token refused the PIN from $T/pin at "
+[ "$(logins "$T/count.cmd")" = 0 ] || fail "an admin command sent the refused PIN"
+echo "ok: check and admin commands say so without sending it"
+
+# The file written anew (even with the same wrong PIN): tried once more
+printf '%s\n' "$wrong" > "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+serve_once 3
+[ "$(logins "$T/count.3")" = 1 ] || fail "a new PIN file was not tried: C_Login $(logins "$T/count.3") times"
+serve_once 4
+[ "$(logins "$T/count.4")" = 0 ] || fail "the new file's refused PIN was sent again"
+# the right PIN written to it: taken, and the record goes
+cp "$T/tok/user-pin" "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+GS_P11FAULT_COUNTS="$T/count.5" expect_rc 0 "$G" -c "$T/fault.conf" group create eng --address eng@example.org \
+  --key rsa:2048
+[ "$(logins "$T/count.5")" = 1 ] || fail "the corrected PIN: C_Login $(logins "$T/count.5") times"
+[ ! -e "$record" ] || fail "a login with the right PIN left the record"
+echo "ok: a PIN file written anew is tried; the right PIN clears the record"
+
+# env: a keyed hash, the key in another file: a different value is tried
+sed -e "s|^pin_source = .*|pin_source = env:GS_TEST_PIN|" "$T/fault.conf" > "$T/env.conf"
+for n in 1 2; do
+  GS_TEST_PIN=$wrong GS_P11FAULT_COUNTS="$T/count.env$n" expect_rc 4 "$G" -c "$T/env.conf" group rotate eng
+  expect_err "PIN incorrect"
+done
+[ "$(logins "$T/count.env1")" = 1 ] || fail "env: first command: C_Login $(logins "$T/count.env1") times"
+[ "$(logins "$T/count.env2")" = 0 ] || fail "env: the refused PIN was sent again"
+[ -f "$record.key" ] && [ "$(stat -c %a "$record.key")" = 600 ] || fail "env: no 0600 key beside the record"
+! grep -q -- "$wrong" "$record" || fail "env: the record holds the PIN"
+! grep -q "$(printf '%s' "$wrong" | sha256sum | cut -c1-64)" "$record" || fail "env: the record holds SHA-256(PIN)"
+GS_TEST_PIN=other-wrong GS_P11FAULT_COUNTS="$T/count.env3" expect_rc 4 "$G" -c "$T/env.conf" group rotate eng
+[ "$(logins "$T/count.env3")" = 1 ] || fail "env: another value was not tried"
+GS_TEST_PIN=$(cat "$T/tok/user-pin") expect_rc 0 "$G" -c "$T/env.conf" group rotate eng
+[ ! -e "$record" ] || fail "env: the right PIN left the record"
+echo "ok: env: sources are remembered by a keyed hash"
+echo "pin-refusal: OK"
