@@ -72,6 +72,16 @@ static void pin_remember_rejected(const CK_TOKEN_INFO *ti, const char *pin, size
     OPENSSL_cleanse(md, sizeof(md));
 }
 
+/* A PIN source as a message may show it: a path or a variable's name,
+ * never a value that is neither (it may be the PIN itself, written where
+ * its source belongs). */
+static const char *source_shown(const char *src)
+{
+    if (src != NULL && (strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL))
+        return src;
+    return "the PIN source";
+}
+
 /* Whether the refusal recorded at ctx->refusal_path (refusal.c) names
  * this token and this PIN source (src, pin: what was read from it); if so
  * the detail says what to fix and how to clear it. */
@@ -86,7 +96,7 @@ static bool refused_before(hsm_ctx *ctx, const CK_TOKEN_INFO *ti, const hsm_pin_
     /* Kept within the detail's 384 bytes: what to fix, how to clear it. */
     hsm_set_detail("C_Login: not attempted: the token refused the PIN from %.120s at %s; not sent again until "
                    "that %s changes (correct the PIN there) or %.120s is removed (the token's PIN set to it since)",
-                   ctx->pin_source != NULL ? ctx->pin_source : "the PIN source", when[0] ? when : "a time unknown",
+                   source_shown(ctx->source_name), when[0] ? when : "a time unknown",
                    src->is_file ? "file" : "variable", ctx->refusal_path);
     return true;
 }
@@ -98,7 +108,7 @@ static void pin_refused(hsm_ctx *ctx, const CK_TOKEN_INFO *ti)
 {
     ctx->pin_rejected = true;
     pin_remember_rejected(ti, ctx->pin, ctx->pin_len);
-    hsm_refusal_record(ctx->refusal_path, ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->pin_source);
+    hsm_refusal_record(ctx->refusal_path, ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->source_name);
     /* The PIN is useless now: do not keep it in memory. */
     OPENSSL_cleanse(ctx->pin, ctx->pin_len);
 }
@@ -1362,7 +1372,7 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
         ctx->pinpad = true;
         ctx->want_login = true;
     } else if (cfg->pin_source != NULL) {
-        if ((ctx->pin_source = strdup(cfg->pin_source)) == NULL ||
+        if ((ctx->source_name = strdup(cfg->pin_source)) == NULL ||
             (cfg->refusal_path != NULL && (ctx->refusal_path = strdup(cfg->refusal_path)) == NULL)) {
             err = HSM_ERR_NOMEM;
             goto out;
@@ -1460,7 +1470,7 @@ void hsm_close(hsm_ctx *ctx)
     free(ctx->idle);
     free(ctx->init_args);
     free(ctx->refusal_path);
-    free(ctx->pin_source);
+    free(ctx->source_name);
     pthread_mutex_destroy(&ctx->pool_mu);
     pthread_cond_destroy(&ctx->pool_cv);
     pthread_mutex_destroy(&ctx->login_mu);

@@ -113,7 +113,7 @@ struct hsm_ctx {
     bool login_unsure;       /* a C_Login failed in a way that may have cost a PIN try on a card:
                                 not sent again until a new PIN is set (hsm.c, login_unsure) */
     char *refusal_path;      /* hsm_config's refusal_path (copied), or NULL */
-    char *pin_source;        /* the source ctx->pin came from, for the refusal record */
+    char *source_name;       /* [hsm] pin_source, whence ctx->pin came: for the refusal record */
     hsm_pin_src pin_src;     /* its identity when it was read (refusal.c) */
 
     /* Object handle cache generation: bumped whenever handles may be stale. */

@@ -82,6 +82,27 @@ GS_P11FAULT_COUNTS="$T/count.5" expect_rc 0 "$G" -c "$T/fault.conf" group create
 [ ! -e "$record" ] || fail "a login with the right PIN left the record"
 echo "ok: a PIN file written anew is tried; the right PIN clears the record"
 
+# SIGHUP reads the PIN file again: a PIN another process saw refused (an
+# admin command, after the file was changed under a running serve) is not
+# taken up, so the key holder never sends it at its next login
+"$G" -c "$T/fault.conf" serve > "$T/serve.hup" 2>&1 &
+srv_pid=$!
+trap 'kill "$srv_pid" 2>/dev/null || true; rm -rf "$T"' EXIT
+for _ in $(seq 1 100); do
+  curl -sk -o /dev/null "https://127.0.0.1:$port/healthz" && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "serve did not start: $(cat "$T/serve.hup")"
+  sleep 0.1
+done
+printf '%s\n' "$wrong" > "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do grep -q 'PIN source was not taken up\|PIN source read again' "$T/serve.hup" && break; sleep 0.1; done
+grep -q 'the PIN source was not taken up.*the token refused the PIN from' "$T/serve.hup" ||
+  fail "SIGHUP took up a PIN the token refused: $(grep -i pin "$T/serve.hup")"
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve's exit status after SIGTERM"
+rm "$record"
+echo "ok: SIGHUP does not take up a PIN another process saw refused"
+
 # env: a keyed hash, the key in another file: a different value is tried
 sed -e "s|^pin_source = .*|pin_source = env:GS_TEST_PIN|" "$T/fault.conf" > "$T/env.conf"
 for n in 1 2; do
