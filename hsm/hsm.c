@@ -88,16 +88,23 @@ static const char *source_shown(const char *src)
 static bool refused_before(hsm_ctx *ctx, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
                            size_t pin_len)
 {
-    char when[40];
+    char when[40], rv[48];
 
     if (ctx->refusal_path == NULL || ctx->pinpad || pin == NULL ||
-        !hsm_refusal_matches(ctx->refusal_path, ti, src, pin, pin_len, when, sizeof(when)))
+        !hsm_refusal_matches(ctx->refusal_path, ti, src, pin, pin_len, when, sizeof(when), rv, sizeof(rv)))
         return false;
     /* Kept within the detail's 384 bytes: what to fix, how to clear it. */
-    hsm_set_detail("C_Login: not attempted: the token refused the PIN from %.120s at %s; not sent again until "
-                   "that %s changes (correct the PIN there) or %.120s is removed (the token's PIN set to it since)",
-                   source_shown(ctx->source_name), when[0] ? when : "a time unknown",
-                   src->is_file ? "file" : "variable", ctx->refusal_path);
+    if (rv[0] != '\0' && strcmp(rv, "CKR_PIN_INCORRECT") != 0)
+        hsm_set_detail("C_Login: not attempted: the login with the PIN from %.120s failed at %s with %.40s, which "
+                       "may have cost a try; not sent again until that %s changes or %.120s is removed (check the "
+                       "PIN by hand first: pkcs11-tool --login)",
+                       source_shown(ctx->source_name), when[0] ? when : "a time unknown", rv,
+                       src->is_file ? "file" : "variable", ctx->refusal_path);
+    else
+        hsm_set_detail("C_Login: not attempted: the token refused the PIN from %.120s at %s; not sent again until "
+                       "that %s changes (correct the PIN there) or %.120s is removed (the token's PIN set to it since)",
+                       source_shown(ctx->source_name), when[0] ? when : "a time unknown",
+                       src->is_file ? "file" : "variable", ctx->refusal_path);
     return true;
 }
 
@@ -108,7 +115,8 @@ static void pin_refused(hsm_ctx *ctx, const CK_TOKEN_INFO *ti)
 {
     ctx->pin_rejected = true;
     pin_remember_rejected(ti, ctx->pin, ctx->pin_len);
-    hsm_refusal_record(ctx->refusal_path, ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->source_name);
+    hsm_refusal_record(ctx->refusal_path, ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->source_name,
+                       "CKR_PIN_INCORRECT");
     /* The PIN is useless now: do not keep it in memory. */
     OPENSSL_cleanse(ctx->pin, ctx->pin_len);
 }
@@ -450,7 +458,19 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         goto out;
     }
     if (!ctx->pinpad && login_rv_unsure(hsm_last_rv())) {
+        CK_RV rv = hsm_last_rv();
         err = login_unsure(ctx, before, err);
+        /* Not sent again by this process: nor by the next one (a card
+         * that counts the try without saying so would be locked by a
+         * service manager's restarts). The PIN stays in memory: a
+         * SIGHUP with it unchanged is still refused (login_unsure). */
+        if (ctx->login_unsure) {
+            hsm_errsave sv;
+            hsm_err_save(&sv);
+            hsm_refusal_record(ctx->refusal_path, &ti, &ctx->pin_src, ctx->pin, ctx->pin_len, ctx->source_name,
+                               hsm_ckr_name(rv));
+            hsm_err_restore(&sv);
+        }
         goto out;
     }
     if (err == HSM_ERR_PIN_INCORRECT && ctx->pinpad) {

@@ -163,8 +163,27 @@ out:
     return rc;
 }
 
+/* Copies the value of "name=" on line p (up to a space or newline) to out. */
+static void field(const char *p, const char *name, char *out, size_t cap)
+{
+    const char *t = strstr(p, name);
+    size_t k;
+
+    if (cap == 0)
+        return;
+    out[0] = '\0';
+    if (t == NULL)
+        return;
+    t += strlen(name);
+    k = strcspn(t, " \n");
+    if (k >= cap)
+        k = cap - 1;
+    memcpy(out, t, k);
+    out[k] = '\0';
+}
+
 bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
-                         size_t pin_len, char *when, size_t whensz)
+                         size_t pin_len, char *when, size_t whensz, char *rv, size_t rvsz)
 {
     char want[512];
     unsigned char *buf = NULL;
@@ -174,6 +193,8 @@ bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_
 
     if (whensz > 0)
         when[0] = '\0';
+    if (rvsz > 0)
+        rv[0] = '\0';
     if (record == NULL || lstat(record, &st) != 0)
         return false;
     /* Not one this program wrote (a link, a directory, a file others may
@@ -193,22 +214,17 @@ bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_
     linelen = strlen(want);
     if (n > linelen && memcmp(buf, want, linelen) == 0 && buf[linelen] == '\n') {
         match = true;
-        /* the second line: "refused=TIME ..." for the message */
-        const char *p = (const char *)buf + linelen + 1, *t = strstr(p, "refused=");
-        if (t != NULL && whensz > 0) {
-            size_t k = strcspn(t + 8, " \n");
-            if (k >= whensz)
-                k = whensz - 1;
-            memcpy(when, t + 8, k);
-            when[k] = '\0';
-        }
+        /* the second line: "refused=TIME rv=CKR_... ..." for the message */
+        const char *p = (const char *)buf + linelen + 1;
+        field(p, "refused=", when, whensz);
+        field(p, " rv=", rv, rvsz);
     }
     free(buf);
     return match;
 }
 
 void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
-                        size_t pin_len, const char *pin_source)
+                        size_t pin_len, const char *pin_source, const char *rv)
 {
     char line[512], text[1024], stamp[32], serial[65];
     time_t now = time(NULL);
@@ -242,11 +258,11 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
     n = snprintf(text, sizeof(text),
-                 "%s\nrefused=%s token_serial=%s pin_source=%.200s\n"
-                 "# The token refused the PIN of this PIN source (CKR_PIN_INCORRECT): groupsrv does not send\n"
-                 "# it again until the source changes. Correct the PIN in it; if the token's PIN was set to it\n"
-                 "# instead, remove this file.\n",
-                 line, stamp, serial, shown);
+                 "%s\nrefused=%s rv=%s token_serial=%s pin_source=%.200s\n"
+                 "# The token refused the PIN of this PIN source (or failed the login in a way that may have\n"
+                 "# counted a try): groupsrv does not send it again until the source changes. Correct the PIN\n"
+                 "# in it; if the token's PIN was set to it instead, remove this file.\n",
+                 line, stamp, rv, serial, shown);
     if (n < 0 || (size_t)n >= sizeof(text) || util_write_file_atomic(record, text, (size_t)n, 0600) != UTIL_OK) {
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\" err=\"%s\"",
                  log_qs(record), strerror(errno));

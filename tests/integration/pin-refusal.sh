@@ -103,6 +103,19 @@ kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve's exit status after SIGTER
 rm "$record"
 echo "ok: SIGHUP does not take up a PIN another process saw refused"
 
+# A card in a reader whose driver answers a wrong PIN with
+# CKR_GENERAL_ERROR (tests/p11fault's card profile): the login may have
+# cost a try, so the next command does not send that PIN either
+for n in 1 2; do
+  GS_P11FAULT_PIN_TRIES=3 GS_P11FAULT_PIN_ERROR=0x5 GS_P11FAULT_COUNTS="$T/count.card$n" \
+    expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+done
+[ "$(logins "$T/count.card1")" = 1 ] || fail "card: first command: C_Login $(logins "$T/count.card1") times"
+[ "$(logins "$T/count.card2")" = 0 ] || fail "card: a login that may have cost a try was sent again"
+expect_err "the login with the PIN from $T/pin failed at .* with CKR_GENERAL_ERROR, which may have cost a try"
+rm "$record"
+echo "ok: a login a card may have counted is not sent again by the next command"
+
 # env: a keyed hash, the key in another file: a different value is tried
 sed -e "s|^pin_source = .*|pin_source = env:GS_TEST_PIN|" "$T/fault.conf" > "$T/env.conf"
 for n in 1 2; do
