@@ -661,19 +661,37 @@ gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs
     return st->ops->member_add(st, group_id, email, role, cert_pem);
 }
 
-gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
+/* Every member's address, however old, is one mailaddr_names_record
+ * takes (US-ASCII, no spaces, no <>): another string names no member,
+ * and is not given to the backend. There it could still match: PostgreSQL
+ * compares with lower() under the database's collation, which under a
+ * UTF-8 one folds U+0130 to i and U+212A KELVIN SIGN to k, so
+ * "k\u0130m@example.org" found, changed or removed kim. Within US-ASCII
+ * both backends fold the ASCII letters alone (SQLite's NOCASE;
+ * store_pg.c's check_ascii_case), so a member is its address but for
+ * ASCII case on either. */
+static gs_err member_named(const char *email)
 {
+    char q[GS_EMAIL_MAX + 16];
+
     if (email == NULL)
         return gs_err_set(GS_ERR_ARGS, "no email");
-    return st->ops->member_remove(st, group_id, email);
+    if (!mailaddr_names_record(email))
+        return gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member", log_quote(q, sizeof(q), email));
+    return GS_OK;
+}
+
+gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
+{
+    gs_err err = member_named(email);
+    return err ? err : st->ops->member_remove(st, group_id, email);
 }
 
 gs_err gs_store_member_get(gs_store *st, int64_t group_id, const char *email, gs_store_member **out)
 {
     *out = NULL;
-    if (email == NULL)
-        return gs_err_set(GS_ERR_ARGS, "no email");
-    return st->ops->member_get(st, group_id, email, out);
+    gs_err err = member_named(email);
+    return err ? err : st->ops->member_get(st, group_id, email, out);
 }
 
 gs_err gs_store_member_list(gs_store *st, int64_t group_id, gs_store_member **out, size_t *n)
@@ -687,7 +705,8 @@ gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *emai
 {
     if (email == NULL || wrap < GS_WRAP_DEFAULT || wrap > GS_WRAP_PKCS1V15)
         return gs_err_set(GS_ERR_ARGS, "invalid member or wrap");
-    return st->ops->member_set_wrap(st, group_id, email, wrap);
+    gs_err err = member_named(email);
+    return err ? err : st->ops->member_set_wrap(st, group_id, email, wrap);
 }
 
 /* ---- audit chains ----------------------------------------------------------- */

@@ -30,7 +30,8 @@
  * bumps in every writing transaction (the change stamp every server
  * instance polls), and `audit`, the audit chains of `[audit] store = db`.
  * Emails compare case-insensitively (SQLite's NOCASE): a unique index on
- * lower(email). */
+ * lower(email), which is ASCII's lower case only in a database whose
+ * collation check_ascii_case takes. */
 static const char *const migrations[] = {
     /* 0 -> 1 */
     "CREATE TABLE ca ("
@@ -869,6 +870,32 @@ static gs_err migrate(gs_store *st, int *found)
 static const struct gs_store_ops pg_ops;
 static void pg_close(gs_store *st);
 
+/* Member addresses are US-ASCII and compare without ASCII case, as
+ * SQLite's NOCASE: here the unique index and the lookups use lower()
+ * under the database's collation. Under a Turkish or Azerbaijani one
+ * (libc tr_TR or az_AZ, ICU tr or az; what a bare CREATE DATABASE gives
+ * on such a host) lower('I') is U+0131 DOTLESS I, not 'i', so KIM@ and
+ * kim@ were two members: a PUT in another case added a second record
+ * instead of replacing the first, a removal left the other in place, and
+ * a member recorded as KIM@ was no member for kim@'s certificate.
+ * Refused at open, naming the way out, rather than served so. */
+static gs_err check_ascii_case(gs_store *st)
+{
+    PGresult *r = pg_exec(st, "SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz'");
+    gs_err err = GS_OK;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        err = result_error(st, r, "the database's collation");
+    else if (strcmp(PQgetvalue(r, 0, 0), "t") != 0)
+        err = gs_err_set(GS_ERR_DB,
+                         "the database's collation does not lower-case the ASCII letters as ASCII (lower('I') is "
+                         "not 'i', as under a Turkish or Azerbaijani locale): member addresses would not compare "
+                         "without ASCII case; create the database with another locale, e.g. CREATE DATABASE ... "
+                         "TEMPLATE template0 LOCALE 'C.UTF-8' (docs/scale-out.md, \"Database roles\")");
+    PQclear(r);
+    return err;
+}
+
 /* libpq waits as long as the kernel does by default: a connect to a host
  * that vanished, or a query on a connection whose peer is gone without a
  * reset, would hold an event-loop thread for minutes. Unless the URI says
@@ -918,7 +945,8 @@ gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
     st->readonly = (flags & GS_STORE_READONLY) != 0;
     if ((PG(st)->url = url_with_timeouts(url, !st->readonly)) == NULL)
         goto out;
-    if ((err = connect_session(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
+    if ((err = connect_session(st)) != GS_OK || (err = check_ascii_case(st)) != GS_OK ||
+        (err = read_version(st, &v)) != GS_OK)
         goto out;
     if ((err = gs_store_settle_schema(st, v, migrate, "(PostgreSQL)")) != GS_OK)
         goto out;

@@ -696,6 +696,114 @@ static void test_members_no_cache(void **state)
     gs_store_close(other);
 }
 
+/* A fresh store of the current backend, with group "eng": on PostgreSQL
+ * in a database made with CREATE DATABASE's `options` (its name in name,
+ * cap bytes), else the fixture's own. */
+static gs_store *store_made_as(struct fx *f, const char *options, char *name, size_t cap, int64_t *gid)
+{
+    char sql[512], loc[1024];
+    gs_store_group g = {.name = "eng", .address = "eng@example.org", .methods = GS_METHODS_DEFAULT,
+                        .algorithm = "rsa:2048"};
+    gs_store *st = NULL;
+
+    name[0] = '\0';
+    *gid = f->gid;
+    if (!g_pg)
+        return f->st;
+    (void)snprintf(name, cap, "t_coll_%ld", (long)getpid());
+    (void)snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s\" %s", name, options);
+    if (pgtest_exec(NULL, sql) != 0 || pgtest_url(name, loc, sizeof(loc)) != 0)
+        return NULL;
+    if (gs_store_open(loc, GS_STORE_CREATE, &st) != GS_OK) {
+        fprintf(stderr, "open %s: %s\n", loc, gs_err_detail());
+        return NULL;
+    }
+    if (gs_store_group_add(st, &g, gid) != GS_OK) {
+        gs_store_close(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* A member is its address but for ASCII case, on both backends, also
+ * where PostgreSQL's lower() folds more (a database whose collation is
+ * UTF-8, C.UTF-8 here, as a bare CREATE DATABASE gives on most hosts):
+ * "k\u0130m@" (U+0130) and "\u212Aim@" (KELVIN SIGN) are other
+ * addresses, and so are kim@ with white space, angle brackets or a dot
+ * after the domain; none of them is found, changed or removed in kim's
+ * place. Before, PostgreSQL's lookup found (and its DELETE removed) kim
+ * for the first two. */
+static void test_member_other_spellings(void **state)
+{
+    struct fx *f = *state;
+    static const char *const other[] = {"k\xc4\xb0m@example.org", "\xe2\x84\xaaim@example.org",
+                                        "KIM@EXAMPLE.ORG\xe2\x80\x8b", " kim@example.org", "kim@example.org ",
+                                        "<kim@example.org>", "kim@example.org.", "kim@example.org\n"};
+    char name[64];
+    int64_t gid;
+    gs_store_member *m = NULL;
+    gs_store *st = store_made_as(f, "TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8'",
+                                 name, sizeof(name), &gid);
+
+    assert_non_null(st);
+    assert_int_equal(gs_store_member_add(st, gid, "kim@example.org", GS_ROLE_ADMIN, NULL), GS_OK);
+    for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+        assert_int_equal(gs_store_member_get(st, gid, other[i], &m), GS_ERR_NOT_FOUND);
+        assert_null(m);
+        assert_int_equal(gs_store_member_set_wrap(st, gid, other[i], GS_WRAP_OAEP), GS_ERR_NOT_FOUND);
+        assert_int_equal(gs_store_member_remove(st, gid, other[i]), GS_ERR_NOT_FOUND);
+    }
+    /* kim herself, in any ASCII case, unchanged */
+    assert_int_equal(gs_store_member_get(st, gid, "KIM@Example.ORG", &m), GS_OK);
+    assert_string_equal(m->email, "kim@example.org");
+    assert_int_equal(m->role, GS_ROLE_ADMIN);
+    assert_int_equal(m->wrap, GS_WRAP_DEFAULT);
+    gs_store_member_free(m);
+    assert_int_equal(gs_store_member_remove(st, gid, "Kim@example.org"), GS_OK);
+    if (st != f->st) {
+        gs_store_close(st);
+        pgtest_drop(name);
+    }
+}
+
+/* PostgreSQL alone: a database whose collation lower-cases 'I' to
+ * U+0131 DOTLESS I (Turkish, here ICU's tr-TR) would make KIM@ and kim@
+ * two members, so that a PUT in another case adds a second record and a
+ * removal leaves one in place. Such a database is refused at open,
+ * saying why, before anything is stored in it. */
+static void test_turkish_collation_refused(void **state)
+{
+    struct fx *f = *state;
+    char name[64], sql[256], loc[1024];
+    gs_store *st = NULL;
+
+    (void)f;
+    (void)snprintf(name, sizeof(name), "t_tr_%ld", (long)getpid());
+    (void)snprintf(sql, sizeof(sql),
+                   "CREATE DATABASE \"%s\" TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' "
+                   "LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR'",
+                   name);
+    assert_int_equal(pgtest_exec(NULL, sql), 0);
+    assert_int_equal(pgtest_url(name, loc, sizeof(loc)), 0);
+    gs_err e = gs_store_open(loc, GS_STORE_CREATE, &st);
+    if (e == GS_OK) { /* what it allowed before */
+        gs_store_group g = {.name = "eng", .address = "eng@example.org", .methods = GS_METHODS_DEFAULT,
+                            .algorithm = "rsa:2048"};
+        int64_t gid = 0;
+        assert_int_equal(gs_store_group_add(st, &g, &gid), GS_OK);
+        assert_int_equal(gs_store_member_add(st, gid, "kim@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+        gs_err again = gs_store_member_add(st, gid, "KIM@example.org", GS_ROLE_MEMBER, NULL);
+        gs_store_close(st);
+        pgtest_drop(name);
+        fprintf(stderr, "a Turkish collation was taken; KIM@ after kim@: %s\n", gs_strerror(again));
+        fail();
+    }
+    assert_int_equal(e, GS_ERR_DB);
+    assert_non_null(strstr(gs_err_detail(), "lower('I') is not 'i'"));
+    assert_int_equal(pgtest_int(name, "SELECT count(*) FROM pg_tables WHERE tablename = 'members'"), 0);
+    pgtest_drop(name);
+}
+
 /* The keys lock (store.h) held on one connection: a second connection's
  * gs_store_keys_lock (another thread here; another process or server
  * alike) waits until the first lets go, then gets it. Nested on one handle. */
@@ -1374,6 +1482,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_secrets, setup, teardown),            \
     cmocka_unit_test_setup_teardown(test_replicable_records, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_members_no_cache, setup, teardown),   \
+    cmocka_unit_test_setup_teardown(test_member_other_spellings, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_keys_lock, setup, teardown),          \
     cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
@@ -1387,7 +1496,9 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers),
                                               cmocka_unit_test(test_url_mask_passwords)};
-    const struct CMUnitTest pg_tests[] = {STORE_TESTS};
+    const struct CMUnitTest pg_tests[] = {STORE_TESTS,
+                                          cmocka_unit_test_setup_teardown(test_turkish_collation_refused, setup,
+                                                                          teardown)};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
     failed += cmocka_run_group_tests_name("postgresql", pg_tests, group_pg, NULL);
     return failed;
