@@ -1,7 +1,10 @@
 /*
  * ratelimit.h: per-identity token bucket (429) and a cap on failed unwraps
  * (suspension). Owned by groupsrv/server/. Thread-safe (one mutex); the
- * table is bounded: when full, the stalest idle entry is recycled. No
+ * table is bounded: a new identity takes a free entry of its window, else
+ * the stalest one at rest (not suspended, no failure within
+ * suspend_seconds, bucket full), else it is refused (ratelimit_take:
+ * RL_LIMITED, retry after 1 s; ratelimit_suspended: true). No
  * pointers inside, so that it can live in shared memory
  * (ratelimit_new_shared).
  */
