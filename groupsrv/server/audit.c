@@ -1171,22 +1171,32 @@ static int db_load_head(struct audit_log *log)
 }
 
 /* The insert of lines (n records after the head log holds, the last
- * hashing to prev_after) failed with its connection: the database
- * restarted or failed over, or the session was ended. Whether it committed
- * is in the table. Committed (only the acknowledgement was lost): GS_OK.
- * Not there and the chain as it was: once more, on a new connection, so
- * that a request already carried out (a member removed, a group created)
- * keeps its record and its answer. Anything else: an error, and the caller
- * reloads the head. */
+ * hashing to prev_after) failed with GS_ERR_DB_UNAVAILABLE: its connection
+ * was lost (the database restarted or failed over, the session was
+ * ended), no answer came in time, or it waited out lock_timeout for a
+ * lock another session holds (LOCK TABLE audit, VACUUM FULL: then nothing
+ * was inserted, but the lock may be gone by the second try). Whether it
+ * committed is in the table. Committed (only the acknowledgement was
+ * lost): GS_OK. Not there and the chain as it was: once more, on a new
+ * connection, so that a request already carried out (a member removed, a
+ * group created) keeps its record and its answer. Anything else: an
+ * error, and the caller reloads the head. The log names the cause: a lock
+ * is no lost connection, and an operator looking for a database restart
+ * would not find one. */
 static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t n, const char *prev_after)
 {
     int64_t seq = log->db_seq;
     char head[sizeof(log->prev_hex)];
+    gs_db_cause cause = gs_err_db_cause();
+    const char *why = cause == GS_DB_CAUSE_LOCKED ? "waited lock_timeout for a lock another session holds (the "
+                                                    "audit table locked?) and was not made"
+                      : cause == GS_DB_CAUSE_NO_ANSWER ? "got no answer within [db] timeout"
+                      : cause == GS_DB_CAUSE_READ_ONLY ? "met a read-only database"
+                                                       : "lost its database connection";
 
     memcpy(head, log->prev_hex, sizeof(head));
-    log_warn(
-        "audit insert lost its database connection; checking the table instance=%s records=%zu detail=\"%s\"",
-        log->instance, n, log_qs(gs_err_detail()));
+    log_warn("audit insert %s; checking the table instance=%s records=%zu detail=\"%s\"", why,
+             log->instance, n, log_qs(gs_err_detail()));
     if (db_load_head(log) != 0)
         return GS_ERR_DB_UNAVAILABLE;
     if (log->db_seq == seq + (int64_t)n && strcmp(log->prev_hex, prev_after) == 0) {
