@@ -1174,6 +1174,68 @@ static gs_err group_copy_rows(void *arg)
                        gi->was_recorded, gi->keys, gi->nk, gi->secrets, gi->ns);
 }
 
+/* One key of the group the database records and this token lacks, after
+ * an import: named with where to get it, as `group export --all` names
+ * what it left out. Returns 1 when missing, 0 when on the token. */
+static unsigned still_missing(struct env *e, const char *group, const char *kind, const char *opt, unsigned version,
+                              const char *label, hsm_key_class cls)
+{
+    hsm_key *k = NULL;
+    hsm_err he = hsm_key_find(e->hsm, label, cls, &k);
+
+    hsm_key_free(k);
+    if (he != HSM_ERR_KEY_NOT_FOUND)
+        return 0;
+    if (opt == NULL)
+        printf("missing: the rejection key (%s): not on this token; give it from the server whose token made it "
+               "(`group export %s --all`)\n",
+               label, group);
+    else
+        printf("missing: %s%u (%s): not on this token; give it from the server whose token made it (`group export "
+               "%s %s %u`)\n",
+               kind, version, label, group, opt, version);
+    return 1;
+}
+
+/* After a group import: a file that is not complete (--version, or an
+ * --all from a token that lacked some of the group's keys, which that
+ * export named on its side only) may leave this token without keys the
+ * shared database records, and the operator here, who may not have seen
+ * the export's output, would take "imported" for done. Names each key
+ * still missing (every non-retired version, the rejection key), as check
+ * does; nothing when the token has them all. Best effort: the import is
+ * made, and check says the same. */
+static void print_still_missing(struct env *e, const char *name)
+{
+    gs_store_group *g = NULL;
+    gs_store_group_key *keys = NULL;
+    gs_store_secret *secrets = NULL;
+    size_t nk = 0, ns = 0;
+    unsigned missing = 0;
+
+    if (gs_store_group_get(e->st, name, &g) != GS_OK || gs_store_group_keys(e->st, g->id, &keys, &nk) != GS_OK ||
+        gs_store_secrets(e->st, g->id, &secrets, &ns) != GS_OK)
+        goto out;
+    for (size_t i = nk; i-- > 0;)
+        if (keys[i].state != GS_KEY_RETIRED)
+            missing += still_missing(e, g->name, "key version ", "--version", keys[i].version, keys[i].token_label,
+                                     HSM_CLASS_PRIVATE);
+    for (size_t i = ns; i-- > 0;) /* a sealed secret key is a blob in the database, on no token */
+        if (secrets[i].state != GS_KEY_RETIRED && secrets[i].sealed == NULL)
+            missing += still_missing(e, g->name, "secret key version ", "--secret-version", secrets[i].version,
+                                     secrets[i].token_label, HSM_CLASS_SECRET);
+    if (g->reject_label != NULL && g->reject_sealed == NULL)
+        missing += still_missing(e, g->name, "", NULL, 0, g->reject_label, HSM_CLASS_SECRET);
+    if (missing > 0)
+        printf("not complete: this token lacks %u of group %s's keys (`groupsrv check` lists them; requests that "
+               "need one get 503 key_unavailable here)\n",
+               missing, g->name);
+out:
+    gs_store_secrets_free(secrets, ns);
+    gs_store_group_keys_free(keys, nk);
+    gs_store_group_free(g);
+}
+
 int gs_cmd_group_import(struct env *e, int argc, char **argv)
 {
     struct import im;
@@ -1220,9 +1282,14 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         if (!err)
             err = gs_store_secrets(e->st, g->id, &gi.secrets, &gi.ns);
     } else if (err == GS_ERR_NOT_FOUND) {
+        /* An --all from a token that lacked some of the group's keys
+         * (a cluster's server) is not complete either: "made with --all"
+         * alone would send the operator back for the same file. */
         err = m->complete ? GS_OK
-                          : gs_err_set(GS_ERR_STATE, "group %s is not on this server yet: import a file made with "
-                                                     "`group export %s --all` first",
+                          : gs_err_set(GS_ERR_STATE, "group %s is not on this server yet, and this file is not "
+                                                     "complete (made with --version, or with --all on a token "
+                                                     "that lacked some of the group's keys): import first a file "
+                                                     "of `group export %s --all` that names no key left out",
                                        m->group.name, m->group.name);
         if (!err && gi.row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0)
             err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");
@@ -1271,6 +1338,8 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         items[i].extractable = k->kind == GSK_KIND_SECRET;
     }
     rc = import_keys(&im, m->group.name, items, n, gi.was_recorded, group_copy_check, group_copy_rows, &gi);
+    if (rc == 0)
+        print_still_missing(e, m->group.name);
 out:
     if (locked)
         gs_store_keys_unlock(e->st);

@@ -401,8 +401,15 @@ grep -q "^left out: key version $gv (gs:group:eng:v$gv): not on this token; give
 grep -q "^not complete" "$work/out" || fail "alpha's --all does not say the file is not complete: $(cat "$work/out")"
 audit_has "$work/alpha/audit.jsonl" group-export ok '"left_out":\['
 expect 0 "group import on eps of what alpha's token gave" -- gs_eps group import --in "$work/eng-eps.gsk"
+# the operator at eps may not see alpha's output: the import itself says
+# what this token still lacks, and where to get it
+grep -q "^missing: key version $gv (gs:group:eng:v$gv): not on this token; give it from the server whose token made it (.group export eng --version $gv.)" \
+  "$work/out" || fail "the import on eps does not name version $gv as missing: $(cat "$work/out")"
+grep -q "^not complete: this token lacks [0-9]* of group eng's keys" "$work/out" ||
+  fail "the import on eps does not say the token lacks keys: $(cat "$work/out")"
 gs_gamma group export eng --version "$gv" --to "$work/eps-transport.pem" --out "$work/eng-eps-v$gv.gsk" >/dev/null
 expect 0 "group import on eps of gamma's version $gv" -- gs_eps group import --in "$work/eng-eps-v$gv.gsk"
+! grep -q "^missing: key version $gv " "$work/out" || fail "version $gv still named missing: $(cat "$work/out")"
 gs_eps check > "$work/out" 2>&1 || true
 grep -q "gs:reject:eng .*OK (imported copy)" "$work/out" || fail "eps lacks the rejection key: $(cat "$work/out")"
 grep -q "gs:group:eng:v$gv .*OK (imported copy)" "$work/out" || fail "eps lacks version $gv: $(cat "$work/out")"
@@ -428,6 +435,12 @@ gs_alpha group export rep --secret-version 1 --to "$work/delta-transport.pem" --
 gs_alpha group retire rep --before 2 >/dev/null
 gs_alpha secret retire rep --before 2 >/dev/null
 gs_alpha group export rep --all --to "$work/delta-transport.pem" --out "$work/rep-delta.gsk" >/dev/null
+# a clone with its own database needs every key: alpha's --all of eng
+# (gamma's versions left out) is refused there, saying why
+gs_alpha group export eng --all --to "$work/delta-transport.pem" --out "$work/eng-delta.gsk" >/dev/null
+refused delta 1 "a new clone given an --all that left keys out" -- \
+  gs_delta group import --in "$work/eng-delta.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "this file is not complete"
 expect 0 "group import on delta (what alpha has not retired)" -- \
   gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem"
 refused delta 1 "replay of a key version file made before the origin retired it" -- \
