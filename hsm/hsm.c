@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -1192,47 +1193,105 @@ static hsm_err load_module(hsm_ctx *ctx, const char *module)
 }
 
 /* The stem RFC 7512 gives a module's name (module-name=softhsm2 for
- * libsofthsm2.so): the file's base name without "lib" and from ".so" on. */
+ * libsofthsm2.so): the base name without "lib" and from ".so" on. The
+ * URI's name is reduced the same way, so libsofthsm2, libsofthsm2.so
+ * and softhsm2.so name it too, as consumers that look the name up
+ * (go-pkcs11uri, which ocicrypt and skopeo use) find them. */
 static void module_stem(const char *file, char *out, size_t cap)
 {
     const char *base = strrchr(file, '/') != NULL ? strrchr(file, '/') + 1 : file;
-    size_t n;
+    char *so;
+    size_t n = 0;
 
-    if (strncmp(base, "lib", 3) == 0 && base[3] != '\0')
+    if (strncasecmp(base, "lib", 3) == 0 && base[3] != '\0')
         base += 3;
-    n = strstr(base, ".so") != NULL ? (size_t)(strstr(base, ".so") - base) : strlen(base);
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(out, base, n);
-    out[n] = '\0';
+    /* In lower case: a name is compared without regard to case. One
+     * too long to hold is no name (empty), never a cut one that could
+     * equal another's. */
+    for (; base[n] != '\0' && n + 1 < cap; n++)
+        out[n] = (char)tolower((unsigned char)base[n]);
+    out[base[n] == '\0' ? n : 0] = '\0';
+    if ((so = strstr(out, ".so")) != NULL && (so[3] == '\0' || so[3] == '.'))
+        *so = '\0';
 }
 
-/* Whether path names the file the module was loaded from (or, a
- * directory, the one that holds it): the same inode, so a symbolic link
- * (/usr/lib/softhsm/libsofthsm2.so) names its target. */
-static bool module_path_is(const char *path, const char *file)
+/* Whether a module-name names the module in file: the same stem, in
+ * any case (go-pkcs11uri looks names up without regard to case; no two
+ * modules' names differ by case alone). */
+static bool module_name_is(const char *name, const char *file)
 {
-    struct stat sp, sf;
-    char dir[PATH_MAX];
-    char *slash;
+    char a[256], b[256];
 
-    if (stat(path, &sp) != 0 || stat(file, &sf) != 0)
+    module_stem(name, a, sizeof(a));
+    module_stem(file, b, sizeof(b));
+    return a[0] != '\0' && strcmp(a, b) == 0;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Whether path names the file the module was loaded from (file, real
+ * its target): the same inode, so a symbolic link
+ * (/usr/lib/softhsm/libsofthsm2.so) names its target; a directory that
+ * holds it under either name (RFC 7512: module-path may be the
+ * directory the module is in), e.g. /usr/lib/softhsm for the link
+ * there, .../pkcs11 for opensc-pkcs11.so's link; or, without a '/', its
+ * file name (a p11-kit module file's "module: opensc-pkcs11.so",
+ * relative to p11-kit's directory). */
+static bool module_path_is(const char *path, const char *file, const char *real)
+{
+    const char *names[2] = {file, real};
+    struct stat sp;
+    char in[PATH_MAX];
+
+    for (size_t i = 0; i < 2 && strchr(path, '/') == NULL; i++)
+        if (names[i] != NULL && strcmp(path, strrchr(names[i], '/') != NULL ? strrchr(names[i], '/') + 1
+                                                                             : names[i]) == 0)
+            return true;
+    if (strchr(path, '/') == NULL || stat(path, &sp) != 0)
         return false;
     if (!S_ISDIR(sp.st_mode))
-        return sp.st_dev == sf.st_dev && sp.st_ino == sf.st_ino;
-    /* The directory the file really is in, its links followed. */
-    if (realpath(file, dir) == NULL || (slash = strrchr(dir, '/')) == NULL)
-        return false;
-    *slash = '\0';
-    return stat(dir[0] != '\0' ? dir : "/", &sf) == 0 && sp.st_dev == sf.st_dev && sp.st_ino == sf.st_ino;
+        return same_file(path, file);
+    for (size_t i = 0; i < 2; i++) {
+        const char *base;
+        int n;
+        if (names[i] == NULL)
+            continue;
+        base = strrchr(names[i], '/') != NULL ? strrchr(names[i], '/') + 1 : names[i];
+        n = snprintf(in, sizeof(in), "%s/%s", path, base);
+        if (n > 0 && (size_t)n < sizeof(in) && same_file(in, file))
+            return true;
+    }
+    return false;
+}
+
+/* Whether a module-name names the module (file, real its target, reg
+ * its p11-kit name): the stem of either file, or the p11-kit name; a
+ * "name" with a '/' is a path and must be the file itself. */
+static bool module_named(const char *name, const char *file, const char *real, const char *reg)
+{
+    if (strchr(name, '/') != NULL)
+        return same_file(name, file);
+    return module_name_is(name, file) || (real != NULL && module_name_is(name, real)) ||
+           (reg != NULL && strcasecmp(name, reg) == 0);
 }
 
 hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
 {
     const char *path = p11_kit_uri_get_module_path(u), *name = p11_kit_uri_get_module_name(u);
-    char *file = NULL, *reg = NULL, stem[128], shown[160];
+    char *file = NULL, *reg = NULL, real[PATH_MAX], stem[256], shown[160];
+    const char *rp;
     hsm_err err = HSM_OK;
 
+    /* An empty value names no module (RFC 7512 allows it). */
+    if (path != NULL && path[0] == '\0')
+        path = NULL;
+    if (name != NULL && name[0] == '\0')
+        name = NULL;
     if (path == NULL && name == NULL)
         return HSM_OK;
     if (ctx->fl == NULL || (file = p11_kit_module_get_filename(ctx->fl)) == NULL) {
@@ -1241,15 +1300,25 @@ hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
         goto out;
     }
     reg = p11_kit_module_get_name(ctx->fl);
-    module_stem(file, stem, sizeof(stem));
-    if (path != NULL && !module_path_is(path, file)) {
+    rp = realpath(file, real);
+    module_stem(rp != NULL ? rp : file, stem, sizeof(stem));
+    /* p11-kit-client.so forwards the module of a p11-kit server (on
+     * another host, or behind a socket): a URI written for that token
+     * names the server's module, which cannot be seen from here. */
+    if (strcmp(stem, "p11-kit-client") == 0) {
+        log_debug("URI module-path/module-name not compared: p11-kit-client.so forwards a module not seen here");
+        goto out;
+    }
+    if (path != NULL && !module_path_is(path, file, rp)) {
         struct stat st;
         hsm_set_detail("%s's module-path=%s names another module than the one loaded (%.200s, the configured "
                        "module): drop module-path from the URI, or configure that module%s",
                        what, util_uri_escape_loose(path, shown, sizeof(shown)), file,
-                       stat(path, &st) != 0 ? " (no such file; a space in the path is written %20)" : "");
+                       strchr(path, '/') != NULL && stat(path, &st) != 0
+                           ? " (no such file; a space in the path is written %20)"
+                           : "");
         err = HSM_ERR_URI;
-    } else if (name != NULL && strcmp(name, stem) != 0 && (reg == NULL || strcmp(name, reg) != 0)) {
+    } else if (name != NULL && !module_named(name, file, rp, reg)) {
         hsm_set_detail("%s's module-name=%s names another module than the one loaded (%.200s, named %s%s, the "
                        "configured module): drop module-name from the URI, or configure that module",
                        what, util_uri_escape_loose(name, shown, sizeof(shown)), file, reg != NULL ? reg : stem,

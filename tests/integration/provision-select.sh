@@ -82,6 +82,28 @@ for q in "module-path=$T/My%20HSM/x.so" "module-path=$(dirname "$(readlink -f "$
   sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" "$CONF" > "$T/mpath.conf"
   expect_rc 0 "$G" -c "$T/mpath.conf" check
 done
+# ...and as URIs are written for other consumers (go-pkcs11uri looks a
+# name up without regard to case, with or without lib and .so): with
+# [hsm] module a link, as Debian's /usr/lib/softhsm/libsofthsm2.so, the
+# link's own directory names it too, as does p11-kit's module: line
+# form (a file name without a directory); an empty value names none
+mkdir -p "$T/lib"
+ln -s "$(readlink -f "$SOFTHSM2_MODULE")" "$T/lib/libsofthsm2.so"
+for q in module-name=libsofthsm2 module-name=libsofthsm2.so module-name=SoftHSM2 module-name=softhsm2.so \
+         "module-path=$T/lib" "module-path=$T/lib/" "module-path=$T/lib\&module-name=softhsm2" \
+         module-path=libsofthsm2.so module-name= ; do
+  sed -e "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" \
+      -e "s|^module = .*|module = $T/lib/libsofthsm2.so|" "$CONF" > "$T/mpath.conf"
+  expect_rc 0 "$G" -c "$T/mpath.conf" check
+done
+# a name or directory of another module is still refused
+for q in module-name=softhsm module-name=opensc-pkcs11 module-name=softhsm2x "module-path=$T" module-path=opensc-pkcs11.so; do
+  sed -e "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" \
+      -e "s|^module = .*|module = $T/lib/libsofthsm2.so|" "$CONF" > "$T/mpath.conf"
+  expect_rc 1 "$G" -c "$T/mpath.conf" check
+  grep -q "^token  *PROBLEM: .*names another module than the one loaded" "$T/out" ||
+    { cat "$T/out"; fail "check: $q was not refused"; }
+done
 # a raw space there is dropped by p11-kit, as anywhere in a URI: that
 # path names no file, and the refusal says how to write the space
 sed "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?module-path=$T/My HSM/x.so|" \
