@@ -786,6 +786,8 @@ static bool module_suspect_rv(CK_RV rv)
            rv == CKR_FUNCTION_FAILED || rv == CKR_DEVICE_MEMORY;
 }
 
+static void module_stem(const char *file, char *out, size_t cap);
+
 static hsm_err init_module(hsm_ctx *ctx)
 {
     CK_C_INITIALIZE_ARGS init;
@@ -820,13 +822,28 @@ static hsm_err init_module(hsm_ctx *ctx)
     } else if (hsm_last_rv() == CKR_FUNCTION_FAILED || hsm_last_rv() == CKR_GENERAL_ERROR ||
                hsm_last_rv() == CKR_DEVICE_ERROR) {
         /* No token was asked anything yet: the module itself could not
-         * start, most often because a service beside it is down. */
-        char rv[64];
+         * start, most often because a service beside it is down; SoftHSM,
+         * which needs none, says CKR_GENERAL_ERROR when it cannot read
+         * its configuration or open its token directory (the service
+         * user without SOFTHSM2_CONF, or without access to the store),
+         * and logs which only to syslog. */
+        char rv[64], *file = p11_kit_module_get_filename(ctx->fl), real[PATH_MAX], stem[64], shown[160];
+        const char *conf = getenv("SOFTHSM2_CONF");
         util_strlcpy(rv, hsm_rv_name(hsm_last_rv()), sizeof(rv));
-        hsm_set_detail("C_Initialize: %s: the module could not start; a service it needs may be down "
-                       "(opencryptoki: its slot daemon pkcsslotd; a network HSM: its client service or "
-                       "connection): start it and try again",
-                       rv);
+        module_stem(file != NULL && realpath(file, real) != NULL ? real : file != NULL ? file : "", stem,
+                    sizeof(stem));
+        if (strcmp(stem, "softhsm2") == 0)
+            hsm_set_detail("C_Initialize: %s: SoftHSM could not read its configuration or open its token "
+                           "directory: SOFTHSM2_CONF (%s) must name a softhsm2.conf this user can read, whose "
+                           "directories.tokendir this user can read and write (SoftHSM logs which to syslog)",
+                           rv, conf != NULL ? util_uri_escape_loose(conf, shown, sizeof(shown))
+                                            : "not set: /etc/softhsm/softhsm2.conf");
+        else
+            hsm_set_detail("C_Initialize: %s: the module could not start; a service it needs may be down "
+                           "(opencryptoki: its slot daemon pkcsslotd; a network HSM: its client service or "
+                           "connection): start it and try again",
+                           rv);
+        free(file);
     }
     return err;
 }

@@ -16,6 +16,14 @@ set -euo pipefail
 
 serials() { pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null | sed -n 's/^ *serial num *: *\([^ ]*\) *$/\1/p'; }
 
+# --- SoftHSM without its configuration (a service user without
+# SOFTHSM2_CONF): C_Initialize's CKR_GENERAL_ERROR names SoftHSM's
+# configuration and token directory, not a daemon it does not have
+SOFTHSM2_CONF="$T/none/softhsm2.conf" expect_rc 1 "$G" -c "$CONF" check
+grep -q "^token  *PROBLEM: .*(C_Initialize: CKR_GENERAL_ERROR: SoftHSM could not read its configuration or open its token directory: SOFTHSM2_CONF ($T/none/softhsm2.conf) must name a softhsm2.conf this user can read" \
+  "$T/out" || { cat "$T/out"; fail "check: SoftHSM without its configuration"; }
+grep -q pkcsslotd "$T/out" && fail "SoftHSM's C_Initialize failure names opencryptoki's daemon: $(grep '^token' "$T/out")"
+
 # --- a token URI that cannot name a token, or carries a PIN, or names
 # another module than [hsm] module (RFC 7512's module-path=, module-name=:
 # its token would be looked for on the wrong module): a configuration
