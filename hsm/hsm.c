@@ -1297,6 +1297,54 @@ static bool module_named(const char *name, const char *file, const char *real, c
            (reg != NULL && strcasecmp(name, reg) == 0);
 }
 
+/* Whether p11-kit's module config of m lets p11-kit-proxy.so load it
+ * (enable-in, disable-in: lists of program names). */
+static bool proxy_loads(CK_FUNCTION_LIST *m)
+{
+    char *en = p11_kit_config_option(m, "enable-in"), *dis = p11_kit_config_option(m, "disable-in");
+    const char *list = en != NULL ? en : dis;
+    bool listed = false;
+
+    for (const char *p = list; p != NULL && *p != '\0' && !listed;) {
+        size_t n;
+        p += strspn(p, ", \t");
+        n = strcspn(p, ", \t");
+        listed = n == strlen("p11-kit-proxy") && strncmp(p, "p11-kit-proxy", n) == 0;
+        p += n;
+    }
+    free(en);
+    free(dis);
+    return list == NULL || (en != NULL) == listed;
+}
+
+/* Whether p11-kit-proxy.so, which loads every module p11-kit has
+ * configured, reaches the loaded one (file): a URI written for the
+ * proxy (tools that default to it) names the same token. */
+static bool module_in_proxy(hsm_ctx *ctx, const char *file)
+{
+    CK_FUNCTION_LIST **mods = ctx->modlist, **own = NULL;
+    bool in = false;
+
+    if (mods == NULL && (mods = own = p11_kit_modules_load(NULL, 0)) == NULL)
+        return false;
+    for (size_t i = 0; mods[i] != NULL && !in; i++) {
+        char *f = p11_kit_module_get_filename(mods[i]);
+        in = f != NULL && same_file(f, file) && proxy_loads(mods[i]);
+        free(f);
+    }
+    if (own != NULL)
+        p11_kit_modules_release(own);
+    return in;
+}
+
+static bool names_proxy(const char *v)
+{
+    char stem[64];
+
+    module_stem(v, stem, sizeof(stem));
+    return strcmp(stem, "p11-kit-proxy") == 0;
+}
+
 hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
 {
     const char *path = p11_kit_uri_get_module_path(u), *name = p11_kit_uri_get_module_name(u);
@@ -1326,6 +1374,24 @@ hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
         log_debug("URI module-path/module-name not compared: p11-kit-client.so forwards a module not seen here");
         goto out;
     }
+    /* p11-kit-proxy.so reaches every module p11-kit configures: a URI
+     * naming it names the loaded module's token when the proxy loads
+     * that module too. */
+    if (((path != NULL && names_proxy(path)) || (name != NULL && names_proxy(name))) &&
+        !module_in_proxy(ctx, file)) {
+        hsm_set_detail("%s's %s=%s names p11-kit-proxy.so, which does not reach the configured module (%.200s: "
+                       "not configured in p11-kit, or disabled in the proxy): drop it from the URI, or configure "
+                       "the module in p11-kit",
+                       what, path != NULL && names_proxy(path) ? "module-path" : "module-name",
+                       util_uri_escape_loose(path != NULL && names_proxy(path) ? path : name, shown, sizeof(shown)),
+                       file);
+        err = HSM_ERR_URI;
+        goto out;
+    }
+    if (path != NULL && names_proxy(path))
+        path = NULL;
+    if (name != NULL && names_proxy(name))
+        name = NULL;
     if (path != NULL && !module_path_is(path, file, rp)) {
         struct stat st;
         hsm_set_detail("%s's module-path=%s names another module than the one loaded (%.200s, the configured "

@@ -104,6 +104,25 @@ for q in module-name=libsofthsm2 module-name=libsofthsm2.so module-name=SoftHSM2
       -e "s|^module = .*|module = $T/lib/libsofthsm2.so|" "$CONF" > "$T/mpath.conf"
   expect_rc 0 "$G" -c "$T/mpath.conf" check
 done
+# a URI written for p11-kit-proxy.so (tools that default to it) names
+# the same token when the proxy loads the configured module (p11-kit
+# configures SoftHSM's: its package's softhsm2.module); the proxy does
+# not load one p11-kit does not configure (p11fault): refused
+PROXY=$(pkg-config --variable=proxy_module p11-kit-1 2>/dev/null || echo /usr/lib/x86_64-linux-gnu/p11-kit-proxy.so)
+if p11-kit list-modules 2>/dev/null | grep -q "^softhsm2: "; then
+  for q in "module-path=$PROXY" module-name=p11-kit-proxy; do
+    sed -e "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" \
+        -e "s|^module = .*|module = $T/lib/libsofthsm2.so|" "$CONF" > "$T/mpath.conf"
+    expect_rc 0 "$G" -c "$T/mpath.conf" check
+  done
+else
+  echo "SKIP: p11-kit configures no softhsm2 module: the proxy case is not tried"
+fi
+sed -e "s|^token = .*|token = pkcs11:token=groupsrv?module-path=$PROXY|" \
+    -e "s|^module = .*|module = $GS_P11FAULT_MODULE|" "$CONF" > "$T/mpath.conf"
+expect_rc 1 "$G" -c "$T/mpath.conf" check
+grep -q "^token  *PROBLEM: .*the token URI's module-path=$PROXY names p11-kit-proxy.so, which does not reach the configured module ($GS_P11FAULT_MODULE: not configured in p11-kit, or disabled in the proxy)" \
+  "$T/out" || { cat "$T/out"; fail "check: p11-kit-proxy.so named for a module p11-kit does not configure"; }
 # a name or directory of another module is still refused
 for q in module-name=softhsm module-name=opensc-pkcs11 module-name=softhsm2x "module-path=$T" module-path=opensc-pkcs11.so; do
   sed -e "s|^token = .*|token = pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2?$q|" \
