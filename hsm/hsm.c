@@ -1324,7 +1324,10 @@ static bool module_in_proxy(hsm_ctx *ctx, const char *file)
 {
     CK_FUNCTION_LIST **mods = ctx->modlist, **own = NULL;
     bool in = false;
+    int known = atomic_load(&ctx->proxy_reach);
 
+    if (known != 0)
+        return known == 1;
     if (mods == NULL && (mods = own = p11_kit_modules_load(NULL, 0)) == NULL)
         return false;
     for (size_t i = 0; mods[i] != NULL && !in; i++) {
@@ -1334,6 +1337,7 @@ static bool module_in_proxy(hsm_ctx *ctx, const char *file)
     }
     if (own != NULL)
         p11_kit_modules_release(own);
+    atomic_store(&ctx->proxy_reach, in ? 1 : 2);
     return in;
 }
 

@@ -74,6 +74,10 @@ struct hsm_ctx {
     bool initialized;
     P11KitUri *token_uri;
     char *init_args;            /* [hsm] init_args (module by path), or NULL */
+    /* Whether p11-kit-proxy.so loads this module (a URI naming the
+     * proxy): 0 not asked yet, 1 yes, 2 no; asked once, as the answer
+     * loads every module p11-kit configures. */
+    atomic_int proxy_reach;
 
     /* The module's life: every operation holds life_mu for reading; a
      * re-initialisation (C_Finalize, C_Initialize) holds it for writing,
