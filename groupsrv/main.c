@@ -8,6 +8,8 @@
  * or duplicate, 4 token or PIN, 5 configuration.
  */
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -2022,6 +2024,92 @@ static unsigned check_audit_path(const struct gs_config *cfg)
                     why ? why : "");
 }
 
+/* The first address "host:port" or "[v6]:port" resolves to, as serve's
+ * listen_on takes it (AI_PASSIVE: an empty host is the wildcard); NULL,
+ * or what getaddrinfo said. The IPv4 address of a v4-mapped IPv6 one. */
+static const char *listen_addr(const char *hostport, struct sockaddr_storage *ss)
+{
+    char host[256], *colon, *h;
+    struct addrinfo hints, *ai = NULL;
+    int gai;
+
+    if (util_strlcpy(host, hostport, sizeof(host)) != UTIL_OK || (colon = strrchr(host, ':')) == NULL)
+        return "not host:port";
+    *colon = '\0';
+    h = host;
+    if (h[0] == '[' && colon > h && colon[-1] == ']') {
+        h++;
+        colon[-1] = '\0';
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if ((gai = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &ai)) != 0 || ai == NULL)
+        return gai != 0 ? gai_strerror(gai) : "no address";
+    memset(ss, 0, sizeof(*ss));
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen <= sizeof(*ss) ? ai->ai_addrlen : sizeof(*ss));
+    freeaddrinfo(ai);
+    if (ss->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)ss)->sin6_addr)) {
+        struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = ((struct sockaddr_in6 *)ss)->sin6_port};
+        memcpy(&v4.sin_addr, &((struct sockaddr_in6 *)ss)->sin6_addr.s6_addr[12], 4);
+        memset(ss, 0, sizeof(*ss));
+        memcpy(ss, &v4, sizeof(v4));
+    }
+    return NULL;
+}
+
+/* 1 when two listening sockets on a and b cannot both be bound: the same
+ * port, and the same address or a wildcard that covers the other (Linux:
+ * 0.0.0.0 every IPv4 address; [::] every address of both families, as
+ * net.ipv6.bindv6only is 0 by default). */
+static int listen_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)a, *b4 = (const struct sockaddr_in *)b;
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a, *b6 = (const struct sockaddr_in6 *)b;
+    in_port_t pa = a->ss_family == AF_INET ? a4->sin_port : a6->sin6_port;
+    in_port_t pb = b->ss_family == AF_INET ? b4->sin_port : b6->sin6_port;
+    bool any_a = a->ss_family == AF_INET ? a4->sin_addr.s_addr == htonl(INADDR_ANY)
+                                         : IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr);
+    bool any_b = b->ss_family == AF_INET ? b4->sin_addr.s_addr == htonl(INADDR_ANY)
+                                         : IN6_IS_ADDR_UNSPECIFIED(&b6->sin6_addr);
+
+    if (pa != pb)
+        return 0;
+    if (a->ss_family != b->ss_family) /* only the IPv6 wildcard spans both */
+        return (a->ss_family == AF_INET6 && any_a) || (b->ss_family == AF_INET6 && any_b);
+    if (any_a || any_b)
+        return 1;
+    return a->ss_family == AF_INET ? a4->sin_addr.s_addr == b4->sin_addr.s_addr
+                                   : memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr)) == 0;
+}
+
+/* [server] listen and [certsrv] listen: serve binds both at start and
+ * stops when it cannot (a port another program holds is only known
+ * then; the running server holds its own). An address that does not
+ * resolve, or the two on one port, is a problem here already. */
+static unsigned check_listen(const struct gs_config *cfg)
+{
+    struct sockaddr_storage srv, cs;
+    const char *why;
+
+    if ((why = listen_addr(cfg->server.listen, &srv)) != NULL)
+        return file_row("listen", false, "[server] listen %s: cannot resolve the address: %s",
+                        cfg->server.listen, why);
+    if (cfg->certsrv.listen == NULL)
+        return file_row("listen", true, "[server] %s", cfg->server.listen);
+    if ((why = listen_addr(cfg->certsrv.listen, &cs)) != NULL)
+        return file_row("listen", false, "[certsrv] listen %s: cannot resolve the address: %s",
+                        cfg->certsrv.listen, why);
+    if (listen_overlap(&srv, &cs))
+        return file_row(
+            "listen", false,
+            "[certsrv] listen %s and [server] listen %s are on one port: serve cannot bind both (give "
+            "the certificate server a port of its own)",
+            cfg->certsrv.listen, cfg->server.listen);
+    return file_row("listen", true, "[server] %s, [certsrv] %s", cfg->server.listen, cfg->certsrv.listen);
+}
+
 /* Servers on cloned tokens share one database: lists each current group
  * key or secret key version the database records that this token lacks
  * (serve answers 503 key_unavailable for it). Returns how many. */
@@ -2093,6 +2181,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     printf("config    OK   %s\n", e->cfg->path);
     problems += check_tls(e->cfg);
     problems += check_audit_path(e->cfg);
+    problems += check_listen(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err == GS_ERR_SCHEMA) {
         /* An older schema (after an upgrade) is what serve would migrate at

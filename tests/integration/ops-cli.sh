@@ -62,6 +62,24 @@ expect 5 "long\.conf:5: line longer than 199 characters" "a 207-character line" 
 expect 5 "cannot open config file: Is a directory" "a directory as the configuration" -- \
   "$BIN/groupsrv" -c "$work" group list
 
+# ---- check: [server] listen and [certsrv] listen on one port ----
+# serve binds both at start and stops on the second (Address already in
+# use); check said nothing. The rows come before the token's: none here.
+listen_row() { # SERVER CERTSRV: check's listen row for the two addresses
+  { cat "$conf"; printf '[server]\nlisten = %s\n[certsrv]\nlisten = %s\n' "$1" "$2"; } > "$work/listen.conf"
+  "$BIN/groupsrv" -c "$work/listen.conf" check 2>&1 | grep '^listen ' || true
+}
+for pair in "127.0.0.1:8443 127.0.0.1:8443" "0.0.0.0:8443 127.0.0.1:8443" "[::]:8443 127.0.0.1:8443"; do
+  row=$(listen_row $pair)
+  grep -Eq '^listen +PROBLEM: \[certsrv\] listen .* and \[server\] listen .* are on one port: serve cannot bind both' <<<"$row" ||
+    fail "check, [server] and [certsrv] listen $pair: $row"
+done
+for pair in "127.0.0.1:8443 127.0.0.1:8444" "[::1]:8443 127.0.0.1:8443"; do
+  row=$(listen_row $pair)
+  grep -Eq '^listen +OK +\[server\] .*, \[certsrv\] ' <<<"$row" || fail "check, [server] and [certsrv] listen $pair: $row"
+done
+ok "check: [server] and [certsrv] listen on one port (or a wildcard covering the other) is a problem; $(listen_row 127.0.0.1:8443 0.0.0.0:8443)"
+
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
 [hsm]
