@@ -223,6 +223,64 @@ out:
 static const struct gs_store_ops sq_ops;
 static void sq_close(gs_store *st);
 
+/* What keeps this user from writing the SQLite database at path, into why
+ * (naming the file), and its errno; 0 when nothing does. Not only the file: its
+ * directory, where SQLite creates the -wal and -shm files (a directory
+ * root made is a database every write to fails, or one that does not open
+ * at all), and the -wal and -shm files there (copied back with the file by
+ * root's cp, they are root's: SQLite then opens the database read-only
+ * without a word). AT_EACCESS: the effective user is the one SQLite
+ * writes as. */
+static int sq_write_problem(const char *path, char *why, size_t size)
+{
+    char dir[4096], side[4096 + 8];
+    struct stat sb;
+    int e;
+
+    if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) != 0) {
+        e = errno;
+        (void)snprintf(why, size, "%s: %s", path, strerror(e));
+        return e;
+    }
+    if (util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
+        return 0; /* sqlite3_open_v2 names a path that long itself */
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        (void)util_strlcpy(dir, ".", sizeof(dir));
+    else
+        slash[slash == dir ? 1 : 0] = '\0';
+    if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0) {
+        e = errno;
+        (void)snprintf(why, size, "its directory %s, where SQLite creates the -wal and -shm files: %s", dir,
+                       strerror(e));
+        return e;
+    }
+    for (int i = 0; i < 2; i++) {
+        int n = snprintf(side, sizeof(side), "%s%s", path, i == 0 ? "-wal" : "-shm");
+        if (n < 0 || (size_t)n >= sizeof(side) || lstat(side, &sb) != 0)
+            continue;
+        if (faccessat(AT_FDCWD, side, W_OK, AT_EACCESS) != 0) {
+            e = errno;
+            (void)snprintf(why, size, "%s, left by another user: %s", side, strerror(e));
+            return e;
+        }
+    }
+    return 0;
+}
+
+/* The one wording for a database this user cannot write (serve's start
+ * refusal, check's row, the open that fails for it); short enough that
+ * gs_err's 512 bytes keep also, what SQLite said, with /var/lib paths. */
+static gs_err sq_write_error(const char *path, const char *why, const char *also)
+{
+    return gs_err_set(
+        GS_ERR_DB,
+        "database %s cannot be written by this user (uid %u): %s: no membership change could be "
+        "recorded (the file, its directory and any -wal and -shm beside it must be the service "
+        "user's: restored as another user? chown them)%s%s",
+        path, (unsigned)geteuid(), why, also[0] ? "; " : "", also);
+}
+
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
 {
     gs_store *st = NULL;
@@ -284,6 +342,18 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
     st = NULL;
     err = GS_OK;
 out:
+    if (err != GS_OK && err != GS_ERR_NOMEM && err != GS_ERR_SCHEMA && st != NULL && SQ(st)->db != NULL) {
+        /* "attempt to write a readonly database" at PRAGMA user_version
+         * does not say which file: when this user may not write one of
+         * them, that is the reason to give (a read-only file system or a
+         * full disk db_error names already). */
+        char why[4200 + 64], detail[512];
+        int e = sq_write_problem(path, why, sizeof(why));
+        if (e == EACCES || e == EPERM) {
+            (void)snprintf(detail, sizeof(detail), "%s", gs_err_detail());
+            err = sq_write_error(path, why, detail);
+        }
+    }
     if (st != NULL)
         sq_close(st);
     return err;
@@ -297,15 +367,15 @@ out:
 static gs_err sq_check_grants(gs_store *st, bool audit)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    char why[4200 + 64];
     (void)audit;
 
     if (path == NULL || *path == '\0')
         return GS_OK;
-    if ((!st->readonly && sqlite3_db_readonly(SQ(st)->db, "main") == 1) || access(path, W_OK) != 0)
-        return gs_err_set(GS_ERR_DB,
-                          "database %s cannot be written by this user (uid %u): no membership change could be "
-                          "recorded (a copy restored as another user? it must be the service user's, mode 0600)",
-                          path, (unsigned)geteuid());
+    if (sq_write_problem(path, why, sizeof(why)) != 0)
+        return sq_write_error(path, why, "");
+    if (!st->readonly && sqlite3_db_readonly(SQ(st)->db, "main") == 1)
+        return sq_write_error(path, "SQLite opened it read-only", "");
     return GS_OK;
 }
 

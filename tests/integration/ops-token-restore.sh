@@ -74,9 +74,43 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   rc=0; as_nobody serve > "$nb/serve.out" 2>&1 || rc=$?
   [ "$rc" = 1 ] && grep -q 'msg="not started: the database cannot be written by this user" detail="database ' "$nb/serve.out" ||
     fail "serve on a database it cannot write: exit $rc: $(cat "$nb/serve.out")"
+  # The database the service user's, 0600, but what SQLite makes beside
+  # it is not: a directory root made (no -wal and -shm can be created:
+  # check's own open failed 'user_version: attempt to write a readonly
+  # database', naming nothing), or root's -wal and -shm (copied back with
+  # the file by root's cp: SQLite opened the database read-only without a
+  # word, check passed, serve said healthy, every membership change
+  # failed 'attempt to write a readonly database').
+  chown nobody "$nb/groupsrv.db"
+  chmod 600 "$nb/groupsrv.db"
+  mkdir "$nb/db"
+  mv "$nb/groupsrv.db" "$nb/db/"
+  sed -i "s#^path = $nb/groupsrv.db\$#path = $nb/db/groupsrv.db#" "$nb/groupsrv.conf"
+  grep -q "^path = $nb/db/groupsrv.db\$" "$nb/groupsrv.conf" || fail "the [db] path line moved: $(cat "$nb/groupsrv.conf")"
+  chmod 755 "$nb/db" # root's, as chown -R left it out
+  rc=0; as_nobody check > "$nb/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): its directory $nb/db, where SQLite creates the -wal and -shm files: Permission denied: " "$nb/check.out" ||
+    fail "check of a database in a directory the service user cannot write: exit $rc: $(grep -E 'database|problem' "$nb/check.out")"
+  rc=0; as_nobody serve > "$nb/serve.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "err=\"database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): its directory $nb/db, " "$nb/serve.out" ||
+    fail "serve on a database in a directory it cannot write: exit $rc: $(cat "$nb/serve.out")"
+  chown nobody "$nb/db"
+  as_nobody check > "$nb/check.out" 2>&1 || true # (exit 1: the older token's missing versions)
+  grep -q "^database  OK   $nb/db/groupsrv.db " "$nb/check.out" && ! grep -q '^database  PROBLEM' "$nb/check.out" ||
+    fail "check once the directory is the service user's: $(grep -E '^database' "$nb/check.out")"
+  touch "$nb/db/groupsrv.db-wal" "$nb/db/groupsrv.db-shm"
+  chown root "$nb/db/groupsrv.db-wal" "$nb/db/groupsrv.db-shm"
+  chmod 644 "$nb/db/groupsrv.db-wal" "$nb/db/groupsrv.db-shm"
+  rc=0; as_nobody check > "$nb/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): $nb/db/groupsrv.db-wal, left by another user: Permission denied: " "$nb/check.out" ||
+    fail "check of a database with root's -wal and -shm: exit $rc: $(grep -E 'database|problem' "$nb/check.out")"
+  rc=0; as_nobody serve > "$nb/serve.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): $nb/db/groupsrv.db-wal, left by another user" "$nb/serve.out" ||
+    fail "serve on a database with root's -wal and -shm: exit $rc: $(cat "$nb/serve.out")"
+  chown nobody "$nb/db/groupsrv.db-wal" "$nb/db/groupsrv.db-shm"
   rm -rf "$nb"
   trap cleanup EXIT
-  ok "a database restored as another user: check names it, serve does not start"
+  ok "a database restored as another user, in a directory it cannot write or beside root's -wal: check names it, serve does not start"
 fi
 
 # A database restored next to a token made anew (initialised again, `ca
