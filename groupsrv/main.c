@@ -2110,6 +2110,27 @@ static unsigned check_listen(const struct gs_config *cfg)
     return file_row("listen", true, "[server] %s, [certsrv] %s", cfg->server.listen, cfg->certsrv.listen);
 }
 
+/* [db] path: the membership, the member certificates and (with [audit]
+ * store = db) the audit records, in the file and in the -wal beside it,
+ * which SQLite makes with the file's mode. A warning, not counted, as
+ * for the audit log: a group that may read them may be meant. */
+static void check_db_mode(const struct gs_config *cfg)
+{
+    char side[4096 + 8];
+    struct stat sb;
+
+    if (cfg->db.url != NULL || cfg->db.path == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        int n = snprintf(side, sizeof(side), "%s%s", cfg->db.path, i == 0 ? "" : "-wal");
+        if (n < 0 || (size_t)n >= sizeof(side) || stat(side, &sb) != 0 || (sb.st_mode & 077) == 0)
+            continue;
+        printf("%-10sWARNING: %s: mode %04o: its group or others can read the groups' members and their "
+               "certificates (chmod 0600 %s%s unless that is meant)\n",
+               "database", side, (unsigned)(sb.st_mode & 07777), cfg->db.path, i == 0 ? "" : "-wal");
+    }
+}
+
 /* Servers on cloned tokens share one database: lists each current group
  * key or secret key version the database records that this token lacks
  * (serve answers 503 key_unavailable for it). Returns how many. */
@@ -2211,6 +2232,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
         gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));
         printf("database  OK   %s (%s, schema %d%s)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st),
                migrated ? ", migrated from an older schema" : "");
+        check_db_mode(e->cfg);
         /* what serve refuses to start without */
         if (gs_store_check_grants(e->st, strcmp(e->cfg->audit.store, "db") == 0) != GS_OK) {
             printf("database  PROBLEM: %s\n", gs_err_detail());

@@ -108,9 +108,15 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   [ "$rc" = 1 ] && grep -q "database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): $nb/db/groupsrv.db-wal, left by another user" "$nb/serve.out" ||
     fail "serve on a database with root's -wal and -shm: exit $rc: $(cat "$nb/serve.out")"
   chown nobody "$nb/db/groupsrv.db-wal" "$nb/db/groupsrv.db-shm"
+  # a database others can read (cp as root with its umask): a warning
+  chmod 644 "$nb/db/groupsrv.db"
+  as_nobody check > "$nb/check.out" 2>&1 || true
+  grep -q "^database  WARNING: $nb/db/groupsrv.db: mode 0644: its group or others can read " "$nb/check.out" &&
+    grep -q "^database  WARNING: $nb/db/groupsrv.db-wal: mode 0644: " "$nb/check.out" ||
+    fail "check does not warn about a database others can read: $(grep -E 'database|problem' "$nb/check.out")"
   rm -rf "$nb"
   trap cleanup EXIT
-  ok "a database restored as another user, in a directory it cannot write or beside root's -wal: check names it, serve does not start"
+  ok "a database restored as another user, in a directory it cannot write or beside root's -wal: check names it, serve does not start; a database others can read: check warns"
 fi
 
 # A database restored next to a token made anew (initialised again, `ca
