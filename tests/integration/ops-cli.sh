@@ -120,6 +120,26 @@ grep -q 'audit log sealed' "$work/err" || fail "audit rotate -v logged nothing: 
 out=$(gs audit verify) || fail "audit verify after four rotations: $out"
 ok "audit rotate prints one line on stdout and nothing on stderr without -v, one line more for a torn tail it cut off; $out"
 
+# ---- docs/operations.md's crontab line for audit rotate, as cron runs it ----
+# cron runs a line with /bin/sh and PATH=/usr/bin:/bin (crontab(5)), as
+# the line's user (a /etc/cron.d line names it), so what the line calls
+# must be found there: the root crontab line the document gave, runuser
+# -u groupsrv -- ..., failed 'runuser: not found' (it is in /usr/sbin)
+# every month, and the audit log was never archived. The build's
+# groupsrv stands in for /usr/bin's, this test's user for the line's.
+. "$SRC/tests/lib/docblocks.sh"
+cronline=$(doc_block "$SRC/docs/operations.md" 'Logs and the audit log' 1 crontab | grep -v '^#')
+[ "$(wc -l <<<"$cronline")" = 1 ] || fail "docs/operations.md's crontab block is not one line: $cronline"
+read -r _ _ _ _ _ cronuser croncmd <<<"$cronline"
+[ "$cronuser" = groupsrv ] || fail "docs/operations.md's crontab line does not run as groupsrv (a /etc/cron.d line): $cronline"
+mkdir "$work/cronbin"
+ln -s "$BIN/groupsrv" "$work/cronbin/groupsrv"
+rc=0
+env -i PATH="$work/cronbin:/usr/bin:/bin" GROUPSRV_CONF="$conf" /bin/sh -c "$croncmd" >"$work/out" 2>"$work/err" || rc=$?
+[ "$rc" = 0 ] && grep -q '^sealed .* continues the chain$' "$work/out" ||
+  fail "docs/operations.md's crontab line under cron's PATH: exit $rc: $(cat "$work/out" "$work/err")"
+ok "docs/operations.md's crontab line runs under cron's PATH: $cronline"
+
 # ---- a path with a space in a log line stays one quoted field ----
 mkdir "$work/audit dir"
 sed "s|^path = $work/audit.jsonl\$|path = $work/audit dir/audit.jsonl|" "$conf" > "$work/space.conf"
