@@ -133,7 +133,7 @@ cronline=$(doc_block "$SRC/docs/operations.md" 'Logs and the audit log' 1 cronta
 read -r _ _ _ _ _ cronuser croncmd <<<"$cronline"
 [ "$cronuser" = groupsrv ] || fail "docs/operations.md's crontab line does not run as groupsrv (a /etc/cron.d line): $cronline"
 mkdir "$work/cronbin"
-ln -s "$BIN/groupsrv" "$work/cronbin/groupsrv"
+ln -s "$(cd "$BIN" && pwd)/groupsrv" "$work/cronbin/groupsrv"
 rc=0
 env -i PATH="$work/cronbin:/usr/bin:/bin" GROUPSRV_CONF="$conf" /bin/sh -c "$croncmd" >"$work/out" 2>"$work/err" || rc=$?
 [ "$rc" = 0 ] && grep -q '^sealed .* continues the chain$' "$work/out" ||
