@@ -8,6 +8,7 @@
  * or duplicate, 4 token or PIN, 5 configuration.
  */
 #include <arpa/inet.h>
+#include <linux/capability.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <errno.h>
@@ -2088,26 +2089,70 @@ static int listen_overlap(const struct sockaddr_storage *a, const struct sockadd
  * stops when it cannot (a port another program holds is only known
  * then; the running server holds its own). An address that does not
  * resolve, or the two on one port, is a problem here already. */
+/* A port below net.ipv4.ip_unprivileged_port_start (1024 unless set; it
+ * covers IPv6 too) takes CAP_NET_BIND_SERVICE, which the unit as shipped
+ * does not give (CapabilityBoundingSet= empty): serve would stop 'cannot
+ * listen ... Permission denied'. A warning, not counted: check run with
+ * runuser lacks a capability a drop-in may give the unit. */
+static void warn_low_port(const char *which, const char *listen, const struct sockaddr_storage *ss)
+{
+    unsigned port = ntohs(ss->ss_family == AF_INET ? ((const struct sockaddr_in *)ss)->sin_port
+                                                   : ((const struct sockaddr_in6 *)ss)->sin6_port);
+    unsigned start = 1024;
+    unsigned long long eff = 0;
+    char line[256];
+    FILE *f;
+
+    if ((f = fopen("/proc/sys/net/ipv4/ip_unprivileged_port_start", "re")) != NULL) {
+        if (fscanf(f, "%u", &start) != 1)
+            start = 1024;
+        (void)fclose(f);
+    }
+    if (port == 0 || port >= start)
+        return;
+    if ((f = fopen("/proc/self/status", "re")) != NULL) {
+        while (fgets(line, sizeof(line), f) != NULL)
+            if (sscanf(line, "CapEff: %llx", &eff) == 1)
+                break;
+        (void)fclose(f);
+    }
+    if (eff & (1ULL << CAP_NET_BIND_SERVICE))
+        return;
+    printf(
+        "%-10sWARNING: %s listen %s: port %u is below %u (net.ipv4.ip_unprivileged_port_start): binding it "
+        "takes CAP_NET_BIND_SERVICE, which this user lacks and the unit as shipped does not give (a drop-in: "
+        "docs/operations.md, \"A first configuration\")\n",
+        "listen", which, listen, port, start);
+}
+
 static unsigned check_listen(const struct gs_config *cfg)
 {
     struct sockaddr_storage srv, cs;
     const char *why;
+    unsigned problem;
 
     if ((why = listen_addr(cfg->server.listen, &srv)) != NULL)
         return file_row("listen", false, "[server] listen %s: cannot resolve the address: %s",
                         cfg->server.listen, why);
-    if (cfg->certsrv.listen == NULL)
-        return file_row("listen", true, "[server] %s", cfg->server.listen);
-    if ((why = listen_addr(cfg->certsrv.listen, &cs)) != NULL)
+    if (cfg->certsrv.listen == NULL) {
+        problem = file_row("listen", true, "[server] %s", cfg->server.listen);
+    } else if ((why = listen_addr(cfg->certsrv.listen, &cs)) != NULL) {
         return file_row("listen", false, "[certsrv] listen %s: cannot resolve the address: %s",
                         cfg->certsrv.listen, why);
-    if (listen_overlap(&srv, &cs))
-        return file_row(
+    } else if (listen_overlap(&srv, &cs)) {
+        problem = file_row(
             "listen", false,
             "[certsrv] listen %s and [server] listen %s are on one port: serve cannot bind both (give "
             "the certificate server a port of its own)",
             cfg->certsrv.listen, cfg->server.listen);
-    return file_row("listen", true, "[server] %s, [certsrv] %s", cfg->server.listen, cfg->certsrv.listen);
+    } else {
+        problem =
+            file_row("listen", true, "[server] %s, [certsrv] %s", cfg->server.listen, cfg->certsrv.listen);
+    }
+    warn_low_port("[server]", cfg->server.listen, &srv);
+    if (cfg->certsrv.listen != NULL)
+        warn_low_port("[certsrv]", cfg->certsrv.listen, &cs);
+    return problem;
 }
 
 /* [db] path: the membership, the member certificates and (with [audit]

@@ -79,6 +79,27 @@ for pair in "127.0.0.1:8443 127.0.0.1:8444" "[::1]:8443 127.0.0.1:8443"; do
   grep -Eq '^listen +OK +\[server\] .*, \[certsrv\] ' <<<"$row" || fail "check, [server] and [certsrv] listen $pair: $row"
 done
 ok "check: [server] and [certsrv] listen on one port (or a wildcard covering the other) is a problem; $(listen_row 127.0.0.1:8443 0.0.0.0:8443)"
+# a port below 1024 for a user without CAP_NET_BIND_SERVICE (the unit's
+# groupsrv has none): serve stops 'cannot listen ... Permission denied',
+# check said OK. Run as nobody when root (a copy of the program and the
+# configuration where nobody reaches them), else as this user.
+low=$(mktemp -d /tmp/gs-lowport.XXXXXX)
+trap 'rm -rf "$work" "$low"' EXIT
+chmod 755 "$low"
+cp "$BIN/groupsrv" "$low/"
+listen_row 127.0.0.1:443 127.0.0.1:8444 > /dev/null
+install -m 0644 "$work/listen.conf" "$low/listen.conf"
+as_user=()
+[ "$(id -u)" != 0 ] || as_user=(runuser -u nobody --)
+"${as_user[@]}" "$low/groupsrv" -c "$low/listen.conf" check > "$work/out" 2>&1 || true
+start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
+if [ "$start" -gt 443 ]; then
+  grep -Eq "^listen +WARNING: \[server\] listen 127\.0\.0\.1:443: port 443 is below $start \(net\.ipv4\.ip_unprivileged_port_start\): binding it takes CAP_NET_BIND_SERVICE" "$work/out" ||
+    fail "check, [server] listen on port 443 without CAP_NET_BIND_SERVICE: $(grep '^listen' "$work/out")"
+  ! grep -q '^listen .*WARNING: \[certsrv\]' "$work/out" || fail "check warns about [certsrv] port 8444: $(grep '^listen' "$work/out")"
+  ok "check: a port below $start without CAP_NET_BIND_SERVICE is a warning: $(grep '^listen .*WARNING' "$work/out")"
+fi
+rm -rf "$low"
 
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
