@@ -4,7 +4,9 @@
 # newcomer would, on throw-away SoftHSM tokens, with what the text says
 # they print and leave checked:
 #   - "Trying it out: a throw-away SoftHSM token";
-#   - "A first configuration", on the example groupsrv.conf as shipped;
+#   - "A first configuration", on the example groupsrv.conf as shipped,
+#     with a SoftHSM store made from the packages ("The token under
+#     systemd": the shipped template, then "A real token" steps 2-3);
 #   - "A real token", steps 1-6 on a SoftHSM store whose slot is still
 #     uninitialised (what a new card is), then the server started on the
 #     token's TLS key and reached with the local CA as --cacert;
@@ -168,16 +170,27 @@ unset GROUPSRV_CONF
 # already, so the edit here only moves the example's absolute paths into
 # this test's directory (the listen addresses are not used: check only).
 # No service user here: runuser and install's owner go; no systemctl.
+# The token as a package user makes it ("The token under systemd": a
+# SoftHSM store of groupsrv's own from the shipped template, then "A real
+# token" steps 2-3), not with scripts/provision-softhsm, which the
+# packages do not have. The template is pkcs11-config/'s in the tree.
 fc=$work/fc
 mkdir -p "$fc/etc/groupsrv" "$fc/var/lib/groupsrv" "$fc/var/log/groupsrv"
-"$SRC/scripts/provision-softhsm" "$fc/token" groupsrv > /dev/null
-install -m 0600 "$fc/token/user-pin" "$fc/etc/groupsrv/pin"
 fc_paths=(-e "s|$work/etc/groupsrv/|$fc/etc/groupsrv/|g" -e "s|$work/var/lib/groupsrv|$fc/var/lib/groupsrv|g")
+{ doc_block "$doc" 'The token under systemd' 1; doc_block "$doc" 'A real token' 2; doc_block "$doc" 'A real token' 3; } |
+  sed -e "s|/etc/groupsrv/|$fc/etc/groupsrv/|g" -e "s|/var/lib/groupsrv|$fc/var/lib/groupsrv|g" \
+    -e "s|/usr/share/doc/groupsrv/examples/softhsm2.conf.template|$SRC/pkcs11-config/softhsm2.conf.template|" \
+    -e "s|MODULE=/usr/lib/softhsm/libsofthsm2.so|MODULE=$module|" -e 's| -o groupsrv -g groupsrv||' > "$fc/token.sh" ||
+  fail "the SoftHSM store from the packages: a block is gone from docs/operations.md"
+(cd "$fc" && bash -e "$fc/token.sh" < <(printf '%s\n%s\n' so-pin-fc1 user-pin-fc2)) > "$work/fctoken.out" 2>&1 ||
+  fail "The token under systemd, a store from the packages, with steps 2-3, failed: $(cat "$fc/token.sh" "$work/fctoken.out")"
+[ "$(stat -c %a "$fc/var/lib/groupsrv/softhsm/tokens")" = 700 ] && [ "$(cat "$fc/etc/groupsrv/pin")" = user-pin-fc2 ] ||
+  fail "the SoftHSM store from the packages: no 0700 token directory or no PIN file"
 run_block first1 'A first configuration' 1 "$fc" "${fc_paths[@]}" \
   -e "s|/usr/share/doc/groupsrv/examples/|$SRC/dist/examples/|" -e 's| -o root -g groupsrv||' \
   -e "s|^editor \\([^ ]*\\).*|sed -i -e 's:/etc/groupsrv/:$fc/etc/groupsrv/:' -e 's:/var/lib/groupsrv/:$fc/var/lib/groupsrv/:' -e 's:/var/log/groupsrv/:$fc/var/log/groupsrv/:' -e 's:^module = .*:module = $module:' \\1|"
 [ "$(stat -c %a "$fc/etc/groupsrv/groupsrv.conf")" = 640 ] || fail "first configuration: groupsrv.conf is not 0640"
-export GROUPSRV_CONF=$fc/etc/groupsrv/groupsrv.conf SOFTHSM2_CONF=$fc/token/softhsm2.conf
+export GROUPSRV_CONF=$fc/etc/groupsrv/groupsrv.conf SOFTHSM2_CONF=$fc/etc/groupsrv/softhsm2.conf
 run_block first2 'A first configuration' 2 "$fc" "${fc_paths[@]}" -e 's|^runuser -u groupsrv -- ||' -e '/^systemctl /d'
 has first2 '^tls cert +OK'
 has first2 '^tls key +OK'
