@@ -2062,8 +2062,8 @@ static const char *listen_addr(const char *hostport, struct sockaddr_storage *ss
 
 /* 1 when two listening sockets on a and b cannot both be bound: the same
  * port, and the same address or a wildcard that covers the other (Linux:
- * 0.0.0.0 every IPv4 address; [::] every address of both families, as
- * net.ipv6.bindv6only is 0 by default). */
+ * 0.0.0.0 every IPv4 address; [::] every address of both families unless
+ * net.ipv6.bindv6only is 1: serve sets no IPV6_V6ONLY of its own). */
 static int listen_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     const struct sockaddr_in *a4 = (const struct sockaddr_in *)a, *b4 = (const struct sockaddr_in *)b;
@@ -2077,8 +2077,16 @@ static int listen_overlap(const struct sockaddr_storage *a, const struct sockadd
 
     if (pa != pb)
         return 0;
-    if (a->ss_family != b->ss_family) /* only the IPv6 wildcard spans both */
-        return (a->ss_family == AF_INET6 && any_a) || (b->ss_family == AF_INET6 && any_b);
+    if (a->ss_family != b->ss_family) { /* only the IPv6 wildcard spans both */
+        int v6only = 0;
+        FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "re");
+        if (f != NULL) {
+            if (fscanf(f, "%d", &v6only) != 1)
+                v6only = 0;
+            (void)fclose(f);
+        }
+        return v6only != 1 && ((a->ss_family == AF_INET6 && any_a) || (b->ss_family == AF_INET6 && any_b));
+    }
     if (any_a || any_b)
         return 1;
     return a->ss_family == AF_INET ? a4->sin_addr.s_addr == b4->sin_addr.s_addr
