@@ -451,7 +451,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         bump_key_gen(ctx);
         /* This PIN works: a refusal recorded before is out of date. */
         if (!ctx->pinpad)
-            hsm_refusal_clear(ctx->refusal_path);
+            hsm_refusal_clear(ctx->refusal_path, &ti);
         goto out;
     }
     if (hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN) {

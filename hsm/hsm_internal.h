@@ -59,14 +59,16 @@ typedef struct hsm_pin_src {
  * it is read; matches says whether the record names this token and this
  * source (when, rv: the record's time and the C_Login answer, for the
  * message); record writes it (after a CKR_PIN_INCORRECT, or a login that
- * may have cost a try: login_unsure); clear removes it (after a login). None
- * fails the caller: a record that cannot be read or written is logged. */
+ * may have cost a try: login_unsure), keeping other sources' and tokens'
+ * entries; clear removes this token's entries (after a login), the file
+ * when none is left. None fails the caller: a record that cannot be read
+ * or written is logged. */
 void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src);
 bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
                          size_t pin_len, char *when, size_t whensz, char *rv, size_t rvsz);
 void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
                         size_t pin_len, const char *pin_source, const char *rv);
-void hsm_refusal_clear(const char *record);
+void hsm_refusal_clear(const char *record, const CK_TOKEN_INFO *ti);
 
 struct hsm_ctx {
     CK_FUNCTION_LIST *fl;

@@ -13,10 +13,23 @@
  * What is written is never the PIN nor a plain hash of it (a PIN of a few
  * digits is found from its hash at once): for a file, the file's identity
  * (device, inode, size, modification and change times: any write, rename
- * or touch changes it); for env:NAME, an HMAC-SHA256 of the PIN under a
+ * or touch changes it) and, when the key below can be had, an HMAC of the
+ * PIN read from it: timestamps of a second or a jiffy, or a filesystem
+ * whose inodes and times say nothing (some FUSE and network ones), would
+ * otherwise let a corrected PIN of the same length look unchanged and be
+ * refused for good; for env:NAME, an HMAC-SHA256 of the PIN under a
  * random key kept in a separate 0600 file beside the record, so that the
  * record alone tells nothing about the PIN. Both files are written
- * atomically with mode 0600. A successful login removes the record.
+ * atomically with mode 0600.
+ *
+ * The record sits in a directory that other configurations may share (two
+ * instances' databases in /var/lib/groupsrv, or with [db] url their audit
+ * logs in one directory), so it holds one entry per refused source and
+ * token (at most ENTRIES_MAX, the oldest dropped): one token's refusal
+ * does not replace another's, and a successful login removes only the
+ * entries of its own token (a successful login resets the token's count
+ * of wrong PINs, so a source on that token that is still wrong costs one
+ * try again, never a lock-out). The file goes when no entry is left.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,7 +48,9 @@
 #include "util.h"
 #include "hsm_internal.h"
 
-#define RECORD_MAX 4096
+#define RECORD_MAX 65536
+#define ENTRIES_MAX 16
+#define LINE_MAX_LEN 512
 #define MAC_KEY_LEN 32
 
 void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
@@ -127,25 +142,12 @@ out:
     return rc;
 }
 
-/* The record's first line for this token and source: what a later
- * process compares. -1 when it cannot be made (no usable key for env:). */
-static int record_line(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
-                       size_t pin_len, bool create_key, char *out, size_t cap)
+/* HMAC-SHA256 of the PIN under the key beside record, as hex. -1 when
+ * there is no usable key (with create, none could be made). */
+static int pin_mac(const char *record, const char *pin, size_t pin_len, bool create_key, char hex[65])
 {
-    char tok[65];
-    int n;
-
-    if (token_id(ti, tok) != 0)
-        return -1;
-    if (src->is_file) {
-        n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=file dev=%llu ino=%llu size=%lld "
-                     "mtime=%lld.%09ld ctime=%lld.%09ld",
-                     tok, src->dev, src->ino, src->size, src->mtime_s, src->mtime_ns, src->ctime_s, src->ctime_ns);
-        return n < 0 || (size_t)n >= cap ? -1 : 0;
-    }
     unsigned char key[MAC_KEY_LEN], mac[32];
     unsigned int maclen = 0;
-    char hex[65];
     int rc = -1;
 
     if (pin == NULL || pin_len == 0 || pin_len > INT32_MAX || mac_key(record, create_key, key) != 0)
@@ -155,12 +157,110 @@ static int record_line(const char *record, const CK_TOKEN_INFO *ti, const hsm_pi
         goto out;
     for (unsigned i = 0; i < 32; i++)
         (void)snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-    n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=env mac=%s", tok, hex);
-    rc = n < 0 || (size_t)n >= cap ? -1 : 0;
+    rc = 0;
 out:
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(mac, sizeof(mac));
     return rc;
+}
+
+/* The record's entry line for this token and source: what a later
+ * process compares. -1 when it cannot be made (no usable key for env:).
+ * A file's line carries the PIN's MAC when a key can be had, and only
+ * its identity when not (a key this user cannot read: the same line is
+ * then made again by the next process, which cannot read it either). */
+static int record_line(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
+                       size_t pin_len, bool create_key, char *out, size_t cap)
+{
+    char tok[65], hex[65];
+    int n;
+
+    if (token_id(ti, tok) != 0)
+        return -1;
+    if (src->is_file) {
+        bool mac = pin_mac(record, pin, pin_len, create_key, hex) == 0;
+        n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=file dev=%llu ino=%llu size=%lld "
+                     "mtime=%lld.%09ld ctime=%lld.%09ld%s%s",
+                     tok, src->dev, src->ino, src->size, src->mtime_s, src->mtime_ns, src->ctime_s, src->ctime_ns,
+                     mac ? " mac=" : "", mac ? hex : "");
+        return n < 0 || (size_t)n >= cap ? -1 : 0;
+    }
+    if (pin_mac(record, pin, pin_len, create_key, hex) != 0)
+        return -1;
+    n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=env mac=%s", tok, hex);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+/* One entry of the record: its line and the line after it for a person
+ * ("refused=TIME rv=..."), each without its newline. */
+typedef struct refusal_entry {
+    const char *line, *note;
+    size_t line_len, note_len;
+} refusal_entry;
+
+#define ENTRY_PREFIX "groupsrv-pin-refused 1 "
+
+/* Splits the record's text (NUL-terminated, modified: newlines become
+ * NULs) into its entries, the newest last; lines that are none (comments,
+ * anything else) are skipped. Returns the count, at most cap. */
+static size_t parse_entries(char *text, refusal_entry *e, size_t cap)
+{
+    size_t count = 0;
+    char *p = text;
+
+    while (*p != '\0') {
+        char *nl = strchr(p, '\n');
+        char *next = nl != NULL ? nl + 1 : p + strlen(p);
+        if (nl != NULL)
+            *nl = '\0';
+        if (strncmp(p, ENTRY_PREFIX, sizeof(ENTRY_PREFIX) - 1) == 0 && strlen(p) < LINE_MAX_LEN) {
+            if (count == cap) { /* the oldest goes */
+                memmove(e, e + 1, (cap - 1) * sizeof(*e));
+                count--;
+            }
+            e[count].line = p;
+            e[count].line_len = strlen(p);
+            e[count].note = "";
+            e[count].note_len = 0;
+            if (strncmp(next, "refused=", 8) == 0) {
+                char *nl2 = strchr(next, '\n');
+                e[count].note = next;
+                e[count].note_len = nl2 != NULL ? (size_t)(nl2 - next) : strlen(next);
+                if (nl2 != NULL)
+                    *nl2 = '\0';
+                next = nl2 != NULL ? nl2 + 1 : next + strlen(next);
+            }
+            count++;
+        }
+        p = next;
+    }
+    return count;
+}
+
+/* The record's text, or NULL when there is none this program can take
+ * (absent, not a regular file closed to others' writes, unreadable,
+ * larger than any it writes): logged, except absent. Caller frees. */
+static char *read_record(const char *record)
+{
+    unsigned char *buf = NULL;
+    size_t n = 0;
+    struct stat st;
+
+    if (lstat(record, &st) != 0)
+        return NULL;
+    /* Not one this program wrote (a link, a directory, a FIFO, a file
+     * others may write): not taken as a refusal, said in the log. */
+    if (!S_ISREG(st.st_mode) || (st.st_mode & 022) != 0) {
+        log_warn("the PIN refusal record is not a regular file closed to others; ignored path=\"%s\"",
+                 log_qs(record));
+        return NULL;
+    }
+    if (util_read_file(record, RECORD_MAX, &buf, &n) != UTIL_OK) {
+        log_warn("the PIN refusal record cannot be read; ignored path=\"%s\" err=\"%s\"", log_qs(record),
+                 strerror(errno));
+        return NULL;
+    }
+    return (char *)buf;
 }
 
 /* Copies the value of "name=" on line p (up to a space or newline) to out. */
@@ -185,52 +285,78 @@ static void field(const char *p, const char *name, char *out, size_t cap)
 bool hsm_refusal_matches(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
                          size_t pin_len, char *when, size_t whensz, char *rv, size_t rvsz)
 {
-    char want[512];
-    unsigned char *buf = NULL;
-    size_t n = 0, linelen;
-    struct stat st;
+    char want[LINE_MAX_LEN], note[LINE_MAX_LEN];
+    refusal_entry e[ENTRIES_MAX];
+    char *text = NULL;
+    size_t count;
     bool match = false;
 
     if (whensz > 0)
         when[0] = '\0';
     if (rvsz > 0)
         rv[0] = '\0';
-    if (record == NULL || lstat(record, &st) != 0)
+    if (record == NULL || (text = read_record(record)) == NULL)
         return false;
-    /* Not one this program wrote (a link, a directory, a file others may
-     * write): not taken as a refusal, said in the log. */
-    if (!S_ISREG(st.st_mode) || (st.st_mode & 022) != 0) {
-        log_warn("the PIN refusal record is not a regular file closed to others; ignored path=\"%s\"",
-                 log_qs(record));
-        return false;
-    }
     if (record_line(record, ti, src, pin, pin_len, false, want, sizeof(want)) != 0)
-        return false;
-    if (util_read_file(record, RECORD_MAX, &buf, &n) != UTIL_OK) {
-        log_warn("the PIN refusal record cannot be read; ignored path=\"%s\" err=\"%s\"", log_qs(record),
-                 strerror(errno));
-        return false;
-    }
-    linelen = strlen(want);
-    if (n > linelen && memcmp(buf, want, linelen) == 0 && buf[linelen] == '\n') {
+        goto out;
+    count = parse_entries(text, e, ENTRIES_MAX);
+    for (size_t i = count; i-- > 0 && !match;) {
+        if (strcmp(e[i].line, want) != 0)
+            continue;
         match = true;
-        /* the second line: "refused=TIME rv=CKR_... ..." for the message */
-        const char *p = (const char *)buf + linelen + 1;
-        field(p, "refused=", when, whensz);
-        field(p, " rv=", rv, rvsz);
+        /* the line after it: "refused=TIME rv=CKR_... ..." for the message */
+        (void)snprintf(note, sizeof(note), "%.*s", (int)(e[i].note_len < 400 ? e[i].note_len : 400), e[i].note);
+        field(note, "refused=", when, whensz);
+        field(note, " rv=", rv, rvsz);
     }
-    free(buf);
+out:
+    free(text);
     return match;
+}
+
+/* Writes the entries (and the comment for a person) atomically, or
+ * removes the record when none is left. */
+static int write_entries(const char *record, const refusal_entry *e, size_t count)
+{
+    static const char comment[] =
+        "# Each entry: a PIN source the token refused (or whose login failed in a way that may have\n"
+        "# counted a try): groupsrv does not send it again until the source changes. Correct the PIN\n"
+        "# in it; if the token's PIN was set to it instead, remove this file.\n";
+    char *text;
+    size_t len = sizeof(comment), off = 0;
+    int rc;
+
+    if (count == 0)
+        return unlink(record) == 0 || errno == ENOENT ? 0 : -1;
+    for (size_t i = 0; i < count; i++)
+        len += e[i].line_len + e[i].note_len + 2;
+    if ((text = malloc(len)) == NULL)
+        return -1;
+    for (size_t i = 0; i < count; i++) {
+        memcpy(text + off, e[i].line, e[i].line_len);
+        off += e[i].line_len;
+        text[off++] = '\n';
+        if (e[i].note_len > 0) {
+            memcpy(text + off, e[i].note, e[i].note_len);
+            off += e[i].note_len;
+            text[off++] = '\n';
+        }
+    }
+    memcpy(text + off, comment, sizeof(comment) - 1);
+    off += sizeof(comment) - 1;
+    rc = util_write_file_atomic(record, text, off, 0600) == UTIL_OK ? 0 : -1;
+    free(text);
+    return rc;
 }
 
 void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_pin_src *src, const char *pin,
                         size_t pin_len, const char *pin_source, const char *rv)
 {
-    char line[512], text[1024], stamp[32], serial[65];
+    char line[LINE_MAX_LEN], text[LINE_MAX_LEN], stamp[32], serial[65];
     time_t now = time(NULL);
     struct tm tm;
     size_t k;
-    int n;
+    int n, rc;
 
     if (record == NULL)
         return;
@@ -246,7 +372,7 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     for (size_t i = 0; i < k; i++)
         serial[i] = (ti->serialNumber[i] > 0x20 && ti->serialNumber[i] < 0x7f) ? (char)ti->serialNumber[i] : '?';
     serial[k] = '\0';
-    /* The second line is for a person reading the file. */
+    /* The entry's second line is for a person reading the file. */
     /* Shown only when it names a file or variable, never a value that
      * may be the PIN itself written where its source belongs; control
      * bytes as '?'. */
@@ -257,13 +383,30 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     for (char *c = shown; *c != '\0'; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
-    n = snprintf(text, sizeof(text),
-                 "%s\nrefused=%s rv=%s token_serial=%s pin_source=%.200s\n"
-                 "# The token refused the PIN of this PIN source (or failed the login in a way that may have\n"
-                 "# counted a try): groupsrv does not send it again until the source changes. Correct the PIN\n"
-                 "# in it; if the token's PIN was set to it instead, remove this file.\n",
-                 line, stamp, rv, serial, shown);
-    if (n < 0 || (size_t)n >= sizeof(text) || util_write_file_atomic(record, text, (size_t)n, 0600) != UTIL_OK) {
+    n = snprintf(text, sizeof(text), "refused=%s rv=%s token_serial=%s pin_source=%.200s", stamp, rv, serial,
+                 shown);
+    if (n < 0 || (size_t)n >= sizeof(text)) {
+        log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\"", log_qs(record));
+        return;
+    }
+    /* The entries of other sources and tokens are kept (the same source's
+     * earlier entry is replaced by this one, the newest). */
+    refusal_entry e[ENTRIES_MAX];
+    size_t count = 0, kept = 0;
+    char *old = read_record(record);
+    if (old != NULL)
+        count = parse_entries(old, e, ENTRIES_MAX);
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(e[i].line, line) != 0)
+            e[kept++] = e[i];
+    if (kept == ENTRIES_MAX) {
+        memmove(e, e + 1, (ENTRIES_MAX - 1) * sizeof(*e));
+        kept--;
+    }
+    e[kept] = (refusal_entry){line, text, strlen(line), (size_t)n};
+    rc = write_entries(record, e, kept + 1);
+    free(old);
+    if (rc != 0) {
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\" err=\"%s\"",
                  log_qs(record), strerror(errno));
         return;
@@ -271,12 +414,41 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     log_info("refused PIN source recorded path=\"%s\"", log_qs(record));
 }
 
-void hsm_refusal_clear(const char *record)
+void hsm_refusal_clear(const char *record, const CK_TOKEN_INFO *ti)
 {
-    if (record == NULL)
+    refusal_entry e[ENTRIES_MAX];
+    char tok[65], prefix[sizeof(ENTRY_PREFIX) + 80];
+    size_t count, kept = 0;
+    char *text;
+    struct stat st;
+
+    if (record == NULL || lstat(record, &st) != 0)
         return;
-    if (unlink(record) == 0)
-        log_info("the PIN refusal record is removed: the token took the PIN path=\"%s\"", log_qs(record));
-    else if (errno != ENOENT)
-        log_warn("the PIN refusal record cannot be removed path=\"%s\" err=\"%s\"", log_qs(record), strerror(errno));
+    /* Only this token's entries: another token's refusal, in a directory
+     * two configurations share, still stands. */
+    if (token_id(ti, tok) != 0 || (text = read_record(record)) == NULL) {
+        /* not one this program can read: out of date like any other */
+        if (unlink(record) == 0)
+            log_info("the PIN refusal record is removed: the token took the PIN path=\"%s\"", log_qs(record));
+        else if (errno != ENOENT)
+            log_warn("the PIN refusal record cannot be removed path=\"%s\" err=\"%s\"", log_qs(record),
+                     strerror(errno));
+        return;
+    }
+    (void)snprintf(prefix, sizeof(prefix), ENTRY_PREFIX "token=%s ", tok);
+    count = parse_entries(text, e, ENTRIES_MAX);
+    for (size_t i = 0; i < count; i++)
+        if (strncmp(e[i].line, prefix, strlen(prefix)) != 0)
+            e[kept++] = e[i];
+    if (kept == count && count > 0) {
+        free(text);
+        return; /* none of this token's */
+    }
+    if (write_entries(record, e, kept) == 0)
+        log_info("the PIN refusal record %s: the token took the PIN path=\"%s\"",
+                 kept == 0 ? "is removed" : "no longer names this token", log_qs(record));
+    else
+        log_warn("the PIN refusal record cannot be removed path=\"%s\" err=\"%s\"", log_qs(record),
+                 strerror(errno));
+    free(text);
 }

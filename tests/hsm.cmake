@@ -43,3 +43,11 @@ target_link_libraries(test_hsm PRIVATE gs_hsm gs_testsupport PkgConfig::CMOCKA T
 gs_target_warnings(test_hsm)
 add_test(NAME unit_hsm COMMAND test_hsm)
 set_tests_properties(unit_hsm PROPERTIES LABELS "unit" TIMEOUT 300)
+
+# hsm/refusal.c without a token (the PIN refusal record's matching).
+add_executable(test_refusal ${GS_TEST_DIR}/unit/test_refusal.c)
+target_include_directories(test_refusal PRIVATE ${GS_HSM_SRC_ROOT}/hsm)
+target_link_libraries(test_refusal PRIVATE gs_hsm PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_refusal)
+add_test(NAME unit_refusal COMMAND test_refusal)
+set_tests_properties(unit_refusal PROPERTIES LABELS "unit" TIMEOUT 60)
