@@ -104,37 +104,90 @@ static int key_path(const char *record, char *out, size_t cap)
 }
 
 /* Reads the MAC key (32 bytes, a regular file not open to others); with
- * create, makes one if there is none. 0, or -1 (no key: nothing recorded
- * for an env: source can match). */
+ * create, makes one if there is none, and replaces one this process
+ * cannot use. 0, or -1 (no key: nothing recorded for an env: source can
+ * match). */
 static int mac_key(const char *record, bool create, unsigned char key[MAC_KEY_LEN])
 {
-    char path[4200];
+    char path[4200], tmp[4240];
     unsigned char *buf = NULL;
     size_t n = 0;
     struct stat st;
-    int rc = -1;
+    int rc = -1, fd = -1, e;
+    bool unusable = false;
 
+    tmp[0] = '\0';
     if (key_path(record, path, sizeof(path)) != 0)
         return -1;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 ||
-            util_read_file(path, MAC_KEY_LEN + 1, &buf, &n) != UTIL_OK || n != MAC_KEY_LEN) {
-            log_warn("the PIN refusal record's key is not usable; ignored path=\"%s\"", log_qs(path));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (lstat(path, &st) == 0) {
+            if (S_ISREG(st.st_mode) && (st.st_mode & 077) == 0 &&
+                util_read_file(path, MAC_KEY_LEN + 1, &buf, &n) == UTIL_OK && n == MAC_KEY_LEN) {
+                memcpy(key, buf, MAC_KEY_LEN);
+                rc = 0;
+                goto out;
+            }
+            if (buf != NULL)
+                util_secret_free(buf, n + 1);
+            buf = NULL;
+            n = 0;
+            log_warn("the PIN refusal record's key is not usable; %s path=\"%s\"", create ? "replaced" : "ignored",
+                     log_qs(path));
+            unusable = true;
+        } else if (errno != ENOENT) {
             goto out;
         }
-        memcpy(key, buf, MAC_KEY_LEN);
-        rc = 0;
-        goto out;
+        if (!create || RAND_bytes(key, MAC_KEY_LEN) != 1)
+            goto out;
+        if (unusable) {
+            /* One this user cannot read (made by a command root ran with
+             * the service's configuration) or not one this program wrote:
+             * the entries made under it cannot be checked here anyway, and
+             * keeping it would leave every later refusal here unrecorded,
+             * sent again by every restart. */
+            if (util_write_file_atomic(path, key, MAC_KEY_LEN, 0600) != UTIL_OK) {
+                log_warn("the PIN refusal record's key cannot be written path=\"%s\" err=\"%s\"", log_qs(path),
+                         strerror(errno));
+                goto out;
+            }
+            rc = 0;
+            goto out;
+        }
+        /* None yet: written under another name and linked in, so that of
+         * two processes making one at once the second takes the first's
+         * instead of replacing it (the entry the first wrote under it
+         * would never match again). */
+        e = snprintf(tmp, sizeof(tmp), "%s.%ld.new", path, (long)getpid());
+        if (e < 0 || (size_t)e >= sizeof(tmp))
+            goto out;
+        (void)unlink(tmp); /* left by a process that had this pid and died */
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 || write(fd, key, MAC_KEY_LEN) != MAC_KEY_LEN || fsync(fd) != 0) {
+            log_warn("the PIN refusal record's key cannot be written path=\"%s\" err=\"%s\"", log_qs(path),
+                     strerror(errno));
+            goto out;
+        }
+        (void)close(fd);
+        fd = -1;
+        e = link(tmp, path) == 0 ? 0 : errno;
+        (void)unlink(tmp);
+        tmp[0] = '\0';
+        if (e == 0) {
+            rc = 0;
+            goto out;
+        }
+        if (e != EEXIST) {
+            log_warn("the PIN refusal record's key cannot be written path=\"%s\" err=\"%s\"", log_qs(path),
+                     strerror(e));
+            goto out;
+        }
+        /* another process made one meanwhile: take that one */
     }
-    if (!create || errno != ENOENT)
-        goto out;
-    if (RAND_bytes(key, MAC_KEY_LEN) != 1 || util_write_file_atomic(path, key, MAC_KEY_LEN, 0600) != UTIL_OK) {
-        log_warn("the PIN refusal record's key cannot be written path=\"%s\" err=\"%s\"", log_qs(path),
-                 strerror(errno));
-        goto out;
-    }
-    rc = 0;
 out:
+    if (fd >= 0)
+        (void)close(fd);
+    if (tmp[0] != '\0')
+        (void)unlink(tmp);
     if (buf != NULL)
         util_secret_free(buf, n + 1);
     if (rc != 0)

@@ -104,11 +104,44 @@ static void test_shared_directory(void **state)
     rmdir(dir);
 }
 
+/* A key beside the record that this process cannot use (made by a
+ * command root ran with the service's configuration: 0600 and root's; or
+ * not one this program wrote): a refusal of an env: PIN must still be
+ * recorded, else every restart of the service sends that PIN again. */
+static void test_unusable_key_replaced(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-refusal-XXXXXX", rec[128], key[140];
+    CK_TOKEN_INFO ti;
+    hsm_pin_src env = {.is_file = false};
+    struct stat st;
+    FILE *f;
+
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(rec, sizeof(rec), "%s/pin-refused", dir);
+    (void)snprintf(key, sizeof(key), "%s.key", rec);
+    token(&ti, "A1");
+    assert_non_null(f = fopen(key, "w"));
+    assert_int_equal(fputs("short", f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(key, 0644), 0);
+    hsm_refusal_record(rec, &ti, &env, "wrong", 5, "env:GS_PIN", "CKR_PIN_INCORRECT");
+    assert_true(matches(rec, &ti, &env, "wrong"));
+    assert_false(matches(rec, &ti, &env, "right"));
+    assert_int_equal(stat(key, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(st.st_size, 32);
+    unlink(rec);
+    unlink(key);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_identity_other_pin),
         cmocka_unit_test(test_shared_directory),
+        cmocka_unit_test(test_unusable_key_replaced),
     };
     log_init("test_refusal", LOG_LVL_WARN, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
