@@ -1939,6 +1939,11 @@ static const char *ambiguous_framing(struct evhttp_request *req)
         return "a Transfer-Encoding other than one \"chunked\"";
     if (te > 0 && cl > 0)
         return "both Content-Length and Transfer-Encoding";
+    /* HTTP/1.0 has no Transfer-Encoding: a proxy that speaks it frames
+     * such a body by its Content-Length or not at all, where libevent reads
+     * it chunked. RFC 9112 6.1: the framing is faulty; close. */
+    if (te > 0 && req->major == 1 && req->minor == 0)
+        return "a Transfer-Encoding in an HTTP/1.0 request";
     /* libevent reads no body after a HEAD: the bytes of its body would be
      * read as the next request on the connection, where a proxy frames
      * them as the HEAD's body (RFC 9112 6.3: the framing does not depend

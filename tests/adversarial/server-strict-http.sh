@@ -3,7 +3,7 @@
 #   - two Content-Length headers (equal or not), one with a sign, a
 #     header name with white space before its colon,
 #     Transfer-Encoding beside
-#     Content-Length, twice, or other than "chunked", are refused (400) and
+#     Content-Length, twice, other than "chunked" or in HTTP/1.0, are refused (400) and
 #     the connection closed: RFC 7230 3.3.3, a request-smuggling
 #     precondition behind a proxy that would frame the body otherwise;
 #   - a body far over the cap gets its 413 every time, not a reset: after
@@ -194,6 +194,14 @@ done
 te_req "$work/te.req" "Transfer-Encoding: chunked"
 raw "$work/te.req" > "$work/te.out"
 head -1 "$work/te.out" | grep -q '^HTTP/1.1 200' || fail "a chunked unwrap: $(head -c 300 "$work/te.out")"
+# HTTP/1.0 has no Transfer-Encoding (RFC 9112 6.1: faulty framing, close):
+# a proxy that speaks 1.0 frames the chunked body as nothing, its bytes as
+# the next request, where libevent read them as the body.
+sed '1s|HTTP/1.1|HTTP/1.0|; s/^Connection: close\r$/Connection: keep-alive\r/' "$work/te.req" > "$work/te10.req"
+raw "$work/te10.req" > "$work/te10.out"
+grep -q '"key"' "$work/te10.out" && fail "Transfer-Encoding in HTTP/1.0: a key was answered"
+head -1 "$work/te10.out" | grep -q '^HTTP/1.[01] 400' && grep -q 'Transfer-Encoding in an HTTP/1.0 request' "$work/te10.out" &&
+  grep -qi '^connection: close' "$work/te10.out" || fail "Transfer-Encoding in HTTP/1.0: $(head -c 300 "$work/te10.out")"
 # A chunk-size line other than bare hex (an extension, a sign, garbage):
 # libevent's own 413 and a close (api.md), never an answer to the body.
 for size in "$(printf '%x' "${#body}");name=value" "-1" "zz"; do
@@ -232,7 +240,7 @@ raw "$work/csize.req" bytewise | tr -d '\r' > "$work/csize.out"
 [ "$(grep '^HTTP/1.1 ' "$work/csize.out" | cut -d' ' -f2 | tr '\n' ' ')" = "200 200 " ] ||
   fail "two chunks, bare LF line ends, a trailer, a byte at a time: $(head -c 600 "$work/csize.out")"
 ok "chunk-size lines libevent reads leniently (0x, sign, white space, an empty line between chunks): 400 and closed"
-ok "Transfer-Encoding with Content-Length, other than chunked, or twice: 400 and closed; chunked alone: 200"
+ok "Transfer-Encoding with Content-Length, other than chunked, twice, or in HTTP/1.0: 400 and closed; chunked alone: 200"
 
 # HEAD is GET without the body (RFC 9110 9.3.2), a refusal too: libevent
 # writes whatever body it is given, with no length, so a body after a HEAD
