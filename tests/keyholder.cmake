@@ -78,7 +78,7 @@ add_library(gs_net_fuzzing STATIC ${GS_NET_DIR}/core.c ${GS_NET_DIR}/api.c ${GS_
   ${GS_NET_DIR}/gview.c ${GS_NET_DIR}/holder.c ${GS_NET_DIR}/jsonin.c ${GS_NET_DIR}/metrics.c ${GS_NET_DIR}/tls.c)
 target_include_directories(gs_net_fuzzing PUBLIC ${GS_NET_DIR})
 target_compile_definitions(gs_net_fuzzing PUBLIC GS_FUZZING GS_FUZZ_HTTP_DIR="${GS_TEST_DIR}/fuzz/http")
-target_link_libraries(gs_net_fuzzing PUBLIC gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT
+target_link_libraries(gs_net_fuzzing PUBLIC gs_reqscan gs_groupsrv_base gs_envelope gs_common PkgConfig::LIBEVENT
   PkgConfig::JANSSON PkgConfig::OPENSSL Threads::Threads)
 gs_target_warnings(gs_net_fuzzing)
 

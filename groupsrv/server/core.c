@@ -34,6 +34,7 @@
 #include <openssl/x509.h>
 
 #include "jsonin.h"
+#include "reqscan.h"
 #include "log.h"
 #include "util.h"
 
@@ -153,21 +154,12 @@ struct srv_conn {
     struct event *watch;  /* conn_watch_cb: keeps the socket's read interest in epoll */
     int watch_on;         /* watch is added */
     int watch_idle;       /* watch's wake-ups since the bufferevent last read */
-    /* The request head being received, scanned for NUL bytes as it comes
-     * (conn_scan_head); offsets count the input's bytes since accept. */
+    /* The request being received, its head and a chunked body followed as
+     * they come (conn_scan_head); offsets count the input's bytes since
+     * accept. */
     uint64_t in_added, in_drained; /* bytes ever added to, drained from the input */
     uint64_t head_scanned;         /* the offset scanned up to */
-    int head_open;                 /* the head's empty line is not yet in */
-    int head_eol;                  /* 1 after an LF, 2 after LF CR: an LF next ends the head */
-    int head_nul;                  /* the head holds a NUL byte */
-    int head_te_match;             /* "transfer-encoding:" letters matched at the line's start, or -1 */
-    int head_te;                   /* the head has a Transfer-Encoding header */
-    int head_line_start;           /* the next byte begins a header line */
-    int head_fold;                 /* a header line begins with white space (obs-fold) */
-    int chunk_state;               /* enum chunk_state: the chunked body after the head */
-    int chunk_bad;                 /* that body is framed otherwise than RFC 9112 7.1 says */
-    uint64_t chunk_left;           /* the chunk's data bytes still to come */
-    unsigned chunk_digits;         /* the hex digits of its size line so far */
+    struct reqscan scan;           /* the request coming in (reqscan.h) */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -356,116 +348,10 @@ static size_t conn_input_max(const struct srv *s)
     return HEADERS_MAX + s->max_body * 2 + 4096 + 16384;
 }
 
-/* A chunked body's framing, followed byte by byte after the head
- * (conn_scan_chunk). */
-enum chunk_state {
-    CHUNK_OFF,         /* no chunked body being received */
-    CHUNK_SIZE,        /* in the chunk-size line */
-    CHUNK_SIZE_LF,     /* after its CR */
-    CHUNK_DATA,        /* chunk_left bytes of data to come */
-    CHUNK_DATA_CR,     /* the CRLF after the data */
-    CHUNK_DATA_LF,     /* after its CR */
-    CHUNK_TRAILER,     /* at the start of a trailer line (or the final CRLF) */
-    CHUNK_TRAILER_IN,  /* inside a trailer line */
-    CHUNK_END_LF       /* after the final CR */
-};
-
-/* One byte of a chunked body: RFC 9112 7.1 with the bare LF line ends
- * libevent also takes, without chunk extensions (libevent answers them
- * 413). libevent reads the size with strtoll(16), which takes "0x1a",
- * "+1a" and " 1a", ignores anything after a space ("1a junk"), and skips
- * empty lines between chunks: a proxy in front frames such a body
- * otherwise (or ends it early, "0x1a" as 0), so the request is refused
- * (handle) whatever libevent made of it. */
-static void conn_scan_chunk_byte(struct srv_conn *c, unsigned char b)
-{
-    int hex = (b >= '0' && b <= '9') || ((b | 0x20) >= 'a' && (b | 0x20) <= 'f');
-
-    switch ((enum chunk_state)c->chunk_state) {
-    case CHUNK_SIZE:
-        if (hex && c->chunk_left < ((uint64_t)1 << 56)) {
-            c->chunk_left = c->chunk_left * 16 + (uint64_t)(b <= '9' ? b - '0' : (b | 0x20) - 'a' + 10);
-            c->chunk_digits++;
-            return;
-        }
-        if (c->chunk_digits == 0 || (b != '\r' && b != '\n'))
-            break;
-        if (b == '\r') {
-            c->chunk_state = CHUNK_SIZE_LF;
-            return;
-        }
-        __attribute__((fallthrough)); /* a bare LF ends the line */
-    case CHUNK_SIZE_LF:
-        if (b != '\n')
-            break;
-        c->chunk_state = c->chunk_left == 0 ? CHUNK_TRAILER : CHUNK_DATA;
-        return;
-    case CHUNK_DATA_CR:
-    case CHUNK_DATA_LF:
-        if (b == '\r' && c->chunk_state == CHUNK_DATA_CR) {
-            c->chunk_state = CHUNK_DATA_LF;
-            return;
-        }
-        if (b != '\n')
-            break;
-        c->chunk_state = CHUNK_SIZE;
-        c->chunk_left = 0;
-        c->chunk_digits = 0;
-        return;
-    case CHUNK_TRAILER:
-        if (b == '\r' || b == '\n')
-            c->chunk_state = b == '\r' ? CHUNK_END_LF : CHUNK_OFF;
-        else if (b != '\0')
-            c->chunk_state = CHUNK_TRAILER_IN;
-        else
-            break;
-        return;
-    case CHUNK_TRAILER_IN:
-        if (b == '\0')
-            break;
-        if (b == '\n')
-            c->chunk_state = CHUNK_TRAILER;
-        return;
-    case CHUNK_END_LF:
-        if (b != '\n')
-            break;
-        c->chunk_state = CHUNK_OFF;
-        return;
-    case CHUNK_OFF:
-    case CHUNK_DATA: /* taken in bulk by the caller */
-        return;
-    }
-    c->chunk_bad = 1;
-    c->chunk_state = CHUNK_OFF; /* refused: nothing more to follow */
-}
-
-/* The head's byte b at the start of a line or inside it: whether the line
- * is a Transfer-Encoding header (any value: handle refuses all but
- * "chunked", whose body is then followed). */
-static void conn_scan_te(struct srv_conn *c, unsigned char b)
-{
-    static const char name[] = "transfer-encoding:";
-
-    if (c->head_te_match < 0)
-        return;
-    if ((b | 0x20) != (unsigned char)name[c->head_te_match]) {
-        c->head_te_match = -1;
-        return;
-    }
-    if (name[++c->head_te_match] == '\0') {
-        c->head_te = 1;
-        c->head_te_match = -1;
-    }
-}
-
-/* Scans the input received since the last scan while the request head is
- * open: a NUL byte marks it, the empty line closes it. libevent keeps a
- * header line only up to its first NUL, so "Content-Length: 5<NUL>9" frames
- * the body by 5 and "Transfer-Encoding: chunked<NUL>, gzip" reads as
- * chunked, while a proxy that replaces the NUL with a space (as RFC 9110
- * 5.5 allows it to) frames the same bytes otherwise: the request is
- * refused (handle). A body is not scanned for NULs (a DER CSR holds
- * them); a chunked one's framing is followed (conn_scan_chunk_byte). */
+/* Follows the input received since the last scan while the request is
+ * coming in (reqscan_feed): its head, and a chunked body's framing, for
+ * what libevent reads leniently and a proxy in front may read otherwise;
+ * handle() refuses what it marks. */
 static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
 {
     struct evbuffer_iovec v[8];
@@ -473,50 +359,14 @@ static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
 
     if (c->head_scanned < c->in_drained)
         c->head_scanned = c->in_drained;
-    while ((c->head_open || c->chunk_state != CHUNK_OFF) && c->head_scanned < c->in_added) {
+    while (reqscan_active(&c->scan) && c->head_scanned < c->in_added) {
         if (evbuffer_ptr_set(in, &pos, (size_t)(c->head_scanned - c->in_drained), EVBUFFER_PTR_SET) != 0)
             return;
         int n = evbuffer_peek(in, -1, &pos, v, 8);
         if (n <= 0)
             return;
-        for (int i = 0; i < n && i < 8 && (c->head_open || c->chunk_state != CHUNK_OFF); i++) {
-            const unsigned char *b = v[i].iov_base;
-            size_t k = 0;
-            for (; k < v[i].iov_len && c->head_open; k++) {
-                if (b[k] == '\0')
-                    c->head_nul = 1;
-                if (b[k] == '\n') {
-                    c->head_open = c->head_eol == 0;
-                    c->head_eol = 1;
-                    c->head_te_match = 0;
-                    c->head_line_start = 1;
-                    if (!c->head_open && c->head_te)
-                        c->chunk_state = CHUNK_SIZE;
-                } else if (b[k] == '\r' && c->head_eol == 1) {
-                    c->head_eol = 2;
-                } else if (b[k] != '\r' || c->head_eol == 2) {
-                    c->head_eol = 0;
-                    conn_scan_te(c, b[k]);
-                    if (c->head_line_start && (b[k] == ' ' || b[k] == '\t'))
-                        c->head_fold = 1;
-                    c->head_line_start = 0;
-                }
-            }
-            while (k < v[i].iov_len && c->chunk_state != CHUNK_OFF) {
-                if (c->chunk_state == CHUNK_DATA) {
-                    size_t take = v[i].iov_len - k;
-                    if ((uint64_t)take > c->chunk_left)
-                        take = (size_t)c->chunk_left;
-                    k += take;
-                    c->chunk_left -= take;
-                    if (c->chunk_left == 0)
-                        c->chunk_state = CHUNK_DATA_CR;
-                } else {
-                    conn_scan_chunk_byte(c, b[k++]);
-                }
-            }
-            c->head_scanned += k;
-        }
+        for (int i = 0; i < n && i < 8 && reqscan_active(&c->scan); i++)
+            c->head_scanned += reqscan_feed(&c->scan, v[i].iov_base, v[i].iov_len);
     }
 }
 
@@ -846,23 +696,15 @@ static int conn_head_had_nul(struct evhttp_request *req, int *fold, int *chunk_b
     *chunk_bad = 0;
     if (c == NULL || c->input_cb == NULL)
         return 0;
-    nul = c->head_nul;
+    nul = c->scan.head_nul;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t left = evbuffer_get_length(in);
     if (left <= c->in_added)
         c->in_drained = c->in_added - left;
     c->head_scanned = c->in_drained;
-    c->head_open = 1;
-    c->head_eol = 0;
-    c->head_nul = 0;
-    c->head_te_match = 0;
-    c->head_te = 0;
-    *fold = c->head_fold;
-    c->head_fold = 0;
-    c->head_line_start = 0;
-    *chunk_bad = c->chunk_bad;
-    c->chunk_bad = 0;
-    c->chunk_state = CHUNK_OFF;
+    *fold = c->scan.head_fold;
+    *chunk_bad = c->scan.chunk_bad;
+    reqscan_start(&c->scan);
     conn_scan_head(c, in);
     return nul;
 }
@@ -938,7 +780,7 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     c->which = lc->which;
     c->stage = CONN_HANDSHAKE;
     c->linger_fd = -1;
-    c->head_open = 1;
+    reqscan_start(&c->scan);
     SSL_set_ex_data(ssl, tls_conn_index(), c);
     SSL_set_info_callback(ssl, conn_info_cb);
     atomic_fetch_add(&t->nconns, 1);
