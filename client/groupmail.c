@@ -650,9 +650,7 @@ static int open_in(const gm_config *c, BIO **in)
 }
 
 /* Whether a write to the output's file failed (the one renamed into place,
- * or the stage for standard output): a full disk or a file-size limit,
- * which the envelope layer reports as a bare I/O error, as it does a
- * failed read of the input. */
+ * or the stage for standard output): a full disk or a file-size limit. */
 static bool out_write_failed(const gm_out *o)
 {
     FILE *f = o == NULL || o->uo == NULL ? NULL : util_out_fp(o->uo);
@@ -661,12 +659,26 @@ static bool out_write_failed(const gm_out *o)
 }
 
 /* The error line of an envelope failure that was the output's write (see
- * out_write_failed), with what the system said; 0 if it was not. */
+ * out_write_failed), with what the system said; 0 if it was not. The
+ * envelope layer reports such a write as a bare I/O error, or as a
+ * library failure when it was OpenSSL's own last write of the S/MIME (an
+ * output just over a file-size limit); either reads like a broken message
+ * or key. A message found altered is said as such. errno may have been
+ * overwritten since the write failed: what is still buffered is written
+ * again, and the system says why as it says it now. */
 static int out_write_error(const gm_config *c, const gm_out *o, env_err e, int saved_errno)
 {
-    if (e != ENV_ERR_IO || !out_write_failed(o))
+    int why = saved_errno;
+
+    if (e == ENV_ERR_AUTH || !out_write_failed(o))
         return 0;
-    gm_err("cannot write %s: %s", c->out != NULL ? c->out : "the output", strerror(saved_errno));
+    errno = 0;
+    if (fflush(util_out_fp(o->uo)) != 0 && errno != 0)
+        why = errno;
+    if (why != 0)
+        gm_err("cannot write %s: %s", c->out != NULL ? c->out : "the output", strerror(why));
+    else
+        gm_err("cannot write %s", c->out != NULL ? c->out : "the output");
     return 1;
 }
 

@@ -255,4 +255,16 @@ set -e
 [ "$rc" = 1 ] && [ ! -e "$work/big.p7m" ] && grep -qx "groupmail: cannot write $work/big.p7m: File too large" "$work/gm.err" ||
   fail "groupmail encrypt --out at the file-size limit: exit $rc: $(cat "$work/gm.err")"
 ok "groupmail encrypt --out at the file-size limit: exit 1, nothing written ($(cat "$work/gm.err"))"
+# An output a little over the limit fails in OpenSSL's final write of the
+# S/MIME, which the envelope layer reports as a library failure: the line
+# must still say the output could not be written, and why.
+head -c 3000 /dev/zero | tr '\0' a > "$work/small.txt"
+set +e
+prlimit --fsize=4096 "$BIN/groupmail" encrypt --group-cert "$certs/group.pem" --in "$work/small.txt" \
+  --out "$work/small.p7m" 2> "$work/gm.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] && [ ! -e "$work/small.p7m" ] && grep -qx "groupmail: cannot write $work/small.p7m: File too large" "$work/gm.err" ||
+  fail "groupmail encrypt --out just over the file-size limit: exit $rc: $(cat "$work/gm.err")"
+ok "groupmail encrypt --out just over the file-size limit: $(cat "$work/gm.err")"
 stop_server
