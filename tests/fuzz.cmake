@@ -9,3 +9,7 @@ gs_fuzz_target(config gs_groupsrv_core gs_exploder_core gs_groupmail_core)
 # (gs_net_fuzzing: tests/keyholder.cmake).
 gs_fuzz_target(ipc gs_groupsrv_base)
 gs_fuzz_target(http gs_net_fuzzing)
+# What the network process follows of a request as it comes in (the head,
+# a chunked body's framing: groupsrv/server/reqscan.c), which fuzz_http's
+# plain-HTTP connections never reach.
+gs_fuzz_target(reqscan gs_reqscan)
