@@ -511,6 +511,7 @@ static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 
 typedef struct gm_out {
     util_out *uo;
     BIO *bio;
+    const char *name; /* --out as given, for the error line; NULL: a standard stream */
 } gm_out;
 
 /* How --out is written (common/outfile.h): a regular file replaced by
@@ -557,6 +558,8 @@ static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
         gm_err("out of memory");
         return GM_EXIT_ERROR;
     }
+    util_out_kind k = util_out_get_kind(o->uo);
+    o->name = k == UTIL_OUT_FILE || k == UTIL_OUT_STREAM ? c->out : NULL;
     return GM_EXIT_OK;
 }
 
@@ -567,21 +570,35 @@ static void out_abort(gm_out *o)
     memset(o, 0, sizeof(*o));
 }
 
+/* Puts the output in place. A failure's line names the output and says
+ * what the system said (a full disk: a script must not take a truncated
+ * file for the message), errno taken at the call that failed
+ * (util_out_commit keeps it). */
 static int out_commit_written(gm_out *o, util_out_written *w)
 {
-    int rc = GM_EXIT_OK;
+    int rc = GM_EXIT_OK, why = 0;
 
-    if (BIO_flush(o->bio) != 1)
+    errno = 0;
+    if (BIO_flush(o->bio) != 1) {
         rc = GM_EXIT_ERROR;
+        why = errno;
+    }
     BIO_free(o->bio);
     o->bio = NULL;
-    if (rc != GM_EXIT_OK)
+    if (rc != GM_EXIT_OK) {
         util_out_abort(o->uo);
-    else if (util_out_commit(o->uo, w) != UTIL_OUT_OK)
-        rc = GM_EXIT_ERROR;
+    } else {
+        errno = 0;
+        if (util_out_commit(o->uo, w) != UTIL_OUT_OK) {
+            rc = GM_EXIT_ERROR;
+            why = errno;
+        }
+    }
     o->uo = NULL;
-    if (rc != GM_EXIT_OK)
-        gm_err("cannot write the output");
+    if (rc != GM_EXIT_OK && why != 0)
+        gm_err("cannot write %s: %s", o->name != NULL ? o->name : "the output", strerror(why));
+    else if (rc != GM_EXIT_OK)
+        gm_err("cannot write %s", o->name != NULL ? o->name : "the output");
     return rc;
 }
 
@@ -666,7 +683,7 @@ static bool out_write_failed(const gm_out *o)
  * or key. A message found altered is said as such. errno may have been
  * overwritten since the write failed: what is still buffered is written
  * again, and the system says why as it says it now. */
-static int out_write_error(const gm_config *c, const gm_out *o, env_err e, int saved_errno)
+static int out_write_error(const gm_out *o, env_err e, int saved_errno)
 {
     int why = saved_errno;
 
@@ -676,9 +693,9 @@ static int out_write_error(const gm_config *c, const gm_out *o, env_err e, int s
     if (fflush(util_out_fp(o->uo)) != 0 && errno != 0)
         why = errno;
     if (why != 0)
-        gm_err("cannot write %s: %s", c->out != NULL ? c->out : "the output", strerror(why));
+        gm_err("cannot write %s: %s", o->name != NULL ? o->name : "the output", strerror(why));
     else
-        gm_err("cannot write %s", c->out != NULL ? c->out : "the output");
+        gm_err("cannot write %s", o->name != NULL ? o->name : "the output");
     return 1;
 }
 
@@ -727,7 +744,7 @@ static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out, const 
     }
     eo.input_is_mime = c->mime;
     if ((e = env_encrypt(&eo, &gc, 1, in, out)) != ENV_OK) {
-        if (out_write_error(c, o, e, errno)) {
+        if (out_write_error(o, e, errno)) {
             rc = GM_EXIT_ERROR;
             goto out;
         }
@@ -1859,7 +1876,7 @@ static int cmd_decrypt(gm_config *c)
     if ((rc = out_open(c, &o, 0600, true)) != GM_EXIT_OK)
         goto out;
     if ((e = env_message_decrypt(j.msg, cek, ceklen, o.bio)) != ENV_OK) {
-        if (out_write_error(c, &o, e, errno)) {
+        if (out_write_error(&o, e, errno)) {
             rc = GM_EXIT_ERROR;
             goto out;
         }

@@ -267,4 +267,19 @@ set -e
 [ "$rc" = 1 ] && [ ! -e "$work/small.p7m" ] && grep -qx "groupmail: cannot write $work/small.p7m: File too large" "$work/gm.err" ||
   fail "groupmail encrypt --out just over the file-size limit: exit $rc: $(cat "$work/gm.err")"
 ok "groupmail encrypt --out just over the file-size limit: $(cat "$work/gm.err")"
+# A full disk met where the staged output is copied out (standard output,
+# or an --out that is a device), after the envelope was made: the line
+# names the output and says why, as for a file.
+for out in stdout /dev/full; do
+  rc=0
+  if [ "$out" = stdout ]; then
+    "$BIN/groupmail" encrypt --group-cert "$certs/group.pem" --in "$work/small.txt" > /dev/full 2> "$work/gm.err" || rc=$?
+    want="groupmail: cannot write the output: No space left on device"
+  else
+    "$BIN/groupmail" encrypt --group-cert "$certs/group.pem" --in "$work/small.txt" --out "$out" 2> "$work/gm.err" || rc=$?
+    want="groupmail: cannot write $out: No space left on device"
+  fi
+  [ "$rc" = 1 ] && grep -qx "$want" "$work/gm.err" || fail "groupmail encrypt to a full $out: exit $rc: $(cat "$work/gm.err")"
+done
+ok "groupmail encrypt to a full standard output or --out device: $(cat "$work/gm.err")"
 stop_server
