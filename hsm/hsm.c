@@ -397,11 +397,14 @@ static hsm_err login_unsure(hsm_ctx *ctx, CK_FLAGS before, hsm_err err)
                  hsm_ckr_name(rv), user_pin_flag_name(after));
         return HSM_ERR_PIN_INCORRECT;
     }
+    /* A restart alone does not send it again (refusal.c records it): say
+     * what does, within the detail's 384 bytes. */
     hsm_set_detail("C_Login: %s from a %s: the token may have checked the PIN and counted a wrong try, so "
-                   "it is not tried again by this process (a card whose driver reports a wrong PIN so would "
-                   "lock after a few tries); check the PIN and the token, log in once by hand "
-                   "(pkcs11-tool --login), then restart",
-                   hsm_ckr_name(rv), after != 0 ? user_pin_flag_name(after) : "hardware slot");
+                   "it is not tried again (a card whose driver reports a wrong PIN so would lock after a few "
+                   "tries); check the PIN by hand (pkcs11-tool --login), then correct the PIN source%s%.100s",
+                   hsm_ckr_name(rv), after != 0 ? user_pin_flag_name(after) : "hardware slot",
+                   ctx->refusal_path != NULL ? ", or if it was right remove " : " and restart",
+                   ctx->refusal_path != NULL ? ctx->refusal_path : "");
     log_warn("token login failed with %s; the PIN is not sent again by this process (%s)", hsm_ckr_name(rv),
              after != 0 ? user_pin_flag_name(after) : "hardware slot");
     return err;
