@@ -399,9 +399,9 @@ static hsm_err login_unsure(hsm_ctx *ctx, CK_FLAGS before, hsm_err err)
     }
     /* A restart alone does not send it again (refusal.c records it): say
      * what does, within the detail's 384 bytes. */
-    hsm_set_detail("C_Login: %s from a %s: the token may have checked the PIN and counted a wrong try, so "
-                   "it is not tried again (a card whose driver reports a wrong PIN so would lock after a few "
-                   "tries); check the PIN by hand (pkcs11-tool --login), then correct the PIN source%s%.100s",
+    hsm_set_detail("C_Login: %s from a %s: the token may have counted a wrong try, so the PIN is not sent "
+                   "again (a card whose driver reports a wrong PIN so would lock); check it by hand "
+                   "(pkcs11-tool --login), then correct the PIN source%s%.96s",
                    hsm_ckr_name(rv), after != 0 ? user_pin_flag_name(after) : "hardware slot",
                    ctx->refusal_path != NULL ? ", or if it was right remove " : " and restart",
                    ctx->refusal_path != NULL ? ctx->refusal_path : "");

@@ -110,7 +110,7 @@ for n in 1 2; do
   GS_P11FAULT_PIN_TRIES=3 GS_P11FAULT_PIN_ERROR=0x5 GS_P11FAULT_COUNTS="$T/count.card$n" \
     expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
   # the first says how to have it sent again: a restart alone does not
-  [ "$n" = 2 ] || expect_err "check the PIN by hand (pkcs11-tool --login), then correct the PIN source, or if it was right remove $record"
+  [ "$n" = 2 ] || expect_err "check it by hand (pkcs11-tool --login), then correct the PIN source, or if it was right remove $record)"
 done
 [ "$(logins "$T/count.card1")" = 1 ] || fail "card: first command: C_Login $(logins "$T/count.card1") times"
 [ "$(logins "$T/count.card2")" = 0 ] || fail "card: a login that may have cost a try was sent again"
