@@ -75,17 +75,26 @@ void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
 }
 
 /* The token's identity (label, manufacturer, model, serial: none secret)
- * as hex SHA-256, so that a record made for another token never matches. */
+ * as hex SHA-256, so that a record made for another token never matches.
+ * Two of its flags count too: whether it wants a login and whether its
+ * user PIN is set. They change when the PIN the refusal was about is set
+ * on the token (an NSS database given a password with `certutil -W`, a
+ * user PIN initialised by the security officer), so the PIN source's
+ * unchanged value is tried once more; a wrong try never changes them
+ * (unlike CKF_USER_PIN_COUNT_LOW, which is left out for that reason). */
 static int token_id(const CK_TOKEN_INFO *ti, char hex[65])
 {
     unsigned char md[32];
     unsigned int mdlen = 0;
+    unsigned char pin_state[2] = {(ti->flags & CKF_LOGIN_REQUIRED) ? 1 : 0,
+                                  (ti->flags & CKF_USER_PIN_INITIALIZED) ? 1 : 0};
     EVP_MD_CTX *mctx = EVP_MD_CTX_new();
     int ok = mctx != NULL && EVP_DigestInit_ex(mctx, EVP_sha256(), NULL) == 1 &&
              EVP_DigestUpdate(mctx, ti->label, sizeof(ti->label)) == 1 &&
              EVP_DigestUpdate(mctx, ti->manufacturerID, sizeof(ti->manufacturerID)) == 1 &&
              EVP_DigestUpdate(mctx, ti->model, sizeof(ti->model)) == 1 &&
              EVP_DigestUpdate(mctx, ti->serialNumber, sizeof(ti->serialNumber)) == 1 &&
+             EVP_DigestUpdate(mctx, pin_state, sizeof(pin_state)) == 1 &&
              EVP_DigestFinal_ex(mctx, md, &mdlen) == 1 && mdlen == 32;
 
     EVP_MD_CTX_free(mctx);
