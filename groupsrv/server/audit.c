@@ -1170,6 +1170,23 @@ static int db_load_head(struct audit_log *log)
     return 0;
 }
 
+/* 1 when rows seq+1..seq+n of the chain are lines[0..n), 0 when not, -1
+ * when the table cannot be read. */
+static int db_lines_there(struct audit_log *log, int64_t seq, char *const *lines, size_t n)
+{
+    gs_store_audit_row *rows = NULL;
+    size_t got = 0;
+    int there;
+
+    if (gs_store_audit_read(log->db, log->instance, seq, n, &rows, &got) != GS_OK)
+        return -1;
+    there = got == n;
+    for (size_t i = 0; there && i < n; i++)
+        there = rows[i].seq == seq + 1 + (int64_t)i && strcmp(rows[i].line, lines[i]) == 0;
+    gs_store_audit_rows_free(rows, got);
+    return there;
+}
+
 /* The insert of lines (n records after the head log holds, the last
  * hashing to prev_after) failed with GS_ERR_DB_UNAVAILABLE: its connection
  * was lost (the database restarted or failed over, the session was
@@ -1206,7 +1223,19 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     }
     if (log->db_seq != seq || strcmp(log->prev_hex, head) != 0)
         return gs_err_set(GS_ERR_DB, "the audit chain moved on while its insert failed");
-    return gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);
+    gs_err ge = gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);
+    /* The first insert was still running on the server when the lookup
+     * did not see it (no answer within [db] timeout: its backend kept
+     * going, here a commit that took that long), and committed while the
+     * second waited for its seq: the rows are these lines, once. Without
+     * this the change was undone and answered 503 with its record in the
+     * table (an admin command's chain even wrote it twice, after the
+     * other). */
+    if (ge == GS_ERR_EXISTS && db_lines_there(log, seq, lines, n) == 1) {
+        log_warn("audit insert: the first try committed after all instance=%s records=%zu", log->instance, n);
+        return GS_OK;
+    }
+    return ge;
 }
 
 /* The admin commands' chain (INSTANCE/admin, store.h) is written by every

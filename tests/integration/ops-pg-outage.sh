@@ -42,7 +42,9 @@
 #   - two `group renew-cert` at once: the version's record keeps both;
 #   - member changes while every session is ended again and again: no 500,
 #     every 503 documented with Retry-After, every answer agrees with the
-#     members table and the audit table, `audit verify` passes.
+#     members table and the audit table, `audit verify` passes;
+#   - an audit insert given up after [db] timeout that commits after its
+#     lookup, while it is sent again: recorded once, the change stands.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -526,6 +528,45 @@ grep -q 'database did not answer in time; connection closed' "$work/serve.log" |
 ok "backends stopped: $(cut -d' ' -f1 "$work/hang-answers" | tr '\n' ' ')(503 after [db] timeout, then new connections)"
 kill -CONT $hung
 hung=
+
+# ---- an audit insert whose commit outlasts [db] timeout -------------------------
+# The insert's backend keeps going after the server gave up on it (no
+# answer in 2 s) and closed the connection: the lookup on the new one does
+# not see the row yet, the insert goes out again and waits for the first
+# one's seq, which then commits (a deferred trigger holds the commit until
+# the second insert waits). The second finds its seq taken by the same
+# lines: the change is recorded once and stands. Before, it was undone and
+# answered 503 "the change was undone" with its ok record in the table.
+sql "ALTER DATABASE groupsrv SET statement_timeout = '60s'" >/dev/null # not cut by the session's 1 s
+end_sessions
+sleep 0.3
+sql "CREATE SEQUENCE audit_late;
+  CREATE FUNCTION audit_late() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF NEW.line::json->>'member' = 'late@example.org' AND NEW.line::json->>'outcome' = 'ok'
+       AND nextval('audit_late') = 1 THEN
+      FOR i IN 1..400 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+          AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO audit%');
+        PERFORM pg_sleep(0.05);
+      END LOOP;
+    END IF;
+    RETURN NULL;
+  END \$\$;
+  CREATE CONSTRAINT TRIGGER audit_late AFTER INSERT ON audit DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION audit_late()" >/dev/null
+expect 201 "member PUT whose audit insert committed after [db] timeout" -- admin -X PUT --data '{"role":"member"}' \
+  "$base/v1/groups/eng/members/late@example.org"
+sql "DROP TRIGGER audit_late ON audit; DROP FUNCTION audit_late(); ALTER DATABASE groupsrv RESET statement_timeout" \
+  >/dev/null
+[ "$(sql "SELECT last_value FROM audit_late")" = 1 ] || fail "the trigger did not fire"
+grep -q 'the first try committed after all' "$work/serve.log" || fail "the second insert did not meet the first's row"
+[ "$(audited member-add late@example.org ok)" = 1 ] && member_in late@example.org ||
+  fail "late: $(audited member-add late@example.org ok) ok records, in the members table: $(sql "SELECT count(*)
+    FROM members WHERE email = 'late@example.org'")"
+ok "an audit insert that committed after [db] timeout: recorded once, the change stands (201)"
+
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
 unwrap 200 "unwrap at the end" -- alice
