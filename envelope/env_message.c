@@ -461,6 +461,8 @@ static env_err header_line_rest(reader *r, char *line, char **outer, size_t *out
         *hdr_total += n;
         if (*hdr_total > HDR_BLOCK_CAP)
             return ENV_ERR_TOO_LARGE;
+        if (memchr(line, '\0', n) != NULL) /* as in read_head */
+            return ENV_ERR_MIME;
         if (outer != NULL && (rv = str_append(outer, outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
             return rv;
     }
@@ -488,6 +490,13 @@ static env_err read_head(env_message *m, reader *r, char *line, bool top, mime_h
         hdr_total += n;
         if (hdr_total > HDR_BLOCK_CAP)
             return ENV_ERR_TOO_LARGE;
+        /* No header line holds a NUL (RFC 5322 2.2; the exploder's
+         * mail_split refuses it too). Read as a C string, the line would
+         * end there: the rest of it and its newline lost, the next field
+         * run into it in the outer headers, a Content-Type read only up to
+         * it. Refused, never cut (on the first line: no mail at all). */
+        if (memchr(line, '\0', n) != NULL)
+            return top && first ? ENV_ERR_NOT_CMS : ENV_ERR_MIME;
         if (blank_line(line))
             return ENV_OK;
         /* An mbox "From " separator line as some MTA pipes prepend: drop it. */

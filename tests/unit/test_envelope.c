@@ -339,6 +339,69 @@ static void test_crlf(void **state)
     free(enc);
 }
 
+/* A NUL in a header line (outer, a long line's later piece, a Content-*
+ * field, a multipart part's header): refused as framing, as the
+ * exploder's header split refuses it. It used to end the line there: the
+ * rest of it and its newline were dropped and the next field merged into
+ * it ("X-Note: aFrom: a@example.org"), and a Content-Type was read only
+ * up to it. */
+static void test_header_nul(void **state)
+{
+    static const char mail[] = "From: a@example.org\nSubject: s\n\nbody\n";
+    env_encrypt_opts o = {.input_is_mime = true};
+    unsigned char *enc = NULL;
+    size_t enclen;
+    (void)state;
+
+    assert_int_equal(encrypt_mem(&o, rsa_cert, mail, strlen(mail), &enc, &enclen), ENV_OK);
+    for (int k = 0; k < 4; k++) {
+        size_t cap = enclen + 40000, n = 0;
+        char *in = malloc(cap);
+        env_message *msg = NULL;
+        if (k == 0) {
+            memcpy(in, "Subject: x\nX-Note: a\0b\n", 23);
+            n = 23;
+        } else if (k == 1) { /* the NUL in the second piece of a 20000-octet line */
+            memcpy(in, "X-Long: ", 8);
+            memset(in + 8, 'x', 20000);
+            in[8 + 17000] = '\0';
+            in[8 + 20000] = '\n';
+            n = 8 + 20000 + 1;
+        }
+        if (k == 2) { /* in the Content-Type: the encrypted message's own, with a NUL after its type */
+            const char *ct = strstr((char *)enc, "application/pkcs7-mime");
+            size_t at = (size_t)(ct - (char *)enc) + strlen("application/pkcs7-mime");
+            assert_non_null(ct);
+            memcpy(in, enc, enclen);
+            in[at] = '\0';
+            n = enclen;
+        } else if (k == 3) { /* a multipart part's header */
+            const char *b64 = strstr((char *)enc, "\n\n");
+            n = (size_t)snprintf(in, cap,
+                                 "Subject: mixed\nMIME-Version: 1.0\n"
+                                 "Content-Type: multipart/mixed; boundary=b1\n\n"
+                                 "--b1\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n"
+                                 "Content-Transfer-Encoding: base64\nX-Part: a@b@c\n\n%s\n--b1--\n",
+                                 b64 + 2);
+            *strstr(in, "a@b@c") = '\0';
+        } else {
+            memcpy(in + n, enc, enclen);
+            n += enclen;
+        }
+        {
+            BIO *b = BIO_new_mem_buf(in, (int)n);
+            env_err e = env_message_read_flags(b, ENV_FORMAT_SMIME, ENV_READ_IN_MULTIPART, 0, &msg);
+            BIO_free(b);
+            if (e == ENV_OK)
+                fprintf(stderr, "case %d: read; outer \"%.60s\"\n", k, env_message_outer_headers(msg));
+            assert_int_equal(e, ENV_ERR_MIME);
+        }
+        env_message_free(msg);
+        free(in);
+    }
+    free(enc);
+}
+
 /* Header lines longer than the reader's 16 KiB line buffer (a client that
  * does not fold writes a To: of 800 addresses on one line; Postfix passes
  * it on whole): read, kept byte for byte and written out again, in the
@@ -1208,7 +1271,7 @@ int main(void)
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
         cmocka_unit_test(test_mime_is_smime),  cmocka_unit_test(test_multipart_part),
-        cmocka_unit_test(test_long_header_lines),    cmocka_unit_test(test_mime_long_routing_folded),
+        cmocka_unit_test(test_long_header_lines),    cmocka_unit_test(test_header_nul),    cmocka_unit_test(test_mime_long_routing_folded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
