@@ -130,6 +130,16 @@ char *mail_header_get(const char *hdrs, size_t len, const char *name)
     return NULL;
 }
 
+bool mail_header_present(const char *hdrs, size_t len, const char *name)
+{
+    size_t pos = 0, start, end, nlen, want = strlen(name);
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen))
+        if (nlen == want && strncasecmp(hdrs + start, name, want) == 0)
+            return true;
+    return false;
+}
+
 /* The group server's rule (common/mailaddr.h): a list member the group
  * server would refuse could never get a member-certs copy. */
 bool mail_addr_valid(const char *s) { return mailaddr_problem(s) == NULL; }

@@ -66,6 +66,9 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
  * list already (the Mailman convention, kept by other list managers). */
 bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 
+/* True if hdrs[0, len) has a field called name (case insensitive). */
+bool mail_header_present(const char *hdrs, size_t len, const char *name);
+
 /* Lower-cases the domain part in place (local parts are case-sensitive in
  * theory; we compare them case-insensitively like every list manager). */
 void mail_addr_normalize(char *addr);

@@ -2,6 +2,7 @@
  * server via client/restclient. See prepare.h. */
 #include "prepare.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -470,6 +471,48 @@ out:
     return rc;
 }
 
+/* A post that came without a Message-ID (a script's openssl cms piped
+ * to sendmail) gets one here, once: every copy, in every batch and every
+ * retry, is made from this one prepared file, so members can thread it
+ * and see a copy sent twice for what it is. Left to the relay, each SMTP
+ * transaction got its own (Postfix adds one to mail from its inet
+ * interfaces). RFC 5322 3.6.4: "<" 32 random hex digits "@" the list's
+ * domain ">", unpredictable (it names nothing of the post or its sender).
+ * A post's own Message-ID is kept as it came. */
+static xp_err add_message_id(const char *orig, size_t olen, const char *list_addr, bool crlf, char **hdrs,
+                             size_t *hlen)
+{
+    char id[33], line[64 + MAIL_MAX_ADDR];
+    const char *at = strrchr(list_addr, '@');
+    size_t n, total;
+    char *t;
+    int w;
+
+    if (mail_header_present(orig, olen, "Message-ID"))
+        return XP_OK;
+    if (at == NULL || at[1] == '\0')
+        return XP_ERR_FORMAT;
+    if (util_random_id(id, 16) != UTIL_OK)
+        return XP_ERR_TEMP; /* no random bytes now: tried again, not failed */
+    w = snprintf(line, sizeof(line), "Message-ID: <%s@%s>%s", id, at + 1, crlf ? "\r\n" : "\n");
+    if (w < 0 || (size_t)w >= sizeof(line))
+        return XP_ERR_TOO_LARGE;
+    n = (size_t)w;
+    /* the domain as List-Id writes it: lower case */
+    for (size_t i = strlen("Message-ID: <") + 33; i < n; i++)
+        line[i] = (char)tolower((unsigned char)line[i]);
+    if (util_size_add(*hlen, n + 1, &total))
+        return XP_ERR_TOO_LARGE;
+    if ((t = realloc(*hdrs, total)) == NULL)
+        return XP_ERR_NOMEM;
+    memcpy(t + *hlen, line, n + 1);
+    *hdrs = t;
+    *hlen += n;
+    log_info("the post has no Message-ID, the copies carry the list's list=%s message_id=\"<%s@%s>\"",
+             list_addr, id, at + 1);
+    return XP_OK;
+}
+
 static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why,
                               size_t whysz)
 {
@@ -486,6 +529,10 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     if ((rc = mail_split((const char *)data, len, &hdr_end, &body_start, &crlf)) != XP_OK ||
         (rc = mail_list_headers((const char *)data, hdr_end, l->address, crlf, &hdrs, &hlen)) != XP_OK) {
         snprintf(why, whysz, "cannot parse spooled message: %s", xp_strerror(rc));
+        goto out;
+    }
+    if ((rc = add_message_id((const char *)data, hdr_end, l->address, crlf, &hdrs, &hlen)) != XP_OK) {
+        snprintf(why, whysz, "cannot give the post a Message-ID: %s", xp_strerror(rc));
         goto out;
     }
     /* headers, the blank line as it was, the body byte for byte */
@@ -547,7 +594,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     char *hdrs = NULL;
     const char *outer;
     xp_err rc = XP_ERR_CRYPTO;
-    bool per_member;
+    bool per_member, crlf;
 
     memset(&ris, 0, sizeof(ris));
     if (!has_cert(l->group_cert)) {
@@ -607,8 +654,9 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         goto out;
     }
     outer = env_message_outer_headers(msg);
-    if ((rc = mail_list_headers(outer, strlen(outer), l->address, strstr(outer, "\r\n") != NULL, &hdrs, &hlen)) !=
-        XP_OK) {
+    crlf = strstr(outer, "\r\n") != NULL;
+    if ((rc = mail_list_headers(outer, strlen(outer), l->address, crlf, &hdrs, &hlen)) != XP_OK ||
+        (rc = add_message_id(outer, strlen(outer), l->address, crlf, &hdrs, &hlen)) != XP_OK) {
         snprintf(why, whysz, "headers: %s", xp_strerror(rc));
         goto out;
     }

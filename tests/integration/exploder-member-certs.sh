@@ -29,6 +29,11 @@ rewraps=$(( $(grep -c '"action":"rewrap"' "$work/audit.jsonl" || true) - rewraps
 [ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org bob@example.org erin@example.org " ] ||
   fail "recipients: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 [ "$($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages | wc -l)" = 3 ] || fail "want one copy per member"
+# the post had no Message-ID (openssl cms writes none): the three copies,
+# one SMTP transaction each, carry the same one, the list's
+ids=$(cat $($PY "$SMTPD_PY" --dir "$W/smtp" --list-messages) | grep -i '^Message-ID:' | sort | uniq -c)
+echo "$ids" | grep -Eq '^ +3 Message-ID: <[0-9a-f]{32}@example\.org>$' ||
+  fail "want one Message-ID of the list's in the 3 copies: $ids"
 
 insize=$(stat -c %s "$W/in.eml")
 for m in alice bob erin; do
