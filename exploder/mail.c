@@ -140,6 +140,37 @@ bool mail_header_present(const char *hdrs, size_t len, const char *name)
     return false;
 }
 
+size_t mail_longest_line(const char *p, size_t n)
+{
+    size_t longest = 0;
+
+    while (n > 0) {
+        const char *lf = memchr(p, '\n', n);
+        size_t l = lf != NULL ? (size_t)(lf - p) : n, w = l;
+        if (w > 0 && p[w - 1] == '\r')
+            w--;
+        if (w > longest)
+            longest = w;
+        if (lf == NULL)
+            break;
+        p += l + 1;
+        n -= l + 1;
+    }
+    return longest;
+}
+
+bool mail_is_base64_text(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        bool alpha = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9');
+        bool space = ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+        if (!alpha && !space && ch != '+' && ch != '/' && ch != '=')
+            return false;
+    }
+    return true;
+}
+
 /* The group server's rule (common/mailaddr.h): a list member the group
  * server would refuse could never get a member-certs copy. */
 bool mail_addr_valid(const char *s) { return mailaddr_problem(s) == NULL; }

@@ -4,8 +4,9 @@
  * address header, and rewrite the header block with the list headers of
  * RFC 2919 (List-Id) and RFC 2369 (List-Post, List-Unsubscribe).
  *
- * The body is never touched: callers copy bytes [body_start, len) as they
- * are, so encrypted content stays byte-identical.
+ * The body is never touched here: callers copy bytes [body_start, len) as
+ * they are (forward mode re-breaks only an S/MIME body of base64 text
+ * with a line over MAIL_MAX_LINE), so encrypted content stays the same.
  *
  * All functions are pure (no I/O). Returned strings are malloc'd, owned by
  * the caller.
@@ -68,6 +69,18 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 
 /* True if hdrs[0, len) has a field called name (case insensitive). */
 bool mail_header_present(const char *hdrs, size_t len, const char *name);
+
+/* RFC 5322 2.1.1: a line is at most 998 octets, its CRLF aside; SMTP
+ * relays may hold DATA to it (RFC 5321 4.5.3.1.6) and refuse the rest. */
+#define MAIL_MAX_LINE 998u
+
+/* The length of the longest line of p[0, n), without its CR LF. */
+size_t mail_longest_line(const char *p, size_t n);
+
+/* True if p[0, n) is nothing but base64 text: its alphabet, '=', and
+ * spaces, tabs, CRs and LFs between (what a base64 decoder reads the
+ * same however it is broken into lines). */
+bool mail_is_base64_text(const char *p, size_t n);
 
 /* Lower-cases the domain part in place (local parts are case-sensitive in
  * theory; we compare them case-insensitively like every list manager). */

@@ -211,6 +211,21 @@ static bool is_pkcs7_mime(const char *hdrs, size_t len)
     return yes;
 }
 
+/* Is the top-level entity S/MIME whose body is base64 text (what a
+ * forward copy may send in shorter lines: the same bytes decoded)? */
+static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, size_t blen)
+{
+    char *cte;
+    bool b64;
+
+    if (!is_pkcs7_mime(hdrs, hlen) || !mail_is_base64_text(body, blen))
+        return false;
+    cte = mail_header_get(hdrs, hlen, "Content-Transfer-Encoding");
+    b64 = cte != NULL && strcasecmp(cte, "base64") == 0;
+    free(cte);
+    return b64;
+}
+
 /* Why a message that is not S/MIME at the top is refused (77): plain
  * mail, or an encrypted message inside a multipart, which the list does
  * not take (rewrapping it would break the signature or drop the other
@@ -278,6 +293,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
                         const char **why, bool *unmet)
 {
     size_t hdr_end, body_start, idx;
+    const char *body;
     bool crlf;
     xp_err rc;
     BIO *in = NULL;
@@ -299,6 +315,22 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         if (why != NULL)
             *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
+    }
+    /* Forward mode sends the body as it came: a line over RFC 5322's 998
+     * octets would make a relay that holds SMTP to them refuse every
+     * member's copy, and the sender learn of it in a bounce for the whole
+     * list. Refused now, while their MTA still has them, saying what to
+     * change; but an S/MIME body of base64 text goes out in lines of 76
+     * (prepare_forward), the same CMS. The re-encrypting modes write the
+     * body anew in short lines. */
+    body = (const char *)data + body_start;
+    if (l->mode == XP_MODE_FORWARD && mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
+        !is_smime_base64(data, hdr_end, body, len - body_start)) {
+        if (why != NULL)
+            *why = "its body has a line longer than 998 octets (RFC 5322 2.1.1), which mail relays refuse: "
+                   "send it with a Content-Transfer-Encoding that keeps lines short (quoted-printable or "
+                   "base64)";
+        return XP_ERR_FORMAT;
     }
     if (!is_pkcs7_mime(data, hdr_end)) {
         /* plain mail: only a forward list that explicitly allows it */
@@ -513,13 +545,39 @@ static xp_err add_message_id(const char *orig, size_t olen, const char *list_add
     return XP_OK;
 }
 
+/* Forward mode: a body of base64 text (an S/MIME message, checked at
+ * deliver) written in lines of 76 (RFC 2045 6.8), the same bytes once
+ * decoded: a sender's base64 without line breaks would otherwise reach a
+ * relay that holds SMTP to 1000-octet lines (RFC 5321 4.5.3.1.6), and it
+ * would refuse every member's copy. */
+static bool write_base64_lines(FILE *out, const unsigned char *p, size_t n, const char *eol)
+{
+    char line[76];
+    size_t o = 0, el = strlen(eol);
+
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')
+            continue;
+        line[o++] = (char)p[i];
+        if (o == sizeof(line)) {
+            if (fwrite(line, 1, o, out) != o || fwrite(eol, 1, el, out) != el)
+                return false;
+            o = 0;
+        }
+    }
+    if (o > 0 && (fwrite(line, 1, o, out) != o || fwrite(eol, 1, el, out) != el))
+        return false;
+    return true;
+}
+
 static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why,
                               size_t whysz)
 {
     unsigned char *data = NULL;
     char *hdrs = NULL;
+    const char *body;
     size_t len = 0, hdr_end, body_start, hlen = 0;
-    bool crlf;
+    bool crlf, rewrap;
     xp_err rc;
 
     if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
@@ -535,12 +593,21 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
         snprintf(why, whysz, "cannot give the post a Message-ID: %s", xp_strerror(rc));
         goto out;
     }
-    /* headers, the blank line as it was, the body byte for byte */
-    if (fwrite(hdrs, 1, hlen, out) != hlen || fwrite(data + hdr_end, 1, len - hdr_end, out) != len - hdr_end) {
+    /* headers, the blank line as it was, the body byte for byte; but an
+     * S/MIME body of base64 with a line over 998 octets in lines of 76 */
+    body = (const char *)data + body_start;
+    rewrap = mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
+             is_smime_base64((const char *)data, hdr_end, body, len - body_start);
+    if (fwrite(hdrs, 1, hlen, out) != hlen ||
+        (rewrap ? fwrite(data + hdr_end, 1, body_start - hdr_end, out) != body_start - hdr_end ||
+                      !write_base64_lines(out, data + body_start, len - body_start, crlf ? "\r\n" : "\n")
+                : fwrite(data + hdr_end, 1, len - hdr_end, out) != len - hdr_end)) {
         snprintf(why, whysz, "cannot write prepared message");
         rc = XP_ERR_IO;
         goto out;
     }
+    if (rewrap)
+        log_info("the S/MIME body has lines over 998 octets, sent in lines of 76 list=%s", l->address);
     rc = XP_OK;
 out:
     free(hdrs);

@@ -8,7 +8,8 @@
  *    certificate, unless the list allows unencrypted mail.
  *  - xp_prepare (queue runner): the message to send. forward: the headers
  *    with List-* added (and a Message-ID when the post has none) and the
- *    body byte for byte. group-secret and
+ *    body byte for byte (an S/MIME body of base64 text with a line over
+ *    998 octets in lines of 76). group-secret and
  *    member-certs: the group RecipientInfo goes to the group server's
  *    rewrap endpoint (one call per message), and the message is written
  *    again with only the returned RecipientInfo(s); the encrypted content

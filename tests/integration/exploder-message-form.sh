@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # What the copies look like on the wire, through a real SMTP server on
-# loopback (tests/lib/smtpd.py):
+# loopback (tests/lib/smtpd.py: aiosmtpd, which holds SMTP to its
+# 1000-octet lines, 500 "Line too long", as strict relays do):
 #  - a post without a Message-ID (a script's openssl cms and sendmail)
 #    gets one of the exploder's, in the list's domain, the same in every
-#    copy and every batch; each such post its own; a post's own is kept.
+#    copy and every batch; each such post its own; a post's own is kept;
+#  - forward mode: an S/MIME body of base64 without line breaks goes out
+#    in lines of 76 (the same CMS), so the relay takes every copy; a plain
+#    post with a body line over 998 octets is refused at deliver (65,
+#    5.6.0, saying why), nothing spooled.
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup message-form
@@ -48,4 +53,34 @@ n=$({ grep -l '^Message-ID: <own.1@example.org>$' $(copies) || true; } | wc -l)
 [ "$n" = 2 ] || fail "a post's own Message-ID is kept in $n of 2 transactions"
 xp_spool_empty
 
+# 2. forward mode and lines over 998 octets
+rm -rf "$W/smtp/new" && mkdir -p "$W/smtp/new"
+{ printf 'Content-Type: text/plain\n\nsecret body for one long line\n'; seq 1 400; } >"$W/p.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/group.pem" -keyopt rsa_padding_mode:oaep -outform DER \
+  -in "$W/p.txt" -out "$W/p.der"
+{ printf 'From: alice@example.org\nTo: %s\nSubject: one line\nMIME-Version: 1.0\n' $L
+  printf 'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n'
+  printf 'Content-Transfer-Encoding: base64\n\n'; base64 -w0 "$W/p.der"; printf '\n'; } >"$W/oneline.eml"
+[ "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' "$W/oneline.eml")" -gt 998 ] ||
+  fail "the test's base64 line is not over 998 octets"
+xp deliver --list $L --sender alice@example.org <"$W/oneline.eml" 2>>"$W/deliver.log" ||
+  fail "deliver refused a base64 body without line breaks: $(tail -1 "$W/deliver.log")"
+xp_drain
+got=$({ grep -l '^Subject: one line$' $(copies) || true; } | wc -l)
+[ "$got" = 2 ] || fail "the relay took $got of 2 transactions of a base64 body without line breaks: $(tail -3 "$W/run.log")"
+for c in $(copies); do
+  [ "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' "$c")" -le 998 ] || fail "a line over 998 in $c"
+  openssl cms -decrypt -recip "$W/group.pem" -inkey "$W/group.key" -in "$c" | grep -q 'secret body for one long line' ||
+    fail "the re-wrapped copy does not decrypt with the group key"
+done
+xp_spool_empty
+long=$(head -c 1500 /dev/zero | tr '\0' x)
+printf 'From: alice@example.org\nTo: %s\nSubject: plain long\n\nshort\n%s\n' $L "$long" >"$W/plainlong.eml"
+rc=0
+xp deliver --list $L --sender alice@example.org <"$W/plainlong.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 65 ] || fail "a plain post with a 1500-octet body line: exit $rc, want 65 ($(cat "$W/deliver.err"))"
+grep -q "^5\.6\.0 $L: malformed message: its body has a line longer than 998 octets" "$W/deliver.err" ||
+  fail "long body line reason: $(cat "$W/deliver.err")"
+[ "$(wc -l <"$W/deliver.err")" = 1 ] || fail "stderr is not one line"
+xp_spool_empty
 echo "exploder message form: ok"
