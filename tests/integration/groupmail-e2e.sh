@@ -405,6 +405,22 @@ expect_rc 0 "a copy for alice's own certificate, whatever --via" -- as alice dec
 same_text "$work/mine.txt" "$work/m.txt" "own-key decryption"
 expect_rc 0 "--via own-key" -- as alice decrypt --via own-key --in "$work/mine.smime" --out "$work/mine2.txt"
 same_text "$work/mine2.txt" "$work/m.txt" "--via own-key"
+# a NUL in a header line (after the first, or in the Content-Type): refused
+# as framing, nothing written; it used to end the line there, the rest of
+# it dropped and the next field run into it, and a Content-Type of
+# "application/pkcs7-mime<NUL>junk" was read as S/MIME
+/usr/bin/python3 - "$work/mine.smime" "$work/nul1.smime" "$work/nul2.smime" <<'PY'
+import sys
+m = open(sys.argv[1], "rb").read()
+nl = m.index(b"\n") + 1
+open(sys.argv[2], "wb").write(m[:nl] + b"X-Note: a\x00b\n" + m[nl:])
+open(sys.argv[3], "wb").write(m.replace(b"application/pkcs7-mime", b"application/pkcs7-mime\x00junk", 1))
+PY
+for n in nul1 nul2; do
+  expect_rc 5 "a NUL in a header line ($n)" -- as alice decrypt --via own-key --in "$work/$n.smime" --out "$work/x.txt"
+  grep -q "malformed S/MIME framing" "$work/gm.err" || fail "$n: $(cat "$work/gm.err")"
+  [ ! -e "$work/x.txt" ] || fail "plaintext written for $n"
+done
 expect_rc 5 "--via own-key on a message without alice's RecipientInfo" -- as alice decrypt --via own-key --in "$work/alien.smime" --out "$work/x.txt"
 [ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
 printf 'not a message\n' > "$work/junk.txt"
