@@ -224,17 +224,23 @@ static const struct gs_store_ops sq_ops;
 static void sq_close(gs_store *st);
 
 /* What keeps this user from writing the SQLite database at path, into why
- * (naming the file), and its errno; 0 when nothing does. Not only the file: its
- * directory, where SQLite creates the -wal and -shm files (a directory
- * root made is a database every write to fails, or one that does not open
- * at all), and the -wal and -shm files there (copied back with the file by
- * root's cp, they are root's: SQLite then opens the database read-only
- * without a word). AT_EACCESS: the effective user is the one SQLite
- * writes as. */
+ * (naming the file), and its errno; 0 when nothing does. Not only the file:
+ * the -wal and -shm beside it (copied back with the file by root's cp,
+ * they are root's: SQLite then opens the database read-only without a
+ * word) and, when either is missing, its directory, where SQLite creates
+ * them (a directory root made is a database every write to fails, or one
+ * that does not open at all). With both there and writable SQLite creates
+ * nothing in the directory (WAL mode: no rollback journal; the -wal it
+ * cannot delete at close stays, as it is then), so a directory the
+ * service user may not write is a working database. path is the name
+ * SQLite resolved (sqlite3_db_filename: symbolic links followed), as the
+ * -wal and -shm are beside the file a link points to. AT_EACCESS: the
+ * effective user is the one SQLite writes as. */
 static int sq_write_problem(const char *path, char *why, size_t size)
 {
     char dir[4096], side[4096 + 8];
     struct stat sb;
+    bool missing = false;
     int e;
 
     if (faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) != 0) {
@@ -242,7 +248,21 @@ static int sq_write_problem(const char *path, char *why, size_t size)
         (void)snprintf(why, size, "%s: %s", path, strerror(e));
         return e;
     }
-    if (util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
+    for (int i = 0; i < 2; i++) {
+        int n = snprintf(side, sizeof(side), "%s%s", path, i == 0 ? "-wal" : "-shm");
+        if (n < 0 || (size_t)n >= sizeof(side))
+            continue;
+        if (lstat(side, &sb) != 0) {
+            missing = true;
+            continue;
+        }
+        if (faccessat(AT_FDCWD, side, W_OK, AT_EACCESS) != 0) {
+            e = errno;
+            (void)snprintf(why, size, "%s, left by another user: %s", side, strerror(e));
+            return e;
+        }
+    }
+    if (!missing || util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
         return 0; /* sqlite3_open_v2 names a path that long itself */
     char *slash = strrchr(dir, '/');
     if (slash == NULL)
@@ -254,16 +274,6 @@ static int sq_write_problem(const char *path, char *why, size_t size)
         (void)snprintf(why, size, "its directory %s, where SQLite creates the -wal and -shm files: %s", dir,
                        strerror(e));
         return e;
-    }
-    for (int i = 0; i < 2; i++) {
-        int n = snprintf(side, sizeof(side), "%s%s", path, i == 0 ? "-wal" : "-shm");
-        if (n < 0 || (size_t)n >= sizeof(side) || lstat(side, &sb) != 0)
-            continue;
-        if (faccessat(AT_FDCWD, side, W_OK, AT_EACCESS) != 0) {
-            e = errno;
-            (void)snprintf(why, size, "%s, left by another user: %s", side, strerror(e));
-            return e;
-        }
     }
     return 0;
 }
@@ -348,7 +358,8 @@ out:
          * them, that is the reason to give (a read-only file system or a
          * full disk db_error names already). */
         char why[4200 + 64], detail[512];
-        int e = sq_write_problem(path, why, sizeof(why));
+        const char *real = sqlite3_db_filename(SQ(st)->db, "main");
+        int e = sq_write_problem(real != NULL && *real != '\0' ? real : path, why, sizeof(why));
         if (e == EACCES || e == EPERM) {
             (void)snprintf(detail, sizeof(detail), "%s", gs_err_detail());
             err = sq_write_error(path, why, detail);
