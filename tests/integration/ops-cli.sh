@@ -163,6 +163,27 @@ env -i PATH="$work/cronbin:/usr/bin:/bin" GROUPSRV_CONF="$conf" /bin/sh -c "$cro
   fail "docs/operations.md's crontab line under cron's PATH: exit $rc: $(cat "$work/out" "$work/err")"
 ok "docs/operations.md's crontab line runs under cron's PATH: $cronline"
 
+# ---- docs/postfix.md's queue runner line, as cron runs it ----
+# It was inline text wrapped over two lines: copied from the installed
+# postfix.md (raw Markdown) into /etc/cron.d, the break made a second,
+# broken line. One /etc/cron.d line, run as cron does (/bin/sh, cron's
+# PATH), on an empty spool with the log in a file as the example's: exit
+# 0 and nothing printed (cron mails any output, every minute here).
+cronline=$(doc_block "$SRC/docs/postfix.md" '6. The queue runner' 1 crontab | grep -v '^#')
+[ "$(wc -l <<<"$cronline")" = 1 ] || fail "docs/postfix.md's crontab block is not one line: $cronline"
+read -r _ _ _ _ _ cronuser croncmd <<<"$cronline"
+[ "$cronuser" = exploder ] || fail "docs/postfix.md's crontab line does not run as exploder (a /etc/cron.d line): $cronline"
+mkdir "$work/xspool"
+printf '[spool]\npath = %s\n[delivery]\nrelay = smtp://127.0.0.1:9\n[tls]\ncert = %s/x.pem\nkey = %s/x.key\nca = %s/x-ca.pem\n[log]\nfile = %s/exploder.log\n' \
+  "$work/xspool" "$work" "$work" "$work" "$work" > "$work/exploder.conf"
+croncmd=${croncmd//\/usr\/bin\/exploder/$(cd "$BIN" && pwd)/exploder}
+croncmd=${croncmd//\/etc\/groupsrv\/exploder.conf/$work/exploder.conf}
+rc=0
+env -i PATH=/usr/bin:/bin /bin/sh -c "$croncmd" >"$work/out" 2>"$work/err" || rc=$?
+[ "$rc" = 0 ] && [ ! -s "$work/out" ] && [ ! -s "$work/err" ] ||
+  fail "docs/postfix.md's crontab line under cron's PATH: exit $rc: $croncmd: $(cat "$work/out" "$work/err")"
+ok "docs/postfix.md's crontab line runs quietly under cron's PATH: $cronline"
+
 # ---- a path with a space in a log line stays one quoted field ----
 mkdir "$work/audit dir"
 sed "s|^path = $work/audit.jsonl\$|path = $work/audit dir/audit.jsonl|" "$conf" > "$work/space.conf"
