@@ -20,6 +20,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -2166,22 +2167,28 @@ static unsigned check_listen(const struct gs_config *cfg)
 /* [db] path: the membership, the member certificates and (with [audit]
  * store = db) the audit records, in the file and in the -wal beside it,
  * which SQLite makes with the file's mode. A warning, not counted, as
- * for the audit log: a group that may read them may be meant. */
+ * for the audit log: a group that may read them may be meant. A [db]
+ * path that is a symbolic link has its -wal beside the file it points
+ * to (SQLite resolves the link), so that file's name is the one asked. */
 static void check_db_mode(const struct gs_config *cfg)
 {
-    char side[4096 + 8];
+    char side[PATH_MAX + 8], *real = NULL;
+    const char *db;
     struct stat sb;
 
     if (cfg->db.url != NULL || cfg->db.path == NULL)
         return;
+    real = realpath(cfg->db.path, NULL);
+    db = real != NULL ? real : cfg->db.path;
     for (int i = 0; i < 2; i++) {
-        int n = snprintf(side, sizeof(side), "%s%s", cfg->db.path, i == 0 ? "" : "-wal");
+        int n = snprintf(side, sizeof(side), "%s%s", db, i == 0 ? "" : "-wal");
         if (n < 0 || (size_t)n >= sizeof(side) || stat(side, &sb) != 0 || (sb.st_mode & 077) == 0)
             continue;
         printf("%-10sWARNING: %s: mode %04o: its group or others can read the groups' members and their "
-               "certificates (chmod 0600 %s%s unless that is meant)\n",
-               "database", side, (unsigned)(sb.st_mode & 07777), cfg->db.path, i == 0 ? "" : "-wal");
+               "certificates (chmod 0600 %s unless that is meant)\n",
+               "database", side, (unsigned)(sb.st_mode & 07777), side);
     }
+    free(real);
 }
 
 /* Servers on cloned tokens share one database: lists each current group

@@ -134,6 +134,12 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   as_nobody check > "$nb/check.out" 2>&1 || true
   grep -q "^database  OK   $nb/db/groupsrv.db " "$nb/check.out" && ! grep -q '^database  PROBLEM' "$nb/check.out" ||
     fail "check of a database through a link in root's directory: $(grep -E '^database' "$nb/check.out")"
+  # and the -wal others can read (SQLite makes it with the file's mode)
+  # is the one beside the file linked to
+  chmod 644 "$nb/real/groupsrv.db"
+  as_nobody check > "$nb/check.out" 2>&1 || true
+  grep -q "^database  WARNING: $nb/real/groupsrv.db-wal: mode 0644: " "$nb/check.out" ||
+    fail "check does not warn about the -wal beside a linked database: $(grep -E '^database' "$nb/check.out")"
   rm -rf "$nb"
   trap cleanup EXIT
   ok "a database restored as another user, in a directory it cannot write or beside root's -wal: check names it, serve does not start; a database others can read: check warns; in root's directory beside its own -wal and -shm, or through a link: fine"
