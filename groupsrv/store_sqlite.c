@@ -227,15 +227,33 @@ static void sq_close(gs_store *st);
  * (naming the file), and its errno; 0 when nothing does. Not only the file:
  * the -wal and -shm beside it (copied back with the file by root's cp,
  * they are root's: SQLite then opens the database read-only without a
- * word) and, when either is missing, its directory, where SQLite creates
- * them (a directory root made is a database every write to fails, or one
- * that does not open at all). With both there and writable SQLite creates
- * nothing in the directory (WAL mode: no rollback journal; the -wal it
- * cannot delete at close stays, as it is then), so a directory the
- * service user may not write is a working database. path is the name
+ * word) and, when either is missing or the file is not in WAL mode yet,
+ * its directory, where SQLite creates them (a directory root made is a
+ * database every write to fails, or one that does not open at all). With
+ * both there and writable, in WAL mode, SQLite creates nothing in the
+ * directory (no rollback journal; the -wal it cannot delete at close
+ * stays, as it is then), so a directory the service user may not write
+ * is a working database. path is the name
  * SQLite resolved (sqlite3_db_filename: symbolic links followed), as the
  * -wal and -shm are beside the file a link points to. AT_EACCESS: the
  * effective user is the one SQLite writes as. */
+/* Whether the database file at path is in WAL mode: bytes 18 and 19 of its
+ * header (the file format's write and read versions) are 2 then. A file
+ * not so (a copy in rollback-journal mode) makes a -journal in its
+ * directory for every write, and its switch to WAL at serve's start does. */
+static bool sq_file_is_wal(const char *path)
+{
+    unsigned char v[2];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    bool wal = false;
+
+    if (fd < 0)
+        return false;
+    wal = pread(fd, v, sizeof(v), 18) == (ssize_t)sizeof(v) && v[0] == 2 && v[1] == 2;
+    (void)close(fd);
+    return wal;
+}
+
 static int sq_write_problem(const char *path, char *why, size_t size)
 {
     char dir[4096], side[4096 + 8];
@@ -262,7 +280,9 @@ static int sq_write_problem(const char *path, char *why, size_t size)
             return e;
         }
     }
-    if (!missing || util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
+    if (!missing && sq_file_is_wal(path))
+        return 0;
+    if (util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
         return 0; /* sqlite3_open_v2 names a path that long itself */
     char *slash = strrchr(dir, '/');
     if (slash == NULL)

@@ -123,6 +123,18 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   as_nobody check > "$nb/check.out" 2>&1 || true # (exit 1: the older token's missing versions)
   grep -q "^database  OK   $nb/db/groupsrv.db " "$nb/check.out" && ! grep -q '^database  PROBLEM' "$nb/check.out" ||
     fail "check of a database in root's directory beside its own -wal and -shm: $(grep -E '^database' "$nb/check.out")"
+  # but not a file in rollback-journal mode (a copy so, old -wal and -shm
+  # left beside it): its switch to WAL at serve's start, and each write
+  # after, makes a -journal there, 'attempt to write a readonly database'
+  sqlite3 "$nb/db/groupsrv.db" 'PRAGMA journal_mode = DELETE' > /dev/null
+  install -m 0600 -o nobody /dev/null "$nb/db/groupsrv.db-wal"
+  install -m 0600 -o nobody /dev/null "$nb/db/groupsrv.db-shm"
+  rc=0; as_nobody check > "$nb/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^database  PROBLEM: database $nb/db/groupsrv.db cannot be written by this user (uid $(id -u nobody)): its directory $nb/db, where SQLite creates the -wal and -shm files: Permission denied: " "$nb/check.out" ||
+    fail "check of a rollback-journal database in root's directory beside old -wal and -shm: exit $rc: $(grep -E '^database' "$nb/check.out")"
+  sqlite3 "$nb/db/groupsrv.db" 'PRAGMA journal_mode = WAL' > /dev/null
+  install -m 0600 -o nobody /dev/null "$nb/db/groupsrv.db-wal"
+  install -m 0600 -o nobody /dev/null "$nb/db/groupsrv.db-shm"
   # A [db] path that is a symbolic link: SQLite makes the -wal and -shm
   # beside the file it points to, so the link's directory is not asked
   # (none there yet: the directory they are made in is).
