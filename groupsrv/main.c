@@ -2090,8 +2090,12 @@ static int listen_overlap(const struct sockaddr_storage *a, const struct sockadd
     }
     if (any_a || any_b)
         return 1;
-    return a->ss_family == AF_INET ? a4->sin_addr.s_addr == b4->sin_addr.s_addr
-                                   : memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr)) == 0;
+    if (a->ss_family == AF_INET)
+        return a4->sin_addr.s_addr == b4->sin_addr.s_addr;
+    /* one link-local address on two interfaces (fe80::1%eth0, fe80::1%eth1)
+     * is two addresses: both bind */
+    return memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr)) == 0 &&
+           (!IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr) || a6->sin6_scope_id == b6->sin6_scope_id);
 }
 
 /* [server] listen and [certsrv] listen: serve binds both at start and

@@ -71,12 +71,14 @@ listen_row() { # SERVER CERTSRV: check's listen row for the two addresses
 }
 dual=("[::]:8443 127.0.0.1:8443") # [::] spans IPv4 too, unless net.ipv6.bindv6only = 1
 [ "$(cat /proc/sys/net/ipv6/bindv6only 2>/dev/null || echo 0)" != 1 ] || dual=()
-for pair in "127.0.0.1:8443 127.0.0.1:8443" "0.0.0.0:8443 127.0.0.1:8443" "${dual[@]}"; do
+# fe80::1 on interface 1 twice is one address; on interfaces 1 and 2 (by
+# number: none need exist for check) two, which both bind
+for pair in "127.0.0.1:8443 127.0.0.1:8443" "0.0.0.0:8443 127.0.0.1:8443" "${dual[@]}" "[fe80::1%1]:8443 [fe80::1%1]:8443"; do
   row=$(listen_row $pair)
   grep -Eq '^listen +PROBLEM: \[certsrv\] listen .* and \[server\] listen .* are on one port: serve cannot bind both' <<<"$row" ||
     fail "check, [server] and [certsrv] listen $pair: $row"
 done
-for pair in "127.0.0.1:8443 127.0.0.1:8444" "[::1]:8443 127.0.0.1:8443"; do
+for pair in "127.0.0.1:8443 127.0.0.1:8444" "[::1]:8443 127.0.0.1:8443" "[fe80::1%1]:8443 [fe80::1%2]:8443"; do
   row=$(listen_row $pair)
   grep -Eq '^listen +OK +\[server\] .*, \[certsrv\] ' <<<"$row" || fail "check, [server] and [certsrv] listen $pair: $row"
 done
