@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cmd.h"
@@ -223,7 +224,12 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         goto out;
     }
     rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet);
-    if (rc == XP_OK && unmet) {
+    /* Not when the group server has just said its current certificate is
+     * known: then the certificate the list has not met is most often the
+     * sender's own, which the group's CA issued too (`member add
+     * --issue-cert`) and which Thunderbird and Outlook add to every
+     * message, and each message would log that nothing was refreshed. */
+    if (rc == XP_OK && unmet && !xp_group_cert_checked_lately(c, l, (int64_t)time(NULL))) {
         /* Also for a certificate of the group's CA the list has not met:
          * perhaps a version newer than the list's newest, which `groupsrv
          * group retire --before` may have left the only one the group

@@ -105,10 +105,15 @@ static void rest_fail_why(gs_rest *r, gs_rest_err e, const char *what, char *why
  * to a certificate that is not the group's would otherwise ask it once
  * each. Such a message is deferred meanwhile, never refused on an old
  * answer: the group key may have been rotated since. */
-static bool asked_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
+bool xp_group_cert_checked_lately(const xp_conf *c, const xp_list *l, int64_t now)
 {
     int64_t ttl = (int64_t)c->group_info_ttl;
-    if (!within(l->group_cert_at, now, ttl < 60 ? ttl : 60))
+    return within(l->group_cert_at, now, ttl < 60 ? ttl : 60);
+}
+
+static bool asked_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
+{
+    if (!xp_group_cert_checked_lately(c, l, now))
         return false;
     snprintf(why, whysz, "the group server said %llds ago that its current certificate is one the list knows",
              (long long)(now - l->group_cert_at));

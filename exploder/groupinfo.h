@@ -37,6 +37,10 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
  * was added (or found added by another deliver); XP_ERR_NOTFOUND when the
  * current one is known already; XP_ERR_TEMP (or another error) with why. */
 xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
+/* Whether the group server said within the last minute (at most the ttl;
+ * now: unix seconds) that its current certificate is one the list knows:
+ * xp_group_cert_refresh would answer XP_ERR_TEMP without asking. */
+bool xp_group_cert_checked_lately(const xp_conf *c, const xp_list *l, int64_t now);
 
 /* Will the group unwrap a message whose group RecipientInfo uses key
  * transport kt ("RSA-OAEP", "RSA-OAEP-256", "RSA-PKCS1-v1_5", "ECDH") in
