@@ -265,6 +265,22 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
             goto out;
         }
     }
+    /* Mail the group server will never unwrap is refused below, with its
+     * reason, not accepted and bounced hours later. The answer is cached;
+     * without one (server down, never fetched) the runner finds out. A
+     * message to several key versions was read with the newest whose
+     * RecipientInfo the group takes by the answer cached before this
+     * refresh (find_group_ri): when the refresh brings an answer, it is
+     * checked again, so that the choice and the refusal use the same one
+     * (a list made while the group server was down has none cached). */
+    if (rc == XP_OK && kt != NULL) {
+        int64_t cached_at = l->group_info_at;
+        if (xp_group_info_refresh(c, s, l, false, why, sizeof(why)) != XP_OK)
+            log_warn("group server discovery not refreshed, using what is cached list=%s reason=\"%s\"",
+                     l->address, why);
+        else if (l->group_info_at != cached_at)
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
+    }
     if (bad == NULL)
         bad = xp_strerror(rc); /* the refusals' reason when the check gave none */
     switch (rc) {
@@ -284,13 +300,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         log_error("cannot check message list=%s err=\"%s\"", l->address, xp_strerror(rc));
         goto out; /* 75: an admin can fix the list and the MTA retries */
     }
-    /* Mail the group server will never unwrap is refused now, with its
-     * reason, not accepted and bounced hours later. The answer is cached;
-     * without one (server down, never fetched) the runner finds out. */
     if (kt != NULL) {
-        if (xp_group_info_refresh(c, s, l, false, why, sizeof(why)) != XP_OK)
-            log_warn("group server discovery not refreshed, using what is cached list=%s reason=\"%s\"",
-                     l->address, why);
         if (xp_group_accepts(l, kt, why, sizeof(why)) == XP_ERR_REFUSED) {
             log_warn("refused list=%s key_transport=%s reason=\"%s\"", l->address, kt, why);
             ex = say(&ans, XP_EX_NOPERM, "5.7.6", "%s: the group server will not decrypt this message: %s",

@@ -31,7 +31,7 @@ cp "$W/v1.pem" "$W/current.pem"
 echo ok >"$W/gs.mode"
 $PY "$GS_SRC/tests/lib/hostile_groupsrv.py" --cert "$W/pki/server.pem" --key "$W/pki/server.key" \
   --client-ca "$W/pki/ca.pem" --port-file "$W/gs.port" --mode-file "$W/gs.mode" --log "$W/requests.log" \
-  --group-cert "$W/current.pem" 2>>"$W/gs.err" &
+  --group-cert "$W/current.pem" --key-transports "$W/kts.json" 2>>"$W/gs.err" &
 XP_PIDS+=("$!")
 for _ in $(seq 1 100); do [ -s "$W/gs.port" ] && break; sleep 0.1; done
 [ -s "$W/gs.port" ] || fail "group server stub did not start: $(cat "$W/gs.err")"
@@ -103,4 +103,19 @@ tail -c +$((logged + 1)) "$W/xp.log" >"$W/self.log"
 grep -q 'not refreshed' "$W/self.log" &&
   fail "mail also to the sender's own certificate logs a refresh failure: $(grep -m1 'not refreshed' "$W/self.log")"
 echo "ok: mail also to the sender's own certificate is taken without a refresh failure logged"
+
+# A message to versions 2 and 3 whose RecipientInfo for 3 is PKCS#1 v1.5
+# and for 2 RSA-OAEP, to a group that takes RSA-OAEP only, when the list's
+# cached discovery answer does not say so yet (made while the server named
+# no key transports; here the stub's answer gains them only now): deliver
+# fetches the answer, and the version is chosen with that answer, not the
+# one cached before it (version 2, taken), and not refused (5.7.6) for 3's.
+echo '["RSA-OAEP"]' >"$W/kts.json"
+printf 'Content-Type: text/plain\n\nsecret body for two versions\n' >"$W/p23.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/v2.pem" -keyopt rsa_padding_mode:oaep -recip "$W/v3.pem" \
+  -from alice@example.org -to $L -subject "v1.5 newest" -in "$W/p23.txt" -out "$W/v23.eml"
+sleep 3.2 # past the cached discovery answer
+xp deliver --list $L --sender alice@example.org <"$W/v23.eml" 2>"$W/deliver.err" ||
+  fail "mail to version 2 (RSA-OAEP) and 3 (PKCS#1 v1.5) refused once discovery said RSA-OAEP: $(cat "$W/deliver.err")"
+echo "ok: the version is chosen with the discovery answer deliver fetched"
 echo "exploder cert refresh: ok"

@@ -13,6 +13,10 @@ behind them (a rewrap echoes the RecipientInfo it was sent).
 
 Usage: hostile_groupsrv.py --cert F --key F --client-ca F --port-file F
                            --mode-file F --log F [--group-cert F]
+                           [--key-transports F]
+
+--key-transports: a file holding a JSON list, given as the discovery
+answer's key_transports while the file exists (read at every request).
 
 The behaviour is the word in --mode-file, read at every connection (so a
 test switches it between runs); "by-group" takes it from the group name of
@@ -128,9 +132,13 @@ def ok_body(method, path, body):
         except ValueError:
             req = {}
     if endpoint == "":
-        return {"name": parts[3] if len(parts) > 3 else "", "address": "eng@lists.example.org",
+        info = {"name": parts[3] if len(parts) > 3 else "", "address": "eng@lists.example.org",
                 "methods": ["tls", "recipient-key", "membership-cert", "group-secret"],
-                "key_versions": [1], "certificate_server": "https://127.0.0.1:1"}, "application/json"
+                "key_versions": [1], "certificate_server": "https://127.0.0.1:1"}
+        if ARGS.key_transports and os.path.exists(ARGS.key_transports):
+            with open(ARGS.key_transports) as f:
+                info["key_transports"] = json.load(f)
+        return info, "application/json"
     if endpoint in ("certificate", "membership-certificates"):
         pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
         if ARGS.group_cert and endpoint == "certificate":
@@ -269,6 +277,7 @@ def main():
     for a in ("--cert", "--key", "--client-ca", "--port-file", "--mode-file", "--log"):
         p.add_argument(a, required=True)
     p.add_argument("--group-cert")
+    p.add_argument("--key-transports")
     ARGS = p.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
