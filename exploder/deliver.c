@@ -119,7 +119,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     char *v = NULL, why[300];
     const char *kt = NULL, *bad = NULL;
     int ex = XP_EX_TEMPFAIL, opt;
-    int64_t id = 0;
+    int64_t id = 0, checked_at = 0;
     xp_err rc;
     answer ans = {NULL, ""};
 
@@ -223,13 +223,14 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);
         goto out;
     }
+    checked_at = l->group_info_at; /* the discovery answer the check went by */
     rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet);
-    /* Not when the group server has just said its current certificate is
-     * known: then the certificate the list has not met is most often the
-     * sender's own, which the group's CA issued too (`member add
-     * --issue-cert`) and which Thunderbird and Outlook add to every
-     * message, and each message would log that nothing was refreshed. */
-    if (rc == XP_OK && unmet && !xp_group_cert_checked_lately(c, l, (int64_t)time(NULL))) {
+    /* Not when the group server was asked within the minute: then the
+     * certificate the list has not met is most often the sender's own,
+     * which the group's CA issued too (`member add --issue-cert`) and
+     * which Thunderbird and Outlook add to every message, and each message
+     * would log that nothing was refreshed. */
+    if (rc == XP_OK && unmet && !xp_group_cert_unmet_asked_lately(c, l, (int64_t)time(NULL))) {
         /* Also for a certificate of the group's CA the list has not met:
          * perhaps a version newer than the list's newest, which `groupsrv
          * group retire --before` may have left the only one the group
@@ -237,9 +238,10 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
          * certificate in their address book). Learnt now, the message is
          * read with it; not learnt (the server's current one is known, or
          * it cannot be asked now), it is taken as it is. */
-        xp_err fr = xp_group_cert_refresh(c, s, l, why, sizeof(why));
+        xp_err fr = xp_group_cert_refresh_unmet(c, s, l, why, sizeof(why));
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);
+            checked_at = l->group_info_at;
             rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
         } else if (fr != XP_ERR_NOTFOUND) {
             log_info("group certificate not refreshed, the message is taken for a version the list knows "
@@ -253,6 +255,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         xp_err fr = xp_group_cert_refresh(c, s, l, why, sizeof(why));
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);
+            checked_at = l->group_info_at;
             rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
         } else if (fr != XP_ERR_NOTFOUND) {
             /* Not knowing is not a refusal: the MTA asks again later, when
@@ -270,15 +273,16 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
      * without one (server down, never fetched) the runner finds out. A
      * message to several key versions was read with the newest whose
      * RecipientInfo the group takes by the answer cached before this
-     * refresh (find_group_ri): when the refresh brings an answer, it is
-     * checked again, so that the choice and the refusal use the same one
-     * (a list made while the group server was down has none cached). */
+     * check (find_group_ri): when an answer came since (this refresh, or
+     * the one a message naming another certificate of the group's CA
+     * makes), it is checked again, so that the choice and the refusal use
+     * the same one (a list made while the group server was down has none
+     * cached). */
     if (rc == XP_OK && kt != NULL) {
-        int64_t cached_at = l->group_info_at;
         if (xp_group_info_refresh(c, s, l, false, why, sizeof(why)) != XP_OK)
             log_warn("group server discovery not refreshed, using what is cached list=%s reason=\"%s\"",
                      l->address, why);
-        else if (l->group_info_at != cached_at)
+        if (l->group_info_at != checked_at)
             rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
     }
     if (bad == NULL)

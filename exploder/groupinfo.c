@@ -111,6 +111,12 @@ bool xp_group_cert_checked_lately(const xp_conf *c, const xp_list *l, int64_t no
     return within(l->group_cert_at, now, ttl < 60 ? ttl : 60);
 }
 
+bool xp_group_cert_unmet_asked_lately(const xp_conf *c, const xp_list *l, int64_t now)
+{
+    int64_t ttl = (int64_t)c->group_info_ttl;
+    return xp_group_cert_checked_lately(c, l, now) || within(l->group_info_at, now, ttl < 60 ? ttl : 60);
+}
+
 static bool asked_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
 {
     if (!xp_group_cert_checked_lately(c, l, now))
@@ -154,21 +160,22 @@ out:
  * read (spool_list_set_group_cert), else reads them again. */
 #define CERT_ADD_TRIES 4
 
-xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
+/* Fetches the current certificate and adds it when new (see
+ * xp_group_cert_refresh). mark_known: an answer that it is known is
+ * recorded (group_cert_at), which defers mail to a certificate the list
+ * does not know for a minute (asked_lately). */
+static xp_err cert_refresh(const xp_conf *c, spool *s, xp_list *l, int64_t now, bool mark_known, char *why,
+                           size_t whysz)
 {
     gs_rest *r = NULL;
     gs_rest_err e;
     char *pem = NULL, *all = NULL;
     size_t len = 0;
-    int64_t now = (int64_t)time(NULL);
     BIO *b = NULL;
     X509 *leaf = NULL;
     xp_list *fresh = NULL;
     xp_err rc;
 
-    why[0] = '\0';
-    if (failed_lately(c, l, now, why, whysz) || asked_lately(c, l, now, why, whysz))
-        return XP_ERR_TEMP;
     if ((e = deliver_rest(c, l, &r)) != GS_REST_OK) {
         snprintf(why, whysz, "group server client: %s", gs_rest_strerror(e));
         rc = XP_ERR_CONFIG;
@@ -191,7 +198,7 @@ xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, 
         if (xp_group_cert_known(l->group_cert, leaf)) {
             /* known: the server's answer is no news (or another deliver
              * added it meanwhile, and the message is to be checked again) */
-            if (spool_list_group_cert_checked(s, l->id, now) == XP_OK)
+            if (mark_known && spool_list_group_cert_checked(s, l->id, now) == XP_OK)
                 l->group_cert_at = now;
             rc = tries == 1 ? XP_ERR_NOTFOUND : XP_OK;
             goto out;
@@ -226,6 +233,40 @@ out:
     free(pem);
     gs_rest_free(r);
     ERR_clear_error();
+    return rc;
+}
+
+xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
+{
+    int64_t now = (int64_t)time(NULL);
+
+    why[0] = '\0';
+    if (failed_lately(c, l, now, why, whysz) || asked_lately(c, l, now, why, whysz))
+        return XP_ERR_TEMP;
+    return cert_refresh(c, s, l, now, true, why, whysz);
+}
+
+xp_err xp_group_cert_refresh_unmet(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
+{
+    int64_t now = (int64_t)time(NULL), ttl = (int64_t)c->group_info_ttl;
+    char dwhy[256];
+    xp_err rc;
+
+    why[0] = '\0';
+    if (failed_lately(c, l, now, why, whysz) || asked_lately(c, l, now, why, whysz))
+        return XP_ERR_TEMP;
+    if (within(l->group_info_at, now, ttl < 60 ? ttl : 60)) {
+        snprintf(why, whysz, "the group server was asked %llds ago", (long long)(now - l->group_info_at));
+        return XP_ERR_TEMP;
+    }
+    rc = cert_refresh(c, s, l, now, false, why, whysz);
+    /* This ask is recorded as a discovery fetch (group_info_at), not as
+     * an answer that the current certificate is known: such a message
+     * (the sender's own certificate from the same CA, another list's
+     * group certificate) would otherwise defer every message to a
+     * certificate the list does not know, on a busy list at each retry. */
+    if (rc != XP_ERR_TEMP && xp_group_info_refresh(c, s, l, true, dwhy, sizeof(dwhy)) != XP_OK)
+        log_warn("group server discovery not refreshed list=%s reason=\"%s\"", l->address, dwhy);
     return rc;
 }
 

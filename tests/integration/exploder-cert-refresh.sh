@@ -104,6 +104,28 @@ grep -q 'not refreshed' "$W/self.log" &&
   fail "mail also to the sender's own certificate logs a refresh failure: $(grep -m1 'not refreshed' "$W/self.log")"
 echo "ok: mail also to the sender's own certificate is taken without a refresh failure logged"
 
+# A message for version 3 that also names another certificate of the
+# group's CA (the sender's own, from the same local CA; another list's
+# group certificate when cross-posted) makes deliver ask for the current
+# certificate, at most once a minute (here 3 s) however many such
+# messages come. That ask does not make the next message to a certificate
+# that is not the group's wait for the window to pass: it is refused at
+# once (77, 5.7.1), as without the other message, not deferred (75), which
+# on a busy list would be every time the MTA retries.
+printf 'Content-Type: text/plain\n\nsecret body for two versions\n' >"$W/p23.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/v3.pem" -keyopt rsa_padding_mode:oaep -recip "$W/pki/alice.pem" \
+  -keyopt rsa_padding_mode:oaep -from alice@example.org -to $L -subject "to v3 and herself" \
+  -in "$W/p23.txt" -out "$W/v3self.eml"
+sleep 3.2
+n0=$(gets)
+for _ in 1 2 3; do
+  xp deliver --list $L --sender alice@example.org <"$W/v3self.eml" 2>"$W/deliver.err" ||
+    fail "mail to version 3 and the sender's own certificate refused: $(cat "$W/deliver.err")"
+done
+[ "$(gets)" = $((n0 + 1)) ] || fail "3 messages also to the sender's certificate: $(($(gets) - n0)) fetches, want 1"
+expect 77 5.7.1 "$W/other.eml"
+echo "ok: a message also to another certificate of the CA asks once, and leaves a foreign one refused"
+
 # A message to versions 2 and 3 whose RecipientInfo for 3 is PKCS#1 v1.5
 # and for 2 RSA-OAEP, to a group that takes RSA-OAEP only, when the list's
 # cached discovery answer does not say so yet (made while the server named
@@ -111,7 +133,6 @@ echo "ok: mail also to the sender's own certificate is taken without a refresh f
 # fetches the answer, and the version is chosen with that answer, not the
 # one cached before it (version 2, taken), and not refused (5.7.6) for 3's.
 echo '["RSA-OAEP"]' >"$W/kts.json"
-printf 'Content-Type: text/plain\n\nsecret body for two versions\n' >"$W/p23.txt"
 openssl cms -encrypt -aes-256-cbc -recip "$W/v2.pem" -keyopt rsa_padding_mode:oaep -recip "$W/v3.pem" \
   -from alice@example.org -to $L -subject "v1.5 newest" -in "$W/p23.txt" -out "$W/v23.eml"
 sleep 3.2 # past the cached discovery answer
