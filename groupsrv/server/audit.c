@@ -1221,6 +1221,22 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
         memcpy(log->prev_hex, head, sizeof(head));
         return GS_OK;
     }
+    /* Committed, and another writer appended after it: an admin command
+     * whose answer was lost lost its chain lock with the connection, and
+     * the next command chained after its rows. Undone, it left its ok
+     * record standing. The lines hold their seq and the hash of the line
+     * before, so no other rows can be them; another command's record there
+     * matches only if it is these bytes (same millisecond, operator and
+     * change, after the same head). The head is read again at the next
+     * round (a shared chain's always is). */
+    if (log->db_seq > seq + (int64_t)n && db_lines_there(log, seq, lines, n) == 1) {
+        log_warn("audit insert: the first try committed, and the chain moved on after it instance=%s records=%zu",
+                 log->instance, n);
+        log->db_seq = seq; /* the caller moves the head on */
+        memcpy(log->prev_hex, head, sizeof(head));
+        log->need_head = 1;
+        return GS_OK;
+    }
     if (log->db_seq != seq || strcmp(log->prev_hex, head) != 0)
         return gs_err_set(GS_ERR_DB, "the audit chain moved on while its insert failed");
     gs_err ge = gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);

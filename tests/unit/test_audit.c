@@ -1443,6 +1443,7 @@ static int db_setup(void **state)
 static int db_teardown(void **state)
 {
     struct dbfx *f = *state;
+    gs_store_set_timeout(10); /* a test that set less and failed */
     pgtest_drop(f->name);
     free(f);
     return 0;
@@ -1670,6 +1671,57 @@ static void test_db_admin_chain_shared(void **state)
     assert_non_null(strstr(report, "ok: 3 records"));
 }
 
+/* An admin command's insert commits, but its answer is lost (here: no
+ * answer within [db] timeout, a commit held by a deferred trigger); its
+ * chain lock goes with the connection, another command appends after it
+ * (the trigger, in the same commit), and the lookup finds the chain moved
+ * on. The record stands: the command counts it as written, once (before,
+ * it was undone with its ok record in the table), and its next record
+ * chains after the other's. */
+static void test_db_admin_chain_committed_then_moved_on(void **state)
+{
+    struct dbfx *f = *state;
+    audit_log *a = NULL;
+    audit_record r = rec("ok");
+    char sql[2048], report[2048];
+    size_t chains = 0;
+
+    (void)snprintf(sql, sizeof(sql), "ALTER DATABASE %s SET statement_timeout = '60s'", f->name);
+    assert_int_equal(pgtest_exec("postgres", sql), 0);
+    assert_int_equal(pgtest_exec(f->name,
+        "CREATE SEQUENCE late; "
+        "CREATE FUNCTION late() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN "
+        "  IF NEW.instance = 'gs-a/admin' AND nextval('late') = 1 THEN "
+        "    LOCK TABLE audit IN ACCESS EXCLUSIVE MODE; "
+        "    FOR i IN 1..400 LOOP "
+        "      PERFORM pg_stat_clear_snapshot(); "
+        "      EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "        AND wait_event_type = 'Lock' AND query LIKE '%audit%'); "
+        "      PERFORM pg_sleep(0.05); "
+        "    END LOOP; "
+        "    INSERT INTO audit (instance, seq, line) VALUES (NEW.instance, NEW.seq + 1, "
+        "      json_build_object('action', 'other', 'instance', NEW.instance, 'seq', NEW.seq + 1, "
+        "        'prev', encode(sha256(convert_to(NEW.line, 'UTF8')), 'hex'))::text); "
+        "  END IF; "
+        "  RETURN NULL; "
+        "END $$; "
+        "CREATE CONSTRAINT TRIGGER late AFTER INSERT ON audit DEFERRABLE INITIALLY DEFERRED "
+        "  FOR EACH ROW EXECUTE FUNCTION late()"), 0);
+    gs_store_set_timeout(1);
+    assert_int_equal(audit_open_db(f->url, "gs-a" GS_AUDIT_ADMIN_SUFFIX, &a), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    gs_store_set_timeout(10);
+    assert_int_equal(pgtest_int(f->name, "SELECT last_value FROM late"), 2);
+    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 2);
+    assert_int_equal(pgtest_exec(f->name, "DROP TRIGGER late ON audit"), 0);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    audit_close(a);
+    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 3);
+    assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
+    assert_non_null(strstr(report, "ok: 3 records"));
+}
+
 struct append_one {
     audit_log *log;
     audit_err rc;
@@ -1803,6 +1855,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_db_same_instance_twice_fails_closed, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_admin_chain_shared, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_admin_chain_takes_turns, db_setup, db_teardown),
+        cmocka_unit_test_setup_teardown(test_db_admin_chain_committed_then_moved_on, db_setup, db_teardown),
         cmocka_unit_test_setup_teardown(test_db_round_batches, db_setup, db_teardown),
     };
     int failed = cmocka_run_group_tests_name("file", tests, NULL, NULL);
