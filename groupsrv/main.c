@@ -79,7 +79,7 @@ static const char usage_text[] =
     "  check\n"
     "  tls init --dns NAME --out FILE [--key ec:p256|ec:p384 | --renew] [--subject CN] [--label LABEL] [--days N]\n"
     "  serve\n"
-    "  audit verify [--file PATH] [--no-follow]\n"
+    "  audit verify [--file PATH] [--no-follow] [--since ARCHIVE]\n"
     "  audit rotate [--file PATH]\n"
     "config: -c FILE, else $GROUPSRV_CONF, else " GS_CONFIG_DEFAULT_PATH "\n";
 

@@ -116,6 +116,7 @@ const char *audit_strerror(audit_err err)
     case AUDIT_ERR_CHAIN: return "audit log hash chain broken";
     case AUDIT_ERR_MISSING: return "an earlier audit log file named by the chain is missing";
     case AUDIT_ERR_TORN: return "audit log ends in an incomplete record (an interrupted write)";
+    case AUDIT_ERR_NOT_IN_CHAIN: return "not an earlier file of this audit log's chain";
     }
     return "unknown audit error";
 }
@@ -1624,7 +1625,7 @@ audit_err audit_started(audit_log *log, const audit_record *rec)
  * trust_first: take the first line's "prev" as given (a file checked alone
  * whose predecessors are elsewhere). */
 static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH + 1], int trust_first,
-                            size_t *lines, size_t *bad_line)
+                            char *start, size_t *lines, size_t *bad_line)
 {
     audit_err rc = AUDIT_ERR_IO;
     FILE *fp = NULL;
@@ -1672,8 +1673,11 @@ static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH
             *bad_line = n;
             goto out;
         }
-        if (n == 1 && trust_first)
+        if (n == 1 && trust_first) {
             memcpy(prev, p, 2 * SHA256_DIGEST_LENGTH);
+            if (start != NULL)
+                memcpy(start, p, 2 * SHA256_DIGEST_LENGTH + 1);
+        }
         int same = strcmp(p, prev) == 0;
         json_decref(o);
         if (!same) {
@@ -1700,7 +1704,7 @@ audit_err audit_verify_file(const char *path, size_t *lines, size_t *bad_line, c
 
     memset(prev, '0', sizeof(prev) - 1);
     prev[sizeof(prev) - 1] = '\0';
-    audit_err rc = verify_one(path, prev, 0, lines, bad_line);
+    audit_err rc = verify_one(path, prev, 0, NULL, lines, bad_line);
     if (head_hex != NULL)
         memcpy(head_hex, prev, sizeof(prev));
     return rc;
@@ -2198,29 +2202,55 @@ static audit_err chain_fail(audit_verify_result *res, audit_err rc, const char *
     return rc;
 }
 
-audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res)
+/* Whether path is the file st describes (a name of it, or a link). */
+static int same_file(const char *path, const struct stat *st)
+{
+    struct stat at;
+
+    return stat(path, &at) == 0 && at.st_dev == st->st_dev && at.st_ino == st->st_ino;
+}
+
+/* The walk of audit_verify_chain and audit_verify_chain_since: since NULL,
+ * back to the chain's start (follow) or path alone (!follow). */
+static audit_err verify_chain(const char *path, int follow, const char *since, audit_verify_result *res)
 {
     audit_err rc = AUDIT_ERR_ARGS;
     char **files = NULL, *prev_path = NULL;
     size_t nfiles = 0, lines = 0, bad = 0;
-    int missing = 0;
+    int missing = 0, found = 0;
+    struct stat since_st;
 
     if (path == NULL || res == NULL)
         return AUDIT_ERR_ARGS;
     memset(res, 0, sizeof(*res));
     memset(res->head, '0', sizeof(res->head) - 1);
+    /* The file to start at, by identity: a name given as ./A, dir/A or an
+     * absolute path is the archive the chain names A. */
+    if (since != NULL && stat(since, &since_st) != 0)
+        return chain_fail(res, AUDIT_ERR_IO, since, 0);
     /* Newest first: walk back along the "previous" names. */
     rc = AUDIT_ERR_NOMEM;
     if ((files = calloc(AUDIT_MAX_FILES, sizeof(*files))) == NULL || (files[0] = strdup(path)) == NULL)
         goto out;
     nfiles = 1;
     while (follow) {
+        if (since != NULL && same_file(files[nfiles - 1], &since_st)) {
+            found = 1;
+            break;
+        }
         if ((rc = predecessor_of(files[nfiles - 1], &prev_path)) != AUDIT_OK) {
             rc = chain_fail(res, rc, files[nfiles - 1], 1);
             goto out;
         }
-        if (prev_path == NULL)
+        if (prev_path == NULL) {
+            if (since != NULL) {
+                /* Never met since: checking from the chain's start would
+                 * pass whatever since is, so it is refused. */
+                rc = chain_fail(res, AUDIT_ERR_NOT_IN_CHAIN, since, 0);
+                goto out;
+            }
             break;
+        }
         if (access(prev_path, F_OK) != 0) {
             /* The files after it are still checked (the oldest one's first
              * link taken as given), so the admin learns whether they are
@@ -2237,8 +2267,8 @@ audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *
     }
     /* Oldest first, the chain carried from file to file. */
     for (size_t i = nfiles; i-- > 0;) {
-        int trust_first = (!follow && i == 0) || (missing && i == nfiles - 1);
-        rc = verify_one(files[i], res->head, trust_first, &lines, &bad);
+        int trust_first = (!follow && i == 0) || ((missing || found) && i == nfiles - 1);
+        rc = verify_one(files[i], res->head, trust_first, res->start, &lines, &bad);
         res->lines += lines;
         res->files++;
         if (rc != AUDIT_OK) {
@@ -2255,6 +2285,18 @@ out:
     free(files);
     free(prev_path);
     return rc;
+}
+
+audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res)
+{
+    return verify_chain(path, follow, NULL, res);
+}
+
+audit_err audit_verify_chain_since(const char *path, const char *since, audit_verify_result *res)
+{
+    if (since == NULL)
+        return AUDIT_ERR_ARGS;
+    return verify_chain(path, 1, since, res);
 }
 
 audit_err audit_reopen(audit_log *log)

@@ -35,6 +35,7 @@ typedef enum audit_err {
     AUDIT_ERR_MISSING,  /* verify: the earlier file a rotated log names is not there */
     AUDIT_ERR_TORN,     /* verify: every complete line verifies, but the file ends in an
                            unterminated one (an interrupted write, not tampering) */
+    AUDIT_ERR_NOT_IN_CHAIN, /* verify --since: the file to start at is not one the chain passes */
 } audit_err;
 
 const char *audit_strerror(audit_err err);
@@ -182,8 +183,20 @@ typedef struct audit_verify_result {
     size_t bad_line;      /* 1-based line of the problem in bad_file; 0 if none or the file is missing */
     char bad_file[4096];  /* the file with the problem, or the missing one */
     char head[65];        /* hex hash of the last good line */
+    char start[65];       /* the first line's "prev" taken as given ("" when none was) */
 } audit_verify_result;
 audit_err audit_verify_chain(const char *path, int follow, audit_verify_result *res);
+
+/* As audit_verify_chain, but the walk back stops at since (the same file,
+ * by device and inode, reached along the "previous" names from path):
+ * since's first line's "prev" is taken as given and returned in res->start
+ * for the caller to compare with the hash it recorded before the older
+ * files were moved away. Files older than since are not looked at; a
+ * missing file between since and path is still AUDIT_ERR_MISSING.
+ * AUDIT_ERR_NOT_IN_CHAIN: the walk reached the chain's start without
+ * passing since (res->bad_file: since); AUDIT_ERR_IO: since cannot be
+ * looked at. */
+audit_err audit_verify_chain_since(const char *path, const char *since, audit_verify_result *res);
 
 /* Verifies every instance's chain in the database's audit table, writing
  * one line per instance (and one per gap or broken record) to report.

@@ -986,8 +986,10 @@ __attribute__((format(printf, 1, 2))) static void audit_cmd_error(const char *fm
 }
 
 /* groupsrv audit verify: exit 0 good, 1 unreadable or an earlier file
- * missing, 3 broken chain or malformed line, 6 a torn tail only. */
-static int audit_verify_cmd(const char *file, int follow)
+ * missing (or --since not on the chain), 3 broken chain or malformed line,
+ * 6 a torn tail only. since: --since, the archive to start at (the older
+ * ones moved away), or NULL. */
+static int audit_verify_cmd(const char *file, int follow, const char *since)
 {
     audit_verify_result res;
     struct stat st;
@@ -999,8 +1001,16 @@ static int audit_verify_cmd(const char *file, int follow)
                         file);
         return 1;
     }
-    audit_err e = audit_verify_chain(file, follow, &res);
+    audit_err e = since != NULL ? audit_verify_chain_since(file, since, &res) : audit_verify_chain(file, follow, &res);
 
+    if (e == AUDIT_OK && since != NULL) {
+        /* The start is taken as given: printed for the operator to compare
+         * with the hash recorded before the older archives were moved away
+         * (a chain put in their place would start elsewhere). */
+        printf("ok: %zu lines in %zu files from %s, start %s, chain head %s\n", res.lines, res.files, since,
+               res.start[0] ? res.start : "(none: the file is empty)", res.head);
+        return 0;
+    }
     if (e == AUDIT_OK) {
         if (res.files > 1)
             printf("ok: %zu lines in %zu files, chain head %s\n", res.lines, res.files, res.head);
@@ -1011,6 +1021,11 @@ static int audit_verify_cmd(const char *file, int follow)
     if (e == AUDIT_ERR_MISSING) {
         audit_cmd_error("audit verify: %s: %s (%zu good lines after it)", res.bad_file, audit_strerror(e),
                         res.lines);
+        return 1;
+    }
+    if (e == AUDIT_ERR_NOT_IN_CHAIN) {
+        audit_cmd_error("audit verify: --since %s: %s (%s, followed back to its start, does not pass it)", since,
+                        audit_strerror(e), file);
         return 1;
     }
     if (e == AUDIT_ERR_IO || e == AUDIT_ERR_NOMEM || e == AUDIT_ERR_ARGS) {
@@ -1081,15 +1096,16 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
 {
     const char *file = cfg ? cfg->audit.path : NULL;
     int follow = 1, verify, explicit_file = 0;
+    const char *since = NULL;
     size_t chains = 0;
 
     if (argc < 2 || (strcmp(argv[1], "verify") != 0 && strcmp(argv[1], "rotate") != 0))
         return usage_error("audit: expected verify or rotate");
     verify = strcmp(argv[1], "verify") == 0;
     /* main.c's parser, as every other command: --opt VALUE or --opt=VALUE */
-    static const struct opt_def verify_defs[] = {{"--file", true}, {"--no-follow", false}};
+    static const struct opt_def verify_defs[] = {{"--file", true}, {"--no-follow", false}, {"--since", true}};
     struct args a;
-    int rc = parse_args(argc - 2, argv + 2, verify_defs, verify ? 2 : 1, &a);
+    int rc = parse_args(argc - 2, argv + 2, verify_defs, verify ? 3 : 1, &a);
     if (rc != 0)
         return rc;
     if (a.npos > 0)
@@ -1100,7 +1116,17 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
     }
     if (opt(&a, "--no-follow") != NULL)
         follow = 0;
+    since = opt(&a, "--since");
+    if (since != NULL && !follow)
+        return usage_error("audit verify: --since and --no-follow exclude each other");
+    if (since != NULL && since[0] == '\0')
+        return usage_error("audit verify: --since needs a file name");
     if (!explicit_file && cfg != NULL && strcmp(cfg->audit.store, "db") == 0) {
+        if (verify && since != NULL) {
+            audit_cmd_error("audit verify: --since is for a file log; [audit] store = db keeps rows, not "
+                            "archives (see docs/scale-out.md)");
+            return 2;
+        }
         if (!verify) {
             /* Rows in a table: archived by instance and sequence range, not rotated. */
             audit_cmd_error("audit rotate: [audit] store = db has no file to rotate (see docs/scale-out.md)");
@@ -1127,5 +1153,5 @@ int gs_cmd_audit(const struct gs_config *cfg, int argc, char **argv)
         audit_cmd_error("audit %s: no audit file ([audit] path or --file)", argv[1]);
         return 2;
     }
-    return verify ? audit_verify_cmd(file, follow) : audit_rotate_cmd(file);
+    return verify ? audit_verify_cmd(file, follow, since) : audit_rotate_cmd(file);
 }
