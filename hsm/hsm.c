@@ -73,15 +73,13 @@ static void pin_remember_rejected(const CK_TOKEN_INFO *ti, const char *pin, size
     OPENSSL_cleanse(md, sizeof(md));
 }
 
-/* A PIN source as a message may show it: a path or a variable's name,
- * never a value that is neither (it may be the PIN itself, written where
- * its source belongs). */
-static const char *source_shown(const char *src)
+bool hsm_pin_source_named(const char *src)
 {
-    if (src != NULL && (strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL))
-        return src;
-    return "the PIN source";
+    return src != NULL && (strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL);
 }
+
+/* A PIN source as a message may show it (hsm_pin_source_named). */
+static const char *source_shown(const char *src) { return hsm_pin_source_named(src) ? src : "the PIN source"; }
 
 /* Whether the refusal recorded at ctx->refusal_path (refusal.c) names
  * this token and this PIN source (src, pin: what was read from it); if so
@@ -1565,8 +1563,7 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
              * A value that is neither may be the PIN itself, written where
              * its source belongs: it is not shown. */
             const char *src = cfg->pin_source, *why = rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc);
-            bool named = strncmp(src, "env:", 4) == 0 || strncmp(src, "file:", 5) == 0 || strchr(src, '/') != NULL;
-            if (named)
+            if (hsm_pin_source_named(src))
                 hsm_set_detail("pin source %.200s: %s", src, why);
             else
                 hsm_set_detail("pin source (not shown: neither a path with a '/' nor env:NAME nor file:PATH): %s",

@@ -54,6 +54,12 @@ typedef struct hsm_pin_src {
     long mtime_ns, ctime_ns;
 } hsm_pin_src;
 
+/* Whether a message may show this PIN source (hsm.c): env:NAME, file:PATH
+ * or a path with a '/' names where the PIN is; any other value is not
+ * shown, as it may be the PIN itself written where its source belongs.
+ * NULL: false. */
+bool hsm_pin_source_named(const char *src);
+
 /* refusal.c: a PIN the token refused, remembered across processes at
  * hsm_config's refusal_path. src_stat takes the source's identity before
  * it is read; matches says whether the record names this token and this

@@ -439,9 +439,7 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
      * may be the PIN itself written where its source belongs; control
      * bytes as '?'. */
     char shown[201];
-    const char *ps = pin_source != NULL ? pin_source : "";
-    bool named = strncmp(ps, "env:", 4) == 0 || strncmp(ps, "file:", 5) == 0 || strchr(ps, '/') != NULL;
-    (void)snprintf(shown, sizeof(shown), "%s", named ? ps : "(not shown)");
+    (void)snprintf(shown, sizeof(shown), "%s", hsm_pin_source_named(pin_source) ? pin_source : "(not shown)");
     for (char *c = shown; *c != '\0'; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
             *c = '?';
