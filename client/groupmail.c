@@ -4,7 +4,6 @@
  * Exit codes: 0 ok, 1 local error, 2 usage, 3 not a member / refused,
  * 4 server unreachable or unusable, 5 bad message.
  */
-#define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -17,7 +16,6 @@
 #include <unistd.h>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <curl/curl.h>
@@ -521,20 +519,6 @@ typedef struct gm_out {
  * opened and written, never renamed over (as root, a regular file
  * holding the plaintext in place of /dev/null). */
 static util_out_kind out_kind_of(const gm_config *c) { return util_out_kind_of(c->out); }
-
-/* An anonymous memory file for plaintext, read and write, or NULL with
- * errno set (no fallback to a disk file: plaintext must not land there). */
-static FILE *memory_file(const char *name)
-{
-    FILE *f;
-    int fd = memfd_create(name, MFD_CLOEXEC);
-
-    if (fd < 0)
-        return NULL;
-    if ((f = fdopen(fd, "w+b")) == NULL)
-        close(fd);
-    return f;
-}
 
 static int out_open(const gm_config *c, gm_out *o, mode_t mode, bool plaintext)
 {
@@ -1069,7 +1053,7 @@ static int cmd_send(gm_config *c)
     rc = GM_EXIT_ERROR;
     /* Until it is known to be encrypted, the input may be plaintext sent
      * by mistake: it is staged in memory, never in a disk file. */
-    enc = c->encrypt_first ? tmpfile() : memory_file("groupmail-send");
+    enc = c->encrypt_first ? tmpfile() : util_memory_file("groupmail-send");
     if (enc == NULL || (wire = tmpfile()) == NULL || (tb = BIO_new_fp(enc, BIO_NOCLOSE)) == NULL) {
         gm_err("cannot create a temporary file");
         goto out;

@@ -242,12 +242,10 @@ out:
     return rc;
 }
 
-/* An anonymous memory file, read and write, or NULL with errno set (no
- * fallback to a disk file: plaintext must not land there). */
-static FILE *memory_file(void)
+FILE *util_memory_file(const char *name)
 {
     FILE *f;
-    int fd = memfd_create("out-staged", MFD_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC);
 
     if (fd < 0)
         return NULL;
@@ -287,7 +285,7 @@ int util_out_open(const char *path, mode_t mode, int flags, util_out **op)
         o->dest = o->kind == UTIL_OUT_STDERR ? stderr : stdout;
     }
     rc = UTIL_OUT_E_STAGE;
-    if ((o->tmp = (flags & UTIL_OUT_MEMORY) ? memory_file() : tmpfile()) == NULL)
+    if ((o->tmp = (flags & UTIL_OUT_MEMORY) ? util_memory_file("out-staged") : tmpfile()) == NULL)
         goto out;
     rc = UTIL_OUT_OK;
 out:

@@ -50,6 +50,11 @@ typedef enum util_out_kind {
     UTIL_OUT_STREAM, /* an existing named pipe or character device, opened by name */
 } util_out_kind;
 
+/* An anonymous memory file (memfd: no name in any file system; name is
+ * what /proc shows), read and write, close-on-exec, or NULL with errno
+ * set. No fallback to a disk file: plaintext must not land there. */
+FILE *util_memory_file(const char *name);
+
 /* Flags of util_out_open. */
 #define UTIL_OUT_MEMORY 1 /* stage in an anonymous memory file (memfd), never on disk: plaintext */
 
