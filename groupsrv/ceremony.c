@@ -318,6 +318,27 @@ static bool want_secret(const struct export_sel *sel, const gs_store_secret *s)
     return s->state != GS_KEY_RETIRED && (sel->all || s->version == sel->secret_version);
 }
 
+/* The line naming a key of group this token cannot give (why: "not on
+ * this token", ...) and where to get it: the server whose token made it,
+ * with the export that ships it. kind and opt: "key version " and
+ * "--version", or "secret key version " and "--secret-version"; opt NULL
+ * for the rejection key (only --all ships it). Said alike by `group
+ * export --all` (what it left out) and `group import` (what is still
+ * missing). Names and labels are bounded (names.h): 512 bytes hold it. */
+static void give_from_maker(char line[512], const char *group, const char *kind, const char *opt, unsigned version,
+                            const char *label, const char *why)
+{
+    if (opt == NULL)
+        (void)snprintf(line, 512,
+                       "the rejection key (%s): %s; give it from the server whose token made it (`group export %s "
+                       "--all`)",
+                       label, why, group);
+    else
+        (void)snprintf(line, 512,
+                       "%s%u (%s): %s; give it from the server whose token made it (`group export %s %s %u`)", kind,
+                       version, label, why, group, opt, version);
+}
+
 /* One key --all leaves out: what it is, why, and where to get it. The
  * slot of the shipment it took is made empty again for the next key. */
 static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
@@ -325,19 +346,12 @@ static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **r
     char line[512];
     const char *kind = k->kind == GSK_KIND_SECRET ? "secret key version " : k->kind == GSK_KIND_GROUP ? "key version "
                                                                                                        : "";
-    const char *opt = k->kind == GSK_KIND_SECRET ? "--secret-version" : "--version";
+    const char *opt = k->kind == GSK_KIND_REJECT   ? NULL
+                      : k->kind == GSK_KIND_SECRET ? "--secret-version"
+                                                   : "--version";
 
-    const char *where = why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here";
-
-    if (k->kind == GSK_KIND_REJECT)
-        (void)snprintf(line, sizeof(line),
-                       "the rejection key (%s): %s; give it from the server whose token made it (`group export %s "
-                       "--all`)",
-                       k->label, where, group);
-    else
-        (void)snprintf(line, sizeof(line),
-                       "%s%u (%s): %s; give it from the server whose token made it (`group export %s %s %u`)", kind,
-                       k->version, k->label, where, group, opt, k->version);
+    give_from_maker(line, group, kind, opt, k->version, k->label,
+                    why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here");
     free(k->cert_pem);
     memset(k, 0, sizeof(*k));
     hsm_key_free(*ref);
@@ -1180,20 +1194,15 @@ static gs_err group_copy_rows(void *arg)
 static unsigned still_missing(struct env *e, const char *group, const char *kind, const char *opt, unsigned version,
                               const char *label, hsm_key_class cls)
 {
+    char line[512];
     hsm_key *k = NULL;
     hsm_err he = hsm_key_find(e->hsm, label, cls, &k);
 
     hsm_key_free(k);
     if (he != HSM_ERR_KEY_NOT_FOUND)
         return 0;
-    if (opt == NULL)
-        printf("missing: the rejection key (%s): not on this token; give it from the server whose token made it "
-               "(`group export %s --all`)\n",
-               label, group);
-    else
-        printf("missing: %s%u (%s): not on this token; give it from the server whose token made it (`group export "
-               "%s %s %u`)\n",
-               kind, version, label, group, opt, version);
+    give_from_maker(line, group, kind, opt, version, label, "not on this token");
+    printf("missing: %s\n", line);
     return 1;
 }
 
