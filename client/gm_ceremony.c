@@ -173,7 +173,7 @@ int gm_cmd_keys_transport(gm_config *c)
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);
-    info = written.kind == UTIL_OUT_STDOUT ? stderr : stdout; /* standard output holds only the key */
+    info = util_out_info_stream(written.kind); /* standard output holds only the key */
     fprintf(info, "transport key %s made on token %s\nsha256 %s\n", label, desc, spoken);
     fprintf(info, "wrote %s: give it to the group's administrator and read them the fingerprint over another channel\n",
             c->out);

@@ -172,6 +172,8 @@ util_out_kind util_out_kind_of(const char *path)
     return k == UTIL_OUT_CLOSED || k == UTIL_OUT_OTHER ? UTIL_OUT_FILE : k;
 }
 
+FILE *util_out_info_stream(util_out_kind kind) { return kind == UTIL_OUT_STDOUT ? stderr : stdout; }
+
 /* Is dir a sticky directory others can write (world- or group-writable,
  * as fs.protected_fifos = 2 takes them) in which st is another user's
  * (neither this user's nor the directory owner's)? Unknown: yes. */

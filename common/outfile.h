@@ -70,6 +70,11 @@ typedef struct util_out_written {
  * choosing where other text goes (util_out_open decides again). */
 util_out_kind util_out_kind_of(const char *path);
 
+/* Where a command writing --out of this kind puts its own lines
+ * ("wrote ...", a fingerprint): standard error when --out is standard
+ * output (which then holds only the file), else standard output. */
+FILE *util_out_info_stream(util_out_kind kind);
+
 /* Opens path for output as above; mode is a regular file's (0600 for
  * one that holds secrets). *o is the caller's until util_out_commit or
  * util_out_abort. 0 or UTIL_OUT_E_*. */

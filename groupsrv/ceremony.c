@@ -232,7 +232,7 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         goto out;
     }
     gsk_fingerprint_spoken(fp, spoken);
-    info = written.kind == UTIL_OUT_STDOUT ? stderr : stdout; /* standard output holds only the key */
+    info = util_out_info_stream(written.kind); /* standard output holds only the key */
     fprintf(info, "transport key %s made on token %s (RSA-%u, unwrap only, never extractable)\n", label, desc,
             GSK_TRANSPORT_BITS);
     fprintf(info, "sha256 %s\n", spoken);

@@ -207,7 +207,7 @@ gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, uti
     return gs_err_set(GS_ERR_IO, "cannot write %s: %s", path, util_out_strerror(ur));
 }
 
-FILE *info_stream(const char *path) { return util_out_kind_of(path) == UTIL_OUT_STDOUT ? stderr : stdout; }
+FILE *info_stream(const char *path) { return util_out_info_stream(util_out_kind_of(path)); }
 
 /* --use-key with a pin-value: exit 1, the URI not shown (the database
  * would record it, and an error line would show the PIN). */
