@@ -5,11 +5,20 @@
 #ifndef GS_XP_CMD_H
 #define GS_XP_CMD_H
 
+#include <stdbool.h>
+
 #include "xp.h"
 
 int cmd_deliver(const xp_conf *c, int argc, char **argv);
 int cmd_run(const xp_conf *c, int argc, char **argv);
 int cmd_list(const xp_conf *c, int argc, char **argv);
+/* Their command lines checked alone, before the configuration is read
+ * (main), so a usage error is 64 whatever the file: 0, or 64 with its
+ * one line said. cmd_run and cmd_list check again (the same words pass).
+ * deliver's is not checked first: under the MTA a configuration that
+ * cannot be read keeps the mail (75), not bounce it. */
+int cmd_run_args(int argc, char **argv, bool *once);
+int cmd_list_args(int argc, char **argv);
 
 /* A usage error: one line on standard error, "STATUS exploder: WHAT (see
  * exploder --help)" (status "5.3.0 " for deliver, whose line the MTA puts

@@ -366,13 +366,9 @@ out:
     return ex;
 }
 
-int cmd_list(const xp_conf *c, int argc, char **argv)
+int cmd_list_args(int argc, char **argv)
 {
-    spool *s = NULL;
-    xp_err rc;
-    int ex;
-
-    /* argv[0] is the verb: checked before the spool is opened */
+    /* argv[0] is the verb */
     if (argc < 1 || (strcmp(argv[0], "create") != 0 && strcmp(argv[0], "add") != 0 &&
                      strcmp(argv[0], "remove") != 0 && strcmp(argv[0], "show") != 0 && strcmp(argv[0], "set") != 0))
         return xp_usage_error("", "list: expected create, add, remove, set or show%s%.40s",
@@ -391,6 +387,17 @@ int cmd_list(const xp_conf *c, int argc, char **argv)
             return xp_usage_error("", "list %s: expected the list ADDR first, not %.40s", argv[0], argv[i]);
         return xp_usage_error("", "list %s: unknown option %.40s", argv[0], argv[i]);
     }
+    return 0;
+}
+
+int cmd_list(const xp_conf *c, int argc, char **argv)
+{
+    spool *s = NULL;
+    xp_err rc;
+    int ex;
+
+    if ((ex = cmd_list_args(argc, argv)) != 0)
+        return ex;
     if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
         fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
         return 1;

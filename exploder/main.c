@@ -94,6 +94,13 @@ int main(int argc, char **argv)
     /* before the configuration: a typo is a usage error, whatever the file */
     if (strcmp(cmd, "deliver") != 0 && strcmp(cmd, "run") != 0 && strcmp(cmd, "list") != 0)
         return xp_usage_error("", "unknown command %.40s", cmd);
+    /* run's and list's arguments too (as groupmail keys does): `list show
+     * --help` with no readable configuration is 64, not 78 */
+    bool run_once;
+    if (strcmp(cmd, "run") == 0 && (ex = cmd_run_args(argc - i, argv + i, &run_once)) != 0)
+        return ex;
+    if (strcmp(cmd, "list") == 0 && (ex = cmd_list_args(argc - i - 1, argv + i + 1)) != 0)
+        return ex;
     if (conf_path == NULL)
         conf_path = getenv("EXPLODER_CONF");
     if (conf_path == NULL)

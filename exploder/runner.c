@@ -669,27 +669,38 @@ static xp_err run_pass(const xp_conf *c, spool *s, xp_transport *t, size_t *work
     return XP_OK;
 }
 
-int cmd_run(const xp_conf *c, int argc, char **argv)
+int cmd_run_args(int argc, char **argv, bool *once)
 {
     static const struct option opts[] = {{"once", no_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
-    bool once = false;
-    spool *s = NULL;
-    xp_transport *t = NULL;
-    char lockpath[4096];
-    int lockfd = -1, opt, ex = 1, n;
-    struct sigaction sa;
-    xp_err rc;
+    int opt;
 
+    *once = false;
     optind = 1;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":o", opts, NULL)) != -1) {
         if (opt == 'o')
-            once = true;
+            *once = true;
         else
             return xp_getopt_error("", "run", opt, argv);
     }
     if (optind != argc)
         return xp_usage_error("", "run: unexpected argument %.40s", argv[optind]);
+    return 0;
+}
+
+int cmd_run(const xp_conf *c, int argc, char **argv)
+{
+    bool once = false;
+    spool *s = NULL;
+    xp_transport *t = NULL;
+    char lockpath[4096];
+    int lockfd = -1, ex = 1, n;
+    struct sigaction sa;
+    xp_err rc;
+
+    if ((ex = cmd_run_args(argc, argv, &once)) != 0)
+        return ex;
+    ex = 1;
     if ((rc = spool_open(c->spool_path, &s)) != XP_OK) {
         fprintf(stderr, "exploder: cannot open spool: %s\n", xp_strerror(rc));
         ex = XP_EX_TEMPFAIL;

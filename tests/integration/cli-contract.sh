@@ -302,6 +302,13 @@ expect 64 "^exploder: list show: expected one list ADDR $usage" "exploder list s
 # an option where an address goes is a usage error, not a list or member not found
 expect 64 "^exploder: list show: expected the list ADDR first, not --help $usage" "exploder list show --help" -- \
   "$xp" -c "$xconf" list show --help
+# the same before the configuration is read: a usage error is 64 whatever the file
+expect 64 "^exploder: list show: expected the list ADDR first, not --help $usage" \
+  "exploder list show --help, no readable configuration" -- "$xp" -c "$work/no-such.conf" list show --help
+expect 64 "^exploder: run: unknown option --bogus $usage" "exploder run --bogus, no readable configuration" -- \
+  "$xp" -c "$work/no-such.conf" run --bogus
+expect 78 "^exploder: cannot read $work/no-such\.conf: " "exploder list show ADDR, no readable configuration" -- \
+  "$xp" -c "$work/no-such.conf" list show eng@lists.example.org
 expect 64 "^exploder: list add: unknown option --bogus $usage" "exploder list add ADDR --bogus (the list exists)" -- \
   "$xp" -c "$xconf" list add eng@lists.example.org --bogus
 expect 64 "^exploder: list remove: unknown option -x $usage" "exploder list remove ADDR MEMBER -x" -- \
