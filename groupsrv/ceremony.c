@@ -126,7 +126,7 @@ static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
     }
     if ((buf = calloc(1, SO_PIN_MAX + 2)) == NULL) {
         close(fd);
-        return GS_ERR_NOMEM;
+        return gs_err_set(GS_ERR_NOMEM, "out of memory reading the SO PIN");
     }
     quiet = old;
     quiet.c_lflag &= ~(tcflag_t)ECHO;
@@ -273,7 +273,7 @@ static gs_err add_key(hsm_ctx *hsm, gsk_key *k, hsm_key **ref, gsk_kind kind, un
     if (util_strlcpy(k->label, label, sizeof(k->label)) != UTIL_OK)
         return gs_err_set(GS_ERR_ARGS, "label %s too long", label);
     if (cert_pem != NULL && (k->cert_pem = strdup(cert_pem)) == NULL)
-        return GS_ERR_NOMEM;
+        return gs_err_set(GS_ERR_NOMEM, "out of memory copying the certificate of %s", label);
     if (kek_id != NULL)
         memcpy(k->kek_id, kek_id, sizeof(k->kek_id));
     he = hsm_key_find(hsm, label, kind == GSK_KIND_GROUP || kind == GSK_KIND_CA ? HSM_CLASS_PRIVATE : HSM_CLASS_SECRET,
@@ -356,7 +356,11 @@ static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **r
     memset(k, 0, sizeof(*k));
     hsm_key_free(*ref);
     *ref = NULL;
-    return json_array_append_new(left, json_string(line)) == 0 ? GS_OK : GS_ERR_NOMEM;
+    /* the detail said why the key was left out: replaced, so that a
+     * failure here is not reported as that reason */
+    if (json_array_append_new(left, json_string(line)) != 0)
+        return gs_err_set(GS_ERR_NOMEM, "out of memory listing the keys left out");
+    return GS_OK;
 }
 
 /* Fills the shipment from the rows: --all is every non-retired key of the
@@ -407,7 +411,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     if (err)
         goto out;
     if (gsk_manifest_new(n, &m) != GSK_OK || (refs = calloc(n, sizeof(*refs))) == NULL) {
-        err = GS_ERR_NOMEM;
+        err = gs_err_set(GS_ERR_NOMEM, "out of memory for a shipment of %zu keys", n);
         goto out;
     }
     /* The rows come newest first; the shipment lists versions oldest first. */
@@ -672,7 +676,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         goto refused;
     }
     if ((left = json_array()) == NULL) {
-        err = GS_ERR_NOMEM;
+        err = gs_err_set(GS_ERR_NOMEM, "out of memory");
         goto refused;
     }
     if ((err = select_keys(e, g, &sel, &m, &refs, left)) != GS_OK)
@@ -734,7 +738,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
         goto refused;
     }
     if (gsk_manifest_new(1, &m) != GSK_OK) {
-        err = GS_ERR_NOMEM;
+        err = gs_err_set(GS_ERR_NOMEM, "out of memory for the shipment");
         goto refused;
     }
     if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
@@ -883,7 +887,7 @@ static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_sto
         goto out; /* signed by this database's CA: a server of this cluster */
     for (size_t i = 0; i < nk && !*yes; i++) {
         if ((bio = BIO_new_mem_buf(keys[i].cert_pem, -1)) == NULL) {
-            err = GS_ERR_NOMEM;
+            err = gs_err_set(GS_ERR_NOMEM, "out of memory reading a key version's certificate");
             goto out;
         }
         /* every certificate recorded, those import-cert replaced included */
@@ -1085,7 +1089,7 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
     int rc;
 
     if (refs == NULL)
-        return fail(GS_ERR_NOMEM);
+        return fail(gs_err_set(GS_ERR_NOMEM, "out of memory"));
     if ((err = labels_free(im, items, n, recorded)) != GS_OK) {
         rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));
         goto out;
@@ -1311,7 +1315,7 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     items = calloc(n, sizeof(*items));
     gi.was_recorded = calloc(n, sizeof(*gi.was_recorded));
     if (items == NULL || gi.was_recorded == NULL) {
-        rc = import_refused(&im, m->group.name, GS_ERR_NOMEM);
+        rc = import_refused(&im, m->group.name, gs_err_set(GS_ERR_NOMEM, "out of memory"));
         goto out;
     }
     bool origin_here = false;

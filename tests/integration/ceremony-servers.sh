@@ -400,6 +400,19 @@ grep -q "^left out: key version $gv (gs:group:eng:v$gv): not on this token; give
   "$work/out" || fail "alpha's --all does not name gamma's version $gv: $(cat "$work/out")"
 grep -q "^not complete" "$work/out" || fail "alpha's --all does not say the file is not complete: $(cat "$work/out")"
 audit_has "$work/alpha/audit.jsonl" group-export ok '"left_out":\['
+# out of memory naming a key left out: said as that, not as the reason the
+# key was left out (the detail add_key had set), and nothing written
+if [ -n "${GS_JSONFAULT_MODULE:-}" ]; then
+  rm -f "$work/eng-eps-oom.gsk"
+  oom_export() {
+    LD_PRELOAD=$GS_JSONFAULT_MODULE GS_JSONFAULT_MATCH="whose token made it" \
+      ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+      gs_alpha group export eng --all --to "$work/eps-transport.pem" --out "$work/eng-eps-oom.gsk"
+  }
+  expect 1 "group export --all, out of memory naming a key left out" -- oom_export
+  expect_msg "out of memory listing the keys left out"
+  [ ! -e "$work/eng-eps-oom.gsk" ] || fail "an export that ran out of memory wrote $work/eng-eps-oom.gsk"
+fi
 expect 0 "group import on eps of what alpha's token gave" -- gs_eps group import --in "$work/eng-eps.gsk"
 # the operator at eps may not see alpha's output: the import itself says
 # what this token still lacks, and where to get it
