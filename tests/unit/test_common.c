@@ -25,6 +25,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "mailaddr.h"
+#include "mailfold.h"
 #include "outfile.h"
 #include "util.h"
 
@@ -392,6 +393,49 @@ static void test_auth_clear_rule(void **state)
     assert_true(util_auth_clear_allows(UTIL_AUTH_CLEAR_LOOPBACK, "smtp://127.0.0.1:25"));
     assert_false(util_auth_clear_allows(UTIL_AUTH_CLEAR_LOOPBACK, "smtp://192.0.2.1:25"));
     assert_true(util_auth_clear_allows(UTIL_AUTH_CLEAR_YES, "smtp://192.0.2.1:25"));
+}
+
+/* mailfold never folds a field's first line before its colon: with white
+ * space between name and colon (RFC 5322 obs-optional, "To :"), a fold
+ * there left a line "To" with no colon, no field at all. Such a line with
+ * no white space after the colon goes as it came; with some, the fold goes
+ * after the colon; unfolded, the field is as it came. */
+static void test_mailfold_keeps_colon(void **state)
+{
+    char in[1200], out[1300], un[1300];
+    size_t n, o, u = 0;
+    (void)state;
+
+    /* "To :" and a 996-octet run: nowhere after the colon to fold */
+    n = (size_t)snprintf(in, sizeof(in), "To :%0996d\r\n", 0);
+    o = mailfold(NULL, in, n, "\r\n");
+    assert_int_equal(o, n);
+    assert_int_equal(mailfold(out, in, n, "\r\n"), n);
+    assert_memory_equal(out, in, n);
+
+    /* white space on both sides of the colon, a long run after: the fold
+     * is after the colon, each line within 998 and its first one the
+     * field's name and colon */
+    n = (size_t)snprintf(in, sizeof(in), "Subject\t: %0500d %0600d\n", 0, 0);
+    o = mailfold(NULL, in, n, "\n");
+    assert_true(o > n && o < sizeof(out));
+    o = mailfold(out, in, n, "\n");
+    for (size_t i = 0, ls = 0; i < o; i++) {
+        if (out[i] != '\n')
+            continue;
+        assert_true(i - ls <= MAILFOLD_MAX_LINE);
+        if (ls == 0)
+            assert_non_null(memchr(out, ':', i));
+        else
+            assert_true(out[ls] == ' ' || out[ls] == '\t');
+        ls = i + 1;
+    }
+    assert_memory_equal(out, "Subject\t: ", 10);
+    for (size_t i = 0; i < o; i++) /* unfold: a newline before white space out */
+        if (!(out[i] == '\n' && i + 1 < o))
+            un[u++] = out[i];
+    assert_int_equal(u, n);
+    assert_memory_equal(un, in, n);
 }
 
 /* The one address rule of groupsrv, the exploder and groupmail: RFC 5321
@@ -923,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_out_refuses_socket),
         cmocka_unit_test(test_out_closed_std),
         cmocka_unit_test(test_mailaddr),
+        cmocka_unit_test(test_mailfold_keeps_colon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
