@@ -294,7 +294,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
 {
     size_t hdr_end, body_start, idx;
     const char *body;
-    bool crlf;
+    bool crlf, plain;
     xp_err rc;
     BIO *in = NULL;
     env_message *msg = NULL;
@@ -316,6 +316,15 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
     }
+    /* plain mail: only a forward list that explicitly allows it (told
+     * first: a sender sent to re-encode a long line would be refused
+     * again for what the list does not take at all) */
+    plain = !is_pkcs7_mime(data, hdr_end);
+    if (plain && !(l->mode == XP_MODE_FORWARD && !l->require_encrypted)) {
+        if (why != NULL)
+            *why = not_encrypted_why(data, len, hdr_end, c->max_message_size);
+        return XP_ERR_NOT_ENCRYPTED;
+    }
     /* Forward mode sends the body as it came: a line over RFC 5322's 998
      * octets would make a relay that holds SMTP to them refuse every
      * member's copy, and the sender learn of it in a bounce for the whole
@@ -332,14 +341,8 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
                    "base64)";
         return XP_ERR_FORMAT;
     }
-    if (!is_pkcs7_mime(data, hdr_end)) {
-        /* plain mail: only a forward list that explicitly allows it */
-        if (l->mode == XP_MODE_FORWARD && !l->require_encrypted)
-            return XP_OK;
-        if (why != NULL)
-            *why = not_encrypted_why(data, len, hdr_end, c->max_message_size);
-        return XP_ERR_NOT_ENCRYPTED;
-    }
+    if (plain)
+        return XP_OK;
     if (l->mode == XP_MODE_FORWARD && !l->require_encrypted && l->group_cert == NULL)
         return XP_OK;
     if (!has_cert(l->group_cert)) {

@@ -8,7 +8,8 @@
 #  - forward mode: an S/MIME body of base64 without line breaks goes out
 #    in lines of 76 (the same CMS), so the relay takes every copy; a plain
 #    post with a body line over 998 octets is refused at deliver (65,
-#    5.6.0, saying why), nothing spooled.
+#    5.6.0, saying why), nothing spooled; on a list that takes only
+#    encrypted mail it is refused for that (77), not for its long line.
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 xp_setup message-form
@@ -82,5 +83,16 @@ xp deliver --list $L --sender alice@example.org <"$W/plainlong.eml" 2>"$W/delive
 grep -q "^5\.6\.0 $L: malformed message: its body has a line longer than 998 octets" "$W/deliver.err" ||
   fail "long body line reason: $(cat "$W/deliver.err")"
 [ "$(wc -l <"$W/deliver.err")" = 1 ] || fail "stderr is not one line"
+xp_spool_empty
+# the same post to a forward list that takes only encrypted mail: told
+# that (77), not sent to re-encode its long line only to be refused again
+E=enc@lists.example.org
+xp list create $E --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" >/dev/null
+xp list add $E m1@example.net >/dev/null
+sed "s/^To: .*/To: $E/" "$W/plainlong.eml" >"$W/plainlong-enc.eml"
+rc=0
+xp deliver --list $E --sender alice@example.org <"$W/plainlong-enc.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 77 ] || fail "a plain post with a long line to an encrypted-only list: exit $rc, want 77 ($(cat "$W/deliver.err"))"
+grep -q "longer than 998" "$W/deliver.err" && fail "encrypted-only list gave the long-line reason: $(cat "$W/deliver.err")"
 xp_spool_empty
 echo "exploder message form: ok"
