@@ -80,12 +80,21 @@ static const char *const routing_headers[] = {"From", "To", "Cc", "Date", "Messa
  * recipients, and every member of the list decrypts the inner copy. */
 static const char *const blind_headers[] = {"Bcc", "Resent-Bcc"};
 
-/* Whether the header field starting at line is one of names[0..n). */
-static bool header_is(const char *line, size_t len, const char *const *names, size_t n)
+/* Whether the header field starting at line is one of names[0..n). With
+ * obs, the name may be followed by white space before its colon (RFC 5322
+ * 4.5's obsolete syntax, "Bcc :", which readers take): such a Bcc is a
+ * blind copy all the same, never put inside for every member to read.
+ * Routing fields are copied outside only as "Name:", the form the
+ * exploder and this reader take (a "To :" stays inside). */
+static bool header_is(const char *line, size_t len, const char *const *names, size_t n, bool obs)
 {
     for (size_t i = 0; i < n; i++) {
         size_t k = strlen(names[i]);
-        if (len > k && strncasecmp(line, names[i], k) == 0 && line[k] == ':')
+        if (len <= k || strncasecmp(line, names[i], k) != 0)
+            continue;
+        while (obs && k < len && (line[k] == ' ' || line[k] == '\t'))
+            k++;
+        if (k < len && line[k] == ':')
             return true;
     }
     return false;
@@ -93,12 +102,12 @@ static bool header_is(const char *line, size_t len, const char *const *names, si
 
 static bool is_routing(const char *line, size_t len)
 {
-    return header_is(line, len, routing_headers, sizeof(routing_headers) / sizeof(routing_headers[0]));
+    return header_is(line, len, routing_headers, sizeof(routing_headers) / sizeof(routing_headers[0]), false);
 }
 
 static bool is_blind(const char *line, size_t len)
 {
-    return header_is(line, len, blind_headers, sizeof(blind_headers) / sizeof(blind_headers[0]));
+    return header_is(line, len, blind_headers, sizeof(blind_headers) / sizeof(blind_headers[0]), true);
 }
 
 /* Reads the RFC 5322 header block of in into *hdr (with what follows it in

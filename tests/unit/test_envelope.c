@@ -255,6 +255,35 @@ static void test_kari_params(void **state)
     free(enc);
 }
 
+/* The obsolete syntax of RFC 5322 4.5 (white space before the colon,
+ * "Bcc :") is a blind copy all the same: its field stays out of the
+ * encrypted copy every member reads. */
+static void test_mime_framing_obs_colon(void **state)
+{
+    static const char mail[] = "From: alice@example.org\nTo :\tlist@example.org\nBcc\t : hidden@example.org,\n"
+                               "  other@example.org\nSubject: s\nResent-Bcc :r@example.org\n\nbody\n";
+    env_encrypt_opts o = {.input_is_mime = true};
+    unsigned char *enc = NULL;
+    size_t enclen, outlen;
+    env_message *msg = NULL;
+    char *out = NULL;
+    (void)state;
+
+    assert_int_equal(encrypt_mem(&o, rsa_cert, mail, strlen(mail), &enc, &enclen), ENV_OK);
+    enc[enclen] = '\0';
+    assert_non_null(strstr((char *)enc, "From: alice@example.org\n"));
+    assert_null(strstr((char *)enc, "hidden@"));
+    assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
+    assert_int_equal(decrypt_mem(msg, rsa_cert, rsa_key, &out, &outlen), ENV_OK);
+    assert_non_null(strstr(out, "Subject: s\r\n"));
+    assert_null(strstr(out, "hidden@"));
+    assert_null(strstr(out, "other@"));
+    assert_null(strstr(out, "r@example.org"));
+    free(out);
+    env_message_free(msg);
+    free(enc);
+}
+
 static void test_mime_framing(void **state)
 {
     static const char mail[] = "From: alice@example.org\nTo: list@example.org\nBcc: hidden@example.org,\n"
@@ -1264,7 +1293,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_rsa),  cmocka_unit_test(test_roundtrip_ecdh),
         cmocka_unit_test(test_content_alg_names),
-        cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing),
+        cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing), cmocka_unit_test(test_mime_framing_obs_colon),
         cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
         cmocka_unit_test(test_recipient_issuer_names),
