@@ -140,6 +140,34 @@ bool mail_header_present(const char *hdrs, size_t len, const char *name)
     return false;
 }
 
+bool mail_header_has_value(const char *hdrs, size_t len, const char *name)
+{
+    size_t pos = 0, start, end, nlen, want = strlen(name);
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
+        if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
+            continue;
+        for (size_t i = start + nlen + 1; i < end; i++)
+            if (hdrs[i] != ' ' && hdrs[i] != '\t' && hdrs[i] != '\r' && hdrs[i] != '\n')
+                return true;
+    }
+    return false;
+}
+
+size_t mail_header_remove(char *hdrs, size_t len, const char *name)
+{
+    size_t pos = 0, start, end, nlen, want = strlen(name);
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
+        if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
+            continue;
+        memmove(hdrs + start, hdrs + end, len - end);
+        len -= end - start;
+        pos = start;
+    }
+    return len;
+}
+
 size_t mail_longest_line(const char *p, size_t n)
 {
     size_t longest = 0;

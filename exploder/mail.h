@@ -70,6 +70,14 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 /* True if hdrs[0, len) has a field called name (case insensitive). */
 bool mail_header_present(const char *hdrs, size_t len, const char *name);
 
+/* True if hdrs[0, len) has a field called name (case insensitive) whose
+ * value is more than white space. */
+bool mail_header_has_value(const char *hdrs, size_t len, const char *name);
+
+/* Takes every field called name (case insensitive), with its folded
+ * lines, out of hdrs[0, len) in place; returns the length left. */
+size_t mail_header_remove(char *hdrs, size_t len, const char *name);
+
 /* RFC 5322 2.1.1: a line is at most 998 octets, its CRLF aside; SMTP
  * relays may hold DATA to it (RFC 5321 4.5.3.1.6) and refuse the rest. */
 #define MAIL_MAX_LINE 998u

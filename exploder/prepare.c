@@ -513,7 +513,9 @@ out:
  * transaction got its own (Postfix adds one to mail from its inet
  * interfaces). RFC 5322 3.6.4: "<" 32 random hex digits "@" the list's
  * domain ">", unpredictable (it names nothing of the post or its sender).
- * A post's own Message-ID is kept as it came. */
+ * A post's own Message-ID is kept as it came; an empty one (nothing but
+ * white space) names nothing: it goes, and the list's takes its place
+ * (a relay adds none when the field is there, empty or not). */
 static xp_err add_message_id(const char *orig, size_t olen, const char *list_addr, bool crlf, char **hdrs,
                              size_t *hlen)
 {
@@ -523,12 +525,16 @@ static xp_err add_message_id(const char *orig, size_t olen, const char *list_add
     char *t;
     int w;
 
-    if (mail_header_present(orig, olen, "Message-ID"))
+    if (mail_header_has_value(orig, olen, "Message-ID"))
         return XP_OK;
     if (at == NULL || at[1] == '\0')
         return XP_ERR_FORMAT;
     if (util_random_id(id, 16) != UTIL_OK)
         return XP_ERR_TEMP; /* no random bytes now: tried again, not failed */
+    if (mail_header_present(*hdrs, *hlen, "Message-ID")) {
+        *hlen = mail_header_remove(*hdrs, *hlen, "Message-ID");
+        (*hdrs)[*hlen] = '\0';
+    }
     w = snprintf(line, sizeof(line), "Message-ID: <%s@%s>%s", id, at + 1, crlf ? "\r\n" : "\n");
     if (w < 0 || (size_t)w >= sizeof(line))
         return XP_ERR_TOO_LARGE;

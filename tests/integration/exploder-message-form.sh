@@ -4,7 +4,8 @@
 # 1000-octet lines, 500 "Line too long", as strict relays do):
 #  - a post without a Message-ID (a script's openssl cms and sendmail)
 #    gets one of the exploder's, in the list's domain, the same in every
-#    copy and every batch; each such post its own; a post's own is kept;
+#    copy and every batch; each such post its own; a post's own is kept,
+#    an empty one replaced;
 #  - forward mode: an S/MIME body of base64 without line breaks goes out
 #    in lines of 76 (the same CMS), so the relay takes every copy; a plain
 #    post with a body line over 998 octets is refused at deliver (65,
@@ -31,7 +32,10 @@ xp_encrypt "$W/group.pem" "$W/a.eml" "no id a"
 grep -qi '^Message-ID:' "$W/a.eml" && fail "openssl cms wrote a Message-ID: the test needs a post without"
 xp_encrypt "$W/group.pem" "$W/b.eml" "no id b"
 { printf 'Message-ID: <own.1@example.org>\n'; sed 's/^Subject: no id a$/Subject: own id/' "$W/a.eml"; } >"$W/own.eml"
-for f in a b own; do
+# an empty Message-ID names nothing (and a relay adds none when the field
+# is there): the list's takes its place, not a second one beside it
+{ printf 'Message-Id: \n'; sed 's/^Subject: no id a$/Subject: empty id/' "$W/a.eml"; } >"$W/empty.eml"
+for f in a b own empty; do
   xp deliver --list $L --sender alice@example.org <"$W/$f.eml" 2>>"$W/deliver.log" ||
     fail "deliver refused $f: $(tail -1 "$W/deliver.log")"
 done
@@ -50,6 +54,9 @@ echo "$ida" | grep -Eq '^ +2 Message-ID: <[A-Za-z0-9._-]{20,}@lists\.example\.or
 idb=$(ids "no id b")
 echo "$idb" | grep -Eq '^ +2 Message-ID: <[A-Za-z0-9._-]{20,}@lists\.example\.org>$' || fail "post b: $idb"
 [ "${ida#* 2 }" != "${idb#* 2 }" ] || fail "two posts got the same Message-ID: $ida"
+ide=$(ids "empty id")
+echo "$ide" | grep -Eq '^ +2 Message-ID: <[A-Za-z0-9._-]{20,}@lists\.example\.org>$' ||
+  fail "a post with an empty Message-ID: $ide"
 n=$({ grep -l '^Message-ID: <own.1@example.org>$' $(copies) || true; } | wc -l)
 [ "$n" = 2 ] || fail "a post's own Message-ID is kept in $n of 2 transactions"
 xp_spool_empty

@@ -230,6 +230,22 @@ static void test_list_headers_fold(void **state)
     }
 }
 
+/* An empty Message-ID (white space, folded or not) has no value; every
+ * field of the name goes with its folded lines, the others stay. */
+static void test_header_value_remove(void **state)
+{
+    char h[] = "From: a@b.org\r\nMessage-Id: \r\n \t\r\nSubject: x\r\nMESSAGE-ID:\r\nX-Message-ID: <k@l>\r\n";
+    size_t n;
+    (void)state;
+
+    assert_false(mail_header_has_value(h, strlen(h), "Message-ID"));
+    assert_true(mail_header_has_value(h, strlen(h), "X-Message-ID"));
+    assert_true(mail_header_has_value("Message-ID:\n <a@b>\n", 19, "Message-ID"));
+    n = mail_header_remove(h, strlen(h), "Message-ID");
+    assert_int_equal(n, strlen("From: a@b.org\r\nSubject: x\r\nX-Message-ID: <k@l>\r\n"));
+    assert_memory_equal(h, "From: a@b.org\r\nSubject: x\r\nX-Message-ID: <k@l>\r\n", n);
+}
+
 static void test_been_there(void **state)
 {
     (void)state;
@@ -701,7 +717,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
         cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),
-        cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
         cmocka_unit_test(test_group_cert_swap),
