@@ -210,18 +210,42 @@ static bool stream_foreign(const char *path, const struct stat *st)
 }
 
 /* The existing pipe or device stat saw at path, opened (never created):
- * whoever can write the directory (/tmp) can put another file there in
- * between, and a regular file (a link to one) opened without O_TRUNC
+ * whoever can write a directory on the path can put another file there
+ * in between, and a regular file (a link to one) opened without O_TRUNC
  * would get the output over its start. Only the stream stat saw is
- * written to. */
+ * written to, and it is looked at before it is opened for writing: the
+ * name is first opened O_PATH (which neither blocks on a pipe nor runs a
+ * device's open), that very file checked, and only then opened for
+ * writing through /proc/self/fd. Opened for writing by name first, a pipe
+ * swapped in (or another user's, refused only after) held the command in
+ * open until someone read it, and a device swapped in (a watchdog, a tape
+ * that rewinds on close, a serial line waiting for carrier) was opened
+ * as root. Without /proc (a chroot) the name is opened and checked after. */
 static int open_stream(const char *path, const struct stat *seen, FILE **dest)
 {
     struct stat got;
-    int fd, rc = UTIL_OUT_E_OPEN;
+    char proc[64];
+    int pfd = -1, fd = -1, rc = UTIL_OUT_E_OPEN;
 
     *dest = NULL;
-    if ((fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0)
-        return UTIL_OUT_E_OPEN;
+    if ((pfd = open(path, O_PATH | O_CLOEXEC)) < 0)
+        goto out;
+    if (fstat(pfd, &got) != 0)
+        goto out;
+    rc = UTIL_OUT_E_REPLACED;
+    if (got.st_dev != seen->st_dev || got.st_ino != seen->st_ino || !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))
+        goto out;
+    rc = UTIL_OUT_E_FOREIGN;
+    if (stream_foreign(path, &got))
+        goto out;
+    rc = UTIL_OUT_E_OPEN;
+    (void)snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+    if ((fd = open(proc, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0) {
+        if (errno != ENOENT)
+            goto out;
+        if ((fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0) /* no /proc */
+            goto out;
+    }
     if (fstat(fd, &got) != 0)
         goto out;
     rc = UTIL_OUT_E_REPLACED;
@@ -236,9 +260,12 @@ static int open_stream(const char *path, const struct stat *seen, FILE **dest)
     fd = -1;
     rc = UTIL_OUT_OK;
 out:
-    if (fd >= 0) {
+    {
         int e = errno;
-        close(fd);
+        if (fd >= 0)
+            close(fd);
+        if (pfd >= 0)
+            close(pfd);
         errno = e;
     }
     return rc;

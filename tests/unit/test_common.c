@@ -944,6 +944,44 @@ static void test_out_closed_std(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* Runs util_out_write(path) in a child that SIGALRM ends after 10 s
+ * and returns what it returned (or -100 when it hung or died). */
+static int out_write_in_child(const char *path)
+{
+    int status = 0;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(10);
+        _exit(-util_out_write(path, "secret\n", 7, 0600, UTIL_OUT_MEMORY, NULL));
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? -WEXITSTATUS(status) : -100;
+}
+
+/* Another user's named pipe in a sticky directory anyone can write, with
+ * no reader: refused at once. It was opened for writing first and only
+ * then looked at, so the command (as root: a secret in hand, a key made
+ * on the token) waited in open until the pipe's owner chose to read it.
+ * Root only: the pipe must be someone else's. */
+static void test_out_foreign_pipe_not_opened(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-out-XXXXXX", fifo[64];
+
+    if (geteuid() != 0)
+        skip();
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(chmod(dir, 01777), 0);
+    snprintf(fifo, sizeof(fifo), "%s/msg.txt", dir);
+    assert_int_equal(mkfifo(fifo, 0666), 0);
+    assert_int_equal(chown(fifo, 65534, 65534), 0);
+    assert_int_equal(out_write_in_child(fifo), UTIL_OUT_E_FOREIGN);
+    assert_int_equal(unlink(fifo), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -966,6 +1004,7 @@ int main(void)
         cmocka_unit_test(test_out_take_back),
         cmocka_unit_test(test_out_refuses_socket),
         cmocka_unit_test(test_out_closed_std),
+        cmocka_unit_test(test_out_foreign_pipe_not_opened),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
