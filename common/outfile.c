@@ -41,7 +41,7 @@ const char *util_out_strerror(int err)
     case UTIL_OUT_E_CREATE: return "cannot be created";
     case UTIL_OUT_E_OPEN: return "cannot be opened";
     case UTIL_OUT_E_REPLACED: return "it was replaced as it was opened";
-    case UTIL_OUT_E_FOREIGN: return "a named pipe or device of another user in a world-writable directory";
+    case UTIL_OUT_E_FOREIGN: return "a named pipe or device of another user in a directory others can write";
     case UTIL_OUT_E_CLOSED: return "names a standard stream the caller closed";
     case UTIL_OUT_E_STAGE: return "no memory or temporary file to stage the output in";
     case UTIL_OUT_E_WRITE: return "cannot write the output";
@@ -174,9 +174,9 @@ util_out_kind util_out_kind_of(const char *path)
 
 FILE *util_out_info_stream(util_out_kind kind) { return kind == UTIL_OUT_STDOUT ? stderr : stdout; }
 
-/* Is dir a sticky directory others can write (world- or group-writable,
- * as fs.protected_fifos = 2 takes them) in which st is another user's
- * (neither this user's nor the directory owner's)? Unknown: yes. */
+/* Is the directory of path_in_dir one others can write (world- or
+ * group-writable, sticky or not) in which st is another user's (neither
+ * this user's nor the directory owner's)? Unknown: yes. */
 static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
 {
     char *copy = strdup(path_in_dir);
@@ -184,22 +184,23 @@ static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
     bool foreign = true;
 
     if (copy != NULL && stat(dirname(copy), &d) == 0)
-        foreign = (d.st_mode & S_ISVTX) && (d.st_mode & (S_IWOTH | S_IWGRP)) && st->st_uid != geteuid() &&
-                  st->st_uid != d.st_uid;
+        foreign = (d.st_mode & (S_IWOTH | S_IWGRP)) && st->st_uid != geteuid() && st->st_uid != d.st_uid;
     free(copy);
     return foreign;
 }
 
-/* A named pipe or device someone else put in a world-writable sticky
- * directory (/tmp) at the --out path: the output would go to whoever
- * reads it. Renamed over, as --out once always was, it was harmless; the
- * shell's `>` is refused it by the kernel (fs.protected_fifos, which only
- * O_CREAT opens get). Refused by the same rule: in such a directory, only
- * a stream of this user's or of the directory's owner. Asked of the
- * directory the path names as given and of the one it resolves to now:
- * the path is looked at again after the open, and by then the other user
- * may have renamed a symbolic link to a pipe of theirs elsewhere over the
- * entry in /tmp, which the resolved directory alone would not see. */
+/* A named pipe or device someone else put at the --out path in a
+ * directory others can write (/tmp, a team's shared directory): the
+ * output would go to whoever reads it. Renamed over, as --out once always
+ * was, it was harmless (the file 0600, the pipe gone); the shell's `>` is
+ * refused it by the kernel in a sticky directory (fs.protected_fifos,
+ * which only O_CREAT opens get). Refused by that rule, and also where the
+ * directory is not sticky (there anyone who can write it can put their
+ * pipe at any name): in such a directory, only a stream of this user's or
+ * of the directory's owner. Asked of the directory the path names as
+ * given and of the one it resolves to now: the other user may have
+ * renamed a symbolic link to a pipe of theirs elsewhere over the entry,
+ * which the resolved directory alone would not see. */
 static bool stream_foreign(const char *path, const struct stat *st)
 {
     char *real = realpath(path, NULL);

@@ -34,7 +34,7 @@ enum util_out_err {
     UTIL_OUT_E_CREATE = -2,   /* the temp file beside a regular file cannot be made; errno kept */
     UTIL_OUT_E_OPEN = -3,     /* the named pipe or device cannot be opened; errno kept */
     UTIL_OUT_E_REPLACED = -4, /* the pipe or device was replaced by another file as it was opened */
-    UTIL_OUT_E_FOREIGN = -5,  /* another user's pipe or device in a world-writable sticky directory */
+    UTIL_OUT_E_FOREIGN = -5,  /* another user's pipe or device in a directory others can write */
     UTIL_OUT_E_CLOSED = -6,   /* names standard error, which the caller closed */
     UTIL_OUT_E_STAGE = -7,    /* no memory file or temporary file to stage the output in; errno kept */
     UTIL_OUT_E_WRITE = -8,    /* writing, syncing or renaming into place failed; errno kept */

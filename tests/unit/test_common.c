@@ -982,6 +982,52 @@ static void test_out_foreign_pipe_not_opened(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Another user's named pipe in a directory others can write that is not
+ * sticky (a team's shared directory, 0777 or 0770), its reader waiting:
+ * refused as in a sticky one. The sticky bit only keeps others from
+ * renaming entries; without it anyone who can write the directory can put
+ * their pipe at the name, and the secret (a 0600 file's content, as a
+ * rename over the name had kept it) went to their reader. Root only. */
+static void test_out_foreign_pipe_any_shared_dir(void **state)
+{
+    (void)state;
+    static const mode_t modes[] = {0777, 0770};
+    char dir[] = "/tmp/gs-out-XXXXXX", fifo[64];
+
+    if (geteuid() != 0)
+        skip();
+    assert_non_null(mkdtemp(dir));
+    snprintf(fifo, sizeof(fifo), "%s/msg.txt", dir);
+    for (size_t i = 0; i < GS_ARRAY_LEN(modes); i++) {
+        char got[16] = "";
+        ssize_t n;
+        int rfd;
+
+        assert_int_equal(chmod(dir, modes[i]), 0);
+        assert_int_equal(mkfifo(fifo, 0666), 0);
+        assert_int_equal(chown(fifo, 65534, 65534), 0);
+        assert_true((rfd = open(fifo, O_RDONLY | O_NONBLOCK)) >= 0); /* the other user's reader */
+        assert_int_equal(out_write_in_child(fifo), UTIL_OUT_E_FOREIGN);
+        n = read(rfd, got, sizeof(got));
+        assert_true(n <= 0);
+        close(rfd);
+        assert_int_equal(unlink(fifo), 0);
+    }
+    /* one's own pipe there is written */
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    {
+        int rfd = open(fifo, O_RDONLY | O_NONBLOCK);
+        char got[16] = "";
+
+        assert_true(rfd >= 0);
+        assert_int_equal(out_write_in_child(fifo), UTIL_OUT_OK);
+        assert_int_equal(read(rfd, got, sizeof(got)), 7);
+        close(rfd);
+    }
+    assert_int_equal(unlink(fifo), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1005,6 +1051,7 @@ int main(void)
         cmocka_unit_test(test_out_refuses_socket),
         cmocka_unit_test(test_out_closed_std),
         cmocka_unit_test(test_out_foreign_pipe_not_opened),
+        cmocka_unit_test(test_out_foreign_pipe_any_shared_dir),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
