@@ -94,15 +94,16 @@ out:
     return own;
 }
 
-/* Which of standard input (0), output (1) or error (2) does path name by
- * a descriptor link (/dev/stdout, /dev/fd/1, /proc/self/fd/2,
+/* Which descriptor of this process (standard input 0, output 1, error 2,
+ * or another: /dev/fd/63 of the shell's `>(cmd)`) does path name by a
+ * descriptor link (/dev/stdout, /dev/fd/1, /proc/self/fd/2,
  * /proc/thread-self/fd/1, a link to one, relative or not), or -1. Asked
  * of the names, link by link: stat and realpath only see the file the
  * descriptor is open on, which for a closed one is the /dev/null put
  * there, and `--out /dev/null` must still be written. No race with the
  * open: a standard stream is written through its descriptor, never opened
  * by this name. */
-static int names_std_fd(const char *path)
+static int names_own_fd(const char *path)
 {
     char cur[PATH_MAX], next[PATH_MAX], dir[PATH_MAX], *real = NULL, *copy = NULL;
     int fd = -1;
@@ -119,7 +120,13 @@ static int names_std_fd(const char *path)
             break;
         if ((real = realpath(dir, NULL)) != NULL && is_own_fd_dir(real)) {
             const char *base = strrchr(cur, '/') != NULL ? strrchr(cur, '/') + 1 : cur; /* "1" in /proc/self/fd */
-            fd = strcmp(base, "0") == 0 ? 0 : strcmp(base, "1") == 0 ? 1 : strcmp(base, "2") == 0 ? 2 : -1;
+            char *end = NULL;
+            long v;
+
+            errno = 0;
+            v = strtol(base, &end, 10);
+            if (*base >= '0' && *base <= '9' && end != NULL && *end == '\0' && errno == 0 && v <= INT_MAX)
+                fd = (int)v;
             break;
         }
         if ((n = readlink(cur, next, sizeof(next) - 1)) < 0)
@@ -147,7 +154,7 @@ static util_out_kind kind_stat(const char *path, struct stat *st)
      * output's stand-in is read-only: exit 1, as without --out), instead
      * of the /dev/null standing in for it being opened anew for writing
      * and the output vanishing with exit 0. */
-    if ((named = names_std_fd(path)) == 1)
+    if ((named = names_own_fd(path)) == 1)
         return UTIL_OUT_STDOUT;
     if (named == 2)
         return util_stdfd_was_closed(2) ? UTIL_OUT_CLOSED : UTIL_OUT_STDERR;
@@ -203,8 +210,17 @@ static bool foreign_in_dir(const char *path_in_dir, const struct stat *st)
  * which the resolved directory alone would not see. */
 static bool stream_foreign(const char *path, const struct stat *st)
 {
-    char *real = realpath(path, NULL);
-    bool foreign = foreign_in_dir(path, st) || real == NULL || foreign_in_dir(real, st);
+    char *real;
+    bool foreign;
+    int own = names_own_fd(path);
+
+    /* A pipe this process was given on a descriptor (`--out >(cmd)`,
+     * /dev/fd/63): no one put it in a directory, and its name resolves to
+     * none (pipe:[N]), which the rule below took for unknown, refused. */
+    if (own >= 0 && same_file(own, st))
+        return false;
+    real = realpath(path, NULL);
+    foreign = foreign_in_dir(path, st) || real == NULL || foreign_in_dir(real, st);
 
     free(real);
     return foreign;

@@ -1028,6 +1028,30 @@ static void test_out_foreign_pipe_any_shared_dir(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A pipe given on a descriptor other than 0-2 (the shell's `--out
+ * >(cmd)`, which passes /dev/fd/63) is written: it was refused as another
+ * user's pipe, its name resolving to none (pipe:[N]). */
+static void test_out_own_pipe_descriptor(void **state)
+{
+    (void)state;
+    static const char *const dirs[] = {"/dev/fd", "/proc/self/fd"};
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(dirs); i++) {
+        char path[64], got[16] = "";
+        util_out_written w;
+        int p[2];
+
+        assert_int_equal(pipe(p), 0);
+        snprintf(path, sizeof(path), "%s/%d", dirs[i], p[1]);
+        assert_int_equal(util_out_write(path, "secret\n", 7, 0600, UTIL_OUT_MEMORY, &w), UTIL_OUT_OK);
+        assert_int_equal(w.kind, UTIL_OUT_STREAM);
+        close(p[1]);
+        assert_int_equal(read(p[0], got, sizeof(got)), 7);
+        assert_memory_equal(got, "secret\n", 7);
+        close(p[0]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1052,6 +1076,7 @@ int main(void)
         cmocka_unit_test(test_out_closed_std),
         cmocka_unit_test(test_out_foreign_pipe_not_opened),
         cmocka_unit_test(test_out_foreign_pipe_any_shared_dir),
+        cmocka_unit_test(test_out_own_pipe_descriptor),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
