@@ -610,6 +610,7 @@ static int cmd_fetch_cert(gm_config *c)
     unsigned char md[32];
     unsigned int mdlen = 0;
     char hex[65], *p = NULL;
+    util_out_written written = {.kind = UTIL_OUT_FILE};
     int rc = fetch_and_pin(c, &r, &leaf);
 
     if (rc != GM_EXIT_OK)
@@ -624,13 +625,16 @@ static int cmd_fetch_cert(gm_config *c)
             rc = GM_EXIT_ERROR;
             goto out;
         }
-        if ((rc = out_commit(&o)) != GM_EXIT_OK)
+        if ((rc = out_commit_written(&o, &written)) != GM_EXIT_OK)
             goto out;
     }
     X509_digest(leaf, EVP_sha256(), md, &mdlen);
     util_hex(md, 32, hex);
     p = gm_pin_path(c);
-    printf("pinned %s sha256=%s\n", p ? p : "", hex);
+    /* With --out /dev/stdout, standard output holds the certificate alone
+     * (`--out /dev/stdout | openssl x509 ...`): the line goes to standard
+     * error, as keys transport-key's do. */
+    fprintf(written.kind == UTIL_OUT_STDOUT ? stderr : stdout, "pinned %s sha256=%s\n", p ? p : "", hex);
 out:
     free(p);
     X509_free(leaf);

@@ -33,6 +33,13 @@ pin=$gm_home/.local/share/groupmail/pins/eng@127.0.0.1_$port.pem
 [ "$(stat -c %a "$pin")" = 600 ] || fail "pin file mode $(stat -c %a "$pin")"
 cmp -s <(openssl x509 -in "$pin" -outform DER) <(openssl x509 -in "$certs/group.pem" -outform DER) || fail "pinned cert"
 expect_rc 4 "fetch-cert with the wrong group CA" -- gm fetch-cert --group-ca "$certs/tca.pem" --store "$work/other-store"
+# --out /dev/stdout: standard output holds the certificate alone, the
+# "pinned" line goes to standard error (it followed the PEM on stdout).
+gm fetch-cert --out /dev/stdout > "$work/fc.out" 2> "$work/fc.err" || fail "fetch-cert --out /dev/stdout: exit $?"
+[ "$(tail -n 1 "$work/fc.out")" = "-----END CERTIFICATE-----" ] ||
+  fail "fetch-cert --out /dev/stdout: more than the certificate on standard output: $(tail -n 1 "$work/fc.out")"
+grep -q '^pinned ' "$work/fc.err" || fail "fetch-cert --out /dev/stdout: no pinned line on standard error"
+ok "fetch-cert --out /dev/stdout: the certificate alone on standard output"
 
 # A stock S/MIME message to the group (GCM, OAEP SHA-1) and msg.der (CBC) from server-lib.
 printf 'Subject: e2e\n\nthe body of the e2e message\n' > "$work/m.txt"
