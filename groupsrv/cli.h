@@ -58,6 +58,13 @@ gs_err read_cert_file(const char *path, X509 **out);
  * with "cannot write PATH: why" as its detail. *w says what was written
  * (util_out_take_back(path, w) when the command then fails). */
 gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, util_out_written *w);
+/* write_out in two steps, for a command that holds a lock while it makes
+ * what it writes: out_open opens path first (a named pipe's open waits
+ * for its reader, which must not be under the lock), out_commit writes
+ * buf to *o and puts it in place (o freed either way; out_abort(o) drops
+ * it unwritten). Errors as write_out's. */
+gs_err out_open(const char *path, mode_t mode, util_out **o);
+gs_err out_commit(util_out *o, const char *path, const void *buf, size_t len, util_out_written *w);
 /* Where a command writing --out path puts its own lines: standard error
  * when path is standard output (the file stays only the file), else
  * standard output. */

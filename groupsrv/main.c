@@ -196,15 +196,47 @@ int fail(gs_err err)
     return gs_err_exit_code(err);
 }
 
-gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, util_out_written *w)
+static gs_err out_err(const char *path, int ur)
 {
-    int ur = util_out_write(path, buf, len, mode, UTIL_OUT_MEMORY, w); /* small: staged in memory, never in /tmp */
-
-    if (ur == UTIL_OUT_OK)
-        return GS_OK;
     if (ur == UTIL_OUT_E_CREATE || ur == UTIL_OUT_E_OPEN || ur == UTIL_OUT_E_STAGE || ur == UTIL_OUT_E_WRITE)
         return gs_err_set(GS_ERR_IO, "cannot write %s: %s (%s)", path, util_out_strerror(ur), strerror(errno));
     return gs_err_set(GS_ERR_IO, "cannot write %s: %s", path, util_out_strerror(ur));
+}
+
+gs_err out_open(const char *path, mode_t mode, util_out **o)
+{
+    int ur = util_out_open(path, mode, UTIL_OUT_MEMORY, o); /* small: staged in memory, never in /tmp */
+
+    return ur == UTIL_OUT_OK ? GS_OK : out_err(path, ur);
+}
+
+gs_err out_commit(util_out *o, const char *path, const void *buf, size_t len, util_out_written *w)
+{
+    int ur;
+
+    if (w != NULL)
+        memset(w, 0, sizeof(*w));
+    if (len > 0 && fwrite(buf, 1, len, util_out_fp(o)) != len) {
+        int e = errno;
+
+        util_out_abort(o);
+        errno = e;
+        return out_err(path, UTIL_OUT_E_WRITE);
+    }
+    ur = util_out_commit(o, w);
+    return ur == UTIL_OUT_OK ? GS_OK : out_err(path, ur);
+}
+
+gs_err write_out(const char *path, const void *buf, size_t len, mode_t mode, util_out_written *w)
+{
+    util_out *o = NULL;
+    gs_err err;
+
+    if (w != NULL)
+        memset(w, 0, sizeof(*w));
+    if ((err = out_open(path, mode, &o)) != GS_OK)
+        return err;
+    return out_commit(o, path, buf, len, w);
 }
 
 FILE *info_stream(const char *path) { return util_out_info_stream(util_out_kind_of(path)); }

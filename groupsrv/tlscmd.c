@@ -92,10 +92,11 @@ static int parse_tls_init(int argc, char **argv, struct tls_init_args *a)
 }
 
 /* Makes (or, --renew, finds) the key and writes its certificate; err
- * set and the half-made key destroyed on failure. Under the keys lock
+ * set and the half-made key destroyed on failure. uo: --out, opened
+ * (out_open), committed or dropped here. Under the keys lock
  * (store.h): two at once with one label would both find the label free
  * and make two keys under it, and serve's pkcs11: URI would name both. */
-static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm,
+static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm, util_out *uo,
                        hsm_key_type type, unsigned bits, uint64_t days, char fp[65], unsigned *bits_out)
 {
     hsm_keygen_spec ks;
@@ -168,11 +169,14 @@ static gs_err tls_make(const struct tls_init_args *a, gs_store *st, hsm_ctx *hsm
     /* Written as groupmail's --out is: /dev/stdout or a named pipe is
      * written to, never renamed over (as root, a regular file in place of
      * /dev/stdout); a regular file is replaced atomically. */
-    if ((err = write_out(a->out, pem, strlen(pem), 0644, NULL)) != GS_OK)
+    err = out_commit(uo, a->out, pem, strlen(pem), NULL);
+    uo = NULL;
+    if (err != GS_OK)
         goto out;
     made = false; /* done: the key stays */
     gs_cert_fingerprint(cert, fp);
 out:
+    util_out_abort(uo); /* not reached: nothing written */
     if (made) { /* no half-made TLS key left behind */
         if (priv != NULL)
             (void)hsm_key_destroy(hsm, priv);
@@ -195,6 +199,7 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
     hsm_token_info ti;
     hsm_ctx *hsm = NULL;
     gs_store *st = NULL;
+    util_out *uo = NULL;
     struct cli_record rec;
     json_t *extra;
     unsigned bits;
@@ -217,16 +222,28 @@ static int tls_init(const struct gs_config *cfg, const struct tls_init_args *a)
         rc = fail(err);
         goto out;
     }
-    /* Recorded as started first, under the lock: a key made on the token
-     * and a certificate written cannot be taken back, and a command killed
-     * before its outcome record must not leave them without a record. */
-    if ((err = gs_store_keys_lock(st)) == GS_OK) {
-        err = cli_record_started(&rec, "tls-init", NULL,
-                                 json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out",
-                                           cli_json_text(a->out), "renew", a->renew));
-        if (err == GS_OK)
-            err = tls_make(a, st, hsm, type, bits, days, fp, &bits);
-        gs_store_keys_unlock(st);
+    /* --out opened before the lock: a named pipe's open waits until
+     * someone reads it, and under the keys lock that held every member
+     * change (REST ones too, on every server sharing a PostgreSQL
+     * database) and key ceremony for as long. Nothing is made yet if it
+     * cannot be opened. */
+    if ((err = out_open(a->out, 0644, &uo)) == GS_OK) {
+        /* Recorded as started first, under the lock: a key made on the
+         * token and a certificate written cannot be taken back, and a
+         * command killed before its outcome record must not leave them
+         * without a record. */
+        if ((err = gs_store_keys_lock(st)) == GS_OK) {
+            err = cli_record_started(&rec, "tls-init", NULL,
+                                     json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out",
+                                               cli_json_text(a->out), "renew", a->renew));
+            if (err == GS_OK) {
+                err = tls_make(a, st, hsm, uo, type, bits, days, fp, &bits);
+                uo = NULL; /* tls_make's */
+            }
+            gs_store_keys_unlock(st);
+        }
+        util_out_abort(uo);
+        uo = NULL;
     }
     extra = json_pack("{s:s,s:s,s:o,s:b}", "label", a->label, "dns", a->dns, "out", cli_json_text(a->out), "renew",
                       a->renew);

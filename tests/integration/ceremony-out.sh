@@ -117,6 +117,32 @@ openssl x509 -in "$work/tls.pem" -noout -ext subjectAltName 2>&1 | grep -q "DNS:
 grep -q '^\[tls\]' "$work/tls.err" || fail "tls init --out /dev/stdout: its lines not on standard error"
 ok "tls init --out /dev/stdout: the certificate on standard output, its [tls] lines on standard error"
 
+# tls init --out a named pipe nobody reads yet: its open waits for the
+# reader, and it used to wait holding the keys lock, which every member
+# change (REST too) and key ceremony then waited for (up to 120 s, then
+# refused). Now the pipe is opened before the lock: a group create while
+# tls init waits goes through.
+mkfifo "$work/tlspipe"
+gs_alpha tls init --dns gs.example.org --label tls2 --out "$work/tlspipe" > "$work/tls2.out" 2> "$work/tls2.err" &
+tls_sub=$!
+tls_pid=
+waiting=
+for _ in $(seq 300); do # until groupsrv sleeps in the pipe's open
+  [ -n "$tls_pid" ] || tls_pid=$(pgrep -P "$tls_sub" -x groupsrv || true)
+  if [ -n "$tls_pid" ]; then
+    case "$(cat "/proc/$tls_pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) waiting=1; break ;; esac
+  fi
+  sleep 0.1
+done
+[ -n "$waiting" ] || fail "tls init --out a named pipe: never waited in its open"
+rc=0; SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf timeout 30 "$BIN/groupsrv" -c "$work/alpha.conf" \
+  group create eng2 --address eng2@example.org --key rsa:2048 > /dev/null 2> "$work/err" || rc=$?
+cat "$work/tlspipe" > "$work/tls2.pem"
+wait "$tls_sub" || fail "tls init --out a named pipe: exit $?: $(cat "$work/tls2.err")"
+[ "$rc" = 0 ] || fail "group create while tls init waits for its pipe's reader: exit $rc: $(cat "$work/err")"
+openssl x509 -in "$work/tls2.pem" -noout 2>/dev/null || fail "tls init --out a named pipe: no certificate to the reader"
+ok "tls init --out a named pipe: waits for its reader without the keys lock"
+
 # A regular file is still replaced atomically, 0600 for the .gsk
 expect 0 "group export --out FILE" -- gs_alpha group export eng --to "$work/t.pem" --out "$work/f.gsk"
 [ -f "$work/f.gsk" ] && [ "$(stat -c %a "$work/f.gsk")" = 600 ] || fail "group export --out FILE: not a 0600 file"
