@@ -186,6 +186,7 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
     struct cli_record rec;
     char desc[96], fp[65], spoken[80], label[64] = "";
     char *pem = NULL;
+    util_out *uo = NULL;
     util_out_written written;
     FILE *info;
     gs_err err;
@@ -205,6 +206,13 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
         goto out;
     }
     token_desc(e->hsm, desc, sizeof(desc));
+    /* --out opened before the key is made: a named pipe's open waits for
+     * its reader, and a command stopped there (Ctrl-C) left a new key on
+     * the token that nothing had taken. */
+    if ((err = out_open(opt(&a, "--out"), 0644, &uo)) != GS_OK) {
+        rc = cli_record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
+        goto out;
+    }
     /* Recorded as started first: a command killed between making the key
      * and its outcome record (kill -9, power lost) leaves a record. */
     if ((err = cli_record_started(&rec, "transport-key", NULL, json_pack("{s:s}", "token", desc))) != GS_OK) {
@@ -218,7 +226,9 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
     /* Written as groupmail's --out is: /dev/stdout or a named pipe is
      * written to, never renamed over (nothing reached standard output,
      * and as root a regular file took the place of /dev/stdout). */
-    if ((err = write_out(opt(&a, "--out"), pem, strlen(pem), 0644, &written)) != GS_OK) {
+    err = out_commit(uo, opt(&a, "--out"), pem, strlen(pem), &written);
+    uo = NULL;
+    if (err != GS_OK) {
         gs_token_destroy_label(e->hsm, label);
         rc = cli_record_failure(&rec, "transport-key", NULL, err, json_pack("{s:s}", "token", desc));
         goto out;
@@ -240,6 +250,7 @@ int gs_cmd_token(struct env *e, int argc, char **argv)
             opt(&a, "--out"));
     rc = 0;
 out:
+    util_out_abort(uo);
     free(pem);
     cli_record_close(&rec);
     return rc;

@@ -117,6 +117,34 @@ openssl x509 -in "$work/tls.pem" -noout -ext subjectAltName 2>&1 | grep -q "DNS:
 grep -q '^\[tls\]' "$work/tls.err" || fail "tls init --out /dev/stdout: its lines not on standard error"
 ok "tls init --out /dev/stdout: the certificate on standard output, its [tls] lines on standard error"
 
+# waits_in_pipe_open SUB: waits until the groupsrv that subshell SUB runs
+# sleeps in a named pipe's open (for its reader); prints its pid, or
+# fails (status 1) after 30 s.
+waits_in_pipe_open() {
+  local pid=
+  for _ in $(seq 300); do
+    [ -n "$pid" ] || pid=$(pgrep -P "$1" -x groupsrv || true)
+    if [ -n "$pid" ]; then
+      case "$(cat "/proc/$pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) echo "$pid"; return 0 ;; esac
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# token transport-key --out a named pipe nobody reads, stopped (Ctrl-C)
+# while it waits for the reader: no new key is left on the token. The
+# key used to be made first, then the open waited.
+mkfifo "$work/tkpipe"
+before=$(snapshot alpha)
+gs_alpha token transport-key --out "$work/tkpipe" > /dev/null 2>&1 &
+tk_sub=$!
+tk_pid=$(waits_in_pipe_open "$tk_sub") || fail "token transport-key --out a named pipe: never waited in its open"
+kill -INT "$tk_pid"
+wait "$tk_sub" && fail "token transport-key --out a named pipe: not stopped by SIGINT"
+[ "$(snapshot alpha)" = "$before" ] || fail "token transport-key stopped as it waited for its pipe's reader: a key left on the token"
+ok "token transport-key --out a named pipe: stopped as it waits for the reader, nothing made"
+
 # tls init --out a named pipe nobody reads yet: its open waits for the
 # reader, and it used to wait holding the keys lock, which every member
 # change (REST too) and key ceremony then waited for (up to 120 s, then
@@ -125,16 +153,7 @@ ok "tls init --out /dev/stdout: the certificate on standard output, its [tls] li
 mkfifo "$work/tlspipe"
 gs_alpha tls init --dns gs.example.org --label tls2 --out "$work/tlspipe" > "$work/tls2.out" 2> "$work/tls2.err" &
 tls_sub=$!
-tls_pid=
-waiting=
-for _ in $(seq 300); do # until groupsrv sleeps in the pipe's open
-  [ -n "$tls_pid" ] || tls_pid=$(pgrep -P "$tls_sub" -x groupsrv || true)
-  if [ -n "$tls_pid" ]; then
-    case "$(cat "/proc/$tls_pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) waiting=1; break ;; esac
-  fi
-  sleep 0.1
-done
-[ -n "$waiting" ] || fail "tls init --out a named pipe: never waited in its open"
+waits_in_pipe_open "$tls_sub" > /dev/null || fail "tls init --out a named pipe: never waited in its open"
 rc=0; SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf timeout 30 "$BIN/groupsrv" -c "$work/alpha.conf" \
   group create eng2 --address eng2@example.org --key rsa:2048 > /dev/null 2> "$work/err" || rc=$?
 cat "$work/tlspipe" > "$work/tls2.pem"
