@@ -105,9 +105,14 @@ int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx);
 
 /* buf written to --out as every command's --out is (common/outfile.h): a
  * file replaced by rename, or a named pipe, device or /dev/stdout written
- * to, never renamed over. *w says which (util_out_take_back takes a
- * replaced file back). GM_EXIT_OK, or an exit code (error printed). */
-int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, util_out_written *w);
+ * to, never renamed over; in two steps, for a command that makes what it
+ * writes: gm_out_open opens --out first (a named pipe's open waits for its
+ * reader, before anything is made), gm_out_put writes buf to *uo and
+ * commits it (uo freed either way; util_out_abort drops it unwritten).
+ * *w says what was written (util_out_take_back takes a replaced file
+ * back). GM_EXIT_OK, or an exit code (error printed). */
+int gm_out_open(const gm_config *c, mode_t mode, util_out **uo);
+int gm_out_put(const gm_config *c, util_out *uo, const void *buf, size_t len, util_out_written *w);
 
 /* ---- the key ceremony, member side (gm_ceremony.c) ------------------- */
 /* keys transport-key --token URI --out FILE: a transport key on the

@@ -139,6 +139,7 @@ int gm_cmd_keys_transport(gm_config *c)
 {
     hsm_ctx *hsm = NULL;
     char desc[96], tlabel[33], fp[65], spoken[80], label[64] = "", *pem = NULL;
+    util_out *uo = NULL;
     util_out_written written;
     FILE *info;
     gsk_err ge;
@@ -154,6 +155,11 @@ int gm_cmd_keys_transport(gm_config *c)
     if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)
         goto out;
     token_desc(hsm, desc, sizeof(desc), tlabel);
+    /* --out opened before the key is made: a named pipe's open waits for
+     * its reader, and a command stopped there (Ctrl-C) left a new key on
+     * the token that nothing had taken. */
+    if (gm_out_open(c, 0644, &uo) != GM_EXIT_OK)
+        goto out;
     if ((ge = gsk_transport_make(hsm, desc, &pem, fp, label, sizeof(label))) != GSK_OK) {
         gm_err("transport key: %s", gsk_err_detail());
         goto out;
@@ -161,10 +167,13 @@ int gm_cmd_keys_transport(gm_config *c)
     /* Written as every --out is: a named pipe or /dev/stdout is written
      * to, never renamed over (as root, a regular file in place of
      * /dev/stdout or /dev/null). */
-    if (gm_write_out(c, pem, strlen(pem), 0644, &written) != GM_EXIT_OK) {
+    rc = gm_out_put(c, uo, pem, strlen(pem), &written);
+    uo = NULL;
+    if (rc != GM_EXIT_OK) {
         destroy_label(hsm, label);
         goto out;
     }
+    rc = GM_EXIT_ERROR;
     if (record(c, "transport-key",
                json_pack("{s:s,s:s,s:s}", "token", desc, "transport_key_sha256", fp, "label", label)) != 0) {
         destroy_label(hsm, label);
@@ -179,6 +188,7 @@ int gm_cmd_keys_transport(gm_config *c)
             c->out);
     rc = GM_EXIT_OK;
 out:
+    util_out_abort(uo);
     free(pem);
     hsm_close(hsm);
     return rc;

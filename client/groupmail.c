@@ -588,21 +588,34 @@ static int out_commit_written(gm_out *o, util_out_written *w)
 
 static int out_commit(gm_out *o) { return out_commit_written(o, NULL); }
 
-int gm_write_out(const gm_config *c, const void *buf, size_t len, mode_t mode, util_out_written *w)
+int gm_out_open(const gm_config *c, mode_t mode, util_out **uo)
 {
     gm_out o;
     int rc;
 
-    memset(w, 0, sizeof(*w));
+    *uo = NULL;
     if ((rc = out_open(c, &o, mode, true)) != GM_EXIT_OK) /* small: staged in memory */
         return rc;
-    if (len > INT_MAX || BIO_write(o.bio, buf, (int)len) != (int)len) {
-        out_abort(&o);
+    BIO_free(o.bio);
+    *uo = o.uo;
+    return GM_EXIT_OK;
+}
+
+int gm_out_put(const gm_config *c, util_out *uo, const void *buf, size_t len, util_out_written *w)
+{
+    memset(w, 0, sizeof(*w));
+    if (len > 0 && fwrite(buf, 1, len, util_out_fp(uo)) != len) {
+        util_out_abort(uo);
         gm_err("cannot write %s", c->out);
         return GM_EXIT_ERROR;
     }
-    return out_commit_written(&o, w);
+    if (util_out_commit(uo, w) != UTIL_OUT_OK) {
+        gm_err("cannot write the output");
+        return GM_EXIT_ERROR;
+    }
+    return GM_EXIT_OK;
 }
+
 static int cmd_fetch_cert(gm_config *c)
 {
     gs_rest *r = NULL;
