@@ -125,7 +125,9 @@ static int names_own_fd(const char *path)
 
             errno = 0;
             v = strtol(base, &end, 10);
-            if (*base >= '0' && *base <= '9' && end != NULL && *end == '\0' && errno == 0 && v <= INT_MAX)
+            /* as /proc reads the name: digits, no leading zero ("01" is no entry) */
+            if (*base >= '0' && *base <= '9' && (base[0] != '0' || base[1] == '\0') && end != NULL && *end == '\0' &&
+                errno == 0 && v <= INT_MAX)
                 fd = (int)v;
             break;
         }

@@ -1050,6 +1050,8 @@ static void test_out_own_pipe_descriptor(void **state)
         assert_memory_equal(got, "secret\n", 7);
         close(p[0]);
     }
+    /* "01" is no name in /proc (no leading zero): not standard output */
+    assert_int_equal(util_out_write("/dev/fd/01", "", 0, 0600, 0, NULL), UTIL_OUT_E_CREATE);
 }
 
 int main(void)
