@@ -57,23 +57,21 @@ grep -q "BEGIN PUBLIC KEY" "$work/out" || fail "keys transport-key --out /dev/st
 # ... and only the key: its lines go to standard error, as groupsrv's
 fingerprint "$work/out" > /dev/null && ! grep -q '^sha256 ' "$work/out" && grep -q '^sha256 ' "$work/err" ||
   fail "keys transport-key --out /dev/stdout: more than the key on standard output: $(cat "$work/out")"
-# --out a named pipe nobody reads, the command stopped (Ctrl-C) while it
+# --out a named pipe nobody reads, the command stopped (kill, or Ctrl-C) while it
 # waits for the reader: no new key on alice's token. The key used to be
 # made first, then the open waited.
 mkfifo "$work/tkpipe"
 before=$(snapshot alice)
-gm keys transport-key --token "$tok" --out "$work/tkpipe" > /dev/null 2>&1 &
-tk_sub=$! tk_pid= waiting=
+env "SOFTHSM2_CONF=$work/tok-alice/softhsm2.conf" "$BIN/groupmail" keys transport-key --token "$tok" \
+  --out "$work/tkpipe" > /dev/null 2>&1 &
+tk_pid=$! waiting=
 for _ in $(seq 300); do # until groupmail sleeps in the pipe's open
-  [ -n "$tk_pid" ] || tk_pid=$(pgrep -P "$tk_sub" -x groupmail || true)
-  if [ -n "$tk_pid" ]; then
-    case "$(cat "/proc/$tk_pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) waiting=1; break ;; esac
-  fi
+  case "$(cat "/proc/$tk_pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) waiting=1; break ;; esac
   sleep 0.1
 done
 [ -n "$waiting" ] || fail "keys transport-key --out a named pipe: never waited in its open"
-kill -INT "$tk_pid"
-wait "$tk_sub" && fail "keys transport-key --out a named pipe: not stopped by SIGINT"
+kill -TERM "$tk_pid"
+wait "$tk_pid" && fail "keys transport-key --out a named pipe: not stopped by SIGTERM"
 [ "$(snapshot alice)" = "$before" ] || fail "keys transport-key stopped as it waited for its pipe's reader: a key left on the token"
 ok "keys transport-key --out a named pipe: stopped as it waits for the reader, nothing made"
 expect 0 "group export eng to alice's transport key" -- \

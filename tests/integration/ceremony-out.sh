@@ -117,31 +117,27 @@ openssl x509 -in "$work/tls.pem" -noout -ext subjectAltName 2>&1 | grep -q "DNS:
 grep -q '^\[tls\]' "$work/tls.err" || fail "tls init --out /dev/stdout: its lines not on standard error"
 ok "tls init --out /dev/stdout: the certificate on standard output, its [tls] lines on standard error"
 
-# waits_in_pipe_open SUB: waits until the groupsrv that subshell SUB runs
-# sleeps in a named pipe's open (for its reader); prints its pid, or
-# fails (status 1) after 30 s.
+# waits_in_pipe_open PID: waits until process PID sleeps in a named
+# pipe's open (for its reader); fails (status 1) after 30 s.
 waits_in_pipe_open() {
-  local pid=
   for _ in $(seq 300); do
-    [ -n "$pid" ] || pid=$(pgrep -P "$1" -x groupsrv || true)
-    if [ -n "$pid" ]; then
-      case "$(cat "/proc/$pid/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) echo "$pid"; return 0 ;; esac
-    fi
+    case "$(cat "/proc/$1/wchan" 2>/dev/null)" in wait_for_partner | fifo_open) return 0 ;; esac
     sleep 0.1
   done
   return 1
 }
+alpha_env="SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf"
 
-# token transport-key --out a named pipe nobody reads, stopped (Ctrl-C)
+# token transport-key --out a named pipe nobody reads, stopped (kill, or Ctrl-C)
 # while it waits for the reader: no new key is left on the token. The
 # key used to be made first, then the open waited.
 mkfifo "$work/tkpipe"
 before=$(snapshot alpha)
-gs_alpha token transport-key --out "$work/tkpipe" > /dev/null 2>&1 &
-tk_sub=$!
-tk_pid=$(waits_in_pipe_open "$tk_sub") || fail "token transport-key --out a named pipe: never waited in its open"
-kill -INT "$tk_pid"
-wait "$tk_sub" && fail "token transport-key --out a named pipe: not stopped by SIGINT"
+env "$alpha_env" "$BIN/groupsrv" -c "$work/alpha.conf" token transport-key --out "$work/tkpipe" > /dev/null 2>&1 &
+tk_pid=$!
+waits_in_pipe_open "$tk_pid" || fail "token transport-key --out a named pipe: never waited in its open"
+kill -TERM "$tk_pid"
+wait "$tk_pid" && fail "token transport-key --out a named pipe: not stopped by SIGTERM"
 [ "$(snapshot alpha)" = "$before" ] || fail "token transport-key stopped as it waited for its pipe's reader: a key left on the token"
 ok "token transport-key --out a named pipe: stopped as it waits for the reader, nothing made"
 
@@ -151,13 +147,14 @@ ok "token transport-key --out a named pipe: stopped as it waits for the reader, 
 # refused). Now the pipe is opened before the lock: a group create while
 # tls init waits goes through.
 mkfifo "$work/tlspipe"
-gs_alpha tls init --dns gs.example.org --label tls2 --out "$work/tlspipe" > "$work/tls2.out" 2> "$work/tls2.err" &
-tls_sub=$!
-waits_in_pipe_open "$tls_sub" > /dev/null || fail "tls init --out a named pipe: never waited in its open"
-rc=0; SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf timeout 30 "$BIN/groupsrv" -c "$work/alpha.conf" \
+env "$alpha_env" "$BIN/groupsrv" -c "$work/alpha.conf" tls init --dns gs.example.org --label tls2 \
+  --out "$work/tlspipe" > "$work/tls2.out" 2> "$work/tls2.err" &
+tls_pid=$!
+waits_in_pipe_open "$tls_pid" || fail "tls init --out a named pipe: never waited in its open"
+rc=0; env "$alpha_env" timeout 30 "$BIN/groupsrv" -c "$work/alpha.conf" \
   group create eng2 --address eng2@example.org --key rsa:2048 > /dev/null 2> "$work/err" || rc=$?
 cat "$work/tlspipe" > "$work/tls2.pem"
-wait "$tls_sub" || fail "tls init --out a named pipe: exit $?: $(cat "$work/tls2.err")"
+wait "$tls_pid" || fail "tls init --out a named pipe: exit $?: $(cat "$work/tls2.err")"
 [ "$rc" = 0 ] || fail "group create while tls init waits for its pipe's reader: exit $rc: $(cat "$work/err")"
 openssl x509 -in "$work/tls2.pem" -noout 2>/dev/null || fail "tls init --out a named pipe: no certificate to the reader"
 ok "tls init --out a named pipe: waits for its reader without the keys lock"
