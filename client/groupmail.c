@@ -641,13 +641,17 @@ static int cmd_fetch_cert(gm_config *c)
         if ((rc = out_commit_written(&o, &written)) != GM_EXIT_OK)
             goto out;
     }
-    X509_digest(leaf, EVP_sha256(), md, &mdlen);
+    if (!X509_digest(leaf, EVP_sha256(), md, &mdlen) || mdlen != 32) {
+        gm_err("cannot compute the certificate's SHA-256 fingerprint");
+        rc = GM_EXIT_ERROR;
+        goto out;
+    }
     util_hex(md, 32, hex);
     p = gm_pin_path(c);
     /* With --out /dev/stdout, standard output holds the certificate alone
      * (`--out /dev/stdout | openssl x509 ...`): the line goes to standard
      * error, as keys transport-key's do. */
-    fprintf(written.kind == UTIL_OUT_STDOUT ? stderr : stdout, "pinned %s sha256=%s\n", p ? p : "", hex);
+    fprintf(util_out_info_stream(written.kind), "pinned %s sha256=%s\n", p ? p : "", hex);
 out:
     free(p);
     X509_free(leaf);
