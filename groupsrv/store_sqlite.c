@@ -223,6 +223,26 @@ out:
 static const struct gs_store_ops sq_ops;
 static void sq_close(gs_store *st);
 
+/* Whether the database file is in WAL mode: bytes 18 and 19 of its header
+ * (the file format's write and read versions) are 2 then. A file not so
+ * (a copy in rollback-journal mode) makes a -journal in its directory for
+ * every write, and its switch to WAL at serve's start does. Read through
+ * SQLite's own descriptor: an open and close(2) of the file here would drop
+ * the SHARED lock SQLite holds on a WAL database for the connection's life
+ * (POSIX locks are the process's), and another process's last close would
+ * then checkpoint and delete the -wal this one goes on writing into. A
+ * file shorter than the header (made, not yet written) is not WAL. */
+static bool sq_file_is_wal(sqlite3 *db)
+{
+    unsigned char v[2];
+    sqlite3_file *f = NULL;
+
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || f == NULL ||
+        f->pMethods == NULL)
+        return false;
+    return f->pMethods->xRead(f, v, (int)sizeof(v), 18) == SQLITE_OK && v[0] == 2 && v[1] == 2;
+}
+
 /* What keeps this user from writing the SQLite database at path, into why
  * (naming the file), and its errno; 0 when nothing does. Not only the file:
  * the -wal and -shm beside it (copied back with the file by root's cp,
@@ -235,26 +255,10 @@ static void sq_close(gs_store *st);
  * stays, as it is then), so a directory the service user may not write
  * is a working database. path is the name
  * SQLite resolved (sqlite3_db_filename: symbolic links followed), as the
- * -wal and -shm are beside the file a link points to. AT_EACCESS: the
- * effective user is the one SQLite writes as. */
-/* Whether the database file at path is in WAL mode: bytes 18 and 19 of its
- * header (the file format's write and read versions) are 2 then. A file
- * not so (a copy in rollback-journal mode) makes a -journal in its
- * directory for every write, and its switch to WAL at serve's start does. */
-static bool sq_file_is_wal(const char *path)
-{
-    unsigned char v[2];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    bool wal = false;
-
-    if (fd < 0)
-        return false;
-    wal = pread(fd, v, sizeof(v), 18) == (ssize_t)sizeof(v) && v[0] == 2 && v[1] == 2;
-    (void)close(fd);
-    return wal;
-}
-
-static int sq_write_problem(const char *path, char *why, size_t size)
+ * -wal and -shm are beside the file a link points to; db is its
+ * connection, open. AT_EACCESS: the effective user is the one SQLite
+ * writes as. */
+static int sq_write_problem(sqlite3 *db, const char *path, char *why, size_t size)
 {
     char dir[4096], side[4096 + 8];
     struct stat sb;
@@ -280,7 +284,7 @@ static int sq_write_problem(const char *path, char *why, size_t size)
             return e;
         }
     }
-    if (!missing && sq_file_is_wal(path))
+    if (!missing && sq_file_is_wal(db))
         return 0;
     if (util_strlcpy(dir, path, sizeof(dir)) != UTIL_OK)
         return 0; /* sqlite3_open_v2 names a path that long itself */
@@ -379,7 +383,7 @@ out:
          * full disk db_error names already). */
         char why[4200 + 64], detail[512];
         const char *real = sqlite3_db_filename(SQ(st)->db, "main");
-        int e = sq_write_problem(real != NULL && *real != '\0' ? real : path, why, sizeof(why));
+        int e = sq_write_problem(SQ(st)->db, real != NULL && *real != '\0' ? real : path, why, sizeof(why));
         if (e == EACCES || e == EPERM) {
             (void)snprintf(detail, sizeof(detail), "%s", gs_err_detail());
             err = sq_write_error(path, why, detail);
@@ -403,7 +407,7 @@ static gs_err sq_check_grants(gs_store *st, bool audit)
 
     if (path == NULL || *path == '\0')
         return GS_OK;
-    if (sq_write_problem(path, why, sizeof(why)) != 0)
+    if (sq_write_problem(SQ(st)->db, path, why, sizeof(why)) != 0)
         return sq_write_error(path, why, "");
     if (!st->readonly && sqlite3_db_readonly(SQ(st)->db, "main") == 1)
         return sq_write_error(path, "SQLite opened it read-only", "");

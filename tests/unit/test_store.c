@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -867,6 +869,37 @@ static void test_keys_lock(void **state)
     gs_store_keys_unlock(f->st);
 }
 
+/* SQLite keeps a SHARED POSIX lock on a WAL database file for as long as
+ * the connection is open: another process's last close takes EXCLUSIVE
+ * to checkpoint and delete the -wal, and fails while it is held. A
+ * POSIX lock is dropped by any close(2) of the file in the process, so
+ * check_grants (serve's and the key holder's start) must not open and
+ * close the file itself: it did to read the header's WAL bytes, and the
+ * next admin command's close deleted the -wal the server went on
+ * writing into. A child process asks whether the lock is still held. */
+static void test_check_grants_keeps_lock(void **state)
+{
+    struct fx *f = *state;
+    int status = 0;
+    pid_t pid;
+
+    /* a write: the -wal and -shm beside the file, so the header is read */
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "lock@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_check_grants(f->st, false), GS_OK);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* SQLite's unix VFS: SHARED is a read lock on 510 bytes from
+         * PENDING_BYTE + 2 */
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0x40000000 + 2, .l_len = 510};
+        int fd = open(f->path, O_RDWR | O_CLOEXEC);
+        _exit(fd >= 0 && fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_RDLCK ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* 1: the server's lock was gone */
+}
+
 /* A value SQLite refuses to bind (over GS_STORE_VALUE_MAX) is an error,
  * never a NULL stored in its place: the member's certificate column is
  * nullable, and an unchecked bind added the member without it. */
@@ -1495,6 +1528,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers),
+                                              cmocka_unit_test_setup_teardown(test_check_grants_keeps_lock, setup,
+                                                                              teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
                                           cmocka_unit_test_setup_teardown(test_turkish_collation_refused, setup,
