@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -883,4 +884,36 @@ double util_monotonic_s(void)
     /* Cannot fail for CLOCK_MONOTONIC on Linux with a valid pointer. */
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int util_listen_resolve(const char *hostport, struct addrinfo **ai, const char **why)
+{
+    char host[256], *colon, *h;
+    struct addrinfo hints;
+    int gai;
+
+    *ai = NULL;
+    *why = "not host:port";
+    if (util_strlcpy(host, hostport, sizeof(host)) != UTIL_OK || (colon = strrchr(host, ':')) == NULL)
+        return UTIL_LISTEN_NOT_HOSTPORT;
+    *colon = '\0';
+    h = host;
+    if (h[0] == '[' && colon > h && colon[-1] == ']') { /* [::1]:8443 */
+        h++;
+        colon[-1] = '\0';
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if ((gai = getaddrinfo(*h ? h : NULL, colon + 1, &hints, ai)) != 0 || *ai == NULL) {
+        if (*ai != NULL) {
+            freeaddrinfo(*ai);
+            *ai = NULL;
+        }
+        *why = gai != 0 ? gai_strerror(gai) : "no address";
+        return UTIL_LISTEN_UNRESOLVED;
+    }
+    *why = NULL;
+    return 0;
 }

@@ -208,6 +208,17 @@ void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
  * before anything opens a file. UTIL_OK, else UTIL_E_IO (errno kept:
  * /dev/null missing) and the program should exit: nothing can be said. */
 int util_sanitise_stdfd(void);
+
+/* The addresses "host:port" or "[v6]:port" resolves to for a listening
+ * TCP socket (AI_PASSIVE: an empty host is the wildcard), in *ai (the
+ * caller frees it with freeaddrinfo). 0; UTIL_LISTEN_NOT_HOSTPORT; or
+ * UTIL_LISTEN_UNRESOLVED with *why getaddrinfo's words (errno means
+ * nothing then). serve binds the first; `check` compares the first of two
+ * listeners, so both take an address the same way. */
+#define UTIL_LISTEN_NOT_HOSTPORT (-1)
+#define UTIL_LISTEN_UNRESOLVED (-2)
+struct addrinfo;
+int util_listen_resolve(const char *hostport, struct addrinfo **ai, const char **why);
 /* Nonzero when util_sanitise_stdfd found fd (0, 1 or 2) closed and put
  * /dev/null there. */
 int util_stdfd_was_closed(int fd);

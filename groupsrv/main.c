@@ -2063,24 +2063,11 @@ static unsigned check_audit_path(const struct gs_config *cfg)
  * or what getaddrinfo said. The IPv4 address of a v4-mapped IPv6 one. */
 static const char *listen_addr(const char *hostport, struct sockaddr_storage *ss)
 {
-    char host[256], *colon, *h;
-    struct addrinfo hints, *ai = NULL;
-    int gai;
+    struct addrinfo *ai = NULL;
+    const char *why;
 
-    if (util_strlcpy(host, hostport, sizeof(host)) != UTIL_OK || (colon = strrchr(host, ':')) == NULL)
-        return "not host:port";
-    *colon = '\0';
-    h = host;
-    if (h[0] == '[' && colon > h && colon[-1] == ']') {
-        h++;
-        colon[-1] = '\0';
-    }
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if ((gai = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &ai)) != 0 || ai == NULL)
-        return gai != 0 ? gai_strerror(gai) : "no address";
+    if (util_listen_resolve(hostport, &ai, &why) != 0)
+        return why;
     memset(ss, 0, sizeof(*ss));
     memcpy(ss, ai->ai_addr, ai->ai_addrlen <= sizeof(*ss) ? ai->ai_addrlen : sizeof(*ss));
     freeaddrinfo(ai);

@@ -67,27 +67,16 @@
  * resolved (getaddrinfo's words: errno means nothing then) or errno's. */
 static int listen_on(const char *hostport, int *fd_out, char *why, size_t whysz)
 {
-    char host[256], *colon;
-    struct addrinfo hints, *ai = NULL;
-    int fd = -1, one = 1, rc = -1, gai;
+    struct addrinfo *ai = NULL;
+    const char *rwhy;
+    int fd = -1, one = 1, rc = -1, r;
 
     *fd_out = -1;
-    (void)snprintf(why, whysz, "not host:port");
-    if (util_strlcpy(host, hostport, sizeof(host)) != 0 || (colon = strrchr(host, ':')) == NULL)
-        return -1;
-    *colon = '\0';
-    const char *port = colon + 1;
-    char *h = host;
-    if (h[0] == '[' && colon > h && colon[-1] == ']') { /* [::1]:8443 */
-        h++;
-        colon[-1] = '\0';
-    }
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if ((gai = getaddrinfo(*h ? h : NULL, port, &hints, &ai)) != 0 || ai == NULL) {
-        (void)snprintf(why, whysz, "cannot resolve the address: %s", gai != 0 ? gai_strerror(gai) : "no address");
+    if ((r = util_listen_resolve(hostport, &ai, &rwhy)) != 0) {
+        if (r == UTIL_LISTEN_NOT_HOSTPORT)
+            (void)snprintf(why, whysz, "%s", rwhy);
+        else
+            (void)snprintf(why, whysz, "cannot resolve the address: %s", rwhy);
         goto out;
     }
     if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
