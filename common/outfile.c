@@ -259,21 +259,27 @@ static int open_stream(const char *path, const struct stat *seen, FILE **dest)
         goto out;
     rc = UTIL_OUT_E_OPEN;
     (void)snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+    /* Through /proc the very file checked above is opened: not looked at
+     * again by name, where a reader that removes its pipe once it has it
+     * open (`{ rm p; cat; } < p`) left no name to resolve and the pipe
+     * was refused as another user's. Only the open by name is checked
+     * after. */
     if ((fd = open(proc, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0) {
         if (errno != ENOENT)
             goto out;
         if ((fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC)) < 0) /* no /proc */
             goto out;
+        if (fstat(fd, &got) != 0)
+            goto out;
+        rc = UTIL_OUT_E_REPLACED;
+        if (got.st_dev != seen->st_dev || got.st_ino != seen->st_ino ||
+            !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))
+            goto out;
+        rc = UTIL_OUT_E_FOREIGN;
+        if (stream_foreign(path, &got))
+            goto out;
+        rc = UTIL_OUT_E_OPEN;
     }
-    if (fstat(fd, &got) != 0)
-        goto out;
-    rc = UTIL_OUT_E_REPLACED;
-    if (got.st_dev != seen->st_dev || got.st_ino != seen->st_ino || !(S_ISFIFO(got.st_mode) || S_ISCHR(got.st_mode)))
-        goto out;
-    rc = UTIL_OUT_E_FOREIGN;
-    if (stream_foreign(path, &got))
-        goto out;
-    rc = UTIL_OUT_E_OPEN;
     if ((*dest = fdopen(fd, "wb")) == NULL)
         goto out;
     fd = -1;

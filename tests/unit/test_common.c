@@ -1,5 +1,6 @@
 /* Unit tests for common/: strict base64, PIN sources, atomic writes, parsing, log quoting,
  * the JSON writer (against jansson, the library whose output it must equal). */
+#define _GNU_SOURCE /* O_PATH */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1054,6 +1056,66 @@ static void test_out_own_pipe_descriptor(void **state)
     assert_int_equal(util_out_write("/dev/fd/01", "", 0, 0600, 0, NULL), UTIL_OUT_E_CREATE);
 }
 
+/* Is pid blocked in the open for writing of open_stream (openat with
+ * O_WRONLY, not the O_PATH one before it)? From /proc/PID/syscall:
+ * "NR dirfd path flags ..." while it sleeps in a system call. */
+static bool blocked_in_write_open(pid_t pid)
+{
+    char name[64], line[256];
+    unsigned long nr, dirfd, pathp, flags;
+    FILE *f;
+    bool yes = false;
+
+    snprintf(name, sizeof(name), "/proc/%d/syscall", (int)pid);
+    if ((f = fopen(name, "r")) == NULL)
+        return false;
+    if (fgets(line, sizeof(line), f) != NULL && sscanf(line, "%lu %lx %lx %lx", &nr, &dirfd, &pathp, &flags) == 4)
+        yes = nr == SYS_openat && (flags & O_ACCMODE) == O_WRONLY && !(flags & O_PATH);
+    fclose(f);
+    return yes;
+}
+
+/* The reader of one's own named pipe removes it once it has it open
+ * (`{ rm p; cat; } < p`, `exec 3<p; rm p`): the output is written. The
+ * pipe was looked at again by name after the open for writing, found
+ * gone (no name to resolve: "unknown"), and refused as another user's
+ * pipe, the reader getting nothing. The open through /proc/self/fd is of
+ * the very pipe already checked; only the open by name (no /proc) needs
+ * the look after. The child is let go only once it waits in that open,
+ * read from /proc/PID/syscall: no sleep that races. */
+static void test_out_own_pipe_removed_by_reader(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-out-XXXXXX", fifo[64], proc[64], got[16] = "";
+    int pfd, rfd, status = 0;
+    pid_t pid;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(fifo, sizeof(fifo), "%s/key.pipe", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_true((pfd = open(fifo, O_PATH | O_CLOEXEC)) >= 0);
+    assert_true((pid = fork()) >= 0);
+    if (pid == 0) {
+        alarm(10);
+        _exit(-util_out_write(fifo, "secret\n", 7, 0600, UTIL_OUT_MEMORY, NULL));
+    }
+    for (int i = 0; i < 10000 && !blocked_in_write_open(pid); i++)
+        usleep(1000);
+    assert_true(blocked_in_write_open(pid));
+    /* the reader: opens the pipe, then removes its name */
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
+    assert_int_equal(unlink(fifo), 0);
+    assert_true((rfd = open(proc, O_RDONLY | O_NONBLOCK)) >= 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(-WEXITSTATUS(status), UTIL_OUT_OK);
+    assert_int_equal(read(rfd, got, sizeof(got)), 7);
+    assert_memory_equal(got, "secret\n", 7);
+    close(rfd);
+    close(pfd);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1079,6 +1141,7 @@ int main(void)
         cmocka_unit_test(test_out_foreign_pipe_not_opened),
         cmocka_unit_test(test_out_foreign_pipe_any_shared_dir),
         cmocka_unit_test(test_out_own_pipe_descriptor),
+        cmocka_unit_test(test_out_own_pipe_removed_by_reader),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
