@@ -156,7 +156,7 @@ cl_start() { # I
   CL_PIDS+=("${CL_PID[$i]}")
   local t
   for t in $(seq 1 200); do
-    curl -sf --cacert "$CL_CERTS/tca.pem" "https://localhost:${CL_PORTS[$i]}/healthz" >/dev/null 2>&1 && return 0
+    curl -sf --max-time 5 --cacert "$CL_CERTS/tca.pem" "https://localhost:${CL_PORTS[$i]}/healthz" >/dev/null 2>&1 && return 0
     kill -0 "${CL_PID[$i]}" 2>/dev/null || { tail -n 20 "$CL_WORK/log/${CL_NAME[$i]}.log" >&2; return 1; }
     sleep 0.1
   done
