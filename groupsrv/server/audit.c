@@ -1674,6 +1674,17 @@ static audit_err verify_one(const char *path, char prev[2 * SHA256_DIGEST_LENGTH
             goto out;
         }
         if (n == 1 && trust_first) {
+            /* Taken as given, so checked as the hash it must be: it is
+             * printed (`--since`'s start) for the operator to compare, and
+             * a rewritten archive could put any 64 bytes there, escape
+             * sequences included. Every later prev is compared with a
+             * hash computed here. */
+            if (strspn(p, "0123456789abcdef") != 2 * SHA256_DIGEST_LENGTH) {
+                json_decref(o);
+                rc = AUDIT_ERR_FORMAT;
+                *bad_line = n;
+                goto out;
+            }
             memcpy(prev, p, 2 * SHA256_DIGEST_LENGTH);
             if (start != NULL)
                 memcpy(start, p, 2 * SHA256_DIGEST_LENGTH + 1);
