@@ -171,9 +171,10 @@ static int mac_key(const char *record, bool create, unsigned char key[MAC_KEY_LE
             goto out;
         (void)unlink(tmp); /* left by a process that had this pid and died */
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        errno = 0; /* a short write sets none */
         if (fd < 0 || write(fd, key, MAC_KEY_LEN) != MAC_KEY_LEN || fsync(fd) != 0) {
             log_warn("the PIN refusal record's key cannot be written path=\"%s\" err=\"%s\"", log_qs(path),
-                     strerror(errno));
+                     errno != 0 ? strerror(errno) : "short write");
             goto out;
         }
         (void)close(fd);
