@@ -225,19 +225,19 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     }
     checked_at = l->group_info_at; /* the discovery answer the check went by */
     rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet);
-    /* Not when the group server was asked within the minute: then the
-     * certificate the list has not met is most often the sender's own,
-     * which the group's CA issued too (`member add --issue-cert`) and
-     * which Thunderbird and Outlook add to every message, and each message
-     * would log that nothing was refreshed. */
-    if (rc == XP_OK && unmet && !xp_group_cert_unmet_asked_lately(c, l, (int64_t)time(NULL))) {
+    if (rc == XP_OK && unmet) {
         /* Also for a certificate of the group's CA the list has not met:
          * perhaps a version newer than the list's newest, which `groupsrv
          * group retire --before` may have left the only one the group
          * server still reads (a sender with the older and the current
          * certificate in their address book). Learnt now, the message is
          * read with it; not learnt (the server's current one is known, or
-         * it cannot be asked now), it is taken as it is. */
+         * it cannot be asked now), it is taken as it is. Not asked, and
+         * not logged, within the minute after the group server was asked:
+         * then the certificate the list has not met is most often the
+         * sender's own, which the group's CA issued too (`member add
+         * --issue-cert`) and which Thunderbird and Outlook add to every
+         * message. */
         xp_err fr = xp_group_cert_refresh_unmet(c, s, l, why, sizeof(why));
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);

@@ -105,21 +105,15 @@ static void rest_fail_why(gs_rest *r, gs_rest_err e, const char *what, char *why
  * to a certificate that is not the group's would otherwise ask it once
  * each. Such a message is deferred meanwhile, never refused on an old
  * answer: the group key may have been rotated since. */
-bool xp_group_cert_checked_lately(const xp_conf *c, const xp_list *l, int64_t now)
+static bool checked_lately(const xp_conf *c, const xp_list *l, int64_t now)
 {
     int64_t ttl = (int64_t)c->group_info_ttl;
     return within(l->group_cert_at, now, ttl < 60 ? ttl : 60);
 }
 
-bool xp_group_cert_unmet_asked_lately(const xp_conf *c, const xp_list *l, int64_t now)
-{
-    int64_t ttl = (int64_t)c->group_info_ttl;
-    return xp_group_cert_checked_lately(c, l, now) || within(l->group_info_at, now, ttl < 60 ? ttl : 60);
-}
-
 static bool asked_lately(const xp_conf *c, const xp_list *l, int64_t now, char *why, size_t whysz)
 {
-    if (!xp_group_cert_checked_lately(c, l, now))
+    if (!checked_lately(c, l, now))
         return false;
     snprintf(why, whysz, "the group server said %llds ago that its current certificate is one the list knows",
              (long long)(now - l->group_cert_at));
@@ -253,12 +247,14 @@ xp_err xp_group_cert_refresh_unmet(const xp_conf *c, spool *s, xp_list *l, char 
     xp_err rc;
 
     why[0] = '\0';
-    if (failed_lately(c, l, now, why, whysz) || asked_lately(c, l, now, why, whysz))
+    /* Asked within the minute, for the certificate or the discovery
+     * answer: nothing new to learn, and nothing for deliver to log (the
+     * certificate the list has not met is most often the sender's own,
+     * named in every message). */
+    if (checked_lately(c, l, now) || within(l->group_info_at, now, ttl < 60 ? ttl : 60))
+        return XP_ERR_NOTFOUND;
+    if (failed_lately(c, l, now, why, whysz))
         return XP_ERR_TEMP;
-    if (within(l->group_info_at, now, ttl < 60 ? ttl : 60)) {
-        snprintf(why, whysz, "the group server was asked %llds ago", (long long)(now - l->group_info_at));
-        return XP_ERR_TEMP;
-    }
     rc = cert_refresh(c, s, l, now, false, why, whysz);
     /* This ask is recorded as a discovery fetch (group_info_at), not as
      * an answer that the current certificate is known: such a message

@@ -37,22 +37,15 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
  * was added (or found added by another deliver); XP_ERR_NOTFOUND when the
  * current one is known already; XP_ERR_TEMP (or another error) with why. */
 xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
-/* Whether the group server said within the last minute (at most the ttl;
- * now: unix seconds) that its current certificate is one the list knows:
- * xp_group_cert_refresh would answer XP_ERR_TEMP without asking. */
-bool xp_group_cert_checked_lately(const xp_conf *c, const xp_list *l, int64_t now);
-/* Whether xp_group_cert_refresh_unmet would not ask now because the group
- * server was asked within the last minute (at most the ttl), for its
- * certificate or its discovery answer: deliver then neither asks nor logs. */
-bool xp_group_cert_unmet_asked_lately(const xp_conf *c, const xp_list *l, int64_t now);
-
 /* The same for a message for a version the list knows that also names
  * another certificate of the group's CA (perhaps a newer version, perhaps
  * the sender's own): not within a minute (at most [delivery]
  * group_info_ttl) of the last discovery fetch, which it refreshes too, and
  * an answer that the current certificate is known is not recorded as
  * xp_group_cert_refresh records it, so that mail to a certificate that is
- * not the group's is still refused at once. */
+ * not the group's is still refused at once. XP_ERR_NOTFOUND also when the
+ * server was asked within that minute (nothing new to learn, nothing to
+ * log). */
 xp_err xp_group_cert_refresh_unmet(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
 
 /* Will the group unwrap a message whose group RecipientInfo uses key
