@@ -1062,6 +1062,9 @@ static void op_rewrap(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     memset(&r, 0, sizeof(r));
+    /* item_read's version, which the answer names (put_result): wiped
+     * with the rest, the group-secret answer said key_version 0. */
+    r.key_version = u.ref->version;
     if (to == IPC_TO_GROUP_SECRET) {
         rc = item_exec(w, g, &c, &u, &r);
         if (rc == 0) {

@@ -214,11 +214,15 @@ cms swap "$work/msg.der" "$work/rw-kek.der" "$work/kek2.der"
 openssl cms -decrypt -inform DER -in "$work/kek2.der" -secretkey "$sk" -secretkeyid "$kekid" -out "$work/dec.txt" 2>/dev/null ||
   fail "rewrap KEKRI does not decrypt"
 cmp -s "$work/dec.txt" "$work/msg.txt" || fail "rewrap text differs"
+# The answer names the group key version the message was to, as api.md
+# shows it (it said 0, a version no group has).
+[ "$(json_get "$work/body" key_version)" = 1 ] || fail "rewrap to group-secret: key_version $(json_get "$work/body" key_version), wanted 1"
 printf '{"recipient_info":"%s","to":"members"}' "$(b64 "$work/ri.der")" > "$work/rw-m.json"
 expect_status 200 "" "rewrap to members" -- c dle --data-binary @"$work/rw-m.json" "$base/v1/groups/eng/rewrap"
 n=$(/usr/bin/python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["recipient_infos"]))' "$work/body")
 # readers with certificates: alice bob dave erin fuzz mallory rl admin (not dle, not carol)
 [ "$n" = 8 ] || fail "rewrap to members: $n RecipientInfos, wanted 8"
+[ "$(json_get "$work/body" key_version)" = 1 ] || fail "rewrap to members: key_version $(json_get "$work/body" key_version), wanted 1"
 found=0
 for i in $(seq 0 $((n - 1))); do
   b64d "$(json_get "$work/body" recipient_infos "$i")" > "$work/rm.der"
