@@ -1204,6 +1204,8 @@ typedef struct job {
     X509 *group_cert;
     unsigned char *ri;  /* the group's RecipientInfo, DER */
     size_t ri_len;
+    bool offline;       /* local-key: the server is not asked (older_unpinned_ri) */
+    bool guessed;       /* ri is older_unpinned_ri's: the server says whether it is the group's */
 } job;
 
 static void job_clear(job *j)
@@ -1249,6 +1251,99 @@ static env_err group_ri_index(const job *j, size_t *idx)
     return e;
 }
 
+/* Is ri for one of our own certificates (--cert, --tls-cert)? */
+static bool ri_is_own(const gm_config *c, const env_recipient *ri)
+{
+    const char *paths[] = {c->cert, c->tls_cert};
+    bool own = false;
+
+    for (size_t i = 0; i < GS_ARRAY_LEN(paths) && !own; i++) {
+        X509 *x = paths[i] != NULL ? gm_read_cert_file_quiet(paths[i]) : NULL;
+        own = x != NULL && env_recipient_matches_cert(ri, x);
+        X509_free(x);
+    }
+    return own;
+}
+
+/* Mail to a key version the pin never held. A pin made after a re-key (a
+ * new member, a new store) holds the current version alone, so mail sent
+ * to an older one (before the re-key, or by a sender who still has its
+ * certificate) named no pinned certificate and was exit 5, although the
+ * server still unwraps it. When the pin is still the server's current
+ * certificate, the message cannot be to a newer version (that stays exit 5
+ * until fetch-cert --repin): its one RecipientInfo that names the group's
+ * CA as issuer, other than one for our own certificate, is taken, and the
+ * server says whether it is a version of the group (unknown_recipient,
+ * exit 5, if not). Several such RecipientInfos are not guessed between.
+ * *idx is set and *found true when taken; an exit code otherwise only when
+ * the server could not be asked. */
+static int older_unpinned_ri(job *j, size_t *idx, bool *found)
+{
+    gm_config *c = j->c;
+    size_t n = 0, at = 0;
+    char *pem = NULL;
+    size_t pemlen = 0;
+    STACK_OF(X509) *chain = NULL;
+    gs_rest_err e;
+    int rc = GM_EXIT_OK;
+
+    *found = false;
+    if (c->group_cert != NULL || j->offline || j->group_cert == NULL || c->server == NULL || c->group == NULL)
+        return GM_EXIT_OK;
+    for (size_t i = 0; i < env_message_recipient_count(j->msg) && n < 2; i++) {
+        unsigned char *der = NULL;
+        size_t len = 0;
+        env_recipient *ri = NULL;
+        if (env_message_recipient_der(j->msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
+            env_recipient_names_issuer_of(ri, j->group_cert) && !ri_is_own(c, ri)) {
+            n++;
+            at = i;
+        }
+        env_recipient_free(ri);
+        free(der);
+    }
+    if (n != 1)
+        return GM_EXIT_OK;
+    if ((rc = rest_lazy(c, &j->r)) != GM_EXIT_OK)
+        return rc;
+    gm_progress(c, "checking that the pinned certificate of group %s is its current one", c->group);
+    if ((e = gs_rest_group_certificate(j->r, c->group, &pem, &pemlen)) != GS_REST_OK)
+        return gm_rest_fail(j->r, e, "group certificate");
+    if (gm_pem_certs((unsigned char *)pem, pemlen, &chain) != 0) {
+        gm_err("the server's group certificate is not PEM");
+        rc = GM_EXIT_UNREACHABLE;
+        goto out;
+    }
+    if (X509_cmp(sk_X509_value(chain, 0), j->group_cert) == 0) {
+        *idx = at;
+        *found = true;
+    }
+out:
+    sk_X509_pop_free(chain, X509_free);
+    free(pem);
+    return rc;
+}
+
+static void not_for_group(const job *j)
+{
+    gm_err("the message is not encrypted to group %s (a copy the list re-encrypted to members is "
+           "decrypted with your own key: --via own-key --cert FILE --key FILE; mail to a group key "
+           "newer than the pinned one needs fetch-cert --repin)",
+           j->c->group ? j->c->group : "(--group-cert)");
+}
+
+/* An unwrap refused: for a RecipientInfo older_unpinned_ri took, the
+ * server's unknown_recipient means the message is not for the group, and
+ * is said as when no RecipientInfo named it. */
+static int job_unwrap_fail(const job *j, gs_rest *r, gs_rest_err e)
+{
+    if (j->guessed && e == GS_REST_ERR_REJECTED && strcmp(gs_rest_last_code(r), "unknown_recipient") == 0) {
+        not_for_group(j);
+        return GM_EXIT_BAD_MESSAGE;
+    }
+    return gm_rest_fail(r, e, "unwrap");
+}
+
 /* Finds the group's RecipientInfo in the message (or reads --recipient-info). */
 static int job_group_ri(job *j)
 {
@@ -1265,17 +1360,23 @@ static int job_group_ri(job *j)
     /* local-key may have loaded it already: loading again would leak it */
     if (j->group_cert == NULL && (rc = group_cert_get(j->c, &j->r, true, &j->group_cert)) != GM_EXIT_OK)
         return rc;
-    if ((e = group_ri_index(j, &idx)) != ENV_OK) {
+    if ((e = group_ri_index(j, &idx)) == ENV_ERR_NO_RECIPIENT) {
+        bool found = false;
+        if ((rc = older_unpinned_ri(j, &idx, &found)) != GM_EXIT_OK)
+            return rc;
+        if (found) {
+            e = ENV_OK;
+            j->guessed = true;
+        }
+    }
+    if (e != ENV_OK) {
         env_recipient *kri = e == ENV_ERR_NO_RECIPIENT ? message_kekri(j->msg) : NULL;
         if (kri != NULL) /* the exploder's group-secret copy: its only RecipientInfo is a KEKRI */
             gm_err("the message is not encrypted to group %s but to a group secret key (a copy the list "
                    "re-encrypted in group-secret mode): --via group-secret",
                    j->c->group ? j->c->group : "(--group-cert)");
         else if (e == ENV_ERR_NO_RECIPIENT)
-            gm_err("the message is not encrypted to group %s (a copy the list re-encrypted to members is "
-                   "decrypted with your own key: --via own-key --cert FILE --key FILE; mail to a group key "
-                   "newer than the pinned one needs fetch-cert --repin)",
-                   j->c->group ? j->c->group : "(--group-cert)");
+            not_for_group(j);
         else
             gm_err("bad message: %s", env_strerror(e));
         env_recipient_free(kri);
@@ -1313,7 +1414,7 @@ static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
     req.content_algorithm = job_content_alg(j);
     gm_progress(j->c, "asking %s to unwrap (deliver=%s)", j->c->server, gs_deliver_name(d));
     if ((e = gs_rest_unwrap(j->r, j->c->group, &req, res)) != GS_REST_OK)
-        return gm_rest_fail(j->r, e, "unwrap");
+        return job_unwrap_fail(j, j->r, e);
     return GM_EXIT_OK;
 }
 
@@ -1524,6 +1625,7 @@ static int cek_local_key(job *j, unsigned char *cek, size_t *ceklen)
     if ((rc = group_cert_get(c, &j->r, false, &j->group_cert)) != GM_EXIT_OK)
         return rc;
     if (j->group_cert != NULL) {
+        j->offline = true;
         if ((rc = job_group_ri(j)) != GM_EXIT_OK)
             return rc;
     } else if (env_message_recipient_count(j->msg) == 1) {
@@ -1748,7 +1850,7 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
             re = mcert_unwrap(j, &mc, &mr, &res);
         }
         if (re != GS_REST_OK) {
-            rc = mr != NULL ? gm_rest_fail(mr, re, "unwrap") : GM_EXIT_ERROR;
+            rc = mr != NULL ? job_unwrap_fail(j, mr, re) : GM_EXIT_ERROR;
             goto out;
         }
         if (unwrap_only)

@@ -570,6 +570,23 @@ for round in repinned fetched-again; do
   done
   expect_rc 0 "fetch-cert again" -- gm fetch-cert
 done
+# a store pinned after the re-key (a new member, a new computer) holds the
+# current version alone: mail sent to the key before is still read, as the
+# server still unwraps it (it was exit 5, "not encrypted to group eng")
+for via in tls recipient-key group-secret; do
+  expect_rc 0 "a store pinned after the re-key: mail to the key before, --via $via" -- \
+    as alice decrypt --via "$via" --store "$work/pinned-after-rekey" --in "$work/msg.der" --out "$work/out.txt"
+  same "$work/out.txt" "$work/msg.txt" "old key, pinned after the re-key, $via"
+done
+[ "$(grep -c 'BEGIN CERTIFICATE' "$work/pinned-after-rekey/pins/"*.pem)" = 2 ] ||
+  fail "test set-up: the new store's pin holds more than the current chain"
+# while a message to another certificate of the group's CA (bob's), which
+# the server does not take for a version of the group, is not for it
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/m.txt" -outform DER -out "$work/to-bob.der" \
+  -recip "$certs/bob@example.org.pem"
+expect_rc 5 "a message to another certificate of the group's CA" -- \
+  as alice decrypt --via tls --store "$work/pinned-after-rekey" --in "$work/to-bob.der"
+grep -q 'not encrypted to group eng .*own key' "$work/gm.err" || fail "to bob's certificate: $(cat "$work/gm.err")"
 # a pin file that kept many earlier versions (as after some 20 re-keys) is
 # still read: its reader once took 16 certificates, the re-key kept 64
 for i in $(seq 1 20); do
