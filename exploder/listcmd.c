@@ -33,7 +33,7 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     xp_list l, *made = NULL;
     const char *group_cert_file = NULL;
-    char *subject = NULL, why[512] = "";
+    char *subject = NULL, why[512] = "", names[256];
     unsigned char *pem = NULL;
     size_t pemlen = 0;
     int opt, ex = 1;
@@ -125,6 +125,19 @@ static int list_create(const xp_conf *c, spool *s, int argc, char **argv)
     printf("created %s mode=%s group=%s group_cert=%s\n", l.address, xp_mode_name(l.mode), l.group,
            subject != NULL ? subject : "(none)");
     ex = 0;
+    /* Thunderbird, Outlook, Apple Mail and gpgsm encrypt to the
+     * certificate that names the address being sent to: a group
+     * certificate for another address (the group made with --address
+     * eng@example.org, the list eng@lists.example.org) leaves their users
+     * unable to encrypt to the list, and only openssl-style senders, given
+     * the file, reach it. Said, not refused: the list works for those. */
+    if (l.group_cert != NULL && !xp_cert_names_address(l.group_cert, l.address, names, sizeof(names)))
+        fprintf(stderr,
+                "exploder: warning: the group certificate names %s%s, not the list's address %s: S/MIME "
+                "clients (Thunderbird, Outlook, gpgsm) look a recipient's certificate up by the address they "
+                "send to, and will not encrypt to this list (make the group's address the list's: groupsrv "
+                "group create --address %s)\n",
+                names[0] != '\0' ? "" : "no address", names, l.address, l.address);
     /* what the group accepts, for deliver's checks (refreshed later anyway) */
     if ((rc = spool_list_get(s, l.address, &made)) == XP_OK &&
         xp_group_info_refresh(c, s, made, true, why, sizeof(why)) != XP_OK)

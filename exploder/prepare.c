@@ -19,6 +19,7 @@
 #include "gs_version.h"
 #include "log.h"
 #include "mail.h"
+#include "mailaddr.h"
 #include "restclient.h"
 #include "util.h"
 
@@ -186,6 +187,37 @@ bool xp_group_cert_known(const char *pem, X509 *cert)
     ERR_clear_error();
     BIO_free(b);
     return known;
+}
+
+bool xp_cert_names_address(const char *pem, const char *addr, char *names, size_t namesz)
+{
+    X509 *x = first_cert(pem);
+    STACK_OF(OPENSSL_STRING) *emails = x != NULL ? X509_get1_email(x) : NULL;
+    size_t o = 0;
+    bool named = false;
+
+    if (namesz > 0)
+        names[0] = '\0';
+    for (int i = 0; i < sk_OPENSSL_STRING_num(emails); i++) {
+        const char *e = sk_OPENSSL_STRING_value(emails, i);
+        int w;
+        if (strcasecmp(e, addr) == 0)
+            named = true;
+        /* the names for the warning, each printable ASCII or not at all */
+        if (!mailaddr_names_record(e) || o >= namesz)
+            continue;
+        w = snprintf(names + o, namesz - o, "%s%s", o > 0 ? ", " : "", e);
+        if (w < 0 || (size_t)w >= namesz - o) {
+            names[o] = '\0';
+            o = namesz;
+        } else {
+            o += (size_t)w;
+        }
+    }
+    X509_email_free(emails);
+    X509_free(x);
+    ERR_clear_error();
+    return named;
 }
 
 xp_err xp_cert_check(const char *pem, char **subject)

@@ -78,6 +78,12 @@ void xp_rest_opts(const xp_conf *c, const xp_list *l, struct gs_rest_opts *o);
  * parse) using the list's (or [tls]) client settings. *pem: caller frees. */
 xp_err xp_fetch_group_cert(const xp_conf *c, const xp_list *l, char **pem, char *why, size_t whysz);
 
+/* Does the first certificate of pem name addr (an rfc822Name, or an
+ * emailAddress in its subject), but for ASCII case? S/MIME clients look a
+ * recipient's certificate up by the address they send to. names gets the
+ * addresses it does name, comma-separated ("" for none; cut at namesz). */
+bool xp_cert_names_address(const char *pem, const char *addr, char *names, size_t namesz);
+
 /* Checks a PEM text holds a certificate; *subject (caller frees) its subject. */
 xp_err xp_cert_check(const char *pem, char **subject);
 

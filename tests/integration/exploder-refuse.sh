@@ -162,6 +162,26 @@ xp list create "$(printf 'l%.0s' $(seq 1 57))@lists.example.org" --group-server 
   --mode forward --group-cert "$W/group.pem" 2>"$W/add.err" || rc=$?
 [ "$rc" = 64 ] && grep -q -- "-request@lists.example.org (List-Unsubscribe) would not be an address: a local part longer than 64" \
   "$W/add.err" || fail "a list address without room for -request: $rc $(cat "$W/add.err")"
+# Stock clients (Thunderbird, Outlook, gpgsm) encrypt to the certificate
+# that names the address they send to: a group certificate for another
+# address (or none) is said at list create, which still makes the list
+rc=0
+xp list create noname@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/group.pem" >/dev/null 2>"$W/create.err" || rc=$?
+[ "$rc" = 0 ] && grep -q "^exploder: warning: the group certificate names no address, not the list's address noname@lists.example.org: .*Thunderbird" \
+  "$W/create.err" || fail "list create, a group certificate naming no address: $rc $(cat "$W/create.err")"
+for n in "other|eng@example.org" "named|Named@Lists.Example.org"; do
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/${n%%|*}.key" -out "$W/${n%%|*}.pem" -subj "/CN=${n%%|*}" \
+    -days 2 -addext "subjectAltName=email:${n#*|}" 2>/dev/null
+done
+xp list create other@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/other.pem" >/dev/null 2>"$W/create.err" || fail "list create other@"
+grep -q "^exploder: warning: the group certificate names eng@example.org, not the list's address other@lists.example.org: .*--address other@lists.example.org)$" \
+  "$W/create.err" || fail "list create, a group certificate for another address: $(cat "$W/create.err")"
+xp list create named@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/named.pem" >/dev/null 2>"$W/create.err" || fail "list create named@"
+grep -q "certificate names" "$W/create.err" &&
+  fail "list create warned about a certificate naming the list (in another case): $(cat "$W/create.err")"
 # list set: a list that lets plain mail through cannot move to a rewrap
 # mode; the error names the setting in the way, not an option not given
 xp list create plain@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
