@@ -168,7 +168,7 @@ DECLARE_ASN1_ITEM(ENV_ATTRS)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP1)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP2)
 
-/* A write-only base64 filter BIO (env_b64.c): 64-character lines ending
+/* A write-only base64 filter BIO (env_b64.c): 76-character lines ending
  * in CRLF or LF; BIO_flush writes the final line. Push onto the sink. */
 BIO *env_b64_new(bool crlf);
 /* MIME-Version, Content-* lines of an S/MIME message and the blank line. */
