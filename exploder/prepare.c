@@ -252,8 +252,11 @@ static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, siz
 
     if (!is_pkcs7_mime(hdrs, hlen) || !mail_is_base64_text(body, blen))
         return false;
+    /* "base64" as the S/MIME reader takes it (envelope's mime_type_is):
+     * alone, or before a ';' or white space (an RFC 2045 comment) */
     cte = mail_header_get(hdrs, hlen, "Content-Transfer-Encoding");
-    b64 = cte != NULL && strcasecmp(cte, "base64") == 0;
+    b64 = cte != NULL && strncasecmp(cte, "base64", 6) == 0 &&
+          (cte[6] == '\0' || cte[6] == ';' || cte[6] == ' ' || cte[6] == '\t');
     free(cte);
     return b64;
 }

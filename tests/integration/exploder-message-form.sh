@@ -82,6 +82,15 @@ for c in $(copies); do
     fail "the re-wrapped copy does not decrypt with the group key"
 done
 xp_spool_empty
+# the encoding named as RFC 2045 lets it be, with a comment after it: base64
+# all the same (as the S/MIME reader takes it), re-wrapped, not refused as
+# a body with a long line that should be sent in base64
+sed 's/^Content-Transfer-Encoding: base64$/Content-Transfer-Encoding: BASE64 (no line breaks)/' "$W/oneline.eml" \
+  >"$W/oneline-comment.eml"
+xp deliver --list $L --sender alice@example.org <"$W/oneline-comment.eml" 2>"$W/deliver.err" ||
+  fail "deliver refused a base64 body without line breaks whose encoding has a comment: $(cat "$W/deliver.err")"
+xp_drain
+xp_spool_empty
 long=$(head -c 1500 /dev/zero | tr '\0' x)
 printf 'From: alice@example.org\nTo: %s\nSubject: plain long\n\nshort\n%s\n' $L "$long" >"$W/plainlong.eml"
 rc=0
