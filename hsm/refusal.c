@@ -30,11 +30,19 @@
  * entries of its own token (a successful login resets the token's count
  * of wrong PINs, so a source on that token that is still wrong costs one
  * try again, never a lock-out). The file goes when no entry is left.
+ *
+ * Each change reads the record, changes it and writes it whole, so two
+ * processes changing it at once (two instances sharing the directory,
+ * one recording a refusal as the other's login clears its own entries)
+ * would keep only the later write: the other's refusal lost, its PIN
+ * sent again. Changes are made holding flock(2) on "RECORD.lock" beside
+ * it (not the directory, whose flock is the database's keys lock).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,6 +60,9 @@
 #define ENTRIES_MAX 16
 #define LINE_MAX_LEN 512
 #define MAC_KEY_LEN 32
+/* How long a change waits for another process's change (a few file
+ * writes): a holder stopped (SIGSTOP, a debugger) must not stop a start. */
+#define LOCK_WAIT_MS 3000
 
 void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
 {
@@ -110,6 +121,46 @@ static int key_path(const char *record, char *out, size_t cap)
 {
     int n = snprintf(out, cap, "%s.key", record);
     return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+/* Takes the lock beside the record for a change: its descriptor, or -1
+ * when it cannot be had (logged: the change is made anyway, as before
+ * there was a lock, since leaving a refusal unrecorded costs a PIN try
+ * for certain). A lock file this user cannot open (made by a command
+ * root ran with the service's configuration) is replaced. */
+static int lock_record(const char *record)
+{
+    char path[4200];
+    int n = snprintf(path, sizeof(path), "%s.lock", record), fd = -1;
+
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -1;
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EACCES || errno == EPERM) && unlink(path) == 0)
+        fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_warn("the PIN refusal record's lock cannot be opened; changed without it path=\"%s\" err=\"%s\"",
+                 log_qs(path), strerror(errno));
+        return -1;
+    }
+    for (int waited = 0;; waited += 10) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        if ((errno != EWOULDBLOCK && errno != EINTR) || waited >= LOCK_WAIT_MS) {
+            log_warn("the PIN refusal record's lock cannot be had; changed without it path=\"%s\" err=\"%s\"",
+                     log_qs(path), errno == EWOULDBLOCK ? "held by another process" : strerror(errno));
+            (void)close(fd);
+            return -1;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        (void)nanosleep(&ts, NULL);
+    }
+}
+
+static void unlock_record(int fd)
+{
+    if (fd >= 0)
+        (void)close(fd); /* lets the flock go */
 }
 
 /* Reads the MAC key (32 bytes, a regular file not open to others); with
@@ -454,6 +505,7 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
      * earlier entry is replaced by this one, the newest). */
     refusal_entry e[ENTRIES_MAX];
     size_t count = 0, kept = 0;
+    int lockfd = lock_record(record);
     char *old = read_record(record);
     if (old != NULL)
         count = parse_entries(old, e, ENTRIES_MAX);
@@ -466,6 +518,9 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     }
     e[kept] = (refusal_entry){line, text, strlen(line), (size_t)n};
     rc = write_entries(record, e, kept + 1);
+    int saved = errno;
+    unlock_record(lockfd);
+    errno = saved;
     free(old);
     if (rc != 0) {
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\" err=\"%s\"",
@@ -480,11 +535,13 @@ void hsm_refusal_clear(const char *record, const CK_TOKEN_INFO *ti)
     refusal_entry e[ENTRIES_MAX];
     char tok[65], prefix[sizeof(ENTRY_PREFIX) + 80];
     size_t count, kept = 0;
-    char *text;
+    char *text = NULL;
     struct stat st;
+    int lockfd = -1;
 
     if (record == NULL || lstat(record, &st) != 0)
         return;
+    lockfd = lock_record(record);
     /* Only this token's entries: another token's refusal, in a directory
      * two configurations share, still stands. */
     if (token_id(ti, tok) != 0 || (text = read_record(record)) == NULL) {
@@ -494,22 +551,22 @@ void hsm_refusal_clear(const char *record, const CK_TOKEN_INFO *ti)
         else if (errno != ENOENT)
             log_warn("the PIN refusal record cannot be removed path=\"%s\" err=\"%s\"", log_qs(record),
                      strerror(errno));
-        return;
+        goto out;
     }
     (void)snprintf(prefix, sizeof(prefix), ENTRY_PREFIX "token=%s ", tok);
     count = parse_entries(text, e, ENTRIES_MAX);
     for (size_t i = 0; i < count; i++)
         if (strncmp(e[i].line, prefix, strlen(prefix)) != 0)
             e[kept++] = e[i];
-    if (kept == count && count > 0) {
-        free(text);
-        return; /* none of this token's */
-    }
+    if (kept == count && count > 0)
+        goto out; /* none of this token's */
     if (write_entries(record, e, kept) == 0)
         log_info("the PIN refusal record %s: the token took the PIN path=\"%s\"",
                  kept == 0 ? "is removed" : "no longer names this token", log_qs(record));
     else
         log_warn("the PIN refusal record cannot be removed path=\"%s\" err=\"%s\"", log_qs(record),
                  strerror(errno));
+out:
+    unlock_record(lockfd);
     free(text);
 }

@@ -12,7 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -136,12 +140,66 @@ static void test_unusable_key_replaced(void **state)
     rmdir(dir);
 }
 
+/* Two processes updating the record at once (two instances sharing a
+ * directory, one recording a refusal as the other's login clears its
+ * own token's entries): each reads, changes and writes the whole file, so
+ * without a lock the later write drops the earlier one's entry, and that
+ * refused PIN is sent again by the next start. The update waits for the
+ * lock beside the record: while another process holds it, a recording
+ * process writes nothing, and once it is let go its entry joins the
+ * entry written meanwhile. */
+static void test_update_waits_for_lock(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-refusal-XXXXXX", rec[128], key[140], lock[140];
+    CK_TOKEN_INFO a, b;
+    hsm_pin_src sa = {.is_file = true, .dev = 1, .ino = 10, .size = 5, .mtime_s = 1, .ctime_s = 1};
+    hsm_pin_src sb = {.is_file = true, .dev = 1, .ino = 20, .size = 5, .mtime_s = 2, .ctime_s = 2};
+    int fd, status = 0;
+    pid_t pid;
+
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(rec, sizeof(rec), "%s/pin-refused", dir);
+    (void)snprintf(key, sizeof(key), "%s.key", rec);
+    (void)snprintf(lock, sizeof(lock), "%s.lock", rec);
+    token(&a, "A1");
+    token(&b, "B2");
+    /* A's entry stands; the key exists, so the child waits only for the lock. */
+    hsm_refusal_record(rec, &a, &sa, "wrong", 5, "/etc/a/pin", "CKR_PIN_INCORRECT");
+    /* Another process in the middle of its update. */
+    assert_true((fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) >= 0);
+    assert_int_equal(flock(fd, LOCK_EX), 0);
+    assert_true((pid = fork()) >= 0);
+    if (pid == 0) {
+        (void)close(fd);
+        hsm_refusal_record(rec, &b, &sb, "wronG", 5, "/etc/b/pin", "CKR_PIN_INCORRECT");
+        _exit(0);
+    }
+    /* Given time to run, the child must not have written: the holder's
+     * own write would replace it. (A child slow to start makes this
+     * check weaker, never wrong.) */
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    (void)nanosleep(&ts, NULL);
+    assert_false(matches(rec, &b, &sb, "wronG"));
+    assert_int_equal(flock(fd, LOCK_UN), 0);
+    (void)close(fd);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(matches(rec, &a, &sa, "wrong"));
+    assert_true(matches(rec, &b, &sb, "wronG"));
+    unlink(rec);
+    unlink(key);
+    unlink(lock);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_identity_other_pin),
         cmocka_unit_test(test_shared_directory),
         cmocka_unit_test(test_unusable_key_replaced),
+        cmocka_unit_test(test_update_waits_for_lock),
     };
     log_init("test_refusal", LOG_LVL_WARN, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
