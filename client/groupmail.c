@@ -944,7 +944,8 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
                                                 : "");
         return GM_EXIT_USAGE;
     }
-    switch (util_read_pin_source(c->smtp_password_file, pw, pwlen)) {
+    int rc = util_read_pin_source(c->smtp_password_file, pw, pwlen);
+    switch (rc) {
     case UTIL_OK:
         util_forget_env_source(c->smtp_password_file); /* an env: password leaves /proc/PID/environ */
         return GM_EXIT_OK;
@@ -953,6 +954,8 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
         gm_err("SMTP password: %s is readable by group or others (chmod 600 it)", c->smtp_password_file);
         break;
     case UTIL_E_TOOBIG: gm_err("SMTP password: %s holds more than a password", c->smtp_password_file); break;
+    case UTIL_E_NOTREG:
+    case UTIL_E_NOWRITER: gm_err("SMTP password: %s: %s", c->smtp_password_file, util_strerror(rc)); break;
     default: gm_err("SMTP password: cannot read %s", c->smtp_password_file); break;
     }
     return GM_EXIT_ERROR;

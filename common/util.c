@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,6 +39,8 @@ const char *util_strerror(int err)
     case UTIL_E_PERM: return "file permissions too open for a secret (want 0600)";
     case UTIL_E_NOTFOUND: return "not found";
     case UTIL_E_ARGS: return "invalid arguments";
+    case UTIL_E_NOTREG: return "not a regular file or named pipe";
+    case UTIL_E_NOWRITER: return "a named pipe nobody wrote to within 10 s";
     }
     return "unknown error";
 }
@@ -556,7 +559,70 @@ int util_auth_clear_allows(util_auth_clear rule, const char *url)
     return rule == UTIL_AUTH_CLEAR_YES || (rule == UTIL_AUTH_CLEAR_LOOPBACK && util_url_host_is_loopback(url));
 }
 
+/* A named pipe's content (opened O_NONBLOCK) to its writer's close, of
+ * at most max bytes, waiting at most wait_ms in all: a pipe nobody writes
+ * to, or a writer that never closes, is UTIL_E_NOWRITER, not a wait for
+ * ever. */
+static int read_pipe(int fd, int wait_ms, size_t max, unsigned char **out, size_t *len)
+{
+    struct timespec start, now;
+    unsigned char *buf = NULL;
+    size_t used = 0;
+    int rc = UTIL_E_IO;
+
+    *out = NULL;
+    *len = 0;
+    if (max >= SIZE_MAX - 1 || (buf = malloc(max + 2)) == NULL)
+        return UTIL_E_NOMEM;
+    if (clock_gettime(CLOCK_MONOTONIC, &start) != 0)
+        goto out;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        long spent;
+        int r;
+        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
+            goto out;
+        spent = (long)(now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (spent >= wait_ms) {
+            rc = UTIL_E_NOWRITER;
+            goto out;
+        }
+        r = poll(&p, 1, (int)(wait_ms - spent));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            continue; /* the time is checked above */
+        ssize_t m = read(fd, buf + used, max + 1 - used);
+        if (m < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (m < 0)
+            goto out;
+        if (m == 0)
+            break; /* the writer closed */
+        used += (size_t)m;
+        if (used > max) {
+            rc = UTIL_E_TOOBIG;
+            goto out;
+        }
+    }
+    buf[used] = '\0';
+    *out = buf;
+    *len = used;
+    buf = NULL;
+    rc = UTIL_OK;
+out:
+    util_secret_free(buf, max + 2);
+    return rc;
+}
+
 int util_read_pin_source(const char *source, char **pin, size_t *len)
+{
+    return util_read_pin_source_wait(source, 10000, pin, len);
+}
+
+int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_t *len)
 {
     int rc;
     unsigned char *buf = NULL;
@@ -578,12 +644,23 @@ int util_read_pin_source(const char *source, char **pin, size_t *len)
         memcpy(buf, v, n + 1);
     } else {
         const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+        /* Opened without waiting: a named pipe's open would otherwise
+         * wait for its writer for ever (a start hung without a word). */
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
         struct stat st;
-        if (stat(path, &st) != 0)
+        if (fd < 0)
             return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
-        if ((st.st_mode & 077) != 0)
-            return UTIL_E_PERM;
-        rc = util_read_file(path, PIN_MAX + 2, &buf, &n);
+        if (fstat(fd, &st) != 0)
+            rc = UTIL_E_IO;
+        else if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode))
+            rc = UTIL_E_NOTREG; /* a terminal would wait for a person; a device holds no PIN */
+        else if ((st.st_mode & 077) != 0)
+            rc = UTIL_E_PERM;
+        else if (S_ISREG(st.st_mode))
+            rc = util_read_fd(fd, PIN_MAX + 2, &buf, &n);
+        else
+            rc = read_pipe(fd, wait_ms, PIN_MAX + 2, &buf, &n);
+        (void)close(fd);
         if (rc != UTIL_OK)
             return rc;
     }

@@ -19,6 +19,8 @@ enum util_err {
     UTIL_E_PERM = -5,     /* file mode too open for a secret */
     UTIL_E_NOTFOUND = -6, /* file or environment variable absent */
     UTIL_E_ARGS = -7,
+    UTIL_E_NOTREG = -8,   /* a secret's file is no regular file nor named pipe */
+    UTIL_E_NOWRITER = -9, /* a named pipe nobody wrote to within the wait */
 };
 const char *util_strerror(int err);
 
@@ -62,6 +64,9 @@ void util_atomic_abort(util_atomic_file *af);
  * Trailing newline stripped. *pin is NUL-terminated, at most 256 bytes;
  * release with util_secret_free(pin, len). */
 int util_read_pin_source(const char *source, char **pin, size_t *len);
+/* The same, waiting at most wait_ms for a named pipe's writer
+ * (util_read_pin_source waits 10 s). */
+int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_t *len);
 
 /* Nonzero when a pkcs11: URI carries a PIN itself (a pin-value attribute,
  * RFC 7512 section 2.4, in its path or query, in any case). Such a URI is

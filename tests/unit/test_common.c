@@ -68,6 +68,49 @@ static void test_b64_rejects(void **state)
     free(dec);
 }
 
+/* A PIN file that is a named pipe: read when a writer comes within the
+ * wait, refused after it when none does (a start hung for good, without a
+ * word, before); a device or socket is refused at once. */
+static void test_pin_source_fifo(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-test-XXXXXX", path[128];
+    char *pin = NULL;
+    size_t len = 0;
+    int status = 0;
+    pid_t pid;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/pin", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    /* nobody writes: refused after the wait */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(20); /* the bug: a read that never ends */
+        _exit(util_read_pin_source_wait(path, 200, &pin, &len) == UTIL_E_NOWRITER ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* a writer: its PIN is read */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        _exit(fd >= 0 && write(fd, "2468\r\n", 6) == 6 ? 0 : 1);
+    }
+    assert_int_equal(util_read_pin_source_wait(path, 10000, &pin, &len), UTIL_OK);
+    assert_int_equal(len, 4);
+    assert_string_equal(pin, "2468");
+    util_secret_free(pin, len);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    unlink(path);
+    /* a character device */
+    assert_int_equal(util_read_pin_source("/dev/null", &pin, &len), UTIL_E_NOTREG);
+    rmdir(dir);
+}
+
 static void test_pin_source(void **state)
 {
     (void)state;
@@ -1123,6 +1166,7 @@ int main(void)
         cmocka_unit_test(test_b64_roundtrip),
         cmocka_unit_test(test_b64_rejects),
         cmocka_unit_test(test_pin_source),
+        cmocka_unit_test(test_pin_source_fifo),
         cmocka_unit_test(test_atomic_write_mode),
         cmocka_unit_test(test_atomic_killed_writer_leaves_nothing),
         cmocka_unit_test(test_read_fd_cap),
