@@ -107,6 +107,31 @@ static bool refused_before(hsm_ctx *ctx, const CK_TOKEN_INFO *ti, const hsm_pin_
     return true;
 }
 
+/* What about a PIN the token refused looks stray, for the message, or
+ * NULL: a space typed after it, a second line, an editor's byte-order
+ * mark are sent byte for byte (only line ends at its end are dropped), so
+ * the right PIN with one of them is "incorrect" with no hint why. Names
+ * the kind of byte only, never the PIN's value or length. */
+static const char *pin_stray(const char *pin, size_t len)
+{
+    if (pin == NULL || len == 0)
+        return NULL;
+    if (len >= 3 && memcmp(pin, "\xef\xbb\xbf", 3) == 0)
+        return "begins with a byte-order mark (U+FEFF, as some editors write)";
+    if (memchr(pin, '\n', len) != NULL || memchr(pin, '\r', len) != NULL)
+        return "holds more than one line";
+    if (memchr(pin, '\0', len) != NULL)
+        return "holds a NUL byte";
+    if (pin[len - 1] == ' ' || pin[len - 1] == '\t')
+        return "ends with white space";
+    if (pin[0] == ' ' || pin[0] == '\t')
+        return "begins with white space";
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)pin[i] < 0x20 || pin[i] == 0x7f)
+            return "holds a control byte";
+    return NULL;
+}
+
 /* A CKR_PIN_INCORRECT: remembered in this process and, for the processes
  * after it (a service manager's restarts, the key holder the supervisor
  * starts again, a cron job), at ctx->refusal_path; the PIN is wiped. */
@@ -482,10 +507,15 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         /* A token that wants no login may have no PIN at all (an empty
          * one, which a pin source cannot hold): "PIN incorrect" alone
          * sends the operator looking for a PIN that does not exist. */
+        const char *stray = pin_stray(ctx->pin, ctx->pin_len);
         if (!(ti.flags & CKF_LOGIN_REQUIRED))
             hsm_set_detail("C_Login: CKR_PIN_INCORRECT; this token requires no login (CKF_LOGIN_REQUIRED clear) "
                            "and its user PIN is not this one: if it has none (an empty PIN, which no pin source "
                            "holds), set a user PIN on the token and put it in the pin source");
+        else if (stray != NULL)
+            hsm_set_detail("C_Login: CKR_PIN_INCORRECT; the PIN read %s: the pin source is sent byte for byte "
+                           "(only line ends at its end are dropped)",
+                           stray);
         pin_refused(ctx, &ti);
         log_warn("token rejected the PIN; it will not be tried again");
     }

@@ -134,4 +134,18 @@ GS_TEST_PIN=other-wrong GS_P11FAULT_COUNTS="$T/count.env3" expect_rc 4 "$G" -c "
 GS_TEST_PIN=$(cat "$T/tok/user-pin") expect_rc 0 "$G" -c "$T/env.conf" group rotate eng
 [ ! -e "$record" ] || fail "env: the right PIN left the record"
 echo "ok: env: sources are remembered by a keyed hash"
+# The right PIN with a stray byte (a space typed after it, a second line,
+# an editor's byte-order mark): the token says only "incorrect"; the
+# message says what about the PIN read looks stray, never the PIN
+right=$(cat "$T/tok/user-pin")
+for c in "trailing|$right \n|ends with white space" "two lines|$right\nsecond\n|holds more than one line" \
+         "bom|\xef\xbb\xbf$right\n|begins with a byte-order mark"; do
+  name=${c%%|*}; c=${c#*|}; bytes=${c%%|*}; want=${c#*|}
+  printf "$bytes" > "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+  expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+  expect_err "PIN incorrect.*the PIN read $want"
+  ! grep -q -- "$right" "$T/err" || fail "$name: the message shows the PIN"
+  rm -f "$record"
+done
+echo "ok: a PIN with a stray space, line or byte-order mark is named as such"
 echo "pin-refusal: OK"
