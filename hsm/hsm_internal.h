@@ -49,6 +49,7 @@ typedef struct hsm_session {
  * for env:NAME nothing here (the PIN itself is MACed). */
 typedef struct hsm_pin_src {
     bool is_file;
+    bool is_pipe; /* a named pipe: known by dev/ino and its PIN's MAC only (each write changes its times) */
     unsigned long long dev, ino;
     long long size, mtime_s, ctime_s;
     long mtime_ns, ctime_ns;

@@ -17,10 +17,11 @@
  * PIN read from it: timestamps of a second or a jiffy, or a filesystem
  * whose inodes and times say nothing (some FUSE and network ones), would
  * otherwise let a corrected PIN of the same length look unchanged and be
- * refused for good; for env:NAME, an HMAC-SHA256 of the PIN under a
- * random key kept in a separate 0600 file beside the record, so that the
- * record alone tells nothing about the PIN. Both files are written
- * atomically with mode 0600.
+ * refused for good; for a named pipe its device and inode and the HMAC
+ * (the writer's write at each start changes its times); for env:NAME, an
+ * HMAC-SHA256 of the PIN under a random key kept in a separate 0600 file
+ * beside the record, so that the record alone tells nothing about the
+ * PIN. Both files are written atomically with mode 0600.
  *
  * The record sits in a directory that other configurations may share (two
  * instances' databases in /var/lib/groupsrv, or with [db] url their audit
@@ -78,6 +79,13 @@ void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
     src->is_file = true;
     src->dev = (unsigned long long)st.st_dev;
     src->ino = (unsigned long long)st.st_ino;
+    if (S_ISFIFO(st.st_mode)) {
+        /* The writer's write at each start changes its times (after
+         * this stat): only what was read from it, by its MAC, tells
+         * whether the PIN changed. */
+        src->is_pipe = true;
+        return;
+    }
     src->size = (long long)st.st_size;
     src->mtime_s = (long long)st.st_mtim.tv_sec;
     src->mtime_ns = (long)st.st_mtim.tv_nsec;
@@ -293,6 +301,10 @@ static int record_line(const char *record, const CK_TOKEN_INFO *ti, const hsm_pi
         return -1;
     if (src->is_file) {
         bool mac = pin_mac(record, pin, pin_len, create_key, hex) == 0;
+        /* A pipe without the MAC would match whatever it gives next: a
+         * corrected PIN refused for good. Not recorded then (sent again). */
+        if (src->is_pipe && !mac)
+            return -1;
         n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=file dev=%llu ino=%llu size=%lld "
                      "mtime=%lld.%09ld ctime=%lld.%09ld%s%s",
                      tok, src->dev, src->ino, src->size, src->mtime_s, src->mtime_ns, src->ctime_s, src->ctime_ns,

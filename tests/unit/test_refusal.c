@@ -193,6 +193,42 @@ static void test_update_waits_for_lock(void **state)
     rmdir(dir);
 }
 
+/* A PIN source that is a named pipe (a helper writes the PIN into it at
+ * each start): every write changes the pipe's times, so an identity
+ * with them never matched the next start's, and the same refused PIN
+ * was sent again by every restart. The pipe is known by its PIN's MAC. */
+static void test_fifo_source(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-refusal-XXXXXX", rec[128], key[140], fifo[128], b[8];
+    CK_TOKEN_INFO ti;
+    hsm_pin_src s1, s2;
+    struct timespec ts = {0, 30 * 1000 * 1000};
+    int fd;
+
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(rec, sizeof(rec), "%s/pin-refused", dir);
+    (void)snprintf(key, sizeof(key), "%s.key", rec);
+    (void)snprintf(fifo, sizeof(fifo), "%s/pin", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    token(&ti, "A1");
+    hsm_refusal_src_stat(fifo, &s1);
+    hsm_refusal_record(rec, &ti, &s1, "wrong", 5, fifo, "CKR_PIN_INCORRECT");
+    /* the helper writes the same PIN again for the next start */
+    (void)nanosleep(&ts, NULL);
+    assert_true((fd = open(fifo, O_RDWR | O_CLOEXEC)) >= 0);
+    assert_int_equal(write(fd, "wrong\n", 6), 6);
+    assert_int_equal(read(fd, b, sizeof(b)), 6);
+    (void)close(fd);
+    hsm_refusal_src_stat(fifo, &s2);
+    assert_true(matches(rec, &ti, &s2, "wrong"));
+    assert_false(matches(rec, &ti, &s2, "right"));
+    unlink(rec);
+    unlink(key);
+    unlink(fifo);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +236,7 @@ int main(void)
         cmocka_unit_test(test_shared_directory),
         cmocka_unit_test(test_unusable_key_replaced),
         cmocka_unit_test(test_update_waits_for_lock),
+        cmocka_unit_test(test_fifo_source),
     };
     log_init("test_refusal", LOG_LVL_WARN, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
