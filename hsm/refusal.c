@@ -63,7 +63,7 @@
 #define MAC_KEY_LEN 32
 /* How long a change waits for another process's change (a few file
  * writes): a holder stopped (SIGSTOP, a debugger) must not stop a start. */
-#define LOCK_WAIT_MS 3000
+#define LOCK_WAIT_MS 10000
 
 void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
 {
