@@ -675,6 +675,15 @@ int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_
     return UTIL_OK;
 }
 
+const char *util_pin_source_why(int rc, int e)
+{
+    if (rc == UTIL_E_FORMAT)
+        return "empty";
+    if (rc == UTIL_E_IO && e != 0)
+        return strerror(e);
+    return util_strerror(rc);
+}
+
 void util_forget_env_source(const char *source)
 {
     char *v;

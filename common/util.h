@@ -67,6 +67,10 @@ int util_read_pin_source(const char *source, char **pin, size_t *len);
 /* The same, waiting at most wait_ms for a named pipe's writer
  * (util_read_pin_source waits 10 s). */
 int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_t *len);
+/* Why util_read_pin_source failed with rc, errno e taken just after it,
+ * for a message: an open the system refused says its reason (permission
+ * denied, a link that loops), not "I/O error"; UTIL_E_FORMAT is "empty". */
+const char *util_pin_source_why(int rc, int e);
 
 /* Nonzero when a pkcs11: URI carries a PIN itself (a pin-value attribute,
  * RFC 7512 section 2.4, in its path or query, in any case). Such a URI is

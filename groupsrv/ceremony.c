@@ -171,9 +171,10 @@ static gs_err so_pin_read(const struct gs_config *cfg, const char *desc, char **
 
     if (cfg->hsm.so_pin_source == NULL)
         return so_pin_from_tty(desc, pin, len);
+    errno = 0;
     rc = util_read_pin_source(cfg->hsm.so_pin_source, pin, len);
     if (rc != UTIL_OK)
-        return gs_err_set(GS_ERR_TOKEN, "[hsm] so_pin_source: %s", util_strerror(rc));
+        return gs_err_set(GS_ERR_TOKEN, "[hsm] so_pin_source: %s", util_pin_source_why(rc, errno));
     return GS_OK;
 }
 

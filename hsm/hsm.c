@@ -2,6 +2,7 @@
  * hsm.c: module loading, token lookup by URI, login, the session pool and
  * recovery (hsm_run). See hsm.h for the contract.
  */
+#include <errno.h>
 #include <ctype.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -1152,8 +1153,9 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
         return HSM_OK;
     hsm_pin_src src;
     hsm_refusal_src_stat(pin_source, &src);
+    errno = 0;
     if ((rc = util_read_pin_source(pin_source, &pin, &pin_len)) != UTIL_OK) {
-        hsm_set_detail("pin source %.200s: %s", pin_source, rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc));
+        hsm_set_detail("pin source %.200s: %s", pin_source, util_pin_source_why(rc, errno));
         return HSM_ERR_PIN_SOURCE;
     }
     hsm_token_info_copy(ctx, &ti);
@@ -1587,12 +1589,13 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
         /* The file's identity before it is read: one replaced meanwhile
          * is then taken as changed (tried), never the reverse. */
         hsm_refusal_src_stat(cfg->pin_source, &ctx->pin_src);
+        errno = 0;
         rc = util_read_pin_source(cfg->pin_source, &ctx->pin, &ctx->pin_len);
         if (rc != UTIL_OK) {
             /* Which source: a path or a variable's name, never the PIN.
              * A value that is neither may be the PIN itself, written where
              * its source belongs: it is not shown. */
-            const char *src = cfg->pin_source, *why = rc == UTIL_E_FORMAT ? "empty" : util_strerror(rc);
+            const char *src = cfg->pin_source, *why = util_pin_source_why(rc, errno);
             if (hsm_pin_source_named(src))
                 hsm_set_detail("pin source %.200s: %s", src, why);
             else

@@ -62,8 +62,12 @@ grep -q "^token  *PROBLEM: .*it carries a PIN (pin-value)" "$T/out" || { cat "$T
 # the PIN), nothing made
 cp "$T/tok/user-pin" "$T/pin-0640"; chmod 0640 "$T/pin-0640"
 : > "$T/pin-empty"; chmod 0600 "$T/pin-empty"
+# a link that loops (or any open the system refuses) says the system's
+# reason, not "I/O error"; a device is none of a PIN's files
+ln -s "$T/pin-loop" "$T/pin-loop"
 for src in "$T/pin-0640|file permissions too open for a secret" "$T/pin-missing|not found" \
-           "$T/pin-empty|empty)" "env:GS_NO_SUCH_PIN|not found"; do
+           "$T/pin-empty|empty)" "env:GS_NO_SUCH_PIN|not found" \
+           "$T/pin-loop|Too many levels of symbolic links" "/dev/null|not a regular file or named pipe"; do
   sed "s|^pin_source = .*|pin_source = ${src%%|*}|" "$CONF" > "$T/pin.conf"
   expect_rc 4 "$G" -c "$T/pin.conf" ca init --key rsa:2048
   expect_err "PIN source unreadable, empty or too open (pin source ${src%%|*}: ${src#*|}"
