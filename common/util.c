@@ -40,7 +40,7 @@ const char *util_strerror(int err)
     case UTIL_E_NOTFOUND: return "not found";
     case UTIL_E_ARGS: return "invalid arguments";
     case UTIL_E_NOTREG: return "not a regular file or named pipe";
-    case UTIL_E_NOWRITER: return "a named pipe nobody wrote to within 10 s";
+    case UTIL_E_NOWRITER: return "a named pipe not written and closed within 10 s";
     }
     return "unknown error";
 }

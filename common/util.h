@@ -20,7 +20,7 @@ enum util_err {
     UTIL_E_NOTFOUND = -6, /* file or environment variable absent */
     UTIL_E_ARGS = -7,
     UTIL_E_NOTREG = -8,   /* a secret's file is no regular file nor named pipe */
-    UTIL_E_NOWRITER = -9, /* a named pipe nobody wrote to within the wait */
+    UTIL_E_NOWRITER = -9, /* a named pipe not written and closed within the wait */
 };
 const char *util_strerror(int err);
 
