@@ -67,6 +67,43 @@ for p in groupsrv exploder; do
 done
 ok "maintainer scripts: restart after upgrade, stop on removal"
 
+# Purge removes what the guide had the admin make: every path of
+# docs/operations.md's "Files and owners" table is one a postrm purge
+# deletes (by name, under a directory it deletes, or by its glob), so
+# that `apt purge groupsrv exploder` leaves no file of theirs behind and
+# /etc/groupsrv goes with the last one (package_deb_system purges only
+# the files its own set-up made).
+# rm -r's arguments cover what is under them; rm -f's and rmdir's only
+# themselves (or what their glob matches).
+trees= names=
+for p in groupsrv exploder; do
+  ctl=$OUT/control-$p
+  dpkg-deb -e "$OUT/${p}_"*.deb "$ctl"
+  lines=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ctl/postrm" | sed 's/2>.*//; s/||.*//')
+  trees+=" $(sed -n 's/^[[:space:]]*rm[[:space:]]\+-[a-z]*r[a-z]*[[:space:]]\+\(.*\)$/\1/p' <<<"$lines")"
+  names+=" $(sed -n 's/^[[:space:]]*\(rm[[:space:]]\+-f\|rmdir\)[[:space:]]\+\(.*\)$/\2/p' <<<"$lines")"
+  rm -rf "$ctl"
+done
+table=$(sed -n '/^### Files and owners$/,/^### /p' "$SRC/docs/operations.md" | sed -n 's/^| `\(\/[^`]*\)` |.*/\1/p')
+[ "$(wc -l <<<"$table")" -ge 10 ] || fail "operations.md's 'Files and owners' table: $(wc -l <<<"$table") paths (a pattern is stale)"
+left=
+set -f # the postrm's globs are patterns here, not this machine's files
+while read -r path; do
+  path=${path%/}
+  hit=
+  for a in $trees; do
+    [[ "$a" == /* ]] && { [ "$path" = "$a" ] || [[ "$path" == "$a"/* ]]; } && { hit=1; break; }
+  done
+  for a in $names; do
+    # shellcheck disable=SC2053 # $a may be a glob on purpose (groupsrv.log.*)
+    [[ "$a" == /* ]] && [[ "$path" == $a ]] && { hit=1; break; }
+  done
+  [ -n "$hit" ] || left+="$path "
+done <<<"$table"
+set +f
+[ -z "$left" ] || fail "docs/operations.md's 'Files and owners' names, and no postrm purge removes: $left"
+ok "purge removes every path of operations.md's 'Files and owners' ($(wc -l <<<"$table") paths)"
+
 # lintian as root warns about itself on stderr; its report is stdout.
 set +e
 lintian --display-info --pedantic --tag-display-limit 0 --fail-on error,warning,info,pedantic \
