@@ -2364,6 +2364,53 @@ static int cmd_check(struct env *e, int argc, char **argv)
 
 /* ---- main ---------------------------------------------------------------------- */
 
+/* A typo in a command line is a usage error (2) whatever the
+ * configuration: on a host without one yet (just installed), `groupsrv
+ * member ad ...` said "cannot open config file" (5) and a script saw a
+ * configuration error. Only the word after the command is looked at here,
+ * before the configuration is read: the first one, and only when it is no
+ * option (no option's value can come before it); everything else is
+ * checked by the command itself, which needs the configuration. */
+static int check_subcommand(int argc, char **argv)
+{
+    static const struct {
+        const char *cmd;
+        const char *const subs[11];
+        const char *expected;
+    } table[] = {
+        {"ca", {"init", "renew-cert", "show", "export", "import", NULL}, "init, renew-cert, show, export or import"},
+        {"group",
+         {"create", "set", "rotate", "retire", "import-cert", "renew-cert", "list", "show", "export", "import", NULL},
+         "create, set, rotate, retire, import-cert, renew-cert, list, show, export or import"},
+        {"secret", {"rotate", "retire", "record", NULL}, "rotate, retire or record"},
+        {"member", {"add", "set", "remove", "list", NULL}, "add, set, remove or list"},
+        {"audit", {"verify", "rotate", NULL}, "verify or rotate"},
+        {"tls", {"init", NULL}, "init"},
+        {"token", {"transport-key", NULL}, "transport-key"},
+    };
+    const char *cmd = argv[0];
+
+    /* in the words each command says it */
+    if (strcmp(cmd, "serve") == 0 && argc > 1)
+        return usage_error("serve takes no arguments (got %s)", argv[1]);
+    if (strcmp(cmd, "check") == 0 && argc > 1) {
+        if (strncmp(argv[1], "--", 2) == 0)
+            return usage_error("unknown option %s", argv[1]);
+        return usage_error("check takes no arguments%s", "");
+    }
+    for (size_t i = 0; i < GS_ARRAY_LEN(table); i++) {
+        if (strcmp(cmd, table[i].cmd) != 0)
+            continue;
+        if (argc < 2)
+            return usage_error("%s: expected %s", cmd, table[i].expected);
+        if (argv[1][0] == '-' || one_of(argv[1], table[i].subs))
+            return 0;
+        return usage_error("%s: unknown subcommand %s (expected %s)", cmd, argv[1], table[i].expected);
+    }
+    return 0;
+}
+
+
 int main(int argc, char **argv)
 {
     const char *cfg_path = NULL;
@@ -2429,6 +2476,9 @@ int main(int argc, char **argv)
         strcmp(cmd, "check") && strcmp(cmd, "serve") && strcmp(cmd, "audit") &&
         strcmp(cmd, "tls") && strcmp(cmd, "token"))
         return usage_error("unknown command %s", cmd);
+    rc = check_subcommand(sub_argc, sub_argv);
+    if (rc)
+        return rc;
 
     err = gs_config_load(gs_config_choose_path(cfg_path), &cfg);
     if (err) {

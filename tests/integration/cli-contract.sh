@@ -52,6 +52,21 @@ expect 3 "database .* does not exist" "groupsrv --config=FILE (the --x=v form)" 
 expect 2 "--key: the TLS key on the token must be EC .*$usage" "groupsrv tls init --dns=... --key=rsa:2048" -- \
   "$gs" -c "$gconf" tls init --dns=localhost --out="$work/tls.pem" --key=rsa:2048
 expect 2 "tls: unknown subcommand bogus \(expected init\) $usage" "groupsrv tls bogus" -- "$gs" -c "$gconf" tls bogus
+# ... and so they are with no configuration at all (a host just installed):
+# the command line is checked before the file is read, not "cannot open
+# config file" (5); a right command line still needs the file.
+none=$work/no-such.conf
+expect 2 "group: unknown subcommand lst .*$usage" "groupsrv group lst, no configuration" -- "$gs" -c "$none" group lst
+expect 2 "member: expected add, set, remove or list $usage" "groupsrv member, no configuration" -- "$gs" -c "$none" member
+expect 2 "ca: unknown subcommand frob .*$usage" "groupsrv ca frob, no configuration" -- "$gs" -c "$none" ca frob
+expect 2 "secret: unknown subcommand rotat .*$usage" "groupsrv secret rotat, no configuration" -- "$gs" -c "$none" secret rotat eng
+expect 2 "audit: unknown subcommand verfy .*$usage" "groupsrv audit verfy, no configuration" -- "$gs" -c "$none" audit verfy
+expect 2 "token: unknown subcommand transport .*$usage" "groupsrv token transport, no configuration" -- "$gs" -c "$none" token transport
+expect 2 "tls: unknown subcommand bogus \(expected init\) $usage" "groupsrv tls bogus, no configuration" -- "$gs" -c "$none" tls bogus
+expect 2 "check takes no arguments $usage" "groupsrv check extra, no configuration" -- "$gs" -c "$none" check extra
+expect 2 "serve takes no arguments \(got --bogus\) $usage" "groupsrv serve --bogus, no configuration" -- "$gs" -c "$none" serve --bogus
+expect 5 "no-such\.conf: cannot open config file" "groupsrv group list, no configuration" -- "$gs" -c "$none" group list
+expect 1 "no-such\.conf: cannot open config file" "groupsrv check, no configuration" -- "$gs" -c "$none" check
 # audit had a parser of its own too
 install -m 0600 /dev/null "$work/audit.jsonl"
 if out=$("$gs" -c "$gconf" audit verify --file="$work/audit.jsonl" 2>&1) && [[ $out == "ok: 0 lines, "* ]]; then
