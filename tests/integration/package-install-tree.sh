@@ -25,6 +25,20 @@ $(cat "$W/tree.diff")"
 fi
 ok "installed tree: $(wc -l <"$W/tree") files as listed"
 
+# The README's install without packages, prefix /usr: what the system
+# reads from /etc goes to /etc, not below the prefix. GNUInstallDirs
+# makes only the FULL directory /etc there; a destination of the relative
+# CMAKE_INSTALL_SYSCONFDIR ("etc") is /usr/etc, where logrotate never
+# looks, and the diagnostic logs grew for ever. Configured, not built:
+# the destinations are in the install script.
+cmake -S "$SRC" -B "$W/usr-build" -DCMAKE_INSTALL_PREFIX=/usr -DGS_TESTS=OFF -DGS_MANPAGES=OFF \
+  >"$W/usr-configure.log" 2>&1 || fail "cmake with prefix /usr: $(tail -5 "$W/usr-configure.log")"
+dests=$(sed -n 's/.*file(INSTALL DESTINATION "\([^"]*\)".*/\1/p' "$W/usr-build/dist/cmake_install.cmake" |
+  sed 's|^${CMAKE_INSTALL_PREFIX}|/usr|' | sort -u)
+grep -qx /etc/logrotate.d <<<"$dests" || fail "prefix /usr: no logrotate files in /etc/logrotate.d: $(tr '\n' ' ' <<<"$dests")"
+! grep -q '^/usr/etc' <<<"$dests" || fail "prefix /usr installs into /usr/etc: $(grep '^/usr/etc' <<<"$dests" | tr '\n' ' ')"
+ok "prefix /usr: logrotate files in /etc/logrotate.d, nothing in /usr/etc"
+
 # The units name the installed programs and configuration.
 grep -qx "ExecStart=$PREFIX/bin/groupsrv -c .*/groupsrv/groupsrv.conf serve" "$root/lib/systemd/system/groupsrv.service" ||
   fail "groupsrv.service ExecStart: $(grep ExecStart "$root/lib/systemd/system/groupsrv.service")"
