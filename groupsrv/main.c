@@ -1997,6 +1997,27 @@ out:
     return problem;
 }
 
+/* An audit log this user can append to, in a directory it cannot write:
+ * serve runs, but `audit rotate` as this user (the monthly cron line of
+ * docs/operations.md) fails every time, since it makes the next file and
+ * links the archive in that directory. Not counted: root's rotate works,
+ * and serve does not need it. */
+static void check_audit_dir(const char *path)
+{
+    char *dir = util_dir_of(path);
+
+    if (dir == NULL) {
+        printf("%-10sWARNING: %s: out of memory checking its directory\n", "audit log", path);
+        return;
+    }
+    if (access(dir, W_OK | X_OK) != 0)
+        printf("%-10sWARNING: its directory %s cannot be written by this user (uid %lu): %s: "
+               "`audit rotate` run as this user cannot archive the log (it makes the next file and the "
+               "archive's name there)\n",
+               "audit log", dir, (unsigned long)geteuid(), strerror(errno));
+    free(dir);
+}
+
 /* [audit] path: serve appends to it, creating the file and any missing
  * directories (0700). So: an existing file must be a writable regular
  * file; otherwise the nearest existing ancestor must be a writable
@@ -2025,12 +2046,16 @@ static unsigned check_audit_path(const struct gs_config *cfg)
             why = "not writable";
         if (why == NULL && (sb.st_mode & 077) != 0)
             /* not counted: serve takes it too, with a warning */
-            return file_row(
+            (void)file_row(
                 "audit log", true,
                 "%s; mode %04o: its group or others can read who unwrapped what (chmod 0600 unless "
                 "that is meant)",
                 cfg->audit.path, (unsigned)(sb.st_mode & 07777));
-        return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : "", why ? why : "");
+        else if (file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : "",
+                          why ? why : "") != 0)
+            return 1;
+        check_audit_dir(cfg->audit.path);
+        return 0;
     }
     if (util_strlcpy(dir, cfg->audit.path, sizeof(dir)) != UTIL_OK)
         return file_row("audit log", false, "%s: path too long", cfg->audit.path);

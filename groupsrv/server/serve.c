@@ -1052,6 +1052,7 @@ static int audit_rotate_cmd(const char *file)
     char archive[4096];
     struct stat st;
     audit_err e;
+    int dir_errno;
 
     /* An existing regular file only: rotating must not create a log (as
      * root, one the server could not write), nor follow a link. */
@@ -1076,6 +1077,16 @@ static int audit_rotate_cmd(const char *file)
     if (e == AUDIT_OK) {
         printf("sealed %s as %s; %s continues the chain\n", file, archive, file);
         return 0;
+    }
+    /* "cannot be written" of a log this user appends to: its directory is
+     * what refused (the next file and the archive's name are made there),
+     * so say that, or the operator looks at the file's mode in vain. */
+    if (e == AUDIT_ERR_IO && access(file, W_OK) == 0 && (dir_errno = util_dir_unwritable(file)) != 0) {
+        audit_cmd_error(
+            "audit rotate: %s: its directory cannot be written by this user (uid %lu): %s (rotating makes "
+            "the next file and the archive's name there: run it as the directory's owner)",
+            file, (unsigned long)geteuid(), strerror(dir_errno));
+        return 1;
     }
     audit_cmd_error("audit rotate: %s: %s", file, audit_strerror(e));
     return e == AUDIT_ERR_FORMAT ? 3 : 1;

@@ -105,6 +105,40 @@ if [ "$start" -gt 443 ]; then
 fi
 rm -rf "$low"
 
+# ---- an audit log in a directory the service user cannot write ----
+# (an admin's mkdir as root, then chown of the file alone): serve appends
+# and check said OK, but the monthly `audit rotate` as that user failed
+# with "audit log cannot be written" while the file's mode was right.
+# check warns, and rotate names the directory. As nobody when root (the
+# directory stays root's), else in a directory made read-only.
+aud=$(mktemp -d /tmp/gs-auditdir.XXXXXX)
+trap '{ [ ! -d "$aud" ] || chmod -R u+w "$aud"; }; rm -rf "$work" "$aud"' EXIT
+chmod 755 "$aud"
+cp "$BIN/groupsrv" "$aud/"
+mkdir -m 0755 "$aud/log"
+install -m 0600 /dev/null "$aud/log/audit.jsonl"
+sed "s|^path = $work/audit.jsonl|path = $aud/log/audit.jsonl|" "$conf" > "$aud/g.conf"
+chmod 0644 "$aud/g.conf"
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+  as_user=(runuser -u nobody --)
+  chown nobody "$aud/log/audit.jsonl"
+else
+  chmod 0555 "$aud/log"
+fi
+uid=$("${as_user[@]}" id -u)
+"${as_user[@]}" "$aud/groupsrv" -c "$aud/g.conf" check > "$work/out" 2>&1 || true
+grep -q "^audit log OK   $aud/log/audit.jsonl\$" "$work/out" &&
+  grep -q "^audit log WARNING: its directory $aud/log cannot be written by this user (uid $uid): Permission denied: \`audit rotate\` run as this user cannot archive the log" "$work/out" ||
+  fail "check, audit log in a directory its user cannot write: $(grep '^audit' "$work/out")"
+ok "check: an audit log whose directory its user cannot write is a warning: $(grep '^audit log WARNING' "$work/out")"
+rc=0; "${as_user[@]}" "$aud/groupsrv" -c "$aud/g.conf" audit rotate > "$work/out" 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "^groupsrv: audit rotate: $aud/log/audit.jsonl: its directory cannot be written by this user (uid $uid): Permission denied (rotating makes the next file and the archive's name there" "$work/err" ||
+  fail "audit rotate in a directory its user cannot write: exit $rc: $(cat "$work/err")"
+ok "audit rotate names the directory it cannot write (exit 1): $(grep '^groupsrv:' "$work/err")"
+chmod u+w "$aud/log"
+rm -rf "$aud"
+
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
 [hsm]
