@@ -920,8 +920,7 @@ int util_mkdir_p(const char *path, mode_t mode)
     return UTIL_OK;
 }
 
-/* An ASN1_TIME as "YYYY-MM-DD HH:MM:SS UTC". */
-static void cert_time_text(const ASN1_TIME *t, char *buf, size_t cap)
+void util_asn1_time_text(const ASN1_TIME *t, char *buf, size_t cap)
 {
     struct tm tm;
 
@@ -931,7 +930,7 @@ static void cert_time_text(const ASN1_TIME *t, char *buf, size_t cap)
 
 void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
 {
-    cert_time_text(cert != NULL ? X509_get0_notAfter(cert) : NULL, buf, cap);
+    util_asn1_time_text(cert != NULL ? X509_get0_notAfter(cert) : NULL, buf, cap);
 }
 
 int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap)
@@ -951,10 +950,10 @@ int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap)
     if (nb == 0 || na == 0) {
         (void)snprintf(why, cap, "has an unreadable validity period");
     } else if (na < 0) {
-        cert_time_text(X509_get0_notAfter(cert), when, sizeof(when));
+        util_asn1_time_text(X509_get0_notAfter(cert), when, sizeof(when));
         (void)snprintf(why, cap, "expired on %s", when);
     } else if (nb > 0) {
-        cert_time_text(X509_get0_notBefore(cert), when, sizeof(when));
+        util_asn1_time_text(X509_get0_notBefore(cert), when, sizeof(when));
         (void)snprintf(why, cap, "is not valid before %s", when);
     } else {
         rc = 0;

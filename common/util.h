@@ -203,6 +203,10 @@ int util_cert_valid_now(const struct x509_st *cert, char *why, size_t cap);
 /* The certificate's notAfter as "YYYY-MM-DD HH:MM:SS UTC" (cap bytes;
  * "an unreadable date" if it cannot be read). */
 void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap);
+/* An ASN1_TIME (a certificate's or a CRL's) as "YYYY-MM-DD HH:MM:SS UTC"
+ * ("an unreadable date" if it cannot be read). */
+struct asn1_string_st;
+void util_asn1_time_text(const struct asn1_string_st *t, char *buf, size_t cap);
 
 /* Standard input, output or error closed by whoever started the program
  * (`>&-`, cron, a supervisor): the next file opened takes that number,

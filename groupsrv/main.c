@@ -1891,6 +1891,124 @@ static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
         is_default ? " (url not set: it defaults to the listen address)" : "");
 }
 
+/* The subject of a client CA certificate for check's lines, one line. */
+static void subject_text(X509 *x, char *buf, size_t cap)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n = 0;
+
+    buf[0] = '\0';
+    if (b != NULL && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0)
+        n = BIO_read(b, buf, (int)(cap > INT_MAX ? INT_MAX : cap - 1));
+    buf[n > 0 ? n : 0] = '\0';
+    for (char *p = buf; *p; p++) /* one printable line, whatever the name holds */
+        if ((unsigned char)*p < 32 || *p == 127)
+            *p = '?';
+    BIO_free(b);
+    ERR_clear_error();
+}
+
+/* Why CA certificate x of a client CA file verifies no client now: not a
+ * CA at all (OpenSSL's chain check refuses it as an issuer: "invalid CA
+ * certificate"; but for a self-signed one, which verifies itself), not
+ * valid now, or, with CRLs in the file (serve then
+ * checks every certificate of a chain, X509_V_FLAG_CRL_CHECK_ALL), no
+ * current CRL of its own. NULL when it does. */
+static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int ncrl, char *why, size_t cap)
+{
+    char valid[96], when[40];
+    EVP_PKEY *pk = X509_get0_pubkey(x);
+    const ASN1_TIME *stale = NULL;
+    int current = 0;
+
+    /* A self-signed one stands for itself: the client presenting that very
+     * certificate verifies (a pinned client), so it is not the mistake of a
+     * CA's leaf put where its CA belongs. */
+    if (X509_check_ca(x) == 0 && X509_self_signed(x, 1) != 1) {
+        ERR_clear_error();
+        (void)snprintf(why, cap,
+                       "not a CA certificate (no basicConstraints CA:TRUE, or a keyUsage without "
+                       "keyCertSign): no client certificate it issued verifies (invalid CA certificate)");
+        return why;
+    }
+    if (util_cert_valid_now(x, valid, sizeof(valid)) != 0) {
+        (void)snprintf(why, cap, "%s: no client certificate it issued verifies now", valid);
+        return why;
+    }
+    if (ncrl == 0)
+        return NULL;
+    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
+        X509_CRL *crl = sk_X509_INFO_value(infos, i)->crl;
+        if (crl == NULL || pk == NULL ||
+            X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(x)) != 0 ||
+            X509_CRL_verify(crl, pk) != 1)
+            continue;
+        const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+        if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) < 0 &&
+            (next == NULL || X509_cmp_current_time(next) > 0))
+            current = 1;
+        else if (next != NULL && X509_cmp_current_time(next) <= 0)
+            stale = next;
+    }
+    ERR_clear_error();
+    if (current)
+        return NULL;
+    if (stale != NULL) {
+        util_asn1_time_text(stale, when, sizeof(when));
+        (void)snprintf(why, cap,
+                       "its CRL's nextUpdate %s has passed: the client certificates it issued are refused "
+                       "until a current CRL is in the file (and serve is sent SIGHUP)",
+                       when);
+    } else {
+        (void)snprintf(why, cap,
+                       "no current CRL of its own in the file: with CRLs in it every CA needs one "
+                       "(SECURITY.md), so the client certificates it issued are refused");
+    }
+    return why;
+}
+
+/* [tls] client_ca: readable, with a certificate, and a CA in it that can
+ * verify a client now. A CA that cannot is a warning line of its own (a
+ * file may keep an old CA during a rollover); none that can is a problem:
+ * serve would refuse every client certificate (401). */
+static unsigned check_client_ca(const char *path)
+{
+    STACK_OF(X509_INFO) *infos = NULL;
+    BIO *bio = BIO_new_file(path, "r");
+    const char *why = NULL;
+    char subject[256], reason[320];
+    int n = 0, ncrl = 0, usable = 0;
+
+    if (bio == NULL)
+        why = "unreadable";
+    else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, no_passphrase, NULL)) == NULL)
+        why = "not PEM";
+    for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++) {
+        n += sk_X509_INFO_value(infos, i)->x509 != NULL;
+        ncrl += sk_X509_INFO_value(infos, i)->crl != NULL;
+    }
+    if (why == NULL && n == 0)
+        why = "no certificate in it";
+    for (int i = 0; why == NULL && i < sk_X509_INFO_num(infos); i++) {
+        X509 *x = sk_X509_INFO_value(infos, i)->x509;
+        if (x == NULL)
+            continue;
+        if (client_ca_unusable(x, infos, ncrl, reason, sizeof(reason)) == NULL) {
+            usable++;
+            continue;
+        }
+        subject_text(x, subject, sizeof(subject));
+        printf("%-10sWARNING: %s: %s: %s\n", "client_ca", path, subject, reason);
+    }
+    if (why == NULL && usable == 0)
+        why = "no CA certificate in it can verify a client certificate now (the lines above say why): serve "
+              "would refuse every client certificate";
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+    BIO_free(bio);
+    ERR_clear_error();
+    return file_row("client_ca", why == NULL, "%s%s%s", path, why ? ": " : "", why ? why : "");
+}
+
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:
  * the files are readable, the key is the certificate's, the certificate is
  * valid now, the client CA file holds at least one certificate. A key that
@@ -1931,26 +2049,10 @@ static unsigned check_tls(const struct gs_config *cfg)
             problems += file_row("tls key", why == NULL, "%s%s%s", cfg->tls.key, why ? ": " : "", why ? why : "");
         }
     }
-    if (cfg->tls.client_ca == NULL) {
+    if (cfg->tls.client_ca == NULL)
         printf("%-10sOK   not set: client certificates from the local CA\n", "client_ca");
-    } else {
-        STACK_OF(X509_INFO) *infos = NULL;
-        BIO *bio = BIO_new_file(cfg->tls.client_ca, "r");
-        int n = 0;
-        why = NULL;
-        if (bio == NULL)
-            why = "unreadable";
-        else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, no_passphrase, NULL)) == NULL)
-            why = "not PEM";
-        for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++)
-            n += sk_X509_INFO_value(infos, i)->x509 != NULL;
-        if (why == NULL && n == 0)
-            why = "no certificate in it";
-        sk_X509_INFO_pop_free(infos, X509_INFO_free);
-        BIO_free(bio);
-        ERR_clear_error();
-        problems += file_row("client_ca", why == NULL, "%s%s%s", cfg->tls.client_ca, why ? ": " : "", why ? why : "");
-    }
+    else
+        problems += check_client_ca(cfg->tls.client_ca);
     check_certsrv_url(cfg, cert);
     EVP_PKEY_free(pkey);
     X509_free(cert);

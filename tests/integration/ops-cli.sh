@@ -139,6 +139,61 @@ ok "audit rotate names the directory it cannot write (exit 1): $(grep '^groupsrv
 chmod u+w "$aud/log"
 rm -rf "$aud"
 
+# ---- [tls] client_ca that can verify no client ----
+# check said OK for any file with a certificate in it; serve then refused
+# every client certificate: a leaf (CA:FALSE) given as the CA, an expired
+# CA, a CRL past its nextUpdate (the monthly CRL not refreshed), a CA
+# without a CRL of its own beside another CA's CRL (SECURITY.md).
+cca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/$1.key" \
+  -out "$work/$1.pem" -days 30 -subj "/CN=$1" "${@:2}" 2>/dev/null || fail "openssl req $1"; }
+cca ca1
+cca ca2
+# a CA's leaf (what belongs in client_ca is its CA), and a self-signed
+# leaf, which a client presenting that very certificate verifies against
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/leaf.key" -subj /CN=leaf 2>/dev/null |
+  openssl x509 -req -CA "$work/ca1.pem" -CAkey "$work/ca1.key" -days 30 -out "$work/leaf.pem" \
+    -extfile <(printf 'basicConstraints=critical,CA:FALSE\n') 2>/dev/null || fail "openssl x509 -req leaf"
+cca self -addext basicConstraints=critical,CA:FALSE
+faketime -f -400d openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/old.key" \
+  -out "$work/old.pem" -days 30 -subj /CN=old 2>/dev/null || fail "faketime openssl req"
+/usr/bin/python3 "$SRC/tests/integration/time-cert.py" crl "$work/ca1.key" "$work/ca1.pem" "$work/crl-now" -60 3600
+/usr/bin/python3 "$SRC/tests/integration/time-cert.py" crl "$work/ca1.key" "$work/ca1.pem" "$work/crl-old" -7200 -3600
+{ cat "$conf"; printf '[tls]\nclient_ca = %s\n' "$work/cc.pem"; } > "$work/cc.conf"
+# client_rows WANT-RC FILES...: check's client_ca lines for a client CA
+# file made of FILES, and whether check exited WANT-RC
+client_rows() {
+  local want=$1 rc=0
+  shift
+  (cd "$work" && cat "$@") > "$work/cc.pem"
+  "$BIN/groupsrv" -c "$work/cc.conf" check > "$work/out" 2>&1 || rc=$?
+  grep '^client_ca' "$work/out" > "$work/rows" || true
+  if [ "$want" = 1 ]; then [ "$rc" = 1 ] || fail "check exit $rc with client_ca $*: $(cat "$work/rows")"; fi
+}
+client_rows 1 leaf.pem
+grep -q "^client_ca WARNING: $work/cc.pem: CN=leaf: not a CA certificate (no basicConstraints CA:TRUE" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: $work/cc.pem: no CA certificate in it can verify a client certificate now" "$work/rows" ||
+  fail "check, a leaf as [tls] client_ca: $(cat "$work/rows")"
+client_rows 0 self.pem
+[ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] || fail "check, a self-signed client certificate pinned in [tls] client_ca: $(cat "$work/rows")"
+client_rows 1 old.pem
+grep -q "^client_ca WARNING: $work/cc.pem: CN=old: expired on .*: no client certificate it issued verifies now\$" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, an expired CA as [tls] client_ca: $(cat "$work/rows")"
+client_rows 1 ca1.pem crl-old.pem
+grep -q "^client_ca WARNING: $work/cc.pem: CN=ca1: its CRL's nextUpdate .* has passed: the client certificates it issued are refused" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, a CRL past its nextUpdate: $(cat "$work/rows")"
+# a stale CRL beside a current one of the same CA: the current one counts
+client_rows 0 ca1.pem crl-old.pem crl-now.pem
+[ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] || fail "check, a current CRL beside a stale one: $(cat "$work/rows")"
+# two CAs, a CRL of one: the other's clients are refused, the file still
+# serves the first's (a warning, not counted)
+client_rows 0 ca1.pem ca2.pem crl-now.pem
+grep -q "^client_ca WARNING: $work/cc.pem: CN=ca2: no current CRL of its own in the file: with CRLs in it every CA needs one" "$work/rows" &&
+  grep -q "^client_ca OK   $work/cc.pem\$" "$work/rows" && [ "$(wc -l < "$work/rows")" = 2 ] ||
+  fail "check, a CA without a CRL beside another's CRL: $(cat "$work/rows")"
+client_rows 0 ca1.pem ca2.pem
+[ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] || fail "check, two CAs without CRLs: $(cat "$work/rows")"
+ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning"
+
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
 [hsm]
