@@ -4,12 +4,17 @@
  */
 #include <errno.h>
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -186,6 +191,113 @@ static void serial_text(char *dst, size_t cap, const CK_TOKEN_INFO *ti)
             *p = '?';
 }
 
+static void module_stem(const char *file, char *out, size_t cap);
+
+/* SoftHSM's token directory (directories.tokendir of SOFTHSM2_CONF, else
+ * of its default configuration) holding a token's directory this user
+ * cannot open: SoftHSM leaves such a token out of its slot list without a
+ * word (only syslog hears), so a store restored as root with `cp -r` reads
+ * as "no token matches". The first such directory goes in out; 0 if none
+ * (or the configuration cannot be read: C_Initialize would have said). */
+static int softhsm_hidden_token(char *out, size_t cap)
+{
+    const char *conf = getenv("SOFTHSM2_CONF");
+    char line[PATH_MAX + 64], dir[PATH_MAX], path[PATH_MAX];
+    FILE *f = fopen(conf != NULL && conf[0] != '\0' ? conf : "/etc/softhsm/softhsm2.conf", "re");
+    DIR *d = NULL;
+    struct dirent *e;
+    struct stat st;
+    int found = 0;
+
+    dir[0] = '\0';
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        char *k = line, *v;
+        while (isspace((unsigned char)*k))
+            k++;
+        if (strncmp(k, "directories.tokendir", 20) != 0 || (v = strchr(k + 20, '=')) == NULL)
+            continue;
+        for (v++; isspace((unsigned char)*v); v++)
+            ;
+        size_t n = strlen(v);
+        while (n > 0 && isspace((unsigned char)v[n - 1]))
+            v[--n] = '\0';
+        (void)util_strlcpy(dir, v, sizeof(dir));
+    }
+    if (f != NULL)
+        fclose(f);
+    if (dir[0] == '\0' || (d = opendir(dir)) == NULL)
+        return 0;
+    while (!found && (e = readdir(d)) != NULL) {
+        int w = snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (e->d_name[0] == '.' || w < 0 || (size_t)w >= sizeof(path) || lstat(path, &st) != 0 ||
+            !S_ISDIR(st.st_mode))
+            continue;
+        if (access(path, R_OK | W_OK | X_OK) != 0) {
+            (void)snprintf(out, cap, "%s (uid %lu's, mode %04o)", path, (unsigned long)st.st_uid,
+                           (unsigned)(st.st_mode & 07777));
+            found = 1;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* Appends to out (cap bytes, used of them taken) what fits whole; the
+ * new length. A part that does not fit is left out, never cut. */
+static size_t append_whole(char *out, size_t cap, size_t used, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static size_t append_whole(char *out, size_t cap, size_t used, const char *fmt, ...)
+{
+    va_list ap;
+    int w;
+
+    if (used >= cap)
+        return used;
+    va_start(ap, fmt);
+    w = vsnprintf(out + used, cap - used, fmt, ap);
+    va_end(ap);
+    if (w < 0 || (size_t)w >= cap - used) {
+        out[used] = '\0';
+        return used;
+    }
+    return used + (size_t)w;
+}
+
+/* What "no token matches the URI" adds: the labels of the initialised
+ * tokens present (a typo in token= then shows beside the right name),
+ * and for SoftHSM a token directory this user cannot open. */
+static void no_match_hint(hsm_ctx *ctx, const CK_SLOT_ID *slots, CK_ULONG n, char *out, size_t cap)
+{
+    CK_TOKEN_INFO ti;
+    char label[sizeof(ti.label) + 1], hidden[PATH_MAX + 48], stem[64], real[PATH_MAX];
+    char *file = p11_kit_module_get_filename(ctx->fl);
+    const char *name = file == NULL ? "" : realpath(file, real) != NULL ? real : file;
+    unsigned shown = 0;
+    size_t used = 0;
+
+    out[0] = '\0';
+    for (CK_ULONG i = 0; i < n && shown <= 3; i++) {
+        memset(&ti, 0, sizeof(ti));
+        if (P11(ctx, C_GetTokenInfo, slots[i], &ti) != HSM_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+            continue;
+        copy_padded(label, sizeof(label), ti.label, sizeof(ti.label));
+        for (char *p = label; *p != '\0'; p++) /* one line, and the quotes stay ours */
+            if ((unsigned char)*p < 32 || *p == 127 || *p == '"' || *p == '\\')
+                *p = '?';
+        used = shown < 3 ? append_whole(out, cap, used, "%s\"%s\"",
+                                        shown == 0 ? "; tokens present: token=" : ", ", label)
+                         : append_whole(out, cap, used, ", ...");
+        shown++;
+    }
+    if (shown == 0)
+        used = append_whole(out, cap, used, "; no initialised token is present");
+    module_stem(name, stem, sizeof(stem));
+    free(file);
+    if (strcmp(stem, "softhsm2") == 0 && softhsm_hidden_token(hidden, sizeof(hidden)))
+        (void)append_whole(out, cap, used, "; SoftHSM leaves out a token directory this user cannot open: %s",
+                           hidden);
+}
+
 /* Finds the one initialised token the URI matches (an uninitialised one
  * only when no initialised token matches). A URI that matches two
  * initialised tokens (two cards with one label, or a URI without token=)
@@ -248,7 +360,9 @@ static hsm_err find_token(hsm_ctx *ctx)
         goto out;
     }
     if (n_init == 0 && n_uninit == 0) {
-        hsm_set_detail("no token present matches the token URI");
+        char hint[300];
+        no_match_hint(ctx, slots, n, hint, sizeof(hint));
+        hsm_set_detail("no token present matches the token URI%s", hint);
         err = HSM_ERR_TOKEN_ABSENT;
         goto out;
     }
@@ -817,8 +931,6 @@ static bool module_suspect_rv(CK_RV rv)
     return rv == CKR_DEVICE_ERROR || rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_GENERAL_ERROR ||
            rv == CKR_FUNCTION_FAILED || rv == CKR_DEVICE_MEMORY;
 }
-
-static void module_stem(const char *file, char *out, size_t cap);
 
 static hsm_err init_module(hsm_ctx *ctx)
 {

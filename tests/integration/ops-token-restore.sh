@@ -152,10 +152,34 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   as_nobody check > "$nb/check.out" 2>&1 || true
   grep -q "^database  WARNING: $nb/real/groupsrv.db-wal: mode 0644: " "$nb/check.out" ||
     fail "check does not warn about the -wal beside a linked database: $(grep -E '^database' "$nb/check.out")"
+  # A token store restored as root with cp -r: the token's own directory
+  # root's. SoftHSM leaves such a token out of its slot list without a
+  # word (syslog only), so check and serve said only "no token present
+  # matches the token URI", as for a typo: the directory is named now.
+  chmod 600 "$nb/real/groupsrv.db"
+  tdir=$(find "$nb/token/tokens" -mindepth 1 -maxdepth 1 -type d | head -1)
+  [ -n "$tdir" ] || fail "no token directory in $nb/token/tokens"
+  chown -R root "$tdir"
+  rc=0; as_nobody check > "$nb/check.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -q "^token     PROBLEM: .*no token present matches the token URI; no initialised token is present; SoftHSM leaves out a token directory this user cannot open: $tdir (uid 0's, mode 0700))\$" "$nb/check.out" ||
+    fail "check with the token's directory root's: exit $rc: $(grep -E '^token' "$nb/check.out")"
+  rc=0; as_nobody serve > "$nb/serve.out" 2>&1 || rc=$?
+  grep -q "SoftHSM leaves out a token directory this user cannot open: $tdir (uid 0's, mode 0700)" "$nb/serve.out" ||
+    fail "serve with the token's directory root's: exit $rc: $(cat "$nb/serve.out")"
+  ok "a SoftHSM token directory restored as root: check and serve name it ($(grep -o 'SoftHSM leaves out.*' "$nb/check.out"))"
   rm -rf "$nb"
   trap cleanup EXIT
   ok "a database restored as another user, in a directory it cannot write or beside root's -wal: check names it, serve does not start; a database others can read: check warns; in root's directory beside its own -wal and -shm, or through a link: fine"
 fi
+
+# A typo in [hsm] token (token=grupsrv): the labels of the tokens present
+# are named beside it.
+sed 's#^token = pkcs11:token=groupsrv$#token = pkcs11:token=grupsrv#' "$work/groupsrv.conf" > "$work/typo.conf"
+grep -q '^token = pkcs11:token=grupsrv$' "$work/typo.conf" || fail "no [hsm] token line to misspell: $(grep '^token' "$work/groupsrv.conf")"
+rc=0; "$BIN/groupsrv" -c "$work/typo.conf" check > "$work/check.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q '^token     PROBLEM: .*no token present matches the token URI; tokens present: token="groupsrv")$' "$work/check.out" ||
+  fail "check with a misspelt token URI: exit $rc: $(grep '^token' "$work/check.out")"
+ok "a misspelt [hsm] token: check names the tokens present ($(grep -o 'tokens present.*' "$work/check.out"))"
 
 # A database restored next to a token made anew (initialised again, `ca
 # init` and `group create` run on it): the labels are there, the keys are
