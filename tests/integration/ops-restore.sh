@@ -46,6 +46,14 @@ curl -sS --cacert "$work/tls.pem" --cert "$work/alice@example.org.pem" --key "$w
   --data "{\"recipient_info\":\"$(base64 -w0 "$work/ri.der")\",\"deliver\":\"group-secret\"}" \
   "$srv_url/v1/groups/eng/unwrap"
 grep -q '"secret_version":2' "$work/gs.json" || fail "the group-secret copy: $(cat "$work/gs.json")"
+# The audit log's backup while the server runs, as operations.md says:
+# the file first, then the archives. A rotation between the two steps
+# (cron's) leaves its archive for the second; the other way round the
+# copied file continued from an archive the backup lacked (verify exit 1).
+mkdir "$work/audit-bak"
+cp -p "$work/alpha/audit.jsonl" "$work/audit-bak/"
+gs_alpha audit rotate > /dev/null
+cp -p "$work/alpha/audit.jsonl".2* "$work/audit-bak/"
 serve_stop
 kek2=$(gs_alpha group show eng | awk '$1 == "v2" && $3 == "gs:secret:eng:v2" {print $5}')
 [ ${#kek2} = 32 ] || fail "no KEK identifier of secret key version 2 in group show: $(gs_alpha group show eng)"
@@ -65,6 +73,18 @@ for l in gs:group:eng:v2 gs:group:eng:v3 gs:secret:eng:v2; do
 done
 gs_alpha member list eng | grep -q '^bob@example.org ' || fail "bob is not back: the test's premise is wrong"
 ok "restored: check names the version retired since and the versions made since; bob is a member again"
+# The audit log put back on another layout (another directory): the chain
+# verifies from the backup's files alone, and goes on there (a rotation
+# on the new layout, whose records chain to the restored ones).
+mkdir -m 0700 "$work/newlog"
+cp -p "$work/audit-bak/"* "$work/newlog/"
+sed "s#^path = $work/alpha/audit.jsonl\$#path = $work/newlog/audit.jsonl#" "$work/alpha.conf" > "$work/alpha-newlog.conf"
+grep -q "^path = $work/newlog/audit.jsonl\$" "$work/alpha-newlog.conf" || fail "no [audit] path line to move"
+out=$(GS_CONF_alpha=$work/alpha-newlog.conf gs_alpha audit verify) || fail "audit verify of the restored audit log: $out"
+GS_CONF_alpha=$work/alpha-newlog.conf gs_alpha audit rotate > /dev/null || fail "audit rotate on the restored audit log"
+out2=$(GS_CONF_alpha=$work/alpha-newlog.conf gs_alpha audit verify) || fail "audit verify after a rotation there: $out2"
+[ "${out2%%,*}" != "${out%%,*}" ] || fail "the rotation added no record to the restored audit log: $out2"
+ok "the audit log backed up while serving (the file, then the archives, a rotation between) verifies restored elsewhere: $out"
 
 # A token's labels are anyone's with the user PIN: one with an escape
 # sequence and a tab (an object another program made) is named by check
