@@ -12,6 +12,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -2120,6 +2121,70 @@ static void check_audit_dir(const char *path)
     free(dir);
 }
 
+/* The latest record time (Unix seconds) in the last 64 KiB of the audit
+ * log: every record starts {"time":"YYYY-mm-ddTHH:MM:SS.mmmZ" (record_json
+ * writes the field first); 0 when there is none to read. */
+static time_t audit_latest_time(const char *path)
+{
+    enum { WINDOW = 64 * 1024 };
+    static const char lead[] = "{\"time\":\"";
+    char *buf = NULL;
+    struct stat sb;
+    time_t latest = 0;
+    ssize_t n;
+    off_t off;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (buf = malloc(WINDOW + 1)) == NULL)
+        goto out;
+    off = sb.st_size > WINDOW ? sb.st_size - WINDOW : 0;
+    if ((n = pread(fd, buf, WINDOW, off)) <= 0)
+        goto out;
+    buf[n] = '\0';
+    /* Lines whole in the window: those after a newline (or at the file's start). */
+    for (char *p = off == 0 ? buf : strchr(buf, '\n'); p != NULL && *p != '\0'; p = strchr(p, '\n')) {
+        struct tm tm = {0};
+        time_t t;
+        if (*p == '\n')
+            p++;
+        if (strncmp(p, lead, sizeof(lead) - 1) != 0 ||
+            sscanf(p + sizeof(lead) - 1, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+            continue;
+        tm.tm_year -= 1900;
+        tm.tm_mon -= 1;
+        if ((t = timegm(&tm)) != (time_t)-1 && t > latest)
+            latest = t;
+    }
+out:
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    return latest;
+}
+
+/* A clock set back (a time service's step, a virtual machine restored
+ * from a snapshot, a dead RTC battery) shows against the audit log: its
+ * latest record is later than now. Records' times then go backwards (audit
+ * verify takes that), and a certificate issued in between (by this server
+ * while its clock ran ahead, or by a client's CA with a right clock) is not
+ * valid yet here. A minute is allowed for (membership certificates are
+ * backdated by one); not counted: serve runs. */
+static void check_clock(const struct gs_config *cfg)
+{
+    time_t now = time(NULL), latest;
+
+    if (strcmp(cfg->audit.store, "file") != 0 || (latest = audit_latest_time(cfg->audit.path)) <= now + 60)
+        return;
+    printf("%-10sWARNING: the system clock (", "clock");
+    print_time(stdout, now);
+    printf(") is %lld s behind the audit log's latest record (", (long long)(latest - now));
+    print_time(stdout, latest);
+    printf("): it was set back, or ran ahead then: a certificate issued in between (this server's "
+           "membership certificates, a client's) is not valid yet here (401 certificate_expired), and the "
+           "records' times go backwards (check the time service: timedatectl)\n");
+}
+
 /* [audit] path: serve appends to it, creating the file and any missing
  * directories (0700). So: an existing file must be a writable regular
  * file; otherwise the nearest existing ancestor must be a writable
@@ -2412,6 +2477,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     printf("config    OK   %s\n", e->cfg->path);
     problems += check_tls(e->cfg);
     problems += check_audit_path(e->cfg);
+    check_clock(e->cfg);
     problems += check_listen(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err == GS_ERR_SCHEMA) {

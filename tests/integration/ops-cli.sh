@@ -234,6 +234,19 @@ grep -q 'audit log sealed' "$work/err" || fail "audit rotate -v logged nothing: 
 out=$(gs audit verify) || fail "audit verify after four rotations: $out"
 ok "audit rotate prints one line on stdout and nothing on stderr without -v, one line more for a torn tail it cut off; $out"
 
+# ---- a clock set back, seen against the audit log's latest record ----
+# (libfaketime ahead of a sanitizer build's ASan runtime: its link-order
+# check off, as in server-time.sh)
+fk() { env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 faketime -f "$1" "${@:2}"; }
+gs check > "$work/out" 2>&1 || true
+! grep -q '^clock' "$work/out" || fail "check with the clock right: $(grep '^clock' "$work/out")"
+fk -30s "$BIN/groupsrv" -c "$conf" check > "$work/out" 2>&1 || true
+! grep -q '^clock' "$work/out" || fail "check with the clock 30 s back (within the minute allowed): $(grep '^clock' "$work/out")"
+fk -1h "$BIN/groupsrv" -c "$conf" check > "$work/out" 2>&1 || true
+grep -Eq "^clock     WARNING: the system clock \([0-9T:-]+Z\) is [0-9]+ s behind the audit log's latest record \([0-9T:-]+Z\): it was set back" "$work/out" ||
+  fail "check with the clock an hour back: $(grep -E '^(clock|audit)' "$work/out")"
+ok "check: a clock an hour behind the audit log's latest record is a warning; 30 s is not"
+
 # ---- docs/operations.md's crontab line for audit rotate, as cron runs it ----
 # cron runs a line with /bin/sh and PATH=/usr/bin:/bin (crontab(5)), as
 # the line's user (a /etc/cron.d line names it), so what the line calls
