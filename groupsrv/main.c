@@ -2010,6 +2010,38 @@ static unsigned check_client_ca(const char *path)
     return file_row("client_ca", why == NULL, "%s%s%s", path, why ? ": " : "", why ? why : "");
 }
 
+/* The chain certificates after the first in the [tls] cert file that are
+ * not valid now: serve sends them, and a client building the chain
+ * through one refuses the server (an intermediate left at its old
+ * version). A warning, not counted: an expired cross-signature may be sent
+ * on purpose, for clients with an old trust store. */
+static void check_tls_chain(const char *path)
+{
+    BIO *bio = BIO_new_file(path, "r");
+    X509 *x = NULL;
+    char valid[96], subject[256];
+
+    if (bio == NULL)
+        goto out;
+    X509_free(PEM_read_bio_X509(bio, NULL, no_passphrase, NULL)); /* the server's own: its own row */
+    for (int i = 2; (x = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL)) != NULL && i < 64; i++) {
+        if (util_cert_valid_now(x, valid, sizeof(valid)) != 0) {
+            subject_text(x, subject, sizeof(subject));
+            printf(
+                "%-10sWARNING: %s: chain certificate %d (%s) %s: serve sends it, and clients that build the "
+                "chain through it refuse the server (replace it with its current version, unless it is a "
+                "cross-signature kept on purpose)\n",
+                "tls cert", path, i, subject, valid);
+        }
+        X509_free(x);
+        x = NULL;
+    }
+out:
+    X509_free(x);
+    BIO_free(bio);
+    ERR_clear_error();
+}
+
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:
  * the files are readable, the key is the certificate's, the certificate is
  * valid now, the client CA file holds at least one certificate. A key that
@@ -2034,6 +2066,8 @@ static unsigned check_tls(const struct gs_config *cfg)
             why = invalid;
         }
         problems += file_row("tls cert", why == NULL, "%s%s%s", cfg->tls.cert, why ? ": " : "", why ? why : "");
+        if (cert != NULL)
+            check_tls_chain(cfg->tls.cert);
         if (strncmp(cfg->tls.key, "pkcs11:", 7) == 0) {
             printf("%-10sOK   the key is on the token (%s); serve checks it at start\n", "tls key", cfg->tls.key);
         } else {

@@ -192,7 +192,19 @@ grep -q "^client_ca WARNING: $work/cc.pem: CN=ca2: no current CRL of its own in 
   fail "check, a CA without a CRL beside another's CRL: $(cat "$work/rows")"
 client_rows 0 ca1.pem ca2.pem
 [ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] || fail "check, two CAs without CRLs: $(cat "$work/rows")"
-ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning"
+# [tls] cert's chain: an intermediate left expired in it (serve sends it,
+# and clients building through it refuse the server) is a warning; check
+# looked at the first certificate only.
+cat "$work/leaf.pem" "$work/old.pem" > "$work/chain.pem"
+{ cat "$conf"; printf '[tls]\ncert = %s\nkey = %s\n' "$work/chain.pem" "$work/leaf.key"; } > "$work/chain.conf"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" &&
+  grep -q "^tls cert  WARNING: $work/chain.pem: chain certificate 2 (CN=old) expired on .*: serve sends it, and clients that build the chain through it refuse the server" "$work/out" ||
+  fail "check, an expired certificate in the [tls] cert chain: $(grep '^tls' "$work/out")"
+cat "$work/leaf.pem" "$work/ca1.pem" > "$work/chain.pem"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+[ "$(grep -c '^tls cert' "$work/out")" = 1 ] || fail "check, a valid [tls] cert chain: $(grep '^tls' "$work/out")"
+ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning; an expired certificate in the [tls] cert chain is a warning"
 
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
