@@ -26,6 +26,8 @@ struct sq_store {
     int keys_fd; /* the database's directory while the keys lock is held, else -1 */
     dev_t dev;   /* the file opened (ino 0: not a file): still the one at its path? */
     ino_t ino;
+    dev_t wal_dev; /* its -wal, open for as long as the connection is (ino 0: not seen yet) */
+    ino_t wal_ino;
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -315,6 +317,22 @@ static gs_err sq_write_error(const char *path, const char *why, const char *also
         path, (unsigned)geteuid(), why, also[0] ? "; " : "", also);
 }
 
+/* The -wal this connection opened (a WAL database opens it at the first
+ * read and keeps it until it closes): sq_check_location compares the
+ * file at its path with it. Not there yet (a connection that has not read
+ * yet): noted at the next check. */
+static void note_wal(gs_store *st)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    const char *wal = path != NULL && *path != '\0' ? sqlite3_filename_wal(path) : NULL;
+    struct stat sb;
+
+    if (wal != NULL && *wal != '\0' && stat(wal, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        SQ(st)->wal_dev = sb.st_dev;
+        SQ(st)->wal_ino = sb.st_ino;
+    }
+}
+
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
 {
     gs_store *st = NULL;
@@ -372,6 +390,8 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
         goto out;
     if ((err = gs_store_settle_schema(st, v, migrate, path)) != GS_OK)
         goto out;
+    if (!st->readonly)
+        note_wal(st);
     *out = st;
     st = NULL;
     err = GS_OK;
@@ -471,7 +491,12 @@ static void sq_keys_unlock(gs_store *st)
 
 /* A database file moved, deleted or replaced (a restore by mv) under an
  * open connection goes on being read and written by it, unseen by every
- * other process that opens the path. */
+ * other process that opens the path. So does its -wal: SQLite keeps the
+ * one it opened until the connection closes (nobody else deletes it while
+ * this connection holds its share of the -shm), and a -wal deleted under
+ * it (an operator "cleaning up", `rm groupsrv.db-*`) took every change
+ * committed since into a file no other process reads and a crash loses:
+ * changes answered 201 vanished at the next start. */
 static gs_err sq_check_location(gs_store *st)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
@@ -484,6 +509,22 @@ static gs_err sq_check_location(gs_store *st)
                           strerror(errno));
     if (sb.st_dev != SQ(st)->dev || sb.st_ino != SQ(st)->ino)
         return gs_err_set(GS_ERR_DB, "%s is another file than the database open here (replaced)", path);
+    if (st->readonly)
+        return GS_OK;
+    if (SQ(st)->wal_ino == 0) {
+        note_wal(st);
+        return GS_OK;
+    }
+    const char *wal = sqlite3_filename_wal(path);
+    if (wal == NULL || *wal == '\0')
+        return GS_OK;
+    if (stat(wal, &sb) != 0)
+        return gs_err_set(GS_ERR_DB,
+                          "the database's write-ahead log open here is no longer at %s (%s): changes since are "
+                          "only in this process until it stops",
+                          wal, strerror(errno));
+    if (sb.st_dev != SQ(st)->wal_dev || sb.st_ino != SQ(st)->wal_ino)
+        return gs_err_set(GS_ERR_DB, "%s is another file than the write-ahead log open here (replaced)", wal);
     return GS_OK;
 }
 

@@ -78,4 +78,30 @@ grep -q 'the database is not at its path any more: restart the server' "$work/se
   fail "no log line for the moved database"
 mv "$work/moved/"* "$work/"
 expect_healthz 200 "" "healthz, database back at its path"
+
+# Its -wal deleted under the running server (`rm groupsrv.db-*`): SQLite
+# goes on committing into the deleted file, which no other process reads
+# and a crash loses, so /healthz fails the same way and the log says to
+# restart; a stop (SIGTERM) checkpoints the deleted file's changes into
+# the database: the member added before and the one added after are there.
+expect_status 201 "" "member PUT before the -wal is deleted" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/prewal@example.org"
+[ -f "$work/groupsrv.db-wal" ] || fail "no -wal beside the database"
+lines0=$(wc -l < "$work/server.log")
+rm "$work/groupsrv.db-wal"
+expect_healthz 503 store_unavailable "healthz, -wal deleted"
+[ "$(json_get "$work/body" database)" = "not the file at its path (moved or replaced)" ] ||
+  fail "healthz, -wal deleted: $(cat "$work/body")"
+tail -n +"$((lines0 + 1))" "$work/server.log" | grep 'the database is not at its path any more: restart the server' |
+  grep -q "write-ahead log" || fail "no log line for the deleted -wal"
+expect_status 201 "" "member PUT after the -wal is deleted" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/postwal@example.org"
+stop_server
+gs member list eng > "$work/members" || fail "member list after the restart"
+grep -q prewal@ "$work/members" && grep -q postwal@ "$work/members" ||
+  fail "changes committed into the deleted -wal were lost: $(cat "$work/members")"
+[ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check')" = ok ] || fail "integrity_check after the -wal"
+start_server
+expect_healthz 200 "" "healthz once restarted"
+ok "a deleted -wal: healthz 503 and a log line until the restart, which keeps its changes"
 stop_server
