@@ -711,6 +711,7 @@ static void on_chld(evutil_socket_t sig, short what, void *arg)
  * fail the same way. */
 static void note_config_changed(const struct gs_config *cfg)
 {
+    struct gs_config *edited = NULL;
     unsigned char *now = NULL;
     size_t len = 0;
     int rc = UTIL_E_IO, fd = -1;
@@ -739,12 +740,28 @@ static void note_config_changed(const struct gs_config *cfg)
                  log_qs(cfg->path), why != NULL ? why : util_strerror(rc));
         goto out;
     }
-    if (len != cfg->text_len || CRYPTO_memcmp(now, cfg->text, len) != 0)
+    if (len == cfg->text_len && CRYPTO_memcmp(now, cfg->text, len) == 0)
+        goto out;
+    /* An edit that broke the file (a stray bracket, a misspelt key) is
+     * said now, while the server still runs: "restart to take the change
+     * up" alone led to a restart that did not start. */
+    if (memchr(now, '\0', len) != NULL) {
+        log_warn("the configuration file changed since serve started and holds a NUL byte; a restart would not "
+                 "start path=\"%s\"",
+                 log_qs(cfg->path));
+    } else if (gs_config_load_string((const char *)now, cfg->path, &edited) != GS_OK) {
+        char q[600];
+        log_warn("the configuration file changed since serve started and is not valid; a restart would not start "
+                 "path=\"%s\" err=\"%s\"",
+                 log_qs(cfg->path), log_quote(q, sizeof(q), gs_err_detail()));
+    } else {
         log_warn("the configuration file changed since serve started; SIGHUP reads the TLS files, the PIN "
                  "file, the CA certificate and the audit log again, not this file: restart groupsrv to take "
                  "the change up path=\"%s\"",
                  log_qs(cfg->path));
+    }
 out:
+    gs_config_free(edited);
     if (now != NULL)
         OPENSSL_cleanse(now, len);
     free(now);

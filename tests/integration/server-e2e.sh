@@ -356,6 +356,17 @@ grep -q "level=warn prog=groupsrv fn=[a-z_]* msg=\"the configuration file change
   "$work/server.log" || fail "SIGHUP after an edit of the configuration: no warning that it takes a restart"
 cp "$work/conf.orig" "$conf"
 ok "SIGHUP after an edit of the configuration file says a restart takes it up"
+# An edit that broke the file is said at SIGHUP, with the line, while the
+# server still runs: not "restart to take it up", which would not start.
+printf '[server\n' >> "$conf"
+mark=$(grep -c 'reloaded TLS certificate' "$work/server.log")
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c 'reloaded TLS certificate' "$work/server.log")" -gt "$mark" ] && break; sleep 0.1; done
+cp "$work/conf.orig" "$conf"
+tail -n 5 "$work/server.log" | grep -q "level=warn prog=groupsrv fn=[a-z_]* msg=\"the configuration file changed since serve started and is not valid; a restart would not start\" path=\"$conf\" err=\"$conf:[0-9]*: " ||
+  fail "SIGHUP after an edit that broke the configuration: no warning that a restart would not start"
+expect_status 200 "" "healthz after SIGHUP with a broken configuration" -- anon "$base/healthz"
+ok "SIGHUP after an edit that broke the configuration file says a restart would not start, and names the line"
 # The compare runs in the supervisor's event loop: a configuration path
 # that became a FIFO (or a device) must not block it in open() waiting
 # for a writer, which stopped every later reload, restart and stop.
