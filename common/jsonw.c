@@ -194,6 +194,19 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return k;
 }
 
+int jsonw_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_len(u + i, n - i);
+        if (k == 0)
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
 static void put_string(jsonw *w, const char *str)
 {
     const unsigned char *s = (const unsigned char *)str;

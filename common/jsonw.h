@@ -25,6 +25,11 @@ typedef enum {
 
 const char *jsonw_strerror(jsonw_err err);
 
+/* 1 when the n bytes at s are valid UTF-8 as json_string takes it (no
+ * overlong forms, surrogates or code points past U+10FFFF), else 0: a
+ * string from outside (a certificate's name) that must go into JSON. */
+int jsonw_utf8_valid(const char *s, size_t n);
+
 typedef struct jsonw jsonw;
 
 /* A writer whose text may grow to at most max bytes; NULL when out of

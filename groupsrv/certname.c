@@ -6,10 +6,15 @@
 
 #include <openssl/x509v3.h>
 
+#include "jsonw.h"
 #include "names.h"
 
-/* The text of the subject's first entry nid into buf, if it fits whole
- * and holds no NUL: 1, else 0. */
+/* The text of the subject's first entry nid into buf, if it fits whole,
+ * holds no NUL and is UTF-8: 1, else 0. The bytes are taken as they are
+ * encoded: a T61String's Latin-1 "\xe4" (a string type OpenSSL reads
+ * without complaint) is no UTF-8, and an identity that is not became an
+ * audit record nobody can write (jansson refuses it): a 503
+ * audit_unavailable and no record of the refused request. */
 static int subject_text(X509 *cert, int nid, char *buf, size_t len)
 {
     X509_NAME *subj = X509_get_subject_name(cert);
@@ -22,7 +27,8 @@ static int subject_text(X509 *cert, int nid, char *buf, size_t len)
     ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx));
     p = ASN1_STRING_get0_data(s);
     n = ASN1_STRING_length(s);
-    if (p == NULL || n <= 0 || (size_t)n >= len || memchr(p, '\0', (size_t)n) != NULL)
+    if (p == NULL || n <= 0 || (size_t)n >= len || memchr(p, '\0', (size_t)n) != NULL ||
+        !jsonw_utf8_valid((const char *)p, (size_t)n))
         return 0;
     memcpy(buf, p, (size_t)n);
     buf[n] = '\0';
@@ -47,7 +53,8 @@ int gs_cert_identity(X509 *cert, char *buf, size_t len)
         has_email = 1;
         const unsigned char *p = ASN1_STRING_get0_data(g->d.rfc822Name);
         int n = ASN1_STRING_length(g->d.rfc822Name);
-        if (p != NULL && n > 0 && (size_t)n < len && memchr(p, '\0', (size_t)n) == NULL) {
+        if (p != NULL && n > 0 && (size_t)n < len && memchr(p, '\0', (size_t)n) == NULL &&
+            jsonw_utf8_valid((const char *)p, (size_t)n)) {
             memcpy(buf, p, (size_t)n);
             buf[n] = '\0';
             found = 1;

@@ -197,6 +197,25 @@ expect_status 401 no_identity "a 262-byte SAN e-mail with CN=nocert@example.org"
   curl -sS --cacert "$certs/tca.pem" --cert "$certs/san.pem" --key "$certs/san.key" --data-binary @"$work/req-tls.json" "$url"
 tail -n +"$((alines + 1))" "$work/audit.jsonl" | grep -q '"identity":"nocert@example.org"' && fail "the CN was audited as the identity"
 ok "no fallback to the CN when the SAN has an e-mail address"
+# A name whose bytes are not UTF-8, as stock openssl makes it: a CN of
+# Latin-1 bytes as a T61String (string_mask = default), a SAN e-mail with
+# such a byte. No identity (401), not a 503 audit_unavailable for a record
+# that jansson cannot take; the server goes on serving.
+printf '[req]\ndistinguished_name = dn\nstring_mask = default\n[dn]\n' > "$work/t61.cnf"
+openssl req -new -config "$work/t61.cnf" -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -subj "/CN=$(printf 'al\344ce@example.org')" -keyout "$certs/t61.key" -out "$work/t61.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' > "$work/t61.ext"
+openssl x509 -req -in "$work/t61.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+  -extfile "$work/t61.ext" -out "$certs/t61.pem" 2>/dev/null
+openssl asn1parse -in "$certs/t61.pem" | grep -q T61STRING || fail "openssl made no T61String CN"
+printf 'subjectAltName=email:%s\nextendedKeyUsage=clientAuth\n' "$(printf 'al\344ce@example.org')" > "$work/san8.ext"
+openssl x509 -req -in "$work/san.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+  -extfile "$work/san8.ext" -out "$certs/san8.pem" 2>/dev/null
+expect_status 401 no_identity "a T61String CN of Latin-1 bytes" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$certs/t61.pem" --key "$certs/t61.key" --data-binary @"$work/req-tls.json" "$url"
+expect_status 401 no_identity "a SAN e-mail with a byte that is no UTF-8" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$certs/san8.pem" --key "$certs/san.key" --data-binary @"$work/req-tls.json" "$url"
+expect_status 200 "" "healthz after names that are not UTF-8" -- anon "$base/healthz"
 
 # ---- finding 7: a CRL of the root revoking an intermediate CA ----
 mkdir -p "$work/pki"
