@@ -810,23 +810,88 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     return bev;
 }
 
+/* The event-loop thread running on this pthread (thread_main), for
+ * libevent callbacks whose argument is libevent's own. */
+static _Thread_local struct srv_thread *loop_thread;
+
+/* Connections closed per failed accept for want of descriptors. */
+#define EMFILE_EVICT_MAX 8
+
+/* Listeners rested by accept_error_cb (enabling an enabled one is a no-op). */
+static void listeners_rested_end(struct srv_thread *t)
+{
+    if (!t->accept_paused && !atomic_load(&t->srv->shutting_down))
+        set_listeners(t, 1);
+}
+
+static void rest_end_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    listeners_rested_end(arg);
+}
+
+/* Closes up to EMFILE_EVICT_MAX connections of this thread that may make
+ * room (conn_evictable), of listener `first` before the other; how many. */
+static int evict_for_descriptors(struct srv_thread *t, enum srv_lindex first)
+{
+    enum srv_lindex order[2] = {first, first == SRV_LI_API ? SRV_LI_CERTSRV : SRV_LI_API};
+    int evicted = 0;
+
+    for (int i = 0; i < 2; i++) {
+        struct srv_conn *old;
+        while (evicted < EMFILE_EVICT_MAX && (old = conn_evictable(t, order[i], NULL, 1)) != NULL) {
+            conn_close(old, "evicted_for_descriptors");
+            evicted++;
+        }
+    }
+    return evicted;
+}
+
+/* Bumped by a thread out of descriptors with none of its own connections
+ * to close: the thread that accepts is the one holding the fewest
+ * (balance_accept), so the idle ones are mostly another's. Each thread's
+ * tick closes some of its own when it sees the count move. */
+static atomic_uint descriptors_short;
+static _Thread_local unsigned descriptors_short_seen;
+
 /* accept(2) failed for want of descriptors (EMFILE, ENFILE) or memory.
  * libevent's listener would log it and try again at once, as the pending
  * connection keeps the socket readable: a busy loop writing a warning each
  * time (740,000 lines in 3 s measured). The listener rests instead; the
  * tick enables it again within a quarter of a second, and connections wait
- * in the backlog meanwhile. Logged at most once every 10 s. */
+ * in the backlog meanwhile. Logged at most once every 10 s.
+ * Out of descriptors with a limit below what the budgets may take (a
+ * LimitNOFILE lowered, prlimit on the running server), the budgets never
+ * fill, so nothing made room: idle connections without a certificate,
+ * opened again as they timed out, kept members and /healthz out for as
+ * long as they came. They make room here as for a full listener
+ * (conn_evictable): never a member's connection or one being answered. */
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
     static atomic_long last_logged;
-    int err = EVUTIL_SOCKET_ERROR();
+    struct srv_thread *t = loop_thread;
+    int err = EVUTIL_SOCKET_ERROR(), evicted = 0, soon = 0;
     long now = (long)util_monotonic_s(), last = atomic_load(&last_logged);
     (void)arg;
 
     evconnlistener_disable(lev);
+    if (t != NULL && (err == EMFILE || err == ENFILE)) {
+        int cert = t->certbound != NULL && evhttp_bound_socket_get_listener(t->certbound) == lev;
+        evicted = evict_for_descriptors(t, cert ? SRV_LI_CERTSRV : SRV_LI_API);
+        if (evicted == 0)
+            atomic_fetch_add(&descriptors_short, 1);
+        /* Their descriptors are free once the loop has run their closes:
+         * accept again then, not at the next tick, so that connections
+         * waiting in the backlog (a member's among them) are not held a
+         * quarter of a second for each few that made room. Only after room
+         * was made: never a busy loop. */
+        struct timeval tv = {0, 10000};
+        soon = evicted > 0 && event_base_once(t->base, -1, EV_TIMEOUT, rest_end_cb, t, &tv) == 0;
+    }
     if (now - last >= 10 && atomic_compare_exchange_strong(&last_logged, &last, now))
         log_warn("cannot accept connections: accepts paused for a moment (out of descriptors? see LimitNOFILE) "
-                 "err=\"%s\"", evutil_socket_error_to_string(err));
+                 "err=\"%s\" evicted=%d resume=%s",
+                 evutil_socket_error_to_string(err), evicted, soon ? "soon" : "tick");
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -834,9 +899,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     struct srv_thread *t = arg;
     (void)fd; (void)what;
     maybe_resume_accept(t);
-    /* Listeners rested by accept_error_cb (enabling an enabled one is a no-op). */
-    if (!t->accept_paused && !atomic_load(&t->srv->shutting_down))
-        set_listeners(t, 1);
+    unsigned short_now = atomic_load(&descriptors_short);
+    if (short_now != descriptors_short_seen) {
+        descriptors_short_seen = short_now;
+        (void)evict_for_descriptors(t, SRV_LI_API); /* any number, none included */
+    }
+    listeners_rested_end(t);
 }
 
 /* ---- replies ------------------------------------------------------------- */
@@ -2009,6 +2077,7 @@ static void *thread_main(void *arg)
         pthread_cond_wait(&go_cv, &go_mu);
     pthread_mutex_unlock(&go_mu);
     khlink_set_current(t->link);
+    loop_thread = t;
     event_base_dispatch(t->base);
     return NULL;
 }

@@ -9,7 +9,9 @@
 #   - with its descriptors used up (started with a limit of 100, 300
 #     connections held open) the server rests its listeners instead of
 #     retrying accept(2) in a busy loop that logs each failure, and serves
-#     again once connections close.
+#     again once connections close;
+#   - idle TLS connections without a certificate holding every descriptor
+#     (idle-tls.py) are closed to make room for /healthz and members.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -38,6 +40,8 @@ expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tl
 # allowed to change from outside (prlimit --pid: EPERM in some containers):
 # serve starts again with 100 descriptors instead.
 stop_server
+# Idle connections stay for a minute (below), longer than this test waits.
+sed -i -e 's/^timeout = .*/timeout = 60/' -e 's/^\[server\]$/[server]\nrequest_timeout = 60/' "$conf"
 SRV_LAUNCH="prlimit --nofile=100:100 --" start_server
 lines0=$(wc -l < "$work/server.log")
 /usr/bin/python3 - "$port" <<'PY' || fail "holding connections"
@@ -53,4 +57,24 @@ grep -q "cannot accept connections" "$work/server.log" || fail "running out of d
 ok "out of descriptors for 3 s: $logged lines logged, no busy loop"
 wait_healthz || fail "healthz after the connections closed: $(cat "$work/body")"
 ok "serving again once the connections closed"
+
+# Idle TLS connections without a certificate, more than the descriptors
+# (the budgets never fill, so nothing made room before): they make room
+# for /healthz and a member while they are held, well within the minute
+# after which they would have gone anyway.
+coproc IDLE { /usr/bin/python3 "$SRC/tests/adversarial/idle-tls.py" "$port" "$certs/tca.pem" 130; }
+read -r -t 60 held_line <&"${IDLE[0]}" || fail "idle TLS connections: no summary"
+ok "idle TLS connections without a certificate: $held_line"
+got=
+for _ in 1 2 3 4 5; do
+  got=$(status anon -m 2 "$base/healthz")
+  [ "$got" = 200 ] && break
+done
+[ "$got" = 200 ] || fail "healthz with idle TLS connections holding every descriptor: HTTP $got"
+expect_status 200 "" "unwrap with idle TLS connections holding every descriptor" -- \
+  c alice -m 5 --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap"
+kill -0 "${IDLE_PID:?}" 2>/dev/null || fail "the idle connections' holder ended early"
+eval "exec ${IDLE[1]}>&-"
+wait "$IDLE_PID" || true
+ok "out of descriptors to idle connections without a certificate: they make room"
 stop_server
