@@ -224,7 +224,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         goto out;
     }
     checked_at = l->group_info_at; /* the discovery answer the check went by */
-    rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet);
+    rc = xp_check_message(c, l, data, len, &kt, &bad, &unmet, false);
     if (rc == XP_OK && unmet) {
         /* Also for a certificate of the group's CA the list has not met:
          * perhaps a version newer than the list's newest, which `groupsrv
@@ -242,7 +242,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);
             checked_at = l->group_info_at;
-            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL, false);
         } else if (fr != XP_ERR_NOTFOUND) {
             log_info("group certificate not refreshed, the message is taken for a version the list knows "
                      "list=%s reason=\"%s\"",
@@ -256,8 +256,25 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         if (fr == XP_OK) {
             log_info("a new group certificate added to the list list=%s", l->address);
             checked_at = l->group_info_at;
-            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
-        } else if (fr != XP_ERR_NOTFOUND) {
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL, false);
+        }
+        /* The list knows the group's current certificate (the server said
+         * so now, or within the minute): a message that names another
+         * certificate of the group's CA may be for a version before the
+         * list's oldest (a list made after `groupsrv group rotate`, a
+         * sender who still has the certificate before) or between its
+         * newest and the current one. The exploder cannot tell it from
+         * the sender's own certificate: taken, and the group server says
+         * at preparation (its unknown_recipient bounces it), as groupmail
+         * lets it say for a reader whose pin never held that version. */
+        if (rc == XP_ERR_WRONG_RECIPIENT &&
+            (fr == XP_OK || fr == XP_ERR_NOTFOUND || xp_group_cert_known_lately(c, l))) {
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL, true);
+            if (rc == XP_OK)
+                log_info("taken for a key version the list has not met, which the group server decides list=%s",
+                         l->address);
+        }
+        if (rc == XP_ERR_WRONG_RECIPIENT && fr != XP_OK && fr != XP_ERR_NOTFOUND) {
             /* Not knowing is not a refusal: the MTA asks again later, when
              * the group server can say whether the certificate is new. */
             log_warn("group certificate not refreshed list=%s reason=\"%s\"", l->address, why);
@@ -283,7 +300,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
             log_warn("group server discovery not refreshed, using what is cached list=%s reason=\"%s\"",
                      l->address, why);
         if (l->group_info_at != checked_at)
-            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL);
+            rc = xp_check_message(c, l, data, len, &kt, &bad, NULL, false);
     }
     if (bad == NULL)
         bad = xp_strerror(rc); /* the refusals' reason when the check gave none */

@@ -240,6 +240,11 @@ xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, 
     return cert_refresh(c, s, l, now, true, why, whysz);
 }
 
+bool xp_group_cert_known_lately(const xp_conf *c, const xp_list *l)
+{
+    return checked_lately(c, l, (int64_t)time(NULL));
+}
+
 xp_err xp_group_cert_refresh_unmet(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz)
 {
     int64_t now = (int64_t)time(NULL), ttl = (int64_t)c->group_info_ttl;

@@ -37,6 +37,10 @@ xp_err xp_group_info_refresh(const xp_conf *c, spool *s, xp_list *l, bool force,
  * was added (or found added by another deliver); XP_ERR_NOTFOUND when the
  * current one is known already; XP_ERR_TEMP (or another error) with why. */
 xp_err xp_group_cert_refresh(const xp_conf *c, spool *s, xp_list *l, char *why, size_t whysz);
+/* Did the group server say within the last minute (at most [delivery]
+ * group_info_ttl) that its current certificate is one the list knows
+ * (the answer xp_group_cert_refresh does not ask again within)? */
+bool xp_group_cert_known_lately(const xp_conf *c, const xp_list *l);
 /* The same for a message for a version the list knows that also names
  * another certificate of the group's CA (perhaps a newer version, perhaps
  * the sender's own): not within a minute (at most [delivery]

@@ -81,13 +81,15 @@ out:
     return ok;
 }
 
-/* Does msg have a RecipientInfo for a certificate that the issuer of one
- * of versions issued but that is none of them? */
-static bool names_unmet_version(const env_message *msg, STACK_OF(X509) *versions)
+/* msg's RecipientInfos for a certificate that the issuer of one of
+ * versions (the group's CA) issued, named by issuer and serial number,
+ * but that is none of them: how many, and the first max of their indexes
+ * in at (may be NULL with max 0). */
+static size_t unmet_ris(const env_message *msg, STACK_OF(X509) *versions, size_t *at, size_t max)
 {
-    bool found = false;
+    size_t n = 0;
 
-    for (size_t i = 0; i < env_message_recipient_count(msg) && !found; i++) {
+    for (size_t i = 0; i < env_message_recipient_count(msg); i++) {
         unsigned char *der = NULL;
         size_t derlen = 0;
         env_recipient *ri = NULL;
@@ -99,13 +101,63 @@ static bool names_unmet_version(const env_message *msg, STACK_OF(X509) *versions
                 known = known || env_recipient_matches_cert(ri, sk_X509_value(versions, v));
                 ours = ours || env_recipient_names_issuer_of(ri, sk_X509_value(versions, v));
             }
-            found = ours && !known;
+            if (ours && !known) {
+                if (n < max)
+                    at[n] = i;
+                n++;
+            }
         }
         env_recipient_free(ri);
         free(der);
     }
-    return found;
+    return n;
 }
+
+/* The list's key versions, newest last: the chain list create stored,
+ * then each newer version's certificate (xp_group_cert_refresh); a CA
+ * certificate after the first is the chain's issuer, not a version. */
+static STACK_OF(X509) *list_versions(const xp_list *l)
+{
+    BIO *b = BIO_new_mem_buf(l->group_cert, -1);
+    STACK_OF(X509) *versions = sk_X509_new_null();
+    X509 *x;
+    bool first = true;
+
+    if (b == NULL || versions == NULL) {
+        sk_X509_free(versions);
+        BIO_free(b);
+        return NULL;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if ((first || X509_check_ca(x) == 0) && sk_X509_push(versions, x) > 0)
+            x = NULL;
+        X509_free(x);
+        first = false;
+    }
+    ERR_clear_error(); /* the end of the PEM reads as an error */
+    BIO_free(b);
+    return versions;
+}
+
+/* A message for none of the list's versions may be for one the list has
+ * never met: one before the list's oldest (a list made after `groupsrv
+ * group rotate` knows the current version alone, while senders still
+ * encrypt to the one before), or between its newest and the current one.
+ * Its RecipientInfos that name a certificate of the group's CA (issuer
+ * and serial number) other than the list's versions are such candidates,
+ * among them the sender's own certificate when the group's CA issued it
+ * (`member add --issue-cert`; Thunderbird and Outlook add the sender to
+ * every message). The exploder cannot tell which, if any, is the group's:
+ * the group server does, each sent to it in turn (prepare_rewrap), at
+ * most XP_OLDER_MAX of them; it refuses one for no version of the group
+ * (unknown_recipient) before any key is used. n: how many the message
+ * has, the first XP_OLDER_MAX of them in idx. */
+#define XP_OLDER_MAX 4
+#define XP_OLDER_MAX_TEXT "4"
+typedef struct xp_older {
+    size_t idx[XP_OLDER_MAX];
+    size_t n;
+} xp_older;
 
 /* The index of msg's RecipientInfo for one of the list's group
  * certificates, env_message_find_recipient's answer otherwise. The list's
@@ -121,14 +173,14 @@ static bool names_unmet_version(const env_message *msg, STACK_OF(X509) *versions
  * newest one's, whose fault deliver then names. Deliver and the runner
  * choose alike. *unmet (may be NULL): the message also names, by issuer
  * and serial number, a certificate of a version's issuer (the group's CA)
- * that is none of the versions: perhaps one newer than the list has met. */
-static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert, bool *unmet)
+ * that is none of the versions: perhaps one newer than the list has met.
+ * *older (may be NULL): for a message for none of the versions, such
+ * RecipientInfos (xp_older). */
+static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert, bool *unmet,
+                             xp_older *older)
 {
-    BIO *b = BIO_new_mem_buf(l->group_cert, -1);
-    STACK_OF(X509) *versions = sk_X509_new_null();
-    X509 *x;
+    STACK_OF(X509) *versions = list_versions(l);
     env_err e = ENV_ERR_NO_RECIPIENT;
-    bool first = true;
     int pick = -1;
     size_t j;
 
@@ -136,17 +188,12 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
         *cert = NULL;
     if (unmet != NULL)
         *unmet = false;
-    if (b == NULL || versions == NULL) {
+    if (older != NULL)
+        older->n = 0;
+    if (versions == NULL) {
         e = ENV_ERR_NOMEM;
         goto out;
     }
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        if ((first || X509_check_ca(x) == 0) && sk_X509_push(versions, x) > 0)
-            x = NULL;
-        X509_free(x);
-        first = false;
-    }
-    ERR_clear_error(); /* the end of the PEM reads as an error */
     for (int i = sk_X509_num(versions) - 1; i >= 0; i--) {
         e = env_message_find_recipient(msg, sk_X509_value(versions, i), &j);
         if (e == ENV_ERR_NO_RECIPIENT)
@@ -165,12 +212,13 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
     }
     e = pick >= 0 ? ENV_OK : ENV_ERR_NO_RECIPIENT;
     if (pick >= 0 && unmet != NULL)
-        *unmet = names_unmet_version(msg, versions);
+        *unmet = unmet_ris(msg, versions, NULL, 0) > 0;
+    if (pick < 0 && older != NULL)
+        older->n = unmet_ris(msg, versions, older->idx, XP_OLDER_MAX);
     if (pick >= 0 && cert != NULL)
         *cert = sk_X509_delete(versions, pick); /* the version it is encrypted to, the caller's */
 out:
     sk_X509_pop_free(versions, X509_free);
-    BIO_free(b);
     return e;
 }
 
@@ -325,8 +373,9 @@ static const char *unreadable_why(env_err e)
 }
 
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
-                        const char **why, bool *unmet)
+                        const char **why, bool *unmet, bool older_ok)
 {
+    xp_older older;
     size_t hdr_end, body_start, idx;
     const char *body;
     bool crlf, plain;
@@ -396,11 +445,17 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
-    e = find_group_ri(l, msg, &idx, &cert, unmet);
+    e = find_group_ri(l, msg, &idx, &cert, unmet, &older);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
             rc = XP_OK; /* forward list that accepts anything */
+        else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > 0 && older.n <= XP_OLDER_MAX)
+            rc = XP_OK; /* perhaps a version the list never met: the group server decides (xp_older) */
+        else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > XP_OLDER_MAX && why != NULL)
+            *why = "message is not encrypted to the list's group certificate, and names too many other "
+                   "certificates of the group's CA (over " XP_OLDER_MAX_TEXT ") to ask the group server "
+                   "about each";
         goto out;
     }
     /* the group's key transport, for the check against what it accepts;
@@ -702,12 +757,14 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     gs_ri_list ris;
     gs_rest_err ge;
     env_err e;
+    xp_older older;
     char *hdrs = NULL;
     const char *outer;
     xp_err rc = XP_ERR_CRYPTO;
     bool per_member, crlf;
 
     memset(&ris, 0, sizeof(ris));
+    memset(&older, 0, sizeof(older));
     if (!has_cert(l->group_cert)) {
         snprintf(why, whysz, "list has no group certificate");
         rc = XP_ERR_TEMP; /* the admin can still add it */
@@ -718,9 +775,17 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_IO;
         goto out;
     }
-    if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) != ENV_OK ||
-        (e = find_group_ri(l, msg, &idx, NULL, NULL)) != ENV_OK ||
-        (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
+    if ((e = env_message_read(in, ENV_FORMAT_SMIME, XP_MESSAGE_SIZE_CEILING, &msg)) == ENV_OK &&
+        (e = find_group_ri(l, msg, &idx, NULL, NULL, &older)) == ENV_ERR_NO_RECIPIENT && older.n > 0 &&
+        older.n <= XP_OLDER_MAX) {
+        /* deliver took it for a version the list never met: the group
+         * server says which RecipientInfo, if any, is the group's */
+        idx = older.idx[0];
+        e = ENV_OK;
+    } else {
+        older.n = 0;
+    }
+    if (e != ENV_OK || (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",
                  env_strerror(e));
@@ -735,9 +800,29 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_TEMP;
         goto out;
     }
-    ge = gs_rest_rewrap_alg(r, l->group, der, derlen,
-                            l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS,
-                            env_message_content_alg(msg), &ris);
+    for (size_t k = 1;; k++) {
+        ge = gs_rest_rewrap_alg(r, l->group, der, derlen,
+                                l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS,
+                                env_message_content_alg(msg), &ris);
+        /* A candidate for no version of the group (the sender's own
+         * certificate, say): the next one. Any other answer is the group
+         * server's word on the message, as for a version the list knows. */
+        if (k >= older.n || ge != GS_REST_ERR_REJECTED || strcmp(gs_rest_last_code(r), "unknown_recipient") != 0)
+            break;
+        gs_ri_list_clear(&ris);
+        free(der);
+        der = NULL;
+        idx = older.idx[k];
+        if ((e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
+            snprintf(why, whysz, "spooled message: %s", env_strerror(e));
+            rc = env_to_xp(e);
+            goto out;
+        }
+    }
+    if (older.n > 0 && ge == GS_REST_OK)
+        log_info("the group server took a RecipientInfo for a key version the list has not met list=%s "
+                 "recipient_info=%zu",
+                 l->address, idx + 1);
     if (ge != GS_REST_OK) {
         rest_why(r, ge, why, whysz);
         rc = rest_class(ge);

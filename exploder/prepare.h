@@ -38,9 +38,14 @@
  * *unmet (may be NULL): the message is for one of the list's versions, and
  * also for another certificate of the group's CA (issuer and serial
  * number) that the list has not met, perhaps a newer version: deliver
- * asks the group server for its current one. */
+ * asks the group server for its current one. older_ok: a message for
+ * none of the list's versions that names, by issuer and serial number, one
+ * to four other certificates of the group's CA is XP_OK (*kt NULL): it may
+ * be for a version the list never met, and the group server decides at
+ * preparation (deliver allows it once the list knows the group's current
+ * certificate). */
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
-                        const char **why, bool *unmet);
+                        const char **why, bool *unmet, bool older_ok);
 /* Is cert one of the certificates in pem (the list's group certificates)? */
 bool xp_group_cert_known(const char *pem, X509 *cert);
 

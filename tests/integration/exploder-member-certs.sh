@@ -261,3 +261,50 @@ done <"$W/smtp/envelope.log"
 [ "$copies" -ge 2 ] || fail "the post in lines of 76 went to $copies members"
 xp_spool_empty
 echo "exploder member-certs: ok"
+# A list made after a re-key knows the current version alone (5 here),
+# while a sender still encrypts to the one before (4), Thunderbird-style
+# also to their own certificate, which the group's CA issued too: taken,
+# and the group server says which RecipientInfo is the group's (the
+# sender's: unknown_recipient, the next one asked), read with version 4
+# (it was 77 5.7.1, "not encrypted to the list's group certificate").
+# Mail to the retired version 3 is taken too, and bounced with the
+# server's word.
+gs group rotate eng >/dev/null
+L2=eng-late@example.org
+xp list create $L2 --group-server "$base" --group eng --mode member-certs >/dev/null
+xp list add $L2 alice@example.org bob@example.org >/dev/null
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nsecret body for the version before\n' >"$W/p4.txt"
+# the sender's RecipientInfo first (openssl sorts them as DER sets are)
+openssl cms -encrypt -binary -aes-256-cbc -recip "$W/group-v4.pem" -in "$W/p4.txt" -outform DER -out "$W/late.der"
+openssl cms -encrypt -binary -aes-256-cbc -recip "$certs/alice@example.org.pem" -in "$W/p4.txt" -outform DER \
+  -out "$W/own.der"
+cms ri "$W/own.der" "$W/own-ri.der"
+cms ri "$W/late.der" "$W/v4-ri.der"
+cat "$W/own-ri.der" "$W/v4-ri.der" >"$W/ris.der"
+cms swap "$W/late.der" "$W/ris.der" "$W/late2.der"
+{
+  printf 'MIME-Version: 1.0\nSubject: version before\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n'
+  printf 'Content-Transfer-Encoding: base64\n\n'
+  base64 "$W/late2.der"
+} >"$W/late.eml"
+xp deliver --list $L2 --sender alice@example.org <"$W/late.eml" 2>"$W/deliver.err" ||
+  fail "mail to the version before the list's first, and the sender's own certificate: $(cat "$W/deliver.err")"
+xp_encrypt "$W/group-v3.pem" "$W/late-v3.eml" "a retired version"
+xp deliver --list $L2 --sender alice@example.org <"$W/late-v3.eml" 2>"$W/deliver.err" ||
+  fail "mail to a version the list never met is decided by the group server: $(cat "$W/deliver.err")"
+xp_drain
+f=$(copy_for bob@example.org)
+openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
+  grep -q 'secret body for the version before' || fail "bob cannot read the message to the version before"
+grep -q 'took a RecipientInfo for a key version the list has not met" list=eng-late@example.org recipient_info=2$' \
+  "$W/run.log" || fail "not read with the second RecipientInfo: $(grep 'eng-late' "$W/run.log")"
+b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
+[ -n "$b" ] || fail "no bounce for the message to the retired version"
+grep -q '^Reason: the group server refused to re-encrypt it for the members: .*(unknown_recipient)\.$' "$b" ||
+  fail "bounce reason for the retired version: $(cat "$b")"
+[ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org alice@example.org bob@example.org " ] ||
+  fail "want alice's and bob's copy and alice's bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
+xp_spool_empty
+echo "ok: a list made after a re-key takes mail to the version before; the group server decides"
