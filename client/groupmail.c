@@ -1199,6 +1199,9 @@ static int parse_via(const char *s, enum via *v)
     return -1;
 }
 
+/* The most RecipientInfos older_unpinned_ri has the server decide between. */
+#define GM_GUESS_MAX 4
+
 /* The state of one decrypt/unwrap run. */
 typedef struct job {
     gm_config *c;
@@ -1209,6 +1212,8 @@ typedef struct job {
     size_t ri_len;
     bool offline;       /* local-key: the server is not asked (older_unpinned_ri) */
     bool guessed;       /* ri is older_unpinned_ri's: the server says whether it is the group's */
+    size_t guess[GM_GUESS_MAX]; /* older_unpinned_ri's RecipientInfos (indexes), in the order asked */
+    size_t nguess, guess_at;    /* how many; which one ri is */
 } job;
 
 static void job_clear(job *j)
@@ -1274,16 +1279,20 @@ static bool ri_is_own(const gm_config *c, const env_recipient *ri)
  * certificate) named no pinned certificate and was exit 5, although the
  * server still unwraps it. When the pin is still the server's current
  * certificate, the message cannot be to a newer version (that stays exit 5
- * until fetch-cert --repin): its one RecipientInfo that names the group's
- * CA as issuer, other than one for our own certificate, is taken, and the
- * server says whether it is a version of the group (unknown_recipient,
- * exit 5, if not). Several such RecipientInfos are not guessed between.
- * *idx is set and *found true when taken; an exit code otherwise only when
- * the server could not be asked. */
+ * until fetch-cert --repin): its RecipientInfos that name the group's CA
+ * as issuer, other than one for our own certificate, are taken, and the
+ * server says whether one is a version of the group (unknown_recipient,
+ * exit 5, if none is). There may be several: the sender's own certificate
+ * when the group's CA issued it (`member add --issue-cert`; Thunderbird
+ * and Outlook add the sender to every message), which the server refuses
+ * as unknown_recipient before any key is used, and the next one is asked
+ * (job_next_guess); more than GM_GUESS_MAX are not tried. *idx is set (the
+ * first) and *found true when taken; an exit code otherwise only when the
+ * server could not be asked. */
 static int older_unpinned_ri(job *j, size_t *idx, bool *found)
 {
     gm_config *c = j->c;
-    size_t n = 0, at = 0;
+    size_t n = 0;
     char *pem = NULL;
     size_t pemlen = 0;
     STACK_OF(X509) *chain = NULL;
@@ -1293,19 +1302,21 @@ static int older_unpinned_ri(job *j, size_t *idx, bool *found)
     *found = false;
     if (c->group_cert != NULL || j->offline || j->group_cert == NULL || c->server == NULL || c->group == NULL)
         return GM_EXIT_OK;
-    for (size_t i = 0; i < env_message_recipient_count(j->msg) && n < 2; i++) {
+    j->nguess = j->guess_at = 0;
+    for (size_t i = 0; i < env_message_recipient_count(j->msg) && n <= GM_GUESS_MAX; i++) {
         unsigned char *der = NULL;
         size_t len = 0;
         env_recipient *ri = NULL;
         if (env_message_recipient_der(j->msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
             env_recipient_names_issuer_of(ri, j->group_cert) && !ri_is_own(c, ri)) {
+            if (n < GM_GUESS_MAX)
+                j->guess[n] = i;
             n++;
-            at = i;
         }
         env_recipient_free(ri);
         free(der);
     }
-    if (n != 1)
+    if (n == 0 || n > GM_GUESS_MAX)
         return GM_EXIT_OK;
     if ((rc = rest_lazy(c, &j->r)) != GM_EXIT_OK)
         return rc;
@@ -1318,7 +1329,8 @@ static int older_unpinned_ri(job *j, size_t *idx, bool *found)
         goto out;
     }
     if (X509_cmp(sk_X509_value(chain, 0), j->group_cert) == 0) {
-        *idx = at;
+        j->nguess = n;
+        *idx = j->guess[0];
         *found = true;
     }
 out:
@@ -1333,6 +1345,26 @@ static void not_for_group(const job *j)
            "decrypted with your own key: --via own-key --cert FILE --key FILE; mail to a group key "
            "newer than the pinned one needs fetch-cert --repin)",
            j->c->group ? j->c->group : "(--group-cert)");
+}
+
+/* An unwrap refused as unknown_recipient for a RecipientInfo
+ * older_unpinned_ri took, with another one left: that one becomes j->ri
+ * and true is said (ask again). */
+static bool job_next_guess(job *j, gs_rest *r, gs_rest_err e)
+{
+    unsigned char *der = NULL;
+    size_t len = 0;
+
+    if (!j->guessed || e != GS_REST_ERR_REJECTED || strcmp(gs_rest_last_code(r), "unknown_recipient") != 0 ||
+        j->guess_at + 1 >= j->nguess ||
+        env_message_recipient_der(j->msg, j->guess[j->guess_at + 1], &der, &len) != ENV_OK)
+        return false;
+    j->guess_at++;
+    free(j->ri);
+    j->ri = der;
+    j->ri_len = len;
+    gm_progress(j->c, "not a version of the group; asking with the next RecipientInfo that names its CA");
+    return true;
 }
 
 /* An unwrap refused: for a RecipientInfo older_unpinned_ri took, the
@@ -1416,8 +1448,13 @@ static int job_unwrap(job *j, gs_deliver d, gs_unwrap_result *res)
     req.deliver = d;
     req.content_algorithm = job_content_alg(j);
     gm_progress(j->c, "asking %s to unwrap (deliver=%s)", j->c->server, gs_deliver_name(d));
-    if ((e = gs_rest_unwrap(j->r, j->c->group, &req, res)) != GS_REST_OK)
-        return job_unwrap_fail(j, j->r, e);
+    while ((e = gs_rest_unwrap(j->r, j->c->group, &req, res)) != GS_REST_OK) {
+        if (!job_next_guess(j, j->r, e))
+            return job_unwrap_fail(j, j->r, e);
+        gs_unwrap_result_clear(res);
+        req.recipient_info = j->ri;
+        req.recipient_info_len = j->ri_len;
+    }
     return GM_EXIT_OK;
 }
 
@@ -1850,6 +1887,12 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
             gm_mcert_clear(&mc);
             if ((rc = membership_cert(j, &mc, true, &cached)) != GM_EXIT_OK)
                 goto out;
+            re = mcert_unwrap(j, &mc, &mr, &res);
+        }
+        while (re != GS_REST_OK && mr != NULL && job_next_guess(j, mr, re)) {
+            gs_rest_free(mr);
+            mr = NULL;
+            gs_unwrap_result_clear(&res);
             re = mcert_unwrap(j, &mc, &mr, &res);
         }
         if (re != GS_REST_OK) {

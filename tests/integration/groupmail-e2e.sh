@@ -587,6 +587,20 @@ openssl cms -encrypt -binary -aes-256-cbc -in "$work/m.txt" -outform DER -out "$
 expect_rc 5 "a message to another certificate of the group's CA" -- \
   as alice decrypt --via tls --store "$work/pinned-after-rekey" --in "$work/to-bob.der"
 grep -q 'not encrypted to group eng .*own key' "$work/gm.err" || fail "to bob's certificate: $(cat "$work/gm.err")"
+# mail from bob to the key before whose client (Thunderbird, Outlook) added
+# bob's own certificate, which the group's CA issued too, his RecipientInfo
+# first: the server refuses his (unknown_recipient) and is asked with the
+# next (it was exit 5: two RecipientInfos naming the CA were not guessed
+# between)
+cms ri "$work/to-bob.der" "$work/bob-ri.der"
+cms ri "$work/msg.der" "$work/v1-ri.der"
+cat "$work/bob-ri.der" "$work/v1-ri.der" >"$work/bob-v1-ris.der"
+cms swap "$work/msg.der" "$work/bob-v1-ris.der" "$work/from-bob.der"
+for via in tls membership-cert; do
+  expect_rc 0 "mail to the key before and the sender's own certificate, --via $via" -- \
+    as alice decrypt --via "$via" --store "$work/pinned-after-rekey" --in "$work/from-bob.der" --out "$work/out.txt"
+  same "$work/out.txt" "$work/msg.txt" "old key and the sender's certificate, $via"
+done
 # a pin file that kept many earlier versions (as after some 20 re-keys) is
 # still read: its reader once took 16 certificates, the re-key kept 64
 for i in $(seq 1 20); do
