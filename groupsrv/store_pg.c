@@ -259,6 +259,11 @@ struct pg_store {
     bool unbounded; /* statements may take as long as they take (the migration) */
     int64_t last_used_ms; /* CLOCK_MONOTONIC at the last ensure_connected */
     unsigned conn_gen;    /* counts connections made: tells a statement sent on a new one */
+    bool writing;         /* the statement in flight may commit something (not a read) */
+    int backend_pid;      /* the connection's backend, and its backend_start in microseconds */
+    int64_t backend_start_us;
+    int orphan_pid;       /* a backend left with a write in flight, ended before the next statement */
+    int64_t orphan_start_us;
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -422,6 +427,24 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
  * server rolls back what it had not committed once it sees that) and the
  * request gets 503 db_unavailable; the next statement connects again. */
 
+/* The connection is given up with a write in flight (no answer in time,
+ * or the connection broke): its backend may still be running it, e.g. a
+ * COMMIT waiting for a synchronous standby that is down. Closing our end
+ * does not stop that wait; the transaction commits whenever it ends (the
+ * standby back, the wait cancelled), long after its caller answered as
+ * if it never happened (an audit record for a request the client saw
+ * fail, or a record written twice). connect_session ends that backend
+ * before anything else is sent, so what the next statements read is the
+ * outcome for good. */
+static void leave_backend(gs_store *st)
+{
+    if (!PG(st)->writing || PG(st)->backend_pid == 0)
+        return;
+    PG(st)->orphan_pid = PG(st)->backend_pid;
+    PG(st)->orphan_start_us = PG(st)->backend_start_us;
+    PG(st)->backend_pid = 0;
+}
+
 /* The answer to what was just sent (sent: what PQsend* returned): the
  * last result, or the first that failed; NULL when the send failed, the
  * connection broke before the server said it was ready again
@@ -482,9 +505,12 @@ static PGresult *await_result(gs_store *st, int sent)
         PQclear(res); /* not known to be committed: the caller sees the broken connection */
         res = NULL;
     }
+    if (!ready)
+        leave_backend(st);
     return res;
 no_answer:
     PQclear(res);
+    leave_backend(st);
     PQfinish(conn);
     PG(st)->conn = NULL;
     PG(st)->lost = true;
@@ -497,6 +523,7 @@ static PGresult *pg_exec(gs_store *st, const char *sql)
 {
     if (PG(st)->conn == NULL)
         return NULL;
+    PG(st)->writing = strncmp(sql, "SELECT ", 7) != 0;
     return await_result(st, PQsendQuery(PG(st)->conn, sql));
 }
 
@@ -507,6 +534,68 @@ static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
     gs_err err = (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) ? GS_OK : result_error(st, res, what);
     PQclear(res);
     return err;
+}
+
+/* Ends the backend that connection's loss left with a write in flight
+ * (leave_backend), found by its pid and backend_start (never a later
+ * backend given the same pid), and waits until it is gone: a commit it
+ * was waiting on (a synchronous standby down) is then made, locally, as
+ * PostgreSQL does when such a wait is cancelled; one it had not reached
+ * is rolled back. Either way the tables now hold the outcome, and the
+ * caller's lookup (the audit's, db_append_again) reads it. A backend that
+ * does not go within [db] timeout (a stopped process or host) is logged
+ * and left: the statements go on as before, and a second insert of its
+ * rows waits for it under lock_timeout. It is the same role's backend,
+ * which pg_terminate_backend allows without a superuser. */
+#define BACKEND_START_US "(extract(epoch FROM backend_start) * 1000000)::bigint"
+static gs_err end_orphan(gs_store *st)
+{
+    static const char *const end_sql =
+        "SELECT pg_terminate_backend(pid), wait_event = 'SyncRep' FROM pg_stat_activity WHERE pid = $1 AND " BACKEND_START_US
+        " = $2";
+    static const char *const there_sql =
+        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND " BACKEND_START_US " = $2";
+    struct params p = {0};
+    int64_t deadline = monotonic_ms() + ((int64_t)gs_store_timeout() + 1) * 1000;
+    gs_err err = GS_OK;
+    bool gone = false, sync_rep = false;
+    const char *sql = end_sql;
+
+    p_int(&p, PG(st)->orphan_pid);
+    p_int(&p, PG(st)->orphan_start_us);
+    for (;;) {
+        PGresult *r = await_result(st, PQsendQueryParams(PG(st)->conn, sql, p.n, NULL, p.val, p.len, p.fmt, 0));
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            err = result_error(st, r, "ending the session a lost write left");
+            PQclear(r);
+            break;
+        }
+        gone = sql == there_sql && PQntuples(r) == 0;
+        if (sql == end_sql && PQntuples(r) == 1)
+            sync_rep = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+        PQclear(r);
+        if (gone || monotonic_ms() >= deadline)
+            break;
+        if (sql == there_sql) {
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
+            (void)nanosleep(&ts, NULL);
+        }
+        sql = there_sql;
+    }
+    if (err == GS_ERR_DB_UNAVAILABLE)
+        return err; /* this connection is gone too: the next one tries again */
+    if (gone && sync_rep)
+        log_warn("database session left waiting for a synchronous standby ended: its commit is on the primary "
+                 "only until a standby has it pid=%d",
+                 PG(st)->orphan_pid);
+    else if (gone)
+        log_info("database session left with a write in flight ended pid=%d", PG(st)->orphan_pid);
+    else
+        log_warn("database session left with a write in flight did not end in time; its write may still commit "
+                 "pid=%d detail=\"%s\"",
+                 PG(st)->orphan_pid, err != GS_OK ? log_qs(gs_err_detail()) : "still running");
+    PG(st)->orphan_pid = 0;
+    return GS_OK;
 }
 
 /* Opens the connection and sets the session up: synchronous commit
@@ -521,6 +610,7 @@ static gs_err connect_session(gs_store *st)
         PQfinish(PG(st)->conn);
     memset(PG(st)->prepared, 0, sizeof(PG(st)->prepared));
     PG(st)->no_answer = false; /* a verdict on the old connection, never told */
+    PG(st)->backend_pid = 0;   /* known once the setup below tells it */
     PG(st)->conn = PQconnectdb(PG(st)->url);
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
@@ -549,15 +639,29 @@ static gs_err connect_session(gs_store *st)
      * DATABASE ... SET lock_timeout). A statement that runs longer than
      * [db] timeout is cancelled by the server (statement_timeout, likewise
      * only where unset), before the client gives up on the connection. */
-    char setup[400];
+    /* Last, this backend's start (microseconds: no DateStyle or time
+     * zone in it), which tells it from a later backend given its pid. */
+    char setup[560];
     (void)snprintf(setup, sizeof(setup),
                    "SET synchronous_commit = on; %s"
                    "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
                    "SELECT set_config('statement_timeout', '%us', false) "
-                   "WHERE current_setting('statement_timeout') = '0'",
+                   "WHERE current_setting('statement_timeout') = '0'; "
+                   "SELECT " BACKEND_START_US " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
                    st->readonly ? "SET default_transaction_read_only = on; " : "", gs_store_timeout());
-    err = exec_simple(st, setup, "session setup");
-    if (err)
+    PGresult *res = pg_exec(st, setup);
+    PG(st)->writing = false;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        err = result_error(st, res, "session setup");
+        PQclear(res);
+        return err;
+    }
+    PG(st)->backend_pid = PQbackendPID(PG(st)->conn);
+    PG(st)->backend_start_us = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+    if (PG(st)->backend_start_us == 0)
+        PG(st)->backend_pid = 0; /* not told apart from a later backend with its pid: never ended */
+    PQclear(res);
+    if (PG(st)->orphan_pid != 0 && (err = end_orphan(st)) != GS_OK)
         return err;
     /* Not after a lock or statement timeout (the migration's tries, a
      * request behind another session's lock): that connection was fine,
@@ -676,6 +780,7 @@ static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult *
         bool again = attempt == 0 && gen == PG(st)->conn_gen && reads_only(which) && !st->in_tx &&
                      st->keys_locked == 0;
         if (!PG(st)->prepared[which]) {
+            PG(st)->writing = false;
             r = await_result(st, PQsendPrepare(PG(st)->conn, name, queries[which], 0, NULL));
             if (PQresultStatus(r) != PGRES_COMMAND_OK) {
                 again = again && ended_by_server(st, r);
@@ -688,6 +793,7 @@ static gs_err run(gs_store *st, enum q which, const struct params *p, PGresult *
             PQclear(r);
             PG(st)->prepared[which] = true;
         }
+        PG(st)->writing = !reads_only(which);
         r = await_result(st, PQsendQueryPrepared(PG(st)->conn, name, p ? p->n : 0, p ? p->val : NULL,
                                                  p ? p->len : NULL, p ? p->fmt : NULL, 0));
         if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {

@@ -1671,13 +1671,17 @@ static void test_db_admin_chain_shared(void **state)
     assert_non_null(strstr(report, "ok: 3 records"));
 }
 
-/* An admin command's insert commits, but its answer is lost (here: no
- * answer within [db] timeout, a commit held by a deferred trigger); its
- * chain lock goes with the connection, another command appends after it
- * (the trigger, in the same commit), and the lookup finds the chain moved
- * on. The record stands: the command counts it as written, once (before,
- * it was undone with its ok record in the table), and its next record
- * chains after the other's. */
+/* An admin command's insert gets no answer within [db] timeout (a commit
+ * held by a deferred trigger, which would then append another command's
+ * record after it once the lookup waits): before, it committed after the
+ * lookup and, its chain lock gone with the connection, another command's
+ * record after it; the command counted it as written once. Now the
+ * lookup's connection first ends that backend (store_pg's end_orphan), so
+ * the first try is rolled back and decided before the lookup, and the
+ * second try writes the record, once (the trigger fires again, and lets
+ * it through). A record found committed with the chain moved on after it
+ * is still counted once (db_append_again), for a backend that cannot be
+ * ended in time. */
 static void test_db_admin_chain_committed_then_moved_on(void **state)
 {
     struct dbfx *f = *state;
@@ -1713,13 +1717,13 @@ static void test_db_admin_chain_committed_then_moved_on(void **state)
     assert_int_equal(audit_append(a, &r), AUDIT_OK);
     gs_store_set_timeout(10);
     assert_int_equal(pgtest_int(f->name, "SELECT last_value FROM late"), 2);
-    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 2);
+    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 1);
     assert_int_equal(pgtest_exec(f->name, "DROP TRIGGER late ON audit"), 0);
     assert_int_equal(audit_append(a, &r), AUDIT_OK);
     audit_close(a);
-    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 3);
+    assert_int_equal(rows_of(f, "gs-a" GS_AUDIT_ADMIN_SUFFIX), 2);
     assert_int_equal(verify_db(f, &chains, report, sizeof(report)), AUDIT_OK);
-    assert_non_null(strstr(report, "ok: 3 records"));
+    assert_non_null(strstr(report, "ok: 2 records"));
 }
 
 struct append_one {
