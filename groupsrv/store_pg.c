@@ -1093,10 +1093,75 @@ static gs_err pg_begin(gs_store *st)
     return err ? err : exec_simple(st, "BEGIN", "begin");
 }
 
+/* The COMMIT of transaction xid got no answer, or its connection broke
+ * (err, the thread's detail saying which), with its backend maybe still
+ * at it: e.g. waiting for a synchronous standby that is down, which
+ * closing the connection does not stop; it would commit when the wait
+ * ends, long after the caller answered 503 and recorded the change as not
+ * made (a member added, audited "database unavailable"). On a new
+ * connection, which first ends that backend (connect_session,
+ * end_orphan), PostgreSQL's txid_status tells the outcome, decided by
+ * then: committed, GS_OK (the caller goes on as after a commit; under the
+ * keys lock, lost with the old connection, the handle stays lost so the
+ * command's further statements stop, as ensure_connected says); aborted
+ * or still undecided (a backend that would not end), err as it was. */
+static gs_err commit_outcome(gs_store *st, const char *xid, gs_err err)
+{
+    char detail[512];
+    gs_db_cause cause = gs_err_db_cause();
+    bool committed = false;
+
+    (void)snprintf(detail, sizeof(detail), "%s", gs_err_detail());
+    if (PG(st)->conn != NULL) {
+        PQfinish(PG(st)->conn);
+        PG(st)->conn = NULL;
+    }
+    if (connect_session(st) == GS_OK) {
+        struct params p = {0};
+        p_text(&p, xid);
+        PGresult *r = await_result(st, PQsendQueryParams(PG(st)->conn, "SELECT txid_status($1::bigint)", p.n, NULL,
+                                                         p.val, p.len, p.fmt, 0));
+        committed = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                    strcmp(PQgetvalue(r, 0, 0), "committed") == 0;
+        PQclear(r);
+    }
+    if (st->keys_locked > 0 && PG(st)->conn != NULL) {
+        PQfinish(PG(st)->conn);
+        PG(st)->conn = NULL;
+        PG(st)->lost = true;
+        PG(st)->lost_quietly = true; /* the loss was logged, and so was the new connection */
+    }
+    if (committed) {
+        log_warn("database commit whose answer was lost was made (looked up by its transaction id) detail=\"%s\"",
+                 log_qs(detail));
+        return GS_OK;
+    }
+    return gs_err_set_db(err, cause, "%s", detail);
+}
+
 static gs_err pg_commit(gs_store *st)
 {
+    char xid[32] = "";
+    PGresult *r;
     gs_err err = ensure_connected(st);
-    return err ? err : exec_simple(st, "COMMIT", "commit");
+
+    if (err)
+        return err;
+    /* The transaction's id (none when it wrote nothing): what
+     * commit_outcome asks about if the COMMIT's answer is lost. */
+    r = pg_exec(st, "SELECT txid_current_if_assigned()");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        err = result_error(st, r, "commit");
+        PQclear(r);
+        return err;
+    }
+    if (PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
+        (void)snprintf(xid, sizeof(xid), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    err = exec_simple(st, "COMMIT", "commit");
+    if (err == GS_ERR_DB_UNAVAILABLE && xid[0] != '\0' && PG(st)->orphan_pid != 0)
+        err = commit_outcome(st, xid, err);
+    return err;
 }
 
 static void pg_rollback(gs_store *st)

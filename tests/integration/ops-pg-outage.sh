@@ -596,6 +596,8 @@ done
 s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
 rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
 cp "$work/body" "$work/sync-unwrap.body"
+ms=$(call admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/sync@example.org")
+cp "$work/body" "$work/sync-put.body"
 pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do # the waits the reset releases have ended
@@ -611,8 +613,20 @@ if [ "$s" = 200 ]; then
 else
   [ "$n" = 0 ] || fail "synchronous standby down: unwrap $rid answered $s ($(cat "$work/sync-unwrap.body")), and its record committed later ($n)"
 fi
+# The member change's own COMMIT waits too: given up, it was answered 503
+# db_unavailable and recorded as not made, and the member was added once
+# the wait ended. Its transaction's status (txid_status), read after its
+# backend is ended, decides it now: made, it is recorded and answered.
+if [ "$ms" = 201 ]; then
+  member_in sync@example.org && [ "$(audited member-add sync@example.org ok)" = 1 ] ||
+    fail "synchronous standby down: member PUT answered 201, in the table $(sql "SELECT count(*) FROM members
+      WHERE email = 'sync@example.org'"), $(audited member-add sync@example.org ok) ok records"
+else
+  ! member_in sync@example.org ||
+    fail "synchronous standby down: member PUT answered $ms ($(cat "$work/sync-put.body")), and the member was added later"
+fi
 unwrap 200 "unwrap after the synchronous standby setting was reset" -- alice
-ok "synchronous standby down: the unwrap answered $s, its records in the table $n"
+ok "synchronous standby down: the unwrap answered $s, its records in the table $n; member PUT $ms"
 
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
