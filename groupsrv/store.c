@@ -731,6 +731,11 @@ static gs_err no_audit_table(gs_store *st)
                       st->ops->name);
 }
 
+bool gs_store_write_unsettled(gs_store *st)
+{
+    return st != NULL && st->ops->write_unsettled != NULL && st->ops->write_unsettled(st);
+}
+
 gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
 {
     *seq = 0;

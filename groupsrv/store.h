@@ -94,6 +94,8 @@ gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
  * statement_timeout, unless the URI's options or the role chose one).
  * Default 10 s; SQLite keeps its own 5 s busy timeout. */
 void gs_store_set_timeout(unsigned seconds);
+/* gs_store_set_timeout's value (seconds). */
+unsigned gs_store_timeout(void);
 /* How long a PostgreSQL connection stays unused before its next call first
  * reads whether the server ended it meanwhile (and connects again before
  * sending the statement); default GS_STORE_IDLE_CHECK_MS. A test that needs
@@ -365,6 +367,12 @@ typedef struct gs_store_audit_row {
 /* The instance's last row: *seq 0 and *line NULL when it has none. *line
  * is the caller's (free()). */
 gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line);
+/* True while a write whose connection was lost as it ran (no answer in
+ * time, the connection broken) may still be running on the server: its
+ * outcome, looked up now, is not yet final. The next connection settles it
+ * (PostgreSQL: ends that backend first); false on a backend without such
+ * writes (SQLite). */
+bool gs_store_write_unsettled(gs_store *st);
 /* Inserts lines[0..n) as seq first_seq.. in one statement, committed with
  * synchronous commit before returning GS_OK. EXISTS when a seq is taken
  * (another process writes the same instance's chain). */

@@ -65,6 +65,8 @@ struct gs_store_ops {
                          gs_store_audit_row **out, size_t *n);
     gs_err (*audit_chain_lock)(gs_store *st, const char *instance);
     void (*audit_chain_unlock)(gs_store *st, const char *instance);
+    /* gs_store_write_unsettled; NULL: never */
+    bool (*write_unsettled)(gs_store *st);
 };
 
 struct gs_store {
@@ -80,8 +82,6 @@ struct gs_store {
 
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out);
 gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out);
-/* gs_store_set_timeout's value (seconds). */
-unsigned gs_store_timeout(void);
 unsigned gs_store_idle_check(void);
 
 /* Shared by the backends. */

@@ -1731,6 +1731,9 @@ static gs_err pg_member_list(gs_store *st, int64_t group_id, gs_store_member **o
     return err;
 }
 
+/* A backend left with a write in flight is not yet ended (end_orphan). */
+static bool pg_write_unsettled(gs_store *st) { return PG(st)->orphan_pid != 0; }
+
 /* ---- audit chains ---------------------------------------------------------------------- */
 
 static gs_err pg_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
@@ -1929,4 +1932,5 @@ static const struct gs_store_ops pg_ops = {
     .audit_read = pg_audit_read,
     .audit_chain_lock = pg_audit_chain_lock,
     .audit_chain_unlock = pg_audit_chain_unlock,
+    .write_unsettled = pg_write_unsettled,
 };

@@ -1215,8 +1215,18 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     memcpy(head, log->prev_hex, sizeof(head));
     log_warn("audit insert %s; checking the table instance=%s records=%zu detail=\"%s\"", why,
              log->instance, n, log_qs(gs_err_detail()));
-    if (db_load_head(log) != 0)
-        return GS_ERR_DB_UNAVAILABLE;
+    /* The insert went out and its connection was lost, and the database
+     * cannot be reached just now (restarting, a proxy in between
+     * restarting): the rows may still commit, after a 503 that said they
+     * were not made. While the store says so, the lookup is tried again
+     * for up to [db] timeout plus a second; the answers are held anyway. */
+    double until = util_monotonic_s() + (double)gs_store_timeout() + 1.0;
+    while (db_load_head(log) != 0) {
+        if (!gs_store_write_unsettled(log->db) || util_monotonic_s() >= until)
+            return GS_ERR_DB_UNAVAILABLE;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000 * 1000};
+        (void)nanosleep(&ts, NULL);
+    }
     if (log->db_seq == seq + (int64_t)n && strcmp(log->prev_hex, prev_after) == 0) {
         log->db_seq = seq; /* the caller moves the head on */
         memcpy(log->prev_hex, head, sizeof(head));

@@ -47,7 +47,10 @@
 #     lookup, while it is sent again: recorded once, the change stands;
 #   - synchronous replication stalled (synchronous_standby_names naming a
 #     standby that is down): the audit insert's COMMIT waits past [db]
-#     timeout; the answer agrees with the table after the wait has ended.
+#     timeout; the answer agrees with the table after the wait has ended;
+#   - an audit insert given up on while the database refuses new
+#     connections (a restart, a proxy restarting): the lookup waits for it
+#     (up to [db] timeout), and the answer agrees with the table.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -627,6 +630,68 @@ else
 fi
 unwrap 200 "unwrap after the synchronous standby setting was reset" -- alice
 ok "synchronous standby down: the unwrap answered $s, its records in the table $n; member PUT $ms"
+
+# ---- an audit insert lost while the database refuses new connections -----------
+# The insert's backend is still at its commit (a deferred trigger holds it
+# until the test says go) when the server gives up on it; the lookup then
+# finds the database refusing connections (ALLOW_CONNECTIONS false, as
+# while it restarts or a proxy in between restarts). Before: 503
+# audit_unavailable at once, and the insert committed after that (an ok
+# record of an unwrap the client saw fail). Now the lookup is tried again
+# for up to [db] timeout plus a second while that write is unsettled: once
+# connections are allowed, its backend is ended and the lookup decides.
+pgq() { pg_psql postgres -At -c "$1"; }
+sql "ALTER DATABASE groupsrv SET statement_timeout = '60s'" >/dev/null # not cut by the session's 1 s
+sql "CREATE TABLE audit_go (go boolean); CREATE SEQUENCE audit_hold_n;
+  CREATE FUNCTION audit_hold() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF NEW.line::json->>'action' = 'unwrap' AND nextval('audit_hold_n') = 1 THEN
+      FOR i IN 1..600 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM audit_go);
+        PERFORM pg_sleep(0.05);
+      END LOOP;
+    END IF;
+    RETURN NULL;
+  END \$\$;
+  CREATE CONSTRAINT TRIGGER audit_hold AFTER INSERT ON audit DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION audit_hold()" >/dev/null
+end_sessions
+sleep 0.3
+mark=$(wc -l < "$work/serve.log")
+call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap" > "$work/held.status" & held_call=$!
+held=
+for i in $(seq 1 200); do
+  held=$(pgq "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv' AND wait_event = 'PgSleep'
+    AND query LIKE 'INSERT INTO audit%'")
+  [ -n "$held" ] && break
+  sleep 0.05
+done
+[ -n "$held" ] || fail "the audit insert did not reach its commit's trigger"
+pgq "ALTER DATABASE groupsrv ALLOW_CONNECTIONS false" >/dev/null
+for i in $(seq 1 200); do # the lookup met the refusal
+  tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit head unreadable' && break
+  kill -0 "$held_call" 2>/dev/null || break
+  sleep 0.05
+done
+pgq "ALTER DATABASE groupsrv ALLOW_CONNECTIONS true" >/dev/null
+wait "$held_call" || true
+sql "INSERT INTO audit_go VALUES (true)" >/dev/null # the held commit, if it is still there, goes on
+for i in $(seq 1 200); do
+  [ -z "$(pgq "SELECT pid FROM pg_stat_activity WHERE pid = $held")" ] && break
+  sleep 0.05
+done
+sql "DROP TRIGGER audit_hold ON audit; DROP FUNCTION audit_hold(); DROP TABLE audit_go; DROP SEQUENCE audit_hold_n;
+  ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
+[ -n "$rid" ] || fail "held insert: no X-Request-Id: $(cat "$work/hdr")"
+hs=$(cat "$work/held.status")
+n=$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")
+if [ "$hs" = 200 ]; then
+  [ "$n" = 1 ] || fail "held insert: unwrap $rid answered 200 with $n records"
+else
+  [ "$n" = 0 ] || fail "held insert, database refusing connections: unwrap $rid answered $hs ($(cat "$work/body")), and its record committed later ($n)"
+fi
+ok "an audit insert lost while the database refused new connections: answered $hs, its records in the table $n"
 
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
