@@ -393,16 +393,20 @@ fi
 # ---- scripts/setup with packages missing, as a user without root or sudo ----
 # (a Debian 12 installed with a root password has no sudo): it names what
 # to do instead of failing on "sudo: command not found", and runs no apt.
-# A directory of its own, which the user nobody can read (the work dir is 0700).
-fake=$(mktemp -d "${GS_TEST_WORK:-/tmp}/cli-contract-setup.XXXXXX")
+# As root, run as nobody from a directory in /tmp with a copy of the
+# script: nobody cannot reach the work directory (0700), nor a checkout
+# below root's home (/root is 0700), where CI as root may have it.
+fake=$(mktemp -d /tmp/cli-contract-setup.XXXXXX)
+trap 'rm -rf "$work" "$fake"' EXIT
 printf '#!/bin/sh\nexit 1\n' > "$fake/dpkg-query" # nothing installed
 printf '#!/bin/sh\necho apt-get ran >&2\n' > "$fake/apt-get"
 ln -s "$(command -v grep)" "$(command -v id)" "$(command -v bash)" "$fake/"
+install -m 0644 "$SRC/scripts/setup" "$fake/setup"
 chmod 755 "$fake" "$fake/dpkg-query" "$fake/apt-get"
 as_user=()
 [ "$(id -u)" != 0 ] || as_user=(runuser -u nobody --)
 expect 1 "^setup: .* needs root: run scripts/setup as root \\(or install sudo\\)" "scripts/setup, packages missing, no root and no sudo" -- \
-  "${as_user[@]}" env -i PATH="$fake" bash "$SRC/scripts/setup"
+  "${as_user[@]}" env -i PATH="$fake" bash "$fake/setup"
 rm -rf "$fake"
 
 [ "$nfail" = 0 ] || { echo "cli-contract: $nfail check(s) failed" >&2; exit 1; }
