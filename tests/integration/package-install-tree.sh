@@ -78,6 +78,19 @@ rc=0
 [ "$rc" = 1 ] && grep -q "not found" "$W/xp.err" || fail "exploder example config: exit $rc: $(cat "$W/xp.err")"
 ok "example configurations load"
 
+# Purge deletes /var/lib/groupsrv whole (debian/groupsrv.postrm): every
+# token store the shipped guides make there is named in operations.md's
+# "Removing", whose warning is all that stands between an `apt purge` and
+# group keys gone for ever (pkcs11-tokens.md's NSS database was not).
+stores=$(grep -hE 'install -d|provision-softhsm /|certutil -N' "$doc/groupsrv/operations.md" "$doc/groupsrv/pkcs11-tokens.md" |
+  grep -oE '/var/lib/groupsrv/[A-Za-z0-9._-]+' | sort -u)
+[ "$(wc -w <<<"$stores")" -ge 3 ] || fail "token stores the guides make under /var/lib/groupsrv: only '$stores' (a pattern is stale)"
+removing=$(sed -n '/^### Removing$/,/^##/p' "$doc/groupsrv/operations.md")
+for d in $stores; do
+  grep -qF "\`$d\`" <<<"$removing" || fail "operations.md's 'Removing' does not name $d, a token store the guides make (purge deletes it)"
+done
+ok "operations.md's 'Removing' names every token store the guides make under /var/lib/groupsrv: $(tr '\n' ' ' <<<"$stores")"
+
 for p in groupsrv exploder groupmail; do
   page=$root/share/man/man1/$p.1
   lexgrog "$page" | grep -q "\"$p - " || fail "$p.1: no NAME line: $(lexgrog "$page" 2>&1)"
