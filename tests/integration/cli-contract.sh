@@ -67,6 +67,20 @@ expect 2 "check takes no arguments $usage" "groupsrv check extra, no configurati
 expect 2 "serve takes no arguments \(got --bogus\) $usage" "groupsrv serve --bogus, no configuration" -- "$gs" -c "$none" serve --bogus
 expect 5 "no-such\.conf: cannot open config file" "groupsrv group list, no configuration" -- "$gs" -c "$none" group list
 expect 1 "no-such\.conf: cannot open config file" "groupsrv check, no configuration" -- "$gs" -c "$none" check
+# Every form of groupsrv(1)'s SYNOPSIS passes that early check (the
+# command and its subcommand, the rest is the command's to judge): the
+# check keeps a list of its own, which must not refuse a subcommand the
+# page documents (one added later to the page and the command only).
+nforms=0
+while read -r words; do
+  nforms=$((nforms + 1))
+  want=5; [ "$words" = check ] && want=1
+  # shellcheck disable=SC2086 # the words are the command line
+  expect $want "no-such\.conf: cannot open config file" "groupsrv $words (groupsrv(1) SYNOPSIS), no configuration" -- \
+    "$gs" -c "$none" $words
+done < <(sed -n '/^## SYNOPSIS$/,/^## /p' "$SRC/docs/groupsrv.1.md" |
+  sed -n 's/^groupsrv \[-c FILE\]\( \[-v\]\)\? \([a-z]\+\)\( [a-z][a-z-]*\)\?\( .*\)\?$/\2\3/p' | sort -u)
+[ "$nforms" -ge 20 ] || fail "groupsrv(1) SYNOPSIS: $nforms command forms read (a pattern is stale)"
 # audit had a parser of its own too
 install -m 0600 /dev/null "$work/audit.jsonl"
 if out=$("$gs" -c "$gconf" audit verify --file="$work/audit.jsonl" 2>&1) && [[ $out == "ok: 0 lines, "* ]]; then
