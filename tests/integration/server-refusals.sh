@@ -46,7 +46,10 @@ expect_status 200 "" "current member (alice)" -- c alice --data-binary @"$work/r
 # ---- revocation on the very next request: kept-alive connection ----
 revoke_during() { # revoke_during MODE WHO STEPS
   local mode=$1 who=$2 steps=$3 fifo=$work/uc.fifo out=$work/uc.out pid
-  rm -f "$fifo"; mkfifo "$fifo"
+  # Emptied here, not only by the client's own redirection: that one runs
+  # in the child after the fifo opens, so the wait below could read the
+  # previous client's WAITING from the file and go on before it is cut.
+  rm -f "$fifo"; mkfifo "$fifo"; : > "$out"
   UC_CERT="$certs/$who@example.org.pem" UC_KEY="$certs/$who@example.org.key" UC_CACERT="$certs/tca.pem" \
     "$BIN/unwrapclient" steps "$mode" "$url" "$work/req-tls.json" "$steps" <"$fifo" >"$out" 2>&1 &
   pid=$!
@@ -317,7 +320,7 @@ openssl ca -batch -config "$work/ca/ca.cnf" -cert "$certs/tca.pem" -keyfile "$ce
   -out "$certs/frank@example.org.pem" -days 1 2>/dev/null
 "$BIN/groupsrv" -c "$conf" member add eng frank@example.org --cert "$certs/frank@example.org.pem" >/dev/null
 cp "$certs/clients.pem" "$work/clients-nocrl.pem"
-rm -f "$work/uc.fifo"; mkfifo "$work/uc.fifo"
+rm -f "$work/uc.fifo"; mkfifo "$work/uc.fifo"; : > "$work/uc.out"
 UC_CERT="$certs/frank@example.org.pem" UC_KEY="$certs/frank@example.org.key" UC_CACERT="$certs/tca.pem" \
   "$BIN/unwrapclient" steps keepalive "$url" "$work/req-tls.json" 200,200,wait,401 <"$work/uc.fifo" >"$work/uc.out" 2>&1 &
 uc_pid=$!
