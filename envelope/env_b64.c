@@ -2,11 +2,13 @@
  * env_b64.c: a write-only base64 filter BIO with a choice of line ending.
  * OpenSSL's BIO_f_base64 always ends lines with LF; S/MIME that travels by
  * SMTP wants CRLF throughout when its headers use CRLF, so the body must
- * match. Lines of 76 characters, RFC 2045's longest, as Outlook, Apple Mail
- * and most clients write them: an exploder copy re-encoded in shorter
- * lines than its post's is larger than the post (in lines of 64, by 0.5%
- * in Postfix's count, which adds an octet per line), and a post just under
- * the relay's size limit then had every copy refused.
+ * match. S/MIME in lines of 76 characters, RFC 2045's longest, as Outlook,
+ * Apple Mail and most clients write them: an exploder copy re-encoded in
+ * shorter lines than its post's is larger than the post (in lines of 64,
+ * by 0.5% in Postfix's count, which adds an octet per line), and a post
+ * just under the relay's size limit then had every copy refused. PEM in
+ * lines of 64: RFC 7468 (section 2) has its generators write exactly
+ * that, and a strict reader may take nothing else.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +19,14 @@
 
 #include "env_internal.h"
 
-#define GROUP 57                   /* input bytes per line */
-#define LINE 76                    /* characters per line: 4 * GROUP / 3 */
+#define GROUP_MIME 57 /* input bytes per S/MIME line of 76 characters */
+#define GROUP_PEM 48  /* input bytes per PEM line of 64 */
+#define LINE 76       /* the longest line: 4 * GROUP_MIME / 3 */
 #define LINES_PER_WRITE 64
 
 typedef struct b64state {
-    unsigned char in[GROUP];
-    size_t n;
+    unsigned char in[GROUP_MIME];
+    size_t n, group; /* group: input bytes per line, GROUP_MIME or GROUP_PEM */
     bool crlf;
     unsigned char out[LINES_PER_WRITE * (LINE + 2)];
     size_t outn;
@@ -48,7 +51,7 @@ static int flush_out(BIO *b, b64state *s)
     return 1;
 }
 
-/* Encodes n (<= GROUP) bytes as one line into the output buffer. */
+/* Encodes n (<= s->group) bytes as one line into the output buffer. */
 static int encode_line(BIO *b, b64state *s, const unsigned char *in, size_t n)
 {
     if (s->outn + LINE + 2 > sizeof(s->out) && !flush_out(b, s))
@@ -69,22 +72,22 @@ static int b64_write(BIO *b, const char *data, int len)
     if (!s || len <= 0)
         return len == 0 ? 0 : -1;
     if (s->n) { /* complete a pending group first */
-        size_t k = GROUP - s->n < n ? GROUP - s->n : n;
+        size_t k = s->group - s->n < n ? s->group - s->n : n;
         memcpy(s->in + s->n, p, k);
         s->n += k;
         p += k;
         n -= k;
-        if (s->n == GROUP) {
-            if (!encode_line(b, s, s->in, GROUP))
+        if (s->n == s->group) {
+            if (!encode_line(b, s, s->in, s->group))
                 return -1;
             s->n = 0;
         }
     }
-    while (n >= GROUP) {
-        if (!encode_line(b, s, p, GROUP))
+    while (n >= s->group) {
+        if (!encode_line(b, s, p, s->group))
             return -1;
-        p += GROUP;
-        n -= GROUP;
+        p += s->group;
+        n -= s->group;
     }
     if (n) {
         memcpy(s->in, p, n);
@@ -148,7 +151,7 @@ static void b64_init_method(void)
     b64_method = m;
 }
 
-BIO *env_b64_new(bool crlf)
+BIO *env_b64_new(bool crlf, bool pem)
 {
     BIO *b;
     b64state *s;
@@ -159,6 +162,7 @@ BIO *env_b64_new(bool crlf)
         return NULL;
     s = BIO_get_data(b);
     s->crlf = crlf;
+    s->group = pem ? GROUP_PEM : GROUP_MIME;
     return b;
 }
 

@@ -347,7 +347,7 @@ env_err env_encrypt(const env_encrypt_opts *opts, X509 *const *recips, size_t n,
     }
     if (o.out_format != ENV_FORMAT_DER) {
         rv = ENV_ERR_NOMEM;
-        if (!(b64 = env_b64_new(crlf)))
+        if (!(b64 = env_b64_new(crlf, o.out_format == ENV_FORMAT_PEM)))
             goto out;
         sink = BIO_push(b64, out);
     }

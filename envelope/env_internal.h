@@ -168,9 +168,10 @@ DECLARE_ASN1_ITEM(ENV_ATTRS)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP1)
 DECLARE_ASN1_ITEM(ENV_ATTRS_IMP2)
 
-/* A write-only base64 filter BIO (env_b64.c): 76-character lines ending
- * in CRLF or LF; BIO_flush writes the final line. Push onto the sink. */
-BIO *env_b64_new(bool crlf);
+/* A write-only base64 filter BIO (env_b64.c): lines of 76 characters for
+ * S/MIME, of 64 with pem (RFC 7468), ending in CRLF or LF; BIO_flush
+ * writes the final line. Push onto the sink. */
+BIO *env_b64_new(bool crlf, bool pem);
 /* MIME-Version, Content-* lines of an S/MIME message and the blank line. */
 env_err env_write_mime_headers(BIO *out, bool auth, bool crlf);
 

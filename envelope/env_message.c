@@ -1667,7 +1667,7 @@ env_err env_message_write(const env_message *msg, env_format fmt, const char *ou
     }
     if (fmt != ENV_FORMAT_DER) {
         rv = ENV_ERR_NOMEM;
-        if (!(b64 = env_b64_new(crlf)))
+        if (!(b64 = env_b64_new(crlf, fmt == ENV_FORMAT_PEM)))
             goto out;
         sink = BIO_push(b64, out);
     }

@@ -576,6 +576,68 @@ static void test_mime_long_routing_folded(void **state)
     }
 }
 
+/* The width of every base64 line but the last of out, after its header
+ * block (S/MIME) or its BEGIN line (PEM), up to an END line; each line
+ * ended in CRLF when crlf, else LF. */
+static size_t b64_width(const char *out, bool pem, bool crlf)
+{
+    const char *p = pem ? strstr(out, "-----\n") + 6 : strstr(out, crlf ? "\r\n\r\n" : "\n\n") + (crlf ? 4 : 2);
+    size_t width = 0, last = 0;
+    while (*p != '\0' && strncmp(p, "-----END", 8) != 0) {
+        const char *e = strchr(p, '\n');
+        size_t w;
+        assert_non_null(e);
+        w = (size_t)(e - p) - (crlf ? 1 : 0);
+        assert_int_equal(e > p && e[-1] == '\r', crlf);
+        if (last != 0)
+            assert_int_equal(last, width); /* only the last line is shorter */
+        if (width == 0)
+            width = w;
+        assert_true(w <= width);
+        last = w;
+        p = e + 1;
+    }
+    return width;
+}
+
+/* S/MIME in base64 lines of 76 (RFC 2045's longest, as most clients write
+ * them: an exploder copy is then not larger than its post for its line
+ * breaks); PEM in lines of exactly 64, as RFC 7468 has its generators
+ * write them. A PEM of 76-character lines was written for a while. */
+static void test_b64_widths(void **state)
+{
+    static const char crlf_mail[] = "From: a@example.org\r\nSubject: w\r\n\r\nbody\r\n";
+    unsigned char buf[3000];
+    (void)state;
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (unsigned char)(i * 13);
+    for (int k = 0; k < 3; k++) {
+        env_encrypt_opts o = {.out_format = k == 1 ? ENV_FORMAT_PEM : ENV_FORMAT_SMIME, .input_is_mime = k == 2};
+        unsigned char *enc = NULL;
+        size_t enclen;
+        env_message *msg = NULL;
+        BIO *mem = BIO_new(BIO_s_mem());
+        char *p;
+        long n;
+
+        if (k == 2)
+            assert_int_equal(encrypt_mem(&o, rsa_cert, crlf_mail, strlen(crlf_mail), &enc, &enclen), ENV_OK);
+        else
+            assert_int_equal(encrypt_mem(&o, rsa_cert, buf, sizeof(buf), &enc, &enclen), ENV_OK);
+        assert_int_equal(b64_width((char *)enc, k == 1, k == 2), k == 1 ? 64 : 76);
+        /* and written again (the exploder's copies), in each form */
+        assert_int_equal(read_mem(enc, enclen, &msg), ENV_OK);
+        assert_int_equal(env_message_write(msg, k == 1 ? ENV_FORMAT_PEM : ENV_FORMAT_SMIME, NULL, mem), ENV_OK);
+        assert_int_equal(BIO_write(mem, "", 1), 1);
+        n = BIO_get_mem_data(mem, &p);
+        assert_true(n > 0);
+        assert_int_equal(b64_width(p, k == 1, k == 2), k == 1 ? 64 : 76);
+        BIO_free(mem);
+        env_message_free(msg);
+        free(enc);
+    }
+}
+
 /* Content sizes around the base64 line and AES block boundaries. */
 static void test_sizes(void **state)
 {
@@ -1294,7 +1356,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_rsa),  cmocka_unit_test(test_roundtrip_ecdh),
         cmocka_unit_test(test_content_alg_names),
         cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing), cmocka_unit_test(test_mime_framing_obs_colon),
-        cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes), cmocka_unit_test(test_b64_widths),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
         cmocka_unit_test(test_recipient_issuer_names),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
