@@ -96,6 +96,8 @@ int gm_env_exit(env_err e)
     case ENV_ERR_TRUNCATED:
     case ENV_ERR_NOT_CMS:
     case ENV_ERR_MIME:
+    case ENV_ERR_ENCODING:
+    case ENV_ERR_BASE64:
     case ENV_ERR_CONTENT_TYPE:
     case ENV_ERR_NO_RECIPIENT:
     case ENV_ERR_UNSUPPORTED:

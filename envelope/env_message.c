@@ -146,6 +146,7 @@ typedef struct reader {
     uint64_t total, max;
     bool eof;
     env_err err;
+    bool b64_tail; /* a base64 body held text that base64 is not (b64_shape) */
 } reader;
 
 static bool rd_fill(reader *r)
@@ -208,8 +209,8 @@ static env_err b64_chunk(EVP_ENCODE_CTX *ctx, spool *s, const char *p, size_t n,
     while (n && !*stop) {
         size_t k = n > HDR_LINE_CAP ? HDR_LINE_CAP : n;
         r = EVP_DecodeUpdate(ctx, out, &outl, (const unsigned char *)p, (int)k);
-        if (r < 0)
-            return ENV_ERR_MIME;
+        if (r < 0) /* a character base64 has not, or one after its end ('=') */
+            return ENV_ERR_BASE64;
         if (outl > 0 && (rv = spool_write(s, out, (size_t)outl)) != ENV_OK)
             return rv;
         if (r == 0 && memchr(p, '-', k)) /* '-' ends base64 for the decoder */
@@ -218,6 +219,51 @@ static env_err b64_chunk(EVP_ENCODE_CTX *ctx, spool *s, const char *p, size_t n,
         n -= k;
     }
     return rv;
+}
+
+/* What the lines of a base64 body look like, to tell text in it (a footer
+ * or disclaimer a list or gateway added inside the S/MIME part) from
+ * base64 cut short when the decoding fails: base64 writers put no white
+ * space inside a line, every line but the last is as long as the first,
+ * and nothing follows the last (one with '=', or shorter). Said, never
+ * refused for: the decoder decides what is read. */
+typedef struct b64_shape {
+    size_t width; /* characters of the first line (0: none yet) */
+    size_t cur;   /* characters of the current line so far */
+    bool gap;     /* white space after a character of the current line */
+    bool pad;     /* the current line holds '=' */
+    bool over;    /* a line ended the base64 (padded, short, or blank after text) */
+    bool tail;    /* text base64 is not: after its end, or with white space inside */
+} b64_shape;
+
+/* A piece of a body line (the whole line, or a long line's piece); eol:
+ * the line ends with it. */
+static void b64_shape_piece(b64_shape *sh, const char *p, size_t n, bool eol)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\r' || p[i] == '\n')
+            continue;
+        if (p[i] == ' ' || p[i] == '\t') {
+            sh->gap = sh->gap || sh->cur > 0;
+            continue;
+        }
+        if (sh->over || sh->gap)
+            sh->tail = true;
+        sh->pad = sh->pad || p[i] == '=';
+        sh->cur++;
+    }
+    if (!eol)
+        return;
+    if (sh->cur == 0) {
+        sh->over = sh->over || sh->width > 0;
+    } else {
+        if (sh->width == 0)
+            sh->width = sh->cur;
+        sh->tail = sh->tail || sh->cur > sh->width;
+        sh->over = sh->over || sh->pad || sh->cur < sh->width;
+    }
+    sh->cur = 0;
+    sh->gap = sh->pad = false;
 }
 
 static env_err b64_final(EVP_ENCODE_CTX *ctx, spool *s)
@@ -579,7 +625,9 @@ static env_err read_b64_body(reader *r, char *line, spool *s, const char *delim,
     EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
     bool partial, bol = true, stop = false;
     size_t n;
+    b64_shape sh;
 
+    memset(&sh, 0, sizeof(sh));
     *ended = *close = false;
     if (ctx == NULL)
         return ENV_ERR_NOMEM;
@@ -600,11 +648,17 @@ static env_err read_b64_body(reader *r, char *line, spool *s, const char *delim,
         /* after base64's end ('=' or '-') a part may carry trailing lines */
         if (!stop && (rv = b64_chunk(ctx, s, line, n, &stop)) != ENV_OK)
             goto out;
+        if (!stop) /* a '-' line ("-- " before a signature) ends it as the decoder takes it */
+            b64_shape_piece(&sh, line, n, !partial);
         if (stop && delim == NULL)
             break;
     }
     rv = b64_final(ctx, s);
+    /* an incomplete last quantum: cut short, or text added after the base64 */
+    if (rv == ENV_ERR_TRUNCATED && sh.tail)
+        rv = ENV_ERR_BASE64;
 out:
+    r->b64_tail = r->b64_tail || sh.tail;
     EVP_ENCODE_CTX_free(ctx);
     return rv;
 }
@@ -656,7 +710,7 @@ static env_err read_multipart(env_message *m, reader *r, char *line, const mime_
             if (found)
                 return ENV_ERR_MIME;
             if (!part.have_cte || !mime_type_is(part.cte, "base64"))
-                return ENV_ERR_MIME;
+                return ENV_ERR_ENCODING;
             if ((rv = read_b64_body(r, line, s, delim, &ended, &close)) != ENV_OK)
                 return rv;
             found = true;
@@ -703,7 +757,7 @@ static env_err read_smime(env_message *m, reader *r, spool *s, unsigned flags)
         goto out;
     }
     if (!h.have_cte || !mime_type_is(h.cte, "base64")) {
-        rv = ENV_ERR_MIME;
+        rv = ENV_ERR_ENCODING;
         goto out;
     }
     rv = read_b64_body(r, line, s, NULL, &ended, &close);
@@ -1186,8 +1240,12 @@ env_err env_message_read_flags(BIO *in, env_format fmt, unsigned flags, size_t m
         rv = ENV_ERR_NOMEM;
         goto out;
     }
-    if ((rv = parse_cms(m)) != ENV_OK)
+    /* CMS that ends early, in base64 that text was added to: the text */
+    if ((rv = parse_cms(m)) != ENV_OK) {
+        if (rv == ENV_ERR_TRUNCATED && r.b64_tail)
+            rv = ENV_ERR_BASE64;
         goto out;
+    }
     /* The header window is only needed while parsing. */
     free(m->win);
     m->win = NULL;

@@ -42,6 +42,12 @@ const char *env_strerror(env_err err)
     case ENV_ERR_CERT: return "certificate unusable";
     case ENV_ERR_TOO_LARGE: return "input too large";
     case ENV_ERR_CRYPTO: return "cryptographic library failure";
+    case ENV_ERR_ENCODING:
+        return "the S/MIME part is not in base64 (its Content-Transfer-Encoding is another, such as binary, or "
+               "missing)";
+    case ENV_ERR_BASE64:
+        return "text in the base64 that is not base64 (a footer or disclaimer added inside the encrypted "
+               "part?)";
     }
     return "unknown error";
 }

@@ -41,7 +41,7 @@ typedef enum env_err {
     ENV_ERR_IO,            /* reading or writing a BIO / temp file failed */
     ENV_ERR_TRUNCATED,     /* input ends inside the structure */
     ENV_ERR_NOT_CMS,       /* not DER/BER CMS, nor S/MIME around it */
-    ENV_ERR_MIME,          /* S/MIME framing malformed (headers, base64) */
+    ENV_ERR_MIME,          /* S/MIME framing malformed (header fields, multipart structure) */
     ENV_ERR_CONTENT_TYPE,  /* CMS but not (Auth)EnvelopedData */
     ENV_ERR_NO_RECIPIENT,  /* no RecipientInfo for the given certificate / key id */
     ENV_ERR_UNSUPPORTED,   /* algorithm or RecipientInfo type we do not do */
@@ -50,6 +50,8 @@ typedef enum env_err {
     ENV_ERR_CERT,          /* certificate unusable (no RSA/EC key, malformed) */
     ENV_ERR_TOO_LARGE,     /* over a configured cap */
     ENV_ERR_CRYPTO,        /* any other OpenSSL failure */
+    ENV_ERR_ENCODING,      /* an S/MIME part whose Content-Transfer-Encoding is not base64 */
+    ENV_ERR_BASE64,        /* text in the base64 that base64 is not (a footer added inside it, say) */
 } env_err;
 
 const char *env_strerror(env_err err);
@@ -209,8 +211,12 @@ typedef struct env_message env_message;
  * base64; LF or CRLF. DER may be BER with
  * indefinite lengths (openssl cms -stream).
  * Errors: ENV_ERR_TRUNCATED (cut anywhere), ENV_ERR_NOT_CMS (not CMS, or a
- * mail that is not pkcs7-mime), ENV_ERR_MIME (bad base64 / transfer
- * encoding), ENV_ERR_CONTENT_TYPE (SignedData etc., multipart/signed),
+ * mail that is not pkcs7-mime), ENV_ERR_ENCODING (a Content-Transfer-
+ * Encoding other than base64), ENV_ERR_BASE64 (a character base64 has
+ * not; or, where it would be ENV_ERR_TRUNCATED, text after the base64's
+ * end or with white space inside a line: a footer added inside the part),
+ * ENV_ERR_MIME (header fields, multipart structure),
+ * ENV_ERR_CONTENT_TYPE (SignedData etc., multipart/signed),
  * ENV_ERR_UNSUPPORTED (content cipher other than AES-CBC or 3DES-CBC in
  * EnvelopedData or AES-GCM in AuthEnvelopedData, e.g. RC2 or Camellia;
  * detached content),

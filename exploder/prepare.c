@@ -347,7 +347,9 @@ static xp_err env_to_xp(env_err e)
     case ENV_ERR_TOO_LARGE: return XP_ERR_TOO_LARGE;
     case ENV_ERR_TRUNCATED:
     case ENV_ERR_NOT_CMS:
-    case ENV_ERR_MIME: return XP_ERR_FORMAT;
+    case ENV_ERR_MIME:
+    case ENV_ERR_ENCODING:
+    case ENV_ERR_BASE64: return XP_ERR_FORMAT;
     default: return XP_ERR_CRYPTO;
     }
 }
@@ -359,7 +361,11 @@ static const char *unreadable_why(env_err e)
     switch (e) {
     case ENV_ERR_TRUNCATED: return "its S/MIME part is cut short (truncated CMS or base64)";
     case ENV_ERR_NOT_CMS: return "its application/pkcs7-mime part is not CMS";
-    case ENV_ERR_MIME: return "bad S/MIME framing (the pkcs7-mime part must be base64)";
+    case ENV_ERR_MIME: return "bad S/MIME framing (its MIME header fields)";
+    case ENV_ERR_ENCODING: return "bad S/MIME framing (the pkcs7-mime part must be base64)";
+    case ENV_ERR_BASE64:
+        return "its S/MIME part holds text that is not base64 (a footer or disclaimer added inside the "
+               "encrypted part, by a mail gateway say: add it outside the encryption, or not at all)";
     case ENV_ERR_CONTENT_TYPE:
         return "message is not encrypted: its S/MIME part is CMS, but not EnvelopedData or AuthEnvelopedData "
                "(signed-data, say): the list takes mail that is S/MIME encrypted as a whole; sign before "

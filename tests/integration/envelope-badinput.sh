@@ -89,8 +89,18 @@ $T ri-info --ri "$W/oaep384.ri" | grep -q '^alg=unsupported' || fail "OAEP-SHA38
 expect_rc $E_UNSUPPORTED dec "$W/oaep384.smime"
 no_output unsupported
 
-# Malformed S/MIME framing.
+# Not base64 inside (was "malformed S/MIME framing", as a footer added in
+# the base64 was, or "input truncated" for a footer of letters only), and
+# not base64 at all (Content-Transfer-Encoding: binary, the DER as it is).
 printf 'Subject: x\nContent-Type: application/pkcs7-mime\nContent-Transfer-Encoding: base64\n\nMII*!\n' >"$W/badb64"
-expect_rc $E_MIME dec "$W/badb64"
-no_output mime
+expect_rc $E_BASE64 dec "$W/badb64"
+no_output base64
+{ cat "$W/ok.smime"; printf '\nFooter text here\n'; } >"$W/footer.smime"
+expect_rc $E_BASE64 dec "$W/footer.smime"
+grep -q "ENV_ERR_BASE64" "$W/stderr" || fail "a footer of letters in the base64: $(cat "$W/stderr")"
+no_output footer
+{ sed '/^$/q' "$W/ok.smime" | sed 's/^Content-Transfer-Encoding: base64$/Content-Transfer-Encoding: binary/'
+  cat "$W/ok.der"; } >"$W/binary.smime"
+expect_rc $E_ENCODING dec "$W/binary.smime"
+no_output binary
 echo "envelope bad input: ok"

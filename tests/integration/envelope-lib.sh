@@ -34,5 +34,6 @@ expect_rc() {
 
 # envtool exits 10 + env_err on library errors (envelope.h order).
 E_IO=13 E_TRUNCATED=14 E_NOT_CMS=15 E_MIME=16 E_CONTENT_TYPE=17 E_NO_RECIPIENT=18 E_UNSUPPORTED=19 E_AUTH=20
+E_ENCODING=25 E_BASE64=26
 
 printf 'From: alice@example.org\nTo: list@example.org\nSubject: interop\nX-Inner: only inside\n\nHello group,\nthis is the body.\n' >"$W/mail.txt"

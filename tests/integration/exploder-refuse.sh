@@ -63,6 +63,19 @@ xp_encrypt "$W/group.pem" "$W/good.eml" good
 head -c 700 "$W/good.eml" >"$W/cut.eml"
 expect 65 5.6.0 $L "$W/cut.eml"
 reason "its S/MIME part is cut short (truncated CMS or base64)"
+# a footer a gateway appended inside the base64 (letters only: it was "cut
+# short"; with a full stop: "must be base64"), and the CMS as it is under
+# Content-Transfer-Encoding: binary: each said as it is
+for f in 'Footer text here' 'This message was scanned by Example Corp.'; do
+  { cat "$W/good.eml"; printf '\n%s\n' "$f"; } >"$W/footer.eml"
+  expect 65 5.6.0 $L "$W/footer.eml"
+  reason "its S/MIME part holds text that is not base64 (a footer or disclaimer added inside the encrypted part"
+done
+{ sed '/^$/q' "$W/good.eml" | sed 's/^Content-Transfer-Encoding: base64$/Content-Transfer-Encoding: binary/'
+  sed '1,/^$/d' "$W/good.eml" | base64 -d; } >"$W/binary.eml"
+grep -q '^Content-Transfer-Encoding: binary$' "$W/binary.eml" || fail "binary.eml: no binary encoding"
+expect 65 5.6.0 $L "$W/binary.eml"
+reason "bad S/MIME framing (the pkcs7-mime part must be base64)"
 # what no member can read, or that is not S/MIME as a whole: a content
 # cipher the members cannot decrypt (Camellia) is 5.7.6, not "malformed";
 # encrypted then signed, as multipart/signed or opaque signed-data, and a

@@ -428,6 +428,18 @@ for n in nul1 nul2; do
   grep -q "malformed S/MIME framing" "$work/gm.err" || fail "$n: $(cat "$work/gm.err")"
   [ ! -e "$work/x.txt" ] || fail "plaintext written for $n"
 done
+# a footer appended inside the base64, and the CMS under
+# Content-Transfer-Encoding: binary: said as they are (they were "input
+# truncated" and "malformed S/MIME framing", where the exploder said
+# "must be base64")
+{ cat "$work/mine.smime"; printf '\nFooter text here\n'; } >"$work/footer.smime"
+{ sed '/^$/q' "$work/mine.smime" | sed 's/^Content-Transfer-Encoding: base64$/Content-Transfer-Encoding: binary/'
+  sed '1,/^$/d' "$work/mine.smime" | base64 -d; } >"$work/binary.smime"
+expect_rc 5 "a footer inside the base64" -- as alice decrypt --via own-key --in "$work/footer.smime" --out "$work/x.txt"
+grep -q "text in the base64 that is not base64 (a footer" "$work/gm.err" || fail "footer: $(cat "$work/gm.err")"
+expect_rc 5 "Content-Transfer-Encoding: binary" -- as alice decrypt --via own-key --in "$work/binary.smime" --out "$work/x.txt"
+grep -q "not in base64 (its Content-Transfer-Encoding is another" "$work/gm.err" || fail "binary: $(cat "$work/gm.err")"
+[ ! -e "$work/x.txt" ] || fail "plaintext written for a footer or binary message"
 expect_rc 5 "--via own-key on a message without alice's RecipientInfo" -- as alice decrypt --via own-key --in "$work/alien.smime" --out "$work/x.txt"
 [ ! -e "$work/x.txt" ] || fail "plaintext left for a foreign message"
 printf 'not a message\n' > "$work/junk.txt"

@@ -937,6 +937,149 @@ static void test_tamper(void **state)
     }
 }
 
+/* What is wrong with an S/MIME body, said as it is: a Content-Transfer-
+ * Encoding other than base64 (binary, as some senders write CMS) is
+ * ENV_ERR_ENCODING, not "malformed S/MIME framing"; a footer or disclaimer
+ * a list or gateway appended inside the base64 is ENV_ERR_BASE64, where a
+ * footer of letters only was "input truncated" and one with a full stop
+ * "malformed S/MIME framing"; base64 really cut short stays
+ * ENV_ERR_TRUNCATED, and a "-- " signature line after the base64 is read
+ * as before. Each case at each of the base64's three endings ("==", "=",
+ * none), LF and CRLF, at the top and as a multipart/mixed part. */
+static void test_b64_body_faults(void **state)
+{
+    static const struct {
+        const char *name, *tail; /* the text after the base64 (its lines joined by "|") */
+        bool blank;              /* a blank line before it */
+        env_err want;
+    } cases[] = {
+        {"footer with a full stop", "This list is run by Example Corp.", true, ENV_ERR_BASE64},
+        {"footer of letters", "Footer text here", true, ENV_ERR_BASE64},
+        {"footer of letters, no blank line", "Footer text here", false, ENV_ERR_BASE64},
+        {"one word, no blank line", "Unsubscribe", false, ENV_ERR_BASE64},
+        {"mailman footer", "_______________________________________________|Eng mailing list", true,
+         ENV_ERR_BASE64},
+        {"a signature line", "-- |Alice", true, ENV_OK},
+        {"blank lines only", "|", false, ENV_OK},
+    };
+    unsigned char fill[64];
+    (void)state;
+    memset(fill, 'c', sizeof(fill));
+    for (size_t len = 40; len < 43; len++) /* GCM: the DER's length moves by one, the padding with it */
+        for (int crlf = 0; crlf < 2; crlf++)
+            for (int mp = 0; mp < 2; mp++) {
+                const char *nl = crlf ? "\r\n" : "\n";
+                env_encrypt_opts o = {.input_is_mime = true};
+                char mail[256], *hdr_end, *body, *m, *last;
+                unsigned char *enc = NULL;
+                size_t enclen, cap, bodylen, hdrlen;
+                env_message *msg = NULL;
+                int w;
+
+                w = snprintf(mail, sizeof(mail), "From: a@example.org%sSubject: f%s%s", nl, nl, nl);
+                memcpy(mail + w, fill, len);
+                assert_int_equal(encrypt_mem(&o, rsa_cert, mail, (size_t)w + len, &enc, &enclen), ENV_OK);
+                hdr_end = strstr((char *)enc, crlf ? "\r\n\r\n" : "\n\n");
+                assert_non_null(hdr_end);
+                hdrlen = (size_t)(hdr_end - (char *)enc) + (crlf ? 4 : 2);
+                body = (char *)enc + hdrlen;
+                bodylen = enclen - hdrlen;
+                /* the last base64 line shorter than the others or padded:
+                 * what tells a footer of letters from more base64 */
+                enc[enclen - strlen(nl)] = '\0';
+                last = strrchr(body, '\n');
+                assert_true(last == NULL || strlen(last + 1) < 76 || strchr(last, '=') != NULL);
+                memcpy(enc + enclen - strlen(nl), nl, strlen(nl));
+                cap = enclen + 1024;
+                m = malloc(cap);
+                for (size_t k = 0; k < (sizeof(cases) / sizeof(cases[0])) + 3; k++) {
+                    size_t n = 0;
+                    env_err want, e;
+                    BIO *b;
+                    if (mp) {
+                        n += (size_t)snprintf(m, cap, "Subject: f%sMIME-Version: 1.0%sContent-Type: multipart/mixed; "
+                                                      "boundary=B%s%s--B%s",
+                                              nl, nl, nl, nl, nl);
+                        /* the part's header: the message's Content-* lines */
+                        {
+                            const char *ct = strstr((char *)enc, "Content-Type:");
+                            assert_non_null(ct);
+                            memcpy(m + n, ct, (size_t)(body - ct));
+                            n += (size_t)(body - ct);
+                        }
+                    } else {
+                        memcpy(m, enc, hdrlen);
+                        n = hdrlen;
+                    }
+                    if (k < (sizeof(cases) / sizeof(cases[0]))) {
+                        memcpy(m + n, body, bodylen);
+                        n += bodylen;
+                        if (cases[k].blank)
+                            n += (size_t)snprintf(m + n, cap - n, "%s", nl);
+                        for (const char *t = cases[k].tail; *t != '\0'; t++) {
+                            if (*t == '|')
+                                n += (size_t)snprintf(m + n, cap - n, "%s", nl);
+                            else
+                                m[n++] = *t;
+                        }
+                        n += (size_t)snprintf(m + n, cap - n, "%s", nl);
+                        want = cases[k].want;
+                    } else if (k == (sizeof(cases) / sizeof(cases[0]))) { /* cut in the middle of a line */
+                        size_t cut = bodylen / 2;
+                        while (body[cut] == '\r' || body[cut] == '\n' || body[cut - 1] == '\n')
+                            cut++;
+                        memcpy(m + n, body, cut);
+                        n += cut;
+                        want = ENV_ERR_TRUNCATED;
+                    } else if (k == (sizeof(cases) / sizeof(cases[0])) + 1) { /* cut at the end of a line */
+                        size_t cut = (size_t)(strchr(body + bodylen / 2, '\n') - body) + 1;
+                        memcpy(m + n, body, cut);
+                        n += cut;
+                        want = ENV_ERR_TRUNCATED;
+                    } else { /* the DER as it is: Content-Transfer-Encoding: binary */
+                        char *cte = strstr(m, "Content-Transfer-Encoding: base64");
+                        unsigned char *der = NULL;
+                        size_t derlen = 0;
+                        assert_non_null(cte);
+                        memcpy(cte + strlen("Content-Transfer-Encoding: "), "binary", 6); /* as long */
+                        b = BIO_new_mem_buf(enc, (int)enclen);
+                        assert_int_equal(env_message_read(b, ENV_FORMAT_SMIME, 0, &msg), ENV_OK);
+                        BIO_free(b);
+                        {
+                            BIO *d = BIO_new(BIO_s_mem());
+                            char *dp;
+                            assert_int_equal(env_message_write(msg, ENV_FORMAT_DER, NULL, d), ENV_OK);
+                            derlen = (size_t)BIO_get_mem_data(d, &dp);
+                            der = malloc(derlen);
+                            memcpy(der, dp, derlen);
+                            BIO_free(d);
+                        }
+                        env_message_free(msg);
+                        msg = NULL;
+                        assert_true(n + derlen < cap);
+                        memcpy(m + n, der, derlen);
+                        n += derlen;
+                        free(der);
+                        want = ENV_ERR_ENCODING;
+                    }
+                    if (mp)
+                        n += (size_t)snprintf(m + n, cap - n, "%s--B--%s", nl, nl);
+                    b = BIO_new_mem_buf(m, (int)n);
+                    e = env_message_read_flags(b, ENV_FORMAT_SMIME, mp ? ENV_READ_IN_MULTIPART : 0, 0, &msg);
+                    BIO_free(b);
+                    if (e != want)
+                        fprintf(stderr, "case %zu (%s), content of %zu, crlf %d, multipart %d: %s, want %s\n", k,
+                                k < (sizeof(cases) / sizeof(cases[0])) ? cases[k].name : "cut/binary", len, crlf, mp,
+                                env_strerror(e), env_strerror(want));
+                    assert_int_equal(e, want);
+                    env_message_free(msg);
+                    msg = NULL;
+                }
+                free(m);
+                free(enc);
+            }
+}
+
 static void test_bad_inputs(void **state)
 {
     env_message *msg = NULL;
@@ -974,7 +1117,7 @@ static void test_bad_inputs(void **state)
             "Subject: x\nContent-Type: application/pkcs7-mime\n\nMIIB\n",                 /* no CTE */
             "Subject: x\nContent-Type: application/pkcs7-mime\nContent-Transfer-Encoding: base64\n\n*!*\n",
         };
-        static const env_err want[] = {ENV_ERR_MIME, ENV_ERR_MIME};
+        static const env_err want[] = {ENV_ERR_ENCODING, ENV_ERR_BASE64};
         for (size_t i = 0; i < 2; i++)
             assert_int_equal(read_mem((const unsigned char *)bad_mime[i], strlen(bad_mime[i]), &msg), want[i]);
         assert_int_equal(read_mem((const unsigned char *)"Subject: x\nContent-Type: multipart/signed; a=b\n\nx\n",
@@ -1305,7 +1448,7 @@ static void test_multipart_part(void **state)
         assert_int_equal(read_mem_flags(nob, strlen(nob), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_MIME);
         const char *parts[] = {"Content-Type: application/pkcs7-mime\nContent-Transfer-Encoding: 8bit\n\nx", NULL};
         mail = multipart_mail(mixed, "\n", parts);
-        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_MIME);
+        assert_int_equal(read_mem_flags(mail, strlen(mail), ENV_READ_IN_MULTIPART, &msg), ENV_ERR_ENCODING);
         free(mail);
     }
     assert_null(msg);
@@ -1356,7 +1499,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_rsa),  cmocka_unit_test(test_roundtrip_ecdh),
         cmocka_unit_test(test_content_alg_names),
         cmocka_unit_test(test_kari_params),    cmocka_unit_test(test_mime_framing), cmocka_unit_test(test_mime_framing_obs_colon),
-        cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes), cmocka_unit_test(test_b64_widths),
+        cmocka_unit_test(test_crlf),           cmocka_unit_test(test_sizes), cmocka_unit_test(test_b64_widths), cmocka_unit_test(test_b64_body_faults),
         cmocka_unit_test(test_builders),       cmocka_unit_test(test_rewrap),
         cmocka_unit_test(test_recipient_issuer_names),
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
