@@ -13,9 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "cmd.h"
+#include "envelope.h"
 #include "groupinfo.h"
 #include "log.h"
 #include "mail.h"
@@ -581,6 +583,86 @@ static void test_group_accepts(void **state)
     assert_int_equal(xp_group_accepts(&l, NULL, why, sizeof(why)), XP_OK);
 }
 
+/* Forward mode re-lines an S/MIME body of base64 whose line is over 998
+ * octets, and refuses any other body with such a line: it must read the
+ * Content-Transfer-Encoding as the S/MIME reader (envelope) does, which
+ * takes "base64" alone or before ';' or white space (an RFC 2045
+ * comment), in any case, folded or not. Each value both ways: the
+ * exploder takes it (deliver's check passes) exactly when the reader
+ * does (anything but ENV_ERR_ENCODING). A comment glued to the word, or
+ * before it, is taken by neither (stricter than RFC 2045, the same). */
+static void test_cte_agrees_with_reader(void **state)
+{
+    static const struct {
+        const char *field; /* after "Content-Transfer-Encoding:" */
+        bool base64;
+    } cases[] = {
+        {" base64", true},
+        {" BASE64", true},
+        {" Base64", true},
+        {"base64", true},
+        {" base64   ", true},
+        {" base64 (no line breaks)", true},
+        {" BASE64 (no line breaks)", true},
+        {" base64\t(comment)", true},
+        {" base64;", true},
+        {" base64 ;x", true},
+        {" base64 (nested (comment))", true},
+        {" base64 (unterminated", true},
+        {" base64 (a quoted \\) pair)", true},
+        {" base64 \"quoted\"", true},
+        {"\n base64", true},
+        {"\n\tbase64\n (folded comment)", true},
+        {" base64\n (folded comment)", true},
+        {" base64(comment)", false},
+        {" (comment) base64", false},
+        {" \"base64\"", false},
+        {" base64x", false},
+        {" base6", false},
+        {" base-64", false},
+        {" binary", false},
+        {" 7bit", false},
+        {" quoted-printable", false},
+        {"", false},
+    };
+    unsigned char raw[1200];
+    char b64[1700], mail[2048];
+    xp_conf c;
+    xp_list l;
+    (void)state;
+
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
+    l.require_encrypted = false; /* no group certificate: deliver's check ends at the long line */
+    for (size_t i = 0; i < sizeof(raw); i++)
+        raw[i] = (unsigned char)(i * 31 + 7);
+    assert_int_equal(EVP_EncodeBlock((unsigned char *)b64, raw, (int)sizeof(raw)), 1600); /* one line */
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *why = NULL;
+        env_message *msg = NULL;
+        int n = snprintf(mail, sizeof(mail),
+                         "From: alice@example.org\nSubject: cte\nMIME-Version: 1.0\n"
+                         "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n"
+                         "Content-Transfer-Encoding:%s\n\n%s\n",
+                         cases[i].field, b64);
+        assert_true(n > 0 && (size_t)n < sizeof(mail));
+        xp_err xe = xp_check_message(&c, &l, mail, (size_t)n, NULL, &why, NULL, false);
+        BIO *b = BIO_new_mem_buf(mail, n);
+        env_err ee = env_message_read(b, ENV_FORMAT_SMIME, 0, &msg);
+        BIO_free(b);
+        env_message_free(msg);
+        if ((xe == XP_OK) != cases[i].base64 || (ee != ENV_ERR_ENCODING) != cases[i].base64)
+            fprintf(stderr, "\"Content-Transfer-Encoding:%s\": exploder %s (%s), reader %s, want %s\n",
+                    cases[i].field, xe == XP_OK ? "takes it" : "refuses", why != NULL ? why : "-",
+                    env_strerror(ee), cases[i].base64 ? "base64" : "not base64");
+        assert_int_equal(xe == XP_OK, cases[i].base64);
+        assert_int_equal(ee != ENV_ERR_ENCODING, cases[i].base64);
+        if (!cases[i].base64)
+            assert_non_null(strstr(why, "longer than 998 octets"));
+    }
+}
+
 /* A version-1 spool (before issue 14) with a queued message gets the new
  * columns; its queue keeps working. */
 /* Two delivers that each add a group certificate to a list (after a
@@ -720,7 +802,7 @@ int main(void)
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
-        cmocka_unit_test(test_group_cert_swap),
+        cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
