@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
+#include <openssl/pem.h>
 #include <sqlite3.h>
 
 #include "cmd.h"
@@ -663,6 +665,91 @@ static void test_cte_agrees_with_reader(void **state)
     }
 }
 
+/* A self-signed certificate (PEM, caller frees) with subject emailAddress
+ * subj_email (or none) and subjectAltName san (an openssl.cnf value, or
+ * none). */
+static char *cert_with_names(const char *subj_email, const char *san)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    X509_NAME *nm = X509_get_subject_name(x);
+    BIO *b = BIO_new(BIO_s_mem());
+    char *p = NULL, *pem;
+    long n;
+
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_int_equal(X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)"group", -1, -1, 0), 1);
+    if (subj_email != NULL)
+        assert_int_equal(X509_NAME_add_entry_by_NID(nm, NID_pkcs9_emailAddress, MBSTRING_ASC,
+                                                    (const unsigned char *)subj_email, -1, -1, 0),
+                         1);
+    assert_int_equal(X509_set_issuer_name(x, nm), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    if (san != NULL) {
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san);
+        assert_non_null(e);
+        assert_int_equal(X509_add_ext(x, e, -1), 1);
+        X509_EXTENSION_free(e);
+    }
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    assert_int_equal(PEM_write_bio_X509(b, x), 1);
+    n = BIO_get_mem_data(b, &p);
+    pem = strndup(p, (size_t)n);
+    BIO_free(b);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return pem;
+}
+
+/* list create's warning: does the group certificate name the list's
+ * address, as stock clients (gpgsm -r, Thunderbird) look it up? Any of
+ * several rfc822Names, or the subject's emailAddress, in any ASCII case,
+ * an IDN in its xn-- form as the list takes it; never a near miss (a
+ * longer local part or domain). The names listed are whole, never cut
+ * inside one. */
+static void test_cert_names_address(void **state)
+{
+    static const struct {
+        const char *subj, *san, *list, *names;
+        bool named;
+    } cases[] = {
+        {NULL, "email:eng@example.org, email:ENG@Lists.Example.ORG", "eng@lists.example.org",
+         "eng@example.org, ENG@Lists.Example.ORG", true},
+        {"eng@lists.example.org", NULL, "Eng@Lists.example.org", "eng@lists.example.org", true},
+        {"owner@example.org", "email:eng@lists.example.org", "eng@lists.example.org", NULL, true},
+        {NULL, "email:eng@xn--bcher-kva.example", "ENG@XN--BCHER-KVA.EXAMPLE", "eng@xn--bcher-kva.example", true},
+        {NULL, "email:eng@lists.example.org.evil", "eng@lists.example.org", "eng@lists.example.org.evil", false},
+        {NULL, "email:xeng@lists.example.org", "eng@lists.example.org", "xeng@lists.example.org", false},
+        {NULL, "email:eng@example.org", "eng@lists.example.org", "eng@example.org", false},
+        {NULL, "DNS:lists.example.org", "eng@lists.example.org", "", false},
+        {NULL, NULL, "eng@lists.example.org", "", false},
+    };
+    char names[256];
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *pem = cert_with_names(cases[i].subj, cases[i].san);
+        bool named = xp_cert_names_address(pem, cases[i].list, names, sizeof(names));
+        if (named != cases[i].named || (cases[i].names != NULL && strcmp(names, cases[i].names) != 0))
+            fprintf(stderr, "case %zu: named %d, names \"%s\"\n", i, named, names);
+        assert_int_equal(named, cases[i].named);
+        if (cases[i].names != NULL)
+            assert_string_equal(names, cases[i].names);
+        free(pem);
+    }
+    { /* cut at a name, never inside one */
+        char *pem = cert_with_names(NULL, "email:first@example.org, email:second-is-longer@example.org");
+        char small[30];
+        assert_false(xp_cert_names_address(pem, "eng@lists.example.org", small, sizeof(small)));
+        assert_string_equal(small, "first@example.org");
+        assert_false(xp_cert_names_address("not a certificate", "eng@lists.example.org", small, sizeof(small)));
+        assert_string_equal(small, "");
+        free(pem);
+    }
+}
+
 /* A version-1 spool (before issue 14) with a queued message gets the new
  * columns; its queue keeps working. */
 /* Two delivers that each add a group certificate to a list (after a
@@ -802,7 +889,7 @@ int main(void)
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
-        cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader),
+        cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
