@@ -104,12 +104,12 @@ static bool refused_before(hsm_ctx *ctx, const CK_TOKEN_INFO *ti, const hsm_pin_
                        "may have cost a try; not sent again until that %s changes or %.120s is removed (check the "
                        "PIN by hand first: pkcs11-tool --login)",
                        source_shown(ctx->source_name), when[0] ? when : "a time unknown", rv,
-                       src->is_file ? "file" : "variable", ctx->refusal_path);
+                       src->is_pipe ? "pipe's PIN" : src->is_file ? "file" : "variable", ctx->refusal_path);
     else
         hsm_set_detail("C_Login: not attempted: the token refused the PIN from %.120s at %s; not sent again until "
                        "that %s changes (correct the PIN there) or %.120s is removed (the token's PIN set to it since)",
                        source_shown(ctx->source_name), when[0] ? when : "a time unknown",
-                       src->is_file ? "file" : "variable", ctx->refusal_path);
+                       src->is_pipe ? "pipe's PIN" : src->is_file ? "file" : "variable", ctx->refusal_path);
     return true;
 }
 

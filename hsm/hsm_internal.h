@@ -49,7 +49,7 @@ typedef struct hsm_session {
  * for env:NAME nothing here (the PIN itself is MACed). */
 typedef struct hsm_pin_src {
     bool is_file;
-    bool is_pipe; /* a named pipe: known by dev/ino and its PIN's MAC only (each write changes its times) */
+    bool is_pipe; /* a pipe (named, or /dev/stdin's): known by its PIN's MAC alone (each write changes its times; stdin's is a new inode each start) */
     unsigned long long dev, ino;
     long long size, mtime_s, ctime_s;
     long mtime_ns, ctime_ns;

@@ -17,8 +17,10 @@
  * PIN read from it: timestamps of a second or a jiffy, or a filesystem
  * whose inodes and times say nothing (some FUSE and network ones), would
  * otherwise let a corrected PIN of the same length look unchanged and be
- * refused for good; for a named pipe its device and inode and the HMAC
- * (the writer's write at each start changes its times); for env:NAME, an
+ * refused for good; for a pipe (named, or standard input as /dev/stdin)
+ * the HMAC alone, like env:NAME (the writer's write at each start changes
+ * a named pipe's times, and an unnamed pipe is a new inode at each start);
+ * for env:NAME, an
  * HMAC-SHA256 of the PIN under a random key kept in a separate 0600 file
  * beside the record, so that the record alone tells nothing about the
  * PIN. Both files are written atomically with mode 0600.
@@ -77,15 +79,19 @@ void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
     if (stat(path, &st) != 0)
         return;
     src->is_file = true;
-    src->dev = (unsigned long long)st.st_dev;
-    src->ino = (unsigned long long)st.st_ino;
     if (S_ISFIFO(st.st_mode)) {
-        /* The writer's write at each start changes its times (after
-         * this stat): only what was read from it, by its MAC, tells
-         * whether the PIN changed. */
+        /* The writer's write at each start changes a named pipe's times
+         * (after this stat), and standard input's pipe (/dev/stdin,
+         * `echo PIN | groupsrv ...`) is a new inode at every start: only
+         * what was read from it, by its MAC, tells whether the PIN
+         * changed. With its device and inode the same refused PIN was
+         * sent again by every cron run, each adding an entry that pushed
+         * another source's out. */
         src->is_pipe = true;
         return;
     }
+    src->dev = (unsigned long long)st.st_dev;
+    src->ino = (unsigned long long)st.st_ino;
     src->size = (long long)st.st_size;
     src->mtime_s = (long long)st.st_mtim.tv_sec;
     src->mtime_ns = (long)st.st_mtim.tv_nsec;
@@ -305,6 +311,10 @@ static int record_line(const char *record, const CK_TOKEN_INFO *ti, const hsm_pi
          * corrected PIN refused for good. Not recorded then (sent again). */
         if (src->is_pipe && !mac)
             return -1;
+        if (src->is_pipe) {
+            n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=pipe mac=%s", tok, hex);
+            return n < 0 || (size_t)n >= cap ? -1 : 0;
+        }
         n = snprintf(out, cap, "groupsrv-pin-refused 1 token=%s source=file dev=%llu ino=%llu size=%lld "
                      "mtime=%lld.%09ld ctime=%lld.%09ld%s%s",
                      tok, src->dev, src->ino, src->size, src->mtime_s, src->mtime_ns, src->ctime_s, src->ctime_ns,

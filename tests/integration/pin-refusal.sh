@@ -134,6 +134,20 @@ GS_TEST_PIN=other-wrong GS_P11FAULT_COUNTS="$T/count.env3" expect_rc 4 "$G" -c "
 GS_TEST_PIN=$(cat "$T/tok/user-pin") expect_rc 0 "$G" -c "$T/env.conf" group rotate eng
 [ ! -e "$record" ] || fail "env: the right PIN left the record"
 echo "ok: env: sources are remembered by a keyed hash"
+# Standard input as the PIN source (a cron job's `echo PIN | groupsrv`):
+# its pipe is a new inode at each run, so the pipe is known by its PIN's
+# keyed hash alone, and the refused PIN is not sent by the next run
+sed -e "s|^pin_source = .*|pin_source = /dev/stdin|" "$T/fault.conf" > "$T/stdin.conf"
+for n in 1 2; do
+  printf '%s\n' "$wrong" | GS_P11FAULT_COUNTS="$T/count.stdin$n" expect_rc 4 "$G" -c "$T/stdin.conf" group rotate eng
+done
+[ "$(logins "$T/count.stdin1")" = 1 ] || fail "stdin: first run: C_Login $(logins "$T/count.stdin1") times"
+[ "$(logins "$T/count.stdin2")" = 0 ] || fail "stdin: the refused PIN was sent again by the next run"
+expect_err "the token refused the PIN from /dev/stdin at .*; not sent again until that pipe's PIN changes"
+[ "$(grep -c '^groupsrv-pin-refused ' "$record")" = 1 ] || fail "stdin: one entry per run: $(cat "$record")"
+cat "$T/tok/user-pin" | GS_P11FAULT_COUNTS="$T/count.stdin3" expect_rc 0 "$G" -c "$T/stdin.conf" group rotate eng
+[ ! -e "$record" ] || fail "stdin: the right PIN left the record"
+echo "ok: standard input's pipe is known by its PIN's keyed hash"
 # The right PIN with a stray byte (a space typed after it, a second line,
 # an editor's byte-order mark): the token says only "incorrect"; the
 # message says what about the PIN read looks stray, never the PIN

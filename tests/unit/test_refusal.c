@@ -23,6 +23,7 @@
 
 #include "hsm_internal.h"
 #include "log.h"
+#include "util.h"
 
 static void token(CK_TOKEN_INFO *ti, const char *serial)
 {
@@ -229,6 +230,54 @@ static void test_fifo_source(void **state)
     rmdir(dir);
 }
 
+/* Standard input as the PIN source (pin_source = /dev/stdin, `echo PIN |
+ * groupsrv ...` from a cron job): its pipe is a new inode at every start,
+ * so a pipe known by its device and inode never matched the next start's:
+ * the same refused PIN was sent again by every run, each run adding an
+ * entry that pushed other sources' out. A pipe is known by its PIN's MAC. */
+static void test_stdin_pipe_source(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-refusal-XXXXXX", rec[128], key[140], lock[140], path[64];
+    CK_TOKEN_INFO ti;
+    hsm_pin_src s1, s2;
+    int p1[2], p2[2];
+
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(rec, sizeof(rec), "%s/pin-refused", dir);
+    (void)snprintf(key, sizeof(key), "%s.key", rec);
+    (void)snprintf(lock, sizeof(lock), "%s.lock", rec);
+    token(&ti, "A1");
+    /* two runs, each with its own pipe on standard input */
+    assert_int_equal(pipe(p1), 0);
+    assert_int_equal(pipe(p2), 0);
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", p1[0]);
+    hsm_refusal_src_stat(path, &s1);
+    assert_true(s1.is_pipe);
+    hsm_refusal_record(rec, &ti, &s1, "wrong", 5, "/dev/stdin", "CKR_PIN_INCORRECT");
+    (void)snprintf(path, sizeof(path), "/proc/self/fd/%d", p2[0]);
+    hsm_refusal_src_stat(path, &s2);
+    assert_true(matches(rec, &ti, &s2, "wrong"));
+    assert_false(matches(rec, &ti, &s2, "right"));
+    /* the second run's refusal replaces the first's entry, adds none */
+    hsm_refusal_record(rec, &ti, &s2, "wrong", 5, "/dev/stdin", "CKR_PIN_INCORRECT");
+    unsigned char *text = NULL;
+    size_t len = 0, entries = 0;
+    assert_int_equal(util_read_file(rec, 65536, &text, &len), UTIL_OK);
+    for (const char *c = (const char *)text; (c = strstr(c, "groupsrv-pin-refused 1 ")) != NULL; c++)
+        entries++;
+    free(text);
+    assert_int_equal(entries, 1);
+    for (int i = 0; i < 2; i++) {
+        (void)close(p1[i]);
+        (void)close(p2[i]);
+    }
+    unlink(rec);
+    unlink(key);
+    unlink(lock);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -237,6 +286,7 @@ int main(void)
         cmocka_unit_test(test_unusable_key_replaced),
         cmocka_unit_test(test_update_waits_for_lock),
         cmocka_unit_test(test_fifo_source),
+        cmocka_unit_test(test_stdin_pipe_source),
     };
     log_init("test_refusal", LOG_LVL_WARN, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
