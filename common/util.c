@@ -644,10 +644,19 @@ int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_
         memcpy(buf, v, n + 1);
     } else {
         const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+        struct stat st;
+        /* A device or socket is refused before it is opened: opening a
+         * device can act (a tape rewinds, a serial line's modem signals
+         * rise, a watchdog arms), and a socket's open fails with "No such
+         * device or address", which names nothing wrong. The type is
+         * checked again on what was opened. */
+        if (stat(path, &st) != 0)
+            return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+        if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode))
+            return UTIL_E_NOTREG;
         /* Opened without waiting: a named pipe's open would otherwise
          * wait for its writer for ever (a start hung without a word). */
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-        struct stat st;
         if (fd < 0)
             return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
         if (fstat(fd, &st) != 0)

@@ -108,6 +108,18 @@ static void test_pin_source_fifo(void **state)
     unlink(path);
     /* a character device */
     assert_int_equal(util_read_pin_source("/dev/null", &pin, &len), UTIL_E_NOTREG);
+    /* a socket: refused as one, not "No such device or address" (its
+     * open's ENXIO, which names nothing wrong) */
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int sfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(sfd >= 0);
+    assert_true(strlen(path) < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    assert_int_equal(bind(sfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(chmod(path, 0600), 0);
+    assert_int_equal(util_read_pin_source(path, &pin, &len), UTIL_E_NOTREG);
+    (void)close(sfd);
+    unlink(path);
     rmdir(dir);
 }
 
