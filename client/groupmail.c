@@ -944,7 +944,9 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
                                                 : "");
         return GM_EXIT_USAGE;
     }
+    errno = 0;
     int rc = util_read_pin_source(c->smtp_password_file, pw, pwlen);
+    int e = errno; /* the system's reason for UTIL_E_IO */
     switch (rc) {
     case UTIL_OK:
         util_forget_env_source(c->smtp_password_file); /* an env: password leaves /proc/PID/environ */
@@ -954,9 +956,12 @@ static int smtp_password(const gm_config *c, char **pw, size_t *pwlen)
         gm_err("SMTP password: %s is readable by group or others (chmod 600 it)", c->smtp_password_file);
         break;
     case UTIL_E_TOOBIG: gm_err("SMTP password: %s holds more than a password", c->smtp_password_file); break;
-    case UTIL_E_NOTREG:
-    case UTIL_E_NOWRITER: gm_err("SMTP password: %s: %s", c->smtp_password_file, util_strerror(rc)); break;
-    default: gm_err("SMTP password: cannot read %s", c->smtp_password_file); break;
+    /* Anything else with its reason (a file another user owns:
+     * "Permission denied"; a link that loops; an empty file), as the
+     * token's PIN sources say it. */
+    default:
+        gm_err("SMTP password: cannot read %s: %s", c->smtp_password_file, util_pin_source_why(rc, e));
+        break;
     }
     return GM_EXIT_ERROR;
 }

@@ -68,9 +68,19 @@ xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
         if (conf->relay_user != NULL) {
             char *pw = NULL;
             size_t pwlen = 0;
-            if (conf->relay_password_file == NULL ||
-                util_read_pin_source(conf->relay_password_file, &pw, &pwlen) != UTIL_OK) {
-                log_error("relay_user set but relay_password_file missing or unreadable (want mode 0600)");
+            int prc = UTIL_E_ARGS, e = 0;
+            if (conf->relay_password_file != NULL) {
+                errno = 0;
+                prc = util_read_pin_source(conf->relay_password_file, &pw, &pwlen);
+                e = errno; /* the system's reason for UTIL_E_IO */
+            }
+            if (prc != UTIL_OK) {
+                /* with the reason: a mode too open, not found, a pipe
+                 * nobody wrote to, a link that loops */
+                log_error("relay_user set but relay_password_file missing or unreadable (want mode 0600) "
+                          "path=\"%s\" err=\"%s\"",
+                          log_qs(conf->relay_password_file != NULL ? conf->relay_password_file : ""),
+                          conf->relay_password_file != NULL ? util_pin_source_why(prc, e) : "not set");
                 rc = XP_ERR_CONFIG;
                 goto out;
             }

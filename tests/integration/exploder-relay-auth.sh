@@ -63,6 +63,9 @@ rc=0
 xp run --once 2>>"$W/run.log" || rc=$?
 [ "$rc" != 0 ] || fail "a password file others can read was used"
 tail -3 "$W/run.log" | grep -q "relay_password_file" || fail "the log does not name relay_password_file: $(tail -3 "$W/run.log")"
+# and says why (here: the mode), not only "missing or unreadable"
+tail -3 "$W/run.log" | grep -q "relay_password_file.*err=\"file permissions too open for a secret" ||
+  fail "the log does not say why relay_password_file was refused: $(tail -3 "$W/run.log")"
 chmod 0600 "$W/pw"
 # starttls = no with a login: the password goes in clear only where
 # relay_auth_in_clear allows it: by default to a relay on this host (as

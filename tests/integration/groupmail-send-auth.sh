@@ -103,6 +103,14 @@ run 1 "chmod 600" --smtp "$SUB" --smtp-starttls --smtp-cacert "$work/s.pem" --sm
 chmod 0600 "$work/pw"
 run 1 "not found" --smtp "$SUB" --smtp-starttls --smtp-cacert "$work/s.pem" --smtp-user alice \
   --smtp-password-file env:GM_TEST_NO_SUCH_VARIABLE
+# any other refusal says why (a link that loops, an empty file, a
+# device), not only "cannot read"
+ln -s "$work/pw-loop" "$work/pw-loop"
+: >"$work/pw-empty"; chmod 0600 "$work/pw-empty"
+for c in "pw-loop|Too many levels of symbolic links" "pw-empty|: empty" "/dev/null|not a regular file or named pipe"; do
+  f=${c%%|*}; case $f in /*) ;; *) f=$work/$f;; esac
+  run 1 "${c#*|}" --smtp "$SUB" --smtp-starttls --smtp-cacert "$work/s.pem" --smtp-user alice --smtp-password-file "$f"
+done
 printf '[smtp]\nstarttls = maybe\n' >"$work/bad.conf"
 run 1 "starttls must be no, yes or required" -c "$work/bad.conf" --smtp "$SUB"
 
