@@ -38,8 +38,9 @@
  * processes changing it at once (two instances sharing the directory,
  * one recording a refusal as the other's login clears its own entries)
  * would keep only the later write: the other's refusal lost, its PIN
- * sent again. Changes are made holding flock(2) on "RECORD.lock" beside
- * it (not the directory, whose flock is the database's keys lock).
+ * sent again. Changes (and the replacement of a key this user cannot
+ * use) are made holding flock(2) on "RECORD.lock" beside it (not the
+ * directory, whose flock is the database's keys lock).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -492,13 +493,19 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     time_t now = time(NULL);
     struct tm tm;
     size_t k;
-    int n, rc;
+    int n, rc, lockfd;
+    char *old = NULL;
 
     if (record == NULL)
         return;
+    /* Held from before the entry's MAC is made: that may replace a key
+     * this user cannot use (one root left), and two processes replacing
+     * it at once would each write an entry under its own key, the one
+     * whose key was replaced never matching again (its PIN sent again). */
+    lockfd = lock_record(record);
     if (record_line(record, ti, src, pin, pin_len, true, line, sizeof(line)) != 0) {
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\"", log_qs(record));
-        return;
+        goto out;
     }
     if (gmtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         (void)snprintf(stamp, sizeof(stamp), "unknown");
@@ -521,14 +528,13 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
                  shown);
     if (n < 0 || (size_t)n >= sizeof(text)) {
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\"", log_qs(record));
-        return;
+        goto out;
     }
     /* The entries of other sources and tokens are kept (the same source's
      * earlier entry is replaced by this one, the newest). */
     refusal_entry e[ENTRIES_MAX];
     size_t count = 0, kept = 0;
-    int lockfd = lock_record(record);
-    char *old = read_record(record);
+    old = read_record(record);
     if (old != NULL)
         count = parse_entries(old, e, ENTRIES_MAX);
     for (size_t i = 0; i < count; i++)
@@ -540,16 +546,14 @@ void hsm_refusal_record(const char *record, const CK_TOKEN_INFO *ti, const hsm_p
     }
     e[kept] = (refusal_entry){line, text, strlen(line), (size_t)n};
     rc = write_entries(record, e, kept + 1);
-    int saved = errno;
-    unlock_record(lockfd);
-    errno = saved;
-    free(old);
-    if (rc != 0) {
+    if (rc != 0)
         log_warn("the refused PIN cannot be recorded; a restart would send it again path=\"%s\" err=\"%s\"",
                  log_qs(record), strerror(errno));
-        return;
-    }
-    log_info("refused PIN source recorded path=\"%s\"", log_qs(record));
+    else
+        log_info("refused PIN source recorded path=\"%s\"", log_qs(record));
+out:
+    unlock_record(lockfd);
+    free(old);
 }
 
 void hsm_refusal_clear(const char *record, const CK_TOKEN_INFO *ti)

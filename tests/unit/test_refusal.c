@@ -194,6 +194,60 @@ static void test_update_waits_for_lock(void **state)
     rmdir(dir);
 }
 
+/* A key this user cannot use (one root left) is replaced as a refusal is
+ * recorded: two processes doing that at once each wrote its entry under
+ * its own new key, and the entry whose key the other replaced never
+ * matched again (that PIN sent again by the next start). The key is
+ * replaced only under the record's lock: while another process holds it,
+ * the key stays as it is. */
+static void test_key_replaced_under_lock(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-refusal-XXXXXX", rec[128], key[140], lock[140];
+    CK_TOKEN_INFO ti;
+    hsm_pin_src env = {.is_file = false};
+    struct stat st;
+    int fd, status = 0;
+    pid_t pid;
+    FILE *f;
+
+    assert_non_null(mkdtemp(dir));
+    (void)snprintf(rec, sizeof(rec), "%s/pin-refused", dir);
+    (void)snprintf(key, sizeof(key), "%s.key", rec);
+    (void)snprintf(lock, sizeof(lock), "%s.lock", rec);
+    token(&ti, "A1");
+    assert_non_null(f = fopen(key, "w"));
+    assert_int_equal(fputs("short", f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(key, 0644), 0);
+    /* another process in the middle of its change */
+    assert_true((fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) >= 0);
+    assert_int_equal(flock(fd, LOCK_EX), 0);
+    assert_true((pid = fork()) >= 0);
+    if (pid == 0) {
+        (void)close(fd);
+        hsm_refusal_record(rec, &ti, &env, "wrong", 5, "env:GS_PIN", "CKR_PIN_INCORRECT");
+        _exit(0);
+    }
+    /* (A child slow to start makes this check weaker, never wrong.) */
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    (void)nanosleep(&ts, NULL);
+    assert_int_equal(stat(key, &st), 0);
+    assert_int_equal(st.st_size, 5);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    assert_int_equal(flock(fd, LOCK_UN), 0);
+    (void)close(fd);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(matches(rec, &ti, &env, "wrong"));
+    assert_int_equal(stat(key, &st), 0);
+    assert_int_equal(st.st_size, 32);
+    unlink(rec);
+    unlink(key);
+    unlink(lock);
+    rmdir(dir);
+}
+
 /* A PIN source that is a named pipe (a helper writes the PIN into it at
  * each start): every write changes the pipe's times, so an identity
  * with them never matched the next start's, and the same refused PIN
@@ -285,6 +339,7 @@ int main(void)
         cmocka_unit_test(test_shared_directory),
         cmocka_unit_test(test_unusable_key_replaced),
         cmocka_unit_test(test_update_waits_for_lock),
+        cmocka_unit_test(test_key_replaced_under_lock),
         cmocka_unit_test(test_fifo_source),
         cmocka_unit_test(test_stdin_pipe_source),
     };
