@@ -105,6 +105,26 @@ static void test_pin_source_fifo(void **state)
     assert_string_equal(pin, "2468");
     util_secret_free(pin, len);
     assert_int_equal(waitpid(pid, &status, 0), pid);
+    /* a writer that writes its PIN but never closes (c53b107): refused
+     * after the wait, not taken half-read; one that writes more than a
+     * PIN: too big */
+    for (int k = 0; k < 2; k++) {
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            char big[600];
+            int fd = open(path, O_WRONLY | O_CLOEXEC);
+            memset(big, '7', sizeof(big));
+            if (fd < 0 || (k == 0 ? write(fd, "2468\n", 5) != 5 : write(fd, big, sizeof(big)) != (ssize_t)sizeof(big)))
+                _exit(1);
+            pause(); /* holds the pipe open */
+            _exit(0);
+        }
+        assert_int_equal(util_read_pin_source_wait(path, 300, &pin, &len), k == 0 ? UTIL_E_NOWRITER : UTIL_E_TOOBIG);
+        assert_null(pin);
+        (void)kill(pid, SIGKILL);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+    }
     unlink(path);
     /* a character device */
     assert_int_equal(util_read_pin_source("/dev/null", &pin, &len), UTIL_E_NOTREG);
