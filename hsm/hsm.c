@@ -622,15 +622,18 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         /* A token that wants no login may have no PIN at all (an empty
          * one, which a pin source cannot hold): "PIN incorrect" alone
          * sends the operator looking for a PIN that does not exist. */
-        const char *stray = pin_stray(ctx->pin, ctx->pin_len);
+        /* The token's own answer is named: a stray byte past a card's
+         * longest PIN (a space, a byte-order mark) is CKR_PIN_LEN_RANGE. */
+        const char *stray = pin_stray(ctx->pin, ctx->pin_len), *rvname = hsm_ckr_name(hsm_last_rv());
         if (!(ti.flags & CKF_LOGIN_REQUIRED))
-            hsm_set_detail("C_Login: CKR_PIN_INCORRECT; this token requires no login (CKF_LOGIN_REQUIRED clear) "
+            hsm_set_detail("C_Login: %s; this token requires no login (CKF_LOGIN_REQUIRED clear) "
                            "and its user PIN is not this one: if it has none (an empty PIN, which no pin source "
-                           "holds), set a user PIN on the token and put it in the pin source");
+                           "holds), set a user PIN on the token and put it in the pin source",
+                           rvname);
         else if (stray != NULL)
-            hsm_set_detail("C_Login: CKR_PIN_INCORRECT; the PIN read %s: the pin source is sent byte for byte "
+            hsm_set_detail("C_Login: %s; the PIN read %s: the pin source is sent byte for byte "
                            "(only line ends at its end are dropped)",
-                           stray);
+                           rvname, stray);
         pin_refused(ctx, &ti);
         log_warn("token rejected the PIN; it will not be tried again");
     }

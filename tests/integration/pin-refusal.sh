@@ -161,5 +161,11 @@ for c in "trailing|$right \n|ends with white space" "two lines|$right\nsecond\n|
   ! grep -q -- "$right" "$T/err" || fail "$name: the message shows the PIN"
   rm -f "$record"
 done
+# a card whose longest PIN the stray byte passes answers
+# CKR_PIN_LEN_RANGE: the message names that answer, not another
+printf '%s \n' "$right" > "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+GS_P11FAULT_PIN_ERROR=0xa2 expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+expect_err "(C_Login: CKR_PIN_LEN_RANGE; the PIN read ends with white space"
+rm -f "$record"
 echo "ok: a PIN with a stray space, line or byte-order mark is named as such"
 echo "pin-refusal: OK"
