@@ -38,6 +38,15 @@ static bool matches(const char *rec, const CK_TOKEN_INFO *ti, const hsm_pin_src 
     return hsm_refusal_matches(rec, ti, src, pin, strlen(pin), when, sizeof(when), rv, sizeof(rv));
 }
 
+/* The lock file every change leaves beside the record (kept by design):
+ * removed so that the test's directory goes too. */
+static void unlink_lock(const char *dir)
+{
+    char lock[160];
+    (void)snprintf(lock, sizeof(lock), "%s/pin-refused.lock", dir);
+    unlink(lock);
+}
+
 /* A PIN file rewritten within the timestamps' resolution (a second on
  * some filesystems), or on one whose inode and times never change, with
  * a corrected PIN of the same length: its stat is the same, its PIN is
@@ -68,6 +77,7 @@ static void test_same_identity_other_pin(void **state)
     assert_null(strstr(buf, "123456"));
     unlink(key);
     unlink(rec);
+    unlink_lock(dir);
     rmdir(dir);
 }
 
@@ -106,6 +116,7 @@ static void test_shared_directory(void **state)
     hsm_refusal_clear(rec, &b);
     assert_int_equal(access(rec, F_OK), -1);
     unlink(key);
+    unlink_lock(dir);
     rmdir(dir);
 }
 
@@ -138,6 +149,7 @@ static void test_unusable_key_replaced(void **state)
     assert_int_equal(st.st_size, 32);
     unlink(rec);
     unlink(key);
+    unlink_lock(dir);
     rmdir(dir);
 }
 
@@ -281,6 +293,7 @@ static void test_fifo_source(void **state)
     unlink(rec);
     unlink(key);
     unlink(fifo);
+    unlink_lock(dir);
     rmdir(dir);
 }
 
