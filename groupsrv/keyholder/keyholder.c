@@ -534,8 +534,14 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     /* Counted before any worker can take it: a worker whose change stamp
      * was read after this count may answer it with that stamp. */
     j->arrival = atomic_fetch_add(&kh->arrivals, 1) + 1;
-    /* Woken in link_read_cb, once for every frame of this read. */
-    tq_verdict v = tokenq_submit_deferred(kh->q, &j->tq, flow, kh->max_queue_s, &wait);
+    /* Woken in link_read_cb, once for every frame of this read. The
+     * network process's TLS set-up (IPC_INFO: at its start, and at a
+     * SIGHUP, when the [tls] key and the local CA are found again) waits
+     * its turn but is never shed: it is no client's request, and shed
+     * under load it kept the old certificate (a reload) or ended the
+     * process (a start). */
+    double max_wait = type == IPC_INFO ? 0 : kh->max_queue_s;
+    tq_verdict v = tokenq_submit_deferred(kh->q, &j->tq, flow, max_wait, &wait);
     if (v == TQ_QUEUED)
         return;
     pthread_mutex_lock(&io->mu);
