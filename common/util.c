@@ -937,6 +937,12 @@ void util_asn1_time_text(const ASN1_TIME *t, char *buf, size_t cap)
         (void)snprintf(buf, cap, "an unreadable date");
 }
 
+int util_pem_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
 void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
 {
     util_asn1_time_text(cert != NULL ? X509_get0_notAfter(cert) : NULL, buf, cap);

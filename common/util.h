@@ -208,6 +208,13 @@ void util_cert_not_after_text(const struct x509_st *cert, char *buf, size_t cap)
 struct asn1_string_st;
 void util_asn1_time_text(const struct asn1_string_st *t, char *buf, size_t cap);
 
+/* A pem_password_cb that gives no passphrase (-1): an encrypted PEM block
+ * fails to read instead of asking on the terminal. Without it OpenSSL's
+ * default asks through its UI, which under the network process's seccomp
+ * filter is a forbidden call (ioctl on the terminal) that ends the
+ * process; elsewhere it would wait for a terminal a service has not. */
+int util_pem_no_passphrase(char *buf, int size, int rwflag, void *u);
+
 /* Standard input, output or error closed by whoever started the program
  * (`>&-`, cron, a supervisor): the next file opened takes that number,
  * and what is meant for that stream lands in it (an error line in the

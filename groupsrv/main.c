@@ -1763,14 +1763,6 @@ static unsigned file_row(const char *what, bool ok, const char *fmt, ...)
     return ok ? 0 : 1;
 }
 
-/* An encrypted key is a problem (serve has no passphrase to give), and
- * must never prompt on the terminal. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf, (void)size, (void)rwflag, (void)u;
-    return -1;
-}
-
 /* The first certificate of a PEM chain file (what serve uses as its own). */
 static const char *read_leaf_cert(const char *path, X509 **out)
 {
@@ -1780,7 +1772,7 @@ static const char *read_leaf_cert(const char *path, X509 **out)
         ERR_clear_error();
         return "unreadable";
     }
-    *out = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
+    *out = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL);
     BIO_free(bio);
     ERR_clear_error();
     return *out ? NULL : "no PEM certificate in it";
@@ -1982,7 +1974,7 @@ static unsigned check_client_ca(const char *path)
 
     if (bio == NULL)
         why = "unreadable";
-    else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, no_passphrase, NULL)) == NULL)
+    else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
         why = "not PEM";
     for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++) {
         n += sk_X509_INFO_value(infos, i)->x509 != NULL;
@@ -2023,8 +2015,8 @@ static void check_tls_chain(const char *path)
 
     if (bio == NULL)
         goto out;
-    X509_free(PEM_read_bio_X509(bio, NULL, no_passphrase, NULL)); /* the server's own: its own row */
-    for (int i = 2; (x = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL)) != NULL && i < 64; i++) {
+    X509_free(PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)); /* the server's own: its own row */
+    for (int i = 2; (x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL && i < 64; i++) {
         if (util_cert_valid_now(x, valid, sizeof(valid)) != 0) {
             subject_text(x, subject, sizeof(subject));
             printf(
@@ -2075,7 +2067,7 @@ static unsigned check_tls(const struct gs_config *cfg)
             why = NULL;
             if (bio == NULL)
                 why = "unreadable";
-            else if ((pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)) == NULL)
+            else if ((pkey = PEM_read_bio_PrivateKey(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
                 why = "no unencrypted PEM private key in it";
             else if (cert != NULL && X509_check_private_key(cert, pkey) != 1)
                 why = "does not match the [tls] cert";

@@ -1008,11 +1008,13 @@ static void member_answer(struct srv_req *r, const ipc_msg *a)
     srv_reply_json(r, (int)status, member_json(&m, cmd == EVHTTP_REQ_GET));
 }
 
-/* A PEM certificate from a JSON body, as DER for the key holder. */
+/* A PEM certificate from a JSON body, as DER for the key holder. A block
+ * marked encrypted is refused as any unreadable one, never asked a pass
+ * phrase for (util_pem_no_passphrase: the asking ended this process). */
 static int cert_pem_der(const char *pem, unsigned char **der, size_t *len)
 {
     BIO *b = BIO_new_mem_buf(pem, -1);
-    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL) : NULL;
     int n = x ? i2d_X509(x, der) : -1;
 
     X509_free(x);

@@ -240,6 +240,22 @@ expect_status 404 not_found "unknown path" -- c erin "$base/v2/whatever"
 kill -0 "$srv_pid" || fail "server died under malformed input"
 expect_status 200 "" "good request after 1,000 malformed ones" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
+# ---- a PEM block marked encrypted in a member PUT ----
+# (Proc-Type: 4,ENCRYPTED.) OpenSSL's default asks for its pass phrase on
+# the terminal, a call the network process's seccomp filter forbids: any
+# client with a trusted certificate ended the process, and every
+# connection in flight with it. Refused now, by a member and an admin.
+net0=$(srv_net_pid)
+printf -- '-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAAAAAAAAAAAAAAAAAAAA==\n-----END CERTIFICATE-----\n' |
+  /usr/bin/python3 -c 'import json,sys; print(json.dumps({"role":"member","certificate":sys.stdin.read()}))' > "$work/enc-pem.json"
+for who in erin admin; do
+  got=$(status c "$who" -X PUT -H 'Content-Type: application/json' --data-binary @"$work/enc-pem.json" \
+    "$base/v1/groups/eng/members/zed@example.org")
+  case $got in 4??) ;; *) fail "member PUT with an encrypted PEM as $who: HTTP $got" ;; esac
+done
+[ "$(srv_net_pid)" = "$net0" ] || fail "a member PUT with an encrypted PEM ended the network process: $(grep -m1 'forbidden' "$work/server.log")"
+ok "a certificate PEM marked encrypted is refused ($got), the network process serving on"
+
 # ---- concurrent clients ----
 UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
   "$BIN/unwrapclient" load "$url" "$work/req-tls.json" 8 25 200 || fail "concurrent clients"
