@@ -132,7 +132,7 @@ static int load_pem_into_store(const char *pem, size_t len, X509_STORE *store, S
     *ncerts = 0;
     if (len > INT_MAX || (bio = BIO_new_mem_buf(pem, (int)len)) == NULL)
         goto out;
-    if ((infos = PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL)) == NULL)
+    if ((infos = PEM_X509_INFO_read_bio(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
         goto out;
     ncrl = 0;
     for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
@@ -167,18 +167,20 @@ out:
 }
 
 /* The leaf and its chain from PEM text (SSL_CTX_use_certificate_chain_file
- * without a file). 1 on success. */
+ * without a file). 1 on success. Every PEM read here gives no pass phrase
+ * (util_pem_no_passphrase): OpenSSL's default asks on the terminal, which
+ * the sandbox forbids, so a SIGHUP with such a file ended the process. */
 static int use_chain_pem(SSL_CTX *ctx, const char *pem, size_t len)
 {
     BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
     X509 *x = NULL;
     int ok = 0;
 
-    if (bio == NULL || (x = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL)) == NULL ||
+    if (bio == NULL || (x = PEM_read_bio_X509_AUX(bio, NULL, util_pem_no_passphrase, NULL)) == NULL ||
         SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
         goto out;
     X509_free(x);
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+    while ((x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL)
         if (SSL_CTX_add0_chain_cert(ctx, x) != 1)
             goto out;
     /* The end of the text, not a broken certificate, ended the loop. */
@@ -192,12 +194,17 @@ out:
     return ok;
 }
 
+/* 1 on success; 0 with the OpenSSL error queued, or -1 for a key
+ * encrypted with a pass phrase (none is asked: see use_chain_pem). */
 static int use_key_pem(SSL_CTX *ctx, const char *pem, size_t len)
 {
     BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
-    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, util_pem_no_passphrase, NULL) : NULL;
     int ok = pk != NULL && SSL_CTX_use_PrivateKey(ctx, pk) == 1;
+    unsigned long e = ERR_peek_last_error();
 
+    if (pk == NULL && ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_BAD_PASSWORD_READ)
+        ok = -1;
     EVP_PKEY_free(pk);
     BIO_free(bio);
     return ok;
@@ -207,7 +214,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
 {
     struct tls_state *st = NULL;
     STACK_OF(X509_NAME) *names = NULL;
-    int rc = -1, ncerts = 0;
+    int rc = -1, ncerts = 0, krc = 1;
 
     *out = NULL;
     errbuf[0] = '\0';
@@ -241,8 +248,15 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     } else if (opts->key_pem == NULL) {
         snprintf(errbuf, errlen, "[tls] key is required");
         goto out;
-    } else if (use_key_pem(st->ctx, opts->key_pem, opts->key_len) != 1 || SSL_CTX_check_private_key(st->ctx) != 1) {
-        ssl_err_text(errbuf, errlen, "server key");
+    } else if ((krc = use_key_pem(st->ctx, opts->key_pem, opts->key_len)) != 1 ||
+               SSL_CTX_check_private_key(st->ctx) != 1) {
+        if (krc < 0) {
+            ERR_clear_error();
+            snprintf(errbuf, errlen, "server key: encrypted with a pass phrase, which serve cannot give: "
+                                     "store the [tls] key unencrypted (mode 0600) or on the token");
+        } else {
+            ssl_err_text(errbuf, errlen, "server key");
+        }
         goto out;
     }
     /* Resumption needs a context id when client certificates are asked for. */

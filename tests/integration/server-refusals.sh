@@ -325,6 +325,35 @@ new_serial=$(openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem
 [ -n "$new_serial" ] && [ "$new_serial" != "$old_serial" ] || fail "SIGHUP did not reload the certificate ($old_serial / $new_serial)"
 expect_status 200 "" "service after reload" -- c alice --data-binary @"$work/req-tls.json" "$url"
 
+# ---- SIGHUP: a [tls] key encrypted with a pass phrase ----
+# OpenSSL's default asked for the pass phrase on the terminal, a call the
+# sandbox forbids: the reload ended the network process, and every new one
+# asked again ("Enter PEM pass phrase:" in the log) and failed to start.
+# Now the reload fails and the previous key and certificate stay in use.
+cp "$certs/server.key" "$work/plain.key"
+net0=$(srv_net_pid)
+for enc in "pkey -aes256" "pkcs8 -topk8 -v2 aes256"; do
+  # shellcheck disable=SC2086 # the openssl command and its options
+  openssl $enc -in "$work/plain.key" -passout pass:secret -out "$certs/server.key"
+  mark=$(wc -c < "$work/server.log")
+  kill -HUP "$srv_pid"
+  reload=
+  for _ in $(seq 1 100); do
+    reload=$(tail -c +"$((mark + 1))" "$work/server.log" | grep -E -m1 'msg="reload(ed TLS| failed)|forbidden' || true)
+    [ -n "$reload" ] && break
+    sleep 0.05
+  done
+  case $reload in
+  *'msg="reload failed'*encrypted*) ;;
+  *) fail "SIGHUP with a key encrypted by openssl $enc: ${reload:-no reload line}" ;;
+  esac
+done
+[ "$(srv_net_pid)" = "$net0" ] || fail "an encrypted [tls] key at SIGHUP ended the network process"
+grep -q 'pass phrase:' "$work/server.log" && fail "a pass phrase was asked: $(grep -m1 'pass phrase:' "$work/server.log")"
+expect_status 200 "" "an encrypted [tls] key at SIGHUP: the previous one serves on" -- \
+  c alice --data-binary @"$work/req-tls.json" "$url"
+cp "$work/plain.key" "$certs/server.key"
+
 # ---- SIGHUP: a new CRL applies on the next request of a kept-alive connection ----
 # frank's certificate comes from the file test CA (openssl ca, so it can be
 # revoked); the connection verified it before, and must not keep trusting
