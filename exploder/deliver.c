@@ -266,7 +266,9 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
          * newest and the current one. The exploder cannot tell it from
          * the sender's own certificate: taken, and the group server says
          * at preparation (its unknown_recipient bounces it), as groupmail
-         * lets it say for a reader whose pin never held that version. */
+         * lets it say for a reader whose pin never held that version. A
+         * forward list, which no group server reads for, still refuses it
+         * (xp_check_message says why). */
         if (rc == XP_ERR_WRONG_RECIPIENT &&
             (fr == XP_OK || fr == XP_ERR_NOTFOUND || xp_group_cert_known_lately(c, l))) {
             rc = xp_check_message(c, l, data, len, &kt, &bad, NULL, true);

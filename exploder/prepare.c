@@ -456,7 +456,19 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         rc = env_to_xp(e);
         if (!l->require_encrypted && l->mode == XP_MODE_FORWARD)
             rc = XP_OK; /* forward list that accepts anything */
-        else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > 0 && older.n <= XP_OLDER_MAX)
+        else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > 0 && l->mode == XP_MODE_FORWARD) {
+            /* Not taken: a forward list sends the message as it came, and
+             * no group server looks at it before every member has a copy.
+             * One encrypted to a member's own certificate alone (the
+             * group's CA issued it) would reach them all unreadable, and
+             * its sender would never hear; the sender can still encrypt
+             * to the group's current certificate. */
+            if (why != NULL)
+                *why = "message is not encrypted to a group certificate the list knows: the certificate of the "
+                       "group's CA it names may be an earlier key version or someone's own certificate, which a "
+                       "list that forwards mail as it came cannot tell apart (encrypt to the group's current "
+                       "certificate)";
+        } else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > 0 && older.n <= XP_OLDER_MAX)
             rc = XP_OK; /* perhaps a version the list never met: the group server decides (xp_older) */
         else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > XP_OLDER_MAX && why != NULL)
             *why = "message is not encrypted to the list's group certificate, and names too many other "

@@ -43,7 +43,8 @@
  * to four other certificates of the group's CA is XP_OK (*kt NULL): it may
  * be for a version the list never met, and the group server decides at
  * preparation (deliver allows it once the list knows the group's current
- * certificate). */
+ * certificate). Never in forward mode, where no group server decides
+ * before the members have it as it came: refused, *why saying so. */
 xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, size_t len, const char **kt,
                         const char **why, bool *unmet, bool older_ok);
 /* Is cert one of the certificates in pem (the list's group certificates)? */

@@ -5,9 +5,12 @@
 # next ones within the minute, here group_info_ttl = 3 s, are deferred, 75
 # 4.3.0, never refused on an answer that may be stale); a rotation inside
 # that window: the mail to the new certificate, another of the group's CA,
-# is taken for the group server to decide (as one to a version before the
-# list's oldest), not refused, and after the window the new certificate
-# is fetched and added. Several
+# is deferred by a forward list, which no group server reads for, and
+# taken by a member-certs list for the group server to decide (as one to
+# a version before the list's oldest); after the window the new
+# certificate is fetched and added. A forward list refuses mail to a
+# member's own certificate of the group's CA alone (77 5.7.1): taken, it
+# would reach every member unreadable, its sender never told. Several
 # delivers adding the new certificate at once keep every version. A
 # sender who encrypts to their own certificate too (issued by the group's
 # CA, as `groupsrv member add --issue-cert` does; Thunderbird and Outlook
@@ -43,10 +46,13 @@ L=eng@lists.example.org
 xp list create $L --group-server "https://127.0.0.1:$(cat "$W/gs.port")" --group eng --mode forward \
   --group-cert "$W/v1.pem" >/dev/null
 xp list add $L m1@example.net >/dev/null
+L2=eng-mc@lists.example.org
+xp list create $L2 --group-server "https://127.0.0.1:$(cat "$W/gs.port")" --group eng --mode member-certs \
+  --group-cert "$W/v1.pem" >/dev/null
 gets() { grep -c '^GET /v1/groups/eng/certificate ' "$W/requests.log" || true; }
-expect() { # expect RC STATUS MESSAGE
+expect() { # expect RC STATUS MESSAGE [LIST]
   local rc=0
-  xp deliver --list $L --sender alice@example.org <"$3" 2>"$W/deliver.err" || rc=$?
+  xp deliver --list "${4:-$L}" --sender alice@example.org <"$3" 2>"$W/deliver.err" || rc=$?
   [ "$rc" = "$1" ] && grep -q "^$2 " "$W/deliver.err" ||
     fail "$3: exit $rc, want $1 $2: $(cat "$W/deliver.err")"
 }
@@ -55,24 +61,28 @@ xp_encrypt "$W/other.pem" "$W/other.eml" "not to the group"
 sleep 3.2 # past the discovery list create fetched
 expect 77 5.7.1 "$W/other.eml"
 [ "$(gets)" = 1 ] || fail "want one certificate fetch, got $(gets)"
+expect 77 5.7.1 "$W/other.eml" $L2
+[ "$(gets)" = 2 ] || fail "want one certificate fetch for the second list, got $(gets)"
 for _ in 1 2 3; do expect 75 4.3.0 "$W/other.eml"; done
 grep -q 'the group server said [0-9]*s ago that its current certificate is one the list knows' "$W/deliver.err" ||
   fail "deferral reason: $(cat "$W/deliver.err")"
-[ "$(gets)" = 1 ] || fail "a run of foreign-key messages asked the group server $(gets) times, want once"
+[ "$(gets)" = 2 ] || fail "a run of foreign-key messages asked the group server $(($(gets) - 1)) times, want once"
 echo "ok: 4 messages to a foreign certificate, one certificate fetch"
 
-# a rotation inside the window: taken (the group server decides), not
-# refused; after the window the new certificate is learnt
+# a rotation inside the window: the forward list defers it (75), the
+# member-certs list takes it (the group server decides at rewrap); after
+# the window the new certificate is learnt
 cp "$W/v2.pem" "$W/current.pem"
 xp_encrypt "$W/v2.pem" "$W/v2.eml" "to version 2"
-xp deliver --list $L --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
-  fail "mail to the rotated certificate inside the window: $(cat "$W/deliver.err")"
-[ "$(gets)" = 1 ] || fail "mail to another certificate of the CA inside the window asked again: $(gets) fetches"
+expect 75 4.3.0 "$W/v2.eml"
+xp deliver --list $L2 --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
+  fail "member-certs: mail to the rotated certificate inside the window: $(cat "$W/deliver.err")"
+[ "$(gets)" = 2 ] || fail "mail to another certificate of the CA inside the window asked again: $(gets) fetches"
 sleep 3.2
 xp deliver --list $L --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
   fail "mail to the rotated certificate after the window: $(cat "$W/deliver.err")"
-[ "$(gets)" = 2 ] || fail "want a second fetch after the window, got $(gets)"
-echo "ok: a rotation inside the window is taken, then learnt"
+[ "$(gets)" = 3 ] || fail "want another fetch after the window, got $(gets)"
+echo "ok: a rotation inside the window is deferred (forward) or taken (member-certs), then learnt"
 
 # three delivers at once after the next rotation: each finds v3 new, all
 # are taken, and the list keeps v1, v2 and v3
@@ -144,4 +154,24 @@ sleep 3.2 # past the cached discovery answer
 xp deliver --list $L --sender alice@example.org <"$W/v23.eml" 2>"$W/deliver.err" ||
   fail "mail to version 2 (RSA-OAEP) and 3 (PKCS#1 v1.5) refused once discovery said RSA-OAEP: $(cat "$W/deliver.err")"
 echo "ok: the version is chosen with the discovery answer deliver fetched"
+
+# Mail encrypted to one member's certificate alone, which the group's CA
+# issued (`member add --issue-cert`), sent to the forward list (past the
+# window of the refusal above: the group server says its current
+# certificate is known): refused, 77 5.7.1, saying why. Forwarded, every
+# member but that one would get mail they cannot read, and the sender
+# would never hear (it was taken).
+openssl cms -encrypt -aes-256-cbc -recip "$W/pki/alice.pem" -keyopt rsa_padding_mode:oaep -from alice@example.org \
+  -to $L -subject "to one member" -in "$W/p23.txt" -out "$W/member.eml"
+expect 77 5.7.1 "$W/member.eml"
+grep -q "not encrypted to a group certificate the list knows: .*forwards mail as it came" "$W/deliver.err" ||
+  fail "forward list, mail to a member's certificate alone: $(cat "$W/deliver.err")"
+# a forward list made after a re-key takes the version before when
+# list create --group-cert is given both certificates, oldest first
+cat "$W/v2.pem" "$W/v3.pem" >"$W/v23.pem"
+xp list create eng-late@lists.example.org --group-server "https://127.0.0.1:$(cat "$W/gs.port")" --group eng \
+  --mode forward --group-cert "$W/v23.pem" >/dev/null
+xp deliver --list eng-late@lists.example.org --sender alice@example.org <"$W/v2.eml" 2>"$W/deliver.err" ||
+  fail "forward list given both versions, mail to the earlier: $(cat "$W/deliver.err")"
+echo "ok: a forward list refuses mail to a member's certificate of the CA alone"
 echo "exploder cert refresh: ok"
