@@ -1884,14 +1884,14 @@ static void check_certsrv_url(const struct gs_config *cfg, X509 *cert)
         is_default ? " (url not set: it defaults to the listen address)" : "");
 }
 
-/* The subject of a client CA certificate for check's lines, one line. */
-static void subject_text(X509 *x, char *buf, size_t cap)
+/* A certificate's name (its subject, or issuer) for check's lines, one line. */
+static void name_text(const X509_NAME *name, char *buf, size_t cap)
 {
     BIO *b = BIO_new(BIO_s_mem());
     int n = 0;
 
     buf[0] = '\0';
-    if (b != NULL && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0)
+    if (b != NULL && X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253) >= 0)
         n = BIO_read(b, buf, (int)(cap > INT_MAX ? INT_MAX : cap - 1));
     buf[n > 0 ? n : 0] = '\0';
     for (char *p = buf; *p; p++) /* one printable line, whatever the name holds */
@@ -1901,18 +1901,108 @@ static void subject_text(X509 *x, char *buf, size_t cap)
     ERR_clear_error();
 }
 
+/* The subject of a certificate for check's lines, one line. */
+static void subject_text(X509 *x, char *buf, size_t cap)
+{
+    name_text(X509_get_subject_name(x), buf, cap);
+}
+
+/* Forgives the one refusal of a CA verified as the chain's end that is no
+ * refusal in a client's chain: its extendedKeyUsage judged as a client's
+ * (its use as a CA is checked apart). */
+static int ca_as_end_cb(int ok, X509_STORE_CTX *xc)
+{
+    if (!ok && X509_STORE_CTX_get_error_depth(xc) == 0 &&
+        X509_STORE_CTX_get_error(xc) == X509_V_ERR_INVALID_PURPOSE)
+        return 1;
+    return ok;
+}
+
+/* Why no client certificate x issued verifies in serve's chain above x,
+ * made from the file (store: its certificates and CRLs, with serve's
+ * flags): serve takes no partial chain, so x's issuers up to a
+ * self-signed one must be in the file, valid now, CAs for client
+ * authentication, within their pathLenConstraint, and, with CRLs in the
+ * file, not revoked and with current CRLs of their issuers; x itself must
+ * be a CA for client authentication. NULL when it verifies. */
+static const char *client_ca_chain_why(X509 *x, X509_STORE *store, char *why, size_t cap)
+{
+    X509_STORE_CTX *xc = X509_STORE_CTX_new();
+    STACK_OF(X509) *chain;
+    char at[256], issuer[256];
+    const char *rc = why;
+    int is_ca = X509_check_ca(x) != 0, trust;
+    long plen;
+
+    if (xc == NULL || !X509_STORE_CTX_init(xc, store, x, NULL)) {
+        (void)snprintf(why, cap, "out of memory verifying its chain");
+        goto out;
+    }
+    X509_STORE_CTX_set_purpose(xc, X509_PURPOSE_SSL_CLIENT); /* as tls_peer_check */
+    if (is_ca)
+        X509_STORE_CTX_set_verify_cb(xc, ca_as_end_cb);
+    if (X509_verify_cert(xc) != 1) {
+        int e = X509_STORE_CTX_get_error(xc);
+        X509 *cur = X509_STORE_CTX_get_current_cert(xc);
+        subject_text(cur != NULL ? cur : x, at, sizeof(at));
+        if (e == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || e == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT)
+            (void)snprintf(why, cap,
+                           "the certificate that issued %s is not in the file: serve takes no partial chain, "
+                           "the CAs above it up to the self-signed root must be in the file too (%s)",
+                           at, X509_verify_cert_error_string(e));
+        else {
+            name_text(X509_get_issuer_name(cur != NULL ? cur : x), issuer, sizeof(issuer));
+            (void)snprintf(why, cap, "its chain in the file does not verify at %s (issued by %s): %s", at, issuer,
+                           X509_verify_cert_error_string(e));
+        }
+        goto out;
+    }
+    /* As an issuer in a client's chain: a CA for client authentication
+     * (unless trust settings of a TRUSTED CERTIFICATE say otherwise, as
+     * OpenSSL's check_purpose takes them), and within the pathLenConstraint
+     * of the CAs above, counted with x itself among the intermediates. */
+    trust = X509_check_trust(x, X509_TRUST_SSL_CLIENT, X509_TRUST_NO_SS_COMPAT);
+    if (is_ca && (trust == X509_TRUST_REJECTED ||
+                  (trust != X509_TRUST_TRUSTED && X509_check_purpose(x, X509_PURPOSE_SSL_CLIENT, 1) == 0))) {
+        (void)snprintf(why, cap,
+                       "it may not issue client certificates: its extendedKeyUsage (or Netscape certificate "
+                       "type, or trust setting) leaves out client authentication (unsupported certificate purpose)");
+        goto out;
+    }
+    chain = X509_STORE_CTX_get0_chain(xc);
+    plen = is_ca && !(X509_get_extension_flags(x) & EXFLAG_SI);
+    for (int j = 1; is_ca && chain != NULL && j < sk_X509_num(chain); j++) {
+        X509 *up = sk_X509_value(chain, j);
+        if (X509_get_pathlen(up) >= 0 && plen > X509_get_pathlen(up)) {
+            subject_text(up, issuer, sizeof(issuer));
+            (void)snprintf(why, cap,
+                           "it is beyond the pathLenConstraint %ld of %s above it: no client certificate it "
+                           "issued verifies (path length constraint exceeded)",
+                           X509_get_pathlen(up), issuer);
+            goto out;
+        }
+        plen += !(X509_get_extension_flags(up) & EXFLAG_SI);
+    }
+    rc = NULL;
+out:
+    X509_STORE_CTX_free(xc);
+    ERR_clear_error();
+    return rc;
+}
+
 /* Why CA certificate x of a client CA file verifies no client now: not a
  * CA at all (OpenSSL's chain check refuses it as an issuer: "invalid CA
  * certificate"; but for a self-signed one, which verifies itself), not
- * valid now, or, with CRLs in the file (serve then
- * checks every certificate of a chain, X509_V_FLAG_CRL_CHECK_ALL), no
- * current CRL of its own. NULL when it does. */
-static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int ncrl, char *why, size_t cap)
+ * valid now, with CRLs in the file (serve then checks every certificate
+ * of a chain, X509_V_FLAG_CRL_CHECK_ALL) no current CRL of its own, or
+ * its chain in the file (client_ca_chain_why). NULL when it does. */
+static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int ncrl, X509_STORE *store, char *why,
+                                      size_t cap)
 {
     char valid[96], when[40];
     EVP_PKEY *pk = X509_get0_pubkey(x);
     const ASN1_TIME *stale = NULL;
-    int current = 0;
+    int current = 0, nosign = 0;
 
     /* A self-signed one stands for itself: the client presenting that very
      * certificate verifies (a pinned client), so it is not the mistake of a
@@ -1929,7 +2019,7 @@ static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int 
         return why;
     }
     if (ncrl == 0)
-        return NULL;
+        return client_ca_chain_why(x, store, why, cap);
     for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
         X509_CRL *crl = sk_X509_INFO_value(infos, i)->crl;
         if (crl == NULL || pk == NULL ||
@@ -1937,7 +2027,9 @@ static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int 
             X509_CRL_verify(crl, pk) != 1)
             continue;
         const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
-        if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) < 0 &&
+        if ((X509_get_extension_flags(x) & EXFLAG_KUSAGE) && !(X509_get_key_usage(x) & KU_CRL_SIGN))
+            nosign = 1; /* OpenSSL refuses its CRLs: key usage does not include CRL signing */
+        else if (X509_cmp_current_time(X509_CRL_get0_lastUpdate(crl)) < 0 &&
             (next == NULL || X509_cmp_current_time(next) > 0))
             current = 1;
         else if (next != NULL && X509_cmp_current_time(next) <= 0)
@@ -1945,8 +2037,12 @@ static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int 
     }
     ERR_clear_error();
     if (current)
-        return NULL;
-    if (stale != NULL) {
+        return client_ca_chain_why(x, store, why, cap);
+    if (nosign) {
+        (void)snprintf(why, cap,
+                       "its keyUsage leaves out cRLSign, so its CRL is refused (key usage does not include CRL "
+                       "signing), and so are the client certificates it issued");
+    } else if (stale != NULL) {
         util_asn1_time_text(stale, when, sizeof(when));
         (void)snprintf(why, cap,
                        "its CRL's nextUpdate %s has passed: the client certificates it issued are refused "
@@ -1968,25 +2064,36 @@ static unsigned check_client_ca(const char *path)
 {
     STACK_OF(X509_INFO) *infos = NULL;
     BIO *bio = BIO_new_file(path, "r");
+    X509_STORE *store = NULL;
     const char *why = NULL;
-    char subject[256], reason[320];
+    char subject[256], reason[640];
     int n = 0, ncrl = 0, usable = 0;
 
     if (bio == NULL)
         why = "unreadable";
     else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
         why = "not PEM";
-    for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++) {
-        n += sk_X509_INFO_value(infos, i)->x509 != NULL;
-        ncrl += sk_X509_INFO_value(infos, i)->crl != NULL;
+    else if ((store = X509_STORE_new()) == NULL)
+        why = "out of memory";
+    /* The store serve makes of the file (tls.c): every certificate and
+     * CRL in it, and with CRLs every certificate of a chain checked. */
+    for (int i = 0; why == NULL && i < sk_X509_INFO_num(infos); i++) {
+        X509_INFO *xi = sk_X509_INFO_value(infos, i);
+        if ((xi->x509 != NULL && !X509_STORE_add_cert(store, xi->x509)) ||
+            (xi->crl != NULL && !X509_STORE_add_crl(store, xi->crl)))
+            why = "out of memory";
+        n += xi->x509 != NULL;
+        ncrl += xi->crl != NULL;
     }
+    if (why == NULL && ncrl > 0)
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     if (why == NULL && n == 0)
         why = "no certificate in it";
     for (int i = 0; why == NULL && i < sk_X509_INFO_num(infos); i++) {
         X509 *x = sk_X509_INFO_value(infos, i)->x509;
         if (x == NULL)
             continue;
-        if (client_ca_unusable(x, infos, ncrl, reason, sizeof(reason)) == NULL) {
+        if (client_ca_unusable(x, infos, ncrl, store, reason, sizeof(reason)) == NULL) {
             usable++;
             continue;
         }
@@ -1996,6 +2103,7 @@ static unsigned check_client_ca(const char *path)
     if (why == NULL && usable == 0)
         why = "no CA certificate in it can verify a client certificate now (the lines above say why): serve "
               "would refuse every client certificate";
+    X509_STORE_free(store);
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     BIO_free(bio);
     ERR_clear_error();

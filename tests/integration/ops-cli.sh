@@ -192,6 +192,73 @@ grep -q "^client_ca WARNING: $work/cc.pem: CN=ca2: no current CRL of its own in 
   fail "check, a CA without a CRL beside another's CRL: $(cat "$work/rows")"
 client_rows 0 ca1.pem ca2.pem
 [ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] || fail "check, two CAs without CRLs: $(cat "$work/rows")"
+# A CA whose chain up to a self-signed root the file lacks or breaks:
+# serve builds a client's chain from the file alone (no partial chain,
+# every CA a client CA, with CRLs every link checked) and refused every
+# client that CA issued, while check said OK: an intermediate CA without
+# its root, beneath an expired root, beneath a root without a CRL when the
+# file holds the intermediate's, one whose extendedKeyUsage leaves out
+# clientAuth, one beneath a root's pathLenConstraint 0; and a CA whose
+# keyUsage leaves out cRLSign, beside its CRL. Each case's premise is
+# serve's verification as openssl verify makes it for a client of that
+# CA (seen the same with serve and curl: 401 untrusted_certificate).
+ica() { # ica NAME ISSUER [EXT]: a CA certificate NAME issued by ISSUER
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/$1.key" -subj "/CN=$1" 2>/dev/null |
+    openssl x509 -req -CA "$work/$2.pem" -CAkey "$work/$2.key" -days 30 -out "$work/$1.pem" \
+      -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n%b' "${3:-}") \
+      2>/dev/null || fail "openssl x509 -req $1"
+}
+client() { # client CA: a client certificate CA issued, c-CA.pem
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/c-$1.key" -subj "/CN=c-$1" 2>/dev/null |
+    openssl x509 -req -CA "$work/$1.pem" -CAkey "$work/$1.key" -days 30 -out "$work/c-$1.pem" \
+      -extfile <(printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n') 2>/dev/null ||
+    fail "openssl x509 -req c-$1"
+}
+# served CA CHAIN...: whether serve's verification takes a client of CA
+# (sending CHAIN) against the client CA file client_rows made last
+served() {
+  local crl=()
+  ! grep -q 'BEGIN X509 CRL' "$work/cc.pem" || crl=(-crl_check_all)
+  (cd "$work" && cat "${@:2}") > "$work/sent.pem"
+  openssl verify -CAfile "$work/cc.pem" "${crl[@]}" -purpose sslclient -untrusted "$work/sent.pem" "$work/c-$1.pem" >/dev/null 2>&1
+}
+ica int1 ca1
+ica intold old
+ica intsrv ca1 'extendedKeyUsage=serverAuth\n'
+cca p0 -addext basicConstraints=critical,CA:TRUE,pathlen:0
+ica int2 p0
+cca nosign -addext keyUsage=critical,keyCertSign
+for c in int1 intold intsrv int2 nosign; do client $c; done
+/usr/bin/python3 "$SRC/tests/integration/time-cert.py" crl "$work/int1.key" "$work/int1.pem" "$work/crl-int1" -60 3600
+/usr/bin/python3 "$SRC/tests/integration/time-cert.py" crl "$work/nosign.key" "$work/nosign.pem" "$work/crl-nosign" -60 3600
+client_rows 0 ca1.pem int1.pem
+served int1 int1.pem && [ "$(cat "$work/rows")" = "client_ca OK   $work/cc.pem" ] ||
+  fail "check, an intermediate CA with its root: $(cat "$work/rows")"
+client_rows 1 int1.pem
+! served int1 int1.pem ca1.pem || fail "serve's verification takes a partial chain: the test's premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=int1: the certificate that issued CN=int1 is not in the file: serve takes no partial chain" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, an intermediate CA without its root: $(cat "$work/rows")"
+client_rows 1 ca1.pem int1.pem crl-int1.pem
+! served int1 int1.pem || fail "serve's verification takes a root without a CRL beside its intermediate's: the premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=int1: its chain in the file does not verify at CN=int1 (issued by CN=ca1): unable to get certificate CRL" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, an intermediate's CRL without its root's: $(cat "$work/rows")"
+client_rows 1 old.pem intold.pem
+! served intold intold.pem || fail "serve's verification takes a chain to an expired root: the premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=intold: its chain in the file does not verify at CN=old (issued by CN=old): certificate has expired" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, an intermediate beneath an expired root: $(cat "$work/rows")"
+client_rows 0 ca1.pem intsrv.pem
+! served intsrv intsrv.pem || fail "serve's verification takes a CA whose extendedKeyUsage is serverAuth: the premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=intsrv: it may not issue client certificates: its extendedKeyUsage" "$work/rows" &&
+  grep -q "^client_ca OK   $work/cc.pem\$" "$work/rows" || fail "check, a CA with extendedKeyUsage serverAuth: $(cat "$work/rows")"
+client_rows 0 p0.pem int2.pem
+! served int2 int2.pem || fail "serve's verification takes a CA beneath pathlen:0: the premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=int2: it is beyond the pathLenConstraint 0 of CN=p0 above it" "$work/rows" &&
+  grep -q "^client_ca OK   $work/cc.pem\$" "$work/rows" || fail "check, a CA beneath pathlen:0: $(cat "$work/rows")"
+client_rows 1 nosign.pem crl-nosign.pem
+! served nosign || fail "serve's verification takes a CRL of a CA without cRLSign: the premise is wrong"
+grep -q "^client_ca WARNING: $work/cc.pem: CN=nosign: its keyUsage leaves out cRLSign, so its CRL is refused" "$work/rows" &&
+  grep -q "^client_ca PROBLEM: " "$work/rows" || fail "check, a CA without cRLSign beside its CRL: $(cat "$work/rows")"
+ok "check: a CA of [tls] client_ca whose chain in the file serve cannot verify (no root, an expired root, a root without a CRL, clientAuth left out, pathlen, no cRLSign) is a warning, and a problem when no CA is left"
 # [tls] cert's chain: an intermediate left expired in it (serve sends it,
 # and clients building through it refuse the server) is a warning; check
 # looked at the first certificate only.
