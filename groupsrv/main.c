@@ -41,6 +41,7 @@
 #include "log.h"
 #include "mailaddr.h"
 #include "store.h"
+#include "tlschain.h"
 #include "tlscmd.h"
 #include "util.h"
 #ifdef GS_HAVE_SERVER
@@ -2110,36 +2111,70 @@ static unsigned check_client_ca(const char *path)
     return file_row("client_ca", why == NULL, "%s%s%s", path, why ? ": " : "", why ? why : "");
 }
 
+/* The [tls] cert file put into a TLS context as serve's network process
+ * puts it (gs_tls_use_chain_pem): NULL when serve takes it, else why not
+ * (in why): a file larger than serve reads, a certificate that cannot be
+ * read (a base64 line lost in a paste), or one OpenSSL refuses in a
+ * server's chain (the security level: an RSA-1024 key, a SHA-1 signed
+ * intermediate), each of which stops serve at start. *ctx holds the
+ * chain for check_tls_chain. */
+static const char *tls_cert_load(const char *path, SSL_CTX **ctx, char *why, size_t cap)
+{
+    unsigned char *pem = NULL;
+    size_t len = 0;
+    unsigned long e;
+    char err[256];
+    int failed = 0, ur;
+
+    ERR_clear_error();
+    if ((ur = util_read_file(path, GS_TLS_CERT_MAX, &pem, &len)) != UTIL_OK) {
+        if (ur == UTIL_E_TOOBIG)
+            (void)snprintf(why, cap, "larger than the %u KiB serve reads: serve does not start",
+                           GS_TLS_CERT_MAX / 1024);
+        else
+            (void)snprintf(why, cap, "unreadable");
+        goto out;
+    }
+    if ((*ctx = SSL_CTX_new(TLS_server_method())) == NULL) {
+        (void)snprintf(why, cap, "out of memory");
+        goto out;
+    }
+    if (gs_tls_use_chain_pem(*ctx, (const char *)pem, len, &failed) == 1) {
+        why = NULL;
+        goto out;
+    }
+    e = ERR_peek_error();
+    ERR_error_string_n(e, err, sizeof(err));
+    (void)snprintf(why, cap, "certificate %d of the file %s (%s): serve does not start", failed,
+                   ERR_GET_LIB(e) == ERR_LIB_PEM ? "cannot be read" : "is refused", err);
+out:
+    free(pem);
+    ERR_clear_error();
+    return why;
+}
+
 /* The chain certificates after the first in the [tls] cert file that are
  * not valid now: serve sends them, and a client building the chain
  * through one refuses the server (an intermediate left at its old
  * version). A warning, not counted: an expired cross-signature may be sent
  * on purpose, for clients with an old trust store. */
-static void check_tls_chain(const char *path)
+static void check_tls_chain(const char *path, SSL_CTX *ctx)
 {
-    BIO *bio = BIO_new_file(path, "r");
-    X509 *x = NULL;
+    STACK_OF(X509) *chain = NULL;
     char valid[96], subject[256];
 
-    if (bio == NULL)
-        goto out;
-    X509_free(PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)); /* the server's own: its own row */
-    for (int i = 2; (x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL && i < 64; i++) {
-        if (util_cert_valid_now(x, valid, sizeof(valid)) != 0) {
-            subject_text(x, subject, sizeof(subject));
-            printf(
-                "%-10sWARNING: %s: chain certificate %d (%s) %s: serve sends it, and clients that build the "
-                "chain through it refuse the server (replace it with its current version, unless it is a "
-                "cross-signature kept on purpose)\n",
-                "tls cert", path, i, subject, valid);
-        }
-        X509_free(x);
-        x = NULL;
+    if (ctx == NULL || SSL_CTX_get0_chain_certs(ctx, &chain) != 1)
+        return;
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        if (util_cert_valid_now(x, valid, sizeof(valid)) == 0)
+            continue;
+        subject_text(x, subject, sizeof(subject));
+        printf("%-10sWARNING: %s: chain certificate %d (%s) %s: serve sends it, and clients that build the "
+               "chain through it refuse the server (replace it with its current version, unless it is a "
+               "cross-signature kept on purpose)\n",
+               "tls cert", path, i + 2, subject, valid);
     }
-out:
-    X509_free(x);
-    BIO_free(bio);
-    ERR_clear_error();
 }
 
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:
@@ -2151,8 +2186,9 @@ static unsigned check_tls(const struct gs_config *cfg)
     unsigned problems = 0;
     X509 *cert = NULL;
     EVP_PKEY *pkey = NULL;
+    SSL_CTX *ctx = NULL;
     const char *why;
-    char valid[96], invalid[120];
+    char valid[96], invalid[120], loaded[400];
 
     if (cfg->tls.cert == NULL && cfg->tls.key == NULL) {
         printf("%-10s-    [tls] cert and key not set (serve needs them)\n", "tls");
@@ -2165,9 +2201,10 @@ static unsigned check_tls(const struct gs_config *cfg)
             (void)snprintf(invalid, sizeof(invalid), "certificate %s", valid);
             why = invalid;
         }
+        if (why == NULL)
+            why = tls_cert_load(cfg->tls.cert, &ctx, loaded, sizeof(loaded));
         problems += file_row("tls cert", why == NULL, "%s%s%s", cfg->tls.cert, why ? ": " : "", why ? why : "");
-        if (cert != NULL)
-            check_tls_chain(cfg->tls.cert);
+        check_tls_chain(cfg->tls.cert, ctx);
         if (strncmp(cfg->tls.key, "pkcs11:", 7) == 0) {
             printf("%-10sOK   the key is on the token (%s); serve checks it at start\n", "tls key", cfg->tls.key);
         } else {
@@ -2189,6 +2226,7 @@ static unsigned check_tls(const struct gs_config *cfg)
     else
         problems += check_client_ca(cfg->tls.client_ca);
     check_certsrv_url(cfg, cert);
+    SSL_CTX_free(ctx);
     EVP_PKEY_free(pkey);
     X509_free(cert);
     return problems;

@@ -53,6 +53,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "store.h"
+#include "tlschain.h"
 #include "util.h"
 
 #ifndef GS_LIBEXECDIR
@@ -438,7 +439,7 @@ static int send_tls(struct sup *s, int ctl, enum tls_when when, int *wrc)
     const char *why = when == TLS_AT_START ? "not started: " : "";
 
     ipc_buf_init(&b);
-    if (util_read_file(cfg->tls.cert, 1u << 20, &cert, &cl) != UTIL_OK) {
+    if (util_read_file(cfg->tls.cert, GS_TLS_CERT_MAX, &cert, &cl) != UTIL_OK) {
         log_error("%scannot read the TLS certificate path=\"%s\"", why, log_qs(cfg->tls.cert));
         goto out;
     }

@@ -16,6 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include "certname.h"
+#include "tlschain.h"
 #include "log.h"
 #include "names.h"
 #include "util.h"
@@ -166,36 +167,9 @@ out:
     return ncrl;
 }
 
-/* The leaf and its chain from PEM text (SSL_CTX_use_certificate_chain_file
- * without a file). 1 on success. Every PEM read here gives no pass phrase
- * (util_pem_no_passphrase): OpenSSL's default asks on the terminal, which
- * the sandbox forbids, so a SIGHUP with such a file ended the process. */
-static int use_chain_pem(SSL_CTX *ctx, const char *pem, size_t len)
-{
-    BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
-    X509 *x = NULL;
-    int ok = 0;
-
-    if (bio == NULL || (x = PEM_read_bio_X509_AUX(bio, NULL, util_pem_no_passphrase, NULL)) == NULL ||
-        SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
-        goto out;
-    X509_free(x);
-    while ((x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL)
-        if (SSL_CTX_add0_chain_cert(ctx, x) != 1)
-            goto out;
-    /* The end of the text, not a broken certificate, ended the loop. */
-    unsigned long e = ERR_peek_last_error();
-    ok = ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
-    if (ok)
-        ERR_clear_error();
-out:
-    X509_free(x);
-    BIO_free(bio);
-    return ok;
-}
-
 /* 1 on success; 0 with the OpenSSL error queued, or -1 for a key
- * encrypted with a pass phrase (none is asked: see use_chain_pem). */
+ * encrypted with a pass phrase (none is asked: OpenSSL's default asks
+ * on the terminal, which the sandbox forbids). */
 static int use_key_pem(SSL_CTX *ctx, const char *pem, size_t len)
 {
     BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
@@ -214,7 +188,7 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
 {
     struct tls_state *st = NULL;
     STACK_OF(X509_NAME) *names = NULL;
-    int rc = -1, ncerts = 0, krc = 1;
+    int rc = -1, ncerts = 0, krc = 1, failed = 0;
 
     *out = NULL;
     errbuf[0] = '\0';
@@ -235,8 +209,11 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
         ssl_err_text(errbuf, errlen, "cipher list");
         goto out;
     }
-    if (opts->cert_pem == NULL || use_chain_pem(st->ctx, opts->cert_pem, opts->cert_len) != 1) {
-        ssl_err_text(errbuf, errlen, "server certificate");
+    if (opts->cert_pem == NULL || gs_tls_use_chain_pem(st->ctx, opts->cert_pem, opts->cert_len, &failed) != 1) {
+        char what[64] = "server certificate";
+        if (failed > 1) /* which one, for a long chain file */
+            (void)snprintf(what, sizeof(what), "server certificate (certificate %d of the file)", failed);
+        ssl_err_text(errbuf, errlen, what);
         goto out;
     }
     if (opts->token_key != NULL) {

@@ -271,7 +271,35 @@ grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" &&
 cat "$work/leaf.pem" "$work/ca1.pem" > "$work/chain.pem"
 "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
 [ "$(grep -c '^tls cert' "$work/out")" = 1 ] || fail "check, a valid [tls] cert chain: $(grep '^tls' "$work/out")"
-ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning; an expired certificate in the [tls] cert chain is a warning"
+# A [tls] cert file serve does not start with, which check said OK to:
+# a chain certificate that cannot be read (a line of its base64 lost in a
+# paste: serve reads every one, "server certificate: bad base64 decode"),
+# a key below the security level ("ee key too small"), an intermediate
+# signed with SHA-1 ("ca md too weak"); check reads the file with serve's
+# own function now. Another PEM block between them (the key) is skipped
+# by both.
+tls_row() { # tls_row DESC PATTERN: check's tls cert row for chain.pem
+  local rc=0
+  "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && grep -Eq "^tls cert  PROBLEM: $work/chain.pem: $2: serve does not start\$" "$work/out" ||
+    fail "check, $1: exit $rc: $(grep '^tls' "$work/out")"
+}
+{ cat "$work/leaf.pem" "$work/leaf.key" "$work/ca1.pem"; printf -- '-----BEGIN CERTIFICATE-----\nMIIB!broken\n-----END CERTIFICATE-----\n'; } > "$work/chain.pem"
+tls_row "a broken certificate in the [tls] cert chain" "certificate 3 of the file cannot be read \(.*bad base64 decode\)"
+openssl req -x509 -newkey rsa:512 -nodes -keyout "$work/weak.key" -out "$work/chain.pem" -days 3 -subj /CN=weak 2>/dev/null ||
+  fail "openssl req rsa:512"
+sed "s#^key = .*#key = $work/weak.key#" "$work/chain.conf" > "$work/weak.conf" && mv "$work/weak.conf" "$work/chain.conf"
+tls_row "an RSA-512 [tls] cert" "certificate 1 of the file is refused \(.*ee key too small\)"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/sha1.key" -subj /CN=sha1 2>/dev/null |
+  openssl x509 -req -sha1 -CA "$work/ca1.pem" -CAkey "$work/ca1.key" -days 3 -out "$work/sha1.pem" \
+    -extfile <(printf 'basicConstraints=critical,CA:TRUE\n') 2>/dev/null || fail "openssl x509 -req -sha1"
+openssl req -new -key "$work/leaf.key" -subj /CN=leaf 2>/dev/null |
+  openssl x509 -req -CA "$work/sha1.pem" -CAkey "$work/sha1.key" -days 3 -out "$work/leaf2.pem" 2>/dev/null ||
+  fail "openssl x509 -req leaf2"
+cat "$work/leaf2.pem" "$work/sha1.pem" > "$work/chain.pem"
+sed "s#^key = .*#key = $work/leaf.key#" "$work/chain.conf" > "$work/weak.conf" && mv "$work/weak.conf" "$work/chain.conf"
+tls_row "a SHA-1 signed intermediate in the [tls] cert chain" "certificate 2 of the file is refused \(.*ca md too weak\)"
+ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning; an expired certificate in the [tls] cert chain is a warning, one that cannot be read or that serve refuses a problem"
 
 # ---- audit verify on a shared database that does not answer ----
 cat > "$work/pg.conf" <<CONF
