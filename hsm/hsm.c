@@ -269,7 +269,8 @@ static size_t append_whole(char *out, size_t cap, size_t used, const char *fmt, 
 static void no_match_hint(hsm_ctx *ctx, const CK_SLOT_ID *slots, CK_ULONG n, char *out, size_t cap)
 {
     CK_TOKEN_INFO ti;
-    char label[sizeof(ti.label) + 1], hidden[PATH_MAX + 48], stem[64], real[PATH_MAX];
+    char label[sizeof(ti.label) + 1], shown_label[3 * sizeof(ti.label) + 1], hidden[PATH_MAX + 48], stem[64],
+        real[PATH_MAX];
     char *file = p11_kit_module_get_filename(ctx->fl);
     const char *name = file == NULL ? "" : realpath(file, real) != NULL ? real : file;
     unsigned shown = 0;
@@ -280,12 +281,14 @@ static void no_match_hint(hsm_ctx *ctx, const CK_SLOT_ID *slots, CK_ULONG n, cha
         memset(&ti, 0, sizeof(ti));
         if (P11(ctx, C_GetTokenInfo, slots[i], &ti) != HSM_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
+        /* Percent-encoded as in a URI's token= (RFC 7512): a label is any
+         * 32 bytes a token's owner chose, and this line goes to a terminal
+         * and a log (an escape sequence, a C1 control as UTF-8 or as a raw
+         * byte, a quote of ours); so written it is what [hsm] token takes. */
         copy_padded(label, sizeof(label), ti.label, sizeof(ti.label));
-        for (char *p = label; *p != '\0'; p++) /* one line, and the quotes stay ours */
-            if ((unsigned char)*p < 32 || *p == 127 || *p == '"' || *p == '\\')
-                *p = '?';
+        (void)util_uri_escape_value(label, shown_label, sizeof(shown_label));
         used = shown < 3 ? append_whole(out, cap, used, "%s\"%s\"",
-                                        shown == 0 ? "; tokens present: token=" : ", ", label)
+                                        shown == 0 ? "; tokens present: token=" : ", ", shown_label)
                          : append_whole(out, cap, used, ", ...");
         shown++;
     }
@@ -360,7 +363,7 @@ static hsm_err find_token(hsm_ctx *ctx)
         goto out;
     }
     if (n_init == 0 && n_uninit == 0) {
-        char hint[300];
+        char hint[340];
         no_match_hint(ctx, slots, n, hint, sizeof(hint));
         hsm_set_detail("no token present matches the token URI%s", hint);
         err = HSM_ERR_TOKEN_ABSENT;

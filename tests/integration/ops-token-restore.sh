@@ -180,6 +180,19 @@ rc=0; "$BIN/groupsrv" -c "$work/typo.conf" check > "$work/check.out" 2>&1 || rc=
 [ "$rc" = 1 ] && grep -q '^token     PROBLEM: .*no token present matches the token URI; tokens present: token="groupsrv")$' "$work/check.out" ||
   fail "check with a misspelt token URI: exit $rc: $(grep '^token' "$work/check.out")"
 ok "a misspelt [hsm] token: check names the tokens present ($(grep -o 'tokens present.*' "$work/check.out"))"
+# A token's label is any 32 bytes its owner chose (a card in the reader,
+# another module's token behind p11-kit): named raw, one with an escape
+# sequence, a C1 CSI (as UTF-8, and as a raw byte) and our quote reached
+# the operator's terminal and the log as it was. Named percent-encoded,
+# it is what [hsm] token takes.
+softhsm2-util --init-token --free --label "$(printf 'x\033[2J\302\233\233"q\\')" --so-pin 0000 --pin 0000 >/dev/null ||
+  fail "softhsm2-util could not make a token with an odd label"
+rc=0; "$BIN/groupsrv" -c "$work/typo.conf" check > "$work/check.out" 2>&1 || rc=$?
+! LC_ALL=C grep -q "$(printf '[\033\233]')" "$work/check.out" ||
+  fail "check sent a token label's control bytes to the terminal: $(grep -a '^token' "$work/check.out" | od -c | head)"
+[ "$rc" = 1 ] && grep -q '^token     PROBLEM: .*no token present matches the token URI; tokens present: token=.*"x%1B%5B2J%C2%9B%9B%22q%5C"' "$work/check.out" ||
+  fail "check with a misspelt token URI and an odd label: exit $rc: $(grep -a '^token' "$work/check.out" | od -c | head -20)"
+ok "a token label with control bytes is named percent-encoded ($(grep -o 'tokens present.*' "$work/check.out"))"
 
 # A database restored next to a token made anew (initialised again, `ca
 # init` and `group create` run on it): the labels are there, the keys are
