@@ -2293,16 +2293,32 @@ static void check_audit_dir(const char *path)
     free(dir);
 }
 
-/* The latest record time (Unix seconds) in the last 64 KiB of the audit
- * log: every record starts {"time":"YYYY-mm-ddTHH:MM:SS.mmmZ" (record_json
- * writes the field first); 0 when there is none to read. */
+/* The time of an audit record line (Unix seconds): every record starts
+ * {"time":"YYYY-mm-ddTHH:MM:SS.mmmZ" (record_json writes the field
+ * first), in a file or in the audit table; 0 when it has none. */
+static time_t audit_line_time(const char *p)
+{
+    static const char lead[] = "{\"time\":\"";
+    struct tm tm = {0};
+    time_t t;
+
+    if (strncmp(p, lead, sizeof(lead) - 1) != 0 ||
+        sscanf(p + sizeof(lead) - 1, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec) != 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (t = timegm(&tm)) == (time_t)-1 ? 0 : t;
+}
+
+/* The latest record time in the last 64 KiB of the audit log; 0 when
+ * there is none to read. */
 static time_t audit_latest_time(const char *path)
 {
     enum { WINDOW = 64 * 1024 };
-    static const char lead[] = "{\"time\":\"";
     char *buf = NULL;
     struct stat sb;
-    time_t latest = 0;
+    time_t latest = 0, t;
     ssize_t n;
     off_t off;
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -2315,17 +2331,9 @@ static time_t audit_latest_time(const char *path)
     buf[n] = '\0';
     /* Lines whole in the window: those after a newline (or at the file's start). */
     for (char *p = off == 0 ? buf : strchr(buf, '\n'); p != NULL && *p != '\0'; p = strchr(p, '\n')) {
-        struct tm tm = {0};
-        time_t t;
         if (*p == '\n')
             p++;
-        if (strncmp(p, lead, sizeof(lead) - 1) != 0 ||
-            sscanf(p + sizeof(lead) - 1, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
-            continue;
-        tm.tm_year -= 1900;
-        tm.tm_mon -= 1;
-        if ((t = timegm(&tm)) != (time_t)-1 && t > latest)
+        if ((t = audit_line_time(p)) > latest)
             latest = t;
     }
 out:
@@ -2335,18 +2343,48 @@ out:
     return latest;
 }
 
+/* [audit] store = db: the latest record time among the last rows of
+ * this server's two chains in the audit table (its own and its admin
+ * commands'), as the file's last 64 KiB: a record written before the
+ * clock was set back is still seen once later ones follow it. 0 when
+ * there is none (a role that may not read the table: the database rows
+ * say so). */
+static time_t audit_db_latest_time(struct env *e)
+{
+    enum { ROWS = 256 };
+    static const char *const suffix[] = {"", GS_AUDIT_ADMIN_SUFFIX};
+    char chain[GS_AUDIT_CHAIN_MAX + 1];
+    time_t latest = 0, t;
+
+    for (size_t i = 0; i < sizeof(suffix) / sizeof(suffix[0]); i++) {
+        gs_store_audit_row *rows = NULL;
+        int64_t seq = 0;
+        char *line = NULL;
+        size_t n = 0;
+        (void)snprintf(chain, sizeof(chain), "%s%s", e->cfg->server.instance, suffix[i]);
+        if (gs_store_audit_head(e->st, chain, &seq, &line) == GS_OK && line != NULL &&
+            gs_store_audit_read(e->st, chain, seq > ROWS ? seq - ROWS : 0, ROWS, &rows, &n) == GS_OK)
+            for (size_t j = 0; j < n; j++)
+                if (rows[j].line != NULL && (t = audit_line_time(rows[j].line)) > latest)
+                    latest = t;
+        gs_store_audit_rows_free(rows, n);
+        free(line);
+    }
+    return latest;
+}
+
 /* A clock set back (a time service's step, a virtual machine restored
  * from a snapshot, a dead RTC battery) shows against the audit log: its
- * latest record is later than now. Records' times then go backwards (audit
- * verify takes that), and a certificate issued in between (by this server
- * while its clock ran ahead, or by a client's CA with a right clock) is not
- * valid yet here. A minute is allowed for (membership certificates are
- * backdated by one); not counted: serve runs. */
-static void check_clock(const struct gs_config *cfg)
+ * latest record (latest) is later than now. Records' times then go
+ * backwards (audit verify takes that), and a certificate issued in between
+ * (by this server while its clock ran ahead, or by a client's CA with a
+ * right clock) is not valid yet here. A minute is allowed for (membership
+ * certificates are backdated by one); not counted: serve runs. */
+static void check_clock(time_t latest)
 {
-    time_t now = time(NULL), latest;
+    time_t now = time(NULL);
 
-    if (strcmp(cfg->audit.store, "file") != 0 || (latest = audit_latest_time(cfg->audit.path)) <= now + 60)
+    if (latest <= now + 60)
         return;
     printf("%-10sWARNING: the system clock (", "clock");
     print_time(stdout, now);
@@ -2649,7 +2687,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
     printf("config    OK   %s\n", e->cfg->path);
     problems += check_tls(e->cfg);
     problems += check_audit_path(e->cfg);
-    check_clock(e->cfg);
+    if (strcmp(e->cfg->audit.store, "file") == 0)
+        check_clock(audit_latest_time(e->cfg->audit.path));
     problems += check_listen(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err == GS_ERR_SCHEMA) {
@@ -2685,6 +2724,8 @@ static int cmd_check(struct env *e, int argc, char **argv)
         if (gs_store_check_grants(e->st, strcmp(e->cfg->audit.store, "db") == 0) != GS_OK) {
             printf("database  PROBLEM: %s\n", gs_err_detail());
             problems++;
+        } else if (strcmp(e->cfg->audit.store, "db") == 0) {
+            check_clock(audit_db_latest_time(e));
         }
         problems += check_ca_cert(e);
     }

@@ -24,7 +24,9 @@
 #     reason for the split: a compromised server cannot rewrite its chain);
 #   - a database that turns read-only (a standby, a demoted primary) fails
 #     /healthz as it fails every key request, and both come back with it;
-#   - `audit verify` as the server role passes, and serve stops cleanly.
+#   - `audit verify` as the server role passes, and serve stops cleanly;
+#   - check with the clock an hour behind the audit table's latest record
+#     warns.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -260,3 +262,25 @@ grep -E 'level=(error|warn)' "$work/serve.log" | grep -v 'read-only\|terminating
 out=$(srv audit verify 2>&1) || fail "audit verify as the server role: $out"
 grep -q '^instance gs-a: ok: ' <<<"$out" || fail "audit verify: $out"
 ok "audit verify as the server role: $(tail -n 1 <<<"$out")"
+
+# check's clock row with [audit] store = db: a clock an hour behind the
+# latest record of this server's chains in the audit table is a warning
+# (check looked at a file log only, and said nothing with the table).
+# libfaketime ahead of a sanitizer build's ASan runtime: its link-order
+# check off, as in ops-cli.sh.
+srv check > "$work/check.out" 2>&1 || fail "check as the server role after serving: $(grep -v '^cap ' "$work/check.out")"
+! grep -q '^clock' "$work/check.out" || fail "check with the clock right: $(grep '^clock' "$work/check.out")"
+env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 faketime -f -1h \
+  "$BIN/groupsrv" -c "$work/server.conf" check > "$work/check.out" 2>&1 || true
+grep -Eq "^clock     WARNING: the system clock \([0-9T:-]+Z\) is [0-9]+ s behind the audit log's latest record \([0-9T:-]+Z\): it was set back" "$work/check.out" ||
+  fail "check with the clock an hour back, [audit] store = db: $(grep -E '^(clock|audit|database)' "$work/check.out")"
+# A clock that ran two hours ahead while an admin command wrote its record,
+# and was set right before the next: the warning stays (the latest record
+# among the chains' last rows, as the file's last 64 KiB; not the head).
+env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 faketime -f +2h \
+  "$BIN/groupsrv" -c "$work/gs.conf" member add eng clock@example.org --issue-cert --out "$work" > "$work/add.out" 2>&1 || fail "member add with the clock ahead: $(cat "$work/add.out")"
+own member remove eng clock@example.org >/dev/null || fail "member remove"
+srv check > "$work/check.out" 2>&1 || true
+grep -Eq "^clock     WARNING: the system clock \([0-9T:-]+Z\) is [0-9]+ s behind the audit log's latest record" "$work/check.out" ||
+  fail "check after a record written two hours ahead, and one since: $(grep -E '^(clock|audit|database)' "$work/check.out")"
+ok "check: a clock an hour behind the audit table's latest record is a warning; a record two hours ahead followed by one now too"
