@@ -2064,30 +2064,23 @@ static const char *client_ca_unusable(X509 *x, STACK_OF(X509_INFO) * infos, int 
 static unsigned check_client_ca(const char *path)
 {
     STACK_OF(X509_INFO) *infos = NULL;
-    BIO *bio = BIO_new_file(path, "r");
+    unsigned char *pem = NULL;
+    size_t len = 0;
+    BIO *bio = NULL;
     X509_STORE *store = NULL;
     const char *why = NULL;
     char subject[256], reason[640];
-    int n = 0, ncrl = 0, usable = 0;
+    int n = 0, ncrl = 0, usable = 0, ur;
 
-    if (bio == NULL)
-        why = "unreadable";
+    if ((ur = util_read_file(path, GS_TLS_CLIENT_CA_MAX, &pem, &len)) != UTIL_OK)
+        why = ur == UTIL_E_TOOBIG ? "larger than the 16 MiB serve reads: serve does not start" : "unreadable";
+    else if (len > INT_MAX || (bio = BIO_new_mem_buf(pem, (int)len)) == NULL || (store = X509_STORE_new()) == NULL)
+        why = "out of memory";
     else if ((infos = PEM_X509_INFO_read_bio(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
         why = "not PEM";
-    else if ((store = X509_STORE_new()) == NULL)
-        why = "out of memory";
-    /* The store serve makes of the file (tls.c): every certificate and
-     * CRL in it, and with CRLs every certificate of a chain checked. */
-    for (int i = 0; why == NULL && i < sk_X509_INFO_num(infos); i++) {
-        X509_INFO *xi = sk_X509_INFO_value(infos, i);
-        if ((xi->x509 != NULL && !X509_STORE_add_cert(store, xi->x509)) ||
-            (xi->crl != NULL && !X509_STORE_add_crl(store, xi->crl)))
-            why = "out of memory";
-        n += xi->x509 != NULL;
-        ncrl += xi->crl != NULL;
-    }
-    if (why == NULL && ncrl > 0)
-        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    /* The store serve makes of the file (tls.c), by its own function. */
+    else if ((ncrl = gs_tls_client_store((const char *)pem, len, store, NULL, &n)) < 0)
+        why = "not PEM, or out of memory";
     if (why == NULL && n == 0)
         why = "no certificate in it";
     for (int i = 0; why == NULL && i < sk_X509_INFO_num(infos); i++) {
@@ -2107,6 +2100,7 @@ static unsigned check_client_ca(const char *path)
     X509_STORE_free(store);
     sk_X509_INFO_pop_free(infos, X509_INFO_free);
     BIO_free(bio);
+    free(pem);
     ERR_clear_error();
     return file_row("client_ca", why == NULL, "%s%s%s", path, why ? ": " : "", why ? why : "");
 }

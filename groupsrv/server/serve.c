@@ -447,7 +447,7 @@ static int send_tls(struct sup *s, int ctl, enum tls_when when, int *wrc)
         log_error("%scannot read the TLS key path=\"%s\"", why, log_qs(cfg->tls.key));
         goto out;
     }
-    if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, 16u << 20, &ca, &cal) != UTIL_OK) {
+    if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, GS_TLS_CLIENT_CA_MAX, &ca, &cal) != UTIL_OK) {
         log_error("%scannot read the client CA file path=\"%s\"", why, log_qs(cfg->tls.client_ca));
         goto out;
     }

@@ -121,52 +121,6 @@ static int verify_accept_all(int ok, X509_STORE_CTX *x)
     return 1;
 }
 
-/* Adds every certificate and CRL of PEM text to store (and certificate
- * names to names, if given). Returns the number of CRLs, or -1. */
-static int load_pem_into_store(const char *pem, size_t len, X509_STORE *store, STACK_OF(X509_NAME) *names,
-                               int *ncerts)
-{
-    BIO *bio = NULL;
-    STACK_OF(X509_INFO) *infos = NULL;
-    int ncrl = -1;
-
-    *ncerts = 0;
-    if (len > INT_MAX || (bio = BIO_new_mem_buf(pem, (int)len)) == NULL)
-        goto out;
-    if ((infos = PEM_X509_INFO_read_bio(bio, NULL, util_pem_no_passphrase, NULL)) == NULL)
-        goto out;
-    ncrl = 0;
-    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
-        X509_INFO *xi = sk_X509_INFO_value(infos, i);
-        if (xi->x509 != NULL) {
-            if (!X509_STORE_add_cert(store, xi->x509)) {
-                ncrl = -1;
-                goto out;
-            }
-            if (names != NULL) {
-                X509_NAME *n = X509_NAME_dup(X509_get_subject_name(xi->x509));
-                if (n == NULL || !sk_X509_NAME_push(names, n)) {
-                    X509_NAME_free(n);
-                    ncrl = -1;
-                    goto out;
-                }
-            }
-            (*ncerts)++;
-        }
-        if (xi->crl != NULL) {
-            if (!X509_STORE_add_crl(store, xi->crl)) {
-                ncrl = -1;
-                goto out;
-            }
-            ncrl++;
-        }
-    }
-out:
-    sk_X509_INFO_pop_free(infos, X509_INFO_free);
-    BIO_free(bio);
-    return ncrl;
-}
-
 /* 1 on success; 0 with the OpenSSL error queued, or -1 for a key
  * encrypted with a pass phrase (none is asked: OpenSSL's default asks
  * on the terminal, which the sandbox forbids). */
@@ -242,15 +196,11 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     SSL_CTX_set_verify(st->ctx, SSL_VERIFY_PEER, verify_accept_all);
 
     if (opts->client_ca_pem != NULL) {
-        int ncrl = load_pem_into_store(opts->client_ca_pem, opts->client_ca_len, st->clients, names, &ncerts);
+        int ncrl = gs_tls_client_store(opts->client_ca_pem, opts->client_ca_len, st->clients, names, &ncerts);
         if (ncrl < 0 || ncerts == 0) {
             ssl_err_text(errbuf, errlen, "client CA file unreadable or without certificates");
             goto out;
         }
-        /* Every certificate of the chain, intermediates included (as
-         * nginx's ssl_crl): a revoked intermediate CA revokes its members. */
-        if (ncrl > 0)
-            X509_STORE_set_flags(st->clients, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     }
     if (opts->local_ca != NULL) {
         /* Without [tls] client_ca the local CA also vouches for identities. */

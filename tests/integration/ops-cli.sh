@@ -299,6 +299,14 @@ openssl req -new -key "$work/leaf.key" -subj /CN=leaf 2>/dev/null |
 cat "$work/leaf2.pem" "$work/sha1.pem" > "$work/chain.pem"
 sed "s#^key = .*#key = $work/leaf.key#" "$work/chain.conf" > "$work/weak.conf" && mv "$work/weak.conf" "$work/chain.conf"
 tls_row "a SHA-1 signed intermediate in the [tls] cert chain" "certificate 2 of the file is refused \(.*ca md too weak\)"
+# Files larger than serve reads (1 MiB of [tls] cert, 16 MiB of client_ca:
+# it does not start), which check read whole: sparse, nothing written.
+cp "$work/leaf.pem" "$work/chain.pem" && truncate -s 2M "$work/chain.pem"
+tls_row "a [tls] cert file of 2 MiB" "larger than the 1024 KiB serve reads"
+cp "$work/ca1.pem" "$work/cc.pem" && truncate -s 17M "$work/cc.pem"
+"$BIN/groupsrv" -c "$work/cc.conf" check > "$work/out" 2>&1 || true
+grep -q "^client_ca PROBLEM: $work/cc.pem: larger than the 16 MiB serve reads: serve does not start\$" "$work/out" ||
+  fail "check, a client CA file of 17 MiB: $(grep '^client_ca' "$work/out")"
 ok "check: a client CA file that verifies no client (a leaf, an expired CA, a CRL past nextUpdate) is a problem; a CA in it that cannot is a warning; an expired certificate in the [tls] cert chain is a warning, one that cannot be read or that serve refuses a problem"
 
 # ---- audit verify on a shared database that does not answer ----
