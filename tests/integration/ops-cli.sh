@@ -299,6 +299,15 @@ openssl req -new -key "$work/leaf.key" -subj /CN=leaf 2>/dev/null |
 cat "$work/leaf2.pem" "$work/sha1.pem" > "$work/chain.pem"
 sed "s#^key = .*#key = $work/leaf.key#" "$work/chain.conf" > "$work/weak.conf" && mv "$work/weak.conf" "$work/chain.conf"
 tls_row "a SHA-1 signed intermediate in the [tls] cert chain" "certificate 2 of the file is refused \(.*ca md too weak\)"
+# A chain certificate whose PEM says it is encrypted: check asked for a
+# pass phrase on the terminal (OpenSSL's default) and waited there; it is
+# refused now, as serve refuses it. Run on a terminal (script(1)), with
+# none to type.
+{ cat "$work/leaf.pem"; sed '1a Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n' "$work/ca1.pem"; } > "$work/chain.pem"
+rc=0; timeout 20 script -qec "'$BIN/groupsrv' -c '$work/chain.conf' check" /dev/null < /dev/null > "$work/out" 2>&1 || rc=$?
+! grep -aq 'pass phrase' "$work/out" &&
+  grep -aEq "^tls cert  PROBLEM: $work/chain.pem: certificate 2 of the file cannot be read \(.*bad password read\): serve does not start" "$work/out" ||
+  fail "check, a chain certificate marked encrypted, on a terminal: exit $rc: $(grep -a '^tls\|pass' "$work/out")"
 # Files larger than serve reads (1 MiB of [tls] cert, 16 MiB of client_ca:
 # it does not start), which check read whole: sparse, nothing written.
 cp "$work/leaf.pem" "$work/chain.pem" && truncate -s 2M "$work/chain.pem"
