@@ -5,7 +5,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sqlite3.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -28,6 +30,8 @@ struct sq_store {
     ino_t ino;
     dev_t wal_dev; /* its -wal, open for as long as the connection is (ino 0: not seen yet) */
     ino_t wal_ino;
+    dev_t shm_dev; /* its -shm, the same (ino 0: not seen yet) */
+    ino_t shm_ino;
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -317,19 +321,32 @@ static gs_err sq_write_error(const char *path, const char *why, const char *also
         path, (unsigned)geteuid(), why, also[0] ? "; " : "", also);
 }
 
-/* The -wal this connection opened (a WAL database opens it at the first
- * read and keeps it until it closes): sq_check_location compares the
- * file at its path with it. Not there yet (a connection that has not read
- * yet): noted at the next check. */
+/* The -wal and -shm this connection opened (a WAL database opens both at
+ * the first read and keeps them until it closes): sq_check_location
+ * compares the files at their paths with them. Not there yet (a
+ * connection that has not read yet): noted at the next check. The -shm's
+ * name is the database's with "-shm" (SQLite's unix VFS; SQLite has no
+ * call that gives it). */
+/* path + "-shm" into buf: 0, or -1 when it does not fit. */
+static int shm_path(const char *path, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%s-shm", path);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
 static void note_wal(gs_store *st)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
     const char *wal = path != NULL && *path != '\0' ? sqlite3_filename_wal(path) : NULL;
-    struct stat sb;
+    char shm[PATH_MAX + 8];
+    struct stat sb, sh;
 
-    if (wal != NULL && *wal != '\0' && stat(wal, &sb) == 0 && S_ISREG(sb.st_mode)) {
+    if (wal != NULL && *wal != '\0' && shm_path(path, shm, sizeof(shm)) == 0 && stat(wal, &sb) == 0 &&
+        S_ISREG(sb.st_mode) && stat(shm, &sh) == 0 && S_ISREG(sh.st_mode)) {
         SQ(st)->wal_dev = sb.st_dev;
         SQ(st)->wal_ino = sb.st_ino;
+        SQ(st)->shm_dev = sh.st_dev;
+        SQ(st)->shm_ino = sh.st_ino;
     }
 }
 
@@ -525,6 +542,21 @@ static gs_err sq_check_location(gs_store *st)
                           wal, strerror(errno));
     if (sb.st_dev != SQ(st)->wal_dev || sb.st_ino != SQ(st)->wal_ino)
         return gs_err_set(GS_ERR_DB, "%s is another file than the write-ahead log open here (replaced)", wal);
+    /* The -shm alone deleted (a clean-up of "shared memory" files): the
+     * next process to open the database makes a new one and, seeing no
+     * other user in it, writes the -wal as if alone; this connection's
+     * next commit overwrites what that process committed. `member add`
+     * exited 0 and its member was gone, 200 here throughout. */
+    char shm[PATH_MAX + 8];
+    if (shm_path(path, shm, sizeof(shm)) != 0)
+        return GS_OK; /* not reached: note_wal noted nothing then */
+    if (stat(shm, &sb) != 0)
+        return gs_err_set(GS_ERR_DB,
+                          "the database's shared-memory index open here is no longer at %s (%s): another process "
+                          "would write the write-ahead log over this one's changes",
+                          shm, strerror(errno));
+    if (sb.st_dev != SQ(st)->shm_dev || sb.st_ino != SQ(st)->shm_ino)
+        return gs_err_set(GS_ERR_DB, "%s is another file than the shared-memory index open here (replaced)", shm);
     return GS_OK;
 }
 

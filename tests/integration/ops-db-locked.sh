@@ -9,7 +9,9 @@
 #     exits 1 "database is locked" and leaves nothing behind (no
 #     certificate files, no token objects, no secret key rotation);
 #   - once the lock is gone both work again, no restart, and the database
-#     passes PRAGMA integrity_check.
+#     passes PRAGMA integrity_check;
+#   - the database, its -wal or its -shm moved, replaced or deleted under
+#     the running server: /healthz 503 and a log line to restart.
 set -euo pipefail
 BIN=$1 SRC=$2
 SRV_MEMBERS="alice bob"
@@ -104,4 +106,18 @@ grep -q prewal@ "$work/members" && grep -q postwal@ "$work/members" ||
 start_server
 expect_healthz 200 "" "healthz once restarted"
 ok "a deleted -wal: healthz 503 and a log line until the restart, which keeps its changes"
+
+# Its -shm alone deleted (a clean-up of "shared memory" files): the next
+# admin command makes a new one, writes the -wal as if no server were
+# there, and the server's next commit overwrites it (a member added with
+# exit 0 was gone). /healthz fails the same way, and the log names it.
+[ -f "$work/groupsrv.db-shm" ] || fail "no -shm beside the database"
+lines0=$(wc -l < "$work/server.log")
+rm "$work/groupsrv.db-shm"
+expect_healthz 503 store_unavailable "healthz, -shm deleted"
+[ "$(json_get "$work/body" database)" = "not the file at its path (moved or replaced)" ] ||
+  fail "healthz, -shm deleted: $(cat "$work/body")"
+tail -n +"$((lines0 + 1))" "$work/server.log" | grep 'the database is not at its path any more: restart the server' |
+  grep -q "shared-memory index" || fail "no log line for the deleted -shm"
+ok "a deleted -shm: healthz 503 and a log line"
 stop_server
