@@ -477,9 +477,15 @@ void gs_config_free(struct gs_config *cfg)
 {
     if (cfg == NULL)
         return;
+    /* Wiped first: [db] url may carry the role's password, and SIGHUP
+     * loads the edited file only to say whether a restart would start. */
     for (size_t i = 0; i < GS_ARRAY_LEN(keys); i++) {
-        if (keys[i].type == K_STR || keys[i].type == K_ENUM)
-            free(*(char **)(void *)((char *)cfg + keys[i].offset));
+        if (keys[i].type == K_STR || keys[i].type == K_ENUM) {
+            char *v = *(char **)(void *)((char *)cfg + keys[i].offset);
+            if (v != NULL)
+                OPENSSL_cleanse(v, strlen(v));
+            free(v);
+        }
     }
     free(cfg->path);
     if (cfg->text != NULL) {

@@ -1,11 +1,13 @@
 /* Unit tests for groupsrv/config.c: defaults, every section, and the
  * one-line errors naming key and line. */
+#define _GNU_SOURCE /* memmem */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,20 @@
 #include "inifile.h"
 
 #define MIN_HSM "[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = env:PIN\n"
+
+/* free() of this program (linked with --wrap=free): counts the blocks
+ * freed that still hold free_watch, a secret that should have been wiped
+ * first. */
+void __real_free(void *p);
+void __wrap_free(void *p);
+static const char *free_watch;
+static unsigned free_saw;
+void __wrap_free(void *p)
+{
+    if (p != NULL && free_watch != NULL && memmem(p, malloc_usable_size(p), free_watch, strlen(free_watch)) != NULL)
+        free_saw++;
+    __real_free(p);
+}
 
 static struct gs_config *load_ok(const char *text)
 {
@@ -245,6 +261,25 @@ static void test_store_choice(void **state)
                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "'instance'");
 }
 
+/* A [db] url may carry the role's password: the copies a load makes are
+ * wiped when freed, whether the file loaded (serve's configuration) or
+ * failed on a later line (the edited file that SIGHUP loads to say a
+ * restart would not start). */
+static void test_url_password_wiped(void **state)
+{
+    (void)state;
+    struct gs_config *c = NULL;
+    free_watch = "Pw0rdSecret";
+    free_saw = 0;
+    c = load_ok(MIN_HSM "[db]\nurl = postgresql://gs:Pw0rdSecret@db.example.org/groupsrv\n");
+    gs_config_free(c);
+    assert_int_equal(free_saw, 0);
+    expect_error(MIN_HSM "[db]\nurl = postgresql://gs:Pw0rdSecret@db.example.org/groupsrv\n[server\n",
+                 "syntax error");
+    assert_int_equal(free_saw, 0);
+    free_watch = NULL;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_init_args),
         cmocka_unit_test(test_file_and_path),
         cmocka_unit_test(test_store_choice),
+        cmocka_unit_test(test_url_password_wiped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
