@@ -639,15 +639,19 @@ static gs_err connect_session(gs_store *st)
      * DATABASE ... SET lock_timeout). A statement that runs longer than
      * [db] timeout is cancelled by the server (statement_timeout, likewise
      * only where unset), before the client gives up on the connection. */
-    /* Last, this backend's start (microseconds: no DateStyle or time
-     * zone in it), which tells it from a later backend given its pid. */
+    /* Last, this backend's pid and start (microseconds: no DateStyle or
+     * time zone in it), which tells it from a later backend given its
+     * pid. The pid as the backend says, not libpq's PQbackendPID: behind
+     * a pooler (PgBouncer, docs/scale-out.md's session pooling) that is
+     * the pooler's own cancel key, no PostgreSQL process, and the backend
+     * left with a write was never found, so never ended. */
     char setup[560];
     (void)snprintf(setup, sizeof(setup),
                    "SET synchronous_commit = on; %s"
                    "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
                    "SELECT set_config('statement_timeout', '%us', false) "
                    "WHERE current_setting('statement_timeout') = '0'; "
-                   "SELECT " BACKEND_START_US " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                   "SELECT pid, " BACKEND_START_US " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
                    st->readonly ? "SET default_transaction_read_only = on; " : "", gs_store_timeout());
     PGresult *res = pg_exec(st, setup);
     PG(st)->writing = false;
@@ -656,8 +660,9 @@ static gs_err connect_session(gs_store *st)
         PQclear(res);
         return err;
     }
-    PG(st)->backend_pid = PQbackendPID(PG(st)->conn);
-    PG(st)->backend_start_us = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+    bool told = PQntuples(res) == 1 && PQnfields(res) == 2 && !PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1);
+    PG(st)->backend_pid = told ? (int)strtol(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+    PG(st)->backend_start_us = told ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
     if (PG(st)->backend_start_us == 0)
         PG(st)->backend_pid = 0; /* not told apart from a later backend with its pid: never ended */
     PQclear(res);

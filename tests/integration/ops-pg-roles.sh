@@ -31,9 +31,10 @@ set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-pg-roles.XXXXXX")
-srv_pid=
+srv_pid= pooler_pid=
 cleanup() {
   if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
+  if [ -n "$pooler_pid" ]; then kill "$pooler_pid" 2>/dev/null || true; wait "$pooler_pid" 2>/dev/null || true; fi
   pg_cleanup
   rm -rf "$work"
 }
@@ -259,6 +260,61 @@ wait "$srv_pid" || { srv_pid=; fail "serve exited non-zero at SIGTERM"; }
 srv_pid=
 grep -E 'level=(error|warn)' "$work/serve.log" | grep -v 'read-only\|terminating connection\|connection lost\|database unavailable\|not durable\|audit insert failed\|msg="store busy" op=group ' &&
   fail "serve logged errors or warnings as the server role"
+# ---- behind a pooler, synchronous standbys down ---------------------------
+# docs/scale-out.md allows a pooler in session mode (PgBouncer, pgpool-II).
+# Such a pooler tells its clients a process id of its own making (it
+# answers cancel requests itself), so libpq's PQbackendPID is no backend.
+# With every synchronous standby down an audit insert's COMMIT waits past
+# [db] timeout, and the server ends its own backend (as the server role:
+# pg_terminate_backend of the role's own session) before the lookup. The
+# backend was looked for under the pooler's pid: never found, so never
+# ended; the lookup missed the row, the unwrap got 503, and its record
+# committed once a standby was back. Here the stand-in pooler
+# (tests/lib/pgpooler.py) replaces the backend's pid as PgBouncer does.
+mkdir -m 700 "$work/pooler"
+python3 "$SRC/tests/lib/pgpooler.py" "$work/pooler" 6432 "$PG_SOCK" 5432 & pooler_pid=$!
+for i in $(seq 1 100); do [ -S "$work/pooler/.s.PGSQL.6432" ] && break; sleep 0.05; done
+[ -S "$work/pooler/.s.PGSQL.6432" ] || fail "the stand-in pooler did not start"
+pgsrv_conf "$work/pooler.conf" "postgresql:///groupsrv?host=$work/pooler&port=6432&user=groupsrv_server"
+sed -i 's/^\[audit\]$/timeout = 1\n&/' "$work/pooler.conf" # [db] timeout: each stall 2 s
+mark=$(wc -l < "$work/serve.log")
+pgsrv_start "$work/pooler.conf"
+expect 200 "unwrap through the stand-in pooler" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+standby() { # NAME|RESET
+  if [ "$1" = RESET ]; then
+    pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
+  else
+    pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" >/dev/null
+  fi
+  pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+}
+standby gs_ghost_standby
+for i in $(seq 1 100); do
+  [ "$(pg_psql groupsrv -At -c "SHOW synchronous_standby_names")" = gs_ghost_standby ] && break
+  sleep 0.05
+done
+s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
+cp "$work/body" "$work/sync.body"
+standby RESET
+for i in $(seq 1 100); do # the waits the reset releases have ended
+  [ "$(pg_psql groupsrv -At -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
+  sleep 0.05
+done
+[ -n "$rid" ] || fail "behind the pooler: no X-Request-Id: $(cat "$work/hdr")"
+n=$(pg_psql groupsrv -At -c "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")
+[ "$s" = 200 ] && [ "$n" = 1 ] ||
+  fail "behind the pooler, synchronous standby down: unwrap $rid answered $s ($(cat "$work/sync.body")), $n records in the table"
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'session left waiting for a synchronous standby ended' ||
+  fail "behind the pooler: the server did not end its backend waiting for the standby"
+ok "behind a pooler, synchronous standby down: the server role ended its own waiting backend, unwrap 200 with its record"
+kill -TERM "$srv_pid"
+wait "$srv_pid" || { srv_pid=; fail "serve behind the pooler exited non-zero at SIGTERM"; }
+srv_pid=
+kill "$pooler_pid" 2>/dev/null || true
+wait "$pooler_pid" 2>/dev/null || true
+pooler_pid=
+
 out=$(srv audit verify 2>&1) || fail "audit verify as the server role: $out"
 grep -q '^instance gs-a: ok: ' <<<"$out" || fail "audit verify: $out"
 ok "audit verify as the server role: $(tail -n 1 <<<"$out")"
