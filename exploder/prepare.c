@@ -291,14 +291,39 @@ static bool is_pkcs7_mime(const char *hdrs, size_t len)
     return yes;
 }
 
+/* Where the base64 of an S/MIME body ends for the S/MIME reader: at the
+ * first line whose first character other than white space is '-' (a
+ * signature's "-- ", say), where OpenSSL's decoder stops, or at the end. */
+static size_t base64_text_end(const char *body, size_t blen)
+{
+    size_t i = 0;
+
+    while (i < blen) {
+        size_t j = i;
+        const char *lf;
+        while (j < blen && (body[j] == ' ' || body[j] == '\t'))
+            j++;
+        if (j < blen && body[j] == '-')
+            return i;
+        if ((lf = memchr(body + i, '\n', blen - i)) == NULL)
+            break;
+        i = (size_t)(lf - body) + 1;
+    }
+    return blen;
+}
+
 /* Is the top-level entity S/MIME whose body is base64 text (what a
- * forward copy may send in shorter lines: the same bytes decoded)? */
-static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, size_t blen)
+ * forward copy may send in shorter lines: the same bytes decoded)? Text
+ * the reader stops at may follow it (*b64len: where it starts), in lines
+ * a relay takes: it goes as it came. */
+static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, size_t blen, size_t *b64len)
 {
     char *cte;
     bool b64;
 
-    if (!is_pkcs7_mime(hdrs, hlen) || !mail_is_base64_text(body, blen))
+    *b64len = base64_text_end(body, blen);
+    if (!is_pkcs7_mime(hdrs, hlen) || !mail_is_base64_text(body, *b64len) ||
+        mail_longest_line(body + *b64len, blen - *b64len) > MAIL_MAX_LINE)
         return false;
     /* "base64" as the S/MIME reader takes it (envelope's mime_type_is):
      * alone, or before a ';' or white space (an RFC 2045 comment) */
@@ -382,7 +407,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
                         const char **why, bool *unmet, bool older_ok)
 {
     xp_older older;
-    size_t hdr_end, body_start, idx;
+    size_t hdr_end, body_start, idx, b64len;
     const char *body;
     bool crlf, plain;
     xp_err rc;
@@ -424,7 +449,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
      * body anew in short lines. */
     body = (const char *)data + body_start;
     if (l->mode == XP_MODE_FORWARD && mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
-        !is_smime_base64(data, hdr_end, body, len - body_start)) {
+        !is_smime_base64(data, hdr_end, body, len - body_start, &b64len)) {
         if (why != NULL)
             *why = "its body has a line longer than 998 octets (RFC 5322 2.1.1), which mail relays refuse: "
                    "send it with a Content-Transfer-Encoding that keeps lines short (quoted-printable or "
@@ -693,7 +718,7 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     unsigned char *data = NULL;
     char *hdrs = NULL;
     const char *body;
-    size_t len = 0, hdr_end, body_start, hlen = 0;
+    size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0;
     bool crlf, rewrap;
     xp_err rc;
 
@@ -714,10 +739,11 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
      * S/MIME body of base64 with a line over 998 octets in lines of 76 */
     body = (const char *)data + body_start;
     rewrap = mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
-             is_smime_base64((const char *)data, hdr_end, body, len - body_start);
+             is_smime_base64((const char *)data, hdr_end, body, len - body_start, &b64len);
     if (fwrite(hdrs, 1, hlen, out) != hlen ||
         (rewrap ? fwrite(data + hdr_end, 1, body_start - hdr_end, out) != body_start - hdr_end ||
-                      !write_base64_lines(out, data + body_start, len - body_start, crlf ? "\r\n" : "\n")
+                      !write_base64_lines(out, data + body_start, b64len, crlf ? "\r\n" : "\n") ||
+                      fwrite(body + b64len, 1, len - body_start - b64len, out) != len - body_start - b64len
                 : fwrite(data + hdr_end, 1, len - hdr_end, out) != len - hdr_end)) {
         snprintf(why, whysz, "cannot write prepared message");
         rc = XP_ERR_IO;

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/cms.h>
+#include <openssl/rsa.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
@@ -880,6 +882,189 @@ static void test_rest_answer_cap(void **state)
     assert_int_equal(o.max_response, 0);
 }
 
+/* Copies the whole of what p (n octets) holds into a new file under dir. */
+static void write_file(const char *path, const char *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(p, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* The plaintext of mail as the S/MIME reader takes it (NULL: unreadable),
+ * decrypted with pkey; *len its length. */
+static char *reader_plaintext(const char *mail, size_t n, X509 *cert, EVP_PKEY *pkey, size_t *len)
+{
+    BIO *in = BIO_new_mem_buf(mail, (int)n), *out = BIO_new(BIO_s_mem());
+    env_message *msg = NULL;
+    char *p = NULL, *copy = NULL;
+    long got;
+
+    assert_non_null(in);
+    assert_non_null(out);
+    if (env_message_read(in, ENV_FORMAT_SMIME, 0, &msg) == ENV_OK &&
+        env_message_decrypt_with_pkey(msg, cert, pkey, out) == ENV_OK) {
+        got = BIO_get_mem_data(out, &p);
+        copy = malloc((size_t)got + 1);
+        assert_non_null(copy);
+        memcpy(copy, p, (size_t)got);
+        *len = (size_t)got;
+    }
+    env_message_free(msg);
+    BIO_free(in);
+    BIO_free(out);
+    return copy;
+}
+
+/* A forward list's post in base64 without line breaks with text after
+ * the base64 that the S/MIME reader stops at (a signature's "-- ", as a
+ * script appending one writes it): the reader takes the same CMS, so
+ * deliver takes it too (it said "a line longer than 998 octets ... send it
+ * in base64"), and the copy has the base64 in lines of 76, that text as it
+ * came, and reads as the post. Text the reader stops at with a line over
+ * 998 octets in it is still refused for that. */
+static void test_forward_base64_then_signature(void **state)
+{
+    static const struct {
+        const char *tail; /* after the base64's line; '\n' is the mail's line end */
+        bool takes;
+    } cases[] = {
+        {"", true},
+        {"-- \nJohn\n", true},
+        {"\n-- \nJohn Doe, ACME Inc.\n", true},
+        {"--\n", true},
+        {" \n\t\n-- \nx\n", true},
+        {"-- \n", true},
+        {"-- \nL", false}, /* L: a line of 1500 octets */
+    };
+    EVP_PKEY *k = EVP_RSA_gen(2048); /* what env_message_decrypt_with_pkey decrypts */
+    X509 *x = X509_new();
+    STACK_OF(X509) *to = sk_X509_new_null();
+    unsigned char plain[1100], *der = NULL;
+    char *b64, *dir = tmpdir(), path[600], outpath[600];
+    BIO *pb;
+    CMS_ContentInfo *cms;
+    int derlen;
+    xp_conf c;
+    xp_list l;
+    (void)state;
+
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_non_null(to);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"group", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    assert_true(sk_X509_push(to, x) > 0);
+    for (size_t i = 0; i < sizeof(plain); i++)
+        plain[i] = (unsigned char)('a' + i % 26);
+    pb = BIO_new_mem_buf(plain, (int)sizeof(plain));
+    assert_non_null(pb);
+    cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
+    assert_non_null(cms);
+    derlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(derlen > 800); /* its base64 in one line is over 998 octets */
+    b64 = malloc((size_t)derlen / 3 * 4 + 8);
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
+    l.require_encrypted = false; /* no group certificate: deliver's check ends at the long line */
+    snprintf(path, sizeof(path), "%s/post", dir);
+    snprintf(outpath, sizeof(outpath), "%s/copy", dir);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (int crlf = 0; crlf < 2; crlf++) {
+            const char *eol = crlf ? "\r\n" : "\n";
+            char *mail = malloc(16384), *tail = malloc(4096), *copy, *pt, *cpt, *sig;
+            size_t n = 0, tn = 0, clen = 0, ptlen = 0, cptlen = 0, sn;
+            const char *why = NULL;
+            char pwhy[300];
+            xp_prepared prep;
+            FILE *out;
+            xp_err xe;
+
+            assert_non_null(mail);
+            assert_non_null(tail);
+            for (const char *t = cases[i].tail; *t; t++) {
+                if (*t == '\n') {
+                    memcpy(tail + tn, eol, strlen(eol));
+                    tn += strlen(eol);
+                } else if (*t == 'L') {
+                    memset(tail + tn, 'x', 1500);
+                    tn += 1500;
+                    memcpy(tail + tn, eol, strlen(eol));
+                    tn += strlen(eol);
+                } else {
+                    tail[tn++] = *t;
+                }
+            }
+            n = (size_t)snprintf(mail, 16384,
+                                 "From: alice@example.org%sSubject: sig%sMIME-Version: 1.0%s"
+                                 "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m%s"
+                                 "Content-Transfer-Encoding: base64%s%s%s%s",
+                                 eol, eol, eol, eol, eol, eol, b64, eol);
+            assert_true(n + tn < 16384);
+            memcpy(mail + n, tail, tn);
+            n += tn;
+            /* the reader takes every one of them */
+            pt = reader_plaintext(mail, n, x, k, &ptlen);
+            assert_non_null(pt);
+            assert_int_equal(ptlen, sizeof(plain));
+            xe = xp_check_message(&c, &l, mail, n, NULL, &why, NULL, false);
+            if ((xe == XP_OK) != cases[i].takes)
+                fprintf(stderr, "case %zu (%s): deliver %s (%s), want %s\n", i, crlf ? "CRLF" : "LF",
+                        xe == XP_OK ? "takes it" : "refuses", why != NULL ? why : "-",
+                        cases[i].takes ? "taken" : "refused");
+            assert_int_equal(xe == XP_OK, cases[i].takes);
+            if (!cases[i].takes) {
+                assert_non_null(strstr(why, "longer than 998 octets"));
+                free(pt);
+                free(mail);
+                free(tail);
+                continue;
+            }
+            write_file(path, mail, n);
+            out = fopen(outpath, "wb");
+            assert_non_null(out);
+            assert_int_equal(xp_prepare(&c, &l, path, out, &prep, pwhy, sizeof(pwhy)), XP_OK);
+            xp_prepared_clear(&prep);
+            assert_int_equal(fclose(out), 0);
+            assert_int_equal(util_read_file(outpath, 1 << 20, (unsigned char **)&copy, &clen), UTIL_OK);
+            assert_true(mail_longest_line(copy, clen) <= MAIL_MAX_LINE);
+            /* from the line of the '-' on, the text after the base64 as it came */
+            sig = memchr(tail, '-', tn);
+            sn = sig != NULL ? tn - (size_t)(sig - tail) : 0;
+            assert_true(clen >= sn && (sn == 0 || memcmp(copy + clen - sn, sig, sn) == 0));
+            assert_true(sn == 0 || memcmp(copy + clen - sn - strlen(eol), eol, strlen(eol)) == 0);
+            cpt = reader_plaintext(copy, clen, x, k, &cptlen);
+            assert_non_null(cpt);
+            assert_int_equal(cptlen, ptlen);
+            assert_memory_equal(cpt, pt, ptlen);
+            free(cpt);
+            free(copy);
+            free(pt);
+            free(mail);
+            free(tail);
+        }
+    }
+    free(b64);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(pb);
+    sk_X509_free(to);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -889,7 +1074,8 @@ int main(void)
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
-        cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader), cmocka_unit_test(test_cert_names_address),
+        cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader),
+        cmocka_unit_test(test_forward_base64_then_signature), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
