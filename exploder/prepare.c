@@ -291,6 +291,18 @@ static bool is_pkcs7_mime(const char *hdrs, size_t len)
     return yes;
 }
 
+/* Is the Content-Transfer-Encoding "base64" as the S/MIME reader takes it
+ * (envelope's mime_type_is): alone, or before a ';' or white space (an
+ * RFC 2045 comment)? */
+static bool cte_is_base64(const char *hdrs, size_t hlen)
+{
+    char *cte = mail_header_get(hdrs, hlen, "Content-Transfer-Encoding");
+    bool b64 = cte != NULL && strncasecmp(cte, "base64", 6) == 0 &&
+               (cte[6] == '\0' || cte[6] == ';' || cte[6] == ' ' || cte[6] == '\t');
+    free(cte);
+    return b64;
+}
+
 /* Where the base64 of an S/MIME body ends for the S/MIME reader: at the
  * first line whose first character other than white space is '-' (a
  * signature's "-- ", say), where OpenSSL's decoder stops, or at the end. */
@@ -318,20 +330,9 @@ static size_t base64_text_end(const char *body, size_t blen)
  * a relay takes: it goes as it came. */
 static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, size_t blen, size_t *b64len)
 {
-    char *cte;
-    bool b64;
-
     *b64len = base64_text_end(body, blen);
-    if (!is_pkcs7_mime(hdrs, hlen) || !mail_is_base64_text(body, *b64len) ||
-        mail_longest_line(body + *b64len, blen - *b64len) > MAIL_MAX_LINE)
-        return false;
-    /* "base64" as the S/MIME reader takes it (envelope's mime_type_is):
-     * alone, or before a ';' or white space (an RFC 2045 comment) */
-    cte = mail_header_get(hdrs, hlen, "Content-Transfer-Encoding");
-    b64 = cte != NULL && strncasecmp(cte, "base64", 6) == 0 &&
-          (cte[6] == '\0' || cte[6] == ';' || cte[6] == ' ' || cte[6] == '\t');
-    free(cte);
-    return b64;
+    return is_pkcs7_mime(hdrs, hlen) && mail_is_base64_text(body, *b64len) &&
+           mail_longest_line(body + *b64len, blen - *b64len) <= MAIL_MAX_LINE && cte_is_base64(hdrs, hlen);
 }
 
 /* Why a message that is not S/MIME at the top is refused (77): plain
@@ -454,7 +455,16 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = "its body has a line longer than 998 octets (RFC 5322 2.1.1), which mail relays refuse: "
                    "send it with a Content-Transfer-Encoding that keeps lines short (quoted-printable or "
                    "base64)";
-        return XP_ERR_FORMAT;
+        /* S/MIME that is in base64 already, with text in it the reader
+         * cannot take (a footer added inside the part): the reader's
+         * reason, as groupmail gives it, not "send it in base64" */
+        if (!plain && cte_is_base64(data, hdr_end) && (in = BIO_new_mem_buf(data, (int)len)) != NULL) {
+            e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size, &msg);
+            if (e != ENV_OK && env_to_xp(e) == XP_ERR_FORMAT && why != NULL)
+                *why = unreadable_why(e);
+        }
+        rc = XP_ERR_FORMAT;
+        goto out;
     }
     if (plain)
         return XP_OK;
