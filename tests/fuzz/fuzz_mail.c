@@ -190,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *buf = (const char *)data;
     size_t hdr_end, body_start;
     bool crlf;
-    const char *kt = NULL;
+    const char *kt = NULL, *why = NULL;
     xp_err rc;
 
     if (size > c.max_message_size)
@@ -210,12 +210,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc = xp_check_message(&c, &l, data, size, NULL, NULL, NULL, false);
     FUZZ_CHECK(rc != XP_OK || size > 0);
     l.require_encrypted = true;
-    rc = xp_check_message(&c, &l, data, size, &kt, NULL, NULL, false);
+    rc = xp_check_message(&c, &l, data, size, &kt, &why, NULL, false);
     /* a key transport is named only for a message the list takes */
     FUZZ_CHECK(kt == NULL || (rc == XP_OK && kt[0] != '\0'));
     /* ... but never for a forward list, which no group server reads for */
     FUZZ_CHECK(xp_check_message(&c, &l, data, size, NULL, NULL, NULL, true) == rc);
     l.mode = XP_MODE_GROUP_SECRET;
+    /* the same, but for a body line over 998 octets that forward mode
+     * would send as it came (a re-encrypting mode writes the body anew) */
+    if (rc != XP_OK && why != NULL && strstr(why, "longer than 998 octets") != NULL)
+        rc = xp_check_message(&c, &l, data, size, NULL, NULL, NULL, false);
     FUZZ_CHECK(xp_check_message(&c, &l, data, size, NULL, NULL, NULL, false) == rc);
     /* a message perhaps for a version the list never met (deliver, once
      * the list knows the current one) only widens what a re-wrapping
