@@ -7,7 +7,9 @@
 #    copy and every batch; each such post its own; a post's own is kept,
 #    an empty one replaced;
 #  - forward mode: an S/MIME body of base64 without line breaks goes out
-#    in lines of 76 (the same CMS), so the relay takes every copy; a plain
+#    in lines of 76 (the same CMS), so the relay takes every copy, with
+#    a signature after it ("-- ") as it came; a footer inside it is
+#    refused for the footer, as groupmail names it; a plain
 #    post with a body line over 998 octets is refused at deliver (65,
 #    5.6.0, saying why), nothing spooled; on a list that takes only
 #    encrypted mail it is refused for that (77), not for its long line.
@@ -91,6 +93,29 @@ xp deliver --list $L --sender alice@example.org <"$W/oneline-comment.eml" 2>"$W/
   fail "deliver refused a base64 body without line breaks whose encoding has a comment: $(cat "$W/deliver.err")"
 xp_drain
 xp_spool_empty
+# a signature after it ("-- ", where S/MIME readers stop): re-wrapped, the
+# signature kept as it came, not refused as a long line
+rm -rf "$W/smtp/new" && mkdir -p "$W/smtp/new"
+{ sed 's/^Subject: one line$/Subject: one line signed/' "$W/oneline.eml"; printf -- '-- \nAlice, by cron\n'; } >"$W/oneline-sig.eml"
+xp deliver --list $L --sender alice@example.org <"$W/oneline-sig.eml" 2>"$W/deliver.err" ||
+  fail "deliver refused a base64 body without line breaks and a signature: $(cat "$W/deliver.err")"
+xp_drain
+for c in $({ grep -l '^Subject: one line signed$' $(copies) || true; }); do
+  [ "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' "$c")" -le 998 ] || fail "a line over 998 in $c"
+  tail -2 "$c" | tr -d '\r' | diff -q - <(printf -- '-- \nAlice, by cron\n') >/dev/null || fail "the signature did not reach $c as it came"
+  openssl cms -decrypt -recip "$W/group.pem" -inkey "$W/group.key" -in "$c" | grep -q 'secret body for one long line' ||
+    fail "the re-wrapped copy with a signature does not decrypt with the group key"
+  signed=$((${signed:-0} + 1))
+done
+[ "${signed:-0}" = 2 ] || fail "the relay took ${signed:-0} of 2 transactions of a base64 body without line breaks and a signature"
+xp_spool_empty
+# a footer added inside the base64: refused for the footer, as groupmail
+# says it, not "send it in base64"
+{ cat "$W/oneline.eml"; printf '\nThis email was scanned.\n'; } >"$W/oneline-footer.eml"
+rc=0
+xp deliver --list $L --sender alice@example.org <"$W/oneline-footer.eml" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 65 ] && grep -q "^5\.6\.0 $L: .*its S/MIME part holds text that is not base64" "$W/deliver.err" ||
+  fail "a footer inside a base64 body without line breaks: exit $rc, $(cat "$W/deliver.err")"
 long=$(head -c 1500 /dev/zero | tr '\0' x)
 printf 'From: alice@example.org\nTo: %s\nSubject: plain long\n\nshort\n%s\n' $L "$long" >"$W/plainlong.eml"
 rc=0
