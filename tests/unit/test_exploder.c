@@ -1011,11 +1011,12 @@ static void test_forward_base64_then_signature(void **state)
                     tail[tn++] = *t;
                 }
             }
-            n = (size_t)snprintf(mail, 16384,
-                                 "From: alice@example.org%sSubject: sig%sMIME-Version: 1.0%s"
-                                 "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m%s"
-                                 "Content-Transfer-Encoding: base64%s%s%s%s",
-                                 eol, eol, eol, eol, eol, eol, b64, eol);
+            n = (size_t)snprintf(
+                mail, 16384,
+                "From: alice@example.org%sSubject: sig%sMIME-Version: 1.0%s"
+                "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m%s"
+                "Content-Transfer-Encoding: base64%s%s%s%s",
+                eol, eol, eol, eol, eol, eol, b64, eol);
             assert_true(n + tn < 16384);
             memcpy(mail + n, tail, tn);
             n += tn;
@@ -1031,8 +1032,8 @@ static void test_forward_base64_then_signature(void **state)
             assert_int_equal(xe == XP_OK, cases[i].takes);
             if (!cases[i].takes) {
                 if (strstr(why, cases[i].why) == NULL)
-                    fprintf(stderr, "case %zu (%s): deliver says \"%s\", want \"%s\"\n", i, crlf ? "CRLF" : "LF", why,
-                            cases[i].why);
+                    fprintf(stderr, "case %zu (%s): deliver says \"%s\", want \"%s\"\n", i,
+                            crlf ? "CRLF" : "LF", why, cases[i].why);
                 assert_non_null(strstr(why, cases[i].why));
                 free(pt);
                 free(mail);
