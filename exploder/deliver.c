@@ -69,6 +69,25 @@ static bool list_base_address(const char *addr, char *base, size_t basesz)
     return true;
 }
 
+/* Is addr (an addr-spec mail_addr_spec took, or "") a member of l? An
+ * SMTPUTF8 poster's alice@b\xc3\xbccher.example is the member stored as
+ * alice@xn--bcher-kva.example: the domain is compared in its A-label form
+ * (mail_addr_intl), the local part as it is. */
+static bool is_member(spool *s, const xp_list *l, const char *addr)
+{
+    char key[MAIL_MAX_ADDR + 1], q[128], qw[256];
+    const char *why = NULL;
+
+    if (addr[0] == '\0')
+        return false;
+    if (mail_addr_intl(addr, key, sizeof(key), &why) != XP_OK) {
+        log_info("address not compared with the members list=%s address=\"%s\" reason=\"%s\"", l->address,
+                 log_quote(q, sizeof(q), addr), log_quote(qw, sizeof(qw), why != NULL ? why : "not an address"));
+        return false;
+    }
+    return spool_member_is(s, l->id, key);
+}
+
 /* The one line the MTA gets on standard error, and puts into its bounce
  * (Postfix pipe(8) takes a leading RFC 3463 status code as the DSN status):
  * "STATUS text", plain, printable, nothing from the log. */
@@ -191,10 +210,12 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
     if (sender_arg != NULL) {
         /* The MTA's null sender may come as "", "<>" or MAILER-DAEMON: all
          * mean "do not bounce to anyone". Never refuse mail over it. */
+        const char *sw = NULL;
+        char qw[256];
         if (*sender_arg != '\0' && strcmp(sender_arg, "<>") != 0 &&
-            mail_addr_spec(sender_arg, sender, sizeof(sender)) != XP_OK) {
-            log_info("envelope sender is not an address, treated as null sender=\"%s\"",
-                     log_quote(q, sizeof(q), sender_arg));
+            mail_addr_spec_why(sender_arg, sender, sizeof(sender), &sw) != XP_OK) {
+            log_info("envelope sender is not an address, treated as null sender=\"%s\" reason=\"%s\"",
+                     log_quote(q, sizeof(q), sender_arg), log_quote(qw, sizeof(qw), sw != NULL ? sw : "not an address"));
             sender[0] = '\0';
         }
     } else if ((v = mail_header_get((const char *)data, hdr_end, "Return-Path")) != NULL) {
@@ -216,8 +237,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         free(v);
         v = NULL;
     }
-    if (l->members_only && !(from[0] != '\0' && spool_member_is(s, l->id, from)) &&
-        !(sender[0] != '\0' && spool_member_is(s, l->id, sender))) {
+    if (l->members_only && !is_member(s, l, from) && !is_member(s, l, sender)) {
         log_warn("refused: sender not a member list=%s from=\"%s\"", l->address,
                  log_quote(q, sizeof(q), from));
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);

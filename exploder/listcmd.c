@@ -175,8 +175,15 @@ static int collect_members(int argc, char **argv, bool add, char ***out, size_t 
              * stays removable */
             const char *why = mailaddr_refusal(a, add);
             if (why != NULL) {
-                char q[96];
-                fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a), why);
+                char q[96], key[MAIL_MAX_ADDR + 1];
+                const char *kw = NULL;
+                /* an IDN domain: the A-label form the list takes, spelt out */
+                if (add && mail_addr_intl(a, key, sizeof(key), &kw) == XP_OK && strcmp(key, a) != 0 &&
+                    mailaddr_problem(key) == NULL)
+                    fprintf(stderr, "exploder: not an address: %s: %s; write it %s\n", log_quote(q, sizeof(q), a),
+                            why, key);
+                else
+                    fprintf(stderr, "exploder: not an address: %s: %s\n", log_quote(q, sizeof(q), a), why);
                 goto out;
             }
             if (cnt == cap) {

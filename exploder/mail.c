@@ -4,6 +4,8 @@
 #include "mailfold.h"
 
 #include <ctype.h>
+#include <idn2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,11 +205,168 @@ bool mail_is_base64_text(const char *p, size_t n)
  * server would refuse could never get a member-certs copy. */
 bool mail_addr_valid(const char *s) { return mailaddr_problem(s) == NULL; }
 
-xp_err mail_addr_spec(const char *value, char *out, size_t outsz)
+/* Octets of the well-formed UTF-8 sequence at p[0, avail) for a scalar
+ * value from U+00A0 up (no C1 control, no surrogate, no overlong form),
+ * 0 when there is none. */
+static size_t utf8_non_ascii(const unsigned char *p, size_t avail)
 {
-    const char *b, *e;
+    uint32_t cp;
     size_t n;
 
+    if (p[0] >= 0xc2 && p[0] <= 0xdf)
+        n = 2, cp = p[0] & 0x1fu;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef)
+        n = 3, cp = p[0] & 0x0fu;
+    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+        n = 4, cp = p[0] & 0x07u;
+    else
+        return 0;
+    if (n > avail)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3fu);
+    }
+    if ((n == 2 && cp < 0xa0) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+static bool mail_addr_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return false;
+    return true;
+}
+
+bool mail_addr_local_ascii(const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    size_t n = at != NULL ? (size_t)(at - addr) : strlen(addr);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)addr[i] >= 0x80)
+            return false;
+    return true;
+}
+
+xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why)
+{
+    const char *at;
+    char *ace = NULL;
+    size_t n, local;
+    bool ascii_domain = true;
+    int r, len;
+    xp_err rc = XP_ERR_FORMAT;
+
+    *why = NULL;
+    if (keysz == 0)
+        return XP_ERR_ARGS;
+    key[0] = '\0';
+    if (addr == NULL || (n = strnlen(addr, MAIL_MAX_ADDR + 1)) == 0 || n > MAIL_MAX_ADDR) {
+        *why = "empty, or longer than 320 octets";
+        goto out;
+    }
+    if (mailaddr_names_record(addr)) {
+        /* US-ASCII, compared as it is, under the rule members were stored
+         * by (an A-label too: xn-- labels are taken as written, as a
+         * member's are) */
+        if (n >= keysz) {
+            rc = XP_ERR_TOO_LARGE;
+            goto out;
+        }
+        memcpy(key, addr, n + 1);
+        rc = XP_OK;
+        goto out;
+    }
+    if ((at = strchr(addr, '@')) == NULL || at == addr || at[1] == '\0' || strchr(at + 1, '@') != NULL) {
+        *why = "not one @ between a local part and a domain";
+        goto out;
+    }
+    if ((local = (size_t)(at - addr)) > 64) {
+        *why = "a local part longer than 64 octets (RFC 5321)";
+        goto out;
+    }
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)addr[i];
+        size_t k;
+        if (c < 0x80) {
+            if (c <= 0x20 || c == 0x7f || strchr("<>(),;\"\\", c) != NULL) {
+                *why = "a space, a control character or one of <>(),;\"\\";
+                goto out;
+            }
+            i++;
+            continue;
+        }
+        if ((k = utf8_non_ascii((const unsigned char *)addr + i, n - i)) == 0) {
+            *why = "not well-formed UTF-8 (or a control character)";
+            goto out;
+        }
+        if (i > local)
+            ascii_domain = false;
+        i += k;
+    }
+    if (ascii_domain) {
+        /* a UTF-8 local part at an ASCII domain: nothing to map; no member
+         * has it (members are US-ASCII), but it is an address to bounce to */
+        if (n >= keysz) {
+            rc = XP_ERR_TOO_LARGE;
+            goto out;
+        }
+        memcpy(key, addr, n + 1);
+        rc = XP_OK;
+        goto out;
+    }
+    /* UTS #46 nontransitional (IDNA 2008: ß and ς stay themselves), STD3
+     * rules (host-name characters only after the mapping); libidn2 refuses
+     * what IDNA 2008 disallows and checks the Bidi and joiner rules */
+    r = idn2_lookup_u8((const uint8_t *)at + 1, (uint8_t **)&ace, IDN2_NONTRANSITIONAL | IDN2_USE_STD3_ASCII_RULES);
+    if (r != IDN2_OK) {
+        *why = "a domain that is not a valid internationalized domain name (IDNA 2008 / UTS #46)";
+        if (r == IDN2_DISALLOWED || r == IDN2_CONTEXTJ || r == IDN2_CONTEXTO || r == IDN2_BIDI ||
+            r == IDN2_UNASSIGNED || r == IDN2_LEADING_COMBINING || r == IDN2_NOT_NFC ||
+            r == IDN2_INVALID_NONTRANSITIONAL || r == IDN2_HYPHEN_STARTEND || r == IDN2_INVALID_ALABEL)
+            *why = "a domain with a character IDNA 2008 does not allow there (or an invalid U-label)";
+        else if (r == IDN2_TOO_BIG_DOMAIN || r == IDN2_TOO_BIG_LABEL)
+            *why = "a domain too long in its A-label form (63 octets a label, 255 in all)";
+        goto out;
+    }
+    /* the A-label form a host name by the rule a member's domain has
+     * (libidn2 lets an empty label through) */
+    len = snprintf(key, keysz, "x@%s", ace);
+    if (len < 0 || (size_t)len >= keysz || mailaddr_problem(key) != NULL) {
+        key[0] = '\0';
+        *why = "a domain that is not a host name in its A-label form (an empty label, or a character a host "
+               "name may not hold)";
+        goto out;
+    }
+    len = snprintf(key, keysz, "%.*s@%s", (int)local, addr, ace);
+    if (len < 0 || (size_t)len >= keysz) {
+        key[0] = '\0';
+        *why = "longer than 254 octets in its A-label form";
+        goto out;
+    }
+    /* what the A-label form is compared with was stored by the ASCII rule */
+    if (mail_addr_local_ascii(key) && !mailaddr_names_record(key)) {
+        key[0] = '\0';
+        *why = "longer than 254 octets in its A-label form";
+        goto out;
+    }
+    rc = XP_OK;
+out:
+    idn2_free(ace);
+    return rc;
+}
+
+xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char **why)
+{
+    const char *b, *e;
+    char key[MAIL_MAX_ADDR + 1];
+    size_t n;
+
+    *why = NULL;
     if (outsz == 0)
         return XP_ERR_ARGS;
     out[0] = '\0';
@@ -217,8 +376,10 @@ xp_err mail_addr_spec(const char *value, char *out, size_t outsz)
     if (b != NULL) {
         b++;
         e = strchr(b, '>');
-        if (e == NULL)
+        if (e == NULL) {
+            *why = "a '<' without its '>'";
             return XP_ERR_FORMAT;
+        }
     } else {
         b = value;
         while (*b == ' ' || *b == '\t')
@@ -228,18 +389,32 @@ xp_err mail_addr_spec(const char *value, char *out, size_t outsz)
             e--;
     }
     n = (size_t)(e - b);
-    if (n == 0 || n >= outsz || n > MAIL_MAX_ADDR)
+    if (n == 0 || n >= outsz || n > MAIL_MAX_ADDR) {
+        *why = "empty, or longer than 320 octets";
         return XP_ERR_FORMAT;
+    }
     memcpy(out, b, n);
     out[n] = '\0';
     /* an address someone else wrote, compared with members (who may be
      * stored under an older, looser rule) or sent a bounce: one that can
-     * name a record, never a space, CR, LF or angle bracket */
-    if (!mailaddr_names_record(out)) {
+     * name a record, never a space, CR, LF or angle bracket; or one with
+     * UTF-8 (an SMTPUTF8 poster), whose domain has an A-label form */
+    if (!mailaddr_names_record(out) && mail_addr_ascii(out)) {
+        *why = MAILADDR_RECORD_RULE;
+        out[0] = '\0';
+        return XP_ERR_FORMAT;
+    }
+    if (mail_addr_intl(out, key, sizeof(key), why) != XP_OK) {
         out[0] = '\0';
         return XP_ERR_FORMAT;
     }
     return XP_OK;
+}
+
+xp_err mail_addr_spec(const char *value, char *out, size_t outsz)
+{
+    const char *why;
+    return mail_addr_spec_why(value, out, outsz, &why);
 }
 
 void mail_addr_normalize(char *addr)

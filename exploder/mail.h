@@ -42,6 +42,30 @@ char *mail_header_get(const char *hdrs, size_t len, const char *name);
  * under an older rule is still one). XP_ERR_FORMAT otherwise. */
 xp_err mail_addr_spec(const char *value, char *out, size_t outsz);
 
+/* As mail_addr_spec, and *why (static English, or NULL) says what is
+ * wrong with an address that is not taken. An addr-spec with UTF-8
+ * (RFC 6531, SMTPUTF8) is taken when mail_addr_intl takes it, and given
+ * as written. */
+xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char **why);
+
+/* The form an address is compared with list members in (members are
+ * stored US-ASCII, an IDN domain in its xn-- A-label form): the local part
+ * as it is (compared byte for byte beyond ASCII case, which the spool's
+ * NOCASE folds), the domain, when it is not US-ASCII, in its A-label form
+ * by IDNA 2008 with the UTS #46 mapping (nontransitional, STD3 rules, as
+ * Postfix, libcurl and browsers look it up). addr is an addr-spec: at most
+ * MAIL_MAX_ADDR octets, its ASCII octets as mailaddr_names_record takes
+ * them, its others well-formed UTF-8 from U+00A0 up (no C1 controls), a
+ * local part of at most 64 octets. XP_ERR_FORMAT otherwise, *why saying
+ * why ("the domain is not a valid IDNA 2008 name: ..."). An ASCII address
+ * is given as it is. */
+xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why);
+
+/* True if the local part of addr (all of it without an '@') is US-ASCII:
+ * an address that an SMTP relay without SMTPUTF8 can still carry, with its
+ * domain in the A-label form. */
+bool mail_addr_local_ascii(const char *addr);
+
 /* True if s is a bare address by common/mailaddr.h's rule (which
  * mailaddr_problem explains), as groupsrv and groupmail take them. */
 bool mail_addr_valid(const char *s);

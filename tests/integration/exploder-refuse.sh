@@ -315,13 +315,13 @@ done
 openssl cms -encrypt -recip "$W/group.pem" -subject des3 -in "$W/good.eml" -out "$W/des3.eml"
 xp deliver --list $L --sender alice@example.org <"$W/des3.eml" 2>"$W/deliver.err" || fail "3DES refused: $(cat "$W/deliver.err")"
 [ "$(sqlite3 "$W/spool/exploder.db" 'select count(*) from messages')" = 6 ] || fail "want 6 spooled messages"
-# addresses are US-ASCII (exploder(1)): a UTF-8 member is refused, a UTF-8
-# envelope sender is the null sender (accepted, never bounced to)
+# members are US-ASCII (exploder(1)): a UTF-8 member is refused; a UTF-8
+# envelope sender (SMTPUTF8) is a sender like any, kept as written
 xp list add $L 'jürgen@example.net' 2>/dev/null && fail "a UTF-8 member address was added"
 sed 's/^Subject: good$/Subject: Grüße – ½/' "$W/good.eml" >"$W/utf8.eml"
 xp deliver --list $L --sender 'jürgen@example.net' <"$W/utf8.eml" || fail "UTF-8 envelope sender refused"
-[ "$(sqlite3 "$W/spool/exploder.db" "select count(*) from messages where sender = ''")" = 1 ] ||
-  fail "a UTF-8 envelope sender is not the null sender"
+[ "$(sqlite3 "$W/spool/exploder.db" "select count(*) from messages where sender = 'jürgen@example.net'")" = 1 ] ||
+  fail "a UTF-8 envelope sender is not kept as the sender"
 xp_drain
 xp_spool_empty
 grep -qx 'Subject: Grüße – ½' "$W"/md/m1@example.net/new/* || fail "a raw UTF-8 Subject did not pass unchanged"

@@ -306,6 +306,97 @@ static void list_init(xp_list *l, char *address, xp_mode mode)
     l->require_encrypted = true;
 }
 
+/* An SMTPUTF8 poster (RFC 6531) is compared with the members, stored
+ * US-ASCII with an IDN domain in its xn-- form, by the domain's A-label
+ * form (IDNA 2008 with the UTS #46 mapping, as Postfix and libcurl look
+ * it up) and the local part byte for byte beyond ASCII case. Confusables
+ * never match: another U-label, another script's look-alike letter, a
+ * fullwidth or Cyrillic letter in the local part, a fullwidth letter that
+ * maps to another letter, ß (nontransitional: not "ss"). What IDNA 2008
+ * refuses, and what is not well-formed UTF-8, names no one. */
+static void test_addr_intl_members(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *addr;
+        int want; /* 1: a member, 0: a valid address and no member, -1: refused */
+    } cases[] = {
+        {"alice@b\xc3\xbc" "cher.example", 1},                 /* the U-label of the stored A-label */
+        {"Alice@B\xc3\x9c" "CHER.EXAMPLE", 1},                 /* ASCII case; UTS #46 maps U+00DC to U+00FC */
+        {"alice@bu\xcc\x88" "cher.example", 1},                /* u + combining diaeresis: NFC */
+        {"ALICE@XN--BCHER-KVA.EXAMPLE", 1},                    /* the A-label as written */
+        {"alice@\xef\xbd\x82\xc3\xbc" "cher.example", 1},      /* fullwidth b: UTS #46 maps it to b, the same DNS name */
+        {"alice@bucher.example", 0},                           /* another domain */
+        {"alice@b\xc3\xbc" "chers.example", 0},                /* another U-label */
+        {"alice@b\xc3\xbd" "cher.example", 0},                 /* y-acute for u-umlaut */
+        {"alice@b\xc3\xbc\xd1\x81" "her.example", 0},          /* Cyrillic es for c: mixed scripts */
+        {"alice@\xef\xbd\x82\xef\xbd\x95" "cher.example", 0},  /* fullwidth u maps to u, not u-umlaut */
+        {"\xd0\xb0lice@b\xc3\xbc" "cher.example", 0},          /* Cyrillic a in the local part */
+        {"\xef\xbd\x81lice@b\xc3\xbc" "cher.example", 0},      /* fullwidth a in the local part: never mapped */
+        {"alic\xc3\xa9@b\xc3\xbc" "cher.example", 0},          /* a UTF-8 local part: an address, no member */
+        {"s@stra\xc3\x9f" "e.example", 0},                     /* xn--strae-oqa, not strasse */
+        {"alice@b\xc3\xbc\xe2\x80\x8d" "cher.example", -1},    /* ZWJ outside its context (CONTEXTJ) */
+        {"alice@b\xe2\x98\x83" "cher.example", -1},            /* a snowman: disallowed */
+        {"alice@-b\xc3\xbc" "cher.example", -1},               /* a leading hyphen */
+        {"alice@b\xc3\xbc" "cher..example", -1},               /* an empty label */
+        {"alice@b\xc3" "cher.example", -1},                    /* a cut UTF-8 sequence */
+        {"alice@\xc0\xaf" "x.example", -1},                    /* an overlong form */
+        {"alice@b\xc2\x85" "x.example", -1},                   /* a C1 control */
+        {"alice@b\xed\xa0\x80" "x.example", -1},               /* a surrogate */
+        {"al ice@b\xc3\xbc" "cher.example", -1},               /* a space */
+        {"alice@b\xc3\xbc" "cher@example", -1},                /* two @ */
+    };
+    char *dir = tmpdir(), key[MAIL_MAX_ADDR + 1], a[MAIL_MAX_ADDR + 1], big[400];
+    char *members[] = {"alice@xn--bcher-kva.example", "s@strasse.example"};
+    spool *s = NULL;
+    xp_list l, *got = NULL;
+    size_t added = 0;
+    const char *why;
+
+    assert_int_equal(spool_open(dir, &s), XP_OK);
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
+    assert_int_equal(spool_list_create(s, &l), XP_OK);
+    assert_int_equal(spool_list_get(s, "eng@lists.example.org", &got), XP_OK);
+    assert_int_equal(spool_members_add(s, got->id, members, 2, &added), XP_OK);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        xp_err rc = mail_addr_intl(cases[i].addr, key, sizeof(key), &why);
+        int got_v = rc != XP_OK ? -1 : spool_member_is(s, got->id, key) ? 1 : 0;
+        if (got_v != cases[i].want)
+            fail_msg("case %zu (%s): want %d, got %d (key %s, why %s)", i, cases[i].addr, cases[i].want, got_v, key,
+                     why != NULL ? why : "-");
+        if (rc != XP_OK) {
+            assert_non_null(why);
+            /* the header and envelope reader refuses it too, saying why */
+            assert_int_not_equal(mail_addr_spec_why(cases[i].addr, a, sizeof(a), &why), XP_OK);
+            assert_non_null(why);
+        }
+    }
+    /* an address as the envelope or From gives it: kept as written */
+    assert_int_equal(mail_addr_spec("J\xc3\xbcrgen <alice@b\xc3\xbc" "cher.example>", a, sizeof(a)), XP_OK);
+    assert_string_equal(a, "alice@b\xc3\xbc" "cher.example");
+    assert_true(mail_addr_local_ascii(a));
+    assert_false(mail_addr_local_ascii("j\xc3\xbcrgen@example.org"));
+    /* bounded: a UTF-8 local part over 64 octets, an address over 320 */
+    memset(big, 0, sizeof(big));
+    for (size_t i = 0; i < 33; i++)
+        memcpy(big + 2 * i, "\xc3\xbc", 2);
+    memcpy(big + 66, "@x.example", sizeof("@x.example"));
+    assert_int_not_equal(mail_addr_intl(big, key, sizeof(key), &why), XP_OK);
+    assert_non_null(strstr(why, "64"));
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    memcpy(big + 10, "@\xc3\xbc", 3);
+    assert_int_not_equal(mail_addr_intl(big, key, sizeof(key), &why), XP_OK);
+    /* an ASCII member under an older, looser rule still compares as written */
+    assert_int_equal(mail_addr_intl("a_b@x_y.example", key, sizeof(key), &why), XP_OK);
+    assert_string_equal(key, "a_b@x_y.example");
+    xp_list_free(got);
+    spool_close(s);
+    snprintf(big, sizeof(big), "rm -rf %s", dir);
+    assert_int_equal(system(big), 0);
+    free(dir);
+}
+
 static void test_spool_flow(void **state)
 {
     (void)state;
@@ -1079,7 +1170,7 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
-        cmocka_unit_test(test_addr),       cmocka_unit_test(test_list_headers),
+        cmocka_unit_test(test_addr),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
