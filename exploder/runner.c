@@ -506,8 +506,8 @@ static void failure_causes(const xp_finished *f, char *reason, size_t cap)
 
 static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *list_addr, char **out, size_t *outlen)
 {
-    char date[64], rdate[64], from[MAIL_MAX_ADDR + 32], id[33], *buf = NULL;
-    const char *domain = strrchr(list_addr, '@');
+    char date[64], rdate[64], from[MAIL_MAX_ADDR + 32], to[MAIL_MAX_ADDR + 1], id[33], *buf = NULL;
+    const char *domain = strrchr(list_addr, '@'), *why = NULL;
     time_t now = time(NULL), rcv = (time_t)f->msg->received;
     struct tm tm;
     size_t cap = 4096, o = 0;
@@ -537,6 +537,14 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
         snprintf(from, sizeof(from), "%s", c->bounce_from);
     else
         snprintf(from, sizeof(from), "MAILER-DAEMON@%s", domain);
+    /* An SMTPUTF8 sender with an ASCII local part is written with its
+     * domain's A-label form, which any relay carries (the envelope takes
+     * the same form when the relay does not offer SMTPUTF8); one with a
+     * UTF-8 local part as it is: it goes only through a relay that offers
+     * SMTPUTF8, which takes UTF-8 header fields too (RFC 6532). */
+    if (!mail_addr_local_ascii(f->msg->sender) ||
+        mail_addr_intl(f->msg->sender, to, sizeof(to), &why) != XP_OK)
+        snprintf(to, sizeof(to), "%s", f->msg->sender);
     if (util_random_id(id, 12) != UTIL_OK)
         return XP_ERR_CRYPTO;
     if ((buf = malloc(cap)) == NULL)
@@ -559,7 +567,7 @@ static xp_err bounce_text(const xp_conf *c, const xp_finished *f, const char *li
                  "\n"
                  "The encrypted message was not read by the list; the list\n"
                  "administrator can see the details in the exploder's log.\n",
-                 from, f->msg->sender, list_addr, date, id, domain,
+                 from, to, list_addr, date, id, domain,
                  f->msg->message_id[0] ? f->msg->message_id : "(without Message-ID)", list_addr, rdate,
                  (long long)f->failed, (long long)(f->failed + f->delivered), reason);
     if (n < 0 || (size_t)n >= cap) {

@@ -29,6 +29,7 @@ struct xp_transport {
     char *maildir; /* non-NULL for maildir: targets */
     char *password;
     size_t password_len;
+    int smtputf8; /* the last probe's relay offered SMTPUTF8: 1, did not: 0, not known: -1 */
 };
 
 xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
@@ -44,6 +45,7 @@ xp_err xp_transport_new(const xp_conf *conf, xp_transport **out)
     if ((t = calloc(1, sizeof(*t))) == NULL)
         goto out;
     t->conf = conf;
+    t->smtputf8 = -1;
     if (strncmp(conf->relay, "maildir:", 8) == 0) {
         if (conf->relay[8] == '\0') {
             rc = XP_ERR_CONFIG;
@@ -110,6 +112,14 @@ void xp_transport_free(xp_transport *t)
 
 /* ---- SMTP ------------------------------------------------------------------ */
 
+static bool ascii_only(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return false;
+    return true;
+}
+
 /* Where we are in the SMTP dialogue, learned from libcurl's debug stream:
  * libcurl does not pipeline, so every command is followed by its reply. */
 enum dlg_state { DLG_OTHER = 0, DLG_MAIL, DLG_RCPT, DLG_DATA, DLG_POSTDATA };
@@ -126,6 +136,9 @@ typedef struct send_ctx {
     int refused_code;     /* a 5xx to DATA: the message as a whole refused */
     const char *waiting;  /* the reply we wait for, for messages */
     bool sent_all;        /* the whole message went out: only the relay's last reply is missing */
+    bool ehlo;            /* reading the reply to EHLO */
+    bool ehlo_seen;       /* an EHLO was answered on this transfer (not a reused connection) */
+    bool smtputf8;        /* ... and its reply offered SMTPUTF8 (RFC 6531) */
     char fail_reply[160]; /* the last 4xx/5xx reply but to RCPT, printable ASCII */
 } send_ctx;
 
@@ -191,13 +204,24 @@ static int debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *
             c->waiting = "the reply to DATA";
         } else {
             c->state = DLG_OTHER;
-            c->waiting = size >= 4 && strncasecmp(data, "EHLO", 4) == 0 ? "the reply to EHLO" : "a reply";
+            /* again after STARTTLS: what the last one offers counts */
+            c->ehlo = size >= 4 && strncasecmp(data, "EHLO", 4) == 0;
+            if (c->ehlo)
+                c->smtputf8 = false;
+            c->waiting = c->ehlo ? "the reply to EHLO" : "a reply";
         }
     } else if (type == CURLINFO_HEADER_IN) {
         bool final;
         int code = reply_code(data, size, &final);
+        if (c->ehlo && code == 250 && size >= 12 && strncasecmp(data + 4, "SMTPUTF8", 8) == 0 &&
+            (size == 12 || data[12] == '\r' || data[12] == '\n' || data[12] == ' '))
+            c->smtputf8 = true;
         if (code == 0 || !final)
             return 0;
+        if (c->ehlo) {
+            c->ehlo = false;
+            c->ehlo_seen = code == 250;
+        }
         if (code >= 400 && c->state != DLG_RCPT) {
             /* the reply that ended the transaction (a refused RCPT is its
              * recipient's own code); to the log and the spool: printable only */
@@ -264,15 +288,108 @@ static void fresh_handle(xp_transport *t)
             goto setup_failed;                                                                               \
     } while (0)
 
+#define CKR(x)                                                                                               \
+    do {                                                                                                     \
+        if ((cr = (x)) != CURLE_OK)                                                                          \
+            return cr;                                                                                       \
+    } while (0)
+
+/* The options of every transfer to the relay: where, how long, TLS and
+ * login, and the debug stream that follows the dialogue. */
+static CURLcode smtp_common_opts(xp_transport *t, CURL *h, send_ctx *ctx, char *errbuf)
+{
+    const xp_conf *conf = t->conf;
+    CURLcode cr = CURLE_OK;
+    CKR(curl_easy_setopt(h, CURLOPT_URL, conf->relay));
+    /* A relay on this host directly, never through a proxy the environment
+     * names (libcurl takes all_proxy for SMTP too): that would carry what
+     * relay_auth_in_clear = loopback lets go in clear (the password) to the
+     * proxy's host, and on to a relay there. */
+    if (util_url_host_is_loopback(conf->relay))
+        CKR(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+    CKR(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+    CKR(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+    CKR(curl_easy_setopt(h, CURLOPT_VERBOSE, 1L)); /* needed for the debug callback */
+    CKR(curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, debug_cb));
+    CKR(curl_easy_setopt(h, CURLOPT_DEBUGDATA, ctx));
+    CKR(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L));
+    CKR(curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)conf->relay_timeout));
+    /* also bounds the QUIT at disconnect, which CURLOPT_TIMEOUT does not:
+     * else a stalled relay holds the runner for libcurl's 120 s default */
+    CKR(curl_easy_setopt(h, CURLOPT_SERVER_RESPONSE_TIMEOUT, (long)conf->relay_timeout));
+    /* With a login, "yes" is "required": a relay, or anyone on the path,
+     * that hides STARTTLS would otherwise be sent the password in clear.
+     * Only an explicit "no" (a relay on this host) logs in without TLS. */
+    long use_ssl = conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
+                   : conf->starttls == XP_STARTTLS_YES    ? (conf->relay_user != NULL ? (long)CURLUSESSL_ALL
+                                                                                      : (long)CURLUSESSL_TRY)
+                                                          : (long)CURLUSESSL_NONE;
+    CKR(curl_easy_setopt(h, CURLOPT_USE_SSL, use_ssl));
+    CKR(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, conf->relay_verify ? 1L : 0L));
+    CKR(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, conf->relay_verify ? 2L : 0L));
+    if (conf->relay_cacert != NULL)
+        CKR(curl_easy_setopt(h, CURLOPT_CAINFO, conf->relay_cacert));
+    if (conf->relay_user != NULL) {
+        CKR(curl_easy_setopt(h, CURLOPT_USERNAME, conf->relay_user));
+        CKR(curl_easy_setopt(h, CURLOPT_PASSWORD, t->password));
+    }
+    return CURLE_OK;
+}
+
+static size_t discard_cb(char *p, size_t size, size_t n, void *user)
+{
+    (void)p;
+    (void)user;
+    return size * n;
+}
+
+/* Asks the relay (EHLO, then NOOP) whether it offers SMTPUTF8, before a
+ * transaction that would need it: libcurl would send a UTF-8 mailbox to a
+ * relay without it too, which RFC 6531 3.4 forbids. A new connection,
+ * whose EHLO is read (a kept one's was read before, perhaps from another
+ * relay behind the same name); it stays for the transaction. 1: offered,
+ * 0: not, -1: not known (the relay could not be asked; *detail says why). */
+static int smtp_probe_smtputf8(xp_transport *t, char *detail, size_t detailsz)
+{
+    send_ctx ctx;
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURLcode cr;
+    CURL *h = t->curl;
+
+    memset(&ctx, 0, sizeof(ctx));
+    curl_easy_reset(h);
+    if ((cr = smtp_common_opts(t, h, &ctx, errbuf)) != CURLE_OK ||
+        (cr = curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L)) != CURLE_OK ||
+        (cr = curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "NOOP")) != CURLE_OK ||
+        (cr = curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_cb)) != CURLE_OK) {
+        snprintf(detail, detailsz, "libcurl setup: %s", curl_easy_strerror(cr));
+        return -1;
+    }
+    ctx.waiting = "the greeting";
+    cr = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(h, CURLOPT_DEBUGDATA, NULL);
+    /* a relay that took only HELO offers nothing */
+    t->smtputf8 = cr == CURLE_OK || ctx.ehlo_seen ? (ctx.ehlo_seen && ctx.smtputf8 ? 1 : 0) : -1;
+    if (cr != CURLE_OK) {
+        /* the caller's failure path takes a new handle (fresh_handle) */
+        snprintf(detail, detailsz, "%.200s (waiting for %s)", errbuf[0] ? errbuf : curl_easy_strerror(cr),
+                 ctx.waiting);
+        return -1;
+    }
+    return t->smtputf8;
+}
+
 static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcpts, size_t n, const char *path,
                         xp_send_result *res)
 {
     const xp_conf *conf = t->conf;
     struct curl_slist *rl = NULL;
     send_ctx ctx;
-    char from[MAIL_MAX_ADDR + 3], errbuf[CURL_ERROR_SIZE] = "";
+    char from[MAIL_MAX_ADDR + 3], errbuf[CURL_ERROR_SIZE] = "", q[128], q2[128];
     CURLcode cr = CURLE_OK;
     xp_err rc = XP_ERR_TEMP;
+    bool utf8_local = false, intl = false;
     CURL *h = t->curl;
 
     memset(&ctx, 0, sizeof(ctx));
@@ -283,10 +400,55 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
         rc = XP_ERR_IO;
         goto out;
     }
+    /* An address with UTF-8 (a bounce to an SMTPUTF8 sender) goes as it
+     * is only to a relay that offers SMTPUTF8 (RFC 6531 3.4), which
+     * libcurl then declares: asked first. To one that does not, an ASCII
+     * local part goes with its domain's A-label form (RFC 6531 3.2); a
+     * UTF-8 local part cannot go at all. */
+    for (size_t i = 0; i < n; i++) {
+        if (!ascii_only(rcpts[i]))
+            intl = true;
+        if (!mail_addr_local_ascii(rcpts[i]))
+            utf8_local = true;
+    }
+    if (intl && smtp_probe_smtputf8(t, res->detail, sizeof(res->detail)) < 0) {
+        rc = XP_ERR_TEMP;
+        goto out;
+    }
+    if (utf8_local && t->smtputf8 == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (mail_addr_local_ascii(rcpts[i]))
+                continue; /* not tried: sent on the next pass */
+            res->rcpt_code[i] = 553;
+            log_warn("the relay does not offer SMTPUTF8, which an address with a UTF-8 local part needs "
+                     "(RFC 6531); not sent to it relay=\"%s\" rcpt=\"%s\"",
+                     log_quote(q, sizeof(q), conf->relay), log_quote(q2, sizeof(q2), rcpts[i]));
+        }
+        snprintf(res->detail, sizeof(res->detail),
+                 "553 5.6.7 the relay does not offer SMTPUTF8, which an address with a UTF-8 local part needs");
+        rc = XP_ERR_TEMP;
+        goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         char line[MAIL_MAX_ADDR + 3];
         struct curl_slist *nl;
-        snprintf(line, sizeof(line), "<%s>", rcpts[i]);
+        if (intl && t->smtputf8 == 0 && !ascii_only(rcpts[i])) {
+            char key[MAIL_MAX_ADDR + 1];
+            const char *why = NULL;
+            if (mail_addr_intl(rcpts[i], key, sizeof(key), &why) != XP_OK) {
+                /* deliver took it: not reached; refused like a relay would */
+                snprintf(res->detail, sizeof(res->detail), "553 5.1.3 %s", why != NULL ? why : "not an address");
+                res->rcpt_code[i] = 553;
+                rc = XP_ERR_TEMP;
+                goto out;
+            }
+            log_info("the relay does not offer SMTPUTF8: an internationalized domain goes in its A-label form "
+                     "(RFC 6531 3.2) relay=\"%s\" rcpt=\"%s\"",
+                     log_quote(q, sizeof(q), conf->relay), log_quote(q2, sizeof(q2), key));
+            snprintf(line, sizeof(line), "<%s>", key);
+        } else {
+            snprintf(line, sizeof(line), "<%s>", rcpts[i]);
+        }
         if ((nl = curl_slist_append(rl, line)) == NULL) {
             rc = XP_ERR_NOMEM;
             goto out;
@@ -294,15 +456,7 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
         rl = nl;
     }
     curl_easy_reset(h);
-    CK(curl_easy_setopt(h, CURLOPT_URL, conf->relay));
-    /* A relay on this host directly, never through a proxy the environment
-     * names (libcurl takes all_proxy for SMTP too): that would carry what
-     * relay_auth_in_clear = loopback lets go in clear (the password) to the
-     * proxy's host, and on to a relay there. */
-    if (util_url_host_is_loopback(conf->relay))
-        CK(curl_easy_setopt(h, CURLOPT_PROXY, ""));
-    CK(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
-    CK(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+    CK(smtp_common_opts(t, h, &ctx, errbuf));
     if (mail_from != NULL && *mail_from != '\0') {
         snprintf(from, sizeof(from), "<%s>", mail_from);
         CK(curl_easy_setopt(h, CURLOPT_MAIL_FROM, from));
@@ -312,30 +466,6 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
     CK(curl_easy_setopt(h, CURLOPT_UPLOAD, 1L));
     CK(curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb));
     CK(curl_easy_setopt(h, CURLOPT_READDATA, &ctx));
-    CK(curl_easy_setopt(h, CURLOPT_VERBOSE, 1L)); /* needed for the debug callback */
-    CK(curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, debug_cb));
-    CK(curl_easy_setopt(h, CURLOPT_DEBUGDATA, &ctx));
-    CK(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L));
-    CK(curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)conf->relay_timeout));
-    /* also bounds the QUIT at disconnect, which CURLOPT_TIMEOUT does not:
-     * else a stalled relay holds the runner for libcurl's 120 s default */
-    CK(curl_easy_setopt(h, CURLOPT_SERVER_RESPONSE_TIMEOUT, (long)conf->relay_timeout));
-    /* With a login, "yes" is "required": a relay, or anyone on the path,
-     * that hides STARTTLS would otherwise be sent the password in clear.
-     * Only an explicit "no" (a relay on this host) logs in without TLS. */
-    long use_ssl = conf->starttls == XP_STARTTLS_REQUIRED ? (long)CURLUSESSL_ALL
-                   : conf->starttls == XP_STARTTLS_YES    ? (conf->relay_user != NULL ? (long)CURLUSESSL_ALL
-                                                                                      : (long)CURLUSESSL_TRY)
-                                                          : (long)CURLUSESSL_NONE;
-    CK(curl_easy_setopt(h, CURLOPT_USE_SSL, use_ssl));
-    CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, conf->relay_verify ? 1L : 0L));
-    CK(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, conf->relay_verify ? 2L : 0L));
-    if (conf->relay_cacert != NULL)
-        CK(curl_easy_setopt(h, CURLOPT_CAINFO, conf->relay_cacert));
-    if (conf->relay_user != NULL) {
-        CK(curl_easy_setopt(h, CURLOPT_USERNAME, conf->relay_user));
-        CK(curl_easy_setopt(h, CURLOPT_PASSWORD, t->password));
-    }
     ctx.waiting = "the greeting";
     cr = curl_easy_perform(h);
     res->final_code = ctx.final_code;

@@ -16,7 +16,7 @@ set(GS_EXPLODER_ENV
   "GS_TEST_WORK=${GS_TEST_WORK}"
   "SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 foreach(t forward refuse relay-down bounce crash starttls relay-auth group-secret member-certs hostile-groupsrv
-    hostile-relay spool-full concurrent damaged cert-refresh message-form)
+    hostile-relay spool-full concurrent damaged cert-refresh message-form smtputf8)
   string(REPLACE "-" "_" tn "exploder_${t}")
   add_test(NAME ${tn} COMMAND bash ${GS_TEST_DIR}/integration/exploder-${t}.sh)
   set_tests_properties(${tn} PROPERTIES LABELS "integration" TIMEOUT 180

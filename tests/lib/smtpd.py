@@ -17,6 +17,7 @@ Storage (maildir-like, in DIR):
   DIR/envelope.log    after a message is stored: one line per accepted
                       recipient: "<id> <mail-from> <rcpt>" (mail-from "<>" if null)
   DIR/rcpt.log        every RCPT TO as answered: "<session> <code> <rcpt>"
+  DIR/options.log     after a message is stored: "<id> <MAIL FROM parameters>" ("-" if none)
 
 Options:
   --dir DIR           storage directory (created if missing)                 [required]
@@ -26,6 +27,7 @@ Options:
   --pid-file F        write our pid here once ready
   --refuse-rcpt RE    answer 550 to RCPT addresses matching the regex (permanent failure)
   --defer-rcpt RE     answer 450 to RCPT addresses matching the regex (temporary failure)
+  --no-smtputf8       do not offer SMTPUTF8 (RFC 6531) in the reply to EHLO
   --down-file F       while file F exists, answer 421 to MAIL FROM (the relay is "down"
                       without closing the port); remove F to bring it "up"
   --refuse-data       answer 554 at the end of DATA (message refused as a whole)
@@ -191,6 +193,8 @@ class Handler:
         if not stored:
             os.unlink(os.path.join(self.dir, "new", mid))
             return "250 2.0.0 delivered to pipe"
+        with open(os.path.join(self.dir, "options.log"), "a") as f:
+            f.write("%s %s\n" % (mid, " ".join(envelope.mail_options) or "-"))
         with open(os.path.join(self.dir, "envelope.log"), "a") as f:
             for r in stored:
                 f.write("%s %s %s\n" % (mid, sender, r))
@@ -256,7 +260,7 @@ async def serve(args):
     def factory():
         return SMTP(handler, hostname="smtpd.test", data_size_limit=args.max_size,
                     tls_context=None if implicit else tls, require_starttls=args.require_starttls,
-                    enable_SMTPUTF8=True, timeout=60, **auth)
+                    enable_SMTPUTF8=not args.no_smtputf8, timeout=60, **auth)
 
     server = await loop.create_server(factory, host=args.host, port=args.port, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
@@ -282,6 +286,7 @@ def main():
     p.add_argument("--refuse-rcpt")
     p.add_argument("--defer-rcpt")
     p.add_argument("--down-file")
+    p.add_argument("--no-smtputf8", action="store_true")
     p.add_argument("--refuse-data", action="store_true")
     p.add_argument("--data-delay", type=float, default=0.0)
     p.add_argument("--tls-cert")

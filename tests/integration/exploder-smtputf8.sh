@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# SMTPUTF8 posters (RFC 6531) through a real Postfix on loopback, its pipe
+# transport set up as docs/postfix.md says (flags=Rq, null_sender=,
+# ${recipient} and ${sender}):
+#  - alice, a member stored as alice@xn--bcher-kva.example (list add takes
+#    the A-label form only), posts as alice@bücher.example to a
+#    --members-only list: she is a member (the domain is compared in its
+#    A-label form), not "members only";
+#  - her UTF-8 envelope sender is a real sender: a member the relay
+#    refuses makes a bounce to her, with SMTPUTF8 when the relay offers it
+#    and to the A-label form when it does not (said in the log);
+#  - jürgen@bücher.example (a UTF-8 local part) gets his bounce only
+#    through a relay that offers SMTPUTF8; through one that does not it is
+#    not sent, and the log says why;
+#  - look-alikes (a Cyrillic letter) are not members; a domain IDNA 2008
+#    refuses is no address (treated as the null sender, the reason logged).
+set -euo pipefail
+. "$(dirname "$0")/exploder-lib.sh"
+. "$GS_SRC/tests/lib/ports.sh"
+xp_setup smtputf8
+
+[ "$(id -u)" = 0 ] || fail "needs root (a private Postfix instance, a pipe transport run as nobody)"
+command -v postfix >/dev/null || fail "postfix missing (scripts/setup installs it)"
+# the pipe transport runs `exploder deliver` as nobody: it reads the
+# binary and the configuration, and writes the spool and the log
+chmod 755 "$W"
+d=$(dirname "$EXPLODER")
+while [ "$d" != / ]; do
+  [ -x "$d" ] && [ "$(stat -c %A "$d" | cut -c10)" = x ] || fail "nobody cannot reach $EXPLODER ($d)"
+  d=$(dirname "$d")
+done
+
+xp_cert group eng@lists.example.org
+take_port PF_SMTP
+xp_smtpd_start "$W/smtp" --refuse-rcpt '^gone@'
+L=eng@lists.example.org
+xp_conf "smtp://127.0.0.1:$SMTPD_PORT" "starttls = no" "[log]" "file = $W/exploder.log"
+xp list create $L --group-server https://127.0.0.1:1 --group eng --mode forward --group-cert "$W/group.pem" \
+  --members-only >/dev/null
+xp list add $L alice@xn--bcher-kva.example gone@example.net >/dev/null
+# a member is stored in the A-label form, and list add spells it out
+rc=0
+xp list add $L 'bob@bücher.example' 2>"$W/add.err" || rc=$?
+[ "$rc" = 1 ] || fail "list add of a U-label domain: want 1, got $rc"
+grep -q 'write it bob@xn--bcher-kva.example$' "$W/add.err" || fail "list add names no A-label form: $(cat "$W/add.err")"
+: >"$W/exploder.log"
+chown -R nobody "$W/spool" "$W/exploder.log"
+
+PFX=$W/postfix
+mkdir -p "$PFX/etc" "$PFX/queue" "$PFX/data"
+chown postfix "$PFX/data"
+pf_started=
+pf_stop() { [ -n "$pf_started" ] && postfix -c "$PFX/etc" stop >/dev/null 2>&1; pf_started=; }
+trap 'pf_stop; xp_cleanup' EXIT
+cat >"$PFX/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PFX/queue
+data_directory = $PFX/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = mail.example.org
+mydestination =
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+smtputf8_enable = yes
+maillog_file = $PFX/maillog
+maillog_file_prefixes = $PFX
+relay_domains = lists.example.org
+transport_maps = inline:{ lists.example.org=exploder: }
+exploder_destination_recipient_limit = 1
+default_transport = error
+EOF
+{
+  echo "127.0.0.1:$PF_SMTP inet n - n - - smtpd"
+  for s in "pickup unix n - n 60 1 pickup" "cleanup unix n - n - 0 cleanup" "qmgr unix n - n 300 1 qmgr" \
+    "rewrite unix - - n - - trivial-rewrite" "bounce unix - - n - 0 bounce" "defer unix - - n - 0 bounce" \
+    "trace unix - - n - 0 bounce" "verify unix - - n - 1 verify" "flush unix n - n 1000? 0 flush" \
+    "proxymap unix - - n - - proxymap" "error unix - - n - - error" "retry unix - - n - - error" \
+    "discard unix - - n - - discard" "anvil unix - - n - 1 anvil" "scache unix - - n - 1 scache" \
+    "showq unix n - n - - showq" "postlog unix-dgram n - n - 1 postlogd"; do
+    echo "$s"
+  done
+  # docs/postfix.md step 3, with this build's exploder and configuration
+  echo "exploder unix - n n - - pipe"
+  echo "  flags=Rq user=nobody null_sender="
+  echo "  argv=$EXPLODER -c $XPC deliver --list \${recipient} --sender \${sender}"
+} >"$PFX/etc/master.cf"
+chmod 644 "$XPC"
+postfix -c "$PFX/etc" start >"$W/postfix-start.log" 2>&1 || fail "postfix start: $(cat "$W/postfix-start.log")"
+pf_started=1
+
+# Posts the encrypted message as an SMTPUTF8 client does, with the
+# envelope sender $1 and the From $2; prints Postfix's queue id.
+post() {
+  $PY - "$PF_SMTP" "$1" "$2" "$W/in.eml" <<'EOF'
+import smtplib, sys
+port, sender, frm, path = sys.argv[1:]
+body = open(path, "rb").read()
+msg = b"From: <" + frm.encode() + b">\r\n" + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+with smtplib.SMTP("127.0.0.1", int(port), timeout=30) as s:
+    s.ehlo("client.example")
+    s.sendmail(sender, ["eng@lists.example.org"], msg, mail_options=["SMTPUTF8"])
+EOF
+}
+# Waits until Postfix has handed the n-th message to the pipe (delivered
+# or bounced); prints that maillog line.
+pipe_result() {
+  local n=$1
+  for _ in $(seq 1 150); do
+    if [ "$(grep -c 'relay=exploder' "$PFX/maillog" 2>/dev/null || true)" -ge "$n" ]; then
+      grep 'relay=exploder' "$PFX/maillog" | sed -n "${n}p"
+      return 0
+    fi
+    sleep 0.2
+  done
+  fail "Postfix did not run the pipe: $(tail -5 "$PFX/maillog" 2>/dev/null)"
+}
+
+xp_encrypt "$W/group.pem" "$W/in.eml" "utf8 poster"
+# openssl writes a From: of its own: the post's is the sender's
+sed -i '/^From:/d' "$W/in.eml"
+
+# 1. alice@bücher.example, stored as alice@xn--bcher-kva.example: a member
+post 'alice@bücher.example' 'alice@bücher.example'
+r=$(pipe_result 1)
+case $r in *status=sent*) ;; *) fail "alice@bücher.example refused by the members-only list: $r" ;; esac
+grep -q 'msg="accepted" list=eng@lists.example.org' "$W/exploder.log" || fail "not accepted: $(tail -3 "$W/exploder.log")"
+# Postfix's pipe passed her UTF-8 address whole (not quoted, not the null sender)
+[ "$(sqlite3 "$W/spool/exploder.db" 'SELECT sender FROM messages')" = 'alice@bücher.example' ] ||
+  fail "sender stored: $(sqlite3 "$W/spool/exploder.db" 'SELECT sender FROM messages')"
+
+# 2. a look-alike (Cyrillic с for c) is not her
+post 'alice@büсher.example' 'alice@büсher.example'
+r=$(pipe_result 2)
+case $r in *status=bounced*"members only"*) ;; *) fail "a look-alike domain taken as a member: $r" ;; esac
+
+# 3. her bounce (gone@ refused by the relay) goes to her UTF-8 address,
+#    through a relay that offers SMTPUTF8: the envelope with SMTPUTF8
+xp_drain
+grep -q '^[^ ]* <> alice@bücher.example$' "$W/smtp/envelope.log" ||
+  fail "no bounce to alice: $(cat "$W/smtp/envelope.log")"
+id=$(grep '^[^ ]* <> alice@' "$W/smtp/envelope.log" | cut -d' ' -f1)
+grep -q "^$id SMTPUTF8$" "$W/smtp/options.log" || fail "bounce without SMTPUTF8: $(cat "$W/smtp/options.log")"
+grep -q '^To: <alice@xn--bcher-kva.example>$' "$W/smtp/new/$id" || fail "bounce To: $(grep ^To: "$W/smtp/new/$id")"
+xp_spool_empty
+
+# 4. a UTF-8 local part: jürgen's bounce needs SMTPUTF8 (list not members-only)
+xp list set $L --open >/dev/null
+post 'jürgen@bücher.example' 'jürgen@bücher.example'
+r=$(pipe_result 3)
+case $r in *status=sent*) ;; *) fail "jürgen's post: $r" ;; esac
+xp_drain
+grep -q '^[^ ]* <> jürgen@bücher.example$' "$W/smtp/envelope.log" ||
+  fail "no bounce to jürgen: $(cat "$W/smtp/envelope.log")"
+id=$(grep '^[^ ]* <> jürgen@' "$W/smtp/envelope.log" | cut -d' ' -f1)
+grep -q "^$id SMTPUTF8$" "$W/smtp/options.log" || fail "jürgen's bounce without SMTPUTF8"
+xp_spool_empty
+
+# 5. a relay without SMTPUTF8: alice's bounce goes to the A-label form
+#    (RFC 6531 3.2), jürgen's is not sent; the log says both
+xp_smtpd_stop
+xp_smtpd_start "$W/smtp2" --refuse-rcpt '^gone@' --no-smtputf8
+post 'alice@bücher.example' 'alice@bücher.example'
+post 'jürgen@bücher.example' 'jürgen@bücher.example'
+pipe_result 5 >/dev/null
+xp_drain
+grep -q '^[^ ]* <> alice@xn--bcher-kva.example$' "$W/smtp2/envelope.log" ||
+  fail "no A-label bounce to alice: $(cat "$W/smtp2/envelope.log" 2>/dev/null)"
+grep -q ' SMTPUTF8' "$W/smtp2/options.log" && fail "SMTPUTF8 to a relay that does not offer it"
+grep -q 'jürgen' "$W/smtp2/envelope.log" && fail "a UTF-8 local part sent without SMTPUTF8"
+grep -q 'does not offer SMTPUTF8: an internationalized domain goes in its A-label form' "$W/exploder.log" ||
+  fail "the A-label fallback not logged"
+grep -q 'does not offer SMTPUTF8, which an address with a UTF-8 local part needs' "$W/exploder.log" ||
+  fail "the unsent bounce not logged"
+xp_spool_empty
+
+# 6. the relay down when the bounce is due (max_age passed): asking it
+#    for SMTPUTF8 fails, the bounce waits, and goes once it is back
+xp_smtpd_stop
+sed -i 's/^\[delivery\]$/[delivery]\nmax_age = 2/' "$XPC"
+post 'alice@bücher.example' 'alice@bücher.example'
+pipe_result 6 >/dev/null
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 75 ] || fail "relay down: want 75, got $rc"
+sleep 3 # past max_age: the post fails, its bounce is queued and cannot go
+rc=0
+xp run --once 2>>"$W/run.log" || rc=$?
+[ "$rc" = 75 ] || fail "relay down, bounce due: want 75, got $rc"
+grep -q 'kind=list delivered=0 failed=2 bounce="alice@b' "$W/exploder.log" || fail "the post not given up"
+xp_smtpd_start "$W/smtp3"
+xp_drain
+grep -q '^[^ ]* <> alice@bücher.example$' "$W/smtp3/envelope.log" ||
+  fail "the bounce did not go once the relay was back: $(cat "$W/smtp3/envelope.log" 2>/dev/null)"
+xp_spool_empty
+
+# 7. a domain IDNA 2008 refuses (a snowman): no address, the null sender,
+#    the reason in the log; the message is taken
+xp deliver --list $L --sender 'x@b☃cher.example' <"$W/in.eml" || fail "deliver refused over a bad sender"
+grep -q 'treated as null.*reason="a domain with a character IDNA 2008 does not allow' "$W/exploder.log" ||
+  fail "no reason for the refused U-label: $(tail -2 "$W/exploder.log")"
+echo "PASS exploder_smtputf8"
