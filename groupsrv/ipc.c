@@ -61,8 +61,9 @@ static const struct field_def fields[IPC_T_COUNT] = {
     [IPC_T_INDEX] = {K_U32, 4},            [IPC_T_CSR_SPKI] = {K_BYTES, 4 * KIB},
     [IPC_T_ACTION] = {K_U32, 4},           [IPC_T_KEY_POLICY] = {K_STR, 512},
     [IPC_T_WRAP] = {K_U32, 4},             [IPC_T_KEY_TRANSPORTS] = {K_U32, 4},
-    [IPC_T_FORMER_CERT] = {K_BYTES, 64 * KIB},
+    [IPC_T_FORMER_CERT] = {K_BYTES, 64 * KIB}, [IPC_T_DEADLINE] = {K_U64, 8},
 };
+_Static_assert(IPC_T_COUNT <= 64, "field tags are bits of a uint64_t");
 
 struct schema {
     uint64_t allowed, required, repeated;
@@ -71,7 +72,7 @@ struct schema {
 #define B(t) (1ull << (t))
 /* Every request may carry its HTTP request id; callers are who the
  * network process says is asking (the key holder checks them). */
-#define RID B(IPC_T_REQUEST_ID)
+#define RID (B(IPC_T_REQUEST_ID) | B(IPC_T_DEADLINE))
 #define CALLER (B(IPC_T_CALLER) | B(IPC_T_IDENTITY) | B(IPC_T_SPKI))
 #define CALLER_REQ (B(IPC_T_CALLER) | B(IPC_T_IDENTITY))
 #define ANSWER (B(IPC_T_STATUS) | B(IPC_T_CODE) | B(IPC_T_MESSAGE) | B(IPC_T_RETRY) | B(IPC_T_GEN))
@@ -83,8 +84,8 @@ static const struct schema requests[IPC_REQ_END] = {
                     CALLER_REQ | B(IPC_T_GROUP) | B(IPC_T_TO) | B(IPC_T_ITEM), 0},
     [IPC_SECRET_KEYS] = {RID | CALLER | B(IPC_T_GROUP), CALLER_REQ | B(IPC_T_GROUP), 0},
     [IPC_CERTIFY] = {RID | CALLER | B(IPC_T_GROUP) | B(IPC_T_CSR_SPKI), CALLER_REQ | B(IPC_T_GROUP), 0},
-    [IPC_SIGN] = {B(IPC_T_DIGEST), B(IPC_T_DIGEST), 0},
-    [IPC_INFO] = {B(IPC_T_FLAGS), 0, 0},
+    [IPC_SIGN] = {B(IPC_T_DIGEST) | B(IPC_T_DEADLINE), B(IPC_T_DIGEST), 0},
+    [IPC_INFO] = {B(IPC_T_FLAGS) | B(IPC_T_DEADLINE), 0, 0},
     [IPC_HEALTH] = {RID | CALLER, 0, 0},
     [IPC_STATS] = {RID | CALLER, 0, 0},
     [IPC_MEMBERS] = {RID | CALLER | B(IPC_T_GROUP), CALLER_REQ | B(IPC_T_GROUP), 0},
@@ -310,6 +311,19 @@ uint32_t ipc_u32(const ipc_msg *m, enum ipc_tag tag, uint32_t dflt)
 uint64_t ipc_u64(const ipc_msg *m, enum ipc_tag tag, uint64_t dflt)
 {
     return ipc_has(m, tag) && fields[tag].kind == K_U64 ? get64(m->f[tag].p) : dflt;
+}
+
+uint64_t ipc_deadline_ms(double monotonic_s)
+{
+    return monotonic_s > 0 ? (uint64_t)(monotonic_s * 1000.0) : 0;
+}
+
+bool ipc_deadline_passed(const ipc_msg *m)
+{
+    uint64_t d = ipc_u64(m, IPC_T_DEADLINE, 0);
+
+    /* 0: none (a frame from an older network process, or an untimed call). */
+    return d != 0 && ipc_deadline_ms(util_monotonic_s()) > d;
 }
 
 const char *ipc_str(const ipc_msg *m, enum ipc_tag tag)

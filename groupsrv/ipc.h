@@ -144,6 +144,7 @@ enum ipc_tag {
     IPC_T_WRAP,         /* u32 gs_wrap: a member's wrap (member, put), a group's member wrap (view, create) */
     IPC_T_KEY_TRANSPORTS, /* u32 ipc_kt bits the current key accepts (view); absent: the token cannot say now */
     IPC_T_FORMER_CERT,  /* bytes, repeated in a keyref: a certificate the version's replaced, DER */
+    IPC_T_DEADLINE,     /* u64: CLOCK_MONOTONIC ms after which the request's client has its 503 (ipc_deadline_ms) */
     IPC_T_COUNT
 };
 
@@ -173,6 +174,12 @@ enum ipc_flag {
 /* Key transports a group's current key accepts (discovery's "key_transports"). */
 enum ipc_kt { IPC_KT_OAEP = 1u << 0, IPC_KT_OAEP256 = 1u << 1, IPC_KT_PKCS1V15 = 1u << 2, IPC_KT_ECDH = 1u << 3 };
 
+/* A request's deadline (IPC_T_DEADLINE): CLOCK_MONOTONIC in milliseconds,
+ * one clock for every process of the host (the network process and the
+ * key holder run on one). The network process answers 503 once it is
+ * past; the key holder then drops the request unrun (no token call, no
+ * audit record: nothing was done and nothing answered 200):
+ * ipc_deadline_ms and ipc_deadline_passed below. */
 /* ---- decoding ------------------------------------------------------------ */
 
 typedef struct ipc_val {
@@ -218,6 +225,11 @@ typedef struct ipc_iter {
 } ipc_iter;
 void ipc_iter_init(ipc_iter *it, const ipc_msg *m, enum ipc_tag tag);
 int ipc_iter_next(ipc_iter *it, ipc_val *val, ipc_msg *sub);
+
+/* A request's deadline (IPC_T_DEADLINE), see above ipc_deadline_passed. */
+uint64_t ipc_deadline_ms(double monotonic_s);
+/* True when a message carries a deadline and it is past now. */
+bool ipc_deadline_passed(const ipc_msg *m);
 
 /* ---- encoding ------------------------------------------------------------ */
 

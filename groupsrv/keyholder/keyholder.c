@@ -507,6 +507,14 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
         job_free(j);
         return;
     }
+    /* Its client has had its 503 (the network process's timeout): not
+     * queued at all (khops.c drops one that expires while queued). */
+    if (ipc_deadline_passed(&j->msg)) {
+        refuse(l, type | IPC_REPLY, cookie, 503, 5, "token_unavailable",
+               "the request waited past its deadline; try again later");
+        job_free(j);
+        return;
+    }
     /* An unwrap counts as one turn of the token queue per item
      * (kh_job_classify), and the queue measures its time per turn for
      * load shedding. The network process refuses a batch of more than

@@ -2170,6 +2170,20 @@ void kh_job_run(void *worker, tq_job *tq)
 
     log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
     ipc_buf_init(&j->reply);
+    /* Past its deadline the network process has answered its client 503
+     * already (or will within its tick): nothing is done for it, neither
+     * token nor database touched, so no audit record is owed (the audit
+     * covers what was done and every 200; this is neither). A key holder
+     * stopped for a while so drops the backlog its link queued instead of
+     * unwrapping for clients long gone. */
+    if (ipc_deadline_passed(&j->msg)) {
+        log_debug("request dropped: past its deadline type=%u", (unsigned)j->msg.type);
+        kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, atomic_load(&w->kh->gen), 503, 5,
+                       "token_unavailable", "the request waited past its deadline; try again later");
+        (void)ipc_end(&j->reply);
+        log_set_request_id(NULL);
+        return;
+    }
     /* A database change seen by any worker moves the generation, so the
      * network process drops the group views it keeps. */
     uint64_t gen = atomic_load(&w->kh->gen);

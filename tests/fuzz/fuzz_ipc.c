@@ -49,6 +49,9 @@ static void poke(const ipc_msg *m)
         }
         FUZZ_CHECK(n == m->count[nested_tags[i]]);
     }
+    /* A request's deadline: only ever past when one was sent. */
+    if (ipc_deadline_passed(m))
+        FUZZ_CHECK(ipc_has(m, IPC_T_DEADLINE) && ipc_u64(m, IPC_T_DEADLINE, 0) != 0);
     ipc_iter it;
     ipc_val v;
     uint32_t n = 0;

@@ -23,6 +23,7 @@
 
 #include "ipc.h"
 #include "metrics.h"
+#include "util.h"
 
 /* A finished frame's payload. */
 static const unsigned char *payload(const ipc_buf *b, size_t *len)
@@ -835,11 +836,51 @@ static void test_reader_each(void **state)
     close(pipefd[1]);
 }
 
+/* A request's deadline (IPC_T_DEADLINE): a u64 on every request, none on
+ * an answer; past when the monotonic clock is beyond it, never when absent. */
+static void test_deadline(void **state)
+{
+    struct raw r;
+    ipc_msg m;
+    uint64_t past = 1, future = ipc_deadline_ms(util_monotonic_s() + 3600), zero = 0;
+    uint32_t narrow = 5;
+    (void)state;
+
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DIGEST, "0123456789abcdefghij", 20);
+    raw_field(&r, IPC_T_DEADLINE, &past, 8);
+    assert_int_equal(decode_raw(IPC_SIGN, &r), IPC_OK);
+    assert_int_equal(ipc_decode(IPC_SIGN, 1, r.p, r.n, &m), IPC_OK);
+    assert_true(ipc_deadline_passed(&m));
+    /* In an answer: not a field answers carry. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_STATUS, &narrow, 4);
+    raw_field(&r, IPC_T_DEADLINE, &past, 8);
+    assert_int_equal(decode_raw(IPC_SIGN | IPC_REPLY, &r), IPC_E_FIELD);
+    /* Of the wrong width. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DEADLINE, &narrow, 4);
+    assert_int_equal(decode_raw(IPC_HEALTH, &r), IPC_E_FIELD);
+    /* Ahead, zero (none), absent: not passed. */
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DEADLINE, &future, 8);
+    assert_int_equal(ipc_decode(IPC_HEALTH, 1, r.p, r.n, &m), IPC_OK);
+    assert_false(ipc_deadline_passed(&m));
+    memset(&r, 0, sizeof(r));
+    raw_field(&r, IPC_T_DEADLINE, &zero, 8);
+    assert_int_equal(ipc_decode(IPC_HEALTH, 1, r.p, r.n, &m), IPC_OK);
+    assert_false(ipc_deadline_passed(&m));
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(ipc_decode(IPC_HEALTH, 1, r.p, r.n, &m), IPC_OK);
+    assert_false(ipc_deadline_passed(&m));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_encoder_caps),
         cmocka_unit_test(test_view_key_policy),
         cmocka_unit_test(test_wrap_transports_members),
