@@ -42,6 +42,7 @@ static const struct key_def keys[] = {
     {"server", "rate_limit", K_UINT, OFF(server.rate_limit), 0, 1000000, NULL},
     {"server", "rate_burst", K_UINT, OFF(server.rate_burst), 1, 1000000, NULL},
     {"server", "timeout", K_UINT, OFF(server.timeout), 1, 3600, NULL},
+    {"server", "keyholder_queue_max", K_SIZE, OFF(server.keyholder_queue_max), 4096, 64u * 1024 * 1024, NULL},
     {"server", "max_connections", K_UINT, OFF(server.max_connections), 1, 1000000, NULL},
     {"server", "reserved_connections", K_UINT, OFF(server.reserved_connections), 0, 1000000, NULL},
     {"server", "max_connections_per_address", K_UINT, OFF(server.max_connections_per_address), 1, 1000000,
@@ -248,6 +249,7 @@ static struct gs_config *config_new(void)
     c->server.max_body = 65536;
     c->server.unwrap_batch_max = 100;
     c->server.timeout = 30;
+    c->server.keyholder_queue_max = 1024u * 1024;
     c->server.max_connections = 1024;
     c->server.reserved_connections = UINT_MAX; /* unset: a quarter of max_connections */
     c->server.max_connections_per_address = 32;

@@ -35,6 +35,9 @@ struct gs_config {
         unsigned rate_limit;    /* requests per second per client identity; 0 = off (default) */
         unsigned rate_burst;    /* token-bucket burst, default 2 * rate_limit */
         unsigned timeout;       /* seconds per request (read+write), default 30 */
+        size_t keyholder_queue_max;    /* bytes of requests the network process holds per thread for a
+                                          key holder that does not take them, default 1 MiB
+                                          (4 KiB..64 MiB); 503 at once beyond */
         unsigned max_connections;      /* API listener's connections, default 1024 */
         unsigned reserved_connections; /* of those, kept for connections with a trusted client
                                           certificate; default max_connections / 4 */

@@ -2112,6 +2112,7 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link
         goto fail;
     }
     link_fd = -1;
+    khlink_set_queue_max(t->link, s->cfg != NULL ? s->cfg->server.keyholder_queue_max : 0);
     if ((t->http = make_http(t, s->listen_fd, 0, &t->bound)) == NULL)
         goto fail;
     if (s->certsrv_fd >= 0 && (t->certhttp = make_http(t, s->certsrv_fd, 1, &t->certbound)) == NULL)

@@ -5,6 +5,18 @@
  * when an answer comes; a thread has at most a few hundred in flight (one
  * per connection), so a linear search costs less than a table would (the
  * timeouts too: untimed calls may come before timed ones).
+ *
+ * What the link holds for the key holder is bounded (holder.h): a frame
+ * stays with its call until the socket has room for it (out holds little
+ * more than the socket takes), so a call that times out before its frame
+ * left is never sent; the frames waiting so are capped in bytes and
+ * number; and once a call timed out with nothing at all read from the key
+ * holder since it was made, the link counts as stalled and refuses new
+ * calls at once but a probe (one at a time, one per timeout), until the
+ * key holder answers again.
+ * Before this a stopped key holder had every request's frame kept for it
+ * (memory grew with the request rate), and on SIGCONT it did the token
+ * work for thousands of requests answered 503 long before.
  */
 #include "holder.h"
 
@@ -20,15 +32,25 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 struct call {
     struct call *next, *prev;
     uint64_t cookie;
+    double made;       /* when the call was made (monotonic) */
     double deadline;   /* 0: untimed */
     khlink_cb cb;
     void *arg;
+    ipc_buf frame;     /* the frame while it has not gone to out (len 0 after) */
 };
+
+/* Frames not yet handed to out: at most this many per link (the bytes:
+ * [server] keyholder_queue_max). */
+#define UNSENT_FRAMES_MAX 4096
+/* out is topped up from the waiting frames to about this much, no more:
+ * what went to out is sent even if its call times out meanwhile. */
+#define OUT_LOW (64u * 1024)
 
 struct khlink {
     struct event_base *base;
@@ -41,6 +63,15 @@ struct khlink {
     struct call *head, *tail;     /* pending, oldest first */
     uint64_t next_cookie, gen;
     unsigned timeout_s;
+    size_t queue_max;             /* bytes of waiting frames and out together */
+    struct call *unsent;          /* the first call whose frame waits (later ones wait too) */
+    size_t unsent_bytes;
+    unsigned unsent_frames;
+    long long counted;            /* bytes this link counts in /metrics now */
+    double last_read;             /* when an answer was last read (monotonic) */
+    bool stalled;                 /* a call timed out with nothing read since it was made */
+    uint64_t probe;               /* cookie of the one call let through while stalled (0: none) */
+    double probe_next;            /* no probe before this (one per [server] timeout) */
     unsigned char *sync_payload;  /* the last synchronous answer's bytes */
     size_t sync_len;
 };
@@ -59,8 +90,31 @@ void khlink_on_broken(void (*fn)(void *arg, const char *why), void *arg)
 void khlink_set_current(khlink *l) { current_link = l; }
 khlink *khlink_current(void) { return current_link; }
 
+/* Keeps the process-wide byte gauge in step with this link. */
+static void count_queue(khlink *l)
+{
+    long long now = (long long)(l->unsent_bytes + (l->out != NULL ? evbuffer_get_length(l->out) : 0));
+
+    metrics_khq_held(now - l->counted, 0);
+    l->counted = now;
+}
+
 static void unlink_call(khlink *l, struct call *c)
 {
+    if (c == l->unsent)
+        l->unsent = c->next;
+    if (c->frame.len > 0) {
+        /* Never sent: the key holder never hears of it. */
+        l->unsent_bytes -= c->frame.len;
+        l->unsent_frames--;
+        metrics_khq_held(0, -1);
+        ipc_buf_free(&c->frame);
+        count_queue(l);
+    }
+    if (c->cookie == l->probe) {
+        l->probe = 0;
+        l->probe_next = util_monotonic_s() + l->timeout_s;
+    }
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -85,6 +139,17 @@ static void fail_all(khlink *l)
 {
     struct call *c = l->head;
 
+    /* The waiting frames go first (none is sent after this). */
+    for (struct call *u = l->unsent; u != NULL; u = u->next)
+        if (u->frame.len > 0) {
+            l->unsent_bytes -= u->frame.len;
+            l->unsent_frames--;
+            metrics_khq_held(0, -1);
+            ipc_buf_free(&u->frame);
+        }
+    l->unsent = NULL;
+    l->probe = 0;
+    count_queue(l);
     l->head = l->tail = NULL;
     while (c != NULL) {
         struct call *next = c->next;
@@ -116,6 +181,7 @@ static void down(khlink *l, const char *why)
         close_socket(l);
     }
     l->gen = 0;
+    l->stalled = false;
     fail_all(l);
 }
 
@@ -140,6 +206,11 @@ static int deliver(khlink *l, uint32_t type, uint64_t cookie, const unsigned cha
         return -1;
     if (ipc_has(&m, IPC_T_GEN))
         l->gen = ipc_u64(&m, IPC_T_GEN, 0);
+    /* Any answer, late ones too: the key holder takes work again. */
+    l->last_read = util_monotonic_s();
+    if (l->stalled)
+        log_info("the key holder answers again: requests are passed on to it again");
+    l->stalled = false;
     if ((c = find_call(l, cookie)) == NULL) {
         log_debug("late answer from the key holder dropped cookie=%llu", (unsigned long long)cookie);
         return 0;
@@ -198,14 +269,49 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
  * for the socket to become writable. */
 static void flush_out(khlink *l)
 {
-    if (l->fd < 0 || evbuffer_get_length(l->out) == 0)
+    if (l->fd < 0)
         return;
-    if (evbuffer_write(l->out, l->fd) < 0 && errno != EAGAIN && errno != EINTR) {
-        down(l, "link error");
-        return;
+    for (;;) {
+        /* Top out up from the waiting frames, in order. */
+        while (l->unsent != NULL && evbuffer_get_length(l->out) < OUT_LOW) {
+            struct call *c = l->unsent;
+            size_t n = c->frame.len;
+            l->unsent = c->next;
+            if (n == 0)
+                continue;
+            if (ipc_ev_queue(l->out, &c->frame) != IPC_OK) {
+                /* Not sent; its call times out (or the link goes down). */
+                log_error("out of memory queueing a frame for the key holder");
+            }
+            l->unsent_bytes -= n;
+            l->unsent_frames--;
+            metrics_khq_held(0, -1);
+        }
+        count_queue(l);
+        if (l->fd < 0 || evbuffer_get_length(l->out) == 0)
+            return;
+        size_t before = evbuffer_get_length(l->out);
+        if (evbuffer_write(l->out, l->fd) < 0 && errno != EAGAIN && errno != EINTR) {
+            down(l, "link error");
+            return;
+        }
+        count_queue(l);
+        if (evbuffer_get_length(l->out) > 0) {
+            event_add(l->wev, NULL);
+            return;
+        }
+        if (evbuffer_get_length(l->out) == before || l->unsent == NULL)
+            return;
     }
-    if (evbuffer_get_length(l->out) > 0)
-        event_add(l->wev, NULL);
+}
+
+/* Has flush_out run at the end of this loop turn. */
+static void schedule_flush(khlink *l)
+{
+    if (!l->flush_pending) {
+        l->flush_pending = 1;
+        event_active(l->flush, EV_WRITE, 0);
+    }
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)
@@ -237,8 +343,22 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         next = c->next;
         if (c->deadline == 0 || c->deadline > now)
             continue;
+        bool sent = c->frame.len == 0 && c != l->unsent;
         unlink_call(l, c);
-        log_error("the key holder did not answer in time cookie=%llu", (unsigned long long)c->cookie);
+        if (!sent)
+            metrics_khq_unsent();
+        /* Nothing at all read from the key holder since this call was
+         * made: it takes no work now (stopped, or every worker stuck in a
+         * token call). New calls are refused at once, but a probe. */
+        if (l->last_read < c->made && !l->stalled) {
+            l->stalled = true;
+            l->probe_next = now + l->timeout_s;
+            log_error("the key holder answered nothing in [server] timeout: requests are answered 503 at "
+                      "once until it answers again timeout_s=%u",
+                      l->timeout_s);
+        }
+        log_error("the key holder did not answer in time cookie=%llu sent=%s", (unsigned long long)c->cookie,
+                  sent ? "yes" : "no");
         c->cb(c->arg, NULL); /* may make calls: they join the tail */
         free(c);
         next = l->head; /* the callback may have failed others (down) */
@@ -259,6 +379,7 @@ khlink *khlink_new(struct event_base *base, unsigned timeout_s)
         return NULL;
     }
     l->timeout_s = timeout_s ? timeout_s : 30;
+    l->queue_max = KHLINK_QUEUE_MAX_DEFAULT;
     l->next_cookie = 1;
     if ((l->flush = event_new(base, -1, 0, flush_cb, l)) == NULL ||
         (l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l)) == NULL || event_add(l->tick, &tv) != 0) {
@@ -268,12 +389,19 @@ khlink *khlink_new(struct event_base *base, unsigned timeout_s)
     return l;
 }
 
+void khlink_set_queue_max(khlink *l, size_t bytes)
+{
+    if (l != NULL)
+        l->queue_max = bytes > 0 ? bytes : KHLINK_QUEUE_MAX_DEFAULT;
+}
+
 void khlink_free(khlink *l)
 {
     if (l == NULL)
         return;
     close_socket(l);
     fail_all(l);
+    count_queue(l);
     if (l->tick != NULL)
         event_free(l->tick);
     if (l->flush != NULL)
@@ -301,38 +429,80 @@ int khlink_attach(khlink *l, int fd)
         return -1;
     }
     l->fd = fd;
+    l->last_read = util_monotonic_s();
     return 0;
 }
 
 bool khlink_up(const khlink *l) { return l != NULL && l->fd >= 0; }
 uint64_t khlink_gen(const khlink *l) { return l != NULL ? l->gen : 0; }
 
+/* May a call be made now? Refuses (counted) when the frames waiting
+ * would pass the bound, or while the link is stalled and a probe is out.
+ * A frame alone is always let through, however large: a request the
+ * configuration admits is never refused for its size. */
+static bool admit(khlink *l, size_t len, double now, bool *probe)
+{
+    size_t held = l->unsent_bytes + evbuffer_get_length(l->out);
+
+    *probe = false;
+    if (l->stalled) {
+        /* One probe at a time, and one per timeout: a client that asks
+         * again after each 503 does not make every request a probe. */
+        if (l->probe != 0 || now < l->probe_next) {
+            metrics_khq_refused(1);
+            return false;
+        }
+        *probe = true;
+    }
+    if (held > 0 && (l->unsent_frames >= UNSENT_FRAMES_MAX || len > l->queue_max || held > l->queue_max - len)) {
+        metrics_khq_refused(0);
+        return false;
+    }
+    return true;
+}
+
 static int call_add(khlink *l, ipc_buf *b, bool timed, khlink_cb cb, void *arg)
 {
     struct call *c = NULL;
     int rc = -1;
+    bool probe = false;
+    double now = util_monotonic_s();
 
-    if (l == NULL || l->fd < 0 || ipc_end(b) != IPC_OK || (c = calloc(1, sizeof(*c))) == NULL)
+    if (l == NULL || l->fd < 0)
+        goto out;
+    /* A timed call carries its deadline: the key holder drops it unrun
+     * once that is past (its client was answered 503 by then). */
+    if (timed)
+        ipc_put_u64(b, IPC_T_DEADLINE, ipc_deadline_ms(now + l->timeout_s));
+    /* Checked before anything is allocated for the call. */
+    if (ipc_end(b) != IPC_OK || !admit(l, b->len, now, &probe) || (c = calloc(1, sizeof(*c))) == NULL)
         goto out;
     c->cookie = l->next_cookie++;
-    c->deadline = timed ? util_monotonic_s() + l->timeout_s : 0;
+    c->made = now;
+    c->deadline = timed ? now + l->timeout_s : 0;
     c->cb = cb;
     c->arg = arg;
     ipc_set_cookie(b, c->cookie);
-    /* The frame joins out (its buffer moves there, wiped once written:
-     * frames carry keys), and goes with the others of this loop turn. */
-    if (ipc_ev_queue(l->out, b) != IPC_OK)
-        goto out;
-    if (!l->flush_pending) {
-        l->flush_pending = 1;
-        event_active(l->flush, EV_WRITE, 0);
-    }
+    /* The frame waits with its call (moved, not copied: wiped once
+     * written, as frames carry keys) until out has room: flush_out sends
+     * it with the others of this loop turn. */
+    c->frame = *b;
+    ipc_buf_init(b);
+    l->unsent_bytes += c->frame.len;
+    l->unsent_frames++;
+    metrics_khq_held(0, 1);
+    if (l->unsent == NULL)
+        l->unsent = c;
+    if (probe)
+        l->probe = c->cookie;
+    schedule_flush(l);
     c->prev = l->tail;
     if (l->tail != NULL)
         l->tail->next = c;
     else
         l->head = c;
     l->tail = c;
+    count_queue(l);
     c = NULL;
     rc = 0;
 out:
@@ -380,8 +550,17 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
     ipc_payload_free(l->sync_payload, l->sync_len);
     l->sync_payload = NULL;
     l->sync_len = 0;
+    /* Its deadline: a signature the handshake gave up on is not made later. */
+    ipc_put_u64(b, IPC_T_DEADLINE, ipc_deadline_ms(deadline));
     if (l->fd < 0 || ipc_end(b) != IPC_OK || (stash = evbuffer_new()) == NULL) {
         why = "link down";
+        goto out;
+    }
+    /* A stalled key holder would hold this thread (and every connection
+     * on it) for the whole wait. */
+    if (l->stalled) {
+        metrics_khq_refused(1);
+        why = "the key holder answers nothing (stalled)";
         goto out;
     }
     cookie = l->next_cookie++;
@@ -429,6 +608,7 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
             }
             if (ipc_has(reply, IPC_T_GEN))
                 l->gen = ipc_u64(reply, IPC_T_GEN, 0);
+            l->last_read = util_monotonic_s();
             found = 1;
             break;
         }
@@ -459,6 +639,11 @@ out:
      * only when the key holder next writes (on an idle link, never). */
     if (l->fd >= 0 && evbuffer_get_length(l->in) > 0)
         event_active(l->rev, EV_READ, 0);
+    /* Frames that waited behind a full out go on in the loop. */
+    if (l->fd >= 0 && l->unsent != NULL)
+        schedule_flush(l);
+    if (l->out != NULL)
+        count_queue(l);
     if (rc != 0)
         log_error("synchronous call to the key holder failed reason=\"%s\"", why);
     return rc;

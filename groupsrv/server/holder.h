@@ -18,6 +18,7 @@
 #define GS_SRV_HOLDER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ipc.h"
@@ -32,6 +33,23 @@ typedef void (*khlink_cb)(void *arg, const ipc_msg *reply);
 /* A link without a socket yet; calls wait at most timeout_s seconds
  * (but those made with khlink_call_untimed). */
 khlink *khlink_new(struct event_base *base, unsigned timeout_s);
+/* What a link holds for its key holder, in frames not yet taken by the
+ * socket: at most this many bytes by default ([server]
+ * keyholder_queue_max), and at most 4096 frames. A call beyond that is
+ * refused at once (khlink_call returns -1: the request is answered 503
+ * token_unavailable with Retry-After), allocating nothing. A call whose
+ * frame has not left when it times out is never sent; a timed call's
+ * frame carries its deadline (IPC_T_DEADLINE), past which the key holder
+ * drops it unrun. When a call timed out with nothing read from the key
+ * holder since it was made, the link is stalled: new calls are refused
+ * at once, but a probe (one at a time, at most one per timeout), until
+ * the key holder answers anything again; synchronous calls are refused
+ * while stalled. */
+#define KHLINK_QUEUE_MAX_DEFAULT (1024u * 1024)
+void khlink_set_queue_max(khlink *l, size_t bytes);
+
+/* What links hold, and refuse, is counted for /metrics (metrics.h). */
+
 /* Fails the pending calls (callbacks with NULL), closes the socket. NULL fine. */
 void khlink_free(khlink *l);
 /* Takes fd over as the link's socket. A previous socket is closed and its

@@ -66,6 +66,18 @@ void metrics_unwrap_latency(double seconds)
 }
 
 void metrics_token_error(void) { atomic_fetch_add(&token_errors, 1); }
+/* The links to the key holder (holder.c), over every thread. */
+static _Atomic long long khq_bytes, khq_frames;
+static _Atomic unsigned long long khq_refused[2], khq_unsent;
+
+void metrics_khq_held(long long bytes_delta, long long frames_delta)
+{
+    atomic_fetch_add(&khq_bytes, bytes_delta);
+    atomic_fetch_add(&khq_frames, frames_delta);
+}
+void metrics_khq_refused(int stalled) { atomic_fetch_add(&khq_refused[stalled ? 1 : 0], 1); }
+void metrics_khq_unsent(void) { atomic_fetch_add(&khq_unsent, 1); }
+
 void metrics_connection(int delta) { atomic_fetch_add(&connections, delta); }
 long metrics_connections(void) { return atomic_load(&connections); }
 
@@ -223,6 +235,21 @@ char *metrics_render(const metrics_token *t)
                   "# HELP groupsrv_audit_up 1 when the audit log is writable.\n"
                   "# TYPE groupsrv_audit_up gauge\ngroupsrv_audit_up %d\n",
               t->token_up, t->audit_up);
+    long long qb = atomic_load(&khq_bytes), qf = atomic_load(&khq_frames);
+    sb_printf(&b,
+              "# HELP groupsrv_keyholder_queue_bytes Bytes of requests held for the key holder, not yet taken by "
+              "it.\n# TYPE groupsrv_keyholder_queue_bytes gauge\ngroupsrv_keyholder_queue_bytes %llu\n"
+              "# HELP groupsrv_keyholder_queue_frames Requests held for the key holder, not yet written to it.\n"
+              "# TYPE groupsrv_keyholder_queue_frames gauge\ngroupsrv_keyholder_queue_frames %llu\n"
+              "# HELP groupsrv_keyholder_refused_total Requests answered 503 at once, not passed on to the key "
+              "holder.\n# TYPE groupsrv_keyholder_refused_total counter\n"
+              "groupsrv_keyholder_refused_total{reason=\"queue_full\"} %llu\n"
+              "groupsrv_keyholder_refused_total{reason=\"stalled\"} %llu\n"
+              "# HELP groupsrv_keyholder_unsent_total Requests that timed out before they were written to the key "
+              "holder (never sent).\n# TYPE groupsrv_keyholder_unsent_total counter\n"
+              "groupsrv_keyholder_unsent_total %llu\n",
+              qb > 0 ? (unsigned long long)qb : 0, qf > 0 ? (unsigned long long)qf : 0,
+              atomic_load(&khq_refused[0]), atomic_load(&khq_refused[1]), atomic_load(&khq_unsent));
     long long not_after = atomic_load(&tls_not_after);
     if (not_after != 0)
         sb_printf(&b,

@@ -41,6 +41,14 @@ void metrics_tls_not_after(long long unix_seconds);
 /* The same for the local CA certificate the key holder loaded (0: none). */
 void metrics_ca_not_after(long long unix_seconds);
 
+/* What the links to the key holder hold (holder.c): the change in bytes
+ * and frames held; a call refused at once (stalled: the key holder
+ * answers nothing; else: the bound was reached); a call that timed out
+ * before its frame was written (never sent). */
+void metrics_khq_held(long long bytes_delta, long long frames_delta);
+void metrics_khq_refused(int stalled);
+void metrics_khq_unsent(void);
+
 /* The key holder's counters. Latency of one token unwrap/rewrap, in seconds. */
 void metrics_unwrap_latency(double seconds);
 void metrics_token_error(void);
