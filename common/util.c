@@ -143,6 +143,31 @@ int util_read_file(const char *path, size_t max, unsigned char **out, size_t *le
     return rc;
 }
 
+int util_read_regular_file(const char *path, size_t max, unsigned char **out, size_t *len)
+{
+    int rc, fd;
+    struct stat st;
+
+    *out = NULL;
+    *len = 0;
+    if (path == NULL || max == SIZE_MAX)
+        return UTIL_E_ARGS;
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
+    if (fstat(fd, &st) != 0)
+        rc = UTIL_E_IO;
+    else if (!S_ISREG(st.st_mode))
+        rc = UTIL_E_NOTREG;
+    else if ((uint64_t)st.st_size > max)
+        rc = UTIL_E_TOOBIG;
+    else
+        rc = util_read_fd(fd, max, out, len); /* a regular file's reads do not wait */
+    close(fd);
+    return rc;
+}
+
 struct util_atomic_file {
     FILE *fp;
     char *path;

@@ -29,6 +29,10 @@ const char *util_strerror(int err);
 /* Reads a whole file of at most max bytes into a fresh buffer (NUL-terminated
  * for convenience; *len excludes the NUL). Caller frees (wipes if secret). */
 int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len);
+/* As util_read_file for a regular file only: UTIL_E_NOTREG for anything
+ * else (a named pipe, a device), found without waiting (the open does not
+ * block for a pipe's writer), for a process whose loop must not stop. */
+int util_read_regular_file(const char *path, size_t max, unsigned char **out, size_t *len);
 /* The same for an open descriptor read to its end (stdin of a pipe):
  * UTIL_E_TOOBIG as soon as more than max bytes arrive. */
 int util_read_fd(int fd, size_t max, unsigned char **out, size_t *len);

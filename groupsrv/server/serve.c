@@ -416,6 +416,12 @@ static void net_ctl_failed(struct sup *s, const char *what, int rc)
     s->net.ctl = -1;
 }
 
+/* Why a [tls] file was not read, for the log. */
+static const char *tls_file_why(int ur)
+{
+    return ur == UTIL_E_NOTREG ? "not a regular file (a named pipe or a device is not read)" : util_strerror(ur);
+}
+
 /* When send_tls sends the TLS files: at serve's start, to a network
  * process started again (serve runs on), or at a reload (SIGHUP). */
 enum tls_when { TLS_AT_START, TLS_AT_RESTART, TLS_AT_RELOAD };
@@ -439,16 +445,25 @@ static int send_tls(struct sup *s, int ctl, enum tls_when when, int *wrc)
     const char *why = when == TLS_AT_START ? "not started: " : "";
 
     ipc_buf_init(&b);
-    if (util_read_file(cfg->tls.cert, GS_TLS_CERT_MAX, &cert, &cl) != UTIL_OK) {
-        log_error("%scannot read the TLS certificate path=\"%s\"", why, log_qs(cfg->tls.cert));
+    /* Regular files only, found so without waiting: a named pipe there
+     * (a writer that never comes) held the supervisor's loop in open()
+     * at a SIGHUP for good, no child restarted and no signal served. */
+    int ur;
+    if ((ur = util_read_regular_file(cfg->tls.cert, GS_TLS_CERT_MAX, &cert, &cl)) != UTIL_OK) {
+        log_error("%scannot read the TLS certificate path=\"%s\" reason=\"%s\"", why, log_qs(cfg->tls.cert),
+                  tls_file_why(ur));
         goto out;
     }
-    if (strncmp(cfg->tls.key, "pkcs11:", 7) != 0 && util_read_file(cfg->tls.key, 1u << 20, &key, &kl) != UTIL_OK) {
-        log_error("%scannot read the TLS key path=\"%s\"", why, log_qs(cfg->tls.key));
+    if (strncmp(cfg->tls.key, "pkcs11:", 7) != 0 &&
+        (ur = util_read_regular_file(cfg->tls.key, 1u << 20, &key, &kl)) != UTIL_OK) {
+        log_error("%scannot read the TLS key path=\"%s\" reason=\"%s\"", why, log_qs(cfg->tls.key),
+                  tls_file_why(ur));
         goto out;
     }
-    if (cfg->tls.client_ca != NULL && util_read_file(cfg->tls.client_ca, GS_TLS_CLIENT_CA_MAX, &ca, &cal) != UTIL_OK) {
-        log_error("%scannot read the client CA file path=\"%s\"", why, log_qs(cfg->tls.client_ca));
+    if (cfg->tls.client_ca != NULL &&
+        (ur = util_read_regular_file(cfg->tls.client_ca, GS_TLS_CLIENT_CA_MAX, &ca, &cal)) != UTIL_OK) {
+        log_error("%scannot read the client CA file path=\"%s\" reason=\"%s\"", why,
+                  log_qs(cfg->tls.client_ca), tls_file_why(ur));
         goto out;
     }
     if (tls_cert_valid_now(cert, cl) != GS_OK) {

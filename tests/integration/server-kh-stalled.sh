@@ -13,6 +13,8 @@
 #    for requests answered 200: every audit record of an unwrap belongs to a
 #    request answered 200 and every 200 has its record (the frames queued
 #    while it was stopped carry a deadline it drops them at, unrun).
+#  - a named pipe as a [tls] file at SIGHUP is refused at once (it held the
+#    supervisor in open() for good).
 # No timing assertions: the test waits for states, not durations.
 set -euo pipefail
 BIN=$1 SRC=$2
@@ -104,3 +106,24 @@ PY
 grep -q 'the key holder answers again' "$work/server.log" || fail "no log line for the link taking work again"
 ok "after SIGCONT: the token used only for requests answered 200, each audited"
 
+# ---- a named pipe as a [tls] file at SIGHUP ----
+# The supervisor reads the TLS files again at SIGHUP; a named pipe there
+# (no writer) held its loop in open() for good: no reload, no restart of a
+# child, no SIGTERM served. Now refused at once as no regular file, and the
+# previous TLS configuration kept.
+mv "$certs/clients.pem" "$certs/clients.pem.file"
+mkfifo "$certs/clients.pem"
+kill -HUP "$srv_pid"
+for _ in $(seq 1 300); do
+  grep -q 'cannot read the client CA file.* reason="not a regular file' "$work/server.log" && break
+  sleep 0.1
+done
+grep -q 'cannot read the client CA file.* reason="not a regular file' "$work/server.log" ||
+  fail "a named pipe as [tls] client_ca at SIGHUP: not refused (the supervisor waits in open?)"
+rm "$certs/clients.pem"
+mv "$certs/clients.pem.file" "$certs/clients.pem"
+expect_status 200 "" "an unwrap after the refused reload" -- c alice --data-binary @"$work/batch.json" "$url"
+kill -TERM "$srv_pid"
+wait "$srv_pid" || true
+srv_pid=
+ok "a named pipe as [tls] client_ca at SIGHUP: refused at once, the server serves on and stops on SIGTERM"
