@@ -91,7 +91,10 @@ gs_err gs_cert_parse(const unsigned char *buf, size_t len, X509 **out)
     bio = BIO_new_mem_buf(buf, (int)len);
     if (bio == NULL)
         return GS_ERR_NOMEM;
-    x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    /* No pass phrase is given: DER bytes (a member PUT's certificate
+     * comes as DER) can hold a PEM block marked encrypted, and OpenSSL's
+     * default then asks on the key holder's terminal or standard input. */
+    x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL);
     BIO_free(bio);
     if (x == NULL) {
         const unsigned char *p = buf;

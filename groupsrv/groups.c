@@ -317,7 +317,7 @@ static gs_err cert_pem_all(const char *pem, STACK_OF(X509) **out)
     *out = sk_X509_new_null();
     if (*out == NULL || (bio = BIO_new_mem_buf(pem, -1)) == NULL)
         goto out;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+    while ((x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL) /* never asks */
         if (!sk_X509_push(*out, x)) {
             X509_free(x);
             goto out;

@@ -255,6 +255,26 @@ for who in erin admin; do
 done
 [ "$(srv_net_pid)" = "$net0" ] || fail "a member PUT with an encrypted PEM ended the network process: $(grep -m1 'forbidden' "$work/server.log")"
 ok "a certificate PEM marked encrypted is refused ($got), the network process serving on"
+# A DER certificate may hold such a block in its bytes (here in an
+# extension's value): the network process sends the key holder DER, which
+# read it as PEM first, and OpenSSL's default asked for the pass phrase on
+# the key holder's terminal or standard input ("Enter PEM pass phrase:").
+hex=$(printf '\n-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAAAAAAAAAAAAAAAAAAAA==\n-----END CERTIFICATE-----\n' |
+  od -An -tx1 | tr -d ' \n')
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=zed@example.org" \
+  -addext "subjectAltName=email:zed@example.org" -addext "1.3.6.1.4.1.99999.1=DER:$hex" \
+  -keyout "$work/zed-der.key" -out "$work/zed-der.pem" 2>/dev/null
+/usr/bin/python3 -c 'import json,sys; print(json.dumps({"role":"member","certificate":open(sys.argv[1]).read()}))' \
+  "$work/zed-der.pem" > "$work/der-pem.json"
+mark=$(wc -c < "$work/server.log")
+expect_status 201 "" "a certificate whose DER holds a PEM block marked encrypted" -- \
+  c admin -X PUT -H 'Content-Type: application/json' --data-binary @"$work/der-pem.json" \
+  "$base/v1/groups/eng/members/zed@example.org"
+tail -c +"$((mark + 1))" "$work/server.log" | grep -q 'pass phrase' &&
+  fail "the key holder asked for a pass phrase: $(tail -c +"$((mark + 1))" "$work/server.log" | grep -m1 'pass phrase')"
+expect_status 200 "" "that member removed again" -- c admin -X DELETE "$base/v1/groups/eng/members/zed@example.org"
+[ "$(srv_net_pid)" = "$net0" ] || fail "a member PUT of that certificate ended the network process"
+ok "a PEM block marked encrypted inside a DER certificate asks for no pass phrase"
 
 # ---- concurrent clients ----
 UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
