@@ -14,6 +14,7 @@
 #include "log.h"
 #include "prepare.h"
 #include "restclient.h"
+#include "util.h"
 
 /* The group server's words for the same refusals (groupsrv/server/api.c),
  * so a sender reads one reason whoever refuses. */
@@ -183,7 +184,8 @@ static xp_err cert_refresh(const xp_conf *c, spool *s, xp_list *l, int64_t now, 
         goto out;
     }
     /* the answer is the current version's certificate, then its issuer */
-    if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL || (leaf = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
+    if ((b = BIO_new_mem_buf(pem, (int)len)) == NULL ||
+        (leaf = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) == NULL) { /* never asks */
         snprintf(why, whysz, "group certificate: the group server answered no parsable certificate");
         rc = XP_ERR_FORMAT;
         goto out;

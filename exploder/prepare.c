@@ -23,6 +23,10 @@
 #include "restclient.h"
 #include "util.h"
 
+/* Every PEM read here gives no pass phrase (util_pem_no_passphrase): a
+ * block marked encrypted, in a member's certificate or a group server's
+ * answer, made OpenSSL's default ask on the terminal or, with none (a
+ * Postfix pipe, a timer), read a line of standard input. */
 static X509 *first_cert(const char *pem)
 {
     BIO *b;
@@ -31,7 +35,7 @@ static X509 *first_cert(const char *pem)
         return NULL;
     if ((b = BIO_new_mem_buf(pem, -1)) == NULL)
         return NULL;
-    x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    x = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL);
     BIO_free(b);
     return x;
 }
@@ -128,7 +132,7 @@ static STACK_OF(X509) *list_versions(const xp_list *l)
         BIO_free(b);
         return NULL;
     }
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    while ((x = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) != NULL) {
         if ((first || X509_check_ca(x) == 0) && sk_X509_push(versions, x) > 0)
             x = NULL;
         X509_free(x);
@@ -228,7 +232,7 @@ bool xp_group_cert_known(const char *pem, X509 *cert)
     X509 *x;
     bool known = false;
 
-    while (b != NULL && !known && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    while (b != NULL && !known && (x = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) != NULL) {
         known = X509_cmp(x, cert) == 0;
         X509_free(x);
     }

@@ -1165,6 +1165,49 @@ static void test_forward_base64_then_signature(void **state)
     rm_rf(dir);
 }
 
+/* A certificate PEM block marked encrypted (Proc-Type: 4,ENCRYPTED), as a
+ * member's certificate file or a hostile group server's answer may hold:
+ * read with OpenSSL's default pass phrase callback it asked on the
+ * terminal or, without one (Postfix, a timer), printed "Enter PEM pass
+ * phrase:" and read a line of standard input. Now refused as unreadable,
+ * asking nothing and reading nothing. */
+static void test_pem_encrypted_asks_nothing(void **state)
+{
+    (void)state;
+    static const char pem[] = "-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\n"
+                              "DEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\n"
+                              "AAAAAAAAAAAAAAAAAAAAAA==\n-----END CERTIFICATE-----\n";
+    char errpath[] = "/tmp/gs-xp-pem-XXXXXX", buf[64];
+    int in[2], errfd = mkstemp(errpath), saved_in = dup(0), saved_err = dup(2);
+    char *subject = NULL;
+
+    assert_true(errfd >= 0 && saved_in >= 0 && saved_err >= 0);
+    assert_int_equal(pipe(in), 0);
+    assert_int_equal(write(in[1], "typed\n", 6), 6);
+    assert_int_equal(close(in[1]), 0);
+    assert_true(dup2(in[0], 0) == 0 && dup2(errfd, 2) == 2);
+    xp_err e = xp_cert_check(pem, &subject);
+    bool known = xp_group_cert_known(pem, NULL);
+    char names[128];
+    bool names_it = xp_cert_names_address(pem, "a@example.org", names, sizeof(names));
+    assert_true(dup2(saved_in, 0) == 0 && dup2(saved_err, 2) == 2);
+    assert_int_not_equal(e, XP_OK);
+    assert_false(known);
+    assert_false(names_it);
+    free(subject);
+    /* standard input untouched, nothing asked */
+    assert_int_equal(read(in[0], buf, sizeof(buf)), 6);
+    ssize_t n = pread(errfd, buf, sizeof(buf) - 1, 0);
+    assert_true(n >= 0);
+    buf[n] = '\0';
+    assert_null(strstr(buf, "pass phrase"));
+    (void)close(in[0]);
+    (void)close(errfd);
+    (void)close(saved_in);
+    (void)close(saved_err);
+    unlink(errpath);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -1177,6 +1220,7 @@ int main(void)
         cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader),
         cmocka_unit_test(test_forward_base64_then_signature), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
+        cmocka_unit_test(test_pem_encrypted_asks_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
