@@ -455,7 +455,10 @@ int gm_pem_certs(const unsigned char *pem, size_t len, STACK_OF(X509) **out)
     *out = NULL;
     if (sk == NULL || len > INT_MAX || (b = BIO_new_mem_buf(pem, (int)len)) == NULL)
         goto out;
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    /* No pass phrase is given (util_pem_no_passphrase): for a block marked
+     * encrypted, in a file or a server's answer, OpenSSL's default asked on
+     * the terminal or read a line of standard input (the message). */
+    while ((x = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) != NULL) {
         if (sk_X509_num(sk) >= GM_PEM_CERTS_MAX || !sk_X509_push(sk, x)) {
             X509_free(x);
             goto out;

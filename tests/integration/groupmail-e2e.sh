@@ -328,6 +328,16 @@ expect_rc 2 "--content-algorithm without --recipient-info" -- \
 expect_rc 0 "encrypt to the pinned group certificate" -- gm encrypt --mime --in "$work/m.txt" --out "$work/gm.smime"
 expect_rc 0 "decrypt a groupmail message --via tls" -- as alice decrypt --in "$work/gm.smime"
 same_text "$work/gm.out" "$work/m.txt" "groupmail encrypt"
+# A --group-cert file whose CERTIFICATE block is marked encrypted
+# (Proc-Type: 4,ENCRYPTED): OpenSSL's default asked for a pass phrase on
+# the terminal or, with none (a script, cron), printed its prompt and read
+# a line of standard input as the pass phrase. Refused now, asking nothing
+# (setsid: no terminal, whoever runs the test).
+printf -- '-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,%s\n\n%s\n-----END CERTIFICATE-----\n' \
+  00112233445566778899AABBCCDDEEFF AAAAAAAAAAAAAAAAAAAAAA== > "$work/enc-cert.pem"
+expect_rc 1 "a --group-cert whose PEM block is marked encrypted" -- \
+  setsid -w "$BIN/groupmail" encrypt --group-cert "$work/enc-cert.pem" --in "$work/m.txt" <<< "typed"
+grep -q 'pass phrase' "$work/gm.err" && fail "groupmail asked for a pass phrase: $(cat "$work/gm.err")"
 
 # send over SMTP to a real (aiosmtpd) server, then decrypt what arrived
 /usr/bin/python3 "$SRC/tests/lib/smtpd.py" --dir "$work/mail" --port-file "$work/smtp.port" --pid-file "$work/smtp.pid" &
