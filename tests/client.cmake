@@ -58,3 +58,11 @@ add_test(NAME groupmail_plaintext_memory COMMAND /usr/bin/python3
   ${GS_TEST_DIR}/integration/groupmail-plaintext-memory.py ${GS_TEST_BIN})
 set_tests_properties(groupmail_plaintext_memory PROPERTIES LABELS "integration;client" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
+# Certificates read from a group server's answer never ask a pass phrase
+# (groupmail's gm_pem_certs, the exploder's group certificate reads).
+add_executable(test_pempass ${GS_TEST_DIR}/unit/test_pempass.c)
+target_link_libraries(test_pempass PRIVATE gs_groupmail_core gs_exploder_core PkgConfig::CMOCKA PkgConfig::OPENSSL)
+gs_target_warnings(test_pempass)
+add_test(NAME unit_pempass COMMAND test_pempass)
+set_tests_properties(unit_pempass PROPERTIES LABELS "unit;client" TIMEOUT 60)
