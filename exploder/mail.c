@@ -255,7 +255,7 @@ bool mail_addr_local_ascii(const char *addr)
 xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why)
 {
     const char *at;
-    char *ace = NULL;
+    char *ace = NULL, *strict = NULL;
     size_t n, local;
     bool ascii_domain = true;
     int r, len;
@@ -333,6 +333,29 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
             *why = "a domain too long in its A-label form (63 octets a label, 255 in all)";
         goto out;
     }
+    /* The domain must already be in the form the mapping gives (ASCII
+     * case aside): UTS #46 is for what a user types, an address on the wire
+     * holds U-labels (RFC 6531 3.2, RFC 5890). A mapped spelling names the
+     * same DNS domain but not the same string, so the sender checks in
+     * front of the exploder (SPF, DMARC, a relay's sender-login map) see
+     * another domain: "alice@exam<U+00AD>ple.com" (an invisible soft
+     * hyphen) or a fullwidth "example.com" would pass them and then be the
+     * member alice@example.com here. IDNA 2008 without the mapping must
+     * take it and give the same A-label form. */
+    {
+        char dom[MAIL_MAX_ADDR + 1];
+        size_t dn = n - local - 1;
+        memcpy(dom, at + 1, dn + 1);
+        for (size_t i = 0; i < dn; i++)
+            if (dom[i] >= 'A' && dom[i] <= 'Z')
+                dom[i] = (char)(dom[i] - 'A' + 'a');
+        r = idn2_lookup_u8((const uint8_t *)dom, (uint8_t **)&strict, IDN2_NO_TR46);
+        if (r != IDN2_OK || strcmp(strict, ace) != 0) {
+            *why = "a domain not written in its U-label form (a character the UTS #46 mapping changes: an "
+                   "upper-case or fullwidth letter, a soft hyphen, another full stop, not NFC)";
+            goto out;
+        }
+    }
     /* the A-label form a host name by the rule a member's domain has
      * (libidn2 lets an empty label through) */
     len = snprintf(key, keysz, "x@%s", ace);
@@ -357,6 +380,7 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
     rc = XP_OK;
 out:
     idn2_free(ace);
+    idn2_free(strict);
     return rc;
 }
 

@@ -53,7 +53,9 @@ xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char
  * as it is (compared byte for byte beyond ASCII case, which the spool's
  * NOCASE folds), the domain, when it is not US-ASCII, in its A-label form
  * by IDNA 2008 with the UTS #46 mapping (nontransitional, STD3 rules, as
- * Postfix, libcurl and browsers look it up). addr is an addr-spec: at most
+ * Postfix, libcurl and browsers look it up), which must leave it as
+ * written beyond ASCII case (its U-label form: a fullwidth or upper-case
+ * letter, a soft hyphen or NFD is refused). addr is an addr-spec: at most
  * MAIL_MAX_ADDR octets, its ASCII octets as mailaddr_names_record takes
  * them, its others well-formed UTF-8 from U+00A0 up (no C1 controls), a
  * local part of at most 64 octets. XP_ERR_FORMAT otherwise, *why saying
