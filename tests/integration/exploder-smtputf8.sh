@@ -202,4 +202,15 @@ xp_spool_empty
 xp deliver --list $L --sender 'x@b☃cher.example' <"$W/in.eml" || fail "deliver refused over a bad sender"
 grep -q 'treated as null.*reason="a domain with a character IDNA 2008 does not allow' "$W/exploder.log" ||
   fail "no reason for the refused U-label: $(tail -2 "$W/exploder.log")"
+# 8. a domain written in a form UTS #46 maps (an invisible soft hyphen in
+#    bücher, a fullwidth b) is not the member's: the sender checks in
+#    front of the list saw another domain; no address, members only
+xp list set $L --members-only >/dev/null
+for a in 'alice@bü­cher.example' 'alice@ｂücher.example'; do
+  rc=0
+  xp deliver --list $L --sender "$a" <"$W/in.eml" 2>/dev/null || rc=$?
+  [ "$rc" = 77 ] || fail "a mapped spelling of a member's domain ($a): want 77, got $rc"
+done
+grep -q 'treated as null.*reason="a domain not written in its U-label form' "$W/exploder.log" ||
+  fail "no reason for the mapped domain: $(tail -2 "$W/exploder.log")"
 echo "PASS exploder_smtputf8"
