@@ -51,6 +51,7 @@ struct env_message {
     size_t keylen, ivlen, taglen;
     unsigned char iv[64];
     off_t ec_off, ec_end; /* the [0] encryptedContent TLV */
+    off_t cms_end;        /* just past the ContentInfo: decoded bytes after it are text added to its base64 */
     STACK_OF(X509_ATTRIBUTE) *attrs1; /* unprotectedAttrs (Env) or authAttrs (Auth) */
     ASN1_OCTET_STRING *mac;            /* Auth only */
     STACK_OF(X509_ATTRIBUTE) *attrs2;  /* unauthAttrs (Auth only) */
@@ -1175,6 +1176,7 @@ static env_err parse_cms(env_message *m)
     if ((rv = close_container(m, &pos, c0.indef, end_c0)) != ENV_OK)
         goto out;
     rv = close_container(m, &pos, ci.indef, end_ci);
+    m->cms_end = pos;
 out:
     ASN1_OBJECT_free(ct);
     ASN1_INTEGER_free(ver);
@@ -1433,6 +1435,11 @@ out:
 const char *env_message_outer_headers(const env_message *msg)
 {
     return msg && msg->outer ? msg->outer : "";
+}
+
+bool env_message_trailing(const env_message *msg)
+{
+    return msg != NULL && msg->cms_end < msg->size;
 }
 
 /* ---- decryption ------------------------------------------------------------ */

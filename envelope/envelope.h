@@ -270,6 +270,12 @@ env_err env_message_set_recipients(env_message *msg, const unsigned char *const 
  * write); "" for DER/PEM input. Borrowed. */
 const char *env_message_outer_headers(const env_message *msg);
 
+/* Did the input hold bytes after the end of the ContentInfo (words of a
+ * footer that happen to decode as base64 after the S/MIME part's base64,
+ * say)? The reader ignores them; a copy that goes on as it came would
+ * carry them. */
+bool env_message_trailing(const env_message *msg);
+
 /* Decrypts the content with a known content key into out (the inner MIME
  * entity for S/MIME). ENV_ERR_AUTH on tag or padding failure. */
 env_err env_message_decrypt(const env_message *msg, const unsigned char *cek, size_t ceklen, BIO *out);

@@ -490,6 +490,18 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(e);
         goto out;
     }
+    /* A forward list that takes only encrypted mail sends the body as it
+     * came: words after the base64 that decode as base64 too (a footer
+     * whose letters happen to end a quantum) would reach every member
+     * unencrypted, though the reader, stopping at the CMS's end, takes it.
+     * Refused as such a footer is when it does not decode. */
+    if (l->mode == XP_MODE_FORWARD && l->require_encrypted && env_message_trailing(msg)) {
+        log_info("text after the CMS in the S/MIME body's base64 list=%s", l->address);
+        rc = XP_ERR_FORMAT;
+        if (why != NULL)
+            *why = unreadable_why(ENV_ERR_BASE64);
+        goto out;
+    }
     e = find_group_ri(l, msg, &idx, &cert, unmet, &older);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
@@ -732,8 +744,8 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     unsigned char *data = NULL;
     char *hdrs = NULL;
     const char *body;
-    size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0;
-    bool crlf, rewrap;
+    size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
+    bool crlf, rewrap, smime;
     xp_err rc;
 
     if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
@@ -752,19 +764,30 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     /* headers, the blank line as it was, the body byte for byte; but an
      * S/MIME body of base64 with a line over 998 octets in lines of 76 */
     body = (const char *)data + body_start;
-    rewrap = mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
-             is_smime_base64((const char *)data, hdr_end, body, len - body_start, &b64len);
+    blen = len - body_start;
+    smime = is_smime_base64((const char *)data, hdr_end, body, blen, &b64len);
+    rewrap = smime && mail_longest_line(body, blen) > MAIL_MAX_LINE;
+    /* A list that takes only encrypted mail sends nothing outside the
+     * encryption: text after the base64, where the S/MIME reader stops (a
+     * '-' line), would reach every member unencrypted, and their mail
+     * programs show only the S/MIME part, so it is left out. */
+    keep = smime ? b64len : blen;
+    tail = smime && !l->require_encrypted ? blen - b64len : 0;
     if (fwrite(hdrs, 1, hlen, out) != hlen ||
-        (rewrap ? fwrite(data + hdr_end, 1, body_start - hdr_end, out) != body_start - hdr_end ||
-                      !write_base64_lines(out, data + body_start, b64len, crlf ? "\r\n" : "\n") ||
-                      fwrite(body + b64len, 1, len - body_start - b64len, out) != len - body_start - b64len
-                : fwrite(data + hdr_end, 1, len - hdr_end, out) != len - hdr_end)) {
+        fwrite(data + hdr_end, 1, body_start - hdr_end, out) != body_start - hdr_end ||
+        (rewrap ? !write_base64_lines(out, data + body_start, keep, crlf ? "\r\n" : "\n")
+                : fwrite(body, 1, keep, out) != keep) ||
+        fwrite(body + keep, 1, tail, out) != tail) {
         snprintf(why, whysz, "cannot write prepared message");
         rc = XP_ERR_IO;
         goto out;
     }
     if (rewrap)
         log_info("the S/MIME body has lines over 998 octets, sent in lines of 76 list=%s", l->address);
+    if (keep + tail < blen)
+        log_info("text after the S/MIME body's base64 left out (the list takes only encrypted mail) list=%s "
+                 "octets=%zu",
+                 l->address, blen - keep - tail);
     rc = XP_OK;
 out:
     free(hdrs);

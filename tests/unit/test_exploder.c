@@ -1215,6 +1215,148 @@ static void test_pem_encrypted_asks_nothing(void **state)
     unlink(errpath);
 }
 
+
+/* A forward list that takes only encrypted mail sends nothing outside the
+ * encryption. Text after the S/MIME body's base64 that the reader stops at
+ * (a '-' line: HTML, a fake "decrypted" body, MIME delimiters) is left out
+ * of the copy, in short lines or in one; words after it that decode as
+ * base64 too (the CMS's end reached, the reader ignoring the rest) are
+ * refused as a footer. The copy reads as the post. */
+static void test_forward_encrypted_tail(void **state)
+{
+    static const struct {
+        const char *tail;
+        bool takes;
+    } cases[] = {
+        {"-- \n<html><body><h1>SECRET plaintext: wire to acct 1234</h1></body></html>\n", true},
+        {"\n--b\nContent-Type: text/plain\n\nSECRET part\n--b--\n", true},
+        {"- SECRET\n", true},
+        {"\nSECRET wire money to account number 123456\n", false}, /* 36 characters: whole quanta */
+    };
+    EVP_PKEY *k = EVP_RSA_gen(2048);
+    X509 *x = X509_new();
+    STACK_OF(X509) *to = sk_X509_new_null();
+    unsigned char plain[300], *der = NULL;
+    char *b64, *pem, *p, *dir = tmpdir(), path[600], outpath[600];
+    BIO *pb, *mb = BIO_new(BIO_s_mem());
+    CMS_ContentInfo *cms = NULL;
+    int derlen = 0;
+    size_t sz, ptlen = 0;
+    long pemlen;
+    xp_conf c;
+    xp_list l;
+    (void)state;
+
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_non_null(to);
+    assert_non_null(mb);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"group", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    assert_true(sk_X509_push(to, x) > 0);
+    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
+    pemlen = BIO_get_mem_data(mb, &p);
+    pem = strndup(p, (size_t)pemlen);
+    assert_non_null(pem);
+    /* a CMS whose length is whole base64 quanta: no '=' ends the base64,
+     * so words after it decode */
+    for (sz = 200; sz < sizeof(plain); sz++) {
+        for (size_t i = 0; i < sz; i++)
+            plain[i] = (unsigned char)('a' + i % 26);
+        pb = BIO_new_mem_buf(plain, (int)sz);
+        assert_non_null(pb);
+        cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
+        assert_non_null(cms);
+        BIO_free(pb);
+        OPENSSL_free(der);
+        der = NULL;
+        derlen = i2d_CMS_ContentInfo(cms, &der);
+        CMS_ContentInfo_free(cms);
+        assert_true(derlen > 0);
+        if (derlen % 3 == 0)
+            break;
+    }
+    assert_true(sz < sizeof(plain));
+    ptlen = sz;
+    b64 = malloc((size_t)derlen / 3 * 4 + 8);
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    list_init(&l, "eng@lists.example.org", XP_MODE_FORWARD);
+    l.group_cert = pem;
+    snprintf(path, sizeof(path), "%s/post", dir);
+    snprintf(outpath, sizeof(outpath), "%s/copy", dir);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (int oneline = 0; oneline < 2; oneline++) {
+            size_t bl = strlen(b64), w = oneline ? bl : 76, n, clen = 0, cptlen = 0;
+            char *mail = malloc(16384), *copy = NULL, *cpt, pwhy[300];
+            const char *why = NULL;
+            xp_prepared prep;
+            FILE *out;
+            xp_err xe;
+
+            assert_non_null(mail);
+            n = (size_t)snprintf(mail, 16384,
+                                 "From: alice@example.org\nSubject: tail\nMIME-Version: 1.0\n"
+                                 "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n"
+                                 "Content-Transfer-Encoding: base64\n\n");
+            for (size_t o = 0; o < bl; o += w) {
+                size_t m = bl - o < w ? bl - o : w;
+                memcpy(mail + n, b64 + o, m);
+                n += m;
+                mail[n++] = '\n';
+            }
+            assert_true(n + strlen(cases[i].tail) < 16384);
+            memcpy(mail + n, cases[i].tail, strlen(cases[i].tail));
+            n += strlen(cases[i].tail);
+            xe = xp_check_message(&c, &l, mail, n, NULL, &why, NULL, false);
+            if ((xe == XP_OK) != cases[i].takes)
+                fprintf(stderr, "case %zu (%s): deliver %s (%s)\n", i, oneline ? "one line" : "76",
+                        xe == XP_OK ? "takes it" : "refuses", why != NULL ? why : "-");
+            assert_int_equal(xe == XP_OK, cases[i].takes);
+            if (!cases[i].takes) {
+                assert_non_null(strstr(why, "not base64"));
+                free(mail);
+                continue;
+            }
+            write_file(path, mail, n);
+            out = fopen(outpath, "wb");
+            assert_non_null(out);
+            assert_int_equal(xp_prepare(&c, &l, path, out, &prep, pwhy, sizeof(pwhy)), XP_OK);
+            xp_prepared_clear(&prep);
+            assert_int_equal(fclose(out), 0);
+            assert_int_equal(util_read_file(outpath, 1 << 20, (unsigned char **)&copy, &clen), UTIL_OK);
+            for (size_t o = 0; o + 6 <= clen; o++)
+                assert_false(memcmp(copy + o, "SECRET", 6) == 0);
+            assert_true(mail_longest_line(copy, clen) <= MAIL_MAX_LINE);
+            cpt = reader_plaintext(copy, clen, x, k, &cptlen);
+            assert_non_null(cpt);
+            assert_int_equal(cptlen, ptlen);
+            assert_memory_equal(cpt, plain, ptlen);
+            free(cpt);
+            free(copy);
+            free(mail);
+        }
+    }
+    free(b64);
+    free(pem);
+    OPENSSL_free(der);
+    BIO_free(mb);
+    sk_X509_free(to);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -1225,7 +1367,8 @@ int main(void)
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
         cmocka_unit_test(test_group_cert_swap), cmocka_unit_test(test_cte_agrees_with_reader),
-        cmocka_unit_test(test_forward_base64_then_signature), cmocka_unit_test(test_cert_names_address),
+        cmocka_unit_test(test_forward_base64_then_signature),
+        cmocka_unit_test(test_forward_encrypted_tail), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
         cmocka_unit_test(test_pem_encrypted_asks_nothing),
     };
