@@ -1764,7 +1764,10 @@ static unsigned file_row(const char *what, bool ok, const char *fmt, ...)
     return ok ? 0 : 1;
 }
 
-/* The first certificate of a PEM chain file (what serve uses as its own). */
+/* The first certificate of a PEM chain file (what serve uses as its own),
+ * read as gs_tls_use_chain_pem reads it: a TRUSTED CERTIFICATE block (an
+ * `openssl x509 -trustout` file) is serve's certificate too, not skipped
+ * for the intermediate after it. */
 static const char *read_leaf_cert(const char *path, X509 **out)
 {
     BIO *bio = BIO_new_file(path, "r");
@@ -1773,7 +1776,7 @@ static const char *read_leaf_cert(const char *path, X509 **out)
         ERR_clear_error();
         return "unreadable";
     }
-    *out = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL);
+    *out = PEM_read_bio_X509_AUX(bio, NULL, util_pem_no_passphrase, NULL);
     BIO_free(bio);
     ERR_clear_error();
     return *out ? NULL : "no PEM certificate in it";

@@ -271,6 +271,16 @@ grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" &&
 cat "$work/leaf.pem" "$work/ca1.pem" > "$work/chain.pem"
 "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
 [ "$(grep -c '^tls cert' "$work/out")" = 1 ] || fail "check, a valid [tls] cert chain: $(grep '^tls' "$work/out")"
+# Its leaf as a TRUSTED CERTIFICATE block (openssl x509 -trustout, a
+# trust store's export): serve reads the first block as one and starts;
+# check read past it, took the intermediate for the leaf and said the key
+# did not match (or, alone in the file, no certificate in it).
+openssl x509 -in "$work/leaf.pem" -trustout -addtrust serverAuth -out "$work/trusted.pem" 2>/dev/null ||
+  fail "openssl x509 -trustout"
+cat "$work/trusted.pem" "$work/ca1.pem" > "$work/chain.pem"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" && grep -q "^tls key   OK   $work/leaf.key\$" "$work/out" ||
+  fail "check, a [tls] cert whose leaf is a TRUSTED CERTIFICATE: $(grep '^tls' "$work/out")"
 # A [tls] cert file serve does not start with, which check said OK to:
 # a chain certificate that cannot be read (a line of its base64 lost in a
 # paste: serve reads every one, "server certificate: bad base64 decode"),
