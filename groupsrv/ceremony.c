@@ -903,7 +903,7 @@ static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_sto
             goto out;
         }
         /* every certificate recorded, those import-cert replaced included */
-        while (!*yes && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        while (!*yes && (x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL) {
             *yes = X509_verify(x, X509_get0_pubkey(ca)) == 1;
             X509_free(x);
         }

@@ -63,6 +63,17 @@ refuse 3 "is not a member" "$G" -c "$CONF" member remove eng nobody@example.org
 # --- invalid certificate, certificate without email: 1
 refuse 1 "not a valid X.509" "$G" -c "$CONF" member add eng bob@example.org --cert "$T/garbage.pem"
 refuse 1 "not a valid X.509" "$G" -c "$CONF" group import-cert eng --cert "$T/garbage.pem"
+# A certificate whose PEM says it is encrypted (Proc-Type: 4,ENCRYPTED):
+# OpenSSL's default asked "Enter PEM pass phrase:" on the terminal and
+# waited there. Refused as any unreadable certificate, on a terminal
+# (script(1)) with none to type, nothing asked.
+sed '1a Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n' "$T/bob.pem" > "$T/bob-enc.pem"
+for cmd in "member add eng bob@example.org --cert $T/bob-enc.pem" "group import-cert eng --cert $T/bob-enc.pem"; do
+  rc=0; timeout 20 script -qec "'$G' -c '$CONF' $cmd" /dev/null < /dev/null > "$T/tty.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && ! grep -aqi 'pass phrase' "$T/tty.out" && grep -aq "not a valid X.509" "$T/tty.out" ||
+    fail "$cmd, a certificate marked encrypted, on a terminal: exit $rc: $(tr -d '\r' < "$T/tty.out")"
+  [ "$(db_sum)" = "$db0" ] || fail "database changed by: $cmd"
+done
 refuse 3 "cannot read" "$G" -c "$CONF" member add eng bob@example.org --cert "$T/missing.pem"
 refuse 1 "no email" "$G" -c "$CONF" member add eng anon@example.org --cert "$T/anon.pem"
 refuse 1 "no email" "$G" -c "$CONF" group import-cert eng --cert "$T/anon.pem"
