@@ -382,11 +382,13 @@ static int send_frame(int ctl, uint32_t type, uint32_t index, int fd)
 
 /* GS_OK if the first certificate of the [tls] cert file is valid now (or
  * cannot be read here: the network process says what is wrong with it);
- * else GS_ERR_CERT with the detail naming the date. */
+ * else GS_ERR_CERT with the detail naming the date. Read as
+ * gs_tls_use_chain_pem reads it: a TRUSTED CERTIFICATE block first is the
+ * one served, not skipped for the CA certificate after it. */
 static gs_err tls_cert_valid_now(const unsigned char *pem, size_t len)
 {
     BIO *bio = len <= INT_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
-    X509 *leaf = bio ? PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL) : NULL; /* never asks */
+    X509 *leaf = bio ? PEM_read_bio_X509_AUX(bio, NULL, util_pem_no_passphrase, NULL) : NULL; /* never asks */
     gs_err err = leaf ? gs_cert_check_valid_now(leaf, "the [tls] cert") : GS_OK;
 
     X509_free(leaf);

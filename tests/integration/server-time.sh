@@ -219,6 +219,15 @@ grep -q 'the new TLS certificate is not taken up.*expired on' "$work/server.log"
 expect_status 200 "" "SIGHUP with an expired certificate keeps the previous one" -- anon "$base/healthz"
 [ "$(served_serial)" = "$before" ] || fail "the served certificate changed"
 expect_not_after "$work/server-orig.pem" "after a refused reload"
+# The same certificate as a TRUSTED CERTIFICATE block (openssl x509
+# -trustout) before a valid CA certificate: the network process serves that
+# first block, but the validity check read past it and took the CA's dates.
+n0=$(grep -c "the new TLS certificate is not taken up" "$work/server.log")
+{ openssl x509 -in "$work/sexp.pem" -trustout; cat "$certs/tca.pem"; } > "$certs/server.pem"
+kill -HUP "$srv_pid"
+for _ in $(seq 1 50); do [ "$(grep -c "the new TLS certificate is not taken up" "$work/server.log")" -gt "$n0" ] && break; sleep 0.1; done
+[ "$(grep -c 'the new TLS certificate is not taken up.*expired on' "$work/server.log")" -gt "$n0" ] &&
+  [ "$(served_serial)" = "$before" ] || fail "SIGHUP with an expired certificate as a TRUSTED CERTIFICATE block: not refused"
 tcert server "$work/srenew" -60 86400
 cp "$work/srenew.pem" "$certs/server.pem"
 cp "$work/srenew.key" "$certs/server.key"
