@@ -546,7 +546,13 @@ static gs_err exec_simple(gs_store *st, const char *sql, const char *what)
  * does not go within [db] timeout (a stopped process or host) is logged
  * and left: the statements go on as before, and a second insert of its
  * rows waits for it under lock_timeout. It is the same role's backend,
- * which pg_terminate_backend allows without a superuser. */
+ * which pg_terminate_backend allows without a superuser; where the
+ * session runs as another role than its login (the URI's options -c
+ * role=...) that may see that backend (pg_read_all_stats) but not signal
+ * it, PostgreSQL refuses, and the log says so and what would let it. A backend not found was gone before (the connection's loss reached
+ * it, a restart): the log says that, not that it was ended, so an
+ * operator does not take a backend that was never looked at for one
+ * that was. */
 #define BACKEND_START_US "(extract(epoch FROM backend_start) * 1000000)::bigint"
 static gs_err end_orphan(gs_store *st)
 {
@@ -558,7 +564,7 @@ static gs_err end_orphan(gs_store *st)
     struct params p = {0};
     int64_t deadline = monotonic_ms() + ((int64_t)gs_store_timeout() + 1) * 1000;
     gs_err err = GS_OK;
-    bool gone = false, sync_rep = false;
+    bool gone = false, sync_rep = false, found = true, refused = false;
     const char *sql = end_sql;
 
     p_int(&p, PG(st)->orphan_pid);
@@ -566,11 +572,17 @@ static gs_err end_orphan(gs_store *st)
     for (;;) {
         PGresult *r = await_result(st, PQsendQueryParams(PG(st)->conn, sql, p.n, NULL, p.val, p.len, p.fmt, 0));
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+            refused = state != NULL && strcmp(state, "42501") == 0; /* insufficient_privilege */
             err = result_error(st, r, "ending the session a lost write left");
             PQclear(r);
             break;
         }
         gone = sql == there_sql && PQntuples(r) == 0;
+        if (sql == end_sql && PQntuples(r) == 0) {
+            gone = true; /* not there to end */
+            found = false;
+        }
         if (sql == end_sql && PQntuples(r) == 1)
             sync_rep = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
         PQclear(r);
@@ -588,8 +600,17 @@ static gs_err end_orphan(gs_store *st)
         log_warn("database session left waiting for a synchronous standby ended: its commit is on the primary "
                  "only until a standby has it pid=%d",
                  PG(st)->orphan_pid);
-    else if (gone)
+    else if (gone && found)
         log_info("database session left with a write in flight ended pid=%d", PG(st)->orphan_pid);
+    else if (gone)
+        log_info("database session left with a write in flight was gone already; its write committed or was rolled "
+                 "back as it got pid=%d",
+                 PG(st)->orphan_pid);
+    else if (refused)
+        log_warn("database session left with a write in flight was not ended: PostgreSQL refused to terminate it "
+                 "(the server's role needs the privileges of the session's login role, or of pg_signal_backend); "
+                 "its write may still commit pid=%d detail=\"%s\"",
+                 PG(st)->orphan_pid, log_qs(gs_err_detail()));
     else
         log_warn("database session left with a write in flight did not end in time; its write may still commit "
                  "pid=%d detail=\"%s\"",

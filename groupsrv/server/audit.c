@@ -1147,16 +1147,18 @@ static int range_state_locked(const struct audit_log *log, unsigned long long fi
 
 /* ---- [audit] store = db ------------------------------------------------------ */
 
-/* Reloads the chain head (db_seq, prev_hex) from the table. */
-static int db_load_head(struct audit_log *log)
+/* Reloads the chain head (db_seq, prev_hex) from the table; quiet: a
+ * failure is not logged (the caller's retries log once, not each try). */
+static int db_load_head_as(struct audit_log *log, bool quiet)
 {
     int64_t seq = 0;
     char *line = NULL;
     gs_err ge = gs_store_audit_head(log->db, log->instance, &seq, &line);
 
     if (ge != GS_OK) {
-        log_error("audit head unreadable instance=%s err=\"%s\" detail=\"%s\"", log->instance,
-                  gs_strerror(ge), log_qs(gs_err_detail()));
+        if (!quiet)
+            log_error("audit head unreadable instance=%s err=\"%s\" detail=\"%s\"", log->instance,
+                      gs_strerror(ge), log_qs(gs_err_detail()));
         return -1;
     }
     if (line != NULL) {
@@ -1170,6 +1172,8 @@ static int db_load_head(struct audit_log *log)
     log->need_head = 0;
     return 0;
 }
+
+static int db_load_head(struct audit_log *log) { return db_load_head_as(log, false); }
 
 /* 1 when rows seq+1..seq+n of the chain are lines[0..n), 0 when not, -1
  * when the table cannot be read. */
@@ -1219,14 +1223,25 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
      * cannot be reached just now (restarting, a proxy in between
      * restarting): the rows may still commit, after a 503 that said they
      * were not made. While the store says so, the lookup is tried again
-     * for up to [db] timeout plus a second; the answers are held anyway. */
+     * for up to [db] timeout plus a second; the answers are held anyway.
+     * The first failure is logged, then only how the tries ended: one
+     * line each 200 ms was up to ~55 lines for one lost insert. */
     double until = util_monotonic_s() + (double)gs_store_timeout() + 1.0;
-    while (db_load_head(log) != 0) {
-        if (!gs_store_write_unsettled(log->db) || util_monotonic_s() >= until)
+    unsigned tries = 0;
+    while (db_load_head_as(log, tries > 0) != 0) {
+        tries++;
+        if (!gs_store_write_unsettled(log->db) || util_monotonic_s() >= until) {
+            if (tries > 1)
+                log_error("audit head still unreadable, lookup given up instance=%s tries=%u "
+                          "detail=\"%s\"",
+                          log->instance, tries, log_qs(gs_err_detail()));
             return GS_ERR_DB_UNAVAILABLE;
+        }
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000 * 1000};
         (void)nanosleep(&ts, NULL);
     }
+    if (tries > 0)
+        log_info("audit head readable again instance=%s tries=%u", log->instance, tries + 1);
     if (log->db_seq == seq + (int64_t)n && strcmp(log->prev_hex, prev_after) == 0) {
         log->db_seq = seq; /* the caller moves the head on */
         memcpy(log->prev_hex, head, sizeof(head));
