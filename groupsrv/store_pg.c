@@ -261,6 +261,7 @@ struct pg_store {
     unsigned conn_gen;    /* counts connections made: tells a statement sent on a new one */
     bool writing;         /* the statement in flight may commit something (not a read) */
     int backend_pid;      /* the connection's backend, and its backend_start in microseconds */
+    bool unidentified_logged; /* the backend could not be told: said once per handle */
     int64_t backend_start_us;
     int orphan_pid;       /* a backend left with a write in flight, ended before the next statement */
     int64_t orphan_start_us;
@@ -619,6 +620,61 @@ static gs_err end_orphan(gs_store *st)
     return GS_OK;
 }
 
+/* This connection's backend: its pid and start (microseconds: no
+ * DateStyle or time zone in it), which tells it from a later backend
+ * given its pid, for end_orphan. The pid as the backend says, not libpq's
+ * PQbackendPID: behind a pooler (PgBouncer, docs/scale-out.md's session
+ * pooling) that is the pooler's own cancel key, no PostgreSQL process,
+ * and the backend left with a write was never found, so never ended.
+ * A statement of its own after the setup, not the setup's last: where
+ * pg_stat_activity may not be read (REVOKE ... FROM PUBLIC, a hardened
+ * database) a failed setup refused every connection, the server served
+ * nothing; and where the row's backend_start is hidden (the session runs
+ * as a role without the privileges of its login role, the URI's options
+ * -c role=...) the backend was silently never ended. Either way now the
+ * server goes on without ending such backends, and says so once. */
+static gs_err identify_backend(gs_store *st)
+{
+    PGresult *res = pg_exec(st, "SELECT pid, " BACKEND_START_US " FROM pg_stat_activity WHERE pid = pg_backend_pid()");
+    gs_err err = GS_OK;
+    const char *why = NULL;
+    char detail[256] = "";
+
+    PG(st)->writing = false;
+    PG(st)->backend_pid = 0;
+    PG(st)->backend_start_us = 0;
+    if (res == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
+        err = result_error(st, res, "session setup");
+        goto out;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        why = "pg_stat_activity could not be read";
+        (void)snprintf(detail, sizeof(detail), "%s", PQresultErrorMessage(res));
+    } else if (PQntuples(res) != 1 || PQnfields(res) != 2 || PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1)) {
+        why = "pg_stat_activity hides its backend_start (the session's role lacks the privileges of its login role)";
+    } else {
+        PG(st)->backend_pid = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        PG(st)->backend_start_us = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        if (PG(st)->backend_start_us == 0 || PG(st)->backend_pid <= 0) {
+            PG(st)->backend_pid = 0; /* not told apart from a later backend with its pid: never ended */
+            why = "pg_stat_activity gave no backend_start";
+        }
+    }
+    if (why != NULL && !PG(st)->unidentified_logged) {
+        PG(st)->unidentified_logged = true;
+        for (char *c = detail; *c != '\0'; c++)
+            if (*c == '\n')
+                *c = ' ';
+        log_warn("database backend not identified: %s; a backend left with a write in flight (a COMMIT waiting for "
+                 "a synchronous standby) will not be ended, and its write may commit after its request was "
+                 "answered as failed detail=\"%s\"",
+                 why, log_qs(detail));
+    }
+out:
+    PQclear(res);
+    return err;
+}
+
 /* Opens the connection and sets the session up: synchronous commit
  * (a commit returns once it is on disk, whatever the server's default),
  * read-only transactions for a read-only store. */
@@ -660,19 +716,12 @@ static gs_err connect_session(gs_store *st)
      * DATABASE ... SET lock_timeout). A statement that runs longer than
      * [db] timeout is cancelled by the server (statement_timeout, likewise
      * only where unset), before the client gives up on the connection. */
-    /* Last, this backend's pid and start (microseconds: no DateStyle or
-     * time zone in it), which tells it from a later backend given its
-     * pid. The pid as the backend says, not libpq's PQbackendPID: behind
-     * a pooler (PgBouncer, docs/scale-out.md's session pooling) that is
-     * the pooler's own cancel key, no PostgreSQL process, and the backend
-     * left with a write was never found, so never ended. */
-    char setup[560];
+    char setup[480];
     (void)snprintf(setup, sizeof(setup),
                    "SET synchronous_commit = on; %s"
                    "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
                    "SELECT set_config('statement_timeout', '%us', false) "
-                   "WHERE current_setting('statement_timeout') = '0'; "
-                   "SELECT pid, " BACKEND_START_US " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                   "WHERE current_setting('statement_timeout') = '0'",
                    st->readonly ? "SET default_transaction_read_only = on; " : "", gs_store_timeout());
     PGresult *res = pg_exec(st, setup);
     PG(st)->writing = false;
@@ -681,12 +730,9 @@ static gs_err connect_session(gs_store *st)
         PQclear(res);
         return err;
     }
-    bool told = PQntuples(res) == 1 && PQnfields(res) == 2 && !PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1);
-    PG(st)->backend_pid = told ? (int)strtol(PQgetvalue(res, 0, 0), NULL, 10) : 0;
-    PG(st)->backend_start_us = told ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
-    if (PG(st)->backend_start_us == 0)
-        PG(st)->backend_pid = 0; /* not told apart from a later backend with its pid: never ended */
     PQclear(res);
+    if ((err = identify_backend(st)) != GS_OK)
+        return err;
     if (PG(st)->orphan_pid != 0 && (err = end_orphan(st)) != GS_OK)
         return err;
     /* Not after a lock or statement timeout (the migration's tries, a

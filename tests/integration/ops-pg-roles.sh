@@ -315,6 +315,25 @@ kill "$pooler_pid" 2>/dev/null || true
 wait "$pooler_pid" 2>/dev/null || true
 pooler_pid=
 
+# ---- pg_stat_activity not readable (a hardened database) -------------------
+# The server reads its backend's pid and start from pg_stat_activity at
+# connect (to end that backend if a write is left in flight). That read
+# was the session setup's last statement: where the view is revoked from
+# PUBLIC, every connection failed its setup and every request got 503.
+# Now it goes on without, and says once what it cannot do.
+pg_psql groupsrv -c "REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC" >/dev/null
+mark=$(wc -l < "$work/serve.log")
+pgsrv_start "$work/server.conf"
+expect 200 "unwrap with pg_stat_activity revoked from PUBLIC" -- alice --data-binary @"$work/unwrap.json" \
+  "$base/v1/groups/eng/unwrap"
+pg_psql groupsrv -c "GRANT SELECT ON pg_catalog.pg_stat_activity TO PUBLIC" >/dev/null
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'database backend not identified: pg_stat_activity could not be read' ||
+  fail "pg_stat_activity revoked: the log does not say the backend is not identified"
+kill -TERM "$srv_pid"
+wait "$srv_pid" || { srv_pid=; fail "serve with pg_stat_activity revoked exited non-zero at SIGTERM"; }
+srv_pid=
+ok "pg_stat_activity revoked from PUBLIC: the server serves, and says it cannot end a backend left with a write"
+
 out=$(srv audit verify 2>&1) || fail "audit verify as the server role: $out"
 grep -q '^instance gs-a: ok: ' <<<"$out" || fail "audit verify: $out"
 ok "audit verify as the server role: $(tail -n 1 <<<"$out")"
