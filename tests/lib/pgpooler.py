@@ -7,7 +7,17 @@ pooler answers cancel requests itself, so the client is told a process id
 and key of the pooler's making, never the backend's (libpq's PQbackendPID
 is then no PostgreSQL process). SSL and GSS encryption requests are
 refused ('N'), as a pooler without TLS configured does; the client goes on
-in the clear. Listens on LISTEN_DIR/.s.PGSQL.PORT until killed."""
+in the clear. Listens on LISTEN_DIR/.s.PGSQL.PORT until killed.
+
+What it does not model, and why that is enough here: no pool (a server
+connection is never handed to a later client, so no server_reset_query;
+the server reads its backend at each connect anyway); no cancel requests
+(one is passed on as a startup packet with the made-up pid and cancels
+nothing; groupsrv sends none); no authentication of its own, no TLS, no
+transaction or statement pooling (docs/scale-out.md: unsupported). The
+process id is replaced whatever the key's length (protocol 3.2 keys are
+longer than 4 bytes), so the test cannot pass by a newer libpq's
+BackendKeyData slipping through unchanged."""
 import os
 import random
 import socket
@@ -49,9 +59,10 @@ def server_to_client(server, client):
             head = recv_exact(server, 5)
             kind, length = head[:1], struct.unpack("!I", head[1:])[0]
             body = recv_exact(server, length - 4)
-            if kind == b"K" and length == 12:
-                # a process id no backend has (PostgreSQL's are below 2^22)
-                body = struct.pack("!II", random.randrange(1 << 24, 1 << 30), random.getrandbits(32))
+            if kind == b"K" and length >= 12:
+                # a process id no backend has (Linux's are at most 2^22)
+                # and a key of the same length
+                body = struct.pack("!I", random.randrange(1 << 24, 1 << 30)) + os.urandom(len(body) - 4)
             client.sendall(head + body)
     except (OSError, EOFError):
         pass
