@@ -315,6 +315,38 @@ kill "$pooler_pid" 2>/dev/null || true
 wait "$pooler_pid" 2>/dev/null || true
 pooler_pid=
 
+# ---- a backend the server's role may see but not end ----------------------
+# Logged in as one role, the session set to the server role (the URI's
+# options -c role=...), which may read every backend (pg_read_all_stats)
+# but has no privileges of the login role: PostgreSQL refuses to end the
+# backend left waiting for the standby. Before, the log said it "did not
+# end in time", as of a stopped host; now it says it was refused and the
+# privilege that would let it.
+pg_psql groupsrv -c "CREATE ROLE groupsrv_login LOGIN IN ROLE groupsrv_server; GRANT pg_read_all_stats TO groupsrv_server" >/dev/null
+pgsrv_conf "$work/login.conf" "postgresql:///groupsrv?host=$PG_SOCK&user=groupsrv_login&options=-c%20role%3Dgroupsrv_server"
+sed -i 's/^\[audit\]$/timeout = 1\n&/' "$work/login.conf"
+mark=$(wc -l < "$work/serve.log")
+pgsrv_start "$work/login.conf"
+expect 200 "unwrap as a login role set to the server role" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
+standby gs_ghost_standby
+for i in $(seq 1 100); do
+  [ "$(pg_psql groupsrv -At -c "SHOW synchronous_standby_names")" = gs_ghost_standby ] && break
+  sleep 0.05
+done
+s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
+standby RESET
+for i in $(seq 1 100); do
+  [ "$(pg_psql groupsrv -At -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
+  sleep 0.05
+done
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'was not ended: PostgreSQL refused to terminate it (the server.s role needs the privileges of the session.s login role, or of pg_signal_backend)' ||
+  fail "a backend PostgreSQL refused to end: the log does not say so: $(tail -n +"$((mark + 1))" "$work/serve.log" | grep 'database session')"
+kill -TERM "$srv_pid"
+wait "$srv_pid" || { srv_pid=; fail "serve as groupsrv_login exited non-zero at SIGTERM"; }
+srv_pid=
+pg_psql groupsrv -c "REVOKE pg_read_all_stats FROM groupsrv_server; DROP ROLE groupsrv_login" >/dev/null
+ok "a backend the server role may not end: unwrap answered $s, the log says PostgreSQL refused and what would let it"
+
 # ---- pg_stat_activity not readable (a hardened database) -------------------
 # The server reads its backend's pid and start from pg_stat_activity at
 # connect (to end that backend if a write is left in flight). That read
