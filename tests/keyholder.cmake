@@ -62,6 +62,15 @@ add_test(NAME server_kh_stalled
 set_tests_properties(server_kh_stalled PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
+# One slow request (a 7 s batch at a slow token, [server] timeout = 2) on an
+# otherwise idle link makes it "stalled"; the next client's request goes
+# on as the probe at once and is served, not refused for a whole timeout
+# (server-kh-slowcall.sh; about 10 s).
+add_test(NAME server_kh_slowcall
+  COMMAND bash ${GS_TEST_DIR}/integration/server-kh-slowcall.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_kh_slowcall PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
 # khdrive again with PostgreSQL as the key holder's store, in a database
 # whose collation is UTF-8 (lower() folds more than ASCII there), and a
 # client certificate for such a spelling over HTTPS: no member either way

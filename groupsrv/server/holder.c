@@ -349,10 +349,15 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             metrics_khq_unsent();
         /* Nothing at all read from the key holder since this call was
          * made: it takes no work now (stopped, or every worker stuck in a
-         * token call). New calls are refused at once, but a probe. */
+         * token call), or this was one slow request (a large batch at a
+         * slow token) on an otherwise idle link while the key holder's
+         * other workers are free. New calls are refused at once, but a
+         * probe: the first goes on at once, so in the second case the next
+         * client is served and its answer ends the stall; a stopped key
+         * holder costs that one probe, then one per timeout (unlink_call). */
         if (l->last_read < c->made && !l->stalled) {
             l->stalled = true;
-            l->probe_next = now + l->timeout_s;
+            l->probe_next = now;
             log_error("the key holder answered nothing in [server] timeout: requests are answered 503 at "
                       "once until it answers again timeout_s=%u",
                       l->timeout_s);

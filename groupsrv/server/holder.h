@@ -42,9 +42,9 @@ khlink *khlink_new(struct event_base *base, unsigned timeout_s);
  * frame carries its deadline (IPC_T_DEADLINE), past which the key holder
  * drops it unrun. When a call timed out with nothing read from the key
  * holder since it was made, the link is stalled: new calls are refused
- * at once, but a probe (one at a time, at most one per timeout), until
- * the key holder answers anything again; synchronous calls are refused
- * while stalled. */
+ * at once, but a probe (one at a time: the first at once, then at most
+ * one per timeout), until the key holder answers anything again;
+ * synchronous calls are refused while stalled. */
 #define KHLINK_QUEUE_MAX_DEFAULT (1024u * 1024)
 void khlink_set_queue_max(khlink *l, size_t bytes);
 
