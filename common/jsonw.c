@@ -194,6 +194,13 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return k;
 }
 
+size_t jsonw_utf8_seq(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    return utf8_len((const unsigned char *)s, n);
+}
+
 int jsonw_utf8_valid(const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;

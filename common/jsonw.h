@@ -30,6 +30,12 @@ const char *jsonw_strerror(jsonw_err err);
  * string from outside (a certificate's name) that must go into JSON. */
 int jsonw_utf8_valid(const char *s, size_t n);
 
+/* Octets of the one UTF-8 sequence at s[0, n) by jsonw_utf8_valid's rule
+ * (1 for US-ASCII), 0 when it is not well-formed or n is 0: for a caller
+ * that must also look at which character it is (the exploder refuses C1
+ * controls in an address). */
+size_t jsonw_utf8_seq(const char *s, size_t n);
+
 typedef struct jsonw jsonw;
 
 /* A writer whose text may grow to at most max bytes; NULL when out of

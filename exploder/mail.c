@@ -1,5 +1,6 @@
 /* mail.c: header block parsing and list headers. See mail.h. */
 #include "mail.h"
+#include "jsonw.h"
 #include "mailaddr.h"
 #include "mailfold.h"
 
@@ -207,34 +208,18 @@ bool mail_addr_valid(const char *s) { return mailaddr_problem(s) == NULL; }
 
 /* Octets of the well-formed UTF-8 sequence at p[0, avail) for a scalar
  * value from U+00A0 up (no C1 control, no surrogate, no overlong form),
- * 0 when there is none. */
+ * 0 when there is none: jsonw's decoder, and C1 (U+0080..U+009F, which is
+ * 0xC2 0x80..0x9F) refused besides. */
 static size_t utf8_non_ascii(const unsigned char *p, size_t avail)
 {
-    uint32_t cp;
-    size_t n;
+    size_t n = jsonw_utf8_seq((const char *)p, avail);
 
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        n = 2, cp = p[0] & 0x1fu;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        n = 3, cp = p[0] & 0x0fu;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        n = 4, cp = p[0] & 0x07u;
-    else
-        return 0;
-    if (n > avail)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3fu);
-    }
-    if ((n == 2 && cp < 0xa0) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
+    if (n < 2 || (p[0] == 0xc2 && p[1] < 0xa0))
         return 0;
     return n;
 }
 
-static bool mail_addr_ascii(const char *s)
+bool mail_addr_ascii(const char *s)
 {
     for (; *s; s++)
         if ((unsigned char)*s >= 0x80)
@@ -273,13 +258,7 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
         /* US-ASCII, compared as it is, under the rule members were stored
          * by (an A-label too: xn-- labels are taken as written, as a
          * member's are) */
-        if (n >= keysz) {
-            rc = XP_ERR_TOO_LARGE;
-            goto out;
-        }
-        memcpy(key, addr, n + 1);
-        rc = XP_OK;
-        goto out;
+        goto as_is;
     }
     if ((at = strchr(addr, '@')) == NULL || at == addr || at[1] == '\0' || strchr(at + 1, '@') != NULL) {
         *why = "not one @ between a local part and a domain";
@@ -311,13 +290,7 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
     if (ascii_domain) {
         /* a UTF-8 local part at an ASCII domain: nothing to map; no member
          * has it (members are US-ASCII), but it is an address to bounce to */
-        if (n >= keysz) {
-            rc = XP_ERR_TOO_LARGE;
-            goto out;
-        }
-        memcpy(key, addr, n + 1);
-        rc = XP_OK;
-        goto out;
+        goto as_is;
     }
     /* UTS #46 nontransitional (IDNA 2008: ß and ς stay themselves), STD3
      * rules (host-name characters only after the mapping); libidn2 refuses
@@ -377,6 +350,15 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
         *why = "longer than 254 octets in its A-label form";
         goto out;
     }
+    rc = XP_OK;
+    goto out;
+as_is:
+    /* compared as written: nothing to map */
+    if (n >= keysz) {
+        rc = XP_ERR_TOO_LARGE;
+        goto out;
+    }
+    memcpy(key, addr, n + 1);
     rc = XP_OK;
 out:
     idn2_free(ace);

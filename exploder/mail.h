@@ -63,6 +63,10 @@ xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char
  * is given as it is. */
 xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why);
 
+/* True if s is all US-ASCII (an address that needs no SMTPUTF8 and no
+ * A-label form). */
+bool mail_addr_ascii(const char *s);
+
 /* True if the local part of addr (all of it without an '@') is US-ASCII:
  * an address that an SMTP relay without SMTPUTF8 can still carry, with its
  * domain in the A-label form. */

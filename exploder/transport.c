@@ -112,14 +112,6 @@ void xp_transport_free(xp_transport *t)
 
 /* ---- SMTP ------------------------------------------------------------------ */
 
-static bool ascii_only(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s >= 0x80)
-            return false;
-    return true;
-}
-
 /* Where we are in the SMTP dialogue, learned from libcurl's debug stream:
  * libcurl does not pipeline, so every command is followed by its reply. */
 enum dlg_state { DLG_OTHER = 0, DLG_MAIL, DLG_RCPT, DLG_DATA, DLG_POSTDATA };
@@ -406,7 +398,7 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
      * local part goes with its domain's A-label form (RFC 6531 3.2); a
      * UTF-8 local part cannot go at all. */
     for (size_t i = 0; i < n; i++) {
-        if (!ascii_only(rcpts[i]))
+        if (!mail_addr_ascii(rcpts[i]))
             intl = true;
         if (!mail_addr_local_ascii(rcpts[i]))
             utf8_local = true;
@@ -432,7 +424,7 @@ static xp_err smtp_send(xp_transport *t, const char *mail_from, char *const *rcp
     for (size_t i = 0; i < n; i++) {
         char line[MAIL_MAX_ADDR + 3];
         struct curl_slist *nl;
-        if (intl && t->smtputf8 == 0 && !ascii_only(rcpts[i])) {
+        if (intl && t->smtputf8 == 0 && !mail_addr_ascii(rcpts[i])) {
             char key[MAIL_MAX_ADDR + 1];
             const char *why = NULL;
             if (mail_addr_intl(rcpts[i], key, sizeof(key), &why) != XP_OK) {
