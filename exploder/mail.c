@@ -366,11 +366,113 @@ out:
     return rc;
 }
 
+/* The addr-spec of an RFC 5322 address header value (3.4: a mailbox, a
+ * name-addr or a bare addr-spec, with comments), as a DMARC checker and a
+ * mail reader take it: a comment, however nested, and a quoted string in
+ * the display name are not where the address is, so neither
+ * "mallory@evil.example (<alice@example.com>)" nor
+ * "\"<alice@example.com>\" <mallory@evil.example>" is alice. A shape others
+ * may read another way is refused, not guessed at: more than one <...>,
+ * an unterminated comment, quoted string or <, a ')' or '>' with nothing
+ * open, a '\' outside a quoted string or comment, a ',' ';' or ':' before
+ * the '<' or with no '<' (a list of addresses or a group), anything but
+ * comments after the '>'. *b and *e span the address in plain (malloc'd, the value with each
+ * comment a space). */
+static const char *addr_locate(const char *value, char **plain, const char **b, const char **e)
+{
+    size_t n = strlen(value), o = 0, lt = SIZE_MAX, gt = SIZE_MAX;
+    const char *p = value, *why = NULL;
+    char *buf;
+
+    *plain = NULL;
+    if ((buf = malloc(n + 1)) == NULL)
+        return "out of memory";
+    while (*p != '\0') {
+        char c = *p;
+        if (c == '(') {
+            size_t depth = 1;
+            for (p++; *p != '\0' && depth > 0; p++) {
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+                else if (*p == '(')
+                    depth++;
+                else if (*p == ')')
+                    depth--;
+            }
+            if (depth > 0) {
+                why = "a comment '(' without its ')'";
+                goto out;
+            }
+            buf[o++] = ' ';
+            continue;
+        }
+        if (gt != SIZE_MAX && c != ' ' && c != '\t') {
+            why = "more than a comment after the '>'";
+            goto out;
+        }
+        if (c == '"') {
+            buf[o++] = *p++;
+            while (*p != '\0' && *p != '"') {
+                if (*p == '\\' && p[1] != '\0')
+                    buf[o++] = *p++;
+                buf[o++] = *p++;
+            }
+            if (*p == '\0') {
+                why = "a quoted string without its closing '\"'";
+                goto out;
+            }
+            buf[o++] = *p++;
+            continue;
+        }
+        if (c == ')' || c == '\\' || (lt == SIZE_MAX && (c == ',' || c == ';' || c == ':'))) {
+            why = "a ')' without its '(', a '\\' outside a quoted string, or a list of addresses or a group";
+            goto out;
+        }
+        if (c == '<') {
+            if (lt != SIZE_MAX) {
+                why = "more than one '<'";
+                goto out;
+            }
+            lt = o;
+        } else if (c == '>') {
+            if (lt == SIZE_MAX) {
+                why = "a '>' without its '<'";
+                goto out;
+            }
+            gt = o;
+        }
+        buf[o++] = *p++;
+    }
+    buf[o] = '\0';
+    if (lt != SIZE_MAX && gt == SIZE_MAX) {
+        why = "a '<' without its '>'";
+        goto out;
+    }
+    if (lt != SIZE_MAX) {
+        *b = buf + lt + 1;
+        *e = buf + gt;
+    } else {
+        *b = buf;
+        *e = buf + o;
+    }
+    /* CFWS around the addr-spec (RFC 5322 3.4, 3.2.2) */
+    while (*b < *e && (**b == ' ' || **b == '\t'))
+        (*b)++;
+    while (*e > *b && ((*e)[-1] == ' ' || (*e)[-1] == '\t'))
+        (*e)--;
+    *plain = buf;
+    buf = NULL;
+out:
+    free(buf);
+    return why;
+}
+
 xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char **why)
 {
     const char *b, *e;
-    char key[MAIL_MAX_ADDR + 1];
+    char key[MAIL_MAX_ADDR + 1], *plain = NULL;
     size_t n;
+    xp_err rc = XP_ERR_FORMAT;
 
     *why = NULL;
     if (outsz == 0)
@@ -378,26 +480,12 @@ xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char
     out[0] = '\0';
     if (value == NULL)
         return XP_ERR_FORMAT;
-    b = strrchr(value, '<');
-    if (b != NULL) {
-        b++;
-        e = strchr(b, '>');
-        if (e == NULL) {
-            *why = "a '<' without its '>'";
-            return XP_ERR_FORMAT;
-        }
-    } else {
-        b = value;
-        while (*b == ' ' || *b == '\t')
-            b++;
-        e = b + strlen(b);
-        while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-    }
+    if ((*why = addr_locate(value, &plain, &b, &e)) != NULL)
+        goto out;
     n = (size_t)(e - b);
     if (n == 0 || n >= outsz || n > MAIL_MAX_ADDR) {
         *why = "empty, or longer than 320 octets";
-        return XP_ERR_FORMAT;
+        goto out;
     }
     memcpy(out, b, n);
     out[n] = '\0';
@@ -408,13 +496,16 @@ xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char
     if (!mailaddr_names_record(out) && mail_addr_ascii(out)) {
         *why = MAILADDR_RECORD_RULE;
         out[0] = '\0';
-        return XP_ERR_FORMAT;
+        goto out;
     }
     if (mail_addr_intl(out, key, sizeof(key), why) != XP_OK) {
         out[0] = '\0';
-        return XP_ERR_FORMAT;
+        goto out;
     }
-    return XP_OK;
+    rc = XP_OK;
+out:
+    free(plain);
+    return rc;
 }
 
 xp_err mail_addr_spec(const char *value, char *out, size_t outsz)

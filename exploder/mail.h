@@ -39,7 +39,11 @@ char *mail_header_get(const char *hdrs, size_t len, const char *name);
 
 /* The addr-spec of an address header value ("Name <a@b>" or "a@b"),
  * one that can name a record (mailaddr_names_record: a member stored
- * under an older rule is still one). XP_ERR_FORMAT otherwise. */
+ * under an older rule is still one). XP_ERR_FORMAT otherwise. Read as
+ * RFC 5322 3.4 has it: comments (nested, with quoted-pairs) and a quoted
+ * display name are skipped; a shape that may be read two ways (two
+ * <...>, an unterminated comment or quoted string, a list of addresses,
+ * text after the '>') is refused. */
 xp_err mail_addr_spec(const char *value, char *out, size_t outsz);
 
 /* As mail_addr_spec, and *why (static English, or NULL) says what is

@@ -124,6 +124,15 @@ static void headers(const char *buf, size_t hdr_end, bool crlf)
             continue;
         FUZZ_CHECK(strlen(v) <= hdr_end);
         if (mail_addr_spec(v, addr, sizeof(addr)) == XP_OK) {
+            /* never a comment, a quoted string or a second address */
+            FUZZ_CHECK(strpbrk(addr, " \t<>(),;\"\\") == NULL);
+            if (!mail_addr_ascii(addr)) {
+                /* an SMTPUTF8 poster's: its domain has an A-label form */
+                const char *why = NULL;
+                FUZZ_CHECK(mail_addr_intl(addr, id, sizeof(id), &why) == XP_OK);
+                free(v);
+                continue;
+            }
             /* a sender or list as written: it may name a record of the
              * older rule, so the record rule, not mail_addr_valid's */
             FUZZ_CHECK(mailaddr_names_record(addr));

@@ -154,6 +154,14 @@ expect 67 5.1.1 nosuchlist@lists.example.org "$W/good.eml"
 expect 67 5.1.1 nosuchlist+tag@lists.example.org "$W/good.eml"
 grep -qF 'no such list: nosuchlist+tag@lists.example.org' "$W/deliver.err" || fail "67 reason: $(cat "$W/deliver.err")"
 expect 77 5.7.1 closed@lists.example.org "$W/good.eml" --sender stranger@example.org
+# a member's <address> in a From: comment or quoted display name is not
+# who sent it (a DMARC checker and every mail reader see evil.example)
+for f in 'mallory@evil.example (<m1@example.net>)' '"<m1@example.net>" <mallory@evil.example>' \
+  'mallory@evil.example ((nested) <m1@example.net>)' 'x <mallory@evil.example> <m1@example.net>'; do
+  sed "s|^From: .*|From: $f|" "$W/good.eml" >"$W/from-comment.eml"
+  grep -qF "From: $f" "$W/from-comment.eml" || fail "From: not rewritten"
+  expect 77 5.7.1 closed@lists.example.org "$W/from-comment.eml" --sender stranger@example.org
+done
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
 expect 65 5.3.4 $L "$W/big"
 # list members and list addresses by the group server's rule (docs/api.md

@@ -103,6 +103,73 @@ static void test_addr(void **state)
     assert_true(mail_addr_valid("first.last+tag@sub.example.org"));
 }
 
+/* RFC 5322 3.4 as a DMARC checker and a mail reader read a From: a
+ * comment or a quoted display name never holds the address; a shape that
+ * may be read two ways is refused, not guessed at. NULL: refused. */
+static void test_addr_rfc5322(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *value, *want;
+    } cases[] = {
+        {"mallory@evil.example (<alice@example.com>)", "mallory@evil.example"},
+        {"mallory@evil.example ((nested (<alice@example.com>)))", "mallory@evil.example"},
+        {"mallory@evil.example (\\) <alice@example.com>)", "mallory@evil.example"}, /* quoted-pair ) */
+        {"mallory@evil.example (\\( <alice@example.com>)", "mallory@evil.example"}, /* quoted-pair ( */
+        {"\"<alice@example.com>\" <mallory@evil.example>", "mallory@evil.example"},
+        {"\"a \\\" <alice@example.com>\" <mallory@evil.example>", "mallory@evil.example"}, /* \" in quotes */
+        {"(<alice@example.com>) mallory@evil.example", "mallory@evil.example"},
+        {"Alice (work) <alice@example.com> (sent by me)", "alice@example.com"},
+        {"\"Smith, Alice\" <alice@example.com>", "alice@example.com"},
+        {"alice@example.com <alice@example.com>", "alice@example.com"},
+        {"< alice@example.com >", "alice@example.com"},
+        {"(c) alice@example.com (c)", "alice@example.com"},
+        {"=?utf-8?q?J=C3=BCrgen?= <j@example.org>", "j@example.org"},
+        /* ambiguous or broken: refused */
+        {"mallory@evil.example (<alice@example.com>", NULL},     /* unterminated comment */
+        {"mallory@evil.example ((<alice@example.com>)", NULL},   /* unbalanced nesting */
+        {"\"<mallory@evil.example> <alice@example.com>", NULL}, /* unterminated quote */
+        {"x <mallory@evil.example> <alice@example.com>", NULL},  /* two angle-addrs */
+        {"<alice@example.com> <mallory@evil.example>", NULL},
+        {"<alice@example.com> mallory@evil.example", NULL},      /* text after '>' */
+        {"<alice@example.com> \"x\"", NULL},
+        {"mallory@evil.example, Alice <alice@example.com>", NULL}, /* a mailbox-list */
+        {"Smith, Alice <alice@example.com>", NULL},
+        {"friends: <alice@example.com>;", NULL},                  /* a group */
+        {"mallory@evil.example) <alice@example.com>", NULL},      /* ')' with nothing open */
+        {"mallory@evil.example > alice@example.com", NULL},       /* '>' with nothing open */
+        {"\\\" <alice@example.com>", NULL},                     /* '\\' outside quotes */
+        {"<<alice@example.com>>", NULL},
+        {"\"<alice@example.com>\"", NULL},                      /* a quoted string alone */
+        {"mallory(x)@evil.example", NULL},                        /* a comment inside: not guessed */
+        {"<alice@example.com", NULL},
+        {"", NULL},
+        {"()", NULL},
+    };
+    char a[MAIL_MAX_ADDR + 1];
+    const char *why;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        xp_err rc = mail_addr_spec_why(cases[i].value, a, sizeof(a), &why);
+        if (cases[i].want == NULL) {
+            if (rc == XP_OK)
+                fail_msg("case %zu (%s): want refused, got %s", i, cases[i].value, a);
+            assert_non_null(why);
+            assert_string_equal(a, "");
+        } else if (rc != XP_OK || strcmp(a, cases[i].want) != 0) {
+            fail_msg("case %zu (%s): want %s, got %s (%s)", i, cases[i].value, cases[i].want,
+                     rc == XP_OK ? a : "refused", why != NULL ? why : "-");
+        }
+    }
+    /* the envelope sender as Postfix's ${sender} and Return-Path give it */
+    assert_int_equal(mail_addr_spec("bounce+x=y@example.net", a, sizeof(a)), XP_OK);
+    assert_string_equal(a, "bounce+x=y@example.net");
+    assert_int_equal(mail_addr_spec("<bounce@example.net>", a, sizeof(a)), XP_OK);
+    assert_string_equal(a, "bounce@example.net");
+    assert_int_not_equal(mail_addr_spec("<>", a, sizeof(a)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("MAILER-DAEMON", a, sizeof(a)), XP_OK);
+}
+
 static void test_list_headers(void **state)
 {
     (void)state;
@@ -1362,7 +1429,7 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
-        cmocka_unit_test(test_addr),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
+        cmocka_unit_test(test_addr), cmocka_unit_test(test_addr_rfc5322),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
