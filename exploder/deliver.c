@@ -224,7 +224,12 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         free(v);
         v = NULL;
     }
-    if ((v = mail_header_get((const char *)data, hdr_end, "From")) != NULL) {
+    /* RFC 5322 3.6: one From. With two, a DMARC checker may refuse or
+     * check either and a mail reader show either: no From is taken then
+     * (the envelope sender may still be a member) */
+    if (mail_header_count((const char *)data, hdr_end, "From") > 1) {
+        log_info("more than one From header, none compared with the members list=%s", l->address);
+    } else if ((v = mail_header_get((const char *)data, hdr_end, "From")) != NULL) {
         if (mail_addr_spec(v, from, sizeof(from)) != XP_OK)
             from[0] = '\0';
         free(v);

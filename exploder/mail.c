@@ -143,6 +143,16 @@ bool mail_header_present(const char *hdrs, size_t len, const char *name)
     return false;
 }
 
+size_t mail_header_count(const char *hdrs, size_t len, const char *name)
+{
+    size_t pos = 0, start, end, nlen, want = strlen(name), n = 0;
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen))
+        if (nlen == want && strncasecmp(hdrs + start, name, want) == 0)
+            n++;
+    return n;
+}
+
 bool mail_header_has_value(const char *hdrs, size_t len, const char *name)
 {
     size_t pos = 0, start, end, nlen, want = strlen(name);

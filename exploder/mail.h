@@ -104,6 +104,9 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 /* True if hdrs[0, len) has a field called name (case insensitive). */
 bool mail_header_present(const char *hdrs, size_t len, const char *name);
 
+/* How many fields called name (case insensitive) hdrs[0, len) has. */
+size_t mail_header_count(const char *hdrs, size_t len, const char *name);
+
 /* True if hdrs[0, len) has a field called name (case insensitive) whose
  * value is more than white space. */
 bool mail_header_has_value(const char *hdrs, size_t len, const char *name);

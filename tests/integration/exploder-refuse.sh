@@ -162,6 +162,10 @@ for f in 'mallory@evil.example (<m1@example.net>)' '"<m1@example.net>" <mallory@
   grep -qF "From: $f" "$W/from-comment.eml" || fail "From: not rewritten"
   expect 77 5.7.1 closed@lists.example.org "$W/from-comment.eml" --sender stranger@example.org
 done
+# two From: fields (RFC 5322 allows one): neither is taken
+sed "s|^From: .*|From: m1@example.net\nFrom: mallory@evil.example|" "$W/good.eml" >"$W/two-from.eml"
+[ "$(grep -c '^From: ' "$W/two-from.eml")" = 2 ] || fail "two From: not written"
+expect 77 5.7.1 closed@lists.example.org "$W/two-from.eml" --sender stranger@example.org
 head -c 30000 /dev/zero | tr '\0' 'a' | fold -w 70 | sed '1s/^/From: a@example.org\n\n/' >"$W/big"
 expect 65 5.3.4 $L "$W/big"
 # list members and list addresses by the group server's rule (docs/api.md

@@ -161,6 +161,12 @@ static void test_addr_rfc5322(void **state)
                      rc == XP_OK ? a : "refused", why != NULL ? why : "-");
         }
     }
+    /* RFC 5322 3.6: a From occurs once; deliver takes none of two */
+    {
+        const char *h = "From: a@x.example\nfrom: b@x.example\nFrom-X: c\nX: 1\n";
+        assert_int_equal(mail_header_count(h, strlen(h), "From"), 2);
+        assert_int_equal(mail_header_count(h, strlen(h), "To"), 0);
+    }
     /* the envelope sender as Postfix's ${sender} and Return-Path give it */
     assert_int_equal(mail_addr_spec("bounce+x=y@example.net", a, sizeof(a)), XP_OK);
     assert_string_equal(a, "bounce+x=y@example.net");
