@@ -177,8 +177,11 @@ static int collect_members(int argc, char **argv, bool add, char ***out, size_t 
             if (why != NULL) {
                 char q[96], key[MAIL_MAX_ADDR + 1];
                 const char *kw = NULL;
-                /* an IDN domain: the A-label form the list takes, spelt out */
-                if (add && mail_addr_intl(a, key, sizeof(key), &kw) == XP_OK && strcmp(key, a) != 0 &&
+                /* an IDN domain: the A-label form the list takes, spelt
+                 * out, from what the operator typed mapped as a browser
+                 * maps it (an upper-case U-label too); the address itself
+                 * is still refused, only the hint is given */
+                if (add && mail_addr_intl_typed(a, key, sizeof(key), &kw) == XP_OK && strcmp(key, a) != 0 &&
                     mailaddr_problem(key) == NULL)
                     fprintf(stderr, "exploder: not an address: %s: %s; write it %s\n", log_quote(q, sizeof(q), a),
                             why, key);

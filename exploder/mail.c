@@ -247,7 +247,9 @@ bool mail_addr_local_ascii(const char *addr)
     return true;
 }
 
-xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why)
+/* typed: an address an operator typed, whose domain the UTS #46 mapping
+ * may change (mail_addr_intl_typed) */
+static xp_err addr_intl(const char *addr, char *key, size_t keysz, const char **why, bool typed)
 {
     const char *at;
     char *ace = NULL, *strict = NULL;
@@ -325,7 +327,7 @@ xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **wh
      * hyphen) or a fullwidth "example.com" would pass them and then be the
      * member alice@example.com here. IDNA 2008 without the mapping must
      * take it and give the same A-label form. */
-    {
+    if (!typed) {
         char dom[MAIL_MAX_ADDR + 1];
         size_t dn = n - local - 1;
         memcpy(dom, at + 1, dn + 1);
@@ -374,6 +376,16 @@ out:
     idn2_free(ace);
     idn2_free(strict);
     return rc;
+}
+
+xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why)
+{
+    return addr_intl(addr, key, keysz, why, false);
+}
+
+xp_err mail_addr_intl_typed(const char *addr, char *key, size_t keysz, const char **why)
+{
+    return addr_intl(addr, key, keysz, why, true);
 }
 
 /* The addr-spec of an RFC 5322 address header value (3.4: a mailbox, a

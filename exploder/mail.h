@@ -67,6 +67,12 @@ xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char
  * is given as it is. */
 xp_err mail_addr_intl(const char *addr, char *key, size_t keysz, const char **why);
 
+/* As mail_addr_intl, for what an operator typed (UTS #46 is for that):
+ * the domain may be in any spelling the mapping takes to a U-label
+ * ("B\xc3\x9cCHER.example" gives xn--bcher-kva.example). Only to say
+ * what to write instead, never to compare with members. */
+xp_err mail_addr_intl_typed(const char *addr, char *key, size_t keysz, const char **why);
+
 /* True if s is all US-ASCII (an address that needs no SMTPUTF8 and no
  * A-label form). */
 bool mail_addr_ascii(const char *s);

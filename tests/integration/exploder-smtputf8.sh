@@ -43,6 +43,12 @@ rc=0
 xp list add $L 'bob@bücher.example' 2>"$W/add.err" || rc=$?
 [ "$rc" = 1 ] || fail "list add of a U-label domain: want 1, got $rc"
 grep -q 'write it bob@xn--bcher-kva.example$' "$W/add.err" || fail "list add names no A-label form: $(cat "$W/add.err")"
+# typed with an upper-case U-label (UTS #46 maps it, as a browser does):
+# still refused, and the hint is the same A-label form
+rc=0
+xp list add $L 'bob@BÜCHER.example' 2>"$W/add.err" || rc=$?
+[ "$rc" = 1 ] || fail "list add of an upper-case U-label domain: want 1, got $rc"
+grep -q 'write it bob@xn--bcher-kva.example$' "$W/add.err" || fail "list add BÜCHER names no A-label form: $(cat "$W/add.err")"
 : >"$W/exploder.log"
 chown -R nobody "$W/spool" "$W/exploder.log"
 

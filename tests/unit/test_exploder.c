@@ -176,6 +176,29 @@ static void test_addr_rfc5322(void **state)
     assert_int_not_equal(mail_addr_spec("MAILER-DAEMON", a, sizeof(a)), XP_OK);
 }
 
+/* The hint list add gives for a typed address: the UTS #46 mapping is
+ * taken there (an upper-case U-label), never for a sender. */
+static void test_addr_intl_typed(void **state)
+{
+    (void)state;
+    char key[MAIL_MAX_ADDR + 1];
+    const char *why;
+
+    assert_int_not_equal(mail_addr_intl("bob@B\xc3\x9c" "CHER.example", key, sizeof(key), &why), XP_OK);
+    assert_int_equal(mail_addr_intl_typed("bob@B\xc3\x9c" "CHER.example", key, sizeof(key), &why), XP_OK);
+    assert_string_equal(key, "bob@xn--bcher-kva.example");
+    assert_int_equal(mail_addr_intl_typed("bob@b\xc3\xbc" "cher.example", key, sizeof(key), &why), XP_OK);
+    assert_string_equal(key, "bob@xn--bcher-kva.example");
+    assert_int_not_equal(mail_addr_intl_typed("bob@b\xe2\x98\x83" "cher.example", key, sizeof(key), &why), XP_OK);
+    /* C1 controls, overlong forms and surrogates, by jsonw's decoder */
+    assert_int_not_equal(mail_addr_intl("a@b\xc2\x9f" "x.example", key, sizeof(key), &why), XP_OK);
+    assert_int_not_equal(mail_addr_intl("a@b\xe0\x80\xaf" "x.example", key, sizeof(key), &why), XP_OK);
+    assert_int_not_equal(mail_addr_intl("a@b\xf4\x90\x80\x80" "x.example", key, sizeof(key), &why), XP_OK);
+    assert_int_equal(mail_addr_intl("\xc2\xa0@example.org", key, sizeof(key), &why), XP_OK); /* U+00A0 itself */
+    assert_true(mail_addr_ascii("a@b"));
+    assert_false(mail_addr_ascii("a@\xc3\xbc"));
+}
+
 static void test_list_headers(void **state)
 {
     (void)state;
@@ -1435,7 +1458,7 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
-        cmocka_unit_test(test_addr), cmocka_unit_test(test_addr_rfc5322),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
+        cmocka_unit_test(test_addr), cmocka_unit_test(test_addr_rfc5322), cmocka_unit_test(test_addr_intl_typed),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
         cmocka_unit_test(test_member_copies), cmocka_unit_test(test_group_accepts),
