@@ -112,13 +112,16 @@ char *mail_header_get(const char *hdrs, size_t len, const char *name)
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
         if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
             continue;
-        /* unfold: drop CR/LF, keep the whitespace that follows */
+        /* unfold: drop the line ends (LF, CRLF), keep the whitespace that
+         * follows; a CR not before an LF is no line end here (mail_split's)
+         * and stays, so an address reader can refuse it: others (Python's
+         * email package) take it for one */
         size_t vstart = start + nlen + 1, o = 0;
         char *v = malloc(end - vstart + 1);
         if (v == NULL)
             return NULL;
         for (size_t i = vstart; i < end; i++)
-            if (hdrs[i] != '\r' && hdrs[i] != '\n')
+            if (hdrs[i] != '\n' && !(hdrs[i] == '\r' && i + 1 < end && hdrs[i + 1] == '\n'))
                 v[o++] = hdrs[i];
         v[o] = '\0';
         size_t b = 0;
@@ -407,6 +410,13 @@ static const char *addr_locate(const char *value, char **plain, const char **b, 
     char *buf;
 
     *plain = NULL;
+    /* a control character (a bare CR left by unfolding, a form feed, a
+     * vertical tab, 0x1c..0x1e): a reader that takes it for a line end
+     * (Python's email package) sees "mallory@evil.example\r<alice@example.com>"
+     * as from mallory, the rest of the value as another line */
+    for (const char *q = value; *q != '\0'; q++)
+        if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
+            return "a control character (a CR, a form feed: a line end to some readers)";
     if ((buf = malloc(n + 1)) == NULL)
         return "out of memory";
     while (*p != '\0') {
@@ -491,7 +501,7 @@ out:
 
 xp_err mail_addr_spec_why(const char *value, char *out, size_t outsz, const char **why)
 {
-    const char *b, *e;
+    const char *b = NULL, *e = NULL;
     char key[MAIL_MAX_ADDR + 1], *plain = NULL;
     size_t n;
     xp_err rc = XP_ERR_FORMAT;

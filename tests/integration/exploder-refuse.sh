@@ -162,6 +162,11 @@ for f in 'mallory@evil.example (<m1@example.net>)' '"<m1@example.net>" <mallory@
   grep -qF "From: $f" "$W/from-comment.eml" || fail "From: not rewritten"
   expect 77 5.7.1 closed@lists.example.org "$W/from-comment.eml" --sender stranger@example.org
 done
+# a CR that ends no line: Python's email package (DMARC tools) reads From
+# mallory@evil.example and the rest as another line
+sed "s|^From: .*|From: mallory@evil.example\r<m1@example.net>|" "$W/good.eml" >"$W/from-cr.eml"
+grep -q "^From: mallory@evil.example"$'\r'"<m1@example.net>" "$W/from-cr.eml" || fail "From: with a CR not written"
+expect 77 5.7.1 closed@lists.example.org "$W/from-cr.eml" --sender stranger@example.org
 # two From: fields (RFC 5322 allows one): neither is taken
 sed "s|^From: .*|From: m1@example.net\nFrom: mallory@evil.example|" "$W/good.eml" >"$W/two-from.eml"
 [ "$(grep -c '^From: ' "$W/two-from.eml")" = 2 ] || fail "two From: not written"

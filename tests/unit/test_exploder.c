@@ -84,6 +84,23 @@ static void test_header_get(void **state)
     mail_addr_normalize(addr);
     assert_string_equal(addr, "alice@example.org");
     free(v);
+    /* a bare CR is a line end to some readers (mallory's From, then a
+     * broken line): kept by unfolding and refused as an address */
+    const char *cr = "From: mallory@evil.example\r<alice@example.com>\r\nSubject: a\r\n b\r\n";
+    v = mail_header_get(cr, strlen(cr), "From");
+    assert_non_null(v);
+    assert_string_equal(v, "mallory@evil.example\r<alice@example.com>");
+    assert_int_not_equal(mail_addr_spec(v, addr, sizeof(addr)), XP_OK);
+    free(v);
+    assert_int_not_equal(mail_addr_spec("mallory@evil.example\f<alice@example.com>", addr, sizeof(addr)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("mallory@evil.example\v<alice@example.com>", addr, sizeof(addr)), XP_OK);
+    assert_int_not_equal(mail_addr_spec("mallory@evil.example\x1c<alice@example.com>", addr, sizeof(addr)), XP_OK);
+    assert_int_equal(mail_addr_spec("Alice\t<alice@example.com>\t(c)", addr, sizeof(addr)), XP_OK);
+    assert_string_equal(addr, "alice@example.com");
+    v = mail_header_get(cr, strlen(cr), "Subject");
+    assert_non_null(v);
+    assert_string_equal(v, "a b");
+    free(v);
 }
 
 static void test_addr(void **state)
