@@ -307,25 +307,21 @@ static bool cte_is_base64(const char *hdrs, size_t hlen)
     return b64;
 }
 
-/* Where the base64 of an S/MIME body ends for the S/MIME reader: at the
- * first line whose first character other than white space is '-' (a
- * signature's "-- ", say), where OpenSSL's decoder stops, or at the end. */
+/* Where the base64 of an S/MIME body ends for the S/MIME reader: at its
+ * first '-', where OpenSSL's decoder stops wherever on a line it is: the
+ * start of its line when only white space is before it (a signature's
+ * "-- ", say), else the '-' itself (text put on the base64's last line,
+ * which the reader ignores as it does a line of its own); or at the end. */
 static size_t base64_text_end(const char *body, size_t blen)
 {
-    size_t i = 0;
+    const char *dash = memchr(body, '-', blen);
+    size_t i;
 
-    while (i < blen) {
-        size_t j = i;
-        const char *lf;
-        while (j < blen && (body[j] == ' ' || body[j] == '\t'))
-            j++;
-        if (j < blen && body[j] == '-')
-            return i;
-        if ((lf = memchr(body + i, '\n', blen - i)) == NULL)
-            break;
-        i = (size_t)(lf - body) + 1;
-    }
-    return blen;
+    if (dash == NULL)
+        return blen;
+    for (i = (size_t)(dash - body); i > 0 && (body[i - 1] == ' ' || body[i - 1] == '\t'); i--)
+        ;
+    return i == 0 || body[i - 1] == '\n' ? i : (size_t)(dash - body);
 }
 
 /* Is the top-level entity S/MIME whose body is base64 text (what a
@@ -746,6 +742,7 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     const char *body;
     size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
     bool crlf, rewrap, smime;
+    const char *eol;
     xp_err rc;
 
     if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
@@ -773,11 +770,14 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
      * programs show only the S/MIME part, so it is left out. */
     keep = smime ? b64len : blen;
     tail = smime && !l->require_encrypted ? blen - b64len : 0;
+    /* text left out from the middle of the base64's last line: the line
+     * still ends (write_base64_lines ends its own) */
+    eol = keep + tail < blen && !rewrap && keep > 0 && body[keep - 1] != '\n' ? (crlf ? "\r\n" : "\n") : "";
     if (fwrite(hdrs, 1, hlen, out) != hlen ||
         fwrite(data + hdr_end, 1, body_start - hdr_end, out) != body_start - hdr_end ||
         (rewrap ? !write_base64_lines(out, data + body_start, keep, crlf ? "\r\n" : "\n")
                 : fwrite(body, 1, keep, out) != keep) ||
-        fwrite(body + keep, 1, tail, out) != tail) {
+        fwrite(eol, 1, strlen(eol), out) != strlen(eol) || fwrite(body + keep, 1, tail, out) != tail) {
         snprintf(why, whysz, "cannot write prepared message");
         rc = XP_ERR_IO;
         goto out;
