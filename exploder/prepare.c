@@ -498,6 +498,19 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = unreadable_why(ENV_ERR_BASE64);
         goto out;
     }
+    /* ... and the copy is cut where the reader stops only in a body
+     * prepare_forward knows for S/MIME base64 by the fields it reads
+     * (the first of each); where the reader reads another (a second
+     * Content-Transfer-Encoding, which it takes) the whole body would go
+     * on as it came, text after the base64 with it. */
+    if (l->mode == XP_MODE_FORWARD && l->require_encrypted &&
+        !is_smime_base64(data, hdr_end, body, len - body_start, &b64len)) {
+        log_info("S/MIME body the reader takes but not by the fields the copy is cut by list=%s", l->address);
+        rc = XP_ERR_FORMAT;
+        if (why != NULL)
+            *why = unreadable_why(ENV_ERR_MIME);
+        goto out;
+    }
     e = find_group_ri(l, msg, &idx, &cert, unmet, &older);
     if (e != ENV_OK) {
         rc = env_to_xp(e);
