@@ -108,11 +108,16 @@ pg_hold() { # DIR URL SQL MARK
   local dir=$1 url=$2 sql=$3 mark=$4 i
   rm -f "$dir/pg_hold.sql"
   mkfifo "$dir/pg_hold.sql" || return 1
+  # Emptied here, not only by psql's redirection below: that one is made
+  # in the child once the fifo opens, which is when this shell goes on to
+  # look for MARK, so a second hold (ops-pg-outage's loop over lock modes)
+  # could read the first one's MARK and go on before its lock was taken.
+  : >"$dir/pg_hold.out"
   psql -X -q -At "$url" <"$dir/pg_hold.sql" >"$dir/pg_hold.out" 2>&1 &
   PG_HOLDER=$!
   exec 3>"$dir/pg_hold.sql"
   echo "$sql" >&3
-  for i in $(seq 1 50); do
+  for i in $(seq 1 300); do # up to 30 s: a loaded host; no cost when it comes at once
     grep -q "$mark" "$dir/pg_hold.out" && return 0
     sleep 0.1
   done
