@@ -443,20 +443,35 @@ ok "member changes under ended sessions: $(awk '{print $2, $4}' "$work/answers" 
 
 # ---- two group renew-cert at once: neither certificate lost --------------------
 # A version's record is read, extended with the new certificate and
-# written back. A trigger holds the first renewal's write 1 s; the second
-# starts meanwhile. They take turns (the keys lock), so the record keeps
-# both new certificates and the old one. Before, the second read the
-# record without the first's certificate and wrote over it: mail sent to
-# the first (in between) named a certificate the record no longer had.
+# written back. A trigger holds the first renewal's write until the
+# second has asked for the keys lock (at most 20 s): a fixed 1 s hold was
+# a window the test's polls could miss on a loaded host. They take turns
+# (the keys lock), so the record keeps both new certificates and the old
+# one. Before, the second read the record without the first's
+# certificate and wrote over it: mail sent to the first (in between)
+# named a certificate the record no longer had.
 certs_in() { sql "SELECT cert_pem FROM group_keys WHERE version = 1" | grep -c 'BEGIN CERTIFICATE'; }
 n0=$(certs_in)
-sql "CREATE FUNCTION keys_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$
-  BEGIN PERFORM pg_sleep(1); RETURN NEW; END \$\$;
+sql "CREATE SEQUENCE keys_slow;
+  CREATE FUNCTION keys_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    -- the first renewal's write alone: the second's comes after it
+    IF nextval('keys_slow') = 1 THEN
+      FOR i IN 1..400 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+          AND backend_start > now() AND query LIKE '%pg_try_advisory_lock%');
+        PERFORM pg_sleep(0.05);
+        IF i = 400 THEN RAISE EXCEPTION 'the second renew-cert did not ask for the keys lock'; END IF;
+      END LOOP;
+    END IF;
+    RETURN NEW;
+  END \$\$;
   CREATE TRIGGER keys_slow BEFORE UPDATE ON group_keys FOR EACH ROW EXECUTE FUNCTION keys_slow();" >/dev/null
 gs group renew-cert eng > "$work/renew1.out" 2>&1 &
 renew_pid=$!
 seen=
-for i in $(seq 1 200); do
+for i in $(seq 1 1000); do # held until the second comes: no window to miss
   [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE group_keys%' AND state = 'active'")" = 1 ] &&
     { seen=1; break; }
   sleep 0.02
@@ -464,7 +479,7 @@ done
 [ -n "$seen" ] || fail "the first renew-cert's write was not seen: $(cat "$work/renew1.out")"
 gs group renew-cert eng > "$work/renew2.out" 2>&1 || fail "the second renew-cert: $(cat "$work/renew2.out")"
 wait "$renew_pid" || fail "the first renew-cert: $(cat "$work/renew1.out")"
-sql "DROP TRIGGER keys_slow ON group_keys" >/dev/null
+sql "DROP TRIGGER keys_slow ON group_keys; DROP FUNCTION keys_slow(); DROP SEQUENCE keys_slow" >/dev/null
 [ "$(certs_in)" = $((n0 + 2)) ] || fail "two renewals at once: $(certs_in) certificates recorded, wanted $((n0 + 2))"
 ok "two group renew-cert at once: both certificates and the old one recorded ($((n0 + 2)))"
 
