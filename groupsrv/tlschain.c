@@ -19,7 +19,11 @@ int gs_tls_use_chain_pem(SSL_CTX *ctx, const char *pem, size_t len, int *failed)
         SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
         goto out;
     X509_free(x);
-    for (*failed = 2; (x = PEM_read_bio_X509(bio, NULL, util_pem_no_passphrase, NULL)) != NULL; (*failed)++) {
+    /* _AUX as for the first: PEM_read_bio_X509 skips a TRUSTED CERTIFICATE
+     * block ('openssl x509 -trustout'): an intermediate so written was
+     * left out of the chain sent without a word, and clients lacked it.
+     * Its trust settings mean nothing in a chain sent (the DER goes alone). */
+    for (*failed = 2; (x = PEM_read_bio_X509_AUX(bio, NULL, util_pem_no_passphrase, NULL)) != NULL; (*failed)++) {
         if (SSL_CTX_add0_chain_cert(ctx, x) != 1)
             goto out;
     }

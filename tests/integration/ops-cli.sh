@@ -281,6 +281,16 @@ cat "$work/trusted.pem" "$work/ca1.pem" > "$work/chain.pem"
 "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
 grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" && grep -q "^tls key   OK   $work/leaf.key\$" "$work/out" ||
   fail "check, a [tls] cert whose leaf is a TRUSTED CERTIFICATE: $(grep '^tls' "$work/out")"
+# A chain certificate as a TRUSTED CERTIFICATE block: serve read the chain
+# with PEM_read_bio_X509, which skips such a block, so it sent the leaf
+# alone (clients then miss the intermediate) while check said OK; serve
+# sends it now, and check looks at it as at any chain certificate.
+openssl x509 -in "$work/old.pem" -trustout -addtrust serverAuth -out "$work/old-trusted.pem" 2>/dev/null ||
+  fail "openssl x509 -trustout"
+cat "$work/leaf.pem" "$work/old-trusted.pem" > "$work/chain.pem"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+grep -q "^tls cert  WARNING: $work/chain.pem: chain certificate 2 (CN=old) expired on " "$work/out" ||
+  fail "check, an expired chain certificate as a TRUSTED CERTIFICATE block: $(grep '^tls' "$work/out")"
 # A [tls] cert file serve does not start with, which check said OK to:
 # a chain certificate that cannot be read (a line of its base64 lost in a
 # paste: serve reads every one, "server certificate: bad base64 decode"),
