@@ -33,7 +33,7 @@ sqlite3 "$work/groupsrv.db" < "$work/sql" > "$work/holder.out" 2>&1 &
 holder=$!
 exec 3> "$work/sql"
 echo "BEGIN EXCLUSIVE; SELECT 'held';" >&3
-for i in $(seq 1 50); do grep -q held "$work/holder.out" && break; sleep 0.1; done
+for i in $(seq 1 300); do grep -q held "$work/holder.out" && break; sleep 0.1; done
 grep -q held "$work/holder.out" || fail "sqlite3 did not take the lock: $(cat "$work/holder.out")"
 
 # No bound on how long these take: the lock is held throughout, so a read

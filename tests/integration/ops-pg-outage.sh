@@ -491,13 +491,14 @@ ok "two group renew-cert at once: both certificates and the old one recorded ($(
 # deferred trigger on the audit table holds the commit (pg_sleep) while
 # the test sends SIGQUIT: the unwrap must not be answered 200 without its
 # record, and the chain must stay whole.
-sql "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END \$\$;
+# (20 s: the wait below must see it asleep; it is ended long before.)
+sql "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN PERFORM pg_sleep(20); RETURN NULL; END \$\$;
      CREATE CONSTRAINT TRIGGER audit_slow AFTER INSERT ON audit DEFERRABLE INITIALLY DEFERRED
        FOR EACH ROW EXECUTE FUNCTION slow_commit()" >/dev/null
 call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap" > "$work/quit.status" &
 quit_call=$!
 stuck=
-for i in $(seq 1 100); do
+for i in $(seq 1 300); do
   stuck=$(sql "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE 'INSERT INTO audit%'")
   [ -n "$stuck" ] && break
   sleep 0.05
