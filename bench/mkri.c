@@ -58,7 +58,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: " PROG " --cert GROUP.pem [--kt oaep-sha1|oaep-sha256] --out RI.der [--ek-out EK.bin]\n");
         return 1;
     }
-    if ((f = fopen(cert_path, "r")) == NULL || (cert = PEM_read_X509(f, NULL, NULL, NULL)) == NULL) {
+    if ((f = fopen(cert_path, "r")) == NULL || (cert = PEM_read_X509(f, NULL, util_pem_no_passphrase, NULL)) == NULL) {
         fprintf(stderr, PROG ": %s: not a PEM certificate\n", cert_path);
         goto out;
     }

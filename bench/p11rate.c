@@ -159,7 +159,7 @@ static X509 *read_cert(const char *path)
 
     if (f == NULL)
         return NULL;
-    x = PEM_read_X509(f, NULL, NULL, NULL);
+    x = PEM_read_X509(f, NULL, util_pem_no_passphrase, NULL);
     fclose(f);
     return x;
 }

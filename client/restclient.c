@@ -213,7 +213,7 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
         log_error("a client key on a token needs libcurl built with OpenSSL backend=\"%s\"", log_quote(q, sizeof(q), backend));
         goto out;
     }
-    if ((b = BIO_new_file(cert_file, "r")) == NULL || (r->tls_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL) {
+    if ((b = BIO_new_file(cert_file, "r")) == NULL || (r->tls_cert = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) == NULL) {
         log_error("client certificate unreadable path=\"%s\"", log_quote(q, sizeof(q), cert_file));
         goto out;
     }
@@ -221,7 +221,7 @@ static gs_rest_err load_pkey_identity(gs_rest *r, const char *cert_file, EVP_PKE
         err = GS_REST_ERR_NOMEM;
         goto out;
     }
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    while ((x = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) != NULL) {
         if (sk_X509_num(r->tls_chain) >= MAX_CHAIN || sk_X509_push(r->tls_chain, x) <= 0) {
             log_error("client certificate file holds too many certificates path=\"%s\"",
                       log_quote(q, sizeof(q), cert_file));

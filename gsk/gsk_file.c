@@ -445,7 +445,7 @@ static gsk_err parse_key(json_t *o, gsk_key *k)
         X509 *c = NULL;
         size_t n = pem != NULL ? strlen(pem) : 0;
         if (n == 0 || n > CERT_PEM_MAX || (b = BIO_new_mem_buf(pem, (int)n)) == NULL ||
-            (c = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL || (k->cert_pem = strdup(pem)) == NULL) {
+            (c = PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL)) == NULL || (k->cert_pem = strdup(pem)) == NULL) {
             BIO_free(b);
             return gsk_fail(GSK_ERR_FORMAT, "manifest: key %s: certificate is not PEM X.509", k->label);
         }
@@ -816,7 +816,7 @@ gsk_err gsk_transport_read(const unsigned char *text, size_t len, unsigned char 
     *spki = NULL;
     *spki_len = 0;
     if (text == NULL || len == 0 || len > 64u * 1024u || (b = BIO_new_mem_buf(text, (int)len)) == NULL ||
-        (pk = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL)) == NULL) {
+        (pk = PEM_read_bio_PUBKEY(b, NULL, util_pem_no_passphrase, NULL)) == NULL) {
         gsk_fail(err, "not a transport key file (no PEM public key in it)");
         goto out;
     }

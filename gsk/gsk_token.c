@@ -226,7 +226,7 @@ out:
 static gsk_err cert_key(const char *pem, unsigned char **spki, size_t *len, unsigned *bits)
 {
     BIO *b = BIO_new_mem_buf(pem, -1);
-    X509 *c = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    X509 *c = b != NULL ? PEM_read_bio_X509(b, NULL, util_pem_no_passphrase, NULL) : NULL;
     EVP_PKEY *pk = c != NULL ? X509_get0_pubkey(c) : NULL;
     unsigned char *der = NULL;
     int n;

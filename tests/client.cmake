@@ -62,7 +62,7 @@ set_tests_properties(groupmail_plaintext_memory PROPERTIES LABELS "integration;c
 # Certificates read from a group server's answer never ask a pass phrase
 # (groupmail's gm_pem_certs, the exploder's group certificate reads).
 add_executable(test_pempass ${GS_TEST_DIR}/unit/test_pempass.c)
-target_link_libraries(test_pempass PRIVATE gs_groupmail_core gs_exploder_core PkgConfig::CMOCKA PkgConfig::OPENSSL)
+target_link_libraries(test_pempass PRIVATE gs_groupmail_core gs_exploder_core gs_gsk PkgConfig::CMOCKA PkgConfig::OPENSSL)
 gs_target_warnings(test_pempass)
 add_test(NAME unit_pempass COMMAND test_pempass)
 set_tests_properties(unit_pempass PROPERTIES LABELS "unit;client" TIMEOUT 60)

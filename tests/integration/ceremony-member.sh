@@ -27,6 +27,24 @@ gs_groups group create eng --address eng@example.org --key rsa:2048 --replicable
   --methods tls,recipient-key,local-key >/dev/null
 for m in alice bob; do gs_groups member add eng "$m@example.org" --issue-cert --out "$work" >/dev/null; done
 gs_groups group show eng --cert > "$work/eng-v1.pem"
+
+# A member's certificate PEM marked encrypted (Proc-Type: 4,ENCRYPTED),
+# really encrypted under "secret" (OpenSSL's legacy PEM encryption: the
+# AES-128 key is MD5 of the pass phrase and the IV's first 8 bytes), given
+# to `member add --cert` with no terminal and "secret" on standard input:
+# OpenSSL's default callback would read it there and add the member. It
+# is refused without asking.
+iv=00112233445566778899AABBCCDDEEFF
+pkey=$({ printf secret; printf '%s' "${iv:0:16}" | xxd -r -p; } | openssl dgst -md5 -r | cut -c1-32)
+{ printf -- '-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,%s\n\n' "$iv"
+  openssl x509 -in "$work/bob@example.org.pem" -outform DER | openssl enc -aes-128-cbc -K "$pkey" -iv "$iv" | base64 -w 64
+  printf -- '-----END CERTIFICATE-----\n'; } > "$work/bob-enc.pem"
+rc=0
+printf 'secret\n' | SOFTHSM2_CONF=$work/tok-groups/softhsm2.conf timeout 20 setsid -w "$BIN/groupsrv" -c "$work/groups.conf" \
+  member add eng carol@example.org --cert "$work/bob-enc.pem" > "$work/out" 2>&1 || rc=$?
+[ "$rc" != 0 ] && ! grep -qi 'pass phrase' "$work/out" && ! gs_groups member list eng | grep -q carol@ ||
+  fail "member add --cert, a certificate PEM marked encrypted, no terminal: exit $rc: $(head -c 300 "$work/out")"
+ok "member add --cert with a certificate PEM marked encrypted asks no pass phrase"
 gs_groups group show eng | grep -q "methods: *tls,recipient-key,local-key" || fail "group show lacks local-key"
 
 # ---- alice's groupmail, her own token ----
