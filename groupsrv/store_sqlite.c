@@ -506,6 +506,20 @@ static void sq_keys_unlock(gs_store *st)
     SQ(st)->keys_fd = -1;
 }
 
+/* Whether the database's -wal or -shm (what) is still the file this
+ * connection opened (dev, ino) at p; why says what its loss costs. */
+static gs_err sq_same_companion(const char *p, dev_t dev, ino_t ino, const char *what, const char *why)
+{
+    struct stat sb;
+
+    if (stat(p, &sb) != 0)
+        return gs_err_set(GS_ERR_DB, "the database's %s open here is no longer at %s (%s): %s", what, p,
+                          strerror(errno), why);
+    if (sb.st_dev != dev || sb.st_ino != ino)
+        return gs_err_set(GS_ERR_DB, "%s is another file than the %s open here (replaced)", p, what);
+    return GS_OK;
+}
+
 /* A database file moved, deleted or replaced (a restore by mv) under an
  * open connection goes on being read and written by it, unseen by every
  * other process that opens the path. So does its -wal: SQLite keeps the
@@ -518,6 +532,7 @@ static gs_err sq_check_location(gs_store *st)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
     struct stat sb;
+    gs_err err;
 
     if (SQ(st)->ino == 0 || path == NULL || *path == '\0')
         return GS_OK;
@@ -535,13 +550,9 @@ static gs_err sq_check_location(gs_store *st)
     const char *wal = sqlite3_filename_wal(path);
     if (wal == NULL || *wal == '\0')
         return GS_OK;
-    if (stat(wal, &sb) != 0)
-        return gs_err_set(GS_ERR_DB,
-                          "the database's write-ahead log open here is no longer at %s (%s): changes since are "
-                          "only in this process until it stops",
-                          wal, strerror(errno));
-    if (sb.st_dev != SQ(st)->wal_dev || sb.st_ino != SQ(st)->wal_ino)
-        return gs_err_set(GS_ERR_DB, "%s is another file than the write-ahead log open here (replaced)", wal);
+    if ((err = sq_same_companion(wal, SQ(st)->wal_dev, SQ(st)->wal_ino, "write-ahead log",
+                                 "changes since are only in this process until it stops")) != GS_OK)
+        return err;
     /* The -shm alone deleted (a clean-up of "shared memory" files): the
      * next process to open the database makes a new one and, seeing no
      * other user in it, writes the -wal as if alone; this connection's
@@ -550,14 +561,8 @@ static gs_err sq_check_location(gs_store *st)
     char shm[PATH_MAX + 8];
     if (shm_path(path, shm, sizeof(shm)) != 0)
         return GS_OK; /* not reached: note_wal noted nothing then */
-    if (stat(shm, &sb) != 0)
-        return gs_err_set(GS_ERR_DB,
-                          "the database's shared-memory index open here is no longer at %s (%s): another process "
-                          "would write the write-ahead log over this one's changes",
-                          shm, strerror(errno));
-    if (sb.st_dev != SQ(st)->shm_dev || sb.st_ino != SQ(st)->shm_ino)
-        return gs_err_set(GS_ERR_DB, "%s is another file than the shared-memory index open here (replaced)", shm);
-    return GS_OK;
+    return sq_same_companion(shm, SQ(st)->shm_dev, SQ(st)->shm_ino, "shared-memory index",
+                             "another process would write the write-ahead log over this one's changes");
 }
 
 static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)
