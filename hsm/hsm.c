@@ -2,7 +2,6 @@
  * hsm.c: module loading, token lookup by URI, login, the session pool and
  * recovery (hsm_run). See hsm.h for the contract.
  */
-#include <errno.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
