@@ -547,8 +547,10 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
      * SIGHUP, when the [tls] key and the local CA are found again) waits
      * its turn but is never shed: it is no client's request, and shed
      * under load it kept the old certificate (a reload) or ended the
-     * process (a start). */
+     * process (a start). Nor refused when clients' jobs fill the queue
+     * (max_jobs): one such job may be queued past the cap at a time. */
     double max_wait = type == IPC_INFO ? 0 : kh->max_queue_s;
+    j->tq.reserved = type == IPC_INFO;
     tq_verdict v = tokenq_submit_deferred(kh->q, &j->tq, flow, max_wait, &wait);
     if (v == TQ_QUEUED)
         return;

@@ -46,6 +46,7 @@ struct tokenq {
     struct tq_flow *ring;            /* the flow whose turn it is */
     unsigned queued, running, flows, max_jobs, nworkers;
     unsigned sleeping;               /* workers waiting in work_cv */
+    unsigned over_cap;               /* reserved jobs queued past max_jobs (0 or 1) */
     int stopping;
     double service_s[TQ_CLASSES];
     tokenq_ops ops;
@@ -142,7 +143,7 @@ static tq_verdict submit(tokenq *q, tq_job *job, const char *flow_key, double ma
         *expected_wait_s = wait;
     if (q->stopping)
         v = TQ_STOPPED;
-    else if (q->queued >= q->max_jobs)
+    else if (q->queued >= q->max_jobs && !(job->reserved && q->over_cap == 0))
         v = TQ_FULL;
     else if (max_wait_s > 0 && wait > max_wait_s)
         v = TQ_SHED;
@@ -167,6 +168,12 @@ static tq_verdict submit(tokenq *q, tq_job *job, const char *flow_key, double ma
         f->head = job;
     f->tail = job;
     f->backlog_s += job->est_s;
+    /* Only one past the cap: a network process that sends its set-up
+     * again and again (a compromised one) grows the queue by one, not
+     * without bound. */
+    job->over_cap = q->queued >= q->max_jobs;
+    if (job->over_cap)
+        q->over_cap++;
     q->queued++;
 out:
     pthread_mutex_unlock(&q->mu);
@@ -256,6 +263,10 @@ static tq_job *take(tokenq *q)
         if (f->backlog_s < 0 || f->head == NULL)
             f->backlog_s = 0;
         q->queued--;
+        if (j->over_cap) {
+            q->over_cap--;
+            j->over_cap = false;
+        }
         j->next = NULL;
         j->flow = NULL;
         if (f->head == NULL)
@@ -288,6 +299,10 @@ bool tokenq_cancel(tokenq *q, tq_job *job)
             if (f->backlog_s < 0 || f->head == NULL)
                 f->backlog_s = 0;
             q->queued--;
+            if (job->over_cap) {
+                q->over_cap--;
+                job->over_cap = false;
+            }
             job->next = NULL;
             job->flow = NULL;
             found = true;

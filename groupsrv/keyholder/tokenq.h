@@ -11,7 +11,8 @@
  * connection, and a batch of N items counts as N turns. Within one
  * identity the order is first come, first served.
  *
- * Bounded: at most max_jobs queued (TQ_FULL above that), and a job whose
+ * Bounded: at most max_jobs queued (TQ_FULL above that; one job marked
+ * reserved may be queued past it at a time), and a job whose
  * expected wait exceeds the caller's limit is refused at once (TQ_SHED) so
  * that it can be answered 503 with Retry-After instead of waiting. The
  * expected wait is the work queued ahead of the new job in round-robin
@@ -41,6 +42,10 @@ typedef struct tq_job {
                              * share a woken worker with other short jobs (tokenq_wake); false
                              * (a rewrap to a whole group, a key generation): a worker of its own */
     double est_s;           /* its estimated service time, at submit */
+    bool reserved;          /* queued even when max_jobs are, one such job at a time: work that is
+                             * no client's (the network process's TLS set-up), which a queue
+                             * filled by clients must not refuse */
+    bool over_cap;          /* set by the queue: this reserved job was let in past max_jobs */
 } tq_job;
 
 enum { TQ_TOKEN = 0, TQ_LIGHT = 1, TQ_CLASSES };

@@ -2,7 +2,7 @@
  * test_tokenq.c: the key holder's fair queue (groupsrv/keyholder/tokenq.c):
  * one identity with many jobs cannot starve another, FIFO within an
  * identity, a batch costs its items, load shedding from the expected
- * wait, the cap, cancel, the count of jobs pending (a key holder worker
+ * wait, the cap (and the one reserved job let past it), cancel, the count of jobs pending (a key holder worker
  * alone with its job syncs the audit log itself), a stop that finishes what
  * was queued, batches (deferred submits and one wake sized by the
  * measured work) and the after_run callback. Jobs are real work on real worker threads; a gate job holds
@@ -304,6 +304,76 @@ static void test_cap_and_cancel(void **state)
     assert_int_equal(position(1), -1);
 }
 
+/* Wait until the worker has taken the gate job (it then runs it until the
+ * gate opens). */
+static void wait_running(tokenq *q)
+{
+    for (int tries = 0; tries < 400; tries++) {
+        tokenq_stats st;
+        tokenq_get_stats(q, &st);
+        if (st.running == 1 && st.queued == 0)
+            return;
+        usleep(5000);
+    }
+    fail_msg("the worker never took the gate job");
+}
+
+/* A reserved job (the network process's TLS set-up) is queued when
+ * clients' jobs fill the queue: one at a time past the cap, and its place
+ * is free again once a worker took it or it was cancelled. The verdicts
+ * are checked after the gate opens and the queue drains, so that a
+ * failure is reported, not a worker left waiting for ever. */
+static void test_reserved_past_cap(void **state)
+{
+    static struct tjob jobs[12], gate, gate2;
+    tq_verdict full, first, second, again, after_run;
+    bool cancelled;
+    tokenq *q = start(1, 2);
+    (void)state;
+
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    wait_running(q);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL), TQ_QUEUED);
+    full = tokenq_submit(q, &mk(jobs, 2, 1)->tq, "id:y", 0, NULL);
+    mk(jobs, 3, 1)->tq.reserved = true;
+    first = tokenq_submit(q, &jobs[3].tq, "net", 0, NULL);
+    mk(jobs, 4, 1)->tq.reserved = true; /* a second one while the first waits: the cap holds */
+    second = tokenq_submit(q, &jobs[4].tq, "net", 0, NULL);
+    cancelled = tokenq_cancel(q, &jobs[3].tq); /* cancelled: its place past the cap is free */
+    again = second == TQ_QUEUED ? TQ_FULL : tokenq_submit(q, &jobs[4].tq, "net", 0, NULL);
+    open_gate();
+    for (int tries = 0; tries < 400 && tokenq_pending(q) > 0; tries++)
+        usleep(5000); /* the worker books its last job after running it */
+
+    /* Taken by a worker: its place past the cap is free again. */
+    pthread_mutex_lock(&R.mu);
+    R.gate_open = 0;
+    pthread_mutex_unlock(&R.mu);
+    memset(&gate2, 0, sizeof(gate2));
+    gate2.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate2.tq, "gate", 0, NULL), TQ_QUEUED);
+    wait_running(q);
+    for (int i = 5; i < 7; i++)
+        (void)tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:x", 0, NULL);
+    mk(jobs, 7, 1)->tq.reserved = true;
+    after_run = tokenq_submit(q, &jobs[7].tq, "net", 0, NULL);
+    open_gate();
+    tokenq_stop(q); /* runs what is queued */
+
+    assert_int_equal(full, TQ_FULL);
+    assert_int_equal(first, TQ_QUEUED);
+    assert_int_equal(second, TQ_FULL);
+    assert_true(cancelled);
+    assert_int_equal(again, TQ_QUEUED);
+    assert_int_equal(after_run, TQ_QUEUED);
+    assert_int_equal(position(3), -1);
+    assert_true(position(4) >= 0);
+    assert_true(position(7) >= 0);
+}
+
 static void *opener(void *arg)
 {
     (void)arg;
@@ -481,6 +551,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_costs_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shed_by_expected_wait, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cap_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserved_past_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_batch_of_short_jobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_unbatchable_job_gets_its_own_worker, setup, teardown),
