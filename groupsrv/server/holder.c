@@ -572,9 +572,11 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
     ipc_set_cookie(b, cookie);
     fd = l->fd;
     in = l->in;
-    /* Behind the frames the loop has not written yet (never overtaking
-     * them), and never cut: what the deadline leaves unwritten goes on
-     * in the loop (write_cb), its answer then dropped as late. */
+    /* Behind what out holds (never overtaking it), but ahead of the
+     * frames still waiting with their calls (l->unsent): answers go by
+     * cookie, so no order among calls is owed. Never cut: what the
+     * deadline leaves unwritten goes on in the loop (write_cb), its
+     * answer then dropped as late. */
     if (ipc_ev_queue(l->out, b) != IPC_OK || flush_output(l, deadline) != 0) {
         if (evbuffer_get_length(l->out) > 0)
             event_add(l->wev, NULL);
