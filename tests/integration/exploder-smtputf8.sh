@@ -17,7 +17,18 @@
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 . "$GS_SRC/tests/lib/ports.sh"
+# The pipe transport runs `exploder deliver` as nobody, who must reach the
+# binary, its configuration, the spool and the log: a checkout under /root
+# or in a mktemp directory (0700, as CI's clone may be) is out of its
+# reach. So the binary is copied, and the work done, under a directory of
+# this test's own that anyone may enter.
+R=$(mktemp -d /tmp/gs-smtputf8.XXXXXX)
+chmod 755 "$R"
+install -m 0755 "$EXPLODER" "$R/exploder"
+EXPLODER=$R/exploder
+GS_TEST_WORK=$R
 xp_setup smtputf8
+trap 'xp_cleanup; rm -rf "$R"' EXIT
 
 [ "$(id -u)" = 0 ] || fail "needs root (a private Postfix instance, a pipe transport run as nobody)"
 command -v postfix >/dev/null || fail "postfix missing (scripts/setup installs it)"
@@ -26,7 +37,7 @@ command -v postfix >/dev/null || fail "postfix missing (scripts/setup installs i
 chmod 755 "$W"
 d=$(dirname "$EXPLODER")
 while [ "$d" != / ]; do
-  [ -x "$d" ] && [ "$(stat -c %A "$d" | cut -c10)" = x ] || fail "nobody cannot reach $EXPLODER ($d)"
+  case "$(stat -c %A "$d" | cut -c10)" in x | t) ;; *) fail "nobody cannot reach $EXPLODER ($d)" ;; esac
   d=$(dirname "$d")
 done
 
@@ -57,7 +68,7 @@ mkdir -p "$PFX/etc" "$PFX/queue" "$PFX/data"
 chown postfix "$PFX/data"
 pf_started=
 pf_stop() { [ -n "$pf_started" ] && postfix -c "$PFX/etc" stop >/dev/null 2>&1; pf_started=; }
-trap 'pf_stop; xp_cleanup' EXIT
+trap 'pf_stop; xp_cleanup; rm -rf "$R"' EXIT
 cat >"$PFX/etc/main.cf" <<EOF
 compatibility_level = 3.6
 queue_directory = $PFX/queue
