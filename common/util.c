@@ -123,49 +123,44 @@ out:
     return rc;
 }
 
-int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
+/* One open-and-read for util_read_file and util_read_regular_file.
+ * regular_only: opened without waiting (O_NONBLOCK: a FIFO's open would
+ * wait for a writer) and anything but a regular file refused; otherwise
+ * whatever the path is gets read. */
+static int read_path(const char *path, size_t max, bool regular_only, unsigned char **out, size_t *len)
 {
     int rc, fd;
     struct stat st;
+    bool known;
 
     *out = NULL;
     *len = 0;
     if (path == NULL || max == SIZE_MAX)
         return UTIL_E_ARGS;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK | O_NOCTTY : 0));
     if (fd < 0)
         return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
-        rc = UTIL_E_TOOBIG;
-    else
-        rc = util_read_fd(fd, max, out, len);
-    close(fd);
-    return rc;
-}
-
-int util_read_regular_file(const char *path, size_t max, unsigned char **out, size_t *len)
-{
-    int rc, fd;
-    struct stat st;
-
-    *out = NULL;
-    *len = 0;
-    if (path == NULL || max == SIZE_MAX)
-        return UTIL_E_ARGS;
-    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return errno == ENOENT ? UTIL_E_NOTFOUND : UTIL_E_IO;
-    if (fstat(fd, &st) != 0)
+    known = fstat(fd, &st) == 0;
+    if (regular_only && !known)
         rc = UTIL_E_IO;
-    else if (!S_ISREG(st.st_mode))
+    else if (regular_only && !S_ISREG(st.st_mode))
         rc = UTIL_E_NOTREG;
-    else if ((uint64_t)st.st_size > max)
+    else if (known && S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
         rc = UTIL_E_TOOBIG;
     else
         rc = util_read_fd(fd, max, out, len); /* a regular file's reads do not wait */
     close(fd);
     return rc;
+}
+
+int util_read_file(const char *path, size_t max, unsigned char **out, size_t *len)
+{
+    return read_path(path, max, false, out, len);
+}
+
+int util_read_regular_file(const char *path, size_t max, unsigned char **out, size_t *len)
+{
+    return read_path(path, max, true, out, len);
 }
 
 struct util_atomic_file {
