@@ -767,6 +767,53 @@ out:
     return rv;
 }
 
+env_err env_mime_read_top(const void *data, size_t len, env_mime_top *top)
+{
+    env_err rv = ENV_ERR_NOMEM;
+    env_message *m = NULL;
+    char *line = NULL;
+    const char *dash;
+    mime_head h;
+    reader r;
+    size_t i;
+
+    memset(&r, 0, sizeof(r));
+    if (top != NULL)
+        memset(top, 0, sizeof(*top));
+    if (data == NULL || top == NULL || len > INT_MAX)
+        return ENV_ERR_ARGS;
+    if ((m = calloc(1, sizeof(*m))) == NULL)
+        goto out;
+    m->fd = -1;
+    if ((r.in = BIO_new_mem_buf(data, (int)len)) == NULL || (r.buf = malloc(IO_CHUNK)) == NULL ||
+        (line = malloc(HDR_LINE_CAP)) == NULL)
+        goto out;
+    r.max = len;
+    /* the reader's own header reading, as read_smime begins */
+    if ((rv = read_head(m, &r, line, true, &h)) != ENV_OK)
+        goto out;
+    top->body = (size_t)(r.total - (r.len - r.pos));
+    for (i = 0; h.ctype[i] != '\0' && h.ctype[i] != ';' && h.ctype[i] != ' ' && h.ctype[i] != '\t' &&
+                i + 1 < sizeof(top->media_type);
+         i++)
+        top->media_type[i] = h.ctype[i];
+    top->media_type[i] = '\0';
+    top->smime = h.have_ct && env_mime_is_smime(h.ctype, h.cdisp);
+    top->base64 = h.have_cte && mime_type_is(h.cte, "base64");
+    /* b64_chunk: the decoder stops at its first '-' (B64_EOF) */
+    dash = memchr((const char *)data + top->body, '-', len - top->body);
+    top->b64_stop = dash != NULL ? (size_t)(dash - (const char *)data) : len;
+    rv = ENV_OK;
+out:
+    if (rv != ENV_OK && top != NULL)
+        memset(top, 0, sizeof(*top));
+    free(line);
+    free(r.buf);
+    BIO_free(r.in);
+    env_message_free(m);
+    return rv;
+}
+
 /* The PEM labels CMS comes under: RFC 7468's CMS, OpenSSL's older PKCS7,
  * and gpgsm's --armor (libksba), which names what the content is. */
 static bool pem_cms_label(const char *line)

@@ -239,6 +239,28 @@ env_err env_message_read_flags(BIO *in, env_format fmt, unsigned flags, size_t m
  * application/octet-stream named *.p7m by its name or filename parameter. */
 bool env_mime_is_smime(const char *content_type, const char *content_disposition);
 void env_message_free(env_message *msg);
+/* How env_message_read takes a mail's top-level entity, for a program
+ * that passes the message on as it came (the exploder's forward mode)
+ * and must cut or judge it as the reader does, never by a reading of its
+ * own: two readers of Content-Type and Content-Transfer-Encoding once
+ * disagreed (a comment in the encoding, a field given twice, a stray
+ * CR), and a copy went on uncut, or mail was refused with a wrong reason. */
+typedef struct env_mime_top {
+    char media_type[128]; /* Content-Type's type/subtype, lower case ("" without the field) */
+    bool smime;           /* a Content-Type (and Content-Disposition) env_mime_is_smime takes */
+    bool base64;          /* a Content-Transfer-Encoding of base64 (a comment after it allowed) */
+    size_t body;          /* offset of the body: just past the blank line */
+    size_t b64_stop;      /* offset of the body's first '-', where the reader's base64 decoder
+                             stops wherever on a line it is (len when none): bytes from there on
+                             are never read */
+} env_mime_top;
+/* Reads the header block of the message data[0, len) as env_message_read
+ * does (the last of a field given twice counts, folded values unfolded,
+ * parameters in any case). ENV_ERR_NOT_CMS or ENV_ERR_MIME for a header
+ * block it refuses (no header line, a NUL, a Content-* field longer than
+ * 16 KiB), ENV_ERR_TRUNCATED without a blank line, ENV_ERR_TOO_LARGE over
+ * 1 MiB of header fields; *top cleared on failure. */
+env_err env_mime_read_top(const void *data, size_t len, env_mime_top *top);
 
 env_cipher env_message_cipher(const env_message *msg);
 /* The content-encryption algorithm's canonical name ("aes-128-cbc",

@@ -1455,6 +1455,53 @@ static void test_multipart_part(void **state)
     free(enc);
 }
 
+/* env_mime_read_top: the top-level entity as the reader takes it, for
+ * the exploder's forward mode (which sends the body on as it came). */
+static void test_mime_read_top(void **state)
+{
+    static const struct {
+        const char *mail, *type;
+        bool smime, base64;
+        const char *stop; /* the body from the base64 decoder's stop ("" for none) */
+    } ok[] = {
+        {"Subject: a\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+         "Content-Transfer-Encoding: base64\n\nQUJD\n-- \nsig\n",
+         "application/pkcs7-mime", true, true, "-- \nsig\n"},
+        /* the last of a field given twice, as the reader reads it */
+        {"Content-Type: text/plain\nContent-Type: Application/X-PKCS7-MIME\nContent-Transfer-Encoding: 7bit\n"
+         "Content-Transfer-Encoding: BASE64 (comment)\n\nQUJD\n",
+         "application/x-pkcs7-mime", true, true, ""},
+        {"Content-Type: application/pkcs7-mime\nContent-Type: text/plain\n\nQUJD-x\n", "text/plain", false,
+         false, "-x\n"},
+        /* a CR before the CRLF ends the value; folded values unfolded */
+        {"Content-Type:\r\n application/octet-stream;\r\n name*0=smime.;\r\n name*1=p7m\r\n"
+         "Content-Transfer-Encoding: base64\r\r\n\r\nQUJD\r\n",
+         "application/octet-stream", true, true, ""},
+        {"Content-Type: multipart/signed; boundary=b\n\n--b\n", "multipart/signed", false, false, "--b\n"},
+        {"Subject: none\n\nbody\n", "", false, false, ""},
+    };
+    env_mime_top top;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        const char *m = ok[i].mail,
+                   *body = strstr(m, "\n\n") != NULL ? strstr(m, "\n\n") + 2 : strstr(m, "\r\n\r\n") + 4;
+        size_t len = strlen(m);
+        assert_int_equal(env_mime_read_top(m, len, &top), ENV_OK);
+        assert_string_equal(top.media_type, ok[i].type);
+        assert_int_equal(top.smime, ok[i].smime);
+        assert_int_equal(top.base64, ok[i].base64);
+        assert_int_equal(top.body, (size_t)(body - m));
+        assert_int_equal(top.b64_stop, ok[i].stop[0] ? len - strlen(ok[i].stop) : len);
+    }
+    /* what the reader refuses, cleared */
+    assert_int_equal(env_mime_read_top("no header\n\nbody", 16, &top), ENV_ERR_NOT_CMS);
+    assert_int_equal(top.body, 0);
+    assert_int_equal(env_mime_read_top("Subject: x\n", 11, &top), ENV_ERR_TRUNCATED);
+    assert_int_equal(env_mime_read_top("Subject: x\nContent-Type: a\0b\n\n", 31, &top), ENV_ERR_MIME);
+    assert_int_equal(env_mime_read_top(NULL, 0, &top), ENV_ERR_ARGS);
+}
+
 static void test_mime_is_smime(void **state)
 {
     char long_name[600];
@@ -1505,6 +1552,7 @@ int main(void)
         cmocka_unit_test(test_truncated_everywhere), cmocka_unit_test(test_tamper),
         cmocka_unit_test(test_bad_inputs),     cmocka_unit_test(test_input_read_error),
         cmocka_unit_test(test_mime_is_smime),  cmocka_unit_test(test_multipart_part),
+        cmocka_unit_test(test_mime_read_top),
         cmocka_unit_test(test_long_header_lines),    cmocka_unit_test(test_header_nul),    cmocka_unit_test(test_mime_long_routing_folded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
