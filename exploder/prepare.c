@@ -283,79 +283,54 @@ xp_err xp_cert_check(const char *pem, char **subject)
     return *subject != NULL ? XP_OK : XP_ERR_NOMEM;
 }
 
-/* Is the top-level entity S/MIME CMS (pkcs7-mime, or an octet-stream
- * named *.p7m: RFC 8551 3.8)? */
-static bool is_pkcs7_mime(const char *hdrs, size_t len)
+/* Where the base64 of an S/MIME body ends for the S/MIME reader (top:
+ * how envelope read the message): at its first '-', where the decoder
+ * stops wherever on a line it is: the start of its line when only white
+ * space is before it (a signature's "-- ", say), else the '-' itself
+ * (text put on the base64's last line, which the reader ignores as it
+ * does a line of its own); or at the end. An offset into the body. */
+static size_t base64_text_end(const env_mime_top *top, const char *body, size_t blen)
 {
-    char *ct = mail_header_get(hdrs, len, "Content-Type");
-    char *cd = mail_header_get(hdrs, len, "Content-Disposition");
-    bool yes = env_mime_is_smime(ct, cd);
-    free(ct);
-    free(cd);
-    return yes;
-}
+    size_t dash = top->b64_stop - top->body, i;
 
-/* Is the Content-Transfer-Encoding "base64" as the S/MIME reader takes it
- * (envelope's mime_type_is): alone, or before a ';' or white space (an
- * RFC 2045 comment)? */
-static bool cte_is_base64(const char *hdrs, size_t hlen)
-{
-    char *cte = mail_header_get(hdrs, hlen, "Content-Transfer-Encoding");
-    bool b64 = cte != NULL && strncasecmp(cte, "base64", 6) == 0 &&
-               (cte[6] == '\0' || cte[6] == ';' || cte[6] == ' ' || cte[6] == '\t');
-    free(cte);
-    return b64;
-}
-
-/* Where the base64 of an S/MIME body ends for the S/MIME reader: at its
- * first '-', where OpenSSL's decoder stops wherever on a line it is: the
- * start of its line when only white space is before it (a signature's
- * "-- ", say), else the '-' itself (text put on the base64's last line,
- * which the reader ignores as it does a line of its own); or at the end. */
-static size_t base64_text_end(const char *body, size_t blen)
-{
-    const char *dash = memchr(body, '-', blen);
-    size_t i;
-
-    if (dash == NULL)
+    if (dash >= blen)
         return blen;
-    for (i = (size_t)(dash - body); i > 0 && (body[i - 1] == ' ' || body[i - 1] == '\t'); i--)
+    for (i = dash; i > 0 && (body[i - 1] == ' ' || body[i - 1] == '\t'); i--)
         ;
-    return i == 0 || body[i - 1] == '\n' ? i : (size_t)(dash - body);
+    return i == 0 || body[i - 1] == '\n' ? i : dash;
 }
 
 /* Is the top-level entity S/MIME whose body is base64 text (what a
- * forward copy may send in shorter lines: the same bytes decoded)? Text
- * the reader stops at may follow it (*b64len: where it starts), in lines
- * a relay takes: it goes as it came. */
-static bool is_smime_base64(const char *hdrs, size_t hlen, const char *body, size_t blen, size_t *b64len)
+ * forward copy may send in shorter lines: the same bytes decoded), by
+ * the fields the S/MIME reader reads (top)? Text the reader stops at may
+ * follow it (*b64len: where it starts), in lines a relay takes: it goes
+ * as it came. */
+static bool is_smime_base64(const env_mime_top *top, const char *body, size_t blen, size_t *b64len)
 {
-    *b64len = base64_text_end(body, blen);
-    return is_pkcs7_mime(hdrs, hlen) && mail_is_base64_text(body, *b64len) &&
-           mail_longest_line(body + *b64len, blen - *b64len) <= MAIL_MAX_LINE && cte_is_base64(hdrs, hlen);
+    *b64len = base64_text_end(top, body, blen);
+    return top->smime && top->base64 && mail_is_base64_text(body, *b64len) &&
+           mail_longest_line(body + *b64len, blen - *b64len) <= MAIL_MAX_LINE;
 }
 
 /* Why a message that is not S/MIME at the top is refused (77): plain
  * mail, or an encrypted message inside a multipart, which the list does
  * not take (rewrapping it would break the signature or drop the other
  * parts) but whose sender should be told what to change. */
-static const char *not_encrypted_why(const void *data, size_t len, size_t hdr_end, size_t max_size)
+static const char *not_encrypted_why(const void *data, size_t len, const env_mime_top *top, size_t max_size)
 {
     BIO *in = BIO_new_mem_buf(data, (int)len);
     env_message *msg = NULL;
-    char *ct = NULL;
     const char *why = NULL;
 
     if (in == NULL || env_message_read_flags(in, ENV_FORMAT_SMIME, ENV_READ_IN_MULTIPART, max_size, &msg) != ENV_OK)
         goto out;
-    if ((ct = mail_header_get(data, hdr_end, "Content-Type")) != NULL && strncasecmp(ct, "multipart/signed", 16) == 0)
+    if (strcmp(top->media_type, "multipart/signed") == 0)
         why = "message is signed after it was encrypted (multipart/signed around its S/MIME part): the list "
               "takes mail that is S/MIME encrypted as a whole; sign before encrypting";
     else
         why = "message has parts outside its encryption (multipart/mixed around its S/MIME part): the list "
               "takes mail that is S/MIME encrypted as a whole";
 out:
-    free(ct);
     env_message_free(msg);
     BIO_free(in);
     return why;
@@ -408,6 +383,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
                         const char **why, bool *unmet, bool older_ok)
 {
     xp_older older;
+    env_mime_top top;
     size_t hdr_end, body_start, idx, b64len;
     const char *body;
     bool crlf, plain;
@@ -432,13 +408,25 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
     }
+    /* The message's MIME shape as the S/MIME reader takes it (envelope),
+     * never by a reading of our own: what is S/MIME, in base64, and where
+     * its base64 stops must be what the reader and the members' copies
+     * see. A header block it cannot read is plain mail to a forward list
+     * that takes anything, which sends it as it came. */
+    if ((e = env_mime_read_top(data, len, &top)) == ENV_ERR_NOMEM)
+        return XP_ERR_NOMEM;
+    if (e != ENV_OK && !(l->mode == XP_MODE_FORWARD && !l->require_encrypted)) {
+        if (why != NULL)
+            *why = unreadable_why(e);
+        return env_to_xp(e) == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : env_to_xp(e);
+    }
     /* plain mail: only a forward list that explicitly allows it (told
      * first: a sender sent to re-encode a long line would be refused
      * again for what the list does not take at all) */
-    plain = !is_pkcs7_mime(data, hdr_end);
+    plain = !top.smime;
     if (plain && !(l->mode == XP_MODE_FORWARD && !l->require_encrypted)) {
         if (why != NULL)
-            *why = not_encrypted_why(data, len, hdr_end, c->max_message_size);
+            *why = not_encrypted_why(data, len, &top, c->max_message_size);
         return XP_ERR_NOT_ENCRYPTED;
     }
     /* Forward mode sends the body as it came: a line over RFC 5322's 998
@@ -450,7 +438,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
      * body anew in short lines. */
     body = (const char *)data + body_start;
     if (l->mode == XP_MODE_FORWARD && mail_longest_line(body, len - body_start) > MAIL_MAX_LINE &&
-        !is_smime_base64(data, hdr_end, body, len - body_start, &b64len)) {
+        !is_smime_base64(&top, body, len - body_start, &b64len)) {
         if (why != NULL)
             *why = "its body has a line longer than 998 octets (RFC 5322 2.1.1), which mail relays refuse: "
                    "send it with a Content-Transfer-Encoding that keeps lines short (quoted-printable or "
@@ -458,7 +446,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         /* S/MIME that is in base64 already, with text in it the reader
          * cannot take (a footer added inside the part): the reader's
          * reason, as groupmail gives it, not "send it in base64" */
-        if (!plain && cte_is_base64(data, hdr_end) && (in = BIO_new_mem_buf(data, (int)len)) != NULL) {
+        if (!plain && top.base64 && (in = BIO_new_mem_buf(data, (int)len)) != NULL) {
             e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size, &msg);
             if (e != ENV_OK && env_to_xp(e) == XP_ERR_FORMAT && why != NULL)
                 *why = unreadable_why(e);
@@ -499,12 +487,11 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         goto out;
     }
     /* ... and the copy is cut where the reader stops only in a body
-     * prepare_forward knows for S/MIME base64 by the fields it reads
-     * (the first of each); where the reader reads another (a second
-     * Content-Transfer-Encoding, which it takes) the whole body would go
-     * on as it came, text after the base64 with it. */
+     * prepare_forward knows for S/MIME base64; both ask envelope
+     * (env_mime_read_top), so a body the reader takes always is: kept as
+     * the guard that nothing after the base64 goes on uncut. */
     if (l->mode == XP_MODE_FORWARD && l->require_encrypted &&
-        !is_smime_base64(data, hdr_end, body, len - body_start, &b64len)) {
+        !is_smime_base64(&top, body, len - body_start, &b64len)) {
         log_info("S/MIME body the reader takes but not by the fields the copy is cut by list=%s", l->address);
         rc = XP_ERR_FORMAT;
         if (why != NULL)
@@ -756,6 +743,8 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
     bool crlf, rewrap, smime;
     const char *eol;
+    env_mime_top top;
+    env_err e;
     xp_err rc;
 
     if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
@@ -775,7 +764,20 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
      * S/MIME body of base64 with a line over 998 octets in lines of 76 */
     body = (const char *)data + body_start;
     blen = len - body_start;
-    smime = is_smime_base64((const char *)data, hdr_end, body, blen, &b64len);
+    /* by the reader's fields (envelope), as deliver judged it; a header
+     * block it cannot read reached here only on a list that takes
+     * anything (xp_check_message): the body as it came */
+    if ((e = env_mime_read_top(data, len, &top)) == ENV_ERR_NOMEM) {
+        snprintf(why, whysz, "out of memory reading the message's MIME header fields");
+        rc = XP_ERR_NOMEM;
+        goto out;
+    }
+    if (e != ENV_OK && l->require_encrypted) {
+        snprintf(why, whysz, "cannot read the message's MIME header fields: %s", env_strerror(e));
+        rc = XP_ERR_FORMAT;
+        goto out;
+    }
+    smime = e == ENV_OK && is_smime_base64(&top, body, blen, &b64len);
     rewrap = smime && mail_longest_line(body, blen) > MAIL_MAX_LINE;
     /* A list that takes only encrypted mail sends nothing outside the
      * encryption: text after the base64, where the S/MIME reader stops (a

@@ -1350,10 +1350,12 @@ static void test_forward_encrypted_tail(void **state)
         {"\nSECRET wire money to account number 123456\n", false, false, NULL, "not base64"}, /* whole quanta */
         {"-<p>SECRET wire to acct 1234</p>\nmore SECRET\n", true, true, NULL, NULL},
         {" \t-SECRET\n", true, true, NULL, NULL},
-        /* the reader takes the last field, a copy cut where the reader
-         * stops needs the first to say base64 too */
-        {"-- \nSECRET\n", false, false, "Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n",
-         "MIME header fields"},
+        /* a field given twice: the reader takes the last, and the copy is
+         * cut where the reader stops by the same fields (envelope's
+         * env_mime_read_top), so the text after the base64 is left out */
+        {"-- \nSECRET\n", true, false, "Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n",
+         NULL},
+        {"-- \nSECRET\n", true, false, "Content-Transfer-Encoding: base64\r\r\n", NULL},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509 *x = X509_new();
@@ -1482,6 +1484,141 @@ static void test_forward_encrypted_tail(void **state)
     rm_rf(dir);
 }
 
+/* Each list mode reads a message's MIME shape as the S/MIME reader does
+ * (envelope's env_mime_read_top), never by a reading of its own: with a
+ * field given twice (the reader takes the last) or a CR left before a
+ * line's CRLF, a forward list that takes only encrypted mail refused
+ * what a group-secret list took ("bad S/MIME framing"), and every list
+ * refused a message the reader takes as encrypted as a whole, telling
+ * its sender it had "parts outside its encryption (multipart/mixed)". A
+ * forward list takes it exactly when the reader and the group-secret
+ * list do, and its copy holds nothing after the base64. */
+static void test_modes_read_fields_as_reader(void **state)
+{
+    static const char *const shapes[] = {
+        /* two Content-Type fields, the reader's (the last) S/MIME */
+        "Content-Type: text/plain\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+        "Content-Transfer-Encoding: base64\n",
+        /* the reverse: the reader's is text/plain */
+        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Type: text/plain\n"
+        "Content-Transfer-Encoding: base64\n",
+        /* a CR before the CRLF (a client that wrote CRLF in text mode) */
+        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\r\r\n",
+        "Content-Type: application/pkcs7-mime\r\r\nContent-Transfer-Encoding: base64\n",
+        /* two encodings, the reader's base64 */
+        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: 7bit\n"
+        "Content-Transfer-Encoding: base64\n",
+        /* ... and the reverse */
+        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\n"
+        "Content-Transfer-Encoding: 7bit\n",
+        /* Thunderbird's, folded, and Outlook's legacy type in capitals */
+        "Content-Type: application/pkcs7-mime; name=\"smime.p7m\";\n smime-type=\"enveloped-data\"\n"
+        "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=\"smime.p7m\"\n",
+        "Content-Type: Application/X-PKCS7-MIME; Name=\"SMIME.P7M\"\nContent-Transfer-Encoding: BASE64\n",
+        /* an octet-stream named in RFC 2231 pieces, folded */
+        "Content-Type: application/octet-stream;\n name*0=smime.;\n name*1=p7m\n"
+        "Content-Transfer-Encoding: base64\n",
+    };
+    EVP_PKEY *k = EVP_RSA_gen(2048);
+    X509 *x = X509_new();
+    STACK_OF(X509) *to = sk_X509_new_null();
+    BIO *pb, *mb = BIO_new(BIO_s_mem());
+    CMS_ContentInfo *cms;
+    unsigned char *der = NULL;
+    char *b64, *pem, *p, *dir = tmpdir(), path[600], outpath[600];
+    int derlen;
+    long pemlen;
+    xp_conf c;
+    xp_list fwd, gs;
+    (void)state;
+
+    assert_non_null(k);
+    assert_non_null(x);
+    assert_non_null(to);
+    assert_non_null(mb);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"group", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    assert_true(sk_X509_push(to, x) > 0);
+    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
+    pemlen = BIO_get_mem_data(mb, &p);
+    pem = strndup(p, (size_t)pemlen);
+    assert_non_null(pem);
+    pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
+    assert_non_null(pb);
+    cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
+    assert_non_null(cms);
+    derlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(derlen > 0);
+    b64 = malloc((size_t)derlen / 3 * 4 + 8);
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen); /* one line, well under 998 octets */
+
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    list_init(&fwd, "eng@lists.example.org", XP_MODE_FORWARD);
+    list_init(&gs, "eng@lists.example.org", XP_MODE_GROUP_SECRET);
+    fwd.group_cert = gs.group_cert = pem;
+    fwd.require_encrypted = true;
+    snprintf(path, sizeof(path), "%s/post", dir);
+    snprintf(outpath, sizeof(outpath), "%s/copy", dir);
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        char mail[4096], *copy = NULL, pwhy[300];
+        const char *fwhy = NULL, *gwhy = NULL;
+        env_message *msg = NULL;
+        xp_prepared prep;
+        size_t clen = 0;
+        FILE *out;
+        int n = snprintf(mail, sizeof(mail),
+                         "From: alice@example.org\nSubject: shape\nMIME-Version: 1.0\n%s\n%s\n-- \nSECRET\n",
+                         shapes[i], b64);
+        assert_true(n > 0 && (size_t)n < sizeof(mail));
+        BIO *b = BIO_new_mem_buf(mail, n);
+        env_err ee = env_message_read(b, ENV_FORMAT_SMIME, 0, &msg);
+        BIO_free(b);
+        env_message_free(msg);
+        xp_err fe = xp_check_message(&c, &fwd, mail, (size_t)n, NULL, &fwhy, NULL, false);
+        xp_err ge = xp_check_message(&c, &gs, mail, (size_t)n, NULL, &gwhy, NULL, false);
+        bool blamed = gwhy != NULL && strstr(gwhy, "multipart") != NULL;
+        if (fe != ge || (ge == XP_OK) != (ee == ENV_OK) || blamed)
+            fprintf(stderr, "shape %zu: reader %s, forward %s (%s), group-secret %s (%s)\n", i,
+                    env_strerror(ee), xp_strerror(fe), fwhy != NULL ? fwhy : "-", xp_strerror(ge),
+                    gwhy != NULL ? gwhy : "-");
+        assert_int_equal(fe, ge);
+        assert_int_equal(ge == XP_OK, ee == ENV_OK);
+        /* no multipart here: never the reason */
+        assert_false(blamed);
+        if (fe != XP_OK)
+            continue;
+        write_file(path, mail, (size_t)n);
+        out = fopen(outpath, "wb");
+        assert_non_null(out);
+        assert_int_equal(xp_prepare(&c, &fwd, path, out, &prep, pwhy, sizeof(pwhy)), XP_OK);
+        xp_prepared_clear(&prep);
+        assert_int_equal(fclose(out), 0);
+        assert_int_equal(util_read_file(outpath, 1 << 20, (unsigned char **)&copy, &clen), UTIL_OK);
+        for (size_t o = 0; o + 6 <= clen; o++)
+            assert_false(memcmp(copy + o, "SECRET", 6) == 0);
+        free(copy);
+    }
+    free(b64);
+    free(pem);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(pb);
+    BIO_free(mb);
+    sk_X509_free(to);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -1495,7 +1632,7 @@ int main(void)
         cmocka_unit_test(test_forward_base64_then_signature),
         cmocka_unit_test(test_forward_encrypted_tail), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
-        cmocka_unit_test(test_pem_encrypted_asks_nothing),
+        cmocka_unit_test(test_pem_encrypted_asks_nothing), cmocka_unit_test(test_modes_read_fields_as_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
