@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,13 +452,80 @@ static gs_err sq_check_grants(gs_store *st, bool audit)
     return GS_OK;
 }
 
+/* Whether the -wal this connection opened is no longer the file at its
+ * path (deleted or replaced under it): its committed changes since the
+ * last checkpoint are then in no file any other process can find. */
+static bool wal_orphaned(gs_store *st)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    const char *wal = path != NULL && *path != '\0' ? sqlite3_filename_wal(path) : NULL;
+    struct stat sb;
+
+    if (st->readonly || SQ(st)->wal_ino == 0 || wal == NULL || *wal == '\0')
+        return false;
+    return stat(wal, &sb) != 0 || sb.st_dev != SQ(st)->wal_dev || sb.st_ino != SQ(st)->wal_ino;
+}
+
+/* A -wal deleted under this connection (docs/operations.md: "stop the
+ * server with SIGTERM: its close writes those changes into the
+ * database"): SQLite's own checkpoint at close is not enough for that
+ * promise. It runs only when the close gets the database's EXCLUSIVE
+ * lock, which it does not while any other connection has the database
+ * open: another process's (an sqlite3 shell, a monitoring script), whose
+ * later close checkpoints only the -wal it sees, or another of this
+ * process's closing at the same moment. The changes, each answered 201,
+ * were then lost when the process exited. A FULL checkpoint needs no
+ * such lock, only that no reader is inside a transaction on an older
+ * snapshot, which it waits for (the busy timeout). */
+static void checkpoint_orphaned_wal(gs_store *st)
+{
+    int nlog = -1, ncopied = -1;
+    int rc = sqlite3_wal_checkpoint_v2(SQ(st)->db, "main", SQLITE_CHECKPOINT_FULL, &nlog, &ncopied);
+
+    if (rc == SQLITE_OK && ncopied >= nlog) {
+        log_info("the deleted write-ahead log's changes were written into the database at close frames=%d", nlog);
+        return;
+    }
+    log_error("the changes in the deleted write-ahead log could not all be written into the database at close: "
+              "they are lost when every process that has the database open has closed it err=\"%s\" frames=%d "
+              "copied=%d",
+              log_qs(sqlite3_errmsg(SQ(st)->db)), nlog, ncopied);
+}
+
+/* One close at a time in this process: SQLite's checkpoint at close (it
+ * folds the -wal into the database file and deletes it) needs the
+ * EXCLUSIVE lock, which a close does not get while another connection of
+ * the process is still open. Two closed at once (the key holder's token
+ * workers at a stop, each on its own thread) each saw the other's lock
+ * and neither checkpointed: the -wal stayed beside a database file that
+ * lacked its changes. In turn, the last one sees no other and does. */
+static pthread_mutex_t close_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void sq_close(gs_store *st)
 {
     if (SQ(st)->keys_fd >= 0)
         close(SQ(st)->keys_fd);
     for (int i = 0; i < HOT_N; i++)
         sqlite3_finalize(SQ(st)->hot[i]);
-    (void)sqlite3_close(SQ(st)->db);
+    pthread_mutex_lock(&close_mu);
+    if (SQ(st)->db != NULL && wal_orphaned(st))
+        checkpoint_orphaned_wal(st);
+    if (sqlite3_close(SQ(st)->db) != SQLITE_OK) {
+        /* A statement left unfinalized keeps the connection open, and
+         * with it the checkpoint its close would make: named (a defect
+         * here), then finalized, and the connection closed after all. */
+        unsigned left = 0;
+        sqlite3_stmt *s;
+        log_error("the database connection did not close err=\"%s\"", log_qs(sqlite3_errmsg(SQ(st)->db)));
+        while ((s = sqlite3_next_stmt(SQ(st)->db, NULL)) != NULL) {
+            sqlite3_finalize(s);
+            left++;
+        }
+        int rc = sqlite3_close(SQ(st)->db);
+        log_error("statements left open finalized at the database's close statements=%u closed=%s err=\"%s\"", left,
+                  rc == SQLITE_OK ? "yes" : "no", log_qs(sqlite3_errstr(rc)));
+    }
+    pthread_mutex_unlock(&close_mu);
     free(st);
 }
 

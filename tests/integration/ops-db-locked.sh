@@ -107,6 +107,40 @@ start_server
 expect_healthz 200 "" "healthz once restarted"
 ok "a deleted -wal: healthz 503 and a log line until the restart, which keeps its changes"
 
+# The same with another process holding the database open across the
+# stop (an operator's sqlite3 shell, a monitoring script, opened before
+# the rm): SQLite checkpoints at a close only with the database to
+# itself, so the key holder's close left the changes in the deleted -wal,
+# seen then only by that other process, which took them with it when it
+# ended without closing (killed, its ssh session dropped): members added
+# with 201 were gone. The key holder writes them into the database first.
+mkfifo "$work/sql2"
+sqlite3 "$work/groupsrv.db" < "$work/sql2" > "$work/reader.out" 2>&1 &
+reader=$!
+bg_pids="$bg_pids $reader"
+exec 4> "$work/sql2"
+echo "SELECT 'opened', count(*) FROM members;" >&4
+for i in $(seq 1 300); do grep -q opened "$work/reader.out" && break; sleep 0.1; done
+grep -q opened "$work/reader.out" || fail "sqlite3 did not read the database: $(cat "$work/reader.out")"
+expect_status 201 "" "member PUT before the -wal is deleted, sqlite3 open beside" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/heldpre@example.org"
+rm "$work/groupsrv.db-wal"
+expect_status 201 "" "member PUT after the -wal is deleted, sqlite3 open beside" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/heldpost@example.org"
+stop_server
+kill -KILL "$reader"
+wait "$reader" 2>/dev/null || true
+exec 4>&-
+gs member list eng > "$work/members" || fail "member list after the stop, sqlite3 open beside"
+grep -q heldpre@ "$work/members" && grep -q heldpost@ "$work/members" ||
+  fail "changes committed into the deleted -wal were lost, another process having the database open: $(cat "$work/members")"
+[ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check')" = ok ] || fail "integrity_check after the -wal, sqlite3 open beside"
+grep -q "the deleted write-ahead log's changes were written into the database at close" "$work/server.log" ||
+  fail "no log line for the deleted -wal written into the database"
+start_server
+expect_healthz 200 "" "healthz once restarted, sqlite3 open beside before"
+ok "a deleted -wal with another process holding the database across the stop: its changes kept"
+
 # Its -shm alone deleted (a clean-up of "shared memory" files): the next
 # admin command makes a new one, writes the -wal as if no server were
 # there, and the server's next commit overwrites it (a member added with
