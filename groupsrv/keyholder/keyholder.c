@@ -345,11 +345,13 @@ static void job_done(struct kh_worker *w, struct kh_job *j)
     finish(l, j, 1);
 }
 
-/* The token queue's run callback: the operation (khops.c), then its answer. */
-static void job_run(void *worker, tq_job *tq)
+/* The token queue's run callback: the operation (khops.c), then its
+ * answer. A job dropped unrun is not measured (tokenq.h). */
+static bool job_run(void *worker, tq_job *tq)
 {
-    kh_job_run(worker, tq);
+    bool ran = kh_job_run(worker, tq);
     job_done(worker, (struct kh_job *)tq);
+    return ran;
 }
 
 /* The token queue's after_run callback: the round job_done left to this

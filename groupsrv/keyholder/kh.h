@@ -89,8 +89,9 @@ struct kh {
 void *kh_worker_init(void *kh, unsigned index);
 void kh_worker_fini(void *worker);
 /* Runs one job on a worker and leaves its encoded answer in job->reply;
- * the caller (keyholder.c) sends or holds it. */
-void kh_job_run(void *worker, tq_job *job);
+ * the caller (keyholder.c) sends or holds it. False when the job was
+ * dropped unrun (past its deadline): its time is no service time. */
+bool kh_job_run(void *worker, tq_job *job);
 /* How a request is queued: its fairness flow (the identity it is made
  * for), its cost in turns and its service class. */
 void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable);

@@ -2162,7 +2162,7 @@ static gs_err stamp_current(struct kh_worker *w, const struct kh_job *j, int *ch
     return e;
 }
 
-void kh_job_run(void *worker, tq_job *tq)
+bool kh_job_run(void *worker, tq_job *tq)
 {
     struct kh_worker *w = worker;
     struct kh_job *j = (struct kh_job *)tq;
@@ -2182,7 +2182,7 @@ void kh_job_run(void *worker, tq_job *tq)
                        "token_unavailable", "the request waited past its deadline; try again later");
         (void)ipc_end(&j->reply);
         log_set_request_id(NULL);
-        return;
+        return false;
     }
     /* A database change seen by any worker moves the generation, so the
      * network process drops the group views it keeps. */
@@ -2229,6 +2229,7 @@ void kh_job_run(void *worker, tq_job *tq)
         (void)ipc_end(&j->reply);
     }
     log_set_request_id(NULL);
+    return true;
 }
 
 void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable)

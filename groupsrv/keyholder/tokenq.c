@@ -338,13 +338,15 @@ static void *worker_main(void *arg)
         q->running++;
         pthread_mutex_unlock(&q->mu);
         double t0 = util_monotonic_s();
-        q->ops.run(ctx, j); /* j is not ours any more */
+        bool measured = q->ops.run(ctx, j); /* j is not ours any more */
         double per_unit = (util_monotonic_s() - t0) / (double)cost;
         pthread_mutex_lock(&q->mu);
         q->running--;
-        if (q->service_s[cls] == 0)
+        /* A job dropped unrun is no sample (tokenq.h): after a stall, a
+         * backlog of them would pull the average to near zero. */
+        if (measured && q->service_s[cls] == 0)
             q->service_s[cls] = per_unit;
-        else
+        else if (measured)
             q->service_s[cls] += TQ_EWMA_WEIGHT * (per_unit - q->service_s[cls]);
         if (q->ops.after_run != NULL) {
             pthread_mutex_unlock(&q->mu);

@@ -55,8 +55,14 @@ typedef struct tokenq_ops {
      * (NULL fails tokenq_start); freed by fini on the same thread. */
     void *(*init)(void *arg, unsigned index);
     void (*fini)(void *worker);
-    /* Runs one job; the job is the callback's from here on. */
-    void (*run)(void *worker, tq_job *job);
+    /* Runs one job; the job is the callback's from here on. Returns
+     * true when it did the job's work, whose time is then a sample of its
+     * class's service time; false when it dropped the job unrun (a request
+     * past its deadline, answered at once), whose few microseconds say
+     * nothing about the token: fed to the average, a backlog dropped
+     * after a stall would make queued work look free and turn shedding
+     * by expected wait off until real jobs rebuilt it. */
+    bool (*run)(void *worker, tq_job *job);
     /* Optional: runs on the same worker after each run, outside the
      * measured service time and before the worker takes its next job
      * (work that follows a job but is not the token's: the key holder's
@@ -112,7 +118,7 @@ unsigned tokenq_pending(tokenq *q);
 typedef struct tokenq_stats {
     unsigned queued, running, flows, workers;
     unsigned idle;                /* workers asleep, waiting for work */
-    double service_s[TQ_CLASSES]; /* measured service time per unit of cost */
+    double service_s[TQ_CLASSES]; /* measured service time per unit of cost (jobs run, not dropped) */
 } tokenq_stats;
 void tokenq_get_stats(tokenq *q, tokenq_stats *out);
 

@@ -2,10 +2,12 @@
  * test_tokenq.c: the key holder's fair queue (groupsrv/keyholder/tokenq.c):
  * one identity with many jobs cannot starve another, FIFO within an
  * identity, a batch costs its items, load shedding from the expected
- * wait, the cap (and the one reserved job let past it), cancel, the count of jobs pending (a key holder worker
- * alone with its job syncs the audit log itself), a stop that finishes what
- * was queued, batches (deferred submits and one wake sized by the
- * measured work) and the after_run callback. Jobs are real work on real worker threads; a gate job holds
+ * wait, jobs dropped unrun are no sample of the service time, the cap
+ * (and the one reserved job let past it), cancel, the count of jobs
+ * pending (a key holder worker alone with its job syncs the audit log
+ * itself), a stop that finishes what was queued, batches (deferred
+ * submits and one wake sized by the measured work) and the after_run
+ * callback. Jobs are real work on real worker threads; a gate job holds
  * the single worker while a test queues, so the order is decided by the
  * queue alone.
  */
@@ -30,6 +32,7 @@ struct tjob {
     int gate;
     int ran_on; /* the index of the worker that ran it */
     int spin_us; /* busy for this long (a short job that takes a while) */
+    int drop;    /* dropped unrun, as the key holder drops a request past its deadline */
 };
 
 struct rec {
@@ -45,10 +48,18 @@ struct rec {
 
 static struct rec R;
 
-static void run(void *worker, tq_job *job)
+static bool run(void *worker, tq_job *job)
 {
     struct tjob *j = (struct tjob *)job;
     j->ran_on = worker != NULL ? *(int *)worker : -1;
+    if (j->drop) {
+        pthread_mutex_lock(&R.mu);
+        if (R.n < 256)
+            R.order[R.n++] = j->id;
+        pthread_cond_broadcast(&R.cv);
+        pthread_mutex_unlock(&R.mu);
+        return false;
+    }
     pthread_mutex_lock(&R.mu);
     while (j->gate && !R.gate_open)
         pthread_cond_wait(&R.cv, &R.mu);
@@ -69,6 +80,7 @@ static void run(void *worker, tq_job *job)
         R.order[R.n++] = j->id;
     pthread_cond_broadcast(&R.cv);
     pthread_mutex_unlock(&R.mu);
+    return true;
 }
 
 static int setup(void **state)
@@ -117,13 +129,13 @@ static void after(void *worker)
     }
 }
 
-static void run_logged(void *worker, tq_job *job)
+static bool run_logged(void *worker, tq_job *job)
 {
     pthread_mutex_lock(&R.mu);
     if (*(int *)worker == 0 && R.nev < (int)sizeof(R.events))
         R.events[R.nev++] = 'r';
     pthread_mutex_unlock(&R.mu);
-    run(worker, job);
+    return run(worker, job);
 }
 
 static tokenq *start_indexed(unsigned workers, int with_after)
@@ -266,6 +278,47 @@ static void test_shed_by_expected_wait(void **state)
     wait_done(12);
     assert_int_equal(position(11), -1);
     tokenq_stop(q);
+}
+
+/* Jobs dropped unrun (a key holder that was stopped drops the requests
+ * its link queued meanwhile, all past their deadline) are no measure of
+ * the service time: 40 of them, instant, after one 40 ms job leave the
+ * average at 40 ms, and a backlog behind it is still shed. Fed to the
+ * average they pulled it to under 3 ms ((15/16)^40 of it), and the same
+ * backlog passed. */
+static void test_dropped_jobs_not_measured(void **state)
+{
+    static struct tjob jobs[64], gate;
+    tokenq *q = start(1, 1024);
+    tokenq_stats st;
+    double wait = 0;
+    (void)state;
+
+    mk(jobs, 0, 1)->sleep_ms = 40;
+    assert_int_equal(tokenq_submit(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
+    wait_idle(q, 1); /* ran, and its time is booked */
+    tokenq_get_stats(q, &st);
+    double s = st.service_s[TQ_TOKEN];
+    assert_true(s >= 0.035);
+    for (int i = 1; i <= 40; i++) {
+        mk(jobs, i, 1)->drop = 1;
+        assert_int_equal(tokenq_submit(q, &jobs[i].tq, "id:stale", 0, NULL), TQ_QUEUED);
+    }
+    wait_done(41);
+    wait_idle(q, 1);
+    tokenq_get_stats(q, &st);
+    assert_true(st.service_s[TQ_TOKEN] == s);
+    /* Shedding still works: 10 queued behind a gate, a limit of 5 of them. */
+    memset(&gate, 0, sizeof(gate));
+    gate.gate = 1;
+    assert_int_equal(tokenq_submit(q, &gate.tq, "gate", 0, NULL), TQ_QUEUED);
+    for (int i = 41; i <= 50; i++)
+        assert_int_equal(tokenq_submit(q, &mk(jobs, i, 1)->tq, "id:heavy", 0, NULL), TQ_QUEUED);
+    tq_verdict v = tokenq_submit(q, &mk(jobs, 51, 1)->tq, "id:heavy", 5 * s, &wait);
+    open_gate();
+    tokenq_stop(q);
+    assert_int_equal(v, TQ_SHED);
+    assert_true(wait >= 9.9 * s);
 }
 
 static void test_cap_and_cancel(void **state)
@@ -550,6 +603,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fair_between_identities, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_costs_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shed_by_expected_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dropped_jobs_not_measured, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cap_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserved_past_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
