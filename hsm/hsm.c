@@ -393,7 +393,7 @@ void hsm_token_info_copy(hsm_ctx *ctx, CK_TOKEN_INFO *out)
     pthread_mutex_unlock(&ctx->pool_mu);
 }
 
-static CK_SLOT_ID slot_now(hsm_ctx *ctx)
+CK_SLOT_ID hsm_slot_now(hsm_ctx *ctx)
 {
     CK_SLOT_ID slot;
 
@@ -424,7 +424,7 @@ static hsm_err pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who, CK_FLAGS *user_fla
     *user_flags = 0;
     memset(&ti, 0, sizeof(ti));
     hsm_err_save(&sv);
-    err = P11(ctx, C_GetTokenInfo, slot_now(ctx), &ti);
+    err = P11(ctx, C_GetTokenInfo, hsm_slot_now(ctx), &ti);
     hsm_err_restore(&sv);
     if (err != HSM_OK)
         return HSM_OK; /* C_Login says what is wrong */
@@ -486,7 +486,7 @@ static bool user_pin_flags(hsm_ctx *ctx, CK_FLAGS *flags)
 
     memset(&ti, 0, sizeof(ti));
     hsm_err_save(&sv);
-    err = P11(ctx, C_GetTokenInfo, slot_now(ctx), &ti);
+    err = P11(ctx, C_GetTokenInfo, hsm_slot_now(ctx), &ti);
     hsm_err_restore(&sv);
     *flags = err == HSM_OK ? ti.flags & USER_PIN_FLAGS : 0;
     return err == HSM_OK;
@@ -524,7 +524,7 @@ static hsm_err login_unsure(hsm_ctx *ctx, CK_FLAGS before, hsm_err err)
         return err;
     memset(&si, 0, sizeof(si));
     hsm_err_save(&sv);
-    hw = P11(ctx, C_GetSlotInfo, slot_now(ctx), &si) != HSM_OK || (si.flags & (CKF_HW_SLOT | CKF_REMOVABLE_DEVICE)) != 0;
+    hw = P11(ctx, C_GetSlotInfo, hsm_slot_now(ctx), &si) != HSM_OK || (si.flags & (CKF_HW_SLOT | CKF_REMOVABLE_DEVICE)) != 0;
     hsm_err_restore(&sv);
     if (after == 0 && !hw)
         return err;

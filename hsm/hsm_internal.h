@@ -188,6 +188,8 @@ CK_RV hsm_p11_missing(const char *fn);
     hsm_p11_done(#fn, (ctx)->fl->fn != NULL ? (ctx)->fl->fn(__VA_ARGS__) : hsm_p11_missing(#fn))
 
 CK_RV hsm_last_rv(void);
+/* The slot the token is in now (a re-found token may have moved). */
+CK_SLOT_ID hsm_slot_now(hsm_ctx *ctx);
 const char *hsm_ckr_name(CK_RV rv);
 hsm_err hsm_map_rv(CK_RV rv);
 /* Names the mechanism in the detail of the call that just failed:

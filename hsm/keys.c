@@ -454,8 +454,51 @@ const char *hsm_key_label(const hsm_key *key)
 /* ---- find ------------------------------------------------------------------ */
 
 struct find_arg {
-    hsm_key *key; /* identity to search for; filled on success */
+    hsm_key *key;   /* identity to search for; filled on success */
+    P11KitUri *uri; /* the key URI it came from, or NULL (a label) */
 };
+
+/* Whether the key URI's slot and module attributes (RFC 7512 slot-id,
+ * slot-description, slot-manufacturer, library-description,
+ * library-manufacturer, library-version: p11tool, p11-kit and pkcs11-tool
+ * users write them) name the slot the token is in and the module loaded.
+ * Asked of the token only when the URI has them. */
+static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
+{
+    CK_SLOT_ID want = p11_kit_uri_get_slot_id(uri), have = hsm_slot_now(ctx);
+    const CK_SLOT_INFO *usi = p11_kit_uri_get_slot_info(uri);
+    const CK_INFO *umi = p11_kit_uri_get_module_info(uri);
+    hsm_err err;
+
+    if (want != (CK_SLOT_ID)-1 && want != have) {
+        hsm_set_detail("key URI names another slot (slot-id=%lu; the token is in slot-id=%lu)", (unsigned long)want,
+                       (unsigned long)have);
+        return HSM_ERR_KEY_NOT_FOUND;
+    }
+    if (usi->slotDescription[0] != 0 || usi->manufacturerID[0] != 0) {
+        CK_SLOT_INFO si;
+        memset(&si, 0, sizeof(si));
+        if ((err = P11(ctx, C_GetSlotInfo, have, &si)) != HSM_OK)
+            return err;
+        if (p11_kit_uri_match_slot_info(uri, &si) != 1) {
+            hsm_set_detail("key URI names another slot (slot-description or slot-manufacturer differ from the "
+                           "token's slot)");
+            return HSM_ERR_KEY_NOT_FOUND;
+        }
+    }
+    if (umi->libraryDescription[0] != 0 || umi->manufacturerID[0] != 0 || umi->libraryVersion.major != (CK_BYTE)-1) {
+        CK_INFO mi;
+        memset(&mi, 0, sizeof(mi));
+        if ((err = P11(ctx, C_GetInfo, &mi)) != HSM_OK)
+            return err;
+        if (p11_kit_uri_match_module_info(uri, &mi) != 1) {
+            hsm_set_detail("key URI names another module (library-description, library-manufacturer or "
+                           "library-version differ from the loaded module's)");
+            return HSM_ERR_KEY_NOT_FOUND;
+        }
+    }
+    return HSM_OK;
+}
 
 static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
@@ -470,6 +513,8 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     pthread_mutex_lock(&ctx->key_mu);
     gen = ctx->key_gen;
     pthread_mutex_unlock(&ctx->key_mu);
+    if (fa->uri != NULL && (err = uri_names_our_slot(ctx, fa->uri)) != HSM_OK)
+        return err;
     err = find_keys(ctx, s, t, key_template(fa->key, t), found, 2, &n);
     if (err != HSM_OK)
         return err;
@@ -714,9 +759,17 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
             err = HSM_ERR_NOMEM;
             goto out;
         }
-        rc = p11_kit_uri_parse(ref, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, uri);
+        /* Every attribute RFC 7512 has, the slot's and the module's too
+         * (parsed for an object on a token alone they were unrecognised,
+         * and the key, on the very slot named, was "on another token"). */
+        rc = p11_kit_uri_parse(ref, P11_KIT_URI_FOR_ANY, uri);
         if (rc != P11_KIT_URI_OK) {
             hsm_set_detail("key URI: %s", p11_kit_uri_message(rc));
+            err = HSM_ERR_URI;
+            goto out;
+        }
+        if (p11_kit_uri_any_unrecognized(uri)) {
+            hsm_set_detail("key URI has an attribute that names no token, slot, module or object (RFC 7512)");
             err = HSM_ERR_URI;
             goto out;
         }
@@ -770,6 +823,7 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
     }
 
     fa.key = key;
+    fa.uri = uri;
     err = hsm_run(ctx, op_find, &fa);
     if (err != HSM_OK)
         goto out;

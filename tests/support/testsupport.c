@@ -356,6 +356,35 @@ out:
     return c;
 }
 
+int testtoken_slot_id(const char *token_label, unsigned long *slot)
+{
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_FUNCTION_LIST *fl = NULL;
+    CK_SLOT_ID slots[16];
+    CK_ULONG n = 16;
+    size_t tl = strlen(token_label);
+    int rc = -1;
+    void *dl = dlopen(testtoken_softhsm_module(), RTLD_NOW | RTLD_NOLOAD);
+
+    if (dl == NULL || tl > 32)
+        goto out;
+    *(void **)(&get_list) = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&fl) != CKR_OK || fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        goto out;
+    for (CK_ULONG i = 0; i < n && rc != 0; i++) {
+        CK_TOKEN_INFO ti;
+        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, token_label, tl) == 0 &&
+            (tl == 32 || ti.label[tl] == ' ')) {
+            *slot = slots[i];
+            rc = 0;
+        }
+    }
+out:
+    if (dl != NULL)
+        (void)dlclose(dl);
+    return rc;
+}
+
 int testtoken_copy_destroy(struct testtoken_copy *c)
 {
     int rc = 0;

@@ -89,6 +89,9 @@ int testfault_find_batch(unsigned long n);
 struct testtoken_copy;
 struct testtoken_copy *testtoken_copy_secret(const char *token_label, const char *label);
 int testtoken_copy_destroy(struct testtoken_copy *c);
+/* The slot id of the SoftHSM token labelled token_label, asked of the
+ * module hsm_open loaded (as testtoken_copy_secret): 0, or -1. */
+int testtoken_slot_id(const char *token_label, unsigned long *slot);
 
 /* An NSS softokn database (certutil -N) with a random user PIN, in a new
  * directory under the build tree (fork and exec: before any hsm_open).

@@ -480,6 +480,34 @@ static void test_find(void **state)
     assert_int_equal(hsm_key_find(ctx, "pkcs11:object=" GRP_RSA ";type=public", HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
     assert_null(k);
+
+    /* The slot's and the module's attributes (RFC 7512; p11tool, p11-kit
+     * and pkcs11-tool users write them): the token's own slot and module
+     * find the key, another slot or module does not, and says which. They
+     * were read as unknown attributes, and the key on the very slot named
+     * was "on another token". */
+    unsigned long slot = 0;
+    assert_int_equal(testtoken_slot_id(TOKEN_LABEL, &slot), 0);
+    snprintf(uri, sizeof(uri), "pkcs11:slot-id=%lu;object=" GRP_RSA ";type=private", slot);
+    hsm_key_free(find_ok(ctx, uri, HSM_CLASS_PRIVATE));
+    hsm_key_free(find_ok(ctx, "pkcs11:slot-manufacturer=SoftHSM%20project;object=" GRP_RSA ";type=private", 0));
+    hsm_key_free(find_ok(ctx,
+                         "pkcs11:library-manufacturer=SoftHSM;library-description=Implementation%20of%20PKCS11;"
+                         "token=" TOKEN_LABEL ";object=" GRP_RSA ";type=private",
+                         0));
+    snprintf(uri, sizeof(uri), "pkcs11:slot-id=%lu;object=" GRP_RSA ";type=private", slot + 1);
+    assert_int_equal(hsm_key_find(ctx, uri, 0, &k), HSM_ERR_KEY_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "names another slot"));
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:slot-description=other;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
+                     HSM_ERR_KEY_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "names another slot"));
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:library-manufacturer=OpenSC;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
+                     HSM_ERR_KEY_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "names another module"));
+    /* An attribute RFC 7512 does not have is named as such, not as another token. */
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:x-foo=1;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k), HSM_ERR_URI);
+    assert_non_null(strstr(hsm_last_error_detail(), "names no token, slot, module or object"));
+    assert_null(k);
     t_close(ctx);
 }
 
