@@ -318,10 +318,20 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
         return "wrong key size";
     if ((p = check_locked(i, e, custody)) != NULL || (p = check_never_leaves(i, e, custody)) != NULL)
         return p;
-    if (i->sign || i->sign_recover)
+    /* Each refusal names the attribute that is set: the security team
+     * compares it with what the token's tool lists (pkcs11-tool shows
+     * CKA_SIGN_RECOVER, which SoftHSM sets by default and p11tool leaves,
+     * as nothing; "CKA_SIGN allowed" for it named one it saw unset). */
+    if (i->sign)
         return "CKA_SIGN allowed (policy: no signing)";
-    if (i->wrap || i->encrypt || i->verify)
-        return "wrap/encrypt/verify usage set";
+    if (i->sign_recover)
+        return "CKA_SIGN_RECOVER allowed (policy: no signing)";
+    if (i->wrap)
+        return "wrap/encrypt/verify usage set (CKA_WRAP)";
+    if (i->encrypt)
+        return "wrap/encrypt/verify usage set (CKA_ENCRYPT)";
+    if (i->verify)
+        return "wrap/encrypt/verify usage set (CKA_VERIFY)";
     if (e->type == HSM_KEYTYPE_RSA) {
         static const unsigned long oaep[] = {CKM_RSA_PKCS_OAEP};
         static const unsigned long oaep_v15[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS};
@@ -361,6 +371,46 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
     }
 }
 
+/* Usage attributes a key of some kind must not have. */
+enum {
+    U_DECRYPT = 1 << 0,
+    U_ENCRYPT = 1 << 1,
+    U_SIGN = 1 << 2,
+    U_SIGN_RECOVER = 1 << 3,
+    U_VERIFY = 1 << 4,
+    U_WRAP = 1 << 5,
+    U_UNWRAP = 1 << 6,
+    U_DERIVE = 1 << 7,
+};
+
+/* The refusals "usage beyond WHAT set (CKA_X)", one per kind of key and
+ * attribute, in the order of the U_ bits. The attribute is named because
+ * the security team compares it with what the token's tool lists, and
+ * some (CKA_SIGN_RECOVER, which SoftHSM sets by default) pkcs11-tool lists
+ * as nothing. Static strings: the checks run on several threads. */
+#define BEYOND(what)                                                                                              \
+    {                                                                                                             \
+        "usage beyond " what " set (CKA_DECRYPT)", "usage beyond " what " set (CKA_ENCRYPT)",                    \
+            "usage beyond " what " set (CKA_SIGN)", "usage beyond " what " set (CKA_SIGN_RECOVER)",              \
+            "usage beyond " what " set (CKA_VERIFY)", "usage beyond " what " set (CKA_WRAP)",                    \
+            "usage beyond " what " set (CKA_UNWRAP)", "usage beyond " what " set (CKA_DERIVE)"                   \
+    }
+static const char *const beyond_signing[] = BEYOND("signing"), *const beyond_ecb[] = BEYOND("AES-ECB encryption"),
+                         *const beyond_kw[] = BEYOND("key wrapping"), *const beyond_hmac[] = BEYOND("HMAC"),
+                         *const beyond_decryption[] = BEYOND("decryption");
+#undef BEYOND
+
+/* texts[b] for the first attribute of `banned` the key has, or NULL. */
+static const char *usage_beyond(const hsm_key_info *i, const char *const *texts, unsigned banned)
+{
+    const bool has[] = {i->decrypt, i->encrypt, i->sign, i->sign_recover, i->verify, i->wrap, i->unwrap, i->derive};
+
+    for (unsigned b = 0; b < GS_ARRAY_LEN(has); b++)
+        if ((banned & (1u << b)) && has[b])
+            return texts[b];
+    return NULL;
+}
+
 static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const char **note,
                             const char **custody)
 {
@@ -373,8 +423,9 @@ static const char *check_ca(const hsm_key_info *i, const gs_key_expect *e, const
         return p;
     if (!i->sign)
         return "CKA_SIGN missing";
-    if (i->decrypt || i->unwrap || i->derive || i->wrap || i->encrypt || i->sign_recover)
-        return "usage beyond signing set";
+    if ((p = usage_beyond(i, beyond_signing, U_DECRYPT | U_UNWRAP | U_DERIVE | U_WRAP | U_ENCRYPT | U_SIGN_RECOVER)) !=
+        NULL)
+        return p;
     return check_mechs(i, sig, GS_ARRAY_LEN(sig), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
@@ -397,14 +448,16 @@ static const char *check_secret(const hsm_key_info *i, const gs_key_expect *e, c
     if (by_ecb) {
         if (!i->encrypt)
             return "CKA_ENCRYPT missing (RFC 3394 is built on CKM_AES_ECB here)";
-        if (i->wrap || i->decrypt || i->sign || i->verify || i->derive || i->unwrap || i->sign_recover)
-            return "usage beyond AES-ECB encryption set";
+        if ((p = usage_beyond(i, beyond_ecb,
+                              U_WRAP | U_DECRYPT | U_SIGN | U_VERIFY | U_DERIVE | U_UNWRAP | U_SIGN_RECOVER)) != NULL)
+            return p;
         return check_mechs(i, ecb, 1, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
     }
     if (!i->wrap)
         return "CKA_WRAP missing";
-    if (i->decrypt || i->encrypt || i->sign || i->verify || i->derive || i->unwrap || i->sign_recover)
-        return "usage beyond key wrapping set";
+    if ((p = usage_beyond(i, beyond_kw,
+                          U_DECRYPT | U_ENCRYPT | U_SIGN | U_VERIFY | U_DERIVE | U_UNWRAP | U_SIGN_RECOVER)) != NULL)
+        return p;
     return check_mechs(i, kw, GS_ARRAY_LEN(kw), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
@@ -420,8 +473,8 @@ static const char *check_reject(const hsm_key_info *i, const gs_key_expect *e, c
         return p;
     if (!i->sign)
         return "CKA_SIGN (HMAC) missing";
-    if (i->decrypt || i->encrypt || i->wrap || i->unwrap || i->derive)
-        return "usage beyond HMAC set";
+    if ((p = usage_beyond(i, beyond_hmac, U_DECRYPT | U_ENCRYPT | U_WRAP | U_UNWRAP | U_DERIVE)) != NULL)
+        return p;
     return check_mechs(i, hmac, GS_ARRAY_LEN(hmac), !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 
@@ -437,8 +490,9 @@ static const char *check_seal(const hsm_key_info *i, const gs_key_expect *e, con
         return p;
     if (!i->decrypt)
         return "CKA_DECRYPT missing";
-    if (i->unwrap || i->sign || i->sign_recover || i->derive || i->wrap || i->encrypt)
-        return "usage beyond decryption set";
+    if ((p = usage_beyond(i, beyond_decryption, U_UNWRAP | U_SIGN | U_SIGN_RECOVER | U_DERIVE | U_WRAP | U_ENCRYPT)) !=
+        NULL)
+        return p;
     return check_mechs(i, oaep, 1, !(e->missing & HSM_PROT_ALLOWED_MECHANISMS), note);
 }
 

@@ -132,7 +132,7 @@ refuse 1 "key not found" "$G" -c "$CONF" group create adopt --address adopt@exam
 refuse 2 "exclude each other" "$G" -c "$CONF" group create adopt --address adopt@example.org --key rsa:2048 \
   --use-key "$tool_key"
 sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/db2.conf"
-refuse 1 "--use-key $tool_key: usage beyond signing set: a CA key must be made on the token" \
+refuse 1 "--use-key $tool_key: usage beyond signing set (CKA_DECRYPT): a CA key must be made on the token" \
   "$G" -c "$T/db2.conf" ca init --use-key "$tool_key"
 
 # --- a database from a newer program: refused, untouched

@@ -229,6 +229,34 @@ static void test_key_checks(void **state)
     sound_group_key(&i);
     i.sign = true;
     assert_non_null(strstr(gs_key_check(&i, &e, NULL), "CKA_SIGN"));
+    /* The attribute that is set is the one named: SoftHSM sets
+     * CKA_SIGN_RECOVER by default (p11tool leaves it), and pkcs11-tool
+     * lists it as nothing; "CKA_SIGN allowed" named one the security team
+     * saw unset. */
+    sound_group_key(&i);
+    i.sign_recover = true;
+    assert_string_equal(gs_key_check(&i, &e, NULL), "CKA_SIGN_RECOVER allowed (policy: no signing)");
+    sound_group_key(&i);
+    i.encrypt = true;
+    assert_string_equal(gs_key_check(&i, &e, NULL), "wrap/encrypt/verify usage set (CKA_ENCRYPT)");
+    {
+        /* A CA key made by pkcs11-tool or p11tool on SoftHSM: sign, and
+         * the module's defaults for the rest. */
+        gs_key_expect ca;
+        memset(&ca, 0, sizeof(ca));
+        ca.kind = GS_KIND_CA;
+        ca.missing = HSM_PROT_ALL;
+        sound_group_key(&i);
+        i.sign = true;
+        i.decrypt = false;
+        i.n_allowed_mechanisms = 0;
+        assert_string_equal(gs_key_check(&i, &ca, NULL), "usage beyond signing set (CKA_UNWRAP)");
+        i.unwrap = false;
+        i.sign_recover = true;
+        assert_string_equal(gs_key_check(&i, &ca, NULL), "usage beyond signing set (CKA_SIGN_RECOVER)");
+        i.sign_recover = false;
+        assert_null(gs_key_check(&i, &ca, NULL));
+    }
 
     /* A protection recorded as present must be there... */
     e.missing = 0;
