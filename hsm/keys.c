@@ -785,6 +785,11 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
         }
         if ((a = p11_kit_uri_get_attribute(uri, CKA_LABEL)) != NULL && a->pValue != NULL) {
             if (a->ulValueLen >= sizeof(key->label)) {
+                /* Said, not "invalid arguments": the token may well
+                 * hold such a label (pkcs11-tool takes any length). */
+                hsm_set_detail("key URI's object= is %lu bytes, longer than the %zu groupsrv takes: name the key "
+                               "by id= instead",
+                               (unsigned long)a->ulValueLen, sizeof(key->label) - 1);
                 err = HSM_ERR_ARGS;
                 goto out;
             }
@@ -793,6 +798,9 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
         }
         if ((a = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL && a->pValue != NULL) {
             if (a->ulValueLen > sizeof(key->id)) {
+                hsm_set_detail("key URI's id= is %lu bytes, longer than the %zu groupsrv takes: name the key by "
+                               "object= instead",
+                               (unsigned long)a->ulValueLen, sizeof(key->id));
                 err = HSM_ERR_ARGS;
                 goto out;
             }
@@ -817,6 +825,8 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
         }
     } else {
         if (util_strlcpy(key->label, ref, sizeof(key->label)) != UTIL_OK) {
+            hsm_set_detail("key label of %zu bytes, longer than the %zu groupsrv takes", strlen(ref),
+                           sizeof(key->label) - 1);
             err = HSM_ERR_ARGS;
             goto out;
         }

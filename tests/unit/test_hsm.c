@@ -504,6 +504,22 @@ static void test_find(void **state)
     assert_int_equal(hsm_key_find(ctx, "pkcs11:library-manufacturer=OpenSC;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
     assert_non_null(strstr(hsm_last_error_detail(), "names another module"));
+    /* A label or id longer than groupsrv takes is said so (it was only
+     * "invalid arguments"). */
+    {
+        char longref[400];
+        int n = snprintf(longref, sizeof(longref), "pkcs11:object=");
+        for (int c = 0; c < 140; c++)
+            longref[n++] = 'k';
+        snprintf(longref + n, sizeof(longref) - (size_t)n, ";type=private");
+        assert_int_equal(hsm_key_find(ctx, longref, 0, &k), HSM_ERR_ARGS);
+        assert_non_null(strstr(hsm_last_error_detail(), "object= is 140 bytes, longer than the 127"));
+        n = snprintf(longref, sizeof(longref), "pkcs11:id=");
+        for (int c = 0; c < 70; c++)
+            n += snprintf(longref + n, sizeof(longref) - (size_t)n, "%%01");
+        assert_int_equal(hsm_key_find(ctx, longref, 0, &k), HSM_ERR_ARGS);
+        assert_non_null(strstr(hsm_last_error_detail(), "id= is 70 bytes, longer than the 64"));
+    }
     /* An attribute RFC 7512 does not have is named as such, not as another token. */
     assert_int_equal(hsm_key_find(ctx, "pkcs11:x-foo=1;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k), HSM_ERR_URI);
     assert_non_null(strstr(hsm_last_error_detail(), "names no token, slot, module or object"));
