@@ -288,6 +288,11 @@ const char *gs_adopt_custody_hint(const char *problem)
     if (strcmp(problem, "CKA_SENSITIVE is false") == 0 || strcmp(problem, "CKA_ALWAYS_SENSITIVE is false") == 0)
         return "; make a new key with CKA_SENSITIVE from the start (pkcs11-tool --keypairgen --sensitive), or let "
                "groupsrv generate it (--key)";
+    /* No stock tool asks for it false, and SoftHSM sets it unless asked:
+     * a key made there by pkcs11-tool or p11tool can never be adopted. */
+    if (strstr(problem, "CKA_SIGN_RECOVER") != NULL)
+        return "; pkcs11-tool and p11tool cannot ask for CKA_SIGN_RECOVER false (SoftHSM sets it unless asked, "
+               "and pkcs11-tool does not list it): let groupsrv generate the key on the token instead (--key)";
     return "";
 }
 

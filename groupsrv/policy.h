@@ -129,7 +129,8 @@ const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const
 const char *gs_key_check2(const hsm_key_info *info, const gs_key_expect *e, const char **note,
                           const char **custody);
 /* For a key adopted with --use-key that gs_key_check refused for its
- * custody (problem as returned): how to make one that passes with the
+ * custody, or for a CKA_SIGN_RECOVER no stock tool can ask for false
+ * (problem as returned): how to make one that passes with the
  * stock tool, as text beginning "; " (static), or "" when there is
  * nothing to add. pkcs11-tool --keypairgen asks for CKA_SENSITIVE with
  * --sensitive but can never ask for CKA_EXTRACTABLE false: on a token
