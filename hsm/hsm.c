@@ -192,23 +192,18 @@ static void serial_text(char *dst, size_t cap, const CK_TOKEN_INFO *ti)
 
 static void module_stem(const char *file, char *out, size_t cap);
 
-/* SoftHSM's token directory (directories.tokendir of SOFTHSM2_CONF, else
- * of its default configuration) holding a token's directory this user
- * cannot open: SoftHSM leaves such a token out of its slot list without a
- * word (only syslog hears), so a store restored as root with `cp -r` reads
- * as "no token matches". The first such directory goes in out; 0 if none
- * (or the configuration cannot be read: C_Initialize would have said). */
-static int softhsm_hidden_token(char *out, size_t cap)
+/* SoftHSM's token directory: directories.tokendir of SOFTHSM2_CONF, else
+ * of its default configuration. 0 and the path in out; -1 when there is
+ * none to read (the configuration missing or without the line). */
+int hsm_softhsm_tokendir(char *out, size_t cap)
 {
     const char *conf = getenv("SOFTHSM2_CONF");
-    char line[PATH_MAX + 64], dir[PATH_MAX], path[PATH_MAX];
+    char line[PATH_MAX + 64];
     FILE *f = fopen(conf != NULL && conf[0] != '\0' ? conf : "/etc/softhsm/softhsm2.conf", "re");
-    DIR *d = NULL;
-    struct dirent *e;
-    struct stat st;
-    int found = 0;
 
-    dir[0] = '\0';
+    if (cap == 0)
+        return -1;
+    out[0] = '\0';
     while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
         char *k = line, *v;
         while (isspace((unsigned char)*k))
@@ -220,11 +215,28 @@ static int softhsm_hidden_token(char *out, size_t cap)
         size_t n = strlen(v);
         while (n > 0 && isspace((unsigned char)v[n - 1]))
             v[--n] = '\0';
-        (void)util_strlcpy(dir, v, sizeof(dir));
+        if (util_strlcpy(out, v, cap) != UTIL_OK)
+            out[0] = '\0';
     }
     if (f != NULL)
         fclose(f);
-    if (dir[0] == '\0' || (d = opendir(dir)) == NULL)
+    return out[0] != '\0' ? 0 : -1;
+}
+
+/* A token's directory in SoftHSM's token directory that this user cannot
+ * open: SoftHSM leaves such a token out of its slot list without a
+ * word (only syslog hears), so a store restored as root with `cp -r` reads
+ * as "no token matches". The first such directory goes in out; 0 if none
+ * (or the configuration cannot be read: C_Initialize would have said). */
+static int softhsm_hidden_token(char *out, size_t cap)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    DIR *d = NULL;
+    struct dirent *e;
+    struct stat st;
+    int found = 0;
+
+    if (hsm_softhsm_tokendir(dir, sizeof(dir)) != 0 || (d = opendir(dir)) == NULL)
         return 0;
     while (!found && (e = readdir(d)) != NULL) {
         int w = snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);

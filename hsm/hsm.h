@@ -288,6 +288,11 @@ typedef struct hsm_caps {
  * afterwards). Writes *out. Errors only for a bad ctx/out (HSM_ERR_ARGS):
  * what cannot be probed reads as unsupported, with the reason. */
 hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
+/* SoftHSM's token directory (directories.tokendir of SOFTHSM2_CONF, else
+ * of /etc/softhsm/softhsm2.conf), where its tokens' key files are: 0 and
+ * the path in out (cap bytes); -1 when no configuration names one. Reads
+ * a file only: no module is loaded. */
+int hsm_softhsm_tokendir(char *out, size_t cap);
 /* "CKR_GENERAL_ERROR" etc. for a CK_RV (static text, or this thread's
  * buffer for one without a name). */
 const char *hsm_rv_name(unsigned long rv);
