@@ -7,7 +7,13 @@
  * exit code: 0 ok, 1 failed / check found problems, 2 usage, 3 not found
  * or duplicate, 4 token or PIN, 5 configuration.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* setresuid, setresgid, pipe2: check's [server] user row */
+#endif
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
 #include <linux/capability.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -26,6 +32,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -2556,6 +2563,260 @@ static void warn_low_port(const char *which, const char *listen, const struct so
         "listen", which, listen, port, start);
 }
 
+/* ---- [server] user ----
+ * serve started as root changes its network process (the one that faces
+ * the network) to [server] user once the supervisor has handed it all it
+ * needs: the configuration, the TLS files and its sockets. It opens no
+ * file after that (its seccomp filter allows none), so the user needs to
+ * read nothing; what it must not read are the secrets the other two
+ * processes keep from it: were the filter ever got round, the user's
+ * rights are what is left. Started as any other user, serve keeps that
+ * user for all three processes and does not take the setting. */
+enum { USER_PATHS_MAX = 4096 };
+
+struct user_path {
+    const char *what; /* "the user PIN source": static text */
+    char *path;
+    bool secret; /* readable: a problem (key material); else a warning, as check_db_mode's */
+};
+
+struct user_paths {
+    struct user_path *v;
+    size_t n, cap;
+    bool full; /* USER_PATHS_MAX reached: the rest were not asked */
+};
+
+static void user_paths_free(struct user_paths *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        free(p->v[i].path);
+    free(p->v);
+    memset(p, 0, sizeof(*p));
+}
+
+/* Adds PATH when it is a regular file (a PIN from a pipe or a file not
+ * made yet has nothing to read); -1 out of memory. */
+static int user_paths_add(struct user_paths *p, const char *what, const char *path, bool secret)
+{
+    struct stat sb;
+
+    if (path == NULL || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    if (p->n == USER_PATHS_MAX) {
+        p->full = true;
+        return 0;
+    }
+    if (p->n == p->cap) {
+        size_t nc = p->cap ? p->cap * 2 : 16;
+        struct user_path *v;
+        if (nc > USER_PATHS_MAX)
+            nc = USER_PATHS_MAX;
+        if ((v = realloc(p->v, nc * sizeof(*v))) == NULL)
+            return -1;
+        p->v = v;
+        p->cap = nc;
+    }
+    if ((p->v[p->n].path = strdup(path)) == NULL)
+        return -1;
+    p->v[p->n].what = what;
+    p->v[p->n].secret = secret;
+    p->n++;
+    return 0;
+}
+
+/* The key files of every token in SoftHSM's token directory
+ * (TOKENDIR/TOKEN/FILE); other modules keep their stores where this
+ * program cannot tell. */
+static int user_paths_add_tokens(struct user_paths *p)
+{
+    char dir[PATH_MAX], sub[PATH_MAX], file[PATH_MAX];
+    DIR *d = NULL, *t = NULL;
+    struct dirent *e, *f;
+    int rc = 0;
+
+    if (hsm_softhsm_tokendir(dir, sizeof(dir)) != 0 || (d = opendir(dir)) == NULL)
+        return 0;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        int w = snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+        if (e->d_name[0] == '.' || w < 0 || (size_t)w >= sizeof(sub) || (t = opendir(sub)) == NULL)
+            continue;
+        while (rc == 0 && (f = readdir(t)) != NULL) {
+            w = snprintf(file, sizeof(file), "%s/%s", sub, f->d_name);
+            if (f->d_name[0] != '.' && w > 0 && (size_t)w < sizeof(file))
+                rc = user_paths_add(p, "a file of the token store", file, true);
+        }
+        closedir(t);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* PIN sources name a file as PATH or file:PATH; env:NAME has none. */
+static const char *pin_source_path(const char *src)
+{
+    if (src == NULL || strncmp(src, "env:", 4) == 0)
+        return NULL;
+    return strncmp(src, "file:", 5) == 0 ? src + 5 : src;
+}
+
+/* readable[i] = whether uid/gid (with no other group, as sandbox_drop
+ * leaves the network process) may read p->v[i]: asked with access(2) in
+ * a child that became the user, so modes, ACLs and every directory on
+ * the way count as the kernel counts them. 0, or -1 and why. */
+static int user_can_read(const struct passwd *pw, const struct user_paths *p, unsigned char *readable,
+                         const char **why)
+{
+    int fds[2] = {-1, -1}, status = 0, rc = -1;
+    size_t got = 0;
+    pid_t pid;
+
+    *why = NULL;
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        *why = strerror(errno);
+        return -1;
+    }
+    if ((pid = fork()) < 0) {
+        *why = strerror(errno);
+        goto out;
+    }
+    if (pid == 0) {
+        gid_t gid = pw->pw_gid;
+        uid_t uid = pw->pw_uid;
+        (void)close(fds[0]);
+        if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
+            _exit(3);
+        for (size_t i = 0; i < p->n; i++) {
+            unsigned char r = access(p->v[i].path, R_OK) == 0;
+            if (write(fds[1], &r, 1) != 1)
+                _exit(4);
+        }
+        _exit(0);
+    }
+    (void)close(fds[1]);
+    fds[1] = -1;
+    while (got < p->n) {
+        ssize_t n = read(fds[0], readable + got, p->n - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (got != p->n || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        *why = WIFEXITED(status) && WEXITSTATUS(status) == 3 ? "could not become that user" : "the check's child failed";
+    else
+        rc = 0;
+out:
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            (void)close(fds[i]);
+    return rc;
+}
+
+static unsigned check_server_user(const struct gs_config *cfg)
+{
+    const char *user = cfg->server.user;
+    bool root = geteuid() == 0;
+    struct user_paths p = {0};
+    unsigned char *readable = NULL;
+    const char *why = NULL;
+    unsigned problems = 0;
+    size_t tok_read = 0, tok_all = 0, tok_first = 0;
+    struct passwd *pw;
+    char shown[2048];
+
+    errno = 0;
+    if ((pw = getpwnam(user)) == NULL) {
+        const char *err = errno != 0 ? strerror(errno) : "no such user";
+        if (!root) {
+            printf("%-10sWARNING: [server] user %s: %s: serve started as root would not start (started as this "
+                   "user, uid %lu, it keeps it and does not take the setting)\n",
+                   "user", user, err, (unsigned long)geteuid());
+            return 0;
+        }
+        return file_row("user", false, "[server] user %s: %s: serve does not start (its network process changes to it)",
+                        user, err);
+    }
+    if (pw->pw_uid == 0) {
+        if (!root) {
+            printf("%-10sWARNING: [server] user %s is root (uid 0): serve started as root would not start (its "
+                   "network process must not run as root); started as this user, uid %lu, it keeps it\n",
+                   "user", user, (unsigned long)geteuid());
+            return 0;
+        }
+        return file_row("user", false,
+                        "[server] user %s is root (uid 0): serve does not start, its network process must not run "
+                        "as root (name an unprivileged user of its own)",
+                        user);
+    }
+    if (!root)
+        return file_row("user", true,
+                        "[server] user %s (uid %lu): taken only when serve starts as root; started as this user "
+                        "(uid %lu) its three processes keep it",
+                        user, (unsigned long)pw->pw_uid, (unsigned long)geteuid());
+
+    /* What the network process must not read; getpwnam's static result
+     * stays valid: nothing below asks the user database again. */
+    gs_store_location_display(cfg->db.url != NULL ? cfg->db.url : "", shown, sizeof(shown));
+    if (user_paths_add_tokens(&p) != 0 ||
+        user_paths_add(&p, "the user PIN source", pin_source_path(cfg->hsm.pin_source), true) != 0 ||
+        user_paths_add(&p, "the SO PIN source", pin_source_path(cfg->hsm.so_pin_source), true) != 0 ||
+        (cfg->tls.key != NULL && strncmp(cfg->tls.key, "pkcs11:", 7) != 0 &&
+         user_paths_add(&p, "the [tls] key", cfg->tls.key, true) != 0) ||
+        (cfg->db.url != NULL && strcmp(shown, cfg->db.url) != 0 &&
+         user_paths_add(&p, "the configuration file (its [db] url holds a password)", cfg->path, true) != 0) ||
+        (cfg->db.url == NULL && user_paths_add(&p, "the database", cfg->db.path, false) != 0) ||
+        (strcmp(cfg->audit.store, "file") == 0 && user_paths_add(&p, "the audit log", cfg->audit.path, false) != 0)) {
+        problems = file_row("user", false, "[server] user %s: out of memory listing the files it must not read", user);
+        goto out;
+    }
+    if (p.n > 0 && ((readable = calloc(p.n, 1)) == NULL || user_can_read(pw, &p, readable, &why) != 0)) {
+        problems = file_row("user", false, "[server] user %s (uid %lu): cannot tell what it can read: %s", user,
+                            (unsigned long)pw->pw_uid, why != NULL ? why : "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < p.n; i++) {
+        bool token = strcmp(p.v[i].what, "a file of the token store") == 0;
+        tok_all += token;
+        if (!readable[i])
+            continue;
+        if (token) {
+            if (tok_read++ == 0)
+                tok_first = i;
+            continue;
+        }
+        if (p.v[i].secret)
+            problems += file_row("user", false,
+                                 "[server] user %s (uid %lu) can read %s %s: serve's network process runs as that "
+                                 "user (chmod go-r it, or name a user of its own)",
+                                 user, (unsigned long)pw->pw_uid, p.v[i].what, p.v[i].path);
+        else
+            printf("%-10sWARNING: [server] user %s (uid %lu) can read %s %s: serve's network process runs as that "
+                   "user (chmod go-r it unless that is meant)\n",
+                   "user", user, (unsigned long)pw->pw_uid, p.v[i].what, p.v[i].path);
+    }
+    if (tok_read > 0)
+        problems += file_row("user", false,
+                             "[server] user %s (uid %lu) can read %zu of the token store's %zu%s files, such as %s: "
+                             "serve's network process runs as that user (chmod -R go-rwx the store, or name a user "
+                             "of its own)",
+                             user, (unsigned long)pw->pw_uid, tok_read, tok_all, p.full ? " (or more)" : "",
+                             p.v[tok_first].path);
+    if (problems == 0)
+        (void)file_row("user", true,
+                       "[server] user %s (uid %lu, gid %lu): serve's network process runs as it and needs no file; "
+                       "it can read none of the %zu files checked (token store, PIN sources, [tls] key, database, "
+                       "audit log)%s",
+                       user, (unsigned long)pw->pw_uid, (unsigned long)pw->pw_gid, p.n,
+                       p.full ? " (the first ones of a larger token store)" : "");
+out:
+    free(readable);
+    user_paths_free(&p);
+    return problems;
+}
+
 static unsigned check_listen(const struct gs_config *cfg)
 {
     struct sockaddr_storage srv, cs;
@@ -2687,6 +2948,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     if (strcmp(e->cfg->audit.store, "file") == 0)
         check_clock(audit_latest_time(e->cfg->audit.path));
     problems += check_listen(e->cfg);
+    problems += check_server_user(e->cfg);
     err = env_open(e, NEED_DB_RO);
     if (err == GS_ERR_SCHEMA) {
         /* An older schema (after an upgrade) is what serve would migrate at

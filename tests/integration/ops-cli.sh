@@ -105,6 +105,66 @@ if [ "$start" -gt 443 ]; then
 fi
 rm -rf "$low"
 
+# ---- check: [server] user ----
+# serve started as root runs its network process as [server] user: one
+# that does not exist or is root stops serve at start, and one that can
+# read the token store, a PIN file or the [tls] key leaves those to a
+# network process that got round its seccomp filter. check had no row for
+# it. As root: files in a directory anyone may enter (nobody reaches them
+# but for their modes); as another user the setting is not taken.
+usr=$(mktemp -d /tmp/gs-user.XXXXXX)
+trap 'rm -rf "$work" "$usr"' EXIT
+chmod 755 "$usr"
+mkdir -p -m 0755 "$usr/tokens/tok"
+install -m 0644 /dev/null "$usr/tokens/tok/key.object"
+install -m 0644 /dev/null "$usr/pin"
+install -m 0600 /dev/null "$usr/tls.key"
+printf 'directories.tokendir = %s/tokens\n' "$usr" > "$usr/softhsm2.conf"
+user_rows() { # USER: check's user rows with [server] user = USER
+  sed "s|^pin_source = .*|pin_source = $usr/pin|" "$conf" > "$usr/u.conf"
+  printf '[server]\nuser = %s\n[tls]\ncert = %s/tls.pem\nkey = %s/tls.key\n' "$1" "$usr" "$usr" >> "$usr/u.conf"
+  SOFTHSM2_CONF=$usr/softhsm2.conf "$BIN/groupsrv" -c "$usr/u.conf" check 2>&1 | grep '^user ' || true
+}
+if [ "$(id -u)" = 0 ]; then
+  rows=$(user_rows nobody)
+  grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read the user PIN source $usr/pin: " <<<"$rows" &&
+    grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read 1 of the token store's 1 files, such as $usr/tokens/tok/key.object: " <<<"$rows" &&
+    ! grep -q "tls.key" <<<"$rows" || fail "check, [server] user that can read the PIN file and the token store: $rows"
+  ok "check: [server] user that can read the PIN file and the token's files is a problem: $rows"
+  chmod 0600 "$usr/pin" "$usr/tokens/tok/key.object"
+  rows=$(user_rows nobody)
+  grep -q "^user      OK   \[server\] user nobody (uid [0-9]*, gid [0-9]*): serve's network process runs as it and needs no file; it can read none of the 3 files checked" <<<"$rows" ||
+    fail "check, [server] user that can read none of them: $rows"
+  # ...nor when it owns them (the service user that owns the token)
+  chown nobody "$usr/tls.key"
+  rows=$(user_rows nobody)
+  grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read the \[tls\] key $usr/tls.key: " <<<"$rows" ||
+    fail "check, [server] user that owns the [tls] key: $rows"
+  rows=$(user_rows root)
+  grep -q "^user      PROBLEM: \[server\] user root is root (uid 0): serve does not start" <<<"$rows" || fail "check, [server] user root: $rows"
+  rows=$(user_rows gs-no-such-user)
+  grep -q "^user      PROBLEM: \[server\] user gs-no-such-user: .*: serve does not start" <<<"$rows" ||
+    fail "check, [server] user that does not exist: $rows"
+  ok "check: [server] user root or missing is a problem, one that reads none of the secrets OK"
+  # run as another user (a copy of the program where nobody reaches it):
+  # the setting is not taken, so only a warning for a user that is missing
+  cp "$BIN/groupsrv" "$usr/"
+  chmod 0644 "$usr/u.conf"
+  rows=$(runuser -u nobody -- "$usr/groupsrv" -c "$usr/u.conf" check 2>&1 | grep '^user ' || true)
+  grep -q "^user      WARNING: \[server\] user gs-no-such-user: .*: serve started as root would not start" <<<"$rows" ||
+    fail "check as nobody, [server] user that does not exist: $rows"
+  ok "check as another user: a [server] user that is missing is a warning: $rows"
+else
+  rows=$(user_rows gs-no-such-user)
+  grep -q "^user      WARNING: \[server\] user gs-no-such-user: .*: serve started as root would not start" <<<"$rows" ||
+    fail "check as another user, [server] user that does not exist: $rows"
+  rows=$(user_rows nobody)
+  grep -q "^user      OK   \[server\] user nobody (uid [0-9]*): taken only when serve starts as root" <<<"$rows" ||
+    fail "check as another user, [server] user nobody: $rows"
+  ok "check as another user: [server] user is taken only by serve started as root"
+fi
+rm -rf "$usr"
+
 # ---- an audit log in a directory the service user cannot write ----
 # (an admin's mkdir as root, then chown of the file alone): serve appends
 # and check said OK, but the monthly `audit rotate` as that user failed
