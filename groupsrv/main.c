@@ -2928,6 +2928,42 @@ static void check_unrecorded(void *arg, const char *label)
     free(shown);
 }
 
+/* Transport keys still on the token (SECURITY.md, "The receiving
+ * token's user PIN and the file"): with this token's user PIN, a .gsk file
+ * made for one gives the keys in it in the clear to any PKCS#11 program,
+ * not only through group import. A warning, not counted: a ceremony may
+ * be under way. Both halves carry the label: each is named once. */
+struct transport_seen {
+    char labels[32][128];
+    size_t n;
+    bool more; /* more labels than there is room for */
+};
+
+static int check_transport_key(void *arg, hsm_ctx *hsm, hsm_key *key)
+{
+    struct transport_seen *t = arg;
+    const char *label = hsm_key_label(key);
+    size_t cols;
+    char *shown;
+
+    (void)hsm;
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->labels[i], label) == 0)
+            return 0;
+    if (t->n == sizeof(t->labels) / sizeof(t->labels[0])) {
+        t->more = 1;
+        return 0;
+    }
+    (void)util_strlcpy(t->labels[t->n++], label, sizeof(t->labels[0]));
+    shown = term_text(label, &cols); /* the token's label: anyone's with the user PIN */
+    printf("%-10sWARNING: %s is still on the token: with this token's user PIN, a .gsk file made for it gives "
+           "the keys in it in the clear to any PKCS#11 program (SECURITY.md); delete both halves once its "
+           "imports are done and make a new one for the next (docs/operations.md, step 7)\n",
+           "transport", shown != NULL ? shown : "(out of memory)");
+    free(shown);
+    return 0;
+}
+
 static int cmd_check(struct env *e, int argc, char **argv)
 {
     struct args a;
@@ -3019,6 +3055,11 @@ static int cmd_check(struct env *e, int argc, char **argv)
     /* Not a problem: such a key may be one that mail still needs. */
     if (gs_keys_unrecorded(e->st, e->hsm, check_unrecorded, NULL) != GS_OK)
         printf("keys      could not list the token's keys: %s\n", gs_err_detail());
+    struct transport_seen seen = {.n = 0};
+    if (hsm_key_list(e->hsm, "gs:transport:", check_transport_key, &seen) != HSM_OK)
+        printf("transport could not list the token's transport keys: %s\n", hsm_last_error_detail());
+    else if (seen.more)
+        printf("transport WARNING: and more than these %zu (pkcs11-tool --list-objects names them all)\n", seen.n);
     problems += key_problems;
     if (problems) {
         printf("%u problem(s) found\n", problems);

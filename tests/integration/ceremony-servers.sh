@@ -217,8 +217,21 @@ refused beta 3 "import of key versions already present" -- \
   gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "already"
 expect 0 "check on beta accepts the imported copies" -- gs_beta check
+# the transport key left on beta: with beta's user PIN, eng.gsk would give
+# its keys in the clear to any PKCS#11 program (SECURITY.md); a warning
+grep -q "^transport WARNING: $tl is still on the token: with this token's user PIN, a .gsk file made for it gives the keys in it in the clear" "$work/out" ||
+  fail "check on beta does not warn of the transport key left there: $(cat "$work/out")"
 grep -q "gs:group:eng:v2 .*OK (imported copy)" "$work/out" || fail "check does not show the copy: $(cat "$work/out")"
+# alpha's own transport key (for the refusal above), deleted as step 7
+# of docs/operations.md says: check no longer names it
+atl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/alpha-transport.pem" | head -1)
+for t in privkey pubkey; do
+  GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
+    --token-label alpha --login --pin env:GS_PIN --delete-object --type $t --label "$atl" >/dev/null 2>&1 ||
+    fail "cannot delete alpha's transport key ($t)"
+done
 expect 0 "check on alpha still passes" -- gs_alpha check
+! grep -q "^transport" "$work/out" || fail "check on alpha names a transport key deleted: $(cat "$work/out")"
 # ...and every other extractable key is still a problem (tests/p11fault in
 # front of SoftHSM makes the token report attributes it does not have).
 sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/alpha.conf" > "$work/alpha-fault.conf"
