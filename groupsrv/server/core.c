@@ -1662,19 +1662,49 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
  * holds atext such as % # ? { } that a URL path must encode). */
 #define MAX_SEGMENT_RAW (3 * MAX_SEGMENT_LEN)
 
+/* The path of the request target, raw (not decoded), and its length; NULL
+ * if the target names none this server serves. Origin form (RFC 9112
+ * 3.2.1) is read from the target as sent, up to its query: libevent's URI
+ * parser reads a target beginning with "//" as a host and a path, so
+ * "//evil/v1/groups/eng" and "///v1/groups/eng" were served as
+ * /v1/groups/eng, and a proxy in front that allows or refuses by path saw
+ * another path than the one served (an empty first segment here, a 404
+ * as anywhere else). Absolute form (3.2.2: "https://host/v1/...") is taken
+ * with an http or https scheme and a host, not looked at; any other scheme
+ * ("foo:/v1/groups/eng") names nothing. */
+static const char *target_path(struct evhttp_request *req, size_t *len)
+{
+    const char *target = evhttp_request_get_uri(req);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+    if (target == NULL)
+        return NULL;
+    if (target[0] == '/') {
+        *len = strcspn(target, "?#");
+        return target;
+    }
+    if (scheme == NULL || (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) ||
+        evhttp_uri_get_host(uri) == NULL || path == NULL)
+        return NULL;
+    *len = strlen(path);
+    return path;
+}
+
 /* Splits the request path into percent-decoded segments; -1 if malformed. */
 static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t *n)
 {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    size_t plen = 0;
+    const char *path = target_path(req, &plen);
 
     *n = 0;
-    if (path == NULL || path[0] != '/')
+    if (path == NULL || plen == 0 || path[0] != '/')
         return -1;
-    const char *p = path + 1;
-    while (*p != '\0') {
-        const char *slash = strchr(p, '/');
-        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+    const char *p = path + 1, *end = path + plen;
+    while (p < end) {
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        size_t len = slash ? (size_t)(slash - p) : (size_t)(end - p);
         if (*n >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_RAW)
             return -1;
         char raw[MAX_SEGMENT_RAW + 1];
@@ -1690,7 +1720,7 @@ static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEG
         free(dec);
         (*n)++;
         p += len;
-        if (*p == '/')
+        if (p < end && *p == '/')
             p++;
     }
     return 0;

@@ -53,6 +53,19 @@ expect_status 415 unsupported_encoding "Content-Encoding: identity,gzip" -- c al
 expect_status 200 "" "unwrap/ (a trailing slash)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap/"
 expect_status 200 "" "unwrap?x=1 (a query string)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap?x=1"
 expect_status 404 not_found "unwrap// (an empty segment)" -- c alice --data-binary @"$work/req-tls.json" "$base/v1/groups/eng/unwrap//"
+# The request target as sent (RFC 9112 3.2): libevent reads "//host/path"
+# as a host and a path, so these were served as /v1/groups/eng/unwrap
+# where a proxy in front that rules by path sees another path. Absolute
+# form with http or https is served (3.2.2), another scheme names nothing.
+for t in //evil.example/v1/groups/eng/unwrap ///v1/groups/eng/unwrap foo:/v1/groups/eng/unwrap \
+  https://evil.example//v1/groups/eng/unwrap; do
+  expect_status 404 not_found "request target $t" -- c alice --data-binary @"$work/req-tls.json" \
+    --request-target "$t" "$base"
+done
+for t in https://evil.example/v1/groups/eng/unwrap HTTP://127.0.0.1/v1/groups/eng/unwrap?x=1; do
+  expect_status 200 "" "absolute-form request target $t" -- c alice --data-binary @"$work/req-tls.json" \
+    --request-target "$t" "$base"
+done
 
 # bare encrypted key + algorithm, default deliver
 cms ek "$work/ri.der" "$work/ek.bin"
