@@ -1901,12 +1901,48 @@ static const char *ambiguous_framing(struct evhttp_request *req)
  * route such a request by a host it guessed. */
 static const char *bad_host(struct evhttp_request *req)
 {
+    /* RFC 3986 3.2.2 reg-name (with pct-encoded), and inside an
+     * IP-literal's brackets the colons of IPv6 too. */
+    static const char reg[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%";
+    static const char lit[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:";
     unsigned n = header_count(req, "Host");
+    const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
+    size_t k;
 
     if (n > 1)
         return "more than one Host header";
     if (n == 0 && (req->major > 1 || (req->major == 1 && req->minor >= 1)))
         return "an HTTP/1.1 request without a Host header";
+    if (v == NULL)
+        return NULL;
+    /* RFC 9112 3.2: a Host whose value is not uri-host [":" port] is a
+     * 400 too ("a b", "x/y", "x@y"); an empty one is allowed. */
+    if (v[0] == '[') {
+        k = 1 + strspn(v + 1, lit);
+        if (v[k] != ']')
+            return "a Host header that is not a host name and port";
+        k++;
+    } else {
+        k = strspn(v, reg);
+    }
+    if (v[k] == ':')
+        k += 1 + strspn(v + k + 1, "0123456789");
+    return v[k] == '\0' ? NULL : "a Host header that is not a host name and port";
+}
+
+/* Why the request target as sent is not one (RFC 9112 3.2), or NULL.
+ * libevent takes the request line's last space as the one before the
+ * version, so "GET /v1/groups/eng?a b HTTP/1.1" was served with the target
+ * "/v1/groups/eng?a b"; 3.2 says not to correct an invalid request line
+ * and process it (it may be made to pass a filter in front), so white
+ * space or a control character in the target is a 400. */
+static const char *bad_target(struct evhttp_request *req)
+{
+    const char *t = evhttp_request_get_uri(req);
+
+    for (; t != NULL && *t != '\0'; t++)
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t == 0x7f)
+            return "a request target with white space or a control character";
     return NULL;
 }
 
@@ -1979,6 +2015,8 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
     const char *version = bad_version(req);
     if (ambiguous == NULL)
         ambiguous = version != NULL ? version : bad_host(req);
+    if (ambiguous == NULL)
+        ambiguous = bad_target(req);
     if (ambiguous != NULL) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         srv_reply_error(r, 400, "bad_request", "%s", ambiguous);

@@ -11,8 +11,9 @@
 #     still sends (a lingering close) before it closes the socket (curl
 #     uploads of 200 KB lost about 1 in 40 answers without it), and
 #     that lingering costs no CPU while the client stays silent;
-#   - an HTTP/1.1 request without Host, or one with two, is refused (400,
-#     RFC 9112 3.2) and the connection closed;
+#   - an HTTP/1.1 request without Host, one with two, or one whose Host is
+#     not a host and port is refused (400, RFC 9112 3.2) and the connection
+#     closed; so is white space or a control character in the target;
 #   - a NUL byte in a request head is refused (400) and the connection
 #     closed (libevent cuts the header line at it);
 #   - a header line folded onto the next (obs-fold) is refused (400) and
@@ -150,6 +151,29 @@ printf 'GET /healthz HTTP/1.0\r\n\r\n' > "$work/http10.req"
 raw "$work/http10.req" > "$work/http10.out"
 head -1 "$work/http10.out" | grep -q '^HTTP/1.[01] 200' || fail "HTTP/1.0 without Host: $(head -c 300 "$work/http10.out")"
 ok "HTTP/1.1 without Host, or two Host headers: 400 bad_request and closed; HTTP/1.0 without Host: 200"
+# A Host value that is not uri-host [":" port] is a 400 as well (RFC 9112
+# 3.2); an empty one, an IPv6 literal and a port are taken.
+for h in 'a b' 'a/b' 'u@a' '[::1' 'a:8x'; do
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: %s\r\nContent-Length: %s\r\n\r\n%s' "$h" "${#body}" "$body" \
+    > "$work/badhost.req"
+  host_refused "$work/badhost.req" 'a Host header that is not a host name and port' "Host: $h"
+done
+for h in '' '[::1]:8443' 'groups.example.org:8443' '127.0.0.1'; do
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
+    "$h" "${#body}" "$body" > "$work/goodhost.req"
+  raw "$work/goodhost.req" > "$work/goodhost.out"
+  grep -q '"key"' "$work/goodhost.out" || fail "Host: $h: $(head -c 300 "$work/goodhost.out")"
+done
+ok "a Host value that is not a host and port: 400 bad_request and closed; empty, [::1]:8443, name:port served"
+# The request target (RFC 9112 3.2): libevent takes the line's last space as
+# the one before the version, so a target with a space in it was served
+# ("/v1/groups/eng/unwrap?a b"); 3.2: never correct an invalid request line
+# and process it. 400 and closed; so is a control character in it.
+for tgt in '/v1/groups/eng/unwrap?a b' '/v1/groups/eng/unwrap?a\001b' '/v1/groups/eng/unwrap?a\177'; do
+  printf "POST $tgt HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s" "${#body}" "$body" > "$work/target.req"
+  host_refused "$work/target.req" 'a request target with white space or a control character' "request target $tgt"
+done
+ok "white space or a control character in the request target: 400 bad_request and closed"
 # The version (RFC 9112 2.3: HTTP/DIGIT.DIGIT): libevent reads it with
 # sscanf and answered "HTTP/1.-57 200 OK" to HTTP/1.1111111111111111111,
 # "HTTP/1.2 200 OK" to HTTP/1.2. A later 1.x is answered as 1.1; another
