@@ -235,6 +235,28 @@ for size in "$(printf '%x' "${#body}");name=value" "-1" "zz"; do
   head -1 "$work/ext.out" | grep -q '^HTTP/1.1 413' && grep -qi '^connection: close' "$work/ext.out" ||
     fail "chunk size line $size: $(head -c 300 "$work/ext.out")"
 done
+# Trailer fields (api.md) are read and not looked at: a Content-Encoding or
+# a Host among them changes nothing; a trailer line that is no header
+# field (no colon, folded, a bare CR) is libevent's 413 and a close; so is
+# a bare CR in the head its 400.
+for tr in 'Content-Encoding: gzip' 'Host: evil.example'; do
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n\r\n' \
+    "${#body}" "$body" "$tr" > "$work/trailer.req"
+  raw "$work/trailer.req" > "$work/trailer.out"
+  grep -q '"key"' "$work/trailer.out" || fail "trailer $tr: $(head -c 300 "$work/trailer.out")"
+done
+for tr in 'nocolon' ' folded' $'X: a\rb'; do
+  printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n\r\n' \
+    "${#body}" "$body" "$tr" > "$work/trailer.req"
+  raw "$work/trailer.req" > "$work/trailer.out"
+  head -1 "$work/trailer.out" | grep -q '^HTTP/1.1 413' && grep -qi '^connection: close' "$work/trailer.out" ||
+    fail "trailer line [$tr]: $(head -c 300 "$work/trailer.out")"
+done
+printf 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\rContent-Length: 5\r\n\r\n' > "$work/barecr.req"
+raw "$work/barecr.req" > "$work/barecr.out"
+head -1 "$work/barecr.out" | grep -q '^HTTP/1.1 400' && grep -qi '^connection: close' "$work/barecr.out" ||
+  fail "a bare CR in the head: $(head -c 300 "$work/barecr.out")"
+ok "trailer fields not looked at; a trailer line that is no field: 413; a bare CR in the head: 400; closed"
 # What libevent's strtoll lets through in a chunk-size line (a 0x prefix,
 # a sign, white space before, anything after a space), and an empty line
 # between chunks, which it skips: a proxy in front frames such a body
