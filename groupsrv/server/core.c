@@ -1999,6 +1999,13 @@ static void handle(struct evhttp_request *req, struct srv_thread *t, int certsrv
                           .head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD,
                           .start = util_monotonic_s()};
     t->requests++;
+    /* libevent marks a request in absolute form with an http(s) URL as
+     * one to a proxy, and then closes the connection after the answer
+     * (without saying so in a Connection header) unless Proxy-Connection
+     * says keep-alive: a request pipelined behind it was never answered.
+     * This is no proxy: absolute form is served as its path (RFC 9112
+     * 3.2.2), with the connection's keep-alive as for any request. */
+    req->flags &= ~EVHTTP_PROXY_REQUEST;
     int over_budget = conn_in_service(req);
     next_request_id(t, r->id);
     log_set_request_id(r->id);

@@ -174,6 +174,20 @@ for tgt in '/v1/groups/eng/unwrap?a b' '/v1/groups/eng/unwrap?a\001b' '/v1/group
   host_refused "$work/target.req" 'a request target with white space or a control character' "request target $tgt"
 done
 ok "white space or a control character in the request target: 400 bad_request and closed"
+# Absolute form (RFC 9112 3.2.2) is served as its path, and on a kept-alive
+# connection: libevent takes an http(s) URL as a request to a proxy and
+# closed the connection after its answer (without Connection: close)
+# unless Proxy-Connection said keep-alive, so a request pipelined after it
+# was never answered.
+for k in 1 2; do
+  printf 'POST https://groups.example.org/v1/groups/eng/unwrap HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n%s' \
+    "${#body}" "$body"
+done > "$work/absolute.req"
+printf 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >> "$work/absolute.req"
+raw "$work/absolute.req" | tr -d '\r' > "$work/absolute.out"
+[ "$(grep '^HTTP/1.1 ' "$work/absolute.out" | cut -d' ' -f2 | tr '\n' ' ')" = "200 200 200 " ] &&
+  [ "$(grep -c '"key"' "$work/absolute.out")" = 2 ] || fail "absolute-form requests kept alive: $(head -c 600 "$work/absolute.out")"
+ok "absolute-form request targets: served, and the connection kept for the next request"
 # The version (RFC 9112 2.3: HTTP/DIGIT.DIGIT): libevent reads it with
 # sscanf and answered "HTTP/1.-57 200 OK" to HTTP/1.1111111111111111111,
 # "HTTP/1.2 200 OK" to HTTP/1.2. A later 1.x is answered as 1.1; another
