@@ -31,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h> /* FS_IOC_GETFLAGS: chattr attributes */
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1081,13 +1083,27 @@ static int audit_verify_cmd(const char *file, int follow, const char *since)
 }
 
 /* groupsrv audit rotate: exit 0 rotated, 1 failed, 3 last line torn. */
+/* The file's chattr attributes FS_APPEND_FL / FS_IMMUTABLE_FL, or 0 when
+ * it has neither or they cannot be read (a file system without them). */
+static int audit_file_attrs(const char *file)
+{
+    int fd = open(file, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC), flags = 0;
+
+    if (fd < 0)
+        return 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
+        flags = 0;
+    close(fd);
+    return flags & (FS_APPEND_FL | FS_IMMUTABLE_FL);
+}
+
 static int audit_rotate_cmd(const char *file)
 {
     audit_log *log = NULL;
     char archive[4096];
     struct stat st;
     audit_err e;
-    int dir_errno;
+    int dir_errno, attrs;
 
     /* An existing regular file only: rotating must not create a log (as
      * root, one the server could not write), nor follow a link. */
@@ -1121,6 +1137,18 @@ static int audit_rotate_cmd(const char *file)
             "audit rotate: %s: its directory cannot be written by this user (uid %lu): %s (rotating makes "
             "the next file and the archive's name there: run it as the directory's owner)",
             file, (unsigned long)geteuid(), strerror(dir_errno));
+        return 1;
+    }
+    /* An append-only log (chattr +a, a common hardening) takes records
+     * as before, but rotating links it to its archive name and replaces
+     * it, which the attribute forbids (EPERM): "cannot be written" would
+     * send the operator to a file that is being written. */
+    if (e == AUDIT_ERR_IO && (attrs = audit_file_attrs(file)) != 0) {
+        audit_cmd_error("audit rotate: %s: the file is %s, which forbids giving it its archive name and "
+                        "putting the next file at its path: remove the attribute for the rotation (chattr -%c) "
+                        "and set it on the new file afterwards",
+                        file, (attrs & FS_IMMUTABLE_FL) ? "immutable (chattr +i)" : "append-only (chattr +a)",
+                        (attrs & FS_IMMUTABLE_FL) ? 'i' : 'a');
         return 1;
     }
     audit_cmd_error("audit rotate: %s: %s", file, audit_strerror(e));

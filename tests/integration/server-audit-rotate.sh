@@ -90,3 +90,23 @@ set +e; err=$(gs audit rotate --file "$work/absent.jsonl" 2>&1); rc=$?; set -e
 [ "$rc" = 1 ] && [ "$err" = "groupsrv: audit rotate: $work/absent.jsonl: No such file or directory" ] ||
   fail "audit rotate of a missing file: rc $rc: $err"
 ok "audit rotate of a missing file: exit 1: $err"
+# An append-only log (chattr +a, a common hardening): the server appends as
+# before, but rotating links the file to its archive name and replaces it,
+# which the attribute forbids. One line naming the attribute and what to
+# do, not "audit log cannot be written" of a file being written; nothing
+# sealed. Where the file system has no such attribute (or not as root),
+# skipped.
+if [ "$(id -u)" = 0 ] && chattr +a "$log" 2>/dev/null; then
+  lines=$(wc -l < "$log")
+  set +e; err=$(gs audit rotate 2>&1); rc=$?; set -e
+  [ "$(unwrap)" = 200 ] || { chattr -a "$log"; fail "unwrap with the log append-only"; }
+  chattr -a "$log"
+  [ "$rc" = 1 ] && [ "$err" = "groupsrv: audit rotate: $log: the file is append-only (chattr +a), which forbids giving it its archive name and putting the next file at its path: remove the attribute for the rotation (chattr -a) and set it on the new file afterwards" ] ||
+    fail "audit rotate of an append-only log: rc $rc: $err"
+  [ "$(wc -l < "$log")" = $((lines + 1)) ] || fail "the append-only log got $(($(wc -l < "$log") - lines)) records, want the unwrap's 1"
+  v=$(gs audit verify --no-follow 2>&1) || fail "verify after a refused rotation of an append-only log: $v"
+  out=$(gs audit rotate) || fail "audit rotate once the attribute is gone: $out"
+  ok "audit rotate of an append-only log: exit 1, the attribute named; served on; rotated once it is gone"
+else
+  ok "SKIPPED: no append-only attribute here (chattr +a refused, or not root)"
+fi
