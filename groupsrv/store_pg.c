@@ -1255,7 +1255,15 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
     *got = false;
     if (err)
         return err;
-    res = pg_exec(st, "SELECT pg_try_advisory_lock(" KEYS_LOCK ")");
+    /* Held, the session sits idle while the token makes a key (seconds
+     * for RSA-3072 and more): an idle_session_timeout the DBA set on the
+     * role (PostgreSQL 14 and later) ended it there, the lock with it, and
+     * every group create and rotate failed with "the database connection
+     * was lost while this command held the keys lock", again at each
+     * retry. So the session that holds the lock has none; pg_keys_unlock
+     * puts the role's value back. No such setting (before 14): nothing. */
+    res = pg_exec(st, "SELECT l, (SELECT set_config(name, '0', false) FROM pg_settings WHERE name = "
+                      "'idle_session_timeout' AND l) FROM pg_try_advisory_lock(" KEYS_LOCK ") AS l");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         err = result_error(st, res, "the keys lock");
     else
@@ -1272,7 +1280,8 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
 static void pg_keys_unlock(gs_store *st)
 {
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK) {
-        PQclear(pg_exec(st, "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
+        PQclear(pg_exec(st, "SELECT pg_advisory_unlock(" KEYS_LOCK "), (SELECT set_config(name, reset_val, false) "
+                            "FROM pg_settings WHERE name = 'idle_session_timeout')"));
         /* Nobody reads its outcome: no answer in time (the connection is
          * closed, the lock with it) is not the next statement's error. */
         PG(st)->no_answer = false;

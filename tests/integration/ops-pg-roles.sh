@@ -391,3 +391,17 @@ srv check > "$work/check.out" 2>&1 || true
 grep -Eq "^clock     WARNING: the system clock \([0-9T:-]+Z\) is [0-9]+ s behind the audit log's latest record" "$work/check.out" ||
   fail "check after a record written two hours ahead, and one since: $(grep -E '^(clock|audit|database)' "$work/check.out")"
 ok "check: a clock an hour behind the audit table's latest record is a warning; a record two hours ahead followed by one now too"
+
+# ---- the DBA's idle_session_timeout on the role ------------------------------
+# Set on the role (ALTER ROLE ... SET idle_session_timeout, PostgreSQL 14
+# and later), shorter than a key takes to make: group create and rotate
+# hold the keys lock (a session-level advisory lock) while the token makes
+# the key, with the session idle. Before, PostgreSQL ended it there, the
+# lock with it, and such commands failed at every try ("the database
+# connection was lost while this command held the keys lock"). Now the
+# session holding the lock has none, and gets the role's value back after.
+pg_psql groupsrv -c "ALTER ROLE groupsrv_owner SET idle_session_timeout = '100ms'" >/dev/null
+own group create idle --address idle@example.org --key rsa:4096 > "$work/idle.out" 2>&1 ||
+  fail "group create (RSA-4096) with idle_session_timeout = 100ms on the role: $(cat "$work/idle.out")"
+pg_psql groupsrv -c "ALTER ROLE groupsrv_owner RESET idle_session_timeout" >/dev/null
+ok "group create with a role's idle_session_timeout shorter than the key generation"
