@@ -71,6 +71,7 @@ static const struct key_def keys[] = {
     {"db", "path", K_STR, OFF(db.path), 0, 0, NULL},
     {"db", "url", K_STR, OFF(db.url), 0, 0, NULL},
     {"db", "timeout", K_UINT, OFF(db.timeout), 1, 3600, NULL},
+    {"db", "unreplicated_writes", K_ENUM, OFF(db.unreplicated_writes), 0, 0, "answer|refuse"},
     {"audit", "path", K_STR, OFF(audit.path), 0, 0, NULL},
     {"audit", "store", K_ENUM, OFF(audit.store), 0, 0, "file|db"},
     {"certsrv", "listen", K_STR, OFF(certsrv.listen), 0, 0, NULL},
@@ -269,6 +270,7 @@ static struct gs_config *config_new(void)
         set_default(&c->server.log_level, "info") || set_default(&c->server.user, "nobody") || set_default(&c->hsm.token, "pkcs11:token=groupsrv") ||
         set_default(&c->db.path, "/var/lib/groupsrv/groupsrv.db") ||
         set_default(&c->audit.path, "/var/log/groupsrv/audit.jsonl") || set_default(&c->audit.store, "file") ||
+        set_default(&c->db.unreplicated_writes, "answer") ||
         set_default(&c->ca.key_label, "gs:ca")) {
         gs_config_free(c);
         return NULL;

@@ -75,6 +75,7 @@ struct gs_config {
         char *path;             /* SQLite file, default "/var/lib/groupsrv/groupsrv.db"; NULL when url is set */
         char *url;              /* PostgreSQL URI (postgresql://...); exactly one of path and url */
         unsigned timeout;       /* seconds to wait for any one answer of PostgreSQL, default 10 */
+        char *unreplicated_writes; /* "answer" (default) or "refuse": writes made on the primary alone */
     } db;
     struct {
         char *path;             /* JSON-lines audit log, default "/var/log/groupsrv/audit.jsonl" */

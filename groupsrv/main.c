@@ -3193,6 +3193,7 @@ int main(int argc, char **argv)
     }
     e.cfg = cfg;
     gs_store_set_timeout(cfg->db.timeout);
+    gs_store_set_refuse_unreplicated(strcmp(cfg->db.unreplicated_writes, "refuse") == 0);
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "audit") == 0) {
 #ifdef GS_HAVE_SERVER
         /* [server] log_level is the daemon's; `audit` is an admin command

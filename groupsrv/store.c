@@ -736,6 +736,16 @@ bool gs_store_write_unsettled(gs_store *st)
     return st != NULL && st->ops->write_unsettled != NULL && st->ops->write_unsettled(st);
 }
 
+bool gs_store_take_unreplicated(gs_store *st)
+{
+    return st != NULL && st->ops->take_unreplicated != NULL && st->ops->take_unreplicated(st);
+}
+
+static _Atomic bool store_refuse_unreplicated = false;
+
+void gs_store_set_refuse_unreplicated(bool refuse) { store_refuse_unreplicated = refuse; }
+bool gs_store_refuse_unreplicated(void) { return store_refuse_unreplicated; }
+
 gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
 {
     *seq = 0;

@@ -373,6 +373,16 @@ gs_err gs_store_audit_head(gs_store *st, const char *instance, int64_t *seq, cha
  * (PostgreSQL: ends that backend first); false on a backend without such
  * writes (SQLite). */
 bool gs_store_write_unsettled(gs_store *st);
+/* True when a write given up on since the last call was made on the
+ * primary alone: its backend, ended while its COMMIT waited for a
+ * synchronous standby (none connected), made it locally, as PostgreSQL
+ * does when that wait is cancelled; a failover to a standby may lose it.
+ * Clears what it reports. False on SQLite. */
+bool gs_store_take_unreplicated(gs_store *st);
+/* [db] unreplicated_writes = refuse: such writes are not answered as made
+ * (the audit's batch fails, its requests get 503); default: answered. */
+void gs_store_set_refuse_unreplicated(bool refuse);
+bool gs_store_refuse_unreplicated(void);
 /* Inserts lines[0..n) as seq first_seq.. in one statement, committed with
  * synchronous commit before returning GS_OK. EXISTS when a seq is taken
  * (another process writes the same instance's chain). */

@@ -67,6 +67,8 @@ struct gs_store_ops {
     void (*audit_chain_unlock)(gs_store *st, const char *instance);
     /* gs_store_write_unsettled; NULL: never */
     bool (*write_unsettled)(gs_store *st);
+    /* gs_store_take_unreplicated; NULL: never */
+    bool (*take_unreplicated)(gs_store *st);
 };
 
 struct gs_store {

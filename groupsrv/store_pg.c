@@ -265,6 +265,7 @@ struct pg_store {
     int64_t backend_start_us;
     int orphan_pid;       /* a backend left with a write in flight, ended before the next statement */
     int64_t orphan_start_us;
+    bool unreplicated;    /* an orphan ended at its synchronous standby wait: made on the primary alone */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -597,6 +598,8 @@ static gs_err end_orphan(gs_store *st)
     }
     if (err == GS_ERR_DB_UNAVAILABLE)
         return err; /* this connection is gone too: the next one tries again */
+    if (gone && sync_rep)
+        PG(st)->unreplicated = true;
     if (gone && sync_rep)
         log_warn("database session left waiting for a synchronous standby ended: its commit is on the primary "
                  "only until a standby has it pid=%d",
@@ -1815,6 +1818,13 @@ static gs_err pg_member_list(gs_store *st, int64_t group_id, gs_store_member **o
 /* A backend left with a write in flight is not yet ended (end_orphan). */
 static bool pg_write_unsettled(gs_store *st) { return PG(st)->orphan_pid != 0; }
 
+static bool pg_take_unreplicated(gs_store *st)
+{
+    bool u = PG(st)->unreplicated;
+    PG(st)->unreplicated = false;
+    return u;
+}
+
 /* ---- audit chains ---------------------------------------------------------------------- */
 
 static gs_err pg_audit_head(gs_store *st, const char *instance, int64_t *seq, char **line)
@@ -2014,4 +2024,5 @@ static const struct gs_store_ops pg_ops = {
     .audit_chain_lock = pg_audit_chain_lock,
     .audit_chain_unlock = pg_audit_chain_unlock,
     .write_unsettled = pg_write_unsettled,
+    .take_unreplicated = pg_take_unreplicated,
 };

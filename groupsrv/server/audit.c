@@ -1322,6 +1322,7 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
     }
     if ((lines = calloc(n, sizeof(*lines))) == NULL)
         goto out;
+    (void)gs_store_take_unreplicated(log->db); /* only what this round's inserts leave counts */
     for (unsigned tries = 1;; tries++) {
         memcpy(prev, log->prev_hex, sizeof(prev));
         for (; made < n; made++) {
@@ -1353,6 +1354,19 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
     if (ge != GS_OK) {
         log_error("audit insert failed instance=%s records=%zu err=\"%s\" detail=\"%s\"", log->instance, n,
                   gs_strerror(ge), log_qs(gs_err_detail()));
+        goto out;
+    }
+    /* [db] unreplicated_writes = refuse: the rows are in the table, but on
+     * the primary alone (every synchronous standby down, the COMMIT's wait
+     * ended by the server: store_pg.c, end_orphan). A failover may lose
+     * them, so their requests are not answered as done (503, the key not
+     * given): an ok record of a request that was refused stays, never an
+     * answer whose record a failover could take away. The head is read
+     * again from the table, which holds them. */
+    if (gs_store_take_unreplicated(log->db) && gs_store_refuse_unreplicated()) {
+        log_error("audit insert made on the primary alone (no synchronous standby had it); its requests refused "
+                  "([db] unreplicated_writes = refuse) instance=%s records=%zu",
+                  log->instance, n);
         goto out;
     }
     log->db_seq += (int64_t)n;

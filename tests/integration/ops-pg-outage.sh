@@ -733,3 +733,45 @@ sql "DROP TRIGGER audit_hold ON audit; DROP FUNCTION audit_hold(); DROP TABLE au
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "audit verify after the outages: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
 unwrap 200 "unwrap at the end" -- alice
+
+# ---- synchronous standbys down, [db] unreplicated_writes = refuse ------------------
+# The opt-out of answering writes made on the primary alone: the audit
+# insert's COMMIT waits for a standby (none connected), the server ends
+# its backend after [db] timeout, PostgreSQL makes the commit locally, and
+# the lookup finds the rows. Answered 200 by default (above); with the key
+# the request gets 503 audit_unavailable, its record stays in the table (an
+# ok record of an unwrap refused, never an answer a failover could take
+# the record of), and a member change is refused at its first record, not
+# made. Once a standby is back (the setting reset here) it serves again.
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "serve's exit status at SIGTERM"
+srv_pid=
+sed -i 's/^\[audit\]$/unreplicated_writes = refuse\n&/' "$work/gs.conf"
+pgsrv_start
+unwrap 200 "unwrap with unreplicated_writes = refuse, the standbys not required" -- alice
+mark=$(wc -l < "$work/serve.log")
+pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = 'gs_ghost_standby'" >/dev/null
+pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(sql "SHOW synchronous_standby_names")" = gs_ghost_standby ] && break
+  sleep 0.05
+done
+unwrap 503 audit_unavailable "unwrap with every synchronous standby down, unreplicated_writes = refuse" -- alice
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
+expect 503 "member PUT with every synchronous standby down, unreplicated_writes = refuse" -- \
+  admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/unrepl@example.org"
+pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
+pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
+  sleep 0.05
+done
+[ -n "$rid" ] || fail "unreplicated_writes = refuse: no X-Request-Id: $(cat "$work/hdr")"
+[ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
+  fail "unreplicated_writes = refuse: the refused unwrap's record is not in the table once"
+! member_in unrepl@example.org || fail "unreplicated_writes = refuse: the member PUT answered 503 was made"
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit insert made on the primary alone' ||
+  fail "unreplicated_writes = refuse: the log does not say why"
+unwrap 200 "unwrap with unreplicated_writes = refuse once the standby setting was reset" -- alice
+gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
+ok "unreplicated_writes = refuse: 503 while no synchronous standby had the writes, the records kept, the chain whole"

@@ -62,6 +62,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->server.rate_limit, 0);
     assert_string_equal(c->hsm.token, "pkcs11:token=groupsrv");
     assert_string_equal(c->db.path, "/var/lib/groupsrv/groupsrv.db");
+    assert_string_equal(c->db.unreplicated_writes, "answer");
     assert_string_equal(c->audit.path, "/var/log/groupsrv/audit.jsonl");
     assert_null(c->certsrv.listen);
     assert_null(c->certsrv.url);
@@ -82,7 +83,7 @@ static void test_full(void **state)
                                   "[tls]\ncert = /c.pem\nkey = pkcs11:object=tls\nclient_ca = /ca.pem\n"
                                   "[hsm]\nmodule = softhsm2\ntoken = pkcs11:token=x\npin_source = /pin\n"
                                   "max_sessions = 16\n"
-                                  "[db]\npath = /tmp/x.db\n[audit]\npath = /tmp/a.jsonl\n"
+                                  "[db]\npath = /tmp/x.db\nunreplicated_writes = refuse\n[audit]\npath = /tmp/a.jsonl\n"
                                   "[certsrv]\nlisten = [::1]:8444\nlifetime = 600\n"
                                   "[ca]\nkey_label = my:ca\ngroup_cert_days = 10\nmember_cert_days = 5\nca_days = 20\n");
     assert_string_equal(c->server.listen, "0.0.0.0:9443");
@@ -100,6 +101,7 @@ static void test_full(void **state)
     assert_int_equal(c->certsrv.lifetime, 600);
     assert_string_equal(c->ca.key_label, "my:ca");
     assert_int_equal(c->ca.ca_days, 20);
+    assert_string_equal(c->db.unreplicated_writes, "refuse");
     gs_config_free(c);
 }
 
@@ -125,6 +127,8 @@ static void test_errors(void **state)
     expect_error(MIN_HSM "[server]\nlog_level = loud\n",
                  "t.conf:5: bad value for 'log_level' in [server] (expected error, warn, info or debug)");
     expect_error(MIN_HSM "[certsrv]\nlifetime = 10\n", "bad value for 'lifetime'");
+    expect_error(MIN_HSM "[db]\nunreplicated_writes = no\n",
+                 "t.conf:5: bad value for 'unreplicated_writes' in [db] (expected answer or refuse)");
     expect_error("[hsm]\nmodule = m\n", "missing required key 'pin_source' in [hsm]");
     expect_error("[hsm]\npin_source = p\n", "missing required key 'module' in [hsm]");
     expect_error(MIN_HSM "token = groupsrv\n", "must be a pkcs11: URI");
