@@ -266,6 +266,7 @@ struct pg_store {
     int orphan_pid;       /* a backend left with a write in flight, ended before the next statement */
     int64_t orphan_start_us;
     bool unreplicated;    /* an orphan ended at its synchronous standby wait: made on the primary alone */
+    bool own_stmt_timeout; /* the session's statement_timeout is [db] timeout, not one the DBA set */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -402,9 +403,18 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
         if (locked)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_LOCKED,
                                  "%s: a database lock another session holds was not granted in time: %s", what, msg);
-        if (too_long)
+        /* The DBA's statement_timeout (ALTER ROLE or DATABASE ... SET, the
+         * URI's options) is left alone: then that one cut it, and the log
+         * must not send the operator to [db] timeout. */
+        if (too_long && PG(st)->own_stmt_timeout)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
                                  "%s: the statement ran longer than [db] timeout: %s", what, msg);
+        if (too_long)
+            return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
+                                 "%s: the statement ran longer than the statement_timeout the database role, the "
+                                 "database or the URI's options set (groupsrv's [db] timeout applies only where "
+                                 "none is set): %s",
+                                 what, msg);
         if (read_only)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_READ_ONLY, "%s: the database is read-only: %s",
                                  what, msg);
@@ -733,6 +743,8 @@ static gs_err connect_session(gs_store *st)
         PQclear(res);
         return err;
     }
+    /* the last statement's row: set here, so a cut statement ran past [db] timeout */
+    PG(st)->own_stmt_timeout = PQntuples(res) == 1;
     PQclear(res);
     if ((err = identify_backend(st)) != GS_OK)
         return err;

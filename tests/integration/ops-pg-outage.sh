@@ -226,6 +226,26 @@ grep -q 'cause="the database is locked by another session"' "$work/serve.log" ||
 pg_release "COMMIT;"
 unwrap 200 "unwrap once the lock is released" -- alice
 
+# ---- the DBA's statement_timeout (ALTER DATABASE/ROLE ... SET), shorter than
+# lock_timeout and [db] timeout (10 s here): it cuts the statement, and the
+# log says so; before, it blamed [db] timeout, which groupsrv sets only
+# where nobody chose a value, sending the operator to the wrong knob.
+sql "ALTER DATABASE groupsrv SET statement_timeout = '1s'" >/dev/null
+end_sessions
+sleep 0.3
+unwrap 200 "unwrap on sessions with the database's statement_timeout" -- alice
+pg_hold "$work" "$(pg_url groupsrv)" "BEGIN; LOCK TABLE changes IN ACCESS EXCLUSIVE MODE; SELECT 'locked';" locked ||
+  fail "psql did not take the lock: $(cat "$work/pg_hold.out")"
+log0=$(wc -l < "$work/serve.log")
+unwrap 503 db_unavailable "unwrap cut by the database's statement_timeout" -- alice
+pg_release "COMMIT;"
+tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'ran longer than the statement_timeout the database role, the database' ||
+  fail "a statement cut by the database's statement_timeout: $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
+sql "ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
+end_sessions
+sleep 0.3
+unwrap 200 "unwrap once the database's statement_timeout is reset" -- alice
+
 # ---- the audit table locked by another session (LOCK TABLE audit, VACUUM
 # FULL audit): the insert waits out lock_timeout, is looked up (and sent
 # once more, when the lock lets the lookup through) and the request gets
