@@ -452,18 +452,27 @@ static gs_err sq_check_grants(gs_store *st, bool audit)
     return GS_OK;
 }
 
-/* Whether the -wal this connection opened is no longer the file at its
- * path (deleted or replaced under it): its committed changes since the
- * last checkpoint are then in no file any other process can find. */
-static bool wal_orphaned(gs_store *st)
+/* What is at the path of the -wal this connection opened. */
+typedef enum {
+    WAL_OURS,        /* the file it opened: SQLite's own close does the rest */
+    WAL_GONE,        /* deleted: its frames are in no file another process reads */
+    WAL_NEW_EMPTY,   /* deleted, and another process made an empty one since (it opened the database) */
+    WAL_NEW_WRITTEN, /* deleted, and another connection wrote a new one at its path since */
+} wal_at_path;
+
+static wal_at_path wal_now(gs_store *st)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
     const char *wal = path != NULL && *path != '\0' ? sqlite3_filename_wal(path) : NULL;
     struct stat sb;
 
     if (st->readonly || SQ(st)->wal_ino == 0 || wal == NULL || *wal == '\0')
-        return false;
-    return stat(wal, &sb) != 0 || sb.st_dev != SQ(st)->wal_dev || sb.st_ino != SQ(st)->wal_ino;
+        return WAL_OURS;
+    if (stat(wal, &sb) != 0)
+        return WAL_GONE;
+    if (sb.st_dev == SQ(st)->wal_dev && sb.st_ino == SQ(st)->wal_ino)
+        return WAL_OURS;
+    return sb.st_size == 0 ? WAL_NEW_EMPTY : WAL_NEW_WRITTEN;
 }
 
 /* A -wal deleted under this connection (docs/operations.md: "stop the
@@ -492,6 +501,37 @@ static void checkpoint_orphaned_wal(gs_store *st)
               log_qs(sqlite3_errmsg(SQ(st)->db)), nlog, ncopied);
 }
 
+/* The -wal deleted and another written at its path since. Mostly the
+ * other connection started the log over in the new file, which it may
+ * once every frame of the deleted one is in the database (a checkpoint
+ * by another of this process's connections, which hold the old file),
+ * and the -shm all share now describes the new file's frames. Any
+ * checkpoint from this connection, the FULL one above or SQLite's own at
+ * the last close, copies the deleted file's pages at the places of the
+ * new file's frames into the database: "database disk image is
+ * malformed" at the next start, and the other process's changes (an
+ * admin command's, exit 0) gone with the -wal that close deletes. So
+ * neither is made, and the database and the new -wal stay one consistent
+ * history, the other process's; what this connection committed after
+ * that restart is lost (it went into the deleted file). A new -wal the
+ * other connection appended to instead (it read no page the deleted one
+ * has) leaves the deleted one's frames lost either way: a checkpoint
+ * would write its stale pages in the place of the new frames. */
+static void keep_new_wal(gs_store *st)
+{
+    int off = -1;
+
+    if (sqlite3_db_config(SQ(st)->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &off) != SQLITE_OK || off != 1) {
+        log_error("the database's write-ahead log was deleted and another process wrote a new one at its path, "
+                  "and the close could not be kept from writing the deleted one into the database: check it "
+                  "(PRAGMA integrity_check)");
+        return;
+    }
+    log_error("the database's write-ahead log was deleted and another process wrote a new one at its path: the "
+              "deleted one is not written into the database at close, which would corrupt it; changes made here "
+              "since the deletion may be lost: check the members changed since (docs/operations.md)");
+}
+
 /* One close at a time in this process: SQLite's checkpoint at close (it
  * folds the -wal into the database file and deletes it) needs the
  * EXCLUSIVE lock, which a close does not get while another connection of
@@ -508,8 +548,18 @@ static void sq_close(gs_store *st)
     for (int i = 0; i < HOT_N; i++)
         sqlite3_finalize(SQ(st)->hot[i]);
     pthread_mutex_lock(&close_mu);
-    if (SQ(st)->db != NULL && wal_orphaned(st))
-        checkpoint_orphaned_wal(st);
+    if (SQ(st)->db != NULL) {
+        /* An empty new -wal has no frame: the index still describes only
+         * this connection's, all in the deleted file. Another process
+         * could write into the new one between this look and the
+         * checkpoint; it takes the deleted -wal, and a command at the
+         * very moment of the server's stop, to get there. */
+        wal_at_path at = wal_now(st);
+        if (at == WAL_GONE || at == WAL_NEW_EMPTY)
+            checkpoint_orphaned_wal(st);
+        else if (at == WAL_NEW_WRITTEN)
+            keep_new_wal(st);
+    }
     if (sqlite3_close(SQ(st)->db) != SQLITE_OK) {
         /* A statement left unfinalized keeps the connection open, and
          * with it the checkpoint its close would make: named (a defect

@@ -900,6 +900,58 @@ static void test_check_grants_keeps_lock(void **state)
     assert_int_equal(WEXITSTATUS(status), 0); /* 1: the server's lock was gone */
 }
 
+/* A -wal deleted under the server and then *replaced*: one connection of
+ * the server's checkpointed it (all its frames in the database), and an
+ * admin command started the write-ahead log over in a new -wal at the
+ * path, which the server's shared index now describes. A close that
+ * checkpointed its own deleted -wal (the FULL checkpoint at close, or
+ * SQLite's own when the close is the last) copied the old file's pages
+ * for the new file's frames into the database: "database disk image is
+ * malformed" at the next start, and the admin command's change, exit 0,
+ * gone. Such a close writes nothing from the deleted file, whose changes
+ * are all in the database already. */
+static void test_close_after_wal_replaced(void **state)
+{
+    struct fx *f = *state;
+    char wal[320];
+    sqlite3 *other = NULL, *check = NULL;
+    sqlite3_stmt *s = NULL;
+    gs_store *admin = NULL;
+    gs_store_member *m = NULL;
+
+    (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "a1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    /* another connection of the server's, its -wal open before the rm */
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(unlink(wal), 0);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "a2@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    /* its automatic checkpoint: every frame in the database */
+    assert_int_equal(sqlite3_exec(other, "PRAGMA wal_checkpoint(PASSIVE)", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    /* an admin command: a new -wal, the log started over in it */
+    assert_int_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
+    assert_int_equal(gs_store_member_add(admin, f->gid, "b1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    gs_store_close(admin);
+    admin = NULL;
+    gs_store_close(f->st); /* the server's stop */
+    f->st = NULL;
+
+    assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+    assert_int_equal(sqlite3_close(check), SQLITE_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    static const char *const want[] = {"a1@example.org", "a2@example.org", "b1@example.org"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
+        gs_store_member_free(m);
+        m = NULL;
+    }
+}
+
 /* A value SQLite refuses to bind (over GS_STORE_VALUE_MAX) is an error,
  * never a NULL stored in its place: the member's certificate column is
  * nullable, and an unchecked bind added the member without it. */
@@ -1529,6 +1581,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
     const struct CMUnitTest sqlite_tests[] = {STORE_TESTS, cmocka_unit_test(test_helpers),
                                               cmocka_unit_test_setup_teardown(test_check_grants_keeps_lock, setup,
+                                                                              teardown),
+                                              cmocka_unit_test_setup_teardown(test_close_after_wal_replaced, setup,
                                                                               teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
