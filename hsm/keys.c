@@ -500,6 +500,38 @@ static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
     return HSM_OK;
 }
 
+/* Whether every slot-id= in the key URI's path is a slot id: p11-kit
+ * reads the digits unchecked, so one past CK_SLOT_ID's range wrapped
+ * (18446744073709551617 was slot 1, and matched the token there), the
+ * largest is its mark for "no slot-id" (the slot went unchecked), and an
+ * empty value was slot 0. Its own syntax check refuses anything but
+ * digits. */
+static bool uri_slot_ids_ok(const char *ref)
+{
+    const char *p = ref + 7, *end = p + strcspn(p, "?");
+
+    while (p < end) {
+        size_t len = strcspn(p, ";?");
+        if (len > 8 && strncmp(p, "slot-id=", 8) == 0) {
+            CK_SLOT_ID v = 0;
+            for (size_t i = 8; i < len; i++) {
+                unsigned d = (unsigned)(p[i] - '0');
+                if (d > 9 || v > ((CK_SLOT_ID)-1 - d) / 10)
+                    return false;
+                v = v * 10 + d;
+            }
+            if (v == (CK_SLOT_ID)-1)
+                return false;
+        } else if (len == 8 && strncmp(p, "slot-id=", 8) == 0) {
+            return false;
+        }
+        p += len;
+        if (p < end && *p == ';')
+            p++;
+    }
+    return true;
+}
+
 static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct find_arg *fa = arg;
@@ -773,6 +805,12 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
             err = HSM_ERR_URI;
             goto out;
         }
+        if (!uri_slot_ids_ok(ref)) {
+            hsm_set_detail("key URI's slot-id= is no slot id (empty, or past the largest, %lu)",
+                           (unsigned long)((CK_SLOT_ID)-1 - 1));
+            err = HSM_ERR_URI;
+            goto out;
+        }
         if ((err = hsm_uri_module_check(ctx, uri, "the key URI")) != HSM_OK)
             goto out;
         /* token=/serial=/... in the key URI must name our token. */
@@ -791,6 +829,13 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
                                "by id= instead",
                                (unsigned long)a->ulValueLen, sizeof(key->label) - 1);
                 err = HSM_ERR_ARGS;
+                goto out;
+            }
+            /* %00 in it: the label searched for would end there, and
+             * "object=eng%00x" find the key labelled "eng". */
+            if (memchr(a->pValue, '\0', a->ulValueLen) != NULL) {
+                hsm_set_detail("key URI's object= has a NUL byte (%%00), which no label groupsrv takes has");
+                err = HSM_ERR_URI;
                 goto out;
             }
             memcpy(key->label, a->pValue, a->ulValueLen);

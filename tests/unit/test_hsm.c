@@ -520,6 +520,29 @@ static void test_find(void **state)
         assert_int_equal(hsm_key_find(ctx, longref, 0, &k), HSM_ERR_ARGS);
         assert_non_null(strstr(hsm_last_error_detail(), "id= is 70 bytes, longer than the 64"));
     }
+    /* A slot-id past CK_SLOT_ID's range, its largest value or an empty one
+     * is no slot id: p11-kit wraps the first (slot + 2^64 matched the
+     * token's slot), takes the second as "no slot-id" and the third as 0. */
+    {
+        unsigned __int128 big = (unsigned __int128)slot + ((unsigned __int128)1 << 64);
+        char digits[48], *d = digits + sizeof(digits) - 1;
+        *d = '\0';
+        do {
+            *--d = (char)('0' + (int)(big % 10));
+            big /= 10;
+        } while (big != 0);
+        snprintf(uri, sizeof(uri), "pkcs11:slot-id=%s;object=" GRP_RSA ";type=private", d);
+    }
+    assert_int_equal(hsm_key_find(ctx, uri, 0, &k), HSM_ERR_URI);
+    assert_non_null(strstr(hsm_last_error_detail(), "slot-id= is no slot id"));
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:slot-id=18446744073709551615;object=" GRP_RSA ";type=private", 0, &k),
+                     HSM_ERR_URI);
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:object=" GRP_RSA ";slot-id=;type=private", 0, &k), HSM_ERR_URI);
+    assert_null(k);
+    /* A NUL in object= ended the label looked for: this found GRP_RSA. */
+    assert_int_equal(hsm_key_find(ctx, "pkcs11:object=" GRP_RSA "%00x;type=private", 0, &k), HSM_ERR_URI);
+    assert_non_null(strstr(hsm_last_error_detail(), "NUL byte"));
+    assert_null(k);
     /* An attribute RFC 7512 does not have is named as such, not as another token. */
     assert_int_equal(hsm_key_find(ctx, "pkcs11:x-foo=1;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k), HSM_ERR_URI);
     assert_non_null(strstr(hsm_last_error_detail(), "names no token, slot, module or object"));
