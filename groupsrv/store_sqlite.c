@@ -485,20 +485,36 @@ static wal_at_path wal_now(gs_store *st)
  * process's closing at the same moment. The changes, each answered 201,
  * were then lost when the process exited. A FULL checkpoint needs no
  * such lock, only that no reader is inside a transaction on an older
- * snapshot, which it waits for (the busy timeout). */
+ * snapshot, which it waits for (the busy timeout).
+ *
+ * Waited for once per process, not once per connection: the closes are
+ * one at a time (close_mu), and the key holder has a connection per
+ * token worker (one per CPU, up to 16), so a reader that stayed inside
+ * its transaction kept a stop waiting 5 s per worker, past the
+ * supervisor's 60 s and systemd's TimeoutStopSec=30, which then killed
+ * the key holder (a failed stop). After one close waited in vain, the
+ * next ones try at once (the reader may be gone by then); one that gets
+ * through waits again next time. Under close_mu. */
+static bool ckpt_kept_waiting;
+
 static void checkpoint_orphaned_wal(gs_store *st)
 {
     int nlog = -1, ncopied = -1;
+    bool waits = !ckpt_kept_waiting;
+
+    if (!waits)
+        (void)sqlite3_busy_timeout(SQ(st)->db, 0); /* the connection is closing: nothing else waits on it */
     int rc = sqlite3_wal_checkpoint_v2(SQ(st)->db, "main", SQLITE_CHECKPOINT_FULL, &nlog, &ncopied);
 
+    ckpt_kept_waiting = (rc & 0xff) == SQLITE_BUSY;
     if (rc == SQLITE_OK && ncopied >= nlog) {
         log_info("the deleted write-ahead log's changes were written into the database at close frames=%d", nlog);
         return;
     }
     log_error("the changes in the deleted write-ahead log could not all be written into the database at close: "
               "they are lost when every process that has the database open has closed it err=\"%s\" frames=%d "
-              "copied=%d",
-              log_qs(sqlite3_errmsg(SQ(st)->db)), nlog, ncopied);
+              "copied=%d waited=%s",
+              log_qs(sqlite3_errmsg(SQ(st)->db)), nlog, ncopied, waits ? "busy_timeout" : "no");
 }
 
 /* The -wal deleted and another written at its path since. Mostly the

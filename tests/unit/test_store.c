@@ -28,6 +28,7 @@
 #include <pthread.h>
 
 #include "groups.h"
+#include "log.h"
 #include "pgtest.h"
 #include "store.h"
 
@@ -952,6 +953,56 @@ static void test_close_after_wal_replaced(void **state)
     }
 }
 
+/* The -wal deleted and a reader (an operator's sqlite3) inside a
+ * transaction at the stop: the FULL checkpoint at close waits the busy
+ * timeout for it, and the closes are one at a time, so the key holder's
+ * one connection per token worker (up to 16) waited 5 s each, past the
+ * supervisor's 60 s and systemd's 30 s. One close waits; the next tries
+ * at once. The reader's own close, the last, then writes the changes
+ * (docs/operations.md: "end that process's transaction"). */
+static void test_orphaned_wal_close_waits_once(void **state)
+{
+    struct fx *f = *state;
+    char wal[320], logpath[320], line[4096];
+    sqlite3 *reader = NULL;
+    gs_store *second = NULL;
+    gs_store_member *m = NULL;
+    FILE *lf;
+    int waited = 0, at_once = 0;
+
+    (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    (void)snprintf(logpath, sizeof(logpath), "%s/close.log", f->dir);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "w1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &second), GS_OK);
+    assert_int_equal(sqlite3_open(f->path, &reader), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM members", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(unlink(wal), 0);
+    /* a change past the reader's snapshot, in the deleted file only */
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "w2@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_non_null(lf = fopen(logpath, "w+"));
+    log_init("groupsrv", LOG_LVL_INFO, lf);
+    gs_store_close(f->st); /* the stop: each worker's connection */
+    f->st = NULL;
+    gs_store_close(second);
+    log_init("groupsrv", LOG_LVL_INFO, NULL);
+    rewind(lf);
+    while (fgets(line, sizeof(line), lf) != NULL) {
+        if (strstr(line, "could not all be written") == NULL)
+            continue;
+        waited += strstr(line, "waited=busy_timeout") != NULL;
+        at_once += strstr(line, "waited=no") != NULL;
+    }
+    fclose(lf);
+    unlink(logpath);
+    assert_int_equal(waited, 1);
+    assert_int_equal(at_once, 1);
+    assert_int_equal(sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(reader), SQLITE_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "w2@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+}
+
 /* A value SQLite refuses to bind (over GS_STORE_VALUE_MAX) is an error,
  * never a NULL stored in its place: the member's certificate column is
  * nullable, and an unchecked bind added the member without it. */
@@ -1584,6 +1635,8 @@ int main(void)
                                                                               teardown),
                                               cmocka_unit_test_setup_teardown(test_close_after_wal_replaced, setup,
                                                                               teardown),
+                                              cmocka_unit_test_setup_teardown(test_orphaned_wal_close_waits_once,
+                                                                              setup, teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
                                           cmocka_unit_test_setup_teardown(test_turkish_collation_refused, setup,
