@@ -16,3 +16,7 @@ set_tests_properties(lint_ports PROPERTIES LABELS "unit;lint")
 # unquoted value that may hold a space or a quote.
 add_test(NAME lint_log_fields COMMAND /usr/bin/python3 ${GS_TEST_DIR}/lint/log-fields.py ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_log_fields PROPERTIES LABELS "unit;lint")
+# What a build in the tree writes (CMake's build directories, and
+# dpkg-buildpackage's obj-TRIPLET and debian/ files) is in .gitignore.
+add_test(NAME lint_gitignore COMMAND bash ${GS_TEST_DIR}/lint/gitignore.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_gitignore PROPERTIES LABELS "unit;lint" SKIP_RETURN_CODE 77)
