@@ -6,7 +6,75 @@
 -- one level, sections in capitals as man pages have them. Tables become
 -- tagged paragraphs (.TP): tbl tables as wide as these do not fit a
 -- terminal and groff warns about them.
+--
+-- The pages name other documents as the source tree has them
+-- (docs/api.md, SECURITY.md, pkcs11-config/README.md), which is right on
+-- GitHub and in a checkout; a man page is read where the programs are
+-- installed, and there they are in DOCDIR/groupsrv, DOCDIR/exploder or
+-- DOCDIR/groupmail (dist/CMakeLists.txt installs them, uncompressed in the
+-- packages): each name is written as that installed path. DOCDIR is the
+-- "docdir" metadata (CMake passes the installed share/doc).
 local stringify = pandoc.utils.stringify
+
+-- Source-tree name (a Lua pattern, after a frontier so that docs/api.md
+-- and pkcs11-config/README.md are not taken again as a bare name) and
+-- where it is installed, below DOCDIR.
+local installed_docs = {
+  {'%f[%w/.-]pkcs11%-config/README%.md', 'groupsrv/pkcs11-tokens.md'},
+  {'%f[%w/.-]docs/api%.md', 'groupsrv/api.md'},
+  {'%f[%w/.-]docs/operations%.md', 'groupsrv/operations.md'},
+  {'%f[%w/.-]docs/scale%-out%.md', 'groupsrv/scale-out.md'},
+  {'%f[%w/.-]docs/clients%.md', 'groupsrv/clients.md'},
+  {'%f[%w/.-]docs/postfix%.md', 'exploder/postfix.md'},
+  {'%f[%w/.-]docs/curl%-recipes%.md', 'groupmail/curl-recipes.md'},
+  {'%f[%w/.-]SECURITY%.md', 'groupsrv/SECURITY.md'},
+  {'%f[%w/.-]README%.md', 'groupsrv/README.md'},
+}
+local docdir = nil
+
+-- The text with each source-tree name replaced by its installed path,
+-- that path between two MARKs when mark is true.
+local MARK = '\1'
+local function installed(text, mark)
+  if docdir == nil then return text end
+  for _, m in ipairs(installed_docs) do
+    local path = docdir .. '/' .. m[2]
+    if mark then path = MARK .. path .. MARK end
+    text = text:gsub(m[1], (path:gsub('%%', '%%%%')))
+  end
+  return text
+end
+
+local function read_docdir(meta)
+  if meta.docdir ~= nil then docdir = stringify(meta.docdir) end
+end
+
+-- In running text a path is written raw: \% first (never hyphenated:
+-- "/usr/share/doc/group-" at a line's end and "srv/api.md" on the next
+-- is not a path a reader can copy) and \: after each slash (a line may
+-- break there, without a hyphen: a path longer than the space left on a
+-- line is otherwise a groff "cannot adjust line" warning).
+local function installed_str(el)
+  local text = installed(el.text, true)
+  if not text:find(MARK, 1, true) then return nil end
+  local out = pandoc.List()
+  local in_path = false
+  for part in (text .. MARK):gmatch('(.-)' .. MARK) do
+    if in_path then
+      local roff = part:gsub('\\', '\\e'):gsub('%-', '\\-'):gsub('/', '/\\:')
+      out:insert(pandoc.RawInline('man', '\\%' .. roff))
+    elseif part ~= '' then
+      out:insert(pandoc.Str(part))
+    end
+    in_path = not in_path
+  end
+  return out
+end
+
+local function installed_code(el)
+  el.text = installed(el.text, false)
+  return el
+end
 
 -- The inlines of a table cell (a list of Plain or Para blocks).
 local function cell_inlines(cell)
@@ -23,7 +91,7 @@ end
 -- Each row becomes one tagged paragraph: the tag is the first cell (for a
 -- configuration table "[section] key"), the text is the column with the
 -- most words; the other columns follow the tag as "(header: value)".
-function Table(tbl)
+local function Table(tbl)
   local simple = pandoc.utils.to_simple_table(tbl)
   local headers, rows = simple.headers, simple.rows
   local ncol = #headers
@@ -64,7 +132,7 @@ function Table(tbl)
   return pandoc.DefinitionList(items)
 end
 
-function Pandoc(doc)
+local function Pandoc(doc)
   local blocks = pandoc.List()
   local title_seen = false
   for _, blk in ipairs(doc.blocks) do
@@ -82,3 +150,10 @@ function Pandoc(doc)
   end
   return pandoc.Pandoc(blocks, doc.meta)
 end
+
+-- The metadata first (docdir), then the names, then the page's shape.
+return {
+  {Meta = read_docdir},
+  {Str = installed_str, Code = installed_code, CodeBlock = installed_code},
+  {Table = Table, Pandoc = Pandoc},
+}

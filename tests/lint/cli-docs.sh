@@ -140,9 +140,10 @@ for pg in "groupsrv.1.md:EXIT STATUS" "groupmail.1.md:Exit status" "exploder.1.m
 done
 
 # ---- see also ----
-# every document a page's see-also section names is in the tree (and so in
-# the packages, which ship docs/ from it): a man page read on an installed
-# system must not send the reader to a file nobody has
+# every document a page's see-also section names is in the tree: a man
+# page read on an installed system must not send the reader to a file
+# nobody has (docs/man.lua writes each as its installed path, and
+# package-install-tree.sh checks that path is installed)
 for pg in "groupsrv.1.md:SEE ALSO" "groupmail.1.md:See also" "exploder.1.md:See also"; do
   page=${pg%%:*} head=${pg#*:}
   docs=$(section "$page" "$head" | sed '1d;/^## /d' | { grep -oE '[A-Za-z0-9_./-]+\.md' || true; } | sort -u | tr '\n' ' ' | sed 's/ $//')
