@@ -28,6 +28,12 @@ add_test(NAME package_deb_build
   COMMAND bash ${GS_TEST_DIR}/integration/package-deb-build.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
 set_tests_properties(package_deb_build PROPERTIES LABELS "integration;package" TIMEOUT 600
   FIXTURES_SETUP gs_debs)
+# What purge deletes, in a scratch system of overlays (no package is
+# installed on this machine): the group keys only when the admin said so.
+add_test(NAME package_deb_purge
+  COMMAND bash ${GS_TEST_DIR}/integration/package-deb-purge.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
+set_tests_properties(package_deb_purge PROPERTIES LABELS "integration;package" TIMEOUT 300
+  FIXTURES_REQUIRED gs_debs SKIP_RETURN_CODE 77 ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 add_test(NAME package_deb_system
   COMMAND bash ${GS_TEST_DIR}/integration/package-deb-system.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
 set_tests_properties(package_deb_system PROPERTIES LABELS "integration;package" TIMEOUT 600

@@ -67,7 +67,9 @@ for p in groupsrv exploder; do
 done
 ok "maintainer scripts: restart after upgrade, stop on removal"
 
-# Purge removes what the guide had the admin make: every path of
+# Purge (the group server's answered yes to groupsrv/purge_keys:
+# package_deb_purge checks a plain one keeps the keys) removes what the
+# guide had the admin make: every path of
 # docs/operations.md's "Files and owners" table is one a postrm purge
 # deletes (by name, under a directory it deletes, or by its glob), so
 # that `apt purge groupsrv exploder` leaves no file of theirs behind and

@@ -34,7 +34,13 @@ fail() {
 ok() { echo "ok: $*"; }
 . "$SRC/tests/lib/ports.sh"
 installed() { dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null | grep -qv '^not-installed$'; }
-purge() { flock /tmp/apt.lock dpkg --purge "${PKGS[@]}" >>"$W/purge.log" 2>&1; }
+# A plain purge keeps /var/lib/groupsrv and the group server's files in
+# /etc/groupsrv (the group keys: package_deb_purge checks that); this one
+# is answered yes, so that nothing of this test is left on the machine.
+purge() {
+  echo 'groupsrv groupsrv/purge_keys boolean true' | debconf-set-selections
+  flock /tmp/apt.lock dpkg --purge "${PKGS[@]}" >>"$W/purge.log" 2>&1
+}
 
 [ "$(id -u)" = 0 ] || fail "installs packages: run as root (CI does)"
 for p in "${PKGS[@]}"; do compgen -G "$DEBS/${p}_*.deb" >/dev/null || fail "no $p package in $DEBS"; done

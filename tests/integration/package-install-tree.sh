@@ -78,10 +78,10 @@ rc=0
 [ "$rc" = 1 ] && grep -q "not found" "$W/xp.err" || fail "exploder example config: exit $rc: $(cat "$W/xp.err")"
 ok "example configurations load"
 
-# Purge deletes /var/lib/groupsrv whole (debian/groupsrv.postrm): every
-# token store the shipped guides make there is named in operations.md's
-# "Removing", whose warning is all that stands between an `apt purge` and
-# group keys gone for ever (pkcs11-tokens.md's NSS database was not).
+# Purge answered yes deletes /var/lib/groupsrv whole (debian/groupsrv.postrm,
+# debconf groupsrv/purge_keys): every token store the shipped guides make
+# there is named in operations.md's "Removing", which says what is kept
+# and what that answer deletes (pkcs11-tokens.md's NSS database was not).
 stores=$(grep -hE 'install -d|provision-softhsm /|certutil -N' "$doc/groupsrv/operations.md" "$doc/groupsrv/pkcs11-tokens.md" |
   grep -oE '/var/lib/groupsrv/[A-Za-z0-9._-]+' | sort -u)
 [ "$(wc -w <<<"$stores")" -ge 3 ] || fail "token stores the guides make under /var/lib/groupsrv: only '$stores' (a pattern is stale)"
