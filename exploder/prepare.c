@@ -312,6 +312,44 @@ static bool is_smime_base64(const env_mime_top *top, const char *body, size_t bl
            mail_longest_line(body + *b64len, blen - *b64len) <= MAIL_MAX_LINE;
 }
 
+/* A header block holding a CR that ends no line (RFC 5322 2.2 has CR
+ * only before LF), as members' mail programs read it: they
+ * take a lone CR for a line end (Python's email package, which DMARC
+ * and mail tools build on), so "X-A: b<CR>Content-Type: text/plain<CR><CR><LF>" is
+ * one field to the list and the S/MIME reader but, to a member, a
+ * Content-Type that counts (the first) and the end of the header block:
+ * the fields after it, attacker text, shown as a plain body. The copy
+ * of every mode carries the post's other fields as they came. */
+static const char *lone_cr_why(const char *hdrs, size_t len)
+{
+    const char *cr = memchr(hdrs, '\r', len);
+
+    for (; cr != NULL; cr = memchr(cr + 1, '\r', len - (size_t)(cr + 1 - hdrs)))
+        if ((size_t)(cr + 1 - hdrs) >= len || cr[1] != '\n')
+            return "its header block holds a CR that ends no line (RFC 5322 2.2): mail programs take it "
+                   "for a line end, and would read header fields, or the start of the body, where the list "
+                   "reads none";
+    return NULL;
+}
+
+/* A forward copy carries the post's MIME fields as they came: with one
+ * given twice, mail programs that take the first (Python's email
+ * package; Mozilla's libmime, MimeHeaders_get) could show members a Content-Type of text/plain
+ * or text/html, the base64 decoded as text (CMS bytes the sender chose,
+ * none of them checked without the group's key), where the S/MIME
+ * reader, taking the last, sees an encrypted message. */
+static const char *mime_field_twice_why(const char *hdrs, size_t len)
+{
+    static const char *const fields[] = {"Content-Type", "Content-Transfer-Encoding", "Content-Disposition"};
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (mail_header_count(hdrs, len, fields[i]) > 1)
+            return "its header block gives Content-Type, Content-Transfer-Encoding or Content-Disposition "
+                   "more than once: the list sends it as it came, and mail programs that take the first of "
+                   "such a field (S/MIME readers take the last) could show it to members unencrypted";
+    return NULL;
+}
+
 /* Why a message that is not S/MIME at the top is refused (77): plain
  * mail, or an encrypted message inside a multipart, which the list does
  * not take (rewrapping it would break the signature or drop the other
@@ -385,7 +423,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     xp_older older;
     env_mime_top top;
     size_t hdr_end, body_start, idx, b64len;
-    const char *body;
+    const char *body, *w;
     bool crlf, plain;
     xp_err rc;
     BIO *in = NULL;
@@ -408,6 +446,13 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
     }
+    /* read as a member's mail program reads it: a list that takes only
+     * encrypted mail passes the other fields on as they came */
+    if (!(l->mode == XP_MODE_FORWARD && !l->require_encrypted) && (w = lone_cr_why(data, hdr_end)) != NULL) {
+        if (why != NULL)
+            *why = w;
+        return XP_ERR_FORMAT;
+    }
     /* The message's MIME shape as the S/MIME reader takes it (envelope),
      * never by a reading of our own: what is S/MIME, in base64, and where
      * its base64 stops must be what the reader and the members' copies
@@ -428,6 +473,12 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         if (why != NULL)
             *why = not_encrypted_why(data, len, &top, c->max_message_size);
         return XP_ERR_NOT_ENCRYPTED;
+    }
+    if (l->mode == XP_MODE_FORWARD && l->require_encrypted &&
+        (w = mime_field_twice_why(data, hdr_end)) != NULL) {
+        if (why != NULL)
+            *why = w;
+        return XP_ERR_FORMAT;
     }
     /* Forward mode sends the body as it came: a line over RFC 5322's 998
      * octets would make a relay that holds SMTP to them refuse every
@@ -739,7 +790,7 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
 {
     unsigned char *data = NULL;
     char *hdrs = NULL;
-    const char *body;
+    const char *body, *w;
     size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
     bool crlf, rewrap, smime;
     const char *eol;
@@ -774,6 +825,14 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     }
     if (e != ENV_OK && l->require_encrypted) {
         snprintf(why, whysz, "cannot read the message's MIME header fields: %s", env_strerror(e));
+        rc = XP_ERR_FORMAT;
+        goto out;
+    }
+    /* as deliver refuses them (xp_check_message), for a post a
+     * re-encrypting mode took before `list set` made the list forward */
+    if (l->require_encrypted && ((w = lone_cr_why((const char *)data, hdr_end)) != NULL ||
+                                 (w = mime_field_twice_why((const char *)data, hdr_end)) != NULL)) {
+        snprintf(why, whysz, "%s", w);
         rc = XP_ERR_FORMAT;
         goto out;
     }

@@ -76,6 +76,20 @@ done
 grep -q '^Content-Transfer-Encoding: binary$' "$W/binary.eml" || fail "binary.eml: no binary encoding"
 expect 65 5.6.0 $L "$W/binary.eml"
 reason "bad S/MIME framing (the pkcs7-mime part must be base64)"
+# taken as encrypted by the S/MIME reader, shown in the clear by members'
+# mail programs (Python's email package, Mozilla's libmime) reading the copy's
+# header fields as they came: a text/html Content-Type put first (they
+# take the first of a field given twice, the reader the last), or one
+# hidden in another field behind a CR that ends no line (a line end to
+# them), the field after it their plain body
+sed '0,/^Content-Type: /s//Content-Type: text\/html\nContent-Type: /' "$W/good.eml" >"$W/two-ct.eml"
+[ "$(grep -c '^Content-Type: ' "$W/two-ct.eml")" = 2 ] || fail "two Content-Type fields not written"
+expect 65 5.6.0 $L "$W/two-ct.eml"
+reason "its header block gives Content-Type, Content-Transfer-Encoding or Content-Disposition more than once"
+sed 's|^Subject: .*|&\nX-Note: x\rContent-Type: text/plain\r\r\nX-Wire: wire 50000 EUR today|' "$W/good.eml" >"$W/cr-ct.eml"
+grep -q "^X-Note: x"$'\r'"Content-Type: text/plain"$'\r\r'"$" "$W/cr-ct.eml" || fail "a CR that ends no line not written"
+expect 65 5.6.0 $L "$W/cr-ct.eml"
+reason "its header block holds a CR that ends no line"
 # what no member can read, or that is not S/MIME as a whole: a content
 # cipher the members cannot decrypt (Camellia) is 5.7.6, not "malformed";
 # encrypted then signed, as multipart/signed or opaque signed-data, and a

@@ -1350,12 +1350,12 @@ static void test_forward_encrypted_tail(void **state)
         {"\nSECRET wire money to account number 123456\n", false, false, NULL, "not base64"}, /* whole quanta */
         {"-<p>SECRET wire to acct 1234</p>\nmore SECRET\n", true, true, NULL, NULL},
         {" \t-SECRET\n", true, true, NULL, NULL},
-        /* a field given twice: the reader takes the last, and the copy is
-         * cut where the reader stops by the same fields (envelope's
-         * env_mime_read_top), so the text after the base64 is left out */
-        {"-- \nSECRET\n", true, false, "Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n",
-         NULL},
-        {"-- \nSECRET\n", true, false, "Content-Transfer-Encoding: base64\r\r\n", NULL},
+        /* a field given twice: the reader takes the last, a member's mail
+         * program perhaps the first, and the copy carries both; a CR that
+         * ends no line, which mail programs take for a line end */
+        {"-- \nSECRET\n", false, false, "Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n",
+         "more than once"},
+        {"-- \nSECRET\n", false, false, "Content-Transfer-Encoding: base64\r\r\n", "ends no line"},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509 *x = X509_new();
@@ -1485,39 +1485,71 @@ static void test_forward_encrypted_tail(void **state)
 }
 
 /* Each list mode reads a message's MIME shape as the S/MIME reader does
- * (envelope's env_mime_read_top), never by a reading of its own: with a
- * field given twice (the reader takes the last) or a CR left before a
- * line's CRLF, a forward list that takes only encrypted mail refused
- * what a group-secret list took ("bad S/MIME framing"), and every list
- * refused a message the reader takes as encrypted as a whole, telling
- * its sender it had "parts outside its encryption (multipart/mixed)". A
- * forward list takes it exactly when the reader and the group-secret
- * list do, and its copy holds nothing after the base64. */
+ * (envelope's env_mime_read_top), never by a reading of its own: every
+ * list refused a message the reader takes as encrypted as a whole,
+ * telling its sender it had "parts outside its encryption
+ * (multipart/mixed)". But a forward copy carries the post's fields as
+ * they came, and members' mail programs read them themselves: one that
+ * takes the first of a field given twice (Python's email package,
+ * Mozilla's libmime) saw "Content-Type: text/html" first, the CMS decoded as
+ * HTML, where the reader saw S/MIME, so a forward list that takes only
+ * encrypted mail refuses a MIME field given twice; and one that takes a
+ * CR ending no line for a line end saw a Content-Type hidden in another
+ * field and the end of the header block, the fields after it shown as
+ * the body, so every list that takes only encrypted mail refuses it.
+ * Otherwise a forward list takes a message exactly when the reader and
+ * the group-secret list do, and its copy holds nothing after the
+ * base64. */
 static void test_modes_read_fields_as_reader(void **state)
 {
-    static const char *const shapes[] = {
+    static const struct {
+        const char *shape;
+        const char *fwd_refusal;  /* the forward list's alone (the reader's fields taken otherwise) */
+        const char *both_refusal; /* the forward and the group-secret list's, where the reader takes it */
+    } shapes[] = {
         /* two Content-Type fields, the reader's (the last) S/MIME */
-        "Content-Type: text/plain\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
-        "Content-Transfer-Encoding: base64\n",
+        {"Content-Type: text/plain\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+         "Content-Transfer-Encoding: base64\n",
+         "more than once", NULL},
+        {"Content-Type: text/html\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+         "Content-Transfer-Encoding: base64\n",
+         "more than once", NULL},
         /* the reverse: the reader's is text/plain */
-        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Type: text/plain\n"
-        "Content-Transfer-Encoding: base64\n",
-        /* a CR before the CRLF (a client that wrote CRLF in text mode) */
-        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\r\r\n",
-        "Content-Type: application/pkcs7-mime\r\r\nContent-Transfer-Encoding: base64\n",
+        {"Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Type: text/plain\n"
+         "Content-Transfer-Encoding: base64\n",
+         NULL, NULL},
+        /* a CR before the CRLF */
+        {"Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\r\r\n", NULL,
+         "ends no line"},
+        {"Content-Type: application/pkcs7-mime\r\r\nContent-Transfer-Encoding: base64\n", NULL, "ends no line"},
+        /* a Content-Type hidden from the list in another field by a CR,
+         * and the header block ended there for a member's mail program:
+         * the field after it their plain body */
+        {"X-Note: x\rContent-Type: text/plain\r\r\nX-Wire: SECRET wire 50000 EUR today\n"
+         "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\n",
+         NULL, "ends no line"},
         /* two encodings, the reader's base64 */
-        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: 7bit\n"
-        "Content-Transfer-Encoding: base64\n",
+        {"Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: 7bit\n"
+         "Content-Transfer-Encoding: base64\n",
+         "more than once", NULL},
         /* ... and the reverse */
-        "Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\n"
-        "Content-Transfer-Encoding: 7bit\n",
+        {"Content-Type: application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding: base64\n"
+         "Content-Transfer-Encoding: 7bit\n",
+         "more than once", NULL},
+        /* two dispositions, the reader's naming the octet-stream *.p7m */
+        {"Content-Type: application/octet-stream\nContent-Disposition: inline\n"
+         "Content-Disposition: attachment; filename=smime.p7m\nContent-Transfer-Encoding: base64\n",
+         "more than once", NULL},
         /* Thunderbird's, folded, and Outlook's legacy type in capitals */
-        "Content-Type: application/pkcs7-mime; name=\"smime.p7m\";\n smime-type=\"enveloped-data\"\n"
-        "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=\"smime.p7m\"\n",
-        "Content-Type: Application/X-PKCS7-MIME; Name=\"SMIME.P7M\"\nContent-Transfer-Encoding: BASE64\n",
+        {"Content-Type: application/pkcs7-mime; name=\"smime.p7m\";\n smime-type=\"enveloped-data\"\n"
+         "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=\"smime.p7m\"\n",
+         NULL, NULL},
+        {"Content-Type: Application/X-PKCS7-MIME; Name=\"SMIME.P7M\"\nContent-Transfer-Encoding: BASE64\n", NULL,
+         NULL},
         /* an octet-stream named in RFC 2231 pieces, folded */
-        "Content-Type: application/octet-stream;\n name*0=smime.;\n name*1=p7m\n"
-        "Content-Transfer-Encoding: base64\n",
+        {"Content-Type: application/octet-stream;\n name*0=smime.;\n name*1=p7m\n"
+         "Content-Transfer-Encoding: base64\n",
+         NULL, NULL},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509 *x = X509_new();
@@ -1529,7 +1561,7 @@ static void test_modes_read_fields_as_reader(void **state)
     int derlen;
     long pemlen;
     xp_conf c;
-    xp_list fwd, gs;
+    xp_list fwd, gs, mc, any;
     (void)state;
 
     assert_non_null(k);
@@ -1564,8 +1596,11 @@ static void test_modes_read_fields_as_reader(void **state)
     c.max_message_size = 1 << 20;
     list_init(&fwd, "eng@lists.example.org", XP_MODE_FORWARD);
     list_init(&gs, "eng@lists.example.org", XP_MODE_GROUP_SECRET);
-    fwd.group_cert = gs.group_cert = pem;
+    list_init(&mc, "eng@lists.example.org", XP_MODE_MEMBER_CERTS);
+    list_init(&any, "eng@lists.example.org", XP_MODE_FORWARD);
+    fwd.group_cert = gs.group_cert = mc.group_cert = any.group_cert = pem;
     fwd.require_encrypted = true;
+    any.require_encrypted = false;
     snprintf(path, sizeof(path), "%s/post", dir);
     snprintf(outpath, sizeof(outpath), "%s/copy", dir);
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
@@ -1577,7 +1612,7 @@ static void test_modes_read_fields_as_reader(void **state)
         FILE *out;
         int n = snprintf(mail, sizeof(mail),
                          "From: alice@example.org\nSubject: shape\nMIME-Version: 1.0\n%s\n%s\n-- \nSECRET\n",
-                         shapes[i], b64);
+                         shapes[i].shape, b64);
         assert_true(n > 0 && (size_t)n < sizeof(mail));
         BIO *b = BIO_new_mem_buf(mail, n);
         env_err ee = env_message_read(b, ENV_FORMAT_SMIME, 0, &msg);
@@ -1585,20 +1620,44 @@ static void test_modes_read_fields_as_reader(void **state)
         env_message_free(msg);
         xp_err fe = xp_check_message(&c, &fwd, mail, (size_t)n, NULL, &fwhy, NULL, false);
         xp_err ge = xp_check_message(&c, &gs, mail, (size_t)n, NULL, &gwhy, NULL, false);
+        xp_err me = xp_check_message(&c, &mc, mail, (size_t)n, NULL, NULL, NULL, false);
+        xp_err ae = xp_check_message(&c, &any, mail, (size_t)n, NULL, NULL, NULL, false);
         bool blamed = gwhy != NULL && strstr(gwhy, "multipart") != NULL;
-        if (fe != ge || (ge == XP_OK) != (ee == ENV_OK) || blamed)
+        const char *refusal = shapes[i].fwd_refusal != NULL ? shapes[i].fwd_refusal : shapes[i].both_refusal;
+        xp_err want_fe = shapes[i].fwd_refusal != NULL ? XP_ERR_FORMAT : ge;
+        if (fe != want_fe || (ge == XP_OK) != (ee == ENV_OK && shapes[i].both_refusal == NULL) || blamed ||
+            (refusal != NULL && (fwhy == NULL || strstr(fwhy, refusal) == NULL)))
             fprintf(stderr, "shape %zu: reader %s, forward %s (%s), group-secret %s (%s)\n", i,
                     env_strerror(ee), xp_strerror(fe), fwhy != NULL ? fwhy : "-", xp_strerror(ge),
                     gwhy != NULL ? gwhy : "-");
-        assert_int_equal(fe, ge);
-        assert_int_equal(ge == XP_OK, ee == ENV_OK);
+        assert_int_equal(fe, want_fe);
+        assert_int_equal(ge == XP_OK, ee == ENV_OK && shapes[i].both_refusal == NULL);
+        /* the re-encrypting modes alike; a list that takes anything sends
+         * such a shape as it came */
+        assert_int_equal(me, ge);
+        if (refusal != NULL && ee == ENV_OK)
+            assert_int_equal(ae, XP_OK);
+        if (refusal != NULL)
+            assert_non_null(strstr(fwhy, refusal));
+        if (shapes[i].both_refusal != NULL) {
+            assert_int_equal(ee, ENV_OK);
+            assert_int_equal(ge, XP_ERR_FORMAT);
+            assert_non_null(strstr(gwhy, shapes[i].both_refusal));
+        }
         /* no multipart here: never the reason */
         assert_false(blamed);
-        if (fe != XP_OK)
-            continue;
         write_file(path, mail, (size_t)n);
         out = fopen(outpath, "wb");
         assert_non_null(out);
+        if (fe != XP_OK) {
+            /* a post a re-encrypting mode took before `list set` made the
+             * list forward: not sent as it came either */
+            if (refusal != NULL)
+                assert_int_equal(xp_prepare(&c, &fwd, path, out, &prep, pwhy, sizeof(pwhy)), XP_ERR_FORMAT);
+            xp_prepared_clear(&prep);
+            assert_int_equal(fclose(out), 0);
+            continue;
+        }
         assert_int_equal(xp_prepare(&c, &fwd, path, out, &prep, pwhy, sizeof(pwhy)), XP_OK);
         xp_prepared_clear(&prep);
         assert_int_equal(fclose(out), 0);
