@@ -14,7 +14,8 @@
  *    the RecipientInfos replaced (by two copies of it, as a rewrap answer
  *    would), the S/MIME message written with the new header block.
  *
- * Invariants checked: the split is inside the input; a rewritten header
+ * Invariants checked: the split is inside the input, and the S/MIME
+ * reader's body starts where it does; a rewritten header
  * block parses again and carries exactly our List-Id; what the exploder
  * writes for a message it accepted is a message it would accept itself,
  * with the RecipientInfos it was given.
@@ -242,6 +243,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t hdr_end, body_start;
     bool crlf;
     const char *kt = NULL, *why = NULL;
+    env_mime_top top;
     xp_err rc, gs;
 
     if (size > c.max_message_size)
@@ -251,6 +253,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(hdr_end > 0 && hdr_end < body_start && body_start <= size);
         FUZZ_CHECK(buf[hdr_end] == '\n' || (buf[hdr_end] == '\r' && buf[hdr_end + 1] == '\n'));
         headers(buf, hdr_end, crlf);
+        /* where the S/MIME reader's body starts is where the split's does:
+         * a forward copy is cut at the reader's offsets into the split's body */
+        if (env_mime_read_top(data, size, &top) == ENV_OK)
+            FUZZ_CHECK(top.body == body_start && top.b64_stop >= top.body && top.b64_stop <= size);
     } else {
         FUZZ_CHECK(rc == XP_ERR_FORMAT || rc == XP_ERR_TOO_LARGE);
     }
