@@ -1082,21 +1082,43 @@ static int audit_verify_cmd(const char *file, int follow, const char *since)
     return 3;
 }
 
-/* groupsrv audit rotate: exit 0 rotated, 1 failed, 3 last line torn. */
-/* The file's chattr attributes FS_APPEND_FL / FS_IMMUTABLE_FL, or 0 when
- * it has neither or they cannot be read (a file system without them). */
-static int audit_file_attrs(const char *file)
+/* The chattr attributes FS_APPEND_FL / FS_IMMUTABLE_FL of a file (not
+ * through a link) or of a directory (through one, as the rotation goes),
+ * or 0 when it has neither or they cannot be read (a file system without
+ * them). */
+static int audit_file_attrs(const char *path, int dir)
 {
-    int fd = open(file, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC), flags = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (dir ? O_DIRECTORY : O_NOFOLLOW)), flags = 0;
 
     if (fd < 0)
         return 0;
     if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
         flags = 0;
-    close(fd);
+    (void)close(fd); /* read only: nothing to lose */
     return flags & (FS_APPEND_FL | FS_IMMUTABLE_FL);
 }
 
+/* Whether the log's directory is append-only or immutable, said as audit
+ * rotate's error: asked before rotating, as an append-only directory lets
+ * the archive's name be made and the seal written, then forbids putting
+ * the next file at the log's path and removing the archive's name and the
+ * .rotating file again, so the seal stayed in the file the server writes
+ * on and no later rotation could remove the .rotating file. */
+static int audit_dir_refuses(const char *file)
+{
+    char *dir = util_dir_of(file);
+    int attrs = dir != NULL ? audit_file_attrs(dir, 1) : 0;
+
+    if (attrs != 0)
+        audit_cmd_error("audit rotate: %s: its directory %s is %s, which forbids putting the next file at the "
+                        "log's path: remove the attribute for the rotation (chattr -%c %s)",
+                        file, dir, (attrs & FS_IMMUTABLE_FL) ? "immutable (chattr +i)" : "append-only (chattr +a)",
+                        (attrs & FS_IMMUTABLE_FL) ? 'i' : 'a', dir);
+    free(dir);
+    return attrs != 0;
+}
+
+/* groupsrv audit rotate: exit 0 rotated, 1 failed, 3 last line torn. */
 static int audit_rotate_cmd(const char *file)
 {
     audit_log *log = NULL;
@@ -1115,6 +1137,8 @@ static int audit_rotate_cmd(const char *file)
         audit_cmd_error("audit rotate: %s: not a regular file", file);
         return 1;
     }
+    if (audit_dir_refuses(file))
+        return 1;
     if ((e = audit_open(file, &log)) == AUDIT_OK && audit_torn_bytes_cut(log) > 0)
         /* records were lost there: said, also from cron (exit 0: the rest
          * of the chain is whole, and rotating goes on) */
@@ -1143,7 +1167,7 @@ static int audit_rotate_cmd(const char *file)
      * as before, but rotating links it to its archive name and replaces
      * it, which the attribute forbids (EPERM): "cannot be written" would
      * send the operator to a file that is being written. */
-    if (e == AUDIT_ERR_IO && (attrs = audit_file_attrs(file)) != 0) {
+    if (e == AUDIT_ERR_IO && (attrs = audit_file_attrs(file, 0)) != 0) {
         audit_cmd_error("audit rotate: %s: the file is %s, which forbids giving it its archive name and "
                         "putting the next file at its path: remove the attribute for the rotation (chattr -%c) "
                         "and set it on the new file afterwards",

@@ -107,6 +107,29 @@ if [ "$(id -u)" = 0 ] && chattr +a "$log" 2>/dev/null; then
   v=$(gs audit verify --no-follow 2>&1) || fail "verify after a refused rotation of an append-only log: $v"
   out=$(gs audit rotate) || fail "audit rotate once the attribute is gone: $out"
   ok "audit rotate of an append-only log: exit 1, the attribute named; served on; rotated once it is gone"
+  # The log's directory append-only (chattr -R +a over the log directory)
+  # or immutable: rotating could make the archive's name and seal the log,
+  # then not put the next file at its path; the seal stayed in the file
+  # the server writes on, the archive's name a second link to it and the
+  # .rotating file, which no later rotation could remove ("cannot be
+  # written" each time). Refused first, naming the directory; nothing
+  # changed. A copy of the log in a directory of its own, so that the
+  # server's files stay out of it.
+  mkdir "$work/adir"
+  cp "$log" "$work/adir/audit.jsonl"
+  cp "$log" "$work/adir.before"
+  for a in a i; do
+    chattr "+$a" "$work/adir"
+    set +e; err=$(gs audit rotate --file "$work/adir/audit.jsonl" 2>&1); rc=$?; set -e
+    chattr "-$a" "$work/adir"
+    case $a in a) what="append-only (chattr +a)" ;; i) what="immutable (chattr +i)" ;; esac
+    [ "$rc" = 1 ] && [ "$err" = "groupsrv: audit rotate: $work/adir/audit.jsonl: its directory $work/adir is $what, which forbids putting the next file at the log's path: remove the attribute for the rotation (chattr -$a $work/adir)" ] ||
+      fail "audit rotate in a directory chattr +$a: rc $rc: $err"
+    [ "$(ls "$work/adir")" = audit.jsonl ] || fail "audit rotate in a directory chattr +$a left: $(ls "$work/adir" | tr '\n' ' ')"
+    cmp -s "$work/adir/audit.jsonl" "$work/adir.before" || fail "audit rotate in a directory chattr +$a changed the log"
+  done
+  out=$(gs audit rotate --file "$work/adir/audit.jsonl") || fail "audit rotate once the directory's attribute is gone: $out"
+  ok "audit rotate in an append-only or immutable directory: exit 1, the directory named, nothing changed"
 else
   ok "SKIPPED: no append-only attribute here (chattr +a refused, or not root)"
 fi
