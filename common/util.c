@@ -16,6 +16,8 @@
 #include <string.h>
 #include <strings.h>
 #include <poll.h>
+#include <linux/fs.h> /* FS_IOC_GETFLAGS: chattr attributes */
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -201,6 +203,19 @@ int util_dir_unwritable(const char *path)
         e = errno;
     free(dir);
     return e;
+}
+
+int util_file_attrs(const char *path, int dir)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (dir ? O_DIRECTORY : O_NOFOLLOW)), flags = 0;
+
+    if (fd < 0)
+        return 0;
+    /* The kernel reads and writes an int, whatever the ioctl's number says */
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
+        flags = 0;
+    (void)close(fd); /* read only: nothing to lose */
+    return ((flags & FS_APPEND_FL) ? UTIL_ATTR_APPEND : 0) | ((flags & FS_IMMUTABLE_FL) ? UTIL_ATTR_IMMUTABLE : 0);
 }
 
 static int fsync_parent_dir(const char *path)

@@ -54,6 +54,15 @@ char *util_dir_of(const char *path);
  * file cannot be made beside it, which it needs even to read. */
 int util_dir_unwritable(const char *path);
 
+/* The chattr attributes of path that forbid changing it other than by
+ * appending: UTIL_ATTR_APPEND (chattr +a), UTIL_ATTR_IMMUTABLE (chattr
+ * +i), or 0 when it has neither or they cannot be read (a file system
+ * without them). dir: path is a directory, followed through a link;
+ * otherwise a file, not followed. */
+#define UTIL_ATTR_APPEND 1
+#define UTIL_ATTR_IMMUTABLE 2
+int util_file_attrs(const char *path, int dir);
+
 /* Same as util_write_file_atomic, but streaming: util_atomic_open gives a FILE* on a temp file next to
  * path; util_atomic_commit fsyncs and renames it into place (and closes);
  * util_atomic_abort unlinks it. Both free *af. */

@@ -842,6 +842,12 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         audit_err ae = audit_open(cfg->audit.path, &kh->audit);
         if (ae != AUDIT_OK) {
             int open_errno = errno;
+            /* An append-only log (chattr +a) opens for appending, so EPERM
+             * from it is the cut of a torn last record (a crash), which
+             * the attribute forbids; "Operation not permitted" alone sent
+             * the operator to the file's mode. An immutable one opens for
+             * nothing. */
+            int attrs = ae == AUDIT_ERR_IO && open_errno == EPERM ? util_file_attrs(cfg->audit.path, 0) : 0;
             /* why, for the operator: a link (refused by design), no
              * permission, a read-only or full file system */
             if (ae == AUDIT_ERR_IO && open_errno != 0)
@@ -849,7 +855,13 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                           log_qs(cfg->audit.path), audit_strerror(ae),
                           open_errno == ELOOP    ? "a symbolic link (refused: the log must be a regular file)"
                           : open_errno == EINVAL ? "not a regular file (a FIFO or device: refused)"
-                                                 : strerror(open_errno));
+                          : (attrs & UTIL_ATTR_IMMUTABLE)
+                              ? "immutable (chattr +i): the server cannot append to it; chattr -i the file"
+                          : (attrs & UTIL_ATTR_APPEND)
+                              ? "append-only (chattr +a), and its last record is torn (an interrupted write): serve "
+                                "cuts that off at start, which the attribute forbids: chattr -a the file, start "
+                                "serve, then chattr +a it again"
+                              : strerror(open_errno));
             else
                 log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"",
                           log_qs(cfg->audit.path), audit_strerror(ae));

@@ -31,8 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/fs.h> /* FS_IOC_GETFLAGS: chattr attributes */
-#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1082,22 +1080,6 @@ static int audit_verify_cmd(const char *file, int follow, const char *since)
     return 3;
 }
 
-/* The chattr attributes FS_APPEND_FL / FS_IMMUTABLE_FL of a file (not
- * through a link) or of a directory (through one, as the rotation goes),
- * or 0 when it has neither or they cannot be read (a file system without
- * them). */
-static int audit_file_attrs(const char *path, int dir)
-{
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (dir ? O_DIRECTORY : O_NOFOLLOW)), flags = 0;
-
-    if (fd < 0)
-        return 0;
-    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
-        flags = 0;
-    (void)close(fd); /* read only: nothing to lose */
-    return flags & (FS_APPEND_FL | FS_IMMUTABLE_FL);
-}
-
 /* Whether the log's directory is append-only or immutable, said as audit
  * rotate's error: asked before rotating, as an append-only directory lets
  * the archive's name be made and the seal written, then forbids putting
@@ -1107,13 +1089,13 @@ static int audit_file_attrs(const char *path, int dir)
 static int audit_dir_refuses(const char *file)
 {
     char *dir = util_dir_of(file);
-    int attrs = dir != NULL ? audit_file_attrs(dir, 1) : 0;
+    int attrs = dir != NULL ? util_file_attrs(dir, 1) : 0;
 
     if (attrs != 0)
         audit_cmd_error("audit rotate: %s: its directory %s is %s, which forbids putting the next file at the "
                         "log's path: remove the attribute for the rotation (chattr -%c %s)",
-                        file, dir, (attrs & FS_IMMUTABLE_FL) ? "immutable (chattr +i)" : "append-only (chattr +a)",
-                        (attrs & FS_IMMUTABLE_FL) ? 'i' : 'a', dir);
+                        file, dir, (attrs & UTIL_ATTR_IMMUTABLE) ? "immutable (chattr +i)" : "append-only (chattr +a)",
+                        (attrs & UTIL_ATTR_IMMUTABLE) ? 'i' : 'a', dir);
     free(dir);
     return attrs != 0;
 }
@@ -1167,12 +1149,12 @@ static int audit_rotate_cmd(const char *file)
      * as before, but rotating links it to its archive name and replaces
      * it, which the attribute forbids (EPERM): "cannot be written" would
      * send the operator to a file that is being written. */
-    if (e == AUDIT_ERR_IO && (attrs = audit_file_attrs(file, 0)) != 0) {
+    if (e == AUDIT_ERR_IO && (attrs = util_file_attrs(file, 0)) != 0) {
         audit_cmd_error("audit rotate: %s: the file is %s, which forbids giving it its archive name and "
                         "putting the next file at its path: remove the attribute for the rotation (chattr -%c) "
                         "and set it on the new file afterwards",
-                        file, (attrs & FS_IMMUTABLE_FL) ? "immutable (chattr +i)" : "append-only (chattr +a)",
-                        (attrs & FS_IMMUTABLE_FL) ? 'i' : 'a');
+                        file, (attrs & UTIL_ATTR_IMMUTABLE) ? "immutable (chattr +i)" : "append-only (chattr +a)",
+                        (attrs & UTIL_ATTR_IMMUTABLE) ? 'i' : 'a');
         return 1;
     }
     audit_cmd_error("audit rotate: %s: %s", file, audit_strerror(e));

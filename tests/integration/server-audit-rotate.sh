@@ -130,6 +130,26 @@ if [ "$(id -u)" = 0 ] && chattr +a "$log" 2>/dev/null; then
   done
   out=$(gs audit rotate --file "$work/adir/audit.jsonl") || fail "audit rotate once the directory's attribute is gone: $out"
   ok "audit rotate in an append-only or immutable directory: exit 1, the directory named, nothing changed"
+  # An append-only log whose last record a crash tore: serve cuts the
+  # fragment off at start, which the attribute forbids, so it does not
+  # start; the line says so and what to do, not only "cannot be written:
+  # Operation not permitted" of a file the server's user may write.
+  stop_server
+  printf '{"time":"2026-12-06T' >> "$log"
+  chattr +a "$log"
+  set +e; timeout 60 "$BIN/groupsrv" -c "$conf" serve > "$work/torn-serve.log" 2>&1; rc=$?; set -e
+  chattr -a "$log"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "serve with a torn append-only log: rc $rc"
+  grep -qF "msg=\"not started: the audit log cannot be opened\" path=\"$log\" err=\"audit log cannot be written\" detail=\"append-only (chattr +a), and its last record is torn (an interrupted write): serve cuts that off at start, which the attribute forbids: chattr -a the file, start serve, then chattr +a it again\"" "$work/torn-serve.log" ||
+    fail "serve with a torn append-only log: $(cat "$work/torn-serve.log")"
+  chattr +i "$log"
+  set +e; timeout 60 "$BIN/groupsrv" -c "$conf" serve > "$work/immutable-serve.log" 2>&1; rc=$?; set -e
+  chattr -i "$log"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "serve with an immutable log: rc $rc"
+  grep -qF "detail=\"immutable (chattr +i): the server cannot append to it; chattr -i the file\"" "$work/immutable-serve.log" ||
+    fail "serve with an immutable log: $(cat "$work/immutable-serve.log")"
+  start_server
+  ok "serve with a torn append-only log, or an immutable one: not started, the attribute named; started once it is gone"
 else
   ok "SKIPPED: no append-only attribute here (chattr +a refused, or not root)"
 fi
