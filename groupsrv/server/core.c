@@ -1915,6 +1915,9 @@ static const char *bad_host(struct evhttp_request *req)
         return "an HTTP/1.1 request without a Host header";
     if (v == NULL)
         return NULL;
+    /* libevent strips the spaces before a value, not a tab, which RFC
+     * 9110 5.6.3 allows there too (OWS); after it a tab is stripped. */
+    v += strspn(v, " \t");
     /* RFC 9112 3.2: a Host whose value is not uri-host [":" port] is a
      * 400 too ("a b", "x/y", "x@y"); an empty one is allowed. */
     if (v[0] == '[') {

@@ -152,19 +152,22 @@ raw "$work/http10.req" > "$work/http10.out"
 head -1 "$work/http10.out" | grep -q '^HTTP/1.[01] 200' || fail "HTTP/1.0 without Host: $(head -c 300 "$work/http10.out")"
 ok "HTTP/1.1 without Host, or two Host headers: 400 bad_request and closed; HTTP/1.0 without Host: 200"
 # A Host value that is not uri-host [":" port] is a 400 as well (RFC 9112
-# 3.2); an empty one, an IPv6 literal and a port are taken.
+# 3.2); an empty one, an IPv6 literal and a port are taken, and so are a
+# name with a trailing dot or in capitals, and white space before the
+# value, a tab too (RFC 9110 5.6.3 OWS; libevent strips only spaces before
+# a value, so a tab there was a 400).
 for h in 'a b' 'a/b' 'u@a' '[::1' 'a:8x'; do
   printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: %s\r\nContent-Length: %s\r\n\r\n%s' "$h" "${#body}" "$body" \
     > "$work/badhost.req"
   host_refused "$work/badhost.req" 'a Host header that is not a host name and port' "Host: $h"
 done
-for h in '' '[::1]:8443' 'groups.example.org:8443' '127.0.0.1'; do
+for h in '' '[::1]:8443' 'groups.example.org:8443' '127.0.0.1' 'GROUPS.Example.ORG.:8443' $'\tgroups.example.org' $' \t[::1]'; do
   printf 'POST /v1/groups/eng/unwrap HTTP/1.1\r\nHost: %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
     "$h" "${#body}" "$body" > "$work/goodhost.req"
   raw "$work/goodhost.req" > "$work/goodhost.out"
   grep -q '"key"' "$work/goodhost.out" || fail "Host: $h: $(head -c 300 "$work/goodhost.out")"
 done
-ok "a Host value that is not a host and port: 400 bad_request and closed; empty, [::1]:8443, name:port served"
+ok "a Host value that is not a host and port: 400 bad_request and closed; empty, [::1]:8443, name:port, NAME., a tab before served"
 # The request target (RFC 9112 3.2): libevent takes the line's last space as
 # the one before the version, so a target with a space in it was served
 # ("/v1/groups/eng/unwrap?a b"); 3.2: never correct an invalid request line
