@@ -26,6 +26,7 @@ enum gm_exit {
     GM_EXIT_REFUSED = 3,     /* not a member, refused by the server */
     GM_EXIT_UNREACHABLE = 4, /* server unreachable or unusable (TLS, pin, garbage, 5xx) */
     GM_EXIT_BAD_MESSAGE = 5, /* not a message for this group, tampered, malformed */
+    GM_EXIT_TRANSPORT_LEFT = 6, /* keys import-group-key: imported, but the transport key could not be deleted */
 };
 
 /* Everything a command may need, merged from config file, environment
@@ -46,6 +47,7 @@ typedef struct gm_config {
     char *format;  /* smime | pem | der (encrypt output) */
     long timeout;  /* seconds */
     bool cbc, mime, repin, verbose, quiet, encrypt_first;
+    bool keep_transport_key; /* keys import-group-key: the transport key stays (more files made for it) */
     /* smtp:// only: [smtp] starttls, or --smtp-starttls (required) */
     enum { GM_STARTTLS_UNSET = 0, GM_STARTTLS_NO, GM_STARTTLS_YES, GM_STARTTLS_REQUIRED } smtp_starttls;
     /* given as flags (not from the file or the environment): a flag that

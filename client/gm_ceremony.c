@@ -238,6 +238,59 @@ static void record_refusal(const gm_config *c, const gsk_manifest *m, bool token
     (void)record(c, "import-group-key", f);
 }
 
+/* The ceremony's last step, once the keys are imported and recorded: the
+ * transport key they came through is deleted, both halves (SECURITY.md,
+ * "The receiving token's user PIN and the file": while it and a file made
+ * for it both exist, your token's PIN gives the file's keys in the clear
+ * to any PKCS#11 program). --keep-transport-key keeps it for another file
+ * made for it. Recorded as transport-key-destroy. GM_EXIT_OK, or
+ * GM_EXIT_TRANSPORT_LEFT after the line saying how to delete it (the keys
+ * stay imported), or GM_EXIT_ERROR when it went but its record could not
+ * be written. */
+static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *m, const char *desc)
+{
+    hsm_key *t = NULL;
+    char label[128] = "";
+    gsk_err ge;
+    int rc = GM_EXIT_OK;
+
+    if ((ge = gsk_transport_find(hsm, m->transport_sha256, &t)) == GSK_OK) {
+        util_strlcpy(label, hsm_key_label(t), sizeof(label));
+        if (c->keep_transport_key) {
+            printf("transport key %s kept (--keep-transport-key): delete both halves once the last file made for "
+                   "it is imported (import it without --keep-transport-key)\n",
+                   label);
+            goto out;
+        }
+        ge = gsk_transport_destroy(hsm, t);
+    }
+    if (ge != GSK_OK) {
+        char outcome[600];
+        (void)snprintf(outcome, sizeof(outcome), "failed: %s", gsk_err_detail());
+        (void)record(c, "transport-key-destroy",
+                     json_pack("{s:s,s:s,s:s,s:s,s:s}", "ceremony", m->ceremony, "token", desc,
+                               "transport_key_sha256", m->transport_sha256, "label", label, "outcome", outcome));
+        /* The instruction before the token's reason, which may be long. */
+        gm_err("the group key is imported, but its transport key %s could not be deleted; delete it now "
+               "(pkcs11-tool --login --delete-object --type privkey --label %s, and --type pubkey: with your "
+               "token's PIN, a file made for it gives its keys in the clear): %s",
+               label[0] ? label : "(not found)", label[0] ? label : "gs:transport:...", gsk_err_detail());
+        rc = GM_EXIT_TRANSPORT_LEFT;
+        goto out;
+    }
+    if (record(c, "transport-key-destroy",
+               json_pack("{s:s,s:s,s:s,s:s,s:s}", "ceremony", m->ceremony, "token", desc, "transport_key_sha256",
+                         m->transport_sha256, "label", label, "outcome", "ok")) != 0) {
+        gm_err("transport key %s was deleted, but its record was not written", label);
+        rc = GM_EXIT_ERROR;
+        goto out;
+    }
+    printf("transport key %s deleted (both halves): for a later file make a new one (keys transport-key)\n", label);
+out:
+    hsm_key_free(t);
+    return rc;
+}
+
 int gm_cmd_keys_import(gm_config *c)
 {
     const char *ca_file = c->group_ca != NULL ? c->group_ca : c->cacert;
@@ -318,9 +371,10 @@ int gm_cmd_keys_import(gm_config *c)
         json_array_append_new(labels, json_string(m->entries[items[i].index].label));
     }
     if (record(c, "import-group-key",
-               json_pack("{s:s,s:s,s:s,s:s,s:O,s:O,s:s,s:s}", "group", m->group.name, "ceremony", m->ceremony,
+               json_pack("{s:s,s:s,s:s,s:s,s:O,s:O,s:s,s:b,s:s}", "group", m->group.name, "ceremony", m->ceremony,
                          "token", desc, "transport_key_sha256", m->transport_sha256, "key_versions", versions,
-                         "labels", labels, "exported_by", m->exported_by, "outcome", "ok")) != 0) {
+                         "labels", labels, "exported_by", m->exported_by, "keep_transport_key",
+                         c->keep_transport_key, "outcome", "ok")) != 0) {
         /* No copy without its record. */
         for (size_t i = 0; i < n; i++)
             destroy_label(hsm, m->entries[items[i].index].label);
@@ -342,7 +396,7 @@ int gm_cmd_keys_import(gm_config *c)
     if (n < m->n_entries)
         printf("(%zu server keys in the file were not imported: secret and rejection keys stay on servers)\n",
                m->n_entries - n);
-    rc = GM_EXIT_OK;
+    rc = transport_done(c, hsm, m, desc);
 out:
     for (size_t i = 0; refs != NULL && i < n; i++)
         hsm_key_free(refs[i]);

@@ -51,7 +51,7 @@ static void usage(FILE *f)
           "  keys sync  --server URL --group G --cert FILE --key FILE|pkcs11:URI\n"
           "  keys list  --server URL --group G [--cert FILE]\n"
           "  keys transport-key --token pkcs11:URI --out TRANSPORT.pem\n"
-          "  keys import-group-key --in GROUP.gsk --token pkcs11:URI [--group-ca FILE]\n"
+          "  keys import-group-key --in GROUP.gsk --token pkcs11:URI [--group-ca FILE] [--keep-transport-key]\n"
           "  csr        --key pkcs11:URI --from ADDR [--out FILE]   (a CSR signed on the token)\n"
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
@@ -66,7 +66,7 @@ enum {
     O_SERVER = 256, O_GROUP, O_CERT, O_KEY, O_CACERT, O_TLS_CERT, O_TLS_KEY, O_PIN, O_CERTSRV, O_GROUP_CA,
     O_GROUP_CERT, O_GROUP_KEY, O_HSM_MODULE, O_HSM_TOKEN, O_PIN_SOURCE, O_STORE, O_SMTP, O_FROM, O_TO, O_VIA,
     O_IN, O_OUT, O_RI, O_OAEP, O_FORMAT, O_TIMEOUT, O_CBC, O_MIME, O_REPIN, O_ENCRYPT, O_CALG, O_SMTP_CACERT,
-    O_SMTP_USER, O_SMTP_PASSWORD_FILE, O_SMTP_STARTTLS,
+    O_SMTP_USER, O_SMTP_PASSWORD_FILE, O_SMTP_STARTTLS, O_KEEP_TRANSPORT_KEY,
 };
 
 static const struct option long_opts[] = {
@@ -90,6 +90,7 @@ static const struct option long_opts[] = {
     {"smtp-user", required_argument, NULL, O_SMTP_USER},
     {"smtp-password-file", required_argument, NULL, O_SMTP_PASSWORD_FILE},
     {"smtp-starttls", no_argument, NULL, O_SMTP_STARTTLS},
+    {"keep-transport-key", no_argument, NULL, O_KEEP_TRANSPORT_KEY},
     {"config", required_argument, NULL, 'c'},            {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},                   {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -142,6 +143,7 @@ static unsigned option_commands(int opt)
     case O_VIA: return C_DECRYPT | C_UNWRAP;
     case O_RI:
     case O_CALG: return C_UNWRAP;
+    case O_KEEP_TRANSPORT_KEY: return C_KEYS_IMPORT;
     case O_IN: return C_ENCRYPT | C_SEND | C_DECRYPT | C_UNWRAP | C_KEYS_IMPORT;
     case O_OUT: return C_FETCH_CERT | C_ENCRYPT | C_DECRYPT | C_UNWRAP | C_KEYS_TRANSPORT | C_CSR;
     default: return C_ALL;
@@ -267,6 +269,7 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
         case O_CBC: c->cbc = true; break;
         case O_MIME: c->mime = true; break;
         case O_REPIN: c->repin = true; break;
+        case O_KEEP_TRANSPORT_KEY: c->keep_transport_key = true; break;
         case O_ENCRYPT: c->encrypt_first = true; break;
         case 'v': c->verbose = true; break;
         case 'q': c->quiet = true; break;

@@ -967,6 +967,7 @@ struct import {
     X509 *trusted;
     gsk_manifest *m;
     hsm_key *transport;
+    bool keep_transport; /* --keep-transport-key: more files made for it to import */
     char desc[96];
 };
 
@@ -994,7 +995,7 @@ static int import_refused(struct import *im, const char *group, gs_err err)
  * trusted CA is --ca, else the local CA in the database. */
 static int import_begin(struct env *e, int argc, char **argv, const char *what, struct import *im)
 {
-    static const struct opt_def defs[] = {{"--in", true}, {"--ca", true}};
+    static const struct opt_def defs[] = {{"--in", true}, {"--ca", true}, {"--keep-transport-key", false}};
     struct args a;
     gs_store_ca *ca_row = NULL;
     unsigned char *file = NULL;
@@ -1008,9 +1009,11 @@ static int import_begin(struct env *e, int argc, char **argv, const char *what, 
     if (rc)
         return rc;
     if (a.npos != 1 || opt(&a, "--in") == NULL)
-        return usage_error("%s import: expected `%s import --in FILE.gsk [--ca CA.pem]`", what, what);
+        return usage_error("%s import: expected `%s import --in FILE.gsk [--ca CA.pem] [--keep-transport-key]`", what,
+                           what);
     (void)snprintf(im->action, sizeof(im->action), "%s-import", what);
     im->path = opt(&a, "--in");
+    im->keep_transport = opt(&a, "--keep-transport-key") != NULL;
     /* Recorded from here on, refusals included. */
     if ((err = cli_record_open(e->cfg, &im->rec, "the ceremony")) != GS_OK)
         return fail(err);
@@ -1148,6 +1151,7 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
     extra = shipment_json(im->m);
     json_object_set_new(extra, "token", json_string(im->desc));
     json_object_set_new(extra, "exported_by", json_string(im->m->exported_by));
+    json_object_set_new(extra, "keep_transport_key", json_boolean(im->keep_transport));
     if ((err = cli_record_write(rec, action, group, "ok", extra)) != GS_OK) {
         rc = fail(err);
         goto out;
@@ -1174,6 +1178,59 @@ out:
             gs_token_destroy_label(e->hsm, im->m->entries[items[i].index].label);
     free_refs(refs, n);
     return rc;
+}
+
+/* The ceremony's last step, once the import is made and recorded: the
+ * transport key it came through is deleted, both halves (SECURITY.md,
+ * "The receiving token's user PIN and the file": while it and a file made
+ * for it both exist, this token's user PIN gives the file's keys in the
+ * clear to any PKCS#11 program, without groupsrv). --keep-transport-key
+ * keeps it for more files made for it (a new cluster server's `ca import`
+ * and its groups' imports). Recorded as `transport-key-destroy`. Returns
+ * 0; EXIT_TRANSPORT_LEFT after the line that says what is left and how to
+ * delete it (the import stays made); 1 when it went but its record could
+ * not be written. */
+static int transport_done(struct import *im, const char *group)
+{
+    char label[128];
+    json_t *extra;
+    gs_err err;
+    gsk_err ge;
+
+    util_strlcpy(label, hsm_key_label(im->transport), sizeof(label));
+    if (im->keep_transport) {
+        printf("transport key %s kept (--keep-transport-key): delete both halves once the last file made for it "
+               "is imported (import it without --keep-transport-key; or pkcs11-tool --login --delete-object "
+               "--type privkey --label %s, and --type pubkey)\n",
+               label, label);
+        return 0;
+    }
+    ge = gsk_transport_destroy(im->e->hsm, im->transport);
+    extra = json_pack("{s:s,s:s,s:s,s:s}", "ceremony", im->m->ceremony, "transport_key_sha256",
+                      im->m->transport_sha256, "label", label, "token", im->desc);
+    if (ge != GSK_OK) {
+        char outcome[600];
+        (void)snprintf(outcome, sizeof(outcome), "failed: %s", gsk_err_detail());
+        (void)cli_record_write(&im->rec, "transport-key-destroy", group, outcome, extra);
+        /* The instruction before the token's reason, which may be long:
+         * a cut line must still say what to do. */
+        err = gs_err_set(GS_ERR_HSM, "the import is made, but transport key %s could not be deleted; delete it now "
+                                     "(pkcs11-tool --login --delete-object --type privkey --label %s, and --type "
+                                     "pubkey: with this token's user PIN, a file made for it gives its keys in the "
+                                     "clear): %s",
+                         label, label, gsk_err_detail());
+        (void)fail(err);
+        return EXIT_TRANSPORT_LEFT;
+    }
+    if ((err = cli_record_write(&im->rec, "transport-key-destroy", group, "ok", extra)) != GS_OK) {
+        (void)fail(gs_err_set(err, "transport key %s was deleted, but its audit record was not written: %s", label,
+                              gs_err_detail()));
+        return 1;
+    }
+    printf("transport key %s deleted (both halves): the ceremony is done; for a later file make a new one "
+           "(token transport-key)\n",
+           label);
+    return 0;
 }
 
 /* ---- group import ---------------------------------------------------------------------- */
@@ -1365,6 +1422,8 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
     rc = import_keys(&im, m->group.name, items, n, gi.was_recorded, group_copy_check, group_copy_rows, &gi);
     if (rc == 0)
         print_still_missing(e, m->group.name);
+    if (rc == 0)
+        rc = transport_done(&im, m->group.name);
 out:
     if (locked)
         gs_store_keys_unlock(e->st);
@@ -1439,6 +1498,8 @@ int gs_cmd_ca_import(struct env *e, int argc, char **argv)
     item.index = (size_t)at;
     item.usage = HSM_USE_SIGN;
     rc = import_keys(&im, NULL, &item, 1, &ci.recorded, ca_copy_check, ca_copy_rows, &ci);
+    if (rc == 0)
+        rc = transport_done(&im, NULL);
 out:
     X509_free(cert);
     gs_store_ca_free(row);

@@ -20,6 +20,10 @@
 #include "store.h"
 
 #define EXIT_USAGE 2
+/* An import made and recorded whose transport key could not be deleted
+ * (docs/groupsrv.1.md, EXIT STATUS): not 1, which says the import failed
+ * and would send a script to run it again (refused then, 3). */
+#define EXIT_TRANSPORT_LEFT 7
 #define MAX_ARGS 32
 
 struct opt_def {

@@ -5,7 +5,8 @@
  *
  * Every failure is one line on stderr ("groupsrv: what is wrong") and an
  * exit code: 0 ok, 1 failed / check found problems, 2 usage, 3 not found
- * or duplicate, 4 token or PIN, 5 configuration.
+ * or duplicate, 4 token or PIN, 5 configuration (6: audit verify's torn
+ * tail; 7: an import made whose transport key the token did not delete).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* setresuid, setresgid, pipe2: check's [server] user row */
@@ -63,7 +64,7 @@ static const char usage_text[] =
     "  ca renew-cert [--days N]\n"
     "  ca show\n"
     "  ca export --to TRANSPORT.pem --out FILE.gsk\n"
-    "  ca import --in FILE.gsk [--ca CA.pem]\n"
+    "  ca import --in FILE.gsk [--ca CA.pem] [--keep-transport-key]\n"
     "  group create NAME --address LIST@DOMAIN [--key rsa:3072|ec:p256 | --use-key pkcs11:URI]\n"
     "               [--methods tls,recipient-key,group-secret,membership-cert,local-key] [--oaep-only]\n"
     "               [--wrap pkcs1v15|oaep] [--replicable]\n"
@@ -75,7 +76,7 @@ static const char usage_text[] =
     "  group list\n"
     "  group show NAME [--cert | --pubkey]\n"
     "  group export NAME [--version N | --all] [--secret-version N] --to TRANSPORT.pem --out FILE.gsk\n"
-    "  group import --in FILE.gsk [--ca CA.pem]\n"
+    "  group import --in FILE.gsk [--ca CA.pem] [--keep-transport-key]\n"
     "  token transport-key --out TRANSPORT.pem\n"
     "  secret rotate NAME\n"
     "  secret retire NAME --before VERSION\n"

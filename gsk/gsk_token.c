@@ -177,6 +177,32 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out)
     return err;
 }
 
+gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
+{
+    char label[128];
+    hsm_key *pub = NULL;
+    gsk_err err = GSK_OK;
+    hsm_err he;
+
+    if (hsm == NULL || priv == NULL)
+        return GSK_ERR_ARGS;
+    util_strlcpy(label, hsm_key_label(priv), sizeof(label));
+    /* Only a transport key: the label is the one gsk_transport_find took
+     * by its prefix; anything else here is a caller's mistake. */
+    if (strncmp(label, GSK_TRANSPORT_PREFIX, strlen(GSK_TRANSPORT_PREFIX)) != 0)
+        return gsk_fail(GSK_ERR_ARGS, "not a transport key");
+    if ((he = hsm_key_destroy(hsm, priv)) != HSM_OK)
+        return gsk_hsm_fail(he, "deleting the transport private key (both halves are still on the token)");
+    he = hsm_key_find(hsm, label, HSM_CLASS_PUBLIC, &pub);
+    if (he == HSM_OK)
+        he = hsm_key_destroy(hsm, pub);
+    if (he != HSM_OK && he != HSM_ERR_KEY_NOT_FOUND)
+        err = gsk_hsm_fail(he, "deleting the transport public key (the private key is deleted; the public key, "
+                               "which unwraps nothing, is still on the token)");
+    hsm_key_free(pub);
+    return err;
+}
+
 /* ---- export ------------------------------------------------------------------------ */
 
 gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const unsigned char *spki, size_t spki_len,

@@ -103,7 +103,8 @@ refused alice 5 "import checked against another CA" -- \
   gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok" --group-ca "$work/other-ca.pem"
 cp "$work/eng-alice.gsk" "$work/bad.gsk"
 printf 'X' | dd of="$work/bad.gsk" bs=1 seek=$(($(stat -c %s "$work/bad.gsk") / 2)) conv=notrunc status=none
-refused alice 5 "import of a changed file" -- gm keys import-group-key --in "$work/bad.gsk" --token "$tok"
+refused alice 5 "import of a changed file" -- \
+  gm keys import-group-key --in "$work/bad.gsk" --token "$tok" --keep-transport-key
 gs_groups token transport-key --out "$work/server-t.pem" >/dev/null
 gs_groups group export eng --to "$work/server-t.pem" --out "$work/not-alice.gsk" >/dev/null
 refused alice 1 "import of a file made for another transport key" -- \
@@ -155,7 +156,16 @@ def tlv(tag, b):
 body = tlv(0x0C, b"groupsrv-key-shipment-1") + tlv(0x04, open(sys.argv[1], "rb").read()) + tlv(0x04, open(sys.argv[2], "rb").read())
 open(sys.argv[3], "wb").write(tlv(0x30, body))
 PY
-expect 0 "import of a key whose label a URI must encode" -- gm keys import-group-key --in "$work/odd.gsk" --token "$tok"
+# ...imported while alice's token refuses to delete the transport key
+# (CKR_ACTION_PROHIBITED, tests/p11fault): the key is imported, and the
+# command says loudly, exit 6, what is left and how to delete it
+atl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/alice-t.pem" | head -1)
+printf 'C_DestroyObject 0x1b\n' > "$work/p11fault-destroy.ctl"
+GROUPMAIL_CONFIG=$work/gm-fault.conf GS_P11FAULT_CONTROL=$work/p11fault-destroy.ctl GS_P11FAULT_TARGET=$module \
+  expect 6 "import of a key whose label a URI must encode, the transport key not deletable" -- \
+  gm keys import-group-key --in "$work/odd.gsk" --token "$tok"
+expect_msg "^groupmail: the group key is imported, but its transport key $atl could not be deleted; delete it now \(pkcs11-tool --login --delete-object --type privkey --label $atl, and --type pubkey: .*\): deleting the transport private key"
+[ "$(objects alice | grep -c "label: *$atl")" = 2 ] || fail "alice's transport key: $(objects alice)"
 gk=$(sed -n "s/^  v1  --group-key '\(.*\)'\$/\1/p" "$work/out")
 [ "$gk" = "pkcs11:token=alice%27s%20card;object=gs:group:eng:v1%3Btype%3Dsecret-key%20x%27y%2541;type=private" ] ||
   fail "import-group-key printed --group-key '$gk' for the label $odd: $(cat "$work/out")"
@@ -179,8 +189,15 @@ cp "$work/out" "$work/import.out"
 objects alice > "$work/alice.objs"
 [ "$(field "$work/alice.objs" gs:group:eng:v1 Access)" = sensitive ] || fail "alice's copy is extractable"
 [ "$(field "$work/alice.objs" gs:group:eng:v1 Usage)" = decrypt ] || fail "alice's copy is not decrypt only"
-refused alice 1 "the same version again" -- gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
-expect_msg "already has"
+# the ceremony's last step: the transport key is gone, both halves, so
+# her PIN and the file no longer give the key in the clear (SECURITY.md)
+! grep -q "label: *$atl\$" "$work/alice.objs" || fail "the transport key is still on alice's token: $(cat "$work/alice.objs")"
+grep -q "label: *gs:transport:" "$work/alice.objs" || fail "the import deleted another transport key (from --out /dev/stdout)"
+grep -q "^transport key $atl deleted (both halves)" "$work/out" || fail "import does not say it deleted $atl: $(cat "$work/out")"
+ok "the import deletes the transport key (pkcs11-tool lists neither half)"
+refused alice 1 "the same file again (its transport key is gone)" -- \
+  gm keys import-group-key --in "$work/eng-alice.gsk" --token "$tok"
+expect_msg "transport key"
 
 # ---- decrypt with no server running ----
 printf 'Subject: option C\n\nread on my own token, no server asked\n' > "$work/m1.txt"
@@ -226,6 +243,10 @@ grep '"action":"import-group-key"' "$log" | grep '"group":"ops"' | grep -q '"out
   fail "alice's record lacks the refusal of group ops's key: $(cat "$log")"
 grep '"action":"import-group-key"' "$log" | grep -q '"outcome":"failed: the decryption test of key gs:group:eng:v1 could not run' ||
   fail "alice's record lacks the import her token's going away stopped: $(cat "$log")"
+grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | grep -q '"outcome":"failed: ' ||
+  fail "alice's record lacks the transport key her token would not delete: $(cat "$log")"
+grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | grep "$fp" | grep -q '"outcome":"ok"' ||
+  fail "alice's record lacks the transport key's deletion: $(cat "$log")"
 python3 - "$log" <<'PY' || fail "alice's ceremony.jsonl chain is broken"
 import hashlib, json, sys
 prev = "0" * 64

@@ -82,7 +82,7 @@ GS_PIN=$(cat "$work/tok-beta/user-pin") SOFTHSM2_CONF=$work/tok-beta/softhsm2.co
   --token-label beta --login --pin env:GS_PIN --delete-object --label gs:group:eng:v1 --type privkey >/dev/null 2>&1
 [ "$(snapshot beta)" = "$before" ] || fail "more was left on beta's token than the line named: $(objects beta)"
 expect 0 "the import, after deleting what the line named" -- \
-  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem"
+  gs_beta group import --in "$work/eng-beta.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 objects beta > "$work/beta.objs"
 for v in 1 2; do
   [ "$(field "$work/beta.objs" "gs:group:eng:v$v" Access)" = sensitive ] || fail "beta's copy v$v: $(cat "$work/beta.objs")"
@@ -110,8 +110,8 @@ grep -q "^no key rotated here: group eng came to this server by .group import." 
 gs_gamma token transport-key --out "$work/gamma-transport.pem" >/dev/null
 gs_alpha ca export --to "$work/gamma-transport.pem" --out "$work/ca-gamma.gsk" >/dev/null
 gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
-gs_gamma ca import --in "$work/ca-gamma.gsk" >/dev/null
-gs_gamma group import --in "$work/eng-gamma.gsk" >/dev/null
+gs_gamma ca import --in "$work/ca-gamma.gsk" --keep-transport-key >/dev/null
+gs_gamma group import --in "$work/eng-gamma.gsk" --keep-transport-key >/dev/null
 expect 0 "check on gamma with the copies" -- gs_gamma check
 expect 0 "group retire on alpha" -- gs_alpha group retire eng --before 2
 objects alpha | grep -q 'label: *gs:group:eng:v1' && fail "alpha's retired key is still on its token"
@@ -131,7 +131,7 @@ ok "group retire run on each server sharing the database takes the retired versi
 # by a one-version file after alpha's `secret rotate`.
 gs_alpha secret rotate eng >/dev/null
 gs_alpha group export eng --secret-version 2 --to "$work/gamma-transport.pem" --out "$work/eng-s2.gsk" >/dev/null
-gs_gamma group import --in "$work/eng-s2.gsk" >/dev/null
+gs_gamma group import --in "$work/eng-s2.gsk" --keep-transport-key >/dev/null
 expect 0 "secret retire on alpha" -- gs_alpha secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired$" "$work/out" || fail "secret retire on alpha: $(cat "$work/out")"
 audit_has "$work/alpha/audit.jsonl" secret-retire ok '"group":"eng"' '"before":2' '"retired":1' '"destroyed_earlier":0'

@@ -188,10 +188,12 @@ done
 [ "$(snapshot beta)" = "$before" ] || fail "the objects the message named were not all there was"
 ok "the token gone mid-import: exit 4, what is left named; deleted as the message says, beta is as before"
 
-# ---- the import ----
+# ---- the import (more files follow for this transport key here: kept) ----
 expect 0 "group import on beta (checked against alpha's CA)" -- \
-  gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
+  gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 grep -q "decryption test" "$work/out" || fail "import does not say the keys passed the decryption test"
+grep -q "^transport key $tl kept (--keep-transport-key)" "$work/out" || fail "import does not say it kept $tl: $(cat "$work/out")"
+audit_has "$work/beta/audit.jsonl" group-import ok '"keep_transport_key":true'
 objects beta > "$work/beta.objs"
 for v in 1 2; do
   acc=$(field "$work/beta.objs" "gs:group:eng:v$v" Access)
@@ -296,7 +298,8 @@ ok "the SO PIN asked on the terminal, not echoed"
 gs_alpha group rotate eng >/dev/null
 expect 0 "export of the new version only" -- \
   gs_alpha group export eng --version 3 --to "$work/beta-transport.pem" --out "$work/eng-v3.gsk"
-expect 0 "import of the new version on beta" -- gs_beta group import --in "$work/eng-v3.gsk" --ca "$work/alpha-ca.pem"
+expect 0 "import of the new version on beta" -- \
+  gs_beta group import --in "$work/eng-v3.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 gs_beta group show eng > "$work/show"
 grep -Eq "v3 +current" "$work/show" && grep -Eq "v2 +old" "$work/show" || fail "beta's versions: $(cat "$work/show")"
 expect 0 "check on beta after the rotation" -- gs_beta check
@@ -323,7 +326,7 @@ audit_has "$work/beta/audit.jsonl" member-remove ok '"member":"alice@example.org
 gs_alpha secret rotate eng >/dev/null
 gs_alpha group export eng --secret-version 2 --to "$work/beta-transport.pem" --out "$work/eng-s2.gsk" >/dev/null
 expect 0 "import of alpha's secret key version 2 on the clone" -- \
-  gs_beta group import --in "$work/eng-s2.gsk" --ca "$work/alpha-ca.pem"
+  gs_beta group import --in "$work/eng-s2.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 gs_beta group show eng > "$work/show"
 grep -Eq "v2 +current +gs:secret:eng:v2" "$work/show" && grep -Eq "v3 +current +gs:group:eng:v3" "$work/show" ||
   fail "beta's versions: $(cat "$work/show")"
@@ -350,7 +353,9 @@ gs_alpha ca export --to "$work/beta-transport.pem" --out "$work/ca-beta.gsk" >/d
 refused beta 1 "ca import on a server with another CA" -- \
   gs_beta ca import --in "$work/ca-beta.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "another CA"
-expect 0 "ca import on gamma (the shared database's CA)" -- gs_gamma ca import --in "$work/ca.gsk"
+expect 0 "ca import on gamma (the shared database's CA)" -- gs_gamma ca import --in "$work/ca.gsk" --keep-transport-key
+gtl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/gamma-transport.pem" | head -1)
+grep -q "^transport key $gtl kept" "$work/out" || fail "ca import does not say it kept $gtl: $(cat "$work/out")"
 grep -q "signature test" "$work/out" || fail "ca import does not say the key passed its signature test"
 # the group's address as an older version may have stored it (a '_' in
 # the domain, which today's rule refuses for a new group) travels as is
@@ -358,6 +363,13 @@ sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@mail_host.ex
 gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
 expect 0 "group import on gamma (rows already recorded, keys to the token)" -- \
   gs_gamma group import --in "$work/eng-gamma.gsk"
+# the ceremony's last file: the import deleted the transport key, both
+# halves (SECURITY.md, "The receiving token's user PIN and the file")
+objects gamma > "$work/gamma.objs"
+! grep -q "gs:transport:" "$work/gamma.objs" || fail "the transport key is still on gamma's token: $(cat "$work/gamma.objs")"
+grep -q "^transport key $gtl deleted (both halves)" "$work/out" || fail "import does not say it deleted $gtl: $(cat "$work/out")"
+audit_has "$work/gamma/audit.jsonl" transport-key-destroy ok "$gtl" '"group":"eng"'
+ok "the last import of the ceremony deletes the transport key (pkcs11-tool lists neither half)"
 sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@example.org' WHERE name = 'eng'"
 # The group plain is not replicable: in a cluster it exists on alpha's
 # token only, and gamma's check says so (docs/operations.md).
@@ -402,7 +414,7 @@ mkserver eps
 sed -i "s#^path = $work/eps/groupsrv.db#path = $work/alpha/groupsrv.db#" "$work/eps.conf"
 gs_eps token transport-key --out "$work/eps-transport.pem" >/dev/null
 gs_alpha ca export --to "$work/eps-transport.pem" --out "$work/ca-eps.gsk" >/dev/null
-gs_eps ca import --in "$work/ca-eps.gsk" >/dev/null
+gs_eps ca import --in "$work/ca-eps.gsk" --keep-transport-key >/dev/null
 # the key versions come first, then the secret key versions
 gv=$(gs_alpha group show eng | sed -n 's/^  v\([0-9]*\) .*current.*/\1/p' | head -n 1)
 [ -n "$gv" ] || fail "no current version of eng: $(gs_alpha group show eng)"
@@ -426,7 +438,8 @@ if [ -n "${GS_JSONFAULT_MODULE:-}" ]; then
   expect_msg "out of memory listing the keys left out"
   [ ! -e "$work/eng-eps-oom.gsk" ] || fail "an export that ran out of memory wrote $work/eng-eps-oom.gsk"
 fi
-expect 0 "group import on eps of what alpha's token gave" -- gs_eps group import --in "$work/eng-eps.gsk"
+expect 0 "group import on eps of what alpha's token gave" -- \
+  gs_eps group import --in "$work/eng-eps.gsk" --keep-transport-key
 # the operator at eps may not see alpha's output: the import itself says
 # what this token still lacks, and where to get it
 grep -q "^missing: key version $gv (gs:group:eng:v$gv): not on this token; give it from the server whose token made it (.group export eng --version $gv.)" \
@@ -434,7 +447,19 @@ grep -q "^missing: key version $gv (gs:group:eng:v$gv): not on this token; give 
 grep -q "^not complete: this token lacks [0-9]* of group eng's keys" "$work/out" ||
   fail "the import on eps does not say the token lacks keys: $(cat "$work/out")"
 gs_gamma group export eng --version "$gv" --to "$work/eps-transport.pem" --out "$work/eng-eps-v$gv.gsk" >/dev/null
-expect 0 "group import on eps of gamma's version $gv" -- gs_eps group import --in "$work/eng-eps-v$gv.gsk"
+# the token refuses to delete the transport key (a token whose objects
+# are not destroyable, CKR_ACTION_PROHIBITED): the import is made, and
+# the command says loudly, exit 7, what is left and how to delete it
+etl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/eps-transport.pem" | head -1)
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/eps.conf" > "$work/eps-fault.conf"
+printf 'C_DestroyObject 0x1b\n' > "$work/p11fault-destroy.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-destroy.ctl GS_P11FAULT_TARGET=$module GS_CONF_eps=$work/eps-fault.conf \
+  expect 7 "group import on eps of gamma's version $gv, the transport key not deletable" -- \
+  gs_eps group import --in "$work/eng-eps-v$gv.gsk"
+expect_msg "^groupsrv: the import is made, but transport key $etl could not be deleted; delete it now \(pkcs11-tool --login --delete-object --type privkey --label $etl, and --type pubkey: .*\): deleting the transport private key"
+[ "$(objects eps | grep -c "label: *$etl")" = 2 ] || fail "eps's transport key: $(objects eps)"
+audit_has "$work/eps/audit.jsonl" group-import ok '"keep_transport_key":false'
+audit_has "$work/eps/audit.jsonl" transport-key-destroy "failed: " "$etl"
 ! grep -q "^missing: key version $gv " "$work/out" || fail "version $gv still named missing: $(cat "$work/out")"
 gs_eps check > "$work/out" 2>&1 || true
 grep -q "gs:reject:eng .*OK (imported copy)" "$work/out" || fail "eps lacks the rejection key: $(cat "$work/out")"
@@ -468,7 +493,7 @@ refused delta 1 "a new clone given an --all that left keys out" -- \
   gs_delta group import --in "$work/eng-delta.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "this file is not complete"
 expect 0 "group import on delta (what alpha has not retired)" -- \
-  gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem"
+  gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 refused delta 1 "replay of a key version file made before the origin retired it" -- \
   gs_delta group import --in "$work/rep-v1-old.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "^groupsrv: key version 1 is older than every one recorded here \(the oldest is 2\)"
@@ -502,4 +527,5 @@ gs_alpha group export eng --version "$av" --to "$work/beta-transport.pem" --out 
 refused beta 1 "import of a newer version from the origin that was taken over" -- \
   gs_beta group import --in "$work/eng-old-origin.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "^groupsrv: key version $av is newer than this server's: group eng's versions are made here"
+# a refused import leaves the transport key (refused: the snapshot above)
 echo "all ceremony-servers checks passed"

@@ -244,17 +244,32 @@ unset MODULE
 run_block cer6 'Step by step (SoftHSM, two servers)' 5 "$B" -e "s|^MODULE=/usr/lib/softhsm/libsofthsm2.so\$|MODULE=$module|"
 awk '/label: *gs:group:eng:v1/ {on=1; next} /Object;/ {on=0} on' "$work/cer6.out" | sed -E 's/  +/ /g' > "$work/cer6.key"
 grep -q '^ *Access: sensitive$' "$work/cer6.key" || fail "step 6: the copy does not show 'Access: sensitive': $(cat "$work/cer6.out")"
-# step 7: the transport key deleted, both halves, with the label step 2 printed
-{ doc_block "$doc" 'Step by step (SoftHSM, two servers)' 5 | grep -E '^(MODULE|GS_USER_PIN)='
-  doc_block "$doc" 'Step by step (SoftHSM, two servers)' 6; } |
-  sed -e "s|/var/lib/gs-b/|$work/gs-b/|g" -e "s|^MODULE=/usr/lib/softhsm/libsofthsm2.so\$|MODULE=$module|" \
-      -e "s|gs:transport:[0-9a-f]*|$label|g" > "$work/cer7.sh" || fail "cer7: the blocks are gone from docs/operations.md"
-(cd "$B" && bash -e "$work/cer7.sh") > "$work/cer7.out" 2>&1 ||
-  fail "cer7 (step 7 in step 6's shell), as written in docs/operations.md, failed: $(cat "$work/cer7.sh") ---- $(tail -n 20 "$work/cer7.out")"
-GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") pkcs11-tool --module "$module" --token-label groupsrv-b --login \
-  --pin env:GS_USER_PIN --list-objects > "$work/cer7.objects" 2>&1 || fail "cannot list B's objects: $(cat "$work/cer7.objects")"
-! grep -q "gs:transport:" "$work/cer7.objects" || fail "step 7 left the transport key: $(cat "$work/cer7.objects")"
-ok "operations.md's key ceremony, steps 1-7, ran as written: B holds copies, the transport key is gone"
+# step 7: the import (step 5) deleted the transport key, both halves: the
+# listing in step 6's shell finds none; then the deletion by hand, on a
+# transport key made again, with the label it printed
+cer7() { # N LABEL: step 7's block N in step 6's shell
+  { doc_block "$doc" 'Step by step (SoftHSM, two servers)' 5 | grep -E '^(MODULE|GS_USER_PIN)='
+    doc_block "$doc" 'Step by step (SoftHSM, two servers)' "$1"; } |
+    sed -e "s|/var/lib/gs-b/|$work/gs-b/|g" -e "s|^MODULE=/usr/lib/softhsm/libsofthsm2.so\$|MODULE=$module|" \
+        -e "s|gs:transport:[0-9a-f]*|$2|g" > "$work/cer7-$1.sh" || fail "cer7: the blocks are gone from docs/operations.md"
+  (cd "$B" && bash -e "$work/cer7-$1.sh") > "$work/cer7.out" 2>&1 ||
+    fail "cer7 (step 7's block $1 in step 6's shell), as written in docs/operations.md, failed: $(cat "$work/cer7-$1.sh") ---- $(tail -n 20 "$work/cer7.out")"
+}
+b_objects() {
+  GS_USER_PIN=$(cat "$work/gs-b/token/user-pin") pkcs11-tool --module "$module" --token-label groupsrv-b --login \
+    --pin env:GS_USER_PIN --list-objects > "$work/cer7.objects" 2>&1 || fail "cannot list B's objects: $(cat "$work/cer7.objects")"
+}
+has cer5 "^transport key $label deleted \(both halves\)"
+cer7 6 "$label"
+has cer7 '^no transport key left on B$'
+b_objects
+! grep -q "gs:transport:" "$work/cer7.objects" || fail "the import left the transport key: $(cat "$work/cer7.objects")"
+(cd "$B" && groupsrv -c b.conf token transport-key --out left.pem) > "$work/cer7.out" 2>&1 || fail "a second transport key on B"
+left=$(sed -n 's/^transport key \(gs:transport:[0-9a-f]*\) made .*/\1/p' "$work/cer7.out")
+cer7 7 "$left"
+b_objects
+! grep -q "gs:transport:" "$work/cer7.objects" || fail "step 7's deletion left the transport key: $(cat "$work/cer7.objects")"
+ok "operations.md's key ceremony, steps 1-7, ran as written: B holds copies, the import deleted the transport key, and step 7 deletes one left"
 
 # ---- The key shipment file: its signature with stock openssl ----
 export SOFTHSM2_CONF=$A/token/softhsm2.conf

@@ -123,17 +123,19 @@ _cl_transport() { # I
 
 # A's keys onto the other tokens: export on A (user and SO PIN), import on
 # the instance (the shared database's CA is the trusted one, so no --ca;
-# the rows exist, only the token changes).
+# the rows exist, only the token changes). Each instance keeps one
+# transport key for every file of the test (--keep-transport-key; a real
+# ceremony lets its last import delete it, docs/operations.md).
 cl_copy_keys() { # GROUP...
   local i g t n
   for ((i = 1; i < CL_N; i++)); do
     n=${CL_NAMES[$i]}
     t=$(_cl_transport "$i") || return 1
     gsa 0 ca export --to "$t" --out "$CL_WORK/ca-$n.gsk" >/dev/null || return 1
-    gsa "$i" ca import --in "$CL_WORK/ca-$n.gsk" >/dev/null || return 1
+    gsa "$i" ca import --in "$CL_WORK/ca-$n.gsk" --keep-transport-key >/dev/null || return 1
     for g in "$@"; do
       gsa 0 group export "$g" --all --to "$t" --out "$CL_WORK/$g-$n.gsk" >/dev/null || return 1
-      gsa "$i" group import --in "$CL_WORK/$g-$n.gsk" >/dev/null || return 1
+      gsa "$i" group import --in "$CL_WORK/$g-$n.gsk" --keep-transport-key >/dev/null || return 1
     done
   done
 }
@@ -142,7 +144,7 @@ cl_copy_version() { # I GROUP --version|--secret-version N
   local t f=$CL_WORK/$2-${CL_NAMES[$1]}$3-$4.gsk
   t=$(_cl_transport "$1") || return 1
   gsa 0 group export "$2" "$3" "$4" --to "$t" --out "$f" >/dev/null || return 1
-  gsa "$1" group import --in "$f" >/dev/null
+  gsa "$1" group import --in "$f" --keep-transport-key >/dev/null
 }
 
 cl_start() { # I
