@@ -2626,16 +2626,18 @@ static int user_paths_add(struct user_paths *p, const char *what, const char *pa
 }
 
 /* The key files of every token in SoftHSM's token directory
- * (TOKENDIR/TOKEN/FILE); other modules keep their stores where this
- * program cannot tell. */
-static int user_paths_add_tokens(struct user_paths *p)
+ * (TOKENDIR/TOKEN/FILE), when [hsm] module is SoftHSM; other modules keep
+ * their stores where this program cannot tell, and SoftHSM's store
+ * beside them (softhsm2 installed, its default configuration) is not the
+ * token's: naming its files would be a problem of another program's. */
+static int user_paths_add_tokens(struct user_paths *p, const char *module)
 {
     char dir[PATH_MAX], sub[PATH_MAX], file[PATH_MAX];
     DIR *d = NULL, *t = NULL;
     struct dirent *e, *f;
     int rc = 0;
 
-    if (hsm_softhsm_tokendir(dir, sizeof(dir)) != 0 || (d = opendir(dir)) == NULL)
+    if (!hsm_module_is_softhsm(module) || hsm_softhsm_tokendir(dir, sizeof(dir)) != 0 || (d = opendir(dir)) == NULL)
         return 0;
     while (rc == 0 && (e = readdir(d)) != NULL) {
         int w = snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
@@ -2761,7 +2763,7 @@ static unsigned check_server_user(const struct gs_config *cfg)
     /* What the network process must not read; getpwnam's static result
      * stays valid: nothing below asks the user database again. */
     gs_store_location_display(cfg->db.url != NULL ? cfg->db.url : "", shown, sizeof(shown));
-    if (user_paths_add_tokens(&p) != 0 ||
+    if (user_paths_add_tokens(&p, cfg->hsm.module) != 0 ||
         user_paths_add(&p, "the user PIN source", pin_source_path(cfg->hsm.pin_source), true) != 0 ||
         user_paths_add(&p, "the SO PIN source", pin_source_path(cfg->hsm.so_pin_source), true) != 0 ||
         (cfg->tls.key != NULL && strncmp(cfg->tls.key, "pkcs11:", 7) != 0 &&
@@ -2808,9 +2810,11 @@ static unsigned check_server_user(const struct gs_config *cfg)
     if (problems == 0)
         (void)file_row("user", true,
                        "[server] user %s (uid %lu, gid %lu): serve's network process runs as it and needs no file; "
-                       "it can read none of the %zu files checked (token store, PIN sources, [tls] key, database, "
+                       "it can read none of the %zu files checked (%s, PIN sources, [tls] key, database, "
                        "audit log)%s",
                        user, (unsigned long)pw->pw_uid, (unsigned long)pw->pw_gid, p.n,
+                       hsm_module_is_softhsm(cfg->hsm.module) ? "SoftHSM's token store"
+                                                              : "not the token's store: only SoftHSM's is known",
                        p.full ? " (the first ones of a larger token store)" : "");
 out:
     free(readable);

@@ -223,6 +223,16 @@ int hsm_softhsm_tokendir(char *out, size_t cap)
     return out[0] != '\0' ? 0 : -1;
 }
 
+bool hsm_module_is_softhsm(const char *module)
+{
+    char stem[256];
+
+    if (module == NULL)
+        return false;
+    module_stem(module, stem, sizeof(stem));
+    return strcmp(stem, "softhsm2") == 0;
+}
+
 /* A token's directory in SoftHSM's token directory that this user cannot
  * open: SoftHSM leaves such a token out of its slot list without a
  * word (only syslog hears), so a store restored as root with `cp -r` reads

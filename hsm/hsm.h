@@ -293,6 +293,10 @@ hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
  * the path in out (cap bytes); -1 when no configuration names one. Reads
  * a file only: no module is loaded. */
 int hsm_softhsm_tokendir(char *out, size_t cap);
+/* Whether module ([hsm] module: a file or a p11-kit module name) is
+ * SoftHSM's (libsofthsm2.so, softhsm2): only then is the token directory
+ * above the store of the configured token. */
+bool hsm_module_is_softhsm(const char *module);
 /* "CKR_GENERAL_ERROR" etc. for a CK_RV (static text, or this thread's
  * buffer for one without a name). */
 const char *hsm_rv_name(unsigned long rv);

@@ -120,8 +120,8 @@ install -m 0644 /dev/null "$usr/tokens/tok/key.object"
 install -m 0644 /dev/null "$usr/pin"
 install -m 0600 /dev/null "$usr/tls.key"
 printf 'directories.tokendir = %s/tokens\n' "$usr" > "$usr/softhsm2.conf"
-user_rows() { # USER: check's user rows with [server] user = USER
-  sed "s|^pin_source = .*|pin_source = $usr/pin|" "$conf" > "$usr/u.conf"
+user_rows() { # USER [MODULE]: check's user rows with [server] user = USER
+  sed -e "s|^pin_source = .*|pin_source = $usr/pin|" -e "${2:+s|^module = .*|module = $2|}" "$conf" > "$usr/u.conf"
   printf '[server]\nuser = %s\n[tls]\ncert = %s/tls.pem\nkey = %s/tls.key\n' "$1" "$usr" "$usr" >> "$usr/u.conf"
   SOFTHSM2_CONF=$usr/softhsm2.conf "$BIN/groupsrv" -c "$usr/u.conf" check 2>&1 | grep '^user ' || true
 }
@@ -146,6 +146,20 @@ if [ "$(id -u)" = 0 ]; then
   grep -q "^user      PROBLEM: \[server\] user gs-no-such-user: .*: serve does not start" <<<"$rows" ||
     fail "check, [server] user that does not exist: $rows"
   ok "check: [server] user root or missing is a problem, one that reads none of the secrets OK"
+  # SoftHSM's store is the token's only when [hsm] module is SoftHSM: with
+  # another module (opencryptoki here) a SoftHSM store beside it (softhsm2
+  # installed) is another program's, not a problem of this configuration
+  chown root "$usr/tls.key"
+  chmod 0644 "$usr/tokens/tok/key.object"
+  rows=$(user_rows nobody /usr/lib/x86_64-linux-gnu/opencryptoki/libopencryptoki.so.0)
+  grep -q "^user      OK   \[server\] user nobody (uid [0-9]*, gid [0-9]*): serve's network process runs as it and needs no file; it can read none of the 2 files checked (not the token's store" <<<"$rows" ||
+    fail "check with another module names SoftHSM's store: $rows"
+  rows=$(user_rows nobody softhsm2)
+  grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read 1 of the token store's 1 files" <<<"$rows" ||
+    fail "check with the module given by its p11-kit name does not check SoftHSM's store: $rows"
+  chmod 0600 "$usr/tokens/tok/key.object"
+  ok "check: SoftHSM's token store is checked for [hsm] module SoftHSM only (by file or p11-kit name)"
+  user_rows gs-no-such-user >/dev/null # u.conf for the run below
   # run as another user (a copy of the program where nobody reaches it):
   # the setting is not taken, so only a warning for a user that is missing
   cp "$BIN/groupsrv" "$usr/"
