@@ -267,6 +267,7 @@ struct pg_store {
     int64_t orphan_start_us;
     bool unreplicated;    /* an orphan ended at its synchronous standby wait: made on the primary alone */
     bool own_stmt_timeout; /* the session's statement_timeout is [db] timeout, not one the DBA set */
+    bool idle_timeout_off; /* pg_keys_lock_try turned idle_session_timeout off: unlock RESETs it */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -701,6 +702,7 @@ static gs_err connect_session(gs_store *st)
     memset(PG(st)->prepared, 0, sizeof(PG(st)->prepared));
     PG(st)->no_answer = false; /* a verdict on the old connection, never told */
     PG(st)->backend_pid = 0;   /* known once the setup below tells it */
+    PG(st)->idle_timeout_off = false; /* a new session has the role's */
     PG(st)->conn = PQconnectdb(PG(st)->url);
     if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
@@ -1276,13 +1278,19 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
      * every group create and rotate failed with "the database connection
      * was lost while this command held the keys lock", again at each
      * retry. So the session that holds the lock has none; pg_keys_unlock
-     * puts the role's value back. No such setting (before 14): nothing. */
-    res = pg_exec(st, "SELECT l, (SELECT set_config(name, '0', false) FROM pg_settings WHERE name = "
-                      "'idle_session_timeout' AND l) FROM pg_try_advisory_lock(" KEYS_LOCK ") AS l");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+     * puts the role's value back. No such setting (before 14): nothing.
+     * current_setting, not pg_settings: a database that revokes that view
+     * from PUBLIC (a hardened database) failed every command that
+     * takes this lock. */
+    res = pg_exec(st, "SELECT l, CASE WHEN l AND current_setting('idle_session_timeout', true) IS NOT NULL "
+                      "THEN set_config('idle_session_timeout', '0', false) END "
+                      "FROM pg_try_advisory_lock(" KEYS_LOCK ") AS l");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 2) {
         err = result_error(st, res, "the keys lock");
-    else
+    } else {
         *got = PQgetvalue(res, 0, 0)[0] == 't';
+        PG(st)->idle_timeout_off = *got && !PQgetisnull(res, 0, 1);
+    }
     PQclear(res);
     return err;
 }
@@ -1295,8 +1303,11 @@ static gs_err pg_keys_lock_try(gs_store *st, bool *got)
 static void pg_keys_unlock(gs_store *st)
 {
     if (!PG(st)->lost && PG(st)->conn != NULL && PQstatus(PG(st)->conn) == CONNECTION_OK) {
-        PQclear(pg_exec(st, "SELECT pg_advisory_unlock(" KEYS_LOCK "), (SELECT set_config(name, reset_val, false) "
-                            "FROM pg_settings WHERE name = 'idle_session_timeout')"));
+        /* RESET: the value the session began with (postgresql.conf, ALTER
+         * ROLE or DATABASE ... SET, the URI's options) */
+        PQclear(pg_exec(st, PG(st)->idle_timeout_off
+                                ? "SELECT pg_advisory_unlock(" KEYS_LOCK "); RESET idle_session_timeout"
+                                : "SELECT pg_advisory_unlock(" KEYS_LOCK ")"));
         /* Nobody reads its outcome: no answer in time (the connection is
          * closed, the lock with it) is not the next statement's error. */
         PG(st)->no_answer = false;
@@ -1305,6 +1316,7 @@ static void pg_keys_unlock(gs_store *st)
         PG(st)->conn = NULL;
         PG(st)->lost = true;
     }
+    PG(st)->idle_timeout_off = false;
 }
 
 /* ---- CA -------------------------------------------------------------------- */

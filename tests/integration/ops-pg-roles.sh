@@ -405,3 +405,13 @@ own group create idle --address idle@example.org --key rsa:4096 > "$work/idle.ou
   fail "group create (RSA-4096) with idle_session_timeout = 100ms on the role: $(cat "$work/idle.out")"
 pg_psql groupsrv -c "ALTER ROLE groupsrv_owner RESET idle_session_timeout" >/dev/null
 ok "group create with a role's idle_session_timeout shorter than the key generation"
+
+# ---- pg_settings not readable (a hardened database) ----------------------------
+# The keys lock turned idle_session_timeout off through pg_settings: where
+# that view is revoked from PUBLIC, every group create, rotate and member
+# remove failed ("the keys lock: permission denied for view pg_settings").
+pg_psql groupsrv -c "REVOKE SELECT ON pg_catalog.pg_settings FROM PUBLIC" >/dev/null
+own group create hardened --address hardened@example.org --key rsa:2048 > "$work/hardened.out" 2>&1 ||
+  fail "group create with pg_settings revoked from PUBLIC: $(cat "$work/hardened.out")"
+pg_psql groupsrv -c "GRANT SELECT ON pg_catalog.pg_settings TO PUBLIC" >/dev/null
+ok "group create with pg_settings revoked from PUBLIC"
