@@ -404,16 +404,19 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
         if (locked)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_LOCKED,
                                  "%s: a database lock another session holds was not granted in time: %s", what, msg);
-        /* The DBA's statement_timeout (ALTER ROLE or DATABASE ... SET, the
-         * URI's options) is left alone: then that one cut it, and the log
-         * must not send the operator to [db] timeout. */
+        /* The DBA's statement_timeout (postgresql.conf or ALTER SYSTEM,
+         * ALTER ROLE or DATABASE ... SET, the URI's options or PGOPTIONS)
+         * is left alone: then that one cut it, and the log must not send
+         * the operator to [db] timeout, nor to a role that has none when
+         * it is in postgresql.conf. */
         if (too_long && PG(st)->own_stmt_timeout)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
                                  "%s: the statement ran longer than [db] timeout: %s", what, msg);
         if (too_long)
             return gs_err_set_db(GS_ERR_DB_UNAVAILABLE, GS_DB_CAUSE_NO_ANSWER,
-                                 "%s: the statement ran longer than the statement_timeout the database role, the "
-                                 "database or the URI's options set (groupsrv's [db] timeout applies only where "
+                                 "%s: the statement ran longer than the statement_timeout PostgreSQL gives "
+                                 "groupsrv's sessions (postgresql.conf or ALTER SYSTEM, ALTER ROLE or DATABASE ... "
+                                 "SET, the URI's options or PGOPTIONS; groupsrv's [db] timeout applies only where "
                                  "none is set): %s",
                                  what, msg);
         if (read_only)

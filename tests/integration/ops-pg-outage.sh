@@ -226,11 +226,18 @@ grep -q 'cause="the database is locked by another session"' "$work/serve.log" ||
 pg_release "COMMIT;"
 unwrap 200 "unwrap once the lock is released" -- alice
 
-# ---- the DBA's statement_timeout (ALTER DATABASE/ROLE ... SET), shorter than
-# lock_timeout and [db] timeout (10 s here): it cuts the statement, and the
-# log says so; before, it blamed [db] timeout, which groupsrv sets only
-# where nobody chose a value, sending the operator to the wrong knob.
-sql "ALTER DATABASE groupsrv SET statement_timeout = '1s'" >/dev/null
+# ---- the DBA's statement_timeout (here in postgresql.conf: ALTER SYSTEM; or
+# ALTER DATABASE/ROLE ... SET), shorter than lock_timeout and [db] timeout
+# (10 s here): it cuts the statement, and the log says so; before, it
+# blamed [db] timeout, which groupsrv sets only where nobody chose a value,
+# sending the operator to the wrong knob, and then named only the role, the
+# database and the URI, where this one is in none of them.
+pg_psql postgres -c "ALTER SYSTEM SET statement_timeout = '1s'" >/dev/null
+pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(sql "SHOW statement_timeout")" = 1s ] && break
+  sleep 0.05
+done
 end_sessions
 sleep 0.3
 unwrap 200 "unwrap on sessions with the database's statement_timeout" -- alice
@@ -239,9 +246,14 @@ pg_hold "$work" "$(pg_url groupsrv)" "BEGIN; LOCK TABLE changes IN ACCESS EXCLUS
 log0=$(wc -l < "$work/serve.log")
 unwrap 503 db_unavailable "unwrap cut by the database's statement_timeout" -- alice
 pg_release "COMMIT;"
-tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'ran longer than the statement_timeout the database role, the database' ||
-  fail "a statement cut by the database's statement_timeout: $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
-sql "ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
+tail -n +$((log0 + 1)) "$work/serve.log" | grep -q "ran longer than the statement_timeout PostgreSQL gives groupsrv's sessions (postgresql.conf" ||
+  fail "a statement cut by postgresql.conf's statement_timeout: $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
+pg_psql postgres -c "ALTER SYSTEM RESET statement_timeout" >/dev/null
+pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(sql "SHOW statement_timeout")" = 0 ] && break
+  sleep 0.05
+done
 end_sessions
 sleep 0.3
 unwrap 200 "unwrap once the database's statement_timeout is reset" -- alice
