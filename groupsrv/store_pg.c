@@ -265,7 +265,8 @@ struct pg_store {
     int64_t backend_start_us;
     int orphan_pid;       /* a backend left with a write in flight, ended before the next statement */
     int64_t orphan_start_us;
-    bool unreplicated;    /* an orphan ended at its synchronous standby wait: made on the primary alone */
+    bool unreplicated;    /* a commit's synchronous standby wait was ended (end_orphan, or the database:
+                             notice_receive): made on the primary alone */
     bool own_stmt_timeout; /* the session's statement_timeout is [db] timeout, not one the DBA set */
     bool idle_timeout_off; /* pg_keys_lock_try turned idle_session_timeout off: unlock RESETs it */
 };
@@ -314,12 +315,29 @@ static int64_t monotonic_ms(void)
 }
 
 /* Server notices (e.g. "relation already exists, skipping") go to the
- * diagnostic log, not to stderr. */
-static void notice_to_log(void *arg, const char *message)
+ * diagnostic log, not to stderr. One says more: a COMMIT's wait for a
+ * synchronous standby ended by another than groupsrv (the DBA's
+ * pg_cancel_backend or pg_terminate_backend, a fast shutdown) is a
+ * WARNING of SyncRepWaitForLSN, and the commit is made on the primary
+ * alone: a cancelled one is even answered as a success, an ended one
+ * leaves no backend for end_orphan to find. Without this both were
+ * answered as made under [db] unreplicated_writes = refuse. Told by the
+ * routine's name, which lc_messages does not translate. */
+static void notice_receive(void *arg, const PGresult *res)
 {
+    gs_store *st = arg;
     char q[256];
+    const char *fn = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+    const char *message = PQresultErrorMessage(res);
 
-    (void)arg;
+    if (fn != NULL && strcmp(fn, "SyncRepWaitForLSN") == 0) {
+        PG(st)->unreplicated = true;
+        log_warn("database session waiting for a synchronous standby was cancelled or ended by the database "
+                 "(pg_cancel_backend, pg_terminate_backend, a shutdown): its commit is on the primary only until a "
+                 "standby has it detail=\"%s\"",
+                 log_quote(q, sizeof(q), message));
+        return;
+    }
     log_debug("postgresql notice=\"%s\"", log_quote(q, sizeof(q), message));
 }
 
@@ -718,7 +736,7 @@ static gs_err connect_session(gs_store *st)
             return gs_err_set(GS_ERR_NOT_FOUND, "database: %s", msg);
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
     }
-    (void)PQsetNoticeProcessor(PG(st)->conn, notice_to_log, NULL);
+    (void)PQsetNoticeReceiver(PG(st)->conn, notice_receive, st);
     if (PQsetnonblocking(PG(st)->conn, 1) != 0) {
         conn_message(PG(st)->conn, msg, sizeof(msg));
         PG(st)->lost = true;

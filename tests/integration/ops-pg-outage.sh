@@ -803,6 +803,23 @@ unwrap 503 audit_unavailable "unwrap with every synchronous standby down, unrepl
 rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
 expect 503 "member PUT with every synchronous standby down, unreplicated_writes = refuse" -- \
   admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/unrepl@example.org"
+# The wait ended by the database rather than by groupsrv: the DBA's
+# pg_cancel_backend (the COMMIT is then answered as a success, with a
+# WARNING) and pg_terminate_backend (the backend gone before groupsrv
+# looks for it), as a fast shutdown does too. The commit is on the primary
+# alone all the same; before, both unwraps were answered 200, the key given.
+for end in pg_cancel_backend pg_terminate_backend; do
+  ( for i in $(seq 1 200); do
+      [ "$(pg_psql postgres -At -c "SELECT count($end(pid)) FROM pg_stat_activity
+          WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")" != 0 ] && exit 0
+      sleep 0.05
+    done; exit 1 ) &
+  ender=$!
+  unwrap 503 audit_unavailable "unwrap whose wait for a synchronous standby $end ended, unreplicated_writes = refuse" -- alice
+  wait "$ender" || fail "$end: no session waited for a synchronous standby"
+done
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'waiting for a synchronous standby was cancelled or ended by the database' ||
+  fail "unreplicated_writes = refuse: the log does not say the database ended a wait"
 pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
