@@ -309,7 +309,8 @@ static size_t key_index(const char *section, const char *name)
 
 /* [db]: exactly one of path (SQLite, the default) and url (PostgreSQL);
  * [server] instance defaults to the host name; [audit] store = db needs
- * the PostgreSQL store. */
+ * the PostgreSQL store, and [db] unreplicated_writes = refuse the audit
+ * table. */
 static gs_err validate_store(const char *name, struct gs_config *c, const bool *seen)
 {
     char host[256];
@@ -326,6 +327,15 @@ static gs_err validate_store(const char *name, struct gs_config *c, const bool *
     }
     if (strcmp(c->audit.store, "db") == 0 && c->db.url == NULL)
         return gs_err_set(GS_ERR_CONFIG, "%s: [audit] store = db needs the PostgreSQL store ([db] url)", name);
+    /* Refusing is done by the audit table's inserts (server/audit.c,
+     * db_flush): with the audit log in a file nothing was refused, and a
+     * member change made on the primary alone was answered 200 under a
+     * setting that said it would not be. */
+    if (strcmp(c->db.unreplicated_writes, "refuse") == 0 && strcmp(c->audit.store, "db") != 0)
+        return gs_err_set(GS_ERR_CONFIG,
+                          "%s: [db] unreplicated_writes = refuse needs [audit] store = db (writes made on the "
+                          "primary alone are told, and refused, by the audit table's inserts)",
+                          name);
     if (c->server.instance == NULL) {
         if (gethostname(host, sizeof(host)) != 0)
             (void)snprintf(host, sizeof(host), "groupsrv");

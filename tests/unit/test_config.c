@@ -83,7 +83,7 @@ static void test_full(void **state)
                                   "[tls]\ncert = /c.pem\nkey = pkcs11:object=tls\nclient_ca = /ca.pem\n"
                                   "[hsm]\nmodule = softhsm2\ntoken = pkcs11:token=x\npin_source = /pin\n"
                                   "max_sessions = 16\n"
-                                  "[db]\npath = /tmp/x.db\nunreplicated_writes = refuse\n[audit]\npath = /tmp/a.jsonl\n"
+                                  "[db]\npath = /tmp/x.db\n[audit]\npath = /tmp/a.jsonl\n"
                                   "[certsrv]\nlisten = [::1]:8444\nlifetime = 600\n"
                                   "[ca]\nkey_label = my:ca\ngroup_cert_days = 10\nmember_cert_days = 5\nca_days = 20\n");
     assert_string_equal(c->server.listen, "0.0.0.0:9443");
@@ -101,7 +101,6 @@ static void test_full(void **state)
     assert_int_equal(c->certsrv.lifetime, 600);
     assert_string_equal(c->ca.key_label, "my:ca");
     assert_int_equal(c->ca.ca_days, 20);
-    assert_string_equal(c->db.unreplicated_writes, "refuse");
     gs_config_free(c);
 }
 
@@ -255,7 +254,17 @@ static void test_store_choice(void **state)
     assert_string_equal(c->server.instance, "gs-a");
     gs_config_free(c);
 
+    c = load_ok(MIN_HSM "[db]\nurl = postgresql:///groupsrv\nunreplicated_writes = refuse\n[audit]\nstore = db\n");
+    assert_string_equal(c->db.unreplicated_writes, "refuse");
+    gs_config_free(c);
+
     expect_error(MIN_HSM "[db]\npath = /tmp/x.db\nurl = postgresql:///g\n", "both 'path' and 'url'");
+    /* refuse is told by the audit table's inserts: set where they are
+     * not, it refused nothing while the operator counted on it */
+    expect_error(MIN_HSM "[db]\nunreplicated_writes = refuse\n",
+                 "t.conf: [db] unreplicated_writes = refuse needs [audit] store = db");
+    expect_error(MIN_HSM "[db]\nurl = postgresql:///groupsrv\nunreplicated_writes = refuse\n",
+                 "t.conf: [db] unreplicated_writes = refuse needs [audit] store = db");
     expect_error(MIN_HSM "[db]\nurl = /tmp/x.db\n", "must be a postgresql:// URI");
     expect_error(MIN_HSM "[db]\npath = postgres://h/db\n", "use 'url'");
     expect_error(MIN_HSM "[audit]\nstore = db\n", "needs the PostgreSQL store");
