@@ -24,20 +24,36 @@ trap 'rm -rf "$W"' EXIT
 # Run in the namespace: the packages' own paths, as an admin meets them.
 cat >"$W/inside.sh" <<'INSIDE'
 set -euo pipefail
-W=$1 DEBS=$2
+DEBS=$1
 fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "skip: $* (a scratch system of overlays)"; exit 77; }
+# No systemd here (a /run of our own: deb-systemd-invoke and the units'
+# daemon-reload see no /run/systemd/system), so the maintainer scripts
+# start and stop nothing. The overlays' upper layers are in that tmpfs
+# too, never on the disk of the test's work directory: that may be an
+# overlayfs itself (a container's root), which the kernel refuses as an
+# upper layer; and all of it goes with the namespace, however this ends.
+mount -t tmpfs -o mode=0755 tmpfs /run || skip "no tmpfs on /run"
+S=/run/gs-deb-purge
 for d in etc usr var; do
-  mkdir -p "$W/$d-up" "$W/$d-wk"
-  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$W/$d-up,workdir=$W/$d-wk" "/$d"
+  mkdir -p "$S/$d-up" "$S/$d-wk"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$S/$d-up,workdir=$S/$d-wk" "/$d" ||
+    skip "no overlay on /$d"
 done
-# No systemd here: the maintainer scripts start and stop nothing. Nor
-# man-db's index, which would take most of this test's time.
-mount -t tmpfs tmpfs /run
+# Nor man-db's index, which would take most of this test's time.
 rm -f /var/lib/man-db/auto-update
 export DEBIAN_FRONTEND=noninteractive
+# Nothing of this machine's state decides the answers: the packages
+# purged here if the machine has them (the exploder's files keep
+# /etc/groupsrv), and debconf's answers for groupsrv forgotten (a
+# groupsrv/purge_keys true left by a preseed would make the plain purge
+# below an answered one).
+dpkg --force-unsafe-io --purge groupsrv exploder groupmail >"$S/clean.log" 2>&1 ||
+  fail "dpkg --purge of the machine's packages: $(cat "$S/clean.log")"
+echo PURGE | debconf-communicate groupsrv >/dev/null 2>&1 || true
 install_all() {
-  dpkg --force-unsafe-io -i "$DEBS"/groupsrv_*.deb >"$W/install.log" 2>&1 ||
-    fail "dpkg -i: $(tail -20 "$W/install.log")"
+  dpkg --force-unsafe-io -i "$DEBS"/groupsrv_*.deb >"$S/install.log" 2>&1 ||
+    fail "dpkg -i: $(tail -20 "$S/install.log")"
   # What the admin makes (docs/operations.md): a token store with a key
   # on it, the PIN, the configuration, and what the server writes.
   install -d -m 0700 /var/lib/groupsrv/softhsm/tokens/t1
@@ -49,24 +65,24 @@ install_all() {
   echo log >/var/log/groupsrv.log
 }
 install_all
-grep -i 'warning\|error' "$W/install.log" && fail "dpkg -i said: $(grep -i 'warning\|error' "$W/install.log")"
-dpkg --force-unsafe-io --purge groupsrv >"$W/purge1.log" 2>&1 || fail "dpkg --purge: $(cat "$W/purge1.log")"
+grep -i 'warning\|error' "$S/install.log" && fail "dpkg -i said: $(grep -i 'warning\|error' "$S/install.log")"
+dpkg --force-unsafe-io --purge groupsrv >"$S/purge1.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge1.log")"
 for f in /var/lib/groupsrv/softhsm/tokens/t1/key.object /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin /etc/groupsrv/groupsrv.conf; do
-  [ -f "$f" ] || fail "a plain purge deleted $f: $(cat "$W/purge1.log")"
+  [ -f "$f" ] || fail "a plain purge deleted $f: $(cat "$S/purge1.log")"
 done
 for f in /var/log/groupsrv /var/log/groupsrv.log; do
   [ ! -e "$f" ] || fail "a plain purge left $f"
 done
-grep -q 'purge keeps /var/lib/groupsrv' "$W/purge1.log" || fail "a plain purge does not say what it kept: $(cat "$W/purge1.log")"
+grep -q 'purge keeps /var/lib/groupsrv' "$S/purge1.log" || fail "a plain purge does not say what it kept: $(cat "$S/purge1.log")"
 echo "ok: a plain purge deletes the logs and keeps the token store, the database and /etc/groupsrv's files"
 
 install_all
 echo 'groupsrv groupsrv/purge_keys boolean true' | debconf-set-selections
-dpkg --force-unsafe-io --purge groupsrv >"$W/purge2.log" 2>&1 || fail "dpkg --purge: $(cat "$W/purge2.log")"
+dpkg --force-unsafe-io --purge groupsrv >"$S/purge2.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge2.log")"
 for f in /var/lib/groupsrv /etc/groupsrv /var/log/groupsrv /var/log/groupsrv.log; do
-  [ ! -e "$f" ] || fail "a purge with groupsrv/purge_keys true left $f: $(cat "$W/purge2.log")"
+  [ ! -e "$f" ] || fail "a purge with groupsrv/purge_keys true left $f: $(cat "$S/purge2.log")"
 done
-grep -q 'purge keeps' "$W/purge2.log" && fail "a purge with groupsrv/purge_keys true says it keeps: $(cat "$W/purge2.log")"
+grep -q 'purge keeps' "$S/purge2.log" && fail "a purge with groupsrv/purge_keys true says it keeps: $(cat "$S/purge2.log")"
 echo "ok: with groupsrv/purge_keys true a purge deletes them, and /etc/groupsrv with them"
 INSIDE
-unshare -m --propagation private bash "$W/inside.sh" "$W" "$DEBS"
+unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
