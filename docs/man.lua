@@ -13,7 +13,11 @@
 -- installed, and there they are in DOCDIR/groupsrv, DOCDIR/exploder or
 -- DOCDIR/groupmail (dist/CMakeLists.txt installs them, uncompressed in the
 -- packages): each name is written as that installed path. DOCDIR is the
--- "docdir" metadata (CMake passes the installed share/doc).
+-- "docdir" metadata (CMake passes the installed share/doc). A document
+-- of another package than the page's (the page's title is its program
+-- and its package) is followed by "in the PACKAGE package": the exploder
+-- and groupmail run on hosts without the group server's package, where
+-- /usr/share/doc/groupsrv/api.md is not.
 local stringify = pandoc.utils.stringify
 
 -- Source-tree name (a Lua pattern, after a frontier so that docs/api.md
@@ -31,6 +35,7 @@ local installed_docs = {
   {'%f[%w/.-]README%.md', 'groupsrv/README.md'},
 }
 local docdir = nil
+local page = nil
 
 -- The text with each source-tree name replaced by its installed path,
 -- that path between two MARKs when mark is true.
@@ -39,7 +44,11 @@ local function installed(text, mark)
   if docdir == nil then return text end
   for _, m in ipairs(installed_docs) do
     local path = docdir .. '/' .. m[2]
+    local pkg = m[2]:match('^[^/]+')
     if mark then path = MARK .. path .. MARK end
+    if mark and page ~= nil and pkg ~= page then
+      path = path .. ' in the ' .. pkg .. ' package'
+    end
     text = text:gsub(m[1], (path:gsub('%%', '%%%%')))
   end
   return text
@@ -47,6 +56,7 @@ end
 
 local function read_docdir(meta)
   if meta.docdir ~= nil then docdir = stringify(meta.docdir) end
+  if meta.title ~= nil then page = stringify(meta.title) end
 end
 
 -- In running text a path is written raw: \% first (never hyphenated:
@@ -63,8 +73,15 @@ local function installed_str(el)
     if in_path then
       local roff = part:gsub('\\', '\\e'):gsub('%-', '\\-'):gsub('/', '/\\:')
       out:insert(pandoc.RawInline('man', '\\%' .. roff))
-    elseif part ~= '' then
-      out:insert(pandoc.Str(part))
+    else
+      -- words and spaces (a line may break at each): "in the groupsrv
+      -- package" after a path is text of the filter's own
+      local first = true
+      for w in (part .. ' '):gmatch('(.-) ') do
+        if not first then out:insert(pandoc.Space()) end
+        if w ~= '' then out:insert(pandoc.Str(w)) end
+        first = false
+      end
     end
     in_path = not in_path
   end

@@ -120,8 +120,20 @@ for p in groupsrv exploder groupmail; do
   gone=
   while read -r d; do [ -e "$W/root$d" ] || gone+="$d "; done <<<"$named"
   [ -z "$gone" ] || fail "$p.1 names $gone, not installed"
+  # Each page is in its program's package, and the exploder and groupmail
+  # run on hosts without the group server's: a document of another
+  # package is named with it, or a reader there looks for a file that is
+  # not on that host.
+  bare=
+  while read -r d; do
+    q=${d#"$PREFIX/share/doc/"} q=${q%%/*}
+    [ "$q" = "$p" ] && continue
+    [ "$(grep -oF "$d" <<<"$text" | wc -l)" = "$(grep -oF "$d in the $q package" <<<"$text" | wc -l)" ] ||
+      bare+="$d "
+  done <<<"$named"
+  [ -z "$bare" ] || fail "$p.1 names $bare without the package that has it"
 done
-ok "man pages name the installed documents, and every one is installed"
+ok "man pages name the installed documents (another package's with its package), and every one is installed"
 
 for f in groupsrv exploder; do
   # `su USER GROUP` names the service user, which only the package creates:
