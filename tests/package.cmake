@@ -30,10 +30,14 @@ set_tests_properties(package_deb_build PROPERTIES LABELS "integration;package" T
   FIXTURES_SETUP gs_debs)
 # What purge deletes, in a scratch system of overlays (no package is
 # installed on this machine): the group keys only when the admin said so.
+# Not beside package_deb_system: this machine's /etc, /usr and /var are
+# the overlays' lower layers, which must not change under them, and that
+# test installs the packages there for minutes.
 add_test(NAME package_deb_purge
   COMMAND bash ${GS_TEST_DIR}/integration/package-deb-purge.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
 set_tests_properties(package_deb_purge PROPERTIES LABELS "integration;package" TIMEOUT 300
-  FIXTURES_REQUIRED gs_debs SKIP_RETURN_CODE 77 ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+  FIXTURES_REQUIRED gs_debs SKIP_RETURN_CODE 77 ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}"
+  RESOURCE_LOCK gs_system_packages)
 add_test(NAME package_deb_system
   COMMAND bash ${GS_TEST_DIR}/integration/package-deb-system.sh ${PROJECT_SOURCE_DIR} ${GS_DEB_DIR})
 set_tests_properties(package_deb_system PROPERTIES LABELS "integration;package" TIMEOUT 600

@@ -18,6 +18,12 @@ if [ "$(id -u)" != 0 ] || ! unshare -m --propagation private true 2>/dev/null; t
   echo "skip: needs root and mount namespaces (a scratch system of overlays)"
   exit 77
 fi
+# This machine's /etc, /usr and /var are the overlays' lower layers, which
+# must not change while they are mounted: not while package_deb_system
+# (of this tree or another's) has the packages installed on it (its lock,
+# held for its whole run), nor while it runs dpkg.
+exec 9>/tmp/groupsrv-package-test.lock
+flock 9
 W=$(mktemp -d "${GS_TEST_WORK:-/tmp}/deb-purge.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 
@@ -85,4 +91,4 @@ done
 grep -q 'purge keeps' "$S/purge2.log" && fail "a purge with groupsrv/purge_keys true says it keeps: $(cat "$S/purge2.log")"
 echo "ok: with groupsrv/purge_keys true a purge deletes them, and /etc/groupsrv with them"
 INSIDE
-unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
+flock /tmp/apt.lock unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
