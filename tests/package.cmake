@@ -46,8 +46,9 @@ set_tests_properties(package_deb_system PROPERTIES LABELS "integration;package" 
 
 # The unit's MemoryDenyWriteExecute=yes against a PKCS#11 module that needs
 # an executable stack: what check says is what operations.md quotes, with
-# the drop-in that lets such a module load (the kernel's PR_SET_MDWE stands
-# in for the unit; a second; release pass only, label "package": no code of
+# the drop-in that lets such a module load (systemd 252's seccomp filter,
+# and the kernel's PR_SET_MDWE where it has it, stand in for the unit; a
+# second; release pass only, label "package": no code of
 # ours is under test that a sanitizer build would look at differently).
 add_test(NAME package_unit_execstack
   COMMAND bash ${GS_TEST_DIR}/integration/package-unit-execstack.sh ${PROJECT_SOURCE_DIR} ${GS_TEST_BIN})
