@@ -121,17 +121,24 @@ ok "lintian: no tag left without an override"
 # configurations, the units' Documentation= and comments, the man pages,
 # the guides) is a file or directory of the packages under that name:
 # dh_compress gzips documentation it is not told to leave, and a pointer
-# to X.md then leads nowhere (the file is X.md.gz).
+# to X.md then leads nowhere (the file is X.md.gz). A man page is read as
+# man shows it: docs/man.lua writes each path in roff's escapes (\% and
+# \: after each slash), which the page's source has, not the path.
 tree=$OUT/tree
 rm -rf "$tree"
 mkdir "$tree"
 for p in groupsrv exploder groupmail; do dpkg-deb -x "$OUT/${p}_"*.deb "$tree"; done
 named=$(find "$tree" -type f \( -path '*/examples/*' -o -path '*/systemd/system/*' -o -name '*.md' -o -name '*.md.gz' -o -name '*.1.gz' \) |
   while read -r f; do
-    case $f in *.gz) zcat "$f" ;; *) cat "$f" ;; esac |
+    case $f in
+      *.1.gz) LC_ALL=C MANWIDTH=2000 man -l "$f" 2>/dev/null | col -b | sed -e ':a' -e 'N' -e '$!ba' -e 's|/\n[[:space:]]*|/|g' ;;
+      *.gz) zcat "$f" ;;
+      *) cat "$f" ;;
+    esac |
       { grep -oE '/usr/share/doc/[A-Za-z0-9_./-]*[A-Za-z0-9_/]' || true; } | sed "s|^|${f#"$tree"/}: |"
   done | sort -u)
 [ -n "$named" ] || fail "no /usr/share/doc path named in the packages' files (a pattern is stale)"
+grep -q '\.1\.gz: ' <<<"$named" || fail "no man page names a /usr/share/doc path (a pattern is stale)"
 missing=
 while read -r where path; do
   [ -e "$tree$path" ] || missing+="$where names $path, not in the packages; "
