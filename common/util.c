@@ -207,12 +207,22 @@ int util_dir_unwritable(const char *path)
 
 int util_file_attrs(const char *path, int dir)
 {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (dir ? O_DIRECTORY : O_NOFOLLOW)), flags = 0;
+    struct stat st;
+    int fd = -1, flags = 0;
 
+    /* A regular file or a directory only, looked at before the open: an
+     * open is itself an act on a FIFO (a writer waiting for a reader goes
+     * on, then finds none) or a device (a tape rewinds at close, a tty
+     * may become the controlling terminal); what it opened is looked at
+     * again, as the path may be swapped in between. */
+    if ((dir ? stat(path, &st) : lstat(path, &st)) != 0 || !(dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)))
+        return 0;
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (dir ? O_DIRECTORY : O_NOFOLLOW));
     if (fd < 0)
         return 0;
     /* The kernel reads and writes an int, whatever the ioctl's number says */
-    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
+    if (fstat(fd, &st) != 0 || !(dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)) ||
+        ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0)
         flags = 0;
     (void)close(fd); /* read only: nothing to lose */
     return ((flags & FS_APPEND_FL) ? UTIL_ATTR_APPEND : 0) | ((flags & FS_IMMUTABLE_FL) ? UTIL_ATTR_IMMUTABLE : 0);

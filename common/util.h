@@ -58,7 +58,8 @@ int util_dir_unwritable(const char *path);
  * appending: UTIL_ATTR_APPEND (chattr +a), UTIL_ATTR_IMMUTABLE (chattr
  * +i), or 0 when it has neither or they cannot be read (a file system
  * without them). dir: path is a directory, followed through a link;
- * otherwise a file, not followed. */
+ * otherwise a regular file, not followed. Anything else (a FIFO, a
+ * device) is 0, never opened. */
 #define UTIL_ATTR_APPEND 1
 #define UTIL_ATTR_IMMUTABLE 2
 int util_file_attrs(const char *path, int dir);

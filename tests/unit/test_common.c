@@ -14,6 +14,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/fs.h>
+#include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1191,6 +1194,93 @@ static void test_out_own_pipe_removed_by_reader(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Opens of path inotify saw (IN_OPEN) since wd was added on fd. */
+static int inotify_opens(int fd)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int opens = 0;
+    ssize_t n;
+
+    while ((n = read(fd, buf, sizeof(buf))) > 0)
+        for (char *p = buf; p < buf + n; p += sizeof(struct inotify_event) + ((struct inotify_event *)p)->len)
+            opens += (((struct inotify_event *)p)->mask & IN_OPEN) != 0;
+    return opens;
+}
+
+/* util_file_attrs (audit rotate, serve's start) reads chattr attributes
+ * of a regular file or a directory and opens nothing else: opening is
+ * itself an act on a FIFO (a writer waiting for a reader goes on, then
+ * finds none: SIGPIPE) or a device (a tape rewinds at close; a tty
+ * without O_NOCTTY becomes a session leader's controlling terminal),
+ * which audit.c's open_regular checks the type first for. It opened any
+ * path O_RDONLY. A link to a file is not followed; to a directory it is
+ * (dir). */
+static void test_file_attrs_opens_only_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gs-attrs-XXXXXX", fifo[64], file[64], flink[64], dlink[64];
+    const char *tty;
+    int in, ptm, wd, fl;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+    snprintf(file, sizeof(file), "%s/audit.jsonl", dir);
+    snprintf(flink, sizeof(flink), "%s/link", dir);
+    snprintf(dlink, sizeof(dlink), "%s/dlink", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(util_write_file_atomic(file, "x\n", 2, 0600), UTIL_OK);
+    assert_int_equal(symlink(file, flink), 0);
+    assert_int_equal(symlink(dir, dlink), 0);
+    assert_true((ptm = posix_openpt(O_RDWR | O_NOCTTY)) >= 0);
+    assert_int_equal(grantpt(ptm), 0);
+    assert_int_equal(unlockpt(ptm), 0);
+    assert_non_null(tty = ptsname(ptm));
+    assert_true((in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) >= 0);
+    assert_true((wd = inotify_add_watch(in, fifo, IN_OPEN)) >= 0);
+    assert_int_equal(util_file_attrs(fifo, 0), 0);
+    assert_int_equal(util_file_attrs(fifo, 1), 0);
+    assert_int_equal(inotify_opens(in), 0);
+    assert_int_equal(inotify_rm_watch(in, wd), 0);
+    (void)inotify_opens(in); /* IN_IGNORED */
+    assert_true((wd = inotify_add_watch(in, tty, IN_OPEN)) >= 0);
+    assert_int_equal(util_file_attrs(tty, 0), 0);
+    assert_int_equal(inotify_opens(in), 0);
+    assert_int_equal(inotify_rm_watch(in, wd), 0);
+    (void)inotify_opens(in);
+    /* the file and the directory are read, through a link only for the
+     * directory (root only: setting +a takes CAP_LINUX_IMMUTABLE, and a
+     * file system may have no attributes) */
+    if (geteuid() == 0) {
+        int fd = open(file, O_RDONLY | O_CLOEXEC), dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(fd >= 0 && dfd >= 0);
+        fl = FS_APPEND_FL;
+        if (ioctl(fd, FS_IOC_SETFLAGS, &fl) == 0) {
+            assert_int_equal(util_file_attrs(file, 0), UTIL_ATTR_APPEND);
+            assert_int_equal(util_file_attrs(flink, 0), 0);
+            fl = 0;
+            assert_int_equal(ioctl(fd, FS_IOC_SETFLAGS, &fl), 0);
+            fl = FS_IMMUTABLE_FL;
+            assert_int_equal(ioctl(dfd, FS_IOC_SETFLAGS, &fl), 0);
+            assert_int_equal(util_file_attrs(dlink, 1), UTIL_ATTR_IMMUTABLE);
+            assert_int_equal(util_file_attrs(dir, 1), UTIL_ATTR_IMMUTABLE);
+            assert_int_equal(util_file_attrs(file, 1), 0); /* not a directory */
+            fl = 0;
+            assert_int_equal(ioctl(dfd, FS_IOC_SETFLAGS, &fl), 0);
+        }
+        close(fd);
+        close(dfd);
+    }
+    assert_int_equal(util_file_attrs(file, 0), 0);
+    assert_int_equal(util_file_attrs(dir, 1), 0);
+    close(in);
+    close(ptm);
+    assert_int_equal(unlink(dlink), 0);
+    assert_int_equal(unlink(flink), 0);
+    assert_int_equal(unlink(file), 0);
+    assert_int_equal(unlink(fifo), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1218,6 +1308,7 @@ int main(void)
         cmocka_unit_test(test_out_foreign_pipe_any_shared_dir),
         cmocka_unit_test(test_out_own_pipe_descriptor),
         cmocka_unit_test(test_out_own_pipe_removed_by_reader),
+        cmocka_unit_test(test_file_attrs_opens_only_files),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
