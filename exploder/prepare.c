@@ -914,7 +914,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     env_err e;
     xp_older older;
     char *hdrs = NULL;
-    const char *outer;
+    const char *outer, *w;
     xp_err rc = XP_ERR_CRYPTO;
     bool per_member, crlf;
 
@@ -945,6 +945,16 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",
                  env_strerror(e));
         rc = env_to_xp(e);
+        goto out;
+    }
+    /* as deliver refuses it (xp_check_message), for a post a forward list
+     * that takes anything took before `list set` made the list
+     * re-encrypt: the copy carries the post's fields but MIME-Version and
+     * Content-* as they came (the S/MIME reader's outer header block) */
+    if ((w = lone_cr_why(env_message_outer_headers(msg), strlen(env_message_outer_headers(msg)))) != NULL) {
+        snprintf(why, whysz, "%s", w);
+        snprintf(prep->reason, sizeof(prep->reason), "%s", w);
+        rc = XP_ERR_FORMAT;
         goto out;
     }
     /* one call per message, whatever the number of recipients; the content

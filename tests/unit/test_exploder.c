@@ -1649,6 +1649,22 @@ static void test_modes_read_fields_as_reader(void **state)
         write_file(path, mail, (size_t)n);
         out = fopen(outpath, "wb");
         assert_non_null(out);
+        /* a post a forward list that takes anything took before `list
+         * set` made the list re-encrypt: the copy would carry the post's
+         * other fields, the one with the CR among them; refused before
+         * the group server is asked (none listens here) */
+        if (shapes[i].both_refusal != NULL && strncmp(shapes[i].shape, "X-Note", 6) == 0) {
+            xp_list re[2];
+            re[0] = gs;
+            re[1] = mc;
+            for (size_t m = 0; m < 2; m++) {
+                re[m].server = "https://127.0.0.1:1";
+                assert_int_equal(xp_prepare(&c, &re[m], path, out, &prep, pwhy, sizeof(pwhy)), XP_ERR_FORMAT);
+                assert_non_null(strstr(pwhy, "ends no line"));
+                assert_non_null(strstr(prep.reason, "ends no line"));
+                xp_prepared_clear(&prep);
+            }
+        }
         if (fe != XP_OK) {
             /* a post a re-encrypting mode took before `list set` made the
              * list forward: not sent as it came either */
