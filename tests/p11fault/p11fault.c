@@ -65,6 +65,17 @@
  * once, when the file is read. A line "delay FUNC MS" makes every call of
  * FUNC wait MS milliseconds (at most 60000) before it goes on, so that
  * two processes' calls overlap for certain (races made reliable).
+ * A line "hide LABEL [MS]" makes C_FindObjects leave out the objects
+ * whose CKA_LABEL is LABEL: at the first call that would hand one out,
+ * and after it at every call that comes less than MS milliseconds after
+ * the process's previous C_FindObjects call (no MS: at every call). So
+ * searches in quick succession miss the object and a search after a
+ * pause of MS finds it: an object another process has just made. SoftHSM
+ * 2.6 writes a new object's file after it has released the file's lock,
+ * so another process indexing the token directory at that moment reads
+ * it empty and misses the object until a later search; a network HSM
+ * cluster shows an object made through one member on another only after
+ * it has synchronised. At most 4 "hide" lines; LABEL has no blanks.
  * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
  * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
  * CKF_TOKEN_PRESENT, slot calls (C_GetTokenInfo, C_OpenSession, ...) answer
@@ -142,6 +153,7 @@ static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *real_dl;
 static CK_FUNCTION_LIST *real;
 static unsigned long find_batch; /* C_FindObjects' most handles a call (fault_mu); 0: as asked */
+static struct timespec last_find;  /* when C_FindObjects was called last (fault_mu) */
 
 static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
@@ -150,6 +162,8 @@ static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
 static int ctl_token_removed(void);
 static CK_FLAGS ctl_token_flags_now(void);
 static int breaks(const CK_ATTRIBUTE *t, CK_ULONG n);
+static unsigned long hide_filter(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *h, unsigned long n,
+                                 struct timespec prev);
 
 static CK_RV fw_C_Initialize(void *init_args);
 static CK_RV fw_C_Finalize(void *reserved);
@@ -625,11 +639,21 @@ static CK_RV fw_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *objec
         return rv_;
     if (real == NULL || real->C_FindObjects == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    struct timespec now, prev;
+    (void)clock_gettime(CLOCK_MONOTONIC, &now);
     pthread_mutex_lock(&fault_mu);
     if (find_batch != 0 && max_object_count > find_batch)
         max_object_count = find_batch;
+    prev = last_find;
+    last_find = now;
     pthread_mutex_unlock(&fault_mu);
-    return real->C_FindObjects(session, object, max_object_count, object_count);
+    for (;;) {
+        CK_RV rv = real->C_FindObjects(session, object, max_object_count, object_count);
+        /* every handle left out: ask again, or the caller takes "none" for the end */
+        if (rv != CKR_OK || object == NULL || object_count == NULL || *object_count == 0 ||
+            (*object_count = hide_filter(session, object, *object_count, prev)) != 0)
+            return rv;
+    }
 }
 
 static CK_RV fw_C_FindObjectsFinal(CK_SESSION_HANDLE session)
@@ -1188,6 +1212,15 @@ static int ctl_logout_pending; /* a "logout" line was just read */
  * forwarded, so that two processes' calls overlap for certain (a race
  * between two key generations made reliable). 0: no delay. */
 static long ctl_delay_ms[FW_COUNT_];
+/* "hide LABEL [COUNT]": objects left out of C_FindObjects' answers. */
+#define CTL_HIDES_MAX 4
+#define CTL_HIDE_LABEL_MAX 128
+static struct {
+    char label[CTL_HIDE_LABEL_MAX + 1];
+    long ms;  /* the pause before a search that shows it; < 0: none does */
+    int seen; /* a call has hidden it (the first always does) */
+} ctl_hides[CTL_HIDES_MAX];
+static unsigned ctl_nhides;
 /* A lost connection (a network HSM's client, p11-kit's RPC after its
  * server died): every call fails with CKR_DEVICE_ERROR until the module
  * is finalized and initialised again. */
@@ -1404,6 +1437,7 @@ static void ctl_parse_locked(char *text)
 
     ctl_nrules = 0;
     ctl_nbools = 0;
+    ctl_nhides = 0;
     ctl_token_flags = 0;
     memset(ctl_delay_ms, 0, sizeof(ctl_delay_ms));
     for (; line != NULL && ctl_nrules < CTL_RULES_MAX; line = nl) {
@@ -1434,6 +1468,20 @@ static void ctl_parse_locked(char *text)
                 fprintf(stderr, "p11fault: ignoring control line: delay %.80s\n", wr ? wr : "");
             else
                 ctl_delay_ms[idx] = ms;
+            continue;
+        }
+        if (strcmp(wf, "hide") == 0) {
+            char *end = NULL;
+            long ms = wc != NULL ? strtol(wc, &end, 10) : -1;
+            if (wr == NULL || strlen(wr) > CTL_HIDE_LABEL_MAX || ctl_nhides >= CTL_HIDES_MAX ||
+                (wc != NULL && (end == wc || *end != '\0' || ms < 0 || ms > 600000))) {
+                fprintf(stderr, "p11fault: ignoring control line: hide %.80s\n", wr ? wr : "");
+                continue;
+            }
+            memcpy(ctl_hides[ctl_nhides].label, wr, strlen(wr) + 1);
+            ctl_hides[ctl_nhides].ms = ms;
+            ctl_hides[ctl_nhides].seen = 0;
+            ctl_nhides++;
             continue;
         }
         if (strcmp(wf, "tokenflags") == 0) {
@@ -1495,6 +1543,7 @@ static int ctl_refresh_locked(void)
     if (stat(ctl_path, &st) != 0) {
         ctl_nrules = 0; /* absent: pass-through */
         ctl_nbools = 0;
+        ctl_nhides = 0;
         memset(ctl_delay_ms, 0, sizeof(ctl_delay_ms));
         ctl_token_flags = 0;
         ctl_have_st = 0;
@@ -1508,6 +1557,7 @@ static int ctl_refresh_locked(void)
     ctl_have_st = 1;
     ctl_nrules = 0;
     ctl_nbools = 0;
+    ctl_nhides = 0;
     ctl_token_flags = 0;
     if ((text = calloc(1, CTL_FILE_MAX + 1)) != NULL && (f = fopen(ctl_path, "r")) != NULL) {
         n = fread(text, 1, CTL_FILE_MAX, f);
@@ -1541,6 +1591,44 @@ static int ctl_take_locked(int idx, CK_RV *rv)
         return 1;
     }
     return 0;
+}
+
+/* "hide" rules: drops from h[0..n) the objects whose label a rule in
+ * force names; returns how many are left. The labels are read unlocked
+ * (a real call). */
+static unsigned long hide_filter(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *h, unsigned long n,
+                                 struct timespec prev)
+{
+    unsigned long kept = 0;
+    struct timespec now;
+    unsigned nh;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&fault_mu);
+    nh = ctl_nhides;
+    pthread_mutex_unlock(&fault_mu);
+    if (nh == 0)
+        return n;
+    for (unsigned long i = 0; i < n; i++) {
+        char label[CTL_HIDE_LABEL_MAX + 1];
+        CK_ATTRIBUTE a = {CKA_LABEL, label, CTL_HIDE_LABEL_MAX};
+        int hide = 0;
+        if (real->C_GetAttributeValue(session, h[i], &a, 1) == CKR_OK && a.ulValueLen <= CTL_HIDE_LABEL_MAX) {
+            label[a.ulValueLen] = '\0';
+            pthread_mutex_lock(&fault_mu);
+            for (unsigned r = 0; r < ctl_nhides && !hide; r++) {
+                if (strcmp(ctl_hides[r].label, label) != 0)
+                    continue;
+                long quiet = (long)(now.tv_sec - prev.tv_sec) * 1000 + (now.tv_nsec - prev.tv_nsec) / 1000000;
+                hide = !ctl_hides[r].seen || ctl_hides[r].ms < 0 || quiet < ctl_hides[r].ms;
+                ctl_hides[r].seen = 1;
+            }
+            pthread_mutex_unlock(&fault_mu);
+        }
+        if (!hide)
+            h[kept++] = h[i];
+    }
+    return kept;
 }
 
 static int ctl_token_removed(void)
