@@ -28,6 +28,9 @@ struct gs_group {
     size_t n_kek_versions;
     hsm_key *reject;
     bool lacks_keys; /* a version the database records is not on this token */
+    /* The token labels of the versions the load did not find (parallel to
+     * versions and kek_versions; NULL where found), for gs_group_find_missing. */
+    char **missing_labels, **missing_kek_labels;
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -365,6 +368,12 @@ void gs_group_free(gs_group *g)
     for (size_t i = 0; i < g->n_kek_versions; i++)
         hsm_key_free(g->kek_versions[i].key);
     free(g->kek_versions);
+    for (size_t i = 0; g->missing_labels != NULL && i < g->n_versions; i++)
+        free(g->missing_labels[i]);
+    free(g->missing_labels);
+    for (size_t i = 0; g->missing_kek_labels != NULL && i < g->n_kek_versions; i++)
+        free(g->missing_kek_labels[i]);
+    free(g->missing_kek_labels);
     hsm_key_free(g->reject);
     gs_store_group_free(g->info);
     free(g);
@@ -454,7 +463,9 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
     err = GS_ERR_NOMEM;
     g->versions = calloc(nk ? nk : 1, sizeof(*g->versions));
     g->kek_versions = calloc(ns ? ns : 1, sizeof(*g->kek_versions));
-    if (g->versions == NULL || g->kek_versions == NULL)
+    g->missing_labels = calloc(nk ? nk : 1, sizeof(*g->missing_labels));
+    g->missing_kek_labels = calloc(ns ? ns : 1, sizeof(*g->missing_kek_labels));
+    if (g->versions == NULL || g->kek_versions == NULL || g->missing_labels == NULL || g->missing_kek_labels == NULL)
         goto out;
     /* Each version found by label costs a search of the token, often
      * linear in its objects; a group that rotated its secret key at every
@@ -491,6 +502,10 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL; /* recorded by another server; this token lacks it */
             g->lacks_keys = true;
+            if ((g->missing_labels[g->n_versions - 1] = strdup(keys[i].token_label)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
             continue;
         }
         if (he != HSM_OK) {
@@ -519,6 +534,10 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL;
             g->lacks_keys = true;
+            if ((g->missing_kek_labels[g->n_kek_versions - 1] = strdup(secrets[i].token_label)) == NULL) {
+                err = GS_ERR_NOMEM;
+                goto out;
+            }
             continue;
         }
         if (he != HSM_OK) {
@@ -564,6 +583,50 @@ out:
 const gs_store_group *gs_group_info(const gs_group *g) { return g->info; }
 int64_t gs_group_id(const gs_group *g) { return g->info->id; }
 bool gs_group_lacks_keys(const gs_group *g) { return g->lacks_keys; }
+
+/* One more search for *key by label; *missing stays set while not found. */
+static gs_err find_again(hsm_ctx *hsm, const char *label, hsm_key_class cls, const char *what, hsm_key **key,
+                         bool *missing, bool *found)
+{
+    hsm_err he;
+
+    if (*key != NULL || label == NULL)
+        return GS_OK;
+    he = hsm_key_find(hsm, label, cls, key);
+    if (he == HSM_ERR_KEY_NOT_FOUND) {
+        *key = NULL;
+        *missing = true;
+        return GS_OK;
+    }
+    if (he != HSM_OK) {
+        *key = NULL;
+        *missing = true;
+        return gs_hsm_fail(he, what, label);
+    }
+    *found = true;
+    return GS_OK;
+}
+
+gs_err gs_group_find_missing(gs_group *g, hsm_ctx *hsm, bool *found)
+{
+    bool missing = false;
+    gs_err err = GS_OK;
+
+    *found = false;
+    if (!g->lacks_keys)
+        return GS_OK;
+    for (size_t i = 0; i < g->n_versions && !err; i++)
+        err = find_again(hsm, g->missing_labels[i], HSM_CLASS_PRIVATE, "group key", &g->versions[i].key, &missing,
+                         found);
+    for (size_t i = 0; i < g->n_kek_versions && !err; i++)
+        err = find_again(hsm, g->missing_kek_labels[i], HSM_CLASS_SECRET, "secret key", &g->kek_versions[i].key,
+                         &missing, found);
+    if (!err && g->info->reject_sealed == NULL && g->info->reject_label != NULL)
+        err = find_again(hsm, g->info->reject_label, HSM_CLASS_SECRET, "rejection key", &g->reject, &missing, found);
+    /* still incomplete (or not known to be complete): loaded afresh next time */
+    g->lacks_keys = missing || err != GS_OK;
+    return err;
+}
 size_t gs_group_key_count(const gs_group *g) { return g->n_versions; }
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i) { return i < g->n_versions ? &g->versions[i] : NULL; }
 const gs_group_key_ref *gs_group_current_key(const gs_group *g) { return g->n_versions ? &g->versions[0] : NULL; }
@@ -586,6 +649,7 @@ const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const un
     return NULL;
 }
 hsm_key *gs_group_reject_key(const gs_group *g) { return g->reject; }
+hsm_key *const *gs_group_reject_key_slot(const gs_group *g) { return &g->reject; }
 const gs_policy *gs_group_policy(const gs_group *g) { return &g->policy; }
 hsm_rewrap_path gs_group_rewrap_path(const gs_group *g)
 {

@@ -78,6 +78,17 @@ int64_t gs_group_id(const gs_group *g);
  * (its key is NULL): a cache loads such a group again, so that a key
  * copied to the token meanwhile is found at the next request. */
 bool gs_group_lacks_keys(const gs_group *g);
+/* Searches the token once more for each version (and the rejection key)
+ * the load did not find, and fills in those now found; *found says
+ * whether any was. A key another process has just made may be missing
+ * from a search made at that moment and shown by the next (SoftHSM
+ * writes a new object's file after releasing its lock; a network HSM
+ * cluster shows it on the other members after it synchronised). The
+ * hsm_key of a version found is owned by g like the others: refs the
+ * caller holds stay valid, their key now set. Clears the lacks_keys mark
+ * when nothing is missing any more. GS_OK, or GS_ERR_HSM when a search
+ * failed (detail names the label). */
+gs_err gs_group_find_missing(gs_group *g, hsm_ctx *hsm, bool *found);
 /* Key versions, newest first; index 0 is the current one. */
 size_t gs_group_key_count(const gs_group *g);
 const gs_group_key_ref *gs_group_key_at(const gs_group *g, size_t i);
@@ -91,6 +102,8 @@ const gs_group_secret_ref *gs_group_secret_by_kek_id(const gs_group *g, const un
 /* The implicit-rejection HMAC key (on the token, or sealed), or NULL when
  * the group does not allow PKCS#1 v1.5. */
 hsm_key *gs_group_reject_key(const gs_group *g);
+/* Where g keeps it (gs_group_find_missing may fill it in later). */
+hsm_key *const *gs_group_reject_key_slot(const gs_group *g);
 /* The group's recorded key policy (borrowed). */
 const gs_policy *gs_group_policy(const gs_group *g);
 /* Where hsm/ re-wraps this group's content keys (from its policy). */

@@ -606,6 +606,85 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
                      what, version);
 }
 
+/* A key version the database names but the token's search did not show
+ * may be one another process has only just made: SoftHSM 2.6 writes a new
+ * object's file after releasing its lock, so a search at that moment in
+ * another process reads the file empty and misses the object, and a
+ * network HSM cluster shows an object made through one member on another
+ * only once it has synchronised. The request itself searches again, after
+ * a short pause, before it answers 503 key_unavailable (a fresh session
+ * would not help: SoftHSM indexes the token directory at every search).
+ * A version truly absent (a replica the ceremony has not reached) must
+ * still be answered at once and must not hold the token workers: after
+ * a search again that found nothing, the group's requests answer at once
+ * for SEARCH_AGAIN_GAP seconds (a key imported meanwhile is still found:
+ * the group is loaded afresh at every request while it lacks one). */
+#define SEARCH_AGAIN_GAP 2.0
+#define SEARCH_AGAIN_SLOTS 16
+static const long search_again_pause_ms[] = {20, 100};
+static pthread_mutex_t search_again_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    int64_t group_id;
+    double until; /* no search again for this group before; 0: slot free */
+} search_again_quiet[SEARCH_AGAIN_SLOTS];
+
+/* The slot of group_id, or the one to take for it (free or oldest).
+ * Called locked. */
+static size_t search_again_slot(int64_t group_id)
+{
+    size_t pick = 0;
+
+    for (size_t i = 0; i < SEARCH_AGAIN_SLOTS; i++) {
+        if (search_again_quiet[i].until != 0 && search_again_quiet[i].group_id == group_id)
+            return i;
+        if (search_again_quiet[i].until < search_again_quiet[pick].until)
+            pick = i;
+    }
+    return pick;
+}
+
+/* Searches the token again for the keys group g lacks, until *key (one
+ * of g's) is found: at most one search after each pause. True when *key
+ * is now set (every ref into g stays valid, its key filled in). */
+static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, const char *what, unsigned version)
+{
+    int64_t id = gs_group_id(g);
+    double now = util_monotonic_s();
+    bool quiet, found = false;
+    size_t tries = 0;
+
+    pthread_mutex_lock(&search_again_mu);
+    size_t i = search_again_slot(id);
+    quiet = search_again_quiet[i].until != 0 && search_again_quiet[i].group_id == id &&
+            now < search_again_quiet[i].until;
+    pthread_mutex_unlock(&search_again_mu);
+    if (quiet)
+        return false;
+    while (*key == NULL && tries < sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0])) {
+        long ms = search_again_pause_ms[tries++];
+        struct timespec pause = {0, ms * 1000000L};
+        (void)nanosleep(&pause, NULL);
+        /* a failing token is told by key_unavailable's health check */
+        if (gs_group_find_missing(g, w->kh->hsm, &found) != GS_OK)
+            break;
+    }
+    pthread_mutex_lock(&search_again_mu);
+    i = search_again_slot(id);
+    if (*key == NULL) {
+        search_again_quiet[i].group_id = id;
+        search_again_quiet[i].until = util_monotonic_s() + SEARCH_AGAIN_GAP;
+    } else if (search_again_quiet[i].group_id == id) {
+        search_again_quiet[i].until = 0;
+    }
+    pthread_mutex_unlock(&search_again_mu);
+    if (*key != NULL)
+        log_info("key version found at a search again kind=\"%s\" version=%u searches=%zu", what, version, tries);
+    else
+        log_info("key version not found at a search again kind=\"%s\" version=%u searches=%zu quiet_s=%.0f", what,
+                 version, tries, SEARCH_AGAIN_GAP);
+    return *key != NULL;
+}
+
 static const unsigned deliver_bits[] = {0, GS_METHOD_TLS, GS_METHOD_RECIPIENT_KEY, GS_METHOD_GROUP_SECRET};
 static const char *const deliver_names[] = {"", "tls", "recipient-key", "group-secret"};
 
@@ -711,12 +790,14 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
  * for good). 0, or -1 with r filled. */
 static int rsa_input(struct kh_worker *w, gs_group *g, struct item_in *u, struct item_res *r)
 {
-    if (u->ref->key == NULL)
+    if (u->ref->key == NULL && !search_again(w, g, &u->ref->key, "group key", u->ref->version))
         return key_unavailable(w, r, u->ref->version, "group key");
+    u->in.group_key = u->ref->key; /* item_read's copy, NULL if found again */
     if (u->alg != IPC_ALG_PKCS1V15)
         return 0;
     const gs_store_group *gi = gs_group_info(g);
-    if (gi->allow_pkcs1v15 && gs_group_reject_key(g) == NULL && gi->reject_label != NULL && gi->reject_sealed == NULL)
+    if (gi->allow_pkcs1v15 && gs_group_reject_key(g) == NULL && gi->reject_label != NULL && gi->reject_sealed == NULL &&
+        !search_again(w, g, gs_group_reject_key_slot(g), "rejection key for group key", u->ref->version))
         return key_unavailable(w, r, u->ref->version, "rejection key for group key");
     if (!gi->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
         return item_fail(r, 400, "algorithm_not_allowed", MSG_V15_REFUSED);
@@ -747,8 +828,10 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     hsm_err he = HSM_OK;
     double t0 = util_monotonic_s();
 
-    if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL)
+    if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL && !search_again(w, g, &u->ref->key, "group key", u->ref->version))
         return key_unavailable(w, r, u->ref->version, "group key");
+    if (u->alg == IPC_ALG_ECDH)
+        u->ecdh.group_key = u->ref->key; /* item_read's copy, NULL if found again */
     if (u->alg != IPC_ALG_ECDH && rsa_input(w, g, u, r) != 0)
         return -1;
     if (u->alg == IPC_ALG_ECDH && u->deliver != IPC_DELIVER_TLS)
@@ -781,7 +864,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     case IPC_DELIVER_GROUP_SECRET:
         if ((r->secret = gs_group_current_secret(g)) == NULL)
             return item_fail(r, 403, "method_not_allowed", "the group has no secret key");
-        if (r->secret->key == NULL)
+        if (r->secret->key == NULL && !search_again(w, g, &r->secret->key, "secret key", r->secret->version))
             return key_unavailable(w, r, r->secret->version, "secret key");
         he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
         metrics_unwrap_latency(util_monotonic_s() - t0);
@@ -1121,7 +1204,7 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
         const gs_group_secret_ref *s = gs_group_secret_at(g, i);
         unsigned char *wk = NULL;
         size_t wl = 0;
-        if (s->key == NULL) {
+        if (s->key == NULL && !search_again(w, g, &s->key, "secret key", s->version)) {
             /* a version this instance's token lacks (the cache reloads the
              * group next time); a token without its objects is down */
             gcache_mark_stale(w->gc);
