@@ -1670,7 +1670,7 @@ void srv_with_view(struct srv_req *r, bool fresh, void (*next)(struct srv_req *r
  * /v1/groups/eng, and a proxy in front that allows or refuses by path saw
  * another path than the one served (an empty first segment here, a 404
  * as anywhere else). Absolute form (3.2.2: "https://host/v1/...") is taken
- * with an http or https scheme and a host, not looked at; any other scheme
+ * with an http or https scheme and a host (not empty), not looked at; any other scheme
  * ("foo:/v1/groups/eng") names nothing. */
 static const char *target_path(struct evhttp_request *req, size_t *len)
 {
@@ -1678,6 +1678,7 @@ static const char *target_path(struct evhttp_request *req, size_t *len)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
 
     if (target == NULL)
         return NULL;
@@ -1685,8 +1686,11 @@ static const char *target_path(struct evhttp_request *req, size_t *len)
         *len = strcspn(target, "?#");
         return target;
     }
-    if (scheme == NULL || (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) ||
-        evhttp_uri_get_host(uri) == NULL || path == NULL)
+    /* an empty host ("http:///v1/...", "http://@/...") is no http URI
+     * (RFC 9110 4.2.1), and a WHATWG URL parser in a proxy reads the
+     * first segment as the host: another path than this one */
+    if (scheme == NULL || (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) || host == NULL ||
+        host[0] == '\0' || path == NULL)
         return NULL;
     *len = strlen(path);
     return path;

@@ -57,8 +57,12 @@ expect_status 404 not_found "unwrap// (an empty segment)" -- c alice --data-bina
 # as a host and a path, so these were served as /v1/groups/eng/unwrap
 # where a proxy in front that rules by path sees another path. Absolute
 # form with http or https is served (3.2.2), another scheme names nothing.
+# An http(s) URI with an empty host is invalid (RFC 9110 4.2.1): a WHATWG
+# URL parser (a proxy on Node.js) reads http:///v1/groups/eng as host v1
+# and path /groups/eng, so it names nothing here either.
 for t in //evil.example/v1/groups/eng/unwrap ///v1/groups/eng/unwrap foo:/v1/groups/eng/unwrap \
-  https://evil.example//v1/groups/eng/unwrap; do
+  https://evil.example//v1/groups/eng/unwrap http:///v1/groups/eng/unwrap https://@/v1/groups/eng/unwrap \
+  http://:443/v1/groups/eng/unwrap; do
   expect_status 404 not_found "request target $t" -- c alice --data-binary @"$work/req-tls.json" \
     --request-target "$t" "$base"
 done
