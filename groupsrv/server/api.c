@@ -300,15 +300,27 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
         const gview_key *k = NULL;
         if (item_key_version(item, v, &k, e) != 0)
             goto out;
-        if (k == NULL && (k = gview_current(v)) == NULL) {
+        /* Without "key_version" the current version is the key holder's
+         * to choose (version 0), from the group as it reads it for this
+         * job: this thread's view may predate a `group rotate` or `group
+         * retire` made while serving (it is refreshed only once the key
+         * holder answers this thread after the change), and the previous
+         * version it names would answer unwrap_failed, counted towards a
+         * suspension, or unknown_key_version once retired. An EC group's
+         * unsupported comes from the key holder as it would from here; a
+         * group without a current version is refused here, as before, so
+         * that it stays one item's answer in a batch (the key holder
+         * fails a whole batch on a 503). */
+        if (k == NULL && gview_current(v) == NULL) {
             srv_err_set(e, 503, "no_group_key", "the group has no current key");
             goto out;
         }
-        if (k->ec) {
+        if (k != NULL && k->ec) {
             srv_err_set(e, 400, "unsupported", "a bare encrypted_key needs an RSA group key");
             goto out;
         }
-        ipc_put_u32(b, IPC_T_KEY_VERSION, k->version);
+        if (k != NULL)
+            ipc_put_u32(b, IPC_T_KEY_VERSION, k->version);
         ipc_put_u32(b, IPC_T_ALG, a);
         ipc_put_bytes(b, IPC_T_ENC_KEY, raw, raw_len);
     }

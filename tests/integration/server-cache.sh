@@ -154,4 +154,27 @@ printf '{"recipient_info":"%s","key_version":4}' "$(b64 "$work/ri4.der")" > "$wo
 expect_status 200 "" "unwrap for a version never asked for on this thread" -- c alice --data-binary @"$work/req-v4.json" "$url"
 expect_status 400 unknown_recipient "a RecipientInfo of no version is still refused" -- \
   c alice --data-binary @"$work/req-v1.json" "$url"
+# ---- a bare encrypted_key without key_version after a rotation ----
+# api.md: "default the current one". The current version is the one the
+# key holder reads for the request, not the one this thread's view named
+# before a rotate made while serving: that one answered unwrap_failed (a
+# failed unwrap towards a suspension), and once retired unknown_key_version.
+bare_current() { # bare_current V DESC: the current version is V; a bare key to it unwraps as V
+  gs group show eng --cert > "$work/group-v$1.pem"
+  openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg$1.der" \
+    -recip "$work/group-v$1.pem" -keyopt rsa_padding_mode:oaep 2>/dev/null
+  cms ri "$work/msg$1.der" "$work/ri$1.der"
+  cms ek "$work/ri$1.der" "$work/ek$1.bin"
+  printf '{"encrypted_key":"%s","algorithm":"RSA-OAEP","content_algorithm":"aes-256-cbc"}' "$(b64 "$work/ek$1.bin")" \
+    > "$work/req-bare$1.json"
+  expect_status 200 "" "$2" -- c alice --data-binary @"$work/req-bare$1.json" "$url"
+  [ "$(json_get "$work/body" key_version)" = "$1" ] || fail "$2: $(cat "$work/body")"
+}
+gs group rotate eng >/dev/null
+bare_current 6 "bare encrypted_key, the first request after a rotation, unwrapped with the new current version"
+expect_status 200 "" "bare encrypted_key again (the view is the current one)" -- \
+  c alice --data-binary @"$work/req-bare6.json" "$url"
+gs group rotate eng >/dev/null
+gs group retire eng --before 7 >/dev/null
+bare_current 7 "bare encrypted_key, the first request after a rotation and a retire of the version before"
 echo "all cache tests passed"
