@@ -1768,7 +1768,7 @@ static unsigned method_bit(enum evhttp_cmd_type cmd)
     case EVHTTP_REQ_POST: return SRV_POST;
     case EVHTTP_REQ_PUT: return SRV_PUT;
     case EVHTTP_REQ_DELETE: return SRV_DELETE;
-    default: return 1u << 8; /* OPTIONS, PATCH: matched by SRV_ANY only */
+    default: return SRV_OTHER; /* OPTIONS, PATCH: matched by SRV_ANY only */
     }
 }
 

@@ -44,7 +44,9 @@ struct srv_addr_table;
 enum srv_listener { SRV_API = 1, SRV_CERTSRV = 2 };   /* bits, in a route */
 enum srv_lindex { SRV_LI_API = 0, SRV_LI_CERTSRV = 1 }; /* index, for admission */
 enum srv_method {
-    SRV_GET = 1u << 0, SRV_POST = 1u << 1, SRV_PUT = 1u << 2, SRV_DELETE = 1u << 3, SRV_ANY = 0xffu,
+    SRV_GET = 1u << 0, SRV_POST = 1u << 1, SRV_PUT = 1u << 2, SRV_DELETE = 1u << 3,
+    SRV_OTHER = 1u << 4, /* OPTIONS, PATCH: never named in an Allow */
+    SRV_ANY = 0x1fu,     /* every method, OPTIONS and PATCH too */
 };
 #define SRV_MAX_PARAMS 2
 #define SRV_SPKI_CACHE 8

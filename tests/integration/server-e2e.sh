@@ -25,6 +25,13 @@ expect_status 404 not_found "unknown group" -- anon "$base/v1/groups/nope"
 expect_status 200 "" "group certificate" -- anon "$base/v1/groups/eng/certificate"
 openssl x509 -in "$work/body" -noout -ext subjectAltName | grep -q eng@example.org || fail "certificate chain PEM"
 expect_status 405 method_not_allowed "wrong method" -- anon -X DELETE "$base/v1/groups/eng"
+# The certificate server's path on the API listener is no resource here
+# for every method: OPTIONS and PATCH were 405 with an Allow naming
+# GET, HEAD, POST, PUT and DELETE, each of which is this 404.
+for m in GET POST OPTIONS PATCH; do
+  expect_status 404 not_found "$m membership-certificates on the API listener" -- \
+    anon -X "$m" "$base/v1/groups/eng/membership-certificates"
+done
 
 # ---- method F: deliver=tls ----
 printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-tls.json"
