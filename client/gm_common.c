@@ -903,6 +903,10 @@ int gm_rest_open(const gm_config *c, const char *url, gs_rest **r)
             gm_err("cannot use %s with the key on the token (unreadable, or not that key's certificate)", o.cert_file);
             return GM_EXIT_ERROR;
         }
+        if (e == GS_REST_ERR_PIN_FORMAT) { /* a local file or setting: as a --cacert that cannot be read */
+            gm_err("cannot use the pin %s: %s", o.pinned_pubkey, gs_rest_strerror(e));
+            return GM_EXIT_ERROR;
+        }
         gm_err("cannot use server URL %s: %s", o.base_url, gs_rest_strerror(e));
         return GM_EXIT_USAGE;
     }

@@ -83,6 +83,8 @@ const char *gs_rest_strerror(gs_rest_err err)
     case GS_REST_ERR_BAD_ANSWER: return "malformed server answer";
     case GS_REST_ERR_TOO_LARGE: return "server answer too large";
     case GS_REST_ERR_CA_FILE: return "CA file unusable";
+    case GS_REST_ERR_PIN_FORMAT:
+        return "pin unusable (give sha256//BASE64 of a 32-byte hash, ;-separated, or a PEM or DER public key file)";
     }
     return "unknown error";
 }
@@ -252,6 +254,65 @@ out:
         }                                                                    \
     } while (0)
 
+/* libcurl's pin syntax, checked before it is used: curl reports a pin it
+ * cannot read (a file not there, a certificate in place of a public key,
+ * "sha256//" followed by anything) as a server key that does not match
+ * it, which sent the user looking at the server for a local mistake. */
+#define PIN_FILE_MAX (1024 * 1024) /* libcurl's own bound on a pin file */
+#define PIN_SHA256 "sha256//"
+
+static int pin_hashes_ok(const char *pin)
+{
+    const char *p = pin;
+
+    for (;;) {
+        const char *end = strchr(p, ';');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+        unsigned char *raw = NULL;
+        size_t raw_len = 0;
+        size_t pl = strlen(PIN_SHA256);
+        int ok = n > pl && strncmp(p, PIN_SHA256, pl) == 0 &&
+                 util_b64_decode(p + pl, n - pl, 64, &raw, &raw_len) == UTIL_OK && raw_len == 32;
+        free(raw);
+        if (!ok)
+            return 0;
+        if (end == NULL)
+            return 1;
+        p = end + 1;
+    }
+}
+
+static int pin_file_ok(const char *path)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    BIO *bio = NULL;
+    EVP_PKEY *pk = NULL;
+    int ok = 0;
+
+    if (util_read_regular_file(path, PIN_FILE_MAX, &buf, &len) != UTIL_OK || len == 0)
+        goto out;
+    if ((bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
+        goto out;
+    /* What libcurl takes: a PEM "PUBLIC KEY" block, else DER SubjectPublicKeyInfo. */
+    if (len > 5 && memcmp(buf, "-----", 5) == 0)
+        pk = PEM_read_bio_PUBKEY(bio, NULL, util_pem_no_passphrase, NULL);
+    else
+        pk = d2i_PUBKEY_bio(bio, NULL);
+    ok = pk != NULL;
+out:
+    ERR_clear_error();
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+    free(buf);
+    return ok;
+}
+
+static int pin_ok(const char *pin)
+{
+    return strncmp(pin, PIN_SHA256, strlen(PIN_SHA256)) == 0 ? pin_hashes_ok(pin) : pin_file_ok(pin);
+}
+
 gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
 {
     gs_rest_err err = GS_REST_ERR_ARGS;
@@ -272,6 +333,8 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
         return GS_REST_ERR_ARGS;
     if ((opts->key_pem != NULL && opts->key_pem_len == 0) || (opts->cert_pem != NULL && opts->cert_pem_len == 0))
         return GS_REST_ERR_ARGS;
+    if (opts->pinned_pubkey != NULL && !pin_ok(opts->pinned_pubkey))
+        return GS_REST_ERR_PIN_FORMAT;
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
         return GS_REST_ERR_NOMEM;

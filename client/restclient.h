@@ -52,6 +52,8 @@ typedef enum gs_rest_err {
                                  never followed), not HTTP */
     GS_REST_ERR_TOO_LARGE,    /* response body over max_response, or a header over libcurl's cap */
     GS_REST_ERR_CA_FILE,      /* our ca_file (CAs or CRLs) could not be read: a local error */
+    GS_REST_ERR_PIN_FORMAT,   /* our pinned_pubkey is neither sha256//BASE64 of 32 bytes (;-separated)
+                                 nor a readable regular file with one public key: a local error */
 } gs_rest_err;
 
 /* Static text for an error code. */

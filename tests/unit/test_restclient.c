@@ -569,6 +569,23 @@ static void test_pin(void **state)
     assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
     assert_int_equal(gs_rest_group_info(r, "ok", &gi), GS_REST_ERR_PIN);
     gs_rest_free(r);
+    /* Several hashes, the server's among them: libcurl's ;-separated list. */
+    char two[200];
+    snprintf(two, sizeof(two), "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;%s", "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    o.pinned_pubkey = two;
+    assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
+    gs_rest_free(r);
+    /* A pin libcurl cannot read was "does not match the pin", a server's
+     * fault by its words and exit 4 in groupmail: it is the caller's own. */
+    const char *bad[] = {"sha256//garbage", "sha256//", "sha256//AAAA", "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                         "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;", "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;x",
+                         "/nonexistent/pin.pem", ca /* a certificate, not a public key */, "/dev/null", "/"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        o.pinned_pubkey = bad[i];
+        r = NULL;
+        assert_int_equal(gs_rest_new(&o, &r), GS_REST_ERR_PIN_FORMAT);
+        assert_null(r);
+    }
 }
 
 /* ---- restparse.c: answers parsed from bytes, no server needed ---------- */
