@@ -225,11 +225,16 @@ int hsm_softhsm_tokendir(char *out, size_t cap)
 
 bool hsm_module_is_softhsm(const char *module)
 {
-    char stem[256];
+    char stem[256], real[PATH_MAX];
 
     if (module == NULL)
         return false;
-    module_stem(module, stem, sizeof(stem));
+    /* A path is the file it leads to: a link with a name of its own
+     * (module = /usr/local/lib/token.so -> libsofthsm2.so) loads SoftHSM,
+     * and its store is the token's; one named libsofthsm2.so that leads
+     * to another module's file is not. A name without '/' is a p11-kit
+     * name or a file name the loader searches for: its stem. */
+    module_stem(strchr(module, '/') != NULL && realpath(module, real) != NULL ? real : module, stem, sizeof(stem));
     return strcmp(stem, "softhsm2") == 0;
 }
 

@@ -157,6 +157,16 @@ if [ "$(id -u)" = 0 ]; then
   rows=$(user_rows nobody softhsm2)
   grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read 1 of the token store's 1 files" <<<"$rows" ||
     fail "check with the module given by its p11-kit name does not check SoftHSM's store: $rows"
+  # a link of another name to SoftHSM's file loads SoftHSM: its store is
+  # the token's; a link named libsofthsm2.so to another module's is not
+  ln -s /usr/lib/softhsm/libsofthsm2.so "$usr/token-module.so"
+  rows=$(user_rows nobody "$usr/token-module.so")
+  grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read 1 of the token store's 1 files" <<<"$rows" ||
+    fail "check with [hsm] module a link to SoftHSM does not check SoftHSM's store: $rows"
+  mkdir "$usr/other" && ln -s /usr/lib/x86_64-linux-gnu/opencryptoki/libopencryptoki.so.0 "$usr/other/libsofthsm2.so"
+  rows=$(user_rows nobody "$usr/other/libsofthsm2.so")
+  grep -q "^user      OK   .*(not the token's store" <<<"$rows" ||
+    fail "check with [hsm] module a link named libsofthsm2.so to opencryptoki names SoftHSM's store: $rows"
   chmod 0600 "$usr/tokens/tok/key.object"
   ok "check: SoftHSM's token store is checked for [hsm] module SoftHSM only (by file or p11-kit name)"
   user_rows gs-no-such-user >/dev/null # u.conf for the run below
