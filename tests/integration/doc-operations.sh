@@ -262,6 +262,11 @@ b_objects() {
 has cer5 "^transport key $label deleted \(both halves\)"
 cer7 6 "$label"
 has cer7 '^no transport key left on B$'
+# a listing that fails (a shell where SoftHSM's store is another: no
+# token groupsrv-b) says so, never "no transport key left"
+SOFTHSM2_CONF=$work/no-such-softhsm2.conf cer7 6 "$label"
+! grep -q 'no transport key left' "$work/cer7.out" ||
+  fail "step 7's listing, failing, says no transport key is left: $(cat "$work/cer7.out")"
 b_objects
 ! grep -q "gs:transport:" "$work/cer7.objects" || fail "the import left the transport key: $(cat "$work/cer7.objects")"
 (cd "$B" && groupsrv -c b.conf token transport-key --out left.pem) > "$work/cer7.out" 2>&1 || fail "a second transport key on B"
