@@ -168,8 +168,9 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out);
 
 /* Deletes the transport key pair whose private half is priv (from
  * gsk_transport_find): the private key first (the half that unwraps a
- * file made for it), then the public key with its label (none is fine:
- * deleted by hand). The import's last step (SECURITY.md, "The receiving
+ * file made for it), then the public key object with its label and its
+ * key (none is fine: deleted by hand; another object given the label is
+ * left alone). The import's last step (SECURITY.md, "The receiving
  * token's user PIN and the file"): while the pair and a .gsk file made
  * for it both exist, the user PIN gives the file's keys in the clear to
  * any PKCS#11 program. GSK_ERR_TOKEN (token gone) or GSK_ERR_HSM, the

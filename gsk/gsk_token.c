@@ -177,11 +177,45 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out)
     return err;
 }
 
+/* The transport key's public half: the public key object with the
+ * private half's label whose key is the private half's (its SPKI
+ * fingerprint), so another object given that label is neither deleted
+ * nor in the way. */
+struct pub_arg {
+    const char *label, *fp;
+    hsm_err err;  /* of the first deletion that failed */
+    int left;     /* public halves the token would not delete */
+};
+
+static int pub_destroy_cb(void *arg, hsm_ctx *hsm, hsm_key *key)
+{
+    struct pub_arg *pa = arg;
+    hsm_key_info ki;
+    unsigned char *spki = NULL;
+    size_t len = 0;
+    char fp[65];
+    hsm_err he;
+
+    if (strcmp(hsm_key_label(key), pa->label) != 0 || hsm_key_get_info(hsm, key, &ki) != HSM_OK ||
+        ki.cls != HSM_CLASS_PUBLIC || hsm_key_export_public(hsm, key, &spki, &len) != HSM_OK)
+        return 0;
+    gsk_fingerprint(spki, len, fp);
+    free(spki);
+    if (strcmp(fp, pa->fp) != 0)
+        return 0;
+    if ((he = hsm_key_destroy(hsm, key)) != HSM_OK) {
+        if (pa->left++ == 0)
+            pa->err = he;
+    }
+    return 0;
+}
+
 gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
 {
-    char label[128];
-    hsm_key *pub = NULL;
-    gsk_err err = GSK_OK;
+    char label[128], fp[65];
+    unsigned char *spki = NULL;
+    size_t len = 0;
+    struct pub_arg pa;
     hsm_err he;
 
     if (hsm == NULL || priv == NULL)
@@ -191,16 +225,22 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
      * by its prefix; anything else here is a caller's mistake. */
     if (strncmp(label, GSK_TRANSPORT_PREFIX, strlen(GSK_TRANSPORT_PREFIX)) != 0)
         return gsk_fail(GSK_ERR_ARGS, "not a transport key");
+    /* Its key, to know its public half by once the private one is gone. */
+    if ((he = hsm_key_export_public(hsm, priv, &spki, &len)) != HSM_OK)
+        return gsk_hsm_fail(he, "reading the transport public key (both halves are still on the token)");
+    gsk_fingerprint(spki, len, fp);
+    free(spki);
     if ((he = hsm_key_destroy(hsm, priv)) != HSM_OK)
         return gsk_hsm_fail(he, "deleting the transport private key (both halves are still on the token)");
-    he = hsm_key_find(hsm, label, HSM_CLASS_PUBLIC, &pub);
-    if (he == HSM_OK)
-        he = hsm_key_destroy(hsm, pub);
-    if (he != HSM_OK && he != HSM_ERR_KEY_NOT_FOUND)
-        err = gsk_hsm_fail(he, "deleting the transport public key (the private key is deleted; the public key, "
-                               "which unwraps nothing, is still on the token)");
-    hsm_key_free(pub);
-    return err;
+    memset(&pa, 0, sizeof(pa));
+    pa.label = label;
+    pa.fp = fp;
+    if ((he = hsm_key_list(hsm, label, pub_destroy_cb, &pa)) == HSM_OK && pa.left > 0)
+        he = pa.err;
+    if (he != HSM_OK)
+        return gsk_hsm_fail(he, "deleting the transport public key (the private key is deleted; the public key, "
+                                "which unwraps nothing, is still on the token)");
+    return GSK_OK;
 }
 
 /* ---- export ------------------------------------------------------------------------ */

@@ -361,10 +361,24 @@ grep -q "signature test" "$work/out" || fail "ca import does not say the key pas
 # the domain, which today's rule refuses for a new group) travels as is
 sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@mail_host.example' WHERE name = 'eng'"
 gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
+# another public key object given the transport key's label (any program
+# with the user PIN may write one): the import deletes the pair it came
+# through, by the key, and leaves that object alone (it was in the way:
+# the label alone named two public keys, exit 7)
+openssl x509 -in "$work/alpha-ca.pem" -noout -pubkey | openssl pkey -pubin -outform DER -out "$work/other-pub.der"
+GS_PIN=$(cat "$work/tok-gamma/user-pin") SOFTHSM2_CONF=$work/tok-gamma/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label gamma --login --pin env:GS_PIN --write-object "$work/other-pub.der" --type pubkey --label "$gtl" \
+  --id 0102 >/dev/null 2>&1 || fail "cannot write a public key labelled $gtl on gamma"
 expect 0 "group import on gamma (rows already recorded, keys to the token)" -- \
   gs_gamma group import --in "$work/eng-gamma.gsk"
 # the ceremony's last file: the import deleted the transport key, both
 # halves (SECURITY.md, "The receiving token's user PIN and the file")
+objects gamma > "$work/gamma.objs"
+[ "$(grep -c "label: *$gtl" "$work/gamma.objs")" = 1 ] && grep -A1 "label: *$gtl" "$work/gamma.objs" | grep -q "ID: *0102$" ||
+  fail "gamma's objects labelled $gtl are not the other public key alone: $(cat "$work/gamma.objs")"
+GS_PIN=$(cat "$work/tok-gamma/user-pin") SOFTHSM2_CONF=$work/tok-gamma/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label gamma --login --pin env:GS_PIN --delete-object --type pubkey --id 0102 >/dev/null 2>&1 ||
+  fail "cannot delete the other public key on gamma"
 objects gamma > "$work/gamma.objs"
 ! grep -q "gs:transport:" "$work/gamma.objs" || fail "the transport key is still on gamma's token: $(cat "$work/gamma.objs")"
 grep -q "^transport key $gtl deleted (both halves)" "$work/out" || fail "import does not say it deleted $gtl: $(cat "$work/out")"
