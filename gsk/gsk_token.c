@@ -165,8 +165,12 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out)
     if ((he = hsm_key_list(hsm, GSK_TRANSPORT_PREFIX, find_cb, &fa)) != HSM_OK)
         return gsk_hsm_fail(he, "listing transport keys");
     if (!fa.found)
+        /* Most often one an earlier import deleted (a ceremony run as
+         * before the imports did): said, with what to do. */
         return gsk_fail(GSK_ERR_TRANSPORT, "this file was made for transport key sha256 %.16s..., which is not on "
-                                           "this token",
+                                           "this token (an import deletes the transport key it came through unless "
+                                           "given --keep-transport-key: for a file made for one deleted, make a new "
+                                           "transport key and export to it again)",
                         fp);
     if ((he = hsm_key_find(hsm, fa.label, HSM_CLASS_PRIVATE, out)) != HSM_OK)
         return gsk_hsm_fail(he, "finding the transport key");

@@ -384,6 +384,12 @@ objects gamma > "$work/gamma.objs"
 grep -q "^transport key $gtl deleted (both halves)" "$work/out" || fail "import does not say it deleted $gtl: $(cat "$work/out")"
 audit_has "$work/gamma/audit.jsonl" transport-key-destroy ok "$gtl" '"group":"eng"'
 ok "the last import of the ceremony deletes the transport key (pkcs11-tool lists neither half)"
+# a later file made for it (the ceremony of a script written before the
+# imports deleted it: ca import, then group import, without
+# --keep-transport-key) is refused, saying why the key is gone and what to do
+refused gamma 3 "import of a file made for the transport key an import deleted" -- \
+  gs_gamma group import --in "$work/eng-gamma.gsk"
+expect_msg "which is not on this token \(an import deletes the transport key it came through unless given --keep-transport-key: for a file made for one deleted, make a new transport key and export to it again\)"
 sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@example.org' WHERE name = 'eng'"
 # The group plain is not replicable: in a cluster it exists on alpha's
 # token only, and gamma's check says so (docs/operations.md).
