@@ -159,9 +159,58 @@ certsrv=$(curl -fsS --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.exa
   fail "no discovery answer for eng"
 curl -sS -o /dev/null --cacert "$work/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$cport:127.0.0.1" "$certsrv/" 2> "$real/certsrv.err" ||
   fail "step 6: the advertised certificate server $certsrv does not verify with the local CA: $(cat "$real/certsrv.err")"
+# step 8: the backup block, as root, while this server runs: first before
+# any `audit rotate` (no archive yet: a cp of audit.jsonl.2* exits 1 there),
+# then after one, whose archive it copies. This test's database and audit
+# log lie in $real, its /etc/groupsrv in $work/etc.
+step8=(-e "s|$work/var/lib/groupsrv/groupsrv.db|$real/db/groupsrv.db|g" -e "s|/var/log/groupsrv|$real|g"
+       -e "s|-C /etc |-C $work/etc |" -e "s|/var/backups/|$work/backups/|g")
+run_block real8 'A real token' 7 "$real" "${step8[@]}"
+[ -z "$(ls "$real" | grep '^audit\.jsonl\.2')" ] || fail "step 8: an archive before any audit rotate"
+groupsrv audit rotate > /dev/null
+run_block real8 'A real token' 7 "$real" "${step8[@]}"
+bak=$work/backups/groupsrv
+[ "$(stat -c %a "$bak")" = 700 ] && [ "$(stat -c %a "$bak/groupsrv.db")" = 600 ] ||
+  fail "step 8: the backup is readable by others: $(ls -la "$bak")"
+ls "$bak" | grep -q '^audit\.jsonl\.2' || fail "step 8: the audit archive was not copied: $(ls "$bak")"
+# the token store, as the text after the block says (here $real/tokens)
+tar -C "$real" -cpf "$work/backups/groupsrv-token.tar" tokens
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
 srv_pid=
 ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
+# step 8's restore of everything into a fresh directory, the old one gone:
+# the configuration and PIN from the tar, the database, the audit log with
+# its archive, and the token store, whose softhsm2.conf names its new place
+new=$work/restored
+mkdir -m 0700 "$new" "$new/db" "$new/log" "$new/etc"
+mv "$real" "$work/real-gone"; mv "$work/etc/groupsrv" "$work/etc-gone"
+tar -C "$new/etc" -xpf "$bak/etc-groupsrv.tar"
+cp -p "$bak/groupsrv.db" "$new/db/"
+cp -p "$bak"/audit.jsonl* "$new/log/"
+tar -C "$new" -xpf "$work/backups/groupsrv-token.tar"
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$new" > "$new/softhsm2.conf"
+sed -i -e "s|$work/etc/groupsrv/|$new/etc/groupsrv/|g" -e "s|$real/db/|$new/db/|" -e "s|$real/audit|$new/log/audit|" \
+  "$new/etc/groupsrv/groupsrv.conf"
+export GROUPSRV_CONF=$new/etc/groupsrv/groupsrv.conf SOFTHSM2_CONF=$new/softhsm2.conf
+groupsrv check > "$work/restored.check" 2>&1 || fail "step 8: check on the restored copies: $(grep -v '^cap' "$work/restored.check")"
+grep -q '^all keys OK$' "$work/restored.check" || fail "step 8: restored keys: $(cat "$work/restored.check")"
+groupsrv audit verify > "$work/restored.verify" 2>&1 || fail "step 8: the restored audit log: $(cat "$work/restored.verify")"
+grep -q ' in 2 files, ' "$work/restored.verify" || fail "step 8: the restored audit log lacks its archive: $(cat "$work/restored.verify")"
+groupsrv serve > "$new/serve.log" 2>&1 &
+srv_pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS --cacert "$new/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$port:127.0.0.1" \
+    --cert "$work/var/lib/groupsrv/alice@example.org.pem" --key "$work/var/lib/groupsrv/alice@example.org.key" \
+    "https://groupsrv.example.org:$port/v1/groups/eng/secret-keys" > "$new/alice.json" 2>/dev/null && break
+  kill -0 "$srv_pid" 2>/dev/null || fail "serve on the restored copies: $(tail -n 5 "$new/serve.log")"
+  sleep 0.1
+done
+grep -q '"version":1,' "$new/alice.json" || fail "serve on the restored copies: no secret key for alice: $(cat "$new/alice.json") $(tail -n 5 "$new/serve.log")"
+kill -TERM "$srv_pid"; wait "$srv_pid" || fail "restored serve exited non-zero at SIGTERM: $(tail -n 5 "$new/serve.log")"
+srv_pid=
+groupsrv audit verify > "$work/restored.verify" 2>&1 || fail "step 8: the audit log after serving the restore: $(cat "$work/restored.verify")"
+mv "$work/etc-gone" "$work/etc/groupsrv"
+ok "step 8: database, audit log and archive, /etc/groupsrv and the token store backed up while serving, restored into a fresh directory and served"
 unset GROUPSRV_CONF
 
 # ---- Installing the packages, "A first configuration": the example configuration as shipped ----
