@@ -592,6 +592,22 @@ for round in repinned fetched-again; do
   done
   expect_rc 0 "fetch-cert again" -- gm fetch-cert
 done
+# a group certificate renewed for the same key (group renew-cert): what
+# members see is what operations.md ("Routine key management") tells the
+# operator: fetch-cert refuses it as a re-key until --repin, encrypt goes
+# on with the pinned one, and mail to the key reads before and after
+gs group renew-cert eng >/dev/null
+said=$(tr '\n' ' ' < "$SRC/docs/operations.md" | sed 's/  */ /g' |
+  grep -o 'fetch-cert` `group certificate differs from the one pinned in PIN-FILE (re-key?): check, then fetch-cert --repin` (exit 4)' |
+  sed 's/^fetch-cert` `//; s/` (exit 4)$//') || fail "operations.md does not say what fetch-cert says after group renew-cert"
+expect_rc 4 "fetch-cert after group renew-cert, without --repin" -- gm fetch-cert
+pinfile=$(grep -o 'pinned in [^ ]* (re-key' "$work/gm.err" | sed 's/^pinned in //; s/ (re-key$//')
+[ "$(sed 's/^groupmail: //' "$work/gm.err")" = "${said/PIN-FILE/$pinfile}" ] ||
+  fail "fetch-cert after renew-cert does not say what operations.md quotes: $(cat "$work/gm.err") / $said"
+expect_rc 0 "encrypt with the pinned certificate after group renew-cert" -- gm encrypt --in "$work/m.txt" --out "$work/renew.der"
+expect_rc 0 "fetch-cert --repin after group renew-cert" -- gm fetch-cert --repin
+expect_rc 0 "mail to the renewed key, encrypted before the repin" -- as alice decrypt --in "$work/renew.der" --out "$work/out.txt"
+same_text "$work/out.txt" "$work/m.txt" "renewed key"
 # a store pinned after the re-key (a new member, a new computer) holds the
 # current version alone: mail sent to the key before is still read, as the
 # server still unwraps it (it was exit 5, "not encrypted to group eng")
