@@ -448,6 +448,10 @@ expect_status 403 not_a_member "bob removed: refused on the next request" -- c b
   "$base/v1/groups/eng/unwrap"
 expect_status 200 "" "bob's membership certificate got before the removal still unwraps (it names no one)" -- \
   gcurl --data-binary @"$work/req-rk.json" "$base/v1/groups/eng/unwrap"
+# ... and operations.md's "Remove a member", the operator's procedure, says so
+awk '/^- Remove a member: /{on=1} on && /^- / && !/^- Remove a member: /{exit} on' "$SRC/docs/operations.md" | tr '\n' ' ' |
+  grep -q 'membership certificate.*unwraps until.*`\[certsrv\] lifetime`' ||
+  fail "operations.md's 'Remove a member' does not say a membership certificate got before unwraps until [certsrv] lifetime"
 
 # ---- graceful stop ----
 kill -TERM "$srv_pid"
