@@ -392,6 +392,28 @@ grep -Eq "^clock     WARNING: the system clock \([0-9T:-]+Z\) is [0-9]+ s behind
   fail "check after a record written two hours ahead, and one since: $(grep -E '^(clock|audit|database)' "$work/check.out")"
 ok "check: a clock an hour behind the audit table's latest record is a warning; a record two hours ahead followed by one now too"
 
+# ---- a restore from pg_dump with [audit] store = db (operations.md, step 8) --
+# The audit rows go back to the backup with the database: the records made
+# since are gone and audit verify passes on the shorter chain; the rows
+# kept first with the document's pg_dump --table=audit still hold them.
+pgdump=$(tr '\n' ' ' < "$SRC/docs/operations.md" | sed 's/  */ /g' |
+  grep -o 'keep those rows: `pg_dump --data-only --table=audit DBNAME > audit-rows.sql`' | sed 's/^[^`]*`//; s/`$//') ||
+  fail "operations.md step 8 does not say how to keep the audit rows before a restore with [audit] store = db"
+pg_dump "$(pg_url groupsrv)" > "$work/dump.sql" 2> "$work/dump.err" || fail "pg_dump: $(cat "$work/dump.err")"
+own audit verify > "$work/verify-backup" 2>&1 || fail "audit verify at the backup: $(cat "$work/verify-backup")"
+own member add eng restored@example.org --issue-cert --out "$work" >/dev/null || fail "member add after the backup"
+own audit verify > "$work/verify-last" 2>&1 || fail "audit verify after the backup: $(cat "$work/verify-last")"
+(cd "$work" && eval "${pgdump/DBNAME/\"\$(pg_url groupsrv)\"}") || fail "$pgdump failed"
+grep -q 'restored@example.org' "$work/audit-rows.sql" || fail "$pgdump keeps no record of the change after the backup"
+pg_createdb restored >/dev/null || fail "createdb restored"
+pg_psql restored -f "$work/dump.sql" > "$work/restore.out" 2>&1 || fail "psql restore: $(tail -n 5 "$work/restore.out")"
+pgsrv_conf "$work/restored.conf" "postgresql:///restored?host=$PG_SOCK&user=groupsrv_owner"
+"$BIN/groupsrv" -c "$work/restored.conf" audit verify > "$work/verify-restored" 2>&1 ||
+  fail "audit verify after the restore: $(cat "$work/verify-restored")"
+cmp -s "$work/verify-restored" "$work/verify-backup" && ! cmp -s "$work/verify-restored" "$work/verify-last" ||
+  fail "the restored audit chain is not the backup's: $(cat "$work/verify-restored") / $(cat "$work/verify-backup")"
+ok "pg_dump restore, [audit] store = db: the chain is the backup's (verify passes, an earlier head); the rows kept first hold the later records"
+
 # ---- the DBA's idle_session_timeout on the role ------------------------------
 # Set on the role (ALTER ROLE ... SET idle_session_timeout, PostgreSQL 14
 # and later), shorter than a key takes to make: group create and rotate
