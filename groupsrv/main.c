@@ -2182,6 +2182,21 @@ static void check_tls_chain(const char *path, SSL_CTX *ctx)
     }
 }
 
+/* A [tls] key file others may read lets any local user take the server's
+ * name (operations.md, "Files and owners": root:groupsrv 0640). Group read
+ * is the layout the packages use, so only the others' bits count; stat
+ * follows a link to the file serve reads. */
+static void check_tls_key_mode(const char *path)
+{
+    struct stat sb;
+
+    if (stat(path, &sb) != 0 || (sb.st_mode & 007) == 0)
+        return;
+    printf("%-10sWARNING: %s: mode %04o: the server's TLS private key is open to every user of this host "
+           "(chmod o-rwx %s; operations.md, \"Files and owners\": root:groupsrv 0640)\n",
+           "tls key", path, (unsigned)(sb.st_mode & 07777), path);
+}
+
 /* [tls] cert, key, client_ca: what serve will load, checked the same way:
  * the files are readable, the key is the certificate's, the certificate is
  * valid now, the client CA file holds at least one certificate. A key that
@@ -2224,6 +2239,7 @@ static unsigned check_tls(const struct gs_config *cfg)
             BIO_free(bio);
             ERR_clear_error();
             problems += file_row("tls key", why == NULL, "%s%s%s", cfg->tls.key, why ? ": " : "", why ? why : "");
+            check_tls_key_mode(cfg->tls.key);
         }
     }
     if (cfg->tls.client_ca == NULL)

@@ -365,6 +365,19 @@ cat "$work/trusted.pem" "$work/ca1.pem" > "$work/chain.pem"
 "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
 grep -q "^tls cert  OK   $work/chain.pem\$" "$work/out" && grep -q "^tls key   OK   $work/leaf.key\$" "$work/out" ||
   fail "check, a [tls] cert whose leaf is a TRUSTED CERTIFICATE: $(grep '^tls' "$work/out")"
+# A [tls] key file every user of the host may read (0644, as cp or an
+# editor under root's umask leaves it) is a warning; group read is the
+# packages' layout (operations.md, "Files and owners": root:groupsrv 0640).
+mode0=$(stat -c %a "$work/leaf.key")
+chmod 0644 "$work/leaf.key"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+grep -q "^tls key   OK   $work/leaf.key\$" "$work/out" &&
+  grep -q "^tls key   WARNING: $work/leaf.key: mode 0644: the server's TLS private key is open to every user of this host (chmod o-rwx $work/leaf.key; " "$work/out" ||
+  fail "check, a [tls] key file others may read: $(grep '^tls' "$work/out")"
+chmod 0640 "$work/leaf.key"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+[ "$(grep -c '^tls key' "$work/out")" = 1 ] || fail "check, a [tls] key file of mode 0640: $(grep '^tls' "$work/out")"
+chmod "$mode0" "$work/leaf.key"
 # A chain certificate as a TRUSTED CERTIFICATE block: serve read the chain
 # with PEM_read_bio_X509, which skips such a block, so it sent the leaf
 # alone (clients then miss the intermediate) while check said OK; serve
