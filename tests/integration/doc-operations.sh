@@ -196,15 +196,27 @@ groupsrv check > "$work/restored.check" 2>&1 || fail "step 8: check on the resto
 grep -q '^all keys OK$' "$work/restored.check" || fail "step 8: restored keys: $(cat "$work/restored.check")"
 groupsrv audit verify > "$work/restored.verify" 2>&1 || fail "step 8: the restored audit log: $(cat "$work/restored.verify")"
 grep -q ' in 2 files, ' "$work/restored.verify" || fail "step 8: the restored audit log lacks its archive: $(cat "$work/restored.verify")"
-groupsrv serve > "$new/serve.log" 2>&1 &
-srv_pid=$!
-for _ in $(seq 1 100); do
-  curl -fsS --cacert "$new/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$port:127.0.0.1" \
-    --cert "$work/var/lib/groupsrv/alice@example.org.pem" --key "$work/var/lib/groupsrv/alice@example.org.key" \
-    "https://groupsrv.example.org:$port/v1/groups/eng/secret-keys" > "$new/alice.json" 2>/dev/null && break
-  kill -0 "$srv_pid" 2>/dev/null || fail "serve on the restored copies: $(tail -n 5 "$new/serve.log")"
-  sleep 0.1
+for attempt in 1 2 3; do
+  groupsrv serve > "$new/serve.log" 2>&1 &
+  srv_pid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS --cacert "$new/etc/groupsrv/ca.pem" --resolve "groupsrv.example.org:$port:127.0.0.1" \
+      --cert "$work/var/lib/groupsrv/alice@example.org.pem" --key "$work/var/lib/groupsrv/alice@example.org.key" \
+      "https://groupsrv.example.org:$port/v1/groups/eng/secret-keys" > "$new/alice.json" 2>/dev/null && break 2
+    kill -0 "$srv_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$srv_pid" 2>/dev/null && break
+  wait "$srv_pid" 2>/dev/null || true
+  srv_pid=
+  # step 6's ports were free when it stopped; another test may have taken one since
+  grep -q "Address already in use" "$new/serve.log" || fail "serve on the restored copies: $(tail -n 5 "$new/serve.log")"
+  oport=$port ocport=$cport
+  take_port port cport
+  sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
+    -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
 done
+[ -n "$srv_pid" ] || fail "serve on the restored copies: no free port in 3 tries"
 grep -q '"version":1,' "$new/alice.json" || fail "serve on the restored copies: no secret key for alice: $(cat "$new/alice.json") $(tail -n 5 "$new/serve.log")"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "restored serve exited non-zero at SIGTERM: $(tail -n 5 "$new/serve.log")"
 srv_pid=
