@@ -751,10 +751,18 @@ static gs_err connect_session(gs_store *st)
      * Only where nobody chose a value (the URI's options, ALTER ROLE or
      * DATABASE ... SET lock_timeout). A statement that runs longer than
      * [db] timeout is cancelled by the server (statement_timeout, likewise
-     * only where unset), before the client gives up on the connection. */
-    char setup[480];
+     * only where unset), before the client gives up on the connection.
+     * client_min_messages is made the session's own, and at most warning:
+     * notice_receive tells a commit made on the primary alone by its
+     * WARNING, which client_min_messages = error (on the role, the
+     * database, the URI, or postgresql.conf, there also for sessions
+     * already open at a reload) keeps from the client; such writes were
+     * answered 200 under [db] unreplicated_writes = refuse. */
+    char setup[640];
     (void)snprintf(setup, sizeof(setup),
                    "SET synchronous_commit = on; %s"
+                   "SELECT set_config('client_min_messages', CASE current_setting('client_min_messages') "
+                   "WHEN 'error' THEN 'warning' ELSE current_setting('client_min_messages') END, false); "
                    "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
                    "SELECT set_config('statement_timeout', '%us', false) "
                    "WHERE current_setting('statement_timeout') = '0'",

@@ -820,6 +820,25 @@ for end in pg_cancel_backend pg_terminate_backend; do
 done
 tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'waiting for a synchronous standby was cancelled or ended by the database' ||
   fail "unreplicated_writes = refuse: the log does not say the database ended a wait"
+# The same with client_min_messages = error (a DBA quietening clients;
+# here in postgresql.conf, which sessions already open read again at the
+# reload): PostgreSQL then sent that WARNING to no client, and the
+# cancelled COMMIT answered as a success was answered 200, the key given.
+pg_psql postgres -c "ALTER SYSTEM SET client_min_messages = error" >/dev/null
+pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(sql "SHOW client_min_messages")" = error ] && break
+  sleep 0.05
+done
+( for i in $(seq 1 200); do
+    [ "$(pg_psql postgres -At -c "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity
+        WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")" != 0 ] && exit 0
+    sleep 0.05
+  done; exit 1 ) &
+ender=$!
+unwrap 503 audit_unavailable "unwrap whose wait pg_cancel_backend ended, client_min_messages = error, unreplicated_writes = refuse" -- alice
+wait "$ender" || fail "client_min_messages = error: no session waited for a synchronous standby"
+pg_psql postgres -c "ALTER SYSTEM RESET client_min_messages" >/dev/null
 pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
