@@ -630,11 +630,33 @@ static gs_err end_orphan(gs_store *st)
     }
     if (err == GS_ERR_DB_UNAVAILABLE)
         return err; /* this connection is gone too: the next one tries again */
-    if (gone && sync_rep)
+    /* Gone before it was looked at, under [db] unreplicated_writes =
+     * refuse with synchronous standbys asked for: a primary that crashed
+     * or was stopped with -m immediate while the COMMIT waited for a
+     * standby (none connected) has the commit in its WAL, and after the
+     * restart the lookup finds the rows, with no WARNING and no backend
+     * in SyncRep to tell they are on the primary alone. Whether a standby
+     * has them is unknown, so they count as not: such an unwrap was
+     * answered 200 with the key. An unreadable setting counts as set. */
+    bool unknown = false;
+    if (gone && !found && gs_store_refuse_unreplicated()) {
+        PGresult *r = pg_exec(st, "SELECT current_setting('synchronous_standby_names') <> ''");
+        unknown = !(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 1 &&
+                    strcmp(PQgetvalue(r, 0, 0), "f") == 0);
+        PQclear(r);
+        if (PG(st)->conn == NULL || PQstatus(PG(st)->conn) != CONNECTION_OK)
+            return gs_err_set(GS_ERR_DB_UNAVAILABLE, "the database connection was lost in the session setup");
+    }
+    if (gone && (sync_rep || unknown))
         PG(st)->unreplicated = true;
     if (gone && sync_rep)
         log_warn("database session left waiting for a synchronous standby ended: its commit is on the primary "
                  "only until a standby has it pid=%d",
+                 PG(st)->orphan_pid);
+    else if (unknown)
+        log_warn("database session left with a write in flight was gone already (a restart or crash of the "
+                 "database?) while synchronous standbys are asked for: whether a standby has its commit is not "
+                 "known, so it counts as made on the primary alone ([db] unreplicated_writes = refuse) pid=%d",
                  PG(st)->orphan_pid);
     else if (gone && found)
         log_info("database session left with a write in flight ended pid=%d", PG(st)->orphan_pid);

@@ -839,6 +839,23 @@ ender=$!
 unwrap 503 audit_unavailable "unwrap whose wait pg_cancel_backend ended, client_min_messages = error, unreplicated_writes = refuse" -- alice
 wait "$ender" || fail "client_min_messages = error: no session waited for a synchronous standby"
 pg_psql postgres -c "ALTER SYSTEM RESET client_min_messages" >/dev/null
+# The backend waiting for the standby killed (the OOM killer; a crash or
+# an immediate stop of the primary alike): PostgreSQL's crash recovery
+# keeps the commit (in the WAL before the wait), and the lookup found the
+# rows with no WARNING and no backend left in SyncRep to tell they were on
+# the primary alone: answered 200, the key given.
+( for i in $(seq 1 200); do
+    p=$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")
+    if [ -n "$p" ]; then kill -KILL $p; exit 0; fi
+    sleep 0.05
+  done; exit 1 ) &
+ender=$!
+unwrap 503 audit_unavailable "unwrap whose waiting backend was killed (crash recovery), unreplicated_writes = refuse" -- alice
+wait "$ender" || fail "backend killed: no session waited for a synchronous standby"
+for i in $(seq 1 300); do
+  pg_psql postgres -At -c "SELECT 1" >/dev/null 2>&1 && break
+  sleep 0.1
+done
 pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
@@ -852,5 +869,9 @@ done
 tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit insert made on the primary alone' ||
   fail "unreplicated_writes = refuse: the log does not say why"
 unwrap 200 "unwrap with unreplicated_writes = refuse once the standby setting was reset" -- alice
+# here, not at once: a crash recovery slower than the lookup's wait
+# ([db] timeout) leaves the backend to be looked for at the next round
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'whether a standby has its commit is not known' ||
+  fail "backend killed: the log does not say whether a standby has the commit is not known"
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "unreplicated_writes = refuse: 503 while no synchronous standby had the writes, the records kept, the chain whole"
