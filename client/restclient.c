@@ -292,10 +292,19 @@ static int pin_file_ok(const char *path)
 
     if (util_read_regular_file(path, PIN_FILE_MAX, &buf, &len) != UTIL_OK || len == 0)
         goto out;
-    if ((bio = BIO_new_mem_buf(buf, (int)len)) == NULL)
+    /* What libcurl takes: a PEM "PUBLIC KEY" block whose BEGIN line is the
+     * first in the file or follows a newline (whatever text comes before,
+     * as `openssl x509 -text -pubkey` writes, a comment or a blank line),
+     * else DER SubjectPublicKeyInfo. The first such marker is the one
+     * libcurl reads. len is at most PIN_FILE_MAX: the casts to int fit. */
+    static const char begin[] = "-----BEGIN PUBLIC KEY-----";
+    size_t at = 0, bl = sizeof(begin) - 1;
+    while (at + bl <= len && memcmp(buf + at, begin, bl) != 0)
+        at++;
+    int pem = at + bl <= len && (at == 0 || buf[at - 1] == '\n');
+    if ((bio = pem ? BIO_new_mem_buf(buf + at, (int)(len - at)) : BIO_new_mem_buf(buf, (int)len)) == NULL)
         goto out;
-    /* What libcurl takes: a PEM "PUBLIC KEY" block, else DER SubjectPublicKeyInfo. */
-    if (len > 5 && memcmp(buf, "-----", 5) == 0)
+    if (pem)
         pk = PEM_read_bio_PUBKEY(bio, NULL, util_pem_no_passphrase, NULL);
     else
         pk = d2i_PUBKEY_bio(bio, NULL);

@@ -575,6 +575,30 @@ static void test_pin(void **state)
     o.pinned_pubkey = two;
     assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
     gs_rest_free(r);
+    /* A PEM file libcurl reads: its BEGIN PUBLIC KEY line anywhere at the
+     * start of a line (after `openssl x509 -text -pubkey`'s text, a
+     * comment, a blank line). They were refused as not a public key. */
+    unsigned char *pem = NULL;
+    size_t pem_len = 0;
+    assert_int_equal(util_read_file(pub, 1 << 20, &pem, &pem_len), UTIL_OK);
+    const char *lead[] = {"Certificate:\n    Data:\n        Version: 3 (0x2)\n", "# groups.example.org\n",
+                          "\n", "\r\n"};
+    for (size_t i = 0; i < sizeof(lead) / sizeof(lead[0]); i++) {
+        char lp[600];
+        path(lp, sizeof(lp), "pin-lead.pem");
+        FILE *f = fopen(lp, "wb");
+        assert_non_null(f);
+        assert_int_equal(fputs(lead[i], f) >= 0, 1);
+        assert_int_equal(fwrite(pem, 1, pem_len, f), pem_len);
+        assert_int_equal(fclose(f), 0);
+        o.pinned_pubkey = lp;
+        r = NULL;
+        assert_int_equal(gs_rest_new(&o, &r), GS_REST_OK);
+        assert_int_equal(gs_rest_group_info(r, "ok", &gi), GS_REST_OK);
+        gs_group_info_clear(&gi);
+        gs_rest_free(r);
+    }
+    free(pem);
     /* A pin libcurl cannot read was "does not match the pin", a server's
      * fault by its words and exit 4 in groupmail: it is the caller's own. */
     const char *bad[] = {"sha256//garbage", "sha256//", "sha256//AAAA", "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
