@@ -475,6 +475,69 @@ static wal_at_path wal_now(gs_store *st)
     return sb.st_size == 0 ? WAL_NEW_EMPTY : WAL_NEW_WRITTEN;
 }
 
+/* Whether the WAL index this connection shares (the -shm it has mapped)
+ * describes the log in the -wal file it has open, deleted or not: only
+ * then may it checkpoint, which copies frame i of its own file for each
+ * frame i the index lists. Not so once another process started the log
+ * over in another file at the path (a -wal deleted a second time after
+ * an admin command wrote there: nothing is at the path, as after one
+ * deletion), or appended to another file there: the checkpoint copied
+ * this file's stale pages, or the zeros of its holes, at the places of
+ * that file's frames into the database. A log carries the salts of its
+ * start in the WAL header, the index header and every frame's header
+ * (SQLite's file format, "WAL File Format"): the index's must be this
+ * file's, and every frame the index lists must be in this file with them.
+ * Read as SQLite reads the index header: copy 1, barrier, copy 2, equal.
+ * False also when it cannot be told. */
+static bool index_is_own_wal(gs_store *st)
+{
+    sqlite3_file *dbf = NULL, *walf = NULL;
+    void volatile *map = NULL;
+    unsigned char h1[48], h2[48], wh[32], fh[24];
+    uint32_t mx;
+    uint16_t sz16;
+    uint32_t pgsz;
+    int tries = 0;
+
+    if (sqlite3_file_control(SQ(st)->db, "main", SQLITE_FCNTL_FILE_POINTER, &dbf) != SQLITE_OK || dbf == NULL ||
+        dbf->pMethods == NULL || dbf->pMethods->iVersion < 2 ||
+        sqlite3_file_control(SQ(st)->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &walf) != SQLITE_OK ||
+        walf == NULL || walf->pMethods == NULL)
+        return false;
+    if (dbf->pMethods->xShmMap(dbf, 0, 32768, 0, &map) != SQLITE_OK || map == NULL)
+        return false;
+    for (;;) {
+        const volatile unsigned char *m = map;
+        for (size_t i = 0; i < sizeof(h1); i++)
+            h1[i] = m[i];
+        dbf->pMethods->xShmBarrier(dbf);
+        for (size_t i = 0; i < sizeof(h2); i++)
+            h2[i] = m[sizeof(h1) + i];
+        if (memcmp(h1, h2, sizeof(h1)) == 0 && h1[12] == 1)
+            break;
+        if (++tries == 100) /* a writer of another process at every look */
+            return false;
+        (void)usleep(1000);
+    }
+    memcpy(&mx, h1 + 16, sizeof(mx)); /* the index is in native byte order */
+    if (mx == 0)
+        return true; /* no frame: a checkpoint copies nothing */
+    memcpy(&sz16, h1 + 14, sizeof(sz16));
+    pgsz = (uint32_t)(sz16 & 0xfe00) + ((uint32_t)(sz16 & 1) << 16); /* 65536 is stored as 1 */
+    if (pgsz < 512 || (pgsz & (pgsz - 1)) != 0)
+        return false;
+    if (walf->pMethods->xRead(walf, wh, (int)sizeof(wh), 0) != SQLITE_OK ||
+        (((uint32_t)wh[8] << 24) | ((uint32_t)wh[9] << 16) | ((uint32_t)wh[10] << 8) | wh[11]) != pgsz ||
+        memcmp(wh + 16, h1 + 32, 8) != 0)
+        return false;
+    for (uint32_t i = 1; i <= mx; i++) {
+        sqlite3_int64 off = 32 + (sqlite3_int64)(i - 1) * (24 + (sqlite3_int64)pgsz);
+        if (walf->pMethods->xRead(walf, fh, (int)sizeof(fh), off) != SQLITE_OK || memcmp(fh + 8, h1 + 32, 8) != 0)
+            return false;
+    }
+    return true;
+}
+
 /* A -wal deleted under this connection (docs/operations.md: "stop the
  * server with SIGTERM: its close writes those changes into the
  * database"): SQLite's own checkpoint at close is not enough for that
@@ -533,19 +596,20 @@ static void checkpoint_orphaned_wal(gs_store *st)
  * other connection appended to instead (it read no page the deleted one
  * has) leaves the deleted one's frames lost either way: a checkpoint
  * would write its stale pages in the place of the new frames. */
-static void keep_new_wal(gs_store *st)
+static void keep_new_wal(gs_store *st, const char *what)
 {
     int off = -1;
 
     if (sqlite3_db_config(SQ(st)->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &off) != SQLITE_OK || off != 1) {
-        log_error("the database's write-ahead log was deleted and another process wrote a new one at its path, "
-                  "and the close could not be kept from writing the deleted one into the database: check it "
-                  "(PRAGMA integrity_check)");
+        log_error("the database's write-ahead log was deleted and %s, and the close could not be kept from "
+                  "writing the deleted one into the database: check it (PRAGMA integrity_check)",
+                  what);
         return;
     }
-    log_error("the database's write-ahead log was deleted and another process wrote a new one at its path: the "
-              "deleted one is not written into the database at close, which would corrupt it; changes made here "
-              "since the deletion may be lost: check the members changed since (docs/operations.md)");
+    log_error("the database's write-ahead log was deleted and %s: the deleted one is not written into the "
+              "database at close, which would corrupt it; changes made here since the deletion may be lost: "
+              "check the members changed since (docs/operations.md)",
+              what);
 }
 
 /* One close at a time in this process: SQLite's checkpoint at close (it
@@ -571,10 +635,12 @@ static void sq_close(gs_store *st)
          * checkpoint; it takes the deleted -wal, and a command at the
          * very moment of the server's stop, to get there. */
         wal_at_path at = wal_now(st);
-        if (at == WAL_GONE || at == WAL_NEW_EMPTY)
+        if (at == WAL_NEW_WRITTEN)
+            keep_new_wal(st, "another process wrote a new one at its path");
+        else if ((at == WAL_GONE || at == WAL_NEW_EMPTY) && !index_is_own_wal(st))
+            keep_new_wal(st, "the shared index describes another one, which another process wrote since");
+        else if (at == WAL_GONE || at == WAL_NEW_EMPTY)
             checkpoint_orphaned_wal(st);
-        else if (at == WAL_NEW_WRITTEN)
-            keep_new_wal(st);
     }
     if (sqlite3_close(SQ(st)->db) != SQLITE_OK) {
         /* A statement left unfinalized keeps the connection open, and

@@ -953,6 +953,61 @@ static void test_close_after_wal_replaced(void **state)
     }
 }
 
+/* The -wal deleted twice (a clean-up that runs again, `rm groupsrv.db-*`),
+ * an admin command between: one connection of the server's checkpointed
+ * the first deleted file, the command started the log over in a new -wal
+ * and the shared index describes that one's frames; then it was deleted
+ * too. Nothing is at the path, as after a single deletion, but the index
+ * no longer describes the file this connection has open: a checkpoint
+ * from it copied that file's stale pages at the places of the other's
+ * frames into the database ("database disk image is malformed"). The
+ * close tells by the log's salts, which the index and every frame of the
+ * file it describes carry, and writes nothing then. */
+static void test_close_after_wal_deleted_twice(void **state)
+{
+    struct fx *f = *state;
+    char wal[320];
+    sqlite3 *other = NULL, *check = NULL;
+    sqlite3_stmt *s = NULL;
+    gs_store *admin = NULL;
+    gs_store_member *m = NULL;
+
+    (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    for (int i = 0; i < 20; i++) { /* frames enough in the first file for the new log's */
+        char who[64];
+        (void)snprintf(who, sizeof(who), "a%d@example.org", i);
+        assert_int_equal(gs_store_member_add(f->st, f->gid, who, GS_ROLE_MEMBER, NULL), GS_OK);
+    }
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(unlink(wal), 0);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "post@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(sqlite3_exec(other, "PRAGMA wal_checkpoint(PASSIVE)", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
+    assert_int_equal(gs_store_member_add(admin, f->gid, "b1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(gs_store_member_remove(admin, f->gid, "a7@example.org"), GS_OK);
+    gs_store_close(admin);
+    admin = NULL;
+    assert_int_equal(unlink(wal), 0); /* the second deletion */
+    gs_store_close(f->st);            /* the server's stop */
+    f->st = NULL;
+
+    assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+    assert_int_equal(sqlite3_close(check), SQLITE_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    /* in the database before the admin command: kept */
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "post@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+    m = NULL;
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "a19@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+}
+
 /* The -wal deleted and a reader (an operator's sqlite3) inside a
  * transaction at the stop: the FULL checkpoint at close waits the busy
  * timeout for it, and the closes are one at a time, so the key holder's
@@ -1636,6 +1691,8 @@ int main(void)
                                               cmocka_unit_test_setup_teardown(test_close_after_wal_replaced, setup,
                                                                               teardown),
                                               cmocka_unit_test_setup_teardown(test_orphaned_wal_close_waits_once,
+                                                                              setup, teardown),
+                                              cmocka_unit_test_setup_teardown(test_close_after_wal_deleted_twice,
                                                                               setup, teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
