@@ -229,6 +229,7 @@ out:
 
 static const struct gs_store_ops sq_ops;
 static void sq_close(gs_store *st);
+static bool index_is_own_wal(gs_store *st);
 
 /* Whether the database file is in WAL mode: bytes 18 and 19 of its header
  * (the file format's write and read versions) are 2 then. A file not so
@@ -406,6 +407,23 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
     err = read_user_version(st, &v);
     if (err)
         goto out;
+    /* A -wal deleted under a server (rm groupsrv.db-*): this connection
+     * made a new one at the path, while the index all share describes the
+     * log the server goes on writing into the deleted file. A write here
+     * started the log over in the new file (once the server had
+     * checkpointed): the server then read its pages from its own file at
+     * the new frames' places, and its stop kept one of the two: this
+     * change (exit 0) or the server's since (201) was lost, or the
+     * database corrupted. Refused before anything is written. */
+    if (!st->readonly && sq_file_is_wal(SQ(st)->db) && !index_is_own_wal(st)) {
+        err = gs_err_set(GS_ERR_DB,
+                         "database %s: its write-ahead log is not the one its shared-memory index describes: a "
+                         "running server still writes one that was deleted (rm of groupsrv.db-wal?); a change "
+                         "here would be lost or corrupt the database: stop the server with SIGTERM, which "
+                         "writes its changes into the database, then run this again (docs/operations.md)",
+                         path);
+        goto out;
+    }
     if ((err = gs_store_settle_schema(st, v, migrate, path)) != GS_OK)
         goto out;
     if (!st->readonly)
@@ -489,15 +507,59 @@ static wal_at_path wal_now(gs_store *st)
  * file's, and every frame the index lists must be in this file with them.
  * Read as SQLite reads the index header: copy 1, barrier, copy 2, equal.
  * False also when it cannot be told. */
+/* The index header as SQLite reads it (copy 1, barrier, copy 2, equal
+ * and initialised) into h; false when a writer kept changing it. */
+static bool read_index_hdr(sqlite3_file *dbf, void volatile *map, unsigned char h[48])
+{
+    const volatile unsigned char *m = map;
+    unsigned char h2[48];
+
+    for (int tries = 0; tries < 100; tries++) {
+        if (tries > 0)
+            (void)usleep(1000);
+        for (size_t i = 0; i < sizeof(h2); i++)
+            h[i] = m[i];
+        dbf->pMethods->xShmBarrier(dbf);
+        for (size_t i = 0; i < sizeof(h2); i++)
+            h2[i] = m[sizeof(h2) + i];
+        if (memcmp(h, h2, sizeof(h2)) == 0 && h[12] == 1)
+            return true;
+    }
+    return false;
+}
+
+/* Whether the WAL file walf holds every frame index header h lists, of
+ * the log h describes (its salts). */
+static bool wal_holds_index(sqlite3_file *walf, const unsigned char h[48])
+{
+    unsigned char wh[32], fh[24];
+    uint32_t mx, pgsz;
+    uint16_t sz16;
+
+    memcpy(&mx, h + 16, sizeof(mx)); /* the index is in native byte order */
+    if (mx == 0)
+        return true; /* no frame: a checkpoint copies nothing */
+    memcpy(&sz16, h + 14, sizeof(sz16));
+    pgsz = (uint32_t)(sz16 & 0xfe00) + ((uint32_t)(sz16 & 1) << 16); /* 65536 is stored as 1 */
+    if (pgsz < 512 || (pgsz & (pgsz - 1)) != 0)
+        return false;
+    if (walf->pMethods->xRead(walf, wh, (int)sizeof(wh), 0) != SQLITE_OK ||
+        (((uint32_t)wh[8] << 24) | ((uint32_t)wh[9] << 16) | ((uint32_t)wh[10] << 8) | wh[11]) != pgsz ||
+        memcmp(wh + 16, h + 32, 8) != 0)
+        return false;
+    for (uint32_t i = 1; i <= mx; i++) {
+        sqlite3_int64 off = 32 + (sqlite3_int64)(i - 1) * (24 + (sqlite3_int64)pgsz);
+        if (walf->pMethods->xRead(walf, fh, (int)sizeof(fh), off) != SQLITE_OK || memcmp(fh + 8, h + 32, 8) != 0)
+            return false;
+    }
+    return true;
+}
+
 static bool index_is_own_wal(gs_store *st)
 {
     sqlite3_file *dbf = NULL, *walf = NULL;
     void volatile *map = NULL;
-    unsigned char h1[48], h2[48], wh[32], fh[24];
-    uint32_t mx;
-    uint16_t sz16;
-    uint32_t pgsz;
-    int tries = 0;
+    unsigned char h[48], again[48];
 
     if (sqlite3_file_control(SQ(st)->db, "main", SQLITE_FCNTL_FILE_POINTER, &dbf) != SQLITE_OK || dbf == NULL ||
         dbf->pMethods == NULL || dbf->pMethods->iVersion < 2 ||
@@ -506,36 +568,18 @@ static bool index_is_own_wal(gs_store *st)
         return false;
     if (dbf->pMethods->xShmMap(dbf, 0, 32768, 0, &map) != SQLITE_OK || map == NULL)
         return false;
-    for (;;) {
-        const volatile unsigned char *m = map;
-        for (size_t i = 0; i < sizeof(h1); i++)
-            h1[i] = m[i];
-        dbf->pMethods->xShmBarrier(dbf);
-        for (size_t i = 0; i < sizeof(h2); i++)
-            h2[i] = m[sizeof(h1) + i];
-        if (memcmp(h1, h2, sizeof(h1)) == 0 && h1[12] == 1)
-            break;
-        if (++tries == 100) /* a writer of another process at every look */
+    /* A writer starting the log over writes the index header (new salts,
+     * no frame) before the file's: a file that differs from an index
+     * header that changed meanwhile is looked at again. */
+    for (int tries = 0; tries < 100; tries++) {
+        if (!read_index_hdr(dbf, map, h))
             return false;
-        (void)usleep(1000);
-    }
-    memcpy(&mx, h1 + 16, sizeof(mx)); /* the index is in native byte order */
-    if (mx == 0)
-        return true; /* no frame: a checkpoint copies nothing */
-    memcpy(&sz16, h1 + 14, sizeof(sz16));
-    pgsz = (uint32_t)(sz16 & 0xfe00) + ((uint32_t)(sz16 & 1) << 16); /* 65536 is stored as 1 */
-    if (pgsz < 512 || (pgsz & (pgsz - 1)) != 0)
-        return false;
-    if (walf->pMethods->xRead(walf, wh, (int)sizeof(wh), 0) != SQLITE_OK ||
-        (((uint32_t)wh[8] << 24) | ((uint32_t)wh[9] << 16) | ((uint32_t)wh[10] << 8) | wh[11]) != pgsz ||
-        memcmp(wh + 16, h1 + 32, 8) != 0)
-        return false;
-    for (uint32_t i = 1; i <= mx; i++) {
-        sqlite3_int64 off = 32 + (sqlite3_int64)(i - 1) * (24 + (sqlite3_int64)pgsz);
-        if (walf->pMethods->xRead(walf, fh, (int)sizeof(fh), off) != SQLITE_OK || memcmp(fh + 8, h1 + 32, 8) != 0)
+        if (wal_holds_index(walf, h))
+            return true;
+        if (!read_index_hdr(dbf, map, again) || memcmp(h, again, sizeof(h)) == 0)
             return false;
     }
-    return true;
+    return false;
 }
 
 /* A -wal deleted under this connection (docs/operations.md: "stop the

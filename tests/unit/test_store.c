@@ -903,7 +903,8 @@ static void test_check_grants_keeps_lock(void **state)
 
 /* A -wal deleted under the server and then *replaced*: one connection of
  * the server's checkpointed it (all its frames in the database), and an
- * admin command started the write-ahead log over in a new -wal at the
+ * sqlite3 shell (groupsrv's admin commands are refused then) started the
+ * write-ahead log over in a new -wal at the
  * path, which the server's shared index now describes. A close that
  * checkpointed its own deleted -wal (the FULL checkpoint at close, or
  * SQLite's own when the close is the last) copied the old file's pages
@@ -917,7 +918,6 @@ static void test_close_after_wal_replaced(void **state)
     char wal[320];
     sqlite3 *other = NULL, *check = NULL;
     sqlite3_stmt *s = NULL;
-    gs_store *admin = NULL;
     gs_store_member *m = NULL;
 
     (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
@@ -930,11 +930,13 @@ static void test_close_after_wal_replaced(void **state)
     /* its automatic checkpoint: every frame in the database */
     assert_int_equal(sqlite3_exec(other, "PRAGMA wal_checkpoint(PASSIVE)", NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_close(other), SQLITE_OK);
-    /* an admin command: a new -wal, the log started over in it */
-    assert_int_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
-    assert_int_equal(gs_store_member_add(admin, f->gid, "b1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
-    gs_store_close(admin);
-    admin = NULL;
+    /* an sqlite3 shell's write (an admin command is refused now): a new
+     * -wal, the log started over in it */
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "CREATE TABLE shell_note(a); INSERT INTO shell_note VALUES ('b1')", NULL,
+                                  NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
     gs_store_close(f->st); /* the server's stop */
     f->st = NULL;
 
@@ -943,10 +945,14 @@ static void test_close_after_wal_replaced(void **state)
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
     sqlite3_finalize(s);
+    assert_int_equal(sqlite3_prepare_v2(check, "SELECT a FROM shell_note", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "b1");
+    sqlite3_finalize(s);
     assert_int_equal(sqlite3_close(check), SQLITE_OK);
     assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
-    static const char *const want[] = {"a1@example.org", "a2@example.org", "b1@example.org"};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const want[] = {"a1@example.org", "a2@example.org"};
+    for (size_t i = 0; i < 2; i++) {
         assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
         gs_store_member_free(m);
         m = NULL;
@@ -955,8 +961,9 @@ static void test_close_after_wal_replaced(void **state)
 
 /* The -wal deleted twice (a clean-up that runs again, `rm groupsrv.db-*`),
  * an admin command between: one connection of the server's checkpointed
- * the first deleted file, the command started the log over in a new -wal
- * and the shared index describes that one's frames; then it was deleted
+ * the first deleted file, the command (an sqlite3 shell; groupsrv's are
+ * refused then) started the log over in a new -wal and the shared index
+ * describes that one's frames; then it was deleted
  * too. Nothing is at the path, as after a single deletion, but the index
  * no longer describes the file this connection has open: a checkpoint
  * from it copied that file's stale pages at the places of the other's
@@ -969,7 +976,6 @@ static void test_close_after_wal_deleted_twice(void **state)
     char wal[320];
     sqlite3 *other = NULL, *check = NULL;
     sqlite3_stmt *s = NULL;
-    gs_store *admin = NULL;
     gs_store_member *m = NULL;
 
     (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
@@ -984,11 +990,14 @@ static void test_close_after_wal_deleted_twice(void **state)
     assert_int_equal(gs_store_member_add(f->st, f->gid, "post@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
     assert_int_equal(sqlite3_exec(other, "PRAGMA wal_checkpoint(PASSIVE)", NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_close(other), SQLITE_OK);
-    assert_int_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
-    assert_int_equal(gs_store_member_add(admin, f->gid, "b1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
-    assert_int_equal(gs_store_member_remove(admin, f->gid, "a7@example.org"), GS_OK);
-    gs_store_close(admin);
-    admin = NULL;
+    /* an sqlite3 shell's writes (an admin command is refused now) */
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other,
+                                  "CREATE TABLE shell_note(a); INSERT INTO shell_note VALUES ('b1');"
+                                  "DELETE FROM members WHERE email = 'a7@example.org'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
     assert_int_equal(unlink(wal), 0); /* the second deletion */
     gs_store_close(f->st);            /* the server's stop */
     f->st = NULL;
@@ -1000,12 +1009,59 @@ static void test_close_after_wal_deleted_twice(void **state)
     sqlite3_finalize(s);
     assert_int_equal(sqlite3_close(check), SQLITE_OK);
     assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
-    /* in the database before the admin command: kept */
+    /* in the database before the shell's write: kept */
     assert_int_equal(gs_store_member_get(f->st, f->gid, "post@example.org", &m), GS_OK);
     gs_store_member_free(m);
     m = NULL;
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a19@example.org", &m), GS_OK);
     gs_store_member_free(m);
+}
+
+/* The -wal deleted under the server and an admin command run before the
+ * stop (docs/operations.md says not to; a script does): once the server
+ * had checkpointed the deleted file, the command's write started the log
+ * over in the new -wal it made, exit 0, and the stop then had two logs to
+ * choose from. The command is refused at its open instead, naming the
+ * cause, and the stop writes the server's changes, also those made after
+ * the refusal. */
+static void test_admin_refused_after_wal_deleted(void **state)
+{
+    struct fx *f = *state;
+    char wal[320];
+    sqlite3 *other = NULL, *check = NULL;
+    sqlite3_stmt *s = NULL;
+    gs_store *admin = NULL;
+    gs_store_member *m = NULL;
+
+    (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "m1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(unlink(wal), 0);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "m2@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    /* the server's automatic checkpoint of the deleted file */
+    assert_int_equal(sqlite3_exec(other, "PRAGMA wal_checkpoint(PASSIVE)", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    assert_int_not_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
+    assert_null(admin);
+    assert_non_null(strstr(gs_err_detail(), "not the one its shared-memory index describes"));
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "m3@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    gs_store_close(f->st); /* the server's stop */
+    f->st = NULL;
+
+    assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+    assert_int_equal(sqlite3_close(check), SQLITE_OK);
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    static const char *const want[] = {"m1@example.org", "m2@example.org", "m3@example.org"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
+        gs_store_member_free(m);
+        m = NULL;
+    }
 }
 
 /* The -wal deleted and a reader (an operator's sqlite3) inside a
@@ -1693,6 +1749,8 @@ int main(void)
                                               cmocka_unit_test_setup_teardown(test_orphaned_wal_close_waits_once,
                                                                               setup, teardown),
                                               cmocka_unit_test_setup_teardown(test_close_after_wal_deleted_twice,
+                                                                              setup, teardown),
+                                              cmocka_unit_test_setup_teardown(test_admin_refused_after_wal_deleted,
                                                                               setup, teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
