@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -352,6 +354,75 @@ static void note_wal(gs_store *st)
     }
 }
 
+/* One look at /proc/locks: the pid of a process other than this one that
+ * holds a POSIX lock on the database file (db) and none on the -shm at its
+ * path (shm); 0 when there is none or it cannot be told. */
+static long lock_holder_without_shm(const struct stat *db, const struct stat *shm)
+{
+    enum { MAX_PIDS = 64 }; /* lock holders looked at, each file */
+    long on_db[MAX_PIDS], on_shm[MAX_PIDS];
+    size_t ndb = 0, nshm = 0;
+    char line[256], kind[16];
+    long pid, found = 0;
+    unsigned maj, mnr;
+    unsigned long ino;
+    FILE *f = fopen("/proc/locks", "re");
+
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu", kind, &pid, &maj, &mnr, &ino) != 5 ||
+            strcmp(kind, "POSIX") != 0 || pid == (long)getpid())
+            continue; /* "->": a lock waited for, not held */
+        if (ino == (unsigned long)db->st_ino && maj == major(db->st_dev) && mnr == minor(db->st_dev) &&
+            ndb < MAX_PIDS)
+            on_db[ndb++] = pid;
+        else if (ino == (unsigned long)shm->st_ino && maj == major(shm->st_dev) && mnr == minor(shm->st_dev) &&
+                 nshm < MAX_PIDS)
+            on_shm[nshm++] = pid;
+    }
+    fclose(f);
+    for (size_t i = 0; i < ndb && found == 0; i++) {
+        found = on_db[i];
+        for (size_t j = 0; j < nshm; j++)
+            if (on_shm[j] == on_db[i])
+                found = 0;
+    }
+    return found;
+}
+
+/* A process with the database open in WAL mode holds SQLite's SHARED lock
+ * on the file for the connection's life, and a read lock on the -shm it
+ * shares. One that holds the first and none on the -shm now at the path
+ * has a -shm that was deleted (rm groupsrv.db-*, a running server): this
+ * connection made a new one, found nobody else in it and rebuilt the
+ * index from a new, empty -wal. It reads the database file without that
+ * process's changes since its last checkpoint, and a write here starts a
+ * second history beside that process's, which it does not see (it goes
+ * on serving a member removed here) and whose stop keeps one of the two.
+ * Linux's /proc/locks says who holds what; the pid of such a process, or
+ * 0 (none, or it cannot be told: a file system that shows other device
+ * numbers there). Three looks 20 ms apart: a process that is opening the
+ * database holds the first lock a moment before the second. */
+static long other_without_shm(const char *path)
+{
+    char shm[PATH_MAX + 8];
+    struct stat db, sh;
+    long pid = 0;
+
+    if (shm_path(path, shm, sizeof(shm)) != 0)
+        return 0;
+    for (int look = 0; look < 3; look++) {
+        if (look > 0) {
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            (void)nanosleep(&ts, NULL);
+        }
+        if (stat(path, &db) != 0 || stat(shm, &sh) != 0 || (pid = lock_holder_without_shm(&db, &sh)) == 0)
+            return 0;
+    }
+    return pid;
+}
+
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
 {
     gs_store *st = NULL;
@@ -422,6 +493,20 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
                          "here would be lost or corrupt the database: stop the server with SIGTERM, which "
                          "writes its changes into the database, then run this again (docs/operations.md)",
                          path);
+        goto out;
+    }
+    long holder = 0;
+    if (!st->readonly && sq_file_is_wal(SQ(st)->db)) {
+        const char *real = sqlite3_db_filename(SQ(st)->db, "main");
+        holder = other_without_shm(real != NULL && *real != '\0' ? real : path);
+    }
+    if (holder != 0) {
+        err = gs_err_set(GS_ERR_DB,
+                         "database %s: process %ld has it open with a shared-memory index that is no longer at "
+                         "its path (rm of groupsrv.db-shm?): this one reads the database without that process's "
+                         "latest changes, and a change here would be lost or corrupt the database: stop that "
+                         "process (a server: SIGTERM), then run this again (docs/operations.md)",
+                         path, holder);
         goto out;
     }
     if ((err = gs_store_settle_schema(st, v, migrate, path)) != GS_OK)

@@ -1064,6 +1064,62 @@ static void test_admin_refused_after_wal_deleted(void **state)
     }
 }
 
+/* `rm groupsrv.db-*` under a running server deletes the -shm with the
+ * -wal: an admin command then made a new -shm, found nobody in it,
+ * rebuilt the index from a new empty -wal and read the database file
+ * without the server's changes since its last checkpoint (a member the
+ * server removed, 200, was still there for it) and wrote a second history
+ * beside the server's, exit 0. It is refused at its open, naming the
+ * process; the server's stop keeps its changes. */
+static void test_admin_refused_after_shm_deleted(void **state)
+{
+    struct fx *f = *state;
+    char wal[320], shm[320], b = 0;
+    int c2p[2], p2c[2], status = 0;
+    gs_store *admin = NULL;
+    gs_store_member *m = NULL;
+    pid_t pid;
+
+    (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    (void)snprintf(shm, sizeof(shm), "%s-shm", f->path);
+    assert_int_equal(gs_store_member_add(f->st, f->gid, "s1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
+    gs_store_close(f->st); /* the server is the child: this process has the database closed */
+    f->st = NULL;
+    assert_int_equal(pipe(c2p), 0);
+    assert_int_equal(pipe(p2c), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        gs_store *srv = NULL;
+        close(c2p[0]);
+        close(p2c[1]); /* the parent's end: its failure or exit ends the wait below */
+        int ok = gs_store_open(f->loc, 0, &srv) == GS_OK &&
+                 gs_store_member_add(srv, f->gid, "s2@example.org", GS_ROLE_MEMBER, NULL) == GS_OK &&
+                 unlink(wal) == 0 && unlink(shm) == 0 && gs_store_member_remove(srv, f->gid, "s1@example.org") == GS_OK;
+        char r = ok ? 'y' : 'n';
+        ok = write(c2p[1], &r, 1) == 1 && read(p2c[0], &r, 1) == 1 && ok;
+        gs_store_close(srv); /* the stop */
+        _exit(ok ? 0 : 1);
+    }
+    close(c2p[1]);
+    close(p2c[0]);
+    assert_int_equal(read(c2p[0], &b, 1), 1);
+    assert_int_equal(b, 'y');
+    assert_int_not_equal(gs_store_open(f->loc, 0, &admin), GS_OK);
+    assert_null(admin);
+    assert_non_null(strstr(gs_err_detail(), "no longer at its path"));
+    assert_int_equal(write(p2c[1], "x", 1), 1);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    close(c2p[0]);
+    close(p2c[1]);
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "s1@example.org", &m), GS_ERR_NOT_FOUND);
+    assert_int_equal(gs_store_member_get(f->st, f->gid, "s2@example.org", &m), GS_OK);
+    gs_store_member_free(m);
+}
+
 /* The -wal deleted and a reader (an operator's sqlite3) inside a
  * transaction at the stop: the FULL checkpoint at close waits the busy
  * timeout for it, and the closes are one at a time, so the key holder's
@@ -1751,6 +1807,8 @@ int main(void)
                                               cmocka_unit_test_setup_teardown(test_close_after_wal_deleted_twice,
                                                                               setup, teardown),
                                               cmocka_unit_test_setup_teardown(test_admin_refused_after_wal_deleted,
+                                                                              setup, teardown),
+                                              cmocka_unit_test_setup_teardown(test_admin_refused_after_shm_deleted,
                                                                               setup, teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
