@@ -508,7 +508,18 @@ static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
  * digits. */
 static bool uri_slot_ids_ok(const char *ref)
 {
-    const char *p = ref + 7, *end = p + strcspn(p, "?");
+    /* Looked at as p11-kit reads it: without the white space it drops
+     * anywhere in the URI (RFC 7512), so that "pkcs11: slot-id=" and
+     * "slot -id=" are the slot-id they are to it. ref is at most 1024
+     * bytes (hsm_key_find). */
+    char buf[1025];
+    size_t n = 0;
+
+    for (const char *c = ref + 7; *c != '\0' && n < sizeof(buf) - 1; c++)
+        if (strchr(" \t\n\r\v\f", *c) == NULL)
+            buf[n++] = *c;
+    buf[n] = '\0';
+    const char *p = buf, *end = p + strcspn(p, "?");
 
     while (p < end) {
         size_t len = strcspn(p, ";?");
