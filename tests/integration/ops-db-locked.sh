@@ -153,5 +153,11 @@ expect_healthz 503 store_unavailable "healthz, -shm deleted"
   fail "healthz, -shm deleted: $(cat "$work/body")"
 tail -n +"$((lines0 + 1))" "$work/server.log" | grep 'the database is not at its path any more: restart the server' |
   grep -q "shared-memory index" || fail "no log line for the deleted -shm"
+# An admin command then made a new -shm and wrote as if alone (exit 0,
+# its change lost at the server's next): refused, naming the process.
+rc=0
+gs member remove eng heldpre@example.org > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "shared-memory index that is no longer at its path" "$work/err" ||
+  fail "member remove with the server's -shm deleted: rc=$rc $(cat "$work/err")"
 ok "a deleted -shm: healthz 503 and a log line"
 stop_server
