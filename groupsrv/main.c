@@ -2184,13 +2184,14 @@ static void check_tls_chain(const char *path, SSL_CTX *ctx)
 
 /* A [tls] key file others may read lets any local user take the server's
  * name (operations.md, "Files and owners": root:groupsrv 0640). Group read
- * is the layout the packages use, so only the others' bits count; stat
- * follows a link to the file serve reads. */
+ * is the layout the packages use, so only the others' read and write bits
+ * count (their execute bit opens nothing of a key file); stat follows a
+ * link to the file serve reads. */
 static void check_tls_key_mode(const char *path)
 {
     struct stat sb;
 
-    if (stat(path, &sb) != 0 || (sb.st_mode & 007) == 0)
+    if (stat(path, &sb) != 0 || (sb.st_mode & (S_IROTH | S_IWOTH)) == 0)
         return;
     printf("%-10sWARNING: %s: mode %04o: the server's TLS private key is open to every user of this host "
            "(chmod o-rwx %s; operations.md, \"Files and owners\": root:groupsrv 0640)\n",

@@ -377,6 +377,15 @@ grep -q "^tls key   OK   $work/leaf.key\$" "$work/out" &&
 chmod 0640 "$work/leaf.key"
 "$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
 [ "$(grep -c '^tls key' "$work/out")" = 1 ] || fail "check, a [tls] key file of mode 0640: $(grep '^tls' "$work/out")"
+# the others' execute bit alone lets no one read the key: no warning
+chmod 0641 "$work/leaf.key"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+[ "$(grep -c '^tls key' "$work/out")" = 1 ] || fail "check, a [tls] key file of mode 0641: $(grep '^tls' "$work/out")"
+# others' write alone is a warning too (they may put their own key there)
+chmod 0642 "$work/leaf.key"
+"$BIN/groupsrv" -c "$work/chain.conf" check > "$work/out" 2>&1 || true
+grep -q "^tls key   WARNING: $work/leaf.key: mode 0642: " "$work/out" ||
+  fail "check, a [tls] key file others may write: $(grep '^tls' "$work/out")"
 chmod "$mode0" "$work/leaf.key"
 # A chain certificate as a TRUSTED CERTIFICATE block: serve read the chain
 # with PEM_read_bio_X509, which skips such a block, so it sent the leaf
