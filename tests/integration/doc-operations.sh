@@ -173,8 +173,15 @@ bak=$work/backups/groupsrv
 [ "$(stat -c %a "$bak")" = 700 ] && [ "$(stat -c %a "$bak/groupsrv.db")" = 600 ] ||
   fail "step 8: the backup is readable by others: $(ls -la "$bak")"
 ls "$bak" | grep -q '^audit\.jsonl\.2' || fail "step 8: the audit archive was not copied: $(ls "$bak")"
-# the token store, as the text after the block says (here $real/tokens)
-tar -C "$real" -cpf "$work/backups/groupsrv-token.tar" tokens
+# the token store, with the command the text after the block gives (here
+# $real/tokens), under root's usual umask: the archive is for root alone
+tokcp=$(tr '\n' ' ' < "$doc" | sed 's/  */ /g' | grep -o 'copy it as root with its owners, `[^`]*`' |
+  sed 's/^[^`]*`//; s/`$//') || fail "step 8 no longer says how to copy the token store"
+tokcp=${tokcp//\/var\/lib\/groupsrv/$real}; tokcp=${tokcp//\/var\/backups\//$work/backups/}
+tokcp=${tokcp/ softhsm/ tokens}
+(umask 022; eval "$tokcp") || fail "step 8's token store copy failed: $tokcp"
+[ "$(stat -c %a "$work/backups/groupsrv-token.tar")" = 600 ] ||
+  fail "step 8: the token store's copy is readable by others: $(ls -l "$work/backups/groupsrv-token.tar") ($tokcp)"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
 srv_pid=
 ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
