@@ -397,13 +397,14 @@ ok "check: a clock an hour behind the audit table's latest record is a warning; 
 # since are gone and audit verify passes on the shorter chain; the rows
 # kept first with the document's pg_dump --table=audit still hold them.
 pgdump=$(tr '\n' ' ' < "$SRC/docs/operations.md" | sed 's/  */ /g' |
-  grep -o 'keep those rows: `pg_dump --data-only --table=audit DBNAME > audit-rows.sql`' | sed 's/^[^`]*`//; s/`$//') ||
+  grep -o 'keep those rows: `[^`]*pg_dump --data-only --table=audit DBNAME > audit-rows.sql[^`]*`' | sed 's/^[^`]*`//; s/`$//') ||
   fail "operations.md step 8 does not say how to keep the audit rows before a restore with [audit] store = db"
 pg_dump "$(pg_url groupsrv)" > "$work/dump.sql" 2> "$work/dump.err" || fail "pg_dump: $(cat "$work/dump.err")"
 own audit verify > "$work/verify-backup" 2>&1 || fail "audit verify at the backup: $(cat "$work/verify-backup")"
 own member add eng restored@example.org --issue-cert --out "$work" >/dev/null || fail "member add after the backup"
 own audit verify > "$work/verify-last" 2>&1 || fail "audit verify after the backup: $(cat "$work/verify-last")"
-(cd "$work" && eval "${pgdump/DBNAME/\"\$(pg_url groupsrv)\"}") || fail "$pgdump failed"
+(cd "$work" && umask 022 && eval "${pgdump/DBNAME/\"\$(pg_url groupsrv)\"}") || fail "$pgdump failed"
+[ "$(stat -c %a "$work/audit-rows.sql")" = 600 ] || fail "$pgdump leaves the audit rows readable by others: $(ls -l "$work/audit-rows.sql")"
 grep -q 'restored@example.org' "$work/audit-rows.sql" || fail "$pgdump keeps no record of the change after the backup"
 pg_createdb restored >/dev/null || fail "createdb restored"
 pg_psql restored -f "$work/dump.sql" > "$work/restore.out" 2>&1 || fail "psql restore: $(tail -n 5 "$work/restore.out")"
