@@ -182,6 +182,18 @@ tokcp=${tokcp/ softhsm/ tokens}
 (umask 022; eval "$tokcp") || fail "step 8's token store copy failed: $tokcp"
 [ "$(stat -c %a "$work/backups/groupsrv-token.tar")" = 600 ] ||
   fail "step 8: the token store's copy is readable by others: $(ls -l "$work/backups/groupsrv-token.tar") ($tokcp)"
+# the text's check of the copy: nothing on this one; an empty token.object
+# (what tar copies while a login rewrites it: the token is gone from the
+# copy) or key object (a key being made) is named
+tokck=$(tr '\n' ' ' < "$doc" | sed 's/  */ /g' | grep -o 'Check the copy: `[^`]*`' | sed 's/^[^`]*`//; s/`$//') ||
+  fail "step 8 does not say how to check the token store's copy (SoftHSM rewrites token.object at every login)"
+tokck=${tokck//\/var\/backups\//$work/backups/}
+out=$(eval "$tokck") && [ -z "$out" ] || fail "step 8: the check of a good token store copy: $out ($tokck)"
+mkdir "$work/torn"; tar -C "$work/torn" -xpf "$work/backups/groupsrv-token.tar"
+: > "$(echo "$work"/torn/tokens/*/token.object)"
+tar -C "$work/torn" -cpf "$work/backups/torn.tar" tokens
+out=$(eval "${tokck//groupsrv-token.tar/torn.tar}") && grep -q '/token\.object$' <<< "$out" ||
+  fail "step 8: the check of a token store copy with an empty token.object names nothing: $out"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "serve exited non-zero at SIGTERM: $(tail -n 5 "$real/serve.log")"
 srv_pid=
 ok "step 6: serve on the token's TLS key, reached by name with the local CA as --cacert"
