@@ -785,8 +785,8 @@ static bool write_base64_lines(FILE *out, const unsigned char *p, size_t n, cons
     return true;
 }
 
-static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, char *why,
-                              size_t whysz)
+static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep,
+                              char *why, size_t whysz)
 {
     unsigned char *data = NULL;
     char *hdrs = NULL;
@@ -825,6 +825,7 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     }
     if (e != ENV_OK && l->require_encrypted) {
         snprintf(why, whysz, "cannot read the message's MIME header fields: %s", env_strerror(e));
+        snprintf(prep->reason, sizeof(prep->reason), "%s", unreadable_why(e));
         rc = XP_ERR_FORMAT;
         goto out;
     }
@@ -832,7 +833,10 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
      * re-encrypting mode took before `list set` made the list forward */
     if (l->require_encrypted && ((w = lone_cr_why((const char *)data, hdr_end)) != NULL ||
                                  (w = mime_field_twice_why((const char *)data, hdr_end)) != NULL)) {
+        /* the sender is told why, as deliver would have told them, not
+         * that the list "could not process" it */
         snprintf(why, whysz, "%s", w);
+        snprintf(prep->reason, sizeof(prep->reason), "%s", w);
         rc = XP_ERR_FORMAT;
         goto out;
     }
@@ -1056,6 +1060,6 @@ xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE 
     why[0] = '\0';
     memset(prep, 0, sizeof(*prep));
     if (l->mode == XP_MODE_FORWARD)
-        return prepare_forward(c, l, in_path, out, why, whysz);
+        return prepare_forward(c, l, in_path, out, prep, why, whysz);
     return prepare_rewrap(c, l, in_path, out, prep, why, whysz);
 }

@@ -1668,8 +1668,12 @@ static void test_modes_read_fields_as_reader(void **state)
         if (fe != XP_OK) {
             /* a post a re-encrypting mode took before `list set` made the
              * list forward: not sent as it came either */
-            if (refusal != NULL)
+            if (refusal != NULL) {
                 assert_int_equal(xp_prepare(&c, &fwd, path, out, &prep, pwhy, sizeof(pwhy)), XP_ERR_FORMAT);
+                /* the sender's bounce says why, as deliver's refusal
+                 * would have, not that the list "could not process" it */
+                assert_non_null(strstr(prep.reason, refusal));
+            }
             xp_prepared_clear(&prep);
             assert_int_equal(fclose(out), 0);
             continue;
