@@ -225,7 +225,9 @@ int hsm_softhsm_tokendir(char *out, size_t cap)
 
 bool hsm_module_is_softhsm(const char *module)
 {
-    char stem[256], real[PATH_MAX];
+    char stem[256], real[PATH_MAX], *file = NULL;
+    const char *judged = module;
+    CK_FUNCTION_LIST **mods = NULL, *m;
 
     if (module == NULL)
         return false;
@@ -233,8 +235,21 @@ bool hsm_module_is_softhsm(const char *module)
      * (module = /usr/local/lib/token.so -> libsofthsm2.so) loads SoftHSM,
      * and its store is the token's; one named libsofthsm2.so that leads
      * to another module's file is not. A name without '/' is a p11-kit
-     * name or a file name the loader searches for: its stem. */
-    module_stem(strchr(module, '/') != NULL && realpath(module, real) != NULL ? real : module, stem, sizeof(stem));
+     * module name (load_module): the file p11-kit's module file of that
+     * name gives, as it is loaded (a token.module whose module: is
+     * libsofthsm2.so is SoftHSM); a name p11-kit does not configure, its
+     * stem. */
+    if (strchr(module, '/') != NULL) {
+        if (realpath(module, real) != NULL)
+            judged = real;
+    } else if ((mods = p11_kit_modules_load(NULL, 0)) != NULL && (m = p11_kit_module_for_name(mods, module)) != NULL &&
+               (file = p11_kit_module_get_filename(m)) != NULL) {
+        judged = realpath(file, real) != NULL ? real : file;
+    }
+    module_stem(judged, stem, sizeof(stem));
+    free(file);
+    if (mods != NULL)
+        p11_kit_modules_release(mods);
     return strcmp(stem, "softhsm2") == 0;
 }
 

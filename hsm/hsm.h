@@ -295,8 +295,9 @@ hsm_err hsm_caps_get(hsm_ctx *ctx, hsm_caps *out);
 int hsm_softhsm_tokendir(char *out, size_t cap);
 /* Whether module ([hsm] module: a file or a p11-kit module name) is
  * SoftHSM's (libsofthsm2.so, softhsm2; a path by the file it leads to,
- * so a link of another name is too): only then is the token directory
- * above the store of the configured token. */
+ * so a link of another name is too; a p11-kit name by the file its
+ * module file gives, which loads the modules p11-kit configures): only
+ * then is the token directory above the store of the configured token. */
 bool hsm_module_is_softhsm(const char *module);
 /* "CKR_GENERAL_ERROR" etc. for a CK_RV (static text, or this thread's
  * buffer for one without a name). */

@@ -167,6 +167,32 @@ if [ "$(id -u)" = 0 ]; then
   rows=$(user_rows nobody "$usr/other/libsofthsm2.so")
   grep -q "^user      OK   .*(not the token's store" <<<"$rows" ||
     fail "check with [hsm] module a link named libsofthsm2.so to opencryptoki names SoftHSM's store: $rows"
+  # a p11-kit module name of the admin's own (token.module, module:
+  # SoftHSM's file) loads SoftHSM: judged by the file p11-kit gives, not
+  # the name; softhsm2.module naming another module's file is not
+  # SoftHSM. p11-kit's module files (root reads the system ones only) in
+  # a mount namespace of this test's own
+  p11mods=$(pkg-config --variable=p11_module_configs p11-kit-1 2>/dev/null || echo /usr/share/p11-kit/modules)
+  if [ -d "$p11mods" ] && unshare --mount --propagation private true 2>/dev/null; then
+    mkdir "$usr/p11mods"
+    printf 'module: /usr/lib/softhsm/libsofthsm2.so\n' > "$usr/p11mods/token.module"
+    ns_rows() { # MODULE: user_rows nobody MODULE, with $usr/p11mods as p11-kit's module files
+      user_rows nobody "$1" >/dev/null
+      SOFTHSM2_CONF=$usr/softhsm2.conf unshare --mount --propagation private sh -c \
+        'mount --bind "$1" "$2" && exec "$3" -c "$4" check' sh "$usr/p11mods" "$p11mods" "$BIN/groupsrv" "$usr/u.conf" \
+        2>&1 | grep '^user ' || true
+    }
+    rows=$(ns_rows token)
+    grep -q "^user      PROBLEM: \[server\] user nobody (uid [0-9]*) can read 1 of the token store's 1 files" <<<"$rows" ||
+      fail "check with [hsm] module a p11-kit name of SoftHSM's module file does not check SoftHSM's store: $rows"
+    rm "$usr/p11mods/token.module"
+    printf 'module: /usr/lib/x86_64-linux-gnu/opencryptoki/libopencryptoki.so.0\n' > "$usr/p11mods/softhsm2.module"
+    rows=$(ns_rows softhsm2)
+    grep -q "^user      OK   .*(not the token's store" <<<"$rows" ||
+      fail "check with [hsm] module softhsm2, p11-kit's name for opencryptoki, names SoftHSM's store: $rows"
+  else
+    echo "# skipped: p11-kit names of the admin's own (no mount namespace here, or no $p11mods)"
+  fi
   chmod 0600 "$usr/tokens/tok/key.object"
   ok "check: SoftHSM's token store is checked for [hsm] module SoftHSM only (by file or p11-kit name)"
   user_rows gs-no-such-user >/dev/null # u.conf for the run below
