@@ -244,7 +244,9 @@ bool hsm_module_is_softhsm(const char *module)
             judged = real;
     } else if ((mods = p11_kit_modules_load(NULL, 0)) != NULL && (m = p11_kit_module_for_name(mods, module)) != NULL &&
                (file = p11_kit_module_get_filename(m)) != NULL) {
-        judged = realpath(file, real) != NULL ? real : file;
+        /* a relative module: is relative to p11-kit's module directory,
+         * not to ours: its own name then */
+        judged = file[0] == '/' && realpath(file, real) != NULL ? real : file;
     }
     module_stem(judged, stem, sizeof(stem));
     free(file);
