@@ -59,6 +59,9 @@ struct kh_worker {
      * stamp_current). */
     unsigned long long stamp_arrivals;
     int stamp_ok;
+    /* The job being run paused to search the token again (khops.c,
+     * search_again): its time is mostly that pause, no service time. */
+    bool paused;
 };
 
 struct kh {
@@ -90,7 +93,8 @@ void *kh_worker_init(void *kh, unsigned index);
 void kh_worker_fini(void *worker);
 /* Runs one job on a worker and leaves its encoded answer in job->reply;
  * the caller (keyholder.c) sends or holds it. False when the job was
- * dropped unrun (past its deadline): its time is no service time. */
+ * dropped unrun (past its deadline) or paused to search the token again
+ * (a key version not shown yet): its time is no service time. */
 bool kh_job_run(void *worker, tq_job *job);
 /* How a request is queued: its fairness flow (the identity it is made
  * for), its cost in turns and its service class. */

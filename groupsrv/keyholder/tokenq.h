@@ -61,7 +61,9 @@ typedef struct tokenq_ops {
      * past its deadline, answered at once), whose few microseconds say
      * nothing about the token: fed to the average, a backlog dropped
      * after a stall would make queued work look free and turn shedding
-     * by expected wait off until real jobs rebuilt it. */
+     * by expected wait off until real jobs rebuilt it. False too for a
+     * job whose time was mostly a pause of its own (the key holder's
+     * search again for a key not shown yet), which says as little. */
     bool (*run)(void *worker, tq_job *job);
     /* Optional: runs on the same worker after each run, outside the
      * measured service time and before the worker takes its next job
