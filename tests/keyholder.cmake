@@ -15,6 +15,14 @@ gs_target_warnings(test_tokenq)
 add_test(NAME unit_tokenq COMMAND test_tokenq)
 set_tests_properties(unit_tokenq PROPERTIES LABELS "unit")
 
+# Which groups may search the token again for a key version not shown.
+add_executable(test_searchq ${GS_TEST_DIR}/unit/test_searchq.c ${PROJECT_SOURCE_DIR}/groupsrv/keyholder/searchq.c)
+target_include_directories(test_searchq PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/keyholder)
+target_link_libraries(test_searchq PRIVATE PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_searchq)
+add_test(NAME unit_searchq COMMAND test_searchq)
+set_tests_properties(unit_searchq PROPERTIES LABELS "unit")
+
 # The rate limiter and the suspension after failed unwraps, by the keys a
 # request makes once.
 add_executable(test_ratelimit ${GS_TEST_DIR}/unit/test_ratelimit.c ${PROJECT_SOURCE_DIR}/groupsrv/server/ratelimit.c)

@@ -27,6 +27,7 @@
 #include "log.h"
 #include "mailaddr.h"
 #include "metrics.h"
+#include "searchq.h"
 #include "util.h"
 
 #define ROLES_READERS ((1u << GS_ROLE_MEMBER) | (1u << GS_ROLE_ADMIN))
@@ -620,28 +621,7 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
  * for SEARCH_AGAIN_GAP seconds (a key imported meanwhile is still found:
  * the group is loaded afresh at every request while it lacks one). */
 #define SEARCH_AGAIN_GAP 2.0
-#define SEARCH_AGAIN_SLOTS 16
 static const long search_again_pause_ms[] = {20, 100};
-static pthread_mutex_t search_again_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    int64_t group_id;
-    double until; /* no search again for this group before; 0: slot free */
-} search_again_quiet[SEARCH_AGAIN_SLOTS];
-
-/* The slot of group_id, or the one to take for it (free or oldest).
- * Called locked. */
-static size_t search_again_slot(int64_t group_id)
-{
-    size_t pick = 0;
-
-    for (size_t i = 0; i < SEARCH_AGAIN_SLOTS; i++) {
-        if (search_again_quiet[i].until != 0 && search_again_quiet[i].group_id == group_id)
-            return i;
-        if (search_again_quiet[i].until < search_again_quiet[pick].until)
-            pick = i;
-    }
-    return pick;
-}
 
 /* Searches the token again for the keys group g lacks, until *key (one
  * of g's) is found: at most one search after each pause. True when *key
@@ -649,16 +629,10 @@ static size_t search_again_slot(int64_t group_id)
 static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, const char *what, unsigned version)
 {
     int64_t id = gs_group_id(g);
-    double now = util_monotonic_s();
-    bool quiet, found = false;
+    bool found = false;
     size_t tries = 0;
 
-    pthread_mutex_lock(&search_again_mu);
-    size_t i = search_again_slot(id);
-    quiet = search_again_quiet[i].until != 0 && search_again_quiet[i].group_id == id &&
-            now < search_again_quiet[i].until;
-    pthread_mutex_unlock(&search_again_mu);
-    if (quiet)
+    if (!searchq_may(id, util_monotonic_s()))
         return false;
     while (*key == NULL && tries < sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0])) {
         long ms = search_again_pause_ms[tries++];
@@ -674,15 +648,7 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
         if (gs_group_find_missing(g, w->kh->hsm, &found) != GS_OK)
             break;
     }
-    pthread_mutex_lock(&search_again_mu);
-    i = search_again_slot(id);
-    if (*key == NULL) {
-        search_again_quiet[i].group_id = id;
-        search_again_quiet[i].until = util_monotonic_s() + SEARCH_AGAIN_GAP;
-    } else if (search_again_quiet[i].group_id == id) {
-        search_again_quiet[i].until = 0;
-    }
-    pthread_mutex_unlock(&search_again_mu);
+    searchq_done(id, *key != NULL, util_monotonic_s(), SEARCH_AGAIN_GAP);
     if (*key != NULL)
         log_info("key version found at a search again kind=\"%s\" version=%u searches=%zu", what, version, tries);
     else
