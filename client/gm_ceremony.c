@@ -255,7 +255,12 @@ static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *
     int rc = GM_EXIT_OK;
 
     if ((ge = gsk_transport_find(hsm, m->transport_sha256, &t)) == GSK_OK) {
-        util_strlcpy(label, hsm_key_label(t), sizeof(label));
+        /* Token labels are at most 127 bytes (hsm): a longer one is a bug. */
+        if (util_strlcpy(label, hsm_key_label(t), sizeof(label)) != UTIL_OK) {
+            gm_err("the transport key's label is too long");
+            rc = GM_EXIT_ERROR;
+            goto out;
+        }
         if (c->keep_transport_key) {
             printf("transport key %s kept (--keep-transport-key): delete both halves once the last file made for "
                    "it is imported (import it without --keep-transport-key)\n",

@@ -1197,7 +1197,11 @@ static int transport_done(struct import *im, const char *group)
     gs_err err;
     gsk_err ge;
 
-    util_strlcpy(label, hsm_key_label(im->transport), sizeof(label));
+    /* Token labels are at most 127 bytes (hsm): a longer one is a bug. */
+    if (util_strlcpy(label, hsm_key_label(im->transport), sizeof(label)) != UTIL_OK) {
+        (void)fail(gs_err_set(GS_ERR_HSM, "the transport key's label is too long"));
+        return 1;
+    }
     if (im->keep_transport) {
         printf("transport key %s kept (--keep-transport-key): delete both halves once the last file made for it "
                "is imported (import it without --keep-transport-key; or pkcs11-tool --login --delete-object "

@@ -224,10 +224,11 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
 
     if (hsm == NULL || priv == NULL)
         return GSK_ERR_ARGS;
-    util_strlcpy(label, hsm_key_label(priv), sizeof(label));
     /* Only a transport key: the label is the one gsk_transport_find took
-     * by its prefix; anything else here is a caller's mistake. */
-    if (strncmp(label, GSK_TRANSPORT_PREFIX, strlen(GSK_TRANSPORT_PREFIX)) != 0)
+     * by its prefix (labels are at most 127 bytes); anything else here is
+     * a caller's mistake. */
+    if (util_strlcpy(label, hsm_key_label(priv), sizeof(label)) != UTIL_OK ||
+        strncmp(label, GSK_TRANSPORT_PREFIX, strlen(GSK_TRANSPORT_PREFIX)) != 0)
         return gsk_fail(GSK_ERR_ARGS, "not a transport key");
     /* Its key, to know its public half by once the private one is gone. */
     if ((he = hsm_key_export_public(hsm, priv, &spki, &len)) != HSM_OK)
