@@ -43,6 +43,7 @@
 #include "cli.h"
 #include "config.h"
 #include "groups.h"
+#include "gsk.h"
 #include "gs_version.h"
 #include "gs_error.h"
 #include "hsm.h"
@@ -3078,7 +3079,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
     if (gs_keys_unrecorded(e->st, e->hsm, check_unrecorded, NULL) != GS_OK)
         printf("keys      could not list the token's keys: %s\n", gs_err_detail());
     struct transport_seen seen = {.n = 0};
-    if (hsm_key_list(e->hsm, "gs:transport:", check_transport_key, &seen) != HSM_OK)
+    if (hsm_key_list(e->hsm, GSK_TRANSPORT_PREFIX, check_transport_key, &seen) != HSM_OK)
         printf("transport could not list the token's transport keys: %s\n", hsm_last_error_detail());
     else if (seen.more)
         printf("transport WARNING: and more than these %zu (pkcs11-tool --list-objects names them all)\n", seen.n);
