@@ -250,7 +250,7 @@ static void record_refusal(const gm_config *c, const gsk_manifest *m, bool token
 static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *m, const char *desc)
 {
     hsm_key *t = NULL;
-    char label[128] = "";
+    char label[128] = "", cmd[320];
     gsk_err ge;
     int rc = GM_EXIT_OK;
 
@@ -276,10 +276,11 @@ static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *
                      json_pack("{s:s,s:s,s:s,s:s,s:s}", "ceremony", m->ceremony, "token", desc,
                                "transport_key_sha256", m->transport_sha256, "label", label, "outcome", outcome));
         /* The instruction before the token's reason, which may be long. */
+        if (gsk_transport_delete_cmd(label[0] ? label : GSK_TRANSPORT_PREFIX "...", cmd, sizeof(cmd)) != GSK_OK)
+            cmd[0] = '\0'; /* not reached: a label (checked above) is at most 127 bytes */
         gm_err("the group key is imported, but its transport key %s could not be deleted; delete it now "
-               "(pkcs11-tool --login --delete-object --type privkey --label %s, and --type pubkey: with your "
-               "token's PIN, a file made for it gives its keys in the clear): %s",
-               label[0] ? label : "(not found)", label[0] ? label : "gs:transport:...", gsk_err_detail());
+               "(%s: with your token's PIN, a file made for it gives its keys in the clear): %s",
+               label[0] ? label : "(not found)", cmd, gsk_err_detail());
         rc = GM_EXIT_TRANSPORT_LEFT;
         goto out;
     }

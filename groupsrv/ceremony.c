@@ -1192,21 +1192,21 @@ out:
  * not be written. */
 static int transport_done(struct import *im, const char *group)
 {
-    char label[128];
+    char label[128], cmd[320];
     json_t *extra;
     gs_err err;
     gsk_err ge;
 
     /* Token labels are at most 127 bytes (hsm): a longer one is a bug. */
-    if (util_strlcpy(label, hsm_key_label(im->transport), sizeof(label)) != UTIL_OK) {
+    if (util_strlcpy(label, hsm_key_label(im->transport), sizeof(label)) != UTIL_OK ||
+        gsk_transport_delete_cmd(label, cmd, sizeof(cmd)) != GSK_OK) {
         (void)fail(gs_err_set(GS_ERR_HSM, "the transport key's label is too long"));
         return 1;
     }
     if (im->keep_transport) {
         printf("transport key %s kept (--keep-transport-key): delete both halves once the last file made for it "
-               "is imported (import it without --keep-transport-key; or pkcs11-tool --login --delete-object "
-               "--type privkey --label %s, and --type pubkey)\n",
-               label, label);
+               "is imported (import it without --keep-transport-key; or %s)\n",
+               label, cmd);
         return 0;
     }
     ge = gsk_transport_destroy(im->e->hsm, im->transport);
@@ -1219,10 +1219,9 @@ static int transport_done(struct import *im, const char *group)
         /* The instruction before the token's reason, which may be long:
          * a cut line must still say what to do. */
         err = gs_err_set(GS_ERR_HSM, "the import is made, but transport key %s could not be deleted; delete it now "
-                                     "(pkcs11-tool --login --delete-object --type privkey --label %s, and --type "
-                                     "pubkey: with this token's user PIN, a file made for it gives its keys in the "
+                                     "(%s: with this token's user PIN, a file made for it gives its keys in the "
                                      "clear): %s",
-                         label, label, gsk_err_detail());
+                         label, cmd, gsk_err_detail());
         (void)fail(err);
         return EXIT_TRANSPORT_LEFT;
     }

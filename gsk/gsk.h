@@ -177,6 +177,12 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out);
  * detail naming the half left on the token. */
 gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv);
 
+/* The pkcs11-tool command that deletes the transport key labelled label
+ * by hand (both halves), for the lines of groupsrv and groupmail that
+ * say what is left and how to delete it: one text, so the two programs
+ * cannot drift apart. GSK_ERR_ARGS if it does not fit in cap. */
+gsk_err gsk_transport_delete_cmd(const char *label, char *out, size_t cap);
+
 /* ---- the token steps --------------------------------------------------- */
 
 /* Export: wraps keys[i] (the token object of m->entries[i], i < m->n_entries)

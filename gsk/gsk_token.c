@@ -248,6 +248,18 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
     return GSK_OK;
 }
 
+gsk_err gsk_transport_delete_cmd(const char *label, char *out, size_t cap)
+{
+    int n;
+
+    if (label == NULL || out == NULL || cap == 0)
+        return GSK_ERR_ARGS;
+    n = snprintf(out, cap, "pkcs11-tool --login --delete-object --type privkey --label %s, and --type pubkey", label);
+    if (n < 0 || (size_t)n >= cap)
+        return GSK_ERR_ARGS;
+    return GSK_OK;
+}
+
 /* ---- export ------------------------------------------------------------------------ */
 
 gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const unsigned char *spki, size_t spki_len,
