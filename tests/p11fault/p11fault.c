@@ -46,11 +46,14 @@
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
  * a file, every call checks that file (a stat(): inode, size, mtime) and,
  * when it changed, re-reads its rules. One rule per line:
- *   FUNC RV [COUNT]     e.g. "C_Decrypt CKR_DEVICE_ERROR 3"
+ *   FUNC RV [COUNT [SKIP]]   e.g. "C_Decrypt CKR_DEVICE_ERROR 3"
  * FUNC is a function name or "*" (every call except C_Initialize,
  * C_Finalize, C_GetInfo, C_GetSlotList, C_GetSlotInfo and
  * C_WaitForSlotEvent); RV a CKR_ name or a number (0x...); COUNT how many
- * calls (from the time the file was read) get RV, default: all of them.
+ * calls (from the time the file was read) get RV, default: all of them;
+ * SKIP how many of the rule's calls pass through first, default 0
+ * ("C_DestroyObject 0x1b 1 1": only the second deletion fails, so the
+ * second of two steps can be failed alone).
  * "#" starts a comment. An empty or absent file means pass-through.
  * A line "bool ATTR 0|1" (ATTR a CKA_ name or a number) makes
  * C_GetAttributeValue report that boolean attribute so on every object,
@@ -1192,6 +1195,7 @@ static struct {
     int idx; /* fw_index, or CTL_ALL */
     CK_RV rv;
     int remaining; /* > 0: that many more; < 0: forever; 0: used up */
+    int skip;      /* calls still to pass through before the rule applies */
 } ctl_rules[CTL_RULES_MAX];
 static unsigned ctl_nrules;
 static int ctl_inited;
@@ -1431,9 +1435,9 @@ static void ctl_parse_token_flag(const char *w)
 /* Parses the control file's text into the rule table. Called locked. */
 static void ctl_parse_locked(char *text)
 {
-    char *line = text, *nl, *p, *wf, *wr, *wc;
+    char *line = text, *nl, *p, *wf, *wr, *wc, *ws;
     CK_RV rv;
-    int idx, count;
+    int idx, count, skip;
 
     ctl_nrules = 0;
     ctl_nbools = 0;
@@ -1448,6 +1452,7 @@ static void ctl_parse_locked(char *text)
             continue;
         wr = next_word(&p);
         wc = next_word(&p);
+        ws = next_word(&p);
         if (strcmp(wf, "logout") == 0) {
             ctl_logout_pending = 1;
             continue;
@@ -1487,7 +1492,7 @@ static void ctl_parse_locked(char *text)
         if (strcmp(wf, "tokenflags") == 0) {
             if (wr != NULL)
                 ctl_parse_token_flag(wr);
-            for (char *w = wc; w != NULL; w = next_word(&p))
+            for (char *w = wc; w != NULL; w = w == wc ? ws : next_word(&p))
                 ctl_parse_token_flag(w);
             continue;
         }
@@ -1501,6 +1506,15 @@ static void ctl_parse_locked(char *text)
             else
                 count = (int)n;
         }
+        skip = 0;
+        if (ws != NULL) {
+            char *end = NULL;
+            long n = strtol(ws, &end, 10);
+            if (end == ws || *end != '\0' || n < 0 || n > 1000000)
+                wr = NULL; /* a bad skip makes the line invalid */
+            else
+                skip = (int)n;
+        }
         if ((idx < 0 && idx != CTL_ALL) || wr == NULL || parse_rv(wr, &rv) != 0) {
             fprintf(stderr, "p11fault: ignoring control line: %.80s\n", wf);
             continue;
@@ -1508,6 +1522,7 @@ static void ctl_parse_locked(char *text)
         ctl_rules[ctl_nrules].idx = idx;
         ctl_rules[ctl_nrules].rv = rv;
         ctl_rules[ctl_nrules].remaining = count;
+        ctl_rules[ctl_nrules].skip = skip;
         ctl_nrules++;
     }
 }
@@ -1581,6 +1596,10 @@ static int ctl_take_locked(int idx, CK_RV *rv)
             continue;
         if (ctl_rules[i].idx != idx && (ctl_rules[i].idx != CTL_ALL || ctl_exempt(idx)))
             continue;
+        if (ctl_rules[i].skip > 0) {
+            ctl_rules[i].skip--;
+            continue;
+        }
         *rv = ctl_rules[i].rv;
         if (ctl_rules[i].idx == CTL_ALL && is_removal_rv(*rv) && slot_call(idx))
             *rv = CKR_TOKEN_NOT_PRESENT;
