@@ -251,6 +251,7 @@ static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *
 {
     hsm_key *t = NULL;
     char label[128] = "", cmd[320];
+    bool public_only = false;
     gsk_err ge;
     int rc = GM_EXIT_OK;
 
@@ -267,7 +268,7 @@ static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *
                    label);
             goto out;
         }
-        ge = gsk_transport_destroy(hsm, t);
+        ge = gsk_transport_destroy(hsm, t, &public_only);
     }
     if (ge != GSK_OK) {
         char outcome[600];
@@ -276,11 +277,19 @@ static int transport_done(const gm_config *c, hsm_ctx *hsm, const gsk_manifest *
                      json_pack("{s:s,s:s,s:s,s:s,s:s}", "ceremony", m->ceremony, "token", desc,
                                "transport_key_sha256", m->transport_sha256, "label", label, "outcome", outcome));
         /* The instruction before the token's reason, which may be long. */
-        if (gsk_transport_delete_cmd(label[0] ? label : GSK_TRANSPORT_PREFIX "...", cmd, sizeof(cmd)) != GSK_OK)
+        if (gsk_transport_delete_cmd(label[0] ? label : GSK_TRANSPORT_PREFIX "...", public_only, cmd,
+                                     sizeof(cmd)) != GSK_OK)
             cmd[0] = '\0'; /* not reached: a label (checked above) is at most 127 bytes */
-        gm_err("the group key is imported, but its transport key %s could not be deleted; delete it now "
-               "(%s: with your token's PIN, a file made for it gives its keys in the clear): %s",
-               label[0] ? label : "(not found)", cmd, gsk_err_detail());
+        /* Only the public half left (it unwraps nothing): say so, not to
+         * delete a private key already gone. */
+        if (public_only)
+            gm_err("the group key is imported and its transport key %s's private half deleted, but its public "
+                   "half could not be deleted; delete it now (%s: it unwraps nothing, but is left over): %s",
+                   label, cmd, gsk_err_detail());
+        else
+            gm_err("the group key is imported, but its transport key %s could not be deleted; delete it now "
+                   "(%s: with your token's PIN, a file made for it gives its keys in the clear): %s",
+                   label[0] ? label : "(not found)", cmd, gsk_err_detail());
         rc = GM_EXIT_TRANSPORT_LEFT;
         goto out;
     }

@@ -1193,13 +1193,14 @@ out:
 static int transport_done(struct import *im, const char *group)
 {
     char label[128], cmd[320];
+    bool public_only = false;
     json_t *extra;
     gs_err err;
     gsk_err ge;
 
     /* Token labels are at most 127 bytes (hsm): a longer one is a bug. */
     if (util_strlcpy(label, hsm_key_label(im->transport), sizeof(label)) != UTIL_OK ||
-        gsk_transport_delete_cmd(label, cmd, sizeof(cmd)) != GSK_OK) {
+        gsk_transport_delete_cmd(label, false, cmd, sizeof(cmd)) != GSK_OK) {
         (void)fail(gs_err_set(GS_ERR_HSM, "the transport key's label is too long"));
         return 1;
     }
@@ -1209,7 +1210,7 @@ static int transport_done(struct import *im, const char *group)
                label, cmd);
         return 0;
     }
-    ge = gsk_transport_destroy(im->e->hsm, im->transport);
+    ge = gsk_transport_destroy(im->e->hsm, im->transport, &public_only);
     extra = json_pack("{s:s,s:s,s:s,s:s}", "ceremony", im->m->ceremony, "transport_key_sha256",
                       im->m->transport_sha256, "label", label, "token", im->desc);
     if (ge != GSK_OK) {
@@ -1217,11 +1218,19 @@ static int transport_done(struct import *im, const char *group)
         (void)snprintf(outcome, sizeof(outcome), "failed: %s", gsk_err_detail());
         (void)cli_record_write(&im->rec, "transport-key-destroy", group, outcome, extra);
         /* The instruction before the token's reason, which may be long:
-         * a cut line must still say what to do. */
-        err = gs_err_set(GS_ERR_HSM, "the import is made, but transport key %s could not be deleted; delete it now "
-                                     "(%s: with this token's user PIN, a file made for it gives its keys in the "
-                                     "clear): %s",
-                         label, cmd, gsk_err_detail());
+         * a cut line must still say what to do. Only the public half
+         * left (it unwraps nothing): say so, not to delete a private key
+         * already gone. */
+        if (public_only && gsk_transport_delete_cmd(label, true, cmd, sizeof(cmd)) == GSK_OK)
+            err = gs_err_set(GS_ERR_HSM, "the import is made and transport key %s's private half deleted, but its "
+                                         "public half could not be deleted; delete it now (%s: it unwraps nothing, "
+                                         "but is left over): %s",
+                             label, cmd, gsk_err_detail());
+        else
+            err = gs_err_set(GS_ERR_HSM, "the import is made, but transport key %s could not be deleted; delete it "
+                                         "now (%s: with this token's user PIN, a file made for it gives its keys in "
+                                         "the clear): %s",
+                             label, cmd, gsk_err_detail());
         (void)fail(err);
         return EXIT_TRANSPORT_LEFT;
     }

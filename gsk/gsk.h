@@ -174,14 +174,16 @@ gsk_err gsk_transport_find(hsm_ctx *hsm, const char fp[65], hsm_key **out);
  * token's user PIN and the file"): while the pair and a .gsk file made
  * for it both exist, the user PIN gives the file's keys in the clear to
  * any PKCS#11 program. GSK_ERR_TOKEN (token gone) or GSK_ERR_HSM, the
- * detail naming the half left on the token. */
-gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv);
+ * detail naming the half left on the token; *public_only (may be NULL)
+ * says whether the private half went and only the public one is left. */
+gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv, bool *public_only);
 
 /* The pkcs11-tool command that deletes the transport key labelled label
- * by hand (both halves), for the lines of groupsrv and groupmail that
- * say what is left and how to delete it: one text, so the two programs
- * cannot drift apart. GSK_ERR_ARGS if it does not fit in cap. */
-gsk_err gsk_transport_delete_cmd(const char *label, char *out, size_t cap);
+ * by hand (both halves; the public half alone if public_only), for the
+ * lines of groupsrv and groupmail that say what is left and how to
+ * delete it: one text, so the two programs cannot drift apart.
+ * GSK_ERR_ARGS if it does not fit in cap. */
+gsk_err gsk_transport_delete_cmd(const char *label, bool public_only, char *out, size_t cap);
 
 /* ---- the token steps --------------------------------------------------- */
 

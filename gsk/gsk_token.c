@@ -214,7 +214,7 @@ static int pub_destroy_cb(void *arg, hsm_ctx *hsm, hsm_key *key)
     return 0;
 }
 
-gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
+gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv, bool *public_only)
 {
     char label[128], fp[65];
     unsigned char *spki = NULL;
@@ -222,6 +222,8 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
     struct pub_arg pa;
     hsm_err he;
 
+    if (public_only != NULL)
+        *public_only = false;
     if (hsm == NULL || priv == NULL)
         return GSK_ERR_ARGS;
     /* Only a transport key: the label is the one gsk_transport_find took
@@ -237,6 +239,8 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
     free(spki);
     if ((he = hsm_key_destroy(hsm, priv)) != HSM_OK)
         return gsk_hsm_fail(he, "deleting the transport private key (both halves are still on the token)");
+    if (public_only != NULL)
+        *public_only = true;
     memset(&pa, 0, sizeof(pa));
     pa.label = label;
     pa.fp = fp;
@@ -245,16 +249,22 @@ gsk_err gsk_transport_destroy(hsm_ctx *hsm, hsm_key *priv)
     if (he != HSM_OK)
         return gsk_hsm_fail(he, "deleting the transport public key (the private key is deleted; the public key, "
                                 "which unwraps nothing, is still on the token)");
+    if (public_only != NULL)
+        *public_only = false;
     return GSK_OK;
 }
 
-gsk_err gsk_transport_delete_cmd(const char *label, char *out, size_t cap)
+gsk_err gsk_transport_delete_cmd(const char *label, bool public_only, char *out, size_t cap)
 {
     int n;
 
     if (label == NULL || out == NULL || cap == 0)
         return GSK_ERR_ARGS;
-    n = snprintf(out, cap, "pkcs11-tool --login --delete-object --type privkey --label %s, and --type pubkey", label);
+    if (public_only)
+        n = snprintf(out, cap, "pkcs11-tool --login --delete-object --type pubkey --label %s", label);
+    else
+        n = snprintf(out, cap, "pkcs11-tool --login --delete-object --type privkey --label %s, and --type pubkey",
+                     label);
     if (n < 0 || (size_t)n >= cap)
         return GSK_ERR_ARGS;
     return GSK_OK;

@@ -523,6 +523,34 @@ expect_msg "^groupsrv: secret key version 1 is older than every one recorded her
 gs_delta group show rep > "$work/show"
 grep -Eq "^  v1 " "$work/show" && fail "delta records a version alpha retired: $(cat "$work/show")"
 audit_has "$work/delta/audit.jsonl" group-import "secret key version 1 is older than every one" rep-s1-old.gsk
+# the token deletes the transport key's private half but refuses its
+# public half: exit 7 still, and the line says the public half alone is
+# left, with the command for it, not to delete a private key already
+# gone. tests/p11fault fails the import's C_DestroyObject calls after
+# those an import makes before it deletes the transport key (session
+# objects: counted on a like import, --keep-transport-key) and the one
+# of the private half
+gs_alpha secret rotate rep >/dev/null
+gs_alpha group export rep --secret-version 3 --to "$work/delta-transport.pem" --out "$work/rep-s3.gsk" >/dev/null
+gs_alpha secret rotate rep >/dev/null
+gs_alpha group export rep --secret-version 4 --to "$work/delta-transport.pem" --out "$work/rep-s4.gsk" >/dev/null
+dtl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/delta-transport.pem" | head -1)
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/delta.conf" > "$work/delta-fault.conf"
+GS_P11FAULT_COUNTS=$work/delta-counts GS_P11FAULT_TARGET=$module GS_CONF_delta=$work/delta-fault.conf \
+  expect 0 "group import on delta, its token calls counted" -- \
+  gs_delta group import --in "$work/rep-s3.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
+before=$(sed -n 's/^C_DestroyObject \([0-9]*\)$/\1/p' "$work/delta-counts")
+[ -n "$before" ] || before=0
+printf 'C_DestroyObject 0x1b 1 %s\n' "$((before + 1))" > "$work/p11fault-pub.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-pub.ctl GS_P11FAULT_TARGET=$module GS_CONF_delta=$work/delta-fault.conf \
+  expect 7 "group import on delta, the token refusing the transport key's public half alone" -- \
+  gs_delta group import --in "$work/rep-s4.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: the import is made and transport key $dtl's private half deleted, but its public half could not be deleted; delete it now \(pkcs11-tool --login --delete-object --type pubkey --label $dtl: it unwraps nothing, but is left over\): deleting the transport public key"
+! grep -q -- "--type privkey" "$work/err" || fail "the line says to delete the private half, already gone: $(cat "$work/err")"
+objects delta | grep -B1 "label: *$dtl\$" > "$work/dtl.objs" || true
+[ "$(grep -c '^Private Key Object' "$work/dtl.objs")" = 0 ] && [ "$(grep -c '^Public Key Object' "$work/dtl.objs")" = 1 ] ||
+  fail "delta's transport key after the public half was refused: $(cat "$work/dtl.objs")"
+ok "the public half alone refused: exit 7 names the public half and the command for it"
 
 # ---- alpha lost for good: the clone beta becomes the group's origin ----
 refused beta 1 "group rotate on the clone without --take-over" -- gs_beta group rotate eng
