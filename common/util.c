@@ -228,6 +228,16 @@ int util_file_attrs(const char *path, int dir)
     return ((flags & FS_APPEND_FL) ? UTIL_ATTR_APPEND : 0) | ((flags & FS_IMMUTABLE_FL) ? UTIL_ATTR_IMMUTABLE : 0);
 }
 
+const char *util_file_attrs_name(int attrs)
+{
+    return (attrs & UTIL_ATTR_IMMUTABLE) ? "immutable (chattr +i)" : "append-only (chattr +a)";
+}
+
+char util_file_attrs_flag(int attrs)
+{
+    return (attrs & UTIL_ATTR_IMMUTABLE) ? 'i' : 'a';
+}
+
 static int fsync_parent_dir(const char *path)
 {
     char *dir = util_dir_of(path);

@@ -63,6 +63,12 @@ int util_dir_unwritable(const char *path);
 #define UTIL_ATTR_APPEND 1
 #define UTIL_ATTR_IMMUTABLE 2
 int util_file_attrs(const char *path, int dir);
+/* For messages about what util_file_attrs found: its name with the
+ * chattr flag ("immutable (chattr +i)", else "append-only (chattr +a)";
+ * immutable first, as it forbids more) and the flag's letter ('i' or 'a')
+ * that chattr -X takes off. attrs is util_file_attrs's nonzero result. */
+const char *util_file_attrs_name(int attrs);
+char util_file_attrs_flag(int attrs);
 
 /* Same as util_write_file_atomic, but streaming: util_atomic_open gives a FILE* on a temp file next to
  * path; util_atomic_commit fsyncs and renames it into place (and closes);

@@ -1094,8 +1094,7 @@ static int audit_dir_refuses(const char *file)
     if (attrs != 0)
         audit_cmd_error("audit rotate: %s: its directory %s is %s, which forbids putting the next file at the "
                         "log's path: remove the attribute for the rotation (chattr -%c %s)",
-                        file, dir, (attrs & UTIL_ATTR_IMMUTABLE) ? "immutable (chattr +i)" : "append-only (chattr +a)",
-                        (attrs & UTIL_ATTR_IMMUTABLE) ? 'i' : 'a', dir);
+                        file, dir, util_file_attrs_name(attrs), util_file_attrs_flag(attrs), dir);
     free(dir);
     return attrs != 0;
 }
@@ -1153,8 +1152,7 @@ static int audit_rotate_cmd(const char *file)
         audit_cmd_error("audit rotate: %s: the file is %s, which forbids giving it its archive name and "
                         "putting the next file at its path: remove the attribute for the rotation (chattr -%c) "
                         "and set it on the new file afterwards",
-                        file, (attrs & UTIL_ATTR_IMMUTABLE) ? "immutable (chattr +i)" : "append-only (chattr +a)",
-                        (attrs & UTIL_ATTR_IMMUTABLE) ? 'i' : 'a');
+                        file, util_file_attrs_name(attrs), util_file_attrs_flag(attrs));
         return 1;
     }
     audit_cmd_error("audit rotate: %s: %s", file, audit_strerror(e));
