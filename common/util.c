@@ -677,6 +677,13 @@ int util_read_pin_source(const char *source, char **pin, size_t *len)
     return util_read_pin_source_wait(source, 10000, pin, len);
 }
 
+const char *util_pin_source_path(const char *source)
+{
+    if (source == NULL || strncmp(source, "env:", 4) == 0)
+        return NULL;
+    return strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+}
+
 int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_t *len)
 {
     int rc;
@@ -698,7 +705,7 @@ int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_
             return UTIL_E_NOMEM;
         memcpy(buf, v, n + 1);
     } else {
-        const char *path = strncmp(source, "file:", 5) == 0 ? source + 5 : source;
+        const char *path = util_pin_source_path(source); /* not NULL: not env: */
         struct stat st;
         /* A device or socket is refused before it is opened: opening a
          * device can act (a tape rewinds, a serial line's modem signals

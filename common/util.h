@@ -91,6 +91,11 @@ int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_
  * for a message: an open the system refused says its reason (permission
  * denied, a link that loops), not "I/O error"; UTIL_E_FORMAT is "empty". */
 const char *util_pin_source_why(int rc, int e);
+/* The file a PIN source reads ("file:PATH" or a bare PATH: PATH, a
+ * pointer into source), or NULL for NULL or "env:NAME": one reading of
+ * the syntax for the reader and for those who look at the file (the
+ * refusal records' change check, check's [server] user row). */
+const char *util_pin_source_path(const char *source);
 
 /* Nonzero when a pkcs11: URI carries a PIN itself (a pin-value attribute,
  * RFC 7512 section 2.4, in its path or query, in any case). Such a URI is

@@ -2672,14 +2672,6 @@ static int user_paths_add_tokens(struct user_paths *p, const char *module)
     return rc;
 }
 
-/* PIN sources name a file as PATH or file:PATH; env:NAME has none. */
-static const char *pin_source_path(const char *src)
-{
-    if (src == NULL || strncmp(src, "env:", 4) == 0)
-        return NULL;
-    return strncmp(src, "file:", 5) == 0 ? src + 5 : src;
-}
-
 /* readable[i] = whether uid/gid (with no other group, as sandbox_drop
  * leaves the network process) may read p->v[i]: asked with access(2) in
  * a child that became the user, so modes, ACLs and every directory on
@@ -2782,8 +2774,8 @@ static unsigned check_server_user(const struct gs_config *cfg)
      * stays valid: nothing below asks the user database again. */
     gs_store_location_display(cfg->db.url != NULL ? cfg->db.url : "", shown, sizeof(shown));
     if (user_paths_add_tokens(&p, cfg->hsm.module) != 0 ||
-        user_paths_add(&p, "the user PIN source", pin_source_path(cfg->hsm.pin_source), true) != 0 ||
-        user_paths_add(&p, "the SO PIN source", pin_source_path(cfg->hsm.so_pin_source), true) != 0 ||
+        user_paths_add(&p, "the user PIN source", util_pin_source_path(cfg->hsm.pin_source), true) != 0 ||
+        user_paths_add(&p, "the SO PIN source", util_pin_source_path(cfg->hsm.so_pin_source), true) != 0 ||
         (cfg->tls.key != NULL && strncmp(cfg->tls.key, "pkcs11:", 7) != 0 &&
          user_paths_add(&p, "the [tls] key", cfg->tls.key, true) != 0) ||
         (cfg->db.url != NULL && strcmp(shown, cfg->db.url) != 0 &&

@@ -74,10 +74,7 @@ void hsm_refusal_src_stat(const char *pin_source, hsm_pin_src *src)
     const char *path;
 
     memset(src, 0, sizeof(*src));
-    if (pin_source == NULL || strncmp(pin_source, "env:", 4) == 0)
-        return;
-    path = strncmp(pin_source, "file:", 5) == 0 ? pin_source + 5 : pin_source;
-    if (stat(path, &st) != 0)
+    if ((path = util_pin_source_path(pin_source)) == NULL || stat(path, &st) != 0)
         return;
     src->is_file = true;
     if (S_ISFIFO(st.st_mode)) {

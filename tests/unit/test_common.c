@@ -1215,6 +1215,18 @@ static int inotify_opens(int fd)
  * which audit.c's open_regular checks the type first for. It opened any
  * path O_RDONLY. A link to a file is not followed; to a directory it is
  * (dir). */
+/* util_pin_source_path: the one reading of the PIN source syntax that
+ * the reader, the refusal records and check's [server] user row share. */
+static void test_pin_source_path(void **state)
+{
+    (void)state;
+    assert_null(util_pin_source_path(NULL));
+    assert_null(util_pin_source_path("env:GS_PIN"));
+    assert_string_equal(util_pin_source_path("file:/etc/groupsrv/pin"), "/etc/groupsrv/pin");
+    assert_string_equal(util_pin_source_path("/etc/groupsrv/pin"), "/etc/groupsrv/pin");
+    assert_string_equal(util_pin_source_path("file:"), "");
+}
+
 static void test_file_attrs_opens_only_files(void **state)
 {
     (void)state;
@@ -1309,6 +1321,7 @@ int main(void)
         cmocka_unit_test(test_out_own_pipe_descriptor),
         cmocka_unit_test(test_out_own_pipe_removed_by_reader),
         cmocka_unit_test(test_file_attrs_opens_only_files),
+        cmocka_unit_test(test_pin_source_path),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
     };
