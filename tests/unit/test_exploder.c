@@ -1329,6 +1329,34 @@ static void test_pem_encrypted_asks_nothing(void **state)
 }
 
 
+/* A self-signed certificate "CN=group" for k, as the group certificate
+ * the tests encrypt to, and its PEM in *pem (malloc'd). */
+static X509 *group_cert(EVP_PKEY *k, char **pem)
+{
+    X509 *x = X509_new();
+    BIO *mb = BIO_new(BIO_s_mem());
+    char *p;
+    long pemlen;
+
+    assert_non_null(x);
+    assert_non_null(mb);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"group", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
+    pemlen = BIO_get_mem_data(mb, &p);
+    *pem = strndup(p, (size_t)pemlen);
+    assert_non_null(*pem);
+    BIO_free(mb);
+    return x;
+}
+
 /* A forward list that takes only encrypted mail sends nothing outside the
  * encryption. Text after the S/MIME body's base64 that the reader stops at
  * (a '-' line: HTML, a fake "decrypted" body, MIME delimiters) is left out
@@ -1358,37 +1386,22 @@ static void test_forward_encrypted_tail(void **state)
         {"-- \nSECRET\n", false, false, "Content-Transfer-Encoding: base64\r\r\n", "ends no line"},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
-    X509 *x = X509_new();
+    X509 *x;
     STACK_OF(X509) *to = sk_X509_new_null();
     unsigned char plain[300], *der = NULL;
-    char *b64, *pem, *p, *dir = tmpdir(), path[600], outpath[600];
-    BIO *pb, *mb = BIO_new(BIO_s_mem());
+    char *b64, *pem, *dir = tmpdir(), path[600], outpath[600];
+    BIO *pb;
     CMS_ContentInfo *cms = NULL;
     int derlen = 0;
     size_t sz, ptlen = 0;
-    long pemlen;
     xp_conf c;
     xp_list l;
     (void)state;
 
     assert_non_null(k);
-    assert_non_null(x);
     assert_non_null(to);
-    assert_non_null(mb);
-    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                                                (const unsigned char *)"group", -1, -1, 0),
-                     1);
-    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
-    assert_int_equal(X509_set_pubkey(x, k), 1);
-    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    x = group_cert(k, &pem);
     assert_true(sk_X509_push(to, x) > 0);
-    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
-    pemlen = BIO_get_mem_data(mb, &p);
-    pem = strndup(p, (size_t)pemlen);
-    assert_non_null(pem);
     /* a CMS whose length is whole base64 quanta: no '=' ends the base64,
      * so words after it decode */
     for (sz = 200; sz < sizeof(plain); sz++) {
@@ -1477,7 +1490,6 @@ static void test_forward_encrypted_tail(void **state)
     free(b64);
     free(pem);
     OPENSSL_free(der);
-    BIO_free(mb);
     sk_X509_free(to);
     X509_free(x);
     EVP_PKEY_free(k);
@@ -1552,36 +1564,21 @@ static void test_modes_read_fields_as_reader(void **state)
          NULL, NULL},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
-    X509 *x = X509_new();
+    X509 *x;
     STACK_OF(X509) *to = sk_X509_new_null();
-    BIO *pb, *mb = BIO_new(BIO_s_mem());
+    BIO *pb;
     CMS_ContentInfo *cms;
     unsigned char *der = NULL;
-    char *b64, *pem, *p, *dir = tmpdir(), path[600], outpath[600];
+    char *b64, *pem, *dir = tmpdir(), path[600], outpath[600];
     int derlen;
-    long pemlen;
     xp_conf c;
     xp_list fwd, gs, mc, any;
     (void)state;
 
     assert_non_null(k);
-    assert_non_null(x);
     assert_non_null(to);
-    assert_non_null(mb);
-    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                                                (const unsigned char *)"group", -1, -1, 0),
-                     1);
-    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
-    assert_int_equal(X509_set_pubkey(x, k), 1);
-    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    x = group_cert(k, &pem);
     assert_true(sk_X509_push(to, x) > 0);
-    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
-    pemlen = BIO_get_mem_data(mb, &p);
-    pem = strndup(p, (size_t)pemlen);
-    assert_non_null(pem);
     pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
     assert_non_null(pb);
     cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
@@ -1691,7 +1688,6 @@ static void test_modes_read_fields_as_reader(void **state)
     OPENSSL_free(der);
     CMS_ContentInfo_free(cms);
     BIO_free(pb);
-    BIO_free(mb);
     sk_X509_free(to);
     X509_free(x);
     EVP_PKEY_free(k);
