@@ -72,6 +72,26 @@ pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
 sql() { pg_psql groupsrv -At -c "$1"; }
+# sync_standby NAME: synchronous_standby_names set to NAME (empty: reset)
+# and the configuration reloaded; returns once a new session sees NAME,
+# or after a reset once the waits it released have ended
+sync_standby() {
+  local i
+  if [ -n "$1" ]; then
+    pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" >/dev/null
+  else
+    pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
+  fi
+  pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+  for i in $(seq 1 100); do
+    if [ -n "$1" ]; then
+      [ "$(sql "SHOW synchronous_standby_names")" = "$1" ] && return 0
+    else
+      [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && return 0
+    fi
+    sleep 0.05
+  done
+}
 end_sessions() { # every session on groupsrv's database but the caller's
   pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE datname = 'groupsrv' AND pid <> pg_backend_pid()" >/dev/null
@@ -650,23 +670,13 @@ ok "an audit insert that committed after [db] timeout: recorded once, the change
 # ends its own stuck backend (by pid and backend_start) before the lookup:
 # the commit is then made on the primary, the lookup finds it, and the
 # answer agrees with the table.
-pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = 'gs_ghost_standby'" >/dev/null
-pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
-for i in $(seq 1 100); do
-  [ "$(sql "SHOW synchronous_standby_names")" = gs_ghost_standby ] && break
-  sleep 0.05
-done
+sync_standby gs_ghost_standby
 s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
 rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
 cp "$work/body" "$work/sync-unwrap.body"
 ms=$(call admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/sync@example.org")
 cp "$work/body" "$work/sync-put.body"
-pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
-pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
-for i in $(seq 1 100); do # the waits the reset releases have ended
-  [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
-  sleep 0.05
-done
+sync_standby ''
 [ -n "$rid" ] || fail "synchronous standby down: no X-Request-Id: $(cat "$work/hdr")"
 n=$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")
 if [ "$s" = 200 ]; then
@@ -793,12 +803,7 @@ sed -i 's/^\[audit\]$/unreplicated_writes = refuse\n&/' "$work/gs.conf"
 pgsrv_start
 unwrap 200 "unwrap with unreplicated_writes = refuse, the standbys not required" -- alice
 mark=$(wc -l < "$work/serve.log")
-pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = 'gs_ghost_standby'" >/dev/null
-pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
-for i in $(seq 1 100); do
-  [ "$(sql "SHOW synchronous_standby_names")" = gs_ghost_standby ] && break
-  sleep 0.05
-done
+sync_standby gs_ghost_standby
 unwrap 503 audit_unavailable "unwrap with every synchronous standby down, unreplicated_writes = refuse" -- alice
 rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
 expect 503 "member PUT with every synchronous standby down, unreplicated_writes = refuse" -- \
@@ -856,12 +861,7 @@ for i in $(seq 1 300); do
   pg_psql postgres -At -c "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.1
 done
-pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
-pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
-for i in $(seq 1 100); do
-  [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
-  sleep 0.05
-done
+sync_standby ''
 [ -n "$rid" ] || fail "unreplicated_writes = refuse: no X-Request-Id: $(cat "$work/hdr")"
 [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
   fail "unreplicated_writes = refuse: the refused unwrap's record is not in the table once"
