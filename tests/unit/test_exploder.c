@@ -1127,6 +1127,37 @@ static char *reader_plaintext(const char *mail, size_t n, X509 *cert, EVP_PKEY *
     return copy;
 }
 
+/* A self-signed certificate "CN=group" for k, as the group certificate
+ * the tests encrypt to, and its PEM in *pem (malloc'd) unless pem is
+ * NULL. */
+static X509 *group_cert(EVP_PKEY *k, char **pem)
+{
+    X509 *x = X509_new();
+    BIO *mb = pem != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    char *p;
+    long pemlen;
+
+    assert_non_null(x);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"group", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, k), 1);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    if (pem == NULL)
+        return x;
+    assert_non_null(mb);
+    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
+    pemlen = BIO_get_mem_data(mb, &p);
+    *pem = strndup(p, (size_t)pemlen);
+    assert_non_null(*pem);
+    BIO_free(mb);
+    return x;
+}
+
 /* A forward list's post in base64 without line breaks with text after
  * the base64 that the S/MIME reader stops at (a signature's "-- ", as a
  * script appending one writes it): the reader takes the same CMS, so
@@ -1154,7 +1185,7 @@ static void test_forward_base64_then_signature(void **state)
         {"\n______________\nList footer\n", false, false, "holds text that is not base64"},
     };
     EVP_PKEY *k = EVP_RSA_gen(2048); /* what env_message_decrypt_with_pkey decrypts */
-    X509 *x = X509_new();
+    X509 *x;
     STACK_OF(X509) *to = sk_X509_new_null();
     unsigned char plain[1100], *der = NULL;
     char *b64, *dir = tmpdir(), path[600], outpath[600];
@@ -1166,17 +1197,8 @@ static void test_forward_base64_then_signature(void **state)
     (void)state;
 
     assert_non_null(k);
-    assert_non_null(x);
     assert_non_null(to);
-    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                                                (const unsigned char *)"group", -1, -1, 0),
-                     1);
-    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
-    assert_int_equal(X509_set_pubkey(x, k), 1);
-    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    x = group_cert(k, NULL);
     assert_true(sk_X509_push(to, x) > 0);
     for (size_t i = 0; i < sizeof(plain); i++)
         plain[i] = (unsigned char)('a' + i % 26);
@@ -1328,34 +1350,6 @@ static void test_pem_encrypted_asks_nothing(void **state)
     unlink(errpath);
 }
 
-
-/* A self-signed certificate "CN=group" for k, as the group certificate
- * the tests encrypt to, and its PEM in *pem (malloc'd). */
-static X509 *group_cert(EVP_PKEY *k, char **pem)
-{
-    X509 *x = X509_new();
-    BIO *mb = BIO_new(BIO_s_mem());
-    char *p;
-    long pemlen;
-
-    assert_non_null(x);
-    assert_non_null(mb);
-    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                                                (const unsigned char *)"group", -1, -1, 0),
-                     1);
-    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
-    assert_int_equal(X509_set_pubkey(x, k), 1);
-    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
-    assert_int_equal(PEM_write_bio_X509(mb, x), 1);
-    pemlen = BIO_get_mem_data(mb, &p);
-    *pem = strndup(p, (size_t)pemlen);
-    assert_non_null(*pem);
-    BIO_free(mb);
-    return x;
-}
 
 /* A forward list that takes only encrypted mail sends nothing outside the
  * encryption. Text after the S/MIME body's base64 that the reader stops at
