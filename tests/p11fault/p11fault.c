@@ -1432,6 +1432,23 @@ static void ctl_parse_token_flag(const char *w)
     ctl_token_flags |= (CK_FLAGS)v;
 }
 
+/* A rule's number word w (min..1000000) into *out; dflt when w is NULL
+ * (no such word). -1 if w is no such number. */
+static int ctl_number(const char *w, long min, int dflt, int *out)
+{
+    char *end = NULL;
+    long n;
+
+    *out = dflt;
+    if (w == NULL)
+        return 0;
+    n = strtol(w, &end, 10);
+    if (end == w || *end != '\0' || n < min || n > 1000000)
+        return -1;
+    *out = (int)n;
+    return 0;
+}
+
 /* Parses the control file's text into the rule table. Called locked. */
 static void ctl_parse_locked(char *text)
 {
@@ -1497,24 +1514,9 @@ static void ctl_parse_locked(char *text)
             continue;
         }
         idx = strcmp(wf, "*") == 0 ? CTL_ALL : fw_lookup(wf);
-        count = -1;
-        if (wc != NULL) {
-            char *end = NULL;
-            long n = strtol(wc, &end, 10);
-            if (end == wc || *end != '\0' || n < 1 || n > 1000000)
-                wr = NULL; /* a bad count makes the line invalid */
-            else
-                count = (int)n;
-        }
-        skip = 0;
-        if (ws != NULL) {
-            char *end = NULL;
-            long n = strtol(ws, &end, 10);
-            if (end == ws || *end != '\0' || n < 0 || n > 1000000)
-                wr = NULL; /* a bad skip makes the line invalid */
-            else
-                skip = (int)n;
-        }
+        /* a bad count or skip makes the line invalid */
+        if (ctl_number(wc, 1, -1, &count) != 0 || ctl_number(ws, 0, 0, &skip) != 0)
+            wr = NULL;
         if ((idx < 0 && idx != CTL_ALL) || wr == NULL || parse_rv(wr, &rv) != 0) {
             fprintf(stderr, "p11fault: ignoring control line: %.80s\n", wf);
             continue;
