@@ -354,34 +354,52 @@ static void note_wal(gs_store *st)
     }
 }
 
+/* pid into the distinct pids[*n] (at most cap): false when it is not
+ * there and they are full. */
+static bool note_pid(long *pids, size_t *n, size_t cap, long pid)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (pids[i] == pid)
+            return true;
+    if (*n == cap)
+        return false;
+    pids[(*n)++] = pid;
+    return true;
+}
+
 /* One look at /proc/locks: the pid of a process other than this one that
  * holds a POSIX lock on the database file (db) and none on the -shm at its
- * path (shm); 0 when there is none or it cannot be told. */
+ * path (shm); 0 when there is none or it cannot be told. Each file's
+ * holders are kept as distinct pids: a process holds several locks on the
+ * -shm (its own, read marks, the write lock), and more than MAX_PIDS
+ * holders is "cannot be told", not a holder whose -shm lock was past the
+ * ones looked at. */
 static long lock_holder_without_shm(const struct stat *db, const struct stat *shm)
 {
-    enum { MAX_PIDS = 64 }; /* lock holders looked at, each file */
+    enum { MAX_PIDS = 64 }; /* distinct lock holders looked at, each file */
     long on_db[MAX_PIDS], on_shm[MAX_PIDS];
     size_t ndb = 0, nshm = 0;
     char line[256], kind[16];
     long pid, found = 0;
     unsigned maj, mnr;
     unsigned long ino;
+    bool all = true;
     FILE *f = fopen("/proc/locks", "re");
 
     if (f == NULL)
         return 0;
-    while (fgets(line, sizeof(line), f) != NULL) {
+    while (all && fgets(line, sizeof(line), f) != NULL) {
         if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%lu", kind, &pid, &maj, &mnr, &ino) != 5 ||
             strcmp(kind, "POSIX") != 0 || pid == (long)getpid())
             continue; /* "->": a lock waited for, not held */
-        if (ino == (unsigned long)db->st_ino && maj == major(db->st_dev) && mnr == minor(db->st_dev) &&
-            ndb < MAX_PIDS)
-            on_db[ndb++] = pid;
-        else if (ino == (unsigned long)shm->st_ino && maj == major(shm->st_dev) && mnr == minor(shm->st_dev) &&
-                 nshm < MAX_PIDS)
-            on_shm[nshm++] = pid;
+        if (ino == (unsigned long)db->st_ino && maj == major(db->st_dev) && mnr == minor(db->st_dev))
+            all = note_pid(on_db, &ndb, MAX_PIDS, pid);
+        else if (ino == (unsigned long)shm->st_ino && maj == major(shm->st_dev) && mnr == minor(shm->st_dev))
+            all = note_pid(on_shm, &nshm, MAX_PIDS, pid);
     }
     fclose(f);
+    if (!all)
+        return 0;
     for (size_t i = 0; i < ndb && found == 0; i++) {
         found = on_db[i];
         for (size_t j = 0; j < nshm; j++)

@@ -6,6 +6,7 @@
  * ($GS_TEST_PG_URL; never skipped: without it the PostgreSQL group fails).
  * PostgreSQL alone: the audit chains and reconnecting after a lost
  * connection. */
+#define _GNU_SOURCE
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -1120,6 +1122,83 @@ static void test_admin_refused_after_shm_deleted(void **state)
     gs_store_member_free(m);
 }
 
+/* A running server and another process holding many POSIX locks on the
+ * -shm (a lock tool, or many readers inside transactions, each with a
+ * read mark besides the -shm lock every connection holds): /proc/locks
+ * listed more than 64 of them before the server's, the look kept only
+ * the first 64, found the server's database lock without its -shm lock
+ * and refused every admin command ("has it open with a shared-memory
+ * index that is no longer at its path"), nothing deleted. Too many to
+ * look at is "cannot be told": no refusal. */
+static void test_admin_not_refused_many_shm_locks(void **state)
+{
+    struct fx *f = *state;
+    char shm[320], b = 0;
+    int c2p[2], p2c[2], status = 0;
+    gs_store *admin = NULL;
+    pid_t srv, locker;
+    cpu_set_t one, was;
+    int have_was = sched_getaffinity(0, sizeof(was), &was) == 0;
+
+    (void)snprintf(shm, sizeof(shm), "%s-shm", f->path);
+    gs_store_close(f->st);
+    f->st = NULL;
+    /* one CPU for all three: /proc/locks lists each CPU's locks newest
+     * first, so the locker's come before the server's */
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu() >= 0 ? sched_getcpu() : 0, &one);
+    (void)sched_setaffinity(0, sizeof(one), &one);
+    assert_int_equal(pipe(c2p), 0);
+    assert_int_equal(pipe(p2c), 0);
+    srv = fork();
+    assert_true(srv >= 0);
+    if (srv == 0) {
+        gs_store *st = NULL;
+        gs_store_member *m = NULL;
+        close(c2p[0]);
+        close(p2c[1]);
+        int ok = gs_store_open(f->loc, 0, &st) == GS_OK &&
+                 gs_store_member_get(st, f->gid, "nobody@example.org", &m) == GS_ERR_NOT_FOUND;
+        char r = ok ? 'y' : 'n';
+        ok = write(c2p[1], &r, 1) == 1 && read(p2c[0], &r, 1) == 0 && ok; /* until the parent's end closes */
+        gs_store_close(st);
+        _exit(ok ? 0 : 1);
+    }
+    assert_int_equal(read(c2p[0], &b, 1), 1);
+    assert_int_equal(b, 'y');
+    locker = fork();
+    assert_true(locker >= 0);
+    if (locker == 0) {
+        close(c2p[0]);
+        close(p2c[1]);
+        int fd = open(shm, O_RDWR | O_CLOEXEC), ok = fd >= 0;
+        for (int i = 0; ok && i < 80; i++) { /* bytes SQLite never locks, apart: 80 entries */
+            struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 4096 + 2 * i, .l_len = 1};
+            ok = fcntl(fd, F_SETLK, &fl) == 0;
+        }
+        char r = ok ? 'y' : 'n';
+        ok = write(c2p[1], &r, 1) == 1 && read(p2c[0], &r, 1) == 0 && ok;
+        _exit(ok ? 0 : 1);
+    }
+    close(c2p[1]);
+    close(p2c[0]);
+    assert_int_equal(read(c2p[0], &b, 1), 1);
+    assert_int_equal(b, 'y');
+    gs_err e = gs_store_open(f->loc, 0, &admin);
+    if (e != GS_OK)
+        fprintf(stderr, "refused: %s\n", gs_err_detail());
+    close(p2c[1]);
+    close(c2p[0]);
+    assert_int_equal(waitpid(locker, &status, 0), locker);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(waitpid(srv, &status, 0), srv);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (have_was)
+        (void)sched_setaffinity(0, sizeof(was), &was); /* as it was */
+    assert_int_equal(e, GS_OK);
+    f->st = admin;
+}
+
 /* The -wal deleted and a reader (an operator's sqlite3) inside a
  * transaction at the stop: the FULL checkpoint at close waits the busy
  * timeout for it, and the closes are one at a time, so the key holder's
@@ -1839,6 +1918,8 @@ int main(void)
                                               cmocka_unit_test_setup_teardown(test_admin_refused_after_wal_deleted,
                                                                               setup, teardown),
                                               cmocka_unit_test_setup_teardown(test_admin_refused_after_shm_deleted,
+                                                                              setup, teardown),
+                                              cmocka_unit_test_setup_teardown(test_admin_not_refused_many_shm_locks,
                                                                               setup, teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
