@@ -485,6 +485,7 @@ typedef struct mime_head {
     char cte[64];
     char cdisp[256];
     bool have_ct, have_cte;
+    bool fields; /* a header line was read (an mbox "From " line is none) */
 } mime_head;
 
 /* The rest of a header line longer than the line buffer, after its first
@@ -585,6 +586,7 @@ static env_err read_head(env_message *m, reader *r, char *line, bool top, mime_h
             }
         }
         first = false;
+        h->fields = true;
         if (keep && (rv = str_append(&m->outer, &outer_len, line, HDR_BLOCK_CAP)) != ENV_OK)
             return rv;
         if (!partial)
@@ -792,6 +794,13 @@ env_err env_mime_read_top(const void *data, size_t len, env_mime_top *top)
     /* the reader's own header reading, as read_smime begins */
     if ((rv = read_head(m, &r, line, true, &h)) != ENV_OK)
         goto out;
+    /* A blank line before any header line: a body with no header block
+     * (mail_split refuses it too), not a message whose fields are absent;
+     * the reader refuses it for its missing Content-Type. */
+    if (!h.fields) {
+        rv = ENV_ERR_NOT_CMS;
+        goto out;
+    }
     top->body = (size_t)(r.total - (r.len - r.pos));
     for (i = 0; h.ctype[i] != '\0' && h.ctype[i] != ';' && h.ctype[i] != ' ' && h.ctype[i] != '\t' &&
                 i + 1 < sizeof(top->media_type);

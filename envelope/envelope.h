@@ -257,8 +257,8 @@ typedef struct env_mime_top {
 /* Reads the header block of the message data[0, len) as env_message_read
  * does (the last of a field given twice counts, folded values unfolded,
  * parameters in any case). ENV_ERR_NOT_CMS or ENV_ERR_MIME for a header
- * block it refuses (no header line, a NUL, a Content-* field longer than
- * 16 KiB), ENV_ERR_TRUNCATED without a blank line, ENV_ERR_TOO_LARGE over
+ * block it refuses (no header line: a blank first line, or one after only
+ * an mbox "From " line; a NUL, a Content-* field longer than 16 KiB), ENV_ERR_TRUNCATED without a blank line, ENV_ERR_TOO_LARGE over
  * 1 MiB of header fields; *top cleared on failure. */
 env_err env_mime_read_top(const void *data, size_t len, env_mime_top *top);
 

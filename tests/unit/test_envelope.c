@@ -1497,6 +1497,13 @@ static void test_mime_read_top(void **state)
     /* what the reader refuses, cleared */
     assert_int_equal(env_mime_read_top("no header\n\nbody", 16, &top), ENV_ERR_NOT_CMS);
     assert_int_equal(top.body, 0);
+    /* no header line at all: a blank first line (the exploder's mail_split
+     * refuses it too), or only an mbox "From " line before it */
+    assert_int_equal(env_mime_read_top("\nContent-Type: text/plain\n\nbody", 31, &top), ENV_ERR_NOT_CMS);
+    assert_int_equal(top.body, 0);
+    assert_int_equal(env_mime_read_top("\r\nbody", 6, &top), ENV_ERR_NOT_CMS);
+    assert_int_equal(env_mime_read_top("From a@b Sun Dec  6 13:55:54 2026\n\nbody", 39, &top), ENV_ERR_NOT_CMS);
+    assert_int_equal(top.body, 0);
     assert_int_equal(env_mime_read_top("Subject: x\n", 11, &top), ENV_ERR_TRUNCATED);
     assert_int_equal(env_mime_read_top("Subject: x\nContent-Type: a\0b\n\n", 31, &top), ENV_ERR_MIME);
     assert_int_equal(env_mime_read_top(NULL, 0, &top), ENV_ERR_ARGS);
