@@ -17,6 +17,7 @@
 set -euo pipefail
 . "$(dirname "$0")/exploder-lib.sh"
 . "$GS_SRC/tests/lib/ports.sh"
+. "$GS_SRC/tests/lib/postfix.sh"
 # The pipe transport runs `exploder deliver` as nobody, who must reach the
 # binary, its configuration, the spool and the log: a checkout under /root
 # or in a mktemp directory (0700, as CI's clone may be) is out of its
@@ -63,51 +64,23 @@ grep -q 'write it bob@xn--bcher-kva.example$' "$W/add.err" || fail "list add BÜ
 : >"$W/exploder.log"
 chown -R nobody "$W/spool" "$W/exploder.log"
 
-PFX=$W/postfix
-mkdir -p "$PFX/etc" "$PFX/queue" "$PFX/data"
-chown postfix "$PFX/data"
-pf_started=
-pf_stop() { [ -n "$pf_started" ] && postfix -c "$PFX/etc" stop >/dev/null 2>&1; pf_started=; }
+pf_init "$W/postfix" "$PF_SMTP"
 trap 'pf_stop; xp_cleanup; rm -rf "$R"' EXIT
-cat >"$PFX/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PFX/queue
-data_directory = $PFX/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mail.example.org
-mydestination =
-mynetworks = 127.0.0.0/8
-alias_maps =
-alias_database =
+cat >>"$PFX/etc/main.cf" <<EOF
 smtputf8_enable = yes
-maillog_file = $PFX/maillog
-maillog_file_prefixes = $PFX
 relay_domains = lists.example.org
 transport_maps = inline:{ lists.example.org=exploder: }
 exploder_destination_recipient_limit = 1
 default_transport = error
 EOF
 {
-  echo "127.0.0.1:$PF_SMTP inet n - n - - smtpd"
-  for s in "pickup unix n - n 60 1 pickup" "cleanup unix n - n - 0 cleanup" "qmgr unix n - n 300 1 qmgr" \
-    "rewrite unix - - n - - trivial-rewrite" "bounce unix - - n - 0 bounce" "defer unix - - n - 0 bounce" \
-    "trace unix - - n - 0 bounce" "verify unix - - n - 1 verify" "flush unix n - n 1000? 0 flush" \
-    "proxymap unix - - n - - proxymap" "error unix - - n - - error" "retry unix - - n - - error" \
-    "discard unix - - n - - discard" "anvil unix - - n - 1 anvil" "scache unix - - n - 1 scache" \
-    "showq unix n - n - - showq" "postlog unix-dgram n - n - 1 postlogd"; do
-    echo "$s"
-  done
   # docs/postfix.md step 3, with this build's exploder and configuration
   echo "exploder unix - n n - - pipe"
   echo "  flags=Rq user=nobody null_sender="
   echo "  argv=$EXPLODER -c $XPC deliver --list \${recipient} --sender \${sender}"
-} >"$PFX/etc/master.cf"
+} >>"$PFX/etc/master.cf"
 chmod 644 "$XPC"
-postfix -c "$PFX/etc" start >"$W/postfix-start.log" 2>&1 || fail "postfix start: $(cat "$W/postfix-start.log")"
-pf_started=1
+pf_start "$W/postfix-start.log"
 
 # Posts the encrypted message as an SMTPUTF8 client does, with the
 # envelope sender $1 and the From $2; prints Postfix's queue id.

@@ -3,11 +3,12 @@
 # package-deb-system.sh, which has installed the packages and started the
 # group server: W, SRC, GSPORT, MEMBERS, fail, ok, take_port are its).
 #
-# The instance has its own configuration, queue and data directories under
-# $W/postfix, listens on free loopback ports only, is started and stopped
-# here as root, and delivers example.org to maildirs (virtual(8)); nothing
-# else leaves it (other domains bounce, as an unknown user would). Every `sh` block of the
-# guide is run in order, as written, with these substitutions only:
+# The instance (tests/lib/postfix.sh) has its own configuration, queue and
+# data directories under $W/postfix, listens on free loopback ports only,
+# is started and stopped here as root, and delivers example.org to
+# maildirs (virtual(8)); nothing else leaves it (other domains bounce, as
+# an unknown user would). Every `sh` block of the guide is run in order,
+# as written, with these substitutions only:
 #   /etc/postfix              -> the instance's configuration directory
 #   postconf, postmap, postfix -> the same with -c that directory
 #   127.0.0.1:25, :10025      -> the instance's two free ports
@@ -15,34 +16,16 @@
 # The `console` block (systemctl enable exploder) is the unit's job; here
 # its ExecStart runs with --once as the exploder user.
 
-PFX=$W/postfix
+. "$SRC/tests/lib/postfix.sh"
 take_port PF_SMTP PF_RELAY
+pf_init "$W/postfix" "$PF_SMTP"
 MAIL=$PFX/mail
-mkdir -p "$PFX/etc" "$PFX/queue" "$PFX/data" "$MAIL" "$W/admin"
-chown postfix "$PFX/data"
+mkdir -p "$MAIL" "$W/admin"
 chown nobody:nogroup "$MAIL"
-pf_started=
-postfix_cleanup() {
-  [ -n "$pf_started" ] && postfix -c "$PFX/etc" stop >/dev/null 2>&1
-  pf_started=
-}
+postfix_cleanup() { pf_stop; }
 
-cat >"$PFX/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PFX/queue
-data_directory = $PFX/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mail.example.org
-mydestination =
-mynetworks = 127.0.0.0/8
-alias_maps =
-alias_database =
+cat >>"$PFX/etc/main.cf" <<EOF
 smtputf8_enable = no
-maillog_file = $PFX/maillog
-maillog_file_prefixes = $PFX
 virtual_mailbox_domains = example.org
 virtual_mailbox_base = $MAIL
 virtual_mailbox_maps = inline:{ alice@example.org=alice/, bob@example.org=bob/, listmaster@example.org=listmaster/ }
@@ -50,26 +33,19 @@ virtual_uid_maps = static:$(id -u nobody)
 virtual_gid_maps = static:$(getent group nogroup | cut -d: -f3)
 default_transport = nouser
 EOF
-# Debian's default services, none chrooted (the queue directory is not
-# set up as a chroot), the SMTP listener on a free loopback port.
+# The services the guide's relay and delivery need beside those
+# tests/lib/postfix.sh sets up.
 {
-  echo "127.0.0.1:$PF_SMTP inet n - n - - smtpd"
-  for s in "pickup unix n - n 60 1 pickup" "cleanup unix n - n - 0 cleanup" "qmgr unix n - n 300 1 qmgr" \
-    "tlsmgr unix - - n 1000? 1 tlsmgr" "rewrite unix - - n - - trivial-rewrite" "bounce unix - - n - 0 bounce" \
-    "defer unix - - n - 0 bounce" "trace unix - - n - 0 bounce" "verify unix - - n - 1 verify" \
-    "flush unix n - n 1000? 0 flush" "proxymap unix - - n - - proxymap" "proxywrite unix - - n - 1 proxymap" \
-    "smtp unix - - n - - smtp" "relay unix - - n - - smtp" "showq unix n - n - - showq" \
-    "error unix - - n - - error" "retry unix - - n - - error" "discard unix - - n - - discard" \
-    "local unix - n n - - local" "virtual unix - n n - - virtual" "lmtp unix - - n - - lmtp" \
-    "anvil unix - - n - 1 anvil" "scache unix - - n - 1 scache" "postlog unix-dgram n - n - 1 postlogd"; do
+  for s in "tlsmgr unix - - n 1000? 1 tlsmgr" "proxywrite unix - - n - 1 proxymap" "smtp unix - - n - - smtp" \
+    "relay unix - - n - - smtp" "local unix - n n - - local" "virtual unix - n n - - virtual" \
+    "lmtp unix - - n - - lmtp"; do
     echo "$s"
   done
   # Nothing leaves the instance: other domains are accepted and then
   # bounced as "user unknown" (exit 67), as a remote server would.
   echo "nouser unix - n n - - pipe flags=q user=nobody argv=/usr/bin/python3 -c { raise SystemExit(67) }"
-} >"$PFX/etc/master.cf"
-postfix -c "$PFX/etc" start >"$W/postfix-start.log" 2>&1 || fail "postfix start: $(cat "$W/postfix-start.log")"
-pf_started=1
+} >>"$PFX/etc/master.cf"
+pf_start "$W/postfix-start.log"
 ok "private Postfix on 127.0.0.1:$PF_SMTP (config $PFX/etc)"
 
 # ---- the guide ----
