@@ -2041,6 +2041,7 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     const char *name = ipc_str(&j->msg, IPC_T_NAME), *address = ipc_str(&j->msg, IPC_T_ADDRESS);
     unsigned version = 0;
     gs_err e;
+    audit_err ae;
 
     memset(&c, 0, sizeof(c));
     if (authorise_any_admin(w, j, &c) != 0)
@@ -2090,8 +2091,20 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
     if (job_audit_or_fail(j, &rec) != 0)
         goto out;
-    if (e == GS_OK && audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last) != AUDIT_OK) {
+    if (e == GS_OK && (ae = audit_wait_durable(j->kh->audit, j->audit_first, j->audit_last)) != AUDIT_OK) {
         j->audit_first = j->audit_last = 0; /* known failed: nothing to hold the answer for */
+        /* [db] unreplicated_writes = refuse: the record is in the audit
+         * table, on the primary alone (a failover may lose it), not
+         * missing; the group was made all the same. */
+        if (ae == AUDIT_ERR_UNREPLICATED) {
+            log_error("group created, its audit record made on the database's primary alone group=%s "
+                      "identity=\"%s\"",
+                      name, log_qs(c.identity));
+            answer_retry(j, 503, 5, "audit_unavailable",
+                         "the audit log cannot be written: the group was created, but its record was made on "
+                         "the database's primary alone, which [db] unreplicated_writes = refuse refuses");
+            goto out;
+        }
         log_error("group created without its audit record group=%s identity=\"%s\"", name,
                   log_qs(c.identity));
         answer_retry(j, 503, 5, "audit_unavailable",

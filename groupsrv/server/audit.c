@@ -81,6 +81,7 @@ struct audit_log {
     size_t capspare;
     struct failed_range {
         unsigned long long lo, hi;
+        bool unreplicated; /* in the audit table on the primary alone, refused (db_flush) */
     } failed_ranges[AUDIT_FAILED_RANGES];
     size_t nfailed;
     unsigned long long failed_floor;
@@ -117,6 +118,7 @@ const char *audit_strerror(audit_err err)
     case AUDIT_ERR_MISSING: return "an earlier audit log file named by the chain is missing";
     case AUDIT_ERR_TORN: return "audit log ends in an incomplete record (an interrupted write)";
     case AUDIT_ERR_NOT_IN_CHAIN: return "not an earlier file of this audit log's chain";
+    case AUDIT_ERR_UNREPLICATED: return "audit records made on the database's primary alone";
     }
     return "unknown audit error";
 }
@@ -852,7 +854,8 @@ static audit_err qrec_put_line(struct sbuf *b, const struct qrec *q, const char 
     return b->err ? AUDIT_ERR_NOMEM : AUDIT_OK;
 }
 
-static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi);
+static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi,
+                              bool unreplicated);
 
 /* Queued records taken by a round: seq first.. in order. */
 struct batch {
@@ -920,7 +923,7 @@ static void batch_done(struct audit_log *log, struct batch *b)
 static void fail_batch_locked(struct audit_log *log, struct batch *b)
 {
     if (b->n > 0) {
-        fail_range_locked(log, b->first, b->first + b->n - 1);
+        fail_range_locked(log, b->first, b->first + b->n - 1, false);
         log->filed_seq = b->first + b->n - 1;
     }
     batch_done(log, b);
@@ -970,7 +973,7 @@ static void write_batch_flocked(struct audit_log *log, struct batch *b)
         audit_err rc = put_chained_locked(log, &buf, &b->recs[i]);
         if (rc == AUDIT_ERR_ARGS) {
             log_error("audit record too long: refused seq=%llu", b->first + i);
-            fail_range_locked(log, b->first + i, b->first + i);
+            fail_range_locked(log, b->first + i, b->first + i, false);
             continue;
         }
         if (rc != AUDIT_OK)
@@ -1134,14 +1137,23 @@ static int sync_round_when_free_locked(struct audit_log *log)
 
 /* Records first..last (one request's) are durable only if no failed
  * round covered any of them; a record synced before a later failure, whose
- * answer was still held when it happened, is then failed too (fail closed). */
+ * answer was still held when it happened, is then failed too (fail closed).
+ * -2 (failed) when each failed round that covered them made its rows on
+ * the primary alone: the 503 can say they are in the table. */
 static int range_state_locked(const struct audit_log *log, unsigned long long first, unsigned long long last)
 {
+    bool unreplicated = false;
+
     if (first <= log->failed_seq || first <= log->failed_floor)
         return -1;
     for (size_t i = 0; i < log->nfailed; i++)
-        if (first <= log->failed_ranges[i].hi && last >= log->failed_ranges[i].lo)
-            return -1;
+        if (first <= log->failed_ranges[i].hi && last >= log->failed_ranges[i].lo) {
+            if (!log->failed_ranges[i].unreplicated)
+                return -1;
+            unreplicated = true;
+        }
+    if (unreplicated)
+        return -2;
     return last <= log->synced_seq ? 1 : 0;
 }
 
@@ -1298,7 +1310,9 @@ static bool db_chain_shared(const struct audit_log *log)
 }
 
 /* Numbers, chains and inserts batch[0..n) in one statement (synchronous
- * commit): 0 when committed. Runs without the mutex, as the one round. */
+ * commit): 0 when committed; -2 when committed on the primary alone and
+ * refused ([db] unreplicated_writes = refuse), -1 for any other failure.
+ * Runs without the mutex, as the one round. */
 static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
 {
     char **lines = NULL;
@@ -1367,6 +1381,7 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
         log_error("audit insert made on the primary alone (no synchronous standby had it); its requests refused "
                   "([db] unreplicated_writes = refuse) instance=%s records=%zu",
                   log->instance, n);
+        rc = -2;
         goto out;
     }
     log->db_seq += (int64_t)n;
@@ -1385,10 +1400,13 @@ out:
     return rc;
 }
 
-/* Records lo..hi were never written: failed, exactly (mutex held). */
-static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi)
+/* Records lo..hi were never written (or, unreplicated, written on the
+ * database primary alone and refused): failed, exactly (mutex held). */
+static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsigned long long hi,
+                              bool unreplicated)
 {
-    if (log->nfailed > 0 && log->failed_ranges[log->nfailed - 1].hi + 1 == lo) {
+    if (log->nfailed > 0 && log->failed_ranges[log->nfailed - 1].hi + 1 == lo &&
+        log->failed_ranges[log->nfailed - 1].unreplicated == unreplicated) {
         log->failed_ranges[log->nfailed - 1].hi = hi;
         return;
     }
@@ -1399,6 +1417,7 @@ static void fail_range_locked(struct audit_log *log, unsigned long long lo, unsi
     }
     log->failed_ranges[log->nfailed].lo = lo;
     log->failed_ranges[log->nfailed].hi = hi;
+    log->failed_ranges[log->nfailed].unreplicated = unreplicated;
     log->nfailed++;
 }
 
@@ -1421,7 +1440,7 @@ static int db_round_locked(struct audit_log *log)
     if (rc != 0) {
         log->failed = 1;
         if (n > 0)
-            fail_range_locked(log, first, upto);
+            fail_range_locked(log, first, upto, rc == -2);
     } else {
         log->failed = 0;
     }
@@ -1593,7 +1612,7 @@ int audit_range_state(audit_log *log, unsigned long long first, unsigned long lo
     pthread_mutex_lock(&log->mu);
     int st = range_state_locked(log, first, last);
     pthread_mutex_unlock(&log->mu);
-    return st;
+    return st < 0 ? -1 : st;
 }
 
 int audit_seq_state(audit_log *log, unsigned long long seq)
@@ -1613,7 +1632,7 @@ audit_err audit_wait_durable(audit_log *log, unsigned long long first, unsigned 
     for (;;) {
         int st = range_state_locked(log, first, last);
         if (st < 0) {
-            rc = AUDIT_ERR_IO;
+            rc = st == -2 ? AUDIT_ERR_UNREPLICATED : AUDIT_ERR_IO;
             break;
         }
         if (st > 0) {

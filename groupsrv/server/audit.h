@@ -36,6 +36,8 @@ typedef enum audit_err {
     AUDIT_ERR_TORN,     /* verify: every complete line verifies, but the file ends in an
                            unterminated one (an interrupted write, not tampering) */
     AUDIT_ERR_NOT_IN_CHAIN, /* verify --since: the file to start at is not one the chain passes */
+    AUDIT_ERR_UNREPLICATED, /* audit_wait_durable: the records are in the audit table, but on the
+                               PostgreSQL primary alone, refused by [db] unreplicated_writes = refuse */
 } audit_err;
 
 const char *audit_strerror(audit_err err);
@@ -145,7 +147,10 @@ void *audit_removal_detail(const char *member, unsigned secret_version, unsigned
  * disk, a record too long) or a failed fdatasync covered it (treat as
  * AUDIT_ERR_IO: fail closed); 0: not yet. audit_seq_state is the same for
  * one record. audit_wait_durable blocks until it is known, running a round
- * itself if no one else is. */
+ * itself if no one else is: AUDIT_ERR_IO when one failed, or
+ * AUDIT_ERR_UNREPLICATED when every failed round that covered them made
+ * its rows on the primary alone (in the table, refused: [db]
+ * unreplicated_writes = refuse). */
 audit_err audit_write(audit_log *log, const audit_record *rec, unsigned long long *seq);
 int audit_range_state(audit_log *log, unsigned long long first, unsigned long long last);
 int audit_seq_state(audit_log *log, unsigned long long seq);

@@ -861,6 +861,46 @@ for i in $(seq 1 300); do
   pg_psql postgres -At -c "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.1
 done
+# A group create whose writes commit without a standby but for its
+# outcome record (triggers make each of its transactions' synchronous
+# commit local, but that record's insert's): the group is made, its
+# record is in the table on the primary alone, and the 503 says so
+# (before: "its record is missing", though it was there). Made while the
+# server is stopped, with any session still waiting for a standby ended
+# (such a commit keeps its lock on the table), and committed locally.
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "serve's exit status at SIGTERM"
+srv_pid=
+pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE wait_event = 'SyncRep'" >/dev/null
+sql "SET lock_timeout = '10s'; SET synchronous_commit = local;
+  CREATE FUNCTION gs_local() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    PERFORM set_config('synchronous_commit', 'local', true);
+    RETURN NULL;
+  END \$\$;
+  CREATE FUNCTION gs_outcome_waits() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    IF NEW.line::json->>'action' = 'group-create' THEN
+      PERFORM set_config('synchronous_commit',
+                         CASE WHEN NEW.line::json->>'outcome' = 'started' THEN 'local' ELSE 'on' END, true);
+    END IF;
+    RETURN NEW;
+  END \$\$;
+  CREATE TRIGGER gs_outcome_waits BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION gs_outcome_waits();
+  CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON groups FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
+  CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON group_keys FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
+  CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON secret_keys FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
+  CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON members FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
+  CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON changes FOR EACH STATEMENT EXECUTE FUNCTION gs_local()" >/dev/null
+pgsrv_start
+expect 503 audit_unavailable "group create whose outcome record no synchronous standby had, unreplicated_writes = refuse" -- \
+  admin -X POST --data '{"name":"unrepl","address":"unrepl@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+grep -q "the group was created, but its record was made on the database's primary alone" "$work/body" ||
+  fail "group create, record on the primary alone: $(cat "$work/body")"
+[ "$(sql "SELECT count(*) FROM groups WHERE name = 'unrepl'")" = 1 ] || fail "the group answered 503 was not made"
+[ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'action' = 'group-create'
+      AND line::json->>'group' = 'unrepl' AND line::json->>'outcome' = 'ok'")" = 1 ] ||
+  fail "group create: its outcome record is not in the table once"
 sync_standby ''
 [ -n "$rid" ] || fail "unreplicated_writes = refuse: no X-Request-Id: $(cat "$work/hdr")"
 [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
