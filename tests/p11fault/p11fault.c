@@ -1216,7 +1216,7 @@ static int ctl_logout_pending; /* a "logout" line was just read */
  * forwarded, so that two processes' calls overlap for certain (a race
  * between two key generations made reliable). 0: no delay. */
 static long ctl_delay_ms[FW_COUNT_];
-/* "hide LABEL [COUNT]": objects left out of C_FindObjects' answers. */
+/* "hide LABEL [MS]": objects left out of C_FindObjects' answers. */
 #define CTL_HIDES_MAX 4
 #define CTL_HIDE_LABEL_MAX 128
 static struct {
