@@ -617,22 +617,30 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
  * would not help: SoftHSM indexes the token directory at every search).
  * A version truly absent (a replica the ceremony has not reached) must
  * still be answered at once and must not hold the token workers: after
- * a search again that found nothing, the group's requests answer at once
- * for SEARCH_AGAIN_GAP seconds (a key imported meanwhile is still found:
- * the group is loaded afresh at every request while it lacks one). */
+ * a search again that found nothing, the requests for that version (group,
+ * key kind and version, searchq.h) answer at once for SEARCH_AGAIN_GAP
+ * seconds (a key imported meanwhile is still found: the group is loaded
+ * afresh at every request while it lacks one). Per version, not per group:
+ * an old version never given to this replica must not stop the search
+ * again for the group's version made a moment ago. */
 #define SEARCH_AGAIN_GAP 2.0
 static const long search_again_pause_ms[] = {20, 100};
 
 /* Searches the token again for the keys group g lacks, until *key (one
- * of g's) is found: at most one search after each pause. True when *key
- * is now set (every ref into g stays valid, its key filled in). */
-static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, const char *what, unsigned version)
+ * of g's, version of kind) is found: at most one search after each pause.
+ * True when *key is now set (every ref into g stays valid, its key filled
+ * in). */
+static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, enum searchq_kind kind,
+                         const char *what, unsigned version)
 {
     int64_t id = gs_group_id(g);
+    /* a group has one rejection key (gs:reject:NAME) whatever the group
+     * key's version: one mark for it, not one per version asked */
+    unsigned qv = kind == SEARCHQ_REJECT_KEY ? 0 : version;
     bool found = false;
     size_t tries = 0;
 
-    if (!searchq_may(id, util_monotonic_s()))
+    if (!searchq_may(id, kind, qv, util_monotonic_s()))
         return false;
     while (*key == NULL && tries < sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0])) {
         long ms = search_again_pause_ms[tries++];
@@ -648,7 +656,7 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
         if (gs_group_find_missing(g, w->kh->hsm, &found) != GS_OK)
             break;
     }
-    searchq_done(id, *key != NULL, util_monotonic_s(), SEARCH_AGAIN_GAP);
+    searchq_done(id, kind, qv, *key != NULL, util_monotonic_s(), SEARCH_AGAIN_GAP);
     if (*key != NULL)
         log_info("key version found at a search again kind=\"%s\" version=%u searches=%zu", what, version, tries);
     else
@@ -762,14 +770,16 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
  * for good). 0, or -1 with r filled. */
 static int rsa_input(struct kh_worker *w, gs_group *g, struct item_in *u, struct item_res *r)
 {
-    if (u->ref->key == NULL && !search_again(w, g, &u->ref->key, "group key", u->ref->version))
+    if (u->ref->key == NULL &&
+        !search_again(w, g, &u->ref->key, SEARCHQ_GROUP_KEY, "group key", u->ref->version))
         return key_unavailable(w, r, u->ref->version, "group key");
     u->in.group_key = u->ref->key; /* item_read's copy, NULL if found again */
     if (u->alg != IPC_ALG_PKCS1V15)
         return 0;
     const gs_store_group *gi = gs_group_info(g);
     if (gi->allow_pkcs1v15 && gs_group_reject_key(g) == NULL && gi->reject_label != NULL && gi->reject_sealed == NULL &&
-        !search_again(w, g, gs_group_reject_key_slot(g), "rejection key for group key", u->ref->version))
+        !search_again(w, g, gs_group_reject_key_slot(g), SEARCHQ_REJECT_KEY, "rejection key for group key",
+                      u->ref->version))
         return key_unavailable(w, r, u->ref->version, "rejection key for group key");
     if (!gi->allow_pkcs1v15 || gs_group_reject_key(g) == NULL)
         return item_fail(r, 400, "algorithm_not_allowed", MSG_V15_REFUSED);
@@ -800,7 +810,8 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     hsm_err he = HSM_OK;
     double t0 = util_monotonic_s();
 
-    if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL && !search_again(w, g, &u->ref->key, "group key", u->ref->version))
+    if (u->alg == IPC_ALG_ECDH && u->ref->key == NULL &&
+        !search_again(w, g, &u->ref->key, SEARCHQ_GROUP_KEY, "group key", u->ref->version))
         return key_unavailable(w, r, u->ref->version, "group key");
     if (u->alg == IPC_ALG_ECDH)
         u->ecdh.group_key = u->ref->key; /* item_read's copy, NULL if found again */
@@ -836,7 +847,8 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     case IPC_DELIVER_GROUP_SECRET:
         if ((r->secret = gs_group_current_secret(g)) == NULL)
             return item_fail(r, 403, "method_not_allowed", "the group has no secret key");
-        if (r->secret->key == NULL && !search_again(w, g, &r->secret->key, "secret key", r->secret->version))
+        if (r->secret->key == NULL &&
+            !search_again(w, g, &r->secret->key, SEARCHQ_SECRET_KEY, "secret key", r->secret->version))
             return key_unavailable(w, r, r->secret->version, "secret key");
         he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
         metrics_unwrap_latency(util_monotonic_s() - t0);
@@ -1176,7 +1188,7 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
         const gs_group_secret_ref *s = gs_group_secret_at(g, i);
         unsigned char *wk = NULL;
         size_t wl = 0;
-        if (s->key == NULL && !search_again(w, g, &s->key, "secret key", s->version)) {
+        if (s->key == NULL && !search_again(w, g, &s->key, SEARCHQ_SECRET_KEY, "secret key", s->version)) {
             /* a version this instance's token lacks (the cache reloads the
              * group next time); a token without its objects is down */
             gcache_mark_stale(w->gc);
