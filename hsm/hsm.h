@@ -66,6 +66,8 @@ typedef enum hsm_err {
     HSM_ERR_WRITE_PROTECTED,    /* CKR_SESSION_READ_ONLY, CKR_TOKEN_WRITE_PROTECTED: the token
                                    keeps no new object (a read-only token or store, flagged
                                    CKF_WRITE_PROTECTED or not): retrying does not help */
+    HSM_ERR_TOO_MANY_OBJECTS,   /* a listing met more token objects than it reads (1,000,000):
+                                   answered as an error, never with part of the token */
 } hsm_err;
 
 /* Static text for an error code. */
@@ -497,7 +499,9 @@ hsm_err hsm_sealed_check(hsm_ctx *ctx, hsm_key *key);
  * whose label starts with prefix ("" = all): the callback gets each key
  * (borrowed for the call only). Returns the first non-zero callback value
  * as HSM_ERR_ARGS, or HSM_OK. No session is held while callbacks run: they
- * may call hsm_* on the same ctx. */
+ * may call hsm_* on the same ctx. A token holding more than 1,000,000
+ * token objects (of any class) gives HSM_ERR_TOO_MANY_OBJECTS and no
+ * callback: never a part of the keys. */
 hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix,
                      int (*cb)(void *arg, hsm_ctx *ctx, hsm_key *key), void *arg);
 

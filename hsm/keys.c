@@ -22,7 +22,23 @@
 
 #define FIND_MAX 16
 #define ATTR_MAX (64u * 1024u)
-#define LIST_MAX 4096
+/* hsm_key_list's handle array: LIST_FIRST at first, doubled as the token
+ * hands out more, up to LIST_MAX objects. Past LIST_MAX the listing fails
+ * (HSM_ERR_TOO_MANY_OBJECTS) rather than answering with part of the token:
+ * its callers (the transport key search, the transport public-half
+ * deletion, check's unrecorded keys) take "not listed" for "not there".
+ * The bound is there because a listing reads every object (several
+ * C_GetAttributeValue calls each) and a module that never answers "none"
+ * must not grow the array until memory runs out: a million objects is 8 MB
+ * of handles and far more than a group token holds (a group rotating its
+ * secret at every removal keeps thousands of versions, not millions).
+ * Tests build a copy of gs_hsm with small values (tests/hsm.cmake). */
+#ifndef LIST_FIRST
+#define LIST_FIRST 4096
+#endif
+#ifndef LIST_MAX
+#define LIST_MAX 1000000
+#endif
 
 static CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
 
@@ -1940,6 +1956,62 @@ static void list_clear(struct list_arg *la)
     la->n = 0;
 }
 
+/* The handles of every object matching match, in *out (caller frees; NULL
+ * on error) and *total: as find_handles, with an array grown (doubled,
+ * overflow-checked) until C_FindObjects answers none. More than LIST_MAX
+ * objects: HSM_ERR_TOO_MANY_OBJECTS, never a part of them. */
+static hsm_err find_all_handles(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *match, CK_ULONG n,
+                                CK_ULONG per_call, CK_OBJECT_HANDLE **out, CK_ULONG *total)
+{
+    /* One slot past LIST_MAX: filling it tells that there are more. */
+    const CK_ULONG limit = (CK_ULONG)LIST_MAX + 1;
+    CK_OBJECT_HANDLE *hs = NULL, *grown;
+    CK_ULONG cap = LIST_FIRST < limit ? LIST_FIRST : limit, got = 0, ask;
+    hsm_err err, err2;
+
+    *out = NULL;
+    *total = 0;
+    if ((hs = calloc(cap, sizeof(*hs))) == NULL)
+        return HSM_ERR_NOMEM;
+    if ((err = P11(ctx, C_FindObjectsInit, s, match, n)) != HSM_OK)
+        goto out;
+    for (;;) {
+        if (*total == cap) {
+            CK_ULONG next;
+            if (cap == limit) {
+                err = HSM_ERR_TOO_MANY_OBJECTS;
+                break;
+            }
+            next = cap > limit / 2 ? limit : cap * 2;
+            if (next > SIZE_MAX / sizeof(*hs) || (grown = realloc(hs, next * sizeof(*hs))) == NULL) {
+                err = HSM_ERR_NOMEM;
+                break;
+            }
+            hs = grown;
+            cap = next;
+        }
+        ask = per_call != 0 && cap - *total > per_call ? per_call : cap - *total;
+        got = 0;
+        if ((err = P11(ctx, C_FindObjects, s, hs + *total, ask, &got)) != HSM_OK || got == 0)
+            break;
+        *total += got < ask ? got : ask;
+    }
+    err2 = P11(ctx, C_FindObjectsFinal, s);
+    if (err == HSM_OK)
+        err = err2;
+    if (err == HSM_ERR_TOO_MANY_OBJECTS)
+        hsm_set_detail("the token holds more than %lu objects; a key listing reads at most that many",
+                       (unsigned long)LIST_MAX);
+out:
+    if (err != HSM_OK) {
+        free(hs);
+        hs = NULL;
+        *total = 0;
+    }
+    *out = hs;
+    return err;
+}
+
 static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     struct list_arg *la = arg;
@@ -1953,10 +2025,9 @@ static hsm_err op_list(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     pthread_mutex_lock(&ctx->key_mu);
     gen = ctx->key_gen;
     pthread_mutex_unlock(&ctx->key_mu);
-    if ((hs = calloc(LIST_MAX, sizeof(*hs))) == NULL)
-        return HSM_ERR_NOMEM;
-    /* Token objects only: see token_objects. */
-    if ((err = find_handles(ctx, s, &token_objects, 1, hs, LIST_MAX, 64, &total)) != HSM_OK)
+    /* Token objects only: see token_objects. All of them: a listing that
+     * stopped early would leave keys out while answering HSM_OK. */
+    if ((err = find_all_handles(ctx, s, &token_objects, 1, 64, &hs, &total)) != HSM_OK)
         goto out;
     if ((la->refs = calloc(total + 1, sizeof(*la->refs))) == NULL) {
         err = HSM_ERR_NOMEM;

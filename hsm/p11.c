@@ -286,6 +286,8 @@ const char *hsm_strerror(hsm_err err)
         return "PKCS#11 error";
     case HSM_ERR_WRITE_PROTECTED:
         return "the token is write-protected";
+    case HSM_ERR_TOO_MANY_OBJECTS:
+        return "the token holds more objects than a key listing reads";
     }
     return "unknown hsm error";
 }

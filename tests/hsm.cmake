@@ -51,3 +51,22 @@ target_link_libraries(test_refusal PRIVATE gs_hsm PkgConfig::CMOCKA Threads::Thr
 gs_target_warnings(test_refusal)
 add_test(NAME unit_refusal COMMAND test_refusal)
 set_tests_properties(unit_refusal PROPERTIES LABELS "unit" TIMEOUT 60)
+
+# gs_hsm again with hsm_key_list's handle array small (keys.c LIST_FIRST /
+# LIST_MAX): forty keys make a listing grow its array and fifty pass its
+# bound, where the real values need thousands of objects (minutes on SoftHSM).
+set(_hsm_dir ${GS_HSM_SRC_ROOT}/hsm)
+add_library(gs_hsm_listcap STATIC
+  ${_hsm_dir}/p11.c ${_hsm_dir}/hsm.c ${_hsm_dir}/keys.c ${_hsm_dir}/ops.c ${_hsm_dir}/caps.c
+  ${_hsm_dir}/soft.c ${_hsm_dir}/replicate.c ${_hsm_dir}/refusal.c ${_hsm_dir}/hsm_evp.c)
+target_include_directories(gs_hsm_listcap PUBLIC ${_hsm_dir})
+target_link_libraries(gs_hsm_listcap PUBLIC gs_common PkgConfig::P11KIT PkgConfig::OPENSSL Threads::Threads)
+target_compile_definitions(gs_hsm_listcap PRIVATE LIST_FIRST=8 LIST_MAX=48)
+gs_target_warnings(gs_hsm_listcap)
+set_source_files_properties(${_hsm_dir}/hsm_evp.c PROPERTIES COMPILE_OPTIONS -Wno-deprecated-declarations)
+
+add_executable(test_hsm_list ${GS_TEST_DIR}/unit/test_hsm_list.c)
+target_link_libraries(test_hsm_list PRIVATE gs_hsm_listcap gs_testsupport PkgConfig::CMOCKA Threads::Threads)
+gs_target_warnings(test_hsm_list)
+add_test(NAME unit_hsm_list COMMAND test_hsm_list)
+set_tests_properties(unit_hsm_list PROPERTIES LABELS "unit" TIMEOUT 120)

@@ -276,7 +276,7 @@ static void test_strerror(void **state)
 {
     int e;
     (void)state;
-    for (e = HSM_OK; e <= HSM_ERR_WRITE_PROTECTED; e++) {
+    for (e = HSM_OK; e <= HSM_ERR_TOO_MANY_OBJECTS; e++) {
         const char *s = hsm_strerror((hsm_err)e);
         assert_non_null(s);
         assert_true(strlen(s) > 0);
