@@ -135,23 +135,32 @@ struct find_arg {
     int found;
 };
 
+/* Whether key is an object of class cls whose public key's SPKI
+ * fingerprint is fp (its info in *ki); false also when it cannot be read. */
+static bool key_is_class_with_fp(hsm_ctx *hsm, hsm_key *key, hsm_key_class cls, const char *fp, hsm_key_info *ki)
+{
+    unsigned char *spki = NULL;
+    size_t len = 0;
+    char have[65];
+
+    if (hsm_key_get_info(hsm, key, ki) != HSM_OK || ki->cls != cls ||
+        hsm_key_export_public(hsm, key, &spki, &len) != HSM_OK)
+        return false;
+    gsk_fingerprint(spki, len, have);
+    free(spki);
+    return strcmp(have, fp) == 0;
+}
+
 static int find_cb(void *arg, hsm_ctx *hsm, hsm_key *key)
 {
     struct find_arg *fa = arg;
     hsm_key_info ki;
-    unsigned char *spki = NULL;
-    size_t len = 0;
-    char fp[65];
 
-    if (hsm_key_get_info(hsm, key, &ki) != HSM_OK || ki.cls != HSM_CLASS_PRIVATE ||
-        hsm_key_export_public(hsm, key, &spki, &len) != HSM_OK)
-        return 0;
-    gsk_fingerprint(spki, len, fp);
-    free(spki);
-    if (strcmp(fp, fa->fp) == 0) {
-        util_strlcpy(fa->label, ki.label, sizeof(fa->label));
+    /* A label longer than the buffer is no transport key of ours (they
+     * are GSK_TRANSPORT_PREFIX and 16 hex digits): not taken. */
+    if (key_is_class_with_fp(hsm, key, HSM_CLASS_PRIVATE, fa->fp, &ki) &&
+        util_strlcpy(fa->label, ki.label, sizeof(fa->label)) == UTIL_OK)
         fa->found = 1;
-    }
     return 0;
 }
 
@@ -195,17 +204,10 @@ static int pub_destroy_cb(void *arg, hsm_ctx *hsm, hsm_key *key)
 {
     struct pub_arg *pa = arg;
     hsm_key_info ki;
-    unsigned char *spki = NULL;
-    size_t len = 0;
-    char fp[65];
     hsm_err he;
 
-    if (strcmp(hsm_key_label(key), pa->label) != 0 || hsm_key_get_info(hsm, key, &ki) != HSM_OK ||
-        ki.cls != HSM_CLASS_PUBLIC || hsm_key_export_public(hsm, key, &spki, &len) != HSM_OK)
-        return 0;
-    gsk_fingerprint(spki, len, fp);
-    free(spki);
-    if (strcmp(fp, pa->fp) != 0)
+    if (strcmp(hsm_key_label(key), pa->label) != 0 ||
+        !key_is_class_with_fp(hsm, key, HSM_CLASS_PUBLIC, pa->fp, &ki))
         return 0;
     if ((he = hsm_key_destroy(hsm, key)) != HSM_OK) {
         if (pa->left++ == 0)
