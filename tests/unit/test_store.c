@@ -903,6 +903,31 @@ static void test_check_grants_keeps_lock(void **state)
     assert_int_equal(WEXITSTATUS(status), 0); /* 1: the server's lock was gone */
 }
 
+/* The database as a stock sqlite3 (check) reads it after a stop:
+ * PRAGMA integrity_check says ok. */
+static void assert_db_intact(sqlite3 *check)
+{
+    sqlite3_stmt *s = NULL;
+
+    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+}
+
+/* The store opened again (f->st) holds each of the n members want. */
+static void assert_members_kept(struct fx *f, const char *const *want, size_t n)
+{
+    gs_store_member *m = NULL;
+
+    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
+        gs_store_member_free(m);
+        m = NULL;
+    }
+}
+
 /* A -wal deleted under the server and then *replaced*: one connection of
  * the server's checkpointed it (all its frames in the database), and an
  * sqlite3 shell (groupsrv's admin commands are refused then) started the
@@ -920,7 +945,6 @@ static void test_close_after_wal_replaced(void **state)
     char wal[320];
     sqlite3 *other = NULL, *check = NULL;
     sqlite3_stmt *s = NULL;
-    gs_store_member *m = NULL;
 
     (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "a1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
@@ -943,22 +967,14 @@ static void test_close_after_wal_replaced(void **state)
     f->st = NULL;
 
     assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
-    sqlite3_finalize(s);
+    assert_db_intact(check);
     assert_int_equal(sqlite3_prepare_v2(check, "SELECT a FROM shell_note", -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(s, 0), "b1");
     sqlite3_finalize(s);
     assert_int_equal(sqlite3_close(check), SQLITE_OK);
-    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
     static const char *const want[] = {"a1@example.org", "a2@example.org"};
-    for (size_t i = 0; i < 2; i++) {
-        assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
-        gs_store_member_free(m);
-        m = NULL;
-    }
+    assert_members_kept(f, want, sizeof(want) / sizeof(want[0]));
 }
 
 /* The -wal deleted twice (a clean-up that runs again, `rm groupsrv.db-*`),
@@ -977,7 +993,6 @@ static void test_close_after_wal_deleted_twice(void **state)
     struct fx *f = *state;
     char wal[320];
     sqlite3 *other = NULL, *check = NULL;
-    sqlite3_stmt *s = NULL;
     gs_store_member *m = NULL;
 
     (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
@@ -1005,10 +1020,7 @@ static void test_close_after_wal_deleted_twice(void **state)
     f->st = NULL;
 
     assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
-    sqlite3_finalize(s);
+    assert_db_intact(check);
     assert_int_equal(sqlite3_close(check), SQLITE_OK);
     assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
     /* in the database before the shell's write: kept */
@@ -1031,9 +1043,7 @@ static void test_admin_refused_after_wal_deleted(void **state)
     struct fx *f = *state;
     char wal[320];
     sqlite3 *other = NULL, *check = NULL;
-    sqlite3_stmt *s = NULL;
     gs_store *admin = NULL;
-    gs_store_member *m = NULL;
 
     (void)snprintf(wal, sizeof(wal), "%s-wal", f->path);
     assert_int_equal(gs_store_member_add(f->st, f->gid, "m1@example.org", GS_ROLE_MEMBER, NULL), GS_OK);
@@ -1052,18 +1062,10 @@ static void test_admin_refused_after_wal_deleted(void **state)
     f->st = NULL;
 
     assert_int_equal(sqlite3_open(f->path, &check), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(check, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
-    sqlite3_finalize(s);
+    assert_db_intact(check);
     assert_int_equal(sqlite3_close(check), SQLITE_OK);
-    assert_int_equal(gs_store_open(f->loc, 0, &f->st), GS_OK);
     static const char *const want[] = {"m1@example.org", "m2@example.org", "m3@example.org"};
-    for (size_t i = 0; i < 3; i++) {
-        assert_int_equal(gs_store_member_get(f->st, f->gid, want[i], &m), GS_OK);
-        gs_store_member_free(m);
-        m = NULL;
-    }
+    assert_members_kept(f, want, sizeof(want) / sizeof(want[0]));
 }
 
 /* `rm groupsrv.db-*` under a running server deletes the -shm with the
