@@ -55,6 +55,16 @@ $(cat "$work/$name.sh")
 $(tail -n 20 "$work/$name.out")"
 }
 has() { grep -qE -- "$2" "$work/$1.out" || fail "$1: no line matching '$2' in: $(cat "$work/$1.out")"; }
+# serve exited at its start: if for a port another test took since it was
+# chosen (LOG says "Address already in use"), new ports into the
+# configuration for the next try; any other exit fails with WHAT.
+ports_taken_again() {
+  local log=$1 what=$2 oport=$port ocport=$cport
+  grep -q "Address already in use" "$log" || fail "$what: $(tail -n 5 "$log")"
+  take_port port cport
+  sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
+    -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
+}
 
 # ---- Trying it out: a throw-away SoftHSM token ----
 mkdir -p "$work/tmp"
@@ -146,11 +156,7 @@ for attempt in 1 2 3; do
   wait "$srv_pid" 2>/dev/null || true
   srv_pid=
   # the port was free when chosen; another test may have taken it since
-  grep -q "Address already in use" "$real/serve.log" || fail "serve on the token's TLS key exited: $(tail -n 5 "$real/serve.log")"
-  oport=$port ocport=$cport
-  take_port port cport
-  sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
-    -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
+  ports_taken_again "$real/serve.log" "serve on the token's TLS key exited"
 done
 grep -q '"status":"ok"' "$real/healthz" || fail "no healthy server on the token's TLS key: $(tail -n 5 "$real/serve.log")"
 # the certificate server members are sent to (membership-cert) answers under the certificate's name
@@ -229,11 +235,7 @@ for attempt in 1 2 3; do
   wait "$srv_pid" 2>/dev/null || true
   srv_pid=
   # step 6's ports were free when it stopped; another test may have taken one since
-  grep -q "Address already in use" "$new/serve.log" || fail "serve on the restored copies: $(tail -n 5 "$new/serve.log")"
-  oport=$port ocport=$cport
-  take_port port cport
-  sed -i -e "s/^listen = 127.0.0.1:$oport\$/listen = 127.0.0.1:$port/" \
-    -e "s/^listen = 127.0.0.1:$ocport\$/listen = 127.0.0.1:$cport/" -e "s/:$ocport\$/:$cport/" "$GROUPSRV_CONF"
+  ports_taken_again "$new/serve.log" "serve on the restored copies"
 done
 [ -n "$srv_pid" ] || fail "serve on the restored copies: no free port in 3 tries"
 grep -q '"version":1,' "$new/alice.json" || fail "serve on the restored copies: no secret key for alice: $(cat "$new/alice.json") $(tail -n 5 "$new/serve.log")"
