@@ -92,6 +92,18 @@ sync_standby() {
     sleep 0.05
   done
 }
+# FN (pg_cancel_backend or pg_terminate_backend) on groupsrv's sessions
+# waiting for a synchronous standby, as soon as one waits: 0 once it ended
+# one, 1 if none waited within 10 s (run it in the background).
+end_syncrep_wait() {
+  local i
+  for i in $(seq 1 200); do
+    [ "$(pg_psql postgres -At -c "SELECT count($1(pid)) FROM pg_stat_activity
+        WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")" != 0 ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 end_sessions() { # every session on groupsrv's database but the caller's
   pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE datname = 'groupsrv' AND pid <> pg_backend_pid()" >/dev/null
@@ -814,11 +826,7 @@ expect 503 "member PUT with every synchronous standby down, unreplicated_writes 
 # looks for it), as a fast shutdown does too. The commit is on the primary
 # alone all the same; before, both unwraps were answered 200, the key given.
 for end in pg_cancel_backend pg_terminate_backend; do
-  ( for i in $(seq 1 200); do
-      [ "$(pg_psql postgres -At -c "SELECT count($end(pid)) FROM pg_stat_activity
-          WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")" != 0 ] && exit 0
-      sleep 0.05
-    done; exit 1 ) &
+  end_syncrep_wait "$end" &
   ender=$!
   unwrap 503 audit_unavailable "unwrap whose wait for a synchronous standby $end ended, unreplicated_writes = refuse" -- alice
   wait "$ender" || fail "$end: no session waited for a synchronous standby"
@@ -835,11 +843,7 @@ for i in $(seq 1 100); do
   [ "$(sql "SHOW client_min_messages")" = error ] && break
   sleep 0.05
 done
-( for i in $(seq 1 200); do
-    [ "$(pg_psql postgres -At -c "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity
-        WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")" != 0 ] && exit 0
-    sleep 0.05
-  done; exit 1 ) &
+end_syncrep_wait pg_cancel_backend &
 ender=$!
 unwrap 503 audit_unavailable "unwrap whose wait pg_cancel_backend ended, client_min_messages = error, unreplicated_writes = refuse" -- alice
 wait "$ender" || fail "client_min_messages = error: no session waited for a synchronous standby"
