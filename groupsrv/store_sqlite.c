@@ -596,20 +596,6 @@ static wal_at_path wal_now(gs_store *st)
     return sb.st_size == 0 ? WAL_NEW_EMPTY : WAL_NEW_WRITTEN;
 }
 
-/* Whether the WAL index this connection shares (the -shm it has mapped)
- * describes the log in the -wal file it has open, deleted or not: only
- * then may it checkpoint, which copies frame i of its own file for each
- * frame i the index lists. Not so once another process started the log
- * over in another file at the path (a -wal deleted a second time after
- * an admin command wrote there: nothing is at the path, as after one
- * deletion), or appended to another file there: the checkpoint copied
- * this file's stale pages, or the zeros of its holes, at the places of
- * that file's frames into the database. A log carries the salts of its
- * start in the WAL header, the index header and every frame's header
- * (SQLite's file format, "WAL File Format"): the index's must be this
- * file's, and every frame the index lists must be in this file with them.
- * Read as SQLite reads the index header: copy 1, barrier, copy 2, equal.
- * False also when it cannot be told. */
 /* The index header as SQLite reads it (copy 1, barrier, copy 2, equal
  * and initialised) into h; false when a writer kept changing it. */
 static bool read_index_hdr(sqlite3_file *dbf, void volatile *map, unsigned char h[48])
@@ -658,6 +644,20 @@ static bool wal_holds_index(sqlite3_file *walf, const unsigned char h[48])
     return true;
 }
 
+/* Whether the WAL index this connection shares (the -shm it has mapped)
+ * describes the log in the -wal file it has open, deleted or not: only
+ * then may it checkpoint, which copies frame i of its own file for each
+ * frame i the index lists. Not so once another process started the log
+ * over in another file at the path (a -wal deleted a second time after
+ * an admin command wrote there: nothing is at the path, as after one
+ * deletion), or appended to another file there: the checkpoint copied
+ * this file's stale pages, or the zeros of its holes, at the places of
+ * that file's frames into the database. A log carries the salts of its
+ * start in the WAL header, the index header and every frame's header
+ * (SQLite's file format, "WAL File Format"): the index's must be this
+ * file's, and every frame the index lists must be in this file with them.
+ * Read as SQLite reads the index header: copy 1, barrier, copy 2, equal.
+ * False also when it cannot be told. */
 static bool index_is_own_wal(gs_store *st)
 {
     sqlite3_file *dbf = NULL, *walf = NULL;
