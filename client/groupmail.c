@@ -1482,6 +1482,12 @@ static int membership_cert(job *j, gm_mcert *mc, bool fresh, bool *cached)
     *cached = false;
     if (need(c->server, "--server URL") || need(c->group, "--group G"))
         return GM_EXIT_USAGE;
+    /* A usage error as --server's (gm_rest_open), before anything is
+     * made or sent: it was found only after a key pair was made, exit 1. */
+    if (url != NULL && !gs_rest_url_ok(url)) {
+        gm_err("cannot use certificate server URL %s: it must be https://", url);
+        return GM_EXIT_USAGE;
+    }
     if (!fresh && gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0) {
         *cached = true;
         return GM_EXIT_OK;
@@ -1500,6 +1506,12 @@ static int membership_cert(job *j, gm_mcert *mc, bool fresh, bool *cached)
             goto out;
         }
         url = gi.certificate_server;
+        /* the server's answer, not the user's: unusable, as a malformed one */
+        if (!gs_rest_url_ok(url)) {
+            gm_err("group info: the server names a certificate server that is not https:// (give --certsrv URL)");
+            rc = GM_EXIT_UNREACHABLE;
+            goto out;
+        }
     }
     rc = GM_EXIT_ERROR;
     if (gm_mcert_new_key(mc, &csr, &csrlen) != 0)

@@ -31,6 +31,7 @@
 #define MAX_GROUP_LEN 255
 #define MAX_RI_LEN (64u * 1024)       /* one RecipientInfo we send, DER */
 #define MAX_CSR_LEN (64u * 1024)
+#define MAX_BASE_URL 2048             /* a group or certificate server URL */
 #define MAX_CHAIN 16                  /* certificates in a client cert_file */
 
 struct gs_rest {
@@ -322,6 +323,16 @@ static int pin_ok(const char *pin)
     return strncmp(pin, PIN_SHA256, strlen(PIN_SHA256)) == 0 ? pin_hashes_ok(pin) : pin_file_ok(pin);
 }
 
+bool gs_rest_url_ok(const char *url)
+{
+    size_t n;
+
+    if (url == NULL || strncasecmp(url, "https://", 8) != 0)
+        return false;
+    n = strlen(url);
+    return n > 8 && n <= MAX_BASE_URL;
+}
+
 gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
 {
     gs_rest_err err = GS_REST_ERR_ARGS;
@@ -331,13 +342,11 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
     if (out == NULL)
         return GS_REST_ERR_ARGS;
     *out = NULL;
-    if (opts == NULL || opts->base_url == NULL || strncasecmp(opts->base_url, "https://", 8) != 0) {
+    if (opts == NULL || !gs_rest_url_ok(opts->base_url)) {
         log_error("group server URL must be https://");
         return GS_REST_ERR_ARGS;
     }
     blen = strlen(opts->base_url);
-    if (blen <= 8 || blen > 2048)
-        return GS_REST_ERR_ARGS;
     if (opts->connect_timeout_ms < 0 || opts->timeout_ms < 0)
         return GS_REST_ERR_ARGS;
     if ((opts->key_pem != NULL && opts->key_pem_len == 0) || (opts->cert_pem != NULL && opts->cert_pem_len == 0))
@@ -671,7 +680,7 @@ gs_rest_err gs_rest_membership_certificate(gs_rest *r, const char *certsrv_url, 
         return GS_REST_ERR_ARGS;
     if (certsrv_url == NULL || *certsrv_url == '\0')
         certsrv_url = r->base;
-    if (strncasecmp(certsrv_url, "https://", 8) != 0 || strlen(certsrv_url) > 2048)
+    if (!gs_rest_url_ok(certsrv_url))
         return GS_REST_ERR_ARGS;
     if ((base = strdup(certsrv_url)) == NULL)
         return GS_REST_ERR_NOMEM;

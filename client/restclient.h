@@ -98,6 +98,10 @@ bool gs_rest_pkey_supported(const char **backend);
 /* Makes a handle; checks the URL is https:// and the sizes are sane. Does
  * not connect. *out is NULL on failure. */
 gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out);
+
+/* Whether url can name a group or certificate server: https://, 9 to
+ * 2048 bytes. What gs_rest_new and gs_rest_membership_certificate take. */
+bool gs_rest_url_ok(const char *url);
 /* Closes connections, wipes the in-memory key. NULL is fine. */
 void gs_rest_free(gs_rest *r);
 

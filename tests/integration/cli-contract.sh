@@ -256,6 +256,16 @@ expect 2 "^groupmail: --from \(\[smtp\] from\): not an email address: .*SMTPUTF8
 expect 2 "^groupmail: --to: an empty address" "groupmail send --to a," -- "$gm" send --smtp smtp://127.0.0.1:25 --to 'l@example.org,'
 expect 2 "^groupmail: --from: not an email address: .*longer than 64" "groupmail csr --from long" -- \
   "$gm" csr --key 'pkcs11:token=t;object=k' --from "$(printf 'l%.0s' $(seq 1 65))@example.org"
+# a server URL that is not https:// is a usage error, --certsrv as --server,
+# before a key pair is made or anything is sent (--certsrv was exit 1)
+expect 2 "^groupmail: cannot use server URL http://127\.0\.0\.1:1" "groupmail certify --server http://" -- \
+  "$gm" certify --server http://127.0.0.1:1 --group eng --store "$work/mstore"
+expect 2 "^groupmail: cannot use certificate server URL http://127\.0\.0\.1:1: it must be https://" \
+  "groupmail certify --certsrv http://" -- \
+  "$gm" certify --server https://127.0.0.1:1 --group eng --store "$work/mstore" --certsrv http://127.0.0.1:1
+printf '[server]\ncertificate_server = ftp://127.0.0.1:1\n' > "$work/certsrv.conf"
+expect 2 "^groupmail: cannot use certificate server URL ftp://" "groupmail certify, [server] certificate_server ftp://" -- \
+  "$gm" -c "$work/certsrv.conf" certify --server https://127.0.0.1:1 --group eng --store "$work/mstore"
 expect 2 "^groupmail: --group-cert applies to send only with --encrypt $usage" "groupmail send --group-cert without --encrypt" -- \
   "$gm" send --smtp smtp://127.0.0.1:25 --to x@example.org --group-cert g.pem
 expect 2 "^groupmail: --key: the pkcs11: URI carries a PIN \(pin-value; not shown\)" "groupmail --key ...pin-value" -- \
