@@ -671,6 +671,7 @@ static const char *const deliver_names[] = {"", "tls", "recipient-key", "group-s
 /* One item's input, as sent and then checked here against the group. */
 struct item_in {
     uint32_t deliver, alg, flags, cek_len;
+    bool version_implied; /* a bare encrypted key sent without key_version */
     const gs_group_key_ref *ref;
     hsm_unwrap_input in;
     hsm_ecdh_input ecdh;
@@ -708,6 +709,7 @@ static int item_read(gs_group *g, const ipc_msg *it, uint32_t deliver, struct it
         return item_fail(r, 400, "unsupported_algorithm", "unsupported key transport algorithm");
     if (cek_len != 0 && cek_len != 16 && cek_len != 24 && cek_len != 32)
         return item_fail(r, 400, "bad_request", "\"key_length\" must be 16, 24 or 32");
+    u->version_implied = version == 0 && !(u->flags & IPC_FLAG_FROM_RI);
     if (version == 0)
         u->ref = gs_group_current_key(g);
     else
@@ -938,6 +940,15 @@ static void op_unwrap(struct kh_worker *w, struct kh_job *j)
         int rc = item_exec(w, g, &c, &u, &r);
         if (rc == 0)
             r.status = 200;
+        /* A bare key encrypted to the version before a rotate is tried
+         * against the new one: say which was tried and that key_version
+         * names another. The same words for every failure of such a
+         * request, whatever the ciphertext: still no padding oracle. */
+        if (rc != 0 && u.version_implied && strcmp(r.code, "unwrap_failed") == 0)
+            (void)snprintf(r.msg, sizeof(r.msg),
+                           "the key could not be unwrapped with key version %u, the current one: send "
+                           "\"key_version\" for a key encrypted to another",
+                           u.ref->version);
         /* Every use of a group key is audited, successful or not. */
         json_t *extra = r.secret != NULL ? json_pack("{s:I}", "secret_version", (json_int_t)r.secret->version) : NULL;
         audit_record rec = {.action = "unwrap", .identity = c.identity, .group = gname,

@@ -177,4 +177,12 @@ expect_status 200 "" "bare encrypted_key again (the view is the current one)" --
 gs group rotate eng >/dev/null
 gs group retire eng --before 7 >/dev/null
 bare_current 7 "bare encrypted_key, the first request after a rotation and a retire of the version before"
+# The key of version 6 sent bare now (version 7 current): tried against
+# 7 alone, and the answer says so and names key_version, constant words
+# for every failure of such a request (no oracle); it said only "the key
+# could not be unwrapped".
+expect_status 400 unwrap_failed "a bare key to the version before the rotation, no key_version" -- \
+  c alice --data-binary @"$work/req-bare6.json" "$url"
+grep -q 'with key version 7, the current one: send \\"key_version\\"' "$work/body" ||
+  fail "unwrap_failed does not name the version tried and key_version: $(cat "$work/body")"
 echo "all cache tests passed"
