@@ -1199,12 +1199,22 @@ void srv_err_set(srv_err *e, int status, const char *code, const char *fmt, ...)
 
 void srv_err_json(srv_err *e, const json_error_t *err)
 {
-    /* jansson's text quotes the input: only its line and column go out. */
-    if (json_error_code(err) == json_error_duplicate_key)
-        srv_err_set(e, 400, "bad_json", "a key is given twice in a JSON object at line %d column %d", err->line,
-                    err->column);
-    else
-        srv_err_set(e, 400, "bad_json", "malformed JSON at line %d column %d", err->line, err->column);
+    /* jansson's text quotes the input: only its line and column go out,
+     * with our words for what it says. Valid JSON this parser cannot hold
+     * (a number past 64 bits or a double, deeper nesting than it reads)
+     * is not "malformed": a script author would look for a typo. */
+    const char *why;
+    switch (json_error_code(err)) {
+    case json_error_duplicate_key: why = "a key is given twice in a JSON object"; break;
+    case json_error_numeric_overflow:
+        why = "a number out of range (integers are 64-bit, other numbers IEEE doubles)";
+        break;
+    case json_error_stack_overflow: why = "JSON nested too deeply"; break;
+    case json_error_invalid_utf8: why = "JSON that is not UTF-8"; break;
+    case json_error_null_character: why = "a \\u0000 in a JSON string"; break;
+    default: why = "malformed JSON"; break;
+    }
+    srv_err_set(e, 400, "bad_json", "%s at line %d column %d", why, err->line, err->column);
 }
 
 void srv_reply_err(struct srv_req *r, const srv_err *e)

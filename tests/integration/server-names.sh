@@ -13,6 +13,8 @@
 #   - plus addressing and case: a member PUT as Mixed+Tag@Example.ORG is
 #     the certificate's mixed+tag@example.org
 #   - group names at their documented limit: 64 characters yes, 65 no
+#   - valid JSON the parser cannot hold (huge numbers, deep nesting) is
+#     bad_json saying so, not "malformed JSON"
 set -euo pipefail
 BIN=$1 SRC=$2
 SRV_MEMBERS="alice"
@@ -72,4 +74,17 @@ expect_status 201 "" "a group name of 64 characters" -- c admin --data \
 expect_status 400 bad_request "a group name of 65 characters" -- c admin --data \
   "{\"name\":\"${n64}g\",\"address\":\"longer@example.org\",\"keyspec\":\"rsa:2048\",\"methods\":[\"tls\"]}" "$base/v1/groups"
 expect_status 200 "" "discovery of the 64-character group" -- anon "$base/v1/groups/$n64"
+# valid JSON the parser cannot hold is bad_json saying what, not "malformed
+# JSON" (which sent script authors looking for a typo)
+bj() { # bj BODY WORDS DESC
+  expect_status 400 bad_json "$3" -- c admin --data-binary "$1" "$base/v1/groups"
+  grep -qF "\"message\":\"$2" "$work/body" && grep -q " at line 1 column [0-9]*\"" "$work/body" ||
+    fail "$3: $(cat "$work/body")"
+}
+bj '{"name":"n","key_version":123456789012345678901234567890}' "a number out of range" "a 30-digit integer"
+bj '{"name":"n","x":1e999}' "a number out of range" "1e999"
+bj "{\"x\":$(printf '[%.0s' $(seq 1 2100))$(printf ']%.0s' $(seq 1 2100))}" "JSON nested too deeply" "2100 nested arrays"
+bj '{"name":"n\u0000x"}' 'a \\u0000 in a JSON string' "a \\u0000 in a string"
+bj $'{"name":"\xff"}' "JSON that is not UTF-8" "a byte that is not UTF-8"
+bj '{"name":"n"' "malformed JSON" "an object not closed"
 stop_server
