@@ -348,6 +348,40 @@ static size_t conn_input_max(const struct srv *s)
     return HEADERS_MAX + s->max_body * 2 + 4096 + 16384;
 }
 
+/* The evhttp connection of c: libevent 2.1 has no hook at a new
+ * connection; evhttp gives the connection itself as the argument of its
+ * bufferevent's callbacks (set once it reads). NULL before. */
+static struct evhttp_connection *conn_evcon(struct srv_conn *c)
+{
+    bufferevent_data_cb readcb = NULL;
+    void *arg = NULL;
+
+    bufferevent_getcb(c->bev, &readcb, NULL, NULL, &arg);
+    struct evhttp_connection *evcon = arg;
+    if (readcb == NULL || evcon == NULL || evhttp_connection_get_bufferevent(evcon) != c->bev)
+        return NULL;
+    return evcon;
+}
+
+/* The head of a request is in, and evhttp has not read it yet (the
+ * input's callbacks run before the bufferevent's read callback). With an
+ * Expect header, libevent answers "100 Continue" to a body up to its own
+ * cap, twice max_body (make_http), and a client then sends a body that is
+ * refused (JSON 413) once read. A body declared over max_body gets
+ * libevent's 413 at once instead, before any 100 Continue: the
+ * connection's cap is lowered to max_body, which libevent checks against
+ * the Content-Length first. The connection closes after that 413, so the
+ * lowered cap never meets another request. */
+static void conn_head_done(struct srv_conn *c)
+{
+    size_t max_body = c->t->srv->max_body;
+    struct evhttp_connection *evcon;
+
+    if (!c->scan.head_expect || c->scan.head_cl <= (uint64_t)max_body || (evcon = conn_evcon(c)) == NULL)
+        return;
+    evhttp_connection_set_max_body_size(evcon, (ev_ssize_t)max_body);
+}
+
 /* Follows the input received since the last scan while the request is
  * coming in (reqscan_feed): its head, and a chunked body's framing, for
  * what libevent reads leniently and a proxy in front may read otherwise;
@@ -356,18 +390,21 @@ static void conn_scan_head(struct srv_conn *c, struct evbuffer *in)
 {
     struct evbuffer_iovec v[8];
     struct evbuffer_ptr pos;
+    int head_was_open = c->scan.head_open;
 
     if (c->head_scanned < c->in_drained)
         c->head_scanned = c->in_drained;
     while (reqscan_active(&c->scan) && c->head_scanned < c->in_added) {
         if (evbuffer_ptr_set(in, &pos, (size_t)(c->head_scanned - c->in_drained), EVBUFFER_PTR_SET) != 0)
-            return;
+            break;
         int n = evbuffer_peek(in, -1, &pos, v, 8);
         if (n <= 0)
-            return;
+            break;
         for (int i = 0; i < n && i < 8 && reqscan_active(&c->scan); i++)
             c->head_scanned += reqscan_feed(&c->scan, v[i].iov_base, v[i].iov_len);
     }
+    if (head_was_open && !c->scan.head_open)
+        conn_head_done(c);
 }
 
 /* ---- read interest kept over a request ----------------------------------
@@ -553,17 +590,12 @@ static void conn_closing_cb(struct evhttp_connection *evcon, void *arg)
     c->linger_fd = fd;
 }
 
-/* At admission: the socket is to linger after the close. libevent 2.1 has
- * no hook at a new connection; evhttp gives the connection itself as the
- * argument of its bufferevent's callbacks (set once it reads). */
+/* At admission: the socket is to linger after the close. */
 static void conn_take_socket_at_close(struct srv_conn *c)
 {
-    bufferevent_data_cb readcb = NULL;
-    void *arg = NULL;
+    struct evhttp_connection *evcon = conn_evcon(c);
 
-    bufferevent_getcb(c->bev, &readcb, NULL, NULL, &arg);
-    struct evhttp_connection *evcon = arg;
-    if (readcb != NULL && evcon != NULL && evhttp_connection_get_bufferevent(evcon) == c->bev)
+    if (evcon != NULL)
         evhttp_connection_set_closecb(evcon, conn_closing_cb, c);
 }
 

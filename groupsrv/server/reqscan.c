@@ -23,6 +23,7 @@ void reqscan_start(struct reqscan *s)
 {
     memset(s, 0, sizeof(*s));
     s->head_open = 1;
+    s->head_name = -1; /* the request line names no header */
     s->chunk_state = CHUNK_OFF;
 }
 
@@ -97,23 +98,61 @@ static void chunk_byte(struct reqscan *s, unsigned char b)
     s->chunk_state = CHUNK_OFF; /* refused: nothing more to follow */
 }
 
+/* The header names followed in the head; their first letters differ, so
+ * one name at a time is matched from a line's start. */
+enum reqscan_name { NAME_TE, NAME_EXPECT, NAME_CL, NAME_COUNT };
+static const char *const reqscan_names[NAME_COUNT] = {"transfer-encoding:", "expect:", "content-length:"};
+
+/* A Content-Length value's byte: its leading decimal digits after OWS
+ * (the largest of several headers is kept; handle() refuses a value that
+ * is not all digits, and two headers, whatever this read). */
+static void scan_cl(struct reqscan *s, unsigned char b)
+{
+    if (b >= '0' && b <= '9') {
+        uint64_t v = s->head_in_cl == 2 ? s->head_cl_line : 0;
+        v = v > (UINT64_MAX - 9) / 10 ? UINT64_MAX : v * 10 + (uint64_t)(b - '0');
+        s->head_cl_line = v;
+        s->head_in_cl = 2;
+        if (v > s->head_cl)
+            s->head_cl = v;
+    } else if (s->head_in_cl == 2 || (b != ' ' && b != '\t')) {
+        s->head_in_cl = 0;
+    }
+}
+
 /* The head's byte b at the start of a line or inside it: whether the line
  * is a Transfer-Encoding header (any value: handle refuses all but
- * "chunked", whose body is then followed). */
-static void scan_te(struct reqscan *s, unsigned char b)
+ * "chunked", whose body is then followed), an Expect header (any value),
+ * or a Content-Length header (its value: scan_cl). */
+static void scan_name(struct reqscan *s, unsigned char b)
 {
-    static const char name[] = "transfer-encoding:";
-
-    if (s->head_te_match < 0)
-        return;
-    if ((b | 0x20) != (unsigned char)name[s->head_te_match]) {
-        s->head_te_match = -1;
+    if (s->head_in_cl) {
+        scan_cl(s, b);
         return;
     }
-    if (name[++s->head_te_match] == '\0') {
+    if (s->head_line_start) {
+        s->head_name = -1;
+        for (int i = 0; i < NAME_COUNT; i++)
+            if ((b | 0x20) == (unsigned char)reqscan_names[i][0])
+                s->head_name = i;
+        s->head_name_len = 0;
+    }
+    if (s->head_name < 0)
+        return;
+    const char *name = reqscan_names[s->head_name];
+    if ((b | 0x20) != (unsigned char)name[s->head_name_len]) {
+        s->head_name = -1;
+        return;
+    }
+    if (name[++s->head_name_len] != '\0')
+        return;
+    if (s->head_name == NAME_TE)
         s->head_te = 1;
-        s->head_te_match = -1;
-    }
+    else if (s->head_name == NAME_EXPECT)
+        s->head_expect = 1;
+    else
+        s->head_in_cl = 1;
+    s->head_name = -1;
 }
 
 /* A NUL byte marks the head, the empty line closes it. libevent keeps a
@@ -133,7 +172,7 @@ size_t reqscan_feed(struct reqscan *s, const unsigned char *b, size_t n)
         if (b[k] == '\n') {
             s->head_open = s->head_eol == 0;
             s->head_eol = 1;
-            s->head_te_match = 0;
+            s->head_in_cl = 0;
             s->head_line_start = 1;
             if (!s->head_open && s->head_te)
                 s->chunk_state = CHUNK_SIZE;
@@ -141,7 +180,7 @@ size_t reqscan_feed(struct reqscan *s, const unsigned char *b, size_t n)
             s->head_eol = 2;
         } else if (b[k] != '\r' || s->head_eol == 2) {
             s->head_eol = 0;
-            scan_te(s, b[k]);
+            scan_name(s, b[k]);
             if (s->head_line_start && (b[k] == ' ' || b[k] == '\t'))
                 s->head_fold = 1;
             s->head_line_start = 0;

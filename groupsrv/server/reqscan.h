@@ -2,7 +2,8 @@
  * reqscan: what the network process follows of a request as its bytes
  * come in, before and beside libevent's own reading (core.c,
  * conn_scan_head): the head up to its empty line (a NUL byte in it, a
- * folded line, a Transfer-Encoding header) and then a chunked body's
+ * folded line, a Transfer-Encoding or Expect header, the Content-Length)
+ * and then a chunked body's
  * framing (RFC 9112 7.1) up to its end. libevent reads both leniently
  * where a proxy in front may read the same bytes otherwise; handle()
  * refuses what this marks. Byte by byte, so a request split anywhere
@@ -19,8 +20,13 @@ struct reqscan {
     int head_open;       /* the head's empty line is not yet in */
     int head_eol;        /* 1 after an LF, 2 after LF CR: an LF next ends the head */
     int head_nul;        /* the head holds a NUL byte */
-    int head_te_match;   /* "transfer-encoding:" letters matched at the line's start, or -1 */
+    int head_name;       /* the header name (enum reqscan_name, reqscan.c) being matched at the line's start, or -1 */
+    int head_name_len;   /* its letters matched so far */
     int head_te;         /* the head has a Transfer-Encoding header */
+    int head_expect;     /* the head has an Expect header */
+    int head_in_cl;      /* in a Content-Length value: 1 before its digits, 2 in them */
+    uint64_t head_cl;    /* the largest Content-Length value's leading digits (saturated) */
+    uint64_t head_cl_line; /* this line's value so far */
     int head_line_start; /* the next byte begins a header line */
     int head_fold;       /* a header line begins with white space (obs-fold) */
     int chunk_state;     /* enum reqscan_chunk (reqscan.c): the chunked body after the head */

@@ -352,6 +352,18 @@ c alice -v -H 'Expect: 100-continue' --data-binary @"$work/req-tls.json" "$url" 
 grep -q '^< HTTP/1.1 100 Continue' "$work/expect.err" && grep -q '"key"' "$work/body" ||
   fail "Expect: 100-continue: $(grep '^< HTTP' "$work/expect.err") $(head -c 200 "$work/body")"
 expect_status 417 "" "Expect other than 100-continue" -- c alice -H 'Expect: tea' --data-binary @"$work/req-tls.json" "$url"
+# A body declared over max_body (64 KiB here) with Expect: 100-continue:
+# libevent invited it with 100 Continue up to its own cap (twice
+# max_body) and then it was refused (JSON 413) once sent. Now 413 at once,
+# no 100 Continue, no body sent (curl stops on a final answer), and the
+# server goes on serving.
+/usr/bin/python3 -c 'print("{\"recipient_info\":\"" + "A"*100000 + "\"}")' > "$work/mid.json"
+c alice -v -H 'Expect: 100-continue' --data-binary @"$work/mid.json" "$url" -o "$work/body" 2>"$work/expect.err" || true
+grep -q '^< HTTP/1.1 100' "$work/expect.err" &&
+  fail "a body of 100 KB (cap 64 KiB) was invited with 100 Continue: $(grep '^< HTTP' "$work/expect.err" | tr '\r\n' '  ')"
+grep -q '^< HTTP/1.1 413' "$work/expect.err" || fail "Expect with a body over max_body: $(grep '^< HTTP' "$work/expect.err")"
+expect_status 200 "" "unwrap after an Expect refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
+ok "Expect: 100-continue with a body over max_body: 413 at once, no 100 Continue"
 
 /usr/bin/python3 -c 'print("{\"recipient_info\":\"" + "A"*200000 + "\"}")' > "$work/big.json"
 codes=$(for i in $(seq 1 "${EARLY413_N:-80}"); do

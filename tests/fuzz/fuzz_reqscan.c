@@ -1,7 +1,7 @@
 /*
  * fuzz_reqscan: libFuzzer target for what the network process follows of
  * a request as its bytes come in (groupsrv/server/reqscan.c): the head
- * (NUL bytes, folded lines, Transfer-Encoding) and a chunked body's
+ * (NUL bytes, folded lines, Transfer-Encoding, Expect, Content-Length) and a chunked body's
  * framing, which handle() refuses when libevent would read it leniently.
  * fuzz_http cannot reach it: its plain-HTTP connections have no
  * connection state, so the scan never runs there.
@@ -12,7 +12,8 @@
  *    fed at once, a byte at a time, or cut anywhere;
  *  - the head ends at the first LF LF or LF CR LF; its NUL and obs-fold
  *    marks are those of the bytes before it; every line libevent would
- *    take as a Transfer-Encoding header is seen as one;
+ *    take as a Transfer-Encoding or Expect header is seen as one, and the
+ *    largest Content-Length value is read;
  *  - a chunked body is accepted, refused (at which byte) or still open
  *    exactly as a plain reading of RFC 9112 7.1 (sizes of bare hex below
  *    2^60 with any leading zeros, no extensions, CRLF or bare LF,
@@ -109,7 +110,9 @@ bad:
 static int same(const struct reqscan *a, const struct reqscan *b)
 {
     return a->head_open == b->head_open && a->head_eol == b->head_eol && a->head_nul == b->head_nul &&
-           a->head_te_match == b->head_te_match && a->head_te == b->head_te &&
+           a->head_name == b->head_name && a->head_name_len == b->head_name_len && a->head_te == b->head_te &&
+           a->head_expect == b->head_expect && a->head_in_cl == b->head_in_cl && a->head_cl == b->head_cl &&
+           a->head_cl_line == b->head_cl_line &&
            a->head_line_start == b->head_line_start && a->head_fold == b->head_fold &&
            a->chunk_state == b->chunk_state && a->chunk_bad == b->chunk_bad && a->chunk_left == b->chunk_left &&
            a->chunk_digits == b->chunk_digits;
@@ -142,11 +145,10 @@ static size_t feed_cut(struct reqscan *s, const uint8_t *p, size_t n, uint32_t s
     return off;
 }
 
-/* Whether the line at p[0..n) (up to its LF) names Transfer-Encoding as
- * libevent reads a header: the name before the colon, ASCII case folded. */
-static int libevent_te_line(const uint8_t *p, size_t n)
+/* Whether the line at p[0..n) (up to its LF) begins with the header
+ * name and colon as libevent reads a header: ASCII case folded. */
+static int libevent_name_line(const uint8_t *p, size_t n, const char *name)
 {
-    static const char name[] = "transfer-encoding:";
     size_t i;
 
     for (i = 0; name[i] != '\0'; i++) {
@@ -157,6 +159,20 @@ static int libevent_te_line(const uint8_t *p, size_t n)
             return 0;
     }
     return 1;
+}
+
+/* A Content-Length line's value as the scan reads it: the decimal digits
+ * after spaces and tabs, saturated; 0 without digits. */
+static uint64_t cl_value(const uint8_t *p, size_t n)
+{
+    size_t i = strlen("content-length:");
+    uint64_t v = 0;
+
+    while (i < n && (p[i] == ' ' || p[i] == '\t'))
+        i++;
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+        v = v > (UINT64_MAX - 9) / 10 ? UINT64_MAX : v * 10 + (uint64_t)(p[i] - '0');
+    return v;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -186,18 +202,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(!whole.head_open);
     FUZZ_CHECK(whole.head_nul == (memchr(p, '\0', head) != NULL));
-    int fold = 0, te = libevent_te_line(p, head);
+    /* Header lines (not the request line) without a CR inside (a bare CR
+     * is libevent's 400 whatever the scan made of it) are checked for the
+     * names followed: Transfer-Encoding, Expect and Content-Length. */
+    int fold = 0, te = 0, expect = 0;
+    uint64_t cl = 0;
     for (size_t i = 0; i + 1 < head; i++) {
         if (p[i] != '\n')
             continue;
         const uint8_t *l = p + i + 1;
         if (l[0] == ' ' || l[0] == '\t' || (l[0] == '\r' && (l[1] == ' ' || l[1] == '\t')))
             fold = 1;
-        te |= libevent_te_line(l, head - (i + 1));
+        const uint8_t *lf = memchr(l, '\n', head - (i + 1));
+        size_t len = lf != NULL ? (size_t)(lf - l) : head - (i + 1);
+        if (len > 0 && l[len - 1] == '\r')
+            len--;
+        if (memchr(l, '\r', len) != NULL)
+            continue;
+        te |= libevent_name_line(l, len, "transfer-encoding:");
+        expect |= libevent_name_line(l, len, "expect:");
+        if (libevent_name_line(l, len, "content-length:") && cl_value(l, len) > cl)
+            cl = cl_value(l, len);
     }
     FUZZ_CHECK(whole.head_fold == fold);
     if (te)
         FUZZ_CHECK(whole.head_te);
+    if (expect)
+        FUZZ_CHECK(whole.head_expect);
+    FUZZ_CHECK(whole.head_cl >= cl);
 
     if (!whole.head_te) {
         FUZZ_CHECK(kw == head && !reqscan_active(&whole));
