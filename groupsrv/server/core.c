@@ -1988,10 +1988,23 @@ static const char *bad_host(struct evhttp_request *req)
 static const char *bad_target(struct evhttp_request *req)
 {
     const char *t = evhttp_request_get_uri(req);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 
-    for (; t != NULL && *t != '\0'; t++)
-        if ((unsigned char)*t <= 0x20 || (unsigned char)*t == 0x7f)
+    for (const char *p = t; p != NULL && *p != '\0'; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f)
             return "a request target with white space or a control character";
+    /* No form of request target has a fragment (RFC 9112 3.2): libevent
+     * serves "/v1/groups/eng#x" as /v1/groups/eng, where a proxy may take
+     * the # as part of the path. A # in a member address is sent as %23. */
+    if (t != NULL && strchr(t, '#') != NULL)
+        return "a request target with a fragment (#)";
+    /* userinfo in an http(s) URI is to be treated as an error (RFC 9110
+     * 4.2.4): "https://good@evil/..." names the host after the @. (With
+     * an empty host, "https://@/...", the target names nothing: 404 by
+     * target_path.) */
+    const char *host = uri != NULL ? evhttp_uri_get_host(uri) : NULL;
+    if (t != NULL && t[0] != '/' && host != NULL && host[0] != '\0' && evhttp_uri_get_userinfo(uri) != NULL)
+        return "a request target with userinfo (user@)";
     return NULL;
 }
 

@@ -364,6 +364,14 @@ grep -q '^< HTTP/1.1 100' "$work/expect.err" &&
 grep -q '^< HTTP/1.1 413' "$work/expect.err" || fail "Expect with a body over max_body: $(grep '^< HTTP' "$work/expect.err")"
 expect_status 200 "" "unwrap after an Expect refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
 ok "Expect: 100-continue with a body over max_body: 413 at once, no 100 Continue"
+# No request target has a fragment, and userinfo in an http(s) URI is an
+# error (RFC 9112 3.2, RFC 9110 4.2.4): libevent served both as the path.
+for t in "/v1/groups/eng/unwrap#x" "https://127.0.0.1:$port/v1/groups/eng/unwrap#/../x" \
+  "https://evil.example@127.0.0.1:$port/v1/groups/eng/unwrap" "https://u:p@127.0.0.1/v1/groups/eng/unwrap"; do
+  expect_status 400 bad_request "request target $t" -- c alice --data-binary @"$work/req-tls.json" --request-target "$t" "$url"
+  grep -q '"key"' "$work/body" && fail "request target $t: a key was answered"
+done
+ok "a request target with a fragment or userinfo: 400"
 
 /usr/bin/python3 -c 'print("{\"recipient_info\":\"" + "A"*200000 + "\"}")' > "$work/big.json"
 codes=$(for i in $(seq 1 "${EARLY413_N:-80}"); do
