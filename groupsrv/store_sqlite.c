@@ -505,6 +505,19 @@ gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out)
      * change (exit 0) or the server's since (201) was lost, or the
      * database corrupted. Refused before anything is written. */
     if (!st->readonly && sq_file_is_wal(SQ(st)->db) && !index_is_own_wal(st)) {
+        /* SQLite opens a file it cannot open for writing read-only,
+         * without a word, and the index then cannot be told (a file
+         * system turned read-only or failing under a running server):
+         * that is the reason to give, not a deleted -wal. */
+        if (sqlite3_db_readonly(SQ(st)->db, "main") == 1) {
+            int fd = open(path, O_RDWR | O_CLOEXEC);
+            int e = fd < 0 ? errno : 0;
+            if (fd >= 0)
+                close(fd);
+            err = gs_err_set(GS_ERR_DB, "database %s cannot be written: %s", path,
+                             e != 0 ? strerror(e) : "SQLite opened it read-only");
+            goto out;
+        }
         err = gs_err_set(GS_ERR_DB,
                          "database %s: its write-ahead log is not the one its shared-memory index describes: a "
                          "running server still writes one that was deleted (rm of groupsrv.db-wal?); a change "

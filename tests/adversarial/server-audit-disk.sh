@@ -12,7 +12,9 @@
 #   - once there is room again both recover without a restart, and
 #     `groupsrv audit verify` passes: no torn record, no merged line;
 #   - a log deleted and made anew at its path is written again after SIGHUP;
-#   - a FIFO at the path is refused at SIGHUP (no record written into it).
+#   - a FIFO at the path is refused at SIGHUP (no record written into it);
+#   - the database's file system read-only under a running server: an
+#     admin change says so (not a deleted -wal), the server serves on.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
@@ -282,4 +284,23 @@ for out in stdout /dev/full; do
   [ "$rc" = 1 ] && grep -qx "$want" "$work/gm.err" || fail "groupmail encrypt to a full $out: exit $rc: $(cat "$work/gm.err")"
 done
 ok "groupmail encrypt to a full standard output or --out device: $(cat "$work/gm.err")"
+# The database's file system read-only under a running server (a failing
+# disk that ext4 turned read-only; here a read-only bind mount of its
+# directory): SQLite opens the file read-only without a word, and an admin
+# change was refused as if the -wal had been deleted ("stop the server
+# with SIGTERM ..."). It says the database cannot be written and why; the
+# server goes on serving.
+ro=$work/ro-view
+mkdir -p "$ro"
+mount --bind "$work" "$ro" || fail "cannot bind-mount $work"
+if ! mount -o remount,bind,ro "$ro"; then umount "$ro"; fail "cannot make the bind mount read-only"; fi
+sed "s|^path = $work/groupsrv.db\$|path = $ro/groupsrv.db|" "$conf" > "$work/ro.conf"
+rc=0
+"$BIN/groupsrv" -c "$work/ro.conf" member remove eng bob@example.org 2> "$work/ro.err" || rc=$?
+umount "$ro"
+[ "$rc" = 1 ] && grep -qx "groupsrv: database $ro/groupsrv.db cannot be written: Read-only file system" "$work/ro.err" ||
+  fail "member remove on a read-only database file system: exit $rc: $(cat "$work/ro.err")"
+expect_status 200 "" "unwrap beside a read-only view of the database" -- c alice --data-binary @"$work/req-tls.json" "$url"
+gs member list eng | grep -q '^bob@example.org ' || fail "bob was removed through a read-only file system"
+ok "an admin change on a read-only database file system: $(cat "$work/ro.err")"
 stop_server
