@@ -785,23 +785,19 @@ static bool write_base64_lines(FILE *out, const unsigned char *p, size_t n, cons
     return true;
 }
 
-static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep,
-                              char *why, size_t whysz)
+/* data[0, len): the post, which xp_prepare_check took for the list. */
+static xp_err prepare_forward(const xp_list *l, const unsigned char *data, size_t len, FILE *out, char *why,
+                              size_t whysz)
 {
-    unsigned char *data = NULL;
     char *hdrs = NULL;
-    const char *body, *w;
-    size_t len = 0, hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
+    const char *body;
+    size_t hdr_end, body_start, hlen = 0, b64len = 0, blen, keep, tail;
     bool crlf, rewrap, smime;
     const char *eol;
     env_mime_top top;
     env_err e;
     xp_err rc;
 
-    if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
-        snprintf(why, whysz, "cannot read spooled message");
-        return XP_ERR_IO;
-    }
     if ((rc = mail_split((const char *)data, len, &hdr_end, &body_start, &crlf)) != XP_OK ||
         (rc = mail_list_headers((const char *)data, hdr_end, l->address, crlf, &hdrs, &hlen)) != XP_OK) {
         snprintf(why, whysz, "cannot parse spooled message: %s", xp_strerror(rc));
@@ -821,23 +817,6 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     if ((e = env_mime_read_top(data, len, &top)) == ENV_ERR_NOMEM) {
         snprintf(why, whysz, "out of memory reading the message's MIME header fields");
         rc = XP_ERR_NOMEM;
-        goto out;
-    }
-    if (e != ENV_OK && l->require_encrypted) {
-        snprintf(why, whysz, "cannot read the message's MIME header fields: %s", env_strerror(e));
-        snprintf(prep->reason, sizeof(prep->reason), "%s", unreadable_why(e));
-        rc = XP_ERR_FORMAT;
-        goto out;
-    }
-    /* as deliver refuses them (xp_check_message), for a post a
-     * re-encrypting mode took before `list set` made the list forward */
-    if (l->require_encrypted && ((w = lone_cr_why((const char *)data, hdr_end)) != NULL ||
-                                 (w = mime_field_twice_why((const char *)data, hdr_end)) != NULL)) {
-        /* the sender is told why, as deliver would have told them, not
-         * that the list "could not process" it */
-        snprintf(why, whysz, "%s", w);
-        snprintf(prep->reason, sizeof(prep->reason), "%s", w);
-        rc = XP_ERR_FORMAT;
         goto out;
     }
     smime = e == ENV_OK && is_smime_base64(&top, body, blen, &b64len);
@@ -869,7 +848,6 @@ static xp_err prepare_forward(const xp_conf *c, const xp_list *l, const char *in
     rc = XP_OK;
 out:
     free(hdrs);
-    free(data);
     return rc;
 }
 
@@ -918,7 +896,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     env_err e;
     xp_older older;
     char *hdrs = NULL;
-    const char *outer, *w;
+    const char *outer;
     xp_err rc = XP_ERR_CRYPTO;
     bool per_member, crlf;
 
@@ -949,16 +927,6 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",
                  env_strerror(e));
         rc = env_to_xp(e);
-        goto out;
-    }
-    /* as deliver refuses it (xp_check_message), for a post a forward list
-     * that takes anything took before `list set` made the list
-     * re-encrypt: the copy carries the post's fields but MIME-Version and
-     * Content-* as they came (the S/MIME reader's outer header block) */
-    if ((w = lone_cr_why(env_message_outer_headers(msg), strlen(env_message_outer_headers(msg)))) != NULL) {
-        snprintf(why, whysz, "%s", w);
-        snprintf(prep->reason, sizeof(prep->reason), "%s", w);
-        rc = XP_ERR_FORMAT;
         goto out;
     }
     /* one call per message, whatever the number of recipients; the content
@@ -1054,12 +1022,71 @@ out:
     return rc;
 }
 
+/* The check deliver runs (xp_check_message, then the group's key
+ * transports), for the list as it is now: `list set` may have changed
+ * its mode or --require-encrypted since deliver took the post, and a
+ * post is sent only as deliver would take it now, with deliver's reason
+ * for the sender when it would not. One check, not each mode's prepare
+ * re-checking some of it in its own place: the re-encrypting modes
+ * looked for a CR that ends no line in the fields the copy carries on
+ * alone, not in the Content-* fields deliver reads too, and a forward
+ * list made to take only encrypted mail sent plain mail, or mail for
+ * someone else, as it came. older_ok: what the group server decides at
+ * prepare_rewrap (a forward list still refuses it). The size is the
+ * spool's ceiling, not [spool] max_message_size: a limit lowered since
+ * does not bounce what was taken. */
+static xp_err prepare_check(const xp_conf *c, const xp_list *l, const unsigned char *data, size_t len,
+                            xp_prepared *prep, char *why, size_t whysz)
+{
+    xp_conf now = *c;
+    const char *kt = NULL, *w = NULL;
+    char acc[200];
+    xp_err rc;
+
+    now.max_message_size = XP_MESSAGE_SIZE_CEILING;
+    rc = xp_check_message(&now, l, data, len, &kt, &w, NULL, true);
+    if (rc == XP_OK && kt != NULL && xp_group_accepts(l, kt, acc, sizeof(acc)) == XP_ERR_REFUSED) {
+        rc = XP_ERR_CIPHER;
+        snprintf(prep->reason, sizeof(prep->reason), "the group server will not decrypt this message: %s", acc);
+    } else if (rc == XP_ERR_FORMAT || rc == XP_ERR_TOO_LARGE || rc == XP_ERR_NOT_ENCRYPTED ||
+               rc == XP_ERR_WRONG_RECIPIENT || rc == XP_ERR_CIPHER) {
+        snprintf(prep->reason, sizeof(prep->reason), "%s", w != NULL ? w : xp_strerror(rc));
+    } else if (rc == XP_ERR_CONFIG) {
+        snprintf(why, whysz, "list has no group certificate");
+        return XP_ERR_TEMP; /* the admin can still add it */
+    } else if (rc != XP_OK) {
+        snprintf(why, whysz, "cannot check the spooled message: %s", xp_strerror(rc));
+        return rc == XP_ERR_NOMEM || rc == XP_ERR_IO ? rc : XP_ERR_TEMP;
+    }
+    if (rc != XP_OK)
+        snprintf(why, whysz, "refused for the list as it is now (mode %s%s): %s", xp_mode_name(l->mode),
+                 l->mode == XP_MODE_FORWARD && !l->require_encrypted ? ", takes anything" : "", prep->reason);
+    return rc;
+}
+
 xp_err xp_prepare(const xp_conf *c, const xp_list *l, const char *in_path, FILE *out, xp_prepared *prep, char *why,
                   size_t whysz)
 {
+    unsigned char *data = NULL;
+    size_t len = 0;
+    xp_err rc;
+
     why[0] = '\0';
     memset(prep, 0, sizeof(*prep));
-    if (l->mode == XP_MODE_FORWARD)
-        return prepare_forward(c, l, in_path, out, prep, why, whysz);
-    return prepare_rewrap(c, l, in_path, out, prep, why, whysz);
+    if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
+        snprintf(why, whysz, "cannot read spooled message");
+        return XP_ERR_IO;
+    }
+    if ((rc = prepare_check(c, l, data, len, prep, why, whysz)) != XP_OK)
+        goto out;
+    if (l->mode == XP_MODE_FORWARD) {
+        rc = prepare_forward(l, data, len, out, why, whysz);
+        goto out;
+    }
+    free(data); /* the re-encrypting modes read the file as a stream */
+    data = NULL;
+    rc = prepare_rewrap(c, l, in_path, out, prep, why, whysz);
+out:
+    free(data);
+    return rc;
 }

@@ -65,7 +65,12 @@ typedef struct xp_prepared {
 } xp_prepared;
 void xp_prepared_clear(xp_prepared *p);
 
-/* Writes the outgoing form of the message at in_path to out.
+/* Writes the outgoing form of the message at in_path to out, once the
+ * message passes the check deliver runs (xp_check_message and the
+ * group's key transports) for the list as it is now (`list set` may have
+ * changed it since): refused otherwise (XP_ERR_FORMAT, _NOT_ENCRYPTED,
+ * _WRONG_RECIPIENT, _CIPHER, _TOO_LARGE) with deliver's reason in
+ * prep->reason.
  * XP_ERR_TEMP: the group server could not be used now (429, 5xx, transport
  * or TLS failure, malformed answer: retry later); XP_ERR_PERM: it refused
  * the message with another 4xx (bounce at once, do not retry); other errors

@@ -1688,6 +1688,135 @@ static void test_modes_read_fields_as_reader(void **state)
     rm_rf(dir);
 }
 
+/* Prepare runs deliver's check (xp_check_message) for the list as it is
+ * now: `list set` may change the mode or --require-encrypted between a
+ * post's deliver and its prepare, and each mode's prepare re-checked only
+ * some of what deliver checks, in its own place (the re-encrypting modes
+ * a CR ending no line in the fields the copy carries on, not in the
+ * Content-* fields deliver reads too). Each post below is taken by the
+ * list as it was and refused by deliver for the list as it is: prepare
+ * must refuse it too, with deliver's reason, never send it or ask the
+ * group server (none listens here). */
+static void test_prepare_runs_deliver_check(void **state)
+{
+    EVP_PKEY *k = EVP_RSA_gen(2048), *other = EVP_RSA_gen(2048);
+    X509 *x, *ox;
+    char *b64[2], *pem, *dir = tmpdir(), path[600], outpath[600];
+    xp_conf c;
+    (void)state;
+
+    assert_non_null(k);
+    assert_non_null(other);
+    x = group_cert(k, &pem);
+    /* someone else's certificate, of another issuer: no RecipientInfo
+     * for the group, and none for a version the list has not met */
+    ox = group_cert(other, NULL);
+    X509_NAME *on = X509_NAME_new();
+    assert_non_null(on);
+    assert_int_equal(X509_NAME_add_entry_by_txt(on, "CN", MBSTRING_ASC, (const unsigned char *)"bob", -1, -1, 0), 1);
+    assert_int_equal(X509_set_subject_name(ox, on), 1);
+    assert_int_equal(X509_set_issuer_name(ox, on), 1);
+    X509_NAME_free(on);
+    assert_true(X509_sign(ox, other, EVP_sha256()) > 0);
+    /* [0] for the group, [1] for someone else */
+    for (int w = 0; w < 2; w++) {
+        STACK_OF(X509) *to = sk_X509_new_null();
+        unsigned char *der = NULL;
+        BIO *pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
+        CMS_ContentInfo *cms;
+        int derlen;
+        assert_non_null(to);
+        assert_non_null(pb);
+        assert_true(sk_X509_push(to, w == 0 ? x : ox) > 0);
+        cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
+        assert_non_null(cms);
+        derlen = i2d_CMS_ContentInfo(cms, &der);
+        assert_true(derlen > 0);
+        b64[w] = malloc((size_t)derlen / 3 * 4 + 8);
+        assert_non_null(b64[w]);
+        EVP_EncodeBlock((unsigned char *)b64[w], der, derlen);
+        OPENSSL_free(der);
+        CMS_ContentInfo_free(cms);
+        BIO_free(pb);
+        sk_X509_free(to);
+    }
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    snprintf(path, sizeof(path), "%s/post", dir);
+    snprintf(outpath, sizeof(outpath), "%s/copy", dir);
+    const struct {
+        const char *fields; /* the header block after From and Subject */
+        const char *body;   /* NULL: a CMS's base64 */
+        bool to_group;      /* ... for the group, else for someone else */
+        xp_mode then_mode;
+        bool then_any; /* a forward list that took anything */
+        xp_mode now_mode;
+        xp_err want;
+        const char *reason;
+    } cases[] = {
+        /* plain mail, taken by a forward list that takes anything, after
+         * `list set --require-encrypted`: it went out in the clear */
+        {"Content-Type: text/plain\n", "SECRET plain text\n", false, XP_MODE_FORWARD, true, XP_MODE_FORWARD,
+         XP_ERR_NOT_ENCRYPTED, "not encrypted"},
+        /* S/MIME for someone else, not the group: the same */
+        {"MIME-Version: 1.0\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+         "Content-Transfer-Encoding: base64\n",
+         NULL, false, XP_MODE_FORWARD, true, XP_MODE_FORWARD, XP_ERR_WRONG_RECIPIENT, NULL},
+        /* a CR that ends no line in the Content-Type, after `list set
+         * --mode group-secret`: prepare looked at the other fields alone
+         * (the ones the copy carries on) and asked the group server */
+        {"MIME-Version: 1.0\nContent-Type: application/pkcs7-mime\r\r\nContent-Transfer-Encoding: base64\n",
+         NULL, true, XP_MODE_FORWARD, true, XP_MODE_GROUP_SECRET, XP_ERR_FORMAT, "ends no line"},
+        {"MIME-Version: 1.0\nContent-Type: application/pkcs7-mime\r\r\nContent-Transfer-Encoding: base64\n",
+         NULL, true, XP_MODE_FORWARD, true, XP_MODE_MEMBER_CERTS, XP_ERR_FORMAT, "ends no line"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char mail[8192], pwhy[300];
+        const char *dwhy = NULL;
+        xp_list then, now;
+        xp_prepared prep;
+        xp_err de, pe;
+        FILE *out;
+        int n = snprintf(mail, sizeof(mail), "From: alice@example.org\nSubject: set\n%s\n%s\n", cases[i].fields,
+                         cases[i].body != NULL ? cases[i].body : b64[cases[i].to_group ? 0 : 1]);
+        assert_true(n > 0 && (size_t)n < sizeof(mail));
+        list_init(&then, "eng@lists.example.org", cases[i].then_mode);
+        then.require_encrypted = !cases[i].then_any;
+        then.group_cert = pem;
+        list_init(&now, "eng@lists.example.org", cases[i].now_mode);
+        now.group_cert = pem;
+        now.server = "https://127.0.0.1:1";
+        assert_int_equal(xp_check_message(&c, &then, mail, (size_t)n, NULL, NULL, NULL, false), XP_OK);
+        de = xp_check_message(&c, &now, mail, (size_t)n, NULL, &dwhy, NULL, true);
+        assert_int_equal(de, cases[i].want);
+        write_file(path, mail, (size_t)n);
+        out = fopen(outpath, "wb");
+        assert_non_null(out);
+        pe = xp_prepare(&c, &now, path, out, &prep, pwhy, sizeof(pwhy));
+        if (pe != de)
+            fprintf(stderr, "case %zu: deliver %s (%s), prepare %s (%s)\n", i, xp_strerror(de),
+                    dwhy != NULL ? dwhy : "-", xp_strerror(pe), pwhy);
+        assert_int_equal(pe, de);
+        /* the sender is told deliver's reason */
+        if (dwhy != NULL)
+            assert_string_equal(prep.reason, dwhy);
+        else
+            assert_true(prep.reason[0] != '\0');
+        if (cases[i].reason != NULL)
+            assert_non_null(strstr(prep.reason, cases[i].reason));
+        xp_prepared_clear(&prep);
+        assert_int_equal(fclose(out), 0);
+    }
+    free(b64[0]);
+    free(b64[1]);
+    free(pem);
+    X509_free(x);
+    X509_free(ox);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(other);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -1702,6 +1831,7 @@ int main(void)
         cmocka_unit_test(test_forward_encrypted_tail), cmocka_unit_test(test_cert_names_address),
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
         cmocka_unit_test(test_pem_encrypted_asks_nothing), cmocka_unit_test(test_modes_read_fields_as_reader),
+        cmocka_unit_test(test_prepare_runs_deliver_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
