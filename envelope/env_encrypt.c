@@ -84,8 +84,8 @@ static const char *const blind_headers[] = {"Bcc", "Resent-Bcc"};
  * obs, the name may be followed by white space before its colon (RFC 5322
  * 4.5's obsolete syntax, "Bcc :", which readers take): such a Bcc is a
  * blind copy all the same, never put inside for every member to read.
- * Routing fields are copied outside only as "Name:", the form the
- * exploder and this reader take (a "To :" stays inside). */
+ * Routing fields are copied outside only as "Name:" (a "To :" stays
+ * inside): obsolete syntax is read, never written (RFC 5322 4). */
 static bool header_is(const char *line, size_t len, const char *const *names, size_t n, bool obs)
 {
     for (size_t i = 0; i < n; i++) {

@@ -281,11 +281,17 @@ static bool blank_line(const char *l)
     return strcmp(l, "\n") == 0 || strcmp(l, "\r\n") == 0;
 }
 
-/* Case-insensitive "name:" prefix test. */
+/* Case-insensitive "name:" prefix test; white space before the colon is
+ * RFC 5322 4.5's obs-optional, which section 4 has readers take (as
+ * Mozilla's libmime and Postfix do, and the exploder's mail_split). */
 static bool header_is(const char *line, const char *name)
 {
     size_t n = strlen(name);
-    return strncasecmp(line, name, n) == 0 && line[n] == ':';
+    if (strncasecmp(line, name, n) != 0)
+        return false;
+    while (line[n] == ' ' || line[n] == '\t')
+        n++;
+    return line[n] == ':';
 }
 
 static char lowered(char c, bool lower)
@@ -452,15 +458,19 @@ bool env_mime_is_smime(const char *content_type, const char *content_disposition
     return mime_param_2231(cd, "filename", file, sizeof(file)) && ends_with_p7m(file);
 }
 
+/* field-name *WSP ":" (the white space: obs-optional, header_is) */
 static bool looks_like_header(const char *l)
 {
-    const char *c = strchr(l, ':');
+    const char *c = strchr(l, ':'), *p = l;
     if (!c || c == l)
         return false;
-    for (const char *p = l; p < c; p++)
-        if (*p <= ' ' || *p > '~')
-            return false;
-    return true;
+    for (; p < c && *p > ' ' && *p <= '~'; p++)
+        ;
+    if (p == l)
+        return false;
+    for (; p < c && (*p == ' ' || *p == '\t'); p++)
+        ;
+    return p == c;
 }
 
 /* Appends to a growing capped string. */

@@ -59,15 +59,21 @@ xp_err mail_split(const char *buf, size_t len, size_t *hdr_end, size_t *body_sta
             if (lines == 0)
                 return XP_ERR_FORMAT; /* continuation without a header */
         } else {
-            /* field-name: printable US-ASCII except ':', then ':' */
-            size_t i = 0;
+            /* field-name: printable US-ASCII except ':', then ':'; or
+             * white space between them, RFC 5322 4.5's obs-optional
+             * (field-name *WSP ":"), which section 4 has readers take and
+             * Postfix passes: read as the field, written without it
+             * (mail_list_headers) */
+            size_t i = 0, w;
             while (i < n && buf[off + i] != ':') {
                 unsigned char ch = (unsigned char)buf[off + i];
                 if (ch < 33 || ch > 126)
-                    return XP_ERR_FORMAT;
+                    break;
                 i++;
             }
-            if (i == 0 || i == n)
+            for (w = i; w < n && (buf[off + w] == ' ' || buf[off + w] == '\t'); w++)
+                ;
+            if (i == 0 || w == n || buf[off + w] != ':')
                 return XP_ERR_FORMAT;
         }
         off += n + nl;
@@ -84,7 +90,8 @@ const char *mail_split_strerror(xp_err rc)
     return "not an RFC 5322 message (a bad header line, a NUL byte, or no blank line before the body)";
 }
 
-/* Iterates over header fields: *name_len is the field name length, the
+/* Iterates over header fields: *name_len is the field name length (white
+ * space before the colon, obs-optional, not counted: mail_split), the
  * field spans [start, end) including continuation lines and newline. */
 static bool next_field(const char *h, size_t len, size_t *pos, size_t *start, size_t *end, size_t *name_len)
 {
@@ -95,6 +102,8 @@ static bool next_field(const char *h, size_t len, size_t *pos, size_t *start, si
     n = line_len(h + off, len - off, &nl);
     const char *colon = memchr(h + off, ':', n);
     *name_len = colon != NULL ? (size_t)(colon - (h + off)) : 0;
+    while (*name_len > 0 && (h[off + *name_len - 1] == ' ' || h[off + *name_len - 1] == '\t'))
+        (*name_len)--;
     off += n + nl;
     while (off < len && (h[off] == ' ' || h[off] == '\t')) {
         n = line_len(h + off, len - off, &nl);
@@ -103,6 +112,16 @@ static bool next_field(const char *h, size_t len, size_t *pos, size_t *start, si
     *end = off;
     *pos = off;
     return true;
+}
+
+/* Where the value of a field next_field found starts: after its colon,
+ * past any white space before it (obs-optional). */
+static size_t value_start(const char *h, size_t start, size_t name_len)
+{
+    size_t i = start + name_len;
+    while (h[i] == ' ' || h[i] == '\t')
+        i++;
+    return i + 1;
 }
 
 char *mail_header_get(const char *hdrs, size_t len, const char *name)
@@ -116,7 +135,7 @@ char *mail_header_get(const char *hdrs, size_t len, const char *name)
          * follows; a CR not before an LF is no line end here (mail_split's)
          * and stays, so an address reader can refuse it: others (Python's
          * email package) take it for one */
-        size_t vstart = start + nlen + 1, o = 0;
+        size_t vstart = value_start(hdrs, start, nlen), o = 0;
         char *v = malloc(end - vstart + 1);
         if (v == NULL)
             return NULL;
@@ -163,7 +182,7 @@ bool mail_header_has_value(const char *hdrs, size_t len, const char *name)
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
         if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
             continue;
-        for (size_t i = start + nlen + 1; i < end; i++)
+        for (size_t i = value_start(hdrs, start, nlen); i < end; i++)
             if (hdrs[i] != ' ' && hdrs[i] != '\t' && hdrs[i] != '\r' && hdrs[i] != '\n')
                 return true;
     }
@@ -612,6 +631,30 @@ static bool is_dropped(const char *name, size_t n)
     return false;
 }
 
+/* Folds the field hdrs[start, end) (next_field's) into out + *o, or with
+ * out NULL only counts, and adds what it writes to *o. RFC 5322 4:
+ * obsolete syntax is read, never written: "Name :" goes as "Name:" (a
+ * reader that does not take it, Python's email package, would end the
+ * header block there). False: out of memory. */
+static bool copy_field(char *out, const char *hdrs, size_t start, size_t end, size_t nlen, const char *eol,
+                       size_t *o)
+{
+    size_t colon = nlen > 0 ? value_start(hdrs, start, nlen) - 1 : start;
+    char *f;
+
+    if (nlen == 0 || colon == start + nlen) {
+        *o += mailfold(out != NULL ? out + *o : NULL, hdrs + start, end - start, eol);
+        return true;
+    }
+    if ((f = malloc(end - start)) == NULL)
+        return false;
+    memcpy(f, hdrs + start, nlen);
+    memcpy(f + nlen, hdrs + colon, end - colon);
+    *o += mailfold(out != NULL ? out + *o : NULL, f, nlen + (end - colon), eol);
+    free(f);
+    return true;
+}
+
 xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bool crlf, char **out,
                          size_t *outlen)
 {
@@ -645,17 +688,18 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
      * bounded above, and a fold adds at most two octets) */
     cap = (size_t)n + 3;
     while (next_field(hdrs, len, &pos, &start, &end, &nlen))
-        if (!is_dropped(hdrs + start, nlen))
-            cap += mailfold(NULL, hdrs + start, end - start, eol);
+        if (!is_dropped(hdrs + start, nlen) && !copy_field(NULL, hdrs, start, end, nlen, eol, &cap))
+            return XP_ERR_NOMEM;
     if ((buf = malloc(cap)) == NULL)
         return XP_ERR_NOMEM;
     memcpy(buf, ours, (size_t)n);
     o = (size_t)n;
     pos = 0;
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
-        if (is_dropped(hdrs + start, nlen))
-            continue;
-        o += mailfold(buf + o, hdrs + start, end - start, eol);
+        if (!is_dropped(hdrs + start, nlen) && !copy_field(buf, hdrs, start, end, nlen, eol, &o)) {
+            free(buf);
+            return XP_ERR_NOMEM;
+        }
     }
     /* a header block given without its final newline gets one */
     if (o > 0 && buf[o - 1] != '\n') {

@@ -216,6 +216,59 @@ static void test_addr_intl_typed(void **state)
     assert_false(mail_addr_ascii("a@\xc3\xbc"));
 }
 
+/* RFC 5322 4.5's obsolete field syntax, white space between a field's
+ * name and its colon ("Subject :"), which section 4 has readers take and
+ * Postfix passes (it was refused, 65): read as the field it names (a
+ * forged "List-Id :" still dropped, a "List-Id :" of this list still a
+ * loop, a "Content-Type :" the S/MIME part's type, by the exploder and
+ * the S/MIME reader alike), and never written: the copies carry
+ * "Name:", which readers that do not take the obsolete form (Python's
+ * email package ends the header block at such a line) read the same. A
+ * name with white space inside is still no field. */
+static void test_obs_field_names(void **state)
+{
+    (void)state;
+    const char *m = "From : a@b.org\nSubject\t: hi\nList-Id \t: <forged.example>\nX-Long :\n folded\n"
+                    "MIME-Version : 1.0\nContent-Type  : text/plain\n\nbody\n";
+    const char *bad = "Bad Name : x\n\nx\n", *sp = "Subject \n : x\n\nx\n";
+    size_t he, bs, len = 0;
+    bool crlf;
+    char *v, *out = NULL;
+    env_mime_top top;
+
+    assert_int_not_equal(mail_split(bad, strlen(bad), &he, &bs, &crlf), XP_OK);
+    assert_int_not_equal(mail_split(sp, strlen(sp), &he, &bs, &crlf), XP_OK);
+    assert_int_equal(mail_split(m, strlen(m), &he, &bs, &crlf), XP_OK);
+    assert_string_equal(m + bs, "body\n");
+    v = mail_header_get(m, he, "Subject");
+    assert_non_null(v);
+    assert_string_equal(v, "hi");
+    free(v);
+    v = mail_header_get(m, he, "From");
+    assert_non_null(v);
+    assert_string_equal(v, "a@b.org");
+    free(v);
+    assert_int_equal(mail_header_count(m, he, "List-Id"), 1);
+    assert_true(mail_header_has_value(m, he, "X-Long"));
+    assert_true(mail_been_there("X-BeenThere : eng@lists.example.org\n", 37, "eng@lists.example.org"));
+    assert_int_equal(mail_list_headers(m, he, "eng@lists.example.org", false, &out, &len), XP_OK);
+    assert_string_equal(out, "List-Id: <eng.lists.example.org>\n"
+                             "List-Post: <mailto:eng@lists.example.org>\n"
+                             "List-Unsubscribe: <mailto:eng-request@lists.example.org?subject=unsubscribe>\n"
+                             "Precedence: list\n"
+                             "X-BeenThere: eng@lists.example.org\n"
+                             "From: a@b.org\nSubject: hi\nX-Long:\n folded\nMIME-Version: 1.0\n"
+                             "Content-Type: text/plain\n");
+    assert_int_equal(len, strlen(out));
+    free(out);
+    /* the S/MIME reader reads the same type */
+    const char *smime = "From: a@b.org\nContent-Type : application/pkcs7-mime; name=smime.p7m\n"
+                        "Content-Transfer-Encoding\t: base64\n\nAAAA\n";
+    assert_int_equal(env_mime_read_top(smime, strlen(smime), &top), ENV_OK);
+    assert_true(top.smime);
+    assert_true(top.base64);
+}
+
 static void test_list_headers(void **state)
 {
     (void)state;
@@ -1552,6 +1605,14 @@ static void test_modes_read_fields_as_reader(void **state)
          NULL, NULL},
         {"Content-Type: Application/X-PKCS7-MIME; Name=\"SMIME.P7M\"\nContent-Transfer-Encoding: BASE64\n", NULL,
          NULL},
+        /* RFC 5322's obsolete "Name :", read as the field it names by
+         * the list and the reader alike: taken, and a field given twice
+         * so still refused by a forward list */
+        {"Content-Type : application/pkcs7-mime; name=smime.p7m\nContent-Transfer-Encoding\t: base64\n", NULL,
+         NULL},
+        {"Content-Type : text/html\nContent-Type: application/pkcs7-mime; name=smime.p7m\n"
+         "Content-Transfer-Encoding: base64\n",
+         "more than once", NULL},
         /* an octet-stream named in RFC 2231 pieces, folded */
         {"Content-Type: application/octet-stream;\n name*0=smime.;\n name*1=p7m\n"
          "Content-Transfer-Encoding: base64\n",
@@ -1822,6 +1883,7 @@ int main(void)
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_ok),   cmocka_unit_test(test_split_rejects), cmocka_unit_test(test_header_get),
+        cmocka_unit_test(test_obs_field_names),
         cmocka_unit_test(test_addr), cmocka_unit_test(test_addr_rfc5322), cmocka_unit_test(test_addr_intl_typed),       cmocka_unit_test(test_addr_intl_members), cmocka_unit_test(test_list_headers),
         cmocka_unit_test(test_list_headers_fold), cmocka_unit_test(test_been_there), cmocka_unit_test(test_header_value_remove), cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_spool_flow), cmocka_unit_test(test_spool_sweep),   cmocka_unit_test(test_conf),
