@@ -332,6 +332,40 @@ static const char *lone_cr_why(const char *hdrs, size_t len)
     return NULL;
 }
 
+/* Does p[0, n) hold a CR that ends no line (RFC 5321 2.3.8: on the wire
+ * CR comes only before LF)? */
+static bool has_lone_cr(const char *p, size_t n)
+{
+    const char *cr = memchr(p, '\r', n);
+
+    for (; cr != NULL; cr = memchr(cr + 1, '\r', n - (size_t)(cr + 1 - p)))
+        if ((size_t)(cr + 1 - p) >= n || cr[1] != '\n')
+            return true;
+    return false;
+}
+
+/* A forward copy's body goes as it came, but for an S/MIME body of base64
+ * text, which goes in lines of 76 when it has a line over 998 octets or a
+ * CR that ends no line (prepare_forward), and text after that base64,
+ * which a list that takes only encrypted mail leaves out. A CR that ends
+ * no line in what goes as it came would reach the relay as it is: RFC
+ * 5321 2.3.8 has CR only before LF, relays may refuse it (sendmail 8.18
+ * does by default) and every member's copy bounce, and mail programs take
+ * it for a line end. */
+static const char *forward_body_cr_why(const env_mime_top *top, const char *body, size_t blen,
+                                       bool require_encrypted)
+{
+    size_t b64len;
+    bool cr = is_smime_base64(top, body, blen, &b64len)
+                  ? !require_encrypted && has_lone_cr(body + b64len, blen - b64len)
+                  : has_lone_cr(body, blen);
+
+    return cr ? "its body holds a CR that ends no line (RFC 5321 2.3.8 has CR only before LF), which mail "
+                "relays may refuse, and the list sends the body as it came: send it with CR LF line ends, or "
+                "in base64"
+              : NULL;
+}
+
 /* A forward copy carries the post's MIME fields as they came: with one
  * given twice, mail programs that take the first (Python's email
  * package; Mozilla's libmime, MimeHeaders_get) could show members a Content-Type of text/plain
@@ -423,7 +457,7 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
     xp_older older;
     env_mime_top top;
     size_t hdr_end, body_start, idx, b64len;
-    const char *body, *w;
+    const char *body, *w, *crw;
     bool crlf, plain;
     xp_err rc;
     BIO *in = NULL;
@@ -446,9 +480,11 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
             *why = mail_split_strerror(rc);
         return rc == XP_ERR_TOO_LARGE ? XP_ERR_FORMAT : rc;
     }
-    /* read as a member's mail program reads it: a list that takes only
-     * encrypted mail passes the other fields on as they came */
-    if (!(l->mode == XP_MODE_FORWARD && !l->require_encrypted) && (w = lone_cr_why(data, hdr_end)) != NULL) {
+    /* read as a member's mail program reads it: every mode passes the
+     * post's other fields on as they came; a forward list that takes
+     * anything too, as relays may refuse it (RFC 5321 2.3.8: CR only
+     * before LF on the wire; sendmail 8.18 by default) */
+    if ((w = lone_cr_why(data, hdr_end)) != NULL) {
         if (why != NULL)
             *why = w;
         return XP_ERR_FORMAT;
@@ -505,10 +541,15 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         rc = XP_ERR_FORMAT;
         goto out;
     }
-    if (plain)
-        return XP_OK;
-    if (l->mode == XP_MODE_FORWARD && !l->require_encrypted && l->group_cert == NULL)
-        return XP_OK;
+    /* told after what the S/MIME reader finds wrong with an encrypted
+     * post (binary CMS holds CRs too) */
+    crw = l->mode == XP_MODE_FORWARD ? forward_body_cr_why(&top, body, len - body_start, l->require_encrypted)
+                                     : NULL;
+    if (plain || (l->mode == XP_MODE_FORWARD && !l->require_encrypted && l->group_cert == NULL)) {
+        if (crw != NULL && why != NULL)
+            *why = crw;
+        return crw != NULL ? XP_ERR_FORMAT : XP_OK;
+    }
     if (!has_cert(l->group_cert)) {
         log_error("list has no usable group certificate list=%s", l->address);
         return XP_ERR_CONFIG;
@@ -523,6 +564,12 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         rc = env_to_xp(e);
         if (why != NULL)
             *why = unreadable_why(e);
+        goto out;
+    }
+    if (crw != NULL) {
+        rc = XP_ERR_FORMAT;
+        if (why != NULL)
+            *why = crw;
         goto out;
     }
     /* A forward list that takes only encrypted mail sends the body as it
@@ -820,7 +867,9 @@ static xp_err prepare_forward(const xp_list *l, const unsigned char *data, size_
         goto out;
     }
     smime = e == ENV_OK && is_smime_base64(&top, body, blen, &b64len);
-    rewrap = smime && mail_longest_line(body, blen) > MAIL_MAX_LINE;
+    /* re-lined too for a CR that ends no line in it (the same CMS, decoded):
+     * never sent to a relay as it is (forward_body_cr_why) */
+    rewrap = smime && (mail_longest_line(body, blen) > MAIL_MAX_LINE || has_lone_cr(body, b64len));
     /* A list that takes only encrypted mail sends nothing outside the
      * encryption: text after the base64, where the S/MIME reader stops (a
      * '-' line), would reach every member unencrypted, and their mail
@@ -840,7 +889,9 @@ static xp_err prepare_forward(const xp_list *l, const unsigned char *data, size_
         goto out;
     }
     if (rewrap)
-        log_info("the S/MIME body has lines over 998 octets, sent in lines of 76 list=%s", l->address);
+        log_info("the S/MIME body has lines over 998 octets or a CR that ends no line, sent in lines of 76 "
+                 "list=%s",
+                 l->address);
     if (keep + tail < blen)
         log_info("text after the S/MIME body's base64 left out (the list takes only encrypted mail) list=%s "
                  "octets=%zu",
