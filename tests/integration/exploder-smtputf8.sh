@@ -82,10 +82,11 @@ EOF
 chmod 644 "$XPC"
 pf_start "$W/postfix-start.log"
 
-# Posts the encrypted message as an SMTPUTF8 client does, with the
-# envelope sender $1 and the From $2; prints Postfix's queue id.
+# Posts the encrypted message ($3, else $W/in.eml) as an SMTPUTF8 client
+# does, with the envelope sender $1 and the From $2; prints Postfix's
+# queue id.
 post() {
-  $PY - "$PF_SMTP" "$1" "$2" "$W/in.eml" <<'EOF'
+  $PY - "$PF_SMTP" "$1" "$2" "${3:-$W/in.eml}" <<'EOF'
 import smtplib, sys
 port, sender, frm, path = sys.argv[1:]
 body = open(path, "rb").read()
@@ -203,4 +204,25 @@ for a in 'alice@bü­cher.example' 'alice@ｂücher.example'; do
 done
 grep -q 'treated as null.*reason="a domain not written in its U-label form' "$W/exploder.log" ||
   fail "no reason for the mapped domain: $(tail -2 "$W/exploder.log")"
+
+# 9. What Postfix passes to the pipe of a header field with white space
+#    before its colon (RFC 5322's obsolete syntax) and a CR that ends no
+#    line (docs/postfix.md, step 7): it writes the field as "Name:" and the
+#    CR as a space (cleanup_replace_stray_cr_lf), so the list, which takes
+#    only encrypted mail here and refuses such a CR as it came (65), takes
+#    the post, and the copy has neither
+sed 's/^Subject: .*/&\nX-Obs-Poster\t : obsolete syntax\nX-Cr: one\rtwo/' "$W/in.eml" >"$W/obs.eml"
+grep -q $'^X-Obs-Poster\t : obsolete syntax$' "$W/obs.eml" || fail "obs.eml: no 'X-Obs-Poster :'"
+grep -q $'^X-Cr: one\rtwo$' "$W/obs.eml" || fail "obs.eml: no CR that ends no line"
+rc=0
+xp deliver --list $L --sender alice@xn--bcher-kva.example <"$W/obs.eml" 2>"$W/obs.err" || rc=$?
+[ "$rc" = 65 ] && grep -q 'ends no line' "$W/obs.err" || fail "the CR as it came: want 65, got $rc $(cat "$W/obs.err")"
+post 'alice@bücher.example' 'alice@bücher.example' "$W/obs.eml"
+r=$(pipe_result 7)
+case $r in *status=sent*) ;; *) fail "through Postfix, the post with 'Name :' and a CR: $r" ;; esac
+xp_drain
+f=$(grep -l '^X-Obs-Poster: obsolete syntax' "$W/smtp3/new/"* | tail -1)
+[ -n "$f" ] || fail "no copy with 'X-Obs-Poster: obsolete syntax': $(grep -h X-Obs "$W/smtp3/new/"*)"
+grep -q '^X-Cr: one two' "$f" || fail "the copy's X-Cr: $(grep -a '^X-Cr' "$f")"
+grep -qE $'^[!-9;-~]+[ \t]+:' "$f" && fail "the copy has a field with white space before its colon"
 echo "PASS exploder_smtputf8"
