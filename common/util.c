@@ -378,17 +378,17 @@ int util_write_file_atomic(const char *path, const void *data, size_t len, mode_
     return util_atomic_commit(af);
 }
 
-int util_uri_has_pin_value(const char *uri)
+/* Whether uri has the attribute attr ("pin-value") anywhere, read as
+ * p11-kit reads it, whitespace dropped ("pin -value=" is a pin-value
+ * there): a refusal that shows the URI must not show it. */
+static int uri_has_attr(const char *uri, const char *attr)
 {
-    static const char attr[] = "pin-value";
-    size_t n = 0;
+    size_t n = 0, alen = strlen(attr);
     char *plain;
     int found = 0;
 
     if (uri == NULL)
         return 0;
-    /* Read as p11-kit reads it, whitespace dropped ("pin -value=" is a
-     * pin-value there): a refusal that shows the URI must not show it. */
     if ((plain = malloc(strlen(uri) + 1)) == NULL)
         return 1; /* cannot tell: treated as carrying one, never shown */
     for (const char *p = uri; *p != '\0'; p++)
@@ -397,9 +397,19 @@ int util_uri_has_pin_value(const char *uri)
     plain[n] = '\0';
     for (const char *p = plain; *p != '\0' && !found; p++)
         found = (p == plain || p[-1] == ';' || p[-1] == '?' || p[-1] == '&' || p[-1] == ':') &&
-                strncasecmp(p, attr, sizeof(attr) - 1) == 0 && p[sizeof(attr) - 1] == '=';
+                strncasecmp(p, attr, alen) == 0 && p[alen] == '=';
     free(plain);
     return found;
+}
+
+int util_uri_has_pin_value(const char *uri)
+{
+    return uri_has_attr(uri, "pin-value");
+}
+
+int util_uri_has_pin_source(const char *uri)
+{
+    return uri_has_attr(uri, "pin-source");
 }
 
 static int uri_byte_needs_escape(unsigned char c, int strict)

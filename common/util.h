@@ -102,6 +102,12 @@ const char *util_pin_source_path(const char *source);
  * refused where it is given and never shown: the PIN would be in an error
  * line, a log or a database record. */
 int util_uri_has_pin_value(const char *uri);
+/* Nonzero when a pkcs11: URI names a PIN source (pin-source, RFC 7512
+ * section 2.4, read as util_uri_has_pin_value reads pin-value). groupsrv
+ * logs in to its token once, with [hsm] pin_source: a key URI's own PIN
+ * source is refused where the URI is given (--use-key, [tls] key) rather
+ * than ignored without a word. */
+int util_uri_has_pin_source(const char *uri);
 
 /* Nonzero when a pkcs11: URI holds a byte RFC 7512 wants percent-encoded
  * and p11-kit does not refuse. Always, in the path (before any '?': the

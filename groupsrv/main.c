@@ -260,6 +260,18 @@ static int refuse_uri_pin(const char *cmd)
                            "from [hsm] pin_source only", cmd));
 }
 
+/* --use-key with a pin-source: exit 1. The token is logged in once, with
+ * [hsm] pin_source, for every key on it: a PIN source of the key's own
+ * would be ignored (a key adopted with one that named another PIN, or a
+ * file since deleted, would seem to work), and the database would record
+ * the file's path. */
+static int refuse_uri_pin_source(const char *cmd)
+{
+    return fail(gs_err_set(GS_ERR_ARGS, "%s: the --use-key URI names a PIN source (pin-source), which groupsrv "
+                           "does not read: the PIN comes from [hsm] pin_source only; drop pin-source= from the URI",
+                           cmd));
+}
+
 /* --use-key with a space, a label's UTF-8 or another byte RFC 7512 wants
  * percent-encoded: exit 1 with the encoded URI to give instead. p11-kit
  * would drop the space and look for another key, and the database would
@@ -283,6 +295,8 @@ static int use_key_refusal(const char *cmd, const char *uri)
         return 0;
     if (util_uri_has_pin_value(uri))
         return refuse_uri_pin(cmd);
+    if (util_uri_has_pin_source(uri))
+        return refuse_uri_pin_source(cmd);
     if (strncmp(uri, "pkcs11:", 7) != 0)
         return fail(gs_err_set(GS_ERR_ARGS, "%s: --use-key needs a pkcs11: URI of a private key", cmd));
     if (util_uri_needs_escape(uri, 1))

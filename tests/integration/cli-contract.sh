@@ -126,6 +126,19 @@ expect 1 "group create: the --use-key URI carries a PIN \(pin-value; not shown\)
 expect 1 "ca init: the --use-key URI carries a PIN" "groupsrv ca init --use-key ...PIN-VALUE" -- \
   "$gs" -c "$gconf" ca init --use-key 'pkcs11:object=k;PIN-VALUE=918273'
 [ ! -e "$work/gs.db" ] || fail "groupsrv ca init refused a --use-key URI but created the database"
+# a PIN source in a key URI (p11tool, OpenSSL's pkcs11 provider write
+# ?pin-source=file:PATH) is refused, not ignored: the token is logged in
+# once with [hsm] pin_source, and the database would record the path
+expect 1 "^groupsrv: ca init: the --use-key URI names a PIN source \(pin-source\), which groupsrv does not read: .*\[hsm\] pin_source" \
+  "groupsrv ca init --use-key ...?pin-source=file:" -- \
+  "$gs" -c "$gconf" ca init --use-key "pkcs11:object=k;type=private?pin-source=file:$work/pin"
+expect 1 "group create: the --use-key URI names a PIN source \(pin-source\)" "groupsrv group create --use-key ...;PIN-Source=" -- \
+  "$gs" -c "$gconf" group create eng --address eng@lists.example.org --use-key "pkcs11:object=k;type=private;PIN-Source=$work/pin"
+[ ! -e "$work/gs.db" ] || fail "groupsrv ca init refused a --use-key pin-source but created the database"
+printf '[tls]\ncert = /x.pem\nkey = pkcs11:token=groupsrv;object=tls?pin-source=file:%s/pin\n' "$work" |
+  cat "$gconf" - > "$work/tlspsrc.conf"
+expect 5 "'key' in \[tls\] names a PIN source \(pin-source\), which groupsrv does not read" \
+  "groupsrv: [tls] key URI with a pin-source" -- "$gs" -c "$work/tlspsrc.conf" group list
 # a --use-key URI with a byte RFC 7512 wants percent-encoded: refused with
 # the encoded URI (p11-kit drops the space and looks for "cakey"; the
 # database would record, and every output show, the URI as typed)

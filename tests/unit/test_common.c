@@ -850,6 +850,10 @@ static void test_uri_escape_loose(void **state)
     assert_true(util_uri_has_pin_value("pkcs11:object=k?pin -value=1234"));
     assert_true(util_uri_has_pin_value("pkcs11:object=k; PIN-VALUE=1234"));
     assert_false(util_uri_has_pin_value("pkcs11:object=pin-valued"));
+    assert_true(util_uri_has_pin_source("pkcs11:object=k?pin-source=file:/p"));
+    assert_true(util_uri_has_pin_source("pkcs11:object=k;PIN -Source=/p"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=pin-sources"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=k?pin-value=1"));
     assert_true(util_uri_needs_escape("pkcs11:object=eng key", 0));
     assert_true(util_uri_needs_escape("pkcs11:object=eng\tkey", 0));
     assert_false(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 0));
