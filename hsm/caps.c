@@ -98,6 +98,9 @@ static unsigned flags_from_ck(CK_FLAGS f)
 /* ---- mechanisms ------------------------------------------------------------ */
 
 #define MECH_LIST_MAX 4096
+/* Reads of a mechanism list that grows between its two calls before the
+ * probe gives up (and is incomplete, so tried again at the next use). */
+#define MECH_LIST_TRIES 3
 /* Larger session counts are sentinels (or no limit in practice). */
 #define HSM_MAX_SESSIONS_REPORTED 65536ul
 
@@ -120,6 +123,7 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_ULONG n = 0, i, k;
     CK_SLOT_ID slot;
     hsm_err err;
+    int tries;
 
     (void)s;
     pthread_mutex_lock(&ctx->pool_mu);
@@ -127,20 +131,47 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     pthread_mutex_unlock(&ctx->pool_mu);
     for (k = 0; k < HSM_MECH_COUNT_; k++)
         memset(&c->mech[k], 0, sizeof(c->mech[k]));
-    if ((err = P11(ctx, C_GetMechanismList, slot, NULL, &n)) != HSM_OK)
-        return err;
-    if (n == 0)
-        return HSM_OK;
-    if (n > MECH_LIST_MAX)
-        n = MECH_LIST_MAX;
-    /* One spare element: p11-kit 0.24.1's RPC client, dropping the
-     * mechanisms it cannot carry, moves the list with one element too
-     * many (a read past its end; found by AddressSanitizer). */
-    if ((list = calloc(n + 1, sizeof(*list))) == NULL)
-        return HSM_ERR_NOMEM;
-    err = P11(ctx, C_GetMechanismList, slot, list, &n);
-    if (err == HSM_ERR_BUFFER) /* the list grew between the calls: take what fits */
-        err = HSM_OK;
+    /* The whole list or an error. A list that grew between the call
+     * asking its length and the call reading it is CKR_BUFFER_TOO_SMALL
+     * with n the new length and the array undefined: asked for again,
+     * never read (it was read to the new length, past the array's end).
+     * One longer than MECH_LIST_MAX is an error naming its length, not a
+     * list cut short: a mechanism past the cut would count as absent and
+     * choose a weaker key policy for good. */
+    for (tries = 0;; tries++) {
+        CK_ULONG asked;
+
+        if ((err = P11(ctx, C_GetMechanismList, slot, NULL, &n)) != HSM_OK)
+            return err;
+        if (n == 0)
+            return HSM_OK;
+        if (n > MECH_LIST_MAX) {
+            hsm_set_detail("the token lists %lu mechanisms, more than the %d groupsrv reads", (unsigned long)n,
+                           MECH_LIST_MAX);
+            return HSM_ERR_PKCS11;
+        }
+        /* One spare element: p11-kit 0.24.1's RPC client, dropping the
+         * mechanisms it cannot carry, moves the list with one element too
+         * many (a read past its end; found by AddressSanitizer). */
+        if ((list = calloc(n + 1, sizeof(*list))) == NULL)
+            return HSM_ERR_NOMEM;
+        asked = n;
+        err = P11(ctx, C_GetMechanismList, slot, list, &n);
+        if (err == HSM_OK && n > asked) { /* a module that wrote past what it was given: trust none of it */
+            hsm_set_detail("C_GetMechanismList answered %lu mechanisms in an array of %lu", (unsigned long)n,
+                           (unsigned long)asked);
+            err = HSM_ERR_PKCS11;
+        }
+        if (err != HSM_ERR_BUFFER)
+            break;
+        free(list);
+        list = NULL;
+        if (tries + 1 >= MECH_LIST_TRIES) {
+            hsm_set_detail("the token's mechanism list kept growing between the call asking its length and the "
+                           "call reading it (%d tries)", MECH_LIST_TRIES);
+            return HSM_ERR_PKCS11;
+        }
+    }
     for (i = 0; err == HSM_OK && i < n; i++) {
         for (k = 0; k < HSM_MECH_COUNT_; k++) {
             CK_MECHANISM_INFO mi;

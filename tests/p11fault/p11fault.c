@@ -41,6 +41,13 @@
  *       C_FindObjects hands out at most n handles a call, as PKCS#11
  *       allows (and tokens that page their answers do): a caller must call
  *       it until it answers none. 0 = off (p11fault_clear() too).
+ *   void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
+ *       C_GetMechanismList lists n vendor-defined mechanisms after the
+ *       real ones (a token with a very long list), and after each of the
+ *       next grow_calls calls (< 0: every call) grow more: a list that
+ *       grows between the call asking its length and the call reading it
+ *       (CKR_BUFFER_TOO_SMALL with the new length). 0, 0, 0 = off
+ *       (p11fault_clear() too).
  *
  * Out-of-process control (for servers under test, which cannot be reached
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
@@ -150,6 +157,7 @@ P11FAULT_EXPORT void p11fault_token_flags(CK_FLAGS flags);
 P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
 P11FAULT_EXPORT void p11fault_find_batch(unsigned long n);
+P11FAULT_EXPORT void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -157,6 +165,8 @@ static void *real_dl;
 static CK_FUNCTION_LIST *real;
 static unsigned long find_batch; /* C_FindObjects' most handles a call (fault_mu); 0: as asked */
 static struct timespec last_find;  /* when C_FindObjects was called last (fault_mu) */
+static unsigned long mech_pad, mech_grow; /* p11fault_mech_pad (fault_mu) */
+static int mech_grow_calls;
 
 static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
@@ -389,6 +399,29 @@ static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechan
         return rv_;
     if (real == NULL || real->C_GetMechanismList == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
+    pthread_mutex_lock(&fault_mu);
+    unsigned long pad = mech_pad;
+    if (mech_grow_calls != 0) {
+        mech_pad += mech_grow;
+        if (mech_grow_calls > 0)
+            mech_grow_calls--;
+    }
+    pthread_mutex_unlock(&fault_mu);
+    if (pad != 0 && count != NULL) {
+        CK_ULONG cap = *count, rn = 0;
+        if ((rv_ = real->C_GetMechanismList(slot_id, NULL, &rn)) != CKR_OK)
+            return rv_;
+        if (mechanism_list == NULL || cap < rn + pad) {
+            *count = rn + pad;
+            return mechanism_list == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+        }
+        if ((rv_ = real->C_GetMechanismList(slot_id, mechanism_list, &rn)) != CKR_OK)
+            return rv_;
+        for (unsigned long i = 0; i < pad; i++)
+            mechanism_list[rn + i] = CKM_VENDOR_DEFINED | (0x47530000ul + i);
+        *count = rn + pad;
+        return CKR_OK;
+    }
     rv_ = real->C_GetMechanismList(slot_id, mechanism_list, count);
     if (rv_ == CKR_OK)
         prof_mech_list_post(mechanism_list, count, mechanism_list == NULL);
@@ -1800,6 +1833,15 @@ void p11fault_find_batch(unsigned long n)
     pthread_mutex_unlock(&fault_mu);
 }
 
+void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls)
+{
+    pthread_mutex_lock(&fault_mu);
+    mech_pad = n;
+    mech_grow = grow;
+    mech_grow_calls = grow_calls;
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void p11fault_disconnect(void)
 {
     pthread_mutex_lock(&fault_mu);
@@ -1822,6 +1864,8 @@ void p11fault_clear(void)
         overrides[i].value = -1;
     break_attr = 0;
     find_batch = 0;
+    mech_pad = mech_grow = 0;
+    mech_grow_calls = 0;
     pthread_mutex_unlock(&fault_mu);
 }
 

@@ -81,6 +81,9 @@ int testfault_break_on_attribute(unsigned long type);
 /* p11fault_find_batch: C_FindObjects hands out at most n handles a call
  * (0: as many as asked). */
 int testfault_find_batch(unsigned long n);
+/* p11fault_mech_pad: C_GetMechanismList lists n more mechanisms, and
+ * grow more after each of the next grow_calls calls (< 0: every call). */
+int testfault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
 /* A second secret key labelled `label` on the token labelled token_label,
  * made with C_CopyObject by the SoftHSM module this process has loaded
  * (hsm/ refuses to make a label in use), in a session of its own that

@@ -2815,6 +2815,47 @@ static void test_caps_mech_info_transient(void **state)
     t_close(ctx);
 }
 
+/* The token's mechanism list is read whole or not at all. A list that
+ * grew between the call asking its length and the call reading it
+ * (CKR_BUFFER_TOO_SMALL, the count now the new length, the list itself
+ * undefined) was read to the new length past the end of the array, as
+ * if it held mechanisms; it is asked for again. A list longer than the
+ * 4096 groupsrv reads was cut there without a word (a mechanism past the
+ * cut would be absent: a weaker key policy chosen for good); it makes the
+ * set incomplete, naming the length. */
+static void test_caps_mech_list_whole(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_caps c;
+    (void)state;
+
+    /* Grows by 64 once, between the two calls: read again, all there. */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_mech_pad(8, 64, 1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    assert_true(c.rewrap_on_token);
+    assert_true(c.secret_on_token);
+    t_close(ctx);
+    /* Grows at every call: given up after a few tries, said so. */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_mech_pad(8, 64, -1), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_true(c.incomplete);
+    assert_non_null(strstr(c.incomplete_why, "kept growing"));
+    t_close(ctx);
+    /* Longer than groupsrv reads: incomplete, not cut short. */
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(testfault_mech_pad(5000, 0, 0), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_true(c.incomplete);
+    assert_non_null(strstr(c.incomplete_why, "more than the 4096"));
+    assert_int_equal(testfault_clear(), 0);
+    assert_int_equal(hsm_caps_get(ctx, &c), HSM_OK);
+    assert_false(c.incomplete);
+    t_close(ctx);
+}
+
 /* A CKR_GENERAL_ERROR (or CKR_FUNCTION_FAILED) a token gives for a moment
  * is probed again within the same use; one it gives for good (a mechanism
  * whose info never comes, GS_P11FAULT_MECH_INFO_FAIL; an enforcement wrap
@@ -3476,6 +3517,7 @@ int main(void)
         cmocka_unit_test_teardown(test_log_has_no_secrets, t_teardown),
         cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
         cmocka_unit_test_teardown(test_caps_mech_info_transient, t_teardown),
+        cmocka_unit_test_teardown(test_caps_mech_list_whole, t_teardown),
         cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
