@@ -219,6 +219,10 @@ static bool mech_in(unsigned long m, const unsigned long *set, size_t n)
 static const char *check_mechs(const hsm_key_info *i, const unsigned long *allowed, size_t n, bool required,
                                const char **note)
 {
+    /* Whatever the rest: the mechanisms past the ones read may be outside
+     * the policy, and are not "cannot be read" (a note, accepted). */
+    if (i->allowed_mechanisms_too_many)
+        return "CKA_ALLOWED_MECHANISMS lists more mechanisms than the 16 groupsrv reads (allow only the policy's)";
     if (i->n_allowed_mechanisms == 0) {
         if (!required)
             return NULL;

@@ -445,6 +445,8 @@ typedef struct hsm_key_info {
     bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
     unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */
     size_t n_allowed_mechanisms;          /* 0 = attribute absent (any mechanism) */
+    bool allowed_mechanisms_too_many;     /* CKA_ALLOWED_MECHANISMS lists more than the 16 above
+                                             (n_allowed_mechanisms 0): never taken as absent */
     bool always_authenticate;             /* CKA_ALWAYS_AUTHENTICATE: a login per use */
     /* The token (or the module in front of it) cannot store, or cannot
      * return, the attribute (hsm_caps_get): absent or not, it was not

@@ -289,7 +289,9 @@ hsm_err hsm_verify_key_policy(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
 void hsm_destroy_session_obj(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h);
 /* Reads CKA_ALLOWED_MECHANISMS into m (cap entries) with one call of a
  * fixed-size buffer (p11-kit's RPC fails the length query of this array
- * attribute with CKR_DEVICE_ERROR). *n = 0 when absent. */
+ * attribute with CKR_DEVICE_ERROR). *n = 0 when absent. More than cap
+ * (or than that buffer) is HSM_ERR_BUFFER with *present true, never the
+ * first cap of them. */
 hsm_err hsm_get_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_MECHANISM_TYPE *m, size_t cap,
                       size_t *n, bool *present);
 

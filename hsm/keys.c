@@ -203,15 +203,24 @@ hsm_err hsm_get_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_
         /* Not stored (or unknown to the token): no limit on this key. */
         if (hsm_last_rv() == CKR_ATTRIBUTE_TYPE_INVALID)
             return HSM_OK;
+        /* Stored, longer than buf: more than cap, said so (below). */
+        if (err == HSM_ERR_BUFFER)
+            *present = true;
         return err;
     }
     if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen % sizeof(CK_MECHANISM_TYPE) != 0)
         return HSM_ERR_PKCS11;
     cnt = a.ulValueLen / sizeof(CK_MECHANISM_TYPE);
     *present = true;
-    for (i = 0; i < cnt && i < cap; i++)
+    /* All or none: the first cap of a longer list would pass a key whose
+     * mechanisms past them are outside a policy. */
+    if (cnt > cap) {
+        hsm_set_detail("CKA_ALLOWED_MECHANISMS lists %zu mechanisms, more than the %zu read", cnt, cap);
+        return HSM_ERR_BUFFER;
+    }
+    for (i = 0; i < cnt; i++)
         m[i] = buf[i];
-    *n = i;
+    *n = cnt;
     return HSM_OK;
 }
 
@@ -1899,10 +1908,13 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         CK_MECHANISM_TYPE m[GS_ARRAY_LEN(out->allowed_mechanisms)];
         size_t i, cnt = 0;
         bool present = false;
-        if (hsm_get_mechs(ctx, s, h, m, GS_ARRAY_LEN(m), &cnt, &present) == HSM_OK) {
+        hsm_err merr = hsm_get_mechs(ctx, s, h, m, GS_ARRAY_LEN(m), &cnt, &present);
+        if (merr == HSM_OK) {
             for (i = 0; i < cnt; i++)
                 out->allowed_mechanisms[i] = m[i];
             out->n_allowed_mechanisms = cnt;
+        } else if (merr == HSM_ERR_BUFFER && present) {
+            out->allowed_mechanisms_too_many = true; /* read, not unknown: a policy refuses it */
         } else {
             out->allowed_mechanisms_unknown = true;
         }

@@ -30,6 +30,11 @@ printf 'not a certificate\n' > "$T/garbage.pem"
 # usages pkcs11-tool does not turn off: CKA_SIGN with --usage-decrypt).
 p11 --keypairgen --key-type rsa:2048 --label tool-key --id 7001 --usage-decrypt >/dev/null 2>&1
 tool_key="pkcs11:token=groupsrv;object=tool-key;type=private"
+# A signing key whose CKA_ALLOWED_MECHANISMS lists every mechanism the
+# token has (pkcs11-tool --allowed-mechanisms): more than groupsrv reads.
+many_mechs=$(pkcs11-tool --module "$SOFTHSM2_MODULE" -M 2>/dev/null | sed -n 's/^  \([A-Z0-9][A-Za-z0-9-]*\),.*/\1/p' | paste -sd, -)
+p11 --keypairgen --key-type rsa:2048 --label many-mech --id 7002 --usage-sign --sensitive \
+  --allowed-mechanisms "$many_mechs" >/dev/null 2>&1 || fail "pkcs11-tool --allowed-mechanisms"
 
 tok_sum() { p11 --list-objects 2>/dev/null | sha256sum; }
 db0=$(db_sum)
@@ -134,6 +139,18 @@ refuse 2 "exclude each other" "$G" -c "$CONF" group create adopt --address adopt
 sed "/^\[db\]/,/^\[/s|^path = .*|path = $T/db2/groupsrv.db|" "$CONF" > "$T/db2.conf"
 refuse 1 "--use-key $tool_key: usage beyond signing set (CKA_DECRYPT): a CA key must be made on the token" \
   "$G" -c "$T/db2.conf" ca init --use-key "$tool_key"
+# ... and one allowing more mechanisms than groupsrv reads (16; SoftHSM
+# gives back up to 64, then CKR_BUFFER_TOO_SMALL) is refused, not taken
+# as "cannot be read through this module (not verified)" nor judged by
+# its first 16. The usages a stock tool cannot clear on SoftHSM are
+# cleared by p11fault, as a token that takes them would.
+sed "s|^module = .*|module = $GS_P11FAULT_MODULE|" "$T/db2.conf" > "$T/db2-fault.conf"
+export GS_P11FAULT_CONTROL="$T/p11fault.ctl"
+printf 'bool CKA_DECRYPT 0\nbool CKA_UNWRAP 0\nbool 0x109 0\n' > "$T/p11fault.ctl.tmp" &&
+  mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
+refuse 1 "CKA_ALLOWED_MECHANISMS lists more mechanisms than the 16 groupsrv reads" \
+  "$G" -c "$T/db2-fault.conf" ca init --use-key "pkcs11:token=groupsrv;object=many-mech;type=private"
+unset GS_P11FAULT_CONTROL
 
 # --- a database from a newer program: refused, untouched
 cp "$T/db/groupsrv.db" "$T/newer.db"
