@@ -261,17 +261,31 @@ static hsm_err find_handles(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmp
     return err != HSM_OK ? err : err2;
 }
 
-/* Finds up to cap key objects matching tmpl (non-key objects skipped). */
+static hsm_err find_all_handles(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *match, CK_ULONG n,
+                                CK_ULONG per_call, CK_OBJECT_HANDLE **out, CK_ULONG *total);
+
+/* Finds up to cap key objects matching tmpl (non-key objects skipped).
+ * A template without a class (a label or id alone) also matches the
+ * certificates and data objects of that label: when FIND_MAX objects
+ * match, the search is made again reading every match (find_all_handles),
+ * so that a key behind FIND_MAX of them is found, and a second key seen,
+ * rather than "no key" (and a second key made with that label) or one key
+ * taken for the only one. */
 static hsm_err find_keys(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
                          CK_OBJECT_HANDLE *found, CK_ULONG cap, CK_ULONG *nfound)
 {
-    CK_OBJECT_HANDLE hs[FIND_MAX];
+    CK_OBJECT_HANDLE first[FIND_MAX], *hs = first, *all = NULL;
     CK_ULONG got = 0, i;
     hsm_err err;
 
     *nfound = 0;
-    if ((err = find_handles(ctx, s, tmpl, n, hs, FIND_MAX, 0, &got)) != HSM_OK)
+    if ((err = find_handles(ctx, s, tmpl, n, first, FIND_MAX, 0, &got)) != HSM_OK)
         return err;
+    if (got == FIND_MAX) {
+        if ((err = find_all_handles(ctx, s, tmpl, n, 0, &all, &got)) != HSM_OK)
+            return err;
+        hs = all;
+    }
     for (i = 0; i < got && *nfound < cap; i++) {
         CK_ULONG cls = 0;
         if (hsm_get_ulong(ctx, s, hs[i], CKA_CLASS, &cls) != HSM_OK)
@@ -279,6 +293,7 @@ static hsm_err find_keys(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, 
         if (is_key_class(cls))
             found[(*nfound)++] = hs[i];
     }
+    free(all);
     return HSM_OK;
 }
 

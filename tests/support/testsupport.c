@@ -396,6 +396,65 @@ out:
     return rc;
 }
 
+int testtoken_data_objects(const char *token_label, const char *label, int n)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[4] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_LABEL, (void *)label, strlen(label)},
+                         {CKA_TOKEN, &yes, sizeof(yes)},
+                         {CKA_PRIVATE, &no, sizeof(no)}};
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_FUNCTION_LIST *fl = NULL;
+    CK_SLOT_ID slots[16];
+    CK_ULONG ns = 16;
+    CK_SESSION_HANDLE s = 0;
+    size_t tl = strlen(token_label);
+    int rc = -1;
+    void *dl = dlopen(testtoken_softhsm_module(), RTLD_NOW | RTLD_NOLOAD);
+
+    if (dl == NULL || tl > 32)
+        goto out;
+    *(void **)(&get_list) = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&fl) != CKR_OK || fl->C_GetSlotList(CK_TRUE, slots, &ns) != CKR_OK)
+        goto out;
+    for (CK_ULONG i = 0; i < ns && s == 0; i++) {
+        CK_TOKEN_INFO ti;
+        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, token_label, tl) == 0 &&
+            (tl == 32 || ti.label[tl] == ' ') &&
+            fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK)
+            goto out;
+    }
+    if (s == 0)
+        goto out;
+    rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        CK_OBJECT_HANDLE h;
+        if (fl->C_CreateObject(s, t, 4, &h) != CKR_OK)
+            rc = -1;
+    }
+    while (n == 0 && rc == 0) {
+        CK_OBJECT_HANDLE h;
+        CK_ULONG got = 0;
+        if (fl->C_FindObjectsInit(s, t, 2) != CKR_OK)
+            rc = -1;
+        else if (fl->C_FindObjects(s, &h, 1, &got) != CKR_OK)
+            rc = -1;
+        if (fl->C_FindObjectsFinal(s) != CKR_OK)
+            rc = -1;
+        if (rc != 0 || got == 0)
+            break;
+        if (fl->C_DestroyObject(s, h) != CKR_OK)
+            rc = -1;
+    }
+out:
+    if (s != 0 && fl->C_CloseSession(s) != CKR_OK)
+        rc = -1;
+    if (dl != NULL)
+        (void)dlclose(dl);
+    return rc;
+}
+
 int testtoken_copy_destroy(struct testtoken_copy *c)
 {
     int rc = 0;

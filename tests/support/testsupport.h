@@ -91,6 +91,10 @@ int testfault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
  * logged-in hsm context open on that token. NULL on failure. */
 struct testtoken_copy;
 struct testtoken_copy *testtoken_copy_secret(const char *token_label, const char *label);
+/* n public data objects (CKO_DATA) labelled label made on the token of
+ * token_label, through the SoftHSM module hsm_open loaded; n == 0 destroys
+ * every data object of that label: 0, or -1. */
+int testtoken_data_objects(const char *token_label, const char *label, int n);
 int testtoken_copy_destroy(struct testtoken_copy *c);
 /* The slot id of the SoftHSM token labelled token_label, asked of the
  * module hsm_open loaded (as testtoken_copy_secret): 0, or -1. */

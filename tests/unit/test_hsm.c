@@ -765,6 +765,33 @@ static void test_find_in_batches(void **state)
     t_close(ctx);
 }
 
+/* A label that also names 20 data objects (certificates and data objects
+ * share labels with keys: pkcs11-tool writes a certificate under its
+ * key's label): a search by label alone matches them all. It read the
+ * first 16 matches only, so a key behind them was "not on the token" and
+ * a second key of the label was made as if it were the first. The data
+ * objects are made first, so SoftHSM hands the key out after them. */
+static void test_find_behind_many_objects(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_key *made = NULL, *again = NULL, *k = NULL;
+    hsm_keygen_spec sp = {"crowded", NULL, 0, HSM_KEYTYPE_AES, 256, HSM_USE_WRAP, false, false};
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 1);
+    assert_int_equal(testtoken_data_objects(TOKEN_LABEL, "crowded", 20), 0);
+    assert_int_equal(hsm_generate_secret_key(ctx, &sp, &made), HSM_OK);
+    assert_int_equal(hsm_key_find(ctx, "crowded", 0, &k), HSM_OK);
+    assert_non_null(k);
+    hsm_key_free(k);
+    assert_int_equal(hsm_generate_secret_key(ctx, &sp, &again), HSM_ERR_KEY_EXISTS);
+    assert_null(again);
+    assert_int_equal(hsm_key_destroy(ctx, made), HSM_OK);
+    hsm_key_free(made);
+    assert_int_equal(testtoken_data_objects(TOKEN_LABEL, "crowded", 0), 0);
+    t_close(ctx);
+}
+
 /* SoftHSM 2.6's token directory tokdir/tokens/<uuid>: its path in buf. */
 static void softhsm_token_path(char *buf, size_t cap)
 {
@@ -3518,6 +3545,7 @@ int main(void)
         cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
         cmocka_unit_test_teardown(test_caps_mech_info_transient, t_teardown),
         cmocka_unit_test_teardown(test_caps_mech_list_whole, t_teardown),
+        cmocka_unit_test_teardown(test_find_behind_many_objects, t_teardown),
         cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
