@@ -2542,6 +2542,7 @@ struct audit {
     bool trusted_wrap_unenforced; /* the token keeps CKA_WRAP_WITH_TRUSTED without enforcing it */
     bool no_aes_key_wrap;         /* the module offers no CKM_AES_KEY_WRAP for C_WrapKey */
     char note[320];               /* a row's note and one of ours */
+    char why[320];                /* a key URI's own reason it found no key (fetch) */
 };
 
 static void report(struct audit *a, gs_key_audit_row *row)
@@ -2589,6 +2590,18 @@ static void audit_retired(struct audit *a, gs_key_audit_row *row, const char *pr
 static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, hsm_key_info *info, hsm_key **key)
 {
     hsm_err he = *key != NULL ? HSM_OK : hsm_key_find(a->hsm, label, cls, key);
+    const char *d = hsm_last_error_detail();
+
+    /* A key recorded by a URI (--use-key) whose slot-id, slot or module
+     * attributes no longer match (a reader plugged in elsewhere, the
+     * module upgraded) or that names another token: the key may well be
+     * on the token, and "missing" would send the operator looking for a
+     * deleted key. The URI's own reason, as serve gives it. */
+    if ((he == HSM_ERR_KEY_NOT_FOUND || he == HSM_ERR_URI) && strncmp(label, "pkcs11:", 7) == 0 && d != NULL &&
+        (strncmp(d, "key URI names another", 21) == 0 || strstr(d, "names another module") != NULL)) {
+        snprintf(a->why, sizeof(a->why), "not found by its recorded URI: %.260s", d);
+        return a->why;
+    }
     if (he == HSM_ERR_KEY_NOT_FOUND)
         return "missing from the token";
     if (he == HSM_ERR_KEY_AMBIGUOUS)
@@ -2880,7 +2893,7 @@ gs_err gs_keys_unrecorded(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, cons
 gs_err gs_keys_audit(gs_store *st, hsm_ctx *hsm, void (*cb)(void *arg, const gs_key_audit_row *row), void *arg,
                      unsigned *problems)
 {
-    struct audit a = {hsm, cb, arg, 0, false, false, ""};
+    struct audit a = {hsm, cb, arg, 0, false, false, "", ""};
     hsm_caps caps;
     gs_store_ca *ca = NULL;
     gs_store_group **groups = NULL;

@@ -35,6 +35,9 @@ tool_key="pkcs11:token=groupsrv;object=tool-key;type=private"
 many_mechs=$(pkcs11-tool --module "$SOFTHSM2_MODULE" -M 2>/dev/null | sed -n 's/^  \([A-Z0-9][A-Za-z0-9-]*\),.*/\1/p' | paste -sd, -)
 p11 --keypairgen --key-type rsa:2048 --label many-mech --id 7002 --usage-sign --sensitive \
   --allowed-mechanisms "$many_mechs" >/dev/null 2>&1 || fail "pkcs11-tool --allowed-mechanisms"
+# A CA key on a card, adopted by a URI naming its slot (as p11tool writes it).
+p11 --keypairgen --key-type rsa:2048 --label card-ca --id 7003 --usage-sign --sensitive \
+  --allowed-mechanisms SHA256-RSA-PKCS,RSA-PKCS >/dev/null 2>&1 || fail "pkcs11-tool --keypairgen card-ca"
 
 tok_sum() { p11 --list-objects 2>/dev/null | sha256sum; }
 db0=$(db_sum)
@@ -150,6 +153,17 @@ printf 'bool CKA_DECRYPT 0\nbool CKA_UNWRAP 0\nbool 0x109 0\n' > "$T/p11fault.ct
   mv -f "$T/p11fault.ctl.tmp" "$GS_P11FAULT_CONTROL"
 refuse 1 "CKA_ALLOWED_MECHANISMS lists more mechanisms than the 16 groupsrv reads" \
   "$G" -c "$T/db2-fault.conf" ca init --use-key "pkcs11:token=groupsrv;object=many-mech;type=private"
+# A key recorded by a URI whose slot-id no longer matches (the reader
+# plugged in elsewhere): check says so, with both slot ids, and that the
+# key may well be there; not "missing from the token" (it is not).
+slot=$(pkcs11-tool --module "$SOFTHSM2_MODULE" -L 2>/dev/null | sed -n 's/^Slot [0-9]* (0x\([0-9a-f]*\)).*/\1/p' | head -1)
+[ -n "$slot" ] || fail "no slot id from pkcs11-tool -L"
+expect_rc 0 "$G" -c "$T/db2-fault.conf" ca init \
+  --use-key "pkcs11:token=groupsrv;slot-id=$((16#$slot));object=card-ca;type=private"
+sqlite3 "$T/db2/groupsrv.db" "UPDATE ca SET key_label = replace(key_label, 'slot-id=$((16#$slot))', 'slot-id=7')"
+expect_rc 1 "$G" -c "$T/db2-fault.conf" check
+grep -q "^ca .*PROBLEM: not found by its recorded URI: key URI names another slot (slot-id=7; the token is in slot-id=$((16#$slot)))" "$T/out" ||
+  { cat "$T/out"; fail "check: a key URI whose slot-id no longer matches"; }
 unset GS_P11FAULT_CONTROL
 
 # --- a database from a newer program: refused, untouched
