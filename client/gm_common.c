@@ -578,19 +578,27 @@ static char *token_uri_of(const char *key_uri)
     return out;
 }
 
-/* RFC 7512 pin-source query attribute, if any (malloc'd), its %XX
- * decoded as p11-kit decodes it ("file:/My%20PINs/pin", as RFC 7512
- * writes it); a raw space is kept, as groupmail always read it. */
+/* RFC 7512 pin-source attribute, if any (malloc'd), its %XX decoded as
+ * p11-kit decodes it ("file:/My%20PINs/pin", as RFC 7512 writes it); a
+ * raw space is kept, as groupmail always read it. In the query, as RFC
+ * 7512 puts it, or in the path, where p11-kit reads it too (older URIs
+ * carry it there): a path one was ignored, and the key "not found
+ * (no PIN source)". */
 static char *pin_source_of(const char *key_uri)
 {
-    const char *q = strchr(key_uri, '?');
-    while (q != NULL) {
-        q++;
-        if (strncmp(q, "pin-source=", 11) == 0) {
-            /* RFC 7512 "file:PATH" is also our pin source syntax */
-            return util_uri_value_decode(q + 11, strcspn(q + 11, "&"));
-        }
-        q = strchr(q, '&');
+    const char *p = key_uri + (strncmp(key_uri, "pkcs11:", 7) == 0 ? 7 : 0);
+    bool in_query = false;
+
+    while (*p != '\0') {
+        size_t len = strcspn(p, in_query ? "&" : ";?");
+        /* RFC 7512 "file:PATH" is also our pin source syntax */
+        if (len >= 11 && strncmp(p, "pin-source=", 11) == 0)
+            return util_uri_value_decode(p + 11, len - 11);
+        p += len;
+        if (*p == '?')
+            in_query = true;
+        if (*p != '\0')
+            p++;
     }
     return NULL;
 }

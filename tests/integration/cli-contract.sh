@@ -426,6 +426,17 @@ if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" --pin-
 else
   fail "groupmail csr with --pin-source: $(cat "$work/err")"
 fi
+# ... and with the URI's own pin-source, in its query (RFC 7512) or in its
+# path, where p11-kit also reads it (it was ignored there: "no PIN source")
+for u in "?pin-source=file:$work/tok/user-pin" ";pin-source=file:$work/tok/user-pin"; do
+  if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" \
+      --key "pkcs11:token=groupsrv;object=member;type=private$u" --from a@example.org 2>"$work/err" |
+      grep -q 'BEGIN CERTIFICATE REQUEST'; then
+    ok "groupmail csr with ${u%%=*}= in the key URI signs on the token"
+  else
+    fail "groupmail csr with ${u%%=*}= in the key URI: $(cat "$work/err")"
+  fi
+done
 
 # ---- scripts/setup with packages missing, as a user without root or sudo ----
 # (a Debian 12 installed with a root password has no sudo): it names what
