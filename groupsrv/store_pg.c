@@ -268,6 +268,8 @@ struct pg_store {
     bool unreplicated;    /* a commit's synchronous standby wait was ended (end_orphan, or the database:
                              notice_receive): made on the primary alone */
     bool own_stmt_timeout; /* the session's statement_timeout is [db] timeout, not one the DBA set */
+    int64_t stmt_timeout_ms; /* the session's statement_timeout at its setup (0: none, or not understood) */
+    int64_t sent_ms;         /* CLOCK_MONOTONIC when the statement awaited last was sent */
     bool idle_timeout_off; /* pg_keys_lock_try turned idle_session_timeout off: unlock RESETs it */
 };
 
@@ -392,6 +394,9 @@ static int sqlstate_unavailable(const char *state)
                              strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0);
 }
 
+/* await_result reads the clock just after the statement went out */
+#define SENT_SLACK_MS 50
+
 /* The gs_err for a failed result (res may be NULL). */
 static gs_err result_error(gs_store *st, PGresult *res, const char *what)
 {
@@ -412,7 +417,18 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
          * statement cut by statement_timeout or a standby is no
          * unreachable database. */
         bool locked = state != NULL && strcmp(state, "55P03") == 0;
-        bool too_long = state != NULL && strcmp(state, "57014") == 0 && strstr(msg, "statement timeout") != NULL;
+        /* 57014 (query_canceled) is both statement_timeout and a cancel
+         * (pg_cancel_backend); only the message tells them apart, and it is
+         * in the server's lc_messages ("storniere Anfrage wegen
+         * Zeitüberschreitung der Anfrage"): matched in English, every cut
+         * on a server speaking another language was logged as a lost
+         * connection, and as restored at the next statement. So by time:
+         * the statement_timeout cuts a statement only after it ran that
+         * long, which the client, having sent it earlier, saw at least
+         * too (less the moment between the send and await_result's
+         * clock: the slack); a cancel sooner is no timeout. */
+        bool too_long = state != NULL && strcmp(state, "57014") == 0 && PG(st)->stmt_timeout_ms > 0 &&
+                        monotonic_ms() - PG(st)->sent_ms + SENT_SLACK_MS >= PG(st)->stmt_timeout_ms;
         bool read_only = state != NULL && strcmp(state, "25006") == 0;
         if (!PG(st)->lost && !locked && !too_long)
             log_warn("database connection lost op=\"%s\" detail=\"%s\"", what, log_qs(msg));
@@ -500,6 +516,7 @@ static PGresult *await_result(gs_store *st, int sent)
     PGresult *res = NULL, *r;
     bool ready = false;
 
+    PG(st)->sent_ms = monotonic_ms();
     if (!sent)
         return NULL;
     for (;;) {
@@ -677,6 +694,30 @@ static gs_err end_orphan(gs_store *st)
     return GS_OK;
 }
 
+/* A time setting as SHOW prints it ("0", "250ms", "90s", "2min", "1h",
+ * "1d": the largest unit that divides it, milliseconds bare when none),
+ * in milliseconds; 0 for anything else. */
+static int64_t guc_ms(const char *v)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"", 1}, {"ms", 1}, {"s", 1000}, {"min", 60000}, {"h", 3600000}, {"d", 86400000}};
+    char *end = NULL;
+    long long n;
+
+    if (v == NULL || *v < '0' || *v > '9')
+        return 0;
+    errno = 0;
+    n = strtoll(v, &end, 10);
+    if (errno != 0 || n <= 0 || n > INT32_MAX)
+        return 0;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (strcmp(end, units[i].unit) == 0)
+            return (int64_t)n * units[i].ms;
+    return 0;
+}
+
 /* This connection's backend: its pid and start (microseconds: no
  * DateStyle or time zone in it), which tells it from a later backend
  * given its pid, for end_orphan. The pid as the backend says, not libpq's
@@ -786,8 +827,9 @@ static gs_err connect_session(gs_store *st)
                    "SELECT set_config('client_min_messages', CASE current_setting('client_min_messages') "
                    "WHEN 'error' THEN 'warning' ELSE current_setting('client_min_messages') END, false); "
                    "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'; "
-                   "SELECT set_config('statement_timeout', '%us', false) "
-                   "WHERE current_setting('statement_timeout') = '0'",
+                   "SELECT CASE WHEN current_setting('statement_timeout') = '0' "
+                   "THEN set_config('statement_timeout', '%us', false) END IS NOT NULL, "
+                   "current_setting('statement_timeout')",
                    st->readonly ? "SET default_transaction_read_only = on; " : "", gs_store_timeout());
     PGresult *res = pg_exec(st, setup);
     PG(st)->writing = false;
@@ -796,8 +838,16 @@ static gs_err connect_session(gs_store *st)
         PQclear(res);
         return err;
     }
-    /* the last statement's row: set here, so a cut statement ran past [db] timeout */
-    PG(st)->own_stmt_timeout = PQntuples(res) == 1;
+    /* the last statement's row: set here, so a cut statement ran past [db]
+     * timeout; otherwise the DBA's value, as the session has it now (a
+     * reload that changes postgresql.conf's later is not seen: a cut
+     * sooner than this one is then logged as a lost connection) */
+    PG(st)->own_stmt_timeout = PQntuples(res) == 1 && PQnfields(res) == 2 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    if (PG(st)->own_stmt_timeout)
+        PG(st)->stmt_timeout_ms = (int64_t)gs_store_timeout() * 1000;
+    else
+        PG(st)->stmt_timeout_ms =
+            PQntuples(res) == 1 && PQnfields(res) == 2 ? guc_ms(PQgetvalue(res, 0, 1)) : 0;
     PQclear(res);
     if ((err = identify_backend(st)) != GS_OK)
         return err;

@@ -68,6 +68,7 @@ fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serv
 ok() { echo "ok: $*"; }
 . "$SRC/tests/integration/pg-server-lib.sh"
 
+PG_LANGUAGE=de # the server speaks German where a case sets lc_messages
 pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
@@ -263,8 +264,10 @@ unwrap 200 "unwrap once the lock is released" -- alice
 # (10 s here): it cuts the statement, and the log says so; before, it
 # blamed [db] timeout, which groupsrv sets only where nobody chose a value,
 # sending the operator to the wrong knob, and then named only the role, the
-# database and the URI, where this one is in none of them.
-pg_psql postgres -c "ALTER SYSTEM SET statement_timeout = '1s'" >/dev/null
+# database and the URI, where this one is in none of them. The server
+# speaks German here (lc_messages): the cut was told by its English text,
+# and in any other language logged as a lost connection.
+pg_psql postgres -c "ALTER SYSTEM SET statement_timeout = '1s'" -c "ALTER SYSTEM SET lc_messages = 'C.UTF-8'" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
   [ "$(sql "SHOW statement_timeout")" = 1s ] && break
@@ -280,7 +283,10 @@ unwrap 503 db_unavailable "unwrap cut by the database's statement_timeout" -- al
 pg_release "COMMIT;"
 tail -n +$((log0 + 1)) "$work/serve.log" | grep -q "ran longer than the statement_timeout PostgreSQL gives groupsrv's sessions (postgresql.conf" ||
   fail "a statement cut by postgresql.conf's statement_timeout: $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
-pg_psql postgres -c "ALTER SYSTEM RESET statement_timeout" >/dev/null
+tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'storniere Anfrage' ||
+  fail "the server did not speak German (postgresql-15's translations?): $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
+tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'database connection lost' && fail "a statement_timeout logged as a lost connection"
+pg_psql postgres -c "ALTER SYSTEM RESET statement_timeout" -c "ALTER SYSTEM RESET lc_messages" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
   [ "$(sql "SHOW statement_timeout")" = 0 ] && break

@@ -26,6 +26,9 @@
 #                                     maintenance database's URI), run CMD,
 #                                     stop and remove it; CMD's exit status
 # PG_BIN may point at the server binaries (default: Debian's PostgreSQL 15).
+# PG_LANGUAGE (e.g. de), when set, is the server's LANGUAGE: its messages are
+# in that language once lc_messages is not C (C.UTF-8 will do; the initdb
+# here is --locale=C, so English until then).
 
 PG_BIN=${PG_BIN:-}
 if [ -z "$PG_BIN" ]; then
@@ -80,7 +83,7 @@ EOF
 }
 
 pg_restart() {
-  if ! _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_ROOT/data" -l "$PG_ROOT/server.log" -w -t 60 start >/dev/null; then
+  if ! _pg_as_owner env ${PG_LANGUAGE:+LANGUAGE=$PG_LANGUAGE} "$PG_BIN/pg_ctl" -D "$PG_ROOT/data" -l "$PG_ROOT/server.log" -w -t 60 start >/dev/null; then
     echo "pg.sh: the server did not start:" >&2
     tail -n 20 "$PG_ROOT/server.log" >&2
     return 1
