@@ -647,16 +647,19 @@ static gs_err end_orphan(gs_store *st)
     }
     if (err == GS_ERR_DB_UNAVAILABLE)
         return err; /* this connection is gone too: the next one tries again */
-    /* Gone before it was looked at, under [db] unreplicated_writes =
-     * refuse with synchronous standbys asked for: a primary that crashed
-     * or was stopped with -m immediate while the COMMIT waited for a
-     * standby (none connected) has the commit in its WAL, and after the
-     * restart the lookup finds the rows, with no WARNING and no backend
-     * in SyncRep to tell they are on the primary alone. Whether a standby
-     * has them is unknown, so they count as not: such an unwrap was
-     * answered 200 with the key. An unreadable setting counts as set. */
+    /* Gone before it was looked at, with synchronous standbys asked for:
+     * a primary that crashed, was stopped with -m immediate or lost its
+     * postmaster (kill -9: the waiting backend then leaves without a word,
+     * not even the WARNING) while the COMMIT waited for a standby (none
+     * connected) has the commit in its WAL, and after the restart the
+     * lookup finds the rows, with no WARNING and no backend in SyncRep to
+     * tell they are on the primary alone. Whether a standby has them is
+     * unknown, so they count as not: under [db] unreplicated_writes =
+     * refuse such an unwrap was answered 200 with the key; under answer
+     * the log said only "gone already", none of the lines the operator is
+     * told to watch for. An unreadable setting counts as set. */
     bool unknown = false;
-    if (gone && !found && gs_store_refuse_unreplicated()) {
+    if (gone && !found) {
         PGresult *r = pg_exec(st, "SELECT current_setting('synchronous_standby_names') <> ''");
         unknown = !(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 1 &&
                     strcmp(PQgetvalue(r, 0, 0), "f") == 0);
@@ -672,8 +675,10 @@ static gs_err end_orphan(gs_store *st)
                  PG(st)->orphan_pid);
     else if (unknown)
         log_warn("database session left with a write in flight was gone already (a restart or crash of the "
-                 "database?) while synchronous standbys are asked for: whether a standby has its commit is not "
-                 "known, so it counts as made on the primary alone ([db] unreplicated_writes = refuse) pid=%d",
+                 "database, its postmaster killed?) while synchronous standbys are asked for: whether a standby "
+                 "has its commit is not known, so it counts as made on the primary alone%s pid=%d",
+                 gs_store_refuse_unreplicated() ? " ([db] unreplicated_writes = refuse)"
+                                                : " until a standby has caught up",
                  PG(st)->orphan_pid);
     else if (gone && found)
         log_info("database session left with a write in flight ended pid=%d", PG(st)->orphan_pid);

@@ -1243,9 +1243,17 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     while (db_load_head_as(log, tries > 0) != 0) {
         tries++;
         if (!gs_store_write_unsettled(log->db) || util_monotonic_s() >= until) {
+            /* Still unsettled: the insert may have committed (a COMMIT
+             * waiting for a synchronous standby when the postmaster was
+             * killed is in the WAL, kept by crash recovery), so the log
+             * must not say its records were not written. */
             if (tries > 1)
-                log_error("audit head still unreadable, lookup given up instance=%s tries=%u "
+                log_error("audit head still unreadable, lookup given up%s instance=%s tries=%u "
                           "detail=\"%s\"",
+                          gs_store_write_unsettled(log->db)
+                              ? ": whether the insert committed is not known; once the database is back its "
+                                "records may be in the table, for requests answered 503"
+                              : "",
                           log->instance, tries, log_qs(gs_err_detail()));
             return GS_ERR_DB_UNAVAILABLE;
         }

@@ -48,6 +48,9 @@
 #   - synchronous replication stalled (synchronous_standby_names naming a
 #     standby that is down): the audit insert's COMMIT waits past [db]
 #     timeout; the answer agrees with the table after the wait has ended;
+#   - the postmaster killed (kill -9) while a COMMIT waits for a
+#     synchronous standby: 503 with the key withheld, the record kept, and
+#     the log says its fate, then its replication, is not known;
 #   - an audit insert given up on while the database refuses new
 #     connections (a restart, a proxy restarting): the lookup waits for it
 #     (up to [db] timeout), and the answer agrees with the table.
@@ -718,6 +721,42 @@ else
 fi
 unwrap 200 "unwrap after the synchronous standby setting was reset" -- alice
 ok "synchronous standby down: the unwrap answered $s, its records in the table $n; member PUT $ms"
+
+# ---- the postmaster killed while a COMMIT waits for a synchronous standby -------
+# kill -9 of the postmaster (or the OOM killer's): the backend waiting in
+# SyncRep leaves without a word (no WARNING), and the database refuses
+# connections until it is started again. The unwrap gets 503 after the
+# lookup's wait, no key given; crash recovery keeps its commit (in the WAL
+# before the wait), so its ok record is in the table. Before, the log said
+# the insert failed and the record was not durable, and after the restart
+# only that the backend "was gone already": none of the lines an operator
+# is told to watch for a write made on the primary alone.
+sync_standby gs_ghost_standby
+mark=$(wc -l < "$work/serve.log")
+( for i in $(seq 1 200); do
+    [ -n "$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv'
+        AND wait_event = 'SyncRep'")" ] && { kill -KILL "$(head -n 1 "$PG_ROOT/data/postmaster.pid")"; exit 0; }
+    sleep 0.05
+  done; exit 1 ) &
+ender=$!
+s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
+wait "$ender" || fail "postmaster killed: no session waited for a synchronous standby"
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
+[ "$s" = 503 ] && grep -q '"code":"audit_unavailable"' "$work/body" ||
+  fail "postmaster killed mid-wait: unwrap answered $s: $(cat "$work/body")"
+for i in $(seq 1 150); do # the old backends leave once they see the postmaster gone
+  pg_restart 2>/dev/null && break
+  sleep 0.2
+done
+[ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
+  fail "postmaster killed mid-wait: the record of unwrap $rid is not in the table once after the restart"
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'lookup given up: whether the insert committed is not known' ||
+  fail "postmaster killed mid-wait: the log does not say the insert's fate is not known: $(tail -n +"$((mark + 1))" "$work/serve.log" | grep -m1 'lookup given up')"
+unwrap 200 "unwrap after the postmaster's restart (the standby still asked for: answered as made)" -- alice
+tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'whether a standby has its commit is not known, so it counts as made on the primary alone until a standby has caught up' ||
+  fail "postmaster killed mid-wait: the log does not say the commit may be on the primary alone"
+sync_standby ''
+ok "postmaster killed while a COMMIT waited for a synchronous standby: 503, its record kept and told as not known"
 
 # ---- an audit insert lost while the database refuses new connections -----------
 # The insert's backend is still at its commit (a deferred trigger holds it
