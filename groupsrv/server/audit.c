@@ -1285,6 +1285,16 @@ static gs_err db_append_again(struct audit_log *log, char *const *lines, size_t 
     }
     if (log->db_seq != seq || strcmp(log->prev_hex, head) != 0)
         return gs_err_set(GS_ERR_DB, "the audit chain moved on while its insert failed");
+    /* The first try is not in the table, and its backend is gone (the
+     * lookup's connection ended it, or found it ended): that try made
+     * nothing, on the primary or anywhere, so what the store said of its
+     * commit (a backend gone while synchronous standbys are asked for
+     * counts as made on the primary alone) is about no row. Only this
+     * second try's own commit counts: kept, under [db] unreplicated_writes
+     * = refuse a primary restarted mid-insert (or the session ended by
+     * the DBA) had every request in flight answered 503, their records
+     * in the table and on the standby. */
+    (void)gs_store_take_unreplicated(log->db);
     gs_err ge = gs_store_audit_append(log->db, log->instance, seq + 1, lines, n);
     /* The first insert was still running on the server when the lookup
      * did not see it (no answer within [db] timeout: its backend kept

@@ -51,6 +51,8 @@
 #   - the postmaster killed (kill -9) while a COMMIT waits for a
 #     synchronous standby: 503 with the key withheld, the record kept, and
 #     the log says its fate, then its replication, is not known;
+#   - under [db] unreplicated_writes = refuse, an audit insert ended
+#     before its commit and sent again: the second one's commit decides;
 #   - an audit insert given up on while the database refuses new
 #     connections (a restart, a proxy restarting): the lookup waits for it
 #     (up to [db] timeout), and the answer agrees with the table.
@@ -910,6 +912,36 @@ for i in $(seq 1 300); do
   pg_psql postgres -At -c "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.1
 done
+# An audit insert the database ended before its commit (the DBA's
+# pg_terminate_backend mid-insert; a primary restarted so alike) while a
+# standby acknowledges every commit (here each audit insert's commit is
+# local, as if one had; so are the test's own statements): the lookup
+# finds nothing, the insert goes out once more, and that second one is
+# replicated. Before, the first one's backend, gone while synchronous
+# standbys are asked for, counted as made on the primary alone for the
+# second's rows too: 503, with the record in the table and on the standby.
+sql "SET synchronous_commit = local; ALTER DATABASE groupsrv SET statement_timeout = '60s'; CREATE SEQUENCE audit_slow_n;
+  CREATE FUNCTION audit_slow() RETURNS trigger LANGUAGE plpgsql AS \$\$
+  BEGIN
+    PERFORM set_config('synchronous_commit', 'local', true);
+    IF NEW.line::json->>'action' = 'unwrap' AND nextval('audit_slow_n') = 1 THEN
+      PERFORM pg_sleep(30);
+    END IF;
+    RETURN NEW;
+  END \$\$;
+  CREATE TRIGGER audit_slow BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION audit_slow()" >/dev/null
+end_sessions
+sleep 0.3
+( for i in $(seq 1 200); do
+    [ "$(pg_psql postgres -At -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+        WHERE datname = 'groupsrv' AND wait_event = 'PgSleep'")" != 0 ] && exit 0
+    sleep 0.05
+  done; exit 1 ) &
+ender=$!
+unwrap 200 "unwrap whose first insert was ended before its commit and whose second was replicated, unreplicated_writes = refuse" -- alice
+wait "$ender" || fail "no audit insert reached the slow trigger"
+sql "SET synchronous_commit = local; DROP TRIGGER audit_slow ON audit; DROP FUNCTION audit_slow(); DROP SEQUENCE audit_slow_n;
+  ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
 # A group create whose writes commit without a standby but for its
 # outcome record (triggers make each of its transactions' synchronous
 # commit local, but that record's insert's): the group is made, its
