@@ -44,7 +44,7 @@ endif()
 # server (a private PostgreSQL, tests/lib/pg.sh).
 if(TARGET groupsrv)
   add_test(NAME ops_pg_outage COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-outage.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-  set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 180
+  set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 240
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
 
