@@ -2302,7 +2302,7 @@ static int same_file(const char *path, const struct stat *st)
 static audit_err verify_chain(const char *path, int follow, const char *since, audit_verify_result *res)
 {
     audit_err rc = AUDIT_ERR_ARGS;
-    char **files = NULL, *prev_path = NULL;
+    char **files = NULL, *prev_path = NULL, *since_dir = NULL, *since_path = NULL;
     size_t nfiles = 0, lines = 0, bad = 0;
     int missing = 0, found = 0;
     struct stat since_st;
@@ -2312,9 +2312,21 @@ static audit_err verify_chain(const char *path, int follow, const char *since, a
     memset(res, 0, sizeof(*res));
     memset(res->head, '0', sizeof(res->head) - 1);
     /* The file to start at, by identity: a name given as ./A, dir/A or an
-     * absolute path is the archive the chain names A. */
-    if (since != NULL && stat(since, &since_st) != 0)
-        return chain_fail(res, AUDIT_ERR_IO, since, 0);
+     * absolute path is the archive the chain names A. A bare name is one in
+     * the log's directory, as the chain's own "previous" names are (the
+     * name `ls` of that directory shows, typed from anywhere): read in the
+     * current directory it was "No such file" outside the log's. */
+    if (since != NULL && strchr(since, '/') == NULL) {
+        if ((since_dir = util_dir_of(path)) == NULL || (since_path = concat3(since_dir, "/", since)) == NULL) {
+            rc = AUDIT_ERR_NOMEM;
+            goto out;
+        }
+        since = since_path;
+    }
+    if (since != NULL && stat(since, &since_st) != 0) {
+        rc = chain_fail(res, AUDIT_ERR_IO, since, 0);
+        goto out;
+    }
     /* Newest first: walk back along the "previous" names. */
     rc = AUDIT_ERR_NOMEM;
     if ((files = calloc(AUDIT_MAX_FILES, sizeof(*files))) == NULL || (files[0] = strdup(path)) == NULL)
@@ -2371,6 +2383,8 @@ out:
         free(files[i]);
     free(files);
     free(prev_path);
+    free(since_path);
+    free(since_dir);
     return rc;
 }
 

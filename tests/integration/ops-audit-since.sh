@@ -75,6 +75,12 @@ grep -Eq "^ok: [0-9]+ lines in 3 files from $a3, start $start, chain head $hex64
 run 0 "verify --since a3 by a relative name" -- sh -c 'cd "$1" && shift && "$@"' sh "$work/log" \
   "$BIN/groupsrv" -c "$conf" audit verify --since "./$(basename "$a3")"
 grep -q "start $start" "$work/out" || fail "verify --since ./a3 said: $(cat "$work/out")"
+# A bare name, as `ls` of the log's directory shows it, typed from
+# elsewhere (an admin's home): the archive of that name in the log's
+# directory, as the chain's own "previous" names are read.
+run 0 "verify --since a3 by its bare name from another directory" -- sh -c 'cd "$1" && shift && "$@"' sh "$work/away" \
+  "$BIN/groupsrv" -c "$conf" audit verify --since "$(basename "$a3")"
+grep -q "start $start" "$work/out" || fail "verify --since a3's bare name said: $(cat "$work/out")"
 run 0 "verify --since the log itself" -- gs audit verify --since "$work/log/audit.jsonl"
 grep -Eq "^ok: 1 lines in 1 files from .*, start $hex64, chain head $hex64\$" "$work/out" ||
   fail "verify --since the log said: $(cat "$work/out")"
