@@ -4,8 +4,9 @@
 # tests/package/install-tree.txt (mode and path below the prefix) and
 # nothing outside the prefix; the example configurations load in the
 # programs; the man pages have a NAME line and render without a groff
-# warning (lintian's check, at its two widths); the logrotate files parse
-# and never name the audit log.
+# warning (lintian's check, at its two widths); the guides name only
+# installed documents; the logrotate files parse and never name the audit
+# log.
 set -euo pipefail
 BUILD=$1 SRC=$2 PREFIX=$3
 W=$(mktemp -d "${GS_TEST_WORK:-/tmp}/install-tree.XXXXXX")
@@ -138,6 +139,28 @@ for p in groupsrv exploder groupmail; do
   [ -z "$bare" ] || fail "$p.1 names $bare without the package that has it"
 done
 ok "man pages name the installed documents (another package's with its package), and every one is installed"
+
+# The installed guides name each other by their source names (docs/X.md,
+# docs/X.1.md for a man page): each one named is installed (X.md in one
+# of the packages' documentation directories, X.1 among the man pages),
+# and each image a guide shows is beside it. README.md and operations.md
+# cited docs/performance.md for sizing, which no package installed.
+unnamed=
+while read -r f; do
+  for ref in $(grep -oE '(^|[^A-Za-z0-9_./*-])docs/[A-Za-z0-9_-]+(\.1)?\.md' "$f" | sed 's|^[^d]*||' | sort -u); do
+    n=${ref#docs/}
+    case $n in
+      *.1.md) [ -f "$root/share/man/man1/${n%.md}" ] ;;
+      *) compgen -G "$doc/*/$n" >/dev/null ;;
+    esac || unnamed+="${f#"$doc"/} names $ref; "
+  done
+  for img in $(grep -oE '!\[[^]]*\]\([^)]+\)' "$f" | sed -E 's/.*\(([^)]+)\)$/\1/'); do
+    [ -f "$(dirname "$f")/$img" ] || unnamed+="${f#"$doc"/} shows $img; "
+  done
+done < <(find "$doc" -name '*.md')
+[ -z "$unnamed" ] || fail "installed guides name documents no package installs: $unnamed"
+grep -q 'docs/operations.md' "$doc/groupsrv/README.md" || fail "README.md names no docs/X.md (a pattern is stale)"
+ok "every document the installed guides name by docs/X.md, and every image they show, is installed"
 
 for f in groupsrv exploder; do
   # `su USER GROUP` names the service user, which only the package creates:
