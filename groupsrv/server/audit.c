@@ -2400,10 +2400,29 @@ audit_err audit_verify_chain_since(const char *path, const char *since, audit_ve
     return verify_chain(path, 1, since, res);
 }
 
+/* Whether old_fd's last line is a seal ("audit-rotate") and the file at
+ * path (nfd: it, open) or one it continues is chained to that seal: the
+ * log was rotated, not deleted or replaced, and the chain goes on there. */
+static int rotated_into(int old_fd, const char *path, int nfd)
+{
+    char *last = NULL;
+    char seal_hex[2 * SHA256_DIGEST_LENGTH + 1];
+    size_t len = 0;
+    int yes = 0;
+
+    if (read_last_line(old_fd, &last, &len) == AUDIT_OK && last != NULL &&
+        record_is(last, len, "audit-rotate", NULL, NULL)) {
+        hash_line(last, len, seal_hex);
+        yes = chain_continues_seal(path, nfd, seal_hex);
+    }
+    free(last);
+    return yes;
+}
+
 audit_err audit_reopen(audit_log *log)
 {
     audit_err rc = AUDIT_OK;
-    int nfd = -1;
+    int nfd = -1, rotated;
 
     if (log == NULL)
         return AUDIT_ERR_ARGS;
@@ -2426,6 +2445,10 @@ audit_err audit_reopen(audit_log *log)
                   audit_strerror(rc), nfd < 0 && saved == EINVAL ? "not a regular file" : strerror(saved));
         goto out;
     }
+    /* A SIGHUP after `audit rotate` and before the next record finds the
+     * file the rotation made: said so, not "a new chain", which reads as
+     * a log deleted or replaced. */
+    rotated = rotated_into(log->fd, log->path, nfd);
     /* Records written to the old file before it went away and not yet
      * synced: sync them there (they are in that file; their answers wait). */
     int src = fdatasync(log->fd);
@@ -2441,7 +2464,10 @@ audit_err audit_reopen(audit_log *log)
     }
     nfd = old; /* closed below */
     log->failed = 0;
-    log_info("audit log reopened (a new file at its path starts a new chain) path=\"%s\"", log_qs(log->path));
+    if (rotated)
+        log_info("audit log rotated: continuing in the new file path=\"%s\"", log_qs(log->path));
+    else
+        log_info("audit log reopened (a new file at its path starts a new chain) path=\"%s\"", log_qs(log->path));
     warn_if_open_to_others(log->fd, log->path);
 out:
     if (nfd >= 0) {

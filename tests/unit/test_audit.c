@@ -31,6 +31,7 @@
 #include <openssl/evp.h>
 
 #include "audit.h"
+#include "log.h"
 #include "pgtest.h"
 #include "store.h"
 
@@ -809,6 +810,55 @@ static void test_appender_follows_rotation_by_another(void **state)
     audit_close(a);
     assert_int_equal(verify(archive), 3);
     chain_ok(f->path, 2, 5);
+}
+
+/* What the diagnostic log says at a SIGHUP's reopen: after a rotation by
+ * another process (audit rotate) and before the server's next record, the
+ * chain goes on in the file the rotation made, and the log says so; only
+ * a file made anew at the path starts a new chain. */
+static void reopen_logged(audit_log *log, char *buf, size_t size)
+{
+    FILE *sink = tmpfile();
+    enum log_level level = log_get_level();
+    size_t n;
+
+    assert_non_null(sink);
+    log_init(NULL, LOG_LVL_INFO, sink);
+    assert_int_equal(audit_reopen(log), AUDIT_OK);
+    log_init(NULL, level, NULL);
+    rewind(sink);
+    n = fread(buf, 1, size - 1, sink);
+    buf[n] = '\0';
+    fclose(sink);
+}
+
+static void test_reopen_after_rotation_says_it_continues(void **state)
+{
+    struct fx *f = *state;
+    audit_log *a = NULL, *b = NULL;
+    audit_record r = rec("ok");
+    char archive[256], said[4096];
+
+    assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &b), AUDIT_OK);
+    assert_int_equal(audit_rotate(b, archive, sizeof(archive)), AUDIT_OK);
+    audit_close(b);
+    reopen_logged(a, said, sizeof(said));
+    assert_non_null(strstr(said, "audit log rotated: continuing in the new file"));
+    assert_null(strstr(said, "new chain"));
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    audit_close(a);
+    chain_ok(f->path, 2, 4);
+    /* Deleted and made anew: a new chain, said so. */
+    assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
+    assert_int_equal(unlink(f->path), 0);
+    int fd = open(f->path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    reopen_logged(a, said, sizeof(said));
+    assert_non_null(strstr(said, "a new file at its path starts a new chain"));
+    audit_close(a);
 }
 
 /* The log rotated twice by another process between two of a server's
@@ -1836,6 +1886,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_reopen_after_rotation_says_it_continues, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_batches_interleave_with_cli_and_rotation, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
