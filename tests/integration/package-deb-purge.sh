@@ -8,7 +8,9 @@
 #     database and a token store with the group keys) and the group
 #     server's files in /etc/groupsrv (the PIN) stay, and purge says so;
 #   - the debconf answer groupsrv/purge_keys true (preseeded), then purge:
-#     they go too.
+#     they go too;
+#   - a package of the versions whose purge deleted them all, upgraded
+#     (or removed, and the new one installed over it), then purged: kept.
 set -euo pipefail
 SRC=$1 DEBS=$2
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -58,7 +60,7 @@ dpkg --force-unsafe-io --purge groupsrv exploder groupmail >"$S/clean.log" 2>&1 
   fail "dpkg --purge of the machine's packages: $(cat "$S/clean.log")"
 echo PURGE | debconf-communicate groupsrv >/dev/null 2>&1 || true
 install_all() {
-  dpkg --force-unsafe-io -i "$DEBS"/groupsrv_*.deb >"$S/install.log" 2>&1 ||
+  dpkg --force-unsafe-io -i "${1:-$(echo "$DEBS"/groupsrv_*.deb)}" >"$S/install.log" 2>&1 ||
     fail "dpkg -i: $(tail -20 "$S/install.log")"
   # What the admin makes (docs/operations.md): a token store with a key
   # on it, the PIN, the configuration, and what the server writes.
@@ -90,5 +92,51 @@ for f in /var/lib/groupsrv /etc/groupsrv /var/log/groupsrv /var/log/groupsrv.log
 done
 grep -q 'purge keeps' "$S/purge2.log" && fail "a purge with groupsrv/purge_keys true says it keeps: $(cat "$S/purge2.log")"
 echo "ok: with groupsrv/purge_keys true a purge deletes them, and /etc/groupsrv with them"
+
+# Upgrading from a package built before the purge question (before
+# 0.1.0+git1249): its postrm deleted /var/lib/groupsrv and the group
+# server's files in /etc/groupsrv at every purge. Made here from this
+# build with that postrm and a lower version (docs/operations.md,
+# "Upgrading", says which ways from it are safe).
+old=$S/old-deb
+dpkg-deb -R "$DEBS"/groupsrv_*.deb "$old"
+cat >"$old/DEBIAN/postrm" <<'POSTRM'
+#!/bin/sh
+set -e
+if [ "$1" = "purge" ]; then
+	rm -rf /var/lib/groupsrv /var/log/groupsrv
+	rm -f /var/log/groupsrv.log /var/log/groupsrv.log.*
+	rm -f /etc/groupsrv/groupsrv.conf /etc/groupsrv/pin /etc/groupsrv/server.pem \
+		/etc/groupsrv/server.key /etc/groupsrv/clients-ca.pem /etc/groupsrv/ca.pem
+fi
+exit 0
+POSTRM
+rm -f "$old/DEBIAN/config" "$old/DEBIAN/templates"
+sed -i 's/^Version: .*/Version: 0.0.1~old/' "$old/DEBIAN/control"
+dpkg-deb -Znone -b "$old" "$S/groupsrv_old.deb" >/dev/null
+kept() { # WHAT: the token store, the database and the PIN are there
+  for f in /var/lib/groupsrv/softhsm/tokens/t1/key.object /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin; do
+    [ -f "$f" ] || fail "$1 deleted $f"
+  done
+}
+# The way operations.md gives: upgrade over it; a purge then keeps.
+install_all "$S/groupsrv_old.deb"
+grep -q purge_keys /var/lib/dpkg/info/groupsrv.postrm && fail "the old package's postrm names purge_keys"
+install_all
+grep -q purge_keys /var/lib/dpkg/info/groupsrv.postrm || fail "after the upgrade the postrm dpkg keeps is still the old one"
+kept "an upgrade from the old package"
+dpkg --force-unsafe-io --purge groupsrv >"$S/purge3.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge3.log")"
+kept "a plain purge after an upgrade from the old package"
+# The old package removed, not purged: its postrm stays registered
+# (dpkg -l: rc) and a purge would run it; the new package installed over
+# it first, the purge keeps.
+install_all "$S/groupsrv_old.deb"
+dpkg --force-unsafe-io --remove groupsrv >"$S/remove.log" 2>&1 || fail "dpkg --remove: $(cat "$S/remove.log")"
+[ "$(dpkg-query -W -f '${db:Status-Abbrev}' groupsrv)" = "rc " ] || fail "removed: $(dpkg-query -W -f '${db:Status-Abbrev}' groupsrv)"
+grep -q purge_keys /var/lib/dpkg/info/groupsrv.postrm && fail "the removed old package's postrm names purge_keys"
+install_all
+dpkg --force-unsafe-io --purge groupsrv >"$S/purge4.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge4.log")"
+kept "a plain purge of the new package installed over the removed old one"
+echo "ok: from a package whose purge deleted the keys: an upgrade, or the new package over a removed one, then purge keeps them"
 INSIDE
 flock /tmp/apt.lock unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
