@@ -463,6 +463,49 @@ static void print_ca_weakenings(struct env *e)
     gs_store_ca_free(row);
 }
 
+/* ca renew-cert: the current group certificates the CA issued that end
+ * after its new end (a --days shorter than what it issued before): from
+ * then on they verify for nobody (senders' tools refuse the group
+ * certificate), though nothing else changed. Said on stderr, a line per
+ * group; the renewal stands (a short CA may be meant). */
+static void warn_groups_past_ca(gs_store *st, X509 *ca_cert)
+{
+    gs_store_group **groups = NULL;
+    size_t ng = 0;
+    char ca_until[64], until[64], msg[512];
+
+    if (gs_store_group_list(st, &groups, &ng) != GS_OK)
+        return;
+    util_cert_not_after_text(ca_cert, ca_until, sizeof(ca_until));
+    for (size_t i = 0; i < ng; i++) {
+        gs_store_group_key *keys = NULL;
+        size_t nk = 0;
+        if (gs_store_group_keys(st, groups[i]->id, &keys, &nk) != GS_OK)
+            continue;
+        for (size_t j = 0; j < nk; j++) {
+            X509 *gc = NULL;
+            if (keys[j].state != GS_KEY_CURRENT || keys[j].cert_pem == NULL ||
+                gs_cert_parse((const unsigned char *)keys[j].cert_pem, strlen(keys[j].cert_pem), &gc) != GS_OK)
+                continue;
+            /* the organisation's certificates (group import-cert) are not this CA's to cut */
+            if (X509_check_issued(ca_cert, gc) == X509_V_OK &&
+                ASN1_TIME_compare(X509_get0_notAfter(gc), X509_get0_notAfter(ca_cert)) > 0) {
+                util_cert_not_after_text(gc, until, sizeof(until));
+                (void)snprintf(msg, sizeof(msg),
+                               "warning: group %s's certificate (version %u) is valid until %s, after the CA "
+                               "certificate's new end, %s: from then on it no longer verifies (nor do member and "
+                               "tls init certificates that end later); renew the CA for longer (ca renew-cert "
+                               "--days N)",
+                               groups[i]->name, keys[j].version, until, ca_until);
+                error_line(msg, "");
+            }
+            X509_free(gc);
+        }
+        gs_store_group_keys_free(keys, nk);
+    }
+    gs_store_group_list_free(groups, ng);
+}
+
 /* ---- ca ---------------------------------------------------------------------------- */
 
 static int cmd_ca(struct env *e, int argc, char **argv)
@@ -527,6 +570,7 @@ static int cmd_ca(struct env *e, int argc, char **argv)
             return rc;
         }
         printf("CA certificate renewed for the same key: certificate sha256 %s, valid until %s\n", fp, until);
+        warn_groups_past_ca(e->st, cert);
         X509_free(cert);
         return 0;
     }

@@ -407,6 +407,15 @@ end=$(date -d "$(gs2 group show short --cert | openssl x509 -noout -enddate | cu
 gs2 group show short --cert | openssl verify -CAfile "$work/short-ca-new.pem" >/dev/null ||
   fail "the group certificate renewed after the CA renewal does not verify"
 ok "ca renew-cert: the same subject and key; certificates issued before verify against it; renewals last again"
+# A CA renewed for less than the group certificate it issued lasts: said,
+# as that certificate stops verifying at the CA's end; renewed as asked.
+gs2 ca renew-cert --days 30 > "$work/out" 2>"$work/err" || fail "ca renew-cert --days 30: $(cat "$work/err")"
+grep -q "^groupsrv: warning: group short's certificate (version 1) is valid until .*, after the CA certificate's new end, .*: from then on it no longer verifies" "$work/err" ||
+  fail "ca renew-cert --days 30 before the group certificate's end said: $(cat "$work/out" "$work/err")"
+warned=$(cut -c1-100 "$work/err")
+gs2 ca renew-cert > "$work/out" 2>"$work/err" || fail "ca renew-cert: $(cat "$work/err")"
+[ ! -s "$work/err" ] || fail "ca renew-cert past every certificate's end warns: $(cat "$work/err")"
+ok "ca renew-cert shorter than the group certificate: warned ($warned...); longer: nothing"
 
 # ---- the running server's local CA, renewed ----
 expect_not_after "$certs/localca.pem" "the local CA at start" groupsrv_ca_certificate_not_after_seconds
