@@ -101,8 +101,16 @@ for p in groupsrv exploder groupmail; do
     [ -z "$warn" ] || fail "$p.1 at width $width: $warn"
   done
   MANWIDTH=80 man -l "$page" 2>/dev/null | grep -q '^SYNOPSIS' || fail "$p.1 has no SYNOPSIS"
+  # A code span (a message, a command) reads as in the page's source: a
+  # run of spaces in one is the source's own, on one line of it, never a
+  # line break with the next line's indentation (pandoc 2.17 kept it:
+  # "certificate   sha256"; docs/man-codespans.awk). Up to the span's
+  # first roff escape.
+  spread=$(grep -o '\\f\[V\][^\\]*' "$page" | cut -c6- | { grep -oE '[^ ]+ {2,}[^ ]+' || true; } | sort -u |
+    while IFS= read -r pair; do grep -qF -- "$pair" "$SRC/docs/$p.1.md" || printf "'%s' " "$pair"; done)
+  [ -z "$spread" ] || fail "$p.1: code spans with spaces the source does not have: $spread"
 done
-ok "man pages: NAME lines, no groff warnings"
+ok "man pages: NAME lines, no groff warnings, code spans as their source has them"
 
 # A man page is read where the programs are installed: a document it names
 # is the installed one ($PREFIX/share/doc/...), never the source tree's

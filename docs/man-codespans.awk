@@ -1,0 +1,31 @@
+# man-codespans.awk: docs/NAME.1.md as pandoc should read it for the man
+# page (dist/CMakeLists.txt runs it before docs/man.lua). A code span
+# broken over two lines of an indented block (a definition's text) keeps
+# the next line's indentation in pandoc 2.17: `certificate<newline>
+# sha256` became "certificate   sha256" on the page, so a message or a
+# command copied from it was not the one the program prints or takes.
+# A line that ends inside a code span is joined with the next one, by
+# one space, that line's indentation dropped (so that it cannot start a
+# block of its own). A span opens with a run of N backticks and closes
+# at the next run of exactly N (``a `b` c``); fenced blocks are left as
+# they are, and no span crosses a blank line.
+function flush() { if (held != "") { print held; held = "" } }
+/^[ \t]*```/ { flush(); fence = !fence; open = 0; print; next }
+fence { print; next }
+/^[ \t]*$/ { flush(); open = 0; print; next }
+{
+  line = $0
+  if (open) sub(/^[ \t]+/, "", line)
+  rest = line
+  while (match(rest, /`+/)) {
+    if (open == 0)
+      open = RLENGTH
+    else if (RLENGTH == open)
+      open = 0
+    rest = substr(rest, RSTART + RLENGTH)
+  }
+  held = held == "" ? line : held " " line
+  if (!open)
+    flush()
+}
+END { flush() }
