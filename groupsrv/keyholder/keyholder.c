@@ -1060,6 +1060,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     tokenq_ops ops = {
         .init = kh_worker_init, .fini = kh_worker_fini, .run = job_run, .after_run = job_after, .arg = &kh};
     unsigned max_jobs = cfg->server.max_connections > 512 ? 2 * cfg->server.max_connections : 1024;
+    kh.workers = workers;
     if ((kh.q = tokenq_start(workers, max_jobs, &ops)) == NULL) {
         log_error("not started: the key holder cannot start its token workers workers=%u", workers);
         goto out;

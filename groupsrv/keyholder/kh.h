@@ -62,6 +62,9 @@ struct kh_worker {
     /* The job being run paused to search the token again (khops.c,
      * search_again): its time is mostly that pause, no service time. */
     bool paused;
+    /* The deadline of the job being run (CLOCK_MONOTONIC seconds, the
+     * network process's [server] timeout); 0: none. */
+    double deadline_s;
 };
 
 struct kh {
@@ -84,6 +87,7 @@ struct kh {
     atomic_ullong arrivals;        /* requests queued so far (the I/O loop counts, workers read) */
     double max_queue_s;
     unsigned batch_max;
+    unsigned workers;              /* token workers started */
     /* The I/O loop's state (keyholder.c). */
     struct kh_io *io;
 };

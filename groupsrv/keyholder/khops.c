@@ -627,9 +627,13 @@ static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned ver
 static const long search_again_pause_ms[] = {20, 100};
 
 /* Searches the token again for the keys group g lacks, until *key (one
- * of g's, version of kind) is found: at most one search after each pause.
- * True when *key is now set (every ref into g stays valid, its key filled
- * in). */
+ * of g's, version of kind) is found: at most one search after each pause,
+ * and never a pause past the request's deadline (its client is answered
+ * 503 token_unavailable by the network process then: the request answers
+ * key_unavailable at once instead, while its client still waits). While
+ * another request searches again for the same version, waits for that
+ * search's outcome instead (searchq.h). True when *key is now set (every
+ * ref into g stays valid, its key filled in). */
 static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, enum searchq_kind kind,
                          const char *what, unsigned version)
 {
@@ -637,14 +641,47 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
     /* a group has one rejection key (gs:reject:NAME) whatever the group
      * key's version: one mark for it, not one per version asked */
     unsigned qv = kind == SEARCHQ_REJECT_KEY ? 0 : version;
-    bool found = false;
-    size_t tries = 0;
+    bool found = false, cut = false;
+    size_t tries = 0, npause = sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0]);
+    double now = util_monotonic_s(), whole = 0;
+    /* A waiter waits no longer than a whole search again takes (with room
+     * for its searches), nor past its deadline. */
+    for (size_t i = 0; i < npause; i++)
+        whole += search_again_pause_ms[i] / 1e3;
+    double wait_until = now + 2 * whole + 0.5;
+    if (w->deadline_s > 0 && w->deadline_s < wait_until)
+        wait_until = w->deadline_s;
+    /* A version not searched in vain yet may be one just made (a group-
+     * secret load wants the new secret at once): every other worker may
+     * wait for the search (searchq.h). */
+    unsigned max_waiters = w->kh->workers;
 
-    if (!searchq_may(id, kind, qv, util_monotonic_s()))
+    bool waited = false;
+    enum searchq_turn turn = searchq_begin(id, kind, qv, now, wait_until, max_waiters, &waited);
+
+    /* a wait for another's search is no service time either */
+    if (waited)
+        w->paused = true;
+    switch (turn) {
+    case SEARCHQ_ANSWER:
         return false;
-    while (*key == NULL && tries < sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0])) {
-        long ms = search_again_pause_ms[tries++];
+    case SEARCHQ_FOUND:
+        /* another request's search found it: this worker's group needs a
+         * search of its own for its handle (no pause) */
+        if (gs_group_find_missing(g, w->kh->hsm, &found) == GS_OK && *key != NULL)
+            log_info("key version found by another request's search again kind=\"%s\" version=%u", what, version);
+        return *key != NULL;
+    case SEARCHQ_SEARCH:
+        break;
+    }
+    while (*key == NULL && tries < npause) {
+        long ms = search_again_pause_ms[tries];
         struct timespec pause = {0, ms * 1000000L};
+        if (w->deadline_s > 0 && util_monotonic_s() + ms / 1e3 >= w->deadline_s) {
+            cut = true;
+            break;
+        }
+        tries++;
         /* this job is no sample of the token queue's service time
          * (kh_job_run): its 120 ms, weighed 1/16 into an average of well
          * under a millisecond a turn (or taken whole as the first sample),
@@ -656,9 +693,14 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
         if (gs_group_find_missing(g, w->kh->hsm, &found) != GS_OK)
             break;
     }
-    searchq_done(id, kind, qv, *key != NULL, util_monotonic_s(), SEARCH_AGAIN_GAP);
+    /* A search cut short by its deadline proved nothing: the next request
+     * searches again (no quiet gap); its waiters answer now. */
+    searchq_done(id, kind, qv, *key != NULL, util_monotonic_s(), cut && *key == NULL ? 0 : SEARCH_AGAIN_GAP);
     if (*key != NULL)
         log_info("key version found at a search again kind=\"%s\" version=%u searches=%zu", what, version, tries);
+    else if (cut)
+        log_info("search again cut short by the request's deadline kind=\"%s\" version=%u searches=%zu", what,
+                 version, tries);
     else
         log_info("key version not found at a search again kind=\"%s\" version=%u searches=%zu quiet_s=%.0f", what,
                  version, tries, SEARCH_AGAIN_GAP);
@@ -2262,6 +2304,7 @@ bool kh_job_run(void *worker, tq_job *tq)
     log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
     ipc_buf_init(&j->reply);
     w->paused = false;
+    w->deadline_s = ipc_u64(&j->msg, IPC_T_DEADLINE, 0) / 1e3;
     /* Past its deadline the network process has answered its client 503
      * already (or will within its tick): nothing is done for it, neither
      * token nor database touched, so no audit record is owed (the audit

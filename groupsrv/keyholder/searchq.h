@@ -11,7 +11,15 @@
  * group: a version permanently absent here (a replica never given an old
  * version) must not stop the search again for a version of the same group
  * made a moment ago by another process, the very case it exists for.
- * Process-wide, one mutex; at most SEARCHQ_SLOTS versions are remembered,
+ * One request searches again for a version at a time: it marks the
+ * version before its search (searchq_begin), and the requests for that
+ * version that come meanwhile wait for its outcome (a key found then is
+ * theirs too) instead of each pausing a worker of its own (at most
+ * max_waiters). Once a search again for a version found nothing, the
+ * next one (after the gap) is made by one request alone, the others
+ * answering at once: the version is truly absent (a lag ends within one
+ * search again), and a flood of requests for it holds one worker once
+ * per gap, not every worker. Process-wide, one mutex; at most SEARCHQ_SLOTS versions are remembered,
  * and while that many are quiet the requests for any other version answer
  * at once too (taking a quiet version's place would have each of them
  * search again in turn at every request).
@@ -32,12 +40,30 @@ enum searchq_kind {
     SEARCHQ_REJECT_KEY, /* the group's one rejection key; version 0 */
 };
 
-/* Whether a request lacking version of kind in group_id may search again
- * at time now (seconds, monotonic). */
+/* Whether a request lacking version of kind in group_id would search
+ * again at time now (seconds, monotonic): the version is neither quiet nor
+ * being searched, and has or can have a slot. Changes nothing. */
 bool searchq_may(int64_t group_id, enum searchq_kind kind, unsigned version, double now);
+
+enum searchq_turn {
+    SEARCHQ_ANSWER = 0, /* answer at once: quiet, the table full, too many waiting, or waited in vain */
+    SEARCHQ_SEARCH,     /* this request searches again, then calls searchq_done */
+    SEARCHQ_FOUND,      /* the search this request waited for found the key: load it */
+};
+/* A request lacking that version at time now (seconds, CLOCK_MONOTONIC):
+ * SEARCHQ_SEARCH marks the version as searched by this request; while
+ * another request searches it, waits (blocking, at most until wait_until
+ * on the same clock, only while fewer than max_waiters wait, and only
+ * if no search for it has found nothing before) for that search's outcome
+ * (*waited then true). */
+enum searchq_turn searchq_begin(int64_t group_id, enum searchq_kind kind, unsigned version, double now,
+                                double wait_until, unsigned max_waiters, bool *waited);
 /* The search again for that version ended at now: found clears its mark;
- * not found answers its requests at once until now + gap_s. */
+ * not found answers its requests at once until now + gap_s (0: a search
+ * cut short, which proved nothing). Wakes the requests waiting for it. */
 void searchq_done(int64_t group_id, enum searchq_kind kind, unsigned version, bool found, double now, double gap_s);
+/* Requests waiting for the search of that version now (tests). */
+unsigned searchq_waiting(int64_t group_id, enum searchq_kind kind, unsigned version);
 /* Forgets every mark (tests). */
 void searchq_reset(void);
 

@@ -305,6 +305,119 @@ stop_server
 sed -i -e '/^max_queue_ms = 110$/d' -e '/^workers = 1$/d' "$conf"
 start_server
 
+# ---- one search again at a time per version, under concurrent load ----
+# Four token workers. A version truly absent: eight requests at once
+# search the token again once, not once per worker (each worker paused
+# 120 ms at every gap, a stall of the whole key holder); every one is 503
+# key_unavailable. A version only lagging (p11fault's "lag LABEL MS": hidden
+# for 60 ms from the first search, whatever searches come between, as
+# SoftHSM's write after its unlock, or a cluster's synchronisation, is
+# seen by concurrent requests): four group-secret
+# requests at once (every group-secret request wants the secret just
+# made) all get 200, one of them searching, the others waiting for its
+# outcome.
+stop_server
+sed -i -e 's/^\[hsm\]$/[hsm]\nworkers = 4/' "$conf"
+start_server
+burst() { # burst N DELIVER PREFIX: N unwraps as alice at once
+  local i pids=()
+  printf '{"recipient_info":"%s","deliver":"%s"}' "$(b64 "$work/ri.der")" "$2" > "$work/req-burst.json"
+  for i in $(seq 1 "$1"); do
+    c alice --data-binary @"$work/req-burst.json" -o "$work/$3-$i.out" -w '%{http_code}\n' \
+      "$base/v1/groups/eng/unwrap" > "$work/$3-$i.code" &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+}
+control "hide gs:secret:eng:v$v3"
+n0=$(grep -c "not found at a search again" "$work/server.log" || true)
+t0=$(date +%s%N)
+burst 8 group-secret absent
+t1=$(date +%s%N)
+control ""
+for i in $(seq 1 8); do
+  [ "$(cat "$work/absent-$i.code")" = 503 ] && grep -q '"code":"key_unavailable"' "$work/absent-$i.out" ||
+    fail "absent version under load, request $i: $(cat "$work/absent-$i.code") $(head -c 300 "$work/absent-$i.out")"
+done
+n1=$(grep -c "not found at a search again" "$work/server.log" || true)
+# within one 2 s gap exactly one search again; a slower burst may need two
+if [ $(((t1 - t0) / 1000000)) -lt 1900 ]; then
+  [ $((n1 - n0)) = 1 ] || fail "8 requests at once for an absent version: $((n1 - n0)) searches again (want 1)"
+else
+  [ $((n1 - n0)) -le 2 ] || fail "8 requests for an absent version: $((n1 - n0)) searches again (want at most 2)"
+fi
+ok "8 requests at once for an absent version on 4 workers: 503 key_unavailable, $((n1 - n0)) search(es) again"
+
+adm secret rotate eng > "$work/s4.out" 2>&1 || fail "secret rotate: $(cat "$work/s4.out")"
+v4=$(grep -o 'version [0-9]*' "$work/s4.out" | head -1 | cut -d' ' -f2)
+[ -n "$v4" ] || fail "secret rotate said: $(cat "$work/s4.out")"
+control "lag gs:secret:eng:v$v4 60"
+burst 4 group-secret lag
+control ""
+for i in $(seq 1 4); do
+  [ "$(cat "$work/lag-$i.code")" = 200 ] && [ "$(json_get "$work/lag-$i.out" secret_version)" = "$v4" ] ||
+    fail "lagging version under load, request $i: $(cat "$work/lag-$i.code") $(head -c 300 "$work/lag-$i.out")"
+done
+n=$(grep -c "key version found at a search again\" kind=\"secret key\" version=$v4 " "$work/server.log" || true)
+[ "$n" -le 1 ] || fail "4 requests at once for a lagging version searched again $n times (want at most 1)"
+ok "4 requests at once for a version the token shows late: 200 each, $n search(es) again"
+
+# ---- a search again never pauses past the request's deadline ----
+# [server] timeout = 1: a request's deadline is 1 s after the network
+# process passes it on; at the deadline its client is answered 503
+# token_unavailable. The key holder is stopped (SIGSTOP) while a request
+# for an absent version (the current secret, hidden) is sent, and let go
+# (SIGCONT) so that it starts less than its search again's 120 ms of
+# pauses before its deadline: the search is cut short (the log says so)
+# and the request answered at once, instead of pausing on past its
+# deadline for a client already answered. When the request started too
+# early (searched whole) or too late (dropped unrun), the stop is made
+# longer or shorter and tried again.
+stop_server
+cp "$conf" "$work/conf.saved"
+# the first timeout line is [server]'s
+sed -i -e 's/^workers = 4$/workers = 1/' -e '0,/^timeout = .*/s//timeout = 1/' "$conf"
+start_server
+kh=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-kh" {print $1}')
+[ -n "$kh" ] || fail "no key holder process"
+printf '{"recipient_info":"%s","deliver":"group-secret"}' "$(b64 "$work/ri.der")" > "$work/req-gs.json"
+control "hide gs:secret:eng:v$v4" # before the group's load: the token worker's cache keeps what it found
+unwrap_as alice tls # warms the network process's view of the group
+# the stop's length is bisected between too short (searched whole) and
+# too long (dropped unrun)
+stop_ms=960 lo=0 hi=0
+for try in 1 2 3 4 5 6 7; do
+  /usr/bin/python3 "$SRC/tests/lib/stopped_request.py" "$port" "$certs/tca.pem" "$certs/alice@example.org.pem" \
+    "$certs/alice@example.org.key" "$work/req-gs.json" "$kh" "$stop_ms" > "$work/dl.txt" || fail "stopped_request.py"
+  head -1 "$work/dl.txt" > "$work/dl.code"
+  tail -n +2 "$work/dl.txt" > "$work/dl.out"
+  sleep 0.1 # the key holder's log after the client's answer
+  if grep -q "search again cut short by the request's deadline\" kind=\"secret key\" version=$v4 " "$work/server.log"; then
+    break
+  fi
+  [ "$try" = 7 ] && fail "no search again cut short by its deadline in 7 tries (last answer $(cat "$work/dl.code") $(head -c 200 "$work/dl.out"))"
+  if grep -q '"code":"key_unavailable"' "$work/dl.out"; then
+    lo=$stop_ms # searched whole: started too early
+    sleep 2.1   # past the quiet gap of a search that ran whole
+  else
+    hi=$stop_ms # dropped unrun, or answered by the network process: too late
+  fi
+  # an answer key_unavailable reloads the group and moves the views'
+  # generation: the network process would ask for a view first, after
+  # SIGCONT, and stamp the unwrap's deadline only then
+  unwrap_as alice tls >/dev/null
+  if [ "$hi" = 0 ]; then stop_ms=$((stop_ms + 80)); elif [ "$lo" = 0 ]; then stop_ms=$((stop_ms - 80)); else stop_ms=$(((lo + hi) / 2)); fi
+  echo "note: the request did not start within 120 ms of its deadline ($(head -c 120 "$work/dl.out")); again, stopped ${stop_ms} ms"
+done
+control ""
+[ "$(cat "$work/dl.code")" = 503 ] ||
+  fail "a search again cut short by its deadline: $(cat "$work/dl.code") $(head -c 300 "$work/dl.out")"
+ok "a search again with less than its pauses left before the request's deadline: cut short, 503 $(json_get "$work/dl.out" error code)"
+stop_server
+cp "$work/conf.saved" "$conf"
+sed -i -e '/^workers = 4$/d' "$conf"
+start_server
+
 # ---- finding 8: a SAN e-mail that cannot be used, and a CN naming a member ----
 longmail=$(printf 'a%.0s' $(seq 1 250))@example.org
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=nocert@example.org" \

@@ -85,7 +85,12 @@
  * so another process indexing the token directory at that moment reads
  * it empty and misses the object until a later search; a network HSM
  * cluster shows an object made through one member on another only after
- * it has synchronised. At most 4 "hide" lines; LABEL has no blanks.
+ * it has synchronised. A line "lag LABEL MS" hides the same way for MS
+ * milliseconds from the first call that would hand one out, whatever
+ * calls come between: the same lag seen by concurrent requests, each
+ * searching at its own moment (with "hide LABEL MS", searches of other
+ * threads keep the object hidden as long as they come). At most 4
+ * "hide" and "lag" lines together; LABEL has no blanks.
  * "* CKR_DEVICE_REMOVED" (or CKR_TOKEN_NOT_PRESENT) is a removed token:
  * C_GetSlotList(tokenPresent) lists no slot, C_GetSlotInfo clears
  * CKF_TOKEN_PRESENT, slot calls (C_GetTokenInfo, C_OpenSession, ...) answer
@@ -1256,6 +1261,8 @@ static struct {
     char label[CTL_HIDE_LABEL_MAX + 1];
     long ms;  /* the pause before a search that shows it; < 0: none does */
     int seen; /* a call has hidden it (the first always does) */
+    int lag;  /* "lag": hidden until ms after first, the first hiding call */
+    struct timespec first;
 } ctl_hides[CTL_HIDES_MAX];
 static unsigned ctl_nhides;
 /* A lost connection (a network HSM's client, p11-kit's RPC after its
@@ -1525,16 +1532,18 @@ static void ctl_parse_locked(char *text)
                 ctl_delay_ms[idx] = ms;
             continue;
         }
-        if (strcmp(wf, "hide") == 0) {
+        if (strcmp(wf, "hide") == 0 || strcmp(wf, "lag") == 0) {
             char *end = NULL;
+            int lag = strcmp(wf, "lag") == 0;
             long ms = wc != NULL ? strtol(wc, &end, 10) : -1;
             if (wr == NULL || strlen(wr) > CTL_HIDE_LABEL_MAX || ctl_nhides >= CTL_HIDES_MAX ||
-                (wc != NULL && (end == wc || *end != '\0' || ms < 0 || ms > 600000))) {
-                fprintf(stderr, "p11fault: ignoring control line: hide %.80s\n", wr ? wr : "");
+                (lag && wc == NULL) || (wc != NULL && (end == wc || *end != '\0' || ms < 0 || ms > 600000))) {
+                fprintf(stderr, "p11fault: ignoring control line: %s %.80s\n", wf, wr ? wr : "");
                 continue;
             }
             memcpy(ctl_hides[ctl_nhides].label, wr, strlen(wr) + 1);
             ctl_hides[ctl_nhides].ms = ms;
+            ctl_hides[ctl_nhides].lag = lag;
             ctl_hides[ctl_nhides].seen = 0;
             ctl_nhides++;
             continue;
@@ -1674,7 +1683,12 @@ static unsigned long hide_filter(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *h,
                 if (strcmp(ctl_hides[r].label, label) != 0)
                     continue;
                 long quiet = (long)(now.tv_sec - prev.tv_sec) * 1000 + (now.tv_nsec - prev.tv_nsec) / 1000000;
-                hide = !ctl_hides[r].seen || ctl_hides[r].ms < 0 || quiet < ctl_hides[r].ms;
+                if (!ctl_hides[r].seen)
+                    ctl_hides[r].first = now;
+                long since = (long)(now.tv_sec - ctl_hides[r].first.tv_sec) * 1000 +
+                             (now.tv_nsec - ctl_hides[r].first.tv_nsec) / 1000000;
+                hide = !ctl_hides[r].seen || ctl_hides[r].ms < 0 ||
+                       (ctl_hides[r].lag ? since < ctl_hides[r].ms : quiet < ctl_hides[r].ms);
                 ctl_hides[r].seen = 1;
             }
             pthread_mutex_unlock(&fault_mu);

@@ -5,12 +5,18 @@
  * not, another version or kind of the same group is still searched, and
  * more versions than the table holds never take a quiet one's place (each
  * would search again at every request, every token worker pausing 120 ms
- * each time).
+ * each time). And one search again at a time per version: the version is
+ * marked before the search, and the requests that come meanwhile wait for
+ * its outcome (at most max_waiters of them, never past their deadline)
+ * instead of each pausing a worker: a flood of requests for a version
+ * truly absent paused every worker 120 ms once per gap.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -94,6 +100,132 @@ static void test_more_groups_than_slots(void **state)
     assert_true(searchq_may(1, G, 3, 103.1));
 }
 
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Marked before the search: while one request searches, the version is
+ * not searched by another, and one that may not wait answers at once. */
+static void test_marked_before_search(void **state)
+{
+    bool waited = true;
+    double now = mono();
+    (void)state;
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 0, &waited), SEARCHQ_SEARCH);
+    assert_false(waited);
+    assert_false(searchq_may(7, G, 3, now));
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 0, &waited), SEARCHQ_ANSWER);
+    assert_false(waited);
+    /* past its deadline: answers at once, not waiting */
+    assert_int_equal(searchq_begin(7, G, 3, now, now, 4, &waited), SEARCHQ_ANSWER);
+    assert_false(waited);
+    assert_true(searchq_may(7, G, 4, now)); /* another version is not */
+    searchq_done(7, G, 3, false, now, 2.0);
+    assert_false(searchq_may(7, G, 3, now + 0.1));
+    assert_int_equal(searchq_begin(7, G, 3, now + 0.1, now + 30, 4, &waited), SEARCHQ_ANSWER);
+    assert_false(waited);
+    /* cut short by its deadline (a gap of 0): the next request searches */
+    assert_int_equal(searchq_begin(7, G, 3, now + 2.5, now + 30, 4, &waited), SEARCHQ_SEARCH);
+    searchq_done(7, G, 3, false, now + 2.6, 0);
+    assert_int_equal(searchq_begin(7, G, 3, now + 2.6, now + 30, 4, &waited), SEARCHQ_SEARCH);
+}
+
+struct waiter {
+    pthread_t tid;
+    double wait_until;
+    enum searchq_turn turn;
+    bool waited;
+};
+
+static void *wait_main(void *arg)
+{
+    struct waiter *wt = arg;
+    wt->turn = searchq_begin(7, G, 3, mono(), wt->wait_until, 2, &wt->waited);
+    return NULL;
+}
+
+/* Two requests wait for the one search again (the third may not: at most
+ * max_waiters); the search's outcome is theirs. */
+static void wait_for(bool found)
+{
+    struct waiter wt[2];
+    bool waited;
+    double now = mono();
+
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 2, &waited), SEARCHQ_SEARCH);
+    for (int i = 0; i < 2; i++) {
+        wt[i] = (struct waiter){.wait_until = now + 60};
+        assert_int_equal(pthread_create(&wt[i].tid, NULL, wait_main, &wt[i]), 0);
+    }
+    for (int i = 0; i < 60000 && searchq_waiting(7, G, 3) < 2; i++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(searchq_waiting(7, G, 3), 2);
+    assert_int_equal(searchq_begin(7, G, 3, mono(), mono() + 30, 2, &waited), SEARCHQ_ANSWER);
+    assert_false(waited);
+    searchq_done(7, G, 3, found, mono(), 2.0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(wt[i].tid, NULL), 0);
+        assert_int_equal(wt[i].turn, found ? SEARCHQ_FOUND : SEARCHQ_ANSWER);
+        assert_true(wt[i].waited);
+    }
+    assert_int_equal(searchq_waiting(7, G, 3), 0);
+    assert_true(searchq_may(7, G, 3, mono()) == found);
+}
+
+static void test_waiters_get_found(void **state)
+{
+    (void)state;
+    wait_for(true);
+}
+
+static void test_waiters_get_absent(void **state)
+{
+    (void)state;
+    wait_for(false);
+}
+
+/* Once a search again for a version found nothing, the next one (after
+ * the gap) is made by one request alone: the version is truly absent, and
+ * the others answer at once instead of holding their workers too. A
+ * search cut short by its deadline proved nothing. */
+static void test_known_absent_no_waiters(void **state)
+{
+    bool waited;
+    double now = mono();
+    (void)state;
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 4, &waited), SEARCHQ_SEARCH);
+    searchq_done(7, G, 3, false, now, 0); /* cut short */
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 4, &waited), SEARCHQ_SEARCH);
+    searchq_done(7, G, 3, false, now, 0.01);
+    now = mono() + 0.02;
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 4, &waited), SEARCHQ_SEARCH);
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 4, &waited), SEARCHQ_ANSWER);
+    assert_false(waited);
+    /* found at last (the ceremony reached this server): requests wait again */
+    searchq_done(7, G, 3, true, now, 2.0);
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 4, &waited), SEARCHQ_SEARCH);
+    assert_int_equal(searchq_begin(7, G, 3, mono(), mono() + 0.02, 4, &waited), SEARCHQ_ANSWER);
+    assert_true(waited);
+}
+
+/* A search that never ends (a worker stuck in a token call) holds its
+ * waiters only until their deadline. */
+static void test_wait_ends_at_deadline(void **state)
+{
+    bool waited;
+    double now = mono();
+    (void)state;
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 2, &waited), SEARCHQ_SEARCH);
+    assert_int_equal(searchq_begin(7, G, 3, mono(), mono() + 0.02, 2, &waited), SEARCHQ_ANSWER);
+    assert_true(waited);
+    assert_int_equal(searchq_waiting(7, G, 3), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -101,6 +233,11 @@ int main(void)
         cmocka_unit_test_setup(test_found_clears, reset),
         cmocka_unit_test_setup(test_other_version_still_searched, reset),
         cmocka_unit_test_setup(test_more_groups_than_slots, reset),
+        cmocka_unit_test_setup(test_marked_before_search, reset),
+        cmocka_unit_test_setup(test_waiters_get_found, reset),
+        cmocka_unit_test_setup(test_waiters_get_absent, reset),
+        cmocka_unit_test_setup(test_wait_ends_at_deadline, reset),
+        cmocka_unit_test_setup(test_known_absent_no_waiters, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
