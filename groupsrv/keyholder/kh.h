@@ -43,6 +43,10 @@ struct kh_job {
     unsigned long long audit_first, audit_last; /* its audit records (0: none) */
     unsigned long long arrival;    /* kh->arrivals when the I/O loop queued it (khops.c, stamp_current) */
     int syncer_owes;               /* held, and the syncer must send it (io->mu) */
+    /* Answered a database failure (khops.c, answer_gs_error): its time is
+     * the database's (up to [db] timeout, a busy timeout), no sample of
+     * the token queue's service time. */
+    bool db_failed;
 };
 
 /* One per token worker thread: its own database connection and caches. */
@@ -97,8 +101,9 @@ void *kh_worker_init(void *kh, unsigned index);
 void kh_worker_fini(void *worker);
 /* Runs one job on a worker and leaves its encoded answer in job->reply;
  * the caller (keyholder.c) sends or holds it. False when the job was
- * dropped unrun (past its deadline) or paused to search the token again
- * (a key version not shown yet): its time is no service time. */
+ * dropped unrun (past its deadline), paused to search the token again
+ * (a key version not shown yet) or answered a database failure: its time
+ * is no service time. */
 bool kh_job_run(void *worker, tq_job *job);
 /* How a request is queued: its fairness flow (the identity it is made
  * for), its cost in turns and its service class. */

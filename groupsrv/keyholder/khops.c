@@ -217,6 +217,7 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
         answer_token_unavailable(j);
         return;
     case GS_ERR_DB_UNAVAILABLE: {
+        j->db_failed = true;
         /* PostgreSQL down, failing over, hung or holding a lock: no
          * answer without the membership check; the store reconnects on a
          * later request. Each cause in its own words. One log line a
@@ -240,6 +241,7 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
     }
     case GS_ERR_DB:
     case GS_ERR_IO:
+        j->db_failed = true;
         if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_KEYS_LOCK) {
             /* Another command, server (PostgreSQL: another session) or
              * request of this one making token keys: not "another
@@ -2311,6 +2313,7 @@ bool kh_job_run(void *worker, tq_job *tq)
     log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
     ipc_buf_init(&j->reply);
     w->paused = false;
+    j->db_failed = false;
     w->deadline_s = ipc_u64(&j->msg, IPC_T_DEADLINE, 0) / 1e3;
     /* Past its deadline the network process has answered its client 503
      * already (or will within its tick): nothing is done for it, neither
@@ -2371,7 +2374,11 @@ bool kh_job_run(void *worker, tq_job *tq)
         (void)ipc_end(&j->reply);
     }
     log_set_request_id(NULL);
-    return !w->paused;
+    /* A database failure's time is the database's: a PostgreSQL outage
+     * (each request waiting up to [db] timeout) or a lock held past the
+     * busy timeout, taken as samples, made the token look seconds slow a
+     * turn, and healthy token work was shed 503 overloaded behind it. */
+    return !w->paused && !j->db_failed;
 }
 
 void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable)

@@ -63,7 +63,8 @@ typedef struct tokenq_ops {
      * after a stall would make queued work look free and turn shedding
      * by expected wait off until real jobs rebuilt it. False too for a
      * job whose time was mostly a pause of its own (the key holder's
-     * search again for a key not shown yet), which says as little. */
+     * search again for a key not shown yet) or the database's (a failure
+     * after a timeout), which says as little. */
     bool (*run)(void *worker, tq_job *job);
     /* Optional: runs on the same worker after each run, outside the
      * measured service time and before the worker takes its next job
