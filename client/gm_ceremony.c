@@ -135,6 +135,48 @@ static int need_token(const gm_config *c)
 
 /* ---- keys transport-key ------------------------------------------------------------ */
 
+/* Transport keys already on the token (both halves carry the label: each
+ * named once). A member's ceremony that stopped between `keys
+ * transport-key` and the import (a crash, a file never sent) leaves one,
+ * and the member has no `check` to tell them: with the token's user PIN
+ * a .gsk file made for it gives the group key in the clear to any PKCS#11
+ * program (SECURITY.md). Said when the next one is made. */
+struct transport_left {
+    char labels[16][64];
+    size_t n;
+};
+
+static int transport_left_cb(void *arg, hsm_ctx *hsm, hsm_key *key)
+{
+    struct transport_left *t = arg;
+    const char *label = hsm_key_label(key);
+    char cmd[256];
+
+    (void)hsm;
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->labels[i], label) == 0)
+            return 0;
+    if (t->n == sizeof(t->labels) / sizeof(t->labels[0]))
+        return 0;
+    (void)util_strlcpy(t->labels[t->n++], label, sizeof(t->labels[0]));
+    /* the token's label, anyone's with the user PIN: shown only when it
+     * is ours in form (the prefix and hex), never raw bytes on a terminal */
+    bool plain = strlen(label) < sizeof(t->labels[0]);
+    for (const char *p = label + strlen(GSK_TRANSPORT_PREFIX); plain && *p != '\0'; p++)
+        plain = (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f');
+    if (!plain || gsk_transport_delete_cmd(label, false, cmd, sizeof(cmd)) != GSK_OK) {
+        gm_err("warning: a transport key from an earlier ceremony is still on the token (its label is not one "
+               "groupmail makes; pkcs11-tool --list-objects names it): delete both halves once no file made for it "
+               "is still to be imported");
+        return 0;
+    }
+    gm_err("warning: transport key %s from an earlier ceremony is still on the token (an import that did not finish, "
+           "or --keep-transport-key): with this token's user PIN a .gsk file made for it gives the group key in the "
+           "clear to any PKCS#11 program; once no file made for it is still to be imported, delete both halves: %s",
+           label, cmd);
+    return 0;
+}
+
 int gm_cmd_keys_transport(gm_config *c)
 {
     hsm_ctx *hsm = NULL;
@@ -155,6 +197,9 @@ int gm_cmd_keys_transport(gm_config *c)
     if (gm_hsm_open_token(c, c->hsm_token, &hsm) != 0)
         goto out;
     token_desc(hsm, desc, sizeof(desc), tlabel);
+    struct transport_left left = {.n = 0};
+    if (hsm_key_list(hsm, GSK_TRANSPORT_PREFIX, transport_left_cb, &left) != HSM_OK)
+        gm_err("warning: the token's transport keys could not be listed (%s)", hsm_last_error_detail());
     /* --out opened before the key is made: a named pipe's open waits for
      * its reader, and a command stopped there (Ctrl-C) left a new key on
      * the token that nothing had taken. */

@@ -63,6 +63,9 @@ tok="pkcs11:token=alice%27s%20card"
 
 expect 0 "keys transport-key on alice's token" -- gm keys transport-key --token "$tok" --out "$work/alice-t.pem"
 fp=$(fingerprint "$work/alice-t.pem")
+grep -q "still on the token" "$work/err" && fail "a first transport key warned of one left: $(cat "$work/err")"
+first=$(sed -n 's/^transport key \(gs:transport:[0-9a-f]*\) made on token.*/\1/p' "$work/out" "$work/err" | head -1)
+[ -n "$first" ] || fail "keys transport-key named no label: $(cat "$work/out" "$work/err")"
 grep -q "sha256 $(echo "$fp" | sed 's/..../& /g; s/ $//')" "$work/out" || fail "no spoken fingerprint: $(cat "$work/out")"
 # --out /dev/stdout (here a link to /proc/self/fd/1, standard output a
 # file) is written as every command's --out is (groupmail(1)): the link
@@ -72,6 +75,12 @@ ln -s /proc/self/fd/1 "$work/stdout"
 expect 0 "keys transport-key --out /dev/stdout" -- gm keys transport-key --token "$tok" --out "$work/stdout"
 [ -L "$work/stdout" ] || fail "keys transport-key --out /dev/stdout replaced the link"
 grep -q "BEGIN PUBLIC KEY" "$work/out" || fail "keys transport-key --out /dev/stdout: no key on standard output"
+# alice's first transport key is still there (its import not made yet,
+# as after a ceremony that stopped half-way): a member has no `check`, so
+# the next transport-key says so, with how to delete it
+expect_msg "warning: transport key $first from an earlier ceremony is still on the token"
+expect_msg "pkcs11-tool --login --delete-object --type privkey --label $first, and --type pubkey"
+ok "a second keys transport-key names the first, still on the token, and how to delete it"
 # ... and only the key: its lines go to standard error, as groupsrv's
 fingerprint "$work/out" > /dev/null && ! grep -q '^sha256 ' "$work/out" && grep -q '^sha256 ' "$work/err" ||
   fail "keys transport-key --out /dev/stdout: more than the key on standard output: $(cat "$work/out")"
