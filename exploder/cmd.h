@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 
+#include "spool.h"
 #include "xp.h"
 
 int cmd_deliver(const xp_conf *c, int argc, char **argv);
@@ -28,6 +29,15 @@ int xp_usage_error(const char *status, const char *fmt, ...) __attribute__((form
  * and an option string starting with ':'); cmd names the command. A long
  * option is named without its "=value". */
 int xp_getopt_error(const char *status, const char *cmd, int ch, char **argv);
+
+/* deliver's --members-only rule, which the runner applies again when it
+ * prepares a post (`list set --members-only` or `list remove` since
+ * deliver took it): the address of the post's one From (hdrs[0, hdr_end),
+ * its header block) in from, "" with none, two, or none that reads as an
+ * address; and whether that From or the envelope sender (sender, "" for
+ * the null sender) is a member of l. */
+void xp_post_from(const xp_list *l, const char *hdrs, size_t hdr_end, char *from, size_t fromsz);
+bool xp_poster_is_member(spool *s, const xp_list *l, const char *from, const char *sender);
 
 /* Backoff after the attempts-th failure (1-based): retry_min * 2^(attempts-1),
  * capped at retry_max. */

@@ -88,6 +88,28 @@ static bool is_member(spool *s, const xp_list *l, const char *addr)
     return spool_member_is(s, l->id, key);
 }
 
+void xp_post_from(const xp_list *l, const char *hdrs, size_t hdr_end, char *from, size_t fromsz)
+{
+    char *v;
+
+    from[0] = '\0';
+    /* RFC 5322 3.6: one From. With two, a DMARC checker may refuse or
+     * check either and a mail reader show either: no From is taken then
+     * (the envelope sender may still be a member) */
+    if (mail_header_count(hdrs, hdr_end, "From") > 1) {
+        log_info("more than one From header, none compared with the members list=%s", l->address);
+    } else if ((v = mail_header_get(hdrs, hdr_end, "From")) != NULL) {
+        if (mail_addr_spec(v, from, fromsz) != XP_OK)
+            from[0] = '\0';
+        free(v);
+    }
+}
+
+bool xp_poster_is_member(spool *s, const xp_list *l, const char *from, const char *sender)
+{
+    return is_member(s, l, from) || is_member(s, l, sender);
+}
+
 /* The one line the MTA gets on standard error, and puts into its bounce
  * (Postfix pipe(8) takes a leading RFC 3463 status code as the DSN status):
  * "STATUS text", plain, printable, nothing from the log. */
@@ -224,17 +246,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         free(v);
         v = NULL;
     }
-    /* RFC 5322 3.6: one From. With two, a DMARC checker may refuse or
-     * check either and a mail reader show either: no From is taken then
-     * (the envelope sender may still be a member) */
-    if (mail_header_count((const char *)data, hdr_end, "From") > 1) {
-        log_info("more than one From header, none compared with the members list=%s", l->address);
-    } else if ((v = mail_header_get((const char *)data, hdr_end, "From")) != NULL) {
-        if (mail_addr_spec(v, from, sizeof(from)) != XP_OK)
-            from[0] = '\0';
-        free(v);
-        v = NULL;
-    }
+    xp_post_from(l, (const char *)data, hdr_end, from, sizeof(from));
     if (sender_arg == NULL && sender[0] == '\0')
         memcpy(sender, from, sizeof(sender));
     if ((v = mail_header_get((const char *)data, hdr_end, "Message-ID")) != NULL) {
@@ -242,7 +254,7 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         free(v);
         v = NULL;
     }
-    if (l->members_only && !is_member(s, l, from) && !is_member(s, l, sender)) {
+    if (l->members_only && !xp_poster_is_member(s, l, from, sender)) {
         log_warn("refused: sender not a member list=%s from=\"%s\"", l->address,
                  log_quote(q, sizeof(q), from));
         ex = say(&ans, XP_EX_NOPERM, "5.7.1", "%s accepts mail from its members only", l->address);

@@ -101,6 +101,39 @@ static void out_name(const char *in, char *out, size_t outsz)
     snprintf(out, outsz, "%.*s.out", (int)n, in);
 }
 
+/* deliver's --members-only rule for the list as it is now: `list set
+ * --members-only` (an open list flooded), or `list remove` of the
+ * poster, since deliver took the post. xp_prepare checks the rest of
+ * what deliver checks; this needs the members. *refused: the sender's
+ * reason in reason (deliver's 5.7.1 words), why for the log. */
+static xp_err members_recheck(spool *s, const xp_list *l, const xp_msg *m, const char *in_path, bool *refused,
+                              char *reason, size_t reasonsz, char *why, size_t whysz)
+{
+    unsigned char *data = NULL;
+    size_t len = 0, hdr_end, body_start;
+    char from[MAIL_MAX_ADDR + 1];
+    bool crlf;
+
+    *refused = false;
+    if (!l->members_only)
+        return XP_OK;
+    if (util_read_file(in_path, XP_MESSAGE_SIZE_CEILING, &data, &len) != UTIL_OK) {
+        snprintf(why, whysz, "cannot read spooled message");
+        return XP_ERR_IO;
+    }
+    /* a header block deliver would now refuse: xp_prepare says why */
+    if (mail_split((const char *)data, len, &hdr_end, &body_start, &crlf) == XP_OK) {
+        xp_post_from(l, (const char *)data, hdr_end, from, sizeof(from));
+        if (!xp_poster_is_member(s, l, from, m->sender != NULL ? m->sender : "")) {
+            *refused = true;
+            snprintf(reason, reasonsz, "%s accepts mail from its members only", l->address);
+            snprintf(why, whysz, "refused for the list as it is now (members only): the sender is not a member");
+        }
+    }
+    free(data);
+    return XP_OK;
+}
+
 /* *settled: the message left the "new" state (prepared, or failed for
  * good), rather than being deferred. */
 static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *settled)
@@ -110,6 +143,7 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
     char name[128], in_path[4096], out_path[4096], why[512] = "", qwhy[640];
     xp_prepared prep;
     xp_err rc;
+    bool refused = false;
 
     *settled = true;
     memset(&prep, 0, sizeof(prep));
@@ -134,7 +168,11 @@ static xp_err prepare_one(const xp_conf *c, spool *s, const xp_msg *m, bool *set
         rc = XP_ERR_IO;
         goto out;
     }
-    rc = xp_prepare(c, l, in_path, util_atomic_fp(af), &prep, why, sizeof(why));
+    rc = members_recheck(s, l, m, in_path, &refused, prep.reason, sizeof(prep.reason), why, sizeof(why));
+    if (rc == XP_OK && refused)
+        rc = XP_ERR_REFUSED; /* for good: bounced below with deliver's reason */
+    else if (rc == XP_OK)
+        rc = xp_prepare(c, l, in_path, util_atomic_fp(af), &prep, why, sizeof(why));
     if (rc == XP_OK) {
         /* the prepared file is on disk before the row says so */
         if (util_atomic_commit(af) != UTIL_OK) {

@@ -262,6 +262,27 @@ xp run --once 2>>"$W/run.log" || rc=$?
 [ "$(copies)" = $((before + 1)) ] || fail "the message did not go out"
 xp_spool_empty
 xp_conf "maildir:$W/md" "[spool]" "max_message_size = 20000"
+# `list set --members-only` after deliver took a post from someone not on
+# the list (an open list flooded): the runner checks it again for the
+# list as it is now, as it does the mode (exploder(1), list set), so it
+# reaches no member and bounces with deliver's reason; a member's post
+# taken with it goes out
+xp list create open@lists.example.org --group-server https://127.0.0.1:1 --group eng --mode forward \
+  --group-cert "$W/group.pem" >/dev/null 2>&1
+xp list add open@lists.example.org m1@example.net >/dev/null
+sed 's/^Subject: .*/Subject: from outside/' "$W/good.eml" >"$W/outside.eml"
+xp deliver --list open@lists.example.org --sender stranger@example.com <"$W/outside.eml" ||
+  fail "the open list refused a post from outside"
+xp deliver --list open@lists.example.org --sender m1@example.net <"$W/good.eml" || fail "the open list refused a member"
+xp list set open@lists.example.org --members-only >/dev/null
+before=$(copies)
+xp_drain
+[ "$(copies)" = $((before + 1)) ] || fail "after list set --members-only: $(($(copies) - before)) copies, want the member's post alone"
+! grep -rlq '^Subject: from outside' "$W/md/m1@example.net/new" ||
+  fail "after list set --members-only, a post from outside taken before reached a member"
+grep -rq 'Reason: open@lists.example.org accepts mail from its members only\.' "$W/md/stranger@example.com/new" ||
+  fail "no bounce with deliver's reason for the post from outside: $(tail -2 "$W/run.log")"
+xp_spool_empty
 { echo "List-Id: Eng <eng.lists.example.org>"; cat "$W/good.eml"; } >"$W/loop.eml"
 expect 65 5.4.6 $L "$W/loop.eml"
 # our copy back through another list that replaced our List-Id with its own
