@@ -559,6 +559,16 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
         goto out;
     }
     e = env_message_read(in, ENV_FORMAT_SMIME, c->max_message_size, &msg);
+    /* CMS that is not encrypted, opaque signed-data (openssl smime -sign
+     * -nodetach, cmsutil -S, Outlook without clear-text signing) or a
+     * certs-only message: signed mail, which a forward list that takes
+     * anything sends as it came, as it does multipart/signed */
+    if (e == ENV_ERR_CONTENT_TYPE && l->mode == XP_MODE_FORWARD && !l->require_encrypted) {
+        rc = crw != NULL ? XP_ERR_FORMAT : XP_OK;
+        if (crw != NULL && why != NULL)
+            *why = crw;
+        goto out;
+    }
     if (e != ENV_OK) {
         log_info("message is not a readable CMS message err=\"%s\"", env_strerror(e));
         rc = env_to_xp(e);

@@ -2025,6 +2025,94 @@ static void test_forward_bare_cr(void **state)
     rm_rf(dir);
 }
 
+/* Opaque signed mail (application/pkcs7-mime; smime-type=signed-data: openssl
+ * smime -sign -nodetach, cmsutil -S, Outlook without clear-text signing) is
+ * signed, not encrypted: a forward list that takes anything sends it as it
+ * came, as it does multipart/signed, where it was refused as "not
+ * encrypted ... sign before encrypting"; a list that takes only encrypted
+ * mail still refuses it. */
+static void test_forward_any_opaque_signed(void **state)
+{
+    EVP_PKEY *k = EVP_RSA_gen(2048);
+    X509 *x;
+    BIO *pb;
+    CMS_ContentInfo *cms;
+    unsigned char *der = NULL;
+    char *b64, *pem, *dir = tmpdir(), path[600], outpath[600], mail[8192], pwhy[300], *copy = NULL;
+    const char *why = NULL;
+    int derlen, n;
+    size_t clen = 0, he, bs, body;
+    bool crlf;
+    xp_conf c;
+    xp_list fwd, any;
+    xp_prepared prep;
+    FILE *out;
+    (void)state;
+
+    assert_non_null(k);
+    x = group_cert(k, &pem);
+    pb = BIO_new_mem_buf("Content-Type: text/plain\r\n\r\nsigned, not encrypted\r\n", -1);
+    assert_non_null(pb);
+    cms = CMS_sign(x, k, NULL, pb, CMS_BINARY);
+    assert_non_null(cms);
+    derlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(derlen > 0);
+    b64 = malloc((size_t)derlen / 3 * 4 + 8);
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    n = snprintf(mail, sizeof(mail),
+                 "From: alice@example.org\nSubject: opaque\nMIME-Version: 1.0\n"
+                 "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\n"
+                 "Content-Transfer-Encoding: base64\n\n");
+    assert_true(n > 0);
+    body = (size_t)n;
+    for (size_t o = 0; o < strlen(b64); o += 64) { /* in lines of 64, as openssl writes them */
+        int w = snprintf(mail + n, sizeof(mail) - (size_t)n, "%.64s\n", b64 + o);
+        assert_true(w > 0 && (size_t)w < sizeof(mail) - (size_t)n);
+        n += w;
+    }
+
+    memset(&c, 0, sizeof(c));
+    c.max_message_size = 1 << 20;
+    list_init(&fwd, "eng@lists.example.org", XP_MODE_FORWARD);
+    list_init(&any, "eng@lists.example.org", XP_MODE_FORWARD);
+    fwd.group_cert = any.group_cert = pem;
+    any.require_encrypted = false;
+    assert_int_equal(xp_check_message(&c, &fwd, mail, (size_t)n, NULL, NULL, NULL, false), XP_ERR_NOT_ENCRYPTED);
+    if (xp_check_message(&c, &any, mail, (size_t)n, NULL, &why, NULL, false) != XP_OK)
+        fprintf(stderr, "refused: %s\n", why != NULL ? why : "-");
+    assert_int_equal(xp_check_message(&c, &any, mail, (size_t)n, NULL, NULL, NULL, false), XP_OK);
+    /* ... and its copy carries the body as it came */
+    snprintf(path, sizeof(path), "%s/post", dir);
+    snprintf(outpath, sizeof(outpath), "%s/copy", dir);
+    write_file(path, mail, (size_t)n);
+    out = fopen(outpath, "wb");
+    assert_non_null(out);
+    assert_int_equal(xp_prepare(&c, &any, path, out, &prep, pwhy, sizeof(pwhy)), XP_OK);
+    xp_prepared_clear(&prep);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(util_read_file(outpath, 1 << 20, (unsigned char **)&copy, &clen), UTIL_OK);
+    assert_int_equal(mail_split(copy, clen, &he, &bs, &crlf), XP_OK);
+    assert_int_equal(clen - bs, (size_t)n - body);
+    assert_memory_equal(copy + bs, mail + body, (size_t)n - body);
+    /* taken, then `list set --require-encrypted`: prepare refuses it */
+    out = fopen(outpath, "wb");
+    assert_non_null(out);
+    assert_int_equal(xp_prepare(&c, &fwd, path, out, &prep, pwhy, sizeof(pwhy)), XP_ERR_NOT_ENCRYPTED);
+    xp_prepared_clear(&prep);
+    assert_int_equal(fclose(out), 0);
+
+    free(copy);
+    free(b64);
+    free(pem);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(pb);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     log_init("test_exploder", LOG_LVL_ERROR, NULL);
@@ -2041,6 +2129,7 @@ int main(void)
         cmocka_unit_test(test_spool_migrate_v1),   cmocka_unit_test(test_rest_answer_cap),
         cmocka_unit_test(test_pem_encrypted_asks_nothing), cmocka_unit_test(test_modes_read_fields_as_reader),
         cmocka_unit_test(test_prepare_runs_deliver_check), cmocka_unit_test(test_forward_bare_cr),
+        cmocka_unit_test(test_forward_any_opaque_signed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
