@@ -380,7 +380,9 @@ int util_write_file_atomic(const char *path, const void *data, size_t len, mode_
 
 /* Whether uri has the attribute attr ("pin-value") anywhere, read as
  * p11-kit reads it, whitespace dropped ("pin -value=" is a pin-value
- * there): a refusal that shows the URI must not show it. */
+ * there): a refusal that shows the URI must not show it. Taken loosely
+ * (any case; after a ':' or '&' anywhere too): a separator mistyped
+ * would put the PIN in a label, which errors show. */
 static int uri_has_attr(const char *uri, const char *attr)
 {
     size_t n = 0, alen = strlen(attr);
@@ -407,9 +409,43 @@ int util_uri_has_pin_value(const char *uri)
     return uri_has_attr(uri, "pin-value");
 }
 
+/* Whether p11-kit reads a PIN source in uri: exactly where it looks, so
+ * that a label holding the text ("object=a:pin-source=b", a label p11-kit
+ * reads whole) is not refused. Whitespace dropped anywhere, the scheme's
+ * case ignored; then an attribute starts right after "pkcs11:", after a
+ * ';' in the path, after the first '?' and after a '&' in the query (a
+ * ';' there, a '?' after the first, a ':' or '&' in the path are bytes of
+ * a value). Named "pin-source", or "pinfile", p11-kit's older name, which
+ * it reads as the same attribute; in any case (p11-kit refuses another
+ * case anyway: this says why). */
 int util_uri_has_pin_source(const char *uri)
 {
-    return uri_has_attr(uri, "pin-source");
+    static const char *const names[] = {"pin-source=", "pinfile="};
+    size_t n = 0;
+    char *plain;
+    int found = 0;
+    bool in_query = false;
+
+    if (uri == NULL)
+        return 0;
+    if ((plain = malloc(strlen(uri) + 1)) == NULL)
+        return 1; /* cannot tell: refused as carrying one */
+    for (const char *p = uri; *p != '\0'; p++)
+        if (!isspace((unsigned char)*p))
+            plain[n++] = *p;
+    plain[n] = '\0';
+    if (strncasecmp(plain, "pkcs11:", 7) == 0) {
+        for (const char *p = plain + 7; *p != '\0' && !found; p++) {
+            bool starts =
+                p == plain + 7 || (!in_query && (p[-1] == ';' || p[-1] == '?')) || (in_query && p[-1] == '&');
+            if (p[-1] == '?')
+                in_query = true; /* the first '?': the query begins */
+            for (size_t i = 0; starts && !found && i < GS_ARRAY_LEN(names); i++)
+                found = strncasecmp(p, names[i], strlen(names[i])) == 0;
+        }
+    }
+    free(plain);
+    return found;
 }
 
 static int uri_byte_needs_escape(unsigned char c, int strict)

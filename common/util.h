@@ -103,7 +103,8 @@ const char *util_pin_source_path(const char *source);
  * line, a log or a database record. */
 int util_uri_has_pin_value(const char *uri);
 /* Nonzero when a pkcs11: URI names a PIN source (pin-source, RFC 7512
- * section 2.4, read as util_uri_has_pin_value reads pin-value). groupsrv
+ * section 2.4, or p11-kit's older name pinfile), where and as p11-kit
+ * reads one: a label holding the text is no PIN source. groupsrv
  * logs in to its token once, with [hsm] pin_source: a key URI's own PIN
  * source is refused where the URI is given (--use-key, [tls] key) rather
  * than ignored without a word. */

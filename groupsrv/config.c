@@ -375,7 +375,9 @@ static gs_err validate(const char *name, struct gs_config *c)
      * a PIN source of its own would be ignored without a word. */
     if (c->tls.key != NULL && strncmp(c->tls.key, "pkcs11:", 7) == 0 && util_uri_has_pin_source(c->tls.key))
         return gs_err_set(GS_ERR_CONFIG, "%s: 'key' in [tls] names a PIN source (pin-source), which groupsrv does "
-                          "not read: the PIN comes from [hsm] pin_source only; drop pin-source= from the URI", name);
+                          "not read: the PIN comes from [hsm] pin_source only; drop pin-source= (or pinfile=, its "
+                          "older name) from the URI",
+                          name);
     if (c->tls.key != NULL && strncmp(c->tls.key, "pkcs11:", 7) == 0 && util_uri_needs_escape(c->tls.key, 0)) {
         char enc[1024];
         return gs_err_set(GS_ERR_CONFIG, "%s: 'key' in [tls] has a space or control byte, which a PKCS#11 URI "

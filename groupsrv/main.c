@@ -268,7 +268,8 @@ static int refuse_uri_pin(const char *cmd)
 static int refuse_uri_pin_source(const char *cmd)
 {
     return fail(gs_err_set(GS_ERR_ARGS, "%s: the --use-key URI names a PIN source (pin-source), which groupsrv "
-                           "does not read: the PIN comes from [hsm] pin_source only; drop pin-source= from the URI",
+                           "does not read: the PIN comes from [hsm] pin_source only; drop pin-source= (or pinfile=, "
+                           "its older name) from the URI",
                            cmd));
 }
 

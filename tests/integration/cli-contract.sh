@@ -139,6 +139,18 @@ printf '[tls]\ncert = /x.pem\nkey = pkcs11:token=groupsrv;object=tls?pin-source=
   cat "$gconf" - > "$work/tlspsrc.conf"
 expect 5 "'key' in \[tls\] names a PIN source \(pin-source\), which groupsrv does not read" \
   "groupsrv: [tls] key URI with a pin-source" -- "$gs" -c "$work/tlspsrc.conf" group list
+# ... and so is p11-kit's older name for it (pinfile=, read the same)
+expect 1 "ca init: the --use-key URI names a PIN source \(pin-source\).*pinfile=" \
+  "groupsrv ca init --use-key ...?pinfile=" -- \
+  "$gs" -c "$gconf" ca init --use-key "pkcs11:object=k;type=private?pinfile=file:$work/pin"
+sed 's/?pin-source=/?pinfile=/' "$work/tlspsrc.conf" > "$work/tlspfile.conf"
+expect 5 "'key' in \[tls\] names a PIN source \(pin-source\)" \
+  "groupsrv: [tls] key URI with a pinfile" -- "$gs" -c "$work/tlspfile.conf" group list
+# ... but a label holding the text is no PIN source (p11-kit reads the
+# label "ca:pin-source=x" whole): not refused, the token is opened
+expect 4 "opening token .*PIN source unreadable" "groupsrv ca init --use-key with a label holding ':pin-source='" -- \
+  "$gs" -c "$gconf" ca init --use-key 'pkcs11:object=ca:pin-source=x;type=private'
+[ ! -e "$work/gs.db" ] || fail "a groupsrv ca init that failed created the database"
 # a --use-key URI with a byte RFC 7512 wants percent-encoded: refused with
 # the encoded URI (p11-kit drops the space and looks for "cakey"; the
 # database would record, and every output show, the URI as typed)

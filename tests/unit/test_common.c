@@ -854,6 +854,24 @@ static void test_uri_escape_loose(void **state)
     assert_true(util_uri_has_pin_source("pkcs11:object=k;PIN -Source=/p"));
     assert_false(util_uri_has_pin_source("pkcs11:object=pin-sources"));
     assert_false(util_uri_has_pin_source("pkcs11:object=k?pin-value=1"));
+    /* p11-kit's older name for it, which it reads the same */
+    assert_true(util_uri_has_pin_source("pkcs11:object=k;type=private?pinfile=file:/p"));
+    assert_true(util_uri_has_pin_source("pkcs11:object=k;pinfile=/p"));
+    assert_true(util_uri_has_pin_source("pkcs11:pin-source=/p"));
+    assert_true(util_uri_has_pin_source(" PKCS11 : object=k ? x=1 & pin-source=/p"));
+    assert_true(util_uri_has_pin_source("pkcs11:object=k;pin-source=/a?pin-source=/b"));
+    /* a label or a query value holding the text: p11-kit reads no PIN
+     * source there (object= is "a:pin-source=b"), so neither is refused */
+    assert_false(util_uri_has_pin_source("pkcs11:object=a:pin-source=b;type=private"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=a&pin-source=b"));
+    assert_false(util_uri_has_pin_source("pkcs11:token=t:pinfile=b;object=k"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=k?module-name=a;pin-source=b"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=k?module-name=a?pin-source=b"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=pin-source=x"));
+    assert_false(util_uri_has_pin_source("pkcs11:object=%70in-source=x"));
+    assert_false(util_uri_has_pin_source("pin-source=/p"));
+    /* ... while a pin-value written so is still taken for one (never shown) */
+    assert_true(util_uri_has_pin_value("pkcs11:object=a:pin-value=1234"));
     assert_true(util_uri_needs_escape("pkcs11:object=eng key", 0));
     assert_true(util_uri_needs_escape("pkcs11:object=eng\tkey", 0));
     assert_false(util_uri_needs_escape("pkcs11:object=Gr\xc3\xbcn", 0));
