@@ -583,24 +583,30 @@ static char *token_uri_of(const char *key_uri)
  * raw space is kept, as groupmail always read it. In the query, as RFC
  * 7512 puts it, or in the path, where p11-kit reads it too (older URIs
  * carry it there): a path one was ignored, and the key "not found
- * (no PIN source)". */
+ * (no PIN source)". Given more than once (a path one and a query one),
+ * the last, as p11-kit takes it: the first was read, another program
+ * given the URI read the other file, and a wrong PIN counts towards
+ * the token's lockout. */
 static char *pin_source_of(const char *key_uri)
 {
-    const char *p = key_uri + (strncmp(key_uri, "pkcs11:", 7) == 0 ? 7 : 0);
+    const char *p = key_uri + (strncmp(key_uri, "pkcs11:", 7) == 0 ? 7 : 0), *val = NULL;
+    size_t vlen = 0;
     bool in_query = false;
 
     while (*p != '\0') {
         size_t len = strcspn(p, in_query ? "&" : ";?");
         /* RFC 7512 "file:PATH" is also our pin source syntax */
-        if (len >= 11 && strncmp(p, "pin-source=", 11) == 0)
-            return util_uri_value_decode(p + 11, len - 11);
+        if (len >= 11 && strncmp(p, "pin-source=", 11) == 0) {
+            val = p + 11;
+            vlen = len - 11;
+        }
         p += len;
         if (*p == '?')
             in_query = true;
         if (*p != '\0')
             p++;
     }
-    return NULL;
+    return val != NULL ? util_uri_value_decode(val, vlen) : NULL;
 }
 
 /* Whether gm_hsm_open_token finds a PIN source for uri (and logs in). */

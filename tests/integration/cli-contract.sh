@@ -449,6 +449,19 @@ for u in "?pin-source=file:$work/tok/user-pin" ";pin-source=file:$work/tok/user-
     fail "groupmail csr with ${u%%=*}= in the key URI: $(cat "$work/err")"
   fi
 done
+# ... given twice, the last is read, as p11-kit reads it (the first was:
+# another program given the URI read another file, and a wrong PIN
+# counts towards the token's lockout)
+for u in ";pin-source=file:$work/no-such-pin?pin-source=file:$work/tok/user-pin" \
+  "?pin-source=file:$work/no-such-pin&pin-source=file:$work/tok/user-pin"; do
+  if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" \
+      --key "pkcs11:token=groupsrv;object=member;type=private$u" --from a@example.org 2>"$work/err" |
+      grep -q 'BEGIN CERTIFICATE REQUEST'; then
+    ok "groupmail csr with two pin-source= in the key URI reads the last"
+  else
+    fail "groupmail csr with two pin-source= ($u) did not read the last: $(cat "$work/err")"
+  fi
+done
 
 # ---- scripts/setup with packages missing, as a user without root or sudo ----
 # (a Debian 12 installed with a root password has no sudo): it names what
