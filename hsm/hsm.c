@@ -1624,10 +1624,15 @@ hsm_err hsm_token_uri_check(const char *uri)
     rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_TOKEN, u);
     if (rc != P11_KIT_URI_OK) {
         hsm_set_detail("%s", p11_kit_uri_message(rc));
-    } else if (p11_kit_uri_get_pin_value(u) != NULL || p11_kit_uri_get_pin_source(u) != NULL) {
-        /* Before anything that shows the URI: it would show the PIN. */
+    } else if (p11_kit_uri_get_pin_value(u) != NULL || util_uri_has_pin_value(uri) ||
+               p11_kit_uri_get_pin_source(u) != NULL) {
+        /* Before anything that shows the URI: it would show the PIN. A
+         * pin-value after a mistyped separator ("token=x:pin-value=1",
+         * which p11-kit reads as the label) too, as for --use-key: every
+         * error opening the token, and check, show the URI. */
+        bool value = p11_kit_uri_get_pin_value(u) != NULL || util_uri_has_pin_value(uri);
         hsm_set_detail("it carries a PIN (%s): the PIN comes from [hsm] pin_source only",
-                       p11_kit_uri_get_pin_value(u) != NULL ? "pin-value" : "pin-source");
+                       value ? "pin-value" : "pin-source");
     } else if (util_uri_needs_escape(uri, 0)) {
         char enc[512];
         hsm_set_detail("it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would "

@@ -57,6 +57,15 @@ sed "s|^token = .*|token = pkcs11:token=group srv?pin-value=918273|" "$CONF" > "
 expect_rc 1 "$G" -c "$T/uri.conf" check
 grep -q "^token  *PROBLEM: .*it carries a PIN (pin-value)" "$T/out" || { cat "$T/out"; fail "check: a PIN and a space"; }
 ! grep -q 918273 "$T/out" "$T/err" || fail "the token URI's PIN was shown: $(cat "$T/out")"
+# ... and one after a mistyped separator, which p11-kit reads as part of
+# the label (no token "groupsrv:pin-value=918273"): refused, never shown
+for t in 'pkcs11:token=groupsrv:pin-value=918273' 'pkcs11:token=groupsrv\&pin-value=918273' \
+         'pkcs11:token=groupsrv?x=1:pin-value=918273'; do
+  sed "s|^token = .*|token = $t|" "$CONF" > "$T/uri.conf"
+  expect_rc 1 "$G" -c "$T/uri.conf" check
+  grep -q "^token  *PROBLEM: .*it carries a PIN (pin-value)" "$T/out" || { cat "$T/out"; fail "check: $t"; }
+  ! grep -q 918273 "$T/out" "$T/err" || fail "the token URI's PIN was shown ($t): $(cat "$T/out" "$T/err")"
+done
 
 # --- a PIN source that cannot be used: exit 4, one line naming it (never
 # the PIN), nothing made
