@@ -1233,8 +1233,9 @@ void srv_err_json(srv_err *e, const json_error_t *err)
 {
     /* jansson's text quotes the input: only its line and column go out,
      * with our words for what it says. Valid JSON this parser cannot hold
-     * (a number past 64 bits or a double, deeper nesting than it reads)
-     * is not "malformed": a script author would look for a typo. */
+     * (a number past 64 bits or a double, deeper nesting than it reads,
+     * a \u0000 in a value or a key: jansson has a code for each) is not
+     * "malformed": a script author would look for a typo. */
     const char *why;
     switch (json_error_code(err)) {
     case json_error_duplicate_key: why = "a key is given twice in a JSON object"; break;
@@ -1243,7 +1244,10 @@ void srv_err_json(srv_err *e, const json_error_t *err)
         break;
     case json_error_stack_overflow: why = "JSON nested too deeply"; break;
     case json_error_invalid_utf8: why = "JSON that is not UTF-8"; break;
-    case json_error_null_character: why = "a \\u0000 in a JSON string"; break;
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+        why = "a \\u0000 in a JSON string";
+        break;
     default: why = "malformed JSON"; break;
     }
     srv_err_set(e, 400, "bad_json", "%s at line %d column %d", why, err->line, err->column);

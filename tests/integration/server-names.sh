@@ -85,6 +85,7 @@ bj '{"name":"n","key_version":123456789012345678901234567890}' "a number out of 
 bj '{"name":"n","x":1e999}' "a number out of range" "1e999"
 bj "{\"x\":$(printf '[%.0s' $(seq 1 2100))$(printf ']%.0s' $(seq 1 2100))}" "JSON nested too deeply" "2100 nested arrays"
 bj '{"name":"n\u0000x"}' 'a \\u0000 in a JSON string' "a \\u0000 in a string"
+bj '{"name":"n","a\u0000b":1}' 'a \\u0000 in a JSON string' "a \\u0000 in an object's key (jansson's own code for it)"
 bj $'{"name":"\xff"}' "JSON that is not UTF-8" "a byte that is not UTF-8"
 bj '{"name":"n"' "malformed JSON" "an object not closed"
 stop_server
