@@ -230,6 +230,20 @@ with concurrent.futures.ThreadPoolExecutor(max_workers=len(COMMANDS)) as pool:
         if os.environ.get("HOSTILE_TIMES"):
             print("%-14s %.1fs" % (m, time.monotonic() - t_mode))
 
+# The certificate server the group server names (no --certsrv) is part of
+# its answer: one that is not https:// is an unusable answer, exit 4, said
+# before a key pair is made (ec7cea0; it was exit 1 "invalid arguments"
+# after the key pair), nothing stored.
+set_mode("certsrv-http")
+d = tempfile.mkdtemp(dir=work)
+rc, out, err, secs, rss = run(["certify"], os.path.join(d, "store"))
+if rc != 4 or b"names a certificate server that is not https://" not in err:
+    fail("certify, the group naming an http:// certificate server: exit %s: %r" % (rc, err[:300]))
+mstore = os.path.join(d, "store", "membership")
+if os.path.isdir(mstore) and os.listdir(mstore):
+    fail("certify, the group naming an http:// certificate server: left %s" % os.listdir(mstore))
+checked += 1
+
 srv.terminate()
 srv.wait()
 if failures:

@@ -25,6 +25,8 @@ every way at once, a different way for each list. Every request is
 appended to --log as "METHOD PATH MODE". Modes:
 
   ok                well-formed answers for every endpoint
+  certsrv-http      as ok, but the group names a certificate server that
+                    is not https:// (http://127.0.0.1:1)
   status-NNN        status NNN with a JSON error body (3xx: Location too)
   html-NNN          status NNN with an HTML page (a proxy's error page)
   json-as-text      a well-formed answer labelled text/plain
@@ -121,7 +123,7 @@ def answer(status, body, ctype="application/json", extra=()):
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def ok_body(method, path, body):
+def ok_body(method, path, body, certsrv="https://127.0.0.1:1"):
     """The documented answer of each endpoint (docs/api.md)."""
     parts = path.split("?")[0].split("/")
     endpoint = parts[4] if len(parts) > 4 else ""
@@ -134,7 +136,7 @@ def ok_body(method, path, body):
     if endpoint == "":
         info = {"name": parts[3] if len(parts) > 3 else "", "address": "eng@lists.example.org",
                 "methods": ["tls", "recipient-key", "membership-cert", "group-secret"],
-                "key_versions": [1], "certificate_server": "https://127.0.0.1:1"}
+                "key_versions": [1], "certificate_server": certsrv}
         if ARGS.key_transports and os.path.exists(ARGS.key_transports):
             with open(ARGS.key_transports) as f:
                 info["key_transports"] = json.load(f)
@@ -173,6 +175,9 @@ def endless(conn, first, piece, pause=0.0):
 def serve_request(conn, m, method, path, body):
     if m == "ok":
         b, ct = ok_body(method, path, body)
+        return conn.sendall(answer(200, b, ct))
+    if m == "certsrv-http":
+        b, ct = ok_body(method, path, body, "http://127.0.0.1:1")
         return conn.sendall(answer(200, b, ct))
     if m.startswith("status-") or m.startswith("html-"):
         code = int(m.split("-")[1])
