@@ -210,10 +210,11 @@ static void membership_cert_have_view(struct srv_req *r)
     size_t lead = strspn(body, " \t\r\n");
     if ((ct != NULL && strncasecmp(ct, "application/json", 16) == 0) || (lead < len && body[lead] == '{')) {
         json_error_t je;
-        j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+        j = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
         if (j == NULL) {
             /* said as the API listener says it (docs/api.md), not as a
-             * well-formed body of the wrong shape */
+             * well-formed body of the wrong shape (a scalar is one too,
+             * JSON_DECODE_ANY: JSON without a string csr, below) */
             srv_err_json(&e, &je);
             goto refuse;
         }

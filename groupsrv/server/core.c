@@ -1359,10 +1359,13 @@ json_t *srv_json_body(struct srv_req *r, srv_err *e)
     }
     /* A flat object of plain strings (an unwrap's) is read in one pass;
      * anything else, and every error, is jansson's. Depth and size are
-     * bounded by the body cap; reject NULs and duplicate keys. */
+     * bounded by the body cap; reject NULs and duplicate keys. A scalar
+     * is JSON too (JSON_DECODE_ANY): refused below as an array is, not
+     * as "malformed JSON", which sent a script author looking for a typo
+     * in a body that was a JSON string. */
     o = jsonin_flat_object(body, len);
     if (o == NULL)
-        o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+        o = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
     if (o == NULL) {
         srv_err_json(e, &err);
         return NULL;

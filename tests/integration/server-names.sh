@@ -88,4 +88,14 @@ bj '{"name":"n\u0000x"}' 'a \\u0000 in a JSON string' "a \\u0000 in a string"
 bj '{"name":"n","a\u0000b":1}' 'a \\u0000 in a JSON string' "a \\u0000 in an object's key (jansson's own code for it)"
 bj $'{"name":"\xff"}' "JSON that is not UTF-8" "a byte that is not UTF-8"
 bj '{"name":"n"' "malformed JSON" "an object not closed"
+# JSON that parses but is no object is said so, a scalar as an array (the
+# certificate server: JSON without a string csr, bad_request): a script
+# that sent a JSON string or number was told "malformed JSON"
+for v in '5' '"eng"' 'null' '[1]'; do
+  expect_status 400 bad_json "a body of JSON $v" -- c admin --data-binary "$v" "$base/v1/groups"
+  grep -qF '"message":"the body must be a JSON object"' "$work/body" || fail "a body of JSON $v: $(cat "$work/body")"
+  expect_status 400 bad_request "a CSR body of JSON $v" -- c alice -H 'Content-Type: application/json' \
+    --data-binary "$v" "$cbase/v1/groups/eng/membership-certificates"
+  grep -qF '"message":"JSON body must be {\"csr\": PEM}"' "$work/body" || fail "a CSR body of JSON $v: $(cat "$work/body")"
+done
 stop_server
