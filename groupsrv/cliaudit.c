@@ -7,6 +7,7 @@
  * store = db they go to the chain INSTANCE/admin, the server's being
  * INSTANCE. The identity is the operator's login name.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,9 +45,18 @@ gs_err cli_record_open(const struct gs_config *cfg, struct cli_record *r, const 
         *slash = '\0';
         (void)util_mkdir_p(dir, 0700);
     }
-    if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK)
-        return gs_err_set(GS_ERR_IO, "audit log %s: %s (%s is not done without its record)", cfg->audit.path,
-                          audit_strerror(ae), what);
+    errno = 0;
+    if ((ae = audit_open(cfg->audit.path, &r->log)) != AUDIT_OK) {
+        /* and why (audit_open keeps the errno of what failed): a log
+         * left behind by root refuses a command run as the server's user */
+        int open_errno = errno;
+        char why[1024] = "";
+
+        if (ae == AUDIT_ERR_IO && open_errno != 0)
+            audit_open_why(cfg->audit.path, open_errno, why, sizeof(why));
+        return gs_err_set(GS_ERR_IO, "audit log %s: %s%s%s (%s is not done without its record)", cfg->audit.path,
+                          audit_strerror(ae), why[0] != '\0' ? ": " : "", why, what);
+    }
     /* Room for the record, reserved past the end of the file before the
      * change (a full disk opens fine, and fdatasync succeeds on it): else
      * the change would be made and its record then fail. */

@@ -842,31 +842,16 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
         audit_err ae = audit_open(cfg->audit.path, &kh->audit);
         if (ae != AUDIT_OK) {
             int open_errno = errno;
-            /* An append-only log (chattr +a) opens for appending, so EPERM
-             * from it is the cut of a torn last record (a crash), which
-             * the attribute forbids; "Operation not permitted" alone sent
-             * the operator to the file's mode. An immutable one opens for
-             * nothing. */
-            int attrs = ae == AUDIT_ERR_IO && open_errno == EPERM ? util_file_attrs(cfg->audit.path, 0) : 0;
-            char attrs_why[320] = "";
+            char why[1024];
 
-            if (attrs != 0)
-                (void)snprintf(attrs_why, sizeof(attrs_why), "%s%s", util_file_attrs_name(attrs),
-                               (attrs & UTIL_ATTR_IMMUTABLE)
-                                   ? ": the server cannot append to it; chattr -i the file"
-                                   : ", and its last record is torn (an interrupted write): serve cuts that off at "
-                                     "start, which the attribute forbids: chattr -a the file, start serve, then "
-                                     "chattr +a it again");
             /* why, for the operator: a link (refused by design), no
-             * permission, a read-only or full file system */
-            if (ae == AUDIT_ERR_IO && open_errno != 0)
+             * permission (and whose the file is), an attribute, a
+             * read-only or full file system */
+            if (ae == AUDIT_ERR_IO && open_errno != 0) {
+                audit_open_why(cfg->audit.path, open_errno, why, sizeof(why));
                 log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\" detail=\"%s\"",
-                          log_qs(cfg->audit.path), audit_strerror(ae),
-                          open_errno == ELOOP    ? "a symbolic link (refused: the log must be a regular file)"
-                          : open_errno == EINVAL ? "not a regular file (a FIFO or device: refused)"
-                          : attrs != 0           ? attrs_why
-                                                 : strerror(open_errno));
-            else
+                          log_qs(cfg->audit.path), audit_strerror(ae), log_qs(why));
+            } else
                 log_error("not started: the audit log cannot be opened path=\"%s\" err=\"%s\"",
                           log_qs(cfg->audit.path), audit_strerror(ae));
             return -1;

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -426,6 +427,61 @@ out:
         errno = saved;
     }
     return rc;
+}
+
+/* "name (uid N)" for uid, or "uid N" when the name is unknown. */
+static void user_name(uid_t uid, char *buf, size_t cap)
+{
+    struct passwd pw, *res = NULL;
+    char tmp[1024];
+
+    if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) == 0 && res != NULL)
+        (void)snprintf(buf, cap, "%s (uid %lu)", pw.pw_name, (unsigned long)uid);
+    else
+        (void)snprintf(buf, cap, "uid %lu", (unsigned long)uid);
+}
+
+void audit_open_why(const char *path, int err, char *buf, size_t cap)
+{
+    struct stat st;
+    char owner[320], self[320];
+    char *dir = NULL;
+    int attrs;
+
+    if (cap == 0)
+        return;
+    (void)snprintf(buf, cap, "%s", strerror(err));
+    if (err == ELOOP) {
+        (void)snprintf(buf, cap, "a symbolic link (refused: the log must be a regular file)");
+    } else if (err == EINVAL) {
+        (void)snprintf(buf, cap, "not a regular file (a FIFO or device: refused)");
+    } else if (err == EPERM && (attrs = util_file_attrs(path, 0)) != 0) {
+        /* An append-only log (chattr +a) opens for appending, so EPERM
+         * from it is the cut of a torn last record (a crash), which the
+         * attribute forbids; "Operation not permitted" alone sent the
+         * operator to the file's mode. An immutable one opens for nothing. */
+        (void)snprintf(buf, cap, "%s%s", util_file_attrs_name(attrs),
+                       (attrs & UTIL_ATTR_IMMUTABLE)
+                           ? ": the server cannot append to it; chattr -i the file"
+                           : ", and its last record is torn (an interrupted write): serve cuts that off at "
+                             "start, which the attribute forbids: chattr -a the file, start serve, then "
+                             "chattr +a it again");
+    } else if (err == EACCES) {
+        /* Whose the file is: one left behind by a command run as root
+         * refuses the server's user, and the reverse. */
+        user_name(geteuid(), self, sizeof(self));
+        if (lstat(path, &st) == 0) {
+            user_name(st.st_uid, owner, sizeof(owner));
+            (void)snprintf(buf, cap, "%s: the file is owned by %s, mode %04o, and was opened as %s", strerror(err),
+                           owner, (unsigned)(st.st_mode & 07777), self);
+        } else if (errno == ENOENT && (dir = util_dir_of(path)) != NULL && stat(dir, &st) == 0) {
+            user_name(st.st_uid, owner, sizeof(owner));
+            (void)snprintf(buf, cap,
+                           "%s: the file is not there and its directory %s (owned by %s, mode %04o) cannot "
+                           "be written by %s", strerror(err), dir, owner, (unsigned)(st.st_mode & 07777), self);
+        }
+    }
+    free(dir);
 }
 
 long long audit_torn_bytes_cut(const audit_log *log)

@@ -56,6 +56,14 @@ typedef struct audit_log audit_log;
  * link at path is refused (AUDIT_ERR_IO, errno ELOOP). On AUDIT_ERR_IO
  * errno says why. */
 audit_err audit_open(const char *path, audit_log **out);
+/* Why audit_open(path) failed with AUDIT_ERR_IO and errno err, in words
+ * for the operator, written to buf (always terminated): a link or a FIFO
+ * refused by design, an append-only or immutable attribute, and for
+ * EACCES whose the file (or, not there yet, its directory) is, its mode
+ * and who asked: a log left behind by root refuses a command run as the
+ * server's user, and "Permission denied" alone does not say so. Else
+ * strerror(err). */
+void audit_open_why(const char *path, int err, char *buf, size_t cap);
 /* How many bytes of a torn tail audit_open cut off (0: none), for a
  * command to say so (`audit rotate`); serve logs it. */
 long long audit_torn_bytes_cut(const audit_log *log);
