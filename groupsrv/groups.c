@@ -2614,6 +2614,18 @@ static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, 
     return NULL;
 }
 
+/* Adds text to row's note (after what it says already), in a->note. */
+static void note_add(struct audit *a, gs_key_audit_row *row, const char *text)
+{
+    char buf[sizeof(a->note)];
+    bool before = row->note != NULL && row->note[0] != '\0';
+
+    /* row->note may be a->note itself: composed apart, then copied */
+    (void)snprintf(buf, sizeof(buf), "%s%s%s", before ? row->note : "", before ? "; " : "", text);
+    memcpy(a->note, buf, sizeof(buf));
+    row->note = a->note;
+}
+
 /* One token key: found (if *key is NULL), attributes checked against e (its
  * recorded weakenings accepted). Fills row; the key stays in *key for more
  * checks. */
@@ -2632,6 +2644,13 @@ static void audit_key(struct audit *a, gs_key_audit_row *row, const char *label,
         strncmp(row->custody, "replicable", 10) == 0)
         row->problem = "extractable, and this token does not enforce CKA_WRAP_WITH_TRUSTED (cap trusted wrap): "
                        "the user PIN alone can wrap it out";
+    /* A PIN source in a URI recorded before --use-key refused it: never
+     * read (the token is logged in with [hsm] pin_source alone), and
+     * serve takes the key without a word; the operator who gave it may
+     * think that file's PIN is the one in use. */
+    if (strncmp(label, "pkcs11:", 7) == 0 && util_uri_has_pin_source(label))
+        note_add(a, row, "WARNING: its recorded URI names a PIN source (pin-source), which is not read: the token's "
+                         "PIN is [hsm] pin_source's");
 }
 
 /* Reads a recorded weakenings text; a damaged one is the row's problem. */
@@ -2750,10 +2769,8 @@ static void audit_group(struct audit *a, gs_store *st, const gs_store_group *g)
              * sound, but group-secret is refused. Said, not a problem: the
              * rest of the group is served. */
             if (row.problem == NULL && row.info != NULL && row.info->wrap && a->no_aes_key_wrap) {
-                (void)snprintf(a->note, sizeof(a->note), "%s%sCKM_AES_KEY_WRAP is not offered through this module: "
-                               "deliver=group-secret is refused (unsupported_algorithm) here", row.note,
-                               row.note != NULL && row.note[0] != '\0' ? "; " : "");
-                row.note = a->note;
+                note_add(a, &row, "CKM_AES_KEY_WRAP is not offered through this module: deliver=group-secret is "
+                                  "refused (unsupported_algorithm) here");
             }
         }
         hsm_key_free(k);

@@ -164,6 +164,13 @@ sqlite3 "$T/db2/groupsrv.db" "UPDATE ca SET key_label = replace(key_label, 'slot
 expect_rc 1 "$G" -c "$T/db2-fault.conf" check
 grep -q "^ca .*PROBLEM: not found by its recorded URI: key URI names another slot (slot-id=7; the token is in slot-id=$((16#$slot)))" "$T/out" ||
   { cat "$T/out"; fail "check: a key URI whose slot-id no longer matches"; }
+# A PIN source in a key URI recorded before --use-key refused it (p11tool
+# and OpenSSL's pkcs11 provider write one): serve takes the key and never
+# reads the file; check names it on the key's row, which stays OK.
+sqlite3 "$T/db2/groupsrv.db" "UPDATE ca SET key_label = replace(key_label, ';slot-id=7', '') || '?pin-source=file:$T/card.pin'"
+expect_rc 0 "$G" -c "$T/db2-fault.conf" check
+grep -q "^ca .*OK; WARNING: its recorded URI names a PIN source (pin-source), which is not read: the token's PIN is \[hsm\] pin_source's" "$T/out" ||
+  { cat "$T/out"; fail "check: a recorded key URI with a pin-source"; }
 unset GS_P11FAULT_CONTROL
 
 # --- a database from a newer program: refused, untouched
