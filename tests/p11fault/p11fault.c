@@ -48,6 +48,14 @@
  *       grows between the call asking its length and the call reading it
  *       (CKR_BUFFER_TOO_SMALL with the new length). 0, 0, 0 = off
  *       (p11fault_clear() too).
+ *   void p11fault_slot_pad(unsigned long n, unsigned long grow, int grow_calls);
+ *       C_GetSlotList lists n slots more after the real ones (ids no
+ *       slot of the real module has: C_GetTokenInfo on them fails as on
+ *       a reader whose card was pulled), and after each of the next
+ *       grow_calls calls (< 0: every call) grow more: a reader plugged in
+ *       between the call asking the list's length and the call reading
+ *       it (CKR_BUFFER_TOO_SMALL with the new length). 0, 0, 0 = off
+ *       (p11fault_clear() too).
  *
  * Out-of-process control (for servers under test, which cannot be reached
  * through the C API): if the environment variable GS_P11FAULT_CONTROL names
@@ -163,6 +171,7 @@ P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
 P11FAULT_EXPORT void p11fault_find_batch(unsigned long n);
 P11FAULT_EXPORT void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
+P11FAULT_EXPORT void p11fault_slot_pad(unsigned long n, unsigned long grow, int grow_calls);
 P11FAULT_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 static pthread_mutex_t fault_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -172,6 +181,8 @@ static unsigned long find_batch; /* C_FindObjects' most handles a call (fault_mu
 static struct timespec last_find;  /* when C_FindObjects was called last (fault_mu) */
 static unsigned long mech_pad, mech_grow; /* p11fault_mech_pad (fault_mu) */
 static int mech_grow_calls;
+static unsigned long slot_pad, slot_grow; /* p11fault_slot_pad (fault_mu) */
+static int slot_grow_calls;
 
 static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
@@ -339,6 +350,14 @@ static CK_RV fw_C_GetInfo(struct _CK_INFO *info)
     return real->C_GetInfo(info);
 }
 
+static int slot_listed(const CK_SLOT_ID *list, CK_ULONG n, CK_SLOT_ID id)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (list[i] == id)
+            return 1;
+    return 0;
+}
+
 static CK_RV fw_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list, unsigned long *count)
 {
     CK_RV rv_;
@@ -351,6 +370,35 @@ static CK_RV fw_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list
         if (count == NULL)
             return CKR_ARGUMENTS_BAD;
         *count = 0;
+        return CKR_OK;
+    }
+    pthread_mutex_lock(&fault_mu);
+    unsigned long pad = slot_pad;
+    if (slot_grow_calls != 0) {
+        slot_pad += slot_grow;
+        if (slot_grow_calls > 0)
+            slot_grow_calls--;
+    }
+    pthread_mutex_unlock(&fault_mu);
+    if (pad != 0 && count != NULL) {
+        CK_ULONG cap = *count, rn = 0;
+        if ((rv_ = real->C_GetSlotList(token_present, NULL, &rn)) != CKR_OK)
+            return rv_;
+        if (slot_list == NULL || cap < rn + pad) {
+            *count = rn + pad;
+            return slot_list == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+        }
+        if ((rv_ = real->C_GetSlotList(token_present, slot_list, &rn)) != CKR_OK)
+            return rv_;
+        /* ids the real module does not list (else C_GetTokenInfo would
+         * find a real token behind one) */
+        CK_SLOT_ID id = 0x47530000ul;
+        for (unsigned long i = 0; i < pad; i++, id++) {
+            while (slot_listed(slot_list, rn, id))
+                id++;
+            slot_list[rn + i] = id;
+        }
+        *count = rn + pad;
         return CKR_OK;
     }
     return real->C_GetSlotList(token_present, slot_list, count);
@@ -1856,6 +1904,15 @@ void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls)
     pthread_mutex_unlock(&fault_mu);
 }
 
+void p11fault_slot_pad(unsigned long n, unsigned long grow, int grow_calls)
+{
+    pthread_mutex_lock(&fault_mu);
+    slot_pad = n;
+    slot_grow = grow;
+    slot_grow_calls = grow_calls;
+    pthread_mutex_unlock(&fault_mu);
+}
+
 void p11fault_disconnect(void)
 {
     pthread_mutex_lock(&fault_mu);
@@ -1880,6 +1937,8 @@ void p11fault_clear(void)
     find_batch = 0;
     mech_pad = mech_grow = 0;
     mech_grow_calls = 0;
+    slot_pad = slot_grow = 0;
+    slot_grow_calls = 0;
     pthread_mutex_unlock(&fault_mu);
 }
 

@@ -318,6 +318,17 @@ int testfault_mech_pad(unsigned long n, unsigned long grow, int grow_calls)
     return 0;
 }
 
+int testfault_slot_pad(unsigned long n, unsigned long grow, int grow_calls)
+{
+    void (*fn)(unsigned long, unsigned long, int);
+
+    *(void **)(&fn) = fault_sym("p11fault_slot_pad");
+    if (fn == NULL)
+        return -1;
+    fn(n, grow, grow_calls);
+    return 0;
+}
+
 struct testtoken_copy {
     CK_FUNCTION_LIST *fl;
     CK_SESSION_HANDLE s;

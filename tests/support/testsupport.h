@@ -84,6 +84,10 @@ int testfault_find_batch(unsigned long n);
 /* p11fault_mech_pad: C_GetMechanismList lists n more mechanisms, and
  * grow more after each of the next grow_calls calls (< 0: every call). */
 int testfault_mech_pad(unsigned long n, unsigned long grow, int grow_calls);
+/* p11fault_slot_pad: C_GetSlotList lists n more slots (no token behind
+ * them), and grow more after each of the next grow_calls calls (< 0:
+ * every call). */
+int testfault_slot_pad(unsigned long n, unsigned long grow, int grow_calls);
 /* A second secret key labelled `label` on the token labelled token_label,
  * made with C_CopyObject by the SoftHSM module this process has loaded
  * (hsm/ refuses to make a label in use), in a session of its own that

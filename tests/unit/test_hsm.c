@@ -2883,6 +2883,28 @@ static void test_caps_mech_list_whole(void **state)
     t_close(ctx);
 }
 
+/* A reader plugged in between the call asking the slot list's length and
+ * the call reading it (CKR_BUFFER_TOO_SMALL, the count now the new
+ * length) failed the open with "output buffer too small"; the list is
+ * asked for again, and the token still found among the longer list. One
+ * that keeps growing is an error that says so. */
+static void test_open_slot_list_grows(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_err err;
+    (void)state;
+
+    assert_int_equal(testfault_slot_pad(0, 1, 1), 0);
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    t_close(ctx);
+    assert_int_equal(testfault_slot_pad(0, 1, -1), 0);
+    ctx = open_with(testtoken_p11fault_module(), pinsrc, 0, &err);
+    assert_null(ctx);
+    assert_int_equal(err, HSM_ERR_PKCS11);
+    assert_non_null(strstr(hsm_last_error_detail(), "kept growing"));
+    assert_int_equal(testfault_clear(), 0);
+}
+
 /* A CKR_GENERAL_ERROR (or CKR_FUNCTION_FAILED) a token gives for a moment
  * is probed again within the same use; one it gives for good (a mechanism
  * whose info never comes, GS_P11FAULT_MECH_INFO_FAIL; an enforcement wrap
@@ -3545,6 +3567,7 @@ int main(void)
         cmocka_unit_test_teardown(test_caps_softhsm, t_teardown),
         cmocka_unit_test_teardown(test_caps_mech_info_transient, t_teardown),
         cmocka_unit_test_teardown(test_caps_mech_list_whole, t_teardown),
+        cmocka_unit_test_teardown(test_open_slot_list_grows, t_teardown),
         cmocka_unit_test_teardown(test_find_behind_many_objects, t_teardown),
         cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
