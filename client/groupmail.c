@@ -28,6 +28,7 @@
 #include "gs_version.h"
 #include "log.h"
 #include "mailaddr.h"
+#include "mailfold.h"
 #include "outfile.h"
 #include "util.h"
 
@@ -827,9 +828,11 @@ static int smtp_prepare(FILE *src, FILE *dst, const char *to, const char *from)
                 first = false;
                 continue;
             }
-            if (strncasecmp(line, "To:", 3) == 0)
+            /* "To :" too (obsolete syntax, which readers take): else a
+             * second To would be added */
+            if (mail_field_is(line, n, "To"))
                 have_to = true;
-            if (strncasecmp(line, "From:", 5) == 0)
+            if (mail_field_is(line, n, "From"))
                 have_from = true;
             fprintf(hdr, "%s%s", line, eol ? "\r\n" : "");
         } else {

@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <string.h>
+#include <strings.h>
 
 static bool is_wsp(char c)
 {
@@ -69,4 +70,15 @@ size_t mailfold(char *out, const char *f, size_t n, const char *eol)
         i = next;
     }
     return o;
+}
+
+bool mail_field_is(const char *line, size_t len, const char *name)
+{
+    size_t k = strlen(name);
+
+    if (len <= k || strncasecmp(line, name, k) != 0)
+        return false;
+    while (k < len && is_wsp(line[k]))
+        k++;
+    return k < len && line[k] == ':';
 }

@@ -10,6 +10,7 @@
 #ifndef GS_MAILFOLD_H
 #define GS_MAILFOLD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define MAILFOLD_MAX_LINE 998u /* RFC 5322 2.1.1: octets of a line, without its CRLF */
@@ -25,5 +26,13 @@
  * white space) goes as it came. Unfolded, the lines are f's. Returns the bytes written:
  * call it with out NULL first to size out. */
 size_t mailfold(char *out, const char *f, size_t n, const char *eol);
+
+/* Whether the header line line[0, len) is a field named name (compared
+ * without case): "Name:" or, RFC 5322 4.5's obs-optional, "Name" and
+ * white space before the colon ("To :"), which section 4 has readers
+ * take (Postfix, Mozilla's libmime, the exploder): obsolete syntax is
+ * read, never written. The one rule of every reader of header fields
+ * that names its field (groupmail send, the envelope's readers). */
+bool mail_field_is(const char *line, size_t len, const char *name);
 
 #endif

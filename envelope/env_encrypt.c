@@ -90,11 +90,8 @@ static bool header_is(const char *line, size_t len, const char *const *names, si
 {
     for (size_t i = 0; i < n; i++) {
         size_t k = strlen(names[i]);
-        if (len <= k || strncasecmp(line, names[i], k) != 0)
-            continue;
-        while (obs && k < len && (line[k] == ' ' || line[k] == '\t'))
-            k++;
-        if (k < len && line[k] == ':')
+        if (obs ? mail_field_is(line, len, names[i])
+                : len > k && strncasecmp(line, names[i], k) == 0 && line[k] == ':')
             return true;
     }
     return false;

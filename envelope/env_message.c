@@ -29,6 +29,7 @@
 #include <openssl/objects.h>
 
 #include "env_internal.h"
+#include "mailfold.h"
 #include "util.h"
 
 #define IO_CHUNK (64u * 1024)
@@ -286,12 +287,7 @@ static bool blank_line(const char *l)
  * Mozilla's libmime and Postfix do, and the exploder's mail_split). */
 static bool header_is(const char *line, const char *name)
 {
-    size_t n = strlen(name);
-    if (strncasecmp(line, name, n) != 0)
-        return false;
-    while (line[n] == ' ' || line[n] == '\t')
-        n++;
-    return line[n] == ':';
+    return mail_field_is(line, strlen(line), name);
 }
 
 static char lowered(char c, bool lower)

@@ -68,6 +68,22 @@ grep -q "RCPT TO:<old@lists_x.example.org>" "$work/smtp/transcript.log" &&
   grep -q "MAIL FROM:<al..ice@mail_x.example.org>" "$work/smtp/transcript.log" ||
   fail "older-rule addresses: $(grep -E 'RCPT|MAIL' "$work/smtp/transcript.log" | cat -v)"
 rm "$work/smtp/new/$(ls -t "$work/smtp/new" | head -n 1)"
+# A To and From of the input's header written in RFC 5322's obsolete
+# syntax ('To :', white space before the colon), which readers take: they
+# are the message's To and From, not added again (a second To: was).
+openssl cms -encrypt -aes-128-cbc -recip "$work/g.pem" -to eng@example.org -from alice@example.org -subject hi \
+  -in <(printf 'Content-Type: text/plain\n\nhello\n') | sed -e 's/^To:/To :/' -e 's/^From:/From\t:/' >"$work/obs.eml"
+grep -q '^To :' "$work/obs.eml" || fail "no 'To :' in the test message: $(head -5 "$work/obs.eml")"
+echo ok >"$work/mode"
+ls "$work/smtp/new" >"$work/new.before"
+"$BIN/groupmail" send --smtp "$url" --to eng@example.org --from alice@example.org --in "$work/obs.eml" --timeout 10 \
+  2>"$work/err" || fail "send of a message with 'To :': $(cat -v "$work/err")"
+got=$work/smtp/new/$(ls "$work/smtp/new" | grep -vxFf "$work/new.before")
+hdr=$(tr -d '\r' <"$got" | sed -e '/^$/q')
+[ "$(grep -ciE '^to[[:blank:]]*:' <<<"$hdr")" = 1 ] && [ "$(grep -ciE '^from[[:blank:]]*:' <<<"$hdr")" = 1 ] ||
+  fail "'To :' and 'From :' in the input: the header sent is: $(cat -v <<<"$hdr")"
+rm "$got"
+echo "ok: an input 'To :' and 'From :' are its To and From"
 send mail-5xx eng@example.org 3 "refused the message: 550 5.7.1 sender refused for good"
 send per-rcpt p5@example.org 3 "refused the message: 550 5.1.1 no such user"
 send data-5xx eng@example.org 3 "refused the message: 554 5.3.0 no DATA for you"
