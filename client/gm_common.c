@@ -921,7 +921,8 @@ int gm_rest_open(const gm_config *c, const char *url, gs_rest **r)
             gm_err("cannot use the pin %s: %s", o.pinned_pubkey, gs_rest_strerror(e));
             return GM_EXIT_ERROR;
         }
-        gm_err("cannot use server URL %s: %s", o.base_url, gs_rest_strerror(e));
+        gm_err("cannot use server URL %s: %s", o.base_url,
+               gs_rest_url_ok(o.base_url) ? gs_rest_strerror(e) : gs_rest_url_why(o.base_url));
         return GM_EXIT_USAGE;
     }
     return GM_EXIT_OK;

@@ -325,6 +325,19 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
                    uris[i].what, util_uri_escape_loose(uris[i].uri, enc, sizeof(enc)));
             return GM_EXIT_USAGE;
         }
+    /* The group server's URL before anything else, for every command that
+     * may talk to it: one answered from a cache (certify's membership
+     * certificate, encrypt's pinned or given group certificate) exited 0
+     * with an http:// URL never looked at, which the next command, or
+     * the next day's run past the cache, refuses (exit 2, gm_rest_open). */
+    const char *why = c->server != NULL && (option_commands(O_SERVER) & cmd) != 0 &&
+                              (cmd != C_SEND || c->encrypt_first)
+                          ? gs_rest_url_why(c->server)
+                          : NULL;
+    if (why != NULL) {
+        gm_err("cannot use server URL %s: %s", c->server, why);
+        return GM_EXIT_USAGE;
+    }
     if (c->store == NULL && (c->store = gm_default_store_path()) == NULL) {
         gm_err("no store directory: set HOME, --store or [store] dir");
         return GM_EXIT_USAGE;
@@ -1488,7 +1501,7 @@ static int membership_cert(job *j, gm_mcert *mc, bool fresh, bool *cached)
     /* A usage error as --server's (gm_rest_open), before anything is
      * made or sent: it was found only after a key pair was made, exit 1. */
     if (url != NULL && !gs_rest_url_ok(url)) {
-        gm_err("cannot use certificate server URL %s: it must be https://", url);
+        gm_err("cannot use certificate server URL %s: %s", url, gs_rest_url_why(url));
         return GM_EXIT_USAGE;
     }
     if (!fresh && gm_mcert_load(c, MC_MIN_VALIDITY, mc) == 0) {

@@ -323,15 +323,19 @@ static int pin_ok(const char *pin)
     return strncmp(pin, PIN_SHA256, strlen(PIN_SHA256)) == 0 ? pin_hashes_ok(pin) : pin_file_ok(pin);
 }
 
-bool gs_rest_url_ok(const char *url)
+const char *gs_rest_url_why(const char *url)
 {
     size_t n;
 
     if (url == NULL || strncasecmp(url, "https://", 8) != 0)
-        return false;
+        return "it must be https://";
     n = strlen(url);
-    return n > 8 && n <= MAX_BASE_URL;
+    if (n == 8)
+        return "no host after https://";
+    return n > MAX_BASE_URL ? "longer than 2048 bytes" : NULL;
 }
+
+bool gs_rest_url_ok(const char *url) { return gs_rest_url_why(url) == NULL; }
 
 gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out)
 {

@@ -102,6 +102,9 @@ gs_rest_err gs_rest_new(const gs_rest_opts *opts, gs_rest **out);
 /* Whether url can name a group or certificate server: https://, 9 to
  * 2048 bytes. What gs_rest_new and gs_rest_membership_certificate take. */
 bool gs_rest_url_ok(const char *url);
+/* Why gs_rest_url_ok refuses url, in words for an error line ("it must be
+ * https://"); NULL when it takes it. Static text. */
+const char *gs_rest_url_why(const char *url);
 /* Closes connections, wipes the in-memory key. NULL is fine. */
 void gs_rest_free(gs_rest *r);
 

@@ -288,6 +288,21 @@ expect 2 "^groupmail: cannot use server URL http://127\.0\.0\.1:1" "groupmail ce
 expect 2 "^groupmail: cannot use certificate server URL http://127\.0\.0\.1:1: it must be https://" \
   "groupmail certify --certsrv http://" -- \
   "$gm" certify --server https://127.0.0.1:1 --group eng --store "$work/mstore" --certsrv http://127.0.0.1:1
+# ... also where a cache would answer without the server: a still-valid
+# membership certificate cached for the group there (certify exited 0),
+# a group certificate given as a file (encrypt did)
+mkdir -p "$work/mstore/membership"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=m -keyout "$work/mstore/membership/eng@127.0.0.1_1.key" \
+  -out "$work/mstore/membership/eng@127.0.0.1_1.pem" 2>/dev/null
+"$gm" certify --server https://127.0.0.1:1 --group eng --store "$work/mstore" > /dev/null ||
+  fail "groupmail certify: the cached membership certificate was not taken"
+expect 2 "^groupmail: cannot use server URL http://127\.0\.0\.1:1: it must be https://" \
+  "groupmail certify --server http:// with a cached certificate" -- \
+  "$gm" certify --server http://127.0.0.1:1 --group eng --store "$work/mstore"
+expect 2 "^groupmail: cannot use server URL http://127\.0\.0\.1:1: it must be https://" \
+  "groupmail encrypt --server http:// --group-cert FILE" -- \
+  "$gm" encrypt --server http://127.0.0.1:1 --group eng --store "$work/mstore" \
+  --group-cert "$work/mstore/membership/eng@127.0.0.1_1.pem" --in /dev/null --out "$work/enc.out"
 printf '[server]\ncertificate_server = ftp://127.0.0.1:1\n' > "$work/certsrv.conf"
 expect 2 "^groupmail: cannot use certificate server URL ftp://" "groupmail certify, [server] certificate_server ftp://" -- \
   "$gm" -c "$work/certsrv.conf" certify --server https://127.0.0.1:1 --group eng --store "$work/mstore"
