@@ -507,7 +507,12 @@ static gs_group *load_group(struct kh_worker *w, struct kh_job *j, const char *n
     if ((e = gcache_group(w->gc, w->store, w->kh->hsm, name, &g)) != GS_OK) {
         if (e != GS_ERR_NOT_FOUND)
             gcache_mark_stale(w->gc);
-        answer_gs_error(j, e, "group");
+        /* the words of a name that cannot be a group's (above, and the
+         * network process's): one condition, one message */
+        if (e == GS_ERR_NOT_FOUND)
+            answer_error(j, 404, "not_found", "no such group");
+        else
+            answer_gs_error(j, e, "group");
         return NULL;
     }
     return g;

@@ -39,6 +39,18 @@ expect_status 200 "" "unwrap tls (F)" -- c alice -H 'Content-Type: application/j
 [ "$(json_get "$work/body" key_version)" = 1 ] || fail "key_version"
 check_cek "$(b64d "$(json_get "$work/body" key)" | od -An -tx1 | tr -d ' \n')"
 ok "F key decrypts the openssl cms message"
+# A missing group is one answer whether or not its name could be one: a
+# script compares messages too, and two wordings ("group not found", "no
+# such group") read as two conditions.
+for g in nope NOPE; do
+  for req in "anon $base/v1/groups/$g" "anon $base/v1/groups/$g/certificate" \
+    "c alice -H Content-Type:application/json --data-binary @$work/req-tls.json $base/v1/groups/$g/unwrap" \
+    "c admin $base/v1/groups/$g/members"; do
+    # shellcheck disable=SC2086 # the words of $req are the command's
+    expect_status 404 not_found "group $g: ${req##* }" -- $req
+    grep -q '"message":"no such group"' "$work/body" || fail "group $g: ${req##* }: $(head -c 300 "$work/body")"
+  done
+done
 # A compressed body is refused as such (415 and the coding it takes), not
 # read as malformed JSON; "identity" is no coding.
 gzip -c "$work/req-tls.json" > "$work/req-tls.json.gz"
