@@ -20,3 +20,7 @@ set_tests_properties(lint_log_fields PROPERTIES LABELS "unit;lint")
 # dpkg-buildpackage's obj-TRIPLET and debian/ files) is in .gitignore.
 add_test(NAME lint_gitignore COMMAND bash ${GS_TEST_DIR}/lint/gitignore.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_gitignore PROPERTIES LABELS "unit;lint" SKIP_RETURN_CODE 77)
+# docs/man-codespans.awk (the man pages' code spans joined across lines)
+# changes nothing pandoc reads of a page but the spaces in code spans.
+add_test(NAME lint_man_codespans COMMAND /usr/bin/python3 ${GS_TEST_DIR}/lint/man-codespans.py ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_man_codespans PROPERTIES LABELS "unit;lint" SKIP_RETURN_CODE 77)
