@@ -426,8 +426,13 @@ static gs_err result_error(gs_store *st, PGresult *res, const char *what)
          * the statement_timeout cuts a statement only after it ran that
          * long, which the client, having sent it earlier, saw at least
          * too (less the moment between the send and await_result's
-         * clock: the slack); a cancel sooner is no timeout. */
-        bool too_long = state != NULL && strcmp(state, "57014") == 0 && PG(st)->stmt_timeout_ms > 0 &&
+         * clock: the slack); a cancel sooner is no timeout. Nor is any
+         * cancel while the migration's SET LOCAL statement_timeout = 0
+         * holds (unbounded): a DBA's pg_cancel_backend of a migration
+         * waiting for another's lock, after the session's timeout, was
+         * said to be that timeout's cut. */
+        bool too_long = state != NULL && strcmp(state, "57014") == 0 && !PG(st)->unbounded &&
+                        PG(st)->stmt_timeout_ms > 0 &&
                         monotonic_ms() - PG(st)->sent_ms + SENT_SLACK_MS >= PG(st)->stmt_timeout_ms;
         bool read_only = state != NULL && strcmp(state, "25006") == 0;
         if (!PG(st)->lost && !locked && !too_long)

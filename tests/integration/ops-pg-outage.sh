@@ -19,6 +19,8 @@
 #     (pg_terminate_backend): the very next requests are served, without a
 #     restart (an idle connection the server closed is noticed before a
 #     statement is sent on it);
+#   - a schema migration waiting for another's lock, cancelled by the DBA
+#     past the session's statement_timeout: no statement_timeout cut;
 #   - a table locked by another session: 503 db_unavailable after the 5 s
 #     lock_timeout, not a key holder stuck as long as the lock is held,
 #     saying the database is locked (not "not reachable");
@@ -291,6 +293,36 @@ tail -n +$((log0 + 1)) "$work/serve.log" | grep -q "ran longer than the statemen
 tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'storniere Anfrage' ||
   fail "the server did not speak German (postgresql-15's translations?): $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
 tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'database connection lost' && fail "a statement_timeout logged as a lost connection"
+# The schema migration runs with its own statement_timeout = 0 (SET LOCAL):
+# a migration waiting for another one's lock (here a psql holding it) that
+# the DBA cancels (pg_cancel_backend) after the session's 1 s is no
+# statement_timeout cut; told by the time it ran alone, it was said to
+# have run longer than the statement_timeout, sending the DBA to a knob
+# that did not stop it. The schema one version older, as after an
+# upgrade (`check` migrates it); cancelled before the migration's
+# statements, it is put back.
+pg_hold "$work" "$(pg_url groupsrv)" "SELECT pg_advisory_lock(1735611254); SELECT 'locked';" locked ||
+  fail "psql did not take the migration's lock: $(cat "$work/pg_hold.out")"
+sql "UPDATE schema_version SET version = version - 1" >/dev/null
+gs check > "$work/mig.out" 2>&1 & mig_pid=$!
+waiting=
+for i in $(seq 1 200); do
+  waiting=$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv'
+    AND wait_event = 'advisory' AND query LIKE '%pg_advisory_xact_lock%'")
+  [ -n "$waiting" ] && break
+  sleep 0.05
+done
+[ -n "$waiting" ] || fail "the migration did not wait for the lock: $(grep -m1 '^database' "$work/mig.out")"
+sleep 1.3 # past the session's statement_timeout, which the migration's own 0 replaces
+pg_psql postgres -At -c "SELECT pg_cancel_backend($waiting)" >/dev/null
+wait "$mig_pid" && fail "check succeeded with its migration cancelled: $(grep -m1 '^database' "$work/mig.out")"
+sql "UPDATE schema_version SET version = version + 1" >/dev/null
+pg_release "SELECT pg_advisory_unlock(1735611254);"
+grep -q 'migrating it failed.*storniere Anfrage wegen Benutzer' "$work/mig.out" ||
+  fail "the migration's cancel: $(grep -m1 '^database' "$work/mig.out")"
+! grep -q 'ran longer than' "$work/mig.out" ||
+  fail "a migration cancelled by the DBA said to be cut by a timeout: $(grep -m1 'ran longer' "$work/mig.out")"
+ok "a migration cancelled by the DBA is not called a statement_timeout cut"
 pg_psql postgres -c "ALTER SYSTEM RESET statement_timeout" -c "ALTER SYSTEM RESET lc_messages" >/dev/null
 pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
 for i in $(seq 1 100); do
