@@ -41,10 +41,12 @@ if(TARGET groupsrv)
 endif()
 
 # PostgreSQL stopped, restarted and its sessions ended under a running
-# server (a private PostgreSQL, tests/lib/pg.sh).
+# server (a private PostgreSQL, tests/lib/pg.sh). About 120 s on a quiet
+# host; 236 s seen in the release pass at load 19 beside a compile (164 s
+# under the sanitizer at load 18): the bound leaves room for a loaded CI.
 if(TARGET groupsrv)
   add_test(NAME ops_pg_outage COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-outage.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
-  set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 240
+  set_tests_properties(ops_pg_outage PROPERTIES LABELS "integration" TIMEOUT 360
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 endif()
 
