@@ -239,8 +239,14 @@ static const char *const queries[Q_N] = {
                  "UNION ALL SELECT 'audit', p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
                  "WHERE $1::boolean AND NOT has_any_column_privilege('audit', p)) m",
     /* One statement for the whole batch: one round trip, one commit. */
+    /* ... and, when $4 (pg_audit_append), only after the record it
+     * chains to: a head kept in memory across a failover to a standby
+     * that lacked the chain's last records would leave a gap, which audit
+     * verify reports as records deleted. */
     [Q_AUDIT_APPEND] = "INSERT INTO audit (instance, seq, line) "
-                       "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o)",
+                       "SELECT $1, $2::bigint + t.o - 1, t.l FROM unnest($3::text[]) WITH ORDINALITY AS t(l, o) "
+                       "WHERE NOT $4::boolean OR $2::bigint = 1 "
+                       "OR EXISTS (SELECT 1 FROM audit WHERE instance = $1 AND seq = $2::bigint - 1)",
     [Q_AUDIT_INSTANCES] = "SELECT DISTINCT instance FROM audit ORDER BY 1",
     [Q_AUDIT_READ] = "SELECT seq, line FROM audit WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     [Q_AUDIT_CHAIN_LOCK] = "SELECT pg_advisory_lock(" AUDIT_CHAIN_LOCK ", hashtext($1))",
@@ -271,6 +277,7 @@ struct pg_store {
     int64_t stmt_timeout_ms; /* the session's statement_timeout at its setup (0: none, or not understood) */
     int64_t sent_ms;         /* CLOCK_MONOTONIC when the statement awaited last was sent */
     bool idle_timeout_off; /* pg_keys_lock_try turned idle_session_timeout off: unlock RESETs it */
+    unsigned audit_gen;    /* conn_gen when an audit head was read or records appended last */
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -1969,6 +1976,8 @@ static gs_err pg_audit_head(gs_store *st, const char *instance, int64_t *seq, ch
     bool oom = false;
     p_text(&p, instance);
     gs_err err = run(st, Q_AUDIT_HEAD, &p, &r, "audit head");
+    if (err == GS_OK)
+        PG(st)->audit_gen = PG(st)->conn_gen;
     if (err == GS_OK && PQntuples(r) == 1) {
         *seq = col_int(r, 0, 0);
         *line = col_strdup(r, 0, 1, &oom);
@@ -2038,13 +2047,30 @@ static gs_err pg_audit_append(gs_store *st, const char *instance, int64_t first_
 
     if (arr == NULL)
         return GS_ERR_NOMEM;
+    /* On a connection made since the head was read or the last records
+     * went in (a restart, a failover: ensure_connected notices one closed
+     * while idle and connects again without a word), the record these
+     * chain to must be in the table: a standby promoted may lack it.
+     * Otherwise not looked at: rows an operator archived up to the head
+     * while the server runs do not restart its chain. */
+    if ((err = ensure_connected(st)) != GS_OK) {
+        free(arr);
+        return err;
+    }
     p_text(&p, instance);
     p_int(&p, first_seq);
     p_text(&p, arr);
+    p_text(&p, PG(st)->audit_gen != PG(st)->conn_gen ? "true" : "false");
     err = run_done(st, Q_AUDIT_APPEND, &p, "audit append", &changes);
+    if (err == GS_OK && changes > 0)
+        PG(st)->audit_gen = PG(st)->conn_gen;
     if (err == GS_ERR_EXISTS)
         err = gs_err_set(GS_ERR_EXISTS, "audit record %lld of instance %s already exists (two servers with one "
                          "[server] instance name?)", (long long)first_seq, instance);
+    else if (err == GS_OK && changes == 0 && n > 0)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "audit record %lld of instance %s, which record %lld chains to, is not "
+                         "in the table (a failover to a standby that lacked it? a restored backup?)",
+                         (long long)first_seq - 1, instance, (long long)first_seq);
     else if (err == GS_OK && changes != (long)n)
         err = gs_err_set(GS_ERR_DB, "audit append stored %ld of %zu records", changes, n);
     free(arr);

@@ -1428,9 +1428,23 @@ static int db_flush(struct audit_log *log, struct qrec *batch, size_t n)
         ge = gs_store_audit_append(log->db, log->instance, log->db_seq + 1, lines, n);
         if (ge == GS_ERR_DB_UNAVAILABLE)
             ge = db_append_again(log, lines, n, prev);
-        if (ge != GS_ERR_EXISTS || !db_chain_shared(log) || tries == DB_SHARED_CHAIN_TRIES)
+        /* The record the head in memory names is not in the table: the
+         * database failed over to a standby that lacked the chain's last
+         * records (asynchronous, or written on the primary alone), or was
+         * restored from a backup. Those records are lost with the rest of
+         * what the old primary alone had; the chain continues after the
+         * last record the table has, as a server started now would, rather
+         * than leave a gap that audit verify reports as records deleted. */
+        bool behind = ge == GS_ERR_NOT_FOUND;
+        if (behind)
+            log_error("audit chain: its last records are not in the database (a failover to a standby that lacked "
+                      "them, a restored backup?); continuing after the last record there instance=%s seq=%lld "
+                      "detail=\"%s\"",
+                      log->instance, (long long)log->db_seq, log_qs(gs_err_detail()));
+        if (!(behind || (ge == GS_ERR_EXISTS && db_chain_shared(log))) || tries == DB_SHARED_CHAIN_TRIES)
             break;
-        /* another admin command took the seq: the lines again, after its */
+        /* another admin command took the seq (or the table's head is
+         * older): the lines again, after the head the table has */
         for (size_t i = 0; i < made; i++) {
             free(lines[i]);
             lines[i] = NULL;

@@ -9,7 +9,11 @@
 #   - the primary stopped: 503 db_unavailable with Retry-After, no hang;
 #   - the standby promoted: the same server follows it by itself (no
 #     restart): /healthz 200, unwraps and member changes served, the
-#     change on the new primary; audit verify passes there.
+#     change on the new primary; audit verify passes there;
+#   - the standby asynchronous and stopped first, so that the failover loses
+#     the primary's last commits (members added, audit records): the
+#     server's audit chain continues from the last record the new primary
+#     has (no gap: audit verify passes).
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -48,7 +52,10 @@ ok "a primary and a streaming standby"
 
 # docs/scale-out.md's form: several hosts, target_session_attrs=read-write;
 # the standby first, so that libpq has to pass it over.
-pgsrv_setup "postgresql:///groupsrv?host=$SB/sock,$PRIMARY_SOCK&user=$PG_USER&target_session_attrs=read-write" alice
+pgsrv_setup "postgresql:///groupsrv?host=$SB/sock,$PRIMARY_SOCK&user=$PG_USER&target_session_attrs=read-write" alice bob
+# One token worker: the member record bob's unwrap keeps is the one his
+# request after the failover meets.
+sed -i "/^pin_source/a workers = 1" "$work/gs.conf"
 pgsrv_start
 unwrap 200 "unwrap, standby listed first" -- alice
 expect 201 "member PUT, standby listed first" -- admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/m1@example.org"
@@ -57,11 +64,27 @@ n=$(sbq postgres "SELECT count(*) FROM pg_stat_activity WHERE datname = 'groupsr
 for i in $(seq 1 50); do [ "$(sbq groupsrv "SELECT count(*) FROM members WHERE email = 'm1@example.org'")" = 1 ] && break; sleep 0.1; done
 ok "every session on the primary, none on the standby; m1 replicated to it"
 
+# ---- commits the standby never gets ----------------------------------------------
+# The standby stopped (asynchronous: the primary goes on without it):
+# members added, and unwraps by bob, whose member record the server keeps
+# at the change counter it read last.
+sb_ctl -m fast stop
+for d in 1 2 3 4 5 6; do
+  [ "$(call admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/lost$d@example.org")" = 201 ] ||
+    fail "member PUT lost$d, the standby stopped"
+done
+unwrap 200 "bob's unwrap, the standby stopped" -- bob
+unwrap 200 "bob's unwrap again (his record kept)" -- bob
+lost_n=$(pg_psql groupsrv -At -c "SELECT n FROM changes")
+
 # ---- the primary goes, the standby is promoted ----------------------------------
 pg_stop
+sb_ctl start || fail "the standby did not start again: $(tail -n 5 "$SB/server.log")"
 unwrap 503 db_unavailable "unwrap, primary stopped, standby not promoted" -- alice
 expect 503 db_unavailable "healthz, primary stopped" -- alice "$base/healthz"
 sb_ctl promote || fail "pg_ctl promote"
+for i in $(seq 1 100); do [ "$(sbq postgres 'SELECT pg_is_in_recovery()')" = f ] && break; sleep 0.1; done
+[ "$(sbq groupsrv "SELECT count(*) FROM members WHERE email LIKE 'lost%'")" = 0 ] || fail "setup: the standby had the lost commits"
 for i in $(seq 1 100); do [ "$(call alice "$base/healthz")" = 200 ] && break; sleep 0.1; done
 expect 200 "healthz once the standby is promoted (the server followed it, no restart)" -- alice "$base/healthz"
 unwrap 200 "unwrap on the new primary" -- alice
@@ -69,4 +92,8 @@ expect 201 "member PUT on the new primary" -- admin -X PUT --data '{"role":"memb
 [ "$(sbq groupsrv "SELECT count(*) FROM members WHERE email = 'm2@example.org'")" = 1 ] || fail "m2 is not on the new primary"
 kill -0 "$srv_pid" || fail "serve exited"
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify on the new primary: $(cat "$work/verify.txt")"
+grep -q 'instance gs-a: ok' "$work/verify.txt" || fail "gs-a's chain on the new primary: $(cat "$work/verify.txt")"
+grep -q 'audit chain: its last records are not in the database' "$work/serve.log" ||
+  fail "the lost audit records are not logged"
+ok "gs-a's chain goes on after the last record the new primary has (no gap), the loss logged"
 ok "audit verify on the new primary: $(grep -m1 'instance gs-a:' "$work/verify.txt")"
