@@ -1285,8 +1285,15 @@ static gs_err pg_change_stamp(gs_store *st, uint64_t *stamp)
     PGresult *r = NULL;
     gs_err err = run(st, Q_STAMP, NULL, &r, "change stamp");
     if (err == GS_OK) {
+        /* The counter and the connection it was read on: a new connection
+         * may reach another database (the standby a failover promoted,
+         * which lacks the old primary's last commits; a restored backup),
+         * whose counter can come back to a value read before with other
+         * rows behind it (a member removed there since). What was kept
+         * from the old connection is dropped then: a stamp read on one
+         * connection never equals one read on another. */
         if (PQntuples(r) == 1)
-            *stamp = (uint64_t)col_int(r, 0, 0);
+            *stamp = (uint64_t)col_int(r, 0, 0) ^ ((uint64_t)PG(st)->conn_gen << 48);
         else
             err = gs_err_set(GS_ERR_SCHEMA, "the changes row is missing");
     }

@@ -11,7 +11,10 @@
 #     restart): /healthz 200, unwraps and member changes served, the
 #     change on the new primary; audit verify passes there;
 #   - the standby asynchronous and stopped first, so that the failover loses
-#     the primary's last commits (members added, audit records): the
+#     the primary's last commits (members added, audit records): a member
+#     removed on the new primary by another server (here the CLI) is refused
+#     at this server's very next request, though the change counter came
+#     back to the value the server last read on the old primary; and the
 #     server's audit chain continues from the last record the new primary
 #     has (no gap: audit verify passes).
 set -euo pipefail
@@ -85,6 +88,20 @@ expect 503 db_unavailable "healthz, primary stopped" -- alice "$base/healthz"
 sb_ctl promote || fail "pg_ctl promote"
 for i in $(seq 1 100); do [ "$(sbq postgres 'SELECT pg_is_in_recovery()')" = f ] && break; sleep 0.1; done
 [ "$(sbq groupsrv "SELECT count(*) FROM members WHERE email LIKE 'lost%'")" = 0 ] || fail "setup: the standby had the lost commits"
+# Another server (the CLI here) removes bob on the new primary before this
+# server is asked anything, and other changes bring the change counter to
+# the value this server read last on the old primary.
+gs member remove eng bob@example.org >/dev/null || fail "member remove bob on the new primary"
+n=$(sbq groupsrv 'SELECT n FROM changes')
+while [ "$n" -lt "$lost_n" ]; do
+  gs member add eng "pad$n@example.org" --issue-cert --out "$work" >/dev/null || fail "member add pad$n"
+  n=$(sbq groupsrv 'SELECT n FROM changes')
+done
+[ "$n" = "$lost_n" ] || fail "setup: the change counter is $n on the new primary, $lost_n was read on the old"
+got=$(call bob --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
+[ "$got" = 403 ] && grep -q '"code":"not_a_member"' "$work/body" ||
+  fail "bob removed on the new primary: his next unwrap is HTTP $got, not 403 not_a_member: $(head -c 300 "$work/body")"
+ok "bob removed on the new primary: his very next unwrap is 403 not_a_member (the change counter back at $lost_n)"
 for i in $(seq 1 100); do [ "$(call alice "$base/healthz")" = 200 ] && break; sleep 0.1; done
 expect 200 "healthz once the standby is promoted (the server followed it, no restart)" -- alice "$base/healthz"
 unwrap 200 "unwrap on the new primary" -- alice
