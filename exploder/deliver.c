@@ -39,17 +39,6 @@ static void clean_value(const char *v, char *out, size_t outsz)
     out[o] = '\0';
 }
 
-/* Does a List-Id value ("phrase <id>" or "<id>") name id? */
-static bool same_list_id(const char *v, const char *id)
-{
-    const char *b = strrchr(v, '<'), *e;
-    size_t n = strlen(id);
-    if (b == NULL || (e = strchr(b, '>')) == NULL)
-        return false;
-    b++;
-    return (size_t)(e - b) == n && strncasecmp(b, id, n) == 0;
-}
-
 /* list+tag@domain -> list@domain in base: the address Postfix, with its
  * recipient_delimiter "+" (Debian's default), itself took for the list when
  * it accepted the mail (relay_recipient_maps, transport_maps) and passes
@@ -212,15 +201,14 @@ int cmd_deliver(const xp_conf *c, int argc, char **argv)
         ex = say(&ans, XP_EX_DATAERR, "5.6.0", "%s: malformed message: %s", l->address, mail_split_strerror(rc));
         goto out;
     }
-    /* a copy we sent ourselves coming back is a loop, not a new post */
-    if ((v = mail_header_get((const char *)data, hdr_end, "List-Id")) != NULL &&
-        mail_list_id(l->address, list_id, sizeof(list_id)) == XP_OK && same_list_id(v, list_id)) {
+    /* a copy we sent ourselves coming back is a loop, not a new post; also
+     * when a list it went through since put its own List-Id before ours */
+    if (mail_list_id(l->address, list_id, sizeof(list_id)) == XP_OK &&
+        mail_has_list_id((const char *)data, hdr_end, list_id)) {
         log_warn("refused: mail loop list=%s", l->address);
         ex = say(&ans, XP_EX_DATAERR, "5.4.6", "mail loop: the message already carries List-Id <%s>", list_id);
         goto out;
     }
-    free(v);
-    v = NULL;
     /* our copy back through another list, which replaced our List-Id */
     if (mail_been_there((const char *)data, hdr_end, l->address)) {
         log_warn("refused: mail loop list=%s", l->address);

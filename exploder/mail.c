@@ -616,6 +616,38 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
     return false;
 }
 
+/* Does a List-Id value ("phrase <id>" or "<id>") name id? */
+static bool same_list_id(const char *v, const char *id)
+{
+    const char *b = strrchr(v, '<'), *e;
+    size_t n = strlen(id);
+    if (b == NULL || (e = strchr(b, '>')) == NULL)
+        return false;
+    b++;
+    return (size_t)(e - b) == n && strncasecmp(b, id, n) == 0;
+}
+
+bool mail_has_list_id(const char *hdrs, size_t len, const char *id)
+{
+    static const char name[] = "List-Id";
+    size_t pos = 0, start, end, nlen, want = sizeof(name) - 1;
+
+    while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
+        char *v;
+        bool hit;
+        if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
+            continue;
+        /* each occurrence on its own: mail_header_get only finds the first */
+        if ((v = mail_header_get(hdrs + start, end - start, name)) == NULL)
+            continue;
+        hit = same_list_id(v, id);
+        free(v);
+        if (hit)
+            return true;
+    }
+    return false;
+}
+
 /* Headers a copy never carries over: the list's own (a sender cannot
  * forge them), and Return-Path, which names the original sender's
  * envelope: the copy is a new message whose envelope sender is the list's

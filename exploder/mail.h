@@ -107,6 +107,12 @@ xp_err mail_list_headers(const char *hdrs, size_t len, const char *list_addr, bo
  * list already (the Mailman convention, kept by other list managers). */
 bool mail_been_there(const char *hdrs, size_t len, const char *list_addr);
 
+/* True if any List-Id header of hdrs[0, len) ("phrase <id>" or "<id>")
+ * names id (mail_list_id's, compared case-insensitively): a copy of this
+ * list's come back, also through another list that added its own List-Id
+ * and kept ours. */
+bool mail_has_list_id(const char *hdrs, size_t len, const char *id);
+
 /* True if hdrs[0, len) has a field called name (case insensitive). */
 bool mail_header_present(const char *hdrs, size_t len, const char *name);
 

@@ -3,7 +3,8 @@
 # code the MTA needs, and leaves nothing half-written in the spool:
 #   malformed mail -> 65, unencrypted -> 77, encrypted to another key -> 77,
 #   unknown list -> 67, non-member on a members-only list -> 77,
-#   too large -> 65, mail loop (our own List-Id, or our X-BeenThere) -> 65,
+#   too large -> 65, mail loop (our own List-Id, any of them, or our
+#   X-BeenThere) -> 65,
 #   spool not writable (a read-only file system as root) -> 75 (the MTA
 #   keeps the mail).
 # Each refusal is exactly one line on stderr (what the MTA puts into its
@@ -289,6 +290,11 @@ expect 65 5.4.6 $L "$W/loop.eml"
 { printf 'List-Id: <other.lists.example.org>\nX-BeenThere: other@lists.example.org\nX-BeenThere: %s\n' $L
   cat "$W/good.eml"; } >"$W/loop2.eml"
 expect 65 5.4.6 $L "$W/loop2.eml"
+# ... or through one that kept our List-Id and X-BeenThere out, its own
+# List-Id put before ours
+{ printf 'List-Id: Other <other.lists.example.org>\nList-Id: Eng <%s>\n' "${L/@/.}"
+  cat "$W/good.eml"; } >"$W/loop3.eml"
+expect 65 5.4.6 $L "$W/loop3.eml"
 # an unreadable configuration: temporary, and still one line (4.3.5)
 rc=0
 "$EXPLODER" -c "$W/no-such.conf" deliver --list $L <"$W/good.eml" 2>"$W/deliver.err" || rc=$?

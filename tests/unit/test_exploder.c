@@ -251,6 +251,10 @@ static void test_obs_field_names(void **state)
     assert_int_equal(mail_header_count(m, he, "List-Id"), 1);
     assert_true(mail_header_has_value(m, he, "X-Long"));
     assert_true(mail_been_there("X-BeenThere : eng@lists.example.org\n", 37, "eng@lists.example.org"));
+    /* every List-Id field, "List-Id :" too: another list's put before ours */
+    static const char ids[] = "List-Id: <other.example>\nList-Id : Eng <ENG.lists.example.org>\n";
+    assert_true(mail_has_list_id(ids, sizeof(ids) - 1, "eng.lists.example.org"));
+    assert_false(mail_has_list_id(ids, sizeof(ids) - 1, "ops.lists.example.org"));
     assert_int_equal(mail_list_headers(m, he, "eng@lists.example.org", false, &out, &len), XP_OK);
     assert_string_equal(out, "List-Id: <eng.lists.example.org>\n"
                              "List-Post: <mailto:eng@lists.example.org>\n"
