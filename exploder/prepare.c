@@ -351,19 +351,31 @@ static bool has_lone_cr(const char *p, size_t n)
  * no line in what goes as it came would reach the relay as it is: RFC
  * 5321 2.3.8 has CR only before LF, relays may refuse it (sendmail 8.18
  * does by default) and every member's copy bounce, and mail programs take
- * it for a line end. */
+ * it for a line end; a NUL byte too. */
 static const char *forward_body_cr_why(const env_mime_top *top, const char *body, size_t blen,
                                        bool require_encrypted)
 {
-    size_t b64len;
-    bool cr = is_smime_base64(top, body, blen, &b64len)
-                  ? !require_encrypted && has_lone_cr(body + b64len, blen - b64len)
-                  : has_lone_cr(body, blen);
+    size_t b64len, at = 0, n = blen;
 
-    return cr ? "its body holds a CR that ends no line (RFC 5321 2.3.8 has CR only before LF), which mail "
-                "relays may refuse, and the list sends the body as it came: send it with CR LF line ends, or "
-                "in base64"
-              : NULL;
+    /* what goes as it came: the whole body, or the text after the base64
+     * on a list that sends it (the base64 holds no NUL, and one with a CR
+     * alone goes re-lined) */
+    if (is_smime_base64(top, body, blen, &b64len)) {
+        at = b64len;
+        n = require_encrypted ? 0 : blen - b64len;
+    }
+    if (has_lone_cr(body + at, n))
+        return "its body holds a CR that ends no line (RFC 5321 2.3.8 has CR only before LF), which mail "
+               "relays may refuse, and the list sends the body as it came: send it with CR LF line ends, or "
+               "in base64";
+    /* NUL likewise: RFC 5322 2.3 and RFC 2045 2.7/2.8 leave it out of
+     * mail text (7bit and 8bit alike; only BINARYMIME, RFC 3030, carries
+     * it), so relays may refuse it and every member's copy bounce, and
+     * mail programs written in C end a line's text at it */
+    if (n > 0 && memchr(body + at, '\0', n) != NULL)
+        return "its body holds a NUL byte (RFC 5322 and RFC 2045 leave it out of mail text), which mail "
+               "relays may refuse, and the list sends the body as it came: send it in base64";
+    return NULL;
 }
 
 /* A forward copy carries the post's MIME fields as they came: with one
