@@ -1307,7 +1307,8 @@ static long ctl_delay_ms[FW_COUNT_];
 #define CTL_HIDE_LABEL_MAX 128
 static struct {
     char label[CTL_HIDE_LABEL_MAX + 1];
-    long ms;  /* the pause before a search that shows it; < 0: none does */
+    size_t len; /* label's length: CKA_LABEL is compared as counted bytes */
+    long ms;    /* the pause before a search that shows it; < 0: none does */
     int seen; /* a call has hidden it (the first always does) */
     int lag;  /* "lag": hidden until ms after first, the first hiding call */
     struct timespec first;
@@ -1589,7 +1590,8 @@ static void ctl_parse_locked(char *text)
                 fprintf(stderr, "p11fault: ignoring control line: %s %.80s\n", wf, wr ? wr : "");
                 continue;
             }
-            memcpy(ctl_hides[ctl_nhides].label, wr, strlen(wr) + 1);
+            ctl_hides[ctl_nhides].len = strlen(wr);
+            memcpy(ctl_hides[ctl_nhides].label, wr, ctl_hides[ctl_nhides].len + 1);
             ctl_hides[ctl_nhides].ms = ms;
             ctl_hides[ctl_nhides].lag = lag;
             ctl_hides[ctl_nhides].seen = 0;
@@ -1727,8 +1729,12 @@ static unsigned long hide_filter(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *h,
         if (real->C_GetAttributeValue(session, h[i], &a, 1) == CKR_OK && a.ulValueLen <= CTL_HIDE_LABEL_MAX) {
             label[a.ulValueLen] = '\0';
             pthread_mutex_lock(&fault_mu);
-            for (unsigned r = 0; r < ctl_nhides && !hide; r++) {
-                if (strcmp(ctl_hides[r].label, label) != 0)
+            /* Bounded by the array as well as the count, and compared as
+             * the counted bytes CKA_LABEL is (a label may hold a NUL): a
+             * strcmp here was GCC's -Wstringop-overread at -O2/-O3 with
+             * -Werror, which broke every Release build. */
+            for (unsigned r = 0; r < ctl_nhides && r < CTL_HIDES_MAX && !hide; r++) {
+                if (ctl_hides[r].len != a.ulValueLen || memcmp(ctl_hides[r].label, label, a.ulValueLen) != 0)
                     continue;
                 long quiet = (long)(now.tv_sec - prev.tv_sec) * 1000 + (now.tv_nsec - prev.tv_nsec) / 1000000;
                 if (!ctl_hides[r].seen)
