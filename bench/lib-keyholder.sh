@@ -35,6 +35,37 @@ serve_rss() {
   net=$(awk '/^VmRSS/ {print $2}' "/proc/$(pid_by_comm groupsrv-net)/status")
   echo "$sup,$kh,$net"
 }
+# net_mem: where the network process's memory is (/proc/PID/smaps), to
+# tell a leak from malloc keeping what it freed: its VmRSS; the resident
+# anonymous memory of the main malloc arena ([heap]) and of other
+# anonymous mappings (the other threads' arenas, large mmapped blocks,
+# TLS and thread stacks); how many glibc thread arenas there are (their
+# heaps are mappings on a 64 MiB boundary); and its open descriptors.
+net_mem_header() { echo "net_rss_kb,net_heap_kb,net_anon_kb,net_arenas,net_fds"; }
+net_mem() {
+  local p heap anon arenas
+  p=$(pid_by_comm groupsrv-net)
+  IFS=, read -r heap anon arenas < <(awk '
+    /^[0-9a-f]+-[0-9a-f]+ / {kind = $6 == "[heap]" ? "heap" : (NF == 5 ? "anon" : "")
+      # a glibc heap_info starts on a 64 MiB (HEAP_MAX_SIZE) boundary
+      split($1, a, "-")
+      if (kind == "anon" && $2 ~ /^rw/ && a[1] ~ /[048c]000000$/) arenas++
+      next}
+    /^Rss:/ {if (kind != "") r[kind] += $2}
+    END {printf "%d,%d,%d\n", r["heap"], r["anon"], arenas}' "/proc/$p/smaps")
+  echo "$(awk '/^VmRSS/ {print $2}' "/proc/$p/status"),$heap,$anon,$arenas,$(ls "/proc/$p/fd" | wc -l)"
+}
+# BENCH_MALLOC_STATS=1: glibc's malloc_stats() of the network process
+# after each round (gdb calls it in the process; it prints to the
+# server's log), into $out/overload-malloc-stats.txt: "in use bytes"
+# against "system bytes" tells memory still allocated from memory malloc
+# freed and kept.
+net_malloc_stats() {
+  [ "${BENCH_MALLOC_STATS:-0}" = 1 ] || return 0
+  echo "== $1" >> "$GS_WORK/server.log"
+  gdb -p "$(pid_by_comm groupsrv-net)" -batch -ex 'call (void) malloc_stats()' >/dev/null 2>&1 || true
+  tac "$GS_WORK/server.log" | sed '/^== /q' | tac >> "$out/overload-malloc-stats.txt"
+}
 serve_rss_kb() {
   local p t=0 v
   for p in $(serve_pids); do
@@ -159,13 +190,18 @@ kh_overload_series() {
   CONF=$conf
   gs_server_start
   echo "phase,supervisor_kb,keyholder_kb,network_kb" > "$out/overload-rss.csv"
+  echo "phase,$(net_mem_header)" > "$out/overload-net-mem.csv"
   load "$k0" 8 keepalive --duration 1 --variant warmup
   echo "before,$(serve_rss)" >> "$out/overload-rss.csv"
-  for i in 1 2 3; do
-    log "overload: $offered/s offered to a token that does $cap/s (round $i of 3)"
+  echo "before,$(net_mem)" >> "$out/overload-net-mem.csv"
+  net_malloc_stats before
+  for i in $(seq 1 "${overload_rounds:-3}"); do
+    log "overload: $offered/s offered to a token that does $cap/s (round $i of ${overload_rounds:-3})"
     load "$k0" 256 keepalive --duration "$((duration * 2))" --rate "$offered" --variant "overload-$i" \
       --shed-out "$out/shed-$i.txt"
     echo "after-$i,$(serve_rss)" >> "$out/overload-rss.csv"
+    echo "after-$i,$(net_mem)" >> "$out/overload-net-mem.csv"
+    net_malloc_stats "after-$i"
   done
   gs_server_stop
   CONF=$saved

@@ -127,7 +127,9 @@ source "$top/bench/lib-keyholder.sh"
 [ "$(serve_cpu | awk '{print $2}' | sort | paste -sd' ')" = "groupsrv groupsrv-kh groupsrv-net" ] ||
   die "serve_cpu: $(serve_cpu)"
 [ "$(serve_rss_kb)" -gt 0 ] || die "serve_rss_kb: nothing"
-echo "ok: serve's processes, CPU and RSS read"
+# the network process's memory by kind (bench/run --part overload)
+net_mem | awk -F, 'NF == 5 && $1 > 0 && $2 + $3 > 0 && $5 > 0 {ok = 1} END {exit !ok}' || die "net_mem: $(net_mem)"
+echo "ok: serve's processes, CPU, RSS and the network process's memory read"
 
 # A wrong answer must count as an error, not as an operation.
 if row=$("${L[@]}" --expect '"no-such-field"' --warmup 0 --count 3 2>/dev/null); then
