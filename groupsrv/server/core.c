@@ -81,6 +81,28 @@ static long other_min_conns(const struct srv_thread *t)
     return min;
 }
 
+/* Asks the threads that stepped back from accepting and now hold fewer
+ * connections than `mine` to accept again at once, in their own loops
+ * (resume_cb), not at their next tick: the thread still accepting is the
+ * one that cannot step back, and a burst of new connections (an overload
+ * round's 256 at once) all went to it while the others waited a quarter
+ * of a second, 248 of 256 on one of 8 threads. Each is asked once until
+ * its loop has run the request. */
+static void wake_behind(struct srv_thread *t, long mine)
+{
+    struct srv *s = t->srv;
+
+    if (atomic_load(&s->shutting_down))
+        return;
+    for (unsigned i = 0; i < s->nthreads; i++) {
+        struct srv_thread *u = &s->threads[i];
+        if (u == t || u->resume_ev == NULL || !atomic_load(&u->accept_paused) || atomic_load(&u->nconns) >= mine)
+            continue;
+        if (!atomic_exchange(&u->resume_asked, 1))
+            event_active(u->resume_ev, 0, 0);
+    }
+}
+
 /* Threads share one listening socket and the first to wake accepts every
  * pending connection, so a client opening two connections at once often
  * gets both on one thread while the other idles: with blocking token calls
@@ -92,8 +114,11 @@ static void balance_accept(struct srv_thread *t)
 {
     int n = atomic_load(&t->srv->accepting);
 
-    if (t->accept_paused || atomic_load(&t->nconns) <= other_min_conns(t))
+    long mine = atomic_load(&t->nconns);
+
+    if (t->accept_paused || mine <= other_min_conns(t))
         return;
+    wake_behind(t, mine);
     while (n > 1) {
         if (atomic_compare_exchange_weak(&t->srv->accepting, &n, n - 1)) {
             set_listeners(t, 0);
@@ -924,6 +949,14 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
         log_warn("cannot accept connections: accepts paused for a moment (out of descriptors? see LimitNOFILE) "
                  "err=\"%s\" evicted=%d resume=%s",
                  evutil_socket_error_to_string(err), evicted, soon ? "soon" : "tick");
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct srv_thread *t = arg;
+    (void)fd; (void)what;
+    atomic_store(&t->resume_asked, 0);
+    maybe_resume_accept(t);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -2249,6 +2282,8 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link
     t->index = i;
     atomic_init(&t->nconns, 0);
     atomic_init(&t->new_link_fd, -1);
+    atomic_init(&t->accept_paused, 0);
+    atomic_init(&t->resume_asked, 0);
     if ((t->views = gviews_new()) == NULL || (t->base = loop_base_new()) == NULL)
         goto fail;
     if ((t->link = khlink_new(t->base, s->timeout)) == NULL || khlink_attach(t->link, link_fd) != 0) {
@@ -2265,7 +2300,9 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link
     t->drain_ev = evtimer_new(t->base, drain_cb, t);
     t->tick_ev = event_new(t->base, -1, EV_PERSIST, tick_cb, t);
     t->relink_ev = event_new(t->base, -1, 0, relink_cb, t);
-    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL || t->relink_ev == NULL)
+    t->resume_ev = event_new(t->base, -1, 0, resume_cb, t);
+    if (t->shutdown_ev == NULL || t->drain_ev == NULL || t->tick_ev == NULL || t->relink_ev == NULL ||
+        t->resume_ev == NULL)
         goto fail;
     struct timeval tick = {0, 250000};
     event_add(t->tick_ev, &tick);
@@ -2287,7 +2324,7 @@ static void thread_free(struct srv_thread *t)
     if (t->certhttp != NULL)
         evhttp_free(t->certhttp);
     linger_free_all(t); /* after the connections, before the base */
-    struct event *evs[] = {t->shutdown_ev, t->drain_ev, t->tick_ev, t->relink_ev};
+    struct event *evs[] = {t->shutdown_ev, t->drain_ev, t->tick_ev, t->relink_ev, t->resume_ev};
     for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
         if (evs[i] != NULL)
             event_free(evs[i]);

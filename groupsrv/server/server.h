@@ -98,10 +98,12 @@ struct srv_thread {
     khlink *link;             /* this thread's link to the key holder */
     gviews *views;            /* the group views it fetched */
     struct event *shutdown_ev, *tick_ev, *drain_ev, *relink_ev;
+    struct event *resume_ev;  /* another thread asks it to accept again (core.c, wake_behind) */
     atomic_int new_link_fd;   /* handed over by the main thread (-1: none) */
     atomic_long nconns;
     long requests;            /* in flight on this thread (waiting for the key holder) */
-    int accept_paused;        /* this thread's listeners disabled (cap or balance) */
+    atomic_int accept_paused; /* this thread's listeners disabled (cap or balance); read by others */
+    atomic_int resume_asked;  /* resume_ev is active and has not run yet */
     double drain_deadline;
     unsigned char reqid_pool[512]; /* random bytes for request ids (next_request_id in core.c) */
     size_t reqid_left;        /* bytes of reqid_pool not used yet, from its start */
