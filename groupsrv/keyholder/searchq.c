@@ -30,9 +30,11 @@ static void cv_init(void)
 {
     pthread_condattr_t a;
 
-    /* Without the monotonic clock a wait would end by the wall clock,
-     * which jumps: a waiter ends on its deadline all the same, a few
-     * hundred ms late at worst (the searcher's end wakes it anyway). */
+    /* Without the monotonic clock (never on Linux with glibc) the cv
+     * would wait by the wall clock, on which a CLOCK_MONOTONIC deadline
+     * is long past: each timed wait returns at once, and a waiter polls
+     * the mutex, busy, until its deadline or the searcher's end. Correct
+     * still, only costly; not worth a second clock's arithmetic. */
     if (pthread_condattr_init(&a) != 0 || pthread_condattr_setclock(&a, CLOCK_MONOTONIC) != 0 ||
         pthread_cond_init(&searchq_cv, &a) != 0)
         (void)pthread_cond_init(&searchq_cv, NULL);

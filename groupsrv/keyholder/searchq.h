@@ -19,9 +19,10 @@
  * next one (after the gap) is made by one request alone, the others
  * answering at once: the version is truly absent (a lag ends within one
  * search again), and a flood of requests for it holds one worker once
- * per gap, not every worker. Process-wide, one mutex; at most SEARCHQ_SLOTS versions are remembered,
- * and while that many are quiet the requests for any other version answer
- * at once too (taking a quiet version's place would have each of them
+ * per gap, not every worker. Process-wide, one mutex; at most
+ * SEARCHQ_SLOTS versions are remembered, and while that many are quiet,
+ * searched or waited for, the requests for any other version answer at
+ * once too (taking a quiet version's place would have each of them
  * search again in turn at every request).
  */
 #ifndef GS_KH_SEARCHQ_H
