@@ -701,7 +701,8 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
             break;
     }
     /* A search cut short by its deadline proved nothing: the next request
-     * searches again (no quiet gap); its waiters answer now. */
+     * searches again (no quiet gap), and so does a waiter with time left
+     * (searchq_begin). */
     searchq_done(id, kind, qv, *key != NULL, util_monotonic_s(), cut && *key == NULL ? 0 : SEARCH_AGAIN_GAP);
     if (*key != NULL)
         log_info("key version found at a search again kind=\"%s\" version=%u searches=%zu", what, version, tries);

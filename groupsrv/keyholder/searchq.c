@@ -100,6 +100,7 @@ enum searchq_turn searchq_begin(int64_t group_id, enum searchq_kind kind, unsign
     *waited = false;
     (void)pthread_once(&searchq_once, cv_init);
     pthread_mutex_lock(&searchq_mu);
+again:
     own = slot_of(group_id, kind, version, now, &spare);
     if (own >= 0 && quiet[own].searching) {
         /* Another request is searching again for this very version: its
@@ -127,8 +128,15 @@ enum searchq_turn searchq_begin(int64_t group_id, enum searchq_kind kind, unsign
             if (pthread_cond_timedwait(&searchq_cv, &searchq_mu, &ts) != 0 && mono_s() >= wait_until)
                 break;
         quiet[own].waiters--;
-        if (quiet[own].ends != ends && quiet[own].found)
+        if (quiet[own].ends != ends && quiet[own].found) {
             turn = SEARCHQ_FOUND;
+        } else if (quiet[own].ends != ends && !quiet[own].vain && (now = mono_s()) < wait_until) {
+            /* cut short by its searcher's deadline (searchq_done with no
+             * gap): it proved nothing, and this request has time left.
+             * Taken again from the start: it searches itself (the next
+             * request would), or waits for the one who took it first. */
+            goto again;
+        }
         goto out;
     }
     if (own >= 0 && now < quiet[own].until)

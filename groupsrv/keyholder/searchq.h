@@ -56,12 +56,14 @@ enum searchq_turn {
  * another request searches it, waits (blocking, at most until wait_until
  * on the same clock, only while fewer than max_waiters wait, and only
  * if no search for it has found nothing before) for that search's outcome
- * (*waited then true). */
+ * (*waited then true); a search cut short (searchq_done with no gap)
+ * passes to a waiter with time left, SEARCHQ_SEARCH. */
 enum searchq_turn searchq_begin(int64_t group_id, enum searchq_kind kind, unsigned version, double now,
                                 double wait_until, unsigned max_waiters, bool *waited);
 /* The search again for that version ended at now: found clears its mark;
  * not found answers its requests at once until now + gap_s (0: a search
- * cut short, which proved nothing). Wakes the requests waiting for it. */
+ * cut short, which proved nothing: a waiter with time left searches
+ * next). Wakes the requests waiting for it. */
 void searchq_done(int64_t group_id, enum searchq_kind kind, unsigned version, bool found, double now, double gap_s);
 /* Requests waiting for the search of that version now (tests). */
 unsigned searchq_waiting(int64_t group_id, enum searchq_kind kind, unsigned version);

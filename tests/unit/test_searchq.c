@@ -147,6 +147,17 @@ static void *wait_main(void *arg)
     return NULL;
 }
 
+/* Until n requests wait for the search of version 3 (at most a minute:
+ * a loaded machine starts threads late). */
+static void until_waiting(unsigned n)
+{
+    for (int i = 0; i < 60000 && searchq_waiting(7, G, 3) < n; i++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(searchq_waiting(7, G, 3), n);
+}
+
 /* Two requests wait for the one search again (the third may not: at most
  * max_waiters); the search's outcome is theirs. */
 static void wait_for(bool found)
@@ -160,11 +171,7 @@ static void wait_for(bool found)
         wt[i] = (struct waiter){.wait_until = now + 60};
         assert_int_equal(pthread_create(&wt[i].tid, NULL, wait_main, &wt[i]), 0);
     }
-    for (int i = 0; i < 60000 && searchq_waiting(7, G, 3) < 2; i++) {
-        struct timespec ms = {0, 1000000};
-        nanosleep(&ms, NULL);
-    }
-    assert_int_equal(searchq_waiting(7, G, 3), 2);
+    until_waiting(2);
     assert_int_equal(searchq_begin(7, G, 3, mono(), mono() + 30, 2, &waited), SEARCHQ_ANSWER);
     assert_false(waited);
     searchq_done(7, G, 3, found, mono(), 2.0);
@@ -226,6 +233,30 @@ static void test_wait_ends_at_deadline(void **state)
     assert_int_equal(searchq_waiting(7, G, 3), 0);
 }
 
+/* A search cut short by its searcher's deadline proved nothing: a waiter
+ * with time left searches itself (the next request would), rather than
+ * answer 503 key_unavailable "try another server" for a key that may be
+ * one search away. */
+static void test_cut_search_passes_to_waiter(void **state)
+{
+    struct waiter wt = {.wait_until = mono() + 60};
+    bool waited;
+    double now = mono();
+    (void)state;
+
+    assert_int_equal(searchq_begin(7, G, 3, now, now + 30, 2, &waited), SEARCHQ_SEARCH);
+    assert_int_equal(pthread_create(&wt.tid, NULL, wait_main, &wt), 0);
+    until_waiting(1);
+    searchq_done(7, G, 3, false, mono(), 0); /* cut short */
+    assert_int_equal(pthread_join(wt.tid, NULL), 0);
+    assert_int_equal(wt.turn, SEARCHQ_SEARCH);
+    assert_true(wt.waited);
+    /* the search is the waiter's now: another request waits for it */
+    assert_false(searchq_may(7, G, 3, mono()));
+    searchq_done(7, G, 3, true, mono(), 2.0);
+    assert_int_equal(searchq_waiting(7, G, 3), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -238,6 +269,7 @@ int main(void)
         cmocka_unit_test_setup(test_waiters_get_absent, reset),
         cmocka_unit_test_setup(test_wait_ends_at_deadline, reset),
         cmocka_unit_test_setup(test_known_absent_no_waiters, reset),
+        cmocka_unit_test_setup(test_cut_search_passes_to_waiter, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
