@@ -329,9 +329,14 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
      * may talk to it: one answered from a cache (certify's membership
      * certificate, encrypt's pinned or given group certificate) exited 0
      * with an http:// URL never looked at, which the next command, or
-     * the next day's run past the cache, refuses (exit 2, gm_rest_open). */
+     * the next day's run past the cache, refuses (exit 2, gm_rest_open).
+     * Not decrypt by a key of one's own (local-key, own-key): it asks no
+     * server, even one configured (groupmail(1)), so a [server] url it
+     * never uses refused mail it can read. */
+    bool own_key = cmd == C_DECRYPT && c->via != NULL &&
+                   (strcmp(c->via, "local-key") == 0 || strcmp(c->via, "own-key") == 0);
     const char *why = c->server != NULL && (option_commands(O_SERVER) & cmd) != 0 &&
-                              (cmd != C_SEND || c->encrypt_first)
+                              (cmd != C_SEND || c->encrypt_first) && !own_key
                           ? gs_rest_url_why(c->server)
                           : NULL;
     if (why != NULL) {

@@ -221,6 +221,14 @@ take_port dead
 expect 0 "decrypt --via local-key, no server running" -- gm decrypt --via local-key --group-key "$gk" \
   --server "https://127.0.0.1:$dead" --group eng --in "$work/m1.smime" --out "$work/m1.out"
 cmp -s "$work/m1.out" "$work/m1.txt" || fail "local-key: plaintext differs"
+# Nor one configured that groupmail would refuse (http://): a URL the
+# command never uses is no reason to refuse mail it can read (7447bfa
+# checks --server first for the commands that ask the server).
+printf '[server]\nurl = http://groups.example.org\ngroup = eng\ngroup_ca = %s\n[hsm]\nmodule = %s\npin_source = %s\ngroup_key = %s\n[decrypt]\nvia = local-key\n' \
+  "$work/ca.pem" "$module" "$work/tok-alice/user-pin" "$gk" > "$work/gm-http.conf"
+expect 0 "decrypt --via local-key, [server] url http:// never used" -- gm -c "$work/gm-http.conf" decrypt \
+  --in "$work/m1.smime" --out "$work/m1c.out"
+cmp -s "$work/m1c.out" "$work/m1.txt" || fail "local-key with an http:// [server] url: plaintext differs"
 
 # ---- removal rotates the group key ----
 expect 0 "member remove alice" -- gs_groups member remove eng alice@example.org
