@@ -586,7 +586,7 @@ static char *token_uri_of(const char *key_uri)
  * (no PIN source)". Given more than once (a path one and a query one),
  * the last, as p11-kit takes it: the first was read, another program
  * given the URI read the other file, and a wrong PIN counts towards
- * the token's lockout. */
+ * the token's lockout. pinfile= is p11-kit's older name for it. */
 static char *pin_source_of(const char *key_uri)
 {
     const char *p = key_uri + (strncmp(key_uri, "pkcs11:", 7) == 0 ? 7 : 0), *val = NULL;
@@ -595,10 +595,15 @@ static char *pin_source_of(const char *key_uri)
 
     while (*p != '\0') {
         size_t len = strcspn(p, in_query ? "&" : ";?");
-        /* RFC 7512 "file:PATH" is also our pin source syntax */
-        if (len >= 11 && strncmp(p, "pin-source=", 11) == 0) {
-            val = p + 11;
-            vlen = len - 11;
+        /* RFC 7512 "file:PATH" is also our pin source syntax; "pinfile",
+         * p11-kit's older name, is the same attribute there (read as
+         * another, the PIN came from another file than p11-kit's) */
+        size_t k = len >= 11 && strncmp(p, "pin-source=", 11) == 0 ? 11
+                   : len >= 8 && strncmp(p, "pinfile=", 8) == 0  ? 8
+                                                                 : 0;
+        if (k != 0) {
+            val = p + k;
+            vlen = len - k;
         }
         p += len;
         if (*p == '?')

@@ -467,14 +467,16 @@ done
 # ... given twice, the last is read, as p11-kit reads it (the first was:
 # another program given the URI read another file, and a wrong PIN
 # counts towards the token's lockout)
+# pinfile=, p11-kit's older name for it, is the same attribute there
 for u in ";pin-source=file:$work/no-such-pin?pin-source=file:$work/tok/user-pin" \
-  "?pin-source=file:$work/no-such-pin&pin-source=file:$work/tok/user-pin"; do
+  "?pin-source=file:$work/no-such-pin&pin-source=file:$work/tok/user-pin" \
+  ";pin-source=file:$work/no-such-pin?pinfile=file:$work/tok/user-pin" ";pinfile=file:$work/tok/user-pin"; do
   if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" \
       --key "pkcs11:token=groupsrv;object=member;type=private$u" --from a@example.org 2>"$work/err" |
       grep -q 'BEGIN CERTIFICATE REQUEST'; then
-    ok "groupmail csr with two pin-source= in the key URI reads the last"
+    ok "groupmail csr with $u in the key URI reads the last PIN source"
   else
-    fail "groupmail csr with two pin-source= ($u) did not read the last: $(cat "$work/err")"
+    fail "groupmail csr with $u in the key URI did not read the last PIN source: $(cat "$work/err")"
   fi
 done
 
