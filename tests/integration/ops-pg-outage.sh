@@ -842,7 +842,10 @@ for i in $(seq 1 200); do # the lookup met the refusal
   kill -0 "$held_call" 2>/dev/null || break
   sleep 0.05
 done
-[ "$variant" = gone ] && pgq "SELECT pg_terminate_backend($held)" >/dev/null
+# ended and gone before connections are allowed again (the timeout makes
+# pg_terminate_backend wait for the backend to leave: under load its exit
+# can come after the server's lookup has connected and ended it itself)
+[ "$variant" = gone ] && pgq "SELECT pg_terminate_backend($held, 30000)" >/dev/null
 sleep 0.6 # a few of the lookup's tries ([db] timeout 1: it tries for 2 s)
 pgq "ALTER DATABASE groupsrv ALLOW_CONNECTIONS true" >/dev/null
 wait "$held_call" || true
