@@ -35,8 +35,12 @@ expect() {
 
 # ---- groupsrv ----
 gconf=$work/groupsrv.conf
-printf '[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = %s/pin\n[db]\npath = %s/gs.db\n' \
-  "$work" "$work" > "$gconf"
+# [audit] path in the work directory: the default is the machine's
+# /var/log/groupsrv/audit.jsonl, which a command run as root here (ca init
+# --use-key reaches its record) made root's, 0600, and the installed
+# package's service user then could not write (package_deb_system failed).
+printf '[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\npin_source = %s/pin\n[db]\npath = %s/gs.db\n[audit]\npath = %s/audit.jsonl\n' \
+  "$work" "$work" "$work" > "$gconf"
 gs=$BIN/groupsrv
 usage='\(see groupsrv --help\)$'
 expect 2 "unknown subcommand lst .*$usage" "groupsrv group lst names the subcommand" -- "$gs" -c "$gconf" group lst
@@ -221,7 +225,6 @@ mkdir -p "$work/notokens"
 printf 'directories.tokendir = %s/notokens\nobjectstore.backend = file\n' "$work" > "$work/notokens.conf"
 take_port free
 sed "s/^listen = .*/listen = 127.0.0.1:$free/" "$work/serve.conf" > "$work/serve-kh.conf"
-printf '[audit]\npath = %s/serve-audit.jsonl\n' "$work" >> "$work/serve-kh.conf"
 SOFTHSM2_CONF=$work/notokens.conf expect_serve 4 \
   'msg="not started: the token cannot be opened" err=".*PIN source unreadable' "groupsrv serve with its PIN file missing" \
   "$work/serve-kh.conf"

@@ -56,7 +56,8 @@ int main(int argc, char **argv) {
 }
 C
 cc -o "$W/mdwe" "$W/mdwe.c" -lseccomp
-printf '[hsm]\nmodule = %s\npin_source = env:GS_TEST_PIN\n[db]\npath = %s\n' "$W/execstack.so" "$W/gs.db" >"$W/gs.conf"
+printf '[hsm]\nmodule = %s\npin_source = env:GS_TEST_PIN\n[db]\npath = %s\n[audit]\npath = %s\n' "$W/execstack.so" "$W/gs.db" \
+  "$W/audit.jsonl" >"$W/gs.conf"
 # operations.md quotes it in a paragraph whose lines break anywhere.
 doc=$(sed -n '/^### The token under systemd$/,/^### /p' "$SRC/docs/operations.md" | tr '\n' ' ' | tr -s ' ')
 grep -qF 'MemoryDenyWriteExecute=no' <<<"$doc" || fail "operations.md 'The token under systemd' gives no MemoryDenyWriteExecute=no drop-in"
