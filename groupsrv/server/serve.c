@@ -280,8 +280,11 @@ static int wait_ready(struct child *c)
             continue;
         }
         struct pollfd p = {.fd = c->ctl, .events = POLLIN};
-        int left = (int)((deadline - util_monotonic_s()) * 1000);
-        if (left <= 0 || poll(&p, 1, left) <= 0)
+        int left = (int)((deadline - util_monotonic_s()) * 1000), n = 0;
+        /* a signal caught while starting (on_early_signal) is no failure */
+        while (left > 0 && (n = poll(&p, 1, left)) < 0 && errno == EINTR)
+            left = (int)((deadline - util_monotonic_s()) * 1000);
+        if (left <= 0 || n <= 0)
             break;
         if (ipc_reader_fill(&rd, c->ctl) != IPC_OK) {
             closed = true;
@@ -809,6 +812,17 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* A SIGTERM or SIGINT before the event loop's signal events are in place
+ * (set while both children start): the server stops as soon as it has
+ * started. */
+static volatile sig_atomic_t early_stop;
+
+static void on_early_signal(int sig)
+{
+    if (sig != SIGHUP)
+        early_stop = 1;
+}
+
 static void on_term(evutil_socket_t sig, short what, void *arg)
 {
     struct sup *s = arg;
@@ -884,6 +898,22 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* The signal events are added once both children are ready (a second
+     * or more: the token's login): a SIGTERM before then (a service
+     * manager's stop just after its start, a test's) killed this process
+     * by the default action, exit by signal 15 and the children left to
+     * find the supervisor gone; a SIGHUP (a reload) killed it too. Caught
+     * from here on (the children set their own: child_defaults). */
+    struct sigaction early;
+    memset(&early, 0, sizeof(early));
+    early.sa_handler = on_early_signal;
+    early.sa_flags = SA_RESTART;
+    sigemptyset(&early.sa_mask);
+    if (sigaction(SIGTERM, &early, NULL) != 0 || sigaction(SIGINT, &early, NULL) != 0 ||
+        sigaction(SIGHUP, &early, NULL) != 0) {
+        log_error("not started: cannot catch signals err=\"%s\"", strerror(errno));
+        return 1;
+    }
     ipc_libevent_log_to_ours();
     s.cfg = cfg;
     s.nlinks = (cfg->server.threads ? cfg->server.threads : 4) + 1;
@@ -963,7 +993,10 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
     on_chld(SIGCHLD, 0, &s); /* one may have ended before the handler was in place */
     log_info("listening addr=%s certsrv=%s threads=%u keyholder=%ld network=%ld", listen,
              cfg->certsrv.listen ? cfg->certsrv.listen : "off", s.nlinks - 1, (long)s.kh.pid, (long)s.net.pid);
-    event_base_dispatch(s.base);
+    if (early_stop)
+        log_info("shutting down: a signal came while starting");
+    else
+        event_base_dispatch(s.base);
     rc = s.failed ? 1 : 0;
 out:
     s.stopping = 1;
