@@ -278,6 +278,10 @@ struct pg_store {
     int64_t sent_ms;         /* CLOCK_MONOTONIC when the statement awaited last was sent */
     bool idle_timeout_off; /* pg_keys_lock_try turned idle_session_timeout off: unlock RESETs it */
     unsigned audit_gen;    /* conn_gen when an audit head was read or records appended last */
+    bool stamp_known;      /* the change counter and the connection pg_change_stamp read it on last, */
+    int64_t stamp_n;       /* and the stamp it gave for them: a count that moves whenever either */
+    unsigned stamp_gen;    /* differs, so it never comes back to a value it gave before */
+    uint64_t stamp;
 };
 
 #define PG(st) ((struct pg_store *)(st))
@@ -1291,11 +1295,22 @@ static gs_err pg_change_stamp(gs_store *st, uint64_t *stamp)
          * whose counter can come back to a value read before with other
          * rows behind it (a member removed there since). What was kept
          * from the old connection is dropped then: a stamp read on one
-         * connection never equals one read on another. */
-        if (PQntuples(r) == 1)
-            *stamp = (uint64_t)col_int(r, 0, 0) ^ ((uint64_t)PG(st)->conn_gen << 48);
-        else
+         * connection never equals one read on another. Counted here, not
+         * mixed from the two: the counter with the connection count in
+         * its top 16 bits came back equal 65536 connections later (and for
+         * a counter past 2^48), keeping a removed member's record. */
+        if (PQntuples(r) == 1) {
+            int64_t n = col_int(r, 0, 0);
+            if (!PG(st)->stamp_known || n != PG(st)->stamp_n || PG(st)->conn_gen != PG(st)->stamp_gen) {
+                PG(st)->stamp_known = true;
+                PG(st)->stamp_n = n;
+                PG(st)->stamp_gen = PG(st)->conn_gen;
+                PG(st)->stamp++;
+            }
+            *stamp = PG(st)->stamp;
+        } else {
             err = gs_err_set(GS_ERR_SCHEMA, "the changes row is missing");
+        }
     }
     PQclear(r);
     return err;

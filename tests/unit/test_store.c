@@ -1590,6 +1590,46 @@ static void test_reconnect(void **state)
     gs_store_set_idle_check(GS_STORE_IDLE_CHECK_MS);
 }
 
+/* A token worker drops what it kept when the change stamp moves. On a new
+ * connection (a failover to a standby that lacked the old primary's last
+ * commits, a restored backup) the counter can read a value read before,
+ * with other rows behind it (a member removed there since): the stamp
+ * differs all the same, from every stamp this handle read before, whatever
+ * the counter reads there. (The stamp mixed the counter with the low 16
+ * bits of the connection count: 65536 connections later, or a counter past
+ * 2^48, it came back equal, and a removed member's record was kept.) */
+static void test_change_stamp_reconnect(void **state)
+{
+    struct fx *f = *state;
+    uint64_t a = 0, b = 0, c = 0, again = 0;
+    char sql[256], set[96];
+
+    if (!g_pg)
+        return;
+    end_sessions_sql(f, sql, sizeof(sql));
+    gs_store_set_idle_check(UINT_MAX); /* the stamp's read meets the ended connection (test_reconnect) */
+    assert_int_equal(pgtest_exec(f->dbname, "UPDATE changes SET n = 5 WHERE id = 1"), 0);
+    assert_int_equal(gs_store_change_stamp(f->st, &a), GS_OK);
+    assert_int_equal(gs_store_change_stamp(f->st, &again), GS_OK);
+    assert_true(a == again); /* nothing changed: steady */
+    /* a new connection, the counter as it was */
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
+    assert_int_equal(gs_store_change_stamp(f->st, &b), GS_OK);
+    assert_true(b != a);
+    assert_int_equal(gs_store_change_stamp(f->st, &again), GS_OK);
+    assert_true(b == again);
+    /* another new connection, the counter at the value that the old
+     * mixing (counter ^ connections << 48) made read as b again */
+    uint64_t g = (b ^ 5u) >> 48;
+    (void)snprintf(set, sizeof(set), "UPDATE changes SET n = %llu WHERE id = 1",
+                   (unsigned long long)(5u ^ ((g ^ ((g + 1) & 0xffffu)) << 48)));
+    assert_int_equal(pgtest_exec(f->dbname, set), 0);
+    assert_true(pgtest_int(f->dbname, sql) >= 1);
+    assert_int_equal(gs_store_change_stamp(f->st, &c), GS_OK);
+    assert_true(c != b && c != a);
+    gs_store_set_idle_check(GS_STORE_IDLE_CHECK_MS);
+}
+
 /* PostgreSQL's keys lock is a session advisory lock: it ends with its
  * connection. A command that held it and lost the connection (a database
  * restart during a key generation) must not carry on over a new one: it
@@ -1905,6 +1945,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_member_put_race, setup, teardown),    \
     cmocka_unit_test_setup_teardown(test_audit_rows, setup, teardown),         \
     cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),          \
+    cmocka_unit_test_setup_teardown(test_change_stamp_reconnect, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_keys_lock_lost, setup, teardown),     \
     cmocka_unit_test_setup_teardown(test_keys_lock_released_after_lock_timeout, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_no_answer_told_once, setup, teardown)
