@@ -116,6 +116,11 @@ static bool lasting_rv(CK_RV rv)
     return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;
 }
 
+static hsm_err get_mech_list(hsm_ctx *ctx, void *arg, CK_ULONG *list, CK_ULONG *n)
+{
+    return P11(ctx, C_GetMechanismList, *(CK_SLOT_ID *)arg, list, n);
+}
+
 static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     hsm_caps *c = arg;
@@ -123,7 +128,15 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_ULONG n = 0, i, k;
     CK_SLOT_ID slot;
     hsm_err err;
-    int tries;
+    hsm_list_read how = {
+        .get = get_mech_list,
+        .fn = "C_GetMechanismList",
+        .what = "mechanisms",
+        .whose = "the token's mechanism list",
+        .max = MECH_LIST_MAX,
+        .spare = 1,
+        .tries = MECH_LIST_TRIES,
+    };
 
     (void)s;
     pthread_mutex_lock(&ctx->pool_mu);
@@ -131,46 +144,22 @@ static hsm_err op_mechs(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     pthread_mutex_unlock(&ctx->pool_mu);
     for (k = 0; k < HSM_MECH_COUNT_; k++)
         memset(&c->mech[k], 0, sizeof(c->mech[k]));
-    /* The whole list or an error. A list that grew between the call
-     * asking its length and the call reading it is CKR_BUFFER_TOO_SMALL
-     * with n the new length and the array undefined: asked for again,
-     * never read (it was read to the new length, past the array's end).
-     * One longer than MECH_LIST_MAX is an error naming its length, not a
-     * list cut short: a mechanism past the cut would count as absent and
-     * choose a weaker key policy for good. */
-    for (tries = 0;; tries++) {
-        CK_ULONG asked;
-
-        if ((err = P11(ctx, C_GetMechanismList, slot, NULL, &n)) != HSM_OK)
-            return err;
-        if (n == 0)
-            return HSM_OK;
-        if (n > MECH_LIST_MAX) {
-            hsm_set_detail("the token lists %lu mechanisms, more than the %d groupsrv reads", (unsigned long)n,
-                           MECH_LIST_MAX);
-            return HSM_ERR_PKCS11;
-        }
-        /* One spare element: p11-kit 0.24.1's RPC client, dropping the
-         * mechanisms it cannot carry, moves the list with one element too
-         * many (a read past its end; found by AddressSanitizer). */
-        if ((list = calloc(n + 1, sizeof(*list))) == NULL)
-            return HSM_ERR_NOMEM;
-        asked = n;
-        err = P11(ctx, C_GetMechanismList, slot, list, &n);
-        if (err == HSM_OK && n > asked) { /* a module that wrote past what it was given: trust none of it */
-            hsm_set_detail("C_GetMechanismList answered %lu mechanisms in an array of %lu", (unsigned long)n,
-                           (unsigned long)asked);
-            err = HSM_ERR_PKCS11;
-        }
-        if (err != HSM_ERR_BUFFER)
-            break;
-        free(list);
-        list = NULL;
-        if (tries + 1 >= MECH_LIST_TRIES) {
-            hsm_set_detail("the token's mechanism list kept growing between the call asking its length and the "
-                           "call reading it (%d tries)", MECH_LIST_TRIES);
-            return HSM_ERR_PKCS11;
-        }
+    /* The whole list or an error (hsm_read_list asks again for a list
+     * that grew between its two calls). One longer than MECH_LIST_MAX is
+     * an error naming its length, not a list cut short: a mechanism past
+     * the cut would count as absent and choose a weaker key policy for
+     * good. One spare element: p11-kit 0.24.1's RPC client, dropping the
+     * mechanisms it cannot carry, moves the list with one element too
+     * many (a read past its end; found by AddressSanitizer). */
+    how.arg = &slot;
+    if ((err = hsm_read_list(ctx, &how, &list, &n)) != HSM_OK)
+        return err;
+    if (n == 0)
+        return HSM_OK;
+    if (list == NULL) {
+        hsm_set_detail("the token lists %lu mechanisms, more than the %d groupsrv reads", (unsigned long)n,
+                       MECH_LIST_MAX);
+        return HSM_ERR_PKCS11;
     }
     for (i = 0; err == HSM_OK && i < n; i++) {
         for (k = 0; k < HSM_MECH_COUNT_; k++) {

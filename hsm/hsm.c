@@ -350,6 +350,12 @@ static void no_match_hint(hsm_ctx *ctx, const CK_SLOT_ID *slots, CK_ULONG n, cha
  * plugged in) before the open gives up. */
 #define SLOT_LIST_TRIES 3
 
+static hsm_err get_slot_list(hsm_ctx *ctx, void *arg, CK_ULONG *list, CK_ULONG *n)
+{
+    (void)arg;
+    return P11(ctx, C_GetSlotList, CK_TRUE, list, n);
+}
+
 /* Finds the one initialised token the URI matches (an uninitialised one
  * only when no initialised token matches). A URI that matches two
  * initialised tokens (two cards with one label, or a URI without token=)
@@ -366,46 +372,27 @@ static hsm_err find_token(hsm_ctx *ctx)
     unsigned n_init = 0, n_uninit = 0;
     char s1[sizeof(ti.serialNumber) + 1], s2[sizeof(ti.serialNumber) + 1];
     hsm_err err;
+    hsm_list_read how = {
+        .get = get_slot_list,
+        .fn = "C_GetSlotList",
+        .what = "slots",
+        .whose = "the module's slot list",
+        .max = SLOT_LIST_MAX,
+        .spare = 0,
+        .tries = SLOT_LIST_TRIES,
+    };
 
     /* A reader plugged in (or a token put in one) between the call
      * asking the list's length and the call reading it is
-     * CKR_BUFFER_TOO_SMALL with n the new length: asked for again, as
-     * the mechanism list is (caps.c), not an open that fails. */
-    for (int tries = 0;; tries++) {
-        CK_ULONG asked;
-
-        err = P11(ctx, C_GetSlotList, CK_TRUE, NULL, &n);
-        if (err != HSM_OK)
-            goto out;
-        if (n == 0 || n > SLOT_LIST_MAX) {
-            hsm_set_detail(n == 0 ? "no token present in any slot" : "the module lists %lu slots", (unsigned long)n);
-            err = HSM_ERR_TOKEN_ABSENT;
-            goto out;
-        }
-        if ((slots = calloc(n, sizeof(*slots))) == NULL) {
-            err = HSM_ERR_NOMEM;
-            goto out;
-        }
-        asked = n;
-        err = P11(ctx, C_GetSlotList, CK_TRUE, slots, &n);
-        if (err == HSM_OK && n > asked) { /* a module that wrote past what it was given: trust none of it */
-            hsm_set_detail("C_GetSlotList answered %lu slots in an array of %lu", (unsigned long)n,
-                           (unsigned long)asked);
-            err = HSM_ERR_PKCS11;
-        }
-        if (err != HSM_ERR_BUFFER)
-            break;
-        free(slots);
-        slots = NULL;
-        if (tries + 1 >= SLOT_LIST_TRIES) {
-            hsm_set_detail("the module's slot list kept growing between the call asking its length and the call "
-                           "reading it (%d tries)", SLOT_LIST_TRIES);
-            err = HSM_ERR_PKCS11;
-            goto out;
-        }
-    }
-    if (err != HSM_OK)
+     * CKR_BUFFER_TOO_SMALL with n the new length: asked for again (by
+     * hsm_read_list, as the mechanism list is), not an open that fails. */
+    if ((err = hsm_read_list(ctx, &how, &slots, &n)) != HSM_OK)
         goto out;
+    if (slots == NULL) {
+        hsm_set_detail(n == 0 ? "no token present in any slot" : "the module lists %lu slots", (unsigned long)n);
+        err = HSM_ERR_TOKEN_ABSENT;
+        goto out;
+    }
     memset(init, 0, sizeof(init));
     memset(&uninit, 0, sizeof(uninit));
     for (i = 0; i < n; i++) {

@@ -208,6 +208,26 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
  * through here. */
 hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len);
 void hsm_clear_detail(void);
+/* The PKCS#11 two-call list read (C_GetSlotList, C_GetMechanismList):
+ * get(ctx, arg, NULL, &n) asks the length, get(ctx, arg, list, &n) reads
+ * it. A list that grows between the two calls (CKR_BUFFER_TOO_SMALL) is
+ * asked for again, up to `tries` reads; a count larger than the array
+ * given is a module not trusted. Returns HSM_OK with *list the list (the
+ * caller frees it) and *n its length, or HSM_OK with *list NULL and *n
+ * the count when that is 0 or above `max` (nothing read: the caller says
+ * what it means), or the error with the detail set. */
+typedef hsm_err (*hsm_list_get_fn)(hsm_ctx *ctx, void *arg, CK_ULONG *list, CK_ULONG *n);
+typedef struct {
+    hsm_list_get_fn get;
+    void *arg;
+    const char *fn;    /* the call, named in the detail: "C_GetSlotList" */
+    const char *what;  /* its elements: "slots" */
+    const char *whose; /* the list: "the module's slot list" */
+    CK_ULONG max;      /* longer lists are not read */
+    size_t spare;      /* elements allocated past the count (a module known to write one more) */
+    int tries;
+} hsm_list_read;
+hsm_err hsm_read_list(hsm_ctx *ctx, const hsm_list_read *how, CK_ULONG **list, CK_ULONG *n);
 /* While set, this thread's P11() calls log "rv=withheld" and leave no
  * detail: used around the PKCS#1 v1.5 decrypt, whose result is secret. */
 void hsm_p11_quiet(bool on);

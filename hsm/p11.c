@@ -3,6 +3,7 @@
  * hsm_err mapping and the per-thread error detail.
  */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -404,4 +405,58 @@ void hsm_err_restore(const hsm_errsave *sv)
 {
     tls_last_rv = sv->rv;
     memcpy(tls_detail, sv->detail, sizeof(tls_detail));
+}
+
+hsm_err hsm_read_list(hsm_ctx *ctx, const hsm_list_read *how, CK_ULONG **list_out, CK_ULONG *n_out)
+{
+    CK_ULONG *list = NULL;
+    CK_ULONG n = 0;
+    hsm_err err;
+
+    *list_out = NULL;
+    *n_out = 0;
+    /* A list that grew between the call asking its length and the call
+     * reading it is CKR_BUFFER_TOO_SMALL with n the new length and the
+     * array undefined: asked for again, never read (it was read to the
+     * new length, past the array's end). */
+    for (int tries = 0;; tries++) {
+        CK_ULONG asked;
+
+        if ((err = how->get(ctx, how->arg, NULL, &n)) != HSM_OK)
+            goto out;
+        if (n == 0 || n > how->max) {
+            *n_out = n; /* not read: the caller says what an empty or too long list means */
+            goto out;
+        }
+        if ((list = calloc(n + how->spare, sizeof(*list))) == NULL) {
+            err = HSM_ERR_NOMEM;
+            goto out;
+        }
+        asked = n;
+        err = how->get(ctx, how->arg, list, &n);
+        if (err == HSM_OK && n > asked) { /* a module that wrote past what it was given: trust none of it */
+            hsm_set_detail("%s answered %lu %s in an array of %lu", how->fn, (unsigned long)n, how->what,
+                           (unsigned long)asked);
+            err = HSM_ERR_PKCS11;
+        }
+        if (err != HSM_ERR_BUFFER)
+            break;
+        free(list);
+        list = NULL;
+        if (tries + 1 >= how->tries) {
+            hsm_set_detail("%s kept growing between the call asking its length and the call reading it "
+                           "(%d tries)",
+                           how->whose, how->tries);
+            err = HSM_ERR_PKCS11;
+            goto out;
+        }
+    }
+    if (err == HSM_OK) {
+        *list_out = list;
+        *n_out = n;
+        list = NULL;
+    }
+out:
+    free(list);
+    return err;
 }
