@@ -594,21 +594,22 @@ xp_err mail_list_id(const char *list_addr, char *out, size_t outsz)
     return XP_OK;
 }
 
-bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
+/* Whether any occurrence of the field name has a value match(value, arg)
+ * takes: each occurrence on its own (mail_header_get only finds the first,
+ * and a loop or list check must not stop at it). */
+static bool any_field_value(const char *hdrs, size_t len, const char *name,
+                            bool (*match)(const char *v, const void *arg), const void *arg)
 {
-    static const char name[] = "X-BeenThere";
-    size_t pos = 0, start, end, nlen, want = sizeof(name) - 1;
-    char addr[MAIL_MAX_ADDR + 1];
+    size_t pos = 0, start, end, nlen, want = strlen(name);
 
     while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
         char *v;
         bool hit;
         if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
             continue;
-        /* each occurrence on its own: mail_header_get only finds the first */
         if ((v = mail_header_get(hdrs + start, end - start, name)) == NULL)
             continue;
-        hit = mail_addr_spec(v, addr, sizeof(addr)) == XP_OK && strcasecmp(addr, list_addr) == 0;
+        hit = match(v, arg);
         free(v);
         if (hit)
             return true;
@@ -616,9 +617,22 @@ bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
     return false;
 }
 
-/* Does a List-Id value ("phrase <id>" or "<id>") name id? */
-static bool same_list_id(const char *v, const char *id)
+/* Does an X-BeenThere value name the list's address? */
+static bool names_list_addr(const char *v, const void *list_addr)
 {
+    char addr[MAIL_MAX_ADDR + 1];
+    return mail_addr_spec(v, addr, sizeof(addr)) == XP_OK && strcasecmp(addr, list_addr) == 0;
+}
+
+bool mail_been_there(const char *hdrs, size_t len, const char *list_addr)
+{
+    return any_field_value(hdrs, len, "X-BeenThere", names_list_addr, list_addr);
+}
+
+/* Does a List-Id value ("phrase <id>" or "<id>") name id? */
+static bool same_list_id(const char *v, const void *arg)
+{
+    const char *id = arg;
     const char *b = strrchr(v, '<'), *e;
     size_t n = strlen(id);
     if (b == NULL || (e = strchr(b, '>')) == NULL)
@@ -629,23 +643,7 @@ static bool same_list_id(const char *v, const char *id)
 
 bool mail_has_list_id(const char *hdrs, size_t len, const char *id)
 {
-    static const char name[] = "List-Id";
-    size_t pos = 0, start, end, nlen, want = sizeof(name) - 1;
-
-    while (next_field(hdrs, len, &pos, &start, &end, &nlen)) {
-        char *v;
-        bool hit;
-        if (nlen != want || strncasecmp(hdrs + start, name, want) != 0)
-            continue;
-        /* each occurrence on its own: mail_header_get only finds the first */
-        if ((v = mail_header_get(hdrs + start, end - start, name)) == NULL)
-            continue;
-        hit = same_list_id(v, id);
-        free(v);
-        if (hit)
-            return true;
-    }
-    return false;
+    return any_field_value(hdrs, len, "List-Id", same_list_id, id);
 }
 
 /* Headers a copy never carries over: the list's own (a sender cannot
