@@ -179,15 +179,43 @@ static void *real_dl;
 static CK_FUNCTION_LIST *real;
 static unsigned long find_batch; /* C_FindObjects' most handles a call (fault_mu); 0: as asked */
 static struct timespec last_find;  /* when C_FindObjects was called last (fault_mu) */
-static unsigned long mech_pad, mech_grow; /* p11fault_mech_pad (fault_mu) */
-static int mech_grow_calls;
-static unsigned long slot_pad, slot_grow; /* p11fault_slot_pad (fault_mu) */
-static int slot_grow_calls;
+/* Entries listed after the real ones, and how the count grows (fault_mu) */
+struct list_pad {
+    unsigned long n, grow;
+    int grow_calls; /* < 0: every call */
+};
+static struct list_pad mech_pad; /* p11fault_mech_pad */
+static struct list_pad slot_pad; /* p11fault_slot_pad */
 
 static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
 static void model_end(const struct timespec *t0, long ns);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
+
+/* The pad this call lists; the next call's grows as p11fault_*_pad asked. */
+static unsigned long pad_take(struct list_pad *p)
+{
+    unsigned long n;
+
+    pthread_mutex_lock(&fault_mu);
+    n = p->n;
+    if (p->grow_calls != 0) {
+        p->n += p->grow;
+        if (p->grow_calls > 0)
+            p->grow_calls--;
+    }
+    pthread_mutex_unlock(&fault_mu);
+    return n;
+}
+
+static void pad_set(struct list_pad *p, unsigned long n, unsigned long grow, int grow_calls)
+{
+    pthread_mutex_lock(&fault_mu);
+    p->n = n;
+    p->grow = grow;
+    p->grow_calls = grow_calls;
+    pthread_mutex_unlock(&fault_mu);
+}
 static int ctl_token_removed(void);
 static CK_FLAGS ctl_token_flags_now(void);
 static int breaks(const CK_ATTRIBUTE *t, CK_ULONG n);
@@ -372,14 +400,7 @@ static CK_RV fw_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list
         *count = 0;
         return CKR_OK;
     }
-    pthread_mutex_lock(&fault_mu);
-    unsigned long pad = slot_pad;
-    if (slot_grow_calls != 0) {
-        slot_pad += slot_grow;
-        if (slot_grow_calls > 0)
-            slot_grow_calls--;
-    }
-    pthread_mutex_unlock(&fault_mu);
+    unsigned long pad = pad_take(&slot_pad);
     if (pad != 0 && count != NULL) {
         CK_ULONG cap = *count, rn = 0;
         if ((rv_ = real->C_GetSlotList(token_present, NULL, &rn)) != CKR_OK)
@@ -452,14 +473,7 @@ static CK_RV fw_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechan
         return rv_;
     if (real == NULL || real->C_GetMechanismList == NULL)
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
-    pthread_mutex_lock(&fault_mu);
-    unsigned long pad = mech_pad;
-    if (mech_grow_calls != 0) {
-        mech_pad += mech_grow;
-        if (mech_grow_calls > 0)
-            mech_grow_calls--;
-    }
-    pthread_mutex_unlock(&fault_mu);
+    unsigned long pad = pad_take(&mech_pad);
     if (pad != 0 && count != NULL) {
         CK_ULONG cap = *count, rn = 0;
         if ((rv_ = real->C_GetMechanismList(slot_id, NULL, &rn)) != CKR_OK)
@@ -1903,20 +1917,12 @@ void p11fault_find_batch(unsigned long n)
 
 void p11fault_mech_pad(unsigned long n, unsigned long grow, int grow_calls)
 {
-    pthread_mutex_lock(&fault_mu);
-    mech_pad = n;
-    mech_grow = grow;
-    mech_grow_calls = grow_calls;
-    pthread_mutex_unlock(&fault_mu);
+    pad_set(&mech_pad, n, grow, grow_calls);
 }
 
 void p11fault_slot_pad(unsigned long n, unsigned long grow, int grow_calls)
 {
-    pthread_mutex_lock(&fault_mu);
-    slot_pad = n;
-    slot_grow = grow;
-    slot_grow_calls = grow_calls;
-    pthread_mutex_unlock(&fault_mu);
+    pad_set(&slot_pad, n, grow, grow_calls);
 }
 
 void p11fault_disconnect(void)
@@ -1941,10 +1947,8 @@ void p11fault_clear(void)
         overrides[i].value = -1;
     break_attr = 0;
     find_batch = 0;
-    mech_pad = mech_grow = 0;
-    mech_grow_calls = 0;
-    slot_pad = slot_grow = 0;
-    slot_grow_calls = 0;
+    memset(&mech_pad, 0, sizeof(mech_pad));
+    memset(&slot_pad, 0, sizeof(slot_pad));
     pthread_mutex_unlock(&fault_mu);
 }
 
