@@ -2597,8 +2597,8 @@ static const char *fetch(struct audit *a, const char *label, hsm_key_class cls, 
      * module upgraded) or that names another token: the key may well be
      * on the token, and "missing" would send the operator looking for a
      * deleted key. The URI's own reason, as serve gives it. */
-    if ((he == HSM_ERR_KEY_NOT_FOUND || he == HSM_ERR_URI) && strncmp(label, "pkcs11:", 7) == 0 && d != NULL &&
-        (strncmp(d, "key URI names another", 21) == 0 || strstr(d, "names another module") != NULL)) {
+    if ((he == HSM_ERR_KEY_NOT_FOUND || he == HSM_ERR_URI) && strncmp(label, "pkcs11:", 7) == 0 &&
+        hsm_last_error_uri_elsewhere()) {
         snprintf(a->why, sizeof(a->why), "not found by its recorded URI: %.260s", d);
         return a->why;
     }

@@ -1615,12 +1615,14 @@ hsm_err hsm_uri_module_check(hsm_ctx *ctx, P11KitUri *u, const char *what)
                        strchr(path, '/') != NULL && stat(path, &st) != 0
                            ? " (no such file; a space in the path is written %20)"
                            : "");
+        hsm_detail_uri_elsewhere();
         err = HSM_ERR_URI;
     } else if (name != NULL && !module_named(name, file, rp, reg)) {
         hsm_set_detail("%s's module-name=%s names another module than the one loaded (%.200s, named %s%s, the "
                        "configured module): drop module-name from the URI, or configure that module",
                        what, util_uri_escape_loose(name, shown, sizeof(shown)), file, reg != NULL ? reg : stem,
                        reg != NULL ? " in p11-kit" : "");
+        hsm_detail_uri_elsewhere();
         err = HSM_ERR_URI;
     }
 out:

@@ -77,6 +77,11 @@ const char *hsm_strerror(hsm_err err);
  * Where the token refused something we asked for, the detail names it
  * (the mechanism or attribute, the CKR_ name) and what to do. */
 const char *hsm_last_error_detail(void);
+/* Whether this thread's last failure was a PKCS#11 URI (a key URI, or the
+ * token URI's module attributes) naming another token, slot or module than
+ * the one in use: a key found by it may well be on the token. Said apart
+ * from the detail, whose words may change. */
+bool hsm_last_error_uri_elsewhere(void);
 
 typedef struct hsm_ctx hsm_ctx; /* a loaded module, a token, a login, a session pool */
 typedef struct hsm_key hsm_key; /* a reference to one key object on the token */

@@ -208,6 +208,9 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
  * through here. */
 hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len);
 void hsm_clear_detail(void);
+/* Marks the detail just set as a key URI naming another token, slot or
+ * module (hsm_last_error_uri_elsewhere); the next detail set clears it. */
+void hsm_detail_uri_elsewhere(void);
 /* The PKCS#11 two-call list read (C_GetSlotList, C_GetMechanismList):
  * get(ctx, arg, NULL, &n) asks the length, get(ctx, arg, list, &n) reads
  * it. A list that grows between the two calls (CKR_BUFFER_TOO_SMALL) is
@@ -236,6 +239,7 @@ void hsm_p11_quiet(bool on);
 typedef struct hsm_errsave {
     CK_RV rv;
     char detail[384];
+    bool elsewhere;
 } hsm_errsave;
 void hsm_err_save(hsm_errsave *sv);
 void hsm_err_restore(const hsm_errsave *sv);

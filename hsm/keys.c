@@ -513,6 +513,7 @@ static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
     if (want != (CK_SLOT_ID)-1 && want != have) {
         hsm_set_detail("key URI names another slot (slot-id=%lu; the token is in slot-id=%lu)", (unsigned long)want,
                        (unsigned long)have);
+        hsm_detail_uri_elsewhere();
         return HSM_ERR_KEY_NOT_FOUND;
     }
     if (usi->slotDescription[0] != 0 || usi->manufacturerID[0] != 0) {
@@ -523,6 +524,7 @@ static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
         if (p11_kit_uri_match_slot_info(uri, &si) != 1) {
             hsm_set_detail("key URI names another slot (slot-description or slot-manufacturer differ from the "
                            "token's slot)");
+            hsm_detail_uri_elsewhere();
             return HSM_ERR_KEY_NOT_FOUND;
         }
     }
@@ -534,6 +536,7 @@ static hsm_err uri_names_our_slot(hsm_ctx *ctx, P11KitUri *uri)
         if (p11_kit_uri_match_module_info(uri, &mi) != 1) {
             hsm_set_detail("key URI names another module (library-description, library-manufacturer or "
                            "library-version differ from the loaded module's)");
+            hsm_detail_uri_elsewhere();
             return HSM_ERR_KEY_NOT_FOUND;
         }
     }
@@ -869,6 +872,7 @@ hsm_err hsm_key_find(hsm_ctx *ctx, const char *ref, hsm_key_class cls, hsm_key *
         hsm_token_info_copy(ctx, &ti);
         if (p11_kit_uri_match_token_info(uri, &ti) != 1) {
             hsm_set_detail("key URI names another token");
+            hsm_detail_uri_elsewhere();
             err = HSM_ERR_KEY_NOT_FOUND;
             goto out;
         }

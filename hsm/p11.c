@@ -24,6 +24,8 @@
 static _Thread_local char tls_detail[384];
 static _Thread_local CK_RV tls_last_rv;
 static _Thread_local bool tls_quiet;
+/* The detail says a key URI names another token, slot or module. */
+static _Thread_local bool tls_elsewhere;
 
 static const struct {
     CK_RV rv;
@@ -298,6 +300,16 @@ const char *hsm_last_error_detail(void)
     return tls_detail;
 }
 
+bool hsm_last_error_uri_elsewhere(void)
+{
+    return tls_elsewhere;
+}
+
+void hsm_detail_uri_elsewhere(void)
+{
+    tls_elsewhere = true;
+}
+
 CK_RV hsm_last_rv(void)
 {
     return tls_last_rv;
@@ -310,11 +322,13 @@ void hsm_set_detail(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(tls_detail, sizeof(tls_detail), fmt, ap);
     va_end(ap);
+    tls_elsewhere = false;
 }
 
 void hsm_clear_detail(void)
 {
     tls_detail[0] = '\0';
+    tls_elsewhere = false;
 }
 
 CK_RV hsm_p11_missing(const char *fn)
@@ -399,12 +413,14 @@ void hsm_err_save(hsm_errsave *sv)
 {
     sv->rv = tls_last_rv;
     memcpy(sv->detail, tls_detail, sizeof(sv->detail));
+    sv->elsewhere = tls_elsewhere;
 }
 
 void hsm_err_restore(const hsm_errsave *sv)
 {
     tls_last_rv = sv->rv;
     memcpy(tls_detail, sv->detail, sizeof(tls_detail));
+    tls_elsewhere = sv->elsewhere;
 }
 
 hsm_err hsm_read_list(hsm_ctx *ctx, const hsm_list_read *how, CK_ULONG **list_out, CK_ULONG *n_out)

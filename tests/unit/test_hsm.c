@@ -474,9 +474,12 @@ static void test_find(void **state)
     assert_non_null(strstr(hsm_last_error_detail(), "more than one key matches id=%"));
     assert_int_equal(hsm_key_find(ctx, "pkcs11:id=%fe%01", 0, &k), HSM_ERR_KEY_NOT_FOUND);
     assert_non_null(strstr(hsm_last_error_detail(), "no key id=%FE%01 on the token"));
+    assert_false(hsm_last_error_uri_elsewhere()); /* missing: not a URI naming another token */
     assert_int_equal(hsm_key_find(ctx, "pkcs11:object=%zz", 0, &k), HSM_ERR_URI);
     assert_int_equal(hsm_key_find(ctx, "pkcs11:token=other;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
+    /* said apart from the detail's words (check's audit row reads it) */
+    assert_true(hsm_last_error_uri_elsewhere());
     assert_int_equal(hsm_key_find(ctx, "pkcs11:object=" GRP_RSA ";type=public", HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
     assert_null(k);
@@ -498,12 +501,15 @@ static void test_find(void **state)
     snprintf(uri, sizeof(uri), "pkcs11:slot-id=%lu;object=" GRP_RSA ";type=private", slot + 1);
     assert_int_equal(hsm_key_find(ctx, uri, 0, &k), HSM_ERR_KEY_NOT_FOUND);
     assert_non_null(strstr(hsm_last_error_detail(), "names another slot"));
+    assert_true(hsm_last_error_uri_elsewhere());
     assert_int_equal(hsm_key_find(ctx, "pkcs11:slot-description=other;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
     assert_non_null(strstr(hsm_last_error_detail(), "names another slot"));
+    assert_true(hsm_last_error_uri_elsewhere());
     assert_int_equal(hsm_key_find(ctx, "pkcs11:library-manufacturer=OpenSC;object=" GRP_RSA, HSM_CLASS_PRIVATE, &k),
                      HSM_ERR_KEY_NOT_FOUND);
     assert_non_null(strstr(hsm_last_error_detail(), "names another module"));
+    assert_true(hsm_last_error_uri_elsewhere());
     /* A label or id longer than groupsrv takes is said so (it was only
      * "invalid arguments"). */
     {
