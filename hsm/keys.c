@@ -2031,7 +2031,8 @@ static hsm_err find_all_handles(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE 
     if (err == HSM_OK)
         err = err2;
     if (err == HSM_ERR_TOO_MANY_OBJECTS)
-        hsm_set_detail("the token holds more than %lu objects; a key listing reads at most that many",
+        hsm_set_detail("more than %lu objects on the token match the search (a key listing or a lookup by "
+                       "label); one search reads at most that many",
                        (unsigned long)LIST_MAX);
 out:
     if (err != HSM_OK) {

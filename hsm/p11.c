@@ -290,7 +290,7 @@ const char *hsm_strerror(hsm_err err)
     case HSM_ERR_WRITE_PROTECTED:
         return "the token is write-protected";
     case HSM_ERR_TOO_MANY_OBJECTS:
-        return "the token holds more objects than a key listing reads";
+        return "the token holds more matching objects than one search reads";
     }
     return "unknown hsm error";
 }

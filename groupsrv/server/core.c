@@ -355,7 +355,8 @@ static struct srv_conn *conn_evictable(struct srv_thread *t, enum srv_lindex whi
     return handshaking;
 }
 
-/* Request heads are capped here; bodies by evhttp (twice max_body). */
+/* Request heads are capped here; bodies by evhttp (twice max_body plus
+ * 4096, make_http). */
 #define HEADERS_MAX 16384
 
 /* What a connection may have received and not yet handed to evhttp.
@@ -391,7 +392,7 @@ static struct evhttp_connection *conn_evcon(struct srv_conn *c)
 /* The head of a request is in, and evhttp has not read it yet (the
  * input's callbacks run before the bufferevent's read callback). With an
  * Expect header, libevent answers "100 Continue" to a body up to its own
- * cap, twice max_body (make_http), and a client then sends a body that is
+ * cap, twice max_body plus 4096 (make_http), and a client then sends a body that is
  * refused (JSON 413) once read. A body declared over max_body gets
  * libevent's 413 at once instead, before any 100 Continue: the
  * connection's cap is lowered to max_body, which libevent checks against
