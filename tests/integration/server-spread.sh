@@ -29,11 +29,17 @@ per_loop() {
     echo "${fd##*/} $(grep -c '^tfd:' /proc/"$net"/fdinfo/"${fd##*/}")"
   done | sort
 }
-per_loop > "$work/loops-before"
-[ "$(wc -l < "$work/loops-before")" -ge 5 ] || fail "expected 5 event loops (4 threads and the main one): $(cat "$work/loops-before")"
-
-mkfifo "$work/go"
-/usr/bin/python3 - "${base##*:}" "$work/go" <<'PY' & holder=$!
+# burst: 40 connections held, each loop's new ones counted; 0 if spread.
+# Tried up to three times: a network process stopped as a whole for a
+# moment (a loaded CI machine) lets the connections pile up in the backlog,
+# and the one thread still accepting takes them all before the threads it
+# woke run; without the fix every try puts most on one thread.
+burst() {
+  per_loop > "$work/loops-before"
+  [ "$(wc -l < "$work/loops-before")" -ge 5 ] || fail "expected 5 event loops (4 threads and the main one): $(cat "$work/loops-before")"
+  rm -f "$work/go"
+  mkfifo "$work/go"
+  /usr/bin/python3 - "${base##*:}" "$work/go" <<'PY' & holder=$!
 import socket, sys, time
 port, go = int(sys.argv[1]), sys.argv[2]
 conns = []
@@ -45,18 +51,26 @@ with open(go, "w") as f:
     f.write("opened\n")
 time.sleep(30)  # held until killed
 PY
-bg_pids="$bg_pids $holder"
-read -r line < "$work/go"
-[ "$line" = opened ] || fail "the connections were not opened"
-sleep 0.5 # the last ones accepted
-per_loop > "$work/loops-after"
-counts=$(join "$work/loops-before" "$work/loops-after" | awk '{print $3 - $2}' | sort -n | paste -sd' ')
-kill "$holder" 2>/dev/null || true
-echo "connections per event loop: $counts"
-total=$(echo "$counts" | tr ' ' '\n' | awk '{s += $1} END {print s}')
-max=$(echo "$counts" | tr ' ' '\n' | tail -1)
-# (the server may close some at once: the budget of connections without
-# a certificate yet)
-[ "$total" -ge 20 ] || fail "only $total of 40 connections held by the event loops: $counts"
-[ $((max * 2)) -le "$total" ] || fail "one event-loop thread holds $max of $total new connections ($counts): not spread"
+  bg_pids="$bg_pids $holder"
+  read -r line < "$work/go"
+  [ "$line" = opened ] || fail "the connections were not opened"
+  sleep 0.5 # the last ones accepted
+  per_loop > "$work/loops-after"
+  counts=$(join "$work/loops-before" "$work/loops-after" | awk '{print $3 - $2}' | sort -n | paste -sd' ')
+  kill "$holder" 2>/dev/null || true
+  wait "$holder" 2>/dev/null || true
+  echo "connections per event loop: $counts"
+  total=$(echo "$counts" | tr ' ' '\n' | awk '{s += $1} END {print s}')
+  max=$(echo "$counts" | tr ' ' '\n' | tail -1)
+  # (the server may close some at once: the budget of connections without
+  # a certificate yet)
+  [ "$total" -ge 20 ] || fail "only $total of 40 connections held by the event loops: $counts"
+  [ $((max * 2)) -le "$total" ]
+}
+for try in 1 2 3; do
+  burst && break
+  [ "$try" = 3 ] && fail "one event-loop thread held most new connections in each of 3 bursts (last: $max of $total, $counts): not spread"
+  echo "note: burst $try not spread ($counts); again"
+  sleep 1 # the closed connections leave the loops
+done
 ok "40 connections spread over the event-loop threads: $counts"
