@@ -65,9 +65,12 @@ ok "units: a configuration error stops them, it does not restart them (groupsrv 
 
 # Example configurations: every key known (a bad one is exit 5 / 78).
 doc=$root/share/doc
-# The database path is moved into the work directory: a package installed
-# on this machine (package_deb_system) owns /var/lib/groupsrv.
-sed -e "s|/var/lib/groupsrv/|$W/|" "$doc/groupsrv/examples/groupsrv.conf" >"$W/gs.conf"
+# The database and audit paths are moved into the work directory: a
+# package installed on this machine (package_deb_system) owns
+# /var/lib/groupsrv and /var/log/groupsrv (a root-owned audit log left
+# there stops its service user).
+sed -e "s|/var/lib/groupsrv/|$W/|" -e "s|/var/log/groupsrv/|$W/|" "$doc/groupsrv/examples/groupsrv.conf" >"$W/gs.conf"
+grep -q "^path = $W/audit.jsonl\$" "$W/gs.conf" || fail "groupsrv example: audit log path not replaced"
 grep -q "^path = $W/groupsrv.db\$" "$W/gs.conf" || fail "groupsrv example: database path not replaced"
 rc=0
 "$root/bin/groupsrv" -c "$W/gs.conf" group list >/dev/null 2>"$W/gs.err" || rc=$?
