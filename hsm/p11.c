@@ -467,7 +467,10 @@ hsm_err hsm_read_list(hsm_ctx *ctx, const hsm_list_read *how, CK_ULONG **list_ou
             goto out;
         }
     }
-    if (err == HSM_OK) {
+    /* A list emptied between the two calls (the last reader unplugged)
+     * is an empty list: no array handed back (op_mechs returns at n == 0
+     * without freeing one). */
+    if (err == HSM_OK && n > 0) {
         *list_out = list;
         *n_out = n;
         list = NULL;
