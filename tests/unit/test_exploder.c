@@ -1215,6 +1215,34 @@ static X509 *group_cert(EVP_PKEY *k, char **pem)
     return x;
 }
 
+/* TEXT encrypted to CERT alone (CMS, AES-128-CBC, binary) as one line of
+ * base64, the caller's to free: what a sender's S/MIME body holds. */
+static char *encrypted_b64(X509 *cert, const char *text)
+{
+    STACK_OF(X509) *to = sk_X509_new_null();
+    BIO *pb = BIO_new_mem_buf(text, -1);
+    CMS_ContentInfo *cms;
+    unsigned char *der = NULL;
+    int derlen;
+    char *b64;
+
+    assert_non_null(to);
+    assert_non_null(pb);
+    assert_true(sk_X509_push(to, cert) > 0);
+    cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
+    assert_non_null(cms);
+    derlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(derlen > 0);
+    b64 = malloc((size_t)derlen / 3 * 4 + 8);
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(pb);
+    sk_X509_free(to);
+    return b64;
+}
+
 /* A forward list's post in base64 without line breaks with text after
  * the base64 that the S/MIME reader stops at (a signature's "-- ", as a
  * script appending one writes it): the reader takes the same CMS, so
@@ -1624,29 +1652,14 @@ static void test_modes_read_fields_as_reader(void **state)
     };
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509 *x;
-    STACK_OF(X509) *to = sk_X509_new_null();
-    BIO *pb;
-    CMS_ContentInfo *cms;
-    unsigned char *der = NULL;
     char *b64, *pem, *dir = tmpdir(), path[600], outpath[600];
-    int derlen;
     xp_conf c;
     xp_list fwd, gs, mc, any;
     (void)state;
 
     assert_non_null(k);
-    assert_non_null(to);
     x = group_cert(k, &pem);
-    assert_true(sk_X509_push(to, x) > 0);
-    pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
-    assert_non_null(pb);
-    cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
-    assert_non_null(cms);
-    derlen = i2d_CMS_ContentInfo(cms, &der);
-    assert_true(derlen > 0);
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen); /* one line, well under 998 octets */
+    b64 = encrypted_b64(x, "Subject: inner\r\n\r\nhello\r\n"); /* one line, well under 998 octets */
 
     memset(&c, 0, sizeof(c));
     c.max_message_size = 1 << 20;
@@ -1745,10 +1758,6 @@ static void test_modes_read_fields_as_reader(void **state)
     }
     free(b64);
     free(pem);
-    OPENSSL_free(der);
-    CMS_ContentInfo_free(cms);
-    BIO_free(pb);
-    sk_X509_free(to);
     X509_free(x);
     EVP_PKEY_free(k);
     rm_rf(dir);
@@ -1786,25 +1795,7 @@ static void test_prepare_runs_deliver_check(void **state)
     assert_true(X509_sign(ox, other, EVP_sha256()) > 0);
     /* [0] for the group, [1] for someone else */
     for (int w = 0; w < 2; w++) {
-        STACK_OF(X509) *to = sk_X509_new_null();
-        unsigned char *der = NULL;
-        BIO *pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
-        CMS_ContentInfo *cms;
-        int derlen;
-        assert_non_null(to);
-        assert_non_null(pb);
-        assert_true(sk_X509_push(to, w == 0 ? x : ox) > 0);
-        cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
-        assert_non_null(cms);
-        derlen = i2d_CMS_ContentInfo(cms, &der);
-        assert_true(derlen > 0);
-        b64[w] = malloc((size_t)derlen / 3 * 4 + 8);
-        assert_non_null(b64[w]);
-        EVP_EncodeBlock((unsigned char *)b64[w], der, derlen);
-        OPENSSL_free(der);
-        CMS_ContentInfo_free(cms);
-        BIO_free(pb);
-        sk_X509_free(to);
+        b64[w] = encrypted_b64(w == 0 ? x : ox, "Subject: inner\r\n\r\nhello\r\n");
     }
     memset(&c, 0, sizeof(c));
     c.max_message_size = 1 << 20;
@@ -1910,30 +1901,15 @@ static void test_forward_bare_cr(void **state)
 {
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509 *x;
-    STACK_OF(X509) *to = sk_X509_new_null();
-    BIO *pb;
-    CMS_ContentInfo *cms;
-    unsigned char *der = NULL;
     char *b64, *pem, *dir = tmpdir(), path[600], outpath[600], *mail;
-    int derlen;
     size_t bl, ptlen = strlen("Subject: inner\r\n\r\nhello\r\n");
     xp_conf c;
     xp_list fwd, any;
     (void)state;
 
     assert_non_null(k);
-    assert_non_null(to);
     x = group_cert(k, &pem);
-    assert_true(sk_X509_push(to, x) > 0);
-    pb = BIO_new_mem_buf("Subject: inner\r\n\r\nhello\r\n", -1);
-    assert_non_null(pb);
-    cms = CMS_encrypt(to, pb, EVP_aes_128_cbc(), CMS_BINARY);
-    assert_non_null(cms);
-    derlen = i2d_CMS_ContentInfo(cms, &der);
-    assert_true(derlen > 0);
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    b64 = encrypted_b64(x, "Subject: inner\r\n\r\nhello\r\n");
     bl = strlen(b64);
     mail = malloc(8192);
     assert_non_null(mail);
@@ -2053,10 +2029,6 @@ static void test_forward_bare_cr(void **state)
     free(mail);
     free(b64);
     free(pem);
-    OPENSSL_free(der);
-    CMS_ContentInfo_free(cms);
-    BIO_free(pb);
-    sk_X509_free(to);
     X509_free(x);
     EVP_PKEY_free(k);
     rm_rf(dir);
