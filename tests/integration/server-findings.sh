@@ -285,18 +285,25 @@ control ""
 stop_server
 sed -i -e 's/^\[server\]$/[server]\nmax_queue_ms = 110/' -e 's/^\[hsm\]$/[hsm]\nworkers = 1/' "$conf"
 start_server
-control "hide gs:secret:eng:v$v3"
-c alice --data-binary @"$work/req-gs.json" -o "$work/q-first.out" -w '%{http_code}\n' \
-  "$base/v1/groups/eng/unwrap" > "$work/q-first.code" &
-qpids=($!)
-sleep 0.1
-for q in bob dave erin; do
-  c "$q" --data-binary @"$work/req-tls.json" -o "$work/q-$q.out" -w '%{http_code}\n' \
-    "$base/v1/groups/eng/unwrap" > "$work/q-$q.code" &
-  qpids+=($!)
-done
-wait "${qpids[@]}" || true
-control ""
+# queue_behind_search: alice's group-secret unwrap for the hidden current
+# secret (a search again: 503 key_unavailable, in q-first.*), and 0.1 s
+# later bob's, dave's and erin's tls unwraps (q-NAME.*), all at once.
+queue_behind_search() {
+  local q pids
+  control "hide gs:secret:eng:v$v3"
+  c alice --data-binary @"$work/req-gs.json" -o "$work/q-first.out" -w '%{http_code}\n' \
+    "$base/v1/groups/eng/unwrap" > "$work/q-first.code" &
+  pids=($!)
+  sleep 0.1
+  for q in bob dave erin; do
+    c "$q" --data-binary @"$work/req-tls.json" -o "$work/q-$q.out" -w '%{http_code}\n' \
+      "$base/v1/groups/eng/unwrap" > "$work/q-$q.code" &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  control ""
+}
+queue_behind_search
 [ "$(cat "$work/q-first.code")" = 503 ] && grep -q '"code":"key_unavailable"' "$work/q-first.out" ||
   fail "absent secret key version: $(cat "$work/q-first.code") $(head -c 300 "$work/q-first.out")"
 for q in bob dave erin; do
@@ -325,17 +332,7 @@ expect_status 503 store_unavailable "a member change while another process holds
 kill "$holder" 2>/dev/null || true
 wait "$holder" 2>/dev/null || true
 # the three queue together behind a search again's pause, as above
-control "hide gs:secret:eng:v$v3"
-c alice --data-binary @"$work/req-gs.json" -o /dev/null "$base/v1/groups/eng/unwrap" &
-qpids=($!)
-sleep 0.1
-for q in bob dave erin; do
-  c "$q" --data-binary @"$work/req-tls.json" -o "$work/q-$q.out" -w '%{http_code}\n' \
-    "$base/v1/groups/eng/unwrap" > "$work/q-$q.code" &
-  qpids+=($!)
-done
-wait "${qpids[@]}" || true
-control ""
+queue_behind_search
 for q in bob dave erin; do
   [ "$(cat "$work/q-$q.code")" = 200 ] ||
     fail "unwrap as $q after a database failure: $(cat "$work/q-$q.code") $(head -c 300 "$work/q-$q.out")"
