@@ -458,14 +458,19 @@ else
 fi
 # ... and with the URI's own pin-source, in its query (RFC 7512) or in its
 # path, where p11-kit also reads it (it was ignored there: "no PIN source")
-for u in "?pin-source=file:$work/tok/user-pin" ";pin-source=file:$work/tok/user-pin"; do
+# csr_signs URI-TAIL WHAT: groupmail csr signs with the member key named by
+# its URI plus URI-TAIL, reading the PIN from where that names it
+csr_signs() {
   if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" \
-      --key "pkcs11:token=groupsrv;object=member;type=private$u" --from a@example.org 2>"$work/err" |
+      --key "pkcs11:token=groupsrv;object=member;type=private$1" --from a@example.org 2>"$work/err" |
       grep -q 'BEGIN CERTIFICATE REQUEST'; then
-    ok "groupmail csr with ${u%%=*}= in the key URI signs on the token"
+    ok "groupmail csr with $2 signs on the token"
   else
-    fail "groupmail csr with ${u%%=*}= in the key URI: $(cat "$work/err")"
+    fail "groupmail csr with $2: $(cat "$work/err")"
   fi
+}
+for u in "?pin-source=file:$work/tok/user-pin" ";pin-source=file:$work/tok/user-pin"; do
+  csr_signs "$u" "${u%%=*}= in the key URI"
 done
 # ... given twice, the last is read, as p11-kit reads it (the first was:
 # another program given the URI read another file, and a wrong PIN
@@ -474,13 +479,7 @@ done
 for u in ";pin-source=file:$work/no-such-pin?pin-source=file:$work/tok/user-pin" \
   "?pin-source=file:$work/no-such-pin&pin-source=file:$work/tok/user-pin" \
   ";pin-source=file:$work/no-such-pin?pinfile=file:$work/tok/user-pin" ";pinfile=file:$work/tok/user-pin"; do
-  if SOFTHSM2_CONF=$work/tok/softhsm2.conf "$gm" csr --hsm-module "$module" \
-      --key "pkcs11:token=groupsrv;object=member;type=private$u" --from a@example.org 2>"$work/err" |
-      grep -q 'BEGIN CERTIFICATE REQUEST'; then
-    ok "groupmail csr with $u in the key URI reads the last PIN source"
-  else
-    fail "groupmail csr with $u in the key URI did not read the last PIN source: $(cat "$work/err")"
-  fi
+  csr_signs "$u" "$u in the key URI (the last PIN source read)"
 done
 
 # ---- scripts/setup with packages missing, as a user without root or sudo ----
