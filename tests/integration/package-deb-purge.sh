@@ -10,7 +10,9 @@
 #   - the debconf answer groupsrv/purge_keys true (preseeded), then purge:
 #     they go too;
 #   - a package of the versions whose purge deleted them all, upgraded
-#     (or removed, and the new one installed over it), then purged: kept.
+#     (or removed, and the new one installed over it), then purged: kept;
+#   - installed and purged from outside a target root (dpkg --root
+#     --force-script-chrootless): the purge deletes nothing outside it.
 set -euo pipefail
 SRC=$1 DEBS=$2
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -138,5 +140,36 @@ install_all
 dpkg --force-unsafe-io --purge groupsrv >"$S/purge4.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge4.log")"
 kept "a plain purge of the new package installed over the removed old one"
 echo "ok: from a package whose purge deleted the keys: an upgrade, or the new package over a removed one, then purge keeps them"
+
+# A system changed from outside it: dpkg --root T --force-script-chrootless
+# (image builders; mmdebstrap's chrootless mode) runs the maintainer
+# scripts here, with DPKG_ROOT=T. Their purge deletes T's logs and spool,
+# and nothing of the system they run on: the audit log, diagnostic log and
+# spool here (made before, as a running server's are) stay.
+T=$S/target
+mkdir -p "$T/var/lib/dpkg/info" "$T/var/lib/dpkg/updates" "$T/var/cache/debconf" "$T/etc"
+touch "$T/var/lib/dpkg/status"
+cp /etc/passwd /etc/group /etc/debconf.conf "$T/etc/"
+mine="/var/log/groupsrv/audit.jsonl /var/log/groupsrv.log /var/lib/groupsrv/groupsrv.db /var/spool/exploder/exploder.db
+  /var/log/exploder/exploder.log /etc/groupsrv/exploder.conf /etc/groupsrv/pin"
+for f in $mine; do mkdir -p "$(dirname "$f")" && echo here >"$f"; done
+chrootless() { dpkg --root="$T" --force-script-chrootless --force-depends --force-unsafe-io "$@"; }
+chrootless -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb >"$S/chrootless.log" 2>&1 ||
+  fail "dpkg --root $T --force-script-chrootless -i: $(tail -20 "$S/chrootless.log")"
+for f in $mine; do
+  mkdir -p "$(dirname "$T$f")" && echo target >"$T$f"
+done
+chrootless --purge groupsrv exploder >"$S/chrootless-purge.log" 2>&1 ||
+  fail "dpkg --root $T --force-script-chrootless --purge: $(tail -20 "$S/chrootless-purge.log")"
+for f in $mine; do
+  [ "$(cat "$f" 2>/dev/null)" = here ] || fail "a purge of the packages in $T deleted $f of the system it ran on"
+done
+for f in /var/log/groupsrv /var/log/groupsrv.log /var/spool/exploder /var/log/exploder /etc/groupsrv/exploder.conf; do
+  [ ! -e "$T$f" ] || fail "a purge of the packages in $T left $T$f"
+done
+for f in /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin; do
+  [ -f "$T$f" ] || fail "a plain purge of the packages in $T deleted $T$f"
+done
+echo "ok: dpkg --root --force-script-chrootless: a purge deletes the target's logs and spool, nothing of the running system"
 INSIDE
 flock /tmp/apt.lock unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
