@@ -41,10 +41,18 @@ grep -qx /etc/logrotate.d <<<"$dests" || fail "prefix /usr: no logrotate files i
 ok "prefix /usr: logrotate files in /etc/logrotate.d, nothing in /usr/etc"
 
 # The units name the installed programs and configuration.
-grep -qx "ExecStart=$PREFIX/bin/groupsrv -c .*/groupsrv/groupsrv.conf serve" "$root/lib/systemd/system/groupsrv.service" ||
-  fail "groupsrv.service ExecStart: $(grep ExecStart "$root/lib/systemd/system/groupsrv.service")"
-grep -qx "ExecStart=$PREFIX/bin/exploder -c .*/groupsrv/exploder.conf run" "$root/lib/systemd/system/exploder.service" ||
-  fail "exploder.service ExecStart"
+# The unit's -c is the file the programs read without one (their --help's
+# "else FILE"), whatever the prefix: the admin commands, `check`, and the
+# exploder's `deliver` from the MTA read that one, so the service must too
+# (with prefix /usr/local the units named /usr/local/etc/groupsrv/, which
+# neither the programs nor the guides use).
+gs_default=$(sed -n 's/^config: .*, else \(\/.*\)$/\1/p' <<<"$("$root/bin/groupsrv" --help)")
+xp_default=$(sed -n 's/^config: .*, else \(\/.*\)$/\1/p' <<<"$("$root/bin/exploder" --help)")
+[ -n "$gs_default" ] && [ -n "$xp_default" ] || fail "no default configuration in --help (a pattern is stale)"
+grep -qxF "ExecStart=$PREFIX/bin/groupsrv -c $gs_default serve" "$root/lib/systemd/system/groupsrv.service" ||
+  fail "groupsrv.service ExecStart: $(grep ExecStart "$root/lib/systemd/system/groupsrv.service"), not -c $gs_default"
+grep -qxF "ExecStart=$PREFIX/bin/exploder -c $xp_default run" "$root/lib/systemd/system/exploder.service" ||
+  fail "exploder.service ExecStart: $(grep ExecStart "$root/lib/systemd/system/exploder.service"), not -c $xp_default"
 
 # A configuration that cannot serve stops the unit (RestartPreventExitStatus)
 # instead of restarting it every few seconds: the unit lists the status
