@@ -876,9 +876,10 @@ static unsigned max_version(const gs_store_group_key *keys, size_t nk, const gs_
  * versions (it created the group, or took it over with `group rotate
  * --take-over`), and the server that signed the file is not its origin
  * (or no longer: an origin that was taken over). Servers sharing this
- * database share its CA and so sign as it does. */
+ * database share its CA and so sign as it does: *own_ca says the file is
+ * signed by this database's CA. */
 static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_store_group_key *keys, size_t nk,
-                                       bool *yes)
+                                       bool *yes, bool *own_ca)
 {
     gs_store_ca *ca_row = NULL;
     X509 *ca = NULL, *x;
@@ -886,6 +887,7 @@ static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_sto
     gs_err err;
 
     *yes = false;
+    *own_ca = false;
     err = gs_store_ca_get(e->st, &ca_row);
     if (err == GS_ERR_NOT_FOUND) {
         err = GS_OK; /* no CA here: it certified nothing */
@@ -895,8 +897,12 @@ static gs_err origin_here_other_signer(struct env *e, X509 *signer, const gs_sto
                                     &ca)) != GS_OK)
         goto out;
     /* The key, not the certificate: one renewed (ca renew-cert) is the same CA. */
-    if (signer == NULL || EVP_PKEY_eq(X509_get0_pubkey(ca), X509_get0_pubkey(signer)) == 1)
+    if (signer == NULL)
+        goto out;
+    if (EVP_PKEY_eq(X509_get0_pubkey(ca), X509_get0_pubkey(signer)) == 1) {
+        *own_ca = true;
         goto out; /* signed by this database's CA: a server of this cluster */
+    }
     for (size_t i = 0; i < nk && !*yes; i++) {
         if ((bio = BIO_new_mem_buf(keys[i].cert_pem, -1)) == NULL) {
             err = gs_err_set(GS_ERR_NOMEM, "out of memory reading a key version's certificate");
@@ -1330,6 +1336,23 @@ out:
     gs_store_group_free(g);
 }
 
+/* A group already recorded here keeps its own member wrap: the origin's
+ * later `group set --wrap` travels in each file's manifest but is not
+ * applied (a file made before it and imported after would undo it). A
+ * clone with its own database would otherwise go on wrapping member-certs
+ * copies the way its origin stopped, unsaid: says so when they differ,
+ * with the file's date and the command that follows it. */
+static void note_member_wrap(const gs_store_group *g, const gsk_manifest *m)
+{
+    gs_wrap here = g->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15, file;
+
+    if (m->group.member_wrap[0] == '\0' || gs_wrap_parse(m->group.member_wrap, &file) != GS_OK || file == here)
+        return;
+    printf("note: group %s here wraps member-certs copies with %s; the file (made %s on %s) says %s: `groupsrv "
+           "group set %s --wrap %s` here to follow it\n",
+           g->name, gs_wrap_name(here), m->created, m->source_token, gs_wrap_name(file), g->name, gs_wrap_name(file));
+}
+
 int gs_cmd_group_import(struct env *e, int argc, char **argv)
 {
     struct import im;
@@ -1399,9 +1422,9 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         rc = import_refused(&im, m->group.name, gs_err_set(GS_ERR_NOMEM, "out of memory"));
         goto out;
     }
-    bool origin_here = false;
+    bool origin_here = false, own_ca = false;
     if (gi.g != NULL &&
-        (err = origin_here_other_signer(e, im.trusted, gi.keys, gi.nk, &origin_here)) != GS_OK) {
+        (err = origin_here_other_signer(e, im.trusted, gi.keys, gi.nk, &origin_here, &own_ca)) != GS_OK) {
         rc = import_refused(&im, m->group.name, err);
         goto out;
     }
@@ -1432,6 +1455,12 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
         items[i].extractable = k->kind == GSK_KIND_SECRET;
     }
     rc = import_keys(&im, m->group.name, items, n, gi.was_recorded, group_copy_check, group_copy_rows, &gi);
+    /* Only on a clone of another server's group: in a cluster (this
+     * database's CA signed the file) the database's setting is the
+     * group's own, newer than any file; where the group's versions are
+     * made here, so is its setting. */
+    if (rc == 0 && gi.g != NULL && !own_ca && !origin_here)
+        note_member_wrap(gi.g, m);
     if (rc == 0)
         print_still_missing(e, m->group.name);
     if (rc == 0)

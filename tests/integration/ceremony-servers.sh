@@ -296,10 +296,18 @@ ok "the SO PIN asked on the terminal, not echoed"
 
 # ---- a rotation travels as a one-version file ----
 gs_alpha group rotate eng >/dev/null
+# alpha's member wrap changed after beta got the group: the file says
+# so, beta keeps its own (an older file could undo it) and names the change
+gs_alpha group set eng --wrap pkcs1v15 >/dev/null
 expect 0 "export of the new version only" -- \
   gs_alpha group export eng --version 3 --to "$work/beta-transport.pem" --out "$work/eng-v3.gsk"
+gs_alpha group set eng --wrap oaep >/dev/null
 expect 0 "import of the new version on beta" -- \
   gs_beta group import --in "$work/eng-v3.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
+grep -q "^note: group eng here wraps member-certs copies with oaep; the file (made .* on alpha (serial [0-9a-f]*)) says pkcs1v15: .groupsrv group set eng --wrap pkcs1v15. here to follow it\$" "$work/out" ||
+  fail "import of a file whose member wrap differs from beta's: no note naming it: $(cat "$work/out")"
+gs_beta group show eng | grep -q "member wrap: *oaep" || fail "the import changed beta's member wrap"
+ok "a member wrap changed on alpha after the replication is named on beta, which keeps its own"
 gs_beta group show eng > "$work/show"
 grep -Eq "v3 +current" "$work/show" && grep -Eq "v2 +old" "$work/show" || fail "beta's versions: $(cat "$work/show")"
 expect 0 "check on beta after the rotation" -- gs_beta check
@@ -360,7 +368,11 @@ grep -q "signature test" "$work/out" || fail "ca import does not say the key pas
 # the group's address as an older version may have stored it (a '_' in
 # the domain, which today's rule refuses for a new group) travels as is
 sqlite3 "$work/alpha/groupsrv.db" "UPDATE groups SET address = 'eng@mail_host.example' WHERE name = 'eng'"
+# made under a member wrap the shared database changes afterwards: the
+# database's is the group's own (newer), and gamma's import names nothing
+gs_alpha group set eng --wrap pkcs1v15 >/dev/null
 gs_alpha group export eng --all --to "$work/gamma-transport.pem" --out "$work/eng-gamma.gsk" >/dev/null
+gs_alpha group set eng --wrap oaep >/dev/null
 # another public key object given the transport key's label (any program
 # with the user PIN may write one): the import deletes the pair it came
 # through, by the key, and leaves that object alone (it was in the way:
@@ -371,6 +383,7 @@ GS_PIN=$(cat "$work/tok-gamma/user-pin") SOFTHSM2_CONF=$work/tok-gamma/softhsm2.
   --id 0102 >/dev/null 2>&1 || fail "cannot write a public key labelled $gtl on gamma"
 expect 0 "group import on gamma (rows already recorded, keys to the token)" -- \
   gs_gamma group import --in "$work/eng-gamma.gsk"
+! grep -q "^note: " "$work/out" || fail "gamma's import (its database's CA signed the file) names a member wrap: $(cat "$work/out")"
 # the ceremony's last file: the import deleted the transport key, both
 # halves (SECURITY.md, "The receiving token's user PIN and the file")
 objects gamma > "$work/gamma.objs"
