@@ -688,7 +688,11 @@ static int group_show(struct env *e, const struct args *a)
            "member wrap:    %s\nreplicable:     %s\n",
            g->name, g->address, methods, g->algorithm,
            g->allow_pkcs1v15 ? "accepted (implicit rejection)" : "refused (RSA-OAEP only)", gs_wrap_name(g->member_wrap),
-           g->replicable ? "yes (extractable only under trusted wrap: group export)" : "no");
+           /* Read from the database, not the token: on a clone the keys
+            * are imported copies, which never leave (`check` tells which). */
+           g->replicable ? "yes (the origin's keys leave only under trusted wrap: group export there; imported "
+                           "copies never leave)"
+                         : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {
             print_group_policy(g, keys[i].weakenings, true);

@@ -306,7 +306,11 @@ expect 0 "import of the new version on beta" -- \
   gs_beta group import --in "$work/eng-v3.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 grep -q "^note: group eng here wraps member-certs copies with oaep; the file (made .* on alpha (serial [0-9a-f]*)) says pkcs1v15: .groupsrv group set eng --wrap pkcs1v15. here to follow it\$" "$work/out" ||
   fail "import of a file whose member wrap differs from beta's: no note naming it: $(cat "$work/out")"
-gs_beta group show eng | grep -q "member wrap: *oaep" || fail "the import changed beta's member wrap"
+gs_beta group show eng > "$work/show"
+grep -q "member wrap: *oaep" "$work/show" || fail "the import changed beta's member wrap"
+# group show reads the database: it must not call the clone's copies extractable
+grep -q "^replicable: *yes (the origin's keys leave only under trusted wrap: group export there; imported copies never leave)$" \
+  "$work/show" || fail "group show on the clone: $(grep '^replicable' "$work/show")"
 ok "a member wrap changed on alpha after the replication is named on beta, which keeps its own"
 gs_beta group show eng > "$work/show"
 grep -Eq "v3 +current" "$work/show" && grep -Eq "v2 +old" "$work/show" || fail "beta's versions: $(cat "$work/show")"
