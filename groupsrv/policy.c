@@ -145,6 +145,13 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
     if (!can_decrypt && !caps->rewrap_on_token)
         return gs_err_set(GS_ERR_HSM, "the token offers %s neither for decryption nor for unwrapping: it "
                           "cannot hold group keys (use a token with RSA-OAEP)", hsm_mech_name(HSM_MECH_RSA_OAEP));
+    /* PKCS#1 v1.5 is taken by decrypting on the token (implicit
+     * rejection needs the padding result there), never by unwrapping: a
+     * token without CKM_RSA_PKCS decryption (an OAEP-only HSM policy)
+     * would make a group that every v1.5 sender's message is refused by. */
+    if (allow_pkcs1v15 && !hsm_caps_has(caps, HSM_MECH_RSA_PKCS, HSM_MF_DECRYPT))
+        return gs_err_set(GS_ERR_HSM, "the token offers no %s decryption, which PKCS#1 v1.5 senders need: create "
+                          "the group with --oaep-only (RSA-OAEP senders only)", hsm_mech_name(HSM_MECH_RSA_PKCS));
     out->rewrap = caps->rewrap_on_token && adopted_unwrap ? GS_REWRAP_TOKEN : GS_REWRAP_SOFTWARE;
     if (out->rewrap == GS_REWRAP_SOFTWARE && !can_decrypt)
         return gs_err_set(GS_ERR_HSM, "the key cannot unwrap and the token offers no %s decryption: make the "

@@ -154,6 +154,19 @@ static void test_choose_refusals_and_usage(void **state)
     assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_ERR_HSM);
     assert_non_null(strstr(gs_err_detail(), "CKM_RSA_PKCS_OAEP"));
 
+    /* A token without CKM_RSA_PKCS decryption (an OAEP-only policy):
+     * a group that takes PKCS#1 v1.5 senders is refused, naming
+     * --oaep-only; an --oaep-only group is made. */
+    caps_of(T_SOFTHSM, &c);
+    c.mech[HSM_MECH_RSA_PKCS].flags = HSM_MF_SIGN;
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, true, &p), GS_ERR_HSM);
+    assert_non_null(strstr(gs_err_detail(), "CKM_RSA_PKCS decryption"));
+    assert_non_null(strstr(gs_err_detail(), "--oaep-only"));
+    c.mech[HSM_MECH_RSA_PKCS].present = false;
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, false, &p), GS_ERR_HSM);
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_OK);
+    assert_int_equal(p.rewrap, GS_REWRAP_TOKEN);
+
     /* A card that cannot even make the seal key pair: refused for
      * group-secret, with what to do; fine without it. */
     caps_of(T_CARD, &c);
