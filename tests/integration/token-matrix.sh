@@ -151,6 +151,10 @@ ok "$TOKEN: tls, recipient-key and group-secret answers decrypt with stock opens
 
 # ---- groupmail decrypt by every method ----
 export GROUPMAIL_CONFIG=$work/groupmail.conf
+# groupmail's default store is $XDG_DATA_HOME (else ~/.local/share)/
+# groupmail: pointed into the work directory, where the end of the test
+# finds it unused; HOME itself stays (NSS's p11-kit module file is there).
+export XDG_DATA_HOME=$work/xdg-data
 cat > "$GROUPMAIL_CONFIG" <<CONF
 [server]
 url = $base
@@ -160,6 +164,8 @@ group_ca = $certs/localca.pem
 timeout = 20
 [hsm]
 module = $module
+[store]
+dir = $work/gmstore
 CONF
 group_key_uri=${TOK_GROUP_KEY:-"$token_uri;object=gs:group:eng:v1;type=private"}
 printf 'Subject: matrix\n\nthe body of the matrix message on %s\n' "$TOKEN" > "$work/m.txt"
@@ -595,4 +601,5 @@ opencryptoki)
   ;;
 esac
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
+[ ! -e "$XDG_DATA_HOME" ] || fail "groupmail wrote to its default store (root's ~/.local/share/groupmail under CI): $(find "$XDG_DATA_HOME" | head -5)"
 echo "token-matrix $TOKEN: all passed"
