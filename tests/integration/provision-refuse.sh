@@ -130,6 +130,18 @@ grep -q "^group  *eng  *v1 .*PROBLEM: CKA_EXTRACTABLE is true" "$T/out" || { cat
 expect_rc 0 "$G" -c "$T/fault.conf" check
 unset GS_P11FAULT_CONTROL
 
+# --- an HSM held to RSA-OAEP (no CKM_RSA_PKCS decryption): check shows
+# it; a group taking PKCS#1 v1.5 senders (the default) is refused naming
+# --oaep-only, as every v1.5 message would be; --oaep-only is made.
+GS_P11FAULT_PROFILE=oaep-only "$G" -c "$T/fault.conf" check > "$T/out" 2>&1 || true
+grep -q "^cap mechanism CKM_RSA_PKCS  *yes: sign\$" "$T/out" || { cat "$T/out"; fail "check: CKM_RSA_PKCS without decryption"; }
+refuse 1 "the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need: create the group with --oaep-only" \
+  env GS_P11FAULT_PROFILE=oaep-only "$G" -c "$T/fault.conf" group create v15 --address v15@example.org --key rsa:2048
+one_line
+expect_rc 0 env GS_P11FAULT_PROFILE=oaep-only "$G" -c "$T/fault.conf" group create oaep --address oaep@example.org \
+  --key rsa:2048 --oaep-only
+db0=$(db_sum) tok0=$(tok_sum)
+
 # --- adopting a key (--use-key): checked against what the token allows,
 # refused with what to do; nothing recorded, the key itself left alone
 refuse 1 "--use-key $tool_key: CKA_SIGN allowed (policy: no signing): make the key with exactly the usage" \

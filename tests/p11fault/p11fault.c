@@ -125,7 +125,8 @@
  * Token profiles (profile.h): GS_P11FAULT_PROFILE=smartcard makes the
  * target look like a decrypt-only smartcard (few mechanisms, no wrap or
  * unwrap, no CKA_ALLOWED_MECHANISMS/CKA_UNWRAP_TEMPLATE, a login per use,
- * two sessions); =no-v15-wrap takes C_WrapKey with CKM_RSA_PKCS away.
+ * two sessions); =no-v15-wrap takes C_WrapKey with CKM_RSA_PKCS away;
+ * =oaep-only takes CKM_RSA_PKCS away for everything but signing.
  * GS_P11FAULT_SESSION_QUOTA=N: a session limit the token does not report
  * (CKR_SESSION_COUNT beyond N open sessions; profile.h).
  * GS_P11FAULT_RSA_MAX_BITS=B: a token that makes RSA keys of at most B

@@ -16,6 +16,7 @@
 static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
 static int smartcard;
 static int no_v15_wrap; /* profile "no-v15-wrap" */
+static int oaep_only;   /* profile "oaep-only" */
 static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
 static int pinpad;              /* GS_P11FAULT_PINPAD */
@@ -50,6 +51,7 @@ void prof_load(void)
     pthread_mutex_lock(&prof_mu);
     smartcard = p != NULL && strcmp(p, "smartcard") == 0;
     no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
+    oaep_only = p != NULL && strcmp(p, "oaep-only") == 0;
     p = getenv("GS_P11FAULT_RSA_DECRYPT");
     sc_rsa = p != NULL && strcmp(p, "v15") == 0 ? SC_RSA_V15 : p != NULL && strcmp(p, "raw") == 0 ? SC_RSA_RAW
                                                                                                  : SC_RSA_OAEP_V15;
@@ -141,7 +143,7 @@ CK_RV prof_wrap_pre(const CK_MECHANISM *m)
     int off;
 
     pthread_mutex_lock(&prof_mu);
-    off = no_v15_wrap;
+    off = no_v15_wrap || oaep_only;
     pthread_mutex_unlock(&prof_mu);
     if (off && m != NULL && m->mechanism == CKM_RSA_PKCS)
         return CKR_MECHANISM_INVALID;
@@ -179,6 +181,11 @@ void prof_mech_info_post(CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
         info->ulMaxKeySize = max;
     if (off && info != NULL && type == CKM_RSA_PKCS)
         info->flags &= ~(CK_FLAGS)CKF_WRAP;
+    pthread_mutex_lock(&prof_mu);
+    off = oaep_only;
+    pthread_mutex_unlock(&prof_mu);
+    if (off && info != NULL && type == CKM_RSA_PKCS)
+        info->flags &= ~(CK_FLAGS)(CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP);
     if (!prof_active() || info == NULL)
         return;
     /* What the card does itself: private-key operations only. */
@@ -217,6 +224,13 @@ void prof_mech_list_post(CK_MECHANISM_TYPE *list, CK_ULONG *count, int count_onl
 
 CK_RV prof_check_mech(const CK_MECHANISM *m, int sign)
 {
+    int v15_off;
+
+    pthread_mutex_lock(&prof_mu);
+    v15_off = oaep_only;
+    pthread_mutex_unlock(&prof_mu);
+    if (v15_off && !sign && m != NULL && m->mechanism == CKM_RSA_PKCS)
+        return CKR_MECHANISM_INVALID;
     if (!prof_active())
         return CKR_OK;
     if (m == NULL || !sc_mech_known(m->mechanism))

@@ -31,6 +31,11 @@
  * not with CKM_RSA_PKCS: C_GetMechanismInfo(CKM_RSA_PKCS) without
  * CKF_WRAP, C_WrapKey with it CKR_MECHANISM_INVALID; all else forwarded.
  *
+ * "oaep-only" models an HSM held to RSA-OAEP (a policy that forbids
+ * PKCS#1 v1.5 encryption): C_GetMechanismInfo(CKM_RSA_PKCS) without
+ * CKF_ENCRYPT, CKF_DECRYPT, CKF_WRAP and CKF_UNWRAP (signing stays),
+ * C_DecryptInit and C_WrapKey with it CKR_MECHANISM_INVALID.
+ *
  * Independent of the profile, GS_P11FAULT_SESSION_QUOTA=N (at
  * C_Initialize) models a session limit the token does not report: a
  * network HSM's per-client or per-partition session quota, or a card
