@@ -1783,9 +1783,19 @@ static void print_group_policies(struct env *e)
 {
     gs_store_group **groups = NULL;
     size_t ng = 0;
+    hsm_caps c;
+    bool v15_missing;
 
     if (gs_store_group_list(e->st, &groups, &ng) != GS_OK)
         return;
+    /* A group that takes PKCS#1 v1.5 reads it only by CKM_RSA_PKCS
+     * decryption on the token (group create refuses such a group where
+     * the token has none, but the token's policy may have changed since,
+     * or the group was made before that refusal): its keys are sound, so
+     * the key table says OK while every v1.5 sender's message is 400
+     * unsupported_algorithm. Not judged from an incomplete probe. */
+    v15_missing = hsm_caps_get(e->hsm, &c) == HSM_OK && !c.incomplete &&
+                  !hsm_caps_has(&c, HSM_MECH_RSA_PKCS, HSM_MF_DECRYPT);
     for (size_t i = 0; i < ng; i++) {
         gs_store_group_key *keys = NULL;
         size_t nk = 0;
@@ -1806,6 +1816,10 @@ static void print_group_policies(struct env *e)
                 (void)util_strlcpy(pol, "(unreadable)", sizeof(pol));
             weakenings_line(groups[i], keys[k].weakenings, line, sizeof(line));
             printf("policy %-16s %s; weakenings: %s\n", groups[i]->name, pol, line);
+            if (v15_missing && groups[i]->allow_pkcs1v15)
+                printf("policy %-16s WARNING: takes PKCS#1 v1.5 senders (made without --oaep-only), but the token "
+                       "offers no %s decryption: their messages are refused (400 unsupported_algorithm)\n",
+                       groups[i]->name, hsm_mech_name(HSM_MECH_RSA_PKCS));
             if (hsm_key_find(e->hsm, keys[k].token_label, HSM_CLASS_PRIVATE, &key) == HSM_OK &&
                 hsm_key_get_info(e->hsm, key, &ki) == HSM_OK && ki.type == HSM_KEYTYPE_RSA &&
                 hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
