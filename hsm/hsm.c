@@ -417,8 +417,25 @@ static hsm_err find_token(hsm_ctx *ctx)
     if (n_init > 1) {
         serial_text(s1, sizeof(s1), &init[0]);
         serial_text(s2, sizeof(s2), &init[1]);
-        hsm_set_detail("it matches %u tokens, serial=%s and serial=%s%s; add serial= to name one", n_init, s1, s2,
-                       n_init > 2 ? " and more" : "");
+        if (strcmp(s1, s2) != 0) {
+            hsm_set_detail("it matches %u tokens, serial=%s and serial=%s%s; add serial= to name one", n_init, s1,
+                           s2, n_init > 2 ? " and more" : "");
+        } else {
+            /* Serials are no name on every module: NSS softokn's two
+             * tokens are both 0000000000000000, so "add serial=" named
+             * the same two again. Their labels, percent-encoded as
+             * token= takes them (see no_match_hint), tell them apart. */
+            char l1[sizeof(ti.label) + 1], l2[sizeof(ti.label) + 1], e1[3 * sizeof(ti.label) + 1],
+                e2[3 * sizeof(ti.label) + 1];
+            copy_padded(l1, sizeof(l1), init[0].label, sizeof(init[0].label));
+            copy_padded(l2, sizeof(l2), init[1].label, sizeof(init[1].label));
+            (void)util_uri_escape_value(l1, e1, sizeof(e1));
+            (void)util_uri_escape_value(l2, e2, sizeof(e2));
+            hsm_set_detail("it matches %u tokens, token=\"%s\" and token=\"%s\"%s, of one serial (%s); %s", n_init,
+                           e1, e2, n_init > 2 ? " and more" : "", s1,
+                           strcmp(l1, l2) != 0 ? "add token= to name one"
+                                               : "the same label too: give one of them another label");
+        }
         err = HSM_ERR_TOKEN_NOT_FOUND;
         goto out;
     }

@@ -3502,6 +3502,14 @@ static void test_nss_init_args(void **state)
     assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_ARGS);
     assert_non_null(strstr(hsm_last_error_detail(), "x-init-reserved"));
     cfg.module = testtoken_nss_module();
+    /* A URI matching both of NSS's tokens: their serials are one
+     * (0000000000000000), so the advice names them by label, not serial. */
+    cfg.token_uri = "pkcs11:manufacturer=Mozilla%20Foundation";
+    assert_int_equal(hsm_open(&cfg, &ctx), HSM_ERR_TOKEN_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "token=\"NSS%20Certificate%20DB\""));
+    assert_non_null(strstr(hsm_last_error_detail(), "of one serial (0000000000000000); add token= to name one"));
+    assert_null(strstr(hsm_last_error_detail(), "add serial="));
+    cfg.token_uri = "pkcs11:token=NSS%20Certificate%20DB";
     err = hsm_open(&cfg, &ctx);
     if (err != HSM_OK)
         fprintf(stderr, "nss: %s (%s)\n", hsm_strerror(err), hsm_last_error_detail());
