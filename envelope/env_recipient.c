@@ -411,6 +411,21 @@ bool env_recipient_names_issuer_of(const env_recipient *ri, X509 *cert)
     return false;
 }
 
+bool env_recipient_names_key_id(const env_recipient *ri)
+{
+    if (!ri)
+        return false;
+    if (ri->ri->type == ENV_RI_T_KTRI)
+        return ri->ri->d.ktri->rid->type != 0;
+    if (ri->ri->type == ENV_RI_T_KARI) {
+        const STACK_OF(ENV_REK) *reks = ri->ri->d.kari->reks;
+        for (int i = 0; i < sk_ENV_REK_num(reks); i++)
+            if (sk_ENV_REK_value(reks, i)->rid->type != 0)
+                return true;
+    }
+    return false;
+}
+
 static const ENV_REK *kari_rek(const ENV_KARI *kari, X509 *cert)
 {
     for (int i = 0; i < sk_ENV_REK_num(kari->reks); i++) {

@@ -124,6 +124,10 @@ bool env_recipient_matches_cert(const env_recipient *ri, X509 *cert);
  * cert's issuer issued (cert itself or another)? A subjectKeyIdentifier
  * names no issuer: false. */
 bool env_recipient_names_issuer_of(const env_recipient *ri, X509 *cert);
+/* Does this KTRI/KARI name a recipient by subjectKeyIdentifier alone
+ * (openssl cms -keyid, Outlook set to key identifiers), so that no issuer
+ * tells whose certificate it is? */
+bool env_recipient_names_key_id(const env_recipient *ri);
 /* KTRI: the encrypted key. KEKRI: the wrapped key. KARI: the wrapped key of
  * the RecipientEncryptedKey matching cert (cert may be NULL for the first).
  * The pointer is borrowed from ri. */

@@ -88,8 +88,11 @@ out:
 /* msg's RecipientInfos for a certificate that the issuer of one of
  * versions (the group's CA) issued, named by issuer and serial number,
  * but that is none of them: how many, and the first max of their indexes
- * in at (may be NULL with max 0). */
-static size_t unmet_ris(const env_message *msg, STACK_OF(X509) *versions, size_t *at, size_t max)
+ * in at (may be NULL with max 0). key_ids: also those that name a
+ * certificate other than the versions by subjectKeyIdentifier alone
+ * (`openssl cms -keyid`), which may be any version's, since no issuer is
+ * named to tell. */
+static size_t unmet_ris(const env_message *msg, STACK_OF(X509) *versions, bool key_ids, size_t *at, size_t max)
 {
     size_t n = 0;
 
@@ -105,7 +108,7 @@ static size_t unmet_ris(const env_message *msg, STACK_OF(X509) *versions, size_t
                 known = known || env_recipient_matches_cert(ri, sk_X509_value(versions, v));
                 ours = ours || env_recipient_names_issuer_of(ri, sk_X509_value(versions, v));
             }
-            if (ours && !known) {
+            if (!known && (ours || (key_ids && env_recipient_names_key_id(ri)))) {
                 if (n < max)
                     at[n] = i;
                 n++;
@@ -151,7 +154,9 @@ static STACK_OF(X509) *list_versions(const xp_list *l)
  * and serial number) other than the list's versions are such candidates,
  * among them the sender's own certificate when the group's CA issued it
  * (`member add --issue-cert`; Thunderbird and Outlook add the sender to
- * every message). The exploder cannot tell which, if any, is the group's:
+ * every message), and so are those that name a certificate by its
+ * subjectKeyIdentifier alone (`openssl cms -keyid`, Outlook set to key
+ * identifiers), whose issuer no one can tell. The exploder cannot tell which, if any, is the group's:
  * the group server does, each sent to it in turn (prepare_rewrap), at
  * most XP_OLDER_MAX of them; it refuses one for no version of the group
  * (unknown_recipient) before any key is used. n: how many the message
@@ -216,9 +221,9 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
     }
     e = pick >= 0 ? ENV_OK : ENV_ERR_NO_RECIPIENT;
     if (pick >= 0 && unmet != NULL)
-        *unmet = unmet_ris(msg, versions, NULL, 0) > 0;
+        *unmet = unmet_ris(msg, versions, false, NULL, 0) > 0;
     if (pick < 0 && older != NULL)
-        older->n = unmet_ris(msg, versions, older->idx, XP_OLDER_MAX);
+        older->n = unmet_ris(msg, versions, true, older->idx, XP_OLDER_MAX);
     if (pick >= 0 && cert != NULL)
         *cert = sk_X509_delete(versions, pick); /* the version it is encrypted to, the caller's */
 out:
@@ -631,16 +636,16 @@ xp_err xp_check_message(const xp_conf *c, const xp_list *l, const void *data, si
              * its sender would never hear; the sender can still encrypt
              * to the group's current certificate. */
             if (why != NULL)
-                *why = "message is not encrypted to a group certificate the list knows: the certificate of the "
-                       "group's CA it names may be an earlier key version or someone's own certificate, which a "
-                       "list that forwards mail as it came cannot tell apart (encrypt to the group's current "
-                       "certificate)";
+                *why = "message is not encrypted to a group certificate the list knows: the certificate it "
+                       "names (one of the group's CA, or one named by key identifier alone) may be an earlier key "
+                       "version or someone's own certificate, which a list that forwards mail as it came cannot "
+                       "tell apart (encrypt to the group's current certificate)";
         } else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > 0 && older.n <= XP_OLDER_MAX)
             rc = XP_OK; /* perhaps a version the list never met: the group server decides (xp_older) */
         else if (e == ENV_ERR_NO_RECIPIENT && older_ok && older.n > XP_OLDER_MAX && why != NULL)
             *why = "message is not encrypted to the list's group certificate, and names too many other "
-                   "certificates of the group's CA (over " XP_OLDER_MAX_TEXT ") to ask the group server "
-                   "about each";
+                   "certificates of the group's CA or by key identifier alone (over " XP_OLDER_MAX_TEXT
+                   ") to ask the group server about each";
         goto out;
     }
     /* the group's key transport, for the check against what it accepts;

@@ -308,3 +308,26 @@ grep -q '^Reason: the group server refused to re-encrypt it for the members: .*(
   fail "want alice's and bob's copy and alice's bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 xp_spool_empty
 echo "ok: a list made after a re-key takes mail to the version before; the group server decides"
+# The same sender with `openssl cms -keyid` (Outlook set to send key
+# identifiers names recipients the same way): its RecipientInfos name
+# certificates by subjectKeyIdentifier alone, so no issuer tells the
+# version before from the sender's own. Taken and decided by the group
+# server all the same (it was deferred, 4.3.0, "the group server cannot be
+# asked for the current one now", or refused, 5.7.1, as not for the list).
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nsecret body for the version before, by key id\n' >"$W/p4k.txt"
+openssl cms -encrypt -keyid -aes-256-cbc -recip "$certs/alice@example.org.pem" -recip "$W/group-v4.pem" \
+  -subject 'version before, by key id' -in "$W/p4k.txt" -out "$W/late-ski.eml"
+openssl cms -cmsout -print -in "$W/late-ski.eml" | grep -q 'd.subjectKeyIdentifier' ||
+  fail "openssl cms -keyid named no recipient by key identifier"
+xp deliver --list $L2 --sender alice@example.org <"$W/late-ski.eml" 2>"$W/deliver.err" ||
+  fail "mail by key identifier to the version before the list's first: $(cat "$W/deliver.err")"
+xp_drain
+f=$(copy_for bob@example.org)
+openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
+  grep -q 'secret body for the version before, by key id' || fail "bob cannot read the message by key id"
+[ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org bob@example.org " ] ||
+  fail "want alice's and bob's copy, no bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
+xp_spool_empty
+echo "ok: mail by key identifier to the version before is taken; the group server decides"
