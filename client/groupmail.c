@@ -1309,7 +1309,9 @@ static bool ri_is_own(const gm_config *c, const env_recipient *ri)
  * server still unwraps it. When the pin is still the server's current
  * certificate, the message cannot be to a newer version (that stays exit 5
  * until fetch-cert --repin): its RecipientInfos that name the group's CA
- * as issuer, other than one for our own certificate, are taken, and the
+ * as issuer, or a certificate by subjectKeyIdentifier alone (`openssl cms
+ * -keyid`: no issuer is named, so it may be a version's), other than one
+ * for our own certificate, are taken, and the
  * server says whether one is a version of the group (unknown_recipient,
  * exit 5, if none is). There may be several: the sender's own certificate
  * when the group's CA issued it (`member add --issue-cert`; Thunderbird
@@ -1337,7 +1339,8 @@ static int older_unpinned_ri(job *j, size_t *idx, bool *found)
         size_t len = 0;
         env_recipient *ri = NULL;
         if (env_message_recipient_der(j->msg, i, &der, &len) == ENV_OK && env_recipient_parse(der, len, &ri) == ENV_OK &&
-            env_recipient_names_issuer_of(ri, j->group_cert) && !ri_is_own(c, ri)) {
+            (env_recipient_names_issuer_of(ri, j->group_cert) || env_recipient_names_key_id(ri)) &&
+            !ri_is_own(c, ri)) {
             if (n < GM_GUESS_MAX)
                 j->guess[n] = i;
             n++;

@@ -639,6 +639,15 @@ for via in tls membership-cert; do
     as alice decrypt --via "$via" --store "$work/pinned-after-rekey" --in "$work/from-bob.der" --out "$work/out.txt"
   same "$work/out.txt" "$work/msg.txt" "old key and the sender's certificate, $via"
 done
+# the same from a sender whose client names recipients by subjectKeyIdentifier
+# (openssl cms -keyid, Outlook set to key identifiers): no issuer tells the
+# key before from bob's own certificate, and the server is asked the same
+# way (it was exit 5, "not encrypted to group eng")
+openssl cms -encrypt -keyid -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/from-bob-ski.der" \
+  -recip "$certs/bob@example.org.pem" -recip "$certs/group.pem"
+expect_rc 0 "mail by key identifier to the key before and the sender's own certificate" -- \
+  as alice decrypt --via tls --store "$work/pinned-after-rekey" --in "$work/from-bob-ski.der" --out "$work/out.txt"
+same "$work/out.txt" "$work/msg.txt" "old key by key identifier"
 # a pin file that kept many earlier versions (as after some 20 re-keys) is
 # still read: its reader once took 16 certificates, the re-key kept 64
 for i in $(seq 1 20); do
