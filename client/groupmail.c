@@ -1955,6 +1955,21 @@ static int get_cek(job *j, enum via v, bool unwrap_only, unsigned char *cek, siz
     }
     case VIA_GROUP_SECRET: {
         env_recipient *kri = unwrap_only ? NULL : message_kekri(j->msg);
+        size_t gidx;
+        /* A KEKRI beside the group's own RecipientInfo is someone else's
+         * (a sender's secret key, `openssl cms -secretkey`): the group's is
+         * re-wrapped as for any message, as --via tls reads it. A KEKRI is
+         * read only in a message for no group certificate (the exploder's
+         * group-secret copy). The certificate is the one given or pinned:
+         * none is fetched for it. */
+        if (kri != NULL && env_message_recipient_count(j->msg) > 1 && j->group_cert == NULL &&
+            group_cert_get(c, &j->r, false, &j->group_cert) != GM_EXIT_OK)
+            ERR_clear_error(); /* an unreadable pin: the KEKRI is tried, as before */
+        if (kri != NULL && env_message_recipient_count(j->msg) > 1 && j->group_cert != NULL &&
+            group_ri_index(j, &gidx) == ENV_OK) {
+            env_recipient_free(kri);
+            kri = NULL;
+        }
         if (!unwrap_only && gm_member_load(c, &m) != 0) {
             env_recipient_free(kri);
             rc = GM_EXIT_ERROR;

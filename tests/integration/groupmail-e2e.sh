@@ -282,6 +282,18 @@ same "$work/gm.out" "$work/msg.txt" "group-secret KEKRI"
 expect_rc 5 "decrypt --via tls of a KEKRI-only message" -- as bob decrypt --via tls --in "$work/kek-msg.der"
 grep -q -- 'to a group secret key .*: --via group-secret$' "$work/gm.err" ||
   fail "a group-secret copy read --via tls: $(cat "$work/gm.err")"
+# a message for the group that also carries a KEKRI of the sender's own
+# (openssl cms -secretkey beside -recip): --via group-secret has the
+# group's RecipientInfo re-wrapped, as --via tls reads it (it took the
+# KEKRI for the group secret key's: exit 5, "needs a group secret key this
+# member does not have")
+openssl cms -encrypt -binary -aes-256-cbc -secretkey 000102030405060708090a0b0c0d0e0f -secretkeyid 0a0b \
+  -recip "$certs/group.pem" -in "$work/msg.txt" -outform DER -out "$work/own-kek.der"
+for via in tls group-secret; do
+  expect_rc 0 "decrypt --via $via of a message to the group with the sender's own KEKRI" -- \
+    as bob decrypt --via "$via" --in "$work/own-kek.der"
+  same "$work/gm.out" "$work/msg.txt" "the group's RecipientInfo beside a KEKRI, $via"
+done
 
 # unwrap for scripts
 expect_rc 0 "unwrap --via tls prints the key" -- as alice unwrap --via tls --in "$work/msg.der"
