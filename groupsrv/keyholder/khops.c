@@ -460,17 +460,27 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
     return rate_limit(j, c, gi->name);
 }
 
-/* An admin of any group (group creation, and /metrics by default). */
-static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct caller *c)
+/* An admin of any group (group creation, and /metrics by default).
+ * A refusal is audited as authorise's are (SECURITY.md: every refusal of
+ * an admin endpoint), under action, with group (NULL: none) the one the
+ * request names: not_a_member when the identity is no member anywhere,
+ * certificate_mismatch when its only admin records name another key,
+ * forbidden_role otherwise. */
+static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct caller *c, const char *action,
+                               const char *group)
 {
     gs_store_group **groups = NULL;
     size_t n = 0;
-    int ok = 0;
+    int ok = 0, member = 0, mismatch = 0;
 
     if (caller_read(j, c) != 0)
         return -1;
+    if (group != NULL && !gs_valid_group_name(group))
+        group = NULL; /* a name that cannot be a group's is not written into the record */
     if (c->anonymous) {
-        answer_error(j, 403, "forbidden", "administrators authenticate with an identity certificate");
+        audit_refusal(j, action, c->identity, group, "forbidden_role");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "forbidden", "administrators authenticate with an identity certificate");
         return -1;
     }
     gs_err e = gs_store_group_list(w->store, &groups, &n);
@@ -481,14 +491,23 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
     for (size_t i = 0; i < n && !ok; i++) {
         gs_store_member *m = NULL;
         if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK &&
-            gcache_same_address(c->identity, m->email) && m->role == GS_ROLE_ADMIN &&
-            (m->cert_pem == NULL || gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem)))
-            ok = 1;
+            gcache_same_address(c->identity, m->email)) {
+            member = 1;
+            if (m->role == GS_ROLE_ADMIN) {
+                if (m->cert_pem == NULL || gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem))
+                    ok = 1;
+                else
+                    mismatch = 1;
+            }
+        }
         gs_store_member_free(m);
     }
     gs_store_group_list_free(groups, n);
     if (!ok) {
-        answer_error(j, 403, "forbidden", "only administrators may do this");
+        audit_refusal(j, action, c->identity, group,
+                      mismatch ? "certificate_mismatch" : member ? "forbidden_role" : "not_a_member");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "forbidden", "only administrators may do this");
         return -1;
     }
     return rate_limit(j, c, "");
@@ -1782,7 +1801,7 @@ static void op_stats(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 404, "not_found", "metrics are disabled");
         return;
     }
-    if (strcmp(policy, "any") != 0 && authorise_any_admin(w, j, &c) != 0) {
+    if (strcmp(policy, "any") != 0 && authorise_any_admin(w, j, &c, "metrics", NULL) != 0) {
         caller_clear(&c);
         return;
     }
@@ -2124,7 +2143,7 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     audit_err ae;
 
     memset(&c, 0, sizeof(c));
-    if (authorise_any_admin(w, j, &c) != 0)
+    if (authorise_any_admin(w, j, &c, "group-create", name) != 0)
         goto out;
     if (w->kh->ca == NULL) {
         answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
@@ -2226,7 +2245,7 @@ static void op_authz(struct kh_worker *w, struct kh_job *j)
 
     memset(&c, 0, sizeof(c));
     if (a == IPC_ACT_GROUP_CREATE) {
-        if (authorise_any_admin(w, j, &c) == 0) {
+        if (authorise_any_admin(w, j, &c, "group-create", ipc_str(&j->msg, IPC_T_GROUP)) == 0) {
             if (w->kh->ca == NULL)
                 answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
             else

@@ -335,6 +335,16 @@ grep -q '"name\\" must be' "$work/body" || fail "bad group name: $(cat "$work/bo
 expect_status 400 bad_request "list address not an email" -- c admin --data-binary '{"name":"ops3","address":"ops3"}' "$base/v1/groups"
 grep -q '"address\\" must be an email' "$work/body" || fail "bad list address: $(cat "$work/body")"
 expect_status 403 forbidden "group creation refused for a member" -- c alice --data-binary '{"name":"ops2","address":"ops2@example.org"}' "$base/v1/groups"
+# Every refusal of an admin endpoint is audited (SECURITY.md), group
+# creation's too: a member (forbidden_role), and a non-member whose body
+# is refused after the authorisation alone (not_a_member).
+expect_status 403 forbidden "group creation with a bad body refused for a non-member" -- c carol \
+  --data-binary '{"name":' "$base/v1/groups"
+grep '"action":"group-create"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' | grep '"group":"ops2"' |
+  grep -q '"outcome":"forbidden_role"' || fail "a member's refused group creation is not audited"
+grep '"action":"group-create"' "$work/audit.jsonl" | grep '"identity":"carol@example.org"' |
+  grep -q '"outcome":"not_a_member"' || fail "a non-member's refused group creation is not audited"
+ok "refused group creations audited (forbidden_role, not_a_member)"
 
 # ---- metrics ----
 expect_status 200 "" "metrics for an admin" -- c admin "$base/metrics"
@@ -354,6 +364,9 @@ grep -qx 'groupsrv_token_errors_total 0' "$work/body" ||
   fail "caller-chosen refusals counted as token errors: $(grep token_errors "$work/body")"
 grep -q 'groupsrv_token_sessions_in_use' "$work/body" || fail "metrics sessions"
 expect_status 403 forbidden "metrics refused for a member" -- c alice "$base/metrics"
+grep '"action":"metrics"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' |
+  grep -q '"outcome":"forbidden_role"' || fail "a member's refused /metrics is not audited"
+ok "refused /metrics audited"
 # As a scraper reads it: strict text format 0.0.4 (tests/lib/promcheck.py),
 # exactly the families api.md names; known traffic moves the counters by
 # as much, and SIGHUP (a reload, no restart) never sets a counter back.
