@@ -42,6 +42,15 @@ struct kh_link {
     struct kh *kh;
     unsigned index;
     int fd;                    /* -1 while no network process is connected */
+    /* Moves at every link_open (l->wmu held; the I/O loop alone writes
+     * it): a job answers only the link as it was when its frame came
+     * (kh_job's link_epoch). A worker or the syncer takes a job's link
+     * under io->mu and sends under l->wmu; should the network process
+     * be replaced between the two (killed, restarted, and its new link
+     * opened in this same slot), the answer would reach the new process
+     * under a cookie of the old one's numbering, which the new one also
+     * uses: another client's answer. */
+    unsigned long long epoch;
     struct event *rev, *wev;   /* readable (I/O loop); writable while out holds bytes */
     struct evbuffer *in;       /* what was read and is not a whole frame yet (I/O loop only) */
     pthread_mutex_t wmu;       /* writers: fd and out */
@@ -90,6 +99,7 @@ static void job_free(struct kh_job *j)
 static void link_add(struct kh_link *l, struct kh_job *j)
 {
     j->link = l;
+    j->link_epoch = l->epoch;
     j->lprev = NULL;
     j->lnext = l->jobs;
     if (l->jobs != NULL)
@@ -114,14 +124,27 @@ static void link_remove(struct kh_job *j)
     j->link = NULL;
 }
 
+/* l->wmu held: whether an answer for the link as it was at epoch may be
+ * sent on it now (not when the network process it was for was replaced
+ * meanwhile: said, once per answer). */
+static bool link_same(struct kh_link *l, unsigned long long epoch)
+{
+    if (l->fd < 0)
+        return false;
+    if (l->epoch == epoch)
+        return true;
+    log_info("answer dropped: the network process it was for has been replaced link=%u", l->index);
+    return false;
+}
+
 /* Writes a finished frame to the link from whichever thread has it: at
  * once when the socket takes it, else it waits in out for the I/O loop
- * (the socket is full; a broken one is left to the read side). b is
- * emptied. */
-static void link_send(struct kh_link *l, ipc_buf *b)
+ * (the socket is full; a broken one is left to the read side); only to
+ * the link as it was at epoch. b is emptied. */
+static void link_send(struct kh_link *l, unsigned long long epoch, ipc_buf *b)
 {
     pthread_mutex_lock(&l->wmu);
-    if (l->fd >= 0) {
+    if (link_same(l, epoch)) {
         int rc = ipc_ev_write(l->fd, l->out, b);
         if (rc == 1)
             event_add(l->wev, NULL);
@@ -206,7 +229,7 @@ static void finish(struct kh_link *l, struct kh_job *j, int audit_state)
 {
     if (l != NULL) {
         final_reply(j, audit_state);
-        link_send(l, &j->reply);
+        link_send(l, j->link_epoch, &j->reply);
     }
     job_free(j);
 }
@@ -239,7 +262,7 @@ static void finish_batch(struct kh_job *list)
         while (mine != NULL) {
             struct kh_job *j = mine;
             mine = j->next;
-            if (l != NULL && l->fd >= 0) {
+            if (l != NULL && link_same(l, j->link_epoch)) {
                 final_reply(j, j->audit_first == 1 ? 1 : -1);
                 if (ipc_ev_queue(l->out, &j->reply) != IPC_OK)
                     log_error("an answer to the network process was lost link=%u", l->index);
@@ -466,7 +489,7 @@ static void refuse(struct kh_link *l, uint32_t type, uint64_t cookie, uint32_t s
     ipc_buf_init(&b);
     kh_reply_error(&b, type, cookie, atomic_load(&l->kh->gen), status, retry, code, msg);
     if (ipc_end(&b) == IPC_OK)
-        link_send(l, &b);
+        link_send(l, l->epoch, &b); /* the I/O loop: the link as it is */
     ipc_buf_free(&b);
 }
 
@@ -691,6 +714,7 @@ static int link_open(struct kh_io *io, unsigned index, int fd)
     }
     pthread_mutex_lock(&l->wmu);
     l->fd = fd;
+    l->epoch++;
     pthread_mutex_unlock(&l->wmu);
     return 0;
 }

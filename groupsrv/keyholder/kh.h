@@ -34,6 +34,7 @@ struct kh_job {
     tq_job tq;                     /* the queue's part */
     struct kh *kh;
     struct kh_link *link;          /* NULL once the link is gone: the answer is dropped */
+    unsigned long long link_epoch; /* the link's epoch when the frame came: sent only on that link (keyholder.c) */
     struct kh_job *lprev, *lnext;  /* the link's outstanding jobs (I/O loop only) */
     struct kh_job *next;           /* the done list, then the held list */
     unsigned char *payload;        /* the request's payload (owned; msg points into it) */
