@@ -18,6 +18,15 @@ add_test(NAME server_token
 set_tests_properties(server_token PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
+# The network process's TLS context against a client in memory: the
+# handshake checks no signature of a client's chain (each request's check
+# does, of a chain that reaches a trusted CA).
+add_executable(test_tls ${GS_TEST_DIR}/unit/test_tls.c)
+target_link_libraries(test_tls PRIVATE gs_net PkgConfig::OPENSSL PkgConfig::CMOCKA)
+gs_target_warnings(test_tls)
+add_test(NAME unit_tls COMMAND test_tls)
+set_tests_properties(unit_tls PROPERTIES LABELS "unit")
+
 # The audit log, compiled on its own with fdatasync, write and pread wrapped so a
 # test can fail or slow a sync round, or stop a write short (a full disk);
 # its database form against a private PostgreSQL (tests/lib/pg.sh).

@@ -1,0 +1,284 @@
+/*
+ * test_tls.c: the network process's TLS context (groupsrv/server/tls.c)
+ * against a client in memory (a BIO pair, no socket): what a client's
+ * certificate chain costs the server at the handshake, and what each
+ * request's own check (tls_peer_check) then finds of it.
+ *   - the handshake verifies no signature of the chain a client sends:
+ *     an unanchored chain (a client's own CA, up to the 100 KB a
+ *     Certificate message holds) had every signature checked there, all
+ *     its errors then accepted, at the server's CPU and the client's none;
+ *   - the request's check still tells a member's certificate (identity
+ *     from the SAN), an unknown CA's chain (untrusted) and a member's
+ *     expired certificate apart.
+ * The signatures OpenSSL checks of a chain are counted through the
+ * context's store's verify step (X509_STORE_set_verify), which is where
+ * OpenSSL checks them after building the chain.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "tls.h"
+
+static int chain_checks; /* calls of the store's signature step */
+
+static int count_chain_check(X509_STORE_CTX *xc)
+{
+    (void)xc;
+    chain_checks++;
+    return 1;
+}
+
+static EVP_PKEY *ec_key(void)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    assert_non_null(k);
+    return k;
+}
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+    assert_non_null(e);
+    assert_int_equal(X509_add_ext(x, e, -1), 1);
+    X509_EXTENSION_free(e);
+}
+
+/* A certificate for key named cn, signed by issuer_key as issuer (itself
+ * when issuer is NULL); valid from `from` to `to` seconds from now. */
+static X509 *mkcert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key, int ca, const char *email,
+                    long from, long to)
+{
+    X509 *x = X509_new();
+    X509_NAME *n = X509_NAME_new();
+    static long serial = 1;
+
+    assert_non_null(x);
+    assert_non_null(n);
+    assert_int_equal(X509_set_version(x, 2), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), serial++), 1);
+    assert_int_equal(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0), 1);
+    assert_int_equal(X509_set_subject_name(x, n), 1);
+    assert_int_equal(X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), from));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), to));
+    assert_int_equal(X509_set_pubkey(x, key), 1);
+    add_ext(x, issuer ? issuer : x, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    add_ext(x, issuer ? issuer : x, NID_subject_key_identifier, "hash");
+    if (ca) {
+        add_ext(x, issuer ? issuer : x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else if (email != NULL) {
+        char san[128];
+        snprintf(san, sizeof(san), "email:%s", email);
+        add_ext(x, issuer ? issuer : x, NID_subject_alt_name, san);
+        add_ext(x, issuer ? issuer : x, NID_ext_key_usage, "clientAuth");
+    } else {
+        add_ext(x, issuer ? issuer : x, NID_subject_alt_name, "IP:127.0.0.1");
+        add_ext(x, issuer ? issuer : x, NID_ext_key_usage, "serverAuth");
+    }
+    assert_true(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
+    X509_NAME_free(n);
+    return x;
+}
+
+static char *pem_of(X509 *x, EVP_PKEY *k, size_t *len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *out;
+
+    assert_non_null(b);
+    if (x != NULL)
+        assert_int_equal(PEM_write_bio_X509(b, x), 1);
+    if (k != NULL)
+        assert_int_equal(PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL), 1);
+    long n = BIO_get_mem_data(b, &data);
+    assert_true(n > 0);
+    out = malloc((size_t)n);
+    assert_non_null(out);
+    memcpy(out, data, (size_t)n);
+    *len = (size_t)n;
+    BIO_free(b);
+    return out;
+}
+
+struct fixture {
+    EVP_PKEY *ca_key, *srv_key;
+    X509 *ca, *srv;
+    tls_state *st;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    tls_opts o;
+    char err[256];
+
+    assert_non_null(f);
+    memset(&o, 0, sizeof(o));
+    f->ca_key = ec_key();
+    f->srv_key = ec_key();
+    f->ca = mkcert("client CA", f->ca_key, NULL, NULL, 1, NULL, -3600, 86400);
+    f->srv = mkcert("127.0.0.1", f->srv_key, f->ca, f->ca_key, 0, NULL, -3600, 86400);
+    char *cert = pem_of(f->srv, NULL, &o.cert_len), *key = pem_of(NULL, f->srv_key, &o.key_len);
+    char *ca = pem_of(f->ca, NULL, &o.client_ca_len);
+    o.cert_pem = cert;
+    o.key_pem = key;
+    o.client_ca_pem = ca;
+    assert_int_equal(tls_state_new(&o, &f->st, err, sizeof(err)), 0);
+    free(cert);
+    OPENSSL_cleanse(key, o.key_len);
+    free(key);
+    free(ca);
+    /* The signatures OpenSSL checks of a client's chain at the handshake,
+     * counted (the handshake uses the context's store). */
+    X509_STORE_set_verify(SSL_CTX_get_cert_store(tls_state_ctx(f->st)), count_chain_check);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    tls_state_unref(f->st);
+    X509_free(f->ca);
+    X509_free(f->srv);
+    EVP_PKEY_free(f->ca_key);
+    EVP_PKEY_free(f->srv_key);
+    free(f);
+    return 0;
+}
+
+/* A handshake in memory with a client presenting leaf and extra (its
+ * chain); the server's SSL is returned, the handshake done. */
+static SSL *handshake(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra, int nextra)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *srv = SSL_new(tls_state_ctx(f->st)), *cli = NULL;
+    BIO *sb = NULL, *cb = NULL;
+    int sdone = 0, cdone = 0;
+
+    assert_non_null(cctx);
+    assert_non_null(srv);
+    assert_int_equal(SSL_CTX_set_max_proto_version(cctx, max_version), 1);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    assert_int_equal(SSL_CTX_use_certificate(cctx, leaf), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(cctx, leaf_key), 1);
+    for (int i = 0; i < nextra; i++) {
+        X509_up_ref(extra[i]);
+        assert_int_equal(SSL_CTX_add_extra_chain_cert(cctx, extra[i]), 1);
+    }
+    assert_non_null(cli = SSL_new(cctx));
+    assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
+    SSL_set_bio(srv, sb, sb);
+    SSL_set_bio(cli, cb, cb);
+    SSL_set_accept_state(srv);
+    SSL_set_connect_state(cli);
+    for (int round = 0; round < 20 && !(sdone && cdone); round++) {
+        int rc;
+        if (!cdone) {
+            rc = SSL_do_handshake(cli);
+            cdone = rc == 1;
+            assert_true(rc == 1 || SSL_get_error(cli, rc) == SSL_ERROR_WANT_READ);
+        }
+        if (!sdone) {
+            rc = SSL_do_handshake(srv);
+            sdone = rc == 1;
+            assert_true(rc == 1 || SSL_get_error(srv, rc) == SSL_ERROR_WANT_READ);
+        }
+    }
+    assert_true(sdone && cdone);
+    assert_non_null(SSL_get0_peer_certificate(srv));
+    SSL_free(cli);
+    SSL_CTX_free(cctx);
+    return srv;
+}
+
+/* A client's own CA and a long chain under it: the handshake checks none
+ * of its signatures; the request's check finds it untrusted. */
+static void test_handshake_checks_no_chain(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *own_key = ec_key(), *leaf_key = ec_key();
+    enum { NCHAIN = 8 };
+    X509 *chain[NCHAIN];
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+
+    /* chain[0] self-signed by own_key, each next one issued by the one
+     * before under the same key: OpenSSL links them by name. */
+    chain[0] = mkcert("own CA 0", own_key, NULL, NULL, 1, NULL, -3600, 86400);
+    for (int i = 1; i < NCHAIN; i++) {
+        char cn[32];
+        snprintf(cn, sizeof(cn), "own CA %d", i);
+        chain[i] = mkcert(cn, own_key, chain[i - 1], own_key, 1, NULL, -3600, 86400);
+    }
+    X509 *leaf = mkcert("mallory", leaf_key, chain[NCHAIN - 1], own_key, 0, "mallory@example.org", -3600, 86400);
+    X509 *extra[NCHAIN];
+    for (int i = 0; i < NCHAIN; i++)
+        extra[i] = chain[NCHAIN - 1 - i];
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        chain_checks = 0;
+        SSL *srv = handshake(f, versions[v], leaf, leaf_key, extra, NCHAIN);
+        assert_int_equal(chain_checks, 0);
+        peer_info info;
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        assert_int_equal(chain_checks, 0); /* the request's check uses its own store */
+        SSL_free(srv);
+    }
+    for (int i = 0; i < NCHAIN; i++)
+        X509_free(chain[i]);
+    X509_free(leaf);
+    EVP_PKEY_free(own_key);
+    EVP_PKEY_free(leaf_key);
+}
+
+/* A member's certificate from the client CA is still told at the request,
+ * and so is its being expired. */
+static void test_request_check_tells(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *k = ec_key();
+    X509 *good = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -3600, 86400);
+    X509 *old = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -7200, -3600);
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    peer_info info;
+
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        SSL *srv = handshake(f, versions[v], good, k, NULL, 0);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_MEMBER_CERT);
+        assert_string_equal(info.identity, "alice@example.org");
+        SSL_free(srv);
+        srv = handshake(f, versions[v], old, k, NULL, 0);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_EXPIRED);
+        SSL_free(srv);
+    }
+    X509_free(good);
+    X509_free(old);
+    EVP_PKEY_free(k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_handshake_checks_no_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_check_tells, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
