@@ -2277,8 +2277,13 @@ static struct event_base *loop_base_new(void)
     return base;
 }
 
+/* Each failure is logged with its step and the system's reason: out of
+ * descriptors, the network process's start said only that its threads
+ * could not be set up. */
 static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link_fd)
 {
+    const char *what = "event base";
+
     t->srv = s;
     t->index = i;
     atomic_init(&t->nconns, 0);
@@ -2287,16 +2292,20 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link
     atomic_init(&t->resume_asked, 0);
     if ((t->views = gviews_new()) == NULL || (t->base = loop_base_new()) == NULL)
         goto fail;
+    what = "key holder link";
     if ((t->link = khlink_new(t->base, s->timeout)) == NULL || khlink_attach(t->link, link_fd) != 0) {
         link_fd = -1; /* attach closed it */
         goto fail;
     }
     link_fd = -1;
     khlink_set_queue_max(t->link, s->cfg != NULL ? s->cfg->server.keyholder_queue_max : 0);
+    what = "API listener";
     if ((t->http = make_http(t, s->listen_fd, 0, &t->bound)) == NULL)
         goto fail;
+    what = "certificate server listener";
     if (s->certsrv_fd >= 0 && (t->certhttp = make_http(t, s->certsrv_fd, 1, &t->certbound)) == NULL)
         goto fail;
+    what = "events";
     t->shutdown_ev = event_new(t->base, -1, 0, shutdown_cb, t);
     t->drain_ev = evtimer_new(t->base, drain_cb, t);
     t->tick_ev = event_new(t->base, -1, EV_PERSIST, tick_cb, t);
@@ -2309,6 +2318,8 @@ static int thread_init(struct srv *s, struct srv_thread *t, unsigned i, int link
     event_add(t->tick_ev, &tick);
     return 0;
 fail:
+    log_error("an event-loop thread could not be set up thread=%u what=\"%s\" err=\"%s\"", i, what,
+              strerror(errno));
     if (link_fd >= 0)
         close(link_fd);
     return -1;
@@ -2371,8 +2382,10 @@ int srv_threads_init(struct srv *s, const int *link_fds)
 
     raise_fd_limit(s);
     tls_set_conn_free_cb(conn_freed);
-    if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL)
+    if ((s->threads = calloc(s->nthreads, sizeof(*s->threads))) == NULL) {
+        log_error("the event-loop threads could not be set up err=\"out of memory\"");
         goto fail_fds;
+    }
     for (i = 0; i < s->nthreads; i++)
         if (thread_init(s, &s->threads[i], i, link_fds[i]) != 0) {
             i++;

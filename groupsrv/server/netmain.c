@@ -368,7 +368,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (srv_threads_init(s, n.link_fds) != 0) {
-        log_error("not started: could not set up the event-loop threads");
+        log_error("not started: could not set up the event-loop threads (its line above says why)");
         goto out;
     }
     for (unsigned k = 0; k < s->nthreads; k++)

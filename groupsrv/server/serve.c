@@ -203,12 +203,15 @@ static void close_fds(int *fds, unsigned n)
         }
 }
 
-/* n socketpairs: a[i] for one side, b[i] for the other. */
+/* n socketpairs: a[i] for one side, b[i] for the other. A failure is
+ * logged with the system's reason (out of descriptors: the caller's line
+ * says only that the processes could not be linked). */
 static int make_links(unsigned n, int *a, int *b)
 {
     for (unsigned i = 0; i < n; i++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            log_error("cannot link the key holder and the network process err=\"socketpair: %s\"", strerror(errno));
             close_fds(a, i);
             close_fds(b, i);
             return -1;
@@ -323,11 +326,15 @@ static int start_holder(struct sup *s, int *kh_ends)
     int sv[2];
     pid_t pid;
 
+    /* Each failure here says why: the callers' lines point to this one
+     * (out of descriptors, or of processes under systemd's TasksMax). */
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        log_error("cannot start the key holder err=\"socketpair: %s\"", strerror(errno));
         close_fds(kh_ends, s->nlinks);
         return -1;
     }
     if ((pid = fork()) < 0) {
+        log_error("cannot start the key holder err=\"fork: %s\"", strerror(errno));
         close(sv[0]);
         close(sv[1]);
         close_fds(kh_ends, s->nlinks);
@@ -531,11 +538,14 @@ static int start_net(struct sup *s, int *net_ends, bool at_start)
     ipc_buf b;
 
     ipc_buf_init(&b);
+    /* As start_holder: each failure says why. */
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        log_error("cannot start the network process err=\"socketpair: %s\"", strerror(errno));
         close_fds(net_ends, s->nlinks);
         return -1;
     }
     if ((pid = fork()) < 0) {
+        log_error("cannot start the network process err=\"fork: %s\"", strerror(errno));
         close(sv[0]);
         close(sv[1]);
         close_fds(net_ends, s->nlinks);
@@ -957,9 +967,14 @@ int gs_cmd_serve(const struct gs_config *cfg, int argc, char **argv)
         log_error("not started err=\"cannot make the rate limiter's shared memory\"");
         goto out;
     }
-    if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL ||
-        make_links(s.nlinks, kh_ends, net_ends) != 0)
+    if ((kh_ends = calloc(s.nlinks, sizeof(int))) == NULL || (net_ends = calloc(s.nlinks, sizeof(int))) == NULL) {
+        log_error("not started err=\"out of memory\"");
         goto out;
+    }
+    if (make_links(s.nlinks, kh_ends, net_ends) != 0) {
+        log_error("not started: the processes could not be linked (its line above says why)");
+        goto out;
+    }
     /* The key holder first, from this process that never touched PKCS#11. */
     int held = start_holder(&s, kh_ends);
     if (held != 0) {

@@ -10,6 +10,8 @@
 #     connections held open) the server rests its listeners instead of
 #     retrying accept(2) in a busy loop that logs each failure, and serves
 #     again once connections close;
+#   - with too few descriptors to start at all (10, 16, 20) serve exits 1
+#     saying so;
 #   - idle TLS connections without a certificate holding every descriptor
 #     (idle-tls.py) are closed to make room for /healthz and members.
 set -euo pipefail
@@ -40,6 +42,21 @@ expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tl
 # allowed to change from outside (prlimit --pid: EPERM in some containers):
 # serve starts again with 100 descriptors instead.
 stop_server
+
+# Too few descriptors to start at all: exit 1, and the log says why. With
+# 10 the supervisor cannot link its processes, with 16 it cannot start the
+# key holder, with 20 the network process cannot set up its threads; each
+# said only "not started: ... (its line above says why)" with no line
+# above, or "could not set up the event-loop threads", and never that
+# descriptors were short.
+for n in 10 16 20; do
+  rc=0
+  timeout 60 prlimit --nofile=$n:$n -- "$BIN/groupsrv" -c "$conf" serve > "$work/few-fds.log" 2>&1 || rc=$?
+  [ "$rc" = 1 ] || fail "serve with $n descriptors: exit $rc, wanted 1: $(tail -n 3 "$work/few-fds.log")"
+  grep -q 'Too many open files' "$work/few-fds.log" ||
+    fail "serve with $n descriptors did not say why it did not start: $(tail -n 3 "$work/few-fds.log")"
+done
+ok "with 10, 16 or 20 descriptors serve does not start, exit 1, and says descriptors are short"
 # Idle connections stay for a minute (below), longer than this test waits.
 sed -i -e 's/^timeout = .*/timeout = 60/' -e 's/^\[server\]$/[server]\nrequest_timeout = 60/' "$conf"
 SRV_LAUNCH="prlimit --nofile=100:100 --" start_server
