@@ -20,9 +20,11 @@ set_tests_properties(server_token PROPERTIES LABELS "integration" TIMEOUT 300
 
 # The network process's TLS context against a client in memory: the
 # handshake checks no signature of a client's chain (each request's check
-# does, of a chain that reaches a trusted CA).
+# does, of a chain that reaches a trusted CA); an untrusted chain is
+# verified once per connection (X509_verify_cert wrapped, counted).
 add_executable(test_tls ${GS_TEST_DIR}/unit/test_tls.c)
 target_link_libraries(test_tls PRIVATE gs_net PkgConfig::OPENSSL PkgConfig::CMOCKA)
+target_link_options(test_tls PRIVATE -Wl,--wrap=X509_verify_cert)
 gs_target_warnings(test_tls)
 add_test(NAME unit_tls COMMAND test_tls)
 set_tests_properties(unit_tls PROPERTIES LABELS "unit")

@@ -13,8 +13,9 @@
  * tls_peer_check() at the time of the request. A connection remembers its
  * last successful chain verification for the same certificate and the
  * same tls_state (a reload makes a new one), until the chain's earliest
- * notAfter and at most 60 s; membership is read from the store on every
- * request.
+ * notAfter and at most 60 s, and an untrusted chain's refusal for 60 s
+ * (not one that time may change: expired, not yet valid); membership is
+ * read from the store on every request.
  */
 #ifndef GS_SRV_TLS_H
 #define GS_SRV_TLS_H

@@ -9,10 +9,15 @@
  *     its errors then accepted, at the server's CPU and the client's none;
  *   - the request's check still tells a member's certificate (identity
  *     from the SAN), an unknown CA's chain (untrusted) and a member's
- *     expired certificate apart.
- * The signatures OpenSSL checks of a chain are counted through the
- * context's store's verify step (X509_STORE_set_verify), which is where
- * OpenSSL checks them after building the chain.
+ *     expired certificate apart;
+ *   - an untrusted chain is verified once per connection and
+ *     configuration, as a trusted one is: it was built again for every
+ *     request of a kept-alive connection; an expired certificate, which
+ *     time may change, is verified at every request.
+ * The signatures OpenSSL checks of a chain at the handshake are counted
+ * through the context's store's verify step (X509_STORE_set_verify), which
+ * is where OpenSSL checks them after building the chain; the request's
+ * verifications through X509_verify_cert, wrapped (-Wl,--wrap).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,6 +39,15 @@
 #include "tls.h"
 
 static int chain_checks; /* calls of the store's signature step */
+static int verifications; /* calls of X509_verify_cert from our code */
+
+int __real_X509_verify_cert(X509_STORE_CTX *xc);
+int __wrap_X509_verify_cert(X509_STORE_CTX *xc);
+int __wrap_X509_verify_cert(X509_STORE_CTX *xc)
+{
+    verifications++;
+    return __real_X509_verify_cert(xc);
+}
 
 static int count_chain_check(X509_STORE_CTX *xc)
 {
@@ -122,28 +136,36 @@ struct fixture {
     tls_state *st;
 };
 
-static int setup(void **state)
+static tls_state *state_new(struct fixture *f)
 {
-    struct fixture *f = calloc(1, sizeof(*f));
     tls_opts o;
     char err[256];
+    tls_state *st = NULL;
 
-    assert_non_null(f);
     memset(&o, 0, sizeof(o));
-    f->ca_key = ec_key();
-    f->srv_key = ec_key();
-    f->ca = mkcert("client CA", f->ca_key, NULL, NULL, 1, NULL, -3600, 86400);
-    f->srv = mkcert("127.0.0.1", f->srv_key, f->ca, f->ca_key, 0, NULL, -3600, 86400);
     char *cert = pem_of(f->srv, NULL, &o.cert_len), *key = pem_of(NULL, f->srv_key, &o.key_len);
     char *ca = pem_of(f->ca, NULL, &o.client_ca_len);
     o.cert_pem = cert;
     o.key_pem = key;
     o.client_ca_pem = ca;
-    assert_int_equal(tls_state_new(&o, &f->st, err, sizeof(err)), 0);
+    assert_int_equal(tls_state_new(&o, &st, err, sizeof(err)), 0);
     free(cert);
     OPENSSL_cleanse(key, o.key_len);
     free(key);
     free(ca);
+    return st;
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    f->ca_key = ec_key();
+    f->srv_key = ec_key();
+    f->ca = mkcert("client CA", f->ca_key, NULL, NULL, 1, NULL, -3600, 86400);
+    f->srv = mkcert("127.0.0.1", f->srv_key, f->ca, f->ca_key, 0, NULL, -3600, 86400);
+    f->st = state_new(f);
     /* The signatures OpenSSL checks of a client's chain at the handshake,
      * counted (the handshake uses the context's store). */
     X509_STORE_set_verify(SSL_CTX_get_cert_store(tls_state_ctx(f->st)), count_chain_check);
@@ -235,9 +257,19 @@ static void test_handshake_checks_no_chain(void **state)
         SSL *srv = handshake(f, versions[v], leaf, leaf_key, extra, NCHAIN);
         assert_int_equal(chain_checks, 0);
         peer_info info;
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
+        verifications = 0;
+        for (int req = 0; req < 3; req++) {
+            tls_peer_check(f->st, srv, &info);
+            assert_int_equal(info.status, PEER_UNTRUSTED);
+        }
         assert_int_equal(chain_checks, 0); /* the request's check uses its own store */
+        assert_int_equal(verifications, 1); /* once for the connection */
+        /* A reload (a new configuration) verifies again. */
+        tls_state *reloaded = state_new(f);
+        tls_peer_check(reloaded, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        assert_int_equal(verifications, 2);
+        tls_state_unref(reloaded);
         SSL_free(srv);
     }
     for (int i = 0; i < NCHAIN; i++)
@@ -265,8 +297,12 @@ static void test_request_check_tells(void **state)
         assert_string_equal(info.identity, "alice@example.org");
         SSL_free(srv);
         srv = handshake(f, versions[v], old, k, NULL, 0);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_EXPIRED);
+        verifications = 0;
+        for (int req = 0; req < 2; req++) {
+            tls_peer_check(f->st, srv, &info);
+            assert_int_equal(info.status, PEER_EXPIRED);
+        }
+        assert_int_equal(verifications, 2); /* time may change it: never remembered */
         SSL_free(srv);
     }
     X509_free(good);
