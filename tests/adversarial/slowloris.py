@@ -86,8 +86,12 @@ def main():
     time.sleep(min(3.0, seconds / 4))  # let the attack fill the listener
     ok = failed = hung = 0
     statuses = {}
+    # For the time given, and on until 20 member requests were made (at
+    # most a minute more): a loaded machine (CI's 2 cores shared with the
+    # build) fits fewer requests in the time, and the verdict is on their
+    # success, not their rate.
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end or (ok + failed < 20 and time.monotonic() < end + 60):
         t0 = time.monotonic()
         try:
             st = member_request()
