@@ -1810,8 +1810,11 @@ static void print_group_policies(struct env *e)
             unsigned d = 0, u = 0;
             if (keys[k].state != GS_KEY_CURRENT)
                 continue;
+            /* as group show and discovery say it: a group that refuses
+             * PKCS#1 v1.5 has no rejection key, one without group-secret
+             * no secret keys, whatever the record's defaults read */
             if (gs_policy_parse(groups[i]->policy, &p) == GS_OK)
-                gs_policy_format(&p, pol, sizeof(pol));
+                gs_policy_group_format(&p, groups[i]->methods, groups[i]->allow_pkcs1v15, pol, sizeof(pol));
             else
                 (void)util_strlcpy(pol, "(unreadable)", sizeof(pol));
             weakenings_line(groups[i], keys[k].weakenings, line, sizeof(line));

@@ -30,6 +30,22 @@ void gs_policy_format(const gs_policy *p, char *buf, size_t bufsize)
                    gs_secrets_name(p->secrets), p->reject_sealed ? "sealed" : "token");
 }
 
+const char *gs_policy_secrets_shown(const gs_policy *p, unsigned methods)
+{
+    return (methods & GS_METHOD_GROUP_SECRET) ? gs_secrets_name(p->secrets) : "none";
+}
+
+const char *gs_policy_reject_shown(const gs_policy *p, bool allow_pkcs1v15)
+{
+    return !allow_pkcs1v15 ? "none" : p->reject_sealed ? "sealed" : "token";
+}
+
+void gs_policy_group_format(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, char *buf, size_t bufsize)
+{
+    (void)snprintf(buf, bufsize, "rewrap=%s,secrets=%s,reject=%s", gs_rewrap_name(p->rewrap),
+                   gs_policy_secrets_shown(p, methods), gs_policy_reject_shown(p, allow_pkcs1v15));
+}
+
 gs_err gs_policy_parse(const char *text, gs_policy *out)
 {
     char want[96];

@@ -59,6 +59,17 @@ void gs_policy_format(const gs_policy *p, char *buf, size_t bufsize);
 const char *gs_rewrap_name(gs_rewrap_path r);      /* "token", "software" */
 const char *gs_secrets_name(gs_secret_store s);    /* "token", "token-aes-ecb", "sealed" */
 
+/* The policy as the group has it, for people and clients (check's policy
+ * line, discovery's key_policy, group show): the record keeps
+ * "secrets=token" for a group without group-secret and "reject=token" for
+ * one that refuses PKCS#1 v1.5 (the defaults gs_policy_choose leaves, and
+ * what a database from before schema 2 reads as), yet such a group has no
+ * secret keys or no rejection key at all: those read "none" here. */
+const char *gs_policy_secrets_shown(const gs_policy *p, unsigned methods);
+const char *gs_policy_reject_shown(const gs_policy *p, bool allow_pkcs1v15);
+/* "rewrap=R,secrets=S,reject=J" with the two above. */
+void gs_policy_group_format(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, char *buf, size_t bufsize);
+
 /* The group-level weakenings of p for a group with these methods, as
  * names (see above) into names[0..cap); returns how many. */
 size_t gs_policy_weakenings(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, const char **names,

@@ -1647,8 +1647,8 @@ static char *key_policy_text(const gs_group *g)
     for (size_t i = 0; w != NULL && i < n; i++)
         json_array_append_new(w, json_string(names[i]));
     o = json_pack("{s:s,s:s,s:s,s:o?}", "rewrap", gs_rewrap_name(p->rewrap), "secret_keys",
-                  (gi->methods & GS_METHOD_GROUP_SECRET) ? gs_secrets_name(p->secrets) : "none", "rejection_key",
-                  !gi->allow_pkcs1v15 ? "none" : p->reject_sealed ? "sealed" : "token", "weakenings", w);
+                  gs_policy_secrets_shown(p, gi->methods), "rejection_key",
+                  gs_policy_reject_shown(p, gi->allow_pkcs1v15), "weakenings", w);
     text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     return text;

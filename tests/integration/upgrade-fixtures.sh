@@ -122,6 +122,17 @@ CONF
     grep -q "^database  OK   $d/groupsrv.db (sqlite, schema 4)$" "$d/check" || fail "schema $n: second check: $(grep database "$d/check")"
   fi
 
+  # check's policy line says what group show (and discovery's key_policy)
+  # say: these old groups refuse PKCS#1 v1.5, so they have no rejection
+  # key (the record's default read "reject=token"), and ops (tls and
+  # recipient-key) has no group secret keys
+  grep -q '^policy eng  *rewrap=token,secrets=token,reject=none; weakenings: none$' "$d/check" &&
+    grep -q '^policy ops  *rewrap=token,secrets=none,reject=none; weakenings: none$' "$d/check" ||
+    fail "schema $n: check's policy lines: $(grep '^policy' "$d/check")"
+  gs group show eng | grep -q '^key policy: .*; rejection key none$' || fail "schema $n: group show eng's rejection key"
+  gs group show ops | grep -q '^key policy: .*; secret keys none; rejection key none$' ||
+    fail "schema $n: group show ops's key policy"
+
   # nothing lost or changed, the new columns at their documented defaults
   old_rows "$d/groupsrv.db" "$d/cols" > "$d/after"
   cmp -s "$d/before" "$d/after" || { diff "$d/before" "$d/after" | head -20; fail "schema $n: old rows changed"; }

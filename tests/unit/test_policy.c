@@ -87,6 +87,21 @@ static void test_text_forms(void **state)
     gs_policy_format(&p, buf, sizeof(buf));
     assert_string_equal(buf, "rewrap=token,secrets=token-aes-ecb,reject=sealed");
     assert_int_equal(gs_policy_parse("rewrap=token,secrets=somewhere,reject=token", &q), GS_ERR_SCHEMA);
+    /* As a group has it (check's policy line, discovery): an OAEP-only
+     * group has no rejection key and a group without group-secret no
+     * secret keys, though the record keeps the defaults (a migrated
+     * group's "" reads as "reject=token"). */
+    assert_int_equal(gs_policy_parse("", &q), GS_OK);
+    gs_policy_group_format(&q, GS_METHODS_DEFAULT, false, buf, sizeof(buf));
+    assert_string_equal(buf, "rewrap=token,secrets=token,reject=none");
+    gs_policy_group_format(&q, GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY, false, buf, sizeof(buf));
+    assert_string_equal(buf, "rewrap=token,secrets=none,reject=none");
+    gs_policy_group_format(&q, GS_METHODS_DEFAULT, true, buf, sizeof(buf));
+    assert_string_equal(buf, "rewrap=token,secrets=token,reject=token");
+    gs_policy_group_format(&p, GS_METHODS_DEFAULT, true, buf, sizeof(buf));
+    assert_string_equal(buf, "rewrap=token,secrets=token-aes-ecb,reject=sealed");
+    assert_string_equal(gs_policy_reject_shown(&p, false), "none");
+    assert_string_equal(gs_policy_secrets_shown(&p, GS_METHOD_TLS), "none");
     assert_int_equal(gs_policy_parse("rewrap=token", &q), GS_ERR_SCHEMA);
 
     gs_weak_format(0, buf, sizeof(buf));
