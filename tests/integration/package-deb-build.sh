@@ -85,9 +85,11 @@ for p in groupsrv exploder; do
   lines=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ctl/postrm" | sed 's/2>.*//; s/||.*//' |
     sed -e 's/"\$DPKG_ROOT\([^"]*\)"/\1/g' -e 's/"\$DPKG_ROOT"//g')
   # A path not under $DPKG_ROOT is the running system's when dpkg changes
-  # another from outside it (--root with --force-script-chrootless).
-  bare=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ctl/postrm" | grep -E '^[[:space:]]*(rm|rmdir)[[:space:]]' |
-    grep -E '[[:space:]]/' || true)
+  # another from outside it (--root with --force-script-chrootless): an rm
+  # or rmdir anywhere on a line (after a then, && or ;) with a path that
+  # starts at /, quoted or not ("/var/log/groupsrv" is as bare).
+  bare=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ctl/postrm" | grep -E '(^|[;&|[:space:]])(rm|rmdir)[[:space:]]' |
+    grep -E "[[:space:]][\"']?/" || true)
   [ -z "$bare" ] || fail "$p postrm removes a path not under \$DPKG_ROOT: $bare"
   trees+=" $(sed -n 's/^[[:space:]]*rm[[:space:]]\+-[a-z]*r[a-z]*[[:space:]]\+\(.*\)$/\1/p' <<<"$lines")"
   names+=" $(sed -n 's/^[[:space:]]*\(rm[[:space:]]\+-f\|rmdir\)[[:space:]]\+\(.*\)$/\2/p' <<<"$lines")"
