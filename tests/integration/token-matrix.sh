@@ -125,6 +125,9 @@ start_server
 expect_status 200 "" "discovery" -- anon "$base/v1/groups/eng"
 rewrap=$(json_get "$work/body" key_policy rewrap)
 [ "rewrap=$rewrap" = "${want_policy%%,*}" ] || fail "GET /v1/groups/eng key_policy.rewrap is $rewrap"
+# the same three words as check's policy line (want_policy, checked above)
+said="rewrap=$rewrap,secrets=$(json_get "$work/body" key_policy secret_keys),reject=$(json_get "$work/body" key_policy rejection_key)"
+[ "$said" = "$want_policy" ] || fail "GET /v1/groups/eng key_policy says $said, check said $want_policy"
 /usr/bin/python3 - "$work/body" "$want_weak" <<'PY' || fail "GET /v1/groups/eng weakenings: $(cat "$work/body")"
 import json, sys
 got = json.load(open(sys.argv[1]))["key_policy"]["weakenings"]
