@@ -236,6 +236,65 @@ void tokenq_wake(tokenq *q)
         pthread_cond_signal(&q->work_cv);
 }
 
+static tq_job *take(tokenq *q);
+
+/* q->mu held. Whether the queued work qualifies for tokenq_run_here. */
+static bool inline_ok(tokenq *q)
+{
+    double sum = 0, svc = q->service_s[TQ_TOKEN];
+    struct tq_flow *f = q->ring;
+
+    if (f == NULL || q->stopping || q->running != 0 || q->sleeping != q->nworkers || svc <= 0 ||
+        svc >= TQ_INLINE_US / 1e6)
+        return false;
+    do {
+        for (tq_job *j = f->head; j != NULL; j = j->next) {
+            if (!j->batchable || j->cls != TQ_TOKEN || j->cost != 1 || j->worker_only)
+                return false;
+            sum += svc;
+        }
+        f = f->rnext;
+    } while (f != q->ring);
+    return sum < TQ_BATCH_US / 1e6;
+}
+
+unsigned tokenq_run_here(tokenq *q, int (*run)(void *ctx, tq_job *job), void *ctx)
+{
+    tq_job *list = NULL, **tail = &list;
+    unsigned n = 0;
+
+    pthread_mutex_lock(&q->mu);
+    if (!inline_ok(q)) {
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
+    /* All of it at once, in the fair order take() gives: a worker woken
+     * meanwhile (spuriously) finds nothing, so no two threads share the
+     * token's sessions beyond what the workers alone would. */
+    while (q->ring != NULL) {
+        tq_job *j = take(q);
+        *tail = j;
+        tail = &j->next;
+        n++;
+    }
+    q->running += n;
+    pthread_mutex_unlock(&q->mu);
+    while (list != NULL) {
+        tq_job *j = list;
+        list = j->next;
+        j->next = NULL;
+        double t0 = util_monotonic_s();
+        int how = run(ctx, j); /* j is not ours any more */
+        double t = util_monotonic_s() - t0;
+        pthread_mutex_lock(&q->mu);
+        q->running--;
+        if (how == TQ_RAN)
+            q->service_s[TQ_TOKEN] += TQ_EWMA_WEIGHT * (t - q->service_s[TQ_TOKEN]);
+        pthread_mutex_unlock(&q->mu);
+    }
+    return n;
+}
+
 /* q->mu held; the ring is not empty. Deficit round robin: a flow earns
  * one turn when its turn begins, serves its head job once it has earned
  * the job's cost, keeps the turn only while what is left pays for the

@@ -46,6 +46,7 @@ typedef struct tq_job {
                              * no client's (the network process's TLS set-up), which a queue
                              * filled by clients must not refuse */
     bool over_cap;          /* set by the queue: this reserved job was let in past max_jobs */
+    bool worker_only;       /* never run by tokenq_run_here (a job it gave back) */
 } tq_job;
 
 enum { TQ_TOKEN = 0, TQ_LIGHT = 1, TQ_CLASSES };
@@ -106,6 +107,26 @@ tq_verdict tokenq_submit(tokenq *q, tq_job *job, const char *flow_key, double ma
 tq_verdict tokenq_submit_deferred(tokenq *q, tq_job *job, const char *flow_key, double max_wait_s,
                                   double *expected_wait_s);
 void tokenq_wake(tokenq *q);
+
+/* Run-to-completion: the calling thread (the key holder's I/O loop) runs
+ * the queued work itself, in the queue's fair order, instead of waking a
+ * worker, when the hand-over (a wake-up, and the sleep it ends) would cost
+ * more than the work: every worker is asleep and nothing runs (so no job
+ * waits for a worker's token session, and the order is the queue's), and
+ * every queued job is batchable, of class TQ_TOKEN and cost 1, not marked
+ * worker_only, with that class's measured service time under TQ_INLINE_US
+ * and all of them together under TQ_BATCH_US. `run` gets each job as the
+ * workers' run callback does and returns TQ_RAN (a sample of the service
+ * time, as a worker's), TQ_RAN_UNMEASURED (tokenq_ops.run's false), or
+ * TQ_GAVE_BACK: the job would have to wait (the key holder's search
+ * again for a key not shown yet pauses up to 120 ms), which the calling
+ * thread must not; the callback has queued it again with worker_only set,
+ * and the caller's tokenq_wake afterwards wakes a worker for it.
+ * after_run is not called. Returns the number of jobs taken (0: none
+ * qualified). The caller calls tokenq_wake after it either way. */
+#define TQ_INLINE_US 100
+enum { TQ_RAN = 0, TQ_RAN_UNMEASURED, TQ_GAVE_BACK };
+unsigned tokenq_run_here(tokenq *q, int (*run)(void *ctx, tq_job *job), void *ctx);
 
 /* Removes a job that has not started; true if it was still queued (it is
  * then the caller's again), false if a worker has it. */

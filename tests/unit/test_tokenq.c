@@ -6,8 +6,8 @@
  * (and the one reserved job let past it), cancel, the count of jobs
  * pending (a key holder worker alone with its job syncs the audit log
  * itself), a stop that finishes what was queued, batches (deferred
- * submits and one wake sized by the measured work) and the after_run
- * callback. Jobs are real work on real worker threads; a gate job holds
+ * submits and one wake sized by the measured work), the after_run
+ * callback, and short work run by the caller itself (tokenq_run_here). Jobs are real work on real worker threads; a gate job holds
  * the single worker while a test queues, so the order is decided by the
  * queue alone.
  */
@@ -572,6 +572,127 @@ static void test_wake_long_jobs_in_parallel(void **state)
     tokenq_stop(q);
 }
 
+/* tokenq_run_here: the calling thread (the key holder's I/O loop) runs
+ * short batchable work itself, every worker asleep: in the queue's fair
+ * order, on the caller's thread, each run a sample of the service time. */
+static int here_id = 99;
+static tokenq *here_q;
+
+static int run_here_cb(void *ctx, tq_job *job)
+{
+    return run(ctx, job) ? TQ_RAN : TQ_RAN_UNMEASURED;
+}
+
+static void test_run_here_short_jobs(void **state)
+{
+    static struct tjob jobs[6];
+    tokenq *q = start_indexed(2, 0);
+    (void)state;
+
+    /* Nothing measured yet: the cost of a job is unknown, nothing runs here. */
+    mk(jobs, 0, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(1);
+    measure_short(q, 2);
+    wait_idle(q, 2);
+    R.n = 0;
+    for (int i = 0; i < 4; i++) {
+        mk(jobs, i, 1)->tq.batchable = true;
+        assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, i < 2 ? "id:a" : "id:b", 0, NULL), TQ_QUEUED);
+    }
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 4);
+    assert_int_equal(R.n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(jobs[i].ran_on, 99);
+    /* fair: the identities take turns, as the workers would serve them */
+    assert_int_equal(R.order[0], 0);
+    assert_int_equal(R.order[1], 2);
+    assert_int_equal(R.order[2], 1);
+    assert_int_equal(R.order[3], 3);
+    assert_int_equal(tokenq_pending(q), 0);
+
+    /* A job that is not batchable (a rewrap, a key generation) beside a
+     * short one: all of it goes to the workers. */
+    R.n = 0;
+    mk(jobs, 4, 1);
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[4].tq, "id:c", 0, NULL), TQ_QUEUED);
+    mk(jobs, 5, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[5].tq, "id:a", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(2);
+    assert_int_not_equal(jobs[4].ran_on, 99);
+    assert_int_not_equal(jobs[5].ran_on, 99);
+    tokenq_stop(q);
+}
+
+/* While a worker runs a job, nothing runs here: the job on the worker
+ * holds a token session, and one run here could wait for it (a token
+ * that allows as many sessions as workers). */
+static void test_run_here_not_while_a_worker_runs(void **state)
+{
+    static struct tjob jobs[2];
+    tokenq *q = start_indexed(2, 0);
+    (void)state;
+
+    measure_short(q, 2);
+    wait_idle(q, 2);
+    R.n = 0;
+    mk(jobs, 0, 1)->gate = 1;
+    assert_int_equal(tokenq_submit(q, &jobs[0].tq, "id:gate", 0, NULL), TQ_QUEUED);
+    wait_running(q);
+    mk(jobs, 1, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[1].tq, "id:a", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(1);
+    assert_int_not_equal(jobs[1].ran_on, 99);
+    open_gate();
+    tokenq_stop(q);
+}
+
+/* A job the caller may not finish (the key holder's search again would
+ * pause its I/O loop) is given back: queued again as worker_only, it is
+ * never taken here again, and the wake after runs it on a worker. */
+static int give_back_cb(void *ctx, tq_job *job)
+{
+    struct tjob *j = (struct tjob *)job;
+    if (j->id == 1 && !j->tq.worker_only) {
+        j->tq.worker_only = true;
+        assert_int_equal(tokenq_submit_deferred(here_q, job, "id:a", 0, NULL), TQ_QUEUED);
+        return TQ_GAVE_BACK;
+    }
+    return run_here_cb(ctx, job);
+}
+
+static void test_run_here_gives_back(void **state)
+{
+    static struct tjob jobs[3];
+    tokenq *q = here_q = start_indexed(2, 0);
+    (void)state;
+
+    measure_short(q, 2);
+    wait_idle(q, 2);
+    R.n = 0;
+    for (int i = 0; i < 3; i++) {
+        mk(jobs, i, 1)->tq.batchable = true;
+        assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, i == 2 ? "id:b" : "id:a", 0, NULL), TQ_QUEUED);
+    }
+    assert_int_equal(tokenq_run_here(q, give_back_cb, &here_id), 3);
+    assert_int_equal(R.n, 2);
+    assert_int_equal(tokenq_pending(q), 1);
+    /* the given-back job is the workers': a second try here takes nothing */
+    assert_int_equal(tokenq_run_here(q, give_back_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(3);
+    assert_int_equal(jobs[0].ran_on, 99);
+    assert_int_equal(jobs[2].ran_on, 99);
+    assert_int_not_equal(jobs[1].ran_on, 99);
+    tokenq_stop(q);
+}
+
 /* after_run follows every run on the same worker, before its next job,
  * and its time is not the job's: a 150 ms after_run leaves the measured
  * service time of instant jobs far below it. (The bound is half the
@@ -611,6 +732,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wake_unbatchable_job_gets_its_own_worker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_long_jobs_in_parallel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_after_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_here_short_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_here_not_while_a_worker_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_here_gives_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
