@@ -64,6 +64,13 @@ add_test(NAME server_findings
 set_tests_properties(server_findings PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
+# Short unwraps run on the key holder's I/O loop; one that must search the
+# token again is given back to a worker (zero-cost token, tests/p11fault).
+add_test(NAME server_inline
+  COMMAND bash ${GS_TEST_DIR}/integration/server-inline.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_inline PROPERTIES LABELS "integration" TIMEOUT 300
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
 # No PIN, content key, group secret key or private key in any log or the
 # audit trail, with the server at log_level = debug and the clients at -v.
 add_test(NAME server_secrets

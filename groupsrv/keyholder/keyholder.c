@@ -6,9 +6,13 @@
  * token workers (tokenq.h, khops.c), answers held until their audit
  * records are durable, and the shutdown that finishes queued work.
  *
- * The I/O loop never waits for the token or the disk: frames are checked
- * and queued, every frame of one read before the workers are woken once
- * (tokenq_wake: as many as the work needs); an answer is sent once its
+ * The I/O loop never waits for the disk, nor for the token beyond a short
+ * unwrap: frames are checked and queued, every frame of one read before
+ * the workers are woken once (tokenq_wake: as many as the work needs).
+ * When every worker sleeps and what one read queued is short unwraps
+ * (measured under TQ_INLINE_US each), the loop runs them itself, in the
+ * queue's fair order (tokenq_run_here): the hand-over to a worker and its
+ * sleep cost more than such a job (docs/performance.md). An answer is sent once its
  * audit records are durable, by the worker that made it when it was the
  * only work (it syncs the log itself once the job is over), else by the
  * syncer thread after its next round; the answers one round made durable
@@ -82,6 +86,7 @@ struct kh_io {
     pthread_t syncer;
     int syncer_running, syncer_stop;
     int stopping;
+    void *inline_w;            /* the I/O loop's worker context for tokenq_run_here (SQLite only), or NULL */
 };
 
 /* ---- jobs ------------------------------------------------------------------ */
@@ -339,7 +344,7 @@ static void job_done(struct kh_worker *w, struct kh_job *j)
 
     if (j->audit_last != 0) {
         /* Alone: nothing else queued or running (it counts itself). */
-        int alone = tokenq_pending(kh->q) == 1;
+        int alone = !w->io_loop && tokenq_pending(kh->q) == 1;
         pthread_mutex_lock(&io->mu);
         int self = alone && io->held_head == NULL;
         /* Held even when its link is gone (nothing will be sent): its
@@ -375,6 +380,44 @@ static bool job_run(void *worker, tq_job *tq)
     bool ran = kh_job_run(worker, tq);
     job_done(worker, (struct kh_job *)tq);
     return ran;
+}
+
+/* tokenq_run_here's callback, on the I/O loop (its own kh_worker, which
+ * never syncs the audit log: job_done hands the round to the syncer). A
+ * job that would pause (a search again) comes back unanswered and
+ * unaudited, its rate-limit token kept (rl_taken), and is queued again
+ * for a worker, first in its flow (the jobs queued behind it were taken
+ * with it), never shed: it was admitted already. */
+static int job_run_here(void *worker, tq_job *tq)
+{
+    struct kh_worker *w = worker;
+    struct kh_job *j = (struct kh_job *)tq;
+    struct kh *kh = j->kh;
+    char flow[300];
+    unsigned cost = 1, cls = TQ_TOKEN;
+    bool batchable = false;
+
+    bool ran = kh_job_run(worker, tq);
+    if (!w->gave_back) {
+        job_done(w, j);
+        return ran ? TQ_RAN : TQ_RAN_UNMEASURED;
+    }
+    log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
+    log_debug("request given back to a token worker: it searches the token again");
+    log_set_request_id(NULL);
+    ipc_buf_free(&j->reply);
+    ipc_buf_init(&j->reply);
+    kh_job_classify(&j->msg, flow, sizeof(flow), &cost, &cls, &batchable);
+    j->tq.worker_only = true;
+    if (tokenq_submit_deferred(kh->q, &j->tq, flow, 0, NULL) == TQ_QUEUED)
+        return TQ_GAVE_BACK;
+    /* Only a queue stopping or full refuses it (neither while the I/O
+     * loop runs this): answered as a shed job would be. */
+    kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, atomic_load(&kh->gen), 503, 5,
+                   "token_unavailable", "the key token is busy; try again later");
+    (void)ipc_end(&j->reply);
+    job_done(w, j);
+    return TQ_RAN_UNMEASURED;
 }
 
 /* The token queue's after_run callback: the round job_done left to this
@@ -656,8 +699,11 @@ static void link_read_cb(evutil_socket_t fd, short what, void *arg)
 
     /* One wake for everything this read queued (tokenq.h: as many workers
      * as the work needs). */
-    if (l->kh->q != NULL)
+    if (l->kh->q != NULL) {
+        if (l->kh->io->inline_w != NULL)
+            (void)tokenq_run_here(l->kh->q, job_run_here, l->kh->io->inline_w);
         tokenq_wake(l->kh->q);
+    }
     if (rc == IPC_OK) {
         link_pause_if_unread(l);
         return;
@@ -1074,6 +1120,16 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
         log_error("not started: the key holder cannot start its token workers workers=%u", workers);
         goto out;
     }
+    /* Short unwraps run to completion on the I/O loop (tokenq_run_here):
+     * with SQLite only, whose reads wait for no server (PostgreSQL's round
+     * trip may wait up to [db] timeout, which the loop must not). Without
+     * its context (out of memory) every job goes to a worker, as before. */
+    if (!gs_store_location_is_url(gs_config_db_location(cfg))) {
+        if ((io.inline_w = kh_worker_init(&kh, workers)) != NULL)
+            ((struct kh_worker *)io.inline_w)->io_loop = true;
+        else
+            log_warn("short unwraps are handed to the token workers: no context for the I/O loop");
+    }
     io.ctl_ev = event_new(io.base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, &io);
     io.term_ev = evsignal_new(io.base, SIGTERM, term_cb, &io);
     io.int_ev = evsignal_new(io.base, SIGINT, term_cb, &io);
@@ -1129,6 +1185,7 @@ out:
     gs_ca_free(atomic_load(&kh.ca));
     for (unsigned i = 0; i < kh.n_ca_kept; i++)
         gs_ca_free(kh.ca_kept[i]);
+    kh_worker_fini(io.inline_w);
     hsm_key_free(kh.tls_key);
     hsm_close(kh.hsm);
     audit_close(kh.audit);

@@ -48,6 +48,10 @@ struct kh_job {
      * the database's (up to [db] timeout, a busy timeout), no sample of
      * the token queue's service time. */
     bool db_failed;
+    /* The I/O loop's pass took its rate-limit token (khops.c,
+     * rate_limit): given back (kh_worker.gave_back, tq.worker_only) and
+     * run again by a worker, it is charged once. */
+    bool rl_taken;
 };
 
 /* One per token worker thread: its own database connection and caches. */
@@ -70,6 +74,13 @@ struct kh_worker {
     /* The deadline of the job being run (CLOCK_MONOTONIC seconds, the
      * network process's [server] timeout); 0: none. */
     double deadline_s;
+    /* The I/O loop's own context (tokenq_run_here, keyholder.c): it never
+     * syncs the audit log itself and never pauses (the I/O loop must not
+     * wait for the disk or a search again): a job that would pause is
+     * given back (gave_back) before anything of it is audited or sent,
+     * and a worker runs it from the start. */
+    bool io_loop;
+    bool gave_back;
 };
 
 struct kh {

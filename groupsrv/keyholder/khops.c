@@ -378,7 +378,12 @@ static int rate_limit(struct kh_job *j, struct caller *c, const char *group)
 {
     unsigned retry = 0;
 
+    /* A job the I/O loop gave back was charged by the loop's pass (kh.h). */
+    if (j->tq.worker_only && j->rl_taken)
+        return 0;
     rl_verdict v = ratelimit_take(j->kh->rl, caller_rl_key(j, c, group), &retry);
+    if (v == RL_OK && !j->tq.worker_only)
+        j->rl_taken = true;
     if (v == RL_LIMITED) {
         answer_retry(j, 429, retry, "rate_limited", "too many requests; slow down");
         return -1;
@@ -622,6 +627,8 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
  * that is the token's failure (token_unavailable), not a copy still due. */
 static int key_unavailable(struct kh_worker *w, struct item_res *r, unsigned version, const char *what)
 {
+    if (w->gave_back) /* not answered: a worker runs the job again (search_again) */
+        return item_fail(r, 503, "key_unavailable", "given back to a token worker");
     gcache_mark_stale(w->gc);
     if (token_unavailable(w->kh) != HSM_OK) {
         metrics_token_error();
@@ -668,6 +675,13 @@ static bool search_again(struct kh_worker *w, gs_group *g, hsm_key *const *key, 
      * key's version: one mark for it, not one per version asked */
     unsigned qv = kind == SEARCHQ_REJECT_KEY ? 0 : version;
     bool found = false, cut = false;
+    if (w->io_loop) {
+        /* The I/O loop never pauses nor waits for another's search: the
+         * job goes back to the queue for a worker (kh.h, gave_back), with
+         * nothing of it audited or answered yet. */
+        w->gave_back = true;
+        return false;
+    }
     size_t tries = 0, npause = sizeof(search_again_pause_ms) / sizeof(search_again_pause_ms[0]);
     double now = util_monotonic_s(), whole = 0;
     /* A waiter waits no longer than a whole search again takes (with room
@@ -1012,6 +1026,10 @@ static void op_unwrap(struct kh_worker *w, struct kh_job *j)
             continue;
         }
         int rc = item_exec(w, g, &c, &u, &r);
+        if (w->gave_back) { /* no token call made, nothing audited: a worker runs it again */
+            item_res_clear(&r);
+            goto out;
+        }
         if (rc == 0)
             r.status = 200;
         /* A bare key encrypted to the version before a rotate is tried
@@ -2338,6 +2356,7 @@ bool kh_job_run(void *worker, tq_job *tq)
     log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
     ipc_buf_init(&j->reply);
     w->paused = false;
+    w->gave_back = false;
     j->db_failed = false;
     w->deadline_s = ipc_u64(&j->msg, IPC_T_DEADLINE, 0) / 1e3;
     /* Past its deadline the network process has answered its client 503
