@@ -130,6 +130,75 @@ static int handshake_chain_unchecked(X509_STORE_CTX *x, void *arg)
     return 1;
 }
 
+/* The certificates a client sent above its own (the intermediates it
+ * names), kept in its session ticket: a session resumed from a ticket
+ * comes back with the peer certificate alone (OpenSSL's ticket holds no
+ * chain), so a member whose intermediate CA is not in the client CA file
+ * but sent by the client was trusted on its first connection and 401
+ * untrusted_certificate on every resumed one (curl, browsers and libcurl
+ * programs resume by default). Whole certificates, in the order sent, up
+ * to TICKET_CHAIN_MAX bytes: a real client's intermediates are one to
+ * three certificates of 1-2 KB, and each ticket (two at a TLS 1.3
+ * handshake) goes back and forth with the client. They are only candidates
+ * for building the chain, as the ones sent are: the client CA file alone
+ * decides trust. */
+#define TICKET_CHAIN_MAX 8192
+static int ticket_keep_chain(SSL *ssl, void *arg)
+{
+    STACK_OF(X509) *sent = SSL_get_peer_cert_chain(ssl); /* server side: without the leaf */
+    SSL_SESSION *sess = SSL_get_session(ssl);
+    unsigned char *buf = NULL, *p;
+    size_t total = 0;
+    int n = 0;
+
+    (void)arg;
+    /* A resumed session renewing its ticket has no chain of its own: the
+     * copy it came with stays. */
+    if (sent == NULL || sess == NULL)
+        return 1;
+    for (; n < sk_X509_num(sent); n++) {
+        int len = i2d_X509(sk_X509_value(sent, n), NULL);
+        if (len <= 0 || (size_t)len > TICKET_CHAIN_MAX - total)
+            break;
+        total += (size_t)len;
+    }
+    if (total == 0 || (buf = OPENSSL_malloc(total)) == NULL)
+        return 1; /* nothing kept: a resumption verifies the leaf alone */
+    p = buf;
+    for (int i = 0; i < n; i++)
+        (void)i2d_X509(sk_X509_value(sent, i), &p);
+    /* On failure the ticket carries no chain, as before: not worth
+     * failing the handshake for. */
+    (void)SSL_SESSION_set1_ticket_appdata(sess, buf, total);
+    OPENSSL_free(buf);
+    ERR_clear_error();
+    return 1;
+}
+
+/* The chain kept by ticket_keep_chain in a resumed session's ticket, or
+ * NULL. */
+static STACK_OF(X509) *ticket_chain(SSL *ssl)
+{
+    SSL_SESSION *sess = SSL_get0_session(ssl);
+    void *data = NULL;
+    size_t len = 0;
+    STACK_OF(X509) *chain = NULL;
+
+    if (sess == NULL || !SSL_SESSION_get0_ticket_appdata(sess, &data, &len) || data == NULL || len == 0 ||
+        len > TICKET_CHAIN_MAX || (chain = sk_X509_new_null()) == NULL)
+        return NULL;
+    const unsigned char *p = data, *end = p + len;
+    while (p < end) {
+        X509 *x = d2i_X509(NULL, &p, (long)(end - p));
+        if (x == NULL || !sk_X509_push(chain, x)) {
+            X509_free(x);
+            break; /* what was read is still of use */
+        }
+    }
+    ERR_clear_error();
+    return chain;
+}
+
 /* 1 on success; 0 with the OpenSSL error queued, or -1 for a key
  * encrypted with a pass phrase (none is asked: OpenSSL's default asks
  * on the terminal, which the sandbox forbids). */
@@ -204,6 +273,10 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     SSL_CTX_set_session_cache_mode(st->ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_verify(st->ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_cert_verify_callback(st->ctx, handshake_chain_unchecked, NULL);
+    if (!SSL_CTX_set_session_ticket_cb(st->ctx, ticket_keep_chain, NULL, NULL)) {
+        ssl_err_text(errbuf, errlen, "session tickets");
+        goto out;
+    }
 
     if (opts->client_ca_pem != NULL) {
         int ncrl = gs_tls_client_store(opts->client_ca_pem, opts->client_ca_len, st->clients, names, &ncerts);
@@ -345,6 +418,7 @@ static void remember_verified(tls_state *st, SSL *ssl, const peer_info *info, ti
 void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
 {
     X509_STORE_CTX *xc = NULL;
+    STACK_OF(X509) *kept = NULL;
     char group[sizeof(out->group)];
 
     memset(out, 0, sizeof(*out));
@@ -365,7 +439,10 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
     X509_STORE *store = is_membership ? st->membership : st->clients;
     if ((xc = X509_STORE_CTX_new()) == NULL)
         goto out;
-    if (!X509_STORE_CTX_init(xc, store, out->cert, SSL_get_peer_cert_chain(ssl)))
+    STACK_OF(X509) *sent = SSL_get_peer_cert_chain(ssl);
+    if (sent == NULL && SSL_session_reused(ssl))
+        sent = kept = ticket_chain(ssl);
+    if (!X509_STORE_CTX_init(xc, store, out->cert, sent))
         goto out;
     X509_STORE_CTX_set_purpose(xc, X509_PURPOSE_SSL_CLIENT);
     if (X509_verify_cert(xc) != 1) {
@@ -395,5 +472,6 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
     remember_verified(st, ssl, out, chain_not_after(X509_STORE_CTX_get0_chain(xc), time(NULL)));
 out:
     X509_STORE_CTX_free(xc);
+    sk_X509_pop_free(kept, X509_free);
     ERR_clear_error();
 }
