@@ -34,6 +34,9 @@ static const char tls12_ciphers[] =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
 
+/* The longest Certificate message a client may send (tls_state_new). */
+#define CLIENT_CHAIN_MAX 32768
+
 static pthread_mutex_t cur_mu = PTHREAD_MUTEX_INITIALIZER;
 static tls_state *cur_state;
 
@@ -273,6 +276,16 @@ int tls_state_new(const tls_opts *opts, tls_state **out, char *errbuf, size_t er
     SSL_CTX_set_session_cache_mode(st->ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_verify(st->ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_cert_verify_callback(st->ctx, handshake_chain_unchecked, NULL);
+    /* A client's Certificate message is held to CLIENT_CHAIN_MAX bytes
+     * (OpenSSL's default is 100 KB): the handshake parses every certificate
+     * in it before anything can refuse it, about 0.1 ms of CPU each for
+     * small EC certificates, so 100 KB of them (some 250) cost the server
+     * 25-45 ms per handshake and the client only replaying them. Real
+     * client chains are a leaf and one to three intermediates, a few KB;
+     * Java's TLS stack refuses more than 10 certificates in a chain and
+     * any handshake message over 32 KB by default. A longer chain fails
+     * the handshake (alert: excessive message size). */
+    SSL_CTX_set_max_cert_list(st->ctx, CLIENT_CHAIN_MAX);
     if (!SSL_CTX_set_session_ticket_cb(st->ctx, ticket_keep_chain, NULL, NULL)) {
         ssl_err_text(errbuf, errlen, "session tickets");
         goto out;

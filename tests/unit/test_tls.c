@@ -63,6 +63,8 @@ static EVP_PKEY *ec_key(void)
     return k;
 }
 
+static const char *pad_comment; /* when set, mkcert adds it as an nsComment */
+
 static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
 {
     X509V3_CTX v3;
@@ -105,6 +107,8 @@ static X509 *mkcert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issue
         add_ext(x, issuer ? issuer : x, NID_subject_alt_name, "IP:127.0.0.1");
         add_ext(x, issuer ? issuer : x, NID_ext_key_usage, "serverAuth");
     }
+    if (pad_comment != NULL)
+        add_ext(x, issuer ? issuer : x, NID_netscape_comment, pad_comment);
     assert_true(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
     X509_NAME_free(n);
     return x;
@@ -231,12 +235,18 @@ static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, E
         if (!cdone) {
             rc = SSL_do_handshake(cli);
             cdone = rc == 1;
-            assert_true(rc == 1 || SSL_get_error(cli, rc) == SSL_ERROR_WANT_READ || SSL_get_error(cli, rc) == SSL_ERROR_WANT_WRITE);
+            assert_true(rc == 1 || SSL_get_error(cli, rc) == SSL_ERROR_WANT_READ ||
+                        SSL_get_error(cli, rc) == SSL_ERROR_WANT_WRITE);
+        } else if (!sdone) {
+            char byte;
+            /* TLS 1.3: the server's tickets, read to make room for more */
+            assert_true(SSL_read(cli, &byte, 1) <= 0);
         }
         if (!sdone) {
             rc = SSL_do_handshake(srv);
             sdone = rc == 1;
-            assert_true(rc == 1 || SSL_get_error(srv, rc) == SSL_ERROR_WANT_READ || SSL_get_error(srv, rc) == SSL_ERROR_WANT_WRITE);
+            assert_true(rc == 1 || SSL_get_error(srv, rc) == SSL_ERROR_WANT_READ ||
+                        SSL_get_error(srv, rc) == SSL_ERROR_WANT_WRITE);
         }
     }
     assert_true(sdone && cdone);
@@ -374,12 +384,123 @@ static void test_resumed_session_with_intermediate(void **state)
     EVP_PKEY_free(k);
 }
 
+/* A handshake in memory that the server refuses, for a Certificate
+ * message over its limit (a fatal alert, nothing parsed). */
+static void handshake_too_long(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
+                               int nextra)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *srv = SSL_new(tls_state_ctx(f->st)), *cli = NULL;
+    BIO *sb = NULL, *cb = NULL;
+    int refused = 0;
+
+    assert_non_null(cctx);
+    assert_non_null(srv);
+    assert_int_equal(SSL_CTX_set_max_proto_version(cctx, max_version), 1);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    assert_int_equal(SSL_CTX_use_certificate(cctx, leaf), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(cctx, leaf_key), 1);
+    for (int i = 0; i < nextra; i++) {
+        X509_up_ref(extra[i]);
+        assert_int_equal(SSL_CTX_add_extra_chain_cert(cctx, extra[i]), 1);
+    }
+    assert_non_null(cli = SSL_new(cctx));
+    assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
+    SSL_set_bio(srv, sb, sb);
+    SSL_set_bio(cli, cb, cb);
+    SSL_set_accept_state(srv);
+    SSL_set_connect_state(cli);
+    ERR_clear_error();
+    for (int round = 0; round < 200 && !refused; round++) {
+        (void)SSL_do_handshake(cli);
+        int rc = SSL_do_handshake(srv);
+        assert_int_not_equal(rc, 1);
+        if (SSL_get_error(srv, rc) == SSL_ERROR_SSL) {
+            assert_int_equal(ERR_GET_REASON(ERR_peek_last_error()), SSL_R_EXCESSIVE_MESSAGE_SIZE);
+            refused = 1;
+        }
+    }
+    assert_true(refused);
+    ERR_clear_error();
+    SSL_free(srv);
+    SSL_free(cli);
+    SSL_CTX_free(cctx);
+}
+
+/* A client's chain is held to 32 KB (OpenSSL's default, 100 KB of small
+ * certificates, cost the server 25-45 ms of parsing per handshake): some
+ * 120 small EC certificates (over 36 KB) are refused at the handshake; a chain
+ * of large certificates under 32 KB (7 of 3 KB, more than any real
+ * client's) is taken. */
+static void test_client_chain_size(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *own_key = ec_key(), *leaf_key = ec_key();
+    enum { NSMALL = 120, NBIG = 7 };
+    X509 *chain[NSMALL], *extra[NSMALL];
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    char comment[3001];
+    long bytes = 0;
+
+    chain[0] = mkcert("own CA 0", own_key, NULL, NULL, 1, NULL, -3600, 86400);
+    for (int i = 1; i < NSMALL; i++) {
+        char cn[32];
+        snprintf(cn, sizeof(cn), "own CA %d", i);
+        chain[i] = mkcert(cn, own_key, chain[i - 1], own_key, 1, NULL, -3600, 86400);
+    }
+    X509 *leaf = mkcert("mallory", leaf_key, chain[NSMALL - 1], own_key, 0, "mallory@example.org", -3600, 86400);
+    for (int i = 0; i < NSMALL; i++) {
+        extra[i] = chain[NSMALL - 1 - i];
+        bytes += i2d_X509(extra[i], NULL);
+    }
+    assert_true(bytes > 36 * 1024 && bytes < 100 * 1024);
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++)
+        handshake_too_long(f, versions[v], leaf, leaf_key, extra, NSMALL);
+    for (int i = 0; i < NSMALL; i++)
+        X509_free(chain[i]);
+    X509_free(leaf);
+
+    /* Member bob under NBIG - 1 intermediates and the client CA, each
+     * certificate about 3 KB: taken, and trusted at the request. */
+    memset(comment, 'x', sizeof(comment) - 1);
+    comment[sizeof(comment) - 1] = '\0';
+    pad_comment = comment;
+    bytes = 0;
+    for (int i = 0; i < NBIG - 1; i++) {
+        char cn[32];
+        snprintf(cn, sizeof(cn), "big intermediate %d", i);
+        chain[i] = mkcert(cn, own_key, i == 0 ? f->ca : chain[i - 1], i == 0 ? f->ca_key : own_key, 1, NULL, -3600,
+                          86400);
+    }
+    leaf = mkcert("bob", leaf_key, chain[NBIG - 2], own_key, 0, "bob@example.org", -3600, 86400);
+    pad_comment = NULL;
+    bytes = i2d_X509(leaf, NULL);
+    for (int i = 0; i < NBIG - 1; i++) {
+        extra[i] = chain[NBIG - 2 - i];
+        bytes += i2d_X509(extra[i], NULL);
+    }
+    assert_true(bytes > 20 * 1024 && bytes < 30 * 1024);
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        peer_info info;
+        SSL *srv = handshake(f, versions[v], leaf, leaf_key, extra, NBIG - 1);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_MEMBER_CERT);
+        SSL_free(srv);
+    }
+    for (int i = 0; i < NBIG - 1; i++)
+        X509_free(chain[i]);
+    X509_free(leaf);
+    EVP_PKEY_free(own_key);
+    EVP_PKEY_free(leaf_key);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_handshake_checks_no_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_check_tells, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resumed_session_with_intermediate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_chain_size, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
