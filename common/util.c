@@ -20,6 +20,9 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -1124,4 +1127,59 @@ int util_listen_resolve(const char *hostport, struct addrinfo **ai, const char *
     }
     *why = NULL;
     return 0;
+}
+
+/* Closes the descriptors lo..hi (hi UINT_MAX: all above lo). */
+static void close_span(unsigned lo, unsigned hi)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, lo, hi, 0) == 0)
+        return;
+#endif
+    /* A kernel before 5.9: the open ones as /proc lists them, or, when it
+     * cannot be opened (no descriptor free for it, or no /proc), each one
+     * below the limit (a descriptor above it, left from before a lowered
+     * limit, stays). */
+    DIR *d = opendir("/proc/self/fd");
+    if (d != NULL) {
+        int dfd = dirfd(d);
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            long fd;
+            if (util_parse_int(e->d_name, lo, hi > INT_MAX ? INT_MAX : hi, &fd) == UTIL_OK && fd != dfd)
+                (void)close((int)fd);
+        }
+        closedir(d);
+        return;
+    }
+    struct rlimit rl;
+    unsigned max = 1u << 20;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < max)
+        max = (unsigned)rl.rlim_cur;
+    for (unsigned fd = lo; fd <= hi && fd < max; fd++)
+        (void)close((int)fd);
+}
+
+void util_close_all_but(int *keep, unsigned n)
+{
+    unsigned lo = 3;
+
+    /* close_range(2) over the gaps between the kept ones: it needs no
+     * descriptor of its own. Listing /proc/self/fd did, so a child whose
+     * table was full (forked at the limit), or one without /proc, closed
+     * nothing. Sorted first (a handful: insertion). */
+    for (unsigned i = 1; i < n; i++)
+        for (unsigned j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    for (unsigned i = 0; i < n; i++) {
+        if (keep[i] < 0 || (unsigned)keep[i] < lo)
+            continue; /* stderr and below, or kept twice */
+        if ((unsigned)keep[i] > lo)
+            close_span(lo, (unsigned)keep[i] - 1);
+        lo = (unsigned)keep[i] + 1;
+    }
+    close_span(lo, UINT_MAX);
 }

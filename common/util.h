@@ -286,6 +286,11 @@ int util_stdfd_was_closed(int fd);
  * util_sanitise_stdfd. */
 void util_fsize_limit_fails_writes(void);
 
+/* In a child after fork(): closes every descriptor above stderr but the
+ * n in keep[] (which it may reorder), so that a child does not hold its
+ * parent's listeners and links. */
+void util_close_all_but(int *keep, unsigned n);
+
 /* mkdir -p with the given mode for created components. */
 int util_mkdir_p(const char *path, mode_t mode);
 

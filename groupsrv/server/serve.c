@@ -18,7 +18,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
 #include <netdb.h>
@@ -222,27 +221,6 @@ static int make_links(unsigned n, int *a, int *b)
     return 0;
 }
 
-/* In a forked child: closes every descriptor above stderr but keep[]. */
-static void close_all_but(const int *keep, unsigned n)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int dfd = d ? dirfd(d) : -1;
-    struct dirent *e;
-
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        long fd;
-        if (util_parse_int(e->d_name, 3, INT_MAX, &fd) != UTIL_OK || fd == dfd)
-            continue;
-        int kept = 0;
-        for (unsigned i = 0; i < n && !kept; i++)
-            kept = keep[i] == (int)fd;
-        if (!kept)
-            close((int)fd);
-    }
-    if (d != NULL)
-        closedir(d);
-}
-
 static void child_defaults(void)
 {
     sigset_t none;
@@ -348,7 +326,7 @@ static int start_holder(struct sup *s, int *kh_ends)
         memcpy(keep, kh_ends, s->nlinks * sizeof(int));
         keep[s->nlinks] = sv[1];
         /* No listening socket, no end of the network process's. */
-        close_all_but(keep, s->nlinks + 1);
+        util_close_all_but(keep, s->nlinks + 1);
         free(keep);
         /* A key holder started again is forked from inside this
          * process's event loop, whose signal events libevent keeps in a
@@ -558,7 +536,7 @@ static int start_net(struct sup *s, int *net_ends, bool at_start)
         if (sv[1] == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(sv[1], 3) != 3)
             _exit(1);
         int keep = 3;
-        close_all_but(&keep, 1);
+        util_close_all_but(&keep, 1);
         char *args[] = {"groupsrv-net", "--ctl", "3", NULL};
         execve(s->net_path, args, net_environ());
         log_error("not started: cannot run the network process path=\"%s\" err=\"%s\"", log_qs(s->net_path),

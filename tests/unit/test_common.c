@@ -17,6 +17,7 @@
 #include <linux/fs.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1315,6 +1316,41 @@ static void test_file_attrs_opens_only_files(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* In a child whose descriptor table is full, util_close_all_but(), as
+ * serve's children call it after fork, still closes every descriptor but
+ * stderr's and the kept ones: it opened /proc/self/fd to list them, which
+ * needs a descriptor of its own (and /proc), so the key holder forked
+ * from a supervisor at its limit kept the listeners and the network
+ * process's link ends. The child says by its exit status which one it
+ * found open that it should not have (1 + fd), or 0. */
+static void test_close_all_but_full_table(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {64, 64};
+        int last = -1, keep[2];
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            _exit(200);
+        for (int fd; (fd = dup(2)) >= 0;)
+            last = fd;
+        if (errno != EMFILE || last < 11)
+            _exit(201);
+        keep[0] = last; /* unsorted on purpose */
+        keep[1] = 10;
+        util_close_all_but(keep, 2);
+        for (int fd = 3; fd < 64; fd++)
+            if ((fcntl(fd, F_GETFD) >= 0) != (fd == 10 || fd == last))
+                _exit(1 + fd);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1346,6 +1382,7 @@ int main(void)
         cmocka_unit_test(test_pin_source_path),
         cmocka_unit_test(test_mailaddr),
         cmocka_unit_test(test_mailfold_keeps_colon),
+        cmocka_unit_test(test_close_all_but_full_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
