@@ -458,18 +458,22 @@ void tls_peer_check(tls_state *st, SSL *ssl, peer_info *out)
     if (!X509_STORE_CTX_init(xc, store, out->cert, sent))
         goto out;
     X509_STORE_CTX_set_purpose(xc, X509_PURPOSE_SSL_CLIENT);
-    if (X509_verify_cert(xc) != 1) {
+    int vrc = X509_verify_cert(xc);
+    if (vrc != 1) {
         int e = X509_STORE_CTX_get_error(xc);
         if (e == X509_V_ERR_CERT_HAS_EXPIRED || e == X509_V_ERR_CERT_NOT_YET_VALID)
             out->status = PEER_EXPIRED;
-        else if (e != X509_V_ERR_CRL_NOT_YET_VALID)
+        else if (vrc == 0 && e != X509_V_ERR_CRL_NOT_YET_VALID && e != X509_V_ERR_OUT_OF_MEM &&
+                 e != X509_V_ERR_UNSPECIFIED)
             /* Untrusted stays untrusted under this configuration (a reload
              * makes a new one), and is remembered as a success is: a chain
              * from an unknown CA was built again for every request of a
              * kept-alive connection (0.6 ms for 200 certificates, against
              * a few µs for a member remembered), an unauthenticated
              * client's cheap way to spend the server's CPU. Answers that
-             * time may change are not remembered. */
+             * time may change are not remembered, nor a verification
+             * that failed rather than refused (-1, out of memory): that
+             * held a member refused for 60 s. */
             remember_verified(st, ssl, out, time(NULL) + VERIFIED_TTL);
         goto out;
     }

@@ -43,9 +43,16 @@ static int verifications; /* calls of X509_verify_cert from our code */
 
 int __real_X509_verify_cert(X509_STORE_CTX *xc);
 int __wrap_X509_verify_cert(X509_STORE_CTX *xc);
+static int fail_next; /* the next verification fails as OpenSSL's do for want of memory */
+
 int __wrap_X509_verify_cert(X509_STORE_CTX *xc)
 {
     verifications++;
+    if (fail_next) {
+        fail_next = 0;
+        X509_STORE_CTX_set_error(xc, X509_V_ERR_OUT_OF_MEM);
+        return -1;
+    }
     return __real_X509_verify_cert(xc);
 }
 
@@ -346,6 +353,31 @@ static void test_request_check_tells(void **state)
     EVP_PKEY_free(k);
 }
 
+/* A verification that failed for want of memory (X509_verify_cert -1) is
+ * not remembered as a refusal: the member's next request verifies again
+ * and is served, where the connection was refused for 60 s. */
+static void test_failed_verification_not_remembered(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *k = ec_key();
+    X509 *good = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -3600, 86400);
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    peer_info info;
+
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        SSL *srv = handshake(f, versions[v], good, k, NULL, 0);
+        fail_next = 1;
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_MEMBER_CERT);
+        assert_string_equal(info.identity, "alice@example.org");
+        SSL_free(srv);
+    }
+    X509_free(good);
+    EVP_PKEY_free(k);
+}
+
 /* A member's certificate issued by an intermediate CA the client sends
  * (the client CA file holds the root only) is told on a session resumed
  * from its ticket as on the first, TLS 1.2 and 1.3: OpenSSL's ticket
@@ -500,6 +532,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_handshake_checks_no_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_check_tells, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resumed_session_with_intermediate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_verification_not_remembered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_chain_size, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
