@@ -353,6 +353,35 @@ static void test_request_check_tells(void **state)
     EVP_PKEY_free(k);
 }
 
+/* A certificate naming the client CA as its issuer but signed by another
+ * key (the handshake checks no signature now): refused at the request,
+ * on the first connection and on one resumed from its ticket, TLS 1.2
+ * and 1.3. */
+static void test_forged_signature_refused(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *k = ec_key(), *forger = ec_key();
+    X509 *forged = mkcert("alice", k, f->ca, forger, 0, "alice@example.org", -3600, 86400);
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    peer_info info;
+
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        SSL_SESSION *sess = NULL;
+        SSL *srv = handshake_resuming(f, versions[v], forged, k, NULL, 0, NULL, &sess);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        SSL_free(srv);
+        srv = handshake_resuming(f, versions[v], forged, k, NULL, 0, sess, NULL);
+        tls_peer_check(f->st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        SSL_free(srv);
+        SSL_SESSION_free(sess);
+    }
+    X509_free(forged);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(forger);
+}
+
 /* A verification that failed for want of memory (X509_verify_cert -1) is
  * not remembered as a refusal: the member's next request verifies again
  * and is served, where the connection was refused for 60 s. */
@@ -533,6 +562,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_check_tells, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resumed_session_with_intermediate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_verification_not_remembered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forged_signature_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_chain_size, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
