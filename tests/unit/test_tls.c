@@ -71,6 +71,7 @@ static EVP_PKEY *ec_key(void)
 }
 
 static const char *pad_comment; /* when set, mkcert adds it as an nsComment */
+static const char *san_uri;     /* when set, mkcert's leaf names this URI, not email */
 
 static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
 {
@@ -105,9 +106,12 @@ static X509 *mkcert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issue
     add_ext(x, issuer ? issuer : x, NID_subject_key_identifier, "hash");
     if (ca) {
         add_ext(x, issuer ? issuer : x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else if (email != NULL) {
+    } else if (email != NULL || san_uri != NULL) {
         char san[128];
-        snprintf(san, sizeof(san), "email:%s", email);
+        if (san_uri != NULL)
+            snprintf(san, sizeof(san), "URI:%s", san_uri);
+        else
+            snprintf(san, sizeof(san), "email:%s", email);
         add_ext(x, issuer ? issuer : x, NID_subject_alt_name, san);
         add_ext(x, issuer ? issuer : x, NID_ext_key_usage, "clientAuth");
     } else {
@@ -382,6 +386,71 @@ static void test_forged_signature_refused(void **state)
     EVP_PKEY_free(forger);
 }
 
+/* A membership certificate (SAN URI urn:groupsrv:group:G) is trusted
+ * from the local CA alone, also on a session resumed from its ticket with
+ * the chain kept there: one the client CA issued is refused, one the
+ * local CA issued names its group. */
+static void test_membership_from_local_ca_only(void **state)
+{
+    struct fixture *f = *state;
+    EVP_PKEY *lk = ec_key(), *k = ec_key();
+    X509 *local = mkcert("local CA", lk, NULL, NULL, 1, NULL, -3600, 86400);
+    tls_opts o;
+    char err[256];
+    tls_state *st = NULL;
+    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+    peer_info info;
+
+    memset(&o, 0, sizeof(o));
+    char *cert = pem_of(f->srv, NULL, &o.cert_len), *key = pem_of(NULL, f->srv_key, &o.key_len);
+    char *ca = pem_of(f->ca, NULL, &o.client_ca_len);
+    o.cert_pem = cert;
+    o.key_pem = key;
+    o.client_ca_pem = ca;
+    o.local_ca = local;
+    assert_int_equal(tls_state_new(&o, &st, err, sizeof(err)), 0);
+    tls_state *saved = f->st; /* handshake() uses f->st's context */
+    f->st = st;
+    san_uri = "urn:groupsrv:group:eng";
+    X509 *by_client_ca = mkcert("anon", k, f->ca, f->ca_key, 0, NULL, -3600, 86400);
+    X509 *by_local = mkcert("anon", k, local, lk, 0, NULL, -3600, 86400);
+    san_uri = NULL;
+    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+        SSL_SESSION *sess = NULL;
+        SSL *srv = handshake_resuming(f, versions[v], by_client_ca, k, NULL, 0, NULL, &sess);
+        tls_peer_check(st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        SSL_free(srv);
+        srv = handshake_resuming(f, versions[v], by_client_ca, k, NULL, 0, sess, NULL);
+        tls_peer_check(st, srv, &info);
+        assert_int_equal(info.status, PEER_UNTRUSTED);
+        SSL_free(srv);
+        SSL_SESSION_free(sess);
+        sess = NULL;
+        srv = handshake_resuming(f, versions[v], by_local, k, NULL, 0, NULL, &sess);
+        tls_peer_check(st, srv, &info);
+        assert_int_equal(info.status, PEER_MEMBERSHIP);
+        assert_string_equal(info.group, "eng");
+        SSL_free(srv);
+        srv = handshake_resuming(f, versions[v], by_local, k, NULL, 0, sess, NULL);
+        tls_peer_check(st, srv, &info);
+        assert_int_equal(info.status, PEER_MEMBERSHIP);
+        SSL_free(srv);
+        SSL_SESSION_free(sess);
+    }
+    f->st = saved;
+    tls_state_unref(st);
+    free(cert);
+    OPENSSL_cleanse(key, o.key_len);
+    free(key);
+    free(ca);
+    X509_free(by_client_ca);
+    X509_free(by_local);
+    X509_free(local);
+    EVP_PKEY_free(lk);
+    EVP_PKEY_free(k);
+}
+
 /* A verification that failed for want of memory (X509_verify_cert -1) is
  * not remembered as a refusal: the member's next request verifies again
  * and is served, where the connection was refused for 60 s. */
@@ -563,6 +632,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resumed_session_with_intermediate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_verification_not_remembered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_signature_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_membership_from_local_ca_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_chain_size, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
