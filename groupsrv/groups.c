@@ -987,6 +987,26 @@ static gs_err group_methods(const gs_group_spec *spec, hsm_key_type type, unsign
     return GS_OK;
 }
 
+/* An EC group is read by ECDH with the X9.63 KDF inside the token (the
+ * shared secret never leaves it). A token may list CKM_ECDH1_DERIVE and
+ * take CKD_NULL only (SoftHSM 2.6.1): its group would be made and pass
+ * every check while every RFC 5753 message to it is refused at unwrap
+ * (400 unsupported_algorithm), so the derive is tried first, with key
+ * (an adopted one) or a session key pair of bits. */
+static gs_err ec_kdf_check(hsm_ctx *hsm, hsm_key *key, unsigned bits)
+{
+    unsigned kdfs = 0;
+    hsm_err he = hsm_probe_ecdh_kdf(hsm, key, bits, &kdfs);
+
+    if (he != HSM_OK)
+        return gs_hsm_fail(he, "trying ECDH with the X9.63 KDF", key != NULL ? hsm_key_label(key) : "(session key)");
+    if (kdfs == 0)
+        return gs_err_set(GS_ERR_HSM, "this token cannot hold EC group keys: %s, which every RFC 5753 sender's "
+                          "message needs, so none could be read: use an RSA key (--key rsa:3072)",
+                          hsm_last_error_detail());
+    return GS_OK;
+}
+
 static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group_spec *spec, unsigned *methods,
                               bool *v15_out, gs_policy *pol, hsm_key_type *type, unsigned *bits, unsigned *missing,
                               EVP_PKEY **pk)
@@ -1049,6 +1069,9 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
         *missing |= HSM_PROT_ALLOWED_MECHANISMS;
     if ((e.usage & HSM_USE_UNWRAP) && !info.has_unwrap_template)
         *missing |= HSM_PROT_UNWRAP_TEMPLATE;
+    /* after the key's own checks: a key without CKA_DERIVE is told so */
+    if (info.type == HSM_KEYTYPE_EC && (err = ec_kdf_check(hsm, key, info.bits)) != GS_OK)
+        goto out;
     err = check_new_key(hsm, key, q, &e, pk);
 out:
     hsm_key_free(key);
@@ -1083,6 +1106,8 @@ static gs_err first_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     *v15 = type == HSM_KEYTYPE_RSA && !spec->oaep_only;
     err = gs_policy_choose(caps, type, *methods, *v15, true, pol);
     if (err)
+        return err;
+    if (type == HSM_KEYTYPE_EC && (err = ec_kdf_check(hsm, NULL, bits)) != GS_OK)
         return err;
     /* The key ceremony copies keys that are on the token; a sealed secret
      * lives outside it, sealed to a key pair that never leaves. */

@@ -1727,12 +1727,25 @@ static void print_caps(hsm_ctx *hsm)
             printf("cap group keys (RSA)       yes\n");
         else
             printf("cap group keys (RSA)       no: %s; group create refuses\n", gs_err_detail());
-        /* By what the token lists: the X9.63 KDF of its ECDH is not (a
-         * token whose derive takes CKD_NULL only says yes here). */
-        if (gs_policy_choose(&c, HSM_KEYTYPE_EC, GS_METHOD_TLS, false, true, &pol) == GS_OK)
-            printf("cap group keys (EC)        yes, by the mechanisms listed (ECDH, AES key wrap)\n");
-        else
+        /* By what the token lists, then by a trial derive: the X9.63 KDF
+         * of its ECDH is not listed (SoftHSM 2.6.1 lists CKM_ECDH1_DERIVE
+         * and takes CKD_NULL only), and group create tries it too. */
+        unsigned kdfs = 0;
+        if (gs_policy_choose(&c, HSM_KEYTYPE_EC, GS_METHOD_TLS, false, true, &pol) != GS_OK)
             printf("cap group keys (EC)        no: %s; group create refuses\n", gs_err_detail());
+        else if (!hsm_caps_has(&c, HSM_MECH_EC_KEYGEN, HSM_MF_GENERATE))
+            printf("cap group keys (EC)        yes, by the mechanisms listed (ECDH, AES key wrap); the X9.63 KDF "
+                   "is tried on an adopted key (no EC key generation here)\n");
+        else if (hsm_probe_ecdh_kdf(hsm, NULL, 256, &kdfs) != HSM_OK)
+            printf("cap group keys (EC)        not tried: %s\n", hsm_last_error_detail());
+        else if (kdfs == 0)
+            printf("cap group keys (EC)        no: %s, which every RFC 5753 sender's message needs; group create "
+                   "refuses\n", hsm_last_error_detail());
+        else
+            printf("cap group keys (EC)        yes: ECDH with the X9.63 KDF (%s%s%s) and AES key wrap\n",
+                   (kdfs & (1u << HSM_OAEP_SHA1)) ? "SHA-1" : "",
+                   kdfs == ((1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256)) ? ", " : "",
+                   (kdfs & (1u << HSM_OAEP_SHA256)) ? "SHA-256" : "");
     }
     printf("cap wrap/unwrap            %s\n",
            c.rewrap_on_token ? "yes: C_UnwrapKey into a session key and C_WrapKey with RSA-OAEP (content keys "
@@ -1808,6 +1821,7 @@ static void print_group_policies(struct env *e)
             hsm_key *key = NULL;
             hsm_key_info ki;
             unsigned d = 0, u = 0;
+            memset(&ki, 0, sizeof(ki));
             if (keys[k].state != GS_KEY_CURRENT)
                 continue;
             /* as group show and discovery say it: a group that refuses
@@ -1824,8 +1838,23 @@ static void print_group_policies(struct env *e)
                        "offers no %s decryption: their messages are refused (400 unsupported_algorithm)\n",
                        groups[i]->name, hsm_mech_name(HSM_MECH_RSA_PKCS));
             if (hsm_key_find(e->hsm, keys[k].token_label, HSM_CLASS_PRIVATE, &key) == HSM_OK &&
-                hsm_key_get_info(e->hsm, key, &ki) == HSM_OK && ki.type == HSM_KEYTYPE_RSA &&
-                hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
+                hsm_key_get_info(e->hsm, key, &ki) == HSM_OK && ki.type == HSM_KEYTYPE_EC &&
+                hsm_probe_ecdh_kdf(e->hsm, key, 0, &d) == HSM_OK) {
+                /* Its keys are sound on a token whose ECDH takes no X9.63
+                 * KDF (SoftHSM 2.6.1: CKD_NULL only; a group made before
+                 * group create tried it, or adopted, or on another token
+                 * replaced since): the key table says OK while every RFC
+                 * 5753 message is refused at unwrap. */
+                if (d == 0)
+                    printf("policy %-16s WARNING: v%u is an EC key, but %s: every RFC 5753 sender's message "
+                           "is refused (400 unsupported_algorithm)\n",
+                           groups[i]->name, keys[k].version, hsm_last_error_detail());
+                else
+                    printf("policy %-16s v%u ECDH X9.63 KDF: %s%s%s\n", groups[i]->name, keys[k].version,
+                           (d & (1u << HSM_OAEP_SHA1)) ? "SHA-1" : "", d == ((1u << HSM_OAEP_SHA1) |
+                           (1u << HSM_OAEP_SHA256)) ? ", " : "", (d & (1u << HSM_OAEP_SHA256)) ? "SHA-256" : "");
+            }
+            if (key != NULL && ki.type == HSM_KEYTYPE_RSA && hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
                 oaep_text(d, dec, sizeof(dec));
                 oaep_text(u, unw, sizeof(unw));
                 printf("policy %-16s v%u OAEP hashes: decrypt %s; unwrap %s; login per operation: %s\n",

@@ -631,6 +631,18 @@ typedef struct hsm_ecdh_input {
 hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in,
                                      unsigned char *out, size_t outcap, size_t *outlen);
 
+/* Does the token's CKM_ECDH1_DERIVE take the X9.63 KDF, which every RFC
+ * 5753 message needs (the shared secret never leaves the token)? A token
+ * may list the mechanism and take CKD_NULL only (SoftHSM 2.6.1): no
+ * mechanism flag tells, so a real trial: a derive with CKD_SHA1_KDF and
+ * with CKD_SHA256_KDF from key (an EC private key), or with key NULL from
+ * a session key pair on P-<bits> (256 or 384) made and destroyed here,
+ * against a point made in software; the derived keys are destroyed
+ * unread. Bit (1u << HSM_OAEP_SHA1 / _SHA256) set in *kdfs for each KDF
+ * taken; with none, HSM_OK and a detail naming the token's refusal.
+ * Other errors: the trial could not run (no answer about the KDF). */
+hsm_err hsm_probe_ecdh_kdf(hsm_ctx *ctx, hsm_key *key, unsigned bits, unsigned *kdfs);
+
 /* Is key transport `alg` usable with this group private key on this token
  * (mechanism present, parameters accepted, CKA_ALLOWED_MECHANISMS permits
  * it)? Probes with C_DecryptInit on a session that is then discarded, so

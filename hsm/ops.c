@@ -13,6 +13,7 @@
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -1209,6 +1210,141 @@ hsm_err hsm_ecdh_decrypt_content_key(hsm_ctx *ctx, const hsm_ecdh_input *in, uns
     }
     *outlen = ea.outlen;
     return HSM_OK;
+}
+
+/* ---- does the token's ECDH take the X9.63 KDF? ------------------------------------ */
+
+struct kdf_probe_arg {
+    hsm_key *key;                 /* NULL: a session key pair made for the trial */
+    unsigned bits;                /* 256 or 384, for that key pair */
+    const unsigned char *peer;    /* an uncompressed point of the curve */
+    size_t peer_len;
+    unsigned kdfs;                /* out: 1u << HSM_OAEP_SHA1 / _SHA256 for each taken */
+    char refused[192];            /* out: the token's answer to the last refused one */
+};
+
+static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
+{
+    static const unsigned char p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const unsigned char p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+    static const hsm_oaep_hash hashes[] = {HSM_OAEP_SHA1, HSM_OAEP_SHA256};
+    /* What an ECC-CMS-SharedInfo looks like in length; its content does
+     * not matter to whether the KDF is taken. */
+    unsigned char shared[32] = {0x30, 0x1e};
+    struct kdf_probe_arg *pa = arg;
+    CK_MECHANISM gm = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+    CK_ECDH1_DERIVE_PARAMS dp;
+    CK_MECHANISM dm = {CKM_ECDH1_DERIVE, &dp, sizeof(dp)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG kek_len = 16;
+    CK_ATTRIBUTE pub[] = {
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_EC_PARAMS, (void *)(pa->bits == 384 ? p384 : p256), pa->bits == 384 ? sizeof(p384) : sizeof(p256)},
+    };
+    CK_ATTRIBUTE priv[] = {
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_PRIVATE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_DERIVE, &ck_true, sizeof(CK_BBOOL)},
+    };
+    /* The KEK as hsm_ecdh_decrypt_content_key asks for it. */
+    CK_ATTRIBUTE kt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)},
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
+    };
+    CK_OBJECT_HANDLE pubh = CK_INVALID_HANDLE, privh = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE;
+    hsm_err err = HSM_OK;
+
+    if (pa->key != NULL)
+        err = hsm_key_handle(ctx, s, pa->key, &privh);
+    else
+        err = P11(ctx, C_GenerateKeyPair, s, &gm, pub, GS_ARRAY_LEN(pub), priv, GS_ARRAY_LEN(priv), &pubh, &privh);
+    if (err != HSM_OK)
+        goto out;
+    for (size_t i = 0; i < GS_ARRAY_LEN(hashes); i++) {
+        memset(&dp, 0, sizeof(dp));
+        dp.kdf = hashes[i] == HSM_OAEP_SHA256 ? CKD_SHA256_KDF : CKD_SHA1_KDF;
+        dp.pSharedData = shared;
+        dp.ulSharedDataLen = sizeof(shared);
+        dp.pPublicData = (CK_BYTE_PTR)pa->peer;
+        dp.ulPublicDataLen = pa->peer_len;
+        err = P11(ctx, C_DeriveKey, s, &dm, privh, kt, GS_ARRAY_LEN(kt), &kek);
+        if (err == HSM_OK) {
+            pa->kdfs |= 1u << hashes[i];
+            hsm_destroy_session_obj(ctx, s, &kek);
+            continue;
+        }
+        CK_RV rv = hsm_last_rv();
+        if (rv != CKR_MECHANISM_PARAM_INVALID && rv != CKR_ARGUMENTS_BAD && rv != CKR_MECHANISM_INVALID)
+            goto out; /* no answer about the KDF */
+        util_strlcpy(pa->refused, hsm_last_error_detail(), sizeof(pa->refused));
+        err = HSM_OK;
+    }
+out:
+    if (pa->key == NULL) {
+        hsm_destroy_session_obj(ctx, s, &privh);
+        hsm_destroy_session_obj(ctx, s, &pubh);
+    }
+    return err;
+}
+
+hsm_err hsm_probe_ecdh_kdf(hsm_ctx *ctx, hsm_key *key, unsigned bits, unsigned *kdfs)
+{
+    struct kdf_probe_arg pa;
+    EVP_PKEY *peer = NULL;
+    unsigned char *pt = NULL;
+    size_t ptlen = 0;
+    hsm_key_info ki;
+    hsm_err err;
+
+    if (kdfs != NULL)
+        *kdfs = 0;
+    hsm_clear_detail();
+    if (ctx == NULL || kdfs == NULL || (key == NULL && bits != 256 && bits != 384))
+        return HSM_ERR_ARGS;
+    if (key != NULL) {
+        if ((err = hsm_key_get_info(ctx, key, &ki)) != HSM_OK)
+            return err;
+        if (ki.cls != HSM_CLASS_PRIVATE || ki.type != HSM_KEYTYPE_EC || (ki.bits != 256 && ki.bits != 384))
+            return HSM_ERR_ARGS;
+        bits = ki.bits;
+    }
+    /* The other side's point: a key pair made here for the trial (the
+     * derived key is destroyed unread, so nothing of it matters). */
+    peer = EVP_PKEY_Q_keygen(NULL, NULL, "EC", bits == 384 ? "P-384" : "P-256");
+    if (peer == NULL || (ptlen = EVP_PKEY_get1_encoded_public_key(peer, &pt)) == 0) {
+        ERR_clear_error();
+        err = HSM_ERR_NOMEM;
+        goto out;
+    }
+    memset(&pa, 0, sizeof(pa));
+    pa.key = key;
+    pa.bits = bits;
+    pa.peer = pt;
+    pa.peer_len = ptlen;
+    err = hsm_run_once(ctx, op_probe_ecdh_kdf, &pa);
+    if (err == HSM_OK) {
+        *kdfs = pa.kdfs;
+        if (pa.kdfs == 0)
+            hsm_set_detail("the token's %s takes no X9.63 KDF (CKD_SHA1_KDF and CKD_SHA256_KDF refused: %s)",
+                           "CKM_ECDH1_DERIVE", pa.refused);
+        else
+            hsm_clear_detail();
+    }
+out:
+    OPENSSL_free(pt);
+    EVP_PKEY_free(peer);
+    return err;
 }
 
 /* ---- signing ------------------------------------------------------------------ */

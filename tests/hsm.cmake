@@ -5,7 +5,7 @@
 # tests/p11fault: forwards to SoftHSM (or $GS_P11FAULT_TARGET), injects CK_RVs.
 add_library(p11fault SHARED ${GS_TEST_DIR}/p11fault/p11fault.c ${GS_TEST_DIR}/p11fault/profile.c)
 target_include_directories(p11fault PRIVATE ${P11KIT_INCLUDE_DIRS})
-target_link_libraries(p11fault PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
+target_link_libraries(p11fault PRIVATE ${CMAKE_DL_LIBS} Threads::Threads PkgConfig::OPENSSL)
 target_compile_definitions(p11fault PRIVATE GS_P11FAULT_DEFAULT_TARGET="${SOFTHSM2_MODULE}")
 set_target_properties(p11fault PROPERTIES
   LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/lib

@@ -38,8 +38,8 @@ if(TARGET groupsrv)
     "SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
   foreach(t cli rotate)
     add_test(NAME provision_${t} COMMAND bash ${GS_TEST_DIR}/integration/provision-${t}.sh)
-    set_tests_properties(provision_${t} PROPERTIES LABELS "integration" ENVIRONMENT "${GS_PROVISION_ENV}"
-      TIMEOUT 180)
+    set_tests_properties(provision_${t} PROPERTIES LABELS "integration" TIMEOUT 180
+      ENVIRONMENT "${GS_PROVISION_ENV};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
   endforeach()
   # Bad input for every admin command (tests/p11fault shows an extractable key).
   if(TARGET p11fault)

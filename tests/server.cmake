@@ -8,7 +8,7 @@ foreach(t e2e refusals cache api_examples)
   add_test(NAME server_${t}
     COMMAND bash ${GS_TEST_DIR}/integration/server-${t}.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_${t} PROPERTIES LABELS "integration" TIMEOUT 300
-    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE};GS_P11FAULT_MODULE=$<TARGET_FILE:p11fault>")
 endforeach()
 
 # Token removal and return, device errors and the startup key audit, with

@@ -146,6 +146,41 @@ expect_rc 0 env GS_P11FAULT_PROFILE=oaep-only "$G" -c "$T/fault.conf" group crea
   --key rsa:2048 --oaep-only
 db0=$(db_sum) tok0=$(tok_sum)
 
+# --- an EC group on a token whose ECDH takes no X9.63 KDF (SoftHSM 2.6.1
+# lists CKM_ECDH1_DERIVE and takes CKD_NULL only): no RFC 5753 message to
+# it could ever be read (400 unsupported_algorithm at every unwrap), so
+# check says so by a trial derive and group create refuses, made or
+# adopted, nothing recorded or left on the token. Where the derive takes
+# the KDF (p11fault's ecdh-kdf profile, as NSS softokn does) the group is
+# made; check then names its KDFs there, and warns on the plain token.
+ecdh_no_kdf="the token's CKM_ECDH1_DERIVE takes no X9.63 KDF (CKD_SHA1_KDF and CKD_SHA256_KDF refused: C_DeriveKey: CKR_MECHANISM_PARAM_INVALID (the token refuses these mechanism parameters))"
+"$G" -c "$CONF" check > "$T/out" 2>&1 || true
+grep -qF "cap group keys (EC)        no: $ecdh_no_kdf, which every RFC 5753 sender's message needs; group create refuses" \
+  "$T/out" || { grep '^cap group keys' "$T/out"; fail "check: EC group keys on a token without the X9.63 KDF"; }
+for k in ec:p256 ec:p384; do
+  refuse 1 "this token cannot hold EC group keys: $ecdh_no_kdf, which every RFC 5753 sender's message needs, so none could be read: use an RSA key (--key rsa:3072)" \
+    "$G" -c "$CONF" group create ecg --address ecg@example.org --key "$k"
+done
+# an adopted key, sound but for the usages SoftHSM adds to pkcs11-tool's
+# keys (cleared by p11fault, as a token that takes them would)
+p11 --keypairgen --key-type EC:prime256v1 --label tool-ec --id 7004 --usage-derive --sensitive \
+  --allowed-mechanisms ECDH1-DERIVE >/dev/null 2>&1 || fail "pkcs11-tool --keypairgen EC"
+db0=$(db_sum) tok0=$(tok_sum)
+printf 'bool CKA_SIGN 0\nbool 0x109 0\nbool CKA_DECRYPT 0\nbool CKA_UNWRAP 0\n' > "$T/ec.ctl"
+refuse 1 "this token cannot hold EC group keys: $ecdh_no_kdf" env GS_P11FAULT_CONTROL="$T/ec.ctl" \
+  "$G" -c "$T/fault.conf" group create ecg --address ecg@example.org \
+  --use-key "pkcs11:token=groupsrv;object=tool-ec;type=private"
+expect_rc 0 env GS_P11FAULT_PROFILE=ecdh-kdf "$G" -c "$T/fault.conf" group create ecg --address ecg@example.org \
+  --key ec:p256
+GS_P11FAULT_PROFILE=ecdh-kdf "$G" -c "$T/fault.conf" check > "$T/out" 2>&1 || true
+grep -q "^cap group keys (EC)  *yes: ECDH with the X9.63 KDF (SHA-1, SHA-256) and AES key wrap\$" "$T/out" &&
+  grep -q "^policy ecg  *v1 ECDH X9.63 KDF: SHA-1, SHA-256\$" "$T/out" ||
+  { grep '^cap group keys\|^policy' "$T/out"; fail "check: EC group keys where ECDH takes the X9.63 KDF"; }
+"$G" -c "$CONF" check > "$T/out" 2>&1 || true
+grep -qF "policy ecg              WARNING: v1 is an EC key, but $ecdh_no_kdf: every RFC 5753 sender's message is refused (400 unsupported_algorithm)" \
+  "$T/out" || { grep '^policy' "$T/out"; fail "check: an EC group on a token without the X9.63 KDF"; }
+db0=$(db_sum) tok0=$(tok_sum)
+
 # --- adopting a key (--use-key): checked against what the token allows,
 # refused with what to do; nothing recorded, the key itself left alone
 refuse 1 "--use-key $tool_key: CKA_SIGN allowed (policy: no signing): make the key with exactly the usage" \

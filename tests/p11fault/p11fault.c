@@ -1220,6 +1220,10 @@ static CK_RV fw_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
         return real == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED : CKR_FUNCTION_NOT_SUPPORTED;
     if ((rv_ = prof_unsupported()) != CKR_OK)
         return rv_;
+    int done_ = 0;
+    rv_ = prof_derive(session, mechanism, base_key, templ, attribute_count, key, &done_);
+    if (done_)
+        return rv_;
     struct timespec t0;
     long ns_ = model_begin(&t0);
     rv_ = real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+
 #include "profile.h"
 
 #define SC_SESSIONS_MAX 2
@@ -17,6 +21,7 @@ static pthread_mutex_t prof_mu = PTHREAD_MUTEX_INITIALIZER;
 static int smartcard;
 static int no_v15_wrap; /* profile "no-v15-wrap" */
 static int oaep_only;   /* profile "oaep-only" */
+static int ecdh_kdf;    /* profile "ecdh-kdf" */
 static unsigned session_quota; /* GS_P11FAULT_SESSION_QUOTA; 0: none */
 static CK_ULONG rsa_max_bits;   /* GS_P11FAULT_RSA_MAX_BITS; 0: as the target */
 static int pinpad;              /* GS_P11FAULT_PINPAD */
@@ -52,6 +57,7 @@ void prof_load(void)
     smartcard = p != NULL && strcmp(p, "smartcard") == 0;
     no_v15_wrap = p != NULL && strcmp(p, "no-v15-wrap") == 0;
     oaep_only = p != NULL && strcmp(p, "oaep-only") == 0;
+    ecdh_kdf = p != NULL && strcmp(p, "ecdh-kdf") == 0;
     p = getenv("GS_P11FAULT_RSA_DECRYPT");
     sc_rsa = p != NULL && strcmp(p, "v15") == 0 ? SC_RSA_V15 : p != NULL && strcmp(p, "raw") == 0 ? SC_RSA_RAW
                                                                                                  : SC_RSA_OAEP_V15;
@@ -557,5 +563,112 @@ CK_RV prof_get_attributes(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE 
         rv = CKR_ATTRIBUTE_TYPE_INVALID;
     free(fw);
     free(map);
+    return rv;
+}
+
+/* ---- "ecdh-kdf": the X9.63 KDF of CKM_ECDH1_DERIVE ----------------------- */
+
+/* ANSI X9.63 KDF: Hash(Z || counter || SharedInfo), counter from 1. */
+static int x963_kdf(const EVP_MD *md, const unsigned char *z, size_t zlen, const unsigned char *info, size_t infolen,
+                    unsigned char *out, size_t outlen)
+{
+    unsigned char block[EVP_MAX_MD_SIZE];
+    unsigned int blen = 0;
+    uint32_t counter = 1;
+    size_t done = 0;
+    int ok = 1;
+
+    while (ok && done < outlen) {
+        unsigned char c[4] = {(unsigned char)(counter >> 24), (unsigned char)(counter >> 16),
+                              (unsigned char)(counter >> 8), (unsigned char)counter};
+        EVP_MD_CTX *mc = EVP_MD_CTX_new();
+        ok = mc != NULL && EVP_DigestInit_ex(mc, md, NULL) == 1 && EVP_DigestUpdate(mc, z, zlen) == 1 &&
+             EVP_DigestUpdate(mc, c, sizeof(c)) == 1 && (infolen == 0 || EVP_DigestUpdate(mc, info, infolen) == 1) &&
+             EVP_DigestFinal_ex(mc, block, &blen) == 1;
+        EVP_MD_CTX_free(mc);
+        if (ok) {
+            size_t n = outlen - done < blen ? outlen - done : blen;
+            memcpy(out + done, block, n);
+            done += n;
+            counter++;
+        }
+    }
+    OPENSSL_cleanse(block, sizeof(block));
+    return ok;
+}
+
+CK_RV prof_derive(CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE base, CK_ATTRIBUTE *t, CK_ULONG n,
+                  CK_OBJECT_HANDLE *key, int *done)
+{
+    CK_FUNCTION_LIST *real = p11f_real();
+    CK_ECDH1_DERIVE_PARAMS *dp, plain;
+    CK_MECHANISM pm = {CKM_ECDH1_DERIVE, &plain, sizeof(plain)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    CK_BBOOL ck_true = CK_TRUE, ck_false = CK_FALSE;
+    CK_ULONG zlen, want = 0;
+    CK_ATTRIBUTE zt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},         {CKA_KEY_TYPE, &gen, sizeof(gen)},
+        {CKA_TOKEN, &ck_false, sizeof(ck_false)}, {CKA_SENSITIVE, &ck_false, sizeof(ck_false)},
+        {CKA_EXTRACTABLE, &ck_true, sizeof(ck_true)}, {CKA_VALUE_LEN, &zlen, sizeof(zlen)},
+    };
+    CK_ATTRIBUTE *ct = NULL;
+    CK_ULONG cn = 0;
+    CK_OBJECT_HANDLE zh = CK_INVALID_HANDLE;
+    unsigned char z[66], kv[64];
+    CK_ATTRIBUTE zv = {CKA_VALUE, z, sizeof(z)};
+    const EVP_MD *md;
+    CK_RV rv;
+    int on;
+
+    *done = 0;
+    pthread_mutex_lock(&prof_mu);
+    on = ecdh_kdf;
+    pthread_mutex_unlock(&prof_mu);
+    if (!on || real == NULL || m == NULL || m->mechanism != CKM_ECDH1_DERIVE || m->pParameter == NULL ||
+        m->ulParameterLen != sizeof(*dp))
+        return CKR_OK;
+    dp = m->pParameter;
+    if (dp->kdf == CKD_NULL)
+        return CKR_OK;
+    *done = 1;
+    md = dp->kdf == CKD_SHA1_KDF ? EVP_sha1() : dp->kdf == CKD_SHA256_KDF ? EVP_sha256() : NULL;
+    if (md == NULL || dp->pPublicData == NULL || dp->ulPublicDataLen < 3 || dp->ulPublicDataLen % 2 == 0)
+        return CKR_MECHANISM_PARAM_INVALID;
+    for (CK_ULONG i = 0; i < n; i++)
+        if (t[i].type == CKA_VALUE_LEN && t[i].pValue != NULL && t[i].ulValueLen == sizeof(CK_ULONG))
+            want = *(CK_ULONG *)t[i].pValue;
+    if (want == 0 || want > sizeof(kv))
+        return CKR_TEMPLATE_INCOMPLETE;
+    zlen = (dp->ulPublicDataLen - 1) / 2; /* the field size: Z is its x coordinate */
+    if (zlen > sizeof(z))
+        return CKR_MECHANISM_PARAM_INVALID;
+    memset(&plain, 0, sizeof(plain));
+    plain.kdf = CKD_NULL;
+    plain.pPublicData = dp->pPublicData;
+    plain.ulPublicDataLen = dp->ulPublicDataLen;
+    if ((rv = real->C_DeriveKey(s, &pm, base, zt, sizeof(zt) / sizeof(zt[0]), &zh)) != CKR_OK)
+        return rv;
+    rv = real->C_GetAttributeValue(s, zh, &zv, 1);
+    (void)real->C_DestroyObject(s, zh);
+    if (rv == CKR_OK && zv.ulValueLen != zlen)
+        rv = CKR_GENERAL_ERROR;
+    if (rv == CKR_OK && !x963_kdf(md, z, zlen, dp->pSharedData, dp->pSharedData ? dp->ulSharedDataLen : 0, kv, want))
+        rv = CKR_HOST_MEMORY;
+    /* The caller's template, CKA_VALUE in place of CKA_VALUE_LEN. */
+    if (rv == CKR_OK && (ct = calloc(n + 1, sizeof(*ct))) == NULL)
+        rv = CKR_HOST_MEMORY;
+    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++)
+        if (t[i].type != CKA_VALUE_LEN)
+            ct[cn++] = t[i];
+    if (rv == CKR_OK) {
+        ct[cn].type = CKA_VALUE;
+        ct[cn].pValue = kv;
+        ct[cn].ulValueLen = want;
+        rv = real->C_CreateObject(s, ct, cn + 1, key);
+    }
+    free(ct);
+    OPENSSL_cleanse(z, sizeof(z));
+    OPENSSL_cleanse(kv, sizeof(kv));
     return rv;
 }

@@ -36,6 +36,13 @@
  * CKF_ENCRYPT, CKF_DECRYPT, CKF_WRAP and CKF_UNWRAP (signing stays),
  * C_DecryptInit and C_WrapKey with it CKR_MECHANISM_INVALID.
  *
+ * "ecdh-kdf" models a token whose CKM_ECDH1_DERIVE takes the X9.63 KDF
+ * (CKD_SHA1_KDF, CKD_SHA256_KDF), as NSS softokn's does, where SoftHSM
+ * 2.6.1 takes CKD_NULL only: such a derive is SoftHSM's CKD_NULL derive
+ * into a session secret read back, the KDF run here, and the caller's key
+ * (its template, CKA_VALUE for CKA_VALUE_LEN) made with C_CreateObject.
+ * Tests only: the shared secret leaves the token, as it never would.
+ *
  * Independent of the profile, GS_P11FAULT_SESSION_QUOTA=N (at
  * C_Initialize) models a session limit the token does not report: a
  * network HSM's per-client or per-partition session quota, or a card
@@ -118,6 +125,11 @@ int prof_login(CK_SESSION_HANDLE s, CK_USER_TYPE type, const unsigned char *pin,
  * key as the card's own tool would. *out is malloc'd (caller frees), or
  * NULL when the profile is off (use the original). */
 CK_RV prof_keypair_private(const CK_ATTRIBUTE *in, CK_ULONG n, CK_ATTRIBUTE **out, CK_ULONG *nout);
+
+/* C_DeriveKey, "ecdh-kdf": *done set when the profile answered the call
+ * (its result returned); otherwise forwarded. */
+CK_RV prof_derive(CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE base, CK_ATTRIBUTE *t, CK_ULONG n,
+                  CK_OBJECT_HANDLE *key, int *done);
 
 /* Post-hooks, after a successful real call. */
 void prof_mech_list_post(CK_MECHANISM_TYPE *list, CK_ULONG *count, int count_only);
