@@ -331,3 +331,42 @@ openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs
   fail "want alice's and bob's copy, no bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 xp_spool_empty
 echo "ok: mail by key identifier to the version before is taken; the group server decides"
+# A hostile or mistaken sender by key identifier: any certificate named so
+# is a candidate, so the group server is asked about at most 4 of them
+# per message. Four that are none of the group's versions: taken, asked
+# in turn, bounced with the server's word (unknown_recipient), nothing
+# left in the spool; five: refused at once (5.7.1), nobody asked.
+for i in 1 2 3 4; do
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/x$i.key" -out "$W/x$i.pem" -days 2 -subj "/CN=x$i" \
+    2>/dev/null
+done
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+printf 'Content-Type: text/plain\n\nnot for the group\n' >"$W/junk.txt"
+openssl cms -encrypt -keyid -aes-256-cbc -recip "$certs/alice@example.org.pem" -recip "$W/x1.pem" \
+  -recip "$W/x2.pem" -recip "$W/x3.pem" -subject 'four by key id' -in "$W/junk.txt" -out "$W/junk4.eml"
+openssl cms -encrypt -keyid -aes-256-cbc -recip "$certs/alice@example.org.pem" -recip "$W/x1.pem" \
+  -recip "$W/x2.pem" -recip "$W/x3.pem" -recip "$W/x4.pem" -subject 'five by key id' -in "$W/junk.txt" \
+  -out "$W/junk5.eml"
+# the group server's count of rewraps it answered 400 (unknown_recipient)
+rewrap400() { c admin "$base/metrics" | sed -n 's/^groupsrv_requests_total{endpoint="rewrap",status="400"} //p' | grep . || echo 0; }
+rc=0
+five_before=$(rewrap400)
+xp deliver --list $L2 --sender alice@example.org <"$W/junk5.eml" >"$W/deliver.out" 2>"$W/deliver.err" || rc=$?
+[ "$rc" = 77 ] && [ "$(rewrap400)" = "$five_before" ] && grep -q "names too many other certificates of the group's CA or by key identifier alone (over 4)" \
+  "$W/deliver.out" "$W/deliver.err" ||
+  fail "five candidates by key identifier: exit $rc: $(cat "$W/deliver.out" "$W/deliver.err")"
+xp_spool_empty
+asked_before=$(rewrap400)
+xp deliver --list $L2 --sender alice@example.org <"$W/junk4.eml" 2>"$W/deliver.err" ||
+  fail "four candidates by key identifier: $(cat "$W/deliver.err")"
+xp_drain
+asked=$(( $(rewrap400) - asked_before ))
+[ "$asked" = 4 ] || fail "the group server was asked $asked times about four candidates, none of the group's"
+b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
+[ -n "$b" ] && grep -q '^Reason: the group server refused to re-encrypt it for the members: .*(unknown_recipient)\.$' "$b" ||
+  fail "bounce for four candidates none of the group's: $(cat "${b:-/dev/null}")"
+[ "$(xp_accepted "$W/smtp" | tr '\n' ' ')" = "alice@example.org " ] ||
+  fail "want only alice's bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
+xp_spool_empty
+echo "ok: by key identifier, five candidates are refused unasked, four are asked about once each and bounced"
