@@ -71,6 +71,20 @@ struct kh_worker {
     /* The job being run paused to search the token again (khops.c,
      * search_again): its time is mostly that pause, no service time. */
     bool paused;
+    /* The job being run reached the token (a decrypt, rewrap, wrap or
+     * sign call): only then is an unwrap, rewrap, secret-key fetch or TLS
+     * signature a sample of the token's service time, and an
+     * authorisation check or member change (the database alone, though
+     * queued in the token's class) never. One refused before the token
+     * (not a member, a bad certificate, an unknown group), or an
+     * authorisation check (every request with a bad body makes one),
+     * took microseconds of the database and nothing of the token; taken
+     * as samples, a stream of them pulled the estimate under TQ_INLINE_US
+     * on a token whose unwraps take milliseconds, and the I/O loop then ran
+     * unwraps itself (tokenq_run_here): the token's milliseconds on the
+     * loop, and the loop's own group cache filled from the token by
+     * requests it then refused. */
+    bool token_used;
     /* The deadline of the job being run (CLOCK_MONOTONIC seconds, the
      * network process's [server] timeout); 0: none. */
     double deadline_s;

@@ -913,6 +913,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
     switch (u->deliver) {
     case IPC_DELIVER_TLS:
         if (u->alg == IPC_ALG_ECDH) {
+            w->token_used = true;
             he = hsm_ecdh_decrypt_content_key(hsm, &u->ecdh, r->key, sizeof(r->key), &r->key_len);
             /* a key of another length than the content algorithm's is no key */
             if (he == HSM_OK && u->cek_len != 0 && r->key_len != u->cek_len) {
@@ -920,8 +921,10 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
                 r->key_len = 0;
                 he = HSM_ERR_DECRYPT;
             }
-        } else
+        } else {
+            w->token_used = true;
             he = hsm_decrypt_content_key(hsm, &u->in, r->key, sizeof(r->key), &r->key_len);
+        }
         metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "decrypt");
     case IPC_DELIVER_RECIPIENT_KEY: {
@@ -929,6 +932,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
         size_t sl[1] = {c->spki_len};
         if (c->spki == NULL || c->spki_len == 0)
             return item_fail(r, 400, "unsupported_certificate_key", "the client certificate key is unusable");
+        w->token_used = true;
         he = hsm_rewrap_to_public_keys(hsm, &u->in, HSM_OAEP_SHA1, sp, sl, 1, &r->wrapped, &r->wrapped_len);
         metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap");
@@ -940,6 +944,7 @@ static int item_exec(struct kh_worker *w, gs_group *g, const struct caller *c, s
             !search_again(w, g, &r->secret->key, SEARCHQ_SECRET_KEY, "secret key", r->secret->version))
             return key_unavailable(w, r, r->secret->version, "secret key");
         t0 = util_monotonic_s();
+        w->token_used = true;
         he = hsm_rewrap_to_secret_key(hsm, &u->in, r->secret->key, &r->wrapped, &r->wrapped_len);
         metrics_unwrap_latency(util_monotonic_s() - t0);
         return he == HSM_OK ? 0 : hsm_item_fail(w, r, he, "rewrap-secret");
@@ -1146,6 +1151,7 @@ static int rewrap_members(struct kh_worker *w, struct kh_job *j, gs_group *g, st
     ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, u->ref->version);
     if (n > 0) {
         double t0 = util_monotonic_s();
+        w->token_used = true;
         hsm_err he = hsm_rewrap_to_recipients(w->kh->hsm, &u->in, wraps, (const unsigned char *const *)spki, spki_len,
                                               n, outs, out_lens);
         metrics_unwrap_latency(util_monotonic_s() - t0);
@@ -1300,6 +1306,7 @@ static void op_secret_keys(struct kh_worker *w, struct kh_job *j)
             break;
         }
         double t0 = util_monotonic_s();
+        w->token_used = true;
         he = hsm_wrap_secret_key_to_public(w->kh->hsm, s->key, HSM_OAEP_SHA1, c.spki, c.spki_len, &wk, &wl);
         token_s += util_monotonic_s() - t0;
         if (he != HSM_OK) {
@@ -1551,6 +1558,7 @@ static void op_sign(struct kh_worker *w, struct kh_job *j)
     }
     pthread_rwlock_rdlock(&w->kh->tls_lock);
     hsm_key *key = w->kh->tls_key;
+    w->token_used = key != NULL;
     hsm_err he = key != NULL ? hsm_sign(w->kh->hsm, key, HSM_SIG_ECDSA_DIGEST, d, dl, &sig, &sl) : HSM_OK;
     pthread_rwlock_unlock(&w->kh->tls_lock);
     if (key == NULL) {
@@ -2357,6 +2365,7 @@ bool kh_job_run(void *worker, tq_job *tq)
     ipc_buf_init(&j->reply);
     w->paused = false;
     w->gave_back = false;
+    w->token_used = false;
     j->db_failed = false;
     w->deadline_s = ipc_u64(&j->msg, IPC_T_DEADLINE, 0) / 1e3;
     /* Past its deadline the network process has answered its client 503
@@ -2421,8 +2430,15 @@ bool kh_job_run(void *worker, tq_job *tq)
     /* A database failure's time is the database's: a PostgreSQL outage
      * (each request waiting up to [db] timeout) or a lock held past the
      * busy timeout, taken as samples, made the token look seconds slow a
-     * turn, and healthy token work was shed 503 overloaded behind it. */
-    return !w->paused && !j->db_failed;
+     * turn, and healthy token work was shed 503 overloaded behind it.
+     * Nor is a job of the token's class that made no token call
+     * (token_used, kh.h): an unwrap, rewrap, secret-key fetch or TLS
+     * signature refused before the token, an authorisation check or a
+     * member change (the database alone). */
+    bool token_use_only = j->msg.type == IPC_UNWRAP || j->msg.type == IPC_REWRAP || j->msg.type == IPC_SECRET_KEYS ||
+                          j->msg.type == IPC_SIGN || j->msg.type == IPC_AUTHZ || j->msg.type == IPC_MEMBER_PUT ||
+                          j->msg.type == IPC_MEMBER_DELETE;
+    return !w->paused && !j->db_failed && (!token_use_only || w->token_used);
 }
 
 void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable)
