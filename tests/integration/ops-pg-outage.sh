@@ -935,14 +935,48 @@ pg_psql postgres -c "ALTER SYSTEM RESET client_min_messages" >/dev/null
 # keeps the commit (in the WAL before the wait), and the lookup found the
 # rows with no WARNING and no backend left in SyncRep to tell they were on
 # the primary alone: answered 200, the key given.
+# This case and the next are run with [db] timeout = 10 (the server
+# restarted): their killers poll with a new psql each time and must strike
+# before the server ends the wait itself at [db] timeout plus a second
+# (2 s at 1), which under load (CI: 2 cores, 8 builds) they did not always
+# do: the server then ended the backend itself (its 503 is the same) and
+# the kill -KILL came too late, on a backend already ending (a crash with
+# nothing left in flight) or on none, and the check of the log below
+# passed on another case's line or failed. The killer says whether its
+# kill found the process, and the log is looked for with its pid.
+kill -TERM "$srv_pid"
+wait "$srv_pid" || fail "serve's exit status at SIGTERM"
+srv_pid=
+sed -i 's/^timeout = 1$/timeout = 10/' "$work/gs.conf"
+grep -qx 'timeout = 10' "$work/gs.conf" || fail "[db] timeout not raised: $(cat "$work/gs.conf")"
+pgsrv_start
+kill_mark=$(wc -l < "$work/serve.log")
+# the serve.log lines since the kill that tell what the store did
+store_log() {
+  tail -n +"$((kill_mark + 1))" "$work/serve.log" |
+    grep -E 'fn=(end_orphan|db_append_again|db_load_head_as|notice_receive|result_error|connect_session|db_flush)' >&2 || true
+}
+rm -f "$work/killed"
 ( for i in $(seq 1 200); do
     p=$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv' AND wait_event = 'SyncRep'")
-    if [ -n "$p" ]; then kill -KILL $p; exit 0; fi
+    if [ -n "$p" ]; then
+      echo "$p" > "$work/killed"
+      kill -KILL $p 2>/dev/null || exit 2
+      exit 0
+    fi
     sleep 0.05
   done; exit 1 ) &
 ender=$!
-unwrap 503 audit_unavailable "unwrap whose waiting backend was killed (crash recovery), unreplicated_writes = refuse" -- alice
-wait "$ender" || fail "backend killed: no session waited for a synchronous standby"
+# curl waits 40 s: the wait, then a lookup of up to 11 s while crash
+# recovery runs
+unwrap 503 audit_unavailable "unwrap whose waiting backend was killed (crash recovery), unreplicated_writes = refuse" -- \
+  alice -m 40
+rc=0
+wait "$ender" || rc=$?
+[ "$rc" != 1 ] || fail "backend killed: no session waited for a synchronous standby"
+[ "$rc" = 0 ] || { store_log; fail "backend killed: the backend $(cat "$work/killed") was gone before the kill"; }
+killed=$(cat "$work/killed")
+case $killed in *[!0-9]*|'') fail "backend killed: more than one session waited for a synchronous standby: $killed" ;; esac
 for i in $(seq 1 300); do
   pg_psql postgres -At -c "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.1
@@ -975,6 +1009,12 @@ sleep 0.3
 ender=$!
 unwrap 200 "unwrap whose first insert was ended before its commit and whose second was replicated, unreplicated_writes = refuse" -- alice
 wait "$ender" || fail "no audit insert reached the slow trigger"
+# here, not at once: a crash recovery slower than the lookup's wait
+# ([db] timeout plus a second) leaves the killed backend to be looked for
+# at the next connect, the one above
+tail -n +"$((kill_mark + 1))" "$work/serve.log" |
+  grep -Eq "whether a standby has its commit is not known.* pid=$killed( |\$)" ||
+  { store_log; fail "backend $killed killed: the log does not say whether a standby has the commit is not known"; }
 sql "SET synchronous_commit = local; DROP TRIGGER audit_slow ON audit; DROP FUNCTION audit_slow(); DROP SEQUENCE audit_slow_n;
   ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
 # A group create whose writes commit without a standby but for its
@@ -1008,6 +1048,7 @@ sql "SET lock_timeout = '10s'; SET synchronous_commit = local;
   CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON secret_keys FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
   CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON members FOR EACH STATEMENT EXECUTE FUNCTION gs_local();
   CREATE TRIGGER gs_local AFTER INSERT OR UPDATE OR DELETE ON changes FOR EACH STATEMENT EXECUTE FUNCTION gs_local()" >/dev/null
+sed -i 's/^timeout = 10$/timeout = 1/' "$work/gs.conf" # as before the kill case
 pgsrv_start
 expect 503 audit_unavailable "group create whose outcome record no synchronous standby had, unreplicated_writes = refuse" -- \
   admin -X POST --data '{"name":"unrepl","address":"unrepl@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
@@ -1025,9 +1066,5 @@ sync_standby ''
 tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit insert made on the primary alone' ||
   fail "unreplicated_writes = refuse: the log does not say why"
 unwrap 200 "unwrap with unreplicated_writes = refuse once the standby setting was reset" -- alice
-# here, not at once: a crash recovery slower than the lookup's wait
-# ([db] timeout) leaves the backend to be looked for at the next round
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'whether a standby has its commit is not known' ||
-  fail "backend killed: the log does not say whether a standby has the commit is not known"
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
 ok "unreplicated_writes = refuse: 503 while no synchronous standby had the writes, the records kept, the chain whole"
