@@ -80,6 +80,18 @@ pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
 sql() { pg_psql groupsrv -At -c "$1"; }
+# logged_since MARK GREP-ARGS...: serve.log has a match after its line
+# MARK. Not `tail | grep -q`: under pipefail grep's exit at the first match
+# can end tail with SIGPIPE while it still writes (a log of some kilobytes
+# and a match early in it), status 141, and the check failed with the line
+# there (CI under load: "backend killed: the log does not say whether a
+# standby has the commit is not known").
+logged_since() {
+  local m=$1
+  shift
+  tail -n +"$((m + 1))" "$work/serve.log" > "$work/since.log"
+  grep -q "$@" "$work/since.log"
+}
 # sync_standby NAME: synchronous_standby_names set to NAME (empty: reset)
 # and the configuration reloaded; returns once a new session sees NAME,
 # or after a reset once the waits it released have ended
@@ -288,11 +300,11 @@ pg_hold "$work" "$(pg_url groupsrv)" "BEGIN; LOCK TABLE changes IN ACCESS EXCLUS
 log0=$(wc -l < "$work/serve.log")
 unwrap 503 db_unavailable "unwrap cut by the database's statement_timeout" -- alice
 pg_release "COMMIT;"
-tail -n +$((log0 + 1)) "$work/serve.log" | grep -q "ran longer than the statement_timeout PostgreSQL gives groupsrv's sessions (postgresql.conf" ||
+logged_since "$log0" "ran longer than the statement_timeout PostgreSQL gives groupsrv's sessions (postgresql.conf" ||
   fail "a statement cut by postgresql.conf's statement_timeout: $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
-tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'storniere Anfrage' ||
+logged_since "$log0" 'storniere Anfrage' ||
   fail "the server did not speak German (postgresql-15's translations?): $(tail -n +$((log0 + 1)) "$work/serve.log" | grep -m1 'ran longer')"
-tail -n +$((log0 + 1)) "$work/serve.log" | grep -q 'database connection lost' && fail "a statement_timeout logged as a lost connection"
+logged_since "$log0" 'database connection lost' && fail "a statement_timeout logged as a lost connection"
 # The schema migration runs with its own statement_timeout = 0 (SET LOCAL):
 # a migration waiting for another one's lock (here a psql holding it) that
 # the DBA cancels (pg_cancel_backend) after the session's 1 s is no
@@ -784,10 +796,10 @@ for i in $(seq 1 150); do # the old backends leave once they see the postmaster 
 done
 [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
   fail "postmaster killed mid-wait: the record of unwrap $rid is not in the table once after the restart"
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'lookup given up: whether the insert committed is not known' ||
+logged_since "$mark" 'lookup given up: whether the insert committed is not known' ||
   fail "postmaster killed mid-wait: the log does not say the insert's fate is not known: $(tail -n +"$((mark + 1))" "$work/serve.log" | grep -m1 'lookup given up')"
 unwrap 200 "unwrap after the postmaster's restart (the standby still asked for: answered as made)" -- alice
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'whether a standby has its commit is not known, so it counts as made on the primary alone until a standby has caught up' ||
+logged_since "$mark" 'whether a standby has its commit is not known, so it counts as made on the primary alone until a standby has caught up' ||
   fail "postmaster killed mid-wait: the log does not say the commit may be on the primary alone"
 sync_standby ''
 ok "postmaster killed while a COMMIT waited for a synchronous standby: 503, its record kept and told as not known"
@@ -838,7 +850,7 @@ done
 [ -n "$held" ] || fail "the audit insert did not reach its commit's trigger"
 pgq "ALTER DATABASE groupsrv ALLOW_CONNECTIONS false" >/dev/null
 for i in $(seq 1 200); do # the lookup met the refusal
-  tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit head unreadable' && break
+  logged_since "$mark" 'audit head unreadable' && break
   kill -0 "$held_call" 2>/dev/null || break
   sleep 0.05
 done
@@ -913,7 +925,7 @@ for end in pg_cancel_backend pg_terminate_backend; do
   unwrap 503 audit_unavailable "unwrap whose wait for a synchronous standby $end ended, unreplicated_writes = refuse" -- alice
   wait "$ender" || fail "$end: no session waited for a synchronous standby"
 done
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'waiting for a synchronous standby was cancelled or ended by the database' ||
+logged_since "$mark" 'waiting for a synchronous standby was cancelled or ended by the database' ||
   fail "unreplicated_writes = refuse: the log does not say the database ended a wait"
 # The same with client_min_messages = error (a DBA quietening clients;
 # here in postgresql.conf, which sessions already open read again at the
@@ -1012,8 +1024,7 @@ wait "$ender" || fail "no audit insert reached the slow trigger"
 # here, not at once: a crash recovery slower than the lookup's wait
 # ([db] timeout plus a second) leaves the killed backend to be looked for
 # at the next connect, the one above
-tail -n +"$((kill_mark + 1))" "$work/serve.log" |
-  grep -Eq "whether a standby has its commit is not known.* pid=$killed( |\$)" ||
+logged_since "$kill_mark" -E "whether a standby has its commit is not known.* pid=$killed( |\$)" ||
   { store_log; fail "backend $killed killed: the log does not say whether a standby has the commit is not known"; }
 sql "SET synchronous_commit = local; DROP TRIGGER audit_slow ON audit; DROP FUNCTION audit_slow(); DROP SEQUENCE audit_slow_n;
   ALTER DATABASE groupsrv RESET statement_timeout" >/dev/null
@@ -1063,7 +1074,7 @@ sync_standby ''
 [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
   fail "unreplicated_writes = refuse: the refused unwrap's record is not in the table once"
 ! member_in unrepl@example.org || fail "unreplicated_writes = refuse: the member PUT answered 503 was made"
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'audit insert made on the primary alone' ||
+logged_since "$mark" 'audit insert made on the primary alone' ||
   fail "unreplicated_writes = refuse: the log does not say why"
 unwrap 200 "unwrap with unreplicated_writes = refuse once the standby setting was reset" -- alice
 gs audit verify > "$work/verify.txt" 2>&1 || fail "audit verify: $(cat "$work/verify.txt")"
