@@ -40,6 +40,16 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
+# logged_since MARK GREP-ARGS...: serve.log has a match after its line
+# MARK. Not `tail | grep -q`: under pipefail grep's exit at the first match
+# can end tail with SIGPIPE while it still writes (status 141), and the
+# check fails with the line there (ops-pg-outage.sh says more).
+logged_since() {
+  local m=$1
+  shift
+  tail -n +"$((m + 1))" "$work/serve.log" > "$work/since.log"
+  grep -q "$@" "$work/since.log"
+}
 ok() { echo "ok: $*"; }
 . "$SRC/tests/integration/pg-server-lib.sh"
 
@@ -207,7 +217,7 @@ expect 503 store_unavailable "a group creation while another session holds the k
 # sqlite3), which sent the operator looking on this host.
 grep -q 'the keys lock' "$work/body" && ! grep -q 'another process' "$work/body" ||
   fail "the group creation under the held keys lock: $(cat "$work/body")"
-grep 'msg="store busy" op=group ' "$work/serve.log" | grep -q 'cause="another command or request is making token keys (the keys lock)"' ||
+grep -q 'msg="store busy" op=group .*cause="another command or request is making token keys (the keys lock)"' "$work/serve.log" ||
   fail "the log of the group creation under the held keys lock: $(grep 'store busy' "$work/serve.log")"
 pg_psql groupsrv -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'keys-holder'" >/dev/null
 wait "$holder" || true
@@ -305,7 +315,7 @@ done
 n=$(pg_psql groupsrv -At -c "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")
 [ "$s" = 200 ] && [ "$n" = 1 ] ||
   fail "behind the pooler, synchronous standby down: unwrap $rid answered $s ($(cat "$work/sync.body")), $n records in the table"
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'session left waiting for a synchronous standby ended' ||
+logged_since "$mark" 'session left waiting for a synchronous standby ended' ||
   fail "behind the pooler: the server did not end its backend waiting for the standby"
 ok "behind a pooler, synchronous standby down: the server role ended its own waiting backend, unwrap 200 with its record"
 kill -TERM "$srv_pid"
@@ -339,7 +349,7 @@ for i in $(seq 1 100); do
   [ "$(pg_psql groupsrv -At -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && break
   sleep 0.05
 done
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'was not ended: PostgreSQL refused to terminate it (the server.s role needs the privileges of the session.s login role, or of pg_signal_backend)' ||
+logged_since "$mark" 'was not ended: PostgreSQL refused to terminate it (the server.s role needs the privileges of the session.s login role, or of pg_signal_backend)' ||
   fail "a backend PostgreSQL refused to end: the log does not say so: $(tail -n +"$((mark + 1))" "$work/serve.log" | grep 'database session')"
 kill -TERM "$srv_pid"
 wait "$srv_pid" || { srv_pid=; fail "serve as groupsrv_login exited non-zero at SIGTERM"; }
@@ -359,7 +369,7 @@ pgsrv_start "$work/server.conf"
 expect 200 "unwrap with pg_stat_activity revoked from PUBLIC" -- alice --data-binary @"$work/unwrap.json" \
   "$base/v1/groups/eng/unwrap"
 pg_psql groupsrv -c "GRANT SELECT ON pg_catalog.pg_stat_activity TO PUBLIC" >/dev/null
-tail -n +"$((mark + 1))" "$work/serve.log" | grep -q 'database backend not identified: pg_stat_activity could not be read' ||
+logged_since "$mark" 'database backend not identified: pg_stat_activity could not be read' ||
   fail "pg_stat_activity revoked: the log does not say the backend is not identified"
 kill -TERM "$srv_pid"
 wait "$srv_pid" || { srv_pid=; fail "serve with pg_stat_activity revoked exited non-zero at SIGTERM"; }
