@@ -1,7 +1,9 @@
 # The key holder and the frames between the server's processes: unit tests
 # of the IPC codec and the fair token queue.
-# metrics.c: the token counters the key holder packs into IPC_STATS.
-add_executable(test_ipc ${GS_TEST_DIR}/unit/test_ipc.c ${PROJECT_SOURCE_DIR}/groupsrv/server/metrics.c)
+# metrics.c: the token counters the key holder packs into IPC_STATS;
+# holder.c: the network process's end of a link (answers paired to calls).
+add_executable(test_ipc ${GS_TEST_DIR}/unit/test_ipc.c ${PROJECT_SOURCE_DIR}/groupsrv/server/metrics.c
+  ${PROJECT_SOURCE_DIR}/groupsrv/server/holder.c)
 target_include_directories(test_ipc PRIVATE ${PROJECT_SOURCE_DIR}/groupsrv/server)
 target_link_libraries(test_ipc PRIVATE gs_groupsrv_base PkgConfig::CMOCKA Threads::Threads)
 gs_target_warnings(test_ipc)

@@ -38,6 +38,7 @@
 struct call {
     struct call *next, *prev;
     uint64_t cookie;
+    uint32_t type;     /* the request's: its answer is of type | IPC_REPLY */
     double made;       /* when the call was made (monotonic) */
     double deadline;   /* 0: untimed */
     khlink_cb cb;
@@ -133,6 +134,31 @@ static struct call *find_call(khlink *l, uint64_t cookie)
     return NULL;
 }
 
+/* The request type of a finished frame (its header). */
+static uint32_t frame_type(const ipc_buf *b)
+{
+    uint32_t type = 0, plen;
+    uint64_t cookie;
+
+    if (b->len >= IPC_HDR_LEN)
+        (void)ipc_header(b->p, &type, &plen, &cookie);
+    return type;
+}
+
+/* Whether an answer of type `answer` is one to a request of type
+ * `request`. A second safeguard after the cookie: an answer meant for
+ * another call (a key holder that answered a network process that was
+ * replaced meanwhile, under that one's numbering, which this one uses
+ * too) is never decoded as this call's, when its type says so.
+ * IPC_REPLY alone is the key holder's refusal of a request whose type it
+ * does not know (ipc.h; a key holder of another version): an error
+ * status and nothing else, taken, so that the call ends (an untimed
+ * call would wait for ever). */
+static bool answers(uint32_t request, uint32_t answer)
+{
+    return answer == (request | IPC_REPLY) || answer == IPC_REPLY;
+}
+
 /* Every pending call fails (the callbacks may send new calls: they go to
  * whatever socket the link has by then). */
 static void fail_all(khlink *l)
@@ -213,6 +239,14 @@ static int deliver(khlink *l, uint32_t type, uint64_t cookie, const unsigned cha
     l->stalled = false;
     if ((c = find_call(l, cookie)) == NULL) {
         log_debug("late answer from the key holder dropped cookie=%llu", (unsigned long long)cookie);
+        return 0;
+    }
+    if (!answers(c->type, type)) {
+        /* Not this call's: it waits on for its own answer (or its
+         * timeout, or the link going down). */
+        log_error("an answer from the key holder of another type than its call dropped cookie=%llu type=%u "
+                  "call_type=%u",
+                  (unsigned long long)cookie, (unsigned)type, (unsigned)c->type);
         return 0;
     }
     unlink_call(l, c);
@@ -483,6 +517,7 @@ static int call_add(khlink *l, ipc_buf *b, bool timed, khlink_cb cb, void *arg)
     if (ipc_end(b) != IPC_OK || !admit(l, b->len, now, &probe) || (c = calloc(1, sizeof(*c))) == NULL)
         goto out;
     c->cookie = l->next_cookie++;
+    c->type = frame_type(b);
     c->made = now;
     c->deadline = timed ? now + l->timeout_s : 0;
     c->cb = cb;
@@ -546,6 +581,7 @@ static int flush_output(khlink *l, double deadline)
 int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
 {
     uint64_t cookie;
+    uint32_t call_type;
     int fd, rc = -1, found = 0;
     const char *why = "out of memory";
     struct evbuffer *in, *stash = NULL;
@@ -570,6 +606,7 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
     }
     cookie = l->next_cookie++;
     ipc_set_cookie(b, cookie);
+    call_type = frame_type(b);
     fd = l->fd;
     in = l->in;
     /* Behind what out holds (never overtaking it), but ahead of the
@@ -597,7 +634,9 @@ int khlink_call_sync(khlink *l, ipc_buf *b, int timeout_ms, ipc_msg *reply)
             }
             if (evbuffer_get_length(in) - IPC_HDR_LEN < plen)
                 break;
-            if (ck != cookie) {
+            /* Another call's, or of another type than this one's (not
+             * its answer whatever its cookie: the loop drops it). */
+            if (ck != cookie || !answers(call_type, type)) {
                 evbuffer_remove_buffer(in, stash, IPC_HDR_LEN + (size_t)plen);
                 continue;
             }

@@ -8,8 +8,11 @@
  * key holder cannot answer (the link is down or was replaced because the
  * key holder restarted, or no answer came within the timeout). Answers
  * come back in any order: the fair queue in the key holder reorders them;
- * the cookie pairs them. A late answer to a call that already timed out
- * is dropped.
+ * the cookie pairs them, and an answer is taken for a call only when its
+ * type is the call's with IPC_REPLY, or IPC_REPLY alone (the key holder's
+ * refusal of a request type it does not know); a frame of another type
+ * under the call's cookie is dropped, and the call waits on. A late
+ * answer to a call that already timed out is dropped.
  *
  * Threads: a link belongs to the thread whose event base it was made
  * with; every function is called on that thread.

@@ -2,7 +2,8 @@
  * test_ipc.c: the frame format between the server's processes
  * (groupsrv/ipc.c): what encodes decodes back; every malformed field,
  * frame and schema violation is refused; descriptors passed over a
- * control channel arrive with their frames; libevent framing.
+ * control channel arrive with their frames; libevent framing; the network
+ * process's link (holder.c) takes an answer only of its call's type.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -20,7 +21,9 @@
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 
+#include "holder.h"
 #include "ipc.h"
 #include "metrics.h"
 #include "util.h"
@@ -791,6 +794,118 @@ static void test_histogram_consistent_under_load(void **state)
     assert_int_equal(back.lat_bucket[0], t.lat_count);
 }
 
+/* ---- the network process's link (holder.c): answers paired by cookie and type ---- */
+
+struct holder_seen {
+    int calls;
+    uint32_t status;
+};
+
+static void holder_cb(void *arg, const ipc_msg *reply)
+{
+    struct holder_seen *seen = arg;
+    seen->calls++;
+    seen->status = reply != NULL ? ipc_u32(reply, IPC_T_STATUS, 0) : 0;
+}
+
+/* The key holder's end: one answer frame of `type` under `cookie`. */
+static void holder_answer(int fd, uint32_t type, uint64_t cookie, uint32_t status)
+{
+    ipc_buf b;
+
+    ipc_buf_init(&b);
+    ipc_begin(&b, type, cookie);
+    ipc_put_u32(&b, IPC_T_STATUS, status);
+    assert_int_equal(ipc_end(&b), IPC_OK);
+    assert_int_equal(ipc_write_frame(fd, &b, -1, 1000), IPC_OK);
+    ipc_buf_free(&b);
+}
+
+/* The key holder's end: the header of the next request frame (its
+ * payload skipped). */
+static void holder_request(int fd, uint32_t *type, uint64_t *cookie)
+{
+    unsigned char hdr[IPC_HDR_LEN], skip[4096];
+    uint32_t plen;
+
+    assert_int_equal(read(fd, hdr, sizeof(hdr)), (ssize_t)sizeof(hdr));
+    assert_int_equal(ipc_header(hdr, type, &plen, cookie), IPC_OK);
+    assert_true(plen <= sizeof(skip));
+    if (plen > 0)
+        assert_int_equal(read(fd, skip, plen), (ssize_t)plen);
+}
+
+/* An answer is taken for a call only when its type is the call's with
+ * IPC_REPLY, not for its cookie alone: an answer meant for another call
+ * under the same cookie (a key holder answering a network process that
+ * was replaced meanwhile, whose calls were numbered from 1 too) is
+ * dropped and the call waits for its own, asynchronous calls and
+ * synchronous ones alike. */
+static void test_holder_answer_type(void **state)
+{
+    struct event_base *base = event_base_new();
+    khlink *l = base != NULL ? khlink_new(base, 30) : NULL;
+    struct holder_seen seen = {0, 0};
+    int sv[2];
+    ipc_buf b;
+    ipc_msg reply;
+    uint32_t type;
+    uint64_t cookie;
+    (void)state;
+
+    assert_non_null(l);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(khlink_attach(l, sv[0]), 0);
+    ipc_buf_init(&b);
+    ipc_begin(&b, IPC_HEALTH, 0);
+    assert_int_equal(khlink_call(l, &b, holder_cb, &seen), 0);
+    assert_int_equal(event_base_loop(base, EVLOOP_NONBLOCK), 0); /* the frame leaves */
+    holder_request(sv[1], &type, &cookie);
+    assert_int_equal(type, IPC_HEALTH);
+    /* Its cookie, another request's type: not its answer. */
+    holder_answer(sv[1], IPC_STATS | IPC_REPLY, cookie, 500);
+    for (int i = 0; i < 3; i++)
+        (void)event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_int_equal(seen.calls, 0);
+    assert_true(khlink_up(l));
+    holder_answer(sv[1], IPC_HEALTH | IPC_REPLY, cookie, 200);
+    for (int i = 0; i < 3 && seen.calls == 0; i++)
+        (void)event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_int_equal(seen.calls, 1);
+    assert_int_equal(seen.status, 200);
+
+    /* A synchronous call: its cookie is the next one; a frame of
+     * another type under it waits in the socket ahead of its answer. */
+    holder_answer(sv[1], IPC_STATS | IPC_REPLY, cookie + 1, 500);
+    holder_answer(sv[1], IPC_INFO | IPC_REPLY, cookie + 1, 200);
+    ipc_begin(&b, IPC_INFO, 0);
+    assert_int_equal(khlink_call_sync(l, &b, 5000, &reply), 0);
+    assert_int_equal(reply.type, IPC_INFO | IPC_REPLY);
+    assert_int_equal(ipc_u32(&reply, IPC_T_STATUS, 0), 200);
+    holder_request(sv[1], &type, &cookie);
+    assert_int_equal(type, IPC_INFO);
+    for (int i = 0; i < 3; i++) /* the frame set aside: the loop drops it */
+        (void)event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_true(khlink_up(l));
+    assert_int_equal(seen.calls, 1);
+
+    /* IPC_REPLY alone (a request type the key holder does not know) is
+     * an error answer to whichever call its cookie names: the call ends. */
+    ipc_begin(&b, IPC_MEMBER_PUT, 0);
+    assert_int_equal(khlink_call_untimed(l, &b, holder_cb, &seen), 0);
+    assert_int_equal(event_base_loop(base, EVLOOP_NONBLOCK), 0);
+    holder_request(sv[1], &type, &cookie);
+    assert_int_equal(type, IPC_MEMBER_PUT);
+    holder_answer(sv[1], IPC_REPLY, cookie, 400);
+    for (int i = 0; i < 3 && seen.calls == 1; i++)
+        (void)event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_int_equal(seen.calls, 2);
+    assert_int_equal(seen.status, 400);
+    khlink_free(l);
+    close(sv[1]);
+    event_base_free(base);
+}
+
 static void test_reader_each(void **state)
 {
     int sv[2], pipefd[2];
@@ -892,6 +1007,7 @@ int main(void)
         cmocka_unit_test(test_evbuffer),
         cmocka_unit_test(test_read_frames),
         cmocka_unit_test(test_reader_each),
+        cmocka_unit_test(test_holder_answer_type),
         cmocka_unit_test(test_histogram_consistent_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
