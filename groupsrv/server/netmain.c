@@ -50,7 +50,22 @@ struct net {
     int *link_fds;             /* until the threads take them */
     unsigned nlinks;
     atomic_int broken;         /* the key holder broke the protocol: end, exit status 1 */
+    /* A reload's TLS files (CTL_TLS payload, owned, wiped: it may hold
+     * the key) that could not be installed because the key holder did
+     * not answer (it was being started again): installed when its new
+     * links come, so that a SIGHUP then is not lost. NULL: none. */
+    unsigned char *tls_pending;
+    size_t tls_pending_len;
 };
+
+static void tls_pending_clear(struct net *n)
+{
+    if (n->tls_pending != NULL)
+        OPENSSL_cleanse(n->tls_pending, n->tls_pending_len);
+    free(n->tls_pending);
+    n->tls_pending = NULL;
+    n->tls_pending_len = 0;
+}
 
 static void wipe_opts(tls_opts *o)
 {
@@ -84,7 +99,9 @@ static long long cert_not_after(const X509 *cert)
 
 /* Builds and installs a TLS state from the files' contents (CTL_TLS) and
  * what the key holder says (the local CA, the token key's public key;
- * reload: it finds and checks the token key again). 0 or -1 (errbuf). */
+ * reload: it finds and checks the token key again). 0, -1 (errbuf), or
+ * -2 (errbuf) when the key holder did not answer (its link down: it is
+ * being started again). */
 static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, size_t errlen)
 {
     tls_opts o;
@@ -103,6 +120,7 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     ipc_put_u32(&b, IPC_T_FLAGS, reload ? IPC_FLAG_RELOAD : 0);
     if (khlink_call_sync(n->link, &b, START_TIMEOUT_MS, &info) != 0) {
         snprintf(err, errlen, "the key holder did not answer");
+        rc = -2;
         goto out;
     }
     if (ipc_u32(&info, IPC_T_STATUS, 500) != 200) {
@@ -168,6 +186,31 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(n->base);
 }
 
+/* The reload a SIGHUP asked for while the key holder was away, now that
+ * its links are back (the main one comes last: the supervisor sends the
+ * links once the new key holder is ready). */
+static void tls_reload_pending(struct net *n)
+{
+    ipc_msg m;
+    char err[512];
+
+    if (n->tls_pending == NULL)
+        return;
+    if (ipc_decode(IPC_CTL_TLS, 0, n->tls_pending, n->tls_pending_len, &m) != IPC_OK) {
+        tls_pending_clear(n);
+        return;
+    }
+    int rc = tls_install(n, &m, 1, err, sizeof(err));
+    if (rc == -2)
+        return; /* still away: kept for its next links */
+    tls_pending_clear(n);
+    if (rc == 0)
+        log_info("reloaded TLS certificate, key, client CAs and CRLs (the reload asked for while the key holder "
+                 "was being started again)");
+    else
+        log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
+}
+
 /* Frames from the supervisor while serving: TLS reloads and new links. */
 static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
 {
@@ -177,10 +220,21 @@ static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
     if (m == NULL) {
         log_error("malformed control frame from the supervisor type=%u", (unsigned)type);
     } else if (type == IPC_CTL_TLS) {
-        if (tls_install(n, m, 1, err, sizeof(err)) == 0)
+        tls_pending_clear(n); /* these files are newer */
+        int rc = tls_install(n, m, 1, err, sizeof(err));
+        if (rc == 0) {
             log_info("reloaded TLS certificate, key, client CAs and CRLs");
-        else
+        } else if (rc == -2 && (n->tls_pending = malloc(m->len > 0 ? m->len : 1)) != NULL) {
+            /* The key holder is being started again (a SIGHUP while it
+             * restarts): tried again once its new links come. */
+            memcpy(n->tls_pending, m->payload, m->len);
+            n->tls_pending_len = m->len;
+            log_error("reload failed; keeping the previous TLS configuration until the key holder is started "
+                      "again (or the next SIGHUP) reason=\"%s\"",
+                      err);
+        } else {
             log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
+        }
     } else if (type == IPC_CTL_LINK) {
         uint32_t i = ipc_u32(m, IPC_T_INDEX, UINT32_MAX);
         int lfd = ipc_reader_take_fd(&n->ctl);
@@ -194,8 +248,10 @@ static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
         } else {
             close(lfd);
         }
-        if (i == n->srv.nthreads)
+        if (i == n->srv.nthreads) {
             log_info("links to a restarted key holder received");
+            tls_reload_pending(n);
+        }
     }
 }
 
@@ -423,6 +479,7 @@ out:
         if (evs[i] != NULL)
             event_free(evs[i]);
     khlink_free(n.link);
+    tls_pending_clear(&n);
     tls_current_set(NULL);
     if (n.base != NULL)
         event_base_free(n.base);

@@ -349,6 +349,40 @@ if grep -E "$mods" "/proc/$net2/maps"; then fail "a network process started agai
 grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$net2/status" || fail "a network process started again is not sandboxed"
 ok "the network process started at the reload: no PIN in its memory, no module, Seccomp: 2"
 
+# ---- a SIGHUP while the key holder is being started again ----
+# The network process reloads its TLS configuration with the key
+# holder's help (the local CA, the [tls] key); a SIGHUP while the key
+# holder is away (killed, its start failing: here its audit log is a
+# symbolic link, which it refuses) found the link down, logged "reload
+# failed" and the renewed certificate was not served until the next
+# SIGHUP. Now the reload is done when the key holder's new links come.
+serial() { openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem" </dev/null 2>/dev/null |
+  openssl x509 -noout -serial; }
+old_serial=$(serial)
+[ -n "$old_serial" ] || fail "no certificate served before the key holder restart"
+mark=$(wc -c < "$work/server.log")
+mv "$work/audit.jsonl" "$work/audit.jsonl.away"
+ln -s "$work/audit.jsonl.away" "$work/audit.jsonl"
+kill -9 "$(child groupsrv-kh)"
+waitfor "the key holder started with its audit log a symbolic link" \
+  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'the key holder did not start'"
+mkserver renewed-away
+cp "$certs/renewed-away.pem" "$certs/server.pem"
+cp "$certs/renewed-away.key" "$certs/server.key"
+kill -HUP "$srv_pid"
+waitfor "the network process did not try the reload" \
+  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'msg=\"reload failed'"
+rm "$work/audit.jsonl"
+mv "$work/audit.jsonl.away" "$work/audit.jsonl"
+waitfor "the key holder did not come back" \
+  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'key holder running again'"
+waitfor "no service once the key holder is back" healthy
+renewed_served() { local now; now=$(serial); [ -n "$now" ] && [ "$now" != "$old_serial" ]; }
+waitfor "the renewed certificate is not served after a SIGHUP while the key holder was away" renewed_served
+kh2=$(child groupsrv-kh)
+"$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit chain after the key holder's failed starts"
+ok "a SIGHUP while the key holder is being started again: the renewed certificate is served once it is back"
+
 # ---- SIGTERM: everything stops, nothing left ----
 kill -TERM "$srv_pid"
 wait "$srv_pid" || fail "SIGTERM exit status"
