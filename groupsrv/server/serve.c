@@ -792,7 +792,14 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     if (s->kh.pid > 0)
         kill(s->kh.pid, SIGHUP);
     int wrc = IPC_OK;
-    if (s->net.pid <= 0 || send_tls(s, s->net.ctl, TLS_AT_RELOAD, &wrc) != 0) {
+    if (s->net.pid <= 0) {
+        /* Not "reload failed": there is no configuration to keep, and the
+         * process started next reads the files as they are then
+         * (send_tls, TLS_AT_RESTART). */
+        log_info("the network process is being started again: it reads the TLS files at its start");
+        return;
+    }
+    if (send_tls(s, s->net.ctl, TLS_AT_RELOAD, &wrc) != 0) {
         if (wrc != IPC_OK)
             net_ctl_failed(s, "TLS reload", wrc); /* its successor reads the files at its start */
         else

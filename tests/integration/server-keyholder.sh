@@ -383,6 +383,27 @@ kh2=$(child groupsrv-kh)
 "$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit chain after the key holder's failed starts"
 ok "a SIGHUP while the key holder is being started again: the renewed certificate is served once it is back"
 
+# ---- a SIGHUP while the network process is being started again ----
+# (its start failing: the [tls] certificate cannot be read.) Nothing to
+# reload: the process started next reads the files at its start. The
+# supervisor said "reload failed; keeping the previous TLS
+# configuration", which there was none of.
+mark=$(wc -c < "$work/server.log")
+mv "$certs/server.pem" "$certs/server.pem.away"
+kill -9 "$(child groupsrv-net)"
+waitfor "the network process started without its certificate" \
+  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'the network process did not start'"
+kill -HUP "$srv_pid"
+waitfor "the supervisor said nothing of the SIGHUP while the network process was away" \
+  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'network process is being started again: it reads the TLS files'"
+if tail -c +$((mark + 1)) "$work/server.log" | grep 'reload failed'; then
+  fail "a SIGHUP while the network process is away is logged as a failed reload"
+fi
+mv "$certs/server.pem.away" "$certs/server.pem"
+waitfor "no service once the network process is back" healthy
+net2=$(child groupsrv-net)
+ok "a SIGHUP while the network process is being started again: said so, not as a failed reload"
+
 # ---- SIGTERM: everything stops, nothing left ----
 kill -TERM "$srv_pid"
 wait "$srv_pid" || fail "SIGTERM exit status"
