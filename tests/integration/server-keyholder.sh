@@ -281,35 +281,53 @@ ok "a member change: a record with outcome started, then its outcome; the chain 
 # ---- an answer made for a network process that has been replaced ----
 # A worker takes its job's link, then sends on it. Should the network
 # process be killed and its successor's link opened in the same slot in
-# between (a worker descheduled there; here gdb holds it in usleep while
-# the other threads run), the answer went to the new process, under a
-# cookie of the old one's numbering, which the new one uses too: seen at
-# log_level debug as 'late answer from the key holder dropped cookie=2',
-# or taken as the answer to its own call of that cookie. The key holder
-# now sends an answer only on the link as it was when its frame came.
-if command -v gdb >/dev/null; then
+# between (a worker descheduled there; here gdb holds it while the other
+# threads run), the answer went to the new process, under a cookie of
+# the old one's numbering, which the new one uses too: seen at log_level
+# debug as 'late answer from the key holder dropped cookie=2', or taken
+# as the answer to its own call of that cookie. The key holder now sends
+# an answer only on the link as it was when its frame came. Both ways an
+# answer leaves: link_send (no audit record: a worker sends it) and
+# finish_batch (answers held for their audit records, sent by the
+# syncer or a worker once durable). The thread is held until the new
+# network process serves (a file tells it), not for a fixed time that a
+# slow restart would outlast.
+hold_answer() { # DESC BREAKPOINT CMD...: 0 tried, 1 gdb cannot attach
+  local desc=$1 bp=$2 g
+  shift 2
   kh=$(child groupsrv-kh)
   net=$(child groupsrv-net)
-  printf '%s\n' 'tbreak link_send if $_thread != 1' 'echo ATTACHED\n' continue 'echo HIT\n' \
-    'call (int)usleep(3000000)' detach > "$work/gdb-relink.cmd"
+  rm -f "$work/gdb-go"
+  printf '%s\n' "tbreak $bp" 'echo ATTACHED\n' continue 'echo HIT\n' \
+    "while (int)access(\"$work/gdb-go\", 0) != 0" 'call (int)usleep(50000)' end detach > "$work/gdb-relink.cmd"
   (ulimit -c 0; exec gdb -batch -nx -q -p "$kh" -x "$work/gdb-relink.cmd") > "$work/gdb.out" 2>&1 &
   g=$!
   for _ in $(seq 1 300); do grep -q ATTACHED "$work/gdb.out" 2>/dev/null && break; kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
-  if grep -q ATTACHED "$work/gdb.out" 2>/dev/null; then
-    mark=$(wc -c < "$work/server.log")
-    anon -m 20 -o /dev/null "$base/v1/groups/nosuchgroup" 2>/dev/null & # its answer is held by gdb
-    for _ in $(seq 1 100); do grep -q HIT "$work/gdb.out" && break; sleep 0.1; done
-    grep -q HIT "$work/gdb.out" || { kill "$g" 2>/dev/null; fail "gdb: the worker's answer never reached link_send"; }
-    kill -9 "$net"
-    waitfor "no new network process" bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net ]"
-    wait "$g" || true
-    waitfor "the answer for the killed network process was not withheld from its successor" \
-      bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'answer dropped: the network process it was for has been replaced'"
-    waitfor "no service after the network process was replaced" healthy
-    ok "an answer for a network process replaced meanwhile is dropped, not sent to its successor"
-  else
+  if ! grep -q ATTACHED "$work/gdb.out" 2>/dev/null; then
     kill "$g" 2>/dev/null || true
     wait "$g" 2>/dev/null || true
+    return 1
+  fi
+  mark=$(wc -c < "$work/server.log")
+  "$@" >/dev/null 2>&1 & # its answer is held by gdb
+  for _ in $(seq 1 100); do grep -q HIT "$work/gdb.out" && break; sleep 0.1; done
+  grep -q HIT "$work/gdb.out" || { kill "$g" 2>/dev/null; cat "$work/gdb.out"; fail "gdb: $desc: the answer never reached $bp"; }
+  kill -9 "$net"
+  waitfor "$desc: no new network process" bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net ]"
+  waitfor "$desc: no service from the new network process" healthy
+  touch "$work/gdb-go"
+  wait "$g" || true
+  waitfor "$desc: the answer for the killed network process was not withheld from its successor" \
+    bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'answer dropped: the network process it was for has been replaced'"
+  waitfor "$desc: no service after the network process was replaced" healthy
+  return 0
+}
+if command -v gdb >/dev/null; then
+  if hold_answer "an answer sent by its worker" 'link_send if $_thread != 1' anon -m 20 -o /dev/null "$base/v1/groups/nosuchgroup" &&
+    hold_answer "an answer held for its audit record" 'finish_batch if list != 0' \
+      c alice -m 20 -o /dev/null --data-binary @"$work/req-tls.json" "$url"; then
+    ok "an answer for a network process replaced meanwhile is dropped, not sent to its successor (sent by its worker, or held for its audit record)"
+  else
     echo "note: gdb cannot attach here (ptrace refused): the answer for a replaced network process is not tried"
   fi
   net2=$(child groupsrv-net)
