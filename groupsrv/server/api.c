@@ -1065,7 +1065,12 @@ static void member_have_view(struct srv_req *r)
         if ((body = srv_json_body(r, &e)) == NULL)
             goto refuse;
         const char *role_s = srv_json_str(body, "role", &e);
-        const char *pem = e.status ? NULL : srv_json_str(body, "certificate", &e);
+        /* null is no certificate, as a GET of the member says it: a
+         * script that reads a member, changes its role and PUTs it back
+         * was refused "must be a string" for a member without one */
+        const char *pem = e.status || json_is_null(json_object_get(body, "certificate"))
+                              ? NULL
+                              : srv_json_str(body, "certificate", &e);
         const char *wrap_s = e.status ? NULL : srv_json_str(body, "wrap", &e);
         if (e.status != 0)
             goto refuse;

@@ -279,6 +279,14 @@ grep -q '"email":"alice@example.org"' "$work/body" || fail "member list"
 expect_status 403 forbidden "member list refused for a member" -- c alice "$base/v1/groups/eng/members"
 expect_status 201 "" "admin adds a member" -- c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/eng/members/frank@example.org"
 expect_status 200 "" "admin reads a member" -- c admin "$base/v1/groups/eng/members/frank@example.org"
+# What a GET says, PUT back with one field changed, is taken: frank has no
+# certificate, so the GET says "certificate": null, which is none.
+/usr/bin/python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); assert m["certificate"] is None, m
+m["wrap"] = "oaep"; print(json.dumps(m))' "$work/body" > "$work/put-back.json" || fail "GET member: $(cat "$work/body")"
+expect_status 200 "" "a member's GET answer PUT back with its wrap changed" -- c admin -X PUT \
+  --data-binary @"$work/put-back.json" "$base/v1/groups/eng/members/frank@example.org"
+grep -q '"wrap":"oaep"' "$work/body" && grep -q '"has_certificate":false' "$work/body" ||
+  fail "PUT of a GET answer: $(cat "$work/body")"
 # a member's recorded certificate comes back as PEM, the same certificate
 expect_status 200 "" "admin reads a member with a certificate" -- c admin "$base/v1/groups/eng/members/alice@example.org"
 [ "$(json_get "$work/body" certificate | openssl x509 -noout -fingerprint -sha256)" = \
