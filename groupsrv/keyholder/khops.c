@@ -1379,7 +1379,7 @@ static void op_certify(struct kh_worker *w, struct kh_job *j)
     if ((g = load_group(w, j, group)) == NULL)
         return;
     e = gcache_member(w->gc, w->store, gs_group_id(g), c.identity, &c.member);
-    if (e == GS_ERR_NOT_FOUND || (e == GS_OK && c.member->role == GS_ROLE_EXPLODER)) {
+    if (e == GS_ERR_NOT_FOUND) {
         audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
                             .outcome = "not_a_member"};
         if (job_audit_or_fail(j, &rec) == 0)
@@ -1397,6 +1397,16 @@ static void op_certify(struct kh_worker *w, struct kh_job *j)
                             .outcome = "certificate_mismatch"};
         if (job_audit_or_fail(j, &rec) == 0)
             answer_error(j, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
+        goto out;
+    }
+    /* The list's exploder is a member record, refused by its role as on
+     * every other endpoint (authorise): it was answered and audited as
+     * no member at all, which an audit reader takes for a stranger. */
+    if (!(ROLES_READERS & (1u << c.member->role))) {
+        audit_record rec = {.action = "certify", .identity = c.identity, .group = group, .key_version = -1,
+                            .outcome = "forbidden_role"};
+        if (job_audit_or_fail(j, &rec) == 0)
+            answer_error(j, 403, "forbidden", "the role '%s' may not do this", gs_role_name(c.member->role));
         goto out;
     }
     if (!(gs_group_info(g)->methods & GS_METHOD_MEMBERSHIP_CERT)) {

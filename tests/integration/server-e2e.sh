@@ -157,6 +157,13 @@ expect_status 415 unsupported_encoding "certsrv refuses a gzip CSR" -- c bob -H 
   -H 'Content-Encoding: gzip' --data-binary @"$work/g.csr.gz" "$cbase/v1/groups/eng/membership-certificates"
 expect_status 403 not_a_member "certsrv refuses a non-member" -- c carol -H 'Content-Type: application/pkcs10' \
   --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+# the list's exploder is a member record: refused by its role, as on the
+# API listener, and audited so (it was not_a_member, a stranger's outcome)
+expect_status 403 forbidden "certsrv refuses the list's exploder by its role" -- c dle \
+  -H 'Content-Type: application/pkcs10' --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+grep -q "the role 'exploder' may not do this" "$work/body" || fail "exploder's refusal: $(cat "$work/body")"
+grep '"action":"certify"' "$work/audit.jsonl" | grep '"identity":"dle@example.org"' |
+  grep -q '"outcome":"forbidden_role"' || fail "the exploder's refused certify is not audited as forbidden_role"
 expect_status 401 no_client_certificate "certsrv refuses without a certificate" -- anon --data-binary @"$work/g.csr" \
   "$cbase/v1/groups/eng/membership-certificates"
 gcurl() { curl -sS --cacert "$certs/tca.pem" --cert "$work/g.pem" --key "$work/g.key" "$@"; }
