@@ -72,3 +72,15 @@ for doc, live, exact in (("doc-group.json", "live-group.json", False), ("doc-err
         sys.exit(f"{doc}: {json.dumps(d)}\n the server: {json.dumps(l)}")
 PY
 ok "docs/api.md's discovery, error and /healthz examples have the server's fields and words"
+
+# What api.md says of caching: discovery and the group certificate are
+# never kept by a cache, and conditional or partial requests get the whole
+# current answer.
+for p in /v1/groups/eng /v1/groups/eng/certificate; do
+  code=$(anon -o "$work/cache.body" -D "$work/cache.head" -w '%{http_code}' -H 'If-None-Match: *' \
+    -H 'If-Modified-Since: Tue, 01 Jan 2036 00:00:00 GMT' -H 'Range: bytes=0-9' "$base$p")
+  [ "$code" = 200 ] && [ "$(stat -c %s "$work/cache.body")" -gt 10 ] || fail "$p: conditional or range request: HTTP $code"
+  tr -d '\r' < "$work/cache.head" | grep -qx 'Cache-Control: no-store' || fail "$p: no Cache-Control: no-store"
+  tr -d '\r' < "$work/cache.head" | grep -qiE '^(ETag|Last-Modified):' && fail "$p: a validator api.md does not name"
+done
+ok "discovery and the group certificate: no-store, no validators, conditional and range requests answered whole"
