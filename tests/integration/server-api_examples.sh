@@ -84,3 +84,12 @@ for p in /v1/groups/eng /v1/groups/eng/certificate; do
   tr -d '\r' < "$work/cache.head" | grep -qiE '^(ETag|Last-Modified):' && fail "$p: a validator api.md does not name"
 done
 ok "discovery and the group certificate: no-store, no validators, conditional and range requests answered whole"
+# Methods as api.md lists them: OPTIONS and PATCH a wrong method (405 with
+# Allow), TRACE and CONNECT libevent's 501 like an unknown one.
+for m in OPTIONS PATCH TRACE CONNECT BREW; do
+  code=$(anon -X "$m" -o /dev/null -D "$work/m.head" -w '%{http_code}' "$base/v1/groups/eng")
+  case $m in OPTIONS | PATCH) want=405 ;; *) want=501 ;; esac
+  [ "$code" = "$want" ] || fail "$m: HTTP $code, api.md says $want"
+  if [ "$want" = 405 ]; then grep -qi '^Allow: GET, HEAD' "$work/m.head" || fail "$m: no Allow"; fi
+done
+ok "OPTIONS and PATCH 405 with Allow; TRACE, CONNECT and an unknown method 501"
