@@ -276,8 +276,14 @@ static int item_input(json_t *item, const gview *v, uint32_t deliver, ipc_buf *b
             ipc_put_bytes(b, IPC_T_ENC_KEY, enc, enc_len);
         }
     } else {
-        const char *alg = json_string_value(json_object_get(item, "algorithm"));
+        json_t *jalg = json_object_get(item, "algorithm");
+        const char *alg = json_string_value(jalg);
         uint32_t a;
+        /* given, but not a string (a number, null): said so, not "required" */
+        if (jalg != NULL && alg == NULL) {
+            srv_err_set(e, 400, "bad_request", "\"algorithm\" must be a string");
+            goto out;
+        }
         if (alg == NULL) {
             srv_err_set(e, 400, "bad_request",
                         "\"algorithm\" (RSA-OAEP, RSA-OAEP-256 or RSA-PKCS1-v1_5) is required with "

@@ -92,6 +92,12 @@ expect_status 400 unsupported_algorithm "unknown content_algorithm" -- c erin --
 printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"2.16.840.1.101.3.4.1.2","key_length":32}' \
   "$(b64 "$work/g1.bin")" > "$work/v15c.json"
 expect_status 400 bad_request "key_length contradicting content_algorithm" -- c erin --data-binary @"$work/v15c.json" "$url"
+# an "algorithm" that is given but no string is said to be so, not missing
+for a in 1 null '["RSA-OAEP"]'; do
+  printf '{"encrypted_key":"%s","algorithm":%s}' "$(b64 "$work/g1.bin")" "$a" > "$work/algtype.json"
+  expect_status 400 bad_request "algorithm $a" -- c erin --data-binary @"$work/algtype.json" "$url"
+  grep -q '"algorithm\\" must be a string' "$work/body" || fail "algorithm $a: $(cat "$work/body")"
+done
 gs group create strict --address strict@example.org --key rsa:2048 --methods tls --oaep-only >/dev/null
 gs member add strict erin@example.org --cert "$certs/erin@example.org.pem" >/dev/null
 expect_status 400 algorithm_not_allowed "PKCS#1 v1.5 refused by an --oaep-only group" -- \
