@@ -294,6 +294,9 @@ expect_status 200 "" "a member's GET answer PUT back with its wrap changed" -- c
   --data-binary @"$work/put-back.json" "$base/v1/groups/eng/members/frank@example.org"
 grep -q '"wrap":"oaep"' "$work/body" && grep -q '"has_certificate":false' "$work/body" ||
   fail "PUT of a GET answer: $(cat "$work/body")"
+# api.md: a PUT needs a body, {} for the defaults (curl -X PUT alone sends none)
+expect_status 400 bad_request "a member PUT without a body" -- c admin -X PUT "$base/v1/groups/eng/members/frank@example.org"
+grep -q 'a JSON object body is required' "$work/body" || fail "PUT without a body: $(cat "$work/body")"
 # a member's recorded certificate comes back as PEM, the same certificate
 expect_status 200 "" "admin reads a member with a certificate" -- c admin "$base/v1/groups/eng/members/alice@example.org"
 [ "$(json_get "$work/body" certificate | openssl x509 -noout -fingerprint -sha256)" = \
