@@ -2219,6 +2219,27 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
     return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
 }
 
+gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role, const char *cert_pem)
+{
+    gs_store_group *g = NULL;
+    gs_err err;
+
+    if (cert_pem == NULL)
+        return gs_member_add(st, group, email, role, NULL);
+    if (!gs_valid_email(email))
+        return gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(email));
+    if ((err = gs_store_group_get(st, group, &g)) != GS_OK)
+        return err;
+    /* as recorded: checked when it was (it may have expired since, its
+     * key still the one the caller proved) */
+    err = gs_store_member_add(st, g->id, email, role, cert_pem);
+    if (err == GS_OK)
+        log_info("member added group=%s member=%s role=%s wrap=%s", group, email, gs_role_name(role),
+                 gs_wrap_name(GS_WRAP_DEFAULT));
+    gs_store_group_free(g);
+    return err;
+}
+
 /* A new member's certificate as PEM (*pem NULL without one), checked to
  * name the member's address as the server will know it (gs_cert_identity:
  * a certificate recorded here must authenticate as the member); GS_ERR_CERT

@@ -470,13 +470,18 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
  * an admin endpoint), under action, with group (NULL: none) the one the
  * request names: not_a_member when the identity is no member anywhere,
  * certificate_mismatch when its only admin records name another key,
- * forbidden_role otherwise. */
+ * forbidden_role otherwise. bound_pem (may be NULL): set to a copy of the
+ * certificate of an admin record that binds the caller's key, if one
+ * does (the caller frees it), else NULL. */
 static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct caller *c, const char *action,
-                               const char *group)
+                               const char *group, char **bound_pem)
 {
     gs_store_group **groups = NULL;
     size_t n = 0;
     int ok = 0, member = 0, mismatch = 0;
+
+    if (bound_pem != NULL)
+        *bound_pem = NULL;
 
     if (caller_read(j, c) != 0)
         return -1;
@@ -493,16 +498,27 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
         answer_gs_error(j, e, "groups");
         return -1;
     }
-    for (size_t i = 0; i < n && !ok; i++) {
+    /* With bound_pem, every group is read: a record binding the key is
+     * preferred to one that binds none. */
+    for (size_t i = 0; i < n && !(ok && (bound_pem == NULL || *bound_pem != NULL)); i++) {
         gs_store_member *m = NULL;
         if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK &&
             gcache_same_address(c->identity, m->email)) {
             member = 1;
             if (m->role == GS_ROLE_ADMIN) {
-                if (m->cert_pem == NULL || gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem))
+                if (m->cert_pem == NULL) {
                     ok = 1;
-                else
+                } else if (gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem)) {
+                    ok = 1;
+                    if (bound_pem != NULL && (*bound_pem = strdup(m->cert_pem)) == NULL) {
+                        gs_store_member_free(m);
+                        gs_store_group_list_free(groups, n);
+                        answer_error(j, 500, "internal", "out of memory");
+                        return -1;
+                    }
+                } else {
                     mismatch = 1;
+                }
             }
         }
         gs_store_member_free(m);
@@ -1837,7 +1853,7 @@ static void op_stats(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 404, "not_found", "metrics are disabled");
         return;
     }
-    if (strcmp(policy, "any") != 0 && authorise_any_admin(w, j, &c, "metrics", NULL) != 0) {
+    if (strcmp(policy, "any") != 0 && authorise_any_admin(w, j, &c, "metrics", NULL, NULL) != 0) {
         caller_clear(&c);
         return;
     }
@@ -2175,11 +2191,12 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     struct caller c;
     const char *name = ipc_str(&j->msg, IPC_T_NAME), *address = ipc_str(&j->msg, IPC_T_ADDRESS);
     unsigned version = 0;
+    char *creator_pem = NULL;
     gs_err e;
     audit_err ae;
 
     memset(&c, 0, sizeof(c));
-    if (authorise_any_admin(w, j, &c, "group-create", name) != 0)
+    if (authorise_any_admin(w, j, &c, "group-create", name, &creator_pem) != 0)
         goto out;
     if (w->kh->ca == NULL) {
         answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
@@ -2220,8 +2237,13 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
                        "the audit log cannot be written: the group was not created") != 0)
         goto out;
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
+    /* The creator is the new group's admin, bound to the key their own
+     * admin record binds: recorded without a certificate, anyone with
+     * another certificate for that address from a trusted client CA
+     * managed the new group, though refused (certificate_mismatch) in
+     * the group whose admin made it. */
     if (e == GS_OK)
-        e = gs_member_add(w->store, name, c.identity, GS_ROLE_ADMIN, NULL);
+        e = gs_member_add_recorded(w->store, name, c.identity, GS_ROLE_ADMIN, creator_pem);
     audit_record rec = {.action = "group-create", .identity = c.identity, .group = name, .key_version = version,
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
     if (job_audit_or_fail(j, &rec) != 0)
@@ -2253,6 +2275,7 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     answer_begin(j, 201);
     ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, version);
 out:
+    free(creator_pem);
     caller_clear(&c);
 }
 
@@ -2281,7 +2304,7 @@ static void op_authz(struct kh_worker *w, struct kh_job *j)
 
     memset(&c, 0, sizeof(c));
     if (a == IPC_ACT_GROUP_CREATE) {
-        if (authorise_any_admin(w, j, &c, "group-create", ipc_str(&j->msg, IPC_T_GROUP)) == 0) {
+        if (authorise_any_admin(w, j, &c, "group-create", ipc_str(&j->msg, IPC_T_GROUP), NULL) == 0) {
             if (w->kh->ca == NULL)
                 answer_error(j, 503, "no_ca", "the local CA is not initialised (groupsrv ca init)");
             else

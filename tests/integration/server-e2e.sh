@@ -343,6 +343,22 @@ expect_status 400 bad_request "DELETE refuses what names no record" -- c admin -
   "$base/v1/groups/eng/members/a%20b@example.org"
 expect_status 201 "" "admin creates a group" -- c admin --data-binary '{"name":"ops","address":"ops@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "new group discoverable" -- anon "$base/v1/groups/ops"
+# Its creator is its admin bound to the key their admin record binds (in
+# eng, by --issue-cert): another certificate for admin@example.org from a
+# trusted client CA (the test CA) manages neither group.
+expect_status 200 "" "the creator's record in the new group" -- c admin "$base/v1/groups/ops/members/admin@example.org"
+[ "$(json_get "$work/body" certificate | openssl x509 -noout -fingerprint -sha256)" = \
+  "$(openssl x509 -in "$certs/admin@example.org.pem" -noout -fingerprint -sha256)" ] ||
+  fail "the creator is not bound to their certificate in the group they made: $(head -c 300 "$work/body")"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=admin@example.org \
+  -keyout "$work/admin2.key" -out "$work/admin2.csr" 2>/dev/null
+printf 'subjectAltName=email:admin@example.org\n' > "$work/admin2.ext"
+openssl x509 -req -in "$work/admin2.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.key" -CAcreateserial -days 1 \
+  -extfile "$work/admin2.ext" -out "$work/admin2.pem" 2>/dev/null
+for g in eng ops; do
+  expect_status 403 certificate_mismatch "another certificate of the admin's address, group $g" -- \
+    curl -sS --cacert "$certs/tca.pem" --cert "$work/admin2.pem" --key "$work/admin2.key" "$base/v1/groups/$g/members"
+done
 # recorded as started (durable before the keys are made), then its outcome:
 # a key holder killed in between leaves no group without a record
 [ "$(grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops"' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
