@@ -2219,7 +2219,8 @@ gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role
     return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
 }
 
-gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role, const char *cert_pem)
+gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role,
+                              const char *cert_pem)
 {
     gs_store_group *g = NULL;
     gs_err err;

@@ -234,7 +234,8 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert);
 /* As gs_member_add, with a certificate already recorded for the same
  * address in another group (PEM, or NULL for none), taken as it is. */
-gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role, const char *cert_pem);
+gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role,
+                              const char *cert_pem);
 /* The same with the member's own wrap for member-certs copies (DEFAULT:
  * the group's), recorded in the same transaction. */
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,
