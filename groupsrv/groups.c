@@ -1200,6 +1200,17 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     if (err != GS_ERR_NOT_FOUND)
         return err;
     (void)hsm_caps_get(hsm, &caps);
+    /* What a probe could not try reads as absent: the group's policy,
+     * chosen from it and recorded for good, would be weaker than the
+     * token allows, and the refusals below would name what the token may
+     * well have ("use a token with RSA-OAEP", "--oaep-only", "lacks
+     * trusted wrap") for a device error of a moment. Keygen refuses a
+     * partial probe too; an adopted key (--use-key) makes none. */
+    if (caps.incomplete)
+        return gs_err_set(GS_ERR_HSM, "the token's capabilities could not be probed (%.180s): no group is made "
+                          "from a partial probe (its key policy is chosen from it for good); try again "
+                          "(`groupsrv check` shows the probe)",
+                          caps.incomplete_why);
     if (spec->replicable) {
         char missing[1024];
         if (!hsm_caps_trusted_wrap(&caps, missing, sizeof(missing)))

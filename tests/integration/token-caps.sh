@@ -91,6 +91,26 @@ grep -q "^weakenings: *none\$" "$work/full.out" || fail "a transient failure bec
 control ""
 ok "a token out of memory during the probe: group create refused, then made with every protection"
 
+# ---- a mechanism list that cannot be read for a moment ----
+# What the probe could not read is no "the token cannot": group create
+# chooses no policy from it, and names neither another token ("use a
+# token with RSA-OAEP"), --oaep-only nor "use an RSA key" (an EC group),
+# nor for a key adopted with --use-key; it says to try again.
+control "C_GetMechanismList CKR_DEVICE_ERROR"
+for k in "--key rsa:2048" "--key rsa:2048 --oaep-only" "--key ec:p256" \
+         "--use-key pkcs11:object=gs:group:eng:v1;type=private"; do
+  rc=0
+  # shellcheck disable=SC2086
+  gs group create unread --address unread@example.org $k > "$work/unread.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] && [ "$(wc -l < "$work/unread.out")" = 1 ] &&
+    grep -q "^groupsrv: the token's capabilities could not be probed (the mechanism list: .*CKR_DEVICE_ERROR.*: no group is made from a partial probe .*try again" \
+      "$work/unread.out" || fail "group create $k, the mechanism list unreadable: exit $rc: $(cat "$work/unread.out")"
+  gs group show unread > /dev/null 2>&1 && fail "group create $k was recorded from a partial probe"
+done
+control ""
+ok "a mechanism list unreadable for a moment: group create says to try again, not what the token lacks"
+
+
 # ---- a token that makes RSA keys of 2048 bits at most ----
 export GS_P11FAULT_RSA_MAX_BITS=2048
 gs check > "$work/check-2048.out" 2>&1 || true
