@@ -154,23 +154,23 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
          * can ever be read with. */
         char missing[512];
         if (!hsm_caps_ec_group(caps, missing, sizeof(missing)))
-            return gs_err_set(GS_ERR_HSM, "this token cannot hold EC group keys (missing: %s): use an RSA key "
+            return gs_err_set(GS_ERR_POLICY, "this token cannot hold EC group keys (missing: %s): use an RSA key "
                               "(--key rsa:3072)", missing);
         return GS_OK;
     }
     if (!can_decrypt && !caps->rewrap_on_token)
-        return gs_err_set(GS_ERR_HSM, "the token offers %s neither for decryption nor for unwrapping: it "
+        return gs_err_set(GS_ERR_POLICY, "the token offers %s neither for decryption nor for unwrapping: it "
                           "cannot hold group keys (use a token with RSA-OAEP)", hsm_mech_name(HSM_MECH_RSA_OAEP));
     /* PKCS#1 v1.5 is taken by decrypting on the token (implicit
      * rejection needs the padding result there), never by unwrapping: a
      * token without CKM_RSA_PKCS decryption (an OAEP-only HSM policy)
      * would make a group that every v1.5 sender's message is refused by. */
     if (allow_pkcs1v15 && !hsm_caps_has(caps, HSM_MECH_RSA_PKCS, HSM_MF_DECRYPT))
-        return gs_err_set(GS_ERR_HSM, "the token offers no %s decryption, which PKCS#1 v1.5 senders need: create "
+        return gs_err_set(GS_ERR_POLICY, "the token offers no %s decryption, which PKCS#1 v1.5 senders need: create "
                           "the group with --oaep-only (RSA-OAEP senders only)", hsm_mech_name(HSM_MECH_RSA_PKCS));
     out->rewrap = caps->rewrap_on_token && adopted_unwrap ? GS_REWRAP_TOKEN : GS_REWRAP_SOFTWARE;
     if (out->rewrap == GS_REWRAP_SOFTWARE && !can_decrypt)
-        return gs_err_set(GS_ERR_HSM, "the key cannot unwrap and the token offers no %s decryption: make the "
+        return gs_err_set(GS_ERR_POLICY, "the key cannot unwrap and the token offers no %s decryption: make the "
                           "key with CKA_UNWRAP", hsm_mech_name(HSM_MECH_RSA_OAEP));
     if (caps->secret_on_token && hsm_caps_has(caps, HSM_MECH_AES_KEY_WRAP, HSM_MF_WRAP))
         out->secrets = GS_SECRETS_TOKEN;
@@ -187,7 +187,7 @@ gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned method
         out->reject_sealed = false;
     if ((out->secrets == GS_SECRETS_SEALED || out->reject_sealed) &&
         (!can_decrypt || !hsm_caps_has(caps, HSM_MECH_RSA_KEYGEN, HSM_MF_GENERATE)))
-        return gs_err_set(GS_ERR_HSM, "the token can neither keep %s nor generate the RSA key pair it would be "
+        return gs_err_set(GS_ERR_POLICY, "the token can neither keep %s nor generate the RSA key pair it would be "
                           "sealed to: create the group %s",
                           out->secrets == GS_SECRETS_SEALED ? "group secret keys" : "the implicit-rejection key",
                           out->secrets == GS_SECRETS_SEALED

@@ -85,9 +85,12 @@ gs_err gs_weak_parse(const char *text, unsigned *missing);
 
 /* The strongest policy this token supports for a new group (with a key
  * generated on the token; `adopted_unwrap` false for an adopted key
- * without CKA_UNWRAP, which forces the software path). GS_ERR_HSM, with
- * a detail naming what is missing and what to do, for a token that cannot
- * hold such a group at all (no RSA-OAEP decryption or unwrapping). */
+ * without CKA_UNWRAP, which forces the software path). GS_ERR_POLICY,
+ * with a detail naming what is missing and what to do, for a token that
+ * cannot hold such a group at all (no RSA-OAEP decryption or unwrapping,
+ * no CKM_RSA_PKCS decryption for a group taking PKCS#1 v1.5): the token's
+ * lasting answer, not a failure of a moment (a request for such a group
+ * is 400, never 503 "try again"). */
 gs_err gs_policy_choose(const hsm_caps *caps, hsm_key_type type, unsigned methods, bool allow_pkcs1v15,
                         bool adopted_unwrap, gs_policy *out);
 

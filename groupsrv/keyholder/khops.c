@@ -2268,6 +2268,15 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
                      "the audit log cannot be written: the group was created, but its record is missing");
         goto out;
     }
+    /* A group this token cannot hold (no CKM_RSA_PKCS decryption for one
+     * taking PKCS#1 v1.5, an EC key without ECDH, --replicable without
+     * trusted wrap): the token's lasting answer, the caller's to change.
+     * As GS_ERR_HSM it was 503 token_unavailable "try again later", a
+     * retry for ever and a token error counted, the token being fine. */
+    if (e == GS_ERR_POLICY) {
+        answer_error(j, 400, "bad_request", "group: %s", gs_err_detail());
+        goto out;
+    }
     if (e != GS_OK) {
         answer_gs_error(j, e, "group");
         goto out;

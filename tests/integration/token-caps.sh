@@ -110,6 +110,20 @@ done
 control ""
 ok "a mechanism list unreadable for a moment: group create says to try again, not what the token lacks"
 
+# ---- an HSM held to RSA-OAEP, over REST ----
+# POST /v1/groups for a group taking PKCS#1 v1.5 (the default) is the
+# token's lasting refusal, 400 naming it: not 503 token_unavailable "try
+# again later" (a script retrying for ever, a token error counted).
+GS_P11FAULT_PROFILE=oaep-only start_server
+expect_status 400 bad_request "POST /v1/groups of a v1.5 group where the token has no CKM_RSA_PKCS decryption" -- \
+  c admin --data-binary '{"name":"v15","address":"v15@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+grep -q "the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need" "$work/body" ||
+  fail "the 400 does not say why: $(cat "$work/body")"
+expect_status 201 "" "POST /v1/groups of an RSA-OAEP-only group on that token" -- \
+  c admin --data-binary '{"name":"oaep","address":"oaep@example.org","keyspec":"rsa:2048","allow_pkcs1v15":false}' \
+  "$base/v1/groups"
+stop_server
+ok "an HSM held to RSA-OAEP: a v1.5 group over REST is 400 saying why, an OAEP-only one is made"
 
 # ---- a token that makes RSA keys of 2048 bits at most ----
 export GS_P11FAULT_RSA_MAX_BITS=2048

@@ -166,7 +166,7 @@ static void test_choose_refusals_and_usage(void **state)
 
     /* No RSA-OAEP at all: no group keys here, and the detail says so. */
     caps_of(T_NONE, &c);
-    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_ERR_HSM);
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_ERR_POLICY);
     assert_non_null(strstr(gs_err_detail(), "CKM_RSA_PKCS_OAEP"));
 
     /* A token without CKM_RSA_PKCS decryption (an OAEP-only policy):
@@ -174,11 +174,11 @@ static void test_choose_refusals_and_usage(void **state)
      * --oaep-only; an --oaep-only group is made. */
     caps_of(T_SOFTHSM, &c);
     c.mech[HSM_MECH_RSA_PKCS].flags = HSM_MF_SIGN;
-    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, true, &p), GS_ERR_HSM);
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, true, &p), GS_ERR_POLICY);
     assert_non_null(strstr(gs_err_detail(), "CKM_RSA_PKCS decryption"));
     assert_non_null(strstr(gs_err_detail(), "--oaep-only"));
     c.mech[HSM_MECH_RSA_PKCS].present = false;
-    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, false, &p), GS_ERR_HSM);
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, true, false, &p), GS_ERR_POLICY);
     assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_OK);
     assert_int_equal(p.rewrap, GS_REWRAP_TOKEN);
 
@@ -186,7 +186,7 @@ static void test_choose_refusals_and_usage(void **state)
      * group-secret, with what to do; fine without it. */
     caps_of(T_CARD, &c);
     c.mech[HSM_MECH_RSA_KEYGEN].present = false;
-    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_ERR_HSM);
+    assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHODS_DEFAULT, false, true, &p), GS_ERR_POLICY);
     assert_non_null(strstr(gs_err_detail(), "--methods"));
     assert_int_equal(gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHOD_TLS | GS_METHOD_RECIPIENT_KEY, false, true, &p),
                      GS_OK);
