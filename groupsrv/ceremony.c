@@ -1341,15 +1341,21 @@ out:
  * applied (a file made before it and imported after would undo it). A
  * clone with its own database would otherwise go on wrapping member-certs
  * copies the way its origin stopped, unsaid: says so when they differ,
- * with the file's date and the command that follows it. */
+ * with the file's date and the command that follows it. Nothing here
+ * tells whether the file is older than the origin's last change (files
+ * of one version after another travel in any order, and the clone's
+ * setting has no date), so the command is given for the origin's setting
+ * now: told plainly, an older file imported after the operator followed
+ * a newer one sent them back to the wrap the origin had left. */
 static void note_member_wrap(const gs_store_group *g, const gsk_manifest *m)
 {
     gs_wrap here = g->member_wrap == GS_WRAP_OAEP ? GS_WRAP_OAEP : GS_WRAP_PKCS1V15, file;
 
     if (m->group.member_wrap[0] == '\0' || gs_wrap_parse(m->group.member_wrap, &file) != GS_OK || file == here)
         return;
-    printf("note: group %s here wraps member-certs copies with %s; the file (made %s on %s) says %s: `groupsrv "
-           "group set %s --wrap %s` here to follow it\n",
+    printf("note: group %s here wraps member-certs copies with %s; the file (made %s on %s) says %s: if that is the "
+           "origin's setting now (a file made before a change there says the old one), `groupsrv group set %s "
+           "--wrap %s` here follows it\n",
            g->name, gs_wrap_name(here), m->created, m->source_token, gs_wrap_name(file), g->name, gs_wrap_name(file));
 }
 
