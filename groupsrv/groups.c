@@ -954,12 +954,22 @@ static gs_err new_kek_id(unsigned char id[GS_KEK_ID_LEN])
     return GS_OK;
 }
 
-/* What to do about an adopted key that falls short. */
-static const char *adopt_hint(const char *problem)
+/* What to do about an adopted key that falls short. The mechanisms to
+ * allow are the group's: an RSA group taking PKCS#1 v1.5 senders needs
+ * RSA-PKCS beside RSA-OAEP (a key made as the hint once said, OAEP
+ * alone, refused every v1.5 sender's message). */
+static const char *adopt_hint(const char *problem, hsm_key_type type, bool v15)
 {
+    if (strstr(problem, "lacks RSA-PKCS,") != NULL)
+        return "make the key with both (pkcs11-tool --allowed-mechanisms RSA-PKCS-OAEP,RSA-PKCS), or create the "
+               "group with --oaep-only (RSA-OAEP senders only)";
     if (strstr(problem, "CKA_ALLOWED_MECHANISMS") != NULL)
-        return "the token stores CKA_ALLOWED_MECHANISMS: make the key with it (pkcs11-tool "
-               "--allowed-mechanisms RSA-PKCS-OAEP)";
+        return type == HSM_KEYTYPE_EC ? "the token stores CKA_ALLOWED_MECHANISMS: make the key with it (pkcs11-tool "
+                                        "--allowed-mechanisms ECDH1-DERIVE)"
+               : v15 ? "the token stores CKA_ALLOWED_MECHANISMS: make the key with it (pkcs11-tool "
+                       "--allowed-mechanisms RSA-PKCS-OAEP,RSA-PKCS; RSA-PKCS-OAEP alone with --oaep-only)"
+                     : "the token stores CKA_ALLOWED_MECHANISMS: make the key with it (pkcs11-tool "
+                       "--allowed-mechanisms RSA-PKCS-OAEP)";
     if (strstr(problem, "CKA_UNWRAP_TEMPLATE") != NULL)
         return "the token stores CKA_UNWRAP_TEMPLATE: make the key with one forcing CKA_SENSITIVE, or "
                "without CKA_UNWRAP";
@@ -1058,9 +1068,12 @@ static gs_err adopt_group_key(hsm_ctx *hsm, const hsm_caps *caps, const gs_group
     e.bits = info.bits;
     e.usage = gs_policy_group_usage(pol, info.type, *methods, v15);
     e.allow_pkcs1v15 = v15;
+    /* A key of a new group that takes v1.5: its mechanism list must let
+     * it decrypt v1.5 (a key already serving is judged by check). */
+    e.need_pkcs1v15 = v15;
     e.missing = gs_policy_caps_missing(caps);
     if ((problem = gs_key_check(&info, &e, NULL)) != NULL) {
-        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: %s%s", q, problem, adopt_hint(problem),
+        err = gs_err_set(GS_ERR_POLICY, "--use-key %s: %s: %s%s", q, problem, adopt_hint(problem, info.type, v15),
                          gs_adopt_custody_hint(problem));
         goto out;
     }

@@ -389,6 +389,12 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
             return p;
         if (i->n_allowed_mechanisms > 0 && !mech_in(CKM_RSA_PKCS_OAEP, i->allowed_mechanisms, i->n_allowed_mechanisms))
             return "CKA_ALLOWED_MECHANISMS lacks RSA-OAEP";
+        /* v1.5 is read by C_Decrypt with CKM_RSA_PKCS, which the token
+         * refuses a key whose list leaves it out: every v1.5 sender's
+         * message would be 400 unsupported_algorithm. */
+        if (e->need_pkcs1v15 && i->n_allowed_mechanisms > 0 &&
+            !mech_in(CKM_RSA_PKCS, i->allowed_mechanisms, i->n_allowed_mechanisms))
+            return "CKA_ALLOWED_MECHANISMS lacks RSA-PKCS, which the group's PKCS#1 v1.5 senders need";
         return NULL;
     }
     {

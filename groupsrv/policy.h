@@ -124,6 +124,9 @@ typedef struct gs_key_expect {
     bool replicable;     /* a replicable group's (or CA's) key: see gs_key_check2 */
     bool decrypt_optional; /* group keys: CKA_DECRYPT is wanted only for PKCS#1 v1.5,
                               and the key is older than that (it may lack it) */
+    bool need_pkcs1v15;  /* RSA group keys adopted for a group taking PKCS#1 v1.5: a
+                            CKA_ALLOWED_MECHANISMS list must name CKM_RSA_PKCS (v1.5
+                            is decrypted with it); not asked of keys already serving */
 } gs_key_expect;
 
 /* Checks a key's attributes (read with hsm_key_get_info) against e.

@@ -314,6 +314,23 @@ static void test_key_checks(void **state)
     assert_non_null(strstr(gs_key_check(&i, &e, NULL), "outside the policy"));
     e.allow_pkcs1v15 = true;
     assert_null(gs_key_check(&i, &e, NULL));
+    /* A key adopted for a group taking PKCS#1 v1.5 (--use-key): its list
+     * must name CKM_RSA_PKCS, with which v1.5 is decrypted; RSA-OAEP
+     * alone would refuse every v1.5 sender's message. A key already
+     * serving is not held to it, nor a token that keeps no list. */
+    e.need_pkcs1v15 = true;
+    assert_null(gs_key_check(&i, &e, NULL));
+    sound_group_key(&i);
+    assert_string_equal(gs_key_check(&i, &e, NULL),
+                        "CKA_ALLOWED_MECHANISMS lacks RSA-PKCS, which the group's PKCS#1 v1.5 senders need");
+    e.need_pkcs1v15 = false;
+    assert_null(gs_key_check(&i, &e, NULL));
+    e.need_pkcs1v15 = true;
+    e.missing = HSM_PROT_ALLOWED_MECHANISMS;
+    i.n_allowed_mechanisms = 0;
+    assert_null(gs_key_check(&i, &e, NULL));
+    e.missing = 0;
+    e.need_pkcs1v15 = false;
 
     /* The software path: decrypt, never unwrap. */
     e.usage = HSM_USE_DECRYPT;
