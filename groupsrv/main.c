@@ -689,9 +689,12 @@ static int group_show(struct env *e, const struct args *a)
            g->name, g->address, methods, g->algorithm,
            g->allow_pkcs1v15 ? "accepted (implicit rejection)" : "refused (RSA-OAEP only)", gs_wrap_name(g->member_wrap),
            /* Read from the database, not the token: on a clone the keys
-            * are imported copies, which never leave (`check` tells which). */
-           g->replicable ? "yes (the origin's keys leave only under trusted wrap: group export there; imported "
-                           "copies never leave)"
+            * are imported copies, which never leave (`check` tells which).
+            * Secret key versions are the exception on both: wrapped to
+            * members, they carry no CKA_WRAP_WITH_TRUSTED (SECURITY.md). */
+           g->replicable ? "yes (group and rejection keys: the origin's leave only under trusted wrap, group "
+                           "export there; imported copies never leave; secret key versions leave wrapped, as "
+                           "members get them)"
                          : "no");
     for (size_t i = 0; i < nk; i++)
         if (keys[i].state == GS_KEY_CURRENT) {

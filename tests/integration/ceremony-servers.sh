@@ -312,8 +312,10 @@ grep -q "^note: group eng here wraps member-certs copies with oaep; the file (ma
   fail "import of a file whose member wrap differs from beta's: no note naming it: $(cat "$work/out")"
 gs_beta group show eng > "$work/show"
 grep -q "member wrap: *oaep" "$work/show" || fail "the import changed beta's member wrap"
-# group show reads the database: it must not call the clone's copies extractable
-grep -q "^replicable: *yes (the origin's keys leave only under trusted wrap: group export there; imported copies never leave)$" \
+# group show reads the database: it must not call the clone's copies
+# extractable, nor its secret key copies unable to leave (beta gave one
+# on above, and any key the user PIN makes wraps them)
+grep -q "^replicable: *yes (group and rejection keys: the origin's leave only under trusted wrap, group export there; imported copies never leave; secret key versions leave wrapped, as members get them)$" \
   "$work/show" || fail "group show on the clone: $(grep '^replicable' "$work/show")"
 ok "a member wrap changed on alpha after the replication is named on beta, which keeps its own"
 gs_beta group show eng > "$work/show"
