@@ -114,7 +114,16 @@ ok "a mechanism list unreadable for a moment: group create says to try again, no
 # POST /v1/groups for a group taking PKCS#1 v1.5 (the default) is the
 # token's lasting refusal, 400 naming it: not 503 token_unavailable "try
 # again later" (a script retrying for ever, a token error counted).
+openssl pkeyutl -encrypt -pubin -inkey "$work/eng.pub" -pkeyopt rsa_padding_mode:pkcs1 -in "$work/cek" \
+  -out "$work/cek.v15"
+printf '{"encrypted_key":"%s","algorithm":"RSA-PKCS1-v1_5","content_algorithm":"aes-256-cbc"}' \
+  "$(base64 -w0 "$work/cek.v15")" > "$work/req-v15.json"
 GS_P11FAULT_PROFILE=oaep-only start_server
+# eng takes v1.5 senders, made where v1.5 decrypted: what check's policy
+# WARNING row says of it here, 400 unsupported_algorithm (OAEP still read)
+expect_status 400 unsupported_algorithm "a v1.5 unwrap where the token has no CKM_RSA_PKCS decryption" -- \
+  c alice --data-binary @"$work/req-v15.json" "$url"
+expect_status 200 "" "an RSA-OAEP unwrap on that token" -- c alice --data-binary @"$work/req-oaep.json" "$url"
 expect_status 400 bad_request "POST /v1/groups of a v1.5 group where the token has no CKM_RSA_PKCS decryption" -- \
   c admin --data-binary '{"name":"v15","address":"v15@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
 grep -q "the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need" "$work/body" ||
