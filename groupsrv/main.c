@@ -1840,9 +1840,9 @@ static void print_group_policies(struct env *e)
                 printf("policy %-16s WARNING: takes PKCS#1 v1.5 senders (made without --oaep-only), but the token "
                        "offers no %s decryption: their messages are refused (400 unsupported_algorithm)\n",
                        groups[i]->name, hsm_mech_name(HSM_MECH_RSA_PKCS));
-            if (hsm_key_find(e->hsm, keys[k].token_label, HSM_CLASS_PRIVATE, &key) == HSM_OK &&
-                hsm_key_get_info(e->hsm, key, &ki) == HSM_OK && ki.type == HSM_KEYTYPE_EC &&
-                hsm_probe_ecdh_kdf(e->hsm, key, 0, &d) == HSM_OK) {
+            bool have_info = hsm_key_find(e->hsm, keys[k].token_label, HSM_CLASS_PRIVATE, &key) == HSM_OK &&
+                             hsm_key_get_info(e->hsm, key, &ki) == HSM_OK;
+            if (have_info && ki.type == HSM_KEYTYPE_EC && hsm_probe_ecdh_kdf(e->hsm, key, 0, &d) == HSM_OK) {
                 /* Its keys are sound on a token whose ECDH takes no X9.63
                  * KDF (SoftHSM 2.6.1: CKD_NULL only; a group made before
                  * group create tried it, or adopted, or on another token
@@ -1857,7 +1857,15 @@ static void print_group_policies(struct env *e)
                            (d & (1u << HSM_OAEP_SHA1)) ? "SHA-1" : "", d == ((1u << HSM_OAEP_SHA1) |
                            (1u << HSM_OAEP_SHA256)) ? ", " : "", (d & (1u << HSM_OAEP_SHA256)) ? "SHA-256" : "");
             }
-            if (key != NULL && ki.type == HSM_KEYTYPE_RSA && hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
+            /* The same refusal by the key: one adopted with RSA-OAEP alone
+             * allowed (as group create's hint once said to make it) is
+             * sound for OAEP, and the token refuses it CKM_RSA_PKCS. */
+            if (have_info && groups[i]->allow_pkcs1v15 && ki.type == HSM_KEYTYPE_RSA && gs_key_refuses_pkcs1v15(&ki))
+                printf("policy %-16s WARNING: takes PKCS#1 v1.5 senders (made without --oaep-only), but key version "
+                       "%u's CKA_ALLOWED_MECHANISMS leaves out %s: their messages are refused (400 "
+                       "unsupported_algorithm)\n",
+                       groups[i]->name, keys[k].version, hsm_mech_name(HSM_MECH_RSA_PKCS));
+            if (have_info && ki.type == HSM_KEYTYPE_RSA && hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
                 oaep_text(d, dec, sizeof(dec));
                 oaep_text(u, unw, sizeof(unw));
                 printf("policy %-16s v%u OAEP hashes: decrypt %s; unwrap %s; login per operation: %s\n",

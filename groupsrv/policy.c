@@ -236,6 +236,12 @@ static bool mech_in(unsigned long m, const unsigned long *set, size_t n)
     return false;
 }
 
+bool gs_key_refuses_pkcs1v15(const hsm_key_info *info)
+{
+    return info->n_allowed_mechanisms > 0 && !info->allowed_mechanisms_too_many &&
+           !mech_in(CKM_RSA_PKCS, info->allowed_mechanisms, info->n_allowed_mechanisms);
+}
+
 /* Every allowed mechanism must be in `allowed`; with `required` an absent
  * CKA_ALLOWED_MECHANISMS (= any mechanism) is a problem too, unless it
  * cannot be read through this module (then noted). */
@@ -392,8 +398,7 @@ static const char *check_group(const hsm_key_info *i, const gs_key_expect *e, co
         /* v1.5 is read by C_Decrypt with CKM_RSA_PKCS, which the token
          * refuses a key whose list leaves it out: every v1.5 sender's
          * message would be 400 unsupported_algorithm. */
-        if (e->need_pkcs1v15 && i->n_allowed_mechanisms > 0 &&
-            !mech_in(CKM_RSA_PKCS, i->allowed_mechanisms, i->n_allowed_mechanisms))
+        if (e->need_pkcs1v15 && gs_key_refuses_pkcs1v15(i))
             return "CKA_ALLOWED_MECHANISMS lacks RSA-PKCS, which the group's PKCS#1 v1.5 senders need";
         return NULL;
     }

@@ -134,6 +134,10 @@ typedef struct gs_key_expect {
  * is true". *note (may be NULL) gets what could not be verified here
  * (a protection this module cannot read back), else "". */
 const char *gs_key_check(const hsm_key_info *info, const gs_key_expect *e, const char **note);
+/* Whether an RSA key's CKA_ALLOWED_MECHANISMS, as read, leaves out
+ * CKM_RSA_PKCS (so the token refuses it PKCS#1 v1.5 decryption); false
+ * when the list is absent or longer than was read. */
+bool gs_key_refuses_pkcs1v15(const hsm_key_info *info);
 /* The same; with e->replicable the key may also be the original of a
  * replicable key (sensitive, always sensitive, extractable only with
  * CKA_WRAP_WITH_TRUSTED) or a copy the key ceremony unwrapped (sensitive,

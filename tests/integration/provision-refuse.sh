@@ -179,6 +179,29 @@ grep -q "^cap group keys (EC)  *yes: ECDH with the X9.63 KDF (SHA-1, SHA-256) an
 "$G" -c "$CONF" check > "$T/out" 2>&1 || true
 grep -qF "policy ecg              WARNING: v1 is an EC key, but $ecdh_no_kdf: every RFC 5753 sender's message is refused (400 unsupported_algorithm)" \
   "$T/out" || { grep '^policy' "$T/out"; fail "check: an EC group on a token without the X9.63 KDF"; }
+# --- the same by the key: one allowing RSA-OAEP alone (as the hint for
+# CKA_ALLOWED_MECHANISMS once said to make it) cannot decrypt v1.5; for
+# a group taking v1.5 it is refused, naming both ways out; an --oaep-only
+# group takes it. One adopted before that refusal (the database saying
+# v1.5) gets check's WARNING row. (p11fault reports the usages pkcs11-tool
+# cannot turn off on SoftHSM as off.)
+p11 --keypairgen --key-type rsa:2048 --label oaep-key --id 7005 --usage-decrypt --sensitive \
+  --allowed-mechanisms RSA-PKCS-OAEP >/dev/null 2>&1 || fail "pkcs11-tool --keypairgen oaep-key"
+oaep_key="pkcs11:token=groupsrv;object=oaep-key;type=private"
+db0=$(db_sum) tok0=$(tok_sum)
+export GS_P11FAULT_CONTROL="$T/p11fault.ctl"
+printf 'bool CKA_SIGN 0\nbool 0x109 0\nbool CKA_UNWRAP 0\n' > "$GS_P11FAULT_CONTROL.tmp" && mv -f "$GS_P11FAULT_CONTROL.tmp" "$GS_P11FAULT_CONTROL"
+refuse 1 "--use-key $oaep_key: CKA_ALLOWED_MECHANISMS lacks RSA-PKCS, which the group's PKCS#1 v1.5 senders need: make the key with both (pkcs11-tool --allowed-mechanisms RSA-PKCS-OAEP,RSA-PKCS), or create the group with --oaep-only" \
+  "$G" -c "$T/fault.conf" group create adopted --address adopted@example.org --methods tls --use-key "$oaep_key"
+expect_rc 0 "$G" -c "$T/fault.conf" group create adopted --address adopted@example.org --methods tls --oaep-only \
+  --use-key "$oaep_key"
+sqlite3 "$T/db/groupsrv.db" "UPDATE groups SET allow_pkcs1v15 = 1 WHERE name = 'adopted'"
+"$G" -c "$T/fault.conf" check > "$T/out" 2>&1 || true
+grep -q "^policy adopted  *WARNING: takes PKCS#1 v1.5 senders (made without --oaep-only), but key version 1's CKA_ALLOWED_MECHANISMS leaves out CKM_RSA_PKCS: their messages are refused (400 unsupported_algorithm)\$" \
+  "$T/out" || { cat "$T/out"; fail "check: a v1.5 group whose key allows RSA-OAEP alone"; }
+grep -q "^policy eng .*WARNING" "$T/out" && { cat "$T/out"; fail "check warns of eng, whose key allows RSA-PKCS"; }
+: > "$GS_P11FAULT_CONTROL"
+unset GS_P11FAULT_CONTROL
 db0=$(db_sum) tok0=$(tok_sum)
 
 # --- adopting a key (--use-key): checked against what the token allows,
