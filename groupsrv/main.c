@@ -1726,10 +1726,17 @@ static void print_caps(hsm_ctx *hsm)
          * RSA-OAEP (many PIV and OpenPGP cards: PKCS#1 v1.5 and raw RSA
          * only) is refused there, and check says so before anyone tries. */
         gs_policy pol;
-        if (gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHOD_TLS, false, true, &pol) == GS_OK)
-            printf("cap group keys (RSA)       yes\n");
-        else
+        /* A group taking PKCS#1 v1.5 (group create's default) asks more:
+         * CKM_RSA_PKCS decryption, a rejection key. Where only --oaep-only
+         * groups can be made, a bare "yes" promised the default. */
+        if (gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHOD_TLS, false, true, &pol) != GS_OK)
             printf("cap group keys (RSA)       no: %s; group create refuses\n", gs_err_detail());
+        else if (gs_policy_choose(&c, HSM_KEYTYPE_RSA, GS_METHOD_TLS, true, true, &pol) != GS_OK)
+            printf("cap group keys (RSA)       yes, --oaep-only groups only: %s; group create refuses one taking "
+                   "PKCS#1 v1.5 (the default)\n",
+                   gs_err_detail());
+        else
+            printf("cap group keys (RSA)       yes\n");
         /* By what the token lists, then by a trial derive: the X9.63 KDF
          * of its ECDH is not listed (SoftHSM 2.6.1 lists CKM_ECDH1_DERIVE
          * and takes CKD_NULL only), and group create tries it too. */

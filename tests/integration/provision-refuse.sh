@@ -135,6 +135,9 @@ unset GS_P11FAULT_CONTROL
 # --oaep-only, as every v1.5 message would be; --oaep-only is made.
 GS_P11FAULT_PROFILE=oaep-only "$G" -c "$T/fault.conf" check > "$T/out" 2>&1 || true
 grep -q "^cap mechanism CKM_RSA_PKCS  *yes: sign\$" "$T/out" || { cat "$T/out"; fail "check: CKM_RSA_PKCS without decryption"; }
+# group create's default is refused there: not a bare "yes"
+grep -q "^cap group keys (RSA)  *yes, --oaep-only groups only: the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need: create the group with --oaep-only (RSA-OAEP senders only); group create refuses one taking PKCS#1 v1.5 (the default)\$" \
+  "$T/out" || { cat "$T/out"; fail "check: group keys on a token without CKM_RSA_PKCS decryption"; }
 # eng, made where v1.5 decrypted, takes v1.5 senders: its keys are sound,
 # but check says every such message is refused now.
 grep -q "^policy eng  *WARNING: takes PKCS#1 v1.5 senders (made without --oaep-only), but the token offers no CKM_RSA_PKCS decryption: their messages are refused (400 unsupported_algorithm)\$" \
