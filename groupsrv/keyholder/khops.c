@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "envelope.h"
+#include "jsonw.h"
 #include "log.h"
 #include "mailaddr.h"
 #include "metrics.h"
@@ -395,14 +396,51 @@ static int rate_limit(struct kh_job *j, struct caller *c, const char *group)
     return 0;
 }
 
-/* Reads the caller fields; -1 (answered 400) when they do not hold together. */
-static int caller_read(struct kh_job *j, struct caller *c)
+/* id with each byte that is not part of well-formed UTF-8, and each
+ * backslash, written \xHH (out: 4 bytes per byte of id, and a NUL). */
+static const char *escape_not_utf8(const char *id, char *out, size_t cap)
+{
+    size_t n = strlen(id), o = 0;
+
+    for (size_t i = 0; i < n && o + 5 <= cap;) {
+        size_t k = jsonw_utf8_seq(id + i, n - i);
+        if (k == 0 || id[i] == '\\') {
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", (unsigned char)id[i]);
+            i++;
+        } else if (o + k < cap) {
+            memcpy(out + o, id + i, k);
+            o += k;
+            i += k;
+        } else {
+            break;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Reads the caller fields; -1 (answered 400) when they do not hold together.
+ * An identity that is not UTF-8 is no member's (the network process takes
+ * it from a certificate, as UTF-8; only a compromised one sends another):
+ * -1, answered 403 not_a_member and audited under action and group (NULL,
+ * or a name that cannot be a group's: none), the identity escaped, for the
+ * audit log holds UTF-8 only. It went on to the store (PostgreSQL refuses
+ * such a string) and the audit record (jansson does): 503, no record. */
+static int caller_read(struct kh_job *j, struct caller *c, const char *action, const char *group)
 {
     uint32_t kind = ipc_u32(&j->msg, IPC_T_CALLER, 0);
     const char *id = ipc_str(&j->msg, IPC_T_IDENTITY);
 
     memset(c, 0, sizeof(*c));
     ipc_bytes(&j->msg, IPC_T_SPKI, &c->spki, &c->spki_len);
+    if (kind == IPC_CALLER_IDENTITY && id != NULL && !jsonw_utf8_valid(id, strlen(id))) {
+        char shown[4 * 256 + 1]; /* IPC_T_IDENTITY is at most 256 bytes */
+        audit_refusal(j, action, escape_not_utf8(id, shown, sizeof(shown)),
+                      group != NULL && gs_valid_group_name(group) ? group : NULL, "not_a_member");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "not_a_member", "not a member of this group");
+        return -1;
+    }
     if (kind == IPC_CALLER_MEMBERSHIP && id != NULL && gs_valid_group_name(id)) {
         c->anonymous = 1;
         c->identity = "anonymous member";
@@ -426,7 +464,7 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
     const gs_store_group *gi = gs_group_info(g);
     gs_err e;
 
-    if (caller_read(j, c) != 0)
+    if (caller_read(j, c, action, gi->name) != 0)
         return -1;
     if (c->anonymous) {
         if (!allow_anonymous || strcmp(c->cert_group, gi->name) != 0 ||
@@ -483,7 +521,7 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
     if (bound_pem != NULL)
         *bound_pem = NULL;
 
-    if (caller_read(j, c) != 0)
+    if (caller_read(j, c, action, group) != 0)
         return -1;
     if (group != NULL && !gs_valid_group_name(group))
         group = NULL; /* a name that cannot be a group's is not written into the record */
@@ -1386,7 +1424,7 @@ static void op_certify(struct kh_worker *w, struct kh_job *j)
     gs_err e;
 
     memset(&c, 0, sizeof(c));
-    if (caller_read(j, &c) != 0)
+    if (caller_read(j, &c, "certify", group) != 0)
         return;
     if (c.anonymous) {
         answer_error(j, 403, "forbidden", "membership certificates are issued to identified members only");

@@ -104,7 +104,11 @@ grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome
 "$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-kh.jsonl" >/dev/null || fail "the driven key holder's audit chain"
 grep '"identity":"mallory@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"too_many_failed_unwraps"' ||
   fail "the key holder did not audit the suspension"
-ok "the refusal for a non-member claimed over IPC is audited, and so is the suspension"
+# An identity that is not UTF-8 (khdrive: "mall\xf6ry@example.org"):
+# its refusal recorded with the byte escaped, in a chain that verifies.
+grep -F '"identity":"mall\\xf6ry@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"not_a_member"' ||
+  fail "the key holder did not audit the identity that is not UTF-8"
+ok "the refusal for a non-member claimed over IPC is audited (an identity not UTF-8 too), and so is the suspension"
 
 # ---- a key holder that hangs (SIGSTOP): 503 after [server] timeout ----
 # Not restarted (it did not end), but the network process does not wait

@@ -569,6 +569,13 @@ int main(int argc, char **argv)
     ipc_put_bytes(&b, IPC_T_ENC_KEY, ek, ek_len);
     ipc_nest_end(&b);
     ask(l0[0], &rd0, &b, 400, "bad_request", "an unwrap whose request id is not one (not UTF-8)");
+    /* 6-. An identity that is not UTF-8 (the network process takes it
+     * from a certificate, as UTF-8): no member of any group, refused as
+     * one, 403 with its record (the identity escaped: the audit log holds
+     * UTF-8 only); it was a store or audit failure, 503 with no record. */
+    unwrap_frame(&b, 20, "mall\xf6ry@example.org", "eng", ek, ek_len);
+    expect(l0[0], &rd0, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 403, "not_a_member",
+           "an unwrap for an identity that is not UTF-8");
     /* 6a. What a member may not do, claimed by the network process for
      * one: the admin operations, creating a group, the exploder's rewrap. */
     request_begin(&b, IPC_MEMBER_PUT, 30, argv[3], "eng");
