@@ -12,10 +12,15 @@
  * changed; a record is written for the outcome, refusals included. An import that fails anywhere destroys
  * what it put on the token, and records nothing in the database.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* ppoll: the SO PIN prompt */
+#endif
 #include "ceremony.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,14 +113,96 @@ static void free_refs(hsm_key **refs, size_t n)
 
 /* ---- the SO PIN ------------------------------------------------------------------ */
 
-/* Asked on the terminal without echo: never an argument, never logged. */
+/* The signals that end or stop a program at its terminal. Caught while the
+ * echo is off, to turn it on again first: a Ctrl-C (or a kill, a hang-up,
+ * a Ctrl-Z) at the prompt used to leave the operator's terminal without
+ * echo, the next commands typed unseen. */
+static const int tty_signals[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGALRM, SIGTSTP, SIGTTIN, SIGTTOU};
+static volatile sig_atomic_t tty_caught;
+
+static void tty_catch(int sig) { tty_caught = sig; }
+
+/* Catches tty_signals not ignored (saved: their actions, to put back;
+ * block: the set of them, for tty_read_char's waits). */
+static void tty_signals_catch(struct sigaction *saved, sigset_t *block)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = tty_catch;
+    (void)sigemptyset(&sa.sa_mask);
+    (void)sigemptyset(block);
+    tty_caught = 0;
+    for (size_t i = 0; i < GS_ARRAY_LEN(tty_signals); i++) {
+        (void)sigaddset(block, tty_signals[i]);
+        if (sigaction(tty_signals[i], NULL, &saved[i]) != 0)
+            saved[i].sa_handler = SIG_IGN; /* not caught: not put back either */
+        else if (saved[i].sa_handler != SIG_IGN)
+            (void)sigaction(tty_signals[i], &sa, NULL);
+    }
+}
+
+/* Puts back the actions and, unless NULL, the signal mask: a signal that
+ * came while blocked is caught here. */
+static void tty_signals_restore(const struct sigaction *saved, const sigset_t *mask)
+{
+    if (mask != NULL)
+        (void)sigprocmask(SIG_SETMASK, mask, NULL);
+    for (size_t i = 0; i < GS_ARRAY_LEN(tty_signals); i++)
+        if (saved[i].sa_handler != SIG_IGN)
+            (void)sigaction(tty_signals[i], &saved[i], NULL);
+}
+
+/* One byte from the terminal: 1, 0 at its end, -1 on an error or when one
+ * of tty_signals came (tty_caught). They are blocked but in ppoll's wait
+ * (mask): none can slip in between a look at tty_caught and a read that
+ * would then wait on. A read in the background, which the blocked
+ * SIGTTIN makes an EIO, is taken as that SIGTTIN: the job stops, as
+ * without the blocking. */
+static int tty_read_char(int fd, const sigset_t *mask, char *c)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    for (;;) {
+        if (tty_caught != 0)
+            return -1;
+        int r = ppoll(&pfd, 1, NULL, mask);
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (r <= 0)
+            continue; /* a signal: tty_caught says which, if one of ours */
+        ssize_t n = read(fd, c, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EIO && tcgetpgrp(fd) != getpgrp())
+            tty_caught = SIGTTIN;
+        return n < 0 ? -1 : (int)n;
+    }
+}
+
+/* The signal caught (the terminal already put back, saved restored) taken
+ * as it would have been: most end the program here. True when it was one
+ * that stops it (Ctrl-Z; a background job's terminal access), now
+ * continued: the prompt is made again. */
+static bool tty_signal_take(int sig)
+{
+    (void)raise(sig);
+    return sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+/* Asked on the terminal without echo: never an argument, never logged.
+ * A signal at the prompt puts the terminal back and is then taken as it
+ * would have been (the default: the program ends, or stops and asks again
+ * when continued). */
 static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
 {
     struct termios old, quiet;
+    struct sigaction saved[GS_ARRAY_LEN(tty_signals)];
+    sigset_t block, mask;
     char *buf = NULL;
     size_t n = 0;
     gs_err err = GS_OK;
-    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
+    int sig, fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
 
     *pin = NULL;
     *len = 0;
@@ -128,21 +215,26 @@ static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
         close(fd);
         return gs_err_set(GS_ERR_NOMEM, "out of memory reading the SO PIN");
     }
+again:
     quiet = old;
     quiet.c_lflag &= ~(tcflag_t)ECHO;
+    tty_signals_catch(saved, &block);
     /* Echo off (and typed-ahead input dropped) before the prompt shows:
-     * nothing typed after the prompt can be echoed. */
+     * nothing typed after the prompt can be echoed. In a background job
+     * this raises SIGTTOU (caught; not blocked yet): the job stops until
+     * brought to the foreground, as it did before the signals were caught. */
     if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
+        tty_signals_restore(saved, NULL);
+        if ((sig = tty_caught) != 0 && tty_signal_take(sig))
+            goto again;
         err = gs_err_set(GS_ERR_TOKEN, "cannot turn the terminal's echo off for the SO PIN");
         goto out;
     }
+    (void)sigprocmask(SIG_BLOCK, &block, &mask);
     (void)dprintf(fd, "security officer (SO) PIN of token %s: ", desc);
     for (;;) {
         char c;
-        ssize_t r = read(fd, &c, 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0 || c == '\n' || c == '\r')
+        if (tty_read_char(fd, &mask, &c) <= 0 || c == '\n' || c == '\r')
             break;
         if (n == SO_PIN_MAX) {
             err = gs_err_set(GS_ERR_TOKEN, "SO PIN longer than %u characters", SO_PIN_MAX);
@@ -150,8 +242,17 @@ static gs_err so_pin_from_tty(const char *desc, char **pin, size_t *len)
         }
         buf[n++] = c;
     }
-    (void)tcsetattr(fd, TCSAFLUSH, &old);
+    (void)tcsetattr(fd, TCSAFLUSH, &old); /* the signals blocked: not cut short */
     (void)dprintf(fd, "\n");
+    tty_signals_restore(saved, &mask); /* one that came meanwhile is caught now */
+    if ((sig = tty_caught) != 0) {
+        OPENSSL_cleanse(buf, SO_PIN_MAX + 2);
+        n = 0;
+        err = GS_OK;
+        if (tty_signal_take(sig))
+            goto again;
+        err = gs_err_set(GS_ERR_TOKEN, "no SO PIN: the prompt was interrupted");
+    }
     if (err == GS_OK && n == 0)
         err = gs_err_set(GS_ERR_TOKEN, "empty SO PIN");
 out:

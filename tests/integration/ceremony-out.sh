@@ -162,3 +162,36 @@ ok "tls init --out a named pipe: waits for its reader without the keys lock"
 # A regular file is still replaced atomically, 0600 for the .gsk
 expect 0 "group export --out FILE" -- gs_alpha group export eng --to "$work/t.pem" --out "$work/f.gsk"
 [ -f "$work/f.gsk" ] && [ "$(stat -c %a "$work/f.gsk")" = 600 ] || fail "group export --out FILE: not a 0600 file"
+
+# The SO PIN prompt (no so_pin_source) left the terminal without echo when
+# the operator pressed Ctrl-C at it (or the command was killed there): the
+# next commands typed went unseen. The echo is back when groupsrv ends,
+# and a TERM there ends it too. python3 gives the command a terminal of
+# its own and looks at that terminal's flags after it has gone.
+sed '/^so_pin_source/d' "$work/alpha.conf" > "$work/alpha-tty.conf"
+tty_py='import fcntl, os, select, signal, subprocess, sys, termios, time
+how = sys.argv[1]
+m, s = os.openpty()
+p = subprocess.Popen(sys.argv[2:], stdin=s, stdout=s, stderr=s, start_new_session=True,
+                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+out, end = b"", time.monotonic() + 60
+while b"PIN of token" not in out and time.monotonic() < end and p.poll() is None:
+    if select.select([m], [], [], 0.5)[0]:
+        out += os.read(m, 4096)
+if b"PIN of token" not in out:
+    print("no prompt:", out.decode(errors="replace"))
+    sys.exit(1)
+if how == "ctrl-c":
+    os.write(m, b"\x03")
+else:
+    p.send_signal(signal.SIGTERM)
+rc = p.wait(timeout=60)
+print(rc, "echo" if termios.tcgetattr(s)[3] & termios.ECHO else "no-echo")'
+for how in ctrl-c term; do
+  got=$(env "$alpha_env" python3 -c "$tty_py" "$how" "$BIN/groupsrv" -c "$work/alpha-tty.conf" group export eng \
+    --to "$work/t.pem" --out "$work/tty.gsk") || fail "SO PIN prompt, $how: $got"
+  want=$([ "$how" = ctrl-c ] && echo -2 || echo -15)
+  [ "$got" = "$want echo" ] || fail "SO PIN prompt, $how: '$got', wanted '$want echo' (ended by the signal, echo on)"
+  [ ! -e "$work/tty.gsk" ] || fail "SO PIN prompt, $how: a file was written"
+done
+ok "Ctrl-C or a TERM at the SO PIN prompt ends groupsrv with the terminal's echo on again"
