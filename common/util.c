@@ -154,7 +154,9 @@ static int read_path(const char *path, size_t max, bool regular_only, unsigned c
         rc = UTIL_E_TOOBIG;
     else
         rc = util_read_fd(fd, max, out, len); /* a regular file's reads do not wait */
+    int e = errno; /* the read's (EISDIR for a directory): for util_read_why */
     close(fd);
+    errno = e;
     return rc;
 }
 
@@ -795,13 +797,16 @@ int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_
     return UTIL_OK;
 }
 
-const char *util_pin_source_why(int rc, int e)
+const char *util_read_why(int rc, int e)
 {
-    if (rc == UTIL_E_FORMAT)
-        return "empty";
     if (rc == UTIL_E_IO && e != 0)
         return strerror(e);
     return util_strerror(rc);
+}
+
+const char *util_pin_source_why(int rc, int e)
+{
+    return rc == UTIL_E_FORMAT ? "empty" : util_read_why(rc, e);
 }
 
 void util_forget_env_source(const char *source)

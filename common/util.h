@@ -87,6 +87,10 @@ int util_read_pin_source(const char *source, char **pin, size_t *len);
 /* The same, waiting at most wait_ms for a named pipe's writer
  * (util_read_pin_source waits 10 s). */
 int util_read_pin_source_wait(const char *source, int wait_ms, char **pin, size_t *len);
+/* Why util_read_file (or util_read_regular_file) failed with rc, errno e
+ * taken just after it, for a message: UTIL_E_IO says the system's reason
+ * ("Is a directory", "Permission denied"), not "I/O error". */
+const char *util_read_why(int rc, int e);
 /* Why util_read_pin_source failed with rc, errno e taken just after it,
  * for a message: an open the system refused says its reason (permission
  * denied, a link that loops), not "I/O error"; UTIL_E_FORMAT is "empty". */

@@ -87,11 +87,13 @@ static void token_desc(hsm_ctx *hsm, char *buf, size_t cap)
 
 static gs_err read_file_max(const char *path, size_t max, unsigned char **buf, size_t *len)
 {
-    int rc = util_read_file(path, max, buf, len);
+    int rc = util_read_file(path, max, buf, len), e = errno;
 
+    /* The system's reason: "--in DIR" said "I/O error", not that it named
+     * a directory. */
     if (rc != UTIL_OK)
         return gs_err_set(rc == UTIL_E_NOTFOUND ? GS_ERR_NOT_FOUND : GS_ERR_IO, "cannot read %s: %s", path,
-                          util_strerror(rc));
+                          util_read_why(rc, e));
     return GS_OK;
 }
 

@@ -366,11 +366,11 @@ gs_err read_cert_file(const char *path, X509 **out)
     unsigned char *buf = NULL;
     size_t len = 0;
     gs_err err;
-    int rc = util_read_file(path, CERT_FILE_MAX, &buf, &len);
+    int rc = util_read_file(path, CERT_FILE_MAX, &buf, &len), e = errno;
     *out = NULL;
     if (rc != UTIL_OK)
         return gs_err_set(rc == UTIL_E_NOTFOUND ? GS_ERR_NOT_FOUND : GS_ERR_IO, "cannot read %s: %s", path,
-                          util_strerror(rc));
+                          util_read_why(rc, e));
     err = gs_cert_parse(buf, len, out);
     if (err)
         err = gs_err_set(err, "%s: %s", path, gs_err_detail());

@@ -163,6 +163,16 @@ ok "tls init --out a named pipe: waits for its reader without the keys lock"
 expect 0 "group export --out FILE" -- gs_alpha group export eng --to "$work/t.pem" --out "$work/f.gsk"
 [ -f "$work/f.gsk" ] && [ "$(stat -c %a "$work/f.gsk")" = 600 ] || fail "group export --out FILE: not a 0600 file"
 
+# A file option naming a directory says so: "cannot read DIR: I/O error"
+# did not (group import --in, group export --to, member add --cert).
+mkdir -p "$work/adir"
+refused alpha 1 "group import --in a directory" -- gs_alpha group import --in "$work/adir"
+expect_msg "^groupsrv: cannot read $work/adir: Is a directory\$"
+refused alpha 1 "group export --to a directory" -- gs_alpha group export eng --to "$work/adir" --out "$work/d.gsk"
+expect_msg "cannot read $work/adir: Is a directory\$"
+expect 1 "member add --cert a directory" -- gs_alpha member add eng d@example.org --cert "$work/adir"
+expect_msg "cannot read $work/adir: Is a directory\$"
+
 # The SO PIN prompt (no so_pin_source) left the terminal without echo when
 # the operator pressed Ctrl-C at it (or the command was killed there): the
 # next commands typed went unseen. The echo is back when groupsrv ends,
