@@ -578,51 +578,33 @@ static char *token_uri_of(const char *key_uri)
     return out;
 }
 
-/* RFC 7512 pin-source attribute, if any (malloc'd), its %XX decoded as
- * p11-kit decodes it ("file:/My%20PINs/pin", as RFC 7512 writes it); a
- * raw space is kept, as groupmail always read it. In the query, as RFC
- * 7512 puts it, or in the path, where p11-kit reads it too (older URIs
- * carry it there): a path one was ignored, and the key "not found
- * (no PIN source)". Given more than once (a path one and a query one),
- * the last, as p11-kit takes it: the first was read, another program
- * given the URI read the other file, and a wrong PIN counts towards
- * the token's lockout. pinfile= is p11-kit's older name for it. */
-static char *pin_source_of(const char *key_uri)
+/* The PIN source of a key or token URI, as p11-kit reads it
+ * (util_uri_pin_source: in the query or the path, the last of two,
+ * pinfile= too, %XX decoded, a raw space kept): 0 with *src (NULL: none),
+ * or -1 after the error line for one p11-kit refuses. The same reading
+ * as groupsrv's refusal of a PIN source in a key URI: groupmail read the
+ * names without white space or case ("; pin-source=", "PKCS11:pin-source=",
+ * which p11-kit reads, not logged in) and took "PIN-SOURCE=", which p11-kit
+ * refuses, for none. */
+static int uri_pin_source(const char *uri, char **src)
 {
-    const char *p = key_uri + (strncmp(key_uri, "pkcs11:", 7) == 0 ? 7 : 0), *val = NULL;
-    size_t vlen = 0;
-    bool in_query = false;
+    int rc = util_uri_pin_source(uri, src);
 
-    while (*p != '\0') {
-        size_t len = strcspn(p, in_query ? "&" : ";?");
-        /* RFC 7512 "file:PATH" is also our pin source syntax; "pinfile",
-         * p11-kit's older name, is the same attribute there (read as
-         * another, the PIN came from another file than p11-kit's) */
-        size_t k = len >= 11 && strncmp(p, "pin-source=", 11) == 0 ? 11
-                   : len >= 8 && strncmp(p, "pinfile=", 8) == 0  ? 8
-                                                                 : 0;
-        if (k != 0) {
-            val = p + k;
-            vlen = len - k;
-        }
-        p += len;
-        if (*p == '?')
-            in_query = true;
-        if (*p != '\0')
-            p++;
-    }
-    return val != NULL ? util_uri_value_decode(val, vlen) : NULL;
+    if (rc >= 0)
+        return 0;
+    if (rc == UTIL_E_FORMAT)
+        gm_err("%s: its pin-source (or pinfile) is one p11-kit refuses: the name in lower case, a %%XX of two hex "
+               "digits, not %%00", uri);
+    else
+        gm_err("%s: %s", uri, util_strerror(rc));
+    return -1;
 }
 
 /* Whether gm_hsm_open_token finds a PIN source for uri (and logs in). */
 static bool has_pin_source(const gm_config *c, const char *uri)
 {
-    char *p = NULL;
-    bool found = c->hsm_pin_source != NULL || (p = pin_source_of(uri)) != NULL ||
-                 (c->hsm_token != NULL && (p = pin_source_of(c->hsm_token)) != NULL);
-    if (p != NULL)
-        util_secret_free(p, strlen(p));
-    return found;
+    return c->hsm_pin_source != NULL || util_uri_pin_source(uri, NULL) == 1 ||
+           (c->hsm_token != NULL && util_uri_pin_source(c->hsm_token, NULL) == 1);
 }
 
 int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx)
@@ -646,8 +628,11 @@ int gm_hsm_open_token(const gm_config *c, const char *uri, hsm_ctx **ctx)
         hc.token_uri = tok;
     if (c->hsm_pin_source != NULL)
         hc.pin_source = c->hsm_pin_source;
-    else if ((hc.pin_source = pinsrc = pin_source_of(uri)) == NULL && c->hsm_token != NULL)
-        hc.pin_source = pinsrc = pin_source_of(c->hsm_token);
+    else if (uri_pin_source(uri, &pinsrc) != 0 ||
+             (pinsrc == NULL && c->hsm_token != NULL && uri_pin_source(c->hsm_token, &pinsrc) != 0))
+        goto out;
+    else
+        hc.pin_source = pinsrc;
     hc.max_sessions = 2;
     if ((he = hsm_open(&hc, ctx)) != HSM_OK) {
         gm_err("token %s: %s %s", hc.token_uri, hsm_strerror(he), hsm_last_error_detail());

@@ -414,43 +414,103 @@ int util_uri_has_pin_value(const char *uri)
     return uri_has_attr(uri, "pin-value");
 }
 
-/* Whether p11-kit reads a PIN source in uri: exactly where it looks, so
- * that a label holding the text ("object=a:pin-source=b", a label p11-kit
- * reads whole) is not refused. Whitespace dropped anywhere, the scheme's
- * case ignored; then an attribute starts right after "pkcs11:", after a
- * ';' in the path, after the first '?' and after a '&' in the query (a
- * ';' there, a '?' after the first, a ':' or '&' in the path are bytes of
- * a value). Named "pin-source", or "pinfile", p11-kit's older name, which
- * it reads as the same attribute; in any case (p11-kit refuses another
- * case anyway: this says why). */
-int util_uri_has_pin_source(const char *uri)
+/* p11-kit's white space (P11_URL_WHITESPACE): dropped anywhere in a URI.
+ * Not a tab or a form feed: p11-kit keeps those (and then refuses or
+ * reads them as bytes of a name). */
+static bool uri_ws(char c)
 {
-    static const char *const names[] = {"pin-source=", "pinfile="};
-    size_t n = 0;
-    char *plain;
-    int found = 0;
-    bool in_query = false;
+    return c == ' ' || c == '\n' || c == '\r' || c == '\v';
+}
 
+/* Whether [p, end) is name, white space dropped; exact: in its case. */
+static bool uri_name_is(const char *p, const char *end, const char *name, bool exact)
+{
+    for (; p < end; p++) {
+        if (uri_ws(*p))
+            continue;
+        if (*name == '\0' || (exact ? *p != *name : tolower((unsigned char)*p) != *name))
+            return false;
+        name++;
+    }
+    return *name == '\0';
+}
+
+/* Whether every '%' in [p, end) starts a %XX p11-kit decodes, not %00
+ * (p11-kit would cut the value there: a NUL ends its string). */
+static bool uri_escapes_ok(const char *p, const char *end)
+{
+    for (; p < end; p++) {
+        if (*p != '%')
+            continue;
+        if (end - p < 3 || util_hex_digit((unsigned char)p[1]) < 0 || util_hex_digit((unsigned char)p[2]) < 0 ||
+            (p[1] == '0' && p[2] == '0'))
+            return false;
+        p += 2;
+    }
+    return true;
+}
+
+/* Where and as p11-kit (0.24) reads a PIN source, so that a label holding
+ * the text ("object=a:pin-source=b", which p11-kit reads whole) is none:
+ * white space dropped, the scheme's case ignored; an attribute starts
+ * right after "pkcs11:", after a ';' in the path, after the first '?' and
+ * after a '&' in the query (a ';' there, a '?' after the first, a ':' or
+ * '&' in the path are bytes of a value); its name is up to the first '='.
+ * Named "pin-source", or "pinfile", p11-kit's older name for the same
+ * attribute; given more than once, the last. */
+int util_uri_pin_source(const char *uri, char **value)
+{
+    static const char scheme[] = "pkcs11:";
+    const char *p = uri, *val = NULL, *vend = NULL;
+    bool in_query = false, refused = false;
+    char *out;
+
+    if (value != NULL)
+        *value = NULL;
     if (uri == NULL)
         return 0;
-    if ((plain = malloc(strlen(uri) + 1)) == NULL)
-        return 1; /* cannot tell: refused as carrying one */
-    for (const char *p = uri; *p != '\0'; p++)
-        if (!isspace((unsigned char)*p))
-            plain[n++] = *p;
-    plain[n] = '\0';
-    if (strncasecmp(plain, "pkcs11:", 7) == 0) {
-        for (const char *p = plain + 7; *p != '\0' && !found; p++) {
-            bool starts =
-                p == plain + 7 || (!in_query && (p[-1] == ';' || p[-1] == '?')) || (in_query && p[-1] == '&');
-            if (p[-1] == '?')
-                in_query = true; /* the first '?': the query begins */
-            for (size_t i = 0; starts && !found && i < GS_ARRAY_LEN(names); i++)
-                found = strncasecmp(p, names[i], strlen(names[i])) == 0;
-        }
+    for (size_t i = 0; scheme[i] != '\0'; p++) {
+        if (*p == '\0' || (!uri_ws(*p) && tolower((unsigned char)*p) != scheme[i]))
+            return 0;
+        i += !uri_ws(*p);
     }
-    free(plain);
-    return found;
+    while (*p != '\0') {
+        size_t len = strcspn(p, in_query ? "&" : ";?");
+        const char *eq = memchr(p, '=', len);
+        if (eq != NULL && (uri_name_is(p, eq, "pin-source", true) || uri_name_is(p, eq, "pinfile", true))) {
+            val = eq + 1;
+            vend = p + len;
+            refused = refused || !uri_escapes_ok(val, vend);
+        } else if (eq != NULL && (uri_name_is(p, eq, "pin-source", false) || uri_name_is(p, eq, "pinfile", false))) {
+            refused = true; /* p11-kit refuses the URI (a path one: matches nothing) */
+        }
+        p += len;
+        in_query = in_query || *p == '?';
+        if (*p != '\0')
+            p++;
+    }
+    if (refused)
+        return UTIL_E_FORMAT;
+    if (val == NULL)
+        return 0;
+    if (value == NULL)
+        return 1;
+    /* White space at either end dropped, as p11-kit drops it; within, kept
+     * as written: groupmail has always read "?pin-source=file:/My PINs/pin"
+     * so (docs/groupmail.1.md), where p11-kit reads "/MyPINs/pin". */
+    while (val < vend && uri_ws(*val))
+        val++;
+    while (vend > val && uri_ws(vend[-1]))
+        vend--;
+    if ((out = util_uri_value_decode(val, (size_t)(vend - val))) == NULL)
+        return UTIL_E_NOMEM;
+    *value = out;
+    return 1;
+}
+
+int util_uri_has_pin_source(const char *uri)
+{
+    return util_uri_pin_source(uri, NULL) != 0;
 }
 
 static int uri_byte_needs_escape(unsigned char c, int strict)

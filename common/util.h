@@ -106,12 +106,24 @@ const char *util_pin_source_path(const char *source);
  * refused where it is given and never shown: the PIN would be in an error
  * line, a log or a database record. */
 int util_uri_has_pin_value(const char *uri);
-/* Nonzero when a pkcs11: URI names a PIN source (pin-source, RFC 7512
- * section 2.4, or p11-kit's older name pinfile), where and as p11-kit
- * reads one: a label holding the text is no PIN source. groupsrv
- * logs in to its token once, with [hsm] pin_source: a key URI's own PIN
- * source is refused where the URI is given (--use-key, [tls] key) rather
- * than ignored without a word. */
+/* The PIN source of a pkcs11: URI (pin-source, RFC 7512 section 2.4, or
+ * p11-kit's older name pinfile), where and as p11-kit reads one: in the
+ * path or the query, white space dropped in the scheme and names, the
+ * scheme in any case, the name in lower case; given twice, the last, as
+ * p11-kit takes it (groupmail's read and groupsrv's refusal are this one
+ * reading: the PIN read from another file than other programs given the
+ * URI read counts towards the token's lockout). 1 with *value (unless
+ * value is NULL; malloc'd, release with util_secret_free) its value, %XX
+ * decoded, white space at either end dropped and within kept (groupmail
+ * has always read a path with a raw space so); 0 when there is none
+ * (*value NULL); UTIL_E_FORMAT when p11-kit would refuse it (a name in
+ * another case, "PIN-SOURCE="; a '%' that starts no %XX) or cut it short
+ * (%00); UTIL_E_NOMEM. */
+int util_uri_pin_source(const char *uri, char **value);
+/* Nonzero when util_uri_pin_source finds a PIN source, or one p11-kit
+ * refuses. groupsrv logs in to its token once, with [hsm] pin_source: a
+ * key URI's own PIN source is refused where the URI is given (--use-key,
+ * [tls] key) rather than ignored without a word. */
 int util_uri_has_pin_source(const char *uri);
 
 /* Nonzero when a pkcs11: URI holds a byte RFC 7512 wants percent-encoded

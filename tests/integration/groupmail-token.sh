@@ -61,6 +61,16 @@ for ps in "file:$work/my pins/pin" "file:${work// /%20}/my%20pins/pin"; do
   expect_rc 0 "csr with the PIN from ?pin-source=$ps" -- gm csr --config "$work/nopin.conf" \
     --key "$key?pin-source=$ps" --from tina@example.org --out "$work/ps.csr"
 done
+# ... read where and as p11-kit reads it (util_uri_pin_source, one reading
+# with groupsrv's refusal): white space around the name, which p11-kit
+# drops, was not read (no login, "key not found"); a name in upper case,
+# which p11-kit refuses, was taken for no PIN source: now said so.
+expect_rc 0 "csr with the PIN from '? pin-source = '" -- gm csr --config "$work/nopin.conf" \
+  --key "$key? pin-source = file:${work// /%20}/my%20pins/pin" --from tina@example.org --out "$work/ps.csr"
+expect_rc 1 "csr with a PIN-SOURCE= p11-kit refuses" -- gm csr --config "$work/nopin.conf" \
+  --key "$key?PIN-SOURCE=file:$work/my pins/pin" --from tina@example.org --out "$work/ps.csr"
+grep -q "pin-source (or pinfile) is one p11-kit refuses" "$work/gm.err" ||
+  fail "csr with a PIN-SOURCE=: not said why: $(cat "$work/gm.err")"
 expect_rc 2 "csr refuses a key file (openssl req does that)" -- gm csr --key "$certs/alice@example.org.key" \
   --from alice@example.org
 

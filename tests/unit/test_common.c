@@ -839,6 +839,72 @@ static void test_jsonw_shape_and_bounds(void **state)
 /* What p11-kit would drop (a space) or keep raw (UTF-8, quotes): found,
  * and encoded as %XX, the rest of the URI left as it is; a label encoded
  * as a URI value; cut short, never past the buffer. */
+/* util_uri_pin_source: the PIN source p11-kit reads (each value here is
+ * what p11-kit 0.24's p11_kit_uri_get_pin_source gives, but for a raw
+ * space within a value, kept), or the refusal of one it refuses. */
+static void test_uri_pin_source(void **state)
+{
+    static const struct {
+        const char *uri;
+        int rc;
+        const char *value;
+    } cases[] = {
+        {"pkcs11:token=a?pin-source=file:/p", 1, "file:/p"},
+        {"pkcs11:pin-source=/p;token=a", 1, "/p"},
+        {"pkcs11:token=a;pinfile=/p", 1, "/p"},
+        /* the last of two, path or query, either name */
+        {"pkcs11:token=a;pin-source=/p?pin-source=/q", 1, "/q"},
+        {"pkcs11:token=a?pin-source=/p&pinfile=/q&module-name=m", 1, "/q"},
+        {"pkcs11:token=a;pinfile=/p;object=o?pin-source=/q&x=y", 1, "/q"},
+        /* white space (not a tab) dropped in the scheme and the names, the
+         * scheme in any case: groupmail read none of these */
+        {" pkcs11: token=a ; pin-source = /p", 1, "/p"},
+        {"pkcs11:token=a? pin-source=/p", 1, "/p"},
+        {"pkcs11:token=a?pin-\nsource=/p", 1, "/p"},
+        {"PKCS11:pin-source=/p", 1, "/p"},
+        {"Pkcs11:token=a?pinfile=/p", 1, "/p"},
+        /* a value's %XX decoded, ';', '?' and '=' in a query value kept, white
+         * space at its ends dropped, within kept (groupmail's reading) */
+        {"pkcs11:token=a?pin-source=file:/My%20PINs/p%3bq", 1, "file:/My PINs/p;q"},
+        {"pkcs11:token=a?pin-source=/x;y?z=w", 1, "/x;y?z=w"},
+        {"pkcs11:token=a?pin-source= /my pins/p ", 1, "/my pins/p"},
+        {"pkcs11:token=a?pin-source=", 1, ""},
+        {"pkcs11:token=a;;pin-source=/p", 1, "/p"},
+        /* none: a label or a query value holding the text, no scheme */
+        {"pkcs11:object=a:pin-source=b;type=private", 0, NULL},
+        {"pkcs11:object=a&pin-source=b", 0, NULL},
+        {"pkcs11:object=k?module-name=a;pin-source=b", 0, NULL},
+        {"pkcs11:object=k?module-name=a?pin-source=b", 0, NULL},
+        {"pkcs11:token=a%3bpin-source=/x", 0, NULL},
+        {"pkcs11:object=%70in-source=x", 0, NULL},
+        {"pkcs11:object=k?pin-value=1", 0, NULL},
+        {"pkcs11:token=a?pin-\tsource=/p", 0, NULL},
+        {"pin-source=/p", 0, NULL},
+        {"\tpkcs11:pin-source=/p", 0, NULL},
+        {"pkcs11:token=a", 0, NULL},
+        /* refused: p11-kit refuses the URI (a name in another case; a bad
+         * %XX even in an earlier one) or cuts the value short (%00) */
+        {"pkcs11:token=a?PIN-SOURCE=/p", UTIL_E_FORMAT, NULL},
+        {"pkcs11:token=a;PinFile=/p", UTIL_E_FORMAT, NULL},
+        {"pkcs11:token=a?pin-source=/p&Pin-Source=/q", UTIL_E_FORMAT, NULL},
+        {"pkcs11:token=a?pin-source=%4", UTIL_E_FORMAT, NULL},
+        {"pkcs11:token=a?pin-source=/%zz&pin-source=/q", UTIL_E_FORMAT, NULL},
+        {"pkcs11:token=a?pin-source=/x%00y", UTIL_E_FORMAT, NULL},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *v = (char *)"unset";
+        int rc = util_uri_pin_source(cases[i].uri, &v);
+        if (rc != cases[i].rc || (cases[i].value == NULL ? v != NULL : v == NULL || strcmp(v, cases[i].value) != 0))
+            fail_msg("%s: %d [%s], wanted %d [%s]", cases[i].uri, rc, v != NULL ? v : "(none)", cases[i].rc,
+                     cases[i].value != NULL ? cases[i].value : "(none)");
+        free(v);
+        assert_int_equal(util_uri_pin_source(cases[i].uri, NULL), cases[i].rc);
+        assert_int_equal(util_uri_has_pin_source(cases[i].uri), cases[i].rc != 0);
+    }
+    assert_int_equal(util_uri_pin_source(NULL, NULL), 0);
+}
+
 static void test_uri_escape_loose(void **state)
 {
     char out[64];
@@ -1354,6 +1420,7 @@ static void test_close_all_but_full_table(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uri_pin_source),
         cmocka_unit_test(test_uri_escape_loose),
         cmocka_unit_test(test_b64_roundtrip),
         cmocka_unit_test(test_b64_rejects),
