@@ -364,7 +364,7 @@ int gm_cmd_keys_import(gm_config *c)
     json_t *versions = NULL, *labels = NULL;
     char desc[96], tlabel[33], tlabel_uri[3 * 32 + 1], klabel_uri[3 * sizeof(((gsk_key *)0)->label) + 1];
     gsk_err ge;
-    int rc = GM_EXIT_USAGE;
+    int ur, rc = GM_EXIT_USAGE;
 
     if (need_token(c) != 0)
         return rc;
@@ -374,8 +374,8 @@ int gm_cmd_keys_import(gm_config *c)
         return rc;
     }
     rc = GM_EXIT_ERROR;
-    if (util_read_file(c->in, GSK_FILE_MAX, &file, &flen) != UTIL_OK) {
-        gm_err("cannot read %s", c->in);
+    if ((ur = util_read_file(c->in, GSK_FILE_MAX, &file, &flen)) != UTIL_OK) {
+        gm_err("cannot read %s: %s", c->in, util_read_why(ur, errno)); /* it gave no reason ("Is a directory") */
         goto out;
     }
     if ((ca = gm_read_cert_file(ca_file)) == NULL)

@@ -248,6 +248,11 @@ expect 2 "^groupmail: unknown option --pin-value $usage" "groupmail: an unknown 
 ! grep -q 123456 "$work/err" || fail "groupmail echoed an unknown option's value"
 expect 2 "^groupmail: option --timeout needs a value $usage" "groupmail --timeout without a value" -- "$gm" keys list --timeout
 expect 2 "^groupmail: option --cbc takes no value $usage" "groupmail --cbc=yes" -- "$gm" encrypt --cbc=yes
+# --in naming a directory says so (it said "cannot read DIR" and no reason)
+mkdir -p "$work/gmdir"
+printf '[hsm]\nmodule = /usr/lib/softhsm/libsofthsm2.so\n' > "$work/gmhsm.conf"
+expect 1 "^groupmail: cannot read $work/gmdir: Is a directory\$" "groupmail keys import-group-key --in DIR" -- \
+  "$gm" -c "$work/gmhsm.conf" keys import-group-key --in "$work/gmdir" --token pkcs11:token=x --group-ca "$work/gmhsm.conf"
 expect 2 "^groupmail: unknown option -x $usage" "groupmail -x" -- "$gm" encrypt -x
 expect 2 "^groupmail: keys: expected sync, list" "groupmail keys alone" -- "$gm" keys
 # a typo in keys' subcommand as in a command: named, quoted, before the configuration is read
