@@ -1010,8 +1010,10 @@ static gs_err ec_kdf_check(hsm_ctx *hsm, hsm_key *key, unsigned bits)
 
     if (he != HSM_OK)
         return gs_hsm_fail(he, "trying ECDH with the X9.63 KDF", key != NULL ? hsm_key_label(key) : "(session key)");
+    /* The token's lasting answer, as gs_policy_choose's refusals: 400
+     * over REST, not 503 "try again later" and a token error counted. */
     if (kdfs == 0)
-        return gs_err_set(GS_ERR_HSM, "this token cannot hold EC group keys: %s, which every RFC 5753 sender's "
+        return gs_err_set(GS_ERR_POLICY, "this token cannot hold EC group keys: %s, which every RFC 5753 sender's "
                           "message needs, so none could be read: use an RSA key (--key rsa:3072)",
                           hsm_last_error_detail());
     return GS_OK;

@@ -128,6 +128,11 @@ expect_status 400 bad_request "POST /v1/groups of a v1.5 group where the token h
   c admin --data-binary '{"name":"v15","address":"v15@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
 grep -q "the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need" "$work/body" ||
   fail "the 400 does not say why: $(cat "$work/body")"
+# An EC group where the token's ECDH takes no X9.63 KDF (SoftHSM 2.6.1,
+# this profile included): the same lasting refusal, 400 saying why.
+expect_status 400 bad_request "POST /v1/groups of an EC group where ECDH takes no X9.63 KDF" -- \
+  c admin --data-binary '{"name":"ecg","address":"ecg@example.org","keyspec":"ec:p256"}' "$base/v1/groups"
+grep -q "takes no X9.63 KDF" "$work/body" || fail "the EC 400 does not say why: $(cat "$work/body")"
 expect_status 201 "" "POST /v1/groups of an RSA-OAEP-only group on that token" -- \
   c admin --data-binary '{"name":"oaep","address":"oaep@example.org","keyspec":"rsa:2048","allow_pkcs1v15":false}' \
   "$base/v1/groups"
