@@ -65,7 +65,8 @@ set_tests_properties(server_findings PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
 # Short unwraps run on the key holder's I/O loop; one that must search the
-# token again is given back to a worker (zero-cost token, tests/p11fault).
+# token again is given back to a worker (zero-cost token, tests/p11fault),
+# its rate-limit token charged once (rate_limit = 1, rate_burst = 1).
 add_test(NAME server_inline
   COMMAND bash ${GS_TEST_DIR}/integration/server-inline.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
 set_tests_properties(server_inline PROPERTIES LABELS "integration" TIMEOUT 300
