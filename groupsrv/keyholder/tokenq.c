@@ -288,7 +288,11 @@ unsigned tokenq_run_here(tokenq *q, int (*run)(void *ctx, tq_job *job), void *ct
         double t = util_monotonic_s() - t0;
         pthread_mutex_lock(&q->mu);
         q->running--;
-        if (how == TQ_RAN)
+        /* A job given back is a sample too: its time until then was this
+         * thread's own (the key holder's group load, token searches, before
+         * the search again it gives back), and unmeasured, a stream of them
+         * kept the time short and the I/O loop taking each. */
+        if (how == TQ_RAN || how == TQ_GAVE_BACK)
             q->service_s[TQ_TOKEN] += TQ_EWMA_WEIGHT * (t - q->service_s[TQ_TOKEN]);
         pthread_mutex_unlock(&q->mu);
     }

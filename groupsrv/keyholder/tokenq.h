@@ -121,7 +121,8 @@ void tokenq_wake(tokenq *q);
  * TQ_GAVE_BACK: the job would have to wait (the key holder's search
  * again for a key not shown yet pauses up to 120 ms), which the calling
  * thread must not; the callback has queued it again with worker_only set,
- * and the caller's tokenq_wake afterwards wakes a worker for it.
+ * and the caller's tokenq_wake afterwards wakes a worker for it. The time
+ * until a job was given back is a sample as well: it was spent here.
  * after_run is not called. Returns the number of jobs taken (0: none
  * qualified). The caller calls tokenq_wake after it either way. */
 #define TQ_INLINE_US 100

@@ -693,6 +693,55 @@ static void test_run_here_gives_back(void **state)
     tokenq_stop(q);
 }
 
+/* The time spent here on a job given back is a sample of the service
+ * time: the key holder's I/O loop loads the group (token searches) before
+ * the search again it gives back, a member asking for a key version the
+ * token lacks makes it do that at every request, and without the sample
+ * the measured time stayed short and the loop took every such request.
+ * Here 20 ms spent before the give-back (the worker's run of the job
+ * pauses, as a search again does: no sample) leave the time over 1 ms,
+ * and the next short job goes to a worker. */
+static int slow_give_back_cb(void *ctx, tq_job *job)
+{
+    struct tjob *j = (struct tjob *)job;
+    struct timespec ts = {0, 20 * 1000000L};
+    (void)ctx;
+
+    nanosleep(&ts, NULL);
+    j->tq.worker_only = true;
+    j->drop = 1; /* the worker's run: unmeasured */
+    assert_int_equal(tokenq_submit_deferred(here_q, job, "id:a", 0, NULL), TQ_QUEUED);
+    return TQ_GAVE_BACK;
+}
+
+static void test_run_here_give_back_is_measured(void **state)
+{
+    static struct tjob jobs[2];
+    tokenq_stats st;
+    tokenq *q = here_q = start_indexed(2, 0);
+    (void)state;
+
+    measure_short(q, 2);
+    wait_idle(q, 2);
+    R.n = 0;
+    mk(jobs, 0, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_run_here(q, slow_give_back_cb, &here_id), 1);
+    tokenq_wake(q);
+    wait_done(1);
+    wait_idle(q, 2);
+    assert_int_not_equal(jobs[0].ran_on, 99);
+    tokenq_get_stats(q, &st);
+    assert_true(st.service_s[TQ_TOKEN] > 1e-3);
+    mk(jobs, 1, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[1].tq, "id:b", 0, NULL), TQ_QUEUED);
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(2);
+    assert_int_not_equal(jobs[1].ran_on, 99);
+    tokenq_stop(q);
+}
+
 /* after_run follows every run on the same worker, before its next job,
  * and its time is not the job's: a 150 ms after_run leaves the measured
  * service time of instant jobs far below it. (The bound is half the
@@ -735,6 +784,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_run_here_short_jobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_here_not_while_a_worker_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_here_gives_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_here_give_back_is_measured, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
