@@ -384,7 +384,8 @@ static bool job_run(void *worker, tq_job *tq)
 
 /* tokenq_run_here's callback, on the I/O loop (its own kh_worker, which
  * never syncs the audit log: job_done hands the round to the syncer). A
- * job that would pause (a search again) comes back unanswered and
+ * job that would pause (a search again) or check a token that failed
+ * its unwrap (khops.c, hsm_item_fail) comes back unanswered and
  * unaudited, its rate-limit token kept (rl_taken), and is queued again
  * for a worker, first in its flow (the jobs queued behind it were taken
  * with it), never shed: it was admitted already. */
@@ -403,7 +404,7 @@ static int job_run_here(void *worker, tq_job *tq)
         return ran ? TQ_RAN : TQ_RAN_UNMEASURED;
     }
     log_set_request_id(ipc_str(&j->msg, IPC_T_REQUEST_ID));
-    log_debug("request given back to a token worker: it searches the token again");
+    log_debug("request given back to a token worker: it searches the token again or checks a failed token");
     log_set_request_id(NULL);
     ipc_buf_free(&j->reply);
     ipc_buf_init(&j->reply);

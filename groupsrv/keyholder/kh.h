@@ -90,7 +90,8 @@ struct kh_worker {
     double deadline_s;
     /* The I/O loop's own context (tokenq_run_here, keyholder.c): it never
      * syncs the audit log itself and never pauses (the I/O loop must not
-     * wait for the disk or a search again): a job that would pause is
+     * wait for the disk or a search again, nor run the health check of a
+     * token that failed): a job that would pause or check is
      * given back (gave_back) before anything of it is audited or sent,
      * and a worker runs it from the start. */
     bool io_loop;

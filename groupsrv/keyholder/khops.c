@@ -663,6 +663,15 @@ static int hsm_item_fail(struct kh_worker *w, struct item_res *r, hsm_err err, c
         return item_fail(r, 400, "unsupported_certificate_key", "the certificate key cannot be wrapped to (RSA needed)");
     }
     gcache_mark_stale(w->gc);
+    /* The I/O loop does not run the health check below (some 26 token
+     * calls on a token that just failed, the audit log's room, perhaps a
+     * module re-initialisation): nothing of the job is audited or answered
+     * yet, it is given back (kh.h) and a token worker runs it again, which
+     * answers, or fails it and checks the token. */
+    if (w->io_loop && hsm_err_unavailable(err)) {
+        w->gave_back = true;
+        return item_fail(r, 503, "token_unavailable", "given back to a token worker");
+    }
     metrics_token_error();
     log_error("token operation failed op=%s err=\"%s\" detail=\"%s\"", op, hsm_strerror(err),
               log_qs(hsm_last_error_detail()));
@@ -1085,7 +1094,7 @@ static void op_unwrap(struct kh_worker *w, struct kh_job *j)
             continue;
         }
         int rc = item_exec(w, g, &c, &u, &r);
-        if (w->gave_back) { /* no token call made, nothing audited: a worker runs it again */
+        if (w->gave_back) { /* nothing audited or answered: a worker runs it again */
             item_res_clear(&r);
             goto out;
         }

@@ -10,7 +10,9 @@
 # from the start. Checked: the answer (200 once found; 503 key_unavailable
 # for a version truly absent), exactly one audit record per request (a
 # record made by the loop's pass too would be a second), and the debug
-# line that says it was given back. Counts, never timings.
+# line that says it was given back. Counts, never timings. An unwrap the
+# token failed on the loop is given back too (the token's health check
+# that follows is no short work): a worker runs it again.
 # Each phase fails unless one of its requests was given back: a run in
 # which the loop never took the request would pass without the give-back.
 # The server runs with rate_limit = 1 and rate_burst = 1: alice's bucket
@@ -126,6 +128,36 @@ control ""
 [ "$(given_back)" -gt "$g0" ] ||
   fail "no request for an absent version ran on the I/O loop in $n tries: the give-back was not exercised"
 ok "a key version absent: 503 key_unavailable (charged once), one audit record per request ($(given_back) given back in all)"
+
+# ---- a token failure met on the I/O loop: given back, not checked there ----
+# The token health check that follows a failed call (some 26 token calls
+# on a token that just failed, the audit log's room, perhaps a module
+# re-initialisation) must not hold the I/O loop: the request is given
+# back before anything of it is audited or answered, and the worker that
+# runs it again calls the token afresh. One failed C_Decrypt: the loop's
+# (200 from the worker, one audit record), or, not run by the loop, the
+# worker's (503 token_unavailable, one record; again).
+g0=$(given_back) n=0
+for try in 1 2 3 4 5; do
+  warm_up
+  alice_ready
+  r0=$(records 1 '*')
+  control "C_Decrypt CKR_DEVICE_ERROR 1"
+  got=$(status c alice --data-binary @"$work/req-tls.json" "$url")
+  control ""
+  [ "$(records 1 '*')" = $((r0 + 1)) ] || fail "token failure: $(( $(records 1 '*') - r0 )) audit records of one unwrap (want 1)"
+  if [ "$(given_back)" -gt "$g0" ]; then
+    [ "$got" = 200 ] || fail "token failure given back: HTTP $got, wanted 200 (the worker calls the token again): $(head -c 300 "$work/body")"
+    [ "$(records 1 ok)" -gt 0 ] || fail "token failure given back: no ok record"
+    break
+  fi
+  [ "$got" = 503 ] && grep -q '"code":"token_unavailable"' "$work/body" ||
+    fail "token failure on a worker: HTTP $got, wanted 503 token_unavailable: $(head -c 300 "$work/body")"
+  echo "note: the unwrap was not run by the I/O loop; again"
+done
+[ "$(given_back)" -gt "$g0" ] ||
+  fail "no unwrap that met a failed token on the I/O loop was given back in 5 tries"
+ok "a token failure on the I/O loop: given back, 200 from a token worker, one audit record"
 
 # the I/O loop goes on serving: a plain unwrap afterwards
 alice_ready
