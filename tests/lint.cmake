@@ -11,6 +11,9 @@ set_tests_properties(lint_error_codes PROPERTIES LABELS "unit;lint")
 # port themselves instead.
 add_test(NAME lint_ports COMMAND bash ${GS_TEST_DIR}/lint/ports.sh ${CMAKE_SOURCE_DIR})
 set_tests_properties(lint_ports PROPERTIES LABELS "unit;lint")
+# has_line, and no growing log searched with tail | grep -q under pipefail
+add_test(NAME lint_has_line COMMAND bash ${GS_TEST_DIR}/lint/has-line.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_has_line PROPERTIES LABELS "unit;lint")
 # Every diagnostic log call writes one record of key=value fields, as
 # docs/operations.md promises log shippers: no text after the fields, no
 # unquoted value that may hold a space or a quote.

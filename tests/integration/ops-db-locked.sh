@@ -95,7 +95,7 @@ expect_healthz 503 store_unavailable "healthz, -wal deleted"
 [ "$(json_get "$work/body" database)" = "not the file at its path (moved or replaced)" ] ||
   fail "healthz, -wal deleted: $(cat "$work/body")"
 tail -n +"$((lines0 + 1))" "$work/server.log" | grep 'the database is not at its path any more: restart the server' |
-  grep -q "write-ahead log" || fail "no log line for the deleted -wal"
+  has_line "write-ahead log" || fail "no log line for the deleted -wal"
 expect_status 201 "" "member PUT after the -wal is deleted" -- \
   c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/postwal@example.org"
 stop_server
@@ -152,7 +152,7 @@ expect_healthz 503 store_unavailable "healthz, -shm deleted"
 [ "$(json_get "$work/body" database)" = "not the file at its path (moved or replaced)" ] ||
   fail "healthz, -shm deleted: $(cat "$work/body")"
 tail -n +"$((lines0 + 1))" "$work/server.log" | grep 'the database is not at its path any more: restart the server' |
-  grep -q "shared-memory index" || fail "no log line for the deleted -shm"
+  has_line "shared-memory index" || fail "no log line for the deleted -shm"
 # An admin command then made a new -shm and wrote as if alone (exit 0,
 # its change lost at the server's next): refused, naming the process.
 rc=0

@@ -472,7 +472,7 @@ kill -TERM "$early_pid"
 rc=0
 wait "$early_pid" || rc=$?
 control ""
-if [ "$rc" != 0 ] && tail -c +"$((mark + 1))" "$work/server.log" | grep -q "Address already in use"; then
+if [ "$rc" != 0 ] && tail -c +"$((mark + 1))" "$work/server.log" | has_line "Address already in use"; then
   echo "note: the port was taken meanwhile (start_server chooses another): a SIGTERM while starting not checked"
 else
   [ "$rc" = 0 ] || fail "serve exited $rc at a SIGTERM while it started (want 0): $(tail -n 3 "$work/server.log")"
@@ -492,7 +492,7 @@ openssl x509 -req -in "$work/san.csr" -CA "$certs/tca.pem" -CAkey "$certs/tca.ke
 alines=$(wc -l < "$work/audit.jsonl")
 expect_status 401 no_identity "a 262-byte SAN e-mail with CN=nocert@example.org" -- \
   curl -sS --cacert "$certs/tca.pem" --cert "$certs/san.pem" --key "$certs/san.key" --data-binary @"$work/req-tls.json" "$url"
-tail -n +"$((alines + 1))" "$work/audit.jsonl" | grep -q '"identity":"nocert@example.org"' && fail "the CN was audited as the identity"
+tail -n +"$((alines + 1))" "$work/audit.jsonl" | has_line '"identity":"nocert@example.org"' && fail "the CN was audited as the identity"
 ok "no fallback to the CN when the SAN has an e-mail address"
 # A name whose bytes are not UTF-8, as stock openssl makes it: a CN of
 # Latin-1 bytes as a T61String (string_mask = default), a SAN e-mail with

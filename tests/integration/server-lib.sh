@@ -27,6 +27,7 @@ fail() { echo "FAIL: $*" >&2; [ -f "$work/server.log" ] && tail -n 30 "$work/ser
 ok() { echo "ok: $*"; }
 
 . "$SRC/tests/lib/ports.sh"
+. "$SRC/tests/lib/has-line.sh"
 # a port nobody listens on (for "server unreachable"); a server's: take_port
 free_port() { local p; take_port p && echo "$p"; }
 
@@ -147,7 +148,7 @@ start_server() {
     # The ports were free when take_port chose them, seconds ago; another
     # test's connection may have taken one since (ephemeral ports come from
     # the same range). Choose again and retry; any other failure is real.
-    tail -c +"$((mark + 1))" "$work/server.log" | grep -q "Address already in use" ||
+    tail -c +"$((mark + 1))" "$work/server.log" | has_line "Address already in use" ||
       fail "server exited at start: $(tail -n 5 "$work/server.log")"
     local oport=$port ocport=$cport
     take_port port cport

@@ -283,7 +283,7 @@ mark=$(wc -c < "$work/server.log")
 expect_status 201 "" "a certificate whose DER holds a PEM block marked encrypted" -- \
   c admin -X PUT -H 'Content-Type: application/json' --data-binary @"$work/der-pem.json" \
   "$base/v1/groups/eng/members/zed@example.org"
-tail -c +"$((mark + 1))" "$work/server.log" | grep -q 'pass phrase' &&
+tail -c +"$((mark + 1))" "$work/server.log" | has_line 'pass phrase' &&
   fail "the key holder asked for a pass phrase: $(tail -c +"$((mark + 1))" "$work/server.log" | grep -m1 'pass phrase')"
 expect_status 200 "" "that member removed again" -- c admin -X DELETE "$base/v1/groups/eng/members/zed@example.org"
 [ "$(srv_net_pid)" = "$net0" ] || fail "a member PUT of that certificate ended the network process"
@@ -322,7 +322,7 @@ for i in $(seq 1 19); do
 done
 expect_status 400 unwrap_failed "20th failed unwrap" -- c mallory --data-binary @"$work/bad1.json" "$url"
 expect_status 429 suspended "suspended after too many failed unwraps" -- c mallory --data-binary @"$work/req-tls.json" "$url"
-grep '"action":"suspend"' "$work/audit.jsonl" | grep -q mallory || fail "suspension not audited"
+grep '"action":"suspend"' "$work/audit.jsonl" | has_line mallory || fail "suspension not audited"
 grep -q 'ALERT' "$work/server.log" || fail "suspension alert not logged"
 
 # ---- audit: fail closed, recover ----

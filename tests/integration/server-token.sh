@@ -244,7 +244,7 @@ net_pid=$(srv_net_pid)
 [ -n "$net_pid" ] || fail "no network process"
 kill -KILL "$net_pid"
 for _ in $(seq 1 50); do
-  tail -c +"$((mark + 1))" "$work/server.log" | grep -q 'msg="the network process did not start; trying again"' && break
+  tail -c +"$((mark + 1))" "$work/server.log" | has_line 'msg="the network process did not start; trying again"' && break
   sleep 0.1
 done
 tail -c +"$((mark + 1))" "$work/server.log" > "$work/restart.log"
