@@ -5,6 +5,7 @@
 # errors and that a refusal left the token exactly as it was.
 
 . "$SRC/tests/lib/ports.sh"
+. "$SRC/tests/lib/has-line.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ceremony.XXXXXX")
 srv_pid=
 cleanup() {

@@ -248,21 +248,21 @@ expect 0 "check after the rotation" -- gs_groups check
 # ---- alice's own record of the ceremony ----
 log=$HOME/.local/share/groupmail/ceremony.jsonl
 [ "$(stat -c %a "$log")" = 600 ] || fail "ceremony.jsonl is not 0600"
-grep '"action":"import-group-key"' "$log" | grep "$fp" | grep '"outcome":"ok"' | grep -q '"key_versions":\[1\]' ||
+grep '"action":"import-group-key"' "$log" | grep "$fp" | grep '"outcome":"ok"' | has_line '"key_versions":\[1\]' ||
   fail "alice's record lacks the import: $(cat "$log")"
 # ...and her refusals, as the server records its own (SECURITY.md)
-grep '"action":"import-group-key"' "$log" | grep 'bad.gsk' | grep -q '"outcome":"refused: ' ||
+grep '"action":"import-group-key"' "$log" | grep 'bad.gsk' | has_line '"outcome":"refused: ' ||
   fail "alice's record lacks the changed file's refusal: $(cat "$log")"
 grep '"action":"import-group-key"' "$log" | grep 'not-alice.gsk' | grep '"ceremony":"' |
-  grep -q '"outcome":"refused: this file was made for transport key' ||
+  has_line '"outcome":"refused: this file was made for transport key' ||
   fail "alice's record lacks the refusal for another transport key: $(cat "$log")"
-grep '"action":"import-group-key"' "$log" | grep '"group":"ops"' | grep -q '"outcome":"refused: the group does not allow local-key"' ||
+grep '"action":"import-group-key"' "$log" | grep '"group":"ops"' | has_line '"outcome":"refused: the group does not allow local-key"' ||
   fail "alice's record lacks the refusal of group ops's key: $(cat "$log")"
-grep '"action":"import-group-key"' "$log" | grep -q '"outcome":"failed: the decryption test of key gs:group:eng:v1 could not run' ||
+grep '"action":"import-group-key"' "$log" | has_line '"outcome":"failed: the decryption test of key gs:group:eng:v1 could not run' ||
   fail "alice's record lacks the import her token's going away stopped: $(cat "$log")"
-grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | grep -q '"outcome":"failed: ' ||
+grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | has_line '"outcome":"failed: ' ||
   fail "alice's record lacks the transport key her token would not delete: $(cat "$log")"
-grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | grep "$fp" | grep -q '"outcome":"ok"' ||
+grep '"action":"transport-key-destroy"' "$log" | grep "$atl" | grep "$fp" | has_line '"outcome":"ok"' ||
   fail "alice's record lacks the transport key's deletion: $(cat "$log")"
 python3 - "$log" <<'PY' || fail "alice's ceremony.jsonl chain is broken"
 import hashlib, json, sys

@@ -60,7 +60,7 @@ done
 sleep 2
 kill -9 "$pid" 2>/dev/null || fail "the import ended before it could be killed"
 wait "$pid" 2>/dev/null || true
-objects beta | grep -q 'label: *gs:group:eng:v1' || fail "the killed import left no key: nothing to test"
+objects beta | has_line 'label: *gs:group:eng:v1' || fail "the killed import left no key: nothing to test"
 # imports(LOG): the outcomes of LOG's group-import records, in order
 imports() { grep '"action":"group-import"' "$1" | grep -o '"outcome":"[a-z]*' | paste -sd, || true; }
 # The key it left has a record: "started", made durable before the token
@@ -114,7 +114,7 @@ gs_gamma ca import --in "$work/ca-gamma.gsk" --keep-transport-key >/dev/null
 gs_gamma group import --in "$work/eng-gamma.gsk" --keep-transport-key >/dev/null
 expect 0 "check on gamma with the copies" -- gs_gamma check
 expect 0 "group retire on alpha" -- gs_alpha group retire eng --before 2
-objects alpha | grep -q 'label: *gs:group:eng:v1' && fail "alpha's retired key is still on its token"
+objects alpha | has_line 'label: *gs:group:eng:v1' && fail "alpha's retired key is still on its token"
 rc=0; gs_gamma check > "$work/out" 2>&1 || rc=$?
 [ "$rc" = 1 ] || fail "check on gamma with the version alpha retired on its token: exit $rc, wanted 1"
 grep -q "^group  *eng  *v1  *gs:group:eng:v1 .*PROBLEM: retired but still on the token (run \`group retire\` on this server)" \
@@ -122,7 +122,7 @@ grep -q "^group  *eng  *v1  *gs:group:eng:v1 .*PROBLEM: retired but still on the
 expect 0 "group retire on gamma" -- gs_gamma group retire eng --before 2
 grep -q "^group eng: 1 version(s) retired earlier destroyed on this token" "$work/out" ||
   fail "retire on gamma does not say it destroyed the copy: $(cat "$work/out")"
-objects gamma | grep -q 'label: *gs:group:eng:v1' && fail "gamma's copy of the retired version is still on its token"
+objects gamma | has_line 'label: *gs:group:eng:v1' && fail "gamma's copy of the retired version is still on its token"
 expect 0 "check on gamma after its retire" -- gs_gamma check
 expect 0 "group retire once more: nothing left to do" -- gs_gamma group retire eng --before 2
 grep -q "retired earlier" "$work/out" && fail "a second retire claims to destroy something: $(cat "$work/out")"
@@ -135,7 +135,7 @@ gs_gamma group import --in "$work/eng-s2.gsk" --keep-transport-key >/dev/null
 expect 0 "secret retire on alpha" -- gs_alpha secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired$" "$work/out" || fail "secret retire on alpha: $(cat "$work/out")"
 audit_has "$work/alpha/audit.jsonl" secret-retire ok '"group":"eng"' '"before":2' '"retired":1' '"destroyed_earlier":0'
-objects alpha | grep -q 'label: *gs:secret:eng:v1$' && fail "alpha's retired secret key is still on its token"
+objects alpha | has_line 'label: *gs:secret:eng:v1$' && fail "alpha's retired secret key is still on its token"
 expect 3 "export of a retired secret key version" -- \
   gs_alpha group export eng --secret-version 1 --to "$work/gamma-transport.pem" --out "$work/eng-s1.gsk"
 expect_msg "no secret key version 1 \(or it is retired\)"
@@ -145,7 +145,7 @@ rc=0; gs_gamma check > "$work/out" 2>&1 || rc=$?
 expect 0 "secret retire on gamma" -- gs_gamma secret retire eng --before 2
 grep -q "^group eng: 1 secret key version(s) retired earlier destroyed on this token" "$work/out" ||
   fail "secret retire on gamma does not say it destroyed the copy: $(cat "$work/out")"
-objects gamma | grep -q 'label: *gs:secret:eng:v1$' && fail "gamma's copy of the retired secret is still on its token"
+objects gamma | has_line 'label: *gs:secret:eng:v1$' && fail "gamma's copy of the retired secret is still on its token"
 ok "secret retire run on each server sharing the database takes the retired secret version off its token"
 # The same group retire run on both servers at once (a parallel ssh to
 # every server, as the man page says to run it on each): whichever
@@ -179,7 +179,7 @@ wait "$locker"
   [ "$(cat "$work/out-a" "$work/out-g" | grep -c '^group eng: 1 version(s) retired earlier destroyed on this token$')" = 1 ] ||
   fail "group retire on both servers at once said: $(cat "$work/out-a" "$work/out-g")"
 for s in alpha gamma; do
-  objects $s | grep -q 'label: *gs:group:eng:v2$' && fail "$s's copy of v2 is still on its token after the parallel retire"
+  objects $s | has_line 'label: *gs:group:eng:v2$' && fail "$s's copy of v2 is still on its token after the parallel retire"
 done
 ok "group retire run on two servers sharing the database at once: one retires, the other destroys its copy"
 # ---- the CA certificate renewed (ca renew-cert) between a ca export and its import ----

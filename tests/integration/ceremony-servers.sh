@@ -253,7 +253,7 @@ ok "check still refuses an extractable key without trusted wrap, on the original
 audit_has "$work/beta/audit.jsonl" group-import ok "$ceremony" "$fp" '"key_versions":\[1,2\]'
 audit_has "$work/beta/audit.jsonl" group-import "refused: this token already has" "$fp"
 grep '"action":"group-import"' "$work/beta/audit.jsonl" | grep '"outcome":"refused: signed by the CA' |
-  grep -q 'eng.gsk"' || fail "no record of the import refused for its signer"
+  has_line 'eng.gsk"' || fail "no record of the import refused for its signer"
 audit_has "$work/beta/audit.jsonl" group-import "refused: the signature does not verify" bad.gsk
 audit_has "$work/beta/audit.jsonl" transport-key ok "$fp"
 gs_alpha audit verify >/dev/null || fail "alpha's audit chain"

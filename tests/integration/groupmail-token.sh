@@ -87,7 +87,7 @@ expect_rc 0 "decrypt --via tls, TLS client key on the member's token" -- \
 cmp -s "$work/out.txt" "$work/m.txt" || fail "--via tls: plaintext differs"
 expect_rc 0 "unwrap --via tls (content key over mTLS with the token key)" -- tina unwrap --via tls --in "$work/m.smime"
 grep -Eq '^[0-9a-f]{64}$' "$work/gm.out" || fail "unwrap output: $(cat "$work/gm.out")"
-grep '"action":"unwrap"' "$work/audit.jsonl" | grep '"identity":"tina@example.org"' | grep -q '"method":"tls"' ||
+grep '"action":"unwrap"' "$work/audit.jsonl" | grep '"identity":"tina@example.org"' | has_line '"method":"tls"' ||
   fail "no audited tls unwrap by tina"
 ok "the server saw tina's token-signed client certificate"
 
@@ -95,7 +95,7 @@ ok "the server saw tina's token-signed client certificate"
 expect_rc 0 "decrypt --via membership-cert (certsrv authenticated by the token key)" -- \
   tina decrypt --via membership-cert --in "$work/m.smime" --out "$work/out2.txt"
 cmp -s "$work/out2.txt" "$work/m.txt" || fail "--via membership-cert: plaintext differs"
-grep '"action":"certify"' "$work/audit.jsonl" | grep -q '"identity":"tina@example.org"' || fail "no certify by tina"
+grep '"action":"certify"' "$work/audit.jsonl" | has_line '"identity":"tina@example.org"' || fail "no certify by tina"
 
 # ---- what an EC member key cannot do: clear errors ----
 for via in recipient-key group-secret; do

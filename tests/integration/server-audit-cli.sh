@@ -19,7 +19,7 @@ who=$(id -un)
 # record ACTION MEMBER OUTCOME-REGEX: the log has such a record by the operator.
 record() {
   grep "\"action\":\"$1\"" "$log" | grep "\"identity\":\"$who\"" | grep "\"group\":\"eng\"" |
-    grep "\"member\":\"$2\"" | grep -Eq "\"outcome\":\"$3\"" ||
+    grep "\"member\":\"$2\"" | has_line -E "\"outcome\":\"$3\"" ||
     fail "no $1 record of $2 with outcome $3 by $who: $(grep "\"action\":\"$1\"" "$log" | tail -3)"
 }
 
@@ -39,7 +39,7 @@ arecord group-create eng '"outcome":"ok"' '"key_version":1' '"address":"eng@exam
 record member-add alice@example.org ok
 record member-add carol@example.org ok
 record member-remove carol@example.org ok
-grep "\"member\":\"dle@example.org\"" "$log" | grep -q '"role":"exploder"' || fail "member-add record lacks the role"
+grep "\"member\":\"dle@example.org\"" "$log" | has_line '"role":"exploder"' || fail "member-add record lacks the role"
 ok "the set-up's member add and remove are recorded"
 
 # A command killed between its change and the record of its outcome
@@ -119,7 +119,7 @@ for i in 1 2 3 4 5; do
   record member-set "cli$i@example.org" ok
   record member-remove "cli$i@example.org" ok
 done
-grep '"action":"member-set"' "$log" | grep -q '"wrap":"oaep"' || fail "member-set record lacks the wrap"
+grep '"action":"member-set"' "$log" | has_line '"wrap":"oaep"' || fail "member-set record lacks the wrap"
 [ "$(grep -c '"action":"unwrap"' "$log")" -ge 30 ] || fail "the server's unwrap records are missing"
 v=$(gs audit verify) || fail "audit verify after CLI changes while serving: $v"
 ok "5 x member add/set/remove with the server writing 30 unwraps: one chain ($v)"
@@ -172,7 +172,7 @@ ok "ca init, group create/set/rotate/renew-cert/import-cert, secret rotate, tls 
 # The same change over REST is recorded by the server with the caller's identity.
 expect_status 201 "" "REST member add" -- c admin -X PUT --data-binary '{"role":"member"}' \
   "$base/v1/groups/eng/members/rest@example.org"
-grep '"action":"member-add"' "$log" | grep '"member":"rest@example.org"' | grep -q '"identity":"admin@example.org"' ||
+grep '"action":"member-add"' "$log" | grep '"member":"rest@example.org"' | has_line '"identity":"admin@example.org"' ||
   fail "no REST member-add record"
 gs audit verify > /dev/null || fail "audit verify at the end"
 

@@ -163,7 +163,7 @@ expect_status 403 forbidden "certsrv refuses the list's exploder by its role" --
   -H 'Content-Type: application/pkcs10' --data-binary @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
 grep -q "the role 'exploder' may not do this" "$work/body" || fail "exploder's refusal: $(cat "$work/body")"
 grep '"action":"certify"' "$work/audit.jsonl" | grep '"identity":"dle@example.org"' |
-  grep -q '"outcome":"forbidden_role"' || fail "the exploder's refused certify is not audited as forbidden_role"
+  has_line '"outcome":"forbidden_role"' || fail "the exploder's refused certify is not audited as forbidden_role"
 expect_status 401 no_client_certificate "certsrv refuses without a certificate" -- anon --data-binary @"$work/g.csr" \
   "$cbase/v1/groups/eng/membership-certificates"
 gcurl() { curl -sS --cacert "$certs/tca.pem" --cert "$work/g.pem" --key "$work/g.key" "$@"; }
@@ -232,9 +232,9 @@ cp "$work/body" "$work/gec.pem"
 expect_status 400 unsupported_certificate_key "an EC membership certificate and recipient-key" -- \
   curl -sS --cacert "$certs/tca.pem" --cert "$work/gec.pem" --key "$work/gec.key" --data-binary @"$work/req-rk.json" \
   "$base/v1/groups/eng/unwrap"
-tail -n 20 "$work/audit.jsonl" | grep '"action":"certify"' | grep -q 'bob@example.org' || fail "certsrv audit names the member"
-grep '"action":"certify"' "$work/audit.jsonl" | grep -qi 'serial\|fingerprint' && fail "certsrv audit links the certificate"
-grep '"identity":"anonymous member"' "$work/audit.jsonl" | grep -q '"action":"unwrap"' || fail "anonymous unwrap audited"
+tail -n 20 "$work/audit.jsonl" | grep '"action":"certify"' | has_line 'bob@example.org' || fail "certsrv audit names the member"
+grep '"action":"certify"' "$work/audit.jsonl" | has_line -i 'serial\|fingerprint' && fail "certsrv audit links the certificate"
+grep '"identity":"anonymous member"' "$work/audit.jsonl" | has_line '"action":"unwrap"' || fail "anonymous unwrap audited"
 ok "audit: who got a certificate, not which; unwrap as anonymous member"
 
 # ---- unwrap-batch ----
@@ -375,9 +375,9 @@ expect_status 403 forbidden "group creation refused for a member" -- c alice --d
 expect_status 403 forbidden "group creation with a bad body refused for a non-member" -- c carol \
   --data-binary '{"name":' "$base/v1/groups"
 grep '"action":"group-create"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' | grep '"group":"ops2"' |
-  grep -q '"outcome":"forbidden_role"' || fail "a member's refused group creation is not audited"
+  has_line '"outcome":"forbidden_role"' || fail "a member's refused group creation is not audited"
 grep '"action":"group-create"' "$work/audit.jsonl" | grep '"identity":"carol@example.org"' |
-  grep -q '"outcome":"not_a_member"' || fail "a non-member's refused group creation is not audited"
+  has_line '"outcome":"not_a_member"' || fail "a non-member's refused group creation is not audited"
 ok "refused group creations audited (forbidden_role, not_a_member)"
 
 # ---- metrics ----
@@ -399,7 +399,7 @@ grep -qx 'groupsrv_token_errors_total 0' "$work/body" ||
 grep -q 'groupsrv_token_sessions_in_use' "$work/body" || fail "metrics sessions"
 expect_status 403 forbidden "metrics refused for a member" -- c alice "$base/metrics"
 grep '"action":"metrics"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' |
-  grep -q '"outcome":"forbidden_role"' || fail "a member's refused /metrics is not audited"
+  has_line '"outcome":"forbidden_role"' || fail "a member's refused /metrics is not audited"
 ok "refused /metrics audited"
 # As a scraper reads it: strict text format 0.0.4 (tests/lib/promcheck.py),
 # exactly the families api.md names; known traffic moves the counters by

@@ -99,14 +99,14 @@ sed -e "s|^path = $work/audit.jsonl|path = $work/audit-kh.jsonl|" \
 "$BIN/khdrive" "$work/kh.conf" "$work/ri.der" alice@example.org "$certs/alice@example.org.pem" carol@example.org \
   mallory@example.org "$certs/mallory@example.org.pem" > "$work/khdrive.out" 2>&1 || { cat "$work/khdrive.out"; fail "khdrive"; }
 cat "$work/khdrive.out"
-grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"not_a_member"' ||
+grep '"identity":"carol@example.org"' "$work/audit-kh.jsonl" | has_line '"outcome":"not_a_member"' ||
   fail "the key holder did not audit the non-member it was told about"
 "$BIN/groupsrv" -c "$conf" audit verify --file "$work/audit-kh.jsonl" >/dev/null || fail "the driven key holder's audit chain"
-grep '"identity":"mallory@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"too_many_failed_unwraps"' ||
+grep '"identity":"mallory@example.org"' "$work/audit-kh.jsonl" | has_line '"outcome":"too_many_failed_unwraps"' ||
   fail "the key holder did not audit the suspension"
 # An identity that is not UTF-8 (khdrive: "mall\xf6ry@example.org"):
 # its refusal recorded with the byte escaped, in a chain that verifies.
-grep -F '"identity":"mall\\xf6ry@example.org"' "$work/audit-kh.jsonl" | grep -q '"outcome":"not_a_member"' ||
+grep -F '"identity":"mall\\xf6ry@example.org"' "$work/audit-kh.jsonl" | has_line '"outcome":"not_a_member"' ||
   fail "the key holder did not audit the identity that is not UTF-8"
 ok "the refusal for a non-member claimed over IPC is audited (an identity not UTF-8 too), and so is the suspension"
 
@@ -266,8 +266,8 @@ gdb_kill_at_audit() { # METHOD EMAIL: 0 when the key holder was killed so
 # ptrace (a container without CAP_SYS_PTRACE) is told, not failed.
 command -v gdb >/dev/null || fail "gdb missing (scripts/setup installs it)"
 if gdb_kill_at_audit PUT zed@example.org; then
-  if "$BIN/groupsrv" -c "$conf" member list eng | grep -q '^zed@example.org '; then
-    grep '"action":"member-add"' "$work/audit.jsonl" | grep -q '"member":"zed@example.org"' ||
+  if "$BIN/groupsrv" -c "$conf" member list eng | has_line '^zed@example.org '; then
+    grep '"action":"member-add"' "$work/audit.jsonl" | has_line '"member":"zed@example.org"' ||
       fail "a member added by a key holder killed in the change has no audit record"
   fi
   ok "key holder killed at a member change's first audit record: no change without a record"
