@@ -1101,6 +1101,38 @@ hsm_err hsm_wrap_secret_key_to_public(hsm_ctx *ctx, hsm_key *secret, hsm_oaep_ha
 
 /* ---- ECDH (RFC 5753) ---------------------------------------------------------- */
 
+/* The template of the AES KEK that ECDH with the X9.63 KDF derives: a
+ * session key that only unwraps and never leaves the token. One for the
+ * unwrap and for hsm_probe_ecdh_kdf's trial, so the trial asks the token
+ * exactly what an unwrap will. The attributes point into the struct. */
+struct ecdh_kek {
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    CK_ULONG len;
+    CK_ATTRIBUTE a[10];
+};
+
+static void ecdh_kek_template(struct ecdh_kek *t, CK_ULONG kek_len)
+{
+    const CK_ATTRIBUTE a[] = {
+        {CKA_CLASS, &t->cls, sizeof(t->cls)},
+        {CKA_KEY_TYPE, &t->type, sizeof(t->type)},
+        {CKA_VALUE_LEN, &t->len, sizeof(t->len)},
+        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},
+        {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
+        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
+    };
+    _Static_assert(sizeof(a) == sizeof(t->a), "ecdh_kek: template size");
+    t->cls = CKO_SECRET_KEY;
+    t->type = CKK_AES;
+    t->len = kek_len;
+    memcpy(t->a, a, sizeof(a));
+}
+
 struct ecdh_arg {
     const hsm_ecdh_input *in;
     unsigned char *out;
@@ -1115,20 +1147,8 @@ static hsm_err op_ecdh(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_MECHANISM dm = {CKM_ECDH1_DERIVE, &dp, sizeof(dp)};
     CK_MECHANISM wm = {CKM_AES_KEY_WRAP, NULL, 0};
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
-    CK_ULONG kek_len = in->kek_len;
-    CK_ATTRIBUTE kt[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)},
-        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
-        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},
-        {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
-    };
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    struct ecdh_kek kt;
     /* Method F hands the key out anyway: a readable session object. */
     CK_ATTRIBUTE ct[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
@@ -1152,7 +1172,8 @@ static hsm_err op_ecdh(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     dp.ulSharedDataLen = in->shared_info_len;
     dp.pPublicData = (CK_BYTE_PTR)in->peer_point;
     dp.ulPublicDataLen = in->peer_point_len;
-    err = P11(ctx, C_DeriveKey, s, &dm, gk, kt, GS_ARRAY_LEN(kt), &kek);
+    ecdh_kek_template(&kt, in->kek_len);
+    err = P11(ctx, C_DeriveKey, s, &dm, gk, kt.a, GS_ARRAY_LEN(kt.a), &kek);
     if (err != HSM_OK) {
         CK_RV rv = hsm_last_rv();
         if (rv == CKR_MECHANISM_PARAM_INVALID || rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_INVALID) {
@@ -1235,9 +1256,7 @@ static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_MECHANISM gm = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_ECDH1_DERIVE_PARAMS dp;
     CK_MECHANISM dm = {CKM_ECDH1_DERIVE, &dp, sizeof(dp)};
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_ULONG kek_len = 16;
+    struct ecdh_kek kt;
     CK_ATTRIBUTE pub[] = {
         {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
         {CKA_EC_PARAMS, (void *)(pa->bits == 384 ? p384 : p256), pa->bits == 384 ? sizeof(p384) : sizeof(p256)},
@@ -1249,19 +1268,6 @@ static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
         {CKA_DERIVE, &ck_true, sizeof(CK_BBOOL)},
     };
-    /* The KEK as hsm_ecdh_decrypt_content_key asks for it. */
-    CK_ATTRIBUTE kt[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_VALUE_LEN, &kek_len, sizeof(kek_len)},
-        {CKA_TOKEN, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
-        {CKA_EXTRACTABLE, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_UNWRAP, &ck_true, sizeof(CK_BBOOL)},
-        {CKA_WRAP, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_ENCRYPT, &ck_false, sizeof(CK_BBOOL)},
-        {CKA_DECRYPT, &ck_false, sizeof(CK_BBOOL)},
-    };
     CK_OBJECT_HANDLE pubh = CK_INVALID_HANDLE, privh = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE;
     hsm_err err = HSM_OK;
 
@@ -1271,6 +1277,9 @@ static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         err = P11(ctx, C_GenerateKeyPair, s, &gm, pub, GS_ARRAY_LEN(pub), priv, GS_ARRAY_LEN(priv), &pubh, &privh);
     if (err != HSM_OK)
         goto out;
+    /* The KEK as hsm_ecdh_decrypt_content_key asks for it, at 16 bytes
+     * (aes128-wrap): the trial asks whether the KDF is taken. */
+    ecdh_kek_template(&kt, 16);
     for (size_t i = 0; i < GS_ARRAY_LEN(hashes); i++) {
         memset(&dp, 0, sizeof(dp));
         dp.kdf = hashes[i] == HSM_OAEP_SHA256 ? CKD_SHA256_KDF : CKD_SHA1_KDF;
@@ -1278,7 +1287,7 @@ static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         dp.ulSharedDataLen = sizeof(shared);
         dp.pPublicData = (CK_BYTE_PTR)pa->peer;
         dp.ulPublicDataLen = pa->peer_len;
-        err = P11(ctx, C_DeriveKey, s, &dm, privh, kt, GS_ARRAY_LEN(kt), &kek);
+        err = P11(ctx, C_DeriveKey, s, &dm, privh, kt.a, GS_ARRAY_LEN(kt.a), &kek);
         if (err == HSM_OK) {
             pa->kdfs |= 1u << hashes[i];
             hsm_destroy_session_obj(ctx, s, &kek);
