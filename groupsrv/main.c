@@ -402,6 +402,22 @@ static bool append_word(char *buf, size_t n, size_t *used, const char *word, siz
     return true;
 }
 
+/* The hashes of a mask of (1u << HSM_OAEP_SHA1 / _SHA256) bits, as
+ * "SHA-1, SHA-256", or "-" for none: the OAEP hashes a key takes
+ * (hsm_key_probe_oaep), or its ECDH's X9.63 KDFs (hsm_probe_ecdh_kdf). */
+static void hashes_text(unsigned mask, char *buf, size_t n)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    if (mask & (1u << HSM_OAEP_SHA1))
+        (void)append_word(buf, n, &used, "SHA-1", 5);
+    if (mask & (1u << HSM_OAEP_SHA256))
+        (void)append_word(buf, n, &used, "SHA-256", 7);
+    if (used == 0)
+        (void)util_strlcpy(buf, "-", n);
+}
+
 /* "none", or the names of a group's accepted weakenings (group level and
  * those of key version `weak`, a comma list), comma separated. */
 static void weakenings_line(const gs_store_group *g, const char *weak, char *buf, size_t n)
@@ -1741,6 +1757,7 @@ static void print_caps(hsm_ctx *hsm)
          * of its ECDH is not listed (SoftHSM 2.6.1 lists CKM_ECDH1_DERIVE
          * and takes CKD_NULL only), and group create tries it too. */
         unsigned kdfs = 0;
+        char kdf_names[32];
         if (gs_policy_choose(&c, HSM_KEYTYPE_EC, GS_METHOD_TLS, false, true, &pol) != GS_OK)
             printf("cap group keys (EC)        no: %s; group create refuses\n", gs_err_detail());
         else if (!hsm_caps_has(&c, HSM_MECH_EC_KEYGEN, HSM_MF_GENERATE))
@@ -1751,11 +1768,10 @@ static void print_caps(hsm_ctx *hsm)
         else if (kdfs == 0)
             printf("cap group keys (EC)        no: %s, which every RFC 5753 sender's message needs; group create "
                    "refuses\n", hsm_last_error_detail());
-        else
-            printf("cap group keys (EC)        yes: ECDH with the X9.63 KDF (%s%s%s) and AES key wrap\n",
-                   (kdfs & (1u << HSM_OAEP_SHA1)) ? "SHA-1" : "",
-                   kdfs == ((1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256)) ? ", " : "",
-                   (kdfs & (1u << HSM_OAEP_SHA256)) ? "SHA-256" : "");
+        else {
+            hashes_text(kdfs, kdf_names, sizeof(kdf_names));
+            printf("cap group keys (EC)        yes: ECDH with the X9.63 KDF (%s) and AES key wrap\n", kdf_names);
+        }
     }
     printf("cap wrap/unwrap            %s\n",
            c.rewrap_on_token ? "yes: C_UnwrapKey into a session key and C_WrapKey with RSA-OAEP (content keys "
@@ -1785,19 +1801,6 @@ static void print_caps(hsm_ctx *hsm)
     }
     if (c.module_reinitialised)
         printf("cap note                   a probe broke the module's connection; it was re-initialised\n");
-}
-
-static void oaep_text(unsigned mask, char *buf, size_t n)
-{
-    size_t used = 0;
-
-    buf[0] = '\0';
-    if (mask & (1u << HSM_OAEP_SHA1))
-        (void)append_word(buf, n, &used, "SHA-1", 5);
-    if (mask & (1u << HSM_OAEP_SHA256))
-        (void)append_word(buf, n, &used, "SHA-256", 7);
-    if (used == 0)
-        (void)util_strlcpy(buf, "-", n);
 }
 
 /* Each group's recorded policy, and for its current key what the token
@@ -1859,10 +1862,10 @@ static void print_group_policies(struct env *e)
                     printf("policy %-16s WARNING: v%u is an EC key, but %s: every RFC 5753 sender's message "
                            "is refused (400 unsupported_algorithm)\n",
                            groups[i]->name, keys[k].version, hsm_last_error_detail());
-                else
-                    printf("policy %-16s v%u ECDH X9.63 KDF: %s%s%s\n", groups[i]->name, keys[k].version,
-                           (d & (1u << HSM_OAEP_SHA1)) ? "SHA-1" : "", d == ((1u << HSM_OAEP_SHA1) |
-                           (1u << HSM_OAEP_SHA256)) ? ", " : "", (d & (1u << HSM_OAEP_SHA256)) ? "SHA-256" : "");
+                else {
+                    hashes_text(d, dec, sizeof(dec));
+                    printf("policy %-16s v%u ECDH X9.63 KDF: %s\n", groups[i]->name, keys[k].version, dec);
+                }
             }
             /* The same refusal by the key: one adopted with RSA-OAEP alone
              * allowed (as group create's hint once said to make it) is
@@ -1873,8 +1876,8 @@ static void print_group_policies(struct env *e)
                        "unsupported_algorithm)\n",
                        groups[i]->name, keys[k].version, hsm_mech_name(HSM_MECH_RSA_PKCS));
             if (have_info && ki.type == HSM_KEYTYPE_RSA && hsm_key_probe_oaep(e->hsm, key, &d, &u) == HSM_OK) {
-                oaep_text(d, dec, sizeof(dec));
-                oaep_text(u, unw, sizeof(unw));
+                hashes_text(d, dec, sizeof(dec));
+                hashes_text(u, unw, sizeof(unw));
                 printf("policy %-16s v%u OAEP hashes: decrypt %s; unwrap %s; login per operation: %s\n",
                        groups[i]->name, keys[k].version, ki.decrypt ? dec : "(no CKA_DECRYPT)",
                        ki.unwrap ? unw : "(no CKA_UNWRAP)",
