@@ -24,10 +24,21 @@ const char *gs_secrets_name(gs_secret_store s)
     return s == GS_SECRETS_SEALED ? "sealed" : s == GS_SECRETS_TOKEN_ECB ? "token-aes-ecb" : "token";
 }
 
+static const char *reject_name(const gs_policy *p)
+{
+    return p->reject_sealed ? "sealed" : "token";
+}
+
+/* One form for the stored policy and for a group's as shown, so what the
+ * commands show reads as what the database holds. */
+static void policy_text(const gs_policy *p, const char *secrets, const char *reject, char *buf, size_t bufsize)
+{
+    (void)snprintf(buf, bufsize, "rewrap=%s,secrets=%s,reject=%s", gs_rewrap_name(p->rewrap), secrets, reject);
+}
+
 void gs_policy_format(const gs_policy *p, char *buf, size_t bufsize)
 {
-    (void)snprintf(buf, bufsize, "rewrap=%s,secrets=%s,reject=%s", gs_rewrap_name(p->rewrap),
-                   gs_secrets_name(p->secrets), p->reject_sealed ? "sealed" : "token");
+    policy_text(p, gs_secrets_name(p->secrets), reject_name(p), buf, bufsize);
 }
 
 const char *gs_policy_secrets_shown(const gs_policy *p, unsigned methods)
@@ -37,13 +48,12 @@ const char *gs_policy_secrets_shown(const gs_policy *p, unsigned methods)
 
 const char *gs_policy_reject_shown(const gs_policy *p, bool allow_pkcs1v15)
 {
-    return !allow_pkcs1v15 ? "none" : p->reject_sealed ? "sealed" : "token";
+    return allow_pkcs1v15 ? reject_name(p) : "none";
 }
 
 void gs_policy_group_format(const gs_policy *p, unsigned methods, bool allow_pkcs1v15, char *buf, size_t bufsize)
 {
-    (void)snprintf(buf, bufsize, "rewrap=%s,secrets=%s,reject=%s", gs_rewrap_name(p->rewrap),
-                   gs_policy_secrets_shown(p, methods), gs_policy_reject_shown(p, allow_pkcs1v15));
+    policy_text(p, gs_policy_secrets_shown(p, methods), gs_policy_reject_shown(p, allow_pkcs1v15), buf, bufsize);
 }
 
 gs_err gs_policy_parse(const char *text, gs_policy *out)
