@@ -412,8 +412,12 @@ static int job_run_here(void *worker, tq_job *tq)
     j->tq.worker_only = true;
     if (tokenq_submit_deferred(kh->q, &j->tq, flow, 0, NULL) == TQ_QUEUED)
         return TQ_GAVE_BACK;
-    /* Only a queue stopping or full refuses it (neither while the I/O
-     * loop runs this): answered as a shed job would be. */
+    /* Refused only for want of memory for its flow's record (TQ_FULL):
+     * the queue stops after this loop ends (drain), and the run emptied
+     * it, so the jobs given back fit under max_jobs. Answered 503
+     * token_unavailable, not overloaded as a shed job is: the job was
+     * admitted, and overloaded's Retry-After is an expected wait at the
+     * token, which this refusal has none of. */
     kh_reply_error(&j->reply, j->msg.type | IPC_REPLY, j->msg.cookie, atomic_load(&kh->gen), 503, 5,
                    "token_unavailable", "the key token is busy; try again later");
     (void)ipc_end(&j->reply);
