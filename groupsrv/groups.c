@@ -2292,7 +2292,21 @@ static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
      * member-certs copies to it: refused here, where it is named. */
     if ((err = gs_cert_check_valid_now(cert, "certificate")) != GS_OK)
         return err;
-    return gs_cert_to_pem(cert, pem);
+    if ((err = gs_cert_to_pem(cert, pem)) != GS_OK)
+        return err;
+    /* The record is read back with gs_cert_parse, which takes at most
+     * GS_CERT_RECORD_MAX: a DER certificate under that (a file, a PUT's
+     * PEM with long lines) can be a longer PEM, recorded and then never
+     * read (certificate_mismatch on every request, a GET's certificate
+     * null beside has_certificate, which a GET put back drops). */
+    if (strlen(*pem) > GS_CERT_RECORD_MAX) {
+        size_t n = strlen(*pem);
+        free(*pem);
+        *pem = NULL;
+        return gs_err_set(GS_ERR_CERT, "certificate too large: its PEM record would be %zu bytes, over %d", n,
+                          GS_CERT_RECORD_MAX);
+    }
+    return GS_OK;
 }
 
 /* Runs of gs_member_put's transaction when concurrent PUTs of the same
