@@ -277,6 +277,44 @@ static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, E
     return srv;
 }
 
+static const int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+#define NVERSIONS (sizeof(versions) / sizeof(versions[0]))
+
+/* A request's check of srv's client under st finds status; and, when not
+ * NULL, the identity (a member's certificate) or group (a membership
+ * certificate) it names. */
+static void expect_peer(tls_state *st, SSL *srv, peer_status status, const char *name)
+{
+    peer_info info;
+
+    tls_peer_check(st, srv, &info);
+    assert_int_equal(info.status, status);
+    if (name != NULL)
+        assert_string_equal(status == PEER_MEMBERSHIP ? info.group : info.identity, name);
+}
+
+/* As expect_peer, on a first connection of leaf's client and on
+ * `resumptions` sessions resumed from its ticket; more than one, and each
+ * resumes the ticket of the one before (a resumed session's own ticket). */
+static void expect_peer_resumed(struct fixture *f, int version, X509 *leaf, EVP_PKEY *key, X509 **extra, int nextra,
+                                int resumptions, peer_status status, const char *name)
+{
+    SSL_SESSION *sess = NULL;
+    SSL *srv = handshake_resuming(f, version, leaf, key, extra, nextra, NULL, &sess);
+
+    expect_peer(f->st, srv, status, name);
+    SSL_free(srv);
+    for (int again = 0; again < resumptions; again++) {
+        SSL_SESSION *next = NULL;
+        srv = handshake_resuming(f, version, leaf, key, extra, nextra, sess, resumptions > 1 ? &next : NULL);
+        expect_peer(f->st, srv, status, name);
+        SSL_free(srv);
+        SSL_SESSION_free(sess);
+        sess = next;
+    }
+    SSL_SESSION_free(sess);
+}
+
 /* A client's own CA and a long chain under it: the handshake checks none
  * of its signatures; the request's check finds it untrusted. */
 static void test_handshake_checks_no_chain(void **state)
@@ -285,7 +323,6 @@ static void test_handshake_checks_no_chain(void **state)
     EVP_PKEY *own_key = ec_key(), *leaf_key = ec_key();
     enum { NCHAIN = 8 };
     X509 *chain[NCHAIN];
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
 
     /* chain[0] self-signed by own_key, each next one issued by the one
      * before under the same key: OpenSSL links them by name. */
@@ -299,22 +336,18 @@ static void test_handshake_checks_no_chain(void **state)
     X509 *extra[NCHAIN];
     for (int i = 0; i < NCHAIN; i++)
         extra[i] = chain[NCHAIN - 1 - i];
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+    for (size_t v = 0; v < NVERSIONS; v++) {
         chain_checks = 0;
         SSL *srv = handshake(f, versions[v], leaf, leaf_key, extra, NCHAIN);
         assert_int_equal(chain_checks, 0);
-        peer_info info;
         verifications = 0;
-        for (int req = 0; req < 3; req++) {
-            tls_peer_check(f->st, srv, &info);
-            assert_int_equal(info.status, PEER_UNTRUSTED);
-        }
+        for (int req = 0; req < 3; req++)
+            expect_peer(f->st, srv, PEER_UNTRUSTED, NULL);
         assert_int_equal(chain_checks, 0); /* the request's check uses its own store */
         assert_int_equal(verifications, 1); /* once for the connection */
         /* A reload (a new configuration) verifies again. */
         tls_state *reloaded = state_new(f);
-        tls_peer_check(reloaded, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
+        expect_peer(reloaded, srv, PEER_UNTRUSTED, NULL);
         assert_int_equal(verifications, 2);
         tls_state_unref(reloaded);
         SSL_free(srv);
@@ -334,21 +367,15 @@ static void test_request_check_tells(void **state)
     EVP_PKEY *k = ec_key();
     X509 *good = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -3600, 86400);
     X509 *old = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -7200, -3600);
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
-    peer_info info;
 
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+    for (size_t v = 0; v < NVERSIONS; v++) {
         SSL *srv = handshake(f, versions[v], good, k, NULL, 0);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBER_CERT);
-        assert_string_equal(info.identity, "alice@example.org");
+        expect_peer(f->st, srv, PEER_MEMBER_CERT, "alice@example.org");
         SSL_free(srv);
         srv = handshake(f, versions[v], old, k, NULL, 0);
         verifications = 0;
-        for (int req = 0; req < 2; req++) {
-            tls_peer_check(f->st, srv, &info);
-            assert_int_equal(info.status, PEER_EXPIRED);
-        }
+        for (int req = 0; req < 2; req++)
+            expect_peer(f->st, srv, PEER_EXPIRED, NULL);
         assert_int_equal(verifications, 2); /* time may change it: never remembered */
         SSL_free(srv);
     }
@@ -366,21 +393,9 @@ static void test_forged_signature_refused(void **state)
     struct fixture *f = *state;
     EVP_PKEY *k = ec_key(), *forger = ec_key();
     X509 *forged = mkcert("alice", k, f->ca, forger, 0, "alice@example.org", -3600, 86400);
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
-    peer_info info;
 
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
-        SSL_SESSION *sess = NULL;
-        SSL *srv = handshake_resuming(f, versions[v], forged, k, NULL, 0, NULL, &sess);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
-        SSL_free(srv);
-        srv = handshake_resuming(f, versions[v], forged, k, NULL, 0, sess, NULL);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
-        SSL_free(srv);
-        SSL_SESSION_free(sess);
-    }
+    for (size_t v = 0; v < NVERSIONS; v++)
+        expect_peer_resumed(f, versions[v], forged, k, NULL, 0, 1, PEER_UNTRUSTED, NULL);
     X509_free(forged);
     EVP_PKEY_free(k);
     EVP_PKEY_free(forger);
@@ -398,8 +413,6 @@ static void test_membership_from_local_ca_only(void **state)
     tls_opts o;
     char err[256];
     tls_state *st = NULL;
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
-    peer_info info;
 
     memset(&o, 0, sizeof(o));
     char *cert = pem_of(f->srv, NULL, &o.cert_len), *key = pem_of(NULL, f->srv_key, &o.key_len);
@@ -415,28 +428,9 @@ static void test_membership_from_local_ca_only(void **state)
     X509 *by_client_ca = mkcert("anon", k, f->ca, f->ca_key, 0, NULL, -3600, 86400);
     X509 *by_local = mkcert("anon", k, local, lk, 0, NULL, -3600, 86400);
     san_uri = NULL;
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
-        SSL_SESSION *sess = NULL;
-        SSL *srv = handshake_resuming(f, versions[v], by_client_ca, k, NULL, 0, NULL, &sess);
-        tls_peer_check(st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
-        SSL_free(srv);
-        srv = handshake_resuming(f, versions[v], by_client_ca, k, NULL, 0, sess, NULL);
-        tls_peer_check(st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
-        SSL_free(srv);
-        SSL_SESSION_free(sess);
-        sess = NULL;
-        srv = handshake_resuming(f, versions[v], by_local, k, NULL, 0, NULL, &sess);
-        tls_peer_check(st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBERSHIP);
-        assert_string_equal(info.group, "eng");
-        SSL_free(srv);
-        srv = handshake_resuming(f, versions[v], by_local, k, NULL, 0, sess, NULL);
-        tls_peer_check(st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBERSHIP);
-        SSL_free(srv);
-        SSL_SESSION_free(sess);
+    for (size_t v = 0; v < NVERSIONS; v++) {
+        expect_peer_resumed(f, versions[v], by_client_ca, k, NULL, 0, 1, PEER_UNTRUSTED, NULL);
+        expect_peer_resumed(f, versions[v], by_local, k, NULL, 0, 1, PEER_MEMBERSHIP, "eng");
     }
     f->st = saved;
     tls_state_unref(st);
@@ -459,17 +453,12 @@ static void test_failed_verification_not_remembered(void **state)
     struct fixture *f = *state;
     EVP_PKEY *k = ec_key();
     X509 *good = mkcert("alice", k, f->ca, f->ca_key, 0, "alice@example.org", -3600, 86400);
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
-    peer_info info;
 
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
+    for (size_t v = 0; v < NVERSIONS; v++) {
         SSL *srv = handshake(f, versions[v], good, k, NULL, 0);
         fail_next = 1;
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_UNTRUSTED);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBER_CERT);
-        assert_string_equal(info.identity, "alice@example.org");
+        expect_peer(f->st, srv, PEER_UNTRUSTED, NULL);
+        expect_peer(f->st, srv, PEER_MEMBER_CERT, "alice@example.org");
         SSL_free(srv);
     }
     X509_free(good);
@@ -487,27 +476,9 @@ static void test_resumed_session_with_intermediate(void **state)
     EVP_PKEY *ik = ec_key(), *k = ec_key();
     X509 *inter = mkcert("member intermediate", ik, f->ca, f->ca_key, 1, NULL, -3600, 86400);
     X509 *leaf = mkcert("bob", k, inter, ik, 0, "bob@example.org", -3600, 86400);
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
-    peer_info info;
 
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
-        SSL_SESSION *sess = NULL;
-        SSL *srv = handshake_resuming(f, versions[v], leaf, k, &inter, 1, NULL, &sess);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBER_CERT);
-        SSL_free(srv);
-        for (int again = 0; again < 2; again++) { /* a resumed session's own ticket too */
-            SSL_SESSION *next = NULL;
-            srv = handshake_resuming(f, versions[v], leaf, k, &inter, 1, sess, &next);
-            tls_peer_check(f->st, srv, &info);
-            assert_int_equal(info.status, PEER_MEMBER_CERT);
-            assert_string_equal(info.identity, "bob@example.org");
-            SSL_free(srv);
-            SSL_SESSION_free(sess);
-            sess = next;
-        }
-        SSL_SESSION_free(sess);
-    }
+    for (size_t v = 0; v < NVERSIONS; v++) /* twice: a resumed session's own ticket too */
+        expect_peer_resumed(f, versions[v], leaf, k, &inter, 1, 2, PEER_MEMBER_CERT, "bob@example.org");
     X509_free(inter);
     X509_free(leaf);
     EVP_PKEY_free(ik);
@@ -568,7 +539,6 @@ static void test_client_chain_size(void **state)
     EVP_PKEY *own_key = ec_key(), *leaf_key = ec_key();
     enum { NSMALL = 120, NBIG = 7 };
     X509 *chain[NSMALL], *extra[NSMALL];
-    int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
     char comment[3001];
     long bytes = 0;
 
@@ -584,7 +554,7 @@ static void test_client_chain_size(void **state)
         bytes += i2d_X509(extra[i], NULL);
     }
     assert_true(bytes > 36 * 1024 && bytes < 100 * 1024);
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++)
+    for (size_t v = 0; v < NVERSIONS; v++)
         handshake_too_long(f, versions[v], leaf, leaf_key, extra, NSMALL);
     for (int i = 0; i < NSMALL; i++)
         X509_free(chain[i]);
@@ -610,11 +580,9 @@ static void test_client_chain_size(void **state)
         bytes += i2d_X509(extra[i], NULL);
     }
     assert_true(bytes > 20 * 1024 && bytes < 30 * 1024);
-    for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++) {
-        peer_info info;
+    for (size_t v = 0; v < NVERSIONS; v++) {
         SSL *srv = handshake(f, versions[v], leaf, leaf_key, extra, NBIG - 1);
-        tls_peer_check(f->st, srv, &info);
-        assert_int_equal(info.status, PEER_MEMBER_CERT);
+        expect_peer(f->st, srv, PEER_MEMBER_CERT, NULL);
         SSL_free(srv);
     }
     for (int i = 0; i < NBIG - 1; i++)
