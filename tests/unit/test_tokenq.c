@@ -583,6 +583,22 @@ static int run_here_cb(void *ctx, tq_job *job)
     return run(ctx, job) ? TQ_RAN : TQ_RAN_UNMEASURED;
 }
 
+/* Job i, short and batchable, queued for identity id without a wake. */
+static void submit_short(tokenq *q, struct tjob *jobs, int i, const char *id)
+{
+    mk(jobs, i, 1)->tq.batchable = true;
+    assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, id, 0, NULL), TQ_QUEUED);
+}
+
+/* Nothing queued runs here; the wake after has the workers run it, until
+ * done jobs have run in all. */
+static void expect_none_here(tokenq *q, int done)
+{
+    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
+    tokenq_wake(q);
+    wait_done(done);
+}
+
 static void test_run_here_short_jobs(void **state)
 {
     static struct tjob jobs[6];
@@ -590,18 +606,13 @@ static void test_run_here_short_jobs(void **state)
     (void)state;
 
     /* Nothing measured yet: the cost of a job is unknown, nothing runs here. */
-    mk(jobs, 0, 1)->tq.batchable = true;
-    assert_int_equal(tokenq_submit_deferred(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
-    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
-    tokenq_wake(q);
-    wait_done(1);
+    submit_short(q, jobs, 0, "id:a");
+    expect_none_here(q, 1);
     measure_short(q, 2);
     wait_idle(q, 2);
     R.n = 0;
-    for (int i = 0; i < 4; i++) {
-        mk(jobs, i, 1)->tq.batchable = true;
-        assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, i < 2 ? "id:a" : "id:b", 0, NULL), TQ_QUEUED);
-    }
+    for (int i = 0; i < 4; i++)
+        submit_short(q, jobs, i, i < 2 ? "id:a" : "id:b");
     assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 4);
     assert_int_equal(R.n, 4);
     for (int i = 0; i < 4; i++)
@@ -618,11 +629,8 @@ static void test_run_here_short_jobs(void **state)
     R.n = 0;
     mk(jobs, 4, 1);
     assert_int_equal(tokenq_submit_deferred(q, &jobs[4].tq, "id:c", 0, NULL), TQ_QUEUED);
-    mk(jobs, 5, 1)->tq.batchable = true;
-    assert_int_equal(tokenq_submit_deferred(q, &jobs[5].tq, "id:a", 0, NULL), TQ_QUEUED);
-    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
-    tokenq_wake(q);
-    wait_done(2);
+    submit_short(q, jobs, 5, "id:a");
+    expect_none_here(q, 2);
     assert_int_not_equal(jobs[4].ran_on, 99);
     assert_int_not_equal(jobs[5].ran_on, 99);
     tokenq_stop(q);
@@ -643,11 +651,8 @@ static void test_run_here_not_while_a_worker_runs(void **state)
     mk(jobs, 0, 1)->gate = 1;
     assert_int_equal(tokenq_submit(q, &jobs[0].tq, "id:gate", 0, NULL), TQ_QUEUED);
     wait_running(q);
-    mk(jobs, 1, 1)->tq.batchable = true;
-    assert_int_equal(tokenq_submit_deferred(q, &jobs[1].tq, "id:a", 0, NULL), TQ_QUEUED);
-    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
-    tokenq_wake(q);
-    wait_done(1);
+    submit_short(q, jobs, 1, "id:a");
+    expect_none_here(q, 1);
     assert_int_not_equal(jobs[1].ran_on, 99);
     open_gate();
     tokenq_stop(q);
@@ -676,10 +681,8 @@ static void test_run_here_gives_back(void **state)
     measure_short(q, 2);
     wait_idle(q, 2);
     R.n = 0;
-    for (int i = 0; i < 3; i++) {
-        mk(jobs, i, 1)->tq.batchable = true;
-        assert_int_equal(tokenq_submit_deferred(q, &jobs[i].tq, i == 2 ? "id:b" : "id:a", 0, NULL), TQ_QUEUED);
-    }
+    for (int i = 0; i < 3; i++)
+        submit_short(q, jobs, i, i == 2 ? "id:b" : "id:a");
     assert_int_equal(tokenq_run_here(q, give_back_cb, &here_id), 3);
     assert_int_equal(R.n, 2);
     assert_int_equal(tokenq_pending(q), 1);
@@ -724,8 +727,7 @@ static void test_run_here_give_back_is_measured(void **state)
     measure_short(q, 2);
     wait_idle(q, 2);
     R.n = 0;
-    mk(jobs, 0, 1)->tq.batchable = true;
-    assert_int_equal(tokenq_submit_deferred(q, &jobs[0].tq, "id:a", 0, NULL), TQ_QUEUED);
+    submit_short(q, jobs, 0, "id:a");
     assert_int_equal(tokenq_run_here(q, slow_give_back_cb, &here_id), 1);
     tokenq_wake(q);
     wait_done(1);
@@ -733,11 +735,8 @@ static void test_run_here_give_back_is_measured(void **state)
     assert_int_not_equal(jobs[0].ran_on, 99);
     tokenq_get_stats(q, &st);
     assert_true(st.service_s[TQ_TOKEN] > 1e-3);
-    mk(jobs, 1, 1)->tq.batchable = true;
-    assert_int_equal(tokenq_submit_deferred(q, &jobs[1].tq, "id:b", 0, NULL), TQ_QUEUED);
-    assert_int_equal(tokenq_run_here(q, run_here_cb, &here_id), 0);
-    tokenq_wake(q);
-    wait_done(2);
+    submit_short(q, jobs, 1, "id:b");
+    expect_none_here(q, 2);
     assert_int_not_equal(jobs[1].ran_on, 99);
     tokenq_stop(q);
 }
