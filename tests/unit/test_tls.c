@@ -200,28 +200,16 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A handshake in memory with a client presenting leaf and extra (its
- * chain); the server's SSL is returned, the handshake done. */
-static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
-                               int nextra, SSL_SESSION *resume, SSL_SESSION **session);
-
-static SSL *handshake(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra, int nextra)
-{
-    return handshake_resuming(f, max_version, leaf, leaf_key, extra, nextra, NULL, NULL);
-}
-
-/* As handshake, resuming resume (a session ticket) when not NULL, and
- * handing back the client's session in *session when session is not
- * NULL. (The server's session cache resumes nothing: the server never
- * sends close_notify, so OpenSSL drops a session from the cache when its
- * connection is freed.) */
-static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
-                               int nextra, SSL_SESSION *resume, SSL_SESSION **session)
+/* A server SSL on f's context and a client presenting leaf and extra
+ * (its chain), resuming resume when not NULL, joined by a BIO pair in
+ * memory, no handshake done yet: the server's SSL is returned, the
+ * client's and its context in *cli and *cctx. */
+static SSL *connect_pair(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra, int nextra,
+                         SSL_SESSION *resume, SSL_CTX **cctx_out, SSL **cli_out)
 {
     SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
     SSL *srv = SSL_new(tls_state_ctx(f->st)), *cli = NULL;
     BIO *sb = NULL, *cb = NULL;
-    int sdone = 0, cdone = 0;
 
     assert_non_null(cctx);
     assert_non_null(srv);
@@ -241,6 +229,33 @@ static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, E
     SSL_set_bio(cli, cb, cb);
     SSL_set_accept_state(srv);
     SSL_set_connect_state(cli);
+    *cctx_out = cctx;
+    *cli_out = cli;
+    return srv;
+}
+
+/* A handshake in memory with a client presenting leaf and extra (its
+ * chain); the server's SSL is returned, the handshake done. */
+static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
+                               int nextra, SSL_SESSION *resume, SSL_SESSION **session);
+
+static SSL *handshake(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra, int nextra)
+{
+    return handshake_resuming(f, max_version, leaf, leaf_key, extra, nextra, NULL, NULL);
+}
+
+/* As handshake, resuming resume (a session ticket) when not NULL, and
+ * handing back the client's session in *session when session is not
+ * NULL. (The server's session cache resumes nothing: the server never
+ * sends close_notify, so OpenSSL drops a session from the cache when its
+ * connection is freed.) */
+static SSL *handshake_resuming(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
+                               int nextra, SSL_SESSION *resume, SSL_SESSION **session)
+{
+    SSL_CTX *cctx = NULL;
+    SSL *cli = NULL, *srv = connect_pair(f, max_version, leaf, leaf_key, extra, nextra, resume, &cctx, &cli);
+    int sdone = 0, cdone = 0;
+
     for (int round = 0; round < 200 && !(sdone && cdone); round++) {
         int rc;
         if (!cdone) {
@@ -315,6 +330,19 @@ static void expect_peer_resumed(struct fixture *f, int version, X509 *leaf, EVP_
     SSL_SESSION_free(sess);
 }
 
+/* A client's own CA chain of n: chain[0] self-signed by own_key, each
+ * next one issued by the one before under the same key (OpenSSL links
+ * them by name). */
+static void own_chain(EVP_PKEY *own_key, X509 **chain, int n)
+{
+    chain[0] = mkcert("own CA 0", own_key, NULL, NULL, 1, NULL, -3600, 86400);
+    for (int i = 1; i < n; i++) {
+        char cn[32];
+        snprintf(cn, sizeof(cn), "own CA %d", i);
+        chain[i] = mkcert(cn, own_key, chain[i - 1], own_key, 1, NULL, -3600, 86400);
+    }
+}
+
 /* A client's own CA and a long chain under it: the handshake checks none
  * of its signatures; the request's check finds it untrusted. */
 static void test_handshake_checks_no_chain(void **state)
@@ -324,14 +352,7 @@ static void test_handshake_checks_no_chain(void **state)
     enum { NCHAIN = 8 };
     X509 *chain[NCHAIN];
 
-    /* chain[0] self-signed by own_key, each next one issued by the one
-     * before under the same key: OpenSSL links them by name. */
-    chain[0] = mkcert("own CA 0", own_key, NULL, NULL, 1, NULL, -3600, 86400);
-    for (int i = 1; i < NCHAIN; i++) {
-        char cn[32];
-        snprintf(cn, sizeof(cn), "own CA %d", i);
-        chain[i] = mkcert(cn, own_key, chain[i - 1], own_key, 1, NULL, -3600, 86400);
-    }
+    own_chain(own_key, chain, NCHAIN);
     X509 *leaf = mkcert("mallory", leaf_key, chain[NCHAIN - 1], own_key, 0, "mallory@example.org", -3600, 86400);
     X509 *extra[NCHAIN];
     for (int i = 0; i < NCHAIN; i++)
@@ -490,27 +511,10 @@ static void test_resumed_session_with_intermediate(void **state)
 static void handshake_too_long(struct fixture *f, int max_version, X509 *leaf, EVP_PKEY *leaf_key, X509 **extra,
                                int nextra)
 {
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *srv = SSL_new(tls_state_ctx(f->st)), *cli = NULL;
-    BIO *sb = NULL, *cb = NULL;
+    SSL_CTX *cctx = NULL;
+    SSL *cli = NULL, *srv = connect_pair(f, max_version, leaf, leaf_key, extra, nextra, NULL, &cctx, &cli);
     int refused = 0;
 
-    assert_non_null(cctx);
-    assert_non_null(srv);
-    assert_int_equal(SSL_CTX_set_max_proto_version(cctx, max_version), 1);
-    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
-    assert_int_equal(SSL_CTX_use_certificate(cctx, leaf), 1);
-    assert_int_equal(SSL_CTX_use_PrivateKey(cctx, leaf_key), 1);
-    for (int i = 0; i < nextra; i++) {
-        X509_up_ref(extra[i]);
-        assert_int_equal(SSL_CTX_add_extra_chain_cert(cctx, extra[i]), 1);
-    }
-    assert_non_null(cli = SSL_new(cctx));
-    assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
-    SSL_set_bio(srv, sb, sb);
-    SSL_set_bio(cli, cb, cb);
-    SSL_set_accept_state(srv);
-    SSL_set_connect_state(cli);
     ERR_clear_error();
     for (int round = 0; round < 200 && !refused; round++) {
         (void)SSL_do_handshake(cli);
@@ -542,12 +546,7 @@ static void test_client_chain_size(void **state)
     char comment[3001];
     long bytes = 0;
 
-    chain[0] = mkcert("own CA 0", own_key, NULL, NULL, 1, NULL, -3600, 86400);
-    for (int i = 1; i < NSMALL; i++) {
-        char cn[32];
-        snprintf(cn, sizeof(cn), "own CA %d", i);
-        chain[i] = mkcert(cn, own_key, chain[i - 1], own_key, 1, NULL, -3600, 86400);
-    }
+    own_chain(own_key, chain, NSMALL);
     X509 *leaf = mkcert("mallory", leaf_key, chain[NSMALL - 1], own_key, 0, "mallory@example.org", -3600, 86400);
     for (int i = 0; i < NSMALL; i++) {
         extra[i] = chain[NSMALL - 1 - i];
