@@ -585,6 +585,17 @@ static gs_group *load_group(struct kh_worker *w, struct kh_job *j, const char *n
     if ((e = gcache_group(w->gc, w->store, w->kh->hsm, name, &g)) != GS_OK) {
         if (e != GS_ERR_NOT_FOUND)
             gcache_mark_stale(w->gc);
+        /* A token failure met by the I/O loop's load is given back as a
+         * failed unwrap is (hsm_item_fail): the health check that
+         * answer_gs_error runs (some 26 token calls on a token that just
+         * failed, perhaps a module re-initialisation) must not hold the
+         * loop, and an idle worker may load the group where the loop
+         * could not. Nothing is audited or charged before the load. */
+        if (w->io_loop && (e == GS_ERR_HSM || e == GS_ERR_TOKEN)) {
+            w->gave_back = true;
+            answer_error(j, 503, "token_unavailable", "given back to a token worker");
+            return NULL;
+        }
         /* the words of a name that cannot be a group's (above, and the
          * network process's): one condition, one message */
         if (e == GS_ERR_NOT_FOUND)

@@ -151,6 +151,49 @@ done
   fail "no unwrap that met a failed token on the I/O loop was given back in 5 tries"
 ok "a token failure on the I/O loop: given back, 200 from a token worker, one audit record"
 
+# ---- a token failure met by the I/O loop's group load: given back too ----
+# The loop's own group cache is dropped after a failed call it gave back
+# (hsm_item_fail marks it stale), so after a C_Decrypt failure the loop
+# took, its next unwrap to eng loads eng afresh (token searches) on the
+# loop; there C_FindObjectsInit fails (the hsm layer's retries take all
+# three). The token health check must not run on the loop, nor the
+# request be answered 503 though a worker holds eng: given back, 200
+# from the worker, one audit record (nothing is audited before the
+# load). A database change would not do: the network process's view of
+# eng is refetched first, and a worker's load of it meets the failure.
+done_=0
+for try in 1 2 3 4 5; do
+  warm_up
+  control "C_Decrypt CKR_DEVICE_ERROR 1"
+  b0=$(given_back)
+  got=$(status c alice --data-binary @"$work/req-tls.json" "$url")
+  control ""
+  if [ "$(given_back)" -le "$b0" ]; then
+    echo "note: the failed C_Decrypt was not the loop's; again"
+    continue
+  fi
+  [ "$got" = 200 ] || fail "C_Decrypt given back: HTTP $got: $(head -c 300 "$work/body")"
+  warm_up
+  r0=$(records 1 '*') b0=$(given_back)
+  control "C_FindObjectsInit CKR_DEVICE_ERROR 3"
+  got=$(status c alice --data-binary @"$work/req-tls.json" "$url")
+  control ""
+  if [ "$(given_back)" -gt "$b0" ]; then
+    [ "$got" = 200 ] || fail "group load failure given back: HTTP $got, wanted 200 (a worker holds the group): $(head -c 300 "$work/body")"
+    [ "$(records 1 '*')" = $((r0 + 1)) ] || fail "group load failure: $(( $(records 1 '*') - r0 )) audit records of one unwrap (want 1)"
+    done_=1
+    break
+  fi
+  # not given back: the loop answered it (503 token_unavailable after its
+  # own health check: the defect), or a worker ran it (200 from its cache,
+  # or its load met the failure)
+  [ "$got" = 200 ] || { [ "$got" = 503 ] && grep -q '"code":"token_unavailable"' "$work/body"; } ||
+    fail "group load failure not given back: HTTP $got: $(head -c 300 "$work/body")"
+  echo "note: the group load that failed was not given back (a worker's, or none by the loop); again"
+done
+[ "$done_" = 1 ] || fail "no unwrap whose group load failed on the I/O loop was given back in 5 tries"
+ok "a token failure in the I/O loop's group load: given back, 200 from a token worker, one audit record"
+
 # the I/O loop goes on serving: a plain unwrap afterwards
 expect_status 200 "" "an unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$url"
 audit_ok=$(GS_P11FAULT_CONTROL= GS_P11FAULT_ZERO_COST= "$BIN/groupsrv" -c "$conf" audit verify 2>&1) ||
