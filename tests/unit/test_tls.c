@@ -37,6 +37,7 @@
 #include <openssl/x509v3.h>
 
 #include "tls.h"
+#include "util.h"
 
 static int chain_checks; /* calls of the store's signature step */
 static int verifications; /* calls of X509_verify_cert from our code */
@@ -165,8 +166,7 @@ static tls_state *state_new(struct fixture *f)
     o.client_ca_pem = ca;
     assert_int_equal(tls_state_new(&o, &st, err, sizeof(err)), 0);
     free(cert);
-    OPENSSL_cleanse(key, o.key_len);
-    free(key);
+    util_secret_free(key, o.key_len);
     free(ca);
     return st;
 }
@@ -456,8 +456,7 @@ static void test_membership_from_local_ca_only(void **state)
     f->st = saved;
     tls_state_unref(st);
     free(cert);
-    OPENSSL_cleanse(key, o.key_len);
-    free(key);
+    util_secret_free(key, o.key_len);
     free(ca);
     X509_free(by_client_ca);
     X509_free(by_local);
