@@ -1215,6 +1215,16 @@ static X509 *group_cert(EVP_PKEY *k, char **pem)
     return x;
 }
 
+/* DER as one line of base64 (no breaks), the caller's to free. */
+static char *der_b64(const unsigned char *der, int derlen)
+{
+    char *b64 = malloc((size_t)derlen / 3 * 4 + 8);
+
+    assert_non_null(b64);
+    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    return b64;
+}
+
 /* TEXT encrypted to CERT alone (CMS, AES-128-CBC, binary) as one line of
  * base64, the caller's to free: what a sender's S/MIME body holds. */
 static char *encrypted_b64(X509 *cert, const char *text)
@@ -1233,9 +1243,7 @@ static char *encrypted_b64(X509 *cert, const char *text)
     assert_non_null(cms);
     derlen = i2d_CMS_ContentInfo(cms, &der);
     assert_true(derlen > 0);
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    b64 = der_b64(der, derlen);
     OPENSSL_free(der);
     CMS_ContentInfo_free(cms);
     BIO_free(pb);
@@ -1293,9 +1301,7 @@ static void test_forward_base64_then_signature(void **state)
     assert_non_null(cms);
     derlen = i2d_CMS_ContentInfo(cms, &der);
     assert_true(derlen > 800); /* its base64 in one line is over 998 octets */
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    b64 = der_b64(der, derlen);
 
     memset(&c, 0, sizeof(c));
     c.max_message_size = 1 << 20;
@@ -1501,9 +1507,7 @@ static void test_forward_encrypted_tail(void **state)
     }
     assert_true(sz < sizeof(plain));
     ptlen = sz;
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    b64 = der_b64(der, derlen);
 
     memset(&c, 0, sizeof(c));
     c.max_message_size = 1 << 20;
@@ -2066,9 +2070,7 @@ static void test_forward_any_opaque_signed(void **state)
     assert_non_null(cms);
     derlen = i2d_CMS_ContentInfo(cms, &der);
     assert_true(derlen > 0);
-    b64 = malloc((size_t)derlen / 3 * 4 + 8);
-    assert_non_null(b64);
-    EVP_EncodeBlock((unsigned char *)b64, der, derlen);
+    b64 = der_b64(der, derlen);
     n = snprintf(mail, sizeof(mail),
                  "From: alice@example.org\nSubject: opaque\nMIME-Version: 1.0\n"
                  "Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\n"
