@@ -18,6 +18,11 @@ serial_of() { $PY -c 'import sys; print(int(sys.argv[1], 16))' "$(openssl x509 -
 gserial=$(serial_of "$certs/group.pem")
 # copy_for ADDR: the file smtpd.py stored for that recipient (its envelope.log)
 copy_for() { local id; id=$(awk -v r="$1" '$3 == r {print $1}' "$W/smtp/envelope.log" | tail -1); echo "$W/smtp/new/$id"; }
+# bob_reads TEXT WHAT: bob's last copy decrypts with his key to a body holding TEXT
+bob_reads() {
+  openssl cms -decrypt -in "$(copy_for bob@example.org)" -recip "$certs/bob@example.org.pem" \
+    -inkey "$certs/bob@example.org.key" | grep -q "$1" || fail "bob cannot read $2"
+}
 
 xp_encrypt "$certs/group.pem" "$W/in.eml" "member certs test"
 content_of "$W/in.eml" "$W/ct.in" >"$W/iv.in"
@@ -177,9 +182,7 @@ xp deliver --list $L --sender alice@example.org <"$W/v13.eml" 2>"$W/deliver.err"
   fail "mail to versions 1 and 3 refused: $(cat "$W/deliver.err")"
 xp_drain
 grep -q 'unknown_recipient' "$W"/smtp/new/* && fail "mail to versions 1 and 3 bounced (read with the retired version 1)"
-f=$(copy_for bob@example.org)
-openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
-  grep -q 'secret body for two versions' || fail "bob cannot read the message to versions 1 and 3"
+bob_reads 'secret body for two versions' "the message to versions 1 and 3"
 xp_spool_empty
 # The newest version's RecipientInfo one the group server would not unwrap
 # (RSA-OAEP with SHA-384, which openssl cms -keyopt sets per recipient),
@@ -194,9 +197,7 @@ openssl cms -encrypt -aes-256-cbc -recip "$W/group-v2.pem" -keyopt rsa_padding_m
 xp deliver --list $L --sender alice@example.org <"$W/v23.eml" 2>"$W/deliver.err" ||
   fail "mail to versions 2 and 3 (3's RecipientInfo RSA-OAEP-SHA-384) refused: $(cat "$W/deliver.err")"
 xp_drain
-f=$(copy_for bob@example.org)
-openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
-  grep -q 'secret body for a bad newest' || fail "bob cannot read the message read with version 2"
+bob_reads 'secret body for a bad newest' "the message read with version 2"
 xp_spool_empty
 openssl cms -encrypt -aes-256-cbc -recip "$W/group-v2.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 \
   -recip "$W/group-v3.pem" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha384 -subject "both bad" \
@@ -222,9 +223,7 @@ xp deliver --list $L --sender alice@example.org <"$W/v34.eml" 2>"$W/deliver.err"
   fail "mail to versions 3 (retired) and 4 refused: $(cat "$W/deliver.err")"
 xp_drain
 grep -q 'unknown_recipient' "$W"/smtp/new/* && fail "mail to versions 3 and 4 bounced (read with the retired version 3)"
-f=$(copy_for bob@example.org)
-openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
-  grep -q 'secret body for versions 3 and 4' || fail "bob cannot read the message to versions 3 and 4"
+bob_reads 'secret body for versions 3 and 4' "the message to versions 3 and 4"
 xp_spool_empty
 # A copy is no larger than the post in its base64: the body is written
 # again in lines of 76, as Outlook, Apple Mail and `base64 -w 76` write
@@ -295,9 +294,7 @@ xp_encrypt "$W/group-v3.pem" "$W/late-v3.eml" "a retired version"
 xp deliver --list $L2 --sender alice@example.org <"$W/late-v3.eml" 2>"$W/deliver.err" ||
   fail "mail to a version the list never met is decided by the group server: $(cat "$W/deliver.err")"
 xp_drain
-f=$(copy_for bob@example.org)
-openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
-  grep -q 'secret body for the version before' || fail "bob cannot read the message to the version before"
+bob_reads 'secret body for the version before' "the message to the version before"
 grep -q 'took a RecipientInfo for a key version the list has not met" list=eng-late@example.org recipient_info=2$' \
   "$W/run.log" || fail "not read with the second RecipientInfo: $(grep 'eng-late' "$W/run.log")"
 b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
@@ -324,9 +321,7 @@ openssl cms -cmsout -print -in "$W/late-ski.eml" | grep -q 'd.subjectKeyIdentifi
 xp deliver --list $L2 --sender alice@example.org <"$W/late-ski.eml" 2>"$W/deliver.err" ||
   fail "mail by key identifier to the version before the list's first: $(cat "$W/deliver.err")"
 xp_drain
-f=$(copy_for bob@example.org)
-openssl cms -decrypt -in "$f" -recip "$certs/bob@example.org.pem" -inkey "$certs/bob@example.org.key" |
-  grep -q 'secret body for the version before, by key id' || fail "bob cannot read the message by key id"
+bob_reads 'secret body for the version before, by key id' "the message by key id"
 [ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org bob@example.org " ] ||
   fail "want alice's and bob's copy, no bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 xp_spool_empty
