@@ -80,18 +80,6 @@ pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
 sql() { pg_psql groupsrv -At -c "$1"; }
-# logged_since MARK GREP-ARGS...: serve.log has a match after its line
-# MARK. Not `tail | grep -q`: under pipefail grep's exit at the first match
-# can end tail with SIGPIPE while it still writes (a log of some kilobytes
-# and a match early in it), status 141, and the check failed with the line
-# there (CI under load: "backend killed: the log does not say whether a
-# standby has the commit is not known").
-logged_since() {
-  local m=$1
-  shift
-  tail -n +"$((m + 1))" "$work/serve.log" > "$work/since.log"
-  grep -q "$@" "$work/since.log"
-}
 # sync_standby NAME: synchronous_standby_names set to NAME (empty: reset)
 # and the configuration reloaded; returns once a new session sees NAME,
 # or after a reset once the waits it released have ended

@@ -40,16 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
-# logged_since MARK GREP-ARGS...: serve.log has a match after its line
-# MARK. Not `tail | grep -q`: under pipefail grep's exit at the first match
-# can end tail with SIGPIPE while it still writes (status 141), and the
-# check fails with the line there (ops-pg-outage.sh says more).
-logged_since() {
-  local m=$1
-  shift
-  tail -n +"$((m + 1))" "$work/serve.log" > "$work/since.log"
-  grep -q "$@" "$work/since.log"
-}
 ok() { echo "ok: $*"; }
 . "$SRC/tests/integration/pg-server-lib.sh"
 

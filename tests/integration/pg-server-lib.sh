@@ -16,8 +16,12 @@
 #   expect WANT [CODE] DESC -- WHO CURL-ARGS: the status WANT, and for a
 #       CODE the error code and a Retry-After header
 #   unwrap WANT [CODE] DESC -- WHO: an unwrap of $work/unwrap.json
+#   logged_since MARK GREP-ARGS...   serve.log has a match after its line
+#       MARK (has_line: not `tail | grep -q`, whose early exit under
+#       pipefail can end tail with SIGPIPE, status 141, the line there)
 
 . "$SRC/tests/lib/ports.sh"
+. "$SRC/tests/lib/has-line.sh"
 gs() { "$BIN/groupsrv" -c "$work/gs.conf" "$@"; }
 
 pgsrv_conf() {
@@ -89,3 +93,9 @@ expect() {
   ok "$desc ($want${code:+ $code})"
 }
 unwrap() { expect "$@" --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"; }
+
+logged_since() {
+  local m=$1
+  shift
+  tail -n +"$((m + 1))" "$work/serve.log" | has_line "$@"
+}
