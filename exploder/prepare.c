@@ -183,8 +183,11 @@ typedef struct xp_older {
  * choose alike. *unmet (may be NULL): the message also names, by issuer
  * and serial number, a certificate of a version's issuer (the group's CA)
  * that is none of the versions: perhaps one newer than the list has met.
- * *older (may be NULL): for a message for none of the versions, such
- * RecipientInfos (xp_older). */
+ * *older (may be NULL): the message's RecipientInfos that are
+ * candidates for a version the list never met (xp_older), whether or not
+ * it is also for one of the list's: for one of them, the runner asks
+ * about these when the group server no longer reads the version the list
+ * chose (prepare_rewrap). */
 static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *idx, X509 **cert, bool *unmet,
                              xp_older *older)
 {
@@ -222,7 +225,7 @@ static env_err find_group_ri(const xp_list *l, const env_message *msg, size_t *i
     e = pick >= 0 ? ENV_OK : ENV_ERR_NO_RECIPIENT;
     if (pick >= 0 && unmet != NULL)
         *unmet = unmet_ris(msg, versions, false, NULL, 0) > 0;
-    if (pick < 0 && older != NULL)
+    if (older != NULL)
         older->n = unmet_ris(msg, versions, true, older->idx, XP_OLDER_MAX);
     if (pick >= 0 && cert != NULL)
         *cert = sk_X509_delete(versions, pick); /* the version it is encrypted to, the caller's */
@@ -966,7 +969,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     BIO *in = NULL, *bout = NULL;
     env_message *msg = NULL;
     unsigned char *der = NULL;
-    size_t derlen = 0, idx = 0, hlen = 0, nset;
+    size_t derlen = 0, idx = 0, hlen = 0, nset, next = 0;
     gs_rest_opts o;
     gs_rest *r = NULL;
     gs_ri_list ris;
@@ -976,7 +979,7 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
     char *hdrs = NULL;
     const char *outer;
     xp_err rc = XP_ERR_CRYPTO;
-    bool per_member, crlf;
+    bool per_member, crlf, took_older = false;
 
     memset(&ris, 0, sizeof(ris));
     memset(&older, 0, sizeof(older));
@@ -996,10 +999,19 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         /* deliver took it for a version the list never met: the group
          * server says which RecipientInfo, if any, is the group's */
         idx = older.idx[0];
+        next = 1;
         e = ENV_OK;
-    } else {
+    } else if (e != ENV_OK || older.n > XP_OLDER_MAX) {
         older.n = 0;
     }
+    /* For a version the list knows (next 0), older holds the message's
+     * other candidates: a sender with the certificate of a version the
+     * group server has since retired and the current one, which the list
+     * has not met (deliver learns it only when it asks the group server,
+     * at most once a minute, and never for a key identifier, which names
+     * no issuer), is read with the current one, not bounced for the
+     * retired one (unknown_recipient). */
+    took_older = next > 0;
     if (e != ENV_OK || (e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
         snprintf(why, whysz, "spooled message: %s", env_strerror(e));
         snprintf(prep->reason, sizeof(prep->reason), "the list could not read the encrypted message (%s)",
@@ -1015,26 +1027,27 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = XP_ERR_TEMP;
         goto out;
     }
-    for (size_t k = 1;; k++) {
+    for (;;) {
         ge = gs_rest_rewrap_alg(r, l->group, der, derlen,
                                 l->mode == XP_MODE_GROUP_SECRET ? GS_REWRAP_GROUP_SECRET : GS_REWRAP_MEMBERS,
                                 env_message_content_alg(msg), &ris);
         /* A candidate for no version of the group (the sender's own
-         * certificate, say): the next one. Any other answer is the group
-         * server's word on the message, as for a version the list knows. */
-        if (k >= older.n || ge != GS_REST_ERR_REJECTED || strcmp(gs_rest_last_code(r), "unknown_recipient") != 0)
+         * certificate, say), or a version retired since: the next one.
+         * Any other answer is the group server's word on the message. */
+        if (next >= older.n || ge != GS_REST_ERR_REJECTED || strcmp(gs_rest_last_code(r), "unknown_recipient") != 0)
             break;
         gs_ri_list_clear(&ris);
         free(der);
         der = NULL;
-        idx = older.idx[k];
+        took_older = true;
+        idx = older.idx[next++];
         if ((e = env_message_recipient_der(msg, idx, &der, &derlen)) != ENV_OK) {
             snprintf(why, whysz, "spooled message: %s", env_strerror(e));
             rc = env_to_xp(e);
             goto out;
         }
     }
-    if (older.n > 0 && ge == GS_REST_OK)
+    if (took_older && ge == GS_REST_OK)
         log_info("the group server took a RecipientInfo for a key version the list has not met list=%s "
                  "recipient_info=%zu",
                  l->address, idx + 1);

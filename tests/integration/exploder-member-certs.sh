@@ -365,3 +365,35 @@ b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* | head -1)
   fail "want only alice's bounce: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
 xp_spool_empty
 echo "ok: by key identifier, five candidates are refused unasked, four are asked about once each and bounced"
+# The list knows version 5 alone; `group rotate` makes 6 and `group
+# retire --before 6` retires 5. A sender with both certificates encrypts
+# to 5 and 6, by key identifier (Outlook-style, with their own beside
+# them) and by issuer and serial number. Deliver takes each for the
+# version it knows, 5 (it learns 6 only when it asks the group server, at
+# most once a minute, and never for a key identifier); the group server no
+# longer reads 5 (unknown_recipient): the runner asks with the message's
+# other candidates, and the members read it with 6. Both bounced before.
+gs group show eng --cert >"$W/group-v5.pem"
+gs group rotate eng >/dev/null
+gs group show eng --cert >"$W/group-v6.pem"
+gs group retire eng --before 6 >/dev/null
+printf 'Content-Type: text/plain\n\nsecret body for 5 and 6, by key id\n' >"$W/p56k.txt"
+openssl cms -encrypt -keyid -aes-256-cbc -recip "$certs/alice@example.org.pem" -recip "$W/group-v5.pem" \
+  -recip "$W/group-v6.pem" -subject '5 and 6 by key id' -in "$W/p56k.txt" -out "$W/v56-ski.eml"
+printf 'Content-Type: text/plain\n\nsecret body for 5 and 6, by issuer and serial\n' >"$W/p56i.txt"
+openssl cms -encrypt -aes-256-cbc -recip "$W/group-v5.pem" -recip "$W/group-v6.pem" -subject '5 and 6' \
+  -in "$W/p56i.txt" -out "$W/v56-isn.eml"
+for m in ski:'by key id' isn:'by issuer and serial'; do
+  rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+  mkdir -p "$W/smtp/new"
+  xp deliver --list $L2 --sender alice@example.org <"$W/v56-${m%%:*}.eml" 2>"$W/deliver.err" ||
+    fail "mail to versions 5 (retired) and 6 ${m#*:}: $(cat "$W/deliver.err")"
+  xp_drain
+  b=$(grep -l '^Subject: Undelivered mail to list' "$W"/smtp/new/* || true)
+  [ -z "$b" ] || fail "mail to versions 5 (retired) and 6 ${m#*:} bounced: $(grep '^Reason' "$b")"
+  bob_reads "secret body for 5 and 6, ${m#*:}" "the message to versions 5 (retired) and 6 ${m#*:}"
+  [ "$(xp_accepted "$W/smtp" | sort | tr '\n' ' ')" = "alice@example.org bob@example.org " ] ||
+    fail "want alice's and bob's copy of the message ${m#*:}: $(xp_accepted "$W/smtp" | tr '\n' ' ')"
+  xp_spool_empty
+done
+echo "ok: mail to a retired version the list knows and the current one it has not met is read with the current one"
