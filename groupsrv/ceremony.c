@@ -439,26 +439,42 @@ static bool want_secret(const struct export_sel *sel, const gs_store_secret *s)
  * "--version", or "secret key version " and "--secret-version"; opt NULL
  * for the rejection key (only --all ships it). Said alike by `group
  * export --all` (what it left out) and `group import` (what is still
- * missing). Names and labels are bounded (names.h): 512 bytes hold it. */
-static void give_from_maker(char line[512], const char *group, const char *kind, const char *opt, unsigned version,
-                            const char *label, const char *why)
+ * missing). A key not on this token may also be one this token made and
+ * lost (deleted by hand, the token put back from an older copy): nothing
+ * records which server made a key, and told only "give it from the
+ * server whose token made it" the operator of a lone origin looked for
+ * another server that never existed (copies are never given on), so
+ * lost says that too. Names and labels are bounded (names.h): GIVE_LINE
+ * holds it. */
+#define GIVE_LINE 1024
+static void give_from_maker(char line[GIVE_LINE], const char *group, const char *kind, const char *opt,
+                            unsigned version, const char *label, const char *why, bool lost)
 {
-    if (opt == NULL)
-        (void)snprintf(line, 512,
-                       "the rejection key (%s): %s; give it from the server whose token made it (`group export %s "
-                       "--all`)",
-                       label, why, group);
-    else
-        (void)snprintf(line, 512,
-                       "%s%u (%s): %s; give it from the server whose token made it (`group export %s %s %u`)", kind,
-                       version, label, why, group, opt, version);
+    char cmd[160];
+
+    if (opt == NULL) {
+        (void)snprintf(cmd, sizeof(cmd), "group export %s --all", group);
+        (void)snprintf(line, GIVE_LINE, "the rejection key (%s): %s; give it from the server whose token made it (`%s`)",
+                       label, why, cmd);
+    } else {
+        (void)snprintf(cmd, sizeof(cmd), "group export %s %s %u", group, opt, version);
+        (void)snprintf(line, GIVE_LINE, "%s%u (%s): %s; give it from the server whose token made it (`%s`)", kind,
+                       version, label, why, cmd);
+    }
+    if (lost) {
+        size_t n = strlen(line);
+        (void)snprintf(line + n, GIVE_LINE - n,
+                       ", if that is another server; if it was this one, the key was deleted "
+                       "from this token (or the token put back from an older copy) and no server can give it again, "
+                       "as copies are never given on");
+    }
 }
 
 /* One key --all leaves out: what it is, why, and where to get it. The
  * slot of the shipment it took is made empty again for the next key. */
 static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
 {
-    char line[512];
+    char line[GIVE_LINE];
     const char *kind = k->kind == GSK_KIND_SECRET ? "secret key version " : k->kind == GSK_KIND_GROUP ? "key version "
                                                                                                        : "";
     const char *opt = k->kind == GSK_KIND_REJECT   ? NULL
@@ -466,7 +482,7 @@ static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **r
                                                    : "--version";
 
     give_from_maker(line, group, kind, opt, k->version, k->label,
-                    why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here");
+                    why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here", why == GS_ERR_NOT_FOUND);
     free(k->cert_pem);
     memset(k, 0, sizeof(*k));
     hsm_key_free(*ref);
@@ -1388,14 +1404,14 @@ static gs_err group_copy_rows(void *arg)
 static unsigned still_missing(struct env *e, const char *group, const char *kind, const char *opt, unsigned version,
                               const char *label, hsm_key_class cls)
 {
-    char line[512];
+    char line[GIVE_LINE];
     hsm_key *k = NULL;
     hsm_err he = hsm_key_find(e->hsm, label, cls, &k);
 
     hsm_key_free(k);
     if (he != HSM_ERR_KEY_NOT_FOUND)
         return 0;
-    give_from_maker(line, group, kind, opt, version, label, "not on this token");
+    give_from_maker(line, group, kind, opt, version, label, "not on this token", true);
     printf("missing: %s\n", line);
     return 1;
 }

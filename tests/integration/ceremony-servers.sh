@@ -604,4 +604,20 @@ refused beta 1 "import of a newer version from the origin that was taken over" -
   gs_beta group import --in "$work/eng-old-origin.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "^groupsrv: key version $av is newer than this server's: group eng's versions are made here"
 # a refused import leaves the transport key (refused: the snapshot above)
+# ---- a version its own token lost (deleted by hand with pkcs11-tool, or
+# the token put back from an older copy): the origin's --all leaves it out
+# and says it may be this token's loss, which no server can give back (it
+# said only "give it from the server whose token made it", and the
+# operator of a lone origin went looking for another server) ----
+gs_alpha group create lost --address lost@example.org --key rsa:2048 --replicable >/dev/null
+gs_alpha group rotate lost >/dev/null
+GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label alpha --login --pin env:GS_PIN --delete-object --type privkey --label gs:group:lost:v1 >/dev/null 2>&1 ||
+  fail "pkcs11-tool could not delete gs:group:lost:v1 on alpha"
+expect 0 "group export --all on the origin, a version deleted from its token by hand" -- \
+  gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost.gsk"
+grep -q "^left out: key version 1 (gs:group:lost:v1): not on this token; give it from the server whose token made it (.group export lost --version 1.), if that is another server; if it was this one, the key was deleted from this token (or the token put back from an older copy) and no server can give it again" \
+  "$work/out" || fail "the origin's --all does not say its own version may be lost: $(cat "$work/out")"
+grep -q "^key versions: 2 (gs:group:lost:v2)$" "$work/out" || fail "the --all without v1: $(cat "$work/out")"
+
 echo "all ceremony-servers checks passed"
