@@ -634,6 +634,33 @@ out:
     return err;
 }
 
+/* The refusal of a frame whose format is not ours. A later groupsrv that
+ * changes the file names it "groupsrv-key-shipment-N" with N above 1:
+ * such a file is a key shipment, not damage, and "not a key shipment"
+ * sent its operator looking for a broken copy when the way out is a
+ * groupsrv as new as the sender's. Only the digits are shown (the format
+ * is not yet signed-checked). */
+#define GSK_FORMAT_PREFIX "groupsrv-key-shipment-"
+#define GSK_FORMAT_NUMBER 1ul
+_Static_assert(sizeof(GSK_FORMAT) == sizeof(GSK_FORMAT_PREFIX "1"), "GSK_FORMAT is the prefix and number 1");
+static gsk_err format_refused(const ASN1_STRING *fmt)
+{
+    const unsigned char *s = ASN1_STRING_get0_data(fmt);
+    size_t n = (size_t)ASN1_STRING_length(fmt), pre = strlen(GSK_FORMAT_PREFIX), i = pre;
+    unsigned long v = 0;
+
+    /* at most 6 digits, no leading 0: v stays far below ULONG_MAX */
+    if (n > pre && n <= pre + 6 && memcmp(s, GSK_FORMAT_PREFIX, pre) == 0 && s[pre] != '0')
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            v = v * 10 + (unsigned long)(s[i] - '0');
+    if (i == n && v > GSK_FORMAT_NUMBER)
+        return gsk_fail(GSK_ERR_FORMAT,
+                        "a key shipment of format " GSK_FORMAT_PREFIX "%lu, made by a newer groupsrv: this one "
+                        "reads " GSK_FORMAT " only; import it with a groupsrv as new as the sender's",
+                        v);
+    return gsk_fail(GSK_ERR_FORMAT, "not a key shipment: format is not " GSK_FORMAT);
+}
+
 /* Decodes strictly; *f stays owned by the caller (GSK_FILE_free). */
 static gsk_err frame_decode(const unsigned char *der, size_t len, GSK_FILE **f)
 {
@@ -658,7 +685,7 @@ static gsk_err frame_decode(const unsigned char *der, size_t len, GSK_FILE **f)
     }
     if ((size_t)ASN1_STRING_length((*f)->format) != strlen(GSK_FORMAT) ||
         memcmp(ASN1_STRING_get0_data((*f)->format), GSK_FORMAT, strlen(GSK_FORMAT)) != 0) {
-        gsk_fail(GSK_ERR_FORMAT, "not a key shipment: format is not " GSK_FORMAT);
+        format_refused((*f)->format);
         goto out;
     }
     if (ASN1_STRING_length((*f)->manifest) <= 0 || ASN1_STRING_length((*f)->signature) <= 0) {

@@ -271,8 +271,9 @@ static void test_other_ca(void **state)
     ca_free(&ec);
 }
 
-/* Signs arbitrary manifest text into a frame, as a forger with the CA key would. */
-static void frame(struct ca *ca, const char *text, unsigned char **der, size_t *len)
+/* Signs arbitrary manifest text into a frame of format fmt, as a forger
+ * with the CA key (or a later groupsrv) would. */
+static void frame_as(struct ca *ca, const char *fmt, const char *text, unsigned char **der, size_t *len)
 {
     GSK_FILE *f = GSK_FILE_new();
     unsigned char *sig = NULL, *p = NULL;
@@ -280,7 +281,7 @@ static void frame(struct ca *ca, const char *text, unsigned char **der, size_t *
     int n;
 
     assert_int_equal(sw_sign(ca->key, (const unsigned char *)text, strlen(text), &sig, &siglen), 0);
-    assert_int_equal(ASN1_STRING_set(f->format, GSK_FORMAT, -1), 1);
+    assert_int_equal(ASN1_STRING_set(f->format, fmt, -1), 1);
     assert_int_equal(ASN1_OCTET_STRING_set(f->manifest, (const unsigned char *)text, (int)strlen(text)), 1);
     assert_int_equal(ASN1_OCTET_STRING_set(f->signature, sig, (int)siglen), 1);
     n = i2d_GSK_FILE(f, &p);
@@ -291,6 +292,11 @@ static void frame(struct ca *ca, const char *text, unsigned char **der, size_t *
     OPENSSL_free(p);
     GSK_FILE_free(f);
     free(sig);
+}
+
+static void frame(struct ca *ca, const char *text, unsigned char **der, size_t *len)
+{
+    frame_as(ca, GSK_FORMAT, text, der, len);
 }
 
 /* Replaces the first occurrence of from in s by to (fresh string). */
@@ -378,6 +384,40 @@ static void test_malformed_manifests(void **state)
     ca_free(&ca);
 }
 
+/* A file of a later format (a newer groupsrv's) is named as such, with
+ * the way out; it said "not a key shipment", as for damage. Other
+ * formats are still "not a key shipment". */
+static void test_newer_format(void **state)
+{
+    struct ca ca = ca_new("rsa");
+    unsigned char *der = NULL;
+    size_t len = 0;
+    gsk_manifest *m = NULL;
+    const char *others[] = {"groupsrv-key-shipment-0", "groupsrv-key-shipment-02", "groupsrv-key-shipment-2x",
+                            "groupsrv-key-shipment-", "groupsrv-key-shipment-1234567", "other-format-2"};
+
+    (void)state;
+    frame_as(&ca, "groupsrv-key-shipment-2", "{}", &der, &len);
+    assert_int_equal(gsk_shipment_read(der, len, ca.cert, &m), GSK_ERR_FORMAT);
+    assert_null(m);
+    assert_string_equal(gsk_err_detail(), "a key shipment of format groupsrv-key-shipment-2, made by a newer "
+                                          "groupsrv: this one reads groupsrv-key-shipment-1 only; import it with "
+                                          "a groupsrv as new as the sender's");
+    free(der);
+    frame_as(&ca, "groupsrv-key-shipment-999999", "{}", &der, &len);
+    assert_int_equal(gsk_shipment_read(der, len, ca.cert, &m), GSK_ERR_FORMAT);
+    assert_non_null(strstr(gsk_err_detail(), "format groupsrv-key-shipment-999999, made by a newer groupsrv"));
+    free(der);
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        frame_as(&ca, others[i], "{}", &der, &len);
+        assert_int_equal(gsk_shipment_read(der, len, ca.cert, &m), GSK_ERR_FORMAT);
+        if (strcmp(gsk_err_detail(), "not a key shipment: format is not groupsrv-key-shipment-1") != 0)
+            fail_msg("format %s: %s", others[i], gsk_err_detail());
+        free(der);
+    }
+    ca_free(&ca);
+}
+
 static char *pubkey_pem(EVP_PKEY *k, const char *preamble)
 {
     BIO *b = BIO_new(BIO_s_mem());
@@ -425,7 +465,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),           cmocka_unit_test(test_every_byte),
         cmocka_unit_test(test_other_ca),            cmocka_unit_test(test_malformed_manifests),
-        cmocka_unit_test(test_transport_file),
+        cmocka_unit_test(test_transport_file),     cmocka_unit_test(test_newer_format),
     };
     log_init("test_gsk", LOG_LVL_ERROR, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
