@@ -565,7 +565,13 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
     if (!ok) {
         audit_refusal(j, action, c->identity, group,
                       mismatch ? "certificate_mismatch" : member ? "forbidden_role" : "not_a_member");
-        if (j->reply.len == 0)
+        /* The code the record gives: a script told `forbidden` for an
+         * admin's address with another key than its record's would look
+         * for a missing role, not at the certificate it sent. */
+        if (j->reply.len == 0 && mismatch)
+            answer_error(j, 403, "certificate_mismatch",
+                         "this certificate is not the one recorded for the administrator");
+        else if (j->reply.len == 0)
             answer_error(j, 403, "forbidden", "only administrators may do this");
         return -1;
     }

@@ -359,6 +359,16 @@ for g in eng ops; do
   expect_status 403 certificate_mismatch "another certificate of the admin's address, group $g" -- \
     curl -sS --cacert "$certs/tca.pem" --cert "$work/admin2.pem" --key "$work/admin2.key" "$base/v1/groups/$g/members"
 done
+# the admin endpoints of no group answer the code their record gives
+# (they answered forbidden, "only administrators", to an admin's address)
+expect_status 403 certificate_mismatch "group creation with another certificate of the admin's address" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/admin2.pem" --key "$work/admin2.key" \
+  --data-binary '{"name":"ops5","address":"ops5@example.org"}' "$base/v1/groups"
+expect_status 403 certificate_mismatch "/metrics with another certificate of the admin's address" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/admin2.pem" --key "$work/admin2.key" "$base/metrics"
+grep '"action":"metrics"' "$work/audit.jsonl" | grep '"identity":"admin@example.org"' |
+  has_line '"outcome":"certificate_mismatch"' || fail "the refused /metrics's record"
+
 # recorded as started (durable before the keys are made), then its outcome:
 # a key holder killed in between leaves no group without a record
 [ "$(grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops"' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
