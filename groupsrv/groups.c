@@ -1156,6 +1156,30 @@ struct keys_call {
 };
 static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
 
+/* A list address is one group's: the group certificate names it (SAN
+ * rfc822Name), senders find that certificate by the address, and the
+ * exploder serves one group per address. Two groups of one address were
+ * made, each with a certificate for it: mail encrypted to the one a
+ * sender's directory gave was refused by the list of the other. Compared
+ * without ASCII case, as every address is. Under the keys lock (group
+ * create), so two creations at once cannot both pass. EXISTS names the
+ * group that has it. */
+static gs_err address_free(gs_store *st, const char *address)
+{
+    gs_store_group **groups = NULL;
+    size_t n = 0;
+    gs_err err = gs_store_group_list(st, &groups, &n);
+
+    if (err != GS_OK)
+        return err;
+    for (size_t i = 0; i < n && err == GS_OK; i++)
+        if (groups[i]->address != NULL && strcasecmp(groups[i]->address, address) == 0)
+            err = gs_err_set(GS_ERR_EXISTS, "the list address %s is already group %s's (one group per address)",
+                             address, groups[i]->name);
+    gs_store_group_list_free(groups, n);
+    return err;
+}
+
 static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out)
 {
@@ -1208,11 +1232,15 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         return gs_err_set(GS_ERR_ARGS, "the local-key method needs --replicable (members get a copy of the group key)");
     if (spec->allow_pkcs1v15 && spec->oaep_only)
         return gs_err_set(GS_ERR_ARGS, "--allow-pkcs1v15 and --oaep-only contradict each other");
+    if (spec->admin_email != NULL && !gs_valid_email(spec->admin_email))
+        return gs_err_set(GS_ERR_ARGS, "invalid admin email address: %s", mailaddr_problem(spec->admin_email));
     err = gs_store_group_get(st, spec->name, &existing);
     gs_store_group_free(existing);
     if (err == GS_OK)
         return gs_err_set(GS_ERR_EXISTS, "group %s already exists", spec->name);
     if (err != GS_ERR_NOT_FOUND)
+        return err;
+    if ((err = address_free(st, spec->address)) != GS_OK)
         return err;
     (void)hsm_caps_get(hsm, &caps);
     /* What a probe could not try reads as absent: the group's policy,
@@ -1296,6 +1324,8 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     }
     if (!err && seal != NULL)
         err = gs_store_seal_key_put(st, SEAL_LABEL, seal_weak);
+    if (!err && spec->admin_email != NULL)
+        err = gs_store_member_add(st, id, spec->admin_email, GS_ROLE_ADMIN, spec->admin_cert_pem);
     if (err) {
         gs_store_rollback(st);
         goto out;
@@ -1305,6 +1335,9 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         goto out;
     log_info("group created group=%s label=\"%s\" policy=%s replicable=%d", spec->name, log_qs(klabel), policy,
              (int)spec->replicable);
+    if (spec->admin_email != NULL)
+        log_info("member added group=%s member=%s role=admin wrap=%s", spec->name, spec->admin_email,
+                 gs_wrap_name(GS_WRAP_DEFAULT));
     if (version_out)
         *version_out = 1;
 out:
@@ -2243,28 +2276,6 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert)
 {
     return gs_member_add_wrap(st, group, email, role, cert, GS_WRAP_DEFAULT);
-}
-
-gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role,
-                              const char *cert_pem)
-{
-    gs_store_group *g = NULL;
-    gs_err err;
-
-    if (cert_pem == NULL)
-        return gs_member_add(st, group, email, role, NULL);
-    if (!gs_valid_email(email))
-        return gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", mailaddr_problem(email));
-    if ((err = gs_store_group_get(st, group, &g)) != GS_OK)
-        return err;
-    /* as recorded: checked when it was (it may have expired since, its
-     * key still the one the caller proved) */
-    err = gs_store_member_add(st, g->id, email, role, cert_pem);
-    if (err == GS_OK)
-        log_info("member added group=%s member=%s role=%s wrap=%s", group, email, gs_role_name(role),
-                 gs_wrap_name(GS_WRAP_DEFAULT));
-    gs_store_group_free(g);
-    return err;
 }
 
 /* A new member's certificate as PEM (*pem NULL without one), checked to

@@ -131,6 +131,13 @@ typedef struct gs_group_spec {
                                   GS_METHOD_LOCAL_KEY */
     bool oaep_only;
     gs_wrap member_wrap;       /* member-certs copies: DEFAULT = PKCS1V15 */
+    /* The group's first admin (NULL: none, as `group create`), recorded
+     * in the transaction that records the group: POST /v1/groups made
+     * them in two steps, and a failed second left a group nobody could
+     * administer, its name taken (a retry was 400 exists). admin_cert_pem
+     * (may be NULL) is stored as given, already checked by the caller. */
+    const char *admin_email;
+    const char *admin_cert_pem;
 } gs_group_spec;
 
 /* The key attribute audit's verdict on one key of group g, kind "group"
@@ -232,10 +239,6 @@ gs_err gs_secret_rotate(gs_store *st, hsm_ctx *hsm, const char *name, unsigned *
  * given it must be valid X.509 with an email equal (case-insensitive) to
  * email (GS_ERR_CERT otherwise). EXISTS for a duplicate member. */
 gs_err gs_member_add(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert);
-/* As gs_member_add, with a certificate already recorded for the same
- * address in another group (PEM, or NULL for none), taken as it is. */
-gs_err gs_member_add_recorded(gs_store *st, const char *group, const char *email, gs_role role,
-                              const char *cert_pem);
 /* The same with the member's own wrap for member-certs copies (DEFAULT:
  * the group's), recorded in the same transaction. */
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,

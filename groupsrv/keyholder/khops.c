@@ -2125,6 +2125,47 @@ static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs
     return -1;
 }
 
+/* A REST removal or demotion of the group's last admin (prev, read
+ * under the keys lock by member_change_begin, so two admins demoting each
+ * other at once cannot both pass): refused 409 last_admin, audited with
+ * that outcome, nothing changed. Made, it left a group no certificate
+ * could manage again (only `groupsrv member add` on the server host),
+ * often by a script PUTting a member read back without its role, which
+ * is member by default. The admin commands, the operator's own tools,
+ * are not held to it. 0 when the change may go on; -1 with the answer
+ * set. */
+static int keep_last_admin(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *identity,
+                           const gs_store_member *prev, bool removal, gs_role role)
+{
+    gs_store_member *list = NULL;
+    size_t n = 0, admins = 0;
+    gs_err e;
+
+    if (prev == NULL || prev->role != GS_ROLE_ADMIN || (!removal && role == GS_ROLE_ADMIN))
+        return 0;
+    if ((e = gs_store_member_list(w->store, gs_group_id(g), &list, &n)) != GS_OK) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        admins += list[i].role == GS_ROLE_ADMIN;
+    gs_store_member_list_free(list, n);
+    if (admins > 1)
+        return 0;
+    const char *gname = gs_group_info(g)->name;
+    audit_record rec = {.action = removal ? "member-remove" : "member-add", .identity = identity, .group = gname,
+                        .key_version = -1, .outcome = "last_admin",
+                        .extra = removal ? json_pack("{s:s}", "member", prev->email)
+                                         : json_pack("{s:s,s:s}", "member", prev->email, "role", gs_role_name(role))};
+    int arc = job_audit_or_fail(j, &rec);
+    json_decref(rec.extra);
+    if (arc == 0)
+        answer_error(j, 409, "last_admin",
+                     "%s is the last admin of group %s: make another member admin first; the change was not made",
+                     prev->email, gname);
+    return -1;
+}
+
 static void op_member(struct kh_worker *w, struct kh_job *j)
 {
     struct caller c;
@@ -2156,6 +2197,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
         if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+            keep_last_admin(w, j, g, c.identity, prev, true, GS_ROLE_MEMBER) != 0 ||
             change_started(j, action, c.identity, gname,
                            json_pack("{s:s}", "member", prev != NULL ? prev->email : email),
                            "the audit log cannot be written: the change was not made") != 0)
@@ -2211,6 +2253,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     }
     bool existed = false;
     if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+        keep_last_admin(w, j, g, c.identity, prev, false, role) != 0 ||
         change_started(j, action, c.identity, gname,
                        json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role)),
                        "the audit log cannot be written: the change was not made") != 0)
@@ -2281,7 +2324,8 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
                           .methods = ipc_u32(&j->msg, IPC_T_METHODS, 0),
                           .allow_pkcs1v15 = (flags & IPC_FLAG_PKCS1V15) != 0,
                           .oaep_only = (flags & IPC_FLAG_OAEP_ONLY) != 0, .member_wrap = member_wrap,
-                          .replicable = (flags & IPC_FLAG_REPLICABLE) != 0};
+                          .replicable = (flags & IPC_FLAG_REPLICABLE) != 0,
+                          .admin_email = c.identity, .admin_cert_pem = creator_pem};
     if (spec.methods & ~(unsigned)(GS_METHODS_DEFAULT | GS_METHOD_LOCAL_KEY)) {
         answer_error(j, 400, "bad_request", "\"methods\" has an unknown method");
         goto out;
@@ -2300,14 +2344,13 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     if (change_started(j, "group-create", c.identity, name, NULL,
                        "the audit log cannot be written: the group was not created") != 0)
         goto out;
+    /* The creator is the new group's admin (spec.admin_email), recorded
+     * in the group's own transaction, bound to the key their own admin
+     * record binds: recorded without a certificate, anyone with another
+     * certificate for that address from a trusted client CA managed the
+     * new group, though refused (certificate_mismatch) in the group whose
+     * admin made it. */
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
-    /* The creator is the new group's admin, bound to the key their own
-     * admin record binds: recorded without a certificate, anyone with
-     * another certificate for that address from a trusted client CA
-     * managed the new group, though refused (certificate_mismatch) in
-     * the group whose admin made it. */
-    if (e == GS_OK)
-        e = gs_member_add_recorded(w->store, name, c.identity, GS_ROLE_ADMIN, creator_pem);
     audit_record rec = {.action = "group-create", .identity = c.identity, .group = name, .key_version = version,
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
     if (job_audit_or_fail(j, &rec) != 0)
@@ -2339,6 +2382,11 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
      * retry for ever and a token error counted, the token being fine. */
     if (e == GS_ERR_POLICY) {
         answer_error(j, 400, "bad_request", "group: %s", gs_err_detail());
+        goto out;
+    }
+    /* which it is: the name, or the list address another group has */
+    if (e == GS_ERR_EXISTS) {
+        answer_error(j, 400, "exists", "group: %s", gs_err_detail());
         goto out;
     }
     if (e != GS_OK) {

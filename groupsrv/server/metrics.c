@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const int status_codes[] = {200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503};
+static const int status_codes[] = {200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 429, 500, 503};
 #define N_STATUS (sizeof(status_codes) / sizeof(status_codes[0]))
 /* Histogram upper bounds in seconds; the +Inf bucket is the count. */
 static const double buckets[METRICS_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -369,6 +369,52 @@ expect_status 403 certificate_mismatch "/metrics with another certificate of the
 grep '"action":"metrics"' "$work/audit.jsonl" | grep '"identity":"admin@example.org"' |
   has_line '"outcome":"certificate_mismatch"' || fail "the refused /metrics's record"
 
+# ---- the last admin of a group (409 last_admin) ----
+# admin is ops's one admin (its creator): neither a DELETE nor a PUT that
+# demotes them (a PUT without "role" is a member) leaves a group nobody
+# can manage; refused, audited, the record as it was
+expect_status 409 last_admin "the last admin removing themselves" -- \
+  c admin -X DELETE "$base/v1/groups/ops/members/admin@example.org"
+grep -q 'admin@example.org is the last admin of group ops' "$work/body" || fail "last admin DELETE: $(cat "$work/body")"
+expect_status 409 last_admin "a PUT demoting the last admin" -- \
+  c admin -X PUT --data-binary '{}' "$base/v1/groups/ops/members/ADMIN@example.org"
+expect_status 200 "" "the last admin is still admin" -- c admin "$base/v1/groups/ops/members/admin@example.org"
+[ "$(json_get "$work/body" role)" = admin ] || fail "the refused demotion was made: $(cat "$work/body")"
+[ "$(grep '"group":"ops"' "$work/audit.jsonl" | grep '"outcome":"last_admin"' | grep -c '"member":"admin@example.org"')" = 2 ] ||
+  fail "the last-admin refusals' records: $(grep '"group":"ops"' "$work/audit.jsonl" | tail -n 3)"
+expect_status 200 "" "an admin PUT back as admin" -- \
+  c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/admin@example.org"
+# with a second admin, either may go
+expect_status 201 "" "a second admin of ops" -- \
+  c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/alice@example.org"
+expect_status 200 "" "one of two admins demoted" -- \
+  c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/ops/members/alice@example.org"
+expect_status 200 "" "the demoted member removed" -- c admin -X DELETE "$base/v1/groups/ops/members/alice@example.org"
+
+# ---- one group per list address ----
+expect_status 400 exists "a group of another group's list address" -- \
+  c admin --data-binary '{"name":"ops6","address":"OPS@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
+grep -q 'the list address OPS@example.org is already group ops' "$work/body" || fail "shared address: $(cat "$work/body")"
+expect_status 404 not_found "the group of a shared address was not made" -- anon "$base/v1/groups/ops6"
+rc=0; gs group create eng2 --address eng@example.org --key rsa:2048 > "$work/eng2.out" 2>&1 || rc=$?
+[ "$rc" = 3 ] && grep -q 'already group eng' "$work/eng2.out" || fail "group create of eng's address: exit $rc: $(cat "$work/eng2.out")"
+token_labels | has_line -e ops6 -e eng2 && fail "a refused group's keys are on the token: $(token_labels)"
+ok "group create of a list address another group has: refused before any key is made"
+
+# ---- group create and its admin record: one transaction ----
+# the creator's admin record refused (a trigger standing for a failing
+# database): no group is left that nobody administers, its keys gone
+sqlite3 "$work/groupsrv.db" "CREATE TRIGGER no_admin BEFORE INSERT ON members
+  WHEN NEW.group_id = (SELECT id FROM groups WHERE name = 'ops7') BEGIN SELECT RAISE(ABORT, 'test refuses'); END"
+code=$(status c admin --data-binary '{"name":"ops7","address":"ops7@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups")
+[ "$code" != 201 ] || fail "group create with its admin record refused: 201"
+expect_status 404 not_found "a group whose admin record failed is not made" -- anon "$base/v1/groups/ops7"
+token_labels | has_line ops7 && fail "the keys of a group not made are on the token: $(token_labels)"
+sqlite3 "$work/groupsrv.db" "DROP TRIGGER no_admin"
+expect_status 201 "" "the same group made once the database takes it" -- \
+  c admin --data-binary '{"name":"ops7","address":"ops7@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
+expect_status 200 "" "its creator is its admin" -- c admin "$base/v1/groups/ops7/members/admin@example.org"
+
 # recorded as started (durable before the keys are made), then its outcome:
 # a key holder killed in between leaves no group without a record
 [ "$(grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops"' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
