@@ -975,10 +975,35 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- replies ------------------------------------------------------------- */
 
+/* Date (RFC 9110 6.6.1: an origin server with a clock sends it in every
+ * 2xx, 3xx and 4xx answer, whatever the request's version). libevent
+ * adds it to HTTP/1.1 answers only, so an HTTP/1.0 client (a monitoring
+ * probe, a proxy speaking 1.0 to its backends) got none, and neither
+ * could a cache or a script tell when an answer was made. Added here for
+ * every answer of ours, in the IMF-fixdate form libevent writes (names
+ * spelt out: no locale comes into it); libevent adds none beside it. */
+static void add_date_header(struct evkeyvalq *h)
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    char date[64];
+    struct tm tm;
+    time_t now = time(NULL);
+
+    if (evhttp_find_header(h, "Date") != NULL || gmtime_r(&now, &tm) == NULL || tm.tm_wday < 0 ||
+        tm.tm_wday > 6 || tm.tm_mon < 0 || tm.tm_mon > 11)
+        return;
+    (void)snprintf(date, sizeof(date), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+                   months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    evhttp_add_header(h, "Date", date);
+}
+
 static void add_common_headers(struct srv_req *r, const char *content_type)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
 
+    add_date_header(h);
     evhttp_add_header(h, "Content-Type", content_type);
     evhttp_add_header(h, "X-Request-Id", r->id);
     evhttp_add_header(h, "Cache-Control", "no-store");
@@ -1780,7 +1805,11 @@ static const char *target_path(struct evhttp_request *req, size_t *len)
     return path;
 }
 
-/* Splits the request path into percent-decoded segments; -1 if malformed. */
+/* Splits the request path into percent-decoded segments; -1 if malformed,
+ * -2 for a segment holding an encoded '/' (%2F): never taken as a part of
+ * a name (as Apache's AllowEncodedSlashes Off, a proxy in front may
+ * decode it into a path of other segments), and no group name or member
+ * address has one (the address rule refuses '/'). */
 static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t *n)
 {
     size_t plen = 0;
@@ -1800,7 +1829,11 @@ static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEG
         raw[len] = '\0';
         size_t dl = 0;
         char *dec = evhttp_uridecode(raw, 0, &dl);
-        if (dec == NULL || dl != strlen(dec) || dl == 0 || dl > MAX_SEGMENT_LEN || strchr(dec, '/') != NULL) {
+        if (dec != NULL && dl == strlen(dec) && strchr(dec, '/') != NULL) {
+            free(dec);
+            return -2;
+        }
+        if (dec == NULL || dl != strlen(dec) || dl == 0 || dl > MAX_SEGMENT_LEN) {
             free(dec);
             return -1;
         }
@@ -1880,7 +1913,8 @@ static void dispatch(struct srv_req *r)
     unsigned listener = r->certsrv ? SRV_CERTSRV : SRV_API;
     unsigned m = method_bit(srv_command(r));
 
-    if (split_path(r->req, seg, &n) == 0)
+    int split = split_path(r->req, seg, &n);
+    if (split == 0)
         for (size_t i = 0; i < r->srv->nroutes; i++) {
             const struct srv_route *rt = &r->srv->routes[i];
             if (!(rt->listener & listener) || !route_match(rt->pattern, seg, n, r))
@@ -1892,7 +1926,14 @@ static void dispatch(struct srv_req *r)
                 rt->handler(r);
             return;
         }
-    srv_reply_error(r, 404, "not_found", "no such resource");
+    /* still 404 (no resource has such a path), saying why: a script that
+     * percent-encodes a whole address sees what to change */
+    if (split == -2)
+        srv_reply_error(r, 404, "not_found",
+                        "no such resource: a path segment holds an encoded / (%%2F), which no group name or member "
+                        "address has");
+    else
+        srv_reply_error(r, 404, "not_found", "no such resource");
 }
 
 int srv_routes_set(struct srv *s, const struct srv_route *const *tables, const size_t *counts, size_t ntables)

@@ -415,6 +415,16 @@ expect_status 201 "" "the same group made once the database takes it" -- \
   c admin --data-binary '{"name":"ops7","address":"ops7@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 expect_status 200 "" "its creator is its admin" -- c admin "$base/v1/groups/ops7/members/admin@example.org"
 
+# ---- HTTP/1.0 and encoded slashes ----
+curl -sS --http1.0 -D "$work/h10.head" -o /dev/null --cacert "$certs/tca.pem" "$base/healthz"
+grep -qi '^Date: [A-Z][a-z][a-z], [0-9][0-9] [A-Z][a-z][a-z] 20[0-9][0-9] [0-9:]* GMT' "$work/h10.head" ||
+  fail "an HTTP/1.0 answer without Date: $(cat "$work/h10.head")"
+curl -sS -D "$work/h11.head" -o /dev/null --cacert "$certs/tca.pem" "$base/healthz"
+[ "$(grep -ci '^Date:' "$work/h11.head")" = 1 ] || fail "an HTTP/1.1 answer's Date: $(cat "$work/h11.head")"
+ok "Date on HTTP/1.0 and HTTP/1.1 answers (one)"
+expect_status 404 not_found "an encoded slash in a member address" -- \
+  c admin "$base/v1/groups/eng/members/a%2Fb@example.org"
+grep -q 'encoded / (%2F)' "$work/body" || fail "%2F: $(cat "$work/body")"
 # recorded as started (durable before the keys are made), then its outcome:
 # a key holder killed in between leaves no group without a record
 [ "$(grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops"' | grep -o '"outcome":"[a-z]*"' | paste -sd,)" = \
