@@ -2124,6 +2124,18 @@ static int cmd_unwrap(gm_config *c)
         gm_err("--content-algorithm goes with --recipient-info (a message names its own)");
         return GM_EXIT_USAGE;
     }
+    /* A name this client (and so the server, which reads it with the same
+     * table) does not know is the caller's typo, said before anything is
+     * read or sent: the server's 400 unsupported_algorithm for it was exit
+     * 5, "bad message", with no message in play. */
+    size_t calg_len = 0;
+    if (c->content_algorithm != NULL &&
+        env_content_alg_key_length(c->content_algorithm, &calg_len, NULL) != ENV_OK) {
+        gm_err("--content-algorithm %s: not a content algorithm (aes-128-cbc, aes-192-cbc, aes-256-cbc, the -gcm "
+               "ones, des-ede3-cbc, chacha20-poly1305, or the OID from the message)",
+               c->content_algorithm);
+        return GM_EXIT_USAGE;
+    }
     if (c->recipient_info != NULL) {
         /* a RecipientInfo given directly: DER, or base64 text */
         unsigned char *buf = NULL;

@@ -335,6 +335,15 @@ expect_rc 0 "unwrap of a v1.5 message (its content algorithm sent along)" -- as 
 [ "$(tr -d '\n' < "$work/gm.out" | wc -c)" = 32 ] || fail "v1.5 message unwrap: not a 16-byte key"
 expect_rc 2 "--content-algorithm without --recipient-info" -- \
   as alice unwrap --via tls --in "$work/v15.der" --content-algorithm aes-128-cbc
+# a name no one knows is the caller's typo: usage (2), said before
+# anything is sent, not the server's unsupported_algorithm read as a bad
+# message (5); the OID and OpenSSL's spelling are names it knows
+expect_rc 2 "--content-algorithm with a typo" -- \
+  as alice unwrap --via tls --recipient-info "$work/v15-ri.der" --content-algorithm aes-128-cbcc
+grep -q -- "--content-algorithm aes-128-cbcc: not a content algorithm" "$work/gm.err" ||
+  fail "--content-algorithm typo: $(cat "$work/gm.err")"
+expect_rc 0 "--content-algorithm as the OID" -- \
+  as alice unwrap --via tls --recipient-info "$work/v15-ri.der" --content-algorithm 2.16.840.1.101.3.4.1.2
 
 # groupmail encrypt (from the pin) -> groupmail decrypt via the server
 expect_rc 0 "encrypt to the pinned group certificate" -- gm encrypt --mime --in "$work/m.txt" --out "$work/gm.smime"
