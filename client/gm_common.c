@@ -58,10 +58,15 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
     case GS_REST_ERR_UNAUTHORIZED:
     case GS_REST_ERR_FORBIDDEN: rc = GM_EXIT_REFUSED; break;
     case GS_REST_ERR_REJECTED:
+        /* method_not_allowed is exit 3 as a 403 (a deliver method the group
+         * does not offer: GS_REST_ERR_FORBIDDEN); here it is a 405, an HTTP
+         * method the endpoint does not take (a proxy or a wrong --server
+         * path): a request refused as invalid, exit 1 as the other 4xx,
+         * not "not a member". */
         if (strcmp(code, "unwrap_failed") == 0 || strcmp(code, "bad_recipient_info") == 0 ||
             strcmp(code, "unknown_recipient") == 0 || strcmp(code, "no_recipient") == 0)
             rc = GM_EXIT_BAD_MESSAGE;
-        else if (strcmp(code, "not_a_member") == 0 || strcmp(code, "method_not_allowed") == 0)
+        else if (strcmp(code, "not_a_member") == 0)
             rc = GM_EXIT_REFUSED;
         else if (strcmp(code, "algorithm_not_allowed") == 0 || strcmp(code, "unsupported_algorithm") == 0)
             rc = GM_EXIT_BAD_MESSAGE; /* a group, or a server, that never unwraps this message */

@@ -413,7 +413,10 @@ static gs_rest_err item_error(json_t *item)
         code = json_string_value(json_object_get(e, "code"));
     if (code == NULL)
         return GS_REST_ERR_BAD_ANSWER;
-    if (strcmp(code, "not_a_member") == 0 || strcmp(code, "forbidden") == 0 || strcmp(code, "refused") == 0)
+    /* method_not_allowed without a status: the 403 of a deliver method
+     * the group does not offer (a 405 always has its status) */
+    if (strcmp(code, "not_a_member") == 0 || strcmp(code, "forbidden") == 0 || strcmp(code, "refused") == 0 ||
+        strcmp(code, "method_not_allowed") == 0)
         return GS_REST_ERR_FORBIDDEN;
     if (strcmp(code, "rate_limited") == 0)
         return GS_REST_ERR_RATE_LIMITED;

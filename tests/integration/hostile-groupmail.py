@@ -155,6 +155,9 @@ EXPECT = {
     "wrong-types": 4, "bad-base64": 4, "empty": 4, "deep-json": 4, "control-chars": 3, "huge-length": 4,
     "huge-chunked": 4, "slow-body": 4, "slow-headers": 4, "truncated": 4, "close": 4, "reset": 4,
     "huge-header": 4, "bad-status": 4, "tls-stall": 4, "not-tls": 4,
+    # method_not_allowed: refused (3) as a 403, a deliver method the group
+    # does not offer; an invalid request (1) as a 405, as any other 4xx
+    "wrong-method": 1, "method-refused": 3,
 }
 # misbehaviours of the answer's body: each command's own parser meets them
 BODY_MODES = ("json-as-text", "garbage", "wrong-types", "bad-base64", "empty", "deep-json", "html-200")

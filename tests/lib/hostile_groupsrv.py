@@ -29,6 +29,10 @@ appended to --log as "METHOD PATH MODE". Modes:
                     is not https:// (http://127.0.0.1:1)
   status-NNN        status NNN with a JSON error body (3xx: Location too)
   html-NNN          status NNN with an HTML page (a proxy's error page)
+  wrong-method      405 method_not_allowed with Allow: GET, HEAD (as groupsrv
+                    answers a method an endpoint does not take)
+  method-refused    403 method_not_allowed (a deliver method the group does
+                    not offer)
   json-as-text      a well-formed answer labelled text/plain
   garbage           200, application/json, not JSON
   wrong-types       200, JSON whose fields have the wrong types
@@ -189,6 +193,12 @@ def serve_request(conn, m, method, path, body):
             return conn.sendall(answer(code, page, "text/html", extra))
         err = {"error": {"code": "hostile_%d" % code, "message": "the hostile server says %d" % code}}
         return conn.sendall(answer(code, err, "application/json", extra))
+    if m == "wrong-method":
+        err = {"error": {"code": "method_not_allowed", "message": "use GET, HEAD"}}
+        return conn.sendall(answer(405, err, "application/json", ["Allow: GET, HEAD"]))
+    if m == "method-refused":
+        err = {"error": {"code": "method_not_allowed", "message": "the group does not offer this method"}}
+        return conn.sendall(answer(403, err, "application/json"))
     if m == "json-as-text":
         b, _ = ok_body(method, path, body)
         return conn.sendall(answer(200, b, "text/plain"))
