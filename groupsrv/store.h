@@ -126,8 +126,10 @@ gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
 /* Whether the database this handle has open is still the one at its
  * location: SQLite, that the file at the path is the file opened (not
  * moved away, deleted, or replaced by another, as a restore with mv does,
- * while this connection goes on using the old one); PostgreSQL: always.
- * A stat(2), for health checks. GS_OK, or GS_ERR_DB with the detail. */
+ * while this connection goes on using the old one), and that the first
+ * rows of its tables still read (not truncated or written over in place:
+ * GS_DB_CAUSE_DAMAGED); PostgreSQL: always. A few stat(2) and one short
+ * read, for health checks. GS_OK, or GS_ERR_DB with the detail. */
 gs_err gs_store_check_location(gs_store *st);
 
 /* A read snapshot for a run of reads (the key holder's request: the

@@ -22,7 +22,7 @@
 
 /* Statements run on every server request, prepared once per connection
  * (re-parsing the SQL was a visible share of a request's CPU). */
-enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_READ_BEGIN, HOT_READ_END, HOT_N };
+enum hot_stmt { HOT_DATA_VERSION, HOT_MEMBER_GET, HOT_READ_BEGIN, HOT_READ_END, HOT_HEALTH_READ, HOT_N };
 
 struct sq_store {
     struct gs_store base;
@@ -126,6 +126,10 @@ static gs_err db_error(gs_store *st, const char *what)
     /* another process held the write lock past the busy timeout */
     if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED)
         return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+    /* The file truncated or written over under the connection: no retry
+     * mends it, the /healthz check says so (khops.c) */
+    if ((code & 0xff) == SQLITE_CORRUPT || (code & 0xff) == SQLITE_NOTADB)
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_DAMAGED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
     /* a WAL database's -shm file could not be made (util_dir_unwritable) */
     if ((code & 0xff) == SQLITE_CANTOPEN && (sys = util_dir_unwritable(sqlite3_db_filename(SQ(st)->db, "main"))) != 0)
         return gs_err_set(GS_ERR_DB, "%s: %s (the database's directory cannot be written: %s)", what,
@@ -880,6 +884,33 @@ static gs_err sq_same_companion(const char *p, dev_t dev, ino_t ino, const char 
     return GS_OK;
 }
 
+/* The file at its path, truncated or written over in place (a restore
+ * by `cp` or `truncate` onto the open file, a disk that lost writes):
+ * the same file, so the checks above pass, and PRAGMA data_version reads
+ * no page, while every request that read a lost page answered 503
+ * store_unavailable ("database disk image is malformed") and /healthz
+ * said ok. So the check reads where a key request reads: the schema, and
+ * the first row of the groups, their keys and the members, root page
+ * down (a few pages: anyone may probe /healthz, as often as they like);
+ * a lost page elsewhere is found by the request that reads it
+ * (khops.c's note_db_damaged). GS_ERR_DB with GS_DB_CAUSE_DAMAGED when
+ * SQLite finds the file malformed. */
+static gs_err sq_read_check(gs_store *st)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+
+    if ((err = prepare_hot(st, HOT_HEALTH_READ,
+                           "SELECT EXISTS (SELECT 1 FROM groups), EXISTS (SELECT 1 FROM group_keys), "
+                           "EXISTS (SELECT 1 FROM members)",
+                           &s)) != GS_OK)
+        return err;
+    if (sqlite3_step(s) != SQLITE_ROW)
+        err = db_error(st, "read check");
+    hot_done(s);
+    return err;
+}
+
 /* A database file moved, deleted or replaced (a restore by mv) under an
  * open connection goes on being read and written by it, unseen by every
  * other process that opens the path. So does its -wal: SQLite keeps the
@@ -888,7 +919,7 @@ static gs_err sq_same_companion(const char *p, dev_t dev, ino_t ino, const char 
  * it (an operator "cleaning up", `rm groupsrv.db-*`) took every change
  * committed since into a file no other process reads and a crash loses:
  * changes answered 201 vanished at the next start. */
-static gs_err sq_check_location(gs_store *st)
+static gs_err sq_check_files(gs_store *st)
 {
     const char *path = sqlite3_db_filename(SQ(st)->db, "main");
     struct stat sb;
@@ -923,6 +954,14 @@ static gs_err sq_check_location(gs_store *st)
         return GS_OK; /* not reached: note_wal noted nothing then */
     return sq_same_companion(shm, SQ(st)->shm_dev, SQ(st)->shm_ino, "shared-memory index",
                              "another process would write the write-ahead log over this one's changes");
+}
+
+/* For /healthz: the files at their paths, then their pages readable. */
+static gs_err sq_check_location(gs_store *st)
+{
+    gs_err err = sq_check_files(st);
+
+    return err != GS_OK ? err : sq_read_check(st);
 }
 
 static gs_err sq_change_stamp(gs_store *st, uint64_t *stamp)

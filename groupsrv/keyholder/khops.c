@@ -197,6 +197,25 @@ static void answer_token_unavailable(struct kh_job *j)
     answer_retry(j, 503, 5, "token_unavailable", "the key token is not reachable; try again later");
 }
 
+/* The SQLite file found malformed (truncated or written over in place
+ * under the server): no retry mends it, and /healthz said ok while the
+ * requests that read a lost page failed, so a load balancer kept sending
+ * them here. Once seen, by a request or by /healthz's own read, /healthz
+ * answers 503 until the server is restarted on a repaired file: which
+ * pages are lost is not known, and a page the check read may come back
+ * from the -wal's frames while others stay lost. */
+static atomic_int db_damaged;
+
+static void note_db_damaged(const char *what)
+{
+    char q[320];
+
+    if (atomic_exchange(&db_damaged, 1) == 0)
+        log_error("the database file is damaged: stop the server, check it (PRAGMA integrity_check) and restore "
+                  "it from a backup (docs/operations.md), then start the server op=%s detail=\"%s\"",
+                  what, log_quote(q, sizeof(q), gs_err_detail()));
+}
+
 static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
 {
     switch (err) {
@@ -262,6 +281,8 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
                          "the membership database is locked by another process; try again later");
             return;
         }
+        if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED)
+            note_db_damaged(what);
         log_error("store failure op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         answer_retry(j, 503, 5, "store_unavailable", "the membership database is not available");
         return;
@@ -1878,7 +1899,12 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
      * stopping it) still answers here, but is no longer what the admin
      * commands change: a member they remove would still be served. */
     int moved = de == GS_OK && (de = gs_store_check_location(w->store)) != GS_OK;
-    int db_ok = de == GS_OK;
+    if (de == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED) {
+        note_db_damaged("health");
+        moved = 0;
+    }
+    int damaged = atomic_load(&db_damaged);
+    int db_ok = de == GS_OK && !damaged;
 
     if (moved && atomic_exchange(&moved_logged, 1) == 0)
         log_error("the database is not at its path any more: restart the server to open the one there "
@@ -1893,15 +1919,16 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     ipc_put_str(&j->reply, IPC_T_TOKEN_STATE, he == HSM_OK ? "ok" : hsm_strerror(he));
     ipc_put_str(&j->reply, IPC_T_AUDIT_STATE, ae == AUDIT_OK ? "ok" : audit_strerror(ae));
     ipc_put_str(&j->reply, IPC_T_DB_STATE,
-                db_ok   ? "ok"
-                : moved ? "not the file at its path (moved or replaced)"
-                        : "unavailable");
+                db_ok     ? "ok"
+                : damaged ? "damaged (malformed): restore it and restart the server"
+                : moved   ? "not the file at its path (moved or replaced)"
+                          : "unavailable");
     if (he != HSM_OK || ae != AUDIT_OK || !db_ok)
         ipc_put_str(&j->reply, IPC_T_CODE,
                     he != HSM_OK                   ? "token_unavailable"
                     : ae != AUDIT_OK               ? "audit_unavailable"
-                    : de == GS_ERR_DB_UNAVAILABLE  ? "db_unavailable"
-                                                   : "store_unavailable");
+                    : de == GS_ERR_DB_UNAVAILABLE && !damaged ? "db_unavailable"
+                                                              : "store_unavailable");
 }
 
 static void op_stats(struct kh_worker *w, struct kh_job *j)

@@ -11,7 +11,9 @@
 #   - once the lock is gone both work again, no restart, and the database
 #     passes PRAGMA integrity_check;
 #   - the database, its -wal or its -shm moved, replaced or deleted under
-#     the running server: /healthz 503 and a log line to restart.
+#     the running server: /healthz 503 and a log line to restart;
+#   - the database truncated in place under it: /healthz 503 "damaged" and
+#     a log line to restore it, until the restart.
 set -euo pipefail
 BIN=$1 SRC=$2
 SRV_MEMBERS="alice bob"
@@ -160,4 +162,34 @@ gs member remove eng heldpre@example.org > /dev/null 2> "$work/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "shared-memory index that is no longer at its path" "$work/err" ||
   fail "member remove with the server's -shm deleted: rc=$rc $(cat "$work/err")"
 ok "a deleted -shm: healthz 503 and a log line"
+stop_server
+
+# The file truncated in place under the running server (a restore by cp
+# or truncate onto the open file, a disk that lost writes): still the file
+# at its path, and PRAGMA data_version reads no page, so /healthz said ok
+# while every request that read a lost page was 503 store_unavailable
+# ("database disk image is malformed") and a load balancer kept sending
+# them. /healthz reads what a key request reads: 503 store_unavailable,
+# "damaged", and a log line to restore it; until the restart.
+cp "$work/groupsrv.db" "$work/db.bak" # the server stopped: checkpointed, one file
+start_server
+expect_healthz 200 "" "healthz before the truncation"
+# A change first: the -wal holds frames (page 1 among them), as it does on
+# a server in use; without any, SQLite finds the short file at once.
+expect_status 201 "" "member PUT before the truncation" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/pretrunc@example.org"
+truncate -s 4096 "$work/groupsrv.db"
+expect_healthz 503 store_unavailable "healthz, database truncated under the server"
+[ "$(json_get "$work/body" database)" = "damaged (malformed): restore it and restart the server" ] ||
+  fail "healthz, database truncated: $(cat "$work/body")"
+expect_status 503 store_unavailable "discovery, database truncated" -- anon "$base/v1/groups/eng"
+has_line "the database file is damaged: stop the server" < "$work/server.log" ||
+  fail "no log line for the damaged database"
+kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
+rm -f "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
+cp "$work/db.bak" "$work/groupsrv.db"
+start_server
+expect_healthz 200 "" "healthz once restored and restarted"
+expect_status 200 "" "discovery once restored and restarted" -- anon "$base/v1/groups/eng"
+ok "a database truncated under the server: healthz 503 damaged and a log line until the restart"
 stop_server
