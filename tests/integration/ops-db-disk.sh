@@ -49,6 +49,37 @@ gs group rotate eng > /dev/null 2> "$work/err" || rc=$?
 nafter=$(token_labels | wc -l)
 [ "$nafter" = "$nobj" ] || fail "a refused command left token objects: $nobj before, $nafter after"
 ok "disk full: member add and group rotate exit 1, nothing left on disk or token"
+# POST /v1/groups with ever more room left: the group and its creator's
+# admin record land together or not at all (one transaction), so a 503
+# leaves no group and nothing on the token, and a 201 a group its creator
+# manages. They were two commits: with room for the first alone the group
+# stood with its keys and no admin (503, and its retry 400 exists).
+made=
+for kib in 16 24 32 40 48 64 96 128; do
+  fill
+  truncate -s "-$((kib * 1024))" "$fs/fill"
+  n=ng$kib
+  got=$(status c admin -X POST --data "{\"name\":\"$n\",\"address\":\"$n@example.org\",\"keyspec\":\"rsa:2048\"}" \
+    "$base/v1/groups")
+  cp "$work/body" "$work/create.body"
+  rm -f "$fs/fill" "$fs/fill2"
+  case $got in
+  201)
+    expect_status 200 "" "group made with $kib KiB left, its creator its admin" -- \
+      c admin "$base/v1/groups/$n/members/admin@example.org"
+    made=$n
+    break
+    ;;
+  503)
+    grep -q '"code":"store_unavailable"' "$work/create.body" || fail "group create, $kib KiB left: $(cat "$work/create.body")"
+    expect_status 404 not_found "group refused with $kib KiB left: not made" -- anon "$base/v1/groups/$n"
+    [ "$(token_labels | wc -l)" = "$nobj" ] || fail "group refused with $kib KiB left: its keys left on the token"
+    ;;
+  *) fail "group create, $kib KiB left: HTTP $got: $(cat "$work/create.body")" ;;
+  esac
+done
+[ -n "$made" ] || fail "no group made with 128 KiB left"
+ok "group create on a filling disk: all or nothing"
 stop_server
 
 # A new process needs room for the -shm file even to read: said so. The
