@@ -48,9 +48,10 @@ struct kh_job {
      * the database's (up to [db] timeout, a busy timeout), no sample of
      * the token queue's service time. */
     bool db_failed;
-    /* The I/O loop's pass took its rate-limit token (khops.c,
-     * rate_limit): given back (kh_worker.gave_back, tq.worker_only) and
-     * run again by a worker, it is charged once. */
+    /* Its rate-limit token was taken (khops.c, rate_limit;
+     * ratelimit_take_once): given back by the I/O loop's pass
+     * (kh_worker.gave_back, tq.worker_only) and run again by a worker,
+     * it is charged once. */
     bool rl_taken;
 };
 

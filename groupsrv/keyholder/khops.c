@@ -400,12 +400,9 @@ static int rate_limit(struct kh_job *j, struct caller *c, const char *group)
 {
     unsigned retry = 0;
 
-    /* A job the I/O loop gave back was charged by the loop's pass (kh.h). */
-    if (j->tq.worker_only && j->rl_taken)
-        return 0;
-    rl_verdict v = ratelimit_take(j->kh->rl, caller_rl_key(j, c, group), &retry);
-    if (v == RL_OK && !j->tq.worker_only)
-        j->rl_taken = true;
+    /* A job the I/O loop gave back was charged by the loop's pass (kh.h):
+     * the worker's run takes nothing again. */
+    rl_verdict v = ratelimit_take_once(j->kh->rl, caller_rl_key(j, c, group), &j->rl_taken, &retry);
     if (v == RL_LIMITED) {
         answer_retry(j, 429, retry, "rate_limited", "too many requests; slow down");
         return -1;

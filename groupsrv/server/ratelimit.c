@@ -227,6 +227,17 @@ out:
     return v;
 }
 
+rl_verdict ratelimit_take_once(ratelimit *rl, const rl_key *key, bool *charged, unsigned *retry_after)
+{
+    *retry_after = 0;
+    if (*charged)
+        return RL_OK;
+    rl_verdict v = ratelimit_take(rl, key, retry_after);
+    if (v == RL_OK)
+        *charged = true;
+    return v;
+}
+
 bool ratelimit_suspended(ratelimit *rl, const rl_key *key, unsigned *retry_after)
 {
     bool suspended = false;

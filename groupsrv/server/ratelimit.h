@@ -42,6 +42,13 @@ void ratelimit_key(const ratelimit *rl, const char *identity, rl_key *key);
 /* Takes one token for key; *retry_after gets seconds to wait when not OK.
  * rl NULL: RL_OK. */
 rl_verdict ratelimit_take(ratelimit *rl, const rl_key *key, unsigned *retry_after);
+/* ratelimit_take for a request that may be run more than once: the key
+ * holder's I/O loop gives a request it may not finish (a search again, a
+ * token that failed) back to a token worker, which runs it from the
+ * start. *charged is the request's own (false when it is made): a take
+ * that is RL_OK sets it, and with it set nothing is taken (RL_OK), so a
+ * request costs its caller one token however many times it is run. */
+rl_verdict ratelimit_take_once(ratelimit *rl, const rl_key *key, bool *charged, unsigned *retry_after);
 /* Whether key's identity is suspended now (no token taken); *retry_after
  * gets the seconds left. A batch asks before each item, so it stops at the
  * failure that suspends its caller. */

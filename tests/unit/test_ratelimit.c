@@ -62,6 +62,34 @@ static void test_burst_then_limited(void **state)
     ratelimit_free(rl);
 }
 
+/* A request the key holder's I/O loop gave back to a token worker is run
+ * twice (keyholder.c, job_run_here): charged once. A bucket of one: the
+ * loop's pass takes the token, the worker's run of the same request
+ * takes nothing (RL_OK, not 429), and the next request is limited. No
+ * time passes that matters: a token a thousand seconds. */
+static void test_take_once_per_request(void **state)
+{
+    (void)state;
+    ratelimit *rl = ratelimit_new(0.001, 1, 0, 60);
+    rl_key alice;
+    unsigned retry = 99;
+    bool charged = false, next = false;
+
+    assert_non_null(rl);
+    ratelimit_key(rl, "id:alice@example.org", &alice);
+    assert_int_equal(ratelimit_take_once(rl, &alice, &charged, &retry), RL_OK); /* the loop's pass */
+    assert_true(charged);
+    assert_int_equal(retry, 0);
+    assert_int_equal(ratelimit_take_once(rl, &alice, &charged, &retry), RL_OK); /* the worker's run */
+    assert_int_equal(retry, 0);
+    assert_int_equal(ratelimit_take_once(rl, &alice, &next, &retry), RL_LIMITED); /* the next request */
+    assert_false(next);
+    assert_true(retry >= 1);
+    /* a limited request is not charged: it is refused, not run again */
+    assert_int_equal(ratelimit_take_once(rl, &alice, &next, &retry), RL_LIMITED);
+    ratelimit_free(rl);
+}
+
 static void test_failures_suspend(void **state)
 {
     (void)state;
@@ -194,6 +222,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_per_identity),
         cmocka_unit_test(test_burst_then_limited),
+        cmocka_unit_test(test_take_once_per_request),
         cmocka_unit_test(test_failures_suspend),
         cmocka_unit_test(test_room_keeps_counts),
         cmocka_unit_test(test_null_limiter),
