@@ -81,6 +81,14 @@ add_test(NAME server_kh_slowcall
 set_tests_properties(server_kh_slowcall PROPERTIES LABELS "integration" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
+# What a (compromised) network process can have the key holder hold for
+# one link: [server] keyholder_queue_max, beyond it 503 overloaded at once
+# (khdrive --budget on a slow token, tests/p11fault; about 5 s).
+add_test(NAME server_kh_budget
+  COMMAND bash ${GS_TEST_DIR}/integration/server-kh-budget.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
+set_tests_properties(server_kh_budget PROPERTIES LABELS "integration" TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+
 # khdrive again with PostgreSQL as the key holder's store, in a database
 # whose collation is UTF-8 (lower() folds more than ASCII there), and a
 # client certificate for such a spelling over HTTPS: no member either way

@@ -60,6 +60,8 @@ struct kh_link {
     pthread_mutex_t wmu;       /* writers: fd and out */
     struct evbuffer *out;      /* answers that could not be written at once */
     struct kh_job *jobs;       /* outstanding: queued, running, or held for the audit (io->mu) */
+    size_t jobs_bytes;         /* the request frames of jobs, in bytes (io->mu): held to [server]
+                                * keyholder_queue_max (handle_frame) */
     bool read_paused;          /* rev taken off while out is over LINK_OUT_MAX (I/O loop only) */
 };
 
@@ -105,6 +107,7 @@ static void link_add(struct kh_link *l, struct kh_job *j)
 {
     j->link = l;
     j->link_epoch = l->epoch;
+    l->jobs_bytes += j->len;
     j->lprev = NULL;
     j->lnext = l->jobs;
     if (l->jobs != NULL)
@@ -119,6 +122,7 @@ static void link_remove(struct kh_job *j)
 
     if (l == NULL)
         return;
+    l->jobs_bytes -= j->len;
     if (j->lprev != NULL)
         j->lprev->lnext = j->lnext;
     else
@@ -514,6 +518,7 @@ static void link_close(struct kh_link *l)
         }
     }
     l->jobs = NULL;
+    l->jobs_bytes = 0;
     pthread_mutex_unlock(&io->mu);
     pthread_mutex_lock(&l->wmu);
     close(l->fd);
@@ -608,10 +613,36 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
     j->tq.cost = cost;
     j->tq.cls = cls;
     j->tq.batchable = batchable;
-    /* On the link's list before a worker can see it (and finish it). */
+    /* What the link's jobs hold is bounded by the link's budget, [server]
+     * keyholder_queue_max (what the network process itself holds per
+     * link for a key holder that does not take its requests): a
+     * (compromised) network process filling the queue (max_jobs) with
+     * frames of unwrap_batch_max items of 8 KiB each had some 800 MiB of
+     * them held here, and with max_queue_ms = 0 (never shed) more. A
+     * frame is refused 503 overloaded at once when it would take the
+     * link's outstanding frames over the budget; one frame alone always
+     * goes (a batch larger than the budget is the network process's own
+     * size check's, 413), and the TLS set-up is never refused (as under
+     * max_jobs). On the link's list before a worker can see it (and
+     * finish it). */
     pthread_mutex_lock(&io->mu);
-    link_add(l, j);
+    bool over_budget = type != IPC_INFO && l->jobs_bytes > 0 &&
+                       (len > kh->link_budget || l->jobs_bytes > kh->link_budget - len);
+    size_t held = l->jobs_bytes;
+    if (!over_budget)
+        link_add(l, j);
     pthread_mutex_unlock(&io->mu);
+    if (over_budget) {
+        const char *id = ipc_str(&j->msg, IPC_T_REQUEST_ID);
+        log_set_request_id(id != NULL && id[0] != '\0' ? id : NULL);
+        log_info("request refused: its link holds [server] keyholder_queue_max of requests link=%u held=%zu "
+                 "frame=%zu budget=%zu",
+                 l->index, held, len, kh->link_budget);
+        log_set_request_id(NULL);
+        job_free(j);
+        refuse(l, type | IPC_REPLY, cookie, 503, 1, "overloaded", "the key token is busy; try again later");
+        return;
+    }
     /* Counted before any worker can take it: a worker whose change stamp
      * was read after this count may answer it with that stamp. */
     j->arrival = atomic_fetch_add(&kh->arrivals, 1) + 1;
@@ -1090,6 +1121,7 @@ int keyholder_main(const struct gs_config *cfg, int ctl_fd, const int *link_fds,
     kh.rl = rl; /* NULL: start() makes one */
     kh.batch_max = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
     kh.max_queue_s = cfg->server.max_queue_ms / 1000.0;
+    kh.link_budget = cfg->server.keyholder_queue_max ? cfg->server.keyholder_queue_max : 1024u * 1024;
     atomic_init(&kh.gen, 1);
     pthread_rwlock_init(&kh.tls_lock, NULL);
     pthread_mutex_init(&io.mu, NULL);

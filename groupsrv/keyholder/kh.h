@@ -118,6 +118,7 @@ struct kh {
     atomic_ulong gen;              /* moves whenever a worker sees the database change */
     atomic_ullong arrivals;        /* requests queued so far (the I/O loop counts, workers read) */
     double max_queue_s;
+    size_t link_budget;            /* bytes of request frames outstanding per link ([server] keyholder_queue_max) */
     unsigned batch_max;
     unsigned workers;              /* token workers started */
     /* The I/O loop's state (keyholder.c). */

@@ -395,6 +395,157 @@ static void unwrap_frame(ipc_buf *b, uint64_t cookie, const char *who, const cha
     (void)ipc_end(b);
 }
 
+/* An unwrap frame of `items` items, each the encrypted key ek. */
+static void unwrap_items_frame(ipc_buf *b, uint64_t cookie, const char *who, const char *group,
+                               const unsigned char *ek, size_t ek_len, unsigned items)
+{
+    request_begin(b, IPC_UNWRAP, cookie, who, group);
+    for (unsigned i = 0; i < items; i++) {
+        ipc_nest_begin(b, IPC_T_ITEM);
+        ipc_put_u32(b, IPC_T_DELIVER, IPC_DELIVER_TLS);
+        ipc_put_u32(b, IPC_T_ALG, IPC_ALG_OAEP_SHA1);
+        ipc_put_bytes(b, IPC_T_ENC_KEY, ek, ek_len);
+        ipc_nest_end(b);
+    }
+    (void)ipc_end(b);
+}
+
+/*
+ * khdrive --budget CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER
+ *
+ * What a (compromised) network process can have the key holder hold for
+ * one link is bounded by [server] keyholder_queue_max (CONFIG: small, one
+ * token worker, max_queue_ms = 0, and a slow token: tests/p11fault's
+ * GS_P11FAULT_SERVICE_US, seconds per private-key operation). The
+ * member's unwrap holds the one worker for that long; the non-member's
+ * batches sent meanwhile are queued while the link's frames fit the
+ * budget and refused 503 overloaded at once beyond it (before: every
+ * one queued, up to the queue's job cap, some 800 MiB of 100-item
+ * frames). Every frame is answered exactly once; once the queue has
+ * drained the budget is free again (one more batch is served, 403).
+ */
+#define BUDGET_FRAMES 12
+static int budget_main(int argc, char **argv)
+{
+    struct gs_config *cfg = NULL;
+    unsigned char *ri_der = NULL, *owned = NULL;
+    size_t ri_len = 0, len[BUDGET_FRAMES + 1] = {0}, accepted = 0;
+    env_recipient *ri = NULL;
+    const unsigned char *ek;
+    size_t ek_len;
+    int ctl[2], l0[2];
+    unsigned status[BUDGET_FRAMES + 1] = {0}, answers = 0, overloaded = 0, dup = 0, stray = 0;
+    ipc_reader rd, rdc;
+    ipc_buf b;
+    ipc_msg m;
+    pid_t pid = -1;
+
+    if (argc != 7) {
+        fprintf(stderr, "usage: khdrive --budget CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER\n");
+        return 2;
+    }
+    log_init("khdrive", LOG_LVL_WARN, NULL);
+    if ((spki_len = load_spki(argv[5], &spki)) <= 0 || gs_config_load(argv[2], &cfg) != GS_OK ||
+        util_read_file(argv[3], 65536, &ri_der, &ri_len) != UTIL_OK ||
+        env_recipient_parse(ri_der, ri_len, &ri) != ENV_OK ||
+        env_recipient_encrypted_key(ri, NULL, &ek, &ek_len) != ENV_OK) {
+        fprintf(stderr, "khdrive: cannot read the certificate, the config or the RecipientInfo\n");
+        return 2;
+    }
+    size_t budget = cfg->server.keyholder_queue_max;
+    unsigned items = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
+    ipc_reader_init(&rd);
+    ipc_reader_init(&rdc);
+    ipc_buf_init(&b);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0)
+        return 1;
+    if ((pid = fork()) == 0) {
+        close(ctl[0]);
+        close(l0[0]);
+        int links[1] = {l0[1]};
+        _exit(keyholder_main(cfg, ctl[1], links, 1, NULL));
+    }
+    close(ctl[1]);
+    close(l0[1]);
+    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
+    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
+    CHECK(ready, "the key holder started");
+    if (!ready)
+        goto out;
+    /* Cookie 1: the member's unwrap, on the one worker for the token's
+     * service time; 2..: the non-member's batches, sent at once. */
+    unwrap_frame(&b, 1, argv[4], "eng", ek, ek_len);
+    len[0] = b.len - IPC_HDR_LEN;
+    CHECK(write_all(l0[0], b.p, b.len) == 0, "the member's unwrap sent (%zu bytes)", len[0]);
+    size_t total = len[0];
+    for (unsigned i = 1; i <= BUDGET_FRAMES; i++) {
+        unwrap_items_frame(&b, 1 + i, argv[6], "eng", ek, ek_len, items);
+        len[i] = b.len - IPC_HDR_LEN;
+        total += len[i];
+        if (write_all(l0[0], b.p, b.len) != 0)
+            break;
+    }
+    CHECK(total > 2 * budget, "%u batches of %u items sent behind it: %zu bytes, over twice [server] "
+          "keyholder_queue_max (%zu)", BUDGET_FRAMES, items, total, budget);
+    while (answers + stray < BUDGET_FRAMES + 1) {
+        int rc = read_answer(l0[0], &rd, &m, &owned);
+        if (rc != 0)
+            break;
+        uint64_t ck = m.cookie;
+        const char *code = ipc_str(&m, IPC_T_CODE);
+        unsigned st = ipc_u32(&m, IPC_T_STATUS, 0);
+        if (ck < 1 || ck > BUDGET_FRAMES + 1) {
+            stray++;
+        } else if (status[ck - 1] != 0) {
+            dup++;
+        } else {
+            status[ck - 1] = st;
+            answers++;
+            if (st == 503 && code != NULL && strcmp(code, "overloaded") == 0)
+                overloaded++;
+            else
+                accepted += len[ck - 1];
+        }
+        free(owned);
+        owned = NULL;
+    }
+    CHECK(answers == BUDGET_FRAMES + 1 && dup == 0 && stray == 0,
+          "every frame answered exactly once (%u of %u; %u twice, %u unknown)", answers, BUDGET_FRAMES + 1, dup,
+          stray);
+    CHECK(status[0] == 200, "the member's unwrap on the slow token: %u, want 200", status[0]);
+    CHECK(overloaded > 0, "batches beyond [server] keyholder_queue_max refused 503 overloaded at once: %u of %u",
+          overloaded, BUDGET_FRAMES);
+    CHECK(accepted <= budget + len[0],
+          "the frames the key holder took held to the link's budget: %zu bytes, budget %zu (one frame may go over)",
+          accepted, budget);
+    unsigned ok403 = 0;
+    for (unsigned i = 1; i <= BUDGET_FRAMES; i++)
+        ok403 += status[i] == 403;
+    CHECK(ok403 + overloaded == BUDGET_FRAMES, "the batches taken were each answered 403 (%u), the rest "
+          "overloaded (%u)", ok403, overloaded);
+    /* The budget is given back as jobs end: a batch now is served. */
+    unwrap_items_frame(&b, 100, argv[6], "eng", ek, ek_len, items);
+    expect(l0[0], &rd, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 403, "not_a_member",
+           "a batch after the queue drained (the link's budget given back)");
+out:
+    close(l0[0]); /* closed first, as a network process that went: the key holder stops at once */
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        int st = 0;
+        waitpid(pid, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key holder stops cleanly on SIGTERM");
+    }
+    ipc_buf_free(&b);
+    ipc_reader_free(&rd);
+    ipc_reader_free(&rdc);
+    env_recipient_free(ri);
+    free(ri_der);
+    OPENSSL_free(spki);
+    gs_config_free(cfg);
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
@@ -409,6 +560,8 @@ int main(int argc, char **argv)
     ipc_msg m;
     unsigned char *owned = NULL;
 
+    if (argc > 1 && strcmp(argv[1], "--budget") == 0)
+        return budget_main(argc, argv);
     if (argc != 6 && argc != 8) {
         fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER [MEMBER2 MEMBER2-CERT.pem]\n");
         return 2;
