@@ -474,6 +474,7 @@ int khlink_attach(khlink *l, int fd)
 
 bool khlink_up(const khlink *l) { return l != NULL && l->fd >= 0; }
 uint64_t khlink_gen(const khlink *l) { return l != NULL ? l->gen : 0; }
+double khlink_last_read(const khlink *l) { return l != NULL ? l->last_read : 0; }
 
 /* May a call be made now? Refuses (counted) when the frames waiting
  * would pass the bound, or while the link is stalled and a probe is out.

@@ -62,6 +62,9 @@ bool khlink_up(const khlink *l);
 /* The key holder's data generation, as its latest answer said (0: none
  * yet since the link was attached). */
 uint64_t khlink_gen(const khlink *l);
+/* When an answer, a late one too, was last read on the link (monotonic
+ * seconds; 0: none yet): the key holder took work again since then. */
+double khlink_last_read(const khlink *l);
 
 /* Sends the request in b (begun with ipc_begin(type, 0); the link sets the
  * cookie and ends it) at the end of the loop's turn, in one write with the

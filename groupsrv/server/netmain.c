@@ -52,14 +52,20 @@ struct net {
     atomic_int broken;         /* the key holder broke the protocol: end, exit status 1 */
     /* A reload's TLS files (CTL_TLS payload, owned, wiped: it may hold
      * the key) that could not be installed because the key holder did
-     * not answer (it was being started again): installed when its new
-     * links come, so that a SIGHUP then is not lost. NULL: none. */
+     * not answer (it was being started again, or it is stopped or hung):
+     * installed when its new links come, or once it answers anything
+     * again on the main link (tls_retry_cb), so that a SIGHUP then is
+     * not lost. NULL: none. */
     unsigned char *tls_pending;
     size_t tls_pending_len;
+    double tls_pending_at;     /* when the key holder last failed to answer it (monotonic) */
+    struct event *tls_retry_ev;
 };
 
 static void tls_pending_clear(struct net *n)
 {
+    if (n->tls_retry_ev != NULL)
+        event_del(n->tls_retry_ev);
     if (n->tls_pending != NULL)
         OPENSSL_cleanse(n->tls_pending, n->tls_pending_len);
     free(n->tls_pending);
@@ -118,7 +124,10 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     ipc_buf_init(&b);
     ipc_begin(&b, IPC_INFO, 0);
     ipc_put_u32(&b, IPC_T_FLAGS, reload ? IPC_FLAG_RELOAD : 0);
-    if (khlink_call_sync(n->link, &b, START_TIMEOUT_MS, &info) != 0) {
+    /* A reload waits [server] timeout, as every request does: this
+     * thread serves the supervisor's control channel, and a stopped key
+     * holder held it START_TIMEOUT_MS. */
+    if (khlink_call_sync(n->link, &b, reload ? (int)n->srv.timeout * 1000 : START_TIMEOUT_MS, &info) != 0) {
         snprintf(err, errlen, "the key holder did not answer");
         rc = -2;
         goto out;
@@ -186,9 +195,30 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(n->base);
 }
 
-/* The reload a SIGHUP asked for while the key holder was away, now that
- * its links are back (the main one comes last: the supervisor sends the
- * links once the new key holder is ready). */
+/* A reload the key holder did not answer is kept (n->tls_pending, the
+ * files' payload) and tried again: when its new links come (it was being
+ * started again), or once it answers anything on the main link again
+ * (stopped, SIGCONT; a token call that hung returned): the supervisor
+ * restarts only a key holder that ended, so a stalled one gets no new
+ * links, and its reload waited for the next SIGHUP. */
+static void tls_keep_pending(struct net *n, const unsigned char *payload, size_t len)
+{
+    if (n->tls_pending == NULL) {
+        if ((n->tls_pending = malloc(len > 0 ? len : 1)) == NULL)
+            return;
+        memcpy(n->tls_pending, payload, len);
+        n->tls_pending_len = len;
+    }
+    n->tls_pending_at = util_monotonic_s();
+    struct timeval tv = {1, 0};
+    if (n->tls_retry_ev != NULL)
+        (void)event_add(n->tls_retry_ev, &tv);
+}
+
+/* The reload a SIGHUP asked for while the key holder did not answer, now
+ * that it may (its new links came: the main one comes last, the
+ * supervisor sends the links once the new key holder is ready; or it
+ * answered again). */
 static void tls_reload_pending(struct net *n)
 {
     ipc_msg m;
@@ -201,14 +231,35 @@ static void tls_reload_pending(struct net *n)
         return;
     }
     int rc = tls_install(n, &m, 1, err, sizeof(err));
-    if (rc == -2)
-        return; /* still away: kept for its next links */
+    if (rc == -2) {
+        tls_keep_pending(n, NULL, 0); /* still away: kept for its next links or answers */
+        return;
+    }
     tls_pending_clear(n);
     if (rc == 0)
         log_info("reloaded TLS certificate, key, client CAs and CRLs (the reload asked for while the key holder "
-                 "was being started again)");
+                 "did not answer)");
     else
         log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
+}
+
+/* Once a second while a reload is kept: tried again as soon as the key
+ * holder has answered anything on the main link since it last failed to
+ * (the late answer to the reload's own request, at the latest). Nothing
+ * is sent to a key holder that answers nothing. */
+static void tls_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct net *n = arg;
+    struct timeval tv = {1, 0};
+    (void)fd; (void)what;
+
+    if (n->tls_pending == NULL)
+        return;
+    if (khlink_up(n->link) && khlink_last_read(n->link) > n->tls_pending_at) {
+        tls_reload_pending(n);
+        return;
+    }
+    (void)event_add(n->tls_retry_ev, &tv);
 }
 
 /* Frames from the supervisor while serving: TLS reloads and new links. */
@@ -224,12 +275,11 @@ static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
         int rc = tls_install(n, m, 1, err, sizeof(err));
         if (rc == 0) {
             log_info("reloaded TLS certificate, key, client CAs and CRLs");
-        } else if (rc == -2 && (n->tls_pending = malloc(m->len > 0 ? m->len : 1)) != NULL) {
+        } else if (rc == -2 && (tls_keep_pending(n, m->payload, m->len), n->tls_pending != NULL)) {
             /* The key holder is being started again (a SIGHUP while it
-             * restarts): tried again once its new links come. */
-            memcpy(n->tls_pending, m->payload, m->len);
-            n->tls_pending_len = m->len;
-            log_error("reload failed; keeping the previous TLS configuration until the key holder is started "
+             * restarts), or stopped or hung: tried again once its new
+             * links come or it answers again. */
+            log_error("reload failed; keeping the previous TLS configuration until the key holder answers "
                       "again (or the next SIGHUP) reason=\"%s\"",
                       err);
         } else {
@@ -450,7 +500,8 @@ int main(int argc, char **argv)
     n.ctl_ev = event_new(n.base, n.ctl_fd, EV_READ | EV_PERSIST, on_ctl, &n);
     n.term_ev = evsignal_new(n.base, SIGTERM, on_term, &n);
     n.int_ev = evsignal_new(n.base, SIGINT, on_term, &n);
-    if (n.ctl_ev == NULL || n.term_ev == NULL || n.int_ev == NULL ||
+    n.tls_retry_ev = evtimer_new(n.base, tls_retry_cb, &n);
+    if (n.ctl_ev == NULL || n.term_ev == NULL || n.int_ev == NULL || n.tls_retry_ev == NULL ||
         event_add(n.ctl_ev, NULL) != 0 || evsignal_add(n.term_ev, NULL) != 0 || evsignal_add(n.int_ev, NULL) != 0) {
         srv_threads_stop(s);
         goto out;
@@ -474,12 +525,12 @@ out:
         if (n.link_fds[k] >= 0)
             close(n.link_fds[k]);
     free(n.link_fds);
-    struct event *evs[] = {n.ctl_ev, n.term_ev, n.int_ev};
+    tls_pending_clear(&n);
+    struct event *evs[] = {n.ctl_ev, n.term_ev, n.int_ev, n.tls_retry_ev};
     for (size_t i = 0; i < GS_ARRAY_LEN(evs); i++)
         if (evs[i] != NULL)
             event_free(evs[i]);
     khlink_free(n.link);
-    tls_pending_clear(&n);
     tls_current_set(NULL);
     if (n.base != NULL)
         event_base_free(n.base);
