@@ -796,8 +796,11 @@ out:
 
 /* Opens the connection and sets the session up: synchronous commit
  * (a commit returns once it is on disk, whatever the server's default),
- * read-only transactions for a read-only store. */
-static gs_err connect_session(gs_store *st)
+ * read-only transactions for a read-only store. opening: the store's
+ * first connect (gs_store_pg_open), where a database that is not there
+ * is GS_ERR_NOT_FOUND (a command's exit 3, "not created yet"); on a
+ * reconnect every failure is GS_ERR_DB_UNAVAILABLE. */
+static gs_err connect_session(gs_store *st, bool opening)
 {
     char msg[512];
     gs_err err;
@@ -815,8 +818,14 @@ static gs_err connect_session(gs_store *st)
         PG(st)->lost = true;
         PG(st)->lost_quietly = false;
         /* libpq has no SQLSTATE for a failed connect: the text tells a
-         * missing database from a server that is down. */
-        if (strstr(msg, "does not exist") != NULL)
+         * missing database from a server that is down. Only at open: a
+         * server whose database is away for a while (renamed, or dropped
+         * and made again by a restore; connections refused meanwhile)
+         * fails to reconnect, an outage like any other, 503
+         * db_unavailable. Its requests were answered 404 not_found
+         * "database not found", which an exploder takes for a group that
+         * is gone: mail bounced, not deferred. */
+        if (opening && strstr(msg, "does not exist") != NULL)
             return gs_err_set(GS_ERR_NOT_FOUND, "database: %s", msg);
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);
     }
@@ -933,7 +942,7 @@ static gs_err ensure_connected(gs_store *st)
         return gs_err_set(GS_ERR_DB_UNAVAILABLE,
                           "the database connection was lost while this command held the keys lock; not carried "
                           "on without it: try the command again");
-    return connect_session(st);
+    return connect_session(st, false);
 }
 
 /* A statement that changes nothing: sent again when the connection it
@@ -1262,7 +1271,7 @@ gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out)
     st->readonly = (flags & GS_STORE_READONLY) != 0;
     if ((PG(st)->url = url_with_timeouts(url, !st->readonly)) == NULL)
         goto out;
-    if ((err = connect_session(st)) != GS_OK || (err = check_ascii_case(st)) != GS_OK ||
+    if ((err = connect_session(st, true)) != GS_OK || (err = check_ascii_case(st)) != GS_OK ||
         (err = read_version(st, &v)) != GS_OK)
         goto out;
     if ((err = gs_store_settle_schema(st, v, migrate, "(PostgreSQL)")) != GS_OK)
@@ -1345,7 +1354,7 @@ static gs_err commit_outcome(gs_store *st, const char *xid, gs_err err)
         PQfinish(PG(st)->conn);
         PG(st)->conn = NULL;
     }
-    if (connect_session(st) == GS_OK) {
+    if (connect_session(st, false) == GS_OK) {
         struct params p = {0};
         p_text(&p, xid);
         PGresult *r = await_result(st, PQsendQueryParams(PG(st)->conn, "SELECT txid_status($1::bigint)", p.n, NULL,

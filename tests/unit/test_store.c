@@ -1575,13 +1575,24 @@ static void test_reconnect(void **state)
     /* The read's second try cannot connect (the database refuses
      * connections still): the caller gets that reason, after one try,
      * and the read after the database is back is served. */
-    char alter[160];
+    char alter[256];
     (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS false", f->dbname);
     assert_int_equal(pgtest_exec(NULL, alter), 0);
     assert_true(pgtest_int("postgres", sql) >= 1);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_ERR_DB_UNAVAILABLE);
     assert_null(m);
     assert_non_null(strstr(gs_err_detail(), "cannot connect to the database"));
+    /* Nor while the database is away (renamed, or dropped and made again
+     * by a restore): libpq's "database ... does not exist" is an outage
+     * here, not "not found" (a server answered its requests 404
+     * not_found "database not found", which an exploder bounces). */
+    (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s\" RENAME TO \"%s_away\"", f->dbname, f->dbname);
+    assert_int_equal(pgtest_exec(NULL, alter), 0);
+    gs_err away = gs_store_member_get(f->st, f->gid, "a@example.org", &m);
+    (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s_away\" RENAME TO \"%s\"", f->dbname, f->dbname);
+    assert_int_equal(pgtest_exec(NULL, alter), 0);
+    assert_int_equal(away, GS_ERR_DB_UNAVAILABLE);
+    assert_null(m);
     (void)snprintf(alter, sizeof(alter), "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS true", f->dbname);
     assert_int_equal(pgtest_exec(NULL, alter), 0);
     assert_int_equal(gs_store_member_get(f->st, f->gid, "a@example.org", &m), GS_OK);
