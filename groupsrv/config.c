@@ -307,6 +307,24 @@ static size_t key_index(const char *section, const char *name)
     return 0;
 }
 
+/* A server's instance name is its audit chain's name in the database, and
+ * admin commands write the chain INSTANCE/admin: a server named gs-a/admin
+ * would share gs-a's admin chain (two writers, records of the one server
+ * mixed with the other's commands, and gs-a/admin's own admin chain named
+ * gs-a/admin/admin), so '/' is kept for that suffix. It is also logged
+ * unquoted (instance=NAME), printed by `audit verify` (instance NAME: ok)
+ * and sent as part of the PostgreSQL application_name, which PostgreSQL
+ * shows only in printable ASCII: a host name's characters, plus '_' and
+ * ':', are enough to tell servers apart and keep all three readable. */
+static bool instance_name_ok(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr(".-_:", *s) != NULL))
+            return false;
+    return true;
+}
+
 /* [db]: exactly one of path (SQLite, the default) and url (PostgreSQL);
  * [server] instance defaults to the host name; [audit] store = db needs
  * the PostgreSQL store, and [db] unreplicated_writes = refuse the audit
@@ -346,6 +364,14 @@ static gs_err validate_store(const char *name, struct gs_config *c, const bool *
     if (c->server.instance[0] == '\0' || strlen(c->server.instance) > GS_AUDIT_INSTANCE_MAX)
         return gs_err_set(GS_ERR_CONFIG, "%s: 'instance' in [server] must be 1..%d bytes", name,
                           GS_AUDIT_INSTANCE_MAX);
+    /* the host name is used only with a database's audit chains: a host
+     * named otherwise keeps its SQLite server starting as before */
+    if ((seen[key_index("server", "instance")] || c->db.url != NULL) && !instance_name_ok(c->server.instance))
+        return gs_err_set(GS_ERR_CONFIG,
+                          "%s: 'instance' in [server] (%s\"%s\") may hold only letters, digits and . - _ : "
+                          "(a '/' would name another chain: INSTANCE/admin is the admin commands' audit chain)",
+                          name, seen[key_index("server", "instance")] ? "" : "the host name, ",
+                          log_qs(c->server.instance));
     return GS_OK;
 }
 

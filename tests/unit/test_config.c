@@ -272,6 +272,16 @@ static void test_store_choice(void **state)
                  "t.conf:5: bad value for 'store' in [audit] (expected file or db)");
     expect_error(MIN_HSM "[server]\ninstance = "
                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n", "'instance'");
+    /* the instance names the server's audit chain, and INSTANCE/admin is
+     * the admin commands': gs-a/admin would write into gs-a's */
+    expect_error(MIN_HSM "[server]\ninstance = gs-a/admin\n",
+                 "t.conf: 'instance' in [server] (\"gs-a/admin\") may hold only letters, digits and . - _ :");
+    expect_error(MIN_HSM "[server]\ninstance = gs a\n", "'instance' in [server] (\"gs a\")");
+    expect_error(MIN_HSM "[server]\ninstance = gs\"a\n", "'instance' in [server]");
+    expect_error(MIN_HSM "[server]\ninstance = gs-\xc3\xa4\n", "'instance' in [server]");
+    c = load_ok(MIN_HSM "[server]\ninstance = GS-a.example.org_2:1\n");
+    assert_string_equal(c->server.instance, "GS-a.example.org_2:1");
+    gs_config_free(c);
 }
 
 /* A [db] url may carry the role's password: the copies a load makes are
