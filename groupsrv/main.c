@@ -3338,6 +3338,18 @@ int main(int argc, char **argv)
     }
     e.cfg = cfg;
     gs_store_set_timeout(cfg->db.timeout);
+    {
+        /* pg_stat_activity's application_name: "groupsrv gs-a" for a
+         * server's sessions, "groupsrv gs-a member add" for a command's
+         * (the instance first: what tells the servers apart; cut to
+         * PostgreSQL's 63 bytes) */
+        char app[128];
+        bool sub = strcmp(cmd, "serve") != 0 && sub_argc > 1 && sub_argv[1][0] != '-';
+        (void)snprintf(app, sizeof(app), "groupsrv %s%s%s%s%s", cfg->server.instance,
+                       strcmp(cmd, "serve") != 0 ? " " : "", strcmp(cmd, "serve") != 0 ? cmd : "", sub ? " " : "",
+                       sub ? sub_argv[1] : "");
+        gs_store_set_app_name(app);
+    }
     gs_store_set_refuse_unreplicated(strcmp(cfg->db.unreplicated_writes, "refuse") == 0);
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "audit") == 0) {
 #ifdef GS_HAVE_SERVER

@@ -242,6 +242,23 @@ static _Atomic unsigned store_timeout_s = 10;
 void gs_store_set_timeout(unsigned seconds) { store_timeout_s = seconds > 0 ? seconds : 10; }
 unsigned gs_store_timeout(void) { return store_timeout_s; }
 
+/* Set once by main before any store is opened (and inherited by the key
+ * holder's fork); read by store_pg.c's connect. */
+static char store_app_name[64];
+
+void gs_store_set_app_name(const char *name)
+{
+    size_t n = 0;
+
+    for (const char *p = name; p != NULL && *p != '\0' && n < sizeof(store_app_name) - 1; p++)
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr(" .-_:/", *p) != NULL)
+            store_app_name[n++] = *p;
+    store_app_name[n] = '\0';
+}
+
+const char *gs_store_app_name(void) { return store_app_name; }
+
 static _Atomic unsigned store_idle_check_ms = GS_STORE_IDLE_CHECK_MS;
 
 void gs_store_set_idle_check(unsigned ms) { store_idle_check_ms = ms; }

@@ -96,6 +96,13 @@ gs_err gs_store_open(const char *location, unsigned flags, gs_store **out);
 void gs_store_set_timeout(unsigned seconds);
 /* gs_store_set_timeout's value (seconds). */
 unsigned gs_store_timeout(void);
+/* The PostgreSQL application_name of the connections this process opens
+ * from now on (sent as fallback_application_name: an application_name in
+ * the URI, or PGAPPNAME, wins), so that a DBA tells the servers' and the
+ * admin commands' sessions apart in pg_stat_activity. Letters, digits,
+ * spaces and . - _ : / only (others are dropped); cut to 63 bytes, as
+ * PostgreSQL would. NULL or "" sends none. */
+void gs_store_set_app_name(const char *name);
 /* How long a PostgreSQL connection stays unused before its next call first
  * reads whether the server ended it meanwhile (and connects again before
  * sending the statement); default GS_STORE_IDLE_CHECK_MS. A test that needs

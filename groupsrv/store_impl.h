@@ -85,6 +85,8 @@ struct gs_store {
 gs_err gs_store_sqlite_open(const char *path, unsigned flags, gs_store **out);
 gs_err gs_store_pg_open(const char *url, unsigned flags, gs_store **out);
 unsigned gs_store_idle_check(void);
+/* gs_store_set_app_name's name ("" when none). */
+const char *gs_store_app_name(void);
 
 /* Shared by the backends. */
 /* The weakenings of a key record: "" without a record or a list. */

@@ -1234,13 +1234,27 @@ static gs_err check_ascii_case(gs_store *st)
  * of memory. */
 static char *url_with_timeouts(const char *url, bool writes)
 {
-    static const char *const defaults[] = {"connect_timeout=5",   "keepalives_idle=5",
-                                           "keepalives_interval=2", "keepalives_count=3",
-                                           "tcp_user_timeout=10000", "target_session_attrs=read-write"};
-    size_t ndefaults = GS_ARRAY_LEN(defaults) - (writes ? 0 : 1); /* the last one: writers only */
-    size_t cap = strlen(url) + 1, used;
+    static const char *const fixed[] = {"connect_timeout=5",   "keepalives_idle=5",
+                                        "keepalives_interval=2", "keepalives_count=3",
+                                        "tcp_user_timeout=10000", "target_session_attrs=read-write"};
+    /* and the process's name for pg_stat_activity (gs_store_set_app_name:
+     * "groupsrv gs-a", ...): as fallback_application_name, which libpq
+     * sends only when neither the URI nor PGAPPNAME names one; its
+     * characters need no %-encoding but the space */
+    char app[sizeof("fallback_application_name=") + 3 * 64];
+    const char *defaults[GS_ARRAY_LEN(fixed) + 1];
+    size_t ndefaults = 0, cap = strlen(url) + 1, used, a;
     char *out;
 
+    for (size_t i = 0; i < GS_ARRAY_LEN(fixed); i++)
+        if (writes || strncmp(fixed[i], "target_session_attrs=", 21) != 0) /* writers only */
+            defaults[ndefaults++] = fixed[i];
+    if (*gs_store_app_name() != '\0') {
+        a = (size_t)snprintf(app, sizeof(app), "fallback_application_name=");
+        for (const char *p = gs_store_app_name(); *p != '\0' && a + 4 <= sizeof(app); p++)
+            a += (size_t)snprintf(app + a, sizeof(app) - a, *p == ' ' ? "%%20" : "%c", *p);
+        defaults[ndefaults++] = app;
+    }
     for (size_t i = 0; i < ndefaults; i++)
         cap += strlen(defaults[i]) + 1;
     if ((out = malloc(cap)) == NULL)

@@ -179,6 +179,13 @@ pg_psql groupsrv -c "UPDATE schema_version SET version = 4" >/dev/null
 ok "a database a newer server writes while check waits for the migration lock: refused in one line, unchanged"
 pgsrv_start "$work/server.conf"
 expect 200 "healthz as the server role" -- alice "$base/healthz"
+# A DBA tells the servers' sessions apart in pg_stat_activity
+# (docs/scale-out.md, "Configuration"): every session of the key holder
+# names the instance; the admin command's is gone with it.
+names=$(pg_psql groupsrv -At -c "SELECT DISTINCT application_name FROM pg_stat_activity
+  WHERE datname = 'groupsrv' AND usename = 'groupsrv_server'")
+[ "$names" = "groupsrv gs-a" ] || fail "the server's sessions in pg_stat_activity: application_name $names"
+ok "the server's sessions are named in pg_stat_activity (application_name groupsrv gs-a)"
 expect 200 "unwrap (an audit row inserted)" -- alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
 expect 200 "unwrap by bob" -- bob --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap"
 expect 200 "bob removed over REST (secret key rotated)" -- admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"

@@ -809,6 +809,38 @@ static void test_turkish_collation_refused(void **state)
     pgtest_drop(name);
 }
 
+/* Each connection names its process in pg_stat_activity (application_name,
+ * gs_store_set_app_name: "groupsrv gs-a" for a server's), so that a DBA
+ * tells the servers sharing one database apart; an application_name in the
+ * URI is the operator's and wins. */
+static void test_application_name(void **state)
+{
+    struct fx *f = *state;
+    char name[64], sql[512], loc[1200];
+    gs_store *st = NULL;
+
+    pgtest_name_of(f->loc, name, sizeof(name));
+    gs_store_set_app_name("groupsrv gs-a/admin member add\n'x");
+    assert_int_equal(gs_store_open(f->loc, 0, &st), GS_OK);
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND application_name = "
+                   "'groupsrv gs-a/admin member addx'",
+                   name);
+    assert_int_equal(pgtest_int("postgres", sql), 1);
+    gs_store_close(st);
+    st = NULL;
+
+    gs_store_set_app_name("groupsrv gs-b");
+    (void)snprintf(loc, sizeof(loc), "%s%capplication_name=dba-says", f->loc, strchr(f->loc, '?') ? '&' : '?');
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    (void)snprintf(sql, sizeof(sql),
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND application_name = 'dba-says'",
+                   name);
+    assert_int_equal(pgtest_int("postgres", sql), 1);
+    gs_store_close(st);
+    gs_store_set_app_name(NULL);
+}
+
 /* The keys lock (store.h) held on one connection: a second connection's
  * gs_store_keys_lock (another thread here; another process or server
  * alike) waits until the first lets go, then gets it. Nested on one handle. */
@@ -1978,7 +2010,8 @@ int main(void)
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
                                           cmocka_unit_test_setup_teardown(test_turkish_collation_refused, setup,
-                                                                          teardown)};
+                                                                          teardown),
+                                          cmocka_unit_test_setup_teardown(test_application_name, setup, teardown)};
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, group_sqlite, NULL);
     failed += cmocka_run_group_tests_name("postgresql", pg_tests, group_pg, NULL);
     return failed;
