@@ -491,8 +491,9 @@ CK_SLOT_ID hsm_slot_now(hsm_ctx *ctx)
 
 /* hsm_pin_tries_left, and the user PIN's retry flags it read in
  * *user_flags (0 if the token did not answer): do_login compares them
- * with those after a login whose failure does not say whether it counted. */
-static hsm_err pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who, CK_FLAGS *user_flags)
+ * with those after a login whose failure does not say whether it counted.
+ * *ti: the token's answer (zeroed if none), for pin_len_fits. */
+static hsm_err pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who, CK_FLAGS *user_flags, CK_TOKEN_INFO *out)
 {
     CK_TOKEN_INFO ti;
     hsm_errsave sv;
@@ -506,6 +507,8 @@ static hsm_err pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who, CK_FLAGS *user_fla
     hsm_err_restore(&sv);
     if (err != HSM_OK)
         return HSM_OK; /* C_Login says what is wrong */
+    if (out != NULL)
+        *out = ti;
     *user_flags = ti.flags & USER_PIN_FLAGS;
     if (ti.flags & (so ? CKF_SO_PIN_LOCKED : CKF_USER_PIN_LOCKED)) {
         if (so)
@@ -532,26 +535,67 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who)
 {
     CK_FLAGS unused;
 
-    return pin_tries_left(ctx, who, &unused);
+    return pin_tries_left(ctx, who, &unused, NULL);
 }
 
-/* hsm_login_counted, with the user PIN flags read before the C_Login. */
-static hsm_err login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len,
-                             CK_FLAGS *user_flags)
+/* Whether a PIN of pin_len bytes lies within the lengths the token says
+ * its PINs have (ulMinPinLen..ulMaxPinLen): one outside them cannot be
+ * right, and some tokens count it as a wrong try all the same
+ * (opencryptoki's soft token: a 9-byte PIN to its 4..8 is one of the
+ * three tries before the lock, and groupsrv would spend one per change of
+ * the PIN file). Outside: false, nothing sent, the detail says which end
+ * (never the PIN's length itself) and what looks stray in it. A token
+ * that did not answer (ti zeroed) or reports no usable range (a maximum
+ * of 0, or below the minimum, or CK_UNAVAILABLE_INFORMATION) is not
+ * judged: C_Login says. A PIN pad's login (pin NULL) is not judged. */
+static bool pin_len_fits(const CK_TOKEN_INFO *ti, CK_USER_TYPE who, const char *pin, size_t pin_len)
 {
-    /* A context-specific login spends the user PIN's tries. */
-    hsm_err err = pin_tries_left(ctx, who == CKU_SO ? CKU_SO : CKU_USER, user_flags);
+    CK_ULONG lo = ti->ulMinPinLen, hi = ti->ulMaxPinLen;
+    const char *stray;
+    bool short_pin;
 
+    if (pin == NULL || hi == 0 || hi == CK_UNAVAILABLE_INFORMATION || lo == CK_UNAVAILABLE_INFORMATION || lo > hi)
+        return true;
+    if (pin_len >= lo && pin_len <= hi)
+        return true;
+    short_pin = pin_len < lo;
+    stray = pin_stray(pin, pin_len);
+    hsm_set_detail("C_Login: not attempted: the %s PIN is %s than the token's %s (%s %lu, C_GetTokenInfo), so it "
+                   "cannot be right, and a token may count it as a wrong try%s%s",
+                   who == CKU_SO ? "SO" : "user", short_pin ? "shorter" : "longer",
+                   short_pin ? "shortest" : "longest", short_pin ? "ulMinPinLen" : "ulMaxPinLen",
+                   (unsigned long)(short_pin ? lo : hi), stray != NULL ? "; the PIN read " : "",
+                   stray != NULL ? stray : "");
+    return false;
+}
+
+/* hsm_login_counted, with the user PIN flags read before the C_Login;
+ * *sent: whether C_Login was called (a locked counter or a PIN of a length
+ * the token never takes is refused without it). */
+static hsm_err login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len,
+                             CK_FLAGS *user_flags, bool *sent)
+{
+    CK_TOKEN_INFO ti;
+    hsm_err err;
+
+    *sent = false;
+    memset(&ti, 0, sizeof(ti));
+    /* A context-specific login spends the user PIN's tries. */
+    err = pin_tries_left(ctx, who == CKU_SO ? CKU_SO : CKU_USER, user_flags, &ti);
     if (err != HSM_OK)
         return err;
+    if (!pin_len_fits(&ti, who, pin, pin_len))
+        return HSM_ERR_PIN_INCORRECT;
+    *sent = true;
     return P11(ctx, C_Login, s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
 }
 
 hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len)
 {
     CK_FLAGS unused;
+    bool sent;
 
-    return login_counted(ctx, s, who, pin, pin_len, &unused);
+    return login_counted(ctx, s, who, pin, pin_len, &unused, &sent);
 }
 
 /* The user PIN's retry flags the token reports now in *flags (0 if it
@@ -637,6 +681,7 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
 {
     CK_FLAGS before = 0;
     hsm_err err = HSM_OK;
+    bool sent;
 
     CK_TOKEN_INFO ti;
 
@@ -665,9 +710,9 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     bump_key_gen(ctx);
     /* the PIN flags before it: one C_GetTokenInfo, for the check of the
      * tries left and for login_unsure */
-    err = login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len, &before);
-    if (err == HSM_ERR_PIN_LOCKED)
-        goto out; /* not tried */
+    err = login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len, &before, &sent);
+    if (!sent)
+        goto out; /* not tried: a locked counter, a PIN of a length the token never takes */
     if (err == HSM_OK) {
         bump_key_gen(ctx);
         /* This PIN works: a refusal recorded before is out of date. */
@@ -1382,7 +1427,9 @@ hsm_err hsm_reload_pin(hsm_ctx *ctx, const char *pin_source)
 
 hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
 {
+    CK_FLAGS unused;
     hsm_err err;
+    bool sent;
 
     if (key == NULL || !key->always_auth)
         return HSM_OK;
@@ -1394,8 +1441,8 @@ hsm_err hsm_context_login(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key)
         return HSM_ERR_NOT_LOGGED_IN;
     }
     /* The PIN again, for this one operation (the card checks it). */
-    err = hsm_login_counted(ctx, s, CKU_CONTEXT_SPECIFIC, ctx->pin, ctx->pin_len);
-    if (err == HSM_ERR_PIN_INCORRECT && !ctx->pinpad) {
+    err = login_counted(ctx, s, CKU_CONTEXT_SPECIFIC, ctx->pin, ctx->pin_len, &unused, &sent);
+    if (err == HSM_ERR_PIN_INCORRECT && sent && !ctx->pinpad) {
         pin_refused(ctx, &ctx->tinfo);
         log_warn("token rejected the PIN at a context-specific login; it will not be tried again");
     }

@@ -204,7 +204,9 @@ void hsm_set_detail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
 /* C_Login as who (CKU_USER, CKU_SO, CKU_CONTEXT_SPECIFIC) with pin, unless
  * hsm_pin_tries_left refuses it for that PIN's counter (then
- * HSM_ERR_PIN_LOCKED, nothing sent). Every login of the library goes
+ * HSM_ERR_PIN_LOCKED, nothing sent) or the PIN's length lies outside the
+ * token's ulMinPinLen..ulMaxPinLen (then HSM_ERR_PIN_INCORRECT, nothing
+ * sent; hsm_last_rv is not a C_Login's). Every login of the library goes
  * through here. */
 hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len);
 void hsm_clear_detail(void);

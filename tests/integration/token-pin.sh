@@ -7,7 +7,8 @@
 # groupsrv does not spend it, not even with the right PIN, so that a loop
 # of commands or a service manager restarting serve never locks the
 # token. A person logs in once by hand (pkcs11-tool), which resets the
-# count, and groupsrv works again. A locked PIN is not sent at all.
+# count, and groupsrv works again. A locked PIN is not sent at all, nor
+# one shorter or longer than the token's ulMinPinLen..ulMaxPinLen.
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/tokens/lib.sh"
@@ -64,6 +65,27 @@ expect() {
 
 expect 0 "" "$BIN/groupsrv" -c "$work/good.conf" ca init --key rsa:2048
 case "$(flags)" in *"count low"*|*"final user PIN try"*|*"PIN locked"*) fail "fresh token flags: $(flags)" ;; esac
+
+# A PIN of a length the token never takes (opencryptoki's soft token: 4
+# to 8) is not sent: the soft token counts a 9-byte one as a wrong try.
+# The right PIN with a space typed after it is the case in practice.
+printf '%s \n' "$(cat "$TOK_PIN_FILE")" > "$work/long-pin"; chmod 600 "$work/long-pin"
+tok_write_pin "$work/short-pin" 123
+for f in long short; do
+  sed "s|^pin_source = .*|pin_source = $work/$f-pin|" "$work/good.conf" > "$work/$f.conf"
+  for i in 1 2 3; do
+    expect 4 "PIN incorrect (not retried) (C_Login: not attempted: the user PIN is ${f}er than the token's" \
+      "$BIN/groupsrv" -c "$work/$f.conf" group create eng --address eng@example.org --key rsa:2048
+  done
+  case "$(flags)" in *"count low"*|*"final user PIN try"*|*"PIN locked"*)
+    fail "a $f PIN was sent: token flags $(flags)" ;; esac
+done
+grep -q "(ulMinPinLen 4, C_GetTokenInfo)" "$work/err" || fail "the short PIN's message: $(cat "$work/err")"
+"$BIN/groupsrv" -c "$work/long.conf" group create eng --address eng@example.org --key rsa:2048 2>"$work/err" || true
+grep -q "(ulMaxPinLen 8, C_GetTokenInfo).*the PIN read ends with white space" "$work/err" ||
+  fail "the long PIN's message: $(cat "$work/err")"
+! grep -qF -- "$(cat "$TOK_PIN_FILE")" "$work/err" || fail "the message shows the PIN"
+ok "a PIN outside the token's ulMinPinLen..ulMaxPinLen is not sent: $(cat "$work/err")"
 
 # Two wrong PINs: one try each, refused with exit 4
 expect 4 "PIN incorrect (not retried) (C_Login: CKR_PIN_INCORRECT)" \
