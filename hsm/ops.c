@@ -1244,6 +1244,34 @@ struct kdf_probe_arg {
     char refused[192];            /* out: the token's answer to the last refused one */
 };
 
+/* Whether the trial derive's refusal rv is the token's lasting answer
+ * (it does not do this derive: a mechanism, parameter, curve, template,
+ * attribute or key size it does not take, a function its policy forbids,
+ * the peer's point in this form) rather than a failure that a later try
+ * may not meet (the device, a session, the login, memory, an operation
+ * left active, a code of the vendor's own or none the library knows). Only the first kind says the token
+ * cannot hold the group: the second leaves the probe incomplete, and
+ * group create says try again. A key's own refusal (CKA_DERIVE off:
+ * HSM_ERR_KEY_POLICY) is no answer about the token either: the caller
+ * names the key. Read as "try again" (503 over REST), a token answering
+ * CKR_TEMPLATE_INCONSISTENT or CKR_FUNCTION_NOT_SUPPORTED for the derive
+ * had its EC groups refused "try again" for ever. */
+static bool derive_refusal_lasting(CK_RV rv)
+{
+    if (rv == CKR_OK || rv >= CKR_VENDOR_DEFINED)
+        return false;
+    if (rv == CKR_ATTRIBUTE_READ_ONLY)
+        return true;
+    switch (hsm_map_rv(rv)) {
+    case HSM_ERR_MECHANISM:
+    case HSM_ERR_ARGS:
+    case HSM_ERR_PUBLIC_KEY:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 {
     static const unsigned char p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
@@ -1293,8 +1321,7 @@ static hsm_err op_probe_ecdh_kdf(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
             hsm_destroy_session_obj(ctx, s, &kek);
             continue;
         }
-        CK_RV rv = hsm_last_rv();
-        if (rv != CKR_MECHANISM_PARAM_INVALID && rv != CKR_ARGUMENTS_BAD && rv != CKR_MECHANISM_INVALID)
+        if (!derive_refusal_lasting(hsm_last_rv()))
             goto out; /* no answer about the KDF */
         util_strlcpy(pa->refused, hsm_last_error_detail(), sizeof(pa->refused));
         err = HSM_OK;

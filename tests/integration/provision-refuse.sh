@@ -164,6 +164,19 @@ for k in ec:p256 ec:p384; do
   refuse 1 "this token cannot hold EC group keys: $ecdh_no_kdf, which every RFC 5753 sender's message needs, so none could be read: use an RSA key (--key rsa:3072)" \
     "$G" -c "$CONF" group create ecg --address ecg@example.org --key "$k"
 done
+# A token that refuses the trial derive for good in other words (the AES
+# KEK's template, the function by its policy) is answered the same: its
+# lasting answer ("cannot hold"; 400 over REST, as token_caps posts),
+# not a token failure to try again (503 over REST) for ever. A device
+# error is still that.
+for rv in "0xd1 CKR_TEMPLATE_INCONSISTENT" "0x54 CKR_FUNCTION_NOT_SUPPORTED"; do
+  printf 'C_DeriveKey %s\n' "${rv%% *}" > "$T/derive.ctl"
+  refuse 1 "this token cannot hold EC group keys: the token's CKM_ECDH1_DERIVE takes no X9.63 KDF (CKD_SHA1_KDF and CKD_SHA256_KDF refused: C_DeriveKey: ${rv#* }" \
+    env GS_P11FAULT_CONTROL="$T/derive.ctl" "$G" -c "$T/fault.conf" group create ecg --address ecg@example.org --key ec:p256
+done
+printf 'C_DeriveKey 0x30\n' > "$T/derive.ctl"
+refuse 1 "trying ECDH with the X9.63 KDF (session key): token device error (C_DeriveKey: CKR_DEVICE_ERROR)" \
+  env GS_P11FAULT_CONTROL="$T/derive.ctl" "$G" -c "$T/fault.conf" group create ecg --address ecg@example.org --key ec:p256
 # an adopted key, sound but for the usages SoftHSM adds to pkcs11-tool's
 # keys (cleared by p11fault, as a token that takes them would)
 p11 --keypairgen --key-type EC:prime256v1 --label tool-ec --id 7004 --usage-derive --sensitive \
