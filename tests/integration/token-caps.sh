@@ -124,6 +124,11 @@ GS_P11FAULT_PROFILE=oaep-only start_server
 expect_status 400 unsupported_algorithm "a v1.5 unwrap where the token has no CKM_RSA_PKCS decryption" -- \
   c alice --data-binary @"$work/req-v15.json" "$url"
 expect_status 200 "" "an RSA-OAEP unwrap on that token" -- c alice --data-binary @"$work/req-oaep.json" "$url"
+# discovery says so to senders and exploders: key_transports leaves v1.5
+# out (probed on the token), though the group's record still takes it
+expect_status 200 "" "discovery of eng on that token" -- anon "$base/v1/groups/eng"
+grep -Eq '"key_transports": ?\["RSA-OAEP"\]' "$work/body" ||
+  fail "discovery of a v1.5 group where the token has no CKM_RSA_PKCS decryption: $(cat "$work/body")"
 expect_status 400 bad_request "POST /v1/groups of a v1.5 group where the token has no CKM_RSA_PKCS decryption" -- \
   c admin --data-binary '{"name":"v15","address":"v15@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
 grep -q "the token offers no CKM_RSA_PKCS decryption, which PKCS#1 v1.5 senders need" "$work/body" ||
