@@ -430,6 +430,40 @@ static void found_free(hsm_key **found, size_t n)
     free(found);
 }
 
+/* Whether the key found under a version's label is the one its
+ * certificate names: false only when the token's public key was read and
+ * differs. A token re-initialised (same label, and on SoftHSM,
+ * opencryptoki and cards the same serial) whose labels were filled again
+ * by another installation or a second `ca init`/`group create` against
+ * another database holds other keys under the same labels: unwrapping
+ * with them answered RSA-OAEP senders 400 unwrap_failed (the sender
+ * blamed) and PKCS#1 v1.5 senders 200 with implicit rejection's
+ * substitute key (every member's decryption failing), while the server
+ * said nothing; `check` already said "certificate key differs from the
+ * token key". Such a version is served as one this token lacks (503
+ * key_unavailable for it, logged naming the label). A public key that
+ * cannot be read (an EC key without its public object, a token error) is
+ * not judged: the unwrap answers as before. */
+static bool key_is_certified(hsm_ctx *hsm, hsm_key *key, X509 *cert, const char *label)
+{
+    unsigned char *spki = NULL;
+    size_t spki_len = 0;
+    bool ok;
+
+    if (key == NULL || cert == NULL || hsm_key_export_public(hsm, key, &spki, &spki_len) != HSM_OK) {
+        free(spki);
+        return true;
+    }
+    ok = gs_cert_matches_spki(cert, spki, spki_len);
+    free(spki);
+    if (!ok)
+        log_error("the key under label \"%s\" is not the one its certificate names (the token was initialised "
+                  "anew and the label made again elsewhere, or another token of the same label answers): not "
+                  "used, the version is served as missing; groupsrv check shows it",
+                  log_qs(label));
+    return ok;
+}
+
 gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **out)
 {
     gs_group *g = NULL;
@@ -497,8 +531,14 @@ gs_err gs_group_load(gs_store *st, hsm_ctx *hsm, const char *name, gs_group **ou
         if (err)
             goto out;
         if ((r->key = take_found(key_found, i)) != NULL)
-            continue;
-        he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
+            he = HSM_OK;
+        else
+            he = hsm_key_find(hsm, keys[i].token_label, HSM_CLASS_PRIVATE, &r->key);
+        if (he == HSM_OK && !key_is_certified(hsm, r->key, r->cert, keys[i].token_label)) {
+            hsm_key_free(r->key);
+            r->key = NULL;
+            he = HSM_ERR_KEY_NOT_FOUND;
+        }
         if (he == HSM_ERR_KEY_NOT_FOUND) {
             r->key = NULL; /* recorded by another server; this token lacks it */
             g->lacks_keys = true;
@@ -584,15 +624,20 @@ const gs_store_group *gs_group_info(const gs_group *g) { return g->info; }
 int64_t gs_group_id(const gs_group *g) { return g->info->id; }
 bool gs_group_lacks_keys(const gs_group *g) { return g->lacks_keys; }
 
-/* One more search for *key by label; *missing stays set while not found. */
-static gs_err find_again(hsm_ctx *hsm, const char *label, hsm_key_class cls, const char *what, hsm_key **key,
-                         bool *missing, bool *found)
+/* One more search for *key by label; *missing stays set while not found
+ * (or, with cert, while the key found is not the one it names). */
+static gs_err find_again(hsm_ctx *hsm, const char *label, hsm_key_class cls, const char *what, X509 *cert,
+                         hsm_key **key, bool *missing, bool *found)
 {
     hsm_err he;
 
     if (*key != NULL || label == NULL)
         return GS_OK;
     he = hsm_key_find(hsm, label, cls, key);
+    if (he == HSM_OK && cert != NULL && !key_is_certified(hsm, *key, cert, label)) {
+        hsm_key_free(*key);
+        he = HSM_ERR_KEY_NOT_FOUND;
+    }
     if (he == HSM_ERR_KEY_NOT_FOUND) {
         *key = NULL;
         *missing = true;
@@ -616,13 +661,14 @@ gs_err gs_group_find_missing(gs_group *g, hsm_ctx *hsm, bool *found)
     if (!g->lacks_keys)
         return GS_OK;
     for (size_t i = 0; i < g->n_versions && !err; i++)
-        err = find_again(hsm, g->missing_labels[i], HSM_CLASS_PRIVATE, "group key", &g->versions[i].key, &missing,
-                         found);
+        err = find_again(hsm, g->missing_labels[i], HSM_CLASS_PRIVATE, "group key", g->versions[i].cert,
+                         &g->versions[i].key, &missing, found);
     for (size_t i = 0; i < g->n_kek_versions && !err; i++)
-        err = find_again(hsm, g->missing_kek_labels[i], HSM_CLASS_SECRET, "secret key", &g->kek_versions[i].key,
+        err = find_again(hsm, g->missing_kek_labels[i], HSM_CLASS_SECRET, "secret key", NULL, &g->kek_versions[i].key,
                          &missing, found);
     if (!err && g->info->reject_sealed == NULL && g->info->reject_label != NULL)
-        err = find_again(hsm, g->info->reject_label, HSM_CLASS_SECRET, "rejection key", &g->reject, &missing, found);
+        err = find_again(hsm, g->info->reject_label, HSM_CLASS_SECRET, "rejection key", NULL, &g->reject, &missing,
+                         found);
     /* still incomplete (or not known to be complete): loaded afresh next time */
     g->lacks_keys = missing || err != GS_OK;
     return err;

@@ -47,6 +47,40 @@ grep -q 'msg="key version not on this token (groupsrv check lists them)" kind="g
 /usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
 ok "the log names the missing version in key=value fields"
 
+# Version 1's label made again with another key under a running server
+# (the token initialised anew and its labels filled again by another
+# installation, each key with its own CKA_ID): the key found by the
+# group's label is not the one its certificate names. The first request
+# missed the old object and reloaded the group, which took whatever the
+# label held: PKCS#1 v1.5 mail was answered 200 with implicit
+# rejection's substitute key (every member's decryption failed) and
+# RSA-OAEP mail 400 unwrap_failed (the sender blamed), while check said
+# "certificate key differs" and a restart would refuse to serve. It is
+# served as a version this token lacks: 503 key_unavailable, logged.
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg-v15.der" \
+  -recip "$certs/group.pem" 2>/dev/null
+cms ri "$work/msg-v15.der" "$work/ri-v15.der"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri-v15.der")" > "$work/req-v15.json"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-oaep.json"
+cp -a "$work/token" "$work/token.v1"
+p11tok() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN "$@"; }
+start_server
+expect_status 200 "" "v1.5 mail to version 1 before" -- c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
+p11tok --delete-object --type privkey --label gs:group:eng:v1 >/dev/null 2>&1 &&
+  { p11tok --delete-object --type pubkey --label gs:group:eng:v1 >/dev/null 2>&1 || true; } &&
+  p11tok --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --id 0a0b0c --usage-decrypt --sensitive \
+    >"$work/p11.out" 2>&1 || fail "pkcs11-tool could not make v1's label again: $(cat "$work/p11.out")"
+for r in req-v15 req-oaep req-v15 req-oaep; do
+  expect_status 503 key_unavailable "$r: mail to a version whose label now holds another key" -- \
+    c alice --data-binary @"$work/$r.json" "$base/v1/groups/eng/unwrap"
+done
+stop_server
+grep -q 'the key under label .*gs:group:eng:v1.* is not the one its certificate names' "$work/server.log" ||
+  fail "no log line naming the key that is not the certificate's: $(grep -i 'eng:v1' "$work/server.log" | head -3)"
+rm -rf "$work/token"
+mv "$work/token.v1" "$work/token"
+ok "a version whose label holds another key is served as missing (503 key_unavailable, logged), not used"
+
 # A database restored as root with cp (root's file, 0644) for a service
 # that runs as another user: SQLite opens it read-only without a word, so
 # the server said healthy and refused every membership change, the
