@@ -457,9 +457,9 @@ static bool key_is_certified(hsm_ctx *hsm, hsm_key *key, X509 *cert, const char 
     ok = gs_cert_matches_spki(cert, spki, spki_len);
     free(spki);
     if (!ok)
-        log_error("the key under label \"%s\" is not the one its certificate names (the token was initialised "
-                  "anew and the label made again elsewhere, or another token of the same label answers): not "
-                  "used, the version is served as missing; groupsrv check shows it",
+        log_error("group key is not the one its certificate names (the token initialised anew and the label "
+                  "made again, or another token of the same label): not used, served as missing (groupsrv check "
+                  "shows it) label=\"%s\"",
                   log_qs(label));
     return ok;
 }

@@ -75,8 +75,9 @@ for r in req-v15 req-oaep req-v15 req-oaep; do
     c alice --data-binary @"$work/$r.json" "$base/v1/groups/eng/unwrap"
 done
 stop_server
-grep -q 'the key under label .*gs:group:eng:v1.* is not the one its certificate names' "$work/server.log" ||
+grep -q 'msg="group key is not the one its certificate names (.*" label="gs:group:eng:v1"' "$work/server.log" ||
   fail "no log line naming the key that is not the certificate's: $(grep -i 'eng:v1' "$work/server.log" | head -3)"
+/usr/bin/python3 "$SRC/tests/lib/logcheck.py" "$work/server.log" || fail "the server log is not one record per line"
 rm -rf "$work/token"
 mv "$work/token.v1" "$work/token"
 ok "a version whose label holds another key is served as missing (503 key_unavailable, logged), not used"
