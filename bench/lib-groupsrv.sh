@@ -12,7 +12,8 @@
 #                      every group) and the exploder identity; writes
 #                      $WORK/group-${NAME#bench-}.pem
 # gs_server_start / gs_server_stop
-#                      `groupsrv serve`, [server] threads = NCPU; SERVER_PID
+#                      `groupsrv serve`, [server] threads = GS_SERVER_THREADS
+#                      (bench/run: --threads, default 4) or else NCPU; SERVER_PID
 #                      (the supervisor; GS_SERVE_BIN = another build's
 #                      groupsrv to start instead)
 
@@ -41,7 +42,7 @@ gs_setup() {
   cat > "$CONF" <<CONF
 [server]
 listen = 127.0.0.1:$SERVER_PORT
-threads = $NCPU
+threads = ${GS_SERVER_THREADS:-$NCPU}
 max_body = 65536
 rate_limit = 0
 timeout = 30
