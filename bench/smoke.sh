@@ -171,12 +171,12 @@ else
 fi
 gs_server_stop
 # bench/kh-compare: this build against itself (the first with one
-# event-loop thread), one short round of the token model at one and at 64
-# connections, of the zero-cost token's CPU and of a new TLS connection
-# per request.
-"$top/bench/kh-compare" --rounds 1 --duration 1 --parts 1conn,cpu,model64,newconn --build "$(dirname "$BIN")" \
+# event-loop thread), one short round of the token model at one
+# connection, of the zero-cost token's CPU and of a new TLS connection per
+# request (model64 is 1conn's code at 64 connections: left out for time).
+"$top/bench/kh-compare" --rounds 1 --duration 1 --parts 1conn,cpu,newconn --build "$(dirname "$BIN")" \
   --out "$work/khcmp" "$BIN,threads=1" "$BIN" >/dev/null 2>"$work/khcmp.log" || die "kh-compare: $(tail -3 "$work/khcmp.log")"
-awk -F, 'NR > 1 {rows++; if ($4 + 0 <= 0 || $NF != 0) bad = 1} END {exit bad || rows != 9}' "$work/khcmp/compare.csv" ||
+awk -F, 'NR > 1 {rows++; if ($4 + 0 <= 0 || $NF != 0) bad = 1} END {exit bad || rows != 7}' "$work/khcmp/compare.csv" ||
   die "kh-compare: $(cat "$work/khcmp/compare.csv")"
-echo "ok: kh-compare (p11rate and both builds at one connection, both builds' CPU per unwrap, at 64 connections and with a handshake per request, no errors)"
+echo "ok: kh-compare (p11rate and both builds at one connection, both builds' CPU per unwrap and with a handshake per request, no errors)"
 echo "bench smoke: all passed"
