@@ -2554,10 +2554,11 @@ static void check_clock(time_t latest)
  * directory. */
 static unsigned check_audit_path(const struct gs_config *cfg)
 {
-    char dir[4096];
+    char dir[4096], parent[4096] = "";
     struct stat sb;
     const char *why = NULL;
     char *slash;
+    int access_errno;
 
     if (strcmp(cfg->audit.store, "db") == 0) {
         /* [audit] store = db: no file; the table is checked with the database. */
@@ -2604,13 +2605,28 @@ static unsigned check_audit_path(const struct gs_config *cfg)
             why = "directory unreachable";
             break;
         }
+        /* the log's own directory is missing too: say so, not that
+         * some ancestor "is not writable" (the admin looks for it and
+         * finds nothing; e.g. /var/log/groupsrv removed, or a cmake
+         * install whose tmpfiles.d line never ran) */
+        if (parent[0] == '\0')
+            (void)util_strlcpy(parent, dir, sizeof(parent));
     }
     if (why == NULL && !S_ISDIR(sb.st_mode))
         why = "a path component is not a directory";
-    else if (why == NULL && access(dir, W_OK | X_OK) != 0)
-        why = "directory not writable";
-    return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path, why ? ": " : " (will be created)",
-                    why ? why : "");
+    if (why != NULL || access(dir, W_OK | X_OK) == 0)
+        return file_row("audit log", why == NULL, "%s%s%s", cfg->audit.path,
+                        why ? ": " : (parent[0] != '\0' ? " (will be created, with its directories)" : " (will be created)"),
+                        why ? why : "");
+    access_errno = errno;
+    if (parent[0] == '\0')
+        return file_row("audit log", false, "%s: directory not writable by this user (uid %lu): %s", cfg->audit.path,
+                        (unsigned long)geteuid(), strerror(access_errno));
+    return file_row("audit log", false,
+                    "%s: its directory %s does not exist, and this user (uid %lu) cannot create it in %s: %s "
+                    "(make it for the user serve runs as; the packages' /var/log/groupsrv: "
+                    "systemd-tmpfiles --create groupsrv.conf)",
+                    cfg->audit.path, parent, (unsigned long)geteuid(), dir, strerror(access_errno));
 }
 
 /* The first address "host:port" or "[v6]:port" resolves to, as serve's

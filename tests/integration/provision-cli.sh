@@ -307,6 +307,26 @@ if [ "$(id -u)" -ne 0 ]; then   # root writes anywhere
   tlsconf auditro "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/ro/audit.jsonl"
   expect_check_problem auditro "^audit log PROBLEM: .*directory not writable"
 fi
+# The log's own directory missing (/var/log/groupsrv removed, or never made
+# by tmpfiles.d) where it cannot be made: check names the missing directory
+# and where it cannot be made, not "directory not writable" of a directory
+# the admin then finds absent. Root writes anywhere but on a read-only file
+# system (as the unit's ProtectSystem=strict shows it outside
+# ReadWritePaths=): a read-only bind mount in a mount namespace of its own.
+mkdir -p "$T/rofs"
+tlsconf auditgone "$T/srv.pem" "$T/srv.key" "$T/ca.pem" "$T/rofs/groupsrv/audit.jsonl"
+gone_row="^audit log PROBLEM: $T/rofs/groupsrv/audit.jsonl: its directory $T/rofs/groupsrv does not exist, and this user (uid [0-9]*) cannot create it in $T/rofs: "
+if [ "$(id -u)" -ne 0 ]; then
+  chmod 500 "$T/rofs"
+  expect_check_problem auditgone "${gone_row}Permission denied"
+  chmod 700 "$T/rofs"
+elif unshare -m --propagation private mount --bind -o ro "$T/rofs" "$T/rofs" 2>/dev/null; then
+  expect_rc 1 unshare -m --propagation private sh -c 'mount --bind -o ro "$1" "$1" && exec "$2" -c "$3" check' sh \
+    "$T/rofs" "$G" "$T/auditgone.conf"
+  grep -q "${gone_row}Read-only file system" "$T/out" || { cat "$T/out"; fail "check (auditgone) did not name the missing directory"; }
+else
+  echo "skip: auditgone (no mount namespace for a read-only directory)"
+fi
 # a key on the token: only the certificate file is checked here
 tlsconf tokkey "$T/srv.pem" "pkcs11:token=groupsrv;object=tls;type=private" "$T/ca.pem" "$T/audit.jsonl"
 expect_rc 0 "$G" -c "$T/tokkey.conf" check
