@@ -2116,6 +2116,31 @@ void audit_set_lock_wait(audit_log *log, unsigned ms)
     pthread_mutex_unlock(&log->mu);
 }
 
+/* The file is shorter than the records this log wrote to it (mutex and
+ * flock held): no appender shrinks it (each cuts only a torn tail past the
+ * last complete line, and ours is never torn), so records were removed
+ * under the server: the file copied and truncated (logrotate's
+ * copytruncate), or cut by hand. Continuing from the file's last line
+ * would chain over the gap, and a log cut to nothing would start a new
+ * chain that `audit verify` passes. The next record chains to the last one
+ * this log wrote instead, so verify reports the break where the records
+ * are missing; what is left of a record cut in the middle is cut off so
+ * that the next one does not land on it. */
+static audit_err continue_over_cut_locked(struct audit_log *log, off_t size)
+{
+    struct stat st;
+    long long cut = 0;
+
+    if (cut_torn_tail(log->fd, log->path, &cut) != AUDIT_OK || fstat(log->fd, &st) != 0)
+        return AUDIT_ERR_IO;
+    log_error("audit log is shorter than the records this server wrote to it: records were removed under the "
+              "server (copied and truncated, as logrotate's copytruncate does, or cut); the next record chains "
+              "to the last one written, so audit verify reports the break path=\"%s\" size=%lld written=%lld",
+              log_qs(log->path), (long long)size, (long long)log->end);
+    log->end = st.st_size;
+    return AUDIT_OK;
+}
+
 static audit_err lock_current_locked(struct audit_log *log)
 {
     struct stat st;
@@ -2125,8 +2150,11 @@ static audit_err lock_current_locked(struct audit_log *log)
             return AUDIT_ERR_IO;
         if (fd_at_path_stat(log, &st)) {
             /* Another process appended (a rotation that sealed the file
-             * but could not replace it): continue from its last line. */
-            audit_err rc = st.st_size == log->end ? AUDIT_OK : continue_from_file_locked(log);
+             * but could not replace it): continue from its last line.
+             * Shorter than we left it: records were removed. */
+            audit_err rc = st.st_size == log->end  ? AUDIT_OK
+                           : st.st_size < log->end ? continue_over_cut_locked(log, st.st_size)
+                                                   : continue_from_file_locked(log);
             if (rc != AUDIT_OK)
                 unlock_file(log->fd);
             return rc;

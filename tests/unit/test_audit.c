@@ -687,6 +687,52 @@ static void test_short_write_cut_back(void **state)
     assert_int_equal(verify(f->path), 2);
 }
 
+/* Records removed under the writer, the file kept (logrotate's
+ * copytruncate, a cut by hand): its next record chains to the last one it
+ * wrote, not to what is left, so verify reports the break where records
+ * are missing. It continued from the file's last line: a log cut to
+ * nothing started a new chain and verified, as did one cut to its first
+ * record. A cut inside a record is cut back to the last whole line. */
+static void test_records_cut_under_the_writer_break_the_chain(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok");
+    size_t lines = 0, bad = 0;
+    char first[8192];
+
+    /* cut to nothing, then to the first record, then inside the second */
+    off_t cuts[3] = {0, -1, -2};
+    for (int i = 0; i < 3; i++) {
+        audit_log *log = NULL;
+        unlink(f->path);
+        assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+        for (int j = 0; j < 3; j++)
+            assert_int_equal(audit_append(log, &r), AUDIT_OK);
+        FILE *fp = fopen(f->path, "r");
+        assert_non_null(fp);
+        assert_non_null(fgets(first, sizeof(first), fp));
+        fclose(fp);
+        off_t cut = cuts[i] == 0 ? 0 : (off_t)strlen(first) + (cuts[i] == -2 ? 10 : 0);
+        assert_int_equal(truncate(f->path, cut), 0);
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+        assert_int_equal(audit_append(log, &r), AUDIT_OK);
+        audit_close(log);
+        assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_CHAIN);
+        assert_int_equal(bad, cut == 0 ? 1 : 2);
+        assert_int_equal(lines, cut == 0 ? 0 : 1);
+        /* the records after the break chain to each other */
+        struct stat st;
+        assert_int_equal(stat(f->path, &st), 0);
+        fp = fopen(f->path, "r");
+        assert_non_null(fp);
+        int n = 0;
+        while (fgets(first, sizeof(first), fp) != NULL)
+            n++;
+        fclose(fp);
+        assert_int_equal(n, cut == 0 ? 2 : 3);
+    }
+}
+
 /* Deleted and made anew at its path: SIGHUP's audit_reopen writes there. */
 static void test_reopen_after_delete(void **state)
 {
@@ -1882,6 +1928,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nul_tail_of_a_crash_cut_at_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlong_tail_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_records_cut_under_the_writer_break_the_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
