@@ -63,9 +63,14 @@ for p in groupsrv exploder; do
     fail "$p postinst does not restart the service after an upgrade: $(cat "$ctl/postinst")"
   grep -q '"$1" = remove' "$ctl/prerm" 2>/dev/null && grep -q "deb-systemd-invoke stop '$p.service'" "$ctl/prerm" ||
     fail "$p prerm does not stop the service on removal: $(cat "$ctl/prerm" 2>&1)"
+  # Not the host's services when dpkg changes another system from outside
+  # it (--root DIR --force-script-chrootless: DPKG_ROOT=DIR; package_deb_purge
+  # runs it): every test for a running systemd also asks for no DPKG_ROOT.
+  unguarded=$(grep -h '/run/systemd/system' "$ctl/postinst" "$ctl/prerm" "$ctl/postrm" | grep -v 'DPKG_ROOT' || true)
+  [ -z "$unguarded" ] || fail "$p maintainer scripts act on the running systemd whatever DPKG_ROOT: $unguarded"
   rm -rf "$ctl"
 done
-ok "maintainer scripts: restart after upgrade, stop on removal"
+ok "maintainer scripts: restart after upgrade, stop on removal, neither for a system changed from outside it"
 
 # Purge (the group server's answered yes to groupsrv/purge_keys:
 # package_deb_purge checks a plain one keeps the keys) removes what the

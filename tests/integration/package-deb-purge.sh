@@ -154,8 +154,21 @@ mine="/var/log/groupsrv/audit.jsonl /var/log/groupsrv.log /var/lib/groupsrv/grou
   /var/log/exploder/exploder.log /etc/groupsrv/exploder.conf /etc/groupsrv/pin"
 for f in $mine; do mkdir -p "$(dirname "$f")" && echo here >"$f"; done
 chrootless() { dpkg --root="$T" --force-script-chrootless --force-depends --force-unsafe-io "$@"; }
+# The system dpkg runs on as one running systemd, its groupsrv and exploder
+# enabled and running: what the maintainer scripts ask of its systemctl
+# and deb-systemd-invoke is recorded (nothing may be: not the host's
+# daemon-reload, nor a start, restart or stop of its services).
+mkdir -p /run/systemd/system
+for t in systemctl deb-systemd-invoke; do
+  real=$(command -v "$t" || echo "/usr/bin/$t")
+  printf '#!/bin/sh\necho "%s $*" >>%s/host-systemd.log\nexit 0\n' "$t" "$S" >"$real"
+  chmod 0755 "$real"
+done
 chrootless -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb >"$S/chrootless.log" 2>&1 ||
   fail "dpkg --root $T --force-script-chrootless -i: $(tail -20 "$S/chrootless.log")"
+# again: an upgrade (the postinst's restart)
+chrootless -i "$DEBS"/groupsrv_*.deb "$DEBS"/exploder_*.deb >>"$S/chrootless.log" 2>&1 ||
+  fail "dpkg --root $T --force-script-chrootless -i again: $(tail -20 "$S/chrootless.log")"
 for f in $mine; do
   mkdir -p "$(dirname "$T$f")" && echo target >"$T$f"
 done
@@ -164,12 +177,14 @@ chrootless --purge groupsrv exploder >"$S/chrootless-purge.log" 2>&1 ||
 for f in $mine; do
   [ "$(cat "$f" 2>/dev/null)" = here ] || fail "a purge of the packages in $T deleted $f of the system it ran on"
 done
+[ ! -s "$S/host-systemd.log" ] ||
+  fail "installing, upgrading and purging the packages in $T asked the running system's systemd: $(sort -u "$S/host-systemd.log")"
 for f in /var/log/groupsrv /var/log/groupsrv.log /var/spool/exploder /var/log/exploder /etc/groupsrv/exploder.conf; do
   [ ! -e "$T$f" ] || fail "a purge of the packages in $T left $T$f"
 done
 for f in /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin; do
   [ -f "$T$f" ] || fail "a plain purge of the packages in $T deleted $T$f"
 done
-echo "ok: dpkg --root --force-script-chrootless: a purge deletes the target's logs and spool, nothing of the running system"
+echo "ok: dpkg --root --force-script-chrootless: a purge deletes the target's logs and spool, nothing of the running system; install, upgrade and purge start, restart and stop none of its services"
 INSIDE
 flock /tmp/apt.lock unshare -m --propagation private bash "$W/inside.sh" "$DEBS"
