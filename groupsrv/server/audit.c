@@ -466,6 +466,15 @@ void audit_open_why(const char *path, int err, char *buf, size_t cap)
                            : ", and its last record is torn (an interrupted write): serve cuts that off at "
                              "start, which the attribute forbids: chattr -a the file, start serve, then "
                              "chattr +a it again");
+    } else if (err == ENOENT && (dir = util_dir_of(path)) != NULL && stat(dir, &st) != 0 && errno == ENOENT) {
+        /* The log's directory is gone (removed, or never made by
+         * tmpfiles.d) and the caller could not make it: "No such file or
+         * directory" alone reads as the file missing, which is made. */
+        user_name(geteuid(), self, sizeof(self));
+        (void)snprintf(buf, cap,
+                       "its directory %s does not exist, and %s cannot create it: make it for the server's user "
+                       "(the packages' /var/log/groupsrv: systemd-tmpfiles --create groupsrv.conf)",
+                       dir, self);
     } else if (err == EACCES) {
         /* Whose the file is: one left behind by a command run as root
          * refuses the server's user, and the reverse. */

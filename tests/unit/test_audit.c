@@ -733,6 +733,26 @@ static void test_records_cut_under_the_writer_break_the_chain(void **state)
     }
 }
 
+/* What serve and the admin commands say when the log's directory is gone
+ * and could not be made (their mkdir failed: a directory only root may
+ * write): the directory, not "No such file or directory" of a file they
+ * would make. */
+static void test_open_why_names_a_missing_directory(void **state)
+{
+    struct fx *f = *state;
+    char path[600], why[1024];
+
+    snprintf(path, sizeof(path), "%s/gone/audit.jsonl", f->dir);
+    audit_open_why(path, ENOENT, why, sizeof(why));
+    char want[700];
+    snprintf(want, sizeof(want), "its directory %s/gone does not exist, and ", f->dir);
+    if (strncmp(why, want, strlen(want)) != 0 || strstr(why, "systemd-tmpfiles --create groupsrv.conf") == NULL)
+        fail_msg("audit_open_why: %s", why);
+    /* the directory there, the file not: the system's words */
+    audit_open_why(f->path, ENOENT, why, sizeof(why));
+    assert_string_equal(why, strerror(ENOENT));
+}
+
 /* Deleted and made anew at its path: SIGHUP's audit_reopen writes there. */
 static void test_reopen_after_delete(void **state)
 {
@@ -1929,6 +1949,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overlong_tail_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_records_cut_under_the_writer_break_the_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_why_names_a_missing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
