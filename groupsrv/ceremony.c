@@ -470,26 +470,44 @@ static void give_from_maker(char line[GIVE_LINE], const char *group, const char 
     }
 }
 
+/* What `group export --all` left out: the lines it prints, and for its
+ * audit record each key and why alone ("key version 4: not on this
+ * token"). The record is one audit line (at most 8 KiB, or the export
+ * fails and its file is taken back): the whole lines, some 300 bytes
+ * each with their advice (450 for a 64-character group name), made an
+ * export that left out about 26 keys (18) fail as "audit log cannot be
+ * written". The advice is the same for every key, and the label is the
+ * database's (`group show`): without them left_out stays under 4 KiB
+ * at EXPORT_KEYS_MAX, whatever the names. */
+struct left_out {
+    json_t *lines, *keys;
+};
+
 /* One key --all leaves out: what it is, why, and where to get it. The
  * slot of the shipment it took is made empty again for the next key. */
-static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
+static gs_err leave_out(struct left_out *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
 {
-    char line[GIVE_LINE];
+    char line[GIVE_LINE], fact[80];
     const char *kind = k->kind == GSK_KIND_SECRET ? "secret key version " : k->kind == GSK_KIND_GROUP ? "key version "
                                                                                                        : "";
     const char *opt = k->kind == GSK_KIND_REJECT   ? NULL
                       : k->kind == GSK_KIND_SECRET ? "--secret-version"
                                                    : "--version";
+    const char *what = why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here";
 
-    give_from_maker(line, group, kind, opt, k->version, k->label,
-                    why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here", why == GS_ERR_NOT_FOUND);
+    give_from_maker(line, group, kind, opt, k->version, k->label, what, why == GS_ERR_NOT_FOUND);
+    if (opt == NULL)
+        (void)snprintf(fact, sizeof(fact), "the rejection key: %s", what);
+    else
+        (void)snprintf(fact, sizeof(fact), "%s%u: %s", kind, k->version, what);
     free(k->cert_pem);
     memset(k, 0, sizeof(*k));
     hsm_key_free(*ref);
     *ref = NULL;
     /* the detail said why the key was left out: replaced, so that a
      * failure here is not reported as that reason */
-    if (json_array_append_new(left, json_string(line)) != 0)
+    if (json_array_append_new(left->lines, json_string(line)) != 0 ||
+        json_array_append_new(left->keys, json_string(fact)) != 0)
         return gs_err_set(GS_ERR_NOMEM, "out of memory listing the keys left out");
     return GS_OK;
 }
@@ -502,12 +520,12 @@ static gs_err leave_out(json_t *left, const char *group, gsk_key *k, hsm_key **r
  * In a cluster every server makes versions (a rotation, a removal through
  * HAProxy): its own token holds the original, the others copies, which
  * cannot be given on. --all then gives what this token can and names the
- * rest in *left (the file is not complete), so that a new server, or one
+ * rest in left (the file is not complete), so that a new server, or one
  * whose token was made anew, gets the rejection key and this token's
  * versions here and the others' from them. A token that can give no
  * group key version at all (a clone's) is refused as before. */
 static gs_err select_keys(struct env *e, const gs_store_group *g, const struct export_sel *sel, gsk_manifest **out,
-                          hsm_key ***refs_out, json_t *left)
+                          hsm_key ***refs_out, struct left_out *left)
 {
     gs_store_group_key *keys = NULL;
     gs_store_secret *secrets = NULL;
@@ -587,7 +605,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     if (err)
         goto out;
     m->n_entries = at;
-    m->complete = sel->all && json_array_size(left) == 0;
+    m->complete = sel->all && json_array_size(left->lines) == 0;
     *out = m;
     *refs_out = refs;
     m = NULL;
@@ -683,7 +701,7 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
  * status. */
 static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
                 const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path,
-                json_t *left)
+                const struct left_out *left)
 {
     json_t *extra;
     struct sign_ctx sc;
@@ -743,8 +761,8 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
         goto out;
     }
     extra = shipment_json(m);
-    if (left != NULL && json_array_size(left) > 0)
-        json_object_set(extra, "left_out", left);
+    if (left != NULL && json_array_size(left->keys) > 0)
+        json_object_set(extra, "left_out", left->keys);
     if ((err = cli_record_write(rec, action, group, "ok", extra)) != GS_OK) {
         util_out_take_back(out_path, &written); /* the file written, never a stream or another's */
         rc = fail(err);
@@ -753,9 +771,9 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     fprintf(info, "%s%s exported to %s (ceremony %s), signed by the local CA\n", group != NULL ? "group " : "the local CA",
             group != NULL ? group : "", out_path, m->ceremony);
     print_shipment(info, m);
-    for (size_t i = 0; left != NULL && i < json_array_size(left); i++)
-        fprintf(info, "left out: %s\n", json_string_value(json_array_get(left, i)));
-    if (left != NULL && json_array_size(left) > 0)
+    for (size_t i = 0; left != NULL && i < json_array_size(left->lines); i++)
+        fprintf(info, "left out: %s\n", json_string_value(json_array_get(left->lines, i)));
+    if (left != NULL && json_array_size(left->lines) > 0)
         fprintf(info, "not complete: a server sharing this database takes it; a new clone with its own database needs "
                       "every key from one token\n");
     rc = 0;
@@ -777,7 +795,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     unsigned char *spki = NULL;
     size_t spki_len = 0, nrefs = 0;
     char fp[65];
-    json_t *left = NULL;
+    struct left_out left = {NULL, NULL};
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
 
@@ -806,11 +824,11 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
                          g->name);
         goto refused;
     }
-    if ((left = json_array()) == NULL) {
+    if ((left.lines = json_array()) == NULL || (left.keys = json_array()) == NULL) {
         err = gs_err_set(GS_ERR_NOMEM, "out of memory");
         goto refused;
     }
-    if ((err = select_keys(e, g, &sel, &m, &refs, left)) != GS_OK)
+    if ((err = select_keys(e, g, &sel, &m, &refs, &left)) != GS_OK)
         goto refused;
     nrefs = m->n_entries;
     util_strlcpy(m->group.name, g->name, sizeof(m->group.name));
@@ -825,7 +843,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         err = gs_err_set(GS_ERR_STATE, "group %s: its key policy is too long to ship", g->name);
         goto refused;
     }
-    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"), left);
+    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"), &left);
     goto out;
 refused:
     rc = cli_record_failure(&rec, "group-export", a.pos[1], err,
@@ -834,7 +852,8 @@ out:
     cli_record_close(&rec);
     free_refs(refs, nrefs);
     free(spki);
-    json_decref(left);
+    json_decref(left.lines);
+    json_decref(left.keys);
     gsk_manifest_free(m);
     gs_store_group_free(g);
     return rc;

@@ -620,4 +620,21 @@ grep -q "^left out: key version 1 (gs:group:lost:v1): not on this token; give it
   "$work/out" || fail "the origin's --all does not say its own version may be lost: $(cat "$work/out")"
 grep -q "^key versions: 2 (gs:group:lost:v2)$" "$work/out" || fail "the --all without v1: $(cat "$work/out")"
 
+# ---- the token put back from an older copy, after 19 rotations of a
+# group with a 64-character name: --all leaves 19 versions out, and its
+# audit record (one line, at most 8 KiB) names each key and why, not the
+# whole line (some 450 bytes each here: the export failed, "audit log
+# cannot be written", and took its file back) ----
+long=lost-keys-of-a-group-whose-name-is-as-long-as-names-may-be-0123
+gs_alpha group create $long --address long@example.org --key rsa:2048 --replicable >/dev/null
+cp -a "$work/tok-alpha/tokens" "$work/tok-alpha-before"
+for i in $(seq 19); do gs_alpha group rotate $long >/dev/null; done
+rm -rf "$work/tok-alpha/tokens" && mv "$work/tok-alpha-before" "$work/tok-alpha/tokens"
+expect 0 "group export --all of a group 19 of whose versions the token lost" -- \
+  gs_alpha group export $long --all --to "$work/beta-transport.pem" --out "$work/long.gsk"
+[ "$(grep -c "^left out: key version [0-9]* (gs:group:$long:v[0-9]*): not on this token; give it from" "$work/out")" = 19 ] ||
+  fail "want 19 versions left out: $(cat "$work/out")"
+audit_has "$work/alpha/audit.jsonl" group-export ok '"left_out":\["key version 2: not on this token",' \
+  '"key version 20: not on this token"]'
+
 echo "all ceremony-servers checks passed"
