@@ -623,11 +623,17 @@ static void handle_frame(struct kh_link *l, uint32_t type, uint64_t cookie, unsi
      * link's outstanding frames over the budget; one frame alone always
      * goes (a batch larger than the budget is the network process's own
      * size check's, 413), and the TLS set-up is never refused (as under
-     * max_jobs). On the link's list before a worker can see it (and
-     * finish it). */
+     * max_jobs). The last quarter of the budget is kept for small frames
+     * (at most a 64th of it: a health check, a TLS handshake signature,
+     * a group's view, a single unwrap, a member change): with all of it
+     * open to any frame, one client's unwrap batches filled the link,
+     * and every other request of its event-loop thread was refused 503
+     * overloaded, /healthz and new TLS connections too, where the fair
+     * queue would have served them in their turn. On the link's list
+     * before a worker can see it (and finish it). */
+    size_t room = len <= kh->link_budget / 64 ? kh->link_budget : kh->link_budget - kh->link_budget / 4;
     pthread_mutex_lock(&io->mu);
-    bool over_budget = type != IPC_INFO && l->jobs_bytes > 0 &&
-                       (len > kh->link_budget || l->jobs_bytes > kh->link_budget - len);
+    bool over_budget = type != IPC_INFO && l->jobs_bytes > 0 && (len > room || l->jobs_bytes > room - len);
     size_t held = l->jobs_bytes;
     if (!over_budget)
         link_add(l, j);

@@ -425,6 +425,83 @@ static void unwrap_items_frame(ipc_buf *b, uint64_t cookie, const char *who, con
  * drained the budget is free again (one more batch is served, 403).
  */
 #define BUDGET_FRAMES 12
+
+/* The last quarter of the link's budget is kept for small frames (at
+ * most a 64th of it): the member's unwrap holds the one worker again,
+ * the non-member's batches fill what large frames may, and health checks
+ * (what /healthz sends) adding up to just under a quarter of the budget
+ * are every one taken and answered (before: the batches filled the
+ * budget to within a batch, and the health checks beyond it were refused
+ * 503 overloaded: one client's batches took the link from every other
+ * request of its event-loop thread). */
+#define SMALL_MAX 400
+static void small_reserve(int fd, ipc_reader *rd, const char *member, const char *nonmember, const unsigned char *ek,
+                          size_t ek_len, unsigned items, size_t budget)
+{
+    ipc_buf b;
+    ipc_msg m;
+    unsigned char *owned = NULL;
+    size_t len0, lbatch, lsmall;
+    unsigned nsmall, answers = 0, small_answers = 0, small_refused = 0, stray = 0;
+
+    ipc_buf_init(&b);
+    unwrap_frame(&b, 300, member, "eng", ek, ek_len);
+    len0 = b.len - IPC_HDR_LEN;
+    if (write_all(fd, b.p, b.len) != 0)
+        goto out;
+    unwrap_items_frame(&b, 301, nonmember, "eng", ek, ek_len, items);
+    lbatch = b.len - IPC_HDR_LEN;
+    ipc_begin(&b, IPC_HEALTH, 400);
+    ipc_put_str(&b, IPC_T_REQUEST_ID, "feedfacefeedface");
+    (void)ipc_end(&b);
+    lsmall = b.len - IPC_HDR_LEN;
+    nsmall = (unsigned)((budget / 4 - 1) / lsmall);
+    if (nsmall > SMALL_MAX)
+        nsmall = SMALL_MAX;
+    unsigned nbatch = (unsigned)(budget / lbatch) + 2;
+    /* Without the reserve: the batches took the budget to within gap
+     * bytes; the health checks' bytes are more than that. */
+    size_t gap = budget - len0 - (budget - len0) / lbatch * lbatch;
+    CHECK(lsmall <= budget / 64 && lbatch > budget / 64 && nsmall * lsmall > gap,
+          "frames for the reserve: %u batches of %zu bytes after a %zu-byte unwrap, then %u health checks of %zu "
+          "bytes (%zu in all; without the reserve %zu would fit)",
+          nbatch, lbatch, len0, nsmall, lsmall, nsmall * lsmall, gap);
+    for (unsigned i = 0; i < nbatch; i++) {
+        unwrap_items_frame(&b, 301 + i, nonmember, "eng", ek, ek_len, items);
+        if (write_all(fd, b.p, b.len) != 0)
+            goto out;
+    }
+    for (unsigned i = 0; i < nsmall; i++) {
+        ipc_begin(&b, IPC_HEALTH, 1000 + i);
+        ipc_put_str(&b, IPC_T_REQUEST_ID, "feedfacefeedface");
+        (void)ipc_end(&b);
+        if (write_all(fd, b.p, b.len) != 0)
+            goto out;
+    }
+    while (answers < 1 + nbatch + nsmall && read_answer(fd, rd, &m, &owned) == 0) {
+        const char *code = ipc_str(&m, IPC_T_CODE);
+        bool over = ipc_u32(&m, IPC_T_STATUS, 0) == 503 && code != NULL && strcmp(code, "overloaded") == 0;
+        if (m.cookie >= 1000 && m.cookie < 1000 + nsmall) {
+            small_answers++;
+            small_refused += over;
+        } else if (m.cookie < 300 || m.cookie > 301 + nbatch) {
+            stray++;
+        }
+        answers++;
+        free(owned);
+        owned = NULL;
+    }
+    CHECK(answers == 1 + nbatch + nsmall && stray == 0, "the reserve's frames each answered (%u of %u, %u unknown)",
+          answers, 1 + nbatch + nsmall, stray);
+    CHECK(small_answers == nsmall && small_refused == 0,
+          "health checks behind a link filled with batches: %u of %u refused 503 overloaded, want none (the last "
+          "quarter of [server] keyholder_queue_max is kept for small frames)",
+          small_refused, nsmall);
+out:
+    free(owned);
+    ipc_buf_free(&b);
+}
+
 static int budget_main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
@@ -528,6 +605,7 @@ static int budget_main(int argc, char **argv)
     unwrap_items_frame(&b, 100, argv[6], "eng", ek, ek_len, items);
     expect(l0[0], &rd, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 403, "not_a_member",
            "a batch after the queue drained (the link's budget given back)");
+    small_reserve(l0[0], &rd, argv[4], argv[6], ek, ek_len, items, budget);
 out:
     close(l0[0]); /* closed first, as a network process that went: the key holder stops at once */
     if (pid > 0) {
