@@ -34,3 +34,9 @@ set_tests_properties(lint_man_codespans PROPERTIES LABELS "unit;lint" SKIP_RETUR
 add_test(NAME lint_release_compile COMMAND /usr/bin/python3 ${GS_TEST_DIR}/lint/release-compile.py
   ${CMAKE_BINARY_DIR} ${GS_TEST_DIR}/p11fault/p11fault.c ${GS_TEST_DIR}/p11fault/profile.c)
 set_tests_properties(lint_release_compile PROPERTIES LABELS "unit;lint")
+# The key holder charges a request's rate-limit token once however often
+# it runs it (a request the I/O loop gives back to a worker):
+# ratelimit_take_once(&j->rl_taken) in khops.c's rate_limit, no plain take
+# (a source check: whether the loop runs a request at all is timing).
+add_test(NAME lint_ratelimit_once COMMAND bash ${GS_TEST_DIR}/lint/ratelimit-once.sh ${CMAKE_SOURCE_DIR})
+set_tests_properties(lint_ratelimit_once PROPERTIES LABELS "unit;lint")
