@@ -57,7 +57,8 @@ static void usage(FILE *f)
           "common: -c/--config FILE --store DIR --tls-cert FILE --tls-key FILE --pin sha256//B64|FILE\n"
           "        --certsrv URL --group-key pkcs11:URI|FILE --hsm-module PATH --hsm-token URI --pin-source SRC\n"
           "        --timeout SECONDS -v/--verbose -q/--quiet\n"
-          "exit: 0 ok, 1 error, 2 usage, 3 not a member/refused, 4 server unreachable, 5 bad message\n",
+          "exit: 0 ok, 1 error, 2 usage, 3 not a member/refused, 4 server unreachable, 5 bad message,\n"
+          "      6 keys imported but the transport key not deleted (keys import-group-key)\n",
           f);
 }
 

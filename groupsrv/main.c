@@ -60,7 +60,7 @@
 #define CERT_FILE_MAX 65536
 
 static const char usage_text[] =
-    "usage: groupsrv [-c FILE] COMMAND ...\n"
+    "usage: groupsrv [-c FILE] [-v] COMMAND ...\n"
     "  ca init [--key rsa:3072|ec:p256 | --use-key pkcs11:URI] [--subject CN] [--days N] [--replicable]\n"
     "  ca renew-cert [--days N]\n"
     "  ca show\n"

@@ -154,6 +154,22 @@ for pg in "groupsrv.1.md:SEE ALSO" "groupmail.1.md:See also" "exploder.1.md:See 
     fail "$page's $head names $gone, not in the tree"
 done
 
+# ---- short options and exit codes ----
+# the short options (-c, -v, -q) a page's synopsis or options table gives are
+# the ones its program's --help gives (flags above sees long ones only), and
+# the exit codes groupmail --help lists are its page's Exit status table
+shorts() { { grep -oE -- '(^|[] `[(|/,])-[a-zA-Z]([] `,|)/]|$)' || true; } | grep -oE -- '-[a-zA-Z]' | sort -u | tr '\n' ' '; }
+same "groupsrv(1) SYNOPSIS short options = groupsrv --help short options" "$(section groupsrv.1.md SYNOPSIS | shorts)" \
+  "$("$bin/groupsrv" --help | shorts)"
+same "groupmail(1) Synopsis and Options short options = groupmail --help short options" \
+  "$( (section groupmail.1.md Synopsis; section groupmail.1.md Options | { grep '^| `' || true; } | cut -d'|' -f2) | shorts)" \
+  "$("$bin/groupmail" --help | shorts)"
+same "exploder(1) Synopsis short options = exploder --help short options" "$(section exploder.1.md Synopsis | shorts)" \
+  "$("$bin/exploder" --help | shorts)"
+same "groupmail(1) Exit status codes = groupmail --help exit codes" \
+  "$(section groupmail.1.md 'Exit status' | { grep -oE '^\| [0-9]+ \|' || true; } | tr -dc '0-9\n' | tr '\n' ' ')" \
+  "$("$bin/groupmail" --help | sed -n '/^exit:/,$p' | { grep -oE '(^|[ ,:])[0-9]+ [a-z]' || true; } | tr -dc '0-9\n' | tr '\n' ' ')"
+
 # ---- examples in the documents ----
 # every option a code block of README.md or docs/ gives one of the three
 # programs (a line starting with its name; comments cut) is in its --help
