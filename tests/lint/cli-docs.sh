@@ -172,10 +172,13 @@ same "groupmail(1) Exit status codes = groupmail --help exit codes" \
 
 # ---- examples in the documents ----
 # every option a code block of README.md or docs/ gives one of the three
-# programs (a line starting with its name; comments cut) is in its --help
+# programs (a line starting with its name, also as another user with sudo -u
+# or runuser -u, as operations.md and postfix.md run them; a command's
+# continuation lines joined; comments cut) is in its --help
 for p in groupsrv groupmail exploder; do
-  used=$(awk '/^ *```/ {inb = !inb; next} inb' "$src/README.md" "$src"/docs/*.md "$src/pkcs11-config/README.md" |
-    sed -E 's/^[[:space:]]*(\$ )?(sudo -u [a-z_-]+ )?//' | { grep -E "^([A-Z_]+=[^ ]+ )*$p " || true; } |
+  used=$(awk '/^ *```/ {inb = !inb; next} inb {if (sub(/\\$/, "")) {acc = acc $0; next} print acc $0; acc = ""}' \
+      "$src/README.md" "$src"/docs/*.md "$src/pkcs11-config/README.md" |
+    sed -E 's/^[[:space:]]*(\$ )?(sudo -u [a-z_-]+ |runuser -u [a-z_-]+ -- )?//' | { grep -E "^([A-Z_]+=[^ ]+ )*$p " || true; } |
     sed -E 's/ #.*//' | { grep -oE -- ' --[a-z][a-z0-9-]*' || true; } | tr -d ' ' | sort -u)
   unknown=$(comm -23 <(printf '%s\n' $used) <("$bin/$p" --help | flags | tr ' ' '\n' | sed '/^$/d' | sort -u) | tr '\n' ' ')
   if [ -z "$used" ]; then fail "no $p example found in the documents' code blocks (a pattern is stale)"
