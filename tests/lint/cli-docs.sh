@@ -93,6 +93,10 @@ rc=0; "$bin/groupmail" -c "$work/groupmail.conf" decrypt --via bogus >/dev/null 
 doc_env=$(section groupmail.1.md Configuration | grep -oE 'GROUPMAIL_[A-Z_]+' | sort -u | tr '\n' ' ')
 code_env=$(grep -ohE '"GROUPMAIL_[A-Z_]+"' "$src"/client/*.c | tr -d '"' | sort -u | tr '\n' ' ')
 same "groupmail(1) environment variables = client/*.c getenv names" "$doc_env" "$code_env"
+# the XDG base directories groupmail reads (its configuration and its store)
+doc_xdg=$( { grep -oE 'XDG_[A-Z_]+' "$src/docs/groupmail.1.md" || true; } | sort -u | tr '\n' ' ')
+code_xdg=$( { grep -ohE '"XDG_[A-Z_]+"' "$src"/client/*.c || true; } | tr -d '"' | sort -u | tr '\n' ' ')
+same "groupmail(1) XDG variables = client/*.c XDG variables" "$doc_xdg" "$code_xdg"
 
 # ---- exploder ----
 same "exploder(1) Synopsis options = exploder --help options" "$(section exploder.1.md Synopsis | flags)" \
