@@ -136,6 +136,17 @@ ok "operations.md's 'A real token' steps 1-5 ran as written; the group key shows
 # step 6: the TLS key on the token, and the server on it
 run_block real6 'A real token' 6 "$real"
 has real6 '^key = pkcs11:token=groupsrv;object=tls;type=private$'
+# "Token objects" names every label now on the token (the CA, the group's
+# keys, the TLS key step 6 made): a reader listing the token with
+# pkcs11-tool finds each object in its table
+labels_re=$(sed -n '/^## Token objects$/,/^## /p' "$doc" | { grep -oE '^\| `[^`]+`' || true; } | sed -E 's/^\| `//; s/`$//' |
+  sed -E 's/[.]/\\./g; s/<16 hex>/[0-9a-f]{16}/g; s/<[^>]+>/[^:]+/g' | paste -sd'|')
+[ -n "$labels_re" ] || fail "Token objects: no label column found (a pattern is stale)"
+GS_USER_PIN=user-pin-5678 pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_USER_PIN \
+  --list-objects > "$real/objects" 2>/dev/null || fail "pkcs11-tool --list-objects on the step 6 token failed"
+unnamed=$(awk '$1 == "label:" {print $2}' "$real/objects" | sort -u | { grep -vxE "$labels_re" || true; } | tr '\n' ' ')
+[ -n "$(awk '$1 == "label:"' "$real/objects")" ] || fail "pkcs11-tool listed no labels: $(head -n 5 "$real/objects")"
+[ -z "$unnamed" ] || fail "operations.md's Token objects has no row for the token's labels: $unnamed"
 # step 6's configuration lines, as written, on loopback ports
 take_port port cport
 doc_block "$doc" 'A real token' 1 ini |
