@@ -301,7 +301,10 @@ hold_answer() { # DESC BREAKPOINT CMD...: 0 tried, 1 gdb cannot attach
   shift 2
   kh=$(child groupsrv-kh)
   net=$(child groupsrv-net)
-  rm -f "$work/gdb-go"
+  # A fresh gdb.out: the last call's holds ATTACHED and HIT, and the
+  # background gdb's redirection may truncate it only after the waits below
+  # have read the old one (the request then ran before the breakpoint).
+  rm -f "$work/gdb-go" "$work/gdb.out"
   printf '%s\n' "tbreak $bp" 'echo ATTACHED\n' continue 'echo HIT\n' \
     "while (int)access(\"$work/gdb-go\", 0) != 0" 'call (int)usleep(50000)' end detach > "$work/gdb-relink.cmd"
   (ulimit -c 0; exec gdb -batch -nx -q -p "$kh" -x "$work/gdb-relink.cmd") > "$work/gdb.out" 2>&1 &
