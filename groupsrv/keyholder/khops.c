@@ -216,6 +216,12 @@ static void note_db_damaged(const char *what)
                   what, log_quote(q, sizeof(q), gs_err_detail()));
 }
 
+/* The requests that write the membership database. */
+static bool is_change(uint32_t type)
+{
+    return type == IPC_MEMBER_PUT || type == IPC_MEMBER_DELETE || type == IPC_GROUP_CREATE;
+}
+
 static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
 {
     switch (err) {
@@ -2570,6 +2576,15 @@ bool kh_job_run(void *worker, tq_job *tq)
     gs_err re = stamp_current(w, j, &changed);
     if (re != GS_OK && j->msg.type != IPC_HEALTH) {
         answer_gs_error(j, re, "database");
+    } else if (is_change(j->msg.type) && atomic_load(&db_damaged)) {
+        /* A file SQLite found malformed may still take a commit (the pages
+         * a change touches read from the -wal): answered 201, written into
+         * a file the operator is told to restore from a backup, so lost at
+         * the restore. Refused until the restart (note_db_damaged). */
+        log_error("change refused: the database file is damaged; restore it and restart the server type=%u",
+                  (unsigned)j->msg.type);
+        answer_retry(j, 503, 5, "store_unavailable",
+                     "the membership database is damaged; changes are refused until it is restored");
     } else {
         /* The generation this answer was made at: a later change moves it
          * past this value, so a view kept from this answer is refetched. */

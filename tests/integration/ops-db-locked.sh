@@ -13,7 +13,7 @@
 #   - the database, its -wal or its -shm moved, replaced or deleted under
 #     the running server: /healthz 503 and a log line to restart;
 #   - the database truncated in place under it: /healthz 503 "damaged" and
-#     a log line to restore it, until the restart.
+#     a log line to restore it, and changes refused 503, until the restart.
 set -euo pipefail
 BIN=$1 SRC=$2
 SRV_MEMBERS="alice bob"
@@ -183,6 +183,15 @@ expect_healthz 503 store_unavailable "healthz, database truncated under the serv
 [ "$(json_get "$work/body" database)" = "damaged (malformed): restore it and restart the server" ] ||
   fail "healthz, database truncated: $(cat "$work/body")"
 expect_status 503 store_unavailable "discovery, database truncated" -- anon "$base/v1/groups/eng"
+# Changes refused while the file is known damaged: a commit whose pages
+# read from the -wal was answered 201, written into a file the log says to
+# restore from a backup, so lost at the restore.
+expect_status 503 store_unavailable "member PUT, database known damaged" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/posttrunc@example.org"
+expect_status 503 store_unavailable "member DELETE, database known damaged" -- \
+  c admin -X DELETE "$base/v1/groups/eng/members/bob@example.org"
+has_line "change refused: the database file is damaged" < "$work/server.log" ||
+  fail "no log line for a change refused on the damaged database"
 has_line "the database file is damaged: stop the server" < "$work/server.log" ||
   fail "no log line for the damaged database"
 kill -TERM "$srv_pid"; wait "$srv_pid" || true; srv_pid=
@@ -193,3 +202,4 @@ expect_healthz 200 "" "healthz once restored and restarted"
 expect_status 200 "" "discovery once restored and restarted" -- anon "$base/v1/groups/eng"
 ok "a database truncated under the server: healthz 503 damaged and a log line until the restart"
 stop_server
+
