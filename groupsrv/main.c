@@ -2385,6 +2385,63 @@ static unsigned check_tls(const struct gs_config *cfg)
     return problems;
 }
 
+static int group_address_cmp(const void *a, const void *b)
+{
+    const gs_store_group *ga = *(const gs_store_group *const *)a, *gb = *(const gs_store_group *const *)b;
+    int c = strcasecmp(ga->address, gb->address);
+
+    return c != 0 ? c : strcmp(ga->name, gb->name);
+}
+
+/* Two groups of one list address (compared without ASCII case): group
+ * create refuses such a pair now, but a database made before that
+ * refusal may hold one. Each has a certificate for the address, so mail
+ * a sender encrypted to the one their directory gave is refused by the
+ * list of the other. A warning, not a problem: both groups may hold
+ * members and mail, and which to keep is the operator's choice (delete
+ * the other's members, give its list another address). Sorted, so a
+ * database of many groups is not compared pair by pair. */
+static void check_shared_addresses(struct env *e)
+{
+    gs_store_group **groups = NULL, **by = NULL;
+    size_t ng = 0, n = 0;
+
+    if (gs_store_group_list(e->st, &groups, &ng) != GS_OK) {
+        printf("groups    could not list the groups: %s\n", gs_err_detail());
+        return;
+    }
+    if (ng < 2)
+        goto out;
+    if ((by = calloc(ng, sizeof(*by))) == NULL) {
+        printf("groups    could not compare the list addresses: out of memory\n");
+        goto out;
+    }
+    for (size_t i = 0; i < ng; i++)
+        if (groups[i]->address != NULL)
+            by[n++] = groups[i];
+    qsort(by, n, sizeof(*by), group_address_cmp);
+    for (size_t i = 0; i + 1 < n;) {
+        size_t j = i + 1;
+        while (j < n && strcasecmp(by[i]->address, by[j]->address) == 0)
+            j++;
+        if (j - i > 1) {
+            size_t cols;
+            char *shown = term_text(by[i]->address, &cols);
+            printf("groups    WARNING: the list address %s belongs to %zu groups:",
+                   shown != NULL ? shown : "(out of memory)", j - i);
+            for (size_t k = i; k < j; k++)
+                printf(" %s", by[k]->name);
+            printf("; mail encrypted to one group's certificate is refused by the other's list: keep one group "
+                   "for the address\n");
+            free(shown);
+        }
+        i = j;
+    }
+out:
+    free(by);
+    gs_store_group_list_free(groups, ng);
+}
+
 /* The local CA's certificate: when it ends (everything it issues ends by
  * then too), a problem once it is not valid now, a note to renew it in
  * its last CA_RENEW_NOTE_DAYS days. Before `ca init`: nothing to check. */
@@ -3184,6 +3241,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
             check_clock(audit_db_latest_time(e));
         }
         problems += check_ca_cert(e);
+        check_shared_addresses(e);
     }
     err = env_open(e, NEED_TOKEN);
     if (err) {
