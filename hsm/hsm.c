@@ -590,12 +590,13 @@ static hsm_err login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who
     return P11(ctx, C_Login, s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
 }
 
-hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len)
+hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len,
+                          bool *sent)
 {
     CK_FLAGS unused;
-    bool sent;
+    bool was_sent;
 
-    return login_counted(ctx, s, who, pin, pin_len, &unused, &sent);
+    return login_counted(ctx, s, who, pin, pin_len, &unused, sent != NULL ? sent : &was_sent);
 }
 
 /* The user PIN's retry flags the token reports now in *flags (0 if it

@@ -206,9 +206,11 @@ hsm_err hsm_pin_tries_left(hsm_ctx *ctx, CK_USER_TYPE who);
  * hsm_pin_tries_left refuses it for that PIN's counter (then
  * HSM_ERR_PIN_LOCKED, nothing sent) or the PIN's length lies outside the
  * token's ulMinPinLen..ulMaxPinLen (then HSM_ERR_PIN_INCORRECT, nothing
- * sent; hsm_last_rv is not a C_Login's). Every login of the library goes
- * through here. */
-hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len);
+ * sent; hsm_last_rv is not a C_Login's). *sent (may be NULL): whether
+ * C_Login was called, so that a caller says "the token rejected" only of
+ * a PIN the token saw. Every login of the library goes through here. */
+hsm_err hsm_login_counted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_USER_TYPE who, const char *pin, size_t pin_len,
+                          bool *sent);
 void hsm_clear_detail(void);
 /* Marks the detail just set as a key URI naming another token, slot or
  * module (hsm_last_error_uri_elsewhere); the next detail set clears it. */

@@ -55,7 +55,7 @@ static hsm_err login_user_again(hsm_ctx *ctx, CK_SESSION_HANDLE s)
     pthread_mutex_lock(&ctx->key_mu);
     ctx->key_gen++;
     pthread_mutex_unlock(&ctx->key_mu);
-    err = hsm_login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len);
+    err = hsm_login_counted(ctx, s, CKU_USER, ctx->pin, ctx->pin_len, NULL);
     if (err != HSM_OK && err != HSM_ERR_PIN_LOCKED && hsm_last_rv() == CKR_USER_ALREADY_LOGGED_IN)
         err = HSM_OK;
     pthread_mutex_unlock(&ctx->login_mu);
@@ -201,6 +201,7 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, tpub = CK_INVALID_HANDLE;
     hsm_errsave sv;
     hsm_err err, err2;
+    bool so_sent = false;
 
     export_clear(x);
     /* Login state belongs to the whole application: the user's login
@@ -208,13 +209,18 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     err = P11(ctx, C_Logout, s);
     if (err != HSM_OK && hsm_last_rv() != CKR_USER_NOT_LOGGED_IN)
         goto relogin;
-    err = hsm_login_counted(ctx, s, CKU_SO, x->so_pin, x->so_pin_len);
+    err = hsm_login_counted(ctx, s, CKU_SO, x->so_pin, x->so_pin_len, &so_sent);
     if (err != HSM_OK) {
         char prev[192];
         util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
         hsm_set_detail("security officer login: %s", prev);
-        if (err == HSM_ERR_PIN_INCORRECT)
+        /* A PIN of a length the token never takes is refused unsent: the
+         * token rejected nothing, and its SO counter did not move. */
+        if (err == HSM_ERR_PIN_INCORRECT && so_sent)
             log_warn("token rejected the SO PIN");
+        else if (err == HSM_ERR_PIN_INCORRECT)
+            log_warn("the SO PIN was not sent: its length is outside the token's PIN lengths (ulMinPinLen.."
+                     "ulMaxPinLen)");
         goto relogin;
     }
     err = so_make_trusted(ctx, s, x, &kek, &tpub);

@@ -7,7 +7,8 @@
  *
  * Shown here: replicable keys read back CKA_WRAP_WITH_TRUSTED; a wrong SO
  * PIN and a key that is not replicable are refused and leave the user
- * logged in; a copy is
+ * logged in; an SO PIN of a length the token never takes is not sent,
+ * nor logged as rejected by the token; a copy is
  * sensitive, not extractable, decrypts what the original's public key
  * encrypted, and cannot be wrapped out again; import is all or nothing.
  */
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -36,6 +38,27 @@
 static char tokdir[512];
 static char pinsrc[600];
 static char so_pin[300];
+static FILE *log_sink; /* the log's lines, at warn */
+
+/* Where the log ends now, for log_has. */
+static long log_mark(void)
+{
+    assert_int_equal(fflush(log_sink), 0);
+    return ftell(log_sink);
+}
+
+/* Whether the log's lines since mark hold text. */
+static bool log_has(long mark, const char *text)
+{
+    char buf[8192];
+    long end = log_mark();
+    size_t len = end - mark < (long)sizeof(buf) - 1 ? (size_t)(end - mark) : sizeof(buf) - 1;
+    ssize_t got = pread(fileno(log_sink), buf, len, mark);
+
+    assert_true(got >= 0);
+    buf[got] = '\0';
+    return strstr(buf, text) != NULL;
+}
 
 static hsm_ctx *open_ctx(void)
 {
@@ -197,8 +220,19 @@ static void test_export_import(void **state)
     memset(items, 0, sizeof(items));
     items[0].key = grp;
     export_items(&x, items, 1, "not-the-so-pin", tspki, tspki_len);
+    long mark = log_mark();
     assert_int_equal(hsm_replica_export_run(ctx, &x), HSM_ERR_PIN_INCORRECT);
     assert_non_null(strstr(hsm_last_error_detail(), "security officer"));
+    assert_true(log_has(mark, "token rejected the SO PIN"));
+    /* One shorter than the token's ulMinPinLen (SoftHSM: 4) is not sent,
+     * and the log does not say the token rejected it. */
+    export_items(&x, items, 1, "abc", tspki, tspki_len);
+    mark = log_mark();
+    assert_int_equal(hsm_replica_export_run(ctx, &x), HSM_ERR_PIN_INCORRECT);
+    assert_non_null(strstr(hsm_last_error_detail(), "not attempted"));
+    assert_false(log_has(mark, "token rejected the SO PIN"));
+    assert_true(log_has(mark, "the SO PIN was not sent"));
+    assert_null(x.wrapped_kek);
     assert_null(x.wrapped_kek);
     assert_int_equal(hsm_key_get_info(ctx, grp, &ki), HSM_OK);
     assert_int_equal(hsm_ping(ctx), HSM_OK);
@@ -315,6 +349,8 @@ int main(void)
         cmocka_unit_test(test_replicable_keygen),
         cmocka_unit_test(test_export_import),
     };
-    log_init("test_replicate", LOG_LVL_ERROR, NULL);
+    if ((log_sink = tmpfile()) == NULL)
+        return 1;
+    log_init("test_replicate", LOG_LVL_WARN, log_sink);
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
