@@ -578,7 +578,10 @@ out:
 
 /* ---- supervision -------------------------------------------------------------- */
 
-static void restart_later(struct sup *s, struct child *c)
+/* Returns the wait before the next start, in seconds, for the log line
+ * that says it: "trying again" alone left an operator watching a crash
+ * loop not knowing whether anything would happen, or when. */
+static double restart_later(struct sup *s, struct child *c)
 {
     /* A child that lived a while is restarted at once; one that keeps
      * dying waits longer each time (a token that is away, a bad file). */
@@ -590,6 +593,7 @@ static void restart_later(struct sup *s, struct child *c)
     struct timeval tv = {(time_t)c->backoff, (suseconds_t)((c->backoff - (double)(time_t)c->backoff) * 1e6)};
     if (!s->stopping)
         evtimer_add(c->restart_ev, &tv);
+    return c->backoff;
 }
 
 static void restart_holder(evutil_socket_t fd, short what, void *arg)
@@ -601,16 +605,15 @@ static void restart_holder(evutil_socket_t fd, short what, void *arg)
     if (kh_ends == NULL || net_ends == NULL || make_links(s->nlinks, kh_ends, net_ends) != 0) {
         free(kh_ends);
         free(net_ends);
-        restart_later(s, &s->kh);
+        (void)restart_later(s, &s->kh);
         return;
     }
     log_info("starting the key holder again");
     if (start_holder(s, kh_ends) != 0) {
-        log_error("the key holder did not start; trying again");
         close_fds(net_ends, s->nlinks);
         free(net_ends);
         free(kh_ends);
-        restart_later(s, &s->kh);
+        log_error("the key holder did not start; trying again in=%.1fs", restart_later(s, &s->kh));
         return;
     }
     free(kh_ends);
@@ -647,7 +650,7 @@ static void restart_net(evutil_socket_t fd, short what, void *arg)
         if (kh_ends == NULL || net_ends == NULL || make_links(s->nlinks, kh_ends, net_ends) != 0) {
             free(kh_ends);
             free(net_ends);
-            restart_later(s, &s->net);
+            (void)restart_later(s, &s->net);
             return;
         }
         /* The key holder replaces the links of the process that died. */
@@ -659,9 +662,8 @@ static void restart_net(evutil_socket_t fd, short what, void *arg)
     }
     log_info("starting the network process again");
     if (start_net(s, net_ends, false) != 0) {
-        log_error("the network process did not start; trying again");
         free(net_ends);
-        restart_later(s, &s->net);
+        log_error("the network process did not start; trying again in=%.1fs", restart_later(s, &s->net));
         return;
     }
     free(net_ends);
@@ -707,8 +709,8 @@ static void on_chld(evutil_socket_t sig, short what, void *arg)
             event_base_loopbreak(s->base);
             continue;
         }
-        log_error("%s exited unexpectedly (%s); restarting it", c->name, exit_text(st, why, sizeof(why)));
-        restart_later(s, c);
+        log_error("%s exited unexpectedly (%s); restarting it in=%.1fs", c->name, exit_text(st, why, sizeof(why)),
+                  restart_later(s, c));
     }
 }
 

@@ -256,5 +256,25 @@ fi
 mv "$work/server.pem.away" "$certs/server.pem"
 wait_healthz 100 || fail "the network process did not start again with the cert file back: $(cat "$work/body")"
 ok "the cert file gone at a restart of the network process: said without 'not started', serving again once back"
+# The key holder started again without its PIN file: the supervisor's
+# line says when it tries next ("trying again" alone did not say whether,
+# nor when), and the key holder runs again once the file is back.
+mark=$(wc -c < "$work/server.log")
+mv "$pin_file" "$work/pin.away"
+kh_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-kh" {print $1; exit}')
+[ -n "$kh_pid" ] || fail "no key holder: $(ps --ppid "$srv_pid" -o pid=,comm=)"
+kill -KILL "$kh_pid"
+for _ in $(seq 1 100); do
+  tail -c +"$((mark + 1))" "$work/server.log" | has_line 'msg="the key holder did not start; trying again"' && break
+  sleep 0.1
+done
+tail -c +"$((mark + 1))" "$work/server.log" > "$work/restart.log"
+grep -q 'msg="the key holder exited unexpectedly (signal 9); restarting it" in=[0-9]*\.[0-9]s$' "$work/restart.log" ||
+  fail "the key holder killed: no time of its restart: $(cat "$work/restart.log")"
+grep -q 'msg="the key holder did not start; trying again" in=[0-9]*\.[0-9]s$' "$work/restart.log" ||
+  fail "the key holder not started: no time of the next try: $(cat "$work/restart.log")"
+mv "$work/pin.away" "$pin_file"
+wait_healthz 150 || fail "the key holder did not start again with its PIN file back: $(cat "$work/body")"
+ok "the key holder not started: $(grep -m1 'did not start' "$work/restart.log" | sed 's/.*msg=//')"
 kill -TERM "$srv_pid"; wait "$srv_pid" || fail "SIGTERM exit status"; srv_pid=
 ok "token absent: fail closed; token back: service without a restart"
