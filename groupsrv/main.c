@@ -1793,9 +1793,16 @@ static void print_caps(hsm_ctx *hsm)
             printf("cap trusted wrap           yes: replicable groups and the key ceremony (group export)\n");
         else
             printf("cap trusted wrap           no: --replicable is refused; missing: %s\n", lacks);
+        /* The attributes' trials are on session keys (a probe writes
+         * nothing to the token), while the transport key is a token key:
+         * NSS softokn keeps CKA_ALLOWED_MECHANISMS on session keys only,
+         * and a plain "yes" was followed by token transport-key's refusal.
+         * Said as what it is. */
         if (hsm_caps_receive(&c, lacks, sizeof(lacks)))
-            printf("cap receive keys           yes: the key ceremony's receiving side (token transport-key, "
-                   "group import)\n");
+            printf("cap receive keys           yes, as far as session keys show: the key ceremony's receiving side "
+                   "(token transport-key, group import); its transport key is a token key, which a token keeping "
+                   "CKA_ALLOWED_MECHANISMS or CKA_UNWRAP_TEMPLATE on session keys only (NSS softokn) refuses at "
+                   "token transport-key\n");
         else
             printf("cap receive keys           no: token transport-key is refused; missing: %s\n", lacks);
     }

@@ -84,12 +84,16 @@ fi
 
 # ---- receiving keys (the ceremony's other side): a transport key where
 # the token can, one clear line where not ----
-grep -q "^cap receive keys  *\(yes: \|no: token transport-key is refused; missing: .*)\$\)" "$work/check.out" ||
+grep -q "^cap receive keys  *\(yes, as far as session keys show: .*(NSS softokn) refuses at token transport-key\$\|no: token transport-key is refused; missing: .*)\$\)" "$work/check.out" ||
   { cat "$work/check.out" >&2; fail "check output lacks the receive keys capability, or cuts it short"; }
 rc=0; gs token transport-key --out "$work/transport.pem" > "$work/tk.out" 2>&1 || rc=$?
 if [ "$TOKEN" = nss ]; then
   # NSS takes CKA_ALLOWED_MECHANISMS on session keys only: the session-key
   # trial says yes, the token key is refused (the transport key needs it).
+  # check says its yes is the session keys' (a plain "yes:" was followed
+  # by this refusal).
+  grep -q "^cap receive keys  *yes, as far as session keys show: " "$work/check.out" ||
+    fail "check on NSS: a receive keys line that does not say it judged session keys: $(grep '^cap receive keys' "$work/check.out")"
   [ "$rc" = 1 ] && [ "$(wc -l < "$work/tk.out")" = 1 ] &&
     grep -q "^groupsrv: generating the transport key (.*as a receiving token must keep them)" "$work/tk.out" ||
     fail "token transport-key on NSS: exit $rc: $(cat "$work/tk.out")"
