@@ -479,6 +479,34 @@ static int caller_read(struct kh_job *j, struct caller *c, const char *action, c
     return -1;
 }
 
+/* The caller's record in group gname (m; NULL: not a member) against
+ * roles, with the key they called with: 0, or -1 with the refusal audited
+ * under action and answered. authorise's check, and a member change's
+ * again under the keys lock (admin_still). */
+static int member_check(struct kh_worker *w, struct kh_job *j, const char *gname, unsigned roles,
+                        const char *action, const struct caller *c, const gs_store_member *m)
+{
+    if (m == NULL) {
+        audit_refusal(j, action, c->identity, gname, "not_a_member");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "not_a_member", "not a member of this group");
+        return -1;
+    }
+    if (m->cert_pem != NULL && !gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, m->cert_pem)) {
+        audit_refusal(j, action, c->identity, gname, "certificate_mismatch");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
+        return -1;
+    }
+    if (!(roles & (1u << m->role))) {
+        audit_refusal(j, action, c->identity, gname, "forbidden_role");
+        if (j->reply.len == 0)
+            answer_error(j, 403, "forbidden", "the role '%s' may not do this", gs_role_name(m->role));
+        return -1;
+    }
+    return 0;
+}
+
 /* The caller for group g with one of `roles` (bit set of 1 << gs_role);
  * allow_anonymous: a membership certificate of this group is accepted.
  * Answers 400/403/429/503 (refusals audited) and returns -1 otherwise. */
@@ -502,28 +530,12 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
         return rate_limit(j, c, gi->name);
     }
     e = gcache_member(w->gc, w->store, gs_group_id(g), c->identity, &c->member);
-    if (e == GS_ERR_NOT_FOUND) {
-        audit_refusal(j, action, c->identity, gi->name, "not_a_member");
-        if (j->reply.len == 0)
-            answer_error(j, 403, "not_a_member", "not a member of this group");
-        return -1;
-    }
-    if (e != GS_OK) {
+    if (e != GS_OK && e != GS_ERR_NOT_FOUND) {
         answer_gs_error(j, e, "member");
         return -1;
     }
-    if (c->member->cert_pem != NULL && !gcache_spki_matches_pem(w->gc, c->spki, c->spki_len, c->member->cert_pem)) {
-        audit_refusal(j, action, c->identity, gi->name, "certificate_mismatch");
-        if (j->reply.len == 0)
-            answer_error(j, 403, "certificate_mismatch", "this certificate is not the one recorded for the member");
+    if (member_check(w, j, gi->name, roles, action, c, e == GS_OK ? c->member : NULL) != 0)
         return -1;
-    }
-    if (!(roles & (1u << c->member->role))) {
-        audit_refusal(j, action, c->identity, gi->name, "forbidden_role");
-        if (j->reply.len == 0)
-            answer_error(j, 403, "forbidden", "the role '%s' may not do this", gs_role_name(c->member->role));
-        return -1;
-    }
     return rate_limit(j, c, gi->name);
 }
 
@@ -2077,6 +2089,30 @@ static int member_change_begin(struct kh_worker *w, struct kh_job *j, const gs_g
     return 0;
 }
 
+/* A member change's caller checked again once the keys lock is held
+ * (after member_change_begin), from the database: authorise read their
+ * record before the lock, from the worker's cache, and the change may
+ * then wait behind another for as long as that one's key generation
+ * takes. An admin removed or demoted by the change ahead (a colleague
+ * removing an admin whose key was stolen) still made theirs after it,
+ * an outcome no order of the two gives: a removed admin naming a new
+ * admin. 0, or -1 with the refusal audited and answered. */
+static int admin_still(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *action,
+                       const struct caller *c)
+{
+    gs_store_member *me = NULL;
+    gs_err e = gs_store_member_get(w->store, gs_group_id(g), c->identity, &me);
+    int rc;
+
+    if (e != GS_OK && e != GS_ERR_NOT_FOUND) {
+        answer_gs_error(j, e, "member");
+        return -1;
+    }
+    rc = member_check(w, j, gs_group_info(g)->name, ROLES_ADMIN, action, c, e == GS_OK ? me : NULL);
+    gs_store_member_free(me);
+    return rc;
+}
+
 /* Before a change is made (a member change: keys lock held,
  * member_change_begin; POST /v1/groups): a record of it with outcome
  * "started", durable before anything is changed (audit_started, as the
@@ -2226,7 +2262,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
     if (type == IPC_MEMBER_DELETE) {
         gs_member_removal rm;
         memset(&rm, 0, sizeof(rm));
-        if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+        if (member_change_begin(w, j, g, email, &locked, &prev) != 0 || admin_still(w, j, g, action, &c) != 0 ||
             keep_last_admin(w, j, g, c.identity, prev, true, GS_ROLE_MEMBER) != 0 ||
             change_started(j, action, c.identity, gname,
                            json_pack("{s:s}", "member", prev != NULL ? prev->email : email),
@@ -2282,7 +2318,7 @@ static void op_member(struct kh_worker *w, struct kh_job *j)
         goto out;
     }
     bool existed = false;
-    if (member_change_begin(w, j, g, email, &locked, &prev) != 0 ||
+    if (member_change_begin(w, j, g, email, &locked, &prev) != 0 || admin_still(w, j, g, action, &c) != 0 ||
         keep_last_admin(w, j, g, c.identity, prev, false, role) != 0 ||
         change_started(j, action, c.identity, gname,
                        json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(role)),

@@ -390,6 +390,36 @@ expect_status 201 "" "a second admin of ops" -- \
 expect_status 200 "" "one of two admins demoted" -- \
   c admin -X PUT --data-binary '{"role":"member"}' "$base/v1/groups/ops/members/alice@example.org"
 expect_status 200 "" "the demoted member removed" -- c admin -X DELETE "$base/v1/groups/ops/members/alice@example.org"
+# A change waiting for the keys lock is made only by a caller who is
+# still admin when it gets it: the caller is read before the lock, and an
+# admin removed or demoted by the change ahead (its commit emulated here
+# under a lock this test holds: flock(2) on the database's directory)
+# still named a new admin after it.
+expect_status 201 "" "alice admin of ops again" -- \
+  c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/alice@example.org"
+flock -x "$work" sh -c 'touch "$1/held"; until [ -e "$1/release" ]; do sleep 0.05; done' sh "$work" & holder=$!
+until [ -e "$work/held" ]; do sleep 0.05; done
+refused() { grep '"group":"ops"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' | grep -c '"outcome":"forbidden_role"' || true; }
+nref=$(refused)
+nwait=$(grep -c 'waiting for another command that is making token keys' "$work/server.log" || true)
+status c alice -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/carol@example.org" \
+  > "$work/late.code" & late=$!
+n=0
+until [ "$(grep -c 'waiting for another command that is making token keys' "$work/server.log")" -gt "$nwait" ]; do
+  n=$((n + 1)); [ "$n" -lt 1200 ] || { touch "$work/release"; fail "the PUT never waited for the keys lock"; }
+  sleep 0.05
+done
+sqlite3 "$work/groupsrv.db" "UPDATE members SET role = 1 WHERE email = 'alice@example.org'
+  AND group_id = (SELECT id FROM groups WHERE name = 'ops')"
+touch "$work/release"
+wait "$holder"
+wait "$late"
+[ "$(cat "$work/late.code")" = 403 ] && grep -q '"code":"forbidden"' "$work/body" ||
+  fail "a change by an admin demoted while it waited: HTTP $(cat "$work/late.code"): $(cat "$work/body")"
+expect_status 404 not_found "no admin made by a demoted admin" -- c admin "$base/v1/groups/ops/members/carol@example.org"
+[ "$(refused)" = $((nref + 1)) ] || fail "the refused late change's record: $(grep alice "$work/audit.jsonl" | tail -n 2)"
+expect_status 200 "" "alice removed from ops" -- c admin -X DELETE "$base/v1/groups/ops/members/alice@example.org"
+ok "a member change waiting for the keys lock: its caller checked again once it holds it"
 
 # ---- one group per list address ----
 expect_status 400 exists "a group of another group's list address" -- \
