@@ -405,6 +405,32 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
     return HSM_OK;
 }
 
+/* SHA-256 of RSA key h's CKA_MODULUS in md: false if it is no RSA key or
+ * the token does not give the modulus (then nothing is compared). */
+static bool modulus_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, unsigned char md[32])
+{
+    unsigned char *v = NULL;
+    size_t n = 0;
+    hsm_errsave sv;
+    bool ok;
+
+    hsm_err_save(&sv);
+    ok = hsm_get_attr(ctx, s, h, CKA_MODULUS, &v, &n) == HSM_OK && n > 0 &&
+         EVP_Digest(v, n, md, NULL, EVP_sha256(), NULL) == 1;
+    hsm_err_restore(&sv);
+    free(v);
+    return ok;
+}
+
+/* Notes the modulus of an RSA key found by label (struct hsm_key): one
+ * C_GetAttributeValue per RSA key found; a key whose modulus the token
+ * does not give is found again as before. */
+static void key_note_modulus(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+{
+    key->have_modulus = key->ktype == CKK_RSA && (key->cls == CKO_PRIVATE_KEY || key->cls == CKO_PUBLIC_KEY) &&
+                        modulus_sha256(ctx, s, h, key->modulus_sha256);
+}
+
 /* How a message names a key: its label, quoted as log_quote does, with
  * its CKA_ID as a URI's id= where it has one and the label is empty (a
  * key adopted by pkcs11:id=...;type=private names no label). */
@@ -457,6 +483,22 @@ hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJEC
         hsm_set_detail("key %s %s", key_name(key, q, sizeof(q)),
                        n == 0 ? "not on the token" : "is no longer unique");
         return n == 0 ? HSM_ERR_KEY_NOT_FOUND : HSM_ERR_KEY_AMBIGUOUS;
+    }
+    /* The object under the key's label and CKA_ID now may be another key
+     * (the token initialised anew and the label made again elsewhere: the
+     * same CKA_ID where groupsrv made it): not used, as one not on the
+     * token (a group load then compares what the label holds with the
+     * certificate). Used, a PKCS#1 v1.5 unwrap answered implicit
+     * rejection's substitute key as if it were the content key. */
+    if (key->have_modulus) {
+        unsigned char md[32];
+        if (modulus_sha256(ctx, s, found[0], md) && CRYPTO_memcmp(md, key->modulus_sha256, sizeof(md)) != 0) {
+            char q[80];
+            hsm_set_detail("key %s on the token is now another key (its modulus differs from the one found "
+                           "before): not used",
+                           key_name(key, q, sizeof(q)));
+            return HSM_ERR_KEY_NOT_FOUND;
+        }
     }
     pthread_mutex_lock(&ctx->key_mu);
     key->handle = found[0];
@@ -614,6 +656,7 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
     if ((err = key_fill(ctx, s, found[0], fa->key)) != HSM_OK)
         return err;
+    key_note_modulus(ctx, s, found[0], fa->key);
     fa->key->handle = found[0];
     fa->key->gen = gen;
     return HSM_OK;
@@ -694,6 +737,7 @@ static hsm_err take_wanted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h
         hsm_key_free(k);
         return err;
     }
+    key_note_modulus(ctx, s, h, k);
     k->handle = h;
     k->gen = fa->gen;
     fa->out[index] = k;

@@ -14,6 +14,54 @@ set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/integration/server-lib.sh"
 
+openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg-v15.der" \
+  -recip "$certs/group.pem" 2>/dev/null
+cms ri "$work/msg-v15.der" "$work/ri-v15.der"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri-v15.der")" > "$work/req-v15.json"
+printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-oaep.json"
+p11tok() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN "$@"; }
+# remake_v1 ID: version 1's label made again under a running server, as
+# another key pair, of CKA_ID ID
+remake_v1() {
+  p11tok --delete-object --type privkey --label gs:group:eng:v1 >/dev/null 2>&1 &&
+    { p11tok --delete-object --type pubkey --label gs:group:eng:v1 >/dev/null 2>&1 || true; } &&
+    p11tok --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --id "$1" --usage-decrypt --sensitive \
+      >"$work/p11.out" 2>&1 || fail "pkcs11-tool could not make v1's label again: $(cat "$work/p11.out")"
+}
+
+# Version 1's label made again under a running server with the CKA_ID
+# groupsrv gives every key it makes (the first 16 bytes of SHA-256 of the
+# label), as another installation's group create gives its key of that
+# label too, on a token initialised anew: the key holder found its stale
+# handle's object again by label and CKA_ID, took the other key without
+# loading the group again (so without comparing it with the certificate),
+# and answered PKCS#1 v1.5 mail 200 with implicit rejection's substitute
+# key. One token worker, whose cache holds the group (every version
+# present, so it is not loaded again per request).
+cp -a "$work/token" "$work/token.v1"
+cp "$conf" "$work/conf.v1"
+sed -i 's/^\[hsm\]$/[hsm]\nworkers = 1/' "$conf"
+start_server
+for i in 1 2 3; do
+  expect_status 200 "" "v1.5 mail to version 1 before" -- c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
+done
+remake_v1 "$(printf %s gs:group:eng:v1 | sha256sum | cut -c1-32)"
+# the first request finds the key again and refuses it (503, as a token
+# that lost a key); the group is then loaded again and compared
+expect_status 503 "" "req-v15: mail to a version whose label and CKA_ID now hold another key" -- \
+  c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
+for r in req-oaep req-v15 req-oaep; do
+  expect_status 503 key_unavailable "$r: mail to a version whose label and CKA_ID now hold another key" -- \
+    c alice --data-binary @"$work/$r.json" "$base/v1/groups/eng/unwrap"
+done
+stop_server
+grep -q 'detail="key gs:group:eng:v1 on the token is now another key (its modulus differs' "$work/server.log" ||
+  fail "no log line naming the key found again that is another: $(grep -i 'eng:v1' "$work/server.log" | head -3)"
+rm -rf "$work/token"
+mv "$work/token.v1" "$work/token"
+mv "$work/conf.v1" "$conf"
+ok "a key found again by label and CKA_ID that is another key is not used"
+
 cp -a "$work/token" "$work/token.bak"
 gs group rotate eng > /dev/null
 sv=$(gs secret rotate eng | sed -n 's/.*new secret key version \([0-9]*\)$/\1/p')
@@ -57,19 +105,10 @@ ok "the log names the missing version in key=value fields"
 # RSA-OAEP mail 400 unwrap_failed (the sender blamed), while check said
 # "certificate key differs" and a restart would refuse to serve. It is
 # served as a version this token lacks: 503 key_unavailable, logged.
-openssl cms -encrypt -binary -aes-256-cbc -in "$work/msg.txt" -outform DER -out "$work/msg-v15.der" \
-  -recip "$certs/group.pem" 2>/dev/null
-cms ri "$work/msg-v15.der" "$work/ri-v15.der"
-printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri-v15.der")" > "$work/req-v15.json"
-printf '{"recipient_info":"%s","content_algorithm":"aes-256-cbc","deliver":"tls"}' "$(b64 "$work/ri.der")" > "$work/req-oaep.json"
 cp -a "$work/token" "$work/token.v1"
-p11tok() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$module" --token-label groupsrv --login --pin env:GS_PIN "$@"; }
 start_server
 expect_status 200 "" "v1.5 mail to version 1 before" -- c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
-p11tok --delete-object --type privkey --label gs:group:eng:v1 >/dev/null 2>&1 &&
-  { p11tok --delete-object --type pubkey --label gs:group:eng:v1 >/dev/null 2>&1 || true; } &&
-  p11tok --keypairgen --key-type rsa:2048 --label gs:group:eng:v1 --id 0a0b0c --usage-decrypt --sensitive \
-    >"$work/p11.out" 2>&1 || fail "pkcs11-tool could not make v1's label again: $(cat "$work/p11.out")"
+remake_v1 0a0b0c
 for r in req-v15 req-oaep req-v15 req-oaep; do
   expect_status 503 key_unavailable "$r: mail to a version whose label now holds another key" -- \
     c alice --data-binary @"$work/$r.json" "$base/v1/groups/eng/unwrap"
