@@ -1267,8 +1267,12 @@ static char *url_with_timeouts(const char *url, bool writes)
         int present = 0;
         for (const char *p = q; p != NULL && !present; p = strchr(p + 1, '&'))
             present = strncmp(p + 1, defaults[i], key) == 0;
+        /* No separator after one the query ends in: libpq takes "...?"
+         * and "...?a=b&", but refuses the empty parameter of "?&k=v". */
         if (!present)
-            used += (size_t)snprintf(out + used, cap - used, "%c%s", q ? '&' : '?', defaults[i]);
+            used += (size_t)snprintf(out + used, cap - used, "%s%s",
+                                     q == NULL ? "?" : out[used - 1] == '?' || out[used - 1] == '&' ? "" : "&",
+                                     defaults[i]);
     }
     return out;
 }

@@ -838,6 +838,15 @@ static void test_application_name(void **state)
                    name);
     assert_int_equal(pgtest_int("postgres", sql), 1);
     gs_store_close(st);
+    st = NULL;
+
+    /* A query that ends in its separator, as libpq takes it (psql
+     * connects with "...?" and "...?a=b&"): the parameters groupsrv adds
+     * made "?&connect_timeout=5" or "&&connect_timeout=5", and libpq
+     * refused the URI ("missing key/value separator"). */
+    (void)snprintf(loc, sizeof(loc), "%s%c", f->loc, strchr(f->loc, '?') ? '&' : '?');
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_OK);
+    gs_store_close(st);
     gs_store_set_app_name(NULL);
 }
 
