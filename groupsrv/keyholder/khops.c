@@ -547,13 +547,12 @@ static int authorise(struct kh_worker *w, struct kh_job *j, gs_group *g, unsigne
  * forbidden_role otherwise. bound_pem (may be NULL): set to a copy of the
  * certificate of an admin record that binds the caller's key, if one
  * does (the caller frees it), else NULL. */
+static int any_admin_check(struct kh_worker *w, struct kh_job *j, const struct caller *c, const char *action,
+                           const char *group, char **bound_pem);
+
 static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct caller *c, const char *action,
                                const char *group, char **bound_pem)
 {
-    gs_store_group **groups = NULL;
-    size_t n = 0;
-    int ok = 0, member = 0, mismatch = 0;
-
     if (bound_pem != NULL)
         *bound_pem = NULL;
 
@@ -567,6 +566,25 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
             answer_error(j, 403, "forbidden", "administrators authenticate with an identity certificate");
         return -1;
     }
+    if (any_admin_check(w, j, c, action, group, bound_pem) != 0)
+        return -1;
+    return rate_limit(j, c, "");
+}
+
+/* authorise_any_admin's check of an identified caller's admin records,
+ * read from the database (group: the record's, already judged), with
+ * no rate-limit token taken: also group creation's check again once
+ * the keys lock is held. 0, or -1 with the refusal audited and answered;
+ * bound_pem as authorise_any_admin's. */
+static int any_admin_check(struct kh_worker *w, struct kh_job *j, const struct caller *c, const char *action,
+                           const char *group, char **bound_pem)
+{
+    gs_store_group **groups = NULL;
+    size_t n = 0;
+    int ok = 0, member = 0, mismatch = 0;
+
+    if (bound_pem != NULL)
+        *bound_pem = NULL;
     gs_err e = gs_store_group_list(w->store, &groups, &n);
     if (e != GS_OK) {
         answer_gs_error(j, e, "groups");
@@ -611,7 +629,7 @@ static int authorise_any_admin(struct kh_worker *w, struct kh_job *j, struct cal
             answer_error(j, 403, "forbidden", "only administrators may do this");
         return -1;
     }
-    return rate_limit(j, c, "");
+    return 0;
 }
 
 /* The group from the worker's cache; answers 404/503 on failure. */
@@ -2365,6 +2383,7 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     const char *name = ipc_str(&j->msg, IPC_T_NAME), *address = ipc_str(&j->msg, IPC_T_ADDRESS);
     unsigned version = 0;
     char *creator_pem = NULL;
+    bool locked = false; /* the keys lock, from the caller's second check until the group is made */
     gs_err e;
     audit_err ae;
 
@@ -2396,6 +2415,28 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
         answer_error(j, 400, "bad_request", "\"methods\" has an unknown method");
         goto out;
     }
+    /* The caller checked again once the keys lock is held, as a member
+     * change's is (admin_still): authorise_any_admin read their records
+     * before it, and the creation may then wait behind a change that
+     * removes or demotes them (a key generation takes seconds); such an
+     * admin still made a group and became its admin. Held until the group
+     * is made (gs_group_create's own lock nests), the records read here
+     * are the ones the creation is made under, the certificate it binds
+     * the new admin record to too. */
+    if ((e = gs_store_keys_lock(w->store)) != GS_OK) {
+        if (e == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_KEYS_LOCK)
+            answer_retry(j, 503, 5, "store_unavailable",
+                         "the membership database is locked by another process or request (the keys lock): the "
+                         "group was not created; try again later");
+        else
+            answer_gs_error(j, e, "group");
+        goto out;
+    }
+    locked = true;
+    free(creator_pem);
+    if (any_admin_check(w, j, &c, "group-create", name, &creator_pem) != 0)
+        goto out;
+    spec.admin_cert_pem = creator_pem;
     /* No group without its record: there is no undoing a creation (its
      * keys are on the token), so the log must have room for the record
      * first (reserved, as for /healthz); should the record still fail,
@@ -2417,6 +2458,8 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
      * new group, though refused (certificate_mismatch) in the group whose
      * admin made it. */
     e = gs_group_create(w->store, w->kh->hsm, w->kh->ca, w->kh->cfg, &spec, &version);
+    gs_store_keys_unlock(w->store);
+    locked = false;
     audit_record rec = {.action = "group-create", .identity = c.identity, .group = name, .key_version = version,
                         .outcome = e == GS_OK ? "ok" : gs_strerror(e)};
     if (job_audit_or_fail(j, &rec) != 0)
@@ -2462,6 +2505,8 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
     answer_begin(j, 201);
     ipc_put_u32(&j->reply, IPC_T_KEY_VERSION, version);
 out:
+    if (locked)
+        gs_store_keys_unlock(w->store);
     free(creator_pem);
     caller_clear(&c);
 }

@@ -420,6 +420,36 @@ expect_status 404 not_found "no admin made by a demoted admin" -- c admin "$base
 [ "$(refused)" = $((nref + 1)) ] || fail "the refused late change's record: $(grep alice "$work/audit.jsonl" | tail -n 2)"
 expect_status 200 "" "alice removed from ops" -- c admin -X DELETE "$base/v1/groups/ops/members/alice@example.org"
 ok "a member change waiting for the keys lock: its caller checked again once it holds it"
+# The same for a group creation: its caller is read before the lock too,
+# and an admin demoted meanwhile still made a group and became its admin.
+expect_status 201 "" "alice admin of ops for a creation" -- \
+  c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/alice@example.org"
+rm -f "$work/held" "$work/release"
+flock -x "$work" sh -c 'touch "$1/held"; until [ -e "$1/release" ]; do sleep 0.05; done' sh "$work" & holder=$!
+until [ -e "$work/held" ]; do sleep 0.05; done
+crefused() { grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops8"' |
+  grep '"identity":"alice@example.org"' | grep -c '"outcome":"forbidden_role"' || true; }
+nref=$(crefused)
+nwait=$(grep -c 'waiting for another command that is making token keys' "$work/server.log" || true)
+status c alice --data-binary '{"name":"ops8","address":"ops8@example.org","keyspec":"rsa:2048","methods":["tls"]}' \
+  "$base/v1/groups" > "$work/late.code" & late=$!
+n=0
+until [ "$(grep -c 'waiting for another command that is making token keys' "$work/server.log")" -gt "$nwait" ]; do
+  n=$((n + 1)); [ "$n" -lt 1200 ] || { touch "$work/release"; fail "the group create never waited for the keys lock"; }
+  sleep 0.05
+done
+sqlite3 "$work/groupsrv.db" "UPDATE members SET role = 1 WHERE email = 'alice@example.org'
+  AND group_id = (SELECT id FROM groups WHERE name = 'ops')"
+touch "$work/release"
+wait "$holder"
+wait "$late"
+[ "$(cat "$work/late.code")" = 403 ] && grep -q '"code":"forbidden"' "$work/body" ||
+  fail "a group created by an admin demoted while it waited: HTTP $(cat "$work/late.code"): $(cat "$work/body")"
+expect_status 404 not_found "no group made by a demoted admin" -- anon "$base/v1/groups/ops8"
+token_labels | has_line ops8 && fail "the keys of a group a demoted admin asked for are on the token: $(token_labels)"
+[ "$(crefused)" = $((nref + 1)) ] || fail "the refused late creation's record: $(grep ops8 "$work/audit.jsonl" | tail -n 2)"
+expect_status 200 "" "alice removed from ops again" -- c admin -X DELETE "$base/v1/groups/ops/members/alice@example.org"
+ok "a group creation waiting for the keys lock: its caller checked again once it holds it"
 
 # ---- one group per list address ----
 expect_status 400 exists "a group of another group's list address" -- \
