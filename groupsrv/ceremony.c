@@ -1554,6 +1554,12 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
                                        m->group.name, m->group.name);
         if (!err && gi.row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0)
             err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");
+        /* One group per list address, as group create holds to, before
+         * any key is put on the token: a second group of an address made
+         * here by import gave the exploder and senders two certificates
+         * for it, mail to the one refused by the other's list. */
+        if (!err)
+            err = gs_group_address_free(e->st, gi.row.address);
     }
     if (err) {
         rc = import_refused(&im, m->group.name, err);

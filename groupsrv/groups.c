@@ -1210,7 +1210,7 @@ static gs_err under_keys_lock(gs_store *st, const struct keys_call *c);
  * without ASCII case, as every address is. Under the keys lock (group
  * create), so two creations at once cannot both pass. EXISTS names the
  * group that has it. */
-static gs_err address_free(gs_store *st, const char *address)
+gs_err gs_group_address_free(gs_store *st, const char *address)
 {
     gs_store_group **groups = NULL;
     size_t n = 0;
@@ -1286,7 +1286,7 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         return gs_err_set(GS_ERR_EXISTS, "group %s already exists", spec->name);
     if (err != GS_ERR_NOT_FOUND)
         return err;
-    if ((err = address_free(st, spec->address)) != GS_OK)
+    if ((err = gs_group_address_free(st, spec->address)) != GS_OK)
         return err;
     (void)hsm_caps_get(hsm, &caps);
     /* What a probe could not try reads as absent: the group's policy,

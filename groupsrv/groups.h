@@ -173,6 +173,11 @@ unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs
  * EXISTS for a duplicate name or taken labels. */
 gs_err gs_group_create(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,
                        const gs_group_spec *spec, unsigned *version_out);
+/* GS_OK when no group has list address `address` (compared without
+ * ASCII case: one group per address, as gs_group_create holds to), else
+ * EXISTS naming the group that has it. For a new group made another way
+ * (group import), called under the keys lock. */
+gs_err gs_group_address_free(gs_store *st, const char *address);
 /* New key version (same policy) with a new certificate; old versions stay
  * usable for decryption until retired. */
 gs_err gs_group_rotate(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, const struct gs_config *cfg,

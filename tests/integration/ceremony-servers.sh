@@ -540,6 +540,15 @@ gs_alpha group export eng --all --to "$work/delta-transport.pem" --out "$work/en
 refused delta 1 "a new clone given an --all that left keys out" -- \
   gs_delta group import --in "$work/eng-delta.gsk" --ca "$work/alpha-ca.pem"
 expect_msg "this file is not complete"
+# one group per list address, as group create holds to: a group here
+# with rep's address (without ASCII case) refuses rep, nothing put on
+# the token
+gs_delta group create squat --address REP@example.org --key rsa:2048 >/dev/null
+refused delta 3 "a new group by import with the list address another group here has" -- \
+  gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
+expect_msg "the list address rep@example.org is already group squat's"
+gs_delta group show rep >/dev/null 2>&1 && fail "the group of a shared address was recorded"
+sqlite3 "$work/delta/groupsrv.db" "UPDATE groups SET address = 'squat@example.org' WHERE name = 'squat'"
 expect 0 "group import on delta (what alpha has not retired)" -- \
   gs_delta group import --in "$work/rep-delta.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 refused delta 1 "replay of a key version file made before the origin retired it" -- \
