@@ -9,6 +9,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,23 +445,77 @@ static void found_free(hsm_key **found, size_t n)
  * key_unavailable for it, logged naming the label). A public key that
  * cannot be read (an EC key without its public object, a token error) is
  * not judged: the unwrap answers as before. */
+/* The versions (by token label: a group's version's own) whose key was
+ * last found not to be their certificate's, with that key's SHA-256:
+ * such a version is served as missing, and a group lacking a key is
+ * loaded afresh at every request (and searched for again), so the error
+ * was logged on every request to the group, drowning the log. Logged
+ * once per version and key found; again when another key turns up under
+ * the label, or after the right one was found. Process-wide (a server's
+ * token workers share it); a full table forgets its oldest entry, which
+ * then logs once more. */
+#define MISMATCH_SLOTS 64
+static struct {
+    char label[GS_LABEL_MAX + 1];
+    unsigned char spki_sha256[32];
+} mismatch_seen[MISMATCH_SLOTS];
+static unsigned mismatch_next;
+static pthread_mutex_t mismatch_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Whether the mismatch of label's key (SHA-256 sha; NULL: the key matches
+ * now) is news: true for a mismatch not logged yet. */
+static bool mismatch_news(const char *label, const unsigned char *sha)
+{
+    bool news = sha != NULL;
+    size_t i;
+
+    if (strlen(label) > GS_LABEL_MAX)
+        return news; /* not kept: logged every time, as before */
+    if (pthread_mutex_lock(&mismatch_mu) != 0)
+        return news;
+    for (i = 0; i < MISMATCH_SLOTS; i++)
+        if (strcmp(mismatch_seen[i].label, label) == 0)
+            break;
+    if (i < MISMATCH_SLOTS && sha == NULL) {
+        mismatch_seen[i].label[0] = '\0'; /* right again: a later mismatch is news */
+    } else if (i < MISMATCH_SLOTS) {
+        news = memcmp(mismatch_seen[i].spki_sha256, sha, 32) != 0;
+        memcpy(mismatch_seen[i].spki_sha256, sha, 32);
+    } else if (sha != NULL) {
+        for (i = 0; i < MISMATCH_SLOTS && mismatch_seen[i].label[0] != '\0'; i++)
+            ;
+        if (i == MISMATCH_SLOTS)
+            i = mismatch_next++ % MISMATCH_SLOTS;
+        (void)util_strlcpy(mismatch_seen[i].label, label, sizeof(mismatch_seen[i].label));
+        memcpy(mismatch_seen[i].spki_sha256, sha, 32);
+    }
+    (void)pthread_mutex_unlock(&mismatch_mu);
+    return news;
+}
+
 static bool key_is_certified(hsm_ctx *hsm, hsm_key *key, X509 *cert, const char *label)
 {
-    unsigned char *spki = NULL;
+    unsigned char *spki = NULL, sha[32];
     size_t spki_len = 0;
-    bool ok;
+    bool ok, hashed = false;
 
     if (key == NULL || cert == NULL || hsm_key_export_public(hsm, key, &spki, &spki_len) != HSM_OK) {
         free(spki);
         return true;
     }
     ok = gs_cert_matches_spki(cert, spki, spki_len);
-    free(spki);
     if (!ok)
+        hashed = EVP_Digest(spki, spki_len, sha, NULL, EVP_sha256(), NULL) == 1;
+    free(spki);
+    if (!ok && (!hashed || mismatch_news(label, sha)))
         log_error("group key is not the one its certificate names (the token initialised anew and the label "
                   "made again, or another token of the same label): not used, served as missing (groupsrv check "
-                  "shows it) label=\"%s\"",
+                  "shows it; logged once for this key) label=\"%s\"",
                   log_qs(label));
+    else if (!ok)
+        log_debug("group key is still not the one its certificate names label=\"%s\"", log_qs(label));
+    else
+        (void)mismatch_news(label, NULL);
     return ok;
 }
 

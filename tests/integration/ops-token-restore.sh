@@ -108,11 +108,21 @@ ok "the log names the missing version in key=value fields"
 cp -a "$work/token" "$work/token.v1"
 start_server
 expect_status 200 "" "v1.5 mail to version 1 before" -- c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
+mism() { grep -c 'msg="group key is not the one its certificate names (.*" label="gs:group:eng:v1"' "$work/server.log" || true; }
+mbase=$(mism)
 remake_v1 0a0b0c
 for r in req-v15 req-oaep req-v15 req-oaep; do
   expect_status 503 key_unavailable "$r: mail to a version whose label now holds another key" -- \
     c alice --data-binary @"$work/$r.json" "$base/v1/groups/eng/unwrap"
 done
+# Logged once for the key found, not at every request (the group is
+# loaded afresh at each while it lacks a key: the error was logged at
+# each); again when another key turns up under the label.
+[ "$(mism)" = $((mbase + 1)) ] || fail "the mismatch logged $(($(mism) - mbase)) times for one key over four requests"
+remake_v1 0a0b0d
+expect_status 503 key_unavailable "mail to a version whose label now holds a third key" -- \
+  c alice --data-binary @"$work/req-v15.json" "$base/v1/groups/eng/unwrap"
+[ "$(mism)" = $((mbase + 2)) ] || fail "another key under the label: the mismatch logged $(($(mism) - mbase)) times in all, wanted 2"
 stop_server
 grep -q 'msg="group key is not the one its certificate names (.*" label="gs:group:eng:v1"' "$work/server.log" ||
   fail "no log line naming the key that is not the certificate's: $(grep -i 'eng:v1' "$work/server.log" | head -3)"
