@@ -2424,12 +2424,10 @@ static void op_group_create(struct kh_worker *w, struct kh_job *j)
      * are the ones the creation is made under, the certificate it binds
      * the new admin record to too. */
     if ((e = gs_store_keys_lock(w->store)) != GS_OK) {
-        if (e == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_KEYS_LOCK)
-            answer_retry(j, 503, 5, "store_unavailable",
-                         "the membership database is locked by another process or request (the keys lock): the "
-                         "group was not created; try again later");
-        else
-            answer_gs_error(j, e, "group");
+        /* As gs_group_create's own wait answered it: the cause in the log
+         * and the answer names the keys lock, whichever store holds it
+         * (on PostgreSQL another server's session, not a process here). */
+        answer_gs_error(j, e, "group");
         goto out;
     }
     locked = true;
