@@ -2125,8 +2125,77 @@ void audit_set_lock_wait(audit_log *log, unsigned ms)
     pthread_mutex_unlock(&log->mu);
 }
 
-/* The file is shorter than the records this log wrote to it (mutex and
- * flock held): no appender shrinks it (each cuts only a torn tail past the
+/* Whether the line of fd that ends at end (its newline the byte before
+ * end) hashes to head: the file still holds, where we left it, the last
+ * line we know of. */
+static int line_before_is(int fd, off_t end, const char *head)
+{
+    char buf[AUDIT_MAX_LINE + 1], hex[2 * SHA256_DIGEST_LENGTH + 1];
+    size_t want = end > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)end;
+    off_t start = end - (off_t)want;
+
+    if (end == 0)
+        return 1; /* we left it empty: whatever is there was appended */
+    if (pread_all(fd, buf, want, start) != 0 || buf[want - 1] != '\n')
+        return 0;
+    size_t begin = want - 1;
+    while (begin > 0 && buf[begin - 1] != '\n')
+        begin--;
+    if (begin == 0 && start != 0)
+        return 0;
+    hash_line(buf + begin, want - 1 - begin, hex);
+    return strcmp(hex, head) == 0;
+}
+
+/* Whether fd's lines, read from the start, end in a run chained to head:
+ * a line whose prev is head, and each line after it chained to the one
+ * before. After a cut, another appender that also knew head (a second
+ * server on the file, an admin command open since before the cut) may
+ * have written first and chained to it: continuing from the file then
+ * keeps one chain after the break, where chaining to head again would put
+ * a second line after it (a fork). Read only after a cut (rare). */
+static int file_continues_head(int fd, const char *head)
+{
+    char *buf = malloc(AUDIT_MAX_LINE + 1);
+    char last[2 * SHA256_DIGEST_LENGTH + 1] = "";
+    size_t have = 0;
+    off_t off = 0;
+    int on = 0, ok = buf != NULL;
+
+    while (ok) {
+        ssize_t n = pread(fd, buf + have, AUDIT_MAX_LINE + 1 - have, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            ok = 0;
+            break;
+        }
+        off += n;
+        have += (size_t)n;
+        char *p = buf, *nl;
+        while ((nl = memchr(p, '\n', have - (size_t)(p - buf))) != NULL) {
+            json_error_t jerr;
+            json_t *o = json_loadb(p, (size_t)(nl - p), 0, &jerr);
+            const char *prev = o ? json_string_value(json_object_get(o, "prev")) : NULL;
+            if (prev != NULL && strcmp(prev, head) == 0)
+                on = 1;
+            else if (prev == NULL || strcmp(prev, last) != 0)
+                on = 0;
+            json_decref(o);
+            hash_line(p, (size_t)(nl - p), last);
+            p = nl + 1;
+        }
+        have -= (size_t)(p - buf);
+        memmove(buf, p, have);
+        if (n == 0 || have > AUDIT_MAX_LINE)
+            break; /* the end (a torn tail is cut before), or a line no record is */
+    }
+    free(buf);
+    return ok && on && have == 0;
+}
+
+/* The file is shorter than the records this log wrote to it, or longer
+ * but without our last line where we left it (mutex and flock held): no appender shrinks it (each cuts only a torn tail past the
  * last complete line, and ours is never torn), so records were removed
  * under the server: the file copied and truncated (logrotate's
  * copytruncate), or cut by hand. Continuing from the file's last line
@@ -2142,10 +2211,15 @@ static audit_err continue_over_cut_locked(struct audit_log *log, off_t size)
 
     if (cut_torn_tail(log->fd, log->path, &cut) != AUDIT_OK || fstat(log->fd, &st) != 0)
         return AUDIT_ERR_IO;
-    log_error("audit log is shorter than the records this server wrote to it: records were removed under the "
+    if (file_continues_head(log->fd, log->prev_hex))
+        return continue_from_file_locked(log); /* the break is there already, made by another */
+    /* "no longer ends in": longer, but our last line is not where we left
+     * it: cut and written again since by an appender that did not know it. */
+    log_error("audit log %s the records this server wrote to it: records were removed under the "
               "server (copied and truncated, as logrotate's copytruncate does, or cut); the next record chains "
               "to the last one written, so audit verify reports the break path=\"%s\" size=%lld written=%lld",
-              log_qs(log->path), (long long)size, (long long)log->end);
+              size < log->end ? "is shorter than" : "no longer ends in", log_qs(log->path), (long long)size,
+              (long long)log->end);
     log->end = st.st_size;
     return AUDIT_OK;
 }
@@ -2161,9 +2235,13 @@ static audit_err lock_current_locked(struct audit_log *log)
             /* Another process appended (a rotation that sealed the file
              * but could not replace it): continue from its last line.
              * Shorter than we left it: records were removed. */
-            audit_err rc = st.st_size == log->end  ? AUDIT_OK
-                           : st.st_size < log->end ? continue_over_cut_locked(log, st.st_size)
-                                                   : continue_from_file_locked(log);
+            /* Longer: the line we left last must still end where we
+             * left it, or the file was cut and written again (by an
+             * appender that did not know our last line) before we came. */
+            audit_err rc = st.st_size == log->end ? AUDIT_OK
+                           : st.st_size < log->end || !line_before_is(log->fd, log->end, log->prev_hex)
+                               ? continue_over_cut_locked(log, st.st_size)
+                               : continue_from_file_locked(log);
             if (rc != AUDIT_OK)
                 unlock_file(log->fd);
             return rc;

@@ -29,6 +29,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include "audit.h"
 #include "log.h"
@@ -751,6 +752,82 @@ static void test_open_why_names_a_missing_directory(void **state)
     /* the directory there, the file not: the system's words */
     audit_open_why(f->path, ENOENT, why, sizeof(why));
     assert_string_equal(why, strerror(ENOENT));
+}
+
+/* The hash of line n (1-based) of path, and its "prev", for chain checks
+ * past the first break verify reports. */
+static void line_hash_prev(const char *path, int n, char hash[65], char prev[65])
+{
+    char line[8192];
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    for (int i = 0; i < n; i++)
+        assert_non_null(fgets(line, sizeof(line), fp));
+    fclose(fp);
+    size_t len = strlen(line);
+    assert_true(len > 0 && line[len - 1] == '\n');
+    unsigned char md[32];
+    SHA256((const unsigned char *)line, len - 1, md);
+    for (int i = 0; i < 32; i++)
+        snprintf(hash + 2 * i, 3, "%02x", md[i]);
+    const char *p = strstr(line, "\"prev\":\"");
+    assert_non_null(p);
+    memcpy(prev, p + 8, 64);
+    prev[64] = '\0';
+}
+
+/* Cut to nothing, then another appender (an admin command) writes more
+ * than the server had before the server's next record: the file is longer
+ * than the server left it, and it took that for appends and continued
+ * from the file's last line, so the cut verified (a chain from zeros). */
+static void test_cut_then_grown_by_another_appender_still_breaks(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok");
+    audit_log *srv = NULL, *cli = NULL;
+    size_t lines = 0, bad = 0;
+
+    assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    assert_int_equal(truncate(f->path, 0), 0);
+    assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(cli, &r), AUDIT_OK);
+    audit_close(cli);
+    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    audit_close(srv);
+    assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_CHAIN);
+    assert_int_equal(bad, 4);
+}
+
+/* Two writers that know the same last line (a server and an admin
+ * command opened before the cut, or two servers) and a cut under both:
+ * the first to write chains to that line (the break verify reports); the
+ * second must continue from the first's record, not chain to the same
+ * line again, a second line with the same prev (a fork after the break). */
+static void test_cut_under_two_writers_does_not_fork(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok");
+    audit_log *a = NULL, *b = NULL;
+    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
+
+    assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &b), AUDIT_OK);
+    assert_int_equal(truncate(f->path, 0), 0);
+    assert_int_equal(audit_append(b, &r), AUDIT_OK);
+    assert_int_equal(audit_append(a, &r), AUDIT_OK);
+    assert_int_equal(audit_append(b, &r), AUDIT_OK);
+    audit_close(a);
+    audit_close(b);
+    line_hash_prev(f->path, 1, h1, p1);
+    line_hash_prev(f->path, 2, h2, p2);
+    line_hash_prev(f->path, 3, h3, p3);
+    assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
+    assert_string_equal(p2, h1);
+    assert_string_equal(p3, h2);
 }
 
 /* Deleted and made anew at its path: SIGHUP's audit_reopen writes there. */
@@ -1950,6 +2027,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_short_write_cut_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_records_cut_under_the_writer_break_the_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_why_names_a_missing_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_then_grown_by_another_appender_still_breaks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_under_two_writers_does_not_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
