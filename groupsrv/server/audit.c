@@ -2025,106 +2025,6 @@ static int chain_continues_seal(const char *path, int nfd, const char *seal_hex)
     return found;
 }
 
-/* Our file is no longer at its path (mutex and our flock held, no sync
- * round running). If its last line is a seal ("audit-rotate") and the file
- * now at the path starts with "audit-continue" chained to that seal (or,
- * after several rotations, one of the files it continues does),
- * continue there: what we wrote before the seal is synced (and booked),
- * the new file locked, its head loaded. Lines another appender (the CLI)
- * put between our last one and the seal are part of the sealed file's
- * chain, so they do not stop us. Otherwise the log was deleted or
- * replaced: AUDIT_ERR_IO, with our flock released. The rest of the links
- * between the files are `audit verify`'s to check. */
-static audit_err follow_successor_locked(struct audit_log *log)
-{
-    audit_err rc = AUDIT_ERR_IO;
-    char *last = NULL;
-    char seal_hex[sizeof(log->prev_hex)];
-    size_t len = 0;
-    int nfd = -1;
-
-    if (read_last_line(log->fd, &last, &len) != AUDIT_OK || !record_is(last, len, "audit-rotate", NULL, NULL))
-        goto out;
-    hash_line(last, len, seal_hex);
-    if ((nfd = open_locked_at_path(log->path)) < 0)
-        goto out;
-    if (!chain_continues_seal(log->path, nfd, seal_hex))
-        goto out;
-    int src = fdatasync(log->fd);
-    account_sync_locked(log, log->filed_seq, src, errno);
-    int sealed_fd = log->fd;
-    char sealed_head[sizeof(log->prev_hex)];
-    memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
-    log->fd = nfd;
-    if ((rc = load_chain_head(log)) != AUDIT_OK) {
-        log->fd = sealed_fd; /* nfd is closed below */
-        memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
-        goto out;
-    }
-    nfd = sealed_fd; /* closing it below drops our lock on the sealed file */
-    log_info("audit log rotated: continuing in the new file path=\"%s\"", log_qs(log->path));
-out:
-    if (rc != AUDIT_OK)
-        unlock_file(log->fd);
-    if (nfd >= 0)
-        close(nfd);
-    free(last);
-    return rc;
-}
-
-/* Takes the cross-process append lock on the current file (mutex held),
- * first following it to its successor if it was rotated, and reloads the
- * head if another process appended. May wait for a running sync round
- * (which uses the descriptor). On failure nothing is locked. */
-/* The file is not as we left it (mutex and flock held): continue from its
- * last line, after cutting off a torn tail (a write of ours whose fragment
- * could not be cut at once, or another process's cut short). */
-static audit_err continue_from_file_locked(struct audit_log *log)
-{
-    audit_err rc = load_chain_head(log);
-
-    if (rc == AUDIT_ERR_FORMAT && cut_torn_tail(log->fd, log->path, NULL) == AUDIT_OK)
-        rc = load_chain_head(log);
-    return rc;
-}
-
-/* flock(LOCK_EX) that gives up after log->lock_wait_ms: polls, from
- * 100 us up to 10 ms between tries (a CLI holds the lock for a few ms). */
-static int flock_bounded(struct audit_log *log)
-{
-    struct timespec start, now, pause = {0, 100 * 1000};
-
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        if (flock(log->fd, LOCK_EX | LOCK_NB) == 0)
-            return 0;
-        if (errno != EWOULDBLOCK && errno != EINTR)
-            return -1;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        /* In nanoseconds: milliseconds cut from the nanosecond difference
-         * alone round up when it is negative (the second changed), and the
-         * round gave up to a millisecond before lock_wait_ms. */
-        long long waited_ns =
-            (long long)(now.tv_sec - start.tv_sec) * 1000000000LL + (long long)(now.tv_nsec - start.tv_nsec);
-        if (waited_ns >= (long long)log->lock_wait_ms * 1000000LL) {
-            log_error("audit log locked by another process for over %u ms; failing this round path=\"%s\"",
-                      log->lock_wait_ms, log_qs(log->path));
-            errno = EWOULDBLOCK;
-            return -1;
-        }
-        (void)nanosleep(&pause, NULL);
-        if (pause.tv_nsec < 10 * 1000 * 1000)
-            pause.tv_nsec *= 2;
-    }
-}
-
-void audit_set_lock_wait(audit_log *log, unsigned ms)
-{
-    pthread_mutex_lock(&log->mu);
-    log->lock_wait_ms = ms;
-    pthread_mutex_unlock(&log->mu);
-}
-
 /* Whether the line of fd that ends at end (its newline the byte before
  * end) hashes to head: the file still holds, where we left it, the last
  * line we know of. */
@@ -2192,6 +2092,135 @@ static int file_continues_head(int fd, const char *head)
     }
     free(buf);
     return ok && on && have == 0;
+}
+
+/* Whether our file still holds the last line we know of where we left it
+ * (mutex and flock held): not, when it was cut (copytruncate) since. */
+static int as_we_left_it(const struct audit_log *log)
+{
+    struct stat st;
+
+    if (fstat(log->fd, &st) != 0)
+        return 1; /* not known: no break is made on a guess */
+    return st.st_size >= log->end && line_before_is(log->fd, log->end, log->prev_hex);
+}
+
+/* Records were removed from the file we left before it was sealed (cut,
+ * then rotated by another process before our next record): the sealed
+ * chain and its successor verify over the gap, so the next record chains
+ * to the last one we wrote, as after a cut in place, unless an appender
+ * that knew that line wrote the break into the new file already. */
+static void chain_over_sealed_cut_locked(struct audit_log *log, int cut, const char *our_head)
+{
+    if (!cut || file_continues_head(log->fd, our_head))
+        return;
+    log_error("audit log was cut before it was rotated: the sealed file does not hold the records this server "
+              "wrote to it; the next record chains to the last one written, so audit verify reports the break "
+              "path=\"%s\"",
+              log_qs(log->path));
+    memcpy(log->prev_hex, our_head, sizeof(log->prev_hex));
+}
+
+/* Our file is no longer at its path (mutex and our flock held, no sync
+ * round running). If its last line is a seal ("audit-rotate") and the file
+ * now at the path starts with "audit-continue" chained to that seal (or,
+ * after several rotations, one of the files it continues does),
+ * continue there: what we wrote before the seal is synced (and booked),
+ * the new file locked, its head loaded. Lines another appender (the CLI)
+ * put between our last one and the seal are part of the sealed file's
+ * chain, so they do not stop us. Otherwise the log was deleted or
+ * replaced: AUDIT_ERR_IO, with our flock released. The rest of the links
+ * between the files are `audit verify`'s to check. */
+static audit_err follow_successor_locked(struct audit_log *log)
+{
+    audit_err rc = AUDIT_ERR_IO;
+    char *last = NULL;
+    char seal_hex[sizeof(log->prev_hex)];
+    size_t len = 0;
+    int nfd = -1;
+
+    if (read_last_line(log->fd, &last, &len) != AUDIT_OK || !record_is(last, len, "audit-rotate", NULL, NULL))
+        goto out;
+    hash_line(last, len, seal_hex);
+    if ((nfd = open_locked_at_path(log->path)) < 0)
+        goto out;
+    if (!chain_continues_seal(log->path, nfd, seal_hex))
+        goto out;
+    int cut = !as_we_left_it(log);
+    int src = fdatasync(log->fd);
+    account_sync_locked(log, log->filed_seq, src, errno);
+    int sealed_fd = log->fd;
+    char sealed_head[sizeof(log->prev_hex)];
+    memcpy(sealed_head, log->prev_hex, sizeof(sealed_head));
+    log->fd = nfd;
+    if ((rc = load_chain_head(log)) != AUDIT_OK) {
+        log->fd = sealed_fd; /* nfd is closed below */
+        memcpy(log->prev_hex, sealed_head, sizeof(sealed_head));
+        goto out;
+    }
+    nfd = sealed_fd; /* closing it below drops our lock on the sealed file */
+    log_info("audit log rotated: continuing in the new file path=\"%s\"", log_qs(log->path));
+    chain_over_sealed_cut_locked(log, cut, sealed_head);
+out:
+    if (rc != AUDIT_OK)
+        unlock_file(log->fd);
+    if (nfd >= 0)
+        close(nfd);
+    free(last);
+    return rc;
+}
+
+/* Takes the cross-process append lock on the current file (mutex held),
+ * first following it to its successor if it was rotated, and reloads the
+ * head if another process appended. May wait for a running sync round
+ * (which uses the descriptor). On failure nothing is locked. */
+/* The file is not as we left it (mutex and flock held): continue from its
+ * last line, after cutting off a torn tail (a write of ours whose fragment
+ * could not be cut at once, or another process's cut short). */
+static audit_err continue_from_file_locked(struct audit_log *log)
+{
+    audit_err rc = load_chain_head(log);
+
+    if (rc == AUDIT_ERR_FORMAT && cut_torn_tail(log->fd, log->path, NULL) == AUDIT_OK)
+        rc = load_chain_head(log);
+    return rc;
+}
+
+/* flock(LOCK_EX) that gives up after log->lock_wait_ms: polls, from
+ * 100 us up to 10 ms between tries (a CLI holds the lock for a few ms). */
+static int flock_bounded(struct audit_log *log)
+{
+    struct timespec start, now, pause = {0, 100 * 1000};
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (flock(log->fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        /* In nanoseconds: milliseconds cut from the nanosecond difference
+         * alone round up when it is negative (the second changed), and the
+         * round gave up to a millisecond before lock_wait_ms. */
+        long long waited_ns =
+            (long long)(now.tv_sec - start.tv_sec) * 1000000000LL + (long long)(now.tv_nsec - start.tv_nsec);
+        if (waited_ns >= (long long)log->lock_wait_ms * 1000000LL) {
+            log_error("audit log locked by another process for over %u ms; failing this round path=\"%s\"",
+                      log->lock_wait_ms, log_qs(log->path));
+            errno = EWOULDBLOCK;
+            return -1;
+        }
+        (void)nanosleep(&pause, NULL);
+        if (pause.tv_nsec < 10 * 1000 * 1000)
+            pause.tv_nsec *= 2;
+    }
+}
+
+void audit_set_lock_wait(audit_log *log, unsigned ms)
+{
+    pthread_mutex_lock(&log->mu);
+    log->lock_wait_ms = ms;
+    pthread_mutex_unlock(&log->mu);
 }
 
 /* The file is shorter than the records this log wrote to it, or longer
@@ -2634,6 +2663,7 @@ audit_err audit_reopen(audit_log *log)
      * file the rotation made: said so, not "a new chain", which reads as
      * a log deleted or replaced. */
     rotated = rotated_into(log->fd, log->path, nfd);
+    int cut = rotated && !as_we_left_it(log);
     /* Records written to the old file before it went away and not yet
      * synced: sync them there (they are in that file; their answers wait). */
     int src = fdatasync(log->fd);
@@ -2649,8 +2679,10 @@ audit_err audit_reopen(audit_log *log)
     }
     nfd = old; /* closed below */
     log->failed = 0;
-    if (rotated)
+    if (rotated) {
         log_info("audit log rotated: continuing in the new file path=\"%s\"", log_qs(log->path));
+        chain_over_sealed_cut_locked(log, cut, old_head);
+    }
     else
         log_info("audit log reopened (a new file at its path starts a new chain) path=\"%s\"", log_qs(log->path));
     warn_if_open_to_others(log->fd, log->path);

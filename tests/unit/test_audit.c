@@ -787,17 +787,23 @@ static void test_cut_then_grown_by_another_appender_still_breaks(void **state)
     audit_log *srv = NULL, *cli = NULL;
     size_t lines = 0, bad = 0;
 
+    audit_record admin = rec("ok");
+
+    /* the admin command's records are not the server's byte for byte (in
+     * the same millisecond they could be, and nothing would be missing) */
+    admin.request_id = "cli";
     assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
-    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
     assert_int_equal(truncate(f->path, 0), 0);
     assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(audit_append(cli, &r), AUDIT_OK);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(audit_append(cli, &admin), AUDIT_OK);
     audit_close(cli);
     assert_int_equal(audit_append(srv, &r), AUDIT_OK);
     audit_close(srv);
     assert_int_equal(audit_verify_file(f->path, &lines, &bad, NULL), AUDIT_ERR_CHAIN);
-    assert_int_equal(bad, 4);
+    assert_int_equal(bad, 5);
 }
 
 /* Two writers that know the same last line (a server and an admin
@@ -828,6 +834,42 @@ static void test_cut_under_two_writers_does_not_fork(void **state)
     assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
     assert_string_equal(p2, h1);
     assert_string_equal(p3, h2);
+}
+
+/* Cut under the server (copytruncate), then `audit rotate` from another
+ * process before the server's next record: the rotation seals what is
+ * left and the successor chains to that seal; the server followed it
+ * without looking at the file it left, so the whole chain verified. Its
+ * next record chains to the last one it wrote: the break is in the chain. */
+static void test_cut_then_rotated_by_another_still_breaks(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok");
+    audit_log *srv = NULL, *cli = NULL;
+    char archive[256];
+    audit_verify_result res;
+
+    /* followed at the next record, then at a SIGHUP's reopen */
+    for (int reopen = 0; reopen < 2; reopen++) {
+        assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+        assert_int_equal(truncate(f->path, 0), 0);
+        assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+        assert_int_equal(audit_rotate(cli, archive, sizeof(archive)), AUDIT_OK);
+        audit_close(cli);
+        if (reopen)
+            assert_int_equal(audit_reopen(srv), AUDIT_OK);
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+        assert_int_equal(audit_check(srv), AUDIT_OK);
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+        audit_close(srv);
+        assert_int_equal(audit_verify_chain(f->path, 1, &res), AUDIT_ERR_CHAIN);
+        assert_int_equal(res.bad_line, 2);
+        assert_string_equal(res.bad_file, f->path);
+        assert_int_equal(unlink(archive), 0);
+        assert_int_equal(unlink(f->path), 0);
+    }
 }
 
 /* Deleted and made anew at its path: SIGHUP's audit_reopen writes there. */
@@ -2029,6 +2071,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_why_names_a_missing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_then_grown_by_another_appender_still_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_under_two_writers_does_not_fork, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_then_rotated_by_another_still_breaks, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
