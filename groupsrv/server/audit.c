@@ -2034,8 +2034,8 @@ static int line_before_is(int fd, off_t end, const char *head)
     size_t want = end > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)end;
     off_t start = end - (off_t)want;
 
-    if (end == 0)
-        return 1; /* we left it empty: whatever is there was appended */
+    if (end == 0) /* left empty: appended since, unless we knew a line (a cut found, not yet written over) */
+        return strspn(head, "0") == strlen(head);
     if (pread_all(fd, buf, want, start) != 0 || buf[want - 1] != '\n')
         return 0;
     size_t begin = want - 1;
