@@ -397,23 +397,30 @@ expect_status 200 "" "the demoted member removed" -- c admin -X DELETE "$base/v1
 # still named a new admin after it.
 expect_status 201 "" "alice admin of ops again" -- \
   c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/alice@example.org"
-flock -x "$work" sh -c 'touch "$1/held"; until [ -e "$1/release" ]; do sleep 0.05; done' sh "$work" & holder=$!
-until [ -e "$work/held" ]; do sleep 0.05; done
+# demoted_while_waiting WHAT CMD...: holds the keys lock, runs CMD (its
+# HTTP status to late.code) until the server logs that CMD waits for the
+# lock, demotes alice in ops as the change ahead would, then lets go.
+demoted_while_waiting() {
+  local what=$1 holder late nwait n=0
+  shift
+  rm -f "$work/held" "$work/release"
+  flock -x "$work" sh -c 'touch "$1/held"; until [ -e "$1/release" ]; do sleep 0.05; done' sh "$work" & holder=$!
+  until [ -e "$work/held" ]; do sleep 0.05; done
+  nwait=$(grep -c 'waiting for another command that is making token keys' "$work/server.log" || true)
+  "$@" > "$work/late.code" & late=$!
+  until [ "$(grep -c 'waiting for another command that is making token keys' "$work/server.log")" -gt "$nwait" ]; do
+    n=$((n + 1)); [ "$n" -lt 1200 ] || { touch "$work/release"; fail "the $what never waited for the keys lock"; }
+    sleep 0.05
+  done
+  sqlite3 "$work/groupsrv.db" "UPDATE members SET role = 1 WHERE email = 'alice@example.org'
+    AND group_id = (SELECT id FROM groups WHERE name = 'ops')"
+  touch "$work/release"
+  wait "$holder"
+  wait "$late"
+}
 refused() { grep '"group":"ops"' "$work/audit.jsonl" | grep '"identity":"alice@example.org"' | grep -c '"outcome":"forbidden_role"' || true; }
 nref=$(refused)
-nwait=$(grep -c 'waiting for another command that is making token keys' "$work/server.log" || true)
-status c alice -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/carol@example.org" \
-  > "$work/late.code" & late=$!
-n=0
-until [ "$(grep -c 'waiting for another command that is making token keys' "$work/server.log")" -gt "$nwait" ]; do
-  n=$((n + 1)); [ "$n" -lt 1200 ] || { touch "$work/release"; fail "the PUT never waited for the keys lock"; }
-  sleep 0.05
-done
-sqlite3 "$work/groupsrv.db" "UPDATE members SET role = 1 WHERE email = 'alice@example.org'
-  AND group_id = (SELECT id FROM groups WHERE name = 'ops')"
-touch "$work/release"
-wait "$holder"
-wait "$late"
+demoted_while_waiting PUT status c alice -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/carol@example.org"
 [ "$(cat "$work/late.code")" = 403 ] && grep -q '"code":"forbidden"' "$work/body" ||
   fail "a change by an admin demoted while it waited: HTTP $(cat "$work/late.code"): $(cat "$work/body")"
 expect_status 404 not_found "no admin made by a demoted admin" -- c admin "$base/v1/groups/ops/members/carol@example.org"
@@ -424,25 +431,11 @@ ok "a member change waiting for the keys lock: its caller checked again once it 
 # and an admin demoted meanwhile still made a group and became its admin.
 expect_status 201 "" "alice admin of ops for a creation" -- \
   c admin -X PUT --data-binary '{"role":"admin"}' "$base/v1/groups/ops/members/alice@example.org"
-rm -f "$work/held" "$work/release"
-flock -x "$work" sh -c 'touch "$1/held"; until [ -e "$1/release" ]; do sleep 0.05; done' sh "$work" & holder=$!
-until [ -e "$work/held" ]; do sleep 0.05; done
 crefused() { grep '"action":"group-create"' "$work/audit.jsonl" | grep '"group":"ops8"' |
   grep '"identity":"alice@example.org"' | grep -c '"outcome":"forbidden_role"' || true; }
 nref=$(crefused)
-nwait=$(grep -c 'waiting for another command that is making token keys' "$work/server.log" || true)
-status c alice --data-binary '{"name":"ops8","address":"ops8@example.org","keyspec":"rsa:2048","methods":["tls"]}' \
-  "$base/v1/groups" > "$work/late.code" & late=$!
-n=0
-until [ "$(grep -c 'waiting for another command that is making token keys' "$work/server.log")" -gt "$nwait" ]; do
-  n=$((n + 1)); [ "$n" -lt 1200 ] || { touch "$work/release"; fail "the group create never waited for the keys lock"; }
-  sleep 0.05
-done
-sqlite3 "$work/groupsrv.db" "UPDATE members SET role = 1 WHERE email = 'alice@example.org'
-  AND group_id = (SELECT id FROM groups WHERE name = 'ops')"
-touch "$work/release"
-wait "$holder"
-wait "$late"
+demoted_while_waiting "group create" status c alice \
+  --data-binary '{"name":"ops8","address":"ops8@example.org","keyspec":"rsa:2048","methods":["tls"]}' "$base/v1/groups"
 [ "$(cat "$work/late.code")" = 403 ] && grep -q '"code":"forbidden"' "$work/body" ||
   fail "a group created by an admin demoted while it waited: HTTP $(cat "$work/late.code"): $(cat "$work/body")"
 expect_status 404 not_found "no group made by a demoted admin" -- anon "$base/v1/groups/ops8"
