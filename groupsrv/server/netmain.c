@@ -124,10 +124,14 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     ipc_buf_init(&b);
     ipc_begin(&b, IPC_INFO, 0);
     ipc_put_u32(&b, IPC_T_FLAGS, reload ? IPC_FLAG_RELOAD : 0);
-    /* A reload waits [server] timeout, as every request does: this
-     * thread serves the supervisor's control channel, and a stopped key
-     * holder held it START_TIMEOUT_MS. */
-    if (khlink_call_sync(n->link, &b, reload ? (int)n->srv.timeout * 1000 : START_TIMEOUT_MS, &info) != 0) {
+    /* A reload waits [server] timeout, as every request does, but never
+     * more than START_TIMEOUT_MS: this thread serves the supervisor's
+     * control channel and SIGTERM, which a stopped key holder held for
+     * the whole wait (timeout may be set up to 3600 s). */
+    int wait_ms = START_TIMEOUT_MS;
+    if (reload && n->srv.timeout < START_TIMEOUT_MS / 1000)
+        wait_ms = (int)n->srv.timeout * 1000;
+    if (khlink_call_sync(n->link, &b, wait_ms, &info) != 0) {
         snprintf(err, errlen, "the key holder did not answer");
         rc = -2;
         goto out;
