@@ -594,8 +594,22 @@ static int any_admin_check(struct kh_worker *w, struct kh_job *j, const struct c
      * preferred to one that binds none. */
     for (size_t i = 0; i < n && !(ok && (bound_pem == NULL || *bound_pem != NULL)); i++) {
         gs_store_member *m = NULL;
-        if (gs_store_member_get(w->store, groups[i]->id, c->identity, &m) == GS_OK &&
-            gcache_same_address(c->identity, m->email)) {
+        gs_err me = gs_store_member_get(w->store, groups[i]->id, c->identity, &m);
+        if (me != GS_OK && me != GS_ERR_NOT_FOUND) {
+            /* A record not read is not a record absent: a brief database
+             * error answered an admin 403 forbidden, which a script takes
+             * as final, where 503 store_unavailable with Retry-After says
+             * try again (authorise's answer for the same failure). At
+             * once, while the error's cause and detail are this read's. */
+            answer_gs_error(j, me, "member");
+            gs_store_group_list_free(groups, n);
+            if (bound_pem != NULL) {
+                free(*bound_pem);
+                *bound_pem = NULL;
+            }
+            return -1;
+        }
+        if (me == GS_OK && gcache_same_address(c->identity, m->email)) {
             member = 1;
             if (m->role == GS_ROLE_ADMIN) {
                 if (m->cert_pem == NULL) {

@@ -201,6 +201,20 @@ start_server
 expect_healthz 200 "" "healthz once restored and restarted"
 expect_status 200 "" "discovery once restored and restarted" -- anon "$base/v1/groups/eng"
 ok "a database truncated under the server: healthz 503 damaged and a log line until the restart"
+
+# The admin's member record not readable (here its table renamed away by
+# an operator's sqlite3; as a brief I/O or lock error would): group create
+# and /metrics answered 403 forbidden, which a script takes as final, as if
+# the record were not there; 503 store_unavailable with Retry-After, as a
+# request of one group answers, and served again once it reads.
+sqlite3 "$work/groupsrv.db" "ALTER TABLE members RENAME TO members_away;" || fail "could not rename members"
+expect_status 503 store_unavailable "metrics, member records unreadable" -- c admin -D "$work/hdr" "$base/metrics"
+grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "metrics 503 without Retry-After"
+expect_status 503 store_unavailable "group create, member records unreadable" -- \
+  c admin -X POST --data '{"name":"unread","address":"unread@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+sqlite3 "$work/groupsrv.db" "ALTER TABLE members_away RENAME TO members;" || fail "could not rename members back"
+expect_status 200 "" "metrics, member records readable again" -- c admin "$base/metrics"
+ok "an admin's record not readable: group create and /metrics 503 store_unavailable, not 403"
 stop_server
 
 # Two groups of one list address (compared without ASCII case), as a
