@@ -49,6 +49,7 @@ typedef enum gs_db_cause {
     GS_DB_CAUSE_KEYS_LOCK, /* the keys lock (gs_store_keys_lock): another command, server or request
                               making token keys held it for the whole wait */
     GS_DB_CAUSE_DAMAGED,   /* SQLite: the file is malformed or no database (truncated or overwritten) */
+    GS_DB_CAUSE_MOVED,     /* SQLite: the file (or its -wal, -shm) at its path is not the one open here */
 } gs_db_cause;
 /* As gs_err_set, naming the cause. */
 gs_err gs_err_set_db(gs_err err, gs_db_cause cause, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -877,10 +877,12 @@ static gs_err sq_same_companion(const char *p, dev_t dev, ino_t ino, const char 
     struct stat sb;
 
     if (stat(p, &sb) != 0)
-        return gs_err_set(GS_ERR_DB, "the database's %s open here is no longer at %s (%s): %s", what, p,
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_MOVED, "the database's %s open here is no longer at %s (%s): %s",
+                             what, p,
                           strerror(errno), why);
     if (sb.st_dev != dev || sb.st_ino != ino)
-        return gs_err_set(GS_ERR_DB, "%s is another file than the %s open here (replaced)", p, what);
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_MOVED, "%s is another file than the %s open here (replaced)", p,
+                             what);
     return GS_OK;
 }
 
@@ -928,10 +930,11 @@ static gs_err sq_check_files(gs_store *st)
     if (SQ(st)->ino == 0 || path == NULL || *path == '\0')
         return GS_OK;
     if (stat(path, &sb) != 0)
-        return gs_err_set(GS_ERR_DB, "the database file open here is no longer at %s (%s)", path,
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_MOVED, "the database file open here is no longer at %s (%s)", path,
                           strerror(errno));
     if (sb.st_dev != SQ(st)->dev || sb.st_ino != SQ(st)->ino)
-        return gs_err_set(GS_ERR_DB, "%s is another file than the database open here (replaced)", path);
+        return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_MOVED, "%s is another file than the database open here (replaced)",
+                             path);
     if (st->readonly)
         return GS_OK;
     if (SQ(st)->wal_ino == 0) {

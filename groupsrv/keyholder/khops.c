@@ -1932,7 +1932,8 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     hsm_err he;
     audit_err ae;
     uint64_t stamp = 0;
-    static atomic_int moved_logged; /* the database's move was logged */
+    static atomic_int moved_logged;  /* the database's move was logged */
+    static atomic_int unread_logged; /* a failed read check was logged */
     char q[320];
 
     /* One token failure per check that ran, not per probe answered from
@@ -1945,10 +1946,17 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
     /* A SQLite file moved or replaced under the server (a restore without
      * stopping it) still answers here, but is no longer what the admin
      * commands change: a member they remove would still be served. */
-    int moved = de == GS_OK && (de = gs_store_check_location(w->store)) != GS_OK;
-    if (de == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED) {
+    int checked_files = de == GS_OK && (de = gs_store_check_location(w->store)) != GS_OK;
+    gs_db_cause cause = checked_files ? gs_err_db_cause() : GS_DB_CAUSE_OTHER;
+    /* Only the files' check says moved: the page read's other failures
+     * (a lock held past the busy timeout, EIO, out of memory) were called
+     * "moved or replaced" with a log line to restart, which sent an
+     * operator to restart a server whose file had not moved. */
+    int moved = checked_files && cause == GS_DB_CAUSE_MOVED;
+    int unread = checked_files && !moved;
+    if (de == GS_ERR_DB && cause == GS_DB_CAUSE_DAMAGED) {
         note_db_damaged("health");
-        moved = 0;
+        unread = 0;
     }
     int damaged = atomic_load(&db_damaged);
     int db_ok = de == GS_OK && !damaged;
@@ -1957,8 +1965,14 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
         log_error("the database is not at its path any more: restart the server to open the one there "
                   "detail=\"%s\"",
                   log_quote(q, sizeof(q), gs_err_detail()));
-    else if (db_ok)
+    else if (unread && atomic_exchange(&unread_logged, 1) == 0)
+        log_error("the database could not be read for the health check (it is answered 503 until it can) "
+                  "detail=\"%s\"",
+                  log_quote(q, sizeof(q), gs_err_detail()));
+    if (db_ok) {
         atomic_store(&moved_logged, 0);
+        atomic_store(&unread_logged, 0);
+    }
 
     if (he != HSM_OK && checked)
         metrics_token_error();
@@ -1969,6 +1983,8 @@ static void op_health(struct kh_worker *w, struct kh_job *j)
                 db_ok     ? "ok"
                 : damaged ? "damaged (malformed): restore it and restart the server"
                 : moved   ? "not the file at its path (moved or replaced)"
+                : unread && cause == GS_DB_CAUSE_LOCKED ? "locked by another process"
+                : unread  ? "not readable (see the log)"
                           : "unavailable");
     if (he != HSM_OK || ae != AUDIT_OK || !db_ok)
         ipc_put_str(&j->reply, IPC_T_CODE,

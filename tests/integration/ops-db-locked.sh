@@ -212,9 +212,21 @@ expect_status 503 store_unavailable "metrics, member records unreadable" -- c ad
 grep -qi '^retry-after: [0-9]' "$work/hdr" || fail "metrics 503 without Retry-After"
 expect_status 503 store_unavailable "group create, member records unreadable" -- \
   c admin -X POST --data '{"name":"unread","address":"unread@example.org","keyspec":"rsa:2048"}' "$base/v1/groups"
+# /healthz's read of the tables fails the same way: the file is the one
+# at its path, yet it said "not the file at its path (moved or replaced)"
+# and the log said to restart the server.
+lines0=$(wc -l < "$work/server.log")
+expect_healthz 503 store_unavailable "healthz, member records unreadable"
+[ "$(json_get "$work/body" database)" = "not readable (see the log)" ] ||
+  fail "healthz, member records unreadable: $(cat "$work/body")"
+tail -n +"$((lines0 + 1))" "$work/server.log" > "$work/log.unread"
+! grep -q 'restart the server' "$work/log.unread" || fail "a read error logged as a moved database: $(cat "$work/log.unread")"
+grep -q 'the database could not be read for the health check' "$work/log.unread" ||
+  fail "no log line for the failed read check"
 sqlite3 "$work/groupsrv.db" "ALTER TABLE members_away RENAME TO members;" || fail "could not rename members back"
 expect_status 200 "" "metrics, member records readable again" -- c admin "$base/metrics"
-ok "an admin's record not readable: group create and /metrics 503 store_unavailable, not 403"
+expect_healthz 200 "" "healthz, member records readable again"
+ok "an admin's record not readable: group create and /metrics 503 store_unavailable, not 403; healthz says not readable, not moved"
 stop_server
 
 # Two groups of one list address (compared without ASCII case), as a
