@@ -154,11 +154,7 @@ done
 expect_status 429 suspended "mallory suspended after 20 failed unwraps" -- c mallory --data-binary @"$work/req-tls.json" "$url"
 
 # ---- kill -9 under load ----
-waitfor() { # waitfor DESC CMD...: up to 30 s
-  local desc=$1; shift
-  for _ in $(seq 1 300); do "$@" && return 0; sleep 0.1; done
-  fail "$desc"
-}
+waitfor() { wait_until 30 "$@"; } # waitfor DESC CMD...: up to 30 s
 healthy() { [ "$(status anon "$base/healthz")" = 200 ]; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 UC_CERT="$certs/alice@example.org.pem" UC_KEY="$certs/alice@example.org.key" UC_CACERT="$certs/tca.pem" \
@@ -381,29 +377,23 @@ ok "the network process started at the reload: no PIN in its memory, no module, 
 # symbolic link, which it refuses) found the link down, logged "reload
 # failed" and the renewed certificate was not served until the next
 # SIGHUP. Now the reload is done when the key holder's new links come.
-serial() { openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem" </dev/null 2>/dev/null |
-  openssl x509 -noout -serial; }
-old_serial=$(serial)
+old_serial=$(served_serial)
 [ -n "$old_serial" ] || fail "no certificate served before the key holder restart"
 mark=$(wc -c < "$work/server.log")
 mv "$work/audit.jsonl" "$work/audit.jsonl.away"
 ln -s "$work/audit.jsonl.away" "$work/audit.jsonl"
 kill -9 "$(child groupsrv-kh)"
-waitfor "the key holder started with its audit log a symbolic link" \
-  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'the key holder did not start'"
+waitfor "the key holder started with its audit log a symbolic link" logged_after "$mark" 'the key holder did not start'
 mkserver renewed-away
 cp "$certs/renewed-away.pem" "$certs/server.pem"
 cp "$certs/renewed-away.key" "$certs/server.key"
 kill -HUP "$srv_pid"
-waitfor "the network process did not try the reload" \
-  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'msg=\"reload failed'"
+waitfor "the network process did not try the reload" logged_after "$mark" 'msg="reload failed'
 rm "$work/audit.jsonl"
 mv "$work/audit.jsonl.away" "$work/audit.jsonl"
-waitfor "the key holder did not come back" \
-  bash -c "tail -c +$((mark + 1)) '$work/server.log' | grep -q 'key holder running again'"
+waitfor "the key holder did not come back" logged_after "$mark" 'key holder running again'
 waitfor "no service once the key holder is back" healthy
-renewed_served() { local now; now=$(serial); [ -n "$now" ] && [ "$now" != "$old_serial" ]; }
-waitfor "the renewed certificate is not served after a SIGHUP while the key holder was away" renewed_served
+waitfor "the renewed certificate is not served after a SIGHUP while the key holder was away" served_other_than "$old_serial"
 kh2=$(child groupsrv-kh)
 "$BIN/groupsrv" -c "$conf" audit verify >/dev/null || fail "audit chain after the key holder's failed starts"
 ok "a SIGHUP while the key holder is being started again: the renewed certificate is served once it is back"

@@ -125,29 +125,21 @@ ok "after SIGCONT: the token used only for requests answered 200, each audited"
 # no new links come: the reload, kept for them, waited for the next
 # SIGHUP, and the renewed certificate was not served after SIGCONT. Now
 # it is tried again once the key holder answers anything again.
-waitfor() { # waitfor SECONDS DESC CMD...
-  local n=$(( $1 * 10 )) desc=$2; shift 2
-  for _ in $(seq 1 "$n"); do "$@" && return 0; sleep 0.1; done
-  fail "$desc"
-}
-serial() { openssl s_client -connect "127.0.0.1:$port" -CAfile "$certs/tca.pem" </dev/null 2>/dev/null |
-  openssl x509 -noout -serial; }
-old_serial=$(serial)
+old_serial=$(served_serial)
 [ -n "$old_serial" ] || fail "no certificate served before the reload"
 mark=$(wc -c < "$work/server.log")
-since() { tail -c +$((mark + 1)) "$work/server.log" | has_line "$1"; }
 kill -STOP "$kh"
 mkserver renewed
 cp "$certs/renewed.pem" "$certs/server.pem"
 cp "$certs/renewed.key" "$certs/server.key"
 kill -HUP "$srv_pid"
 # a reload waits [server] timeout (3 s here); before, 60 s
-waitfor 90 "the network process did not give up the reload with the key holder stopped" since 'msg="reload failed'
-[ "$(serial)" = "$old_serial" ] || fail "a certificate other than the old one served while the reload was put off"
+wait_until 90 "the network process did not give up the reload with the key holder stopped" logged_after "$mark" 'msg="reload failed'
+[ "$(served_serial)" = "$old_serial" ] || fail "a certificate other than the old one served while the reload was put off"
 kill -CONT "$kh"
-renewed_served() { local now; now=$(serial); [ -n "$now" ] && [ "$now" != "$old_serial" ]; }
-waitfor 30 "the renewed certificate is not served once the stopped key holder runs again" renewed_served
-since 'reloaded TLS certificate' || fail "no log line for the reload done once the key holder answered"
+wait_until 30 "the renewed certificate is not served once the stopped key holder runs again" \
+  served_other_than "$old_serial"
+logged_after "$mark" 'reloaded TLS certificate' || fail "no log line for the reload done once the key holder answered"
 ok "a SIGHUP while the key holder is stopped: the renewed certificate is served once it runs again"
 
 # ---- a named pipe as a [tls] file at SIGHUP ----

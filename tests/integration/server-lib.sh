@@ -209,6 +209,33 @@ expect_healthz() {
 # child of $srv_pid): the one that holds the connections and their memory.
 srv_net_pid() { ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-net" {print $1; exit}'; }
 
+# logged_after MARK GREP-ARGS...: server.log has a match past its byte MARK
+# (has_line: not `tail | grep -q`, whose early exit under pipefail can end
+# tail with SIGPIPE, status 141, the line there).
+logged_after() {
+  local m=$1
+  shift
+  tail -c +"$((m + 1))" "$work/server.log" | has_line "$@"
+}
+# await SECONDS CMD...: whether CMD succeeds within SECONDS (tried every
+# 0.1 s); wait_until SECONDS DESC CMD...: the same, or the test fails
+# saying DESC.
+await() {
+  local n=$(($1 * 10))
+  shift
+  for _ in $(seq 1 "$n"); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+wait_until() {
+  local s=$1 desc=$2
+  shift 2
+  await "$s" "$@" || fail "$desc"
+}
+# served_serial: the serial number of the TLS certificate the server
+# presents on $port; served_other_than SERIAL: one is served, not SERIAL.
+served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
+served_other_than() { local now; now=$(served_serial); [ -n "$now" ] && [ "$now" != "$1" ]; }
+
 b64() { base64 -w0 "$1"; }
 # token_labels [MODULE]: the label of every object on the test token, one a
 # line, sorted; MODULE defaults to $module (the one the server loads). The

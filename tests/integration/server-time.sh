@@ -195,7 +195,6 @@ gm_encrypt_refused "groupmail encrypt to a pinned group certificate that expired
   "group certificate pinned for eng expired on 20.*fetch-cert --repin"
 
 # ---- the server's TLS certificate ----
-served_serial() { openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null | openssl x509 -noout -serial; }
 # expect_not_after PEM DESC [METRIC]: /metrics' METRIC (default
 # groupsrv_tls_certificate_not_after_seconds) is PEM's notAfter
 expect_not_after() {

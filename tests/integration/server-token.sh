@@ -243,10 +243,7 @@ mv "$certs/server.pem" "$work/server.pem.away"
 net_pid=$(srv_net_pid)
 [ -n "$net_pid" ] || fail "no network process"
 kill -KILL "$net_pid"
-for _ in $(seq 1 50); do
-  tail -c +"$((mark + 1))" "$work/server.log" | has_line 'msg="the network process did not start; trying again"' && break
-  sleep 0.1
-done
+await 5 logged_after "$mark" 'msg="the network process did not start; trying again"' || true
 tail -c +"$((mark + 1))" "$work/server.log" > "$work/restart.log"
 grep -q "prog=groupsrv fn=send_tls msg=\"cannot read the TLS certificate\" path=\"$certs/server.pem\" reason=\"[^\"]*\"\$" "$work/restart.log" ||
   fail "a restart without the cert file: no reason: $(cat "$work/restart.log")"
@@ -264,10 +261,7 @@ mv "$pin_file" "$work/pin.away"
 kh_pid=$(ps --ppid "$srv_pid" -o pid=,comm= | awk '$2 == "groupsrv-kh" {print $1; exit}')
 [ -n "$kh_pid" ] || fail "no key holder: $(ps --ppid "$srv_pid" -o pid=,comm=)"
 kill -KILL "$kh_pid"
-for _ in $(seq 1 100); do
-  tail -c +"$((mark + 1))" "$work/server.log" | has_line 'msg="the key holder did not start; trying again"' && break
-  sleep 0.1
-done
+await 10 logged_after "$mark" 'msg="the key holder did not start; trying again"' || true
 tail -c +"$((mark + 1))" "$work/server.log" > "$work/restart.log"
 grep -q 'msg="the key holder exited unexpectedly (signal 9); restarting it" in=[0-9]*\.[0-9]s$' "$work/restart.log" ||
   fail "the key holder killed: no time of its restart: $(cat "$work/restart.log")"
