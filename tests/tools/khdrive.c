@@ -66,6 +66,16 @@ static int failed;
         fflush(stdout);                                                                                                \
     } while (0)
 
+/* SIGTERM to the key holder under test, and its clean exit checked. */
+static void stop_keyholder(pid_t pid)
+{
+    int st = 0;
+
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key holder stops cleanly on SIGTERM");
+}
+
 static int write_all(int fd, const void *p, size_t n)
 {
     const unsigned char *c = p;
@@ -608,12 +618,8 @@ static int budget_main(int argc, char **argv)
     small_reserve(l0[0], &rd, argv[4], argv[6], ek, ek_len, items, budget);
 out:
     close(l0[0]); /* closed first, as a network process that went: the key holder stops at once */
-    if (pid > 0) {
-        kill(pid, SIGTERM);
-        int st = 0;
-        waitpid(pid, &st, 0);
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key holder stops cleanly on SIGTERM");
-    }
+    if (pid > 0)
+        stop_keyholder(pid);
     ipc_buf_free(&b);
     ipc_reader_free(&rd);
     ipc_reader_free(&rdc);
@@ -1070,10 +1076,7 @@ int main(int argc, char **argv)
     usleep(200000);
     CHECK(waitpid(pid, NULL, WNOHANG) == 0, "a link closed mid-frame does not stop the key holder");
 out:
-    kill(pid, SIGTERM);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the key holder stops cleanly on SIGTERM");
+    stop_keyholder(pid);
     ipc_buf_free(&b);
     ipc_reader_free(&rd0);
     ipc_reader_free(&rd1);
