@@ -2047,13 +2047,20 @@ static int line_before_is(int fd, off_t end, const char *head)
     return strcmp(hex, head) == 0;
 }
 
-/* Whether fd's lines, read from the start, end in a run chained to head:
- * a line whose prev is head, and each line after it chained to the one
- * before. After a cut, another appender that also knew head (a second
- * server on the file, an admin command open since before the cut) may
- * have written first and chained to it: continuing from the file then
- * keeps one chain after the break, where chaining to head again would put
- * a second line after it (a fork). Read only after a cut (rare). */
+/* Whether fd's lines, read from the start, end in a run chained to head
+ * or to the break at the file's first line: a line whose prev is head, or
+ * the file's first line with a prev other than zeros that is no
+ * "audit-continue" (which verify follows to the file it names): verify
+ * reports that line as a break; and each line after it chained to the one
+ * before. After a cut (logrotate's copytruncate), another appender that
+ * knew head or a later line (a second server on the file, an admin
+ * command open since before the cut that wrote after our last record) may
+ * have written first and chained to its own last line: continuing from
+ * the file then keeps one chain after that break, where chaining to head
+ * again would put a second line after it (a fork) or a second break right
+ * behind the first. A run from zeros, or one after a break further down
+ * the file (records cut from its middle, ours after them maybe too), is
+ * not taken: the caller makes the break. Read only after a cut (rare). */
 static int file_continues_head(int fd, const char *head)
 {
     char *buf = malloc(AUDIT_MAX_LINE + 1);
@@ -2077,8 +2084,11 @@ static int file_continues_head(int fd, const char *head)
             json_error_t jerr;
             json_t *o = json_loadb(p, (size_t)(nl - p), 0, &jerr);
             const char *prev = o ? json_string_value(json_object_get(o, "prev")) : NULL;
+            const char *action = o ? json_string_value(json_object_get(o, "action")) : NULL;
             if (prev != NULL && strcmp(prev, head) == 0)
                 on = 1;
+            else if (prev != NULL && last[0] == '\0') /* the file's first line */
+                on = strspn(prev, "0") != strlen(prev) && (action == NULL || strcmp(action, "audit-continue") != 0);
             else if (prev == NULL || strcmp(prev, last) != 0)
                 on = 0;
             json_decref(o);

@@ -843,6 +843,42 @@ static void test_cut_under_two_writers_does_not_fork(void **state)
     assert_string_equal(p3, h2);
 }
 
+/* A cut under a writer that knows an older line than the file's last: an
+ * admin command appended after the server's last record, the file was cut
+ * (copytruncate), and the admin command (or a second server) wrote first,
+ * chaining to its own last line: the break is in the file. The server,
+ * whose last line is the one before, chained to that one again: a second
+ * break right after the first (verify then shows the first only; with it
+ * accepted, the file still does not verify on from there). It continues
+ * from the file's records instead; a chain from zeros written after the
+ * cut still gets the server's break. */
+static void test_cut_under_a_writer_knowing_an_older_line_breaks_once(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok"), admin = rec("ok");
+    audit_log *srv = NULL, *cli = NULL;
+    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
+
+    admin.request_id = "cli";
+    assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    assert_int_equal(audit_open(f->path, &cli), AUDIT_OK);
+    assert_int_equal(audit_append(cli, &admin), AUDIT_OK);
+    assert_int_equal(truncate(f->path, 0), 0);
+    assert_int_equal(audit_append(cli, &admin), AUDIT_OK);
+    audit_close(cli);
+    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    audit_close(srv);
+    line_hash_prev(f->path, 1, h1, p1);
+    line_hash_prev(f->path, 2, h2, p2);
+    line_hash_prev(f->path, 3, h3, p3);
+    assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
+    assert_string_equal(p2, h1);
+    assert_string_equal(p3, h2);
+}
+
 /* Cut under the server (copytruncate), then `audit rotate` from another
  * process before the server's next record: the rotation seals what is
  * left and the successor chains to that seal; the server followed it
@@ -2078,6 +2114,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_why_names_a_missing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_then_grown_by_another_appender_still_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_under_two_writers_does_not_fork, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_under_a_writer_knowing_an_older_line_breaks_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_then_rotated_by_another_still_breaks, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
