@@ -441,7 +441,10 @@ static void user_name(uid_t uid, char *buf, size_t cap)
         (void)snprintf(buf, cap, "uid %lu", (unsigned long)uid);
 }
 
-void audit_open_why(const char *path, int err, char *buf, size_t cap)
+/* audit_open_why's words; made_dir: the caller tried to make the log's
+ * directory (serve, the admin commands) and could not, else it never does
+ * (SIGHUP's reopen) and its words say so. */
+static void open_why(const char *path, int err, int made_dir, char *buf, size_t cap)
 {
     struct stat st;
     char owner[320], self[320];
@@ -471,10 +474,17 @@ void audit_open_why(const char *path, int err, char *buf, size_t cap)
          * tmpfiles.d) and the caller could not make it: "No such file or
          * directory" alone reads as the file missing, which is made. */
         user_name(geteuid(), self, sizeof(self));
-        (void)snprintf(buf, cap,
-                       "its directory %s does not exist, and %s cannot create it: make it for the server's user "
-                       "(the packages' /var/log/groupsrv: systemd-tmpfiles --create groupsrv.conf)",
-                       dir, self);
+        if (made_dir)
+            (void)snprintf(buf, cap,
+                           "its directory %s does not exist, and %s cannot create it: make it for the server's "
+                           "user (the packages' /var/log/groupsrv: systemd-tmpfiles --create groupsrv.conf)",
+                           dir, self);
+        else
+            (void)snprintf(buf, cap,
+                           "its directory %s does not exist (deleted under the server, which does not make it "
+                           "again): make it for the server's user %s (the packages' /var/log/groupsrv: "
+                           "systemd-tmpfiles --create groupsrv.conf), then SIGHUP",
+                           dir, self);
     } else if (err == EACCES) {
         /* Whose the file is: one left behind by a command run as root
          * refuses the server's user, and the reverse. */
@@ -491,6 +501,11 @@ void audit_open_why(const char *path, int err, char *buf, size_t cap)
         }
     }
     free(dir);
+}
+
+void audit_open_why(const char *path, int err, char *buf, size_t cap)
+{
+    open_why(path, err, 1, buf, cap);
 }
 
 long long audit_torn_bytes_cut(const audit_log *log)
@@ -2661,12 +2676,18 @@ audit_err audit_reopen(audit_log *log)
     if ((nfd = open_regular(log->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
         flock(nfd, LOCK_EX) != 0 || (rc = cut_torn_tail(nfd, log->path, NULL)) != AUDIT_OK) {
         int saved = errno;
+        char why[1024];
         if (rc == AUDIT_OK)
             rc = AUDIT_ERR_IO;
-        /* What the system said: its directory deleted (ENOENT), a
-         * read-only remount, a permission lost. */
+        /* What the system said: its directory deleted (ENOENT: said as
+         * such, "No such file or directory" read as the file missing,
+         * which is made), a read-only remount, a permission lost. */
+        if (nfd < 0)
+            open_why(log->path, saved, 0, why, sizeof(why));
+        else
+            (void)snprintf(why, sizeof(why), "%s", strerror(saved));
         log_error("cannot reopen the audit log path=\"%s\" err=\"%s\" detail=\"%s\"", log_qs(log->path),
-                  audit_strerror(rc), nfd < 0 && saved == EINVAL ? "not a regular file" : strerror(saved));
+                  audit_strerror(rc), log_qs(why));
         goto out;
     }
     /* A SIGHUP after `audit rotate` and before the next record finds the

@@ -1089,6 +1089,42 @@ static void test_reopen_after_rotation_says_it_continues(void **state)
     audit_close(a);
 }
 
+/* SIGHUP's reopen with the log's directory deleted under the server: it
+ * logged detail="No such file or directory", read as the file missing
+ * (which the reopen makes); the directory is named, and that the server
+ * does not make it again. */
+static void test_reopen_names_a_deleted_directory(void **state)
+{
+    struct fx *f = *state;
+    audit_log *log = NULL;
+    audit_record r = rec("ok");
+    char said[4096], want[256];
+    FILE *sink = tmpfile();
+    enum log_level level = log_get_level();
+
+    assert_non_null(sink);
+    assert_int_equal(audit_open(f->path, &log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    assert_int_equal(unlink(f->path), 0);
+    assert_int_equal(rmdir(f->dir), 0);
+    log_init(NULL, LOG_LVL_INFO, sink);
+    assert_int_equal(audit_reopen(log), AUDIT_ERR_IO);
+    log_init(NULL, level, NULL);
+    rewind(sink);
+    size_t n = fread(said, 1, sizeof(said) - 1, sink);
+    said[n] = '\0';
+    fclose(sink);
+    snprintf(want, sizeof(want), "detail=\"its directory %s does not exist (deleted under the server", f->dir);
+    if (strstr(said, "cannot reopen the audit log") == NULL || strstr(said, want) == NULL ||
+        strstr(said, "then SIGHUP") == NULL)
+        fail_msg("reopen said: %s", said);
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    assert_int_equal(audit_reopen(log), AUDIT_OK);
+    assert_int_equal(audit_append(log, &r), AUDIT_OK);
+    audit_close(log);
+    assert_int_equal(verify(f->path), 1);
+}
+
 /* The log rotated twice by another process between two of a server's
  * rounds: the file at the path continues the intermediate file, not the
  * server's; the server follows the chain back to its own seal and goes on
@@ -2121,6 +2157,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_appender_follows_two_rotations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appender_follows_rotation_by_another, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_reopen_after_rotation_says_it_continues, setup, teardown_all),
+        cmocka_unit_test_setup_teardown(test_reopen_names_a_deleted_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appenders_in_two_processes_share_one_chain, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_batches_interleave_with_cli_and_rotation, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_replaced_file_not_followed, setup, teardown_all),
