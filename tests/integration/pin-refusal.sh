@@ -55,6 +55,12 @@ grep -q "the token refused the PIN from $T/pin at .*; not sent again until that 
   fail "serve does not say what to fix: $(cat "$T/serve.2")"
 grep -q "or $record is removed" "$T/serve.2" || fail "serve does not say how to clear it: $(cat "$T/serve.2")"
 echo "ok: a restarted serve does not send the refused PIN"
+# Every file the server made beside the database is in groupsrv(1)'s
+# FILES (pin-refused.lock was not)
+. "$GS_SRC/tests/lib/man-files.sh"
+unnamed=$(man_files_unnamed "$GS_SRC" "$T/db")
+[ -z "$unnamed" ] || fail "files in the database's directory groupsrv(1) FILES does not name: $unnamed ($(ls -a "$T/db"))"
+echo "ok: groupsrv(1) FILES names each file beside the database: $(ls "$T/db" | tr '\n' ' ')"
 
 # check says so too, and sends nothing either
 rc=0
