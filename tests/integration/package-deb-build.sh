@@ -19,6 +19,8 @@ ok() { echo "ok: $*"; }
 rm -rf "$OUT"
 mkdir -p "$OUT"
 version=$("$SRC/scripts/version" "$SRC")
+# (the commit built, read with its version: not one made while this runs)
+commit=$(git -c safe.directory="$SRC" -C "$SRC" log -1 --format=%ct HEAD 2>/dev/null || true)
 start=$(date +%s)
 # The README's command; make may use every core (the machine's choice).
 DEB_BUILD_OPTIONS="parallel=$(nproc)" "$SRC/scripts/package" --out "$OUT" >"$OUT/build.log" 2>&1 ||
@@ -49,6 +51,21 @@ done
 [ "$version" = "$release" ] || dpkg --compare-versions "$version" gt "$release" ||
   fail "the build's version $version does not order after the release $release"
 ok "packages of version $version (release $release)"
+
+# Reproducible: dpkg takes SOURCE_DATE_EPOCH from the changelog's top
+# entry and gives every file of the packages that time at most. The entry
+# scripts/package writes for a build from git has the commit's date, so
+# two builds of one commit are the same bytes; with the time of the build
+# there (date -R), each build's files had another time.
+if [ "$version" != "$release" ]; then
+  for p in groupsrv exploder groupmail; do
+    newest=$(dpkg-deb --fsys-tarfile "$OUT/${p}_"*.deb |
+      /usr/bin/python3 -c 'import sys, tarfile; print(max(m.mtime for m in tarfile.open(fileobj=sys.stdin.buffer, mode="r|")))')
+    [ "$newest" = "$commit" ] ||
+      fail "$p package: its newest file is of $(date -u -d "@$newest"), not of the commit built ($(date -u -d "@$commit")): two builds differ"
+  done
+  ok "the packages' files are of the commit's time ($(date -u -d "@$commit")), not the build's"
+fi
 
 # The services' life cycle across upgrade and removal (systemd is not
 # running here, so this reads what the maintainer scripts would do): an
@@ -164,9 +181,20 @@ rm -rf "$tree"
 # A source package (scripts/package -S): named by the version, and holding
 # it in .version and its changelog, so that what is built from it is this
 # version, not the release (a source package has no .git).
-mkdir "$OUT/source"
+mkdir "$OUT/source" "$OUT/source2"
 "$SRC/scripts/package" --out "$OUT/source" -us -uc -S -d >"$OUT/source.log" 2>&1 ||
   fail "scripts/package -S: $(tail -20 "$OUT/source.log")"
+# Built again, a second later: the same bytes (the changelog entry of a
+# build from git has the commit's date, not the time of the build).
+sleep 1
+"$SRC/scripts/package" --out "$OUT/source2" -us -uc -S -d >"$OUT/source2.log" 2>&1 ||
+  fail "scripts/package -S again: $(tail -20 "$OUT/source2.log")"
+for f in "$OUT/source/groupsrv_$version.dsc" "$OUT/source/groupsrv_$version.tar."*; do
+  cmp -s "$f" "$OUT/source2/${f##*/}" ||
+    fail "two source builds of one tree differ in ${f##*/}: $(diff <(tar -xOf "$OUT/source/groupsrv_$version.tar."* "groupsrv-$version/debian/changelog" 2>/dev/null | head -5) \
+      <(tar -xOf "$OUT/source2/groupsrv_$version.tar."* "groupsrv-$version/debian/changelog" 2>/dev/null | head -5))"
+done
+rm -rf "$OUT/source2"
 [ -f "$OUT/source/groupsrv_$version.dsc" ] || fail "no groupsrv_$version.dsc: $(ls "$OUT/source")"
 mkdir "$OUT/source/x"
 tar -C "$OUT/source/x" -xf "$OUT/source/groupsrv_$version.tar."*
@@ -175,4 +203,4 @@ sv=$("$SRC/scripts/version" "$OUT/source/x/groupsrv-$version") || fail "scripts/
 [ "$(dpkg-parsechangelog -l "$OUT/source/x/groupsrv-$version/debian/changelog" -S Version)" = "$version" ] ||
   fail "the source package's changelog does not name $version"
 rm -rf "$OUT/source"
-ok "source package groupsrv_$version: .version and changelog say $version"
+ok "source package groupsrv_$version: .version and changelog say $version; built twice, the same bytes"
