@@ -4,9 +4,11 @@
 # overlays over /etc, /usr and /var in a mount namespace of this test's
 # own, so that this machine's files, dpkg database and debconf database
 # are never touched (root only; package_deb_system installs for real).
-#   - a plain install, then purge: the logs go; /var/lib/groupsrv (the
-#     database and a token store with the group keys) and the group
-#     server's files in /etc/groupsrv (the PIN) stay, and purge says so;
+#   - a plain install, then purge: the diagnostic log goes;
+#     /var/lib/groupsrv (the database and a token store with the group
+#     keys), the group server's files in /etc/groupsrv (the PIN) and the
+#     audit log with its archives (the record of those keys' use) stay,
+#     and purge says so;
 #   - the debconf answer groupsrv/purge_keys true (preseeded), then purge:
 #     they go too;
 #   - a package of the versions whose purge deleted them all, upgraded
@@ -72,19 +74,23 @@ install_all() {
   echo 1234 >/etc/groupsrv/pin
   echo '[hsm]' >/etc/groupsrv/groupsrv.conf
   echo '{}' >/var/log/groupsrv/audit.jsonl
+  echo '{}' >/var/log/groupsrv/audit.jsonl.20261201T000000Z
   echo log >/var/log/groupsrv.log
 }
 install_all
 grep -i 'warning\|error' "$S/install.log" && fail "dpkg -i said: $(grep -i 'warning\|error' "$S/install.log")"
 dpkg --force-unsafe-io --purge groupsrv >"$S/purge1.log" 2>&1 || fail "dpkg --purge: $(cat "$S/purge1.log")"
-for f in /var/lib/groupsrv/softhsm/tokens/t1/key.object /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin /etc/groupsrv/groupsrv.conf; do
+# The audit log goes with the keys or not at all: a purge and a fresh
+# install went on with the same keys and a new chain that verified, the
+# record of their use gone.
+for f in /var/lib/groupsrv/softhsm/tokens/t1/key.object /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin /etc/groupsrv/groupsrv.conf \
+         /var/log/groupsrv/audit.jsonl /var/log/groupsrv/audit.jsonl.20261201T000000Z; do
   [ -f "$f" ] || fail "a plain purge deleted $f: $(cat "$S/purge1.log")"
 done
-for f in /var/log/groupsrv /var/log/groupsrv.log; do
-  [ ! -e "$f" ] || fail "a plain purge left $f"
-done
-grep -q 'purge keeps /var/lib/groupsrv' "$S/purge1.log" || fail "a plain purge does not say what it kept: $(cat "$S/purge1.log")"
-echo "ok: a plain purge deletes the logs and keeps the token store, the database and /etc/groupsrv's files"
+[ ! -e /var/log/groupsrv.log ] || fail "a plain purge left /var/log/groupsrv.log"
+grep -q 'purge keeps /var/lib/groupsrv .* and its audit log /var/log/groupsrv' "$S/purge1.log" ||
+  fail "a plain purge does not say what it kept: $(cat "$S/purge1.log")"
+echo "ok: a plain purge deletes the diagnostic log and keeps the token store, the database, /etc/groupsrv's files and the audit log"
 
 install_all
 echo 'groupsrv groupsrv/purge_keys boolean true' | debconf-set-selections
@@ -143,7 +149,8 @@ echo "ok: from a package whose purge deleted the keys: an upgrade, or the new pa
 
 # A system changed from outside it: dpkg --root T --force-script-chrootless
 # (image builders; mmdebstrap's chrootless mode) runs the maintainer
-# scripts here, with DPKG_ROOT=T. Their purge deletes T's logs and spool,
+# scripts here, with DPKG_ROOT=T. Their purge deletes T's diagnostic logs
+# and spool,
 # and nothing of the system they run on: the audit log, diagnostic log and
 # spool here (made before, as a running server's are) stay.
 T=$S/target
@@ -179,12 +186,12 @@ for f in $mine; do
 done
 [ ! -s "$S/host-systemd.log" ] ||
   fail "installing, upgrading and purging the packages in $T asked the running system's systemd: $(sort -u "$S/host-systemd.log")"
-for f in /var/log/groupsrv /var/log/groupsrv.log /var/spool/exploder /var/log/exploder /etc/groupsrv/exploder.conf; do
+for f in /var/log/groupsrv.log /var/spool/exploder /var/log/exploder /etc/groupsrv/exploder.conf; do
   [ ! -e "$T$f" ] || fail "a purge of the packages in $T left $T$f"
 done
-for f in /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin; do
+for f in /var/lib/groupsrv/groupsrv.db /etc/groupsrv/pin /var/log/groupsrv/audit.jsonl; do
   [ -f "$T$f" ] || fail "a plain purge of the packages in $T deleted $T$f"
 done
-echo "ok: dpkg --root --force-script-chrootless: a purge deletes the target's logs and spool, nothing of the running system; install, upgrade and purge start, restart and stop none of its services"
+echo "ok: dpkg --root --force-script-chrootless: a purge deletes the target's diagnostic logs and spool, nothing of the running system; install, upgrade and purge start, restart and stop none of its services"
 INSIDE
 flock /tmp/apt.lock unshare -m --propagation private bash "$W/inside.sh" "$DEBS"

@@ -34,8 +34,9 @@ fail() {
 ok() { echo "ok: $*"; }
 . "$SRC/tests/lib/ports.sh"
 installed() { dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null | grep -qv '^not-installed$'; }
-# A plain purge keeps /var/lib/groupsrv and the group server's files in
-# /etc/groupsrv (the group keys: package_deb_purge checks that); this one
+# A plain purge keeps /var/lib/groupsrv, the group server's files in
+# /etc/groupsrv and its audit log (the group keys and the record of their
+# use: package_deb_purge checks that); this one
 # is answered yes, so that nothing of this test is left on the machine.
 purge() {
   echo 'groupsrv groupsrv/purge_keys boolean true' | debconf-set-selections
