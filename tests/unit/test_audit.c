@@ -813,6 +813,21 @@ static void test_cut_then_grown_by_another_appender_still_breaks(void **state)
     }
 }
 
+/* A file of three records cut under its writers: the first is the one
+ * break (its prev not zeros: verify reports it), the second and third
+ * chain on from it (no fork, no second break). */
+static void broken_at_first_then_chained(const char *path)
+{
+    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
+
+    line_hash_prev(path, 1, h1, p1);
+    line_hash_prev(path, 2, h2, p2);
+    line_hash_prev(path, 3, h3, p3);
+    assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
+    assert_string_equal(p2, h1);
+    assert_string_equal(p3, h2);
+}
+
 /* Two writers that know the same last line (a server and an admin
  * command opened before the cut, or two servers) and a cut under both:
  * the first to write chains to that line (the break verify reports); the
@@ -823,7 +838,6 @@ static void test_cut_under_two_writers_does_not_fork(void **state)
     struct fx *f = *state;
     audit_record r = rec("ok");
     audit_log *a = NULL, *b = NULL;
-    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
 
     assert_int_equal(audit_open(f->path, &a), AUDIT_OK);
     for (int i = 0; i < 3; i++)
@@ -835,12 +849,7 @@ static void test_cut_under_two_writers_does_not_fork(void **state)
     assert_int_equal(audit_append(b, &r), AUDIT_OK);
     audit_close(a);
     audit_close(b);
-    line_hash_prev(f->path, 1, h1, p1);
-    line_hash_prev(f->path, 2, h2, p2);
-    line_hash_prev(f->path, 3, h3, p3);
-    assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
-    assert_string_equal(p2, h1);
-    assert_string_equal(p3, h2);
+    broken_at_first_then_chained(f->path);
 }
 
 /* A cut under a writer that knows an older line than the file's last: an
@@ -851,13 +860,13 @@ static void test_cut_under_two_writers_does_not_fork(void **state)
  * break right after the first (verify then shows the first only; with it
  * accepted, the file still does not verify on from there). It continues
  * from the file's records instead; a chain from zeros written after the
- * cut still gets the server's break. */
+ * cut still gets the server's break (test_cut_then_grown_by_another_
+ * appender_still_breaks). */
 static void test_cut_under_a_writer_knowing_an_older_line_breaks_once(void **state)
 {
     struct fx *f = *state;
     audit_record r = rec("ok"), admin = rec("ok");
     audit_log *srv = NULL, *cli = NULL;
-    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
 
     admin.request_id = "cli";
     assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
@@ -871,12 +880,7 @@ static void test_cut_under_a_writer_knowing_an_older_line_breaks_once(void **sta
     assert_int_equal(audit_append(srv, &r), AUDIT_OK);
     assert_int_equal(audit_append(srv, &r), AUDIT_OK);
     audit_close(srv);
-    line_hash_prev(f->path, 1, h1, p1);
-    line_hash_prev(f->path, 2, h2, p2);
-    line_hash_prev(f->path, 3, h3, p3);
-    assert_string_not_equal(p1, "0000000000000000000000000000000000000000000000000000000000000000");
-    assert_string_equal(p2, h1);
-    assert_string_equal(p3, h2);
+    broken_at_first_then_chained(f->path);
 }
 
 /* Cut under the server (copytruncate), then `audit rotate` from another
