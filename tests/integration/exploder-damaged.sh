@@ -43,6 +43,10 @@ xp_drain
 grep -q "spool file damaged, set aside and not sent\" id=[0-9]* file=\"$(basename "$out_changed")\" .*SHA-256 differs" \
   "$W/run.log" || fail "no log line for the changed file: $(grep -i damaged "$W/run.log")"
 [ -f "$W/spool/damaged/$(basename "$out_changed")" ] || fail "the changed file was not set aside"
+# Every file of the spool is in exploder(1)'s Files (damaged/ was not)
+. "$GS_SRC/tests/lib/man-files.sh"
+unnamed=$(man_files_unnamed "$GS_SRC" exploder.1 "$W/spool")
+[ -z "$unnamed" ] || fail "files in the spool exploder(1) Files does not name: $unnamed ($(ls -a "$W/spool"))"
 
 # only "sound" reached the members, whole; "cut" and "changed" got bounces
 for f in "$W"/smtp/new/*; do

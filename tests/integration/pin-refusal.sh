@@ -58,7 +58,7 @@ echo "ok: a restarted serve does not send the refused PIN"
 # Every file the server made beside the database is in groupsrv(1)'s
 # FILES (pin-refused.lock was not)
 . "$GS_SRC/tests/lib/man-files.sh"
-unnamed=$(man_files_unnamed "$GS_SRC" "$T/db")
+unnamed=$(man_files_unnamed "$GS_SRC" groupsrv.1 "$T/db")
 [ -z "$unnamed" ] || fail "files in the database's directory groupsrv(1) FILES does not name: $unnamed ($(ls -a "$T/db"))"
 echo "ok: groupsrv(1) FILES names each file beside the database: $(ls "$T/db" | tr '\n' ' ')"
 
