@@ -114,6 +114,10 @@ struct kh {
     ratelimit *rl;
     tokenq *q;
     pthread_rwlock_t tls_lock;     /* read: a signature in progress; write: a reload */
+    /* A reload's search for the [tls] key failed and has not succeeded
+     * since: a network process tries a reload answered 503 again, and the
+     * failure is logged once, not at every try (khops.c, op_info). */
+    atomic_bool tls_reload_failing;
     hsm_key *tls_key;              /* [tls] key = pkcs11:..., else NULL */
     atomic_ulong gen;              /* moves whenever a worker sees the database change */
     atomic_ullong arrivals;        /* requests queued so far (the I/O loop counts, workers read) */
@@ -137,8 +141,12 @@ bool kh_job_run(void *worker, tq_job *job);
 /* How a request is queued: its fairness flow (the identity it is made
  * for), its cost in turns and its service class. */
 void kh_job_classify(const ipc_msg *m, char *flow, size_t flowcap, unsigned *cost, unsigned *cls, bool *batchable);
-/* Finds and checks the [tls] key on the token (no-op without one): 0, or
- * -1 with the reason in errbuf. Replaces kh->tls_key. */
+/* Finds and checks the [tls] key on the token (no-op without one): 0
+ * (kh->tls_key replaced), or with the reason in errbuf (kh->tls_key
+ * kept): -1 when the token did not show it or could not be read (away,
+ * logged out, the key not found: it may be there later), -2 when the key
+ * found is refused (its type, curve, attributes, or the local CA's key:
+ * the same key is refused again until it is changed). */
 int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen);
 /* An error answer for a request that never reached a worker. */
 void kh_reply_error(ipc_buf *b, uint32_t type, uint64_t cookie, uint64_t gen, uint32_t status, unsigned retry,

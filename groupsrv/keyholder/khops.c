@@ -1674,7 +1674,7 @@ int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
     if ((why = tls_key_problem(&ki)) != NULL) {
         snprintf(errbuf, errlen, "[tls] key %s %s", uri, why);
         hsm_key_free(key);
-        return -1;
+        return -2;
     }
     int is_ca = tls_key_is_ca(kh, key);
     if (is_ca != 0) {
@@ -1686,7 +1686,7 @@ int kh_tls_key_load(struct kh *kh, char *errbuf, size_t errlen)
                      "the TLS key, so it must be a key of its own (groupsrv tls init makes one)",
                      uri);
         hsm_key_free(key);
-        return -1;
+        return is_ca < 0 ? -1 : -2;
     }
     if (!ki.always_sensitive || !ki.never_extractable)
         log_warn("the TLS key on the token was once readable or extractable (imported?) uri=\"%s\"", log_qs(uri));
@@ -1775,11 +1775,27 @@ static void op_info(struct kh_worker *w, struct kh_job *j)
     char err[512];
 
     if (ipc_u32(&j->msg, IPC_T_FLAGS, 0) & IPC_FLAG_RELOAD) {
-        if (kh_tls_key_load(w->kh, err, sizeof(err)) != 0) {
-            log_error("TLS key reload failed reason=\"%s\"", err);
+        int rc = kh_tls_key_load(w->kh, err, sizeof(err));
+        if (rc == -2) {
+            /* Refused: the same key is refused at every try, so not 503
+             * (the network process tries a reload answered 503 again;
+             * this answer never reaches a client). */
+            atomic_store(&w->kh->tls_reload_failing, false);
+            log_error("TLS key reload refused reason=\"%s\"", err);
+            answer_error(j, 500, "internal", "%s", err);
+            return;
+        }
+        if (rc != 0) {
+            /* The token may show it later (away, logged out, a network
+             * HSM's member not synchronised yet): 503 with Retry-After,
+             * and the network process tries again after it; said once. */
+            if (!atomic_exchange(&w->kh->tls_reload_failing, true))
+                log_error("TLS key reload failed reason=\"%s\"", err);
             answer_error(j, 503, "token_unavailable", "%s", err);
             return;
         }
+        if (atomic_exchange(&w->kh->tls_reload_failing, false))
+            log_info("TLS key found again for the reload");
         ca_reload(w->kh, w->store);
     }
     answer_begin(j, 200);

@@ -59,6 +59,10 @@ struct net {
     unsigned char *tls_pending;
     size_t tls_pending_len;
     double tls_pending_at;     /* when the key holder last failed to answer it (monotonic) */
+    /* The key holder answered the kept reload 503 (busy, or the token
+     * or its [tls] key not reachable): tried again when tls_retry_ev
+     * fires, after the Retry-After it gave, whatever it answered since. */
+    bool tls_pending_busy;
     struct event *tls_retry_ev;
 };
 
@@ -71,6 +75,7 @@ static void tls_pending_clear(struct net *n)
     free(n->tls_pending);
     n->tls_pending = NULL;
     n->tls_pending_len = 0;
+    n->tls_pending_busy = false;
 }
 
 static void wipe_opts(tls_opts *o)
@@ -103,12 +108,20 @@ static long long cert_not_after(const X509 *cert)
     return (long long)time(NULL) + (long long)days * 86400 + secs;
 }
 
+/* The longest wait before a reload the key holder answered 503 is tried
+ * again, whatever Retry-After it gave (a queue's expected wait may be
+ * up to an hour). */
+#define TLS_RETRY_MAX_S 60
+
 /* Builds and installs a TLS state from the files' contents (CTL_TLS) and
  * what the key holder says (the local CA, the token key's public key;
- * reload: it finds and checks the token key again). 0, -1 (errbuf), or
- * -2 (errbuf) when the key holder did not answer (its link down: it is
- * being started again). */
-static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, size_t errlen)
+ * reload: it finds and checks the token key again). 0, -1 (errbuf), -2
+ * (errbuf) when the key holder did not answer (its link down: it is
+ * being started again), or -3 (errbuf, *retry_s its Retry-After, 1 to
+ * TLS_RETRY_MAX_S) when it answered 503: its queue full past the place
+ * kept for TLS set-ups, or its token or the [tls] key on it not
+ * reachable now. */
+static int tls_install(struct net *n, const ipc_msg *m, int reload, unsigned *retry_s, char *err, size_t errlen)
 {
     tls_opts o;
     ipc_msg info;
@@ -120,6 +133,7 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
     tls_state *st = NULL;
     int rc = -1;
 
+    *retry_s = 0;
     memset(&o, 0, sizeof(o));
     ipc_buf_init(&b);
     ipc_begin(&b, IPC_INFO, 0);
@@ -136,8 +150,14 @@ static int tls_install(struct net *n, const ipc_msg *m, int reload, char *err, s
         rc = -2;
         goto out;
     }
-    if (ipc_u32(&info, IPC_T_STATUS, 500) != 200) {
+    uint32_t status = ipc_u32(&info, IPC_T_STATUS, 500);
+    if (status != 200) {
         snprintf(err, errlen, "%s", ipc_str(&info, IPC_T_MESSAGE) ? ipc_str(&info, IPC_T_MESSAGE) : "key holder error");
+        if (status == 503) {
+            uint32_t r = ipc_u32(&info, IPC_T_RETRY, 1);
+            *retry_s = r < 1 ? 1 : r > TLS_RETRY_MAX_S ? TLS_RETRY_MAX_S : (unsigned)r;
+            rc = -3;
+        }
         goto out;
     }
     if (ipc_bytes(&info, IPC_T_CA_CERT, &p, &len) == 0) {
@@ -204,8 +224,10 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
  * started again), or once it answers anything on the main link again
  * (stopped, SIGCONT; a token call that hung returned): the supervisor
  * restarts only a key holder that ended, so a stalled one gets no new
- * links, and its reload waited for the next SIGHUP. */
-static void tls_keep_pending(struct net *n, const unsigned char *payload, size_t len)
+ * links, and its reload waited for the next SIGHUP. retry_s > 0: the key
+ * holder answered 503 (tls_install's -3), and the reload is tried again
+ * after that many seconds, whatever it answers meanwhile. */
+static void tls_keep_pending(struct net *n, const unsigned char *payload, size_t len, unsigned retry_s)
 {
     if (n->tls_pending == NULL) {
         if ((n->tls_pending = malloc(len > 0 ? len : 1)) == NULL)
@@ -214,7 +236,8 @@ static void tls_keep_pending(struct net *n, const unsigned char *payload, size_t
         n->tls_pending_len = len;
     }
     n->tls_pending_at = util_monotonic_s();
-    struct timeval tv = {1, 0};
+    n->tls_pending_busy = retry_s > 0;
+    struct timeval tv = {retry_s > 0 ? (time_t)retry_s : 1, 0};
     if (n->tls_retry_ev != NULL)
         (void)event_add(n->tls_retry_ev, &tv);
 }
@@ -234,15 +257,18 @@ static void tls_reload_pending(struct net *n)
         tls_pending_clear(n);
         return;
     }
-    int rc = tls_install(n, &m, 1, err, sizeof(err));
-    if (rc == -2) {
-        tls_keep_pending(n, NULL, 0); /* still away: kept for its next links or answers */
+    unsigned retry_s;
+    bool busy = n->tls_pending_busy;
+    int rc = tls_install(n, &m, 1, &retry_s, err, sizeof(err));
+    if (rc == -2 || rc == -3) {
+        /* still away, or still busy: kept, and said once (when put off) */
+        tls_keep_pending(n, NULL, 0, rc == -3 ? retry_s : 0);
         return;
     }
     tls_pending_clear(n);
     if (rc == 0)
-        log_info("reloaded TLS certificate, key, client CAs and CRLs (the reload asked for while the key holder "
-                 "did not answer)");
+        log_info("reloaded TLS certificate, key, client CAs and CRLs (the reload put off while the key holder %s)",
+                 busy ? "could not serve it" : "did not answer");
     else
         log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
 }
@@ -250,7 +276,8 @@ static void tls_reload_pending(struct net *n)
 /* Once a second while a reload is kept: tried again as soon as the key
  * holder has answered anything on the main link since it last failed to
  * (the late answer to the reload's own request, at the latest). Nothing
- * is sent to a key holder that answers nothing. */
+ * is sent to a key holder that answers nothing. A reload it answered 503
+ * is tried again when this fires, after the Retry-After it gave. */
 static void tls_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct net *n = arg;
@@ -259,7 +286,7 @@ static void tls_retry_cb(evutil_socket_t fd, short what, void *arg)
 
     if (n->tls_pending == NULL)
         return;
-    if (khlink_up(n->link) && khlink_last_read(n->link) > n->tls_pending_at) {
+    if (khlink_up(n->link) && (n->tls_pending_busy || khlink_last_read(n->link) > n->tls_pending_at)) {
         tls_reload_pending(n);
         return;
     }
@@ -276,16 +303,27 @@ static void ctl_frame(void *arg, uint32_t type, const ipc_msg *m)
         log_error("malformed control frame from the supervisor type=%u", (unsigned)type);
     } else if (type == IPC_CTL_TLS) {
         tls_pending_clear(n); /* these files are newer */
-        int rc = tls_install(n, m, 1, err, sizeof(err));
+        unsigned retry_s;
+        int rc = tls_install(n, m, 1, &retry_s, err, sizeof(err));
         if (rc == 0) {
             log_info("reloaded TLS certificate, key, client CAs and CRLs");
-        } else if (rc == -2 && (tls_keep_pending(n, m->payload, m->len), n->tls_pending != NULL)) {
+        } else if (rc == -2 && (tls_keep_pending(n, m->payload, m->len, 0), n->tls_pending != NULL)) {
             /* The key holder is being started again (a SIGHUP while it
              * restarts), or stopped or hung: tried again once its new
              * links come or it answers again. */
             log_error("reload failed; keeping the previous TLS configuration until the key holder answers "
                       "again (or the next SIGHUP) reason=\"%s\"",
                       err);
+        } else if (rc == -3 && (tls_keep_pending(n, m->payload, m->len, retry_s), n->tls_pending != NULL)) {
+            /* The key holder answered 503: its queue full past the place
+             * kept for TLS set-ups, or its token or the [tls] key on it
+             * not reachable now. Dropped, the reload waited for the next
+             * SIGHUP; now tried again after the Retry-After it gave
+             * (at most TLS_RETRY_MAX_S) until it is served or refused, or
+             * newer files come. Said here once, not at every try. */
+            log_error("reload put off; keeping the previous TLS configuration and trying again while the key "
+                      "holder answers 503 (until it is served, or the next SIGHUP) retry_in=%us reason=\"%s\"",
+                      retry_s, log_qs(err));
         } else {
             log_error("reload failed; keeping the previous TLS configuration reason=\"%s\"", err);
         }
@@ -473,7 +511,8 @@ int main(int argc, char **argv)
     n.link_fds[s->nthreads] = -1;
     khlink_set_current(n.link);
     khlink_on_broken(on_broken, &n);
-    if (tls_install(&n, &tls, 0, err, sizeof(err)) != 0) {
+    unsigned retry_s;
+    if (tls_install(&n, &tls, 0, &retry_s, err, sizeof(err)) != 0) {
         log_error("not started: the TLS configuration failed err=\"%s\"", log_qs(err));
         goto out;
     }

@@ -4,10 +4,18 @@
 # certificate; curl and openssl s_client (TLS 1.3 and 1.2) handshake, see the
 # expected certificate and unwrap; pkcs11-tool shows the key sensitive and
 # never extractable; SIGHUP reloads it; RSA, extractable, missing and
-# mismatched token keys are refused at start with a clear message.
+# mismatched token keys are refused at start with a clear message. A
+# reload the key holder answers 503 (the key not found on the token for
+# a moment) is tried again; one it refuses (the key fails its checks) is
+# not. The server loads tests/p11fault (P11FAULT) in front of SoftHSM,
+# steered through its control file.
 set -euo pipefail
-BIN=$1 SRC=$2
+BIN=$1 SRC=$2 SRV_MODULE=$3
+[ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
 . "$SRC/tests/integration/server-lib.sh"
+ctl=$work/p11fault.ctl
+export GS_P11FAULT_CONTROL=$ctl
+control() { printf '%s\n' "$@" > "$ctl.tmp" && mv -f "$ctl.tmp" "$ctl"; }
 
 name=groupsrv.test
 tlsuri="pkcs11:token=groupsrv;object=tls;type=private"
@@ -137,6 +145,45 @@ kill -HUP "$srv_pid"
 for _ in $(seq 1 50); do [ "$(grep -c "reloaded TLS" "$work/server.log")" -gt "$n0" ] && break; sleep 0.1; done
 handshake tls1_3
 ok "tls init --renew: a new certificate for the same token key, served after SIGHUP"
+
+# ---- a reload the key holder answers 503: tried again, not dropped ----
+# The [tls] key not found on the token at the SIGHUP (p11fault hides it,
+# as a network HSM's member that has not synchronised yet, or a token
+# away for a moment would): the key holder answers the network
+# process's reload 503 with Retry-After. The reload was dropped until the
+# next SIGHUP; now it is tried again after the Retry-After, the previous
+# certificate served meanwhile.
+old_serial=$(served_serial)
+[ -n "$old_serial" ] || fail "no certificate served before the reload"
+gs tls init --dns "$name" --out "$certs/tls.pem" --renew --days 20 >"$work/out" || fail "tls init --renew: $(cat "$work/out")"
+want_fp=$(openssl x509 -in "$certs/tls.pem" -noout -fingerprint -sha256)
+mark=$(wc -c < "$work/server.log")
+control "hide tls"
+kill -HUP "$srv_pid"
+wait_until 30 "the key holder did not refuse the reload with the TLS key hidden" \
+  logged_after "$mark" 'msg="TLS key reload failed"'
+[ "$(served_serial)" = "$old_serial" ] || fail "a certificate other than the old one served while the reload was put off"
+control ""
+wait_until 30 "the renewed certificate is not served once the TLS key is found again (the reload was dropped)" \
+  served_other_than "$old_serial"
+handshake tls1_3
+logged_after "$mark" 'msg="reloaded TLS certificate' || fail "no log line for the reload done at last"
+logged_after "$mark" 'msg="reload put off; keeping the previous TLS configuration' || fail "no log line for the reload put off"
+[ "$(tail -c +"$((mark + 1))" "$work/server.log" | grep -c 'msg="reload put off')" = 1 ] ||
+  fail "the put-off reload is logged more than once"
+ok "a reload answered 503 (the TLS key not found for a moment): tried again, the renewed certificate served"
+# A key the key holder refuses (it became extractable: p11fault reports
+# CKA_EXTRACTABLE true) is no reason to try again: refused, the previous
+# configuration kept, said once.
+mark=$(wc -c < "$work/server.log")
+control "bool CKA_EXTRACTABLE 1"
+kill -HUP "$srv_pid"
+wait_until 30 "the network process did not refuse the reload of an extractable TLS key" \
+  logged_after "$mark" 'msg="reload failed; keeping the previous TLS configuration" reason=".*not sensitive'
+logged_after "$mark" 'msg="reload put off' && fail "a refused TLS key is tried again"
+control ""
+handshake tls1_3
+ok "a reload with a TLS key the key holder refuses: not tried again, the previous configuration kept"
 kill -TERM "$srv_pid"
 wait "$srv_pid" || true
 srv_pid=
