@@ -63,6 +63,7 @@ struct kh_link {
     size_t jobs_bytes;         /* the request frames of jobs, in bytes (io->mu): held to [server]
                                 * keyholder_queue_max (handle_frame) */
     bool read_paused;          /* rev taken off while out is over LINK_OUT_MAX (I/O loop only) */
+    bool dropping;             /* large answers dropped since out passed LINK_OUT_HARD (l->wmu) */
 };
 
 /* Answers waiting for the network process to read them, per link, over
@@ -71,6 +72,23 @@ struct kh_link {
  * (compromised, or stuck) fills its socket, not the key holder's memory.
  * A working one reads every answer as it comes: far below this. */
 #define LINK_OUT_MAX (4u << 20)
+/* Stopping the reads bounds the requests taken, not what their answers
+ * weigh: a (compromised) network process that queued [server]
+ * keyholder_queue_max of small requests with large answers (member lists
+ * of a large group, an exploder's rewrap to every member: a request of a
+ * hundred bytes, an answer of hundreds of KiB) and read none had them
+ * all held here, the key holder's queue cap (1024 jobs and more) times
+ * the answer: gigabytes for a group of some thousand members. Past
+ * LINK_OUT_HARD of unread answers, an answer of more than
+ * LINK_ANSWER_SMALL is dropped (wiped; its request was done and audited,
+ * and the network process answers it 503 at its timeout, as any answer
+ * that came too late), so a link holds at most LINK_OUT_HARD, one large
+ * answer and the small answers of the jobs it had queued. The answers a
+ * network process waits for without a timeout (member changes, group
+ * creation) are small, and a working network process reads every answer
+ * as it comes: it never comes near. */
+#define LINK_OUT_HARD (16u * LINK_OUT_MAX)
+#define LINK_ANSWER_SMALL (16u << 10)
 
 struct kh_io {
     struct event_base *base;
@@ -146,14 +164,31 @@ static bool link_same(struct kh_link *l, unsigned long long epoch)
     return false;
 }
 
+/* l->wmu held: whether the finished answer b may join the link's unread
+ * answers (LINK_OUT_HARD above); a drop is said once until the network
+ * process has read its answers down again. */
+static bool link_takes(struct kh_link *l, const ipc_buf *b)
+{
+    if (b->len <= LINK_ANSWER_SMALL || evbuffer_get_length(l->out) <= LINK_OUT_HARD)
+        return true;
+    if (!l->dropping) {
+        l->dropping = true;
+        log_warn("the network process does not read its answers: dropping its large answers until it does "
+                 "link=%u unread_over=%u",
+                 l->index, LINK_OUT_HARD);
+    }
+    return false;
+}
+
 /* Writes a finished frame to the link from whichever thread has it: at
  * once when the socket takes it, else it waits in out for the I/O loop
  * (the socket is full; a broken one is left to the read side); only to
- * the link as it was at epoch. b is emptied. */
+ * the link as it was at epoch, and not past LINK_OUT_HARD (link_takes).
+ * b is emptied. */
 static void link_send(struct kh_link *l, unsigned long long epoch, ipc_buf *b)
 {
     pthread_mutex_lock(&l->wmu);
-    if (link_same(l, epoch)) {
+    if (link_same(l, epoch) && link_takes(l, b)) {
         int rc = ipc_ev_write(l->fd, l->out, b);
         if (rc == 1)
             event_add(l->wev, NULL);
@@ -186,6 +221,8 @@ static void link_write_cb(evutil_socket_t fd, short what, void *arg)
     size_t left = evbuffer_get_length(l->out);
     if ((resume = l->fd == fd && l->read_paused && left <= LINK_OUT_MAX / 2))
         l->read_paused = false;
+    if (left <= LINK_OUT_MAX / 2)
+        l->dropping = false;
     if (l->fd == fd && (left > 0 || l->read_paused))
         event_add(l->wev, NULL);
     pthread_mutex_unlock(&l->wmu);
@@ -273,7 +310,7 @@ static void finish_batch(struct kh_job *list)
             mine = j->next;
             if (l != NULL && link_same(l, j->link_epoch)) {
                 final_reply(j, j->audit_first == 1 ? 1 : -1);
-                if (ipc_ev_queue(l->out, &j->reply) != IPC_OK)
+                if (link_takes(l, &j->reply) && ipc_ev_queue(l->out, &j->reply) != IPC_OK)
                     log_error("an answer to the network process was lost link=%u", l->index);
             }
             job_free(j);
@@ -524,6 +561,7 @@ static void link_close(struct kh_link *l)
     close(l->fd);
     l->fd = -1;
     l->read_paused = false;
+    l->dropping = false;
     evbuffer_drain(l->out, evbuffer_get_length(l->out));
     pthread_mutex_unlock(&l->wmu);
     evbuffer_drain(l->in, evbuffer_get_length(l->in));

@@ -630,6 +630,123 @@ out:
     return failed;
 }
 
+/*
+ * khdrive --answers CONFIG ADMIN ADMIN-CERT.pem FRAMES
+ *
+ * A (compromised) network process that asks for large answers and reads
+ * none: FRAMES member lists of group eng (CONFIG's database holds some
+ * thousand members: each answer hundreds of KiB, the request a hundred
+ * bytes) on one link. The key holder stops reading the link at 4 MiB of
+ * unread answers, but the answers of what it had taken kept coming: every
+ * one held (FRAMES times the answer: over 150 MB here). Now, past 64 MiB
+ * unread, the large ones are dropped. Once the same admin's list on a
+ * second link is answered (the fair queue's order: after those of the
+ * first), the first link's answers are read and weighed; the link then
+ * serves again.
+ */
+#define ANSWERS_HARD (64u << 20) /* keyholder.c's LINK_OUT_HARD */
+
+static int answers_main(int argc, char **argv)
+{
+    struct gs_config *cfg = NULL;
+    int ctl[2], l0[2], l1[2];
+    ipc_reader rd1, rdc;
+    ipc_buf b;
+    ipc_msg m;
+    unsigned char *owned = NULL;
+    long frames = 0;
+    pid_t pid = -1;
+
+    if (argc != 6 || util_parse_int(argv[5], 1, 1000, &frames) != UTIL_OK) {
+        fprintf(stderr, "usage: khdrive --answers CONFIG ADMIN ADMIN-CERT.pem FRAMES\n");
+        return 2;
+    }
+    log_init("khdrive", LOG_LVL_WARN, NULL);
+    if ((spki_len = load_spki(argv[4], &spki)) <= 0 || gs_config_load(argv[2], &cfg) != GS_OK) {
+        fprintf(stderr, "khdrive: cannot read the certificate or the config\n");
+        return 2;
+    }
+    ipc_reader_init(&rd1);
+    ipc_reader_init(&rdc);
+    ipc_buf_init(&b);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l1) != 0)
+        return 1;
+    if ((pid = fork()) == 0) {
+        close(ctl[0]);
+        close(l0[0]);
+        close(l1[0]);
+        int links[2] = {l0[1], l1[1]};
+        _exit(keyholder_main(cfg, ctl[1], links, 2, NULL));
+    }
+    close(ctl[1]);
+    close(l0[1]);
+    close(l1[1]);
+    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
+    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
+    CHECK(ready, "the key holder started");
+    if (!ready)
+        goto out;
+    /* One list first, read: its size. */
+    request_begin(&b, IPC_MEMBERS, 1, argv[3], "eng");
+    (void)ipc_end(&b);
+    size_t one = 0;
+    if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd1, &m, &owned) == 0 &&
+        ipc_u32(&m, IPC_T_STATUS, 0) == 200)
+        one = m.len + IPC_HDR_LEN;
+    free(owned);
+    owned = NULL;
+    CHECK(one > 16384 && one * (size_t)frames > 2 * (size_t)ANSWERS_HARD,
+          "a member list of eng is %zu bytes; %ld of them %zu MiB, over twice the unread answers a link holds (%u "
+          "MiB)", one, frames, one * (size_t)frames >> 20, ANSWERS_HARD >> 20);
+    for (long i = 0; i < frames; i++) {
+        request_begin(&b, IPC_MEMBERS, 100 + (uint64_t)i, argv[3], "eng");
+        (void)ipc_end(&b);
+        if (write_all(l0[0], b.p, b.len) != 0)
+            break;
+    }
+    /* The same admin's flow on the other link: answered once the key
+     * holder has taken every list of the first. */
+    request_begin(&b, IPC_MEMBERS, 2, argv[3], "eng");
+    (void)ipc_end(&b);
+    int probe = write_all(l1[0], b.p, b.len) == 0 && read_answer(l1[0], &rd1, &m, &owned) == 0 &&
+                ipc_u32(&m, IPC_T_STATUS, 0) == 200;
+    free(owned);
+    owned = NULL;
+    CHECK(probe, "the other link is served meanwhile");
+    usleep(500000); /* the list a worker may still be making */
+    /* What the first link holds now: read in bulk and weighed. */
+    static unsigned char rbuf[1u << 16];
+    size_t bytes = 0;
+    struct pollfd q = {.fd = l0[0], .events = POLLIN};
+    while (poll(&q, 1, 2000) > 0) {
+        ssize_t n = read(l0[0], rbuf, sizeof(rbuf));
+        if (n <= 0)
+            break;
+        bytes += (size_t)n;
+    }
+    CHECK(bytes > 0 && bytes <= ANSWERS_HARD + 4 * one,
+          "the key holder held %zu MiB of answers for a link that read none (%ld asked, %zu MiB in all; at most %u "
+          "MiB and a few answers)",
+          bytes >> 20, frames, one * (size_t)frames >> 20, ANSWERS_HARD >> 20);
+    ipc_begin(&b, IPC_HEALTH, 3);
+    ipc_reader_free(&rd1);
+    ipc_reader_init(&rd1);
+    ask(l0[0], &rd1, &b, 200, NULL, "the link serves again once its answers are read");
+out:
+    close(l0[0]);
+    close(l1[0]);
+    if (pid > 0)
+        stop_keyholder(pid);
+    ipc_buf_free(&b);
+    ipc_reader_free(&rd1);
+    ipc_reader_free(&rdc);
+    OPENSSL_free(spki);
+    gs_config_free(cfg);
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
@@ -646,6 +763,8 @@ int main(int argc, char **argv)
 
     if (argc > 1 && strcmp(argv[1], "--budget") == 0)
         return budget_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "--answers") == 0)
+        return answers_main(argc, argv);
     if (argc != 6 && argc != 8) {
         fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER [MEMBER2 MEMBER2-CERT.pem]\n");
         return 2;
