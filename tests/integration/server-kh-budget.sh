@@ -10,8 +10,9 @@
 # back as the queue drains. And the answers a link holds when they are
 # not read: khdrive --answers asks for large ones (member lists of a
 # group of 3000, none shed) and reads none; past 64 MiB unread the large ones are
-# dropped, not held without bound. States only, no timing assertions.
-# About 10 s.
+# dropped, not held without bound. And khdrive --ratelimit: one bucket
+# per member across the message types. States only, no timing
+# assertions. About 12 s.
 set -euo pipefail
 BIN=$1 SRC=$2 SRV_MODULE=$3
 [ -f "$SRV_MODULE" ] || { echo "FAIL: no p11fault module at $SRV_MODULE" >&2; exit 1; }
@@ -39,3 +40,11 @@ sed -e 's/^\[server\]$/[server]\nmax_queue_ms = 0/' "$conf" > "$work/kh-answers.
 cat "$work/khdrive.out"
 grep -q '^FAIL' "$work/khdrive.out" && fail "khdrive --answers"
 ok "a link that reads no answers: the key holder holds a bounded amount of them"
+
+# One rate-limit bucket per member, whatever the message type (khdrive
+# --ratelimit: a bucket that does not refill during the test).
+"$BIN/khdrive" --ratelimit "$conf" "$work/ri.der" alice@example.org "$certs/alice@example.org.pem" \
+  > "$work/khdrive.out" 2>&1 || { cat "$work/khdrive.out"; fail "khdrive --ratelimit"; }
+cat "$work/khdrive.out"
+grep -q '^FAIL' "$work/khdrive.out" && fail "khdrive --ratelimit"
+ok "a member's rate limit is not escaped by spreading requests over message types"

@@ -49,6 +49,7 @@
 #include "keyholder.h"
 #include "log.h"
 #include "names.h"
+#include "ratelimit.h"
 #include "util.h"
 
 static int failed;
@@ -631,6 +632,111 @@ out:
 }
 
 /*
+ * khdrive --ratelimit CONFIG RI.der MEMBER MEMBER-CERT.pem
+ *
+ * The rate limit is one bucket per member whatever the message type: a
+ * (compromised) network process cannot get more of a member's turns by
+ * spreading them over unwraps, secret-key fetches, membership
+ * certificates and authorisation checks. The key holder gets a bucket
+ * of RL_BURST that refills once in a thousand seconds (its rate limiter
+ * made here, as the supervisor makes the shared one), so that no refill
+ * comes between the steps: the member's unwraps empty it, then every
+ * other message type that stands for a member's request is answered 429
+ * rate_limited. The call of the limiter in each is what this shows
+ * (tests/lint/ratelimit-once.sh checks the charge once per request).
+ */
+#define RL_BURST 4
+
+static int ratelimit_main(int argc, char **argv)
+{
+    struct gs_config *cfg = NULL;
+    unsigned char *ri_der = NULL;
+    size_t ri_len = 0;
+    env_recipient *ri = NULL;
+    const unsigned char *ek;
+    size_t ek_len;
+    int ctl[2], l0[2];
+    ipc_reader rd, rdc;
+    ipc_buf b;
+    pid_t pid = -1;
+    unsigned served = 0;
+
+    if (argc != 6) {
+        fprintf(stderr, "usage: khdrive --ratelimit CONFIG RI.der MEMBER MEMBER-CERT.pem\n");
+        return 2;
+    }
+    log_init("khdrive", LOG_LVL_WARN, NULL);
+    if ((spki_len = load_spki(argv[5], &spki)) <= 0 || gs_config_load(argv[2], &cfg) != GS_OK ||
+        util_read_file(argv[3], 65536, &ri_der, &ri_len) != UTIL_OK ||
+        env_recipient_parse(ri_der, ri_len, &ri) != ENV_OK ||
+        env_recipient_encrypted_key(ri, NULL, &ek, &ek_len) != ENV_OK) {
+        fprintf(stderr, "khdrive: cannot read the certificate, the config or the RecipientInfo\n");
+        return 2;
+    }
+    const char *who = argv[4];
+    ipc_reader_init(&rd);
+    ipc_reader_init(&rdc);
+    ipc_buf_init(&b);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0)
+        return 1;
+    if ((pid = fork()) == 0) {
+        close(ctl[0]);
+        close(l0[0]);
+        int links[1] = {l0[1]};
+        ratelimit *rl = ratelimit_new(1e-3, RL_BURST, 0, 0);
+        _exit(rl != NULL ? keyholder_main(cfg, ctl[1], links, 1, rl) : 1);
+    }
+    close(ctl[1]);
+    close(l0[1]);
+    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
+    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
+    CHECK(ready, "the key holder started");
+    if (!ready)
+        goto out;
+    for (unsigned i = 0; i < RL_BURST; i++) {
+        ipc_msg m;
+        unsigned char *owned = NULL;
+        unwrap_frame(&b, 10 + i, who, "eng", ek, ek_len);
+        if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd, &m, &owned) == 0)
+            served += ipc_u32(&m, IPC_T_STATUS, 0) == 200;
+        free(owned);
+    }
+    CHECK(served == RL_BURST, "the member's bucket of %u emptied by unwraps (%u served)", RL_BURST, served);
+    unwrap_frame(&b, 20, who, "eng", ek, ek_len);
+    expect(l0[0], &rd, b.p, b.len, IPC_UNWRAP | IPC_REPLY, 429, "rate_limited", "an unwrap once it is empty");
+    request_begin(&b, IPC_UNWRAP, 21, who, "eng");
+    ask(l0[0], &rd, &b, 429, "rate_limited", "an unwrap of no items (the authorisation alone)");
+    request_begin(&b, IPC_SECRET_KEYS, 22, who, "eng");
+    ask(l0[0], &rd, &b, 429, "rate_limited", "the group secret keys");
+    request_begin(&b, IPC_CERTIFY, 23, who, "eng");
+    ipc_put_bytes(&b, IPC_T_CSR_SPKI, spki, (size_t)spki_len);
+    ask(l0[0], &rd, &b, 429, "rate_limited", "a membership certificate");
+    request_begin(&b, IPC_CERTIFY, 24, who, "eng");
+    ask(l0[0], &rd, &b, 429, "rate_limited", "a membership certificate's authorisation alone");
+    static const uint32_t acts[] = {IPC_ACT_UNWRAP, IPC_ACT_SECRET_KEYS};
+    for (size_t i = 0; i < GS_ARRAY_LEN(acts); i++) {
+        char what[96];
+        request_begin(&b, IPC_AUTHZ, 25 + i, who, "eng");
+        ipc_put_u32(&b, IPC_T_ACTION, acts[i]);
+        (void)snprintf(what, sizeof(what), "an authorisation check (action %u)", (unsigned)acts[i]);
+        ask(l0[0], &rd, &b, 429, "rate_limited", what);
+    }
+out:
+    close(l0[0]);
+    if (pid > 0)
+        stop_keyholder(pid);
+    ipc_buf_free(&b);
+    ipc_reader_free(&rd);
+    ipc_reader_free(&rdc);
+    env_recipient_free(ri);
+    free(ri_der);
+    OPENSSL_free(spki);
+    gs_config_free(cfg);
+    return failed;
+}
+
+/*
  * khdrive --answers CONFIG ADMIN ADMIN-CERT.pem FRAMES
  *
  * A (compromised) network process that asks for large answers and reads
@@ -765,6 +871,8 @@ int main(int argc, char **argv)
         return budget_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "--answers") == 0)
         return answers_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "--ratelimit") == 0)
+        return ratelimit_main(argc, argv);
     if (argc != 6 && argc != 8) {
         fprintf(stderr, "usage: khdrive CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER [MEMBER2 MEMBER2-CERT.pem]\n");
         return 2;
