@@ -296,6 +296,69 @@ static int load_spki(const char *path, unsigned char **der)
     return n;
 }
 
+/* Forks the key holder under test (keyholder_main, as `serve` does) with
+ * nlinks links (at most 2) and rl (NULL: it makes its own from cfg), and
+ * waits until it says it is ready (checked): its pid with ends[i] the
+ * network process's end of link i, or -1. Its control channel stays open
+ * (closed, the key holder would stop: its supervisor gone). */
+static pid_t start_keyholder(const struct gs_config *cfg, unsigned nlinks, ratelimit *rl, int *ends)
+{
+    int ctl[2], pairs[2][2];
+    ipc_reader rdc;
+    pid_t pid;
+
+    if (nlinks > 2 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
+        return -1;
+    for (unsigned i = 0; i < nlinks; i++)
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pairs[i]) != 0)
+            return -1;
+    if ((pid = fork()) == 0) {
+        int links[2];
+        close(ctl[0]);
+        for (unsigned i = 0; i < nlinks; i++) {
+            close(pairs[i][0]);
+            links[i] = pairs[i][1];
+        }
+        _exit(keyholder_main(cfg, ctl[1], links, nlinks, rl));
+    }
+    close(ctl[1]);
+    for (unsigned i = 0; i < nlinks; i++) {
+        close(pairs[i][1]);
+        ends[i] = pairs[i][0];
+    }
+    ipc_reader_init(&rdc);
+    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
+    int ready = pid > 0 && poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
+    ipc_reader_free(&rdc);
+    CHECK(ready, "the key holder started");
+    return ready ? pid : -1;
+}
+
+/* The start of a mode driving a member (argv: --MODE CONFIG RI.der
+ * MEMBER MEMBER-CERT.pem, then argc_want - 5 more): the log, the public
+ * key of the member's certificate (spki), the config and the
+ * RecipientInfo's encrypted key (in *ri). 0, or 2 (said on stderr). */
+static int member_mode_start(int argc, char **argv, int argc_want, const char *usage, struct gs_config **cfg,
+                             unsigned char **ri_der, env_recipient **ri, const unsigned char **ek, size_t *ek_len)
+{
+    size_t ri_len = 0;
+
+    if (argc != argc_want) {
+        fprintf(stderr, "usage: khdrive %s\n", usage);
+        return 2;
+    }
+    log_init("khdrive", LOG_LVL_WARN, NULL);
+    const char *conf = argv[2], *ri_path = argv[3], *cert = argv[5];
+    if ((spki_len = load_spki(cert, &spki)) <= 0 || gs_config_load(conf, cfg) != GS_OK ||
+        util_read_file(ri_path, 65536, ri_der, &ri_len) != UTIL_OK ||
+        env_recipient_parse(*ri_der, ri_len, ri) != ENV_OK ||
+        env_recipient_encrypted_key(*ri, NULL, ek, ek_len) != ENV_OK) {
+        fprintf(stderr, "khdrive: cannot read the certificate, the config or the RecipientInfo\n");
+        return 2;
+    }
+    return 0;
+}
+
 /* Sends an unwrap and reads its answer, whatever it is (0 when one came). */
 static int send_unwrap_any(int fd, ipc_reader *rd, ipc_buf *b)
 {
@@ -517,49 +580,25 @@ static int budget_main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
     unsigned char *ri_der = NULL, *owned = NULL;
-    size_t ri_len = 0, len[BUDGET_FRAMES + 1] = {0}, accepted = 0;
+    size_t len[BUDGET_FRAMES + 1] = {0}, accepted = 0;
     env_recipient *ri = NULL;
     const unsigned char *ek;
     size_t ek_len;
-    int ctl[2], l0[2];
+    int l0[1] = {-1};
     unsigned status[BUDGET_FRAMES + 1] = {0}, answers = 0, overloaded = 0, dup = 0, stray = 0;
-    ipc_reader rd, rdc;
+    ipc_reader rd;
     ipc_buf b;
     ipc_msg m;
     pid_t pid = -1;
 
-    if (argc != 7) {
-        fprintf(stderr, "usage: khdrive --budget CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER\n");
+    if (member_mode_start(argc, argv, 7, "--budget CONFIG RI.der MEMBER MEMBER-CERT.pem NON-MEMBER", &cfg, &ri_der,
+                          &ri, &ek, &ek_len) != 0)
         return 2;
-    }
-    log_init("khdrive", LOG_LVL_WARN, NULL);
-    if ((spki_len = load_spki(argv[5], &spki)) <= 0 || gs_config_load(argv[2], &cfg) != GS_OK ||
-        util_read_file(argv[3], 65536, &ri_der, &ri_len) != UTIL_OK ||
-        env_recipient_parse(ri_der, ri_len, &ri) != ENV_OK ||
-        env_recipient_encrypted_key(ri, NULL, &ek, &ek_len) != ENV_OK) {
-        fprintf(stderr, "khdrive: cannot read the certificate, the config or the RecipientInfo\n");
-        return 2;
-    }
     size_t budget = cfg->server.keyholder_queue_max;
     unsigned items = cfg->server.unwrap_batch_max ? cfg->server.unwrap_batch_max : 100;
     ipc_reader_init(&rd);
-    ipc_reader_init(&rdc);
     ipc_buf_init(&b);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0)
-        return 1;
-    if ((pid = fork()) == 0) {
-        close(ctl[0]);
-        close(l0[0]);
-        int links[1] = {l0[1]};
-        _exit(keyholder_main(cfg, ctl[1], links, 1, NULL));
-    }
-    close(ctl[1]);
-    close(l0[1]);
-    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
-    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
-    CHECK(ready, "the key holder started");
-    if (!ready)
+    if ((pid = start_keyholder(cfg, 1, NULL, l0)) < 0)
         goto out;
     /* Cookie 1: the member's unwrap, on the one worker for the token's
      * service time; 2..: the non-member's batches, sent at once. */
@@ -618,12 +657,12 @@ static int budget_main(int argc, char **argv)
            "a batch after the queue drained (the link's budget given back)");
     small_reserve(l0[0], &rd, argv[4], argv[6], ek, ek_len, items, budget);
 out:
-    close(l0[0]); /* closed first, as a network process that went: the key holder stops at once */
+    if (l0[0] >= 0)
+        close(l0[0]); /* closed first, as a network process that went: the key holder stops at once */
     if (pid > 0)
         stop_keyholder(pid);
     ipc_buf_free(&b);
     ipc_reader_free(&rd);
-    ipc_reader_free(&rdc);
     env_recipient_free(ri);
     free(ri_der);
     OPENSSL_free(spki);
@@ -651,48 +690,24 @@ static int ratelimit_main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
     unsigned char *ri_der = NULL;
-    size_t ri_len = 0;
     env_recipient *ri = NULL;
     const unsigned char *ek;
     size_t ek_len;
-    int ctl[2], l0[2];
-    ipc_reader rd, rdc;
+    int l0[1] = {-1};
+    ipc_reader rd;
     ipc_buf b;
+    ratelimit *rl = NULL;
     pid_t pid = -1;
     unsigned served = 0;
 
-    if (argc != 6) {
-        fprintf(stderr, "usage: khdrive --ratelimit CONFIG RI.der MEMBER MEMBER-CERT.pem\n");
+    if (member_mode_start(argc, argv, 6, "--ratelimit CONFIG RI.der MEMBER MEMBER-CERT.pem", &cfg, &ri_der, &ri, &ek,
+                          &ek_len) != 0)
         return 2;
-    }
-    log_init("khdrive", LOG_LVL_WARN, NULL);
-    if ((spki_len = load_spki(argv[5], &spki)) <= 0 || gs_config_load(argv[2], &cfg) != GS_OK ||
-        util_read_file(argv[3], 65536, &ri_der, &ri_len) != UTIL_OK ||
-        env_recipient_parse(ri_der, ri_len, &ri) != ENV_OK ||
-        env_recipient_encrypted_key(ri, NULL, &ek, &ek_len) != ENV_OK) {
-        fprintf(stderr, "khdrive: cannot read the certificate, the config or the RecipientInfo\n");
-        return 2;
-    }
     const char *who = argv[4];
     ipc_reader_init(&rd);
-    ipc_reader_init(&rdc);
     ipc_buf_init(&b);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0)
-        return 1;
-    if ((pid = fork()) == 0) {
-        close(ctl[0]);
-        close(l0[0]);
-        int links[1] = {l0[1]};
-        ratelimit *rl = ratelimit_new(1e-3, RL_BURST, 0, 0);
-        _exit(rl != NULL ? keyholder_main(cfg, ctl[1], links, 1, rl) : 1);
-    }
-    close(ctl[1]);
-    close(l0[1]);
-    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
-    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
-    CHECK(ready, "the key holder started");
-    if (!ready)
+    /* The key holder's own (a copy in its process): freed there at exit. */
+    if ((rl = ratelimit_new(1e-3, RL_BURST, 0, 0)) == NULL || (pid = start_keyholder(cfg, 1, rl, l0)) < 0)
         goto out;
     for (unsigned i = 0; i < RL_BURST; i++) {
         ipc_msg m;
@@ -723,12 +738,13 @@ static int ratelimit_main(int argc, char **argv)
         ask(l0[0], &rd, &b, 429, "rate_limited", what);
     }
 out:
-    close(l0[0]);
+    if (l0[0] >= 0)
+        close(l0[0]);
     if (pid > 0)
         stop_keyholder(pid);
+    ratelimit_free(rl);
     ipc_buf_free(&b);
     ipc_reader_free(&rd);
-    ipc_reader_free(&rdc);
     env_recipient_free(ri);
     free(ri_der);
     OPENSSL_free(spki);
@@ -755,8 +771,8 @@ out:
 static int answers_main(int argc, char **argv)
 {
     struct gs_config *cfg = NULL;
-    int ctl[2], l0[2], l1[2];
-    ipc_reader rd1, rdc;
+    int ends[2] = {-1, -1};
+    ipc_reader rd1;
     ipc_buf b;
     ipc_msg m;
     unsigned char *owned = NULL;
@@ -773,32 +789,14 @@ static int answers_main(int argc, char **argv)
         return 2;
     }
     ipc_reader_init(&rd1);
-    ipc_reader_init(&rdc);
     ipc_buf_init(&b);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l1) != 0)
-        return 1;
-    if ((pid = fork()) == 0) {
-        close(ctl[0]);
-        close(l0[0]);
-        close(l1[0]);
-        int links[2] = {l0[1], l1[1]};
-        _exit(keyholder_main(cfg, ctl[1], links, 2, NULL));
-    }
-    close(ctl[1]);
-    close(l0[1]);
-    close(l1[1]);
-    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
-    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
-    CHECK(ready, "the key holder started");
-    if (!ready)
+    if ((pid = start_keyholder(cfg, 2, NULL, ends)) < 0)
         goto out;
     /* One list first, read: its size. */
     request_begin(&b, IPC_MEMBERS, 1, argv[3], "eng");
     (void)ipc_end(&b);
     size_t one = 0;
-    if (write_all(l0[0], b.p, b.len) == 0 && read_answer(l0[0], &rd1, &m, &owned) == 0 &&
+    if (write_all(ends[0], b.p, b.len) == 0 && read_answer(ends[0], &rd1, &m, &owned) == 0 &&
         ipc_u32(&m, IPC_T_STATUS, 0) == 200)
         one = m.len + IPC_HDR_LEN;
     free(owned);
@@ -809,14 +807,14 @@ static int answers_main(int argc, char **argv)
     for (long i = 0; i < frames; i++) {
         request_begin(&b, IPC_MEMBERS, 100 + (uint64_t)i, argv[3], "eng");
         (void)ipc_end(&b);
-        if (write_all(l0[0], b.p, b.len) != 0)
+        if (write_all(ends[0], b.p, b.len) != 0)
             break;
     }
     /* The same admin's flow on the other link: answered once the key
      * holder has taken every list of the first. */
     request_begin(&b, IPC_MEMBERS, 2, argv[3], "eng");
     (void)ipc_end(&b);
-    int probe = write_all(l1[0], b.p, b.len) == 0 && read_answer(l1[0], &rd1, &m, &owned) == 0 &&
+    int probe = write_all(ends[1], b.p, b.len) == 0 && read_answer(ends[1], &rd1, &m, &owned) == 0 &&
                 ipc_u32(&m, IPC_T_STATUS, 0) == 200;
     free(owned);
     owned = NULL;
@@ -825,9 +823,9 @@ static int answers_main(int argc, char **argv)
     /* What the first link holds now: read in bulk and weighed. */
     static unsigned char rbuf[1u << 16];
     size_t bytes = 0;
-    struct pollfd q = {.fd = l0[0], .events = POLLIN};
+    struct pollfd q = {.fd = ends[0], .events = POLLIN};
     while (poll(&q, 1, 2000) > 0) {
-        ssize_t n = read(l0[0], rbuf, sizeof(rbuf));
+        ssize_t n = read(ends[0], rbuf, sizeof(rbuf));
         if (n <= 0)
             break;
         bytes += (size_t)n;
@@ -839,15 +837,15 @@ static int answers_main(int argc, char **argv)
     ipc_begin(&b, IPC_HEALTH, 3);
     ipc_reader_free(&rd1);
     ipc_reader_init(&rd1);
-    ask(l0[0], &rd1, &b, 200, NULL, "the link serves again once its answers are read");
+    ask(ends[0], &rd1, &b, 200, NULL, "the link serves again once its answers are read");
 out:
-    close(l0[0]);
-    close(l1[0]);
+    for (size_t i = 0; i < GS_ARRAY_LEN(ends); i++)
+        if (ends[i] >= 0)
+            close(ends[i]);
     if (pid > 0)
         stop_keyholder(pid);
     ipc_buf_free(&b);
     ipc_reader_free(&rd1);
-    ipc_reader_free(&rdc);
     OPENSSL_free(spki);
     gs_config_free(cfg);
     return failed;
@@ -861,8 +859,7 @@ int main(int argc, char **argv)
     env_recipient *ri = NULL;
     const unsigned char *ek;
     size_t ek_len;
-    int ctl[2], l0[2], l1[2];
-    ipc_reader rd0, rd1, rdc;
+    ipc_reader rd0, rd1;
     ipc_buf b;
     ipc_msg m;
     unsigned char *owned = NULL;
@@ -892,31 +889,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "khdrive: cannot read the config or the RecipientInfo\n");
         return 2;
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l0) != 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, l1) != 0)
-        return 1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(ctl[0]);
-        close(l0[0]);
-        close(l1[0]);
-        int links[2] = {l0[1], l1[1]};
-        _exit(keyholder_main(cfg, ctl[1], links, 2, NULL));
-    }
-    close(ctl[1]);
-    close(l0[1]);
-    close(l1[1]);
     ipc_reader_init(&rd0);
     ipc_reader_init(&rd1);
-    ipc_reader_init(&rdc);
     ipc_buf_init(&b);
-    /* Ready? */
-    struct pollfd p = {.fd = ctl[0], .events = POLLIN};
-    int ready = poll(&p, 1, 60000) == 1 && ipc_reader_fill(&rdc, ctl[0]) == IPC_OK;
-    CHECK(ready, "the key holder started");
-    if (!ready)
+    int ends[2] = {-1, -1};
+    pid_t pid = start_keyholder(cfg, 2, NULL, ends);
+    if (pid < 0)
         goto out;
+    int l0[1] = {ends[0]}, l1[1] = {ends[1]};
 
     /* 1. A field that claims more bytes than the frame has (truncated). */
     unsigned char pay[64];
@@ -1303,11 +1283,11 @@ int main(int argc, char **argv)
     usleep(200000);
     CHECK(waitpid(pid, NULL, WNOHANG) == 0, "a link closed mid-frame does not stop the key holder");
 out:
-    stop_keyholder(pid);
+    if (pid > 0)
+        stop_keyholder(pid);
     ipc_buf_free(&b);
     ipc_reader_free(&rd0);
     ipc_reader_free(&rd1);
-    ipc_reader_free(&rdc);
     env_recipient_free(ri);
     free(ri_der);
     OPENSSL_free(spki);
