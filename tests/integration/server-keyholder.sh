@@ -292,18 +292,17 @@ ok "a member change: a record with outcome started, then its outcome; the chain 
 # syncer or a worker once durable). The thread is held until the new
 # network process serves (a file tells it), not for a fixed time that a
 # slow restart would outlast.
-hold_answer() { # DESC BREAKPOINT CMD...: 0 tried, 1 gdb cannot attach
-  local desc=$1 bp=$2 g
-  shift 2
+hold_answer() { # DESC LOCATION CONDITION CMD...: 0 tried, 1 gdb cannot attach
+  local desc=$1 bp=$2 cond=$3 g
+  shift 3
   kh=$(child groupsrv-kh)
   net=$(child groupsrv-net)
   # A fresh gdb.out: the last call's holds ATTACHED and HIT, and the
   # background gdb's redirection may truncate it only after the waits below
   # have read the old one (the request then ran before the breakpoint).
   rm -f "$work/gdb-go" "$work/gdb.out"
-  printf '%s\n' "tbreak $bp" 'echo ATTACHED\n' continue 'echo HIT\n' \
-    "while (int)access(\"$work/gdb-go\", 0) != 0" 'call (int)usleep(50000)' end detach > "$work/gdb-relink.cmd"
-  (ulimit -c 0; exec gdb -batch -nx -q -p "$kh" -x "$work/gdb-relink.cmd") > "$work/gdb.out" 2>&1 &
+  (ulimit -c 0; HOLD_PID=$kh HOLD_BP=$bp HOLD_COND=$cond HOLD_GO=$work/gdb-go \
+    exec gdb -batch -nx -q -x "$SRC/tests/integration/gdb-hold.py") > "$work/gdb.out" 2>&1 &
   g=$!
   for _ in $(seq 1 300); do grep -q ATTACHED "$work/gdb.out" 2>/dev/null && break; kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
   if ! grep -q ATTACHED "$work/gdb.out" 2>/dev/null; then
@@ -326,8 +325,8 @@ hold_answer() { # DESC BREAKPOINT CMD...: 0 tried, 1 gdb cannot attach
   return 0
 }
 if command -v gdb >/dev/null; then
-  if hold_answer "an answer sent by its worker" 'link_send if $_thread != 1' anon -m 20 -o /dev/null "$base/v1/groups/nosuchgroup" &&
-    hold_answer "an answer held for its audit record" 'finish_batch if list != 0' \
+  if hold_answer "an answer sent by its worker" link_send '$_thread != 1' anon -m 20 -o /dev/null "$base/v1/groups/nosuchgroup" &&
+    hold_answer "an answer held for its audit record" finish_batch 'list != 0' \
       c alice -m 20 -o /dev/null --data-binary @"$work/req-tls.json" "$url"; then
     ok "an answer for a network process replaced meanwhile is dropped, not sent to its successor (sent by its worker, or held for its audit record)"
   else
