@@ -145,6 +145,38 @@ static gs_err restore_detail(gs_err err, const char *detail)
     return err;
 }
 
+/* A failed commit whose outcome is not known (gs_store_commit_unknown:
+ * the COMMIT sent, its answer lost, the database gone for the lookup):
+ * the rows naming the new token keys may be there once the database is
+ * back (PostgreSQL's crash recovery keeps a commit that reached its WAL),
+ * and destroying the keys then left a group, or its current version,
+ * whose key no token has. So they stay; the error names them, what may
+ * have been made (`made`: "group eng was created") and how to tell.
+ * labels: the kept labels, ", " between them. Returns err. */
+static gs_err kept_after_unknown_commit(gs_err err, const char *made, const char *group, const char *labels)
+{
+    char detail[512];
+
+    (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+    log_warn("token keys kept: whether the commit recording them was made is not known group=%s labels=\"%s\"",
+             group, log_qs(labels));
+    return gs_err_set(err,
+                      "whether %s is not known (its COMMIT was sent, the answer lost, the database not there to "
+                      "ask): its new keys are kept on the token (%s); once the database answers, `groupsrv group "
+                      "show %s` tells: not recorded there, delete them (pkcs11-tool --login --delete-object "
+                      "--label LABEL --type privkey, pubkey or secrkey) before trying again (%s)",
+                      made, labels, group, detail);
+}
+
+/* Appends label to a ", "-separated list in buf (cap bytes). */
+static void label_list_add(char *buf, size_t cap, const char *label)
+{
+    size_t used = strlen(buf);
+
+    if (used < cap)
+        (void)snprintf(buf + used, cap - used, "%s%s", used > 0 ? ", " : "", label);
+}
+
 /* Destroys both halves of a pair (or a secret key) by label; best effort,
  * used on failure paths and by retire. Returns the first error. */
 static hsm_err destroy_label(hsm_ctx *hsm, const char *label, hsm_key_class cls)
@@ -1289,7 +1321,7 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     char keyspec[16], policy[96], kweak[64], sweak[64], seal_weak[64], rweak[64];
     unsigned char kek_id[GS_KEK_ID_LEN];
     struct made_secret sec, rej;
-    bool made_key = false, made_seal = false, v15 = false;
+    bool made_key = false, made_seal = false, v15 = false, keep = false;
     hsm_key *seal = NULL;
     gs_policy pol;
     hsm_caps caps;
@@ -1432,8 +1464,10 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         goto out;
     }
     err = gs_store_commit(st);
-    if (err)
+    if (err) {
+        keep = gs_store_commit_unknown(st);
         goto out;
+    }
     log_info("group created group=%s label=\"%s\" policy=%s replicable=%d", spec->name, log_qs(klabel), policy,
              (int)spec->replicable);
     if (spec->admin_email != NULL)
@@ -1442,7 +1476,19 @@ static gs_err group_create_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     if (version_out)
         *version_out = 1;
 out:
-    if (err) {
+    if (err && keep) {
+        char labels[4 * (GS_LABEL_MAX + 2)] = "", made[GS_NAME_MAX + 32];
+        if (made_key)
+            label_list_add(labels, sizeof(labels), klabel);
+        if (sec.on_token)
+            label_list_add(labels, sizeof(labels), slabel);
+        if (rej.on_token)
+            label_list_add(labels, sizeof(labels), rlabel);
+        if (made_seal)
+            label_list_add(labels, sizeof(labels), SEAL_LABEL);
+        (void)snprintf(made, sizeof(made), "group %s was created", spec->name);
+        err = kept_after_unknown_commit(err, made, spec->name, labels);
+    } else if (err) {
         gs_err saved = err;
         char detail[512];
         (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
@@ -1680,8 +1726,12 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
         err = made_elsewhere_refusal(name, "key version", "--version");
     if (!err)
         err = make_next_version(st, hsm, ca, cfg, g, &nv);
-    if (!err)
-        err = record_next_version(st, g, &nv);
+    if (!err && (err = record_next_version(st, g, &nv)) != GS_OK && gs_store_commit_unknown(st)) {
+        char made[GS_NAME_MAX + 48];
+        (void)snprintf(made, sizeof(made), "key version %u of group %s was made", nv.version, name);
+        err = kept_after_unknown_commit(err, made, name, nv.label);
+        nv.made = false; /* kept */
+    }
     if (err)
         goto out;
     log_info("group key rotated group=%s version=%u took_over=%d", name, nv.version,
@@ -2335,6 +2385,7 @@ static gs_err secret_rotate_locked(gs_store *st, hsm_ctx *hsm, const char *name,
 {
     gs_store_group *g = NULL;
     struct next_secret ns;
+    bool keep = false;
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
@@ -2353,13 +2404,19 @@ static gs_err secret_rotate_locked(gs_store *st, hsm_ctx *hsm, const char *name,
     if (err)
         goto out;
     err = gs_store_secret_add2(st, g->id, ns.version, ns.label, ns.kek_id, &ns.rec);
+    if (err && gs_store_commit_unknown(st)) {
+        char made[GS_NAME_MAX + 56];
+        (void)snprintf(made, sizeof(made), "secret key version %u of group %s was made", ns.version, name);
+        err = kept_after_unknown_commit(err, made, name, ns.label);
+        keep = true;
+    }
     if (err)
         goto out;
     log_info("secret key rotated group=%s version=%u", name, ns.version);
     if (version_out)
         *version_out = ns.version;
 out:
-    next_secret_undo(hsm, &ns, err != GS_OK);
+    next_secret_undo(hsm, &ns, err != GS_OK && !keep);
     gs_store_group_free(g);
     return err;
 }
@@ -2534,7 +2591,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     gs_ca *own_ca = NULL;
     struct next_secret ns;
     struct next_version nv;
-    bool rotate, rotate_key, made = false, rotating = false;
+    bool rotate, rotate_key, made = false, rotating = false, keep = false;
     gs_err err;
 
     memset(&ns, 0, sizeof(ns));
@@ -2620,6 +2677,18 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
         goto out;
     }
     err = gs_store_commit(st);
+    if (err && gs_store_commit_unknown(st) && (made || nv.made)) {
+        char labels[2 * (GS_LABEL_MAX + 2)] = "", what[GS_EMAIL_MAX + GS_NAME_MAX + 48], q[GS_EMAIL_MAX + 8];
+        if (made)
+            label_list_add(labels, sizeof(labels), ns.label);
+        if (nv.made)
+            label_list_add(labels, sizeof(labels), nv.label);
+        (void)snprintf(what, sizeof(what), "the removal of %s from %s was made", log_quote(q, sizeof(q), email),
+                       group);
+        err = kept_after_unknown_commit(err, what, group, labels);
+        keep = true;
+        nv.made = false; /* kept */
+    }
     if (err)
         goto out;
     log_info("member removed group=%s member=%s secret_version=%u key_version=%u rotate_elsewhere=%d", group, email,
@@ -2629,8 +2698,8 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
     nv.made = false; /* recorded */
 out:
     if (made)
-        next_secret_undo(hsm, &ns, err != GS_OK);
-    drop_next_version(hsm, &nv); /* destroys the pair unless it was recorded */
+        next_secret_undo(hsm, &ns, err != GS_OK && !keep);
+    drop_next_version(hsm, &nv); /* destroys the pair unless it was recorded (or kept) */
     if (err != GS_OK && rotating) {
         char d[512], q[GS_EMAIL_MAX + 8];
         (void)util_strlcpy(d, gs_err_detail(), sizeof(d));

@@ -354,11 +354,19 @@ gs_err gs_store_commit(gs_store *st)
     gs_err err;
     if (!st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "no transaction open");
+    st->commit_unknown = false;
     err = st->ops->commit(st);
+    if (err == GS_OK)
+        st->commit_unknown = false;
     if (err)
         st->ops->rollback(st);
     st->in_tx = false;
     return err;
+}
+
+bool gs_store_commit_unknown(const gs_store *st)
+{
+    return st != NULL && st->commit_unknown;
 }
 
 void gs_store_rollback(gs_store *st)

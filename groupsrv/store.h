@@ -158,6 +158,14 @@ void gs_store_read_end(gs_store *st);
 gs_err gs_store_begin(gs_store *st);
 gs_err gs_store_commit(gs_store *st);
 void gs_store_rollback(gs_store *st);
+/* Whether the last failed gs_store_commit may have committed all the
+ * same: PostgreSQL got the COMMIT but its answer was lost (the connection
+ * broke, or no answer in time) and its outcome could not be looked up (the
+ * database gone meanwhile: restarting, crashed). The caller then must not
+ * undo what the transaction records (token keys a group's rows name):
+ * the rows may be there once the database is back. False after a commit
+ * that succeeded or failed for certain, and always on SQLite. */
+bool gs_store_commit_unknown(const gs_store *st);
 
 /* The keys lock: one command at a time (in any process or thread) picks
  * a new token label (a group's, a key or secret version's), makes the key

@@ -76,6 +76,7 @@ struct gs_store {
     int schema;   /* schema version once open */
     int migrated_from; /* the older schema version this open migrated; 0: none */
     bool in_tx;   /* an explicit gs_store_begin is open */
+    bool commit_unknown; /* the last commit failed with its outcome unknown (gs_store_commit_unknown) */
     bool in_read; /* a gs_store_read_begin snapshot is open */
     bool readonly;
     unsigned keys_locked; /* gs_store_keys_lock depth */

@@ -1360,8 +1360,9 @@ static gs_err pg_begin(gs_store *st)
  * then: committed, GS_OK (the caller goes on as after a commit; under the
  * keys lock, lost with the old connection, the handle stays lost so the
  * command's further statements stop, as ensure_connected says); aborted
- * or still undecided (a backend that would not end), err as it was. */
-static gs_err commit_outcome(gs_store *st, const char *xid, gs_err err)
+ * (*aborted set) or still undecided (a backend that would not end, the
+ * database not reachable for the lookup), err as it was. */
+static gs_err commit_outcome(gs_store *st, const char *xid, gs_err err, bool *aborted)
 {
     char detail[512];
     gs_db_cause cause = gs_err_db_cause();
@@ -1377,8 +1378,9 @@ static gs_err commit_outcome(gs_store *st, const char *xid, gs_err err)
         p_text(&p, xid);
         PGresult *r = await_result(st, PQsendQueryParams(PG(st)->conn, "SELECT txid_status($1::bigint)", p.n, NULL,
                                                          p.val, p.len, p.fmt, 0));
-        committed = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                    strcmp(PQgetvalue(r, 0, 0), "committed") == 0;
+        bool told = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0);
+        committed = told && strcmp(PQgetvalue(r, 0, 0), "committed") == 0;
+        *aborted = told && strcmp(PQgetvalue(r, 0, 0), "aborted") == 0;
         PQclear(r);
     }
     if (st->keys_locked > 0 && PG(st)->conn != NULL) {
@@ -1415,8 +1417,16 @@ static gs_err pg_commit(gs_store *st)
         (void)snprintf(xid, sizeof(xid), "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     err = exec_simple(st, "COMMIT", "commit");
-    if (err == GS_ERR_DB_UNAVAILABLE && xid[0] != '\0' && PG(st)->orphan_pid != 0)
-        err = commit_outcome(st, xid, err);
+    /* A COMMIT sent whose answer was lost: made or not, only a lookup
+     * tells; one that finds neither leaves the outcome unknown
+     * (gs_store_commit_unknown), and so does a backend that could not be
+     * identified to end it (no lookup: it may still commit). */
+    if (err == GS_ERR_DB_UNAVAILABLE && xid[0] != '\0') {
+        bool aborted = false;
+        if (PG(st)->orphan_pid != 0)
+            err = commit_outcome(st, xid, err, &aborted);
+        st->commit_unknown = err != GS_OK && !aborted;
+    }
     return err;
 }
 

@@ -83,3 +83,12 @@ if(TARGET groupsrv)
   set_tests_properties(ops_audit_since PROPERTIES LABELS "integration" TIMEOUT 60
     ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 endif()
+
+# A PostgreSQL operator's bad day with a private PostgreSQL: a COMMIT lost
+# while the database went down, TLS and role settings the DBA chose, two
+# servers sharing the database (tests/integration/ops-pg-bad-day.sh).
+if(TARGET groupsrv)
+  add_test(NAME ops_pg_bad_day COMMAND bash ${GS_TEST_DIR}/integration/ops-pg-bad-day.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR})
+  set_tests_properties(ops_pg_bad_day PROPERTIES LABELS "integration" TIMEOUT 180
+    ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
+endif()

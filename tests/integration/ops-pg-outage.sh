@@ -80,26 +80,6 @@ pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob dora
 sql() { pg_psql groupsrv -At -c "$1"; }
-# sync_standby NAME: synchronous_standby_names set to NAME (empty: reset)
-# and the configuration reloaded; returns once a new session sees NAME,
-# or after a reset once the waits it released have ended
-sync_standby() {
-  local i
-  if [ -n "$1" ]; then
-    pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" >/dev/null
-  else
-    pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
-  fi
-  pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
-  for i in $(seq 1 100); do
-    if [ -n "$1" ]; then
-      [ "$(sql "SHOW synchronous_standby_names")" = "$1" ] && return 0
-    else
-      [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && return 0
-    fi
-    sleep 0.05
-  done
-}
 # FN (pg_cancel_backend or pg_terminate_backend) on groupsrv's sessions
 # waiting for a synchronous standby, as soon as one waits: 0 once it ended
 # one, 1 if none waited within 10 s (run it in the background).
@@ -767,21 +747,14 @@ ok "synchronous standby down: the unwrap answered $s, its records in the table $
 # is told to watch for a write made on the primary alone.
 sync_standby gs_ghost_standby
 mark=$(wc -l < "$work/serve.log")
-( for i in $(seq 1 200); do
-    [ -n "$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv'
-        AND wait_event = 'SyncRep'")" ] && { kill -KILL "$(head -n 1 "$PG_ROOT/data/postmaster.pid")"; exit 0; }
-    sleep 0.05
-  done; exit 1 ) &
+kill_postmaster_at_syncrep &
 ender=$!
 s=$(call alice --data-binary @"$work/unwrap.json" "$base/v1/groups/eng/unwrap")
 wait "$ender" || fail "postmaster killed: no session waited for a synchronous standby"
 rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$work/hdr")
 [ "$s" = 503 ] && grep -q '"code":"audit_unavailable"' "$work/body" ||
   fail "postmaster killed mid-wait: unwrap answered $s: $(cat "$work/body")"
-for i in $(seq 1 150); do # the old backends leave once they see the postmaster gone
-  pg_restart 2>/dev/null && break
-  sleep 0.2
-done
+pg_restart_killed
 [ "$(sql "SELECT count(*) FROM audit WHERE line::json->>'request_id' = '$rid'")" = 1 ] ||
   fail "postmaster killed mid-wait: the record of unwrap $rid is not in the table once after the restart"
 logged_since "$mark" 'lookup given up: whether the insert committed is not known' ||

@@ -1,6 +1,6 @@
-# pg-server-lib.sh: the set-up ops-pg-outage.sh, ops-pg-failover.sh and
-# ops-pg-roles.sh share, sourced with BIN, SRC and work set and fail
-# defined:
+# pg-server-lib.sh: the set-up ops-pg-outage.sh, ops-pg-failover.sh,
+# ops-pg-roles.sh and ops-pg-bad-day.sh share, sourced with BIN, SRC and
+# work set and fail defined:
 #   pgsrv_setup URL MEMBERS...   a throw-away SoftHSM token, a server
 #       certificate for 127.0.0.1, $work/gs.conf on a free port with
 #       [db] url = URL and [audit] store = db, the CA, group eng, the
@@ -19,6 +19,10 @@
 #   logged_since MARK GREP-ARGS...   serve.log has a match after its line
 #       MARK (has_line: not `tail | grep -q`, whose early exit under
 #       pipefail can end tail with SIGPIPE, status 141, the line there)
+#   sync_standby NAME   synchronous_standby_names = NAME ('' resets it)
+#   kill_postmaster_at_syncrep / pg_restart_killed   kill -9 of the
+#       postmaster once a COMMIT waits for a synchronous standby; the
+#       database started again after that
 
 . "$SRC/tests/lib/ports.sh"
 . "$SRC/tests/lib/has-line.sh"
@@ -98,4 +102,48 @@ logged_since() {
   local m=$1
   shift
   tail -n +"$((m + 1))" "$work/serve.log" | has_line "$@"
+}
+
+# sync_standby NAME: synchronous_standby_names set to NAME (empty: reset)
+# and the configuration reloaded; returns once a new session sees NAME,
+# or after a reset once the waits it released have ended
+sync_standby() {
+  local i
+  if [ -n "$1" ]; then
+    pg_psql postgres -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" >/dev/null
+  else
+    pg_psql postgres -c "ALTER SYSTEM RESET synchronous_standby_names" >/dev/null
+  fi
+  pg_psql postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+  for i in $(seq 1 100); do
+    if [ -n "$1" ]; then
+      [ "$(pg_psql groupsrv -At -c "SHOW synchronous_standby_names")" = "$1" ] && return 0
+    else
+      [ "$(pg_psql groupsrv -At -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")" = 0 ] && return 0
+    fi
+    sleep 0.05
+  done
+}
+
+# kill_postmaster_at_syncrep: kill -9 of the postmaster as soon as a
+# session on groupsrv's database waits for a synchronous standby (the
+# waiting backend leaves without a word, the COMMIT's outcome unknown to
+# its client); 1 if none waited within 10 s (run it in the background).
+# pg_restart_killed starts it again once the old backends have left.
+kill_postmaster_at_syncrep() {
+  local i
+  for i in $(seq 1 200); do
+    [ -n "$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv'
+        AND wait_event = 'SyncRep'")" ] && { kill -KILL "$(head -n 1 "$PG_ROOT/data/postmaster.pid")"; return 0; }
+    sleep 0.05
+  done
+  return 1
+}
+pg_restart_killed() {
+  local i
+  for i in $(seq 1 150); do # the old backends leave once they see the postmaster gone
+    pg_restart 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
 }
