@@ -794,6 +794,48 @@ out:
     return err;
 }
 
+/* A connect that failed over a TLS file (a CA, a client certificate or
+ * key, a CRL) the connection options name: libpq says "root certificate
+ * file "/etc/groupsrv/pg-ca.pem" does not exist", which read as the
+ * database not existing (a command's exit 3, "not created yet", which a
+ * provisioning script takes for a database to set up), and named neither
+ * the option nor where it was set. Writes which option names the file
+ * libpq's message (msg) quotes, and where it came from ([db] url, an
+ * environment variable, the libpq service file); or, for a CA libpq
+ * looked for by default (sslmode=verify-ca or verify-full without
+ * sslrootcert), that none is set. False when msg quotes no such file. */
+static bool tls_file_problem(PGconn *conn, const char *url, const char *msg, char *out, size_t cap)
+{
+    static const char *const keys[] = {"sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir"};
+    PQconninfoOption *opts = conn != NULL ? PQconninfo(conn) : NULL;
+    bool found = false, root_set = false;
+
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL && !found; o++) {
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]) && !found; i++) {
+            char quoted[PATH_MAX + 3], inurl[32];
+            if (strcmp(o->keyword, keys[i]) != 0 || o->val == NULL || o->val[0] == '\0')
+                continue;
+            root_set = root_set || i == 0;
+            if ((size_t)snprintf(quoted, sizeof(quoted), "\"%s\"", o->val) >= sizeof(quoted) ||
+                strstr(msg, quoted) == NULL)
+                continue;
+            (void)snprintf(inurl, sizeof(inurl), "%s=", keys[i]);
+            const char *from = strstr(url, inurl) != NULL                          ? "[db] url"
+                               : o->envvar != NULL && getenv(o->envvar) != NULL ? o->envvar
+                                                                                 : "the libpq service file";
+            (void)snprintf(out, cap, "the file %s's %s names, %s, cannot be used", from, keys[i], o->val);
+            found = true;
+        }
+    }
+    if (!found && !root_set && strstr(msg, "root certificate file \"") != NULL) {
+        (void)snprintf(out, cap, "[db] url sets no sslrootcert (the CA certificate its sslmode verifies the server "
+                                 "with), so libpq looked for its default file");
+        found = true;
+    }
+    PQconninfoFree(opts);
+    return found;
+}
+
 /* Opens the connection and sets the session up: synchronous commit
  * (a commit returns once it is on disk, whatever the server's default),
  * read-only transactions for a read-only store. opening: the store's
@@ -825,6 +867,10 @@ static gs_err connect_session(gs_store *st, bool opening)
          * db_unavailable. Its requests were answered 404 not_found
          * "database not found", which an exploder takes for a group that
          * is gone: mail bounced, not deferred. */
+        char tls[PATH_MAX + 128];
+        if (tls_file_problem(PG(st)->conn, PG(st)->url, msg, tls, sizeof(tls)))
+            return gs_err_set(opening ? GS_ERR_CONFIG : GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s: %s",
+                              tls, msg);
         if (opening && strstr(msg, "does not exist") != NULL)
             return gs_err_set(GS_ERR_NOT_FOUND, "database: %s", msg);
         return gs_err_set(GS_ERR_DB_UNAVAILABLE, "cannot connect to the database: %s", msg);

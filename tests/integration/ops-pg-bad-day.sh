@@ -6,6 +6,10 @@
 #     lookup): the group is in the table after the restart, so its keys
 #     must still be on the token, and the command says the outcome is not
 #     known (before: the keys were destroyed, the group left keyless);
+#   - [db] url with sslmode=verify-full over loopback TCP: served with
+#     sslrootcert; with the file it names missing, the error names [db]
+#     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
+#     for a database not created yet, from libpq's "does not exist");
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -55,3 +59,32 @@ grep -q 'whether .* not known' "$work/create.out" && grep -q 'kept on the token'
 gs group show lost --cert > /dev/null || fail "group show lost"
 ok "group create with its COMMIT's answer lost: the group made, its keys kept, the outcome said to be unknown"
 
+# ---- TLS to PostgreSQL: sslmode=verify-full, the CA file missing -------------------
+# The private PostgreSQL listens on loopback TCP too, with TLS (a
+# certificate for 127.0.0.1 made here): docs/scale-out.md's
+# sslmode=verify-full with sslrootcert works; with the file sslrootcert
+# names missing, libpq says 'root certificate file "..." does not exist',
+# which was taken for the database missing (exit 3, "not created yet"),
+# naming neither [db] url nor sslrootcert.
+take_port pg_port
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+  -addext subjectAltName=IP:127.0.0.1 -keyout "$PG_ROOT/data/server.key" -out "$PG_ROOT/data/server.crt" 2>/dev/null
+chmod 600 "$PG_ROOT/data/server.key"
+cp "$PG_ROOT/data/server.crt" "$work/pg-ca.pem"
+if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_ROOT/data/server.key" "$PG_ROOT/data/server.crt"; fi
+printf "listen_addresses = '127.0.0.1'\nport = %s\nssl = on\n" "$pg_port" >> "$PG_ROOT/data/postgresql.conf"
+printf 'hostssl all all 127.0.0.1/32 trust\n' >> "$PG_ROOT/data/pg_hba.conf"
+pg_stop && pg_restart || fail "PostgreSQL with TLS did not start"
+tls_url="postgresql://$PG_USER@127.0.0.1:$pg_port/groupsrv?sslmode=verify-full"
+pgsrv_conf "$work/tls.conf" "$tls_url&sslrootcert=$work/pg-ca.pem"
+"$BIN/groupsrv" -c "$work/tls.conf" group list | grep -q '^eng' || fail "group list over verify-full TLS"
+pgsrv_conf "$work/tls.conf" "$tls_url&sslrootcert=$work/pg-ca-gone.pem"
+st=0
+"$BIN/groupsrv" -c "$work/tls.conf" group list > "$work/tls.out" 2>&1 || st=$?
+[ "$st" != 0 ] && [ "$st" != 3 ] || fail "sslrootcert missing: exit $st (3: 'not found or duplicate'): $(cat "$work/tls.out")"
+grep -q "\[db\] url's sslrootcert names, $work/pg-ca-gone.pem" "$work/tls.out" ||
+  fail "sslrootcert missing: the error does not name [db] url's sslrootcert and the file: $(cat "$work/tls.out")"
+"$BIN/groupsrv" -c "$work/tls.conf" check > "$work/tls.out" 2>&1 && fail "check with sslrootcert missing passed"
+grep -q "^database  PROBLEM: .*sslrootcert names, $work/pg-ca-gone.pem" "$work/tls.out" ||
+  fail "check with sslrootcert missing: $(grep '^database' "$work/tls.out")"
+ok "sslmode=verify-full: served with the CA file; without it exit $st, naming [db] url's sslrootcert and the file"
