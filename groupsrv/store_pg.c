@@ -1173,6 +1173,35 @@ out:
 #define MIGRATE_LOCK_WAIT "1s"
 #define MIGRATE_ATTEMPTS 3
 
+/* The migration's first statement. A role that may not create tables
+ * (PostgreSQL 15 gives the public schema's CREATE to the database's
+ * owner alone; the server role of docs/scale-out.md, "Database roles")
+ * got "migrate: ERROR: permission denied for schema public LINE 1:
+ * CREATE TABLE ...", from `ca init` and from a serve started on a
+ * database nobody had set up, which said neither whose right it lacks
+ * nor who makes the tables. */
+static gs_err create_version_table(gs_store *st)
+{
+    PGresult *r = pg_exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+    const char *state = PQresultStatus(r) == PGRES_FATAL_ERROR ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    bool denied = state != NULL && strcmp(state, "42501") == 0; /* insufficient_privilege */
+    gs_err err = PQresultStatus(r) == PGRES_COMMAND_OK ? GS_OK : result_error(st, r, "migrate");
+
+    PQclear(r);
+    if (err != GS_OK && denied) {
+        char detail[512], q[96];
+        const char *user = PG(st)->conn != NULL ? PQuser(PG(st)->conn) : NULL;
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+        err = gs_err_set(err,
+                         "the database role %s may not create groupsrv's tables (no CREATE on the schema): run "
+                         "`groupsrv ca init` (and, after an upgrade, `groupsrv check`) as the schema's owner, "
+                         "then the servers as this role with the grants docs/scale-out.md (\"Database roles\") "
+                         "lists (%s)",
+                         log_quote(q, sizeof(q), user != NULL ? user : "?"), detail);
+    }
+    return err;
+}
+
 static gs_err migrate_once(gs_store *st, int *found)
 {
     char sql[96];
@@ -1188,9 +1217,7 @@ static gs_err migrate_once(gs_store *st, int *found)
     if ((err = exec_simple(st, "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0", "migrate")) != GS_OK ||
         (err = exec_simple(st, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK ")", "migrate")) != GS_OK ||
         (err = exec_simple(st, "SET LOCAL lock_timeout = '" MIGRATE_LOCK_WAIT "'", "migrate")) != GS_OK ||
-        (err = exec_simple(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "migrate")) !=
-            GS_OK ||
-        (err = read_version(st, &v)) != GS_OK)
+        (err = create_version_table(st)) != GS_OK || (err = read_version(st, &v)) != GS_OK)
         goto out;
     *found = v;
     if (v > (int)GS_STORE_SCHEMA_VERSION) {

@@ -10,6 +10,10 @@
 #     sslrootcert; with the file it names missing, the error names [db]
 #     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
 #     for a database not created yet, from libpq's "does not exist");
+#   - a role without CREATE on the schema (PostgreSQL 15's default for
+#     all but the database's owner) on a database nobody set up: `ca init`
+#     and `serve` name the role and who makes the tables (before: a bare
+#     "permission denied for schema public LINE 1: CREATE TABLE ...");
 set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
@@ -75,6 +79,7 @@ if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_ROOT/data/server.key" "$PG_ROOT
 printf "listen_addresses = '127.0.0.1'\nport = %s\nssl = on\n" "$pg_port" >> "$PG_ROOT/data/postgresql.conf"
 printf 'hostssl all all 127.0.0.1/32 trust\n' >> "$PG_ROOT/data/pg_hba.conf"
 pg_stop && pg_restart || fail "PostgreSQL with TLS did not start"
+export PGPORT=$pg_port # its unix socket is named by the port too: for psql, libpq and pg.sh from here on
 tls_url="postgresql://$PG_USER@127.0.0.1:$pg_port/groupsrv?sslmode=verify-full"
 pgsrv_conf "$work/tls.conf" "$tls_url&sslrootcert=$work/pg-ca.pem"
 "$BIN/groupsrv" -c "$work/tls.conf" group list | grep -q '^eng' || fail "group list over verify-full TLS"
@@ -88,3 +93,14 @@ grep -q "\[db\] url's sslrootcert names, $work/pg-ca-gone.pem" "$work/tls.out" |
 grep -q "^database  PROBLEM: .*sslrootcert names, $work/pg-ca-gone.pem" "$work/tls.out" ||
   fail "check with sslrootcert missing: $(grep '^database' "$work/tls.out")"
 ok "sslmode=verify-full: served with the CA file; without it exit $st, naming [db] url's sslrootcert and the file"
+
+# ---- a role without CREATE on a database nobody set up ------------------------------
+pg_psql postgres -c "CREATE ROLE gs_nocreate LOGIN" -c "CREATE DATABASE gs_empty" >/dev/null
+pgsrv_conf "$work/nc.conf" "postgresql:///gs_empty?host=$PG_SOCK&user=gs_nocreate"
+for cmd in "ca init --key rsa:2048" serve; do
+  "$BIN/groupsrv" -c "$work/nc.conf" $cmd > "$work/nc.out" 2>&1 && fail "$cmd as a role without CREATE: exit 0"
+  grep -q 'the database role "\{0,1\}gs_nocreate"\{0,1\} may not create groupsrv.s tables.*`groupsrv ca init`.* as the schema.s owner' \
+    "$work/nc.out" || fail "$cmd as a role without CREATE does not say whose right lacks and who makes the tables: $(cat "$work/nc.out")"
+done
+[ "$(pg_psql gs_empty -At -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")" = 0 ] || fail "tables made"
+ok "ca init and serve as a role without CREATE: they name the role and the schema owner's ca init"
