@@ -2612,6 +2612,27 @@ static void check_clock(time_t latest)
            "records' times go backwards (check the time service: timedatectl)\n");
 }
 
+/* [db] url: the database server's clock is the one the servers sharing
+ * it can agree on. A server whose clock is off by more than
+ * GS_CLOCK_SKEW_MAX_S issues membership certificates (backdated 60 s)
+ * that the others refuse as not valid yet (401 certificate_expired) for
+ * as long as it is ahead, or that expire early there when it is behind;
+ * nothing said so before a member was refused. A warning, as serve's. */
+static void check_db_clock(struct env *e)
+{
+    int64_t off_ms = 0;
+
+    if (gs_store_clock_offset(e->st, &off_ms) != GS_OK)
+        return; /* SQLite, or the database gone since it opened: its row says so */
+    if (off_ms <= GS_CLOCK_SKEW_MAX_S * 1000 && off_ms >= -GS_CLOCK_SKEW_MAX_S * 1000)
+        return;
+    printf("%-10sWARNING: the system clock is %lld s %s the database server's: keep every server sharing the "
+           "database within %d s of it (a time service: timedatectl): membership certificates, backdated 60 s, "
+           "that a server ahead issues are not valid yet (401 certificate_expired) at the others\n",
+           "clock", (long long)((off_ms < 0 ? -off_ms : off_ms) / 1000), off_ms > 0 ? "ahead of" : "behind",
+           GS_CLOCK_SKEW_MAX_S);
+}
+
 /* [audit] path: serve appends to it, creating the file and any missing
  * directories (0700). So: an existing file must be a writable regular
  * file; otherwise the nearest existing ancestor must be a writable
@@ -3247,6 +3268,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
         } else if (strcmp(e->cfg->audit.store, "db") == 0) {
             check_clock(audit_db_latest_time(e));
         }
+        check_db_clock(e);
         problems += check_ca_cert(e);
         check_shared_addresses(e);
     }

@@ -741,6 +741,16 @@ static bool valid_instance(const char *instance)
     return instance != NULL && *instance != '\0' && strlen(instance) <= GS_AUDIT_CHAIN_MAX;
 }
 
+gs_err gs_store_clock_offset(gs_store *st, int64_t *offset_ms)
+{
+    *offset_ms = 0;
+    if (st == NULL)
+        return gs_err_set(GS_ERR_ARGS, "no store");
+    if (st->ops->clock_offset == NULL)
+        return gs_err_set(GS_ERR_NOT_FOUND, "the database has no clock of its own");
+    return st->ops->clock_offset(st, offset_ms);
+}
+
 gs_err gs_store_check_grants(gs_store *st, bool audit)
 {
     if (st == NULL)

@@ -377,6 +377,19 @@ void gs_store_member_list_free(gs_store_member *list, size_t n);
  * without roles. SQLite: GS_ERR_DB when this user cannot write the file
  * (SQLite would open it read-only without a word). */
 gs_err gs_store_check_grants(gs_store *st, bool audit);
+/* The database server's clock against this host's, in milliseconds,
+ * host minus database (positive: this host is ahead), read between two
+ * readings of the local clock (PostgreSQL's clock_timestamp()). Servers
+ * sharing a database take it as their common reference: a membership
+ * certificate one issues, backdated GS_CLOCK_SKEW_MAX_S, is refused as not
+ * yet valid by another whose clock is behind it by more. GS_ERR_NOT_FOUND
+ * where the database has no clock of its own (SQLite); a database error
+ * else. */
+gs_err gs_store_clock_offset(gs_store *st, int64_t *offset_ms);
+/* How far a server's clock may be from the database server's before
+ * `check` and serve's start warn: half the membership certificates'
+ * backdating (60 s), so two servers on either side still agree. */
+#define GS_CLOCK_SKEW_MAX_S 30
 typedef struct gs_store_audit_row {
     int64_t seq;
     char *line;

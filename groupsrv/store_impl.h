@@ -57,6 +57,8 @@ struct gs_store_ops {
     gs_err (*member_set_wrap)(gs_store *st, int64_t group_id, const char *email, gs_wrap wrap);
     /* NULL: the backend has no roles to check */
     gs_err (*check_grants)(gs_store *st, bool audit);
+    /* gs_store_clock_offset; NULL: no clock of its own */
+    gs_err (*clock_offset)(gs_store *st, int64_t *offset_ms);
     /* Audit chains (NULL in a backend without an audit table). */
     gs_err (*audit_head)(gs_store *st, const char *instance, int64_t *seq, char **line);
     gs_err (*audit_append)(gs_store *st, const char *instance, int64_t first_seq, char *const *lines, size_t n);

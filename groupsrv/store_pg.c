@@ -1384,6 +1384,34 @@ static void pg_close(gs_store *st)
     free(st);
 }
 
+static int64_t realtime_ms(void)
+{
+    struct timespec ts;
+    (void)clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* gs_store_clock_offset: the local clock's midpoint around the query
+ * against clock_timestamp() (now() is the transaction's start). */
+static gs_err pg_clock_offset(gs_store *st, int64_t *offset_ms)
+{
+    PGresult *r;
+    int64_t before, after;
+    gs_err err = ensure_connected(st);
+
+    if (err)
+        return err;
+    before = realtime_ms();
+    r = pg_exec(st, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+    after = realtime_ms();
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
+        err = result_error(st, r, "the database's clock");
+    else
+        *offset_ms = before + (after - before) / 2 - strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return err;
+}
+
 static gs_err pg_change_stamp(gs_store *st, uint64_t *stamp)
 {
     PGresult *r = NULL;
@@ -2310,6 +2338,7 @@ static const struct gs_store_ops pg_ops = {
     .member_list = pg_member_list,
     .member_set_wrap = pg_member_set_wrap,
     .check_grants = pg_check_grants,
+    .clock_offset = pg_clock_offset,
     .audit_head = pg_audit_head,
     .audit_append = pg_audit_append,
     .audit_instances = pg_audit_instances,

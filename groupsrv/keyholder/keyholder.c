@@ -1064,6 +1064,15 @@ static int start(struct kh *kh, const struct gs_config *cfg, unsigned *workers)
                   log_qs(gs_err_detail()[0] ? gs_err_detail() : gs_strerror(ge)));
         goto out;
     }
+    /* Membership certificates another server checks: groupsrv check's
+     * clock row says the same (docs/scale-out.md, "Clocks"). */
+    int64_t off_ms = 0;
+    if (gs_store_clock_offset(st, &off_ms) == GS_OK &&
+        (off_ms > GS_CLOCK_SKEW_MAX_S * 1000 || off_ms < -GS_CLOCK_SKEW_MAX_S * 1000))
+        log_warn("the system clock is %s the database server's: membership certificates this server issues are "
+                 "not valid yet at the servers behind it (keep the servers within %d s: a time service) "
+                 "offset_s=%lld",
+                 off_ms > 0 ? "ahead of" : "behind", GS_CLOCK_SKEW_MAX_S, (long long)(off_ms / 1000));
     gs_ca *ca = NULL;
     ge = gs_ca_load(st, kh->hsm, &ca);
     atomic_store(&kh->ca, ca);

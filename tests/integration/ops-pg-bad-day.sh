@@ -10,6 +10,9 @@
 #     sslrootcert; with the file it names missing, the error names [db]
 #     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
 #     for a database not created yet, from libpq's "does not exist");
+#   - a server whose clock is 3 minutes ahead of the database server's
+#     (libfaketime): its membership certificates are refused by the others
+#     as not valid yet, so check warns (before: nothing said);
 #   - a role without CREATE on the schema (PostgreSQL 15's default for
 #     all but the database's owner) on a database nobody set up: `ca init`
 #     and `serve` name the role and who makes the tables (before: a bare
@@ -104,3 +107,14 @@ for cmd in "ca init --key rsa:2048" serve; do
 done
 [ "$(pg_psql gs_empty -At -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")" = 0 ] || fail "tables made"
 ok "ca init and serve as a role without CREATE: they name the role and the schema owner's ca init"
+
+# ---- a server's clock ahead of the database server's -------------------------------
+# libfaketime ahead of a sanitizer build's ASan runtime: its link-order
+# check off, as in ops-pg-roles.sh; CLOCK_MONOTONIC left alone.
+gs check > "$work/check.out" 2>&1 || true
+! grep -q '^clock' "$work/check.out" || fail "check with the clock right: $(grep '^clock' "$work/check.out")"
+env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 FAKETIME_DONT_FAKE_MONOTONIC=1 \
+  faketime -f +180s "$BIN/groupsrv" -c "$work/gs.conf" check > "$work/check.out" 2>&1 || true
+grep -Eq "^clock     WARNING: the system clock is 1[78][0-9] s ahead of the database server's" "$work/check.out" ||
+  fail "check with the clock 3 minutes ahead of PostgreSQL's: $(grep -E '^(clock|database)' "$work/check.out")"
+ok "check: a clock 3 minutes ahead of the database server's is a warning"
