@@ -21,15 +21,14 @@ set -euo pipefail
 BIN=$1 SRC=$2
 . "$SRC/tests/lib/pg.sh"
 work=$(mktemp -d "${GS_TEST_WORK:-/tmp}/ops-pg-bad-day.XXXXXX")
-srv_pid= ender=
+ender=
 cleanup() {
   if [ -n "$ender" ]; then kill "$ender" 2>/dev/null || true; fi
-  if [ -n "$srv_pid" ]; then kill -TERM "$srv_pid" 2>/dev/null || true; wait "$srv_pid" 2>/dev/null || true; fi
   pg_cleanup
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; [ -f "$work/serve.log" ] && tail -n 20 "$work/serve.log" >&2; exit 1; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 . "$SRC/tests/integration/pg-server-lib.sh"
 
@@ -101,7 +100,7 @@ ok "sslmode=verify-full: served with the CA file; without it exit $st, naming [d
 pg_psql postgres -c "CREATE ROLE gs_nocreate LOGIN" -c "CREATE DATABASE gs_empty" >/dev/null
 pgsrv_conf "$work/nc.conf" "postgresql:///gs_empty?host=$PG_SOCK&user=gs_nocreate"
 for cmd in "ca init --key rsa:2048" serve; do
-  "$BIN/groupsrv" -c "$work/nc.conf" $cmd > "$work/nc.out" 2>&1 && fail "$cmd as a role without CREATE: exit 0"
+  timeout 60 "$BIN/groupsrv" -c "$work/nc.conf" $cmd > "$work/nc.out" 2>&1 && fail "$cmd as a role without CREATE: exit 0"
   grep -q 'the database role "\{0,1\}gs_nocreate"\{0,1\} may not create groupsrv.s tables.*`groupsrv ca init`.* as the schema.s owner' \
     "$work/nc.out" || fail "$cmd as a role without CREATE does not say whose right lacks and who makes the tables: $(cat "$work/nc.out")"
 done
