@@ -2612,6 +2612,30 @@ static void check_clock(time_t latest)
            "records' times go backwards (check the time service: timedatectl)\n");
 }
 
+/* [db] url: check reads the database read-only (it may be a standby's),
+ * but serve opens it for writing (target_session_attrs=read-write) and
+ * does not start where none of the URI's hosts takes writes: a URI naming
+ * a standby alone, a primary a failover demoted, default_transaction_
+ * read_only set on the database or role. check said every row OK there,
+ * so the pre-flight passed a configuration serve refuses. Opened once
+ * more as serve does. A warning, not counted: the read-only commands,
+ * check among them, may use a standby (docs/scale-out.md). */
+static void check_db_writable(struct env *e)
+{
+    gs_store *w = NULL;
+    gs_err err;
+
+    if (e->cfg->db.url == NULL)
+        return; /* SQLite: check_grants tells a file this user cannot write */
+    err = gs_store_open(gs_config_db_location(e->cfg), 0, &w);
+    gs_store_close(w);
+    if (err != GS_OK)
+        printf("database  WARNING: it cannot be opened for writing, as serve and the commands that write open it "
+               "(target_session_attrs=read-write: a standby, a demoted primary, default_transaction_read_only): "
+               "serve does not start with this configuration: %s\n",
+               gs_err_detail());
+}
+
 /* [db] url: the database server's clock is the one the servers sharing
  * it can agree on. A server whose clock is off by more than
  * GS_CLOCK_SKEW_MAX_S issues membership certificates (backdated 60 s)
@@ -3261,6 +3285,7 @@ static int cmd_check(struct env *e, int argc, char **argv)
         printf("database  OK   %s (%s, schema %d%s)\n", where, gs_store_backend(e->st), gs_store_schema_version(e->st),
                migrated ? ", migrated from an older schema" : "");
         check_db_mode(e->cfg);
+        check_db_writable(e);
         /* what serve refuses to start without */
         if (gs_store_check_grants(e->st, strcmp(e->cfg->audit.store, "db") == 0) != GS_OK) {
             printf("database  PROBLEM: %s\n", gs_err_detail());

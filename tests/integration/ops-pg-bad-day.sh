@@ -13,6 +13,10 @@
 #   - a server whose clock is 3 minutes ahead of the database server's
 #     (libfaketime): its membership certificates are refused by the others
 #     as not valid yet, so check warns (before: nothing said);
+#   - [db] url naming a database that takes no writes (a standby, here
+#     default_transaction_read_only): serve refuses to start there, so
+#     check, its pre-flight, warns (before: all OK, as it opened it
+#     read-only; a warning, as check may be run on a standby);
 #   - a role without CREATE on the schema (PostgreSQL 15's default for
 #     all but the database's owner) on a database nobody set up: `ca init`
 #     and `serve` name the role and who makes the tables (before: a bare
@@ -117,3 +121,12 @@ env ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 FAKETIM
 grep -Eq "^clock     WARNING: the system clock is 1[78][0-9] s ahead of the database server's" "$work/check.out" ||
   fail "check with the clock 3 minutes ahead of PostgreSQL's: $(grep -E '^(clock|database)' "$work/check.out")"
 ok "check: a clock 3 minutes ahead of the database server's is a warning"
+
+# ---- check on a database serve cannot write -----------------------------------------
+pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = on" >/dev/null
+gs check > "$work/check.out" 2>&1 || fail "check on a read-only database: $(grep -E 'PROBLEM' "$work/check.out")"
+grep -q "^database  WARNING: .*cannot be opened for writing.*serve does not start.*read-only" "$work/check.out" ||
+  fail "check on a read-only database: $(grep -E '^database' "$work/check.out")"
+gs group list | grep -q '^eng' || fail "group list on a read-only database"
+pg_psql postgres -c "ALTER DATABASE groupsrv SET default_transaction_read_only = off" >/dev/null
+ok "check on a read-only database: a warning, as serve would not start there; group list reads it"
