@@ -314,6 +314,21 @@ gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
 
 /* ---- transactions ------------------------------------------------------- */
 
+/* Every write passes here before it starts: gs_store_begin, each write
+ * call outside a transaction (a transaction's were checked at its begin)
+ * and the keys lock of a read-write handle (taken before token keys are
+ * made for a write). The backend says whether the database may be
+ * written: SQLite refuses a file found damaged (malformed), which a write
+ * could damage further and whose changes would be lost at its restore
+ * from a backup; by every caller alike, the server's requests and the
+ * admin commands. */
+static gs_err write_gate(gs_store *st)
+{
+    if (st->in_tx || st->ops->write_check == NULL)
+        return GS_OK;
+    return st->ops->write_check(st);
+}
+
 gs_err gs_store_read_begin(gs_store *st)
 {
     gs_err err;
@@ -343,6 +358,8 @@ gs_err gs_store_begin(gs_store *st)
     gs_store_read_end(st);
     if (st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "transaction already open");
+    if ((err = write_gate(st)) != GS_OK)
+        return err;
     err = st->ops->begin(st);
     if (err == GS_OK)
         st->in_tx = true;
@@ -419,6 +436,12 @@ gs_err gs_store_keys_lock(gs_store *st)
     if (st->keys_locked > 0) {
         st->keys_locked++;
         return GS_OK;
+    }
+    /* No key made for a write the database would refuse. */
+    if (!st->readonly) {
+        gs_err err = write_gate(st);
+        if (err)
+            return err;
     }
     for (unsigned tries = 0;; tries++) {
         gs_err err = st->ops->keys_lock_try(st, &got);
@@ -540,14 +563,16 @@ gs_err gs_store_ca_put_as(gs_store *st, const char *key_label, const char *cert_
 {
     if (key_label == NULL || cert_pem == NULL)
         return gs_err_set(GS_ERR_ARGS, "missing CA label or certificate");
-    return st->ops->ca_put(st, key_label, cert_pem, replicable, rec);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->ca_put(st, key_label, cert_pem, replicable, rec);
 }
 
 gs_err gs_store_ca_set_cert(gs_store *st, const char *cert_pem)
 {
     if (cert_pem == NULL)
         return gs_err_set(GS_ERR_ARGS, "no CA certificate");
-    return st->ops->ca_set_cert(st, cert_pem);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->ca_set_cert(st, cert_pem);
 }
 
 gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
@@ -558,7 +583,8 @@ gs_err gs_store_group_add(gs_store *st, const gs_store_group *g, int64_t *id)
      * have been made under an older version's looser one */
     if (g == NULL || !gs_valid_group_name(g->name) || !mailaddr_names_record(g->address) || g->algorithm == NULL)
         return gs_err_set(GS_ERR_ARGS, "invalid group record");
-    return st->ops->group_add(st, g, id);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->group_add(st, g, id);
 }
 
 gs_err gs_store_group_get(gs_store *st, const char *name, gs_store_group **out)
@@ -580,7 +606,8 @@ gs_err gs_store_group_set_member_wrap(gs_store *st, int64_t group_id, gs_wrap wr
 {
     if (wrap != GS_WRAP_OAEP && wrap != GS_WRAP_PKCS1V15)
         return gs_err_set(GS_ERR_ARGS, "a group's member wrap is oaep or pkcs1v15");
-    return st->ops->group_set_member_wrap(st, group_id, wrap);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->group_set_member_wrap(st, group_id, wrap);
 }
 
 gs_err gs_store_group_key_add(gs_store *st, int64_t group_id, unsigned version, const char *token_label,
@@ -600,24 +627,28 @@ gs_err gs_store_group_key_add_as(gs_store *st, int64_t group_id, unsigned versio
 {
     if (version == 0 || token_label == NULL || cert_pem == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
         return gs_err_set(GS_ERR_ARGS, "invalid key version record");
-    return st->ops->group_key_add(st, group_id, version, token_label, cert_pem, state, rec);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->group_key_add(st, group_id, version, token_label, cert_pem, state, rec);
 }
 
 gs_err gs_store_group_key_set_cert(gs_store *st, int64_t group_id, unsigned version, const char *cert_pem)
 {
     if (cert_pem == NULL)
         return gs_err_set(GS_ERR_ARGS, "no certificate");
-    return st->ops->group_key_set_cert(st, group_id, version, cert_pem);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->group_key_set_cert(st, group_id, version, cert_pem);
 }
 
 gs_err gs_store_group_key_retire(gs_store *st, int64_t group_id, unsigned version)
 {
-    return st->ops->group_key_retire(st, group_id, version);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->group_key_retire(st, group_id, version);
 }
 
 gs_err gs_store_secret_retire(gs_store *st, int64_t group_id, unsigned version)
 {
-    return st->ops->secret_retire(st, group_id, version);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->secret_retire(st, group_id, version);
 }
 
 gs_err gs_store_group_keys(gs_store *st, int64_t group_id, gs_store_group_key **out, size_t *n)
@@ -645,7 +676,8 @@ gs_err gs_store_secret_add_as(gs_store *st, int64_t group_id, unsigned version, 
 {
     if (version == 0 || token_label == NULL || kek_id == NULL || (state != GS_KEY_CURRENT && state != GS_KEY_OLD))
         return gs_err_set(GS_ERR_ARGS, "invalid secret key record");
-    return st->ops->secret_add(st, group_id, version, token_label, kek_id, state, rec);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->secret_add(st, group_id, version, token_label, kek_id, state, rec);
 }
 
 gs_err gs_store_secrets(gs_store *st, int64_t group_id, gs_store_secret **out, size_t *n)
@@ -669,7 +701,8 @@ gs_err gs_store_seal_key_put(gs_store *st, const char *label, const char *weaken
 {
     if (label == NULL)
         return gs_err_set(GS_ERR_ARGS, "no seal key label");
-    return st->ops->seal_key_put(st, label, weakenings ? weakenings : "");
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->seal_key_put(st, label, weakenings ? weakenings : "");
 }
 
 gs_err gs_store_seal_keys(gs_store *st, gs_store_seal_key **out, size_t *n)
@@ -683,7 +716,8 @@ gs_err gs_store_member_add(gs_store *st, int64_t group_id, const char *email, gs
 {
     if (!gs_valid_email(email) || role < GS_ROLE_MEMBER || role > GS_ROLE_ADMIN)
         return gs_err_set(GS_ERR_ARGS, "invalid member email or role");
-    return st->ops->member_add(st, group_id, email, role, cert_pem);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->member_add(st, group_id, email, role, cert_pem);
 }
 
 /* Every member's address, however old, is one mailaddr_names_record
@@ -709,6 +743,8 @@ static gs_err member_named(const char *email)
 gs_err gs_store_member_remove(gs_store *st, int64_t group_id, const char *email)
 {
     gs_err err = member_named(email);
+    if (err == GS_OK)
+        err = write_gate(st);
     return err ? err : st->ops->member_remove(st, group_id, email);
 }
 
@@ -731,6 +767,8 @@ gs_err gs_store_member_set_wrap(gs_store *st, int64_t group_id, const char *emai
     if (email == NULL || wrap < GS_WRAP_DEFAULT || wrap > GS_WRAP_PKCS1V15)
         return gs_err_set(GS_ERR_ARGS, "invalid member or wrap");
     gs_err err = member_named(email);
+    if (err == GS_OK)
+        err = write_gate(st);
     return err ? err : st->ops->member_set_wrap(st, group_id, email, wrap);
 }
 
@@ -800,7 +838,8 @@ gs_err gs_store_audit_append(gs_store *st, const char *instance, int64_t first_s
         return no_audit_table(st);
     if (n == 0)
         return GS_OK;
-    return st->ops->audit_append(st, instance, first_seq, lines, n);
+    gs_err err = write_gate(st);
+    return err ? err : st->ops->audit_append(st, instance, first_seq, lines, n);
 }
 
 gs_err gs_store_audit_chain_lock(gs_store *st, const char *instance)

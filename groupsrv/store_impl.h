@@ -21,6 +21,10 @@ struct gs_store_ops {
     void (*close)(gs_store *st);
     gs_err (*change_stamp)(gs_store *st, uint64_t *stamp);
     gs_err (*check_location)(gs_store *st); /* NULL: nothing to check */
+    /* Before a write (gs_store_begin, a write outside a transaction,
+     * the keys lock on a read-write handle): GS_OK or the reason the
+     * database must not be written now. NULL: nothing to check. */
+    gs_err (*write_check)(gs_store *st);
     gs_err (*begin)(gs_store *st);
     gs_err (*commit)(gs_store *st);
     void (*rollback)(gs_store *st);

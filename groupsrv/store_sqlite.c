@@ -35,6 +35,7 @@ struct sq_store {
     ino_t wal_ino;
     dev_t shm_dev; /* its -shm, the same (ino 0: not seen yet) */
     ino_t shm_ino;
+    bool write_checked; /* the file passed PRAGMA quick_check before this connection's first write */
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -117,6 +118,54 @@ _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == GS_STORE_SCHEMA_VER
 
 /* ---- connection ------------------------------------------------------------ */
 
+/* The database files this process found damaged (SQLite: malformed, or
+ * no database), by device and inode: every connection of the process to
+ * one refuses writes from then on (sq_write_check), until the process
+ * ends. The server's key holder has a connection per worker, and the one
+ * that found the damage is not the one a change comes to. A file restored
+ * in place (cp onto it) is still refused: which pages the connections
+ * kept is not known; the restore is followed by a restart. */
+#define DAMAGED_MAX 16
+static pthread_mutex_t damaged_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    dev_t dev;
+    ino_t ino;
+} damaged[DAMAGED_MAX];
+static size_t ndamaged; /* under damaged_mu */
+
+static bool damaged_find(dev_t dev, ino_t ino)
+{
+    for (size_t i = 0; i < ndamaged; i++)
+        if (damaged[i].dev == dev && damaged[i].ino == ino)
+            return true;
+    return false;
+}
+
+static void note_damaged(gs_store *st)
+{
+    if (SQ(st)->ino == 0)
+        return;
+    pthread_mutex_lock(&damaged_mu);
+    if (!damaged_find(SQ(st)->dev, SQ(st)->ino) && ndamaged < DAMAGED_MAX) {
+        damaged[ndamaged].dev = SQ(st)->dev;
+        damaged[ndamaged].ino = SQ(st)->ino;
+        ndamaged++;
+    }
+    pthread_mutex_unlock(&damaged_mu);
+}
+
+static bool known_damaged(gs_store *st)
+{
+    bool found;
+
+    if (SQ(st)->ino == 0)
+        return false;
+    pthread_mutex_lock(&damaged_mu);
+    found = damaged_find(SQ(st)->dev, SQ(st)->ino);
+    pthread_mutex_unlock(&damaged_mu);
+    return found;
+}
+
 static gs_err db_error(gs_store *st, const char *what)
 {
     int code = sqlite3_extended_errcode(SQ(st)->db);
@@ -128,8 +177,10 @@ static gs_err db_error(gs_store *st, const char *what)
         return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_LOCKED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
     /* The file truncated or written over under the connection: no retry
      * mends it, the /healthz check says so (khops.c) */
-    if ((code & 0xff) == SQLITE_CORRUPT || (code & 0xff) == SQLITE_NOTADB)
+    if ((code & 0xff) == SQLITE_CORRUPT || (code & 0xff) == SQLITE_NOTADB) {
+        note_damaged(st);
         return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_DAMAGED, "%s: %s", what, sqlite3_errmsg(SQ(st)->db));
+    }
     /* a WAL database's -shm file could not be made (util_dir_unwritable) */
     if ((code & 0xff) == SQLITE_CANTOPEN && (sys = util_dir_unwritable(sqlite3_db_filename(SQ(st)->db, "main"))) != 0)
         return gs_err_set(GS_ERR_DB, "%s: %s (the database's directory cannot be written: %s)", what,
@@ -1013,6 +1064,59 @@ static void sq_read_end(gs_store *st)
         (void)sqlite3_exec(SQ(st)->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* The refusal of a write into a damaged file: why, and what to do. */
+static gs_err refuse_damaged(gs_store *st, const char *why)
+{
+    const char *path = sqlite3_db_filename(SQ(st)->db, "main");
+    char q[320];
+
+    return gs_err_set_db(GS_ERR_DB, GS_DB_CAUSE_DAMAGED,
+                         "database %s is damaged (%s): changes are refused until it is restored from a backup "
+                         "(stop the server, PRAGMA integrity_check, docs/operations.md); nothing was changed",
+                         path != NULL && *path != '\0' ? path : "(in memory)", log_quote(q, sizeof(q), why));
+}
+
+/* Before a write: a file this process found damaged is refused, and so is
+ * one PRAGMA quick_check finds damaged before this connection's first
+ * write (an admin command's, a server worker's). SQLite commits a change
+ * whose pages read well into a file with a lost page elsewhere: exit 0 or
+ * 201, and the change lost when the operator restores the file from a
+ * backup, or a b-tree damaged further by writing into it. quick_check
+ * reads every page once (about a second per few hundred MB), once per
+ * connection; later damage is found by the read that meets it
+ * (db_error). */
+static gs_err sq_write_check(gs_store *st)
+{
+    sqlite3_stmt *s = NULL;
+    gs_err err;
+    char why[256] = "";
+
+    if (known_damaged(st))
+        return refuse_damaged(st, "found malformed by this process");
+    if (SQ(st)->write_checked)
+        return GS_OK;
+    if ((err = prepare(st, "PRAGMA quick_check(1)", &s)) == GS_OK) {
+        if (sqlite3_step(s) != SQLITE_ROW) {
+            err = db_error(st, "quick_check");
+        } else {
+            const char *res = (const char *)sqlite3_column_text(s, 0);
+            if (res != NULL && strcmp(res, "ok") == 0)
+                SQ(st)->write_checked = true;
+            else
+                (void)snprintf(why, sizeof(why), "PRAGMA quick_check: %s", res != NULL ? res : "no answer");
+        }
+    }
+    /* A page the check could not read at all is damage too. */
+    if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED)
+        (void)snprintf(why, sizeof(why), "%s", gs_err_detail());
+    if (why[0] != '\0') {
+        note_damaged(st);
+        err = refuse_damaged(st, why);
+    }
+    sqlite3_finalize(s);
+    return err;
+}
+
 static gs_err sq_begin(gs_store *st) { return exec(st, "BEGIN IMMEDIATE"); }
 
 static gs_err sq_commit(gs_store *st) { return exec(st, "COMMIT"); }
@@ -1797,6 +1901,7 @@ static const struct gs_store_ops sq_ops = {
     .read_end = sq_read_end,
     .keys_lock_try = sq_keys_lock_try,
     .keys_unlock = sq_keys_unlock,
+    .write_check = sq_write_check,
     .begin = sq_begin,
     .commit = sq_commit,
     .rollback = sq_rollback,

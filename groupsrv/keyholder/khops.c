@@ -216,7 +216,8 @@ static void note_db_damaged(const char *what)
                   what, log_quote(q, sizeof(q), gs_err_detail()));
 }
 
-/* The requests that write the membership database. */
+/* The requests that write the membership database (their refusal of a
+ * damaged file is the store's, answer_gs_error says it). */
 static bool is_change(uint32_t type)
 {
     return type == IPC_MEMBER_PUT || type == IPC_MEMBER_DELETE || type == IPC_GROUP_CREATE;
@@ -287,8 +288,20 @@ static void answer_gs_error(struct kh_job *j, gs_err err, const char *what)
                          "the membership database is locked by another process; try again later");
             return;
         }
-        if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED)
+        if (err == GS_ERR_DB && gs_err_db_cause() == GS_DB_CAUSE_DAMAGED) {
             note_db_damaged(what);
+            /* The store refuses every write into a file found damaged
+             * (store_sqlite.c's sq_write_check), a commit that was
+             * answered 201 and lost at the restore from a backup. */
+            if (is_change(j->msg.type)) {
+                log_error("change refused: the database file is damaged; restore it and restart the server "
+                          "op=%s type=%u detail=\"%s\"",
+                          what, (unsigned)j->msg.type, log_qs(gs_err_detail()));
+                answer_retry(j, 503, 5, "store_unavailable",
+                             "the membership database is damaged; changes are refused until it is restored");
+                return;
+            }
+        }
         log_error("store failure op=%s detail=\"%s\"", what, log_qs(gs_err_detail()));
         answer_retry(j, 503, 5, "store_unavailable", "the membership database is not available");
         return;
@@ -2701,15 +2714,6 @@ bool kh_job_run(void *worker, tq_job *tq)
     gs_err re = stamp_current(w, j, &changed);
     if (re != GS_OK && j->msg.type != IPC_HEALTH) {
         answer_gs_error(j, re, "database");
-    } else if (is_change(j->msg.type) && atomic_load(&db_damaged)) {
-        /* A file SQLite found malformed may still take a commit (the pages
-         * a change touches read from the -wal): answered 201, written into
-         * a file the operator is told to restore from a backup, so lost at
-         * the restore. Refused until the restart (note_db_damaged). */
-        log_error("change refused: the database file is damaged; restore it and restart the server type=%u",
-                  (unsigned)j->msg.type);
-        answer_retry(j, 503, 5, "store_unavailable",
-                     "the membership database is damaged; changes are refused until it is restored");
     } else {
         /* The generation this answer was made at: a later change moves it
          * past this value, so a view kept from this answer is refetched. */

@@ -239,3 +239,47 @@ gs check > "$work/check.out" 2>&1 || true
 grep -q "^groups    WARNING: the list address [^ ]* belongs to 2 groups: eng eng-old; " "$work/check.out" ||
   fail "check with two groups of one list address: $(cat "$work/check.out")"
 ok "check warns of two groups of one list address: $(grep '^groups ' "$work/check.out")"
+
+# An admin command's write into a damaged file (a page written over in
+# place: a disk that lost writes, a restore onto the wrong offset) where
+# the write itself reads no lost page: SQLite committed it (exit 0), into
+# a file the operator restores from a backup, so the change was lost, and
+# a write into a malformed b-tree may damage it further. The store checks
+# the file before a connection's first write and refuses: exit 1, a line
+# naming the damage, the file unchanged, no certificate files, no token
+# objects.
+sqlite3 "$work/groupsrv.db" "DELETE FROM groups WHERE name = 'eng-old'" || fail "could not drop eng-old"
+cp "$work/groupsrv.db" "$work/db.good"
+sealroot=$(sqlite3 "$work/groupsrv.db" "SELECT rootpage FROM sqlite_master WHERE name = 'seal_keys'")
+[ "$sealroot" -gt 1 ] || fail "no seal_keys root page: '$sealroot'"
+# A b-tree page header whose type byte is none SQLite knows.
+printf '\x07' | dd of="$work/groupsrv.db" bs=1 seek=$(( (sealroot - 1) * 4096 )) conv=notrunc status=none
+[ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check' 2>&1 | head -1)" != ok ] ||
+  fail "the written-over page was not found malformed by sqlite3"
+cp "$work/groupsrv.db" "$work/db.damaged"
+nobj=$(token_labels | wc -l)
+rm -rf "$work/out"; mkdir -p "$work/out"
+rc=0
+gs member add eng dmg@example.org --issue-cert --out "$work/out" > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "is damaged.*changes are refused until it is restored" "$work/err" ||
+  fail "member add into a damaged database: exit $rc: $(cat "$work/err")"
+rc=0
+gs group rotate eng > /dev/null 2> "$work/err" || rc=$?
+[ "$rc" = 1 ] && grep -q "is damaged.*changes are refused until it is restored" "$work/err" ||
+  fail "group rotate of a damaged database: exit $rc: $(cat "$work/err")"
+cmp -s "$work/groupsrv.db" "$work/db.damaged" || fail "a refused command changed the damaged database"
+[ ! -s "$work/groupsrv.db-wal" ] || fail "a refused command wrote the -wal"
+[ -z "$(ls "$work/out")" ] || fail "a refused member add left files: $(ls "$work/out")"
+[ "$(token_labels | wc -l)" = "$nobj" ] || fail "a refused command left token objects"
+# A server's worker checks the file before its first write as well.
+start_server
+expect_status 503 store_unavailable "member PUT into a damaged database" -- \
+  c admin -X PUT --data '{"role":"member"}' "$base/v1/groups/eng/members/dmg@example.org"
+grep -q "change refused: the database file is damaged.*quick_check" "$work/server.log" ||
+  fail "no log line for the change refused by the check"
+stop_server
+cp "$work/db.good" "$work/groupsrv.db"
+rm -f "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
+gs member add eng dmg@example.org --issue-cert --out "$work/out" > /dev/null 2> "$work/err" ||
+  fail "member add once restored: $(cat "$work/err")"
+ok "admin commands refuse a damaged database: exit 1, nothing written"
