@@ -672,6 +672,42 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* A plain HTTP request sent to a TLS listener (http:// for https://, a
+ * load balancer's health check without TLS): OpenSSL ends the handshake
+ * at its first bytes and sends no alert, and the client saw the
+ * connection closed without a word (curl: "Empty reply from server").
+ * Called as the handshake's state machine returns: when OpenSSL's error
+ * says so, the client gets a plain HTTP 400 naming the mistake, as nginx
+ * answers, on the socket still open. */
+static void conn_answer_plain_http(const SSL *ssl, struct srv_conn *c)
+{
+    static const char body[] =
+        "{\"error\":{\"code\":\"bad_request\",\"message\":\"this port speaks TLS: send the request over "
+        "HTTPS (https://)\"}}\n";
+    char answer[512];
+    unsigned long e = ERR_peek_last_error();
+    int fd = SSL_get_fd(ssl);
+
+    if (fd < 0 || ERR_GET_LIB(e) != ERR_LIB_SSL ||
+        (ERR_GET_REASON(e) != SSL_R_HTTP_REQUEST && ERR_GET_REASON(e) != SSL_R_HTTPS_PROXY_REQUEST))
+        return;
+    int n = snprintf(answer, sizeof(answer),
+                     "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    log_debug("plain HTTP on a TLS listener, answered 400 listener=%s", c->which == SRV_LI_API ? "api" : "certsrv");
+    /* A new connection's socket buffer takes it whole; if not, the
+     * client gets the close it got before. */
+    if (n <= 0 || (size_t)n >= sizeof(answer) || send(fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
+        return;
+    /* What the client sent that OpenSSL did not read (a POST's body) would
+     * make the close a reset, which may drop the answer at the client:
+     * what has arrived is read and dropped, after the FIN. */
+    (void)shutdown(fd, SHUT_WR);
+    for (int i = 0; i < 16 && recv(fd, answer, sizeof(answer), MSG_DONTWAIT) > 0; i++)
+        ;
+}
+
 /* OpenSSL's info callback: at the end of the handshake the request
  * deadline starts, and a trusted client certificate moves the connection
  * into the members' share (the verification is remembered for its first
@@ -679,8 +715,9 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 static void conn_info_cb(const SSL *ssl, int where, int ret)
 {
     struct srv_conn *c = SSL_get_ex_data(ssl, tls_conn_index());
-    (void)ret;
 
+    if (c != NULL && c->stage == CONN_HANDSHAKE && (where & SSL_CB_ACCEPT_EXIT) == SSL_CB_ACCEPT_EXIT && ret <= 0)
+        conn_answer_plain_http(ssl, c);
     if (c == NULL || !(where & SSL_CB_HANDSHAKE_DONE) || c->stage != CONN_HANDSHAKE)
         return;
     struct srv *s = c->t->srv;

@@ -421,6 +421,22 @@ spent=$(tail -1 "$work/linger.out")
 [ "$spent" -lt 20 ] || fail "8 lingering closes kept the network process busy: $spent CPU ticks in 1.2 s"
 ok "8 lingering closes, clients silent: the event loops sleep ($spent CPU ticks in 1.2 s)"
 expect_status 200 "" "unwrap afterwards" -- c alice --data-binary @"$work/req-tls.json" "$url"
+# Plain HTTP to the TLS listener (http:// for https://, a load balancer's
+# health check without TLS): OpenSSL ends the handshake at the request
+# line without an alert, and curl said "Empty reply from server", the
+# server's log nothing. A plain 400 names the mistake; the body of a POST
+# does not turn it into a reset.
+for how in "-o $work/plain.out" "--data-binary @$work/req-tls.json -o $work/plain.out"; do
+  rm -f "$work/plain.out"
+  # shellcheck disable=SC2086 # $how is two or four words
+  got=$(curl -sS -w '%{http_code}' $how "http://127.0.0.1:$port/healthz" 2> "$work/plain.err") || true
+  [ "$got" = 400 ] && grep -q '"code":"bad_request".*speaks TLS' "$work/plain.out" ||
+    fail "plain HTTP to the TLS listener (curl $how): HTTP $got $(cat "$work/plain.err" "$work/plain.out" 2>/dev/null | head -c 300)"
+done
+got=$(curl -sS -w '%{http_code}' -o "$work/plain.out" "http://127.0.0.1:$cport/healthz" 2> "$work/plain.err") || true
+[ "$got" = 400 ] || fail "plain HTTP to the certificate server's listener: HTTP $got $(cat "$work/plain.err")"
+expect_status 200 "" "healthz over TLS after plain HTTP" -- anon "$base/healthz"
+ok "plain HTTP to a TLS listener: 400 bad_request naming TLS, not an empty reply"
 stop_server
 
 # The configuration file is read once: serve's network process gets the
