@@ -3279,6 +3279,13 @@ static int cmd_check(struct env *e, int argc, char **argv)
          * an operator wants to see. */
         printf("database  PROBLEM: %s\n", gs_err_detail());
         problems++;
+    } else if (gs_store_check_integrity(e->st) != GS_OK) {
+        /* A page written over or lost (a failing disk, a restore onto the
+         * open file) where the first rows still read: "OK" here, while
+         * every change is refused on it. */
+        printf("database  PROBLEM: %s\n", gs_err_detail());
+        problems++;
+        check_db_mode(e->cfg);
     } else {
         char where[1100];
         gs_store_location_display(gs_config_db_location(e->cfg), where, sizeof(where));

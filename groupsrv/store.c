@@ -304,6 +304,13 @@ gs_err gs_store_check_location(gs_store *st)
     return st->ops->check_location != NULL ? st->ops->check_location(st) : GS_OK;
 }
 
+gs_err gs_store_check_integrity(gs_store *st)
+{
+    if (st == NULL)
+        return GS_ERR_ARGS;
+    return st->ops->check_integrity != NULL ? st->ops->check_integrity(st) : GS_OK;
+}
+
 gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
 {
     *stamp = 0;

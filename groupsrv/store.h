@@ -139,6 +139,12 @@ gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp);
  * read, for health checks. GS_OK, or GS_ERR_DB with the detail. */
 gs_err gs_store_check_location(gs_store *st);
 
+/* Whether the database reads whole, for `check`: SQLite, PRAGMA
+ * quick_check (every page read once); PostgreSQL: always. GS_OK, or
+ * GS_ERR_DB with GS_DB_CAUSE_DAMAGED and a detail naming the damage (the
+ * same words as a write refused on it), or another read error. */
+gs_err gs_store_check_integrity(gs_store *st);
+
 /* A read snapshot for a run of reads (the key holder's request: the
  * change stamp, then the member). SQLite: one read transaction for all of
  * them (each call alone takes its own, with its locks and a file-size

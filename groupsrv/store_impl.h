@@ -25,6 +25,7 @@ struct gs_store_ops {
      * the keys lock on a read-write handle): GS_OK or the reason the
      * database must not be written now. NULL: nothing to check. */
     gs_err (*write_check)(gs_store *st);
+    gs_err (*check_integrity)(gs_store *st); /* gs_store_check_integrity; NULL: nothing to check */
     gs_err (*begin)(gs_store *st);
     gs_err (*commit)(gs_store *st);
     void (*rollback)(gs_store *st);

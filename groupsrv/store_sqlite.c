@@ -1076,33 +1076,23 @@ static gs_err refuse_damaged(gs_store *st, const char *why)
                          path != NULL && *path != '\0' ? path : "(in memory)", log_quote(q, sizeof(q), why));
 }
 
-/* Before a write: a file this process found damaged is refused, and so is
- * one PRAGMA quick_check finds damaged before this connection's first
- * write (an admin command's, a server worker's). SQLite commits a change
- * whose pages read well into a file with a lost page elsewhere: exit 0 or
- * 201, and the change lost when the operator restores the file from a
- * backup, or a b-tree damaged further by writing into it. quick_check
- * reads every page once (about a second per few hundred MB), once per
- * connection; later damage is found by the read that meets it
- * (db_error). */
-static gs_err sq_write_check(gs_store *st)
+/* PRAGMA quick_check: GS_OK when it says ok; a file it finds damaged (or
+ * cannot read for being malformed) is noted as damaged (note_damaged) and
+ * refused with GS_DB_CAUSE_DAMAGED naming what it found; another error
+ * (a lock, I/O) is db_error's. Reads every page once (about a second per
+ * few hundred MB). */
+static gs_err quick_check(gs_store *st)
 {
     sqlite3_stmt *s = NULL;
     gs_err err;
     char why[256] = "";
 
-    if (known_damaged(st))
-        return refuse_damaged(st, "found malformed by this process");
-    if (SQ(st)->write_checked)
-        return GS_OK;
     if ((err = prepare(st, "PRAGMA quick_check(1)", &s)) == GS_OK) {
         if (sqlite3_step(s) != SQLITE_ROW) {
             err = db_error(st, "quick_check");
         } else {
             const char *res = (const char *)sqlite3_column_text(s, 0);
-            if (res != NULL && strcmp(res, "ok") == 0)
-                SQ(st)->write_checked = true;
-            else
+            if (res == NULL || strcmp(res, "ok") != 0)
                 (void)snprintf(why, sizeof(why), "PRAGMA quick_check: %s", res != NULL ? res : "no answer");
         }
     }
@@ -1114,6 +1104,27 @@ static gs_err sq_write_check(gs_store *st)
         err = refuse_damaged(st, why);
     }
     sqlite3_finalize(s);
+    return err;
+}
+
+/* Before a write: a file this process found damaged is refused, and so is
+ * one PRAGMA quick_check finds damaged before this connection's first
+ * write (an admin command's, a server worker's). SQLite commits a change
+ * whose pages read well into a file with a lost page elsewhere: exit 0 or
+ * 201, and the change lost when the operator restores the file from a
+ * backup, or a b-tree damaged further by writing into it. The check runs
+ * once per connection; later damage is found by the read that meets it
+ * (db_error). */
+static gs_err sq_write_check(gs_store *st)
+{
+    gs_err err;
+
+    if (known_damaged(st))
+        return refuse_damaged(st, "found malformed by this process");
+    if (SQ(st)->write_checked)
+        return GS_OK;
+    if ((err = quick_check(st)) == GS_OK)
+        SQ(st)->write_checked = true;
     return err;
 }
 
@@ -1902,6 +1913,7 @@ static const struct gs_store_ops sq_ops = {
     .keys_lock_try = sq_keys_lock_try,
     .keys_unlock = sq_keys_unlock,
     .write_check = sq_write_check,
+    .check_integrity = quick_check,
     .begin = sq_begin,
     .commit = sq_commit,
     .rollback = sq_rollback,

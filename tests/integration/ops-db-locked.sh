@@ -257,6 +257,11 @@ printf '\x07' | dd of="$work/groupsrv.db" bs=1 seek=$(( (sealroot - 1) * 4096 ))
 [ "$(sqlite3 "$work/groupsrv.db" 'PRAGMA integrity_check' 2>&1 | head -1)" != ok ] ||
   fail "the written-over page was not found malformed by sqlite3"
 cp "$work/groupsrv.db" "$work/db.damaged"
+# check, the operator's first look, said "database  OK" of it.
+rc=0
+gs check > "$work/check.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] && grep -q "^database  PROBLEM: .* is damaged (PRAGMA quick_check: " "$work/check.out" ||
+  fail "check of a damaged database: exit $rc: $(grep '^database' "$work/check.out")"
 nobj=$(token_labels | wc -l)
 rm -rf "$work/out"; mkdir -p "$work/out"
 rc=0
@@ -282,4 +287,4 @@ cp "$work/db.good" "$work/groupsrv.db"
 rm -f "$work/groupsrv.db-wal" "$work/groupsrv.db-shm"
 gs member add eng dmg@example.org --issue-cert --out "$work/out" > /dev/null 2> "$work/err" ||
   fail "member add once restored: $(cat "$work/err")"
-ok "admin commands refuse a damaged database: exit 1, nothing written"
+ok "check and admin commands find a damaged database: exit 1, nothing written"
