@@ -5,6 +5,7 @@
 #include <openssl/asn1.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -195,6 +196,22 @@ gs_err gs_key_check_strength(EVP_PKEY *pk, const char *what)
         return gs_err_set(GS_ERR_CERT, "%s key is RSA below 2048 bits", what);
     if (type == EVP_PKEY_EC && EVP_PKEY_get_bits(pk) < 256)
         return gs_err_set(GS_ERR_CERT, "%s key is EC below P-256", what);
+    /* A curve written out as explicit parameters rather than named
+     * (RFC 5480 2.1.1 forbids it in certificates): any curve its maker
+     * chose, with a P-256-sized order and whatever generator, where the
+     * rule is a known curve of at least P-256. OpenSSL gives such a key
+     * the name of the curve whose numbers it repeats, and says it was
+     * decoded from explicit parameters. */
+    char curve[64];
+    int explicit = 0;
+    if (type == EVP_PKEY_EC &&
+        (EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve), NULL) != 1 ||
+         (EVP_PKEY_get_int_param(pk, OSSL_PKEY_PARAM_EC_DECODED_FROM_EXPLICIT_PARAMS, &explicit) == 1 &&
+          explicit != 0))) {
+        ERR_clear_error();
+        return gs_err_set(GS_ERR_CERT, "%s key is EC on a curve given by explicit parameters, not a named curve",
+                          what);
+    }
     return GS_OK;
 }
 

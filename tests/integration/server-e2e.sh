@@ -177,12 +177,16 @@ expect_status 403 not_a_member "membership certificate refused for secret-keys" 
 # EC >= P-256 key; an EC membership certificate cannot take a recipient-key
 openssl req -new -newkey rsa:1024 -nodes -subj / -keyout "$work/g1024.key" -out "$work/g1024.csr" 2>/dev/null
 openssl req -new -newkey ed25519 -nodes -subj / -keyout "$work/ged.key" -out "$work/ged.csr" 2>/dev/null
+# P-256 written out as explicit parameters, not named (RFC 5480 2.1.1: a
+# certificate names its curve): a curve no one checked, certified.
+openssl ecparam -name prime256v1 -param_enc explicit -genkey -noout -out "$work/gecx.key"
+openssl req -new -key "$work/gecx.key" -subj / -out "$work/gecx.csr"
 openssl req -in "$work/g.csr" -outform DER -out "$work/g.csr.der"
 /usr/bin/python3 -c 'import sys; d=bytearray(open(sys.argv[1],"rb").read()); d[-3]^=0xff; open(sys.argv[2],"wb").write(d)' \
   "$work/g.csr.der" "$work/gbadsig.der"
 # a DER CSR followed by bytes that are not part of it (its signature holds)
 { cat "$work/g.csr.der"; printf '\0trailing'; } > "$work/gtrail.der"
-for f in g1024.csr ged.csr gbadsig.der gtrail.der; do
+for f in g1024.csr ged.csr gecx.csr gbadsig.der gtrail.der; do
   expect_status 400 bad_csr "certsrv refuses $f" -- c bob -H 'Content-Type: application/pkcs10' \
     --data-binary @"$work/$f" "$cbase/v1/groups/eng/membership-certificates"
 done
