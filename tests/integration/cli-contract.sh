@@ -446,6 +446,23 @@ fi
 grep -qx 'token=pkcs11:token=Gr%C3%BCn%20card' "$work/prov.out" ||
   fail "provision-softhsm printed a token URI with the label not encoded: $(grep '^token=' "$work/prov.out")"
 ok "provision-softhsm prints the token URI with its label percent-encoded"
+# Its softhsm2.conf is pkcs11-config/softhsm2.conf.template with the token
+# directory filled in, which the template says and operations.md's sed
+# does (the script had its own copy of the settings, and the template a
+# placeholder in a comment that the sed filled in as well); a DIR with
+# "&" and a space in it is named as it is
+tok3="$work/tok & 3"
+"$SRC/scripts/provision-softhsm" "$tok3" groupsrv > /dev/null
+[ "$(grep -c '@TOKENDIR@' "$SRC/pkcs11-config/softhsm2.conf.template")" = 1 ] ||
+  fail "pkcs11-config/softhsm2.conf.template should hold @TOKENDIR@ once, on its directories.tokendir line"
+if grep -qFx "directories.tokendir = $tok3/tokens" "$tok3/softhsm2.conf" &&
+   cmp -s <(grep -v '^directories.tokendir = ' "$SRC/pkcs11-config/softhsm2.conf.template") \
+          <(grep -v '^directories.tokendir = ' "$tok3/softhsm2.conf"); then
+  ok "provision-softhsm writes the template filled in, a DIR with '&' in it as it is"
+else
+  fail "provision-softhsm's softhsm2.conf is not the template with directories.tokendir = $tok3/tokens: $(diff \
+    "$SRC/pkcs11-config/softhsm2.conf.template" "$tok3/softhsm2.conf" | head -5 | tr '\n' ' ')"
+fi
 
 # groupmail with a token key but no PIN source: not "key not found" alone
 module=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
