@@ -82,6 +82,20 @@ openssl x509 -in "$work/tmp/gs/alice@example.org.pem" -noout -ext subjectAltName
 grep '"action":"member-add"' "$work/tmp/gs/audit.jsonl" | grep -q '"member":"alice@example.org"' ||
   fail "tryout: member add left no record in the trial's audit log"
 ok "operations.md's 'Trying it out' ran as written: CA, group, alice's certificate, check"
+# Trying it again: a new token with the old database fails as the text
+# says (the block without -e, to see each command's answer); after the
+# text's second block (the token and the database removed) it runs again
+rm -rf "$work/tmp/gs-token"
+doc_block "$doc" 'Trying it out: a throw-away SoftHSM token' 1 | sed -e "s|/tmp/|$work/tmp/|g" -e "s|\./scripts/|$SRC/scripts/|g" \
+  > "$work/tryagain.sh"
+(cd "$SRC" && bash "$work/tryagain.sh") > "$work/tryagain.out" 2>&1 || true
+has tryagain 'a CA is already initialised in this database'
+has tryagain 'CA key: key not found \(no key gs:ca on the token\)'
+has tryagain 'gs:group:eng:v1 .*missing from the token'
+run_block tryclean 'Trying it out: a throw-away SoftHSM token' 2 "$SRC"
+run_block tryout2 'Trying it out: a throw-away SoftHSM token' 1 "$SRC"
+has tryout2 '^all keys OK$'
+ok "operations.md's 'Trying it out' again: the old database with a new token fails as the text says; removed, it runs"
 
 # ---- A real token, steps 1-6: a SoftHSM store with an uninitialised slot ----
 real=$work/real
