@@ -190,5 +190,10 @@ for p in groupsrv groupmail exploder; do
   else echo "ok: every option of the documents' $p examples is in its --help ($(wc -w <<<"$used") options)"; fi
 done
 
+# ... and each is one that command takes (its own --help line), also in
+# the text's code spans that start with a program's name
+/usr/bin/python3 "$src/tests/lint/cli-doc-subflags.py" "$src" "$bin" ||
+  fail "the documents' examples give a command an option it does not take (above)"
+
 [ "$nfail" = 0 ] || { echo "cli-docs: $nfail check(s) failed" >&2; exit 1; }
 echo "cli-docs: the pages and the programs agree"
