@@ -22,6 +22,15 @@ set_tests_properties(e2e_demo_port_busy PROPERTIES
   TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 
+# The demo stopped by Ctrl-C or a TERM: it says it was interrupted (not
+# failed), exits 130 and leaves no work directory or process.
+add_test(NAME e2e_demo_interrupted COMMAND bash ${GS_TEST_DIR}/integration/demo-interrupted.sh
+  ${GS_TEST_BIN} ${CMAKE_SOURCE_DIR})
+set_tests_properties(e2e_demo_interrupted PROPERTIES
+  LABELS "integration;e2e;release-only"
+  TIMEOUT 120
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
 # The demo when the SMTP server's pipe to `exploder deliver` fails: it shows
 # what the exploder said (the SMTP server's pipe log).
 add_test(NAME e2e_demo_pipe_fails COMMAND bash ${GS_TEST_DIR}/integration/demo-pipe-fails.sh
