@@ -1494,6 +1494,19 @@ out:
     return rv;
 }
 
+void env_message_drop_originator(env_message *msg)
+{
+    if (msg == NULL)
+        return;
+    ENV_ORIGINFO_free(msg->orig);
+    msg->orig = NULL;
+}
+
+bool env_message_has_originator(const env_message *msg)
+{
+    return msg != NULL && msg->orig != NULL;
+}
+
 const char *env_message_outer_headers(const env_message *msg)
 {
     return msg && msg->outer ? msg->outer : "";
@@ -1659,7 +1672,7 @@ static long env_version(const env_message *m)
     }
     if (v < 2 && (m->orig || m->attrs1))
         v = 2;
-    if (m->version == 4)
+    if (m->version == 4 && m->orig)
         v = 4; /* originatorInfo with other certificate/CRL formats: keep */
     return v;
 }

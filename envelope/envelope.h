@@ -290,6 +290,15 @@ env_err env_message_find_kekri(const env_message *msg, const unsigned char *kek_
  * be one well-formed RecipientInfo (ENV_ERR_ARGS otherwise; msg unchanged). */
 env_err env_message_set_recipients(env_message *msg, const unsigned char *const *ders, const size_t *lens,
                                    size_t n);
+/* Leaves the message's originatorInfo (RFC 5652 6.1: certificates and
+ * CRLs of the originator, optional, covered by no MAC) out of what
+ * env_message_write writes; the version is recomputed without it. For
+ * a copy whose RecipientInfos were replaced: what it carried was for the
+ * originator's key agreement with the recipients dropped, and libksba
+ * (gpgsm 2.2.40) refuses any EnvelopedData that has one ("Unsupported
+ * CMS object"). Does the message have one: env_message_has_originator. */
+void env_message_drop_originator(env_message *msg);
+bool env_message_has_originator(const env_message *msg);
 
 /* Outer RFC 5322 header block of an S/MIME input (raw lines, LF or CRLF as
  * read, without MIME-Version/Content-* lines, which are regenerated on

@@ -1077,6 +1077,11 @@ static xp_err prepare_rewrap(const xp_conf *c, const xp_list *l, const char *in_
         rc = e == ENV_ERR_NOMEM ? XP_ERR_NOMEM : XP_ERR_TEMP;
         goto out;
     }
+    /* nor the sender's originatorInfo (certificates and CRLs for the key
+     * agreement of the RecipientInfos just dropped): gpgsm 2.2 (libksba)
+     * reads no EnvelopedData that has one, and a member who reads with it
+     * could read no copy of such a sender's post */
+    env_message_drop_originator(msg);
     outer = env_message_outer_headers(msg);
     crlf = strstr(outer, "\r\n") != NULL;
     if ((rc = mail_list_headers(outer, strlen(outer), l->address, crlf, &hdrs, &hlen)) != XP_OK ||
