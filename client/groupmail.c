@@ -2296,7 +2296,9 @@ int main(int argc, char **argv)
         return GM_EXIT_ERROR;
     util_fsize_limit_fails_writes();
     lead_options_after_command(argc, argv);
-    if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+    /* `groupmail help [COMMAND]` as `--help`: the synopsis, 0 (groupsrv
+     * and exploder take it too) */
+    if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0)) {
         usage(stdout);
         return GM_EXIT_OK;
     }

@@ -398,8 +398,8 @@ int cmd_list_args(int argc, char **argv)
                               argc < 1 ? "" : ", not ", argc < 1 ? "" : argv[0]);
     if (argc < 2)
         return xp_usage_error("", "list %s: expected a list ADDR", argv[0]);
-    /* An option where an address goes (`list show --help`, `list add ADDR
-     * --bogus`) is a usage error, exit 64, not a list or member that is
+    /* An option where an address goes (`list show --bogus`, `list add ADDR
+     * --bogus`; --help was taken before: main.c) is a usage error, exit 64, not a list or member that is
      * not found. Only words without an @: "-x@example.org" is an address.
      * create and set parse their options after ADDR themselves. */
     bool options_after_addr = strcmp(argv[0], "create") == 0 || strcmp(argv[0], "set") == 0;

@@ -37,6 +37,30 @@ static void usage(void)
           stdout);
 }
 
+/* Does the command line after the command ask for the synopsis: a word
+ * --help or -h where an option goes (as groupsrv and groupmail take it,
+ * and mature tools do: a user asking is no usage error)? Not the value of
+ * an option that takes one (`deliver --sender -h`: what an MTA passes is
+ * the envelope sender, never a request), nor after "--". */
+static bool help_asked(int argc, char **argv)
+{
+    static const char *const valued[] = {"--list",  "--sender", "--group-server", "--group", "--mode",
+                                         "--cert",  "--key",    "--cacert",       "--group-cert"};
+
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            return false;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+        for (size_t v = 0; v < sizeof(valued) / sizeof(valued[0]); v++)
+            if (strcmp(argv[i], valued[v]) == 0) {
+                i++; /* its value */
+                break;
+            }
+    }
+    return false;
+}
+
 /* The diagnostic log file, appended to (0600 when created), never through
  * a symbolic link: an admin who runs a list command as root must not
  * append to a file the exploder's user linked into its log directory.
@@ -91,11 +115,17 @@ int main(int argc, char **argv)
     if (i >= argc)
         return xp_usage_error("", "no command given");
     cmd = argv[i];
+    /* `exploder help`, and --help after any command: the synopsis, 0,
+     * before the configuration is read */
+    if (strcmp(cmd, "help") == 0 || help_asked(argc - i - 1, argv + i + 1)) {
+        usage();
+        return 0;
+    }
     /* before the configuration: a typo is a usage error, whatever the file */
     if (strcmp(cmd, "deliver") != 0 && strcmp(cmd, "run") != 0 && strcmp(cmd, "list") != 0)
         return xp_usage_error("", "unknown command %.40s", cmd);
     /* run's and list's arguments too (as groupmail keys does): `list show
-     * --help` with no readable configuration is 64, not 78 */
+     * --bogus` with no readable configuration is 64, not 78 */
     bool run_once;
     if (strcmp(cmd, "run") == 0 && (ex = cmd_run_args(argc - i, argv + i, &run_once)) != 0)
         return ex;

@@ -263,6 +263,13 @@ expect 2 "^groupmail: keys: unknown subcommand 'a[\\]x0ab[\\]x1b\\[1m' .*$usage"
   "$gm" keys $'a\nb\e[1m'
 "$gm" keys --help >"$work/out" 2>&1 && grep -q '^usage: groupmail' "$work/out" && ok "groupmail keys --help: the synopsis" ||
   fail "groupmail keys --help: $(cat "$work/out")"
+# help is the synopsis on stdout, exit 0, as groupsrv help and --help after a command are
+for a in "help" "help decrypt" "decrypt --help" "-c $work/no-such.conf help"; do
+  rc=0
+  "$gm" $a >"$work/out" 2>"$work/err" || rc=$?
+  if [ "$rc" = 0 ] && grep -q '^usage: groupmail' "$work/out" && [ ! -s "$work/err" ]; then ok "groupmail $a: the synopsis"
+  else fail "groupmail $a: exit $rc: $(cat "$work/err")"; fi
+done
 # an option the command does not take is named, never silently ignored
 expect 2 "^groupmail: --smtp does not apply to decrypt $usage" "groupmail decrypt --smtp" -- \
   "$gm" decrypt --smtp smtp://127.0.0.1:25 --in /dev/null
@@ -387,11 +394,23 @@ expect 64 "^exploder: list set: unknown option --bogus $usage" "exploder list se
 expect 64 "^exploder: list show: expected one list ADDR $usage" "exploder list show ADDR extra" -- \
   "$xp" -c "$xconf" list show eng@lists.example.org extra
 # an option where an address goes is a usage error, not a list or member not found
-expect 64 "^exploder: list show: expected the list ADDR first, not --help $usage" "exploder list show --help" -- \
-  "$xp" -c "$xconf" list show --help
+expect 64 "^exploder: list show: expected the list ADDR first, not --bogus $usage" "exploder list show --bogus" -- \
+  "$xp" -c "$xconf" list show --bogus
 # the same before the configuration is read: a usage error is 64 whatever the file
-expect 64 "^exploder: list show: expected the list ADDR first, not --help $usage" \
-  "exploder list show --help, no readable configuration" -- "$xp" -c "$work/no-such.conf" list show --help
+expect 64 "^exploder: list show: expected the list ADDR first, not --bogus $usage" \
+  "exploder list show --bogus, no readable configuration" -- "$xp" -c "$work/no-such.conf" list show --bogus
+# help, and --help or -h after any command, is the synopsis on stdout, exit
+# 0, before the configuration is read (as groupsrv's); as an option's
+# value it is that value (an MTA's envelope sender)
+for a in "help" "help run" "run --help" "run -h" "deliver --help" "list --help" "list show --help" \
+  "list create eng@lists.example.org --group eng --help"; do
+  rc=0
+  "$xp" -c "$work/no-such.conf" $a >"$work/out" 2>"$work/err" </dev/null || rc=$?
+  if [ "$rc" = 0 ] && grep -q '^usage: exploder' "$work/out" && [ ! -s "$work/err" ]; then ok "exploder $a: the synopsis"
+  else fail "exploder $a: exit $rc: $(cat "$work/err")"; fi
+done
+expect 75 "^4\.3\.5 exploder: cannot read $work/no-such\.conf: " "exploder deliver --sender -h: a sender, not --help" -- \
+  "$xp" -c "$work/no-such.conf" deliver --list eng@lists.example.org --sender -h
 expect 64 "^exploder: run: unknown option --bogus $usage" "exploder run --bogus, no readable configuration" -- \
   "$xp" -c "$work/no-such.conf" run --bogus
 expect 78 "^exploder: cannot read $work/no-such\.conf: " "exploder list show ADDR, no readable configuration" -- \
