@@ -76,8 +76,14 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what);
 int gm_env_exit(env_err e);
 
 /* ---- the local store (pins, secret keys, membership certificates) ---- */
-/* "<group>@<host_port>" made filename-safe, from server URL and group. */
+/* "<group>@<host_port>" made filename-safe, from server URL and group:
+ * the host in lower case, without a trailing dot, userinfo or ":443", so
+ * that one server has one pin however its URL is typed. 0, or -1 (NULL,
+ * too long). */
 int gm_store_id(const char *server, const char *group, char *out, size_t outsz);
+/* The same with the host and port as typed: the name of the store's
+ * entries before it was read so (gm_store.c moves them). */
+int gm_store_id_as_typed(const char *server, const char *group, char *out, size_t outsz);
 /* Path under the store dir (created 0700); caller frees. */
 char *gm_store_path(const gm_config *c, const char *sub, const char *name);
 

@@ -2,6 +2,7 @@
  * member's identity (file or token key) and the REST handle. */
 #include "gm.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -408,24 +409,89 @@ static void safe_name(char *dst, size_t dsz, const char *src)
     dst[o] = '\0';
 }
 
-int gm_store_id(const char *server, const char *group, char *out, size_t outsz)
+/* The URL's authority (after "scheme://", up to one of stop), as typed,
+ * into out; -1 when it does not fit. */
+static int url_authority(const char *server, const char *stop, char *out, size_t cap)
 {
-    char host[256], g[256], raw[600];
-    const char *h;
+    const char *h = strstr(server, "://");
     size_t n;
-    if (server == NULL || group == NULL)
-        return -1;
-    h = strstr(server, "://");
+
     h = h ? h + 3 : server;
-    n = strcspn(h, "/");
-    if (n >= sizeof(host))
+    n = strcspn(h, stop);
+    if (n >= cap)
         return -1;
-    memcpy(host, h, n);
-    host[n] = '\0';
+    memcpy(out, h, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* The server as the store names it: one server however its URL is typed.
+ * The host in lower case (DNS names and IPv6 literals are read in any
+ * case), without the trailing dot of a fully qualified name, without
+ * userinfo, and without ":443" (https's port when none is given); the
+ * pin of https://groupsrv.example.org:8443 is the pin of
+ * https://GroupSrv.Example.org.:8443/ (a new pin made under the other
+ * spelling took any certificate, as a first use does). An IP address and
+ * a name stay two servers: nothing here resolves names. */
+static int store_host(const char *server, char *out, size_t cap)
+{
+    char auth[256];
+    const char *host, *port = NULL, *at;
+    size_t hlen;
+    int w;
+
+    if (url_authority(server, "/?#", auth, sizeof(auth)) != 0)
+        return -1;
+    host = (at = strrchr(auth, '@')) != NULL ? at + 1 : auth;
+    if (host[0] == '[') { /* [IPv6]:port */
+        const char *close = strchr(host, ']');
+        hlen = close != NULL ? (size_t)(close - host) + 1 : strlen(host);
+        if (host[hlen] == ':')
+            port = host + hlen + 1;
+    } else {
+        const char *colon = strrchr(host, ':');
+        hlen = colon != NULL ? (size_t)(colon - host) : strlen(host);
+        if (colon != NULL)
+            port = colon + 1;
+    }
+    if (hlen > 1 && host[hlen - 1] == '.')
+        hlen--;
+    if (port != NULL && (port[0] == '\0' || strcmp(port, "443") == 0))
+        port = NULL;
+    w = snprintf(out, cap, "%.*s%s%s", (int)hlen, host, port != NULL ? ":" : "", port != NULL ? port : "");
+    if (w < 0 || (size_t)w >= cap)
+        return -1;
+    for (char *p = out; *p != '\0'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return 0;
+}
+
+static int store_id_of(const char *group, const char *host, char *out, size_t outsz)
+{
+    char g[256], raw[600];
+
     safe_name(g, sizeof(g), group);
     snprintf(raw, sizeof(raw), "%s@%s", g, host);
     safe_name(out, outsz, raw);
     return 0;
+}
+
+int gm_store_id(const char *server, const char *group, char *out, size_t outsz)
+{
+    char host[256];
+
+    if (server == NULL || group == NULL || store_host(server, host, sizeof(host)) != 0)
+        return -1;
+    return store_id_of(group, host, out, outsz);
+}
+
+int gm_store_id_as_typed(const char *server, const char *group, char *out, size_t outsz)
+{
+    char host[256];
+
+    if (server == NULL || group == NULL || url_authority(server, "/", host, sizeof(host)) != 0)
+        return -1;
+    return store_id_of(group, host, out, outsz);
 }
 
 char *gm_store_path(const gm_config *c, const char *sub, const char *name)

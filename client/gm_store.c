@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,10 +19,36 @@
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 
+#include "log.h"
 #include "util.h"
 
 #define MAX_PIN_FILE (256u * 1024)
 #define MAX_SECRET_FILE (16u * 1024)
+
+/* An entry of the store (sub/<id>ext: a pin, a group's secret-key
+ * directory, a membership certificate or key) named by the server as it
+ * was typed, from before gm_store_id read one server however it is
+ * typed: moved to its name now, when that has none, so that an upgrade
+ * keeps what a store holds. Nothing when the names are the same, the old
+ * one is absent, or the new one exists (it is the one used). */
+static void store_move_typed(const gm_config *c, const char *sub, const char *ext)
+{
+    char id[600], typed[600], from[4096], to[4096];
+    struct stat st;
+    int a, b;
+
+    if (c->store == NULL || gm_store_id(c->server, c->group, id, sizeof(id)) != 0 ||
+        gm_store_id_as_typed(c->server, c->group, typed, sizeof(typed)) != 0 || strcmp(id, typed) == 0)
+        return;
+    a = snprintf(from, sizeof(from), "%s/%s/%s%s", c->store, sub, typed, ext);
+    b = snprintf(to, sizeof(to), "%s/%s/%s%s", c->store, sub, id, ext);
+    if (a < 0 || (size_t)a >= sizeof(from) || b < 0 || (size_t)b >= sizeof(to))
+        return;
+    if (lstat(from, &st) != 0 || lstat(to, &st) == 0 || errno != ENOENT)
+        return;
+    if (rename(from, to) != 0)
+        log_debug("store entry not moved to its name from=\"%s\" err=\"%s\"", log_qs(from), strerror(errno));
+}
 
 /* ---- pinned group certificates ------------------------------------------ */
 
@@ -31,6 +58,7 @@ char *gm_pin_path(const gm_config *c)
     size_t n;
     if (gm_store_id(c->server, c->group, id, sizeof(id) - 8) != 0)
         return NULL;
+    store_move_typed(c, "pins", ".pem");
     n = strlen(id);
     snprintf(id + n, sizeof(id) - n, ".pem");
     return gm_store_path(c, "pins", id);
@@ -97,6 +125,7 @@ static char *secret_dir(const gm_config *c, X509 *member_cert)
     if (member_cert == NULL || cert_sha256_hex(member_cert, fp) != 0 ||
         gm_store_id(c->server, c->group, id, sizeof(id)) != 0)
         return NULL;
+    store_move_typed(c, "secret-keys", "");
     fp[16] = '\0';
     snprintf(sub, sizeof(sub), "secret-keys/%s/%s", id, fp);
     return gm_store_path(c, sub, NULL);
@@ -323,6 +352,7 @@ long gm_secret_store_list(const gm_config *c, X509 *member_cert, FILE *out)
         gm_err("keys list: no store directory or group");
         return -1;
     }
+    store_move_typed(c, "secret-keys", "");
     /* Built by hand: listing must not create the store. */
     snprintf(gdir, sizeof(gdir), "%s/secret-keys/%s", c->store, id);
     if (member_cert != NULL) {
@@ -377,6 +407,7 @@ static char *mc_path(const gm_config *c, const char *ext)
     size_t n;
     if (gm_store_id(c->server, c->group, id, sizeof(id) - 8) != 0)
         return NULL;
+    store_move_typed(c, "membership", ext);
     n = strlen(id);
     snprintf(id + n, sizeof(id) - n, "%s", ext);
     return gm_store_path(c, "membership", id);

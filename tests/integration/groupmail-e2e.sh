@@ -40,6 +40,12 @@ gm fetch-cert --out /dev/stdout > "$work/fc.out" 2> "$work/fc.err" || fail "fetc
   fail "fetch-cert --out /dev/stdout: more than the certificate on standard output: $(tail -n 1 "$work/fc.out")"
 grep -q '^pinned ' "$work/fc.err" || fail "fetch-cert --out /dev/stdout: no pinned line on standard error"
 ok "fetch-cert --out /dev/stdout: the certificate alone on standard output"
+# the server by name, pinned in a store of its own; and the same pin as an
+# older groupmail named it when the server was typed in capitals (the
+# host as typed), in another: both are looked at after the re-key below
+expect_rc 0 "fetch-cert by name" -- gm fetch-cert --server "https://localhost:$port" --store "$work/named"
+mkdir -p "$work/typed/pins"
+cp "$work/named/pins/eng@localhost_$port.pem" "$work/typed/pins/eng@LocalHost_$port.pem"
 
 # A stock S/MIME message to the group (GCM, OAEP SHA-1) and msg.der (CBC) from server-lib.
 printf 'Subject: e2e\n\nthe body of the e2e message\n' > "$work/m.txt"
@@ -602,6 +608,20 @@ openssl cms -encrypt -binary -aes-256-cbc -in "$work/m.txt" -outform DER -out "$
 expect_rc 5 "mail to a newer group key before the repin" -- as alice decrypt --in "$work/v2.der"
 grep -q 'fetch-cert --repin' "$work/gm.err" || fail "no repin hint: $(cat "$work/gm.err")"
 expect_rc 4 "fetch-cert after the re-key, without --repin" -- gm fetch-cert
+# one server however its URL is typed (host in capitals, a slash after
+# it; the root's dot too, which localhost does not resolve with): the one
+# pin, refused as well, not a new pin
+# under another name that takes any certificate, as a first use does
+for url in "https://LocalHost:$port/" "https://LOCALHOST:$port"; do
+  expect_rc 4 "fetch-cert after the re-key, the server typed $url" -- gm fetch-cert --server "$url" --store "$work/named"
+  grep -q 'differs from the one pinned' "$work/gm.err" || fail "the server typed $url: $(cat "$work/gm.err")"
+done
+[ "$(ls "$work/named/pins")" = "eng@localhost_$port.pem" ] || fail "pins of one server: $(ls "$work/named/pins")"
+# a pin named as the server was typed is the server's pin (moved to its name)
+expect_rc 4 "fetch-cert after the re-key, a pin named by the host as typed" -- \
+  gm fetch-cert --server "https://LocalHost:$port" --store "$work/typed"
+grep -q 'differs from the one pinned' "$work/gm.err" || fail "a pin named as typed: $(cat "$work/gm.err")"
+[ "$(ls "$work/typed/pins")" = "eng@localhost_$port.pem" ] || fail "the pin named as typed: $(ls "$work/typed/pins")"
 expect_rc 0 "fetch-cert --repin" -- gm fetch-cert --repin
 for round in repinned fetched-again; do
   for via in tls recipient-key group-secret; do
