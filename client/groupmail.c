@@ -278,7 +278,14 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
         case 'h': usage(stdout); exit(0);
         default: return option_error(ch, argv);
         }
-        if (dst != NULL && set_str(dst, optarg) != 0)
+        /* "-" is the standard stream, as curl's -o - and openssl's -in -
+         * take it: a file of that name in the working directory got
+         * decrypt's plaintext. The names the stream itself goes by
+         * (util_out_open), never opened anew. */
+        const char *val = optarg;
+        if ((ch == O_IN || ch == O_OUT) && strcmp(val, "-") == 0)
+            val = ch == O_IN ? "/dev/stdin" : "/dev/stdout";
+        if (dst != NULL && set_str(dst, val) != 0)
             return GM_EXIT_ERROR;
     }
     if (optind != argc) {

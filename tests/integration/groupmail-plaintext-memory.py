@@ -139,6 +139,18 @@ sent.wait(timeout=60)
 if sent.returncode != 5 or b"not an S/MIME encrypted message" not in err or out:
     fail("send of plaintext: exit %d, stderr %r (want 5, a refusal)" % (sent.returncode, err))
 
+# "-" for --in and --out is the standard stream (as curl's -o - takes it),
+# not a file of that name in the working directory holding the plaintext
+os.mkdir(p("cwd"))
+with open(p("m.smime"), "rb") as f:
+    dash = subprocess.run([GM, "decrypt", "--via", "own-key", "--cert", p("me.pem"), "--key", p("me.key"),
+                           "--in", "-", "--out", "-"], stdin=f, capture_output=True, cwd=p("cwd"), env=env)
+if os.listdir(p("cwd")):
+    fail("decrypt --in - --out - left %s in its working directory" % os.listdir(p("cwd")))
+if dash.returncode != 0 or dash.stdout != plaintext:
+    fail("decrypt --in - --out -: exit %d, %d bytes on standard output, stderr %r"
+         % (dash.returncode, len(dash.stdout), dash.stderr))
+
 if failures:
     print("%d failure(s)" % len(failures))
     sys.exit(1)
