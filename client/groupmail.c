@@ -734,6 +734,47 @@ static int out_write_error(const gm_out *o, env_err e, int saved_errno)
     return 1;
 }
 
+/* encrypt and send --encrypt to the pinned group certificate (gc): is
+ * it for the key the group server's current certificate is for? After a
+ * re-key (`group rotate`; a member's removal from a group that allows
+ * local-key rotates, as the removed member may hold a copy of the old
+ * key) mail to the pinned key went on silently: readable to whoever holds
+ * that key, and once the version is retired to no one (the list bounces
+ * it). A renewed certificate for the same key (`group renew-cert`) is the
+ * same key: encrypt goes on with the pin, as it does when the server
+ * cannot be asked (encrypt needs no server once pinned). GM_EXIT_OK, or
+ * GM_EXIT_UNREACHABLE (4, as fetch-cert refuses the new certificate), or
+ * the exit of a TLS setting that cannot be used, with the line said. */
+static int pinned_key_current(const gm_config *c, gs_rest **r, X509 *gc)
+{
+    STACK_OF(X509) *now = NULL;
+    char *pem = NULL, *where = NULL;
+    size_t pemlen = 0;
+    int rc = GM_EXIT_OK;
+
+    if ((rc = rest_lazy(c, r)) != GM_EXIT_OK) /* a TLS setting that cannot be used: said */
+        return rc;
+    if (gs_rest_group_certificate(*r, c->group, &pem, &pemlen) != GS_REST_OK ||
+        gm_pem_certs((unsigned char *)pem, pemlen, &now) != 0 || sk_X509_num(now) < 1) {
+        log_debug("the group's current certificate could not be had: encrypting to the pinned one group=%s",
+                  c->group);
+        goto out;
+    }
+    if (EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(now, 0)), X509_get0_pubkey(gc)) != 1) {
+        where = gm_pin_path(c);
+        gm_err("the group has a new key: its current certificate differs from the one pinned in %s (re-key?): "
+               "check, then fetch-cert --repin",
+               where != NULL ? where : "the store");
+        rc = GM_EXIT_UNREACHABLE;
+    }
+out:
+    ERR_clear_error();
+    free(where);
+    free(pem);
+    sk_X509_pop_free(now, X509_free);
+    return rc;
+}
+
 /* o: the output written (its write failures named), or NULL. */
 static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out, const gm_out *o)
 {
@@ -756,6 +797,8 @@ static int encrypt_to(const gm_config *c, gs_rest **r, BIO *in, BIO *out, const 
         rc = GM_EXIT_UNREACHABLE;
         goto out;
     }
+    if (c->group_cert == NULL && (rc = pinned_key_current(c, r, gc)) != GM_EXIT_OK)
+        goto out;
     eo.cipher = c->cbc ? ENV_CIPHER_AES256_CBC : ENV_CIPHER_AES256_GCM;
     /* OAEP with SHA-1 (the CMS default parameters) unless asked: tokens
      * such as SoftHSM 2.6 decrypt OAEP with SHA-1 only. */

@@ -607,6 +607,13 @@ gs group show eng --cert > "$work/group-v2.pem"
 openssl cms -encrypt -binary -aes-256-cbc -in "$work/m.txt" -outform DER -out "$work/v2.der" -recip "$work/group-v2.pem"
 expect_rc 5 "mail to a newer group key before the repin" -- as alice decrypt --in "$work/v2.der"
 grep -q 'fetch-cert --repin' "$work/gm.err" || fail "no repin hint: $(cat "$work/gm.err")"
+# encrypt (and send --encrypt) to the pinned key of before the re-key: told
+# so, as fetch-cert is, not mail to a key a removed member may hold, or
+# that the group may retire (it went out, exit 0)
+expect_rc 4 "encrypt to the pinned key after the re-key" -- gm encrypt --in "$work/m.txt" --out "$work/old-key.der"
+grep -q '^groupmail: the group has a new key: .*fetch-cert --repin$' "$work/gm.err" ||
+  fail "encrypt after the re-key: $(cat "$work/gm.err")"
+[ ! -e "$work/old-key.der" ] || fail "encrypt after the re-key left its output"
 expect_rc 4 "fetch-cert after the re-key, without --repin" -- gm fetch-cert
 # one server however its URL is typed (host in capitals, a slash after
 # it; the root's dot too, which localhost does not resolve with): the one
