@@ -157,14 +157,16 @@ struct hsm_key {
     CK_OBJECT_HANDLE handle; /* valid while gen == ctx->key_gen */
     unsigned gen;
     bool always_auth;        /* CKA_ALWAYS_AUTHENTICATE: C_Login(CKU_CONTEXT_SPECIFIC) per use */
-    /* An RSA key's SHA-256 of CKA_MODULUS as found by label (key_note_modulus):
-     * a search again after its handle went stale (a new login, a token
-     * initialised anew) must find this key, not another one made since
-     * under the same label and CKA_ID (groupsrv derives the CKA_ID from
-     * the label, so another installation's key of that label has both).
+    /* The SHA-256 of a key pair's public half as found by label
+     * (key_note_public: an RSA key's CKA_MODULUS, an EC key's CKA_EC_POINT
+     * from the public key object of its CKA_ID): a search again after its
+     * handle went stale (a new login, a token initialised anew) must find
+     * this key, not another one made since under the same label and CKA_ID
+     * (groupsrv derives the CKA_ID from the label, so another
+     * installation's key of that label has both).
      * Set before the key is shared, read-only after. */
-    bool have_modulus;
-    unsigned char modulus_sha256[32];
+    bool have_pub;
+    unsigned char pub_sha256[32];
     /* An AES key's CKA_WRAP as last read (ops.c), for object `wrap_handle`
      * in key generation `wrap_gen`; 0 = not read. Under ctx->key_mu. */
     signed char wraps;

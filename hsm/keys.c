@@ -405,30 +405,90 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
     return HSM_OK;
 }
 
-/* SHA-256 of RSA key h's CKA_MODULUS in md: false if it is no RSA key or
- * the token does not give the modulus (then nothing is compared). */
-static bool modulus_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, unsigned char md[32])
-{
-    unsigned char *v = NULL;
-    size_t n = 0;
-    hsm_errsave sv;
-    bool ok;
+static int ec_point_unwrap(const unsigned char *buf, size_t len, const unsigned char **pt, size_t *ptlen);
 
+/* The SHA-256 that names a public key (struct hsm_key pub_sha256), one
+ * definition for what the token gives and what a certificate holds: of an
+ * RSA modulus without leading zero bytes, of an uncompressed EC point. */
+static bool pub_digest(bool rsa, const unsigned char *v, size_t n, unsigned char md[32])
+{
+    while (rsa && n > 0 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    if (n == 0 || (!rsa && (n < 3 || v[0] != 0x04 || n % 2 == 0)))
+        return false;
+    return EVP_Digest(v, n, md, NULL, EVP_sha256(), NULL) == 1;
+}
+
+/* The public key object of EC private key `key`'s CKA_ID, if exactly one. */
+static bool ec_public_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, CK_OBJECT_HANDLE *ph)
+{
+    CK_OBJECT_CLASS pc = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_EC;
+    CK_ATTRIBUTE t[3] = {{CKA_CLASS, &pc, sizeof(pc)},
+                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_ID, (void *)key->id, key->id_len}};
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+
+    if (key->id_len == 0 || find_keys(ctx, s, t, 3, found, 2, &n) != HSM_OK || n != 1)
+        return false;
+    *ph = found[0];
+    return true;
+}
+
+/* SHA-256 (pub_digest) of the public half of key object h, which has
+ * key's class and type: an RSA key's CKA_MODULUS; for an EC key the
+ * CKA_EC_POINT of the public key object of its CKA_ID (a private EC key
+ * has no public attribute on every token), or its own where the token
+ * gives one. False if the token does not give it (then nothing is
+ * compared); no error detail is left behind. */
+static bool public_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const hsm_key *key,
+                          unsigned char md[32])
+{
+    unsigned char buf[1024], *heap = NULL;
+    const unsigned char *v = NULL, *pt;
+    size_t n = 0, ptlen;
+    CK_ATTRIBUTE a;
+    CK_OBJECT_HANDLE ph = h;
+    hsm_errsave sv;
+    bool ok = false;
+
+    if (key->cls != CKO_PRIVATE_KEY && key->cls != CKO_PUBLIC_KEY)
+        return false;
+    if (key->ktype != CKK_RSA && key->ktype != CKK_EC)
+        return false;
     hsm_err_save(&sv);
-    ok = hsm_get_attr(ctx, s, h, CKA_MODULUS, &v, &n) == HSM_OK && n > 0 &&
-         EVP_Digest(v, n, md, NULL, EVP_sha256(), NULL) == 1;
+    if (key->ktype == CKK_EC && key->cls == CKO_PRIVATE_KEY && !ec_public_object(ctx, s, key, &ph))
+        ph = h;
+    /* One call where the value fits (an 8192-bit modulus, any point): on a
+     * remote token each is a round trip; two where it does not. */
+    a.type = key->ktype == CKK_RSA ? CKA_MODULUS : CKA_EC_POINT;
+    a.pValue = buf;
+    a.ulValueLen = sizeof(buf);
+    if (P11(ctx, C_GetAttributeValue, s, ph, &a, 1) == HSM_OK && a.ulValueLen != CK_UNAVAILABLE_INFORMATION &&
+        a.ulValueLen <= sizeof(buf)) {
+        v = buf;
+        n = a.ulValueLen;
+    } else if (hsm_last_rv() == CKR_BUFFER_TOO_SMALL && hsm_get_attr(ctx, s, ph, a.type, &heap, &n) == HSM_OK) {
+        v = heap;
+    }
+    if (v != NULL && key->ktype == CKK_RSA)
+        ok = pub_digest(true, v, n, md);
+    else if (v != NULL)
+        ok = ec_point_unwrap(v, n, &pt, &ptlen) == 0 && pub_digest(false, pt, ptlen, md);
     hsm_err_restore(&sv);
-    free(v);
+    free(heap);
     return ok;
 }
 
-/* Notes the modulus of an RSA key found by label (struct hsm_key): one
- * C_GetAttributeValue per RSA key found; a key whose modulus the token
- * does not give is found again as before. */
-static void key_note_modulus(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
+/* Notes the public half of a key pair found by label (struct hsm_key): one
+ * attribute read per RSA key found, a search and a read per EC key; a key
+ * whose public half the token does not give is found again as before. */
+static void key_note_public(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
 {
-    key->have_modulus = key->ktype == CKK_RSA && (key->cls == CKO_PRIVATE_KEY || key->cls == CKO_PUBLIC_KEY) &&
-                        modulus_sha256(ctx, s, h, key->modulus_sha256);
+    key->have_pub = public_sha256(ctx, s, h, key, key->pub_sha256);
 }
 
 /* How a message names a key: its label, quoted as log_quote does, with
@@ -489,14 +549,15 @@ hsm_err hsm_key_handle(hsm_ctx *ctx, CK_SESSION_HANDLE s, hsm_key *key, CK_OBJEC
      * same CKA_ID where groupsrv made it): not used, as one not on the
      * token (a group load then compares what the label holds with the
      * certificate). Used, a PKCS#1 v1.5 unwrap answered implicit
-     * rejection's substitute key as if it were the content key. */
-    if (key->have_modulus) {
+     * rejection's substitute key as if it were the content key, and an EC
+     * key's ECDH a KEK that unwraps nothing (400 for good mail). */
+    if (key->have_pub) {
         unsigned char md[32];
-        if (modulus_sha256(ctx, s, found[0], md) && CRYPTO_memcmp(md, key->modulus_sha256, sizeof(md)) != 0) {
+        if (public_sha256(ctx, s, found[0], key, md) && CRYPTO_memcmp(md, key->pub_sha256, sizeof(md)) != 0) {
             char q[80];
-            hsm_set_detail("key %s on the token is now another key (its modulus differs from the one found "
+            hsm_set_detail("key %s on the token is now another key (its %s differs from the one found "
                            "before): not used",
-                           key_name(key, q, sizeof(q)));
+                           key_name(key, q, sizeof(q)), key->ktype == CKK_RSA ? "modulus" : "public point");
             return HSM_ERR_KEY_NOT_FOUND;
         }
     }
@@ -656,7 +717,7 @@ static hsm_err op_find(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     }
     if ((err = key_fill(ctx, s, found[0], fa->key)) != HSM_OK)
         return err;
-    key_note_modulus(ctx, s, found[0], fa->key);
+    key_note_public(ctx, s, found[0], fa->key);
     fa->key->handle = found[0];
     fa->key->gen = gen;
     return HSM_OK;
@@ -737,7 +798,7 @@ static hsm_err take_wanted(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h
         hsm_key_free(k);
         return err;
     }
-    key_note_modulus(ctx, s, h, k);
+    key_note_public(ctx, s, h, k);
     k->handle = h;
     k->gen = fa->gen;
     fa->out[index] = k;

@@ -393,6 +393,33 @@ PY
     --data-binary @"$work/ec-req.json" "$base/v1/groups/ecg/unwrap"
   grep -q "not a point of the group key's curve" "$work/body" || fail "off-curve point: $(cat "$work/body")"
   ok "nss: an originator key off the group key's curve is refused before the token uses the key"
+  # The EC group's key made again under the running server, as another
+  # installation's group create makes it on a token initialised anew: the
+  # same label and the CKA_ID groupsrv gives it (the first 16 bytes of
+  # SHA-256 of the label). The key holder finds its stale handle's object
+  # again by label and CKA_ID; it must not derive with the other key
+  # (400 unwrap_failed for good mail until the group was loaded again) but
+  # answer 503 and load the group again, where the certificate's key is
+  # missing: 503 key_unavailable. pkcs11-tool reaches NSS through
+  # p11-kit's proxy, which loads the same module file.
+  p11nss() { GS_PIN=$(cat "$pin_file") pkcs11-tool --module "$(tok_p11kit_module_dir)/../p11-kit-proxy.so" \
+    --token-label "$TOK_LABEL" --login --pin env:GS_PIN "$@"; }
+  p11nss --delete-object --type privkey --label gs:group:ecg:v1 > "$work/p11.out" 2>&1 &&
+    p11nss --delete-object --type pubkey --label gs:group:ecg:v1 >> "$work/p11.out" 2>&1 &&
+    p11nss --keypairgen --key-type EC:prime256v1 --label gs:group:ecg:v1 --usage-derive \
+      --id "$(printf %s gs:group:ecg:v1 | sha256sum | cut -c1-32)" >> "$work/p11.out" 2>&1 ||
+    fail "pkcs11-tool could not make the EC group's key again: $(cat "$work/p11.out")"
+  printf '{"recipient_info":"%s","deliver":"tls"}' "$(b64 "$work/ec-ri.der")" > "$work/ec-req.json"
+  got=
+  for i in 1 2 3 4 5 6; do
+    expect_status 503 "" "EC mail to a version whose label and CKA_ID now hold another key ($i)" -- \
+      c alice --data-binary @"$work/ec-req.json" "$base/v1/groups/ecg/unwrap"
+    grep -q '"code":"key_unavailable"' "$work/body" && { got=yes; break; }
+  done
+  [ -n "$got" ] || fail "EC mail to a remade key: never 503 key_unavailable: $(cat "$work/body")"
+  grep -q 'detail="key gs:group:ecg:v1 on the token is now another key' "$work/server.log" ||
+    fail "no log line naming the EC key found again that is another: $(grep 'ecg:v1' "$work/server.log" | head -3)"
+  ok "nss: an EC key found again by label and CKA_ID that is another key is not used (503, then key_unavailable)"
   ;;
 rpc)
   # A token URI that names the module behind the p11-kit server (as it
