@@ -474,9 +474,11 @@ static void found_free(hsm_key **found, size_t n)
  * substitute key (every member's decryption failing), while the server
  * said nothing; `check` already said "certificate key differs from the
  * token key". Such a version is served as one this token lacks (503
- * key_unavailable for it, logged naming the label). A public key that
- * cannot be read (an EC key without its public object, a token error) is
- * not judged: the unwrap answers as before. */
+ * key_unavailable for it, logged naming the label). The key's public half
+ * is the one the key holder read when it found the key (hsm: its modulus
+ * or point), not read again; one that could not be read then is exported
+ * now, and one that cannot be read at all (an EC key without its public
+ * object, a token error) is not judged: the unwrap answers as before. */
 /* The versions (by token label: a group's version's own) whose key was
  * last found not to be their certificate's, with that key's SHA-256:
  * such a version is served as missing, and a group lacking a key is
@@ -530,15 +532,27 @@ static bool key_is_certified(hsm_ctx *hsm, hsm_key *key, X509 *cert, const char 
     unsigned char *spki = NULL, sha[32];
     size_t spki_len = 0;
     bool ok, hashed = false;
+    int same;
 
-    if (key == NULL || cert == NULL || hsm_key_export_public(hsm, key, &spki, &spki_len) != HSM_OK) {
-        free(spki);
+    if (key == NULL || cert == NULL)
         return true;
+    /* What the key holder read of the key when it found it (its modulus
+     * or point) answers without asking the token again; a key whose public
+     * half was not read then is exported. */
+    same = hsm_key_matches_public(key, X509_get0_pubkey(cert), sha);
+    if (same >= 0) {
+        ok = same == 1;
+        hashed = true;
+    } else {
+        if (hsm_key_export_public(hsm, key, &spki, &spki_len) != HSM_OK) {
+            free(spki);
+            return true;
+        }
+        ok = gs_cert_matches_spki(cert, spki, spki_len);
+        if (!ok)
+            hashed = EVP_Digest(spki, spki_len, sha, NULL, EVP_sha256(), NULL) == 1;
+        free(spki);
     }
-    ok = gs_cert_matches_spki(cert, spki, spki_len);
-    if (!ok)
-        hashed = EVP_Digest(spki, spki_len, sha, NULL, EVP_sha256(), NULL) == 1;
-    free(spki);
     if (!ok && (!hashed || mismatch_news(label, sha)))
         log_error("group key is not the one its certificate names (the token initialised anew and the label "
                   "made again, or another token of the same label): not used, served as missing (groupsrv check "

@@ -516,6 +516,16 @@ hsm_err hsm_key_list(hsm_ctx *ctx, const char *label_prefix,
  * for a private key the matching public attributes are read). Caller frees. */
 hsm_err hsm_key_export_public(hsm_ctx *ctx, hsm_key *key, unsigned char **spki_der, size_t *len);
 
+/* Whether pub (a certificate's key) is the public half of key pair `key`
+ * as the token showed it when the key was found by label (an RSA key's
+ * modulus, an EC key's point; kept to refuse another key found again
+ * under its label and CKA_ID), with no token call: 1 yes, 0 no, -1 not
+ * known (nothing was noted: ask the token with hsm_key_export_public).
+ * With an answer, found_sha256 (if not NULL) gets the SHA-256 that names
+ * the key found: another key found later under the label has another. */
+typedef struct evp_pkey_st EVP_PKEY; /* <openssl/evp.h> (same typedef) */
+int hsm_key_matches_public(const hsm_key *key, EVP_PKEY *pub, unsigned char found_sha256[32]);
+
 /* ---- the message key operations ------------------------------------- */
 
 /* How a content key was wrapped to a group RSA key. */

@@ -163,7 +163,8 @@ struct hsm_key {
      * handle went stale (a new login, a token initialised anew) must find
      * this key, not another one made since under the same label and CKA_ID
      * (groupsrv derives the CKA_ID from the label, so another
-     * installation's key of that label has both).
+     * installation's key of that label has both); a group load compares it
+     * with the certificate (hsm_key_matches_public), with no token call.
      * Set before the key is shared, read-only after. */
     bool have_pub;
     unsigned char pub_sha256[32];

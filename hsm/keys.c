@@ -11,6 +11,7 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/param_build.h>
@@ -489,6 +490,49 @@ static bool public_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
 static void key_note_public(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, hsm_key *key)
 {
     key->have_pub = public_sha256(ctx, s, h, key, key->pub_sha256);
+}
+
+int hsm_key_matches_public(const hsm_key *key, EVP_PKEY *pub, unsigned char found_sha256[32])
+{
+    unsigned char md[32], *v = NULL;
+    size_t n = 0;
+    BIGNUM *bn = NULL;
+    int same = -1;
+
+    if (key == NULL || pub == NULL || !key->have_pub)
+        return -1;
+    if (key->ktype == CKK_RSA && EVP_PKEY_is_a(pub, "RSA")) {
+        if (EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_N, &bn) != 1 || BN_num_bytes(bn) <= 0 ||
+            (v = malloc((size_t)BN_num_bytes(bn))) == NULL)
+            goto out;
+        n = (size_t)BN_bn2bin(bn, v);
+    } else if (key->ktype == CKK_EC && EVP_PKEY_is_a(pub, "EC")) {
+        /* the point as the token gives it: uncompressed */
+        if (EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0, &n) != 1 || n == 0 ||
+            (v = malloc(n)) == NULL ||
+            EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, v, n, &n) != 1)
+            goto out;
+        if (n > 0 && v[0] != 0x04) {
+            /* a compressed point in the certificate: not judged here */
+            goto out;
+        }
+    } else {
+        /* another kind of key than the token's: surely not it */
+        same = 0;
+        if (found_sha256 != NULL)
+            memcpy(found_sha256, key->pub_sha256, 32);
+        goto out;
+    }
+    if (!pub_digest(key->ktype == CKK_RSA, v, n, md))
+        goto out;
+    same = CRYPTO_memcmp(md, key->pub_sha256, sizeof(md)) == 0;
+    if (found_sha256 != NULL)
+        memcpy(found_sha256, key->pub_sha256, 32);
+out:
+    ERR_clear_error();
+    BN_free(bn);
+    free(v);
+    return same;
 }
 
 /* How a message names a key: its label, quoted as log_quote does, with
