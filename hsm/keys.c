@@ -1632,6 +1632,17 @@ static hsm_err generate(hsm_ctx *ctx, hsm_op_fn op, struct gen_arg *ga, bool bes
         }
         if (err != HSM_OK)
             hsm_set_detail("%s", first);
+    } else if (err != HSM_OK && !best && ga->prot != 0 && hsm_last_rv() == CKR_GENERAL_ERROR) {
+        /* Strict (every protection, as a receiving token's transport key
+         * needs): a token that keeps them on session keys only refuses the
+         * token key, NSS softokn with CKR_GENERAL_ERROR, which read as
+         * "token device error" (a broken token) instead of what it is. */
+        char first[192];
+        util_strlcpy(first, hsm_last_error_detail(), sizeof(first));
+        hsm_set_detail("%s refused a token key with %s (%.140s): this token does not keep them on token keys "
+                       "(`groupsrv check` shows what it keeps)",
+                       fn, prot_name(ga->prot), first);
+        err = HSM_ERR_MECHANISM;
     }
     if (err == HSM_OK && res != NULL) {
         res->protections = ga->stored;

@@ -3029,6 +3029,13 @@ static void test_generate_best_refused(void **state)
     assert_non_null(strstr(hsm_last_error_detail(), "C_GenerateKeyPair(RSA-2048, CKA_ALLOWED_MECHANISMS, "
                                                     "CKA_UNWRAP_TEMPLATE): CKR_ATTRIBUTE_TYPE_INVALID"));
     assert_non_null(strstr(hsm_last_error_detail(), "groupsrv check"));
+    /* NSS's CKR_GENERAL_ERROR for them is a refusal, not a broken device. */
+    assert_int_equal(testfault_inject("C_GenerateKeyPair", T_CKR_GENERAL_ERROR, 1), 0);
+    assert_int_equal(hsm_generate_keypair(ctx, &st, NULL, &priv), HSM_ERR_MECHANISM);
+    assert_null(priv);
+    assert_non_null(strstr(hsm_last_error_detail(), "C_GenerateKeyPair refused a token key with "
+                                                    "CKA_ALLOWED_MECHANISMS and CKA_UNWRAP_TEMPLATE"));
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_GENERAL_ERROR"));
     testfault_clear();
     t_close(ctx);
 }
