@@ -422,28 +422,50 @@ static bool pub_digest(bool rsa, const unsigned char *v, size_t n, unsigned char
     return EVP_Digest(v, n, md, NULL, EVP_sha256(), NULL) == 1;
 }
 
-/* The public key object of EC private key `key`'s CKA_ID, if exactly one. */
-static bool ec_public_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, CK_OBJECT_HANDLE *ph)
+/* The public key object of private key `key`'s CKA_ID (of its key type),
+ * if exactly one. */
+static bool pair_public_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_key *key, CK_OBJECT_HANDLE *ph)
 {
     CK_OBJECT_CLASS pc = CKO_PUBLIC_KEY;
-    CK_KEY_TYPE kt = CKK_EC;
+    CK_KEY_TYPE kt = key->ktype;
     CK_ATTRIBUTE t[3] = {{CKA_CLASS, &pc, sizeof(pc)},
                          {CKA_KEY_TYPE, &kt, sizeof(kt)},
                          {CKA_ID, (void *)key->id, key->id_len}};
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
 
-    if (key->id_len == 0 || find_keys(ctx, s, t, 3, found, 2, &n) != HSM_OK || n != 1)
+    if (key->cls != CKO_PRIVATE_KEY || key->id_len == 0 || find_keys(ctx, s, t, 3, found, 2, &n) != HSM_OK ||
+        n != 1)
         return false;
     *ph = found[0];
     return true;
 }
 
+/* Attribute `type` of object h in buf (one call where it fits), or in
+ * *heap (caller frees); NULL if the token does not give it. */
+static const unsigned char *read_public_attr(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                                             CK_ATTRIBUTE_TYPE type, unsigned char buf[1024],
+                                             unsigned char **heap, size_t *n)
+{
+    CK_ATTRIBUTE a = {type, buf, 1024};
+
+    /* On a remote token each call is a round trip; two where it does not fit. */
+    if (P11(ctx, C_GetAttributeValue, s, h, &a, 1) == HSM_OK && a.ulValueLen != CK_UNAVAILABLE_INFORMATION &&
+        a.ulValueLen <= 1024) {
+        *n = a.ulValueLen;
+        return buf;
+    }
+    if (hsm_last_rv() == CKR_BUFFER_TOO_SMALL && hsm_get_attr(ctx, s, h, type, heap, n) == HSM_OK)
+        return *heap;
+    return NULL;
+}
+
 /* SHA-256 (pub_digest) of the public half of key object h, which has
- * key's class and type: an RSA key's CKA_MODULUS; for an EC key the
- * CKA_EC_POINT of the public key object of its CKA_ID (a private EC key
- * has no public attribute on every token), or its own where the token
- * gives one. False if the token does not give it (then nothing is
+ * key's class and type: an RSA key's CKA_MODULUS, or that of the public
+ * key object of its CKA_ID where the private key does not give it; for an
+ * EC key the CKA_EC_POINT of the public key object of its CKA_ID (a
+ * private EC key has no public attribute on every token), or its own
+ * where the token gives one. False if the token does not give it (then nothing is
  * compared); no error detail is left behind. */
 static bool public_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const hsm_key *key,
                           unsigned char md[32])
@@ -451,34 +473,26 @@ static bool public_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
     unsigned char buf[1024], *heap = NULL;
     const unsigned char *v = NULL, *pt;
     size_t n = 0, ptlen;
-    CK_ATTRIBUTE a;
     CK_OBJECT_HANDLE ph = h;
     hsm_errsave sv;
     bool ok = false;
 
-    if (key->cls != CKO_PRIVATE_KEY && key->cls != CKO_PUBLIC_KEY)
-        return false;
-    if (key->ktype != CKK_RSA && key->ktype != CKK_EC)
+    if ((key->cls != CKO_PRIVATE_KEY && key->cls != CKO_PUBLIC_KEY) ||
+        (key->ktype != CKK_RSA && key->ktype != CKK_EC))
         return false;
     hsm_err_save(&sv);
-    if (key->ktype == CKK_EC && key->cls == CKO_PRIVATE_KEY && !ec_public_object(ctx, s, key, &ph))
-        ph = h;
-    /* One call where the value fits (an 8192-bit modulus, any point): on a
-     * remote token each is a round trip; two where it does not. */
-    a.type = key->ktype == CKK_RSA ? CKA_MODULUS : CKA_EC_POINT;
-    a.pValue = buf;
-    a.ulValueLen = sizeof(buf);
-    if (P11(ctx, C_GetAttributeValue, s, ph, &a, 1) == HSM_OK && a.ulValueLen != CK_UNAVAILABLE_INFORMATION &&
-        a.ulValueLen <= sizeof(buf)) {
-        v = buf;
-        n = a.ulValueLen;
-    } else if (hsm_last_rv() == CKR_BUFFER_TOO_SMALL && hsm_get_attr(ctx, s, ph, a.type, &heap, &n) == HSM_OK) {
-        v = heap;
+    if (key->ktype == CKK_RSA) {
+        /* A token that keeps the modulus on the public object only. */
+        if ((v = read_public_attr(ctx, s, h, CKA_MODULUS, buf, &heap, &n)) == NULL &&
+            pair_public_object(ctx, s, key, &ph))
+            v = read_public_attr(ctx, s, ph, CKA_MODULUS, buf, &heap, &n);
+        ok = v != NULL && pub_digest(true, v, n, md);
+    } else {
+        if (!pair_public_object(ctx, s, key, &ph))
+            ph = h;
+        v = read_public_attr(ctx, s, ph, CKA_EC_POINT, buf, &heap, &n);
+        ok = v != NULL && ec_point_unwrap(v, n, &pt, &ptlen) == 0 && pub_digest(false, pt, ptlen, md);
     }
-    if (v != NULL && key->ktype == CKK_RSA)
-        ok = pub_digest(true, v, n, md);
-    else if (v != NULL)
-        ok = ec_point_unwrap(v, n, &pt, &ptlen) == 0 && pub_digest(false, pt, ptlen, md);
     hsm_err_restore(&sv);
     free(heap);
     return ok;
@@ -508,8 +522,8 @@ int hsm_key_matches_public(const hsm_key *key, EVP_PKEY *pub, unsigned char foun
         n = (size_t)BN_bn2bin(bn, v);
     } else if (key->ktype == CKK_EC && EVP_PKEY_is_a(pub, "EC")) {
         /* the point as the token gives it: uncompressed */
-        if (EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0, &n) != 1 || n == 0 ||
-            (v = malloc(n)) == NULL ||
+        if (EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0, &n) != 1 ||
+            n == 0 || (v = malloc(n)) == NULL ||
             EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, v, n, &n) != 1)
             goto out;
         if (n > 0 && v[0] != 0x04) {

@@ -32,6 +32,12 @@
  *       RPC client sees it: every call but C_Initialize and C_Finalize
  *       answers CKR_DEVICE_ERROR until the module is finalized and
  *       initialised again.
+ *   void p11fault_private_sensitive(CK_ATTRIBUTE_TYPE type);
+ *       C_GetAttributeValue answers `type` of a private key object as
+ *       sensitive (CKR_ATTRIBUTE_SENSITIVE, its length
+ *       CK_UNAVAILABLE_INFORMATION, the others filled), as a token that
+ *       gives a private key's public attributes (CKA_MODULUS) on its
+ *       public key object only. 0 = off (p11fault_clear() too).
  *   void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
  *       a template carrying `type` (C_CreateObject, C_GenerateKey,
  *       C_GenerateKeyPair, C_GetAttributeValue) breaks the connection as
@@ -167,6 +173,7 @@ P11FAULT_EXPORT unsigned long p11fault_calls(const char *func);
 P11FAULT_EXPORT void p11fault_reset_calls(void);
 P11FAULT_EXPORT CK_RV p11fault_close_all_sessions(void);
 P11FAULT_EXPORT void p11fault_override_bool(CK_ATTRIBUTE_TYPE type, int value);
+P11FAULT_EXPORT void p11fault_private_sensitive(CK_ATTRIBUTE_TYPE type);
 P11FAULT_EXPORT void p11fault_token_flags(CK_FLAGS flags);
 P11FAULT_EXPORT void p11fault_disconnect(void);
 P11FAULT_EXPORT void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type);
@@ -192,6 +199,7 @@ static int fault_take(int idx, CK_RV *rv);
 static long model_begin(struct timespec *t0);
 static void model_end(const struct timespec *t0, long ns);
 static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n);
+static int private_sensitive_hides(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *templ, CK_ULONG n);
 
 /* The pad this call lists; the next call's grows as p11fault_*_pad asked. */
 static unsigned long pad_take(struct list_pad *p)
@@ -709,8 +717,11 @@ static CK_RV fw_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
     rv_ = prof_get_attributes(session, object, templ, count);
     /* A template with an attribute the object lacks is answered so, the
      * others filled (PKCS#11): those are overridden too. */
-    if (rv_ == CKR_OK || rv_ == CKR_ATTRIBUTE_TYPE_INVALID || rv_ == CKR_ATTRIBUTE_SENSITIVE)
+    if (rv_ == CKR_OK || rv_ == CKR_ATTRIBUTE_TYPE_INVALID || rv_ == CKR_ATTRIBUTE_SENSITIVE) {
         override_bools(templ, count);
+        if (private_sensitive_hides(session, object, templ, count) && rv_ == CKR_OK)
+            rv_ = CKR_ATTRIBUTE_SENSITIVE;
+    }
     return rv_;
 }
 
@@ -1906,6 +1917,43 @@ static void override_bools(CK_ATTRIBUTE *templ, CK_ULONG n)
     pthread_mutex_unlock(&fault_mu);
 }
 
+static CK_ATTRIBUTE_TYPE private_sensitive; /* 0: off; under fault_mu */
+
+void p11fault_private_sensitive(CK_ATTRIBUTE_TYPE type)
+{
+    pthread_mutex_lock(&fault_mu);
+    private_sensitive = type;
+    pthread_mutex_unlock(&fault_mu);
+}
+
+/* p11fault_private_sensitive: hides that attribute of a private key
+ * object in templ; 1 if it did. */
+static int private_sensitive_hides(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *templ, CK_ULONG n)
+{
+    CK_OBJECT_CLASS cls = 0;
+    CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_ATTRIBUTE_TYPE type;
+    CK_ULONG j;
+    int hid = 0;
+
+    pthread_mutex_lock(&fault_mu);
+    type = private_sensitive;
+    pthread_mutex_unlock(&fault_mu);
+    if (type == 0 || real == NULL)
+        return 0;
+    for (j = 0; j < n; j++)
+        if (templ[j].type == type)
+            break;
+    if (j == n || real->C_GetAttributeValue(s, o, &c, 1) != CKR_OK || cls != CKO_PRIVATE_KEY)
+        return 0;
+    for (j = 0; j < n; j++)
+        if (templ[j].type == type) {
+            templ[j].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            hid = 1;
+        }
+    return hid;
+}
+
 void p11fault_break_on_attribute(CK_ATTRIBUTE_TYPE type)
 {
     pthread_mutex_lock(&fault_mu);
@@ -1951,6 +1999,7 @@ void p11fault_clear(void)
     for (i = 0; i < OVERRIDE_MAX; i++)
         overrides[i].value = -1;
     break_attr = 0;
+    private_sensitive = 0;
     find_batch = 0;
     memset(&mech_pad, 0, sizeof(mech_pad));
     memset(&slot_pad, 0, sizeof(slot_pad));

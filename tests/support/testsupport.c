@@ -212,6 +212,17 @@ int testfault_override_bool(unsigned long type, int value)
     return 0;
 }
 
+int testfault_private_sensitive(unsigned long type)
+{
+    void (*fn)(unsigned long);
+
+    *(void **)(&fn) = fault_sym("p11fault_private_sensitive");
+    if (fn == NULL)
+        return -1;
+    fn(type);
+    return 0;
+}
+
 int testfault_token_flags(unsigned long flags)
 {
     void (*fn)(unsigned long);

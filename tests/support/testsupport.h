@@ -66,6 +66,9 @@ unsigned long testfault_calls(const char *func);
 /* C_GetAttributeValue reports boolean attribute `type` (a CKA_ value) as
  * value (0/1) on every object; value < 0 removes it. 0 or -1. */
 int testfault_override_bool(unsigned long type, int value);
+/* p11fault_private_sensitive: a private key object's attribute `type`
+ * answered CKR_ATTRIBUTE_SENSITIVE (0 = off). */
+int testfault_private_sensitive(unsigned long type);
 /* C_GetTokenInfo reports these CKF_ flags too (CKF_USER_PIN_FINAL_TRY, as
  * a card whose retry counter ran down); 0 removes them. 0 or -1. */
 int testfault_token_flags(unsigned long flags);

@@ -45,6 +45,7 @@
 #define T_CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL
 #define T_CKR_OBJECT_HANDLE_INVALID 0x82UL
 #define T_CKA_SIGN 0x108UL
+#define T_CKA_MODULUS 0x120UL
 #define T_CKA_EXTRACTABLE 0x162UL
 #define T_CKM_RSA_PKCS 0x1UL
 #define T_CKM_RSA_X_509 0x3UL
@@ -3040,6 +3041,55 @@ static void test_generate_best_refused(void **state)
     t_close(ctx);
 }
 
+/* A token that gives an RSA private key's CKA_MODULUS on its public key
+ * object only: the key found by label is still judged when found again
+ * after its handle went stale (the token initialised anew, the label made
+ * again with groupsrv's CKA_ID), by the public object of its CKA_ID, and
+ * the group load's comparison with the certificate answers without
+ * exporting. It was taken unjudged: another key used for the mail. */
+static void test_refound_key_modulus_on_public_only(void **state)
+{
+    hsm_ctx *ctx;
+    hsm_keygen_spec sp = {"refound-pub-only", NULL, 0, HSM_KEYTYPE_RSA, 2048, HSM_USE_DECRYPT, false, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL, *pub = NULL, *found;
+    EVP_PKEY *first, *second;
+    unsigned char *der = NULL, md[32];
+    size_t len = 0;
+    (void)state;
+
+    ctx = open_ok(testtoken_p11fault_module(), 0);
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, &pub, &priv), HSM_OK);
+    first = export_pub(ctx, pub);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    assert_int_equal(testfault_private_sensitive(T_CKA_MODULUS), 0);
+    found = find_ok(ctx, "refound-pub-only", HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_key_matches_public(found, first, md), 1);
+    /* the label made again: another pair, the same label and CKA_ID */
+    priv = find_ok(ctx, "refound-pub-only", HSM_CLASS_PRIVATE);
+    pub = find_ok(ctx, "refound-pub-only", HSM_CLASS_PUBLIC);
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    assert_int_equal(hsm_key_destroy(ctx, pub), HSM_OK);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, &pub, &priv), HSM_OK);
+    second = export_pub(ctx, pub);
+    assert_int_equal(hsm_key_export_public(ctx, found, &der, &len), HSM_ERR_KEY_NOT_FOUND);
+    assert_non_null(strstr(hsm_last_error_detail(), "is now another key (its modulus differs"));
+    assert_null(der);
+    assert_int_equal(hsm_key_matches_public(found, second, NULL), 0);
+    testfault_clear();
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    assert_int_equal(hsm_key_destroy(ctx, pub), HSM_OK);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    hsm_key_free(found);
+    EVP_PKEY_free(first);
+    EVP_PKEY_free(second);
+    t_close(ctx);
+}
+
 /* A content key encrypted to key k (OAEP SHA-1), for f_decrypt_ct. */
 struct fct {
     unsigned char ct[512];
@@ -3592,6 +3642,7 @@ int main(void)
         cmocka_unit_test_teardown(test_find_behind_many_objects, t_teardown),
         cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
+        cmocka_unit_test_teardown(test_refound_key_modulus_on_public_only, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit_on_request, t_teardown),
         cmocka_unit_test_teardown(test_probe_breaks_connection, t_teardown),
