@@ -1696,6 +1696,33 @@ out:
     return err;
 }
 
+/* The path attributes of PKCS#11 URI uri that name no token, by name
+ * ("slot-id, object"), for a message; cut to fit. */
+static const char *not_token_attrs(const char *uri, char *out, size_t cap)
+{
+    static const char *const ok[] = {"token", "manufacturer", "model", "serial"};
+    const char *p = uri + strlen("pkcs11:"), *end = p + strcspn(p, "?");
+    size_t o = 0;
+
+    out[0] = '\0';
+    while (p < end) {
+        size_t len = strcspn(p, ";?"), nlen = strcspn(p, "=;?");
+        bool known = false;
+
+        if (nlen > len)
+            nlen = len;
+        for (size_t i = 0; i < GS_ARRAY_LEN(ok); i++)
+            known = known || (strlen(ok[i]) == nlen && strncmp(p, ok[i], nlen) == 0);
+        if (!known && nlen > 0 && o + nlen + 3 < cap) {
+            o += (size_t)snprintf(out + o, cap - o, "%s%.*s", o > 0 ? ", " : "", (int)nlen, p);
+        }
+        p += len;
+        if (p < end)
+            p++;
+    }
+    return out[0] != '\0' ? out : "?";
+}
+
 hsm_err hsm_token_uri_check(const char *uri)
 {
     P11KitUri *u = NULL;
@@ -1722,10 +1749,14 @@ hsm_err hsm_token_uri_check(const char *uri)
         hsm_set_detail("it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would "
                        "drop it and look for another token): %s",
                        util_uri_escape_loose(uri, enc, sizeof(enc)));
-    } else if (p11_kit_uri_any_unrecognized(u))
-        hsm_set_detail("it has attributes that do not name a token (only token, manufacturer, model, serial; "
-                       "an object's or a slot's match no token)");
-    else
+    } else if (p11_kit_uri_any_unrecognized(u)) {
+        char names[160];
+        hsm_set_detail(
+            "it has attributes that do not name a token: %s (only token, manufacturer, model, serial; "
+            "an object's or a slot's match no token, and a slot's id can change: `pkcs11-tool -L` "
+            "lists each token's label and serial)",
+            not_token_attrs(uri, names, sizeof(names)));
+    } else
         err = HSM_OK;
     p11_kit_uri_free(u);
     return err;

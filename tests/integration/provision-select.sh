@@ -33,8 +33,9 @@ P11DIR=$(pkg-config --variable=p11_module_path p11-kit-1 2>/dev/null || echo /us
 for bad in 'pkcs11:token=%zz|URI encoding invalid' \
            'pkcs11:token=groupsrv?pin-value=1234|it carries a PIN (pin-value): the PIN comes from \[hsm\] pin_source only' \
            "pkcs11:token=groupsrv?pin-source=$T/tok/user-pin|it carries a PIN (pin-source)" \
-           'pkcs11:token=groupsrv;object=gs%3Aca;type=private|it has attributes that do not name a token' \
-           'pkcs11:token=groupsrv;slot-id=1|it has attributes that do not name a token' \
+           'pkcs11:token=groupsrv;object=gs%3Aca;type=private|it has attributes that do not name a token: object, type (' \
+           'pkcs11:token=groupsrv;slot-id=1|it has attributes that do not name a token: slot-id (.*a slot.s id can change: `pkcs11-tool -L` lists each token.s label and serial)$' \
+           'pkcs11:tokn=groupsrv|it has attributes that do not name a token: tokn (' \
            "pkcs11:token=groupsrv?module-path=$P11DIR/p11-kit-client.so|the token URI's module-path=$P11DIR/p11-kit-client.so names another module than the one loaded ($SOFTHSM2_MODULE, the configured module): drop module-path from the URI, or configure that module\$" \
            "pkcs11:token=groupsrv?module-name=opensc-pkcs11|the token URI's module-name=opensc-pkcs11 names another module than the one loaded ($SOFTHSM2_MODULE, named softhsm2, the configured module)" \
            'pkcs11:token=group srv|it has a space or control byte, which a PKCS#11 URI must percent-encode (p11-kit would drop it and look for another token): pkcs11:token=group%20srv$'; do
