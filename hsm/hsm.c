@@ -1920,6 +1920,13 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
     }
     if (err == HSM_ERR_TOKEN_ABSENT)
         err = HSM_ERR_TOKEN_NOT_FOUND;
+    /* Still so after the tries: a token initialised with its SO PIN only
+     * (pkcs11-tool --init-token), whose user PIN nobody set yet. */
+    if (err == HSM_ERR_NOT_LOGGED_IN && hsm_last_rv() == CKR_USER_PIN_NOT_INITIALIZED)
+        hsm_set_detail(
+            "C_Login: CKR_USER_PIN_NOT_INITIALIZED: the token has no user PIN yet (initialised with its "
+            "SO PIN only): the security officer sets it (pkcs11-tool --login --login-type so --init-pin "
+            "--new-pin env:NAME, or the token's own tool), and the pin source holds it");
     if (err != HSM_OK)
         goto out;
     log_debug("token opened slot=%lu sessions=%u", (unsigned long)ctx->slot, ctx->max_sessions);

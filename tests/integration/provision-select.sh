@@ -24,6 +24,28 @@ grep -q "^token  *PROBLEM: .*(C_Initialize: CKR_GENERAL_ERROR: SoftHSM could not
   "$T/out" || { cat "$T/out"; fail "check: SoftHSM without its configuration"; }
 grep -q pkcsslotd "$T/out" && fail "SoftHSM's C_Initialize failure names opencryptoki's daemon: $(grep '^token' "$T/out")"
 
+# --- a token provisioned with pkcs11-tool as operations.md step 2 says,
+# but only its first command run (--init-token sets the SO PIN only; the
+# user PIN is --init-pin's): the login's CKR_USER_PIN_NOT_INITIALIZED
+# says that the token has no user PIN yet and who sets it, not a bare
+# "not logged in"; no refusal is recorded (no PIN was checked)
+mkdir -p "$T/nopin/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\n' "$T/nopin/tokens" > "$T/nopin/softhsm2.conf"
+GS_SO_PIN=12345678 SOFTHSM2_CONF=$T/nopin/softhsm2.conf pkcs11-tool --module "$SOFTHSM2_MODULE" --init-token \
+  --slot-index 0 --label groupsrv --so-pin env:GS_SO_PIN > "$T/nopin/init.out" 2>&1 ||
+  fail "pkcs11-tool --init-token: $(cat "$T/nopin/init.out")"
+for cmd in "ca init --key rsa:2048" "check"; do
+  # shellcheck disable=SC2086
+  SOFTHSM2_CONF=$T/nopin/softhsm2.conf expect_rc "$([ "$cmd" = check ] && echo 1 || echo 4)" "$G" -c "$CONF" $cmd
+  want="opening token pkcs11:token=groupsrv: not logged in to the token (C_Login: CKR_USER_PIN_NOT_INITIALIZED: the token has no user PIN yet .*: the security officer sets it (pkcs11-tool --login --login-type so --init-pin"
+  if [ "$cmd" = check ]; then
+    grep -q "^token  *PROBLEM: $want" "$T/out" || { cat "$T/out"; fail "check on a token without a user PIN"; }
+  else
+    expect_err "^groupsrv: $want"
+  fi
+done
+[ ! -e "$T/db" ] || fail "a token without a user PIN left a database"
+
 # --- a token URI that cannot name a token, or carries a PIN, or names
 # another module than [hsm] module (RFC 7512's module-path=, module-name=:
 # its token would be looked for on the wrong module): a configuration
