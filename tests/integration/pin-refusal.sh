@@ -174,4 +174,14 @@ GS_P11FAULT_PIN_ERROR=0xa2 expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
 expect_err "(C_Login: CKR_PIN_LEN_RANGE; the PIN read ends with white space"
 rm -f "$record"
 echo "ok: a PIN with a stray space, line or byte-order mark is named as such"
+
+# A PIN the token's policy says has expired (CKR_PIN_EXPIRED at C_Login):
+# exit 4 saying it must be changed on the token and in the pin source,
+# not as a refused PIN (nothing recorded: it is the right PIN)
+printf '%s\n' "$right" > "$T/pin.new"; chmod 600 "$T/pin.new"; mv -f "$T/pin.new" "$T/pin"
+printf 'C_Login 0xa3\n' > "$T/expired.ctl"
+GS_P11FAULT_CONTROL=$T/expired.ctl expect_rc 4 "$G" -c "$T/fault.conf" group rotate eng
+expect_err "PIN locked or expired (C_Login: CKR_PIN_EXPIRED: the token wants the user PIN changed before it is used: change it (pkcs11-tool --login --change-pin) and put the new one in the pin source)\$"
+[ ! -e "$record" ] || fail "an expired PIN was recorded as refused"
+echo "ok: an expired PIN is said to be changed, not refused"
 echo "pin-refusal: OK"
