@@ -375,13 +375,19 @@ static int ca_sign(void *arg, const unsigned char *data, size_t len, unsigned ch
     return hsm_sign(sc->hsm, sc->key, sc->alg, data, len, sig, siglen) == HSM_OK ? 0 : -1;
 }
 
-/* One key of the shipment, as the database and the token know it. */
+/* One key of the shipment, as the database and the token know it.
+ * *made_here (unless NULL) says, with GS_ERR_POLICY, that the key this
+ * token cannot wrap was generated on it (CKA_LOCAL): no copy, but an
+ * original made not extractable after its creation, which no server can
+ * give any more. */
 static gs_err add_key(hsm_ctx *hsm, gsk_key *k, hsm_key **ref, gsk_kind kind, unsigned version, bool current,
-                      const char *label, const char *cert_pem, const unsigned char *kek_id)
+                      const char *label, const char *cert_pem, const unsigned char *kek_id, bool *made_here)
 {
     hsm_key_info ki;
     hsm_err he;
 
+    if (made_here != NULL)
+        *made_here = false;
     k->kind = kind;
     k->version = version;
     k->current = current;
@@ -399,7 +405,19 @@ static gs_err add_key(hsm_ctx *hsm, gsk_key *k, hsm_key **ref, gsk_kind kind, un
         return gs_err_set(he == HSM_ERR_KEY_NOT_FOUND ? GS_ERR_NOT_FOUND : GS_ERR_HSM, "key %s: %s (%s)", label,
                           hsm_strerror(he), hsm_last_error_detail());
     /* Copies made by an import are never extractable: only the token
-     * that generated a key can give it on. */
+     * that generated a key can give it on. A key generated here (CKA_LOCAL)
+     * and not extractable is none: CKA_EXTRACTABLE was set false on it
+     * since (PKCS#11 lets anyone with the user PIN do so, never back), and
+     * "export from the token that generated it" sent the operator of that
+     * very token looking for another. */
+    if (kind != GSK_KIND_SECRET && !ki.extractable && ki.local) {
+        if (made_here != NULL)
+            *made_here = true;
+        return gs_err_set(GS_ERR_POLICY, "key %s was made on this token but is not extractable now (CKA_EXTRACTABLE "
+                                         "false, set so after it was made): no token can give it, as copies are "
+                                         "never given on",
+                          label);
+    }
     if (kind != GSK_KIND_SECRET && (!ki.extractable || !ki.wrap_with_trusted))
         return gs_err_set(GS_ERR_POLICY, "key %s on this token cannot be wrapped (%s): export from the token "
                                          "that generated it",
@@ -484,18 +502,33 @@ struct left_out {
 };
 
 /* One key --all leaves out: what it is, why, and where to get it. The
- * slot of the shipment it took is made empty again for the next key. */
-static gs_err leave_out(struct left_out *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why)
+ * slot of the shipment it took is made empty again for the next key.
+ * made_here: the key was generated on this token and is not extractable
+ * now (add_key), which no server can give. */
+static gs_err leave_out(struct left_out *left, const char *group, gsk_key *k, hsm_key **ref, gs_err why,
+                        bool made_here)
 {
-    char line[GIVE_LINE], fact[80];
+    char line[GIVE_LINE], fact[96];
     const char *kind = k->kind == GSK_KIND_SECRET ? "secret key version " : k->kind == GSK_KIND_GROUP ? "key version "
                                                                                                        : "";
     const char *opt = k->kind == GSK_KIND_REJECT   ? NULL
                       : k->kind == GSK_KIND_SECRET ? "--secret-version"
                                                    : "--version";
-    const char *what = why == GS_ERR_NOT_FOUND ? "not on this token" : "an imported copy here";
+    const char *what = why == GS_ERR_NOT_FOUND ? "not on this token"
+                       : made_here             ? "made on this token, not extractable now"
+                                               : "an imported copy here";
 
-    give_from_maker(line, group, kind, opt, k->version, k->label, what, why == GS_ERR_NOT_FOUND);
+    if (made_here) {
+        char which[48];
+        if (opt == NULL)
+            (void)snprintf(which, sizeof(which), "the rejection key");
+        else
+            (void)snprintf(which, sizeof(which), "%s%u", kind, k->version);
+        (void)snprintf(line, GIVE_LINE, "%s (%s): %s (CKA_EXTRACTABLE false, set so after it was made): no token "
+                                        "can give it, as copies are never given on",
+                       which, k->label, what);
+    } else
+        give_from_maker(line, group, kind, opt, k->version, k->label, what, why == GS_ERR_NOT_FOUND);
     if (opt == NULL)
         (void)snprintf(fact, sizeof(fact), "the rejection key: %s", what);
     else
@@ -536,6 +569,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
     size_t shipped = 0; /* group key versions in the file */
     gs_err err, first_err = GS_OK;
     char first_msg[512] = "";
+    bool made_here = false;
 
     *out = NULL;
     *refs_out = NULL;
@@ -568,7 +602,7 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
         if (!want_version(sel, &keys[i]))
             continue;
         err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_GROUP, keys[i].version,
-                      keys[i].state == GS_KEY_CURRENT, keys[i].token_label, keys[i].cert_pem, NULL);
+                      keys[i].state == GS_KEY_CURRENT, keys[i].token_label, keys[i].cert_pem, NULL, &made_here);
         if (err == GS_OK)
             at++, shipped++;
         else if (sel->all && (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY)) {
@@ -576,25 +610,26 @@ static gs_err select_keys(struct env *e, const gs_store_group *g, const struct e
                 first_err = err;
                 (void)util_strlcpy(first_msg, gs_err_detail(), sizeof(first_msg));
             }
-            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err, made_here);
         }
     }
     for (size_t i = ns; i-- > 0 && !err;) {
         if (!want_secret(sel, &secrets[i]))
             continue;
         err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_SECRET, secrets[i].version,
-                      secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id);
+                      secrets[i].state == GS_KEY_CURRENT, secrets[i].token_label, NULL, secrets[i].kek_id, &made_here);
         if (err == GS_OK)
             at++;
         else if (sel->all && (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY))
-            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err, made_here);
     }
     if (!err && reject) {
-        err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_REJECT, 0, false, g->reject_label, NULL, NULL);
+        err = add_key(e->hsm, &m->entries[at], &refs[at], GSK_KIND_REJECT, 0, false, g->reject_label, NULL, NULL,
+                      &made_here);
         if (err == GS_OK)
             at++;
         else if (err == GS_ERR_NOT_FOUND || err == GS_ERR_POLICY)
-            err = leave_out(left, g->name, &m->entries[at], &refs[at], err);
+            err = leave_out(left, g->name, &m->entries[at], &refs[at], err, made_here);
     }
     /* No key version of the group from this token: a clone's copies only,
      * which it passes on to no one (the first reason stands). */
@@ -891,7 +926,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
         err = gs_err_set(GS_ERR_NOMEM, "out of memory for the shipment");
         goto refused;
     }
-    if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL)) !=
+    if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL, NULL)) !=
         GS_OK)
         goto refused;
     rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"), NULL);

@@ -316,7 +316,9 @@ static const char *check_never_leaves(const hsm_key_info *i, const gs_key_expect
     if (!i->never_extractable) {
         if (!e->replicable)
             return "CKA_NEVER_EXTRACTABLE is false";
-        *custody = "imported copy";
+        /* Generated here (CKA_LOCAL) and not extractable now: an original
+         * whose CKA_EXTRACTABLE was set false since, no copy. */
+        *custody = i->local ? "made here, not extractable now: no token can give it" : "imported copy";
     }
     return NULL;
 }

@@ -446,6 +446,7 @@ typedef struct hsm_key_info {
     bool value_readable;      /* C_GetAttributeValue(CKA_VALUE) succeeded: must be false */
     bool wrap_with_trusted;   /* CKA_WRAP_WITH_TRUSTED: only a CKA_TRUSTED key may wrap it */
     bool trusted;             /* CKA_TRUSTED (set by the security officer only) */
+    bool local;               /* CKA_LOCAL: generated on this token (false: unwrapped, imported, or not said) */
     bool has_unwrap_template; /* CKA_UNWRAP_TEMPLATE present */
     bool unwrap_template_sensitive; /* ...and it forces CKA_SENSITIVE=TRUE */
     unsigned long allowed_mechanisms[16]; /* CKA_ALLOWED_MECHANISMS (CKM_* values) */

@@ -2073,12 +2073,13 @@ static hsm_err op_info(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
             CKA_TOKEN,  CKA_PRIVATE, CKA_SENSITIVE,   CKA_ALWAYS_SENSITIVE,    CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE,
             CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN,        CKA_DERIVE,              CKA_WRAP,        CKA_ENCRYPT,
             CKA_VERIFY, CKA_SIGN_RECOVER, CKA_ALWAYS_AUTHENTICATE, CKA_WRAP_WITH_TRUSTED, CKA_TRUSTED,
+            CKA_LOCAL,
         };
         bool *const outs[] = {
             &out->token,   &out->private_, &out->sensitive, &out->always_sensitive, &out->extractable,
             &out->never_extractable, &out->decrypt, &out->unwrap, &out->sign, &out->derive, &out->wrap,
             &out->encrypt, &out->verify, &out->sign_recover, &out->always_authenticate, &out->wrap_with_trusted,
-            &out->trusted,
+            &out->trusted, &out->local,
         };
         _Static_assert(GS_ARRAY_LEN(types) == GS_ARRAY_LEN(outs), "one output per attribute");
         read_bools(ctx, s, h, types, outs, GS_ARRAY_LEN(types));

@@ -628,6 +628,21 @@ expect 0 "group export --all on the origin, a version deleted from its token by 
 grep -q "^left out: key version 1 (gs:group:lost:v1): not on this token; give it from the server whose token made it (.group export lost --version 1.), if that is another server; if it was this one, the key was deleted from this token (or the token put back from an older copy) and no server can give it again" \
   "$work/out" || fail "the origin's --all does not say its own version may be lost: $(cat "$work/out")"
 grep -q "^key versions: 2 (gs:group:lost:v2)$" "$work/out" || fail "the --all without v1: $(cat "$work/out")"
+# An original the token marks not extractable (CKA_EXTRACTABLE set false
+# after it was made: PKCS#11 lets it go false, never back; tests/p11fault
+# reports it so) with CKA_WRAP_WITH_TRUSTED: no copy, though the export
+# called it "an imported copy" and sent the operator of the very token
+# that made it to "export from the token that generated it"
+printf 'bool CKA_EXTRACTABLE 0\n' > "$work/p11fault-noext.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-noext.ctl GS_P11FAULT_TARGET=$module GS_CONF_alpha=$work/alpha-fault.conf \
+  refused alpha 1 "export of an original the token marks not extractable" -- \
+  gs_alpha group export lost --version 2 --to "$work/beta-transport.pem" --out "$work/x.gsk"
+expect_msg "^groupsrv: key gs:group:lost:v2 was made on this token but is not extractable now \(CKA_EXTRACTABLE false, set so after it was made\): no token can give it, as copies are never given on$"
+[ ! -e "$work/x.gsk" ] || fail "a refused export wrote a file"
+GS_P11FAULT_CONTROL=$work/p11fault-noext.ctl GS_P11FAULT_TARGET=$module GS_CONF_alpha=$work/alpha-fault.conf \
+  gs_alpha check > "$work/out" 2>&1 || true
+grep -q "gs:group:lost:v2 .*OK (made here, not extractable now: no token can give it)" "$work/out" ||
+  fail "check calls the original that is not extractable now: $(grep gs:group:lost:v2 "$work/out")"
 
 # ---- the token put back from an older copy, after 19 rotations of a
 # group with a 64-character name: --all leaves 19 versions out, and its
