@@ -499,6 +499,12 @@ static void give_from_maker(char line[GIVE_LINE], const char *group, const char 
  * at EXPORT_KEYS_MAX, whatever the names. */
 struct left_out {
     json_t *lines, *keys;
+    /* The newest key version and secret key version left out that may be
+     * this token's own and gone (not on it, or made here and not
+     * extractable now), and whether it is the current one: what to retire
+     * if no server can give it (retire_hint). 0: none. */
+    unsigned gone[2];
+    bool gone_current[2];
 };
 
 /* One key --all leaves out: what it is, why, and where to get it. The
@@ -529,6 +535,13 @@ static gs_err leave_out(struct left_out *left, const char *group, gsk_key *k, hs
                        which, k->label, what);
     } else
         give_from_maker(line, group, kind, opt, k->version, k->label, what, why == GS_ERR_NOT_FOUND);
+    if ((why == GS_ERR_NOT_FOUND || made_here) && k->kind != GSK_KIND_REJECT) {
+        size_t t = k->kind == GSK_KIND_GROUP ? 0 : 1;
+        if (k->version > left->gone[t]) {
+            left->gone[t] = k->version;
+            left->gone_current[t] = k->current;
+        }
+    }
     if (opt == NULL)
         (void)snprintf(fact, sizeof(fact), "the rejection key: %s", what);
     else
@@ -714,6 +727,35 @@ static int parse_version(const char *s, const char *what, unsigned *out)
     return 0;
 }
 
+/* The way out when a key left out is gone for good (this token's own,
+ * deleted or made not extractable: no server can give it, as copies are
+ * never given on): every later --all leaves it out, and a new clone with
+ * its own database refuses a file that is not complete, for ever. A
+ * retired version is not part of --all: retiring it (with the versions
+ * before it: retire takes every one below a version, and the current one
+ * only after a rotation) makes the next --all complete. Said only as a
+ * condition: in a cluster the key may well be on another server. */
+static void retire_hint(FILE *f, const char *group, const struct left_out *left)
+{
+    static const char *const what[2] = {"key version", "secret key version"};
+    static const char *const cmd[2] = {"group", "secret"};
+
+    for (size_t t = 0; t < 2; t++) {
+        unsigned v = left->gone[t];
+        if (v == 0 || v == UINT32_MAX)
+            continue;
+        fprintf(f, "if lost: if no server can give %s %u (this token's own key, deleted from it or not extractable "
+                   "now), no --all of group %s is complete until it is retired, with the versions before it (mail "
+                   "to them can then no longer be read): ",
+                what[t], v, group);
+        if (left->gone_current[t])
+            fprintf(f, "`groupsrv %s rotate %s`, then `groupsrv %s retire %s --before %u` here\n", cmd[t], group,
+                    cmd[t], group, v + 1);
+        else
+            fprintf(f, "`groupsrv %s retire %s --before %u` here\n", cmd[t], group, v + 1);
+    }
+}
+
 /* The transport key file given with --to: its DER public key and fingerprint. */
 static gs_err read_transport(const char *path, unsigned char **spki, size_t *spki_len, char fp[65])
 {
@@ -808,9 +850,11 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
     print_shipment(info, m);
     for (size_t i = 0; left != NULL && i < json_array_size(left->lines); i++)
         fprintf(info, "left out: %s\n", json_string_value(json_array_get(left->lines, i)));
-    if (left != NULL && json_array_size(left->lines) > 0)
+    if (left != NULL && json_array_size(left->lines) > 0) {
         fprintf(info, "not complete: a server sharing this database takes it; a new clone with its own database needs "
                       "every key from one token\n");
+        retire_hint(info, group, left);
+    }
     rc = 0;
 out:
     free(der);
@@ -830,7 +874,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     unsigned char *spki = NULL;
     size_t spki_len = 0, nrefs = 0;
     char fp[65];
-    struct left_out left = {NULL, NULL};
+    struct left_out left = {NULL, NULL, {0, 0}, {false, false}};
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
 
@@ -1585,7 +1629,9 @@ int gs_cmd_group_import(struct env *e, int argc, char **argv)
                           : gs_err_set(GS_ERR_STATE, "group %s is not on this server yet, and this file is not "
                                                      "complete (made with --version, or with --all on a token "
                                                      "that lacked some of the group's keys): import first a file "
-                                                     "of `group export %s --all` that names no key left out",
+                                                     "of `group export %s --all` that names no key left out (a key "
+                                                     "the origin lost, which no server can give, it retires first: "
+                                                     "its export's `if lost:` line gives the command)",
                                        m->group.name, m->group.name);
         if (!err && gi.row.allow_pkcs1v15 && gsk_manifest_find(m, GSK_KIND_REJECT, 0) < 0)
             err = gs_err_set(GS_ERR_ARGS, "the file lacks the group's rejection key");

@@ -628,6 +628,30 @@ expect 0 "group export --all on the origin, a version deleted from its token by 
 grep -q "^left out: key version 1 (gs:group:lost:v1): not on this token; give it from the server whose token made it (.group export lost --version 1.), if that is another server; if it was this one, the key was deleted from this token (or the token put back from an older copy) and no server can give it again" \
   "$work/out" || fail "the origin's --all does not say its own version may be lost: $(cat "$work/out")"
 grep -q "^key versions: 2 (gs:group:lost:v2)$" "$work/out" || fail "the --all without v1: $(cat "$work/out")"
+# The way out, said where the operator is stuck: without it a new clone
+# with its own database refused every --all (not complete) and said only
+# to bring one that names no key left out, which the origin can never
+# make. Retiring the lost version (with those before it) can.
+grep -q "^if lost: if no server can give key version 1 (this token's own key, deleted from it or not extractable now), no --all of group lost is complete until it is retired, with the versions before it (mail to them can then no longer be read): .groupsrv group retire lost --before 2. here$" \
+  "$work/out" || fail "the origin's --all does not say how to get out: $(cat "$work/out")"
+refused beta 1 "a new clone given the --all a lost version keeps from being complete" -- \
+  gs_beta group import --in "$work/lost.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
+expect_msg "this file is not complete .*a key the origin lost, which no server can give, it retires first: its export's .if lost:. line gives the command"
+expect 0 "group retire on the origin, as its --all said" -- gs_alpha group retire lost --before 2
+expect 0 "group export --all on the origin after the lost version is retired" -- \
+  gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost.gsk"
+! grep -q "^\(left out\|not complete\|if lost\)" "$work/out" || fail "still not complete: $(cat "$work/out")"
+expect 0 "the new clone imports it" -- \
+  gs_beta group import --in "$work/lost.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
+# the current version lost: a rotation first (retire leaves the current one)
+gs_alpha group rotate lost >/dev/null
+GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label alpha --login --pin env:GS_PIN --delete-object --type privkey --label gs:group:lost:v3 >/dev/null 2>&1 ||
+  fail "pkcs11-tool could not delete gs:group:lost:v3 on alpha"
+expect 0 "group export --all on the origin, its current version deleted from its token" -- \
+  gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost3.gsk"
+grep -q "^if lost: if no server can give key version 3 .*: .groupsrv group rotate lost., then .groupsrv group retire lost --before 4. here$" \
+  "$work/out" || fail "the --all does not say to rotate before retiring the current version: $(cat "$work/out")"
 # An original the token marks not extractable (CKA_EXTRACTABLE set false
 # after it was made: PKCS#11 lets it go false, never back; tests/p11fault
 # reports it so) with CKA_WRAP_WITH_TRUSTED: no copy, though the export
