@@ -548,6 +548,13 @@ gsk_err gsk_import(hsm_ctx *hsm, const gsk_manifest *m, const gsk_import_item *i
     he = hsm_replica_import(hsm, transport, m->kek_hash, m->wrapped_kek, m->wrapped_kek_len, in, n, refs);
     if (he != HSM_OK) {
         err = gsk_hsm_fail(he, "importing the keys");
+        /* The token failing (gone, no room: CKR_DEVICE_MEMORY, a lost
+         * connection's CKR_DEVICE_ERROR) says nothing of the file: the
+         * token's failure, as when the decryption test cannot run, not a
+         * refusal. A wrapped key whose integrity check fails is
+         * HSM_ERR_DECRYPT (hsm/replicate.c) and stays one. */
+        if (token_gone(he))
+            err = GSK_ERR_TOKEN;
         goto out;
     }
     for (size_t i = 0; i < n; i++) {

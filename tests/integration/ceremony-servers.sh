@@ -187,6 +187,16 @@ for l in gs:group:eng:v1 gs:group:eng:v2 gs:secret:eng:v1 gs:reject:eng; do
 done
 [ "$(snapshot beta)" = "$before" ] || fail "the objects the message named were not all there was"
 ok "the token gone mid-import: exit 4, what is left named; deleted as the message says, beta is as before"
+# a token with no room (CKR_DEVICE_MEMORY) at the second key's unwrap:
+# the token's failure, exit 4 as when the decryption test cannot run, not
+# a refusal of the file (it said "refused: importing the keys: ...", exit
+# 1, and its audit record too); what the run made is taken off again
+printf 'C_UnwrapKey CKR_DEVICE_MEMORY 1 2\n' > "$work/p11fault-full.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-full.ctl GS_P11FAULT_TARGET=$module GS_CONF_beta=$work/beta-gone.conf \
+  refused beta 4 "import onto a token with no room" -- gs_beta group import --in "$work/eng.gsk" --ca "$work/alpha-ca.pem"
+expect_msg "^groupsrv: importing the keys: token device error \(unwrapping gs:group:eng:v2: C_UnwrapKey: CKR_DEVICE_MEMORY \(the token is out of memory"
+! grep -q "refused" "$work/err" || fail "a full token is said as a refusal of the file: $(cat "$work/err")"
+audit_has "$work/beta/audit.jsonl" group-import "importing the keys: token device error"
 
 # ---- the import (more files follow for this transport key here: kept) ----
 expect 0 "group import on beta (checked against alpha's CA)" -- \
