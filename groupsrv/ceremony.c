@@ -756,8 +756,10 @@ static void retire_hint(FILE *f, const char *group, const struct left_out *left)
     }
 }
 
-/* The transport key file given with --to: its DER public key and fingerprint. */
-static gs_err read_transport(const char *path, unsigned char **spki, size_t *spki_len, char fp[65])
+/* The transport key file given with --to: its DER public key and
+ * fingerprint, and the RSA-OAEP hashes the receiving token unwraps with
+ * (gsk_transport_hashes; 0 for a file that does not say). */
+static gs_err read_transport(const char *path, unsigned char **spki, size_t *spki_len, char fp[65], unsigned *unwraps)
 {
     unsigned char *text = NULL;
     size_t len = 0;
@@ -767,6 +769,11 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
     if (err != GS_OK)
         return err;
     ge = gsk_transport_read(text, len, spki, spki_len, fp);
+    if (ge == GSK_OK && (ge = gsk_transport_hashes(text, len, unwraps)) != GSK_OK) {
+        free(*spki);
+        *spki = NULL;
+        *spki_len = 0;
+    }
     free(text);
     return ge == GSK_OK ? GS_OK : from_gsk(ge, "");
 }
@@ -777,8 +784,8 @@ static gs_err read_transport(const char *path, unsigned char **spki, size_t *spk
  * `group export --all` left out (leave_out), or NULL. Returns the exit
  * status. */
 static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key **refs, const char *action,
-                const char *group, const unsigned char *spki, size_t spki_len, const char *fp, const char *out_path,
-                const struct left_out *left)
+                const char *group, const unsigned char *spki, size_t spki_len, unsigned unwraps, const char *fp,
+                const char *out_path, const struct left_out *left)
 {
     json_t *extra;
     struct sign_ctx sc;
@@ -817,7 +824,7 @@ static int ship(struct env *e, struct cli_record *rec, gsk_manifest *m, hsm_key 
         rc = cli_record_failure(rec, action, group, err, shipment_json(m));
         goto out;
     }
-    ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, m, refs);
+    ge = gsk_export(e->hsm, so_pin, so_pin_len, spki, spki_len, unwraps, m, refs);
     util_secret_free(so_pin, so_pin_len + 1);
     if (ge != GSK_OK) {
         rc = cli_record_failure(rec, action, group, from_gsk(ge, ""), shipment_json(m));
@@ -873,6 +880,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     hsm_key **refs = NULL;
     unsigned char *spki = NULL;
     size_t spki_len = 0, nrefs = 0;
+    unsigned unwraps = 0;
     char fp[65];
     struct left_out left = {NULL, NULL, {0, 0}, {false, false}};
     gs_err err;
@@ -894,7 +902,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
     /* Recorded from here on, refusals included. */
     if ((err = cli_record_open(e->cfg, &rec, "the ceremony")) != GS_OK)
         return fail(err);
-    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp, &unwraps)) != GS_OK ||
         (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_group_get(e->st, a.pos[1], &g)) != GS_OK)
         goto refused;
     if (!g->replicable) {
@@ -922,7 +930,7 @@ int gs_cmd_group_export(struct env *e, int argc, char **argv)
         err = gs_err_set(GS_ERR_STATE, "group %s: its key policy is too long to ship", g->name);
         goto refused;
     }
-    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, fp, opt(&a, "--out"), &left);
+    rc = ship(e, &rec, m, refs, "group-export", g->name, spki, spki_len, unwraps, fp, opt(&a, "--out"), &left);
     goto out;
 refused:
     rc = cli_record_failure(&rec, "group-export", a.pos[1], err,
@@ -948,6 +956,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
     hsm_key *ref = NULL;
     unsigned char *spki = NULL;
     size_t spki_len = 0;
+    unsigned unwraps = 0;
     char fp[65];
     gs_err err;
     int rc = parse_args(argc, argv, defs, GS_ARRAY_LEN(defs), &a);
@@ -958,7 +967,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
         return usage_error("ca export: expected `ca export --to TRANSPORT.pem --out FILE.gsk`%s", "");
     if ((err = cli_record_open(e->cfg, &rec, "the ceremony")) != GS_OK)
         return fail(err);
-    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp)) != GS_OK ||
+    if ((err = read_transport(opt(&a, "--to"), &spki, &spki_len, fp, &unwraps)) != GS_OK ||
         (err = env_open(e, NEED_DB | NEED_CA)) != GS_OK || (err = gs_store_ca_get(e->st, &row)) != GS_OK)
         goto refused;
     if (!row->replicable) {
@@ -973,7 +982,7 @@ int gs_cmd_ca_export(struct env *e, int argc, char **argv)
     if ((err = add_key(e->hsm, &m->entries[0], &ref, GSK_KIND_CA, 0, false, row->label, row->cert_pem, NULL, NULL)) !=
         GS_OK)
         goto refused;
-    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, fp, opt(&a, "--out"), NULL);
+    rc = ship(e, &rec, m, &ref, "ca-export", NULL, spki, spki_len, unwraps, fp, opt(&a, "--out"), NULL);
     goto out;
 refused:
     rc = cli_record_failure(&rec, "ca-export", NULL, err,

@@ -161,6 +161,13 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
  * key of at least 3072 bits. *spki malloc'd. GSK_ERR_FORMAT otherwise. */
 gsk_err gsk_transport_read(const unsigned char *text, size_t len, unsigned char **spki, size_t *spki_len, char fp[65]);
 
+/* The RSA-OAEP hashes the receiving token unwraps with, from the file's
+ * "unwraps:" line (gsk_transport_make writes it after trials on the new
+ * key): *mask gets bits (1u << HSM_OAEP_SHA1 / _SHA256); 0 when the file
+ * has no such line (made by an older groupsrv: any hash). GSK_ERR_FORMAT
+ * for a line that names no hash this program knows. */
+gsk_err gsk_transport_hashes(const unsigned char *text, size_t len, unsigned *mask);
+
 /* The private transport key on this token whose public key has the
  * fingerprint fp (labels starting "gs:transport:"). GSK_ERR_TRANSPORT if
  * none. */
@@ -189,11 +196,12 @@ gsk_err gsk_transport_delete_cmd(const char *label, bool public_only, char *out,
 
 /* Export: wraps keys[i] (the token object of m->entries[i], i < m->n_entries)
  * for the transport key spki, with the SO PIN (see
- * hsm_replica_export_run); fills m->entries[i].wrapped, m->wrapped_kek,
+ * hsm_replica_export_run), the one-time key with an RSA-OAEP hash in
+ * unwraps (gsk_transport_hashes; 0: any); fills m->entries[i].wrapped, m->wrapped_kek,
  * m->kek_hash and m->transport_sha256. GSK_ERR_TOKEN for a wrong SO PIN
  * (detail says so), GSK_ERR_POLICY for a key that cannot be wrapped. */
 gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const unsigned char *spki, size_t spki_len,
-                   gsk_manifest *m, hsm_key *const *keys);
+                   unsigned unwraps, gsk_manifest *m, hsm_key *const *keys);
 
 /* What one imported key becomes on the receiving token. */
 typedef struct gsk_import_item {

@@ -868,3 +868,49 @@ out:
     ERR_clear_error();
     return err;
 }
+
+gsk_err gsk_transport_hashes(const unsigned char *text, size_t len, unsigned *mask)
+{
+    static const char key[] = "unwraps:";
+    const unsigned char *p = text, *end = text + len;
+
+    if (mask == NULL)
+        return GSK_ERR_ARGS;
+    *mask = 0;
+    if (text == NULL || len > 64u * 1024u)
+        return gsk_fail(GSK_ERR_FORMAT, "not a transport key file");
+    /* The text lines before the PEM block, one at a time. */
+    while (p < end) {
+        const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+        if (n >= 5 && memcmp(p, "-----", 5) == 0)
+            break;
+        if (n >= sizeof(key) - 1 && memcmp(p, key, sizeof(key) - 1) == 0) {
+            char line[128];
+            size_t l = n - (sizeof(key) - 1);
+            if (l >= sizeof(line))
+                return gsk_fail(GSK_ERR_FORMAT, "the transport key file's unwraps: line is too long");
+            memcpy(line, p + sizeof(key) - 1, l);
+            line[l] = '\0';
+            /* Names as the manifest's one_time_key.wrapping gives them;
+             * "RSA-OAEP-SHA1" is not a prefix of "RSA-OAEP-SHA256" once
+             * followed by a separator or the end. */
+            for (size_t i = 0; i < l;) {
+                size_t w = strcspn(line + i, " ,\t\r");
+                if (w == sizeof("RSA-OAEP-SHA1") - 1 && memcmp(line + i, "RSA-OAEP-SHA1", w) == 0)
+                    *mask |= 1u << HSM_OAEP_SHA1;
+                else if (w == sizeof("RSA-OAEP-SHA256") - 1 && memcmp(line + i, "RSA-OAEP-SHA256", w) == 0)
+                    *mask |= 1u << HSM_OAEP_SHA256;
+                i += w + (i + w < l ? 1 : 0);
+            }
+            if (*mask == 0)
+                return gsk_fail(GSK_ERR_FORMAT, "the transport key file's unwraps: line names no RSA-OAEP hash "
+                                                "this groupsrv knows (RSA-OAEP-SHA1, RSA-OAEP-SHA256)");
+            return GSK_OK;
+        }
+        if (nl == NULL)
+            break;
+        p = nl + 1;
+    }
+    return GSK_OK;
+}

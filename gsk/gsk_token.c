@@ -39,8 +39,16 @@ static gsk_err check_transport_attrs(hsm_ctx *hsm, hsm_key *priv)
     return GSK_OK;
 }
 
+/* The "unwraps:" line's text of a mask of OAEP hashes (gsk_transport_hashes reads it). */
+static const char *unwraps_text(unsigned mask)
+{
+    if (mask == ((1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256)))
+        return "RSA-OAEP-SHA256, RSA-OAEP-SHA1";
+    return mask == (1u << HSM_OAEP_SHA256) ? "RSA-OAEP-SHA256" : "RSA-OAEP-SHA1";
+}
+
 static gsk_err transport_pem(const char *token_desc, const char *label, const unsigned char *spki, size_t spki_len,
-                             const char fp[65], char **pem)
+                             const char fp[65], unsigned unwraps, char **pem)
 {
     const unsigned char *p = spki;
     EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)spki_len);
@@ -57,8 +65,8 @@ static gsk_err transport_pem(const char *token_desc, const char *label, const un
                    "groupsrv transport key: give this file to the sending side (group export --to FILE),\n"
                    "and read the fingerprint below to them over another channel before they export.\n"
                    "token:  %s\nlabel:  %s\nkey:    RSA-%d, unwrap only, sensitive, never extractable\n"
-                   "sha256: %s\n",
-                   token_desc, label, EVP_PKEY_get_bits(pk), spoken) <= 0 ||
+                   "sha256: %s\nunwraps: %s\n",
+                   token_desc, label, EVP_PKEY_get_bits(pk), spoken, unwraps_text(unwraps)) <= 0 ||
         PEM_write_bio_PUBKEY(b, pk) != 1 || (n = BIO_get_mem_data(b, &data)) <= 0)
         goto out;
     if ((*pem = malloc((size_t)n + 1)) == NULL)
@@ -78,6 +86,7 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
     unsigned char id[16], *spki = NULL;
     size_t spki_len = 0;
     char hex[33], label[64], missing[1024];
+    unsigned decrypt = 0, unwraps = 0;
     hsm_keygen_spec ks;
     hsm_caps caps;
     hsm_key *priv = NULL, *pub = NULL;
@@ -109,12 +118,28 @@ gsk_err gsk_transport_make(hsm_ctx *hsm, const char *token_desc, char **pem, cha
                                 "and CKA_UNWRAP_TEMPLATE on a token key, as a receiving token must keep them)");
     if ((err = check_transport_attrs(hsm, priv)) != GSK_OK)
         goto out;
+    /* Which OAEP hashes the key really unwraps with (trials), for the
+     * file: the sending token then wraps the one-time key with one of
+     * them. It chose SHA-256 wherever it could, and a receiving token
+     * that unwraps with SHA-1 only (SoftHSM 2.6) refused the file at the
+     * import, after the whole ceremony, with nothing the operators could
+     * change. None at all: this token cannot receive keys. */
+    if ((he = hsm_key_probe_oaep(hsm, priv, &decrypt, &unwraps)) != HSM_OK) {
+        err = gsk_hsm_fail(he, "trying the transport key's RSA-OAEP unwrap");
+        goto out;
+    }
+    unwraps &= (1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256);
+    if (unwraps == 0) {
+        err = gsk_fail(GSK_ERR_POLICY, "this token cannot receive keys: its transport key unwrapped with RSA-OAEP "
+                                       "under neither SHA-1 nor SHA-256 (tried on the new key)");
+        goto out;
+    }
     if ((he = hsm_key_export_public(hsm, priv, &spki, &spki_len)) != HSM_OK) {
         err = gsk_hsm_fail(he, "reading the transport public key");
         goto out;
     }
     gsk_fingerprint(spki, spki_len, fp);
-    if ((err = transport_pem(token_desc, label, spki, spki_len, fp, pem)) != GSK_OK)
+    if ((err = transport_pem(token_desc, label, spki, spki_len, fp, unwraps, pem)) != GSK_OK)
         goto out;
     if (label_out != NULL)
         util_strlcpy(label_out, label, label_cap);
@@ -275,7 +300,7 @@ gsk_err gsk_transport_delete_cmd(const char *label, bool public_only, char *out,
 /* ---- export ------------------------------------------------------------------------ */
 
 gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const unsigned char *spki, size_t spki_len,
-                   gsk_manifest *m, hsm_key *const *keys)
+                   unsigned unwraps, gsk_manifest *m, hsm_key *const *keys)
 {
     hsm_replica_item *items = NULL;
     hsm_replica_export x;
@@ -295,6 +320,7 @@ gsk_err gsk_export(hsm_ctx *hsm, const char *so_pin, size_t so_pin_len, const un
     x.transport_spki_len = spki_len;
     x.items = items;
     x.n_items = m->n_entries;
+    x.kek_hashes = unwraps;
     if ((he = hsm_replica_export_run(hsm, &x)) != HSM_OK) {
         err = gsk_hsm_fail(he, he == HSM_ERR_PIN_INCORRECT ? "the token refused the SO PIN" : "wrapping the keys");
         goto out;

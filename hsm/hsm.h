@@ -732,8 +732,10 @@ typedef struct hsm_replica_export {
     size_t transport_spki_len;
     hsm_replica_item *items;  /* 1..256 keys to copy */
     size_t n_items;
+    unsigned kek_hashes;      /* in: the OAEP hashes the receiving token unwraps with, bits
+                                 (1u << HSM_OAEP_SHA1 / _SHA256); 0: not said, any */
     hsm_oaep_hash kek_hash;   /* out: the OAEP hash that wrapped the one-time key
-                                 (SHA-256 where the token has it, else SHA-1) */
+                                 (SHA-256 where both tokens have it, else SHA-1) */
     unsigned char *wrapped_kek; /* out: the one-time key, RSA-OAEP to the transport key (caller frees) */
     size_t wrapped_kek_len;
 } hsm_replica_export;

@@ -166,7 +166,10 @@ static hsm_err wrap_item(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE kek
 }
 
 /* The one-time key to the transport key: OAEP with SHA-256 where the
- * token has it, else SHA-1 (SoftHSM 2.6 wraps with nothing else). */
+ * token has it, else SHA-1 (SoftHSM 2.6 wraps with nothing else); only
+ * with a hash the receiving token unwraps with, where its transport key
+ * file says which (x->kek_hashes): a file it cannot unwrap was written,
+ * and refused only there, at the import. */
 static hsm_err wrap_kek(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE tpub, CK_OBJECT_HANDLE kek,
                         hsm_replica_export *x)
 {
@@ -175,9 +178,13 @@ static hsm_err wrap_kek(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE tpub
     CK_RSA_PKCS_OAEP_PARAMS op;
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
     hsm_err err = HSM_ERR_MECHANISM;
+    bool tried = false;
 
     for (size_t i = 0; i < GS_ARRAY_LEN(order); i++) {
         CK_ULONG len = sizeof(buf);
+        if (x->kek_hashes != 0 && (x->kek_hashes & (1u << order[i])) == 0)
+            continue;
+        tried = true;
         oaep(order[i], &op);
         err = P11(ctx, C_WrapKey, s, &m, tpub, kek, buf, &len);
         if (err == HSM_OK) {
@@ -190,7 +197,21 @@ static hsm_err wrap_kek(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE tpub
         }
         CK_RV rv = hsm_last_rv();
         if (rv != CKR_MECHANISM_PARAM_INVALID && rv != CKR_ARGUMENTS_BAD && rv != CKR_MECHANISM_INVALID)
-            break;
+            return err;
+    }
+    if (!tried) {
+        hsm_set_detail("the receiving token's transport key file names no RSA-OAEP hash this program knows");
+        return HSM_ERR_MECHANISM;
+    }
+    /* One hash allowed, and this token would not wrap with it: said as
+     * the two tokens not sharing a hash, not as a bare CKR_. */
+    if (x->kek_hashes == (1u << HSM_OAEP_SHA1) || x->kek_hashes == (1u << HSM_OAEP_SHA256)) {
+        char prev[192];
+        util_strlcpy(prev, hsm_last_error_detail(), sizeof(prev));
+        hsm_set_detail("the receiving token unwraps the one-time key with RSA-OAEP-%s only (its transport key "
+                       "file says so), which this token does not wrap with (%s)",
+                       x->kek_hashes == (1u << HSM_OAEP_SHA256) ? "SHA256" : "SHA1", prev);
+        err = HSM_ERR_MECHANISM;
     }
     return err;
 }

@@ -144,6 +144,13 @@ static void check_transport(const uint8_t *text, size_t len)
         FUZZ_CHECK(spki != NULL && spki_len > 384 && strlen(fp) == 64);
     else
         FUZZ_CHECK(spki == NULL && one_line(gsk_err_detail()));
+    {
+        unsigned mask = 0;
+        if (gsk_transport_hashes(text, len, &mask) == GSK_OK)
+            FUZZ_CHECK((mask & ~((1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256))) == 0);
+        else
+            FUZZ_CHECK(mask == 0 && one_line(gsk_err_detail()));
+    }
     free(spki);
 }
 

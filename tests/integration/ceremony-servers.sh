@@ -52,6 +52,30 @@ tl=$(grep -o 'gs:transport:[0-9a-f]*' "$work/beta-transport.pem" | head -1)
 field "$work/beta.objs" "$tl" Access | grep -q "never extractable" || fail "transport key extractable"
 [ "$(field "$work/beta.objs" "$tl" Usage)" = unwrap ] || fail "transport key is not unwrap only"
 ok "the fingerprint printed is the SHA-256 of the public key (openssl pkey)"
+# Which RSA-OAEP hashes the new key unwraps with (trials on the token),
+# in the file: the sender wraps the one-time key with one of them. It
+# chose SHA-256 wherever its token could, whatever the receiving token
+# unwraps with, and such a file was refused only at the import, after the
+# whole ceremony, with nothing the operators could change.
+grep -qx "unwraps: RSA-OAEP-SHA1" "$work/beta-transport.pem" ||
+  fail "the transport key file does not say what the key unwraps with: $(head -8 "$work/beta-transport.pem")"
+# a receiving token that unwraps with SHA-256 only (its file says so),
+# and alpha's SoftHSM, which wraps with SHA-1 only: refused at the
+# export, before any file (the export wrote one with SHA-1)
+sed 's/^unwraps: .*/unwraps: RSA-OAEP-SHA256/' "$work/beta-transport.pem" > "$work/sha256-only.pem"
+refused alpha 1 "export to a transport key whose token unwraps with RSA-OAEP-SHA256 only" -- \
+  gs_alpha group export eng --all --to "$work/sha256-only.pem" --out "$work/x.gsk"
+expect_msg "the receiving token unwraps the one-time key with RSA-OAEP-SHA256 only \(its transport key file says so\), which this token does not wrap with \(C_WrapKey: CKR_"
+[ ! -e "$work/x.gsk" ] || fail "a refused export wrote a file"
+# a token whose RSA-OAEP unwraps under neither hash (tests/p11fault:
+# CKR_MECHANISM_PARAM_INVALID): no transport key made, none left
+sed "s#^module = .*#module = $GS_P11FAULT_MODULE#" "$work/beta.conf" > "$work/beta-oaep.conf"
+printf 'C_UnwrapKey 0x71\n' > "$work/p11fault-oaep.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-oaep.ctl GS_P11FAULT_TARGET=$module GS_CONF_beta=$work/beta-oaep.conf \
+  refused beta 1 "token transport-key where RSA-OAEP unwraps under no hash" -- \
+  gs_beta token transport-key --out "$work/x.pem"
+expect_msg "^groupsrv: this token cannot receive keys: its transport key unwrapped with RSA-OAEP under neither SHA-1 nor SHA-256 \(tried on the new key\)$"
+[ ! -e "$work/x.pem" ] || fail "a refused transport-key wrote its file"
 
 # ---- refusals on the sending side ----
 printf 'not-the-so-pin\n' > "$work/bad-so-pin"; chmod 600 "$work/bad-so-pin"

@@ -460,9 +460,39 @@ static void test_transport_file(void **state)
     EVP_PKEY_free(ec);
 }
 
+/* The "unwraps:" line of a transport key file: what the receiving token's
+ * key unwraps with; none (an older groupsrv's file) is any hash. */
+static void test_transport_hashes(void **state)
+{
+    static const struct {
+        const char *text;
+        gsk_err want;
+        unsigned mask;
+    } cases[] = {
+        {"token: x\nunwraps: RSA-OAEP-SHA1\n-----BEGIN PUBLIC KEY-----\n", GSK_OK, 1u << HSM_OAEP_SHA1},
+        {"unwraps: RSA-OAEP-SHA256\n", GSK_OK, 1u << HSM_OAEP_SHA256},
+        {"unwraps: RSA-OAEP-SHA256, RSA-OAEP-SHA1\r\n", GSK_OK, (1u << HSM_OAEP_SHA1) | (1u << HSM_OAEP_SHA256)},
+        {"token: x\nsha256: 0000\n-----BEGIN PUBLIC KEY-----\nunwraps: RSA-OAEP-SHA1\n", GSK_OK, 0},
+        {"", GSK_OK, 0},
+        {"unwraps: RSA-OAEP-SHA2\n", GSK_ERR_FORMAT, 0},
+        {"unwraps: RSA-OAEP-SHA1x RSA-PKCS\n", GSK_ERR_FORMAT, 0},
+        {"unwraps:\n", GSK_ERR_FORMAT, 0},
+    };
+    unsigned mask;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mask = 99;
+        assert_int_equal(gsk_transport_hashes((const unsigned char *)cases[i].text, strlen(cases[i].text), &mask),
+                         cases[i].want);
+        assert_int_equal(mask, cases[i].mask);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_transport_hashes),
         cmocka_unit_test(test_roundtrip),           cmocka_unit_test(test_every_byte),
         cmocka_unit_test(test_other_ca),            cmocka_unit_test(test_malformed_manifests),
         cmocka_unit_test(test_transport_file),     cmocka_unit_test(test_newer_format),
