@@ -53,6 +53,13 @@ objects() {
     --token-label "$(cat "$work/tok-$1/label")" --login --pin env:GS_PIN --list-objects 2>/dev/null
 }
 snapshot() { objects "$1" | sha256sum | cut -c1-64; }
+# delete_key NAME TYPE LABEL: deletes the TYPE (privkey, pubkey, secrkey)
+# object LABEL on token NAME with pkcs11-tool, as an operator would by hand
+delete_key() {
+  GS_PIN=$(cat "$work/tok-$1/user-pin") SOFTHSM2_CONF=$work/tok-$1/softhsm2.conf pkcs11-tool --module "$module" \
+    --token-label "$(cat "$work/tok-$1/label")" --login --pin env:GS_PIN --delete-object --type "$2" --label "$3" \
+    >/dev/null 2>&1
+}
 
 # expect WANT DESC -- command...: exit status WANT; a failure is one line on stderr
 expect() {

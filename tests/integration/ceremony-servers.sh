@@ -652,13 +652,15 @@ expect_msg "^groupsrv: key version $av is newer than this server's: group eng's 
 # and says it may be this token's loss, which no server can give back (it
 # said only "give it from the server whose token made it", and the
 # operator of a lone origin went looking for another server) ----
+# lose_export V DESC: group lost's version V deleted from alpha's token by
+# hand, then alpha's --all ($work/lost.gsk)
+lose_export() {
+  delete_key alpha privkey "gs:group:lost:v$1" || fail "pkcs11-tool could not delete gs:group:lost:v$1 on alpha"
+  expect 0 "$2" -- gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost.gsk"
+}
 gs_alpha group create lost --address lost@example.org --key rsa:2048 --replicable >/dev/null
 gs_alpha group rotate lost >/dev/null
-GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
-  --token-label alpha --login --pin env:GS_PIN --delete-object --type privkey --label gs:group:lost:v1 >/dev/null 2>&1 ||
-  fail "pkcs11-tool could not delete gs:group:lost:v1 on alpha"
-expect 0 "group export --all on the origin, a version deleted from its token by hand" -- \
-  gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost.gsk"
+lose_export 1 "group export --all on the origin, a version deleted from its token by hand"
 grep -q "^left out: key version 1 (gs:group:lost:v1): not on this token; give it from the server whose token made it (.group export lost --version 1.), if that is another server; if it was this one, the key was deleted from this token (or the token put back from an older copy) and no server can give it again" \
   "$work/out" || fail "the origin's --all does not say its own version may be lost: $(cat "$work/out")"
 grep -q "^key versions: 2 (gs:group:lost:v2)$" "$work/out" || fail "the --all without v1: $(cat "$work/out")"
@@ -679,11 +681,7 @@ expect 0 "the new clone imports it" -- \
   gs_beta group import --in "$work/lost.gsk" --ca "$work/alpha-ca.pem" --keep-transport-key
 # the current version lost: a rotation first (retire leaves the current one)
 gs_alpha group rotate lost >/dev/null
-GS_PIN=$(cat "$work/tok-alpha/user-pin") SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf pkcs11-tool --module "$module" \
-  --token-label alpha --login --pin env:GS_PIN --delete-object --type privkey --label gs:group:lost:v3 >/dev/null 2>&1 ||
-  fail "pkcs11-tool could not delete gs:group:lost:v3 on alpha"
-expect 0 "group export --all on the origin, its current version deleted from its token" -- \
-  gs_alpha group export lost --all --to "$work/beta-transport.pem" --out "$work/lost3.gsk"
+lose_export 3 "group export --all on the origin, its current version deleted from its token"
 grep -q "^if lost: if no server can give key version 3 .*: .groupsrv group rotate lost., then .groupsrv group retire lost --before 4. here$" \
   "$work/out" || fail "the --all does not say to rotate before retiring the current version: $(cat "$work/out")"
 # An original the token marks not extractable (CKA_EXTRACTABLE set false
