@@ -154,8 +154,19 @@ static hsm_err wrap_item(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE kek
         CK_RV rv = hsm_last_rv();
         free(buf);
         if (rv == CKR_KEY_UNEXTRACTABLE || rv == CKR_KEY_NOT_WRAPPABLE) {
-            hsm_set_detail("key %s cannot be wrapped (%s): it was not made replicable",
-                           log_quote(q, sizeof(q), it->key->label), hsm_ckr_name(rv));
+            /* A key made replicable (extractable under trusted wrap) that
+             * the trusted one-time key may not wrap all the same: the
+             * token does not honour the SO's CKA_TRUSTED, not the key's
+             * making ("it was not made replicable" sent the operator to
+             * recreate a group that was). */
+            if (hsm_get_bool(ctx, s, h, CKA_EXTRACTABLE) && hsm_get_bool(ctx, s, h, CKA_WRAP_WITH_TRUSTED))
+                hsm_set_detail("the token would not wrap key %s (%s) under the one-time key the security officer "
+                               "made trusted, though the key is extractable under trusted wrap: this token does not "
+                               "let a CKA_TRUSTED key wrap it (`groupsrv check`, cap trusted wrap)",
+                               log_quote(q, sizeof(q), it->key->label), hsm_ckr_name(rv));
+            else
+                hsm_set_detail("key %s cannot be wrapped (%s): it was not made replicable",
+                               log_quote(q, sizeof(q), it->key->label), hsm_ckr_name(rv));
             return HSM_ERR_KEY_POLICY;
         }
         return err;

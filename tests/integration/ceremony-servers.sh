@@ -104,6 +104,15 @@ expect_msg "PIN incorrect"
 refused alpha 1 "export of a group that is not replicable" -- \
   gs_alpha group export plain --to "$work/beta-transport.pem" --out "$work/x.gsk"
 expect_msg "not replicable"
+# a token that will not let the SO's trusted one-time key wrap a key
+# made replicable (CKR_KEY_NOT_WRAPPABLE, tests/p11fault): said as the
+# token's, not as "it was not made replicable", which sent the operator
+# to make again a group that was
+printf 'C_WrapKey 0x69\n' > "$work/p11fault-nowrap.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-nowrap.ctl GS_P11FAULT_TARGET=$module GS_CONF_alpha=$work/alpha-soflags.conf \
+  refused alpha 1 "export where the token will not wrap under the trusted key" -- \
+  gs_alpha group export eng --version 1 --to "$work/beta-transport.pem" --out "$work/x.gsk"
+expect_msg "the token would not wrap key gs:group:eng:v1 \(CKR_KEY_NOT_WRAPPABLE\) under the one-time key the security officer made trusted, though the key is extractable under trusted wrap"
 refused alpha 3 "export of a version that does not exist" -- \
   gs_alpha group export eng --version 9 --to "$work/beta-transport.pem" --out "$work/x.gsk"
 [ ! -e "$work/x.gsk" ] || fail "a refused export wrote a file"
