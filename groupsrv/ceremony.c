@@ -1222,6 +1222,21 @@ static int import_refused(struct import *im, const char *group, gs_err err)
     return cli_record_failure(&im->rec, im->action, group, err, extra);
 }
 
+/* Whether every key of the shipment is on this token by its label: a
+ * file imported before, whose import deleted the transport key it came
+ * through. Run again (a dropped ssh, an operator unsure it worked), it
+ * was told only to make a new transport key and export again: a second
+ * ceremony with the SO, for keys already here. False on any doubt. */
+static bool all_keys_here(hsm_ctx *hsm, const gsk_manifest *m)
+{
+    for (size_t i = 0; i < m->n_entries; i++) {
+        bool present = false;
+        if (gs_token_label_present(hsm, m->entries[i].label, &present) != GS_OK || !present)
+            return false;
+    }
+    return m->n_entries > 0;
+}
+
 /* --in FILE [--ca FILE]: reads and verifies the shipment. The token is
  * opened before the database is created (a wrong PIN leaves none). The
  * trusted CA is --ca, else the local CA in the database. */
@@ -1272,6 +1287,10 @@ static int import_begin(struct env *e, int argc, char **argv, const char *what, 
     /* First the plainest reason a file cannot be used here. */
     if ((ge = gsk_transport_find(e->hsm, im->m->transport_sha256, &im->transport)) != GSK_OK) {
         err = from_gsk(ge, "refused: ");
+        if (ge == GSK_ERR_TRANSPORT && all_keys_here(e->hsm, im->m))
+            err = gs_err_set(err, "%s; every key in the file is on this token already: if the file was imported "
+                                  "here (`groupsrv check` shows its keys), nothing is left to do",
+                             gs_err_detail());
         goto out;
     }
     token_desc(e->hsm, im->desc, sizeof(im->desc));
