@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include <limits.h>
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1842,11 +1843,24 @@ static const char *target_path(struct evhttp_request *req, size_t *len)
     return path;
 }
 
+/* Is every '%' in the n bytes at s followed by two hex digits (RFC 3986
+ * 2.1)? evhttp_uridecode keeps any other '%' as it is, so "a%ZZ" would
+ * name "a%ZZ" while "a%41" names "aA": which one a client that forgot to
+ * send '%' as %25 reached would depend on the bytes after it. */
+static int pct_encoding_ok(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '%' && (n - i < 3 || !isxdigit((unsigned char)s[i + 1]) || !isxdigit((unsigned char)s[i + 2])))
+            return 0;
+    return 1;
+}
+
 /* Splits the request path into percent-decoded segments; -1 if malformed,
  * -2 for a segment holding an encoded '/' (%2F): never taken as a part of
  * a name (as Apache's AllowEncodedSlashes Off, a proxy in front may
  * decode it into a path of other segments), and no group name or member
- * address has one (the address rule refuses '/'). */
+ * address has one (the address rule refuses '/'); -3 for a '%' not
+ * followed by two hex digits (a 400: the request target is not a URI). */
 static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEGMENT_LEN + 1], size_t *n)
 {
     size_t plen = 0;
@@ -1861,6 +1875,8 @@ static int split_path(struct evhttp_request *req, char seg[MAX_SEGMENTS][MAX_SEG
         size_t len = slash ? (size_t)(slash - p) : (size_t)(end - p);
         if (*n >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_RAW)
             return -1;
+        if (!pct_encoding_ok(p, len))
+            return -3;
         char raw[MAX_SEGMENT_RAW + 1];
         memcpy(raw, p, len);
         raw[len] = '\0';
@@ -1969,6 +1985,10 @@ static void dispatch(struct srv_req *r)
         srv_reply_error(r, 404, "not_found",
                         "no such resource: a path segment holds an encoded / (%%2F), which no group name or member "
                         "address has");
+    else if (split == -3)
+        srv_reply_error(r, 400, "bad_request",
+                        "a malformed percent-encoding in the path: a %% not followed by two hex digits (send a %% "
+                        "as %%25)");
     else
         srv_reply_error(r, 404, "not_found", "no such resource");
 }

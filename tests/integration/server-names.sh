@@ -98,4 +98,19 @@ for v in '5' '"eng"' 'null' '[1]'; do
     --data-binary "$v" "$cbase/v1/groups/eng/membership-certificates"
   grep -qF '"message":"JSON body must be {\"csr\": PEM}"' "$work/body" || fail "a CSR body of JSON $v: $(cat "$work/body")"
 done
+# A '%' in a path not followed by two hex digits is no percent-encoding
+# (RFC 3986 2.1): refused 400, never taken as a literal '%'. Before, PUT
+# members/a%ZZ@example.org made a member "a%ZZ@example.org" while
+# members/a%41@example.org named "aA@example.org": which one a script
+# that forgot to send '%' as %25 reached depended on the bytes after it.
+for t in 'members/a%ZZ@example.org' 'members/a%4@example.org' 'members/a%@example.org' 'members/a%g1@example.org'; do
+  expect_status 400 bad_request "PUT $t" -- c admin -X PUT --data '{}' "$base/v1/groups/eng/$t"
+  grep -qF 'a % not followed by two hex digits' "$work/body" || fail "PUT $t: $(cat "$work/body")"
+done
+expect_status 400 bad_request "GET a group named with a bad percent-encoding" -- anon "$base/v1/groups/e%ZZ"
+expect_status 404 not_found "GET members/a%ZZ@example.org (nothing was made)" -- \
+  c admin "$base/v1/groups/eng/members/a%25ZZ@example.org"
+expect_status 400 bad_request "POST membership-certificates of a group named with a bad percent-encoding" -- \
+  c alice --data '{}' "$cbase/v1/groups/e%2/membership-certificates"
+ok "a '%' not followed by two hex digits in a path is 400 bad_request on both listeners, no member made"
 stop_server
