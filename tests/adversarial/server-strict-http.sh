@@ -346,7 +346,7 @@ raw "$work/headbody.req" > "$work/headbody.out"
 head -1 "$work/headbody.out" | grep -q '^HTTP/1.1 200' || fail "HEAD with Content-Length: 0: $(head -c 300 "$work/headbody.out")"
 ok "HEAD with a body (Content-Length or chunked): 400 and closed, its body never served as a request"
 # Expect (api.md): 100-continue is answered 100 Continue, then as without it
-# (curl sends it for bodies over 1 MiB); anything else gets libevent's 417.
+# (curl sends it for bodies over 1 MiB, before 7.69 over 1 KiB); anything else gets libevent's 417.
 c alice -v -H 'Expect: 100-continue' --data-binary @"$work/req-tls.json" "$url" -o "$work/body" 2>"$work/expect.err" ||
   fail "unwrap with Expect: 100-continue"
 grep -q '^< HTTP/1.1 100 Continue' "$work/expect.err" && grep -q '"key"' "$work/body" ||
@@ -364,6 +364,23 @@ grep -q '^< HTTP/1.1 100' "$work/expect.err" &&
 grep -q '^< HTTP/1.1 413' "$work/expect.err" || fail "Expect with a body over max_body: $(grep '^< HTTP' "$work/expect.err")"
 expect_status 200 "" "unwrap after an Expect refused" -- c alice --data-binary @"$work/req-tls.json" "$url"
 ok "Expect: 100-continue with a body over max_body: 413 at once, no 100 Continue"
+# Where libevent's own plain 413 begins (api.md "Errors", "Limits"): over
+# twice max_body plus 4 KiB, not twice max_body; up to it the server reads
+# the body and answers JSON 413 too_large, the connection kept.
+for n in 131073 135168 135169; do
+  /usr/bin/python3 -c 'import sys; n=int(sys.argv[1]); print("{\"recipient_info\":\"" + "A"*(n-21) + "\"}", end="")' "$n" > "$work/cap.json"
+  [ "$(stat -c %s "$work/cap.json")" = "$n" ] || fail "cap.json is not $n bytes"
+  c alice -D "$work/cap.head" -o "$work/body" --data-binary @"$work/cap.json" "$url" || true
+  ctype=$(sed -n 's/^content-type: *//Ip' "$work/cap.head" | tr -d '\r')
+  head -1 "$work/cap.head" | grep -q ' 413 ' || fail "a body of $n bytes: $(head -1 "$work/cap.head")"
+  if [ "$n" -le 135168 ]; then
+    [ "$ctype" = application/json ] && grep -q '"code":"too_large"' "$work/body" ||
+      fail "a body of $n bytes (up to twice max_body plus 4 KiB): $ctype $(head -c 200 "$work/body")"
+  else
+    [ "$ctype" = text/html ] || fail "a body of $n bytes (over twice max_body plus 4 KiB): $ctype"
+  fi
+done
+ok "bodies up to twice max_body plus 4 KiB: JSON 413 too_large; one byte more: libevent's plain 413"
 # No request target has a fragment, and userinfo in an http(s) URI is an
 # error (RFC 9112 3.2, RFC 9110 4.2.4): libevent served both as the path.
 for t in "/v1/groups/eng/unwrap#x" "https://127.0.0.1:$port/v1/groups/eng/unwrap#/../x" \
