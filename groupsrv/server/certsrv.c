@@ -74,8 +74,16 @@ static X509_REQ *parse_csr(const char *text, size_t len, const char **why)
     if (begin != NULL && only_text(text, (size_t)(begin - text))) {
         char rest[256];
         int n;
-        if (PEM_read_bio(b, &name, &header, &der, &der_len) != 1)
+        if (PEM_read_bio(b, &name, &header, &der, &der_len) != 1) {
+            /* its BEGIN and END on one line: `curl --data @file` (not
+             * --data-binary) strips a file's line breaks */
+            size_t left = len - (size_t)(begin - text);
+            const char *nl = memchr(begin, '\n', left);
+            size_t line = nl != NULL ? (size_t)(nl - begin) : left;
+            if (memmem(begin + 11, line - 11, "-----END ", 9) != NULL)
+                *why = "a PEM block without line breaks: curl --data strips them, send the file with --data-binary";
             goto out;
+        }
         if (strcmp(name, PEM_STRING_X509_REQ) != 0 && strcmp(name, PEM_STRING_X509_REQ_OLD) != 0) {
             *why = "the PEM block is not a CERTIFICATE REQUEST";
             goto out;

@@ -204,6 +204,15 @@ for f in gtwo.csr gcertfirst.csr gtext.csr; do
     gcertfirst.csr) grep -q 'not a CERTIFICATE REQUEST' "$work/body" || fail "certificate not named: $(cat "$work/body")" ;;
   esac
 done
+# `curl --data @file` (not --data-binary) strips the file's line breaks:
+# the PEM arrives on one line, and the answer says so (it said "not a PEM
+# or DER certificate request", which sent the user looking at the file)
+for ct in 'application/pkcs10' 'application/x-www-form-urlencoded'; do
+  expect_status 400 bad_csr "certsrv refuses a PEM CSR sent with curl --data ($ct)" -- c bob -H "Content-Type: $ct" \
+    --data @"$work/g.csr" "$cbase/v1/groups/eng/membership-certificates"
+  grep -qF 'a PEM block without line breaks: curl --data strips them, send the file with --data-binary' "$work/body" ||
+    fail "a PEM CSR without line breaks not named: $(cat "$work/body")"
+done
 # {"csr": ...} JSON: malformed (cut short, a key twice) is bad_json, as on
 # the API listener (it was bad_request "JSON body must be ..."); well-formed
 # without a string csr is bad_request
