@@ -53,6 +53,13 @@ struct audit_log {
     char prev_hex[2 * SHA256_DIGEST_LENGTH + 1];
     int failed; /* the last append failed: checked by audit_check */
     off_t end;  /* file size after our last line: another size means another process appended */
+    /* The hash of the file's first line as we last saw it (first_dev and
+     * first_ino name the file; "" not known): after a cut, a break at the
+     * first line is another appender's, made since, only when that line
+     * is not the one the file started with before (file_continues_head). */
+    char first_hex[2 * SHA256_DIGEST_LENGTH + 1];
+    dev_t first_dev;
+    ino_t first_ino;
     long long torn_cut; /* bytes of a torn tail audit_open cut off */
     /* Group commit: records are numbered in write order. Every record
      * <= synced_seq is durable; every record <= failed_seq was covered by
@@ -2075,8 +2082,13 @@ static int line_before_is(int fd, off_t end, const char *head)
  * again would put a second line after it (a fork) or a second break right
  * behind the first. A run from zeros, or one after a break further down
  * the file (records cut from its middle, ours after them maybe too), is
- * not taken: the caller makes the break. Read only after a cut (rare). */
-static int file_continues_head(int fd, const char *head)
+ * not taken: the caller makes the break. Nor is the first line's break
+ * unless first_is_new (it is not the line the file started with when we
+ * last wrote): a file that starts with a break (an earlier copytruncate)
+ * and was cut at its end, our last records removed, would otherwise pass
+ * for one written after a cut, and we would continue from what is left,
+ * the removal leaving no trace. Read only after a cut (rare). */
+static int file_continues_head(int fd, const char *head, int first_is_new)
 {
     char *buf = malloc(AUDIT_MAX_LINE + 1);
     char last[2 * SHA256_DIGEST_LENGTH + 1] = "";
@@ -2103,7 +2115,8 @@ static int file_continues_head(int fd, const char *head)
             if (prev != NULL && strcmp(prev, head) == 0)
                 on = 1;
             else if (prev != NULL && last[0] == '\0') /* the file's first line */
-                on = strspn(prev, "0") != strlen(prev) && (action == NULL || strcmp(action, "audit-continue") != 0);
+                on = first_is_new && strspn(prev, "0") != strlen(prev) &&
+                     (action == NULL || strcmp(action, "audit-continue") != 0);
             else if (prev == NULL || strcmp(prev, last) != 0)
                 on = 0;
             json_decref(o);
@@ -2137,7 +2150,7 @@ static int as_we_left_it(const struct audit_log *log)
  * that knew that line wrote the break into the new file already. */
 static void chain_over_sealed_cut_locked(struct audit_log *log, int cut, const char *our_head)
 {
-    if (!cut || file_continues_head(log->fd, our_head))
+    if (!cut || file_continues_head(log->fd, our_head, 0))
         return;
     log_error("audit log was cut before it was rotated: the sealed file does not hold the records this server "
               "wrote to it; the next record chains to the last one written, so audit verify reports the break "
@@ -2248,6 +2261,49 @@ void audit_set_lock_wait(audit_log *log, unsigned ms)
     pthread_mutex_unlock(&log->mu);
 }
 
+/* The hash of fd's first line into hex; -1 if it has none (empty, or
+ * unterminated or too long). */
+static int first_line_hash(int fd, char hex[2 * SHA256_DIGEST_LENGTH + 1])
+{
+    char *line = NULL;
+    size_t len = 0;
+
+    if (read_first_line(fd, &line, &len) != AUDIT_OK) {
+        free(line);
+        return -1;
+    }
+    hash_line(line, len, hex);
+    free(line);
+    return 0;
+}
+
+/* The file st describes is as we left it (mutex and flock held): note its
+ * first line, once per file, for the next cut (a read of one line). */
+static void note_first_line(struct audit_log *log, const struct stat *st)
+{
+    if (log->end == 0 ||
+        (log->first_hex[0] != '\0' && log->first_dev == st->st_dev && log->first_ino == st->st_ino))
+        return;
+    if (first_line_hash(log->fd, log->first_hex) != 0) {
+        log->first_hex[0] = '\0';
+        return;
+    }
+    log->first_dev = st->st_dev;
+    log->first_ino = st->st_ino;
+}
+
+/* Whether the file st describes, cut under us, starts with another line
+ * than the one we noted: written since the cut. Not known (no line noted,
+ * or noted of another file) is not new. */
+static int first_line_is_new(const struct audit_log *log, const struct stat *st)
+{
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+
+    if (log->first_hex[0] == '\0' || log->first_dev != st->st_dev || log->first_ino != st->st_ino)
+        return 0;
+    return first_line_hash(log->fd, hex) == 0 && strcmp(hex, log->first_hex) != 0;
+}
+
 /* The file is shorter than the records this log wrote to it, or longer
  * but without our last line where we left it (mutex and flock held): no appender shrinks it (each cuts only a torn tail past the
  * last complete line, and ours is never torn), so records were removed
@@ -2265,7 +2321,9 @@ static audit_err continue_over_cut_locked(struct audit_log *log, off_t size)
 
     if (cut_torn_tail(log->fd, log->path, &cut) != AUDIT_OK || fstat(log->fd, &st) != 0)
         return AUDIT_ERR_IO;
-    if (file_continues_head(log->fd, log->prev_hex))
+    int first_is_new = first_line_is_new(log, &st);
+    log->first_hex[0] = '\0'; /* noted again once the file is as we left it */
+    if (file_continues_head(log->fd, log->prev_hex, first_is_new))
         return continue_from_file_locked(log); /* the break is there already, made by another */
     /* "no longer ends in": longer, but our last line is not where we left
      * it: cut and written again since by an appender that did not know it. */
@@ -2292,12 +2350,15 @@ static audit_err lock_current_locked(struct audit_log *log)
             /* Longer: the line we left last must still end where we
              * left it, or the file was cut and written again (by an
              * appender that did not know our last line) before we came. */
+            int cut = st.st_size != log->end &&
+                      (st.st_size < log->end || !line_before_is(log->fd, log->end, log->prev_hex));
             audit_err rc = st.st_size == log->end ? AUDIT_OK
-                           : st.st_size < log->end || !line_before_is(log->fd, log->end, log->prev_hex)
-                               ? continue_over_cut_locked(log, st.st_size)
-                               : continue_from_file_locked(log);
+                           : cut                  ? continue_over_cut_locked(log, st.st_size)
+                                                  : continue_from_file_locked(log);
             if (rc != AUDIT_OK)
                 unlock_file(log->fd);
+            else if (!cut)
+                note_first_line(log, &st);
             return rc;
         }
         if (!log->syncing)

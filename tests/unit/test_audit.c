@@ -883,6 +883,48 @@ static void test_cut_under_a_writer_knowing_an_older_line_breaks_once(void **sta
     broken_at_first_then_chained(f->path);
 }
 
+/* A file that starts with a break (a copytruncate the server chained
+ * over: its first line's prev is not zeros), then cut at its end: the
+ * server's last records removed, by hand or by someone hiding what they
+ * did. The first line is no break written since the cut (it was there
+ * when the server wrote its last record), so the server's next record
+ * chains to the last one it wrote, the break where the records are
+ * missing. It took the first line's break for another appender's, made
+ * after the cut, and continued from the file's last line: the cut left no
+ * trace in the chain and the server said nothing. */
+static void test_cut_at_the_end_of_a_file_starting_with_a_break_still_breaks(void **state)
+{
+    struct fx *f = *state;
+    audit_record r = rec("ok");
+    audit_log *srv = NULL;
+    char h1[65], p1[65], h2[65], p2[65], h3[65], p3[65];
+
+    assert_int_equal(audit_open(f->path, &srv), AUDIT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    assert_int_equal(truncate(f->path, 0), 0); /* copytruncate */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    broken_at_first_then_chained(f->path);
+    line_hash_prev(f->path, 3, h3, p3); /* the server's last record */
+    FILE *fp = fopen(f->path, "r");
+    assert_non_null(fp);
+    char line[8192];
+    off_t two = 0;
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(fgets(line, sizeof(line), fp));
+        two += (off_t)strlen(line);
+    }
+    fclose(fp);
+    assert_int_equal(truncate(f->path, two), 0); /* its last record cut off */
+    assert_int_equal(audit_append(srv, &r), AUDIT_OK);
+    audit_close(srv);
+    line_hash_prev(f->path, 2, h2, p2);
+    line_hash_prev(f->path, 3, h1, p1);
+    assert_string_not_equal(p1, h2);
+    assert_string_equal(p1, h3);
+}
+
 /* Cut under the server (copytruncate), then `audit rotate` from another
  * process before the server's next record: the rotation seals what is
  * left and the successor chains to that seal; the server followed it
@@ -2155,6 +2197,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cut_then_grown_by_another_appender_still_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_under_two_writers_does_not_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_under_a_writer_knowing_an_older_line_breaks_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cut_at_the_end_of_a_file_starting_with_a_break_still_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cut_then_rotated_by_another_still_breaks, setup, teardown_all),
         cmocka_unit_test_setup_teardown(test_reopen_after_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotate_continues_chain_in_new_file, setup, teardown_all),
