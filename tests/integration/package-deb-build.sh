@@ -184,15 +184,31 @@ rm -rf "$tree"
 mkdir "$OUT/source" "$OUT/source2"
 "$SRC/scripts/package" --out "$OUT/source" -us -uc -S -d >"$OUT/source.log" 2>&1 ||
   fail "scripts/package -S: $(tail -20 "$OUT/source.log")"
-# Built again, a second later: the same bytes (the changelog entry of a
-# build from git has the commit's date, not the time of the build).
+# Built again, a second later, from a copy of the tree without .git (a
+# tarball's: its .version, SOURCE_DATE_EPOCH the commit's date) in which a
+# file is older than the commit (edited before it was committed, or kept
+# by a checkout): the same bytes. The changelog entry of a build from git
+# has the commit's date, not the time of the build; and dpkg only lowers
+# the files' times to it, so the old file went in with its own time.
 sleep 1
-"$SRC/scripts/package" --out "$OUT/source2" -us -uc -S -d >"$OUT/source2.log" 2>&1 ||
-  fail "scripts/package -S again: $(tail -20 "$OUT/source2.log")"
+copy2=$OUT/copy2
+mkdir "$copy2"
+tar -C "$SRC" --exclude='./build*' --exclude=./.git --exclude=./.version -cf - . | tar -C "$copy2" -xf -
+"$SRC/scripts/version" --write "$copy2"
+touch -d @1000000000 "$copy2/README.md"
+if [ -n "$commit" ]; then
+  SOURCE_DATE_EPOCH=$commit "$copy2/scripts/package" --out "$OUT/source2" -us -uc -S -d >"$OUT/source2.log" 2>&1 ||
+    fail "scripts/package -S again: $(tail -20 "$OUT/source2.log")"
+else # a tree without .git already
+  "$copy2/scripts/package" --out "$OUT/source2" -us -uc -S -d >"$OUT/source2.log" 2>&1 ||
+    fail "scripts/package -S again: $(tail -20 "$OUT/source2.log")"
+fi
+rm -rf "$copy2"
 for f in "$OUT/source/groupsrv_$version.dsc" "$OUT/source/groupsrv_$version.tar."*; do
   cmp -s "$f" "$OUT/source2/${f##*/}" ||
     fail "two source builds of one tree differ in ${f##*/}: $(diff <(tar -xOf "$OUT/source/groupsrv_$version.tar."* "groupsrv-$version/debian/changelog" 2>/dev/null | head -5) \
-      <(tar -xOf "$OUT/source2/groupsrv_$version.tar."* "groupsrv-$version/debian/changelog" 2>/dev/null | head -5))"
+      <(tar -xOf "$OUT/source2/groupsrv_$version.tar."* "groupsrv-$version/debian/changelog" 2>/dev/null | head -5)) $(diff <(tar -tvf "$OUT/source/groupsrv_$version.tar."* 2>/dev/null) \
+      <(tar -tvf "$OUT/source2/groupsrv_$version.tar."* 2>/dev/null) | head -4)"
 done
 rm -rf "$OUT/source2"
 [ -f "$OUT/source/groupsrv_$version.dsc" ] || fail "no groupsrv_$version.dsc: $(ls "$OUT/source")"
@@ -203,4 +219,4 @@ sv=$("$SRC/scripts/version" "$OUT/source/x/groupsrv-$version") || fail "scripts/
 [ "$(dpkg-parsechangelog -l "$OUT/source/x/groupsrv-$version/debian/changelog" -S Version)" = "$version" ] ||
   fail "the source package's changelog does not name $version"
 rm -rf "$OUT/source"
-ok "source package groupsrv_$version: .version and changelog say $version; built twice, the same bytes"
+ok "source package groupsrv_$version: .version and changelog say $version; built twice (again from a copy without .git, a file older than the commit), the same bytes"
