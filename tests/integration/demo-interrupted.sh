@@ -11,14 +11,21 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # The demo's programs; groupsrv's `serve` first sends the demo (its
-# parent: the demo starts it in the background) a TERM, as a Ctrl-C would.
+# parent: the demo starts it in the background) a TERM, as a Ctrl-C would,
+# and when the demo stops it, a second one, as a Ctrl-C pressed again
+# while the demo stops what it started would (bash then left the cleanup
+# at once: the work directory stayed).
 mkdir -p "$work/bin" "$work/tmp"
 ln -s "$bin/exploder" "$work/bin/exploder"
 ln -s "$bin/groupmail" "$work/bin/groupmail"
 cat >"$work/bin/groupsrv" <<EOF
 #!/usr/bin/env bash
-[ "\${!#}" = serve ] && kill -TERM "\$PPID"
-exec "$bin/groupsrv" "\$@"
+[ "\${!#}" = serve ] || exec "$bin/groupsrv" "\$@"
+"$bin/groupsrv" "\$@" &
+s=\$!
+trap 'kill -TERM "\$PPID"; kill -TERM "\$s"; wait "\$s"; exit 0' TERM
+kill -TERM "\$PPID"
+wait "\$s"
 EOF
 chmod 755 "$work/bin/groupsrv"
 
