@@ -2496,6 +2496,48 @@ static gs_err member_cert_pem(X509 *cert, const char *email, char **pem)
  * member keep inserting it first: each retry follows a commit of another. */
 #define MEMBER_PUT_ATTEMPTS 4
 
+/* The swap of a member's record for (role, pem, wrap) in one
+ * transaction: the old record goes if there is one (*replaced), the new
+ * one is inserted. */
+static gs_err member_replace(gs_store *st, int64_t group_id, const char *email, gs_role role, const char *pem,
+                             gs_wrap wrap, bool *replaced)
+{
+    gs_err err;
+
+    *replaced = false;
+    for (int attempt = 1;; attempt++) {
+        bool found = false;
+        if ((err = gs_store_begin(st)) != GS_OK)
+            return err;
+        /* The old record goes if there is one: both stores answer
+         * NOT_FOUND (and change nothing) when there is none. */
+        err = gs_store_member_remove(st, group_id, email);
+        if (err == GS_OK)
+            found = true;
+        else if (err == GS_ERR_NOT_FOUND)
+            err = GS_OK;
+        if (err == GS_OK)
+            err = gs_store_member_add(st, group_id, email, role, pem);
+        if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
+            err = gs_store_member_set_wrap(st, group_id, email, wrap);
+        if (err != GS_OK)
+            gs_store_rollback(st);
+        else
+            err = gs_store_commit(st);
+        *replaced = found;
+        /* PostgreSQL (READ COMMITTED): a PUT of the same member committed
+         * by another connection after our DELETE found nothing makes our
+         * INSERT a unique violation. Run again: the DELETE now sees that
+         * record and replaces it, as if the two PUTs had come in turn. */
+        if (err == GS_ERR_EXISTS && !found && attempt < MEMBER_PUT_ATTEMPTS)
+            continue;
+        break;
+    }
+    if (err != GS_OK)
+        *replaced = false; /* nothing changed, a failed commit included */
+    return err;
+}
+
 gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
                      bool *replaced)
 {
@@ -2512,43 +2554,51 @@ gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role
      * old one is touched, and the swap is one transaction. */
     if ((err = member_cert_pem(cert, email, &pem)) != GS_OK)
         goto out;
-    for (int attempt = 1;; attempt++) {
-        bool found = false;
-        if ((err = gs_store_begin(st)) != GS_OK)
-            goto out;
-        /* The old record goes if there is one: both stores answer
-         * NOT_FOUND (and change nothing) when there is none. */
-        err = gs_store_member_remove(st, g->id, email);
-        if (err == GS_OK)
-            found = true;
-        else if (err == GS_ERR_NOT_FOUND)
-            err = GS_OK;
-        if (err == GS_OK)
-            err = gs_store_member_add(st, g->id, email, role, pem);
-        if (err == GS_OK && wrap != GS_WRAP_DEFAULT)
-            err = gs_store_member_set_wrap(st, g->id, email, wrap);
-        if (err != GS_OK)
-            gs_store_rollback(st);
-        else
-            err = gs_store_commit(st);
-        *replaced = found;
-        /* PostgreSQL (READ COMMITTED): a PUT of the same member committed
-         * by another connection after our DELETE found nothing makes our
-         * INSERT a unique violation. Run again: the DELETE now sees that
-         * record and replaces it, as if the two PUTs had come in turn. */
-        if (err == GS_ERR_EXISTS && !found && attempt < MEMBER_PUT_ATTEMPTS)
-            continue;
-        break;
-    }
-    if (err != GS_OK)
-        *replaced = false; /* nothing changed, a failed commit included */
-    else
+    err = member_replace(st, g->id, email, role, pem, wrap, replaced);
+    if (err == GS_OK)
         log_info("member %s group=%s member=%s role=%s wrap=%s", *replaced ? "replaced" : "added", group, email,
                  gs_role_name(role), gs_wrap_name(wrap));
 out:
     free(pem);
     gs_store_group_free(g);
     return err;
+}
+
+gs_err gs_member_set(gs_store *st, int64_t group_id, const gs_store_member *prev, gs_role role, X509 *cert,
+                     gs_wrap wrap)
+{
+    char *pem = NULL;
+    bool replaced = false;
+    gs_err err;
+
+    if (cert != NULL)
+        err = member_cert_pem(cert, prev->email, &pem);
+    else if (prev->cert_pem != NULL && (pem = strdup(prev->cert_pem)) == NULL)
+        err = gs_err_set(GS_ERR_NOMEM, "out of memory");
+    else
+        err = GS_OK;
+    if (err == GS_OK)
+        err = member_replace(st, group_id, prev->email, role, pem, wrap, &replaced);
+    if (err == GS_OK)
+        log_info("member replaced group_id=%lld member=%s role=%s wrap=%s certificate=%s", (long long)group_id,
+                 prev->email, gs_role_name(role), gs_wrap_name(wrap), cert != NULL ? "new" : "kept");
+    free(pem);
+    return err;
+}
+
+gs_err gs_member_admins(gs_store *st, int64_t group_id, size_t *admins)
+{
+    gs_store_member *list = NULL;
+    size_t n = 0;
+    gs_err err = gs_store_member_list(st, group_id, &list, &n);
+
+    *admins = 0;
+    if (err != GS_OK)
+        return err;
+    for (size_t i = 0; i < n; i++)
+        *admins += list[i].role == GS_ROLE_ADMIN;
+    gs_store_member_list_free(list, n);
+    return GS_OK;
 }
 
 gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert,

@@ -255,6 +255,15 @@ gs_err gs_member_add_wrap(gs_store *st, const char *group, const char *email, gs
  * was one (false on failure). */
 gs_err gs_member_put(gs_store *st, const char *group, const char *email, gs_role role, X509 *cert, gs_wrap wrap,
                      bool *replaced);
+/* `groupsrv member set`: the record prev (as gs_store_member_get read
+ * it, under the keys lock) replaced as gs_member_put replaces it, with
+ * role and wrap, and cert (checked as gs_member_put checks it) or, NULL,
+ * prev's certificate PEM kept as stored. The address keeps its stored
+ * spelling. */
+gs_err gs_member_set(gs_store *st, int64_t group_id, const gs_store_member *prev, gs_role role, X509 *cert,
+                     gs_wrap wrap);
+/* *admins: how many of the group's members are admins. */
+gs_err gs_member_admins(gs_store *st, int64_t group_id, size_t *admins);
 /* Puts a member's record back as it was before a change whose audit
  * record could not be written (the REST API's PUT and DELETE): prev as
  * gs_store_member_get read it (its role, certificate PEM as stored, and

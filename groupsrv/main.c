@@ -84,7 +84,8 @@ static const char usage_text[] =
     "  secret record NAME --version N --kek-id HEX\n"
     "  member add NAME EMAIL (--cert FILE | --issue-cert --out DIR) [--role member|exploder|admin]\n"
     "             [--wrap pkcs1v15|oaep]\n"
-    "  member set NAME EMAIL --wrap pkcs1v15|oaep|default\n"
+    "  member set NAME EMAIL [--wrap pkcs1v15|oaep|default] [--role member|exploder|admin]\n"
+    "             [--cert FILE | --issue-cert --out DIR]\n"
     "  member remove NAME EMAIL\n"
     "  member list NAME\n"
     "  check\n"
@@ -1293,6 +1294,123 @@ static gs_err member_undo(void *arg)
     return err;
 }
 
+/* A member change's start: the certificate file read (certfile NULL:
+ * none), the database opened and the audit log; on failure nothing is
+ * held. */
+static gs_err member_change_open(struct env *e, const char *certfile, X509 **cert, struct cli_record *rec)
+{
+    gs_err err = certfile != NULL ? read_cert_file(certfile, cert) : GS_OK;
+
+    if (!err)
+        err = env_open(e, NEED_DB);
+    if (!err)
+        err = cli_record_open(e->cfg, rec, "the change");
+    if (err) {
+        X509_free(*cert);
+        *cert = NULL;
+    }
+    return err;
+}
+
+/* --issue-cert's files after the change (err): removed when it was not
+ * made, else left to the undo should its record fail. */
+static void member_change_files(struct member_change *mc, gs_err err, bool wrote, const char *keypath,
+                                const char *certpath)
+{
+    if (!wrote)
+        return;
+    if (err) {
+        (void)unlink(keypath);
+        (void)unlink(certpath);
+    }
+    mc->files[0] = keypath;
+    mc->files[1] = certpath;
+}
+
+/* `member set` with --role, --cert or --issue-cert: the record replaced
+ * as the REST PUT replaces it (gs_member_set: one transaction, no key
+ * made, the secret key not rotated), keeping what the command does not
+ * name (role, wrap, certificate; wrap/role NULL: kept), and recorded as
+ * that PUT is: action member-add with member and role, a "started" before
+ * the change, a refused demotion of the group's last admin with outcome
+ * last_admin and nothing changed. --issue-cert writes its files as
+ * member add --issue-cert does (issue_member_cert); a change not made
+ * removes them again. */
+static int member_set_record(struct env *e, const char *group, const char *email, const gs_wrap *wrap,
+                             const gs_role *role, const char *certfile, const char *outdir)
+{
+    struct cli_record rec;
+    struct member_change mc;
+    X509 *cert = NULL;
+    char keypath[4096], certpath[4096], fp[65] = "";
+    bool wrote = false;
+    gs_role r = GS_ROLE_MEMBER;
+    gs_wrap w = GS_WRAP_DEFAULT;
+    size_t admins = 0;
+    gs_err err;
+    int rc;
+
+    if ((err = member_change_open(e, certfile, &cert, &rec)) != GS_OK)
+        return fail(err);
+    const char *typed = email; /* --issue-cert's files are named as the command line names them */
+    err = member_change_begin(e, group, email, &mc);
+    if (!err && mc.prev == NULL)
+        err = gs_err_set(GS_ERR_NOT_FOUND, "%s is not a member of group %s", email, group);
+    if (!err) {
+        email = mc.prev->email; /* as stored */
+        r = role != NULL ? *role : mc.prev->role;
+        w = wrap != NULL ? *wrap : mc.prev->wrap;
+    }
+    if (!err && mc.prev->role == GS_ROLE_ADMIN && r != GS_ROLE_ADMIN &&
+        (err = gs_member_admins(e->st, mc.group_id, &admins)) == GS_OK && admins <= 1) {
+        /* The REST PUT's 409 last_admin, recorded with that outcome. */
+        char msg[GS_EMAIL_MAX + GS_NAME_MAX + 128];
+        (void)snprintf(msg, sizeof(msg),
+                       "%s is the last admin of group %s: make another member admin first; the change was not made",
+                       email, group);
+        if (cli_record_write(&rec, "member-add", group, "last_admin",
+                             json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(r))) != GS_OK)
+            log_warn("the refusal could not be recorded in the audit log");
+        cli_record_close(&rec);
+        member_change_end(&mc);
+        X509_free(cert);
+        return fail(gs_err_set(GS_ERR_STATE, "%s", msg));
+    }
+    if (!err && outdir != NULL)
+        err = env_open(e, NEED_CA);
+    if (!err)
+        err = cli_record_started(&rec, "member-add", group,
+                                 json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(r)));
+    if (!err && outdir != NULL) {
+        err = issue_member_cert(e, typed, outdir, &cert, keypath, certpath, sizeof(keypath));
+        wrote = err == GS_OK;
+    }
+    if (!err)
+        err = gs_member_set(e->st, mc.group_id, mc.prev, r, cert, w);
+    if (!err)
+        member_change_made(&mc);
+    if (!err && cert != NULL)
+        gs_cert_fingerprint(cert, fp);
+    X509_free(cert);
+    member_change_files(&mc, err, wrote, keypath, certpath);
+    json_t *detail = json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(r));
+    if (detail != NULL && wrap != NULL)
+        (void)json_object_set_new(detail, "wrap", json_string(gs_wrap_name(w)));
+    if (detail != NULL && fp[0] != '\0')
+        (void)json_object_set_new(detail, "certificate_sha256", json_string(fp));
+    char shown[GS_EMAIL_MAX + 1];
+    (void)util_strlcpy(shown, email, sizeof(shown));
+    rc = cli_record_done_or_undo(&rec, "member-add", group, -1, err, detail, member_undo, &mc);
+    member_change_end(&mc);
+    if (rc != 0)
+        return rc;
+    printf("member %s of %s: role %s, member-certs wrap %s, certificate %s\n", shown, group, gs_role_name(r),
+           gs_wrap_name(w), fp[0] != '\0' ? fp : "kept");
+    if (wrote)
+        printf("wrote %s and %s\n", certpath, keypath);
+    return 0;
+}
+
 static int cmd_member(struct env *e, int argc, char **argv)
 {
     static const struct opt_def defs[] = {
@@ -1346,11 +1464,29 @@ static int cmd_member(struct env *e, int argc, char **argv)
         return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", why));
     if (strcmp(sub, "set") == 0) {
         gs_wrap w = GS_WRAP_DEFAULT;
-        const char *wv = opt(&a, "--wrap");
-        if (a.nopt != 1 || wv == NULL)
-            return usage_error("member set: expected --wrap pkcs1v15|oaep|default%s", "");
-        if (strcmp(wv, "default") != 0 && gs_wrap_parse(wv, &w) != GS_OK)
+        gs_role role = GS_ROLE_MEMBER;
+        const char *wv = opt(&a, "--wrap"), *rv = opt(&a, "--role"), *certfile = opt(&a, "--cert"),
+                   *outdir = opt(&a, "--out");
+        bool issue = opt(&a, "--issue-cert") != NULL;
+        if (a.nopt == 0)
+            return usage_error("member set: expected --wrap pkcs1v15|oaep|default, --role member|exploder|admin, "
+                               "--cert FILE or --issue-cert --out DIR%s",
+                               "");
+        if (wv != NULL && strcmp(wv, "default") != 0 && gs_wrap_parse(wv, &w) != GS_OK)
             return usage_error("member set: --wrap must be pkcs1v15, oaep or default, not %s", wv);
+        if (rv != NULL && gs_role_parse(rv, &role) != GS_OK)
+            return usage_error("member set: unknown --role %s (member, exploder, admin)", rv);
+        if (certfile != NULL && issue)
+            return usage_error("member set: give one of --cert FILE or --issue-cert --out DIR, not both%s", "");
+        if (issue != (outdir != NULL))
+            return usage_error("member set: --issue-cert and --out DIR go together%s", "");
+        if (rv != NULL || certfile != NULL || issue) {
+            /* files named after EMAIL: the address rule, as member add's */
+            if (issue && (why = mailaddr_refusal(a.pos[2], true)) != NULL)
+                return fail(gs_err_set(GS_ERR_ARGS, "invalid member email address: %s", why));
+            return member_set_record(e, a.pos[1], a.pos[2], wv != NULL ? &w : NULL, rv != NULL ? &role : NULL,
+                                     certfile, outdir);
+        }
         struct member_change mc;
         err = env_open(e, NEED_DB);
         if (!err)
@@ -1433,15 +1569,8 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return usage_error("member add: give exactly one of --cert FILE or --issue-cert --out DIR%s", "");
         if (issue != (outdir != NULL))
             return usage_error("member add: --issue-cert and --out DIR go together%s", "");
-        err = certfile != NULL ? read_cert_file(certfile, &cert) : GS_OK;
-        if (!err)
-            err = env_open(e, NEED_DB);
-        if (!err)
-            err = cli_record_open(e->cfg, &rec, "the change");
-        if (err) {
-            X509_free(cert);
+        if ((err = member_change_open(e, certfile, &cert, &rec)) != GS_OK)
             return fail(err);
-        }
         /* Under the lock from here: a duplicate or an unknown group is
          * refused before files are made, and before the record of the
          * change started. */
@@ -1463,14 +1592,7 @@ static int cmd_member(struct env *e, int argc, char **argv)
         if (!err)
             member_change_made(&mc);
         X509_free(cert);
-        if (err && wrote) {
-            (void)unlink(keypath);
-            (void)unlink(certpath);
-        }
-        if (wrote) {
-            mc.files[0] = keypath;
-            mc.files[1] = certpath;
-        }
+        member_change_files(&mc, err, wrote, keypath, certpath);
         rc = cli_record_done_or_undo(&rec, "member-add", a.pos[1], -1, err,
                                      json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)),
                                      member_undo, &mc);

@@ -2280,19 +2280,15 @@ static int member_change_durable(struct kh_worker *w, struct kh_job *j, const gs
 static int keep_last_admin(struct kh_worker *w, struct kh_job *j, const gs_group *g, const char *identity,
                            const gs_store_member *prev, bool removal, gs_role role)
 {
-    gs_store_member *list = NULL;
-    size_t n = 0, admins = 0;
+    size_t admins = 0;
     gs_err e;
 
     if (prev == NULL || prev->role != GS_ROLE_ADMIN || (!removal && role == GS_ROLE_ADMIN))
         return 0;
-    if ((e = gs_store_member_list(w->store, gs_group_id(g), &list, &n)) != GS_OK) {
+    if ((e = gs_member_admins(w->store, gs_group_id(g), &admins)) != GS_OK) {
         answer_gs_error(j, e, "member");
         return -1;
     }
-    for (size_t i = 0; i < n; i++)
-        admins += list[i].role == GS_ROLE_ADMIN;
-    gs_store_member_list_free(list, n);
     if (admins > 1)
         return 0;
     const char *gname = gs_group_info(g)->name;

@@ -418,8 +418,10 @@ row_of() { sql "SELECT role, coalesce(wrap, '-'), md5(coalesce(cert_pem, '')) FR
 # its audit record was not written").
 bob_before=$(row_of bob@example.org)
 bob_added=$(audited member-add bob@example.org ok) # by the set-up
+mkdir -p "$work/renew"
 for cmd in "member add eng cli@example.org --issue-cert --out $certs" "member remove eng bob@example.org" \
-  "member set eng bob@example.org --wrap oaep"; do
+  "member set eng bob@example.org --wrap oaep" "member set eng bob@example.org --role admin" \
+  "member set eng bob@example.org --issue-cert --out $work/renew"; do
   set +e; err=$(gs $cmd 2>&1); rc=$?; set -e
   [ "$rc" = 1 ] && [[ "$err" == *"was undone: its audit record could not be written"* ]] ||
     fail "$cmd with its audit row refused: exit $rc: $err"
@@ -428,7 +430,8 @@ member_in cli@example.org && fail "member add: cli added without its audit recor
 [ ! -e "$certs/cli@example.org.pem" ] && [ ! -e "$certs/cli@example.org.key" ] ||
   fail "member add: the files of an undone member were left"
 [ "$(row_of bob@example.org)" = "$bob_before" ] || fail "bob changed without an audit record: $(row_of bob@example.org)"
-ok "admin member add, remove, set whose audit row is refused: exit 1, undone ($err)"
+[ -z "$(ls "$work/renew")" ] || fail "member set --issue-cert: the files of an undone renewal were left: $(ls "$work/renew")"
+ok "admin member add, remove, set (--wrap, --role, --issue-cert) whose audit row is refused: exit 1, undone ($err)"
 
 # Two changes of one member at once, each record refused after 2 s (1 s
 # was too short a window to see the DELETE made on a loaded host): bob's

@@ -192,6 +192,69 @@ expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap default
 expect_rc 3 "$G" -c "$CONF" member set eng nobody@example.org --wrap oaep
 expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org
 
+# --- member set renews a certificate and changes a role (as the REST PUT
+# does): the record keeps what is not named, no secret key version is made
+fpr() { "$G" -c "$CONF" member list eng | awk -v m="$1" '$1 == m { print $4 }'; }
+secrets() { "$G" -c "$CONF" group show eng | grep 'gs:secret:'; }
+audit_last() { grep "\"action\":\"$1\"" "$T/audit.jsonl" | grep "\"member\":\"$2\"" | tail -1; }
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap oaep
+old=$(fpr alice@example.org) sec=$(secrets)
+before=$(db_sum)
+expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/m/alice@example.org.pem" --issue-cert --out "$T/m"
+expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org --issue-cert
+expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org --out "$T/m"
+expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org --role king
+expect_rc 3 "$G" -c "$CONF" member set eng nobody@example.org --role admin
+expect_err "nobody@example.org is not a member of group eng"
+expect_rc 3 "$G" -c "$CONF" member set nosuch alice@example.org --role admin
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/bob.pem"
+expect_err "certificate is for bob@example.org"
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/ca.pem"
+openssl req -x509 -newkey rsa:1024 -nodes -keyout "$T/weak.key" -out "$T/weak.pem" -days 2 \
+  -subj "/CN=Alice" -addext "subjectAltName=email:alice@example.org" 2>/dev/null
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/weak.pem"
+expect_err "RSA below 2048 bits"
+expect_rc 3 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/none.pem"
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/m"
+expect_rc 3 "$G" -c "$CONF" member set eng alice@example.org --issue-cert --out "$T/m"
+expect_err "already exists"
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --issue-cert --out "$T/nodir"
+mkdir "$T/ro"; chmod 555 "$T/ro"; ro=$T/ro
+[ "$(id -u)" = 0 ] && ro=/proc # root writes a 0555 directory; nobody writes /proc
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --issue-cert --out "$ro"
+expect_err "cannot write $ro/alice@example.org.key"
+[ "$(db_sum)" = "$before" ] || fail "a refused member set changed the database"
+[ "$(fpr alice@example.org)" = "$old" ] || fail "a refused member set changed the certificate"
+grep '"action":"member-add"' "$T/audit.jsonl" | grep '"member":"alice@example.org"' |
+  grep -q '"outcome":"certificate is for bob@example.org, not alice@example.org"' || fail "the refused cert is not recorded"
+# the renewal: new files as member add --issue-cert makes them, role and wrap kept
+mkdir "$T/m2"
+expect_rc 0 "$G" -c "$CONF" member set eng ALICE@example.org --issue-cert --out "$T/m2"
+grep -q "wrote $T/m2/ALICE@example.org.pem and $T/m2/ALICE@example.org.key" "$T/out" || { cat "$T/out"; fail "member set --issue-cert output"; }
+[ "$(stat -c %a "$T/m2/ALICE@example.org.key")" = 600 ] || fail "renewed key not 0600"
+openssl verify -CAfile "$T/ca.pem" -purpose sslclient "$T/m2/ALICE@example.org.pem" > /dev/null || fail "renewed cert does not verify"
+new=$(openssl x509 -in "$T/m2/ALICE@example.org.pem" -outform DER | sha256sum | cut -c1-64)
+[ "$(fpr alice@example.org)" = "$new" ] && [ "$new" != "$old" ] || fail "member set --issue-cert: $(fpr alice@example.org), wanted $new"
+"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *oaep " || fail "renewal lost role or wrap"
+[ "$(secrets)" = "$sec" ] || fail "a renewal made a secret key version: $(secrets)"
+audit_last member-add alice@example.org | grep '"outcome":"ok"' | grep '"role":"member"' |
+  grep -q "\"certificate_sha256\":\"$new\"" || fail "renewal record: $(audit_last member-add alice@example.org)"
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/m/alice@example.org.pem"
+[ "$(fpr alice@example.org)" = "$old" ] || fail "member set --cert"
+# the role; the last admin is not demoted (409 last_admin over REST)
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --role admin
+"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *admin  *oaep  *$old" || fail "member set --role admin"
+before=$(db_sum)
+expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --role member
+expect_err "alice@example.org is the last admin of group eng: make another member admin first; the change was not made"
+[ "$(db_sum)" = "$before" ] || fail "the last admin was demoted"
+audit_last member-add alice@example.org | grep -q '"outcome":"last_admin"' || fail "no last_admin record"
+expect_rc 0 "$G" -c "$CONF" member set eng dora@example.org --role admin --wrap default
+"$G" -c "$CONF" member list eng | grep -q "^dora@example.org  *admin  *default " || fail "member set --role --wrap"
+expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --role member --wrap default
+"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *default  *$old" || fail "demotion"
+[ "$(secrets)" = "$sec" ] || fail "a role change made a secret key version"
+
 # --- removing a member rotates the secret key
 expect_rc 0 "$G" -c "$CONF" member remove eng bob@example.org
 grep -q "new secret key version 2" "$T/out" || fail "no secret rotation on remove"

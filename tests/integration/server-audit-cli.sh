@@ -176,6 +176,34 @@ grep '"action":"member-add"' "$log" | grep '"member":"rest@example.org"' | has_l
   fail "no REST member-add record"
 gs audit verify > /dev/null || fail "audit verify at the end"
 
+# `member set` beside the running server, as the REST PUT: bob's renewed
+# certificate is the one taken from his next request on, the old one
+# refused (certificate_mismatch); a role change holds from the next
+# request too; no secret key version is made; recorded as the PUT's.
+unwrap_as() { curl -sS --cacert "$certs/tca.pem" --cert "$1.pem" --key "$1.key" -o "$work/body" -w '%{http_code}' \
+  --data-binary @"$work/req.json" "$base/v1/groups/eng/unwrap" || true; }
+[ "$(unwrap_as "$certs/bob@example.org")" = 200 ] || fail "bob before his renewal: $(cat "$work/body")"
+secrets_before=$(gs group show eng | grep 'gs:secret:')
+mkdir "$work/renew"
+gs member set eng bob@example.org --issue-cert --out "$work/renew" > /dev/null || fail "member set --issue-cert"
+[ "$(unwrap_as "$certs/bob@example.org")" = 403 ] && grep -q '"code":"certificate_mismatch"' "$work/body" ||
+  fail "bob's old certificate after his renewal: $(cat "$work/body")"
+[ "$(unwrap_as "$work/renew/bob@example.org")" = 200 ] || fail "bob's renewed certificate: $(cat "$work/body")"
+[ "$(gs group show eng | grep 'gs:secret:')" = "$secrets_before" ] || fail "the renewal made a secret key version"
+record member-add bob@example.org started
+record member-add bob@example.org ok
+ok "member set --issue-cert while serving: the old certificate refused at once, the new one taken"
+expect_status 403 forbidden "bob lists the members as a member" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/renew/bob@example.org.pem" --key "$work/renew/bob@example.org.key" \
+  "$base/v1/groups/eng/members"
+gs member set eng bob@example.org --role admin > /dev/null || fail "member set --role admin"
+expect_status 200 "" "bob lists the members once made admin" -- \
+  curl -sS --cacert "$certs/tca.pem" --cert "$work/renew/bob@example.org.pem" --key "$work/renew/bob@example.org.key" \
+  "$base/v1/groups/eng/members"
+grep '"action":"member-add"' "$log" | grep '"member":"bob@example.org"' | grep '"outcome":"ok"' |
+  has_line '"role":"admin"' || fail "no member-add record of bob's role"
+gs audit verify > /dev/null || fail "audit verify after member set"
+
 # No change without its record: an audit log that cannot be opened refuses it.
 stop_server
 mv "$log" "$work/audit.saved"
