@@ -324,6 +324,13 @@ expect_status 400 unwrap_failed "20th failed unwrap" -- c mallory --data-binary 
 expect_status 429 suspended "suspended after too many failed unwraps" -- c mallory --data-binary @"$work/req-tls.json" "$url"
 grep '"action":"suspend"' "$work/audit.jsonl" | has_line mallory || fail "suspension not audited"
 grep -q 'ALERT' "$work/server.log" || fail "suspension alert not logged"
+# A renewal is no way out of a suspension: it is the address's, and
+# `member set --issue-cert` (as a member PUT) leaves it as it is.
+mkdir "$work/renew"
+gs member set eng mallory@example.org --issue-cert --out "$work/renew" > /dev/null || fail "member set of mallory"
+expect_status 429 suspended "suspended still with a renewed certificate" -- curl -sS --cacert "$certs/tca.pem" \
+  --cert "$work/renew/mallory@example.org.pem" --key "$work/renew/mallory@example.org.key" \
+  --data-binary @"$work/req-tls.json" "$url"
 
 # ---- audit: fail closed, recover ----
 mv "$work/audit.jsonl" "$work/audit.moved"
