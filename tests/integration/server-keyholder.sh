@@ -304,6 +304,7 @@ hold_answer() { # DESC LOCATION CONDITION CMD...: 0 tried, 1 gdb cannot attach
   (ulimit -c 0; HOLD_PID=$kh HOLD_BP=$bp HOLD_COND=$cond HOLD_GO=$work/gdb-go \
     exec gdb -batch -nx -q -x "$SRC/tests/integration/gdb-hold.py") > "$work/gdb.out" 2>&1 &
   g=$!
+  bg_pids="$bg_pids $g" # a failure below: cleanup ends gdb (it detaches) before it stops the server
   for _ in $(seq 1 300); do grep -q ATTACHED "$work/gdb.out" 2>/dev/null && break; kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
   if ! grep -q ATTACHED "$work/gdb.out" 2>/dev/null; then
     kill "$g" 2>/dev/null || true
@@ -313,7 +314,7 @@ hold_answer() { # DESC LOCATION CONDITION CMD...: 0 tried, 1 gdb cannot attach
   mark=$(wc -c < "$work/server.log")
   "$@" >/dev/null 2>&1 & # its answer is held by gdb
   for _ in $(seq 1 100); do grep -q HIT "$work/gdb.out" && break; sleep 0.1; done
-  grep -q HIT "$work/gdb.out" || { kill "$g" 2>/dev/null; cat "$work/gdb.out"; fail "gdb: $desc: the answer never reached $bp"; }
+  grep -q HIT "$work/gdb.out" || { kill "$g" 2>/dev/null; wait "$g" 2>/dev/null; cat "$work/gdb.out"; fail "gdb: $desc: the answer never reached $bp"; }
   kill -9 "$net"
   waitfor "$desc: no new network process" bash -c "n=\$(ps --ppid $srv_pid -o pid=,comm= | awk '\$2==\"groupsrv-net\"{print \$1}'); [ -n \"\$n\" ] && [ \"\$n\" != $net ]"
   waitfor "$desc: no service from the new network process" healthy
