@@ -899,8 +899,34 @@ gs_err gs_ca_init_ex(gs_store *st, hsm_ctx *hsm, const char *label, const char *
         goto out;
     gs_weak_format(missing, weak, sizeof(weak));
     {
+        /* In a transaction of its own: its COMMIT, if the answer is lost,
+         * is looked up by its transaction id (store_pg.c, pg_commit), and
+         * one whose outcome stays unknown (the database restarting,
+         * crashed: its recovery may keep the row) keeps the key. As a
+         * lone INSERT (autocommit) the row was there after the restart,
+         * naming a key this destroyed: the CA gone for good, and ca init
+         * refused ("a CA is already initialised"). */
         gs_store_keyrec rec = {.weakenings = weak};
-        err = gs_store_ca_put_as(st, ref, pem, replicable, &rec);
+        if ((err = gs_store_begin(st)) == GS_OK) {
+            if ((err = gs_store_ca_put_as(st, ref, pem, replicable, &rec)) != GS_OK)
+                gs_store_rollback(st);
+            else
+                err = gs_store_commit(st);
+        }
+        if (err && made && gs_store_commit_unknown(st)) {
+            char detail[512];
+            (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+            made = false; /* kept */
+            log_warn("token keys kept: whether the commit recording them was made is not known label=\"%s\"",
+                     log_qs(ref));
+            err = gs_err_set(err,
+                             "whether the CA was recorded is not known (its COMMIT was sent, the answer lost, the "
+                             "database not there to ask): its key pair is kept on the token (%s); once the "
+                             "database answers, `groupsrv ca show` tells: not recorded there, delete it "
+                             "(pkcs11-tool --login --delete-object --label %s --type privkey, then pubkey) before "
+                             "trying again (%s)",
+                             ref, ref, detail);
+        }
     }
     if (err)
         goto out;

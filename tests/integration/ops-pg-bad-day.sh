@@ -6,6 +6,7 @@
 #     lookup): the group is in the table after the restart, so its keys
 #     must still be on the token, and the command says the outcome is not
 #     known (before: the keys were destroyed, the group left keyless);
+#   - the same for `ca init` (before: the CA's key destroyed, its row kept);
 #   - [db] url with sslmode=verify-full over loopback TCP: served with
 #     sslrootcert; with the file it names missing, the error names [db]
 #     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
@@ -68,6 +69,34 @@ grep -q 'whether .* not known' "$work/create.out" && grep -q 'kept on the token'
   fail "group create with its COMMIT lost does not say its outcome is not known and the keys kept: $(cat "$work/create.out")"
 gs group show lost --cert > /dev/null || fail "group show lost"
 ok "group create with its COMMIT's answer lost: the group made, its keys kept, the outcome said to be unknown"
+
+# ---- ca init: its COMMIT's answer lost, the database down ------------------------
+# A database with the schema and no CA (a copy of groupsrv's, its CA row
+# deleted), a CA label of its own on the token. The CA's row went in as a
+# lone INSERT, whose answer lost left ca init destroying the key: after
+# the restart the row named a key no token had, every command needing the
+# CA failed and ca init refused ("a CA is already initialised").
+pg_psql postgres -c "CREATE DATABASE gs_ca2 TEMPLATE groupsrv" >/dev/null
+pg_psql gs_ca2 -c "DELETE FROM ca" -c "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
+       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$" \
+  -c "CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
+pgsrv_conf "$work/ca2.conf" "postgresql:///gs_ca2?host=$PG_SOCK&user=$PG_USER"
+printf '[ca]\nkey_label = gs:ca2\n' >> "$work/ca2.conf"
+sync_standby gs_ghost_standby
+kill_postmaster_at_syncrep gs_ca2 &
+ender=$!
+"$BIN/groupsrv" -c "$work/ca2.conf" ca init --key rsa:2048 > "$work/ca2.out" 2>&1 && fail "ca init whose COMMIT was lost: exit 0"
+wait "$ender" || fail "ca init: its COMMIT did not wait for the synchronous standby: $(cat "$work/ca2.out")"
+ender=
+pg_restart_killed || fail "PostgreSQL did not start again"
+sync_standby ''
+[ "$(pg_psql gs_ca2 -At -c "SELECT count(*) FROM ca")" = 1 ] ||
+  fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/ca2.out")"
+"$BIN/groupsrv" -c "$work/ca2.conf" group create ca2grp --address ca2grp@example.org --key rsa:2048 \
+  > "$work/ca2grp.out" 2>&1 || fail "the CA the lost COMMIT recorded cannot sign (its key destroyed): $(cat "$work/ca2grp.out")"
+grep -q 'whether the CA was recorded is not known.*kept on the token (gs:ca2)' "$work/ca2.out" ||
+  fail "ca init with its COMMIT lost does not say its outcome is not known and the key kept: $(cat "$work/ca2.out")"
+ok "ca init with its COMMIT's answer lost: the CA recorded, its key kept and signing, the outcome said to be unknown"
 
 # ---- TLS to PostgreSQL: sslmode=verify-full, the CA file missing -------------------
 # The private PostgreSQL listens on loopback TCP too, with TLS (a

@@ -20,8 +20,8 @@
 #       MARK (has_line: not `tail | grep -q`, whose early exit under
 #       pipefail can end tail with SIGPIPE, status 141, the line there)
 #   sync_standby NAME   synchronous_standby_names = NAME ('' resets it)
-#   kill_postmaster_at_syncrep / pg_restart_killed   kill -9 of the
-#       postmaster once a COMMIT waits for a synchronous standby; the
+#   kill_postmaster_at_syncrep [DB] / pg_restart_killed   kill -9 of the
+#       postmaster once a COMMIT on DB (groupsrv) waits for a synchronous standby; the
 #       database started again after that
 
 . "$SRC/tests/lib/ports.sh"
@@ -125,15 +125,16 @@ sync_standby() {
   done
 }
 
-# kill_postmaster_at_syncrep: kill -9 of the postmaster as soon as a
-# session on groupsrv's database waits for a synchronous standby (the
-# waiting backend leaves without a word, the COMMIT's outcome unknown to
-# its client); 1 if none waited within 10 s (run it in the background).
-# pg_restart_killed starts it again once the old backends have left.
+# kill_postmaster_at_syncrep [DB]: kill -9 of the postmaster as soon as a
+# session on database DB (default groupsrv) waits for a synchronous
+# standby (the waiting backend leaves without a word, the COMMIT's outcome
+# unknown to its client); 1 if none waited within 10 s (run it in the
+# background). pg_restart_killed starts it again once the old backends
+# have left.
 kill_postmaster_at_syncrep() {
-  local i
+  local i db=${1:-groupsrv}
   for i in $(seq 1 200); do
-    [ -n "$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = 'groupsrv'
+    [ -n "$(pg_psql postgres -At -c "SELECT pid FROM pg_stat_activity WHERE datname = '$db'
         AND wait_event = 'SyncRep'")" ] && { kill -KILL "$(head -n 1 "$PG_ROOT/data/postmaster.pid")"; return 0; }
     sleep 0.05
   done
