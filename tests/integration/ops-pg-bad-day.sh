@@ -6,7 +6,8 @@
 #     lookup): the group is in the table after the restart, so its keys
 #     must still be on the token, and the command says the outcome is not
 #     known (before: the keys were destroyed, the group left keyless);
-#   - the same for `ca init` (before: the CA's key destroyed, its row kept);
+#   - the same for `ca init` (before: the CA's key destroyed, its row kept)
+#     and `group import` (before: the imported keys destroyed);
 #   - [db] url with sslmode=verify-full over loopback TCP: served with
 #     sslrootcert; with the file it names missing, the error names [db]
 #     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
@@ -97,6 +98,54 @@ sync_standby ''
 grep -q 'whether the CA was recorded is not known.*kept on the token (gs:ca2)' "$work/ca2.out" ||
   fail "ca init with its COMMIT lost does not say its outcome is not known and the key kept: $(cat "$work/ca2.out")"
 ok "ca init with its COMMIT's answer lost: the CA recorded, its key kept and signing, the outcome said to be unknown"
+
+# ---- group import: its COMMIT's answer lost, the database down -------------------
+# An origin (alpha: a token and SQLite of its own) exports a replicable
+# group to this server's transport key; the import's rows wait for the
+# standby when the postmaster goes. The rows were kept by crash recovery
+# while the import destroyed the keys it had put on the token: a group
+# recorded here whose keys no token had, and its import refused again
+# (the labels recorded).
+"$SRC/scripts/provision-softhsm" "$work/tok-alpha" alpha >/dev/null
+mkdir -p "$work/alpha"
+cat > "$work/alpha.conf" <<CONF
+[hsm]
+module = ${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+token = pkcs11:token=alpha
+pin_source = $work/tok-alpha/user-pin
+so_pin_source = $work/tok-alpha/so-pin
+[db]
+path = $work/alpha/groupsrv.db
+[audit]
+path = $work/alpha/audit.jsonl
+CONF
+gs_alpha() { SOFTHSM2_CONF=$work/tok-alpha/softhsm2.conf "$BIN/groupsrv" -c "$work/alpha.conf" "$@"; }
+gs_alpha ca init --key rsa:2048 --replicable >/dev/null || fail "alpha: ca init"
+gs_alpha ca show > "$work/alpha-ca.pem"
+gs_alpha group create rep --address rep@example.org --key rsa:2048 --replicable >/dev/null || fail "alpha: group create"
+gs token transport-key --out "$work/transport.pem" >/dev/null || fail "token transport-key"
+gs_alpha group export rep --all --to "$work/transport.pem" --out "$work/rep.gsk" >/dev/null || fail "alpha: group export"
+sql "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
+       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$;
+     CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
+sync_standby gs_ghost_standby
+kill_postmaster_at_syncrep &
+ender=$!
+gs group import --in "$work/rep.gsk" --ca "$work/alpha-ca.pem" > "$work/import.out" 2>&1 &&
+  fail "group import whose COMMIT was lost: exit 0"
+wait "$ender" || fail "group import: its COMMIT did not wait for the synchronous standby: $(cat "$work/import.out")"
+ender=
+pg_restart_killed || fail "PostgreSQL did not start again"
+sync_standby ''
+sql "DROP TRIGGER audit_local ON audit; DROP FUNCTION audit_local()" >/dev/null
+[ "$(sql "SELECT count(*) FROM groups WHERE name = 'rep'")" = 1 ] ||
+  fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/import.out")"
+gs check > "$work/check.out" 2>&1 || true
+! grep -E 'missing .*rep' "$work/check.out" ||
+  fail "the group the lost COMMIT imported has lost its keys: $(grep -E 'missing .*rep' "$work/check.out")"
+grep -q 'whether the import of group rep was recorded is not known.*kept on the token' "$work/import.out" ||
+  fail "group import with its COMMIT lost does not say its outcome is not known and the keys kept: $(cat "$work/import.out")"
+ok "group import with its COMMIT's answer lost: the group recorded, its keys kept, the outcome said to be unknown"
 
 # ---- TLS to PostgreSQL: sslmode=verify-full, the CA file missing -------------------
 # The private PostgreSQL listens on loopback TCP too, with TLS (a
