@@ -7,7 +7,8 @@
 #     must still be on the token, and the command says the outcome is not
 #     known (before: the keys were destroyed, the group left keyless);
 #   - the same for `ca init` (before: the CA's key destroyed, its row kept)
-#     and `group import` (before: the imported keys destroyed);
+#     and `group import` (before: the imported keys destroyed), and
+#     `member remove`, which must not say the member stays;
 #   - [db] url with sslmode=verify-full over loopback TCP: served with
 #     sslrootcert; with the file it names missing, the error names [db]
 #     url's sslrootcert and the file, and is no exit 3 (before: exit 3, as
@@ -42,25 +43,38 @@ pg_start || fail "PostgreSQL did not start"
 pg_psql postgres -c "CREATE DATABASE groupsrv" >/dev/null
 pgsrv_setup "postgresql:///groupsrv?host=$PG_SOCK&user=$PG_USER" alice bob
 sql() { pg_psql groupsrv -At -c "$1"; }
+# local_audit DB on|off: the admin audit chain's records on DB commit
+# without the standby (a trigger sets synchronous_commit = local in their
+# transactions), so the command's own COMMIT is the one that waits
+local_audit() {
+  if [ "$2" = on ]; then
+    pg_psql "$1" -c "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
+       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$" \
+      -c "CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
+  else
+    pg_psql "$1" -c "DROP TRIGGER audit_local ON audit" -c "DROP FUNCTION audit_local()" >/dev/null
+  fi
+}
+# lost_commit DB OUT CMD...: CMD (its output in OUT) with the postmaster
+# killed once a COMMIT on DB waits for a synchronous standby (the answer
+# lost, the database down for the lookup); PostgreSQL started again after.
+# Fails if CMD exits 0 or no COMMIT waited.
+lost_commit() {
+  local db=$1 out=$2
+  shift 2
+  sync_standby gs_ghost_standby
+  kill_postmaster_at_syncrep "$db" &
+  ender=$!
+  "$@" > "$out" 2>&1 && fail "$* whose COMMIT was lost: exit 0"
+  wait "$ender" || fail "$*: its COMMIT did not wait for the synchronous standby: $(cat "$out")"
+  ender=
+  pg_restart_killed || fail "PostgreSQL did not start again"
+  sync_standby ''
+}
 
 # ---- group create: its COMMIT's answer lost, the database down -------------------
-# The admin audit chain's records commit without the standby (a trigger
-# sets synchronous_commit = local in their transactions): the group's own
-# COMMIT is the one that waits.
-sql "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
-       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$;
-     CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
-sync_standby gs_ghost_standby
-kill_postmaster_at_syncrep &
-ender=$!
-if gs group create lost --address lost@example.org --key rsa:2048 > "$work/create.out" 2>&1; then
-  fail "group create whose COMMIT was lost: exit 0"
-fi
-wait "$ender" || fail "group create: its COMMIT did not wait for the synchronous standby"
-ender=
-pg_restart_killed || fail "PostgreSQL did not start again"
-sync_standby ''
-sql "DROP TRIGGER audit_local ON audit; DROP FUNCTION audit_local()" >/dev/null
+local_audit groupsrv on # until the last lost COMMIT below (gs_ca2, a copy, has it too)
+lost_commit groupsrv "$work/create.out" gs group create lost --address lost@example.org --key rsa:2048
 [ "$(sql "SELECT count(*) FROM groups WHERE name = 'lost'")" = 1 ] ||
   fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/create.out")"
 gs check > "$work/check.out" 2>&1 || true
@@ -78,19 +92,10 @@ ok "group create with its COMMIT's answer lost: the group made, its keys kept, t
 # the restart the row named a key no token had, every command needing the
 # CA failed and ca init refused ("a CA is already initialised").
 pg_psql postgres -c "CREATE DATABASE gs_ca2 TEMPLATE groupsrv" >/dev/null
-pg_psql gs_ca2 -c "DELETE FROM ca" -c "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
-       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$" \
-  -c "CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
+pg_psql gs_ca2 -c "DELETE FROM ca" >/dev/null
 pgsrv_conf "$work/ca2.conf" "postgresql:///gs_ca2?host=$PG_SOCK&user=$PG_USER"
 printf '[ca]\nkey_label = gs:ca2\n' >> "$work/ca2.conf"
-sync_standby gs_ghost_standby
-kill_postmaster_at_syncrep gs_ca2 &
-ender=$!
-"$BIN/groupsrv" -c "$work/ca2.conf" ca init --key rsa:2048 > "$work/ca2.out" 2>&1 && fail "ca init whose COMMIT was lost: exit 0"
-wait "$ender" || fail "ca init: its COMMIT did not wait for the synchronous standby: $(cat "$work/ca2.out")"
-ender=
-pg_restart_killed || fail "PostgreSQL did not start again"
-sync_standby ''
+lost_commit gs_ca2 "$work/ca2.out" "$BIN/groupsrv" -c "$work/ca2.conf" ca init --key rsa:2048
 [ "$(pg_psql gs_ca2 -At -c "SELECT count(*) FROM ca")" = 1 ] ||
   fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/ca2.out")"
 "$BIN/groupsrv" -c "$work/ca2.conf" group create ca2grp --address ca2grp@example.org --key rsa:2048 \
@@ -125,19 +130,7 @@ gs_alpha ca show > "$work/alpha-ca.pem"
 gs_alpha group create rep --address rep@example.org --key rsa:2048 --replicable >/dev/null || fail "alpha: group create"
 gs token transport-key --out "$work/transport.pem" >/dev/null || fail "token transport-key"
 gs_alpha group export rep --all --to "$work/transport.pem" --out "$work/rep.gsk" >/dev/null || fail "alpha: group export"
-sql "CREATE FUNCTION audit_local() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
-       PERFORM set_config('synchronous_commit', 'local', true); RETURN NULL; END \$\$;
-     CREATE TRIGGER audit_local BEFORE INSERT ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_local()" >/dev/null
-sync_standby gs_ghost_standby
-kill_postmaster_at_syncrep &
-ender=$!
-gs group import --in "$work/rep.gsk" --ca "$work/alpha-ca.pem" > "$work/import.out" 2>&1 &&
-  fail "group import whose COMMIT was lost: exit 0"
-wait "$ender" || fail "group import: its COMMIT did not wait for the synchronous standby: $(cat "$work/import.out")"
-ender=
-pg_restart_killed || fail "PostgreSQL did not start again"
-sync_standby ''
-sql "DROP TRIGGER audit_local ON audit; DROP FUNCTION audit_local()" >/dev/null
+lost_commit groupsrv "$work/import.out" gs group import --in "$work/rep.gsk" --ca "$work/alpha-ca.pem"
 [ "$(sql "SELECT count(*) FROM groups WHERE name = 'rep'")" = 1 ] ||
   fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/import.out")"
 gs check > "$work/check.out" 2>&1 || true
@@ -146,6 +139,22 @@ gs check > "$work/check.out" 2>&1 || true
 grep -q 'whether the import of group rep was recorded is not known.*kept on the token' "$work/import.out" ||
   fail "group import with its COMMIT lost does not say its outcome is not known and the keys kept: $(cat "$work/import.out")"
 ok "group import with its COMMIT's answer lost: the group recorded, its keys kept, the outcome said to be unknown"
+
+# ---- member remove (rotating the secret key): its COMMIT's answer lost -----------
+# The removal is made (crash recovery keeps it), so its new secret key
+# version must be on the token, and the error must not say the member
+# stays (what a failed rotation before the COMMIT says).
+lost_commit groupsrv "$work/remove.out" gs member remove eng bob@example.org
+local_audit groupsrv off
+[ "$(sql "SELECT count(*) FROM members WHERE email = 'bob@example.org'")" = 0 ] ||
+  fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/remove.out")"
+gs check > "$work/check.out" 2>&1 || true
+! grep -E 'missing .*eng' "$work/check.out" || fail "the removal's new secret key was lost: $(grep -E 'missing .*eng' "$work/check.out")"
+grep -q 'whether the removal of .*bob@example.org.* from eng was made is not known.*kept on the token' "$work/remove.out" ||
+  fail "member remove with its COMMIT lost does not say its outcome is not known: $(cat "$work/remove.out")"
+! grep -q 'stays a member' "$work/remove.out" ||
+  fail "member remove with its COMMIT lost (the removal made) says the member stays: $(cat "$work/remove.out")"
+ok "member remove with its COMMIT's answer lost: removed, its new secret key kept, not said to stay a member"
 
 # ---- TLS to PostgreSQL: sslmode=verify-full, the CA file missing -------------------
 # The private PostgreSQL listens on loopback TCP too, with TLS (a
