@@ -1414,25 +1414,17 @@ static int import_keys(struct import *im, const char *group, const gsk_import_it
          * recovery may keep it): the rows may name these keys once it is
          * back, so they stay on the token, as group create's do. */
         if (gs_store_commit_unknown(e->st)) {
-            char detail[512], labels[512] = "";
-            (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+            char labels[512] = "", what[GS_NAME_MAX + 48];
             for (size_t i = 0; i < n; i++) {
                 size_t used = strlen(labels);
                 if (used < sizeof(labels))
                     (void)snprintf(labels + used, sizeof(labels) - used, "%s%s", used > 0 ? ", " : "",
                                    im->m->entries[items[i].index].label);
             }
+            (void)snprintf(what, sizeof(what), "the import of %s%s was recorded", group != NULL ? "group " : "the CA",
+                           group != NULL ? group : "");
             imported = false; /* kept */
-            log_warn("token keys kept: whether the commit recording them was made is not known labels=\"%s\"",
-                     log_qs(labels));
-            err = gs_err_set(err,
-                             "whether the import of %s%s was recorded is not known (its COMMIT was sent, the answer "
-                             "lost, the database not there to ask): the imported keys are kept on the token (%s); "
-                             "once the database answers, `groupsrv %s%s` tells: not recorded there, delete them "
-                             "(pkcs11-tool --login --delete-object --label LABEL --type privkey, pubkey or secrkey) "
-                             "before importing again (%s)",
-                             group != NULL ? "group " : "the CA", group != NULL ? group : "", labels,
-                             group != NULL ? "group show " : "ca show", group != NULL ? group : "", detail);
+            err = gs_keys_kept_after_unknown_commit(err, what, group, labels);
         }
         /* The "ok" line is durable already: the next one says it failed. */
         rc = cli_record_failure(rec, action, group, err, shipment_json(im->m));

@@ -153,19 +153,19 @@ static gs_err restore_detail(gs_err err, const char *detail)
  * whose key no token has. So they stay; the error names them, what may
  * have been made (`made`: "group eng was created") and how to tell.
  * labels: the kept labels, ", " between them. Returns err. */
-static gs_err kept_after_unknown_commit(gs_err err, const char *made, const char *group, const char *labels)
+gs_err gs_keys_kept_after_unknown_commit(gs_err err, const char *made, const char *group, const char *labels)
 {
     char detail[512];
 
     (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
     log_warn("token keys kept: whether the commit recording them was made is not known group=%s labels=\"%s\"",
-             group, log_qs(labels));
+             group != NULL ? group : "-", log_qs(labels));
     return gs_err_set(err,
                       "whether %s is not known (its COMMIT was sent, the answer lost, the database not there to "
-                      "ask): its new keys are kept on the token (%s); once the database answers, `groupsrv group "
-                      "show %s` tells: not recorded there, delete them (pkcs11-tool --login --delete-object "
+                      "ask): its new keys are kept on the token (%s); once the database answers, `groupsrv %s%s` "
+                      "tells: not recorded there, delete them (pkcs11-tool --login --delete-object "
                       "--label LABEL --type privkey, pubkey or secrkey) before trying again (%s)",
-                      made, labels, group, detail);
+                      made, labels, group != NULL ? "group show " : "ca show", group != NULL ? group : "", detail);
 }
 
 /* Appends label to a ", "-separated list in buf (cap bytes). */
@@ -1501,7 +1501,7 @@ out:
         if (made_seal)
             label_list_add(labels, sizeof(labels), SEAL_LABEL);
         (void)snprintf(made, sizeof(made), "group %s was created", spec->name);
-        err = kept_after_unknown_commit(err, made, spec->name, labels);
+        err = gs_keys_kept_after_unknown_commit(err, made, spec->name, labels);
     } else if (err) {
         gs_err saved = err;
         char detail[512];
@@ -1743,7 +1743,7 @@ static gs_err group_rotate_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, c
     if (!err && (err = record_next_version(st, g, &nv)) != GS_OK && gs_store_commit_unknown(st)) {
         char made[GS_NAME_MAX + 48];
         (void)snprintf(made, sizeof(made), "key version %u of group %s was made", nv.version, name);
-        err = kept_after_unknown_commit(err, made, name, nv.label);
+        err = gs_keys_kept_after_unknown_commit(err, made, name, nv.label);
         nv.made = false; /* kept */
     }
     if (err)
@@ -2421,7 +2421,7 @@ static gs_err secret_rotate_locked(gs_store *st, hsm_ctx *hsm, const char *name,
     if (err && gs_store_commit_unknown(st)) {
         char made[GS_NAME_MAX + 56];
         (void)snprintf(made, sizeof(made), "secret key version %u of group %s was made", ns.version, name);
-        err = kept_after_unknown_commit(err, made, name, ns.label);
+        err = gs_keys_kept_after_unknown_commit(err, made, name, ns.label);
         keep = true;
     }
     if (err)
@@ -2749,7 +2749,7 @@ static gs_err member_remove_locked(gs_store *st, hsm_ctx *hsm, const gs_ca *ca, 
             label_list_add(labels, sizeof(labels), nv.label);
         (void)snprintf(what, sizeof(what), "the removal of %s from %s was made", log_quote(q, sizeof(q), email),
                        group);
-        err = kept_after_unknown_commit(err, what, group, labels);
+        err = gs_keys_kept_after_unknown_commit(err, what, group, labels);
         keep = true;
         nv.made = false; /* kept */
     }

@@ -159,6 +159,15 @@ const char *gs_ca_key_problem(const hsm_key_info *info, bool replicable, const c
 /* The hsm usage bits a group key version must have and nothing more. */
 unsigned gs_group_key_usage(hsm_key_type type, unsigned methods, bool allow_pkcs1v15);
 
+/* A failed commit whose outcome is not known (gs_store_commit_unknown:
+ * the COMMIT sent, its answer lost, the database gone for the lookup):
+ * the rows naming the new token keys may be there once the database is
+ * back, so the caller keeps the keys. Logs that and sets err's detail:
+ * what may have been made (`made`: "group eng was created"), the kept
+ * labels (", " between them), how to tell (`group show GROUP`, or `ca
+ * show` where group is NULL). Returns err. */
+gs_err gs_keys_kept_after_unknown_commit(gs_err err, const char *made, const char *group, const char *labels);
+
 /* Creates the group: its key policy chosen from the token's capability
  * set (policy.h), key pair v1 on the token with exactly the usage that
  * policy needs and every protection the token stores (attributes read
