@@ -44,16 +44,23 @@ static void usage(void)
  * the envelope sender, never a request), nor after "--". */
 static bool help_asked(int argc, char **argv)
 {
+    /* as getopt_long reads them: deliver's -l and -s, and a long option
+     * by any prefix of its name (`--sen -h` is --sender -h) */
     static const char *const valued[] = {"--list",  "--sender", "--group-server", "--group", "--mode",
                                          "--cert",  "--key",    "--cacert",       "--group-cert"};
 
     for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]);
         if (strcmp(argv[i], "--") == 0)
             return false;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             return true;
-        for (size_t v = 0; v < sizeof(valued) / sizeof(valued[0]); v++)
-            if (strcmp(argv[i], valued[v]) == 0) {
+        if (strcmp(argv[i], "-l") == 0 || strcmp(argv[i], "-s") == 0) {
+            i++; /* its value */
+            continue;
+        }
+        for (size_t v = 0; n > 2 && v < sizeof(valued) / sizeof(valued[0]); v++)
+            if (strncmp(argv[i], valued[v], n) == 0) {
                 i++; /* its value */
                 break;
             }

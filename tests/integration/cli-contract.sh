@@ -411,6 +411,12 @@ for a in "help" "help run" "run --help" "run -h" "deliver --help" "list --help" 
 done
 expect 75 "^4\.3\.5 exploder: cannot read $work/no-such\.conf: " "exploder deliver --sender -h: a sender, not --help" -- \
   "$xp" -c "$work/no-such.conf" deliver --list eng@lists.example.org --sender -h
+# so it is by deliver's short options and a long option's prefix, as
+# getopt_long reads them (exit 0 is "delivered" to the MTA: the post lost)
+expect 75 "^4\.3\.5 exploder: cannot read $work/no-such\.conf: " "exploder deliver -s -h: a sender, not --help" -- \
+  "$xp" -c "$work/no-such.conf" deliver -l eng@lists.example.org -s -h
+expect 75 "^4\.3\.5 exploder: cannot read $work/no-such\.conf: " "exploder deliver --sen -h: a sender, not --help" -- \
+  "$xp" -c "$work/no-such.conf" deliver --list eng@lists.example.org --sen -h
 expect 64 "^exploder: run: unknown option --bogus $usage" "exploder run --bogus, no readable configuration" -- \
   "$xp" -c "$work/no-such.conf" run --bogus
 expect 78 "^exploder: cannot read $work/no-such\.conf: " "exploder list show ADDR, no readable configuration" -- \
