@@ -84,7 +84,9 @@ mkdir -p "$W/smtp/new"
 printf 'Content-Type: text/plain\n\nsecret body with originator info\n' >"$W/po.txt"
 openssl cms -encrypt -aes-128-cbc -recip "$certs/group.pem" -in "$W/po.txt" -outform DER -out "$W/po.der"
 openssl x509 -in "$certs/alice@example.org.pem" -outform DER -out "$W/alice.der"
-$PY - "$W/po.der" "$W/alice.der" "$W/po-orig.der" <<'PY'
+# splice.py CMS CERT OUT [4]: originatorInfo (CERT, a CRL; with 4 also a
+# certificate in another format, [3] other, which makes it version 4)
+cat >"$W/splice.py" <<'PY'
 import datetime, sys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -110,10 +112,13 @@ _, n, j = tlv(d, i); oid = d[i:j + n]   # contentType
 _, _, i = tlv(d, j + n)               # [0]
 _, n, i = tlv(d, i); ed = d[i:i + n]  # EnvelopedData
 _, n, j = tlv(ed, 0)                  # version 0
-orig = enc(0xa0, enc(0xa0, open(sys.argv[2], 'rb').read()) + enc(0xa1, crl.public_bytes(serialization.Encoding.DER)))
-ed = enc(0x02, b'\x02') + orig + ed[j + n:]   # version 2 with originatorInfo
+v4 = sys.argv[4:] == ['4']
+other = enc(0xa3, enc(0x06, bytes([0x2b, 6, 1, 4, 1, 0x86, 0x8d, 0x1f, 1])) + enc(0x04, b'x')) if v4 else b''
+orig = enc(0xa0, enc(0xa0, open(sys.argv[2], 'rb').read() + other) + enc(0xa1, crl.public_bytes(serialization.Encoding.DER)))
+ed = enc(0x02, b'\x04' if v4 else b'\x02') + orig + ed[j + n:]   # version 2 (4) with originatorInfo
 open(sys.argv[3], 'wb').write(enc(0x30, oid + enc(0xa0, enc(0x30, ed))))
 PY
+$PY "$W/splice.py" "$W/po.der" "$W/alice.der" "$W/po-orig.der"
 { printf 'From: alice@example.org\nTo: %s\nSubject: originator info\nMIME-Version: 1.0\n' $L
   printf 'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n'
   printf 'Content-Transfer-Encoding: base64\n\n'; base64 -w 76 "$W/po-orig.der"; } >"$W/orig.eml"
@@ -136,6 +141,39 @@ gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --decrypt -o "$W/gpgsm.
 grep -q 'secret body with originator info' "$W/gpgsm.txt" || fail "gpgsm: wrong plaintext"
 unset GNUPGHOME
 openssl cms -cmsout -print -in "$f" | grep -q 'originatorInfo: <ABSENT>' || fail "alice's copy carries originatorInfo"
+xp_spool_empty
+# originatorInfo with a certificate in another format (version 4, RFC
+# 5652 6.1): the copy without it is the version its RecipientInfos make
+# (alice's alone), not 4, and openssl cms, NSS cmsutil and gpgsm read it
+rm -rf "$W/smtp/new" "$W/smtp/envelope.log"
+mkdir -p "$W/smtp/new"
+$PY "$W/splice.py" "$W/po.der" "$W/alice.der" "$W/po-orig4.der" 4
+{ printf 'From: alice@example.org\nTo: %s\nSubject: originator info v4\nMIME-Version: 1.0\n' $L
+  printf 'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\n'
+  printf 'Content-Transfer-Encoding: base64\n\n'; base64 -w 76 "$W/po-orig4.der"; } >"$W/orig4.eml"
+openssl cms -cmsout -print -in "$W/orig4.eml" | grep -q '^ *version: 4$' || fail "the test's post is not version 4"
+xp deliver --list $L --sender alice@example.org <"$W/orig4.eml" 2>"$W/deliver.err" ||
+  fail "a version 4 post refused: $(cat "$W/deliver.err")"
+xp_drain
+f=$(copy_for alice@example.org)
+to_der "$f" "$W/orig4-copy.der"
+ri_v=$(openssl cms -cmsout -print -inform DER -in "$W/orig4-copy.der" | awk '/d.ktri:/{k=1} k && /version:/{print $2; exit}')
+want=0; [ "$ri_v" = 0 ] || want=2
+v=$(openssl cms -cmsout -print -inform DER -in "$W/orig4-copy.der" | awk '/version:/{print $2; exit}')
+[ "$v" = "$want" ] || fail "the copy of a version 4 post is version $v, wanted $want (ktri version $ri_v)"
+openssl cms -decrypt -inform DER -in "$W/orig4-copy.der" -recip "$certs/alice@example.org.pem" \
+  -inkey "$certs/alice@example.org.key" -out "$W/o4.txt" || fail "openssl cms cannot read the version 4 post's copy"
+grep -q 'secret body with originator info' "$W/o4.txt" || fail "openssl cms: wrong plaintext"
+mkdir -p "$W/nss"
+certutil -N -d "sql:$W/nss" --empty-password || fail "certutil -N"
+pk12util -i "$W/alice.p12" -d "sql:$W/nss" -w "$W/p12-pass" >/dev/null || fail "pk12util -i alice.p12"
+cmsutil -D -d "sql:$W/nss" -i "$W/orig4-copy.der" -o "$W/n4.txt" 2>"$W/nss.err" ||
+  fail "NSS cmsutil cannot read the version 4 post's copy: $(cat "$W/nss.err")"
+grep -q 'secret body with originator info' "$W/n4.txt" || fail "cmsutil: wrong plaintext"
+GNUPGHOME=$W/gnupg gpgsm --batch --pinentry-mode loopback --passphrase-fd 0 --decrypt -o "$W/g4.txt" \
+  "$W/orig4-copy.der" <"$W/p12-pass" 2>"$W/gpgsm.err" ||
+  fail "gpgsm cannot read the version 4 post's copy: $(grep -v DBG "$W/gpgsm.err" | tail -2)"
+grep -q 'secret body with originator info' "$W/g4.txt" || fail "gpgsm: wrong plaintext"
 xp_spool_empty
 
 # a removed member gets no copy of the next message; the sender's bounce
