@@ -742,7 +742,8 @@ static int out_write_error(const gm_out *o, env_err e, int saved_errno)
  * that key, and once the version is retired to no one (the list bounces
  * it). A renewed certificate for the same key (`group renew-cert`) is the
  * same key: encrypt goes on with the pin, as it does when the server
- * cannot be asked (encrypt needs no server once pinned). GM_EXIT_OK, or
+ * cannot be asked (encrypt needs no server once pinned; a warning says
+ * so); a server that has no such group (404) is refused. GM_EXIT_OK, or
  * GM_EXIT_UNREACHABLE (4, as fetch-cert refuses the new certificate), or
  * the exit of a TLS setting that cannot be used, with the line said. */
 static int pinned_key_current(const gm_config *c, gs_rest **r, X509 *gc)
@@ -750,14 +751,29 @@ static int pinned_key_current(const gm_config *c, gs_rest **r, X509 *gc)
     STACK_OF(X509) *now = NULL;
     char *pem = NULL, *where = NULL;
     size_t pemlen = 0;
+    gs_rest_err e;
     int rc = GM_EXIT_OK;
 
     if ((rc = rest_lazy(c, r)) != GM_EXIT_OK) /* a TLS setting that cannot be used: said */
         return rc;
-    if (gs_rest_group_certificate(*r, c->group, &pem, &pemlen) != GS_REST_OK ||
-        gm_pem_certs((unsigned char *)pem, pemlen, &now) != 0 || sk_X509_num(now) < 1) {
-        log_debug("the group's current certificate could not be had: encrypting to the pinned one group=%s",
-                  c->group);
+    e = gs_rest_group_certificate(*r, c->group, &pem, &pemlen);
+    if (e == GS_REST_ERR_NOT_FOUND) {
+        /* the server was reached and has no such group (deleted): its key
+         * is gone or held by whoever kept a copy; the list takes no mail */
+        gm_err("the group server has no group %s (deleted?): not encrypting to its pinned certificate", c->group);
+        rc = GM_EXIT_UNREACHABLE;
+        goto out;
+    }
+    if (e != GS_REST_OK || gm_pem_certs((unsigned char *)pem, pemlen, &now) != 0 || sk_X509_num(now) < 1) {
+        /* offline, or a server (or what answers in its name) that cannot
+         * say: the pin, as encrypt needs no server once pinned, but said,
+         * as whether the group was re-keyed was not learnt. Refusing
+         * would guard nothing: who can answer for the server can as well
+         * drop the connection. */
+        const char *d = e != GS_REST_OK ? gs_rest_last_detail(*r) : "";
+        gm_err("warning: could not ask the group server whether group %s has a new key (%s%s%s): encrypting to "
+               "the pinned certificate",
+               c->group, e != GS_REST_OK ? gs_rest_strerror(e) : "its certificate is not PEM", d[0] ? ": " : "", d);
         goto out;
     }
     if (EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(now, 0)), X509_get0_pubkey(gc)) != 1) {

@@ -599,6 +599,20 @@ expect_rc 1 "GROUPMAIL_CONFIG with an unknown key" -- env GROUPMAIL_CONFIG="$wor
 printf '[identity]\ncert = %s/%s.pem\n' "$work" "$(printf 'c%.0s' $(seq 1 240))" > "$work/long.ini"
 expect_rc 1 "a config line longer than 199 characters" -- gm -c "$work/long.ini" decrypt --in "$work/msg.der"
 grep -q "long.ini:2: line longer than 199 characters" "$work/gm.err" || fail "long config line: $(cat "$work/gm.err")"
+# encrypt with the pin when the group server cannot say whether the group
+# has a new key: its TLS identity not verified (an interceptor's
+# certificate, or the wrong --cacert) is the pin, but said, not silently;
+# a group the server does not have (404: deleted) is not encrypted to
+expect_rc 0 "encrypt, the server's TLS identity not verified" -- \
+  gm encrypt --cacert "$certs/localca.pem" --in "$work/m.txt" --out "$work/unasked.der"
+grep -q '^groupmail: warning: could not ask the group server whether group eng has a new key (.*): encrypting to the pinned certificate$' \
+  "$work/gm.err" || fail "encrypt, the check not made, was silent: $(cat "$work/gm.err")"
+[ -s "$work/unasked.der" ] || fail "encrypt with the check not made wrote nothing"
+cp "$pin" "$gm_home/.local/share/groupmail/pins/gone@127.0.0.1_$port.pem"
+expect_rc 4 "encrypt to the pin of a group the server has not" -- \
+  gm encrypt --group gone --in "$work/m.txt" --out "$work/gone.der"
+grep -q 'has no group gone' "$work/gm.err" || fail "encrypt to a gone group: $(cat "$work/gm.err")"
+[ ! -e "$work/gone.der" ] || fail "encrypt to a gone group left its output"
 # a group re-key (groupsrv group rotate): mail to the new key needs a
 # repin; after it, mail to the key pinned before is still read (the server
 # still decrypts it), by every method, and a later fetch-cert keeps both
