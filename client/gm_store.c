@@ -64,6 +64,47 @@ char *gm_pin_path(const gm_config *c)
     return gm_store_path(c, "pins", id);
 }
 
+/* The pin named by the server as typed (an older groupmail's name for
+ * it) into out: 1 when that name is not the pin's own, 0 when it is (or
+ * cannot be had: nothing to compare). */
+static int typed_pin_path(const gm_config *c, char *out, size_t cap)
+{
+    char id[600], typed[600];
+    int n;
+
+    if (c->store == NULL || gm_store_id(c->server, c->group, id, sizeof(id)) != 0 ||
+        gm_store_id_as_typed(c->server, c->group, typed, sizeof(typed)) != 0 || strcmp(id, typed) == 0)
+        return 0;
+    n = snprintf(out, cap, "%s/pins/%s.pem", c->store, typed);
+    return n > 0 && (size_t)n < cap;
+}
+
+/* Two pins of one server, its own (p: buf, len) and one an older
+ * groupmail named by the server as typed, left there because the own one
+ * existed (store_move_typed moves only onto no pin): when they differ,
+ * which certificate the server's is cannot be told here (one of them was
+ * taken on a first use under a spelling, as a re-keyed or an
+ * impostor's certificate was), so neither is used. 0, or -3 said. */
+static int pin_twins(const gm_config *c, const char *p, const unsigned char *buf, size_t len)
+{
+    char typed[4096];
+    unsigned char *other = NULL;
+    size_t olen = 0;
+    int rc = 0;
+
+    if (typed_pin_path(c, typed, sizeof(typed)) != 1 || access(typed, F_OK) != 0)
+        return 0;
+    if (util_read_file(typed, MAX_PIN_FILE, &other, &olen) != UTIL_OK || olen != len ||
+        memcmp(other, buf, len) != 0) {
+        gm_err("two pins for this server differ: %s and %s (one was taken under another spelling of its URL): "
+               "check which is the group's certificate and remove the other, or fetch-cert --repin",
+               p, typed);
+        rc = -3;
+    }
+    free(other);
+    return rc;
+}
+
 int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain)
 {
     char *p = gm_pin_path(c);
@@ -76,6 +117,9 @@ int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain)
         return -1;
     if (util_read_file(p, MAX_PIN_FILE, &buf, &len) != UTIL_OK)
         goto out;
+    if ((rc = pin_twins(c, p, buf, len)) != 0)
+        goto out;
+    rc = -1;
     if (gm_pem_certs(buf, len, chain) != 0) {
         gm_err("pinned certificate %s is corrupt", p);
         rc = -2;
@@ -90,7 +134,7 @@ out:
 
 int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain)
 {
-    char *p = gm_pin_path(c);
+    char *p = gm_pin_path(c), typed[4096];
     BIO *b = BIO_new(BIO_s_mem());
     char *data;
     long n;
@@ -104,6 +148,12 @@ int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain)
     n = BIO_get_mem_data(b, &data);
     if (n <= 0 || util_write_file_atomic(p, data, (size_t)n, 0600) != UTIL_OK) {
         gm_err("cannot write %s", p);
+        goto out;
+    }
+    /* the pin is now this one under every spelling: an older one named as
+     * the server was typed (pin_twins) goes */
+    if (typed_pin_path(c, typed, sizeof(typed)) == 1 && unlink(typed) != 0 && errno != ENOENT) {
+        gm_err("cannot remove %s: %s", typed, strerror(errno));
         goto out;
     }
     rc = 0;

@@ -13,7 +13,8 @@
 #include "gm.h"
 
 char *gm_pin_path(const gm_config *c);
-/* 0 and the chain (leaf first); -1 when there is no pin; -2 corrupt. */
+/* 0 and the chain (leaf first); -1 when there is no pin; -2 corrupt;
+ * -3 two pins of the server (as typed by an older groupmail) differ: said. */
 int gm_pin_load(const gm_config *c, STACK_OF(X509) **chain);
 int gm_pin_save(const gm_config *c, STACK_OF(X509) *chain);
 

@@ -434,7 +434,7 @@ static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
     STACK_OF(X509) *chain = NULL, *old = NULL;
     const char *ca = c->group_ca ? c->group_ca : c->cacert;
     gs_rest_err e;
-    int rc;
+    int rc, pr;
 
     if (leaf_out != NULL)
         *leaf_out = NULL;
@@ -464,7 +464,10 @@ static int fetch_and_pin(const gm_config *c, gs_rest **r, X509 **leaf_out)
         gm_err("group certificate does not name the list address %s", gi.address);
         goto out;
     }
-    if (gm_pin_load(c, &old) == 0 && X509_cmp(sk_X509_value(old, 0), sk_X509_value(chain, 0)) != 0 && !c->repin) {
+    pr = gm_pin_load(c, &old);
+    if (pr == -3 && !c->repin) /* two pins of this server differ: said; --repin replaces both */
+        goto out;
+    if (pr == 0 && X509_cmp(sk_X509_value(old, 0), sk_X509_value(chain, 0)) != 0 && !c->repin) {
         char *p = gm_pin_path(c);
         gm_err("group certificate differs from the one pinned in %s (re-key?): check, then fetch-cert --repin",
                p ? p : "the store");
@@ -520,6 +523,8 @@ static int group_cert_get(const gm_config *c, gs_rest **r, bool may_fetch, X509 
     }
     if (pr == -2)
         return GM_EXIT_ERROR;
+    if (pr == -3) /* two pins of the server differ (said): as a pin mismatch */
+        return GM_EXIT_UNREACHABLE;
     if (!may_fetch)
         return GM_EXIT_OK;
     return fetch_and_pin(c, r, out);

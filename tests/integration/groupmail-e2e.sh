@@ -643,6 +643,21 @@ expect_rc 4 "fetch-cert after the re-key, a pin named by the host as typed" -- \
   gm fetch-cert --server "https://LocalHost:$port" --store "$work/typed"
 grep -q 'differs from the one pinned' "$work/gm.err" || fail "a pin named as typed: $(cat "$work/gm.err")"
 [ "$(ls "$work/typed/pins")" = "eng@localhost_$port.pem" ] || fail "the pin named as typed: $(ls "$work/typed/pins")"
+# two pins of one server that differ, the new name's and an older
+# groupmail's named as the server was typed (taken apart, one of them
+# after the re-key): neither is picked, until fetch-cert --repin
+mkdir -p "$work/twins/pins"
+cp "$work/group-v2.pem" "$work/twins/pins/eng@localhost_$port.pem"
+cp "$work/named/pins/eng@localhost_$port.pem" "$work/twins/pins/eng@LocalHost_$port.pem"
+expect_rc 4 "encrypt with two pins of the server that differ" -- \
+  gm encrypt --server "https://LocalHost:$port" --store "$work/twins" --in "$work/m.txt" --out "$work/twins.der"
+grep -q 'two pins for this server differ' "$work/gm.err" || fail "two pins: $(cat "$work/gm.err")"
+[ ! -e "$work/twins.der" ] || fail "encrypt with two pins left its output"
+expect_rc 4 "fetch-cert with two pins of the server that differ" -- \
+  gm fetch-cert --server "https://LocalHost:$port" --store "$work/twins"
+expect_rc 0 "fetch-cert --repin with two pins of the server" -- \
+  gm fetch-cert --repin --server "https://LocalHost:$port" --store "$work/twins"
+[ "$(ls "$work/twins/pins")" = "eng@localhost_$port.pem" ] || fail "pins after the repin: $(ls "$work/twins/pins")"
 expect_rc 0 "fetch-cert --repin" -- gm fetch-cert --repin
 for round in repinned fetched-again; do
   for via in tls recipient-key group-secret; do
