@@ -428,7 +428,8 @@ static int url_authority(const char *server, const char *stop, char *out, size_t
 /* The server as the store names it: one server however its URL is typed.
  * The host in lower case (DNS names and IPv6 literals are read in any
  * case), without the trailing dot of a fully qualified name, without
- * userinfo, and without ":443" (https's port when none is given); the
+ * userinfo, the port without leading zeros and without ":443" (https's
+ * port when none is given); the
  * pin of https://groupsrv.example.org:8443 is the pin of
  * https://GroupSrv.Example.org.:8443/ (a new pin made under the other
  * spelling took any certificate, as a first use does). An IP address and
@@ -456,6 +457,10 @@ static int store_host(const char *server, char *out, size_t cap)
     }
     if (hlen > 1 && host[hlen - 1] == '.')
         hlen--;
+    /* the port as a number: curl reads :08443 as 8443 (the same server,
+     * another pin taken on its first use) */
+    while (port != NULL && port[0] == '0' && port[1] >= '0' && port[1] <= '9')
+        port++;
     if (port != NULL && (port[0] == '\0' || strcmp(port, "443") == 0))
         port = NULL;
     w = snprintf(out, cap, "%.*s%s%s", (int)hlen, host, port != NULL ? ":" : "", port != NULL ? port : "");
