@@ -407,6 +407,47 @@ static hsm_err key_fill(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, h
 }
 
 static int ec_point_unwrap(const unsigned char *buf, size_t len, const unsigned char **pt, size_t *ptlen);
+static int curve_nid(const unsigned char *params, size_t len);
+
+/* An uncompressed point of the largest curve named here (P-521: 133). */
+#define EC_POINT_MAX 160
+
+/* CKA_EC_POINT value v on curve nid as its uncompressed point in out (at
+ * most EC_POINT_MAX bytes): tokens give it DER-wrapped (SoftHSM,
+ * opencryptoki, NSS by default) or raw (NSS with
+ * NSS_USE_DECODED_CKA_EC_POINT, some HSMs), compressed where it was
+ * imported so; the reading that is a point on the curve is it. False if
+ * none is, or the curve is not known. */
+static bool ec_point_normal(int nid, const unsigned char *v, size_t n, unsigned char out[EC_POINT_MAX],
+                            size_t *outlen)
+{
+    EC_GROUP *g = NULL;
+    EC_POINT *p = NULL;
+    ASN1_OCTET_STRING *os = NULL;
+    const unsigned char *q = v, *c[2] = {NULL, v};
+    size_t cl[2] = {0, n};
+    bool ok = false;
+
+    if (nid == NID_undef || n == 0 || n > 4096 || (g = EC_GROUP_new_by_curve_name(nid)) == NULL ||
+        (p = EC_POINT_new(g)) == NULL)
+        goto out;
+    if ((os = d2i_ASN1_OCTET_STRING(NULL, &q, (long)n)) != NULL && q == v + n && os->length > 0) {
+        c[0] = v + (n - (size_t)os->length);
+        cl[0] = (size_t)os->length;
+    }
+    for (size_t i = 0; i < 2 && !ok; i++) {
+        if (c[i] != NULL && EC_POINT_oct2point(g, p, c[i], cl[i], NULL) == 1) {
+            *outlen = EC_POINT_point2oct(g, p, POINT_CONVERSION_UNCOMPRESSED, out, EC_POINT_MAX, NULL);
+            ok = *outlen > 0;
+        }
+    }
+out:
+    ASN1_OCTET_STRING_free(os);
+    EC_POINT_free(p);
+    EC_GROUP_free(g);
+    ERR_clear_error();
+    return ok;
+}
 
 /* The SHA-256 that names a public key (struct hsm_key pub_sha256), one
  * definition for what the token gives and what a certificate holds: of an
@@ -488,10 +529,29 @@ static bool public_sha256(hsm_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
             v = read_public_attr(ctx, s, ph, CKA_MODULUS, buf, &heap, &n);
         ok = v != NULL && pub_digest(true, v, n, md);
     } else {
+        /* The curve with the point, in the same call: a token's point may
+         * be raw or DER-wrapped, compressed or not, and only the curve
+         * tells which reading is the point (a raw P-256 point beginning
+         * 04 3f 04 also reads as a wrapped 63-byte one). */
+        unsigned char params[128], unc[EC_POINT_MAX];
+        CK_ATTRIBUTE a[2] = {{CKA_EC_PARAMS, params, sizeof(params)}, {CKA_EC_POINT, buf, sizeof(buf)}};
+
         if (!pair_public_object(ctx, s, key, &ph))
             ph = h;
-        v = read_public_attr(ctx, s, ph, CKA_EC_POINT, buf, &heap, &n);
-        ok = v != NULL && ec_point_unwrap(v, n, &pt, &ptlen) == 0 && pub_digest(false, pt, ptlen, md);
+        if (P11(ctx, C_GetAttributeValue, s, ph, a, 2) == HSM_OK && a[0].ulValueLen <= sizeof(params) &&
+            a[1].ulValueLen <= sizeof(buf)) {
+            int nid = curve_nid(params, a[0].ulValueLen);
+            if (nid != NID_undef)
+                ok = ec_point_normal(nid, buf, a[1].ulValueLen, unc, &ptlen) &&
+                     pub_digest(false, unc, ptlen, md);
+            else /* a curve this build does not name: as the token gives it */
+                ok = ec_point_unwrap(buf, a[1].ulValueLen, &pt, &ptlen) == 0 &&
+                     pub_digest(false, pt, ptlen, md);
+        } else {
+            /* a point past 1024 bytes (no named curve's) */
+            v = read_public_attr(ctx, s, ph, CKA_EC_POINT, buf, &heap, &n);
+            ok = v != NULL && ec_point_unwrap(v, n, &pt, &ptlen) == 0 && pub_digest(false, pt, ptlen, md);
+        }
     }
     hsm_err_restore(&sv);
     free(heap);
@@ -2352,7 +2412,7 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
     struct export_arg *ea = arg;
     CK_OBJECT_HANDLE h;
     CK_ULONG cls = 0, kt = 0;
-    unsigned char *a1 = NULL, *a2 = NULL;
+    unsigned char *a1 = NULL, *a2 = NULL, unc[EC_POINT_MAX]; /* unc: read by build_spki */
     size_t l1 = 0, l2 = 0;
     BIGNUM *n = NULL, *e = NULL;
     OSSL_PARAM_BLD *bld = NULL;
@@ -2390,7 +2450,6 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         }
     } else {
         CK_OBJECT_HANDLE ph = h;
-        const unsigned char *pt;
         size_t ptlen;
         int nid;
 
@@ -2414,13 +2473,13 @@ static hsm_err op_export(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
         if ((err = hsm_get_attr(ctx, s, ph, CKA_EC_POINT, &a2, &l2)) != HSM_OK)
             goto out;
         nid = curve_nid(a1, l1);
-        if (nid == NID_undef || ec_point_unwrap(a2, l2, &pt, &ptlen) != 0) {
+        if (!ec_point_normal(nid, a2, l2, unc, &ptlen)) {
             hsm_set_detail("unsupported EC parameters or point on the token");
             err = HSM_ERR_PUBLIC_KEY;
             goto out;
         }
         if (OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, OBJ_nid2sn(nid), 0) != 1 ||
-            OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, ptlen) != 1 ||
+            OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, unc, ptlen) != 1 ||
             (pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL) {
             err = HSM_ERR_NOMEM;
             goto out;

@@ -418,6 +418,32 @@ out:
     return rc;
 }
 
+/* A read-write session on the token of token_label through the SoftHSM
+ * module hsm_open loaded: 0 (*dl to dlclose, *s to close), or -1. */
+static int open_rw(const char *token_label, void **dl, CK_FUNCTION_LIST **fl, CK_SESSION_HANDLE *s)
+{
+    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
+    CK_SLOT_ID slots[16];
+    CK_ULONG ns = 16;
+    size_t tl = strlen(token_label);
+
+    *s = 0;
+    *dl = dlopen(testtoken_softhsm_module(), RTLD_NOW | RTLD_NOLOAD);
+    if (*dl == NULL || tl > 32)
+        return -1;
+    *(void **)(&get_list) = dlsym(*dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(fl) != CKR_OK || (*fl)->C_GetSlotList(CK_TRUE, slots, &ns) != CKR_OK)
+        return -1;
+    for (CK_ULONG i = 0; i < ns && *s == 0; i++) {
+        CK_TOKEN_INFO ti;
+        if ((*fl)->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, token_label, tl) == 0 &&
+            (tl == 32 || ti.label[tl] == ' ') &&
+            (*fl)->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s) != CKR_OK)
+            return -1;
+    }
+    return *s != 0 ? 0 : -1;
+}
+
 int testtoken_data_objects(const char *token_label, const char *label, int n)
 {
     CK_OBJECT_CLASS cls = CKO_DATA;
@@ -426,30 +452,11 @@ int testtoken_data_objects(const char *token_label, const char *label, int n)
                          {CKA_LABEL, (void *)label, strlen(label)},
                          {CKA_TOKEN, &yes, sizeof(yes)},
                          {CKA_PRIVATE, &no, sizeof(no)}};
-    CK_RV (*get_list)(CK_FUNCTION_LIST_PTR_PTR);
     CK_FUNCTION_LIST *fl = NULL;
-    CK_SLOT_ID slots[16];
-    CK_ULONG ns = 16;
     CK_SESSION_HANDLE s = 0;
-    size_t tl = strlen(token_label);
-    int rc = -1;
-    void *dl = dlopen(testtoken_softhsm_module(), RTLD_NOW | RTLD_NOLOAD);
+    void *dl = NULL;
+    int rc = open_rw(token_label, &dl, &fl, &s);
 
-    if (dl == NULL || tl > 32)
-        goto out;
-    *(void **)(&get_list) = dlsym(dl, "C_GetFunctionList");
-    if (get_list == NULL || get_list(&fl) != CKR_OK || fl->C_GetSlotList(CK_TRUE, slots, &ns) != CKR_OK)
-        goto out;
-    for (CK_ULONG i = 0; i < ns && s == 0; i++) {
-        CK_TOKEN_INFO ti;
-        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, token_label, tl) == 0 &&
-            (tl == 32 || ti.label[tl] == ' ') &&
-            fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) != CKR_OK)
-            goto out;
-    }
-    if (s == 0)
-        goto out;
-    rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         CK_OBJECT_HANDLE h;
         if (fl->C_CreateObject(s, t, 4, &h) != CKR_OK)
@@ -469,7 +476,48 @@ int testtoken_data_objects(const char *token_label, const char *label, int n)
         if (fl->C_DestroyObject(s, h) != CKR_OK)
             rc = -1;
     }
-out:
+    if (s != 0 && fl->C_CloseSession(s) != CKR_OK)
+        rc = -1;
+    if (dl != NULL)
+        (void)dlclose(dl);
+    return rc;
+}
+
+int testtoken_ec_point_as(const char *token_label, const char *label, const unsigned char *point, size_t n)
+{
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_EC;
+    CK_BBOOL yes = CK_TRUE;
+    unsigned char id[64], params[128];
+    CK_ATTRIBUTE find[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_ATTRIBUTE rd[2] = {{CKA_ID, id, sizeof(id)}, {CKA_EC_PARAMS, params, sizeof(params)}};
+    CK_ATTRIBUTE t[7] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                         {CKA_TOKEN, &yes, sizeof(yes)},
+                         {CKA_LABEL, (void *)label, strlen(label)},
+                         {CKA_ID, id, 0},
+                         {CKA_EC_PARAMS, params, 0},
+                         {CKA_EC_POINT, (void *)point, n}};
+    CK_FUNCTION_LIST *fl = NULL;
+    CK_SESSION_HANDLE s = 0;
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG got = 0;
+    void *dl = NULL;
+    int rc = open_rw(token_label, &dl, &fl, &s);
+
+    if (rc == 0 &&
+        (fl->C_FindObjectsInit(s, find, 2) != CKR_OK || fl->C_FindObjects(s, &h, 1, &got) != CKR_OK))
+        rc = -1;
+    if (rc == 0 && fl->C_FindObjectsFinal(s) != CKR_OK)
+        rc = -1;
+    if (rc == 0 && (got != 1 || fl->C_GetAttributeValue(s, h, rd, 2) != CKR_OK))
+        rc = -1;
+    if (rc == 0) {
+        t[4].ulValueLen = rd[0].ulValueLen;
+        t[5].ulValueLen = rd[1].ulValueLen;
+        if (fl->C_DestroyObject(s, h) != CKR_OK || fl->C_CreateObject(s, t, 7, &h) != CKR_OK)
+            rc = -1;
+    }
     if (s != 0 && fl->C_CloseSession(s) != CKR_OK)
         rc = -1;
     if (dl != NULL)

@@ -102,6 +102,10 @@ struct testtoken_copy *testtoken_copy_secret(const char *token_label, const char
  * token_label, through the SoftHSM module hsm_open loaded; n == 0 destroys
  * every data object of that label: 0, or -1. */
 int testtoken_data_objects(const char *token_label, const char *label, int n);
+/* The EC public key object labelled label on that token made again (same
+ * CKA_ID and curve) with CKA_EC_POINT point[0..n) as given: a token that
+ * keeps the point raw or compressed. 0, or -1. */
+int testtoken_ec_point_as(const char *token_label, const char *label, const unsigned char *point, size_t n);
 int testtoken_copy_destroy(struct testtoken_copy *c);
 /* The slot id of the SoftHSM token labelled token_label, asked of the
  * module hsm_open loaded (as testtoken_copy_secret): 0, or -1. */

@@ -21,9 +21,11 @@
 
 #include <cmocka.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -3090,6 +3092,100 @@ static void test_refound_key_modulus_on_public_only(void **state)
     t_close(ctx);
 }
 
+/* The P-256 point of EVP key pk (or of private scalar hex, when pk is
+ * NULL) in out as form; its public key in *pub if pub is not NULL. */
+static size_t p256_point(EVP_PKEY *pk, const char *hex, point_conversion_form_t form, unsigned char out[65],
+                         EVP_PKEY **pub)
+{
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    EC_POINT *p = EC_POINT_new(g);
+    BIGNUM *k = NULL;
+    unsigned char unc[65];
+    size_t n = 0;
+
+    assert_non_null(p);
+    if (pk != NULL) {
+        assert_int_equal(
+            EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, unc, sizeof(unc), &n), 1);
+        assert_int_equal(EC_POINT_oct2point(g, p, unc, n, NULL), 1);
+    } else {
+        assert_true(BN_hex2bn(&k, hex) > 0);
+        assert_int_equal(EC_POINT_mul(g, p, k, NULL, NULL, NULL), 1);
+    }
+    n = EC_POINT_point2oct(g, p, form, out, 65, NULL);
+    assert_true(n > 0);
+    if (pub != NULL) {
+        OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+        OSSL_PARAM *prm;
+        EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+        size_t un = EC_POINT_point2oct(g, p, POINT_CONVERSION_UNCOMPRESSED, unc, sizeof(unc), NULL);
+        *pub = NULL;
+        assert_int_equal(OSSL_PARAM_BLD_push_utf8_string(b, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0), 1);
+        assert_int_equal(OSSL_PARAM_BLD_push_octet_string(b, OSSL_PKEY_PARAM_PUB_KEY, unc, un), 1);
+        assert_non_null(prm = OSSL_PARAM_BLD_to_param(b));
+        assert_int_equal(EVP_PKEY_fromdata_init(pc), 1);
+        assert_int_equal(EVP_PKEY_fromdata(pc, pub, EVP_PKEY_PUBLIC_KEY, prm), 1);
+        OSSL_PARAM_free(prm);
+        OSSL_PARAM_BLD_free(b);
+        EVP_PKEY_CTX_free(pc);
+    }
+    BN_free(k);
+    EC_POINT_free(p);
+    EC_GROUP_free(g);
+    return n;
+}
+
+/* A token that keeps an EC key's point compressed (as imported) or raw
+ * (NSS with NSS_USE_DECODED_CKA_EC_POINT, some HSMs): the point noted
+ * when the key is found by label is the certificate's, and the export
+ * gives it. Among raw P-256 points, 1 in 65536 begins 04 3f 04 and also
+ * reads as a DER OCTET STRING of 63 bytes: judged by that reading, the
+ * group's version was served as missing though it is its certificate's. */
+static void test_ec_point_encodings(void **state)
+{
+    /* its raw point begins 04 3f 04 */
+    static const char *const ambiguous = "1000000000000000000000000000000000000000000000000000000000009CAA";
+    hsm_ctx *ctx;
+    hsm_keygen_spec sp = {"ec-encodings", NULL, 0, HSM_KEYTYPE_EC, 256, HSM_USE_DERIVE, false, false};
+    hsm_keygen_result res;
+    hsm_key *priv = NULL, *pub = NULL, *found;
+    EVP_PKEY *own, *other = NULL, *exported;
+    unsigned char pt[67];
+    size_t n;
+    (void)state;
+
+    ctx = open_ok(testtoken_softhsm_module(), 0);
+    assert_int_equal(hsm_generate_keypair_best(ctx, &sp, &res, &pub, &priv), HSM_OK);
+    own = export_pub(ctx, pub);
+    hsm_key_free(pub);
+    /* DER-wrapped, compressed */
+    n = p256_point(own, NULL, POINT_CONVERSION_COMPRESSED, pt + 2, NULL);
+    pt[0] = 0x04;
+    pt[1] = (unsigned char)n;
+    assert_int_equal(testtoken_ec_point_as(TOKEN_LABEL, "ec-encodings", pt, n + 2), 0);
+    found = find_ok(ctx, "ec-encodings", HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_key_matches_public(found, own, NULL), 1);
+    hsm_key_free(found);
+    /* raw, uncompressed, of a point that also reads as DER */
+    n = p256_point(NULL, ambiguous, POINT_CONVERSION_UNCOMPRESSED, pt, &other);
+    assert_true(n == 65 && pt[1] == 0x3f && pt[2] == 0x04);
+    assert_int_equal(testtoken_ec_point_as(TOKEN_LABEL, "ec-encodings", pt, n), 0);
+    found = find_ok(ctx, "ec-encodings", HSM_CLASS_PRIVATE);
+    assert_int_equal(hsm_key_matches_public(found, other, NULL), 1);
+    exported = export_pub(ctx, found);
+    assert_int_equal(EVP_PKEY_eq(exported, other), 1);
+    hsm_key_free(found);
+    pub = find_ok(ctx, "ec-encodings", HSM_CLASS_PUBLIC);
+    assert_int_equal(hsm_key_destroy(ctx, priv), HSM_OK);
+    assert_int_equal(hsm_key_destroy(ctx, pub), HSM_OK);
+    hsm_key_free(priv);
+    hsm_key_free(pub);
+    EVP_PKEY_free(own);
+    EVP_PKEY_free(other);
+    EVP_PKEY_free(exported);
+    t_close(ctx);
+}
+
 /* A content key encrypted to key k (OAEP SHA-1), for f_decrypt_ct. */
 struct fct {
     unsigned char ct[512];
@@ -3643,6 +3739,7 @@ int main(void)
         cmocka_unit_test_teardown(test_caps_trusted_wrap_transient, t_teardown),
         cmocka_unit_test_teardown(test_generate_best_refused, t_teardown),
         cmocka_unit_test_teardown(test_refound_key_modulus_on_public_only, t_teardown),
+        cmocka_unit_test_teardown(test_ec_point_encodings, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit, t_teardown),
         cmocka_unit_test_teardown(test_module_reinit_on_request, t_teardown),
         cmocka_unit_test_teardown(test_probe_breaks_connection, t_teardown),
