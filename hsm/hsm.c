@@ -725,6 +725,16 @@ static hsm_err do_login(hsm_ctx *ctx, CK_SESSION_HANDLE s)
         err = HSM_OK;
         goto out;
     }
+    if (hsm_last_rv() == CKR_PIN_EXPIRED) {
+        /* A token whose PIN policy ages PINs (many HSMs, cards): the right
+         * PIN, so no refusal; what to do is change it. Said here, at the
+         * open and at a login again in a running serve (all sessions
+         * lost), which else logged the bare code. */
+        hsm_set_detail(
+            "C_Login: CKR_PIN_EXPIRED: the token wants the user PIN changed before it is used: change "
+            "it (pkcs11-tool --login --change-pin) and put the new one in the pin source");
+        goto out;
+    }
     if (!ctx->pinpad && login_rv_unsure(hsm_last_rv())) {
         CK_RV rv = hsm_last_rv();
         err = login_unsure(ctx, before, err);
@@ -1927,12 +1937,6 @@ hsm_err hsm_open(const hsm_config *cfg, hsm_ctx **out)
             "C_Login: CKR_USER_PIN_NOT_INITIALIZED: the token has no user PIN yet (initialised with its "
             "SO PIN only): the security officer sets it (pkcs11-tool --login --login-type so --init-pin "
             "--new-pin env:NAME, or the token's own tool), and the pin source holds it");
-    /* A token whose PIN policy ages PINs (many HSMs, cards): the right
-     * PIN, so no refusal; what to do is change it. */
-    else if (err == HSM_ERR_PIN_LOCKED && hsm_last_rv() == CKR_PIN_EXPIRED)
-        hsm_set_detail(
-            "C_Login: CKR_PIN_EXPIRED: the token wants the user PIN changed before it is used: change "
-            "it (pkcs11-tool --login --change-pin) and put the new one in the pin source");
     if (err != HSM_OK)
         goto out;
     log_debug("token opened slot=%lu sessions=%u", (unsigned long)ctx->slot, ctx->max_sessions);

@@ -44,6 +44,7 @@
 #define T_CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define T_CKR_USER_NOT_LOGGED_IN 0x101UL
 #define T_CKR_PIN_INCORRECT 0xA0UL
+#define T_CKR_PIN_EXPIRED 0xA3UL
 #define T_CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL
 #define T_CKR_OBJECT_HANDLE_INVALID 0x82UL
 #define T_CKA_SIGN 0x108UL
@@ -2741,6 +2742,25 @@ static void test_recover_silent_logout(void **state)
  * server): the layer stops sending it. Runs LAST: the rejection is
  * remembered for the whole process (by token and PIN), so the token's PIN
  * is unusable for any later test in this process. */
+/* A login again in a running serve (the sessions lost) that the token
+ * answers CKR_PIN_EXPIRED (its PIN policy aged the PIN meanwhile): what to
+ * do is said, as at the open, not the bare code; the PIN is not taken for
+ * a refused one, so the login after it is changed works. */
+static void test_relogin_pin_expired(void **state)
+{
+    struct rec r;
+    (void)state;
+
+    rec_open(&r);
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 1), 0);
+    assert_int_equal(testfault_inject("C_Login", T_CKR_PIN_EXPIRED, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_ERR_PIN_LOCKED);
+    assert_non_null(strstr(hsm_last_error_detail(), "CKR_PIN_EXPIRED: the token wants the user PIN changed"));
+    assert_int_equal(testfault_inject("C_DecryptInit", T_CKR_USER_NOT_LOGGED_IN, 1), 0);
+    assert_int_equal(rec_decrypt(&r), HSM_OK);
+    rec_close(&r);
+}
+
 static void test_relogin_pin_rejected_last(void **state)
 {
     struct rec r;
@@ -3746,6 +3766,7 @@ int main(void)
         cmocka_unit_test_teardown(test_ecb_wrap, t_teardown),
         cmocka_unit_test_teardown(test_smartcard_profile, t_teardown),
         cmocka_unit_test_teardown(test_nss_init_args, t_teardown),
+        cmocka_unit_test_teardown(test_relogin_pin_expired, t_teardown),
         cmocka_unit_test_teardown(test_relogin_pin_rejected_last, t_teardown), /* keep last */
     };
     /* HSM_TEST_FILTER=test_name runs one test; HSM_TEST_DEBUG=1 logs every
