@@ -510,6 +510,11 @@ gs_err gs_store_settle_schema(gs_store *st, int v, gs_store_migrate_fn migrate, 
                               "database %s has schema version %d, this program needs %d (from an older version: "
                               "`groupsrv check`, `serve` or a command that writes migrates it)",
                               where, v, GS_STORE_SCHEMA_VERSION);
+        /* A migration writes: not into a file found damaged (a server
+         * upgraded after a disk error rewrote the schema of the file the
+         * operator then restores). */
+        if ((err = write_gate(st)) != GS_OK)
+            return err;
         err = migrate(st, &found);
         /* a newer program wrote it after v was read */
         if (err != GS_OK && found > GS_STORE_SCHEMA_VERSION)

@@ -389,6 +389,51 @@ static void test_migrate_v1_wrap(void **state)
     drop_extra_db(f, loc, name);
 }
 
+/* A schema-1 database with a page written over (a disk error before an
+ * upgrade): the new program's open migrates it, a write like any other,
+ * so it is refused naming the damage and the file keeps its schema (the
+ * migration went into the damaged file the operator then restores). */
+static void test_migrate_damaged_refused(void **state)
+{
+    struct fx *f = *state;
+    char loc[1024];
+    gs_store *st = NULL;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int root = 0, version = -1;
+    FILE *fp;
+
+    assert_int_equal(new_db(f, "v1damaged", loc, sizeof(loc)), 0);
+    assert_int_equal(raw_exec(f, loc, v1_sqlite, v1_pg), 0);
+    assert_int_equal(raw_exec(f, loc, "CREATE TABLE spare (x TEXT); INSERT INTO spare VALUES ('x');", ""), 0);
+    assert_int_equal(sqlite3_open(loc, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT rootpage FROM sqlite_master WHERE name = 'spare'", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    root = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_true(root > 1);
+    /* the page's b-tree type byte: none SQLite knows */
+    assert_non_null(fp = fopen(loc, "r+b"));
+    assert_int_equal(fseek(fp, (long)(root - 1) * 4096, SEEK_SET), 0);
+    assert_int_equal(fputc(0x07, fp), 0x07);
+    assert_int_equal(fclose(fp), 0);
+
+    assert_int_equal(gs_store_open(loc, 0, &st), GS_ERR_DB);
+    assert_null(st);
+    assert_int_equal(gs_err_db_cause(), GS_DB_CAUSE_DAMAGED);
+    assert_non_null(strstr(gs_err_detail(), "is damaged"));
+    assert_int_equal(sqlite3_open(loc, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    version = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    assert_int_equal(version, 1);
+    rm_db(loc);
+}
+
 /* Schema 2 (issue 13): a database of schema 1 keeps its rows and gets the
  * empty policy and weakenings (= everything on the token, every
  * protection); the new fields are written and read back. */
@@ -2016,6 +2061,8 @@ int main(void)
                                                                               setup, teardown),
                                               cmocka_unit_test_setup_teardown(test_admin_not_refused_many_shm_locks,
                                                                               setup, teardown),
+                                              cmocka_unit_test_setup_teardown(test_migrate_damaged_refused, setup,
+                                                                              teardown),
                                               cmocka_unit_test(test_url_mask_passwords)};
     const struct CMUnitTest pg_tests[] = {STORE_TESTS,
                                           cmocka_unit_test_setup_teardown(test_turkish_collation_refused, setup,
