@@ -74,6 +74,12 @@ void gm_progress(const gm_config *c, const char *fmt, ...) __attribute__((format
 /* Exit code and one-line error for a REST failure. */
 int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what);
 int gm_env_exit(env_err e);
+/* Whether --in names the standard input stream itself ("-", which
+ * parse_options keeps as "/dev/stdin", or /dev/stdin as typed): read from
+ * descriptor 0, never opened anew (a socket on stdin cannot be opened,
+ * and a file opened anew is read from its start, not where the stream
+ * is). */
+bool gm_in_is_stdin(const char *in);
 
 /* ---- the local store (pins, secret keys, membership certificates) ---- */
 /* "<group>@<host_port>" made filename-safe, from server URL and group:

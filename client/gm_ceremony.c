@@ -374,7 +374,9 @@ int gm_cmd_keys_import(gm_config *c)
         return rc;
     }
     rc = GM_EXIT_ERROR;
-    if ((ur = util_read_file(c->in, GSK_FILE_MAX, &file, &flen)) != UTIL_OK) {
+    ur = gm_in_is_stdin(c->in) ? util_read_fd(STDIN_FILENO, GSK_FILE_MAX, &file, &flen)
+                               : util_read_file(c->in, GSK_FILE_MAX, &file, &flen);
+    if (ur != UTIL_OK) {
         gm_err("cannot read %s: %s", c->in, util_read_why(ur, errno)); /* it gave no reason ("Is a directory") */
         goto out;
     }

@@ -96,6 +96,11 @@ int gm_rest_fail(gs_rest *r, gs_rest_err err, const char *what)
     return rc;
 }
 
+bool gm_in_is_stdin(const char *in)
+{
+    return in != NULL && strcmp(in, "/dev/stdin") == 0;
+}
+
 int gm_env_exit(env_err e)
 {
     switch (e) {

@@ -281,7 +281,7 @@ static int parse_options(int argc, char **argv, unsigned cmd, const char *cmd_na
         /* "-" is the standard stream, as curl's -o - and openssl's -in -
          * take it: a file of that name in the working directory got
          * decrypt's plaintext. The names the stream itself goes by
-         * (util_out_open), never opened anew. */
+         * (util_out_open, gm_in_is_stdin), never opened anew. */
         const char *val = optarg;
         if ((ch == O_IN || ch == O_OUT) && strcmp(val, "-") == 0)
             val = ch == O_IN ? "/dev/stdin" : "/dev/stdout";
@@ -698,7 +698,7 @@ out:
 
 static int open_in(const gm_config *c, BIO **in)
 {
-    *in = c->in != NULL ? BIO_new_file(c->in, "rb") : BIO_new_fp(stdin, BIO_NOCLOSE);
+    *in = c->in != NULL && !gm_in_is_stdin(c->in) ? BIO_new_file(c->in, "rb") : BIO_new_fp(stdin, BIO_NOCLOSE);
     if (*in == NULL) {
         gm_err("cannot open %s", c->in ? c->in : "stdin");
         return GM_EXIT_ERROR;

@@ -59,6 +59,13 @@ add_test(NAME groupmail_plaintext_memory COMMAND /usr/bin/python3
 set_tests_properties(groupmail_plaintext_memory PROPERTIES LABELS "integration;client" TIMEOUT 120
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
 
+# `--in -` is the standard input stream itself: a socket there, a file read
+# from where it stands.
+add_test(NAME groupmail_stdin_stream COMMAND /usr/bin/python3
+  ${GS_TEST_DIR}/integration/groupmail-stdin-stream.py ${GS_TEST_BIN})
+set_tests_properties(groupmail_stdin_stream PROPERTIES LABELS "integration;client" TIMEOUT 60
+  ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK}")
+
 # Certificates read from a group server's answer never ask a pass phrase
 # (groupmail's gm_pem_certs, the exploder's group certificate reads).
 add_executable(test_pempass ${GS_TEST_DIR}/unit/test_pempass.c)
