@@ -331,6 +331,10 @@ gs_err gs_store_change_stamp(gs_store *st, uint64_t *stamp)
  * admin commands. */
 static gs_err write_gate(gs_store *st)
 {
+    /* A write outside a transaction starts a step of its own: what an
+     * earlier commit left unknown is not this one's outcome. */
+    if (!st->in_tx)
+        st->commit_unknown = false;
     if (st->in_tx || st->ops->write_check == NULL)
         return GS_OK;
     return st->ops->write_check(st);
@@ -365,6 +369,10 @@ gs_err gs_store_begin(gs_store *st)
     gs_store_read_end(st);
     if (st->in_tx)
         return gs_err_set(GS_ERR_ARGS, "transaction already open");
+    /* A new transaction: an earlier commit's unknown outcome is not its
+     * own, and a begin or write that fails must not read as one (the
+     * caller would keep token keys it should destroy). */
+    st->commit_unknown = false;
     if ((err = write_gate(st)) != GS_OK)
         return err;
     err = st->ops->begin(st);

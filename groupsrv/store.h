@@ -170,7 +170,9 @@ void gs_store_rollback(gs_store *st);
  * database gone meanwhile: restarting, crashed). The caller then must not
  * undo what the transaction records (token keys a group's rows name):
  * the rows may be there once the database is back. False after a commit
- * that succeeded or failed for certain, and always on SQLite. */
+ * that succeeded or failed for certain, after a gs_store_begin or a write
+ * outside a transaction (an earlier commit's outcome is not theirs), and
+ * always on SQLite. */
 bool gs_store_commit_unknown(const gs_store *st);
 
 /* The keys lock: one command at a time (in any process or thread) picks

@@ -33,6 +33,7 @@
 #include "log.h"
 #include "pgtest.h"
 #include "store.h"
+#include "store_impl.h" /* commit_unknown, set as a lost COMMIT sets it */
 
 /* Which backend the current group runs on. */
 static int g_pg;
@@ -1434,6 +1435,31 @@ static void test_transactions(void **state)
 }
 
 
+/* gs_store_commit_unknown speaks of the last commit only: a handle whose
+ * earlier COMMIT's answer was lost (PostgreSQL's pg_commit sets the flag;
+ * set here as it sets it) then fails a later step before its own commit
+ * (a write refused, a begin that fails) must not say "not known", or
+ * group rotate and ca init keep a new token key the database never named
+ * and say its outcome is unknown. */
+static void test_commit_unknown_not_stale(void **state)
+{
+    struct fx *f = *state;
+
+    f->st->commit_unknown = true;
+    assert_true(gs_store_commit_unknown(f->st));
+    /* a lone write that fails (key version 1 twice), no commit of its own */
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "P"), GS_OK);
+    f->st->commit_unknown = true;
+    assert_int_equal(gs_store_group_key_add(f->st, f->gid, 1, "gs:group:eng:v1", "P"), GS_ERR_EXISTS);
+    assert_false(gs_store_commit_unknown(f->st));
+    /* a transaction that is begun and rolled back */
+    f->st->commit_unknown = true;
+    assert_int_equal(gs_store_begin(f->st), GS_OK);
+    assert_false(gs_store_commit_unknown(f->st));
+    gs_store_rollback(f->st);
+    assert_false(gs_store_commit_unknown(f->st));
+}
+
 /* The stamp the server's group cache polls: moves when another connection
  * (another server) commits a change, stays while nothing changes. */
 static void test_change_stamp(void **state)
@@ -2037,6 +2063,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_keys_lock, setup, teardown),          \
     cmocka_unit_test_setup_teardown(test_bind_too_long, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),       \
+    cmocka_unit_test_setup_teardown(test_commit_unknown_not_stale, setup, teardown), \
     cmocka_unit_test_setup_teardown(test_change_stamp, setup, teardown),       \
     cmocka_unit_test_setup_teardown(test_read_snapshot, setup, teardown),      \
     cmocka_unit_test_setup_teardown(test_member_put_race, setup, teardown),    \
