@@ -472,7 +472,10 @@ hsm_err hsm_key_get_info(hsm_ctx *ctx, hsm_key *key, hsm_key_info *out);
  * key (if it has CKA_UNWRAP); the results are wiped or destroyed. Bit
  * (1u << HSM_OAEP_SHA1 / _SHA256) set in *decrypt / *unwrap for each that
  * worked. Up to four private-key operations. Errors: HSM_ERR_ARGS (not an
- * RSA private key), or what finding the key gave. */
+ * RSA private key), what finding the key gave, or a trial's failure that
+ * is the token's, not the hash's (gone, CKR_DEVICE_ERROR,
+ * CKR_DEVICE_MEMORY, a lost session or login: its detail kept, both
+ * masks 0). */
 hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsigned *unwrap);
 
 /* ---- sealed secret keys ---------------------------------------------- */

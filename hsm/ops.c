@@ -352,7 +352,7 @@ static hsm_err op_check(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 }
 
 static hsm_err oaep_trial(hsm_ctx *ctx, hsm_key *key, const unsigned char *spki, size_t spki_len,
-                          hsm_oaep_hash hash, bool unwrap);
+                          hsm_oaep_hash hash, bool unwrap, CK_RV *rv);
 
 hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
 {
@@ -360,6 +360,7 @@ hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
     unsigned char *spki = NULL;
     size_t spki_len = 0;
     hsm_err err, trial;
+    CK_RV rv = CKR_OK;
 
     hsm_clear_detail();
     if (ctx == NULL || group_key == NULL ||
@@ -374,7 +375,7 @@ hsm_err hsm_check_kt_alg(hsm_ctx *ctx, hsm_key *group_key, hsm_kt_alg alg)
         free(spki);
         return err;
     }
-    trial = oaep_trial(ctx, group_key, spki, spki_len, kt_hash(alg), true);
+    trial = oaep_trial(ctx, group_key, spki, spki_len, kt_hash(alg), true, &rv);
     free(spki);
     /* A trial that failed on its own data says nothing more than the
      * refusal before it. */
@@ -585,6 +586,7 @@ static hsm_err content_key_object(hsm_ctx *ctx, CK_SESSION_HANDLE s, const hsm_u
 struct probe_arg {
     hsm_unwrap_input in;
     bool unwrap;          /* try C_UnwrapKey, else C_Decrypt */
+    CK_RV rv;             /* out: the trial's CK_RV */
 };
 
 static hsm_err op_probe_oaep(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
@@ -597,14 +599,28 @@ static hsm_err op_probe_oaep(hsm_ctx *ctx, CK_SESSION_HANDLE s, void *arg)
 
     if (pa->unwrap) {
         err = content_key_object(ctx, s, &pa->in, &ck, &len);
+        pa->rv = err == HSM_OK ? CKR_OK : hsm_last_rv();
         hsm_destroy_session_obj(ctx, s, &ck);
         return err;
     }
     if ((pt = hsm_secmem_new(CT_MAX)) == NULL)
         return HSM_ERR_NOMEM;
     err = decrypt_into(ctx, s, &pa->in, pt, CT_MAX, &len);
+    pa->rv = err == HSM_OK ? CKR_OK : hsm_last_rv();
     hsm_secmem_free(pt, CT_MAX);
     return err;
+}
+
+/* Did a trial fail because the token did (gone, no room, a lost session
+ * or login), which says nothing about the hash? CKR_GENERAL_ERROR and
+ * CKR_FUNCTION_FAILED are not counted: some tokens answer an OAEP hash
+ * they lack with them. */
+static bool trial_token_failed(hsm_err err, CK_RV rv)
+{
+    if (err == HSM_ERR_DEVICE)
+        return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_MEMORY;
+    return err == HSM_ERR_TOKEN_ABSENT || err == HSM_ERR_SESSION || err == HSM_ERR_NOT_LOGGED_IN ||
+           err == HSM_ERR_MODULE || err == HSM_ERR_PIN_INCORRECT || err == HSM_ERR_PIN_LOCKED;
 }
 
 hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsigned *unwrap)
@@ -632,15 +648,19 @@ hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsign
         for (int k = 0; k < 2 && err == HSM_OK; k++) {
             if ((k == 0 && !ki.decrypt) || (k == 1 && !ki.unwrap))
                 continue;
-            hsm_err trial = oaep_trial(ctx, key, spki, spki_len, hashes[i], k == 1);
+            CK_RV rv = CKR_OK;
+            hsm_err trial = oaep_trial(ctx, key, spki, spki_len, hashes[i], k == 1, &rv);
             if (trial == HSM_OK)
                 *(k == 0 ? decrypt : unwrap) |= 1u << hashes[i];
-            else if (trial == HSM_ERR_NOMEM || trial == HSM_ERR_PUBLIC_KEY)
-                err = trial; /* no trial could run: not an answer about the hash */
+            else if (trial == HSM_ERR_NOMEM || trial == HSM_ERR_PUBLIC_KEY || trial_token_failed(trial, rv))
+                err = trial; /* no trial could run, or the token failed: not an answer about the hash */
         }
     }
     free(spki);
-    hsm_clear_detail();
+    if (err == HSM_OK)
+        hsm_clear_detail();
+    else
+        *decrypt = *unwrap = 0;
     return err;
 }
 
@@ -648,7 +668,7 @@ hsm_err hsm_key_probe_oaep(hsm_ctx *ctx, hsm_key *key, unsigned *decrypt, unsign
  * its public key (spki) in software, then C_Decrypt, or with unwrap
  * C_UnwrapKey into a session key destroyed at once. */
 static hsm_err oaep_trial(hsm_ctx *ctx, hsm_key *key, const unsigned char *spki, size_t spki_len,
-                          hsm_oaep_hash hash, bool unwrap)
+                          hsm_oaep_hash hash, bool unwrap, CK_RV *rv)
 {
     unsigned char value[32], *ct = NULL;
     size_t ct_len = 0;
@@ -670,6 +690,8 @@ static hsm_err oaep_trial(hsm_ctx *ctx, hsm_key *key, const unsigned char *spki,
     pa.in.expected_len = sizeof(value);
     pa.unwrap = unwrap;
     err = hsm_run_once(ctx, op_probe_oaep, &pa);
+    /* run's own failure (no session) is in the thread's last CK_RV */
+    *rv = pa.rv != CKR_OK || err == HSM_OK ? pa.rv : hsm_last_rv();
 out:
     OPENSSL_cleanse(value, sizeof(value));
     free(ct);

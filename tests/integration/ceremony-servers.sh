@@ -76,6 +76,16 @@ GS_P11FAULT_CONTROL=$work/p11fault-oaep.ctl GS_P11FAULT_TARGET=$module GS_CONF_b
   gs_beta token transport-key --out "$work/x.pem"
 expect_msg "^groupsrv: this token cannot receive keys: its transport key unwrapped with RSA-OAEP under neither SHA-1 nor SHA-256 \(tried on the new key\)$"
 [ ! -e "$work/x.pem" ] || fail "a refused transport-key wrote its file"
+# a token with no room for the trials' session key (CKR_DEVICE_MEMORY):
+# the token's failure, named, not "this token cannot receive keys" (a
+# full token told it can never receive keys), the pair deleted
+printf 'C_UnwrapKey CKR_DEVICE_MEMORY\n' > "$work/p11fault-oaep.ctl"
+GS_P11FAULT_CONTROL=$work/p11fault-oaep.ctl GS_P11FAULT_TARGET=$module GS_CONF_beta=$work/beta-oaep.conf \
+  refused beta 1 "token transport-key where the token has no room during the RSA-OAEP trials" -- \
+  gs_beta token transport-key --out "$work/x.pem"
+expect_msg "^groupsrv: trying the transport key's RSA-OAEP unwrap: .*CKR_DEVICE_MEMORY"
+grep -q "cannot receive keys" "$work/err" && fail "a full token told it cannot receive keys: $(cat "$work/err")"
+[ ! -e "$work/x.pem" ] || fail "a refused transport-key wrote its file"
 
 # ---- refusals on the sending side ----
 printf 'not-the-so-pin\n' > "$work/bad-so-pin"; chmod 600 "$work/bad-so-pin"
