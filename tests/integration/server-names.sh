@@ -113,4 +113,20 @@ expect_status 404 not_found "GET members/a%ZZ@example.org (nothing was made)" --
 expect_status 400 bad_request "POST membership-certificates of a group named with a bad percent-encoding" -- \
   c alice --data '{}' "$cbase/v1/groups/e%2/membership-certificates"
 ok "a '%' not followed by two hex digits in a path is 400 bad_request on both listeners, no member made"
+# before any route and for every method: HEAD (no body), OPTIONS, a path
+# no route has, and the target in absolute form
+expect_status 400 "" "HEAD a group named with a bad percent-encoding" -- anon -I "$base/v1/groups/e%ZZ"
+expect_status 400 bad_request "OPTIONS members/a%ZZ@example.org" -- c admin -X OPTIONS "$base/v1/groups/eng/members/a%ZZ@example.org"
+grep -qF 'a % not followed by two hex digits' "$work/body" || fail "OPTIONS: $(cat "$work/body")"
+expect_status 400 "" "HEAD on the certificate server's listener, a path no route has" -- anon -I "$cbase/v1/no%such"
+expect_status 400 bad_request "absolute-form target with a bad percent-encoding" -- \
+  c admin --request-target "https://127.0.0.1:$port/v1/groups/e%ZZ" "$base/"
+grep -qF 'a % not followed by two hex digits' "$work/body" || fail "absolute form: $(cat "$work/body")"
+# and what is a percent-encoding still is: lower-case hex digits, UTF-8
+# (a group name refuses it, 400 saying why, not "malformed percent-encoding")
+expect_status 200 "" "GET members/mixed%2btag%40example.org (lower-case hex)" -- \
+  c admin "$base/v1/groups/eng/members/mixed%2btag%40example.org"
+status anon "$base/v1/groups/caf%C3%A9" > /dev/null
+grep -q "malformed percent-encoding" "$work/body" && fail "UTF-8 %C3%A9 taken as malformed: $(cat "$work/body")"
+ok "lower-case hex and UTF-8 percent-encodings are decoded, not refused"
 stop_server
