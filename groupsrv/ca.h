@@ -165,5 +165,10 @@ gs_err gs_cert_check_valid_now(X509 *cert, const char *what);
 bool gs_cert_matches_spki(X509 *cert, const unsigned char *spki, size_t spki_len);
 /* SHA-256 fingerprint of the DER certificate, lowercase hex (65 bytes). */
 void gs_cert_fingerprint(X509 *cert, char out[65]);
+/* The same fingerprint of a certificate as recorded (PEM or DER text, as
+ * gs_cert_parse reads it), without decoding its public key when the
+ * record is one plain PEM certificate in DER: what a listing of many
+ * records shows. GS_ERR_CERT (out "") when gs_cert_parse would refuse it. */
+gs_err gs_cert_record_fingerprint(const char *text, char out[65]);
 
 #endif

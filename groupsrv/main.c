@@ -1444,11 +1444,8 @@ static int cmd_member(struct env *e, int argc, char **argv)
             return fail(err);
         for (size_t i = 0; i < n; i++) {
             char fp[65] = "-";
-            X509 *c = NULL;
-            if (m[i].cert_pem &&
-                gs_cert_parse((const unsigned char *)m[i].cert_pem, strlen(m[i].cert_pem), &c) == GS_OK)
-                gs_cert_fingerprint(c, fp);
-            X509_free(c);
+            if (m[i].cert_pem != NULL && gs_cert_record_fingerprint(m[i].cert_pem, fp) != GS_OK)
+                (void)snprintf(fp, sizeof(fp), "-");
             printf("%-40s %-9s %-8s %s\n", m[i].email, gs_role_name(m[i].role), gs_wrap_name(m[i].wrap), fp);
         }
         gs_store_member_list_free(m, n);

@@ -18,6 +18,13 @@ if(TARGET gs_groupsrv_core)
   add_test(NAME unit_policy COMMAND test_policy)
   set_tests_properties(unit_policy PROPERTIES LABELS "unit")
 
+  # member list's fingerprints: those of a full parse, at a bounded cost
+  add_executable(test_certfp ${GS_TEST_DIR}/unit/test_certfp.c)
+  target_link_libraries(test_certfp PRIVATE gs_groupsrv_core PkgConfig::CMOCKA)
+  gs_target_warnings(test_certfp)
+  add_test(NAME unit_certfp COMMAND test_certfp)
+  set_tests_properties(unit_certfp PROPERTIES LABELS "unit")
+
   add_executable(test_store ${GS_TEST_DIR}/unit/test_store.c)
   target_link_libraries(test_store PRIVATE gs_pgtest gs_groupsrv_core PkgConfig::CMOCKA Threads::Threads)
   gs_target_warnings(test_store)
